@@ -1,0 +1,5 @@
+//! The node agent: one per node. It loads and owns the eBPF programs that steer enrolled pods'
+//! TCP connections into it, terminates those connections inside each pod's network namespace,
+//! applies L4 policy and carries the bytes over HBONE mutual TLS. It never parses application HTTP.
+
+pub mod ebpf;
