@@ -16,6 +16,8 @@ fn main() {
             object.display()
         );
     }
-    let object = object.canonicalize().expect("canonical path of the eBPF object");
+    let object = object
+        .canonicalize()
+        .expect("canonical path of the eBPF object");
     println!("cargo:rustc-env=WEFT_EBPF_OBJECT_PATH={}", object.display());
 }

@@ -11,5 +11,8 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    anyhow::bail!("the controller is not built yet (config dir {:?})", args.config_dir)
+    anyhow::bail!(
+        "the controller is not built yet (config dir {:?})",
+        args.config_dir
+    )
 }

@@ -3,7 +3,7 @@ use std::{os::fd::AsFd, path::Path};
 
 use aya::{
     Ebpf,
-    maps::Array,
+    maps::PerCpuArray,
     programs::{CgroupAttachMode, CgroupSockAddr},
 };
 use weft_ebpf_common::{maps, programs, smoke};
@@ -64,8 +64,14 @@ impl SmokeProbe {
     pub fn counts(&self) -> Result<SmokeCounts, EbpfError> {
         let name = maps::SMOKE_COUNTER;
         let map = self.ebpf.map(name).ok_or(EbpfError::MissingMap(name))?;
-        let counter: Array<_, u64> = Array::try_from(map).map_err(|e| EbpfError::Map(name, e))?;
-        let get = |slot| counter.get(&slot, 0).map_err(|e| EbpfError::Map(name, e));
+        let counter: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(map).map_err(|e| EbpfError::Map(name, e))?;
+        let get = |slot| {
+            counter
+                .get(&slot, 0)
+                .map(|per_cpu| per_cpu.iter().sum::<u64>())
+                .map_err(|e| EbpfError::Map(name, e))
+        };
         Ok(SmokeCounts {
             connects: get(smoke::CONNECTS)?,
             tcp_connects: get(smoke::TCP_CONNECTS)?,

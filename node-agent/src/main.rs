@@ -11,5 +11,8 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    anyhow::bail!("the node agent proxy is not built yet (controller {})", args.controller)
+    anyhow::bail!(
+        "the node agent proxy is not built yet (controller {})",
+        args.controller
+    )
 }

@@ -1,1 +1,100 @@
-fn main() {}
+//! Project tasks, run as `cargo xtask <task>`: everything a developer or CI needs beyond plain
+//! cargo, so that a fresh machine needs no manual step.
+
+mod build_ebpf;
+mod setup;
+mod test;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "xtask", about = "Project tasks: setup, build-ebpf, test")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install what this machine lacks (apt packages, nightly rust-src, bpf-linker). Idempotent.
+    Setup,
+    /// Build the eBPF object that the node agent embeds (target/bpf/weft-ebpf.o).
+    BuildEbpf {
+        /// Build with the release profile.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Run every test: unit tests, then the kernel, netns and end-to-end tests (needs root).
+    Test {
+        /// Arguments passed on to every `cargo test` run (a test name filter, for example).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.task {
+        Task::Setup => setup::run(),
+        Task::BuildEbpf { release } => {
+            setup::ensure()?;
+            build_ebpf::run(release)
+        }
+        Task::Test { args } => test::run(&args),
+    }
+}
+
+/// The workspace root (the parent of this crate).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives inside the workspace")
+        .to_path_buf()
+}
+
+/// Prints a step header so long runs show where they are.
+pub fn step(message: &str) {
+    eprintln!("\x1b[1m==> {message}\x1b[0m");
+}
+
+/// Runs a command, echoing it, and fails with its exit status.
+pub fn run_command(command: &mut std::process::Command) -> anyhow::Result<()> {
+    eprintln!("    $ {}", describe(command));
+    let status = command
+        .status()
+        .map_err(|e| anyhow::anyhow!("cannot start `{}`: {e}", describe(command)))?;
+    anyhow::ensure!(status.success(), "`{}` failed: {status}", describe(command));
+    Ok(())
+}
+
+fn describe(command: &std::process::Command) -> String {
+    std::iter::once(command.get_program())
+        .chain(command.get_args())
+        .map(|s| s.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// True when this process runs as root.
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|euid| euid == "0"))
+        })
+        .unwrap_or(false)
+}

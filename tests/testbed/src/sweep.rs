@@ -1,0 +1,69 @@
+//! Removing what a crashed earlier run left behind: namespaces and cgroups whose prefix names a
+//! process that no longer exists. Live testbeds of other processes are left alone.
+
+use std::path::PathBuf;
+
+use crate::{CGROUP_ROOT, Cgroup, Netns, PREFIX, Result};
+
+/// The pid in a `wft<pid>x<n>...` name, if the name is a testbed's.
+pub(crate) fn owner_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix(PREFIX)?;
+    let (pid, after) = rest.split_once('x')?;
+    let instance_ok = after
+        .split('-')
+        .next()
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    if !instance_ok {
+        return None;
+    }
+    pid.parse().ok()
+}
+
+fn stale(name: &str) -> bool {
+    owner_pid(name).is_some_and(|pid| !PathBuf::from(format!("/proc/{pid}")).exists())
+}
+
+/// Removes every stale testbed resource, processes first.
+pub(crate) fn remove_stale() -> Result<()> {
+    if let Ok(entries) = std::fs::read_dir(CGROUP_ROOT) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if stale(&name) {
+                let cgroup = Cgroup::at(entry.path());
+                tracing::info!(cgroup = %name, "removing a stale testbed cgroup");
+                cgroup.kill_all()?;
+                cgroup.remove_tree()?;
+            }
+        }
+    }
+    for name in Netns::list()? {
+        if stale(&name) {
+            tracing::info!(netns = %name, "removing a stale testbed namespace");
+            Netns::named(name).delete()?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::owner_pid;
+
+    #[test]
+    fn owner_pid_reads_testbed_names_only() {
+        let cases = [
+            ("wft123x0", Some(123)),
+            ("wft123x0-fabric", Some(123)),
+            ("wft77x12-p-client", Some(77)),
+            ("wft123", None),
+            ("wftx0", None),
+            ("wft12ax0", None),
+            ("wft12x-fabric", None),
+            ("other123x0", None),
+            ("", None),
+        ];
+        for (name, want) in cases {
+            assert_eq!(owner_pid(name), want, "{name}");
+        }
+    }
+}

@@ -1,0 +1,44 @@
+//! `cargo xtask test`: the whole test suite. Unit tests first (fast feedback), then the tests
+//! that need root and the kernel: the testbed, eBPF and end-to-end tests. Nothing is skipped.
+
+use std::process::Command;
+
+use crate::{build_ebpf, is_root, run_command, setup, step, workspace_root};
+
+pub fn run(extra: &[String]) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        is_root(),
+        "the test suite creates network namespaces, cgroups and eBPF programs and needs root: \
+         run `sudo -E cargo xtask test` (or as root)"
+    );
+    setup::ensure()?;
+    build_ebpf::run(true)?;
+    let root = workspace_root();
+
+    step("test: formatting");
+    run_command(
+        Command::new("cargo")
+            .args(["fmt", "--all", "--", "--check"])
+            .current_dir(&root),
+    )?;
+
+    step("test: unit tests");
+    run_command(
+        Command::new("cargo")
+            .args(["test", "--workspace", "--lib", "--bins"])
+            .arg("--")
+            .args(extra)
+            .current_dir(&root),
+    )?;
+
+    step("test: integration, kernel and end-to-end tests (root)");
+    run_command(
+        Command::new("cargo")
+            .args(["test", "--workspace", "--test", "*"])
+            .arg("--")
+            .args(extra)
+            .current_dir(&root),
+    )?;
+    step("test: all passed");
+    Ok(())
+}
