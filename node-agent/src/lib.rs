@@ -3,3 +3,4 @@
 //! applies L4 policy and carries the bytes over HBONE mutual TLS. It never parses application HTTP.
 
 pub mod ebpf;
+pub mod enrollment;

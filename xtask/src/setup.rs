@@ -14,6 +14,7 @@ const APT_PACKAGES: &[&str] = &[
     "zlib1g-dev",
     // protobuf code generation
     "protobuf-compiler",
+    "libprotobuf-dev",
     // testbed and inspection
     "iproute2",
     "bpftool",

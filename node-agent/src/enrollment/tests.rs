@@ -1,0 +1,135 @@
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Mutex,
+};
+
+use super::*;
+
+/// Records enrollment events; refuses pods whose name starts with "bad".
+#[derive(Default)]
+struct RecordingPods {
+    pods: Mutex<BTreeMap<String, EnrolledPod>>,
+    adds: Mutex<Vec<String>>,
+}
+
+impl PodLifecycle for RecordingPods {
+    async fn add(&self, pod: EnrolledPod) -> Result<(), String> {
+        if pod.name.starts_with("bad") {
+            return Err(format!("cannot open netns {}", pod.netns.display()));
+        }
+        self.adds.lock().unwrap().push(pod.uid.clone());
+        self.pods.lock().unwrap().insert(pod.uid.clone(), pod);
+        Ok(())
+    }
+
+    async fn remove(&self, uid: &str) -> Result<(), String> {
+        self.pods.lock().unwrap().remove(uid);
+        Ok(())
+    }
+
+    fn enrolled(&self) -> BTreeSet<String> {
+        self.pods.lock().unwrap().keys().cloned().collect()
+    }
+}
+
+fn pod(uid: &str, name: &str) -> EnrolledPod {
+    EnrolledPod {
+        uid: uid.into(),
+        namespace: "default".into(),
+        name: name.into(),
+        netns: format!("/run/netns/{name}").into(),
+        cgroup: format!("/sys/fs/cgroup/unified/{name}").into(),
+    }
+}
+
+fn socket_path(test: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("weft-enroll-{}-{test}.sock", std::process::id()))
+}
+
+#[tokio::test]
+async fn snapshot_then_updates_then_reconnect_reconciles() {
+    let path = socket_path("reconcile");
+    let server = EnrollmentServer::bind(&path).unwrap();
+    let pods: &'static RecordingPods = Box::leak(Box::default());
+    tokio::spawn(server.run(pods));
+
+    let mut client = EnrollmentClient::connect(&path).await.unwrap();
+    client
+        .snapshot(&[pod("u1", "a"), pod("u2", "b")])
+        .await
+        .unwrap();
+    assert_eq!(pods.enrolled(), BTreeSet::from(["u1".into(), "u2".into()]));
+    client.add(&pod("u3", "c")).await.unwrap();
+    client.remove("u1").await.unwrap();
+    assert_eq!(pods.enrolled(), BTreeSet::from(["u2".into(), "u3".into()]));
+    drop(client);
+
+    // The enrolling side restarts and its snapshot no longer has u2: the agent drops it, and
+    // re-adding u3 is idempotent.
+    let mut client = EnrollmentClient::connect(&path).await.unwrap();
+    client
+        .snapshot(&[pod("u3", "c"), pod("u4", "d")])
+        .await
+        .unwrap();
+    assert_eq!(pods.enrolled(), BTreeSet::from(["u3".into(), "u4".into()]));
+    assert_eq!(
+        pods.adds
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|u| *u == "u3")
+            .count(),
+        2
+    );
+    let _ = std::fs::remove_file(&path);
+}
+
+#[tokio::test]
+async fn refusals_and_malformed_messages_are_answered_and_the_connection_survives() {
+    let path = socket_path("refusals");
+    let server = EnrollmentServer::bind(&path).unwrap();
+    let pods: &'static RecordingPods = Box::leak(Box::default());
+    tokio::spawn(server.run(pods));
+
+    let mut client = EnrollmentClient::connect(&path).await.unwrap();
+    let error = client.add(&pod("u9", "bad-pod")).await.unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("cannot open netns /run/netns/bad-pod"),
+        "{error}"
+    );
+
+    // A line that is not a message gets an error naming the problem, not a hang-up.
+    client
+        .lines
+        .get_mut()
+        .write_all(b"{\"type\":\"pod_exploded\"}\n")
+        .await
+        .unwrap();
+    let mut line = String::new();
+    client.lines.read_line(&mut line).await.unwrap();
+    let reply: EnrollmentReply = serde_json::from_str(line.trim_end()).unwrap();
+    assert!(
+        matches!(&reply, EnrollmentReply::Error { message } if message.contains("pod_exploded")),
+        "{reply:?}"
+    );
+
+    client.snapshot(&[pod("u1", "a")]).await.unwrap();
+    let again = client
+        .send(&EnrollmentMessage::SnapshotSent)
+        .await
+        .unwrap_err();
+    assert!(again.to_string().contains("already complete"), "{again}");
+    assert_eq!(pods.enrolled(), BTreeSet::from(["u1".into()]));
+    let _ = std::fs::remove_file(&path);
+}
+
+#[tokio::test]
+async fn a_stale_socket_file_is_replaced() {
+    let path = socket_path("stale");
+    std::fs::write(&path, b"left by a crashed agent").unwrap();
+    let server = EnrollmentServer::bind(&path).unwrap();
+    assert_eq!(server.path(), path);
+    let _ = std::fs::remove_file(&path);
+}
