@@ -446,3 +446,63 @@ async fn delta_ads_stream_exchanges_messages_over_loopback() {
     assert!(end.is_none(), "stream ends once the client closes its side");
     server.abort();
 }
+
+/// A CA that signs nothing but proves the request arrived intact: it echoes the CSR as the chain.
+struct EchoCa;
+
+#[tonic::async_trait]
+impl ca::istio_certificate_service_server::IstioCertificateService for EchoCa {
+    async fn create_certificate(
+        &self,
+        request: Request<ca::IstioCertificateRequest>,
+    ) -> Result<Response<ca::IstioCertificateResponse>, Status> {
+        let request = request.into_inner();
+        Ok(Response::new(ca::IstioCertificateResponse {
+            cert_chain: vec![request.csr, request.validity_duration.to_string()],
+            root_cert: None,
+        }))
+    }
+}
+
+#[tokio::test]
+async fn certificate_service_answers_over_loopback() {
+    let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        .await
+        .unwrap();
+    let address = listener.local_addr().unwrap();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(
+                ca::istio_certificate_service_server::IstioCertificateServiceServer::new(EchoCa),
+            )
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+
+    let mut client = tokio::time::timeout(
+        STEP_TIMEOUT,
+        ca::istio_certificate_service_client::IstioCertificateServiceClient::connect(format!(
+            "http://{address}"
+        )),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let response = tokio::time::timeout(
+        STEP_TIMEOUT,
+        client.create_certificate(ca::IstioCertificateRequest {
+            csr: "-----BEGIN CERTIFICATE REQUEST-----".into(),
+            validity_duration: 86400,
+            metadata: None,
+        }),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .into_inner();
+
+    assert_eq!(
+        response.cert_chain,
+        ["-----BEGIN CERTIFICATE REQUEST-----", "86400"]
+    );
+    server.abort();
+}
