@@ -1,3 +1,94 @@
 //! Generated protobuf and gRPC code for the mesh's wire protocols: the delta ADS stream, Istio's
 //! workload and authorization resources, the certificate service and the waypoint's L7 resource.
-//! This crate holds generated code only; domain types and their validation live with their users.
+//! This crate holds generated code only, plus the type URLs that name the resources on the wire;
+//! domain types, validation and any other logic live with their users (`TryFrom<proto::X>`).
+//!
+//! The `.proto` files under `proto/` are written from the public interface definitions of Envoy
+//! and Istio, with the same packages, field names and field numbers, so a real ztunnel or istiod
+//! can talk to the mesh. Every message implements [`prost::Name`], so
+//! `prost_types::Any::from_msg(&address)` packs it under the type URL ztunnel expects.
+//!
+//! Modules follow the protobuf packages, with two shorter names: [`istio::ca`] for
+//! `istio.v1.auth` and [`waypoint`] for `weft.waypoint.v1`.
+
+/// Envoy's xDS API, reduced to what the delta ADS stream uses.
+pub mod envoy {
+    /// `envoy.config.*`
+    pub mod config {
+        /// `envoy.config.core.*`
+        pub mod core {
+            /// `envoy.config.core.v3`: the node identity sent on the discovery stream.
+            #[allow(clippy::all, clippy::pedantic, rustdoc::all)]
+            pub mod v3 {
+                include!(concat!(env!("OUT_DIR"), "/envoy.config.core.v3.rs"));
+            }
+        }
+    }
+
+    /// `envoy.service.*`
+    pub mod service {
+        /// `envoy.service.discovery.*`
+        pub mod discovery {
+            /// `envoy.service.discovery.v3`: delta discovery messages and the
+            /// `AggregatedDiscoveryService` client and server.
+            #[allow(clippy::all, clippy::pedantic, rustdoc::all)]
+            pub mod v3 {
+                include!(concat!(env!("OUT_DIR"), "/envoy.service.discovery.v3.rs"));
+            }
+        }
+    }
+}
+
+/// Google's shared API types.
+pub mod google {
+    /// `google.rpc`: the status carried in a NACK.
+    #[allow(clippy::all, clippy::pedantic, rustdoc::all)]
+    pub mod rpc {
+        include!(concat!(env!("OUT_DIR"), "/google.rpc.rs"));
+    }
+}
+
+/// Istio's ambient data plane APIs.
+pub mod istio {
+    /// `istio.workload`: workloads and services, served as `Address` resources.
+    #[allow(clippy::all, clippy::pedantic, rustdoc::all)]
+    pub mod workload {
+        include!(concat!(env!("OUT_DIR"), "/istio.workload.rs"));
+    }
+
+    /// `istio.security`: L4 authorization policies, served as `Authorization` resources.
+    #[allow(clippy::all, clippy::pedantic, rustdoc::all)]
+    pub mod security {
+        include!(concat!(env!("OUT_DIR"), "/istio.security.rs"));
+    }
+
+    /// `istio.v1.*`
+    pub mod v1 {
+        /// `istio.v1.auth`: the certificate signing service.
+        #[allow(clippy::all, clippy::pedantic, rustdoc::all)]
+        pub mod auth {
+            include!(concat!(env!("OUT_DIR"), "/istio.v1.auth.rs"));
+        }
+    }
+
+    pub use v1::auth as ca;
+}
+
+/// `weft.waypoint.v1`: the waypoint's compiled L7 configuration, served as `WaypointConfig`
+/// resources.
+#[allow(clippy::all, clippy::pedantic, rustdoc::all)]
+pub mod waypoint {
+    include!(concat!(env!("OUT_DIR"), "/weft.waypoint.v1.rs"));
+}
+
+/// Type URL of `istio.workload.Address` resources (workloads and services) on the ADS stream.
+pub const ADDRESS_TYPE_URL: &str = "type.googleapis.com/istio.workload.Address";
+
+/// Type URL of `istio.security.Authorization` resources (L4 policies) on the ADS stream.
+pub const AUTHORIZATION_TYPE_URL: &str = "type.googleapis.com/istio.security.Authorization";
+
+/// Type URL of `weft.waypoint.v1.WaypointConfig` resources (waypoint L7 configuration).
+pub const WAYPOINT_CONFIG_TYPE_URL: &str = "type.googleapis.com/weft.waypoint.v1.WaypointConfig";
+
+#[cfg(test)]
+mod tests;
