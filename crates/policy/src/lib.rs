@@ -8,6 +8,7 @@ mod decision;
 mod error;
 mod identity;
 pub mod l4;
+pub mod route;
 mod string_match;
 
 pub use decision::{
