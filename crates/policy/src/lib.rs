@@ -8,6 +8,8 @@ mod decision;
 mod error;
 mod identity;
 pub mod l4;
+pub mod l7;
+pub mod path;
 pub mod route;
 mod string_match;
 
