@@ -21,12 +21,16 @@
 //! - `port` is the destination port the request arrived on; `sourceLabels` (a subset of the
 //!   source workload's labels) and `sourceNamespace` are evaluated per request, since a waypoint
 //!   serves many clients.
+//!
+//! The waypoint passes the path normalized by [`crate::path::normalize_path`], as Envoy routes on
+//! the normalized path, so that routing and authorization see the same request.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::PolicyError;
 use crate::string_match::StringMatch;
 
 /// Header lookup for a request. `lowercase_name` is already lowercased; implementations compare
@@ -174,6 +178,30 @@ impl KeyMatch {
             (Some(_), None) => false,
             (Some(v), Some(m)) => !m.matches(v),
         }
+    }
+}
+
+/// The kind of an Istio `StringMatch` as written in a resource, before translation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IstioStringMatch<'a> {
+    /// `{}`: no match type set.
+    Unset,
+    Exact(&'a str),
+    Prefix(&'a str),
+    Regex(&'a str),
+}
+
+impl IstioStringMatch<'_> {
+    /// Translates a `headers` / `withoutHeaders` / `queryParams` value the way istiod does: an
+    /// empty match and the catch-all `regex: "*"` become a presence check (`None`); a regex is
+    /// compiled (full match).
+    pub fn to_value_match(self) -> Result<Option<StringMatch>, PolicyError> {
+        Ok(match self {
+            IstioStringMatch::Unset | IstioStringMatch::Regex("*") => None,
+            IstioStringMatch::Exact(s) => Some(StringMatch::Exact(s.to_owned())),
+            IstioStringMatch::Prefix(s) => Some(StringMatch::Prefix(s.to_owned())),
+            IstioStringMatch::Regex(r) => Some(StringMatch::regex(r)?),
+        })
     }
 }
 

@@ -803,3 +803,30 @@ fn deny_response_constants_are_istios() {
     assert_eq!(crate::ACCESS_DENIED_STATUS, 403);
     assert_eq!(crate::ACCESS_DENIED_BODY, "RBAC: access denied");
 }
+
+#[test]
+fn policies_round_trip_through_serde() {
+    let p = policy(
+        "p",
+        PolicyAction::Deny,
+        vec![HttpRule {
+            from: vec![Source {
+                not_principals: w(&["*"]),
+                ..Default::default()
+            }],
+            to: vec![Operation {
+                paths: paths(&["/admin/{**}"]),
+                ..Default::default()
+            }],
+            when: vec![cond("request.headers[x-a]", &["b*"], &[])],
+        }],
+    );
+    let json = serde_json::to_string(&p).unwrap();
+    let back: HttpAuthorization = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, p);
+    let req = get("/admin/x").plaintext().header("x-a", "bc");
+    assert_eq!(
+        req.decide(std::slice::from_ref(&back)),
+        Decision::Deny(DenyReason::DeniedBy(back.policy_ref()))
+    );
+}

@@ -756,3 +756,62 @@ fn percentage_hit_per_million() {
     let total = (0..1_000_000u32).step_by(7).count();
     assert!(((hits as f64 / total as f64) - 0.125).abs() < 0.001);
 }
+
+#[test]
+fn istio_value_translation() {
+    assert_eq!(IstioStringMatch::Unset.to_value_match().unwrap(), None);
+    assert_eq!(IstioStringMatch::Regex("*").to_value_match().unwrap(), None);
+    assert_eq!(
+        IstioStringMatch::Exact("").to_value_match().unwrap(),
+        Some(StringMatch::Exact(String::new()))
+    );
+    let m = IstioStringMatch::Regex("v[0-9]")
+        .to_value_match()
+        .unwrap()
+        .unwrap();
+    assert!(m.matches("v1") && !m.matches("v10"));
+    assert!(matches!(
+        IstioStringMatch::Regex("(").to_value_match(),
+        Err(crate::PolicyError::InvalidRegex { .. })
+    ));
+    // A presence check from `regex: "*"` accepts any value, including an empty one.
+    let presence = headers(vec![KeyMatch::header(
+        "x-any",
+        IstioStringMatch::Regex("*").to_value_match().unwrap(),
+    )]);
+    assert!(presence.matches(&get("/").header("x-any", "").view()));
+}
+
+#[test]
+fn header_sources_agree() {
+    let pairs = [("Content-Type", "text/plain"), ("x-a", "1"), ("X-A", "2")];
+    let owned: Vec<(String, String)> = pairs
+        .iter()
+        .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+        .collect();
+    let map: BTreeMap<String, String> =
+        [("Content-Type".to_owned(), "text/plain".to_owned())].into();
+    assert_eq!(pairs.header("content-type").as_deref(), Some("text/plain"));
+    assert_eq!(owned.header("x-a").as_deref(), Some("1,2"));
+    assert_eq!(map.header("content-type").as_deref(), Some("text/plain"));
+    assert_eq!(map.header("x-a"), None);
+}
+
+#[test]
+fn routes_round_trip_through_serde() {
+    let routes = vec![route(vec![HttpMatch {
+        uri: regex("/v[0-9]+/.*"),
+        headers: vec![KeyMatch::header("x-user", exact("jason"))],
+        query_params: vec![KeyMatch::query("debug", None)],
+        ignore_uri_case: true,
+        ..Default::default()
+    }])];
+    let json = serde_json::to_string(&routes).unwrap();
+    let back: Vec<HttpRoute> = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, routes);
+    let req = get("/v2/x?debug").header("x-user", "jason");
+    assert_eq!(
+        select_route(&back, &req.view()).map(|s| s.route_index),
+        Some(0)
+    );
+}
