@@ -141,7 +141,8 @@ impl RequestView<'_> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct KeyMatch {
-    /// Lowercased by [`KeyMatch::new`] for headers; query parameter names are case-sensitive.
+    /// Lowercased by [`KeyMatch::header`]; query parameter names ([`KeyMatch::query`]) are
+    /// case-sensitive.
     pub name: String,
     #[serde(default)]
     pub value: Option<StringMatch>,
