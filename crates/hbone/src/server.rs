@@ -137,7 +137,7 @@ impl ConnectionSummary {
 pub async fn serve_connection<IO, H>(
     io: IO,
     handler: Arc<H>,
-    config: &H2Config,
+    config: H2Config,
 ) -> Result<ConnectionSummary, ServerError>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
