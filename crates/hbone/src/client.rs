@@ -21,6 +21,9 @@ pub enum ClientError {
     /// The connector could not produce a (TLS) connection to the peer.
     #[error("connecting to the hbone peer failed")]
     Connect(#[source] io::Error),
+    /// Connecting plus the HTTP/2 handshake took longer than allowed.
+    #[error("connecting to the hbone peer timed out after {0:?}")]
+    ConnectTimeout(std::time::Duration),
     /// The HTTP/2 preface or settings exchange failed.
     #[error("http/2 handshake with the hbone peer failed")]
     Handshake(#[source] h2::Error),

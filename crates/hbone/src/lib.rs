@@ -23,7 +23,7 @@ pub use config::{
     HBONE_PORT,
 };
 pub use copy::{CopyDirection, CopyError, TunnelStats, copy_bidirectional};
-pub use pool::{Connector, DEFAULT_IDLE_TIMEOUT, Pool, PoolConfig};
+pub use pool::{Connector, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, Pool, PoolConfig};
 pub use request::{BAGGAGE, ConnectRequest, TRACEPARENT};
 pub use server::{ConnectHandler, ConnectionSummary, Refusal, ServerError, serve_connection};
 pub use socket::tune_tcp;

@@ -27,6 +27,9 @@ use crate::stream::HboneStream;
 
 /// Idle connections (no tunnel, no checkout) are closed after this long (up to twice it).
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Upper bound for connector plus HTTP/2 handshake; requests for the same key wait behind a
+/// connection being established, so a silent peer must not hold them forever.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Produces a new connection (TCP + TLS with ALPN `h2`, already handshaken) for a pool key.
 ///
@@ -60,6 +63,8 @@ pub struct PoolConfig {
     pub h2: H2Config,
     /// How long a connection may stay without tunnels before it is closed.
     pub idle_timeout: Duration,
+    /// Limit for opening one connection (connector and HTTP/2 handshake together).
+    pub connect_timeout: Duration,
 }
 
 impl Default for PoolConfig {
@@ -67,6 +72,7 @@ impl Default for PoolConfig {
         Self {
             h2: H2Config::default(),
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
         }
     }
 }
@@ -212,13 +218,19 @@ where
         if let Some(found) = self.inner.try_checkout(key) {
             return Ok(found);
         }
-        let io = self
-            .inner
-            .connector
-            .connect(key)
+        let config = &self.inner.config;
+        let establish = async {
+            let io = self
+                .inner
+                .connector
+                .connect(key)
+                .await
+                .map_err(ClientError::Connect)?;
+            handshake(io, &config.h2).await
+        };
+        let (sender, connection) = tokio::time::timeout(config.connect_timeout, establish)
             .await
-            .map_err(ClientError::Connect)?;
-        let (sender, connection) = handshake(io, &self.inner.config.h2).await?;
+            .map_err(|_| ClientError::ConnectTimeout(config.connect_timeout))??;
         let max_streams = connection
             .max_concurrent_send_streams()
             .min(self.inner.config.h2.max_concurrent_streams as usize)

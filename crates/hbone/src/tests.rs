@@ -301,12 +301,16 @@ type TestKey = (&'static str, &'static str, SocketAddr);
 
 impl Harness {
     fn pool(&self) -> Pool<TestKey, impl Connector<TestKey>> {
+        self.pool_with(PoolConfig::default())
+    }
+
+    fn pool_with(&self, config: PoolConfig) -> Pool<TestKey, impl Connector<TestKey>> {
         let tls = Arc::clone(&self.client_tls);
         let connector = move |key: &TestKey| {
             let (addr, tls) = (key.2, Arc::clone(&tls));
             async move { dial(addr, tls).await }
         };
-        Pool::new(connector, PoolConfig::default())
+        Pool::new(connector, config)
     }
 
     fn key(&self) -> TestKey {
@@ -643,16 +647,130 @@ async fn pool_recovers_after_server_closes_connection() -> Result<()> {
         round_trip(b"before").await?;
         assert_eq!(h.server.accepted.load(Ordering::SeqCst), 1);
 
-        h.server.kill_connections(1).await;
-        // Right away, whether or not the pool has noticed the close yet.
-        round_trip(b"after").await?;
-        round_trip(b"again").await?;
-        assert_eq!(h.server.accepted.load(Ordering::SeqCst), 2);
+        // Reconnect right away, whether or not the pool has noticed the close yet: both the
+        // dead-connection pruning and the retry-on-connection-failure path get exercised.
+        for round in 1..=3 {
+            h.server.kill_connections(1).await;
+            round_trip(b"after").await?;
+            round_trip(b"again").await?;
+            assert_eq!(h.server.accepted.load(Ordering::SeqCst), 1 + round);
+        }
         assert_eq!(
             pool.connection_count(&key),
             1,
             "the dead connection must be dropped"
         );
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_opens_another_connection_when_one_is_full() -> Result<()> {
+    bounded(async {
+        const TUNNELS: usize = 10;
+        const STREAMS_PER_CONNECTION: u32 = 4;
+        let echo = start_echo().await?;
+        let h = harness(Arc::new(ForwardingHandler::default())).await?;
+        let pool = h.pool_with(PoolConfig {
+            h2: H2Config {
+                max_concurrent_streams: STREAMS_PER_CONNECTION,
+                ..H2Config::default()
+            },
+            ..PoolConfig::default()
+        });
+        let key = h.key();
+        let all_open = Arc::new(tokio::sync::Barrier::new(TUNNELS));
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..TUNNELS {
+            let (pool, all_open) = (pool.clone(), Arc::clone(&all_open));
+            tasks.spawn(async move {
+                let mut tunnel = pool.connect(&key, &ConnectRequest::new(echo)).await?;
+                all_open.wait().await;
+                let data = pattern(100 + i as u64, 4096);
+                tunnel.write_all(&data).await?;
+                tunnel.shutdown().await?;
+                let mut back = Vec::new();
+                tunnel.read_to_end(&mut back).await?;
+                anyhow::ensure!(back == data, "tunnel {i} echo mismatch");
+                anyhow::Ok(())
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done??;
+        }
+        // Ten tunnels open at once, four per connection: three connections, no more.
+        assert_eq!(h.server.accepted.load(Ordering::SeqCst), 3);
+        assert_eq!(pool.connection_count(&key), 3);
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_closes_idle_connections() -> Result<()> {
+    bounded(async {
+        let echo = start_echo().await?;
+        let h = harness(Arc::new(ForwardingHandler::default())).await?;
+        let pool = h.pool_with(PoolConfig {
+            idle_timeout: Duration::from_millis(100),
+            ..PoolConfig::default()
+        });
+        let key = h.key();
+        let mut tunnel = pool.connect(&key, &ConnectRequest::new(echo)).await?;
+        tunnel.write_all(b"ping").await?;
+        tunnel.shutdown().await?;
+        let mut back = Vec::new();
+        tunnel.read_to_end(&mut back).await?;
+        assert_eq!(back, b"ping");
+        // While a tunnel is open the connection is not idle, however long it lasts.
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        assert_eq!(pool.connection_count(&key), 1);
+        drop(tunnel);
+
+        let ended = tokio::time::timeout(Duration::from_secs(5), async {
+            h.server.connection_ended.lock().await.recv().await
+        })
+        .await;
+        assert!(
+            matches!(ended, Ok(Some(()))),
+            "the server must see the idle connection close"
+        );
+        assert_eq!(pool.connection_count(&key), 0);
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_gives_up_on_a_silent_peer() -> Result<()> {
+    bounded(async {
+        // Accepts TCP but never speaks TLS.
+        let silent = TcpListener::bind((LOCALHOST, 0)).await?;
+        let silent_addr = silent.local_addr()?;
+        let held = tokio::spawn(async move {
+            let mut sockets = Vec::new();
+            while let Ok((tcp, _)) = silent.accept().await {
+                sockets.push(tcp);
+            }
+        });
+        let pki = test_pki()?;
+        let tls = client_tls(&pki)?;
+        let connector = move |key: &SocketAddr| dial(*key, Arc::clone(&tls));
+        let pool = Pool::new(
+            connector,
+            PoolConfig {
+                connect_timeout: Duration::from_millis(200),
+                ..PoolConfig::default()
+            },
+        );
+        let error = pool
+            .connect(&silent_addr, &ConnectRequest::new(silent_addr))
+            .await
+            .expect_err("a peer that never answers must not yield a tunnel");
+        assert!(matches!(error, ClientError::ConnectTimeout(_)), "{error}");
+        assert_eq!(pool.connection_count(&silent_addr), 0);
+        held.abort();
         Ok(())
     })
     .await
