@@ -153,6 +153,7 @@ impl TestServer {
     async fn start<H: ConnectHandler>(
         handler: Arc<H>,
         tls: Arc<rustls::ServerConfig>,
+        config: H2Config,
     ) -> Result<Arc<Self>> {
         let listener = TcpListener::bind((LOCALHOST, 0)).await?;
         let (ended_tx, ended_rx) = mpsc::unbounded_channel();
@@ -180,7 +181,7 @@ impl TestServer {
                         return;
                     };
                     tokio::select! {
-                        _ = serve_connection(tls, handler, H2Config::default()) => {}
+                        _ = serve_connection(tls, handler, config) => {}
                         _ = kill.cancelled() => {}
                     }
                     let _ = ended_tx.send(());
@@ -289,8 +290,15 @@ struct Harness {
 }
 
 async fn harness<H: ConnectHandler>(handler: Arc<H>) -> Result<Harness> {
+    harness_with(handler, H2Config::default()).await
+}
+
+async fn harness_with<H: ConnectHandler>(
+    handler: Arc<H>,
+    server_config: H2Config,
+) -> Result<Harness> {
     let pki = test_pki()?;
-    let server = TestServer::start(handler, server_tls(&pki)?).await?;
+    let server = TestServer::start(handler, server_tls(&pki)?, server_config).await?;
     Ok(Harness {
         server,
         client_tls: client_tls(&pki)?,
@@ -771,6 +779,48 @@ async fn pool_gives_up_on_a_silent_peer() -> Result<()> {
         assert!(matches!(error, ClientError::ConnectTimeout(_)), "{error}");
         assert_eq!(pool.connection_count(&silent_addr), 0);
         held.abort();
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_bounds_concurrent_tunnels_per_connection() -> Result<()> {
+    bounded(async {
+        let echo = start_echo().await?;
+        let handler = Arc::new(ForwardingHandler::default());
+        let server_config = H2Config {
+            max_concurrent_streams: 2,
+            ..H2Config::default()
+        };
+        let h = harness_with(Arc::clone(&handler), server_config).await?;
+        let mut sender = h.raw_h2().await?;
+        let connect_request = || {
+            let mut request = Request::new(());
+            *request.method_mut() = Method::CONNECT;
+            *request.uri_mut() = echo.to_string().parse().expect("ip:port is a valid uri");
+            request
+        };
+        let mut open = Vec::new();
+        for _ in 0..2 {
+            let (response, send) = sender.send_request(connect_request(), false)?;
+            let response = response.await?;
+            assert_eq!(response.status(), StatusCode::OK);
+            open.push((send, response.into_body()));
+            sender = sender.ready().await?;
+        }
+        // A third stream stays queued while two tunnels are open...
+        let (third, _third_send) = sender.send_request(connect_request(), false)?;
+        let mut third = Box::pin(third);
+        let early = tokio::time::timeout(Duration::from_millis(300), &mut third).await;
+        assert!(early.is_err(), "third tunnel must wait for a free stream");
+        assert_eq!(handler.calls.load(Ordering::SeqCst), 2);
+        // ...and is served as soon as one closes.
+        let (mut send, _recv) = open.remove(0);
+        send.send_reset(h2::Reason::CANCEL);
+        let response = third.await?;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(handler.calls.load(Ordering::SeqCst), 3);
         Ok(())
     })
     .await
