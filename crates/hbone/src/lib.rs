@@ -1,2 +1,30 @@
 //! HBONE tunnels: HTTP/2 `CONNECT` over TLS 1.3 mutual TLS on port 15008, as Istio speaks it.
-//! Owns the client, its connection pool and the server side; knows nothing of policy or config.
+//! Owns the client, its connection pool, the server side and the byte copy between a tunnel and
+//! a socket; knows nothing of policy or config, and never creates sockets or TLS
+//! configurations: callers hand in established TLS streams (or a connector producing them) and
+//! decide, in a [`ConnectHandler`], which tunnels to accept.
+
+mod client;
+mod config;
+mod copy;
+mod pool;
+mod request;
+mod server;
+mod socket;
+mod stream;
+
+#[cfg(test)]
+mod tests;
+
+pub use client::{ClientError, connect};
+pub use config::{
+    DEFAULT_CONNECTION_WINDOW, DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_MAX_FRAME_SIZE,
+    DEFAULT_MAX_HEADER_LIST_SIZE, DEFAULT_MAX_SEND_BUFFER, DEFAULT_STREAM_WINDOW, H2Config,
+    HBONE_PORT,
+};
+pub use copy::{CopyDirection, CopyError, TunnelStats, copy_bidirectional};
+pub use pool::{Connector, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, Pool, PoolConfig};
+pub use request::{BAGGAGE, ConnectRequest, TRACEPARENT};
+pub use server::{ConnectHandler, ConnectionSummary, Refusal, ServerError, serve_connection};
+pub use socket::tune_tcp;
+pub use stream::HboneStream;
