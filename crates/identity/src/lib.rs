@@ -5,6 +5,19 @@
 //! or Kubernetes I/O of its own (the only files it touches are the CA's root cert and key) and it
 //! never decides *authorization*: it says who a peer is, policy says what the peer may do.
 
+mod ca;
+mod peer;
 mod spiffe;
+mod workload;
 
+#[cfg(test)]
+mod test_support;
+
+pub use ca::{
+    CaError, CertificateAuthority, CertificateChain, LEAF_BACKDATE, ROOT_CERT_FILE, ROOT_KEY_FILE,
+};
+pub use peer::{PeerIdentityError, identity_from_certificate, peer_identity, require_trust_domain};
 pub use spiffe::{PathSegment, SpiffeId, SpiffeIdError};
+pub use workload::{
+    CertificateSummary, WorkloadCertificate, WorkloadCertificateError, WorkloadKey,
+};
