@@ -8,6 +8,7 @@
 mod ca;
 mod peer;
 mod spiffe;
+mod tls;
 mod workload;
 
 #[cfg(test)]
@@ -18,6 +19,11 @@ pub use ca::{
 };
 pub use peer::{PeerIdentityError, identity_from_certificate, peer_identity, require_trust_domain};
 pub use spiffe::{PathSegment, SpiffeId, SpiffeIdError};
+pub use tls::{
+    ExpectedServerIdentities, HBONE_ALPN, ServerIdentityError, SpiffeServerVerifier,
+    TlsConfigError, TrustRoots, client_config, hbone_crypto_provider, hbone_server_name,
+    server_config, server_config_with_resolver,
+};
 pub use workload::{
     CertificateSummary, WorkloadCertificate, WorkloadCertificateError, WorkloadKey,
 };

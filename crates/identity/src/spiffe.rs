@@ -67,7 +67,7 @@ pub enum SpiffeIdError {
 }
 
 /// A workload identity: one per Kubernetes service account in a trust domain.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SpiffeId {
     trust_domain: String,
     namespace: String,
@@ -122,6 +122,14 @@ impl fmt::Display for SpiffeId {
             "{SCHEME_PREFIX}{}/ns/{}/sa/{}",
             self.trust_domain, self.namespace, self.service_account
         )
+    }
+}
+
+/// Debug shows the URI: it is what operators grep for, and it keeps rustls errors, which
+/// format their causes with Debug, readable.
+impl fmt::Debug for SpiffeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SpiffeId({self})")
     }
 }
 
@@ -277,7 +285,8 @@ mod tests {
         use SpiffeIdError as E;
         let long_td = format!("spiffe://{}/ns/a/sa/b", "a".repeat(256));
         let long_id = format!("spiffe://td/ns/a/sa/{}", "b".repeat(2048));
-        let cases: Vec<(&str, fn(&SpiffeIdError) -> bool)> = vec![
+        type ExpectedError = fn(&SpiffeIdError) -> bool;
+        let cases: Vec<(&str, ExpectedError)> = vec![
             ("", |e| matches!(e, E::Scheme { .. })),
             ("cluster.local/ns/a/sa/b", |e| matches!(e, E::Scheme { .. })),
             ("https://cluster.local/ns/a/sa/b", |e| {

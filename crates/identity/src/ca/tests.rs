@@ -58,7 +58,7 @@ fn signed_leaf_verifies_and_carries_exactly_the_identity() {
         end_entity
             .verify_for_usage(
                 webpki::ALL_VERIFICATION_ALGS,
-                &[anchor.clone()],
+                std::slice::from_ref(&anchor),
                 &[],
                 UnixTime::now(),
                 usage,
