@@ -320,6 +320,18 @@ impl CertificateAuthority {
     }
 }
 
+#[cfg(test)]
+impl CertificateAuthority {
+    /// Signs arbitrary parameters, for tests that need certificates this CA would never issue.
+    pub(crate) fn sign_params_unchecked(
+        &self,
+        params: &CertificateParams,
+        key: &KeyPair,
+    ) -> CertificateDer<'static> {
+        params.signed_by(key, &self.issuer).unwrap().der().clone()
+    }
+}
+
 /// Refuses a CSR whose URI SANs name anything other than the authorized identity. DNS or IP SANs
 /// are ignored (they never reach the certificate).
 fn check_requested_identity(

@@ -95,3 +95,77 @@ pub(crate) fn uri_sans(certificate: &X509Certificate<'_>) -> Result<Vec<String>,
         })
         .unwrap_or_default())
 }
+
+#[cfg(test)]
+mod tests {
+    use rcgen::string::Ia5String;
+    use rcgen::{CertificateParams, KeyPair, SanType};
+
+    use super::*;
+    use crate::CertificateAuthority;
+
+    fn certificate_with_sans(sans: Vec<SanType>) -> CertificateDer<'static> {
+        let ca = CertificateAuthority::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = sans;
+        ca.sign_params_unchecked(&params, &KeyPair::generate().unwrap())
+    }
+
+    fn uri(text: &str) -> SanType {
+        SanType::URI(Ia5String::try_from(text).unwrap())
+    }
+
+    #[test]
+    fn identity_is_the_single_uri_san() {
+        let found = identity_from_certificate(&certificate_with_sans(vec![
+            SanType::DnsName("reviews.bookinfo.svc".try_into().unwrap()),
+            uri("spiffe://cluster.local/ns/bookinfo/sa/reviews"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            found.to_string(),
+            "spiffe://cluster.local/ns/bookinfo/sa/reviews"
+        );
+    }
+
+    #[test]
+    fn certificates_without_exactly_one_valid_spiffe_uri_are_refused() {
+        assert_eq!(
+            identity_from_certificate(&certificate_with_sans(vec![SanType::DnsName(
+                "reviews".try_into().unwrap()
+            )])),
+            Err(PeerIdentityError::NoUriSan)
+        );
+        assert!(matches!(
+            identity_from_certificate(&certificate_with_sans(vec![
+                uri("spiffe://cluster.local/ns/a/sa/b"),
+                uri("spiffe://cluster.local/ns/a/sa/c"),
+            ])),
+            Err(PeerIdentityError::MultipleUriSans { count: 2, .. })
+        ));
+        match identity_from_certificate(&certificate_with_sans(vec![uri(
+            "https://cluster.local/ns/a/sa/b",
+        )])) {
+            Err(PeerIdentityError::InvalidSpiffeId { uri, source }) => {
+                assert_eq!(uri, "https://cluster.local/ns/a/sa/b");
+                assert!(matches!(source, SpiffeIdError::Scheme { .. }));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(matches!(
+            identity_from_certificate(&CertificateDer::from(vec![0x30, 0x03, 0x01])),
+            Err(PeerIdentityError::UnparsableCertificate { .. })
+        ));
+    }
+
+    #[test]
+    fn trust_domain_is_enforced() {
+        let id: SpiffeId = "spiffe://other.mesh/ns/a/sa/b".parse().unwrap();
+        assert!(require_trust_domain(&id, "other.mesh").is_ok());
+        let error = require_trust_domain(&id, "cluster.local").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "peer identity spiffe://other.mesh/ns/a/sa/b is outside the trust domain \"cluster.local\""
+        );
+    }
+}

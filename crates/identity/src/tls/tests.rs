@@ -332,3 +332,168 @@ fn configuration_errors_are_reported() {
     );
     assert_eq!(TrustRoots::from_pem(&both).unwrap().len(), 2);
 }
+
+/// A certificate chained to the mesh root with arbitrary content, and its key.
+fn unchecked_certificate(
+    mesh: &Mesh,
+    configure: impl FnOnce(&mut rcgen::CertificateParams),
+) -> (
+    CertificateDer<'static>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.extended_key_usages = vec![
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    configure(&mut params);
+    let der = mesh.ca.sign_params_unchecked(&params, &key);
+    let key_der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    (der, key_der)
+}
+
+fn spiffe_san(identity: &SpiffeId) -> rcgen::SanType {
+    rcgen::SanType::URI(identity.to_string().try_into().unwrap())
+}
+
+fn raw_server_config(
+    mesh: &Mesh,
+    (der, key): (
+        CertificateDer<'static>,
+        rustls::pki_types::PrivateKeyDer<'static>,
+    ),
+) -> Arc<ServerConfig> {
+    let provider = hbone_crypto_provider();
+    finish_server(
+        server_builder(&provider, &mesh.roots)
+            .unwrap()
+            .with_single_cert(vec![der], key)
+            .unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn client_refuses_a_mesh_server_certificate_without_spiffe_id() {
+    let mesh = Mesh::new();
+    let server = raw_server_config(
+        &mesh,
+        unchecked_certificate(&mesh, |params| {
+            params.subject_alt_names = vec![rcgen::SanType::DnsName(
+                "reviews.bookinfo".try_into().unwrap(),
+            )];
+        }),
+    );
+    let client_cert = mesh.certificate("bookinfo", "productpage");
+    let (_, client) = handshake(
+        server,
+        client_config(&client_cert, &mesh.roots, spiffe("bookinfo", "reviews")).unwrap(),
+    )
+    .await;
+    let error = client.unwrap_err();
+    let rustls::Error::InvalidCertificate(CertificateError::Other(other)) = rustls_error(&error)
+    else {
+        panic!("unexpected {error:?}");
+    };
+    assert_eq!(
+        other.0.downcast_ref::<ServerIdentityError>(),
+        Some(&ServerIdentityError::Missing {
+            source: PeerIdentityError::NoUriSan
+        })
+    );
+}
+
+#[tokio::test]
+async fn client_refuses_an_expired_server_certificate() {
+    let mesh = Mesh::new();
+    let identity = spiffe("bookinfo", "reviews");
+    let server = raw_server_config(
+        &mesh,
+        unchecked_certificate(&mesh, |params| {
+            let now = std::time::SystemTime::now();
+            params.not_before = (now - Duration::from_secs(7200)).into();
+            params.not_after = (now - Duration::from_secs(3600)).into();
+            params.subject_alt_names = vec![spiffe_san(&identity)];
+        }),
+    );
+    let client_cert = mesh.certificate("bookinfo", "productpage");
+    let (_, client) = handshake(
+        server,
+        client_config(&client_cert, &mesh.roots, identity).unwrap(),
+    )
+    .await;
+    let error = client.unwrap_err();
+    assert_eq!(
+        rustls_error(&error),
+        &rustls::Error::InvalidCertificate(CertificateError::Expired)
+    );
+}
+
+#[tokio::test]
+async fn server_refuses_a_mesh_client_certificate_without_spiffe_id() {
+    let mesh = Mesh::new();
+    let server_cert = mesh.certificate("bookinfo", "reviews");
+    let (der, key) = unchecked_certificate(&mesh, |params| {
+        params.subject_alt_names = vec![rcgen::SanType::DnsName("client".try_into().unwrap())];
+    });
+    let provider = hbone_crypto_provider();
+    let verifier =
+        SpiffeServerVerifier::new(&mesh.roots, spiffe("bookinfo", "reviews"), provider.clone())
+            .unwrap();
+    let mut client = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(TLS13_ONLY)
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_client_auth_cert(vec![der], key)
+        .unwrap();
+    client.alpn_protocols = vec![HBONE_ALPN.to_vec()];
+    let (server, _) = handshake(
+        server_config(&server_cert, &mesh.roots).unwrap(),
+        Arc::new(client),
+    )
+    .await;
+    let error = server.unwrap_err();
+    let rustls::Error::InvalidCertificate(CertificateError::Other(other)) = rustls_error(&error)
+    else {
+        panic!("unexpected {error:?}");
+    };
+    assert_eq!(
+        other.0.downcast_ref::<PeerIdentityError>(),
+        Some(&PeerIdentityError::NoUriSan)
+    );
+}
+
+#[derive(Debug)]
+struct FixedResolver(Arc<rustls::sign::CertifiedKey>);
+
+impl ResolvesServerCert for FixedResolver {
+    fn resolve(
+        &self,
+        _client_hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+#[tokio::test]
+async fn resolver_based_server_presents_the_resolved_workload() {
+    let mesh = Mesh::new();
+    let server_cert = mesh.certificate("bookinfo", "details");
+    let resolver = FixedResolver(server_cert.certified_key(&hbone_crypto_provider()).unwrap());
+    let client_cert = mesh.certificate("bookinfo", "productpage");
+    let (server, client) = handshake(
+        server_config_with_resolver(Arc::new(resolver), &mesh.roots).unwrap(),
+        client_config(&client_cert, &mesh.roots, spiffe("bookinfo", "details")).unwrap(),
+    )
+    .await;
+    let server = server.unwrap();
+    assert_eq!(
+        peer_identity(client.unwrap().get_ref().1).unwrap(),
+        spiffe("bookinfo", "details")
+    );
+    assert_eq!(
+        peer_identity(server.get_ref().1).unwrap(),
+        spiffe("bookinfo", "productpage")
+    );
+}
