@@ -1,2 +1,29 @@
-//! SPIFFE identities (`spiffe://<trust-domain>/ns/<ns>/sa/<sa>`), workload certificates and the
-//! rustls client and server configurations that verify them. No I/O beyond what rustls does.
+//! SPIFFE identities (`spiffe://<trust-domain>/ns/<ns>/sa/<sa>`), the mesh certificate authority,
+//! workload keys and certificates, and the rustls client and server configurations that HBONE
+//! uses to authenticate peers by SPIFFE ID. This crate owns every X.509 and TLS decision of the
+//! mesh so that the controller, the node agent and the waypoint agree on them; it does no network
+//! or Kubernetes I/O of its own (the only files it touches are the CA's root cert and key) and it
+//! never decides *authorization*: it says who a peer is, policy says what the peer may do.
+
+mod ca;
+mod peer;
+mod spiffe;
+mod tls;
+mod workload;
+
+#[cfg(test)]
+mod test_support;
+
+pub use ca::{
+    CaError, CertificateAuthority, CertificateChain, LEAF_BACKDATE, ROOT_CERT_FILE, ROOT_KEY_FILE,
+};
+pub use peer::{PeerIdentityError, identity_from_certificate, peer_identity, require_trust_domain};
+pub use spiffe::{PathSegment, SpiffeId, SpiffeIdError};
+pub use tls::{
+    ExpectedServerIdentities, HBONE_ALPN, ServerIdentityError, SpiffeServerVerifier,
+    TlsConfigError, TrustRoots, client_config, hbone_crypto_provider, hbone_server_name,
+    server_config, server_config_with_resolver,
+};
+pub use workload::{
+    CertificateSummary, WorkloadCertificate, WorkloadCertificateError, WorkloadKey,
+};
