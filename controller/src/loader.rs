@@ -145,7 +145,8 @@ pub fn load_str(file: &Path, text: &str) -> (Vec<LoadedResource>, Vec<LoadError>
         match load_document(document) {
             Ok(Some(resource)) => resources.push(LoadedResource { location, resource }),
             Ok(None) => {}
-            Err((identity, path, problem)) => {
+            Err(failure) => {
+                let (identity, path, problem) = *failure;
                 errors.push(LoadError::Document {
                     location,
                     identity,
@@ -158,11 +159,11 @@ pub fn load_str(file: &Path, text: &str) -> (Vec<LoadedResource>, Vec<LoadError>
     (resources, errors)
 }
 
-type DocumentFailure = (DocumentIdentity, String, DocumentProblem);
+type DocumentFailure = Box<(DocumentIdentity, String, DocumentProblem)>;
 
 fn load_document(text: &str) -> Result<Option<Resource>, DocumentFailure> {
     let fail = |identity: &DocumentIdentity, path: &str, problem| {
-        Err((identity.clone(), path.to_owned(), problem))
+        Err(Box::new((identity.clone(), path.to_owned(), problem)))
     };
     let mut identity = DocumentIdentity::default();
     let value: Value = match serde_yaml::from_str(text) {
@@ -298,6 +299,8 @@ fn is_yaml_file(path: &Path) -> bool {
     )
 }
 
+// Read errors are rare and end the walk; keeping `LoadError` unboxed keeps it easy to match on.
+#[allow(clippy::result_large_err)]
 /// Lists the YAML files under `path`: the file itself when it is one (whatever its extension),
 /// or every `.yaml`/`.yml` file below a directory, in sorted order.
 pub fn collect_yaml_files(path: &Path) -> Result<Vec<PathBuf>, LoadError> {

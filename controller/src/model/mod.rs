@@ -120,6 +120,8 @@ impl std::fmt::Display for ResourceKind {
 }
 
 /// One configuration object of any supported kind.
+// Kubernetes objects differ widely in size; resources are few enough that boxing buys nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Resource {
     VirtualService(VirtualService),

@@ -200,7 +200,7 @@ fn is_authority_header(name: &str) -> bool {
 
 /// Envoy header values: `%` must be doubled or enclose a variable name.
 fn check_header_value(value: &str) -> Result<(), String> {
-    if value.matches('%').count() % 2 != 0 {
+    if !value.matches('%').count().is_multiple_of(2) {
         return Err("single % not allowed.  Escape by doubling to %% or encase Envoy variable name in pair of %".to_owned());
     }
     Ok(())

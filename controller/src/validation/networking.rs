@@ -777,7 +777,7 @@ const MAX_DIRECT_RESPONSE_BODY: usize = 1 << 20;
 
 fn is_base64(value: &str) -> bool {
     let trimmed = value.trim_end_matches('=');
-    value.len() % 4 == 0
+    value.len().is_multiple_of(4)
         && value.len() - trimmed.len() <= 2
         && trimmed
             .bytes()
