@@ -1,3 +1,12 @@
 //! The controller: ingests Kubernetes and Istio configuration (from the API server or a local
 //! directory), validates and translates it, pushes it to node agents and waypoints over delta ADS,
 //! and is the mesh's certificate authority. It carries no application traffic.
+//!
+//! This crate holds the configuration model ([`model`]: Istio's API types and the Kubernetes kinds
+//! the mesh reads), the YAML [`loader`], the semantic [`validation`] that follows Istio's rules,
+//! and the [`crd`] definitions generated from the model. None of these perform network I/O.
+
+pub mod crd;
+pub mod loader;
+pub mod model;
+pub mod validation;
