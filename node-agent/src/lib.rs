@@ -4,3 +4,4 @@
 
 pub mod ebpf;
 pub mod enrollment;
+pub mod state;

@@ -1,0 +1,353 @@
+//! What the agent knows about the mesh: workloads, services and L4 authorization policies, as
+//! pushed by the controller. One writer (the xDS handlers) and many readers (every connection):
+//! indexes live behind one `RwLock` that is never held across an `.await`, readers take cheap
+//! `Arc` clones out of it, and a `watch` channel wakes whoever waits for a change.
+//!
+//! Protobuf stops here: `TryFrom<proto::X>` turns each pushed resource into a domain type, and a
+//! resource that does not convert is an error the xDS handler turns into a NACK.
+
+mod convert;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+    sync::{Arc, RwLock},
+};
+
+use serde::Serialize;
+use weft_identity::SpiffeId;
+use weft_policy::l4::Authorization;
+
+pub use convert::{AddressResource, ConversionError};
+
+/// Istio's HBONE port, the default for workloads and waypoints.
+pub const HBONE_PORT: u16 = 15008;
+
+/// How a workload's traffic reaches it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TunnelProtocol {
+    /// Plain TCP: the workload is not in the mesh.
+    None,
+    /// HBONE to the workload's address on port 15008.
+    Hbone,
+}
+
+/// Where a waypoint is: an address, or a service resolved through the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GatewayDestination {
+    Address(IpAddr),
+    /// `namespace/hostname` of a service.
+    Service(NamespacedHostname),
+}
+
+/// A waypoint or gateway reference, with its HBONE port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GatewayAddress {
+    pub destination: GatewayDestination,
+    pub hbone_port: u16,
+}
+
+/// A service's key: its namespace and fully qualified hostname.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct NamespacedHostname {
+    pub namespace: String,
+    pub hostname: String,
+}
+
+impl std::fmt::Display for NamespacedHostname {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.hostname)
+    }
+}
+
+/// One workload (a pod, in Kubernetes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Workload {
+    pub uid: String,
+    pub name: String,
+    pub namespace: String,
+    pub addresses: Vec<IpAddr>,
+    pub trust_domain: String,
+    pub service_account: String,
+    pub node: String,
+    pub tunnel: TunnelProtocol,
+    pub waypoint: Option<GatewayAddress>,
+    pub canonical_name: String,
+    pub canonical_revision: String,
+    pub workload_name: String,
+    pub cluster_id: String,
+    pub healthy: bool,
+    /// Services this workload backs, with `service port -> target port`.
+    pub services: BTreeMap<NamespacedHostname, BTreeMap<u16, u16>>,
+    /// Keys (`namespace/name`) of the authorization policies that select this workload.
+    pub authorization_policies: Vec<String>,
+}
+
+impl Workload {
+    /// The workload's SPIFFE identity.
+    pub fn identity(&self) -> Result<SpiffeId, weft_identity::SpiffeIdError> {
+        SpiffeId::new(&self.trust_domain, &self.namespace, &self.service_account)
+    }
+}
+
+/// How a service picks endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoadBalancingMode {
+    /// Round robin over healthy endpoints (the default).
+    Standard,
+    /// Only endpoints that meet every routing preference.
+    Strict,
+    /// Prefer endpoints that meet the preferences, then any.
+    Failover,
+    /// No endpoint selection: connect to the original destination.
+    Passthrough,
+}
+
+/// A locality scope a service's traffic prefers to stay within.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoutingPreference {
+    Region,
+    Zone,
+    Subzone,
+    Node,
+    Cluster,
+    Network,
+}
+
+/// A service: virtual IPs and ports in front of a set of workloads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Service {
+    pub name: String,
+    pub namespace: String,
+    pub hostname: String,
+    pub vips: Vec<IpAddr>,
+    /// `service port -> target port` (0: the workload's own mapping decides).
+    pub ports: BTreeMap<u16, u16>,
+    pub subject_alt_names: Vec<String>,
+    pub waypoint: Option<GatewayAddress>,
+    pub load_balancing: LoadBalancingMode,
+    pub routing_preferences: Vec<RoutingPreference>,
+    /// Whether unhealthy endpoints may be chosen.
+    pub allow_unhealthy: bool,
+}
+
+impl Service {
+    pub fn key(&self) -> NamespacedHostname {
+        NamespacedHostname {
+            namespace: self.namespace.clone(),
+            hostname: self.hostname.clone(),
+        }
+    }
+}
+
+/// The indexes. Only the store's writer methods change them.
+#[derive(Debug, Default)]
+struct Indexes {
+    workloads_by_uid: HashMap<String, Arc<Workload>>,
+    workloads_by_ip: HashMap<IpAddr, Arc<Workload>>,
+    services_by_key: HashMap<NamespacedHostname, Arc<Service>>,
+    services_by_vip: HashMap<IpAddr, Arc<Service>>,
+    /// Workload uids backing each service.
+    endpoints: HashMap<NamespacedHostname, Vec<String>>,
+    policies: HashMap<String, Arc<Authorization>>,
+}
+
+/// The agent's view of the mesh. Cheap to clone (an `Arc` inside).
+#[derive(Debug, Clone)]
+pub struct WorkloadStore {
+    indexes: Arc<RwLock<Indexes>>,
+    generation: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Default for WorkloadStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl WorkloadStore {
+    pub fn new() -> Self {
+        Self {
+            indexes: Arc::default(),
+            generation: Arc::new(tokio::sync::watch::channel(0).0),
+        }
+    }
+
+    /// Wakes on every change.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Indexes> {
+        self.indexes.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self, change: impl FnOnce(&mut Indexes)) {
+        {
+            let mut indexes = self.indexes.write().unwrap_or_else(|p| p.into_inner());
+            change(&mut indexes);
+        }
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    // ---- readers ----
+
+    pub fn workload_by_uid(&self, uid: &str) -> Option<Arc<Workload>> {
+        self.read().workloads_by_uid.get(uid).cloned()
+    }
+
+    pub fn workload_by_ip(&self, ip: IpAddr) -> Option<Arc<Workload>> {
+        self.read().workloads_by_ip.get(&ip).cloned()
+    }
+
+    pub fn service_by_vip(&self, ip: IpAddr) -> Option<Arc<Service>> {
+        self.read().services_by_vip.get(&ip).cloned()
+    }
+
+    pub fn service(&self, key: &NamespacedHostname) -> Option<Arc<Service>> {
+        self.read().services_by_key.get(key).cloned()
+    }
+
+    /// The workloads backing `service`, in a stable order.
+    pub fn endpoints(&self, service: &NamespacedHostname) -> Vec<Arc<Workload>> {
+        let indexes = self.read();
+        indexes
+            .endpoints
+            .get(service)
+            .map(|uids| {
+                uids.iter()
+                    .filter_map(|uid| indexes.workloads_by_uid.get(uid).cloned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn policy(&self, key: &str) -> Option<Arc<Authorization>> {
+        self.read().policies.get(key).cloned()
+    }
+
+    /// Every policy, for evaluation: the caller filters by scope with
+    /// `Authorization::applies_to`.
+    pub fn policies(&self) -> Vec<Arc<Authorization>> {
+        let mut all: Vec<_> = self.read().policies.values().cloned().collect();
+        all.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        all
+    }
+
+    /// Everything, for `/config_dump`.
+    pub fn dump(&self) -> StoreDump {
+        let indexes = self.read();
+        let mut workloads: Vec<_> = indexes.workloads_by_uid.values().cloned().collect();
+        workloads.sort_by(|a, b| a.uid.cmp(&b.uid));
+        let mut services: Vec<_> = indexes.services_by_key.values().cloned().collect();
+        services.sort_by_key(|s| s.key());
+        drop(indexes);
+        StoreDump {
+            workloads,
+            services,
+            policies: self.policies(),
+        }
+    }
+
+    // ---- the writer ----
+
+    /// Adds or replaces a workload.
+    pub fn insert_workload(&self, workload: Workload) {
+        self.write(|ix| {
+            remove_workload(ix, &workload.uid);
+            let workload = Arc::new(workload);
+            for ip in &workload.addresses {
+                ix.workloads_by_ip.insert(*ip, workload.clone());
+            }
+            for service in workload.services.keys() {
+                ix.endpoints
+                    .entry(service.clone())
+                    .or_default()
+                    .push(workload.uid.clone());
+            }
+            ix.workloads_by_uid.insert(workload.uid.clone(), workload);
+        });
+    }
+
+    pub fn remove_workload(&self, uid: &str) {
+        self.write(|ix| remove_workload(ix, uid));
+    }
+
+    /// Adds or replaces a service.
+    pub fn insert_service(&self, service: Service) {
+        self.write(|ix| {
+            let key = service.key();
+            remove_service(ix, &key);
+            let service = Arc::new(service);
+            for vip in &service.vips {
+                ix.services_by_vip.insert(*vip, service.clone());
+            }
+            ix.services_by_key.insert(key, service);
+        });
+    }
+
+    pub fn remove_service(&self, key: &NamespacedHostname) {
+        self.write(|ix| remove_service(ix, key));
+    }
+
+    /// Adds or replaces a policy (keyed `namespace/name`).
+    pub fn insert_policy(&self, policy: Authorization) {
+        self.write(|ix| {
+            ix.policies.insert(
+                format!("{}/{}", policy.namespace, policy.name),
+                Arc::new(policy),
+            );
+        });
+    }
+
+    pub fn remove_policy(&self, key: &str) {
+        self.write(|ix| {
+            ix.policies.remove(key);
+        });
+    }
+}
+
+fn remove_workload(ix: &mut Indexes, uid: &str) {
+    let Some(old) = ix.workloads_by_uid.remove(uid) else {
+        return;
+    };
+    for ip in &old.addresses {
+        if ix.workloads_by_ip.get(ip).is_some_and(|w| w.uid == uid) {
+            ix.workloads_by_ip.remove(ip);
+        }
+    }
+    for service in old.services.keys() {
+        if let Some(uids) = ix.endpoints.get_mut(service) {
+            uids.retain(|u| u != uid);
+            if uids.is_empty() {
+                ix.endpoints.remove(service);
+            }
+        }
+    }
+}
+
+fn remove_service(ix: &mut Indexes, key: &NamespacedHostname) {
+    let Some(old) = ix.services_by_key.remove(key) else {
+        return;
+    };
+    for vip in &old.vips {
+        if ix.services_by_vip.get(vip).is_some_and(|s| s.key() == *key) {
+            ix.services_by_vip.remove(vip);
+        }
+    }
+}
+
+/// A consistent copy of the store, for the admin endpoint.
+#[derive(Debug, Serialize)]
+pub struct StoreDump {
+    pub workloads: Vec<Arc<Workload>>,
+    pub services: Vec<Arc<Service>>,
+    pub policies: Vec<Arc<Authorization>>,
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,281 @@
+//! `TryFrom` the pushed protobuf resources into the store's types. Anything malformed is a
+//! typed error naming the field, which the xDS handler sends back as a NACK.
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use weft_proto::istio::workload as proto;
+
+use super::{
+    GatewayAddress, GatewayDestination, HBONE_PORT, LoadBalancingMode, NamespacedHostname,
+    RoutingPreference, Service, TunnelProtocol, Workload,
+};
+
+/// A pushed resource the agent cannot use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConversionError {
+    #[error("{resource}: field {field}: {reason}")]
+    Field {
+        resource: String,
+        field: &'static str,
+        reason: String,
+    },
+    #[error("address resource holds neither a workload nor a service")]
+    EmptyAddress,
+}
+
+fn field_error(resource: &str, field: &'static str, reason: impl Into<String>) -> ConversionError {
+    ConversionError::Field {
+        resource: resource.to_string(),
+        field,
+        reason: reason.into(),
+    }
+}
+
+fn ip_from_bytes(bytes: &[u8]) -> Option<IpAddr> {
+    match bytes.len() {
+        4 => Some(IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?)),
+        16 => Some(IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?)),
+        _ => None,
+    }
+}
+
+fn port(resource: &str, field: &'static str, value: u32) -> Result<u16, ConversionError> {
+    u16::try_from(value).map_err(|_| field_error(resource, field, format!("port {value} > 65535")))
+}
+
+fn gateway(
+    resource: &str,
+    field: &'static str,
+    gateway: Option<proto::GatewayAddress>,
+) -> Result<Option<GatewayAddress>, ConversionError> {
+    let Some(gateway) = gateway else {
+        return Ok(None);
+    };
+    let destination = match gateway.destination {
+        None => return Err(field_error(resource, field, "no destination")),
+        Some(proto::gateway_address::Destination::Address(address)) => GatewayDestination::Address(
+            ip_from_bytes(&address.address)
+                .ok_or_else(|| field_error(resource, field, "address is neither IPv4 nor IPv6"))?,
+        ),
+        Some(proto::gateway_address::Destination::Hostname(host)) => {
+            if host.hostname.is_empty() {
+                return Err(field_error(resource, field, "empty hostname"));
+            }
+            GatewayDestination::Service(NamespacedHostname {
+                namespace: host.namespace,
+                hostname: host.hostname,
+            })
+        }
+    };
+    let hbone_port = match gateway.hbone_mtls_port {
+        0 => HBONE_PORT,
+        p => port(resource, field, p)?,
+    };
+    Ok(Some(GatewayAddress {
+        destination,
+        hbone_port,
+    }))
+}
+
+impl TryFrom<proto::Workload> for Workload {
+    type Error = ConversionError;
+
+    fn try_from(w: proto::Workload) -> Result<Self, Self::Error> {
+        let resource = format!("workload {}", w.uid);
+        if w.uid.is_empty() {
+            return Err(field_error(&resource, "uid", "empty"));
+        }
+        let addresses = w
+            .addresses
+            .iter()
+            .map(|a| {
+                ip_from_bytes(a).ok_or_else(|| {
+                    field_error(
+                        &resource,
+                        "addresses",
+                        format!("{} bytes is not an IP", a.len()),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let tunnel = match proto::TunnelProtocol::try_from(w.tunnel_protocol) {
+            Ok(proto::TunnelProtocol::None) => TunnelProtocol::None,
+            Ok(proto::TunnelProtocol::Hbone) => TunnelProtocol::Hbone,
+            Err(_) => {
+                return Err(field_error(
+                    &resource,
+                    "tunnel_protocol",
+                    format!("unknown value {}", w.tunnel_protocol),
+                ));
+            }
+        };
+        let healthy = match proto::WorkloadStatus::try_from(w.status) {
+            Ok(proto::WorkloadStatus::Healthy) => true,
+            Ok(proto::WorkloadStatus::Unhealthy) => false,
+            Err(_) => {
+                return Err(field_error(
+                    &resource,
+                    "status",
+                    format!("unknown value {}", w.status),
+                ));
+            }
+        };
+        let mut services = BTreeMap::new();
+        for (key, ports) in w.services {
+            let Some((namespace, hostname)) = key.split_once('/') else {
+                return Err(field_error(
+                    &resource,
+                    "services",
+                    format!("key {key:?} is not namespace/hostname"),
+                ));
+            };
+            let mut mapping = BTreeMap::new();
+            for p in ports.ports {
+                mapping.insert(
+                    port(&resource, "services.ports.service_port", p.service_port)?,
+                    port(&resource, "services.ports.target_port", p.target_port)?,
+                );
+            }
+            services.insert(
+                NamespacedHostname {
+                    namespace: namespace.to_string(),
+                    hostname: hostname.to_string(),
+                },
+                mapping,
+            );
+        }
+        let waypoint = gateway(&resource, "waypoint", w.waypoint)?;
+        let workload = Workload {
+            uid: w.uid,
+            name: w.name,
+            namespace: w.namespace,
+            addresses,
+            trust_domain: if w.trust_domain.is_empty() {
+                "cluster.local".to_string()
+            } else {
+                w.trust_domain
+            },
+            service_account: if w.service_account.is_empty() {
+                "default".to_string()
+            } else {
+                w.service_account
+            },
+            node: w.node,
+            tunnel,
+            waypoint,
+            canonical_name: w.canonical_name,
+            canonical_revision: w.canonical_revision,
+            workload_name: w.workload_name,
+            cluster_id: w.cluster_id,
+            healthy,
+            services,
+            authorization_policies: w.authorization_policies,
+        };
+        if tunnel == TunnelProtocol::Hbone {
+            workload
+                .identity()
+                .map_err(|e| field_error(&resource, "service_account", e.to_string()))?;
+        }
+        Ok(workload)
+    }
+}
+
+impl TryFrom<proto::Service> for Service {
+    type Error = ConversionError;
+
+    fn try_from(s: proto::Service) -> Result<Self, Self::Error> {
+        let resource = format!("service {}/{}", s.namespace, s.hostname);
+        if s.hostname.is_empty() {
+            return Err(field_error(&resource, "hostname", "empty"));
+        }
+        let vips = s
+            .addresses
+            .iter()
+            .map(|a| {
+                ip_from_bytes(&a.address).ok_or_else(|| {
+                    field_error(&resource, "addresses", "address is neither IPv4 nor IPv6")
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut ports = BTreeMap::new();
+        for p in &s.ports {
+            ports.insert(
+                port(&resource, "ports.service_port", p.service_port)?,
+                port(&resource, "ports.target_port", p.target_port)?,
+            );
+        }
+        let (load_balancing, routing_preferences, allow_unhealthy) = match &s.load_balancing {
+            None => (LoadBalancingMode::Standard, Vec::new(), false),
+            Some(lb) => {
+                use proto::load_balancing::{HealthPolicy, Mode, Scope};
+                let mode = match Mode::try_from(lb.mode) {
+                    Ok(Mode::UnspecifiedMode) => LoadBalancingMode::Standard,
+                    Ok(Mode::Strict) => LoadBalancingMode::Strict,
+                    Ok(Mode::Failover) => LoadBalancingMode::Failover,
+                    Ok(Mode::Passthrough) => LoadBalancingMode::Passthrough,
+                    Err(_) => {
+                        return Err(field_error(
+                            &resource,
+                            "load_balancing.mode",
+                            format!("unknown value {}", lb.mode),
+                        ));
+                    }
+                };
+                let preferences = lb
+                    .routing_preference
+                    .iter()
+                    .map(|scope| match Scope::try_from(*scope) {
+                        Ok(Scope::Region) => Ok(Some(RoutingPreference::Region)),
+                        Ok(Scope::Zone) => Ok(Some(RoutingPreference::Zone)),
+                        Ok(Scope::Subzone) => Ok(Some(RoutingPreference::Subzone)),
+                        Ok(Scope::Node) => Ok(Some(RoutingPreference::Node)),
+                        Ok(Scope::Cluster) => Ok(Some(RoutingPreference::Cluster)),
+                        Ok(Scope::Network) => Ok(Some(RoutingPreference::Network)),
+                        Ok(Scope::UnspecifiedScope) => Ok(None),
+                        Err(_) => Err(field_error(
+                            &resource,
+                            "load_balancing.routing_preference",
+                            format!("unknown value {scope}"),
+                        )),
+                    })
+                    .filter_map(Result::transpose)
+                    .collect::<Result<Vec<_>, _>>()?;
+                let allow_unhealthy =
+                    HealthPolicy::try_from(lb.health_policy) == Ok(HealthPolicy::AllowAll);
+                (mode, preferences, allow_unhealthy)
+            }
+        };
+        let waypoint = gateway(&resource, "waypoint", s.waypoint)?;
+        Ok(Service {
+            name: s.name,
+            namespace: s.namespace,
+            hostname: s.hostname,
+            vips,
+            ports,
+            subject_alt_names: s.subject_alt_names,
+            waypoint,
+            load_balancing,
+            routing_preferences,
+            allow_unhealthy,
+        })
+    }
+}
+
+/// One `istio.workload.Address` resource: a workload or a service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AddressResource {
+    Workload(Workload),
+    Service(Service),
+}
+
+impl TryFrom<proto::Address> for AddressResource {
+    type Error = ConversionError;
+
+    fn try_from(address: proto::Address) -> Result<Self, Self::Error> {
+        match address.r#type {
+            Some(proto::address::Type::Workload(w)) => Ok(Self::Workload(w.try_into()?)),
+            Some(proto::address::Type::Service(s)) => Ok(Self::Service(s.try_into()?)),
+            None => Err(ConversionError::EmptyAddress),
+        }
+    }
+}
