@@ -306,6 +306,19 @@ struct PendingPush {
     deadline: Instant,
 }
 
+impl PendingPush {
+    /// The push after a change seen at `now`: each change restarts the quiet period, but the
+    /// first change of the burst never waits longer than `debounce_max`.
+    fn after_change(pending: Option<Self>, now: Instant, config: &ServerConfig) -> Self {
+        let first_change = pending.map_or(now, |push| push.first_change);
+        let deadline = (now + config.debounce).min(first_change + config.debounce_max);
+        Self {
+            first_change,
+            deadline,
+        }
+    }
+}
+
 struct ProxyStream {
     proxy: ProxyIdentity,
     reader: SnapshotReader,
@@ -343,11 +356,7 @@ impl ProxyStream {
                         info!(proxy = %self.proxy.id, "resource store closed, ending stream");
                         return Ok(());
                     }
-                    let now = Instant::now();
-                    let first_change = pending.map_or(now, |push| push.first_change);
-                    let deadline = (now + self.config.debounce)
-                        .min(first_change + self.config.debounce_max);
-                    pending = Some(PendingPush { first_change, deadline });
+                    pending = Some(PendingPush::after_change(pending, Instant::now(), &self.config));
                 },
                 () = sleep_until_or_forever(deadline) => {
                     if let Some(push) = pending.take() {
@@ -596,6 +605,38 @@ mod tests {
                 .map(|(name, value)| (name.to_string(), resource(name, value).version.clone()))
                 .collect(),
             evaluated: None,
+        }
+    }
+
+    #[test]
+    fn debounce_waits_for_quiet_but_not_beyond_the_maximum() {
+        let config = ServerConfig {
+            debounce: Duration::from_millis(100),
+            debounce_max: Duration::from_millis(250),
+            ..ServerConfig::default()
+        };
+        let start = Instant::now();
+        let ms = Duration::from_millis;
+        // (changes seen at these offsets, expected deadline offset)
+        let cases: [(&[u64], u64); 5] = [
+            (&[0], 100),
+            (&[0, 50], 150),
+            (&[0, 50, 120], 220),
+            (&[0, 50, 120, 200], 250),
+            (&[0, 240], 250),
+        ];
+        for (changes, expected) in cases {
+            let mut pending = None;
+            for offset in changes {
+                pending = Some(PendingPush::after_change(
+                    pending,
+                    start + ms(*offset),
+                    &config,
+                ));
+            }
+            let push = pending.unwrap();
+            assert_eq!(push.first_change, start, "{changes:?}");
+            assert_eq!(push.deadline, start + ms(expected), "{changes:?}");
         }
     }
 

@@ -12,6 +12,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use weft_proto::envoy::config::core::v3::Node;
+use weft_proto::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use weft_proto::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
 
 use crate::{
     Backoff, ConnectionState, DeltaAdsServer, DeltaClient, ProxyIdentity, ResourceStore,
@@ -420,7 +422,10 @@ async fn scope_decides_what_each_proxy_sees() -> Result<()> {
     )
     .await?;
     let mut node_a = RunningClient::start(server.target()?, "node-a", Vec::new());
-    let mut node_b = RunningClient::start(server.target()?, "node-b", Vec::new());
+    // The second proxy brings its own channel, as a TLS-configured caller would.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.address))?
+        .connect_lazy();
+    let mut node_b = RunningClient::start(Target::Channel(channel), "node-b", Vec::new());
     assert_eq!(
         names(&node_a.next_update().await?),
         ["node-a/w1", "shared/s1"]
@@ -466,9 +471,6 @@ async fn explicit_subscription_receives_only_named_resources() -> Result<()> {
 
 #[tokio::test]
 async fn stream_without_node_is_refused() -> Result<()> {
-    use weft_proto::envoy::service::discovery::v3::DeltaDiscoveryRequest;
-    use weft_proto::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-
     let store = ResourceStore::new();
     let server = RunningServer::bind(DeltaAdsServer::new(store.reader())).await?;
     let mut raw =
@@ -487,5 +489,143 @@ async fn stream_without_node_is_refused() -> Result<()> {
     let status = outcome.err().context("stream without node must fail")?;
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
     drop(store);
+    server.stop().await
+}
+
+/// A hand-driven stream, for the request shapes `DeltaClient` does not send.
+struct RawStream {
+    requests: mpsc::Sender<DeltaDiscoveryRequest>,
+    responses: tonic::Streaming<DeltaDiscoveryResponse>,
+}
+
+impl RawStream {
+    async fn open(address: SocketAddr, first: DeltaDiscoveryRequest) -> Result<Self> {
+        let mut client =
+            AggregatedDiscoveryServiceClient::connect(format!("http://{address}")).await?;
+        let (requests, request_stream) = mpsc::channel(8);
+        requests.send(first).await?;
+        let responses = client
+            .delta_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(request_stream))
+            .await?
+            .into_inner();
+        Ok(Self {
+            requests,
+            responses,
+        })
+    }
+
+    async fn next(&mut self) -> Result<DeltaDiscoveryResponse> {
+        tokio::time::timeout(STEP_TIMEOUT, self.responses.message())
+            .await
+            .context("no response in time")??
+            .context("stream closed")
+    }
+
+    async fn expect_quiet(&mut self) -> Result<()> {
+        if let Ok(response) = tokio::time::timeout(QUIET_PERIOD, self.responses.message()).await {
+            bail!("unexpected response {response:?}");
+        }
+        Ok(())
+    }
+
+    async fn ack(&mut self, response: &DeltaDiscoveryResponse) -> Result<()> {
+        self.send(DeltaDiscoveryRequest {
+            type_url: response.type_url.clone(),
+            response_nonce: response.nonce.clone(),
+            ..DeltaDiscoveryRequest::default()
+        })
+        .await
+    }
+
+    async fn send(&mut self, request: DeltaDiscoveryRequest) -> Result<()> {
+        self.requests.send(request).await?;
+        Ok(())
+    }
+}
+
+fn response_names(response: &DeltaDiscoveryResponse) -> Vec<&str> {
+    let mut names: Vec<&str> = response.resources.iter().map(|r| r.name.as_str()).collect();
+    names.sort_unstable();
+    names
+}
+
+#[tokio::test]
+async fn names_can_be_subscribed_and_unsubscribed_on_an_open_stream() -> Result<()> {
+    let mut store = ResourceStore::new();
+    for name in ["a", "b", "c"] {
+        store.set(THING, name, thing("1"));
+    }
+    let server =
+        RunningServer::bind(DeltaAdsServer::new(store.reader()).with_config(fast_config())).await?;
+    let mut stream = RawStream::open(
+        server.address,
+        DeltaDiscoveryRequest {
+            node: Some(node("raw")),
+            type_url: THING.to_string(),
+            resource_names_subscribe: vec!["a".to_string()],
+            ..DeltaDiscoveryRequest::default()
+        },
+    )
+    .await?;
+    let first = stream.next().await?;
+    assert_eq!(response_names(&first), ["a"]);
+    stream.ack(&first).await?;
+
+    stream
+        .send(DeltaDiscoveryRequest {
+            type_url: THING.to_string(),
+            resource_names_subscribe: vec!["c".to_string()],
+            resource_names_unsubscribe: vec!["a".to_string()],
+            ..DeltaDiscoveryRequest::default()
+        })
+        .await?;
+    let added = stream.next().await?;
+    assert_eq!(response_names(&added), ["c"]);
+    assert!(added.removed_resources.is_empty());
+    assert_ne!(added.nonce, first.nonce, "every response has its own nonce");
+    stream.ack(&added).await?;
+
+    store.set(THING, "a", thing("2"));
+    store.set(THING, "b", thing("2"));
+    stream.expect_quiet().await?;
+    store.set(THING, "c", thing("2"));
+    assert_eq!(response_names(&stream.next().await?), ["c"]);
+    drop(store);
+    drop(stream);
+    server.stop().await
+}
+
+#[tokio::test]
+async fn initial_resource_versions_skip_what_the_proxy_already_has() -> Result<()> {
+    let mut store = ResourceStore::new();
+    store.set(THING, "current", thing("1"));
+    store.set(THING, "stale", thing("2"));
+    let snapshot = store.snapshot();
+    let version_of = |name: &str| snapshot.get(THING, name).map(|r| r.version.clone());
+    let server =
+        RunningServer::bind(DeltaAdsServer::new(store.reader()).with_config(fast_config())).await?;
+    let mut stream = RawStream::open(
+        server.address,
+        DeltaDiscoveryRequest {
+            node: Some(node("reconnecting")),
+            type_url: THING.to_string(),
+            initial_resource_versions: [
+                (
+                    "current".to_string(),
+                    version_of("current").context("version")?,
+                ),
+                ("stale".to_string(), "old-version".to_string()),
+                ("gone".to_string(), "any".to_string()),
+            ]
+            .into(),
+            ..DeltaDiscoveryRequest::default()
+        },
+    )
+    .await?;
+    let first = stream.next().await?;
+    assert_eq!(response_names(&first), ["stale"]);
+    assert_eq!(first.removed_resources, ["gone"]);
+    drop(store);
+    drop(stream);
     server.stop().await
 }
