@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
@@ -135,6 +135,7 @@ pub struct DeltaAdsServer {
     metrics: Arc<dyn XdsMetrics>,
     config: ServerConfig,
     connections: Arc<AtomicU64>,
+    shutdown: Option<watch::Receiver<bool>>,
 }
 
 impl std::fmt::Debug for DeltaAdsServer {
@@ -154,6 +155,7 @@ impl DeltaAdsServer {
             metrics: Arc::new(NoMetrics),
             config: ServerConfig::default(),
             connections: Arc::new(AtomicU64::new(0)),
+            shutdown: None,
         }
     }
 
@@ -172,6 +174,14 @@ impl DeltaAdsServer {
     /// Replaces the tuning.
     pub fn with_config(mut self, config: ServerConfig) -> Self {
         self.config = config;
+        self
+    }
+
+    /// Ends every stream once `shutdown` turns `true` (or its sender is dropped), so a graceful
+    /// server shutdown completes while the store lives on. Proxies reconnect with backoff and
+    /// keep serving their last configuration meanwhile.
+    pub fn with_shutdown(mut self, shutdown: watch::Receiver<bool>) -> Self {
+        self.shutdown = Some(shutdown);
         self
     }
 
@@ -257,7 +267,14 @@ impl DeltaAdsServer {
             next_nonce: 0,
             responses,
         };
-        stream.run(first, requests).await
+        let mut shutdown = self.shutdown.clone();
+        tokio::select! {
+            ended = stream.run(first, requests) => ended,
+            () = shutdown_requested(&mut shutdown) => {
+                info!(proxy = %stream.proxy.id, "server shutting down, ending stream");
+                Ok(())
+            }
+        }
     }
 }
 
@@ -566,6 +583,16 @@ fn diff_type(
     delta
 }
 
+async fn shutdown_requested(shutdown: &mut Option<watch::Receiver<bool>>) {
+    match shutdown {
+        // A dropped sender counts as a shutdown too: nobody can ever call it off.
+        Some(shutdown) => {
+            let _ = shutdown.wait_for(|requested| *requested).await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
 async fn sleep_until_or_forever(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
@@ -605,6 +632,39 @@ mod tests {
                 .map(|(name, value)| (name.to_string(), resource(name, value).version.clone()))
                 .collect(),
             evaluated: None,
+        }
+    }
+
+    #[test]
+    fn node_metadata_strings_are_read_and_other_kinds_ignored() {
+        use prost_types::value::Kind;
+        use prost_types::{Struct, Value};
+        let field = |kind| Value { kind: Some(kind) };
+        let proxy = ProxyIdentity {
+            id: "node-a".to_string(),
+            node: Node {
+                id: "node-a".to_string(),
+                metadata: Some(Struct {
+                    fields: [
+                        (
+                            "NAMESPACE".to_string(),
+                            field(Kind::StringValue("default".into())),
+                        ),
+                        ("CAPACITY".to_string(), field(Kind::NumberValue(2.0))),
+                    ]
+                    .into(),
+                }),
+                ..Node::default()
+            },
+            connection: 1,
+        };
+        let cases = [
+            ("NAMESPACE", Some("default")),
+            ("CAPACITY", None),
+            ("MISSING", None),
+        ];
+        for (key, expected) in cases {
+            assert_eq!(proxy.metadata_string(key), expected, "{key}");
         }
     }
 

@@ -449,8 +449,13 @@ async fn explicit_subscription_receives_only_named_resources() -> Result<()> {
     for name in ["a", "b", "c"] {
         store.set(THING, name, thing("1"));
     }
-    let server =
-        RunningServer::bind(DeltaAdsServer::new(store.reader()).with_config(fast_config())).await?;
+    let (shutdown, shutdown_signal) = watch::channel(false);
+    let server = RunningServer::bind(
+        DeltaAdsServer::new(store.reader())
+            .with_config(fast_config())
+            .with_shutdown(shutdown_signal),
+    )
+    .await?;
     let mut client = RunningClient::start(
         server.target()?,
         "waypoint-1",
@@ -464,8 +469,41 @@ async fn explicit_subscription_receives_only_named_resources() -> Result<()> {
     assert_eq!(names(&client.next_update().await?), ["later"]);
     store.remove(THING, "b");
     assert_eq!(client.next_update().await?.removed, ["b"]);
+
+    // The shutdown signal ends the stream while the store lives on; the server then stops.
+    shutdown.send_replace(true);
+    client
+        .wait_state(|state| !state.connected && state.last_error.is_some())
+        .await?;
+    server.stop().await?;
+    store.set(THING, "b", thing("3"));
     drop(store);
-    drop(client);
+    Ok(())
+}
+
+#[tokio::test]
+async fn client_stops_on_shutdown_and_refuses_to_run_without_subscriptions() -> Result<()> {
+    let store = ResourceStore::new();
+    let server = RunningServer::bind(DeltaAdsServer::new(store.reader())).await?;
+
+    let empty = DeltaClient::new(server.target()?, node("idle"));
+    let outcome =
+        tokio::time::timeout(STEP_TIMEOUT, empty.run_until(std::future::pending())).await?;
+    assert!(matches!(outcome, Err(crate::ClientError::NoSubscriptions)));
+
+    let (updates, _received) = mpsc::unbounded_channel();
+    let client = DeltaClient::new(server.target()?, node("stoppable"))
+        .subscribe(THING, recording_handler(updates));
+    let mut state = client.state();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(client.run_until(async {
+        let _ = stopped.await;
+    }));
+    tokio::time::timeout(STEP_TIMEOUT, state.wait_for(|state| state.synced)).await??;
+    let _ = stop.send(());
+    let outcome = tokio::time::timeout(STEP_TIMEOUT, task).await??;
+    assert!(outcome.is_ok());
+    drop(store);
     server.stop().await
 }
 
