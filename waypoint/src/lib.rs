@@ -1,3 +1,150 @@
 //! The waypoint: an L7 proxy that receives the traffic of the services that use it over HBONE,
 //! applies their VirtualService, DestinationRule and L7 AuthorizationPolicy configuration, and
-//! sends each request on over HBONE. It owns request-level behaviour; it never loads eBPF.
+//! sends each request on over HBONE. It owns request-level behaviour (routing, authorization,
+//! retries, timeouts, faults, mirrors, circuit breaking, outlier detection, request metrics);
+//! its decisions come from weft-policy, its tunnels from weft-hbone and its certificates from
+//! weft-identity. It never loads eBPF and never decides L4 policy for the node.
+//!
+//! Layout: [`model`] turns the `WaypointConfig` resource into domain types, [`store`] holds the
+//! last good one, [`listener`] accepts HBONE and runs HTTP inside tunnels, [`proxy`] is the
+//! per-request pipeline, [`upstream`] picks endpoints and carries requests to them, [`metrics`]
+//! and [`admin`] report.
+
+pub mod admin;
+pub mod identity;
+pub mod listener;
+pub mod metrics;
+pub mod model;
+pub mod proxy;
+mod smuggling;
+pub mod store;
+pub mod upstream;
+
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+use weft_proto::waypoint as proto;
+
+pub use identity::{CertificateSource, IdentityError, RotatingCertificate, TlsMaterial};
+pub use listener::{HboneListener, HttpLimits, ListenerError};
+pub use model::{ConfigError, WaypointConfig};
+pub use store::{ConfigStore, WaypointConfigHandler};
+pub use upstream::{HboneAddressResolver, Upstream, default_hbone_address};
+
+use crate::admin::AdminServer;
+use crate::metrics::Metrics;
+use crate::proxy::{DEFAULT_MAX_REQUEST_BODY, ProxyShared};
+
+/// Everything the waypoint needs that is not configuration pushed over xDS.
+pub struct WaypointOptions {
+    pub certificates: Arc<dyn CertificateSource>,
+    /// Where to dial endpoints' HBONE listeners (default `<ip>:15008`).
+    pub hbone_address: HboneAddressResolver,
+    pub limits: HttpLimits,
+    pub max_request_body: usize,
+}
+
+impl WaypointOptions {
+    pub fn new(certificates: Arc<dyn CertificateSource>) -> Self {
+        WaypointOptions {
+            certificates,
+            hbone_address: default_hbone_address(),
+            limits: HttpLimits::default(),
+            max_request_body: DEFAULT_MAX_REQUEST_BODY,
+        }
+    }
+}
+
+/// The waypoint proxy: configuration store, metrics and the shared request pipeline.
+pub struct Waypoint {
+    shared: Arc<ProxyShared>,
+    certificates: Arc<dyn CertificateSource>,
+    limits: HttpLimits,
+    registry: Arc<Mutex<Registry>>,
+}
+
+impl std::fmt::Debug for Waypoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Waypoint").finish_non_exhaustive()
+    }
+}
+
+impl Waypoint {
+    pub fn new(options: WaypointOptions) -> Self {
+        let mut registry = Registry::default();
+        let metrics = Arc::new(Metrics::new(&mut registry));
+        let upstream = Upstream::new(Arc::clone(&options.certificates), options.hbone_address);
+        Waypoint {
+            shared: Arc::new(ProxyShared {
+                store: ConfigStore::default(),
+                upstream,
+                metrics,
+                max_request_body: options.max_request_body,
+            }),
+            certificates: options.certificates,
+            limits: options.limits,
+            registry: Arc::new(Mutex::new(registry)),
+        }
+    }
+
+    /// Validates and applies a configuration; on error the previous one stays in force.
+    pub fn apply_config(&self, config: proto::WaypointConfig) -> Result<(), String> {
+        self.shared.store.apply(config).map_err(|e| e.to_string())
+    }
+
+    /// The configuration store (its xDS handler, snapshots, change notifications).
+    pub fn store(&self) -> &ConfigStore {
+        &self.shared.store
+    }
+
+    pub fn upstream(&self) -> &Upstream {
+        &self.shared.upstream
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    /// The Prometheus registry holding the waypoint's metrics.
+    pub fn registry(&self) -> Arc<Mutex<Registry>> {
+        Arc::clone(&self.registry)
+    }
+
+    /// Binds the HBONE listener.
+    pub async fn bind_hbone(&self, address: SocketAddr) -> Result<HboneListener, ListenerError> {
+        HboneListener::bind(
+            address,
+            Arc::clone(&self.shared),
+            Arc::clone(&self.certificates),
+            self.limits,
+        )
+        .await
+    }
+
+    /// Binds the metrics endpoint (15020).
+    pub async fn bind_metrics(&self, address: SocketAddr) -> Result<AdminServer, ListenerError> {
+        let store = self.shared.store.clone();
+        AdminServer::bind(
+            address,
+            Some(self.registry()),
+            Arc::new(move || *store.version().borrow() > 0),
+        )
+        .await
+    }
+
+    /// Binds the readiness endpoint (15021): ready once a configuration was applied.
+    pub async fn bind_readiness(&self, address: SocketAddr) -> Result<AdminServer, ListenerError> {
+        let store = self.shared.store.clone();
+        AdminServer::bind(address, None, Arc::new(move || *store.version().borrow() > 0)).await
+    }
+
+    /// Runs `listener` until `drain` turns true.
+    pub async fn serve(listener: HboneListener, drain: watch::Receiver<bool>) {
+        listener.run(drain).await;
+    }
+}

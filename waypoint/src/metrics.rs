@@ -1,0 +1,348 @@
+//! Istio's request metrics (`istio_requests_total`, `istio_request_duration_milliseconds`,
+//! `istio_request_bytes`, `istio_response_bytes`) with Istio's label set, reported as
+//! `reporter="waypoint"`, and the access-log line in Istio's default text format. One
+//! [`RequestRecord`] per request records both when it is dropped, that is when the response body
+//! has been sent or the client went away.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tracing::info;
+
+use crate::model::WorkloadInfo;
+
+/// Istio's buckets for `istio_request_duration_milliseconds`.
+pub const DURATION_BUCKETS_MS: [f64; 19] = [
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
+    30000.0, 60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+];
+/// Istio's buckets for the byte-size histograms: powers of ten up to 1 GB.
+pub const BYTES_BUCKETS: [f64; 10] = [1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9];
+
+/// The value of a label nothing is known about.
+pub const UNKNOWN: &str = "unknown";
+
+/// Istio's standard request labels.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub reporter: String,
+    pub source_workload: String,
+    pub source_workload_namespace: String,
+    pub source_principal: String,
+    pub source_app: String,
+    pub source_version: String,
+    pub source_canonical_service: String,
+    pub source_canonical_revision: String,
+    pub source_cluster: String,
+    pub destination_workload: String,
+    pub destination_workload_namespace: String,
+    pub destination_principal: String,
+    pub destination_app: String,
+    pub destination_version: String,
+    pub destination_service: String,
+    pub destination_service_name: String,
+    pub destination_service_namespace: String,
+    pub destination_canonical_service: String,
+    pub destination_canonical_revision: String,
+    pub destination_cluster: String,
+    pub request_protocol: String,
+    pub response_code: String,
+    pub grpc_response_status: String,
+    pub response_flags: String,
+    pub connection_security_policy: String,
+}
+
+#[derive(Clone)]
+struct Buckets(&'static [f64]);
+
+impl MetricConstructor<Histogram> for Buckets {
+    fn new_metric(&self) -> Histogram {
+        Histogram::new(self.0.iter().copied())
+    }
+}
+
+/// The waypoint's request metrics.
+pub struct Metrics {
+    requests: Family<RequestLabels, Counter>,
+    duration: Family<RequestLabels, Histogram, Buckets>,
+    request_bytes: Family<RequestLabels, Histogram, Buckets>,
+    response_bytes: Family<RequestLabels, Histogram, Buckets>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them (names without the `_total` suffix, which the
+    /// encoder adds to counters).
+    pub fn new(registry: &mut Registry) -> Self {
+        let metrics = Metrics {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(Buckets(&DURATION_BUCKETS_MS)),
+            request_bytes: Family::new_with_constructor(Buckets(&BYTES_BUCKETS)),
+            response_bytes: Family::new_with_constructor(Buckets(&BYTES_BUCKETS)),
+        };
+        registry.register("istio_requests", "Requests handled", metrics.requests.clone());
+        registry.register(
+            "istio_request_duration_milliseconds",
+            "Request duration",
+            metrics.duration.clone(),
+        );
+        registry.register("istio_request_bytes", "Request body sizes", metrics.request_bytes.clone());
+        registry.register(
+            "istio_response_bytes",
+            "Response body sizes",
+            metrics.response_bytes.clone(),
+        );
+        metrics
+    }
+
+    /// Count of requests with exactly these labels (for tests and the admin page).
+    pub fn requests_with(&self, labels: &RequestLabels) -> u64 {
+        self.requests.get_or_create(labels).get()
+    }
+}
+
+fn or_unknown(value: Option<&str>) -> String {
+    value
+        .filter(|v| !v.is_empty())
+        .unwrap_or(UNKNOWN)
+        .to_owned()
+}
+
+/// One side (source or destination) of a request, for labels and logs.
+#[derive(Debug, Clone, Default)]
+pub struct Peer {
+    pub workload: Option<Arc<WorkloadInfo>>,
+    /// `spiffe://...` of the peer.
+    pub principal: Option<String>,
+    pub namespace: Option<String>,
+}
+
+/// Everything the access log and the metrics say about one request; emitted on drop.
+pub struct RequestRecord {
+    metrics: Arc<Metrics>,
+    start: Instant,
+    start_time: SystemTime,
+    pub method: String,
+    pub path: String,
+    pub protocol: &'static str,
+    pub authority: String,
+    pub request_id: String,
+    pub user_agent: String,
+    pub forwarded_for: String,
+    pub source: Peer,
+    pub destination: Peer,
+    pub destination_service: Option<(String, String, String)>,
+    pub status: u16,
+    pub grpc_status: Option<String>,
+    pub response_flags: &'static str,
+    pub response_code_details: String,
+    pub upstream_host: Option<String>,
+    pub upstream_cluster: Option<String>,
+    pub route_name: Option<String>,
+    pub downstream_local: String,
+    pub downstream_remote: String,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    pub mtls: bool,
+}
+
+impl std::fmt::Debug for RequestRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestRecord")
+            .field("method", &self.method)
+            .field("path", &self.path)
+            .field("status", &self.status)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RequestRecord {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        RequestRecord {
+            metrics,
+            start: Instant::now(),
+            start_time: SystemTime::now(),
+            method: String::new(),
+            path: String::new(),
+            protocol: "HTTP/1.1",
+            authority: String::new(),
+            request_id: String::new(),
+            user_agent: String::new(),
+            forwarded_for: String::new(),
+            source: Peer::default(),
+            destination: Peer::default(),
+            destination_service: None,
+            status: 0,
+            grpc_status: None,
+            response_flags: "-",
+            response_code_details: "-".to_owned(),
+            upstream_host: None,
+            upstream_cluster: None,
+            route_name: None,
+            downstream_local: String::new(),
+            downstream_remote: String::new(),
+            bytes_received: 0,
+            bytes_sent: 0,
+            mtls: false,
+        }
+    }
+
+    /// Istio's label set for this request.
+    pub fn labels(&self) -> RequestLabels {
+        let side = |peer: &Peer| {
+            let workload = peer.workload.as_deref();
+            let canonical = workload.and_then(WorkloadInfo::canonical_service);
+            let revision = workload.and_then(WorkloadInfo::canonical_revision);
+            (
+                or_unknown(canonical),
+                or_unknown(peer.namespace.as_deref()),
+                or_unknown(peer.principal.as_deref()),
+                or_unknown(workload.and_then(|w| w.labels.get("app").map(String::as_str))),
+                or_unknown(workload.and_then(|w| w.labels.get("version").map(String::as_str))),
+                or_unknown(canonical),
+                or_unknown(revision.or(Some("latest"))),
+            )
+        };
+        let (sw, sns, sp, sapp, sver, scs, scr) = side(&self.source);
+        let (dw, dns, dp, dapp, dver, dcs, dcr) = side(&self.destination);
+        let (service, service_name, service_namespace) = match &self.destination_service {
+            Some((host, name, namespace)) => (host.clone(), name.clone(), namespace.clone()),
+            None => (UNKNOWN.to_owned(), UNKNOWN.to_owned(), UNKNOWN.to_owned()),
+        };
+        RequestLabels {
+            reporter: "waypoint".to_owned(),
+            source_workload: sw,
+            source_workload_namespace: sns,
+            source_principal: sp,
+            source_app: sapp,
+            source_version: sver,
+            source_canonical_service: scs,
+            source_canonical_revision: scr,
+            source_cluster: "Kubernetes".to_owned(),
+            destination_workload: dw,
+            destination_workload_namespace: dns,
+            destination_principal: dp,
+            destination_app: dapp,
+            destination_version: dver,
+            destination_service: service,
+            destination_service_name: service_name,
+            destination_service_namespace: service_namespace,
+            destination_canonical_service: dcs,
+            destination_canonical_revision: dcr,
+            destination_cluster: "Kubernetes".to_owned(),
+            request_protocol: if self.grpc_status.is_some() {
+                "grpc".to_owned()
+            } else {
+                "http".to_owned()
+            },
+            response_code: self.status.to_string(),
+            grpc_response_status: self.grpc_status.clone().unwrap_or_default(),
+            response_flags: self.response_flags.to_owned(),
+            connection_security_policy: if self.mtls {
+                "mutual_tls".to_owned()
+            } else {
+                "none".to_owned()
+            },
+        }
+    }
+
+    /// The access-log line, in the field order of Istio's default text format.
+    pub fn access_log_line(&self) -> String {
+        let quoted = |v: &str| if v.is_empty() { "-".to_owned() } else { v.to_owned() };
+        let elapsed = self.start.elapsed().as_millis();
+        let start = humantime_utc(self.start_time);
+        format!(
+            "[{start}] \"{} {} {}\" {} {} {} - \"-\" {} {} {} - \"{}\" \"{}\" \"{}\" \"{}\" \"{}\" {} - {} {} - {}",
+            self.method,
+            self.path,
+            self.protocol,
+            self.status,
+            self.response_flags,
+            self.response_code_details,
+            self.bytes_received,
+            self.bytes_sent,
+            elapsed,
+            quoted(&self.forwarded_for),
+            quoted(&self.user_agent),
+            quoted(&self.request_id),
+            quoted(&self.authority),
+            self.upstream_host.as_deref().unwrap_or("-"),
+            self.upstream_cluster.as_deref().unwrap_or("-"),
+            quoted(&self.downstream_local),
+            quoted(&self.downstream_remote),
+            self.route_name.as_deref().unwrap_or("default"),
+        )
+    }
+}
+
+/// `2024-01-01T00:00:00.000Z`, as Envoy's `%START_TIME%`.
+fn humantime_utc(time: SystemTime) -> String {
+    let since = time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = since.as_secs();
+    let millis = since.subsec_millis();
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
+    // Civil date from days since the epoch (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{millis:03}Z")
+}
+
+impl Drop for RequestRecord {
+    fn drop(&mut self) {
+        let labels = self.labels();
+        let elapsed_ms = self.start.elapsed().as_secs_f64() * 1000.0;
+        self.metrics.requests.get_or_create(&labels).inc();
+        self.metrics
+            .duration
+            .get_or_create(&labels)
+            .observe(elapsed_ms);
+        self.metrics
+            .request_bytes
+            .get_or_create(&labels)
+            .observe(self.bytes_received as f64);
+        self.metrics
+            .response_bytes
+            .get_or_create(&labels)
+            .observe(self.bytes_sent as f64);
+        info!(target: "access_log", "{}", self.access_log_line());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_time_is_rfc3339_utc() {
+        let cases = [
+            (0u64, "1970-01-01T00:00:00.000Z"),
+            (951_782_400, "2000-02-29T00:00:00.000Z"),
+            (1_700_000_000, "2023-11-14T22:13:20.000Z"),
+        ];
+        for (secs, expected) in cases {
+            let time = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+            assert_eq!(humantime_utc(time), expected);
+        }
+    }
+}
