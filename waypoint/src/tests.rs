@@ -1,0 +1,745 @@
+//! End-to-end tests through the real proxy: HBONE client -> waypoint (TLS 1.3, HTTP/2 CONNECT)
+//! -> HTTP inside the tunnel -> HBONE to fake endpoints with their own certificates.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+use weft_proto::waypoint as proto;
+
+use crate::testing::{FakeEndpoint, LOCALHOST, TestMesh, hbone_tunnel, resolver_for};
+use crate::{RotatingCertificate, TlsMaterial, Waypoint, WaypointOptions};
+
+const HOST: &str = "reviews.default.svc.cluster.local";
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const PORT: u16 = 9080;
+const CLIENT_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7));
+
+fn service_addr() -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(VIP), PORT)
+}
+
+fn duration(d: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
+fn proto_endpoint(e: &FakeEndpoint) -> proto::Endpoint {
+    proto::Endpoint {
+        address: e.app_address.ip().to_string(),
+        port: u32::from(e.app_address.port()),
+        identity: e.identity.to_string(),
+        labels: HashMap::from([("app".to_owned(), "reviews".to_owned()), ("version".to_owned(), e.name.clone())]),
+        workload_uid: format!("uid-{}", e.name),
+        tunnel: proto::EndpointTunnel::Hbone as i32,
+        healthy: true,
+        weight: 1,
+    }
+}
+
+fn cluster(subset: &str, endpoints: &[&FakeEndpoint]) -> proto::Cluster {
+    proto::Cluster {
+        name: format!("outbound|{PORT}|{subset}|{HOST}"),
+        host: HOST.to_owned(),
+        subset: subset.to_owned(),
+        port: u32::from(PORT),
+        endpoints: endpoints.iter().map(|e| proto_endpoint(e)).collect(),
+        load_balancer: Some(proto::LoadBalancerSettings {
+            lb_policy: Some(proto::load_balancer_settings::LbPolicy::Simple(
+                proto::load_balancer_settings::SimpleLb::RoundRobin as i32,
+            )),
+        }),
+        ..Default::default()
+    }
+}
+
+fn destination(subset: &str, weight: i32) -> proto::HttpRouteDestination {
+    proto::HttpRouteDestination {
+        destination: Some(proto::Destination {
+            host: HOST.to_owned(),
+            subset: subset.to_owned(),
+            port: 0,
+            cluster: format!("outbound|{PORT}|{subset}|{HOST}"),
+        }),
+        weight,
+        headers: None,
+    }
+}
+
+fn route_to(subset: &str) -> proto::HttpRoute {
+    proto::HttpRoute {
+        route: vec![destination(subset, 0)],
+        virtual_service: "default/reviews".to_owned(),
+        ..Default::default()
+    }
+}
+
+fn config(routes: Vec<proto::HttpRoute>, clusters: Vec<proto::Cluster>) -> proto::WaypointConfig {
+    proto::WaypointConfig {
+        name: "waypoint".to_owned(),
+        namespace: "default".to_owned(),
+        services: vec![proto::WaypointService {
+            hostname: HOST.to_owned(),
+            name: "reviews".to_owned(),
+            namespace: "default".to_owned(),
+            vips: vec![VIP.to_string()],
+            ports: vec![proto::ServicePort {
+                port: u32::from(PORT),
+                name: "http".to_owned(),
+                protocol: proto::Protocol::Http as i32,
+                target_port: u32::from(PORT),
+            }],
+            http_routes: routes,
+            tcp_routes: Vec::new(),
+        }],
+        clusters,
+        authorization_policies: Vec::new(),
+    }
+}
+
+struct Harness {
+    _mesh: TestMesh,
+    waypoint: Waypoint,
+    address: SocketAddr,
+    client: TlsMaterial,
+    waypoint_identity: weft_identity::SpiffeId,
+    _drain: watch::Sender<bool>,
+}
+
+impl Harness {
+    async fn start(mesh: TestMesh, endpoints: &[&FakeEndpoint]) -> Self {
+        let material = mesh.material("default", "waypoint");
+        let waypoint_identity = material.identity().clone();
+        let mut options = WaypointOptions::new(Arc::new(RotatingCertificate::new(material)));
+        options.hbone_address = resolver_for(endpoints);
+        let waypoint = Waypoint::new(options);
+        let listener = waypoint
+            .bind_hbone(SocketAddr::new(LOCALHOST, 0))
+            .await
+            .unwrap();
+        let address = listener.address().unwrap();
+        let (drain, drained) = watch::channel(false);
+        tokio::spawn(listener.run(drained));
+        let client = mesh.material("default", "sleep");
+        Harness {
+            _mesh: mesh,
+            waypoint,
+            address,
+            client,
+            waypoint_identity,
+            _drain: drain,
+        }
+    }
+
+    async fn tunnel(&self) -> weft_hbone::HboneStream {
+        hbone_tunnel(
+            &self.client,
+            self.address,
+            &self.waypoint_identity,
+            service_addr(),
+            CLIENT_IP,
+        )
+        .await
+        .unwrap()
+    }
+
+    async fn http1(&self) -> http1::SendRequest<Full<Bytes>> {
+        let (sender, connection) = http1::Builder::new()
+            .handshake(TokioIo::new(self.tunnel().await))
+            .await
+            .unwrap();
+        tokio::spawn(connection.with_upgrades());
+        sender
+    }
+
+    async fn send(&self, request: Request<Full<Bytes>>) -> (StatusCode, http::HeaderMap, Bytes) {
+        let mut sender = self.http1().await;
+        send_on(&mut sender, request).await
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, http::HeaderMap, Bytes) {
+        self.send(get(path)).await
+    }
+}
+
+fn get(path: &str) -> Request<Full<Bytes>> {
+    Request::builder()
+        .uri(path)
+        .header("host", HOST)
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
+
+async fn send_on(
+    sender: &mut http1::SendRequest<Full<Bytes>>,
+    request: Request<Full<Bytes>>,
+) -> (StatusCode, http::HeaderMap, Bytes) {
+    sender.ready().await.unwrap();
+    let response: Response<hyper::body::Incoming> = sender.send_request(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (parts.status, parts.headers, body)
+}
+
+async fn two_endpoints() -> (TestMesh, FakeEndpoint, FakeEndpoint) {
+    let mesh = TestMesh::new();
+    let v1 = FakeEndpoint::start(&mesh, "v1", "default", "reviews-v1").await;
+    let v2 = FakeEndpoint::start(&mesh, "v2", "default", "reviews-v2").await;
+    (mesh, v1, v2)
+}
+
+#[tokio::test]
+async fn header_match_routes_to_its_subset_and_others_to_the_default() {
+    let (mesh, v1, v2) = two_endpoints().await;
+    let harness = Harness::start(mesh, &[&v1, &v2]).await;
+    let canary = proto::HttpRoute {
+        r#match: vec![proto::HttpMatchRequest {
+            headers: HashMap::from([(
+                "end-user".to_owned(),
+                proto::StringMatch {
+                    match_type: Some(proto::string_match::MatchType::Exact("jason".to_owned())),
+                },
+            )]),
+            ..Default::default()
+        }],
+        ..route_to("v2")
+    };
+    harness
+        .waypoint
+        .apply_config(config(
+            vec![canary, route_to("v1")],
+            vec![cluster("v1", &[&v1]), cluster("v2", &[&v2])],
+        ))
+        .unwrap();
+
+    let mut request = get("/reviews/1");
+    request.headers_mut().insert("end-user", "jason".parse().unwrap());
+    let (status, headers, body) = harness.send(request).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "v2");
+    assert_eq!(headers["x-served-by"], "v2");
+
+    let (status, _, body) = harness.get("/reviews/1").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "v1");
+
+    // The endpoint saw the tunnel the waypoint opened: its identity, the endpoint address as
+    // authority and the original client in `forwarded`.
+    let tunnel = v2.tunnels.lock().unwrap()[0].clone();
+    assert_eq!(tunnel.authority, v2.app_address);
+    assert_eq!(tunnel.forwarded_for, Some(CLIENT_IP));
+    assert_eq!(tunnel.peer, harness.waypoint_identity);
+    let seen = v1.last_request().unwrap();
+    assert!(seen.headers.contains_key("x-request-id"), "x-request-id generated");
+    assert_eq!(seen.headers["host"], HOST);
+}
+
+#[tokio::test]
+async fn weighted_split_follows_the_weights() {
+    let (mesh, v1, v2) = two_endpoints().await;
+    let harness = Harness::start(mesh, &[&v1, &v2]).await;
+    let split = proto::HttpRoute {
+        route: vec![destination("v1", 80), destination("v2", 20)],
+        ..Default::default()
+    };
+    harness
+        .waypoint
+        .apply_config(config(vec![split], vec![cluster("v1", &[&v1]), cluster("v2", &[&v2])]))
+        .unwrap();
+    let mut sender = harness.http1().await;
+    let mut v1_count = 0;
+    for _ in 0..2000 {
+        let (status, _, body) = send_on(&mut sender, get("/")).await;
+        assert_eq!(status, StatusCode::OK);
+        if body == "v1" {
+            v1_count += 1;
+        }
+    }
+    assert!((1500..=1700).contains(&v1_count), "v1 got {v1_count} of 2000");
+    assert_eq!(v1.request_count() + v2.request_count(), 2000);
+}
+
+#[tokio::test]
+async fn fault_abort_answers_without_reaching_the_endpoint() {
+    let (mesh, v1, _v2) = two_endpoints().await;
+    let harness = Harness::start(mesh, &[&v1]).await;
+    let route = proto::HttpRoute {
+        fault: Some(proto::HttpFaultInjection {
+            delay: None,
+            abort: Some(proto::http_fault_injection::Abort {
+                error_type: Some(proto::http_fault_injection::abort::ErrorType::HttpStatus(418)),
+                percentage: Some(proto::Percent { value: 100.0 }),
+            }),
+        }),
+        ..route_to("v1")
+    };
+    harness
+        .waypoint
+        .apply_config(config(vec![route], vec![cluster("v1", &[&v1])]))
+        .unwrap();
+    for _ in 0..5 {
+        let (status, _, body) = harness.get("/").await;
+        assert_eq!(status, StatusCode::IM_A_TEAPOT);
+        assert_eq!(body, "fault filter abort");
+    }
+    assert_eq!(v1.request_count(), 0);
+}
+
+#[tokio::test]
+async fn fault_delay_holds_the_request() {
+    let (mesh, v1, _v2) = two_endpoints().await;
+    let harness = Harness::start(mesh, &[&v1]).await;
+    let route = proto::HttpRoute {
+        fault: Some(proto::HttpFaultInjection {
+            delay: Some(proto::http_fault_injection::Delay {
+                fixed_delay: Some(duration(Duration::from_millis(600))),
+                percentage: None,
+            }),
+            abort: None,
+        }),
+        ..route_to("v1")
+    };
+    harness
+        .waypoint
+        .apply_config(config(vec![route], vec![cluster("v1", &[&v1])]))
+        .unwrap();
+    let started = Instant::now();
+    let (status, _, body) = harness.get("/").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "v1");
+    assert!(started.elapsed() >= Duration::from_millis(500), "{:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn retries_recover_from_an_endpoint_failing_twice() {
+    let (mesh, v1, _v2) = two_endpoints().await;
+    let harness = Harness::start(mesh, &[&v1]).await;
+    let route = proto::HttpRoute {
+        retries: Some(proto::HttpRetry {
+            attempts: 3,
+            per_try_timeout: None,
+            retry_on: "5xx".to_owned(),
+        }),
+        ..route_to("v1")
+    };
+    harness
+        .waypoint
+        .apply_config(config(vec![route], vec![cluster("v1", &[&v1])]))
+        .unwrap();
+    v1.behaviour.fail_first.store(2, Ordering::Relaxed);
+    let (status, _, body) = harness.get("/").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "v1");
+    assert_eq!(v1.request_count(), 3, "two failures, then success");
+
+    // Without retries the first failure reaches the client.
+    let no_retry = proto::HttpRoute {
+        retries: Some(proto::HttpRetry {
+            attempts: 0,
+            per_try_timeout: None,
+            retry_on: "5xx".to_owned(),
+        }),
+        ..route_to("v1")
+    };
+    harness
+        .waypoint
+        .apply_config(config(vec![no_retry], vec![cluster("v1", &[&v1])]))
+        .unwrap();
+    v1.behaviour.fail_first.store(1, Ordering::Relaxed);
+    let (status, _, _) = harness.get("/").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn route_timeout_answers_504_near_the_limit() {
+    let (mesh, v1, _v2) = two_endpoints().await;
+    let harness = Harness::start(mesh, &[&v1]).await;
+    let route = proto::HttpRoute {
+        timeout: Some(duration(Duration::from_millis(200))),
+        ..route_to("v1")
+    };
+    harness
+        .waypoint
+        .apply_config(config(vec![route], vec![cluster("v1", &[&v1])]))
+        .unwrap();
+    v1.behaviour.delay_ms.store(3000, Ordering::Relaxed);
+    let started = Instant::now();
+    let (status, _, body) = harness.get("/").await;
+    let elapsed = started.elapsed();
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(body, "upstream request timeout");
+    assert!(
+        elapsed >= Duration::from_millis(200) && elapsed < Duration::from_millis(1000),
+        "{elapsed:?}"
+    );
+}
+
+#[tokio::test]
+async fn deny_policy_on_a_path_also_covers_its_encoded_and_doubled_forms() {
+    let (mesh, v1, _v2) = two_endpoints().await;
+    let harness = Harness::start(mesh, &[&v1]).await;
+    let mut cfg = config(vec![route_to("v1")], vec![cluster("v1", &[&v1])]);
+    cfg.authorization_policies.push(proto::L7Authorization {
+        name: "deny-admin".to_owned(),
+        namespace: "default".to_owned(),
+        action: proto::l7_authorization::Action::Deny as i32,
+        rules: vec![proto::Rule {
+            from: Vec::new(),
+            to: vec![proto::rule::To {
+                operation: Some(proto::Operation {
+                    paths: vec!["/admin".to_owned(), "/admin/*".to_owned()],
+                    ..Default::default()
+                }),
+            }],
+            when: Vec::new(),
+        }],
+        dry_run: false,
+        target_services: Vec::new(),
+    });
+    harness.waypoint.apply_config(cfg).unwrap();
+    for path in ["/admin", "//admin", "/%2Fadmin", "/x/..%2Fadmin", "/admin/users", "/%61dmin"] {
+        let (status, _, body) = harness.get(path).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
+        assert_eq!(body, weft_policy::ACCESS_DENIED_BODY, "{path}");
+    }
+    assert_eq!(v1.request_count(), 0);
+    let (status, _, _) = harness.get("/productpage").await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn mirror_delivers_a_copy_and_the_primary_answers() {
+    let (mesh, v1, v2) = two_endpoints().await;
+    let harness = Harness::start(mesh, &[&v1, &v2]).await;
+    let route = proto::HttpRoute {
+        mirrors: vec![proto::HttpMirrorPolicy {
+            destination: destination("v2", 0).destination,
+            percentage: None,
+        }],
+        ..route_to("v1")
+    };
+    harness
+        .waypoint
+        .apply_config(config(vec![route], vec![cluster("v1", &[&v1]), cluster("v2", &[&v2])]))
+        .unwrap();
+    let request = Request::builder()
+        .method("POST")
+        .uri("/ratings")
+        .header("host", HOST)
+        .body(Full::new(Bytes::from_static(b"payload")))
+        .unwrap();
+    let (status, _, body) = harness.send(request).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "v1");
+    for _ in 0..100 {
+        if v2.request_count() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let copy = v2.last_request().expect("mirror copy delivered");
+    assert_eq!(copy.method, "POST");
+    assert_eq!(copy.path, "/ratings");
+    assert_eq!(copy.body, "payload");
+    assert_eq!(copy.headers["host"], format!("{HOST}-shadow"));
+}
+
+#[tokio::test]
+async fn outlier_detection_ejects_a_failing_endpoint_and_lets_it_back() {
+    let (mesh, v1, v2) = two_endpoints().await;
+    let harness = Harness::start(mesh, &[&v1, &v2]).await;
+    let mut both = cluster("", &[&v1, &v2]);
+    both.outlier_detection = Some(proto::OutlierDetection {
+        consecutive_5xx_errors: Some(2),
+        interval: Some(duration(Duration::from_millis(100))),
+        base_ejection_time: Some(duration(Duration::from_millis(400))),
+        max_ejection_percent: 50,
+        ..Default::default()
+    });
+    let route = proto::HttpRoute {
+        retries: Some(proto::HttpRetry {
+            attempts: 0,
+            ..Default::default()
+        }),
+        ..route_to("")
+    };
+    harness
+        .waypoint
+        .apply_config(config(vec![route], vec![both]))
+        .unwrap();
+    v1.behaviour.status.store(500, Ordering::Relaxed);
+    let mut sender = harness.http1().await;
+    for _ in 0..4 {
+        send_on(&mut sender, get("/")).await;
+    }
+    assert_eq!(v1.request_count(), 2, "two 5xx, then ejected");
+    let before = v2.request_count();
+    for _ in 0..10 {
+        let (status, _, body) = send_on(&mut sender, get("/")).await;
+        assert_eq!((status, body.as_ref()), (StatusCode::OK, b"v2".as_ref()));
+    }
+    assert_eq!(v2.request_count(), before + 10);
+    assert_eq!(v1.request_count(), 2);
+
+    v1.behaviour.status.store(0, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..10 {
+        let (status, _, _) = send_on(&mut sender, get("/")).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    assert!(v1.request_count() >= 6, "v1 back in rotation: {}", v1.request_count());
+}
+
+#[tokio::test]
+async fn http2_clients_are_served_and_forwarded_as_http2() {
+    let (mesh, v1, _v2) = two_endpoints().await;
+    let harness = Harness::start(mesh, &[&v1]).await;
+    harness
+        .waypoint
+        .apply_config(config(vec![route_to("v1")], vec![cluster("v1", &[&v1])]))
+        .unwrap();
+    let (mut sender, connection) = http2::Builder::new(TokioExecutor::new())
+        .handshake(TokioIo::new(harness.tunnel().await))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let mut pending = Vec::new();
+    for i in 0..20 {
+        let request = Request::builder()
+            .uri(format!("http://{HOST}/h2/{i}"))
+            .version(Version::HTTP_2)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        pending.push(sender.send_request(request));
+    }
+    for response in futures::future::join_all(pending).await {
+        let response = response.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.into_body().collect().await.unwrap().to_bytes(), "v1");
+    }
+    let seen = v1.last_request().unwrap();
+    assert_eq!(seen.version, Version::HTTP_2);
+    assert!(seen.path.starts_with("/h2/"));
+}
+
+#[tokio::test]
+async fn websocket_upgrade_passes_bytes_both_ways() {
+    let (mesh, v1, _v2) = two_endpoints().await;
+    let harness = Harness::start(mesh, &[&v1]).await;
+    harness
+        .waypoint
+        .apply_config(config(vec![route_to("v1")], vec![cluster("v1", &[&v1])]))
+        .unwrap();
+    let mut sender = harness.http1().await;
+    let request = Request::builder()
+        .uri("/ws")
+        .header("host", HOST)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    let upgraded = hyper::upgrade::on(response).await.unwrap();
+    let mut io = TokioIo::new(upgraded);
+    for message in [&b"\x81\x05hello"[..], &b"\x81\x05world"[..]] {
+        io.write_all(message).await.unwrap();
+        let mut echoed = vec![0u8; message.len()];
+        tokio::time::timeout(Duration::from_secs(5), io.read_exact(&mut echoed))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(echoed, message);
+    }
+    let seen = v1.last_request().unwrap();
+    assert_eq!(seen.headers["upgrade"], "websocket");
+}
+
+#[tokio::test]
+async fn content_length_with_transfer_encoding_is_refused_and_others_still_work() {
+    let (mesh, v1, _v2) = two_endpoints().await;
+    let harness = Harness::start(mesh, &[&v1]).await;
+    harness
+        .waypoint
+        .apply_config(config(vec![route_to("v1")], vec![cluster("v1", &[&v1])]))
+        .unwrap();
+    let mut tunnel = harness.tunnel().await;
+    tunnel
+        .write_all(
+            format!(
+                "POST /smuggle HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nX"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), tunnel.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert_eq!(v1.request_count(), 0);
+
+    let (status, _, body) = harness.get("/fine").await;
+    assert_eq!((status, body.as_ref()), (StatusCode::OK, b"v1".as_ref()));
+}
+
+#[tokio::test]
+async fn rapid_reset_burst_is_survived() {
+    let (mesh, v1, _v2) = two_endpoints().await;
+    let harness = Harness::start(mesh, &[&v1]).await;
+    harness
+        .waypoint
+        .apply_config(config(vec![route_to("v1")], vec![cluster("v1", &[&v1])]))
+        .unwrap();
+    let tunnel = harness.tunnel().await;
+    let (client, connection) = h2::client::handshake(tunnel).await.unwrap();
+    let driver = tokio::spawn(connection);
+    let mut client = client;
+    let mut sent = 0;
+    for i in 0..1000 {
+        let Ok(ready) = client.clone().ready().await else { break };
+        client = ready;
+        let request = Request::builder()
+            .uri(format!("http://{HOST}/reset/{i}"))
+            .body(())
+            .unwrap();
+        let Ok((_, mut stream)) = client.send_request(request, false) else { break };
+        stream.send_reset(h2::Reason::CANCEL);
+        sent += 1;
+    }
+    assert!(sent > 0);
+    // The abusive connection is closed by the server (GOAWAY) or survives; either way the
+    // waypoint keeps serving.
+    let _ = tokio::time::timeout(Duration::from_secs(5), driver).await;
+    let (status, _, body) = harness.get("/after-reset").await;
+    assert_eq!((status, body.as_ref()), (StatusCode::OK, b"v1".as_ref()));
+}
+
+#[tokio::test]
+async fn curl_over_a_local_bridge_gets_routed() {
+    let (mesh, v1, _v2) = two_endpoints().await;
+    let harness = Arc::new(Harness::start(mesh, &[&v1]).await);
+    harness
+        .waypoint
+        .apply_config(config(vec![route_to("v1")], vec![cluster("v1", &[&v1])]))
+        .unwrap();
+    // A plain TCP port on loopback that carries each connection through an HBONE tunnel, as the
+    // node agent does for an application's connection.
+    let bridge = tokio::net::TcpListener::bind((LOCALHOST, 0)).await.unwrap();
+    let bridge_address = bridge.local_addr().unwrap();
+    let bridge_harness = Arc::clone(&harness);
+    tokio::spawn(async move {
+        for _ in 0..10 {
+            let Ok((mut socket, _)) = bridge.accept().await else { return };
+            let mut tunnel = bridge_harness.tunnel().await;
+            tokio::spawn(async move {
+                let _ = tokio::io::copy_bidirectional(&mut socket, &mut tunnel).await;
+            });
+        }
+    });
+    for flags in [&["--http1.1"][..], &["--http2-prior-knowledge"][..]] {
+        let output = tokio::process::Command::new("curl")
+            .args(["-s", "-S", "--max-time", "10", "-H", &format!("Host: {HOST}"), "-D", "-"])
+            .args(flags)
+            .arg(format!("http://{bridge_address}/curl"))
+            .output()
+            .await
+            .expect("curl must be installed to run this test");
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "curl {flags:?}: {text} {}", String::from_utf8_lossy(&output.stderr));
+        assert!(text.contains(" 200"), "{text}");
+        assert!(text.ends_with("v1"), "{text}");
+    }
+}
+
+#[tokio::test]
+async fn invalid_config_is_rejected_and_the_last_good_one_kept() {
+    let (mesh, v1, _v2) = two_endpoints().await;
+    let harness = Harness::start(mesh, &[&v1]).await;
+    harness
+        .waypoint
+        .apply_config(config(vec![route_to("v1")], vec![cluster("v1", &[&v1])]))
+        .unwrap();
+    let bad_route = proto::HttpRoute {
+        r#match: vec![proto::HttpMatchRequest {
+            uri: Some(proto::StringMatch {
+                match_type: Some(proto::string_match::MatchType::Regex("(unclosed".to_owned())),
+            }),
+            ..Default::default()
+        }],
+        ..route_to("v1")
+    };
+    let error = harness
+        .waypoint
+        .apply_config(config(vec![bad_route], vec![cluster("v1", &[&v1])]))
+        .unwrap_err();
+    assert!(error.contains("http route 0"), "{error}");
+    let (status, _, body) = harness.get("/").await;
+    assert_eq!((status, body.as_ref()), (StatusCode::OK, b"v1".as_ref()));
+}
+
+#[tokio::test]
+async fn requests_are_counted_with_istio_labels() {
+    let (mesh, v1, _v2) = two_endpoints().await;
+    let harness = Harness::start(mesh, &[&v1]).await;
+    harness
+        .waypoint
+        .apply_config(config(vec![route_to("v1")], vec![cluster("v1", &[&v1])]))
+        .unwrap();
+    for _ in 0..3 {
+        harness.get("/").await;
+    }
+    let metrics = harness.waypoint.bind_metrics(SocketAddr::new(LOCALHOST, 0)).await.unwrap();
+    let address = metrics.address().unwrap();
+    let (_drain, drained) = watch::channel(false);
+    tokio::spawn(metrics.run(drained));
+    let stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let (mut sender, connection) = http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(connection);
+    let response = sender
+        .send_request(
+            Request::builder()
+                .uri("/metrics")
+                .header("host", "localhost")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let text = String::from_utf8(response.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("istio_requests_total{") && l.contains("response_code=\"200\""))
+        .unwrap_or_else(|| panic!("{text}"));
+    for label in [
+        "reporter=\"waypoint\"",
+        "source_principal=\"spiffe://cluster.local/ns/default/sa/sleep\"",
+        "destination_principal=\"spiffe://cluster.local/ns/default/sa/reviews-v1\"",
+        "destination_service=\"reviews.default.svc.cluster.local\"",
+        "destination_service_name=\"reviews\"",
+        "destination_version=\"v1\"",
+        "connection_security_policy=\"mutual_tls\"",
+        "response_flags=\"-\"",
+    ] {
+        assert!(line.contains(label), "{label} missing in {line}");
+    }
+    assert!(line.ends_with(" 3"), "{line}");
+    assert!(text.contains("istio_request_duration_milliseconds_bucket{"));
+    assert!(text.contains("le=\"0.5\""));
+}
