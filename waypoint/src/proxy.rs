@@ -1045,4 +1045,80 @@ async fn forward_upgrade(
 }
 
 #[cfg(test)]
-mod tests;
+mod tests {
+    use weft_policy::StringMatch;
+
+    use super::*;
+
+    fn rewrite(uri: Option<&str>, regex: Option<(&str, &str)>) -> Rewrite {
+        Rewrite {
+            uri: uri.map(str::to_owned),
+            uri_regex: regex.map(|(m, r)| (regex::Regex::new(m).unwrap(), r.to_owned())),
+            authority: None,
+        }
+    }
+
+    #[test]
+    fn rewrites_replace_what_the_route_matched() {
+        let prefix = StringMatch::Prefix("/old".to_owned());
+        let exact = StringMatch::Exact("/login".to_owned());
+        let cases = [
+            (rewrite(Some("/new"), None), Some(&prefix), "/old/page", "/new/page"),
+            (rewrite(Some("/"), None), Some(&prefix), "/old", "/"),
+            (rewrite(Some("/signin"), None), Some(&exact), "/login", "/signin"),
+            (rewrite(Some("/v2/"), None), None, "/items", "/v2/items"),
+            (rewrite(None, Some(("^/api/v1/(.*)$", "/${1}"))), None, "/api/v1/users", "/users"),
+            (rewrite(None, None), Some(&prefix), "/old/x", "/old/x"),
+        ];
+        for (rule, matched, path, expected) in cases {
+            assert_eq!(rewrite_path(&rule, matched, path), expected, "{path}");
+        }
+    }
+
+    #[test]
+    fn redirects_build_their_location() {
+        let redirect = |uri: Option<&str>, authority: Option<&str>, port| Redirect {
+            uri: uri.map(str::to_owned),
+            authority: authority.map(str::to_owned),
+            scheme: None,
+            port,
+            status: StatusCode::MOVED_PERMANENTLY,
+        };
+        let cases = [
+            (redirect(Some("/v2"), None, RedirectPort::SchemeDefault), "a.b:9080", "/v1", "http://a.b/v2"),
+            (redirect(None, Some("c.d"), RedirectPort::FromRequest), "a.b:9080", "/x?q=1", "http://c.d:9080/x?q=1"),
+            (redirect(None, None, RedirectPort::Explicit(8443)), "a.b", "/", "http://a.b:8443/"),
+        ];
+        for (rule, authority, path, expected) in cases {
+            let response = redirect_response(&rule, authority, path, 9080);
+            assert_eq!(response.status(), StatusCode::MOVED_PERMANENTLY);
+            assert_eq!(response.headers()[header::LOCATION], expected);
+        }
+    }
+
+    #[test]
+    fn request_ids_are_uuid_v4() {
+        let id = request_id();
+        let parts: Vec<&str> = id.split('-').collect();
+        assert_eq!(parts.iter().map(|p| p.len()).collect::<Vec<_>>(), [8, 4, 4, 4, 12]);
+        assert!(parts[2].starts_with('4'));
+        assert!(matches!(parts[3].as_bytes()[0], b'8' | b'9' | b'a' | b'b'), "{id}");
+        assert_ne!(id, request_id());
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_not_forwarded() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, "keep-alive, x-private".parse().unwrap());
+        headers.insert("x-private", "1".parse().unwrap());
+        headers.insert("keep-alive", "timeout=5".parse().unwrap());
+        headers.insert(header::TE, "trailers".parse().unwrap());
+        headers.insert("traceparent", "00-abc-def-01".parse().unwrap());
+        strip_hop_by_hop(&mut headers);
+        assert!(!headers.contains_key("x-private"));
+        assert!(!headers.contains_key(header::CONNECTION));
+        assert!(!headers.contains_key("keep-alive"));
+        assert_eq!(headers[header::TE], "trailers");
+        assert_eq!(headers["traceparent"], "00-abc-def-01");
+    }
+}

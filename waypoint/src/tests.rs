@@ -624,9 +624,15 @@ async fn rapid_reset_burst_is_survived() {
         sent += 1;
     }
     assert!(sent > 0);
-    // The abusive connection is closed by the server (GOAWAY) or survives; either way the
-    // waypoint keeps serving.
-    let _ = tokio::time::timeout(Duration::from_secs(5), driver).await;
+    // The server closes the abusive connection with GOAWAY(ENHANCE_YOUR_CALM) (hyper's bound
+    // on pending-accept resets) instead of working through every stream.
+    let outcome = tokio::time::timeout(Duration::from_secs(5), driver)
+        .await
+        .expect("connection closed by the server")
+        .unwrap();
+    let error = outcome.expect_err("rapid reset must end the connection");
+    assert!(error.is_go_away() && error.is_remote(), "{error:?}");
+    assert_eq!(error.reason(), Some(h2::Reason::ENHANCE_YOUR_CALM));
     let (status, _, body) = harness.get("/after-reset").await;
     assert_eq!((status, body.as_ref()), (StatusCode::OK, b"v1".as_ref()));
 }
@@ -742,4 +748,54 @@ async fn requests_are_counted_with_istio_labels() {
     assert!(line.ends_with(" 3"), "{line}");
     assert!(text.contains("istio_request_duration_milliseconds_bucket{"));
     assert!(text.contains("le=\"0.5\""));
+}
+
+#[tokio::test]
+async fn connection_pool_overflow_answers_503_uo() {
+    let (mesh, v1, _v2) = two_endpoints().await;
+    let harness = Arc::new(Harness::start(mesh, &[&v1]).await);
+    let mut limited = cluster("v1", &[&v1]);
+    limited.connection_pool = Some(proto::ConnectionPoolSettings {
+        tcp: Some(proto::connection_pool_settings::TcpSettings {
+            max_connections: 1,
+            ..Default::default()
+        }),
+        http: Some(proto::connection_pool_settings::HttpSettings {
+            http1_max_pending_requests: 1,
+            ..Default::default()
+        }),
+    });
+    let route = proto::HttpRoute {
+        retries: Some(proto::HttpRetry {
+            attempts: 0,
+            ..Default::default()
+        }),
+        ..route_to("v1")
+    };
+    harness
+        .waypoint
+        .apply_config(config(vec![route], vec![limited]))
+        .unwrap();
+    v1.behaviour.delay_ms.store(300, Ordering::Relaxed);
+    let mut tasks = Vec::new();
+    for _ in 0..5 {
+        let harness = Arc::clone(&harness);
+        tasks.push(tokio::spawn(async move { harness.get("/").await }));
+    }
+    let mut ok = 0;
+    let mut overflow = 0;
+    for task in tasks {
+        let (status, _, body) = task.await.unwrap();
+        match status {
+            StatusCode::OK => ok += 1,
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert!(String::from_utf8_lossy(&body).contains("overflow"), "{body:?}");
+                overflow += 1;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    // One in flight and one pending succeed; the other three overflow.
+    assert_eq!((ok, overflow), (2, 3));
+    assert!(harness.waypoint.upstream().open_connections("outbound|9080|v1|reviews.default.svc.cluster.local") <= 1);
 }

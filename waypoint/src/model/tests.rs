@@ -1,1 +1,236 @@
+use std::collections::HashMap;
+
 use super::*;
+
+const HOST: &str = "reviews.default.svc.cluster.local";
+const CLUSTER: &str = "outbound|9080||reviews.default.svc.cluster.local";
+
+fn endpoint() -> proto::Endpoint {
+    proto::Endpoint {
+        address: "10.0.0.5".to_owned(),
+        port: 9080,
+        identity: "spiffe://cluster.local/ns/default/sa/reviews".to_owned(),
+        labels: HashMap::from([("app".to_owned(), "reviews".to_owned())]),
+        workload_uid: "uid-1".to_owned(),
+        tunnel: proto::EndpointTunnel::Hbone as i32,
+        healthy: true,
+        weight: 0,
+    }
+}
+
+fn base() -> proto::WaypointConfig {
+    proto::WaypointConfig {
+        name: "waypoint".to_owned(),
+        namespace: "default".to_owned(),
+        services: vec![proto::WaypointService {
+            hostname: HOST.to_owned(),
+            name: "reviews".to_owned(),
+            namespace: "default".to_owned(),
+            vips: vec!["10.96.0.10".to_owned()],
+            ports: vec![proto::ServicePort {
+                port: 9080,
+                name: "http".to_owned(),
+                protocol: proto::Protocol::Http as i32,
+                target_port: 0,
+            }],
+            http_routes: vec![proto::HttpRoute {
+                route: vec![proto::HttpRouteDestination {
+                    destination: Some(proto::Destination {
+                        host: HOST.to_owned(),
+                        subset: String::new(),
+                        port: 0,
+                        cluster: CLUSTER.to_owned(),
+                    }),
+                    weight: 0,
+                    headers: None,
+                }],
+                ..Default::default()
+            }],
+            tcp_routes: Vec::new(),
+        }],
+        clusters: vec![proto::Cluster {
+            name: CLUSTER.to_owned(),
+            host: HOST.to_owned(),
+            port: 9080,
+            endpoints: vec![endpoint()],
+            ..Default::default()
+        }],
+        authorization_policies: Vec::new(),
+    }
+}
+
+#[test]
+fn a_valid_config_is_indexed_by_vip_and_endpoint() {
+    let config = WaypointConfig::try_from(base()).unwrap();
+    let by_vip = config.service_for("10.96.0.10:9080".parse().unwrap()).unwrap();
+    assert_eq!(by_vip.service.hostname, HOST);
+    assert_eq!(by_vip.port.target_port, 9080, "target port defaults to the port");
+    let by_pod = config.service_for("10.0.0.5:9080".parse().unwrap()).unwrap();
+    assert_eq!(by_pod.service.hostname, HOST);
+    assert!(config.service_for("10.96.0.10:80".parse().unwrap()).is_none());
+    let cluster = config.cluster(CLUSTER).unwrap();
+    assert_eq!(cluster.load_balancer, LoadBalancer::LeastRequest, "Istio's default");
+    assert_eq!(cluster.endpoints[0].weight, 1);
+    assert_eq!(
+        config.workload("10.0.0.5".parse().unwrap()).unwrap().canonical_service(),
+        Some("reviews")
+    );
+    let route = &config.services[0].http_routes[0];
+    assert_eq!(route.retries, RetryPolicy::mesh_default());
+    assert_eq!(route.retries.attempts, 2);
+}
+
+#[test]
+fn invalid_configs_are_rejected_with_context() {
+    type Mutation = fn(&mut proto::WaypointConfig);
+    let cases: Vec<(&str, Mutation, &str)> = vec![
+        (
+            "bad regex",
+            |c| {
+                c.services[0].http_routes[0].r#match = vec![proto::HttpMatchRequest {
+                    uri: Some(proto::StringMatch {
+                        match_type: Some(proto::string_match::MatchType::Regex("(".to_owned())),
+                    }),
+                    ..Default::default()
+                }]
+            },
+            "http route 0",
+        ),
+        (
+            "unknown cluster",
+            |c| c.services[0].http_routes[0].route[0].destination.as_mut().unwrap().cluster = "nope".to_owned(),
+            "unknown cluster",
+        ),
+        ("bad vip", |c| c.services[0].vips[0] = "10.96.0".to_owned(), "invalid IP"),
+        (
+            "bad identity",
+            |c| c.clusters[0].endpoints[0].identity = "spiffe://x/y".to_owned(),
+            "invalid SPIFFE identity",
+        ),
+        (
+            "hbone endpoint without identity",
+            |c| c.clusters[0].endpoints[0].identity.clear(),
+            "has no identity",
+        ),
+        ("port too large", |c| c.services[0].ports[0].port = 70000, "invalid port"),
+        (
+            "bad header name",
+            |c| {
+                c.services[0].http_routes[0].headers = Some(proto::Headers {
+                    request: Some(proto::HeaderOperations {
+                        set: HashMap::from([("bad header".to_owned(), "v".to_owned())]),
+                        ..Default::default()
+                    }),
+                    response: None,
+                })
+            },
+            "invalid header name",
+        ),
+        (
+            "unknown retry condition",
+            |c| {
+                c.services[0].http_routes[0].retries = Some(proto::HttpRetry {
+                    attempts: 1,
+                    per_try_timeout: None,
+                    retry_on: "sometimes".to_owned(),
+                })
+            },
+            "unknown retryOn",
+        ),
+        (
+            "redirect and route",
+            |c| c.services[0].http_routes[0].redirect = Some(proto::HttpRedirect::default()),
+            "exactly one of",
+        ),
+        (
+            "fault percentage",
+            |c| {
+                c.services[0].http_routes[0].fault = Some(proto::HttpFaultInjection {
+                    delay: None,
+                    abort: Some(proto::http_fault_injection::Abort {
+                        error_type: Some(proto::http_fault_injection::abort::ErrorType::HttpStatus(503)),
+                        percentage: Some(proto::Percent { value: 120.0 }),
+                    }),
+                })
+            },
+            "outside 0..100",
+        ),
+        (
+            "jwt principals",
+            |c| {
+                c.authorization_policies.push(proto::L7Authorization {
+                    name: "jwt".to_owned(),
+                    namespace: "default".to_owned(),
+                    rules: vec![proto::Rule {
+                        from: vec![proto::rule::From {
+                            source: Some(proto::Source {
+                                request_principals: vec!["*".to_owned()],
+                                ..Default::default()
+                            }),
+                        }],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                })
+            },
+            "requestPrincipals",
+        ),
+        (
+            "duplicate cluster",
+            |c| {
+                let copy = c.clusters[0].clone();
+                c.clusters.push(copy);
+            },
+            "defined twice",
+        ),
+    ];
+    for (name, mutate, expected) in cases {
+        let mut config = base();
+        mutate(&mut config);
+        let error = WaypointConfig::try_from(config).expect_err(name).to_string();
+        assert!(error.contains(expected), "{name}: {error}");
+    }
+}
+
+#[test]
+fn retry_conditions_parse_as_envoy_names_them() {
+    let cases: [(&str, u16, Option<u32>, bool); 9] = [
+        ("5xx", 500, None, true),
+        ("5xx", 404, None, false),
+        ("gateway-error", 503, None, true),
+        ("gateway-error", 500, None, false),
+        ("retriable-4xx", 409, None, true),
+        ("retriable-status-codes", 503, None, true),
+        ("retriable-status-codes,418", 418, None, true),
+        ("unavailable", 200, Some(14), true),
+        (DEFAULT_RETRY_ON, 500, None, false),
+    ];
+    for (text, status, grpc, expected) in cases {
+        let on = RetryOn::parse(text, "test").unwrap();
+        assert_eq!(on.status_retriable(status, grpc), expected, "{text} {status}");
+    }
+    let default = RetryOn::parse(DEFAULT_RETRY_ON, "test").unwrap();
+    assert!(default.connect_failure && default.refused_stream);
+    assert_eq!(default.retriable_status_codes, vec![503]);
+}
+
+#[test]
+fn regex_rewrite_references_become_regex_crate_syntax() {
+    let cases = [
+        (r"/v1/\1", "/v1/${1}"),
+        (r"\1\2", "${1}${2}"),
+        ("/cost$", "/cost$$"),
+        ("/plain", "/plain"),
+    ];
+    for (istio, expected) in cases {
+        assert_eq!(regex_replacement(istio), expected);
+    }
+}
+
+#[test]
+fn spiffe_uris_parse_only_in_the_istio_shape() {
+    assert!(parse_spiffe("spiffe://cluster.local/ns/a/sa/b").is_some());
+    for bad in ["spiffe://cluster.local/ns/a", "http://x/ns/a/sa/b", "spiffe://td/ns/a/sa/b/c"] {
+        assert!(parse_spiffe(bad).is_none(), "{bad}");
+    }
+}
