@@ -11,6 +11,8 @@
 //! and [`admin`] report.
 
 pub mod admin;
+pub mod ca_client;
+pub mod config;
 pub mod identity;
 pub mod listener;
 pub mod metrics;

@@ -1,0 +1,210 @@
+//! The waypoint binary's settings: environment names and defaults as constants, one
+//! [`Config`], parsed from any [`Strings`] source (the process environment in production, a map
+//! in tests).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+pub const ENV_CONTROLLER: &str = "WEFT_CONTROLLER";
+pub const ENV_NAME: &str = "WEFT_WAYPOINT_NAME";
+pub const ENV_NAMESPACE: &str = "WEFT_WAYPOINT_NAMESPACE";
+pub const ENV_SERVICE_ACCOUNT: &str = "WEFT_SERVICE_ACCOUNT";
+pub const ENV_TRUST_DOMAIN: &str = "WEFT_TRUST_DOMAIN";
+pub const ENV_HBONE_ADDRESS: &str = "WEFT_HBONE_ADDRESS";
+pub const ENV_METRICS_ADDRESS: &str = "WEFT_METRICS_ADDRESS";
+pub const ENV_READINESS_ADDRESS: &str = "WEFT_READINESS_ADDRESS";
+pub const ENV_NETNS: &str = "WEFT_NETNS";
+pub const ENV_NODE_NAME: &str = "WEFT_NODE_NAME";
+pub const ENV_CA_ADDRESS: &str = "WEFT_CA_ADDRESS";
+pub const ENV_CA_TOKEN_FILE: &str = "WEFT_CA_TOKEN_FILE";
+pub const ENV_CA_ROOT_FILE: &str = "WEFT_CA_ROOT_FILE";
+pub const ENV_CA_DIR: &str = "WEFT_CA_DIR";
+pub const ENV_CONFIG_FILE: &str = "WEFT_CONFIG_FILE";
+
+pub const DEFAULT_CONTROLLER: &str = "http://127.0.0.1:15010";
+pub const DEFAULT_NAME: &str = "waypoint";
+pub const DEFAULT_NAMESPACE: &str = "default";
+pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+pub const DEFAULT_HBONE_ADDRESS: &str = "0.0.0.0:15008";
+pub const DEFAULT_METRICS_ADDRESS: &str = "0.0.0.0:15020";
+pub const DEFAULT_READINESS_ADDRESS: &str = "0.0.0.0:15021";
+
+/// A source of named strings.
+pub trait Strings {
+    fn get(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Environment;
+
+impl Strings for Environment {
+    fn get(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.is_empty())
+    }
+}
+
+impl Strings for HashMap<String, String> {
+    fn get(&self, name: &str) -> Option<String> {
+        HashMap::get(self, name).cloned().filter(|v| !v.is_empty())
+    }
+}
+
+/// Invalid settings.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("{name}={value:?}: {reason}")]
+    Invalid {
+        name: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("no certificate source: set {ENV_CA_ADDRESS} with {ENV_CA_TOKEN_FILE}, or {ENV_CA_DIR}")]
+    NoCertificateSource,
+}
+
+/// Where the waypoint's certificate comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum CertificateSettings {
+    /// The controller's CA over gRPC, authenticated by a bootstrap token.
+    Ca {
+        address: String,
+        token_file: PathBuf,
+        root_file: Option<PathBuf>,
+    },
+    /// A CA directory (`root-cert.pem`, `root-key.pem`) the waypoint signs its own certificate
+    /// from: tests and single-machine demos only.
+    LocalCaDir(PathBuf),
+}
+
+/// Every setting of the waypoint binary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Config {
+    /// Controller's xDS endpoint (`http://host:15010`); empty disables xDS.
+    pub controller: Option<String>,
+    /// Waypoint name and namespace: the `WaypointConfig` resource is `namespace/name`.
+    pub name: String,
+    pub namespace: String,
+    /// Identity: `spiffe://<trust_domain>/ns/<namespace>/sa/<service_account>`.
+    pub service_account: String,
+    pub trust_domain: String,
+    pub hbone_address: SocketAddr,
+    pub metrics_address: SocketAddr,
+    pub readiness_address: SocketAddr,
+    /// Network namespace to enter before opening any socket (the waypoint pod's).
+    pub netns: Option<PathBuf>,
+    pub node_name: Option<String>,
+    pub certificate: CertificateSettings,
+    /// A binary-encoded `WaypointConfig` applied at start (tests, demos without a controller).
+    pub config_file: Option<PathBuf>,
+}
+
+fn address(strings: &impl Strings, name: &'static str, default: &str) -> Result<SocketAddr, SettingsError> {
+    let value = strings.get(name).unwrap_or_else(|| default.to_owned());
+    value.parse().map_err(|e: std::net::AddrParseError| SettingsError::Invalid {
+        name,
+        value,
+        reason: e.to_string(),
+    })
+}
+
+impl Config {
+    pub fn from_strings(strings: &impl Strings) -> Result<Self, SettingsError> {
+        let name = strings.get(ENV_NAME).unwrap_or_else(|| DEFAULT_NAME.to_owned());
+        let certificate = match (strings.get(ENV_CA_ADDRESS), strings.get(ENV_CA_DIR)) {
+            (Some(address), _) => CertificateSettings::Ca {
+                address,
+                token_file: strings
+                    .get(ENV_CA_TOKEN_FILE)
+                    .map(PathBuf::from)
+                    .ok_or(SettingsError::NoCertificateSource)?,
+                root_file: strings.get(ENV_CA_ROOT_FILE).map(PathBuf::from),
+            },
+            (None, Some(dir)) => CertificateSettings::LocalCaDir(PathBuf::from(dir)),
+            (None, None) => return Err(SettingsError::NoCertificateSource),
+        };
+        let controller = match strings.get(ENV_CONTROLLER) {
+            Some(v) if v == "none" => None,
+            Some(v) => Some(v),
+            None => Some(DEFAULT_CONTROLLER.to_owned()),
+        };
+        Ok(Config {
+            controller,
+            service_account: strings.get(ENV_SERVICE_ACCOUNT).unwrap_or_else(|| name.clone()),
+            name,
+            namespace: strings
+                .get(ENV_NAMESPACE)
+                .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned()),
+            trust_domain: strings
+                .get(ENV_TRUST_DOMAIN)
+                .unwrap_or_else(|| DEFAULT_TRUST_DOMAIN.to_owned()),
+            hbone_address: address(strings, ENV_HBONE_ADDRESS, DEFAULT_HBONE_ADDRESS)?,
+            metrics_address: address(strings, ENV_METRICS_ADDRESS, DEFAULT_METRICS_ADDRESS)?,
+            readiness_address: address(strings, ENV_READINESS_ADDRESS, DEFAULT_READINESS_ADDRESS)?,
+            netns: strings.get(ENV_NETNS).map(PathBuf::from),
+            node_name: strings.get(ENV_NODE_NAME),
+            certificate,
+            config_file: strings.get(ENV_CONFIG_FILE).map(PathBuf::from),
+        })
+    }
+
+    /// Name of this waypoint's `WaypointConfig` resource.
+    pub fn resource_name(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_follow_istio_ports() {
+        let config = Config::from_strings(&strings(&[(ENV_CA_DIR, "/ca")])).unwrap();
+        assert_eq!(config.hbone_address.port(), 15008);
+        assert_eq!(config.metrics_address.port(), 15020);
+        assert_eq!(config.readiness_address.port(), 15021);
+        assert_eq!(config.controller.as_deref(), Some(DEFAULT_CONTROLLER));
+        assert_eq!(config.resource_name(), "default/waypoint");
+        assert_eq!(config.service_account, "waypoint");
+        assert_eq!(config.certificate, CertificateSettings::LocalCaDir("/ca".into()));
+    }
+
+    #[test]
+    fn settings_are_read_and_checked() {
+        let config = Config::from_strings(&strings(&[
+            (ENV_NAME, "reviews-wp"),
+            (ENV_NAMESPACE, "bookinfo"),
+            (ENV_CONTROLLER, "none"),
+            (ENV_CA_ADDRESS, "https://istiod:15012"),
+            (ENV_CA_TOKEN_FILE, "/token"),
+            (ENV_HBONE_ADDRESS, "127.0.0.1:25008"),
+        ]))
+        .unwrap();
+        assert_eq!(config.resource_name(), "bookinfo/reviews-wp");
+        assert_eq!(config.controller, None);
+        assert_eq!(config.hbone_address, "127.0.0.1:25008".parse().unwrap());
+        assert!(matches!(config.certificate, CertificateSettings::Ca { .. }));
+
+        let cases = [
+            vec![],
+            vec![(ENV_CA_ADDRESS, "http://x:15010")],
+            vec![(ENV_CA_DIR, "/ca"), (ENV_METRICS_ADDRESS, "15020")],
+        ];
+        for case in cases {
+            assert!(Config::from_strings(&strings(&case)).is_err(), "{case:?}");
+        }
+    }
+}
