@@ -799,3 +799,154 @@ async fn connection_pool_overflow_answers_503_uo() {
     assert_eq!((ok, overflow), (2, 3));
     assert!(harness.waypoint.upstream().open_connections("outbound|9080|v1|reviews.default.svc.cluster.local") <= 1);
 }
+
+async fn serve_grpc(router: tonic::transport::server::Router) -> (SocketAddr, watch::Sender<bool>) {
+    let listener = tokio::net::TcpListener::bind((LOCALHOST, 0)).await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (stop, mut stopped) = watch::channel(false);
+    tokio::spawn(router.serve_with_incoming_shutdown(
+        tokio_stream::wrappers::TcpListenerStream::new(listener),
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        },
+    ));
+    (address, stop)
+}
+
+#[tokio::test]
+async fn configuration_arrives_over_delta_ads_and_a_bad_push_is_nacked() {
+    use prost_types::Any;
+    use weft_xds::{DeltaAdsServer, ResourceStore, XdsCounters};
+
+    let (mesh, v1, v2) = two_endpoints().await;
+    let harness = Harness::start(mesh, &[&v1, &v2]).await;
+    let mut resources = ResourceStore::new();
+    let type_url = weft_proto::WAYPOINT_CONFIG_TYPE_URL;
+    resources.set(
+        type_url,
+        "default/waypoint",
+        Any::from_msg(&config(vec![route_to("v1")], vec![cluster("v1", &[&v1])])).unwrap(),
+    );
+    let counters = Arc::new(XdsCounters::default());
+    let server = DeltaAdsServer::new(resources.reader()).with_metrics(counters.clone());
+    let (address, _stop) =
+        serve_grpc(tonic::transport::Server::builder().add_service(server.into_service())).await;
+    let client = weft_xds::DeltaClient::new(
+        weft_xds::Target::address(&format!("http://{address}")).unwrap(),
+        weft_proto::envoy::config::core::v3::Node {
+            id: "waypoint~127.0.0.1~waypoint.default~default.svc.cluster.local".to_owned(),
+            ..Default::default()
+        },
+    )
+    .subscribe_names(type_url, vec!["default/waypoint".to_owned()], harness.waypoint.store().xds_handler());
+    let (_shutdown, mut shutdown_rx) = watch::channel(false);
+    tokio::spawn(client.run_until(async move {
+        let _ = shutdown_rx.wait_for(|s| *s).await;
+    }));
+    let mut version = harness.waypoint.store().version();
+    tokio::time::timeout(Duration::from_secs(10), version.wait_for(|v| *v >= 1))
+        .await
+        .unwrap()
+        .unwrap();
+    let (status, _, body) = harness.get("/").await;
+    assert_eq!((status, body.as_ref()), (StatusCode::OK, b"v1".as_ref()));
+
+    // A push the waypoint cannot apply is NACKed and traffic keeps the last good routes.
+    let mut bad = config(vec![route_to("v2")], vec![cluster("v2", &[&v2])]);
+    bad.services[0].vips[0] = "not-an-ip".to_owned();
+    resources.set(type_url, "default/waypoint", Any::from_msg(&bad).unwrap());
+    for _ in 0..200 {
+        if counters.rejects() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(counters.rejects(), 1);
+    let (status, _, body) = harness.get("/").await;
+    assert_eq!((status, body.as_ref()), (StatusCode::OK, b"v1".as_ref()));
+
+    // The next good push applies.
+    resources.set(
+        type_url,
+        "default/waypoint",
+        Any::from_msg(&config(vec![route_to("v2")], vec![cluster("v2", &[&v2])])).unwrap(),
+    );
+    tokio::time::timeout(Duration::from_secs(10), version.wait_for(|v| *v >= 2))
+        .await
+        .unwrap()
+        .unwrap();
+    let (status, _, body) = harness.get("/").await;
+    assert_eq!((status, body.as_ref()), (StatusCode::OK, b"v2".as_ref()));
+}
+
+mod fake_ca {
+    use weft_identity::{CertificateAuthority, SpiffeId};
+    use weft_proto::istio::ca::istio_certificate_service_server::IstioCertificateService;
+    use weft_proto::istio::ca::{IstioCertificateRequest, IstioCertificateResponse};
+
+    /// Signs for one identity, for callers presenting one token.
+    pub struct FakeCa {
+        pub ca: CertificateAuthority,
+        pub token: String,
+        pub identity: SpiffeId,
+    }
+
+    #[tonic::async_trait]
+    impl IstioCertificateService for FakeCa {
+        async fn create_certificate(
+            &self,
+            request: tonic::Request<IstioCertificateRequest>,
+        ) -> Result<tonic::Response<IstioCertificateResponse>, tonic::Status> {
+            let expected = format!("Bearer {}", self.token);
+            if request.metadata().get("authorization").and_then(|v| v.to_str().ok()) != Some(expected.as_str()) {
+                return Err(tonic::Status::unauthenticated("bad token"));
+            }
+            let chain = self
+                .ca
+                .sign_csr(&request.get_ref().csr, &self.identity, std::time::Duration::from_secs(3600))
+                .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+            let mut cert_chain = chain.to_pem_list();
+            cert_chain.push(self.ca.root_cert_pem().to_owned());
+            Ok(tonic::Response::new(IstioCertificateResponse {
+                cert_chain,
+                root_cert: None,
+            }))
+        }
+    }
+}
+
+#[tokio::test]
+async fn certificate_comes_from_the_ca_with_the_bootstrap_token() {
+    use weft_proto::istio::ca::istio_certificate_service_server::IstioCertificateServiceServer;
+
+    let identity = TestMesh::spiffe("default", "waypoint");
+    let mesh = TestMesh::new();
+    let root = mesh.ca.root_cert_pem().to_owned();
+    let service = fake_ca::FakeCa {
+        ca: mesh.ca,
+        token: "bootstrap-token-0123456789".to_owned(),
+        identity: identity.clone(),
+    };
+    let (address, _stop) = serve_grpc(
+        tonic::transport::Server::builder().add_service(IstioCertificateServiceServer::new(service)),
+    )
+    .await;
+    let mut settings = crate::ca_client::CaClientConfig {
+        address: format!("http://{address}"),
+        roots_pem: None,
+        token: "bootstrap-token-0123456789".to_owned(),
+        node: Some("node-1".to_owned()),
+    };
+    let material = crate::ca_client::fetch_certificate(&settings, &identity).await.unwrap();
+    assert_eq!(material.identity(), &identity);
+    assert!(!material.roots.is_empty());
+    assert!(material.certificate.not_after() > std::time::SystemTime::now());
+    assert_eq!(weft_identity::TrustRoots::from_pem(&root).unwrap().len(), material.roots.len());
+
+    settings.token = "wrong-token-0123456789".to_owned();
+    let error = crate::ca_client::fetch_certificate(&settings, &identity)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("Unauthenticated"), "{error}");
+}
