@@ -54,7 +54,9 @@ impl AdminServer {
     }
 
     pub fn address(&self) -> Result<SocketAddr, ListenerError> {
-        self.listener.local_addr().map_err(ListenerError::LocalAddress)
+        self.listener
+            .local_addr()
+            .map_err(ListenerError::LocalAddress)
     }
 
     pub async fn run(self, mut drain: watch::Receiver<bool>) {
@@ -96,9 +98,10 @@ fn answer(
     let reply = |status: StatusCode, content_type: &'static str, body: String| {
         let mut response = Response::new(Full::new(Bytes::from(body)));
         *response.status_mut() = status;
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static(content_type),
+        );
         response
     };
     match (request.uri().path(), registry) {
@@ -107,7 +110,11 @@ fn answer(
             let registry = registry.lock().unwrap_or_else(|p| p.into_inner());
             if let Err(error) = prometheus_client::encoding::text::encode(&mut text, &registry) {
                 warn!(%error, "encoding metrics failed");
-                return reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", String::new());
+                return reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    String::new(),
+                );
             }
             reply(
                 StatusCode::OK,
@@ -119,7 +126,11 @@ fn answer(
             if ready() {
                 reply(StatusCode::OK, "text/plain", "ready\n".to_owned())
             } else {
-                reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n".to_owned())
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "not ready\n".to_owned(),
+                )
             }
         }
         _ => reply(StatusCode::NOT_FOUND, "text/plain", String::new()),

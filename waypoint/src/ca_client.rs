@@ -58,14 +58,10 @@ pub async fn fetch_certificate(
     config: &CaClientConfig,
     identity: &SpiffeId,
 ) -> Result<TlsMaterial, IdentityError> {
-    let key = WorkloadKey::generate().map_err(|source| IdentityError::Certificate {
-        identity: identity.clone(),
-        source,
-    })?;
-    let csr = key.csr_for(identity).map_err(|source| IdentityError::Certificate {
-        identity: identity.clone(),
-        source,
-    })?;
+    let key = WorkloadKey::generate().map_err(IdentityError::certificate(identity))?;
+    let csr = key
+        .csr_for(identity)
+        .map_err(IdentityError::certificate(identity))?;
     let mut request = tonic::Request::new(IstioCertificateRequest {
         csr,
         validity_duration: REQUESTED_TTL.as_secs() as i64,
@@ -96,10 +92,7 @@ pub async fn fetch_certificate(
         },
     };
     let certificate = WorkloadCertificate::from_pem_chain(identity, &response.cert_chain, key)
-        .map_err(|source| IdentityError::Certificate {
-            identity: identity.clone(),
-            source,
-        })?;
+        .map_err(IdentityError::certificate(identity))?;
     let roots = TrustRoots::from_pem(&roots_pem)?;
     TlsMaterial::new(certificate, roots)
 }

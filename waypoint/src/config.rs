@@ -62,7 +62,9 @@ pub enum SettingsError {
         value: String,
         reason: String,
     },
-    #[error("no certificate source: set {ENV_CA_ADDRESS} with {ENV_CA_TOKEN_FILE}, or {ENV_CA_DIR}")]
+    #[error(
+        "no certificate source: set {ENV_CA_ADDRESS} with {ENV_CA_TOKEN_FILE}, or {ENV_CA_DIR}"
+    )]
     NoCertificateSource,
 }
 
@@ -104,18 +106,26 @@ pub struct Config {
     pub config_file: Option<PathBuf>,
 }
 
-fn address(strings: &impl Strings, name: &'static str, default: &str) -> Result<SocketAddr, SettingsError> {
+fn address(
+    strings: &impl Strings,
+    name: &'static str,
+    default: &str,
+) -> Result<SocketAddr, SettingsError> {
     let value = strings.get(name).unwrap_or_else(|| default.to_owned());
-    value.parse().map_err(|e: std::net::AddrParseError| SettingsError::Invalid {
-        name,
-        value,
-        reason: e.to_string(),
-    })
+    value
+        .parse()
+        .map_err(|e: std::net::AddrParseError| SettingsError::Invalid {
+            name,
+            value,
+            reason: e.to_string(),
+        })
 }
 
 impl Config {
     pub fn from_strings(strings: &impl Strings) -> Result<Self, SettingsError> {
-        let name = strings.get(ENV_NAME).unwrap_or_else(|| DEFAULT_NAME.to_owned());
+        let name = strings
+            .get(ENV_NAME)
+            .unwrap_or_else(|| DEFAULT_NAME.to_owned());
         let certificate = match (strings.get(ENV_CA_ADDRESS), strings.get(ENV_CA_DIR)) {
             (Some(address), _) => CertificateSettings::Ca {
                 address,
@@ -135,7 +145,9 @@ impl Config {
         };
         Ok(Config {
             controller,
-            service_account: strings.get(ENV_SERVICE_ACCOUNT).unwrap_or_else(|| name.clone()),
+            service_account: strings
+                .get(ENV_SERVICE_ACCOUNT)
+                .unwrap_or_else(|| name.clone()),
             name,
             namespace: strings
                 .get(ENV_NAMESPACE)
@@ -179,7 +191,10 @@ mod tests {
         assert_eq!(config.controller.as_deref(), Some(DEFAULT_CONTROLLER));
         assert_eq!(config.resource_name(), "default/waypoint");
         assert_eq!(config.service_account, "waypoint");
-        assert_eq!(config.certificate, CertificateSettings::LocalCaDir("/ca".into()));
+        assert_eq!(
+            config.certificate,
+            CertificateSettings::LocalCaDir("/ca".into())
+        );
     }
 
     #[test]

@@ -16,14 +16,25 @@ use weft_identity::{
 pub enum IdentityError {
     #[error("certificate for {identity}: {source}")]
     Certificate {
-        identity: SpiffeId,
+        identity: Box<SpiffeId>,
         #[source]
-        source: WorkloadCertificateError,
+        source: Box<WorkloadCertificateError>,
     },
     #[error("trust roots: {0}")]
     Tls(#[from] TlsConfigError),
     #[error("certificate authority {address}: {reason}")]
     Ca { address: String, reason: String },
+}
+
+impl IdentityError {
+    pub(crate) fn certificate(
+        identity: &SpiffeId,
+    ) -> impl FnOnce(WorkloadCertificateError) -> Self + '_ {
+        move |source| IdentityError::Certificate {
+            identity: Box::new(identity.clone()),
+            source: Box::new(source),
+        }
+    }
 }
 
 /// A certificate with the roots that verify peers, and the HBONE server config built from them.
@@ -61,22 +72,15 @@ impl TlsMaterial {
             address: "in-process".to_owned(),
             reason,
         };
-        let key = WorkloadKey::generate().map_err(|source| IdentityError::Certificate {
-            identity: identity.clone(),
-            source,
-        })?;
-        let csr = key.csr_for(identity).map_err(|source| IdentityError::Certificate {
-            identity: identity.clone(),
-            source,
-        })?;
+        let key = WorkloadKey::generate().map_err(IdentityError::certificate(identity))?;
+        let csr = key
+            .csr_for(identity)
+            .map_err(IdentityError::certificate(identity))?;
         let chain = ca
             .sign_csr(&csr, identity, Duration::from_secs(24 * 3600))
             .map_err(|e| ca_error(e.to_string()))?;
         let certificate = WorkloadCertificate::from_pem_chain(identity, &chain.to_pem_list(), key)
-            .map_err(|source| IdentityError::Certificate {
-                identity: identity.clone(),
-                source,
-            })?;
+            .map_err(IdentityError::certificate(identity))?;
         let roots = TrustRoots::from_pem(ca.root_cert_pem())?;
         TlsMaterial::new(certificate, roots)
     }

@@ -145,7 +145,12 @@ impl Waypoint {
     /// Binds the readiness endpoint (15021): ready once a configuration was applied.
     pub async fn bind_readiness(&self, address: SocketAddr) -> Result<AdminServer, ListenerError> {
         let store = self.shared.store.clone();
-        AdminServer::bind(address, None, Arc::new(move || *store.version().borrow() > 0)).await
+        AdminServer::bind(
+            address,
+            None,
+            Arc::new(move || *store.version().borrow() > 0),
+        )
+        .await
     }
 
     /// Runs `listener` until `drain` turns true.

@@ -97,7 +97,9 @@ impl HboneListener {
     }
 
     pub fn address(&self) -> Result<SocketAddr, ListenerError> {
-        self.listener.local_addr().map_err(ListenerError::LocalAddress)
+        self.listener
+            .local_addr()
+            .map_err(ListenerError::LocalAddress)
     }
 
     /// Accepts connections until `drain` turns true.
@@ -213,7 +215,8 @@ impl ConnectHandler for TunnelHandler {
         let limits = self.limits;
         tokio::spawn(
             async move {
-                let service = service_fn(move |req| handle(Arc::clone(&shared), Arc::clone(&context), req));
+                let service =
+                    service_fn(move |req| handle(Arc::clone(&shared), Arc::clone(&context), req));
                 let mut builder = auto::Builder::new(TokioExecutor::new());
                 builder
                     .http1()
@@ -278,7 +281,10 @@ impl TunnelHandler {
         let endpoint = upstream
             .choose_endpoint(cluster, &hash, &[])
             .map_err(|_| Refusal::UpstreamUnavailable)?;
-        match upstream.open_stream(cluster, &endpoint, context.source_ip).await {
+        match upstream
+            .open_stream(cluster, &endpoint, context.source_ip)
+            .await
+        {
             Ok(stream) => {
                 upstream.record_outcome(cluster, endpoint.address, Some(200));
                 Ok(stream)

@@ -57,7 +57,10 @@ struct Layered {
 
 impl Strings for Layered {
     fn get(&self, name: &str) -> Option<String> {
-        self.flags.get(name).cloned().or_else(|| Environment.get(name))
+        self.flags
+            .get(name)
+            .cloned()
+            .or_else(|| Environment.get(name))
     }
 }
 
@@ -111,7 +114,10 @@ fn main() -> anyhow::Result<()> {
         .block_on(run(config))
 }
 
-async fn certificate(config: &Config, identity: &SpiffeId) -> anyhow::Result<(TlsMaterial, Option<CaClientConfig>)> {
+async fn certificate(
+    config: &Config,
+    identity: &SpiffeId,
+) -> anyhow::Result<(TlsMaterial, Option<CaClientConfig>)> {
     match &config.certificate {
         CertificateSettings::Ca {
             address,
@@ -124,7 +130,9 @@ async fn certificate(config: &Config, identity: &SpiffeId) -> anyhow::Result<(Tl
                 .to_owned();
             let roots_pem = root_file
                 .as_ref()
-                .map(|f| std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display())))
+                .map(|f| {
+                    std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))
+                })
                 .transpose()?;
             let ca = CaClientConfig {
                 address: address.clone(),
@@ -144,7 +152,11 @@ async fn certificate(config: &Config, identity: &SpiffeId) -> anyhow::Result<(Tl
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
-    let identity = SpiffeId::new(&config.trust_domain, &config.namespace, &config.service_account)?;
+    let identity = SpiffeId::new(
+        &config.trust_domain,
+        &config.namespace,
+        &config.service_account,
+    )?;
     let (material, ca) = certificate(&config, &identity).await?;
     info!(%identity, "waypoint certificate obtained");
     let certificates = Arc::new(RotatingCertificate::new(material));
@@ -208,14 +220,15 @@ async fn run(config: Config) -> anyhow::Result<()> {
 }
 
 async fn shutdown_signal() {
-    let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(signal) => signal,
-        Err(error) => {
-            warn!(%error, "cannot watch SIGTERM");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(error) => {
+                warn!(%error, "cannot watch SIGTERM");
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
     tokio::select! {
         _ = terminate.recv() => {}
         _ = tokio::signal::ctrl_c() => {}

@@ -18,8 +18,8 @@ use crate::model::WorkloadInfo;
 
 /// Istio's buckets for `istio_request_duration_milliseconds`.
 pub const DURATION_BUCKETS_MS: [f64; 19] = [
-    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
-    30000.0, 60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+    60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
 ];
 /// Istio's buckets for the byte-size histograms: powers of ten up to 1 GB.
 pub const BYTES_BUCKETS: [f64; 10] = [1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9];
@@ -90,13 +90,21 @@ impl Metrics {
             request_bytes: Family::new_with_constructor(Buckets(&BYTES_BUCKETS)),
             response_bytes: Family::new_with_constructor(Buckets(&BYTES_BUCKETS)),
         };
-        registry.register("istio_requests", "Requests handled", metrics.requests.clone());
+        registry.register(
+            "istio_requests",
+            "Requests handled",
+            metrics.requests.clone(),
+        );
         registry.register(
             "istio_request_duration_milliseconds",
             "Request duration",
             metrics.duration.clone(),
         );
-        registry.register("istio_request_bytes", "Request body sizes", metrics.request_bytes.clone());
+        registry.register(
+            "istio_request_bytes",
+            "Request body sizes",
+            metrics.request_bytes.clone(),
+        );
         registry.register(
             "istio_response_bytes",
             "Response body sizes",
@@ -258,7 +266,13 @@ impl RequestRecord {
 
     /// The access-log line, in the field order of Istio's default text format.
     pub fn access_log_line(&self) -> String {
-        let quoted = |v: &str| if v.is_empty() { "-".to_owned() } else { v.to_owned() };
+        let quoted = |v: &str| {
+            if v.is_empty() {
+                "-".to_owned()
+            } else {
+                v.to_owned()
+            }
+        };
         let elapsed = self.start.elapsed().as_millis();
         let start = humantime_utc(self.start_time);
         format!(

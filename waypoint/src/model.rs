@@ -82,9 +82,13 @@ pub struct WorkloadInfo {
 impl WorkloadInfo {
     /// `app` / canonical-name label, as Istio derives `canonical_service`.
     pub fn canonical_service(&self) -> Option<&str> {
-        ["service.istio.io/canonical-name", "app.kubernetes.io/name", "app"]
-            .iter()
-            .find_map(|k| self.labels.get(*k).map(String::as_str))
+        [
+            "service.istio.io/canonical-name",
+            "app.kubernetes.io/name",
+            "app",
+        ]
+        .iter()
+        .find_map(|k| self.labels.get(*k).map(String::as_str))
     }
 
     /// `version` / canonical-revision label.
@@ -356,8 +360,7 @@ impl RetryPolicy {
         RetryPolicy {
             attempts: DEFAULT_RETRY_ATTEMPTS,
             per_try_timeout: None,
-            on: RetryOn::parse(DEFAULT_RETRY_ON, "default retry policy")
-                .unwrap_or_default(),
+            on: RetryOn::parse(DEFAULT_RETRY_ON, "default retry policy").unwrap_or_default(),
         }
     }
 }
@@ -431,9 +434,8 @@ impl L4Match {
                 .as_deref()
                 .is_none_or(|ns| source_namespace == Some(ns))
             && (self.source_labels.is_empty()
-                || source_labels.is_some_and(|l| {
-                    self.source_labels.iter().all(|(k, v)| l.get(k) == Some(v))
-                }))
+                || source_labels
+                    .is_some_and(|l| self.source_labels.iter().all(|(k, v)| l.get(k) == Some(v))))
     }
 }
 
@@ -658,7 +660,10 @@ fn http_match(m: &proto::HttpMatchRequest, context: &str) -> Result<HttpMatch, C
     })
 }
 
-fn header_ops(ops: Option<&proto::HeaderOperations>, context: &str) -> Result<HeaderOps, ConfigError> {
+fn header_ops(
+    ops: Option<&proto::HeaderOperations>,
+    context: &str,
+) -> Result<HeaderOps, ConfigError> {
     let Some(ops) = ops else {
         return Ok(HeaderOps::default());
     };
@@ -704,7 +709,10 @@ fn status(value: i64, context: &str) -> Result<StatusCode, ConfigError> {
 fn percent(p: Option<&proto::Percent>, context: &str) -> Result<f64, ConfigError> {
     let value = p.map_or(100.0, |p| p.value);
     if !(0.0..=100.0).contains(&value) {
-        return Err(invalid(context, format!("percentage {value} outside 0..100")));
+        return Err(invalid(
+            context,
+            format!("percentage {value} outside 0..100"),
+        ));
     }
     Ok(value)
 }
@@ -748,7 +756,10 @@ fn fault(f: &proto::HttpFaultInjection, context: &str) -> Result<Fault, ConfigEr
                 .fixed_delay
                 .as_ref()
                 .ok_or_else(|| invalid(context, "fault delay without fixedDelay"))?;
-            Ok::<_, ConfigError>((duration(fixed, context)?, percent(d.percentage.as_ref(), context)?))
+            Ok::<_, ConfigError>((
+                duration(fixed, context)?,
+                percent(d.percentage.as_ref(), context)?,
+            ))
         })
         .transpose()?;
     let abort = f
@@ -869,7 +880,8 @@ fn route(
             .route
             .iter()
             .map(|d| {
-                let (cluster, host) = destination_cluster(d.destination.as_ref(), clusters, context)?;
+                let (cluster, host) =
+                    destination_cluster(d.destination.as_ref(), clusters, context)?;
                 Ok(WeightedDestination {
                     cluster,
                     host,
@@ -889,7 +901,10 @@ fn route(
         .as_ref()
         .map(|rw| {
             if !rw.uri.is_empty() && rw.uri_regex_rewrite.is_some() {
-                return Err(invalid(context, "rewrite.uri and uriRegexRewrite are exclusive"));
+                return Err(invalid(
+                    context,
+                    "rewrite.uri and uriRegexRewrite are exclusive",
+                ));
             }
             let uri_regex = rw
                 .uri_regex_rewrite
@@ -972,7 +987,10 @@ fn route(
     ))
 }
 
-fn load_balancer(lb: Option<&proto::LoadBalancerSettings>, context: &str) -> Result<LoadBalancer, ConfigError> {
+fn load_balancer(
+    lb: Option<&proto::LoadBalancerSettings>,
+    context: &str,
+) -> Result<LoadBalancer, ConfigError> {
     use proto::load_balancer_settings::consistent_hash_lb::HashKey as H;
     use proto::load_balancer_settings::{LbPolicy, SimpleLb};
     Ok(match lb.and_then(|l| l.lb_policy.as_ref()) {
@@ -984,18 +1002,23 @@ fn load_balancer(lb: Option<&proto::LoadBalancerSettings>, context: &str) -> Res
                 LoadBalancer::LeastRequest
             }
             Ok(SimpleLb::Passthrough) | Err(_) => {
-                return Err(invalid(context, format!("unsupported load balancer {simple}")));
+                return Err(invalid(
+                    context,
+                    format!("unsupported load balancer {simple}"),
+                ));
             }
         },
-        Some(LbPolicy::ConsistentHash(hash)) => LoadBalancer::ConsistentHash(match &hash.hash_key {
-            Some(H::HttpHeaderName(name)) => HashKey::Header(header_name(name, context)?),
-            Some(H::HttpCookie(cookie)) => HashKey::Cookie(cookie.name.clone()),
-            Some(H::UseSourceIp(true)) => HashKey::SourceIp,
-            Some(H::HttpQueryParameterName(name)) => HashKey::QueryParameter(name.clone()),
-            Some(H::UseSourceIp(false)) | None => {
-                return Err(invalid(context, "consistentHash without a hash key"));
-            }
-        }),
+        Some(LbPolicy::ConsistentHash(hash)) => {
+            LoadBalancer::ConsistentHash(match &hash.hash_key {
+                Some(H::HttpHeaderName(name)) => HashKey::Header(header_name(name, context)?),
+                Some(H::HttpCookie(cookie)) => HashKey::Cookie(cookie.name.clone()),
+                Some(H::UseSourceIp(true)) => HashKey::SourceIp,
+                Some(H::HttpQueryParameterName(name)) => HashKey::QueryParameter(name.clone()),
+                Some(H::UseSourceIp(false)) | None => {
+                    return Err(invalid(context, "consistentHash without a hash key"));
+                }
+            })
+        }
     })
 }
 
@@ -1003,7 +1026,10 @@ fn limit(value: i32) -> Option<usize> {
     usize::try_from(value).ok().filter(|v| *v > 0)
 }
 
-fn limits(p: Option<&proto::ConnectionPoolSettings>, context: &str) -> Result<ConnectionLimits, ConfigError> {
+fn limits(
+    p: Option<&proto::ConnectionPoolSettings>,
+    context: &str,
+) -> Result<ConnectionLimits, ConfigError> {
     let Some(p) = p else {
         return Ok(ConnectionLimits::default());
     };
@@ -1022,7 +1048,10 @@ fn limits(p: Option<&proto::ConnectionPoolSettings>, context: &str) -> Result<Co
     Ok(limits)
 }
 
-fn outlier(o: Option<&proto::OutlierDetection>, context: &str) -> Result<Option<OutlierPolicy>, ConfigError> {
+fn outlier(
+    o: Option<&proto::OutlierDetection>,
+    context: &str,
+) -> Result<Option<OutlierPolicy>, ConfigError> {
     let Some(o) = o else { return Ok(None) };
     if o.consecutive_5xx_errors.is_none() && o.consecutive_gateway_errors.is_none() {
         return Ok(None);
@@ -1036,7 +1065,8 @@ fn outlier(o: Option<&proto::OutlierDetection>, context: &str) -> Result<Option<
     Ok(Some(OutlierPolicy {
         consecutive_gateway_errors: o.consecutive_gateway_errors.filter(|v| *v > 0),
         consecutive_5xx: o.consecutive_5xx_errors.filter(|v| *v > 0),
-        interval: optional_duration(o.interval.as_ref(), context)?.unwrap_or(DEFAULT_OUTLIER_INTERVAL),
+        interval: optional_duration(o.interval.as_ref(), context)?
+            .unwrap_or(DEFAULT_OUTLIER_INTERVAL),
         base_ejection_time: optional_duration(o.base_ejection_time.as_ref(), context)?
             .unwrap_or(DEFAULT_BASE_EJECTION_TIME),
         max_ejection_percent: if o.max_ejection_percent == 0 {
@@ -1057,10 +1087,12 @@ fn endpoint(
     let identity = if e.identity.is_empty() {
         None
     } else {
-        Some(parse_spiffe(&e.identity).ok_or_else(|| ConfigError::Identity {
-            context: context.to_owned(),
-            value: e.identity.clone(),
-        })?)
+        Some(
+            parse_spiffe(&e.identity).ok_or_else(|| ConfigError::Identity {
+                context: context.to_owned(),
+                value: e.identity.clone(),
+            })?,
+        )
     };
     let tunnel = match proto::EndpointTunnel::try_from(e.tunnel) {
         Ok(proto::EndpointTunnel::Hbone) => Tunnel::Hbone,
@@ -1068,7 +1100,10 @@ fn endpoint(
         Err(_) => return Err(invalid(context, format!("unknown tunnel {}", e.tunnel))),
     };
     if tunnel == Tunnel::Hbone && identity.is_none() {
-        return Err(invalid(context, format!("HBONE endpoint {} has no identity", e.address)));
+        return Err(invalid(
+            context,
+            format!("HBONE endpoint {} has no identity", e.address),
+        ));
     }
     let workload = Arc::clone(workloads.entry(address).or_insert_with(|| {
         Arc::new(WorkloadInfo {
@@ -1092,8 +1127,16 @@ pub fn parse_spiffe(uri: &str) -> Option<SpiffeId> {
     let rest = uri.strip_prefix("spiffe://")?;
     let (trust_domain, path) = rest.split_once('/')?;
     let mut parts = path.split('/');
-    match (parts.next(), parts.next(), parts.next(), parts.next(), parts.next()) {
-        (Some("ns"), Some(ns), Some("sa"), Some(sa), None) => SpiffeId::new(trust_domain, ns, sa).ok(),
+    match (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) {
+        (Some("ns"), Some(ns), Some("sa"), Some(sa), None) => {
+            SpiffeId::new(trust_domain, ns, sa).ok()
+        }
         _ => None,
     }
 }
@@ -1125,7 +1168,10 @@ fn cluster(
 }
 
 fn wildcards(values: &[String]) -> Vec<WildcardMatch> {
-    values.iter().map(|v| WildcardMatch::parse_istio(v)).collect()
+    values
+        .iter()
+        .map(|v| WildcardMatch::parse_istio(v))
+        .collect()
 }
 
 fn cidrs(values: &[String], context: &str) -> Result<Vec<IpNet>, ConfigError> {
@@ -1163,7 +1209,10 @@ fn authorization(a: &proto::L7Authorization) -> Result<TargetedAuthorization, Co
                 .map(|f| {
                     let s = f.source.clone().unwrap_or_default();
                     if !s.request_principals.is_empty() || !s.not_request_principals.is_empty() {
-                        return Err(invalid(context, "requestPrincipals (JWT) are not supported"));
+                        return Err(invalid(
+                            context,
+                            "requestPrincipals (JWT) are not supported",
+                        ));
                     }
                     Ok(Source {
                         principals: wildcards(&s.principals),
@@ -1198,7 +1247,8 @@ fn authorization(a: &proto::L7Authorization) -> Result<TargetedAuthorization, Co
                 .when
                 .iter()
                 .map(|c| {
-                    Condition::parse(&c.key, &c.values, &c.not_values).map_err(policy_error(context))
+                    Condition::parse(&c.key, &c.values, &c.not_values)
+                        .map_err(policy_error(context))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(HttpRule { from, to, when })
@@ -1276,7 +1326,8 @@ fn service(
                 .route
                 .iter()
                 .map(|d| {
-                    let (cluster, _) = destination_cluster(d.destination.as_ref(), clusters, context)?;
+                    let (cluster, _) =
+                        destination_cluster(d.destination.as_ref(), clusters, context)?;
                     Ok((
                         cluster,
                         u32::try_from(d.weight).map_err(|_| invalid(context, "negative weight"))?,
@@ -1335,7 +1386,10 @@ impl TryFrom<proto::WaypointConfig> for WaypointConfig {
                 for vip in &s.vips {
                     by_vip.insert(SocketAddr::new(*vip, p.port), (service_index, port_index));
                 }
-                for c in clusters.values().filter(|c| c.host == s.hostname && c.port == p.port) {
+                for c in clusters
+                    .values()
+                    .filter(|c| c.host == s.hostname && c.port == p.port)
+                {
                     for e in &c.endpoints {
                         by_endpoint
                             .entry(e.address)

@@ -22,13 +22,13 @@ use tracing::{Instrument, debug, debug_span, warn};
 use weft_identity::SpiffeId;
 use weft_policy::l7::{HttpAuthzRequest, evaluate_http};
 use weft_policy::path::normalize_path;
-use weft_policy::route::{HeaderSource, RequestView, pick_weighted, percentage_hit, select_route};
+use weft_policy::route::{HeaderSource, RequestView, percentage_hit, pick_weighted, select_route};
 use weft_policy::{ACCESS_DENIED_BODY, ACCESS_DENIED_STATUS, Decision, DenyReason, PeerIdentity};
 
 use crate::metrics::{Metrics, Peer, RequestRecord};
 use crate::model::{
-    AbortKind, Cluster, CorsPolicy, Endpoint, Fault, HeaderOps, Redirect, RedirectPort, RetryPolicy,
-    Rewrite, Route, RouteAction, ServiceTarget, WaypointConfig, WeightedDestination,
+    AbortKind, Cluster, CorsPolicy, Endpoint, Fault, HeaderOps, Redirect, RedirectPort,
+    RetryPolicy, Rewrite, Route, RouteAction, ServiceTarget, WaypointConfig, WeightedDestination,
 };
 use crate::store::ConfigStore;
 use crate::upstream::{HashInput, Upstream, UpstreamError};
@@ -101,7 +101,9 @@ impl HeaderSource for HeaderMapSource<'_> {
 }
 
 fn full(body: impl Into<Bytes>) -> ProxyBody {
-    Full::new(body.into()).map_err(|never| match never {}).boxed()
+    Full::new(body.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 fn text_response(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
@@ -239,7 +241,10 @@ fn is_upgrade(request: &Request<Incoming>) -> bool {
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
 }
 
 /// Serves one request that arrived on a tunnel. Never fails: every error becomes a response.
@@ -343,11 +348,14 @@ async fn pipeline(
         record.response_code_details = "invalid_path".to_owned();
         return text_response(StatusCode::BAD_REQUEST, "Bad Request");
     };
-    let query = raw_path.split_once('?').map(|(_, q)| q.split('#').next().unwrap_or(q));
+    let query = raw_path
+        .split_once('?')
+        .map(|(_, q)| q.split('#').next().unwrap_or(q));
     let authority = authority_of(&request).to_owned();
-    let peer_identity = tunnel.peer.as_ref().map(|id| {
-        PeerIdentity::new(id.trust_domain(), id.namespace(), id.service_account())
-    });
+    let peer_identity = tunnel
+        .peer
+        .as_ref()
+        .map(|id| PeerIdentity::new(id.trust_domain(), id.namespace(), id.service_account()));
     let source_workload = config.workload(tunnel.source_ip).cloned();
     let method = request.method().as_str().to_owned();
     let service = &tunnel.target.service;
@@ -387,11 +395,15 @@ async fn pipeline(
             debug!(%reason, "request denied");
             record.response_code_details = match &reason {
                 DenyReason::DeniedBy(policy) => {
-                    format!("rbac_access_denied_matched_policy[ns[{}]-policy[{}]-rule[0]]", policy.namespace, policy.name)
+                    format!(
+                        "rbac_access_denied_matched_policy[ns[{}]-policy[{}]-rule[0]]",
+                        policy.namespace, policy.name
+                    )
                 }
                 _ => "rbac_access_denied_matched_policy[none]".to_owned(),
             };
-            let status = StatusCode::from_u16(ACCESS_DENIED_STATUS).unwrap_or(StatusCode::FORBIDDEN);
+            let status =
+                StatusCode::from_u16(ACCESS_DENIED_STATUS).unwrap_or(StatusCode::FORBIDDEN);
             return text_response(status, ACCESS_DENIED_BODY);
         }
     }
@@ -411,7 +423,8 @@ async fn pipeline(
     };
     let Some(route) = route else {
         // No route: plain service routing to any endpoint of the service.
-        let Some(cluster) = config.default_cluster(&service.hostname, tunnel.target.port.port) else {
+        let Some(cluster) = config.default_cluster(&service.hostname, tunnel.target.port.port)
+        else {
             record.response_flags = "NR";
             record.response_code_details = "route_not_found".to_owned();
             return text_response(StatusCode::NOT_FOUND, "");
@@ -520,7 +533,10 @@ fn cors_preflight(cors: &CorsPolicy, origin: &str) -> Response<ProxyBody> {
     set(header::ACCESS_CONTROL_ALLOW_METHODS, &cors.allow_methods);
     set(header::ACCESS_CONTROL_ALLOW_HEADERS, &cors.allow_headers);
     if let Some(max_age) = cors.max_age {
-        set(header::ACCESS_CONTROL_MAX_AGE, &max_age.as_secs().to_string());
+        set(
+            header::ACCESS_CONTROL_MAX_AGE,
+            &max_age.as_secs().to_string(),
+        );
     }
     response
 }
@@ -589,7 +605,9 @@ fn redirect_response(
     let host = redirect.authority.clone().unwrap_or(host);
     let port = match redirect.port {
         RedirectPort::Explicit(p) => Some(p.to_string()),
-        RedirectPort::FromRequest => Some(original_port.unwrap_or_else(|| request_port.to_string())),
+        RedirectPort::FromRequest => {
+            Some(original_port.unwrap_or_else(|| request_port.to_string()))
+        }
         RedirectPort::SchemeDefault => None,
     };
     let path = redirect.uri.clone().unwrap_or_else(|| raw_path.to_owned());
@@ -666,7 +684,11 @@ impl Outgoing {
     }
 }
 
-fn hash_input<'a>(headers: &'a HeaderMap, query: Option<&'a str>, source_ip: IpAddr) -> HashInput<'a> {
+fn hash_input<'a>(
+    headers: &'a HeaderMap,
+    query: Option<&'a str>,
+    source_ip: IpAddr,
+) -> HashInput<'a> {
     HashInput {
         headers,
         query,
@@ -690,7 +712,9 @@ async fn forward(
         return text_response(StatusCode::INTERNAL_SERVER_ERROR, "");
     };
     let weights: Vec<u32> = destinations.iter().map(|d| d.weight).collect();
-    let Some(destination) = pick_weighted(&weights, rand::random()).and_then(|i| destinations.get(i)) else {
+    let Some(destination) =
+        pick_weighted(&weights, rand::random()).and_then(|i| destinations.get(i))
+    else {
         record.response_flags = "NR";
         return text_response(StatusCode::SERVICE_UNAVAILABLE, "no destination");
     };
@@ -763,7 +787,10 @@ async fn forward(
     let body = match Limited::new(body, shared.max_request_body).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(error) => {
-            if error.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            if error
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
                 return text_response(StatusCode::PAYLOAD_TOO_LARGE, "payload too large");
             }
             record.response_flags = "DC";
@@ -811,7 +838,15 @@ async fn forward(
         );
     }
 
-    let attempts = send_with_retries(shared, tunnel, record, &cluster, &outgoing, &route.retries, query);
+    let attempts = send_with_retries(
+        shared,
+        tunnel,
+        record,
+        &cluster,
+        &outgoing,
+        &route.retries,
+        query,
+    );
     let result = match route.timeout {
         Some(limit) => match tokio::time::timeout(limit, attempts).await {
             Ok(result) => result,
@@ -909,7 +944,13 @@ async fn send_with_retries(
         record.upstream_host = Some(endpoint.address.to_string());
         record.destination.workload = Some(Arc::clone(&endpoint.workload));
         record.destination.principal = endpoint.identity.as_ref().map(ToString::to_string);
-        let send = upstream.send(cluster, &endpoint, outgoing.build(""), outgoing.http2, tunnel.source_ip);
+        let send = upstream.send(
+            cluster,
+            &endpoint,
+            outgoing.build(""),
+            outgoing.http2,
+            tunnel.source_ip,
+        );
         let outcome = match policy.per_try_timeout {
             Some(limit) => tokio::time::timeout(limit, send).await.ok(),
             None => Some(send.await),
@@ -924,15 +965,16 @@ async fn send_with_retries(
                     .get(&GRPC_STATUS)
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse().ok());
-                if can_retry && policy.on.status_retriable(status, grpc) {
-                    if let Some(permit) = upstream.retry_permit(cluster) {
-                        retry_permit = Some(permit);
-                        debug!(status, attempt, "retrying after a retriable status");
-                        drop(response);
-                        attempt += 1;
-                        backoff(attempt).await;
-                        continue;
-                    }
+                if can_retry
+                    && policy.on.status_retriable(status, grpc)
+                    && let Some(permit) = upstream.retry_permit(cluster)
+                {
+                    retry_permit = Some(permit);
+                    debug!(status, attempt, "retrying after a retriable status");
+                    drop(response);
+                    attempt += 1;
+                    backoff(attempt).await;
+                    continue;
                 }
                 drop(retry_permit);
                 return Ok(response.map(|b| b.map_err(BoxError::from).boxed()));
@@ -1063,11 +1105,26 @@ mod tests {
         let prefix = StringMatch::Prefix("/old".to_owned());
         let exact = StringMatch::Exact("/login".to_owned());
         let cases = [
-            (rewrite(Some("/new"), None), Some(&prefix), "/old/page", "/new/page"),
+            (
+                rewrite(Some("/new"), None),
+                Some(&prefix),
+                "/old/page",
+                "/new/page",
+            ),
             (rewrite(Some("/"), None), Some(&prefix), "/old", "/"),
-            (rewrite(Some("/signin"), None), Some(&exact), "/login", "/signin"),
+            (
+                rewrite(Some("/signin"), None),
+                Some(&exact),
+                "/login",
+                "/signin",
+            ),
             (rewrite(Some("/v2/"), None), None, "/items", "/v2/items"),
-            (rewrite(None, Some(("^/api/v1/(.*)$", "/${1}"))), None, "/api/v1/users", "/users"),
+            (
+                rewrite(None, Some(("^/api/v1/(.*)$", "/${1}"))),
+                None,
+                "/api/v1/users",
+                "/users",
+            ),
             (rewrite(None, None), Some(&prefix), "/old/x", "/old/x"),
         ];
         for (rule, matched, path, expected) in cases {
@@ -1085,9 +1142,24 @@ mod tests {
             status: StatusCode::MOVED_PERMANENTLY,
         };
         let cases = [
-            (redirect(Some("/v2"), None, RedirectPort::SchemeDefault), "a.b:9080", "/v1", "http://a.b/v2"),
-            (redirect(None, Some("c.d"), RedirectPort::FromRequest), "a.b:9080", "/x?q=1", "http://c.d:9080/x?q=1"),
-            (redirect(None, None, RedirectPort::Explicit(8443)), "a.b", "/", "http://a.b:8443/"),
+            (
+                redirect(Some("/v2"), None, RedirectPort::SchemeDefault),
+                "a.b:9080",
+                "/v1",
+                "http://a.b/v2",
+            ),
+            (
+                redirect(None, Some("c.d"), RedirectPort::FromRequest),
+                "a.b:9080",
+                "/x?q=1",
+                "http://c.d:9080/x?q=1",
+            ),
+            (
+                redirect(None, None, RedirectPort::Explicit(8443)),
+                "a.b",
+                "/",
+                "http://a.b:8443/",
+            ),
         ];
         for (rule, authority, path, expected) in cases {
             let response = redirect_response(&rule, authority, path, 9080);
@@ -1100,9 +1172,15 @@ mod tests {
     fn request_ids_are_uuid_v4() {
         let id = request_id();
         let parts: Vec<&str> = id.split('-').collect();
-        assert_eq!(parts.iter().map(|p| p.len()).collect::<Vec<_>>(), [8, 4, 4, 4, 12]);
+        assert_eq!(
+            parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
+            [8, 4, 4, 4, 12]
+        );
         assert!(parts[2].starts_with('4'));
-        assert!(matches!(parts[3].as_bytes()[0], b'8' | b'9' | b'a' | b'b'), "{id}");
+        assert!(
+            matches!(parts[3].as_bytes()[0], b'8' | b'9' | b'a' | b'b'),
+            "{id}"
+        );
         assert_ne!(id, request_id());
     }
 

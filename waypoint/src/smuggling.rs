@@ -147,7 +147,9 @@ impl<T> FramingGuard<T> {
                         continue;
                     }
                     self.pending_head.push(byte);
-                    if self.pending_head.ends_with(b"\r\n\r\n") || self.pending_head.ends_with(b"\n\n") {
+                    if self.pending_head.ends_with(b"\r\n\r\n")
+                        || self.pending_head.ends_with(b"\n\n")
+                    {
                         self.finish_head();
                     } else if self.pending_head.len() > MAX_HEAD {
                         let head = std::mem::take(&mut self.pending_head);
@@ -304,8 +306,14 @@ mod tests {
     fn heads_are_classified_by_their_framing_headers() {
         let cases: [(&[u8], Framing); 7] = [
             (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", Framing::None),
-            (b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n", Framing::Length(5)),
-            (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", Framing::Chunked),
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n",
+                Framing::Length(5),
+            ),
+            (
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+                Framing::Chunked,
+            ),
             (
                 b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
                 Framing::Conflict,
@@ -315,10 +323,18 @@ mod tests {
                 Framing::Conflict,
             ),
             (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Framing::Opaque),
-            (b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n", Framing::Opaque),
+            (
+                b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+                Framing::Opaque,
+            ),
         ];
         for (head, expected) in cases {
-            assert_eq!(classify_head(head).0, expected, "{}", String::from_utf8_lossy(head));
+            assert_eq!(
+                classify_head(head).0,
+                expected,
+                "{}",
+                String::from_utf8_lossy(head)
+            );
         }
     }
 

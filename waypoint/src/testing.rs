@@ -18,7 +18,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use weft_hbone::{ConnectHandler, ConnectRequest, H2Config, HboneStream, Refusal};
-use weft_identity::{CertificateAuthority, SpiffeId, client_config, hbone_server_name, peer_identity};
+use weft_identity::{
+    CertificateAuthority, SpiffeId, client_config, hbone_server_name, peer_identity,
+};
 
 use crate::identity::TlsMaterial;
 
@@ -125,7 +127,12 @@ impl Drop for FakeEndpoint {
 
 impl FakeEndpoint {
     /// Starts an endpoint named `name` with identity `spiffe://cluster.local/ns/<ns>/sa/<sa>`.
-    pub async fn start(mesh: &TestMesh, name: &str, namespace: &str, service_account: &str) -> Self {
+    pub async fn start(
+        mesh: &TestMesh,
+        name: &str,
+        namespace: &str,
+        service_account: &str,
+    ) -> Self {
         let material = mesh.material(namespace, service_account);
         let identity = material.identity().clone();
         let app = TcpListener::bind((LOCALHOST, 0)).await.expect("bind app");
@@ -135,8 +142,18 @@ impl FakeEndpoint {
         let requests = Arc::new(Mutex::new(Vec::new()));
         let tunnels = Arc::new(Mutex::new(Vec::new()));
         let behaviour = Arc::new(AppBehaviour::default());
-        let app_task = tokio::spawn(run_app(app, name.to_owned(), Arc::clone(&requests), Arc::clone(&behaviour)));
-        let hbone_task = tokio::spawn(run_hbone(hbone, material, app_address, Arc::clone(&tunnels)));
+        let app_task = tokio::spawn(run_app(
+            app,
+            name.to_owned(),
+            Arc::clone(&requests),
+            Arc::clone(&behaviour),
+        ));
+        let hbone_task = tokio::spawn(run_hbone(
+            hbone,
+            material,
+            app_address,
+            Arc::clone(&tunnels),
+        ));
         FakeEndpoint {
             name: name.to_owned(),
             identity,
@@ -186,7 +203,12 @@ async fn run_app(
         let behaviour = Arc::clone(&behaviour);
         tokio::spawn(async move {
             let service = service_fn(move |request| {
-                app_answer(request, name.clone(), Arc::clone(&requests), Arc::clone(&behaviour))
+                app_answer(
+                    request,
+                    name.clone(),
+                    Arc::clone(&requests),
+                    Arc::clone(&behaviour),
+                )
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection_with_upgrades(TokioIo::new(stream), service)
@@ -207,7 +229,10 @@ async fn app_answer(
     let body = if upgrade {
         Bytes::new()
     } else {
-        body.collect().await.map(|b| b.to_bytes()).unwrap_or_default()
+        body.collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default()
     };
     if let Ok(mut seen) = requests.lock() {
         seen.push(SeenRequest {
@@ -241,8 +266,14 @@ async fn app_answer(
         let mut response = Response::new(Full::new(Bytes::new()));
         *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         let headers = response.headers_mut();
-        headers.insert(http::header::UPGRADE, http::HeaderValue::from_static("websocket"));
-        headers.insert(http::header::CONNECTION, http::HeaderValue::from_static("upgrade"));
+        headers.insert(
+            http::header::UPGRADE,
+            http::HeaderValue::from_static("websocket"),
+        );
+        headers.insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("upgrade"),
+        );
         return Ok(response);
     }
     let delay = behaviour.delay_ms.load(Ordering::Relaxed);
@@ -263,9 +294,10 @@ async fn app_answer(
     };
     let mut response = Response::new(Full::new(Bytes::from(name.clone())));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert("x-served-by", http::HeaderValue::from_str(&name).unwrap_or(http::HeaderValue::from_static("app")));
+    response.headers_mut().insert(
+        "x-served-by",
+        http::HeaderValue::from_str(&name).unwrap_or(http::HeaderValue::from_static("app")),
+    );
     Ok(response)
 }
 

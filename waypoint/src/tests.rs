@@ -40,7 +40,10 @@ fn proto_endpoint(e: &FakeEndpoint) -> proto::Endpoint {
         address: e.app_address.ip().to_string(),
         port: u32::from(e.app_address.port()),
         identity: e.identity.to_string(),
-        labels: HashMap::from([("app".to_owned(), "reviews".to_owned()), ("version".to_owned(), e.name.clone())]),
+        labels: HashMap::from([
+            ("app".to_owned(), "reviews".to_owned()),
+            ("version".to_owned(), e.name.clone()),
+        ]),
         workload_uid: format!("uid-{}", e.name),
         tunnel: proto::EndpointTunnel::Hbone as i32,
         healthy: true,
@@ -224,7 +227,9 @@ async fn header_match_routes_to_its_subset_and_others_to_the_default() {
         .unwrap();
 
     let mut request = get("/reviews/1");
-    request.headers_mut().insert("end-user", "jason".parse().unwrap());
+    request
+        .headers_mut()
+        .insert("end-user", "jason".parse().unwrap());
     let (status, headers, body) = harness.send(request).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, "v2");
@@ -241,7 +246,10 @@ async fn header_match_routes_to_its_subset_and_others_to_the_default() {
     assert_eq!(tunnel.forwarded_for, Some(CLIENT_IP));
     assert_eq!(tunnel.peer, harness.waypoint_identity);
     let seen = v1.last_request().unwrap();
-    assert!(seen.headers.contains_key("x-request-id"), "x-request-id generated");
+    assert!(
+        seen.headers.contains_key("x-request-id"),
+        "x-request-id generated"
+    );
     assert_eq!(seen.headers["host"], HOST);
 }
 
@@ -255,7 +263,10 @@ async fn weighted_split_follows_the_weights() {
     };
     harness
         .waypoint
-        .apply_config(config(vec![split], vec![cluster("v1", &[&v1]), cluster("v2", &[&v2])]))
+        .apply_config(config(
+            vec![split],
+            vec![cluster("v1", &[&v1]), cluster("v2", &[&v2])],
+        ))
         .unwrap();
     let mut sender = harness.http1().await;
     let mut v1_count = 0;
@@ -266,7 +277,10 @@ async fn weighted_split_follows_the_weights() {
             v1_count += 1;
         }
     }
-    assert!((1500..=1700).contains(&v1_count), "v1 got {v1_count} of 2000");
+    assert!(
+        (1500..=1700).contains(&v1_count),
+        "v1 got {v1_count} of 2000"
+    );
     assert_eq!(v1.request_count() + v2.request_count(), 2000);
 }
 
@@ -278,7 +292,9 @@ async fn fault_abort_answers_without_reaching_the_endpoint() {
         fault: Some(proto::HttpFaultInjection {
             delay: None,
             abort: Some(proto::http_fault_injection::Abort {
-                error_type: Some(proto::http_fault_injection::abort::ErrorType::HttpStatus(418)),
+                error_type: Some(proto::http_fault_injection::abort::ErrorType::HttpStatus(
+                    418,
+                )),
                 percentage: Some(proto::Percent { value: 100.0 }),
             }),
         }),
@@ -318,7 +334,11 @@ async fn fault_delay_holds_the_request() {
     let (status, _, body) = harness.get("/").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, "v1");
-    assert!(started.elapsed() >= Duration::from_millis(500), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -408,7 +428,14 @@ async fn deny_policy_on_a_path_also_covers_its_encoded_and_doubled_forms() {
         target_services: Vec::new(),
     });
     harness.waypoint.apply_config(cfg).unwrap();
-    for path in ["/admin", "//admin", "/%2Fadmin", "/x/..%2Fadmin", "/admin/users", "/%61dmin"] {
+    for path in [
+        "/admin",
+        "//admin",
+        "/%2Fadmin",
+        "/x/..%2Fadmin",
+        "/admin/users",
+        "/%61dmin",
+    ] {
         let (status, _, body) = harness.get(path).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
         assert_eq!(body, weft_policy::ACCESS_DENIED_BODY, "{path}");
@@ -431,7 +458,10 @@ async fn mirror_delivers_a_copy_and_the_primary_answers() {
     };
     harness
         .waypoint
-        .apply_config(config(vec![route], vec![cluster("v1", &[&v1]), cluster("v2", &[&v2])]))
+        .apply_config(config(
+            vec![route],
+            vec![cluster("v1", &[&v1]), cluster("v2", &[&v2])],
+        ))
         .unwrap();
     let request = Request::builder()
         .method("POST")
@@ -498,7 +528,11 @@ async fn outlier_detection_ejects_a_failing_endpoint_and_lets_it_back() {
         let (status, _, _) = send_on(&mut sender, get("/")).await;
         assert_eq!(status, StatusCode::OK);
     }
-    assert!(v1.request_count() >= 6, "v1 back in rotation: {}", v1.request_count());
+    assert!(
+        v1.request_count() >= 6,
+        "v1 back in rotation: {}",
+        v1.request_count()
+    );
 }
 
 #[tokio::test]
@@ -526,7 +560,10 @@ async fn http2_clients_are_served_and_forwarded_as_http2() {
     for response in futures::future::join_all(pending).await {
         let response = response.unwrap();
         assert_eq!(response.status(), StatusCode::OK);
-        assert_eq!(response.into_body().collect().await.unwrap().to_bytes(), "v1");
+        assert_eq!(
+            response.into_body().collect().await.unwrap().to_bytes(),
+            "v1"
+        );
     }
     let seen = v1.last_request().unwrap();
     assert_eq!(seen.version, Version::HTTP_2);
@@ -613,13 +650,17 @@ async fn rapid_reset_burst_is_survived() {
     let mut client = client;
     let mut sent = 0;
     for i in 0..1000 {
-        let Ok(ready) = client.clone().ready().await else { break };
+        let Ok(ready) = client.clone().ready().await else {
+            break;
+        };
         client = ready;
         let request = Request::builder()
             .uri(format!("http://{HOST}/reset/{i}"))
             .body(())
             .unwrap();
-        let Ok((_, mut stream)) = client.send_request(request, false) else { break };
+        let Ok((_, mut stream)) = client.send_request(request, false) else {
+            break;
+        };
         stream.send_reset(h2::Reason::CANCEL);
         sent += 1;
     }
@@ -652,7 +693,9 @@ async fn curl_over_a_local_bridge_gets_routed() {
     let bridge_harness = Arc::clone(&harness);
     tokio::spawn(async move {
         for _ in 0..10 {
-            let Ok((mut socket, _)) = bridge.accept().await else { return };
+            let Ok((mut socket, _)) = bridge.accept().await else {
+                return;
+            };
             let mut tunnel = bridge_harness.tunnel().await;
             tokio::spawn(async move {
                 let _ = tokio::io::copy_bidirectional(&mut socket, &mut tunnel).await;
@@ -661,14 +704,27 @@ async fn curl_over_a_local_bridge_gets_routed() {
     });
     for flags in [&["--http1.1"][..], &["--http2-prior-knowledge"][..]] {
         let output = tokio::process::Command::new("curl")
-            .args(["-s", "-S", "--max-time", "10", "-H", &format!("Host: {HOST}"), "-D", "-"])
+            .args([
+                "-s",
+                "-S",
+                "--max-time",
+                "10",
+                "-H",
+                &format!("Host: {HOST}"),
+                "-D",
+                "-",
+            ])
             .args(flags)
             .arg(format!("http://{bridge_address}/curl"))
             .output()
             .await
             .expect("curl must be installed to run this test");
         let text = String::from_utf8_lossy(&output.stdout);
-        assert!(output.status.success(), "curl {flags:?}: {text} {}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "curl {flags:?}: {text} {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         assert!(text.contains(" 200"), "{text}");
         assert!(text.ends_with("v1"), "{text}");
     }
@@ -685,7 +741,9 @@ async fn invalid_config_is_rejected_and_the_last_good_one_kept() {
     let bad_route = proto::HttpRoute {
         r#match: vec![proto::HttpMatchRequest {
             uri: Some(proto::StringMatch {
-                match_type: Some(proto::string_match::MatchType::Regex("(unclosed".to_owned())),
+                match_type: Some(proto::string_match::MatchType::Regex(
+                    "(unclosed".to_owned(),
+                )),
             }),
             ..Default::default()
         }],
@@ -711,7 +769,11 @@ async fn requests_are_counted_with_istio_labels() {
     for _ in 0..3 {
         harness.get("/").await;
     }
-    let metrics = harness.waypoint.bind_metrics(SocketAddr::new(LOCALHOST, 0)).await.unwrap();
+    let metrics = harness
+        .waypoint
+        .bind_metrics(SocketAddr::new(LOCALHOST, 0))
+        .await
+        .unwrap();
     let address = metrics.address().unwrap();
     let (_drain, drained) = watch::channel(false);
     tokio::spawn(metrics.run(drained));
@@ -728,7 +790,16 @@ async fn requests_are_counted_with_istio_labels() {
         )
         .await
         .unwrap();
-    let text = String::from_utf8(response.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    let text = String::from_utf8(
+        response
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
     let line = text
         .lines()
         .find(|l| l.starts_with("istio_requests_total{") && l.contains("response_code=\"200\""))
@@ -789,7 +860,10 @@ async fn connection_pool_overflow_answers_503_uo() {
         match status {
             StatusCode::OK => ok += 1,
             StatusCode::SERVICE_UNAVAILABLE => {
-                assert!(String::from_utf8_lossy(&body).contains("overflow"), "{body:?}");
+                assert!(
+                    String::from_utf8_lossy(&body).contains("overflow"),
+                    "{body:?}"
+                );
                 overflow += 1;
             }
             other => panic!("unexpected {other}"),
@@ -797,7 +871,13 @@ async fn connection_pool_overflow_answers_503_uo() {
     }
     // One in flight and one pending succeed; the other three overflow.
     assert_eq!((ok, overflow), (2, 3));
-    assert!(harness.waypoint.upstream().open_connections("outbound|9080|v1|reviews.default.svc.cluster.local") <= 1);
+    assert!(
+        harness
+            .waypoint
+            .upstream()
+            .open_connections("outbound|9080|v1|reviews.default.svc.cluster.local")
+            <= 1
+    );
 }
 
 async fn serve_grpc(router: tonic::transport::server::Router) -> (SocketAddr, watch::Sender<bool>) {
@@ -838,7 +918,11 @@ async fn configuration_arrives_over_delta_ads_and_a_bad_push_is_nacked() {
             ..Default::default()
         },
     )
-    .subscribe_names(type_url, vec!["default/waypoint".to_owned()], harness.waypoint.store().xds_handler());
+    .subscribe_names(
+        type_url,
+        vec!["default/waypoint".to_owned()],
+        harness.waypoint.store().xds_handler(),
+    );
     let (_shutdown, mut shutdown_rx) = watch::channel(false);
     tokio::spawn(client.run_until(async move {
         let _ = shutdown_rx.wait_for(|s| *s).await;
@@ -898,12 +982,21 @@ mod fake_ca {
             request: tonic::Request<IstioCertificateRequest>,
         ) -> Result<tonic::Response<IstioCertificateResponse>, tonic::Status> {
             let expected = format!("Bearer {}", self.token);
-            if request.metadata().get("authorization").and_then(|v| v.to_str().ok()) != Some(expected.as_str()) {
+            if request
+                .metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                != Some(expected.as_str())
+            {
                 return Err(tonic::Status::unauthenticated("bad token"));
             }
             let chain = self
                 .ca
-                .sign_csr(&request.get_ref().csr, &self.identity, std::time::Duration::from_secs(3600))
+                .sign_csr(
+                    &request.get_ref().csr,
+                    &self.identity,
+                    std::time::Duration::from_secs(3600),
+                )
                 .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
             let mut cert_chain = chain.to_pem_list();
             cert_chain.push(self.ca.root_cert_pem().to_owned());
@@ -928,7 +1021,8 @@ async fn certificate_comes_from_the_ca_with_the_bootstrap_token() {
         identity: identity.clone(),
     };
     let (address, _stop) = serve_grpc(
-        tonic::transport::Server::builder().add_service(IstioCertificateServiceServer::new(service)),
+        tonic::transport::Server::builder()
+            .add_service(IstioCertificateServiceServer::new(service)),
     )
     .await;
     let mut settings = crate::ca_client::CaClientConfig {
@@ -937,11 +1031,16 @@ async fn certificate_comes_from_the_ca_with_the_bootstrap_token() {
         token: "bootstrap-token-0123456789".to_owned(),
         node: Some("node-1".to_owned()),
     };
-    let material = crate::ca_client::fetch_certificate(&settings, &identity).await.unwrap();
+    let material = crate::ca_client::fetch_certificate(&settings, &identity)
+        .await
+        .unwrap();
     assert_eq!(material.identity(), &identity);
     assert!(!material.roots.is_empty());
     assert!(material.certificate.not_after() > std::time::SystemTime::now());
-    assert_eq!(weft_identity::TrustRoots::from_pem(&root).unwrap().len(), material.roots.len());
+    assert_eq!(
+        weft_identity::TrustRoots::from_pem(&root).unwrap().len(),
+        material.roots.len()
+    );
 
     settings.token = "wrong-token-0123456789".to_owned();
     let error = crate::ca_client::fetch_certificate(&settings, &identity)

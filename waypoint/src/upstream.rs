@@ -46,11 +46,17 @@ pub enum UpstreamError {
     #[error("cluster {0} is over its connection pool limits")]
     Overflow(String),
     #[error("connecting to {endpoint} failed: {reason}")]
-    ConnectFailure { endpoint: SocketAddr, reason: String },
+    ConnectFailure {
+        endpoint: SocketAddr,
+        reason: String,
+    },
     #[error("{endpoint} refused the stream")]
     RefusedStream { endpoint: SocketAddr },
     #[error("{endpoint} reset the request: {reason}")]
-    Reset { endpoint: SocketAddr, reason: String },
+    Reset {
+        endpoint: SocketAddr,
+        reason: String,
+    },
 }
 
 impl UpstreamError {
@@ -91,8 +97,12 @@ impl Connector<TunnelKey> for MeshConnector {
         let material = self.certificates.current();
         let key = key.clone();
         async move {
-            let config = client_config(&material.certificate, &material.roots, vec![key.identity.clone()])
-                .map_err(io::Error::other)?;
+            let config = client_config(
+                &material.certificate,
+                &material.roots,
+                vec![key.identity.clone()],
+            )
+            .map_err(io::Error::other)?;
             let tcp = TcpStream::connect(key.dial).await?;
             let _ = weft_hbone::tune_tcp(&tcp);
             tokio_rustls::TlsConnector::from(config)
@@ -271,7 +281,11 @@ impl Upstream {
         let pending = runtime.pending.fetch_add(1, Ordering::AcqRel);
         // Envoy's default for an unset http1MaxPendingRequests is 1024 (2^32-1 in Istio);
         // unset here means no bound beyond memory.
-        if cluster.limits.max_pending_requests.is_some_and(|max| pending >= max) {
+        if cluster
+            .limits
+            .max_pending_requests
+            .is_some_and(|max| pending >= max)
+        {
             runtime.pending.fetch_sub(1, Ordering::AcqRel);
             drop(admission(None));
             return Err(UpstreamError::Overflow(cluster.name.clone()));
@@ -582,17 +596,16 @@ impl Upstream {
                 let handshake = http2::Builder::new(TokioExecutor::new())
                     .max_concurrent_reset_streams(64)
                     .handshake(TokioIo::new(io));
-                let (sender, connection) =
-                    tokio::time::timeout(DEFAULT_CONNECT_TIMEOUT, handshake)
-                        .await
-                        .map_err(|_| UpstreamError::ConnectFailure {
-                            endpoint: endpoint.address,
-                            reason: "http/2 handshake timeout".to_owned(),
-                        })?
-                        .map_err(|e| UpstreamError::ConnectFailure {
-                            endpoint: endpoint.address,
-                            reason: e.to_string(),
-                        })?;
+                let (sender, connection) = tokio::time::timeout(DEFAULT_CONNECT_TIMEOUT, handshake)
+                    .await
+                    .map_err(|_| UpstreamError::ConnectFailure {
+                        endpoint: endpoint.address,
+                        reason: "http/2 handshake timeout".to_owned(),
+                    })?
+                    .map_err(|e| UpstreamError::ConnectFailure {
+                        endpoint: endpoint.address,
+                        reason: e.to_string(),
+                    })?;
                 let count = self.connection_count(cluster);
                 tokio::spawn(
                     async move {

@@ -62,17 +62,35 @@ fn base() -> proto::WaypointConfig {
 #[test]
 fn a_valid_config_is_indexed_by_vip_and_endpoint() {
     let config = WaypointConfig::try_from(base()).unwrap();
-    let by_vip = config.service_for("10.96.0.10:9080".parse().unwrap()).unwrap();
+    let by_vip = config
+        .service_for("10.96.0.10:9080".parse().unwrap())
+        .unwrap();
     assert_eq!(by_vip.service.hostname, HOST);
-    assert_eq!(by_vip.port.target_port, 9080, "target port defaults to the port");
-    let by_pod = config.service_for("10.0.0.5:9080".parse().unwrap()).unwrap();
+    assert_eq!(
+        by_vip.port.target_port, 9080,
+        "target port defaults to the port"
+    );
+    let by_pod = config
+        .service_for("10.0.0.5:9080".parse().unwrap())
+        .unwrap();
     assert_eq!(by_pod.service.hostname, HOST);
-    assert!(config.service_for("10.96.0.10:80".parse().unwrap()).is_none());
+    assert!(
+        config
+            .service_for("10.96.0.10:80".parse().unwrap())
+            .is_none()
+    );
     let cluster = config.cluster(CLUSTER).unwrap();
-    assert_eq!(cluster.load_balancer, LoadBalancer::LeastRequest, "Istio's default");
+    assert_eq!(
+        cluster.load_balancer,
+        LoadBalancer::LeastRequest,
+        "Istio's default"
+    );
     assert_eq!(cluster.endpoints[0].weight, 1);
     assert_eq!(
-        config.workload("10.0.0.5".parse().unwrap()).unwrap().canonical_service(),
+        config
+            .workload("10.0.0.5".parse().unwrap())
+            .unwrap()
+            .canonical_service(),
         Some("reviews")
     );
     let route = &config.services[0].http_routes[0];
@@ -98,10 +116,20 @@ fn invalid_configs_are_rejected_with_context() {
         ),
         (
             "unknown cluster",
-            |c| c.services[0].http_routes[0].route[0].destination.as_mut().unwrap().cluster = "nope".to_owned(),
+            |c| {
+                c.services[0].http_routes[0].route[0]
+                    .destination
+                    .as_mut()
+                    .unwrap()
+                    .cluster = "nope".to_owned()
+            },
             "unknown cluster",
         ),
-        ("bad vip", |c| c.services[0].vips[0] = "10.96.0".to_owned(), "invalid IP"),
+        (
+            "bad vip",
+            |c| c.services[0].vips[0] = "10.96.0".to_owned(),
+            "invalid IP",
+        ),
         (
             "bad identity",
             |c| c.clusters[0].endpoints[0].identity = "spiffe://x/y".to_owned(),
@@ -112,7 +140,11 @@ fn invalid_configs_are_rejected_with_context() {
             |c| c.clusters[0].endpoints[0].identity.clear(),
             "has no identity",
         ),
-        ("port too large", |c| c.services[0].ports[0].port = 70000, "invalid port"),
+        (
+            "port too large",
+            |c| c.services[0].ports[0].port = 70000,
+            "invalid port",
+        ),
         (
             "bad header name",
             |c| {
@@ -148,7 +180,9 @@ fn invalid_configs_are_rejected_with_context() {
                 c.services[0].http_routes[0].fault = Some(proto::HttpFaultInjection {
                     delay: None,
                     abort: Some(proto::http_fault_injection::Abort {
-                        error_type: Some(proto::http_fault_injection::abort::ErrorType::HttpStatus(503)),
+                        error_type: Some(
+                            proto::http_fault_injection::abort::ErrorType::HttpStatus(503),
+                        ),
                         percentage: Some(proto::Percent { value: 120.0 }),
                     }),
                 })
@@ -187,7 +221,9 @@ fn invalid_configs_are_rejected_with_context() {
     for (name, mutate, expected) in cases {
         let mut config = base();
         mutate(&mut config);
-        let error = WaypointConfig::try_from(config).expect_err(name).to_string();
+        let error = WaypointConfig::try_from(config)
+            .expect_err(name)
+            .to_string();
         assert!(error.contains(expected), "{name}: {error}");
     }
 }
@@ -207,7 +243,11 @@ fn retry_conditions_parse_as_envoy_names_them() {
     ];
     for (text, status, grpc, expected) in cases {
         let on = RetryOn::parse(text, "test").unwrap();
-        assert_eq!(on.status_retriable(status, grpc), expected, "{text} {status}");
+        assert_eq!(
+            on.status_retriable(status, grpc),
+            expected,
+            "{text} {status}"
+        );
     }
     let default = RetryOn::parse(DEFAULT_RETRY_ON, "test").unwrap();
     assert!(default.connect_failure && default.refused_stream);
@@ -230,7 +270,11 @@ fn regex_rewrite_references_become_regex_crate_syntax() {
 #[test]
 fn spiffe_uris_parse_only_in_the_istio_shape() {
     assert!(parse_spiffe("spiffe://cluster.local/ns/a/sa/b").is_some());
-    for bad in ["spiffe://cluster.local/ns/a", "http://x/ns/a/sa/b", "spiffe://td/ns/a/sa/b/c"] {
+    for bad in [
+        "spiffe://cluster.local/ns/a",
+        "http://x/ns/a/sa/b",
+        "spiffe://td/ns/a/sa/b/c",
+    ] {
         assert!(parse_spiffe(bad).is_none(), "{bad}");
     }
 }

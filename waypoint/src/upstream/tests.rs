@@ -50,7 +50,11 @@ fn consistent_hash_is_stable_and_moves_only_the_removed_endpoints_keys() {
     let again: Vec<SocketAddr> = keys.iter().map(|k| rendezvous(&refs, k).address).collect();
     assert_eq!(before, again);
     let removed = all[2].address;
-    let fewer: Vec<&Endpoint> = refs.iter().copied().filter(|e| e.address != removed).collect();
+    let fewer: Vec<&Endpoint> = refs
+        .iter()
+        .copied()
+        .filter(|e| e.address != removed)
+        .collect();
     for (key, previous) in keys.iter().zip(&before) {
         let now = rendezvous(&fewer, key).address;
         if *previous != removed {
@@ -72,7 +76,10 @@ fn hash_keys_come_from_headers_cookies_query_and_source() {
         source_ip: "10.1.2.3".parse().unwrap(),
     };
     let cases = [
-        (HashKey::Header(http::HeaderName::from_static("x-user")), Some("alice")),
+        (
+            HashKey::Header(http::HeaderName::from_static("x-user")),
+            Some("alice"),
+        ),
         (HashKey::Cookie("session".to_owned()), Some("xyz")),
         (HashKey::Cookie("missing".to_owned()), None),
         (HashKey::QueryParameter("shard".to_owned()), Some("7")),
