@@ -18,6 +18,7 @@ use weft_identity::{SpiffeId, peer_identity};
 use weft_policy::route::pick_weighted;
 
 use crate::identity::CertificateSource;
+use crate::model::Protocol;
 use crate::proxy::{ProxyShared, TunnelContext, handle};
 use crate::smuggling::FramingGuard;
 use crate::upstream::{BoxedIo, HashInput};
@@ -208,92 +209,257 @@ impl ConnectHandler for TunnelHandler {
             target,
         });
         if context.target.port.protocol.is_opaque() {
-            return self.forward_tcp(&context).await;
+            return open_tcp_upstream(&self.shared, &context).await;
         }
         let (inside, outside) = tokio::io::duplex(TUNNEL_BUFFER);
         let shared = Arc::clone(&self.shared);
         let limits = self.limits;
+        let sniff = context.target.port.protocol == Protocol::Unspecified;
         tokio::spawn(
             async move {
-                let service =
-                    service_fn(move |req| handle(Arc::clone(&shared), Arc::clone(&context), req));
-                let mut builder = auto::Builder::new(TokioExecutor::new());
-                builder
-                    .http1()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(limits.header_read_timeout)
-                    .max_buf_size(limits.max_header_bytes.max(8192));
-                builder
-                    .http2()
-                    .timer(TokioTimer::new())
-                    .max_concurrent_streams(limits.max_concurrent_streams)
-                    .max_pending_accept_reset_streams(limits.max_pending_accept_reset_streams)
-                    .max_local_error_reset_streams(limits.max_local_error_reset_streams)
-                    .max_header_list_size(limits.max_header_list_size);
-                let io = TokioIo::new(FramingGuard::new(inside));
-                if let Err(error) = builder.serve_connection_with_upgrades(io, service).await {
-                    debug!(%error, "http connection in tunnel ended with an error");
+                if !sniff {
+                    serve_http(shared, context, limits, inside).await;
+                    return;
+                }
+                let (kind, inside) = sniff_protocol(inside).await;
+                match kind {
+                    Sniffed::Http => serve_http(shared, context, limits, inside).await,
+                    Sniffed::Opaque => {
+                        let Ok(mut upstream) = open_tcp_upstream(&shared, &context).await else {
+                            return;
+                        };
+                        let mut inside = inside;
+                        if let Err(error) =
+                            tokio::io::copy_bidirectional(&mut inside, &mut upstream).await
+                        {
+                            debug!(%error, "sniffed tcp stream ended");
+                        }
+                    }
                 }
             }
-            .instrument(debug_span!("tunnel_http", authority = %request.authority)),
+            .instrument(debug_span!("tunnel", authority = %request.authority)),
         );
         Ok(Box::new(outside))
     }
 }
 
-impl TunnelHandler {
-    /// L4: the first TCP route that matches picks a weighted cluster; else the service's
-    /// default cluster.
-    async fn forward_tcp(&self, context: &TunnelContext) -> Result<BoxedIo, Refusal> {
-        let config = self.shared.store.snapshot();
-        let service = &context.target.service;
-        let source = config.workload(context.source_ip);
-        let namespace = self.peer.namespace();
-        let route = service.tcp_routes.iter().find(|r| {
-            r.matches.is_empty()
-                || r.matches.iter().any(|m| {
-                    m.matches(
-                        context.destination,
-                        source.map(|w| &w.labels),
-                        Some(namespace),
-                    )
-                })
-        });
-        let cluster = match route {
-            Some(route) => {
-                let weights: Vec<u32> = route.destinations.iter().map(|d| d.1).collect();
-                pick_weighted(&weights, rand::random())
-                    .and_then(|i| route.destinations.get(i))
-                    .and_then(|(name, _)| config.cluster(name))
-            }
-            None => config.default_cluster(&service.hostname, context.target.port.port),
-        };
-        let Some(cluster) = cluster else {
-            return Err(Refusal::UpstreamUnavailable);
-        };
-        let headers = http::HeaderMap::new();
-        let hash = HashInput {
-            headers: &headers,
-            query: None,
-            source_ip: context.source_ip,
-        };
-        let upstream = &self.shared.upstream;
-        let endpoint = upstream
-            .choose_endpoint(cluster, &hash, &[])
-            .map_err(|_| Refusal::UpstreamUnavailable)?;
-        match upstream
-            .open_stream(cluster, &endpoint, context.source_ip)
-            .await
-        {
-            Ok(stream) => {
-                upstream.record_outcome(cluster, endpoint.address, Some(200));
-                Ok(stream)
-            }
-            Err(error) => {
-                upstream.record_outcome(cluster, endpoint.address, None);
-                debug!(%error, "tcp forward failed");
-                Err(Refusal::UpstreamUnavailable)
-            }
+async fn serve_http<IO>(
+    shared: Arc<ProxyShared>,
+    context: Arc<TunnelContext>,
+    limits: HttpLimits,
+    io: IO,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| handle(Arc::clone(&shared), Arc::clone(&context), req));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_pending_accept_reset_streams(limits.max_pending_accept_reset_streams)
+        .max_local_error_reset_streams(limits.max_local_error_reset_streams)
+        .max_header_list_size(limits.max_header_list_size);
+    let io = TokioIo::new(FramingGuard::new(io));
+    if let Err(error) = builder.serve_connection_with_upgrades(io, service).await {
+        debug!(%error, "http connection in tunnel ended with an error");
+    }
+}
+
+/// How long a port without a declared protocol waits for the client's first bytes before it
+/// is treated as TCP (a server-first protocol sends nothing).
+const SNIFF_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bytes enough to recognise a request line or the HTTP/2 preface.
+const SNIFF_BYTES: usize = 24;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sniffed {
+    Http,
+    Opaque,
+}
+
+/// Whether `bytes` start like HTTP: the HTTP/2 preface, or `METHOD SP` with an upper-case
+/// token method. `None`: not enough bytes to tell.
+fn classify_prefix(bytes: &[u8]) -> Option<Sniffed> {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0";
+    if !bytes.is_empty() && PREFACE.starts_with(&bytes[..bytes.len().min(PREFACE.len())]) {
+        return (bytes.len() >= PREFACE.len()).then_some(Sniffed::Http);
+    }
+    for (index, byte) in bytes.iter().enumerate() {
+        match byte {
+            b'A'..=b'Z' | b'-' if index < 20 => continue,
+            b' ' if index > 0 => return Some(Sniffed::Http),
+            _ => return Some(Sniffed::Opaque),
+        }
+    }
+    if bytes.len() >= 20 {
+        Some(Sniffed::Opaque)
+    } else {
+        None
+    }
+}
+
+/// Reads the first bytes of a tunnel to tell HTTP from opaque TCP; the bytes read are replayed.
+async fn sniff_protocol(
+    mut io: tokio::io::DuplexStream,
+) -> (Sniffed, PrefixedIo<tokio::io::DuplexStream>) {
+    use tokio::io::AsyncReadExt;
+    let mut prefix = Vec::with_capacity(SNIFF_BYTES);
+    let deadline = tokio::time::Instant::now() + SNIFF_TIMEOUT;
+    let kind = loop {
+        if let Some(kind) = classify_prefix(&prefix) {
+            break kind;
+        }
+        let mut chunk = [0u8; SNIFF_BYTES];
+        match tokio::time::timeout_at(deadline, io.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break Sniffed::Opaque,
+            Ok(Ok(n)) => prefix.extend_from_slice(&chunk[..n]),
+        }
+    };
+    (kind, PrefixedIo::new(prefix, io))
+}
+
+/// Replays `prefix` before reading from `inner`.
+struct PrefixedIo<T> {
+    prefix: Vec<u8>,
+    position: usize,
+    inner: T,
+}
+
+impl<T> PrefixedIo<T> {
+    fn new(prefix: Vec<u8>, inner: T) -> Self {
+        PrefixedIo {
+            prefix,
+            position: 0,
+            inner,
+        }
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for PrefixedIo<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.position < self.prefix.len() {
+            let n = (self.prefix.len() - self.position).min(buf.remaining());
+            let start = self.position;
+            buf.put_slice(&self.prefix[start..start + n]);
+            self.position += n;
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for PrefixedIo<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// L4: the first TCP route that matches picks a weighted cluster; else the service's default
+/// cluster.
+async fn open_tcp_upstream(
+    shared: &ProxyShared,
+    context: &TunnelContext,
+) -> Result<BoxedIo, Refusal> {
+    let config = shared.store.snapshot();
+    let service = &context.target.service;
+    let source = config.workload(context.source_ip);
+    let namespace = context.peer.as_ref().map(|p| p.namespace());
+    let route = service.tcp_routes.iter().find(|r| {
+        r.matches.is_empty()
+            || r.matches
+                .iter()
+                .any(|m| m.matches(context.destination, source.map(|w| &w.labels), namespace))
+    });
+    let cluster = match route {
+        Some(route) => {
+            let weights: Vec<u32> = route.destinations.iter().map(|d| d.1).collect();
+            pick_weighted(&weights, rand::random())
+                .and_then(|i| route.destinations.get(i))
+                .and_then(|(name, _)| config.cluster(name))
+        }
+        None => config.default_cluster(&service.hostname, context.target.port.port),
+    };
+    let Some(cluster) = cluster else {
+        return Err(Refusal::UpstreamUnavailable);
+    };
+    let headers = http::HeaderMap::new();
+    let hash = HashInput {
+        headers: &headers,
+        query: None,
+        source_ip: context.source_ip,
+    };
+    let upstream = &shared.upstream;
+    let endpoint = upstream
+        .choose_endpoint(cluster, &hash, &[])
+        .map_err(|_| Refusal::UpstreamUnavailable)?;
+    match upstream
+        .open_stream(cluster, &endpoint, context.source_ip)
+        .await
+    {
+        Ok(stream) => {
+            upstream.record_outcome(cluster, endpoint.address, Some(200));
+            Ok(stream)
+        }
+        Err(error) => {
+            upstream.record_outcome(cluster, endpoint.address, None);
+            debug!(%error, "tcp forward failed");
+            Err(Refusal::UpstreamUnavailable)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_bytes_tell_http_from_tcp() {
+        let cases: [(&[u8], Option<Sniffed>); 9] = [
+            (b"GET / HTTP/1.1\r\n", Some(Sniffed::Http)),
+            (b"M-SEARCH * HTTP/1.1", Some(Sniffed::Http)),
+            (b"PRI * HTTP/2.0\r\n\r\nSM", Some(Sniffed::Http)),
+            (b"PRI * HT", None),
+            (b"GE", None),
+            (b"", None),
+            (b"\x16\x03\x01\x02\x00", Some(Sniffed::Opaque)),
+            (b"get / HTTP/1.1", Some(Sniffed::Opaque)),
+            (b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", Some(Sniffed::Opaque)),
+        ];
+        for (bytes, expected) in cases {
+            assert_eq!(
+                classify_prefix(bytes),
+                expected,
+                "{}",
+                String::from_utf8_lossy(bytes)
+            );
         }
     }
 }

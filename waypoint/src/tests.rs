@@ -1049,3 +1049,109 @@ async fn certificate_comes_from_the_ca_with_the_bootstrap_token() {
         .to_string();
     assert!(error.contains("Unauthenticated"), "{error}");
 }
+
+#[tokio::test]
+async fn malformed_and_oversized_heads_are_refused() {
+    let (mesh, v1, _v2) = two_endpoints().await;
+    let harness = Harness::start(mesh, &[&v1]).await;
+    harness
+        .waypoint
+        .apply_config(config(vec![route_to("v1")], vec![cluster("v1", &[&v1])]))
+        .unwrap();
+    let huge = "a".repeat(80 * 1024);
+    let cases = [
+        (
+            format!("GET / HTTP/1.1\r\nHost: {HOST}\r\nBad Name: x\r\n\r\n"),
+            "HTTP/1.1 400",
+        ),
+        (
+            format!("GET / HTTP/1.1\r\nHost: {HOST}\r\nX-Ctl: a\x01b\r\n\r\n"),
+            "HTTP/1.1 400",
+        ),
+        (
+            format!("GET / HTTP/1.1\r\nHost: {HOST}\r\nX-Big: {huge}\r\n\r\n"),
+            "HTTP/1.1 431",
+        ),
+        (
+            format!(
+                "POST / HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"
+            ),
+            "HTTP/1.1 400",
+        ),
+    ];
+    for (request, expected) in cases {
+        let mut tunnel = harness.tunnel().await;
+        tunnel.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), tunnel.read_to_end(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with(expected),
+            "{expected} for {:.60}: {answer}",
+            request
+        );
+    }
+    assert_eq!(v1.request_count(), 0);
+}
+
+#[tokio::test]
+async fn tcp_ports_are_forwarded_at_l4_and_unknown_protocols_sniffed() {
+    let (mesh, v1, _v2) = two_endpoints().await;
+    let harness = Harness::start(mesh, &[&v1]).await;
+    let mut cfg = config(Vec::new(), vec![cluster("v1", &[&v1])]);
+    let service = &mut cfg.services[0];
+    service.ports[0].protocol = proto::Protocol::Tcp as i32;
+    service.tcp_routes.push(proto::TcpRoute {
+        r#match: Vec::new(),
+        route: vec![proto::RouteDestination {
+            destination: destination("v1", 0).destination,
+            weight: 0,
+        }],
+        virtual_service: "default/reviews".to_owned(),
+    });
+    harness.waypoint.apply_config(cfg.clone()).unwrap();
+
+    // An HTTP request on a TCP port reaches the app byte for byte: no x-request-id added.
+    let raw = format!("GET /raw HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n");
+    let mut tunnel = harness.tunnel().await;
+    tunnel.write_all(raw.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), tunnel.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
+    let seen = v1.last_request().unwrap();
+    assert_eq!(seen.path, "/raw");
+    assert!(
+        !seen.headers.contains_key("x-request-id"),
+        "not proxied at L7"
+    );
+
+    // Undeclared protocol: HTTP is served at L7, anything else goes to the endpoint at L4.
+    cfg.services[0].ports[0].protocol = proto::Protocol::Unspecified as i32;
+    cfg.services[0].http_routes.push(route_to("v1"));
+    harness.waypoint.apply_config(cfg).unwrap();
+    let (status, _, _) = harness.get("/sniffed").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        v1.last_request()
+            .unwrap()
+            .headers
+            .contains_key("x-request-id")
+    );
+
+    let tunnels_before = v1.tunnels.lock().unwrap().len();
+    let mut tunnel = harness.tunnel().await;
+    tunnel
+        .write_all(b"\x16\x03\x01 not http at all\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tunnel.read_to_end(&mut answer)).await;
+    assert_eq!(
+        v1.tunnels.lock().unwrap().len(),
+        tunnels_before + 1,
+        "opaque bytes were carried to the endpoint over a new tunnel"
+    );
+}

@@ -338,7 +338,13 @@ impl Upstream {
                     .is_none_or(|until| until <= now)
             })
             .collect();
-        if candidates.is_empty() {
+        // Below minHealthPercent (or with every endpoint ejected) outlier detection stands
+        // aside and all healthy endpoints take traffic, as Envoy's panic mode does.
+        let min_health = cluster
+            .outlier
+            .as_ref()
+            .map_or(0, |o| o.min_health_percent as usize);
+        if candidates.is_empty() || candidates.len() * 100 < healthy.len() * min_health {
             candidates = healthy;
         }
         if candidates.len() > 1 && !exclude.is_empty() {
