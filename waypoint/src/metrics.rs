@@ -348,6 +348,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn access_log_line_follows_istio_default_field_order() {
+        let mut registry = Registry::default();
+        let mut record = RequestRecord::new(Arc::new(Metrics::new(&mut registry)));
+        record.method = "GET".to_owned();
+        record.path = "/reviews/1".to_owned();
+        record.status = 503;
+        record.response_flags = "UO";
+        record.response_code_details =
+            "upstream_reset_before_response_started{overflow}".to_owned();
+        record.bytes_received = 3;
+        record.bytes_sent = 81;
+        record.user_agent = "curl/8".to_owned();
+        record.request_id = "abc".to_owned();
+        record.authority = "reviews:9080".to_owned();
+        record.upstream_host = Some("10.0.0.5:9080".to_owned());
+        record.upstream_cluster = Some("outbound|9080|v1|reviews".to_owned());
+        record.downstream_local = "10.96.0.10:9080".to_owned();
+        record.downstream_remote = "10.0.0.7:40000".to_owned();
+        let line = record.access_log_line();
+        let after_time = line.split_once("] ").unwrap().1;
+        assert!(after_time.starts_with(
+            "\"GET /reviews/1 HTTP/1.1\" 503 UO upstream_reset_before_response_started{overflow} - \"-\" 3 81 "
+        ), "{line}");
+        assert!(line.ends_with(
+            "\"-\" \"curl/8\" \"abc\" \"reviews:9080\" \"10.0.0.5:9080\" outbound|9080|v1|reviews - 10.96.0.10:9080 10.0.0.7:40000 - default"
+        ), "{line}");
+        drop(record);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(text.contains("response_flags=\"UO\""), "{text}");
+    }
+
+    #[test]
     fn start_time_is_rfc3339_utc() {
         let cases = [
             (0u64, "1970-01-01T00:00:00.000Z"),

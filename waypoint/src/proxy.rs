@@ -977,6 +977,8 @@ async fn send_with_retries(
                     continue;
                 }
                 drop(retry_permit);
+                let mut response = response;
+                strip_hop_by_hop(response.headers_mut());
                 return Ok(response.map(|b| b.map_err(BoxError::from).boxed()));
             }
             Some(Err(error)) => {

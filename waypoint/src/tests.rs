@@ -728,6 +728,20 @@ async fn curl_over_a_local_bridge_gets_routed() {
         assert!(text.contains(" 200"), "{text}");
         assert!(text.ends_with("v1"), "{text}");
     }
+    // h2load: many multiplexed HTTP/2 streams over a few connections.
+    let output = tokio::process::Command::new("h2load")
+        .args(["-n", "400", "-c", "4", "-m", "20", "-t", "1"])
+        .arg(format!("http://{bridge_address}/load"))
+        .output()
+        .await
+        .expect("h2load must be installed to run this test");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text}");
+    assert!(
+        text.contains("400 succeeded, 0 failed, 0 errored"),
+        "{text}"
+    );
+    assert!(text.contains("status codes: 400 2xx"), "{text}");
 }
 
 #[tokio::test]
