@@ -1169,3 +1169,48 @@ async fn tcp_ports_are_forwarded_at_l4_and_unknown_protocols_sniffed() {
         "opaque bytes were carried to the endpoint over a new tunnel"
     );
 }
+
+#[tokio::test]
+async fn upstream_connections_are_reused_up_to_max_requests_per_connection() {
+    let (mesh, v1, v2) = two_endpoints().await;
+    let harness = Harness::start(mesh, &[&v1, &v2]).await;
+    let mut limited = cluster("v2", &[&v2]);
+    limited.connection_pool = Some(proto::ConnectionPoolSettings {
+        tcp: None,
+        http: Some(proto::connection_pool_settings::HttpSettings {
+            max_requests_per_connection: 2,
+            ..Default::default()
+        }),
+    });
+    let to_v2 = proto::HttpRoute {
+        r#match: vec![proto::HttpMatchRequest {
+            uri: Some(proto::StringMatch {
+                match_type: Some(proto::string_match::MatchType::Prefix("/v2".to_owned())),
+            }),
+            ..Default::default()
+        }],
+        ..route_to("v2")
+    };
+    harness
+        .waypoint
+        .apply_config(config(
+            vec![to_v2, route_to("v1")],
+            vec![cluster("v1", &[&v1]), limited],
+        ))
+        .unwrap();
+    let mut sender = harness.http1().await;
+    for _ in 0..6 {
+        assert_eq!(send_on(&mut sender, get("/v1")).await.0, StatusCode::OK);
+        assert_eq!(send_on(&mut sender, get("/v2")).await.0, StatusCode::OK);
+    }
+    assert_eq!(
+        v1.tunnels.lock().unwrap().len(),
+        1,
+        "one pooled connection serves all"
+    );
+    assert_eq!(
+        v2.tunnels.lock().unwrap().len(),
+        3,
+        "a new connection every two requests"
+    );
+}

@@ -522,39 +522,60 @@ impl Upstream {
         request: Request<Full<Bytes>>,
         source: IpAddr,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let reused = {
-            let mut idle = lock(&self.inner.http1);
-            let list = idle.entry(endpoint.address).or_default();
-            list.retain(|c| !c.sender.is_closed());
-            list.iter()
-                .position(|c| c.sender.is_ready())
-                .map(|i| list.swap_remove(i))
-        };
-        let (mut connection, fresh) = match reused {
-            Some(c) => (c, false),
-            None => (self.open_http1(cluster, endpoint, source).await?, true),
-        };
-        if fresh {
-            connection
-                .sender
-                .ready()
-                .await
-                .map_err(|e| reset(endpoint, &e))?;
+        let mut request = request;
+        // A pooled connection the app closed while idle fails before the request is written;
+        // the request comes back and goes out again on a fresh connection (bounded: the
+        // second pass always opens one).
+        for pass in 0..2 {
+            let reused = if pass == 0 {
+                let mut idle = lock(&self.inner.http1);
+                let list = idle.entry(endpoint.address).or_default();
+                list.retain(|c| !c.sender.is_closed());
+                list.iter()
+                    .position(|c| c.sender.is_ready())
+                    .map(|i| list.swap_remove(i))
+            } else {
+                None
+            };
+            let (mut connection, fresh) = match reused {
+                Some(c) => (c, false),
+                None => (self.open_http1(cluster, endpoint, source).await?, true),
+            };
+            if fresh {
+                connection
+                    .sender
+                    .ready()
+                    .await
+                    .map_err(|e| reset(endpoint, &e))?;
+            }
+            connection.uses += 1;
+            let response = match connection.sender.try_send_request(request).await {
+                Ok(response) => response,
+                Err(mut error) => match error.take_message() {
+                    Some(unsent) if !fresh => {
+                        debug!(endpoint = %endpoint.address, "pooled connection gone, resending");
+                        request = unsent;
+                        continue;
+                    }
+                    _ => return Err(classify(endpoint, error.error(), fresh)),
+                },
+            };
+            let keep = cluster
+                .limits
+                .max_requests_per_connection
+                .is_none_or(|max| connection.uses < max);
+            if keep {
+                lock(&self.inner.http1)
+                    .entry(endpoint.address)
+                    .or_default()
+                    .push(connection);
+            }
+            return Ok(response);
         }
-        connection.uses += 1;
-        let result = connection.sender.send_request(request).await;
-        let response = result.map_err(|e| classify(endpoint, &e, fresh))?;
-        let keep = cluster
-            .limits
-            .max_requests_per_connection
-            .is_none_or(|max| connection.uses < max);
-        if keep {
-            lock(&self.inner.http1)
-                .entry(endpoint.address)
-                .or_default()
-                .push(connection);
-        }
-        Ok(response)
+        Err(UpstreamError::Reset {
+            endpoint: endpoint.address,
+            reason: "connection closed before the request was sent".to_owned(),
+        })
     }
 
     async fn open_http1(
