@@ -32,7 +32,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use prometheus_client::registry::Registry;
-use tokio::sync::watch;
 use weft_proto::waypoint as proto;
 
 pub use identity::{CertificateSource, IdentityError, RotatingCertificate, TlsMaterial};
@@ -151,10 +150,5 @@ impl Waypoint {
             Arc::new(move || *store.version().borrow() > 0),
         )
         .await
-    }
-
-    /// Runs `listener` until `drain` turns true.
-    pub async fn serve(listener: HboneListener, drain: watch::Receiver<bool>) {
-        listener.run(drain).await;
     }
 }
