@@ -5,3 +5,7 @@
 pub mod ebpf;
 pub mod enrollment;
 pub mod state;
+pub mod proxy;
+pub mod netns;
+pub mod certificates;
+pub mod metrics;
