@@ -2,10 +2,13 @@
 //! TCP connections into it, terminates those connections inside each pod's network namespace,
 //! applies L4 policy and carries the bytes over HBONE mutual TLS. It never parses application HTTP.
 
+pub mod certificates;
 pub mod ebpf;
 pub mod enrollment;
-pub mod state;
-pub mod proxy;
-pub mod netns;
-pub mod certificates;
 pub mod metrics;
+pub mod netns;
+pub mod pods;
+pub mod proxy;
+pub mod state;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;

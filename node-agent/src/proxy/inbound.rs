@@ -49,13 +49,15 @@ pub(super) async fn handle_plaintext<C: CertificateSource>(
     };
     let workload = context.store.workload_by_uid(&pod.uid);
     let source = context.store.workload_by_ip(peer.ip());
-    let mut guard = context.metrics.connection_opened(ConnectionLabels::from_workloads(
-        "destination",
-        source.as_deref(),
-        workload.as_deref(),
-        None,
-        "unknown",
-    ));
+    let mut guard = context
+        .metrics
+        .connection_opened(ConnectionLabels::from_workloads(
+            "destination",
+            source.as_deref(),
+            workload.as_deref(),
+            None,
+            "unknown",
+        ));
     let result = async {
         let workload = workload.ok_or_else(|| ProxyError::UnknownPod(pod.uid.clone()))?;
         authorize_inbound(&context.store, &workload, None, peer.ip(), target)?;
@@ -152,16 +154,24 @@ impl<C: CertificateSource> ConnectHandler for InboundTunnels<C> {
         let source_ip = request.forwarded_for.unwrap_or(self.peer_ip);
         let workload = context.store.workload_by_uid(&self.pod.uid);
         let source = context.store.workload_by_ip(source_ip);
-        let mut guard = context.metrics.connection_opened(ConnectionLabels::from_workloads(
-            "destination",
-            source.as_deref(),
-            workload.as_deref(),
-            None,
-            "mutual_tls",
-        ));
+        let mut guard = context
+            .metrics
+            .connection_opened(ConnectionLabels::from_workloads(
+                "destination",
+                source.as_deref(),
+                workload.as_deref(),
+                None,
+                "mutual_tls",
+            ));
         let result = async {
             let workload = workload.ok_or_else(|| ProxyError::UnknownPod(self.pod.uid.clone()))?;
-            authorize_inbound(&context.store, &workload, Some(&self.peer), source_ip, target)?;
+            authorize_inbound(
+                &context.store,
+                &workload,
+                Some(&self.peer),
+                source_ip,
+                target,
+            )?;
             connect_in(&self.pod.netns, target)
                 .await
                 .map_err(|e| ProxyError::Connect(target, e))

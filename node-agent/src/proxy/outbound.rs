@@ -20,10 +20,7 @@ use super::{
     pods::{ServedPod, ServedPods},
 };
 use crate::{
-    certificates::CertificateSource,
-    metrics::ConnectionLabels,
-    netns::PodNetns,
-    state::Workload,
+    certificates::CertificateSource, metrics::ConnectionLabels, netns::PodNetns, state::Workload,
 };
 
 /// HBONE connections are shared per source pod (its address), the two identities and the
@@ -38,7 +35,10 @@ pub(crate) struct PoolKey {
 
 pub(crate) type HbonePool<C> = Pool<PoolKey, HboneConnector<C>>;
 
-pub(crate) fn new_pool<C: CertificateSource>(certificates: Arc<C>, pods: ServedPods) -> HbonePool<C> {
+pub(crate) fn new_pool<C: CertificateSource>(
+    certificates: Arc<C>,
+    pods: ServedPods,
+) -> HbonePool<C> {
     Pool::new(HboneConnector { certificates, pods }, PoolConfig::default())
 }
 
@@ -121,13 +121,15 @@ pub(super) async fn handle<C: CertificateSource>(
     let (original, plan) = match planned {
         Ok(planned) => planned,
         Err(error) => {
-            let mut guard = context.metrics.connection_opened(ConnectionLabels::from_workloads(
-                "source",
-                source.as_deref(),
-                None,
-                None,
-                "unknown",
-            ));
+            let mut guard = context
+                .metrics
+                .connection_opened(ConnectionLabels::from_workloads(
+                    "source",
+                    source.as_deref(),
+                    None,
+                    None,
+                    "unknown",
+                ));
             guard.set_response_flags(error.response_flags());
             tracing::warn!(%peer, %error, "outbound connection refused");
             return;
@@ -147,13 +149,15 @@ pub(super) async fn handle<C: CertificateSource>(
             ..
         } => (Some(destination.clone()), service.clone(), "unknown"),
     };
-    let mut guard = context.metrics.connection_opened(ConnectionLabels::from_workloads(
-        "source",
-        Some(&source),
-        destination.as_deref(),
-        service.as_deref(),
-        security,
-    ));
+    let mut guard = context
+        .metrics
+        .connection_opened(ConnectionLabels::from_workloads(
+            "source",
+            Some(&source),
+            destination.as_deref(),
+            service.as_deref(),
+            security,
+        ));
     match execute(&context, &pod, &source, &mut app, plan).await {
         Ok((received, sent)) => {
             guard.add_received(received);
@@ -194,12 +198,14 @@ async fn execute<C: CertificateSource>(
             let identity = source
                 .identity()
                 .map_err(|e| ProxyError::PeerIdentity(e.to_string()))?;
-            let source_ip = source
-                .addresses
-                .first()
-                .copied()
-                .unwrap_or(target.ip());
-            authorize_inbound(&context.store, &destination, Some(&identity), source_ip, target)?;
+            let source_ip = source.addresses.first().copied().unwrap_or(target.ip());
+            authorize_inbound(
+                &context.store,
+                &destination,
+                Some(&identity),
+                source_ip,
+                target,
+            )?;
             let destination_pod = context
                 .pods
                 .get(&destination.uid)

@@ -117,13 +117,12 @@ fn plan_service(
     if let Some(waypoint) = service.waypoint.clone()
         && !is_waypoint_itself(store, source, &waypoint)
     {
-        let destination = candidates
-            .first()
-            .map(|(w, _)| w.clone())
-            .ok_or_else(|| OutboundError::NoHealthyEndpoint {
+        let destination = candidates.first().map(|(w, _)| w.clone()).ok_or_else(|| {
+            OutboundError::NoHealthyEndpoint {
                 service: key.to_string(),
                 port,
-            })?;
+            }
+        })?;
         return plan_waypoint(store, &waypoint, original, destination, Some(service), roll);
     }
     if candidates.is_empty() {
@@ -263,7 +262,9 @@ pub fn resolve_waypoint(
 fn is_waypoint_itself(store: &WorkloadStore, source: &Workload, waypoint: &GatewayAddress) -> bool {
     match &waypoint.destination {
         GatewayDestination::Address(ip) => source.addresses.contains(ip),
-        GatewayDestination::Service(key) => store.endpoints(key).iter().any(|w| w.uid == source.uid),
+        GatewayDestination::Service(key) => {
+            store.endpoints(key).iter().any(|w| w.uid == source.uid)
+        }
     }
 }
 

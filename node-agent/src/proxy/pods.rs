@@ -14,9 +14,7 @@ use socket2::{Domain, Socket, Type};
 use tokio::{net::TcpListener, task::JoinHandle};
 use tracing::Instrument;
 
-use super::{
-    HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT, ProxyContext, inbound, outbound,
-};
+use super::{HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT, ProxyContext, inbound, outbound};
 use crate::{certificates::CertificateSource, netns::PodNetns};
 
 /// Listen backlog: connection bursts from a pod must not be refused by the kernel.
@@ -35,7 +33,11 @@ pub struct ServedPods(Arc<RwLock<HashMap<String, Arc<ServedPod>>>>);
 
 impl ServedPods {
     pub fn get(&self, uid: &str) -> Option<Arc<ServedPod>> {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).get(uid).cloned()
+        self.0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(uid)
+            .cloned()
     }
 
     pub fn contains(&self, uid: &str) -> bool {
@@ -53,7 +55,10 @@ impl ServedPods {
     }
 
     fn remove(&self, uid: &str) {
-        self.0.write().unwrap_or_else(|p| p.into_inner()).remove(uid);
+        self.0
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(uid);
     }
 }
 
@@ -77,7 +82,10 @@ impl PodProxy {
         let (outbound_listener, plaintext_listener, hbone_listener) = netns.run(|| {
             io::Result::Ok((
                 listen(SocketAddr::from((Ipv4Addr::LOCALHOST, OUTBOUND_PORT)))?,
-                listen(SocketAddr::from((Ipv4Addr::UNSPECIFIED, INBOUND_PLAINTEXT_PORT)))?,
+                listen(SocketAddr::from((
+                    Ipv4Addr::UNSPECIFIED,
+                    INBOUND_PLAINTEXT_PORT,
+                )))?,
                 listen(SocketAddr::from((Ipv4Addr::UNSPECIFIED, HBONE_PORT)))?,
             ))
         })??;
@@ -95,9 +103,7 @@ impl PodProxy {
             tokio::spawn(
                 accept_loop(outbound_listener, {
                     let (context, pod) = (context.clone(), pod.clone());
-                    move |stream, peer| {
-                        outbound::handle(context.clone(), pod.clone(), stream, peer)
-                    }
+                    move |stream, peer| outbound::handle(context.clone(), pod.clone(), stream, peer)
                 })
                 .instrument(span("outbound")),
             ),

@@ -83,8 +83,18 @@ fn id(sa: &str) -> SpiffeId {
 fn mesh() -> WorkloadStore {
     let store = WorkloadStore::new();
     store.insert_workload(workload("client", "client", NODE1, ip(1, 10)));
-    store.insert_workload(backing(workload("cart-1", "cart", NODE1, ip(1, 11)), "cart", 80, 8080));
-    store.insert_workload(backing(workload("cart-2", "cart", NODE2, ip(2, 11)), "cart", 80, 8080));
+    store.insert_workload(backing(
+        workload("cart-1", "cart", NODE1, ip(1, 11)),
+        "cart",
+        80,
+        8080,
+    ));
+    store.insert_workload(backing(
+        workload("cart-2", "cart", NODE2, ip(2, 11)),
+        "cart",
+        80,
+        8080,
+    ));
     let mut legacy = workload("legacy", "legacy", NODE2, ip(2, 30));
     legacy.tunnel = TunnelProtocol::None;
     store.insert_workload(legacy);
@@ -95,7 +105,12 @@ fn mesh() -> WorkloadStore {
         hbone_port: 15008,
     });
     store.insert_workload(pay_pod);
-    let mut sick = backing(workload("cart-3", "cart", NODE2, ip(2, 12)), "cart", 80, 8080);
+    let mut sick = backing(
+        workload("cart-3", "cart", NODE2, ip(2, 12)),
+        "cart",
+        80,
+        8080,
+    );
     sick.healthy = false;
     store.insert_workload(sick);
     store.insert_service(service("cart", 1, 80, 8080));
@@ -112,7 +127,12 @@ fn local_on_node1(uid: &str) -> bool {
     ["client", "cart-1", "neighbor"].contains(&uid)
 }
 
-fn plan(store: &WorkloadStore, from: &str, to: SocketAddr, roll: usize) -> Result<OutboundPlan, OutboundError> {
+fn plan(
+    store: &WorkloadStore,
+    from: &str,
+    to: SocketAddr,
+    roll: usize,
+) -> Result<OutboundPlan, OutboundError> {
     let source = store.workload_by_uid(from).unwrap();
     plan_outbound(store, &source, to, local_on_node1, roll)
 }
@@ -123,16 +143,24 @@ fn outbound_plans() {
     let cart_vip = SocketAddr::new(vip(1), 80);
     // Round robin over the two healthy endpoints: the unhealthy cart-3 is never chosen.
     let picks: Vec<_> = (0..4)
-        .map(|roll| match plan(&store, "client", cart_vip, roll).unwrap() {
-            OutboundPlan::Local { target, .. } => ("local", target),
-            OutboundPlan::Hbone { target, gateway, expected_identity, via_waypoint, .. } => {
-                assert_eq!(gateway, addr(2, 11, 15008));
-                assert_eq!(expected_identity, id("cart"));
-                assert!(!via_waypoint);
-                ("hbone", target)
-            }
-            other => panic!("unexpected {other:?}"),
-        })
+        .map(
+            |roll| match plan(&store, "client", cart_vip, roll).unwrap() {
+                OutboundPlan::Local { target, .. } => ("local", target),
+                OutboundPlan::Hbone {
+                    target,
+                    gateway,
+                    expected_identity,
+                    via_waypoint,
+                    ..
+                } => {
+                    assert_eq!(gateway, addr(2, 11, 15008));
+                    assert_eq!(expected_identity, id("cart"));
+                    assert!(!via_waypoint);
+                    ("hbone", target)
+                }
+                other => panic!("unexpected {other:?}"),
+            },
+        )
         .collect();
     assert_eq!(
         picks,
@@ -146,7 +174,9 @@ fn outbound_plans() {
 
     // A pod IP directly: HBONE to that pod, authority as dialed.
     match plan(&store, "client", addr(2, 11, 9000), 0).unwrap() {
-        OutboundPlan::Hbone { gateway, target, .. } => {
+        OutboundPlan::Hbone {
+            gateway, target, ..
+        } => {
             assert_eq!((gateway, target), (addr(2, 11, 15008), addr(2, 11, 9000)));
         }
         other => panic!("unexpected {other:?}"),
@@ -159,12 +189,20 @@ fn outbound_plans() {
     );
     assert_eq!(
         plan(&store, "client", addr(2, 30, 80), 0).unwrap(),
-        OutboundPlan::Passthrough { target: addr(2, 30, 80) }
+        OutboundPlan::Passthrough {
+            target: addr(2, 30, 80)
+        }
     );
     // A service with a waypoint goes to the waypoint, authority the VIP, waypoint identity.
     let pay_vip = SocketAddr::new(vip(2), 443);
     match plan(&store, "client", pay_vip, 0).unwrap() {
-        OutboundPlan::Hbone { gateway, target, expected_identity, via_waypoint, .. } => {
+        OutboundPlan::Hbone {
+            gateway,
+            target,
+            expected_identity,
+            via_waypoint,
+            ..
+        } => {
             assert_eq!(gateway, addr(2, 40, 15008));
             assert_eq!(target, pay_vip);
             assert_eq!(expected_identity, id("waypoint"));
@@ -175,11 +213,22 @@ fn outbound_plans() {
     // ... and so does the pod behind it addressed directly, except from the waypoint itself.
     assert!(matches!(
         plan(&store, "client", addr(2, 50, 8443), 0).unwrap(),
-        OutboundPlan::Hbone { via_waypoint: true, .. }
+        OutboundPlan::Hbone {
+            via_waypoint: true,
+            ..
+        }
     ));
     match plan(&store, "waypoint", pay_vip, 0).unwrap() {
-        OutboundPlan::Hbone { gateway, target, via_waypoint, .. } => {
-            assert_eq!((gateway, target, via_waypoint), (addr(2, 50, 15008), addr(2, 50, 8443), false));
+        OutboundPlan::Hbone {
+            gateway,
+            target,
+            via_waypoint,
+            ..
+        } => {
+            assert_eq!(
+                (gateway, target, via_waypoint),
+                (addr(2, 50, 15008), addr(2, 50, 8443), false)
+            );
         }
         other => panic!("unexpected {other:?}"),
     }
@@ -207,7 +256,10 @@ fn load_balancing_modes() {
     store.insert_service(cart.clone());
     // Failover with a node preference: always the endpoint on the client's node.
     for roll in 0..4 {
-        assert!(matches!(plan(&store, "client", cart_vip, roll).unwrap(), OutboundPlan::Local { .. }));
+        assert!(matches!(
+            plan(&store, "client", cart_vip, roll).unwrap(),
+            OutboundPlan::Local { .. }
+        ));
     }
     // Strict: a client on node2 with no cart endpoint... the waypoint pod on node2 has cart-2.
     assert!(matches!(
@@ -225,10 +277,12 @@ fn load_balancing_modes() {
     cart.allow_unhealthy = true;
     store.insert_service(cart);
     let targets: std::collections::BTreeSet<_> = (0..3)
-        .map(|roll| match plan(&store, "client", cart_vip, roll).unwrap() {
-            OutboundPlan::Local { target, .. } | OutboundPlan::Hbone { target, .. } => target,
-            other => panic!("{other:?}"),
-        })
+        .map(
+            |roll| match plan(&store, "client", cart_vip, roll).unwrap() {
+                OutboundPlan::Local { target, .. } | OutboundPlan::Hbone { target, .. } => target,
+                other => panic!("{other:?}"),
+            },
+        )
         .collect();
     assert!(targets.contains(&addr(2, 12, 8080)));
 }
@@ -262,7 +316,11 @@ fn inbound_checks() {
     };
 
     assert_eq!(check(&cart, Some(&client), addr(2, 11, 8080)), Ok(()));
-    assert_eq!(check(&cart, None, addr(2, 11, 8080)), Ok(()), "no policy: plaintext allowed");
+    assert_eq!(
+        check(&cart, None, addr(2, 11, 8080)),
+        Ok(()),
+        "no policy: plaintext allowed"
+    );
     assert_eq!(
         check(&cart, Some(&client), addr(2, 50, 8080)),
         Err(InboundRefusal::NotServedHere(addr(2, 50, 8080)))
@@ -276,14 +334,19 @@ fn inbound_checks() {
         check(&pay, Some(&client), addr(2, 50, 8443)),
         Err(InboundRefusal::WaypointBypass { .. })
     ));
-    assert_eq!(check(&pay, Some(&id("waypoint")), addr(2, 50, 8443)), Ok(()));
+    assert_eq!(
+        check(&pay, Some(&id("waypoint")), addr(2, 50, 8443)),
+        Ok(())
+    );
 
     // ALLOW only the client service account, and DENY port 9999 for everyone.
     store.insert_policy(policy(
         "allow-client",
         PolicyAction::Allow,
         vec![ConnectionMatch {
-            principals: vec![WildcardMatch::Exact("cluster.local/ns/shop/sa/client".into())],
+            principals: vec![WildcardMatch::Exact(
+                "cluster.local/ns/shop/sa/client".into(),
+            )],
             ..Default::default()
         }],
     ));

@@ -1,0 +1,93 @@
+//! Fakes for tests of the agent and of what is built on it: a certificate source that signs
+//! locally with an in-process CA, and an original-destination table filled by the test.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use weft_identity::{CertificateAuthority, SpiffeId, TrustRoots, WorkloadCertificate, WorkloadKey};
+
+use crate::{
+    certificates::{CertificateError, CertificateSource},
+    netns::PodNetns,
+    proxy::OriginalDestination,
+};
+
+/// Issues certificates from an in-process CA, caching one per identity.
+pub struct LocalCertificates {
+    ca: Arc<CertificateAuthority>,
+    roots: Arc<TrustRoots>,
+    issued: Mutex<HashMap<SpiffeId, Arc<WorkloadCertificate>>>,
+}
+
+impl LocalCertificates {
+    pub fn new(ca: Arc<CertificateAuthority>) -> Self {
+        let roots =
+            Arc::new(TrustRoots::from_pem(ca.root_cert_pem()).expect("the CA's own root parses"));
+        Self {
+            ca,
+            roots,
+            issued: Mutex::default(),
+        }
+    }
+
+    fn issue(&self, identity: &SpiffeId) -> Result<WorkloadCertificate, String> {
+        let key = WorkloadKey::generate().map_err(|e| e.to_string())?;
+        let csr = key.csr_for(identity).map_err(|e| e.to_string())?;
+        let chain = self
+            .ca
+            .sign_csr(&csr, identity, Duration::from_secs(3600))
+            .map_err(|e| e.to_string())?;
+        WorkloadCertificate::from_pem_chain(identity, &chain.to_pem_list(), key)
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl CertificateSource for LocalCertificates {
+    async fn fetch(
+        &self,
+        identity: &SpiffeId,
+    ) -> Result<Arc<WorkloadCertificate>, CertificateError> {
+        if let Some(certificate) = self.issued.lock().unwrap().get(identity) {
+            return Ok(certificate.clone());
+        }
+        let certificate = Arc::new(self.issue(identity).map_err(|reason| CertificateError {
+            identity: identity.to_string(),
+            reason,
+        })?);
+        self.issued
+            .lock()
+            .unwrap()
+            .insert(identity.clone(), certificate.clone());
+        Ok(certificate)
+    }
+
+    fn trust_roots(&self) -> Arc<TrustRoots> {
+        self.roots.clone()
+    }
+}
+
+/// Original destinations set by the test: every connection accepted on the outbound listener
+/// of the pod whose namespace is `netns` gets the destination set for it.
+#[derive(Default)]
+pub struct FixedOriginalDestinations {
+    by_netns: Mutex<HashMap<std::path::PathBuf, SocketAddr>>,
+}
+
+impl FixedOriginalDestinations {
+    pub fn set(&self, netns: &std::path::Path, destination: SocketAddr) {
+        self.by_netns
+            .lock()
+            .unwrap()
+            .insert(netns.to_path_buf(), destination);
+    }
+}
+
+impl OriginalDestination for FixedOriginalDestinations {
+    fn take(&self, pod: &PodNetns, _peer: SocketAddr) -> Option<SocketAddr> {
+        self.by_netns.lock().unwrap().get(pod.path()).copied()
+    }
+}
