@@ -74,6 +74,7 @@ struct Agent {
 /// control-plane host, not in the mesh.
 struct Mesh {
     testbed: Testbed,
+    ca: Arc<CertificateAuthority>,
     original: Arc<FixedOriginalDestinations>,
     agents: Vec<Agent>,
 }
@@ -126,9 +127,14 @@ impl Mesh {
         }
         Self {
             testbed,
+            ca,
             original,
             agents,
         }
+    }
+
+    fn ca_for_tests(&self) -> LocalCertificates {
+        LocalCertificates::new(self.ca.clone())
     }
 
     fn both_agents(&self, change: impl Fn(&WorkloadStore)) {
@@ -423,4 +429,154 @@ async fn a_service_with_endpoints_on_two_nodes_uses_both() {
         seen.values().all(|n| *n >= 3),
         "round robin is lopsided: {seen:?}"
     );
+}
+
+/// A TLS connection to `pod`'s HBONE port from the client pod, presenting a certificate for
+/// `identity` from the mesh CA and offering `alpn`.
+async fn raw_tls_to(
+    mesh: &Mesh,
+    certificates: &LocalCertificates,
+    identity: &weft_identity::SpiffeId,
+    server: &Pod,
+    expected_server: &weft_identity::SpiffeId,
+    alpn: &[u8],
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    use node_agent::certificates::CertificateSource;
+    let certificate = certificates.fetch(identity).await.unwrap();
+    let mut config = (*weft_identity::client_config(
+        &certificate,
+        &certificates.trust_roots(),
+        expected_server.clone(),
+    )
+    .unwrap())
+    .clone();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    let client = mesh.testbed.pod("client");
+    let target = SocketAddr::from((server.ip, 15008));
+    let tcp = client
+        .netns
+        .run(move || std::net::TcpStream::connect_timeout(&target, TIMEOUT))
+        .unwrap()?;
+    tcp.set_nonblocking(true)?;
+    let tcp = TcpStream::from_std(tcp)?;
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(weft_identity::hbone_server_name(server.ip.into()), tcp)
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_input_is_refused_and_the_agent_keeps_serving() {
+    let mesh = Mesh::start().await;
+    let server = mesh.testbed.pod("server");
+    echo_server(&server.netns, server.ip, APP_PORT);
+    let destination = SocketAddr::from((server.ip, APP_PORT));
+    let server_id = weft_identity::SpiffeId::new("cluster.local", "shop", "server").unwrap();
+    let client_id = weft_identity::SpiffeId::new("cluster.local", "shop", "client").unwrap();
+    // An attacker with certificates from the same CA (a compromised workload, say).
+    let ca = Arc::new(CertificateAuthority::generate().unwrap());
+    let foreign = LocalCertificates::new(ca);
+    let h2 = weft_hbone::H2Config::default();
+
+    // 1. A certificate from a CA the mesh does not trust: the handshake fails.
+    let result = raw_tls_to(&mesh, &foreign, &client_id, server, &server_id, b"h2").await;
+    let failed = match result {
+        Err(_) => true,
+        // TLS 1.3 servers reject the client certificate after the client finished: the first
+        // read then fails.
+        Ok(mut tls) => {
+            let mut byte = [0u8; 1];
+            tls.read(&mut byte).await.map_or(true, |n| n == 0)
+        }
+    };
+    assert!(failed, "a foreign CA's client certificate was accepted");
+
+    // The remaining cases use certificates from the mesh's own CA: take them from the agent
+    // that serves the client, as a compromised pod would.
+    let mesh_ca = mesh_certificates(&mesh).await;
+
+    // 2. HTTP/1.1 instead of h2: no common ALPN, no handshake.
+    let result = raw_tls_to(&mesh, &mesh_ca, &client_id, server, &server_id, b"http/1.1").await;
+    let refused = match result {
+        Err(_) => true,
+        Ok(mut tls) => {
+            let mut byte = [0u8; 1];
+            tls.read(&mut byte).await.map_or(true, |n| n == 0)
+        }
+    };
+    assert!(refused, "an HTTP/1.1 client got through");
+
+    // 3. A trust-domain mismatch: the connection is closed before any tunnel.
+    let evil = weft_identity::SpiffeId::new("evil.local", "shop", "client").unwrap();
+    if let Ok(tls) = raw_tls_to(&mesh, &mesh_ca, &evil, server, &server_id, b"h2").await {
+        let tunnel =
+            weft_hbone::connect(tls, &weft_hbone::ConnectRequest::new(destination), &h2).await;
+        assert!(tunnel.is_err(), "a foreign trust domain opened a tunnel");
+    }
+
+    // 4. A CONNECT to an address the server pod does not own, and to the agent's own port.
+    for authority in [
+        SocketAddr::from((mesh.testbed.pod("neighbor").ip, APP_PORT)),
+        SocketAddr::from((server.ip, 15008)),
+    ] {
+        let tls = raw_tls_to(&mesh, &mesh_ca, &client_id, server, &server_id, b"h2")
+            .await
+            .unwrap();
+        let error = weft_hbone::connect(tls, &weft_hbone::ConnectRequest::new(authority), &h2)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("CONNECT to {authority} was accepted"));
+        assert_eq!(
+            error.status().map(|s| s.as_u16()),
+            Some(400),
+            "{authority}: {error}"
+        );
+    }
+
+    // 5. The server presents a different identity than the client's agent expects.
+    mesh.agents[0].store.insert_workload(workload(
+        server,
+        "expected-someone-else",
+        TunnelProtocol::Hbone,
+    ));
+    let result = mesh.echo_via_agent("client", destination, b"x").await;
+    assert!(
+        result.as_ref().map_or(true, |r| r.is_empty()),
+        "wrong server identity accepted: {result:?}"
+    );
+    mesh.agents[0]
+        .store
+        .insert_workload(workload(server, "server", TunnelProtocol::Hbone));
+
+    // 6. A pod connecting to its agent's ports directly: the outbound listener with no recorded
+    // destination, and the plaintext listener addressed as such.
+    let client = mesh.testbed.pod("client");
+    let direct = client
+        .netns
+        .run(|| {
+            std::net::TcpStream::connect_timeout(&SocketAddr::from((client.ip, 15006)), TIMEOUT)
+        })
+        .unwrap()
+        .unwrap();
+    direct.set_nonblocking(true).unwrap();
+    let mut direct = TcpStream::from_std(direct).unwrap();
+    let mut sink = Vec::new();
+    let _ = direct.write_all(b"loop?").await;
+    let read = tokio::time::timeout(TIMEOUT, direct.read_to_end(&mut sink)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "a connection to 15006 itself was served"
+    );
+
+    // After all of it, the agents still carry traffic.
+    assert_eq!(
+        mesh.echo_via_agent("client", destination, b"still fine")
+            .await
+            .unwrap(),
+        b"still fine"
+    );
+}
+
+/// A certificate source issuing from the mesh's CA, as a compromised workload would hold.
+async fn mesh_certificates(mesh: &Mesh) -> LocalCertificates {
+    mesh.ca_for_tests()
 }
