@@ -14,7 +14,7 @@ use weft_ebpf_common::{ports, stats};
 
 use crate::state::{
     AF_INET, INBOUND_LISTENERS, IPPROTO_TCP, POD_BY_ADDRESS, address_of, bump, pod_config,
-    port_listed,
+    port_listed, read_ip6,
 };
 
 /// `lo` has this index in every network namespace.
@@ -48,7 +48,7 @@ fn try_steer_inbound(ctx: &SkLookupContext) -> u32 {
         if family == AF_INET {
             address_of(family, (*lookup).local_ip4, [0; 4])
         } else {
-            address_of(family, 0, (*lookup).local_ip6)
+            address_of(family, 0, read_ip6(&raw const (*lookup).local_ip6))
         }
     };
     let Some(netns_cookie) = POD_BY_ADDRESS.get_ptr(local) else {

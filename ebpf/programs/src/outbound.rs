@@ -15,7 +15,7 @@ use weft_ebpf_common::{Address, SocketAddress, ipv4_mapped, ports, stats};
 
 use crate::state::{
     AF_INET, IPPROTO_TCP, PENDING_ORIGINAL_DST, bump, is_loopback, is_unspecified, pod_config,
-    port_listed, same_address,
+    port_listed, read_ip6, same_address, write_ip6,
 };
 
 /// `1` lets the `connect()` proceed (with whatever address the program left in the context).
@@ -42,8 +42,13 @@ pub fn redirect_connect4(ctx: SockAddrContext) -> i32 {
 pub fn redirect_connect6(ctx: SockAddrContext) -> i32 {
     let addr = ctx.sock_addr;
     // SAFETY: as above; `user_ip6` is readable from `connect6`.
-    let (protocol, ip6, raw_port) =
-        unsafe { ((*addr).protocol, (*addr).user_ip6, (*addr).user_port) };
+    let (protocol, ip6, raw_port) = unsafe {
+        (
+            (*addr).protocol,
+            read_ip6(&raw const (*addr).user_ip6),
+            (*addr).user_port,
+        )
+    };
     if protocol == IPPROTO_TCP {
         try_redirect(&ctx, crate::state::AF_INET6, ip6, raw_port);
     }
@@ -99,9 +104,9 @@ fn try_redirect(ctx: &SockAddrContext, family: u32, destination: Address, raw_po
             && destination[0] == 0
             && destination[1] == 0
         {
-            (*addr).user_ip6 = ipv4_mapped(IPV4_LOCALHOST);
+            write_ip6(&raw mut (*addr).user_ip6, ipv4_mapped(IPV4_LOCALHOST));
         } else {
-            (*addr).user_ip6 = IPV6_LOCALHOST;
+            write_ip6(&raw mut (*addr).user_ip6, IPV6_LOCALHOST);
         }
         (*addr).user_port = rewritten_port;
     }

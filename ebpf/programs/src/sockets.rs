@@ -22,7 +22,7 @@ use weft_ebpf_common::{ClientKey, POD_FLAG_ACCELERATE, SocketPairKey, ports, sta
 
 use crate::state::{
     AF_INET, AF_INET6, LOCAL_SOCKETS, ORIGINAL_DST, PENDING_ORIGINAL_DST, address_of, bump,
-    pod_config, remote_port_from_context, same_address,
+    pod_config, read_ip6, remote_port_from_context, same_address,
 };
 
 #[sock_ops]
@@ -44,7 +44,15 @@ fn ends(ctx: &SockOpsContext) -> Option<Ends> {
     let (local_ip4, remote_ip4, local_ip6, remote_ip6) = if family == AF_INET {
         (ctx.local_ip4(), ctx.remote_ip4(), [0; 4], [0; 4])
     } else {
-        (0, 0, ctx.local_ip6(), ctx.remote_ip6())
+        // SAFETY: `ops` points at the kernel's `bpf_sock_ops` for the whole program run.
+        unsafe {
+            (
+                0,
+                0,
+                read_ip6(&raw const (*ctx.ops).local_ip6),
+                read_ip6(&raw const (*ctx.ops).remote_ip6),
+            )
+        }
     };
     // SAFETY: the helper only reads the socket behind the context.
     let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };

@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use weft_ebpf_common::{SocketPairKey, stats};
 
-use crate::state::{AF_INET, LOCAL_SOCKETS, address_of, bump, remote_port_from_context};
+use crate::state::{AF_INET, LOCAL_SOCKETS, address_of, bump, read_ip6, remote_port_from_context};
 
 #[sk_msg]
 pub fn splice_local(ctx: SkMsgContext) -> u32 {
@@ -32,8 +32,8 @@ fn try_splice_local(ctx: &SkMsgContext) {
             )
         } else {
             (
-                address_of(family, 0, (*msg).local_ip6),
-                address_of(family, 0, (*msg).remote_ip6),
+                address_of(family, 0, read_ip6(&raw const (*msg).local_ip6)),
+                address_of(family, 0, read_ip6(&raw const (*msg).remote_ip6)),
             )
         }
     };

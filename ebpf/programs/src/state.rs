@@ -97,3 +97,38 @@ pub fn port_listed(ports: &[u16], port: u16) -> bool {
 pub fn remote_port_from_context(raw: u32) -> u16 {
     u16::from_be((raw >> 16) as u16)
 }
+
+/// Reads an IPv6 address field of a program context word by word: the verifier accepts only
+/// loads at constant offsets from the context pointer, never through a pointer derived from it.
+///
+/// # Safety
+/// `field` must point at a readable 4-word address field of the program's context.
+#[inline(always)]
+pub unsafe fn read_ip6(field: *const [u32; 4]) -> [u32; 4] {
+    let words = field.cast::<u32>();
+    // SAFETY: per the contract, the four words are readable.
+    unsafe {
+        [
+            core::ptr::read_volatile(words),
+            core::ptr::read_volatile(words.add(1)),
+            core::ptr::read_volatile(words.add(2)),
+            core::ptr::read_volatile(words.add(3)),
+        ]
+    }
+}
+
+/// Writes an IPv6 address field of a program context word by word (see [`read_ip6`]).
+///
+/// # Safety
+/// `field` must point at a writable 4-word address field of the program's context.
+#[inline(always)]
+pub unsafe fn write_ip6(field: *mut [u32; 4], value: [u32; 4]) {
+    let words = field.cast::<u32>();
+    // SAFETY: per the contract, the four words are writable.
+    unsafe {
+        core::ptr::write_volatile(words, value[0]);
+        core::ptr::write_volatile(words.add(1), value[1]);
+        core::ptr::write_volatile(words.add(2), value[2]);
+        core::ptr::write_volatile(words.add(3), value[3]);
+    }
+}

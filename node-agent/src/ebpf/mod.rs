@@ -21,7 +21,7 @@ pub use interface::fake;
 pub use interface::{
     EnrolledPod, Enroller, NetnsCookie, OriginalDst, PodEnrollment, RedirectionError,
 };
-pub use redirection::{Redirection, RedirectionConfig, RedirectionStats};
+pub use redirection::{ConnectionRecords, Redirection, RedirectionConfig, RedirectionStats};
 pub use smoke::{SmokeCounts, SmokeProbe};
 pub use sockopt::netns_cookie;
 
