@@ -56,9 +56,30 @@ pub fn redirection_config(testbed: &Testbed, acceleration: bool) -> RedirectionC
 }
 
 pub fn open_redirection(testbed: &Testbed, acceleration: bool) -> Arc<Redirection> {
+    sweep_stale_pins();
     Arc::new(
         Redirection::open(redirection_config(testbed, acceleration)).expect("load redirection"),
     )
+}
+
+/// Removes pin directories of test processes that are gone (a failed test skips `uninstall`);
+/// their cgroups and namespaces are gone too, so the pins only hold dead links.
+fn sweep_stale_pins() {
+    let Ok(entries) = std::fs::read_dir("/sys/fs/bpf/weft-test") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let pid = name
+            .strip_prefix(weft_testbed::PREFIX)
+            .and_then(|rest| rest.split_once('x'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok());
+        if let Some(pid) = pid {
+            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
 }
 
 /// Runs `f` on a new thread inside `netns`; threads it spawns stay in the namespace too.
