@@ -59,30 +59,54 @@ fn connections_to_application_ports_land_on_the_inbound_listener() {
     let (_accepted, peer) = accept_within(&inbound, support::PATIENCE).expect("steered to 15006");
     assert_eq!(peer.ip(), outside.ip);
     assert_eq!(_accepted.local_addr().unwrap(), app_port);
-    assert!(accept_within(&application, quick).is_none(), "the app saw it");
+    assert!(
+        accept_within(&application, quick).is_none(),
+        "the app saw it"
+    );
 
     // HBONE is left alone.
     let _hbone_client = connect_from(&outside.netns, (app.ip, 15008).into()).expect("15008");
-    assert!(accept_within(&hbone, support::PATIENCE).is_some(), "15008 not reached");
-    assert!(accept_within(&inbound, quick).is_none(), "15008 was steered");
+    assert!(
+        accept_within(&hbone, support::PATIENCE).is_some(),
+        "15008 not reached"
+    );
+    assert!(
+        accept_within(&inbound, quick).is_none(),
+        "15008 was steered"
+    );
 
     // An excluded port is left alone.
     let _excluded_client = connect_from(&outside.netns, (app.ip, 9000).into()).expect("9000");
-    assert!(accept_within(&excluded, support::PATIENCE).is_some(), "9000 not reached");
+    assert!(
+        accept_within(&excluded, support::PATIENCE).is_some(),
+        "9000 not reached"
+    );
     assert!(accept_within(&inbound, quick).is_none(), "9000 was steered");
 
     // The agent's own forwarding, made inside the pod, arrives on loopback: left alone.
     let _forwarded = connect_from(&app.netns, app_port).expect("forward inside the pod");
-    assert!(accept_within(&application, support::PATIENCE).is_some(), "app not reached");
-    assert!(accept_within(&inbound, quick).is_none(), "own forwarding was steered");
+    assert!(
+        accept_within(&application, support::PATIENCE).is_some(),
+        "app not reached"
+    );
+    assert!(
+        accept_within(&inbound, quick).is_none(),
+        "own forwarding was steered"
+    );
 
     let stats = redirection.stats().unwrap();
     assert_eq!(stats.steered_inbound, 1, "{stats:?}");
 
     // Agent down (no inbound listener): the connection fails, the application sees nothing.
     drop(inbound);
-    assert!(connect_from(&outside.netns, app_port).is_err(), "connected without the agent");
-    assert!(accept_within(&application, quick).is_none(), "inbound bypassed the agent");
+    assert!(
+        connect_from(&outside.netns, app_port).is_err(),
+        "connected without the agent"
+    );
+    assert!(
+        accept_within(&application, quick).is_none(),
+        "inbound bypassed the agent"
+    );
     assert!(redirection.stats().unwrap().inbound_without_listener >= 1);
 
     std::sync::Arc::into_inner(redirection)

@@ -36,7 +36,10 @@ fn fails_closed_while_the_agent_is_down_and_adopts_on_restart() {
         pod.netns_cookie,
         AgentMode::Forward,
     );
-    assert_eq!(support::curl(&testbed, "client", &url), (Some(0), "ok".into()));
+    assert_eq!(
+        support::curl(&testbed, "client", &url),
+        (Some(0), "ok".into())
+    );
     assert_eq!(agent.wait_for(1)[0].original, Some(destination));
     assert_eq!(server.peers().len(), 1);
 
@@ -45,7 +48,11 @@ fn fails_closed_while_the_agent_is_down_and_adopts_on_restart() {
     drop(inbound);
     drop(redirection);
     let (code, _) = support::curl(&testbed, "client", &url);
-    assert_eq!(code, Some(7), "curl must fail to connect while the agent is down");
+    assert_eq!(
+        code,
+        Some(7),
+        "curl must fail to connect while the agent is down"
+    );
     assert_eq!(
         client::in_pod(&testbed, "client", &format!("connect {destination}")),
         "error=ConnectionRefused"
@@ -53,9 +60,8 @@ fn fails_closed_while_the_agent_is_down_and_adopts_on_restart() {
     assert_eq!(server.peers().len(), 1, "a connection bypassed the agent");
 
     // The agent restarts: it adopts the pinned maps and links, opens new listeners.
-    let redirection = Arc::new(
-        Redirection::open(support::redirection_config(&testbed, false)).expect("adopt"),
-    );
+    let redirection =
+        Arc::new(Redirection::open(support::redirection_config(&testbed, false)).expect("adopt"));
     let enrolled = redirection.enrolled().unwrap();
     assert_eq!(enrolled, vec![pod.clone()], "the pod was not adopted");
     let inbound = support::listen_in(&client_pod.netns, "0.0.0.0:15006");
@@ -69,7 +75,10 @@ fn fails_closed_while_the_agent_is_down_and_adopts_on_restart() {
         pod.netns_cookie,
         AgentMode::Forward,
     );
-    assert_eq!(support::curl(&testbed, "client", &url), (Some(0), "ok".into()));
+    assert_eq!(
+        support::curl(&testbed, "client", &url),
+        (Some(0), "ok".into())
+    );
     let accepted = agent.wait_for(1);
     assert_eq!(accepted[0].original, Some(destination));
     assert_eq!(server.peers().len(), 2);
@@ -90,7 +99,11 @@ fn fails_closed_while_the_agent_is_down_and_adopts_on_restart() {
             .filter(|l| l["netns_ino"].as_u64() == Some(netns_inode))
             .count()
     };
-    assert_eq!(on_netns(&support::links()), 1, "sk_lookup link on the pod netns");
+    assert_eq!(
+        on_netns(&support::links()),
+        1,
+        "sk_lookup link on the pod netns"
+    );
 
     redirection.unenroll(&pod.uid).unwrap();
     let cgroup_after = support::cgroup_programs(client_pod.cgroup.path());
@@ -98,17 +111,33 @@ fn fails_closed_while_the_agent_is_down_and_adopts_on_restart() {
         !cgroup_after.contains("connect") && !cgroup_after.contains("sock_ops"),
         "programs still attached: {cgroup_after}"
     );
-    assert_eq!(on_netns(&support::links()), 0, "a link is left on the pod netns");
+    assert_eq!(
+        on_netns(&support::links()),
+        0,
+        "a link is left on the pod netns"
+    );
     assert!(redirection.enrolled().unwrap().is_empty());
 
-    assert_eq!(support::curl(&testbed, "client", &url), (Some(0), "ok".into()));
+    assert_eq!(
+        support::curl(&testbed, "client", &url),
+        (Some(0), "ok".into())
+    );
     assert_eq!(agent.accepted().len(), 1, "captured after un-enrolling");
     let peers = server.peers();
     assert_eq!(peers.len(), 3);
     assert_eq!(peers[2].ip(), client_pod.ip);
-    assert!(!agent.accepted().iter().any(|a| a.upstream == Some(peers[2])));
+    assert!(
+        !agent
+            .accepted()
+            .iter()
+            .any(|a| a.upstream == Some(peers[2]))
+    );
 
     drop(agent);
     Arc::into_inner(redirection).unwrap().uninstall().unwrap();
-    assert!(!support::redirection_config(&testbed, false).pin_root.exists());
+    assert!(
+        !support::redirection_config(&testbed, false)
+            .pin_root
+            .exists()
+    );
 }

@@ -55,13 +55,20 @@ fn unmodified_clients_reach_another_node_through_the_agent() {
     let accepted = agent.wait_for(21);
     assert_eq!(accepted.len(), 21);
     let line_destination: SocketAddr = (server_ip, 9090).into();
-    assert!(accepted[1..].iter().all(|a| a.original == Some(line_destination)));
+    assert!(
+        accepted[1..]
+            .iter()
+            .all(|a| a.original == Some(line_destination))
+    );
     let upstreams: Vec<_> = accepted[1..].iter().map(|a| a.upstream.unwrap()).collect();
     let mut seen = lines.peers();
     seen.sort();
     let mut expected = upstreams.clone();
     expected.sort();
-    assert_eq!(seen, expected, "the server saw exactly the agent's connections");
+    assert_eq!(
+        seen, expected,
+        "the server saw exactly the agent's connections"
+    );
 
     // An excluded port goes straight to the destination.
     let result = client::in_pod(&testbed, "client", &format!("echo {server_ip}:9099 1 0"));
@@ -80,7 +87,10 @@ fn unmodified_clients_reach_another_node_through_the_agent() {
     let result = client::in_pod(&testbed, "client", "connect 127.0.0.1:15001");
     assert_eq!(result, "connected");
     let accepted = agent.wait_for(22);
-    assert_eq!(accepted[21].original, None, "a loopback connect was recorded");
+    assert_eq!(
+        accepted[21].original, None,
+        "a loopback connect was recorded"
+    );
 
     let stats: RedirectionStats = redirection.stats().unwrap();
     assert_eq!(stats.redirected_connects, 21, "{stats:?}");
@@ -121,8 +131,16 @@ fn two_pods_with_the_same_client_ports_never_get_each_others_destination() {
     // Same client ports (bound explicitly), same destination host, at the same time; only the
     // destination port tells the pods' connections apart.
     const ROUNDS: u32 = 50;
-    let a = client::spawn_in_pod(&testbed, "alpha", &format!("echo {server_ip}:7001 {ROUNDS} 41000"));
-    let b = client::spawn_in_pod(&testbed, "beta", &format!("echo {server_ip}:7002 {ROUNDS} 41000"));
+    let a = client::spawn_in_pod(
+        &testbed,
+        "alpha",
+        &format!("echo {server_ip}:7001 {ROUNDS} 41000"),
+    );
+    let b = client::spawn_in_pod(
+        &testbed,
+        "beta",
+        &format!("echo {server_ip}:7002 {ROUNDS} 41000"),
+    );
     assert_eq!(client::result_of(a), format!("ok={ROUNDS} failed=0"));
     assert_eq!(client::result_of(b), format!("ok={ROUNDS} failed=0"));
 
@@ -132,12 +150,20 @@ fn two_pods_with_the_same_client_ports_never_get_each_others_destination() {
         let destination: SocketAddr = (server_ip, port).into();
         for a in &accepted {
             assert_eq!(a.original, Some(destination), "{a:?}");
-            assert!((41000..41000 + ROUNDS as u16).contains(&a.peer.port()), "{a:?}");
+            assert!(
+                (41000..41000 + ROUNDS as u16).contains(&a.peer.port()),
+                "{a:?}"
+            );
         }
     }
     // The very same peer address, asked in the wrong pod, finds nothing.
     let peer: SocketAddr = "127.0.0.1:41000".parse().unwrap();
-    assert_eq!(redirection.take_original_dst(beta.netns_cookie, peer).unwrap(), None);
+    assert_eq!(
+        redirection
+            .take_original_dst(beta.netns_cookie, peer)
+            .unwrap(),
+        None
+    );
     drop((alpha_agent, beta_agent));
     std::sync::Arc::into_inner(redirection)
         .unwrap()
@@ -186,7 +212,11 @@ fn ten_thousand_short_connections_leave_no_records() {
         std::thread::sleep(std::time::Duration::from_millis(20));
         records = redirection.connection_records().unwrap();
     }
-    assert_eq!((records.pending, records.established), (0, 0), "leftover records");
+    assert_eq!(
+        (records.pending, records.established),
+        (0, 0),
+        "leftover records"
+    );
     std::sync::Arc::into_inner(redirection)
         .unwrap()
         .uninstall()

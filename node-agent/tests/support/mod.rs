@@ -14,8 +14,7 @@ use std::{
 };
 
 use node_agent::ebpf::{
-    EnrolledPod, Enroller, NetnsCookie, OriginalDst, PodEnrollment, Redirection,
-    RedirectionConfig,
+    EnrolledPod, Enroller, NetnsCookie, OriginalDst, PodEnrollment, Redirection, RedirectionConfig,
 };
 use weft_testbed::{CGROUP_ROOT, Netns, Testbed};
 
@@ -166,8 +165,7 @@ impl OutboundAgent {
     ) -> Self {
         let listener = listen_in(netns, "127.0.0.1:15001");
         let accepted = Arc::new(Mutex::new(Vec::new()));
-        let (thread_listener, thread_accepted) =
-            (listener.try_clone().unwrap(), accepted.clone());
+        let (thread_listener, thread_accepted) = (listener.try_clone().unwrap(), accepted.clone());
         let thread = spawn_in_netns(netns, move || {
             // Ends when the listener is shut down.
             for stream in thread_listener.incoming() {
@@ -204,10 +202,8 @@ impl OutboundAgent {
 
     fn shutdown(&mut self) {
         // shutdown() on a listening socket wakes a blocked accept().
-        let _ = nix::sys::socket::shutdown(
-            self.listener.as_raw_fd(),
-            nix::sys::socket::Shutdown::Both,
-        );
+        let _ =
+            nix::sys::socket::shutdown(self.listener.as_raw_fd(), nix::sys::socket::Shutdown::Both);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -278,8 +274,14 @@ pub fn echo(stream: TcpStream) {
     let mut writer = stream.try_clone().unwrap();
     let mut reader = stream;
     let mut buffer = vec![0u8; 64 * 1024];
+    let mut retries = 0u32;
     loop {
         match reader.read(&mut buffer) {
+            // See the client: spliced sockets can report EAGAIN while blocking.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && retries < 100_000 => {
+                retries += 1;
+                std::thread::yield_now();
+            }
             Ok(0) | Err(_) => break,
             Ok(n) => {
                 if writer.write_all(&buffer[..n]).is_err() {
@@ -307,7 +309,10 @@ impl Server {
         let thread = spawn_in_netns(netns, move || {
             for stream in thread_listener.incoming() {
                 let Ok(stream) = stream else { break };
-                thread_peers.lock().unwrap().push(stream.peer_addr().unwrap());
+                thread_peers
+                    .lock()
+                    .unwrap()
+                    .push(stream.peer_addr().unwrap());
                 std::thread::spawn(move || answer(stream));
             }
         });
@@ -325,10 +330,8 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = nix::sys::socket::shutdown(
-            self.listener.as_raw_fd(),
-            nix::sys::socket::Shutdown::Both,
-        );
+        let _ =
+            nix::sys::socket::shutdown(self.listener.as_raw_fd(), nix::sys::socket::Shutdown::Both);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
