@@ -70,30 +70,51 @@ fn unmodified_clients_reach_another_node_through_the_agent() {
         "the server saw exactly the agent's connections"
     );
 
+    // A dual-stack (IPv6) socket to an IPv4-mapped destination: `connect6` captures it.
+    let result = client::in_pod(
+        &testbed,
+        "client",
+        &format!("echo [::ffff:{server_ip}]:9090 2 0"),
+    );
+    assert_eq!(result, "ok=2 failed=0");
+    let accepted = agent.wait_for(23);
+    assert!(
+        accepted[21..]
+            .iter()
+            .all(|a| a.original == Some(line_destination))
+    );
+    let upstreams: Vec<_> = accepted[1..].iter().map(|a| a.upstream.unwrap()).collect();
+
+    // UDP is not captured.
+    let udp = support::UdpEcho::start(&testbed.pod("server").netns, "0.0.0.0:5353");
+    let result = client::in_pod(&testbed, "client", &format!("udp {server_ip}:5353"));
+    assert_eq!(result, "reply=datagram");
+    assert_eq!(udp.peers().len(), 1);
+
     // An excluded port goes straight to the destination.
     let result = client::in_pod(&testbed, "client", &format!("echo {server_ip}:9099 1 0"));
     assert_eq!(result, "ok=1 failed=0");
-    assert_eq!(agent.accepted().len(), 21, "excluded port was captured");
+    assert_eq!(agent.accepted().len(), 23, "excluded port was captured");
     assert_eq!(excluded.peers().len(), 1);
     assert!(!upstreams.contains(&excluded.peers()[0]));
 
     // A pod that is not enrolled is not captured.
     let result = client::in_pod(&testbed, "bystander", &format!("echo {server_ip}:9090 1 0"));
     assert_eq!(result, "ok=1 failed=0");
-    assert_eq!(agent.accepted().len(), 21, "a bystander was captured");
+    assert_eq!(agent.accepted().len(), 23, "a bystander was captured");
 
     // Loopback destinations inside the enrolled pod are not captured: the 15001 listener itself
     // is reachable directly (the connection lands there with no original destination).
     let result = client::in_pod(&testbed, "client", "connect 127.0.0.1:15001");
     assert_eq!(result, "connected");
-    let accepted = agent.wait_for(22);
+    let accepted = agent.wait_for(24);
     assert_eq!(
-        accepted[21].original, None,
+        accepted[23].original, None,
         "a loopback connect was recorded"
     );
 
     let stats: RedirectionStats = redirection.stats().unwrap();
-    assert_eq!(stats.redirected_connects, 21, "{stats:?}");
+    assert_eq!(stats.redirected_connects, 23, "{stats:?}");
     drop(agent);
     std::sync::Arc::into_inner(redirection)
         .unwrap()

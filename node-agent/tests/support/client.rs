@@ -169,6 +169,19 @@ fn run(words: &[&str]) -> String {
                 Err(e) => format!("error={:?}", e.kind()),
             }
         }
+        ["udp", destination] => {
+            let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+            socket
+                .set_read_timeout(Some(std::time::Duration::from_secs(2)))
+                .unwrap();
+            socket.connect(destination).unwrap();
+            socket.send(b"datagram").unwrap();
+            let mut reply = [0u8; 64];
+            match socket.recv(&mut reply) {
+                Ok(n) => format!("reply={}", String::from_utf8_lossy(&reply[..n])),
+                Err(e) => format!("error={:?}", e.kind()),
+            }
+        }
         other => panic!("unknown pod client command {other:?}"),
     }
 }

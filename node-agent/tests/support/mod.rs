@@ -73,10 +73,10 @@ fn sweep_stale_pins() {
             .strip_prefix(weft_testbed::PREFIX)
             .and_then(|rest| rest.split_once('x'))
             .and_then(|(pid, _)| pid.parse::<u32>().ok());
-        if let Some(pid) = pid {
-            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                let _ = std::fs::remove_dir_all(entry.path());
-            }
+        if let Some(pid) = pid
+            && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = std::fs::remove_dir_all(entry.path());
         }
     }
 }
@@ -367,6 +367,39 @@ fn answer(stream: TcpStream) {
         }
     }
     let _ = writer.shutdown(Shutdown::Write);
+}
+
+/// A UDP echo server inside a pod; records each peer.
+pub struct UdpEcho {
+    socket: std::net::UdpSocket,
+    peers: Arc<Mutex<Vec<SocketAddr>>>,
+}
+
+impl UdpEcho {
+    pub fn start(netns: &Netns, address: &str) -> Self {
+        let address = address.to_string();
+        let socket = netns
+            .run(move || std::net::UdpSocket::bind(&address))
+            .unwrap()
+            .expect("bind udp");
+        let peers = Arc::new(Mutex::new(Vec::new()));
+        let (thread_socket, thread_peers) = (socket.try_clone().unwrap(), peers.clone());
+        thread_socket.set_read_timeout(Some(PATIENCE)).unwrap();
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 1500];
+            // One datagram is all a test sends; the timeout bounds the wait.
+            if let Ok((n, peer)) = thread_socket.recv_from(&mut buffer) {
+                thread_peers.lock().unwrap().push(peer);
+                let _ = thread_socket.send_to(&buffer[..n], peer);
+            }
+        });
+        Self { socket, peers }
+    }
+
+    pub fn peers(&self) -> Vec<SocketAddr> {
+        let _ = &self.socket;
+        self.peers.lock().unwrap().clone()
+    }
 }
 
 /// Runs `curl` in `pod` against `url`; its exit code and body.
