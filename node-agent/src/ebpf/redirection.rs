@@ -111,6 +111,7 @@ impl Redirection {
     /// Checks the kernel, loads the programs and opens the pinned maps, creating them on first
     /// start and adopting them (and every pod enrolled earlier, whose links are still pinned)
     /// after a restart.
+    #[doc(alias = "adopt")]
     pub fn open(config: RedirectionConfig) -> Result<Self, RedirectionError> {
         let features = check_kernel_features(&config.cgroup_root);
         if !features.is_complete() {
