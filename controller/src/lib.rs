@@ -6,6 +6,7 @@
 //! the mesh reads), the YAML [`loader`], the semantic [`validation`] that follows Istio's rules,
 //! and the [`crd`] definitions generated from the model. None of these perform network I/O.
 
+pub mod ca;
 pub mod crd;
 pub mod loader;
 pub mod model;

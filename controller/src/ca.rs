@@ -1,0 +1,232 @@
+//! The certificate authority service: Istio's `IstioCertificateService/CreateCertificate`.
+//!
+//! A node agent sends a CSR for a workload identity; the service authenticates the caller (which
+//! node is asking), checks that a pod running on that node has the identity, and signs it with the
+//! mesh root. Anything else is refused with a status naming the reason and logged: a node agent
+//! can only ever obtain the identities of its own node's pods.
+
+use std::{collections::HashMap, path::Path, sync::Arc, time::Duration};
+
+use tonic::{Request, Response, Status, metadata::MetadataMap};
+use weft_identity::{CertificateAuthority, SpiffeId};
+use weft_proto::istio::ca::{
+    IstioCertificateRequest, IstioCertificateResponse,
+    istio_certificate_service_server::{IstioCertificateService, IstioCertificateServiceServer},
+};
+
+/// Certificate lifetime when the caller asks for none.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
+/// The longest lifetime granted, whatever the caller asks.
+pub const MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Request metadata key ztunnel uses to name the identity it asks for.
+pub const IMPERSONATED_IDENTITY: &str = "ImpersonatedIdentity";
+/// Header carrying the caller's node name (checked against its credential).
+pub const NODE_HEADER: &str = "x-weft-node";
+
+/// Answers which identities run on a node. Implemented by the controller's index.
+pub trait NodeDirectory: Send + Sync + 'static {
+    /// Whether a pod scheduled on `node` runs as `identity`.
+    fn runs_on(&self, node: &str, identity: &SpiffeId) -> bool;
+}
+
+/// Establishes which node a caller is.
+pub trait CallerAuthenticator: Send + Sync + 'static {
+    /// The caller's node, from its request metadata, or a refusal.
+    fn node_of(&self, metadata: &MetadataMap) -> Result<String, Status>;
+}
+
+/// Errors loading the bootstrap token file.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenFileError {
+    #[error("reading bootstrap token file {0}: {1}")]
+    Read(String, #[source] std::io::Error),
+    #[error("bootstrap token file {file} line {line}: expected `<node> <token>`")]
+    Malformed { file: String, line: usize },
+    #[error("bootstrap token file {file} line {line}: token shorter than 16 characters")]
+    WeakToken { file: String, line: usize },
+}
+
+/// Local mode: one bearer token per node, from a file of `<node> <token>` lines.
+#[derive(Debug, Clone, Default)]
+pub struct BootstrapTokens {
+    node_by_token: HashMap<String, String>,
+}
+
+impl BootstrapTokens {
+    pub fn load(path: &Path) -> Result<Self, TokenFileError> {
+        let file = path.display().to_string();
+        let text =
+            std::fs::read_to_string(path).map_err(|e| TokenFileError::Read(file.clone(), e))?;
+        Self::parse(&file, &text)
+    }
+
+    pub fn parse(file: &str, text: &str) -> Result<Self, TokenFileError> {
+        let mut node_by_token = HashMap::new();
+        for (index, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let mut fields = line.split_whitespace();
+            let (Some(node), Some(token), None) = (fields.next(), fields.next(), fields.next())
+            else {
+                return Err(TokenFileError::Malformed {
+                    file: file.into(),
+                    line: index + 1,
+                });
+            };
+            if token.len() < 16 {
+                return Err(TokenFileError::WeakToken {
+                    file: file.into(),
+                    line: index + 1,
+                });
+            }
+            node_by_token.insert(token.to_string(), node.to_string());
+        }
+        Ok(Self { node_by_token })
+    }
+
+    pub fn insert(&mut self, node: &str, token: &str) {
+        self.node_by_token.insert(token.into(), node.into());
+    }
+}
+
+impl CallerAuthenticator for BootstrapTokens {
+    fn node_of(&self, metadata: &MetadataMap) -> Result<String, Status> {
+        let token = metadata
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| Status::unauthenticated("missing `authorization: Bearer <token>`"))?;
+        let node = self
+            .node_by_token
+            .get(token.trim())
+            .ok_or_else(|| Status::unauthenticated("unknown bootstrap token"))?;
+        if let Some(claimed) = metadata.get(NODE_HEADER).and_then(|v| v.to_str().ok())
+            && claimed != node
+        {
+            return Err(Status::permission_denied(format!(
+                "token belongs to node {node}, not {claimed}"
+            )));
+        }
+        Ok(node.clone())
+    }
+}
+
+/// The CA service.
+pub struct CertificateService<A, D> {
+    ca: Arc<CertificateAuthority>,
+    authenticator: A,
+    directory: D,
+    trust_domain: String,
+}
+
+impl<A: CallerAuthenticator, D: NodeDirectory> CertificateService<A, D> {
+    pub fn new(
+        ca: Arc<CertificateAuthority>,
+        authenticator: A,
+        directory: D,
+        trust_domain: String,
+    ) -> Self {
+        Self {
+            ca,
+            authenticator,
+            directory,
+            trust_domain,
+        }
+    }
+
+    pub fn into_server(self) -> IstioCertificateServiceServer<Self> {
+        IstioCertificateServiceServer::new(self)
+    }
+
+    /// The whole decision, apart from the transport.
+    pub fn create(
+        &self,
+        metadata: &MetadataMap,
+        request: &IstioCertificateRequest,
+    ) -> Result<Vec<String>, Status> {
+        let node = self.authenticator.node_of(metadata)?;
+        let identity = requested_identity(request)?;
+        if !identity.is_in_trust_domain(&self.trust_domain) {
+            return Err(Status::permission_denied(format!(
+                "identity {identity} is outside the trust domain {}",
+                self.trust_domain
+            )));
+        }
+        if !self.directory.runs_on(&node, &identity) {
+            return Err(Status::permission_denied(format!(
+                "no pod on node {node} runs as {identity}"
+            )));
+        }
+        let ttl = match request.validity_duration {
+            seconds if seconds <= 0 => DEFAULT_TTL,
+            seconds => Duration::from_secs(seconds as u64).min(MAX_TTL),
+        };
+        let chain = self
+            .ca
+            .sign_csr(&request.csr, &identity, ttl)
+            .map_err(|e| Status::invalid_argument(format!("certificate request refused: {e}")))?;
+        tracing::info!(%node, %identity, ttl_s = ttl.as_secs(), "issued workload certificate");
+        Ok(chain.to_pem_list())
+    }
+}
+
+/// The identity asked for: Istio's `ImpersonatedIdentity` metadata when present, else the URI
+/// SAN the CSR requests.
+fn requested_identity(request: &IstioCertificateRequest) -> Result<SpiffeId, Status> {
+    let impersonated = request
+        .metadata
+        .as_ref()
+        .and_then(|m| m.fields.get(IMPERSONATED_IDENTITY))
+        .and_then(|v| match &v.kind {
+            Some(prost_types::value::Kind::StringValue(s)) => Some(s.clone()),
+            _ => None,
+        });
+    let text = match impersonated {
+        Some(text) => text,
+        None => csr_uri_san(&request.csr)?,
+    };
+    text.parse()
+        .map_err(|e| Status::invalid_argument(format!("requested identity {text:?}: {e}")))
+}
+
+fn csr_uri_san(pem: &str) -> Result<String, Status> {
+    let params = rcgen::CertificateSigningRequestParams::from_pem(pem)
+        .map_err(|e| Status::invalid_argument(format!("malformed certificate request: {e}")))?;
+    params
+        .params
+        .subject_alt_names
+        .iter()
+        .find_map(|san| match san {
+            rcgen::SanType::URI(uri) => Some(uri.as_str().to_string()),
+            _ => None,
+        })
+        .ok_or_else(|| {
+            Status::invalid_argument("certificate request names no SPIFFE identity (URI SAN)")
+        })
+}
+
+#[tonic::async_trait]
+impl<A: CallerAuthenticator, D: NodeDirectory> IstioCertificateService
+    for CertificateService<A, D>
+{
+    async fn create_certificate(
+        &self,
+        request: Request<IstioCertificateRequest>,
+    ) -> Result<Response<IstioCertificateResponse>, Status> {
+        match self.create(request.metadata(), request.get_ref()) {
+            Ok(cert_chain) => Ok(Response::new(IstioCertificateResponse {
+                cert_chain,
+                root_cert: None,
+            })),
+            Err(status) => {
+                tracing::warn!(code = ?status.code(), reason = %status.message(), "certificate request refused");
+                Err(status)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,184 @@
+use std::{
+    collections::HashMap,
+    time::{Duration, SystemTime},
+};
+
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Code, metadata::MetadataValue};
+use weft_identity::{WorkloadCertificate, WorkloadKey};
+use weft_proto::istio::ca::istio_certificate_service_client::IstioCertificateServiceClient;
+
+use super::*;
+
+const NODE1_TOKEN: &str = "node1-token-0123456789";
+const NODE2_TOKEN: &str = "node2-token-0123456789";
+
+struct Directory(HashMap<&'static str, Vec<SpiffeId>>);
+
+impl NodeDirectory for Directory {
+    fn runs_on(&self, node: &str, identity: &SpiffeId) -> bool {
+        self.0.get(node).is_some_and(|ids| ids.contains(identity))
+    }
+}
+
+fn id(sa: &str) -> SpiffeId {
+    SpiffeId::new("cluster.local", "shop", sa).unwrap()
+}
+
+async fn start() -> (
+    IstioCertificateServiceClient<tonic::transport::Channel>,
+    Arc<CertificateAuthority>,
+) {
+    let ca = Arc::new(CertificateAuthority::generate().unwrap());
+    let tokens = BootstrapTokens::parse(
+        "tokens",
+        &format!("# node tokens\nnode1 {NODE1_TOKEN}\nnode2 {NODE2_TOKEN}\n"),
+    )
+    .unwrap();
+    let directory = Directory(HashMap::from([
+        ("node1", vec![id("cart")]),
+        ("node2", vec![id("pay")]),
+    ]));
+    let service = CertificateService::new(ca.clone(), tokens, directory, "cluster.local".into());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service.into_server())
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    let client = IstioCertificateServiceClient::connect(format!("http://{address}"))
+        .await
+        .unwrap();
+    (client, ca)
+}
+
+fn request(csr: String, token: &str, ttl: i64) -> tonic::Request<IstioCertificateRequest> {
+    let mut request = tonic::Request::new(IstioCertificateRequest {
+        csr,
+        validity_duration: ttl,
+        metadata: None,
+    });
+    request.metadata_mut().insert(
+        "authorization",
+        MetadataValue::try_from(format!("Bearer {token}")).unwrap(),
+    );
+    request
+}
+
+#[tokio::test]
+async fn issues_an_identity_of_the_callers_node_with_san_and_ttl() {
+    let (mut client, ca) = start().await;
+    let key = WorkloadKey::generate().unwrap();
+    let csr = key.csr_for(&id("cart")).unwrap();
+    let response = client
+        .create_certificate(request(csr, NODE1_TOKEN, 3600))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(response.cert_chain.len(), 2, "leaf and root");
+    assert_eq!(response.cert_chain[1].trim(), ca.root_cert_pem().trim());
+    // The chain verifies against the root and names exactly the identity; the key matches.
+    let certificate = WorkloadCertificate::from_pem_chain(&id("cart"), &response.cert_chain, key)
+        .expect("a valid workload certificate");
+    let lifetime = certificate
+        .not_after()
+        .duration_since(SystemTime::now())
+        .unwrap();
+    assert!(
+        lifetime > Duration::from_secs(3590) && lifetime <= Duration::from_secs(3600),
+        "{lifetime:?}"
+    );
+}
+
+#[tokio::test]
+async fn refuses_what_the_caller_may_not_have() {
+    let (mut client, _) = start().await;
+    let key = WorkloadKey::generate().unwrap();
+    let pay_csr = key.csr_for(&id("pay")).unwrap();
+
+    let cases: Vec<(tonic::Request<IstioCertificateRequest>, Code, &str)> = vec![
+        // Node 1 asking for an identity that only runs on node 2.
+        (
+            request(pay_csr.clone(), NODE1_TOKEN, 0),
+            Code::PermissionDenied,
+            "no pod on node node1 runs as spiffe://cluster.local/ns/shop/sa/pay",
+        ),
+        (
+            request(pay_csr.clone(), "not-a-token-at-all-xx", 0),
+            Code::Unauthenticated,
+            "unknown bootstrap token",
+        ),
+        (
+            tonic::Request::new(IstioCertificateRequest {
+                csr: pay_csr.clone(),
+                validity_duration: 0,
+                metadata: None,
+            }),
+            Code::Unauthenticated,
+            "missing `authorization",
+        ),
+        (
+            request(
+                "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"
+                    .into(),
+                NODE2_TOKEN,
+                0,
+            ),
+            Code::InvalidArgument,
+            "malformed certificate request",
+        ),
+        (
+            request("garbage".into(), NODE2_TOKEN, 0),
+            Code::InvalidArgument,
+            "malformed certificate request",
+        ),
+    ];
+    for (req, code, message) in cases {
+        let status = client.create_certificate(req).await.unwrap_err();
+        assert_eq!(status.code(), code, "{}", status.message());
+        assert!(
+            status.message().contains(message),
+            "{:?} lacks {message:?}",
+            status.message()
+        );
+    }
+
+    // A node header that contradicts the token.
+    let mut req = request(pay_csr.clone(), NODE2_TOKEN, 0);
+    req.metadata_mut()
+        .insert(NODE_HEADER, MetadataValue::from_static("node1"));
+    let status = client.create_certificate(req).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+
+    // Impersonation metadata naming one identity with a CSR for another is refused.
+    let mut req = request(pay_csr, NODE1_TOKEN, 0);
+    req.get_mut().metadata = Some(prost_types::Struct {
+        fields: [(
+            IMPERSONATED_IDENTITY.to_string(),
+            prost_types::Value {
+                kind: Some(prost_types::value::Kind::StringValue(
+                    id("cart").to_string(),
+                )),
+            },
+        )]
+        .into(),
+    });
+    let status = client.create_certificate(req).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+}
+
+#[test]
+fn token_file_errors_name_the_line() {
+    let cases = [
+        ("node1\n", "line 1: expected `<node> <token>`"),
+        ("# c\nnode1 short\n", "line 2: token shorter than 16"),
+        ("node1 a b c\n", "line 1: expected"),
+    ];
+    for (text, expected) in cases {
+        let error = BootstrapTokens::parse("tokens.txt", text)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains(expected), "{error}");
+    }
+}
