@@ -5,39 +5,32 @@
 use std::{
     collections::{BTreeSet, HashMap},
     fs::File,
-    os::fd::BorrowedFd,
     sync::Arc,
 };
 
 use crate::{
     certificates::CertificateSource,
+    ebpf::{Enroller, PodEnrollment},
     enrollment::{EnrolledPod, PodLifecycle},
     netns::PodNetns,
     proxy::{PodProxy, ProxyContext},
 };
 
-/// Steers an enrolled pod's connections into its listeners. Implemented by the eBPF loader.
-pub trait TrafficCapture: Send + Sync + 'static {
-    /// Starts capturing `pod`'s traffic; `inbound_listener` is the pod's 15006 listener.
-    fn attach(&self, pod: &EnrolledPod, inbound_listener: BorrowedFd<'_>) -> Result<(), String>;
-    /// Stops capturing the pod's traffic and removes what `attach` installed.
-    fn detach(&self, uid: &str) -> Result<(), String>;
-}
-
 /// Serves enrolled pods.
 pub struct PodManager<C> {
     context: Arc<ProxyContext<C>>,
     home: Arc<File>,
-    capture: Option<Arc<dyn TrafficCapture>>,
+    capture: Option<Arc<dyn Enroller>>,
     pods: std::sync::Mutex<HashMap<String, (EnrolledPod, PodProxy)>>,
 }
 
 impl<C: CertificateSource> PodManager<C> {
-    /// `capture` is `None` only where something else steers traffic (tests of the proxy alone).
+    /// `capture` (the eBPF redirection) is `None` only where something else steers traffic
+    /// (tests of the proxy alone).
     pub fn new(
         context: Arc<ProxyContext<C>>,
         home: Arc<File>,
-        capture: Option<Arc<dyn TrafficCapture>>,
+        capture: Option<Arc<dyn Enroller>>,
     ) -> Self {
         Self {
             context,
@@ -64,7 +57,7 @@ impl<C: CertificateSource> PodManager<C> {
         let proxy = PodProxy::start(self.context.clone(), pod.uid.clone(), netns)
             .map_err(|e| format!("starting listeners in {}: {e}", pod.netns.display()))?;
         if let Some(capture) = &self.capture {
-            capture.attach(&pod, proxy.inbound_plaintext_listener())?;
+            capture_pod(capture.as_ref(), &pod, &proxy)?;
         }
         self.lock().insert(pod.uid.clone(), (pod, proxy));
         Ok(())
@@ -75,10 +68,39 @@ impl<C: CertificateSource> PodManager<C> {
             return Ok(());
         };
         if let Some(capture) = &self.capture {
-            capture.detach(uid)?;
+            capture.unenroll(uid).map_err(|e| e.to_string())?;
         }
         Ok(())
     }
+}
+
+/// Puts the pod under redirection, or, for a pod whose redirection survived an agent restart
+/// (pinned programs stay attached, which is what keeps it failing closed meanwhile), points the
+/// inbound steering at the new listener.
+fn capture_pod(capture: &dyn Enroller, pod: &EnrolledPod, proxy: &PodProxy) -> Result<(), String> {
+    let adopted = capture
+        .enrolled()
+        .map_err(|e| e.to_string())?
+        .iter()
+        .any(|p| p.uid == pod.uid);
+    if adopted {
+        tracing::info!(uid = %pod.uid, "pod redirection adopted from an earlier run");
+        return capture
+            .replace_inbound_listener(&pod.uid, proxy.inbound_plaintext_listener())
+            .map_err(|e| e.to_string());
+    }
+    capture
+        .enroll(&PodEnrollment {
+            uid: pod.uid.clone(),
+            cgroup: pod.cgroup.clone(),
+            netns: pod.netns.clone(),
+            addresses: pod.addresses.clone(),
+            excluded_outbound_ports: pod.excluded_outbound_ports.clone(),
+            excluded_inbound_ports: pod.excluded_inbound_ports.clone(),
+            inbound_listener: proxy.inbound_plaintext_listener(),
+        })
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 impl<C: CertificateSource> PodLifecycle for PodManager<C> {

@@ -11,16 +11,13 @@ mod outbound;
 pub mod plan;
 mod pods;
 
-use std::{
-    net::SocketAddr,
-    sync::{Arc, atomic::AtomicUsize},
-};
+use std::sync::{Arc, atomic::AtomicUsize};
 
 pub use error::ProxyError;
 pub use pods::{PodProxy, ServedPods};
 
 use crate::{
-    certificates::CertificateSource, metrics::Metrics, netns::PodNetns, state::WorkloadStore,
+    certificates::CertificateSource, ebpf::OriginalDst, metrics::Metrics, state::WorkloadStore,
 };
 
 /// Outbound listener port inside each pod (`127.0.0.1:15001`).
@@ -30,20 +27,12 @@ pub const INBOUND_PLAINTEXT_PORT: u16 = 15006;
 /// HBONE listener port inside each pod.
 pub const HBONE_PORT: u16 = 15008;
 
-/// Recovers where an outbound connection was going before the eBPF program redirected it to the
-/// agent. Implemented by the eBPF loader; tests drive it directly.
-pub trait OriginalDestination: Send + Sync + 'static {
-    /// The original destination of the connection accepted on `pod`'s outbound listener from
-    /// `peer` (the client socket's address inside the pod). Consumes the record.
-    fn take(&self, pod: &PodNetns, peer: SocketAddr) -> Option<SocketAddr>;
-}
-
 /// Everything the listeners share. One per agent.
 pub struct ProxyContext<C> {
     pub store: WorkloadStore,
     pub certificates: Arc<C>,
     pub metrics: Arc<Metrics>,
-    pub original_destination: Arc<dyn OriginalDestination>,
+    pub original_destination: Arc<dyn OriginalDst>,
     /// The mesh's trust domain: peers from any other are refused.
     pub trust_domain: String,
     pub pods: ServedPods,
@@ -56,7 +45,7 @@ impl<C: CertificateSource> ProxyContext<C> {
         store: WorkloadStore,
         certificates: Arc<C>,
         metrics: Arc<Metrics>,
-        original_destination: Arc<dyn OriginalDestination>,
+        original_destination: Arc<dyn OriginalDst>,
         trust_domain: String,
     ) -> Arc<Self> {
         let pods = ServedPods::default();

@@ -12,8 +12,7 @@ use weft_identity::{CertificateAuthority, SpiffeId, TrustRoots, WorkloadCertific
 
 use crate::{
     certificates::{CertificateError, CertificateSource},
-    netns::PodNetns,
-    proxy::OriginalDestination,
+    ebpf::{NetnsCookie, OriginalDst, RedirectionError},
 };
 
 /// Issues certificates from an in-process CA, caching one per identity.
@@ -71,23 +70,24 @@ impl CertificateSource for LocalCertificates {
 }
 
 /// Original destinations set by the test: every connection accepted on the outbound listener
-/// of the pod whose namespace is `netns` gets the destination set for it.
+/// of the pod whose namespace has cookie `netns` gets the destination set for it.
 #[derive(Default)]
 pub struct FixedOriginalDestinations {
-    by_netns: Mutex<HashMap<std::path::PathBuf, SocketAddr>>,
+    by_netns: Mutex<HashMap<NetnsCookie, SocketAddr>>,
 }
 
 impl FixedOriginalDestinations {
-    pub fn set(&self, netns: &std::path::Path, destination: SocketAddr) {
-        self.by_netns
-            .lock()
-            .unwrap()
-            .insert(netns.to_path_buf(), destination);
+    pub fn set(&self, netns: NetnsCookie, destination: SocketAddr) {
+        self.by_netns.lock().unwrap().insert(netns, destination);
     }
 }
 
-impl OriginalDestination for FixedOriginalDestinations {
-    fn take(&self, pod: &PodNetns, _peer: SocketAddr) -> Option<SocketAddr> {
-        self.by_netns.lock().unwrap().get(pod.path()).copied()
+impl OriginalDst for FixedOriginalDestinations {
+    fn take_original_dst(
+        &self,
+        netns: NetnsCookie,
+        _peer: SocketAddr,
+    ) -> Result<Option<SocketAddr>, RedirectionError> {
+        Ok(self.by_netns.lock().unwrap().get(&netns).copied())
     }
 }

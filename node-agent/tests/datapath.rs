@@ -61,6 +61,9 @@ fn enrolled(pod: &Pod) -> EnrolledPod {
         name: pod.name.clone(),
         netns: pod.netns.path(),
         cgroup: pod.cgroup.path().to_path_buf(),
+        addresses: vec![IpAddr::V4(pod.ip)],
+        excluded_outbound_ports: vec![],
+        excluded_inbound_ports: vec![],
     }
 }
 
@@ -152,12 +155,13 @@ impl Mesh {
         payload: &[u8],
     ) -> std::io::Result<Vec<u8>> {
         let pod = self.testbed.pod(pod);
-        self.original.set(&pod.netns.path(), destination);
+        let original = self.original.clone();
         let std_stream = pod
             .netns
-            .run(|| {
+            .run(move || {
                 let socket =
                     socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+                original.set(node_agent::ebpf::netns_cookie(&socket)?, destination);
                 socket.connect_timeout(
                     &SocketAddr::from((Ipv4Addr::LOCALHOST, 15001)).into(),
                     TIMEOUT,

@@ -10,6 +10,8 @@ use super::plan::{InboundRefusal, OutboundError};
 pub enum ProxyError {
     #[error("no original destination recorded for the connection from {0}")]
     NoOriginalDestination(SocketAddr),
+    #[error("reading the original destination: {0}")]
+    OriginalDestination(String),
     #[error("pod {0} is not known to the controller yet")]
     UnknownPod(String),
     #[error(transparent)]

@@ -103,8 +103,9 @@ pub(super) async fn handle<C: CertificateSource>(
         None => Err(ProxyError::UnknownPod(pod.uid.clone())),
         Some(source) => context
             .original_destination
-            .take(&pod.netns, peer)
-            .ok_or(ProxyError::NoOriginalDestination(peer))
+            .take_original_dst(pod.netns_cookie, peer)
+            .map_err(|e| ProxyError::OriginalDestination(e.to_string()))
+            .and_then(|found| found.ok_or(ProxyError::NoOriginalDestination(peer)))
             .and_then(|original| {
                 let roll = context.round_robin.fetch_add(1, Ordering::Relaxed);
                 plan_outbound(

@@ -15,7 +15,11 @@ use tokio::{net::TcpListener, task::JoinHandle};
 use tracing::Instrument;
 
 use super::{HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT, ProxyContext, inbound, outbound};
-use crate::{certificates::CertificateSource, netns::PodNetns};
+use crate::{
+    certificates::CertificateSource,
+    ebpf::{NetnsCookie, netns_cookie},
+    netns::PodNetns,
+};
 
 /// Listen backlog: connection bursts from a pod must not be refused by the kernel.
 const BACKLOG: i32 = 1024;
@@ -25,6 +29,8 @@ const BACKLOG: i32 = 1024;
 pub struct ServedPod {
     pub uid: String,
     pub netns: PodNetns,
+    /// Tells this pod's namespace apart from every other (all have their own 127.0.0.1).
+    pub netns_cookie: NetnsCookie,
 }
 
 /// The registry of served pods; cheap to clone.
@@ -89,9 +95,11 @@ impl PodProxy {
                 listen(SocketAddr::from((Ipv4Addr::UNSPECIFIED, HBONE_PORT)))?,
             ))
         })??;
+        let netns_cookie = netns_cookie(&plaintext_listener)?;
         let pod = Arc::new(ServedPod {
             uid: uid.clone(),
             netns,
+            netns_cookie,
         });
         context.pods.insert(pod.clone());
 
@@ -137,6 +145,13 @@ impl PodProxy {
     /// The inbound plaintext listener, for the eBPF `sk_lookup` program to steer connections to.
     pub fn inbound_plaintext_listener(&self) -> BorrowedFd<'_> {
         self.inbound_plaintext.as_fd()
+    }
+
+    /// The pod's namespace cookie (the key of its original-destination records).
+    pub fn netns_cookie(&self) -> NetnsCookie {
+        self.pods
+            .get(&self.uid)
+            .map_or(NetnsCookie(0), |pod| pod.netns_cookie)
     }
 }
 
