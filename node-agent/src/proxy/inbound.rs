@@ -17,7 +17,9 @@ use tokio::{
 };
 use tokio_rustls::TlsAcceptor;
 use weft_hbone::{ConnectHandler, ConnectRequest, H2Config, Refusal, serve_connection};
-use weft_identity::{SpiffeId, peer_identity, require_trust_domain, server_config};
+use weft_identity::{
+    SpiffeId, WorkloadCertificate, peer_identity, require_trust_domain, server_config,
+};
 
 use super::{
     ProxyContext, ProxyError, copy,
@@ -113,8 +115,7 @@ async fn serve_hbone<C: CertificateSource>(
         .fetch(&identity)
         .await
         .map_err(|e| ProxyError::Certificate(e.to_string()))?;
-    let config = server_config(&certificate, &context.certificates.trust_roots())
-        .map_err(|e| ProxyError::Certificate(e.to_string()))?;
+    let config = pod_server_config(context, pod, certificate)?;
     let tls = TlsAcceptor::from(config)
         .accept(downstream)
         .await
@@ -135,6 +136,25 @@ async fn serve_hbone<C: CertificateSource>(
         }
         Err(error) => Err(ProxyError::Copy(io::Error::other(error))),
     }
+}
+
+/// The pod's HBONE server configuration for `certificate`, from the pod's cache when the
+/// certificate is the one it was built for.
+fn pod_server_config<C: CertificateSource>(
+    context: &ProxyContext<C>,
+    pod: &ServedPod,
+    certificate: Arc<WorkloadCertificate>,
+) -> Result<Arc<rustls::ServerConfig>, ProxyError> {
+    let mut cached = pod.server_tls.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((built_for, config)) = cached.as_ref()
+        && Arc::ptr_eq(built_for, &certificate)
+    {
+        return Ok(config.clone());
+    }
+    let config = server_config(&certificate, &context.certificates.trust_roots())
+        .map_err(|e| ProxyError::Certificate(e.to_string()))?;
+    *cached = Some((certificate, config.clone()));
+    Ok(config)
 }
 
 /// Authorizes and connects each CONNECT of one mutual-TLS connection.

@@ -6,13 +6,14 @@ use std::{
     io,
     net::{Ipv4Addr, SocketAddr, TcpListener as StdListener},
     os::fd::{AsFd, BorrowedFd},
-    sync::{Arc, RwLock},
+    sync::{Arc, Mutex, RwLock},
     time::Duration,
 };
 
 use socket2::{Domain, Socket, Type};
 use tokio::{net::TcpListener, task::JoinHandle};
 use tracing::Instrument;
+use weft_identity::WorkloadCertificate;
 
 use super::{HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT, ProxyContext, inbound, outbound};
 use crate::{
@@ -31,6 +32,9 @@ pub struct ServedPod {
     pub netns: PodNetns,
     /// Tells this pod's namespace apart from every other (all have their own 127.0.0.1).
     pub netns_cookie: NetnsCookie,
+    /// The HBONE server configuration for the pod's current certificate, rebuilt only when the
+    /// certificate changes (not per connection).
+    pub(crate) server_tls: Mutex<Option<(Arc<WorkloadCertificate>, Arc<rustls::ServerConfig>)>>,
 }
 
 /// The registry of served pods; cheap to clone.
@@ -100,6 +104,7 @@ impl PodProxy {
             uid: uid.clone(),
             netns,
             netns_cookie,
+            server_tls: Mutex::new(None),
         });
         context.pods.insert(pod.clone());
 
