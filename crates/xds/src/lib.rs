@@ -1,0 +1,23 @@
+//! The Envoy delta ADS protocol (`DeltaAggregatedResources`), both ends, generic over resources.
+//!
+//! This crate owns the stream mechanics: subscriptions (wildcard or by name), full state then
+//! deltas, nonces, ACK/NACK, debouncing, scoping hooks, reconnects with backoff. A resource here
+//! is only a type URL, a name, a version and packed bytes: this crate must not know what any
+//! resource means. The controller fills a [`ResourceStore`] and serves it with
+//! [`DeltaAdsServer`]; the node agent and the waypoint run a [`DeltaClient`] whose [`Handler`]s
+//! turn resources into their own domain types.
+
+pub mod backoff;
+pub mod client;
+pub mod metrics;
+pub mod server;
+pub mod store;
+
+pub use backoff::Backoff;
+pub use client::{ClientError, ConnectionState, DeltaClient, Handler, Target, Update};
+pub use metrics::{NoMetrics, Rejection, XdsCounters, XdsMetrics};
+pub use server::{DeltaAdsServer, ProxyIdentity, Scope, ServerConfig, StreamError, Unscoped};
+pub use store::{ChangeSummary, ResourceStore, Snapshot, SnapshotReader, StoredResource};
+
+#[cfg(test)]
+mod tests;

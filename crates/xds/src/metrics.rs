@@ -1,0 +1,128 @@
+//! Metrics hooks of the discovery server. The server reports events through [`XdsMetrics`]; the
+//! controller exports them under Istio's metric names (listed once, in [`names`]).
+//! [`XdsCounters`] is a ready-made in-memory implementation, used by tests and admin dumps.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Istio's names for the discovery server metrics, in one place.
+pub mod names {
+    /// Counter: responses pushed to proxies, labelled by resource type.
+    pub const PUSHES: &str = "pilot_xds_pushes";
+    /// Counter: responses rejected (NACKed) by proxies, labelled by resource type.
+    pub const REJECTS: &str = "pilot_total_xds_rejects";
+    /// Gauge: proxies currently connected to the discovery stream.
+    pub const CONNECTED: &str = "pilot_xds";
+    /// Histogram: seconds between a configuration change and its push to one proxy.
+    pub const PUSH_TIME: &str = "pilot_xds_push_time";
+}
+
+/// A rejected response, as reported by the proxy in its NACK.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// `Node.id` of the proxy that rejected the response.
+    pub proxy_id: String,
+    /// Type URL of the rejected resources.
+    pub type_url: String,
+    /// Nonce of the rejected response.
+    pub nonce: String,
+    /// The proxy's error message.
+    pub message: String,
+}
+
+/// Events of the discovery server. Implementations must be cheap and must not block: they are
+/// called from the per-proxy stream tasks.
+pub trait XdsMetrics: Send + Sync + 'static {
+    /// A proxy opened a stream and identified itself.
+    fn proxy_connected(&self, proxy_id: &str);
+    /// A proxy's stream ended.
+    fn proxy_disconnected(&self, proxy_id: &str);
+    /// One response of `type_url` was sent; `latency` runs from the change (or subscription)
+    /// that caused it to the send.
+    fn pushed(&self, type_url: &str, latency: Duration);
+    /// A proxy NACKed a response.
+    fn rejected(&self, rejection: &Rejection);
+}
+
+/// Metrics sink that records nothing.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoMetrics;
+
+impl XdsMetrics for NoMetrics {
+    fn proxy_connected(&self, _proxy_id: &str) {}
+    fn proxy_disconnected(&self, _proxy_id: &str) {}
+    fn pushed(&self, _type_url: &str, _latency: Duration) {}
+    fn rejected(&self, _rejection: &Rejection) {}
+}
+
+/// How many rejections [`XdsCounters`] keeps for inspection; older ones are dropped.
+const RECENT_REJECTIONS_KEPT: usize = 64;
+
+/// In-memory counters: totals plus the most recent rejections.
+#[derive(Debug, Default)]
+pub struct XdsCounters {
+    pushes: AtomicU64,
+    rejects: AtomicU64,
+    connected: AtomicI64,
+    push_time_total_micros: AtomicU64,
+    recent_rejections: Mutex<VecDeque<Rejection>>,
+}
+
+impl XdsCounters {
+    /// Responses pushed so far (`pilot_xds_pushes`).
+    pub fn pushes(&self) -> u64 {
+        self.pushes.load(Ordering::Relaxed)
+    }
+
+    /// NACKs received so far (`pilot_total_xds_rejects`).
+    pub fn rejects(&self) -> u64 {
+        self.rejects.load(Ordering::Relaxed)
+    }
+
+    /// Proxies connected now (`pilot_xds`).
+    pub fn connected(&self) -> i64 {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// Sum of all push latencies (`pilot_xds_push_time` sum).
+    pub fn push_time_total(&self) -> Duration {
+        Duration::from_micros(self.push_time_total_micros.load(Ordering::Relaxed))
+    }
+
+    /// The most recent rejections, oldest first.
+    pub fn recent_rejections(&self) -> Vec<Rejection> {
+        self.recent_rejections
+            .lock()
+            .map(|recent| recent.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+impl XdsMetrics for XdsCounters {
+    fn proxy_connected(&self, _proxy_id: &str) {
+        self.connected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn proxy_disconnected(&self, _proxy_id: &str) {
+        self.connected.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    fn pushed(&self, _type_url: &str, latency: Duration) {
+        self.pushes.fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.push_time_total_micros
+            .fetch_add(micros, Ordering::Relaxed);
+    }
+
+    fn rejected(&self, rejection: &Rejection) {
+        self.rejects.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut recent) = self.recent_rejections.lock() {
+            if recent.len() == RECENT_REJECTIONS_KEPT {
+                recent.pop_front();
+            }
+            recent.push_back(rejection.clone());
+        }
+    }
+}

@@ -1,0 +1,485 @@
+//! The server's resource store: immutable snapshots published by one writer through a
+//! `tokio::sync::watch`, so stream tasks read a consistent state without holding any lock.
+//!
+//! Resources are opaque: a type URL, a name, a version and the packed message. The version is a
+//! stable hash of the packed bytes, so setting an identical resource again changes nothing and
+//! wakes nobody.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use prost_types::Any;
+use tokio::sync::watch;
+
+/// One resource as served on the stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredResource {
+    /// Name, unique within the resource's type.
+    pub name: String,
+    /// Version: a hash of the packed message.
+    pub version: String,
+    /// The packed message.
+    pub body: Any,
+}
+
+impl StoredResource {
+    /// Builds a resource, deriving its version from the packed bytes.
+    pub fn new(name: impl Into<String>, body: Any) -> Self {
+        Self {
+            name: name.into(),
+            version: content_version(&body),
+            body,
+        }
+    }
+}
+
+/// All resources of one type, by name.
+pub type TypeResources = BTreeMap<String, Arc<StoredResource>>;
+
+/// An immutable view of every resource. Cheap to clone: each type's map is shared.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    generation: u64,
+    types: BTreeMap<String, Arc<TypeResources>>,
+}
+
+impl Snapshot {
+    /// Increases by one on every published change; sent as `system_version_info`.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The resources of one type, if any were ever set.
+    pub fn resources(&self, type_url: &str) -> Option<&Arc<TypeResources>> {
+        self.types.get(type_url)
+    }
+
+    /// One resource.
+    pub fn get(&self, type_url: &str, name: &str) -> Option<&Arc<StoredResource>> {
+        self.types.get(type_url)?.get(name)
+    }
+
+    /// Type URLs that have (or had) resources.
+    pub fn type_urls(&self) -> impl Iterator<Item = &str> {
+        self.types.keys().map(String::as_str)
+    }
+}
+
+/// What a write changed, per resource.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ChangeSummary {
+    /// Resources that did not exist before.
+    pub added: usize,
+    /// Resources whose version changed.
+    pub updated: usize,
+    /// Resources that no longer exist.
+    pub removed: usize,
+}
+
+impl ChangeSummary {
+    /// Whether the write changed anything at all.
+    pub fn is_empty(&self) -> bool {
+        self.added == 0 && self.updated == 0 && self.removed == 0
+    }
+}
+
+/// The single writer of the resource snapshots. Mutators take `&mut self`, so there is exactly
+/// one writer; readers hold [`SnapshotReader`]s. Dropping the store ends every discovery stream
+/// served from it (proxies then reconnect elsewhere or later).
+#[derive(Debug)]
+pub struct ResourceStore {
+    current: Snapshot,
+    publisher: watch::Sender<Arc<Snapshot>>,
+}
+
+impl Default for ResourceStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ResourceStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        let (publisher, _) = watch::channel(Arc::new(Snapshot::default()));
+        Self {
+            current: Snapshot::default(),
+            publisher,
+        }
+    }
+
+    /// A handle for readers, woken on every published change.
+    pub fn reader(&self) -> SnapshotReader {
+        SnapshotReader {
+            receiver: self.publisher.subscribe(),
+        }
+    }
+
+    /// The latest snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.publisher.borrow().clone()
+    }
+
+    /// Adds or replaces one resource. Publishes only if its content changed.
+    pub fn set(&mut self, type_url: &str, name: impl Into<String>, body: Any) -> ChangeSummary {
+        let resource = StoredResource::new(name, body);
+        let mut summary = ChangeSummary::default();
+        let existing = self.current.get(type_url, &resource.name);
+        match existing {
+            Some(existing) if existing.version == resource.version => return summary,
+            Some(_) => summary.updated = 1,
+            None => summary.added = 1,
+        }
+        let mut resources = self.type_resources(type_url);
+        resources.insert(resource.name.clone(), Arc::new(resource));
+        self.current
+            .types
+            .insert(type_url.to_string(), Arc::new(resources));
+        self.publish();
+        summary
+    }
+
+    /// Removes one resource. Publishes only if it existed.
+    pub fn remove(&mut self, type_url: &str, name: &str) -> ChangeSummary {
+        if self.current.get(type_url, name).is_none() {
+            return ChangeSummary::default();
+        }
+        let mut resources = self.type_resources(type_url);
+        resources.remove(name);
+        self.current
+            .types
+            .insert(type_url.to_string(), Arc::new(resources));
+        self.publish();
+        ChangeSummary {
+            removed: 1,
+            ..ChangeSummary::default()
+        }
+    }
+
+    /// Replaces every resource of one type with `resources`, keeping unchanged ones (same
+    /// version) as they were. Publishes once, and only if something changed.
+    pub fn replace_type(
+        &mut self,
+        type_url: &str,
+        resources: impl IntoIterator<Item = (String, Any)>,
+    ) -> ChangeSummary {
+        let previous = self
+            .current
+            .resources(type_url)
+            .cloned()
+            .unwrap_or_default();
+        let (next, summary) = merge_type(&previous, resources);
+        if summary.is_empty() {
+            return summary;
+        }
+        self.current
+            .types
+            .insert(type_url.to_string(), Arc::new(next));
+        self.publish();
+        summary
+    }
+
+    /// Replaces the whole state: every type in `types` as with [`Self::replace_type`], and every
+    /// type absent from it emptied. Publishes once, and only if something changed.
+    pub fn replace_all(
+        &mut self,
+        types: impl IntoIterator<Item = (String, Vec<(String, Any)>)>,
+    ) -> ChangeSummary {
+        let mut total = ChangeSummary::default();
+        let mut next_types = BTreeMap::new();
+        for (type_url, resources) in types {
+            let previous = self
+                .current
+                .resources(&type_url)
+                .cloned()
+                .unwrap_or_default();
+            let (next, summary) = merge_type(&previous, resources);
+            total.added += summary.added;
+            total.updated += summary.updated;
+            total.removed += summary.removed;
+            let next = if summary.is_empty() {
+                previous
+            } else {
+                Arc::new(next)
+            };
+            next_types.insert(type_url, next);
+        }
+        for (type_url, previous) in &self.current.types {
+            if !next_types.contains_key(type_url) {
+                total.removed += previous.len();
+                next_types.insert(type_url.clone(), Arc::new(TypeResources::new()));
+            }
+        }
+        if total.is_empty() {
+            return total;
+        }
+        self.current.types = next_types;
+        self.publish();
+        total
+    }
+
+    fn type_resources(&self, type_url: &str) -> TypeResources {
+        self.current
+            .resources(type_url)
+            .map(|resources| resources.as_ref().clone())
+            .unwrap_or_default()
+    }
+
+    fn publish(&mut self) {
+        self.current.generation += 1;
+        self.publisher.send_replace(Arc::new(self.current.clone()));
+    }
+}
+
+/// Builds the next map of one type from the full list of its resources, sharing unchanged
+/// entries with `previous`.
+fn merge_type(
+    previous: &TypeResources,
+    resources: impl IntoIterator<Item = (String, Any)>,
+) -> (TypeResources, ChangeSummary) {
+    let mut summary = ChangeSummary::default();
+    let mut next = TypeResources::new();
+    for (name, body) in resources {
+        let resource = StoredResource::new(name, body);
+        let entry = match previous.get(&resource.name) {
+            Some(existing) if existing.version == resource.version => existing.clone(),
+            Some(_) => {
+                summary.updated += 1;
+                Arc::new(resource)
+            }
+            None => {
+                summary.added += 1;
+                Arc::new(resource)
+            }
+        };
+        // A duplicate name in the input keeps the last entry, like repeated `set`s would.
+        next.insert(entry.name.clone(), entry);
+    }
+    summary.removed = previous
+        .keys()
+        .filter(|name| !next.contains_key(*name))
+        .count();
+    (next, summary)
+}
+
+/// A reader of the store: the latest snapshot, and a wake-up on each change.
+#[derive(Debug, Clone)]
+pub struct SnapshotReader {
+    receiver: watch::Receiver<Arc<Snapshot>>,
+}
+
+impl SnapshotReader {
+    /// The latest snapshot, marking it seen.
+    pub fn latest(&mut self) -> Arc<Snapshot> {
+        self.receiver.borrow_and_update().clone()
+    }
+
+    /// The latest snapshot, without marking it seen: a pending change still wakes
+    /// [`Self::changed`].
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.receiver.borrow().clone()
+    }
+
+    /// Waits for a snapshot newer than the last one seen. Returns `false` once the store is gone.
+    pub async fn changed(&mut self) -> bool {
+        self.receiver.changed().await.is_ok()
+    }
+}
+
+/// A stable content hash (64-bit FNV-1a over type URL and bytes), so versions survive restarts
+/// of the server and a reconnecting proxy can compare what it has.
+fn content_version(body: &Any) -> String {
+    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut hash = OFFSET_BASIS;
+    for byte in body
+        .type_url
+        .as_bytes()
+        .iter()
+        .chain([0u8].iter())
+        .chain(body.value.iter())
+    {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(PRIME);
+    }
+    format!("{hash:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn any(value: &[u8]) -> Any {
+        Any {
+            type_url: "type.googleapis.com/test.Thing".into(),
+            value: value.to_vec(),
+        }
+    }
+
+    #[test]
+    fn versions_are_stable_and_content_derived() {
+        let cases = [
+            (any(b"a"), any(b"a"), true),
+            (any(b"a"), any(b"b"), false),
+            (
+                any(b"a"),
+                Any {
+                    type_url: "type.googleapis.com/test.Other".into(),
+                    value: b"a".to_vec(),
+                },
+                false,
+            ),
+        ];
+        for (left, right, same) in cases {
+            assert_eq!(
+                content_version(&left) == content_version(&right),
+                same,
+                "{left:?} vs {right:?}"
+            );
+        }
+        // Fixed value: a version must not change between builds or restarts.
+        assert_eq!(content_version(&any(b"")).len(), 16);
+    }
+
+    type Write = Box<dyn Fn(&mut ResourceStore) -> ChangeSummary>;
+
+    #[test]
+    fn set_and_remove_publish_only_real_changes() {
+        let mut store = ResourceStore::new();
+        let mut reader = store.reader();
+        let t = "type.googleapis.com/test.Thing";
+
+        let cases: [(&str, Write, ChangeSummary); 5] = [
+            (
+                "add",
+                Box::new(|s| s.set(t, "x", any(b"1"))),
+                ChangeSummary {
+                    added: 1,
+                    ..Default::default()
+                },
+            ),
+            (
+                "same content",
+                Box::new(|s| s.set(t, "x", any(b"1"))),
+                ChangeSummary::default(),
+            ),
+            (
+                "update",
+                Box::new(|s| s.set(t, "x", any(b"2"))),
+                ChangeSummary {
+                    updated: 1,
+                    ..Default::default()
+                },
+            ),
+            (
+                "remove",
+                Box::new(|s| s.remove(t, "x")),
+                ChangeSummary {
+                    removed: 1,
+                    ..Default::default()
+                },
+            ),
+            (
+                "remove missing",
+                Box::new(|s| s.remove(t, "x")),
+                ChangeSummary::default(),
+            ),
+        ];
+        for (case, write, expected) in cases {
+            let before = reader.latest().generation();
+            assert_eq!(write(&mut store), expected, "{case}");
+            let after = reader.latest().generation();
+            assert_eq!(
+                after > before,
+                !expected.is_empty(),
+                "{case}: publish iff changed"
+            );
+        }
+    }
+
+    #[test]
+    fn replace_type_computes_per_resource_changes() {
+        let mut store = ResourceStore::new();
+        let t = "type.googleapis.com/test.Thing";
+        store.replace_type(
+            t,
+            [
+                ("keep".to_string(), any(b"k")),
+                ("change".to_string(), any(b"1")),
+                ("drop".to_string(), any(b"d")),
+            ],
+        );
+        let kept_before = store.snapshot().get(t, "keep").cloned().unwrap();
+
+        let summary = store.replace_type(
+            t,
+            [
+                ("keep".to_string(), any(b"k")),
+                ("change".to_string(), any(b"2")),
+                ("new".to_string(), any(b"n")),
+            ],
+        );
+        assert_eq!(
+            summary,
+            ChangeSummary {
+                added: 1,
+                updated: 1,
+                removed: 1
+            }
+        );
+        let snapshot = store.snapshot();
+        assert!(snapshot.get(t, "drop").is_none());
+        assert!(
+            Arc::ptr_eq(&kept_before, snapshot.get(t, "keep").unwrap()),
+            "unchanged entries are shared"
+        );
+
+        let generation = snapshot.generation();
+        let summary = store.replace_type(
+            t,
+            [
+                ("keep".to_string(), any(b"k")),
+                ("change".to_string(), any(b"2")),
+                ("new".to_string(), any(b"n")),
+            ],
+        );
+        assert!(summary.is_empty());
+        assert_eq!(
+            store.snapshot().generation(),
+            generation,
+            "no-op replace does not publish"
+        );
+    }
+
+    #[test]
+    fn replace_all_empties_types_left_out() {
+        let mut store = ResourceStore::new();
+        store.set("a", "1", any(b"1"));
+        store.set("b", "2", any(b"2"));
+        let summary = store.replace_all([("a".to_string(), vec![("1".to_string(), any(b"1"))])]);
+        assert_eq!(
+            summary,
+            ChangeSummary {
+                removed: 1,
+                ..Default::default()
+            }
+        );
+        let snapshot = store.snapshot();
+        assert!(snapshot.get("a", "1").is_some());
+        assert!(snapshot.resources("b").unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn readers_wake_on_change_and_see_the_end_of_the_store() {
+        let mut store = ResourceStore::new();
+        let mut reader = store.reader();
+        reader.latest();
+        store.set("a", "1", any(b"1"));
+        let woke = tokio::time::timeout(std::time::Duration::from_secs(5), reader.changed()).await;
+        assert_eq!(woke.ok(), Some(true));
+        assert!(reader.latest().get("a", "1").is_some());
+        drop(store);
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(5), reader.changed()).await;
+        assert_eq!(ended.ok(), Some(false));
+    }
+}
