@@ -12,3 +12,4 @@ pub mod proxy;
 pub mod state;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod xds;

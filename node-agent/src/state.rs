@@ -18,7 +18,7 @@ use serde::Serialize;
 use weft_identity::SpiffeId;
 use weft_policy::l4::Authorization;
 
-pub use convert::{AddressResource, ConversionError};
+pub use convert::{AddressResource, ConversionError, authorization_from_proto};
 
 /// Istio's HBONE port, the default for workloads and waypoints.
 pub const HBONE_PORT: u16 = 15008;

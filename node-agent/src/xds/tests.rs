@@ -1,0 +1,155 @@
+use prost::Name;
+use prost_types::Any;
+
+use super::*;
+
+fn resource<M: Message + Name>(name: &str, message: &M) -> Resource {
+    Resource {
+        name: name.into(),
+        version: "1".into(),
+        resource: Some(Any::from_msg(message).unwrap()),
+        ..Default::default()
+    }
+}
+
+fn workload_address(uid: &str, ip: [u8; 4]) -> workload::Address {
+    workload::Address {
+        r#type: Some(workload::address::Type::Workload(workload::Workload {
+            uid: uid.into(),
+            name: uid.into(),
+            namespace: "shop".into(),
+            addresses: vec![ip.to_vec()],
+            service_account: "sa".into(),
+            tunnel_protocol: workload::TunnelProtocol::Hbone as i32,
+            ..Default::default()
+        })),
+    }
+}
+
+fn update(added: Vec<Resource>, removed: Vec<&str>) -> Update {
+    Update {
+        added,
+        removed: removed.into_iter().map(String::from).collect(),
+        full_state: false,
+    }
+}
+
+#[test]
+fn addresses_apply_all_or_nothing() {
+    let store = WorkloadStore::new();
+    let mut handler = AddressHandler::new(store.clone());
+    handler
+        .apply(update(
+            vec![
+                resource("w1", &workload_address("w1", [10, 0, 0, 1])),
+                resource("w2", &workload_address("w2", [10, 0, 0, 2])),
+            ],
+            vec![],
+        ))
+        .unwrap();
+    assert!(store.workload_by_uid("w1").is_some());
+
+    // One bad resource: the whole update is refused, w1 is not removed, w3 not added.
+    let error = handler
+        .apply(update(
+            vec![
+                resource("w3", &workload_address("w3", [10, 0, 0, 3])),
+                resource("bad", &workload_address("", [10, 0, 0, 4])),
+            ],
+            vec!["w1"],
+        ))
+        .unwrap_err();
+    assert!(error.contains("field uid: empty"), "{error}");
+    assert!(store.workload_by_uid("w1").is_some());
+    assert!(store.workload_by_uid("w3").is_none());
+
+    handler.apply(update(vec![], vec!["w1"])).unwrap();
+    assert!(store.workload_by_uid("w1").is_none());
+    assert!(store.workload_by_uid("w2").is_some());
+}
+
+#[test]
+fn authorizations_convert_and_bad_ones_are_refused() {
+    let store = WorkloadStore::new();
+    let mut handler = AuthorizationHandler::new(store.clone());
+    let policy = security::Authorization {
+        name: "deny-legacy".into(),
+        namespace: "shop".into(),
+        scope: security::Scope::Namespace as i32,
+        action: security::Action::Deny as i32,
+        rules: vec![security::Rule {
+            clauses: vec![security::Clause {
+                matches: vec![security::Match {
+                    principals: vec![security::StringMatch {
+                        match_type: Some(security::string_match::MatchType::Suffix(
+                            "/sa/legacy".into(),
+                        )),
+                    }],
+                    source_ips: vec![security::Address {
+                        address: vec![10, 1, 0, 0],
+                        length: 16,
+                    }],
+                    destination_ports: vec![8080],
+                    ..Default::default()
+                }],
+            }],
+        }],
+        dry_run: false,
+    };
+    handler
+        .apply(update(vec![resource("shop/deny-legacy", &policy)], vec![]))
+        .unwrap();
+    let stored = store.policy("shop/deny-legacy").unwrap();
+    let m = &stored.rules[0].clauses[0].matches[0];
+    assert_eq!(m.destination_ports, vec![8080]);
+    assert_eq!(m.source_ips[0].to_string(), "10.1.0.0/16");
+
+    let cases: Vec<(security::Authorization, &str)> = vec![
+        (
+            security::Authorization {
+                action: 9,
+                ..policy.clone()
+            },
+            "field action: unknown value 9",
+        ),
+        (
+            security::Authorization {
+                rules: vec![security::Rule {
+                    clauses: vec![security::Clause {
+                        matches: vec![security::Match {
+                            source_ips: vec![security::Address {
+                                address: vec![10, 1, 0, 0],
+                                length: 40,
+                            }],
+                            ..Default::default()
+                        }],
+                    }],
+                }],
+                ..policy.clone()
+            },
+            "prefix length 40",
+        ),
+        (
+            security::Authorization {
+                rules: vec![security::Rule {
+                    clauses: vec![security::Clause {
+                        matches: vec![security::Match {
+                            destination_ports: vec![70_000],
+                            ..Default::default()
+                        }],
+                    }],
+                }],
+                ..policy.clone()
+            },
+            "port 70000",
+        ),
+    ];
+    for (bad, expected) in cases {
+        let error = handler
+            .apply(update(vec![resource("shop/deny-legacy", &bad)], vec![]))
+            .unwrap_err();
+        assert!(error.contains(expected), "{error:?} lacks {expected:?}");
+    }
+    // The last good version stays.
+    assert_eq!(store.policy("shop/deny-legacy").unwrap(), stored);
+}
