@@ -1,52 +1,289 @@
-//! Interim interface of the agent metrics (replaced by the full registry).
-use prometheus_client::{encoding::EncodeLabelSet, registry::Registry};
+//! The agent's metrics, with Istio's names and labels (what ztunnel exports), and the
+//! per-connection record: a guard opened with the connection's labels, counting its bytes without
+//! locks, that on drop closes the connection's counters and writes its one access-log event.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Instant,
+};
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family},
+    registry::Registry,
+};
 
 use crate::state::{Service, Workload};
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, EncodeLabelSet)]
+/// Istio's label set for TCP metrics; `unknown` where a value is not known.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ConnectionLabels {
     pub reporter: String,
+    pub source_workload: String,
+    pub source_canonical_service: String,
+    pub source_canonical_revision: String,
+    pub source_workload_namespace: String,
+    pub source_principal: String,
+    pub source_app: String,
+    pub source_version: String,
+    pub source_cluster: String,
+    pub destination_service: String,
+    pub destination_service_namespace: String,
+    pub destination_service_name: String,
+    pub destination_workload: String,
+    pub destination_canonical_service: String,
+    pub destination_canonical_revision: String,
+    pub destination_workload_namespace: String,
+    pub destination_principal: String,
+    pub destination_app: String,
+    pub destination_version: String,
+    pub destination_cluster: String,
+    pub request_protocol: String,
     pub response_flags: String,
     pub connection_security_policy: String,
 }
 
-impl ConnectionLabels {
-    pub fn from_workloads(
-        reporter: &str,
-        _src: Option<&Workload>,
-        _dst: Option<&Workload>,
-        _dst_service: Option<&Service>,
-        security_policy: &str,
-    ) -> Self {
+const UNKNOWN: &str = "unknown";
+
+fn or_unknown(value: &str) -> String {
+    if value.is_empty() {
+        UNKNOWN.to_string()
+    } else {
+        value.to_string()
+    }
+}
+
+impl Default for ConnectionLabels {
+    fn default() -> Self {
+        let u = || UNKNOWN.to_string();
         Self {
-            reporter: reporter.into(),
-            response_flags: "-".into(),
-            connection_security_policy: security_policy.into(),
+            reporter: u(),
+            source_workload: u(),
+            source_canonical_service: u(),
+            source_canonical_revision: u(),
+            source_workload_namespace: u(),
+            source_principal: u(),
+            source_app: u(),
+            source_version: u(),
+            source_cluster: u(),
+            destination_service: u(),
+            destination_service_namespace: u(),
+            destination_service_name: u(),
+            destination_workload: u(),
+            destination_canonical_service: u(),
+            destination_canonical_revision: u(),
+            destination_workload_namespace: u(),
+            destination_principal: u(),
+            destination_app: u(),
+            destination_version: u(),
+            destination_cluster: u(),
+            request_protocol: "tcp".to_string(),
+            response_flags: "-".to_string(),
+            connection_security_policy: u(),
         }
     }
 }
 
-#[derive(Debug, Default)]
-pub struct Metrics;
-
-impl Metrics {
-    pub fn new(_registry: &mut Registry) -> Self {
-        Self
-    }
-    pub fn connection_opened(&self, labels: ConnectionLabels) -> ConnectionGuard {
-        ConnectionGuard { labels }
+impl ConnectionLabels {
+    /// Labels for a connection between `source` and `destination` (either may be unknown).
+    pub fn from_workloads(
+        reporter: &str,
+        source: Option<&Workload>,
+        destination: Option<&Workload>,
+        destination_service: Option<&Service>,
+        security_policy: &str,
+    ) -> Self {
+        let mut labels = Self {
+            reporter: reporter.to_string(),
+            connection_security_policy: security_policy.to_string(),
+            ..Self::default()
+        };
+        if let Some(w) = source {
+            labels.source_workload = or_unknown(&w.workload_name);
+            labels.source_canonical_service = or_unknown(&w.canonical_name);
+            labels.source_canonical_revision = or_unknown(&w.canonical_revision);
+            labels.source_workload_namespace = or_unknown(&w.namespace);
+            labels.source_principal = principal(w);
+            labels.source_app = or_unknown(&w.canonical_name);
+            labels.source_version = or_unknown(&w.canonical_revision);
+            labels.source_cluster = or_unknown(&w.cluster_id);
+        }
+        if let Some(w) = destination {
+            labels.destination_workload = or_unknown(&w.workload_name);
+            labels.destination_canonical_service = or_unknown(&w.canonical_name);
+            labels.destination_canonical_revision = or_unknown(&w.canonical_revision);
+            labels.destination_workload_namespace = or_unknown(&w.namespace);
+            labels.destination_principal = principal(w);
+            labels.destination_app = or_unknown(&w.canonical_name);
+            labels.destination_version = or_unknown(&w.canonical_revision);
+            labels.destination_cluster = or_unknown(&w.cluster_id);
+        }
+        if let Some(s) = destination_service {
+            labels.destination_service = or_unknown(&s.hostname);
+            labels.destination_service_namespace = or_unknown(&s.namespace);
+            labels.destination_service_name = or_unknown(&s.name);
+        }
+        labels
     }
 }
 
+fn principal(workload: &Workload) -> String {
+    workload
+        .identity()
+        .map_or_else(|_| UNKNOWN.to_string(), |id| id.to_string())
+}
+
+/// The agent's metric families.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    opened: Family<ConnectionLabels, Counter>,
+    closed: Family<ConnectionLabels, Counter>,
+    sent: Family<ConnectionLabels, Counter>,
+    received: Family<ConnectionLabels, Counter>,
+}
+
+impl Metrics {
+    /// Registers Istio's `istio_tcp_*` families (the `_total` suffix is added on export).
+    pub fn new(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        let istio = registry.sub_registry_with_prefix("istio");
+        istio.register(
+            "tcp_connections_opened",
+            "Total TCP connections opened",
+            metrics.opened.clone(),
+        );
+        istio.register(
+            "tcp_connections_closed",
+            "Total TCP connections closed",
+            metrics.closed.clone(),
+        );
+        istio.register(
+            "tcp_sent_bytes",
+            "Bytes sent in response to the client (destination to source)",
+            metrics.sent.clone(),
+        );
+        istio.register(
+            "tcp_received_bytes",
+            "Bytes received from the client (source to destination)",
+            metrics.received.clone(),
+        );
+        metrics
+    }
+
+    /// Counts the connection as opened and returns its record.
+    pub fn connection_opened(&self, labels: ConnectionLabels) -> ConnectionGuard {
+        self.opened.get_or_create(&labels).inc();
+        ConnectionGuard {
+            sent: self.sent.clone(),
+            received: self.received.clone(),
+            closed: self.closed.clone(),
+            bytes: Arc::default(),
+            labels,
+            started: Instant::now(),
+        }
+    }
+}
+
+/// One connection's record. Bytes are counted in atomics and flushed into the families when the
+/// connection ends, so the hot path takes no lock.
 #[derive(Debug)]
 pub struct ConnectionGuard {
+    sent: Family<ConnectionLabels, Counter>,
+    received: Family<ConnectionLabels, Counter>,
+    closed: Family<ConnectionLabels, Counter>,
+    bytes: Arc<[AtomicU64; 2]>,
     labels: ConnectionLabels,
+    started: Instant,
 }
 
 impl ConnectionGuard {
-    pub fn add_sent(&self, _bytes: u64) {}
-    pub fn add_received(&self, _bytes: u64) {}
+    /// Bytes sent toward the client (the response direction).
+    pub fn add_sent(&self, bytes: u64) {
+        self.bytes[0].fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Bytes received from the client (the request direction).
+    pub fn add_received(&self, bytes: u64) {
+        self.bytes[1].fetch_add(bytes, Ordering::Relaxed);
+    }
+
     pub fn set_response_flags(&mut self, flags: &str) {
-        self.labels.response_flags = flags.into();
+        flags.clone_into(&mut self.labels.response_flags);
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        let sent = self.bytes[0].load(Ordering::Relaxed);
+        let received = self.bytes[1].load(Ordering::Relaxed);
+        self.sent.get_or_create(&self.labels).inc_by(sent);
+        self.received.get_or_create(&self.labels).inc_by(received);
+        self.closed.get_or_create(&self.labels).inc();
+        let l = &self.labels;
+        tracing::info!(
+            target: "access",
+            reporter = %l.reporter,
+            src_workload = %l.source_workload,
+            src_namespace = %l.source_workload_namespace,
+            src_identity = %l.source_principal,
+            dst_workload = %l.destination_workload,
+            dst_namespace = %l.destination_workload_namespace,
+            dst_identity = %l.destination_principal,
+            dst_service = %l.destination_service,
+            security = %l.connection_security_policy,
+            response_flags = %l.response_flags,
+            bytes_sent = sent,
+            bytes_received = received,
+            duration_ms = self.started.elapsed().as_millis() as u64,
+            "connection complete"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prometheus_client::encoding::text::encode;
+
+    use super::*;
+
+    #[test]
+    fn a_connection_is_counted_with_every_label_and_its_bytes() {
+        let mut registry = Registry::default();
+        let metrics = Metrics::new(&mut registry);
+        let mut guard = metrics.connection_opened(ConnectionLabels {
+            reporter: "destination".into(),
+            source_principal: "spiffe://cluster.local/ns/a/sa/b".into(),
+            ..ConnectionLabels::default()
+        });
+        guard.add_sent(300);
+        guard.add_received(20);
+        guard.add_received(22);
+        guard.set_response_flags("DENY");
+        drop(guard);
+        let mut text = String::new();
+        encode(&mut text, &registry).unwrap();
+        for expected in [
+            "istio_tcp_connections_opened_total{reporter=\"destination\"",
+            "istio_tcp_connections_closed_total{reporter=\"destination\"",
+            "response_flags=\"DENY\"",
+            "source_principal=\"spiffe://cluster.local/ns/a/sa/b\"",
+            "destination_workload=\"unknown\"",
+            "connection_security_policy=\"unknown\"",
+        ] {
+            assert!(text.contains(expected), "missing {expected} in\n{text}");
+        }
+        let received = text
+            .lines()
+            .find(|l| l.starts_with("istio_tcp_received_bytes_total{"))
+            .unwrap();
+        assert!(received.ends_with(" 42"), "{received}");
+        let sent = text
+            .lines()
+            .find(|l| l.starts_with("istio_tcp_sent_bytes_total{"))
+            .unwrap();
+        assert!(sent.ends_with(" 300"), "{sent}");
     }
 }

@@ -64,8 +64,8 @@ impl CertificateSource for LocalCertificates {
         Ok(certificate)
     }
 
-    fn trust_roots(&self) -> Arc<TrustRoots> {
-        self.roots.clone()
+    fn trust_roots(&self) -> Option<Arc<TrustRoots>> {
+        Some(self.roots.clone())
     }
 }
 

@@ -449,7 +449,7 @@ async fn raw_tls_to(
     let certificate = certificates.fetch(identity).await.unwrap();
     let mut config = (*weft_identity::client_config(
         &certificate,
-        &certificates.trust_roots(),
+        &certificates.trust_roots().unwrap(),
         expected_server.clone(),
     )
     .unwrap())

@@ -151,8 +151,12 @@ fn pod_server_config<C: CertificateSource>(
     {
         return Ok(config.clone());
     }
-    let config = server_config(&certificate, &context.certificates.trust_roots())
-        .map_err(|e| ProxyError::Certificate(e.to_string()))?;
+    let roots = context
+        .certificates
+        .trust_roots()
+        .ok_or_else(|| ProxyError::Certificate("no trust roots yet".into()))?;
+    let config =
+        server_config(&certificate, &roots).map_err(|e| ProxyError::Certificate(e.to_string()))?;
     *cached = Some((certificate, config.clone()));
     Ok(config)
 }

@@ -62,12 +62,12 @@ impl<C: CertificateSource> Connector<PoolKey> for HboneConnector<C> {
             .fetch(&key.source_identity)
             .await
             .map_err(io::Error::other)?;
-        let config = client_config(
-            &certificate,
-            &self.certificates.trust_roots(),
-            key.destination_identity.clone(),
-        )
-        .map_err(io::Error::other)?;
+        let roots = self
+            .certificates
+            .trust_roots()
+            .ok_or_else(|| io::Error::other("no trust roots yet"))?;
+        let config = client_config(&certificate, &roots, key.destination_identity.clone())
+            .map_err(io::Error::other)?;
         let tcp = connect_in(&pod.netns, key.gateway).await?;
         TlsConnector::from(config)
             .connect(hbone_server_name(key.gateway.ip()), tcp)
