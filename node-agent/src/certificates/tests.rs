@@ -37,14 +37,14 @@ impl CaClient for FakeCa {
     }
 }
 
-fn manager(
-    ttl: Duration,
-    fail_first: u32,
-) -> (
+/// The manager, its request counter and the CSRs it sent.
+type Harness = (
     Arc<CertificateManager<FakeCa>>,
     Arc<AtomicU32>,
     Arc<Mutex<Vec<String>>>,
-) {
+);
+
+fn manager(ttl: Duration, fail_first: u32) -> Harness {
     let requests = Arc::new(AtomicU32::new(0));
     let csrs = Arc::new(Mutex::new(Vec::new()));
     let ca = FakeCa {
