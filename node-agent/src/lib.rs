@@ -2,7 +2,9 @@
 //! TCP connections into it, terminates those connections inside each pod's network namespace,
 //! applies L4 policy and carries the bytes over HBONE mutual TLS. It never parses application HTTP.
 
+pub mod admin;
 pub mod certificates;
+pub mod config;
 pub mod ebpf;
 pub mod enrollment;
 pub mod metrics;
