@@ -211,21 +211,24 @@ async fn run(config: Config) -> anyhow::Result<()> {
         Arc::new(move |path| match path {
             "/config_dump" => {
                 let state = xds_state.borrow().clone();
-                let body = serde_json::json!({
-                    "config": config,
-                    "xds": {
-                        "connected": state.connected,
-                        "synced": state.synced,
-                        "last_error": state.last_error,
+                let dump = ConfigDump {
+                    config: &config,
+                    xds: XdsDump {
+                        connected: state.connected,
+                        synced: state.synced,
+                        last_error: state.last_error,
                     },
-                    "state": store.dump(),
-                    "certificates": certificates.describe(),
-                });
-                Some((
-                    StatusCode::OK,
-                    "application/json",
-                    serde_json::to_string_pretty(&body).unwrap_or_default(),
-                ))
+                    state: store.dump(),
+                    certificates: certificates.describe(),
+                };
+                Some(match serde_json::to_string_pretty(&dump) {
+                    Ok(body) => (StatusCode::OK, "application/json", body),
+                    Err(error) => (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "text/plain",
+                        format!("config dump: {error}\n"),
+                    ),
+                })
             }
             "/healthz" => Some((StatusCode::OK, "text/plain", "ok\n".into())),
             _ => None,
@@ -287,6 +290,22 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let _ = shutdown_sender.send(true);
     drop(pods);
     Ok(())
+}
+
+/// What `/config_dump` shows: configuration, xDS state, the store and certificates (no keys).
+#[derive(serde::Serialize)]
+struct ConfigDump<'a> {
+    config: &'a Config,
+    xds: XdsDump,
+    state: node_agent::state::StoreDump,
+    certificates: Vec<node_agent::certificates::CertificateState>,
+}
+
+#[derive(serde::Serialize)]
+struct XdsDump {
+    connected: bool,
+    synced: bool,
+    last_error: Option<String>,
 }
 
 async fn wait_for_signal() {

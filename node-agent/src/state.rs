@@ -49,11 +49,18 @@ pub struct GatewayAddress {
     pub hbone_port: u16,
 }
 
-/// A service's key: its namespace and fully qualified hostname.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+/// A service's key: its namespace and fully qualified hostname. Serializes as
+/// `namespace/hostname` (it is a map key in dumps).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NamespacedHostname {
     pub namespace: String,
     pub hostname: String,
+}
+
+impl Serialize for NamespacedHostname {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
 }
 
 impl std::fmt::Display for NamespacedHostname {

@@ -11,8 +11,8 @@ struct Args {
     #[arg(long, env = "SERVICE", default_value = "sample")]
     service: String,
     /// Version it reports (v1, v2, ...).
-    #[arg(long, env = "VERSION", default_value = "v1")]
-    version: String,
+    #[arg(long = "app-version", env = "VERSION", default_value = "v1")]
+    app_version: String,
     /// Pod name it reports.
     #[arg(long, env = "POD_NAME", default_value = "sample")]
     pod: String,
@@ -31,7 +31,7 @@ async fn main() -> anyhow::Result<()> {
     let (http, grpc, task) = start(
         Identity {
             service: args.service,
-            version: args.version,
+            version: args.app_version,
             pod: args.pod,
         },
         args.http,
