@@ -346,6 +346,26 @@ impl Mesh {
         }
     }
 
+    /// Restarts the agent of `node` after a stop or kill: it adopts the pinned redirection, and the
+    /// enrolling side (the CNI) reconnects and resends its snapshot, as it does after any agent
+    /// restart.
+    pub fn restart_agent(&mut self, node: &str) -> anyhow::Result<()> {
+        self.start_agent(node)?;
+        self.wait_ready(node)?;
+        self.enroll(node)
+    }
+
+    /// Starts `program` inside `pod` in the background (its output captured).
+    pub fn spawn_in_pod(&self, pod: &str, program: &str, args: &[&str]) -> anyhow::Result<Child> {
+        Ok(self
+            .testbed
+            .pod_command(pod, program)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?)
+    }
+
     /// Waits for the agent's readiness endpoint.
     pub fn wait_ready(&self, node: &str) -> anyhow::Result<()> {
         let ip = self.testbed.node(node).ip;
@@ -393,6 +413,8 @@ impl Mesh {
                 "0.0.0.0:8080",
                 "--grpc",
                 "0.0.0.0:9090",
+                "--echo",
+                "0.0.0.0:7000",
             ]);
             let log = self.dir.join(format!("app-{}.log", spec.name));
             self.apps.push(Process::spawn(&spec.name, command, log)?);

@@ -215,6 +215,19 @@ impl Echo for GrpcEcho {
     }
 }
 
+/// Serves a raw TCP echo on `listener` (bytes in, same bytes out) until the task is dropped.
+pub async fn serve_echo(listener: TcpListener) -> std::io::Result<()> {
+    loop {
+        let (mut stream, _) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(async move {
+            let (mut read, mut write) = stream.split();
+            let _ = tokio::io::copy(&mut read, &mut write).await;
+            let _ = tokio::io::AsyncWriteExt::shutdown(&mut write).await;
+        });
+    }
+}
+
 /// Binds and serves both ports; returns their addresses and the serving task.
 pub async fn start(
     identity: Identity,

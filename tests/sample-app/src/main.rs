@@ -22,12 +22,16 @@ struct Args {
     /// gRPC listen address.
     #[arg(long, default_value = "0.0.0.0:9090")]
     grpc: SocketAddr,
+    /// Raw TCP echo listen address (bytes in, same bytes out).
+    #[arg(long)]
+    echo: Option<SocketAddr>,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt().with_env_filter("info").init();
     let args = Args::parse();
+    let echo = args.echo;
     let (http, grpc, task) = start(
         Identity {
             service: args.service,
@@ -38,7 +42,11 @@ async fn main() -> anyhow::Result<()> {
         args.grpc,
     )
     .await?;
-    tracing::info!(%http, %grpc, "sample app serving");
+    if let Some(echo) = echo {
+        let listener = tokio::net::TcpListener::bind(echo).await?;
+        tokio::spawn(weft_sample_app::serve_echo(listener));
+    }
+    tracing::info!(%http, %grpc, echo = ?echo, "sample app serving");
     task.await?;
     Ok(())
 }
