@@ -9,4 +9,5 @@
 pub mod crd;
 pub mod loader;
 pub mod model;
+pub mod source;
 pub mod validation;
