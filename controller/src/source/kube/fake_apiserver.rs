@@ -42,7 +42,10 @@ pub enum FakeApiError {
         source: http::uri::InvalidUri,
     },
     #[error("cannot build a client for {url}: {source}")]
-    Client { url: String, source: ::kube::Error },
+    Client {
+        url: String,
+        source: Box<::kube::Error>,
+    },
     #[error("object is not a JSON mapping")]
     NotAnObject,
     #[error("object has no metadata.name")]
@@ -168,10 +171,13 @@ struct Store {
     objects: BTreeMap<StoreKey, Value>,
     /// Every change since the start, oldest first.
     history: Vec<HistoryEntry>,
-    /// Watches and continue tokens from before this version get 410 Gone.
+    /// Watches and continue tokens from before this version get 410 Gone (a watch from exactly
+    /// this version needs no history, so it is served).
     oldest_served_version: u64,
     /// Bumped by `expire`: open watches started under an older epoch end with a 410 event.
     expiry_epoch: u64,
+    /// Bumped by `close_watches`: open watches started under an older epoch end.
+    close_epoch: u64,
     /// While set, open watches deliver nothing (events queue up in the history).
     watches_held: bool,
     failures: Vec<InjectedFailure>,
@@ -228,7 +234,7 @@ impl FakeApiServer {
         let shared = Arc::new(Shared {
             kinds,
             store: Mutex::new(Store {
-                oldest_served_version: 1,
+                oldest_served_version: 0,
                 ..Store::default()
             }),
             changed: watch::Sender::new(0),
@@ -282,7 +288,10 @@ impl FakeApiServer {
                 source,
             })?;
         let config = ::kube::Config::new(uri);
-        ::kube::Client::try_from(config).map_err(|source| FakeApiError::Client { url, source })
+        ::kube::Client::try_from(config).map_err(|source| FakeApiError::Client {
+            url,
+            source: Box::new(source),
+        })
     }
 
     /// The current global resourceVersion.
@@ -340,15 +349,31 @@ impl FakeApiServer {
         Ok(version)
     }
 
-    /// Makes every version up to now too old: open watches end with an `ERROR` event (code 410,
-    /// "too old resource version"), and later watches or continue tokens from before now get
-    /// the same answer, so clients must relist.
+    /// Compacts the history: watches and continue tokens from any version before now get
+    /// 410 Gone ("too old resource version"), so clients must relist. Open watches go on.
+    pub fn compact(&self) {
+        {
+            let mut store = self.shared.store();
+            store.oldest_served_version = store.resource_version;
+        }
+        self.shared.notify();
+    }
+
+    /// Compacts, and ends every open watch with an `ERROR` event (code 410), as the API server
+    /// does to a watcher that fell behind its cache.
     pub fn expire(&self) {
         {
             let mut store = self.shared.store();
-            store.oldest_served_version = store.resource_version + 1;
+            store.oldest_served_version = store.resource_version;
             store.expiry_epoch += 1;
         }
+        self.shared.notify();
+    }
+
+    /// Ends every open watch cleanly (as a watch timeout or an API server restart does);
+    /// clients reconnect from the last version they saw.
+    pub fn close_watches(&self) {
+        self.shared.store().close_epoch += 1;
         self.shared.notify();
     }
 
@@ -943,6 +968,7 @@ async fn stream_events(
     let served = &shared.kinds[kind_index];
     let mut changes = shared.changed.subscribe();
     changes.borrow_and_update();
+    let close_epoch = shared.store().close_epoch;
     let (initial, cursor, epoch) = initial_events(shared, kind_index, selection, start);
     let Some(mut cursor) = cursor else {
         // Too old: the ERROR event is all this watch says.
@@ -959,8 +985,10 @@ async fn stream_events(
     loop {
         let pending: Vec<Bytes> = {
             let store = shared.store();
-            if store.expiry_epoch != epoch && cursor < store.oldest_served_version {
+            if store.expiry_epoch != epoch {
                 vec![too_old(cursor, store.oldest_served_version), Bytes::new()]
+            } else if store.close_epoch != close_epoch {
+                vec![Bytes::new()]
             } else if store.watches_held {
                 Vec::new()
             } else {
@@ -977,7 +1005,7 @@ async fn stream_events(
         };
         for line in pending {
             if line.is_empty() {
-                // The stream expired: the ERROR event was its last word.
+                // The stream ends here (after its ERROR event, if it expired).
                 return;
             }
             if lines.send(line).await.is_err() {
@@ -1100,5 +1128,108 @@ mod tests {
         assert_eq!(query["labelSelector"], "app=x,b");
         assert_eq!(query["watch"], "true");
         assert_eq!(query["x"], "");
+    }
+
+    fn pod(name: &str, app: &str) -> Value {
+        json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": "a", "labels": {"app": app}},
+            "spec": {"containers": [{"name": "c", "image": "i"}]},
+        })
+    }
+
+    #[tokio::test]
+    async fn pages_come_from_one_snapshot_and_expire_with_the_history() {
+        use ::kube::api::{Api, ListParams};
+        use k8s_openapi::api::core::v1::Pod;
+
+        let fake = FakeApiServer::start().await.unwrap();
+        for name in ["p1", "p2", "p3"] {
+            fake.create(pod(name, "x")).unwrap();
+        }
+        let pods: Api<Pod> = Api::namespaced(fake.client().unwrap(), "a");
+        let first = pods.list(&ListParams::default().limit(2)).await.unwrap();
+        let names = |list: &::kube::core::ObjectList<Pod>| -> Vec<String> {
+            list.items
+                .iter()
+                .filter_map(|p| p.metadata.name.clone())
+                .collect()
+        };
+        assert_eq!(names(&first), ["p1", "p2"]);
+        let token = first.metadata.continue_.clone().expect("a continue token");
+        // Changes after the first page do not leak into the next one.
+        fake.create(pod("p0", "x")).unwrap();
+        fake.delete("v1", "Pod", "a", "p3").unwrap();
+        let second = pods
+            .list(&ListParams::default().limit(2).continue_token(&token))
+            .await
+            .unwrap();
+        assert_eq!(names(&second), ["p3"]);
+        assert_eq!(second.metadata.continue_, None);
+        assert_eq!(
+            second.metadata.resource_version,
+            first.metadata.resource_version
+        );
+
+        let selected = pods
+            .list(
+                &ListParams::default()
+                    .labels("app=x")
+                    .fields("metadata.name=p0"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(names(&selected), ["p0"]);
+
+        fake.compact();
+        let expired = pods
+            .list(&ListParams::default().limit(2).continue_token(&token))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&expired, ::kube::Error::Api(status) if status.code == 410),
+            "{expired:?}"
+        );
+        let requests = fake.requests();
+        assert_eq!(requests.last().unwrap().status, 410);
+        assert_eq!(
+            requests[0].query.get("limit").map(String::as_str),
+            Some("2")
+        );
+    }
+
+    #[tokio::test]
+    async fn streaming_lists_end_with_the_initial_events_bookmark() {
+        use ::kube::api::Api;
+        use ::kube::runtime::watcher::{self, Event};
+        use k8s_openapi::api::core::v1::Pod;
+
+        let fake = FakeApiServer::start().await.unwrap();
+        fake.create(pod("p1", "x")).unwrap();
+        fake.create(pod("p2", "y")).unwrap();
+        let pods: Api<Pod> = Api::all(fake.client().unwrap());
+        let config = watcher::Config::default().streaming_lists().labels("app=x");
+        let mut events = std::pin::pin!(watcher::watcher(pods, config));
+        let mut listed = Vec::new();
+        let collect = async {
+            while let Some(event) = futures::StreamExt::next(&mut events).await {
+                match event.unwrap() {
+                    Event::InitApply(pod) => listed.push(pod.metadata.name.unwrap()),
+                    Event::InitDone => break,
+                    _ => {}
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), collect)
+            .await
+            .expect("initial events end within 10s");
+        assert_eq!(listed, ["p1"]);
+        let request = &fake.requests()[0];
+        assert!(request.is_watch_of("/api/v1/pods"));
+        assert_eq!(
+            request.query.get("sendInitialEvents").map(String::as_str),
+            Some("true")
+        );
     }
 }
