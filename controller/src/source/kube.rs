@@ -193,6 +193,8 @@ pub struct KindTracker {
     last_good: BTreeMap<ObjectKey, Resource>,
     /// Objects of a (re)list in progress; `None` outside of one.
     listing: Option<BTreeMap<ObjectKey, Resource>>,
+    /// Whether the sink has had a full set of this kind (possibly empty).
+    listed: bool,
 }
 
 /// What a watcher event did to the sink.
@@ -213,7 +215,21 @@ impl KindTracker {
             kind,
             last_good: BTreeMap::new(),
             listing: None,
+            listed: false,
         }
+    }
+
+    /// The API server does not serve the kind (its CRD is not installed): there are none of it.
+    /// Replaces the kind's set with nothing the first time, and again only if it held objects.
+    pub fn not_served(&mut self, sink: &dyn ResourceSink) -> Outcome {
+        self.listing = None;
+        if self.listed && self.last_good.is_empty() {
+            return Outcome::Pending;
+        }
+        self.last_good.clear();
+        self.listed = true;
+        sink.replace_all(self.kind, Vec::new());
+        Outcome::Replaced
     }
 
     pub fn handle(&mut self, event: Event<DynamicObject>, sink: &dyn ResourceSink) -> Outcome {
@@ -247,6 +263,7 @@ impl KindTracker {
                 let resources = listed.values().cloned().collect::<Vec<_>>();
                 tracing::debug!(kind = %kind, count = resources.len(), "listed");
                 self.last_good = listed;
+                self.listed = true;
                 sink.replace_all(kind, resources);
                 Outcome::Replaced
             }
@@ -327,7 +344,9 @@ impl KubeSource {
     }
 
     /// Runs the watchers until the future is dropped. Errors are logged and retried with
-    /// `kube`'s default exponential backoff (0.8 s doubling to 30 s).
+    /// `kube`'s default exponential backoff (0.8 s doubling to 30 s). A kind the API server
+    /// does not serve (404, e.g. the Gateway API CRDs are missing) counts as listed and empty,
+    /// and is retried with the same backoff in case it appears.
     pub async fn run(self) {
         let watchers = self.kinds.iter().map(|&kind| {
             let span = tracing::info_span!("kube_watch", kind = %kind);
@@ -350,7 +369,7 @@ async fn watch_kind(
     synced: watch::Sender<BTreeSet<ResourceKind>>,
 ) {
     let api = Api::<DynamicObject>::all_with(client, &api_resource(kind));
-    let events = watcher(api).default_backoff();
+    let events = watcher::watcher(api, watcher::Config::default()).default_backoff();
     let mut events = std::pin::pin!(events);
     let mut tracker = KindTracker::new(kind);
     while let Some(event) = events.next().await {
@@ -360,13 +379,21 @@ async fn watch_kind(
                     synced.send_if_modified(|kinds| kinds.insert(kind));
                 }
             }
+            Err(error) if is_not_served(&error) => {
+                if tracker.not_served(sink.as_ref()) == Outcome::Replaced {
+                    tracing::info!(kind = %kind, "kind not served by the API server; none of it until it is");
+                    synced.send_if_modified(|kinds| kinds.insert(kind));
+                }
+            }
             Err(error) => tracing::warn!(kind = %kind, %error, "watch failed; retrying"),
         }
     }
 }
 
-fn watcher(
-    api: Api<DynamicObject>,
-) -> impl futures::Stream<Item = Result<Event<DynamicObject>, watcher::Error>> {
-    watcher::watcher(api, watcher::Config::default())
+/// A 404 on the list: the resource type does not exist (yet) on this API server.
+fn is_not_served(error: &watcher::Error) -> bool {
+    matches!(
+        error,
+        watcher::Error::InitialListFailed(::kube::Error::Api(status)) if status.code == 404
+    )
 }

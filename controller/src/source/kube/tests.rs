@@ -9,7 +9,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::fake_apiserver::{FakeApiServer, LoggedRequest};
+use super::fake_apiserver::{FakeApiServer, LoggedRequest, ServedKind};
 use super::*;
 use crate::loader;
 
@@ -489,6 +489,38 @@ async fn server_errors_are_retried_with_backoff() {
         "two failed lists, then a good one: {pod_requests:?}"
     );
     assert_eq!(lists_of(&requests, PODS), 1);
+}
+
+#[tokio::test]
+async fn kinds_the_server_does_not_serve_count_as_listed_and_empty() {
+    init_tracing();
+    let kinds = ServedKind::mesh_kinds()
+        .into_iter()
+        .filter(|k| k.group != "gateway.networking.k8s.io")
+        .collect();
+    let fake = FakeApiServer::start_with(kinds, Duration::from_millis(500))
+        .await
+        .unwrap();
+    create_all(&fake, NEW_POD);
+    let running = start_source(fake).await;
+    converge(
+        &running.index,
+        &expected_from(&[NEW_POD.to_owned()]),
+        "pods flow without the Gateway API",
+    )
+    .await;
+    const GATEWAYS: &str = "/apis/gateway.networking.k8s.io/v1/gateways";
+    eventually("the missing kind is retried", || {
+        let requests = running.fake.requests();
+        requests
+            .iter()
+            .filter(|r| r.is_list_of(GATEWAYS) && r.status == 404)
+            .count()
+            >= 2
+    })
+    .await;
+    // Retries of a kind still missing do not churn the sink.
+    assert_eq!(running.index.replaced(ResourceKind::KubernetesGateway), 1);
 }
 
 const GOOD_VS: &str = "
