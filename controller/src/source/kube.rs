@@ -200,7 +200,7 @@ pub struct KindTracker {
 /// What a watcher event did to the sink.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// A list is being gathered; nothing reached the sink yet.
+    /// Nothing reached the sink: a list is being gathered, or nothing changed.
     Pending,
     Applied,
     Deleted,
@@ -232,6 +232,9 @@ impl KindTracker {
         Outcome::Replaced
     }
 
+    /// `Init`/`InitApply`/`InitDone` gather a (re)list and hand it over with one
+    /// [`ResourceSink::replace_all`]; `Apply` and `Delete` pass through one by one. Refused
+    /// objects are logged and reported, and never replace an accepted version.
     pub fn handle(&mut self, event: Event<DynamicObject>, sink: &dyn ResourceSink) -> Outcome {
         let kind = self.kind;
         match event {
