@@ -13,5 +13,6 @@ pub mod loader;
 pub mod model;
 pub mod monitoring;
 pub mod server;
+pub mod source;
 pub mod translate;
 pub mod validation;
