@@ -110,6 +110,36 @@ impl ConfigIndex {
         }
     }
 
+    /// Removes one resource.
+    pub fn remove(&mut self, kind: ResourceKind, key: &str) {
+        match kind {
+            ResourceKind::Namespace => drop(self.namespaces.remove(key)),
+            ResourceKind::Pod => drop(self.pods.remove(key)),
+            ResourceKind::Service => drop(self.services.remove(key)),
+            ResourceKind::AuthorizationPolicy => drop(self.authorization_policies.remove(key)),
+            ResourceKind::PeerAuthentication => drop(self.peer_authentications.remove(key)),
+            ResourceKind::VirtualService => drop(self.virtual_services.remove(key)),
+            ResourceKind::DestinationRule => drop(self.destination_rules.remove(key)),
+            ResourceKind::KubernetesGateway => drop(self.gateways.remove(key)),
+            _ => {}
+        }
+    }
+
+    /// Removes every resource of `kind`.
+    pub fn clear(&mut self, kind: ResourceKind) {
+        match kind {
+            ResourceKind::Namespace => self.namespaces.clear(),
+            ResourceKind::Pod => self.pods.clear(),
+            ResourceKind::Service => self.services.clear(),
+            ResourceKind::AuthorizationPolicy => self.authorization_policies.clear(),
+            ResourceKind::PeerAuthentication => self.peer_authentications.clear(),
+            ResourceKind::VirtualService => self.virtual_services.clear(),
+            ResourceKind::DestinationRule => self.destination_rules.clear(),
+            ResourceKind::KubernetesGateway => self.gateways.clear(),
+            _ => {}
+        }
+    }
+
     fn keep_from(&mut self, previous: &ConfigIndex, kind: ResourceKind, key: &str) {
         fn copy<T: Clone>(to: &mut BTreeMap<Key, T>, from: &BTreeMap<Key, T>, key: &str) {
             if let Some(value) = from.get(key) {
@@ -154,3 +184,62 @@ impl ConfigIndex {
 
 /// A shared, immutable view of the index.
 pub type IndexSnapshot = Arc<ConfigIndex>;
+
+/// The index as the Kubernetes source feeds it: one writer (the source's events), readers take
+/// snapshots and wake on the generation watch.
+#[derive(Debug)]
+pub struct LiveIndex {
+    index: std::sync::Mutex<ConfigIndex>,
+    generation: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for LiveIndex {
+    fn default() -> Self {
+        Self {
+            index: Default::default(),
+            generation: tokio::sync::watch::channel(0).0,
+        }
+    }
+}
+
+impl LiveIndex {
+    pub fn snapshot(&self) -> IndexSnapshot {
+        Arc::new(self.index.lock().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    fn change(&self, change: impl FnOnce(&mut ConfigIndex)) {
+        change(&mut self.index.lock().unwrap_or_else(|p| p.into_inner()));
+        self.generation.send_modify(|g| *g += 1);
+    }
+}
+
+fn key_of(kind: ResourceKind, namespace: &str, name: &str) -> Key {
+    if kind.namespaced() {
+        format!("{namespace}/{name}")
+    } else {
+        name.to_string()
+    }
+}
+
+impl crate::source::kube::ResourceSink for LiveIndex {
+    fn apply(&self, resource: Resource) {
+        self.change(|index| index.insert(resource));
+    }
+
+    fn delete(&self, kind: ResourceKind, namespace: &str, name: &str) {
+        self.change(|index| index.remove(kind, &key_of(kind, namespace, name)));
+    }
+
+    fn replace_all(&self, kind: ResourceKind, resources: Vec<Resource>) {
+        self.change(|index| {
+            index.clear(kind);
+            for resource in resources {
+                index.insert(resource);
+            }
+        });
+    }
+}

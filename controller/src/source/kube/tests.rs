@@ -718,3 +718,41 @@ fn tracker_keeps_the_last_good_version_through_a_relist() {
     }
     assert!(index.normalized().is_empty());
 }
+
+#[tokio::test]
+async fn both_sources_feed_the_same_index_and_translate_identically() {
+    use crate::{index::LiveIndex, translate::agent};
+    let files = bookinfo_files();
+    let fake = FakeApiServer::start().await.unwrap();
+    for text in &files {
+        create_all(&fake, text);
+    }
+    let live = Arc::new(LiveIndex::default());
+    let source = KubeSource::new(fake.client().expect("client"), live.clone());
+    let mut synced = source.synced();
+    let task = tokio::spawn(source.run());
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        synced.wait_for(|kinds| kinds.len() == ResourceKind::ALL.len()),
+    )
+    .await
+    .expect("every kind listed")
+    .expect("source running");
+
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/bookinfo");
+    let (from_files, rejections) =
+        crate::index::ConfigIndex::from_report(loader::load_paths(&[dir]), None);
+    assert!(rejections.is_empty(), "{rejections:?}");
+    let settings = agent::MeshSettings::default();
+    let from_kube = live.snapshot();
+    assert!(!from_files.pods.is_empty());
+    assert_eq!(
+        agent::addresses(&from_kube, &settings),
+        agent::addresses(&from_files, &settings)
+    );
+    assert_eq!(
+        agent::authorizations(&from_kube, &settings),
+        agent::authorizations(&from_files, &settings)
+    );
+    task.abort();
+}
