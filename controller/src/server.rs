@@ -196,7 +196,13 @@ pub async fn run(config: ServerConfig, shutdown: watch::Receiver<bool>) -> Resul
     let monitoring = tokio::net::TcpListener::bind(config.monitoring_address)
         .await
         .map_err(|e| ServerError::Bind(config.monitoring_address, e))?;
-    tokio::spawn(crate::monitoring::serve(monitoring, counters));
+    let mut monitoring_shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = crate::monitoring::serve(monitoring, counters) => {}
+            _ = monitoring_shutdown.wait_for(|s| *s) => {}
+        }
+    });
 
     let listener = tokio::net::TcpListener::bind(config.grpc_address)
         .await
