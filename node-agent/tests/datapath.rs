@@ -5,9 +5,8 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    process::{Child, Command, Stdio},
     sync::Arc,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use node_agent::{
@@ -28,7 +27,7 @@ use weft_policy::{
     PolicyAction, WildcardMatch,
     l4::{Authorization, Clause, ConnectionMatch, PolicyScope, Rule},
 };
-use weft_testbed::{Netns, Pod, Testbed, Topology};
+use weft_testbed::{FabricCapture, Netns, Pod, Testbed, Topology};
 
 const APP_PORT: u16 = 8080;
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -202,56 +201,6 @@ fn echo_server(netns: &Netns, ip: Ipv4Addr, port: u16) {
     });
 }
 
-/// A packet capture on the fabric bridge.
-struct Capture {
-    child: Child,
-    file: std::path::PathBuf,
-}
-
-impl Capture {
-    fn start(testbed: &Testbed) -> Self {
-        let file = std::env::temp_dir().join(format!("{}-fabric.pcap", testbed.prefix()));
-        let child = testbed
-            .fabric()
-            .command("tshark")
-            .args(["-q", "-i", "br0", "-w"])
-            .arg(&file)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start tshark");
-        // tshark is ready once the file exists.
-        let deadline = Instant::now() + TIMEOUT;
-        while !file.exists() {
-            assert!(Instant::now() < deadline, "tshark did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        std::thread::sleep(Duration::from_millis(300));
-        Self { child, file }
-    }
-
-    /// Stops the capture and returns the raw file and tshark's reading of it.
-    fn finish(mut self, fields: &[&str], filter: &str) -> (Vec<u8>, String) {
-        std::thread::sleep(Duration::from_millis(300));
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGINT,
-        );
-        let _ = self.child.wait();
-        let raw = std::fs::read(&self.file).unwrap();
-        let mut read = Command::new("tshark");
-        read.arg("-r")
-            .arg(&self.file)
-            .args(["-Y", filter, "-T", "fields"]);
-        for field in fields {
-            read.args(["-e", field]);
-        }
-        let output = read.output().unwrap();
-        let _ = std::fs::remove_file(&self.file);
-        (raw, String::from_utf8_lossy(&output.stdout).into_owned())
-    }
-}
-
 fn only_principal(name: &str, principal: &str) -> Authorization {
     Authorization {
         name: name.into(),
@@ -277,26 +226,24 @@ async fn cross_node_traffic_is_mutual_tls_and_authorized_by_identity() {
     echo_server(&server.netns, server.ip, APP_PORT);
     let destination = SocketAddr::from((server.ip, APP_PORT));
 
-    let capture = Capture::start(&mesh.testbed);
+    let capture = FabricCapture::start(&mesh.testbed).expect("capture");
     let secret = b"weft-payload-that-must-never-appear-in-clear".repeat(20);
     let reply = mesh
         .echo_via_agent("client", destination, &secret)
         .await
         .expect("echo through both agents");
     assert_eq!(reply, secret);
-    let (raw, tls) = capture.finish(
-        &[
-            "ip.src",
-            "tcp.dstport",
-            "tls.handshake.extensions.supported_version",
-        ],
-        "tls.handshake.type == 2",
-    );
-    let needle = b"weft-payload-that-must-never-appear";
+    let captured = capture
+        .finish(
+            "tls.handshake.type == 2",
+            &["ip.src", "tls.handshake.extensions.supported_version"],
+        )
+        .expect("capture");
     assert!(
-        !raw.windows(needle.len()).any(|w| w == needle),
+        !captured.contains_bytes(b"weft-payload-that-must-never-appear"),
         "the payload crossed the fabric in clear"
     );
+    let tls = captured.fields;
     assert!(
         tls.contains("0x0304"),
         "no TLS 1.3 ServerHello on the fabric: {tls:?}"
