@@ -91,3 +91,53 @@ impl OriginalDst for FixedOriginalDestinations {
         Ok(self.by_netns.lock().unwrap().get(&netns).copied())
     }
 }
+
+/// A meshed workload as tests declare it: uid `uid-<name>`, labels-derived names equal to
+/// `name`, revision `v1`, healthy, no services.
+pub fn workload(
+    name: &str,
+    namespace: &str,
+    service_account: &str,
+    node: &str,
+    address: std::net::IpAddr,
+    tunnel: crate::state::TunnelProtocol,
+) -> crate::state::Workload {
+    crate::state::Workload {
+        uid: format!("uid-{name}"),
+        name: name.into(),
+        namespace: namespace.into(),
+        addresses: vec![address],
+        trust_domain: "cluster.local".into(),
+        service_account: service_account.into(),
+        node: node.into(),
+        tunnel,
+        waypoint: None,
+        canonical_name: name.into(),
+        canonical_revision: "v1".into(),
+        workload_name: name.into(),
+        cluster_id: "Kubernetes".into(),
+        healthy: true,
+        services: Default::default(),
+        authorization_policies: vec![],
+    }
+}
+
+/// The enrollment of pod `name` (uid `uid-<name>`), as the CNI would send it.
+pub fn enrolled_pod(
+    name: &str,
+    namespace: &str,
+    netns: std::path::PathBuf,
+    cgroup: std::path::PathBuf,
+    address: std::net::IpAddr,
+) -> crate::enrollment::EnrolledPod {
+    crate::enrollment::EnrolledPod {
+        uid: format!("uid-{name}"),
+        namespace: namespace.into(),
+        name: name.into(),
+        netns,
+        cgroup,
+        addresses: vec![address],
+        excluded_outbound_ports: vec![],
+        excluded_inbound_ports: vec![],
+    }
+}

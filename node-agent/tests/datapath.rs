@@ -17,6 +17,7 @@ use node_agent::{
     proxy::ProxyContext,
     state::{NamespacedHostname, TunnelProtocol, Workload, WorkloadStore},
     testing::{FixedOriginalDestinations, LocalCertificates},
+    testing::{enrolled_pod, workload as meshed},
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -31,40 +32,6 @@ use weft_testbed::{FabricCapture, Netns, Pod, Testbed, Topology};
 
 const APP_PORT: u16 = 8080;
 const TIMEOUT: Duration = Duration::from_secs(10);
-
-fn workload(pod: &Pod, sa: &str, tunnel: TunnelProtocol) -> Workload {
-    Workload {
-        uid: format!("uid-{}", pod.name),
-        name: pod.name.clone(),
-        namespace: "shop".into(),
-        addresses: vec![IpAddr::V4(pod.ip)],
-        trust_domain: "cluster.local".into(),
-        service_account: sa.into(),
-        node: pod.node.clone(),
-        tunnel,
-        waypoint: None,
-        canonical_name: pod.name.clone(),
-        canonical_revision: "v1".into(),
-        workload_name: pod.name.clone(),
-        cluster_id: "Kubernetes".into(),
-        healthy: true,
-        services: Default::default(),
-        authorization_policies: vec![],
-    }
-}
-
-fn enrolled(pod: &Pod) -> EnrolledPod {
-    EnrolledPod {
-        uid: format!("uid-{}", pod.name),
-        namespace: "shop".into(),
-        name: pod.name.clone(),
-        netns: pod.netns.path(),
-        cgroup: pod.cgroup.path().to_path_buf(),
-        addresses: vec![IpAddr::V4(pod.ip)],
-        excluded_outbound_ports: vec![],
-        excluded_inbound_ports: vec![],
-    }
-}
 
 struct Agent {
     store: WorkloadStore,
@@ -530,4 +497,18 @@ async fn hostile_input_is_refused_and_the_agent_keeps_serving() {
 /// A certificate source issuing from the mesh's CA, as a compromised workload would hold.
 async fn mesh_certificates(mesh: &Mesh) -> LocalCertificates {
     mesh.ca_for_tests()
+}
+
+fn workload(pod: &Pod, sa: &str, tunnel: TunnelProtocol) -> Workload {
+    meshed(&pod.name, "shop", sa, &pod.node, IpAddr::V4(pod.ip), tunnel)
+}
+
+fn enrolled(pod: &Pod) -> EnrolledPod {
+    enrolled_pod(
+        &pod.name,
+        "shop",
+        pod.netns.path(),
+        pod.cgroup.path().to_path_buf(),
+        IpAddr::V4(pod.ip),
+    )
 }

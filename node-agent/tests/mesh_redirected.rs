@@ -20,6 +20,7 @@ use node_agent::{
     proxy::ProxyContext,
     state::{TunnelProtocol, Workload, WorkloadStore},
     testing::LocalCertificates,
+    testing::{enrolled_pod, workload as meshed},
 };
 use support::{Server, curl, redirection_config};
 use weft_identity::CertificateAuthority;
@@ -29,40 +30,6 @@ use weft_policy::l4::{
 use weft_testbed::{Pod, Testbed, Topology};
 
 const APP_PORT: u16 = 8080;
-
-fn workload(pod: &Pod, tunnel: TunnelProtocol) -> Workload {
-    Workload {
-        uid: format!("uid-{}", pod.name),
-        name: pod.name.clone(),
-        namespace: "shop".into(),
-        addresses: vec![IpAddr::V4(pod.ip)],
-        trust_domain: "cluster.local".into(),
-        service_account: pod.name.clone(),
-        node: pod.node.clone(),
-        tunnel,
-        waypoint: None,
-        canonical_name: pod.name.clone(),
-        canonical_revision: "v1".into(),
-        workload_name: pod.name.clone(),
-        cluster_id: "Kubernetes".into(),
-        healthy: true,
-        services: Default::default(),
-        authorization_policies: vec![],
-    }
-}
-
-fn enrolled(pod: &Pod) -> EnrolledPod {
-    EnrolledPod {
-        uid: format!("uid-{}", pod.name),
-        namespace: "shop".into(),
-        name: pod.name.clone(),
-        netns: pod.netns.path(),
-        cgroup: pod.cgroup.path().to_path_buf(),
-        addresses: vec![IpAddr::V4(pod.ip)],
-        excluded_outbound_ports: vec![],
-        excluded_inbound_ports: vec![],
-    }
-}
 
 /// An agent for one node: its store, redirection and pod manager.
 struct NodeAgent {
@@ -215,4 +182,25 @@ fn unmodified_clients_go_through_the_agents_and_fail_closed_when_the_agent_is_do
     drop(agent2);
     let _ = Arc::try_unwrap(redirection1).map(|r| r.uninstall());
     let _ = Arc::try_unwrap(redirection2).map(|r| r.uninstall());
+}
+
+fn workload(pod: &Pod, tunnel: TunnelProtocol) -> Workload {
+    meshed(
+        &pod.name,
+        "shop",
+        &pod.name,
+        &pod.node,
+        IpAddr::V4(pod.ip),
+        tunnel,
+    )
+}
+
+fn enrolled(pod: &Pod) -> EnrolledPod {
+    enrolled_pod(
+        &pod.name,
+        "shop",
+        pod.netns.path(),
+        pod.cgroup.path().to_path_buf(),
+        IpAddr::V4(pod.ip),
+    )
 }

@@ -552,16 +552,13 @@ fn split_status(stdout: &[u8]) -> (u16, String) {
 }
 
 fn enrolled(pod: &Pod) -> EnrolledPod {
-    EnrolledPod {
-        uid: format!("uid-{}", pod.name),
-        namespace: String::new(),
-        name: pod.name.clone(),
-        netns: pod.netns.path(),
-        cgroup: pod.cgroup.path().to_path_buf(),
-        addresses: vec![std::net::IpAddr::V4(pod.ip)],
-        excluded_outbound_ports: vec![],
-        excluded_inbound_ports: vec![],
-    }
+    node_agent::testing::enrolled_pod(
+        &pod.name,
+        "",
+        pod.netns.path(),
+        pod.cgroup.path().to_path_buf(),
+        std::net::IpAddr::V4(pod.ip),
+    )
 }
 
 impl Drop for Mesh {
