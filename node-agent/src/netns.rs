@@ -9,7 +9,7 @@
 use std::{
     fs::File,
     io,
-    os::fd::{AsFd, BorrowedFd},
+    os::fd::AsFd,
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -42,10 +42,6 @@ impl PodNetns {
 
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    pub fn as_fd(&self) -> BorrowedFd<'_> {
-        self.pod.as_fd()
     }
 
     /// Runs `f` inside the pod's namespace on the current thread, then returns home, also when

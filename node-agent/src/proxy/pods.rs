@@ -151,13 +151,6 @@ impl PodProxy {
     pub fn inbound_plaintext_listener(&self) -> BorrowedFd<'_> {
         self.inbound_plaintext.as_fd()
     }
-
-    /// The pod's namespace cookie (the key of its original-destination records).
-    pub fn netns_cookie(&self) -> NetnsCookie {
-        self.pods
-            .get(&self.uid)
-            .map_or(NetnsCookie(0), |pod| pod.netns_cookie)
-    }
 }
 
 impl Drop for PodProxy {
