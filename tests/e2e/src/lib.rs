@@ -114,10 +114,13 @@ impl Process {
 /// The directory holding the workspace's built binaries (next to the running test binary).
 pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    let dir = exe
+    // Test binaries live in `target/<profile>/deps`, binaries in `target/<profile>`.
+    let mut dir = exe
         .parent()
-        .and_then(|deps| deps.parent())
-        .context("the test binary has no target directory")?;
+        .context("the running binary has no directory")?;
+    if dir.ends_with("deps") {
+        dir = dir.parent().context("no profile directory above deps")?;
+    }
     let path = dir.join(name);
     if !path.is_file() {
         bail!(
@@ -290,6 +293,7 @@ impl Mesh {
             self.testbed
                 .node_command(&node, "bash")
                 .args(["-c", &format!("exec 3<>/dev/tcp/{}/{}", host.ip, GRPC_PORT)])
+                .stderr(Stdio::null())
                 .status()
                 .is_ok_and(|s| s.success())
         })
@@ -425,6 +429,7 @@ impl Mesh {
                 self.testbed
                     .pod_command(&spec.name, "bash")
                     .args(["-c", &format!("exec 3<>/dev/tcp/{ip}/8080")])
+                    .stderr(Stdio::null())
                     .status()
                     .is_ok_and(|s| s.success())
             })?;
