@@ -247,7 +247,15 @@ pub struct GrpcCaClient {
     >,
     token: String,
     node: String,
+    cluster_id: Option<String>,
 }
+
+/// Header naming the requesting node, which the controller checks identities against.
+pub const NODE_HEADER: &str = "x-weft-node";
+/// Istio's header naming the caller's cluster (what ztunnel sends).
+pub const CLUSTER_ID_HEADER: &str = "clusterid";
+/// Istio's request metadata key naming the identity asked for (what ztunnel sends).
+pub const IMPERSONATED_IDENTITY: &str = "ImpersonatedIdentity";
 
 impl GrpcCaClient {
     /// A lazily connected client for `address` (`http://host:port`).
@@ -261,7 +269,14 @@ impl GrpcCaClient {
             client: weft_proto::istio::ca::istio_certificate_service_client::IstioCertificateServiceClient::new(channel),
             token,
             node,
+            cluster_id: None,
         })
+    }
+
+    /// Also sends Istio's `ClusterID` header, as ztunnel does, so an Istio CA accepts the call.
+    pub fn with_cluster_id(mut self, cluster_id: impl Into<String>) -> Self {
+        self.cluster_id = Some(cluster_id.into());
+        self
     }
 }
 
@@ -277,7 +292,7 @@ impl CaClient for GrpcCaClient {
             validity_duration: ttl.as_secs() as i64,
             metadata: Some(prost_types::Struct {
                 fields: [(
-                    "ImpersonatedIdentity".to_string(),
+                    IMPERSONATED_IDENTITY.to_string(),
                     prost_types::Value {
                         kind: Some(prost_types::value::Kind::StringValue(identity.to_string())),
                     },
@@ -293,11 +308,19 @@ impl CaClient for GrpcCaClient {
                 .map_err(|_| "the bootstrap token is not a valid header value".to_string())?,
         );
         metadata.insert(
-            "x-weft-node",
+            NODE_HEADER,
             self.node
                 .parse()
                 .map_err(|_| "the node name is not a valid header value".to_string())?,
         );
+        if let Some(cluster_id) = &self.cluster_id {
+            metadata.insert(
+                CLUSTER_ID_HEADER,
+                cluster_id
+                    .parse()
+                    .map_err(|_| "the cluster id is not a valid header value".to_string())?,
+            );
+        }
         let mut client = self.client.clone();
         client
             .create_certificate(request)

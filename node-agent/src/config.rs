@@ -22,6 +22,10 @@ pub const ACCELERATION: &str = "ACCELERATION";
 pub const ADMIN_ADDRESS: &str = "ADMIN_ADDRESS";
 pub const METRICS_ADDRESS: &str = "METRICS_ADDRESS";
 pub const READINESS_ADDRESS: &str = "READINESS_ADDRESS";
+pub const XDS_RETRY_INITIAL_MS: &str = "XDS_RETRY_INITIAL_MS";
+pub const XDS_RETRY_MAX_MS: &str = "XDS_RETRY_MAX_MS";
+pub const LOG_LEVEL: &str = "LOG_LEVEL";
+pub const LOG_FORMAT: &str = "LOG_FORMAT";
 
 const DEFAULT_CLUSTER_ID: &str = "Kubernetes";
 const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
@@ -34,6 +38,9 @@ const DEFAULT_CGROUP_ROOT: &str = "/sys/fs/cgroup/unified";
 const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:15000";
 const DEFAULT_METRICS_ADDRESS: &str = "0.0.0.0:15020";
 const DEFAULT_READINESS_ADDRESS: &str = "0.0.0.0:15021";
+const DEFAULT_XDS_RETRY_INITIAL: Duration = Duration::from_millis(100);
+const DEFAULT_XDS_RETRY_MAX: Duration = Duration::from_secs(15);
+const DEFAULT_LOG_LEVEL: &str = "info";
 
 /// A source of settings by name.
 pub trait Strings {
@@ -99,6 +106,48 @@ pub struct Config {
     pub admin_address: SocketAddr,
     pub metrics_address: SocketAddr,
     pub readiness_address: SocketAddr,
+    /// First delay before reconnecting to the controller; doubles up to `xds_retry_max`.
+    pub xds_retry_initial: Duration,
+    pub xds_retry_max: Duration,
+    /// A `tracing` filter directive (`info`, `node_agent=debug,access=info`).
+    pub log_level: String,
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per event, for log collectors.
+    Json,
+}
+
+impl Config {
+    /// The reconnect schedule for the xDS client.
+    pub fn xds_backoff(&self) -> weft_xds::Backoff {
+        weft_xds::Backoff {
+            initial: self.xds_retry_initial,
+            max: self.xds_retry_max,
+        }
+    }
+}
+
+fn millis(
+    strings: &impl Strings,
+    name: &'static str,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    let ms: u64 = parse(strings, name, &default.as_millis().to_string())?;
+    if ms == 0 {
+        return Err(ConfigError::Invalid {
+            name,
+            value: ms.to_string(),
+            reason: "must be positive".into(),
+        });
+    }
+    Ok(Duration::from_millis(ms))
 }
 
 fn parse<T: std::str::FromStr>(
@@ -151,7 +200,33 @@ impl Config {
                 });
             }
         };
+        let xds_retry_initial = millis(strings, XDS_RETRY_INITIAL_MS, DEFAULT_XDS_RETRY_INITIAL)?;
+        let xds_retry_max = millis(strings, XDS_RETRY_MAX_MS, DEFAULT_XDS_RETRY_MAX)?;
+        if xds_retry_max < xds_retry_initial {
+            return Err(ConfigError::Invalid {
+                name: XDS_RETRY_MAX_MS,
+                value: xds_retry_max.as_millis().to_string(),
+                reason: format!("below {XDS_RETRY_INITIAL_MS}"),
+            });
+        }
+        let log_format = match strings.get(LOG_FORMAT).as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    name: LOG_FORMAT,
+                    value: other.to_string(),
+                    reason: "use text or json".into(),
+                });
+            }
+        };
         Ok(Self {
+            xds_retry_initial,
+            xds_retry_max,
+            log_level: strings
+                .get(LOG_LEVEL)
+                .unwrap_or_else(|| DEFAULT_LOG_LEVEL.to_string()),
+            log_format,
             pin_dir: strings.get(PIN_DIR).map_or_else(
                 || PathBuf::from(DEFAULT_PIN_BASE).join(&node_name),
                 PathBuf::from,
@@ -203,13 +278,26 @@ mod tests {
         assert_eq!(config.ca_address, config.xds_address);
         assert_eq!(config.admin_address.to_string(), "127.0.0.1:15000");
         assert!(!config.acceleration, "acceleration is opt-in");
+        assert_eq!(config.xds_backoff(), weft_xds::Backoff::default());
+        assert_eq!(config.log_level, "info");
+        assert_eq!(config.log_format, LogFormat::Text);
         let config = Config::from_strings(&strings(&[
             (NODE_NAME, "n"),
             (XDS_ADDRESS, "http://10.0.0.2:15010"),
             (ACCELERATION, "on"),
             (CERTIFICATE_TTL_SECONDS, "60"),
+            (XDS_RETRY_INITIAL_MS, "250"),
+            (XDS_RETRY_MAX_MS, "2000"),
+            (LOG_LEVEL, "node_agent=debug"),
+            (LOG_FORMAT, "json"),
         ]))
         .unwrap();
+        assert_eq!(config.xds_backoff().initial, Duration::from_millis(250));
+        assert_eq!(config.xds_backoff().max, Duration::from_secs(2));
+        assert_eq!(config.log_level, "node_agent=debug");
+        assert_eq!(config.log_format, LogFormat::Json);
+        let dumped = serde_json::to_value(&config).unwrap();
+        assert_eq!(dumped["log_format"], "json");
         assert_eq!(config.ca_address, "http://10.0.0.2:15010");
         assert!(config.acceleration);
         assert_eq!(config.certificate_ttl, Duration::from_secs(60));
@@ -230,6 +318,18 @@ mod tests {
             (
                 vec![(NODE_NAME, "n"), (CERTIFICATE_TTL_SECONDS, "5")],
                 "at least 10 seconds",
+            ),
+            (
+                vec![(NODE_NAME, "n"), (XDS_RETRY_INITIAL_MS, "0")],
+                "XDS_RETRY_INITIAL_MS=\"0\": must be positive",
+            ),
+            (
+                vec![(NODE_NAME, "n"), (XDS_RETRY_MAX_MS, "50")],
+                "XDS_RETRY_MAX_MS=\"50\": below XDS_RETRY_INITIAL_MS",
+            ),
+            (
+                vec![(NODE_NAME, "n"), (LOG_FORMAT, "yaml")],
+                "LOG_FORMAT=\"yaml\": use text or json",
             ),
         ];
         for (pairs, expected) in cases {

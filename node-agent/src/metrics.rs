@@ -3,6 +3,7 @@
 //! locks, that on drop closes the connection's counters and writes its one access-log event.
 
 use std::{
+    net::SocketAddr,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -177,41 +178,73 @@ impl Metrics {
     pub fn connection_opened(&self, labels: ConnectionLabels) -> ConnectionGuard {
         self.opened.get_or_create(&labels).inc();
         ConnectionGuard {
-            sent: self.sent.clone(),
-            received: self.received.clone(),
+            // Counters share their atomic with the family: cloned once here, they count bytes
+            // live (a long connection shows up before it ends) without a lock per write.
+            sent_total: self.sent.get_or_create(&labels).clone(),
+            received_total: self.received.get_or_create(&labels).clone(),
             closed: self.closed.clone(),
             bytes: Arc::default(),
             labels,
             started: Instant::now(),
+            addresses: None,
+            error: None,
         }
     }
 }
 
-/// One connection's record. Bytes are counted in atomics and flushed into the families when the
-/// connection ends, so the hot path takes no lock.
+/// One connection's record. Bytes go to the families' counters as they flow (atomics, no lock)
+/// and to the connection's own totals for its access-log event.
 #[derive(Debug)]
 pub struct ConnectionGuard {
-    sent: Family<ConnectionLabels, Counter>,
-    received: Family<ConnectionLabels, Counter>,
+    sent_total: Counter,
+    received_total: Counter,
     closed: Family<ConnectionLabels, Counter>,
     bytes: Arc<[AtomicU64; 2]>,
     labels: ConnectionLabels,
     started: Instant,
+    addresses: Option<(SocketAddr, SocketAddr)>,
+    error: Option<String>,
 }
 
 impl ConnectionGuard {
     /// Bytes sent toward the client (the response direction).
     pub fn add_sent(&self, bytes: u64) {
         self.bytes[0].fetch_add(bytes, Ordering::Relaxed);
+        self.sent_total.inc_by(bytes);
     }
 
     /// Bytes received from the client (the request direction).
     pub fn add_received(&self, bytes: u64) {
         self.bytes[1].fetch_add(bytes, Ordering::Relaxed);
+        self.received_total.inc_by(bytes);
     }
 
+    /// The `response_flags` the connection closes with (`-` when it ends well).
     pub fn set_response_flags(&mut self, flags: &str) {
         flags.clone_into(&mut self.labels.response_flags);
+    }
+
+    /// The client's and the destination's socket addresses, for the access log.
+    pub fn set_addresses(&mut self, src: SocketAddr, dst: SocketAddr) {
+        self.addresses = Some((src, dst));
+    }
+
+    /// Why the connection failed, for the access log.
+    pub fn set_error(&mut self, error: impl std::fmt::Display) {
+        self.error = Some(error.to_string());
+    }
+
+    pub fn labels(&self) -> &ConnectionLabels {
+        &self.labels
+    }
+}
+
+/// `outbound` for what the source's agent reports, `inbound` for the destination's.
+fn direction(reporter: &str) -> &str {
+    match reporter {
+        "source" => "outbound",
+        "destination" => "inbound",
+        other => other,
     }
 }
 
@@ -219,13 +252,17 @@ impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         let sent = self.bytes[0].load(Ordering::Relaxed);
         let received = self.bytes[1].load(Ordering::Relaxed);
-        self.sent.get_or_create(&self.labels).inc_by(sent);
-        self.received.get_or_create(&self.labels).inc_by(received);
         self.closed.get_or_create(&self.labels).inc();
         let l = &self.labels;
+        let (src, dst) = match self.addresses {
+            Some((src, dst)) => (src.to_string(), dst.to_string()),
+            None => (UNKNOWN.to_string(), UNKNOWN.to_string()),
+        };
         tracing::info!(
             target: "access",
-            reporter = %l.reporter,
+            src = %src,
+            dst = %dst,
+            direction = direction(&l.reporter),
             src_workload = %l.source_workload,
             src_namespace = %l.source_workload_namespace,
             src_identity = %l.source_principal,
@@ -238,6 +275,7 @@ impl Drop for ConnectionGuard {
             bytes_sent = sent,
             bytes_received = received,
             duration_ms = self.started.elapsed().as_millis() as u64,
+            error = self.error.as_deref(),
             "connection complete"
         );
     }
@@ -285,5 +323,99 @@ mod tests {
             .find(|l| l.starts_with("istio_tcp_sent_bytes_total{"))
             .unwrap();
         assert!(sent.ends_with(" 300"), "{sent}");
+    }
+
+    fn line(text: &str, prefix: &str) -> String {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
+            .to_string()
+    }
+
+    #[test]
+    fn bytes_are_visible_while_the_connection_is_open() {
+        let mut registry = Registry::default();
+        let metrics = Metrics::new(&mut registry);
+        let guard = metrics.connection_opened(ConnectionLabels {
+            reporter: "source".into(),
+            ..ConnectionLabels::default()
+        });
+        guard.add_received(1000);
+        guard.add_sent(7);
+        let mut text = String::new();
+        encode(&mut text, &registry).unwrap();
+        assert!(line(&text, "istio_tcp_received_bytes_total{").ends_with(" 1000"));
+        assert!(line(&text, "istio_tcp_sent_bytes_total{").ends_with(" 7"));
+        assert!(
+            !text.contains("istio_tcp_connections_closed_total{"),
+            "{text}"
+        );
+        drop(guard);
+        text.clear();
+        encode(&mut text, &registry).unwrap();
+        assert!(line(&text, "istio_tcp_connections_closed_total{").ends_with(" 1"));
+        // Counted once: closing does not add the bytes again.
+        assert!(line(&text, "istio_tcp_received_bytes_total{").ends_with(" 1000"));
+    }
+
+    /// Collects what a fmt subscriber writes.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn one_access_log_event_per_connection_with_its_details() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let mut registry = Registry::default();
+        let metrics = Metrics::new(&mut registry);
+        tracing::subscriber::with_default(subscriber, || {
+            let mut guard = metrics.connection_opened(ConnectionLabels {
+                reporter: "destination".into(),
+                source_principal: "spiffe://cluster.local/ns/a/sa/client".into(),
+                destination_principal: "spiffe://cluster.local/ns/b/sa/server".into(),
+                ..ConnectionLabels::default()
+            });
+            guard.set_addresses(
+                "10.0.0.1:40000".parse().unwrap(),
+                "10.0.0.2:8080".parse().unwrap(),
+            );
+            guard.add_sent(5);
+            guard.add_received(9);
+            guard.set_response_flags("DENY");
+            guard.set_error("denied by shop/deny-all");
+            drop(guard);
+        });
+        let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(log.lines().count(), 1, "{log}");
+        for expected in [
+            "access:",
+            "src=10.0.0.1:40000",
+            "dst=10.0.0.2:8080",
+            "direction=\"inbound\"",
+            "src_identity=spiffe://cluster.local/ns/a/sa/client",
+            "dst_identity=spiffe://cluster.local/ns/b/sa/server",
+            "bytes_sent=5",
+            "bytes_received=9",
+            "duration_ms=",
+            "response_flags=DENY",
+            "error=\"denied by shop/deny-all\"",
+            "connection complete",
+        ] {
+            assert!(log.contains(expected), "missing {expected} in {log}");
+        }
     }
 }

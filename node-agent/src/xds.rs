@@ -34,6 +34,26 @@ fn decode<M: Message + Default>(resource: &Resource) -> Result<M, String> {
     M::decode(body.value.as_slice()).map_err(|e| format!("{}: undecodable: {e}", resource.name))
 }
 
+/// The name a resource must be sent under: a workload's uid, a service's `namespace/hostname`.
+fn address_key(address: &AddressResource) -> String {
+    match address {
+        AddressResource::Workload(w) => w.uid.clone(),
+        AddressResource::Service(s) => s.key().to_string(),
+    }
+}
+
+/// Refuses a resource whose name is not the key it is stored under: its later removal (by
+/// name) would miss the stored entry and leave it in force, a stale workload or policy.
+fn named_as_keyed(name: &str, key: &str) -> Result<(), String> {
+    if name == key {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name}: resource name differs from its key {key:?}"
+        ))
+    }
+}
+
 fn remove_address(store: &WorkloadStore, name: &str) {
     // A name with a slash is a service (`namespace/hostname`); uids carry none in practice but
     // both are removed to be safe.
@@ -53,6 +73,7 @@ impl Handler for AddressHandler {
         for resource in &update.added {
             match decode::<workload::Address>(resource)
                 .and_then(|a| AddressResource::try_from(a).map_err(|e| e.to_string()))
+                .and_then(|a| named_as_keyed(&resource.name, &address_key(&a)).map(|()| a))
             {
                 Ok(address) => converted.push((resource.name.clone(), address)),
                 Err(error) => errors.push(error),
@@ -99,6 +120,7 @@ impl Handler for AuthorizationHandler {
         for resource in &update.added {
             match decode::<security::Authorization>(resource)
                 .and_then(|a| authorization_from_proto(a).map_err(|e| e.to_string()))
+                .and_then(|p| named_as_keyed(&resource.name, &p.key()).map(|()| p))
             {
                 Ok(policy) => converted.push(policy),
                 Err(error) => errors.push(error),

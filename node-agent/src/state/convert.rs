@@ -415,3 +415,6 @@ pub fn authorization_from_proto(
         dry_run: p.dry_run,
     })
 }
+
+#[cfg(test)]
+mod tests;

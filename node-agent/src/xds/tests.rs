@@ -153,3 +153,112 @@ fn authorizations_convert_and_bad_ones_are_refused() {
     // The last good version stays.
     assert_eq!(store.policy("shop/deny-legacy").unwrap(), stored);
 }
+
+fn service_address(namespace: &str, hostname: &str, vip: [u8; 4]) -> workload::Address {
+    workload::Address {
+        r#type: Some(workload::address::Type::Service(workload::Service {
+            name: hostname.split('.').next().unwrap_or_default().into(),
+            namespace: namespace.into(),
+            hostname: hostname.into(),
+            addresses: vec![workload::NetworkAddress {
+                network: String::new(),
+                address: vip.to_vec(),
+            }],
+            ..Default::default()
+        })),
+    }
+}
+
+fn named_policy(namespace: &str, name: &str) -> security::Authorization {
+    security::Authorization {
+        name: name.into(),
+        namespace: namespace.into(),
+        scope: security::Scope::Namespace as i32,
+        action: security::Action::Deny as i32,
+        ..Default::default()
+    }
+}
+
+/// A resource sent under a name other than its key could never be removed by that name: it is
+/// refused, with every such error in the one NACK, and nothing of the update is applied.
+#[test]
+fn resources_must_be_named_by_their_key() {
+    let store = WorkloadStore::new();
+    let mut addresses = AddressHandler::new(store.clone());
+    let hostname = "cart.shop.svc.cluster.local";
+    addresses
+        .apply(update(
+            vec![
+                resource("w1", &workload_address("w1", [10, 0, 0, 1])),
+                resource(
+                    &format!("shop/{hostname}"),
+                    &service_address("shop", hostname, [10, 96, 0, 1]),
+                ),
+            ],
+            vec![],
+        ))
+        .unwrap();
+    let vip = std::net::IpAddr::from([10, 96, 0, 1]);
+    assert!(store.service_by_vip(vip).is_some());
+
+    let error = addresses
+        .apply(update(
+            vec![
+                resource("w9", &workload_address("w2", [10, 0, 0, 2])),
+                resource(
+                    "shop/other",
+                    &service_address("shop", hostname, [10, 96, 0, 2]),
+                ),
+            ],
+            vec!["w1"],
+        ))
+        .unwrap_err();
+    assert!(
+        error.contains("w9: resource name differs from its key \"w2\""),
+        "{error}"
+    );
+    assert!(
+        error.contains(&format!(
+            "shop/other: resource name differs from its key \"shop/{hostname}\""
+        )),
+        "{error}"
+    );
+    assert!(
+        store.workload_by_uid("w1").is_some(),
+        "a NACKed update removes nothing"
+    );
+    assert!(store.workload_by_uid("w2").is_none());
+
+    // Removal by the service's name drops it and its VIP.
+    addresses
+        .apply(update(vec![], vec![&format!("shop/{hostname}")]))
+        .unwrap();
+    assert!(store.service_by_vip(vip).is_none());
+    assert!(store.workload_by_uid("w1").is_some());
+
+    let mut policies = AuthorizationHandler::new(store.clone());
+    let error = policies
+        .apply(update(
+            vec![resource("shop/alias", &named_policy("shop", "deny-all"))],
+            vec![],
+        ))
+        .unwrap_err();
+    assert!(
+        error.contains("differs from its key \"shop/deny-all\""),
+        "{error}"
+    );
+    assert!(store.policies().is_empty());
+    policies
+        .apply(update(
+            vec![resource("shop/deny-all", &named_policy("shop", "deny-all"))],
+            vec![],
+        ))
+        .unwrap();
+    policies
+        .apply(update(vec![], vec!["shop/deny-all"]))
+        .unwrap();
+    assert!(
+        store.policies().is_empty(),
+        "removed by the name it was sent under"
+    );
+}
