@@ -7,6 +7,7 @@
 //! and the [`crd`] definitions generated from the model. None of these perform network I/O.
 
 pub mod crd;
+pub mod index;
 pub mod loader;
 pub mod model;
 pub mod validation;
