@@ -10,4 +10,5 @@ pub mod crd;
 pub mod index;
 pub mod loader;
 pub mod model;
+pub mod source;
 pub mod validation;
