@@ -11,4 +11,5 @@ pub mod index;
 pub mod loader;
 pub mod model;
 pub mod source;
+pub mod translate;
 pub mod validation;
