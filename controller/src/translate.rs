@@ -296,7 +296,11 @@ struct WaypointRef {
 
 /// The waypoint an object asks for: its own label, else its namespace's. `none` on the object
 /// opts out even when the namespace names one.
+/// A waypoint's own pods and Service never send their traffic through a waypoint.
 fn requested_waypoint(snapshot: &Snapshot, meta: &ObjectMeta) -> Option<WaypointRef> {
+    if label(meta, GATEWAY_NAME_LABEL).is_some() {
+        return None;
+    }
     let own_namespace = meta.namespace.as_deref().unwrap_or("");
     let from = |m: &ObjectMeta| -> Option<Option<WaypointRef>> {
         let name = label(m, USE_WAYPOINT_LABEL)?;

@@ -348,10 +348,11 @@ impl<'a> Compiler<'a> {
                 Vec::new()
             }
         };
-        let port = explicit.or_else(|| match service_ports.as_slice() {
+        let single_port = match service_ports.as_slice() {
             [only] => Some(*only),
             _ => None,
-        });
+        };
+        let port = explicit.or(single_port);
         let cluster = match port {
             Some(port) => {
                 let key = ClusterKey {
@@ -1052,13 +1053,13 @@ fn l7_policy(
             {
                 whole_waypoint = true;
             }
-            "Service" if group.is_empty() || group == "core" => {
-                if served
-                    .iter()
-                    .any(|s| meta_key(&s.metadata) == (namespace, target.name.as_str()))
-                {
-                    target_services.insert(config.service_hostname(namespace, &target.name));
-                }
+            "Service"
+                if (group.is_empty() || group == "core")
+                    && served
+                        .iter()
+                        .any(|s| meta_key(&s.metadata) == (namespace, target.name.as_str())) =>
+            {
+                target_services.insert(config.service_hostname(namespace, &target.name));
             }
             _ => {}
         }

@@ -303,19 +303,18 @@ fn pod_workload(
         );
     }
 
-    // A waypoint's own pods never send their traffic through a waypoint.
-    let is_waypoint = label(&pod.metadata, GATEWAY_NAME_LABEL).is_some();
     let waypoint = match requested_waypoint(snapshot, &pod.metadata) {
-        Some(wref) if !is_waypoint => resolve_waypoint(snapshot, config, &wref, Attach::Workload)
-            .unwrap_or_else(|problem| {
+        Some(wref) => {
+            resolve_waypoint(snapshot, config, &wref, Attach::Workload).unwrap_or_else(|problem| {
                 errors.push(TranslateError::new(
                     ResourceKind::Pod,
                     &pod.metadata,
                     problem,
                 ));
                 None
-            }),
-        _ => None,
+            })
+        }
+        None => None,
     };
 
     let authorization_policies =
