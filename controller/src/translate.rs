@@ -137,7 +137,9 @@ pub enum TranslateProblem {
     },
     #[error("destination host {0:?} is not a known service; its cluster has no endpoints")]
     UnknownHost(String),
-    #[error("subset {subset:?} of {host} is not defined by any DestinationRule")]
+    #[error(
+        "subset {subset:?} of {host} is not defined by its DestinationRule; the cluster has no endpoints"
+    )]
     UnknownSubset { host: String, subset: String },
     #[error("invalid duration {value:?} at {path}")]
     InvalidDuration { path: String, value: String },

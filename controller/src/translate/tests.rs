@@ -405,3 +405,82 @@ fn node_scope_keeps_only_policies_that_can_apply_on_the_node() {
     assert!(!names.contains(&"shop/selector-allow"), "{names:?}");
     assert!(names.len() < all.authorizations.len());
 }
+
+#[test]
+fn untranslatable_resources_are_reported_and_skipped() {
+    // Bypasses validation on purpose: translation must cope with whatever the index holds.
+    let (loaded, errors) = loader::load_str(
+        Path::new("broken.yaml"),
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: bad-vip, namespace: shop}
+spec:
+  clusterIP: not-an-ip
+  ports: [{name: http, port: 80}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: bad-ip, namespace: shop}
+spec:
+  containers: [{name: c, image: i}]
+status: {podIP: 999.1.1.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: good, namespace: shop}
+spec:
+  containers: [{name: c, image: i}]
+status: {podIP: 10.0.0.1}
+"#,
+    );
+    assert!(errors.is_empty(), "{errors:?}");
+    let snapshot = Snapshot::from_resources(loaded.into_iter().map(|l| l.resource));
+    let agent = for_agent(&snapshot, &TranslateConfig::default(), &AgentScope::All);
+    let names: Vec<&str> = agent.addresses.keys().map(String::as_str).collect();
+    assert_eq!(names, vec!["Kubernetes//Pod/shop/good"]);
+    let reported: Vec<(ResourceKind, &str, &TranslateProblem)> = agent
+        .errors
+        .iter()
+        .map(|e| (e.kind, e.name.as_str(), &e.problem))
+        .collect();
+    assert_eq!(
+        reported,
+        vec![
+            (
+                ResourceKind::Service,
+                "bad-vip",
+                &TranslateProblem::InvalidIp("not-an-ip".to_owned())
+            ),
+            (
+                ResourceKind::Pod,
+                "bad-ip",
+                &TranslateProblem::InvalidIp("999.1.1.1".to_owned())
+            ),
+        ]
+    );
+}
+
+#[test]
+fn for_waypoint_finds_only_waypoint_gateways() {
+    let snapshot = load(&[testdata().join("waypoint_assignment.yaml")]);
+    let config = TranslateConfig::default();
+    let (shared, errors) = for_waypoint(&snapshot, &config, "infra", "shared").unwrap();
+    assert!(errors.is_empty(), "{errors:?}");
+    let hosts: Vec<&str> = shared
+        .services
+        .iter()
+        .map(|s| s.hostname.as_str())
+        .collect();
+    assert_eq!(hosts, vec!["payments.shop.svc.cluster.local"]);
+    // `ingress` is a Gateway of another class; `missing` does not exist.
+    assert!(for_waypoint(&snapshot, &config, "infra", "ingress").is_none());
+    assert!(for_waypoint(&snapshot, &config, "shop", "missing").is_none());
+    assert_eq!(
+        for_waypoints(&snapshot, &config)
+            .configs
+            .keys()
+            .collect::<Vec<_>>(),
+        vec!["infra/shared", "shop/shop-waypoint"]
+    );
+}

@@ -348,6 +348,19 @@ impl<'a> Compiler<'a> {
                 Vec::new()
             }
         };
+        if !subset.is_empty() && self.services.contains_key(&host) {
+            let defined = self
+                .destination_rule(&host)
+                .is_some_and(|rule| rule.spec.subsets.iter().any(|s| s.name == subset));
+            if !defined {
+                // The cluster is still emitted, without endpoints: requests routed to it fail
+                // (503) rather than reach pods the subset was meant to exclude.
+                reporter.report(TranslateProblem::UnknownSubset {
+                    host: host.clone(),
+                    subset: subset.clone(),
+                });
+            }
+        }
         let single_port = match service_ports.as_slice() {
             [only] => Some(*only),
             _ => None,
@@ -491,28 +504,14 @@ impl<'a> Compiler<'a> {
             ..Default::default()
         };
         let rule = self.destination_rule(&key.host);
+        // A subset no DestinationRule defines has no endpoints (reported where it is named).
         let subset = match (&key.subset, rule) {
             (s, _) if s.is_empty() => None,
             (s, Some(rule)) => match rule.spec.subsets.iter().find(|sub| &sub.name == s) {
                 Some(subset) => Some(subset),
-                None => {
-                    errors.push(unknown_subset(rule, key));
-                    return cluster;
-                }
+                None => return cluster,
             },
-            (_, None) => {
-                if let Some(service) = self.services.get(&key.host) {
-                    errors.push(TranslateError::new(
-                        ResourceKind::Service,
-                        &service.metadata,
-                        TranslateProblem::UnknownSubset {
-                            host: key.host.clone(),
-                            subset: key.subset.clone(),
-                        },
-                    ));
-                }
-                return cluster;
-            }
+            (_, None) => return cluster,
         };
         let subset_labels = subset.map(|s| s.labels.clone()).unwrap_or_default();
         cluster.subset_labels = to_hash(&subset_labels);
@@ -618,17 +617,6 @@ impl<'a> Compiler<'a> {
             })
             .collect()
     }
-}
-
-fn unknown_subset(rule: &DestinationRule, key: &ClusterKey) -> TranslateError {
-    TranslateError::new(
-        ResourceKind::DestinationRule,
-        &rule.metadata,
-        TranslateProblem::UnknownSubset {
-            host: key.host.clone(),
-            subset: key.subset.clone(),
-        },
-    )
 }
 
 /// The settings of a cluster: top-level policy, overridden field by field by its port-level
