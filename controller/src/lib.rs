@@ -4,7 +4,10 @@
 //!
 //! This crate holds the configuration model ([`model`]: Istio's API types and the Kubernetes kinds
 //! the mesh reads), the YAML [`loader`], the semantic [`validation`] that follows Istio's rules,
-//! and the [`crd`] definitions generated from the model. None of these perform network I/O.
+//! the [`crd`] definitions generated from the model, the [`index`] of valid configuration that
+//! [`source`]s feed (a watched local directory), and the pure [`translate`] functions that turn
+//! an index snapshot into the resources node agents and waypoints receive. Only the sources
+//! perform I/O (filesystem); translation never does.
 
 pub mod crd;
 pub mod index;
