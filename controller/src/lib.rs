@@ -8,6 +8,11 @@
 
 pub mod ca;
 pub mod crd;
+pub mod index;
 pub mod loader;
 pub mod model;
+pub mod monitoring;
+pub mod server;
+pub mod source;
+pub mod translate;
 pub mod validation;

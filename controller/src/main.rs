@@ -20,6 +20,28 @@ struct RunArgs {
     /// Directory of Kubernetes and Istio YAML to serve (local mode).
     #[arg(long, env = "WEFT_CONFIG_DIR")]
     config_dir: Option<PathBuf>,
+    /// Plaintext gRPC address for xDS and the CA (local mode).
+    #[arg(long, env = "WEFT_GRPC_ADDRESS", default_value = "0.0.0.0:15010")]
+    grpc_address: std::net::SocketAddr,
+    /// Prometheus monitoring address.
+    #[arg(long, env = "WEFT_MONITORING_ADDRESS", default_value = "0.0.0.0:15014")]
+    monitoring_address: std::net::SocketAddr,
+    /// Directory holding the root CA (created and persisted on first start).
+    #[arg(long, env = "WEFT_CA_DIR", default_value = "/var/lib/weft/ca")]
+    ca_dir: PathBuf,
+    /// File of `<node> <token>` lines: the node agents' bootstrap tokens.
+    #[arg(
+        long,
+        env = "WEFT_BOOTSTRAP_TOKENS",
+        default_value = "/etc/weft/bootstrap-tokens"
+    )]
+    bootstrap_tokens: PathBuf,
+    /// The mesh trust domain.
+    #[arg(long, env = "WEFT_TRUST_DOMAIN", default_value = "cluster.local")]
+    trust_domain: String,
+    /// Namespace whose selector-less policies apply mesh-wide.
+    #[arg(long, env = "WEFT_ROOT_NAMESPACE", default_value = "istio-system")]
+    root_namespace: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -41,10 +63,43 @@ enum Command {
 }
 
 fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!(
-        "the controller is not built yet (config dir {:?})",
-        args.config_dir
-    )
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let Some(config_dir) = args.config_dir.clone() else {
+        anyhow::bail!(
+            "--config-dir is required: only local mode (a directory of YAML) is available in this build"
+        );
+    };
+    let config = controller::server::ServerConfig {
+        config_dir,
+        grpc_address: args.grpc_address,
+        monitoring_address: args.monitoring_address,
+        ca_dir: args.ca_dir.clone(),
+        bootstrap_tokens: args.bootstrap_tokens.clone(),
+        settings: controller::translate::agent::MeshSettings {
+            trust_domain: args.trust_domain.clone(),
+            root_namespace: args.root_namespace.clone(),
+            ..Default::default()
+        },
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let (sender, shutdown) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let mut terminate = signal(SignalKind::terminate()).expect("a SIGTERM handler");
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            let _ = sender.send(true);
+        });
+        controller::server::run(config, shutdown).await
+    })?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn validate(paths: &[PathBuf]) -> ExitCode {

@@ -36,6 +36,17 @@ pub struct EnrolledPod {
     pub netns: PathBuf,
     /// The pod's cgroup v2 directory.
     pub cgroup: PathBuf,
+    /// The pod's IP addresses (inbound capture applies to connections to them).
+    #[serde(default)]
+    pub addresses: Vec<std::net::IpAddr>,
+    /// Destination ports whose outbound connections bypass the mesh (from the pod's
+    /// `traffic.sidecar.istio.io/excludeOutboundPorts` annotation).
+    #[serde(default)]
+    pub excluded_outbound_ports: Vec<u16>,
+    /// Pod ports whose inbound connections bypass the mesh
+    /// (`traffic.sidecar.istio.io/excludeInboundPorts`).
+    #[serde(default)]
+    pub excluded_inbound_ports: Vec<u16>,
 }
 
 /// One message from the enrolling side.

@@ -2,6 +2,16 @@
 //! TCP connections into it, terminates those connections inside each pod's network namespace,
 //! applies L4 policy and carries the bytes over HBONE mutual TLS. It never parses application HTTP.
 
+pub mod admin;
+pub mod certificates;
+pub mod config;
 pub mod ebpf;
 pub mod enrollment;
+pub mod metrics;
+pub mod netns;
+pub mod pods;
+pub mod proxy;
 pub mod state;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+pub mod xds;

@@ -18,7 +18,7 @@ use serde::Serialize;
 use weft_identity::SpiffeId;
 use weft_policy::l4::Authorization;
 
-pub use convert::{AddressResource, ConversionError};
+pub use convert::{AddressResource, ConversionError, authorization_from_proto};
 
 /// Istio's HBONE port, the default for workloads and waypoints.
 pub const HBONE_PORT: u16 = 15008;
@@ -49,11 +49,18 @@ pub struct GatewayAddress {
     pub hbone_port: u16,
 }
 
-/// A service's key: its namespace and fully qualified hostname.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+/// A service's key: its namespace and fully qualified hostname. Serializes as
+/// `namespace/hostname` (it is a map key in dumps).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NamespacedHostname {
     pub namespace: String,
     pub hostname: String,
+}
+
+impl Serialize for NamespacedHostname {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
 }
 
 impl std::fmt::Display for NamespacedHostname {

@@ -1,6 +1,7 @@
 //! Project tasks, run as `cargo xtask <task>`: everything a developer or CI needs beyond plain
 //! cargo, so that a fresh machine needs no manual step.
 
+mod bench;
 mod build_ebpf;
 mod setup;
 mod test;
@@ -10,7 +11,10 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "xtask", about = "Project tasks: setup, build-ebpf, test")]
+#[command(
+    name = "xtask",
+    about = "Project tasks: setup, build-ebpf, test, bench"
+)]
 struct Cli {
     #[command(subcommand)]
     task: Task,
@@ -25,6 +29,13 @@ enum Task {
         /// Build with the release profile.
         #[arg(long)]
         release: bool,
+    },
+    /// Measure the mesh against a direct path on the testbed (needs root); writes
+    /// target/bench/report.md.
+    Bench {
+        /// Short run (about a minute after the build), for CI.
+        #[arg(long)]
+        quick: bool,
     },
     /// Run every test: unit tests, then the kernel, netns and end-to-end tests (needs root).
     Test {
@@ -52,6 +63,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             build_ebpf::run(release)
         }
         Task::Test { args } => test::run(&args),
+        Task::Bench { quick } => bench::run(quick),
     }
 }
 

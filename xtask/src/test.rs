@@ -31,6 +31,13 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
             .current_dir(&root),
     )?;
 
+    step("test: building the binaries the end-to-end tests run");
+    run_command(
+        Command::new("cargo")
+            .args(["build", "--workspace", "--bins"])
+            .current_dir(&root),
+    )?;
+
     step("test: integration, kernel and end-to-end tests (root)");
     run_command(
         Command::new("cargo")

@@ -140,7 +140,49 @@ pub struct Condition {
 pub struct PeerAuthenticationSpec {
     pub selector: Option<WorkloadSelector>,
     pub mtls: Option<MutualTls>,
+    /// Keys are ports; Kubernetes stores them as strings (JSON object keys), YAML files often
+    /// as integers: both are accepted.
+    #[serde(deserialize_with = "port_keyed")]
     pub port_level_mtls: Option<BTreeMap<u32, MutualTls>>,
+}
+
+fn port_keyed<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<BTreeMap<u32, MutualTls>>, D::Error> {
+    /// A map key that is a port number, written as an integer or as a string.
+    #[derive(PartialEq, Eq, PartialOrd, Ord)]
+    struct PortKey(u32);
+
+    impl<'de> Deserialize<'de> for PortKey {
+        fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct Visitor;
+            impl serde::de::Visitor<'_> for Visitor {
+                type Value = PortKey;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("a port number")
+                }
+                fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<PortKey, E> {
+                    u32::try_from(v)
+                        .map(PortKey)
+                        .map_err(|_| E::custom(format!("port {v} is out of range")))
+                }
+                fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<PortKey, E> {
+                    u32::try_from(v)
+                        .map(PortKey)
+                        .map_err(|_| E::custom(format!("port {v} is out of range")))
+                }
+                fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<PortKey, E> {
+                    v.parse()
+                        .map(PortKey)
+                        .map_err(|_| E::custom(format!("port key {v:?} is not a number")))
+                }
+            }
+            deserializer.deserialize_any(Visitor)
+        }
+    }
+
+    let map: Option<BTreeMap<PortKey, MutualTls>> = Option::deserialize(deserializer)?;
+    Ok(map.map(|m| m.into_iter().map(|(k, v)| (k.0, v)).collect()))
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -81,6 +81,11 @@ pub mod waypoint {
     include!(concat!(env!("OUT_DIR"), "/weft.waypoint.v1.rs"));
 }
 
+/// `weft.sample.v1`: the sample application's gRPC echo service.
+pub mod sample {
+    include!(concat!(env!("OUT_DIR"), "/weft.sample.v1.rs"));
+}
+
 /// Type URL of `istio.workload.Address` resources (workloads and services) on the ADS stream.
 pub const ADDRESS_TYPE_URL: &str = "type.googleapis.com/istio.workload.Address";
 

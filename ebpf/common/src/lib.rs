@@ -1,18 +1,57 @@
 //! Types shared by the kernel programs (`ebpf/programs`) and the node agent's loader: map names,
 //! `#[repr(C)]` keys and values with explicit padding, no `bool`. Builds `no_std` for the kernel
-//! side; the `user` feature adds `aya::Pod` for user space. Holds no logic.
+//! side; the `user` feature adds `aya::Pod` for user space. Holds no logic beyond the address
+//! encoding both sides must agree on.
+//!
+//! Addresses are stored as four `u32` words in network byte order (as the kernel hands them to
+//! programs); IPv4 addresses are stored IPv4-mapped (`::ffff:a.b.c.d`) so that one key shape serves
+//! both families and a dual-stack socket talking IPv4 matches its IPv4 peer.
 #![no_std]
 
 /// Map names, as they appear in the object file and under bpffs once pinned.
 pub mod maps {
     /// Smoke-test counter: how many `connect()` calls the smoke program saw, by slot.
     pub const SMOKE_COUNTER: &str = "SMOKE_COUNTER";
+    /// Enrolled pods' configuration, by netns cookie ([`crate::PodConfig`]).
+    pub const POD_CONFIG: &str = "POD_CONFIG";
+    /// Enrolled pods' addresses ([`crate::Address`]) to their netns cookie.
+    pub const POD_BY_ADDRESS: &str = "POD_BY_ADDRESS";
+    /// Original destinations of redirected connects not yet established, by socket cookie.
+    pub const PENDING_ORIGINAL_DST: &str = "PENDING_ORIGINAL_DST";
+    /// Original destinations of established redirected connections, by [`crate::ClientKey`].
+    pub const ORIGINAL_DST: &str = "ORIGINAL_DST";
+    /// The agent's inbound (15006) listener of each enrolled pod, by netns cookie (SOCKHASH).
+    pub const INBOUND_LISTENERS: &str = "INBOUND_LISTENERS";
+    /// Established same-netns TCP sockets, by [`crate::SocketPairKey`] (SOCKHASH).
+    pub const LOCAL_SOCKETS: &str = "LOCAL_SOCKETS";
+    /// Per-CPU counters of the redirection programs (slots in [`crate::stats`]).
+    pub const REDIRECT_STATS: &str = "REDIRECT_STATS";
+    /// The maps the agent pins, so that they outlive an agent restart.
+    pub const PINNED: [&str; 7] = [
+        POD_CONFIG,
+        POD_BY_ADDRESS,
+        PENDING_ORIGINAL_DST,
+        ORIGINAL_DST,
+        INBOUND_LISTENERS,
+        LOCAL_SOCKETS,
+        REDIRECT_STATS,
+    ];
 }
 
 /// Program names, as the loader looks them up in the object file.
 pub mod programs {
     /// A `cgroup/connect4` program that only counts calls and lets every connect through.
     pub const SMOKE_CONNECT4: &str = "smoke_connect4";
+    /// `cgroup/connect4`: redirects an enrolled pod's TCP connects to the outbound listener.
+    pub const REDIRECT_CONNECT4: &str = "redirect_connect4";
+    /// `cgroup/connect6`: the same for IPv6 sockets.
+    pub const REDIRECT_CONNECT6: &str = "redirect_connect6";
+    /// `sockops`: records original destinations by client port and same-netns socket pairs.
+    pub const TRACK_SOCKETS: &str = "track_sockets";
+    /// `sk_lookup`: steers inbound connections to the agent's inbound listener.
+    pub const STEER_INBOUND: &str = "steer_inbound";
+    /// `sk_msg`: splices payload between same-netns socket pairs.
+    pub const SPLICE_LOCAL: &str = "splice_local";
 }
 
 /// Slots of [`maps::SMOKE_COUNTER`].
@@ -23,4 +62,127 @@ pub mod smoke {
     pub const TCP_CONNECTS: u32 = 1;
     /// Number of slots.
     pub const SLOTS: u32 = 2;
+}
+
+/// Slots of [`maps::REDIRECT_STATS`].
+pub mod stats {
+    /// Connects rewritten to the outbound listener.
+    pub const REDIRECTED_CONNECTS: u32 = 0;
+    /// Inbound connections steered to the inbound listener.
+    pub const STEERED_INBOUND: u32 = 1;
+    /// Sockets added to the same-netns socket map.
+    pub const LOCAL_SOCKETS_ADDED: u32 = 2;
+    /// Messages spliced socket to socket.
+    pub const SPLICED_MESSAGES: u32 = 3;
+    /// Inbound connections dropped because the pod's inbound listener was missing.
+    pub const INBOUND_WITHOUT_LISTENER: u32 = 4;
+    /// Number of slots.
+    pub const SLOTS: u32 = 5;
+}
+
+/// Istio's port numbers, which the programs treat specially.
+pub mod ports {
+    /// The agent's in-pod outbound listener (on loopback).
+    pub const OUTBOUND: u16 = 15001;
+    /// The agent's in-pod inbound plaintext listener.
+    pub const INBOUND: u16 = 15006;
+    /// HBONE.
+    pub const HBONE: u16 = 15008;
+    /// Ports of the agent that inbound steering leaves alone.
+    pub const AGENT: [u16; 6] = [15000, 15001, 15006, 15008, 15020, 15021];
+}
+
+/// Maximum entries of the per-pod maps (pods per node).
+pub const MAX_PODS: u32 = 1024;
+/// Maximum entries of the per-connection maps (LRU: bounded even if a cleanup is missed).
+pub const MAX_CONNECTIONS: u32 = 65536;
+/// Maximum excluded ports per direction and pod.
+pub const MAX_EXCLUDED_PORTS: usize = 16;
+/// Maximum length of a pod uid recorded in [`PodConfig`].
+pub const MAX_UID_LEN: usize = 64;
+/// Maximum addresses per pod.
+pub const MAX_POD_ADDRESSES: usize = 2;
+
+/// [`PodConfig::flags`]: splice this pod's same-netns socket pairs with `sk_msg`.
+pub const POD_FLAG_ACCELERATE: u32 = 1;
+
+/// An IP address, four words in network byte order; IPv4 is stored IPv4-mapped.
+pub type Address = [u32; 4];
+
+/// The third word of an IPv4-mapped address (`0000:ffff`), in network byte order.
+pub const IPV4_MAPPED_PREFIX: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+
+/// The IPv4-mapped form of `ip4` (network byte order, as the kernel gives it).
+pub const fn ipv4_mapped(ip4: u32) -> Address {
+    [0, 0, IPV4_MAPPED_PREFIX, ip4]
+}
+
+/// A socket address as the agent needs it back: address and port.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketAddress {
+    pub address: Address,
+    /// Port, host byte order.
+    pub port: u16,
+    pub _pad: [u8; 2],
+}
+
+/// Key of [`maps::ORIGINAL_DST`]: the client end of a redirected connection, as the agent sees
+/// it as the peer of the accepted socket, in the pod's network namespace.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientKey {
+    pub netns_cookie: u64,
+    pub address: Address,
+    /// Port, host byte order.
+    pub port: u16,
+    pub _pad: [u8; 6],
+}
+
+/// Key of [`maps::LOCAL_SOCKETS`]: one end of an established TCP connection inside one netns.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketPairKey {
+    pub netns_cookie: u64,
+    pub local_address: Address,
+    pub remote_address: Address,
+    /// Host byte order.
+    pub local_port: u16,
+    /// Host byte order.
+    pub remote_port: u16,
+    pub _pad: [u8; 4],
+}
+
+/// Value of [`maps::POD_CONFIG`]: what the programs need to know of an enrolled pod.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PodConfig {
+    /// The pod's own addresses; all-zero slots are unused.
+    pub addresses: [Address; MAX_POD_ADDRESSES],
+    /// Destination ports never redirected outbound; 0 marks an unused slot.
+    pub excluded_outbound_ports: [u16; MAX_EXCLUDED_PORTS],
+    /// Local ports never steered inbound; 0 marks an unused slot.
+    pub excluded_inbound_ports: [u16; MAX_EXCLUDED_PORTS],
+    /// `POD_FLAG_*` bits.
+    pub flags: u32,
+    /// Length of `uid` in bytes.
+    pub uid_len: u32,
+    /// The pod's uid (user space only: lets a restarted agent list what it enrolled).
+    pub uid: [u8; MAX_UID_LEN],
+}
+
+#[cfg(feature = "user")]
+#[allow(unsafe_code)]
+mod user {
+    use super::{ClientKey, PodConfig, SocketAddress, SocketPairKey};
+
+    // SAFETY: each type is `#[repr(C)]`, `Copy`, made only of integers and arrays of integers,
+    // with every padding byte spelled out as a field: any bit pattern is a valid value.
+    unsafe impl aya::Pod for SocketAddress {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ClientKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SocketPairKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for PodConfig {}
 }

@@ -39,6 +39,9 @@ fn pod(uid: &str, name: &str) -> EnrolledPod {
         name: name.into(),
         netns: format!("/run/netns/{name}").into(),
         cgroup: format!("/sys/fs/cgroup/unified/{name}").into(),
+        addresses: vec![],
+        excluded_outbound_ports: vec![],
+        excluded_inbound_ports: vec![],
     }
 }
 

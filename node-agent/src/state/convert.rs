@@ -279,3 +279,142 @@ impl TryFrom<proto::Address> for AddressResource {
         }
     }
 }
+
+/// Converts a pushed `istio.security.Authorization` into the policy crate's model.
+pub fn authorization_from_proto(
+    p: weft_proto::istio::security::Authorization,
+) -> Result<weft_policy::l4::Authorization, ConversionError> {
+    use weft_policy::{
+        PolicyAction, WildcardMatch,
+        l4::{Authorization, Clause, ConnectionMatch, PolicyScope, Rule, ServiceAccountMatch},
+    };
+    use weft_proto::istio::security;
+
+    let resource = format!("authorization {}/{}", p.namespace, p.name);
+    if p.name.is_empty() {
+        return Err(field_error(&resource, "name", "empty"));
+    }
+    let scope = match security::Scope::try_from(p.scope) {
+        Ok(security::Scope::Global) => PolicyScope::Global,
+        Ok(security::Scope::Namespace) => PolicyScope::Namespace,
+        Ok(security::Scope::WorkloadSelector) => PolicyScope::WorkloadSelector,
+        Err(_) => {
+            return Err(field_error(
+                &resource,
+                "scope",
+                format!("unknown value {}", p.scope),
+            ));
+        }
+    };
+    let action = match security::Action::try_from(p.action) {
+        Ok(security::Action::Allow) => PolicyAction::Allow,
+        Ok(security::Action::Deny) => PolicyAction::Deny,
+        Err(_) => {
+            return Err(field_error(
+                &resource,
+                "action",
+                format!("unknown value {}", p.action),
+            ));
+        }
+    };
+    let strings = |field: &'static str, list: Vec<security::StringMatch>| {
+        list.into_iter()
+            .map(|m| match m.match_type {
+                Some(security::string_match::MatchType::Exact(s)) => Ok(WildcardMatch::Exact(s)),
+                Some(security::string_match::MatchType::Prefix(s)) => Ok(WildcardMatch::Prefix(s)),
+                Some(security::string_match::MatchType::Suffix(s)) => Ok(WildcardMatch::Suffix(s)),
+                Some(security::string_match::MatchType::Presence(_)) => Ok(WildcardMatch::Presence),
+                None => Err(field_error(
+                    &resource,
+                    field,
+                    "string match without a value",
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let networks = |field: &'static str, list: Vec<security::Address>| {
+        list.into_iter()
+            .map(|a| {
+                let ip = ip_from_bytes(&a.address).ok_or_else(|| {
+                    field_error(&resource, field, "address is neither IPv4 nor IPv6")
+                })?;
+                let length = u8::try_from(a.length).map_err(|_| {
+                    field_error(&resource, field, format!("prefix length {}", a.length))
+                })?;
+                ipnet::IpNet::new(ip, length).map_err(|_| {
+                    field_error(&resource, field, format!("prefix length {length} for {ip}"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let ports = |field: &'static str, list: Vec<u32>| {
+        list.into_iter()
+            .map(|p| port(&resource, field, p))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let accounts = |list: Vec<security::ServiceAccountMatch>| {
+        list.into_iter()
+            .map(|a| ServiceAccountMatch {
+                namespace: a.namespace,
+                service_account: a.service_account,
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut rules = Vec::with_capacity(p.rules.len());
+    for rule in p.rules {
+        let mut clauses = Vec::with_capacity(rule.clauses.len());
+        for clause in rule.clauses {
+            let mut matches = Vec::with_capacity(clause.matches.len());
+            for m in clause.matches {
+                matches.push(ConnectionMatch {
+                    namespaces: strings("rules.clauses.matches.namespaces", m.namespaces)?,
+                    not_namespaces: strings(
+                        "rules.clauses.matches.not_namespaces",
+                        m.not_namespaces,
+                    )?,
+                    service_accounts: accounts(m.service_accounts),
+                    not_service_accounts: accounts(m.not_service_accounts),
+                    principals: strings("rules.clauses.matches.principals", m.principals)?,
+                    not_principals: strings(
+                        "rules.clauses.matches.not_principals",
+                        m.not_principals,
+                    )?,
+                    source_ips: networks("rules.clauses.matches.source_ips", m.source_ips)?,
+                    not_source_ips: networks(
+                        "rules.clauses.matches.not_source_ips",
+                        m.not_source_ips,
+                    )?,
+                    destination_ips: networks(
+                        "rules.clauses.matches.destination_ips",
+                        m.destination_ips,
+                    )?,
+                    not_destination_ips: networks(
+                        "rules.clauses.matches.not_destination_ips",
+                        m.not_destination_ips,
+                    )?,
+                    destination_ports: ports(
+                        "rules.clauses.matches.destination_ports",
+                        m.destination_ports,
+                    )?,
+                    not_destination_ports: ports(
+                        "rules.clauses.matches.not_destination_ports",
+                        m.not_destination_ports,
+                    )?,
+                });
+            }
+            clauses.push(Clause { matches });
+        }
+        rules.push(Rule { clauses });
+    }
+    Ok(Authorization {
+        name: p.name,
+        namespace: p.namespace,
+        scope,
+        action,
+        rules,
+        dry_run: p.dry_run,
+    })
+}
+
+#[cfg(test)]
+mod tests;

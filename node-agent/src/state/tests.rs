@@ -224,4 +224,9 @@ fn store_indexes_follow_inserts_replacements_and_removals() {
     store.remove_service(&reviews());
     assert!(store.service_by_vip(ip(201)).is_none());
     assert_eq!(store.dump().workloads.len(), 1);
+    // The dump is what /config_dump serves: it must be valid JSON.
+    let json = serde_json::to_value(store.dump()).unwrap();
+    assert!(
+        json["workloads"][0]["services"]["bookinfo/reviews.bookinfo.svc.cluster.local"].is_object()
+    );
 }

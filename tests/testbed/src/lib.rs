@@ -10,6 +10,7 @@
 //!
 //! This crate builds the stage; it knows nothing of the mesh that runs on it.
 
+mod capture;
 mod cgroup;
 mod netns;
 mod sweep;
@@ -22,6 +23,7 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
+pub use capture::{Captured, FabricCapture};
 pub use cgroup::Cgroup;
 pub use netns::Netns;
 

@@ -55,9 +55,16 @@ impl Netns {
     }
 
     /// A command that runs `program` inside this namespace (in the caller's cgroup).
+    ///
+    /// `nsenter --net` switches only the network namespace. (`ip netns exec` would also remount
+    /// `/sys` in a private mount namespace, hiding the cgroup v2 and bpffs mounts that the node
+    /// agent needs.)
     pub fn command(&self, program: &str) -> Command {
-        let mut command = Command::new("ip");
-        command.args(["netns", "exec", &self.name, program]);
+        let mut command = Command::new("nsenter");
+        command
+            .arg(format!("--net={}", self.path().display()))
+            .arg("--")
+            .arg(program);
         command
     }
 
@@ -67,9 +74,9 @@ impl Netns {
         let mut command = Command::new("sh");
         command
             .arg("-c")
-            .arg(r#"echo $$ > "$0" && exec ip netns exec "$@""#)
+            .arg(r#"echo $$ > "$0" && ns="$1" && shift && exec nsenter "--net=$ns" -- "$@""#)
             .arg(cgroup.path().join("cgroup.procs"))
-            .args([self.name.as_str(), program]);
+            .args([self.path().to_string_lossy().as_ref(), program]);
         command
     }
 

@@ -1,4 +1,4 @@
-//! The eBPF object embedded in the agent, and loading it into the kernel.
+//! The smoke program: proves the embedded object loads and a cgroup program runs for a pod.
 use std::{os::fd::AsFd, path::Path};
 
 use aya::{
@@ -8,25 +8,7 @@ use aya::{
 };
 use weft_ebpf_common::{maps, programs, smoke};
 
-/// The object built by `cargo xtask build-ebpf`, embedded at compile time (see `build.rs`).
-pub static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("WEFT_EBPF_OBJECT_PATH"));
-
-/// Errors of loading and attaching the eBPF programs.
-#[derive(Debug, thiserror::Error)]
-pub enum EbpfError {
-    #[error("loading the eBPF object into the kernel: {0}")]
-    Load(#[source] aya::EbpfError),
-    #[error("program {0} is missing from the eBPF object")]
-    MissingProgram(&'static str),
-    #[error("map {0} is missing from the eBPF object")]
-    MissingMap(&'static str),
-    #[error("program {0}: {1}")]
-    Program(&'static str, #[source] aya::programs::ProgramError),
-    #[error("map {0}: {1}")]
-    Map(&'static str, #[source] aya::maps::MapError),
-    #[error("opening cgroup {0}: {1}")]
-    Cgroup(String, #[source] std::io::Error),
-}
+use super::{EbpfError, OBJECT};
 
 /// The smoke program attached to one cgroup: counts that cgroup's `connect()` calls.
 /// Detached when dropped.

@@ -1,0 +1,758 @@
+//! The Kubernetes source against the fake API server, with `kube`'s real watcher in between.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::fake_apiserver::{FakeApiServer, LoggedRequest, ServedKind};
+use super::*;
+use crate::loader;
+
+type IndexKey = (ResourceKind, String, String);
+
+/// What the controller's index will be, reduced to a map, plus a record of the calls it got.
+#[derive(Default)]
+struct TestIndex {
+    objects: Mutex<BTreeMap<IndexKey, Resource>>,
+    replaced: Mutex<BTreeMap<ResourceKind, usize>>,
+    rejections: Mutex<Vec<Rejection>>,
+}
+
+impl ResourceSink for TestIndex {
+    fn apply(&self, resource: Resource) {
+        let key = key_of(&resource);
+        self.objects.lock().unwrap().insert(key, resource);
+    }
+
+    fn delete(&self, kind: ResourceKind, namespace: &str, name: &str) {
+        let key = (kind, namespace.to_owned(), name.to_owned());
+        self.objects.lock().unwrap().remove(&key);
+    }
+
+    fn replace_all(&self, kind: ResourceKind, resources: Vec<Resource>) {
+        let mut objects = self.objects.lock().unwrap();
+        objects.retain(|(k, _, _), _| *k != kind);
+        for resource in resources {
+            assert_eq!(resource.kind(), kind, "replace_all got a foreign kind");
+            let key = key_of(&resource);
+            assert!(
+                objects.insert(key.clone(), resource).is_none(),
+                "{key:?} listed twice"
+            );
+        }
+        *self.replaced.lock().unwrap().entry(kind).or_default() += 1;
+    }
+
+    fn rejected(&self, rejection: &Rejection) {
+        self.rejections.lock().unwrap().push(rejection.clone());
+    }
+}
+
+impl TestIndex {
+    fn normalized(&self) -> BTreeMap<IndexKey, Resource> {
+        let objects = self.objects.lock().unwrap();
+        objects
+            .iter()
+            .map(|(key, resource)| (key.clone(), normalized(resource.clone())))
+            .collect()
+    }
+
+    fn replaced(&self, kind: ResourceKind) -> usize {
+        self.replaced
+            .lock()
+            .unwrap()
+            .get(&kind)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn rejections(&self) -> Vec<Rejection> {
+        self.rejections.lock().unwrap().clone()
+    }
+}
+
+fn key_of(resource: &Resource) -> IndexKey {
+    (
+        resource.kind(),
+        resource.namespace().to_owned(),
+        resource.name().to_owned(),
+    )
+}
+
+fn metadata_mut(resource: &mut Resource) -> &mut ObjectMeta {
+    match resource {
+        Resource::VirtualService(r) => &mut r.metadata,
+        Resource::DestinationRule(r) => &mut r.metadata,
+        Resource::ServiceEntry(r) => &mut r.metadata,
+        Resource::Gateway(r) => &mut r.metadata,
+        Resource::AuthorizationPolicy(r) => &mut r.metadata,
+        Resource::PeerAuthentication(r) => &mut r.metadata,
+        Resource::KubernetesGateway(r) => &mut r.metadata,
+        Resource::Namespace(r) => &mut r.metadata,
+        Resource::Pod(r) => &mut r.metadata,
+        Resource::Service(r) => &mut r.metadata,
+        Resource::ServiceAccount(r) => &mut r.metadata,
+        Resource::EndpointSlice(r) => &mut r.metadata,
+    }
+}
+
+/// Drops what the API server adds (resourceVersion, uid), which YAML files do not carry.
+fn normalized(mut resource: Resource) -> Resource {
+    let metadata = metadata_mut(&mut resource);
+    metadata.resource_version = None;
+    metadata.uid = None;
+    resource
+}
+
+fn load(text: &str) -> Vec<Resource> {
+    let (resources, errors) = loader::load_str(Path::new("test.yaml"), text);
+    assert!(errors.is_empty(), "fixture does not load: {errors:?}");
+    resources
+        .into_iter()
+        .map(|loaded| loaded.resource)
+        .collect()
+}
+
+fn json_documents(text: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(text)
+        .map(|document| Value::deserialize(document).expect("fixture is YAML"))
+        .filter(|value| !value.is_null())
+        .collect()
+}
+
+/// What the file loader makes of `texts`, keyed and normalized like the index.
+fn expected_from(texts: &[String]) -> BTreeMap<IndexKey, Resource> {
+    texts
+        .iter()
+        .flat_map(|text| load(text))
+        .map(|resource| (key_of(&resource), normalized(resource)))
+        .collect()
+}
+
+fn bookinfo_files() -> Vec<String> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/bookinfo");
+    let files = loader::collect_yaml_files(&dir).expect("bookinfo examples are readable");
+    assert!(files.len() >= 10, "bookinfo examples missing in {dir:?}");
+    files
+        .iter()
+        .map(|file| std::fs::read_to_string(file).expect("readable example"))
+        .collect()
+}
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "controller=debug".into()),
+        )
+        .try_init();
+}
+
+struct Running {
+    fake: FakeApiServer,
+    index: Arc<TestIndex>,
+    source_task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.source_task.abort();
+    }
+}
+
+/// Starts the source against `fake` and waits (bounded) until every kind has been listed.
+async fn start_source(fake: FakeApiServer) -> Running {
+    let index = Arc::new(TestIndex::default());
+    let source = KubeSource::new(fake.client().expect("client"), index.clone());
+    let mut synced = source.synced();
+    let source_task = tokio::spawn(source.run());
+    let all_synced = synced.wait_for(|kinds| kinds.len() == ResourceKind::ALL.len());
+    tokio::time::timeout(Duration::from_secs(20), all_synced)
+        .await
+        .expect("every kind listed within 20s")
+        .expect("source still running");
+    Running {
+        fake,
+        index,
+        source_task,
+    }
+}
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Polls until `done` holds, failing the test after [`WAIT`].
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Waits until the index equals `expected`, then shows the difference if it never does.
+async fn converge(index: &TestIndex, expected: &BTreeMap<IndexKey, Resource>, what: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let actual = index.normalized();
+        if &actual == expected {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let missing: Vec<_> = expected
+                .keys()
+                .filter(|k| !actual.contains_key(k))
+                .collect();
+            let extra: Vec<_> = actual
+                .keys()
+                .filter(|k| !expected.contains_key(k))
+                .collect();
+            let differing: Vec<_> = expected
+                .iter()
+                .filter(|(k, v)| actual.get(k).is_some_and(|a| a != *v))
+                .map(|(k, _)| k)
+                .collect();
+            panic!(
+                "{what}: index did not converge; missing {missing:?}, extra {extra:?}, differing {differing:?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn create_all(fake: &FakeApiServer, text: &str) {
+    for object in json_documents(text) {
+        fake.create(object).expect("fake accepts the fixture");
+    }
+}
+
+fn lists_of(requests: &[LoggedRequest], path: &str) -> usize {
+    requests
+        .iter()
+        .filter(|r| r.is_list_of(path) && r.status == 200)
+        .count()
+}
+
+const PODS: &str = "/api/v1/pods";
+const VIRTUAL_SERVICES: &str = "/apis/networking.istio.io/v1/virtualservices";
+
+const REVIEWS_V3_RELABELED: &str = "
+apiVersion: v1
+kind: Pod
+metadata:
+  name: reviews-v3
+  namespace: bookinfo
+  labels: {app: reviews, version: v3, track: canary}
+spec:
+  serviceAccountName: bookinfo-reviews
+  containers:
+  - name: reviews
+    image: docker.io/istio/examples-bookinfo-reviews-v3:1.20.2
+";
+
+const NEW_POD: &str = "
+apiVersion: v1
+kind: Pod
+metadata:
+  name: reviews-v4
+  namespace: bookinfo
+  labels: {app: reviews, version: v4}
+spec:
+  serviceAccountName: bookinfo-reviews
+  containers:
+  - name: reviews
+    image: docker.io/istio/examples-bookinfo-reviews-v4:1.0
+";
+
+const REVIEWS_ALL_TO_V2: &str = "
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: reviews
+  namespace: bookinfo
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {host: reviews, subset: v2}
+";
+
+const ALLOW_PRODUCTPAGE: &str = "
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: reviews-from-productpage
+  namespace: bookinfo
+spec:
+  selector:
+    matchLabels: {app: reviews}
+  action: ALLOW
+  rules:
+  - from:
+    - source:
+        principals: [cluster.local/ns/bookinfo/sa/bookinfo-productpage]
+";
+
+fn json_of(text: &str) -> Value {
+    let mut documents = json_documents(text);
+    assert_eq!(documents.len(), 1);
+    documents.remove(0)
+}
+
+fn key(kind: ResourceKind, namespace: &str, name: &str) -> IndexKey {
+    (kind, namespace.to_owned(), name.to_owned())
+}
+
+#[tokio::test]
+async fn watched_objects_match_the_file_loader_through_create_modify_delete() {
+    init_tracing();
+    let files = bookinfo_files();
+    let fake = FakeApiServer::start().await.unwrap();
+    for text in &files {
+        create_all(&fake, text);
+    }
+    let mut expected = expected_from(&files);
+    assert!(
+        ResourceKind::ALL
+            .iter()
+            .all(|kind| expected.keys().any(|(k, _, _)| k == kind)),
+        "the fixture covers every kind"
+    );
+    let running = start_source(fake).await;
+    converge(&running.index, &expected, "initial list").await;
+
+    // Modify a pod and a VirtualService, delete a Service, create a pod and an
+    // AuthorizationPolicy; the file loader, given the same objects, must agree.
+    let fake = &running.fake;
+    fake.update(json_of(REVIEWS_V3_RELABELED)).unwrap();
+    fake.update(json_of(REVIEWS_ALL_TO_V2)).unwrap();
+    fake.delete("v1", "Service", "bookinfo", "details").unwrap();
+    fake.create(json_of(NEW_POD)).unwrap();
+    fake.create(json_of(ALLOW_PRODUCTPAGE)).unwrap();
+    for text in [
+        REVIEWS_V3_RELABELED,
+        REVIEWS_ALL_TO_V2,
+        NEW_POD,
+        ALLOW_PRODUCTPAGE,
+    ] {
+        expected.extend(expected_from(&[text.to_owned()]));
+    }
+    assert!(
+        expected
+            .remove(&key(ResourceKind::Service, "bookinfo", "details"))
+            .is_some()
+    );
+    converge(&running.index, &expected, "after changes").await;
+
+    // Deleting a namespaced CR and a cluster-scoped object flows too.
+    fake.delete(
+        "security.istio.io/v1",
+        "AuthorizationPolicy",
+        "bookinfo",
+        "reviews-from-productpage",
+    )
+    .unwrap();
+    fake.delete("v1", "Namespace", "", "bookinfo").unwrap();
+    expected.remove(&key(
+        ResourceKind::AuthorizationPolicy,
+        "bookinfo",
+        "reviews-from-productpage",
+    ));
+    expected.remove(&key(ResourceKind::Namespace, "", "bookinfo"));
+    converge(&running.index, &expected, "after deletes").await;
+
+    // One list per kind was enough: changes arrived as watch events.
+    assert_eq!(running.index.replaced(ResourceKind::Pod), 1);
+    assert!(running.index.rejections().is_empty());
+}
+
+#[tokio::test]
+async fn gone_resource_version_forces_a_relist_without_losing_or_duplicating_state() {
+    init_tracing();
+    let files = bookinfo_files();
+    let fake = FakeApiServer::start().await.unwrap();
+    for text in &files {
+        create_all(&fake, text);
+    }
+    let mut expected = expected_from(&files);
+    let running = start_source(fake).await;
+    converge(&running.index, &expected, "initial list").await;
+    let fake = &running.fake;
+    let pod_lists_before = lists_of(&fake.requests(), PODS);
+    assert_eq!(pod_lists_before, 1);
+
+    // Changes made while the watches deliver nothing, then the history they would resume from
+    // is compacted away: only a relist can show them.
+    fake.hold_watches(true);
+    fake.create(json_of(NEW_POD)).unwrap();
+    fake.delete("v1", "Pod", "bookinfo", "ratings-v1").unwrap();
+    fake.update(json_of(REVIEWS_V3_RELABELED)).unwrap();
+    fake.update(json_of(REVIEWS_ALL_TO_V2)).unwrap();
+    fake.expire();
+    fake.hold_watches(false);
+    expected.extend(expected_from(&[
+        NEW_POD.to_owned(),
+        REVIEWS_V3_RELABELED.to_owned(),
+        REVIEWS_ALL_TO_V2.to_owned(),
+    ]));
+    expected.remove(&key(ResourceKind::Pod, "bookinfo", "ratings-v1"));
+    converge(&running.index, &expected, "after relist").await;
+
+    let requests = fake.requests();
+    assert_eq!(
+        lists_of(&requests, PODS),
+        pod_lists_before + 1,
+        "pods relisted exactly once"
+    );
+    let vs_requests: Vec<_> = requests
+        .iter()
+        .filter(|r| r.path == VIRTUAL_SERVICES)
+        .collect();
+    assert_eq!(lists_of(&requests, VIRTUAL_SERVICES), 2, "{vs_requests:#?}");
+    // Every kind was relisted, and nothing in between appeared twice (`replace_all` asserts).
+    // Kinds whose content did not change may finish their relist after the others converged.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while ResourceKind::ALL
+        .iter()
+        .any(|kind| running.index.replaced(*kind) < 2)
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    for kind in ResourceKind::ALL {
+        assert_eq!(running.index.replaced(kind), 2, "{kind} relisted once");
+    }
+
+    // The watches resumed after the relist: a later change still arrives.
+    fake.delete("v1", "Pod", "bookinfo", "reviews-v4").unwrap();
+    expected.remove(&key(ResourceKind::Pod, "bookinfo", "reviews-v4"));
+    converge(&running.index, &expected, "after relist and delete").await;
+    assert_eq!(lists_of(&fake.requests(), PODS), pod_lists_before + 1);
+}
+
+#[tokio::test]
+async fn watch_reconnecting_from_a_compacted_version_relists() {
+    init_tracing();
+    let fake = FakeApiServer::start().await.unwrap();
+    create_all(&fake, NEW_POD);
+    let running = start_source(fake).await;
+    let fake = &running.fake;
+    let mut expected = expected_from(&[NEW_POD.to_owned()]);
+    converge(&running.index, &expected, "initial list").await;
+    let seen_version = fake.resource_version();
+
+    // A change the open watch never delivers, the history compacted past it, then the watch
+    // connection ends: the reconnect from the old version is answered 410 and must relist.
+    fake.hold_watches(true);
+    fake.create(json_of(REVIEWS_V3_RELABELED)).unwrap();
+    fake.compact();
+    fake.close_watches();
+    fake.hold_watches(false);
+    expected.extend(expected_from(&[REVIEWS_V3_RELABELED.to_owned()]));
+    converge(&running.index, &expected, "after reconnect and relist").await;
+
+    let requests = fake.requests();
+    let stale_watch = requests
+        .iter()
+        .position(|r| {
+            r.is_watch_of(PODS)
+                && r.query.get("resourceVersion") == Some(&seen_version.to_string())
+                && r.query.get("allowWatchBookmarks").map(String::as_str) == Some("true")
+        })
+        .expect("the watch resumed from the version it had seen");
+    let relist = requests.iter().rposition(|r| r.is_list_of(PODS)).unwrap();
+    assert!(
+        stale_watch < relist,
+        "the relist followed the refused watch"
+    );
+    assert_eq!(lists_of(&requests, PODS), 2);
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_with_backoff() {
+    init_tracing();
+    let fake = FakeApiServer::start().await.unwrap();
+    create_all(&fake, NEW_POD);
+    fake.fail_next(PODS, 2, 500);
+    let running = start_source(fake).await;
+    let expected = expected_from(&[NEW_POD.to_owned()]);
+    converge(&running.index, &expected, "pods after errors").await;
+
+    let requests = running.fake.requests();
+    let pod_requests: Vec<u16> = requests
+        .iter()
+        .filter(|r| r.path == PODS)
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(
+        pod_requests.get(..3),
+        Some(&[500, 500, 200][..]),
+        "two failed lists, then a good one: {pod_requests:?}"
+    );
+    assert_eq!(lists_of(&requests, PODS), 1);
+}
+
+#[tokio::test]
+async fn kinds_the_server_does_not_serve_count_as_listed_and_empty() {
+    init_tracing();
+    let kinds = ServedKind::mesh_kinds()
+        .into_iter()
+        .filter(|k| k.group != "gateway.networking.k8s.io")
+        .collect();
+    let fake = FakeApiServer::start_with(kinds, Duration::from_millis(500))
+        .await
+        .unwrap();
+    create_all(&fake, NEW_POD);
+    let running = start_source(fake).await;
+    converge(
+        &running.index,
+        &expected_from(&[NEW_POD.to_owned()]),
+        "pods flow without the Gateway API",
+    )
+    .await;
+    const GATEWAYS: &str = "/apis/gateway.networking.k8s.io/v1/gateways";
+    eventually("the missing kind is retried", || {
+        let requests = running.fake.requests();
+        requests
+            .iter()
+            .filter(|r| r.is_list_of(GATEWAYS) && r.status == 404)
+            .count()
+            >= 2
+    })
+    .await;
+    // Retries of a kind still missing do not churn the sink.
+    assert_eq!(running.index.replaced(ResourceKind::KubernetesGateway), 1);
+}
+
+const GOOD_VS: &str = "
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: good, namespace: bookinfo}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {host: reviews}
+";
+
+/// Valid schema, refused by validation: `*` is not allowed for the mesh gateway.
+const WILDCARD_VS: &str = "
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: wildcard, namespace: bookinfo}
+spec:
+  hosts: ['*']
+  http:
+  - route:
+    - destination: {host: reviews}
+";
+
+/// Breaks the schema: `rout` is not a field of an HTTP route.
+const MISSPELT_VS: &str = "
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: misspelt, namespace: bookinfo}
+spec:
+  hosts: [ratings]
+  http:
+  - rout:
+    - destination: {host: ratings}
+";
+
+fn rejections_of(index: &TestIndex, name: &str) -> Vec<Rejection> {
+    index
+        .rejections()
+        .into_iter()
+        .filter(|r| r.name == name)
+        .collect()
+}
+
+#[tokio::test]
+async fn invalid_resources_are_reported_and_skipped_and_the_last_good_version_stays() {
+    init_tracing();
+    let fake = FakeApiServer::start().await.unwrap();
+    for text in [GOOD_VS, WILDCARD_VS, MISSPELT_VS] {
+        create_all(&fake, text);
+    }
+    let running = start_source(fake).await;
+    let fake = &running.fake;
+    let index = &running.index;
+    let mut expected = expected_from(&[GOOD_VS.to_owned()]);
+    converge(index, &expected, "only the valid VirtualService").await;
+
+    let wildcard = rejections_of(index, "wildcard");
+    assert_eq!(wildcard.len(), 1, "{wildcard:?}");
+    assert_eq!(wildcard[0].kind, ResourceKind::VirtualService);
+    assert_eq!(wildcard[0].namespace, "bookinfo");
+    assert_eq!(wildcard[0].problems[0].path, "spec.hosts[0]");
+    let misspelt = rejections_of(index, "misspelt");
+    assert_eq!(misspelt.len(), 1, "{misspelt:?}");
+    assert_eq!(misspelt[0].problems[0].path, "spec.http[0].rout");
+    assert!(
+        misspelt[0].problems[0].reason.contains("unknown field"),
+        "{misspelt:?}"
+    );
+    assert!(
+        misspelt[0]
+            .to_string()
+            .starts_with("VirtualService bookinfo/misspelt: ")
+    );
+
+    // A later valid version of a refused object is applied.
+    let fixed = WILDCARD_VS.replace("hosts: ['*']", "hosts: [details]");
+    fake.update(json_of(&fixed)).unwrap();
+    expected.extend(expected_from(&[fixed]));
+    converge(index, &expected, "fixed VirtualService applied").await;
+
+    // An invalid update of an accepted object is refused; the accepted version stays, also
+    // through a relist.
+    let broken = GOOD_VS.replace("hosts: [reviews]", "hosts: ['*']");
+    fake.update(json_of(&broken)).unwrap();
+    eventually("the broken update is reported", || {
+        rejections_of(index, "good").len() == 1
+    })
+    .await;
+    assert_eq!(index.normalized(), expected);
+    fake.expire();
+    eventually("VirtualServices relisted", || {
+        index.replaced(ResourceKind::VirtualService) == 2
+    })
+    .await;
+    assert_eq!(index.normalized(), expected);
+    assert_eq!(
+        rejections_of(index, "good").len(),
+        2,
+        "refused again on relist"
+    );
+}
+
+#[test]
+fn list_items_without_type_decode_like_loaded_yaml() {
+    let expected = load(ALLOW_PRODUCTPAGE).remove(0);
+    let mut object = json_of(ALLOW_PRODUCTPAGE);
+    let map = object.as_object_mut().unwrap();
+    map.remove("apiVersion");
+    map.remove("kind");
+    let object: DynamicObject = serde_json::from_value(object).unwrap();
+    assert_eq!(
+        decode(ResourceKind::AuthorizationPolicy, &object).unwrap(),
+        expected
+    );
+}
+
+#[test]
+fn admission_table() {
+    let cases: [(&str, ResourceKind, Result<(), &str>); 5] = [
+        (GOOD_VS, ResourceKind::VirtualService, Ok(())),
+        (
+            WILDCARD_VS,
+            ResourceKind::VirtualService,
+            Err("spec.hosts[0]"),
+        ),
+        (
+            MISSPELT_VS,
+            ResourceKind::VirtualService,
+            Err("spec.http[0].rout"),
+        ),
+        // An AuthorizationPolicy without spec is valid (it denies everything).
+        (
+            "{apiVersion: security.istio.io/v1, kind: AuthorizationPolicy, metadata: {name: deny, namespace: a}}",
+            ResourceKind::AuthorizationPolicy,
+            Ok(()),
+        ),
+        (
+            "{apiVersion: v1, kind: Pod, metadata: {name: p, namespace: a}, spec: {containers: 3}}",
+            ResourceKind::Pod,
+            Err("spec.containers"),
+        ),
+    ];
+    for (text, kind, expected) in cases {
+        let object: DynamicObject = serde_json::from_value(json_of(text)).unwrap();
+        let outcome = admit(kind, &object)
+            .map(|_| ())
+            .map_err(|rejection| rejection.problems[0].path.clone());
+        assert_eq!(outcome, expected.map_err(str::to_owned), "{text}");
+    }
+}
+
+#[test]
+fn tracker_keeps_the_last_good_version_through_a_relist() {
+    let index = TestIndex::default();
+    let mut tracker = KindTracker::new(ResourceKind::VirtualService);
+    let object = |text: &str| -> DynamicObject { serde_json::from_value(json_of(text)).unwrap() };
+    let broken = GOOD_VS.replace("hosts: [reviews]", "hosts: ['*']");
+    let steps = [
+        (Event::Init, Outcome::Pending),
+        (Event::InitApply(object(GOOD_VS)), Outcome::Pending),
+        (Event::InitApply(object(WILDCARD_VS)), Outcome::Rejected),
+        (Event::InitDone, Outcome::Replaced),
+        (Event::Apply(object(&broken)), Outcome::Rejected),
+        (Event::Init, Outcome::Pending),
+        (Event::InitApply(object(&broken)), Outcome::Rejected),
+        (Event::InitDone, Outcome::Replaced),
+    ];
+    for (event, outcome) in steps {
+        assert_eq!(tracker.handle(event, &index), outcome);
+    }
+    assert_eq!(index.normalized(), expected_from(&[GOOD_VS.to_owned()]));
+    assert_eq!(
+        tracker.handle(Event::Delete(object(GOOD_VS)), &index),
+        Outcome::Deleted
+    );
+    assert!(index.normalized().is_empty());
+    // Once deleted, no previous version is left to keep.
+    for event in [
+        Event::Init,
+        Event::InitApply(object(&broken)),
+        Event::InitDone,
+    ] {
+        tracker.handle(event, &index);
+    }
+    assert!(index.normalized().is_empty());
+}
+
+#[tokio::test]
+async fn both_sources_feed_the_same_index_and_translate_identically() {
+    use crate::{index::LiveIndex, translate::agent};
+    let files = bookinfo_files();
+    let fake = FakeApiServer::start().await.unwrap();
+    for text in &files {
+        create_all(&fake, text);
+    }
+    let live = Arc::new(LiveIndex::default());
+    let source = KubeSource::new(fake.client().expect("client"), live.clone());
+    let mut synced = source.synced();
+    let task = tokio::spawn(source.run());
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        synced.wait_for(|kinds| kinds.len() == ResourceKind::ALL.len()),
+    )
+    .await
+    .expect("every kind listed")
+    .expect("source running");
+
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/bookinfo");
+    let (from_files, rejections) =
+        crate::index::ConfigIndex::from_report(loader::load_paths(&[dir]), None);
+    assert!(rejections.is_empty(), "{rejections:?}");
+    let settings = agent::MeshSettings::default();
+    let from_kube = live.snapshot();
+    assert!(!from_files.pods.is_empty());
+    assert_eq!(
+        agent::addresses(&from_kube, &settings),
+        agent::addresses(&from_files, &settings)
+    );
+    assert_eq!(
+        agent::authorizations(&from_kube, &settings),
+        agent::authorizations(&from_files, &settings)
+    );
+    task.abort();
+}

@@ -1,0 +1,220 @@
+//! The controller's push, end to end over real gRPC: a delta ADS client subscribes, gets the full
+//! state, sees each file edit as a delta within a second, NACKs a resource and still receives
+//! later updates, and gets the full state again after a controller restart.
+
+use std::{
+    net::SocketAddr,
+    path::Path,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use controller::{
+    server::{ServerConfig, run},
+    translate::agent::MeshSettings,
+};
+use weft_proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, envoy::config::core::v3::Node};
+use weft_xds::{DeltaClient, Target, Update};
+
+const NAMESPACE: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}\n";
+
+fn pod(name: &str, ip: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: shop, uid: uid-{name}, labels: {{app: {name}}}}}\nspec: {{nodeName: node1, containers: [{{name: app, image: x}}]}}\nstatus: {{podIP: {ip}}}\n"
+    )
+}
+
+fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+struct Controller {
+    shutdown: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn start(config: &ServerConfig) -> Controller {
+    let (shutdown, receiver) = tokio::sync::watch::channel(false);
+    let config = config.clone();
+    let task = tokio::spawn(async move {
+        run(config, receiver).await.expect("controller runs");
+    });
+    Controller { shutdown, task }
+}
+
+/// What the client's handlers saw.
+#[derive(Default)]
+struct Seen {
+    updates: Vec<(Instant, Update)>,
+}
+
+fn write(dir: &Path, file: &str, text: &str) {
+    let tmp = dir.join(format!("{file}.tmp"));
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, dir.join(file)).unwrap();
+}
+
+async fn wait_for(seen: &Arc<Mutex<Seen>>, after: usize, within: Duration) -> (Duration, Update) {
+    let started = Instant::now();
+    loop {
+        if let Some((at, update)) = seen.lock().unwrap().updates.get(after) {
+            return (at.duration_since(started), update.clone());
+        }
+        assert!(
+            started.elapsed() < within,
+            "no update #{after} within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deltas_follow_edits_nacks_are_survived_and_restarts_resend_everything() {
+    let dir = std::env::temp_dir().join(format!("weft-push-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let config_dir = dir.join("config");
+    std::fs::create_dir_all(&config_dir).unwrap();
+    write(&config_dir, "ns.yaml", NAMESPACE);
+    write(&config_dir, "a.yaml", &pod("a", "10.0.0.1"));
+    std::fs::write(dir.join("tokens"), "node1 node1-token-0123456789\n").unwrap();
+    let config = ServerConfig {
+        config_dir: config_dir.clone(),
+        grpc_address: free_port(),
+        monitoring_address: free_port(),
+        ca_dir: dir.join("ca"),
+        bootstrap_tokens: dir.join("tokens"),
+        settings: MeshSettings::default(),
+    };
+    let controller = start(&config);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let recorder = seen.clone();
+    let rejected: Arc<Mutex<Vec<String>>> = Arc::default();
+    let rejections = rejected.clone();
+    let client = DeltaClient::new(
+        Target::address(&format!("http://{}", config.grpc_address)).unwrap(),
+        Node {
+            id: "node-agent~node1".into(),
+            ..Default::default()
+        },
+    )
+    .subscribe(ADDRESS_TYPE_URL, move |update: Update| {
+        recorder
+            .lock()
+            .unwrap()
+            .updates
+            .push((Instant::now(), update));
+        Ok(())
+    })
+    .subscribe(AUTHORIZATION_TYPE_URL, move |update: Update| {
+        if update.added.iter().any(|r| r.name == "shop/reject-me") {
+            rejections.lock().unwrap().push("shop/reject-me".into());
+            return Err("the agent cannot apply shop/reject-me".into());
+        }
+        Ok(())
+    });
+    let client_state = client.state();
+    let client_task = tokio::spawn(client.run_until(std::future::pending::<()>()));
+
+    // The full state first.
+    let (_, first) = wait_for(&seen, 0, Duration::from_secs(5)).await;
+    assert!(first.full_state);
+    assert_eq!(
+        first
+            .added
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect::<Vec<_>>(),
+        ["uid-a"]
+    );
+
+    // Add, change, delete: each a delta of exactly that resource, within a second.
+    write(&config_dir, "b.yaml", &pod("b", "10.0.0.2"));
+    let (latency, added) = wait_for(&seen, 1, Duration::from_secs(3)).await;
+    assert!(latency < Duration::from_secs(1), "{latency:?}");
+    assert_eq!(
+        added
+            .added
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect::<Vec<_>>(),
+        ["uid-b"]
+    );
+    assert!(!added.full_state);
+    write(&config_dir, "b.yaml", &pod("b", "10.0.0.3"));
+    let (latency, changed) = wait_for(&seen, 2, Duration::from_secs(3)).await;
+    assert!(latency < Duration::from_secs(1), "{latency:?}");
+    assert_eq!(changed.added.len(), 1);
+    std::fs::remove_file(config_dir.join("b.yaml")).unwrap();
+    let (latency, removed) = wait_for(&seen, 3, Duration::from_secs(3)).await;
+    assert!(latency < Duration::from_secs(1), "{latency:?}");
+    assert_eq!(removed.removed, ["uid-b"]);
+
+    // A resource the client NACKs: counted by the controller; later updates still arrive.
+    write(
+        &config_dir,
+        "policy.yaml",
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: reject-me, namespace: shop}\nspec: {action: DENY, rules: [{from: [{source: {namespaces: [other]}}]}]}\n",
+    );
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while rejected.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the policy never arrived");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let monitoring = format!("http://{}/metrics", config.monitoring_address);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let text = reqwest_lite(&monitoring).await;
+        if text.contains("pilot_total_xds_rejects 1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "reject not counted:\n{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    write(&config_dir, "c.yaml", &pod("c", "10.0.0.4"));
+    let (_, after_nack) = wait_for(&seen, 4, Duration::from_secs(3)).await;
+    assert_eq!(after_nack.added[0].name, "uid-c");
+
+    // Restart: the client reconnects and receives the full state again.
+    let connections_before = client_state.borrow().connections;
+    controller.shutdown.send(true).unwrap();
+    let _ = controller.task.await;
+    let _restarted = start(&config);
+    let (_, again) = wait_for(&seen, 5, Duration::from_secs(20)).await;
+    assert!(again.full_state, "{again:?}");
+    let mut names: Vec<_> = again.added.iter().map(|r| r.name.clone()).collect();
+    names.sort();
+    assert_eq!(names, ["uid-a", "uid-c"]);
+    assert!(client_state.borrow().connections > connections_before);
+    client_task.abort();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// GET over plain HTTP/1.1 with hyper (the monitoring endpoint).
+async fn reqwest_lite(url: &str) -> String {
+    use http_body_util::{BodyExt, Empty};
+    let uri: http::Uri = url.parse().unwrap();
+    let address = format!("{}:{}", uri.host().unwrap(), uri.port_u16().unwrap());
+    let Ok(stream) = tokio::net::TcpStream::connect(address).await else {
+        return String::new();
+    };
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let response = sender
+        .send_request(
+            http::Request::get(uri.path())
+                .header("host", "controller")
+                .body(Empty::<bytes::Bytes>::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    String::from_utf8_lossy(&response.into_body().collect().await.unwrap().to_bytes()).into_owned()
+}

@@ -1,0 +1,149 @@
+//! `sockops` on enrolled pods' cgroups and on the agent's cgroup.
+//!
+//! - A redirected connect (recorded by socket cookie in `outbound`) that becomes established
+//!   moves its original destination to a key the agent can compute from the accepted socket:
+//!   (netns cookie, client address, client port). A connect that fails drops its record.
+//! - The agent's end of a redirected connection (accepted on the outbound port) removes the
+//!   record when it closes, whether or not the agent asked for it.
+//! - Established TCP sockets whose two ends share an address (so live in one netns) of a pod
+//!   enrolled with acceleration go into `LOCAL_SOCKETS`, where `splice` finds the peer.
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::{
+        BPF_ANY, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
+        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
+        BPF_TCP_CLOSE,
+    },
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    macros::sock_ops,
+    programs::SockOpsContext,
+};
+use weft_ebpf_common::{ClientKey, POD_FLAG_ACCELERATE, SocketPairKey, ports, stats};
+
+use crate::state::{
+    AF_INET, AF_INET6, LOCAL_SOCKETS, ORIGINAL_DST, PENDING_ORIGINAL_DST, address_of, bump,
+    pod_config, read_ip6, remote_port_from_context, same_address,
+};
+
+#[sock_ops]
+pub fn track_sockets(ctx: SockOpsContext) -> u32 {
+    try_track_sockets(&ctx);
+    1
+}
+
+struct Ends {
+    netns_cookie: u64,
+    key: SocketPairKey,
+}
+
+fn ends(ctx: &SockOpsContext) -> Option<Ends> {
+    let family = ctx.family();
+    if family != AF_INET && family != AF_INET6 {
+        return None;
+    }
+    let (local_ip4, remote_ip4, local_ip6, remote_ip6) = if family == AF_INET {
+        (ctx.local_ip4(), ctx.remote_ip4(), [0; 4], [0; 4])
+    } else {
+        // SAFETY: `ops` points at the kernel's `bpf_sock_ops` for the whole program run.
+        unsafe {
+            (
+                0,
+                0,
+                read_ip6(&raw const (*ctx.ops).local_ip6),
+                read_ip6(&raw const (*ctx.ops).remote_ip6),
+            )
+        }
+    };
+    // SAFETY: the helper only reads the socket behind the context.
+    let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    Some(Ends {
+        netns_cookie,
+        key: SocketPairKey {
+            netns_cookie,
+            local_address: address_of(family, local_ip4, local_ip6),
+            remote_address: address_of(family, remote_ip4, remote_ip6),
+            local_port: ctx.local_port() as u16,
+            remote_port: remote_port_from_context(ctx.remote_port()),
+            _pad: [0; 4],
+        },
+    })
+}
+
+fn try_track_sockets(ctx: &SockOpsContext) {
+    match ctx.op() {
+        BPF_SOCK_OPS_TCP_CONNECT_CB => {
+            // SAFETY: the helper only reads the socket's cookie.
+            let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+            if PENDING_ORIGINAL_DST.get_ptr(cookie).is_some() {
+                // Hear about the close of a connect that never gets established.
+                let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+            }
+        }
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => {
+            let Some(ends) = ends(ctx) else { return };
+            // SAFETY: the helper only reads the socket's cookie.
+            let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+            if let Some(original) = PENDING_ORIGINAL_DST.get_ptr(cookie) {
+                // SAFETY: pointer from a map lookup, valid for this run.
+                let original = unsafe { *original };
+                let client = ClientKey {
+                    netns_cookie: ends.netns_cookie,
+                    address: ends.key.local_address,
+                    port: ends.key.local_port,
+                    _pad: [0; 6],
+                };
+                let _ = ORIGINAL_DST.insert(client, original, 0);
+                let _ = PENDING_ORIGINAL_DST.remove(cookie);
+                let _ = ctx.set_cb_flags((ctx.cb_flags() & !BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+            }
+            add_local_socket(ctx, &ends);
+        }
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
+            let Some(ends) = ends(ctx) else { return };
+            if ends.key.local_port == ports::OUTBOUND && pod_config(ends.netns_cookie).is_some() {
+                // The agent's end of a redirected connection: clean up when it closes.
+                let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+            }
+            add_local_socket(ctx, &ends);
+        }
+        BPF_SOCK_OPS_STATE_CB => {
+            if ctx.arg(1) != BPF_TCP_CLOSE {
+                return;
+            }
+            // SAFETY: the helper only reads the socket's cookie.
+            let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+            let _ = PENDING_ORIGINAL_DST.remove(cookie);
+            let Some(ends) = ends(ctx) else { return };
+            if ends.key.local_port == ports::OUTBOUND {
+                let client = ClientKey {
+                    netns_cookie: ends.netns_cookie,
+                    address: ends.key.remote_address,
+                    port: ends.key.remote_port,
+                    _pad: [0; 6],
+                };
+                let _ = ORIGINAL_DST.remove(client);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn add_local_socket(ctx: &SockOpsContext, ends: &Ends) {
+    if !same_address(&ends.key.local_address, &ends.key.remote_address) {
+        return;
+    }
+    let Some(config) = pod_config(ends.netns_cookie) else {
+        return;
+    };
+    if config.flags & POD_FLAG_ACCELERATE == 0 {
+        return;
+    }
+    let mut key = ends.key;
+    // SAFETY: `ops` is the kernel's `bpf_sock_ops` for this run, which the helper takes.
+    if LOCAL_SOCKETS
+        .update(&mut key, unsafe { &mut *ctx.ops }, u64::from(BPF_ANY))
+        .is_ok()
+    {
+        bump(stats::LOCAL_SOCKETS_ADDED);
+    }
+}

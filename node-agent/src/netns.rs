@@ -1,0 +1,66 @@
+//! Entering a pod's network namespace for as long as it takes to create a socket.
+//!
+//! A socket belongs to the namespace of the thread that created it, and stays there. The agent
+//! lives in its node's namespace; to listen and connect *inside* a pod (so listeners see which pod
+//! a connection came from and upstream connections carry the pod's address), the creating thread
+//! switches into the pod's namespace, creates the socket and switches back. `setns` is a cheap
+//! syscall, so this is done on the calling thread, not on a helper thread.
+
+use std::{
+    fs::File,
+    io,
+    os::fd::AsFd,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use nix::sched::{CloneFlags, setns};
+
+/// A handle on a pod's network namespace, able to run code inside it.
+#[derive(Debug, Clone)]
+pub struct PodNetns {
+    pod: Arc<File>,
+    home: Arc<File>,
+    path: PathBuf,
+}
+
+impl PodNetns {
+    /// Opens the namespace at `path`; `home` is the agent's own namespace to come back to.
+    pub fn open(path: &Path, home: Arc<File>) -> io::Result<Self> {
+        let pod = File::open(path)?;
+        Ok(Self {
+            pod: Arc::new(pod),
+            home,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The agent's own namespace, opened once at start.
+    pub fn current() -> io::Result<Arc<File>> {
+        File::open("/proc/thread-self/ns/net").map(Arc::new)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` inside the pod's namespace on the current thread, then returns home, also when
+    /// `f` panics. Keep `f` short and free of `.await`: it should only create sockets.
+    pub fn run<R>(&self, f: impl FnOnce() -> R) -> io::Result<R> {
+        setns(self.pod.as_fd(), CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+        let _home = ReturnHome(&self.home);
+        Ok(f())
+    }
+}
+
+struct ReturnHome<'a>(&'a File);
+
+impl Drop for ReturnHome<'_> {
+    fn drop(&mut self) {
+        // Failing to return would leave this runtime thread creating sockets in a pod: there is
+        // no safe way to continue.
+        if let Err(error) = setns(self.0.as_fd(), CloneFlags::CLONE_NEWNET) {
+            panic!("cannot return to the agent's network namespace: {error}");
+        }
+    }
+}

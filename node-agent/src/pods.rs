@@ -1,0 +1,118 @@
+//! The pod manager: what the agent does when a pod is enrolled or leaves. It opens the pod's
+//! network namespace, starts the pod's listeners inside it, and asks the traffic capture (the
+//! eBPF programs) to steer the pod's connections into them; removal undoes both.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    fs::File,
+    sync::Arc,
+};
+
+use crate::{
+    certificates::CertificateSource,
+    ebpf::{Enroller, PodEnrollment},
+    enrollment::{EnrolledPod, PodLifecycle},
+    netns::PodNetns,
+    proxy::{PodProxy, ProxyContext},
+};
+
+/// Serves enrolled pods.
+pub struct PodManager<C> {
+    context: Arc<ProxyContext<C>>,
+    home: Arc<File>,
+    capture: Option<Arc<dyn Enroller>>,
+    pods: std::sync::Mutex<HashMap<String, (EnrolledPod, PodProxy)>>,
+}
+
+impl<C: CertificateSource> PodManager<C> {
+    /// `capture` (the eBPF redirection) is `None` only where something else steers traffic
+    /// (tests of the proxy alone).
+    pub fn new(
+        context: Arc<ProxyContext<C>>,
+        home: Arc<File>,
+        capture: Option<Arc<dyn Enroller>>,
+    ) -> Self {
+        Self {
+            context,
+            home,
+            capture,
+            pods: Default::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (EnrolledPod, PodProxy)>> {
+        self.pods.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn enroll(&self, pod: EnrolledPod) -> Result<(), String> {
+        if let Some((known, _)) = self.lock().get(&pod.uid)
+            && *known == pod
+        {
+            return Ok(());
+        }
+        // A changed pod (new netns after a sandbox restart) is served anew.
+        self.unenroll(&pod.uid)?;
+        let netns = PodNetns::open(&pod.netns, self.home.clone())
+            .map_err(|e| format!("opening network namespace {}: {e}", pod.netns.display()))?;
+        let proxy = PodProxy::start(self.context.clone(), pod.uid.clone(), netns)
+            .map_err(|e| format!("starting listeners in {}: {e}", pod.netns.display()))?;
+        if let Some(capture) = &self.capture {
+            capture_pod(capture.as_ref(), &pod, &proxy)?;
+        }
+        self.lock().insert(pod.uid.clone(), (pod, proxy));
+        Ok(())
+    }
+
+    fn unenroll(&self, uid: &str) -> Result<(), String> {
+        let Some(_served) = self.lock().remove(uid) else {
+            return Ok(());
+        };
+        if let Some(capture) = &self.capture {
+            capture.unenroll(uid).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+}
+
+/// Puts the pod under redirection, or, for a pod whose redirection survived an agent restart
+/// (pinned programs stay attached, which is what keeps it failing closed meanwhile), points the
+/// inbound steering at the new listener.
+fn capture_pod(capture: &dyn Enroller, pod: &EnrolledPod, proxy: &PodProxy) -> Result<(), String> {
+    let adopted = capture
+        .enrolled()
+        .map_err(|e| e.to_string())?
+        .iter()
+        .any(|p| p.uid == pod.uid);
+    if adopted {
+        tracing::info!(uid = %pod.uid, "pod redirection adopted from an earlier run");
+        return capture
+            .replace_inbound_listener(&pod.uid, proxy.inbound_plaintext_listener())
+            .map_err(|e| e.to_string());
+    }
+    capture
+        .enroll(&PodEnrollment {
+            uid: pod.uid.clone(),
+            cgroup: pod.cgroup.clone(),
+            netns: pod.netns.clone(),
+            addresses: pod.addresses.clone(),
+            excluded_outbound_ports: pod.excluded_outbound_ports.clone(),
+            excluded_inbound_ports: pod.excluded_inbound_ports.clone(),
+            inbound_listener: proxy.inbound_plaintext_listener(),
+        })
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+impl<C: CertificateSource> PodLifecycle for PodManager<C> {
+    async fn add(&self, pod: EnrolledPod) -> Result<(), String> {
+        self.enroll(pod)
+    }
+
+    async fn remove(&self, uid: &str) -> Result<(), String> {
+        self.unenroll(uid)
+    }
+
+    fn enrolled(&self) -> BTreeSet<String> {
+        self.lock().keys().cloned().collect()
+    }
+}

@@ -1,0 +1,64 @@
+//! The data path: per-pod listeners inside each enrolled pod's network namespace, the outbound
+//! (15001) and inbound (15006 plaintext, 15008 HBONE) proxies, and the plans they execute.
+//!
+//! Listeners stay thin: accept, hand the connection to a task, move on. Decisions live in
+//! [`plan`] (pure functions over the store); this module only executes them.
+
+mod copy;
+mod error;
+mod inbound;
+mod outbound;
+pub mod plan;
+mod pods;
+
+use std::sync::{Arc, atomic::AtomicUsize};
+
+pub use error::ProxyError;
+pub use pods::{PodProxy, ServedPods};
+
+use crate::{
+    certificates::CertificateSource, ebpf::OriginalDst, metrics::Metrics, state::WorkloadStore,
+};
+
+/// Outbound listener port inside each pod (`127.0.0.1:15001`).
+pub const OUTBOUND_PORT: u16 = 15001;
+/// Inbound plaintext listener port inside each pod.
+pub const INBOUND_PLAINTEXT_PORT: u16 = 15006;
+/// HBONE listener port inside each pod.
+pub const HBONE_PORT: u16 = 15008;
+
+/// Everything the listeners share. One per agent.
+pub struct ProxyContext<C> {
+    pub store: WorkloadStore,
+    pub certificates: Arc<C>,
+    pub metrics: Arc<Metrics>,
+    pub original_destination: Arc<dyn OriginalDst>,
+    /// The mesh's trust domain: peers from any other are refused.
+    pub trust_domain: String,
+    pub pods: ServedPods,
+    pub(crate) pool: outbound::HbonePool<C>,
+    pub(crate) round_robin: AtomicUsize,
+}
+
+impl<C: CertificateSource> ProxyContext<C> {
+    pub fn new(
+        store: WorkloadStore,
+        certificates: Arc<C>,
+        metrics: Arc<Metrics>,
+        original_destination: Arc<dyn OriginalDst>,
+        trust_domain: String,
+    ) -> Arc<Self> {
+        let pods = ServedPods::default();
+        let pool = outbound::new_pool(certificates.clone(), pods.clone());
+        Arc::new(Self {
+            store,
+            certificates,
+            metrics,
+            original_destination,
+            trust_domain,
+            pods,
+            pool,
+            round_robin: AtomicUsize::new(0),
+        })
+    }
+}

@@ -1,0 +1,48 @@
+//! Every way a proxied connection can fail, mapped in one place to the `response_flags` label
+//! and the log line.
+
+use std::{io, net::SocketAddr};
+
+use super::plan::{InboundRefusal, OutboundError};
+
+/// A proxied connection failed or was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no original destination recorded for the connection from {0}")]
+    NoOriginalDestination(SocketAddr),
+    #[error("reading the original destination: {0}")]
+    OriginalDestination(String),
+    #[error("pod {0} is not known to the controller yet")]
+    UnknownPod(String),
+    #[error(transparent)]
+    Plan(#[from] OutboundError),
+    #[error(transparent)]
+    Refused(#[from] InboundRefusal),
+    #[error("certificate: {0}")]
+    Certificate(String),
+    #[error("connecting to {0}: {1}")]
+    Connect(SocketAddr, #[source] io::Error),
+    #[error("hbone to {0}: {1}")]
+    Hbone(SocketAddr, #[source] weft_hbone::ClientError),
+    #[error("tls handshake: {0}")]
+    Tls(#[source] io::Error),
+    #[error("peer identity: {0}")]
+    PeerIdentity(String),
+    #[error("entering the pod network namespace: {0}")]
+    Netns(#[source] io::Error),
+    #[error("copying: {0}")]
+    Copy(#[source] io::Error),
+}
+
+impl ProxyError {
+    /// The `response_flags` label value (ztunnel's vocabulary).
+    pub fn response_flags(&self) -> &'static str {
+        match self {
+            Self::Refused(InboundRefusal::Denied(_) | InboundRefusal::WaypointBypass { .. }) => {
+                "DENY"
+            }
+            Self::Copy(_) => "-",
+            _ => "CONNECT",
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! The inbound proxies of a served pod: HBONE on 15008 (mutual TLS, then one HTTP/2 CONNECT per
+//! tunnel) and plaintext on 15006 (connections `sk_lookup` steers from the pod's application
+//! ports). Both check the destination address, authorize with the pod's L4 policy, and connect
+//! to the application from inside the pod's namespace.
+
+use std::{
+    io,
+    net::{IpAddr, SocketAddr},
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpStream,
+};
+use tokio_rustls::TlsAcceptor;
+use weft_hbone::{ConnectHandler, ConnectRequest, H2Config, Refusal, serve_connection};
+use weft_identity::{
+    SpiffeId, WorkloadCertificate, peer_identity, require_trust_domain, server_config,
+};
+
+use super::{
+    ProxyContext, ProxyError, copy,
+    outbound::connect_in,
+    plan::{InboundRefusal, authorize_inbound},
+    pods::ServedPod,
+};
+use crate::{
+    certificates::CertificateSource,
+    metrics::{ConnectionGuard, ConnectionLabels},
+};
+
+/// Serves one connection steered to a pod's plaintext inbound listener. The accepted socket's
+/// local address is the original destination: `sk_lookup` selects the listener without
+/// rewriting the packet.
+pub(super) async fn handle_plaintext<C: CertificateSource>(
+    context: Arc<ProxyContext<C>>,
+    pod: Arc<ServedPod>,
+    mut downstream: TcpStream,
+    peer: SocketAddr,
+) {
+    let _ = downstream.set_nodelay(true);
+    let target = match downstream.local_addr() {
+        Ok(target) => target,
+        Err(error) => {
+            tracing::warn!(%peer, %error, "inbound plaintext: no local address");
+            return;
+        }
+    };
+    let workload = context.store.workload_by_uid(&pod.uid);
+    let source = context.store.workload_by_ip(peer.ip());
+    let mut guard = context
+        .metrics
+        .connection_opened(ConnectionLabels::from_workloads(
+            "destination",
+            source.as_deref(),
+            workload.as_deref(),
+            None,
+            "unknown",
+        ));
+    let result = async {
+        let workload = workload.ok_or_else(|| ProxyError::UnknownPod(pod.uid.clone()))?;
+        authorize_inbound(&context.store, &workload, None, peer.ip(), target)?;
+        let mut upstream = connect_in(&pod.netns, target)
+            .await
+            .map_err(|e| ProxyError::Connect(target, e))?;
+        copy::tcp_both_ways(&mut downstream, &mut upstream)
+            .await
+            .map_err(ProxyError::Copy)
+    }
+    .await;
+    match result {
+        Ok((received, sent)) => {
+            guard.add_received(received);
+            guard.add_sent(sent);
+        }
+        Err(error) => {
+            guard.set_response_flags(error.response_flags());
+            tracing::warn!(%peer, %target, %error, "inbound plaintext connection refused");
+        }
+    }
+}
+
+/// Serves one connection accepted on a pod's HBONE listener: mutual TLS with the pod's own
+/// certificate, the peer's identity checked against the trust domain, then the tunnels.
+pub(super) async fn handle_hbone<C: CertificateSource>(
+    context: Arc<ProxyContext<C>>,
+    pod: Arc<ServedPod>,
+    downstream: TcpStream,
+    peer: SocketAddr,
+) {
+    if let Err(error) = serve_hbone(&context, &pod, downstream, peer).await {
+        tracing::warn!(%peer, %error, "inbound hbone connection refused");
+    }
+}
+
+async fn serve_hbone<C: CertificateSource>(
+    context: &Arc<ProxyContext<C>>,
+    pod: &Arc<ServedPod>,
+    downstream: TcpStream,
+    peer: SocketAddr,
+) -> Result<(), ProxyError> {
+    let _ = weft_hbone::tune_tcp(&downstream);
+    let workload = context
+        .store
+        .workload_by_uid(&pod.uid)
+        .ok_or_else(|| ProxyError::UnknownPod(pod.uid.clone()))?;
+    let identity = workload
+        .identity()
+        .map_err(|e| ProxyError::PeerIdentity(e.to_string()))?;
+    let certificate = context
+        .certificates
+        .fetch(&identity)
+        .await
+        .map_err(|e| ProxyError::Certificate(e.to_string()))?;
+    let config = pod_server_config(context, pod, certificate)?;
+    let tls = TlsAcceptor::from(config)
+        .accept(downstream)
+        .await
+        .map_err(ProxyError::Tls)?;
+    let peer_id = peer_identity(tls.get_ref().1)
+        .and_then(|id| require_trust_domain(&id, &context.trust_domain).map(|()| id))
+        .map_err(|e| ProxyError::PeerIdentity(e.to_string()))?;
+    let handler = Arc::new(InboundTunnels {
+        context: context.clone(),
+        pod: pod.clone(),
+        peer: peer_id,
+        peer_ip: peer.ip(),
+    });
+    match serve_connection(tls, handler, H2Config::default()).await {
+        Ok(summary) => {
+            tracing::debug!(%peer, tunnels = summary.tunnels, refused = summary.refused, "hbone connection closed");
+            Ok(())
+        }
+        Err(error) => Err(ProxyError::Copy(io::Error::other(error))),
+    }
+}
+
+/// The pod's HBONE server configuration for `certificate`, from the pod's cache when the
+/// certificate is the one it was built for.
+fn pod_server_config<C: CertificateSource>(
+    context: &ProxyContext<C>,
+    pod: &ServedPod,
+    certificate: Arc<WorkloadCertificate>,
+) -> Result<Arc<rustls::ServerConfig>, ProxyError> {
+    let mut cached = pod.server_tls.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((built_for, config)) = cached.as_ref()
+        && Arc::ptr_eq(built_for, &certificate)
+    {
+        return Ok(config.clone());
+    }
+    let roots = context
+        .certificates
+        .trust_roots()
+        .ok_or_else(|| ProxyError::Certificate("no trust roots yet".into()))?;
+    let config =
+        server_config(&certificate, &roots).map_err(|e| ProxyError::Certificate(e.to_string()))?;
+    *cached = Some((certificate, config.clone()));
+    Ok(config)
+}
+
+/// Authorizes and connects each CONNECT of one mutual-TLS connection.
+struct InboundTunnels<C> {
+    context: Arc<ProxyContext<C>>,
+    pod: Arc<ServedPod>,
+    peer: SpiffeId,
+    peer_ip: IpAddr,
+}
+
+impl<C: CertificateSource> ConnectHandler for InboundTunnels<C> {
+    type Upstream = Metered<TcpStream>;
+
+    async fn connect(&self, request: &ConnectRequest) -> Result<Self::Upstream, Refusal> {
+        let context = &self.context;
+        let target = request.authority;
+        let source_ip = request.forwarded_for.unwrap_or(self.peer_ip);
+        let workload = context.store.workload_by_uid(&self.pod.uid);
+        let source = context.store.workload_by_ip(source_ip);
+        let mut guard = context
+            .metrics
+            .connection_opened(ConnectionLabels::from_workloads(
+                "destination",
+                source.as_deref(),
+                workload.as_deref(),
+                None,
+                "mutual_tls",
+            ));
+        let result = async {
+            let workload = workload.ok_or_else(|| ProxyError::UnknownPod(self.pod.uid.clone()))?;
+            authorize_inbound(
+                &context.store,
+                &workload,
+                Some(&self.peer),
+                source_ip,
+                target,
+            )?;
+            connect_in(&self.pod.netns, target)
+                .await
+                .map_err(|e| ProxyError::Connect(target, e))
+        }
+        .await;
+        match result {
+            Ok(stream) => Ok(Metered { stream, guard }),
+            Err(error) => {
+                guard.set_response_flags(error.response_flags());
+                tracing::warn!(peer = %self.peer, %source_ip, %target, %error, "hbone tunnel refused");
+                Err(match error {
+                    ProxyError::Refused(
+                        InboundRefusal::NotServedHere(_) | InboundRefusal::AgentPort(_),
+                    ) => Refusal::BadRequest,
+                    ProxyError::Refused(_) => Refusal::Forbidden,
+                    _ => Refusal::UpstreamUnavailable,
+                })
+            }
+        }
+    }
+}
+
+/// An upstream socket that counts its bytes into the connection's metrics guard; dropping it
+/// (when the tunnel ends) closes the connection's record.
+pub(crate) struct Metered<S> {
+    stream: S,
+    guard: ConnectionGuard,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut self.stream).poll_read(cx, buf);
+        // Read from the application: the response direction, `sent` in Istio's terms.
+        self.guard.add_sent((buf.filled().len() - before) as u64);
+        poll
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.stream).poll_write(cx, data);
+        if let Poll::Ready(Ok(n)) = &poll {
+            self.guard.add_received(*n as u64);
+        }
+        poll
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}

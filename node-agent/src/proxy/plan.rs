@@ -1,0 +1,341 @@
+//! Where a connection goes, decided without I/O: outbound resolution (service VIP -> endpoint,
+//! pod IP, waypoint, or plain passthrough) and the inbound checks (is this address served here,
+//! is the peer allowed). Table-tested; the listeners only execute the plans.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
+
+use weft_identity::SpiffeId;
+use weft_policy::{
+    Decision, PeerIdentity,
+    l4::{ConnectionContext, evaluate},
+};
+
+use crate::state::{
+    GatewayAddress, GatewayDestination, LoadBalancingMode, RoutingPreference, Service,
+    TunnelProtocol, Workload, WorkloadStore,
+};
+
+/// Ports the agent itself listens on inside a pod, plus its node-level ports: never a valid
+/// destination for forwarded traffic (a connection to them would loop through the agent).
+pub const AGENT_PORTS: [u16; 6] = [15001, 15006, 15008, 15000, 15020, 15021];
+
+/// How an outbound connection is carried.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OutboundPlan {
+    /// Plain TCP to `target`: the destination is outside the mesh.
+    Passthrough { target: SocketAddr },
+    /// HBONE to `gateway` (an endpoint's or a waypoint's `ip:15008`) asking for `target`.
+    Hbone {
+        gateway: SocketAddr,
+        target: SocketAddr,
+        /// The identity the server at `gateway` must prove.
+        expected_identity: SpiffeId,
+        destination: Arc<Workload>,
+        service: Option<Arc<Service>>,
+        via_waypoint: bool,
+    },
+    /// The destination is a pod this agent serves: no TLS, but its inbound policy still applies.
+    Local {
+        target: SocketAddr,
+        destination: Arc<Workload>,
+        service: Option<Arc<Service>>,
+    },
+}
+
+/// Why an outbound connection cannot be carried.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OutboundError {
+    #[error("service {service} has no healthy endpoint for port {port}")]
+    NoHealthyEndpoint { service: String, port: u16 },
+    #[error("waypoint {0} cannot be resolved")]
+    UnknownWaypoint(String),
+    #[error("destination {0} is an agent port")]
+    AgentPort(SocketAddr),
+    #[error("workload {uid} has an invalid identity: {reason}")]
+    BadIdentity { uid: String, reason: String },
+}
+
+/// Decides how `source` reaches `original`. `is_local(uid)` says whether this agent serves the
+/// pod; `roll` drives round robin (the caller passes an incrementing counter).
+pub fn plan_outbound(
+    store: &WorkloadStore,
+    source: &Workload,
+    original: SocketAddr,
+    is_local: impl Fn(&str) -> bool,
+    roll: usize,
+) -> Result<OutboundPlan, OutboundError> {
+    if AGENT_PORTS.contains(&original.port()) && source.addresses.contains(&original.ip()) {
+        return Err(OutboundError::AgentPort(original));
+    }
+    if let Some(service) = store.service_by_vip(original.ip()) {
+        return plan_service(store, source, service, original, is_local, roll);
+    }
+    if let Some(destination) = store.workload_by_ip(original.ip()) {
+        if let Some(waypoint) = destination.waypoint.as_ref()
+            && !is_waypoint_itself(store, source, waypoint)
+        {
+            return plan_waypoint(store, waypoint, original, destination.clone(), None, roll);
+        }
+        return plan_workload(destination, None, original, &is_local);
+    }
+    Ok(OutboundPlan::Passthrough { target: original })
+}
+
+fn plan_service(
+    store: &WorkloadStore,
+    source: &Workload,
+    service: Arc<Service>,
+    original: SocketAddr,
+    is_local: impl Fn(&str) -> bool,
+    roll: usize,
+) -> Result<OutboundPlan, OutboundError> {
+    if service.load_balancing == LoadBalancingMode::Passthrough {
+        return Ok(OutboundPlan::Passthrough { target: original });
+    }
+    let endpoints = store.endpoints(&service.key());
+    let port = original.port();
+    let key = service.key();
+    // Candidates: endpoints that serve this port and are healthy (unless the service says any).
+    let candidates: Vec<(Arc<Workload>, u16)> = endpoints
+        .into_iter()
+        .filter(|w| w.healthy || service.allow_unhealthy)
+        .filter_map(|w| {
+            let target = w
+                .services
+                .get(&key)
+                .and_then(|ports| ports.get(&port).copied())
+                .filter(|p| *p != 0)
+                .or_else(|| service.ports.get(&port).copied().filter(|p| *p != 0))
+                .or_else(|| service.ports.is_empty().then_some(port))?;
+            Some((w, target))
+        })
+        .collect();
+    let candidates = prefer_locality(&service, source, candidates);
+    if let Some(waypoint) = service.waypoint.clone()
+        && !is_waypoint_itself(store, source, &waypoint)
+    {
+        let destination = candidates.first().map(|(w, _)| w.clone()).ok_or_else(|| {
+            OutboundError::NoHealthyEndpoint {
+                service: key.to_string(),
+                port,
+            }
+        })?;
+        return plan_waypoint(store, &waypoint, original, destination, Some(service), roll);
+    }
+    if candidates.is_empty() {
+        return Err(OutboundError::NoHealthyEndpoint {
+            service: key.to_string(),
+            port,
+        });
+    }
+    let (endpoint, target_port) = candidates[roll % candidates.len()].clone();
+    let Some(ip) = endpoint.addresses.first().copied() else {
+        return Err(OutboundError::NoHealthyEndpoint {
+            service: key.to_string(),
+            port,
+        });
+    };
+    plan_workload(
+        endpoint,
+        Some(service),
+        SocketAddr::new(ip, target_port),
+        &is_local,
+    )
+}
+
+/// Applies the service's routing preferences: `Strict` keeps only endpoints matching all of
+/// them, `Failover` keeps the best-matching group. Only `Node` and `Cluster` are known to the
+/// agent; the locality scopes count as matching (the store does not carry localities yet).
+fn prefer_locality(
+    service: &Service,
+    source: &Workload,
+    candidates: Vec<(Arc<Workload>, u16)>,
+) -> Vec<(Arc<Workload>, u16)> {
+    if service.routing_preferences.is_empty()
+        || !matches!(
+            service.load_balancing,
+            LoadBalancingMode::Strict | LoadBalancingMode::Failover
+        )
+    {
+        return candidates;
+    }
+    let rank = |w: &Workload| {
+        service
+            .routing_preferences
+            .iter()
+            .take_while(|p| match p {
+                RoutingPreference::Node => w.node == source.node,
+                RoutingPreference::Cluster => w.cluster_id == source.cluster_id,
+                _ => true,
+            })
+            .count()
+    };
+    let full = service.routing_preferences.len();
+    let best = match service.load_balancing {
+        LoadBalancingMode::Strict => full,
+        _ => candidates.iter().map(|(w, _)| rank(w)).max().unwrap_or(0),
+    };
+    candidates
+        .into_iter()
+        .filter(|(w, _)| rank(w) == best)
+        .collect()
+}
+
+fn plan_workload(
+    destination: Arc<Workload>,
+    service: Option<Arc<Service>>,
+    target: SocketAddr,
+    is_local: &impl Fn(&str) -> bool,
+) -> Result<OutboundPlan, OutboundError> {
+    if destination.tunnel == TunnelProtocol::None {
+        return Ok(OutboundPlan::Passthrough { target });
+    }
+    if is_local(&destination.uid) {
+        return Ok(OutboundPlan::Local {
+            target,
+            destination,
+            service,
+        });
+    }
+    let expected_identity = identity_of(&destination)?;
+    Ok(OutboundPlan::Hbone {
+        gateway: SocketAddr::new(target.ip(), crate::state::HBONE_PORT),
+        target,
+        expected_identity,
+        destination,
+        service,
+        via_waypoint: false,
+    })
+}
+
+fn plan_waypoint(
+    store: &WorkloadStore,
+    waypoint: &GatewayAddress,
+    original: SocketAddr,
+    destination: Arc<Workload>,
+    service: Option<Arc<Service>>,
+    roll: usize,
+) -> Result<OutboundPlan, OutboundError> {
+    let waypoint_workload = resolve_waypoint(store, waypoint, roll)?;
+    let ip = waypoint_workload
+        .addresses
+        .first()
+        .copied()
+        .ok_or_else(|| OutboundError::UnknownWaypoint(waypoint_workload.uid.clone()))?;
+    Ok(OutboundPlan::Hbone {
+        gateway: SocketAddr::new(ip, waypoint.hbone_port),
+        target: original,
+        expected_identity: identity_of(&waypoint_workload)?,
+        destination,
+        service,
+        via_waypoint: true,
+    })
+}
+
+/// The waypoint's workload: by address, or one of its service's endpoints.
+pub fn resolve_waypoint(
+    store: &WorkloadStore,
+    waypoint: &GatewayAddress,
+    roll: usize,
+) -> Result<Arc<Workload>, OutboundError> {
+    match &waypoint.destination {
+        GatewayDestination::Address(ip) => store
+            .workload_by_ip(*ip)
+            .ok_or_else(|| OutboundError::UnknownWaypoint(ip.to_string())),
+        GatewayDestination::Service(key) => {
+            let endpoints: Vec<_> = store
+                .endpoints(key)
+                .into_iter()
+                .filter(|w| w.healthy)
+                .collect();
+            if endpoints.is_empty() {
+                return Err(OutboundError::UnknownWaypoint(key.to_string()));
+            }
+            Ok(endpoints[roll % endpoints.len()].clone())
+        }
+    }
+}
+
+fn is_waypoint_itself(store: &WorkloadStore, source: &Workload, waypoint: &GatewayAddress) -> bool {
+    match &waypoint.destination {
+        GatewayDestination::Address(ip) => source.addresses.contains(ip),
+        GatewayDestination::Service(key) => {
+            store.endpoints(key).iter().any(|w| w.uid == source.uid)
+        }
+    }
+}
+
+fn identity_of(workload: &Workload) -> Result<SpiffeId, OutboundError> {
+    workload.identity().map_err(|e| OutboundError::BadIdentity {
+        uid: workload.uid.clone(),
+        reason: e.to_string(),
+    })
+}
+
+/// Why an inbound connection is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InboundRefusal {
+    #[error("{0} is not an address of this pod")]
+    NotServedHere(SocketAddr),
+    #[error("{0} is an agent port")]
+    AgentPort(SocketAddr),
+    #[error("peer {peer} is not the waypoint {waypoint} this workload requires")]
+    WaypointBypass { peer: String, waypoint: String },
+    /// L4 authorization refused it (the reason names the policy).
+    #[error("{0}")]
+    Denied(String),
+}
+
+/// The inbound checks for a connection to `destination` (a pod this agent serves) at `target`:
+/// the address belongs to the pod, it is not an agent port, a workload behind a waypoint is
+/// reached only through it, and L4 authorization allows it.
+pub fn authorize_inbound(
+    store: &WorkloadStore,
+    destination: &Workload,
+    peer: Option<&SpiffeId>,
+    source_ip: IpAddr,
+    target: SocketAddr,
+) -> Result<(), InboundRefusal> {
+    if !destination.addresses.contains(&target.ip()) {
+        return Err(InboundRefusal::NotServedHere(target));
+    }
+    if AGENT_PORTS.contains(&target.port()) {
+        return Err(InboundRefusal::AgentPort(target));
+    }
+    if let Some(waypoint) = destination.waypoint.as_ref()
+        && let Ok(waypoint) = resolve_waypoint(store, waypoint, 0)
+        && let Ok(waypoint_identity) = waypoint.identity()
+        && peer != Some(&waypoint_identity)
+        && !destination.addresses.contains(&source_ip)
+    {
+        return Err(InboundRefusal::WaypointBypass {
+            peer: peer.map_or_else(|| "plaintext".to_string(), ToString::to_string),
+            waypoint: waypoint_identity.to_string(),
+        });
+    }
+    let policies = store.policies();
+    let applicable = policies
+        .iter()
+        .filter(|p| p.applies_to(&destination.namespace, &destination.authorization_policies))
+        .map(|p| p.as_ref());
+    let context = ConnectionContext {
+        src_identity: peer.map(|id| PeerIdentity {
+            trust_domain: id.trust_domain().to_string(),
+            namespace: id.namespace().to_string(),
+            service_account: id.service_account().to_string(),
+        }),
+        src_ip: source_ip,
+        dst_ip: target.ip(),
+        dst_port: target.port(),
+    };
+    match evaluate(applicable, &context) {
+        Decision::Allow => Ok(()),
+        Decision::Deny(reason) => Err(InboundRefusal::Denied(reason.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests;

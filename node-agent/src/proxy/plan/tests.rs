@@ -1,0 +1,374 @@
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+};
+
+use weft_policy::{
+    PolicyAction, WildcardMatch,
+    l4::{Authorization, Clause, ConnectionMatch, PolicyScope, Rule},
+};
+
+use super::*;
+use crate::state::{NamespacedHostname, Service};
+
+const NODE1: &str = "node1";
+const NODE2: &str = "node2";
+
+fn ip(a: u8, b: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 251, a, b))
+}
+
+fn addr(a: u8, b: u8, port: u16) -> SocketAddr {
+    SocketAddr::new(ip(a, b), port)
+}
+
+fn vip(last: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 96, 0, last))
+}
+
+fn key(name: &str) -> NamespacedHostname {
+    NamespacedHostname {
+        namespace: "shop".into(),
+        hostname: format!("{name}.shop.svc.cluster.local"),
+    }
+}
+
+fn workload(uid: &str, sa: &str, node: &str, address: IpAddr) -> Workload {
+    Workload {
+        uid: uid.into(),
+        name: uid.into(),
+        namespace: "shop".into(),
+        addresses: vec![address],
+        trust_domain: "cluster.local".into(),
+        service_account: sa.into(),
+        node: node.into(),
+        tunnel: TunnelProtocol::Hbone,
+        waypoint: None,
+        canonical_name: uid.into(),
+        canonical_revision: "v1".into(),
+        workload_name: uid.into(),
+        cluster_id: "c1".into(),
+        healthy: true,
+        services: BTreeMap::new(),
+        authorization_policies: vec![],
+    }
+}
+
+fn backing(mut w: Workload, service: &str, port: u16, target: u16) -> Workload {
+    w.services.insert(key(service), [(port, target)].into());
+    w
+}
+
+fn service(name: &str, vip_last: u8, port: u16, target: u16) -> Service {
+    Service {
+        name: name.into(),
+        namespace: "shop".into(),
+        hostname: format!("{name}.shop.svc.cluster.local"),
+        vips: vec![vip(vip_last)],
+        ports: [(port, target)].into(),
+        subject_alt_names: vec![],
+        waypoint: None,
+        load_balancing: LoadBalancingMode::Standard,
+        routing_preferences: vec![],
+        allow_unhealthy: false,
+    }
+}
+
+fn id(sa: &str) -> SpiffeId {
+    SpiffeId::new("cluster.local", "shop", sa).unwrap()
+}
+
+/// client (node1) -> cart (2 endpoints: node1, node2) and a plaintext legacy pod; pay behind a
+/// waypoint; local pod `neighbor` on node1.
+fn mesh() -> WorkloadStore {
+    let store = WorkloadStore::new();
+    store.insert_workload(workload("client", "client", NODE1, ip(1, 10)));
+    store.insert_workload(backing(
+        workload("cart-1", "cart", NODE1, ip(1, 11)),
+        "cart",
+        80,
+        8080,
+    ));
+    store.insert_workload(backing(
+        workload("cart-2", "cart", NODE2, ip(2, 11)),
+        "cart",
+        80,
+        8080,
+    ));
+    let mut legacy = workload("legacy", "legacy", NODE2, ip(2, 30));
+    legacy.tunnel = TunnelProtocol::None;
+    store.insert_workload(legacy);
+    store.insert_workload(workload("waypoint", "waypoint", NODE2, ip(2, 40)));
+    let mut pay_pod = backing(workload("pay-1", "pay", NODE2, ip(2, 50)), "pay", 443, 8443);
+    pay_pod.waypoint = Some(GatewayAddress {
+        destination: GatewayDestination::Address(ip(2, 40)),
+        hbone_port: 15008,
+    });
+    store.insert_workload(pay_pod);
+    let mut sick = backing(
+        workload("cart-3", "cart", NODE2, ip(2, 12)),
+        "cart",
+        80,
+        8080,
+    );
+    sick.healthy = false;
+    store.insert_workload(sick);
+    store.insert_service(service("cart", 1, 80, 8080));
+    let mut pay = service("pay", 2, 443, 8443);
+    pay.waypoint = Some(GatewayAddress {
+        destination: GatewayDestination::Address(ip(2, 40)),
+        hbone_port: 15008,
+    });
+    store.insert_service(pay);
+    store
+}
+
+fn local_on_node1(uid: &str) -> bool {
+    ["client", "cart-1", "neighbor"].contains(&uid)
+}
+
+fn plan(
+    store: &WorkloadStore,
+    from: &str,
+    to: SocketAddr,
+    roll: usize,
+) -> Result<OutboundPlan, OutboundError> {
+    let source = store.workload_by_uid(from).unwrap();
+    plan_outbound(store, &source, to, local_on_node1, roll)
+}
+
+#[test]
+fn outbound_plans() {
+    let store = mesh();
+    let cart_vip = SocketAddr::new(vip(1), 80);
+    // Round robin over the two healthy endpoints: the unhealthy cart-3 is never chosen.
+    let picks: Vec<_> = (0..4)
+        .map(
+            |roll| match plan(&store, "client", cart_vip, roll).unwrap() {
+                OutboundPlan::Local { target, .. } => ("local", target),
+                OutboundPlan::Hbone {
+                    target,
+                    gateway,
+                    expected_identity,
+                    via_waypoint,
+                    ..
+                } => {
+                    assert_eq!(gateway, addr(2, 11, 15008));
+                    assert_eq!(expected_identity, id("cart"));
+                    assert!(!via_waypoint);
+                    ("hbone", target)
+                }
+                other => panic!("unexpected {other:?}"),
+            },
+        )
+        .collect();
+    assert_eq!(
+        picks,
+        [
+            ("local", addr(1, 11, 8080)),
+            ("hbone", addr(2, 11, 8080)),
+            ("local", addr(1, 11, 8080)),
+            ("hbone", addr(2, 11, 8080)),
+        ]
+    );
+
+    // A pod IP directly: HBONE to that pod, authority as dialed.
+    match plan(&store, "client", addr(2, 11, 9000), 0).unwrap() {
+        OutboundPlan::Hbone {
+            gateway, target, ..
+        } => {
+            assert_eq!((gateway, target), (addr(2, 11, 15008), addr(2, 11, 9000)));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    // Outside the mesh, and a pod not in the mesh: plain TCP.
+    let outside = SocketAddr::from(([10, 250, 0, 2], 15012));
+    assert_eq!(
+        plan(&store, "client", outside, 0).unwrap(),
+        OutboundPlan::Passthrough { target: outside }
+    );
+    assert_eq!(
+        plan(&store, "client", addr(2, 30, 80), 0).unwrap(),
+        OutboundPlan::Passthrough {
+            target: addr(2, 30, 80)
+        }
+    );
+    // A service with a waypoint goes to the waypoint, authority the VIP, waypoint identity.
+    let pay_vip = SocketAddr::new(vip(2), 443);
+    match plan(&store, "client", pay_vip, 0).unwrap() {
+        OutboundPlan::Hbone {
+            gateway,
+            target,
+            expected_identity,
+            via_waypoint,
+            ..
+        } => {
+            assert_eq!(gateway, addr(2, 40, 15008));
+            assert_eq!(target, pay_vip);
+            assert_eq!(expected_identity, id("waypoint"));
+            assert!(via_waypoint);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    // ... and so does the pod behind it addressed directly, except from the waypoint itself.
+    assert!(matches!(
+        plan(&store, "client", addr(2, 50, 8443), 0).unwrap(),
+        OutboundPlan::Hbone {
+            via_waypoint: true,
+            ..
+        }
+    ));
+    match plan(&store, "waypoint", pay_vip, 0).unwrap() {
+        OutboundPlan::Hbone {
+            gateway,
+            target,
+            via_waypoint,
+            ..
+        } => {
+            assert_eq!(
+                (gateway, target, via_waypoint),
+                (addr(2, 50, 15008), addr(2, 50, 8443), false)
+            );
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    // Refusals.
+    assert_eq!(
+        plan(&store, "client", SocketAddr::new(vip(1), 81), 0).unwrap_err(),
+        OutboundError::NoHealthyEndpoint {
+            service: "shop/cart.shop.svc.cluster.local".into(),
+            port: 81
+        }
+    );
+    assert_eq!(
+        plan(&store, "client", addr(1, 10, 15001), 0).unwrap_err(),
+        OutboundError::AgentPort(addr(1, 10, 15001))
+    );
+}
+
+#[test]
+fn load_balancing_modes() {
+    let store = mesh();
+    let cart_vip = SocketAddr::new(vip(1), 80);
+    let mut cart = service("cart", 1, 80, 8080);
+    cart.load_balancing = LoadBalancingMode::Failover;
+    cart.routing_preferences = vec![RoutingPreference::Node];
+    store.insert_service(cart.clone());
+    // Failover with a node preference: always the endpoint on the client's node.
+    for roll in 0..4 {
+        assert!(matches!(
+            plan(&store, "client", cart_vip, roll).unwrap(),
+            OutboundPlan::Local { .. }
+        ));
+    }
+    // Strict: a client on node2 with no cart endpoint... the waypoint pod on node2 has cart-2.
+    assert!(matches!(
+        plan(&store, "waypoint", cart_vip, 0).unwrap(),
+        OutboundPlan::Hbone { gateway, .. } if gateway == addr(2, 11, 15008)
+    ));
+    cart.load_balancing = LoadBalancingMode::Passthrough;
+    store.insert_service(cart.clone());
+    assert_eq!(
+        plan(&store, "client", cart_vip, 0).unwrap(),
+        OutboundPlan::Passthrough { target: cart_vip }
+    );
+    // Unhealthy endpoints become eligible when the service allows them.
+    cart.load_balancing = LoadBalancingMode::Standard;
+    cart.allow_unhealthy = true;
+    store.insert_service(cart);
+    let targets: std::collections::BTreeSet<_> = (0..3)
+        .map(
+            |roll| match plan(&store, "client", cart_vip, roll).unwrap() {
+                OutboundPlan::Local { target, .. } | OutboundPlan::Hbone { target, .. } => target,
+                other => panic!("{other:?}"),
+            },
+        )
+        .collect();
+    assert!(targets.contains(&addr(2, 12, 8080)));
+}
+
+fn policy(name: &str, action: PolicyAction, matches: Vec<ConnectionMatch>) -> Authorization {
+    Authorization {
+        name: name.into(),
+        namespace: "shop".into(),
+        scope: PolicyScope::Namespace,
+        action,
+        rules: if matches.is_empty() {
+            vec![]
+        } else {
+            vec![Rule {
+                clauses: vec![Clause { matches }],
+            }]
+        },
+        dry_run: false,
+    }
+}
+
+#[test]
+fn inbound_checks() {
+    let store = mesh();
+    let cart = store.workload_by_uid("cart-2").unwrap();
+    let pay = store.workload_by_uid("pay-1").unwrap();
+    let client = id("client");
+    let from = ip(1, 10);
+    let check = |w: &Workload, peer: Option<&SpiffeId>, target| {
+        authorize_inbound(&store, w, peer, from, target)
+    };
+
+    assert_eq!(check(&cart, Some(&client), addr(2, 11, 8080)), Ok(()));
+    assert_eq!(
+        check(&cart, None, addr(2, 11, 8080)),
+        Ok(()),
+        "no policy: plaintext allowed"
+    );
+    assert_eq!(
+        check(&cart, Some(&client), addr(2, 50, 8080)),
+        Err(InboundRefusal::NotServedHere(addr(2, 50, 8080)))
+    );
+    assert_eq!(
+        check(&cart, Some(&client), addr(2, 11, 15006)),
+        Err(InboundRefusal::AgentPort(addr(2, 11, 15006)))
+    );
+    // A workload behind a waypoint accepts only the waypoint.
+    assert!(matches!(
+        check(&pay, Some(&client), addr(2, 50, 8443)),
+        Err(InboundRefusal::WaypointBypass { .. })
+    ));
+    assert_eq!(
+        check(&pay, Some(&id("waypoint")), addr(2, 50, 8443)),
+        Ok(())
+    );
+
+    // ALLOW only the client service account, and DENY port 9999 for everyone.
+    store.insert_policy(policy(
+        "allow-client",
+        PolicyAction::Allow,
+        vec![ConnectionMatch {
+            principals: vec![WildcardMatch::Exact(
+                "cluster.local/ns/shop/sa/client".into(),
+            )],
+            ..Default::default()
+        }],
+    ));
+    store.insert_policy(policy(
+        "deny-9999",
+        PolicyAction::Deny,
+        vec![ConnectionMatch {
+            destination_ports: vec![9999],
+            ..Default::default()
+        }],
+    ));
+    assert_eq!(check(&cart, Some(&client), addr(2, 11, 8080)), Ok(()));
+    assert!(matches!(
+        check(&cart, Some(&id("other")), addr(2, 11, 8080)),
+        Err(InboundRefusal::Denied(reason)) if reason.contains("none matched")
+    ));
+    assert!(matches!(
+        check(&cart, None, addr(2, 11, 8080)),
+        Err(InboundRefusal::Denied(_))
+    ));
+    assert!(matches!(
+        check(&cart, Some(&client), addr(2, 11, 9999)),
+        Err(InboundRefusal::Denied(reason)) if reason.contains("shop/deny-9999")
+    ));
+}

@@ -1,0 +1,191 @@
+//! The pods this agent serves and, for each, its three listeners inside the pod's network
+//! namespace.
+
+use std::{
+    collections::HashMap,
+    io,
+    net::{Ipv4Addr, SocketAddr, TcpListener as StdListener},
+    os::fd::{AsFd, BorrowedFd},
+    sync::{Arc, Mutex, RwLock},
+    time::Duration,
+};
+
+use socket2::{Domain, Socket, Type};
+use tokio::{net::TcpListener, task::JoinHandle};
+use tracing::Instrument;
+use weft_identity::WorkloadCertificate;
+
+use super::{HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT, ProxyContext, inbound, outbound};
+use crate::{
+    certificates::CertificateSource,
+    ebpf::{NetnsCookie, netns_cookie},
+    netns::PodNetns,
+};
+
+/// Listen backlog: connection bursts from a pod must not be refused by the kernel.
+const BACKLOG: i32 = 1024;
+
+/// A pod the agent serves: its uid (the key into the workload store) and namespace handle.
+#[derive(Debug)]
+pub struct ServedPod {
+    pub uid: String,
+    pub netns: PodNetns,
+    /// Tells this pod's namespace apart from every other (all have their own 127.0.0.1).
+    pub netns_cookie: NetnsCookie,
+    /// The HBONE server configuration for the pod's current certificate, rebuilt only when the
+    /// certificate changes (not per connection).
+    pub(crate) server_tls: Mutex<Option<(Arc<WorkloadCertificate>, Arc<rustls::ServerConfig>)>>,
+}
+
+/// The registry of served pods; cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct ServedPods(Arc<RwLock<HashMap<String, Arc<ServedPod>>>>);
+
+impl ServedPods {
+    pub fn get(&self, uid: &str) -> Option<Arc<ServedPod>> {
+        self.0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(uid)
+            .cloned()
+    }
+
+    pub fn contains(&self, uid: &str) -> bool {
+        self.0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(uid)
+    }
+
+    fn insert(&self, pod: Arc<ServedPod>) {
+        self.0
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(pod.uid.clone(), pod);
+    }
+
+    fn remove(&self, uid: &str) {
+        self.0
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(uid);
+    }
+}
+
+/// One served pod's listeners. Dropping it closes them and forgets the pod; connections already
+/// accepted run to completion.
+pub struct PodProxy {
+    uid: String,
+    pods: ServedPods,
+    inbound_plaintext: Arc<TcpListener>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl PodProxy {
+    /// Opens 15001 (outbound, loopback only), 15006 and 15008 inside the pod's namespace and
+    /// starts serving them.
+    pub fn start<C: CertificateSource>(
+        context: Arc<ProxyContext<C>>,
+        uid: String,
+        netns: PodNetns,
+    ) -> io::Result<Self> {
+        let (outbound_listener, plaintext_listener, hbone_listener) = netns.run(|| {
+            io::Result::Ok((
+                listen(SocketAddr::from((Ipv4Addr::LOCALHOST, OUTBOUND_PORT)))?,
+                listen(SocketAddr::from((
+                    Ipv4Addr::UNSPECIFIED,
+                    INBOUND_PLAINTEXT_PORT,
+                )))?,
+                listen(SocketAddr::from((Ipv4Addr::UNSPECIFIED, HBONE_PORT)))?,
+            ))
+        })??;
+        let netns_cookie = netns_cookie(&plaintext_listener)?;
+        let pod = Arc::new(ServedPod {
+            uid: uid.clone(),
+            netns,
+            netns_cookie,
+            server_tls: Mutex::new(None),
+        });
+        context.pods.insert(pod.clone());
+
+        let outbound_listener = Arc::new(TcpListener::from_std(outbound_listener)?);
+        let plaintext_listener = Arc::new(TcpListener::from_std(plaintext_listener)?);
+        let hbone_listener = Arc::new(TcpListener::from_std(hbone_listener)?);
+        let span = |direction: &'static str| tracing::info_span!("listener", pod = %uid, direction);
+        let tasks = vec![
+            tokio::spawn(
+                accept_loop(outbound_listener, {
+                    let (context, pod) = (context.clone(), pod.clone());
+                    move |stream, peer| outbound::handle(context.clone(), pod.clone(), stream, peer)
+                })
+                .instrument(span("outbound")),
+            ),
+            tokio::spawn(
+                accept_loop(plaintext_listener.clone(), {
+                    let (context, pod) = (context.clone(), pod.clone());
+                    move |stream, peer| {
+                        inbound::handle_plaintext(context.clone(), pod.clone(), stream, peer)
+                    }
+                })
+                .instrument(span("inbound_plaintext")),
+            ),
+            tokio::spawn(
+                accept_loop(hbone_listener, {
+                    let (context, pod) = (context.clone(), pod.clone());
+                    move |stream, peer| {
+                        inbound::handle_hbone(context.clone(), pod.clone(), stream, peer)
+                    }
+                })
+                .instrument(span("inbound_hbone")),
+            ),
+        ];
+        Ok(Self {
+            uid,
+            pods: context.pods.clone(),
+            inbound_plaintext: plaintext_listener,
+            tasks,
+        })
+    }
+
+    /// The inbound plaintext listener, for the eBPF `sk_lookup` program to steer connections to.
+    pub fn inbound_plaintext_listener(&self) -> BorrowedFd<'_> {
+        self.inbound_plaintext.as_fd()
+    }
+}
+
+impl Drop for PodProxy {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        self.pods.remove(&self.uid);
+    }
+}
+
+fn listen(address: SocketAddr) -> io::Result<StdListener> {
+    let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(socket.into())
+}
+
+async fn accept_loop<F, Fut>(listener: Arc<TcpListener>, handle: F)
+where
+    F: Fn(tokio::net::TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                tokio::spawn(handle(stream, peer).in_current_span());
+            }
+            Err(error) => {
+                // Out of descriptors or similar: back off instead of spinning.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! The agent's side of the delta ADS stream: handlers that apply `istio.workload.Address` and
+//! `istio.security.Authorization` resources to the workload store, and the client wiring.
+//!
+//! Every update is all or nothing: each resource is converted first, and if any fails the whole
+//! update is NACKed with every error, and the store keeps its last good state.
+
+use prost::Message;
+use weft_proto::{
+    ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL,
+    envoy::{config::core::v3::Node, service::discovery::v3::Resource},
+    istio::{security, workload},
+};
+use weft_xds::{DeltaClient, Handler, Target, Update};
+
+use crate::state::{AddressResource, NamespacedHostname, WorkloadStore, authorization_from_proto};
+
+/// Applies `istio.workload.Address` updates. Resource names: a workload's uid, or
+/// `namespace/hostname` for a service.
+pub struct AddressHandler {
+    store: WorkloadStore,
+}
+
+impl AddressHandler {
+    pub fn new(store: WorkloadStore) -> Self {
+        Self { store }
+    }
+}
+
+fn decode<M: Message + Default>(resource: &Resource) -> Result<M, String> {
+    let body = resource
+        .resource
+        .as_ref()
+        .ok_or_else(|| format!("{}: no body", resource.name))?;
+    M::decode(body.value.as_slice()).map_err(|e| format!("{}: undecodable: {e}", resource.name))
+}
+
+/// The name a resource must be sent under: a workload's uid, a service's `namespace/hostname`.
+fn address_key(address: &AddressResource) -> String {
+    match address {
+        AddressResource::Workload(w) => w.uid.clone(),
+        AddressResource::Service(s) => s.key().to_string(),
+    }
+}
+
+/// Refuses a resource whose name is not the key it is stored under: its later removal (by
+/// name) would miss the stored entry and leave it in force, a stale workload or policy.
+fn named_as_keyed(name: &str, key: &str) -> Result<(), String> {
+    if name == key {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name}: resource name differs from its key {key:?}"
+        ))
+    }
+}
+
+fn remove_address(store: &WorkloadStore, name: &str) {
+    // A name with a slash is a service (`namespace/hostname`); uids carry none in practice but
+    // both are removed to be safe.
+    if let Some((namespace, hostname)) = name.split_once('/') {
+        store.remove_service(&NamespacedHostname {
+            namespace: namespace.to_string(),
+            hostname: hostname.to_string(),
+        });
+    }
+    store.remove_workload(name);
+}
+
+impl Handler for AddressHandler {
+    fn apply(&mut self, update: Update) -> Result<(), String> {
+        let mut converted = Vec::with_capacity(update.added.len());
+        let mut errors = Vec::new();
+        for resource in &update.added {
+            match decode::<workload::Address>(resource)
+                .and_then(|a| AddressResource::try_from(a).map_err(|e| e.to_string()))
+                .and_then(|a| named_as_keyed(&resource.name, &address_key(&a)).map(|()| a))
+            {
+                Ok(address) => converted.push((resource.name.clone(), address)),
+                Err(error) => errors.push(error),
+            }
+        }
+        if !errors.is_empty() {
+            tracing::warn!(errors = %errors.join("; "), "rejecting address update");
+            return Err(errors.join("; "));
+        }
+        for name in &update.removed {
+            remove_address(&self.store, name);
+        }
+        for (_, address) in converted {
+            match address {
+                AddressResource::Workload(w) => self.store.insert_workload(w),
+                AddressResource::Service(s) => self.store.insert_service(s),
+            }
+        }
+        tracing::debug!(
+            added = update.added.len(),
+            removed = update.removed.len(),
+            full = update.full_state,
+            "applied address update"
+        );
+        Ok(())
+    }
+}
+
+/// Applies `istio.security.Authorization` updates. Resource names: `namespace/name`.
+pub struct AuthorizationHandler {
+    store: WorkloadStore,
+}
+
+impl AuthorizationHandler {
+    pub fn new(store: WorkloadStore) -> Self {
+        Self { store }
+    }
+}
+
+impl Handler for AuthorizationHandler {
+    fn apply(&mut self, update: Update) -> Result<(), String> {
+        let mut converted = Vec::with_capacity(update.added.len());
+        let mut errors = Vec::new();
+        for resource in &update.added {
+            match decode::<security::Authorization>(resource)
+                .and_then(|a| authorization_from_proto(a).map_err(|e| e.to_string()))
+                .and_then(|p| named_as_keyed(&resource.name, &p.key()).map(|()| p))
+            {
+                Ok(policy) => converted.push(policy),
+                Err(error) => errors.push(error),
+            }
+        }
+        if !errors.is_empty() {
+            tracing::warn!(errors = %errors.join("; "), "rejecting authorization update");
+            return Err(errors.join("; "));
+        }
+        for name in &update.removed {
+            self.store.remove_policy(name);
+        }
+        for policy in converted {
+            self.store.insert_policy(policy);
+        }
+        Ok(())
+    }
+}
+
+/// The agent's ADS client: identifies as `node` and subscribes to both resource types.
+pub fn client(
+    target: Target,
+    node_name: &str,
+    cluster: &str,
+    store: &WorkloadStore,
+) -> DeltaClient {
+    let node = Node {
+        id: format!("node-agent~{node_name}"),
+        cluster: cluster.to_string(),
+        metadata: Some(prost_types::Struct {
+            fields: [("NODE_NAME", node_name), ("PROXY_KIND", "node-agent")]
+                .into_iter()
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        prost_types::Value {
+                            kind: Some(prost_types::value::Kind::StringValue(v.to_string())),
+                        },
+                    )
+                })
+                .collect(),
+        }),
+        ..Default::default()
+    };
+    DeltaClient::new(target, node)
+        .subscribe(ADDRESS_TYPE_URL, AddressHandler::new(store.clone()))
+        .subscribe(
+            AUTHORIZATION_TYPE_URL,
+            AuthorizationHandler::new(store.clone()),
+        )
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,514 @@
+//! The data path on the testbed: two agents (in this process) serving pods on two nodes, real
+//! mutual TLS over the fabric, L4 policy, same-node and passthrough paths. The eBPF redirection
+//! is replaced by connecting to the outbound listener directly and a fixed original-destination
+//! table; everything from the accepted socket onwards is the agent's real code. Needs root.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
+
+use node_agent::{
+    enrollment::{EnrolledPod, PodLifecycle},
+    metrics::Metrics,
+    netns::PodNetns,
+    pods::PodManager,
+    proxy::ProxyContext,
+    state::{NamespacedHostname, TunnelProtocol, Workload, WorkloadStore},
+    testing::{FixedOriginalDestinations, LocalCertificates},
+    testing::{enrolled_pod, workload as meshed},
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+use weft_identity::CertificateAuthority;
+use weft_policy::{
+    PolicyAction, WildcardMatch,
+    l4::{Authorization, Clause, ConnectionMatch, PolicyScope, Rule},
+};
+use weft_testbed::{FabricCapture, Netns, Pod, Testbed, Topology};
+
+const APP_PORT: u16 = 8080;
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+struct Agent {
+    store: WorkloadStore,
+    /// Serves the node's pods until the test ends.
+    _manager: PodManager<LocalCertificates>,
+}
+
+/// The mesh: client and neighbor on node1, server on node2, all in the mesh; `outside` is the
+/// control-plane host, not in the mesh.
+struct Mesh {
+    testbed: Testbed,
+    ca: Arc<CertificateAuthority>,
+    original: Arc<FixedOriginalDestinations>,
+    agents: Vec<Agent>,
+}
+
+impl Mesh {
+    async fn start() -> Self {
+        let testbed = Topology::new()
+            .node("node1", &["client", "neighbor"])
+            .node("node2", &["server"])
+            .control_plane()
+            .build()
+            .expect("testbed");
+        let ca = Arc::new(CertificateAuthority::generate().unwrap());
+        let original = Arc::new(FixedOriginalDestinations::default());
+        let home = PodNetns::current().unwrap();
+        let mut agents = Vec::new();
+        for node in ["node1", "node2"] {
+            let store = WorkloadStore::new();
+            store.insert_workload(workload(
+                testbed.pod("client"),
+                "client",
+                TunnelProtocol::Hbone,
+            ));
+            store.insert_workload(workload(
+                testbed.pod("neighbor"),
+                "neighbor",
+                TunnelProtocol::Hbone,
+            ));
+            store.insert_workload(workload(
+                testbed.pod("server"),
+                "server",
+                TunnelProtocol::Hbone,
+            ));
+            let mut registry = prometheus_client::registry::Registry::default();
+            let context = ProxyContext::new(
+                store.clone(),
+                Arc::new(LocalCertificates::new(ca.clone())),
+                Arc::new(Metrics::new(&mut registry)),
+                original.clone(),
+                "cluster.local".into(),
+            );
+            let manager = PodManager::new(context, home.clone(), None);
+            for pod in testbed.pods().iter().filter(|p| p.node == node) {
+                manager.add(enrolled(pod)).await.expect("enroll");
+            }
+            agents.push(Agent {
+                store,
+                _manager: manager,
+            });
+        }
+        Self {
+            testbed,
+            ca,
+            original,
+            agents,
+        }
+    }
+
+    fn ca_for_tests(&self) -> LocalCertificates {
+        LocalCertificates::new(self.ca.clone())
+    }
+
+    fn both_agents(&self, change: impl Fn(&WorkloadStore)) {
+        for agent in &self.agents {
+            change(&agent.store);
+        }
+    }
+
+    /// Connects from `pod` through its outbound listener to `destination`, as a redirected
+    /// application connection would arrive, and checks an echo of `payload`.
+    async fn echo_via_agent(
+        &self,
+        pod: &str,
+        destination: SocketAddr,
+        payload: &[u8],
+    ) -> std::io::Result<Vec<u8>> {
+        let pod = self.testbed.pod(pod);
+        let original = self.original.clone();
+        let std_stream = pod
+            .netns
+            .run(move || {
+                let socket =
+                    socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+                original.set(node_agent::ebpf::netns_cookie(&socket)?, destination);
+                socket.connect_timeout(
+                    &SocketAddr::from((Ipv4Addr::LOCALHOST, 15001)).into(),
+                    TIMEOUT,
+                )?;
+                socket.set_nonblocking(true)?;
+                std::io::Result::Ok(std::net::TcpStream::from(socket))
+            })
+            .unwrap()?;
+        let mut stream = TcpStream::from_std(std_stream)?;
+        tokio::time::timeout(TIMEOUT, async {
+            stream.write_all(payload).await?;
+            stream.shutdown().await?;
+            let mut reply = Vec::new();
+            stream.read_to_end(&mut reply).await?;
+            Ok(reply)
+        })
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "echo timed out"))?
+    }
+}
+
+/// An echo server in `netns` on `ip:port`, answering until the test ends.
+fn echo_server(netns: &Netns, ip: Ipv4Addr, port: u16) {
+    let listener = netns
+        .run(move || std::net::TcpListener::bind((ip, port)))
+        .unwrap()
+        .unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let listener = TcpListener::from_std(listener).unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut read, mut write) = stream.split();
+                let _ = tokio::io::copy(&mut read, &mut write).await;
+                let _ = write.shutdown().await;
+            });
+        }
+    });
+}
+
+fn only_principal(name: &str, principal: &str) -> Authorization {
+    Authorization {
+        name: name.into(),
+        namespace: "shop".into(),
+        scope: PolicyScope::Namespace,
+        action: PolicyAction::Allow,
+        rules: vec![Rule {
+            clauses: vec![Clause {
+                matches: vec![ConnectionMatch {
+                    principals: vec![WildcardMatch::Exact(principal.into())],
+                    ..Default::default()
+                }],
+            }],
+        }],
+        dry_run: false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_node_traffic_is_mutual_tls_and_authorized_by_identity() {
+    let mesh = Mesh::start().await;
+    let server = mesh.testbed.pod("server");
+    echo_server(&server.netns, server.ip, APP_PORT);
+    let destination = SocketAddr::from((server.ip, APP_PORT));
+
+    let capture = FabricCapture::start(&mesh.testbed).expect("capture");
+    let secret = b"weft-payload-that-must-never-appear-in-clear".repeat(20);
+    let reply = mesh
+        .echo_via_agent("client", destination, &secret)
+        .await
+        .expect("echo through both agents");
+    assert_eq!(reply, secret);
+    let captured = capture
+        .finish(
+            "tls.handshake.type == 2",
+            &["ip.src", "tls.handshake.extensions.supported_version"],
+        )
+        .expect("capture");
+    assert!(
+        !captured.contains_bytes(b"weft-payload-that-must-never-appear"),
+        "the payload crossed the fabric in clear"
+    );
+    let tls = captured.fields;
+    assert!(
+        tls.contains("0x0304"),
+        "no TLS 1.3 ServerHello on the fabric: {tls:?}"
+    );
+    assert!(
+        tls.lines().all(|l| l.contains(&server.ip.to_string())),
+        "TLS came from somewhere other than the server pod's 15008: {tls:?}"
+    );
+
+    // The server's agent sees the client's identity: allowing only the client's principal keeps
+    // it working, allowing only someone else refuses it.
+    mesh.both_agents(|store| {
+        store.insert_policy(only_principal(
+            "only-client",
+            "cluster.local/ns/shop/sa/client",
+        ))
+    });
+    assert_eq!(
+        mesh.echo_via_agent("client", destination, b"again")
+            .await
+            .unwrap(),
+        b"again"
+    );
+    mesh.both_agents(|store| {
+        store.insert_policy(only_principal(
+            "only-client",
+            "cluster.local/ns/shop/sa/someone-else",
+        ))
+    });
+    let refused = mesh.echo_via_agent("client", destination, b"denied").await;
+    assert!(
+        refused.as_ref().map_or(true, |r| r.is_empty()),
+        "a denied connection carried data: {refused:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_node_skips_tls_but_keeps_policy_and_outside_passes_through() {
+    let mesh = Mesh::start().await;
+    let neighbor = mesh.testbed.pod("neighbor");
+    echo_server(&neighbor.netns, neighbor.ip, APP_PORT);
+    let destination = SocketAddr::from((neighbor.ip, APP_PORT));
+    assert_eq!(
+        mesh.echo_via_agent("client", destination, b"next door")
+            .await
+            .unwrap(),
+        b"next door"
+    );
+
+    // The neighbor's policy applies although no TLS is involved.
+    mesh.both_agents(|store| {
+        store.insert_policy(only_principal(
+            "only-server",
+            "cluster.local/ns/shop/sa/server",
+        ))
+    });
+    let refused = mesh.echo_via_agent("client", destination, b"denied").await;
+    assert!(
+        refused.as_ref().map_or(true, |r| r.is_empty()),
+        "{refused:?}"
+    );
+
+    // The control-plane host is outside the mesh: plain TCP from the client pod's address.
+    let host = mesh.testbed.control_plane().unwrap();
+    echo_server(&host.netns, host.ip, APP_PORT);
+    let outside = SocketAddr::from((host.ip, APP_PORT));
+    assert_eq!(
+        mesh.echo_via_agent("client", outside, b"plain")
+            .await
+            .unwrap(),
+        b"plain"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_with_endpoints_on_two_nodes_uses_both() {
+    let mesh = Mesh::start().await;
+    let vip = SocketAddr::from(([10, 96, 0, 10], 80));
+    let key = NamespacedHostname {
+        namespace: "shop".into(),
+        hostname: "echo.shop.svc.cluster.local".into(),
+    };
+    // Endpoints: neighbor (node1) and server (node2), each answering with its own name.
+    for name in ["neighbor", "server"] {
+        let pod = mesh.testbed.pod(name);
+        let listener = pod
+            .netns
+            .run(move || std::net::TcpListener::bind((pod.ip, APP_PORT)))
+            .unwrap()
+            .unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let listener = TcpListener::from_std(listener).unwrap();
+        let answer = name.as_bytes().to_vec();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let answer = answer.clone();
+                tokio::spawn(async move {
+                    let mut sink = Vec::new();
+                    let _ = stream.read_to_end(&mut sink).await;
+                    let _ = stream.write_all(&answer).await;
+                    let _ = stream.shutdown().await;
+                });
+            }
+        });
+        let mut w = workload(pod, name, TunnelProtocol::Hbone);
+        w.services.insert(key.clone(), [(80, APP_PORT)].into());
+        mesh.both_agents(|store| store.insert_workload(w.clone()));
+    }
+    mesh.both_agents(|store| {
+        store.insert_service(node_agent::state::Service {
+            name: "echo".into(),
+            namespace: "shop".into(),
+            hostname: key.hostname.clone(),
+            vips: vec![vip.ip()],
+            ports: [(80, APP_PORT)].into(),
+            subject_alt_names: vec![],
+            waypoint: None,
+            load_balancing: node_agent::state::LoadBalancingMode::Standard,
+            routing_preferences: vec![],
+            allow_unhealthy: false,
+        })
+    });
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..10 {
+        let reply = mesh.echo_via_agent("client", vip, b"hi").await.unwrap();
+        *seen.entry(String::from_utf8(reply).unwrap()).or_insert(0) += 1;
+    }
+    assert_eq!(
+        seen.len(),
+        2,
+        "both endpoints must receive connections: {seen:?}"
+    );
+    assert!(
+        seen.values().all(|n| *n >= 3),
+        "round robin is lopsided: {seen:?}"
+    );
+}
+
+/// A TLS connection to `pod`'s HBONE port from the client pod, presenting a certificate for
+/// `identity` from the mesh CA and offering `alpn`.
+async fn raw_tls_to(
+    mesh: &Mesh,
+    certificates: &LocalCertificates,
+    identity: &weft_identity::SpiffeId,
+    server: &Pod,
+    expected_server: &weft_identity::SpiffeId,
+    alpn: &[u8],
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    use node_agent::certificates::CertificateSource;
+    let certificate = certificates.fetch(identity).await.unwrap();
+    let mut config = (*weft_identity::client_config(
+        &certificate,
+        &certificates.trust_roots().unwrap(),
+        expected_server.clone(),
+    )
+    .unwrap())
+    .clone();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    let client = mesh.testbed.pod("client");
+    let target = SocketAddr::from((server.ip, 15008));
+    let tcp = client
+        .netns
+        .run(move || std::net::TcpStream::connect_timeout(&target, TIMEOUT))
+        .unwrap()?;
+    tcp.set_nonblocking(true)?;
+    let tcp = TcpStream::from_std(tcp)?;
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(weft_identity::hbone_server_name(server.ip.into()), tcp)
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_input_is_refused_and_the_agent_keeps_serving() {
+    let mesh = Mesh::start().await;
+    let server = mesh.testbed.pod("server");
+    echo_server(&server.netns, server.ip, APP_PORT);
+    let destination = SocketAddr::from((server.ip, APP_PORT));
+    let server_id = weft_identity::SpiffeId::new("cluster.local", "shop", "server").unwrap();
+    let client_id = weft_identity::SpiffeId::new("cluster.local", "shop", "client").unwrap();
+    // An attacker with certificates from the same CA (a compromised workload, say).
+    let ca = Arc::new(CertificateAuthority::generate().unwrap());
+    let foreign = LocalCertificates::new(ca);
+    let h2 = weft_hbone::H2Config::default();
+
+    // 1. A certificate from a CA the mesh does not trust: the handshake fails.
+    let result = raw_tls_to(&mesh, &foreign, &client_id, server, &server_id, b"h2").await;
+    let failed = match result {
+        Err(_) => true,
+        // TLS 1.3 servers reject the client certificate after the client finished: the first
+        // read then fails.
+        Ok(mut tls) => {
+            let mut byte = [0u8; 1];
+            tls.read(&mut byte).await.map_or(true, |n| n == 0)
+        }
+    };
+    assert!(failed, "a foreign CA's client certificate was accepted");
+
+    // The remaining cases use certificates from the mesh's own CA: take them from the agent
+    // that serves the client, as a compromised pod would.
+    let mesh_ca = mesh_certificates(&mesh).await;
+
+    // 2. HTTP/1.1 instead of h2: no common ALPN, no handshake.
+    let result = raw_tls_to(&mesh, &mesh_ca, &client_id, server, &server_id, b"http/1.1").await;
+    let refused = match result {
+        Err(_) => true,
+        Ok(mut tls) => {
+            let mut byte = [0u8; 1];
+            tls.read(&mut byte).await.map_or(true, |n| n == 0)
+        }
+    };
+    assert!(refused, "an HTTP/1.1 client got through");
+
+    // 3. A trust-domain mismatch: the connection is closed before any tunnel.
+    let evil = weft_identity::SpiffeId::new("evil.local", "shop", "client").unwrap();
+    if let Ok(tls) = raw_tls_to(&mesh, &mesh_ca, &evil, server, &server_id, b"h2").await {
+        let tunnel =
+            weft_hbone::connect(tls, &weft_hbone::ConnectRequest::new(destination), &h2).await;
+        assert!(tunnel.is_err(), "a foreign trust domain opened a tunnel");
+    }
+
+    // 4. A CONNECT to an address the server pod does not own, and to the agent's own port.
+    for authority in [
+        SocketAddr::from((mesh.testbed.pod("neighbor").ip, APP_PORT)),
+        SocketAddr::from((server.ip, 15008)),
+    ] {
+        let tls = raw_tls_to(&mesh, &mesh_ca, &client_id, server, &server_id, b"h2")
+            .await
+            .unwrap();
+        let error = weft_hbone::connect(tls, &weft_hbone::ConnectRequest::new(authority), &h2)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("CONNECT to {authority} was accepted"));
+        assert_eq!(
+            error.status().map(|s| s.as_u16()),
+            Some(400),
+            "{authority}: {error}"
+        );
+    }
+
+    // 5. The server presents a different identity than the client's agent expects.
+    mesh.agents[0].store.insert_workload(workload(
+        server,
+        "expected-someone-else",
+        TunnelProtocol::Hbone,
+    ));
+    let result = mesh.echo_via_agent("client", destination, b"x").await;
+    assert!(
+        result.as_ref().map_or(true, |r| r.is_empty()),
+        "wrong server identity accepted: {result:?}"
+    );
+    mesh.agents[0]
+        .store
+        .insert_workload(workload(server, "server", TunnelProtocol::Hbone));
+
+    // 6. A pod connecting to its agent's ports directly: the outbound listener with no recorded
+    // destination, and the plaintext listener addressed as such.
+    let client = mesh.testbed.pod("client");
+    let direct = client
+        .netns
+        .run(|| {
+            std::net::TcpStream::connect_timeout(&SocketAddr::from((client.ip, 15006)), TIMEOUT)
+        })
+        .unwrap()
+        .unwrap();
+    direct.set_nonblocking(true).unwrap();
+    let mut direct = TcpStream::from_std(direct).unwrap();
+    let mut sink = Vec::new();
+    let _ = direct.write_all(b"loop?").await;
+    let read = tokio::time::timeout(TIMEOUT, direct.read_to_end(&mut sink)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "a connection to 15006 itself was served"
+    );
+
+    // After all of it, the agents still carry traffic.
+    assert_eq!(
+        mesh.echo_via_agent("client", destination, b"still fine")
+            .await
+            .unwrap(),
+        b"still fine"
+    );
+}
+
+/// A certificate source issuing from the mesh's CA, as a compromised workload would hold.
+async fn mesh_certificates(mesh: &Mesh) -> LocalCertificates {
+    mesh.ca_for_tests()
+}
+
+fn workload(pod: &Pod, sa: &str, tunnel: TunnelProtocol) -> Workload {
+    meshed(&pod.name, "shop", sa, &pod.node, IpAddr::V4(pod.ip), tunnel)
+}
+
+fn enrolled(pod: &Pod) -> EnrolledPod {
+    enrolled_pod(
+        &pod.name,
+        "shop",
+        pod.netns.path(),
+        pod.cgroup.path().to_path_buf(),
+        IpAddr::V4(pod.ip),
+    )
+}

@@ -1,0 +1,154 @@
+//! Inbound steering on the real kernel: connections from outside an enrolled pod to its
+//! application ports land on the agent's 15006 listener; HBONE (15008), excluded ports and the
+//! agent's own forwarding (over loopback inside the pod) reach their listeners untouched; with
+//! no inbound listener the connection fails instead of reaching the application. Needs root.
+
+mod support;
+
+use std::{
+    net::{SocketAddr, TcpListener, TcpStream},
+    time::{Duration, Instant},
+};
+
+use weft_testbed::{Netns, Topology};
+
+/// Everything logged through `tracing` in this test binary (the programs' aya-log records
+/// arrive here through the loader's bridge).
+static LOGS: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+struct LogSink;
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        LOGS.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn logged(needle: &str) -> bool {
+    String::from_utf8_lossy(&LOGS.lock().unwrap()).contains(needle)
+}
+
+/// Accepts one connection within a bounded time, if any comes.
+fn accept_within(listener: &TcpListener, wait: Duration) -> Option<(TcpStream, SocketAddr)> {
+    listener.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + wait;
+    loop {
+        match listener.accept() {
+            Ok(accepted) => return Some(accepted),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if Instant::now() > deadline {
+                    return None;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+}
+
+fn connect_from(netns: &Netns, destination: SocketAddr) -> std::io::Result<TcpStream> {
+    netns
+        .run(move || TcpStream::connect_timeout(&destination, Duration::from_secs(2)))
+        .unwrap()
+}
+
+#[test]
+fn connections_to_application_ports_land_on_the_inbound_listener() {
+    tracing_subscriber::fmt()
+        .with_writer(|| LogSink)
+        .with_ansi(false)
+        .init();
+    let testbed = Topology::new()
+        .node("node1", &["app"])
+        .node("node2", &["outside"])
+        .build()
+        .expect("build the testbed");
+    let redirection = support::open_redirection(&testbed, false);
+    let app = testbed.pod("app");
+    let outside = testbed.pod("outside");
+    let application = support::listen_in(&app.netns, "0.0.0.0:8080");
+    let excluded = support::listen_in(&app.netns, "0.0.0.0:9000");
+    let hbone = support::listen_in(&app.netns, "0.0.0.0:15008");
+    let (_pod, inbound) = support::enroll(&redirection, &testbed, "app", vec![], vec![9000]);
+    let quick = Duration::from_millis(300);
+
+    // From another pod to the application port: steered to 15006, with the original
+    // destination as the accepted socket's local address.
+    let app_port: SocketAddr = (app.ip, 8080).into();
+    let _client = connect_from(&outside.netns, app_port).expect("connect to the app port");
+    let (_accepted, peer) = accept_within(&inbound, support::PATIENCE).expect("steered to 15006");
+    assert_eq!(peer.ip(), outside.ip);
+    assert_eq!(_accepted.local_addr().unwrap(), app_port);
+    assert!(
+        accept_within(&application, quick).is_none(),
+        "the app saw it"
+    );
+
+    // HBONE is left alone.
+    let _hbone_client = connect_from(&outside.netns, (app.ip, 15008).into()).expect("15008");
+    assert!(
+        accept_within(&hbone, support::PATIENCE).is_some(),
+        "15008 not reached"
+    );
+    assert!(
+        accept_within(&inbound, quick).is_none(),
+        "15008 was steered"
+    );
+
+    // An excluded port is left alone.
+    let _excluded_client = connect_from(&outside.netns, (app.ip, 9000).into()).expect("9000");
+    assert!(
+        accept_within(&excluded, support::PATIENCE).is_some(),
+        "9000 not reached"
+    );
+    assert!(accept_within(&inbound, quick).is_none(), "9000 was steered");
+
+    // The agent's own forwarding, made inside the pod, arrives on loopback: left alone.
+    let _forwarded = connect_from(&app.netns, app_port).expect("forward inside the pod");
+    assert!(
+        accept_within(&application, support::PATIENCE).is_some(),
+        "app not reached"
+    );
+    assert!(
+        accept_within(&inbound, quick).is_none(),
+        "own forwarding was steered"
+    );
+
+    let stats = redirection.stats().unwrap();
+    assert_eq!(stats.steered_inbound, 1, "{stats:?}");
+
+    // Agent down (no inbound listener): the connection fails, the application sees nothing.
+    drop(inbound);
+    assert!(
+        connect_from(&outside.netns, app_port).is_err(),
+        "connected without the agent"
+    );
+    assert!(
+        accept_within(&application, quick).is_none(),
+        "inbound bypassed the agent"
+    );
+    assert!(redirection.stats().unwrap().inbound_without_listener >= 1);
+    // The program's warning reached `tracing`.
+    let deadline = Instant::now() + support::PATIENCE;
+    while !logged("no inbound listener for port 8080") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        logged("no inbound listener for port 8080"),
+        "program log not bridged: {}",
+        String::from_utf8_lossy(&LOGS.lock().unwrap())
+    );
+
+    std::sync::Arc::into_inner(redirection)
+        .unwrap()
+        .uninstall()
+        .unwrap();
+    // Un-enrolled: plain networking again.
+    let _client = connect_from(&outside.netns, app_port).expect("connect after uninstall");
+    assert!(accept_within(&application, support::PATIENCE).is_some());
+}

@@ -1,0 +1,443 @@
+//! Shared pieces of the redirection tests: a stand-in agent (outbound 15001 listener that looks
+//! up original destinations, inbound 15006 listener), destination servers, and a TCP client that
+//! runs inside a pod (this test binary, re-executed in the pod's netns and cgroup).
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    path::PathBuf,
+    sync::{Arc, Mutex, OnceLock},
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use node_agent::ebpf::{
+    EnrolledPod, Enroller, NetnsCookie, OriginalDst, PodEnrollment, Redirection, RedirectionConfig,
+};
+use weft_testbed::{CGROUP_ROOT, Netns, Testbed};
+
+pub mod client;
+
+/// How long a test waits for something that should happen at once.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// A cgroup for this test process, standing for the node agent's cgroup: the in-process
+/// stand-in agent's sockets are created here, not in any pod's cgroup. Named like a testbed
+/// resource of this process, so a later run sweeps it once this process is gone.
+pub fn agent_cgroup() -> PathBuf {
+    static CGROUP: OnceLock<PathBuf> = OnceLock::new();
+    CGROUP
+        .get_or_init(|| {
+            let path = PathBuf::from(CGROUP_ROOT).join(format!(
+                "{}{}x999999-agent",
+                weft_testbed::PREFIX,
+                std::process::id()
+            ));
+            std::fs::create_dir_all(&path).expect("create the agent cgroup");
+            std::fs::write(path.join("cgroup.procs"), std::process::id().to_string())
+                .expect("move the test process into the agent cgroup");
+            path
+        })
+        .clone()
+}
+
+/// Redirection pinned under a directory named after the testbed, so parallel tests never share
+/// pins.
+pub fn redirection_config(testbed: &Testbed, acceleration: bool) -> RedirectionConfig {
+    RedirectionConfig {
+        pin_root: PathBuf::from("/sys/fs/bpf/weft-test").join(testbed.prefix()),
+        agent_cgroup: Some(agent_cgroup()),
+        acceleration,
+        cgroup_root: PathBuf::from(CGROUP_ROOT),
+    }
+}
+
+pub fn open_redirection(testbed: &Testbed, acceleration: bool) -> Arc<Redirection> {
+    sweep_stale_pins();
+    Arc::new(
+        Redirection::open(redirection_config(testbed, acceleration)).expect("load redirection"),
+    )
+}
+
+/// Removes pin directories of test processes that are gone (a failed test skips `uninstall`);
+/// their cgroups and namespaces are gone too, so the pins only hold dead links.
+fn sweep_stale_pins() {
+    let Ok(entries) = std::fs::read_dir("/sys/fs/bpf/weft-test") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let pid = name
+            .strip_prefix(weft_testbed::PREFIX)
+            .and_then(|rest| rest.split_once('x'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok());
+        if let Some(pid) = pid
+            && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Runs `f` on a new thread inside `netns`; threads it spawns stay in the namespace too.
+pub fn spawn_in_netns<F, R>(netns: &Netns, f: F) -> JoinHandle<R>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    let file = netns.open().expect("open netns");
+    std::thread::spawn(move || {
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+}
+
+/// Binds a TCP listener inside `netns`.
+pub fn listen_in(netns: &Netns, address: &str) -> TcpListener {
+    let address = address.to_string();
+    netns
+        .run(move || TcpListener::bind(&address))
+        .expect("enter netns")
+        .expect("bind")
+}
+
+/// Enrolls `pod` with a fresh inbound listener on `0.0.0.0:15006` in its netns (returned: the
+/// caller keeps it open as long as inbound steering should work).
+pub fn enroll(
+    redirection: &Redirection,
+    testbed: &Testbed,
+    pod: &str,
+    excluded_outbound_ports: Vec<u16>,
+    excluded_inbound_ports: Vec<u16>,
+) -> (EnrolledPod, TcpListener) {
+    let pod = testbed.pod(pod);
+    let inbound = listen_in(&pod.netns, "0.0.0.0:15006");
+    use std::os::fd::AsFd;
+    let enrolled = redirection
+        .enroll(&PodEnrollment {
+            uid: format!("uid-{}", pod.name),
+            cgroup: pod.cgroup.path().to_path_buf(),
+            netns: pod.netns.path(),
+            addresses: vec![pod.ip.into()],
+            excluded_outbound_ports,
+            excluded_inbound_ports,
+            inbound_listener: inbound.as_fd(),
+        })
+        .expect("enroll");
+    (enrolled, inbound)
+}
+
+/// What the stand-in agent does with an accepted outbound connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentMode {
+    /// Look up the original destination and pipe bytes to it (from inside the pod's netns).
+    Forward,
+    /// Look up the original destination, then echo bytes back (measures the app <-> agent hop).
+    Echo,
+    /// Echo without looking up (leaves the record to the close cleanup).
+    EchoWithoutLookup,
+}
+
+/// One connection the stand-in agent accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    pub peer: SocketAddr,
+    pub original: Option<SocketAddr>,
+    /// The agent's upstream socket (Forward mode), as the destination sees it.
+    pub upstream: Option<SocketAddr>,
+}
+
+/// The stand-in agent's outbound side: a listener on `127.0.0.1:15001` inside one pod's netns.
+pub struct OutboundAgent {
+    listener: TcpListener,
+    accepted: Arc<Mutex<Vec<Accepted>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl OutboundAgent {
+    pub fn start(
+        netns: &Netns,
+        redirection: Arc<Redirection>,
+        cookie: NetnsCookie,
+        mode: AgentMode,
+    ) -> Self {
+        let listener = listen_in(netns, "127.0.0.1:15001");
+        let accepted = Arc::new(Mutex::new(Vec::new()));
+        let (thread_listener, thread_accepted) = (listener.try_clone().unwrap(), accepted.clone());
+        let thread = spawn_in_netns(netns, move || {
+            // Ends when the listener is shut down.
+            for stream in thread_listener.incoming() {
+                let Ok(stream) = stream else { break };
+                let redirection = redirection.clone();
+                let accepted = thread_accepted.clone();
+                std::thread::spawn(move || serve(stream, &redirection, cookie, mode, &accepted));
+            }
+        });
+        Self {
+            listener,
+            accepted,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn accepted(&self) -> Vec<Accepted> {
+        self.accepted.lock().unwrap().clone()
+    }
+
+    /// Waits (bounded) until `n` connections were accepted.
+    pub fn wait_for(&self, n: usize) -> Vec<Accepted> {
+        let deadline = Instant::now() + PATIENCE;
+        while self.accepted.lock().unwrap().len() < n && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.accepted()
+    }
+
+    /// Closes the listener: the agent is down.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        // shutdown() on a listening socket wakes a blocked accept().
+        let _ =
+            nix::sys::socket::shutdown(self.listener.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for OutboundAgent {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn serve(
+    stream: TcpStream,
+    redirection: &Redirection,
+    cookie: NetnsCookie,
+    mode: AgentMode,
+    accepted: &Mutex<Vec<Accepted>>,
+) {
+    let peer = stream.peer_addr().unwrap();
+    let original = match mode {
+        AgentMode::EchoWithoutLookup => None,
+        _ => redirection.take_original_dst(cookie, peer).unwrap(),
+    };
+    match (mode, original) {
+        (AgentMode::Forward, Some(destination)) => {
+            let upstream = TcpStream::connect_timeout(&destination, PATIENCE);
+            let upstream_addr = upstream.as_ref().ok().map(|u| u.local_addr().unwrap());
+            accepted.lock().unwrap().push(Accepted {
+                peer,
+                original,
+                upstream: upstream_addr,
+            });
+            if let Ok(upstream) = upstream {
+                pipe(stream, upstream);
+            }
+        }
+        (AgentMode::Forward, None) => accepted.lock().unwrap().push(Accepted {
+            peer,
+            original,
+            upstream: None,
+        }),
+        (_, _) => {
+            accepted.lock().unwrap().push(Accepted {
+                peer,
+                original,
+                upstream: None,
+            });
+            echo(stream);
+        }
+    }
+}
+
+/// Copies both ways until both sides are done.
+pub fn pipe(a: TcpStream, b: TcpStream) {
+    let (a2, b2) = (a.try_clone().unwrap(), b.try_clone().unwrap());
+    let forward = std::thread::spawn(move || copy_then_close(a, b2));
+    copy_then_close(b, a2);
+    let _ = forward.join();
+}
+
+fn copy_then_close(mut from: TcpStream, mut to: TcpStream) {
+    let _ = std::io::copy(&mut from, &mut to);
+    let _ = to.shutdown(Shutdown::Write);
+}
+
+pub fn echo(stream: TcpStream) {
+    let mut writer = stream.try_clone().unwrap();
+    let mut reader = stream;
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut retries = 0u32;
+    loop {
+        match reader.read(&mut buffer) {
+            // See the client: spliced sockets can report EAGAIN while blocking.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && retries < 100_000 => {
+                retries += 1;
+                std::thread::yield_now();
+            }
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if writer.write_all(&buffer[..n]).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = writer.shutdown(Shutdown::Write);
+}
+
+/// A destination server inside a pod: records each peer address; answers HTTP (`GET`) with
+/// `ok`, anything else by echoing lines.
+pub struct Server {
+    listener: TcpListener,
+    peers: Arc<Mutex<Vec<SocketAddr>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    pub fn start(netns: &Netns, address: &str) -> Self {
+        let listener = listen_in(netns, address);
+        let peers = Arc::new(Mutex::new(Vec::new()));
+        let (thread_listener, thread_peers) = (listener.try_clone().unwrap(), peers.clone());
+        let thread = spawn_in_netns(netns, move || {
+            for stream in thread_listener.incoming() {
+                let Ok(stream) = stream else { break };
+                thread_peers
+                    .lock()
+                    .unwrap()
+                    .push(stream.peer_addr().unwrap());
+                std::thread::spawn(move || answer(stream));
+            }
+        });
+        Self {
+            listener,
+            peers,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn peers(&self) -> Vec<SocketAddr> {
+        self.peers.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ =
+            nix::sys::socket::shutdown(self.listener.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn answer(stream: TcpStream) {
+    let mut writer = stream.try_clone().unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    let mut http = false;
+    loop {
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        if line.starts_with("GET ") {
+            http = true;
+            continue;
+        }
+        if http {
+            if line == "\r\n" {
+                let _ = writer.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                );
+                break;
+            }
+            continue;
+        }
+        if writer.write_all(line.as_bytes()).is_err() {
+            break;
+        }
+    }
+    let _ = writer.shutdown(Shutdown::Write);
+}
+
+/// A UDP echo server inside a pod; records each peer.
+pub struct UdpEcho {
+    socket: std::net::UdpSocket,
+    peers: Arc<Mutex<Vec<SocketAddr>>>,
+}
+
+impl UdpEcho {
+    pub fn start(netns: &Netns, address: &str) -> Self {
+        let address = address.to_string();
+        let socket = netns
+            .run(move || std::net::UdpSocket::bind(&address))
+            .unwrap()
+            .expect("bind udp");
+        let peers = Arc::new(Mutex::new(Vec::new()));
+        let (thread_socket, thread_peers) = (socket.try_clone().unwrap(), peers.clone());
+        thread_socket.set_read_timeout(Some(PATIENCE)).unwrap();
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 1500];
+            // One datagram is all a test sends; the timeout bounds the wait.
+            if let Ok((n, peer)) = thread_socket.recv_from(&mut buffer) {
+                thread_peers.lock().unwrap().push(peer);
+                let _ = thread_socket.send_to(&buffer[..n], peer);
+            }
+        });
+        Self { socket, peers }
+    }
+
+    pub fn peers(&self) -> Vec<SocketAddr> {
+        let _ = &self.socket;
+        self.peers.lock().unwrap().clone()
+    }
+}
+
+/// Runs `curl` in `pod` against `url`; its exit code and body.
+pub fn curl(testbed: &Testbed, pod: &str, url: &str) -> (Option<i32>, String) {
+    let output = testbed
+        .pod_command(pod, "curl")
+        .args(["-s", "--max-time", "5", url])
+        .output()
+        .expect("run curl");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+/// Program ids attached to a cgroup, as bpftool reports them (effective: attached right there).
+pub fn cgroup_programs(path: &std::path::Path) -> String {
+    let output = std::process::Command::new("bpftool")
+        .args(["cgroup", "show"])
+        .arg(path)
+        .output()
+        .expect("run bpftool");
+    assert!(output.status.success(), "bpftool cgroup show failed");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Every link the kernel holds, as bpftool's JSON.
+pub fn links() -> Vec<serde_json::Value> {
+    let output = std::process::Command::new("bpftool")
+        .args(["-j", "link", "show"])
+        .output()
+        .expect("run bpftool");
+    assert!(output.status.success(), "bpftool link show failed");
+    serde_json::from_slice(&output.stdout).expect("bpftool json")
+}
+
+/// The inode of a netns file (what bpftool reports as `netns_ino`).
+pub fn netns_inode(netns: &Netns) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(netns.path()).unwrap().ino()
+}

@@ -1,0 +1,587 @@
+//! The end-to-end harness: a mesh of real processes on the testbed, started exactly as users run
+//! them. The controller runs on the control-plane host in local mode (a directory of YAML this
+//! harness writes), a node agent runs in each node's namespace and agent cgroup, pods are
+//! enrolled through each agent's enrollment socket (the CNI's role), and the sample app runs in
+//! pods. Everything is stopped and removed when the [`Mesh`] is dropped.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use node_agent::enrollment::{EnrolledPod, EnrollmentClient};
+use weft_testbed::{Pod, Testbed, Topology};
+
+/// How long starting a component may take.
+pub const STARTUP: Duration = Duration::from_secs(30);
+const GRPC_PORT: u16 = 15010;
+
+/// A pod of the mesh: where it runs and what it is.
+#[derive(Debug, Clone)]
+pub struct PodSpec {
+    pub name: String,
+    pub node: String,
+    pub namespace: String,
+    pub service_account: String,
+    pub labels: BTreeMap<String, String>,
+    /// Enrolled through the agent's enrollment socket (its namespace or itself is ambient).
+    pub enrolled: bool,
+    /// Runs the sample app as this service and version.
+    pub app: Option<(String, String)>,
+}
+
+impl PodSpec {
+    /// An enrolled pod running the sample app as `service` `version`.
+    pub fn app(name: &str, node: &str, namespace: &str, service: &str, version: &str) -> Self {
+        Self {
+            name: name.into(),
+            node: node.into(),
+            namespace: namespace.into(),
+            service_account: service.into(),
+            labels: [
+                ("app".to_string(), service.to_string()),
+                ("version".to_string(), version.to_string()),
+            ]
+            .into(),
+            enrolled: true,
+            app: Some((service.into(), version.into())),
+        }
+    }
+
+    /// An enrolled pod with nothing running (a client).
+    pub fn client(name: &str, node: &str, namespace: &str) -> Self {
+        Self {
+            name: name.into(),
+            node: node.into(),
+            namespace: namespace.into(),
+            service_account: name.into(),
+            labels: [("app".to_string(), name.to_string())].into(),
+            enrolled: true,
+            app: None,
+        }
+    }
+
+    pub fn not_enrolled(mut self) -> Self {
+        self.enrolled = false;
+        self
+    }
+}
+
+/// A running process of the mesh, with its log file.
+struct Process {
+    child: Child,
+}
+
+impl Process {
+    fn spawn(name: &str, mut command: Command, log: PathBuf) -> anyhow::Result<Self> {
+        let file = std::fs::File::create(&log)?;
+        command
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .stdin(Stdio::null());
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {name} (log {})", log.display()))?;
+        Ok(Self { child })
+    }
+
+    fn stop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The directory holding the workspace's built binaries (next to the running test binary).
+pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    // Test binaries live in `target/<profile>/deps`, binaries in `target/<profile>`.
+    let mut dir = exe
+        .parent()
+        .context("the running binary has no directory")?;
+    if dir.ends_with("deps") {
+        dir = dir.parent().context("no profile directory above deps")?;
+    }
+    let path = dir.join(name);
+    if !path.is_file() {
+        bail!(
+            "{} is not built: run `cargo build --workspace --bins` (cargo xtask test does)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A running mesh.
+pub struct Mesh {
+    pub testbed: Testbed,
+    pub pods: Vec<PodSpec>,
+    dir: PathBuf,
+    controller: Option<Process>,
+    agents: BTreeMap<String, Process>,
+    apps: Vec<Process>,
+    enrollment: BTreeMap<String, Vec<EnrolledPod>>,
+    certificate_ttl: Duration,
+    runtime: tokio::runtime::Runtime,
+}
+
+/// Options of a mesh.
+#[derive(Debug, Clone)]
+pub struct MeshOptions {
+    /// Workload certificate lifetime requested by the agents.
+    pub certificate_ttl: Duration,
+    /// Extra YAML (services, policies) written next to the generated pods.
+    pub config: String,
+}
+
+impl Default for MeshOptions {
+    fn default() -> Self {
+        Self {
+            certificate_ttl: Duration::from_secs(3600),
+            config: String::new(),
+        }
+    }
+}
+
+impl Mesh {
+    /// Builds the testbed for `pods`, writes the configuration, starts the controller, the
+    /// agents and the apps, and enrolls the pods.
+    pub fn start(pods: Vec<PodSpec>, options: MeshOptions) -> anyhow::Result<Self> {
+        let mut nodes: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for pod in &pods {
+            nodes
+                .entry(pod.node.clone())
+                .or_default()
+                .push(pod.name.clone());
+        }
+        let mut topology = Topology::new().control_plane();
+        for (node, names) in &nodes {
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            topology = topology.node(node, &names);
+        }
+        sweep_stale_pins();
+        let testbed = topology.build()?;
+        let dir = std::env::temp_dir().join(format!("{}-mesh", testbed.prefix()));
+        std::fs::create_dir_all(dir.join("config"))?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let mut mesh = Self {
+            testbed,
+            pods,
+            dir,
+            controller: None,
+            agents: BTreeMap::new(),
+            apps: Vec::new(),
+            enrollment: BTreeMap::new(),
+            certificate_ttl: options.certificate_ttl,
+            runtime,
+        };
+        mesh.write_config("00-pods.yaml", &mesh.pods_yaml())?;
+        if !options.config.is_empty() {
+            mesh.write_config("10-config.yaml", &options.config)?;
+        }
+        let mut tokens = String::new();
+        for node in nodes.keys() {
+            let token = format!("{node}-{}-bootstrap-token", mesh.testbed.prefix());
+            writeln!(tokens, "{node} {token}")?;
+            std::fs::write(mesh.dir.join(format!("{node}.token")), &token)?;
+        }
+        std::fs::write(mesh.dir.join("tokens"), tokens)?;
+
+        mesh.start_controller()?;
+        for node in nodes.keys() {
+            mesh.start_agent(node)?;
+        }
+        for node in nodes.keys() {
+            mesh.wait_ready(node)?;
+            mesh.enroll(node)?;
+        }
+        mesh.start_apps()?;
+        Ok(mesh)
+    }
+
+    fn pods_yaml(&self) -> String {
+        let mut yaml = String::new();
+        let namespaces: std::collections::BTreeSet<_> =
+            self.pods.iter().map(|p| p.namespace.clone()).collect();
+        for namespace in namespaces {
+            let _ = writeln!(
+                yaml,
+                "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {namespace}\n---"
+            );
+        }
+        for pod in &self.pods {
+            let ip = self.testbed.pod(&pod.name).ip;
+            let mut labels = pod.labels.clone();
+            labels.insert(
+                "istio.io/dataplane-mode".into(),
+                if pod.enrolled { "ambient" } else { "none" }.into(),
+            );
+            let labels: String = labels
+                .iter()
+                .map(|(k, v)| format!("    {k}: {v:?}\n"))
+                .collect();
+            let _ = writeln!(
+                yaml,
+                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: {}\n  uid: uid-{}\n  labels:\n{labels}spec:\n  nodeName: {}\n  serviceAccountName: {}\n  containers:\n  - name: app\n    image: weft/sample-app\n    ports:\n    - {{name: http, containerPort: 8080}}\n    - {{name: grpc, containerPort: 9090}}\nstatus:\n  podIP: {ip}\n---",
+                pod.name, pod.namespace, pod.name, pod.node, pod.service_account
+            );
+        }
+        yaml
+    }
+
+    /// Writes (or replaces) a configuration file the controller watches.
+    pub fn write_config(&self, file: &str, yaml: &str) -> anyhow::Result<()> {
+        let path = self.dir.join("config").join(file);
+        let temporary = path.with_extension("tmp");
+        std::fs::write(&temporary, yaml)?;
+        std::fs::rename(&temporary, &path)?;
+        Ok(())
+    }
+
+    pub fn remove_config(&self, file: &str) -> anyhow::Result<()> {
+        std::fs::remove_file(self.dir.join("config").join(file))?;
+        Ok(())
+    }
+
+    pub fn controller_address(&self) -> String {
+        let host = self.testbed.control_plane().expect("a control plane host");
+        format!("http://{}:{GRPC_PORT}", host.ip)
+    }
+
+    /// Starts (or restarts) the controller.
+    pub fn start_controller(&mut self) -> anyhow::Result<()> {
+        let host = self.testbed.control_plane().expect("a control plane host");
+        let mut command = host
+            .netns
+            .command_in_cgroup(&host.cgroup, binary("controller")?.to_str().unwrap());
+        command
+            .arg("run")
+            .arg("--config-dir")
+            .arg(self.dir.join("config"))
+            .arg("--ca-dir")
+            .arg(self.dir.join("ca"))
+            .arg("--bootstrap-tokens")
+            .arg(self.dir.join("tokens"))
+            .args(["--grpc-address", &format!("0.0.0.0:{GRPC_PORT}")]);
+        let log = self.dir.join("controller.log");
+        self.controller = Some(Process::spawn("controller", command, log)?);
+        // Ready when its port answers from a node.
+        let node = self.testbed.nodes()[0].name.clone();
+        let target = format!("{}:{GRPC_PORT}", host.ip);
+        self.wait_until("the controller's port", || {
+            self.testbed
+                .node_command(&node, "bash")
+                .args(["-c", &format!("exec 3<>/dev/tcp/{}/{}", host.ip, GRPC_PORT)])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .with_context(|| format!("controller at {target}"))
+    }
+
+    pub fn stop_controller(&mut self) {
+        if let Some(mut controller) = self.controller.take() {
+            controller.stop();
+        }
+    }
+
+    fn pin_dir(&self, node: &str) -> PathBuf {
+        PathBuf::from("/sys/fs/bpf/weft-e2e")
+            .join(self.testbed.prefix())
+            .join(node)
+    }
+
+    fn enrollment_socket(&self, node: &str) -> PathBuf {
+        self.dir.join(format!("{node}.sock"))
+    }
+
+    /// Starts (or restarts) the node agent of `node`.
+    pub fn start_agent(&mut self, node_name: &str) -> anyhow::Result<()> {
+        let node = self.testbed.node(node_name);
+        let mut command = node
+            .netns
+            .command_in_cgroup(&node.agent_cgroup, binary("node-agent")?.to_str().unwrap());
+        command
+            .env("NODE_NAME", node_name)
+            .env("XDS_ADDRESS", self.controller_address())
+            .env(
+                "BOOTSTRAP_TOKEN_FILE",
+                self.dir.join(format!("{node_name}.token")),
+            )
+            .env(
+                "CERTIFICATE_TTL_SECONDS",
+                self.certificate_ttl.as_secs().to_string(),
+            )
+            .env("ENROLLMENT_SOCKET", self.enrollment_socket(node_name))
+            .env("PIN_DIR", self.pin_dir(node_name))
+            .env("AGENT_CGROUP", node.agent_cgroup.path())
+            .env("RUST_LOG", "info");
+        let log = self.dir.join(format!("agent-{node_name}.log"));
+        let process = Process::spawn(&format!("agent {node_name}"), command, log)?;
+        self.agents.insert(node_name.to_string(), process);
+        Ok(())
+    }
+
+    /// Kills the agent of `node` abruptly (SIGKILL): nothing is cleaned up.
+    pub fn kill_agent(&mut self, node: &str) {
+        if let Some(mut agent) = self.agents.remove(node) {
+            agent.kill();
+        }
+    }
+
+    /// Restarts the agent of `node` after a stop or kill: it adopts the pinned redirection, and the
+    /// enrolling side (the CNI) reconnects and resends its snapshot, as it does after any agent
+    /// restart.
+    pub fn restart_agent(&mut self, node: &str) -> anyhow::Result<()> {
+        self.start_agent(node)?;
+        self.wait_ready(node)?;
+        self.enroll(node)
+    }
+
+    /// Starts `program` inside `pod` in the background (its output captured).
+    pub fn spawn_in_pod(&self, pod: &str, program: &str, args: &[&str]) -> anyhow::Result<Child> {
+        Ok(self
+            .testbed
+            .pod_command(pod, program)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?)
+    }
+
+    /// Waits for the agent's readiness endpoint.
+    pub fn wait_ready(&self, node: &str) -> anyhow::Result<()> {
+        let ip = self.testbed.node(node).ip;
+        self.wait_until(&format!("agent {node} readiness"), || {
+            self.node_curl(node, &format!("http://{ip}:15021/healthz/ready"))
+                .is_ok_and(|(code, _)| code == 200)
+        })
+    }
+
+    /// Sends the node's enrollment snapshot (every enrolled pod on it).
+    pub fn enroll(&mut self, node: &str) -> anyhow::Result<()> {
+        let pods: Vec<EnrolledPod> = self
+            .pods
+            .iter()
+            .filter(|p| p.node == node && p.enrolled)
+            .map(|p| enrolled(self.testbed.pod(&p.name)))
+            .collect();
+        let socket = self.enrollment_socket(node);
+        self.runtime.block_on(async {
+            let mut client = EnrollmentClient::connect(&socket).await?;
+            client.snapshot(&pods).await?;
+            anyhow::Ok(())
+        })?;
+        self.enrollment.insert(node.to_string(), pods);
+        Ok(())
+    }
+
+    fn start_apps(&mut self) -> anyhow::Result<()> {
+        let binary = binary("sample-app")?;
+        for spec in self.pods.clone() {
+            let Some((service, version)) = &spec.app else {
+                continue;
+            };
+            let mut command = self
+                .testbed
+                .pod_command(&spec.name, binary.to_str().unwrap());
+            command.args([
+                "--service",
+                service,
+                "--app-version",
+                version,
+                "--pod",
+                &spec.name,
+                "--http",
+                "0.0.0.0:8080",
+                "--grpc",
+                "0.0.0.0:9090",
+                "--echo",
+                "0.0.0.0:7000",
+            ]);
+            let log = self.dir.join(format!("app-{}.log", spec.name));
+            self.apps.push(Process::spawn(&spec.name, command, log)?);
+        }
+        for spec in self.pods.iter().filter(|p| p.app.is_some()) {
+            let ip = self.testbed.pod(&spec.name).ip;
+            self.wait_until(&format!("app {}", spec.name), || {
+                self.testbed
+                    .pod_command(&spec.name, "bash")
+                    .args(["-c", &format!("exec 3<>/dev/tcp/{ip}/8080")])
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
+            })?;
+        }
+        Ok(())
+    }
+
+    fn wait_until(&self, what: &str, mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
+        let deadline = Instant::now() + STARTUP;
+        while Instant::now() < deadline {
+            if ready() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("{what} not ready after {STARTUP:?}\n{}", self.logs())
+    }
+
+    /// Polls `check` for up to `timeout`; true once it held.
+    pub fn eventually(&self, timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if check() {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `curl` from inside `pod`: (HTTP status, body); status 0 when the connection failed.
+    pub fn curl(&self, pod: &str, url: &str) -> (u16, String) {
+        let output = self
+            .testbed
+            .pod_command(pod, "curl")
+            .args(["-s", "--max-time", "5", "-w", "\n%{http_code}", url])
+            .output()
+            .expect("run curl");
+        split_status(&output.stdout)
+    }
+
+    /// `curl` from the node's namespace (metrics, readiness, config dump).
+    pub fn node_curl(&self, node: &str, url: &str) -> anyhow::Result<(u16, String)> {
+        let output = self
+            .testbed
+            .node_command(node, "curl")
+            .args(["-s", "--max-time", "5", "-w", "\n%{http_code}", url])
+            .output()?;
+        Ok(split_status(&output.stdout))
+    }
+
+    /// The agent's Prometheus metrics.
+    pub fn metrics(&self, node: &str) -> String {
+        let ip = self.testbed.node(node).ip;
+        self.node_curl(node, &format!("http://{ip}:15020/metrics"))
+            .map(|(_, body)| body)
+            .unwrap_or_default()
+    }
+
+    /// The agent's `/config_dump`.
+    pub fn config_dump(&self, node: &str) -> serde_json::Value {
+        let (status, body) = self
+            .node_curl(node, "http://127.0.0.1:15000/config_dump")
+            .expect("run curl");
+        serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("config_dump answered {status}: {e}: {body:?}"))
+    }
+
+    /// Every component's log, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "log"))
+            .collect();
+        files.sort();
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            let _ = writeln!(out, "==> {} <==", file.display());
+            for line in tail.into_iter().rev() {
+                let _ = writeln!(out, "{line}");
+            }
+        }
+        out
+    }
+
+    pub fn log_of(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    pub fn pod(&self, name: &str) -> &Pod {
+        self.testbed.pod(name)
+    }
+}
+
+/// Removes pin directories of meshes whose test process is gone.
+fn sweep_stale_pins() {
+    let Ok(entries) = std::fs::read_dir("/sys/fs/bpf/weft-e2e") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let pid = name
+            .strip_prefix(weft_testbed::PREFIX)
+            .and_then(|rest| rest.split_once('x'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok());
+        if pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+fn split_status(stdout: &[u8]) -> (u16, String) {
+    let text = String::from_utf8_lossy(stdout);
+    match text.rsplit_once('\n') {
+        Some((body, code)) => (code.trim().parse().unwrap_or(0), body.to_string()),
+        None => (text.trim().parse().unwrap_or(0), String::new()),
+    }
+}
+
+fn enrolled(pod: &Pod) -> EnrolledPod {
+    node_agent::testing::enrolled_pod(
+        &pod.name,
+        "",
+        pod.netns.path(),
+        pod.cgroup.path().to_path_buf(),
+        std::net::IpAddr::V4(pod.ip),
+    )
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        for app in &mut self.apps {
+            app.kill();
+        }
+        for agent in self.agents.values_mut() {
+            agent.stop();
+        }
+        self.stop_controller();
+        let _ = std::fs::remove_dir_all(
+            PathBuf::from("/sys/fs/bpf/weft-e2e").join(self.testbed.prefix()),
+        );
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("mesh logs kept in {}", self.dir.display());
+        }
+    }
+}

@@ -1,0 +1,52 @@
+use std::net::SocketAddr;
+
+use clap::Parser;
+use weft_sample_app::{Identity, start};
+
+/// A small versioned HTTP/gRPC service that can fail or delay on request.
+#[derive(Debug, Parser)]
+#[command(name = "sample-app", version, about, long_about = None)]
+struct Args {
+    /// Service name it reports.
+    #[arg(long, env = "SERVICE", default_value = "sample")]
+    service: String,
+    /// Version it reports (v1, v2, ...).
+    #[arg(long = "app-version", env = "VERSION", default_value = "v1")]
+    app_version: String,
+    /// Pod name it reports.
+    #[arg(long, env = "POD_NAME", default_value = "sample")]
+    pod: String,
+    /// HTTP (1.1 and h2c) listen address.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    http: SocketAddr,
+    /// gRPC listen address.
+    #[arg(long, default_value = "0.0.0.0:9090")]
+    grpc: SocketAddr,
+    /// Raw TCP echo listen address (bytes in, same bytes out).
+    #[arg(long)]
+    echo: Option<SocketAddr>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt().with_env_filter("info").init();
+    let args = Args::parse();
+    let echo = args.echo;
+    let (http, grpc, task) = start(
+        Identity {
+            service: args.service,
+            version: args.app_version,
+            pod: args.pod,
+        },
+        args.http,
+        args.grpc,
+    )
+    .await?;
+    if let Some(echo) = echo {
+        let listener = tokio::net::TcpListener::bind(echo).await?;
+        tokio::spawn(weft_sample_app::serve_echo(listener));
+    }
+    tracing::info!(%http, %grpc, echo = ?echo, "sample app serving");
+    task.await?;
+    Ok(())
+}
