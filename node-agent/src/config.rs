@@ -186,9 +186,10 @@ impl Config {
                 reason: "must be at least 10 seconds".into(),
             });
         }
-        // Off by default: under sustained bulk load the sk_msg redirect into the agent's socket
-        // can fail writes with ENOMEM (seen with iperf3 over 10 s), which must be fixed before
-        // it is on by default.
+        // Off by default: a socket in the kernel's socket map reads through its spliced-queue
+        // path, where a blocking read woken by anything but data (a concurrent writer on the
+        // same socket, for one) returns EAGAIN. Non-blocking applications never notice; a
+        // full-duplex application on blocking sockets could, so splicing is opted into.
         let acceleration = match strings.get(ACCELERATION).as_deref() {
             Some("true") | Some("1") | Some("on") => true,
             None | Some("false") | Some("0") | Some("off") => false,

@@ -26,8 +26,11 @@ pub mod maps {
     pub const LOCAL_SOCKETS: &str = "LOCAL_SOCKETS";
     /// Per-CPU counters of the redirection programs (slots in [`crate::stats`]).
     pub const REDIRECT_STATS: &str = "REDIRECT_STATS";
+    /// Bytes each sending end of a same-netns pair has spliced so far, by its own
+    /// [`crate::SocketPairKey`]; [`crate::SPLICE_STOPPED`] once it takes the normal path for good.
+    pub const SPLICE_BUDGET: &str = "SPLICE_BUDGET";
     /// The maps the agent pins, so that they outlive an agent restart.
-    pub const PINNED: [&str; 7] = [
+    pub const PINNED: [&str; 8] = [
         POD_CONFIG,
         POD_BY_ADDRESS,
         PENDING_ORIGINAL_DST,
@@ -35,6 +38,7 @@ pub mod maps {
         INBOUND_LISTENERS,
         LOCAL_SOCKETS,
         REDIRECT_STATS,
+        SPLICE_BUDGET,
     ];
 }
 
@@ -76,8 +80,11 @@ pub mod stats {
     pub const SPLICED_MESSAGES: u32 = 3;
     /// Inbound connections dropped because the pod's inbound listener was missing.
     pub const INBOUND_WITHOUT_LISTENER: u32 = 4;
+    /// Directions of same-netns pairs that used up their splice budget (see
+    /// [`crate::SPLICE_BUDGET_BYTES`]) and went on by the normal path.
+    pub const SPLICE_BUDGET_SPENT: u32 = 5;
     /// Number of slots.
-    pub const SLOTS: u32 = 5;
+    pub const SLOTS: u32 = 6;
 }
 
 /// Istio's port numbers, which the programs treat specially.
@@ -105,6 +112,17 @@ pub const MAX_POD_ADDRESSES: usize = 2;
 
 /// [`PodConfig::flags`]: splice this pod's same-netns socket pairs with `sk_msg`.
 pub const POD_FLAG_ACCELERATE: u32 = 1;
+
+/// How many bytes one direction of a same-netns pair may splice before it takes the normal TCP
+/// path for the rest of its life. A spliced message lands in the peer's queue whether or not the
+/// peer reads (the kernel applies no receive window to it), so without a bound a slow reader lets
+/// the queue grow until TCP's global memory limit fails the sender's writes with `ENOMEM`. Capped
+/// this way a direction holds at most this much unread, well under a normal TCP receive buffer
+/// (`tcp_rmem` allows 6 MiB), and the switch is one-way so bytes are never reordered: the peer
+/// reads its spliced queue before anything that arrived by TCP.
+pub const SPLICE_BUDGET_BYTES: u64 = 4 << 20;
+/// [`maps::SPLICE_BUDGET`] value of a direction that has left the spliced path.
+pub const SPLICE_STOPPED: u64 = u64::MAX;
 
 /// An IP address, four words in network byte order; IPv4 is stored IPv4-mapped.
 pub type Address = [u32; 4];

@@ -21,7 +21,8 @@ use aya_ebpf::{
 use weft_ebpf_common::{ClientKey, POD_FLAG_ACCELERATE, SocketPairKey, ports, stats};
 
 use crate::state::{
-    AF_INET, AF_INET6, LOCAL_SOCKETS, ORIGINAL_DST, PENDING_ORIGINAL_DST, address_of, bump,
+    AF_INET, AF_INET6, LOCAL_SOCKETS, ORIGINAL_DST, PENDING_ORIGINAL_DST, SPLICE_BUDGET, address_of,
+    bump,
     pod_config, read_ip6, remote_port_from_context, same_address,
 };
 
@@ -139,6 +140,9 @@ fn add_local_socket(ctx: &SockOpsContext, ends: &Ends) {
         return;
     }
     let mut key = ends.key;
+    // A new connection starts with its whole budget, whatever an earlier one on the same
+    // addresses and ports left behind.
+    let _ = SPLICE_BUDGET.remove(&key);
     // SAFETY: `ops` is the kernel's `bpf_sock_ops` for this run, which the helper takes.
     if LOCAL_SOCKETS
         .update(&mut key, unsafe { &mut *ctx.ops }, u64::from(BPF_ANY))

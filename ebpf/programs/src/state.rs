@@ -33,6 +33,10 @@ pub static INBOUND_LISTENERS: SockHash<u64> = SockHash::with_max_entries(MAX_POD
 #[map(name = "LOCAL_SOCKETS")]
 pub static LOCAL_SOCKETS: SockHash<SocketPairKey> = SockHash::with_max_entries(MAX_CONNECTIONS, 0);
 
+#[map(name = "SPLICE_BUDGET")]
+pub static SPLICE_BUDGET: LruHashMap<SocketPairKey, u64> =
+    LruHashMap::with_max_entries(MAX_CONNECTIONS, 0);
+
 #[map(name = "REDIRECT_STATS")]
 pub static REDIRECT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stats::SLOTS, 0);
 

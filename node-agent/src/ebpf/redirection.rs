@@ -81,6 +81,8 @@ pub struct RedirectionStats {
     pub local_sockets_added: u64,
     pub spliced_messages: u64,
     pub inbound_without_listener: u64,
+    /// Pair directions that spent their splice budget and left the spliced path.
+    pub splice_budget_spent: u64,
 }
 
 /// Original-destination records currently held.
@@ -210,6 +212,7 @@ impl Redirection {
             local_sockets_added: get(stats::LOCAL_SOCKETS_ADDED)?,
             spliced_messages: get(stats::SPLICED_MESSAGES)?,
             inbound_without_listener: get(stats::INBOUND_WITHOUT_LISTENER)?,
+            splice_budget_spent: get(stats::SPLICE_BUDGET_SPENT)?,
         })
     }
 

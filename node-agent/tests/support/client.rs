@@ -162,6 +162,46 @@ fn run(words: &[&str]) -> String {
             let rate = mib as f64 / start.elapsed().as_secs_f64();
             format!("mib_per_s={rate:.1} eagain={retries}")
         }
+        ["flood", destination, mib, window_ms] => {
+            // Writes `mib` MiB as fast as the socket takes them and reports how much it got
+            // rid of within the first `window_ms` (while a slow reader reads nothing), then the
+            // byte count the reader confirms.
+            let total = mib.parse::<usize>().unwrap() << 20;
+            let window = std::time::Duration::from_millis(window_ms.parse().unwrap());
+            let stream = TcpStream::connect(destination).unwrap();
+            let mut writer = stream.try_clone().unwrap();
+            let written = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let counter = written.clone();
+            let sender = std::thread::spawn(move || {
+                let chunk: Vec<u8> = (0..64 * 1024).map(super::pattern_byte).collect();
+                for _ in 0..total / chunk.len() {
+                    writer.write_all(&chunk).unwrap();
+                    counter.fetch_add(chunk.len(), std::sync::atomic::Ordering::Relaxed);
+                }
+                writer.shutdown(std::net::Shutdown::Write).unwrap();
+            });
+            std::thread::sleep(window);
+            let early = written.load(std::sync::atomic::Ordering::Relaxed);
+            sender.join().unwrap();
+            let mut confirmed = Vec::new();
+            let mut reader = &stream;
+            let mut byte = [0u8; 1];
+            let mut retries = 0u32;
+            while confirmed.last() != Some(&b'\n') {
+                match reader.read(&mut byte) {
+                    Ok(0) => break,
+                    Ok(_) => confirmed.push(byte[0]),
+                    // See `bulk`: EAGAIN while spliced data is on its way.
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && retries < 100_000 => {
+                        retries += 1;
+                        std::thread::yield_now();
+                    }
+                    Err(e) => panic!("reading the confirmation: {e}"),
+                }
+            }
+            let confirmed = String::from_utf8_lossy(&confirmed).into_owned();
+            format!("early_mib={} confirmed={}", early >> 20, confirmed.trim())
+        }
         ["connect", destination] => {
             let destination: SocketAddr = destination.parse().unwrap();
             match TcpStream::connect_timeout(&destination, std::time::Duration::from_secs(3)) {

@@ -138,6 +138,17 @@ pub enum AgentMode {
     Echo,
     /// Echo without looking up (leaves the record to the close cleanup).
     EchoWithoutLookup,
+    /// A reader that falls behind: reads nothing for [`SINK_STALL`], then reads to the end,
+    /// checking the `flood` pattern, and answers with the number of bytes it received.
+    SlowSink,
+}
+
+/// How long [`AgentMode::SlowSink`] leaves its socket unread.
+pub const SINK_STALL: Duration = Duration::from_millis(1500);
+
+/// Byte `offset` of the pattern the pod client's `bulk` and `flood` send.
+pub fn pattern_byte(offset: usize) -> u8 {
+    (offset % (64 * 1024) % 251) as u8
 }
 
 /// One connection the stand-in agent accepted.
@@ -241,6 +252,15 @@ fn serve(
                 pipe(stream, upstream);
             }
         }
+        (AgentMode::SlowSink, _) => {
+            accepted.lock().unwrap().push(Accepted {
+                peer,
+                original,
+                upstream: None,
+            });
+            std::thread::sleep(SINK_STALL);
+            sink(stream);
+        }
         (AgentMode::Forward, None) => accepted.lock().unwrap().push(Accepted {
             peer,
             original,
@@ -255,6 +275,32 @@ fn serve(
             echo(stream);
         }
     }
+}
+
+/// Reads to the end, checking the pattern, then answers `<bytes received>\n` (0 on corruption).
+fn sink(stream: TcpStream) {
+    let mut writer = stream.try_clone().unwrap();
+    let mut reader = stream;
+    let mut buffer = vec![0u8; 64 * 1024];
+    let (mut received, mut intact, mut retries) = (0usize, true, 0u32);
+    loop {
+        match reader.read(&mut buffer) {
+            // See the client: spliced sockets can report EAGAIN while blocking.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && retries < 100_000 => {
+                retries += 1;
+                std::thread::yield_now();
+            }
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                intact &= buffer[..n]
+                    .iter()
+                    .enumerate()
+                    .all(|(i, b)| *b == pattern_byte(received + i));
+                received += n;
+            }
+        }
+    }
+    let _ = writeln!(writer, "{}", if intact { received } else { 0 });
 }
 
 /// Copies both ways until both sides are done.

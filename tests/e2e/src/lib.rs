@@ -141,6 +141,7 @@ pub struct Mesh {
     apps: Vec<Process>,
     enrollment: BTreeMap<String, Vec<EnrolledPod>>,
     certificate_ttl: Duration,
+    acceleration: bool,
     runtime: tokio::runtime::Runtime,
 }
 
@@ -151,6 +152,8 @@ pub struct MeshOptions {
     pub certificate_ttl: Duration,
     /// Extra YAML (services, policies) written next to the generated pods.
     pub config: String,
+    /// Agents splice same-node loopback hops (`ACCELERATION=true`).
+    pub acceleration: bool,
 }
 
 impl Default for MeshOptions {
@@ -158,6 +161,7 @@ impl Default for MeshOptions {
         Self {
             certificate_ttl: Duration::from_secs(3600),
             config: String::new(),
+            acceleration: false,
         }
     }
 }
@@ -194,6 +198,7 @@ impl Mesh {
             apps: Vec::new(),
             enrollment: BTreeMap::new(),
             certificate_ttl: options.certificate_ttl,
+            acceleration: options.acceleration,
             runtime,
         };
         mesh.write_config("00-pods.yaml", &mesh.pods_yaml())?;
@@ -306,6 +311,91 @@ impl Mesh {
         }
     }
 
+    /// A counter of `node`'s redirection programs (a slot of `weft_ebpf_common::stats`), summed
+    /// over CPUs, read from the pinned map.
+    pub fn redirect_stat(&self, node: &str, slot: u32) -> anyhow::Result<u64> {
+        let map = self.pin_dir(node).join("maps/REDIRECT_STATS");
+        let output = Command::new("bpftool")
+            .args(["map", "lookup", "pinned"])
+            .arg(&map)
+            .args(["key"])
+            .args(slot.to_le_bytes().map(|b| b.to_string()))
+            .arg("-j")
+            .output()
+            .context("run bpftool")?;
+        if !output.status.success() {
+            bail!(
+                "bpftool map lookup {}: {}",
+                map.display(),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        let entry: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+        let values = entry["values"]
+            .as_array()
+            .with_context(|| format!("per-CPU values in {entry}"))?;
+        values
+            .iter()
+            .map(|v| {
+                let bytes = v["value"]
+                    .as_array()
+                    .with_context(|| format!("value bytes in {v}"))?
+                    .iter()
+                    .map(|b| match b {
+                        serde_json::Value::String(hex) => {
+                            u8::from_str_radix(hex.trim_start_matches("0x"), 16).ok()
+                        }
+                        other => other.as_u64().and_then(|n| u8::try_from(n).ok()),
+                    })
+                    .collect::<Option<Vec<u8>>>()
+                    .with_context(|| format!("value bytes in {v}"))?;
+                let bytes: [u8; 8] = bytes.try_into().map_err(|_| anyhow::anyhow!("not a u64"))?;
+                Ok(u64::from_le_bytes(bytes))
+            })
+            .sum()
+    }
+
+    /// Bulk TCP throughput from `client` to an `iperf3 -s` at `server_ip`, in Gbit/s (iperf3
+    /// inside the pod, `seconds` long; retried twice while the server is busy with a previous test).
+    pub fn iperf(
+        &self,
+        client: &str,
+        server_ip: std::net::Ipv4Addr,
+        seconds: u32,
+    ) -> anyhow::Result<f64> {
+        // The server runs one test at a time and may still be closing the previous one.
+        let mut last = String::new();
+        for _ in 0..3 {
+            let output = self
+                .testbed
+                .pod_command(client, "iperf3")
+                .args([
+                    "-c",
+                    &server_ip.to_string(),
+                    "-t",
+                    &seconds.to_string(),
+                    "-J",
+                ])
+                .output()?;
+            let report: serde_json::Value =
+                serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null);
+            if let Some(bps) = report["end"]["sum_received"]["bits_per_second"].as_f64() {
+                return Ok(bps / 1e9);
+            }
+            last = format!(
+                "{} {}",
+                report["error"],
+                String::from_utf8_lossy(&output.stderr)
+            );
+            // Only a busy server is worth another try; any other error is the result.
+            if !last.contains("busy") {
+                break;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        anyhow::bail!("iperf3 reported no throughput: {last}")
+    }
+
     fn pin_dir(&self, node: &str) -> PathBuf {
         PathBuf::from("/sys/fs/bpf/weft-e2e")
             .join(self.testbed.prefix())
@@ -336,6 +426,7 @@ impl Mesh {
             .env("ENROLLMENT_SOCKET", self.enrollment_socket(node_name))
             .env("PIN_DIR", self.pin_dir(node_name))
             .env("AGENT_CGROUP", node.agent_cgroup.path())
+            .env("ACCELERATION", self.acceleration.to_string())
             .env("RUST_LOG", "info");
         let log = self.dir.join(format!("agent-{node_name}.log"));
         let process = Process::spawn(&format!("agent {node_name}"), command, log)?;

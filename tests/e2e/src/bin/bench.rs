@@ -30,41 +30,6 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
-fn iperf(
-    mesh: &Mesh,
-    client: &str,
-    server_ip: std::net::Ipv4Addr,
-    seconds: u32,
-) -> anyhow::Result<f64> {
-    // The server runs one test at a time and may still be closing the previous one.
-    let mut last = String::new();
-    for _ in 0..3 {
-        let output = mesh
-            .testbed
-            .pod_command(client, "iperf3")
-            .args([
-                "-c",
-                &server_ip.to_string(),
-                "-t",
-                &seconds.to_string(),
-                "-J",
-            ])
-            .output()?;
-        let report: serde_json::Value =
-            serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null);
-        if let Some(bps) = report["end"]["sum_received"]["bits_per_second"].as_f64() {
-            return Ok(bps / 1e9);
-        }
-        last = format!(
-            "{} {}",
-            report["error"],
-            String::from_utf8_lossy(&output.stderr)
-        );
-        std::thread::sleep(Duration::from_secs(1));
-    }
-    anyhow::bail!("iperf3 reported no throughput: {last}")
-}
-
 /// (requests per second, p50 latency in µs) from wrk.
 fn wrk(
     mesh: &Mesh,
@@ -187,7 +152,7 @@ fn main() -> anyhow::Result<()> {
         "TCP throughput (iperf3, 1 stream)",
         "Gbit/s",
         true,
-        &mut |c, s| iperf(&mesh, c, ip(s), seconds),
+        &mut |c, s| mesh.iperf(c, ip(s), seconds),
     )?;
     measure(
         "HTTP rps, 1 keep-alive connection",
