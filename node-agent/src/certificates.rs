@@ -161,15 +161,14 @@ async fn renew_forever<C: CaClient>(
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&identity);
-                // Half of the remaining lifetime as received: the certificate's start is
-                // backdated for clock skew, so its own half life can already be past.
-                let remaining = certificate
-                    .not_after()
+                // Half of the lifetime left on arrival (what /config_dump shows as refreshAt).
+                let wait = certificate
+                    .refresh_at()
                     .duration_since(SystemTime::now())
                     .unwrap_or(Duration::ZERO);
                 tracing::info!(%identity, not_after = ?certificate.not_after(), "workload certificate issued");
                 sender.send_replace(Some(Arc::new(certificate)));
-                (remaining / 2).max(MIN_RENEWAL_WAIT)
+                wait.max(MIN_RENEWAL_WAIT)
             }
             Err(reason) => {
                 tracing::warn!(%identity, %reason, retry_in_ms = retry.as_millis() as u64, "certificate request failed");

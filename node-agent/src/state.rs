@@ -161,6 +161,9 @@ struct Indexes {
     /// Workload uids backing each service.
     endpoints: HashMap<NamespacedHostname, Vec<String>>,
     policies: HashMap<String, Arc<Authorization>>,
+    /// `policies` in evaluation order (namespace, name), rebuilt on every policy change so that
+    /// a connection's authorization only takes a reference.
+    sorted_policies: Arc<[Arc<Authorization>]>,
 }
 
 /// The agent's view of the mesh. Cheap to clone (an `Arc` inside).
@@ -237,12 +240,10 @@ impl WorkloadStore {
         self.read().policies.get(key).cloned()
     }
 
-    /// Every policy, for evaluation: the caller filters by scope with
-    /// `Authorization::applies_to`.
-    pub fn policies(&self) -> Vec<Arc<Authorization>> {
-        let mut all: Vec<_> = self.read().policies.values().cloned().collect();
-        all.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-        all
+    /// Every policy in evaluation order (namespace, name): the caller filters by scope with
+    /// `Authorization::applies_to`. Shared, not copied.
+    pub fn policies(&self) -> Arc<[Arc<Authorization>]> {
+        self.read().sorted_policies.clone()
     }
 
     /// Everything, for `/config_dump`.
@@ -256,7 +257,7 @@ impl WorkloadStore {
         StoreDump {
             workloads,
             services,
-            policies: self.policies(),
+            policies: self.policies().to_vec(),
         }
     }
 
@@ -308,14 +309,23 @@ impl WorkloadStore {
                 format!("{}/{}", policy.namespace, policy.name),
                 Arc::new(policy),
             );
+            sort_policies(ix);
         });
     }
 
     pub fn remove_policy(&self, key: &str) {
         self.write(|ix| {
-            ix.policies.remove(key);
+            if ix.policies.remove(key).is_some() {
+                sort_policies(ix);
+            }
         });
     }
+}
+
+fn sort_policies(ix: &mut Indexes) {
+    let mut all: Vec<_> = ix.policies.values().cloned().collect();
+    all.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    ix.sorted_policies = all.into();
 }
 
 fn remove_workload(ix: &mut Indexes, uid: &str) {

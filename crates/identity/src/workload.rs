@@ -102,6 +102,8 @@ pub struct WorkloadCertificate {
     key: PrivateKeyDer<'static>,
     not_before: SystemTime,
     not_after: SystemTime,
+    /// When this value was built from the CA's answer.
+    received_at: SystemTime,
     serial: String,
     issuer: String,
 }
@@ -184,6 +186,7 @@ impl WorkloadCertificate {
             key: key.private_key_der(),
             not_before,
             not_after,
+            received_at: SystemTime::now(),
             serial,
             issuer,
         })
@@ -215,13 +218,16 @@ impl WorkloadCertificate {
         self.not_after
     }
 
-    /// Half way through the validity period: time to ask for a new certificate.
+    /// Time to ask for a new certificate: half way through the validity left when it arrived.
+    /// Not half of `not_before..not_after`: the start is backdated for clock skew, so for a short
+    /// lifetime that half way point can already be past on arrival.
     pub fn refresh_at(&self) -> SystemTime {
-        let lifetime = self
+        let start = self.not_before.max(self.received_at);
+        let remaining = self
             .not_after
-            .duration_since(self.not_before)
+            .duration_since(start)
             .unwrap_or(Duration::ZERO);
-        self.not_before + lifetime / 2
+        start + remaining / 2
     }
 
     /// Whether the certificate is past its `not_after` at `now`.

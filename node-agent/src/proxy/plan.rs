@@ -95,9 +95,9 @@ fn plan_service(
     if service.load_balancing == LoadBalancingMode::Passthrough {
         return Ok(OutboundPlan::Passthrough { target: original });
     }
-    let endpoints = store.endpoints(&service.key());
-    let port = original.port();
     let key = service.key();
+    let endpoints = store.endpoints(&key);
+    let port = original.port();
     // Candidates: endpoints that serve this port and are healthy (unless the service says any).
     let candidates: Vec<(Arc<Workload>, u16)> = endpoints
         .into_iter()
