@@ -22,7 +22,7 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
             .current_dir(&root),
     )?;
     step(if quick {
-        "bench: quick run (2 s per figure, one round)"
+        "bench: quick run (1 s per figure, one round)"
     } else {
         "bench: full run (10 s per figure, median of three rounds)"
     });

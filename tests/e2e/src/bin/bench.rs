@@ -1,11 +1,20 @@
 //! `cargo xtask bench`: the mesh against a direct path, measured in the same run on the testbed.
 //!
-//! Four pods: `client-direct` -> `server-direct` (not enrolled: plain networking) and
-//! `client-mesh` -> `server-mesh` (enrolled: pod -> agent -> mTLS -> agent -> pod), the clients on
-//! node1 and the servers on node2. Each figure is measured on both pairs and reported with its
-//! ratio to direct. Tools run inside the pods: iperf3 (bulk TCP), wrk (HTTP rps and latency).
+//! Across nodes, four pods: `client-direct` -> `server-direct` (not enrolled: plain networking)
+//! and `client-mesh` -> `server-mesh` (enrolled: pod -> agent -> mTLS -> agent -> pod), the
+//! clients on node1 and the servers on node2. Each figure is measured on both pairs and reported
+//! with its ratio to direct. Then the same four pods on one node, twice: agents without and with
+//! same-node acceleration (sockops + sk_msg). Tools run inside the pods: iperf3 (bulk TCP), wrk
+//! (HTTP rps and closed-loop latency) and this binary's own fixed-rate client (`bench
+//! fixed-rate`: latency percentiles at a set request rate on one keep-alive connection).
 
-use std::{fmt::Write as _, process::Command, time::Duration};
+use std::{
+    fmt::Write as _,
+    io::{Read, Write},
+    net::TcpStream,
+    process::Command,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context;
 use weft_e2e::{Mesh, MeshOptions, PodSpec};
@@ -80,21 +89,354 @@ fn parse_duration_us(text: &str) -> Option<f64> {
     number.parse::<f64>().ok().map(|n| n * factor)
 }
 
-fn agent_rss_kib(mesh: &Mesh, node: &str) -> Option<u64> {
-    let cgroup = &mesh.testbed.node(node).agent_cgroup;
-    let pid = *cgroup.procs().ok()?.first()?;
+fn agent_pid(mesh: &Mesh, node: &str) -> Option<u32> {
+    mesh.testbed
+        .node(node)
+        .agent_cgroup
+        .procs()
+        .ok()?
+        .first()
+        .copied()
+}
+
+/// A `/proc/<pid>/status` field in KiB (`VmRSS`, `VmHWM`).
+fn agent_memory_kib(mesh: &Mesh, node: &str, field: &str) -> Option<u64> {
+    let pid = agent_pid(mesh, node)?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// CPU time used so far by everything in `node`'s agent cgroup, in seconds.
+fn agent_cpu_seconds(mesh: &Mesh, node: &str) -> Option<f64> {
+    let path = mesh.testbed.node(node).agent_cgroup.path().join("cpu.stat");
+    let stat = std::fs::read_to_string(path).ok()?;
+    stat.lines()
+        .find_map(|l| l.strip_prefix("usage_usec "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|usec| usec / 1e6)
+}
+
+/// `bench fixed-rate <host:port> <rps> <seconds>`, run inside a pod: GETs `/` on one keep-alive
+/// connection at a fixed rate and prints `p50 p90 p99` in µs, each request's latency counted from
+/// the moment it was due (so a stall shows up in the requests queued behind it).
+fn fixed_rate_client(address: &str, rps: u32, seconds: u32) -> anyhow::Result<()> {
+    let mut stream = TcpStream::connect(address).with_context(|| format!("connect {address}"))?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let request = format!("GET / HTTP/1.1\r\nHost: {address}\r\n\r\n");
+    let total = rps * seconds;
+    let interval = Duration::from_secs(1) / rps;
+    let mut latencies = Vec::with_capacity(total as usize);
+    let mut buffer = vec![0u8; 16 * 1024];
+    let start = Instant::now();
+    for i in 0..total {
+        let due = start + interval * i;
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        stream.write_all(request.as_bytes())?;
+        read_response(&mut stream, &mut buffer)?;
+        latencies.push(due.elapsed().as_secs_f64() * 1e6);
+    }
+    latencies.sort_by(f64::total_cmp);
+    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    println!("{:.1} {:.1} {:.1}", at(0.50), at(0.90), at(0.99));
+    Ok(())
+}
+
+/// Reads one HTTP/1.1 response with a `Content-Length` body.
+fn read_response(stream: &mut TcpStream, buffer: &mut [u8]) -> anyhow::Result<()> {
+    let mut filled = 0;
+    loop {
+        if filled == buffer.len() {
+            anyhow::bail!("response head over {} bytes", buffer.len());
+        }
+        let n = stream.read(&mut buffer[filled..])?;
+        if n == 0 {
+            anyhow::bail!("connection closed mid-response");
+        }
+        filled += n;
+        let Some(end) = buffer[..filled].windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = std::str::from_utf8(&buffer[..end])?;
+        if !head.starts_with("HTTP/1.1 200") {
+            anyhow::bail!("unexpected response: {head}");
+        }
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse().ok())?
+            })
+            .context("response without Content-Length")?;
+        let mut body_left = (end + 4 + length).saturating_sub(filled);
+        let capacity = buffer.len();
+        while body_left > 0 {
+            let n = stream.read(&mut buffer[..body_left.min(capacity)])?;
+            if n == 0 {
+                anyhow::bail!("connection closed mid-body");
+            }
+            body_left -= n;
+        }
+        return Ok(());
+    }
+}
+
+/// Runs the fixed-rate client in `client`'s pod against `server_ip:8080`: (p50, p90, p99) µs.
+fn fixed_rate(
+    mesh: &Mesh,
+    client: &str,
+    server_ip: std::net::Ipv4Addr,
+    rps: u32,
+    seconds: u32,
+) -> anyhow::Result<[f64; 3]> {
+    let exe = std::env::current_exe()?;
+    let output = mesh
+        .testbed
+        .pod_command(client, exe.to_str().context("executable path")?)
+        .args([
+            "fixed-rate",
+            &format!("{server_ip}:8080"),
+            &rps.to_string(),
+            &seconds.to_string(),
+        ])
+        .output()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let values: Vec<f64> = text
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    match values[..] {
+        [p50, p90, p99] => Ok([p50, p90, p99]),
+        _ => anyhow::bail!(
+            "fixed-rate client: {text} {}",
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    }
+}
+
+/// The four benchmark pods; the servers on `server_node`.
+fn bench_pods(server_node: &str) -> Vec<PodSpec> {
+    vec![
+        PodSpec::client("client-direct", "node1", "bench").not_enrolled(),
+        PodSpec::app("server-direct", server_node, "bench", "server-direct", "v1").not_enrolled(),
+        PodSpec::client("client-mesh", "node1", "bench"),
+        PodSpec::app("server-mesh", server_node, "bench", "server-mesh", "v1"),
+    ]
+}
+
+const PAIRS: [(&str, &str); 2] = [
+    ("client-direct", "server-direct"),
+    ("client-mesh", "server-mesh"),
+];
+
+/// Measures `f` on both pairs, alternating, `rounds` times: (direct median, mesh median).
+fn both(
+    rounds: usize,
+    f: &mut dyn FnMut(&str, &str) -> anyhow::Result<f64>,
+) -> anyhow::Result<(f64, f64)> {
+    let mut results = [Vec::new(), Vec::new()];
+    for _ in 0..rounds {
+        // Alternate the paths so drift affects both alike.
+        for (i, (client, server)) in PAIRS.iter().enumerate() {
+            results[i].push(f(client, server)?);
+        }
+    }
+    let [direct, meshed] = results;
+    Ok((median(direct), median(meshed)))
+}
+
+/// Agent figures of the cross-node run.
+struct AgentFigures {
+    idle_rss_kib: Option<u64>,
+    peak_rss_kib: Option<u64>,
+    /// CPU seconds of both agents per 1,000 requests, under 64 keep-alive connections.
+    cpu_per_1k_requests: Option<f64>,
+}
+
+fn cross_node(settings: &Settings, rows: &mut Vec<Row>) -> anyhow::Result<AgentFigures> {
+    let mesh = Mesh::start(bench_pods("node2"), MeshOptions::default())?;
+    std::thread::sleep(Duration::from_secs(1));
+    let idle_rss_kib = agent_memory_kib(&mesh, "node1", "VmRSS");
+    let iperf_servers = start_iperf_servers(&mesh)?;
+    let seconds = settings.seconds;
+    let ip = |server: &str| mesh.pod(server).ip;
+    let url = |server: &str| format!("http://{}:8080/", ip(server));
+    let mut row = |name: &str, unit: &'static str, higher: bool, values: (f64, f64)| {
+        rows.push(Row {
+            name: name.into(),
+            unit,
+            direct: values.0,
+            mesh: values.1,
+            higher_is_better: higher,
+        });
+        eprintln!("measured: {name}");
+    };
+    row(
+        "TCP throughput (iperf3, 1 stream)",
+        "Gbit/s",
+        true,
+        both(settings.rounds, &mut |c, s| mesh.iperf(c, ip(s), seconds))?,
+    );
+    row(
+        "HTTP rps, 1 keep-alive connection",
+        "req/s",
+        true,
+        both(settings.rounds, &mut |c, s| {
+            wrk(&mesh, c, &url(s), 1, seconds, false).map(|r| r.0)
+        })?,
+    );
+    row(
+        "HTTP p50 latency, 1 connection",
+        "µs",
+        false,
+        both(settings.rounds, &mut |c, s| {
+            wrk(&mesh, c, &url(s), 1, seconds, false).map(|r| r.1)
+        })?,
+    );
+    let mut percentiles = [Vec::new(), Vec::new()];
+    for _ in 0..settings.rounds {
+        for (i, (client, server)) in PAIRS.iter().enumerate() {
+            percentiles[i].push(fixed_rate(&mesh, client, ip(server), FIXED_RATE, seconds)?);
+        }
+    }
+    for (index, name) in [(0, "p50"), (1, "p90"), (2, "p99")] {
+        let pick = |path: usize| median(percentiles[path].iter().map(|p| p[index]).collect());
+        row(
+            &format!("HTTP {name} latency at {FIXED_RATE} req/s, 1 connection"),
+            "µs",
+            false,
+            (pick(0), pick(1)),
+        );
+    }
+    let mut cpu = Vec::new();
+    row(
+        "HTTP rps, 64 keep-alive connections",
+        "req/s",
+        true,
+        both(settings.rounds, &mut |c, s| {
+            let before = agent_cpu(&mesh);
+            let (rps, _) = wrk(&mesh, c, &url(s), 64, seconds, false)?;
+            if c == "client-mesh"
+                && let (Some(before), Some(after)) = (before, agent_cpu(&mesh))
+            {
+                cpu.push((after - before) / (rps * f64::from(seconds)) * 1000.0);
+            }
+            Ok(rps)
+        })?,
+    );
+    row(
+        "HTTP rps, new connection per request",
+        "req/s",
+        true,
+        both(settings.rounds, &mut |c, s| {
+            wrk(&mesh, c, &url(s), 8, seconds, true).map(|r| r.0)
+        })?,
+    );
+    let peak_rss_kib = agent_memory_kib(&mesh, "node1", "VmHWM");
+    stop(iperf_servers);
+    Ok(AgentFigures {
+        idle_rss_kib,
+        peak_rss_kib,
+        cpu_per_1k_requests: (!cpu.is_empty()).then(|| median(cpu)),
+    })
+}
+
+/// Both agents' CPU seconds so far.
+fn agent_cpu(mesh: &Mesh) -> Option<f64> {
+    Some(agent_cpu_seconds(mesh, "node1")? + agent_cpu_seconds(mesh, "node2")?)
+}
+
+/// Same-node rows, with the agent's acceleration off or on.
+fn same_node(settings: &Settings, acceleration: bool, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    let mesh = Mesh::start(
+        bench_pods("node1"),
+        MeshOptions {
+            acceleration,
+            ..MeshOptions::default()
+        },
+    )?;
+    let iperf_servers = start_iperf_servers(&mesh)?;
+    let seconds = settings.seconds;
+    let ip = |server: &str| mesh.pod(server).ip;
+    let url = |server: &str| format!("http://{}:8080/", ip(server));
+    let label = if acceleration {
+        "acceleration on"
+    } else {
+        "acceleration off"
+    };
+    let mut row = |name: &str, unit: &'static str, higher: bool, values: (f64, f64)| {
+        let name = format!("same node, {label}: {name}");
+        eprintln!("measured: {name}");
+        rows.push(Row {
+            name,
+            unit,
+            direct: values.0,
+            mesh: values.1,
+            higher_is_better: higher,
+        });
+    };
+    row(
+        "TCP throughput (iperf3)",
+        "Gbit/s",
+        true,
+        both(settings.rounds, &mut |c, s| mesh.iperf(c, ip(s), seconds))?,
+    );
+    row(
+        "HTTP rps, 1 keep-alive connection",
+        "req/s",
+        true,
+        both(settings.rounds, &mut |c, s| {
+            wrk(&mesh, c, &url(s), 1, seconds, false).map(|r| r.0)
+        })?,
+    );
+    row(
+        "HTTP p50 latency, 1 connection",
+        "µs",
+        false,
+        both(settings.rounds, &mut |c, s| {
+            wrk(&mesh, c, &url(s), 1, seconds, false).map(|r| r.1)
+        })?,
+    );
+    stop(iperf_servers);
+    Ok(())
+}
+
+fn start_iperf_servers(mesh: &Mesh) -> anyhow::Result<Vec<std::process::Child>> {
+    let mut servers = Vec::new();
+    for server in ["server-direct", "server-mesh"] {
+        servers.push(mesh.spawn_in_pod(server, "iperf3", &["-s"])?);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    Ok(servers)
+}
+
+fn stop(children: Vec<std::process::Child>) {
+    for mut child in children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// Requests per second of the fixed-rate latency rows.
+const FIXED_RATE: u32 = 1000;
+
 fn main() -> anyhow::Result<()> {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    if let [_, command, address, rps, seconds] = &args[..]
+        && command == "fixed-rate"
+    {
+        return fixed_rate_client(address, rps.parse()?, seconds.parse()?);
+    }
+    let quick = args.iter().any(|a| a == "--quick");
     let settings = if quick {
         Settings {
-            seconds: 2,
+            seconds: 1,
             rounds: 1,
         }
     } else {
@@ -103,125 +445,11 @@ fn main() -> anyhow::Result<()> {
             rounds: 3,
         }
     };
-    let pods = vec![
-        PodSpec::client("client-direct", "node1", "bench").not_enrolled(),
-        PodSpec::app("server-direct", "node2", "bench", "server-direct", "v1").not_enrolled(),
-        PodSpec::client("client-mesh", "node1", "bench"),
-        PodSpec::app("server-mesh", "node2", "bench", "server-mesh", "v1"),
-    ];
-    let mesh = Mesh::start(pods, MeshOptions::default())?;
-    std::thread::sleep(Duration::from_secs(1));
-    let idle_rss = agent_rss_kib(&mesh, "node1");
-    let mut iperf_servers = Vec::new();
-    for server in ["server-direct", "server-mesh"] {
-        iperf_servers.push(mesh.spawn_in_pod(server, "iperf3", &["-s"])?);
-    }
-    std::thread::sleep(Duration::from_millis(500));
-
-    let pairs = [
-        ("client-direct", "server-direct"),
-        ("client-mesh", "server-mesh"),
-    ];
     let mut rows: Vec<Row> = Vec::new();
-    let mut measure = |name: &str,
-                       unit: &'static str,
-                       higher: bool,
-                       f: &mut dyn FnMut(&str, &str) -> anyhow::Result<f64>|
-     -> anyhow::Result<()> {
-        let mut results = [Vec::new(), Vec::new()];
-        for _ in 0..settings.rounds {
-            // Alternate the paths so drift affects both alike.
-            for (i, (client, server)) in pairs.iter().enumerate() {
-                results[i].push(f(client, server)?);
-            }
-        }
-        let [direct, meshed] = results;
-        rows.push(Row {
-            name: name.into(),
-            unit,
-            direct: median(direct),
-            mesh: median(meshed),
-            higher_is_better: higher,
-        });
-        eprintln!("measured: {name}");
-        Ok(())
-    };
-    let seconds = settings.seconds;
-    let ip = |server: &str| mesh.pod(server).ip;
-    measure(
-        "TCP throughput (iperf3, 1 stream)",
-        "Gbit/s",
-        true,
-        &mut |c, s| mesh.iperf(c, ip(s), seconds),
-    )?;
-    measure(
-        "HTTP rps, 1 keep-alive connection",
-        "req/s",
-        true,
-        &mut |c, s| {
-            wrk(
-                &mesh,
-                c,
-                &format!("http://{}:8080/", ip(s)),
-                1,
-                seconds,
-                false,
-            )
-            .map(|r| r.0)
-        },
-    )?;
-    measure(
-        "HTTP p50 latency, 1 connection",
-        "µs",
-        false,
-        &mut |c, s| {
-            wrk(
-                &mesh,
-                c,
-                &format!("http://{}:8080/", ip(s)),
-                1,
-                seconds,
-                false,
-            )
-            .map(|r| r.1)
-        },
-    )?;
-    measure(
-        "HTTP rps, 64 keep-alive connections",
-        "req/s",
-        true,
-        &mut |c, s| {
-            wrk(
-                &mesh,
-                c,
-                &format!("http://{}:8080/", ip(s)),
-                64,
-                seconds,
-                false,
-            )
-            .map(|r| r.0)
-        },
-    )?;
-    measure(
-        "HTTP rps, new connection per request",
-        "req/s",
-        true,
-        &mut |c, s| {
-            wrk(
-                &mesh,
-                c,
-                &format!("http://{}:8080/", ip(s)),
-                8,
-                seconds,
-                true,
-            )
-            .map(|r| r.0)
-        },
-    )?;
-    let peak_rss = agent_rss_kib(&mesh, "node1");
-    for mut server in iperf_servers {
-        let _ = server.kill();
-        let _ = server.wait();
+    let agent = cross_node(&settings, &mut rows)?;
+    let mut same_node_rows = Vec::new();
+    for acceleration in [false, true] {
+        same_node(&settings, acceleration, &mut same_node_rows)?;
     }
 
     let machine = Command::new("uname")
@@ -247,9 +475,36 @@ fn main() -> anyhow::Result<()> {
         report,
         "- path: pod (node1) -> agent -> HBONE mTLS -> agent -> pod (node2); direct: the same pods' path without enrollment\n"
     )?;
+    table(&mut report, &rows)?;
+    let kib = |v: Option<u64>| v.map_or("?".into(), |v| v.to_string());
+    writeln!(
+        report,
+        "\nNode agent (node1) RSS: idle {} KiB, peak {} KiB. Both agents' CPU per 1,000 requests \
+         (64 keep-alive connections): {} ms.",
+        kib(agent.idle_rss_kib),
+        kib(agent.peak_rss_kib),
+        agent
+            .cpu_per_1k_requests
+            .map_or("?".into(), |s| format!("{:.1}", s * 1000.0))
+    )?;
+    writeln!(
+        report,
+        "\n## Same node\n\nClient and server pods on node1: pod -> agent -> pod (no TLS), without \
+         and with the sockops/sk_msg acceleration of the pod <-> agent hops.\n"
+    )?;
+    table(&mut report, &same_node_rows)?;
+    print!("{report}");
+    let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/bench");
+    std::fs::create_dir_all(&target)?;
+    std::fs::write(target.join("report.md"), &report)?;
+    eprintln!("report written to {}", target.join("report.md").display());
+    Ok(())
+}
+
+fn table(report: &mut String, rows: &[Row]) -> std::fmt::Result {
     writeln!(report, "| figure | direct | mesh | mesh / direct |")?;
     writeln!(report, "|---|---:|---:|---:|")?;
-    for row in &rows {
+    for row in rows {
         let ratio = if row.higher_is_better {
             format!("{:.0}%", 100.0 * row.mesh / row.direct)
         } else {
@@ -261,16 +516,5 @@ fn main() -> anyhow::Result<()> {
             row.name, row.unit, row.direct, row.mesh, ratio
         )?;
     }
-    writeln!(
-        report,
-        "\nNode agent RSS: idle {} KiB, after the load {} KiB.",
-        idle_rss.map_or("?".into(), |v| v.to_string()),
-        peak_rss.map_or("?".into(), |v| v.to_string())
-    )?;
-    print!("{report}");
-    let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/bench");
-    std::fs::create_dir_all(&target)?;
-    std::fs::write(target.join("report.md"), &report)?;
-    eprintln!("report written to {}", target.join("report.md").display());
     Ok(())
 }
