@@ -26,8 +26,10 @@ pub const XDS_RETRY_INITIAL_MS: &str = "XDS_RETRY_INITIAL_MS";
 pub const XDS_RETRY_MAX_MS: &str = "XDS_RETRY_MAX_MS";
 pub const LOG_LEVEL: &str = "LOG_LEVEL";
 pub const LOG_FORMAT: &str = "LOG_FORMAT";
+pub const WORKER_THREADS: &str = "WORKER_THREADS";
 
 const DEFAULT_CLUSTER_ID: &str = "Kubernetes";
+const DEFAULT_WORKER_THREADS: usize = 2;
 const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 const DEFAULT_XDS_ADDRESS: &str = "http://istiod.istio-system.svc:15010";
 const DEFAULT_BOOTSTRAP_TOKEN_FILE: &str = "/var/run/secrets/weft/bootstrap-token";
@@ -112,6 +114,9 @@ pub struct Config {
     /// A `tracing` filter directive (`info`, `node_agent=debug,access=info`).
     pub log_level: String,
     pub log_format: LogFormat,
+    /// Threads running the proxy: 1 runs everything on one thread (no cross-thread wakeups on
+    /// the data path, the smallest footprint); more spread connections over that many threads.
+    pub worker_threads: usize,
 }
 
 /// How log lines are written.
@@ -221,7 +226,21 @@ impl Config {
                 });
             }
         };
+        let worker_threads = match strings.get(WORKER_THREADS) {
+            None => DEFAULT_WORKER_THREADS,
+            Some(value) => match value.parse::<usize>() {
+                Ok(n @ 1..=256) => n,
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        name: WORKER_THREADS,
+                        value,
+                        reason: "use a number of threads from 1 to 256".into(),
+                    });
+                }
+            },
+        };
         Ok(Self {
+            worker_threads,
             xds_retry_initial,
             xds_retry_max,
             log_level: strings
@@ -282,6 +301,7 @@ mod tests {
         assert_eq!(config.xds_backoff(), weft_xds::Backoff::default());
         assert_eq!(config.log_level, "info");
         assert_eq!(config.log_format, LogFormat::Text);
+        assert_eq!(config.worker_threads, 2);
         let config = Config::from_strings(&strings(&[
             (NODE_NAME, "n"),
             (XDS_ADDRESS, "http://10.0.0.2:15010"),
@@ -291,8 +311,10 @@ mod tests {
             (XDS_RETRY_MAX_MS, "2000"),
             (LOG_LEVEL, "node_agent=debug"),
             (LOG_FORMAT, "json"),
+            (WORKER_THREADS, "1"),
         ]))
         .unwrap();
+        assert_eq!(config.worker_threads, 1);
         assert_eq!(config.xds_backoff().initial, Duration::from_millis(250));
         assert_eq!(config.xds_backoff().max, Duration::from_secs(2));
         assert_eq!(config.log_level, "node_agent=debug");
@@ -327,6 +349,10 @@ mod tests {
             (
                 vec![(NODE_NAME, "n"), (XDS_RETRY_MAX_MS, "50")],
                 "XDS_RETRY_MAX_MS=\"50\": below XDS_RETRY_INITIAL_MS",
+            ),
+            (
+                vec![(NODE_NAME, "n"), (WORKER_THREADS, "0")],
+                "WORKER_THREADS=\"0\": use a number of threads from 1 to 256",
             ),
             (
                 vec![(NODE_NAME, "n"), (LOG_FORMAT, "yaml")],

@@ -8,7 +8,7 @@ use http::StatusCode;
 use node_agent::{
     admin::{AdminServer, Endpoints},
     certificates::{CertificateManager, GrpcCaClient},
-    config::{self, Config},
+    config::{self, Config, LogFormat},
     ebpf::{Enroller, OriginalDst, Redirection, RedirectionConfig, check_kernel_features},
     enrollment::EnrollmentServer,
     metrics::Metrics,
@@ -74,6 +74,21 @@ struct Args {
     /// Readiness address.
     #[arg(long, env = config::READINESS_ADDRESS)]
     readiness_address: Option<String>,
+    /// First delay before reconnecting to the controller, in milliseconds (doubles each time).
+    #[arg(long, env = config::XDS_RETRY_INITIAL_MS)]
+    xds_retry_initial_ms: Option<String>,
+    /// Longest delay between reconnects, in milliseconds.
+    #[arg(long, env = config::XDS_RETRY_MAX_MS)]
+    xds_retry_max_ms: Option<String>,
+    /// Log filter (`info`, `node_agent=debug,access=info`); RUST_LOG, when set, wins.
+    #[arg(long, env = config::LOG_LEVEL)]
+    log_level: Option<String>,
+    /// Log format: text or json.
+    #[arg(long, env = config::LOG_FORMAT)]
+    log_format: Option<String>,
+    /// Proxy threads: 1 runs everything on one thread (smallest footprint).
+    #[arg(long, env = config::WORKER_THREADS)]
+    worker_threads: Option<String>,
 }
 
 impl Args {
@@ -98,6 +113,11 @@ impl Args {
             (config::ADMIN_ADDRESS, self.admin_address),
             (config::METRICS_ADDRESS, self.metrics_address),
             (config::READINESS_ADDRESS, self.readiness_address),
+            (config::XDS_RETRY_INITIAL_MS, self.xds_retry_initial_ms),
+            (config::XDS_RETRY_MAX_MS, self.xds_retry_max_ms),
+            (config::LOG_LEVEL, self.log_level),
+            (config::LOG_FORMAT, self.log_format),
+            (config::WORKER_THREADS, self.worker_threads),
         ]
         .into_iter()
         .filter_map(|(name, value)| value.map(|v| (name.to_string(), v)))
@@ -107,11 +127,6 @@ impl Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
     let config = match Config::from_strings(&args.settings()) {
         Ok(config) => config,
         Err(error) => {
@@ -119,10 +134,33 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
+    let filter = match tracing_subscriber::EnvFilter::try_from_default_env() {
+        Ok(filter) => filter,
+        Err(_) => match tracing_subscriber::EnvFilter::try_new(&config.log_level) {
+            Ok(filter) => filter,
+            Err(error) => {
+                eprintln!(
+                    "node-agent: configuration: {}={:?}: {error}",
+                    config::LOG_LEVEL,
+                    config.log_level
+                );
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    match config.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+    let mut builder = if config.worker_threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(config.worker_threads);
+        builder
+    };
+    let runtime = builder.enable_all().build().expect("a tokio runtime");
     match runtime.block_on(run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -189,7 +227,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
 
     let target = weft_xds::Target::address(&config.xds_address)
         .map_err(|e| anyhow::anyhow!("xDS address {}: {e}", config.xds_address))?;
-    let client = xds::client(target, &config.node_name, &config.cluster_id, &store);
+    let client = xds::client(target, &config.node_name, &config.cluster_id, &store)
+        .with_backoff(config.xds_backoff());
     let xds_state = client.state();
     let (shutdown_sender, shutdown) = tokio::sync::watch::channel(false);
     let mut xds_shutdown = shutdown.clone();

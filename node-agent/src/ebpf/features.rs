@@ -26,7 +26,7 @@ pub enum MissingFeature {
 impl fmt::Display for MissingFeature {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Btf(why) => write!(f, "kernel BTF (/sys/kernel/btf/vmlinux): {why}"),
+            Self::Btf(why) => write!(f, "kernel BTF ({KERNEL_BTF}): {why}"),
             Self::ProgramType(name) => write!(f, "eBPF program type {name}"),
             Self::MapType(name) => write!(f, "eBPF map type {name}"),
             Self::Bpffs(why) => write!(f, "bpffs at {BPFFS}: {why}"),
@@ -73,6 +73,9 @@ const PROGRAM_TYPES: [(ProgramType, &str); 4] = [
     (ProgramType::SkLookup, "sk_lookup"),
 ];
 
+/// Where the kernel publishes its own BTF.
+const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
+
 const MAP_TYPES: [(MapType, &str); 3] = [
     (MapType::Hash, "hash"),
     (MapType::LruHash, "lru_hash"),
@@ -83,7 +86,8 @@ const MAP_TYPES: [(MapType, &str); 3] = [
 /// that `cgroup_root` is cgroup v2.
 pub fn check_kernel_features(cgroup_root: &Path) -> KernelFeatures {
     let mut missing = Vec::new();
-    if let Err(error) = aya::Btf::from_sys_fs() {
+    // Present is enough (parsing it would cost megabytes for nothing the programs use).
+    if let Err(error) = std::fs::File::open(KERNEL_BTF) {
         missing.push(MissingFeature::Btf(error.to_string()));
     }
     for (program_type, name) in PROGRAM_TYPES {

@@ -125,6 +125,9 @@ impl Redirection {
                 .map_err(|e| RedirectionError::PinDirectory(dir.clone(), e))?;
         }
         let mut loader = EbpfLoader::new();
+        // The programs use no CO-RE relocations, so the kernel's BTF (several MB once parsed,
+        // and kept in the heap afterwards) is not needed to load them.
+        loader.btf(None);
         for name in maps::PINNED {
             loader.map_pin_path(name, maps_dir.join(name));
         }
