@@ -151,16 +151,19 @@ impl Service {
     }
 }
 
+/// Maps read on every connection: a fast hash (keys come from the controller, not from peers).
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// The indexes. Only the store's writer methods change them.
 #[derive(Debug, Default)]
 struct Indexes {
-    workloads_by_uid: HashMap<String, Arc<Workload>>,
-    workloads_by_ip: HashMap<IpAddr, Arc<Workload>>,
-    services_by_key: HashMap<NamespacedHostname, Arc<Service>>,
-    services_by_vip: HashMap<IpAddr, Arc<Service>>,
+    workloads_by_uid: FastMap<String, Arc<Workload>>,
+    workloads_by_ip: FastMap<IpAddr, Arc<Workload>>,
+    services_by_key: FastMap<NamespacedHostname, Arc<Service>>,
+    services_by_vip: FastMap<IpAddr, Arc<Service>>,
     /// Workload uids backing each service.
-    endpoints: HashMap<NamespacedHostname, Vec<String>>,
-    policies: HashMap<String, Arc<Authorization>>,
+    endpoints: FastMap<NamespacedHostname, Vec<String>>,
+    policies: FastMap<String, Arc<Authorization>>,
     /// `policies` in evaluation order (namespace, name), rebuilt on every policy change so that
     /// a connection's authorization only takes a reference.
     sorted_policies: Arc<[Arc<Authorization>]>,

@@ -8,6 +8,8 @@
 //! for a new key opens one connection, not one each.
 
 use std::collections::HashMap;
+
+use foldhash::fast::RandomState;
 use std::future::Future;
 use std::hash::Hash;
 use std::io;
@@ -101,7 +103,7 @@ impl<K, C> std::fmt::Debug for Pool<K, C> {
 struct PoolInner<K, C> {
     connector: C,
     config: PoolConfig,
-    entries: Mutex<HashMap<K, KeyEntry>>,
+    entries: Mutex<HashMap<K, KeyEntry, RandomState>>,
 }
 
 struct KeyEntry {
@@ -161,7 +163,7 @@ where
             inner: Arc::new(PoolInner {
                 connector,
                 config,
-                entries: Mutex::new(HashMap::new()),
+                entries: Mutex::new(HashMap::default()),
             }),
         }
     }
@@ -267,7 +269,7 @@ where
 }
 
 impl<K: Eq + Hash, C> PoolInner<K, C> {
-    fn lock(&self) -> MutexGuard<'_, HashMap<K, KeyEntry>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<K, KeyEntry, RandomState>> {
         // A panic while holding the lock cannot leave the map inconsistent (every update is a
         // single push or retain), so a poisoned lock is still usable.
         self.entries

@@ -39,7 +39,7 @@ pub struct ServedPod {
 
 /// The registry of served pods; cheap to clone.
 #[derive(Debug, Clone, Default)]
-pub struct ServedPods(Arc<RwLock<HashMap<String, Arc<ServedPod>>>>);
+pub struct ServedPods(Arc<RwLock<HashMap<String, Arc<ServedPod>, foldhash::fast::RandomState>>>);
 
 impl ServedPods {
     pub fn get(&self, uid: &str) -> Option<Arc<ServedPod>> {
