@@ -280,27 +280,37 @@ fn serve(
 /// Reads to the end, checking the pattern, then answers `<bytes received>\n` (0 on corruption).
 fn sink(stream: TcpStream) {
     let mut writer = stream.try_clone().unwrap();
-    let mut reader = stream;
+    let (mut received, mut intact) = (0usize, true);
+    read_chunks(stream, |chunk| {
+        intact &= chunk
+            .iter()
+            .enumerate()
+            .all(|(i, b)| *b == pattern_byte(received + i));
+        received += chunk.len();
+        true
+    });
+    let _ = writeln!(writer, "{}", if intact { received } else { 0 });
+}
+
+/// Hands each chunk read from `stream` to `each` until the end, an error, or `each` says stop.
+/// Spliced sockets can report EAGAIN while blocking (see the client): such reads are retried.
+pub fn read_chunks(mut stream: TcpStream, mut each: impl FnMut(&[u8]) -> bool) {
     let mut buffer = vec![0u8; 64 * 1024];
-    let (mut received, mut intact, mut retries) = (0usize, true, 0u32);
+    let mut retries = 0u32;
     loop {
-        match reader.read(&mut buffer) {
-            // See the client: spliced sockets can report EAGAIN while blocking.
+        match stream.read(&mut buffer) {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && retries < 100_000 => {
                 retries += 1;
                 std::thread::yield_now();
             }
-            Ok(0) | Err(_) => break,
+            Ok(0) | Err(_) => return,
             Ok(n) => {
-                intact &= buffer[..n]
-                    .iter()
-                    .enumerate()
-                    .all(|(i, b)| *b == pattern_byte(received + i));
-                received += n;
+                if !each(&buffer[..n]) {
+                    return;
+                }
             }
         }
     }
-    let _ = writeln!(writer, "{}", if intact { received } else { 0 });
 }
 
 /// Copies both ways until both sides are done.
@@ -318,24 +328,7 @@ fn copy_then_close(mut from: TcpStream, mut to: TcpStream) {
 
 pub fn echo(stream: TcpStream) {
     let mut writer = stream.try_clone().unwrap();
-    let mut reader = stream;
-    let mut buffer = vec![0u8; 64 * 1024];
-    let mut retries = 0u32;
-    loop {
-        match reader.read(&mut buffer) {
-            // See the client: spliced sockets can report EAGAIN while blocking.
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && retries < 100_000 => {
-                retries += 1;
-                std::thread::yield_now();
-            }
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                if writer.write_all(&buffer[..n]).is_err() {
-                    break;
-                }
-            }
-        }
-    }
+    read_chunks(stream, |chunk| writer.write_all(chunk).is_ok());
     let _ = writer.shutdown(Shutdown::Write);
 }
 

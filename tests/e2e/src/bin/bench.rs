@@ -267,38 +267,10 @@ fn cross_node(settings: &Settings, rows: &mut Vec<Row>) -> anyhow::Result<AgentF
     let seconds = settings.seconds;
     let ip = |server: &str| mesh.pod(server).ip;
     let url = |server: &str| format!("http://{}:8080/", ip(server));
+    common_rows(&mesh, settings, "", rows)?;
     let mut row = |name: &str, unit: &'static str, higher: bool, values: (f64, f64)| {
-        rows.push(Row {
-            name: name.into(),
-            unit,
-            direct: values.0,
-            mesh: values.1,
-            higher_is_better: higher,
-        });
-        eprintln!("measured: {name}");
+        push_row(rows, name.to_string(), unit, higher, values);
     };
-    row(
-        "TCP throughput (iperf3, 1 stream)",
-        "Gbit/s",
-        true,
-        both(settings.rounds, &mut |c, s| mesh.iperf(c, ip(s), seconds))?,
-    );
-    row(
-        "HTTP rps, 1 keep-alive connection",
-        "req/s",
-        true,
-        both(settings.rounds, &mut |c, s| {
-            wrk(&mesh, c, &url(s), 1, seconds, false).map(|r| r.0)
-        })?,
-    );
-    row(
-        "HTTP p50 latency, 1 connection",
-        "µs",
-        false,
-        both(settings.rounds, &mut |c, s| {
-            wrk(&mesh, c, &url(s), 1, seconds, false).map(|r| r.1)
-        })?,
-    );
     let mut percentiles = [Vec::new(), Vec::new()];
     for _ in 0..settings.rounds {
         for (i, (client, server)) in PAIRS.iter().enumerate() {
@@ -362,49 +334,72 @@ fn same_node(settings: &Settings, acceleration: bool, rows: &mut Vec<Row>) -> an
         },
     )?;
     let iperf_servers = start_iperf_servers(&mesh)?;
-    let seconds = settings.seconds;
-    let ip = |server: &str| mesh.pod(server).ip;
-    let url = |server: &str| format!("http://{}:8080/", ip(server));
     let label = if acceleration {
         "acceleration on"
     } else {
         "acceleration off"
     };
-    let mut row = |name: &str, unit: &'static str, higher: bool, values: (f64, f64)| {
-        let name = format!("same node, {label}: {name}");
-        eprintln!("measured: {name}");
-        rows.push(Row {
-            name,
-            unit,
-            direct: values.0,
-            mesh: values.1,
-            higher_is_better: higher,
-        });
-    };
-    row(
-        "TCP throughput (iperf3)",
-        "Gbit/s",
-        true,
-        both(settings.rounds, &mut |c, s| mesh.iperf(c, ip(s), seconds))?,
-    );
-    row(
-        "HTTP rps, 1 keep-alive connection",
-        "req/s",
-        true,
-        both(settings.rounds, &mut |c, s| {
-            wrk(&mesh, c, &url(s), 1, seconds, false).map(|r| r.0)
-        })?,
-    );
-    row(
-        "HTTP p50 latency, 1 connection",
-        "µs",
-        false,
-        both(settings.rounds, &mut |c, s| {
-            wrk(&mesh, c, &url(s), 1, seconds, false).map(|r| r.1)
-        })?,
-    );
+    common_rows(&mesh, settings, &format!("same node, {label}: "), rows)?;
     stop(iperf_servers);
     Ok(())
+}
+
+/// Throughput, keep-alive rps and closed-loop p50 at one connection, each name after `prefix`.
+fn common_rows(
+    mesh: &Mesh,
+    settings: &Settings,
+    prefix: &str,
+    rows: &mut Vec<Row>,
+) -> anyhow::Result<()> {
+    let seconds = settings.seconds;
+    let ip = |server: &str| mesh.pod(server).ip;
+    let url = |server: &str| format!("http://{}:8080/", ip(server));
+    let values = both(settings.rounds, &mut |c, s| mesh.iperf(c, ip(s), seconds))?;
+    push_row(
+        rows,
+        format!("{prefix}TCP throughput (iperf3, 1 stream)"),
+        "Gbit/s",
+        true,
+        values,
+    );
+    let values = both(settings.rounds, &mut |c, s| {
+        wrk(mesh, c, &url(s), 1, seconds, false).map(|r| r.0)
+    })?;
+    push_row(
+        rows,
+        format!("{prefix}HTTP rps, 1 keep-alive connection"),
+        "req/s",
+        true,
+        values,
+    );
+    let values = both(settings.rounds, &mut |c, s| {
+        wrk(mesh, c, &url(s), 1, seconds, false).map(|r| r.1)
+    })?;
+    push_row(
+        rows,
+        format!("{prefix}HTTP p50 latency, 1 connection"),
+        "µs",
+        false,
+        values,
+    );
+    Ok(())
+}
+
+fn push_row(
+    rows: &mut Vec<Row>,
+    name: String,
+    unit: &'static str,
+    higher: bool,
+    values: (f64, f64),
+) {
+    eprintln!("measured: {name}");
+    rows.push(Row {
+        name,
+        unit,
+        direct: values.0,
+        mesh: values.1,
+        higher_is_better: higher,
+    });
 }
 
 fn start_iperf_servers(mesh: &Mesh) -> anyhow::Result<Vec<std::process::Child>> {
