@@ -178,12 +178,22 @@ impl OutboundAgent {
         let accepted = Arc::new(Mutex::new(Vec::new()));
         let (thread_listener, thread_accepted) = (listener.try_clone().unwrap(), accepted.clone());
         let thread = spawn_in_netns(netns, move || {
-            // Ends when the listener is shut down.
+            // Ends when the listener is shut down, and only once every connection it accepted
+            // is served: the connections hold the redirection, which the tests take back after
+            // dropping the agent.
+            let mut connections = Vec::new();
             for stream in thread_listener.incoming() {
                 let Ok(stream) = stream else { break };
                 let redirection = redirection.clone();
                 let accepted = thread_accepted.clone();
-                std::thread::spawn(move || serve(stream, &redirection, cookie, mode, &accepted));
+                connections.push(std::thread::spawn(move || {
+                    serve(stream, &redirection, cookie, mode, &accepted)
+                }));
+                connections.retain(|connection| !connection.is_finished());
+            }
+            let deadline = Instant::now() + PATIENCE;
+            while connections.iter().any(|c| !c.is_finished()) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
             }
         });
         Self {
