@@ -7,7 +7,14 @@
 //! - `?delay_ms=500` waits before answering;
 //! - `x-fail-attempts: N` with an `x-request-id` fails the first N attempts of that request id
 //!   with 503, then succeeds (a retry policy must recover);
-//! - `?body_bytes=N` answers with N bytes (throughput).
+//! - `?body_bytes=N` answers with N bytes (throughput);
+//! - `POST /control/fail?status=500` makes every later request answer that status until
+//!   `POST /control/recover` (an endpoint that fails until told otherwise, for outlier detection).
+//!
+//! A request with `Upgrade: websocket` becomes a WebSocket echo. With upstreams configured
+//! (`--upstream reviews=http://10.96.0.3:9080`), every request also calls each upstream in turn,
+//! passing on `end-user` and `x-request-id`, and reports what each answered: the fan-out of
+//! Istio's bookinfo, where productpage calls details and reviews, and reviews calls ratings.
 //!
 //! It knows nothing of the mesh.
 
@@ -15,20 +22,30 @@ use std::{
     collections::HashMap,
     convert::Infallible,
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    str::FromStr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU16, Ordering},
+    },
     time::Duration,
 };
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full};
+use futures::{SinkExt, StreamExt};
+use http::{Method, Request, Response, StatusCode, Uri, header};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
     rt::{TokioExecutor, TokioIo},
     server::conn::auto,
 };
 use serde::Serialize;
 use tokio::net::TcpListener;
+use tokio_tungstenite::{
+    WebSocketStream,
+    tungstenite::{Message, handshake::derive_accept_key, protocol::Role},
+};
 use weft_proto::sample::{
     EchoRequest, EchoResponse,
     echo_server::{Echo, EchoServer},
@@ -48,12 +65,71 @@ const MAX_DELAY: Duration = Duration::from_secs(30);
 const MAX_BODY: usize = 64 * 1024 * 1024;
 /// Request ids remembered for `x-fail-attempts`.
 const MAX_TRACKED_REQUESTS: usize = 10_000;
+/// How long one upstream call may take.
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(5);
+/// Request headers passed on to upstreams (bookinfo's propagation).
+const PROPAGATED: [&str; 2] = ["end-user", "x-request-id"];
+/// How much of a non-JSON upstream answer is reported.
+const MAX_REPORTED_BODY: usize = 200;
 
-/// Shared state: identity and per-request-id attempt counts.
+/// A service this app calls on every request: `name=http://host:port[/path]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub name: String,
+    pub url: Uri,
+}
+
+impl FromStr for Upstream {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (name, url) = text
+            .split_once('=')
+            .ok_or_else(|| format!("upstream {text:?}: expected name=http://host:port"))?;
+        let url: Uri = url
+            .parse()
+            .map_err(|e| format!("upstream {name}: url {url:?}: {e}"))?;
+        if url.scheme_str() != Some("http") || url.authority().is_none() {
+            return Err(format!(
+                "upstream {name}: url {url} must be http://host:port"
+            ));
+        }
+        Ok(Self {
+            name: name.to_string(),
+            url,
+        })
+    }
+}
+
+/// What an upstream answered, as reported to the caller.
+#[derive(Debug, Serialize)]
+struct UpstreamReply {
+    name: String,
+    status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    service: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pod: Option<String>,
+    /// The upstream's own upstreams (reviews reports ratings).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upstreams: Option<serde_json::Value>,
+    /// A body that was not the sample app's JSON, or why the call failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// Shared state: identity, per-request-id attempt counts, the forced status, upstreams.
 #[derive(Debug)]
 pub struct App {
     identity: Identity,
     attempts: Mutex<HashMap<String, u32>>,
+    /// Answered by every request while non-zero (`/control/fail`).
+    forced_status: AtomicU16,
+    upstreams: Vec<Upstream>,
+    client: Client<HttpConnector, Empty<Bytes>>,
+    log_requests: bool,
 }
 
 /// What the app answers (JSON).
@@ -66,13 +142,32 @@ struct Reply<'a> {
     protocol: String,
     headers: std::collections::BTreeMap<String, String>,
     attempt: Option<u32>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    upstreams: Vec<UpstreamReply>,
 }
 
 impl App {
     pub fn new(identity: Identity) -> Arc<Self> {
+        Self::with_upstreams(identity, Vec::new(), false)
+    }
+
+    /// An app that calls `upstreams` on every request and, with `log_requests`, logs one line
+    /// per request (method, path, host, request id, status).
+    pub fn with_upstreams(
+        identity: Identity,
+        upstreams: Vec<Upstream>,
+        log_requests: bool,
+    ) -> Arc<Self> {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(UPSTREAM_TIMEOUT));
         Arc::new(Self {
             identity,
             attempts: Mutex::default(),
+            forced_status: AtomicU16::new(0),
+            upstreams,
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            log_requests,
         })
     }
 
@@ -106,6 +201,35 @@ impl App {
     }
 
     async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        let method = request.method().clone();
+        let path = request.uri().to_string();
+        let host = request
+            .headers()
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .or_else(|| request.uri().authority().map(|a| a.as_str()))
+            .unwrap_or("")
+            .to_string();
+        let request_id = request
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let response = self.respond(request).await;
+        if self.log_requests {
+            tracing::info!(%method, %path, %host, %request_id, status = response.status().as_u16(), "request");
+        }
+        response
+    }
+
+    async fn respond(&self, mut request: Request<Incoming>) -> Response<Full<Bytes>> {
+        if let Some(response) = self.control(&request) {
+            return response;
+        }
+        if is_websocket(&request) {
+            return self.websocket(&mut request);
+        }
         let query = parse_query(request.uri().query().unwrap_or(""));
         let path = request.uri().path().to_string();
         let mut status = query
@@ -123,6 +247,14 @@ impl App {
         {
             status = StatusCode::SERVICE_UNAVAILABLE;
         }
+        let forced = self.forced_status.load(Ordering::Relaxed);
+        if let Some(forced) = (forced != 0)
+            .then(|| StatusCode::from_u16(forced).ok())
+            .flatten()
+        {
+            status = forced;
+        }
+        let upstreams = self.call_upstreams(&request).await;
         let body = match query
             .get("body_bytes")
             .and_then(|n| n.parse::<usize>().ok())
@@ -140,6 +272,7 @@ impl App {
                         .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
                         .collect(),
                     attempt,
+                    upstreams,
                 };
                 let mut json = serde_json::to_vec(&reply).expect("replies serialize");
                 json.push(b'\n');
@@ -158,6 +291,137 @@ impl App {
             .expect("a valid response")
     }
 
+    /// `POST /control/fail?status=N` and `POST /control/recover`.
+    fn control(&self, request: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
+        if request.method() != Method::POST {
+            return None;
+        }
+        let forced = match request.uri().path() {
+            "/control/fail" => parse_query(request.uri().query().unwrap_or(""))
+                .get("status")
+                .and_then(|s| s.parse::<u16>().ok())
+                .filter(|s| StatusCode::from_u16(*s).is_ok())
+                .unwrap_or(500),
+            "/control/recover" => 0,
+            _ => return None,
+        };
+        self.forced_status.store(forced, Ordering::Relaxed);
+        tracing::info!(forced_status = forced, "behaviour changed");
+        Some(
+            Response::builder()
+                .header(header::CONTENT_TYPE, "application/json")
+                .header("x-weft-pod", &self.identity.pod)
+                .body(Full::new(Bytes::from(format!(
+                    "{{\"pod\":{:?},\"forced_status\":{forced}}}\n",
+                    self.identity.pod
+                ))))
+                .expect("a valid response"),
+        )
+    }
+
+    /// Answers the WebSocket handshake and echoes every text and binary message.
+    fn websocket(&self, request: &mut Request<Incoming>) -> Response<Full<Bytes>> {
+        let Some(key) = request.headers().get(header::SEC_WEBSOCKET_KEY) else {
+            return Response::builder()
+                .status(StatusCode::BAD_REQUEST)
+                .body(Full::new(Bytes::from_static(
+                    b"missing sec-websocket-key\n",
+                )))
+                .expect("a valid response");
+        };
+        let accept = derive_accept_key(key.as_bytes());
+        let upgrade = hyper::upgrade::on(request);
+        tokio::spawn(async move {
+            let Ok(upgraded) = upgrade.await else {
+                return;
+            };
+            let socket =
+                WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+            let (mut sink, mut stream) = socket.split();
+            while let Some(Ok(message)) = stream.next().await {
+                match message {
+                    Message::Text(_) | Message::Binary(_) => {
+                        if sink.send(message).await.is_err() {
+                            return;
+                        }
+                    }
+                    Message::Close(_) => {
+                        let _ = sink.close().await;
+                        return;
+                    }
+                    Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+                }
+            }
+        });
+        Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header(header::CONNECTION, "upgrade")
+            .header(header::UPGRADE, "websocket")
+            .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+            .header("x-weft-service", &self.identity.service)
+            .header("x-weft-version", &self.identity.version)
+            .header("x-weft-pod", &self.identity.pod)
+            .body(Full::new(Bytes::new()))
+            .expect("a valid response")
+    }
+
+    /// Calls every upstream in turn with the propagated headers.
+    async fn call_upstreams(&self, request: &Request<Incoming>) -> Vec<UpstreamReply> {
+        let mut replies = Vec::with_capacity(self.upstreams.len());
+        for upstream in &self.upstreams {
+            let mut call = Request::get(upstream.url.clone());
+            for name in PROPAGATED {
+                if let Some(value) = request.headers().get(name) {
+                    call = call.header(name, value);
+                }
+            }
+            let reply = match call.body(Empty::new()) {
+                Ok(call) => self.call(upstream, call).await,
+                Err(error) => upstream_error(upstream, 0, error.to_string()),
+            };
+            replies.push(reply);
+        }
+        replies
+    }
+
+    async fn call(&self, upstream: &Upstream, call: Request<Empty<Bytes>>) -> UpstreamReply {
+        let exchange = async {
+            let response = self.client.request(call).await.map_err(|e| e.to_string())?;
+            let status = response.status().as_u16();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            Ok::<_, String>((status, body))
+        };
+        let (status, body) = match tokio::time::timeout(UPSTREAM_TIMEOUT, exchange).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(error)) => return upstream_error(upstream, 0, error),
+            Err(_) => return upstream_error(upstream, 0, "timed out".into()),
+        };
+        match serde_json::from_slice::<serde_json::Value>(&body) {
+            Ok(json) if json.get("service").is_some() => {
+                let text = |key: &str| json.get(key).and_then(|v| v.as_str()).map(String::from);
+                UpstreamReply {
+                    name: upstream.name.clone(),
+                    status,
+                    service: text("service"),
+                    version: text("version"),
+                    pod: text("pod"),
+                    upstreams: json.get("upstreams").cloned(),
+                    error: None,
+                }
+            }
+            _ => {
+                let text = String::from_utf8_lossy(&body);
+                let text: String = text.trim().chars().take(MAX_REPORTED_BODY).collect();
+                upstream_error(upstream, status, text)
+            }
+        }
+    }
+
     /// Counts attempts per `x-request-id` for `x-fail-attempts`.
     fn count_attempt(&self, request: &Request<Incoming>) -> Option<u32> {
         let id = request
@@ -174,6 +438,26 @@ impl App {
         *count += 1;
         Some(*count)
     }
+}
+
+fn upstream_error(upstream: &Upstream, status: u16, error: String) -> UpstreamReply {
+    UpstreamReply {
+        name: upstream.name.clone(),
+        status,
+        service: None,
+        version: None,
+        pod: None,
+        upstreams: None,
+        error: Some(error),
+    }
+}
+
+fn is_websocket(request: &Request<Incoming>) -> bool {
+    request
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
 fn header_u32(request: &Request<Incoming>, name: &str) -> Option<u32> {
@@ -234,7 +518,15 @@ pub async fn start(
     http: SocketAddr,
     grpc: SocketAddr,
 ) -> std::io::Result<(SocketAddr, SocketAddr, tokio::task::JoinHandle<()>)> {
-    let app = App::new(identity);
+    start_app(App::new(identity), http, grpc).await
+}
+
+/// [`start`] for an app built with [`App::with_upstreams`].
+pub async fn start_app(
+    app: Arc<App>,
+    http: SocketAddr,
+    grpc: SocketAddr,
+) -> std::io::Result<(SocketAddr, SocketAddr, tokio::task::JoinHandle<()>)> {
     let http_listener = TcpListener::bind(http).await?;
     let grpc_listener = TcpListener::bind(grpc).await?;
     let addresses = (http_listener.local_addr()?, grpc_listener.local_addr()?);

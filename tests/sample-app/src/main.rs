@@ -1,7 +1,7 @@
 use std::net::SocketAddr;
 
 use clap::Parser;
-use weft_sample_app::{Identity, start};
+use weft_sample_app::{App, Identity, Upstream, start_app};
 
 /// A small versioned HTTP/gRPC service that can fail or delay on request.
 #[derive(Debug, Parser)]
@@ -25,6 +25,12 @@ struct Args {
     /// Raw TCP echo listen address (bytes in, same bytes out).
     #[arg(long)]
     echo: Option<SocketAddr>,
+    /// A service called on every request, `name=http://host:port[/path]` (repeatable).
+    #[arg(long = "upstream")]
+    upstreams: Vec<Upstream>,
+    /// Log one line per request (method, path, host, request id, status).
+    #[arg(long, env = "LOG_REQUESTS")]
+    log_requests: bool,
 }
 
 #[tokio::main]
@@ -32,16 +38,16 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt().with_env_filter("info").init();
     let args = Args::parse();
     let echo = args.echo;
-    let (http, grpc, task) = start(
+    let app = App::with_upstreams(
         Identity {
             service: args.service,
             version: args.app_version,
             pod: args.pod,
         },
-        args.http,
-        args.grpc,
-    )
-    .await?;
+        args.upstreams,
+        args.log_requests,
+    );
+    let (http, grpc, task) = start_app(app, args.http, args.grpc).await?;
     if let Some(echo) = echo {
         let listener = tokio::net::TcpListener::bind(echo).await?;
         tokio::spawn(weft_sample_app::serve_echo(listener));

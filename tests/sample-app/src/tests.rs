@@ -1,5 +1,6 @@
 use http_body_util::Empty;
 use hyper::client::conn::{http1, http2};
+use tokio_tungstenite::tungstenite::Message;
 
 use super::*;
 
@@ -122,4 +123,128 @@ async fn grpc_echo_answers_and_fails_on_request() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unavailable);
+}
+
+#[tokio::test]
+async fn websocket_messages_are_echoed() {
+    let (http, _) = app().await;
+    let stream = tokio::net::TcpStream::connect(http).await.unwrap();
+    let (mut socket, response) = tokio_tungstenite::client_async(format!("ws://{http}/ws"), stream)
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-weft-pod"], "reviews-v2-0");
+    for text in ["hello", "world"] {
+        socket.send(Message::text(text)).await.unwrap();
+        let echoed = socket.next().await.unwrap().unwrap();
+        assert_eq!(echoed, Message::text(text));
+    }
+    socket.send(Message::binary(vec![0u8, 1, 2])).await.unwrap();
+    assert_eq!(
+        socket.next().await.unwrap().unwrap(),
+        Message::binary(vec![0u8, 1, 2])
+    );
+    socket.close(None).await.unwrap();
+}
+
+#[tokio::test]
+async fn control_makes_every_request_fail_until_recovered() {
+    let (http, _) = app().await;
+    let control = |path: &'static str| async move {
+        let stream = tokio::net::TcpStream::connect(http).await.unwrap();
+        let (mut sender, connection) = http1::handshake(TokioIo::new(stream)).await.unwrap();
+        tokio::spawn(connection);
+        let response = sender
+            .send_request(
+                Request::post(path)
+                    .header("host", "reviews")
+                    .body(Empty::<Bytes>::new())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        response.status()
+    };
+    assert_eq!(get_h1(http, "/", &[]).await.0, StatusCode::OK);
+    assert_eq!(control("/control/fail?status=502").await, StatusCode::OK);
+    for _ in 0..3 {
+        assert_eq!(get_h1(http, "/", &[]).await.0, StatusCode::BAD_GATEWAY);
+    }
+    assert_eq!(control("/control/recover").await, StatusCode::OK);
+    assert_eq!(get_h1(http, "/", &[]).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn upstreams_are_called_with_the_propagated_headers() {
+    let (ratings, _) = app().await;
+    let (failing, _) = app().await;
+    // A raw upstream that keeps the request head it received.
+    let recorder = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let recorded = recorder.local_addr().unwrap();
+    let head = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut stream, _) = recorder.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed before the end of the head");
+            head.extend_from_slice(&buf[..n]);
+        }
+        let body = r#"{"service":"details","version":"v1","pod":"details-v1"}"#;
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(answer.as_bytes()).await.unwrap();
+        String::from_utf8(head).unwrap().to_lowercase()
+    });
+    let upstreams = vec![
+        format!("ratings=http://{ratings}/ratings").parse().unwrap(),
+        format!("broken=http://{failing}/status/500")
+            .parse()
+            .unwrap(),
+        "closed=http://127.0.0.1:1/".parse().unwrap(),
+        format!("details=http://{recorded}/details/0")
+            .parse()
+            .unwrap(),
+    ];
+    let front = App::with_upstreams(
+        Identity {
+            service: "productpage".into(),
+            version: "v1".into(),
+            pod: "productpage-v1".into(),
+        },
+        upstreams,
+        false,
+    );
+    let (http, _, _task) = start_app(
+        front,
+        "127.0.0.1:0".parse().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let (status, body) = get_h1(
+        http,
+        "/productpage",
+        &[("end-user", "jason"), ("x-other", "not passed on")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let upstreams = body["upstreams"].as_array().unwrap();
+    assert_eq!(upstreams.len(), 4, "{body}");
+    assert_eq!(upstreams[0]["name"], "ratings");
+    assert_eq!(upstreams[0]["status"], 200);
+    assert_eq!(upstreams[0]["version"], "v2");
+    assert_eq!(upstreams[1]["status"], 500);
+    assert_eq!(upstreams[2]["status"], 0);
+    assert!(upstreams[2]["error"].is_string(), "{body}");
+    assert_eq!(upstreams[3]["pod"], "details-v1");
+    // What the upstream saw: its own path and the propagated header, nothing else.
+    let head = head.await.unwrap();
+    assert!(head.starts_with("get /details/0 http/1.1\r\n"), "{head}");
+    assert!(head.contains("end-user: jason\r\n"), "{head}");
+    assert!(!head.contains("x-other"), "{head}");
+    assert!("bad".parse::<Upstream>().is_err());
+    assert!("x=https://a:1/".parse::<Upstream>().is_err());
 }
