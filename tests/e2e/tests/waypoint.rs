@@ -1,0 +1,568 @@
+//! The waypoint end to end, with the real binaries: a client pod's connections are caught by its
+//! node agent, carried over HBONE to the waypoint pod (its own identity from the controller's CA,
+//! its configuration compiled by the controller from VirtualService, DestinationRule and
+//! AuthorizationPolicy and pushed over delta ADS), and from there over HBONE to the sample app's
+//! v1, v2 and v3 pods through their agents. Istio's way of declaring it: a Gateway of class
+//! `istio-waypoint` and a Service labelled `istio.io/use-waypoint`. Needs root.
+//!
+//! Each test starts one mesh and walks through related behaviours on it, changing the
+//! configuration between steps and waiting until the waypoint applied it.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use weft_e2e::{Mesh, MeshOptions, PodSpec};
+
+const WAYPOINT: &str = "waypoint";
+const VIP: &str = "10.96.0.20";
+const HOST: &str = "reviews.shop.svc.cluster.local";
+
+const BASE: &str = r#"
+apiVersion: v1
+kind: Service
+metadata:
+  name: reviews
+  namespace: shop
+  labels: {app: reviews, istio.io/use-waypoint: waypoint}
+spec:
+  clusterIP: 10.96.0.20
+  selector: {app: reviews}
+  ports:
+  - {name: http, port: 80, targetPort: 8080}
+  - {name: grpc, port: 9090, targetPort: 9090}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: waypoint
+  namespace: shop
+  labels: {istio.io/waypoint-for: service}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners:
+  - {name: mesh, port: 15008, protocol: HBONE}
+"#;
+
+/// The subsets every test uses, with an optional trafficPolicy.
+fn destination_rule(traffic_policy: &str) -> String {
+    format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: reviews, namespace: shop}}
+spec:
+  host: reviews.shop.svc.cluster.local
+{traffic_policy}
+  subsets:
+  - {{name: v1, labels: {{version: v1}}}}
+  - {{name: v2, labels: {{version: v2}}}}
+  - {{name: v3, labels: {{version: v3}}}}
+"#
+    )
+}
+
+fn virtual_service(http: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews, namespace: shop}}\nspec:\n  hosts: [reviews]\n  http:\n{http}"
+    )
+}
+
+/// Client and v1 on node1, v2, v3 and the waypoint on node2: every path crosses the fabric.
+fn mesh() -> Mesh {
+    let mesh = Mesh::start(
+        vec![
+            PodSpec::client("client", "node1", "shop"),
+            PodSpec::app("reviews-v1", "node1", "shop", "reviews", "v1"),
+            PodSpec::app("reviews-v2", "node2", "shop", "reviews", "v2"),
+            PodSpec::app("reviews-v3", "node2", "shop", "reviews", "v3"),
+            PodSpec::waypoint(WAYPOINT, "node2", "shop"),
+        ],
+        MeshOptions {
+            config: format!("{BASE}---{}", destination_rule("")),
+            log_requests: true,
+            ..MeshOptions::default()
+        },
+    )
+    .expect("start the mesh");
+    // The agents learn the service's waypoint from the controller; wait until traffic to the
+    // service reaches a pod through it.
+    assert!(
+        mesh.eventually(Duration::from_secs(10), || mesh
+            .curl_with("client", &[&format!("http://{VIP}/ready")])
+            .status
+            == 200),
+        "the service is not reachable through the waypoint\n{}",
+        mesh.logs()
+    );
+    mesh
+}
+
+fn apply(mesh: &Mesh, file: &str, yaml: &str) {
+    mesh.write_waypoint_config(WAYPOINT, file, yaml)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+/// Versions answering `count` requests, from the `x-weft-version` response header.
+fn versions(mesh: &Mesh, path: &str, count: u32, args: &[&str]) -> BTreeMap<String, u32> {
+    let lines = mesh
+        .curl_many(
+            "client",
+            &format!("http://{VIP}{path}"),
+            count,
+            "%{http_code} %header{x-weft-version}",
+            args,
+        )
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", mesh.logs()));
+    let mut seen = BTreeMap::new();
+    for line in lines {
+        *seen.entry(line).or_insert(0) += 1;
+    }
+    seen
+}
+
+fn app_log_mentions(mesh: &Mesh, pod: &str, needle: &str) -> bool {
+    mesh.log_of(&format!("app-{pod}")).contains(needle)
+}
+
+#[test]
+fn routing_splits_faults_retries_timeouts_and_mirrors_through_the_waypoint() {
+    let mesh = mesh();
+    // It did pass the waypoint: the waypoint counted it, with Istio's labels.
+    let metrics = mesh.waypoint_metrics(WAYPOINT);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("istio_requests_total{")
+                && l.contains(&format!("destination_service=\"{HOST}\""))),
+        "the waypoint counted no request:\n{metrics}"
+    );
+
+    apply(
+        &mesh,
+        "20-reviews-vs.yaml",
+        &virtual_service(
+            r#"
+  - name: jason
+    match: [{headers: {end-user: {exact: jason}}}]
+    route: [{destination: {host: reviews, subset: v2}}]
+  - name: abort
+    match: [{headers: {x-case: {exact: abort}}}]
+    fault: {abort: {httpStatus: 418, percentage: {value: 100}}}
+    route: [{destination: {host: reviews, subset: v1}}]
+  - name: delay
+    match: [{headers: {x-case: {exact: delay}}}]
+    fault: {delay: {fixedDelay: 500ms, percentage: {value: 100}}}
+    route: [{destination: {host: reviews, subset: v1}}]
+  - name: timeout
+    match: [{headers: {x-case: {exact: timeout}}}]
+    timeout: 200ms
+    retries: {attempts: 0}
+    route: [{destination: {host: reviews, subset: v1}}]
+  - name: no-retry
+    match: [{headers: {x-case: {exact: no-retry}}}]
+    retries: {attempts: 0}
+    route: [{destination: {host: reviews, subset: v1}}]
+  - name: mirror
+    match: [{headers: {x-case: {exact: mirror}}}]
+    route: [{destination: {host: reviews, subset: v1}}]
+    mirror: {host: reviews, subset: v3}
+    mirrorPercentage: {value: 100}
+  - name: default
+    route: [{destination: {host: reviews, subset: v1}}]
+    retries: {attempts: 3, perTryTimeout: 2s, retryOn: 5xx}
+"#,
+        ),
+    );
+
+    // Header routing: jason goes to v2, everyone else to v1.
+    let jason = versions(&mesh, "/header", 20, &["-H", "end-user: jason"]);
+    assert_eq!(jason, BTreeMap::from([("200 v2".to_string(), 20)]));
+    let others = versions(&mesh, "/header", 20, &["-H", "end-user: someone"]);
+    assert_eq!(others, BTreeMap::from([("200 v1".to_string(), 20)]));
+
+    // Abort: the configured status for every request, and none reaches a pod.
+    let aborted = versions(&mesh, "/abort-check", 50, &["-H", "x-case: abort"]);
+    assert_eq!(aborted, BTreeMap::from([("418 ".to_string(), 50)]));
+    for pod in ["reviews-v1", "reviews-v2", "reviews-v3"] {
+        assert!(!app_log_mentions(&mesh, pod, "/abort-check"), "{pod}");
+    }
+
+    // Delay: at least 500 ms more than the same request without it.
+    let plain = mesh.curl_with("client", &[&format!("http://{VIP}/delay-check")]);
+    assert_eq!(plain.status, 200);
+    for _ in 0..3 {
+        let delayed = mesh.curl_with(
+            "client",
+            &["-H", "x-case: delay", &format!("http://{VIP}/delay-check")],
+        );
+        assert_eq!(delayed.status, 200, "{}", delayed.body);
+        assert!(
+            delayed.seconds >= 0.5 && delayed.seconds < 2.0,
+            "delayed request took {} s",
+            delayed.seconds
+        );
+        assert!(
+            delayed.seconds >= plain.seconds + 0.45,
+            "{delayed:?} vs {plain:?}"
+        );
+    }
+
+    // Retries: the app fails the first two attempts of a request id; three retries recover,
+    // and the same failure without retries reaches the client.
+    let recovered = mesh.curl_with(
+        "client",
+        &[
+            "-H",
+            "x-request-id: retry-recovers-1",
+            "-H",
+            "x-fail-attempts: 2",
+            &format!("http://{VIP}/retry"),
+        ],
+    );
+    assert_eq!(recovered.status, 200, "{}", recovered.body);
+    assert_eq!(recovered.json()["attempt"], 3, "{}", recovered.body);
+    let failed = mesh.curl_with(
+        "client",
+        &[
+            "-H",
+            "x-case: no-retry",
+            "-H",
+            "x-request-id: retry-fails-1",
+            "-H",
+            "x-fail-attempts: 2",
+            &format!("http://{VIP}/retry"),
+        ],
+    );
+    assert_eq!(failed.status, 503, "{}", failed.body);
+
+    // Timeout: 504 close to the 200 ms limit while the app takes a second.
+    let timed_out = mesh.curl_with(
+        "client",
+        &[
+            "-H",
+            "x-case: timeout",
+            &format!("http://{VIP}/slow?delay_ms=1000"),
+        ],
+    );
+    assert_eq!(timed_out.status, 504, "{}", timed_out.body);
+    assert!(
+        timed_out.seconds >= 0.2 && timed_out.seconds < 0.6,
+        "the timeout answered after {} s",
+        timed_out.seconds
+    );
+
+    // Mirror: v1 answers, and v3 receives a copy (host with Istio's -shadow suffix).
+    let mirrored = mesh.curl_with(
+        "client",
+        &[
+            "-H",
+            "x-case: mirror",
+            &format!("http://{VIP}/mirror-check-42"),
+        ],
+    );
+    assert_eq!(mirrored.status, 200);
+    assert_eq!(mirrored.json()["version"], "v1");
+    assert!(
+        mesh.eventually(Duration::from_secs(5), || {
+            mesh.log_of("app-reviews-v3")
+                .lines()
+                .any(|l| l.contains("/mirror-check-42") && l.contains("-shadow"))
+        }),
+        "the mirror target got no copy:\n{}",
+        mesh.log_of("app-reviews-v3")
+    );
+    assert!(!app_log_mentions(&mesh, "reviews-v2", "/mirror-check-42"));
+
+    // An 80/20 split measured over 2,000 requests, within five points.
+    apply(
+        &mesh,
+        "20-reviews-vs.yaml",
+        &virtual_service(
+            r#"
+  - route:
+    - {destination: {host: reviews, subset: v1}, weight: 80}
+    - {destination: {host: reviews, subset: v2}, weight: 20}
+"#,
+        ),
+    );
+    let split = versions(&mesh, "/split", 2000, &[]);
+    let v1 = split.get("200 v1").copied().unwrap_or(0);
+    let v2 = split.get("200 v2").copied().unwrap_or(0);
+    println!("80/20 split over 2000 requests: v1 {v1}, v2 {v2}");
+    assert_eq!(v1 + v2, 2000, "{split:?}");
+    assert!((1500..=1700).contains(&v1), "v1 {v1} of 2000: {split:?}");
+}
+
+#[test]
+fn l7_deny_outlier_detection_and_metrics_at_the_waypoint() {
+    let mesh = mesh();
+
+    // An L7 DENY on a path, attached to the service: the path and its `//` and `%2F` variants
+    // are refused with 403, other paths pass, and nothing denied reaches a pod.
+    apply(
+        &mesh,
+        "30-deny-admin.yaml",
+        r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: reviews-deny-admin, namespace: shop}
+spec:
+  targetRefs: [{kind: Service, group: "", name: reviews}]
+  action: DENY
+  rules: [{to: [{operation: {paths: [/admin, /admin/*]}}]}]
+"#,
+    );
+    for path in [
+        "/admin",
+        "//admin",
+        "/%2Fadmin",
+        "/%2fadmin/users",
+        "/admin/users",
+    ] {
+        let answer = mesh.curl_with("client", &["--path-as-is", &format!("http://{VIP}{path}")]);
+        assert_eq!(answer.status, 403, "{path}: {}", answer.body);
+    }
+    for pod in ["reviews-v1", "reviews-v2", "reviews-v3"] {
+        assert!(
+            !app_log_mentions(&mesh, pod, "admin"),
+            "{pod} saw a denied path"
+        );
+    }
+    assert_eq!(
+        mesh.curl_with("client", &[&format!("http://{VIP}/administrators-guide")])
+            .status,
+        200
+    );
+
+    // Outlier detection: v1 starts failing every request; after two 5xx in a row it is ejected
+    // and v2/v3 serve everything; once it recovers it is back after the ejection time.
+    apply(
+        &mesh,
+        "10-dr.yaml",
+        &destination_rule(
+            "  trafficPolicy:\n    loadBalancer: {simple: ROUND_ROBIN}\n    outlierDetection: {consecutive5xxErrors: 2, interval: 100ms, baseEjectionTime: 3s, maxEjectionPercent: 50}",
+        ),
+    );
+    apply(
+        &mesh,
+        "20-reviews-vs.yaml",
+        &virtual_service(
+            "  - route: [{destination: {host: reviews}}]\n    retries: {attempts: 0}\n",
+        ),
+    );
+    let v1_ip = mesh.pod("reviews-v1").ip;
+    let control = |action: &str| {
+        mesh.curl_with(
+            "client",
+            &[
+                "-X",
+                "POST",
+                &format!("http://{v1_ip}:8080/control/{action}"),
+            ],
+        )
+    };
+    assert_eq!(control("fail?status=500").status, 200);
+    let mut failures = 0;
+    for _ in 0..30 {
+        if mesh
+            .curl_with("client", &[&format!("http://{VIP}/outlier")])
+            .status
+            == 500
+        {
+            failures += 1;
+            if failures == 2 {
+                break;
+            }
+        }
+    }
+    assert_eq!(failures, 2, "v1's failures never showed");
+    assert!(
+        mesh.log_of(&format!("waypoint-{WAYPOINT}"))
+            .contains("endpoint ejected"),
+        "no ejection logged\n{}",
+        mesh.log_of(&format!("waypoint-{WAYPOINT}"))
+    );
+    let while_ejected = versions(&mesh, "/outlier", 30, &[]);
+    assert!(
+        while_ejected.keys().all(|k| k == "200 v2" || k == "200 v3"),
+        "v1 served while ejected: {while_ejected:?}"
+    );
+    assert_eq!(control("recover").status, 200);
+    assert!(
+        mesh.eventually(Duration::from_secs(10), || versions(
+            &mesh,
+            "/outlier",
+            6,
+            &[]
+        )
+        .contains_key("200 v1")),
+        "v1 never came back after recovering"
+    );
+
+    // Every request above is in the waypoint's Istio metrics, with the labels Kiali reads.
+    let metrics = mesh.waypoint_metrics(WAYPOINT);
+    let find = |code: &str| {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("istio_requests_total{")
+                    && l.contains(&format!("response_code=\"{code}\""))
+                    && l.contains("source_workload=\"client\"")
+            })
+            .unwrap_or_else(|| panic!("no istio_requests_total for {code}:\n{metrics}"))
+            .to_string()
+    };
+    let denied = find("403");
+    for label in [
+        "reporter=\"waypoint\"",
+        "source_principal=\"spiffe://cluster.local/ns/shop/sa/client\"",
+        "source_workload_namespace=\"shop\"",
+        &format!("destination_service=\"{HOST}\""),
+        "destination_service_name=\"reviews\"",
+        "destination_service_namespace=\"shop\"",
+        "connection_security_policy=\"mutual_tls\"",
+    ] {
+        assert!(denied.contains(label), "{label} missing in {denied}");
+    }
+    let served = find("200");
+    for label in [
+        "destination_principal=\"spiffe://cluster.local/ns/shop/sa/reviews\"",
+        "destination_workload=\"reviews\"",
+        "request_protocol=\"http\"",
+    ] {
+        assert!(served.contains(label), "{label} missing in {served}");
+    }
+    let count: u64 = served
+        .rsplit_once(' ')
+        .and_then(|(_, n)| n.parse().ok())
+        .unwrap_or(0);
+    assert!(count >= 1, "{served}");
+    assert!(
+        metrics.contains("istio_request_duration_milliseconds_bucket{"),
+        "{metrics}"
+    );
+}
+
+fn mesh_client(mesh: &Mesh, args: &[&str]) -> serde_json::Value {
+    let binary = weft_e2e::binary("mesh-client").expect("mesh-client is built");
+    let output = mesh
+        .testbed
+        .pod_command("client", binary.to_str().unwrap())
+        .args(args)
+        .output()
+        .expect("run mesh-client");
+    assert!(
+        output.status.success(),
+        "mesh-client {args:?}: {}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        mesh.logs()
+    );
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "mesh-client output {e}: {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })
+}
+
+#[test]
+fn real_clients_and_abuse_through_the_waypoint() {
+    let mesh = mesh();
+    let url = format!("http://{VIP}/");
+
+    // curl, HTTP/1.1 and HTTP/2 with prior knowledge.
+    let h1 = mesh.curl_with("client", &["--http1.1", &url]);
+    assert_eq!(h1.status, 200, "{}", h1.body);
+    let h2 = mesh.curl_with("client", &["--http2-prior-knowledge", &url]);
+    assert_eq!(h2.status, 200, "{}", h2.body);
+
+    // h2load: 400 requests over 4 HTTP/2 connections, 10 streams each at a time.
+    let output = mesh
+        .testbed
+        .pod_command("client", "h2load")
+        .args(["-n", "400", "-c", "4", "-m", "10", &url])
+        .output()
+        .expect("run h2load");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.contains("400 succeeded, 0 failed, 0 errored") && text.contains("400 2xx"),
+        "h2load:\n{text}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // gRPC (tonic) on one channel: every call answered, and balanced per request across pods,
+    // which only an L7 proxy does for one HTTP/2 connection.
+    let grpc = mesh_client(
+        &mesh,
+        &[
+            "grpc",
+            "--target",
+            &format!("http://{VIP}:9090"),
+            "--count",
+            "30",
+        ],
+    );
+    assert_eq!(grpc["errors"], serde_json::json!([]), "{grpc}");
+    let replies = grpc["replies"].as_array().unwrap();
+    assert_eq!(replies.len(), 30);
+    assert!(replies.iter().all(|r| r["echoed"] == true), "{grpc}");
+    let pods: std::collections::BTreeSet<_> =
+        replies.iter().map(|r| r["pod"].to_string()).collect();
+    assert!(pods.len() >= 2, "all gRPC calls went to {pods:?}");
+
+    // WebSocket echo through the upgrade.
+    let websocket = mesh_client(
+        &mesh,
+        &[
+            "websocket",
+            "--url",
+            &format!("ws://{VIP}/ws"),
+            "--count",
+            "20",
+        ],
+    );
+    assert_eq!(websocket["status"], 101, "{websocket}");
+    assert_eq!(websocket["echoed"], 20, "{websocket}");
+
+    // Request smuggling (Content-Length and Transfer-Encoding together): refused with 400, and
+    // neither the front request nor the hidden one reaches a pod.
+    let smuggle = mesh_client(
+        &mesh,
+        &[
+            "smuggle",
+            "--target",
+            &format!("{VIP}:80"),
+            "--host",
+            "reviews",
+        ],
+    );
+    assert_eq!(smuggle["statuses"], serde_json::json!(["400"]), "{smuggle}");
+    std::thread::sleep(Duration::from_millis(300));
+    for pod in ["reviews-v1", "reviews-v2", "reviews-v3"] {
+        assert!(!app_log_mentions(&mesh, pod, "/smuggled"), "{pod}");
+        assert!(!app_log_mentions(&mesh, pod, "/front"), "{pod}");
+    }
+
+    // HTTP/2 rapid reset: the abusive connection is closed with GOAWAY while another connection
+    // of the same client keeps being served.
+    let reset = mesh_client(
+        &mesh,
+        &[
+            "rapid-reset",
+            "--target",
+            &format!("{VIP}:80"),
+            "--authority",
+            HOST,
+            "--streams",
+            "2000",
+        ],
+    );
+    assert!(
+        reset["burst_connection"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("GOAWAY")),
+        "the burst connection was not closed: {reset}"
+    );
+    assert!(reset["neighbour_ok"].as_u64().unwrap_or(0) >= 5, "{reset}");
+    assert_eq!(reset["neighbour_failed"], 0, "{reset}");
+    assert_eq!(mesh.curl_with("client", &[&url]).status, 200);
+}
