@@ -3,6 +3,7 @@
 
 mod bench;
 mod build_ebpf;
+mod demo;
 mod setup;
 mod test;
 
@@ -13,7 +14,7 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(
     name = "xtask",
-    about = "Project tasks: setup, build-ebpf, test, bench"
+    about = "Project tasks: setup, build-ebpf, test, demo, bench"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -37,11 +38,35 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
+    /// The mesh in a box: two nodes, the controller, agents, a waypoint and bookinfo on the
+    /// testbed, scripted scenarios, then up until Ctrl-C (needs root).
+    Demo {
+        #[command(subcommand)]
+        action: Option<DemoAction>,
+        /// Play only this scenario (mtls, deny, canary, header-routing, fault, metrics).
+        #[arg(long)]
+        scenario: Option<String>,
+        /// Exit after the scenarios (CI) instead of staying up.
+        #[arg(long)]
+        no_wait: bool,
+    },
     /// Run every test: unit tests, then the kernel, netns and end-to-end tests (needs root).
     Test {
         /// Arguments passed on to every `cargo test` run (a test name filter, for example).
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DemoAction {
+    /// Run a command inside a pod (or node) of the running demo.
+    Exec {
+        /// A pod (`client`, `productpage-v1`, ...), a node (`node1`) or `control-plane`.
+        name: String,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
     },
 }
 
@@ -64,6 +89,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Task::Test { args } => test::run(&args),
         Task::Bench { quick } => bench::run(quick),
+        Task::Demo {
+            action: Some(DemoAction::Exec { name, command }),
+            ..
+        } => demo::exec(&name, &command),
+        Task::Demo {
+            action: None,
+            scenario,
+            no_wait,
+        } => demo::run(scenario.as_deref(), no_wait),
     }
 }
 

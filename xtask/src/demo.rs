@@ -1,0 +1,83 @@
+//! `cargo xtask demo`: setup when needed, the eBPF object and the binaries built, then the demo
+//! itself (`tests/e2e/src/bin/demo.rs`, which starts the mesh through the end-to-end harness).
+//! The demo replaces this process, so that Ctrl-C reaches it directly and it removes everything
+//! before the shell prompt comes back. `cargo xtask demo exec <pod> -- <command>` runs a command
+//! inside a pod of the running demo.
+
+use std::os::unix::process::CommandExt as _;
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::{build_ebpf, is_root, run_command, setup, step, workspace_root};
+
+/// The binaries the demo runs (the `dev` profile, shared with `cargo xtask test`).
+const BINARIES: &[&str] = &[
+    "demo",
+    "controller",
+    "node-agent",
+    "waypoint",
+    "sample-app",
+    "mesh-client",
+];
+
+fn demo_binary() -> PathBuf {
+    workspace_root().join("target/debug/demo")
+}
+
+fn require_root(what: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        is_root(),
+        "{what} network namespaces, cgroups and eBPF programs and needs root: run \
+         `sudo -E cargo xtask demo` (or as root)"
+    );
+    Ok(())
+}
+
+/// `cargo xtask demo [--scenario NAME] [--no-wait]`.
+pub fn run(scenario: Option<&str>, no_wait: bool) -> anyhow::Result<()> {
+    require_root("the demo creates")?;
+    setup::ensure()?;
+    build_ebpf::run(true)?;
+    let root = workspace_root();
+    step(
+        "demo: building the controller, node agent, waypoint and sample app (first time: several minutes)",
+    );
+    let mut build = Command::new("cargo");
+    build.arg("build").current_dir(&root);
+    for binary in BINARIES {
+        build.args(["--bin", binary]);
+    }
+    run_command(&mut build)?;
+    step("demo: starting");
+    let mut demo = Command::new(demo_binary());
+    demo.arg("run")
+        .arg("--examples")
+        .arg(root.join("deploy/examples/bookinfo"))
+        .current_dir(&root);
+    if let Some(scenario) = scenario {
+        demo.args(["--scenario", scenario]);
+    }
+    if no_wait {
+        demo.arg("--no-wait");
+    }
+    let error = demo.exec();
+    anyhow::bail!("cannot start {}: {error}", demo_binary().display())
+}
+
+/// `cargo xtask demo exec <name> -- <command>`.
+pub fn exec(name: &str, command: &[String]) -> anyhow::Result<()> {
+    require_root("entering the demo's pods enters")?;
+    let binary = demo_binary();
+    anyhow::ensure!(
+        binary.is_file(),
+        "{} is not built: start the demo with `cargo xtask demo` first",
+        binary.display()
+    );
+    let error = Command::new(&binary)
+        .arg("exec")
+        .arg(name)
+        .arg("--")
+        .args(command)
+        .exec();
+    anyhow::bail!("cannot run {}: {error}", binary.display())
+}
