@@ -145,7 +145,9 @@ impl Process {
         command
             .stdout(file.try_clone()?)
             .stderr(file)
-            .stdin(Stdio::null());
+            .stdin(Stdio::null())
+            // Plain log files: tests search them, people read them.
+            .env("NO_COLOR", "1");
         let child = command
             .spawn()
             .with_context(|| format!("starting {name} (log {})", log.display()))?;
