@@ -406,7 +406,7 @@ spec:
             .find(|l| {
                 l.starts_with("istio_requests_total{")
                     && l.contains(&format!("response_code=\"{code}\""))
-                    && l.contains("source_workload=\"client\"")
+                    && l.contains("source_principal=\"spiffe://cluster.local/ns/shop/sa/client\"")
             })
             .unwrap_or_else(|| panic!("no istio_requests_total for {code}:\n{metrics}"))
             .to_string()
@@ -414,7 +414,6 @@ spec:
     let denied = find("403");
     for label in [
         "reporter=\"waypoint\"",
-        "source_principal=\"spiffe://cluster.local/ns/shop/sa/client\"",
         "source_workload_namespace=\"shop\"",
         &format!("destination_service=\"{HOST}\""),
         "destination_service_name=\"reviews\"",

@@ -660,9 +660,8 @@ fn directions(demo: &Demo) {
             "cargo xtask demo exec {CLIENT} -- curl -s {}   # 403: only productpage may call reviews",
             demo.url("reviews", "/reviews/0")
         ),
-        format!(
-            "cargo xtask demo exec node1 -- curl -s http://127.0.0.1:15000/config_dump   # node1's agent"
-        ),
+        "cargo xtask demo exec node1 -- curl -s http://127.0.0.1:15000/config_dump   # node1's agent"
+            .to_string(),
         format!(
             "cargo xtask demo exec node2 -- curl -s http://{}:15020/metrics   # node2's agent",
             node_ip("node2")
@@ -1000,8 +999,8 @@ fn metrics(demo: &Demo) -> anyhow::Result<()> {
         waypoint.ip
     ));
     say(&format!(
-        "  {:<14} {:<8} {:<6} {:<18} {:>6}",
-        "source", "version", "code", "security", "count"
+        "  {:<30} {:<8} {:<6} {:<18} {:>6}",
+        "source identity (sa)", "version", "code", "security", "count"
     ));
     let mut example_line = None;
     for line in text.lines().filter(|l| {
@@ -1009,15 +1008,18 @@ fn metrics(demo: &Demo) -> anyhow::Result<()> {
     }) {
         let labels = labels(line);
         let get = |k: &str| labels.get(k).cloned().unwrap_or_default();
+        let principal = get("source_principal");
         say(&format!(
-            "  {:<14} {:<8} {:<6} {:<18} {:>6}",
-            get("source_workload"),
+            "  {:<30} {:<8} {:<6} {:<18} {:>6}",
+            principal
+                .rsplit_once("/sa/")
+                .map_or(principal.as_str(), |(_, sa)| sa),
             get("destination_version"),
             get("response_code"),
             get("connection_security_policy"),
             value(line)
         ));
-        if get("source_workload") == "productpage" && get("response_code") == "200" {
+        if principal.ends_with("/sa/bookinfo-productpage") && get("response_code") == "200" {
             example_line = Some(line.to_string());
         }
     }
