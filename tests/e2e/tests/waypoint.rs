@@ -30,6 +30,20 @@ spec:
   - {name: http, port: 80, targetPort: 8080}
   - {name: grpc, port: 9090, targetPort: 9090}
 ---
+# The waypoint's Service, as Istio's gateway controller creates it with the pod: agents reach
+# the waypoint through it.
+apiVersion: v1
+kind: Service
+metadata:
+  name: waypoint
+  namespace: shop
+  labels: {gateway.networking.k8s.io/gateway-name: waypoint}
+spec:
+  clusterIP: 10.96.0.2
+  selector: {gateway.networking.k8s.io/gateway-name: waypoint}
+  ports:
+  - {name: mesh, port: 15008}
+---
 apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
 metadata:
