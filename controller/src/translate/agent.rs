@@ -202,7 +202,7 @@ pub fn addresses(
             .unwrap_or_else(|| "default".into());
         let pod_labels = labels(&pod.metadata);
         let in_mesh = enrolled(index, pod);
-        let mut services = std::collections::HashMap::new();
+        let mut services = BTreeMap::new();
         for service in index.services.values().filter(|s| service_selects(s, pod)) {
             let ports = service
                 .spec
