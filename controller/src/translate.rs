@@ -2,6 +2,7 @@
 //! an index snapshot; no I/O.
 //!
 //! - [`agent`]: node agents' `istio.workload.Address` and `istio.security.Authorization`.
+//! - [`waypoint`]: one `weft.waypoint.v1.WaypointConfig` per waypoint.
 //! - [`resolve`]: how both read pods, services and waypoints (one place for labels, addresses,
 //!   hostnames, identities and waypoint assignment).
 //!
@@ -10,9 +11,15 @@
 
 pub mod agent;
 pub mod resolve;
+pub mod waypoint;
 
-use crate::model::ResourceKind;
+use std::collections::BTreeMap;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use weft_proto::istio::{security, workload};
+use weft_proto::waypoint::WaypointConfig;
+
+use crate::{index::ConfigIndex, model::ResourceKind};
 
 /// Mesh-wide settings translation needs.
 #[derive(Debug, Clone)]
@@ -136,3 +143,33 @@ pub enum TranslateProblem {
     #[error("targets Service {service}, which uses no waypoint: nothing enforces this policy")]
     UnenforcedPolicy { service: String },
 }
+
+/// Everything the controller serves, and what could not be translated.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Translation {
+    /// `istio.workload.Address`, by resource name.
+    pub addresses: BTreeMap<String, workload::Address>,
+    /// `istio.security.Authorization`, by resource name.
+    pub authorizations: BTreeMap<String, security::Authorization>,
+    /// `weft.waypoint.v1.WaypointConfig`, by resource name (`namespace/name`).
+    pub waypoints: BTreeMap<String, WaypointConfig>,
+    /// Sorted, without duplicates.
+    pub problems: Vec<TranslateError>,
+}
+
+/// Translates the whole index.
+pub fn translate(index: &ConfigIndex, settings: &MeshSettings) -> Translation {
+    let mut problems = resolve::assignment_problems(index);
+    let waypoints = waypoint::waypoint_configs(index, settings, &mut problems);
+    problems.sort();
+    problems.dedup();
+    Translation {
+        addresses: agent::addresses(index, settings),
+        authorizations: agent::authorizations(index, settings),
+        waypoints,
+        problems,
+    }
+}
+
+#[cfg(test)]
+mod tests;
