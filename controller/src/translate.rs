@@ -1,4 +1,175 @@
 //! Translation: from the index to the resources each kind of proxy consumes. Pure functions over
 //! an index snapshot; no I/O.
+//!
+//! - [`agent`]: node agents' `istio.workload.Address` and `istio.security.Authorization`.
+//! - [`waypoint`]: one `weft.waypoint.v1.WaypointConfig` per waypoint.
+//! - [`resolve`]: how both read pods, services and waypoints (one place for labels, addresses,
+//!   hostnames, identities and waypoint assignment).
+//!
+//! A resource that cannot be translated (fully) is reported as a [`TranslateError`] naming it;
+//! what cannot be translated is skipped, translation never fails as a whole and never panics.
 
 pub mod agent;
+pub mod resolve;
+pub mod waypoint;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use weft_proto::istio::{security, workload};
+use weft_proto::waypoint::WaypointConfig;
+
+use crate::{index::ConfigIndex, model::ResourceKind};
+
+/// Mesh-wide settings translation needs.
+#[derive(Debug, Clone)]
+pub struct MeshSettings {
+    pub trust_domain: String,
+    /// Policies here without a selector apply mesh-wide.
+    pub root_namespace: String,
+    pub cluster_id: String,
+    pub domain_suffix: String,
+}
+
+impl Default for MeshSettings {
+    fn default() -> Self {
+        Self {
+            trust_domain: "cluster.local".into(),
+            root_namespace: "istio-system".into(),
+            cluster_id: "Kubernetes".into(),
+            domain_suffix: "cluster.local".into(),
+        }
+    }
+}
+
+/// Why one resource could not be translated, or not completely.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, thiserror::Error)]
+#[error("{kind} {}: {problem}", display_key(namespace, name))]
+pub struct TranslateError {
+    pub kind: ResourceKind,
+    pub namespace: String,
+    pub name: String,
+    pub problem: TranslateProblem,
+}
+
+fn display_key(namespace: &str, name: &str) -> String {
+    if namespace.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{namespace}/{name}")
+    }
+}
+
+impl TranslateError {
+    pub fn new(kind: ResourceKind, meta: &ObjectMeta, problem: TranslateProblem) -> Self {
+        Self {
+            kind,
+            namespace: meta.namespace.clone().unwrap_or_default(),
+            name: meta.name.clone().unwrap_or_default(),
+            problem,
+        }
+    }
+}
+
+/// What was wrong. Variants with a `path` name the field (`spec.http[1].route[0]`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, thiserror::Error)]
+pub enum TranslateProblem {
+    #[error("waypoint {namespace}/{name} does not exist (no Gateway of class istio-waypoint)")]
+    UnknownWaypoint { namespace: String, name: String },
+    #[error(
+        "waypoint {namespace}/{name} takes {takes} traffic (istio.io/waypoint-for), not {asked} traffic; not used"
+    )]
+    WaypointNotFor {
+        namespace: String,
+        name: String,
+        takes: &'static str,
+        asked: &'static str,
+    },
+    #[error(
+        "the waypoint has neither a Service nor a pod with an IP: traffic for its services and workloads fails until it has one"
+    )]
+    WaypointWithoutAddress,
+    #[error(
+        "backs services with different waypoints ({services}); its agent accepts traffic only through {waypoint}"
+    )]
+    ConflictingWaypoints { services: String, waypoint: String },
+    #[error("{path}: {host:?} is not a known service; the VirtualService is skipped for {service}")]
+    UnknownHost {
+        path: String,
+        host: String,
+        service: String,
+    },
+    #[error(
+        "{path}: subset {subset:?} of {host} is not defined by a DestinationRule; the VirtualService is skipped for {service}"
+    )]
+    UnknownSubset {
+        path: String,
+        host: String,
+        subset: String,
+        service: String,
+    },
+    #[error("{path}: {host} has no port {port}; the VirtualService is skipped for {service}")]
+    UnknownPort {
+        path: String,
+        host: String,
+        port: u32,
+        service: String,
+    },
+    #[error(
+        "{path}: {host} has several ports and none is named; the VirtualService is skipped for {service}"
+    )]
+    AmbiguousPort {
+        path: String,
+        host: String,
+        service: String,
+    },
+    #[error(
+        "{path}: {value:?} is not valid: {reason}; the VirtualService is skipped for {service}"
+    )]
+    InvalidValue {
+        path: String,
+        value: String,
+        reason: String,
+        service: String,
+    },
+    #[error("{path}: {host} is already routed by VirtualService {by}; this one is ignored for it")]
+    ShadowedVirtualService {
+        path: String,
+        host: String,
+        by: String,
+    },
+    #[error("{path}: {reason}")]
+    Unsupported { path: String, reason: String },
+    #[error("targets Service {service}, which uses no waypoint: nothing enforces this policy")]
+    UnenforcedPolicy { service: String },
+}
+
+/// Everything the controller serves, and what could not be translated.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Translation {
+    /// `istio.workload.Address`, by resource name.
+    pub addresses: BTreeMap<String, workload::Address>,
+    /// `istio.security.Authorization`, by resource name.
+    pub authorizations: BTreeMap<String, security::Authorization>,
+    /// `weft.waypoint.v1.WaypointConfig`, by resource name (`namespace/name`).
+    pub waypoints: BTreeMap<String, WaypointConfig>,
+    /// Sorted, without duplicates.
+    pub problems: Vec<TranslateError>,
+}
+
+/// Translates the whole index.
+pub fn translate(index: &ConfigIndex, settings: &MeshSettings) -> Translation {
+    let mut problems = resolve::assignment_problems(index);
+    let waypoints = waypoint::waypoint_configs(index, settings, &mut problems);
+    problems.sort();
+    problems.dedup();
+    Translation {
+        addresses: agent::addresses(index, settings),
+        authorizations: agent::authorizations(index, settings),
+        waypoints,
+        problems,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -22,6 +22,10 @@ fn main() -> io::Result<()> {
     // `prost::Name` on every message gives `full_name()` and `type_url()` for packing into Any.
     config.enable_type_names();
     config.type_name_domain(["."], "type.googleapis.com");
+    // Ordered maps in the resources the controller serves: prost encodes map entries in
+    // iteration order, and the controller's store versions a resource by the hash of its bytes,
+    // so a HashMap would make an unchanged resource look changed on every translation.
+    config.btree_map([".istio", ".weft"]);
 
     tonic_prost_build::configure()
         .build_client(true)

@@ -623,13 +623,11 @@ fn field_match(
 }
 
 fn key_matches(
-    map: &HashMap<String, proto::StringMatch>,
+    map: &BTreeMap<String, proto::StringMatch>,
     query: bool,
     context: &str,
 ) -> Result<Vec<KeyMatch>, ConfigError> {
-    let mut keys: Vec<_> = map.iter().collect();
-    keys.sort_by(|a, b| a.0.cmp(b.0));
-    keys.into_iter()
+    map.iter()
         .map(|(name, m)| {
             let value = istio_match(m)
                 .to_value_match()
@@ -654,7 +652,7 @@ fn http_match(m: &proto::HttpMatchRequest, context: &str) -> Result<HttpMatch, C
         without_headers: key_matches(&m.without_headers, false, context)?,
         query_params: key_matches(&m.query_params, true, context)?,
         port: nonzero_port(m.port, context)?,
-        source_labels: m.source_labels.clone().into_iter().collect(),
+        source_labels: m.source_labels.clone(),
         source_namespace: (!m.source_namespace.is_empty()).then(|| m.source_namespace.clone()),
         ignore_uri_case: m.ignore_uri_case,
     })
@@ -667,11 +665,8 @@ fn header_ops(
     let Some(ops) = ops else {
         return Ok(HeaderOps::default());
     };
-    let pairs = |map: &HashMap<String, String>| -> Result<Vec<_>, ConfigError> {
-        let mut sorted: Vec<_> = map.iter().collect();
-        sorted.sort();
-        sorted
-            .into_iter()
+    let pairs = |map: &BTreeMap<String, String>| -> Result<Vec<_>, ConfigError> {
+        map.iter()
             .map(|(n, v)| Ok((header_name(n, context)?, header_value(n, v, context)?)))
             .collect()
     };
@@ -1108,7 +1103,7 @@ fn endpoint(
     let workload = Arc::clone(workloads.entry(address).or_insert_with(|| {
         Arc::new(WorkloadInfo {
             uid: e.workload_uid.clone(),
-            labels: e.labels.clone().into_iter().collect(),
+            labels: e.labels.clone(),
             identity: identity.clone(),
         })
     }));
@@ -1316,7 +1311,7 @@ fn service(
                     Ok(L4Match {
                         destination_subnets: cidrs(&m.destination_subnets, context)?,
                         port: nonzero_port(m.port, context)?,
-                        source_labels: m.source_labels.clone().into_iter().collect(),
+                        source_labels: m.source_labels.clone(),
                         source_namespace: (!m.source_namespace.is_empty())
                             .then(|| m.source_namespace.clone()),
                     })

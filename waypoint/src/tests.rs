@@ -1,7 +1,7 @@
 //! End-to-end tests through the real proxy: HBONE client -> waypoint (TLS 1.3, HTTP/2 CONNECT)
 //! -> HTTP inside the tunnel -> HBONE to fake endpoints with their own certificates.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -40,7 +40,7 @@ fn proto_endpoint(e: &FakeEndpoint) -> proto::Endpoint {
         address: e.app_address.ip().to_string(),
         port: u32::from(e.app_address.port()),
         identity: e.identity.to_string(),
-        labels: HashMap::from([
+        labels: BTreeMap::from([
             ("app".to_owned(), "reviews".to_owned()),
             ("version".to_owned(), e.name.clone()),
         ]),
@@ -208,7 +208,7 @@ async fn header_match_routes_to_its_subset_and_others_to_the_default() {
     let harness = Harness::start(mesh, &[&v1, &v2]).await;
     let canary = proto::HttpRoute {
         r#match: vec![proto::HttpMatchRequest {
-            headers: HashMap::from([(
+            headers: BTreeMap::from([(
                 "end-user".to_owned(),
                 proto::StringMatch {
                     match_type: Some(proto::string_match::MatchType::Exact("jason".to_owned())),

@@ -4,183 +4,23 @@
 
 use std::{collections::BTreeMap, net::IpAddr};
 
-use k8s_openapi::api::core::v1::{Pod, Service};
 use weft_policy::l4::{
     EffectivePeerAuthentication, MtlsMode as PolicyMtlsMode, PolicyScope,
     peer_authentication_policy,
 };
 use weft_proto::istio::{security, workload};
 
+pub use super::MeshSettings;
+use super::resolve::{
+    self, destination_waypoint, enrolled, hostname, ip_bytes, is_waypoint_pod, labels,
+    namespace_of, pod_ips, pod_uid, principal, selects, service_selects, service_vips,
+    service_waypoint, target_port, waypoint_address,
+};
+pub use super::resolve::{DATAPLANE_MODE, GATEWAY_NAME, HBONE_PORT, USE_WAYPOINT};
 use crate::{
     index::ConfigIndex,
     model::security::{AuthorizationAction, AuthorizationPolicy, MtlsMode, Rule},
 };
-
-/// Label that enrolls a namespace or pod (`ambient`) or opts a pod out (`none`).
-pub const DATAPLANE_MODE: &str = "istio.io/dataplane-mode";
-/// Label naming the waypoint a namespace, service or pod uses.
-pub const USE_WAYPOINT: &str = "istio.io/use-waypoint";
-/// Label Istio puts on a gateway's (waypoint's) pods.
-pub const GATEWAY_NAME: &str = "gateway.networking.k8s.io/gateway-name";
-pub const HBONE_PORT: u32 = 15008;
-
-/// Mesh-wide settings translation needs.
-#[derive(Debug, Clone)]
-pub struct MeshSettings {
-    pub trust_domain: String,
-    /// Policies here without a selector apply mesh-wide.
-    pub root_namespace: String,
-    pub cluster_id: String,
-    pub domain_suffix: String,
-}
-
-impl Default for MeshSettings {
-    fn default() -> Self {
-        Self {
-            trust_domain: "cluster.local".into(),
-            root_namespace: "istio-system".into(),
-            cluster_id: "Kubernetes".into(),
-            domain_suffix: "cluster.local".into(),
-        }
-    }
-}
-
-fn labels(
-    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-) -> BTreeMap<String, String> {
-    meta.labels.clone().unwrap_or_default()
-}
-
-fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
-    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
-}
-
-/// Whether the pod is in the mesh (ambient): its label, else its namespace's.
-pub fn enrolled(index: &ConfigIndex, pod: &Pod) -> bool {
-    let pod_labels = labels(&pod.metadata);
-    match pod_labels.get(DATAPLANE_MODE).map(String::as_str) {
-        Some("ambient") => true,
-        Some(_) => false,
-        None => {
-            let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
-            index
-                .namespace_labels(namespace)
-                .get(DATAPLANE_MODE)
-                .map(String::as_str)
-                == Some("ambient")
-        }
-    }
-}
-
-/// The uid a pod is known by (Kubernetes' uid, or a stable name-based one in local mode).
-pub fn pod_uid(index_cluster: &str, pod: &Pod) -> String {
-    pod.metadata.uid.clone().unwrap_or_else(|| {
-        format!(
-            "{index_cluster}//Pod/{}/{}",
-            pod.metadata.namespace.as_deref().unwrap_or("default"),
-            pod.metadata.name.as_deref().unwrap_or_default()
-        )
-    })
-}
-
-fn pod_ips(pod: &Pod) -> Vec<IpAddr> {
-    let Some(status) = &pod.status else {
-        return Vec::new();
-    };
-    let mut ips: Vec<IpAddr> = status
-        .pod_ips
-        .iter()
-        .flatten()
-        .filter_map(|ip| ip.ip.parse().ok())
-        .collect();
-    if ips.is_empty()
-        && let Some(ip) = status.pod_ip.as_deref().and_then(|ip| ip.parse().ok())
-    {
-        ips.push(ip);
-    }
-    ips
-}
-
-fn ip_bytes(ip: IpAddr) -> Vec<u8> {
-    match ip {
-        IpAddr::V4(v4) => v4.octets().to_vec(),
-        IpAddr::V6(v6) => v6.octets().to_vec(),
-    }
-}
-
-fn hostname(service: &Service, settings: &MeshSettings) -> String {
-    format!(
-        "{}.{}.svc.{}",
-        service.metadata.name.as_deref().unwrap_or_default(),
-        service.metadata.namespace.as_deref().unwrap_or("default"),
-        settings.domain_suffix
-    )
-}
-
-fn service_selects(service: &Service, pod: &Pod) -> bool {
-    if service.metadata.namespace != pod.metadata.namespace {
-        return false;
-    }
-    match service.spec.as_ref().and_then(|s| s.selector.as_ref()) {
-        Some(selector) if !selector.is_empty() => selects(selector, &labels(&pod.metadata)),
-        _ => false,
-    }
-}
-
-/// The target port of `port` on `pod`: numeric, or a named container port.
-fn target_port(port: &k8s_openapi::api::core::v1::ServicePort, pod: &Pod) -> Option<u32> {
-    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-    match &port.target_port {
-        None => Some(port.port as u32),
-        Some(IntOrString::Int(n)) => Some(*n as u32),
-        Some(IntOrString::String(name)) => pod
-            .spec
-            .as_ref()?
-            .containers
-            .iter()
-            .flat_map(|c| c.ports.iter().flatten())
-            .find(|p| p.name.as_deref() == Some(name))
-            .map(|p| p.container_port as u32),
-    }
-}
-
-/// The waypoint named by `name` in `namespace`: the address of one of its pods.
-fn waypoint_address(
-    index: &ConfigIndex,
-    namespace: &str,
-    name: &str,
-) -> Option<workload::GatewayAddress> {
-    let pod = index.pods.values().find(|pod| {
-        pod.metadata.namespace.as_deref() == Some(namespace)
-            && labels(&pod.metadata).get(GATEWAY_NAME).map(String::as_str) == Some(name)
-    })?;
-    let ip = *pod_ips(pod).first()?;
-    Some(workload::GatewayAddress {
-        destination: Some(workload::gateway_address::Destination::Address(
-            workload::NetworkAddress {
-                network: String::new(),
-                address: ip_bytes(ip),
-            },
-        )),
-        hbone_mtls_port: HBONE_PORT,
-    })
-}
-
-/// The waypoint a resource uses: its own label, else its namespace's; `none` opts out.
-fn waypoint_for(
-    index: &ConfigIndex,
-    namespace: &str,
-    own_labels: &BTreeMap<String, String>,
-) -> Option<workload::GatewayAddress> {
-    let name = own_labels
-        .get(USE_WAYPOINT)
-        .cloned()
-        .or_else(|| index.namespace_labels(namespace).get(USE_WAYPOINT).cloned())?;
-    if name == "none" {
-        return None;
-    }
-    waypoint_address(index, namespace, &name)
-}
 
 /// Every `istio.workload.Address`, keyed by resource name (uid for workloads,
 /// `namespace/hostname` for services).
@@ -192,27 +32,18 @@ pub fn addresses(
     let policies_by_pod = selected_policies(index, settings);
     for (key, pod) in &index.pods {
         let ips = pod_ips(pod);
-        if ips.is_empty() {
+        if ips.is_empty() || resolve::pod_terminated(pod) {
             continue;
         }
-        let namespace = pod
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into());
+        let namespace = namespace_of(&pod.metadata).to_owned();
         let pod_labels = labels(&pod.metadata);
-        let in_mesh = enrolled(index, pod);
-        let mut services = std::collections::HashMap::new();
+        let mut services = BTreeMap::new();
         for service in index.services.values().filter(|s| service_selects(s, pod)) {
-            let ports = service
-                .spec
-                .as_ref()
-                .and_then(|s| s.ports.as_ref())
-                .into_iter()
-                .flatten()
+            let ports = resolve::service_ports(service)
+                .iter()
                 .filter_map(|p| {
                     Some(workload::Port {
-                        service_port: p.port as u32,
+                        service_port: u32::try_from(p.port).ok()?,
                         target_port: target_port(p, pod)?,
                     })
                 })
@@ -220,13 +51,12 @@ pub fn addresses(
             services.insert(
                 format!(
                     "{}/{}",
-                    service.metadata.namespace.as_deref().unwrap_or("default"),
+                    namespace_of(&service.metadata),
                     hostname(service, settings)
                 ),
                 workload::PortList { ports },
             );
         }
-        let is_waypoint = pod_labels.contains_key(GATEWAY_NAME);
         let uid = pod_uid(&settings.cluster_id, pod);
         let workload = workload::Workload {
             uid: uid.clone(),
@@ -234,22 +64,18 @@ pub fn addresses(
             namespace: namespace.clone(),
             addresses: ips.iter().map(|ip| ip_bytes(*ip)).collect(),
             network: String::new(),
-            tunnel_protocol: if in_mesh || is_waypoint {
+            tunnel_protocol: if enrolled(index, pod) || is_waypoint_pod(index, pod) {
                 workload::TunnelProtocol::Hbone as i32
             } else {
                 workload::TunnelProtocol::None as i32
             },
             trust_domain: settings.trust_domain.clone(),
-            service_account: pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.service_account_name.clone())
-                .unwrap_or_else(|| "default".into()),
-            waypoint: if in_mesh && !is_waypoint {
-                waypoint_for(index, &namespace, &pod_labels)
-            } else {
-                None
-            },
+            service_account: resolve::service_account(pod).to_owned(),
+            // Istio puts only a workload waypoint here; the waypoint of the services the pod
+            // backs goes here too, so that the pod's agent accepts that traffic only from the
+            // waypoint (addressing the pod directly cannot skip it).
+            waypoint: destination_waypoint(index, pod)
+                .map(|waypoint| waypoint_address(index, settings, &waypoint)),
             node: pod
                 .spec
                 .as_ref()
@@ -272,6 +98,11 @@ pub fn addresses(
                 .get("app")
                 .cloned()
                 .unwrap_or_else(|| pod.metadata.name.clone().unwrap_or_default()),
+            status: if resolve::pod_healthy(pod) {
+                workload::WorkloadStatus::Healthy
+            } else {
+                workload::WorkloadStatus::Unhealthy
+            } as i32,
             cluster_id: settings.cluster_id.clone(),
             services,
             authorization_policies: policies_by_pod.get(key).cloned().unwrap_or_default(),
@@ -285,50 +116,31 @@ pub fn addresses(
         );
     }
     for service in index.services.values() {
-        let namespace = service
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into());
-        let spec = service.spec.clone().unwrap_or_default();
-        let vips: Vec<IpAddr> = spec
-            .cluster_ips
-            .iter()
-            .flatten()
-            .chain(spec.cluster_ip.iter())
-            .filter_map(|ip| ip.parse().ok())
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect();
+        let namespace = namespace_of(&service.metadata).to_owned();
         let host = hostname(service, settings);
         let record = workload::Service {
             name: service.metadata.name.clone().unwrap_or_default(),
             namespace: namespace.clone(),
             hostname: host.clone(),
-            addresses: vips
-                .iter()
+            addresses: service_vips(service)
+                .into_iter()
                 .map(|ip| workload::NetworkAddress {
                     network: String::new(),
-                    address: ip_bytes(*ip),
+                    address: ip_bytes(ip),
                 })
                 .collect(),
-            ports: spec
-                .ports
+            ports: resolve::service_ports(service)
                 .iter()
-                .flatten()
-                .map(|p| workload::Port {
-                    service_port: p.port as u32,
-                    target_port: match &p.target_port {
-                        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(n)) => {
-                            *n as u32
-                        }
-                        // Named: resolved per workload.
-                        Some(_) => 0,
-                        None => p.port as u32,
-                    },
+                .filter_map(|p| {
+                    Some(workload::Port {
+                        service_port: u32::try_from(p.port).ok()?,
+                        // Named target ports are resolved per workload.
+                        target_port: resolve::numeric_target_port(p),
+                    })
                 })
                 .collect(),
-            waypoint: waypoint_for(index, &namespace, &labels(&service.metadata)),
+            waypoint: service_waypoint(index, service)
+                .map(|waypoint| waypoint_address(index, settings, &waypoint)),
             ..Default::default()
         };
         out.insert(
@@ -414,10 +226,6 @@ fn cidr(value: &str) -> Option<security::Address> {
         address: ip_bytes(ip),
         length,
     })
-}
-
-fn principal(value: &str) -> String {
-    value.strip_prefix("spiffe://").unwrap_or(value).to_string()
 }
 
 /// The L4 translation of one rule: clauses ANDed, each clause's matches ORed. `None` when the

@@ -1,4 +1,4 @@
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
@@ -47,7 +47,7 @@ fn sample_workload() -> workload::Workload {
         canonical_revision: "v1".into(),
         workload_type: workload::WorkloadType::Deployment as i32,
         workload_name: "reviews-v1".into(),
-        services: HashMap::from([(
+        services: BTreeMap::from([(
             "default/reviews.default.svc.cluster.local".to_string(),
             workload::PortList {
                 ports: vec![workload::Port {
@@ -225,7 +225,7 @@ fn field_numbers_match_the_public_definitions() {
         (
             "Workload.services = 22",
             workload::Workload {
-                services: HashMap::from([(
+                services: BTreeMap::from([(
                     "k".to_string(),
                     workload::PortList {
                         ports: vec![workload::Port {

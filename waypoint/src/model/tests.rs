@@ -1,4 +1,4 @@
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use super::*;
 
@@ -10,7 +10,7 @@ fn endpoint() -> proto::Endpoint {
         address: "10.0.0.5".to_owned(),
         port: 9080,
         identity: "spiffe://cluster.local/ns/default/sa/reviews".to_owned(),
-        labels: HashMap::from([("app".to_owned(), "reviews".to_owned())]),
+        labels: BTreeMap::from([("app".to_owned(), "reviews".to_owned())]),
         workload_uid: "uid-1".to_owned(),
         tunnel: proto::EndpointTunnel::Hbone as i32,
         healthy: true,
@@ -150,7 +150,7 @@ fn invalid_configs_are_rejected_with_context() {
             |c| {
                 c.services[0].http_routes[0].headers = Some(proto::Headers {
                     request: Some(proto::HeaderOperations {
-                        set: HashMap::from([("bad header".to_owned(), "v".to_owned())]),
+                        set: BTreeMap::from([("bad header".to_owned(), "v".to_owned())]),
                         ..Default::default()
                     }),
                     response: None,

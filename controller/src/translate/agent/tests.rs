@@ -43,6 +43,13 @@ metadata: {name: pay-1, namespace: shop, labels: {app: pay, istio.io/use-waypoin
 spec: {nodeName: node2, serviceAccountName: pay, containers: [{name: app, image: pay}]}
 status: {podIP: 10.251.2.11}
 ---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: shop-waypoint, namespace: shop}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+---
 apiVersion: v1
 kind: Pod
 metadata: {name: shop-waypoint-0, namespace: shop, labels: {gateway.networking.k8s.io/gateway-name: shop-waypoint}}

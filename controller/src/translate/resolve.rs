@@ -1,0 +1,619 @@
+//! How the translators read the index, as Istio reads it: labels and selectors, enrollment, pod
+//! addresses and health, service hostnames, VIPs and ports, SPIFFE identities, and which waypoint
+//! a service or workload uses. Shared by [`super::agent`], [`super::waypoint`] and the CA's view
+//! of which identities run where, so each rule exists once.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::{Pod, Service, ServicePort};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use weft_proto::istio::workload;
+
+use super::{MeshSettings, TranslateError, TranslateProblem};
+use crate::index::ConfigIndex;
+use crate::model::gateway_api::WAYPOINT_GATEWAY_CLASS;
+use crate::model::{KubernetesGateway, ResourceKind};
+
+/// Label that enrolls a namespace or pod (`ambient`) or opts a pod out (`none`).
+pub const DATAPLANE_MODE: &str = "istio.io/dataplane-mode";
+/// Label naming the waypoint a namespace, service or pod uses; `none` opts out.
+pub const USE_WAYPOINT: &str = "istio.io/use-waypoint";
+/// Label naming the namespace of that waypoint, when it is not the object's own.
+pub const USE_WAYPOINT_NAMESPACE: &str = "istio.io/use-waypoint-namespace";
+/// Label on a waypoint saying which traffic it takes: `service` (default), `workload`, `all`,
+/// `none`.
+pub const WAYPOINT_FOR: &str = "istio.io/waypoint-for";
+/// Label the Gateway API puts on a gateway's (waypoint's) pods and Service.
+pub const GATEWAY_NAME: &str = "gateway.networking.k8s.io/gateway-name";
+/// Annotation that makes an AuthorizationPolicy log instead of enforce.
+pub const DRY_RUN: &str = "istio.io/dry-run";
+/// Port waypoints and node agents accept HBONE on.
+pub const HBONE_PORT: u32 = 15008;
+
+pub fn labels(meta: &ObjectMeta) -> BTreeMap<String, String> {
+    meta.labels.clone().unwrap_or_default()
+}
+
+pub fn label<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
+    meta.labels.as_ref()?.get(key).map(String::as_str)
+}
+
+/// Every pair of `selector` is in `labels`.
+pub fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// The object's namespace; `default` when absent, as the API server would fill it.
+pub fn namespace_of(meta: &ObjectMeta) -> &str {
+    meta.namespace.as_deref().unwrap_or("default")
+}
+
+pub fn name_of(meta: &ObjectMeta) -> &str {
+    meta.name.as_deref().unwrap_or_default()
+}
+
+/// Whether the pod is in the mesh (ambient): its label, else its namespace's.
+pub fn enrolled(index: &ConfigIndex, pod: &Pod) -> bool {
+    match label(&pod.metadata, DATAPLANE_MODE) {
+        Some("ambient") => true,
+        Some(_) => false,
+        None => {
+            index
+                .namespace_labels(namespace_of(&pod.metadata))
+                .get(DATAPLANE_MODE)
+                .map(String::as_str)
+                == Some("ambient")
+        }
+    }
+}
+
+/// The uid a pod is known by (Kubernetes' uid, or a stable name-based one in local mode).
+pub fn pod_uid(cluster_id: &str, pod: &Pod) -> String {
+    pod.metadata.uid.clone().unwrap_or_else(|| {
+        format!(
+            "{cluster_id}//Pod/{}/{}",
+            namespace_of(&pod.metadata),
+            name_of(&pod.metadata)
+        )
+    })
+}
+
+/// `status.podIPs`, else `status.podIP`; unparsable entries are left out (validation refuses
+/// them before they reach the index).
+pub fn pod_ips(pod: &Pod) -> Vec<IpAddr> {
+    let Some(status) = &pod.status else {
+        return Vec::new();
+    };
+    let mut ips: Vec<IpAddr> = Vec::new();
+    for ip in status
+        .pod_ips
+        .iter()
+        .flatten()
+        .filter_map(|ip| ip.ip.parse().ok())
+    {
+        if !ips.contains(&ip) {
+            ips.push(ip);
+        }
+    }
+    if ips.is_empty()
+        && let Some(ip) = status.pod_ip.as_deref().and_then(|ip| ip.parse().ok())
+    {
+        ips.push(ip);
+    }
+    ips
+}
+
+pub fn ip_bytes(ip: IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    }
+}
+
+/// Succeeded or Failed: the pod no longer runs and is no endpoint of anything.
+pub fn pod_terminated(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
+}
+
+/// Ready unless it says otherwise: local-mode pods usually carry no conditions, so only an
+/// explicit `Ready: False` (or a deletion in progress) marks a pod down.
+pub fn pod_healthy(pod: &Pod) -> bool {
+    if pod.metadata.deletion_timestamp.is_some() {
+        return false;
+    }
+    let conditions = pod.status.as_ref().and_then(|s| s.conditions.as_ref());
+    !conditions.is_some_and(|cs| {
+        cs.iter()
+            .any(|c| c.type_ == "Ready" && c.status.eq_ignore_ascii_case("false"))
+    })
+}
+
+pub fn service_account(pod: &Pod) -> &str {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.service_account_name.as_deref())
+        .filter(|s| !s.is_empty())
+        .unwrap_or("default")
+}
+
+/// `spiffe://<trust domain>/ns/<namespace>/sa/<service account>`.
+pub fn spiffe_id(settings: &MeshSettings, namespace: &str, service_account: &str) -> String {
+    format!(
+        "spiffe://{}/ns/{namespace}/sa/{service_account}",
+        settings.trust_domain
+    )
+}
+
+/// A principal as policies compare it: `<trust domain>/ns/<namespace>/sa/<account>`, with any
+/// `spiffe://` written before it dropped.
+pub fn principal(value: &str) -> String {
+    value.strip_prefix("spiffe://").unwrap_or(value).to_string()
+}
+
+pub fn service_hostname(settings: &MeshSettings, namespace: &str, name: &str) -> String {
+    format!("{name}.{namespace}.svc.{}", settings.domain_suffix)
+}
+
+pub fn hostname(service: &Service, settings: &MeshSettings) -> String {
+    service_hostname(
+        settings,
+        namespace_of(&service.metadata),
+        name_of(&service.metadata),
+    )
+}
+
+/// A host as written in a VirtualService or DestinationRule of `namespace`, fully qualified the
+/// way Istio does: `reviews` is `reviews.<namespace>.svc.<suffix>`, `reviews.other` is
+/// `reviews.other.svc.<suffix>`; anything longer, and wildcards, are taken as written.
+pub fn qualify_host(settings: &MeshSettings, host: &str, namespace: &str) -> String {
+    if host.starts_with('*') || host.contains(".svc.") || host.ends_with(".svc") {
+        return host.to_owned();
+    }
+    match host.matches('.').count() {
+        0 => service_hostname(settings, namespace, host),
+        1 => format!("{host}.svc.{}", settings.domain_suffix),
+        _ => host.to_owned(),
+    }
+}
+
+/// A VirtualService or DestinationRule host (possibly `*.suffix` or `*`) covers `hostname`.
+pub fn host_covers(pattern: &str, hostname: &str) -> bool {
+    match pattern.strip_prefix('*') {
+        Some(suffix) => hostname.ends_with(suffix),
+        None => pattern.eq_ignore_ascii_case(hostname),
+    }
+}
+
+/// Cluster IPs, without duplicates (none for headless services).
+pub fn service_vips(service: &Service) -> Vec<IpAddr> {
+    let Some(spec) = &service.spec else {
+        return Vec::new();
+    };
+    let mut vips: Vec<IpAddr> = Vec::new();
+    for ip in spec
+        .cluster_ips
+        .iter()
+        .flatten()
+        .chain(spec.cluster_ip.iter())
+        .filter_map(|ip| ip.parse().ok())
+    {
+        if !vips.contains(&ip) {
+            vips.push(ip);
+        }
+    }
+    vips
+}
+
+pub fn service_ports(service: &Service) -> &[ServicePort] {
+    service
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.as_deref())
+        .unwrap_or(&[])
+}
+
+/// The service selects the pod: same namespace and a non-empty selector it satisfies.
+pub fn service_selects(service: &Service, pod: &Pod) -> bool {
+    if namespace_of(&service.metadata) != namespace_of(&pod.metadata) {
+        return false;
+    }
+    match service.spec.as_ref().and_then(|s| s.selector.as_ref()) {
+        Some(selector) if !selector.is_empty() => selects(selector, &labels(&pod.metadata)),
+        _ => false,
+    }
+}
+
+/// The target port of `port` on `pod`: numeric, a named container port, or the service port
+/// when absent. `None` when the pod does not declare the named port (it then serves no traffic
+/// for that service port, as in Kubernetes).
+pub fn target_port(port: &ServicePort, pod: &Pod) -> Option<u32> {
+    match &port.target_port {
+        None => u32::try_from(port.port).ok(),
+        Some(IntOrString::Int(n)) => u32::try_from(*n).ok(),
+        Some(IntOrString::String(name)) => {
+            if let Ok(n) = name.parse::<u32>() {
+                return Some(n);
+            }
+            pod.spec.as_ref()?.containers.iter().find_map(|c| {
+                c.ports.as_ref()?.iter().find_map(|p| {
+                    (p.name.as_deref() == Some(name.as_str()))
+                        .then(|| u32::try_from(p.container_port).ok())
+                        .flatten()
+                })
+            })
+        }
+    }
+}
+
+/// The target port every pod shares: numeric or absent; 0 for a named port, which each pod
+/// resolves itself.
+pub fn numeric_target_port(port: &ServicePort) -> u32 {
+    match &port.target_port {
+        None => u32::try_from(port.port).unwrap_or(0),
+        Some(IntOrString::Int(n)) => u32::try_from(*n).unwrap_or(0),
+        Some(IntOrString::String(s)) => s.parse().unwrap_or(0),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Waypoints.
+
+/// A waypoint as a namespace and a Gateway name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct WaypointRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl WaypointRef {
+    pub fn of(gateway: &KubernetesGateway) -> Self {
+        Self {
+            namespace: namespace_of(&gateway.metadata).to_owned(),
+            name: name_of(&gateway.metadata).to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Display for WaypointRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Which traffic a waypoint takes (`istio.io/waypoint-for`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaypointFor {
+    Service,
+    Workload,
+    All,
+    None,
+}
+
+impl WaypointFor {
+    pub fn of(gateway: &KubernetesGateway) -> Self {
+        match label(&gateway.metadata, WAYPOINT_FOR) {
+            Some("workload") => Self::Workload,
+            Some("all") => Self::All,
+            Some("none") => Self::None,
+            _ => Self::Service,
+        }
+    }
+
+    pub fn takes_services(self) -> bool {
+        matches!(self, Self::Service | Self::All)
+    }
+
+    pub fn takes_workloads(self) -> bool {
+        matches!(self, Self::Workload | Self::All)
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Service => "service",
+            Self::Workload => "workload",
+            Self::All => "all",
+            Self::None => "no",
+        }
+    }
+}
+
+/// Gateways of class `istio-waypoint`, in key order.
+pub fn waypoint_gateways(index: &ConfigIndex) -> impl Iterator<Item = &KubernetesGateway> {
+    index
+        .gateways
+        .values()
+        .filter(|gw| gw.spec.gateway_class_name == WAYPOINT_GATEWAY_CLASS)
+}
+
+pub fn waypoint_gateway<'a>(
+    index: &'a ConfigIndex,
+    waypoint: &WaypointRef,
+) -> Option<&'a KubernetesGateway> {
+    index
+        .gateways
+        .get(&format!("{}/{}", waypoint.namespace, waypoint.name))
+        .filter(|gw| gw.spec.gateway_class_name == WAYPOINT_GATEWAY_CLASS)
+}
+
+/// The waypoint whose pod or Service this object is, if any: such objects never use a waypoint.
+pub fn waypoint_owning(index: &ConfigIndex, meta: &ObjectMeta) -> Option<WaypointRef> {
+    let waypoint = WaypointRef {
+        namespace: namespace_of(meta).to_owned(),
+        name: label(meta, GATEWAY_NAME)?.to_owned(),
+    };
+    waypoint_gateway(index, &waypoint).map(|_| waypoint)
+}
+
+/// Where a waypoint request came from, for the messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestedBy {
+    /// The object's own label.
+    Object,
+    /// Its namespace's label.
+    Namespace,
+}
+
+/// The waypoint an object asks for: its own `istio.io/use-waypoint` (with
+/// `istio.io/use-waypoint-namespace`), else its namespace's; `none` on the object opts out even
+/// when the namespace names one. A waypoint's own pods and Service never ask.
+pub fn requested_waypoint(
+    index: &ConfigIndex,
+    meta: &ObjectMeta,
+) -> Option<(WaypointRef, RequestedBy)> {
+    if label(meta, GATEWAY_NAME).is_some() {
+        return None;
+    }
+    let namespace = namespace_of(meta);
+    let from = |labels: &BTreeMap<String, String>| -> Option<Option<WaypointRef>> {
+        let name = labels.get(USE_WAYPOINT)?;
+        if name.is_empty() || name == "none" {
+            return Some(None);
+        }
+        Some(Some(WaypointRef {
+            namespace: labels
+                .get(USE_WAYPOINT_NAMESPACE)
+                .cloned()
+                .unwrap_or_else(|| namespace.to_owned()),
+            name: name.clone(),
+        }))
+    };
+    if let Some(choice) = from(&labels(meta)) {
+        return choice.map(|w| (w, RequestedBy::Object));
+    }
+    from(&index.namespace_labels(namespace))
+        .flatten()
+        .map(|w| (w, RequestedBy::Namespace))
+}
+
+/// Which kind of traffic asks for a waypoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Traffic {
+    Service,
+    Workload,
+}
+
+/// The waypoint `meta` asks for, if it exists and takes `traffic`. A problem is returned for an
+/// unknown waypoint, and for a waypoint of the wrong kind named by the object itself (a
+/// namespace's label applies to services and workloads alike, so a mismatch there is normal).
+fn assigned_waypoint(
+    index: &ConfigIndex,
+    meta: &ObjectMeta,
+    traffic: Traffic,
+) -> Result<Option<WaypointRef>, (RequestedBy, TranslateProblem)> {
+    let Some((waypoint, by)) = requested_waypoint(index, meta) else {
+        return Ok(None);
+    };
+    let Some(gateway) = waypoint_gateway(index, &waypoint) else {
+        return Err((
+            by,
+            TranslateProblem::UnknownWaypoint {
+                namespace: waypoint.namespace,
+                name: waypoint.name,
+            },
+        ));
+    };
+    let takes = WaypointFor::of(gateway);
+    let accepted = match traffic {
+        Traffic::Service => takes.takes_services(),
+        Traffic::Workload => takes.takes_workloads(),
+    };
+    if accepted {
+        return Ok(Some(waypoint));
+    }
+    if by == RequestedBy::Namespace {
+        return Ok(None);
+    }
+    Err((
+        by,
+        TranslateProblem::WaypointNotFor {
+            namespace: waypoint.namespace,
+            name: waypoint.name,
+            takes: takes.name(),
+            asked: match traffic {
+                Traffic::Service => "service",
+                Traffic::Workload => "workload",
+            },
+        },
+    ))
+}
+
+/// The waypoint a Service's traffic goes through (Istio: the service's or its namespace's
+/// label, for a waypoint that takes service traffic).
+pub fn service_waypoint(index: &ConfigIndex, service: &Service) -> Option<WaypointRef> {
+    assigned_waypoint(index, &service.metadata, Traffic::Service)
+        .ok()
+        .flatten()
+}
+
+/// The waypoint a pod's own traffic goes through in Istio's terms: the pod's or its namespace's
+/// label, for a waypoint that takes workload traffic, and only for pods in the mesh.
+pub fn pod_waypoint(index: &ConfigIndex, pod: &Pod) -> Option<WaypointRef> {
+    if !enrolled(index, pod) {
+        return None;
+    }
+    assigned_waypoint(index, &pod.metadata, Traffic::Workload)
+        .ok()
+        .flatten()
+}
+
+/// The services selecting `pod` that use a waypoint, in key order, with that waypoint.
+pub fn backing_waypoints<'a>(
+    index: &'a ConfigIndex,
+    pod: &Pod,
+) -> Vec<(&'a Service, Option<WaypointRef>)> {
+    index
+        .services
+        .values()
+        .filter(|s| service_selects(s, pod))
+        .map(|s| (s, service_waypoint(index, s)))
+        .collect()
+}
+
+/// The waypoint that must carry all traffic to `pod`: its own (workload) waypoint, else the
+/// waypoint of the services it backs. The node agent serving the pod accepts only that
+/// waypoint's identity, so a service's waypoint cannot be bypassed by addressing its pods.
+pub fn destination_waypoint(index: &ConfigIndex, pod: &Pod) -> Option<WaypointRef> {
+    if !enrolled(index, pod) || waypoint_owning(index, &pod.metadata).is_some() {
+        return None;
+    }
+    pod_waypoint(index, pod).or_else(|| {
+        backing_waypoints(index, pod)
+            .into_iter()
+            .find_map(|(_, waypoint)| waypoint)
+    })
+}
+
+/// Pods of a waypoint, in key order.
+pub fn waypoint_pods<'a>(
+    index: &'a ConfigIndex,
+    waypoint: &'a WaypointRef,
+) -> impl Iterator<Item = &'a Pod> + 'a {
+    index.pods.values().filter(move |pod| {
+        namespace_of(&pod.metadata) == waypoint.namespace
+            && label(&pod.metadata, GATEWAY_NAME) == Some(waypoint.name.as_str())
+    })
+}
+
+/// The waypoint's Service: the one labelled with its gateway name in its namespace.
+pub fn waypoint_service<'a>(index: &'a ConfigIndex, waypoint: &WaypointRef) -> Option<&'a Service> {
+    index.services.values().find(|s| {
+        namespace_of(&s.metadata) == waypoint.namespace
+            && label(&s.metadata, GATEWAY_NAME) == Some(waypoint.name.as_str())
+    })
+}
+
+/// How services and workloads point at their waypoint: its Service by hostname (agents pick
+/// one of its healthy pods), else the IP of its first pod. A waypoint with neither is named by
+/// the hostname its Service will have, which agents cannot resolve yet: traffic that must go
+/// through it fails rather than going around it.
+pub fn waypoint_address(
+    index: &ConfigIndex,
+    settings: &MeshSettings,
+    waypoint: &WaypointRef,
+) -> workload::GatewayAddress {
+    use workload::gateway_address::Destination;
+    let hostname = |name: &str| workload::NamespacedHostname {
+        namespace: waypoint.namespace.clone(),
+        hostname: service_hostname(settings, &waypoint.namespace, name),
+    };
+    let destination = if let Some(service) = waypoint_service(index, waypoint) {
+        Destination::Hostname(hostname(name_of(&service.metadata)))
+    } else if let Some(ip) =
+        waypoint_pods(index, waypoint).find_map(|p| pod_ips(p).first().copied())
+    {
+        Destination::Address(workload::NetworkAddress {
+            network: String::new(),
+            address: ip_bytes(ip),
+        })
+    } else {
+        Destination::Hostname(hostname(&waypoint.name))
+    };
+    workload::GatewayAddress {
+        destination: Some(destination),
+        hbone_mtls_port: HBONE_PORT,
+    }
+}
+
+/// Whether `pod` is a waypoint's pod (of an existing `istio-waypoint` Gateway).
+pub fn is_waypoint_pod(index: &ConfigIndex, pod: &Pod) -> bool {
+    waypoint_owning(index, &pod.metadata).is_some()
+}
+
+/// Problems with waypoint assignment: unknown waypoints, waypoints of the wrong kind,
+/// waypoints without an address, pods behind services with different waypoints.
+pub fn assignment_problems(index: &ConfigIndex) -> Vec<TranslateError> {
+    let mut problems = Vec::new();
+    let mut report = |by: RequestedBy, kind: ResourceKind, meta: &ObjectMeta, problem| {
+        let error = match by {
+            RequestedBy::Object => TranslateError::new(kind, meta, problem),
+            RequestedBy::Namespace => TranslateError {
+                kind: ResourceKind::Namespace,
+                namespace: String::new(),
+                name: namespace_of(meta).to_owned(),
+                problem,
+            },
+        };
+        problems.push(error);
+    };
+    for service in index.services.values() {
+        if let Err((by, problem)) = assigned_waypoint(index, &service.metadata, Traffic::Service) {
+            report(by, ResourceKind::Service, &service.metadata, problem);
+        }
+    }
+    for pod in index.pods.values().filter(|p| enrolled(index, p)) {
+        if let Err((by, problem)) = assigned_waypoint(index, &pod.metadata, Traffic::Workload) {
+            report(by, ResourceKind::Pod, &pod.metadata, problem);
+        }
+        if pod_waypoint(index, pod).is_some() || is_waypoint_pod(index, pod) {
+            continue;
+        }
+        let backing = backing_waypoints(index, pod);
+        let distinct: BTreeSet<Option<&WaypointRef>> =
+            backing.iter().map(|(_, w)| w.as_ref()).collect();
+        // The one `destination_waypoint` picks.
+        let first = backing
+            .iter()
+            .find_map(|(_, w)| w.as_ref())
+            .map(ToString::to_string);
+        if let Some(waypoint) = first
+            && distinct.len() > 1
+        {
+            let services = backing
+                .iter()
+                .map(|(s, w)| {
+                    format!(
+                        "{} uses {}",
+                        name_of(&s.metadata),
+                        w.as_ref().map_or("none".to_owned(), ToString::to_string)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            report(
+                RequestedBy::Object,
+                ResourceKind::Pod,
+                &pod.metadata,
+                TranslateProblem::ConflictingWaypoints { services, waypoint },
+            );
+        }
+    }
+    for gateway in waypoint_gateways(index) {
+        let waypoint = WaypointRef::of(gateway);
+        let has_address = waypoint_service(index, &waypoint).is_some()
+            || waypoint_pods(index, &waypoint).any(|p| !pod_ips(p).is_empty());
+        if !has_address {
+            report(
+                RequestedBy::Object,
+                ResourceKind::KubernetesGateway,
+                &gateway.metadata,
+                TranslateProblem::WaypointWithoutAddress,
+            );
+        }
+    }
+    problems
+}

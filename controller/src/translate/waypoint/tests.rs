@@ -1,0 +1,442 @@
+//! Rules of the waypoint translation, one table or case each; the goldens in
+//! `translate/testdata` show whole configurations.
+
+use std::path::Path;
+
+use super::*;
+use crate::index::ConfigIndex;
+use crate::loader;
+use crate::translate::translate;
+
+/// An index from YAML without validation: translation must cope with whatever it holds.
+fn unvalidated(text: &str) -> ConfigIndex {
+    let (loaded, errors) = loader::load_str(Path::new("test.yaml"), text);
+    assert!(errors.is_empty(), "{errors:?}");
+    let mut index = ConfigIndex::default();
+    for resource in loaded {
+        index.insert(resource.resource);
+    }
+    index
+}
+
+fn validated(text: &str) -> ConfigIndex {
+    let (resources, errors) = loader::load_str(Path::new("test.yaml"), text);
+    assert!(errors.is_empty(), "{errors:?}");
+    let report = loader::LoadReport {
+        resources,
+        ..Default::default()
+    };
+    let (index, rejections) = ConfigIndex::from_report(report, None);
+    assert!(rejections.is_empty(), "{rejections:?}");
+    index
+}
+
+const MESH: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: waypoint}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: shop}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: waypoint-0, namespace: shop, labels: {gateway.networking.k8s.io/gateway-name: waypoint}}
+spec: {nodeName: n1, serviceAccountName: waypoint, containers: [{name: w, image: w}]}
+status: {podIP: 10.0.0.2}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: shop}
+spec:
+  clusterIP: 10.96.0.20
+  selector: {app: reviews}
+  ports: [{name: http, port: 9080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: reviews-v1, namespace: shop, labels: {app: reviews, version: v1}}
+spec: {nodeName: n1, serviceAccountName: reviews, containers: [{name: r, image: r}]}
+status: {podIP: 10.0.0.11}
+"#;
+
+fn config(index: &ConfigIndex) -> wp::WaypointConfig {
+    let mut problems = Vec::new();
+    let mut configs = waypoint_configs(index, &MeshSettings::default(), &mut problems);
+    configs
+        .remove("shop/waypoint")
+        .expect("the waypoint's config")
+}
+
+#[test]
+fn port_protocols_follow_istio_naming() {
+    use k8s_openapi::api::core::v1::ServicePort;
+    let cases = [
+        (Some("http"), None, wp::Protocol::Http),
+        (Some("http-web"), None, wp::Protocol::Http),
+        (Some("HTTP2-api"), None, wp::Protocol::Http2),
+        (Some("grpc"), None, wp::Protocol::Grpc),
+        (Some("grpc-web"), None, wp::Protocol::Grpc),
+        (Some("tcp-db"), None, wp::Protocol::Tcp),
+        (Some("mongo"), None, wp::Protocol::Tcp),
+        (Some("https"), None, wp::Protocol::Tls),
+        (Some("tls-x"), None, wp::Protocol::Tls),
+        (Some("web"), None, wp::Protocol::Unspecified),
+        (None, None, wp::Protocol::Unspecified),
+        // appProtocol wins over the name.
+        (Some("http"), Some("tcp"), wp::Protocol::Tcp),
+        (Some("web"), Some("kubernetes.io/h2c"), wp::Protocol::Http2),
+        (Some("web"), Some("kubernetes.io/ws"), wp::Protocol::Http),
+    ];
+    for (name, app_protocol, expected) in cases {
+        let port = ServicePort {
+            name: name.map(str::to_owned),
+            app_protocol: app_protocol.map(str::to_owned),
+            port: 80,
+            ..Default::default()
+        };
+        assert_eq!(port_protocol(&port), expected, "{name:?} {app_protocol:?}");
+    }
+}
+
+fn policy(yaml: &str) -> TrafficPolicy {
+    serde_yaml::from_str(yaml).unwrap()
+}
+
+#[test]
+fn traffic_policies_merge_as_istio_merges_them() {
+    let top = policy(
+        "loadBalancer: {simple: RANDOM}\nconnectionPool: {tcp: {maxConnections: 5}}\noutlierDetection: {consecutive5xxErrors: 2}\nportLevelSettings:\n- port: {number: 8080}\n  connectionPool: {tcp: {maxConnections: 9}}\n",
+    );
+    let subset = policy(
+        "loadBalancer: {simple: ROUND_ROBIN}\nportLevelSettings:\n- port: {number: 9090}\n  outlierDetection: {consecutive5xxErrors: 4}\n",
+    );
+    let max_connections = |p: &EffectivePolicy| {
+        p.connection_pool
+            .as_ref()
+            .and_then(|c| c.tcp.as_ref()?.max_connections)
+    };
+    let simple = |p: &EffectivePolicy| p.load_balancer.as_ref().and_then(|l| l.simple);
+    let consecutive = |p: &EffectivePolicy| {
+        p.outlier_detection
+            .as_ref()
+            .and_then(|o| o.consecutive5xx_errors)
+    };
+
+    // The rule alone.
+    let plain = effective_policy(Some(&top), None, 80);
+    assert_eq!(
+        (simple(&plain), max_connections(&plain), consecutive(&plain)),
+        (Some(net::SimpleLb::Random), Some(5), Some(2))
+    );
+    // A port-level entry replaces everything: the load balancer and outlier detection it does
+    // not set go back to the defaults.
+    let port_level = effective_policy(Some(&top), None, 8080);
+    assert_eq!(
+        (
+            simple(&port_level),
+            max_connections(&port_level),
+            consecutive(&port_level)
+        ),
+        (None, Some(9), None)
+    );
+    // A subset overrides field by field...
+    let with_subset = effective_policy(Some(&top), Some(&subset), 80);
+    assert_eq!(
+        (
+            simple(&with_subset),
+            max_connections(&with_subset),
+            consecutive(&with_subset)
+        ),
+        (Some(net::SimpleLb::RoundRobin), Some(5), Some(2))
+    );
+    // ...on top of the rule's port-level settings...
+    let subset_on_port = effective_policy(Some(&top), Some(&subset), 8080);
+    assert_eq!(
+        (
+            simple(&subset_on_port),
+            max_connections(&subset_on_port),
+            consecutive(&subset_on_port)
+        ),
+        (Some(net::SimpleLb::RoundRobin), Some(9), None)
+    );
+    // ...and its own port-level settings replace everything again.
+    let subset_port_level = effective_policy(Some(&top), Some(&subset), 9090);
+    assert_eq!(
+        (
+            simple(&subset_port_level),
+            max_connections(&subset_port_level),
+            consecutive(&subset_port_level)
+        ),
+        (None, None, Some(4))
+    );
+}
+
+#[test]
+fn outlier_thresholds_follow_istio_and_envoy_defaults() {
+    let compile = |yaml: &str| {
+        let p = EffectivePolicy::of(&policy(yaml));
+        let ((_, _, outlier), _) = p.compile();
+        let o = outlier.unwrap();
+        (o.consecutive_5xx_errors, o.consecutive_gateway_errors)
+    };
+    assert_eq!(compile("outlierDetection: {interval: 1s}"), (Some(5), None));
+    assert_eq!(
+        compile("outlierDetection: {consecutive5xxErrors: 0}"),
+        (Some(0), None)
+    );
+    assert_eq!(
+        compile("outlierDetection: {consecutiveErrors: 3}"),
+        (Some(0), Some(3))
+    );
+    assert_eq!(
+        compile("outlierDetection: {consecutiveGatewayErrors: 2, consecutive5xxErrors: 6}"),
+        (Some(6), Some(2))
+    );
+}
+
+#[test]
+fn virtual_services_are_chosen_by_visibility_binding_and_specificity() {
+    let index = validated(&format!(
+        r#"{MESH}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {{name: other}}
+---
+# Only visible in its own namespace: not to the waypoint in shop.
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: private, namespace: other}}
+spec:
+  hosts: [reviews.shop.svc.cluster.local]
+  exportTo: ["."]
+  http: [{{name: private, route: [{{destination: {{host: reviews.shop.svc.cluster.local}}}}]}}]
+---
+# A wildcard loses to any exact host.
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: wildcard, namespace: shop}}
+spec:
+  hosts: ["*.shop.svc.cluster.local"]
+  http: [{{name: wildcard, route: [{{destination: {{host: reviews}}}}]}}]
+---
+# Exported to shop explicitly; exact host.
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: exported, namespace: other}}
+spec:
+  hosts: [reviews.shop]
+  exportTo: [shop]
+  http: [{{name: exported, route: [{{destination: {{host: reviews.shop.svc.cluster.local}}}}]}}]
+"#
+    ));
+    let mut problems = Vec::new();
+    let configs = waypoint_configs(&index, &MeshSettings::default(), &mut problems);
+    let reviews = &configs["shop/waypoint"].services[0];
+    let names: Vec<&str> = reviews
+        .http_routes
+        .iter()
+        .map(|r| r.name.as_str())
+        .collect();
+    assert_eq!(names, ["exported", "default"]);
+    let shadowed: Vec<&str> = problems
+        .iter()
+        .filter(|p| matches!(p.problem, TranslateProblem::ShadowedVirtualService { .. }))
+        .map(|p| p.name.as_str())
+        .collect();
+    assert_eq!(shadowed, ["wildcard"], "{problems:#?}");
+}
+
+#[test]
+fn destination_rules_follow_istio_precedence_and_merge() {
+    let index = validated(&format!(
+        r#"{MESH}
+---
+# In the root namespace: used only when neither the waypoint's nor the service's has one.
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: mesh-default, namespace: istio-system}}
+spec:
+  host: "*.svc.cluster.local"
+  trafficPolicy: {{loadBalancer: {{simple: RANDOM}}}}
+---
+# Two rules for the same host in one namespace: merged, the older policy first.
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: a-first, namespace: shop, creationTimestamp: "2030-01-01T00:00:00Z"}}
+spec:
+  host: reviews
+  trafficPolicy: {{loadBalancer: {{simple: ROUND_ROBIN}}}}
+  subsets: [{{name: v1, labels: {{version: v1}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: b-second, namespace: shop, creationTimestamp: "2030-01-02T00:00:00Z"}}
+spec:
+  host: reviews
+  trafficPolicy: {{loadBalancer: {{simple: LEAST_REQUEST}}}}
+  subsets:
+  - {{name: v1, labels: {{version: ignored}}}}
+  - {{name: v2, labels: {{version: v2}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews, namespace: shop}}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - {{destination: {{host: reviews, subset: v1}}, weight: 50}}
+    - {{destination: {{host: reviews, subset: v2}}, weight: 50}}
+"#
+    ));
+    let config = config(&index);
+    let cluster = |name: &str| {
+        config
+            .clusters
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("no cluster {name}"))
+    };
+    use wp::load_balancer_settings::{LbPolicy, SimpleLb};
+    let v1 = cluster("outbound|9080|v1|reviews.shop.svc.cluster.local");
+    assert_eq!(v1.destination_rule, "shop/a-first");
+    assert_eq!(
+        v1.subset_labels["version"], "v1",
+        "the first definition wins"
+    );
+    assert_eq!(v1.endpoints.len(), 1);
+    assert_eq!(
+        v1.load_balancer.as_ref().unwrap().lb_policy,
+        Some(LbPolicy::Simple(SimpleLb::RoundRobin as i32))
+    );
+    let v2 = cluster("outbound|9080|v2|reviews.shop.svc.cluster.local");
+    assert_eq!(v2.subset_labels["version"], "v2", "subsets of both rules");
+    assert!(v2.endpoints.is_empty(), "no v2 pod");
+}
+
+#[test]
+fn served_services_exclude_the_waypoint_and_opted_out_services() {
+    let index = validated(&format!(
+        r#"{MESH}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: waypoint, namespace: shop, labels: {{gateway.networking.k8s.io/gateway-name: waypoint}}}}
+spec:
+  clusterIP: 10.96.0.2
+  selector: {{gateway.networking.k8s.io/gateway-name: waypoint}}
+  ports: [{{name: mesh, port: 15008}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: health, namespace: shop, labels: {{istio.io/use-waypoint: none}}}}
+spec:
+  clusterIP: 10.96.0.3
+  selector: {{app: health}}
+  ports: [{{name: http, port: 80}}]
+"#
+    ));
+    let hosts: Vec<String> = config(&index)
+        .services
+        .into_iter()
+        .map(|s| s.hostname)
+        .collect();
+    assert_eq!(hosts, ["reviews.shop.svc.cluster.local"]);
+}
+
+#[test]
+fn untranslatable_values_are_reported_and_translation_never_panics() {
+    // Past validation, on purpose: nonsense in every field translation reads.
+    let index = unvalidated(&format!(
+        r#"{MESH}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: odd, namespace: shop}}
+spec:
+  clusterIP: not-an-ip
+  selector: {{app: odd}}
+  ports: [{{name: http, port: -5, targetPort: nope}}, {{port: 70000}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: odd-0, namespace: shop, labels: {{app: odd}}}}
+spec: {{containers: [{{name: c, image: c}}]}}
+status: {{podIP: 999.1.1.1, podIPs: [{{ip: "::zz"}}]}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews, namespace: shop}}
+spec:
+  hosts: [reviews]
+  http:
+  - timeout: forever
+    route:
+    - {{destination: {{host: reviews}}, weight: -3}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: reviews, namespace: shop}}
+spec:
+  host: reviews
+  trafficPolicy:
+    connectionPool: {{tcp: {{connectTimeout: soon}}}}
+    outlierDetection: {{interval: "-1s", consecutiveErrors: -2}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: odd, namespace: shop}}
+spec:
+  targetRefs: [{{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}}]
+  rules:
+  - to: [{{operation: {{ports: ["http", "99999999999"]}}}}]
+"#
+    ));
+    let translation = translate(&index, &MeshSettings::default());
+    let messages: Vec<String> = translation
+        .problems
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert!(
+        messages.iter().any(|m| m.starts_with(
+            "VirtualService shop/reviews: spec.http[0].timeout: \"forever\" is not valid"
+        )),
+        "{messages:#?}"
+    );
+    assert!(
+        messages.iter().any(|m| m.starts_with(
+            "DestinationRule shop/reviews: spec.trafficPolicy.connectionPool.tcp.connectTimeout"
+        )),
+        "{messages:#?}"
+    );
+    let config = &translation.waypoints["shop/waypoint"];
+    let reviews = config
+        .services
+        .iter()
+        .find(|s| s.name == "reviews")
+        .unwrap();
+    // The VirtualService is skipped; the default route stays.
+    assert_eq!(reviews.http_routes.len(), 1);
+    assert_eq!(reviews.http_routes[0].name, "default");
+    // Nothing invalid reaches the wire: no port out of range, no unparsable address.
+    let odd = config.services.iter().find(|s| s.name == "odd").unwrap();
+    assert!(odd.vips.is_empty());
+    assert!(odd.ports.iter().all(|p| p.port > 0 && p.port < 65536));
+    assert!(config.clusters.iter().all(|c| {
+        c.endpoints
+            .iter()
+            .all(|e| e.address.parse::<std::net::IpAddr>().is_ok())
+    }));
+    // And the waypoint accepts what is left.
+    assert!(
+        ::waypoint::model::WaypointConfig::try_from(config.clone()).is_ok(),
+        "{config:#?}"
+    );
+}
