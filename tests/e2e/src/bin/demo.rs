@@ -327,18 +327,14 @@ fn split_documents(content: &str) -> Vec<String> {
         .collect()
 }
 
-/// Where each pod runs: the caller side on node1, the rest (and the waypoint) on node2, so that
-/// every scenario's traffic crosses the fabric.
-fn node_for(app: &str, version: &str) -> &'static str {
-    match (app, version) {
-        ("productpage", _) | ("reviews", "v1") => "node1",
-        _ => "node2",
-    }
-}
+/// The testbed has two nodes; the examples' `nodeName`s map onto them in order of first
+/// appearance (a pod without one goes to the last node).
+const NODES: [&str; 2] = ["node1", "node2"];
 
-/// The pods of the demo: the examples' pods placed on the testbed, each running the sample app
-/// with bookinfo's calls (productpage calls details and reviews; reviews v2 and v3 call ratings),
-/// the client, and the waypoint.
+/// The pods of the demo: the examples' pods placed on the testbed nodes their `nodeName`s map to,
+/// each running the sample app with bookinfo's calls (productpage calls details and reviews;
+/// reviews v2 and v3 call ratings), the waypoint's pod running the waypoint, and the client. The
+/// client goes on the node without details, so that its L4 call to details crosses the fabric.
 fn pods(examples: &Examples) -> anyhow::Result<Vec<PodSpec>> {
     let service_url = |service: &str, path: &str| -> anyhow::Result<String> {
         let (ip, port) = examples
@@ -347,14 +343,48 @@ fn pods(examples: &Examples) -> anyhow::Result<Vec<PodSpec>> {
             .with_context(|| format!("the examples have no Service {service}"))?;
         Ok(format!("http://{ip}:{port}{path}"))
     };
+    let mut example_nodes: Vec<String> = Vec::new();
+    let mut place = |pod: &serde_yaml::Value| -> anyhow::Result<&'static str> {
+        let Some(node) = text(pod, &["spec", "nodeName"]) else {
+            return Ok(NODES[NODES.len() - 1]);
+        };
+        let index = match example_nodes.iter().position(|n| *n == node) {
+            Some(index) => index,
+            None => {
+                example_nodes.push(node.clone());
+                example_nodes.len() - 1
+            }
+        };
+        NODES.get(index).copied().with_context(|| {
+            format!(
+                "the examples use more than {} nodes ({})",
+                NODES.len(),
+                example_nodes.join(", ")
+            )
+        })
+    };
+    let (gateway, gateway_namespace) = &examples.waypoint;
     let mut specs = Vec::new();
-    let mut namespace = examples.waypoint.1.clone();
+    let mut namespace = gateway_namespace.clone();
     for pod in &examples.pods {
         let name = text(pod, &["metadata", "name"]).context("a Pod without a name")?;
-        namespace = text(pod, &["metadata", "namespace"]).unwrap_or_else(|| "default".into());
+        let pod_namespace =
+            text(pod, &["metadata", "namespace"]).unwrap_or_else(|| "default".into());
+        let node = place(pod)?;
         let labels: BTreeMap<String, String> = field(pod, &["metadata", "labels"])
             .and_then(|l| serde_yaml::from_value(l.clone()).ok())
             .unwrap_or_default();
+        let account = text(pod, &["spec", "serviceAccountName"]);
+        if labels.get(weft_e2e::GATEWAY_NAME_LABEL) == Some(gateway) {
+            let mut spec = PodSpec::waypoint(gateway, node, &pod_namespace);
+            spec.name = name;
+            if let Some(account) = account {
+                spec.service_account = account;
+            }
+            specs.push(spec);
+            continue;
+        }
+        namespace = pod_namespace;
         let app = labels
             .get("app")
             .cloned()
@@ -371,10 +401,9 @@ fn pods(examples: &Examples) -> anyhow::Result<Vec<PodSpec>> {
             .and_then(|p| p.as_u64())
             .and_then(|p| u16::try_from(p).ok())
             .unwrap_or(weft_e2e::DEFAULT_HTTP_PORT);
-        let mut spec = PodSpec::app(&name, node_for(&app, &version), &namespace, &app, &version)
-            .with_http_port(port);
+        let mut spec = PodSpec::app(&name, node, &namespace, &app, &version).with_http_port(port);
         spec.labels = labels;
-        if let Some(account) = text(pod, &["spec", "serviceAccountName"]) {
+        if let Some(account) = account {
             spec.service_account = account;
         }
         match (app.as_str(), version.as_str()) {
@@ -391,9 +420,23 @@ fn pods(examples: &Examples) -> anyhow::Result<Vec<PodSpec>> {
         }
         specs.push(spec);
     }
-    specs.push(PodSpec::client(CLIENT, "node1", &namespace));
-    let (gateway, gateway_namespace) = &examples.waypoint;
-    specs.push(PodSpec::waypoint(gateway, "node2", gateway_namespace));
+    if !specs.iter().any(PodSpec::is_waypoint) {
+        specs.push(PodSpec::waypoint(
+            gateway,
+            NODES[NODES.len() - 1],
+            gateway_namespace,
+        ));
+    }
+    let details_node = specs
+        .iter()
+        .find(|p| p.labels.get("app").map(String::as_str) == Some("details"))
+        .map(|p| p.node.clone());
+    let client_node = NODES
+        .iter()
+        .find(|n| Some(n.to_string()) != details_node)
+        .copied()
+        .unwrap_or(NODES[0]);
+    specs.push(PodSpec::client(CLIENT, client_node, &namespace));
     Ok(specs)
 }
 
@@ -488,7 +531,7 @@ fn run(examples_dir: &Path, only: Option<&str>, no_wait: bool) -> anyhow::Result
             examples_dir.display()
         ))
     );
-    for node in ["node1", "node2"] {
+    for node in NODES {
         let names: Vec<&str> = pods
             .iter()
             .filter(|p| p.node == node)
@@ -514,7 +557,12 @@ fn run(examples_dir: &Path, only: Option<&str>, no_wait: bool) -> anyhow::Result
     ));
     let demo = Demo {
         services: examples.services.clone(),
-        waypoint: examples.waypoint.0.clone(),
+        waypoint: mesh
+            .pods
+            .iter()
+            .find(|p| p.is_waypoint())
+            .map(|p| p.name.clone())
+            .context("no waypoint pod")?,
         namespace: examples.waypoint.1.clone(),
         mesh,
     };
@@ -1096,7 +1144,13 @@ mod tests {
         assert_eq!(productpage.service_account, "bookinfo-productpage");
         assert_eq!(productpage.http_port, 9080);
         assert_eq!(productpage.upstreams.len(), 2);
-        assert!(pods.iter().any(|p| p.is_waypoint()));
+        let waypoint = pods.iter().find(|p| p.is_waypoint()).unwrap();
+        assert_eq!(waypoint.service_account, "waypoint");
+        let node = |name: &str| pods.iter().find(|p| p.name == name).unwrap().node.clone();
+        // The examples' two nodes, in order; the client away from details.
+        assert_eq!(node("productpage-v1"), "node1");
+        assert_eq!(node(&waypoint.name), "node2");
+        assert_ne!(node("client"), node("details-v1"));
         assert!(
             pods.iter()
                 .filter(|p| matches!(p.workload, weft_e2e::Workload::App { .. }))
