@@ -75,16 +75,7 @@ pub struct IndexDirectory {
 
 impl NodeDirectory for IndexDirectory {
     fn runs_on(&self, node: &str, identity: &SpiffeId) -> bool {
-        self.index.get().pods.values().any(|pod| {
-            let spec = pod.spec.as_ref();
-            spec.and_then(|s| s.node_name.as_deref()) == Some(node)
-                && pod.metadata.namespace.as_deref().unwrap_or("default") == identity.namespace()
-                && spec
-                    .and_then(|s| s.service_account_name.as_deref())
-                    .unwrap_or("default")
-                    == identity.service_account()
-                && identity.trust_domain() == self.trust_domain
-        })
+        crate::ca::mesh_pod_runs_on(&self.index.get(), node, identity, &self.trust_domain)
     }
 }
 
