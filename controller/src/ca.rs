@@ -14,6 +14,8 @@ use weft_proto::istio::ca::{
     istio_certificate_service_server::{IstioCertificateService, IstioCertificateServiceServer},
 };
 
+use crate::{index::ConfigIndex, translate::resolve};
+
 /// Certificate lifetime when the caller asks for none.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
 /// The longest lifetime granted, whatever the caller asks.
@@ -27,6 +29,26 @@ pub const NODE_HEADER: &str = "x-weft-node";
 pub trait NodeDirectory: Send + Sync + 'static {
     /// Whether a pod scheduled on `node` runs as `identity`.
     fn runs_on(&self, node: &str, identity: &SpiffeId) -> bool;
+}
+
+/// The index's answer: a pod scheduled on `node`, not finished, running as `identity`, that the
+/// mesh serves there: one in the mesh (its node agent holds its certificate) or a waypoint's pod
+/// (which runs on a node like any pod and asks with that node's credential). Pods outside the
+/// mesh, and waypoints without a pod on the node, get nothing.
+pub fn mesh_pod_runs_on(
+    index: &ConfigIndex,
+    node: &str,
+    identity: &SpiffeId,
+    trust_domain: &str,
+) -> bool {
+    identity.trust_domain() == trust_domain
+        && index.pods.values().any(|pod| {
+            pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node)
+                && resolve::namespace_of(&pod.metadata) == identity.namespace()
+                && resolve::service_account(pod) == identity.service_account()
+                && !resolve::pod_terminated(pod)
+                && (resolve::enrolled(index, pod) || resolve::is_waypoint_pod(index, pod))
+        })
 }
 
 /// Establishes which node a caller is.

@@ -4,7 +4,9 @@
 //!
 //! This crate holds the configuration model ([`model`]: Istio's API types and the Kubernetes kinds
 //! the mesh reads), the YAML [`loader`], the semantic [`validation`] that follows Istio's rules,
-//! and the [`crd`] definitions generated from the model. None of these perform network I/O.
+//! the [`crd`] definitions generated from the model, the [`index`] of valid resources and the
+//! [`translate`]ion into what node agents and waypoints consume. None of these perform network
+//! I/O; [`push`] (what each proxy receives), [`server`], [`source`] and [`ca`] do.
 
 pub mod ca;
 pub mod crd;
@@ -12,6 +14,7 @@ pub mod index;
 pub mod loader;
 pub mod model;
 pub mod monitoring;
+pub mod push;
 pub mod server;
 pub mod source;
 pub mod translate;

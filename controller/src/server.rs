@@ -1,6 +1,6 @@
 //! The controller in local mode: watches a directory of YAML, keeps the index, translates it for
-//! node agents, serves delta ADS and the CA on one gRPC port, and its metrics on the monitoring
-//! port. A change to the directory reaches connected proxies within a second; an invalid edit is
+//! node agents and waypoints, serves delta ADS and the CA on one gRPC port, and its metrics on the
+//! monitoring port. A change to the directory reaches connected proxies within a second; an invalid edit is
 //! reported and the last good version of that resource keeps serving.
 
 use std::{
@@ -13,14 +13,13 @@ use std::{
 
 use tokio::sync::watch;
 use weft_identity::{CertificateAuthority, SpiffeId};
-use weft_proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
 use weft_xds::{DeltaAdsServer, ResourceStore, XdsCounters};
 
 use crate::{
     ca::{BootstrapTokens, CertificateService, NodeDirectory},
     index::ConfigIndex,
-    loader,
-    translate::agent::{self, MeshSettings},
+    loader, push,
+    translate::{self, MeshSettings},
 };
 
 /// How often the directory is checked for changes.
@@ -76,16 +75,7 @@ pub struct IndexDirectory {
 
 impl NodeDirectory for IndexDirectory {
     fn runs_on(&self, node: &str, identity: &SpiffeId) -> bool {
-        self.index.get().pods.values().any(|pod| {
-            let spec = pod.spec.as_ref();
-            spec.and_then(|s| s.node_name.as_deref()) == Some(node)
-                && pod.metadata.namespace.as_deref().unwrap_or("default") == identity.namespace()
-                && spec
-                    .and_then(|s| s.service_account_name.as_deref())
-                    .unwrap_or("default")
-                    == identity.service_account()
-                && identity.trust_domain() == self.trust_domain
-        })
+        crate::ca::mesh_pod_runs_on(&self.index.get(), node, identity, &self.trust_domain)
     }
 }
 
@@ -113,33 +103,21 @@ pub fn reload(
     for rejection in &rejections {
         tracing::warn!(problem = %rejection.message, "configuration rejected");
     }
-    let addresses = agent::addresses(&next, &config.settings);
-    let authorizations = agent::authorizations(&next, &config.settings);
-    let changed_addresses = store.replace_type(
-        ADDRESS_TYPE_URL,
-        addresses.into_iter().map(|(name, address)| {
-            (
-                name,
-                prost_types::Any::from_msg(&address).expect("addresses encode"),
-            )
-        }),
-    );
-    let changed_policies = store.replace_type(
-        AUTHORIZATION_TYPE_URL,
-        authorizations.into_iter().map(|(name, policy)| {
-            (
-                name,
-                prost_types::Any::from_msg(&policy).expect("policies encode"),
-            )
-        }),
-    );
+    let translation = translate::translate(&next, &config.settings);
+    for problem in &translation.problems {
+        tracing::warn!(%problem, "configuration not translated");
+    }
+    let changed = push::publish(store, &translation);
     tracing::info!(
         pods = next.pods.len(),
         services = next.services.len(),
         policies = next.authorization_policies.len(),
+        waypoints = translation.waypoints.len(),
         rejected = rejections.len(),
-        addresses = ?changed_addresses,
-        authorizations = ?changed_policies,
+        untranslated = translation.problems.len(),
+        addresses = ?changed.addresses,
+        authorizations = ?changed.authorizations,
+        waypoint_configs = ?changed.waypoints,
         "configuration loaded"
     );
     index.set(next);
@@ -179,6 +157,7 @@ pub async fn run(config: ServerConfig, shutdown: watch::Receiver<bool>) -> Resul
 
     let counters = Arc::new(XdsCounters::default());
     let ads = DeltaAdsServer::new(reader)
+        .with_scope(push::ProxyScope)
         .with_metrics(counters.clone())
         .with_shutdown(shutdown.clone())
         .into_service();

@@ -1,6 +1,7 @@
 //! The controller's push, end to end over real gRPC: a delta ADS client subscribes, gets the full
 //! state, sees each file edit as a delta within a second, NACKs a resource and still receives
-//! later updates, and gets the full state again after a controller restart.
+//! later updates, and gets the full state again after a controller restart. A waypoint receives
+//! its own `WaypointConfig` (and no other), node agents none.
 
 use std::{
     net::SocketAddr,
@@ -13,7 +14,11 @@ use controller::{
     server::{ServerConfig, run},
     translate::agent::MeshSettings,
 };
-use weft_proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, envoy::config::core::v3::Node};
+use prost::Message as _;
+use weft_proto::{
+    ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, WAYPOINT_CONFIG_TYPE_URL,
+    envoy::config::core::v3::Node, waypoint as wp,
+};
 use weft_xds::{DeltaClient, Target, Update};
 
 const NAMESPACE: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}\n";
@@ -191,6 +196,216 @@ async fn deltas_follow_edits_nacks_are_survived_and_restarts_resend_everything()
     assert_eq!(names, ["uid-a", "uid-c"]);
     assert!(client_state.borrow().connections > connections_before);
     client_task.abort();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+const WAYPOINT_MESH: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: shop}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: other, namespace: shop}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: waypoint-0, namespace: shop, uid: uid-waypoint-0, labels: {gateway.networking.k8s.io/gateway-name: waypoint}}
+spec: {nodeName: node1, serviceAccountName: waypoint, containers: [{name: waypoint, image: x}]}
+status: {podIP: 10.0.0.2}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: shop, labels: {istio.io/use-waypoint: waypoint}}
+spec:
+  clusterIP: 10.96.0.20
+  selector: {app: reviews}
+  ports: [{name: http, port: 9080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: reviews-v1, namespace: shop, uid: uid-reviews-v1, labels: {app: reviews, version: v1}}
+spec: {nodeName: node1, serviceAccountName: reviews, containers: [{name: app, image: x}]}
+status: {podIP: 10.0.0.11}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: shop}
+spec:
+  host: reviews
+  subsets: [{name: v1, labels: {version: v1}}]
+"#;
+
+fn reviews_route(name: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews, namespace: shop}}\nspec:\n  hosts: [reviews]\n  http:\n  - name: {name}\n    route: [{{destination: {{host: reviews, subset: v1}}}}]\n"
+    )
+}
+
+/// The route names of a waypoint update, after the waypoint's own model accepted it.
+fn route_names(update: &Update) -> Result<Vec<String>, String> {
+    let [resource] = update.added.as_slice() else {
+        return Err(format!("expected one resource, got {update:?}"));
+    };
+    let any = resource.resource.as_ref().ok_or("no body")?;
+    let config = wp::WaypointConfig::decode(any.value.as_slice()).map_err(|e| e.to_string())?;
+    let names = config
+        .services
+        .iter()
+        .flat_map(|s| {
+            s.http_routes
+                .iter()
+                .map(|r| format!("{}:{}", s.name, r.name))
+        })
+        .collect();
+    waypoint::model::WaypointConfig::try_from(config).map_err(|e| e.to_string())?;
+    Ok(names)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waypoint_gets_its_config_and_follows_edits_and_agents_get_none() {
+    let dir = std::env::temp_dir().join(format!("weft-push-waypoint-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let config_dir = dir.join("config");
+    std::fs::create_dir_all(&config_dir).unwrap();
+    write(&config_dir, "mesh.yaml", WAYPOINT_MESH);
+    std::fs::write(dir.join("tokens"), "node1 node1-token-0123456789\n").unwrap();
+    let config = ServerConfig {
+        config_dir: config_dir.clone(),
+        grpc_address: free_port(),
+        monitoring_address: free_port(),
+        ca_dir: dir.join("ca"),
+        bootstrap_tokens: dir.join("tokens"),
+        settings: MeshSettings::default(),
+    };
+    let controller = start(&config);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let target = || Target::address(&format!("http://{}", config.grpc_address)).unwrap();
+
+    // The waypoint's node and subscription, exactly as the waypoint binary sends them; it also
+    // asks for another waypoint's config, which it must not get.
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let recorder = seen.clone();
+    let waypoint = DeltaClient::new(
+        target(),
+        Node {
+            id: "waypoint~0.0.0.0~waypoint.shop~shop.svc.cluster.local".into(),
+            cluster: "waypoint".into(),
+            ..Default::default()
+        },
+    )
+    .subscribe_names(
+        WAYPOINT_CONFIG_TYPE_URL,
+        vec!["shop/waypoint".into(), "shop/other".into()],
+        move |update: Update| {
+            let verdict = route_names(&update).and_then(|names| {
+                if names.iter().any(|n| n.ends_with(":nack-me")) {
+                    Err("the waypoint cannot apply route nack-me".to_owned())
+                } else {
+                    Ok(())
+                }
+            });
+            recorder
+                .lock()
+                .unwrap()
+                .updates
+                .push((Instant::now(), update));
+            verdict
+        },
+    );
+    let waypoint_task = tokio::spawn(waypoint.run_until(std::future::pending::<()>()));
+
+    // A node agent asking for every WaypointConfig gets an empty full state and nothing after.
+    let agent_seen = Arc::new(Mutex::new(Seen::default()));
+    let agent_recorder = agent_seen.clone();
+    let agent = DeltaClient::new(
+        target(),
+        Node {
+            id: "node-agent~node1".into(),
+            ..Default::default()
+        },
+    )
+    .subscribe(WAYPOINT_CONFIG_TYPE_URL, move |update: Update| {
+        agent_recorder
+            .lock()
+            .unwrap()
+            .updates
+            .push((Instant::now(), update));
+        Ok(())
+    });
+    let agent_task = tokio::spawn(agent.run_until(std::future::pending::<()>()));
+
+    let (_, first) = wait_for(&seen, 0, Duration::from_secs(5)).await;
+    assert!(first.full_state);
+    assert_eq!(
+        first
+            .added
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect::<Vec<_>>(),
+        ["shop/waypoint"]
+    );
+    assert_eq!(route_names(&first).unwrap(), ["reviews:default"]);
+
+    // A VirtualService appears: a delta of the waypoint's config within a second.
+    write(&config_dir, "reviews-vs.yaml", &reviews_route("to-v1"));
+    let (latency, routed) = wait_for(&seen, 1, Duration::from_secs(3)).await;
+    assert!(latency < Duration::from_secs(1), "{latency:?}");
+    assert!(!routed.full_state);
+    assert_eq!(
+        route_names(&routed).unwrap(),
+        ["reviews:to-v1", "reviews:default"]
+    );
+
+    // A version the waypoint refuses is NACKed (and counted); the next edit still arrives.
+    write(&config_dir, "reviews-vs.yaml", &reviews_route("nack-me"));
+    let (_, refused) = wait_for(&seen, 2, Duration::from_secs(3)).await;
+    assert_eq!(
+        route_names(&refused).unwrap(),
+        ["reviews:nack-me", "reviews:default"]
+    );
+    let monitoring = format!("http://{}/metrics", config.monitoring_address);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let text = reqwest_lite(&monitoring).await;
+        if text.contains("pilot_total_xds_rejects 1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "reject not counted:\n{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    write(&config_dir, "reviews-vs.yaml", &reviews_route("after-nack"));
+    let (latency, recovered) = wait_for(&seen, 3, Duration::from_secs(3)).await;
+    assert!(latency < Duration::from_secs(1), "{latency:?}");
+    assert_eq!(
+        route_names(&recovered).unwrap(),
+        ["reviews:after-nack", "reviews:default"]
+    );
+
+    // An unrelated edit (a pod nobody routes to) leaves the waypoint's config as it was.
+    write(&config_dir, "stray.yaml", &pod("stray", "10.0.0.99"));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(seen.lock().unwrap().updates.len(), 4, "no spurious push");
+
+    let agent_updates = agent_seen.lock().unwrap().updates.clone();
+    assert_eq!(agent_updates.len(), 1, "{agent_updates:?}");
+    assert!(agent_updates[0].1.full_state);
+    assert!(agent_updates[0].1.added.is_empty(), "{agent_updates:?}");
+
+    waypoint_task.abort();
+    agent_task.abort();
+    controller.shutdown.send(true).unwrap();
+    let _ = controller.task.await;
     let _ = std::fs::remove_dir_all(&dir);
 }
 

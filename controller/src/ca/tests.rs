@@ -182,3 +182,97 @@ fn token_file_errors_name_the_line() {
         assert!(error.contains(expected), "{error}");
     }
 }
+
+#[test]
+fn the_index_grants_identities_of_mesh_pods_and_waypoints_on_their_node() {
+    use std::path::Path;
+    let text = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: legacy}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: legacy}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: cart-0, namespace: shop, labels: {app: cart}}
+spec: {nodeName: node1, serviceAccountName: cart, containers: [{name: c, image: c}]}
+---
+# A waypoint in a namespace outside the mesh: it still needs its certificate.
+apiVersion: v1
+kind: Pod
+metadata: {name: waypoint-0, namespace: legacy, labels: {gateway.networking.k8s.io/gateway-name: waypoint}}
+spec: {nodeName: node2, serviceAccountName: waypoint, containers: [{name: w, image: w}]}
+---
+# Claims to be a gateway's pod, but there is no such waypoint.
+apiVersion: v1
+kind: Pod
+metadata: {name: fake-0, namespace: legacy, labels: {gateway.networking.k8s.io/gateway-name: fake}}
+spec: {nodeName: node2, serviceAccountName: fake, containers: [{name: f, image: f}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: old-0, namespace: legacy}
+spec: {nodeName: node2, serviceAccountName: old, containers: [{name: o, image: o}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: batch-0, namespace: shop, labels: {app: batch}}
+spec: {nodeName: node1, serviceAccountName: batch, containers: [{name: b, image: b}]}
+status: {phase: Succeeded}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: opted-out, namespace: shop, labels: {istio.io/dataplane-mode: none}}
+spec: {nodeName: node1, serviceAccountName: outside, containers: [{name: o, image: o}]}
+"#;
+    let (resources, errors) = crate::loader::load_str(Path::new("ca.yaml"), text);
+    assert!(errors.is_empty(), "{errors:?}");
+    let report = crate::loader::LoadReport {
+        resources,
+        ..Default::default()
+    };
+    let (index, rejections) = ConfigIndex::from_report(report, None);
+    assert!(rejections.is_empty(), "{rejections:?}");
+    let identity = |td: &str, ns: &str, sa: &str| SpiffeId::new(td, ns, sa).unwrap();
+    let cases = [
+        ("node1", identity("cluster.local", "shop", "cart"), true),
+        ("node2", identity("cluster.local", "shop", "cart"), false),
+        (
+            "node2",
+            identity("cluster.local", "legacy", "waypoint"),
+            true,
+        ),
+        (
+            "node1",
+            identity("cluster.local", "legacy", "waypoint"),
+            false,
+        ),
+        (
+            "node2",
+            identity("example.org", "legacy", "waypoint"),
+            false,
+        ),
+        ("node2", identity("cluster.local", "legacy", "fake"), false),
+        ("node2", identity("cluster.local", "legacy", "old"), false),
+        ("node1", identity("cluster.local", "shop", "batch"), false),
+        ("node1", identity("cluster.local", "shop", "outside"), false),
+        ("node1", identity("cluster.local", "shop", "default"), false),
+    ];
+    for (node, id, expected) in cases {
+        assert_eq!(
+            mesh_pod_runs_on(&index, node, &id, "cluster.local"),
+            expected,
+            "{node} {id}"
+        );
+    }
+}

@@ -1,0 +1,123 @@
+use weft_proto::envoy::config::core::v3::Node;
+
+use super::*;
+
+fn identity(id: &str, kind: Option<&str>) -> ProxyIdentity {
+    let metadata = kind.map(|kind| prost_types::Struct {
+        fields: [(
+            PROXY_KIND.to_owned(),
+            prost_types::Value {
+                kind: Some(prost_types::value::Kind::StringValue(kind.to_owned())),
+            },
+        )]
+        .into(),
+    });
+    ProxyIdentity {
+        id: id.to_owned(),
+        node: Node {
+            id: id.to_owned(),
+            metadata,
+            ..Default::default()
+        },
+        connection: 1,
+    }
+}
+
+#[test]
+fn proxies_are_told_apart_by_their_node() {
+    let waypoint = |namespace: &str, name: &str| Proxy::Waypoint {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+    };
+    let cases = [
+        // As the waypoint binary builds it.
+        (
+            "waypoint~0.0.0.0~waypoint.bookinfo~bookinfo.svc.cluster.local",
+            None,
+            waypoint("bookinfo", "waypoint"),
+        ),
+        // Gateway names may hold dots; namespaces may not.
+        (
+            "waypoint~10.0.0.2~reviews.v2.shop~shop.svc.cluster.local",
+            Some("waypoint"),
+            waypoint("shop", "reviews.v2"),
+        ),
+        ("node-agent~node1", Some("node-agent"), Proxy::Other),
+        (
+            "waypoint~10.0.0.2~waypoint.shop~shop.svc.cluster.local",
+            Some("node-agent"),
+            Proxy::Other,
+        ),
+        // The domain must name the same namespace.
+        (
+            "waypoint~10.0.0.2~waypoint.shop~other.svc.cluster.local",
+            None,
+            Proxy::Other,
+        ),
+        (
+            "waypoint~10.0.0.2~waypoint~shop.svc.cluster.local",
+            None,
+            Proxy::Other,
+        ),
+        (
+            "waypoint~10.0.0.2~.shop~shop.svc.cluster.local",
+            None,
+            Proxy::Other,
+        ),
+        (
+            "ztunnel~10.0.0.1~ztunnel-abc.istio-system~istio-system.svc.cluster.local",
+            None,
+            Proxy::Other,
+        ),
+        ("", None, Proxy::Other),
+    ];
+    for (id, kind, expected) in cases {
+        assert_eq!(Proxy::of(&identity(id, kind)), expected, "{id} {kind:?}");
+    }
+}
+
+#[test]
+fn a_waypoint_sees_only_its_own_config_and_agents_none() {
+    let resource = |name: &str| StoredResource::new(name, prost_types::Any::default());
+    let waypoint = identity(
+        "waypoint~0.0.0.0~waypoint.shop~shop.svc.cluster.local",
+        None,
+    );
+    let agent = identity("node-agent~node1", Some("node-agent"));
+    let scope = ProxyScope;
+    assert!(scope.visible(
+        &waypoint,
+        WAYPOINT_CONFIG_TYPE_URL,
+        &resource("shop/waypoint")
+    ));
+    for other in [
+        "shop/other",
+        "other/waypoint",
+        "shop/waypoint/x",
+        "waypoint",
+    ] {
+        assert!(
+            !scope.visible(&waypoint, WAYPOINT_CONFIG_TYPE_URL, &resource(other)),
+            "{other}"
+        );
+    }
+    assert!(!scope.visible(&agent, WAYPOINT_CONFIG_TYPE_URL, &resource("shop/waypoint")));
+    assert!(scope.visible(&agent, ADDRESS_TYPE_URL, &resource("uid-a")));
+    assert!(scope.visible(&agent, AUTHORIZATION_TYPE_URL, &resource("shop/p")));
+}
+
+#[test]
+fn publishing_the_same_translation_again_changes_nothing() {
+    use crate::{index::ConfigIndex, loader, translate};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/bookinfo");
+    let (index, rejections) = ConfigIndex::from_report(loader::load_paths(&[dir]), None);
+    assert!(rejections.is_empty(), "{rejections:?}");
+    let settings = translate::MeshSettings::default();
+    let mut store = ResourceStore::new();
+    let first = publish(&mut store, &translate::translate(&index, &settings));
+    assert_eq!(first.waypoints.added, 1);
+    assert!(first.addresses.added > 0 && first.authorizations.added > 0);
+    // A fresh translation of the same index: identical bytes, nothing to push.
+    let again = publish(&mut store, &translate::translate(&index, &settings));
+    assert_eq!(again, Published::default());
+}

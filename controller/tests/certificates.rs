@@ -1,0 +1,124 @@
+//! The waypoint's certificate from the controller's CA, over real gRPC with the waypoint's own
+//! client: a waypoint pod runs on a node like any pod, so that node's credential obtains the
+//! waypoint's identity; another node's does not, nor does a waypoint without a pod there.
+
+use std::{net::SocketAddr, time::Duration};
+
+use controller::{
+    server::{ServerConfig, run},
+    translate::MeshSettings,
+};
+use waypoint::ca_client::{CaClientConfig, fetch_certificate};
+use weft_identity::SpiffeId;
+
+const NODE1_TOKEN: &str = "node1-token-0123456789";
+const NODE2_TOKEN: &str = "node2-token-0123456789";
+
+const MESH: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: shop}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: unscheduled, namespace: shop}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: waypoint-0, namespace: shop, labels: {gateway.networking.k8s.io/gateway-name: waypoint}}
+spec: {nodeName: node1, serviceAccountName: waypoint, containers: [{name: waypoint, image: x}]}
+status: {podIP: 10.0.0.2}
+"#;
+
+fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waypoint_gets_its_certificate_with_its_nodes_credential_only() {
+    let dir = std::env::temp_dir().join(format!("weft-ca-waypoint-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("config")).unwrap();
+    std::fs::write(dir.join("config/mesh.yaml"), MESH).unwrap();
+    std::fs::write(
+        dir.join("tokens"),
+        format!("node1 {NODE1_TOKEN}\nnode2 {NODE2_TOKEN}\n"),
+    )
+    .unwrap();
+    let config = ServerConfig {
+        config_dir: dir.join("config"),
+        grpc_address: free_port(),
+        monitoring_address: free_port(),
+        ca_dir: dir.join("ca"),
+        bootstrap_tokens: dir.join("tokens"),
+        settings: MeshSettings::default(),
+    };
+    let (shutdown, receiver) = tokio::sync::watch::channel(false);
+    let server_config = config.clone();
+    let server = tokio::spawn(async move { run(server_config, receiver).await });
+    let client = |token: &str, node: &str| CaClientConfig {
+        address: format!("http://{}", config.grpc_address),
+        roots_pem: None,
+        token: token.to_owned(),
+        node: Some(node.to_owned()),
+    };
+    let waypoint = SpiffeId::new("cluster.local", "shop", "waypoint").unwrap();
+
+    // The controller may still be binding: retry the first request briefly.
+    let mut issued = None;
+    for _ in 0..50 {
+        match fetch_certificate(&client(NODE1_TOKEN, "node1"), &waypoint).await {
+            Ok(material) => {
+                issued = Some(material);
+                break;
+            }
+            Err(error) if error.to_string().contains("PermissionDenied") => {
+                panic!("refused: {error}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let material = issued.expect("the waypoint's node obtains its certificate");
+    assert_eq!(material.certificate.identity(), &waypoint);
+
+    let refusals = [
+        (
+            client(NODE2_TOKEN, "node2"),
+            waypoint.clone(),
+            "no pod on node node2",
+        ),
+        (
+            client(NODE1_TOKEN, "node1"),
+            SpiffeId::new("cluster.local", "shop", "unscheduled").unwrap(),
+            "no pod on node node1",
+        ),
+        (
+            client(NODE2_TOKEN, "node1"),
+            waypoint.clone(),
+            "token belongs to node node2",
+        ),
+    ];
+    for (caller, identity, reason) in refusals {
+        let error = fetch_certificate(&caller, &identity)
+            .await
+            .expect_err("refused");
+        assert!(error.to_string().contains(reason), "{identity}: {error}");
+    }
+
+    shutdown.send(true).unwrap();
+    let _ = server.await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
