@@ -236,7 +236,8 @@ async fn rapid_reset(
         stream.send_reset(h2::Reason::CANCEL);
         sent += 1;
     }
-    drop(client);
+    // The client stays open: a connection with no handle and no stream left would end itself,
+    // and that must not be mistaken for the server closing it.
     let closed_by = match tokio::time::timeout(TIMEOUT, driver).await {
         Ok(Ok(Ok(()))) => "closed cleanly".to_string(),
         Ok(Ok(Err(error))) if error.is_go_away() && error.is_remote() => {
@@ -246,6 +247,7 @@ async fn rapid_reset(
         Ok(Err(join)) => format!("driver failed: {join}"),
         Err(_) => "still open".to_string(),
     };
+    drop(client);
     // Let the neighbour go on for a moment after the burst ended.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let _ = stop_tx.send(true);
