@@ -1014,7 +1014,13 @@ impl Drop for Mesh {
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
         } else {
-            eprintln!("mesh logs kept in {}", self.dir.display());
+            // Not eprintln!: a closed stderr must not turn this panic into an abort.
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stderr(),
+                "mesh logs kept in {}",
+                self.dir.display()
+            );
         }
     }
 }

@@ -86,7 +86,8 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr(), "error: {error:#}");
             ExitCode::FAILURE
         }
     }
@@ -497,8 +498,15 @@ fn upstream<'a>(reply: &'a serde_json::Value, name: &str) -> Option<&'a serde_js
         .find(|u| u["name"] == name)
 }
 
+/// Prints a line; a closed stdout (a pipe whose reader went away on Ctrl-C) is no reason to stop
+/// before everything is removed.
+fn print(line: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stdout(), "{line}");
+}
+
 fn say(line: &str) {
-    println!("    {line}");
+    print(&format!("    {line}"));
 }
 
 fn run(examples_dir: &Path, only: Option<&str>, no_wait: bool) -> anyhow::Result<ExitCode> {
@@ -523,14 +531,11 @@ fn run(examples_dir: &Path, only: Option<&str>, no_wait: bool) -> anyhow::Result
     watch_signals()?;
     let examples = load_examples(examples_dir)?;
     let pods = pods(&examples)?;
-    println!(
-        "{}",
-        bold(&format!(
-            "==> starting the mesh: 2 nodes, {} pods, controller in local mode playing {}",
-            pods.len(),
-            examples_dir.display()
-        ))
-    );
+    print(&bold(&format!(
+        "==> starting the mesh: 2 nodes, {} pods, controller in local mode playing {}",
+        pods.len(),
+        examples_dir.display()
+    )));
     for node in NODES {
         let names: Vec<&str> = pods
             .iter()
@@ -550,8 +555,12 @@ fn run(examples_dir: &Path, only: Option<&str>, no_wait: bool) -> anyhow::Result
     .context("starting the mesh")?;
     let _state = StateFile::write(&mesh)?;
     say(&format!(
-        "controller, 2 agents, {} sample apps and the waypoint are up ({:.1} s); files in {}",
-        examples.pods.len(),
+        "controller, {} agents, {} sample apps and the waypoint are up ({:.1} s); files in {}",
+        mesh.testbed.nodes().len(),
+        mesh.pods
+            .iter()
+            .filter(|p| matches!(p.workload, weft_e2e::Workload::App { .. }))
+            .count(),
         started.elapsed().as_secs_f64(),
         mesh.dir().display()
     ));
@@ -578,15 +587,12 @@ fn run(examples_dir: &Path, only: Option<&str>, no_wait: bool) -> anyhow::Result
             break;
         }
         played += 1;
-        println!();
-        println!(
-            "{}",
-            bold(&format!(
-                "[{}/{}] {name}: {title}",
-                index + 1,
-                SCENARIOS.len()
-            ))
-        );
+        print("");
+        print(&bold(&format!(
+            "[{}/{}] {name}: {title}",
+            index + 1,
+            SCENARIOS.len()
+        )));
         let outcome = match *name {
             "mtls" => mtls(&demo),
             "deny" => deny(&demo),
@@ -604,33 +610,26 @@ fn run(examples_dir: &Path, only: Option<&str>, no_wait: bool) -> anyhow::Result
             }
         }
     }
-    println!();
+    print("");
     if failed.is_empty() {
-        println!(
-            "{}",
-            bold(&format!("==> {played} of {played} scenarios passed"))
-        );
+        print(&bold(&format!("==> {played} of {played} scenarios passed")));
     } else {
-        println!(
-            "{}",
-            bold(&format!(
-                "==> {} of {played} scenarios failed: {}",
-                failed.len(),
-                failed.join(", ")
-            ))
-        );
-        eprintln!("component logs:\n{}", demo.mesh.logs());
+        print(&bold(&format!(
+            "==> {} of {played} scenarios failed: {}",
+            failed.len(),
+            failed.join(", ")
+        )));
+        print(&format!("component logs:\n{}", demo.mesh.logs()));
     }
     if !no_wait && !STOP.load(Ordering::Relaxed) {
         directions(&demo);
         while !STOP.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(200));
         }
-        println!();
-        println!(
-            "{}",
-            bold("==> stopping: removing every process, namespace and cgroup")
-        );
+        print("");
+        print(&bold(
+            "==> stopping: removing every process, namespace and cgroup",
+        ));
     }
     drop(demo);
     Ok(if failed.is_empty() {
@@ -696,11 +695,10 @@ fn directions(demo: &Demo) {
     let waypoint = mesh.pod(&demo.waypoint);
     let node_ip = |n: &str| mesh.testbed.node(n).ip;
     let productpage = demo.url("productpage", "/productpage");
-    println!();
-    println!(
-        "{}",
-        bold("==> the mesh stays up; from another terminal, as root:")
-    );
+    print("");
+    print(&bold(
+        "==> the mesh stays up; from another terminal, as root:",
+    ));
     for line in [
         format!("cargo xtask demo exec {CLIENT} -- curl -s {productpage}"),
         format!("cargo xtask demo exec {CLIENT} -- curl -s -H 'end-user: jason' {productpage}"),
@@ -1051,9 +1049,22 @@ fn metrics(demo: &Demo) -> anyhow::Result<()> {
         "source identity (sa)", "version", "code", "security", "count"
     ));
     let mut example_line = None;
-    for line in text.lines().filter(|l| {
-        l.starts_with("istio_requests_total{") && l.contains("destination_service_name=\"reviews\"")
-    }) {
+    let mut rows: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("istio_requests_total{")
+                && l.contains("destination_service_name=\"reviews\"")
+        })
+        .collect();
+    rows.sort_by_key(|l| {
+        let labels = labels(l);
+        (
+            labels.get("source_principal").cloned(),
+            labels.get("destination_version").cloned(),
+            labels.get("response_code").cloned(),
+        )
+    });
+    for line in rows {
         let labels = labels(line);
         let get = |k: &str| labels.get(k).cloned().unwrap_or_default();
         let principal = get("source_principal");
@@ -1082,6 +1093,7 @@ fn metrics(demo: &Demo) -> anyhow::Result<()> {
         .lines()
         .find(|l| {
             l.starts_with("istio_tcp_connections_opened_total{")
+                && l.contains("reporter=\"destination\"")
                 && l.contains("destination_workload=\"details\"")
         })
         .map(String::from)
