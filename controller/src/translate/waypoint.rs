@@ -93,10 +93,11 @@ pub fn waypoint_config(
         Vec::new()
     };
     let services = served.iter().map(|s| compiler.service(s)).collect();
-    let clusters = std::mem::take(&mut compiler.clusters)
+    let clusters: Vec<wp::Cluster> = std::mem::take(&mut compiler.clusters)
         .into_iter()
         .map(|key| compiler.cluster(&key))
         .collect();
+    let source_workloads = compiler.source_workloads(&clusters);
     let mut authorization_policies: Vec<wp::L7Authorization> = index
         .authorization_policies
         .values()
@@ -110,6 +111,7 @@ pub fn waypoint_config(
         services,
         clusters,
         authorization_policies,
+        source_workloads,
     }
 }
 
@@ -655,6 +657,39 @@ impl<'a> Compiler<'a, '_> {
                 weight: 0,
             })
             .collect()
+    }
+
+    /// Every pod in the mesh the clusters do not already describe: what the waypoint knows of
+    /// a request's source (`sourceLabels` matches, the source labels of its metrics).
+    fn source_workloads(&self, clusters: &[wp::Cluster]) -> Vec<wp::SourceWorkload> {
+        let known: BTreeSet<&str> = clusters
+            .iter()
+            .flat_map(|c| c.endpoints.iter().map(|e| e.address.as_str()))
+            .collect();
+        let mut out = Vec::new();
+        for pod in self.index.pods.values().filter(|pod| {
+            resolve::enrolled(self.index, pod)
+                && !resolve::pod_terminated(pod)
+                && !resolve::is_waypoint_pod(self.index, pod)
+        }) {
+            for ip in resolve::pod_ips(pod) {
+                let address = ip.to_string();
+                if known.contains(address.as_str()) {
+                    continue;
+                }
+                out.push(wp::SourceWorkload {
+                    address,
+                    identity: resolve::spiffe_id(
+                        self.settings,
+                        namespace_of(&pod.metadata),
+                        resolve::service_account(pod),
+                    ),
+                    labels: labels(&pod.metadata),
+                    workload_uid: resolve::pod_uid(&self.settings.cluster_id, pod),
+                });
+            }
+        }
+        out
     }
 
     /// An AuthorizationPolicy for this waypoint: `targetRefs` naming the waypoint's Gateway (all
