@@ -599,6 +599,15 @@ impl<'a> Compiler<'a, '_> {
         }
         if let Some(service) = self.services.get(&key.host).copied() {
             cluster.endpoints = self.endpoints(service, key.port, &subset_labels);
+            if let Some(other) = service_waypoint(self.index, service)
+                && other != self.waypoint
+            {
+                let problem = TranslateProblem::OtherWaypoint {
+                    from: self.waypoint.to_string(),
+                    to: other.to_string(),
+                };
+                self.report(ResourceKind::Service, &service.metadata, problem);
+            }
         }
         cluster.subset_labels = subset_labels;
         cluster
@@ -1043,18 +1052,24 @@ impl RouteContext<'_, '_, '_> {
                         "waypoints retry with their own backoff; ignored",
                     );
                 }
+                let retry_on = match retry.retry_on.as_deref() {
+                    None | Some("") => Some(DEFAULT_RETRY_ON.to_owned()),
+                    Some(on) => retry_conditions(on),
+                };
                 wp::HttpRetry {
-                    // Istio: zero (or less) attempts disable retries.
-                    attempts: retry.attempts.max(0),
+                    // Istio: zero (or less) attempts disable retries, and so does a list of
+                    // conditions that retries nothing.
+                    attempts: if retry_on.is_some() {
+                        retry.attempts.max(0)
+                    } else {
+                        0
+                    },
                     per_try_timeout: retry
                         .per_try_timeout
                         .as_ref()
                         .map(|t| self.duration(format!("{path}.retries.perTryTimeout"), t))
                         .transpose()?,
-                    retry_on: match retry.retry_on.as_deref() {
-                        None | Some("") => DEFAULT_RETRY_ON.to_owned(),
-                        Some(on) => on.to_owned(),
-                    },
+                    retry_on: retry_on.unwrap_or_default(),
                 }
             }
         };
@@ -1263,6 +1278,23 @@ impl RouteContext<'_, '_, '_> {
             virtual_service: String::new(),
         }))
     }
+}
+
+/// A route's `retryOn` as Envoy receives it from Istio: numbers are status codes (retried as
+/// `retriable-status-codes`); `retriable-status-codes` without any number retries no status
+/// (the mesh default's 503 is replaced, not kept), so it is dropped. `None` when nothing is left.
+fn retry_conditions(retry_on: &str) -> Option<String> {
+    let conditions: Vec<&str> = retry_on
+        .split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    let has_codes = conditions.iter().any(|c| c.parse::<u16>().is_ok());
+    let kept: Vec<&str> = conditions
+        .into_iter()
+        .filter(|c| has_codes || *c != "retriable-status-codes")
+        .collect();
+    (!kept.is_empty()).then(|| kept.join(","))
 }
 
 /// Istio's retry policy for routes that set none.
