@@ -140,6 +140,10 @@ pub enum TranslateProblem {
     },
     #[error("{path}: {reason}")]
     Unsupported { path: String, reason: String },
+    #[error(
+        "waypoint {from} routes to it, but its pods accept only the traffic of its own waypoint {to}: those requests are refused"
+    )]
+    OtherWaypoint { from: String, to: String },
     #[error("targets Service {service}, which uses no waypoint: nothing enforces this policy")]
     UnenforcedPolicy { service: String },
 }

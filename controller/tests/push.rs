@@ -392,8 +392,13 @@ async fn a_waypoint_gets_its_config_and_follows_edits_and_agents_get_none() {
         ["reviews:after-nack", "reviews:default"]
     );
 
-    // An unrelated edit (a pod nobody routes to) leaves the waypoint's config as it was.
-    write(&config_dir, "stray.yaml", &pod("stray", "10.0.0.99"));
+    // An edit for node agents only (a workload-selector policy) leaves the waypoint's config
+    // as it was: same bytes, no push.
+    write(
+        &config_dir,
+        "l4-policy.yaml",
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: l4, namespace: shop}\nspec: {selector: {matchLabels: {app: reviews}}, action: DENY, rules: [{from: [{source: {namespaces: [other]}}]}]}\n",
+    );
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(seen.lock().unwrap().updates.len(), 4, "no spurious push");
 

@@ -1117,6 +1117,33 @@ fn endpoint(
     })
 }
 
+/// A request source the controller described; an endpoint at the same address already said it.
+fn source_workload(
+    w: &proto::SourceWorkload,
+    workloads: &mut HashMap<IpAddr, Arc<WorkloadInfo>>,
+) -> Result<(), ConfigError> {
+    let context = format!("source workload {}", w.workload_uid);
+    let address = ip(&w.address, &context)?;
+    let identity = if w.identity.is_empty() {
+        None
+    } else {
+        Some(
+            parse_spiffe(&w.identity).ok_or_else(|| ConfigError::Identity {
+                context: context.clone(),
+                value: w.identity.clone(),
+            })?,
+        )
+    };
+    workloads.entry(address).or_insert_with(|| {
+        Arc::new(WorkloadInfo {
+            uid: w.workload_uid.clone(),
+            labels: w.labels.clone(),
+            identity,
+        })
+    });
+    Ok(())
+}
+
 /// Parses `spiffe://<td>/ns/<ns>/sa/<sa>`.
 pub fn parse_spiffe(uri: &str) -> Option<SpiffeId> {
     let rest = uri.strip_prefix("spiffe://")?;
@@ -1368,6 +1395,9 @@ impl TryFrom<proto::WaypointConfig> for WaypointConfig {
                     name: c.name.clone(),
                 });
             }
+        }
+        for w in &config.source_workloads {
+            source_workload(w, &mut workloads)?;
         }
         let services = config
             .services

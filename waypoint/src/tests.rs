@@ -108,6 +108,7 @@ fn config(routes: Vec<proto::HttpRoute>, clusters: Vec<proto::Cluster>) -> proto
         }],
         clusters,
         authorization_policies: Vec::new(),
+        source_workloads: Vec::new(),
     }
 }
 

@@ -167,18 +167,15 @@ pub fn hostname(service: &Service, settings: &MeshSettings) -> String {
     )
 }
 
-/// A host as written in a VirtualService or DestinationRule of `namespace`, fully qualified the
-/// way Istio does: `reviews` is `reviews.<namespace>.svc.<suffix>`, `reviews.other` is
-/// `reviews.other.svc.<suffix>`; anything longer, and wildcards, are taken as written.
+/// A host as written in a VirtualService or DestinationRule of `namespace`, qualified as Istio
+/// does (`ResolveShortnameToFQDN`): a name without dots is a service of that namespace
+/// (`reviews` is `reviews.<namespace>.svc.<suffix>`); anything with a dot, `*` and IP addresses
+/// are taken as written (`reviews.other` is not expanded).
 pub fn qualify_host(settings: &MeshSettings, host: &str, namespace: &str) -> String {
-    if host.starts_with('*') || host.contains(".svc.") || host.ends_with(".svc") {
+    if host == "*" || host.contains('.') || host.contains(':') {
         return host.to_owned();
     }
-    match host.matches('.').count() {
-        0 => service_hostname(settings, namespace, host),
-        1 => format!("{host}.svc.{}", settings.domain_suffix),
-        _ => host.to_owned(),
-    }
+    service_hostname(settings, namespace, host)
 }
 
 /// A VirtualService or DestinationRule host (possibly `*.suffix` or `*`) covers `hostname`.

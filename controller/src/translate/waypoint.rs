@@ -93,10 +93,11 @@ pub fn waypoint_config(
         Vec::new()
     };
     let services = served.iter().map(|s| compiler.service(s)).collect();
-    let clusters = std::mem::take(&mut compiler.clusters)
+    let clusters: Vec<wp::Cluster> = std::mem::take(&mut compiler.clusters)
         .into_iter()
         .map(|key| compiler.cluster(&key))
         .collect();
+    let source_workloads = compiler.source_workloads(&clusters);
     let mut authorization_policies: Vec<wp::L7Authorization> = index
         .authorization_policies
         .values()
@@ -110,6 +111,7 @@ pub fn waypoint_config(
         services,
         clusters,
         authorization_policies,
+        source_workloads,
     }
 }
 
@@ -597,6 +599,15 @@ impl<'a> Compiler<'a, '_> {
         }
         if let Some(service) = self.services.get(&key.host).copied() {
             cluster.endpoints = self.endpoints(service, key.port, &subset_labels);
+            if let Some(other) = service_waypoint(self.index, service)
+                && other != self.waypoint
+            {
+                let problem = TranslateProblem::OtherWaypoint {
+                    from: self.waypoint.to_string(),
+                    to: other.to_string(),
+                };
+                self.report(ResourceKind::Service, &service.metadata, problem);
+            }
         }
         cluster.subset_labels = subset_labels;
         cluster
@@ -655,6 +666,39 @@ impl<'a> Compiler<'a, '_> {
                 weight: 0,
             })
             .collect()
+    }
+
+    /// Every pod in the mesh the clusters do not already describe: what the waypoint knows of
+    /// a request's source (`sourceLabels` matches, the source labels of its metrics).
+    fn source_workloads(&self, clusters: &[wp::Cluster]) -> Vec<wp::SourceWorkload> {
+        let known: BTreeSet<&str> = clusters
+            .iter()
+            .flat_map(|c| c.endpoints.iter().map(|e| e.address.as_str()))
+            .collect();
+        let mut out = Vec::new();
+        for pod in self.index.pods.values().filter(|pod| {
+            resolve::enrolled(self.index, pod)
+                && !resolve::pod_terminated(pod)
+                && !resolve::is_waypoint_pod(self.index, pod)
+        }) {
+            for ip in resolve::pod_ips(pod) {
+                let address = ip.to_string();
+                if known.contains(address.as_str()) {
+                    continue;
+                }
+                out.push(wp::SourceWorkload {
+                    address,
+                    identity: resolve::spiffe_id(
+                        self.settings,
+                        namespace_of(&pod.metadata),
+                        resolve::service_account(pod),
+                    ),
+                    labels: labels(&pod.metadata),
+                    workload_uid: resolve::pod_uid(&self.settings.cluster_id, pod),
+                });
+            }
+        }
+        out
     }
 
     /// An AuthorizationPolicy for this waypoint: `targetRefs` naming the waypoint's Gateway (all
@@ -1008,18 +1052,24 @@ impl RouteContext<'_, '_, '_> {
                         "waypoints retry with their own backoff; ignored",
                     );
                 }
+                let retry_on = match retry.retry_on.as_deref() {
+                    None | Some("") => Some(DEFAULT_RETRY_ON.to_owned()),
+                    Some(on) => retry_conditions(on),
+                };
                 wp::HttpRetry {
-                    // Istio: zero (or less) attempts disable retries.
-                    attempts: retry.attempts.max(0),
+                    // Istio: zero (or less) attempts disable retries, and so does a list of
+                    // conditions that retries nothing.
+                    attempts: if retry_on.is_some() {
+                        retry.attempts.max(0)
+                    } else {
+                        0
+                    },
                     per_try_timeout: retry
                         .per_try_timeout
                         .as_ref()
                         .map(|t| self.duration(format!("{path}.retries.perTryTimeout"), t))
                         .transpose()?,
-                    retry_on: match retry.retry_on.as_deref() {
-                        None | Some("") => DEFAULT_RETRY_ON.to_owned(),
-                        Some(on) => on.to_owned(),
-                    },
+                    retry_on: retry_on.unwrap_or_default(),
                 }
             }
         };
@@ -1228,6 +1278,23 @@ impl RouteContext<'_, '_, '_> {
             virtual_service: String::new(),
         }))
     }
+}
+
+/// A route's `retryOn` as Envoy receives it from Istio: numbers are status codes (retried as
+/// `retriable-status-codes`); `retriable-status-codes` without any number retries no status
+/// (the mesh default's 503 is replaced, not kept), so it is dropped. `None` when nothing is left.
+fn retry_conditions(retry_on: &str) -> Option<String> {
+    let conditions: Vec<&str> = retry_on
+        .split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    let has_codes = conditions.iter().any(|c| c.parse::<u16>().is_ok());
+    let kept: Vec<&str> = conditions
+        .into_iter()
+        .filter(|c| has_codes || *c != "retriable-status-codes")
+        .collect();
+    (!kept.is_empty()).then(|| kept.join(","))
 }
 
 /// Istio's retry policy for routes that set none.

@@ -259,6 +259,16 @@ pub fn resolve_waypoint(
     }
 }
 
+/// The identities a waypoint's traffic arrives with: its workload's, or those of every workload
+/// behind its service (replicas usually share one).
+fn waypoint_identities(store: &WorkloadStore, waypoint: &GatewayAddress) -> Vec<SpiffeId> {
+    let workloads = match &waypoint.destination {
+        GatewayDestination::Address(ip) => store.workload_by_ip(*ip).into_iter().collect(),
+        GatewayDestination::Service(key) => store.endpoints(key),
+    };
+    workloads.iter().filter_map(|w| w.identity().ok()).collect()
+}
+
 fn is_waypoint_itself(store: &WorkloadStore, source: &Workload, waypoint: &GatewayAddress) -> bool {
     match &waypoint.destination {
         GatewayDestination::Address(ip) => source.addresses.contains(ip),
@@ -306,15 +316,22 @@ pub fn authorize_inbound(
         return Err(InboundRefusal::AgentPort(target));
     }
     if let Some(waypoint) = destination.waypoint.as_ref()
-        && let Ok(waypoint) = resolve_waypoint(store, waypoint, 0)
-        && let Ok(waypoint_identity) = waypoint.identity()
-        && peer != Some(&waypoint_identity)
         && !destination.addresses.contains(&source_ip)
     {
-        return Err(InboundRefusal::WaypointBypass {
-            peer: peer.map_or_else(|| "plaintext".to_string(), ToString::to_string),
-            waypoint: waypoint_identity.to_string(),
-        });
+        // Fail closed: a waypoint that cannot be resolved (yet) is replaced by nobody.
+        let accepted = waypoint_identities(store, waypoint);
+        if !peer.is_some_and(|peer| accepted.contains(peer)) {
+            return Err(InboundRefusal::WaypointBypass {
+                peer: peer.map_or_else(|| "plaintext".to_string(), ToString::to_string),
+                waypoint: match accepted.first() {
+                    Some(identity) => identity.to_string(),
+                    None => match &waypoint.destination {
+                        GatewayDestination::Address(ip) => format!("{ip} (unknown)"),
+                        GatewayDestination::Service(key) => format!("{key} (no endpoints)"),
+                    },
+                },
+            });
+        }
     }
     let policies = store.policies();
     let applicable = policies

@@ -56,6 +56,7 @@ fn base() -> proto::WaypointConfig {
             ..Default::default()
         }],
         authorization_policies: Vec::new(),
+        source_workloads: Vec::new(),
     }
 }
 
@@ -96,6 +97,50 @@ fn a_valid_config_is_indexed_by_vip_and_endpoint() {
     let route = &config.services[0].http_routes[0];
     assert_eq!(route.retries, RetryPolicy::mesh_default());
     assert_eq!(route.retries.attempts, 2);
+}
+
+#[test]
+fn source_workloads_describe_request_sources() {
+    let mut c = base();
+    c.source_workloads = vec![
+        proto::SourceWorkload {
+            address: "10.0.0.9".to_owned(),
+            identity: "spiffe://cluster.local/ns/default/sa/productpage".to_owned(),
+            labels: BTreeMap::from([("app".to_owned(), "productpage".to_owned())]),
+            workload_uid: "uid-9".to_owned(),
+        },
+        // The endpoint at this address already describes it.
+        proto::SourceWorkload {
+            address: "10.0.0.5".to_owned(),
+            identity: String::new(),
+            labels: BTreeMap::from([("app".to_owned(), "other".to_owned())]),
+            workload_uid: "uid-other".to_owned(),
+        },
+    ];
+    let config = WaypointConfig::try_from(c).unwrap();
+    let source = config.workload("10.0.0.9".parse().unwrap()).unwrap();
+    assert_eq!(source.canonical_service(), Some("productpage"));
+    assert_eq!(
+        source.identity.as_ref().map(ToString::to_string).as_deref(),
+        Some("spiffe://cluster.local/ns/default/sa/productpage")
+    );
+    assert_eq!(
+        config
+            .workload("10.0.0.5".parse().unwrap())
+            .unwrap()
+            .canonical_service(),
+        Some("reviews")
+    );
+    for (address, identity) in [("10.0.0", ""), ("10.0.0.9", "spiffe://x/y")] {
+        let mut bad = base();
+        bad.source_workloads = vec![proto::SourceWorkload {
+            address: address.to_owned(),
+            identity: identity.to_owned(),
+            ..Default::default()
+        }];
+        let error = WaypointConfig::try_from(bad).unwrap_err().to_string();
+        assert!(error.contains("source workload"), "{error}");
+    }
 }
 
 #[test]

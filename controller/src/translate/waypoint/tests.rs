@@ -73,6 +73,63 @@ fn config(index: &ConfigIndex) -> wp::WaypointConfig {
 }
 
 #[test]
+fn hosts_are_qualified_as_istio_qualifies_them() {
+    let settings = MeshSettings::default();
+    let cases = [
+        ("reviews", "reviews.shop.svc.cluster.local"),
+        // Istio expands names without dots only.
+        ("reviews.other", "reviews.other"),
+        (
+            "reviews.other.svc.cluster.local",
+            "reviews.other.svc.cluster.local",
+        ),
+        ("*.example.com", "*.example.com"),
+        ("*", "*"),
+        ("10.0.0.1", "10.0.0.1"),
+        ("fd00::1", "fd00::1"),
+    ];
+    for (host, expected) in cases {
+        assert_eq!(qualify_host(&settings, host, "shop"), expected, "{host}");
+    }
+    assert!(host_covers("*", "reviews.shop.svc.cluster.local"));
+    assert!(host_covers(
+        "*.shop.svc.cluster.local",
+        "reviews.shop.svc.cluster.local"
+    ));
+    assert!(!host_covers(
+        "*.other.svc.cluster.local",
+        "reviews.shop.svc.cluster.local"
+    ));
+    assert!(host_covers(
+        "Reviews.Shop.svc.cluster.local",
+        "reviews.shop.svc.cluster.local"
+    ));
+}
+
+#[test]
+fn retry_conditions_are_what_envoy_gets_from_istio() {
+    let cases = [
+        ("5xx", Some("5xx")),
+        ("gateway-error, 503", Some("gateway-error,503")),
+        (
+            "retriable-status-codes,503",
+            Some("retriable-status-codes,503"),
+        ),
+        // Without codes, Istio's list of retriable codes is empty: the condition retries nothing.
+        ("retriable-status-codes,reset", Some("reset")),
+        ("retriable-status-codes", None),
+        (" , ", None),
+    ];
+    for (retry_on, expected) in cases {
+        assert_eq!(
+            retry_conditions(retry_on).as_deref(),
+            expected,
+            "{retry_on:?}"
+        );
+    }
+}
+
+#[test]
 fn port_protocols_follow_istio_naming() {
     use k8s_openapi::api::core::v1::ServicePort;
     let cases = [
@@ -230,7 +287,7 @@ apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {{name: exported, namespace: other}}
 spec:
-  hosts: [reviews.shop]
+  hosts: [reviews.shop.svc.cluster.local]
   exportTo: [shop]
   http: [{{name: exported, route: [{{destination: {{host: reviews.shop.svc.cluster.local}}}}]}}]
 "#

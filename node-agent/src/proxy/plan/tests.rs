@@ -338,6 +338,26 @@ fn inbound_checks() {
         check(&pay, Some(&id("waypoint")), addr(2, 50, 8443)),
         Ok(())
     );
+    assert!(matches!(
+        check(&pay, None, addr(2, 50, 8443)),
+        Err(InboundRefusal::WaypointBypass { .. })
+    ));
+    // A waypoint that cannot be resolved accepts nobody in its place: not its would-be
+    // identity, not the client.
+    let mut orphan = (*pay).clone();
+    orphan.waypoint = Some(GatewayAddress {
+        destination: GatewayDestination::Service(key("gone")),
+        hbone_port: 15008,
+    });
+    for peer in [Some(id("waypoint")), Some(client.clone()), None] {
+        assert!(
+            matches!(
+                check(&orphan, peer.as_ref(), addr(2, 50, 8443)),
+                Err(InboundRefusal::WaypointBypass { ref waypoint, .. }) if waypoint.contains("no endpoints")
+            ),
+            "{peer:?}"
+        );
+    }
 
     // ALLOW only the client service account, and DENY port 9999 for everyone.
     store.insert_policy(policy(
