@@ -431,6 +431,7 @@ spec:
     let denied = find("403");
     for label in [
         "reporter=\"waypoint\"",
+        "source_workload=\"client\"",
         "source_workload_namespace=\"shop\"",
         &format!("destination_service=\"{HOST}\""),
         "destination_service_name=\"reviews\"",
