@@ -523,7 +523,8 @@ fn real_clients_and_abuse_through_the_waypoint() {
     assert_eq!(replies.len(), 30);
     assert!(replies.iter().all(|r| r["echoed"] == true), "{grpc}");
     let pods: std::collections::BTreeSet<_> =
-        replies.iter().map(|r| r["pod"].to_string()).collect();
+        replies.iter().filter_map(|r| r["pod"].as_str()).collect();
+    println!("30 gRPC calls on one channel answered by {pods:?}");
     assert!(pods.len() >= 2, "all gRPC calls went to {pods:?}");
 
     // WebSocket echo through the upgrade.
@@ -573,6 +574,7 @@ fn real_clients_and_abuse_through_the_waypoint() {
             "2000",
         ],
     );
+    println!("rapid reset through the waypoint: {reset}");
     assert!(
         reset["burst_connection"]
             .as_str()
