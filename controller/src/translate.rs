@@ -77,6 +77,14 @@ pub enum TranslateProblem {
     #[error("waypoint {namespace}/{name} does not exist (no Gateway of class istio-waypoint)")]
     UnknownWaypoint { namespace: String, name: String },
     #[error(
+        "waypoint {namespace}/{name} does not admit namespace {from} (its listener's allowedRoutes); not used"
+    )]
+    WaypointNotAllowed {
+        namespace: String,
+        name: String,
+        from: String,
+    },
+    #[error(
         "waypoint {namespace}/{name} takes {takes} traffic (istio.io/waypoint-for), not {asked} traffic; not used"
     )]
     WaypointNotFor {
