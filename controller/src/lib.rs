@@ -14,5 +14,6 @@ pub mod model;
 pub mod monitoring;
 pub mod server;
 pub mod source;
+pub mod tls;
 pub mod translate;
 pub mod validation;

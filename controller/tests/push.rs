@@ -10,7 +10,7 @@ use std::{
 };
 
 use controller::{
-    server::{ServerConfig, run},
+    server::{LocalMode, Mode, ServerConfig, run},
     translate::agent::MeshSettings,
 };
 use weft_proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, envoy::config::core::v3::Node};
@@ -80,12 +80,17 @@ async fn deltas_follow_edits_nacks_are_survived_and_restarts_resend_everything()
     write(&config_dir, "ns.yaml", NAMESPACE);
     write(&config_dir, "a.yaml", &pod("a", "10.0.0.1"));
     std::fs::write(dir.join("tokens"), "node1 node1-token-0123456789\n").unwrap();
+    let grpc_address = free_port();
     let config = ServerConfig {
-        config_dir: config_dir.clone(),
-        grpc_address: free_port(),
+        mode: Mode::Local(LocalMode {
+            config_dir: config_dir.clone(),
+            ca_dir: dir.join("ca"),
+            bootstrap_tokens: dir.join("tokens"),
+        }),
+        grpc_address: Some(grpc_address),
+        tls_address: None,
+        serving_names: Vec::new(),
         monitoring_address: free_port(),
-        ca_dir: dir.join("ca"),
-        bootstrap_tokens: dir.join("tokens"),
         settings: MeshSettings::default(),
     };
     let controller = start(&config);
@@ -96,7 +101,7 @@ async fn deltas_follow_edits_nacks_are_survived_and_restarts_resend_everything()
     let rejected: Arc<Mutex<Vec<String>>> = Arc::default();
     let rejections = rejected.clone();
     let client = DeltaClient::new(
-        Target::address(&format!("http://{}", config.grpc_address)).unwrap(),
+        Target::address(&format!("http://{grpc_address}")).unwrap(),
         Node {
             id: "node-agent~node1".into(),
             ..Default::default()
