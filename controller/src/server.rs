@@ -127,6 +127,15 @@ pub struct IndexDirectory {
     trust_domain: String,
 }
 
+impl IndexDirectory {
+    pub fn new(index: Arc<LiveIndex>, trust_domain: String) -> Self {
+        Self {
+            index,
+            trust_domain,
+        }
+    }
+}
+
 impl NodeDirectory for IndexDirectory {
     fn runs_on(&self, node: &str, identity: &SpiffeId) -> bool {
         self.index.snapshot().pods.values().any(|pod| {

@@ -425,3 +425,6 @@ impl CallerAuthenticator for TokenReviewAuthenticator {
         Ok(caller)
     }
 }
+
+#[cfg(test)]
+mod tests;
