@@ -3,6 +3,8 @@
 
 mod bench;
 mod build_ebpf;
+#[cfg(test)]
+mod chart_tests;
 mod setup;
 mod test;
 
@@ -81,7 +83,15 @@ fn crdgen() -> anyhow::Result<()> {
     run_command(
         std::process::Command::new(env!("CARGO"))
             .current_dir(&root)
-            .args(["run", "--quiet", "-p", "controller", "--bin", "controller", "--"])
+            .args([
+                "run",
+                "--quiet",
+                "-p",
+                "controller",
+                "--bin",
+                "controller",
+                "--",
+            ])
             .arg("crdgen")
             .arg("--out")
             .arg(&out),
@@ -96,7 +106,10 @@ fn crdgen() -> anyhow::Result<()> {
     }
     for entry in std::fs::read_dir(&out)? {
         let path = entry?.path();
-        if let Some(name) = path.file_name().filter(|_| path.extension().is_some_and(|e| e == "yaml")) {
+        if let Some(name) = path
+            .file_name()
+            .filter(|_| path.extension().is_some_and(|e| e == "yaml"))
+        {
             std::fs::copy(&path, chart.join(name))?;
         }
     }
