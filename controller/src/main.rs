@@ -86,7 +86,7 @@ struct RunArgs {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the controller (the default when no subcommand is given).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Load and validate YAML files or directories; exits non-zero on any error.
     Validate {
         /// Files or directories (walked recursively for .yaml/.yml files).

@@ -208,7 +208,7 @@ async fn kubernetes_mode_serves_the_cluster_over_tls_and_follows_its_changes() {
         "{:?}",
         at - created_at
     );
-    assert_eq!(names(&added), [b.clone()]);
+    assert_eq!(names(&added), std::slice::from_ref(&b));
     assert!(!added.full_state);
     let modified_at = Instant::now();
     fake.update(pod("b", "10.0.0.3", "node1")).unwrap();
@@ -218,7 +218,7 @@ async fn kubernetes_mode_serves_the_cluster_over_tls_and_follows_its_changes() {
         "{:?}",
         at - modified_at
     );
-    assert_eq!(names(&modified), [b.clone()]);
+    assert_eq!(names(&modified), std::slice::from_ref(&b));
     let deleted_at = Instant::now();
     fake.delete("v1", "Pod", "shop", "b").unwrap();
     let (at, deleted) = wait_update(&seen, 3, Duration::from_secs(5)).await;

@@ -75,7 +75,7 @@ pub enum KubeCaError {
     Invalid {
         namespace: String,
         name: String,
-        source: CaError,
+        source: Box<CaError>,
     },
     #[error("generating the root: {0}")]
     Generate(#[source] CaError),
@@ -154,7 +154,7 @@ fn self_signed_from(secret: &Secret, namespace: &str) -> Result<CertificateAutho
     CertificateAuthority::from_pem(cert, key).map_err(|source| KubeCaError::Invalid {
         namespace: namespace.to_owned(),
         name: SELF_SIGNED_CA_SECRET.to_owned(),
-        source,
+        source: Box::new(source),
     })
 }
 
@@ -174,7 +174,7 @@ pub async fn load_or_create(
             |source| KubeCaError::Invalid {
                 namespace: namespace.to_owned(),
                 name: PLUGGED_CA_SECRET.to_owned(),
-                source,
+                source: Box::new(source),
             },
         )?;
         tracing::info!(%namespace, secret = PLUGGED_CA_SECRET, "loaded the operator's CA");

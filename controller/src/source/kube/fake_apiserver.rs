@@ -823,8 +823,8 @@ fn respond(
         }
     }
     if path == TOKEN_REVIEWS {
-        return match method {
-            &Method::POST => token_review(shared, body),
+        return match *method {
+            Method::POST => token_review(shared, body),
             _ => status_response(405, "MethodNotAllowed", "tokenreviews are only created"),
         };
     }
@@ -835,12 +835,12 @@ fn respond(
             &format!("the server could not find {path}"),
         );
     };
-    match method {
-        &Method::GET => {}
-        &Method::POST if target.name.is_none() => {
+    match *method {
+        Method::GET => {}
+        Method::POST if target.name.is_none() => {
             return write(shared, &target, body, EventType::Added);
         }
-        &Method::PUT if target.name.is_some() => {
+        Method::PUT if target.name.is_some() => {
             return write(shared, &target, body, EventType::Modified);
         }
         _ => return status_response(405, "MethodNotAllowed", &format!("{method} {path}")),

@@ -469,7 +469,7 @@ fn an_intermediate_ca_signs_chains_that_verify_up_to_the_root() {
             Duration::from_secs(3600),
         )
         .unwrap();
-    assert_eq!(chain.intermediates_pem, [ca_cert.clone()]);
+    assert_eq!(chain.intermediates_pem, std::slice::from_ref(&ca_cert));
 
     // The root plugged in as its own "intermediate" is just a root.
     let itself = CertificateAuthority::from_intermediate_pem(
