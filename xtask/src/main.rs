@@ -3,6 +3,8 @@
 
 mod bench;
 mod build_ebpf;
+#[cfg(test)]
+mod chart_tests;
 mod setup;
 mod test;
 
@@ -13,7 +15,7 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(
     name = "xtask",
-    about = "Project tasks: setup, build-ebpf, test, bench"
+    about = "Project tasks: setup, build-ebpf, test, bench, crdgen"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -37,6 +39,9 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
+    /// Regenerate the CRDs of the Istio kinds (`controller crdgen --out deploy/crds`) and copy
+    /// them into the Helm chart (deploy/charts/weft/crds).
+    Crdgen,
     /// Run every test: unit tests, then the kernel, netns and end-to-end tests (needs root).
     Test {
         /// Arguments passed on to every `cargo test` run (a test name filter, for example).
@@ -64,7 +69,52 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Task::Test { args } => test::run(&args),
         Task::Bench { quick } => bench::run(quick),
+        Task::Crdgen => crdgen(),
     }
+}
+
+/// Where the chart keeps its copy of the CRDs (Helm installs a chart's `crds/` first).
+const CHART_CRDS: &str = "deploy/charts/weft/crds";
+
+fn crdgen() -> anyhow::Result<()> {
+    let root = workspace_root();
+    let out = root.join("deploy/crds");
+    step("generating CRDs");
+    run_command(
+        std::process::Command::new(env!("CARGO"))
+            .current_dir(&root)
+            .args([
+                "run",
+                "--quiet",
+                "-p",
+                "controller",
+                "--bin",
+                "controller",
+                "--",
+            ])
+            .arg("crdgen")
+            .arg("--out")
+            .arg(&out),
+    )?;
+    let chart = root.join(CHART_CRDS);
+    std::fs::create_dir_all(&chart)?;
+    for entry in std::fs::read_dir(&chart)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    for entry in std::fs::read_dir(&out)? {
+        let path = entry?.path();
+        if let Some(name) = path
+            .file_name()
+            .filter(|_| path.extension().is_some_and(|e| e == "yaml"))
+        {
+            std::fs::copy(&path, chart.join(name))?;
+        }
+    }
+    eprintln!("    copied into {CHART_CRDS}");
+    Ok(())
 }
 
 /// The workspace root (the parent of this crate).

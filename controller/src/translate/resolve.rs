@@ -120,17 +120,22 @@ pub fn pod_terminated(pod: &Pod) -> bool {
     )
 }
 
-/// Ready unless it says otherwise: local-mode pods usually carry no conditions, so only an
-/// explicit `Ready: False` (or a deletion in progress) marks a pod down.
+/// Whether a pod takes traffic: not terminating, and Ready when it reports conditions at all.
+///
+/// A pod read from the API server always reports conditions once it runs; pods written by hand
+/// for local mode usually carry none, and count as ready.
 pub fn pod_healthy(pod: &Pod) -> bool {
     if pod.metadata.deletion_timestamp.is_some() {
         return false;
     }
     let conditions = pod.status.as_ref().and_then(|s| s.conditions.as_ref());
-    !conditions.is_some_and(|cs| {
-        cs.iter()
-            .any(|c| c.type_ == "Ready" && c.status.eq_ignore_ascii_case("false"))
-    })
+    match conditions {
+        None => true,
+        Some(conditions) if conditions.is_empty() => true,
+        Some(conditions) => conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True"),
+    }
 }
 
 pub fn service_account(pod: &Pod) -> &str {
