@@ -2,10 +2,16 @@
 //!
 //! A node agent sends a CSR for a workload identity; the service authenticates the caller (which
 //! node is asking), checks that a pod running on that node has the identity, and signs it with the
-//! mesh root. Anything else is refused with a status naming the reason and logged: a node agent
-//! can only ever obtain the identities of its own node's pods.
+//! mesh root. Any caller may also obtain its own identity (a waypoint does). Anything else is
+//! refused with a status naming the reason and logged: a node agent can only ever obtain the
+//! identities of its own node's pods.
+//!
+//! Callers authenticate with a local-mode bootstrap token ([`BootstrapTokens`]) or, in
+//! Kubernetes, with their service-account token ([`kubernetes::TokenReviewAuthenticator`]).
 
-use std::{collections::HashMap, path::Path, sync::Arc, time::Duration};
+pub mod kubernetes;
+
+use std::{collections::HashMap, future::Future, path::Path, sync::Arc, time::Duration};
 
 use tonic::{Request, Response, Status, metadata::MetadataMap};
 use weft_identity::{CertificateAuthority, SpiffeId};
@@ -51,10 +57,43 @@ pub fn mesh_pod_runs_on(
         })
 }
 
-/// Establishes which node a caller is.
+/// Who is asking, as its credential shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The node whose pods' identities the caller may obtain: set for node agents only.
+    pub node: Option<String>,
+    /// The caller's own identity (its service account), which it may always obtain.
+    pub identity: Option<SpiffeId>,
+}
+
+/// Establishes who a caller is.
 pub trait CallerAuthenticator: Send + Sync + 'static {
-    /// The caller's node, from its request metadata, or a refusal.
-    fn node_of(&self, metadata: &MetadataMap) -> Result<String, Status>;
+    /// The caller, from its request metadata, or a refusal.
+    fn authenticate(
+        &self,
+        metadata: &MetadataMap,
+    ) -> impl Future<Output = Result<Caller, Status>> + Send;
+}
+
+/// The bearer token of a request.
+pub fn bearer_token(metadata: &MetadataMap) -> Result<&str, Status> {
+    metadata
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|token| !token.is_empty())
+        .ok_or_else(|| Status::unauthenticated("missing `authorization: Bearer <token>`"))
+}
+
+/// Refuses a caller whose `x-weft-node` header names another node than its credential.
+pub fn check_claimed_node(metadata: &MetadataMap, node: &str) -> Result<(), Status> {
+    match metadata.get(NODE_HEADER).and_then(|v| v.to_str().ok()) {
+        Some(claimed) if claimed != node => Err(Status::permission_denied(format!(
+            "token belongs to node {node}, not {claimed}"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// Errors loading the bootstrap token file.
@@ -113,25 +152,39 @@ impl BootstrapTokens {
     }
 }
 
-impl CallerAuthenticator for BootstrapTokens {
-    fn node_of(&self, metadata: &MetadataMap) -> Result<String, Status> {
-        let token = metadata
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| Status::unauthenticated("missing `authorization: Bearer <token>`"))?;
+impl BootstrapTokens {
+    fn caller(&self, metadata: &MetadataMap) -> Result<Caller, Status> {
+        let token = bearer_token(metadata)?;
         let node = self
             .node_by_token
-            .get(token.trim())
+            .get(token)
             .ok_or_else(|| Status::unauthenticated("unknown bootstrap token"))?;
-        if let Some(claimed) = metadata.get(NODE_HEADER).and_then(|v| v.to_str().ok())
-            && claimed != node
-        {
-            return Err(Status::permission_denied(format!(
-                "token belongs to node {node}, not {claimed}"
-            )));
+        check_claimed_node(metadata, node)?;
+        Ok(Caller {
+            node: Some(node.clone()),
+            identity: None,
+        })
+    }
+}
+
+impl CallerAuthenticator for BootstrapTokens {
+    async fn authenticate(&self, metadata: &MetadataMap) -> Result<Caller, Status> {
+        self.caller(metadata)
+    }
+}
+
+/// The authenticator of either mode.
+pub enum Authenticator {
+    Bootstrap(BootstrapTokens),
+    TokenReview(kubernetes::TokenReviewAuthenticator),
+}
+
+impl CallerAuthenticator for Authenticator {
+    async fn authenticate(&self, metadata: &MetadataMap) -> Result<Caller, Status> {
+        match self {
+            Self::Bootstrap(tokens) => tokens.authenticate(metadata).await,
+            Self::TokenReview(review) => review.authenticate(metadata).await,
         }
-        Ok(node.clone())
     }
 }
 
@@ -163,12 +216,12 @@ impl<A: CallerAuthenticator, D: NodeDirectory> CertificateService<A, D> {
     }
 
     /// The whole decision, apart from the transport.
-    pub fn create(
+    pub async fn create(
         &self,
         metadata: &MetadataMap,
         request: &IstioCertificateRequest,
     ) -> Result<Vec<String>, Status> {
-        let node = self.authenticator.node_of(metadata)?;
+        let caller = self.authenticator.authenticate(metadata).await?;
         let identity = requested_identity(request)?;
         if !identity.is_in_trust_domain(&self.trust_domain) {
             return Err(Status::permission_denied(format!(
@@ -176,11 +229,26 @@ impl<A: CallerAuthenticator, D: NodeDirectory> CertificateService<A, D> {
                 self.trust_domain
             )));
         }
-        if !self.directory.runs_on(&node, &identity) {
-            return Err(Status::permission_denied(format!(
-                "no pod on node {node} runs as {identity}"
-            )));
-        }
+        let own = caller.identity.as_ref() == Some(&identity);
+        let node = match (&caller.node, &caller.identity) {
+            _ if own => caller.node.clone().unwrap_or_default(),
+            (Some(node), _) if self.directory.runs_on(node, &identity) => node.clone(),
+            (Some(node), _) => {
+                return Err(Status::permission_denied(format!(
+                    "no pod on node {node} runs as {identity}"
+                )));
+            }
+            (None, Some(own_identity)) => {
+                return Err(Status::permission_denied(format!(
+                    "{own_identity} may obtain only its own identity, not {identity}"
+                )));
+            }
+            (None, None) => {
+                return Err(Status::permission_denied(format!(
+                    "the caller may not obtain {identity}"
+                )));
+            }
+        };
         let ttl = match request.validity_duration {
             seconds if seconds <= 0 => DEFAULT_TTL,
             seconds => Duration::from_secs(seconds as u64).min(MAX_TTL),
@@ -237,7 +305,7 @@ impl<A: CallerAuthenticator, D: NodeDirectory> IstioCertificateService
         &self,
         request: Request<IstioCertificateRequest>,
     ) -> Result<Response<IstioCertificateResponse>, Status> {
-        match self.create(request.metadata(), request.get_ref()) {
+        match self.create(request.metadata(), request.get_ref()).await {
             Ok(cert_chain) => Ok(Response::new(IstioCertificateResponse {
                 cert_chain,
                 root_cert: None,

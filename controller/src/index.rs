@@ -5,6 +5,7 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::{
     loader::LoadReport,
@@ -24,6 +25,9 @@ pub struct ConfigIndex {
     pub namespaces: BTreeMap<Key, Namespace>,
     pub pods: BTreeMap<Key, Pod>,
     pub services: BTreeMap<Key, Service>,
+    /// Endpoints of Services, as the EndpointSlice controller (or an operator, for Services
+    /// without a selector) writes them.
+    pub endpoint_slices: BTreeMap<Key, EndpointSlice>,
     pub authorization_policies: BTreeMap<Key, AuthorizationPolicy>,
     pub peer_authentications: BTreeMap<Key, PeerAuthentication>,
     pub virtual_services: BTreeMap<Key, VirtualService>,
@@ -102,11 +106,10 @@ impl ConfigIndex {
             Resource::VirtualService(r) => drop(self.virtual_services.insert(key, r)),
             Resource::DestinationRule(r) => drop(self.destination_rules.insert(key, r)),
             Resource::KubernetesGateway(r) => drop(self.gateways.insert(key, r)),
-            // Not used by translation yet.
-            Resource::ServiceEntry(_)
-            | Resource::Gateway(_)
-            | Resource::ServiceAccount(_)
-            | Resource::EndpointSlice(_) => {}
+            Resource::EndpointSlice(r) => drop(self.endpoint_slices.insert(key, r)),
+            // Not used by translation yet. (A workload's service account is its pod's
+            // `spec.serviceAccountName`; the ServiceAccount objects themselves add nothing.)
+            Resource::ServiceEntry(_) | Resource::Gateway(_) | Resource::ServiceAccount(_) => {}
         }
     }
 
@@ -121,6 +124,7 @@ impl ConfigIndex {
             ResourceKind::VirtualService => drop(self.virtual_services.remove(key)),
             ResourceKind::DestinationRule => drop(self.destination_rules.remove(key)),
             ResourceKind::KubernetesGateway => drop(self.gateways.remove(key)),
+            ResourceKind::EndpointSlice => drop(self.endpoint_slices.remove(key)),
             _ => {}
         }
     }
@@ -136,6 +140,7 @@ impl ConfigIndex {
             ResourceKind::VirtualService => self.virtual_services.clear(),
             ResourceKind::DestinationRule => self.destination_rules.clear(),
             ResourceKind::KubernetesGateway => self.gateways.clear(),
+            ResourceKind::EndpointSlice => self.endpoint_slices.clear(),
             _ => {}
         }
     }
@@ -169,6 +174,9 @@ impl ConfigIndex {
                 key,
             ),
             ResourceKind::KubernetesGateway => copy(&mut self.gateways, &previous.gateways, key),
+            ResourceKind::EndpointSlice => {
+                copy(&mut self.endpoint_slices, &previous.endpoint_slices, key)
+            }
             _ => {}
         }
     }
@@ -185,11 +193,14 @@ impl ConfigIndex {
 /// A shared, immutable view of the index.
 pub type IndexSnapshot = Arc<ConfigIndex>;
 
-/// The index as the Kubernetes source feeds it: one writer (the source's events), readers take
-/// snapshots and wake on the generation watch.
+/// The one index both sources feed: the Kubernetes source object by object (through
+/// [`ResourceSink`](crate::source::kube::ResourceSink)), the directory source a whole index at a
+/// time ([`LiveIndex::replace`]). One writer at a time behind the lock, never held across an
+/// `.await`; readers take cheap snapshots (the index is copied only when a snapshot is still
+/// held at the next write) and wake on the generation watch.
 #[derive(Debug)]
 pub struct LiveIndex {
-    index: std::sync::Mutex<ConfigIndex>,
+    index: std::sync::Mutex<Arc<ConfigIndex>>,
     generation: tokio::sync::watch::Sender<u64>,
 }
 
@@ -204,15 +215,25 @@ impl Default for LiveIndex {
 
 impl LiveIndex {
     pub fn snapshot(&self) -> IndexSnapshot {
-        Arc::new(self.index.lock().unwrap_or_else(|p| p.into_inner()).clone())
+        self.index.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Wakes on every change; the value counts the changes so far.
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.generation.subscribe()
     }
 
+    /// Replaces the whole index (the directory source, after each rescan).
+    pub fn replace(&self, index: ConfigIndex) {
+        *self.index.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(index);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
     fn change(&self, change: impl FnOnce(&mut ConfigIndex)) {
-        change(&mut self.index.lock().unwrap_or_else(|p| p.into_inner()));
+        {
+            let mut guard = self.index.lock().unwrap_or_else(|p| p.into_inner());
+            change(Arc::make_mut(&mut guard));
+        }
         self.generation.send_modify(|g| *g += 1);
     }
 }

@@ -6,7 +6,7 @@
 //! the mesh reads), the YAML [`loader`], the semantic [`validation`] that follows Istio's rules,
 //! the [`crd`] definitions generated from the model, the [`index`] of valid resources and the
 //! [`translate`]ion into what node agents and waypoints consume. None of these perform network
-//! I/O; [`push`] (what each proxy receives), [`server`], [`source`] and [`ca`] do.
+//! I/O; [`push`] (what each proxy receives), [`server`], [`source`], [`ca`] and [`tls`] do.
 
 pub mod ca;
 pub mod crd;
@@ -17,5 +17,6 @@ pub mod monitoring;
 pub mod push;
 pub mod server;
 pub mod source;
+pub mod tls;
 pub mod translate;
 pub mod validation;

@@ -3,6 +3,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use controller::loader::{self, LoadError};
+use controller::server::{KubernetesMode, LocalMode, Mode, ServerConfig};
 use controller::validation;
 
 /// The mesh controller: configuration, push and certificate authority.
@@ -15,27 +16,65 @@ struct Args {
     run: RunArgs,
 }
 
+/// Where configuration comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ModeArg {
+    /// Local mode with --config-dir, Kubernetes mode without.
+    Auto,
+    /// A directory of YAML (--config-dir), a CA directory and bootstrap tokens.
+    Local,
+    /// The API server (in-cluster config or KUBECONFIG), the CA in Secrets, TokenReview.
+    Kubernetes,
+}
+
 #[derive(Debug, clap::Args)]
 struct RunArgs {
+    /// Where configuration comes from.
+    #[arg(long, env = "WEFT_MODE", value_enum, default_value = "auto")]
+    mode: ModeArg,
     /// Directory of Kubernetes and Istio YAML to serve (local mode).
     #[arg(long, env = "WEFT_CONFIG_DIR")]
     config_dir: Option<PathBuf>,
-    /// Plaintext gRPC address for xDS and the CA (local mode).
-    #[arg(long, env = "WEFT_GRPC_ADDRESS", default_value = "0.0.0.0:15010")]
-    grpc_address: std::net::SocketAddr,
+    /// Plaintext gRPC address for xDS and the CA [default: 0.0.0.0:15010 in local mode; none in
+    /// Kubernetes mode, where callers send service-account tokens].
+    #[arg(long, env = "WEFT_GRPC_ADDRESS")]
+    grpc_address: Option<std::net::SocketAddr>,
+    /// gRPC over TLS for xDS and the CA [default: 0.0.0.0:15012 in Kubernetes mode; none in
+    /// local mode].
+    #[arg(long, env = "WEFT_TLS_ADDRESS")]
+    tls_address: Option<std::net::SocketAddr>,
+    /// DNS names of the TLS serving certificate, comma-separated [default:
+    /// istiod.<namespace>.svc, istiod, istiod.<namespace>, istiod.<namespace>.svc.cluster.local].
+    #[arg(long, env = "WEFT_SERVING_NAMES", value_delimiter = ',')]
+    serving_names: Vec<String>,
     /// Prometheus monitoring address.
     #[arg(long, env = "WEFT_MONITORING_ADDRESS", default_value = "0.0.0.0:15014")]
     monitoring_address: std::net::SocketAddr,
-    /// Directory holding the root CA (created and persisted on first start).
+    /// Directory holding the root CA (local mode; created and persisted on first start).
     #[arg(long, env = "WEFT_CA_DIR", default_value = "/var/lib/weft/ca")]
     ca_dir: PathBuf,
-    /// File of `<node> <token>` lines: the node agents' bootstrap tokens.
+    /// File of `<node> <token>` lines: the node agents' bootstrap tokens (local mode).
     #[arg(
         long,
         env = "WEFT_BOOTSTRAP_TOKENS",
         default_value = "/etc/weft/bootstrap-tokens"
     )]
     bootstrap_tokens: PathBuf,
+    /// The controller's namespace (Kubernetes mode): its CA Secrets and root ConfigMap.
+    #[arg(long, env = "WEFT_NAMESPACE", default_value = "istio-system")]
+    namespace: String,
+    /// Audiences callers' service-account tokens must carry, comma-separated (Kubernetes mode).
+    #[arg(
+        long,
+        env = "WEFT_TOKEN_AUDIENCES",
+        value_delimiter = ',',
+        default_value = "istio-ca"
+    )]
+    token_audiences: Vec<String>,
+    /// Service accounts of the node agents as namespace/name, comma-separated (Kubernetes
+    /// mode) [default: <namespace>/weft-node-agent].
+    #[arg(long, env = "WEFT_NODE_AGENT_SERVICE_ACCOUNTS", value_delimiter = ',')]
+    node_agent_service_accounts: Vec<String>,
     /// The mesh trust domain.
     #[arg(long, env = "WEFT_TRUST_DOMAIN", default_value = "cluster.local")]
     trust_domain: String,
@@ -47,7 +86,7 @@ struct RunArgs {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the controller (the default when no subcommand is given).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Load and validate YAML files or directories; exits non-zero on any error.
     Validate {
         /// Files or directories (walked recursively for .yaml/.yml files).
@@ -62,42 +101,107 @@ enum Command {
     },
 }
 
+async fn mode(args: &RunArgs) -> anyhow::Result<Mode> {
+    match (args.mode, &args.config_dir) {
+        (ModeArg::Auto | ModeArg::Local, Some(config_dir)) => Ok(Mode::Local(LocalMode {
+            config_dir: config_dir.clone(),
+            ca_dir: args.ca_dir.clone(),
+            bootstrap_tokens: args.bootstrap_tokens.clone(),
+        })),
+        (ModeArg::Local, None) => anyhow::bail!("local mode needs --config-dir (WEFT_CONFIG_DIR)"),
+        (ModeArg::Kubernetes, Some(_)) => {
+            anyhow::bail!("--config-dir is for local mode; Kubernetes mode reads the API server")
+        }
+        (ModeArg::Auto | ModeArg::Kubernetes, None) => {
+            let config = kube::Config::infer().await.map_err(|e| {
+                anyhow::anyhow!(
+                    "Kubernetes mode (no --config-dir given): no cluster found in-cluster or in KUBECONFIG: {e}"
+                )
+            })?;
+            let client = kube::Client::try_from(config)
+                .map_err(|e| anyhow::anyhow!("Kubernetes client: {e}"))?;
+            let node_agents = if args.node_agent_service_accounts.is_empty() {
+                vec![(args.namespace.clone(), "weft-node-agent".to_owned())]
+            } else {
+                args.node_agent_service_accounts
+                    .iter()
+                    .map(|account| {
+                        let (namespace, name) = account
+                            .split_once('/')
+                            .filter(|(ns, name)| !ns.is_empty() && !name.is_empty())
+                            .ok_or_else(|| {
+                                anyhow::anyhow!(
+                                    "--node-agent-service-accounts: {account:?} is not namespace/name"
+                                )
+                            })?;
+                        Ok((namespace.to_owned(), name.to_owned()))
+                    })
+                    .collect::<anyhow::Result<_>>()?
+            };
+            Ok(Mode::Kubernetes(KubernetesMode {
+                client,
+                namespace: args.namespace.clone(),
+                token_audiences: args
+                    .token_audiences
+                    .iter()
+                    .filter(|a| !a.is_empty())
+                    .cloned()
+                    .collect(),
+                node_agents,
+            }))
+        }
+    }
+}
+
 fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let Some(config_dir) = args.config_dir.clone() else {
-        anyhow::bail!(
-            "--config-dir is required: only local mode (a directory of YAML) is available in this build"
-        );
-    };
-    let config = controller::server::ServerConfig {
-        config_dir,
-        grpc_address: args.grpc_address,
-        monitoring_address: args.monitoring_address,
-        ca_dir: args.ca_dir.clone(),
-        bootstrap_tokens: args.bootstrap_tokens.clone(),
-        settings: controller::translate::agent::MeshSettings {
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let mode = mode(args).await?;
+        let (grpc_address, tls_address) = match &mode {
+            Mode::Local(_) => (
+                Some(args.grpc_address.unwrap_or(([0, 0, 0, 0], 15010).into())),
+                args.tls_address,
+            ),
+            Mode::Kubernetes(_) => (
+                args.grpc_address,
+                Some(args.tls_address.unwrap_or(([0, 0, 0, 0], 15012).into())),
+            ),
+        };
+        let settings = controller::translate::agent::MeshSettings {
             trust_domain: args.trust_domain.clone(),
             root_namespace: args.root_namespace.clone(),
             ..Default::default()
-        },
-    };
-    let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(async move {
+        };
+        let serving_names = if args.serving_names.is_empty() {
+            controller::server::default_serving_names(&args.namespace, &settings.domain_suffix)
+        } else {
+            args.serving_names.clone()
+        };
+        let config = ServerConfig {
+            mode,
+            grpc_address,
+            tls_address,
+            serving_names,
+            monitoring_address: args.monitoring_address,
+            settings,
+        };
         let (sender, shutdown) = tokio::sync::watch::channel(false);
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::spawn(async move {
-            use tokio::signal::unix::{SignalKind, signal};
-            let mut terminate = signal(SignalKind::terminate()).expect("a SIGTERM handler");
             tokio::select! {
                 _ = terminate.recv() => {}
                 _ = tokio::signal::ctrl_c() => {}
             }
             let _ = sender.send(true);
         });
-        controller::server::run(config, shutdown).await
+        controller::server::run(config, shutdown).await?;
+        anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
 }

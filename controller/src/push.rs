@@ -1,57 +1,11 @@
-//! What each proxy receives: a [`Translation`] published into the xDS store, one type URL per
-//! resource kind, and the [`ProxyScope`] deciding who sees what. Node agents and waypoints say
-//! who they are in the `Node` of their stream's first request.
+//! What each proxy receives of the store's resources: the [`ProxyScope`] deciding who sees what.
+//! Node agents and waypoints say who they are in the `Node` of their stream's first request.
 
-use weft_proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, WAYPOINT_CONFIG_TYPE_URL};
-use weft_xds::{ChangeSummary, ProxyIdentity, ResourceStore, Scope, StoredResource};
-
-use crate::translate::Translation;
+use weft_proto::WAYPOINT_CONFIG_TYPE_URL;
+use weft_xds::{ProxyIdentity, Scope, StoredResource};
 
 /// Node metadata key naming the kind of proxy (the node agent sends `node-agent`).
 pub const PROXY_KIND: &str = "PROXY_KIND";
-
-/// What changed in the store, per type.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Published {
-    pub addresses: ChangeSummary,
-    pub authorizations: ChangeSummary,
-    pub waypoints: ChangeSummary,
-}
-
-fn pack<M: prost::Name>(message: &M) -> prost_types::Any {
-    prost_types::Any {
-        type_url: M::type_url(),
-        value: message.encode_to_vec(),
-    }
-}
-
-/// Replaces the store's resources of every type with the translation's. Unchanged resources
-/// keep their version, so only what changed is pushed.
-pub fn publish(store: &mut ResourceStore, translation: &Translation) -> Published {
-    Published {
-        addresses: store.replace_type(
-            ADDRESS_TYPE_URL,
-            translation
-                .addresses
-                .iter()
-                .map(|(name, r)| (name.clone(), pack(r))),
-        ),
-        authorizations: store.replace_type(
-            AUTHORIZATION_TYPE_URL,
-            translation
-                .authorizations
-                .iter()
-                .map(|(name, r)| (name.clone(), pack(r))),
-        ),
-        waypoints: store.replace_type(
-            WAYPOINT_CONFIG_TYPE_URL,
-            translation
-                .waypoints
-                .iter()
-                .map(|(name, r)| (name.clone(), pack(r))),
-        ),
-    }
-}
 
 /// Who is on the other end of a stream.
 #[derive(Debug, Clone, PartialEq, Eq)]

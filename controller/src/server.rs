@@ -1,43 +1,105 @@
-//! The controller in local mode: watches a directory of YAML, keeps the index, translates it for
-//! node agents and waypoints, serves delta ADS and the CA on one gRPC port, and its metrics on the
-//! monitoring port. A change to the directory reaches connected proxies within a second; an invalid edit is
-//! reported and the last good version of that resource keeps serving.
+//! The running controller, in either mode, as one pipeline:
+//!
+//! source (a directory of YAML, or the API server's watches) -> [`LiveIndex`] -> translation
+//! ([`translate::translate`], a pure function of an index snapshot: node agents' resources and
+//! every waypoint's `WaypointConfig`) -> the `weft-xds` store -> delta ADS to every connected
+//! proxy, scoped by [`push::ProxyScope`].
+//!
+//! The index's generation watch wakes the publisher; changes are debounced (100 ms of quiet, at
+//! most 1 s) before one translation replaces the store's whole state, which the ADS server turns
+//! into deltas. The CA signs with the root of the mode (a directory, or Secrets) and asks the same
+//! index which pods run where. gRPC (ADS and CA) is served in plaintext (15010, local mode) and/or
+//! over TLS (15012) with a serving certificate from the mesh CA; metrics on 15014.
 
-use std::{
-    collections::BTreeMap,
-    net::SocketAddr,
-    path::PathBuf,
-    sync::{Arc, RwLock},
-    time::{Duration, SystemTime},
-};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use tokio::sync::watch;
 use weft_identity::{CertificateAuthority, SpiffeId};
 use weft_xds::{DeltaAdsServer, ResourceStore, XdsCounters};
 
 use crate::{
-    ca::{BootstrapTokens, CertificateService, NodeDirectory},
-    index::ConfigIndex,
-    loader, push,
+    ca::{
+        Authenticator, BootstrapTokens, CertificateService, NodeDirectory,
+        kubernetes::{self as kube_ca, TokenReviewAuthenticator},
+    },
+    index::{ConfigIndex, LiveIndex},
+    push,
+    source::{directory::DirectorySource, kube::KubeSource},
+    tls::{self, ServingCertificates},
     translate::{self, MeshSettings},
 };
 
-/// How often the directory is checked for changes.
-const RESCAN: Duration = Duration::from_millis(300);
+/// A change waits this long for quiet before it is translated...
+pub const DEBOUNCE: Duration = Duration::from_millis(100);
+/// ...but never longer than this after the first change it carries.
+pub const DEBOUNCE_MAX: Duration = Duration::from_secs(1);
+/// While the Kubernetes source has not listed every kind, the missing ones are logged this often.
+const SYNC_REPORT: Duration = Duration::from_secs(10);
 
-/// Everything `controller run` is told.
+/// Local mode: configuration, root and node credentials from files.
 #[derive(Debug, Clone)]
-pub struct ServerConfig {
+pub struct LocalMode {
     pub config_dir: PathBuf,
-    /// Plaintext gRPC (xDS and CA), 15010 in Istio's numbering.
-    pub grpc_address: SocketAddr,
-    /// Prometheus metrics, 15014.
-    pub monitoring_address: SocketAddr,
     /// Where the root CA is kept (created on first start).
     pub ca_dir: PathBuf,
     /// `<node> <token>` lines.
     pub bootstrap_tokens: PathBuf,
+}
+
+/// Kubernetes mode: configuration from the API server, the root in Secrets, callers
+/// authenticated by TokenReview.
+#[derive(Clone)]
+pub struct KubernetesMode {
+    pub client: kube::Client,
+    /// The controller's own namespace: its CA Secrets and the root ConfigMap live there.
+    pub namespace: String,
+    /// Audiences the callers' tokens must carry (none: the API server's default).
+    pub token_audiences: Vec<String>,
+    /// `(namespace, service account)` of the node agents, which may obtain the identities of
+    /// their node's pods.
+    pub node_agents: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for KubernetesMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubernetesMode")
+            .field("namespace", &self.namespace)
+            .field("token_audiences", &self.token_audiences)
+            .field("node_agents", &self.node_agents)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where configuration, the root and callers' credentials come from.
+#[derive(Debug, Clone)]
+pub enum Mode {
+    Local(LocalMode),
+    Kubernetes(KubernetesMode),
+}
+
+/// Everything `controller run` is told.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub mode: Mode,
+    /// Plaintext gRPC (xDS and CA), 15010 in Istio's numbering; `None` for none.
+    pub grpc_address: Option<SocketAddr>,
+    /// gRPC over TLS, 15012; `None` for none.
+    pub tls_address: Option<SocketAddr>,
+    /// DNS names of the TLS serving certificate (the first is its common name).
+    pub serving_names: Vec<String>,
+    /// Prometheus metrics, 15014.
+    pub monitoring_address: SocketAddr,
     pub settings: MeshSettings,
+}
+
+/// The DNS names istiod's serving certificate carries, for a controller in `namespace`.
+pub fn default_serving_names(namespace: &str, domain_suffix: &str) -> Vec<String> {
+    vec![
+        format!("istiod.{namespace}.svc"),
+        "istiod".to_owned(),
+        format!("istiod.{namespace}"),
+        format!("istiod.{namespace}.svc.{domain_suffix}"),
+    ]
 }
 
 /// Errors that stop the controller from starting.
@@ -45,115 +107,182 @@ pub struct ServerConfig {
 pub enum ServerError {
     #[error("certificate authority in {0}: {1}")]
     Ca(PathBuf, #[source] weft_identity::CaError),
+    #[error("certificate authority: {0}")]
+    KubeCa(#[from] kube_ca::KubeCaError),
     #[error(transparent)]
     Tokens(#[from] crate::ca::TokenFileError),
+    #[error("serving certificate: {0}")]
+    Serving(#[from] tls::ServingError),
+    #[error("tls configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("no gRPC listener: give a plaintext or a TLS address")]
+    NoListener,
     #[error("binding {0}: {1}")]
     Bind(SocketAddr, #[source] std::io::Error),
-    #[error("grpc server: {0}")]
-    Grpc(#[source] tonic::transport::Error),
-}
-
-/// The current index, shared with the CA (which pods run where).
-#[derive(Clone, Default)]
-pub struct SharedIndex(Arc<RwLock<Arc<ConfigIndex>>>);
-
-impl SharedIndex {
-    pub fn get(&self) -> Arc<ConfigIndex> {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    fn set(&self, index: ConfigIndex) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(index);
-    }
+    #[error("grpc server on {0}: {1}")]
+    Grpc(SocketAddr, #[source] tonic::transport::Error),
 }
 
 /// The CA's view of which identities run on which node: pods scheduled there.
 pub struct IndexDirectory {
-    index: SharedIndex,
+    index: Arc<LiveIndex>,
     trust_domain: String,
+}
+
+impl IndexDirectory {
+    pub fn new(index: Arc<LiveIndex>, trust_domain: String) -> Self {
+        Self {
+            index,
+            trust_domain,
+        }
+    }
 }
 
 impl NodeDirectory for IndexDirectory {
     fn runs_on(&self, node: &str, identity: &SpiffeId) -> bool {
-        crate::ca::mesh_pod_runs_on(&self.index.get(), node, identity, &self.trust_domain)
+        crate::ca::mesh_pod_runs_on(&self.index.snapshot(), node, identity, &self.trust_domain)
     }
 }
 
-/// Files and their modification times: what a change looks like.
-fn fingerprint(dir: &std::path::Path) -> BTreeMap<PathBuf, (SystemTime, u64)> {
-    let files = loader::collect_yaml_files(dir).unwrap_or_default();
-    files
-        .into_iter()
-        .filter_map(|file| {
-            let meta = std::fs::metadata(&file).ok()?;
-            Some((file, (meta.modified().ok()?, meta.len())))
-        })
-        .collect()
-}
-
-/// Loads the directory and publishes the translation; returns the rejections' messages.
-pub fn reload(
-    config: &ServerConfig,
-    index: &SharedIndex,
-    store: &mut ResourceStore,
-) -> Vec<String> {
-    let report = loader::load_paths(&[&config.config_dir]);
-    let previous = index.get();
-    let (next, rejections) = ConfigIndex::from_report(report, Some(&previous));
-    for rejection in &rejections {
-        tracing::warn!(problem = %rejection.message, "configuration rejected");
-    }
-    let translation = translate::translate(&next, &config.settings);
+/// Translates `index` and replaces the store's whole state with it (one push, if anything
+/// changed).
+pub fn publish(index: &ConfigIndex, settings: &MeshSettings, store: &mut ResourceStore) {
+    let translation = translate::translate(index, settings);
     for problem in &translation.problems {
         tracing::warn!(%problem, "configuration not translated");
     }
-    let changed = push::publish(store, &translation);
+    let changes = store.replace_all(translation.resources());
     tracing::info!(
-        pods = next.pods.len(),
-        services = next.services.len(),
-        policies = next.authorization_policies.len(),
+        pods = index.pods.len(),
+        services = index.services.len(),
+        endpoint_slices = index.endpoint_slices.len(),
+        policies = index.authorization_policies.len(),
         waypoints = translation.waypoints.len(),
-        rejected = rejections.len(),
         untranslated = translation.problems.len(),
-        addresses = ?changed.addresses,
-        authorizations = ?changed.authorizations,
-        waypoint_configs = ?changed.waypoints,
-        "configuration loaded"
+        added = changes.added,
+        updated = changes.updated,
+        removed = changes.removed,
+        "configuration published"
     );
-    index.set(next);
-    rejections.into_iter().map(|r| r.message).collect()
+}
+
+/// The store's only writer: republishes after every (debounced) change of the index.
+async fn publish_changes(
+    index: Arc<LiveIndex>,
+    mut store: ResourceStore,
+    settings: MeshSettings,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut changes = index.subscribe();
+    changes.borrow_and_update();
+    loop {
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return },
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        let deadline = tokio::time::Instant::now() + DEBOUNCE_MAX;
+        loop {
+            let quiet = tokio::time::sleep(DEBOUNCE);
+            tokio::select! {
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        break;
+                    }
+                }
+                () = quiet => break,
+            }
+        }
+        changes.borrow_and_update();
+        publish(&index.snapshot(), &settings, &mut store);
+    }
+}
+
+/// Starts the Kubernetes source and waits until every kind has been listed once, so that the
+/// first push is the cluster's whole state (a partial one would make proxies drop workloads).
+async fn start_kubernetes_source(
+    client: kube::Client,
+    index: Arc<LiveIndex>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let source = KubeSource::new(client, index);
+    let kinds = source.kinds().to_vec();
+    let mut synced = source.synced();
+    let mut source_shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = source.run() => {}
+            _ = source_shutdown.wait_for(|s| *s) => {}
+        }
+    });
+    loop {
+        let done = {
+            let all = synced.wait_for(|listed| listed.len() == kinds.len());
+            tokio::select! {
+                done = tokio::time::timeout(SYNC_REPORT, all) => done.is_ok(),
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+        };
+        if done {
+            break;
+        }
+        let listed = synced.borrow().clone();
+        let missing: Vec<String> = kinds
+            .iter()
+            .filter(|k| !listed.contains(k))
+            .map(ToString::to_string)
+            .collect();
+        tracing::warn!(?missing, "still waiting for the API server to list");
+    }
+    tracing::info!(kinds = kinds.len(), "kubernetes source synced");
 }
 
 /// Runs until `shutdown` turns true.
 pub async fn run(config: ServerConfig, shutdown: watch::Receiver<bool>) -> Result<(), ServerError> {
-    let ca = Arc::new(
-        CertificateAuthority::load_or_create(&config.ca_dir)
-            .map_err(|e| ServerError::Ca(config.ca_dir.clone(), e))?,
-    );
-    let tokens = BootstrapTokens::load(&config.bootstrap_tokens)?;
-    let index = SharedIndex::default();
-    let mut store = ResourceStore::new();
-    reload(&config, &index, &mut store);
-    let reader = store.reader();
-
-    // The watcher owns the store: the only writer.
-    let watch_config = config.clone();
-    let watch_index = index.clone();
-    let mut watch_shutdown = shutdown.clone();
-    tokio::spawn(async move {
-        let mut seen = fingerprint(&watch_config.config_dir);
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(RESCAN) => {}
-                _ = watch_shutdown.wait_for(|s| *s) => return,
-            }
-            let now = fingerprint(&watch_config.config_dir);
-            if now != seen {
-                seen = now;
-                reload(&watch_config, &watch_index, &mut store);
-            }
+    if config.grpc_address.is_none() && config.tls_address.is_none() {
+        return Err(ServerError::NoListener);
+    }
+    let index = Arc::new(LiveIndex::default());
+    let trust_domain = config.settings.trust_domain.clone();
+    let (ca, authenticator) = match &config.mode {
+        Mode::Local(local) => {
+            let ca = CertificateAuthority::load_or_create(&local.ca_dir)
+                .map_err(|e| ServerError::Ca(local.ca_dir.clone(), e))?;
+            let tokens = BootstrapTokens::load(&local.bootstrap_tokens)?;
+            let mut directory = DirectorySource::new(local.config_dir.clone(), index.clone());
+            directory.load();
+            tokio::spawn(directory.run(shutdown.clone()));
+            (ca, Authenticator::Bootstrap(tokens))
         }
-    });
+        Mode::Kubernetes(kube) => {
+            let (ca, origin) =
+                kube_ca::load_or_create(kube.client.clone(), &kube.namespace).await?;
+            tracing::info!(?origin, namespace = %kube.namespace, "mesh CA ready");
+            kube_ca::publish_root(kube.client.clone(), &kube.namespace, ca.root_cert_pem()).await?;
+            start_kubernetes_source(kube.client.clone(), index.clone(), shutdown.clone()).await;
+            let authenticator = TokenReviewAuthenticator::new(
+                kube.client.clone(),
+                kube.token_audiences.clone(),
+                trust_domain.clone(),
+                kube.node_agents.clone(),
+                index.clone(),
+            );
+            (ca, Authenticator::TokenReview(authenticator))
+        }
+    };
+    let ca = Arc::new(ca);
+
+    let mut store = ResourceStore::new();
+    publish(&index.snapshot(), &config.settings, &mut store);
+    let reader = store.reader();
+    tokio::spawn(publish_changes(
+        index.clone(),
+        store,
+        config.settings.clone(),
+        shutdown.clone(),
+    ));
 
     let counters = Arc::new(XdsCounters::default());
     let ads = DeltaAdsServer::new(reader)
@@ -162,13 +291,13 @@ pub async fn run(config: ServerConfig, shutdown: watch::Receiver<bool>) -> Resul
         .with_shutdown(shutdown.clone())
         .into_service();
     let certificates = CertificateService::new(
-        ca,
-        tokens,
+        ca.clone(),
+        authenticator,
         IndexDirectory {
             index: index.clone(),
-            trust_domain: config.settings.trust_domain.clone(),
+            trust_domain: trust_domain.clone(),
         },
-        config.settings.trust_domain.clone(),
+        trust_domain,
     )
     .into_server();
 
@@ -183,20 +312,71 @@ pub async fn run(config: ServerConfig, shutdown: watch::Receiver<bool>) -> Resul
         }
     });
 
-    let listener = tokio::net::TcpListener::bind(config.grpc_address)
-        .await
-        .map_err(|e| ServerError::Bind(config.grpc_address, e))?;
-    tracing::info!(grpc = %config.grpc_address, monitoring = %config.monitoring_address, dir = %config.config_dir.display(), "controller serving");
-    let mut grpc_shutdown = shutdown;
-    tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .add_service(ads)
-        .add_service(certificates)
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            async move {
-                let _ = grpc_shutdown.wait_for(|s| *s).await;
-            },
-        )
-        .await
-        .map_err(ServerError::Grpc)
+        .add_service(certificates);
+    let stopped = |mut shutdown: watch::Receiver<bool>| async move {
+        let _ = shutdown.wait_for(|s| *s).await;
+    };
+    let plaintext = match config.grpc_address {
+        Some(address) => {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .map_err(|e| ServerError::Bind(address, e))?;
+            let router = router.clone();
+            let shutdown = shutdown.clone();
+            Some(async move {
+                router
+                    .serve_with_incoming_shutdown(
+                        tokio_stream::wrappers::TcpListenerStream::new(listener),
+                        stopped(shutdown),
+                    )
+                    .await
+                    .map_err(|e| ServerError::Grpc(address, e))
+            })
+        }
+        None => None,
+    };
+    let secure = match config.tls_address {
+        Some(address) => {
+            let serving = ServingCertificates::new(ca.clone(), config.serving_names.clone())?;
+            tokio::spawn(serving.clone().renew(shutdown.clone()));
+            let tls_config = tls::server_config(serving)?;
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .map_err(|e| ServerError::Bind(address, e))?;
+            let shutdown = shutdown.clone();
+            Some(async move {
+                router
+                    .serve_with_incoming_shutdown(
+                        tls::incoming(listener, tls_config),
+                        stopped(shutdown),
+                    )
+                    .await
+                    .map_err(|e| ServerError::Grpc(address, e))
+            })
+        }
+        None => None,
+    };
+    tracing::info!(
+        grpc = ?config.grpc_address,
+        grpc_tls = ?config.tls_address,
+        serving_names = ?config.serving_names,
+        monitoring = %config.monitoring_address,
+        "controller serving"
+    );
+    let plaintext = async move {
+        match plaintext {
+            Some(server) => server.await,
+            None => Ok(()),
+        }
+    };
+    let secure = async move {
+        match secure {
+            Some(server) => server.await,
+            None => Ok(()),
+        }
+    };
+    futures::future::try_join(plaintext, secure).await?;
+    Ok(())
 }

@@ -16,8 +16,10 @@ pub mod waypoint;
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use prost::Name;
 use weft_proto::istio::{security, workload};
 use weft_proto::waypoint::WaypointConfig;
+use weft_proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, WAYPOINT_CONFIG_TYPE_URL};
 
 use crate::{index::ConfigIndex, model::ResourceKind};
 
@@ -76,6 +78,14 @@ impl TranslateError {
 pub enum TranslateProblem {
     #[error("waypoint {namespace}/{name} does not exist (no Gateway of class istio-waypoint)")]
     UnknownWaypoint { namespace: String, name: String },
+    #[error(
+        "waypoint {namespace}/{name} does not admit namespace {from} (its listener's allowedRoutes); not used"
+    )]
+    WaypointNotAllowed {
+        namespace: String,
+        name: String,
+        from: String,
+    },
     #[error(
         "waypoint {namespace}/{name} takes {takes} traffic (istio.io/waypoint-for), not {asked} traffic; not used"
     )]
@@ -173,6 +183,43 @@ pub fn translate(index: &ConfigIndex, settings: &MeshSettings) -> Translation {
         waypoints,
         problems,
     }
+}
+
+/// Resources of one type: (name, body) pairs.
+pub type TypeResources = Vec<(String, prost_types::Any)>;
+
+fn any<M: Name>(message: &M) -> prost_types::Any {
+    prost_types::Any {
+        type_url: M::type_url(),
+        value: message.encode_to_vec(),
+    }
+}
+
+impl Translation {
+    /// Everything the controller serves, by type URL. Every type is always listed (possibly
+    /// empty), so a type whose last resource went away is emptied. A new kind of proxy resource
+    /// is one more entry here.
+    pub fn resources(&self) -> Vec<(String, TypeResources)> {
+        fn packed<M: Name>(resources: &BTreeMap<String, M>) -> TypeResources {
+            resources
+                .iter()
+                .map(|(name, r)| (name.clone(), any(r)))
+                .collect()
+        }
+        vec![
+            (ADDRESS_TYPE_URL.to_owned(), packed(&self.addresses)),
+            (
+                AUTHORIZATION_TYPE_URL.to_owned(),
+                packed(&self.authorizations),
+            ),
+            (WAYPOINT_CONFIG_TYPE_URL.to_owned(), packed(&self.waypoints)),
+        ]
+    }
+}
+
+/// Everything the controller serves for `index`, by type URL (see [`Translation::resources`]).
+pub fn resources(index: &ConfigIndex, settings: &MeshSettings) -> Vec<(String, TypeResources)> {
+    translate(index, settings).resources()
 }
 
 #[cfg(test)]

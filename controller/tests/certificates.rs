@@ -5,7 +5,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use controller::{
-    server::{ServerConfig, run},
+    server::{LocalMode, Mode, ServerConfig, run},
     translate::MeshSettings,
 };
 use waypoint::ca_client::{CaClientConfig, fetch_certificate};
@@ -58,19 +58,24 @@ async fn a_waypoint_gets_its_certificate_with_its_nodes_credential_only() {
         format!("node1 {NODE1_TOKEN}\nnode2 {NODE2_TOKEN}\n"),
     )
     .unwrap();
+    let grpc_address = free_port();
     let config = ServerConfig {
-        config_dir: dir.join("config"),
-        grpc_address: free_port(),
+        mode: Mode::Local(LocalMode {
+            config_dir: dir.join("config"),
+            ca_dir: dir.join("ca"),
+            bootstrap_tokens: dir.join("tokens"),
+        }),
+        grpc_address: Some(grpc_address),
+        tls_address: None,
+        serving_names: Vec::new(),
         monitoring_address: free_port(),
-        ca_dir: dir.join("ca"),
-        bootstrap_tokens: dir.join("tokens"),
         settings: MeshSettings::default(),
     };
     let (shutdown, receiver) = tokio::sync::watch::channel(false);
     let server_config = config.clone();
     let server = tokio::spawn(async move { run(server_config, receiver).await });
     let client = |token: &str, node: &str| CaClientConfig {
-        address: format!("http://{}", config.grpc_address),
+        address: format!("http://{grpc_address}"),
         roots_pem: None,
         token: token.to_owned(),
         node: Some(node.to_owned()),

@@ -11,7 +11,7 @@ use std::{
 };
 
 use controller::{
-    server::{ServerConfig, run},
+    server::{LocalMode, Mode, ServerConfig, run},
     translate::agent::MeshSettings,
 };
 use prost::Message as _;
@@ -85,12 +85,17 @@ async fn deltas_follow_edits_nacks_are_survived_and_restarts_resend_everything()
     write(&config_dir, "ns.yaml", NAMESPACE);
     write(&config_dir, "a.yaml", &pod("a", "10.0.0.1"));
     std::fs::write(dir.join("tokens"), "node1 node1-token-0123456789\n").unwrap();
+    let grpc_address = free_port();
     let config = ServerConfig {
-        config_dir: config_dir.clone(),
-        grpc_address: free_port(),
+        mode: Mode::Local(LocalMode {
+            config_dir: config_dir.clone(),
+            ca_dir: dir.join("ca"),
+            bootstrap_tokens: dir.join("tokens"),
+        }),
+        grpc_address: Some(grpc_address),
+        tls_address: None,
+        serving_names: Vec::new(),
         monitoring_address: free_port(),
-        ca_dir: dir.join("ca"),
-        bootstrap_tokens: dir.join("tokens"),
         settings: MeshSettings::default(),
     };
     let controller = start(&config);
@@ -101,7 +106,7 @@ async fn deltas_follow_edits_nacks_are_survived_and_restarts_resend_everything()
     let rejected: Arc<Mutex<Vec<String>>> = Arc::default();
     let rejections = rejected.clone();
     let client = DeltaClient::new(
-        Target::address(&format!("http://{}", config.grpc_address)).unwrap(),
+        Target::address(&format!("http://{grpc_address}")).unwrap(),
         Node {
             id: "node-agent~node1".into(),
             ..Default::default()
@@ -280,17 +285,22 @@ async fn a_waypoint_gets_its_config_and_follows_edits_and_agents_get_none() {
     std::fs::create_dir_all(&config_dir).unwrap();
     write(&config_dir, "mesh.yaml", WAYPOINT_MESH);
     std::fs::write(dir.join("tokens"), "node1 node1-token-0123456789\n").unwrap();
+    let grpc_address = free_port();
     let config = ServerConfig {
-        config_dir: config_dir.clone(),
-        grpc_address: free_port(),
+        mode: Mode::Local(LocalMode {
+            config_dir: config_dir.clone(),
+            ca_dir: dir.join("ca"),
+            bootstrap_tokens: dir.join("tokens"),
+        }),
+        grpc_address: Some(grpc_address),
+        tls_address: None,
+        serving_names: Vec::new(),
         monitoring_address: free_port(),
-        ca_dir: dir.join("ca"),
-        bootstrap_tokens: dir.join("tokens"),
         settings: MeshSettings::default(),
     };
     let controller = start(&config);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let target = || Target::address(&format!("http://{}", config.grpc_address)).unwrap();
+    let target = || Target::address(&format!("http://{grpc_address}")).unwrap();
 
     // The waypoint's node and subscription, exactly as the waypoint binary sends them; it also
     // asks for another waypoint's config, which it must not get.

@@ -239,12 +239,33 @@ pub struct CertificateState {
     pub last_error: Option<String>,
 }
 
+/// The credential sent to the CA as `authorization: Bearer`.
+#[derive(Debug, Clone)]
+pub enum CaToken {
+    /// A fixed token (local mode's bootstrap token, tests).
+    Fixed(String),
+    /// A file read anew for every request: Kubernetes' projected service-account token, which
+    /// the kubelet rotates in place.
+    File(std::path::PathBuf),
+}
+
+impl CaToken {
+    fn current(&self) -> Result<String, String> {
+        match self {
+            Self::Fixed(token) => Ok(token.clone()),
+            Self::File(path) => std::fs::read_to_string(path)
+                .map(|t| t.trim().to_string())
+                .map_err(|e| format!("reading the CA token {}: {e}", path.display())),
+        }
+    }
+}
+
 /// The controller's CA over gRPC (`IstioCertificateService/CreateCertificate`).
 pub struct GrpcCaClient {
     client: weft_proto::istio::ca::istio_certificate_service_client::IstioCertificateServiceClient<
         tonic::transport::Channel,
     >,
-    token: String,
+    token: CaToken,
     node: String,
     cluster_id: Option<String>,
 }
@@ -257,15 +278,36 @@ pub const CLUSTER_ID_HEADER: &str = "clusterid";
 pub const IMPERSONATED_IDENTITY: &str = "ImpersonatedIdentity";
 
 impl GrpcCaClient {
-    /// A lazily connected client for `address` (`http://host:port`).
+    /// A lazily connected plaintext client for `address` (`http://host:port`).
     pub fn new(address: &str, token: String, node: String) -> Result<Self, String> {
-        let channel = tonic::transport::Endpoint::from_shared(address.to_string())
+        Self::connect(address, None, CaToken::Fixed(token), node)
+    }
+
+    /// A lazily connected client for `address`: plaintext for `http://`, TLS verified against
+    /// `roots_pem` (required) for `https://` (the controller's 15012, whose certificate names
+    /// the address's host).
+    pub fn connect(
+        address: &str,
+        roots_pem: Option<&str>,
+        token: CaToken,
+        node: String,
+    ) -> Result<Self, String> {
+        let mut endpoint = tonic::transport::Endpoint::from_shared(address.to_string())
             .map_err(|e| format!("CA address {address}: {e}"))?
             .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(10))
-            .connect_lazy();
+            .timeout(Duration::from_secs(10));
+        if address.starts_with("https://") {
+            let roots = roots_pem
+                .ok_or_else(|| format!("CA address {address} is TLS: ROOT_CERT_FILE is needed"))?;
+            endpoint = endpoint
+                .tls_config(
+                    tonic::transport::ClientTlsConfig::new()
+                        .ca_certificate(tonic::transport::Certificate::from_pem(roots)),
+                )
+                .map_err(|e| format!("CA address {address}: {e}"))?;
+        }
         Ok(Self {
-            client: weft_proto::istio::ca::istio_certificate_service_client::IstioCertificateServiceClient::new(channel),
+            client: weft_proto::istio::ca::istio_certificate_service_client::IstioCertificateServiceClient::new(endpoint.connect_lazy()),
             token,
             node,
             cluster_id: None,
@@ -302,9 +344,9 @@ impl CaClient for GrpcCaClient {
         let metadata = request.metadata_mut();
         metadata.insert(
             "authorization",
-            format!("Bearer {}", self.token)
+            format!("Bearer {}", self.token.current()?)
                 .parse()
-                .map_err(|_| "the bootstrap token is not a valid header value".to_string())?,
+                .map_err(|_| "the CA token is not a valid header value".to_string())?,
         );
         metadata.insert(
             NODE_HEADER,

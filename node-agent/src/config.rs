@@ -28,6 +28,9 @@ pub const LOG_LEVEL: &str = "LOG_LEVEL";
 pub const LOG_FORMAT: &str = "LOG_FORMAT";
 pub const WORKER_THREADS: &str = "WORKER_THREADS";
 
+/// How a missing root for an `https://` controller address is reported.
+const ROOT_CERT_FILE_FOR_TLS: &str =
+    "ROOT_CERT_FILE (to verify an https:// XDS_ADDRESS or CA_ADDRESS)";
 const DEFAULT_CLUSTER_ID: &str = "Kubernetes";
 const DEFAULT_WORKER_THREADS: usize = 2;
 const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
@@ -86,13 +89,16 @@ pub struct Config {
     pub cluster_id: String,
     /// The mesh's trust domain: peers from any other are refused.
     pub trust_domain: String,
-    /// The controller's xDS endpoint (`http://host:15010`).
+    /// The controller's xDS endpoint: `http://host:15010` (local mode) or
+    /// `https://istiod.istio-system.svc:15012` (Kubernetes; verified against `root_cert_file`).
     pub xds_address: String,
     /// The CA endpoint (defaults to the xDS endpoint).
     pub ca_address: String,
-    /// File holding this node's bootstrap token for the CA.
+    /// File holding the CA credential: this node's bootstrap token (local mode) or the agent's
+    /// projected service-account token (Kubernetes). Read anew for every request.
     pub bootstrap_token_file: PathBuf,
-    /// Trust roots to use instead of the one the CA returns.
+    /// Trust roots to use instead of the one the CA returns; also what verifies the controller
+    /// on an `https://` address (required there).
     pub root_cert_file: Option<PathBuf>,
     /// Requested workload certificate lifetime.
     pub certificate_ttl: Duration,
@@ -226,6 +232,13 @@ impl Config {
                 });
             }
         };
+        let uses_tls = xds_address.starts_with("https://")
+            || strings
+                .get(CA_ADDRESS)
+                .is_some_and(|a| a.starts_with("https://"));
+        if uses_tls && strings.get(ROOT_CERT_FILE).is_none() {
+            return Err(ConfigError::Missing(ROOT_CERT_FILE_FOR_TLS));
+        }
         let worker_threads = match strings.get(WORKER_THREADS) {
             None => DEFAULT_WORKER_THREADS,
             Some(value) => match value.parse::<usize>() {
@@ -357,6 +370,13 @@ mod tests {
             (
                 vec![(NODE_NAME, "n"), (LOG_FORMAT, "yaml")],
                 "LOG_FORMAT=\"yaml\": use text or json",
+            ),
+            (
+                vec![
+                    (NODE_NAME, "n"),
+                    (XDS_ADDRESS, "https://istiod.istio-system.svc:15012"),
+                ],
+                "ROOT_CERT_FILE (to verify an https:// XDS_ADDRESS or CA_ADDRESS) is required",
             ),
         ];
         for (pairs, expected) in cases {

@@ -7,7 +7,7 @@ use clap::Parser;
 use http::StatusCode;
 use node_agent::{
     admin::{AdminServer, Endpoints},
-    certificates::{CertificateManager, GrpcCaClient},
+    certificates::{CaToken, CertificateManager, GrpcCaClient},
     config::{self, Config, LogFormat},
     ebpf::{Enroller, OriginalDst, Redirection, RedirectionConfig, check_kernel_features},
     enrollment::EnrollmentServer,
@@ -190,22 +190,30 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .context("loading the eBPF redirection")?,
     );
 
-    let token = std::fs::read_to_string(&config.bootstrap_token_file)
-        .with_context(|| format!("reading {}", config.bootstrap_token_file.display()))?
-        .trim()
-        .to_string();
-    let roots = match &config.root_cert_file {
+    // Read now to fail early; read again for every request, as a projected token rotates.
+    std::fs::read_to_string(&config.bootstrap_token_file)
+        .with_context(|| format!("reading {}", config.bootstrap_token_file.display()))?;
+    let token = CaToken::File(config.bootstrap_token_file.clone());
+    let roots_pem = match &config.root_cert_file {
         None => None,
         Some(path) => Some(
-            TrustRoots::from_pem(
-                &std::fs::read_to_string(path)
-                    .with_context(|| format!("reading {}", path.display()))?,
-            )
-            .with_context(|| format!("trust roots in {}", path.display()))?,
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
         ),
     };
-    let ca = GrpcCaClient::new(&config.ca_address, token, config.node_name.clone())
-        .map_err(anyhow::Error::msg)?;
+    let roots = match (&roots_pem, &config.root_cert_file) {
+        (Some(pem), Some(path)) => Some(
+            TrustRoots::from_pem(pem)
+                .with_context(|| format!("trust roots in {}", path.display()))?,
+        ),
+        _ => None,
+    };
+    let ca = GrpcCaClient::connect(
+        &config.ca_address,
+        roots_pem.as_deref(),
+        token,
+        config.node_name.clone(),
+    )
+    .map_err(anyhow::Error::msg)?;
     let certificates = CertificateManager::new(ca, config.certificate_ttl, roots);
 
     let store = WorkloadStore::new();
@@ -225,7 +233,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         Some(redirection.clone() as Arc<dyn Enroller>),
     ));
 
-    let target = weft_xds::Target::address(&config.xds_address)
+    let target = weft_xds::Target::for_uri(&config.xds_address, roots_pem.as_deref())
         .map_err(|e| anyhow::anyhow!("xDS address {}: {e}", config.xds_address))?;
     let client = xds::client(target, &config.node_name, &config.cluster_id, &store)
         .with_backoff(config.xds_backoff());

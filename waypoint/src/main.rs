@@ -160,6 +160,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let (material, ca) = certificate(&config, &identity).await?;
     info!(%identity, "waypoint certificate obtained");
     let certificates = Arc::new(RotatingCertificate::new(material));
+    // The roots that verify the controller's CA port also verify its xDS port.
+    let controller_roots = ca.as_ref().and_then(|ca| ca.roots_pem.clone());
     if let Some(ca) = ca {
         ca_client::spawn_rotation(ca, identity.clone(), Arc::clone(&certificates));
     }
@@ -194,12 +196,15 @@ async fn run(config: Config) -> anyhow::Result<()> {
             cluster: config.name.clone(),
             ..Default::default()
         };
-        let client = weft_xds::DeltaClient::new(weft_xds::Target::address(controller)?, node)
-            .subscribe_names(
-                weft_proto::WAYPOINT_CONFIG_TYPE_URL,
-                vec![config.resource_name()],
-                waypoint.store().xds_handler(),
-            );
+        let client = weft_xds::DeltaClient::new(
+            weft_xds::Target::for_uri(controller, controller_roots.as_deref())?,
+            node,
+        )
+        .subscribe_names(
+            weft_proto::WAYPOINT_CONFIG_TYPE_URL,
+            vec![config.resource_name()],
+            waypoint.store().xds_handler(),
+        );
         let mut shutdown = drain.clone();
         tasks.push(tokio::spawn(async move {
             let stop = async move {

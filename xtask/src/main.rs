@@ -3,6 +3,8 @@
 
 mod bench;
 mod build_ebpf;
+#[cfg(test)]
+mod chart_tests;
 mod demo;
 mod setup;
 mod test;
@@ -14,7 +16,7 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(
     name = "xtask",
-    about = "Project tasks: setup, build-ebpf, test, demo, bench"
+    about = "Project tasks: setup, build-ebpf, test, demo, bench, crdgen"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -50,6 +52,9 @@ enum Task {
         #[arg(long)]
         no_wait: bool,
     },
+    /// Regenerate the CRDs of the Istio kinds (`controller crdgen --out deploy/crds`) and copy
+    /// them into the Helm chart (deploy/charts/weft/crds).
+    Crdgen,
     /// Run every test: unit tests, then the kernel, netns and end-to-end tests (needs root).
     Test {
         /// Arguments passed on to every `cargo test` run (a test name filter, for example).
@@ -98,7 +103,52 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             scenario,
             no_wait,
         } => demo::run(scenario.as_deref(), no_wait),
+        Task::Crdgen => crdgen(),
     }
+}
+
+/// Where the chart keeps its copy of the CRDs (Helm installs a chart's `crds/` first).
+const CHART_CRDS: &str = "deploy/charts/weft/crds";
+
+fn crdgen() -> anyhow::Result<()> {
+    let root = workspace_root();
+    let out = root.join("deploy/crds");
+    step("generating CRDs");
+    run_command(
+        std::process::Command::new(env!("CARGO"))
+            .current_dir(&root)
+            .args([
+                "run",
+                "--quiet",
+                "-p",
+                "controller",
+                "--bin",
+                "controller",
+                "--",
+            ])
+            .arg("crdgen")
+            .arg("--out")
+            .arg(&out),
+    )?;
+    let chart = root.join(CHART_CRDS);
+    std::fs::create_dir_all(&chart)?;
+    for entry in std::fs::read_dir(&chart)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    for entry in std::fs::read_dir(&out)? {
+        let path = entry?.path();
+        if let Some(name) = path
+            .file_name()
+            .filter(|_| path.extension().is_some_and(|e| e == "yaml"))
+        {
+            std::fs::copy(&path, chart.join(name))?;
+        }
+    }
+    eprintln!("    copied into {CHART_CRDS}");
+    Ok(())
 }
 
 /// The workspace root (the parent of this crate).

@@ -31,6 +31,23 @@ pub struct Listener {
     pub hostname: Option<String>,
     pub port: i64,
     pub protocol: String,
+    pub allowed_routes: Option<AllowedRoutes>,
+}
+
+/// Which namespaces may attach to a listener; for a waypoint, which namespaces' services and
+/// workloads may use it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct AllowedRoutes {
+    pub namespaces: Option<RouteNamespaces>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct RouteNamespaces {
+    /// `Same` (the default), `All` or `Selector`.
+    pub from: Option<String>,
+    pub selector: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
 }
 
 /// The class Istio gives ambient waypoints.

@@ -1,5 +1,8 @@
 use weft_proto::envoy::config::core::v3::Node;
 
+use weft_proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
+use weft_xds::ResourceStore;
+
 use super::*;
 
 fn identity(id: &str, kind: Option<&str>) -> ProxyIdentity {
@@ -114,10 +117,16 @@ fn publishing_the_same_translation_again_changes_nothing() {
     assert!(rejections.is_empty(), "{rejections:?}");
     let settings = translate::MeshSettings::default();
     let mut store = ResourceStore::new();
-    let first = publish(&mut store, &translate::translate(&index, &settings));
-    assert_eq!(first.waypoints.added, 1);
-    assert!(first.addresses.added > 0 && first.authorizations.added > 0);
+    let first = store.replace_all(translate::resources(&index, &settings));
+    assert!(first.added > 0);
+    let snapshot = store.snapshot();
+    assert_eq!(
+        snapshot
+            .resources(WAYPOINT_CONFIG_TYPE_URL)
+            .map(|r| r.keys().cloned().collect::<Vec<_>>()),
+        Some(vec!["bookinfo/waypoint".to_owned()])
+    );
     // A fresh translation of the same index: identical bytes, nothing to push.
-    let again = publish(&mut store, &translate::translate(&index, &settings));
-    assert_eq!(again, Published::default());
+    let again = store.replace_all(translate::resources(&index, &settings));
+    assert!(again.is_empty(), "{again:?}");
 }

@@ -30,6 +30,7 @@ pub fn addresses(
 ) -> BTreeMap<String, workload::Address> {
     let mut out = BTreeMap::new();
     let policies_by_pod = selected_policies(index, settings);
+    let slice_endpoints = endpoints_of_selectorless_services(index, settings);
     for (key, pod) in &index.pods {
         let ips = pod_ips(pod);
         if ips.is_empty() || resolve::pod_terminated(pod) {
@@ -56,6 +57,9 @@ pub fn addresses(
                 ),
                 workload::PortList { ports },
             );
+        }
+        for (service_key, ports) in slice_endpoints.pod_services.get(key).into_iter().flatten() {
+            services.insert(service_key.clone(), ports.clone());
         }
         let uid = pod_uid(&settings.cluster_id, pod);
         let workload = workload::Workload {
@@ -98,18 +102,26 @@ pub fn addresses(
                 .get("app")
                 .cloned()
                 .unwrap_or_else(|| pod.metadata.name.clone().unwrap_or_default()),
-            status: if resolve::pod_healthy(pod) {
-                workload::WorkloadStatus::Healthy
-            } else {
-                workload::WorkloadStatus::Unhealthy
-            } as i32,
             cluster_id: settings.cluster_id.clone(),
             services,
             authorization_policies: policies_by_pod.get(key).cloned().unwrap_or_default(),
+            status: if pod_ready(pod) {
+                workload::WorkloadStatus::Healthy as i32
+            } else {
+                workload::WorkloadStatus::Unhealthy as i32
+            },
             ..Default::default()
         };
         out.insert(
             uid,
+            workload::Address {
+                r#type: Some(workload::address::Type::Workload(workload)),
+            },
+        );
+    }
+    for workload in slice_endpoints.workloads {
+        out.insert(
+            workload.uid.clone(),
             workload::Address {
                 r#type: Some(workload::address::Type::Workload(workload)),
             },
@@ -151,6 +163,151 @@ pub fn addresses(
         );
     }
     out
+}
+
+pub use super::resolve::pod_healthy as pod_ready;
+
+/// Label the EndpointSlice controller puts on a slice: the Service it belongs to.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// What the EndpointSlices of Services *without* a selector add: such a Service's endpoints are
+/// whatever its slices list, so they are the only source of them.
+#[derive(Debug, Default)]
+struct SliceEndpoints {
+    /// Pods a slice names (by `targetRef`, at one of the pod's addresses): services to add to
+    /// those pods' workloads, keyed by pod key.
+    pod_services: BTreeMap<String, Vec<(String, workload::PortList)>>,
+    /// Endpoints that are no known pod (a VM, an external address): one workload each, outside
+    /// the mesh (no HBONE), healthy as the slice's `ready` condition says.
+    workloads: Vec<workload::Workload>,
+}
+
+/// For Services with a selector, pods and the selector are the endpoints, as in istiod: the
+/// EndpointSlice controller derives those slices from the same pods (their addresses and Ready
+/// condition), so reading them again would add nothing the pods do not say.
+fn endpoints_of_selectorless_services(
+    index: &ConfigIndex,
+    settings: &MeshSettings,
+) -> SliceEndpoints {
+    let mut out = SliceEndpoints::default();
+    for (slice_key, slice) in &index.endpoint_slices {
+        let namespace = slice.metadata.namespace.as_deref().unwrap_or("default");
+        let Some(service_name) = labels(&slice.metadata).get(SERVICE_NAME_LABEL).cloned() else {
+            continue;
+        };
+        let Some(service) = index.services.get(&format!("{namespace}/{service_name}")) else {
+            continue;
+        };
+        let has_selector = service
+            .spec
+            .as_ref()
+            .and_then(|s| s.selector.as_ref())
+            .is_some_and(|selector| !selector.is_empty());
+        if has_selector {
+            continue;
+        }
+        let service_key = format!("{namespace}/{}", hostname(service, settings));
+        let ports = slice_ports(service, slice);
+        let slice_name = slice.metadata.name.as_deref().unwrap_or_default();
+        for endpoint in &slice.endpoints {
+            let addresses: Vec<IpAddr> = endpoint
+                .addresses
+                .iter()
+                .filter_map(|a| a.parse().ok())
+                .collect();
+            let Some(first) = addresses.first() else {
+                continue;
+            };
+            let pod_key = endpoint
+                .target_ref
+                .as_ref()
+                .filter(|r| r.kind.as_deref() == Some("Pod"))
+                .and_then(|r| {
+                    let pod_namespace = r.namespace.as_deref().unwrap_or(namespace);
+                    Some(format!("{pod_namespace}/{}", r.name.as_deref()?))
+                })
+                .filter(|key| {
+                    index
+                        .pods
+                        .get(key)
+                        .is_some_and(|pod| pod_ips(pod).iter().any(|ip| addresses.contains(ip)))
+                });
+            if let Some(pod_key) = pod_key {
+                out.pod_services
+                    .entry(pod_key)
+                    .or_default()
+                    .push((service_key.clone(), ports.clone()));
+                continue;
+            }
+            let ready = endpoint
+                .conditions
+                .as_ref()
+                .and_then(|c| c.ready)
+                // The API: an unset `ready` is to be read as ready.
+                .unwrap_or(true);
+            let name = endpoint
+                .target_ref
+                .as_ref()
+                .and_then(|r| r.name.clone())
+                .or_else(|| endpoint.hostname.clone())
+                .unwrap_or_else(|| slice_name.to_owned());
+            out.workloads.push(workload::Workload {
+                uid: format!(
+                    "{}/discovery.k8s.io/EndpointSlice/{slice_key}/{first}",
+                    settings.cluster_id
+                ),
+                name: name.clone(),
+                namespace: namespace.to_owned(),
+                addresses: addresses.iter().map(|ip| ip_bytes(*ip)).collect(),
+                tunnel_protocol: workload::TunnelProtocol::None as i32,
+                trust_domain: settings.trust_domain.clone(),
+                service_account: "default".into(),
+                node: endpoint.node_name.clone().unwrap_or_default(),
+                canonical_name: service_name.clone(),
+                canonical_revision: "latest".into(),
+                workload_type: workload::WorkloadType::Pod as i32,
+                workload_name: name,
+                cluster_id: settings.cluster_id.clone(),
+                services: [(service_key.clone(), ports.clone())].into(),
+                status: if ready {
+                    workload::WorkloadStatus::Healthy as i32
+                } else {
+                    workload::WorkloadStatus::Unhealthy as i32
+                },
+                ..Default::default()
+            });
+        }
+    }
+    out
+}
+
+/// The service's ports mapped to the slice's: the slice lists target ports under the service
+/// port's name.
+fn slice_ports(
+    service: &k8s_openapi::api::core::v1::Service,
+    slice: &k8s_openapi::api::discovery::v1::EndpointSlice,
+) -> workload::PortList {
+    let service_ports = service
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.as_ref())
+        .into_iter()
+        .flatten();
+    let ports = service_ports
+        .filter_map(|service_port| {
+            let wanted = service_port.name.as_deref().unwrap_or_default();
+            let slice_port = slice
+                .ports
+                .iter()
+                .flatten()
+                .find(|p| p.name.as_deref().unwrap_or_default() == wanted)?;
+            Some(workload::Port {
+                service_port: service_port.port as u32,
+                target_port: slice_port.port? as u32,
+            })
+        })
+        .collect();
+    workload::PortList { ports }
 }
 
 /// For each pod key, the keys (`namespace/name`) of the selector-scoped policies selecting it.

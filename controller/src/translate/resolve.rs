@@ -120,17 +120,22 @@ pub fn pod_terminated(pod: &Pod) -> bool {
     )
 }
 
-/// Ready unless it says otherwise: local-mode pods usually carry no conditions, so only an
-/// explicit `Ready: False` (or a deletion in progress) marks a pod down.
+/// Whether a pod takes traffic: not terminating, and Ready when it reports conditions at all.
+///
+/// A pod read from the API server always reports conditions once it runs; pods written by hand
+/// for local mode usually carry none, and count as ready.
 pub fn pod_healthy(pod: &Pod) -> bool {
     if pod.metadata.deletion_timestamp.is_some() {
         return false;
     }
     let conditions = pod.status.as_ref().and_then(|s| s.conditions.as_ref());
-    !conditions.is_some_and(|cs| {
-        cs.iter()
-            .any(|c| c.type_ == "Ready" && c.status.eq_ignore_ascii_case("false"))
-    })
+    match conditions {
+        None => true,
+        Some(conditions) if conditions.is_empty() => true,
+        Some(conditions) => conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True"),
+    }
 }
 
 pub fn service_account(pod: &Pod) -> &str {
@@ -414,6 +419,16 @@ fn assigned_waypoint(
             },
         ));
     };
+    if !admits(index, gateway, namespace_of(meta)) {
+        return Err((
+            by,
+            TranslateProblem::WaypointNotAllowed {
+                namespace: waypoint.namespace,
+                name: waypoint.name,
+                from: namespace_of(meta).to_owned(),
+            },
+        ));
+    }
     let takes = WaypointFor::of(gateway);
     let accepted = match traffic {
         Traffic::Service => takes.takes_services(),
@@ -437,6 +452,70 @@ fn assigned_waypoint(
             },
         },
     ))
+}
+
+/// Whether a waypoint may be used from `namespace`: its HBONE listener's `allowedRoutes`
+/// (`Same`, the Gateway API's default, `All`, or a `Selector` over namespace labels, which
+/// include `kubernetes.io/metadata.name` as the API server sets it).
+pub fn admits(index: &ConfigIndex, gateway: &KubernetesGateway, namespace: &str) -> bool {
+    let own = namespace_of(&gateway.metadata) == namespace;
+    let hbone = gateway
+        .spec
+        .listeners
+        .iter()
+        .filter(|l| l.protocol.eq_ignore_ascii_case("HBONE"));
+    let mut any_listener = false;
+    for listener in hbone {
+        any_listener = true;
+        let namespaces = listener
+            .allowed_routes
+            .as_ref()
+            .and_then(|a| a.namespaces.as_ref());
+        let allowed = match namespaces.and_then(|n| n.from.as_deref()) {
+            None | Some("Same") => own,
+            Some("All") => true,
+            Some("Selector") => {
+                let mut labels = index.namespace_labels(namespace);
+                labels.insert(
+                    "kubernetes.io/metadata.name".to_owned(),
+                    namespace.to_owned(),
+                );
+                namespaces
+                    .and_then(|n| n.selector.as_ref())
+                    .is_some_and(|s| label_selector_matches(s, &labels))
+            }
+            Some(_) => false,
+        };
+        if allowed {
+            return true;
+        }
+    }
+    // A waypoint Gateway without an HBONE listener is still one; it admits its own namespace.
+    !any_listener && own
+}
+
+/// A Kubernetes label selector: every `matchLabels` pair and every expression holds. An empty
+/// selector selects everything.
+pub fn label_selector_matches(
+    selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    let pairs = selector
+        .match_labels
+        .as_ref()
+        .is_none_or(|m| selects(m, labels));
+    let expressions = selector.match_expressions.iter().flatten().all(|e| {
+        let value = labels.get(&e.key);
+        let values = e.values.as_deref().unwrap_or_default();
+        match e.operator.as_str() {
+            "In" => value.is_some_and(|v| values.contains(v)),
+            "NotIn" => value.is_none_or(|v| !values.contains(v)),
+            "Exists" => value.is_some(),
+            "DoesNotExist" => value.is_none(),
+            _ => false,
+        }
+    });
+    pairs && expressions
 }
 
 /// The waypoint a Service's traffic goes through (Istio: the service's or its namespace's

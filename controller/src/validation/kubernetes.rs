@@ -10,12 +10,10 @@ use super::{Findings, check_labels, check_port};
 use crate::model::Resource;
 use crate::model::gateway_api::KubernetesGatewaySpec;
 
-/// Label that enrols a namespace or pod in the ambient mesh.
-pub const DATAPLANE_MODE_LABEL: &str = "istio.io/dataplane-mode";
-/// Label naming the waypoint that serves a namespace, service or pod.
-pub const USE_WAYPOINT_LABEL: &str = "istio.io/use-waypoint";
-/// Namespace of the waypoint named by `istio.io/use-waypoint`, when not the resource's own.
-pub const USE_WAYPOINT_NAMESPACE_LABEL: &str = "istio.io/use-waypoint-namespace";
+pub use crate::translate::resolve::{
+    DATAPLANE_MODE as DATAPLANE_MODE_LABEL, USE_WAYPOINT as USE_WAYPOINT_LABEL,
+    USE_WAYPOINT_NAMESPACE as USE_WAYPOINT_NAMESPACE_LABEL,
+};
 
 const GATEWAY_PROTOCOLS: &[&str] = &["HTTP", "HTTPS", "TLS", "TCP", "UDP", "HBONE"];
 

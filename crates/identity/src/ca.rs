@@ -75,6 +75,14 @@ pub enum CaError {
         requested: String,
         authorized: SpiffeId,
     },
+    #[error("cert-chain.pem: {reason}")]
+    CertChain { reason: String },
+    #[error("a serving certificate needs at least one DNS name")]
+    NoServingNames,
+    #[error("serving certificate name {name:?} is not a valid DNS name")]
+    ServingName { name: String },
+    #[error("cannot sign the serving certificate for {name}: {source}")]
+    SignServing { name: String, source: rcgen::Error },
     #[error("requested certificate lifetime must be positive")]
     ZeroTtl,
     #[error("no randomness available for a serial number")]
@@ -86,24 +94,54 @@ pub enum CaError {
     },
 }
 
-/// The certificates the CA hands back: the leaf first, then the root it chains to.
+/// The certificates the CA hands back: the leaf first, then the intermediates (when the CA signs
+/// with an intermediate), then the root they chain to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertificateChain {
     pub leaf_pem: String,
+    /// From the signing certificate up, excluding the root; empty when the root signs.
+    pub intermediates_pem: Vec<String>,
     pub root_pem: String,
 }
 
 impl CertificateChain {
     /// The chain in the order Istio's `CreateCertificateResponse.cert_chain` carries it.
     pub fn to_pem_list(&self) -> Vec<String> {
-        vec![self.leaf_pem.clone(), self.root_pem.clone()]
+        let mut list = Vec::with_capacity(self.intermediates_pem.len() + 2);
+        list.push(self.leaf_pem.clone());
+        list.extend(self.intermediates_pem.iter().cloned());
+        list.push(self.root_pem.clone());
+        list
+    }
+}
+
+/// A TLS server certificate for a DNS name (the controller's own gRPC port), with its key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ServingCertificate {
+    /// Leaf first, then the intermediates; the root is left out (clients hold it).
+    pub chain_pem: Vec<String>,
+    pub key_pem: String,
+    pub not_after: SystemTime,
+}
+
+impl std::fmt::Debug for ServingCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServingCertificate")
+            .field("chain_len", &self.chain_pem.len())
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
     }
 }
 
 pub struct CertificateAuthority {
+    /// The trust anchor every peer holds.
     root_cert_pem: String,
     root_cert_der: CertificateDer<'static>,
-    root_not_after: SystemTime,
+    /// The signing certificate and the ones above it, excluding the root (empty when the root
+    /// itself signs).
+    intermediates_pem: Vec<String>,
+    /// Nothing issued outlives the signing certificate.
+    signing_not_after: SystemTime,
     issuer: Issuer<'static, KeyPair>,
     random: SystemRandom,
 }
@@ -111,7 +149,8 @@ pub struct CertificateAuthority {
 impl std::fmt::Debug for CertificateAuthority {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CertificateAuthority")
-            .field("root_not_after", &self.root_not_after)
+            .field("signing_not_after", &self.signing_not_after)
+            .field("intermediates", &self.intermediates_pem.len())
             .finish_non_exhaustive()
     }
 }
@@ -163,7 +202,7 @@ impl CertificateAuthority {
         if root.public_key().raw != key.subject_public_key_info().as_slice() {
             return Err(CaError::RootKeyMismatch);
         }
-        let root_not_after = unix_seconds_to_system_time(root.validity().not_after.timestamp());
+        let signing_not_after = unix_seconds_to_system_time(root.validity().not_after.timestamp());
         let issuer = Issuer::from_ca_cert_der(&root_cert_der, key).map_err(|error| {
             CaError::RootCertificate {
                 reason: error.to_string(),
@@ -172,9 +211,83 @@ impl CertificateAuthority {
         Ok(CertificateAuthority {
             root_cert_pem: pem_of(&root_cert_der),
             root_cert_der,
-            root_not_after,
+            intermediates_pem: Vec::new(),
+            signing_not_after,
             issuer,
             random: SystemRandom::new(),
+        })
+    }
+
+    /// An operator-supplied intermediate, as Istio's `cacerts` Secret carries it: the signing
+    /// certificate (`ca-cert.pem`) and its key (`ca-key.pem`), the chain from the signing
+    /// certificate up to the root (`cert-chain.pem`; the signing certificate is added in front
+    /// when missing, the root is dropped) and the root (`root-cert.pem`) peers trust. Each link of
+    /// the chain must be signed by the next, the last by the root.
+    pub fn from_intermediate_pem(
+        ca_cert_pem: &str,
+        ca_key_pem: &str,
+        cert_chain_pem: &str,
+        root_cert_pem: &str,
+    ) -> Result<Self, CaError> {
+        let signing = Self::from_pem(ca_cert_pem, ca_key_pem)?;
+        let root_der =
+            CertificateDer::from_pem_slice(root_cert_pem.as_bytes()).map_err(|error| {
+                CaError::RootCertificatePem {
+                    reason: format!("root-cert.pem: {error}"),
+                }
+            })?;
+        let (_, root) = X509Certificate::from_der(root_der.as_ref()).map_err(|error| {
+            CaError::RootCertificate {
+                reason: format!("root-cert.pem: {error}"),
+            }
+        })?;
+        if !root.is_ca() {
+            return Err(CaError::RootNotCa);
+        }
+        if root_der == signing.root_cert_der {
+            // The operator plugged in the root itself.
+            return Ok(signing);
+        }
+        let mut chain: Vec<CertificateDer<'static>> = Vec::new();
+        for der in CertificateDer::pem_slice_iter(cert_chain_pem.as_bytes()) {
+            let der = der.map_err(|error| CaError::CertChain {
+                reason: error.to_string(),
+            })?;
+            if der != root_der {
+                chain.push(der);
+            }
+        }
+        if chain.first() != Some(&signing.root_cert_der) {
+            chain.insert(0, signing.root_cert_der.clone());
+        }
+        for (position, der) in chain.iter().enumerate() {
+            let (_, certificate) =
+                X509Certificate::from_der(der.as_ref()).map_err(|error| CaError::CertChain {
+                    reason: format!("certificate {position}: {error}"),
+                })?;
+            let issuer_der = chain.get(position + 1).unwrap_or(&root_der);
+            let (_, issuer) = X509Certificate::from_der(issuer_der.as_ref()).map_err(|error| {
+                CaError::CertChain {
+                    reason: format!("certificate {}: {error}", position + 1),
+                }
+            })?;
+            certificate
+                .verify_signature(Some(issuer.public_key()))
+                .map_err(|_| CaError::CertChain {
+                    reason: format!(
+                        "certificate {position} ({}) is not signed by {}",
+                        certificate.subject(),
+                        issuer.subject()
+                    ),
+                })?;
+        }
+        Ok(CertificateAuthority {
+            root_cert_pem: pem_of(&root_der),
+            root_cert_der: root_der,
+            intermediates_pem: chain.iter().map(pem_of).collect(),
+            signing_not_after: signing.signing_not_after,
+            issuer: signing.issuer,
+            random: signing.random,
         })
     }
 
@@ -233,8 +346,72 @@ impl CertificateAuthority {
         write_new_file(&dir.join(ROOT_CERT_FILE), &self.root_cert_pem, 0o644)
     }
 
+    /// The trust anchor (with an intermediate CA, the root above it, not the signing
+    /// certificate).
     pub fn root_cert_pem(&self) -> &str {
         &self.root_cert_pem
+    }
+
+    /// The signing key, PEM (PKCS#8): what a Kubernetes Secret or the CA directory persists.
+    pub fn signing_key_pem(&self) -> String {
+        self.issuer.key().serialize_pem()
+    }
+
+    /// A TLS server certificate for `dns_names` (the first is also the common name), with a
+    /// fresh ECDSA P-256 key, valid for `ttl` (never past the signing certificate).
+    pub fn issue_serving_certificate(
+        &self,
+        dns_names: &[String],
+        ttl: Duration,
+    ) -> Result<ServingCertificate, CaError> {
+        if ttl.is_zero() {
+            return Err(CaError::ZeroTtl);
+        }
+        let Some(first) = dns_names.first() else {
+            return Err(CaError::NoServingNames);
+        };
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(|source| CaError::GenerateRoot { source })?;
+        let mut params = CertificateParams::default();
+        let mut name = DistinguishedName::new();
+        name.push(DnType::OrganizationName, ROOT_ORGANIZATION);
+        name.push(DnType::CommonName, first.as_str());
+        params.distinguished_name = name;
+        params.subject_alt_names = dns_names
+            .iter()
+            .map(|dns| {
+                let invalid = || CaError::ServingName { name: dns.clone() };
+                rustls_pki_types::DnsName::try_from(dns.as_str()).map_err(|_| invalid())?;
+                Ia5String::try_from(dns.as_str())
+                    .map(SanType::DnsName)
+                    .map_err(|_| invalid())
+            })
+            .collect::<Result<_, _>>()?;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        let now = SystemTime::now();
+        let not_after = (now + ttl).min(self.signing_not_after);
+        params.not_before = (now - LEAF_BACKDATE).into();
+        params.not_after = not_after.into();
+        params.serial_number = Some(random_serial(&self.random)?);
+        let leaf = params
+            .signed_by(&key, &self.issuer)
+            .map_err(|source| CaError::SignServing {
+                name: first.clone(),
+                source,
+            })?;
+        let mut chain_pem = vec![leaf.pem()];
+        chain_pem.extend(self.intermediates_pem.iter().cloned());
+        Ok(ServingCertificate {
+            chain_pem,
+            key_pem: key.serialize_pem(),
+            not_after,
+        })
     }
 
     pub fn root_cert_der(&self) -> &CertificateDer<'static> {
@@ -280,7 +457,7 @@ impl CertificateAuthority {
             source,
         })?;
         let now = SystemTime::now();
-        let not_after = (now + ttl).min(self.root_not_after);
+        let not_after = (now + ttl).min(self.signing_not_after);
         let serial = random_serial(&self.random)?;
         let serial_hex = hex(&serial.to_bytes());
         let mut params = CertificateParams::default();
@@ -315,6 +492,7 @@ impl CertificateAuthority {
         );
         Ok(CertificateChain {
             leaf_pem: leaf.pem(),
+            intermediates_pem: self.intermediates_pem.clone(),
             root_pem: self.root_cert_pem.clone(),
         })
     }

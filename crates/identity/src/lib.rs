@@ -16,6 +16,7 @@ mod test_support;
 
 pub use ca::{
     CaError, CertificateAuthority, CertificateChain, LEAF_BACKDATE, ROOT_CERT_FILE, ROOT_KEY_FILE,
+    ServingCertificate,
 };
 pub use peer::{PeerIdentityError, identity_from_certificate, peer_identity, require_trust_domain};
 pub use spiffe::{PathSegment, SpiffeId, SpiffeIdError};

@@ -77,6 +77,10 @@ pub enum Target {
 impl Target {
     /// A plaintext endpoint from a URI such as `http://127.0.0.1:15010`.
     pub fn address(uri: &str) -> Result<Self, ClientError> {
+        Ok(Self::Endpoint(Box::new(Self::endpoint(uri)?)))
+    }
+
+    fn endpoint(uri: &str) -> Result<Endpoint, ClientError> {
         let endpoint = Endpoint::from_shared(uri.to_string())
             .map_err(|source| ClientError::InvalidUri {
                 uri: uri.to_string(),
@@ -86,7 +90,35 @@ impl Target {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
             .keep_alive_timeout(KEEPALIVE_TIMEOUT);
+        Ok(endpoint)
+    }
+
+    /// An endpoint over TLS (`https://host:15012`) whose certificate must chain to `roots_pem`
+    /// and name the URI's host (the controller's serving certificate names istiod's DNS names).
+    pub fn tls(uri: &str, roots_pem: &str) -> Result<Self, ClientError> {
+        let endpoint = Self::endpoint(uri)?;
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(roots_pem));
+        let endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|source| ClientError::InvalidUri {
+                uri: uri.to_string(),
+                source,
+            })?;
         Ok(Self::Endpoint(Box::new(endpoint)))
+    }
+
+    /// [`Self::tls`] for `https://` URIs (with `roots_pem`, required), [`Self::address`] for
+    /// `http://` ones.
+    pub fn for_uri(uri: &str, roots_pem: Option<&str>) -> Result<Self, ClientError> {
+        if uri.starts_with("https://") {
+            let roots = roots_pem.ok_or_else(|| ClientError::MissingRoots {
+                uri: uri.to_string(),
+            })?;
+            Self::tls(uri, roots)
+        } else {
+            Self::address(uri)
+        }
     }
 
     fn describe(&self) -> String {
@@ -121,6 +153,12 @@ pub enum ClientError {
         /// Why it was rejected.
         #[source]
         source: tonic::transport::Error,
+    },
+    /// An `https://` address without roots to verify the server with.
+    #[error("{uri} is TLS: the roots that verify the server are needed")]
+    MissingRoots {
+        /// The address.
+        uri: String,
     },
     /// The client was run without any subscription.
     #[error("no resource type subscribed")]

@@ -379,4 +379,100 @@ mod grpc {
         assert!(error.contains("InvalidArgument"), "{error}");
         server.abort();
     }
+
+    #[tokio::test]
+    async fn speaks_tls_to_the_controller_and_rereads_a_rotated_token() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let ca = CertificateAuthority::generate().unwrap();
+        // The controller's serving certificate: the mesh CA's, for the name the agent dials.
+        let serving = ca
+            .issue_serving_certificate(&["localhost".to_string()], Duration::from_secs(600))
+            .unwrap();
+        let identity = tonic::transport::Identity::from_pem(
+            serving.chain_pem.concat(),
+            serving.key_pem.clone(),
+        );
+        let service = RecordingCa {
+            ca: CertificateAuthority::from_pem(ca.root_cert_pem(), &ca.signing_key_pem()).unwrap(),
+            seen: seen.clone(),
+        };
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+                .unwrap()
+                .add_service(IstioCertificateServiceServer::new(service))
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        let dir = std::env::temp_dir().join(format!("weft-ca-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let token_file = dir.join("istio-token");
+        std::fs::write(&token_file, "first-token\n").unwrap();
+        let address = format!("https://localhost:{port}");
+
+        let client = GrpcCaClient::connect(
+            &address,
+            Some(ca.root_cert_pem()),
+            CaToken::File(token_file.clone()),
+            "node-a".into(),
+        )
+        .unwrap();
+        let csr = |id: &SpiffeId| {
+            weft_identity::WorkloadKey::generate()
+                .unwrap()
+                .csr_for(id)
+                .unwrap()
+        };
+        let chain = client
+            .sign(&id("cart"), csr(&id("cart")), Duration::from_secs(600))
+            .await
+            .unwrap();
+        assert_eq!(chain.len(), 2);
+        // The kubelet rotates the projected token in place: the next call sends the new one.
+        std::fs::write(&token_file, "second-token\n").unwrap();
+        client
+            .sign(&id("cart"), csr(&id("cart")), Duration::from_secs(600))
+            .await
+            .unwrap();
+        let tokens: Vec<Option<String>> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|call| call.authorization.clone())
+            .collect();
+        assert_eq!(
+            tokens,
+            [
+                Some("Bearer first-token".to_string()),
+                Some("Bearer second-token".to_string())
+            ]
+        );
+
+        // A client trusting another root refuses the controller's certificate.
+        let stranger = CertificateAuthority::generate().unwrap();
+        let refused = GrpcCaClient::connect(
+            &address,
+            Some(stranger.root_cert_pem()),
+            CaToken::Fixed("t".into()),
+            "node-a".into(),
+        )
+        .unwrap()
+        .sign(&id("cart"), csr(&id("cart")), Duration::from_secs(600))
+        .await
+        .unwrap_err();
+        assert!(refused.contains("Unavailable"), "{refused}");
+        // An https address without roots is refused up front.
+        let missing = GrpcCaClient::connect(&address, None, CaToken::Fixed("t".into()), "n".into())
+            .err()
+            .unwrap();
+        assert!(missing.contains("ROOT_CERT_FILE"), "{missing}");
+        assert_eq!(
+            seen.lock().unwrap().len(),
+            2,
+            "no call got through untrusted"
+        );
+        server.abort();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -5,8 +5,10 @@
 //! single gets, and watches (`watch=true&resourceVersion=N`, newline-delimited `ADDED`,
 //! `MODIFIED`, `DELETED`, `BOOKMARK` and `ERROR` events, `sendInitialEvents`), over core
 //! (`/api/v1/...`) and group (`/apis/<group>/<version>/...`) paths, cluster-wide or namespaced.
-//! Objects change only through methods of [`FakeApiServer`]; every change takes the next value
-//! of one global resourceVersion counter and is kept in a history that watches replay.
+//! It also takes creates (POST) and replaces (PUT) of any served kind, as the controller writes
+//! its CA Secret and root ConfigMap, and answers TokenReviews for tokens registered with
+//! [`FakeApiServer::add_token`]. Every change takes the next value of one global
+//! resourceVersion counter and is kept in a history that watches replay.
 //! [`FakeApiServer::expire`] makes older versions "too old" (410 Gone, forcing a relist),
 //! [`FakeApiServer::fail_next`] answers the next requests with an error status, and every request
 //! is logged for tests to assert on.
@@ -83,6 +85,19 @@ impl ServedKind {
         } else {
             format!("{}/{}", self.group, self.version)
         }
+    }
+
+    /// What the controller itself reads and writes besides the watched kinds: Secrets (the CA)
+    /// and ConfigMaps (the published root).
+    pub fn controller_kinds() -> Vec<ServedKind> {
+        let core = |kind: &str, plural: &str| ServedKind {
+            group: String::new(),
+            version: "v1".to_owned(),
+            kind: kind.to_owned(),
+            plural: plural.to_owned(),
+            namespaced: true,
+        };
+        vec![core("Secret", "secrets"), core("ConfigMap", "configmaps")]
     }
 
     /// The kinds the mesh watches, at the versions the Kubernetes source asks for.
@@ -182,6 +197,53 @@ struct Store {
     watches_held: bool,
     failures: Vec<InjectedFailure>,
     log: Vec<LoggedRequest>,
+    /// What TokenReview knows, by token.
+    tokens: BTreeMap<String, TokenIdentity>,
+}
+
+/// Who a token belongs to, as TokenReview reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TokenIdentity {
+    /// `system:serviceaccount:<namespace>:<name>` for a service account.
+    pub username: String,
+    /// The audiences the token was issued for (a review asking for others fails).
+    pub audiences: Vec<String>,
+    /// `user.extra`, e.g. the pod binding of a projected token.
+    pub extra: BTreeMap<String, Vec<String>>,
+}
+
+impl TokenIdentity {
+    /// A projected token of service account `namespace/name`, bound to a pod (and, as from
+    /// Kubernetes 1.30, to its node when `node` is given), for `audience`.
+    pub fn bound(
+        namespace: &str,
+        name: &str,
+        pod: (&str, &str),
+        node: Option<&str>,
+        audience: &str,
+    ) -> Self {
+        let mut extra = BTreeMap::from([
+            (
+                "authentication.kubernetes.io/pod-name".to_owned(),
+                vec![pod.0.to_owned()],
+            ),
+            (
+                "authentication.kubernetes.io/pod-uid".to_owned(),
+                vec![pod.1.to_owned()],
+            ),
+        ]);
+        if let Some(node) = node {
+            extra.insert(
+                "authentication.kubernetes.io/node-name".to_owned(),
+                vec![node.to_owned()],
+            );
+        }
+        Self {
+            username: format!("system:serviceaccount:{namespace}:{name}"),
+            audiences: vec![audience.to_owned()],
+            extra,
+        }
+    }
 }
 
 struct Shared {
@@ -217,9 +279,32 @@ impl Drop for FakeApiServer {
 }
 
 impl FakeApiServer {
-    /// Starts a fake serving the mesh's kinds ([`ServedKind::mesh_kinds`]).
+    /// Starts a fake serving the mesh's kinds and the controller's own
+    /// ([`ServedKind::mesh_kinds`], [`ServedKind::controller_kinds`]), and TokenReview.
     pub async fn start() -> Result<Self, FakeApiError> {
-        Self::start_with(ServedKind::mesh_kinds(), Duration::from_millis(500)).await
+        let mut kinds = ServedKind::mesh_kinds();
+        kinds.extend(ServedKind::controller_kinds());
+        Self::start_with(kinds, Duration::from_millis(500)).await
+    }
+
+    /// The object stored under `api_version`/`kind`, `namespace`/`name`, if any.
+    pub fn get(&self, api_version: &str, kind: &str, namespace: &str, name: &str) -> Option<Value> {
+        let kind_index = self.shared.kind_index(api_version, kind).ok()?;
+        let namespace = if self.shared.kinds[kind_index].namespaced {
+            namespace
+        } else {
+            ""
+        };
+        let key = (kind_index, namespace.to_owned(), name.to_owned());
+        self.shared.store().objects.get(&key).cloned()
+    }
+
+    /// A kubeconfig file's text for a client of this fake (plain HTTP, no credentials).
+    pub fn kubeconfig(&self) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster: {{server: \"{}\"}}\nusers:\n- name: fake\n  user: {{}}\ncontexts:\n- name: fake\n  context: {{cluster: fake, user: fake}}\ncurrent-context: fake\n",
+            self.url()
+        )
     }
 
     /// Starts a fake serving `kinds`, sending watch bookmarks every `bookmark_interval`.
@@ -399,8 +484,27 @@ impl FakeApiServer {
     }
 
     fn kind_index(&self, api_version: &str, kind: &str) -> Result<usize, FakeApiError> {
+        self.shared.kind_index(api_version, kind)
+    }
+
+    fn mutate(&self, object: Value, event: EventType) -> Result<u64, FakeApiError> {
         self.shared
-            .kinds
+            .mutate(object, event)
+            .map(|(version, _)| version)
+    }
+
+    /// Makes `token` known to TokenReview as `identity`'s.
+    pub fn add_token(&self, token: &str, identity: TokenIdentity) {
+        self.shared
+            .store()
+            .tokens
+            .insert(token.to_owned(), identity);
+    }
+}
+
+impl Shared {
+    fn kind_index(&self, api_version: &str, kind: &str) -> Result<usize, FakeApiError> {
+        self.kinds
             .iter()
             .position(|k| k.kind == kind && k.api_version() == api_version)
             .ok_or_else(|| FakeApiError::UnknownKind {
@@ -409,14 +513,14 @@ impl FakeApiServer {
             })
     }
 
-    fn mutate(&self, mut object: Value, event: EventType) -> Result<u64, FakeApiError> {
+    fn mutate(&self, mut object: Value, event: EventType) -> Result<(u64, Value), FakeApiError> {
         let Some(map) = object.as_object_mut() else {
             return Err(FakeApiError::NotAnObject);
         };
         let api_version = map.get("apiVersion").and_then(Value::as_str).unwrap_or("");
         let kind = map.get("kind").and_then(Value::as_str).unwrap_or("");
         let kind_index = self.kind_index(api_version, kind)?;
-        let served = &self.shared.kinds[kind_index];
+        let served = &self.kinds[kind_index];
         let metadata = map
             .entry("metadata")
             .or_insert_with(|| Value::Object(Default::default()));
@@ -443,7 +547,7 @@ impl FakeApiServer {
         };
         let key = (kind_index, namespace.clone(), name.clone());
         let version = {
-            let mut store = self.shared.store();
+            let mut store = self.store();
             let existing = store.objects.get(&key).cloned();
             let uid = match (event, &existing) {
                 (EventType::Added, Some(_)) => {
@@ -472,12 +576,12 @@ impl FakeApiServer {
                 resource_version: version,
                 kind_index,
                 event,
-                object,
+                object: object.clone(),
             });
             version
         };
-        self.shared.notify();
-        Ok(version)
+        self.notify();
+        Ok((version, object))
     }
 }
 
@@ -675,11 +779,21 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Request bodies above this are refused.
+const MAX_BODY: usize = 1 << 20;
+
 async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Body> {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let query = parse_query(request.uri().query());
-    let response = respond(&shared, &method, &path, &query);
+    let body = http_body_util::Limited::new(request.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map(|collected| collected.to_bytes());
+    let response = match body {
+        Ok(body) => respond(&shared, &method, &path, &query, &body),
+        Err(_) => status_response(413, "RequestEntityTooLarge", "request body too large"),
+    };
     shared.store().log.push(LoggedRequest {
         method: method.to_string(),
         path,
@@ -694,6 +808,7 @@ fn respond(
     method: &Method,
     path: &str,
     query: &BTreeMap<String, String>,
+    body: &[u8],
 ) -> Response<Body> {
     {
         let mut store = shared.store();
@@ -707,8 +822,11 @@ fn respond(
             return status_response(status, "InternalError", "injected failure");
         }
     }
-    if method != Method::GET {
-        return status_response(405, "MethodNotAllowed", "the fake serves reads only");
+    if path == TOKEN_REVIEWS {
+        return match *method {
+            Method::POST => token_review(shared, body),
+            _ => status_response(405, "MethodNotAllowed", "tokenreviews are only created"),
+        };
     }
     let Some(target) = parse_path(&shared.kinds, path) else {
         return status_response(
@@ -717,6 +835,16 @@ fn respond(
             &format!("the server could not find {path}"),
         );
     };
+    match *method {
+        Method::GET => {}
+        Method::POST if target.name.is_none() => {
+            return write(shared, &target, body, EventType::Added);
+        }
+        Method::PUT if target.name.is_some() => {
+            return write(shared, &target, body, EventType::Modified);
+        }
+        _ => return status_response(405, "MethodNotAllowed", &format!("{method} {path}")),
+    }
     let labels = match parse_label_selector(query.get("labelSelector").map_or("", String::as_str)) {
         Ok(labels) => labels,
         Err(message) => return status_response(400, "BadRequest", &message),
@@ -739,6 +867,106 @@ fn respond(
     } else {
         list(shared, target.kind_index, &selection, query)
     }
+}
+
+const TOKEN_REVIEWS: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
+
+/// A create (POST to the collection) or replace (PUT to the object), as the API server answers
+/// it: 201 or 200 with the stored object, 409 when it exists, 404 when it does not.
+fn write(shared: &Shared, target: &Target, body: &[u8], event: EventType) -> Response<Body> {
+    let Ok(mut object) = serde_json::from_slice::<Value>(body) else {
+        return status_response(400, "BadRequest", "the body is not a JSON object");
+    };
+    let served = &shared.kinds[target.kind_index];
+    let Some(map) = object.as_object_mut() else {
+        return status_response(400, "BadRequest", "the body is not a JSON object");
+    };
+    map.insert("apiVersion".to_owned(), served.api_version().into());
+    map.insert("kind".to_owned(), served.kind.clone().into());
+    let metadata = map
+        .entry("metadata")
+        .or_insert_with(|| Value::Object(Default::default()));
+    if let Some(namespace) = &target.namespace {
+        metadata["namespace"] = Value::from(namespace.clone());
+    }
+    if let Some(name) = &target.name
+        && metadata["name"].as_str() != Some(name.as_str())
+    {
+        return status_response(
+            400,
+            "BadRequest",
+            "the name in the body differs from the URL",
+        );
+    }
+    match shared.mutate(object, event) {
+        Ok((_, stored)) => {
+            let status = if event == EventType::Added {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            json_response(status, &stored)
+        }
+        Err(error @ FakeApiError::AlreadyExists { .. }) => {
+            status_response(409, "AlreadyExists", &error.to_string())
+        }
+        Err(error @ FakeApiError::NotFound { .. }) => {
+            status_response(404, "NotFound", &error.to_string())
+        }
+        Err(error) => status_response(400, "BadRequest", &error.to_string()),
+    }
+}
+
+/// TokenReview: authenticated when the token is known and (if the review names audiences) was
+/// issued for one of them.
+fn token_review(shared: &Shared, body: &[u8]) -> Response<Body> {
+    let Ok(review) = serde_json::from_slice::<Value>(body) else {
+        return status_response(400, "BadRequest", "the body is not a TokenReview");
+    };
+    let token = review["spec"]["token"].as_str().unwrap_or_default();
+    let wanted: Vec<String> = review["spec"]["audiences"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.as_str().map(str::to_owned))
+        .collect();
+    let known = shared.store().tokens.get(token).cloned();
+    let status = match known {
+        None => json!({"authenticated": false, "error": "invalid bearer token"}),
+        Some(identity) => {
+            let audiences: Vec<String> = if wanted.is_empty() {
+                identity.audiences.clone()
+            } else {
+                wanted
+                    .iter()
+                    .filter(|a| identity.audiences.contains(a))
+                    .cloned()
+                    .collect()
+            };
+            if audiences.is_empty() {
+                json!({"authenticated": false, "error": "token audiences are invalid for the requested audiences"})
+            } else {
+                json!({
+                    "authenticated": true,
+                    "audiences": audiences,
+                    "user": {
+                        "username": identity.username,
+                        "uid": format!("uid-{}", identity.username),
+                        "groups": ["system:serviceaccounts", "system:authenticated"],
+                        "extra": identity.extra,
+                    },
+                })
+            }
+        }
+    };
+    let answer = json!({
+        "apiVersion": "authentication.k8s.io/v1",
+        "kind": "TokenReview",
+        "metadata": {"creationTimestamp": null},
+        "spec": review["spec"],
+        "status": status,
+    });
+    json_response(StatusCode::CREATED, &answer)
 }
 
 fn get(shared: &Shared, kind_index: usize, selection: &Selection, name: &str) -> Response<Body> {

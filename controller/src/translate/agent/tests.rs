@@ -322,3 +322,148 @@ spec: {mtls: {mode: PERMISSIVE}}
             .contains(&format!("shop/{prefix}cart-metrics"))
     );
 }
+
+#[test]
+fn readiness_comes_from_the_pod_ready_condition() {
+    let index = index(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: starting, namespace: shop, labels: {app: cart}}
+spec: {nodeName: node1, containers: [{name: app, image: cart}]}
+status:
+  podIP: 10.251.1.30
+  conditions: [{type: PodScheduled, status: "True"}, {type: Ready, status: "False"}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: running, namespace: shop, labels: {app: cart}}
+spec: {nodeName: node1, containers: [{name: app, image: cart}]}
+status:
+  podIP: 10.251.1.31
+  conditions: [{type: Ready, status: "True"}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: leaving, namespace: shop, labels: {app: cart}, deletionTimestamp: "2025-01-01T00:00:00Z"}
+spec: {nodeName: node1, containers: [{name: app, image: cart}]}
+status:
+  podIP: 10.251.1.32
+  conditions: [{type: Ready, status: "True"}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: pending, namespace: shop, labels: {app: cart}}
+spec: {containers: [{name: app, image: cart}]}
+status:
+  conditions: [{type: PodScheduled, status: "True"}]
+"#,
+    );
+    let addresses = addresses(&index, &MeshSettings::default());
+    let status = |name: &str| workload_of(&addresses, name).status;
+    let healthy = workload::WorkloadStatus::Healthy as i32;
+    let unhealthy = workload::WorkloadStatus::Unhealthy as i32;
+    assert_eq!(status("starting"), unhealthy, "Ready=False");
+    assert_eq!(status("running"), healthy);
+    assert_eq!(status("leaving"), unhealthy, "terminating");
+    assert_eq!(
+        status("cart-1"),
+        healthy,
+        "no conditions at all: local mode"
+    );
+    // Still a service endpoint (the agent skips it while unhealthy), as istiod does.
+    assert!(
+        workload_of(&addresses, "starting")
+            .services
+            .contains_key("shop/cart.shop.svc.cluster.local")
+    );
+    let pending = addresses.values().any(
+        |a| matches!(&a.r#type, Some(workload::address::Type::Workload(w)) if w.name == "pending"),
+    );
+    assert!(!pending, "a pod without an address is no workload");
+}
+
+#[test]
+fn selectorless_services_take_their_endpoints_from_endpoint_slices() {
+    let index = index(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: legacy-db, namespace: shop}
+spec:
+  clusterIP: 10.96.0.20
+  ports: [{name: sql, port: 5432}, {name: metrics, port: 9100}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: legacy-db-abc, namespace: shop, labels: {kubernetes.io/service-name: legacy-db}}
+addressType: IPv4
+ports: [{name: sql, port: 15432}, {name: metrics, port: 9100}]
+endpoints:
+- addresses: [192.0.2.10]
+  conditions: {ready: true}
+  nodeName: node2
+- addresses: [192.0.2.11]
+  conditions: {ready: false}
+- addresses: [192.0.2.12]
+- addresses: [10.251.1.10]
+  targetRef: {kind: Pod, name: cart-1, namespace: shop}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: cart-xyz, namespace: shop, labels: {kubernetes.io/service-name: cart}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints:
+- addresses: [192.0.2.99]
+"#,
+    );
+    let settings = MeshSettings::default();
+    let addresses = addresses(&index, &settings);
+    let host = "shop/legacy-db.shop.svc.cluster.local";
+    let endpoint = |ip: &str| {
+        let uid = format!("Kubernetes/discovery.k8s.io/EndpointSlice/shop/legacy-db-abc/{ip}");
+        match addresses.get(&uid).and_then(|a| a.r#type.clone()) {
+            Some(workload::address::Type::Workload(w)) => w,
+            other => panic!("no endpoint workload {uid}: {other:?}"),
+        }
+    };
+    let vm = endpoint("192.0.2.10");
+    assert_eq!(vm.addresses, vec![vec![192, 0, 2, 10]]);
+    assert_eq!(vm.node, "node2");
+    assert_eq!(vm.tunnel_protocol, workload::TunnelProtocol::None as i32);
+    assert_eq!(vm.status, workload::WorkloadStatus::Healthy as i32);
+    let ports: Vec<_> = vm.services[host]
+        .ports
+        .iter()
+        .map(|p| (p.service_port, p.target_port))
+        .collect();
+    assert_eq!(ports, [(5432, 15432), (9100, 9100)], "mapped by port name");
+    assert_eq!(
+        endpoint("192.0.2.11").status,
+        workload::WorkloadStatus::Unhealthy as i32,
+        "ready: false"
+    );
+    assert_eq!(
+        endpoint("192.0.2.12").status,
+        workload::WorkloadStatus::Healthy as i32,
+        "ready unset reads as ready"
+    );
+    // A slice endpoint naming a known pod adds the service to that pod's workload instead.
+    let cart = workload_of(&addresses, "cart-1");
+    assert!(
+        cart.services.contains_key(host),
+        "{:?}",
+        cart.services.keys()
+    );
+    assert!(
+        cart.services
+            .contains_key("shop/cart.shop.svc.cluster.local")
+    );
+    assert!(
+        !addresses.keys().any(|k| k.ends_with("/10.251.1.10")),
+        "no second workload for the pod"
+    );
+    // Slices of a Service with a selector add nothing: the pods are its endpoints.
+    assert!(!addresses.keys().any(|k| k.contains("cart-xyz")));
+}

@@ -497,3 +497,53 @@ spec:
         "{config:#?}"
     );
 }
+
+#[test]
+fn waypoints_admit_namespaces_by_their_listeners_allowed_routes() {
+    let gateway = |allowed: &str| -> KubernetesGateway {
+        serde_yaml::from_str(&format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: w, namespace: infra}}\nspec:\n  gatewayClassName: istio-waypoint\n  listeners:\n  - {{name: mesh, port: 15008, protocol: HBONE{allowed}}}\n"
+        ))
+        .unwrap()
+    };
+    let index = validated(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {team: a, tier: web}}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: billing, labels: {team: b}}\n",
+    );
+    let cases = [
+        ("", [true, false, false]),
+        (
+            ", allowedRoutes: {namespaces: {from: Same}}",
+            [true, false, false],
+        ),
+        (
+            ", allowedRoutes: {namespaces: {from: All}}",
+            [true, true, true],
+        ),
+        (
+            ", allowedRoutes: {namespaces: {from: Selector, selector: {matchLabels: {team: a}}}}",
+            [false, true, false],
+        ),
+        (
+            ", allowedRoutes: {namespaces: {from: Selector, selector: {matchExpressions: [{key: team, operator: In, values: [a, b]}]}}}",
+            [false, true, true],
+        ),
+        (
+            ", allowedRoutes: {namespaces: {from: Selector, selector: {matchExpressions: [{key: tier, operator: DoesNotExist}]}}}",
+            [true, false, true],
+        ),
+        (
+            ", allowedRoutes: {namespaces: {from: Selector, selector: {matchLabels: {kubernetes.io/metadata.name: billing}}}}",
+            [false, false, true],
+        ),
+        // A selector that is missing selects nothing.
+        (
+            ", allowedRoutes: {namespaces: {from: Selector}}",
+            [false, false, false],
+        ),
+    ];
+    for (allowed, expected) in cases {
+        let gw = gateway(allowed);
+        let admitted = ["infra", "shop", "billing"].map(|ns| resolve::admits(&index, &gw, ns));
+        assert_eq!(admitted, expected, "{allowed}");
+    }
+}

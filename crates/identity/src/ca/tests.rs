@@ -366,3 +366,211 @@ fn pem_encoding_round_trips_every_padding_length() {
         assert_eq!(decoded.as_ref(), bytes.as_slice(), "length {len}");
     }
 }
+
+/// A CA certificate (CA:true) for `name`, signed by `parent`, with its key.
+fn intermediate_of(parent: &CertificateAuthority, name: &str) -> (String, String) {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, name);
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let der = parent.sign_params_unchecked(&params, &key);
+    (pem_of(&der), key.serialize_pem())
+}
+
+fn verify_server(
+    root: &CertificateDer<'static>,
+    chain: &[CertificateDer<'static>],
+    usage: webpki::KeyUsage,
+) -> Result<(), webpki::Error> {
+    let anchor = webpki::anchor_from_trusted_cert(root).unwrap();
+    let end_entity = webpki::EndEntityCert::try_from(&chain[0]).unwrap();
+    end_entity
+        .verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &[anchor],
+            &chain[1..],
+            UnixTime::now(),
+            usage,
+            None,
+            None,
+        )
+        .map(|_| ())
+}
+
+fn ders(pems: &[String]) -> Vec<CertificateDer<'static>> {
+    pems.iter()
+        .flat_map(|pem| CertificateDer::pem_slice_iter(pem.as_bytes()).map(Result::unwrap))
+        .collect()
+}
+
+#[test]
+fn an_intermediate_ca_signs_chains_that_verify_up_to_the_root() {
+    let root = CertificateAuthority::generate().unwrap();
+    let (ca_cert, ca_key) = intermediate_of(&root, "weft intermediate");
+    // cert-chain.pem as Istio's tooling writes it: the intermediate, then the root.
+    let cert_chain = format!("{ca_cert}{}", root.root_cert_pem());
+    let ca = CertificateAuthority::from_intermediate_pem(
+        &ca_cert,
+        &ca_key,
+        &cert_chain,
+        root.root_cert_pem(),
+    )
+    .unwrap();
+    assert_eq!(
+        ca.root_cert_pem(),
+        root.root_cert_pem(),
+        "peers trust the root"
+    );
+
+    let identity = spiffe("bookinfo", "reviews");
+    let key = WorkloadKey::generate().unwrap();
+    let chain = ca
+        .sign_csr(
+            &key.csr_for(&identity).unwrap(),
+            &identity,
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+    let list = chain.to_pem_list();
+    assert_eq!(list.len(), 3, "leaf, intermediate, root");
+    assert_eq!(list[1], ca_cert);
+    let certificates = ders(&list);
+    verify_server(
+        root.root_cert_der(),
+        &certificates[..2],
+        webpki::KeyUsage::client_auth(),
+    )
+    .unwrap();
+    // Without the intermediate the leaf does not verify: the chain really carries it.
+    assert!(
+        verify_server(
+            root.root_cert_der(),
+            &certificates[..1],
+            webpki::KeyUsage::client_auth()
+        )
+        .is_err()
+    );
+    // The agent's parser keeps the intermediate in the presented chain.
+    let workload = crate::WorkloadCertificate::from_pem_chain(&identity, &list, key).unwrap();
+    assert_eq!(workload.chain().len(), 2);
+
+    // A chain-less plug-in (only ca-cert.pem) gets the signing certificate put in front.
+    let bare =
+        CertificateAuthority::from_intermediate_pem(&ca_cert, &ca_key, "", root.root_cert_pem())
+            .unwrap();
+    let key = WorkloadKey::generate().unwrap();
+    let chain = bare
+        .sign_csr(
+            &key.csr_for(&identity).unwrap(),
+            &identity,
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+    assert_eq!(chain.intermediates_pem, std::slice::from_ref(&ca_cert));
+
+    // The root plugged in as its own "intermediate" is just a root.
+    let itself = CertificateAuthority::from_intermediate_pem(
+        root.root_cert_pem(),
+        &root.signing_key_pem(),
+        root.root_cert_pem(),
+        root.root_cert_pem(),
+    )
+    .unwrap();
+    let chain = itself
+        .sign_csr(
+            &WorkloadKey::generate().unwrap().csr_for(&identity).unwrap(),
+            &identity,
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    assert!(chain.intermediates_pem.is_empty());
+}
+
+#[test]
+fn an_intermediate_from_another_root_is_refused() {
+    let root = CertificateAuthority::generate().unwrap();
+    let other = CertificateAuthority::generate().unwrap();
+    let (ca_cert, ca_key) = intermediate_of(&other, "foreign intermediate");
+    let error = CertificateAuthority::from_intermediate_pem(
+        &ca_cert,
+        &ca_key,
+        &ca_cert,
+        root.root_cert_pem(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&error, CaError::CertChain { reason } if reason.contains("is not signed by")),
+        "{error}"
+    );
+    // A key that is not the signing certificate's.
+    let (_, stray_key) = intermediate_of(&root, "stray");
+    let (ca_cert, _) = intermediate_of(&root, "good");
+    let error = CertificateAuthority::from_intermediate_pem(
+        &ca_cert,
+        &stray_key,
+        &ca_cert,
+        root.root_cert_pem(),
+    )
+    .unwrap_err();
+    assert!(matches!(error, CaError::RootKeyMismatch), "{error}");
+}
+
+#[test]
+fn serving_certificates_verify_for_their_dns_names_only() {
+    let root = CertificateAuthority::generate().unwrap();
+    let (ca_cert, ca_key) = intermediate_of(&root, "weft intermediate");
+    let ca =
+        CertificateAuthority::from_intermediate_pem(&ca_cert, &ca_key, "", root.root_cert_pem())
+            .unwrap();
+    let names = vec![
+        "istiod.istio-system.svc".to_string(),
+        "istiod.istio-system".to_string(),
+    ];
+    let serving = ca
+        .issue_serving_certificate(&names, Duration::from_secs(3600))
+        .unwrap();
+    let chain = ders(&serving.chain_pem);
+    assert_eq!(chain.len(), 2, "leaf and intermediate, no root");
+    verify_server(
+        root.root_cert_der(),
+        &chain,
+        webpki::KeyUsage::server_auth(),
+    )
+    .unwrap();
+    let end_entity = webpki::EndEntityCert::try_from(&chain[0]).unwrap();
+    let name = |n: &str| rustls_pki_types::ServerName::try_from(n.to_string()).unwrap();
+    end_entity
+        .verify_is_valid_for_subject_name(&name("istiod.istio-system.svc"))
+        .unwrap();
+    assert!(
+        end_entity
+            .verify_is_valid_for_subject_name(&name("evil.example"))
+            .is_err()
+    );
+    // Not usable as a client certificate, and its key is the one handed back.
+    assert!(
+        verify_server(
+            root.root_cert_der(),
+            &chain,
+            webpki::KeyUsage::client_auth()
+        )
+        .is_err()
+    );
+    let key = KeyPair::from_pem(&serving.key_pem).unwrap();
+    let (_, leaf) = X509Certificate::from_der(chain[0].as_ref()).unwrap();
+    assert_eq!(
+        leaf.public_key().raw,
+        key.subject_public_key_info().as_slice()
+    );
+    assert!(matches!(
+        ca.issue_serving_certificate(&[], Duration::from_secs(60)),
+        Err(CaError::NoServingNames)
+    ));
+    assert!(matches!(
+        ca.issue_serving_certificate(&["bad name".into()], Duration::from_secs(60)),
+        Err(CaError::ServingName { .. })
+    ));
+}

@@ -1,0 +1,290 @@
+//! The real `controller run` binary in Kubernetes mode against the fake API server (reached
+//! through a kubeconfig file, so `kube`'s own config inference and client run): the root is
+//! created in a Secret and published in a ConfigMap, delta ADS and the CA are served over TLS on
+//! the gRPC-TLS port with a certificate that chains to that root, workloads follow the API
+//! server's objects within a second or two, node agents' tokens are reviewed, and a restarted
+//! controller keeps the same root.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use controller::source::kube::fake_apiserver::{FakeApiServer, TokenIdentity};
+use serde_json::{Value, json};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use weft_identity::{SpiffeId, WorkloadKey};
+use weft_proto::istio::ca::IstioCertificateRequest;
+use weft_proto::istio::ca::istio_certificate_service_client::IstioCertificateServiceClient;
+use weft_proto::{ADDRESS_TYPE_URL, envoy::config::core::v3::Node};
+use weft_xds::{DeltaClient, Target, Update};
+
+const SERVING_NAME: &str = "istiod.istio-system.svc";
+
+fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// The controller process; killed when dropped.
+struct Controller(Child);
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_controller(kubeconfig: &PathBuf, tls: SocketAddr, monitoring: SocketAddr) -> Controller {
+    let child = Command::new(env!("CARGO_BIN_EXE_controller"))
+        .arg("run")
+        .args(["--tls-address", &tls.to_string()])
+        .args(["--monitoring-address", &monitoring.to_string()])
+        .args(["--namespace", "istio-system"])
+        .env("KUBECONFIG", kubeconfig)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("WEFT_CONFIG_DIR")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("the controller binary starts");
+    Controller(child)
+}
+
+async fn eventually<T>(what: &str, within: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn namespace() -> Value {
+    json!({"apiVersion": "v1", "kind": "Namespace",
+           "metadata": {"name": "shop", "labels": {"istio.io/dataplane-mode": "ambient"}}})
+}
+
+fn pod(name: &str, ip: &str, node: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": name, "namespace": "shop", "labels": {"app": name}},
+           "spec": {"nodeName": node, "serviceAccountName": name,
+                    "containers": [{"name": "app", "image": "x"}]},
+           "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": "True"}]}})
+}
+
+fn uid(fake: &FakeApiServer, kind: &str, namespace: &str, name: &str) -> String {
+    fake.get("v1", kind, namespace, name).unwrap()["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn tls_channel(address: SocketAddr, root_pem: &str) -> Channel {
+    Endpoint::from_shared(format!("https://{address}"))
+        .unwrap()
+        .tls_config(
+            ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(root_pem))
+                .domain_name(SERVING_NAME),
+        )
+        .unwrap()
+        .connect_timeout(Duration::from_secs(2))
+        .connect_lazy()
+}
+
+async fn wait_update(
+    seen: &Arc<Mutex<Vec<(Instant, Update)>>>,
+    index: usize,
+    within: Duration,
+) -> (Instant, Update) {
+    eventually(&format!("update #{index}"), within, || {
+        seen.lock().unwrap().get(index).cloned()
+    })
+    .await
+}
+
+fn names(update: &Update) -> Vec<String> {
+    let mut names: Vec<String> = update.added.iter().map(|r| r.name.clone()).collect();
+    names.sort();
+    names
+}
+
+async fn certificate(
+    channel: Channel,
+    token: &str,
+    account: &str,
+) -> Result<Vec<String>, tonic::Status> {
+    let identity = SpiffeId::new("cluster.local", "shop", account).unwrap();
+    let csr = WorkloadKey::generate().unwrap().csr_for(&identity).unwrap();
+    let mut request = tonic::Request::new(IstioCertificateRequest {
+        csr,
+        validity_duration: 3600,
+        metadata: None,
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    IstioCertificateServiceClient::new(channel)
+        .create_certificate(request)
+        .await
+        .map(|r| r.into_inner().cert_chain)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_mode_serves_the_cluster_over_tls_and_follows_its_changes() {
+    let fake = FakeApiServer::start().await.unwrap();
+    fake.create(namespace()).unwrap();
+    fake.create(pod("a", "10.0.0.1", "node1")).unwrap();
+    fake.create(json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "weft-node-agent-x", "namespace": "istio-system"},
+        "spec": {"nodeName": "node1", "serviceAccountName": "weft-node-agent",
+                 "containers": [{"name": "agent", "image": "weft"}]}}))
+        .unwrap();
+    let agent_uid = uid(&fake, "Pod", "istio-system", "weft-node-agent-x");
+    fake.add_token(
+        "node1-agent-token",
+        TokenIdentity::bound(
+            "istio-system",
+            "weft-node-agent",
+            ("weft-node-agent-x", &agent_uid),
+            None,
+            "istio-ca",
+        ),
+    );
+
+    let dir = std::env::temp_dir().join(format!("weft-kube-mode-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(&kubeconfig, fake.kubeconfig()).unwrap();
+    let tls = free_port();
+    let controller = start_controller(&kubeconfig, tls, free_port());
+
+    // First start: a root in istio-ca-secret, published in istio-ca-root-cert.
+    let root = eventually("the published root", Duration::from_secs(20), || {
+        let map = fake.get("v1", "ConfigMap", "istio-system", "istio-ca-root-cert")?;
+        map["data"]["root-cert.pem"].as_str().map(str::to_owned)
+    })
+    .await;
+    let secret = fake
+        .get("v1", "Secret", "istio-system", "istio-ca-secret")
+        .expect("the root is persisted");
+    assert!(secret["data"]["ca-key.pem"].is_string());
+
+    // Delta ADS over TLS, verified against that root under istiod's name.
+    let seen: Arc<Mutex<Vec<(Instant, Update)>>> = Arc::default();
+    let recorder = seen.clone();
+    let client = DeltaClient::new(
+        Target::Channel(tls_channel(tls, &root)),
+        Node {
+            id: "node-agent~node1".into(),
+            ..Default::default()
+        },
+    )
+    .subscribe(ADDRESS_TYPE_URL, move |update: Update| {
+        recorder.lock().unwrap().push((Instant::now(), update));
+        Ok(())
+    });
+    let client_state = client.state();
+    let client_task = tokio::spawn(client.run_until(std::future::pending::<()>()));
+    let (_, first) = wait_update(&seen, 0, Duration::from_secs(20)).await;
+    assert!(first.full_state);
+    // The agent's own pod has no address yet: no workload.
+    assert_eq!(names(&first), [uid(&fake, "Pod", "shop", "a")]);
+
+    // Create, modify, delete in the API server: each a delta of that workload, within 2 s.
+    let created_at = Instant::now();
+    fake.create(pod("b", "10.0.0.2", "node1")).unwrap();
+    let b = uid(&fake, "Pod", "shop", "b");
+    let (at, added) = wait_update(&seen, 1, Duration::from_secs(5)).await;
+    assert!(
+        at - created_at < Duration::from_secs(2),
+        "{:?}",
+        at - created_at
+    );
+    assert_eq!(names(&added), std::slice::from_ref(&b));
+    assert!(!added.full_state);
+    let modified_at = Instant::now();
+    fake.update(pod("b", "10.0.0.3", "node1")).unwrap();
+    let (at, modified) = wait_update(&seen, 2, Duration::from_secs(5)).await;
+    assert!(
+        at - modified_at < Duration::from_secs(2),
+        "{:?}",
+        at - modified_at
+    );
+    assert_eq!(names(&modified), std::slice::from_ref(&b));
+    let deleted_at = Instant::now();
+    fake.delete("v1", "Pod", "shop", "b").unwrap();
+    let (at, deleted) = wait_update(&seen, 3, Duration::from_secs(5)).await;
+    assert!(
+        at - deleted_at < Duration::from_secs(2),
+        "{:?}",
+        at - deleted_at
+    );
+    assert_eq!(deleted.removed, [b]);
+
+    // The CA over the same TLS port: the node agent's token for its node's pod, and nothing
+    // else.
+    let channel = tls_channel(tls, &root);
+    let chain = certificate(channel.clone(), "node1-agent-token", "a")
+        .await
+        .unwrap();
+    assert_eq!(chain.last().map(|r| r.trim()), Some(root.trim()));
+    let unknown = certificate(channel.clone(), "not-a-token", "a")
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::Unauthenticated);
+    fake.create(pod("c", "10.0.0.9", "node2")).unwrap();
+    wait_update(&seen, 4, Duration::from_secs(5)).await;
+    let elsewhere = certificate(channel, "node1-agent-token", "c")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        elsewhere.code(),
+        tonic::Code::PermissionDenied,
+        "{}",
+        elsewhere.message()
+    );
+
+    // A client that does not trust the mesh root gets no connection.
+    let stranger = weft_identity::CertificateAuthority::generate().unwrap();
+    let refused = certificate(
+        tls_channel(tls, stranger.root_cert_pem()),
+        "node1-agent-token",
+        "a",
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+
+    // Restart: the same root (from the Secret) signs the new serving certificate, and the client
+    // reconnects to the full state.
+    let connections = client_state.borrow().connections;
+    drop(controller);
+    let _restarted = start_controller(&kubeconfig, tls, free_port());
+    let (_, again) = wait_update(&seen, 5, Duration::from_secs(30)).await;
+    assert!(again.full_state, "{again:?}");
+    assert!(client_state.borrow().connections > connections);
+    let map = fake
+        .get("v1", "ConfigMap", "istio-system", "istio-ca-root-cert")
+        .unwrap();
+    assert_eq!(map["data"]["root-cert.pem"].as_str(), Some(root.as_str()));
+    let secret_creates = fake
+        .requests()
+        .iter()
+        .filter(|r| {
+            r.method == "POST"
+                && r.path == "/api/v1/namespaces/istio-system/secrets"
+                && r.status == 201
+        })
+        .count();
+    assert_eq!(secret_creates, 1);
+    client_task.abort();
+    let _ = std::fs::remove_dir_all(&dir);
+}

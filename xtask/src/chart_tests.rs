@@ -1,0 +1,373 @@
+//! The Helm chart (deploy/charts/weft), rendered for real: there is no `helm` binary on these
+//! machines, so the templates go through `gtmpl` (Go's text/template for Rust) with the few
+//! Sprig functions the chart uses (`quote`, `toYaml`, `nindent`) written here with Helm's
+//! semantics, and the values from values.yaml. Every rendered document must parse as YAML, and
+//! what the controller and the agent rely on is checked against the code it must match.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+
+use gtmpl::{Context, FuncError, Template, Value};
+use serde_json::Value as Json;
+
+use crate::workspace_root;
+
+const NAMESPACE: &str = "istio-system";
+
+fn chart() -> PathBuf {
+    workspace_root().join("deploy/charts/weft")
+}
+
+fn to_gtmpl(value: &Json) -> Value {
+    match value {
+        Json::Null => Value::Nil,
+        Json::Bool(b) => Value::Bool(*b),
+        Json::Number(n) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => Value::from(i),
+            (None, Some(f)) => Value::from(f),
+            _ => Value::Nil,
+        },
+        Json::String(s) => Value::String(s.clone()),
+        Json::Array(items) => Value::Array(items.iter().map(to_gtmpl).collect()),
+        Json::Object(map) => Value::Map(
+            map.iter()
+                .map(|(k, v)| (k.clone(), to_gtmpl(v)))
+                .collect::<HashMap<_, _>>(),
+        ),
+    }
+}
+
+fn to_json(value: &Value) -> Json {
+    match value {
+        Value::NoValue | Value::Nil | Value::Function(_) => Json::Null,
+        Value::Bool(b) => Json::Bool(*b),
+        Value::String(s) => Json::String(s.clone()),
+        Value::Number(n) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => Json::from(i),
+            (None, Some(f)) => Json::from(f),
+            _ => Json::Null,
+        },
+        Value::Array(items) => Json::Array(items.iter().map(to_json).collect()),
+        Value::Object(map) | Value::Map(map) => Json::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), to_json(v)))
+                .collect::<serde_json::Map<_, _>>(),
+        ),
+    }
+}
+
+/// Go's `%v` of a scalar.
+fn plain(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(_) => to_json(value).to_string(),
+        Value::Nil | Value::NoValue => String::new(),
+        other => to_json(other).to_string(),
+    }
+}
+
+/// Sprig's `quote`: the argument as a double-quoted string.
+fn quote(args: &[Value]) -> Result<Value, FuncError> {
+    let [value] = args else {
+        return Err(FuncError::ExactlyXArgs("quote".into(), 1));
+    };
+    Ok(Value::String(format!("{:?}", plain(value))))
+}
+
+/// Helm's `toYaml`: the value as YAML, without the final newline.
+fn to_yaml(args: &[Value]) -> Result<Value, FuncError> {
+    let [value] = args else {
+        return Err(FuncError::ExactlyXArgs("toYaml".into(), 1));
+    };
+    let text = serde_yaml::to_string(&to_json(value))
+        .map_err(|e| FuncError::Generic(format!("toYaml: {e}")))?;
+    Ok(Value::String(text.trim_end_matches('\n').to_owned()))
+}
+
+/// Sprig's `nindent N TEXT`: a newline, then TEXT with every line indented by N spaces.
+fn nindent(args: &[Value]) -> Result<Value, FuncError> {
+    let [width, text] = args else {
+        return Err(FuncError::ExactlyXArgs("nindent".into(), 2));
+    };
+    let width = plain(width)
+        .parse::<usize>()
+        .map_err(|_| FuncError::Generic("nindent: the width is not a number".into()))?;
+    let pad = " ".repeat(width);
+    let indented: Vec<String> = plain(text).lines().map(|l| format!("{pad}{l}")).collect();
+    Ok(Value::String(format!("\n{}", indented.join("\n"))))
+}
+
+fn values(overrides: &[(&str, Json)]) -> Json {
+    let text = std::fs::read_to_string(chart().join("values.yaml")).unwrap();
+    let mut values: Json = serde_yaml::from_str(&text).expect("values.yaml is YAML");
+    for (path, value) in overrides {
+        let mut slot = &mut values;
+        for part in path.split('.') {
+            slot = &mut slot[part];
+        }
+        *slot = value.clone();
+    }
+    values
+}
+
+/// Every rendered document of every template, by template file.
+fn render(values: &Json) -> BTreeMap<String, Vec<Json>> {
+    let context = serde_json::json!({
+        "Values": values,
+        "Release": {"Name": "weft", "Namespace": NAMESPACE, "Service": "Helm"},
+        "Chart": {"Name": "weft", "Version": "0.1.0", "AppVersion": "0.1.0"},
+    });
+    let mut out = BTreeMap::new();
+    let dir = chart().join("templates");
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut template = Template::default();
+        template.add_funcs(&[
+            ("quote", quote as gtmpl::Func),
+            ("toYaml", to_yaml as gtmpl::Func),
+            ("nindent", nindent as gtmpl::Func),
+        ]);
+        template
+            .parse(text)
+            .unwrap_or_else(|e| panic!("{name} does not parse as a template: {e}"));
+        let rendered = template
+            .render(&Context::from(to_gtmpl(&context)))
+            .unwrap_or_else(|e| panic!("{name} does not render: {e}"));
+        let documents: Vec<Json> = serde_yaml::Deserializer::from_str(&rendered)
+            .map(|document| {
+                serde::Deserialize::deserialize(document)
+                    .unwrap_or_else(|e| panic!("{name} renders invalid YAML: {e}\n{rendered}"))
+            })
+            .filter(|document: &Json| !document.is_null())
+            .collect();
+        assert!(!documents.is_empty(), "{name} renders nothing");
+        out.insert(name, documents);
+    }
+    out
+}
+
+fn find<'a>(rendered: &'a BTreeMap<String, Vec<Json>>, kind: &str, name: &str) -> &'a Json {
+    rendered
+        .values()
+        .flatten()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+fn env(container: &Json, name: &str) -> Option<String> {
+    container["env"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == name)?["value"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+fn ports(service: &Json) -> Vec<i64> {
+    service["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["port"].as_i64().unwrap())
+        .collect()
+}
+
+#[test]
+fn the_chart_renders_to_valid_manifests_of_every_component() {
+    let rendered = render(&values(&[]));
+    let kinds: BTreeSet<String> = rendered
+        .values()
+        .flatten()
+        .map(|d| {
+            assert!(
+                d["apiVersion"].is_string() && d["metadata"]["name"].is_string(),
+                "{d}"
+            );
+            d["kind"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    let expected = [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "DaemonSet",
+        "Deployment",
+        "Role",
+        "RoleBinding",
+        "Service",
+        "ServiceAccount",
+    ];
+    assert_eq!(kinds, expected.iter().map(|k| k.to_string()).collect());
+
+    let deployment = find(&rendered, "Deployment", "weft-controller");
+    let controller = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        controller["args"],
+        serde_json::json!(["run", "--mode", "kubernetes"])
+    );
+    assert_eq!(
+        env(controller, "WEFT_NODE_AGENT_SERVICE_ACCOUNTS").as_deref(),
+        Some("istio-system/weft-node-agent")
+    );
+    assert_eq!(
+        env(controller, "WEFT_GRPC_ADDRESS"),
+        None,
+        "no plaintext by default"
+    );
+    assert_eq!(controller["resources"]["limits"]["memory"], "512Mi");
+    assert_eq!(ports(find(&rendered, "Service", "istiod")), [15012, 15014]);
+
+    // The agent reaches the controller under a name its serving certificate carries, with a
+    // token for the audience the controller reviews.
+    let daemonset = find(&rendered, "DaemonSet", "weft-node-agent");
+    let pod = &daemonset["spec"]["template"]["spec"];
+    let agent = &pod["containers"][0];
+    let serving_name = &controller::server::default_serving_names(NAMESPACE, "cluster.local")[0];
+    assert_eq!(
+        env(agent, "XDS_ADDRESS"),
+        Some(format!("https://{serving_name}:15012"))
+    );
+    let audience = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "token")
+        .unwrap()["projected"]["sources"][0]["serviceAccountToken"]["audience"]
+        .clone();
+    assert_eq!(
+        Some(audience.as_str().unwrap().to_owned()),
+        env(controller, "WEFT_TOKEN_AUDIENCES")
+    );
+    assert_eq!(pod["hostNetwork"], false);
+    assert_eq!(agent["securityContext"]["privileged"], false);
+    assert_eq!(
+        agent["securityContext"]["capabilities"]["add"],
+        serde_json::json!(["BPF", "NET_ADMIN", "SYS_ADMIN"])
+    );
+    assert_eq!(env(agent, "ACCELERATION").as_deref(), Some("false"));
+    assert_eq!(
+        env(agent, "CERTIFICATE_TTL_SECONDS").as_deref(),
+        Some("86400")
+    );
+    assert_eq!(
+        pod["serviceAccountName"], "weft-node-agent",
+        "the service account the controller trusts as node agent"
+    );
+
+    // With plaintext on, 15010 appears on the container and the Service.
+    let rendered = render(&values(&[("controller.plaintextGrpc", Json::Bool(true))]));
+    assert_eq!(
+        ports(find(&rendered, "Service", "istiod")),
+        [15010, 15012, 15014]
+    );
+    let deployment = find(&rendered, "Deployment", "weft-controller");
+    let controller = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        env(controller, "WEFT_GRPC_ADDRESS").as_deref(),
+        Some("0.0.0.0:15010")
+    );
+}
+
+/// (group, plural) pairs a role grants `verb` on.
+fn granted(role: &Json, verb: &str) -> BTreeSet<(String, String)> {
+    let mut out = BTreeSet::new();
+    for rule in role["rules"].as_array().unwrap() {
+        let verbs: Vec<&str> = rule["verbs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        if !verbs.contains(&verb) {
+            continue;
+        }
+        for group in rule["apiGroups"].as_array().unwrap() {
+            for resource in rule["resources"].as_array().unwrap() {
+                out.insert((
+                    group.as_str().unwrap().to_owned(),
+                    resource.as_str().unwrap().to_owned(),
+                ));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn rbac_grants_what_the_controller_watches_reviews_and_writes() {
+    let rendered = render(&values(&[]));
+    let cluster_role = find(&rendered, "ClusterRole", "weft-controller");
+    for verb in ["list", "watch"] {
+        let granted = granted(cluster_role, verb);
+        for kind in controller::model::ResourceKind::ALL {
+            let api = controller::source::kube::api_resource(kind);
+            assert!(
+                granted.contains(&(api.group.clone(), api.plural.clone())),
+                "{verb} {}/{} is not granted",
+                api.group,
+                api.plural
+            );
+        }
+    }
+    assert!(
+        granted(cluster_role, "create")
+            .contains(&("authentication.k8s.io".into(), "tokenreviews".into()))
+    );
+    let role = find(&rendered, "Role", "weft-controller");
+    assert_eq!(role["metadata"]["namespace"], NAMESPACE);
+    for (verb, resource) in [
+        ("get", "secrets"),
+        ("create", "secrets"),
+        ("get", "configmaps"),
+        ("create", "configmaps"),
+        ("update", "configmaps"),
+    ] {
+        assert!(
+            granted(role, verb).contains(&(String::new(), resource.into())),
+            "{verb} {resource}"
+        );
+    }
+    // Secrets only by name for reads: the CA's, nothing else of the namespace.
+    let secret_reads: Vec<&Json> = role["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["resources"][0] == "secrets" && r["verbs"][0] == "get")
+        .collect();
+    assert_eq!(
+        secret_reads[0]["resourceNames"],
+        serde_json::json!([
+            controller::ca::kubernetes::PLUGGED_CA_SECRET,
+            controller::ca::kubernetes::SELF_SIGNED_CA_SECRET
+        ])
+    );
+    for binding in ["ClusterRoleBinding", "RoleBinding"] {
+        let binding = find(&rendered, binding, "weft-controller");
+        assert_eq!(binding["subjects"][0]["name"], "weft-controller");
+        assert_eq!(binding["subjects"][0]["namespace"], NAMESPACE);
+    }
+}
+
+#[test]
+fn the_charts_crds_are_the_generated_ones() {
+    let generated = workspace_root().join("deploy/crds");
+    let copied = chart().join("crds");
+    let list = |dir: &PathBuf| -> BTreeMap<String, String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+            .map(|p| {
+                (
+                    p.file_name().unwrap().to_string_lossy().into_owned(),
+                    std::fs::read_to_string(&p).unwrap(),
+                )
+            })
+            .collect()
+    };
+    let generated = list(&generated);
+    assert!(generated.len() >= 6);
+    assert_eq!(generated, list(&copied), "run `cargo xtask crdgen`");
+}
