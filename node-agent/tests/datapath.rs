@@ -3,6 +3,9 @@
 //! is replaced by connecting to the outbound listener directly and a fixed original-destination
 //! table; everything from the accepted socket onwards is the agent's real code. Needs root.
 
+#[path = "support/logs.rs"]
+mod logs;
+
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     sync::Arc,
@@ -384,6 +387,7 @@ async fn raw_tls_to(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_input_is_refused_and_the_agent_keeps_serving() {
+    logs::capture();
     let mesh = Mesh::start().await;
     let server = mesh.testbed.pod("server");
     echo_server(&server.netns, server.ip, APP_PORT);
@@ -407,6 +411,7 @@ async fn hostile_input_is_refused_and_the_agent_keeps_serving() {
         }
     };
     assert!(failed, "a foreign CA's client certificate was accepted");
+    explained(&["inbound hbone connection refused", "tls handshake"]);
 
     // The remaining cases use certificates from the mesh's own CA: take them from the agent
     // that serves the client, as a compromised pod would.
@@ -422,6 +427,11 @@ async fn hostile_input_is_refused_and_the_agent_keeps_serving() {
         }
     };
     assert!(refused, "an HTTP/1.1 client got through");
+    explained(&[
+        "inbound hbone connection refused",
+        "tls handshake",
+        "protocol",
+    ]);
 
     // 3. A trust-domain mismatch: the connection is closed before any tunnel.
     let evil = weft_identity::SpiffeId::new("evil.local", "shop", "client").unwrap();
@@ -430,6 +440,11 @@ async fn hostile_input_is_refused_and_the_agent_keeps_serving() {
             weft_hbone::connect(tls, &weft_hbone::ConnectRequest::new(destination), &h2).await;
         assert!(tunnel.is_err(), "a foreign trust domain opened a tunnel");
     }
+    explained(&[
+        "inbound hbone connection refused",
+        "peer identity",
+        "evil.local",
+    ]);
 
     // 4. A CONNECT to an address the server pod does not own, and to the agent's own port.
     for authority in [
@@ -449,6 +464,8 @@ async fn hostile_input_is_refused_and_the_agent_keeps_serving() {
             "{authority}: {error}"
         );
     }
+    explained(&["hbone tunnel refused", "is not an address of this pod"]);
+    explained(&["hbone tunnel refused", "is an agent port"]);
 
     // 5. The server presents a different identity than the client's agent expects.
     mesh.agents[0].store.insert_workload(workload(
@@ -461,6 +478,7 @@ async fn hostile_input_is_refused_and_the_agent_keeps_serving() {
         result.as_ref().map_or(true, |r| r.is_empty()),
         "wrong server identity accepted: {result:?}"
     );
+    explained(&["outbound connection failed", "expected-someone-else"]);
     mesh.agents[0]
         .store
         .insert_workload(workload(server, "server", TunnelProtocol::Hbone));
@@ -484,6 +502,7 @@ async fn hostile_input_is_refused_and_the_agent_keeps_serving() {
         matches!(read, Ok(Ok(0)) | Ok(Err(_))),
         "a connection to 15006 itself was served"
     );
+    explained(&["inbound plaintext connection refused", ":15006"]);
 
     // After all of it, the agents still carry traffic.
     assert_eq!(
@@ -491,6 +510,15 @@ async fn hostile_input_is_refused_and_the_agent_keeps_serving() {
             .await
             .unwrap(),
         b"still fine"
+    );
+}
+
+/// Asserts that the agents logged a line explaining a refusal.
+fn explained(needles: &[&str]) {
+    assert!(
+        logs::line_within(TIMEOUT, needles),
+        "no log line with {needles:?}:\n{}",
+        logs::text()
     );
 }
 

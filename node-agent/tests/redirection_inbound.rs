@@ -12,27 +12,6 @@ use std::{
 
 use weft_testbed::{Netns, Topology};
 
-/// Everything logged through `tracing` in this test binary (the programs' aya-log records
-/// arrive here through the loader's bridge).
-static LOGS: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
-
-struct LogSink;
-
-impl std::io::Write for LogSink {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        LOGS.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn logged(needle: &str) -> bool {
-    String::from_utf8_lossy(&LOGS.lock().unwrap()).contains(needle)
-}
-
 /// Accepts one connection within a bounded time, if any comes.
 fn accept_within(listener: &TcpListener, wait: Duration) -> Option<(TcpStream, SocketAddr)> {
     listener.set_nonblocking(true).unwrap();
@@ -59,10 +38,7 @@ fn connect_from(netns: &Netns, destination: SocketAddr) -> std::io::Result<TcpSt
 
 #[test]
 fn connections_to_application_ports_land_on_the_inbound_listener() {
-    tracing_subscriber::fmt()
-        .with_writer(|| LogSink)
-        .with_ansi(false)
-        .init();
+    support::logs::capture();
     let testbed = Topology::new()
         .node("node1", &["app"])
         .node("node2", &["outside"])
@@ -134,14 +110,10 @@ fn connections_to_application_ports_land_on_the_inbound_listener() {
     );
     assert!(redirection.stats().unwrap().inbound_without_listener >= 1);
     // The program's warning reached `tracing`.
-    let deadline = Instant::now() + support::PATIENCE;
-    while !logged("no inbound listener for port 8080") && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
     assert!(
-        logged("no inbound listener for port 8080"),
+        support::logs::line_within(support::PATIENCE, &["no inbound listener for port 8080"]),
         "program log not bridged: {}",
-        String::from_utf8_lossy(&LOGS.lock().unwrap())
+        support::logs::text()
     );
 
     std::sync::Arc::into_inner(redirection)

@@ -19,16 +19,16 @@ use crate::stream::HboneStream;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The connector could not produce a (TLS) connection to the peer.
-    #[error("connecting to the hbone peer failed")]
+    #[error("connecting to the hbone peer failed: {0}")]
     Connect(#[source] io::Error),
     /// Connecting plus the HTTP/2 handshake took longer than allowed.
     #[error("connecting to the hbone peer timed out after {0:?}")]
     ConnectTimeout(std::time::Duration),
     /// The HTTP/2 preface or settings exchange failed.
-    #[error("http/2 handshake with the hbone peer failed")]
+    #[error("http/2 handshake with the hbone peer failed: {0}")]
     Handshake(#[source] h2::Error),
     /// The CONNECT could not be sent or its response not received.
-    #[error("CONNECT {authority} failed")]
+    #[error("CONNECT {authority} failed: {source}")]
     Request {
         /// Destination of the tunnel.
         authority: SocketAddr,
