@@ -18,7 +18,7 @@ use weft_identity::{SpiffeId, peer_identity};
 use weft_policy::route::pick_weighted;
 
 use crate::identity::CertificateSource;
-use crate::model::Protocol;
+use crate::model::{Protocol, Target};
 use crate::proxy::{ProxyShared, TunnelContext, handle};
 use crate::smuggling::FramingGuard;
 use crate::upstream::{BoxedIo, HashInput};
@@ -197,7 +197,7 @@ impl ConnectHandler for TunnelHandler {
 
     async fn connect(&self, request: &ConnectRequest) -> Result<BoxedIo, Refusal> {
         let config = self.shared.store.snapshot();
-        let Some(target) = config.service_for(request.authority) else {
+        let Some(target) = config.target_for(request.authority) else {
             debug!(authority = %request.authority, "tunnel for a destination this waypoint does not serve");
             return Err(Refusal::BadRequest);
         };
@@ -208,13 +208,13 @@ impl ConnectHandler for TunnelHandler {
             destination: request.authority,
             target,
         });
-        if context.target.port.protocol.is_opaque() {
+        if context.target.protocol().is_opaque() {
             return open_tcp_upstream(&self.shared, &context).await;
         }
         let (inside, outside) = tokio::io::duplex(TUNNEL_BUFFER);
         let shared = Arc::clone(&self.shared);
         let limits = self.limits;
-        let sniff = context.target.port.protocol == Protocol::Unspecified;
+        let sniff = context.target.protocol() == Protocol::Unspecified;
         tokio::spawn(
             async move {
                 if !sniff {
@@ -382,34 +382,43 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for PrefixedIo<T> {
     }
 }
 
-/// L4: the first TCP route that matches picks a weighted cluster; else the service's default
-/// cluster.
+/// L4: a workload addressed directly is reached at that address; for a service, the first TCP
+/// route that matches picks a weighted cluster, else the service's default cluster.
 async fn open_tcp_upstream(
     shared: &ProxyShared,
     context: &TunnelContext,
 ) -> Result<BoxedIo, Refusal> {
     let config = shared.store.snapshot();
-    let service = &context.target.service;
-    let source = config.workload(context.source_ip);
-    let namespace = context.peer.as_ref().map(|p| p.namespace());
-    let route = service.tcp_routes.iter().find(|r| {
-        r.matches.is_empty()
-            || r.matches
-                .iter()
-                .any(|m| m.matches(context.destination, source.map(|w| &w.labels), namespace))
-    });
-    let cluster = match route {
-        Some(route) => {
-            let weights: Vec<u32> = route.destinations.iter().map(|d| d.1).collect();
-            pick_weighted(&weights, rand::random())
-                .and_then(|i| route.destinations.get(i))
-                .and_then(|(name, _)| config.cluster(name))
+    let cluster = match &context.target {
+        Target::Workload(target) => Some(Arc::new(target.cluster())),
+        Target::Service(target) => {
+            let service = &target.service;
+            let source = config.workload(context.source_ip);
+            let namespace = context.peer.as_ref().map(|p| p.namespace());
+            let route = service.tcp_routes.iter().find(|r| {
+                r.matches.is_empty()
+                    || r.matches.iter().any(|m| {
+                        m.matches(context.destination, source.map(|w| &w.labels), namespace)
+                    })
+            });
+            match route {
+                Some(route) => {
+                    let weights: Vec<u32> = route.destinations.iter().map(|d| d.1).collect();
+                    pick_weighted(&weights, rand::random())
+                        .and_then(|i| route.destinations.get(i))
+                        .and_then(|(name, _)| config.cluster(name))
+                        .cloned()
+                }
+                None => config
+                    .default_cluster(&service.hostname, target.port.port)
+                    .cloned(),
+            }
         }
-        None => config.default_cluster(&service.hostname, context.target.port.port),
     };
     let Some(cluster) = cluster else {
         return Err(Refusal::UpstreamUnavailable);
     };
+    let cluster = cluster.as_ref();
     let headers = http::HeaderMap::new();
     let hash = HashInput {
         headers: &headers,

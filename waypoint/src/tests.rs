@@ -109,6 +109,7 @@ fn config(routes: Vec<proto::HttpRoute>, clusters: Vec<proto::Cluster>) -> proto
         clusters,
         authorization_policies: Vec::new(),
         source_workloads: Vec::new(),
+        workloads: Vec::new(),
     }
 }
 
@@ -147,11 +148,16 @@ impl Harness {
     }
 
     async fn tunnel(&self) -> weft_hbone::HboneStream {
+        self.tunnel_to(service_addr()).await
+    }
+
+    /// A tunnel for `authority`, as an agent opens one for the address its client dialled.
+    async fn tunnel_to(&self, authority: SocketAddr) -> weft_hbone::HboneStream {
         hbone_tunnel(
             &self.client,
             self.address,
             &self.waypoint_identity,
-            service_addr(),
+            authority,
             CLIENT_IP,
         )
         .await
@@ -159,12 +165,31 @@ impl Harness {
     }
 
     async fn http1(&self) -> http1::SendRequest<Full<Bytes>> {
+        self.http1_to(service_addr()).await
+    }
+
+    async fn http1_to(&self, authority: SocketAddr) -> http1::SendRequest<Full<Bytes>> {
         let (sender, connection) = http1::Builder::new()
-            .handshake(TokioIo::new(self.tunnel().await))
+            .handshake(TokioIo::new(self.tunnel_to(authority).await))
             .await
             .unwrap();
         tokio::spawn(connection.with_upgrades());
         sender
+    }
+
+    /// The waypoint's Prometheus text, from its metrics endpoint.
+    async fn metrics(&self) -> String {
+        let metrics = self
+            .waypoint
+            .bind_metrics(SocketAddr::new(LOCALHOST, 0))
+            .await
+            .unwrap();
+        let address = metrics.address().unwrap();
+        let (_drain, drained) = watch::channel(false);
+        tokio::spawn(metrics.run(drained));
+        let (status, text) = http_get(address, "/metrics").await;
+        assert_eq!(status, StatusCode::OK, "{text}");
+        text
     }
 
     async fn send(&self, request: Request<Full<Bytes>>) -> (StatusCode, http::HeaderMap, Bytes) {
@@ -175,6 +200,26 @@ impl Harness {
     async fn get(&self, path: &str) -> (StatusCode, http::HeaderMap, Bytes) {
         self.send(get(path)).await
     }
+}
+
+/// A plain HTTP/1.1 GET to a local admin-style endpoint: status and body.
+async fn http_get(address: SocketAddr, path: &str) -> (StatusCode, String) {
+    let stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let (mut sender, connection) = http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(connection);
+    let response = sender
+        .send_request(
+            Request::builder()
+                .uri(path)
+                .header("host", "localhost")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = response.status();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
 }
 
 fn get(path: &str) -> Request<Full<Bytes>> {
@@ -252,6 +297,106 @@ async fn header_match_routes_to_its_subset_and_others_to_the_default() {
         "x-request-id generated"
     );
     assert_eq!(seen.headers["host"], HOST);
+}
+
+/// A deny on `/admin` attached to the service only.
+fn deny_admin_for_the_service() -> proto::L7Authorization {
+    proto::L7Authorization {
+        name: "deny-admin".to_owned(),
+        namespace: "default".to_owned(),
+        action: proto::l7_authorization::Action::Deny as i32,
+        rules: vec![proto::Rule {
+            from: Vec::new(),
+            to: vec![proto::rule::To {
+                operation: Some(proto::Operation {
+                    paths: vec!["/admin".to_owned()],
+                    ..Default::default()
+                }),
+            }],
+            when: Vec::new(),
+        }],
+        dry_run: false,
+        target_services: vec![HOST.to_owned()],
+    }
+}
+
+/// The fake endpoint `e` as a workload the waypoint serves at its own address.
+fn direct_workload(e: &FakeEndpoint) -> proto::WaypointWorkload {
+    proto::WaypointWorkload {
+        address: e.app_address.ip().to_string(),
+        identity: e.identity.to_string(),
+        labels: BTreeMap::from([("app".to_owned(), "reviews".to_owned())]),
+        workload_uid: format!("uid-{}", e.name),
+        tunnel: proto::EndpointTunnel::Hbone as i32,
+        namespace: "default".to_owned(),
+        services: vec![HOST.to_owned()],
+        ports: vec![proto::WorkloadPort {
+            port: u32::from(e.app_address.port()),
+            protocol: proto::Protocol::Http as i32,
+        }],
+    }
+}
+
+#[tokio::test]
+async fn a_pod_addressed_directly_is_reached_exactly_and_still_authorized() {
+    let (mesh, v1, v2) = two_endpoints().await;
+    let harness = Harness::start(mesh, &[&v1, &v2]).await;
+    // The service routes everything to v1 and its default spreads over both: neither may
+    // decide where a request for v2's own address goes.
+    let mut cfg = config(
+        vec![route_to("v1")],
+        vec![cluster("v1", &[&v1]), cluster("", &[&v1, &v2])],
+    );
+    cfg.workloads = vec![direct_workload(&v2)];
+    cfg.authorization_policies
+        .push(deny_admin_for_the_service());
+    harness.waypoint.apply_config(cfg).unwrap();
+
+    let mut sender = harness.http1_to(v2.app_address).await;
+    for _ in 0..2 {
+        let (status, headers, body) = send_on(&mut sender, get("/direct")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, "v2");
+        assert_eq!(headers["x-served-by"], "v2");
+    }
+    assert_eq!(v1.request_count(), 0, "v1 got traffic addressed to v2");
+    assert_eq!(v2.request_count(), 2);
+    // Processed at L7 on the way (a request id added), and carried to v2's own address.
+    assert!(
+        v2.last_request()
+            .unwrap()
+            .headers
+            .contains_key("x-request-id")
+    );
+    let tunnel = v2.tunnels.lock().unwrap()[0].clone();
+    assert_eq!(tunnel.authority, v2.app_address);
+    assert_eq!(tunnel.forwarded_for, Some(CLIENT_IP));
+    assert_eq!(tunnel.peer, harness.waypoint_identity);
+
+    // The service's policies follow its pods: addressing a pod does not escape them.
+    let (status, _, body) = send_on(&mut sender, get("/admin")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(body, weft_policy::ACCESS_DENIED_BODY);
+    assert_eq!(v2.request_count(), 2, "a denied request reached the pod");
+
+    // The service is still routed as before.
+    let (status, _, body) = harness.get("/through-the-service").await;
+    assert_eq!((status, body.as_ref()), (StatusCode::OK, b"v1".as_ref()));
+
+    // Counted as traffic to the workload, not to a service it was not addressed through.
+    let text = harness.metrics().await;
+    let line = text
+        .lines()
+        .find(|l| {
+            l.starts_with("istio_requests_total{")
+                && l.contains("response_code=\"200\"")
+                && l.contains(
+                    "destination_principal=\"spiffe://cluster.local/ns/default/sa/reviews-v2\"",
+                )
+        })
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(line.contains("destination_service=\"unknown\""), "{line}");
+    assert!(line.ends_with(" 2"), "{line}");
 }
 
 #[tokio::test]
@@ -784,37 +929,7 @@ async fn requests_are_counted_with_istio_labels() {
     for _ in 0..3 {
         harness.get("/").await;
     }
-    let metrics = harness
-        .waypoint
-        .bind_metrics(SocketAddr::new(LOCALHOST, 0))
-        .await
-        .unwrap();
-    let address = metrics.address().unwrap();
-    let (_drain, drained) = watch::channel(false);
-    tokio::spawn(metrics.run(drained));
-    let stream = tokio::net::TcpStream::connect(address).await.unwrap();
-    let (mut sender, connection) = http1::handshake(TokioIo::new(stream)).await.unwrap();
-    tokio::spawn(connection);
-    let response = sender
-        .send_request(
-            Request::builder()
-                .uri("/metrics")
-                .header("host", "localhost")
-                .body(Full::new(Bytes::new()))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let text = String::from_utf8(
-        response
-            .into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes()
-            .to_vec(),
-    )
-    .unwrap();
+    let text = harness.metrics().await;
     let line = text
         .lines()
         .find(|l| l.starts_with("istio_requests_total{") && l.contains("response_code=\"200\""))

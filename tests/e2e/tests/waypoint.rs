@@ -347,6 +347,38 @@ spec:
         200
     );
 
+    // A pod addressed by its own IP (a headless service, a StatefulSet member, a scrape): its
+    // agent accepts only the waypoint, so the request goes through the waypoint, which carries
+    // it to exactly that pod, with the service's L7 policies still applied.
+    let v3 = mesh.pod("reviews-v3").ip;
+    let direct = mesh
+        .curl_many(
+            "client",
+            &format!("http://{v3}:8080/direct"),
+            2,
+            "%{http_code} %header{x-weft-version}",
+            &[],
+        )
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", mesh.logs()));
+    assert_eq!(direct, ["200 v3", "200 v3"], "{}", mesh.logs());
+    for pod in ["reviews-v1", "reviews-v2"] {
+        assert!(
+            !app_log_mentions(&mesh, pod, "/direct"),
+            "{pod} got a request addressed to reviews-v3"
+        );
+    }
+    let direct_admin = mesh.curl_with("client", &[&format!("http://{v3}:8080/admin")]);
+    assert_eq!(direct_admin.status, 403, "{}", direct_admin.body);
+    let waypoint_log = mesh.log_of(&format!("waypoint-{WAYPOINT}"));
+    let carried = waypoint_log
+        .lines()
+        .filter(|l| {
+            l.contains("GET /direct")
+                && l.contains(&format!("\"{v3}:8080\" inbound-pod|8080||{v3}"))
+        })
+        .count();
+    assert_eq!(carried, 2, "the waypoint did not log both:\n{waypoint_log}");
+
     // Outlier detection: v1 starts failing every request; after two 5xx in a row it is ejected
     // (for 5 s) and v2/v3 serve everything; once it recovers it is back after the ejection time.
     apply(
@@ -363,16 +395,12 @@ spec:
             "  - route: [{destination: {host: reviews}}]\n    retries: {attempts: 0}\n",
         ),
     );
-    // Told from inside its own pod (loopback is the pod's own business): addressed by pod IP
-    // from the client it would go through the waypoint like the service's traffic.
+    // Told by pod IP from the client: through the waypoint, to exactly that pod.
+    let v1 = mesh.pod("reviews-v1").ip;
     let control = |action: &str| {
         mesh.curl_with(
-            "reviews-v1",
-            &[
-                "-X",
-                "POST",
-                &format!("http://127.0.0.1:8080/control/{action}"),
-            ],
+            "client",
+            &["-X", "POST", &format!("http://{v1}:8080/control/{action}")],
         )
     };
     let failing = control("fail?status=500");
