@@ -42,8 +42,6 @@ pub enum ConfigError {
     Status { context: String, value: i64 },
     #[error("{context}: {reason}")]
     Invalid { context: String, reason: String },
-    #[error("{context}: unknown cluster {cluster:?}")]
-    UnknownCluster { context: String, cluster: String },
     #[error("cluster {name:?} is defined twice")]
     DuplicateCluster { name: String },
 }
@@ -877,17 +875,16 @@ fn fault(f: &proto::HttpFaultInjection, context: &str) -> Result<Fault, ConfigEr
     Ok(Fault { delay, abort })
 }
 
+/// A destination's cluster name and host. The cluster need not be defined: as in Envoy, a
+/// route may name a cluster that does not exist (istiod does so for an undefined subset, host
+/// or port), and what is routed there is answered 503 `NC` at request time.
 fn destination_cluster(
     d: Option<&proto::Destination>,
-    clusters: &HashMap<String, Arc<Cluster>>,
     context: &str,
 ) -> Result<(String, String), ConfigError> {
     let d = d.ok_or_else(|| invalid(context, "destination missing"))?;
-    if !clusters.contains_key(&d.cluster) {
-        return Err(ConfigError::UnknownCluster {
-            context: context.to_owned(),
-            cluster: d.cluster.clone(),
-        });
+    if d.cluster.is_empty() {
+        return Err(invalid(context, "destination without a cluster name"));
     }
     Ok((d.cluster.clone(), d.host.clone()))
 }
@@ -913,11 +910,7 @@ fn regex_replacement(rewrite: &str) -> String {
     out
 }
 
-fn route(
-    r: &proto::HttpRoute,
-    clusters: &HashMap<String, Arc<Cluster>>,
-    context: &str,
-) -> Result<(RouteMatches, Route), ConfigError> {
+fn route(r: &proto::HttpRoute, context: &str) -> Result<(RouteMatches, Route), ConfigError> {
     let matches = r
         .r#match
         .iter()
@@ -977,8 +970,7 @@ fn route(
             .route
             .iter()
             .map(|d| {
-                let (cluster, host) =
-                    destination_cluster(d.destination.as_ref(), clusters, context)?;
+                let (cluster, host) = destination_cluster(d.destination.as_ref(), context)?;
                 Ok(WeightedDestination {
                     cluster,
                     host,
@@ -1038,7 +1030,7 @@ fn route(
         .mirrors
         .iter()
         .map(|m| {
-            let (cluster, host) = destination_cluster(m.destination.as_ref(), clusters, context)?;
+            let (cluster, host) = destination_cluster(m.destination.as_ref(), context)?;
             Ok(Mirror {
                 cluster,
                 host,
@@ -1455,10 +1447,7 @@ fn protocol(value: i32, context: &str) -> Result<Protocol, ConfigError> {
     })
 }
 
-fn service(
-    s: &proto::WaypointService,
-    clusters: &HashMap<String, Arc<Cluster>>,
-) -> Result<Service, ConfigError> {
+fn service(s: &proto::WaypointService) -> Result<Service, ConfigError> {
     let context = format!("service {}", s.hostname);
     let context = context.as_str();
     let ports = s
@@ -1478,7 +1467,7 @@ fn service(
     let mut http_routes = Vec::with_capacity(s.http_routes.len());
     for (index, r) in s.http_routes.iter().enumerate() {
         let route_context = format!("{context} http route {index} ({})", r.virtual_service);
-        let (m, r) = route(r, clusters, &route_context)?;
+        let (m, r) = route(r, &route_context)?;
         route_matches.push(m);
         http_routes.push(r);
     }
@@ -1503,8 +1492,7 @@ fn service(
                 .route
                 .iter()
                 .map(|d| {
-                    let (cluster, _) =
-                        destination_cluster(d.destination.as_ref(), clusters, context)?;
+                    let (cluster, _) = destination_cluster(d.destination.as_ref(), context)?;
                     Ok((
                         cluster,
                         u32::try_from(d.weight).map_err(|_| invalid(context, "negative weight"))?,
@@ -1570,7 +1558,7 @@ impl TryFrom<proto::WaypointConfig> for WaypointConfig {
         let services = config
             .services
             .iter()
-            .map(|s| service(s, &clusters).map(Arc::new))
+            .map(|s| service(s).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
         let mut by_vip = HashMap::new();
         for (service_index, s) in services.iter().enumerate() {

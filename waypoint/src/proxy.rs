@@ -775,8 +775,11 @@ async fn forward(
         return text_response(StatusCode::SERVICE_UNAVAILABLE, "no destination");
     };
     let Some(cluster) = config.cluster(&destination.cluster).cloned() else {
+        // The route names a cluster that does not exist (an undefined subset, host or port):
+        // Envoy's answer, 503 with no body.
         record.response_flags = "NC";
-        return text_response(StatusCode::SERVICE_UNAVAILABLE, "no cluster");
+        record.response_code_details = "cluster_not_found".to_owned();
+        return text_response(StatusCode::SERVICE_UNAVAILABLE, "");
     };
     forward_to(
         shared,

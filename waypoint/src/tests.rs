@@ -400,6 +400,45 @@ async fn a_pod_addressed_directly_is_reached_exactly_and_still_authorized() {
 }
 
 #[tokio::test]
+async fn a_route_to_an_undefined_subset_answers_503_nc_and_the_other_routes_work() {
+    let (mesh, v1, _v2) = two_endpoints().await;
+    let harness = Harness::start(mesh, &[&v1]).await;
+    let undefined = proto::HttpRoute {
+        name: "to-v9".to_owned(),
+        r#match: vec![proto::HttpMatchRequest {
+            uri: Some(proto::StringMatch {
+                match_type: Some(proto::string_match::MatchType::Prefix("/v9".to_owned())),
+            }),
+            ..Default::default()
+        }],
+        // No cluster by this name: what istiod sends for a subset no DestinationRule defines.
+        ..route_to("v9")
+    };
+    harness
+        .waypoint
+        .apply_config(config(
+            vec![undefined, route_to("v1")],
+            vec![cluster("v1", &[&v1])],
+        ))
+        .unwrap();
+
+    let (status, _, body) = harness.get("/v9/page").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body.is_empty(), "{body:?}");
+    assert_eq!(v1.request_count(), 0);
+    let (status, _, body) = harness.get("/other").await;
+    assert_eq!((status, body.as_ref()), (StatusCode::OK, b"v1".as_ref()));
+
+    let text = harness.metrics().await;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("istio_requests_total{") && l.contains("response_code=\"503\""))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(line.contains("response_flags=\"NC\""), "{line}");
+    assert!(line.ends_with(" 1"), "{line}");
+}
+
+#[tokio::test]
 async fn weighted_split_follows_the_weights() {
     let (mesh, v1, v2) = two_endpoints().await;
     let harness = Harness::start(mesh, &[&v1, &v2]).await;

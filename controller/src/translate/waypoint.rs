@@ -414,9 +414,10 @@ impl<'a> Compiler<'a, '_> {
         Some(chosen)
     }
 
-    /// Compiles one VirtualService for one service. Anything that makes it untranslatable
-    /// (an unknown host, subset or port) skips the whole VirtualService for that service; what
-    /// the waypoint does not support is reported and left out.
+    /// Compiles one VirtualService for one service. A value that cannot be translated (a
+    /// duration, a body) skips the whole VirtualService for that service; a destination naming
+    /// an unknown host, subset or port is reported and kept (503 `NC` at request time); what the
+    /// waypoint does not support is reported and left out.
     fn routes_from(
         &mut self,
         served: &Served,
@@ -955,75 +956,87 @@ impl RouteContext<'_, '_, '_> {
         duration(value).map_err(|reason| self.invalid(path, &value.0, reason))
     }
 
-    /// A destination resolved to its cluster, which is registered.
-    fn destination(
-        &mut self,
-        destination: &net::Destination,
-        path: String,
-    ) -> Result<wp::Destination, TranslateProblem> {
-        let service_host = self.served.hostname.clone();
+    /// A destination resolved to its cluster, named as Istio names it
+    /// (`GetDestinationCluster`: the destination's port, else the service's only port, else the
+    /// port the request arrived on). A destination that resolves to nothing Istio would build a
+    /// cluster for (an unknown host, port or subset) keeps that name without a cluster behind
+    /// it, as istiod does: the waypoint answers what is routed there with 503 `NC` while the
+    /// other routes of the VirtualService keep working, and the problem is reported.
+    fn destination(&mut self, destination: &net::Destination, path: String) -> wp::Destination {
+        let service = self.served.hostname.clone();
         let host = qualify_host(
             self.compiler.settings,
             &destination.host,
             namespace_of(&self.vs.metadata),
         );
-        let Some(target) = self.compiler.services.get(&host).copied() else {
-            return Err(TranslateProblem::UnknownHost {
-                path,
-                host,
-                service: service_host,
-            });
-        };
-        let ports: Vec<u32> = tcp_service_ports(target).map(port_number).collect();
-        let port = match &destination.port {
-            Some(selector) if ports.contains(&selector.number) => selector.number,
-            Some(selector) => {
-                return Err(TranslateProblem::UnknownPort {
-                    path: format!("{path}.port.number"),
-                    host,
-                    port: selector.number,
-                    service: service_host,
-                });
-            }
-            None => match ports.as_slice() {
-                [only] => *only,
-                _ if ports.contains(&self.context.port) => self.context.port,
-                _ => {
-                    return Err(TranslateProblem::AmbiguousPort {
-                        path,
-                        host,
-                        service: service_host,
-                    });
-                }
-            },
-        };
         let subset = destination.subset.clone().unwrap_or_default();
-        if !subset.is_empty()
-            && self
-                .compiler
-                .destination_rule(&host)
-                .is_none_or(|rule| rule.subset(&subset).is_none())
-        {
-            return Err(TranslateProblem::UnknownSubset {
-                path: format!("{path}.subset"),
-                host,
-                subset,
-                service: service_host,
-            });
-        }
+        let target = self.compiler.services.get(&host).copied();
+        let ports: Vec<u32> = target
+            .map(|t| tcp_service_ports(t).map(port_number).collect())
+            .unwrap_or_default();
+        let port = match (&destination.port, ports.as_slice()) {
+            (Some(selector), _) => selector.number,
+            (None, [only]) => *only,
+            (None, _) => self.context.port,
+        };
         let key = ClusterKey {
             host: host.clone(),
             subset: subset.clone(),
             port,
         };
         let cluster = key.name();
-        self.clusters.insert(key);
-        Ok(wp::Destination {
+        let problem = if target.is_none() {
+            Some(TranslateProblem::UnknownHost {
+                path,
+                host: host.clone(),
+                service,
+                cluster: cluster.clone(),
+            })
+        } else if !ports.contains(&port) {
+            Some(match destination.port {
+                Some(_) => TranslateProblem::UnknownPort {
+                    path: format!("{path}.port.number"),
+                    host: host.clone(),
+                    port,
+                    service,
+                    cluster: cluster.clone(),
+                },
+                None => TranslateProblem::AmbiguousPort {
+                    path,
+                    host: host.clone(),
+                    port,
+                    service,
+                    cluster: cluster.clone(),
+                },
+            })
+        } else if !subset.is_empty()
+            && self
+                .compiler
+                .destination_rule(&host)
+                .is_none_or(|rule| rule.subset(&subset).is_none())
+        {
+            Some(TranslateProblem::UnknownSubset {
+                path: format!("{path}.subset"),
+                host: host.clone(),
+                subset: subset.clone(),
+                service,
+                cluster: cluster.clone(),
+            })
+        } else {
+            None
+        };
+        match problem {
+            Some(problem) => self.notes.push(problem),
+            None => {
+                self.clusters.insert(key);
+            }
+        }
+        wp::Destination {
             host,
             subset,
             port,
             cluster,
-        })
+        }
     }
 
     fn http_route(
@@ -1065,7 +1078,7 @@ impl RouteContext<'_, '_, '_> {
             };
             destinations.push(wp::HttpRouteDestination {
                 destination: Some(
-                    self.destination(destination, format!("{path}.route[{j}].destination"))?,
+                    self.destination(destination, format!("{path}.route[{j}].destination")),
                 ),
                 weight: d.weight.unwrap_or(0).max(0),
                 headers: d.headers.as_ref().map(headers),
@@ -1080,7 +1093,7 @@ impl RouteContext<'_, '_, '_> {
                 .or(route.mirror_percent.map(f64::from))
                 .unwrap_or(100.0);
             mirrors.push(wp::HttpMirrorPolicy {
-                destination: Some(self.destination(mirror, format!("{path}.mirror"))?),
+                destination: Some(self.destination(mirror, format!("{path}.mirror"))),
                 percentage: Some(wp::Percent { value }),
             });
         }
@@ -1090,7 +1103,7 @@ impl RouteContext<'_, '_, '_> {
             };
             mirrors.push(wp::HttpMirrorPolicy {
                 destination: Some(
-                    self.destination(destination, format!("{path}.mirrors[{j}].destination"))?,
+                    self.destination(destination, format!("{path}.mirrors[{j}].destination")),
                 ),
                 percentage: Some(wp::Percent {
                     value: mirror.percentage.as_ref().map_or(100.0, |p| p.value),
@@ -1332,7 +1345,7 @@ impl RouteContext<'_, '_, '_> {
             };
             destinations.push(wp::RouteDestination {
                 destination: Some(
-                    self.destination(destination, format!("{path}.route[{j}].destination"))?,
+                    self.destination(destination, format!("{path}.route[{j}].destination")),
                 ),
                 weight: d.weight.unwrap_or(0).max(0),
             });

@@ -175,6 +175,9 @@ fn routing_splits_faults_retries_timeouts_and_mirrors_through_the_waypoint() {
     match: [{headers: {x-case: {exact: no-retry}}}]
     retries: {attempts: 0}
     route: [{destination: {host: reviews, subset: v1}}]
+  - name: undefined-subset
+    match: [{headers: {x-case: {exact: v9}}}]
+    route: [{destination: {host: reviews, subset: v9}}]
   - name: mirror
     match: [{headers: {x-case: {exact: mirror}}}]
     route: [{destination: {host: reviews, subset: v1}}]
@@ -192,6 +195,31 @@ fn routing_splits_faults_retries_timeouts_and_mirrors_through_the_waypoint() {
     assert_eq!(jason, BTreeMap::from([("200 v2".to_string(), 20)]));
     let others = versions(&mesh, "/header", 20, &["-H", "end-user: someone"]);
     assert_eq!(others, BTreeMap::from([("200 v1".to_string(), 20)]));
+
+    // A subset no DestinationRule defines: the VirtualService stands (the routes above and
+    // below work) and only what is routed there gets 503 with Envoy's NC (no cluster) flag.
+    let undefined = versions(&mesh, "/v9-check", 3, &["-H", "x-case: v9"]);
+    assert_eq!(undefined, BTreeMap::from([("503 ".to_string(), 3)]));
+    for pod in ["reviews-v1", "reviews-v2", "reviews-v3"] {
+        assert!(!app_log_mentions(&mesh, pod, "/v9-check"), "{pod}");
+    }
+    let metrics = mesh.waypoint_metrics(WAYPOINT);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("istio_requests_total{")
+                && l.contains("response_code=\"503\"")
+                && l.contains("response_flags=\"NC\"")
+                && l.ends_with(" 3")),
+        "no 503 NC counted:\n{metrics}"
+    );
+    assert!(
+        mesh.log_of("controller").contains(
+            "subset \"v9\" of reviews.shop.svc.cluster.local is not defined by a DestinationRule"
+        ),
+        "the controller did not report the undefined subset\n{}",
+        mesh.log_of("controller")
+    );
 
     // Abort: the configured status for every request, and none reaches a pod.
     let aborted = versions(&mesh, "/abort-check", 50, &["-H", "x-case: abort"]);

@@ -124,6 +124,27 @@ fn a_valid_config_is_indexed_by_vip() {
 }
 
 #[test]
+fn a_route_may_name_a_cluster_that_does_not_exist() {
+    // istiod names the cluster of an undefined subset without defining it; the configuration
+    // stands and the route answers 503 NC at request time.
+    let mut c = base();
+    c.services[0].http_routes[0].route[0]
+        .destination
+        .as_mut()
+        .unwrap()
+        .cluster = "outbound|9080|v9|reviews.default.svc.cluster.local".to_owned();
+    let config = WaypointConfig::try_from(c).unwrap();
+    let RouteAction::Forward(destinations) = &config.services[0].http_routes[0].action else {
+        panic!("not a forward");
+    };
+    assert_eq!(
+        destinations[0].cluster,
+        "outbound|9080|v9|reviews.default.svc.cluster.local"
+    );
+    assert!(config.cluster(&destinations[0].cluster).is_none());
+}
+
+#[test]
 fn workloads_addressed_directly_are_targets_of_their_own() {
     let mut c = base();
     c.workloads = vec![direct_workload()];
@@ -245,15 +266,16 @@ fn invalid_configs_are_rejected_with_context() {
             "http route 0",
         ),
         (
-            "unknown cluster",
+            "destination without a cluster",
             |c| {
                 c.services[0].http_routes[0].route[0]
                     .destination
                     .as_mut()
                     .unwrap()
-                    .cluster = "nope".to_owned()
+                    .cluster
+                    .clear()
             },
-            "unknown cluster",
+            "without a cluster name",
         ),
         (
             "bad vip",
