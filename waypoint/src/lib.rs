@@ -7,8 +7,8 @@
 //!
 //! Layout: [`model`] turns the `WaypointConfig` resource into domain types, [`store`] holds the
 //! last good one, [`listener`] accepts HBONE and runs HTTP inside tunnels, [`proxy`] is the
-//! per-request pipeline, [`upstream`] picks endpoints and carries requests to them, [`metrics`]
-//! and [`admin`] report.
+//! per-request pipeline, [`tcp`] forwards what is carried at L4, [`upstream`] picks endpoints
+//! and carries requests to them, [`metrics`] and [`admin`] report.
 
 pub mod admin;
 pub mod ca_client;
@@ -20,6 +20,7 @@ pub mod model;
 pub mod proxy;
 mod smuggling;
 pub mod store;
+pub mod tcp;
 pub mod upstream;
 
 #[cfg(any(test, feature = "testing"))]

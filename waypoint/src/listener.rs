@@ -15,13 +15,13 @@ use tokio::sync::watch;
 use tracing::{Instrument, debug, debug_span, info, warn};
 use weft_hbone::{ConnectHandler, ConnectRequest, H2Config, Refusal};
 use weft_identity::{SpiffeId, peer_identity};
-use weft_policy::route::pick_weighted;
 
 use crate::identity::CertificateSource;
-use crate::model::{Protocol, Target};
+use crate::model::Protocol;
 use crate::proxy::{ProxyShared, TunnelContext, handle};
 use crate::smuggling::FramingGuard;
-use crate::upstream::{BoxedIo, HashInput};
+use crate::tcp::open_tcp_upstream;
+use crate::upstream::BoxedIo;
 
 /// Errors of the listener itself.
 #[derive(Debug, thiserror::Error)]
@@ -379,69 +379,6 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for PrefixedIo<T> {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-/// L4: a workload addressed directly is reached at that address; for a service, the first TCP
-/// route that matches picks a weighted cluster, else the service's default cluster.
-async fn open_tcp_upstream(
-    shared: &ProxyShared,
-    context: &TunnelContext,
-) -> Result<BoxedIo, Refusal> {
-    let config = shared.store.snapshot();
-    let cluster = match &context.target {
-        Target::Workload(target) => Some(Arc::new(target.cluster())),
-        Target::Service(target) => {
-            let service = &target.service;
-            let source = config.workload(context.source_ip);
-            let namespace = context.peer.as_ref().map(|p| p.namespace());
-            let route = service.tcp_routes.iter().find(|r| {
-                r.matches.is_empty()
-                    || r.matches.iter().any(|m| {
-                        m.matches(context.destination, source.map(|w| &w.labels), namespace)
-                    })
-            });
-            match route {
-                Some(route) => {
-                    let weights: Vec<u32> = route.destinations.iter().map(|d| d.1).collect();
-                    pick_weighted(&weights, rand::random())
-                        .and_then(|i| route.destinations.get(i))
-                        .and_then(|(name, _)| config.cluster(name))
-                        .cloned()
-                }
-                None => config
-                    .default_cluster(&service.hostname, target.port.port)
-                    .cloned(),
-            }
-        }
-    };
-    let Some(cluster) = cluster else {
-        return Err(Refusal::UpstreamUnavailable);
-    };
-    let cluster = cluster.as_ref();
-    let headers = http::HeaderMap::new();
-    let hash = HashInput {
-        headers: &headers,
-        query: None,
-        source_ip: context.source_ip,
-    };
-    let upstream = &shared.upstream;
-    let endpoint = upstream
-        .choose_endpoint(cluster, &hash, &[])
-        .map_err(|_| Refusal::UpstreamUnavailable)?;
-    match upstream
-        .open_stream(cluster, &endpoint, context.source_ip)
-        .await
-    {
-        Ok(stream) => {
-            upstream.record_outcome(cluster, endpoint.address, Some(200));
-            Ok(stream)
-        }
-        Err(error) => {
-            upstream.record_outcome(cluster, endpoint.address, None);
-            debug!(%error, "tcp forward failed");
-            Err(Refusal::UpstreamUnavailable)
-        }
     }
 }
 

@@ -82,6 +82,11 @@ fn virtual_service(http: &str) -> String {
 
 /// Client and v1 on node1, v2, v3 and the waypoint on node2: every path crosses the fabric.
 fn mesh() -> Mesh {
+    mesh_with("")
+}
+
+/// [`mesh`] with more configuration (YAML documents, each starting with `---`).
+fn mesh_with(extra: &str) -> Mesh {
     let mesh = Mesh::start(
         vec![
             PodSpec::client("client", "node1", "shop"),
@@ -91,7 +96,7 @@ fn mesh() -> Mesh {
             PodSpec::waypoint(WAYPOINT, "node2", "shop"),
         ],
         MeshOptions {
-            config: format!("{BASE}---{}", destination_rule("")),
+            config: format!("{BASE}---{}{extra}", destination_rule("")),
             log_requests: true,
             ..MeshOptions::default()
         },
@@ -640,4 +645,143 @@ fn real_clients_and_abuse_through_the_waypoint() {
     assert!(reset["neighbour_ok"].as_u64().unwrap_or(0) >= 5, "{reset}");
     assert_eq!(reset["neighbour_failed"], 0, "{reset}");
     assert_eq!(mesh.curl_with("client", &[&url]).status, 200);
+}
+
+/// A Service with a TCP port (named `tcp-...`, as Istio reads protocols) on the reviews pods,
+/// using the waypoint.
+const ECHO: &str = r#"
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: echo
+  namespace: shop
+  labels: {istio.io/use-waypoint: waypoint}
+spec:
+  clusterIP: 10.96.0.21
+  selector: {app: reviews}
+  ports:
+  - {name: tcp-echo, port: 7000, targetPort: 7000}
+"#;
+const ECHO_VIP: &str = "10.96.0.21";
+const ECHO_HOST: &str = "echo.shop.svc.cluster.local";
+
+/// One line through the sample app's raw TCP echo at `ip:7000` from the client: what came back
+/// (empty when the connection was refused). Bounded by the timeouts.
+fn tcp_echo(mesh: &Mesh, ip: &str, message: &str) -> String {
+    let output = mesh
+        .testbed
+        .pod_command("client", "timeout")
+        .args([
+            "5",
+            "bash",
+            "-c",
+            &format!("exec 3<>/dev/tcp/{ip}/7000 && echo {message} >&3 && timeout 2 head -n1 <&3"),
+        ])
+        .output()
+        .expect("run bash");
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+#[test]
+fn tcp_services_that_use_the_waypoint_are_forwarded_at_l4() {
+    let mesh = mesh_with(ECHO);
+
+    // The echo comes back byte for byte through the waypoint, and the waypoint reports the
+    // connection in Istio's TCP metrics and its access log.
+    assert!(
+        mesh.eventually(Duration::from_secs(10), || tcp_echo(
+            &mesh, ECHO_VIP, "hello-l4"
+        ) == "hello-l4"),
+        "no echo through the waypoint\n{}",
+        mesh.logs()
+    );
+    let cluster = format!("outbound|7000||{ECHO_HOST}");
+    let metrics = mesh.waypoint_metrics(WAYPOINT);
+    let tcp_line = |name: &str| {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with(&format!("{name}{{"))
+                    && l.contains(&format!("destination_service=\"{ECHO_HOST}\""))
+                    && l.contains("source_principal=\"spiffe://cluster.local/ns/shop/sa/client\"")
+                    && l.contains(
+                        "destination_principal=\"spiffe://cluster.local/ns/shop/sa/reviews\"",
+                    )
+            })
+            .unwrap_or_else(|| panic!("no {name} for the echo:\n{metrics}"))
+            .to_string()
+    };
+    let value = |line: &str| -> u64 {
+        line.rsplit_once(' ')
+            .and_then(|(_, n)| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let opened = tcp_line("istio_tcp_connections_opened_total");
+    for label in [
+        "reporter=\"waypoint\"",
+        "request_protocol=\"tcp\"",
+        "connection_security_policy=\"mutual_tls\"",
+        "response_flags=\"-\"",
+    ] {
+        assert!(opened.contains(label), "{label} missing in {opened}");
+    }
+    assert!(value(&opened) >= 1, "{opened}");
+    // "hello-l4\n" each way, at least once.
+    assert!(value(&tcp_line("istio_tcp_received_bytes_total")) >= 9);
+    assert!(value(&tcp_line("istio_tcp_sent_bytes_total")) >= 9);
+    assert!(
+        mesh.eventually(Duration::from_secs(5), || {
+            mesh.log_of(&format!("waypoint-{WAYPOINT}"))
+                .lines()
+                .any(|l| l.contains("\"- - -\" 0 - -") && l.contains(&cluster))
+        }),
+        "the waypoint logged no TCP connection to {cluster}\n{}",
+        mesh.log_of(&format!("waypoint-{WAYPOINT}"))
+    );
+
+    // A pod addressed directly on its TCP port: through the waypoint at L4 too, to that pod.
+    let v2 = mesh.pod("reviews-v2").ip.to_string();
+    assert_eq!(tcp_echo(&mesh, &v2, "hello-pod"), "hello-pod");
+    assert!(
+        mesh.eventually(Duration::from_secs(5), || {
+            mesh.log_of(&format!("waypoint-{WAYPOINT}"))
+                .lines()
+                .any(|l| l.contains("\"- - -\"") && l.contains(&format!("inbound-pod|7000||{v2}")))
+        }),
+        "the waypoint did not carry the pod-addressed connection\n{}",
+        mesh.log_of(&format!("waypoint-{WAYPOINT}"))
+    );
+
+    // An AuthorizationPolicy on the waypoint with only L4 attributes (source principal,
+    // destination port) applies to TCP: the client's echo is refused, its HTTP still passes.
+    apply(
+        &mesh,
+        "30-deny-client-echo.yaml",
+        r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-client-echo, namespace: shop}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
+  action: DENY
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/shop/sa/client]}}]
+    to: [{operation: {ports: ["7000"]}}]
+"#,
+    );
+    assert_eq!(tcp_echo(&mesh, ECHO_VIP, "denied"), "");
+    assert_eq!(tcp_echo(&mesh, &v2, "denied-too"), "");
+    assert_eq!(
+        mesh.curl_with("client", &[&format!("http://{VIP}/still-http")])
+            .status,
+        200
+    );
+    let log = mesh.log_of(&format!("waypoint-{WAYPOINT}"));
+    assert!(
+        log.contains(
+            "rbac_access_denied_matched_policy[ns[shop]-policy[deny-client-echo]-rule[0]]"
+        ),
+        "the refusal was not logged:\n{log}"
+    );
 }
