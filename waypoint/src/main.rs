@@ -45,6 +45,9 @@ struct Args {
     /// Binary WaypointConfig applied at start [WEFT_CONFIG_FILE]
     #[arg(long)]
     config_file: Option<PathBuf>,
+    /// The pod's IP, for the xDS node id [INSTANCE_IP; default: the pod's first address]
+    #[arg(long)]
+    instance_ip: Option<String>,
     /// Print the effective configuration as JSON and exit.
     #[arg(long)]
     dump_config: bool,
@@ -77,6 +80,7 @@ impl Args {
             (config::ENV_CA_TOKEN_FILE, path(&self.ca_token_file)),
             (config::ENV_CA_DIR, path(&self.ca_dir)),
             (config::ENV_CONFIG_FILE, path(&self.config_file)),
+            (config::ENV_INSTANCE_IP, self.instance_ip.clone()),
         ] {
             if let Some(value) = value {
                 flags.insert(name, value);
@@ -185,17 +189,15 @@ async fn run(config: Config) -> anyhow::Result<()> {
         tokio::spawn(readiness.run(drain.clone())),
     ];
     if let Some(controller) = &config.controller {
+        let pod_ip = config
+            .pod_ip(&interface_addresses())
+            .context("no address for the xDS node id: set INSTANCE_IP to the pod's IP")?;
         let node = weft_proto::envoy::config::core::v3::Node {
-            id: format!(
-                "waypoint~{}~{}.{}~{}.svc.cluster.local",
-                config.hbone_address.ip(),
-                config.name,
-                config.namespace,
-                config.namespace
-            ),
+            id: config.node_id(pod_ip),
             cluster: config.name.clone(),
             ..Default::default()
         };
+        info!(node = %node.id, %controller, "connecting to the controller");
         let client = weft_xds::DeltaClient::new(
             weft_xds::Target::for_uri(controller, controller_roots.as_deref())?,
             node,
@@ -222,6 +224,26 @@ async fn run(config: Config) -> anyhow::Result<()> {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
     }
     Ok(())
+}
+
+/// The addresses of this network namespace's interfaces (the pod's), in the kernel's order.
+fn interface_addresses() -> Vec<std::net::IpAddr> {
+    let Ok(interfaces) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    interfaces
+        .filter_map(|interface| interface.address)
+        .filter_map(|address| {
+            address
+                .as_sockaddr_in()
+                .map(|v4| std::net::IpAddr::V4(v4.ip()))
+                .or_else(|| {
+                    address
+                        .as_sockaddr_in6()
+                        .map(|v6| std::net::IpAddr::V6(v6.ip()))
+                })
+        })
+        .collect()
 }
 
 async fn shutdown_signal() {

@@ -145,6 +145,17 @@ fn app_log_mentions(mesh: &Mesh, pod: &str, needle: &str) -> bool {
 #[test]
 fn routing_splits_faults_retries_timeouts_and_mirrors_through_the_waypoint() {
     let mesh = mesh();
+    // The waypoint listens on 0.0.0.0:15008 and names itself to the controller by its pod's
+    // own IP, as Istio's proxies do.
+    let node_id = format!(
+        "waypoint~{}~{WAYPOINT}.shop~shop.svc.cluster.local",
+        mesh.pod(WAYPOINT).ip
+    );
+    assert!(
+        mesh.log_of("controller").contains(&node_id),
+        "the controller never saw {node_id}\n{}",
+        mesh.log_of("controller")
+    );
     // It did pass the waypoint: the waypoint counted it, with Istio's labels.
     let metrics = mesh.waypoint_metrics(WAYPOINT);
     assert!(
