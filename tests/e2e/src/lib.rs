@@ -16,6 +16,8 @@ use std::{
 };
 
 use anyhow::{Context, bail};
+
+pub mod scenarios;
 use node_agent::enrollment::{EnrolledPod, EnrollmentClient};
 use weft_testbed::{Pod, Testbed, Topology};
 

@@ -21,6 +21,7 @@ use std::{
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use serde::{Deserialize, Serialize};
+use weft_e2e::scenarios::{self, SCENARIOS};
 use weft_e2e::{Mesh, MeshOptions, PodSpec};
 use weft_testbed::{Cgroup, FabricCapture, Netns};
 
@@ -28,15 +29,6 @@ use weft_testbed::{Cgroup, FabricCapture, Netns};
 const STATE_FILE: &str = "/run/weft-demo/state.json";
 /// The pod that plays the user's shell.
 const CLIENT: &str = "client";
-/// Every scenario, in the order they are played.
-const SCENARIOS: [(&str, &str); 6] = [
-    ("mtls", "traffic between the nodes is mutual TLS"),
-    ("deny", "authorization policies block calls"),
-    ("canary", "the reviews canary splits 90/10"),
-    ("header-routing", "the user jason is routed to reviews v3"),
-    ("fault", "an injected fault aborts jason's calls to ratings"),
-    ("metrics", "Istio's metrics at the waypoint and the agents"),
-];
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -510,13 +502,8 @@ fn say(line: &str) {
 }
 
 fn run(examples_dir: &Path, only: Option<&str>, no_wait: bool) -> anyhow::Result<ExitCode> {
-    if let Some(name) = only
-        && !SCENARIOS.iter().any(|(n, _)| *n == name)
-    {
-        bail!(
-            "no scenario {name:?}; the scenarios are: {}",
-            SCENARIOS.map(|(n, _)| n).join(", ")
-        );
+    if let Some(name) = only {
+        scenarios::check(name).map_err(anyhow::Error::msg)?;
     }
     if let Some(state) = read_state()?
         && alive(state.pid)
