@@ -104,43 +104,44 @@ pub enum TranslateProblem {
     )]
     ConflictingWaypoints { services: String, waypoint: String },
     #[error(
-        "{path}: {host:?} is not a known service: requests of {service} routed there are answered 503 NC (no cluster {cluster})"
+        "{path}: {host:?} is not a known service: requests of {service} routed there are answered 503 NC (no cluster outbound|{port}|{subset}|{host})"
     )]
     UnknownHost {
         path: String,
         host: String,
+        subset: String,
+        port: u32,
         service: String,
-        cluster: String,
     },
     #[error(
-        "{path}: subset {subset:?} of {host} is not defined by a DestinationRule: requests of {service} routed there are answered 503 NC (no cluster {cluster})"
+        "{path}: subset {subset:?} of {host} is not defined by a DestinationRule: requests of {service} routed there are answered 503 NC (no cluster outbound|{port}|{subset}|{host})"
     )]
     UnknownSubset {
         path: String,
         host: String,
         subset: String,
+        port: u32,
         service: String,
-        cluster: String,
     },
     #[error(
-        "{path}: {host} has no port {port}: requests of {service} routed there are answered 503 NC (no cluster {cluster})"
+        "{path}: {host} has no port {port}: requests of {service} routed there are answered 503 NC (no cluster outbound|{port}|{subset}|{host})"
     )]
     UnknownPort {
         path: String,
         host: String,
+        subset: String,
         port: u32,
         service: String,
-        cluster: String,
     },
     #[error(
-        "{path}: {host} has several ports, the destination names none and none is the request's port {port}: requests of {service} routed there are answered 503 NC (no cluster {cluster})"
+        "{path}: {host} has several ports, the destination names none and none is the request's port {port}: requests of {service} routed there are answered 503 NC (no cluster outbound|{port}|{subset}|{host})"
     )]
     AmbiguousPort {
         path: String,
         host: String,
+        subset: String,
         port: u32,
         service: String,
-        cluster: String,
     },
     #[error(
         "{path}: {value:?} is not valid: {reason}; the VirtualService is skipped for {service}"

@@ -16,6 +16,7 @@ pub const ENV_TRUST_DOMAIN: &str = "WEFT_TRUST_DOMAIN";
 pub const ENV_HBONE_ADDRESS: &str = "WEFT_HBONE_ADDRESS";
 pub const ENV_METRICS_ADDRESS: &str = "WEFT_METRICS_ADDRESS";
 pub const ENV_READINESS_ADDRESS: &str = "WEFT_READINESS_ADDRESS";
+pub const ENV_ADMIN_ADDRESS: &str = "WEFT_ADMIN_ADDRESS";
 pub const ENV_NETNS: &str = "WEFT_NETNS";
 pub const ENV_NODE_NAME: &str = "WEFT_NODE_NAME";
 pub const ENV_CA_ADDRESS: &str = "WEFT_CA_ADDRESS";
@@ -33,6 +34,8 @@ pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 pub const DEFAULT_HBONE_ADDRESS: &str = "0.0.0.0:15008";
 pub const DEFAULT_METRICS_ADDRESS: &str = "0.0.0.0:15020";
 pub const DEFAULT_READINESS_ADDRESS: &str = "0.0.0.0:15021";
+/// Istio's admin port, on loopback only: the dump shows the whole configuration.
+pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:15000";
 
 /// A source of named strings.
 pub trait Strings {
@@ -100,6 +103,8 @@ pub struct Config {
     pub hbone_address: SocketAddr,
     pub metrics_address: SocketAddr,
     pub readiness_address: SocketAddr,
+    /// `/config_dump`; must be a loopback address.
+    pub admin_address: SocketAddr,
     /// Network namespace to enter before opening any socket (the waypoint pod's).
     pub netns: Option<PathBuf>,
     pub node_name: Option<String>,
@@ -162,6 +167,17 @@ impl Config {
             hbone_address: address(strings, ENV_HBONE_ADDRESS, DEFAULT_HBONE_ADDRESS)?,
             metrics_address: address(strings, ENV_METRICS_ADDRESS, DEFAULT_METRICS_ADDRESS)?,
             readiness_address: address(strings, ENV_READINESS_ADDRESS, DEFAULT_READINESS_ADDRESS)?,
+            admin_address: {
+                let admin = address(strings, ENV_ADMIN_ADDRESS, DEFAULT_ADMIN_ADDRESS)?;
+                if !admin.ip().is_loopback() {
+                    return Err(SettingsError::Invalid {
+                        name: ENV_ADMIN_ADDRESS,
+                        value: admin.to_string(),
+                        reason: "the admin port shows the whole configuration: it listens on loopback only (127.0.0.1 or ::1)".to_owned(),
+                    });
+                }
+                admin
+            },
             netns: strings.get(ENV_NETNS).map(PathBuf::from),
             node_name: strings.get(ENV_NODE_NAME),
             certificate,
@@ -288,6 +304,7 @@ mod tests {
         assert_eq!(config.hbone_address.port(), 15008);
         assert_eq!(config.metrics_address.port(), 15020);
         assert_eq!(config.readiness_address.port(), 15021);
+        assert_eq!(config.admin_address, "127.0.0.1:15000".parse().unwrap());
         assert_eq!(config.controller.as_deref(), Some(DEFAULT_CONTROLLER));
         assert_eq!(config.resource_name(), "default/waypoint");
         assert_eq!(config.service_account, "waypoint");
@@ -318,6 +335,9 @@ mod tests {
             vec![(ENV_CA_ADDRESS, "http://x:15010")],
             vec![(ENV_CA_DIR, "/ca"), (ENV_METRICS_ADDRESS, "15020")],
             vec![(ENV_CA_DIR, "/ca"), (ENV_INSTANCE_IP, "10.0.0")],
+            // The admin port never leaves loopback.
+            vec![(ENV_CA_DIR, "/ca"), (ENV_ADMIN_ADDRESS, "0.0.0.0:15000")],
+            vec![(ENV_CA_DIR, "/ca"), (ENV_ADMIN_ADDRESS, "10.0.0.5:15000")],
         ];
         for case in cases {
             assert!(Config::from_strings(&strings(&case)).is_err(), "{case:?}");

@@ -519,7 +519,7 @@ impl Drop for ConnectionRecord {
 }
 
 /// `2024-01-01T00:00:00.000Z`, as Envoy's `%START_TIME%`.
-fn humantime_utc(time: SystemTime) -> String {
+pub(crate) fn humantime_utc(time: SystemTime) -> String {
     let since = time
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();

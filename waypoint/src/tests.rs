@@ -1132,6 +1132,216 @@ async fn configuration_arrives_over_delta_ads_and_a_bad_push_is_nacked() {
     assert_eq!((status, body.as_ref()), (StatusCode::OK, b"v2".as_ref()));
 }
 
+#[tokio::test]
+async fn admin_config_dump_shows_config_endpoint_state_certificate_and_xds_never_the_key() {
+    use prost_types::Any;
+    use weft_xds::{DeltaAdsServer, ResourceStore};
+
+    let (mesh, v1, v2) = two_endpoints().await;
+    let harness = Harness::start(mesh, &[&v1, &v2]).await;
+    let mut both = cluster("", &[&v1, &v2]);
+    both.outlier_detection = Some(proto::OutlierDetection {
+        consecutive_5xx_errors: Some(2),
+        base_ejection_time: Some(duration(Duration::from_secs(30))),
+        max_ejection_percent: 50,
+        ..Default::default()
+    });
+    let default = proto::HttpRoute {
+        name: "default".to_owned(),
+        retries: Some(proto::HttpRetry {
+            attempts: 0,
+            ..Default::default()
+        }),
+        ..route_to("")
+    };
+    let undefined = proto::HttpRoute {
+        name: "to-v9".to_owned(),
+        r#match: vec![proto::HttpMatchRequest {
+            uri: Some(proto::StringMatch {
+                match_type: Some(proto::string_match::MatchType::Prefix("/v9".to_owned())),
+            }),
+            ..Default::default()
+        }],
+        ..route_to("v9")
+    };
+    let mut good = config(vec![undefined, default], vec![both]);
+    good.workloads = vec![direct_workload(&v2)];
+    good.authorization_policies
+        .push(deny_admin_for_the_service());
+
+    // Over delta ADS, with one push the waypoint must refuse.
+    let mut resources = ResourceStore::new();
+    let type_url = weft_proto::WAYPOINT_CONFIG_TYPE_URL;
+    resources.set(type_url, "default/waypoint", Any::from_msg(&good).unwrap());
+    let server = DeltaAdsServer::new(resources.reader());
+    let (address, _stop) =
+        serve_grpc(tonic::transport::Server::builder().add_service(server.into_service())).await;
+    let client = weft_xds::DeltaClient::new(
+        weft_xds::Target::address(&format!("http://{address}")).unwrap(),
+        weft_proto::envoy::config::core::v3::Node {
+            id: "waypoint~127.0.0.1~waypoint.default~default.svc.cluster.local".to_owned(),
+            ..Default::default()
+        },
+    )
+    .subscribe_names(
+        type_url,
+        vec!["default/waypoint".to_owned()],
+        harness.waypoint.store().xds_handler(),
+    );
+    let state = client.state();
+    let (_shutdown, mut shutdown_rx) = watch::channel(false);
+    tokio::spawn(client.run_until(async move {
+        let _ = shutdown_rx.wait_for(|s| *s).await;
+    }));
+    let mut version = harness.waypoint.store().version();
+    tokio::time::timeout(Duration::from_secs(10), version.wait_for(|v| *v >= 1))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut bad = good.clone();
+    bad.services[0].vips[0] = "not-an-ip".to_owned();
+    resources.set(type_url, "default/waypoint", Any::from_msg(&bad).unwrap());
+    for _ in 0..200 {
+        if harness
+            .waypoint
+            .store()
+            .xds_history()
+            .last_rejected
+            .is_some()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+
+    // v1 fails twice and is ejected.
+    v1.behaviour.status.store(500, Ordering::Relaxed);
+    let mut sender = harness.http1().await;
+    for _ in 0..4 {
+        send_on(&mut sender, get("/")).await;
+    }
+
+    let admin = harness
+        .waypoint
+        .bind_admin(
+            SocketAddr::new(LOCALHOST, 0),
+            Some(state),
+            serde_json::json!({"adminAddress": "127.0.0.1:15000"}),
+        )
+        .await
+        .unwrap();
+    let admin_address = admin.address().unwrap();
+    let (_drain, drained) = watch::channel(false);
+    tokio::spawn(admin.run(drained));
+    let (status, text) = http_get(admin_address, "/config_dump").await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert!(
+        !text.contains("PRIVATE KEY") && !text.contains("BEGIN"),
+        "{text}"
+    );
+    let dump: serde_json::Value = serde_json::from_str(&text).unwrap();
+
+    assert_eq!(dump["waypoint"], "default/waypoint");
+    assert_eq!(dump["settings"]["adminAddress"], "127.0.0.1:15000");
+    let certificate = &dump["certificate"];
+    assert_eq!(
+        certificate["identity"],
+        harness.waypoint_identity.to_string()
+    );
+    assert!(
+        certificate["serial"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty()),
+        "{certificate}"
+    );
+    assert!(
+        certificate["not_after"]
+            .as_str()
+            .is_some_and(|s| s.ends_with('Z')),
+        "{certificate}"
+    );
+    assert_eq!(certificate.as_object().unwrap().len(), 7, "{certificate}");
+
+    let xds = &dump["xds"];
+    assert_eq!(xds["connected"], true, "{xds}");
+    assert_eq!(xds["last_applied"]["resource"], "default/waypoint", "{xds}");
+    assert!(
+        xds["last_applied"]["version"]
+            .as_str()
+            .is_some_and(|v| !v.is_empty()),
+        "{xds}"
+    );
+    assert!(
+        xds["last_rejected"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not-an-ip")),
+        "{xds}"
+    );
+    assert_ne!(
+        xds["last_rejected"]["version"],
+        xds["last_applied"]["version"]
+    );
+
+    let service = &dump["services"][0];
+    assert_eq!(service["hostname"], HOST);
+    assert_eq!(service["ports"][0]["protocol"], "http");
+    let routes = service["http_routes"].as_array().unwrap();
+    assert_eq!(routes[0]["name"], "to-v9");
+    assert_eq!(
+        routes[0]["action"]["forward"][0]["missing"], true,
+        "{service}"
+    );
+    assert_eq!(
+        routes[1]["action"]["forward"][0]["missing"], false,
+        "{service}"
+    );
+    assert_eq!(routes[1]["retries"]["attempts"], 0);
+
+    let cluster = &dump["clusters"][0];
+    assert!(
+        cluster["outlier_detection"]
+            .as_str()
+            .unwrap()
+            .contains("consecutive5xxErrors 2")
+    );
+    let endpoint = |e: &FakeEndpoint| {
+        cluster["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["address"] == e.app_address.to_string())
+            .unwrap_or_else(|| panic!("{cluster}"))
+            .clone()
+    };
+    let ejected = endpoint(&v1);
+    assert_eq!(ejected["outlier"]["ejected"], true, "{ejected}");
+    assert_eq!(ejected["outlier"]["ejections"], 1, "{ejected}");
+    assert!(
+        ejected["outlier"]["ejection_remaining_ms"]
+            .as_u64()
+            .unwrap()
+            > 20_000
+    );
+    assert_eq!(ejected["identity"], v1.identity.to_string());
+    assert_eq!(endpoint(&v2)["outlier"]["ejected"], false);
+
+    assert_eq!(
+        dump["workloads"][0]["address"],
+        v2.app_address.ip().to_string()
+    );
+    assert_eq!(dump["workloads"][0]["services"][0], HOST);
+    let policy = &dump["policies"][0];
+    assert_eq!(
+        (policy["name"].as_str(), policy["action"].as_str()),
+        (Some("deny-admin"), Some("DENY"))
+    );
+    assert_eq!(policy["target_services"][0], HOST);
+
+    // Nothing else is served there.
+    let (status, _) = http_get(admin_address, "/metrics").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
 mod fake_ca {
     use weft_identity::{CertificateAuthority, SpiffeId};
     use weft_proto::istio::ca::istio_certificate_service_server::IstioCertificateService;

@@ -112,6 +112,19 @@ impl Connector<TunnelKey> for MeshConnector {
     }
 }
 
+/// What the admin page shows of an endpoint's runtime state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct EndpointStatus {
+    pub active_requests: usize,
+    pub consecutive_5xx: u32,
+    pub consecutive_gateway_errors: u32,
+    /// Ejected by outlier detection now.
+    pub ejected: bool,
+    pub ejection_remaining_ms: Option<u64>,
+    /// Times ejected so far (each ejection lasts this many base ejection times).
+    pub ejections: u32,
+}
+
 #[derive(Debug, Default)]
 struct EndpointState {
     active: usize,
@@ -420,6 +433,36 @@ impl Upstream {
             state.consecutive_gateway = 0;
             info!(cluster = %cluster.name, %endpoint, ejection_ms = time.as_millis() as u64, "endpoint ejected");
         }
+    }
+
+    /// The runtime state of each endpoint of the cluster named `cluster` that has any (load,
+    /// failures, ejection), for the admin page; nothing is created by looking.
+    pub fn endpoint_status(&self, cluster: &str) -> HashMap<SocketAddr, EndpointStatus> {
+        let Some(runtime) = lock(&self.inner.clusters).get(cluster).cloned() else {
+            return HashMap::new();
+        };
+        let now = Instant::now();
+        lock(&runtime.endpoints)
+            .iter()
+            .map(|(address, state)| {
+                let ejected_for = state
+                    .ejected_until
+                    .and_then(|until| until.checked_duration_since(now))
+                    .filter(|left| !left.is_zero());
+                (
+                    *address,
+                    EndpointStatus {
+                        active_requests: state.active,
+                        consecutive_5xx: state.consecutive_5xx,
+                        consecutive_gateway_errors: state.consecutive_gateway,
+                        ejected: ejected_for.is_some(),
+                        ejection_remaining_ms: ejected_for
+                            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                        ejections: state.ejections,
+                    },
+                )
+            })
+            .collect()
     }
 
     /// Whether `endpoint` of `cluster` is ejected now.

@@ -989,24 +989,25 @@ impl RouteContext<'_, '_, '_> {
             Some(TranslateProblem::UnknownHost {
                 path,
                 host: host.clone(),
+                subset: subset.clone(),
+                port,
                 service,
-                cluster: cluster.clone(),
             })
         } else if !ports.contains(&port) {
             Some(match destination.port {
                 Some(_) => TranslateProblem::UnknownPort {
                     path: format!("{path}.port.number"),
                     host: host.clone(),
+                    subset: subset.clone(),
                     port,
                     service,
-                    cluster: cluster.clone(),
                 },
                 None => TranslateProblem::AmbiguousPort {
                     path,
                     host: host.clone(),
+                    subset: subset.clone(),
                     port,
                     service,
-                    cluster: cluster.clone(),
                 },
             })
         } else if !subset.is_empty()
@@ -1019,8 +1020,8 @@ impl RouteContext<'_, '_, '_> {
                 path: format!("{path}.subset"),
                 host: host.clone(),
                 subset: subset.clone(),
+                port,
                 service,
-                cluster: cluster.clone(),
             })
         } else {
             None

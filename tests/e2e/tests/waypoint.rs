@@ -487,6 +487,47 @@ spec:
         "v1 never came back after recovering"
     );
 
+    // The waypoint's admin page, on its pod's loopback only: the configuration in force with
+    // v1's ejection on record, the policy, its certificate and the xDS stream.
+    let dump = mesh
+        .waypoint_config_dump(WAYPOINT)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let cluster = dump["clusters"]
+        .as_array()
+        .and_then(|c| {
+            c.iter()
+                .find(|c| c["name"] == format!("outbound|80||{HOST}"))
+        })
+        .unwrap_or_else(|| panic!("no default cluster in {dump:#}"));
+    let v1_endpoint = cluster["endpoints"]
+        .as_array()
+        .and_then(|e| e.iter().find(|e| e["address"] == format!("{v1}:8080")))
+        .unwrap_or_else(|| panic!("no v1 endpoint in {cluster:#}"));
+    assert!(
+        v1_endpoint["outlier"]["ejections"].as_u64() >= Some(1),
+        "{v1_endpoint:#}"
+    );
+    assert!(
+        dump["policies"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|p| p["name"] == "reviews-deny-admin")),
+        "{dump:#}"
+    );
+    assert_eq!(
+        dump["certificate"]["identity"],
+        "spiffe://cluster.local/ns/shop/sa/waypoint"
+    );
+    assert_eq!(dump["xds"]["connected"], true, "{:#}", dump["xds"]);
+    assert_eq!(dump["xds"]["last_applied"]["resource"], "shop/waypoint");
+    let waypoint_pod = mesh.pod(WAYPOINT);
+    let (status, _) = mesh
+        .node_curl(
+            &waypoint_pod.node,
+            &format!("http://{}:15000/config_dump", waypoint_pod.ip),
+        )
+        .expect("run curl");
+    assert_eq!(status, 0, "the admin port answered from outside the pod");
+
     // Every request above is in the waypoint's Istio metrics, with the labels Kiali reads.
     let metrics = mesh.waypoint_metrics(WAYPOINT);
     let find = |code: &str| {

@@ -703,6 +703,10 @@ fn directions(demo: &Demo) {
             "cargo xtask demo exec node2 -- curl -s http://{}:15020/metrics   # the waypoint",
             waypoint.ip
         ),
+        format!(
+            "cargo xtask demo exec {} -- curl -s http://127.0.0.1:15000/config_dump   # the waypoint's admin page (its pod's loopback only)",
+            demo.waypoint
+        ),
     ] {
         say(&line);
     }
@@ -1100,6 +1104,34 @@ fn metrics(demo: &Demo) -> anyhow::Result<()> {
     ] {
         anyhow::ensure!(line.contains(label), "{label} missing in {line}");
     }
+    // The waypoint's admin page, as `istioctl proxy-config` would read Envoy's.
+    let dump = mesh.waypoint_config_dump(&demo.waypoint)?;
+    let count = |key: &str| dump[key].as_array().map_or(0, Vec::len);
+    say(&format!(
+        "and the waypoint's /config_dump (127.0.0.1:15000 inside its pod): {} services, {} clusters, {} pods served directly, {} policies; certificate {} (serial {}, valid until {}); xDS {}, {} version {}",
+        count("services"),
+        count("clusters"),
+        count("workloads"),
+        count("policies"),
+        dump["certificate"]["identity"].as_str().unwrap_or("?"),
+        dump["certificate"]["serial"].as_str().unwrap_or("?"),
+        dump["certificate"]["not_after"].as_str().unwrap_or("?"),
+        if dump["xds"]["connected"] == true {
+            "connected"
+        } else {
+            "not connected"
+        },
+        dump["xds"]["last_applied"]["resource"]
+            .as_str()
+            .unwrap_or("?"),
+        dump["xds"]["last_applied"]["version"]
+            .as_str()
+            .unwrap_or("?"),
+    ));
+    anyhow::ensure!(
+        count("services") > 0 && count("clusters") > 0 && dump["xds"]["connected"] == true,
+        "the waypoint's config dump is incomplete: {dump:#}"
+    );
     Ok(())
 }
 
