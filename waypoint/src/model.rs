@@ -1542,15 +1542,11 @@ impl TryFrom<proto::WaypointConfig> for WaypointConfig {
         let mut direct = HashMap::with_capacity(config.workloads.len());
         for w in &config.workloads {
             let converted = direct_workload(w, &mut workloads)?;
-            if direct
-                .insert(converted.address, Arc::new(converted))
-                .is_some()
-            {
-                return Err(invalid(
-                    &format!("workload {}", w.workload_uid),
-                    format!("address {} is listed twice", w.address),
-                ));
-            }
+            // An address listed twice (a pod's IP reused while the old pod terminates): the
+            // first entry, which the controller lists first because it is the ready one.
+            direct
+                .entry(converted.address)
+                .or_insert_with(|| Arc::new(converted));
         }
         for w in &config.source_workloads {
             source_workload(w, &mut workloads)?;

@@ -676,7 +676,7 @@ impl<'a> Compiler<'a, '_> {
     /// here and goes to exactly that pod. Each lists the services it backs through this
     /// waypoint (their policies apply to it) and the declared protocols of its target ports.
     fn direct_workloads(&self) -> Vec<wp::WaypointWorkload> {
-        let mut out = Vec::new();
+        let mut out: Vec<(bool, wp::WaypointWorkload)> = Vec::new();
         for pod in self.index.pods.values().filter(|pod| {
             !resolve::pod_terminated(pod)
                 && resolve::destination_waypoint(self.index, pod).as_ref() == Some(&self.waypoint)
@@ -706,26 +706,34 @@ impl<'a> Compiler<'a, '_> {
             }
             ports.sort_by_key(|p| p.port);
             let namespace = namespace_of(&pod.metadata);
+            let healthy = resolve::pod_healthy(pod);
             for ip in resolve::pod_ips(pod) {
-                out.push(wp::WaypointWorkload {
-                    address: ip.to_string(),
-                    identity: resolve::spiffe_id(
-                        self.settings,
-                        namespace,
-                        resolve::service_account(pod),
-                    ),
-                    labels: labels(&pod.metadata),
-                    workload_uid: resolve::pod_uid(&self.settings.cluster_id, pod),
-                    // Only pods in the mesh have a destination waypoint: always HBONE.
-                    tunnel: wp::EndpointTunnel::Hbone as i32,
-                    namespace: namespace.to_owned(),
-                    services: services.clone(),
-                    ports: ports.clone(),
-                });
+                out.push((
+                    healthy,
+                    wp::WaypointWorkload {
+                        address: ip.to_string(),
+                        identity: resolve::spiffe_id(
+                            self.settings,
+                            namespace,
+                            resolve::service_account(pod),
+                        ),
+                        labels: labels(&pod.metadata),
+                        workload_uid: resolve::pod_uid(&self.settings.cluster_id, pod),
+                        // Only pods in the mesh have a destination waypoint: always HBONE.
+                        tunnel: wp::EndpointTunnel::Hbone as i32,
+                        namespace: namespace.to_owned(),
+                        services: services.clone(),
+                        ports: ports.clone(),
+                    },
+                ));
             }
         }
-        out.sort_by(|a, b| a.address.cmp(&b.address));
-        out
+        // One entry per address (an IP reused while the old pod terminates): the ready pod's.
+        out.sort_by(|(healthy_a, a), (healthy_b, b)| {
+            a.address.cmp(&b.address).then(healthy_b.cmp(healthy_a))
+        });
+        out.dedup_by(|(_, later), (_, first)| later.address == first.address);
+        out.into_iter().map(|(_, w)| w).collect()
     }
 
     /// Every pod in the mesh the clusters and the direct workloads do not already describe:

@@ -199,10 +199,25 @@ fn workloads_addressed_directly_are_targets_of_their_own() {
             "{error}"
         );
     }
+    // An address listed twice: the first entry serves it.
     let mut twice = base();
-    twice.workloads = vec![direct_workload(), direct_workload()];
-    let error = WaypointConfig::try_from(twice).unwrap_err().to_string();
-    assert!(error.contains("listed twice"), "{error}");
+    let mut second = direct_workload();
+    second.workload_uid = "uid-2".to_owned();
+    second.identity = "spiffe://cluster.local/ns/default/sa/other".to_owned();
+    twice.workloads = vec![direct_workload(), second];
+    let config = WaypointConfig::try_from(twice).unwrap();
+    let Some(Target::Workload(target)) = config.target_for("10.0.0.5:9080".parse().unwrap()) else {
+        panic!("no workload target");
+    };
+    assert_eq!(
+        target
+            .workload
+            .identity
+            .as_ref()
+            .map(ToString::to_string)
+            .as_deref(),
+        Some("spiffe://cluster.local/ns/default/sa/reviews")
+    );
 }
 
 #[test]
