@@ -87,9 +87,12 @@ impl Waypoint {
         let mut registry = Registry::default();
         let metrics = Arc::new(Metrics::new(&mut registry));
         let upstream = Upstream::new(Arc::clone(&options.certificates), options.hbone_address);
+        let store = ConfigStore::default();
+        let pruned = upstream.clone();
+        store.on_apply(Arc::new(move |config| pruned.retain(config)));
         Waypoint {
             shared: Arc::new(ProxyShared {
-                store: ConfigStore::default(),
+                store,
                 upstream,
                 metrics,
                 max_request_body: options.max_request_body,

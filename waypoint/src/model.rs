@@ -211,6 +211,24 @@ impl WaypointConfig {
         }))
     }
 
+    /// Whether `name` is a cluster of this configuration: a defined one, or the one-endpoint
+    /// cluster (`inbound-pod|<port>||<ip>`) of a workload it serves directly.
+    pub fn has_cluster(&self, name: &str) -> bool {
+        if self.clusters.contains_key(name) {
+            return true;
+        }
+        let Some(rest) = name.strip_prefix("inbound-pod|") else {
+            return false;
+        };
+        let mut parts = rest.split('|');
+        match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some(port), Some(""), Some(ip), None) if port.parse::<u16>().is_ok() => ip
+                .parse::<IpAddr>()
+                .is_ok_and(|ip| self.direct.contains_key(&ip)),
+            _ => false,
+        }
+    }
+
     /// Workloads served at their own address, for the admin page.
     pub fn direct_workloads(&self) -> impl Iterator<Item = &Arc<DirectWorkload>> {
         self.direct.values()

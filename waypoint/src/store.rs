@@ -41,12 +41,24 @@ pub struct XdsHistory {
     pub last_rejected: Option<RejectedVersion>,
 }
 
+/// Told of every configuration once it is in force (the upstream forgets what it dropped).
+pub type ApplyObserver = Arc<dyn Fn(&WaypointConfig) + Send + Sync>;
+
 /// Holds the last good configuration.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ConfigStore {
     current: Arc<RwLock<Arc<WaypointConfig>>>,
     version: Arc<watch::Sender<u64>>,
     history: Arc<Mutex<XdsHistory>>,
+    observers: Arc<RwLock<Vec<ApplyObserver>>>,
+}
+
+impl std::fmt::Debug for ConfigStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfigStore")
+            .field("version", &*self.version.borrow())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for ConfigStore {
@@ -56,6 +68,7 @@ impl Default for ConfigStore {
             current: Arc::new(RwLock::new(Arc::new(WaypointConfig::default()))),
             version: Arc::new(version),
             history: Arc::default(),
+            observers: Arc::default(),
         }
     }
 }
@@ -77,12 +90,28 @@ impl ConfigStore {
         let services = converted.services.len();
         let clusters = converted.clusters.len();
         match self.current.write() {
-            Ok(mut guard) => *guard = converted,
-            Err(poisoned) => *poisoned.into_inner() = converted,
+            Ok(mut guard) => *guard = Arc::clone(&converted),
+            Err(poisoned) => *poisoned.into_inner() = Arc::clone(&converted),
+        }
+        for observer in self
+            .observers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            observer(&converted);
         }
         self.version.send_modify(|v| *v += 1);
         info!(waypoint = %name, services, clusters, "waypoint configuration applied");
         Ok(())
+    }
+
+    /// Calls `observer` with every configuration applied from now on, once it is in force.
+    pub fn on_apply(&self, observer: ApplyObserver) {
+        self.observers
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(observer);
     }
 
     /// Number of configurations applied so far; wakes on every change.

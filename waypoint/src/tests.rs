@@ -397,6 +397,46 @@ async fn a_pod_addressed_directly_is_reached_exactly_and_still_authorized() {
         .unwrap_or_else(|| panic!("{text}"));
     assert!(line.contains("destination_service=\"unknown\""), "{line}");
     assert!(line.ends_with(" 2"), "{line}");
+
+    // The pod's one-endpoint cluster lives as long as the configuration lists the pod; the
+    // service's clusters keep their state across the push.
+    let direct = format!(
+        "inbound-pod|{}||{}",
+        v2.app_address.port(),
+        v2.app_address.ip()
+    );
+    let service = format!("outbound|{PORT}|v1|{HOST}");
+    let upstream = harness.waypoint.upstream();
+    assert!(!upstream.endpoint_status(&direct).is_empty());
+    assert!(!upstream.endpoint_status(&service).is_empty());
+    let mut without = config(
+        vec![route_to("v1")],
+        vec![cluster("v1", &[&v1]), cluster("", &[&v1, &v2])],
+    );
+    without
+        .authorization_policies
+        .push(deny_admin_for_the_service());
+    harness.waypoint.apply_config(without).unwrap();
+    assert!(
+        upstream.endpoint_status(&direct).is_empty(),
+        "{direct} kept"
+    );
+    assert!(
+        !upstream.endpoint_status(&service).is_empty(),
+        "{service} forgotten"
+    );
+    // Not listed any more: the waypoint no longer serves that address.
+    assert!(
+        hbone_tunnel(
+            &harness.client,
+            harness.address,
+            &harness.waypoint_identity,
+            v2.app_address,
+            CLIENT_IP
+        )
+        .await
+        .is_err()
+    );
 }
 
 #[tokio::test]

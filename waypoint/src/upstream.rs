@@ -5,9 +5,9 @@
 //!
 //! Runtime state (counters, ejections, connections) is keyed by cluster name and endpoint
 //! address and survives configuration pushes, so an ejected endpoint stays ejected when an
-//! unrelated resource changes.
+//! unrelated resource changes; what a push removes is forgotten ([`Upstream::retain`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -29,7 +29,9 @@ use weft_hbone::{ConnectRequest, Connector, Pool, PoolConfig};
 use weft_identity::{SpiffeId, client_config, hbone_server_name};
 
 use crate::identity::CertificateSource;
-use crate::model::{Cluster, Endpoint, HashKey, LoadBalancer, OutlierPolicy, Tunnel};
+use crate::model::{
+    Cluster, Endpoint, HashKey, LoadBalancer, OutlierPolicy, Tunnel, WaypointConfig,
+};
 
 /// A byte stream to an endpoint's application: an HBONE tunnel or a plain TCP connection.
 pub trait UpstreamIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
@@ -433,6 +435,26 @@ impl Upstream {
             state.consecutive_gateway = 0;
             info!(cluster = %cluster.name, %endpoint, ejection_ms = time.as_millis() as u64, "endpoint ejected");
         }
+    }
+
+    /// Forgets the runtime state (counters, ejections) of clusters `config` no longer has and
+    /// the idle connections to endpoints it no longer names, so that clusters and pods that
+    /// come and go (a pod addressed directly has a cluster of its own) leave nothing behind.
+    /// What is still configured keeps its state.
+    pub fn retain(&self, config: &WaypointConfig) {
+        let keep_cluster = |name: &str| config.has_cluster(name);
+        lock(&self.inner.clusters).retain(|name, _| keep_cluster(name));
+        lock(&self.inner.connections)
+            .retain(|name, open| keep_cluster(name) || open.load(Ordering::Acquire) > 0);
+        let endpoints: HashSet<SocketAddr> = config
+            .clusters
+            .values()
+            .flat_map(|c| c.endpoints.iter().map(|e| e.address))
+            .collect();
+        let direct: HashSet<IpAddr> = config.direct_workloads().map(|w| w.address).collect();
+        let keep_endpoint = |a: &SocketAddr| endpoints.contains(a) || direct.contains(&a.ip());
+        lock(&self.inner.http1).retain(|address, _| keep_endpoint(address));
+        lock(&self.inner.http2).retain(|address, _| keep_endpoint(address));
     }
 
     /// The runtime state of each endpoint of the cluster named `cluster` that has any (load,

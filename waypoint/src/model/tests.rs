@@ -180,6 +180,16 @@ fn workloads_addressed_directly_are_targets_of_their_own() {
     }
     // The service's VIP still selects the service.
     service_target(config.target_for("10.96.0.10:9080".parse().unwrap()));
+    for (name, known) in [
+        (CLUSTER, true),
+        ("inbound-pod|9999||10.0.0.5", true),
+        ("inbound-pod|9999||10.0.0.6", false),
+        ("inbound-pod|x||10.0.0.5", false),
+        ("inbound-pod|9999|v1|10.0.0.5", false),
+        ("outbound|9080|v9|reviews.default.svc.cluster.local", false),
+    ] {
+        assert_eq!(config.has_cluster(name), known, "{name}");
+    }
 
     type Mutation = fn(&mut proto::WaypointWorkload);
     let invalid: Vec<(Mutation, &str)> = vec![
