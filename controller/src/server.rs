@@ -149,7 +149,7 @@ impl NodeDirectory for IndexDirectory {
 pub fn publish(index: &ConfigIndex, settings: &MeshSettings, store: &mut ResourceStore) {
     let translation = translate::translate(index, settings);
     for problem in &translation.problems {
-        tracing::warn!(%problem, "configuration not translated");
+        tracing::warn!(%problem, "translation problem");
     }
     let changes = store.replace_all(translation.resources());
     tracing::info!(
@@ -158,7 +158,7 @@ pub fn publish(index: &ConfigIndex, settings: &MeshSettings, store: &mut Resourc
         endpoint_slices = index.endpoint_slices.len(),
         policies = index.authorization_policies.len(),
         waypoints = translation.waypoints.len(),
-        untranslated = translation.problems.len(),
+        problems = translation.problems.len(),
         added = changes.added,
         updated = changes.updated,
         removed = changes.removed,

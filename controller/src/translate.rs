@@ -103,34 +103,44 @@ pub enum TranslateProblem {
         "backs services with different waypoints ({services}); its agent accepts traffic only through {waypoint}"
     )]
     ConflictingWaypoints { services: String, waypoint: String },
-    #[error("{path}: {host:?} is not a known service; the VirtualService is skipped for {service}")]
+    #[error(
+        "{path}: {host:?} is not a known service: requests of {service} routed there are answered 503 NC (no cluster outbound|{port}|{subset}|{host})"
+    )]
     UnknownHost {
         path: String,
         host: String,
+        subset: String,
+        port: u32,
         service: String,
     },
     #[error(
-        "{path}: subset {subset:?} of {host} is not defined by a DestinationRule; the VirtualService is skipped for {service}"
+        "{path}: subset {subset:?} of {host} is not defined by a DestinationRule: requests of {service} routed there are answered 503 NC (no cluster outbound|{port}|{subset}|{host})"
     )]
     UnknownSubset {
         path: String,
         host: String,
         subset: String,
-        service: String,
-    },
-    #[error("{path}: {host} has no port {port}; the VirtualService is skipped for {service}")]
-    UnknownPort {
-        path: String,
-        host: String,
         port: u32,
         service: String,
     },
     #[error(
-        "{path}: {host} has several ports and none is named; the VirtualService is skipped for {service}"
+        "{path}: {host} has no port {port}: requests of {service} routed there are answered 503 NC (no cluster outbound|{port}|{subset}|{host})"
+    )]
+    UnknownPort {
+        path: String,
+        host: String,
+        subset: String,
+        port: u32,
+        service: String,
+    },
+    #[error(
+        "{path}: {host} has several ports, the destination names none and none is the request's port {port}: requests of {service} routed there are answered 503 NC (no cluster outbound|{port}|{subset}|{host})"
     )]
     AmbiguousPort {
         path: String,
         host: String,
+        subset: String,
+        port: u32,
         service: String,
     },
     #[error(

@@ -1,5 +1,6 @@
-//! The metrics (15020, `/metrics` and `/stats/prometheus`) and readiness (15021,
-//! `/healthz/ready`) endpoints.
+//! The admin (127.0.0.1:15000, `/config_dump`), metrics (15020, `/metrics` and
+//! `/stats/prometheus`) and readiness (15021, `/healthz/ready`) endpoints: one small HTTP/1.1
+//! server, each instance serving what it is given.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -20,12 +21,15 @@ use crate::listener::ListenerError;
 
 /// Decides readiness: the waypoint is ready once it holds a configuration.
 pub type ReadinessCheck = Arc<dyn Fn() -> bool + Send + Sync>;
+/// Produces the `/config_dump` JSON.
+pub type ConfigDumpSource = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
 
-/// A small HTTP/1.1 server for metrics or readiness.
+/// A small HTTP/1.1 server for the admin page, metrics or readiness.
 pub struct AdminServer {
     listener: TcpListener,
     registry: Option<Arc<Mutex<Registry>>>,
     ready: ReadinessCheck,
+    dump: Option<ConfigDumpSource>,
 }
 
 impl std::fmt::Debug for AdminServer {
@@ -50,7 +54,14 @@ impl AdminServer {
             listener,
             registry,
             ready,
+            dump: None,
         })
+    }
+
+    /// Also serves `/config_dump` from `dump`.
+    pub fn with_config_dump(mut self, dump: ConfigDumpSource) -> Self {
+        self.dump = Some(dump);
+        self
     }
 
     pub fn address(&self) -> Result<SocketAddr, ListenerError> {
@@ -66,11 +77,15 @@ impl AdminServer {
                     let Ok((stream, peer)) = accepted else { continue };
                     let registry = self.registry.clone();
                     let ready = Arc::clone(&self.ready);
+                    let dump = self.dump.clone();
                     tokio::spawn(async move {
                         let service = service_fn(move |req| {
                             let registry = registry.clone();
                             let ready = Arc::clone(&ready);
-                            async move { Ok::<_, Infallible>(answer(&req, registry.as_deref(), &ready)) }
+                            let dump = dump.clone();
+                            async move {
+                                Ok::<_, Infallible>(answer(&req, registry.as_deref(), &ready, dump.as_ref()))
+                            }
                         });
                         if let Err(error) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                             .serve_connection(TokioIo::new(stream), service)
@@ -94,6 +109,7 @@ fn answer(
     request: &Request<Incoming>,
     registry: Option<&Mutex<Registry>>,
     ready: &ReadinessCheck,
+    dump: Option<&ConfigDumpSource>,
 ) -> Response<Full<Bytes>> {
     let reply = |status: StatusCode, content_type: &'static str, body: String| {
         let mut response = Response::new(Full::new(Bytes::from(body)));
@@ -104,6 +120,19 @@ fn answer(
         );
         response
     };
+    if let ("/config_dump", Some(dump)) = (request.uri().path(), dump) {
+        return match dump() {
+            Ok(json) => reply(StatusCode::OK, "application/json", json),
+            Err(error) => {
+                warn!(%error, "config dump failed");
+                reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    format!("config dump: {error}\n"),
+                )
+            }
+        };
+    }
     match (request.uri().path(), registry) {
         ("/metrics" | "/stats/prometheus", Some(registry)) => {
             let mut text = String::new();

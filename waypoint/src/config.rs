@@ -3,7 +3,7 @@
 //! in tests).
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use serde::Serialize;
@@ -16,6 +16,7 @@ pub const ENV_TRUST_DOMAIN: &str = "WEFT_TRUST_DOMAIN";
 pub const ENV_HBONE_ADDRESS: &str = "WEFT_HBONE_ADDRESS";
 pub const ENV_METRICS_ADDRESS: &str = "WEFT_METRICS_ADDRESS";
 pub const ENV_READINESS_ADDRESS: &str = "WEFT_READINESS_ADDRESS";
+pub const ENV_ADMIN_ADDRESS: &str = "WEFT_ADMIN_ADDRESS";
 pub const ENV_NETNS: &str = "WEFT_NETNS";
 pub const ENV_NODE_NAME: &str = "WEFT_NODE_NAME";
 pub const ENV_CA_ADDRESS: &str = "WEFT_CA_ADDRESS";
@@ -23,6 +24,8 @@ pub const ENV_CA_TOKEN_FILE: &str = "WEFT_CA_TOKEN_FILE";
 pub const ENV_CA_ROOT_FILE: &str = "WEFT_CA_ROOT_FILE";
 pub const ENV_CA_DIR: &str = "WEFT_CA_DIR";
 pub const ENV_CONFIG_FILE: &str = "WEFT_CONFIG_FILE";
+/// The pod's IP, as Istio's proxies take it from the downward API (`status.podIP`).
+pub const ENV_INSTANCE_IP: &str = "INSTANCE_IP";
 
 pub const DEFAULT_CONTROLLER: &str = "http://127.0.0.1:15010";
 pub const DEFAULT_NAME: &str = "waypoint";
@@ -31,6 +34,8 @@ pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 pub const DEFAULT_HBONE_ADDRESS: &str = "0.0.0.0:15008";
 pub const DEFAULT_METRICS_ADDRESS: &str = "0.0.0.0:15020";
 pub const DEFAULT_READINESS_ADDRESS: &str = "0.0.0.0:15021";
+/// Istio's admin port, on loopback only: the dump shows the whole configuration.
+pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:15000";
 
 /// A source of named strings.
 pub trait Strings {
@@ -98,12 +103,16 @@ pub struct Config {
     pub hbone_address: SocketAddr,
     pub metrics_address: SocketAddr,
     pub readiness_address: SocketAddr,
+    /// `/config_dump`; must be a loopback address.
+    pub admin_address: SocketAddr,
     /// Network namespace to enter before opening any socket (the waypoint pod's).
     pub netns: Option<PathBuf>,
     pub node_name: Option<String>,
     pub certificate: CertificateSettings,
     /// A binary-encoded `WaypointConfig` applied at start (tests, demos without a controller).
     pub config_file: Option<PathBuf>,
+    /// The pod's IP for the xDS node id; found from the listener or the interfaces when unset.
+    pub instance_ip: Option<IpAddr>,
 }
 
 fn address(
@@ -158,11 +167,64 @@ impl Config {
             hbone_address: address(strings, ENV_HBONE_ADDRESS, DEFAULT_HBONE_ADDRESS)?,
             metrics_address: address(strings, ENV_METRICS_ADDRESS, DEFAULT_METRICS_ADDRESS)?,
             readiness_address: address(strings, ENV_READINESS_ADDRESS, DEFAULT_READINESS_ADDRESS)?,
+            admin_address: {
+                let admin = address(strings, ENV_ADMIN_ADDRESS, DEFAULT_ADMIN_ADDRESS)?;
+                if !admin.ip().is_loopback() {
+                    return Err(SettingsError::Invalid {
+                        name: ENV_ADMIN_ADDRESS,
+                        value: admin.to_string(),
+                        reason: "the admin port shows the whole configuration: it listens on loopback only (127.0.0.1 or ::1)".to_owned(),
+                    });
+                }
+                admin
+            },
             netns: strings.get(ENV_NETNS).map(PathBuf::from),
             node_name: strings.get(ENV_NODE_NAME),
             certificate,
             config_file: strings.get(ENV_CONFIG_FILE).map(PathBuf::from),
+            instance_ip: strings
+                .get(ENV_INSTANCE_IP)
+                .map(|value| {
+                    value
+                        .parse()
+                        .map_err(|e: std::net::AddrParseError| SettingsError::Invalid {
+                            name: ENV_INSTANCE_IP,
+                            value,
+                            reason: e.to_string(),
+                        })
+                })
+                .transpose()?,
         })
+    }
+
+    /// The pod's IP as the xDS node id carries it (`waypoint~<ip>~...`, as Istio's proxies
+    /// build it): `INSTANCE_IP` when set, else the HBONE listener's address when it names one,
+    /// else the first of `interface_addresses` (the pod's network namespace) that is neither
+    /// loopback nor link-local. `None` when nothing qualifies.
+    pub fn pod_ip(&self, interface_addresses: &[IpAddr]) -> Option<IpAddr> {
+        if let Some(ip) = self.instance_ip {
+            return Some(ip);
+        }
+        let listener = self.hbone_address.ip();
+        if !listener.is_unspecified() {
+            return Some(listener);
+        }
+        interface_addresses.iter().copied().find(|ip| {
+            !ip.is_loopback()
+                && !ip.is_unspecified()
+                && match ip {
+                    IpAddr::V4(v4) => !v4.is_link_local(),
+                    IpAddr::V6(v6) => !v6.is_unicast_link_local(),
+                }
+        })
+    }
+
+    /// The xDS node id: `waypoint~<pod ip>~<name>.<namespace>~<namespace>.svc.cluster.local`.
+    pub fn node_id(&self, pod_ip: IpAddr) -> String {
+        format!(
+            "waypoint~{pod_ip}~{}.{}~{}.svc.cluster.local",
+            self.name, self.namespace, self.namespace
+        )
     }
 
     /// Name of this waypoint's `WaypointConfig` resource.
@@ -174,6 +236,60 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_node_id_carries_the_pods_own_ip() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let interfaces = [
+            ip("127.0.0.1"),
+            ip("::1"),
+            ip("fe80::1"),
+            ip("10.251.2.12"),
+            ip("10.9.9.9"),
+        ];
+        let cases = [
+            // Listening on every address: the pod's first real address, not 0.0.0.0.
+            (vec![], &interfaces[..], Some("10.251.2.12")),
+            // INSTANCE_IP wins, as in Istio's proxies.
+            (
+                vec![(ENV_INSTANCE_IP, "10.251.2.99")],
+                &interfaces[..],
+                Some("10.251.2.99"),
+            ),
+            // A listener bound to one address names it.
+            (
+                vec![(ENV_HBONE_ADDRESS, "10.251.2.50:15008")],
+                &interfaces[..],
+                Some("10.251.2.50"),
+            ),
+            (vec![], &interfaces[..3], None),
+            (
+                vec![],
+                &[ip("169.254.1.1"), ip("fd00::5")][..],
+                Some("fd00::5"),
+            ),
+        ];
+        for (settings, addresses, expected) in cases {
+            let mut pairs = vec![(ENV_CA_DIR, "/ca")];
+            pairs.extend(settings.iter().copied());
+            let config = Config::from_strings(&strings(&pairs)).unwrap();
+            assert_eq!(
+                config.pod_ip(addresses),
+                expected.map(ip),
+                "{settings:?} {addresses:?}"
+            );
+        }
+        let config = Config::from_strings(&strings(&[
+            (ENV_CA_DIR, "/ca"),
+            (ENV_NAME, "waypoint"),
+            (ENV_NAMESPACE, "shop"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            config.node_id(ip("10.251.2.12")),
+            "waypoint~10.251.2.12~waypoint.shop~shop.svc.cluster.local"
+        );
+    }
 
     fn strings(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs
@@ -188,6 +304,7 @@ mod tests {
         assert_eq!(config.hbone_address.port(), 15008);
         assert_eq!(config.metrics_address.port(), 15020);
         assert_eq!(config.readiness_address.port(), 15021);
+        assert_eq!(config.admin_address, "127.0.0.1:15000".parse().unwrap());
         assert_eq!(config.controller.as_deref(), Some(DEFAULT_CONTROLLER));
         assert_eq!(config.resource_name(), "default/waypoint");
         assert_eq!(config.service_account, "waypoint");
@@ -217,6 +334,10 @@ mod tests {
             vec![],
             vec![(ENV_CA_ADDRESS, "http://x:15010")],
             vec![(ENV_CA_DIR, "/ca"), (ENV_METRICS_ADDRESS, "15020")],
+            vec![(ENV_CA_DIR, "/ca"), (ENV_INSTANCE_IP, "10.0.0")],
+            // The admin port never leaves loopback.
+            vec![(ENV_CA_DIR, "/ca"), (ENV_ADMIN_ADDRESS, "0.0.0.0:15000")],
+            vec![(ENV_CA_DIR, "/ca"), (ENV_ADMIN_ADDRESS, "10.0.0.5:15000")],
         ];
         for case in cases {
             assert!(Config::from_strings(&strings(&case)).is_err(), "{case:?}");

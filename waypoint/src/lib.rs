@@ -7,12 +7,13 @@
 //!
 //! Layout: [`model`] turns the `WaypointConfig` resource into domain types, [`store`] holds the
 //! last good one, [`listener`] accepts HBONE and runs HTTP inside tunnels, [`proxy`] is the
-//! per-request pipeline, [`upstream`] picks endpoints and carries requests to them, [`metrics`]
-//! and [`admin`] report.
+//! per-request pipeline, [`tcp`] forwards what is carried at L4, [`upstream`] picks endpoints
+//! and carries requests to them, [`metrics`], [`dump`] and [`admin`] report.
 
 pub mod admin;
 pub mod ca_client;
 pub mod config;
+pub mod dump;
 pub mod identity;
 pub mod listener;
 pub mod metrics;
@@ -20,6 +21,7 @@ pub mod model;
 pub mod proxy;
 mod smuggling;
 pub mod store;
+pub mod tcp;
 pub mod upstream;
 
 #[cfg(any(test, feature = "testing"))]
@@ -32,7 +34,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use prometheus_client::registry::Registry;
+use tokio::sync::watch;
 use weft_proto::waypoint as proto;
+use weft_xds::ConnectionState;
 
 pub use identity::{CertificateSource, IdentityError, RotatingCertificate, TlsMaterial};
 pub use listener::{HboneListener, HttpLimits, ListenerError};
@@ -83,9 +87,12 @@ impl Waypoint {
         let mut registry = Registry::default();
         let metrics = Arc::new(Metrics::new(&mut registry));
         let upstream = Upstream::new(Arc::clone(&options.certificates), options.hbone_address);
+        let store = ConfigStore::default();
+        let pruned = upstream.clone();
+        store.on_apply(Arc::new(move |config| pruned.retain(config)));
         Waypoint {
             shared: Arc::new(ProxyShared {
-                store: ConfigStore::default(),
+                store,
                 upstream,
                 metrics,
                 max_request_body: options.max_request_body,
@@ -139,6 +146,40 @@ impl Waypoint {
             Arc::new(move || *store.version().borrow() > 0),
         )
         .await
+    }
+
+    /// Binds the admin endpoint (127.0.0.1:15000): `/config_dump` shows the configuration in
+    /// force, the upstream's endpoint state, the certificate (never its key), `xds` (the
+    /// client's connection state, when there is a controller) with the last version applied
+    /// and rejected, and `settings` (the binary's settings).
+    pub async fn bind_admin(
+        &self,
+        address: SocketAddr,
+        xds: Option<watch::Receiver<ConnectionState>>,
+        settings: serde_json::Value,
+    ) -> Result<AdminServer, ListenerError> {
+        let shared = Arc::clone(&self.shared);
+        let certificates = Arc::clone(&self.certificates);
+        let source: admin::ConfigDumpSource = Arc::new(move || {
+            let state = xds.as_ref().map(|rx| rx.borrow().clone());
+            let dump = dump::config_dump(
+                &shared.store.snapshot(),
+                &shared.upstream,
+                certificates.current().certificate.describe(),
+                state.as_ref(),
+                shared.store.xds_history(),
+                settings.clone(),
+            );
+            serde_json::to_string_pretty(&dump).map_err(|e| e.to_string())
+        });
+        let store = self.shared.store.clone();
+        Ok(AdminServer::bind(
+            address,
+            None,
+            Arc::new(move || *store.version().borrow() > 0),
+        )
+        .await?
+        .with_config_dump(source))
     }
 
     /// Binds the readiness endpoint (15021): ready once a configuration was applied.

@@ -15,13 +15,13 @@ use tokio::sync::watch;
 use tracing::{Instrument, debug, debug_span, info, warn};
 use weft_hbone::{ConnectHandler, ConnectRequest, H2Config, Refusal};
 use weft_identity::{SpiffeId, peer_identity};
-use weft_policy::route::pick_weighted;
 
 use crate::identity::CertificateSource;
 use crate::model::Protocol;
 use crate::proxy::{ProxyShared, TunnelContext, handle};
 use crate::smuggling::FramingGuard;
-use crate::upstream::{BoxedIo, HashInput};
+use crate::tcp::open_tcp_upstream;
+use crate::upstream::BoxedIo;
 
 /// Errors of the listener itself.
 #[derive(Debug, thiserror::Error)]
@@ -197,7 +197,7 @@ impl ConnectHandler for TunnelHandler {
 
     async fn connect(&self, request: &ConnectRequest) -> Result<BoxedIo, Refusal> {
         let config = self.shared.store.snapshot();
-        let Some(target) = config.service_for(request.authority) else {
+        let Some(target) = config.target_for(request.authority) else {
             debug!(authority = %request.authority, "tunnel for a destination this waypoint does not serve");
             return Err(Refusal::BadRequest);
         };
@@ -208,13 +208,13 @@ impl ConnectHandler for TunnelHandler {
             destination: request.authority,
             target,
         });
-        if context.target.port.protocol.is_opaque() {
+        if context.target.protocol().is_opaque() {
             return open_tcp_upstream(&self.shared, &context).await;
         }
         let (inside, outside) = tokio::io::duplex(TUNNEL_BUFFER);
         let shared = Arc::clone(&self.shared);
         let limits = self.limits;
-        let sniff = context.target.port.protocol == Protocol::Unspecified;
+        let sniff = context.target.protocol() == Protocol::Unspecified;
         tokio::spawn(
             async move {
                 if !sniff {
@@ -379,60 +379,6 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for PrefixedIo<T> {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-/// L4: the first TCP route that matches picks a weighted cluster; else the service's default
-/// cluster.
-async fn open_tcp_upstream(
-    shared: &ProxyShared,
-    context: &TunnelContext,
-) -> Result<BoxedIo, Refusal> {
-    let config = shared.store.snapshot();
-    let service = &context.target.service;
-    let source = config.workload(context.source_ip);
-    let namespace = context.peer.as_ref().map(|p| p.namespace());
-    let route = service.tcp_routes.iter().find(|r| {
-        r.matches.is_empty()
-            || r.matches
-                .iter()
-                .any(|m| m.matches(context.destination, source.map(|w| &w.labels), namespace))
-    });
-    let cluster = match route {
-        Some(route) => {
-            let weights: Vec<u32> = route.destinations.iter().map(|d| d.1).collect();
-            pick_weighted(&weights, rand::random())
-                .and_then(|i| route.destinations.get(i))
-                .and_then(|(name, _)| config.cluster(name))
-        }
-        None => config.default_cluster(&service.hostname, context.target.port.port),
-    };
-    let Some(cluster) = cluster else {
-        return Err(Refusal::UpstreamUnavailable);
-    };
-    let headers = http::HeaderMap::new();
-    let hash = HashInput {
-        headers: &headers,
-        query: None,
-        source_ip: context.source_ip,
-    };
-    let upstream = &shared.upstream;
-    let endpoint = upstream
-        .choose_endpoint(cluster, &hash, &[])
-        .map_err(|_| Refusal::UpstreamUnavailable)?;
-    match upstream
-        .open_stream(cluster, &endpoint, context.source_ip)
-        .await
-    {
-        Ok(stream) => {
-            upstream.record_outcome(cluster, endpoint.address, Some(200));
-            Ok(stream)
-        }
-        Err(error) => {
-            upstream.record_outcome(cluster, endpoint.address, None);
-            debug!(%error, "tcp forward failed");
-            Err(Refusal::UpstreamUnavailable)
-        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! The waypoint binary: settings from the environment (and flags), the pod's network namespace,
 //! the certificate from the controller's CA, configuration over delta ADS, then the HBONE
-//! listener (15008), metrics (15020) and readiness (15021) until SIGTERM or Ctrl-C.
+//! listener (15008), metrics (15020), readiness (15021) and the admin page (127.0.0.1:15000,
+//! `/config_dump`) until SIGTERM or Ctrl-C.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -45,6 +46,9 @@ struct Args {
     /// Binary WaypointConfig applied at start [WEFT_CONFIG_FILE]
     #[arg(long)]
     config_file: Option<PathBuf>,
+    /// The pod's IP, for the xDS node id [INSTANCE_IP; default: the pod's first address]
+    #[arg(long)]
+    instance_ip: Option<String>,
     /// Print the effective configuration as JSON and exit.
     #[arg(long)]
     dump_config: bool,
@@ -77,6 +81,7 @@ impl Args {
             (config::ENV_CA_TOKEN_FILE, path(&self.ca_token_file)),
             (config::ENV_CA_DIR, path(&self.ca_dir)),
             (config::ENV_CONFIG_FILE, path(&self.config_file)),
+            (config::ENV_INSTANCE_IP, self.instance_ip.clone()),
         ] {
             if let Some(value) = value {
                 flags.insert(name, value);
@@ -175,36 +180,49 @@ async fn run(config: Config) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     }
     let (drain_tx, drain) = watch::channel(false);
+    let client = match &config.controller {
+        Some(controller) => {
+            let pod_ip = config
+                .pod_ip(&interface_addresses())
+                .context("no address for the xDS node id: set INSTANCE_IP to the pod's IP")?;
+            let node = weft_proto::envoy::config::core::v3::Node {
+                id: config.node_id(pod_ip),
+                cluster: config.name.clone(),
+                ..Default::default()
+            };
+            info!(node = %node.id, %controller, "connecting to the controller");
+            Some(
+                weft_xds::DeltaClient::new(
+                    weft_xds::Target::for_uri(controller, controller_roots.as_deref())?,
+                    node,
+                )
+                .subscribe_names(
+                    weft_proto::WAYPOINT_CONFIG_TYPE_URL,
+                    vec![config.resource_name()],
+                    waypoint.store().xds_handler(),
+                ),
+            )
+        }
+        None => None,
+    };
     let hbone = waypoint.bind_hbone(config.hbone_address).await?;
     let metrics = waypoint.bind_metrics(config.metrics_address).await?;
     let readiness = waypoint.bind_readiness(config.readiness_address).await?;
-    info!(hbone = %config.hbone_address, metrics = %config.metrics_address, readiness = %config.readiness_address, "waypoint listening");
+    let admin = waypoint
+        .bind_admin(
+            config.admin_address,
+            client.as_ref().map(weft_xds::DeltaClient::state),
+            serde_json::to_value(&config)?,
+        )
+        .await?;
+    info!(hbone = %config.hbone_address, metrics = %config.metrics_address, readiness = %config.readiness_address, admin = %config.admin_address, "waypoint listening");
     let mut tasks = vec![
         tokio::spawn(hbone.run(drain.clone())),
         tokio::spawn(metrics.run(drain.clone())),
         tokio::spawn(readiness.run(drain.clone())),
+        tokio::spawn(admin.run(drain.clone())),
     ];
-    if let Some(controller) = &config.controller {
-        let node = weft_proto::envoy::config::core::v3::Node {
-            id: format!(
-                "waypoint~{}~{}.{}~{}.svc.cluster.local",
-                config.hbone_address.ip(),
-                config.name,
-                config.namespace,
-                config.namespace
-            ),
-            cluster: config.name.clone(),
-            ..Default::default()
-        };
-        let client = weft_xds::DeltaClient::new(
-            weft_xds::Target::for_uri(controller, controller_roots.as_deref())?,
-            node,
-        )
-        .subscribe_names(
-            weft_proto::WAYPOINT_CONFIG_TYPE_URL,
-            vec![config.resource_name()],
-            waypoint.store().xds_handler(),
-        );
+    if let Some(client) = client {
         let mut shutdown = drain.clone();
         tasks.push(tokio::spawn(async move {
             let stop = async move {
@@ -222,6 +240,26 @@ async fn run(config: Config) -> anyhow::Result<()> {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
     }
     Ok(())
+}
+
+/// The addresses of this network namespace's interfaces (the pod's), in the kernel's order.
+fn interface_addresses() -> Vec<std::net::IpAddr> {
+    let Ok(interfaces) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    interfaces
+        .filter_map(|interface| interface.address)
+        .filter_map(|address| {
+            address
+                .as_sockaddr_in()
+                .map(|v4| std::net::IpAddr::V4(v4.ip()))
+                .or_else(|| {
+                    address
+                        .as_sockaddr_in6()
+                        .map(|v6| std::net::IpAddr::V6(v6.ip()))
+                })
+        })
+        .collect()
 }
 
 async fn shutdown_signal() {

@@ -1,10 +1,14 @@
 //! Istio's request metrics (`istio_requests_total`, `istio_request_duration_milliseconds`,
-//! `istio_request_bytes`, `istio_response_bytes`) with Istio's label set, reported as
+//! `istio_request_bytes`, `istio_response_bytes`) and, for what is forwarded at L4, its TCP
+//! metrics (`istio_tcp_connections_opened_total`, `..._closed_total`, `istio_tcp_sent_bytes_total`,
+//! `istio_tcp_received_bytes_total`), with Istio's label sets, reported as
 //! `reporter="waypoint"`, and the access-log line in Istio's default text format. One
 //! [`RequestRecord`] per request records both when it is dropped, that is when the response body
-//! has been sent or the client went away.
+//! has been sent or the client went away; one [`ConnectionRecord`] per TCP connection counts its
+//! bytes as they flow and closes it when dropped.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -57,6 +61,34 @@ pub struct RequestLabels {
     pub connection_security_policy: String,
 }
 
+/// Istio's label set for TCP metrics (no response code): `request_protocol="tcp"`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionLabels {
+    pub reporter: String,
+    pub source_workload: String,
+    pub source_workload_namespace: String,
+    pub source_principal: String,
+    pub source_app: String,
+    pub source_version: String,
+    pub source_canonical_service: String,
+    pub source_canonical_revision: String,
+    pub source_cluster: String,
+    pub destination_workload: String,
+    pub destination_workload_namespace: String,
+    pub destination_principal: String,
+    pub destination_app: String,
+    pub destination_version: String,
+    pub destination_service: String,
+    pub destination_service_name: String,
+    pub destination_service_namespace: String,
+    pub destination_canonical_service: String,
+    pub destination_canonical_revision: String,
+    pub destination_cluster: String,
+    pub request_protocol: String,
+    pub response_flags: String,
+    pub connection_security_policy: String,
+}
+
 #[derive(Clone)]
 struct Buckets(&'static [f64]);
 
@@ -66,12 +98,16 @@ impl MetricConstructor<Histogram> for Buckets {
     }
 }
 
-/// The waypoint's request metrics.
+/// The waypoint's request and connection metrics.
 pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     duration: Family<RequestLabels, Histogram, Buckets>,
     request_bytes: Family<RequestLabels, Histogram, Buckets>,
     response_bytes: Family<RequestLabels, Histogram, Buckets>,
+    tcp_opened: Family<ConnectionLabels, Counter>,
+    tcp_closed: Family<ConnectionLabels, Counter>,
+    tcp_sent: Family<ConnectionLabels, Counter>,
+    tcp_received: Family<ConnectionLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -89,6 +125,10 @@ impl Metrics {
             duration: Family::new_with_constructor(Buckets(&DURATION_BUCKETS_MS)),
             request_bytes: Family::new_with_constructor(Buckets(&BYTES_BUCKETS)),
             response_bytes: Family::new_with_constructor(Buckets(&BYTES_BUCKETS)),
+            tcp_opened: Family::default(),
+            tcp_closed: Family::default(),
+            tcp_sent: Family::default(),
+            tcp_received: Family::default(),
         };
         registry.register(
             "istio_requests",
@@ -109,6 +149,26 @@ impl Metrics {
             "istio_response_bytes",
             "Response body sizes",
             metrics.response_bytes.clone(),
+        );
+        registry.register(
+            "istio_tcp_connections_opened",
+            "TCP connections opened",
+            metrics.tcp_opened.clone(),
+        );
+        registry.register(
+            "istio_tcp_connections_closed",
+            "TCP connections closed",
+            metrics.tcp_closed.clone(),
+        );
+        registry.register(
+            "istio_tcp_sent_bytes",
+            "Bytes sent to the client (destination to source)",
+            metrics.tcp_sent.clone(),
+        );
+        registry.register(
+            "istio_tcp_received_bytes",
+            "Bytes received from the client (source to destination)",
+            metrics.tcp_received.clone(),
         );
         metrics
     }
@@ -207,26 +267,10 @@ impl RequestRecord {
 
     /// Istio's label set for this request.
     pub fn labels(&self) -> RequestLabels {
-        let side = |peer: &Peer| {
-            let workload = peer.workload.as_deref();
-            let canonical = workload.and_then(WorkloadInfo::canonical_service);
-            let revision = workload.and_then(WorkloadInfo::canonical_revision);
-            (
-                or_unknown(canonical),
-                or_unknown(peer.namespace.as_deref()),
-                or_unknown(peer.principal.as_deref()),
-                or_unknown(workload.and_then(|w| w.labels.get("app").map(String::as_str))),
-                or_unknown(workload.and_then(|w| w.labels.get("version").map(String::as_str))),
-                or_unknown(canonical),
-                or_unknown(revision.or(Some("latest"))),
-            )
-        };
-        let (sw, sns, sp, sapp, sver, scs, scr) = side(&self.source);
-        let (dw, dns, dp, dapp, dver, dcs, dcr) = side(&self.destination);
-        let (service, service_name, service_namespace) = match &self.destination_service {
-            Some((host, name, namespace)) => (host.clone(), name.clone(), namespace.clone()),
-            None => (UNKNOWN.to_owned(), UNKNOWN.to_owned(), UNKNOWN.to_owned()),
-        };
+        let (sw, sns, sp, sapp, sver, scs, scr) = peer_labels(&self.source);
+        let (dw, dns, dp, dapp, dver, dcs, dcr) = peer_labels(&self.destination);
+        let (service, service_name, service_namespace) =
+            service_labels(self.destination_service.as_ref());
         RequestLabels {
             reporter: "waypoint".to_owned(),
             source_workload: sw,
@@ -299,8 +343,183 @@ impl RequestRecord {
     }
 }
 
+/// workload, namespace, principal, app, version, canonical service and revision of a peer.
+type PeerLabels = (String, String, String, String, String, String, String);
+
+fn peer_labels(peer: &Peer) -> PeerLabels {
+    let workload = peer.workload.as_deref();
+    let canonical = workload.and_then(WorkloadInfo::canonical_service);
+    let revision = workload.and_then(WorkloadInfo::canonical_revision);
+    (
+        or_unknown(canonical),
+        or_unknown(peer.namespace.as_deref()),
+        or_unknown(peer.principal.as_deref()),
+        or_unknown(workload.and_then(|w| w.labels.get("app").map(String::as_str))),
+        or_unknown(workload.and_then(|w| w.labels.get("version").map(String::as_str))),
+        or_unknown(canonical),
+        or_unknown(revision.or(Some("latest"))),
+    )
+}
+
+fn service_labels(service: Option<&(String, String, String)>) -> (String, String, String) {
+    match service {
+        Some((host, name, namespace)) => (host.clone(), name.clone(), namespace.clone()),
+        None => (UNKNOWN.to_owned(), UNKNOWN.to_owned(), UNKNOWN.to_owned()),
+    }
+}
+
+/// What the metrics and the access log say about one TCP connection, fixed when it opens.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionInfo {
+    pub source: Peer,
+    pub destination: Peer,
+    /// Hostname, name and namespace of the service the connection was addressed to.
+    pub destination_service: Option<(String, String, String)>,
+    pub mtls: bool,
+    /// Envoy's response flag: `-` when the connection was carried, else why not (`UH`, `UF`,
+    /// `NC`).
+    pub response_flags: &'static str,
+    /// Why the connection was refused (`rbac_access_denied_matched_policy[...]`), if it was.
+    pub termination_details: Option<String>,
+    pub upstream_host: Option<String>,
+    pub upstream_cluster: Option<String>,
+    pub downstream_local: String,
+    pub downstream_remote: String,
+}
+
+impl ConnectionInfo {
+    /// Istio's TCP label set for this connection.
+    pub fn labels(&self) -> ConnectionLabels {
+        let (sw, sns, sp, sapp, sver, scs, scr) = peer_labels(&self.source);
+        let (dw, dns, dp, dapp, dver, dcs, dcr) = peer_labels(&self.destination);
+        let (service, service_name, service_namespace) =
+            service_labels(self.destination_service.as_ref());
+        ConnectionLabels {
+            reporter: "waypoint".to_owned(),
+            source_workload: sw,
+            source_workload_namespace: sns,
+            source_principal: sp,
+            source_app: sapp,
+            source_version: sver,
+            source_canonical_service: scs,
+            source_canonical_revision: scr,
+            source_cluster: "Kubernetes".to_owned(),
+            destination_workload: dw,
+            destination_workload_namespace: dns,
+            destination_principal: dp,
+            destination_app: dapp,
+            destination_version: dver,
+            destination_service: service,
+            destination_service_name: service_name,
+            destination_service_namespace: service_namespace,
+            destination_canonical_service: dcs,
+            destination_canonical_revision: dcr,
+            destination_cluster: "Kubernetes".to_owned(),
+            request_protocol: "tcp".to_owned(),
+            response_flags: if self.response_flags.is_empty() {
+                "-".to_owned()
+            } else {
+                self.response_flags.to_owned()
+            },
+            connection_security_policy: if self.mtls {
+                "mutual_tls".to_owned()
+            } else {
+                "none".to_owned()
+            },
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts a TCP connection as opened and returns its record, which counts its bytes and
+    /// closes it when dropped.
+    pub fn connection_opened(self: &Arc<Self>, info: ConnectionInfo) -> ConnectionRecord {
+        let labels = info.labels();
+        self.tcp_opened.get_or_create(&labels).inc();
+        ConnectionRecord {
+            // Counters share their atomic with the family: bytes show up while the connection
+            // is still open, without a lock per write.
+            sent_total: self.tcp_sent.get_or_create(&labels).clone(),
+            received_total: self.tcp_received.get_or_create(&labels).clone(),
+            metrics: Arc::clone(self),
+            bytes: Arc::default(),
+            labels,
+            info,
+            start: Instant::now(),
+            start_time: SystemTime::now(),
+        }
+    }
+}
+
+/// One TCP connection through the waypoint.
+pub struct ConnectionRecord {
+    metrics: Arc<Metrics>,
+    sent_total: Counter,
+    received_total: Counter,
+    /// Bytes sent to the client, bytes received from it.
+    bytes: Arc<[AtomicU64; 2]>,
+    labels: ConnectionLabels,
+    info: ConnectionInfo,
+    start: Instant,
+    start_time: SystemTime,
+}
+
+impl std::fmt::Debug for ConnectionRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionRecord")
+            .field("upstream_host", &self.info.upstream_host)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConnectionRecord {
+    /// Bytes sent toward the client (the response direction).
+    pub fn add_sent(&self, bytes: u64) {
+        self.bytes[0].fetch_add(bytes, Ordering::Relaxed);
+        self.sent_total.inc_by(bytes);
+    }
+
+    /// Bytes received from the client (the request direction).
+    pub fn add_received(&self, bytes: u64) {
+        self.bytes[1].fetch_add(bytes, Ordering::Relaxed);
+        self.received_total.inc_by(bytes);
+    }
+
+    /// The access-log line, in the field order of Istio's default text format for TCP.
+    pub fn access_log_line(&self) -> String {
+        let info = &self.info;
+        let dash = |v: &str| {
+            if v.is_empty() {
+                "-".to_owned()
+            } else {
+                v.to_owned()
+            }
+        };
+        format!(
+            "[{}] \"- - -\" 0 {} - {} \"-\" {} {} {} - \"-\" \"-\" \"-\" \"-\" \"{}\" {} - {} {} - -",
+            humantime_utc(self.start_time),
+            self.labels.response_flags,
+            info.termination_details.as_deref().unwrap_or("-"),
+            self.bytes[1].load(Ordering::Relaxed),
+            self.bytes[0].load(Ordering::Relaxed),
+            self.start.elapsed().as_millis(),
+            info.upstream_host.as_deref().unwrap_or("-"),
+            info.upstream_cluster.as_deref().unwrap_or("-"),
+            dash(&info.downstream_local),
+            dash(&info.downstream_remote),
+        )
+    }
+}
+
+impl Drop for ConnectionRecord {
+    fn drop(&mut self) {
+        self.metrics.tcp_closed.get_or_create(&self.labels).inc();
+        info!(target: "access_log", "{}", self.access_log_line());
+    }
+}
+
 /// `2024-01-01T00:00:00.000Z`, as Envoy's `%START_TIME%`.
-fn humantime_utc(time: SystemTime) -> String {
+pub(crate) fn humantime_utc(time: SystemTime) -> String {
     let since = time
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();

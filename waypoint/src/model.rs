@@ -42,8 +42,6 @@ pub enum ConfigError {
     Status { context: String, value: i64 },
     #[error("{context}: {reason}")]
     Invalid { context: String, reason: String },
-    #[error("{context}: unknown cluster {cluster:?}")]
-    UnknownCluster { context: String, cluster: String },
     #[error("cluster {name:?} is defined twice")]
     DuplicateCluster { name: String },
 }
@@ -65,8 +63,8 @@ pub struct WaypointConfig {
     pub policies: Vec<TargetedAuthorization>,
     /// Service by `vip:port`.
     by_vip: HashMap<SocketAddr, (usize, usize)>,
-    /// Service by endpoint `ip:port` (a pod addressed directly).
-    by_endpoint: HashMap<SocketAddr, (usize, usize)>,
+    /// Workloads reached at their own address (a pod addressed directly), by IP.
+    direct: HashMap<IpAddr, Arc<DirectWorkload>>,
     /// Workload facts by IP, from the endpoints, to describe request sources.
     workloads: HashMap<IpAddr, Arc<WorkloadInfo>>,
 }
@@ -110,17 +108,130 @@ pub struct ServiceTarget {
     pub port: ServicePort,
 }
 
+/// A workload the waypoint carries traffic for when it is addressed directly.
+#[derive(Debug)]
+pub struct DirectWorkload {
+    pub address: IpAddr,
+    pub namespace: String,
+    pub identity: Option<SpiffeId>,
+    pub tunnel: Tunnel,
+    pub info: Arc<WorkloadInfo>,
+    /// Hostnames of the services it backs through this waypoint: their policies apply.
+    pub services: Vec<String>,
+    /// Declared protocols by port; other ports are sniffed.
+    pub ports: HashMap<u16, Protocol>,
+}
+
+/// A workload addressed directly, on one port: what the request goes to, exactly.
+#[derive(Debug, Clone)]
+pub struct WorkloadTarget {
+    pub workload: Arc<DirectWorkload>,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+impl WorkloadTarget {
+    /// The one-endpoint cluster that carries this traffic, `inbound-pod|<port>||<ip>`: no load
+    /// balancing, no traffic policy, and no health filtering (the client chose this pod, as
+    /// Envoy's original-destination clusters do).
+    pub fn cluster(&self) -> Cluster {
+        let workload = &self.workload;
+        Cluster {
+            name: format!("inbound-pod|{}||{}", self.port, workload.address),
+            host: workload.address.to_string(),
+            subset: String::new(),
+            port: self.port,
+            endpoints: vec![Endpoint {
+                address: SocketAddr::new(workload.address, self.port),
+                identity: workload.identity.clone(),
+                workload: Arc::clone(&workload.info),
+                tunnel: workload.tunnel,
+                healthy: true,
+                weight: 1,
+            }],
+            load_balancer: LoadBalancer::RoundRobin,
+            limits: ConnectionLimits::default(),
+            outlier: None,
+            destination_rule: String::new(),
+        }
+    }
+}
+
+/// What a tunnel's `:authority` names: a service (VIP and port), routed by its routes, or a
+/// workload's own address, carried to exactly that address.
+#[derive(Debug, Clone)]
+pub enum Target {
+    Service(ServiceTarget),
+    Workload(WorkloadTarget),
+}
+
+impl Target {
+    /// The port the traffic arrived for: the service port, or the workload's own port.
+    pub fn port(&self) -> u16 {
+        match self {
+            Target::Service(t) => t.port.port,
+            Target::Workload(t) => t.port,
+        }
+    }
+
+    pub fn protocol(&self) -> Protocol {
+        match self {
+            Target::Service(t) => t.port.protocol,
+            Target::Workload(t) => t.protocol,
+        }
+    }
+
+    /// Namespace of the destination: the service's or the workload's.
+    pub fn namespace(&self) -> &str {
+        match self {
+            Target::Service(t) => &t.service.namespace,
+            Target::Workload(t) => &t.workload.namespace,
+        }
+    }
+}
+
 impl WaypointConfig {
-    /// The service a CONNECT `:authority` names: a service VIP and port, or an endpoint
-    /// address of one of the services.
-    pub fn service_for(&self, authority: SocketAddr) -> Option<ServiceTarget> {
-        let (service_index, port_index) = self
-            .by_vip
-            .get(&authority)
-            .or_else(|| self.by_endpoint.get(&authority))?;
-        let service = Arc::clone(self.services.get(*service_index)?);
-        let port = service.ports.get(*port_index)?.clone();
-        Some(ServiceTarget { service, port })
+    /// What a CONNECT `:authority` names: a service VIP and port, else the address of a
+    /// workload this waypoint serves directly (any port).
+    pub fn target_for(&self, authority: SocketAddr) -> Option<Target> {
+        if let Some((service_index, port_index)) = self.by_vip.get(&authority) {
+            let service = Arc::clone(self.services.get(*service_index)?);
+            let port = service.ports.get(*port_index)?.clone();
+            return Some(Target::Service(ServiceTarget { service, port }));
+        }
+        let workload = self.direct.get(&authority.ip())?;
+        Some(Target::Workload(WorkloadTarget {
+            protocol: workload
+                .ports
+                .get(&authority.port())
+                .copied()
+                .unwrap_or(Protocol::Unspecified),
+            workload: Arc::clone(workload),
+            port: authority.port(),
+        }))
+    }
+
+    /// Whether `name` is a cluster of this configuration: a defined one, or the one-endpoint
+    /// cluster (`inbound-pod|<port>||<ip>`) of a workload it serves directly.
+    pub fn has_cluster(&self, name: &str) -> bool {
+        if self.clusters.contains_key(name) {
+            return true;
+        }
+        let Some(rest) = name.strip_prefix("inbound-pod|") else {
+            return false;
+        };
+        let mut parts = rest.split('|');
+        match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some(port), Some(""), Some(ip), None) if port.parse::<u16>().is_ok() => ip
+                .parse::<IpAddr>()
+                .is_ok_and(|ip| self.direct.contains_key(&ip)),
+            _ => false,
+        }
+    }
+
+    /// Workloads served at their own address, for the admin page.
+    pub fn direct_workloads(&self) -> impl Iterator<Item = &Arc<DirectWorkload>> {
+        self.direct.values()
     }
 
     pub fn cluster(&self, name: &str) -> Option<&Arc<Cluster>> {
@@ -138,15 +249,22 @@ impl WaypointConfig {
         self.workloads.get(&ip)
     }
 
-    /// Policies that apply to requests for `hostname`.
+    /// Policies that apply to traffic for `target`: those of the whole waypoint and those
+    /// attached to its service, or (a workload addressed directly) to any service the workload
+    /// backs, so that addressing a pod never escapes its services' policies.
     pub fn policies_for<'a>(
         &'a self,
-        hostname: &'a str,
+        target: &'a Target,
     ) -> impl Iterator<Item = &'a HttpAuthorization> + 'a {
+        let services: &'a [String] = match target {
+            Target::Service(t) => std::slice::from_ref(&t.service.hostname),
+            Target::Workload(t) => &t.workload.services,
+        };
         self.policies
             .iter()
             .filter(move |p| {
-                p.target_services.is_empty() || p.target_services.iter().any(|s| s == hostname)
+                p.target_services.is_empty()
+                    || p.target_services.iter().any(|s| services.contains(s))
             })
             .map(|p| &p.policy)
     }
@@ -775,17 +893,16 @@ fn fault(f: &proto::HttpFaultInjection, context: &str) -> Result<Fault, ConfigEr
     Ok(Fault { delay, abort })
 }
 
+/// A destination's cluster name and host. The cluster need not be defined: as in Envoy, a
+/// route may name a cluster that does not exist (istiod does so for an undefined subset, host
+/// or port), and what is routed there is answered 503 `NC` at request time.
 fn destination_cluster(
     d: Option<&proto::Destination>,
-    clusters: &HashMap<String, Arc<Cluster>>,
     context: &str,
 ) -> Result<(String, String), ConfigError> {
     let d = d.ok_or_else(|| invalid(context, "destination missing"))?;
-    if !clusters.contains_key(&d.cluster) {
-        return Err(ConfigError::UnknownCluster {
-            context: context.to_owned(),
-            cluster: d.cluster.clone(),
-        });
+    if d.cluster.is_empty() {
+        return Err(invalid(context, "destination without a cluster name"));
     }
     Ok((d.cluster.clone(), d.host.clone()))
 }
@@ -811,11 +928,7 @@ fn regex_replacement(rewrite: &str) -> String {
     out
 }
 
-fn route(
-    r: &proto::HttpRoute,
-    clusters: &HashMap<String, Arc<Cluster>>,
-    context: &str,
-) -> Result<(RouteMatches, Route), ConfigError> {
+fn route(r: &proto::HttpRoute, context: &str) -> Result<(RouteMatches, Route), ConfigError> {
     let matches = r
         .r#match
         .iter()
@@ -875,8 +988,7 @@ fn route(
             .route
             .iter()
             .map(|d| {
-                let (cluster, host) =
-                    destination_cluster(d.destination.as_ref(), clusters, context)?;
+                let (cluster, host) = destination_cluster(d.destination.as_ref(), context)?;
                 Ok(WeightedDestination {
                     cluster,
                     host,
@@ -936,7 +1048,7 @@ fn route(
         .mirrors
         .iter()
         .map(|m| {
-            let (cluster, host) = destination_cluster(m.destination.as_ref(), clusters, context)?;
+            let (cluster, host) = destination_cluster(m.destination.as_ref(), context)?;
             Ok(Mirror {
                 cluster,
                 host,
@@ -1144,6 +1256,59 @@ fn source_workload(
     Ok(())
 }
 
+/// A workload served at its own address; its facts also describe it as a request source.
+fn direct_workload(
+    w: &proto::WaypointWorkload,
+    workloads: &mut HashMap<IpAddr, Arc<WorkloadInfo>>,
+) -> Result<DirectWorkload, ConfigError> {
+    let context = format!("workload {}", w.workload_uid);
+    let context = context.as_str();
+    let address = ip(&w.address, context)?;
+    let identity = if w.identity.is_empty() {
+        None
+    } else {
+        Some(
+            parse_spiffe(&w.identity).ok_or_else(|| ConfigError::Identity {
+                context: context.to_owned(),
+                value: w.identity.clone(),
+            })?,
+        )
+    };
+    let tunnel = match proto::EndpointTunnel::try_from(w.tunnel) {
+        Ok(proto::EndpointTunnel::Hbone) => Tunnel::Hbone,
+        Ok(proto::EndpointTunnel::None) => Tunnel::Plain,
+        Err(_) => return Err(invalid(context, format!("unknown tunnel {}", w.tunnel))),
+    };
+    if tunnel == Tunnel::Hbone && identity.is_none() {
+        return Err(invalid(
+            context,
+            format!("HBONE workload {} has no identity", w.address),
+        ));
+    }
+    let mut ports = HashMap::with_capacity(w.ports.len());
+    for p in &w.ports {
+        ports
+            .entry(port(p.port, context)?)
+            .or_insert(protocol(p.protocol, context)?);
+    }
+    let info = Arc::clone(workloads.entry(address).or_insert_with(|| {
+        Arc::new(WorkloadInfo {
+            uid: w.workload_uid.clone(),
+            labels: w.labels.clone(),
+            identity: identity.clone(),
+        })
+    }));
+    Ok(DirectWorkload {
+        address,
+        namespace: w.namespace.clone(),
+        identity,
+        tunnel,
+        info,
+        services: w.services.clone(),
+        ports,
+    })
+}
+
 /// Parses `spiffe://<td>/ns/<ns>/sa/<sa>`.
 pub fn parse_spiffe(uri: &str) -> Option<SpiffeId> {
     let rest = uri.strip_prefix("spiffe://")?;
@@ -1300,10 +1465,7 @@ fn protocol(value: i32, context: &str) -> Result<Protocol, ConfigError> {
     })
 }
 
-fn service(
-    s: &proto::WaypointService,
-    clusters: &HashMap<String, Arc<Cluster>>,
-) -> Result<Service, ConfigError> {
+fn service(s: &proto::WaypointService) -> Result<Service, ConfigError> {
     let context = format!("service {}", s.hostname);
     let context = context.as_str();
     let ports = s
@@ -1323,7 +1485,7 @@ fn service(
     let mut http_routes = Vec::with_capacity(s.http_routes.len());
     for (index, r) in s.http_routes.iter().enumerate() {
         let route_context = format!("{context} http route {index} ({})", r.virtual_service);
-        let (m, r) = route(r, clusters, &route_context)?;
+        let (m, r) = route(r, &route_context)?;
         route_matches.push(m);
         http_routes.push(r);
     }
@@ -1348,8 +1510,7 @@ fn service(
                 .route
                 .iter()
                 .map(|d| {
-                    let (cluster, _) =
-                        destination_cluster(d.destination.as_ref(), clusters, context)?;
+                    let (cluster, _) = destination_cluster(d.destination.as_ref(), context)?;
                     Ok((
                         cluster,
                         u32::try_from(d.weight).map_err(|_| invalid(context, "negative weight"))?,
@@ -1396,30 +1557,28 @@ impl TryFrom<proto::WaypointConfig> for WaypointConfig {
                 });
             }
         }
+        let mut direct = HashMap::with_capacity(config.workloads.len());
+        for w in &config.workloads {
+            let converted = direct_workload(w, &mut workloads)?;
+            // An address listed twice (a pod's IP reused while the old pod terminates): the
+            // first entry, which the controller lists first because it is the ready one.
+            direct
+                .entry(converted.address)
+                .or_insert_with(|| Arc::new(converted));
+        }
         for w in &config.source_workloads {
             source_workload(w, &mut workloads)?;
         }
         let services = config
             .services
             .iter()
-            .map(|s| service(s, &clusters).map(Arc::new))
+            .map(|s| service(s).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
         let mut by_vip = HashMap::new();
-        let mut by_endpoint = HashMap::new();
         for (service_index, s) in services.iter().enumerate() {
             for (port_index, p) in s.ports.iter().enumerate() {
                 for vip in &s.vips {
                     by_vip.insert(SocketAddr::new(*vip, p.port), (service_index, port_index));
-                }
-                for c in clusters
-                    .values()
-                    .filter(|c| c.host == s.hostname && c.port == p.port)
-                {
-                    for e in &c.endpoints {
-                        by_endpoint
-                            .entry(e.address)
-                            .or_insert((service_index, port_index));
-                    }
                 }
             }
         }
@@ -1435,7 +1594,7 @@ impl TryFrom<proto::WaypointConfig> for WaypointConfig {
             clusters,
             policies,
             by_vip,
-            by_endpoint,
+            direct,
             workloads,
         })
     }

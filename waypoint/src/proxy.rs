@@ -27,8 +27,8 @@ use weft_policy::{ACCESS_DENIED_BODY, ACCESS_DENIED_STATUS, Decision, DenyReason
 
 use crate::metrics::{Metrics, Peer, RequestRecord};
 use crate::model::{
-    AbortKind, Cluster, CorsPolicy, Endpoint, Fault, HeaderOps, Redirect, RedirectPort,
-    RetryPolicy, Rewrite, Route, RouteAction, ServiceTarget, WaypointConfig, WeightedDestination,
+    AbortKind, Cluster, CorsPolicy, Endpoint, Fault, HeaderOps, Redirect, RedirectPort, RetryOn,
+    RetryPolicy, Rewrite, Route, RouteAction, Target, WaypointConfig, WeightedDestination,
 };
 use crate::store::ConfigStore;
 use crate::upstream::{HashInput, Upstream, UpstreamError};
@@ -73,7 +73,7 @@ pub struct TunnelContext {
     pub peer_address: SocketAddr,
     /// The CONNECT `:authority`.
     pub destination: SocketAddr,
-    pub target: ServiceTarget,
+    pub target: Target,
 }
 
 struct HeaderMapSource<'a>(&'a HeaderMap);
@@ -297,13 +297,17 @@ fn describe_request(
         principal: tunnel.peer.as_ref().map(ToString::to_string),
         namespace: tunnel.peer.as_ref().map(|p| p.namespace().to_owned()),
     };
-    let service = &tunnel.target.service;
-    record.destination_service = Some((
-        service.hostname.clone(),
-        service.name.clone(),
-        service.namespace.clone(),
-    ));
-    record.destination.namespace = Some(service.namespace.clone());
+    // A workload addressed directly was not addressed through a service: its service labels
+    // stay unknown, its workload labels come from the endpoint.
+    if let Target::Service(target) = &tunnel.target {
+        let service = &target.service;
+        record.destination_service = Some((
+            service.hostname.clone(),
+            service.name.clone(),
+            service.namespace.clone(),
+        ));
+    }
+    record.destination.namespace = Some(tunnel.target.namespace().to_owned());
     record.downstream_local = tunnel.destination.to_string();
     record.downstream_remote = tunnel.peer_address.to_string();
     if let Some(length) = request
@@ -358,7 +362,6 @@ async fn pipeline(
         .map(|id| PeerIdentity::new(id.trust_domain(), id.namespace(), id.service_account()));
     let source_workload = config.workload(tunnel.source_ip).cloned();
     let method = request.method().as_str().to_owned();
-    let service = &tunnel.target.service;
     let (decision, selection) = {
         let headers = HeaderMapSource(request.headers());
         let view = RequestView {
@@ -368,7 +371,7 @@ async fn pipeline(
             path: &normalized,
             query,
             headers: &headers,
-            port: tunnel.target.port.port,
+            port: tunnel.target.port(),
             source_labels: source_workload.as_ref().map(|w| &w.labels),
             source_namespace: peer_identity.as_ref().map(|p| p.namespace.as_str()),
         };
@@ -380,9 +383,14 @@ async fn pipeline(
             destination_ip: tunnel.destination.ip(),
             sni: None,
         };
+        let selection = match &tunnel.target {
+            Target::Service(target) => select_route(&target.service.route_matches, &view),
+            // Routing belongs to services: a workload addressed directly gets no route.
+            Target::Workload(_) => None,
+        };
         (
-            evaluate_http(config.policies_for(&service.hostname), &authz),
-            select_route(&service.route_matches, &view),
+            evaluate_http(config.policies_for(&tunnel.target), &authz),
+            selection,
         )
     };
     match decision {
@@ -409,6 +417,28 @@ async fn pipeline(
     }
     let hash_query = query.map(str::to_owned);
 
+    let service = match &tunnel.target {
+        Target::Service(target) => &target.service,
+        Target::Workload(target) => {
+            // Exactly the address the client asked for, as Istio's waypoint carries
+            // workload-addressed traffic: no VirtualService, no retries (an inbound route).
+            let cluster = Arc::new(target.cluster());
+            let (route, destination) = direct_route(&cluster);
+            return forward_to(
+                shared,
+                config,
+                tunnel,
+                request,
+                record,
+                (&route, &destination, cluster),
+                None,
+                &normalized,
+                hash_query.as_deref(),
+            )
+            .await;
+        }
+    };
+
     let (route, match_uri) = match selection {
         Some(selection) => {
             let route = &service.http_routes[selection.route_index];
@@ -423,8 +453,7 @@ async fn pipeline(
     };
     let Some(route) = route else {
         // No route: plain service routing to any endpoint of the service.
-        let Some(cluster) = config.default_cluster(&service.hostname, tunnel.target.port.port)
-        else {
+        let Some(cluster) = config.default_cluster(&service.hostname, tunnel.target.port()) else {
             record.response_flags = "NR";
             record.response_code_details = "route_not_found".to_owned();
             return text_response(StatusCode::NOT_FOUND, "");
@@ -493,7 +522,7 @@ async fn pipeline(
         }
         RouteAction::Redirect(redirect) => {
             record.response_code_details = "redirect".to_owned();
-            redirect_response(redirect, &authority, &raw_path, tunnel.target.port.port)
+            redirect_response(redirect, &authority, &raw_path, tunnel.target.port())
         }
         RouteAction::Forward(_) => {
             forward(
@@ -517,6 +546,33 @@ async fn pipeline(
         add_cors_headers(cors, origin, response.headers_mut());
     }
     response
+}
+
+/// The route of a workload addressed directly: to its one-endpoint cluster, nothing else.
+fn direct_route(cluster: &Cluster) -> (Route, WeightedDestination) {
+    let destination = WeightedDestination {
+        cluster: cluster.name.clone(),
+        host: cluster.host.clone(),
+        weight: 0,
+        headers: Default::default(),
+    };
+    let route = Route {
+        name: None,
+        action: RouteAction::Forward(vec![destination.clone()]),
+        rewrite: None,
+        timeout: None,
+        retries: RetryPolicy {
+            attempts: 0,
+            per_try_timeout: None,
+            on: RetryOn::default(),
+        },
+        fault: None,
+        mirrors: Vec::new(),
+        cors: None,
+        headers: Default::default(),
+        virtual_service: String::new(),
+    };
+    (route, destination)
 }
 
 fn cors_preflight(cors: &CorsPolicy, origin: &str) -> Response<ProxyBody> {
@@ -719,9 +775,40 @@ async fn forward(
         return text_response(StatusCode::SERVICE_UNAVAILABLE, "no destination");
     };
     let Some(cluster) = config.cluster(&destination.cluster).cloned() else {
+        // The route names a cluster that does not exist (an undefined subset, host or port):
+        // Envoy's answer, 503 with no body.
         record.response_flags = "NC";
-        return text_response(StatusCode::SERVICE_UNAVAILABLE, "no cluster");
+        record.response_code_details = "cluster_not_found".to_owned();
+        return text_response(StatusCode::SERVICE_UNAVAILABLE, "");
     };
+    forward_to(
+        shared,
+        config,
+        tunnel,
+        request,
+        record,
+        (route, destination, cluster),
+        matched_uri,
+        normalized_path,
+        query,
+    )
+    .await
+}
+
+/// Sends the request to `cluster` (the destination the route picked): rewrites and header
+/// operations, mirrors, then the attempts under the route's retries and timeout.
+#[allow(clippy::too_many_arguments)]
+async fn forward_to(
+    shared: &ProxyShared,
+    config: &WaypointConfig,
+    tunnel: &TunnelContext,
+    request: Request<Incoming>,
+    record: &mut RequestRecord,
+    (route, destination, cluster): (&Route, &WeightedDestination, Arc<Cluster>),
+    matched_uri: Option<&weft_policy::StringMatch>,
+    normalized_path: &str,
+    query: Option<&str>,
+) -> Response<ProxyBody> {
     record.upstream_cluster = Some(cluster.name.clone());
 
     let upgrade = is_upgrade(&request);
@@ -729,7 +816,7 @@ async fn forward(
     let http2 = !upgrade
         && (request.version() == Version::HTTP_2
             || matches!(
-                tunnel.target.port.protocol,
+                tunnel.target.protocol(),
                 crate::model::Protocol::Http2 | crate::model::Protocol::Grpc
             ));
     let (parts, body) = request.into_parts();

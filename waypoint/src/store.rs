@@ -1,9 +1,12 @@
 //! The current configuration, swapped whole: readers take a cheap `Arc` snapshot per tunnel or
 //! request and never hold the lock across an await; the only writer is [`ConfigStore::apply`].
+//! The xDS handler also records which version it applied or rejected last, for the admin page.
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
 
 use prost::Message;
+use serde::Serialize;
 use tokio::sync::watch;
 use tracing::{info, warn};
 use weft_proto::waypoint as proto;
@@ -11,11 +14,51 @@ use weft_xds::{Handler, Update};
 
 use crate::model::{ConfigError, WaypointConfig};
 
+/// A resource version the xDS handler applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AppliedVersion {
+    pub resource: String,
+    /// The server's version of the resource; `removed` when the server withdrew it.
+    pub version: String,
+    /// RFC 3339, UTC.
+    pub at: String,
+}
+
+/// A resource version the xDS handler rejected (NACKed), and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RejectedVersion {
+    pub resource: String,
+    pub version: String,
+    pub error: String,
+    /// RFC 3339, UTC.
+    pub at: String,
+}
+
+/// The last version applied and the last one rejected over xDS.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct XdsHistory {
+    pub last_applied: Option<AppliedVersion>,
+    pub last_rejected: Option<RejectedVersion>,
+}
+
+/// Told of every configuration once it is in force (the upstream forgets what it dropped).
+pub type ApplyObserver = Arc<dyn Fn(&WaypointConfig) + Send + Sync>;
+
 /// Holds the last good configuration.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ConfigStore {
     current: Arc<RwLock<Arc<WaypointConfig>>>,
     version: Arc<watch::Sender<u64>>,
+    history: Arc<Mutex<XdsHistory>>,
+    observers: Arc<RwLock<Vec<ApplyObserver>>>,
+}
+
+impl std::fmt::Debug for ConfigStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfigStore")
+            .field("version", &*self.version.borrow())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for ConfigStore {
@@ -24,6 +67,8 @@ impl Default for ConfigStore {
         ConfigStore {
             current: Arc::new(RwLock::new(Arc::new(WaypointConfig::default()))),
             version: Arc::new(version),
+            history: Arc::default(),
+            observers: Arc::default(),
         }
     }
 }
@@ -45,17 +90,45 @@ impl ConfigStore {
         let services = converted.services.len();
         let clusters = converted.clusters.len();
         match self.current.write() {
-            Ok(mut guard) => *guard = converted,
-            Err(poisoned) => *poisoned.into_inner() = converted,
+            Ok(mut guard) => *guard = Arc::clone(&converted),
+            Err(poisoned) => *poisoned.into_inner() = Arc::clone(&converted),
+        }
+        for observer in self
+            .observers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            observer(&converted);
         }
         self.version.send_modify(|v| *v += 1);
         info!(waypoint = %name, services, clusters, "waypoint configuration applied");
         Ok(())
     }
 
+    /// Calls `observer` with every configuration applied from now on, once it is in force.
+    pub fn on_apply(&self, observer: ApplyObserver) {
+        self.observers
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(observer);
+    }
+
     /// Number of configurations applied so far; wakes on every change.
     pub fn version(&self) -> watch::Receiver<u64> {
         self.version.subscribe()
+    }
+
+    /// What the xDS handler applied and rejected last.
+    pub fn xds_history(&self) -> XdsHistory {
+        self.history
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn record(&self, update: impl FnOnce(&mut XdsHistory)) {
+        update(&mut self.history.lock().unwrap_or_else(|p| p.into_inner()));
     }
 
     /// An xDS handler for `WaypointConfig` resources that feeds this store.
@@ -82,23 +155,47 @@ impl Handler for WaypointConfigHandler {
                 .resource
                 .as_ref()
                 .ok_or_else(|| format!("resource {} has no body", resource.name))?;
-            let config = proto::WaypointConfig::decode(any.value.as_slice())
-                .map_err(|e| format!("resource {}: {e}", resource.name))?;
-            self.store.apply(config).map_err(|e| {
-                warn!(resource = %resource.name, error = %e, "rejecting waypoint configuration");
-                format!("resource {}: {e}", resource.name)
-            })?;
+            let applied = proto::WaypointConfig::decode(any.value.as_slice())
+                .map_err(|e| e.to_string())
+                .and_then(|config| self.store.apply(config).map_err(|e| e.to_string()));
+            let at = crate::metrics::humantime_utc(SystemTime::now());
+            if let Err(error) = applied {
+                warn!(resource = %resource.name, version = %resource.version, %error, "rejecting waypoint configuration");
+                self.store.record(|h| {
+                    h.last_rejected = Some(RejectedVersion {
+                        resource: resource.name.clone(),
+                        version: resource.version.clone(),
+                        error: error.clone(),
+                        at,
+                    });
+                });
+                return Err(format!("resource {}: {error}", resource.name));
+            }
+            self.store.record(|h| {
+                h.last_applied = Some(AppliedVersion {
+                    resource: resource.name.clone(),
+                    version: resource.version.clone(),
+                    at,
+                });
+            });
             self.resource = Some(resource.name.clone());
             return Ok(());
         }
-        if self
+        if let Some(name) = self
             .resource
-            .as_ref()
-            .is_some_and(|name| update.removed.contains(name))
+            .clone()
+            .filter(|name| update.removed.contains(name))
         {
             self.store
                 .apply(proto::WaypointConfig::default())
                 .map_err(|e| e.to_string())?;
+            self.store.record(|h| {
+                h.last_applied = Some(AppliedVersion {
+                    resource: name,
+                    version: "removed".to_owned(),
+                    at: crate::metrics::humantime_utc(SystemTime::now()),
+                });
+            });
             self.resource = None;
         }
         Ok(())

@@ -109,6 +109,7 @@ fn config(routes: Vec<proto::HttpRoute>, clusters: Vec<proto::Cluster>) -> proto
         clusters,
         authorization_policies: Vec::new(),
         source_workloads: Vec::new(),
+        workloads: Vec::new(),
     }
 }
 
@@ -147,11 +148,16 @@ impl Harness {
     }
 
     async fn tunnel(&self) -> weft_hbone::HboneStream {
+        self.tunnel_to(service_addr()).await
+    }
+
+    /// A tunnel for `authority`, as an agent opens one for the address its client dialled.
+    async fn tunnel_to(&self, authority: SocketAddr) -> weft_hbone::HboneStream {
         hbone_tunnel(
             &self.client,
             self.address,
             &self.waypoint_identity,
-            service_addr(),
+            authority,
             CLIENT_IP,
         )
         .await
@@ -159,12 +165,31 @@ impl Harness {
     }
 
     async fn http1(&self) -> http1::SendRequest<Full<Bytes>> {
+        self.http1_to(service_addr()).await
+    }
+
+    async fn http1_to(&self, authority: SocketAddr) -> http1::SendRequest<Full<Bytes>> {
         let (sender, connection) = http1::Builder::new()
-            .handshake(TokioIo::new(self.tunnel().await))
+            .handshake(TokioIo::new(self.tunnel_to(authority).await))
             .await
             .unwrap();
         tokio::spawn(connection.with_upgrades());
         sender
+    }
+
+    /// The waypoint's Prometheus text, from its metrics endpoint.
+    async fn metrics(&self) -> String {
+        let metrics = self
+            .waypoint
+            .bind_metrics(SocketAddr::new(LOCALHOST, 0))
+            .await
+            .unwrap();
+        let address = metrics.address().unwrap();
+        let (_drain, drained) = watch::channel(false);
+        tokio::spawn(metrics.run(drained));
+        let (status, text) = http_get(address, "/metrics").await;
+        assert_eq!(status, StatusCode::OK, "{text}");
+        text
     }
 
     async fn send(&self, request: Request<Full<Bytes>>) -> (StatusCode, http::HeaderMap, Bytes) {
@@ -175,6 +200,26 @@ impl Harness {
     async fn get(&self, path: &str) -> (StatusCode, http::HeaderMap, Bytes) {
         self.send(get(path)).await
     }
+}
+
+/// A plain HTTP/1.1 GET to a local admin-style endpoint: status and body.
+async fn http_get(address: SocketAddr, path: &str) -> (StatusCode, String) {
+    let stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let (mut sender, connection) = http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(connection);
+    let response = sender
+        .send_request(
+            Request::builder()
+                .uri(path)
+                .header("host", "localhost")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = response.status();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
 }
 
 fn get(path: &str) -> Request<Full<Bytes>> {
@@ -252,6 +297,185 @@ async fn header_match_routes_to_its_subset_and_others_to_the_default() {
         "x-request-id generated"
     );
     assert_eq!(seen.headers["host"], HOST);
+}
+
+/// A deny on `/admin` attached to the service only.
+fn deny_admin_for_the_service() -> proto::L7Authorization {
+    proto::L7Authorization {
+        name: "deny-admin".to_owned(),
+        namespace: "default".to_owned(),
+        action: proto::l7_authorization::Action::Deny as i32,
+        rules: vec![proto::Rule {
+            from: Vec::new(),
+            to: vec![proto::rule::To {
+                operation: Some(proto::Operation {
+                    paths: vec!["/admin".to_owned()],
+                    ..Default::default()
+                }),
+            }],
+            when: Vec::new(),
+        }],
+        dry_run: false,
+        target_services: vec![HOST.to_owned()],
+    }
+}
+
+/// The fake endpoint `e` as a workload the waypoint serves at its own address.
+fn direct_workload(e: &FakeEndpoint) -> proto::WaypointWorkload {
+    proto::WaypointWorkload {
+        address: e.app_address.ip().to_string(),
+        identity: e.identity.to_string(),
+        labels: BTreeMap::from([("app".to_owned(), "reviews".to_owned())]),
+        workload_uid: format!("uid-{}", e.name),
+        tunnel: proto::EndpointTunnel::Hbone as i32,
+        namespace: "default".to_owned(),
+        services: vec![HOST.to_owned()],
+        ports: vec![proto::WorkloadPort {
+            port: u32::from(e.app_address.port()),
+            protocol: proto::Protocol::Http as i32,
+        }],
+    }
+}
+
+#[tokio::test]
+async fn a_pod_addressed_directly_is_reached_exactly_and_still_authorized() {
+    let (mesh, v1, v2) = two_endpoints().await;
+    let harness = Harness::start(mesh, &[&v1, &v2]).await;
+    // The service routes everything to v1 and its default spreads over both: neither may
+    // decide where a request for v2's own address goes.
+    let mut cfg = config(
+        vec![route_to("v1")],
+        vec![cluster("v1", &[&v1]), cluster("", &[&v1, &v2])],
+    );
+    cfg.workloads = vec![direct_workload(&v2)];
+    cfg.authorization_policies
+        .push(deny_admin_for_the_service());
+    harness.waypoint.apply_config(cfg).unwrap();
+
+    let mut sender = harness.http1_to(v2.app_address).await;
+    for _ in 0..2 {
+        let (status, headers, body) = send_on(&mut sender, get("/direct")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, "v2");
+        assert_eq!(headers["x-served-by"], "v2");
+    }
+    assert_eq!(v1.request_count(), 0, "v1 got traffic addressed to v2");
+    assert_eq!(v2.request_count(), 2);
+    // Processed at L7 on the way (a request id added), and carried to v2's own address.
+    assert!(
+        v2.last_request()
+            .unwrap()
+            .headers
+            .contains_key("x-request-id")
+    );
+    let tunnel = v2.tunnels.lock().unwrap()[0].clone();
+    assert_eq!(tunnel.authority, v2.app_address);
+    assert_eq!(tunnel.forwarded_for, Some(CLIENT_IP));
+    assert_eq!(tunnel.peer, harness.waypoint_identity);
+
+    // The service's policies follow its pods: addressing a pod does not escape them.
+    let (status, _, body) = send_on(&mut sender, get("/admin")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(body, weft_policy::ACCESS_DENIED_BODY);
+    assert_eq!(v2.request_count(), 2, "a denied request reached the pod");
+
+    // The service is still routed as before.
+    let (status, _, body) = harness.get("/through-the-service").await;
+    assert_eq!((status, body.as_ref()), (StatusCode::OK, b"v1".as_ref()));
+
+    // Counted as traffic to the workload, not to a service it was not addressed through.
+    let text = harness.metrics().await;
+    let line = text
+        .lines()
+        .find(|l| {
+            l.starts_with("istio_requests_total{")
+                && l.contains("response_code=\"200\"")
+                && l.contains(
+                    "destination_principal=\"spiffe://cluster.local/ns/default/sa/reviews-v2\"",
+                )
+        })
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(line.contains("destination_service=\"unknown\""), "{line}");
+    assert!(line.ends_with(" 2"), "{line}");
+
+    // The pod's one-endpoint cluster lives as long as the configuration lists the pod; the
+    // service's clusters keep their state across the push.
+    let direct = format!(
+        "inbound-pod|{}||{}",
+        v2.app_address.port(),
+        v2.app_address.ip()
+    );
+    let service = format!("outbound|{PORT}|v1|{HOST}");
+    let upstream = harness.waypoint.upstream();
+    assert!(!upstream.endpoint_status(&direct).is_empty());
+    assert!(!upstream.endpoint_status(&service).is_empty());
+    let mut without = config(
+        vec![route_to("v1")],
+        vec![cluster("v1", &[&v1]), cluster("", &[&v1, &v2])],
+    );
+    without
+        .authorization_policies
+        .push(deny_admin_for_the_service());
+    harness.waypoint.apply_config(without).unwrap();
+    assert!(
+        upstream.endpoint_status(&direct).is_empty(),
+        "{direct} kept"
+    );
+    assert!(
+        !upstream.endpoint_status(&service).is_empty(),
+        "{service} forgotten"
+    );
+    // Not listed any more: the waypoint no longer serves that address.
+    assert!(
+        hbone_tunnel(
+            &harness.client,
+            harness.address,
+            &harness.waypoint_identity,
+            v2.app_address,
+            CLIENT_IP
+        )
+        .await
+        .is_err()
+    );
+}
+
+#[tokio::test]
+async fn a_route_to_an_undefined_subset_answers_503_nc_and_the_other_routes_work() {
+    let (mesh, v1, _v2) = two_endpoints().await;
+    let harness = Harness::start(mesh, &[&v1]).await;
+    let undefined = proto::HttpRoute {
+        name: "to-v9".to_owned(),
+        r#match: vec![proto::HttpMatchRequest {
+            uri: Some(proto::StringMatch {
+                match_type: Some(proto::string_match::MatchType::Prefix("/v9".to_owned())),
+            }),
+            ..Default::default()
+        }],
+        // No cluster by this name: what istiod sends for a subset no DestinationRule defines.
+        ..route_to("v9")
+    };
+    harness
+        .waypoint
+        .apply_config(config(
+            vec![undefined, route_to("v1")],
+            vec![cluster("v1", &[&v1])],
+        ))
+        .unwrap();
+
+    let (status, _, body) = harness.get("/v9/page").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body.is_empty(), "{body:?}");
+    assert_eq!(v1.request_count(), 0);
+    let (status, _, body) = harness.get("/other").await;
+    assert_eq!((status, body.as_ref()), (StatusCode::OK, b"v1".as_ref()));
+
+    let text = harness.metrics().await;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("istio_requests_total{") && l.contains("response_code=\"503\""))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(line.contains("response_flags=\"NC\""), "{line}");
+    assert!(line.ends_with(" 1"), "{line}");
 }
 
 #[tokio::test]
@@ -784,37 +1008,7 @@ async fn requests_are_counted_with_istio_labels() {
     for _ in 0..3 {
         harness.get("/").await;
     }
-    let metrics = harness
-        .waypoint
-        .bind_metrics(SocketAddr::new(LOCALHOST, 0))
-        .await
-        .unwrap();
-    let address = metrics.address().unwrap();
-    let (_drain, drained) = watch::channel(false);
-    tokio::spawn(metrics.run(drained));
-    let stream = tokio::net::TcpStream::connect(address).await.unwrap();
-    let (mut sender, connection) = http1::handshake(TokioIo::new(stream)).await.unwrap();
-    tokio::spawn(connection);
-    let response = sender
-        .send_request(
-            Request::builder()
-                .uri("/metrics")
-                .header("host", "localhost")
-                .body(Full::new(Bytes::new()))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let text = String::from_utf8(
-        response
-            .into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes()
-            .to_vec(),
-    )
-    .unwrap();
+    let text = harness.metrics().await;
     let line = text
         .lines()
         .find(|l| l.starts_with("istio_requests_total{") && l.contains("response_code=\"200\""))
@@ -976,6 +1170,216 @@ async fn configuration_arrives_over_delta_ads_and_a_bad_push_is_nacked() {
         .unwrap();
     let (status, _, body) = harness.get("/").await;
     assert_eq!((status, body.as_ref()), (StatusCode::OK, b"v2".as_ref()));
+}
+
+#[tokio::test]
+async fn admin_config_dump_shows_config_endpoint_state_certificate_and_xds_never_the_key() {
+    use prost_types::Any;
+    use weft_xds::{DeltaAdsServer, ResourceStore};
+
+    let (mesh, v1, v2) = two_endpoints().await;
+    let harness = Harness::start(mesh, &[&v1, &v2]).await;
+    let mut both = cluster("", &[&v1, &v2]);
+    both.outlier_detection = Some(proto::OutlierDetection {
+        consecutive_5xx_errors: Some(2),
+        base_ejection_time: Some(duration(Duration::from_secs(30))),
+        max_ejection_percent: 50,
+        ..Default::default()
+    });
+    let default = proto::HttpRoute {
+        name: "default".to_owned(),
+        retries: Some(proto::HttpRetry {
+            attempts: 0,
+            ..Default::default()
+        }),
+        ..route_to("")
+    };
+    let undefined = proto::HttpRoute {
+        name: "to-v9".to_owned(),
+        r#match: vec![proto::HttpMatchRequest {
+            uri: Some(proto::StringMatch {
+                match_type: Some(proto::string_match::MatchType::Prefix("/v9".to_owned())),
+            }),
+            ..Default::default()
+        }],
+        ..route_to("v9")
+    };
+    let mut good = config(vec![undefined, default], vec![both]);
+    good.workloads = vec![direct_workload(&v2)];
+    good.authorization_policies
+        .push(deny_admin_for_the_service());
+
+    // Over delta ADS, with one push the waypoint must refuse.
+    let mut resources = ResourceStore::new();
+    let type_url = weft_proto::WAYPOINT_CONFIG_TYPE_URL;
+    resources.set(type_url, "default/waypoint", Any::from_msg(&good).unwrap());
+    let server = DeltaAdsServer::new(resources.reader());
+    let (address, _stop) =
+        serve_grpc(tonic::transport::Server::builder().add_service(server.into_service())).await;
+    let client = weft_xds::DeltaClient::new(
+        weft_xds::Target::address(&format!("http://{address}")).unwrap(),
+        weft_proto::envoy::config::core::v3::Node {
+            id: "waypoint~127.0.0.1~waypoint.default~default.svc.cluster.local".to_owned(),
+            ..Default::default()
+        },
+    )
+    .subscribe_names(
+        type_url,
+        vec!["default/waypoint".to_owned()],
+        harness.waypoint.store().xds_handler(),
+    );
+    let state = client.state();
+    let (_shutdown, mut shutdown_rx) = watch::channel(false);
+    tokio::spawn(client.run_until(async move {
+        let _ = shutdown_rx.wait_for(|s| *s).await;
+    }));
+    let mut version = harness.waypoint.store().version();
+    tokio::time::timeout(Duration::from_secs(10), version.wait_for(|v| *v >= 1))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut bad = good.clone();
+    bad.services[0].vips[0] = "not-an-ip".to_owned();
+    resources.set(type_url, "default/waypoint", Any::from_msg(&bad).unwrap());
+    for _ in 0..200 {
+        if harness
+            .waypoint
+            .store()
+            .xds_history()
+            .last_rejected
+            .is_some()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+
+    // v1 fails twice and is ejected.
+    v1.behaviour.status.store(500, Ordering::Relaxed);
+    let mut sender = harness.http1().await;
+    for _ in 0..4 {
+        send_on(&mut sender, get("/")).await;
+    }
+
+    let admin = harness
+        .waypoint
+        .bind_admin(
+            SocketAddr::new(LOCALHOST, 0),
+            Some(state),
+            serde_json::json!({"adminAddress": "127.0.0.1:15000"}),
+        )
+        .await
+        .unwrap();
+    let admin_address = admin.address().unwrap();
+    let (_drain, drained) = watch::channel(false);
+    tokio::spawn(admin.run(drained));
+    let (status, text) = http_get(admin_address, "/config_dump").await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert!(
+        !text.contains("PRIVATE KEY") && !text.contains("BEGIN"),
+        "{text}"
+    );
+    let dump: serde_json::Value = serde_json::from_str(&text).unwrap();
+
+    assert_eq!(dump["waypoint"], "default/waypoint");
+    assert_eq!(dump["settings"]["adminAddress"], "127.0.0.1:15000");
+    let certificate = &dump["certificate"];
+    assert_eq!(
+        certificate["identity"],
+        harness.waypoint_identity.to_string()
+    );
+    assert!(
+        certificate["serial"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty()),
+        "{certificate}"
+    );
+    assert!(
+        certificate["not_after"]
+            .as_str()
+            .is_some_and(|s| s.ends_with('Z')),
+        "{certificate}"
+    );
+    assert_eq!(certificate.as_object().unwrap().len(), 7, "{certificate}");
+
+    let xds = &dump["xds"];
+    assert_eq!(xds["connected"], true, "{xds}");
+    assert_eq!(xds["last_applied"]["resource"], "default/waypoint", "{xds}");
+    assert!(
+        xds["last_applied"]["version"]
+            .as_str()
+            .is_some_and(|v| !v.is_empty()),
+        "{xds}"
+    );
+    assert!(
+        xds["last_rejected"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not-an-ip")),
+        "{xds}"
+    );
+    assert_ne!(
+        xds["last_rejected"]["version"],
+        xds["last_applied"]["version"]
+    );
+
+    let service = &dump["services"][0];
+    assert_eq!(service["hostname"], HOST);
+    assert_eq!(service["ports"][0]["protocol"], "http");
+    let routes = service["http_routes"].as_array().unwrap();
+    assert_eq!(routes[0]["name"], "to-v9");
+    assert_eq!(
+        routes[0]["action"]["forward"][0]["missing"], true,
+        "{service}"
+    );
+    assert_eq!(
+        routes[1]["action"]["forward"][0]["missing"], false,
+        "{service}"
+    );
+    assert_eq!(routes[1]["retries"]["attempts"], 0);
+
+    let cluster = &dump["clusters"][0];
+    assert!(
+        cluster["outlier_detection"]
+            .as_str()
+            .unwrap()
+            .contains("consecutive5xxErrors 2")
+    );
+    let endpoint = |e: &FakeEndpoint| {
+        cluster["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["address"] == e.app_address.to_string())
+            .unwrap_or_else(|| panic!("{cluster}"))
+            .clone()
+    };
+    let ejected = endpoint(&v1);
+    assert_eq!(ejected["outlier"]["ejected"], true, "{ejected}");
+    assert_eq!(ejected["outlier"]["ejections"], 1, "{ejected}");
+    assert!(
+        ejected["outlier"]["ejection_remaining_ms"]
+            .as_u64()
+            .unwrap()
+            > 20_000
+    );
+    assert_eq!(ejected["identity"], v1.identity.to_string());
+    assert_eq!(endpoint(&v2)["outlier"]["ejected"], false);
+
+    assert_eq!(
+        dump["workloads"][0]["address"],
+        v2.app_address.ip().to_string()
+    );
+    assert_eq!(dump["workloads"][0]["services"][0], HOST);
+    let policy = &dump["policies"][0];
+    assert_eq!(
+        (policy["name"].as_str(), policy["action"].as_str()),
+        (Some("deny-admin"), Some("DENY"))
+    );
+    assert_eq!(policy["target_services"][0], HOST);
+
+    // Nothing else is served there.
+    let (status, _) = http_get(admin_address, "/metrics").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
 mod fake_ca {
@@ -1169,6 +1573,159 @@ async fn tcp_ports_are_forwarded_at_l4_and_unknown_protocols_sniffed() {
         tunnels_before + 1,
         "opaque bytes were carried to the endpoint over a new tunnel"
     );
+}
+
+#[tokio::test]
+async fn tcp_connections_are_authorized_at_l4_and_counted_in_istio_tcp_metrics() {
+    let (mesh, v1, _v2) = two_endpoints().await;
+    let harness = Harness::start(mesh, &[&v1]).await;
+    let mut cfg = config(Vec::new(), vec![cluster("v1", &[&v1])]);
+    cfg.services[0].ports[0].protocol = proto::Protocol::Tcp as i32;
+    cfg.services[0].tcp_routes.push(proto::TcpRoute {
+        r#match: Vec::new(),
+        route: vec![proto::RouteDestination {
+            destination: destination("v1", 0).destination,
+            weight: 0,
+        }],
+        virtual_service: "default/reviews".to_owned(),
+    });
+    harness.waypoint.apply_config(cfg.clone()).unwrap();
+
+    let raw = format!("GET /tcp HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n");
+    let mut tunnel = harness.tunnel().await;
+    tunnel.write_all(raw.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), tunnel.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
+    drop(tunnel);
+    // The carried connection's label set names the endpoint it reached.
+    const TO_V1: &str = "destination_principal=\"spiffe://cluster.local/ns/default/sa/reviews-v1\"";
+    let count_where = |text: &str, name: &str, label: &str| -> Option<u64> {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
+            .and_then(|l| l.rsplit_once(' '))
+            .and_then(|(_, n)| n.parse().ok())
+    };
+    let counted = |text: &str, name: &str| count_where(text, name, TO_V1);
+    // The connection closes once both sides ended: wait for it to be counted.
+    let mut text = String::new();
+    for _ in 0..50 {
+        text = harness.metrics().await;
+        if counted(&text, "istio_tcp_connections_closed_total") == Some(1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        counted(&text, "istio_tcp_connections_opened_total"),
+        Some(1),
+        "{text}"
+    );
+    assert_eq!(
+        counted(&text, "istio_tcp_connections_closed_total"),
+        Some(1),
+        "{text}"
+    );
+    assert_eq!(
+        counted(&text, "istio_tcp_received_bytes_total"),
+        Some(raw.len() as u64),
+        "{text}"
+    );
+    assert_eq!(
+        counted(&text, "istio_tcp_sent_bytes_total"),
+        Some(answer.len() as u64),
+        "{text}"
+    );
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("istio_tcp_connections_opened_total{"))
+        .unwrap();
+    for label in [
+        "reporter=\"waypoint\"",
+        "request_protocol=\"tcp\"",
+        "source_principal=\"spiffe://cluster.local/ns/default/sa/sleep\"",
+        TO_V1,
+        "destination_service=\"reviews.default.svc.cluster.local\"",
+        "connection_security_policy=\"mutual_tls\"",
+        "response_flags=\"-\"",
+    ] {
+        assert!(line.contains(label), "{label} missing in {line}");
+    }
+
+    // Policies apply to connections: an L4-only DENY for this client on this port refuses it;
+    // a DENY on paths (HTTP-only) loses its paths on TCP and refuses every connection, as in
+    // Istio; the endpoint sees neither.
+    let deny = |name: &str, operation: proto::Operation, from: Vec<proto::rule::From>| {
+        proto::L7Authorization {
+            name: name.to_owned(),
+            namespace: "default".to_owned(),
+            action: proto::l7_authorization::Action::Deny as i32,
+            rules: vec![proto::Rule {
+                from,
+                to: vec![proto::rule::To {
+                    operation: Some(operation),
+                }],
+                when: Vec::new(),
+            }],
+            dry_run: false,
+            target_services: Vec::new(),
+        }
+    };
+    let sleep = vec![proto::rule::From {
+        source: Some(proto::Source {
+            principals: vec!["cluster.local/ns/default/sa/sleep".to_owned()],
+            ..Default::default()
+        }),
+    }];
+    let on_port = proto::Operation {
+        ports: vec![u32::from(PORT)],
+        ..Default::default()
+    };
+    let on_other_port = proto::Operation {
+        ports: vec![u32::from(PORT) + 1],
+        ..Default::default()
+    };
+    let on_paths = proto::Operation {
+        paths: vec!["/admin".to_owned()],
+        ..Default::default()
+    };
+    let tunnels_before = v1.tunnels.lock().unwrap().len();
+    let cases = [
+        ("deny-sleep-port", on_port, sleep.clone(), false),
+        ("deny-sleep-other-port", on_other_port, sleep, true),
+        ("deny-paths", on_paths, Vec::new(), false),
+    ];
+    for (name, operation, from, allowed) in cases {
+        let mut denied = cfg.clone();
+        denied.authorization_policies = vec![deny(name, operation, from)];
+        harness.waypoint.apply_config(denied).unwrap();
+        let tunnel = hbone_tunnel(
+            &harness.client,
+            harness.address,
+            &harness.waypoint_identity,
+            service_addr(),
+            CLIENT_IP,
+        )
+        .await;
+        assert_eq!(tunnel.is_ok(), allowed, "{name}");
+    }
+    assert_eq!(
+        v1.tunnels.lock().unwrap().len(),
+        tunnels_before + 1,
+        "only the allowed connection reached the endpoint"
+    );
+    // Refused connections are counted too, without an endpoint; the allowed one with v1.
+    let text = harness.metrics().await;
+    let closed = "istio_tcp_connections_closed_total";
+    assert_eq!(
+        count_where(&text, closed, "destination_principal=\"unknown\""),
+        Some(2),
+        "{text}"
+    );
+    assert_eq!(counted(&text, closed), Some(2), "{text}");
 }
 
 #[tokio::test]

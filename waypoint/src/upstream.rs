@@ -5,9 +5,9 @@
 //!
 //! Runtime state (counters, ejections, connections) is keyed by cluster name and endpoint
 //! address and survives configuration pushes, so an ejected endpoint stays ejected when an
-//! unrelated resource changes.
+//! unrelated resource changes; what a push removes is forgotten ([`Upstream::retain`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -29,7 +29,9 @@ use weft_hbone::{ConnectRequest, Connector, Pool, PoolConfig};
 use weft_identity::{SpiffeId, client_config, hbone_server_name};
 
 use crate::identity::CertificateSource;
-use crate::model::{Cluster, Endpoint, HashKey, LoadBalancer, OutlierPolicy, Tunnel};
+use crate::model::{
+    Cluster, Endpoint, HashKey, LoadBalancer, OutlierPolicy, Tunnel, WaypointConfig,
+};
 
 /// A byte stream to an endpoint's application: an HBONE tunnel or a plain TCP connection.
 pub trait UpstreamIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
@@ -110,6 +112,19 @@ impl Connector<TunnelKey> for MeshConnector {
                 .await
         }
     }
+}
+
+/// What the admin page shows of an endpoint's runtime state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct EndpointStatus {
+    pub active_requests: usize,
+    pub consecutive_5xx: u32,
+    pub consecutive_gateway_errors: u32,
+    /// Ejected by outlier detection now.
+    pub ejected: bool,
+    pub ejection_remaining_ms: Option<u64>,
+    /// Times ejected so far (each ejection lasts this many base ejection times).
+    pub ejections: u32,
 }
 
 #[derive(Debug, Default)]
@@ -420,6 +435,56 @@ impl Upstream {
             state.consecutive_gateway = 0;
             info!(cluster = %cluster.name, %endpoint, ejection_ms = time.as_millis() as u64, "endpoint ejected");
         }
+    }
+
+    /// Forgets the runtime state (counters, ejections) of clusters `config` no longer has and
+    /// the idle connections to endpoints it no longer names, so that clusters and pods that
+    /// come and go (a pod addressed directly has a cluster of its own) leave nothing behind.
+    /// What is still configured keeps its state.
+    pub fn retain(&self, config: &WaypointConfig) {
+        let keep_cluster = |name: &str| config.has_cluster(name);
+        lock(&self.inner.clusters).retain(|name, _| keep_cluster(name));
+        lock(&self.inner.connections)
+            .retain(|name, open| keep_cluster(name) || open.load(Ordering::Acquire) > 0);
+        let endpoints: HashSet<SocketAddr> = config
+            .clusters
+            .values()
+            .flat_map(|c| c.endpoints.iter().map(|e| e.address))
+            .collect();
+        let direct: HashSet<IpAddr> = config.direct_workloads().map(|w| w.address).collect();
+        let keep_endpoint = |a: &SocketAddr| endpoints.contains(a) || direct.contains(&a.ip());
+        lock(&self.inner.http1).retain(|address, _| keep_endpoint(address));
+        lock(&self.inner.http2).retain(|address, _| keep_endpoint(address));
+    }
+
+    /// The runtime state of each endpoint of the cluster named `cluster` that has any (load,
+    /// failures, ejection), for the admin page; nothing is created by looking.
+    pub fn endpoint_status(&self, cluster: &str) -> HashMap<SocketAddr, EndpointStatus> {
+        let Some(runtime) = lock(&self.inner.clusters).get(cluster).cloned() else {
+            return HashMap::new();
+        };
+        let now = Instant::now();
+        lock(&runtime.endpoints)
+            .iter()
+            .map(|(address, state)| {
+                let ejected_for = state
+                    .ejected_until
+                    .and_then(|until| until.checked_duration_since(now))
+                    .filter(|left| !left.is_zero());
+                (
+                    *address,
+                    EndpointStatus {
+                        active_requests: state.active,
+                        consecutive_5xx: state.consecutive_5xx,
+                        consecutive_gateway_errors: state.consecutive_gateway,
+                        ejected: ejected_for.is_some(),
+                        ejection_remaining_ms: ejected_for
+                            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                        ejections: state.ejections,
+                    },
+                )
+            })
+            .collect()
     }
 
     /// Whether `endpoint` of `cluster` is ejected now.

@@ -10,6 +10,11 @@ use std::process::Command;
 
 use crate::{build_ebpf, is_root, run_command, setup, step, workspace_root};
 
+/// The demo's own list of scenarios, shared as a source file: this crate must build before the
+/// eBPF object exists, so it cannot depend on the end-to-end crate.
+#[path = "../../tests/e2e/src/scenarios.rs"]
+mod scenarios;
+
 /// The binaries the demo runs (the `dev` profile, shared with `cargo xtask test`).
 const BINARIES: &[&str] = &[
     "demo",
@@ -33,8 +38,12 @@ fn require_root(what: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `cargo xtask demo [--scenario NAME] [--no-wait]`.
+/// `cargo xtask demo [--scenario NAME] [--no-wait]`. An unknown scenario is refused first,
+/// before setup and the build.
 pub fn run(scenario: Option<&str>, no_wait: bool) -> anyhow::Result<()> {
+    if let Some(name) = scenario {
+        scenarios::check(name).map_err(anyhow::Error::msg)?;
+    }
     require_root("the demo creates")?;
     setup::ensure()?;
     build_ebpf::run(true)?;
@@ -80,4 +89,22 @@ pub fn exec(name: &str, command: &[String]) -> anyhow::Result<()> {
         .args(command)
         .exec();
     anyhow::bail!("cannot run {}: {error}", binary.display())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_unknown_scenario_is_refused_before_anything_is_built() {
+        let started = std::time::Instant::now();
+        let error = super::run(Some("no-such-scenario"), true)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            error,
+            "no scenario \"no-such-scenario\"; the scenarios are: mtls, deny, canary, header-routing, fault, metrics"
+        );
+        // Nothing was set up or built on the way (either takes far longer).
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        assert!(super::scenarios::check("header-routing").is_ok());
+    }
 }

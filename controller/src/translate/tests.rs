@@ -336,6 +336,42 @@ fn golden_waypoint_configs_are_accepted_by_the_waypoint() {
     assert!(checked >= 4, "only {checked} waypoint configs checked");
 }
 
+/// The waypoint serves directly exactly the pods whose agent accepts only it: a pod addressed
+/// directly is carried by HBONE to its waypoint, which must know it (or the traffic has
+/// nowhere to go), and must not claim a pod that does not route through it.
+#[test]
+fn each_waypoint_serves_directly_the_pods_that_require_it() {
+    let settings = MeshSettings::default();
+    let mut compared = 0;
+    for (name, input) in golden_inputs() {
+        let index = load(&input);
+        let translation = translate(&index, &settings);
+        for gateway in resolve::waypoint_gateways(&index) {
+            let waypoint = resolve::WaypointRef::of(gateway);
+            let address = resolve::waypoint_address(&index, &settings, &waypoint);
+            let mut required: Vec<String> = translation
+                .addresses
+                .values()
+                .filter_map(|a| match &a.r#type {
+                    Some(address::Type::Workload(w)) if w.waypoint.as_ref() == Some(&address) => {
+                        Some(w.addresses.iter().map(|a| ip_text(a)).collect::<Vec<_>>())
+                    }
+                    _ => None,
+                })
+                .flatten()
+                .collect();
+            required.sort();
+            let config = &translation.waypoints[&waypoint.to_string()];
+            let mut served: Vec<String> =
+                config.workloads.iter().map(|w| w.address.clone()).collect();
+            served.sort();
+            assert_eq!(served, required, "{name}: waypoint {waypoint}");
+            compared += served.len();
+        }
+    }
+    assert!(compared >= 4, "only {compared} workloads compared");
+}
+
 #[test]
 fn compact_debug_drops_only_default_lines() {
     #[derive(Debug)]

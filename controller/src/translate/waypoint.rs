@@ -97,7 +97,8 @@ pub fn waypoint_config(
         .into_iter()
         .map(|key| compiler.cluster(&key))
         .collect();
-    let source_workloads = compiler.source_workloads(&clusters);
+    let workloads = compiler.direct_workloads();
+    let source_workloads = compiler.source_workloads(&clusters, &workloads);
     let mut authorization_policies: Vec<wp::L7Authorization> = index
         .authorization_policies
         .values()
@@ -112,6 +113,7 @@ pub fn waypoint_config(
         clusters,
         authorization_policies,
         source_workloads,
+        workloads,
     }
 }
 
@@ -412,9 +414,10 @@ impl<'a> Compiler<'a, '_> {
         Some(chosen)
     }
 
-    /// Compiles one VirtualService for one service. Anything that makes it untranslatable
-    /// (an unknown host, subset or port) skips the whole VirtualService for that service; what
-    /// the waypoint does not support is reported and left out.
+    /// Compiles one VirtualService for one service. A value that cannot be translated (a
+    /// duration, a body) skips the whole VirtualService for that service; a destination naming
+    /// an unknown host, subset or port is reported and kept (503 `NC` at request time); what the
+    /// waypoint does not support is reported and left out.
     fn routes_from(
         &mut self,
         served: &Served,
@@ -668,12 +671,83 @@ impl<'a> Compiler<'a, '_> {
             .collect()
     }
 
-    /// Every pod in the mesh the clusters do not already describe: what the waypoint knows of
-    /// a request's source (`sourceLabels` matches, the source labels of its metrics).
-    fn source_workloads(&self, clusters: &[wp::Cluster]) -> Vec<wp::SourceWorkload> {
+    /// The pods whose agent accepts only this waypoint (`resolve::destination_waypoint`, the
+    /// rule the agents' resources follow): traffic addressed to one of them directly arrives
+    /// here and goes to exactly that pod. Each lists the services it backs through this
+    /// waypoint (their policies apply to it) and the declared protocols of its target ports.
+    fn direct_workloads(&self) -> Vec<wp::WaypointWorkload> {
+        let mut out: Vec<(bool, wp::WaypointWorkload)> = Vec::new();
+        for pod in self.index.pods.values().filter(|pod| {
+            !resolve::pod_terminated(pod)
+                && resolve::destination_waypoint(self.index, pod).as_ref() == Some(&self.waypoint)
+        }) {
+            let backing = resolve::backing_waypoints(self.index, pod);
+            let services: Vec<String> = backing
+                .iter()
+                .filter(|(_, waypoint)| waypoint.as_ref() == Some(&self.waypoint))
+                .map(|(service, _)| resolve::hostname(service, self.settings))
+                .collect();
+            let mut ports: Vec<wp::WorkloadPort> = Vec::new();
+            for (service, _) in &backing {
+                for port in tcp_service_ports(service) {
+                    let Some(target) = resolve::target_port(port, pod)
+                        .filter(|p| u16::try_from(*p).is_ok_and(|p| p > 0))
+                    else {
+                        continue;
+                    };
+                    // The first service (in key order) declaring a port says what it carries.
+                    if !ports.iter().any(|p| p.port == target) {
+                        ports.push(wp::WorkloadPort {
+                            port: target,
+                            protocol: port_protocol(port) as i32,
+                        });
+                    }
+                }
+            }
+            ports.sort_by_key(|p| p.port);
+            let namespace = namespace_of(&pod.metadata);
+            let healthy = resolve::pod_healthy(pod);
+            for ip in resolve::pod_ips(pod) {
+                out.push((
+                    healthy,
+                    wp::WaypointWorkload {
+                        address: ip.to_string(),
+                        identity: resolve::spiffe_id(
+                            self.settings,
+                            namespace,
+                            resolve::service_account(pod),
+                        ),
+                        labels: labels(&pod.metadata),
+                        workload_uid: resolve::pod_uid(&self.settings.cluster_id, pod),
+                        // Only pods in the mesh have a destination waypoint: always HBONE.
+                        tunnel: wp::EndpointTunnel::Hbone as i32,
+                        namespace: namespace.to_owned(),
+                        services: services.clone(),
+                        ports: ports.clone(),
+                    },
+                ));
+            }
+        }
+        // One entry per address (an IP reused while the old pod terminates): the ready pod's.
+        out.sort_by(|(healthy_a, a), (healthy_b, b)| {
+            a.address.cmp(&b.address).then(healthy_b.cmp(healthy_a))
+        });
+        out.dedup_by(|(_, later), (_, first)| later.address == first.address);
+        out.into_iter().map(|(_, w)| w).collect()
+    }
+
+    /// Every pod in the mesh the clusters and the direct workloads do not already describe:
+    /// what the waypoint knows of a request's source (`sourceLabels` matches, the source
+    /// labels of its metrics).
+    fn source_workloads(
+        &self,
+        clusters: &[wp::Cluster],
+        workloads: &[wp::WaypointWorkload],
+    ) -> Vec<wp::SourceWorkload> {
         let known: BTreeSet<&str> = clusters
             .iter()
             .flat_map(|c| c.endpoints.iter().map(|e| e.address.as_str()))
+            .chain(workloads.iter().map(|w| w.address.as_str()))
             .collect();
         let mut out = Vec::new();
         for pod in self.index.pods.values().filter(|pod| {
@@ -890,75 +964,88 @@ impl RouteContext<'_, '_, '_> {
         duration(value).map_err(|reason| self.invalid(path, &value.0, reason))
     }
 
-    /// A destination resolved to its cluster, which is registered.
-    fn destination(
-        &mut self,
-        destination: &net::Destination,
-        path: String,
-    ) -> Result<wp::Destination, TranslateProblem> {
-        let service_host = self.served.hostname.clone();
+    /// A destination resolved to its cluster, named as Istio names it
+    /// (`GetDestinationCluster`: the destination's port, else the service's only port, else the
+    /// port the request arrived on). A destination that resolves to nothing Istio would build a
+    /// cluster for (an unknown host, port or subset) keeps that name without a cluster behind
+    /// it, as istiod does: the waypoint answers what is routed there with 503 `NC` while the
+    /// other routes of the VirtualService keep working, and the problem is reported.
+    fn destination(&mut self, destination: &net::Destination, path: String) -> wp::Destination {
+        let service = self.served.hostname.clone();
         let host = qualify_host(
             self.compiler.settings,
             &destination.host,
             namespace_of(&self.vs.metadata),
         );
-        let Some(target) = self.compiler.services.get(&host).copied() else {
-            return Err(TranslateProblem::UnknownHost {
-                path,
-                host,
-                service: service_host,
-            });
-        };
-        let ports: Vec<u32> = tcp_service_ports(target).map(port_number).collect();
-        let port = match &destination.port {
-            Some(selector) if ports.contains(&selector.number) => selector.number,
-            Some(selector) => {
-                return Err(TranslateProblem::UnknownPort {
-                    path: format!("{path}.port.number"),
-                    host,
-                    port: selector.number,
-                    service: service_host,
-                });
-            }
-            None => match ports.as_slice() {
-                [only] => *only,
-                _ if ports.contains(&self.context.port) => self.context.port,
-                _ => {
-                    return Err(TranslateProblem::AmbiguousPort {
-                        path,
-                        host,
-                        service: service_host,
-                    });
-                }
-            },
-        };
         let subset = destination.subset.clone().unwrap_or_default();
-        if !subset.is_empty()
-            && self
-                .compiler
-                .destination_rule(&host)
-                .is_none_or(|rule| rule.subset(&subset).is_none())
-        {
-            return Err(TranslateProblem::UnknownSubset {
-                path: format!("{path}.subset"),
-                host,
-                subset,
-                service: service_host,
-            });
-        }
+        let target = self.compiler.services.get(&host).copied();
+        let ports: Vec<u32> = target
+            .map(|t| tcp_service_ports(t).map(port_number).collect())
+            .unwrap_or_default();
+        let port = match (&destination.port, ports.as_slice()) {
+            (Some(selector), _) => selector.number,
+            (None, [only]) => *only,
+            (None, _) => self.context.port,
+        };
         let key = ClusterKey {
             host: host.clone(),
             subset: subset.clone(),
             port,
         };
         let cluster = key.name();
-        self.clusters.insert(key);
-        Ok(wp::Destination {
+        let problem = if target.is_none() {
+            Some(TranslateProblem::UnknownHost {
+                path,
+                host: host.clone(),
+                subset: subset.clone(),
+                port,
+                service,
+            })
+        } else if !ports.contains(&port) {
+            Some(match destination.port {
+                Some(_) => TranslateProblem::UnknownPort {
+                    path: format!("{path}.port.number"),
+                    host: host.clone(),
+                    subset: subset.clone(),
+                    port,
+                    service,
+                },
+                None => TranslateProblem::AmbiguousPort {
+                    path,
+                    host: host.clone(),
+                    subset: subset.clone(),
+                    port,
+                    service,
+                },
+            })
+        } else if !subset.is_empty()
+            && self
+                .compiler
+                .destination_rule(&host)
+                .is_none_or(|rule| rule.subset(&subset).is_none())
+        {
+            Some(TranslateProblem::UnknownSubset {
+                path: format!("{path}.subset"),
+                host: host.clone(),
+                subset: subset.clone(),
+                port,
+                service,
+            })
+        } else {
+            None
+        };
+        match problem {
+            Some(problem) => self.notes.push(problem),
+            None => {
+                self.clusters.insert(key);
+            }
+        }
+        wp::Destination {
             host,
             subset,
             port,
             cluster,
-        })
+        }
     }
 
     fn http_route(
@@ -1000,7 +1087,7 @@ impl RouteContext<'_, '_, '_> {
             };
             destinations.push(wp::HttpRouteDestination {
                 destination: Some(
-                    self.destination(destination, format!("{path}.route[{j}].destination"))?,
+                    self.destination(destination, format!("{path}.route[{j}].destination")),
                 ),
                 weight: d.weight.unwrap_or(0).max(0),
                 headers: d.headers.as_ref().map(headers),
@@ -1015,7 +1102,7 @@ impl RouteContext<'_, '_, '_> {
                 .or(route.mirror_percent.map(f64::from))
                 .unwrap_or(100.0);
             mirrors.push(wp::HttpMirrorPolicy {
-                destination: Some(self.destination(mirror, format!("{path}.mirror"))?),
+                destination: Some(self.destination(mirror, format!("{path}.mirror"))),
                 percentage: Some(wp::Percent { value }),
             });
         }
@@ -1025,7 +1112,7 @@ impl RouteContext<'_, '_, '_> {
             };
             mirrors.push(wp::HttpMirrorPolicy {
                 destination: Some(
-                    self.destination(destination, format!("{path}.mirrors[{j}].destination"))?,
+                    self.destination(destination, format!("{path}.mirrors[{j}].destination")),
                 ),
                 percentage: Some(wp::Percent {
                     value: mirror.percentage.as_ref().map_or(100.0, |p| p.value),
@@ -1267,7 +1354,7 @@ impl RouteContext<'_, '_, '_> {
             };
             destinations.push(wp::RouteDestination {
                 destination: Some(
-                    self.destination(destination, format!("{path}.route[{j}].destination"))?,
+                    self.destination(destination, format!("{path}.route[{j}].destination")),
                 ),
                 weight: d.weight.unwrap_or(0).max(0),
             });

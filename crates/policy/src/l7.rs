@@ -19,6 +19,10 @@
 //!   `destination.port`, `source.namespace`, `source.principal` and `connection.sni`. JWT keys
 //!   (`request.auth.*`) are refused as unsupported: a policy we cannot enforce faithfully is
 //!   rejected (NACK) rather than silently weakened.
+//! - TCP traffic through the waypoint ([`evaluate_tcp`]) has no request: as Istio builds RBAC
+//!   for TCP, an ALLOW rule that uses an HTTP-only attribute (`hosts`, `methods`, `paths`, their
+//!   `not` forms, `request.headers[...]`) never matches, and a DENY rule is applied without
+//!   its HTTP-only attributes, so it denies more rather than less.
 
 use std::net::IpAddr;
 
@@ -344,6 +348,21 @@ impl Source {
 }
 
 impl Operation {
+    /// Uses an attribute only HTTP requests have.
+    fn is_http(&self) -> bool {
+        !(self.hosts.is_empty()
+            && self.not_hosts.is_empty()
+            && self.methods.is_empty()
+            && self.not_methods.is_empty()
+            && self.paths.is_empty()
+            && self.not_paths.is_empty())
+    }
+
+    /// The operation without its HTTP-only attributes: only the ports are left to compare.
+    fn matches_connection(&self, port: u16) -> bool {
+        positive_and_negative(&self.ports, &self.not_ports, |p| *p == port)
+    }
+
     fn matches(&self, req: &HttpAuthzRequest<'_>, normalized_path: &str) -> bool {
         positive_and_negative(&self.hosts, &self.not_hosts, |m| {
             m.matches_ignore_ascii_case(req.request.authority)
@@ -352,6 +371,33 @@ impl Operation {
                 m.matches(req.request.method)
             })
             && positive_and_negative(&self.paths, &self.not_paths, |p| p.matches(normalized_path))
+    }
+}
+
+impl HttpRule {
+    /// Uses an attribute only HTTP requests have.
+    fn is_http(&self) -> bool {
+        self.to.iter().any(Operation::is_http)
+            || self
+                .when
+                .iter()
+                .any(|c| matches!(c.key, ConditionKey::RequestHeader(_)))
+    }
+
+    /// Whether this rule matches a connection: `from` and the non-HTTP parts of `to` and
+    /// `when` (HTTP-only conditions are left out).
+    fn matches_connection(&self, req: &HttpAuthzRequest<'_>, principal: Option<&str>) -> bool {
+        (self.from.is_empty() || self.from.iter().any(|s| s.matches(req, principal)))
+            && (self.to.is_empty()
+                || self
+                    .to
+                    .iter()
+                    .any(|o| o.matches_connection(req.request.port)))
+            && self
+                .when
+                .iter()
+                .filter(|c| !matches!(c.key, ConditionKey::RequestHeader(_)))
+                .all(|c| c.matches(req, principal))
     }
 }
 
@@ -372,6 +418,87 @@ impl HttpAuthorization {
                 && (rule.to.is_empty() || rule.to.iter().any(|o| o.matches(req, normalized_path)))
                 && rule.when.iter().all(|c| c.matches(req, principal))
         })
+    }
+}
+
+/// Whether `policy` matches a TCP connection, as Istio's RBAC for TCP decides: an ALLOW rule
+/// with HTTP-only attributes is ignored, a DENY rule loses them.
+fn matches_connection(policy: &HttpAuthorization, req: &HttpAuthzRequest<'_>) -> bool {
+    let principal = req.source_identity.map(PeerIdentity::principal);
+    let principal = principal.as_deref();
+    policy.rules.iter().any(|rule| {
+        (policy.action == PolicyAction::Deny || !rule.is_http())
+            && rule.matches_connection(req, principal)
+    })
+}
+
+/// What connection-level authorization reads about a TCP connection through the waypoint.
+#[derive(Debug, Clone, Copy)]
+pub struct TcpAuthzRequest<'a> {
+    /// Verified peer identity of the tunnel; `None` for plaintext.
+    pub source_identity: Option<&'a PeerIdentity>,
+    /// Direct peer address.
+    pub source_ip: IpAddr,
+    /// Original client address; equal to `source_ip` when nothing says otherwise.
+    pub remote_ip: IpAddr,
+    pub destination_ip: IpAddr,
+    /// Destination port the connection arrived for.
+    pub port: u16,
+}
+
+/// A header source with no headers: a connection has none.
+struct NoHeaders;
+
+impl crate::route::HeaderSource for NoHeaders {
+    fn header(&self, _lowercase_name: &str) -> Option<std::borrow::Cow<'_, str>> {
+        None
+    }
+}
+
+/// The same policies for a TCP connection (no HTTP request): DENY first, then ALLOW, with
+/// HTTP-only attributes handled as Istio handles them for TCP (see the module's notes).
+pub fn evaluate_tcp<'a>(
+    policies: impl IntoIterator<Item = &'a HttpAuthorization>,
+    req: &TcpAuthzRequest<'_>,
+) -> Decision {
+    let view = RequestView {
+        method: "",
+        scheme: "",
+        authority: "",
+        path: "/",
+        query: None,
+        headers: &NoHeaders,
+        port: req.port,
+        source_labels: None,
+        source_namespace: req.source_identity.map(|id| id.namespace.as_str()),
+    };
+    let connection = HttpAuthzRequest {
+        request: view,
+        source_identity: req.source_identity,
+        source_ip: req.source_ip,
+        remote_ip: req.remote_ip,
+        destination_ip: req.destination_ip,
+        sni: None,
+    };
+    let mut any_allow = false;
+    let mut allowed = false;
+    for policy in policies.into_iter().filter(|p| !p.dry_run) {
+        match policy.action {
+            PolicyAction::Deny => {
+                if matches_connection(policy, &connection) {
+                    return Decision::Deny(DenyReason::DeniedBy(policy.policy_ref()));
+                }
+            }
+            PolicyAction::Allow => {
+                any_allow = true;
+                allowed = allowed || matches_connection(policy, &connection);
+            }
+        }
+    }
+    if !any_allow || allowed {
+        Decision::Allow
+    } else {
+        Decision::Deny(DenyReason::NoAllowPolicyMatched)
     }
 }
 

@@ -16,6 +16,8 @@ use std::{
 };
 
 use anyhow::{Context, bail};
+
+pub mod scenarios;
 use node_agent::enrollment::{EnrolledPod, EnrollmentClient};
 use weft_testbed::{Pod, Testbed, Topology};
 
@@ -722,6 +724,27 @@ impl Mesh {
         )
         .map(|(_, body)| body)
         .unwrap_or_default()
+    }
+
+    /// The waypoint's `/config_dump`, read inside its pod (the admin port listens on the pod's
+    /// loopback only).
+    pub fn waypoint_config_dump(&self, name: &str) -> anyhow::Result<serde_json::Value> {
+        let output = self
+            .testbed
+            .pod_command(name, "curl")
+            .args([
+                "-s",
+                "--max-time",
+                "5",
+                "http://127.0.0.1:15000/config_dump",
+            ])
+            .output()?;
+        serde_json::from_slice(&output.stdout).with_context(|| {
+            format!(
+                "waypoint {name}'s config dump: {}",
+                String::from_utf8_lossy(&output.stdout)
+            )
+        })
     }
 
     /// How many configurations the waypoint of pod `name` has applied (from its log).

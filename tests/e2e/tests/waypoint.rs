@@ -82,6 +82,11 @@ fn virtual_service(http: &str) -> String {
 
 /// Client and v1 on node1, v2, v3 and the waypoint on node2: every path crosses the fabric.
 fn mesh() -> Mesh {
+    mesh_with("")
+}
+
+/// [`mesh`] with more configuration (YAML documents, each starting with `---`).
+fn mesh_with(extra: &str) -> Mesh {
     let mesh = Mesh::start(
         vec![
             PodSpec::client("client", "node1", "shop"),
@@ -91,7 +96,7 @@ fn mesh() -> Mesh {
             PodSpec::waypoint(WAYPOINT, "node2", "shop"),
         ],
         MeshOptions {
-            config: format!("{BASE}---{}", destination_rule("")),
+            config: format!("{BASE}---{}{extra}", destination_rule("")),
             log_requests: true,
             ..MeshOptions::default()
         },
@@ -140,6 +145,17 @@ fn app_log_mentions(mesh: &Mesh, pod: &str, needle: &str) -> bool {
 #[test]
 fn routing_splits_faults_retries_timeouts_and_mirrors_through_the_waypoint() {
     let mesh = mesh();
+    // The waypoint listens on 0.0.0.0:15008 and names itself to the controller by its pod's
+    // own IP, as Istio's proxies do.
+    let node_id = format!(
+        "waypoint~{}~{WAYPOINT}.shop~shop.svc.cluster.local",
+        mesh.pod(WAYPOINT).ip
+    );
+    assert!(
+        mesh.log_of("controller").contains(&node_id),
+        "the controller never saw {node_id}\n{}",
+        mesh.log_of("controller")
+    );
     // It did pass the waypoint: the waypoint counted it, with Istio's labels.
     let metrics = mesh.waypoint_metrics(WAYPOINT);
     assert!(
@@ -175,6 +191,9 @@ fn routing_splits_faults_retries_timeouts_and_mirrors_through_the_waypoint() {
     match: [{headers: {x-case: {exact: no-retry}}}]
     retries: {attempts: 0}
     route: [{destination: {host: reviews, subset: v1}}]
+  - name: undefined-subset
+    match: [{headers: {x-case: {exact: v9}}}]
+    route: [{destination: {host: reviews, subset: v9}}]
   - name: mirror
     match: [{headers: {x-case: {exact: mirror}}}]
     route: [{destination: {host: reviews, subset: v1}}]
@@ -192,6 +211,31 @@ fn routing_splits_faults_retries_timeouts_and_mirrors_through_the_waypoint() {
     assert_eq!(jason, BTreeMap::from([("200 v2".to_string(), 20)]));
     let others = versions(&mesh, "/header", 20, &["-H", "end-user: someone"]);
     assert_eq!(others, BTreeMap::from([("200 v1".to_string(), 20)]));
+
+    // A subset no DestinationRule defines: the VirtualService stands (the routes above and
+    // below work) and only what is routed there gets 503 with Envoy's NC (no cluster) flag.
+    let undefined = versions(&mesh, "/v9-check", 3, &["-H", "x-case: v9"]);
+    assert_eq!(undefined, BTreeMap::from([("503 ".to_string(), 3)]));
+    for pod in ["reviews-v1", "reviews-v2", "reviews-v3"] {
+        assert!(!app_log_mentions(&mesh, pod, "/v9-check"), "{pod}");
+    }
+    let metrics = mesh.waypoint_metrics(WAYPOINT);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("istio_requests_total{")
+                && l.contains("response_code=\"503\"")
+                && l.contains("response_flags=\"NC\"")
+                && l.ends_with(" 3")),
+        "no 503 NC counted:\n{metrics}"
+    );
+    assert!(
+        mesh.log_of("controller").contains(
+            "subset \"v9\" of reviews.shop.svc.cluster.local is not defined by a DestinationRule"
+        ),
+        "the controller did not report the undefined subset\n{}",
+        mesh.log_of("controller")
+    );
 
     // Abort: the configured status for every request, and none reaches a pod.
     let aborted = versions(&mesh, "/abort-check", 50, &["-H", "x-case: abort"]);
@@ -347,6 +391,38 @@ spec:
         200
     );
 
+    // A pod addressed by its own IP (a headless service, a StatefulSet member, a scrape): its
+    // agent accepts only the waypoint, so the request goes through the waypoint, which carries
+    // it to exactly that pod, with the service's L7 policies still applied.
+    let v3 = mesh.pod("reviews-v3").ip;
+    let direct = mesh
+        .curl_many(
+            "client",
+            &format!("http://{v3}:8080/direct"),
+            2,
+            "%{http_code} %header{x-weft-version}",
+            &[],
+        )
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", mesh.logs()));
+    assert_eq!(direct, ["200 v3", "200 v3"], "{}", mesh.logs());
+    for pod in ["reviews-v1", "reviews-v2"] {
+        assert!(
+            !app_log_mentions(&mesh, pod, "/direct"),
+            "{pod} got a request addressed to reviews-v3"
+        );
+    }
+    let direct_admin = mesh.curl_with("client", &[&format!("http://{v3}:8080/admin")]);
+    assert_eq!(direct_admin.status, 403, "{}", direct_admin.body);
+    let waypoint_log = mesh.log_of(&format!("waypoint-{WAYPOINT}"));
+    let carried = waypoint_log
+        .lines()
+        .filter(|l| {
+            l.contains("GET /direct")
+                && l.contains(&format!("\"{v3}:8080\" inbound-pod|8080||{v3}"))
+        })
+        .count();
+    assert_eq!(carried, 2, "the waypoint did not log both:\n{waypoint_log}");
+
     // Outlier detection: v1 starts failing every request; after two 5xx in a row it is ejected
     // (for 5 s) and v2/v3 serve everything; once it recovers it is back after the ejection time.
     apply(
@@ -363,16 +439,12 @@ spec:
             "  - route: [{destination: {host: reviews}}]\n    retries: {attempts: 0}\n",
         ),
     );
-    // Told from inside its own pod (loopback is the pod's own business): addressed by pod IP
-    // from the client it would go through the waypoint like the service's traffic.
+    // Told by pod IP from the client: through the waypoint, to exactly that pod.
+    let v1 = mesh.pod("reviews-v1").ip;
     let control = |action: &str| {
         mesh.curl_with(
-            "reviews-v1",
-            &[
-                "-X",
-                "POST",
-                &format!("http://127.0.0.1:8080/control/{action}"),
-            ],
+            "client",
+            &["-X", "POST", &format!("http://{v1}:8080/control/{action}")],
         )
     };
     let failing = control("fail?status=500");
@@ -414,6 +486,47 @@ spec:
         .contains_key("200 v1")),
         "v1 never came back after recovering"
     );
+
+    // The waypoint's admin page, on its pod's loopback only: the configuration in force with
+    // v1's ejection on record, the policy, its certificate and the xDS stream.
+    let dump = mesh
+        .waypoint_config_dump(WAYPOINT)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let cluster = dump["clusters"]
+        .as_array()
+        .and_then(|c| {
+            c.iter()
+                .find(|c| c["name"] == format!("outbound|80||{HOST}"))
+        })
+        .unwrap_or_else(|| panic!("no default cluster in {dump:#}"));
+    let v1_endpoint = cluster["endpoints"]
+        .as_array()
+        .and_then(|e| e.iter().find(|e| e["address"] == format!("{v1}:8080")))
+        .unwrap_or_else(|| panic!("no v1 endpoint in {cluster:#}"));
+    assert!(
+        v1_endpoint["outlier"]["ejections"].as_u64() >= Some(1),
+        "{v1_endpoint:#}"
+    );
+    assert!(
+        dump["policies"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|p| p["name"] == "reviews-deny-admin")),
+        "{dump:#}"
+    );
+    assert_eq!(
+        dump["certificate"]["identity"],
+        "spiffe://cluster.local/ns/shop/sa/waypoint"
+    );
+    assert_eq!(dump["xds"]["connected"], true, "{:#}", dump["xds"]);
+    assert_eq!(dump["xds"]["last_applied"]["resource"], "shop/waypoint");
+    let waypoint_pod = mesh.pod(WAYPOINT);
+    let (status, _) = mesh
+        .node_curl(
+            &waypoint_pod.node,
+            &format!("http://{}:15000/config_dump", waypoint_pod.ip),
+        )
+        .expect("run curl");
+    assert_eq!(status, 0, "the admin port answered from outside the pod");
 
     // Every request above is in the waypoint's Istio metrics, with the labels Kiali reads.
     let metrics = mesh.waypoint_metrics(WAYPOINT);
@@ -584,4 +697,143 @@ fn real_clients_and_abuse_through_the_waypoint() {
     assert!(reset["neighbour_ok"].as_u64().unwrap_or(0) >= 5, "{reset}");
     assert_eq!(reset["neighbour_failed"], 0, "{reset}");
     assert_eq!(mesh.curl_with("client", &[&url]).status, 200);
+}
+
+/// A Service with a TCP port (named `tcp-...`, as Istio reads protocols) on the reviews pods,
+/// using the waypoint.
+const ECHO: &str = r#"
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: echo
+  namespace: shop
+  labels: {istio.io/use-waypoint: waypoint}
+spec:
+  clusterIP: 10.96.0.21
+  selector: {app: reviews}
+  ports:
+  - {name: tcp-echo, port: 7000, targetPort: 7000}
+"#;
+const ECHO_VIP: &str = "10.96.0.21";
+const ECHO_HOST: &str = "echo.shop.svc.cluster.local";
+
+/// One line through the sample app's raw TCP echo at `ip:7000` from the client: what came back
+/// (empty when the connection was refused). Bounded by the timeouts.
+fn tcp_echo(mesh: &Mesh, ip: &str, message: &str) -> String {
+    let output = mesh
+        .testbed
+        .pod_command("client", "timeout")
+        .args([
+            "5",
+            "bash",
+            "-c",
+            &format!("exec 3<>/dev/tcp/{ip}/7000 && echo {message} >&3 && timeout 2 head -n1 <&3"),
+        ])
+        .output()
+        .expect("run bash");
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+#[test]
+fn tcp_services_that_use_the_waypoint_are_forwarded_at_l4() {
+    let mesh = mesh_with(ECHO);
+
+    // The echo comes back byte for byte through the waypoint, and the waypoint reports the
+    // connection in Istio's TCP metrics and its access log.
+    assert!(
+        mesh.eventually(Duration::from_secs(10), || tcp_echo(
+            &mesh, ECHO_VIP, "hello-l4"
+        ) == "hello-l4"),
+        "no echo through the waypoint\n{}",
+        mesh.logs()
+    );
+    let cluster = format!("outbound|7000||{ECHO_HOST}");
+    let metrics = mesh.waypoint_metrics(WAYPOINT);
+    let tcp_line = |name: &str| {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with(&format!("{name}{{"))
+                    && l.contains(&format!("destination_service=\"{ECHO_HOST}\""))
+                    && l.contains("source_principal=\"spiffe://cluster.local/ns/shop/sa/client\"")
+                    && l.contains(
+                        "destination_principal=\"spiffe://cluster.local/ns/shop/sa/reviews\"",
+                    )
+            })
+            .unwrap_or_else(|| panic!("no {name} for the echo:\n{metrics}"))
+            .to_string()
+    };
+    let value = |line: &str| -> u64 {
+        line.rsplit_once(' ')
+            .and_then(|(_, n)| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let opened = tcp_line("istio_tcp_connections_opened_total");
+    for label in [
+        "reporter=\"waypoint\"",
+        "request_protocol=\"tcp\"",
+        "connection_security_policy=\"mutual_tls\"",
+        "response_flags=\"-\"",
+    ] {
+        assert!(opened.contains(label), "{label} missing in {opened}");
+    }
+    assert!(value(&opened) >= 1, "{opened}");
+    // "hello-l4\n" each way, at least once.
+    assert!(value(&tcp_line("istio_tcp_received_bytes_total")) >= 9);
+    assert!(value(&tcp_line("istio_tcp_sent_bytes_total")) >= 9);
+    assert!(
+        mesh.eventually(Duration::from_secs(5), || {
+            mesh.log_of(&format!("waypoint-{WAYPOINT}"))
+                .lines()
+                .any(|l| l.contains("\"- - -\" 0 - -") && l.contains(&cluster))
+        }),
+        "the waypoint logged no TCP connection to {cluster}\n{}",
+        mesh.log_of(&format!("waypoint-{WAYPOINT}"))
+    );
+
+    // A pod addressed directly on its TCP port: through the waypoint at L4 too, to that pod.
+    let v2 = mesh.pod("reviews-v2").ip.to_string();
+    assert_eq!(tcp_echo(&mesh, &v2, "hello-pod"), "hello-pod");
+    assert!(
+        mesh.eventually(Duration::from_secs(5), || {
+            mesh.log_of(&format!("waypoint-{WAYPOINT}"))
+                .lines()
+                .any(|l| l.contains("\"- - -\"") && l.contains(&format!("inbound-pod|7000||{v2}")))
+        }),
+        "the waypoint did not carry the pod-addressed connection\n{}",
+        mesh.log_of(&format!("waypoint-{WAYPOINT}"))
+    );
+
+    // An AuthorizationPolicy on the waypoint with only L4 attributes (source principal,
+    // destination port) applies to TCP: the client's echo is refused, its HTTP still passes.
+    apply(
+        &mesh,
+        "30-deny-client-echo.yaml",
+        r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-client-echo, namespace: shop}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
+  action: DENY
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/shop/sa/client]}}]
+    to: [{operation: {ports: ["7000"]}}]
+"#,
+    );
+    assert_eq!(tcp_echo(&mesh, ECHO_VIP, "denied"), "");
+    assert_eq!(tcp_echo(&mesh, &v2, "denied-too"), "");
+    assert_eq!(
+        mesh.curl_with("client", &[&format!("http://{VIP}/still-http")])
+            .status,
+        200
+    );
+    let log = mesh.log_of(&format!("waypoint-{WAYPOINT}"));
+    assert!(
+        log.contains(
+            "rbac_access_denied_matched_policy[ns[shop]-policy[deny-client-echo]-rule[0]]"
+        ),
+        "the refusal was not logged:\n{log}"
+    );
 }

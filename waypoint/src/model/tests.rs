@@ -57,27 +57,51 @@ fn base() -> proto::WaypointConfig {
         }],
         authorization_policies: Vec::new(),
         source_workloads: Vec::new(),
+        workloads: Vec::new(),
+    }
+}
+
+fn direct_workload() -> proto::WaypointWorkload {
+    proto::WaypointWorkload {
+        address: "10.0.0.5".to_owned(),
+        identity: "spiffe://cluster.local/ns/default/sa/reviews".to_owned(),
+        labels: BTreeMap::from([("app".to_owned(), "reviews".to_owned())]),
+        workload_uid: "uid-1".to_owned(),
+        tunnel: proto::EndpointTunnel::Hbone as i32,
+        namespace: "default".to_owned(),
+        services: vec![HOST.to_owned()],
+        ports: vec![proto::WorkloadPort {
+            port: 9080,
+            protocol: proto::Protocol::Http as i32,
+        }],
+    }
+}
+
+fn service_target(target: Option<Target>) -> ServiceTarget {
+    match target {
+        Some(Target::Service(t)) => t,
+        other => panic!("expected a service target, got {other:?}"),
     }
 }
 
 #[test]
-fn a_valid_config_is_indexed_by_vip_and_endpoint() {
+fn a_valid_config_is_indexed_by_vip() {
     let config = WaypointConfig::try_from(base()).unwrap();
-    let by_vip = config
-        .service_for("10.96.0.10:9080".parse().unwrap())
-        .unwrap();
+    let by_vip = service_target(config.target_for("10.96.0.10:9080".parse().unwrap()));
     assert_eq!(by_vip.service.hostname, HOST);
     assert_eq!(
         by_vip.port.target_port, 9080,
         "target port defaults to the port"
     );
-    let by_pod = config
-        .service_for("10.0.0.5:9080".parse().unwrap())
-        .unwrap();
-    assert_eq!(by_pod.service.hostname, HOST);
     assert!(
         config
-            .service_for("10.96.0.10:80".parse().unwrap())
+            .target_for("10.96.0.10:80".parse().unwrap())
+            .is_none()
+    );
+    // An endpoint's address is not the service: only listed workloads are served directly.
+    assert!(
+        config
+            .target_for("10.0.0.5:9080".parse().unwrap())
             .is_none()
     );
     let cluster = config.cluster(CLUSTER).unwrap();
@@ -97,6 +121,113 @@ fn a_valid_config_is_indexed_by_vip_and_endpoint() {
     let route = &config.services[0].http_routes[0];
     assert_eq!(route.retries, RetryPolicy::mesh_default());
     assert_eq!(route.retries.attempts, 2);
+}
+
+#[test]
+fn a_route_may_name_a_cluster_that_does_not_exist() {
+    // istiod names the cluster of an undefined subset without defining it; the configuration
+    // stands and the route answers 503 NC at request time.
+    let mut c = base();
+    c.services[0].http_routes[0].route[0]
+        .destination
+        .as_mut()
+        .unwrap()
+        .cluster = "outbound|9080|v9|reviews.default.svc.cluster.local".to_owned();
+    let config = WaypointConfig::try_from(c).unwrap();
+    let RouteAction::Forward(destinations) = &config.services[0].http_routes[0].action else {
+        panic!("not a forward");
+    };
+    assert_eq!(
+        destinations[0].cluster,
+        "outbound|9080|v9|reviews.default.svc.cluster.local"
+    );
+    assert!(config.cluster(&destinations[0].cluster).is_none());
+}
+
+#[test]
+fn workloads_addressed_directly_are_targets_of_their_own() {
+    let mut c = base();
+    c.workloads = vec![direct_workload()];
+    let config = WaypointConfig::try_from(c).unwrap();
+    let cases = [
+        ("10.0.0.5:9080", 9080, Protocol::Http),
+        // Any port of the workload, sniffed when no service declares it.
+        ("10.0.0.5:9999", 9999, Protocol::Unspecified),
+    ];
+    for (authority, port, protocol) in cases {
+        let Some(Target::Workload(target)) = config.target_for(authority.parse().unwrap()) else {
+            panic!("{authority} is not a workload target");
+        };
+        assert_eq!(
+            (target.port, target.protocol),
+            (port, protocol),
+            "{authority}"
+        );
+        let cluster = target.cluster();
+        assert_eq!(cluster.name, format!("inbound-pod|{port}||10.0.0.5"));
+        assert_eq!(cluster.endpoints.len(), 1);
+        let endpoint = &cluster.endpoints[0];
+        assert_eq!(endpoint.address, authority.parse().unwrap());
+        assert_eq!(
+            endpoint
+                .identity
+                .as_ref()
+                .map(ToString::to_string)
+                .as_deref(),
+            Some("spiffe://cluster.local/ns/default/sa/reviews")
+        );
+        assert_eq!(endpoint.tunnel, Tunnel::Hbone);
+    }
+    // The service's VIP still selects the service.
+    service_target(config.target_for("10.96.0.10:9080".parse().unwrap()));
+    for (name, known) in [
+        (CLUSTER, true),
+        ("inbound-pod|9999||10.0.0.5", true),
+        ("inbound-pod|9999||10.0.0.6", false),
+        ("inbound-pod|x||10.0.0.5", false),
+        ("inbound-pod|9999|v1|10.0.0.5", false),
+        ("outbound|9080|v9|reviews.default.svc.cluster.local", false),
+    ] {
+        assert_eq!(config.has_cluster(name), known, "{name}");
+    }
+
+    type Mutation = fn(&mut proto::WaypointWorkload);
+    let invalid: Vec<(Mutation, &str)> = vec![
+        (|w| w.address = "10.0.0".to_owned(), "invalid IP"),
+        (|w| w.identity.clear(), "has no identity"),
+        (|w| w.ports[0].port = 70000, "invalid port"),
+        (|w| w.tunnel = 9, "unknown tunnel"),
+    ];
+    for (mutate, expected) in invalid {
+        let mut bad = base();
+        let mut workload = direct_workload();
+        mutate(&mut workload);
+        bad.workloads = vec![workload];
+        let error = WaypointConfig::try_from(bad).unwrap_err().to_string();
+        assert!(
+            error.contains("workload uid-1") && error.contains(expected),
+            "{error}"
+        );
+    }
+    // An address listed twice: the first entry serves it.
+    let mut twice = base();
+    let mut second = direct_workload();
+    second.workload_uid = "uid-2".to_owned();
+    second.identity = "spiffe://cluster.local/ns/default/sa/other".to_owned();
+    twice.workloads = vec![direct_workload(), second];
+    let config = WaypointConfig::try_from(twice).unwrap();
+    let Some(Target::Workload(target)) = config.target_for("10.0.0.5:9080".parse().unwrap()) else {
+        panic!("no workload target");
+    };
+    assert_eq!(
+        target
+            .workload
+            .identity
+            .as_ref()
+            .map(ToString::to_string)
+            .as_deref(),
+        Some("spiffe://cluster.local/ns/default/sa/reviews")
+    );
 }
 
 #[test]
@@ -160,15 +291,16 @@ fn invalid_configs_are_rejected_with_context() {
             "http route 0",
         ),
         (
-            "unknown cluster",
+            "destination without a cluster",
             |c| {
                 c.services[0].http_routes[0].route[0]
                     .destination
                     .as_mut()
                     .unwrap()
-                    .cluster = "nope".to_owned()
+                    .cluster
+                    .clear()
             },
-            "unknown cluster",
+            "without a cluster name",
         ),
         (
             "bad vip",

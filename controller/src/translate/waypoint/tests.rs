@@ -408,6 +408,96 @@ spec:
 }
 
 #[test]
+fn unresolvable_destinations_keep_their_virtual_service_and_name_a_missing_cluster() {
+    // Istio keeps the VirtualService: istiod names the cluster (GetDestinationCluster) and
+    // builds none, so only what is routed there fails (503 NC); the other routes work.
+    let index = validated(&format!(
+        r#"{MESH}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: reviews, namespace: shop}}
+spec:
+  host: reviews
+  subsets: [{{name: v1, labels: {{version: v1}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews, namespace: shop}}
+spec:
+  hosts: [reviews]
+  http:
+  - name: to-v9
+    match: [{{uri: {{prefix: /v9}}}}]
+    route: [{{destination: {{host: reviews, subset: v9}}}}]
+  - name: to-nowhere
+    match: [{{uri: {{prefix: /nowhere}}}}]
+    route: [{{destination: {{host: nowhere}}}}]
+  - name: to-port-81
+    match: [{{uri: {{prefix: /p81}}}}]
+    route: [{{destination: {{host: reviews, port: {{number: 81}}}}}}]
+  - name: mirrored
+    route: [{{destination: {{host: reviews, subset: v1}}}}]
+    mirror: {{host: reviews, subset: v8}}
+"#
+    ));
+    let mut problems = Vec::new();
+    let config = waypoint_configs(&index, &MeshSettings::default(), &mut problems)
+        .remove("shop/waypoint")
+        .unwrap();
+    let reviews = &config.services[0];
+    let names: Vec<&str> = reviews
+        .http_routes
+        .iter()
+        .map(|r| r.name.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["to-v9", "to-nowhere", "to-port-81", "mirrored", "default"]
+    );
+    let first_cluster =
+        |route: &wp::HttpRoute| route.route[0].destination.as_ref().unwrap().cluster.clone();
+    let missing = [
+        "outbound|9080|v9|reviews.shop.svc.cluster.local",
+        "outbound|9080||nowhere.shop.svc.cluster.local",
+        "outbound|81||reviews.shop.svc.cluster.local",
+    ];
+    for (route, cluster) in reviews.http_routes.iter().zip(missing) {
+        assert_eq!(first_cluster(route), cluster, "{}", route.name);
+    }
+    let mirror = reviews.http_routes[3].mirrors[0]
+        .destination
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        mirror.cluster,
+        "outbound|9080|v8|reviews.shop.svc.cluster.local"
+    );
+    let defined: Vec<&str> = config.clusters.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(
+        defined,
+        [
+            "outbound|9080||reviews.shop.svc.cluster.local",
+            "outbound|9080|v1|reviews.shop.svc.cluster.local",
+        ]
+    );
+    let messages: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    for expected in [
+        "VirtualService shop/reviews: spec.http[0].route[0].destination.subset: subset \"v9\" of reviews.shop.svc.cluster.local is not defined by a DestinationRule: requests of reviews.shop.svc.cluster.local routed there are answered 503 NC (no cluster outbound|9080|v9|reviews.shop.svc.cluster.local)",
+        "VirtualService shop/reviews: spec.http[1].route[0].destination: \"nowhere.shop.svc.cluster.local\" is not a known service",
+        "VirtualService shop/reviews: spec.http[2].route[0].destination.port.number: reviews.shop.svc.cluster.local has no port 81",
+        "VirtualService shop/reviews: spec.http[3].mirror.subset: subset \"v8\"",
+    ] {
+        assert!(
+            messages.iter().any(|m| m.starts_with(expected)),
+            "{expected}\nnot in {messages:#?}"
+        );
+    }
+    // And the waypoint accepts it.
+    assert!(::waypoint::model::WaypointConfig::try_from(config).is_ok());
+}
+
+#[test]
 fn untranslatable_values_are_reported_and_translation_never_panics() {
     // Past validation, on purpose: nonsense in every field translation reads.
     let index = unvalidated(&format!(
@@ -479,7 +569,8 @@ spec:
         .iter()
         .find(|s| s.name == "reviews")
         .unwrap();
-    // The VirtualService is skipped; the default route stays.
+    // An invalid value skips the VirtualService (validation refuses it before it gets here);
+    // the default route stays.
     assert_eq!(reviews.http_routes.len(), 1);
     assert_eq!(reviews.http_routes[0].name, "default");
     // Nothing invalid reaches the wire: no port out of range, no unparsable address.

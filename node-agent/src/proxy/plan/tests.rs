@@ -210,14 +210,24 @@ fn outbound_plans() {
         }
         other => panic!("unexpected {other:?}"),
     }
-    // ... and so does the pod behind it addressed directly, except from the waypoint itself.
-    assert!(matches!(
-        plan(&store, "client", addr(2, 50, 8443), 0).unwrap(),
+    // ... and so does the pod behind it addressed directly (authority: the pod's own address,
+    // which the waypoint serves as that workload), except from the waypoint itself.
+    match plan(&store, "client", addr(2, 50, 8443), 0).unwrap() {
         OutboundPlan::Hbone {
-            via_waypoint: true,
+            gateway,
+            target,
+            expected_identity,
+            via_waypoint,
             ..
+        } => {
+            assert_eq!(
+                (gateway, target, via_waypoint),
+                (addr(2, 40, 15008), addr(2, 50, 8443), true)
+            );
+            assert_eq!(expected_identity, id("waypoint"));
         }
-    ));
+        other => panic!("unexpected {other:?}"),
+    }
     match plan(&store, "waypoint", pay_vip, 0).unwrap() {
         OutboundPlan::Hbone {
             gateway,

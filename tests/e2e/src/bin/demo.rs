@@ -21,6 +21,7 @@ use std::{
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use serde::{Deserialize, Serialize};
+use weft_e2e::scenarios::{self, SCENARIOS};
 use weft_e2e::{Mesh, MeshOptions, PodSpec};
 use weft_testbed::{Cgroup, FabricCapture, Netns};
 
@@ -28,15 +29,6 @@ use weft_testbed::{Cgroup, FabricCapture, Netns};
 const STATE_FILE: &str = "/run/weft-demo/state.json";
 /// The pod that plays the user's shell.
 const CLIENT: &str = "client";
-/// Every scenario, in the order they are played.
-const SCENARIOS: [(&str, &str); 6] = [
-    ("mtls", "traffic between the nodes is mutual TLS"),
-    ("deny", "authorization policies block calls"),
-    ("canary", "the reviews canary splits 90/10"),
-    ("header-routing", "the user jason is routed to reviews v3"),
-    ("fault", "an injected fault aborts jason's calls to ratings"),
-    ("metrics", "Istio's metrics at the waypoint and the agents"),
-];
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -510,13 +502,8 @@ fn say(line: &str) {
 }
 
 fn run(examples_dir: &Path, only: Option<&str>, no_wait: bool) -> anyhow::Result<ExitCode> {
-    if let Some(name) = only
-        && !SCENARIOS.iter().any(|(n, _)| *n == name)
-    {
-        bail!(
-            "no scenario {name:?}; the scenarios are: {}",
-            SCENARIOS.map(|(n, _)| n).join(", ")
-        );
+    if let Some(name) = only {
+        scenarios::check(name).map_err(anyhow::Error::msg)?;
     }
     if let Some(state) = read_state()?
         && alive(state.pid)
@@ -715,6 +702,10 @@ fn directions(demo: &Demo) {
         format!(
             "cargo xtask demo exec node2 -- curl -s http://{}:15020/metrics   # the waypoint",
             waypoint.ip
+        ),
+        format!(
+            "cargo xtask demo exec {} -- curl -s http://127.0.0.1:15000/config_dump   # the waypoint's admin page (its pod's loopback only)",
+            demo.waypoint
         ),
     ] {
         say(&line);
@@ -1113,6 +1104,34 @@ fn metrics(demo: &Demo) -> anyhow::Result<()> {
     ] {
         anyhow::ensure!(line.contains(label), "{label} missing in {line}");
     }
+    // The waypoint's admin page, as `istioctl proxy-config` would read Envoy's.
+    let dump = mesh.waypoint_config_dump(&demo.waypoint)?;
+    let count = |key: &str| dump[key].as_array().map_or(0, Vec::len);
+    say(&format!(
+        "and the waypoint's /config_dump (127.0.0.1:15000 inside its pod): {} services, {} clusters, {} pods served directly, {} policies; certificate {} (serial {}, valid until {}); xDS {}, {} version {}",
+        count("services"),
+        count("clusters"),
+        count("workloads"),
+        count("policies"),
+        dump["certificate"]["identity"].as_str().unwrap_or("?"),
+        dump["certificate"]["serial"].as_str().unwrap_or("?"),
+        dump["certificate"]["not_after"].as_str().unwrap_or("?"),
+        if dump["xds"]["connected"] == true {
+            "connected"
+        } else {
+            "not connected"
+        },
+        dump["xds"]["last_applied"]["resource"]
+            .as_str()
+            .unwrap_or("?"),
+        dump["xds"]["last_applied"]["version"]
+            .as_str()
+            .unwrap_or("?"),
+    ));
+    anyhow::ensure!(
+        count("services") > 0 && count("clusters") > 0 && dump["xds"]["connected"] == true,
+        "the waypoint's config dump is incomplete: {dump:#}"
+    );
     Ok(())
 }
 
