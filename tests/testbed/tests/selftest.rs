@@ -284,7 +284,16 @@ fn a_crashed_run_is_swept_at_start() {
         .arg(stale_cgroup.join("pod-orphan/cgroup.procs"))
         .spawn()
         .unwrap();
-    wait_for_exec(&orphan, "sleep");
+    // Every testbed built sweeps what dead runs left, so one built by a test running alongside
+    // may kill the orphan first, before or after its exec: either way it must end up killed.
+    let deadline = Instant::now() + TIMEOUT;
+    let comm = format!("/proc/{}/comm", orphan.id());
+    while std::fs::read_to_string(&comm).unwrap_or_default().trim() != "sleep"
+        && orphan.try_wait().unwrap().is_none()
+    {
+        assert!(Instant::now() < deadline, "the orphan never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 
     let testbed = Topology::new().node("solo", &["p"]).build().unwrap();
     assert!(
