@@ -244,9 +244,13 @@ fn routing_splits_faults_retries_timeouts_and_mirrors_through_the_waypoint() {
         assert!(!app_log_mentions(&mesh, pod, "/abort-check"), "{pod}");
     }
 
-    // Delay: at least 500 ms more than the same request without it.
-    let plain = mesh.curl_with("client", &[&format!("http://{VIP}/delay-check")]);
-    assert_eq!(plain.status, 200);
+    // Delay: at least 500 ms more than the same request without it (the fastest of a few, so
+    // that one slow request on a busy machine does not hide the delay).
+    let plain = (0..3)
+        .map(|_| mesh.curl_with("client", &[&format!("http://{VIP}/delay-check")]))
+        .inspect(|plain| assert_eq!(plain.status, 200))
+        .min_by(|a, b| a.seconds.total_cmp(&b.seconds))
+        .unwrap();
     for _ in 0..3 {
         let delayed = mesh.curl_with(
             "client",
@@ -530,6 +534,7 @@ spec:
 
     // Every request above is in the waypoint's Istio metrics, with the labels Kiali reads.
     let metrics = mesh.waypoint_metrics(WAYPOINT);
+    // The client's requests to the service (those it sent to pod addresses carry no service).
     let find = |code: &str| {
         metrics
             .lines()
@@ -537,8 +542,9 @@ spec:
                 l.starts_with("istio_requests_total{")
                     && l.contains(&format!("response_code=\"{code}\""))
                     && l.contains("source_principal=\"spiffe://cluster.local/ns/shop/sa/client\"")
+                    && l.contains(&format!("destination_service=\"{HOST}\""))
             })
-            .unwrap_or_else(|| panic!("no istio_requests_total for {code}:\n{metrics}"))
+            .unwrap_or_else(|| panic!("no istio_requests_total for {code} to {HOST}:\n{metrics}"))
             .to_string()
     };
     let denied = find("403");
@@ -546,7 +552,6 @@ spec:
         "reporter=\"waypoint\"",
         "source_workload=\"client\"",
         "source_workload_namespace=\"shop\"",
-        &format!("destination_service=\"{HOST}\""),
         "destination_service_name=\"reviews\"",
         "destination_service_namespace=\"shop\"",
         "connection_security_policy=\"mutual_tls\"",
@@ -688,10 +693,13 @@ fn real_clients_and_abuse_through_the_waypoint() {
         ],
     );
     println!("rapid reset through the waypoint: {reset}");
+    // The waypoint sends GOAWAY and closes; a client still writing its burst may see the
+    // closed socket (EPIPE, or a reset for its unread frames) before it reads the GOAWAY. Either
+    // way the server ended the abusive connection; an unprotected server leaves it open.
     assert!(
-        reset["burst_connection"]
-            .as_str()
-            .is_some_and(|s| s.starts_with("GOAWAY")),
+        reset["burst_connection"].as_str().is_some_and(|s| {
+            s.starts_with("GOAWAY") || s.contains("broken pipe") || s.contains("reset")
+        }),
         "the burst connection was not closed: {reset}"
     );
     assert!(reset["neighbour_ok"].as_u64().unwrap_or(0) >= 5, "{reset}");
