@@ -142,6 +142,7 @@ pub struct Mesh {
     enrollment: BTreeMap<String, Vec<EnrolledPod>>,
     certificate_ttl: Duration,
     acceleration: bool,
+    agent_env: Vec<(String, String)>,
     runtime: tokio::runtime::Runtime,
 }
 
@@ -154,6 +155,8 @@ pub struct MeshOptions {
     pub config: String,
     /// Agents splice same-node loopback hops (`ACCELERATION=true`).
     pub acceleration: bool,
+    /// Further environment for every agent (`WORKER_THREADS`, ...), after the harness's own.
+    pub agent_env: Vec<(String, String)>,
 }
 
 impl Default for MeshOptions {
@@ -162,6 +165,7 @@ impl Default for MeshOptions {
             certificate_ttl: Duration::from_secs(3600),
             config: String::new(),
             acceleration: false,
+            agent_env: Vec::new(),
         }
     }
 }
@@ -199,6 +203,7 @@ impl Mesh {
             enrollment: BTreeMap::new(),
             certificate_ttl: options.certificate_ttl,
             acceleration: options.acceleration,
+            agent_env: options.agent_env,
             runtime,
         };
         mesh.write_config("00-pods.yaml", &mesh.pods_yaml())?;
@@ -427,7 +432,8 @@ impl Mesh {
             .env("PIN_DIR", self.pin_dir(node_name))
             .env("AGENT_CGROUP", node.agent_cgroup.path())
             .env("ACCELERATION", self.acceleration.to_string())
-            .env("RUST_LOG", "info");
+            .env("RUST_LOG", "info")
+            .envs(self.agent_env.iter().map(|(k, v)| (k, v)));
         let log = self.dir.join(format!("agent-{node_name}.log"));
         let process = Process::spawn(&format!("agent {node_name}"), command, log)?;
         self.agents.insert(node_name.to_string(), process);
