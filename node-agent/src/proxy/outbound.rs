@@ -238,7 +238,7 @@ async fn execute<C: CertificateSource>(
                 request = request.with_forwarded_for(*ip);
             }
             let mut tunnel = context
-                .pool
+                .pool()
                 .connect(&key, &request)
                 .await
                 .map_err(|e| ProxyError::Hbone(gateway, e))?;
