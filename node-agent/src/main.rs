@@ -126,6 +126,7 @@ impl Args {
 }
 
 fn main() -> ExitCode {
+    node_agent::memory::tune_malloc();
     let args = Args::parse();
     let config = match Config::from_strings(&args.settings()) {
         Ok(config) => config,
@@ -153,6 +154,7 @@ fn main() -> ExitCode {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().init(),
     }
+
     // The control plane (xDS, certificates, enrollment, admin) runs on this thread; pods'
     // connections run on the proxy workers, thread per core (`proxy::Workers`).
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -321,6 +323,25 @@ async fn run(config: Config) -> anyhow::Result<()> {
     tokio::spawn(async move {
         if let Err(error) = enrollment.run(enrollment_pods.as_ref()).await {
             tracing::error!(%error, "enrollment socket failed");
+        }
+    });
+
+    // Start-up (the eBPF object, the first configuration) allocates and frees the most; once
+    // configured, the agent gives back what it no longer holds.
+    let mut synced = xds_state.clone();
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            synced.wait_for(|state| state.synced),
+        )
+        .await;
+        match node_agent::memory::release_startup_pages() {
+            Ok(released) => tracing::debug!(
+                mappings = released.mappings,
+                kib = released.kib,
+                "released start-up pages"
+            ),
+            Err(error) => tracing::warn!(%error, "could not release start-up pages"),
         }
     });
 

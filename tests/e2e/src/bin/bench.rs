@@ -318,6 +318,10 @@ fn both(
 /// Agent figures of the cross-node run.
 struct AgentFigures {
     idle_rss_kib: Option<u64>,
+    /// Of the idle RSS: anonymous memory (heap, stacks) and file-backed pages (the binary's
+    /// code and constants, shared libraries).
+    idle_anon_kib: Option<u64>,
+    idle_file_kib: Option<u64>,
     peak_rss_kib: Option<u64>,
 }
 
@@ -330,6 +334,8 @@ fn cross_node(settings: &Settings, rows: &mut Vec<Row>) -> anyhow::Result<AgentF
     let mesh = Mesh::start(bench_pods("node2"), settings.mesh_options())?;
     std::thread::sleep(Duration::from_secs(1));
     let idle_rss_kib = agent_memory_kib(&mesh, "node1", "VmRSS");
+    let idle_anon_kib = agent_memory_kib(&mesh, "node1", "RssAnon");
+    let idle_file_kib = agent_memory_kib(&mesh, "node1", "RssFile");
     let iperf_servers = start_iperf_servers(&mesh)?;
     let seconds = settings.seconds;
     let ip = |server: &str| mesh.pod(server).ip;
@@ -398,6 +404,8 @@ fn cross_node(settings: &Settings, rows: &mut Vec<Row>) -> anyhow::Result<AgentF
     stop(iperf_servers);
     Ok(AgentFigures {
         idle_rss_kib,
+        idle_anon_kib,
+        idle_file_kib,
         peak_rss_kib,
     })
 }
@@ -669,8 +677,10 @@ fn main() -> anyhow::Result<()> {
     let kib = |v: Option<u64>| v.map_or("?".into(), |v| v.to_string());
     writeln!(
         report,
-        "\nNode agent (node1) RSS: idle {} KiB, peak {} KiB.",
+        "\nNode agent (node1) RSS: idle {} KiB ({} KiB anonymous, {} KiB file-backed), peak {} KiB.",
         kib(agent.idle_rss_kib),
+        kib(agent.idle_anon_kib),
+        kib(agent.idle_file_kib),
         kib(agent.peak_rss_kib),
     )?;
     if !same_node_rows.is_empty() {
