@@ -126,7 +126,6 @@ impl Args {
 }
 
 fn main() -> ExitCode {
-    node_agent::memory::tune_malloc();
     let args = Args::parse();
     let config = match Config::from_strings(&args.settings()) {
         Ok(config) => config,

@@ -7,28 +7,18 @@
 //! over nearly all of the 6 MiB text segment. Once configured, the agent therefore
 //! [`release_startup_pages`]: it unmaps the clean pages of its read-only file mappings (they
 //! stay in the page cache, and whatever runs next faults back in what it needs) and hands free
-//! heap memory back to the kernel. A lower malloc trim threshold, set first thing in `main`,
-//! keeps the heap from holding large free blocks later.
+//! heap memory back to the kernel.
 //!
-//! `MADV_RANDOM` does not stop fault-around on this kernel, and limiting malloc's arenas (one
-//! per thread by default) saved nothing measurable at idle while it would make the proxy
-//! workers contend for one arena lock on the data path; neither is done.
+//! Not done, measured: `MADV_RANDOM` does not stop fault-around on this kernel; limiting
+//! malloc's arenas (one per thread by default) saved nothing measurable at idle while it would
+//! make the proxy workers contend for one arena lock; and setting any malloc threshold
+//! (`M_TRIM_THRESHOLD`) turns off glibc's adaptive mmap threshold, after which every tunnel
+//! buffer of 128 KiB or more is mmapped and unmapped again: a bulk transfer then spent a fifth
+//! of the agents' CPU in page faults.
 
 #![allow(unsafe_code)]
 
 use std::io;
-
-/// Largest free block at the top of the heap that malloc keeps instead of returning it.
-const TRIM_THRESHOLD: libc::c_int = 128 * 1024;
-
-/// Sets malloc's trim threshold; call before other threads exist.
-pub fn tune_malloc() {
-    // SAFETY: mallopt only changes a malloc tuning parameter; it is called before any other
-    // thread exists, and an invalid value is rejected by returning 0 (ignored: tuning only).
-    unsafe {
-        libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
-    }
-}
 
 /// What [`release_startup_pages`] gave back.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
