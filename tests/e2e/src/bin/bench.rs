@@ -26,9 +26,26 @@ struct Settings {
     cross_node_only: bool,
     /// Extra agent environment (`--agent-env NAME=VALUE`, repeatable).
     agent_env: Vec<(String, String)>,
+    /// Only these figures (`--only throughput,rps1,fixed-rate,rps64,new-connections`).
+    only: Option<Vec<String>>,
 }
 
+/// The figure groups `--only` selects from.
+const GROUPS: [&str; 5] = [
+    "throughput",
+    "rps1",
+    "fixed-rate",
+    "rps64",
+    "new-connections",
+];
+
 impl Settings {
+    fn wants(&self, group: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|only| only.iter().any(|g| g == group))
+    }
+
     fn mesh_options(&self) -> MeshOptions {
         MeshOptions {
             agent_env: self.agent_env.clone(),
@@ -342,8 +359,13 @@ fn cross_node(settings: &Settings, rows: &mut Vec<Row>) -> anyhow::Result<AgentF
     let url = |server: &str| format!("http://{}:8080/", ip(server));
     common_rows(&mesh, settings, "", rows)?;
     let mut percentiles = [Vec::new(), Vec::new()];
+    let fixed_rounds = if settings.wants("fixed-rate") {
+        settings.rounds
+    } else {
+        0
+    };
     let mut cpu = Vec::new();
-    for _ in 0..settings.rounds {
+    for _ in 0..fixed_rounds {
         for (i, (client, server)) in PAIRS.iter().enumerate() {
             let before = agent_cpu(&mesh);
             percentiles[i].push(fixed_rate(&mesh, client, ip(server), FIXED_RATE, seconds)?);
@@ -356,6 +378,9 @@ fn cross_node(settings: &Settings, rows: &mut Vec<Row>) -> anyhow::Result<AgentF
     }
     let fixed_rate_cpu = (!cpu.is_empty()).then(|| median(cpu));
     for (index, name) in [(0, "p50"), (1, "p90"), (2, "p99")] {
+        if fixed_rounds == 0 {
+            break;
+        }
         let pick = |path: usize| median(percentiles[path].iter().map(|p| p[index]).collect());
         push_row(
             rows,
@@ -370,36 +395,40 @@ fn cross_node(settings: &Settings, rows: &mut Vec<Row>) -> anyhow::Result<AgentF
             PER_1K_REQUESTS,
         );
     }
-    let measured = both(&mesh, settings.rounds, &mut |c, s| {
-        let result = wrk(&mesh, c, &url(s), 64, seconds, false)?;
-        Ok(Sample {
-            value: result.rps,
-            work: result.requests,
-        })
-    })?;
-    push_row(
-        rows,
-        "HTTP rps, 64 keep-alive connections".into(),
-        "req/s",
-        true,
-        measured,
-        PER_1K_REQUESTS,
-    );
-    let measured = both(&mesh, settings.rounds, &mut |c, s| {
-        let result = wrk(&mesh, c, &url(s), 8, seconds, true)?;
-        Ok(Sample {
-            value: result.rps,
-            work: result.requests,
-        })
-    })?;
-    push_row(
-        rows,
-        "HTTP rps, new connection per request".into(),
-        "req/s",
-        true,
-        measured,
-        PER_1K_REQUESTS,
-    );
+    if settings.wants("rps64") {
+        let measured = both(&mesh, settings.rounds, &mut |c, s| {
+            let result = wrk(&mesh, c, &url(s), 64, seconds, false)?;
+            Ok(Sample {
+                value: result.rps,
+                work: result.requests,
+            })
+        })?;
+        push_row(
+            rows,
+            "HTTP rps, 64 keep-alive connections".into(),
+            "req/s",
+            true,
+            measured,
+            PER_1K_REQUESTS,
+        );
+    }
+    if settings.wants("new-connections") {
+        let measured = both(&mesh, settings.rounds, &mut |c, s| {
+            let result = wrk(&mesh, c, &url(s), 8, seconds, true)?;
+            Ok(Sample {
+                value: result.rps,
+                work: result.requests,
+            })
+        })?;
+        push_row(
+            rows,
+            "HTTP rps, new connection per request".into(),
+            "req/s",
+            true,
+            measured,
+            PER_1K_REQUESTS,
+        );
+    }
     let peak_rss_kib = agent_memory_kib(&mesh, "node1", "VmHWM");
     stop(iperf_servers);
     Ok(AgentFigures {
@@ -449,21 +478,26 @@ fn common_rows(
     let seconds = settings.seconds;
     let ip = |server: &str| mesh.pod(server).ip;
     let url = |server: &str| format!("http://{}:8080/", ip(server));
-    let measured = both(mesh, settings.rounds, &mut |c, s| {
-        let gbps = mesh.iperf(c, ip(s), seconds)?;
-        Ok(Sample {
-            value: gbps,
-            work: gbps * f64::from(seconds) / 8.0,
-        })
-    })?;
-    push_row(
-        rows,
-        format!("{prefix}TCP throughput (iperf3, 1 stream)"),
-        "Gbit/s",
-        true,
-        measured,
-        PER_GB,
-    );
+    if settings.wants("throughput") {
+        let measured = both(mesh, settings.rounds, &mut |c, s| {
+            let gbps = mesh.iperf(c, ip(s), seconds)?;
+            Ok(Sample {
+                value: gbps,
+                work: gbps * f64::from(seconds) / 8.0,
+            })
+        })?;
+        push_row(
+            rows,
+            format!("{prefix}TCP throughput (iperf3, 1 stream)"),
+            "Gbit/s",
+            true,
+            measured,
+            PER_GB,
+        );
+    }
+    if !settings.wants("rps1") {
+        return Ok(());
+    }
     // One wrk run gives both the rate and the closed-loop p50 of a single connection.
     let mut p50 = [Vec::new(), Vec::new()];
     let measured = both(mesh, settings.rounds, &mut |c, s| {
@@ -590,6 +624,7 @@ fn main() -> anyhow::Result<()> {
             rounds: 1,
             cross_node_only: false,
             agent_env: Vec::new(),
+            only: None,
         }
     } else {
         Settings {
@@ -597,6 +632,7 @@ fn main() -> anyhow::Result<()> {
             rounds: 3,
             cross_node_only: false,
             agent_env: Vec::new(),
+            only: None,
         }
     };
     let mut rest = args.iter().skip(1);
@@ -613,6 +649,13 @@ fn main() -> anyhow::Result<()> {
             "--cross-node-only" => settings.cross_node_only = true,
             "--seconds" => settings.seconds = value("--seconds")?.parse()?,
             "--rounds" => settings.rounds = value("--rounds")?.parse()?,
+            "--only" => {
+                let groups: Vec<String> = value("--only")?.split(',').map(str::to_string).collect();
+                if let Some(unknown) = groups.iter().find(|g| !GROUPS.contains(&g.as_str())) {
+                    anyhow::bail!("--only {unknown:?}: expected some of {}", GROUPS.join(","));
+                }
+                settings.only = Some(groups);
+            }
             "--agent-env" => {
                 let pair = value("--agent-env")?;
                 let (name, v) = pair
@@ -622,7 +665,7 @@ fn main() -> anyhow::Result<()> {
             }
             other => anyhow::bail!(
                 "unknown argument {other:?}; expected --quick, --hold, --cross-node-only, \
-                 --seconds N, --rounds N, --agent-env NAME=VALUE"
+                 --seconds N, --rounds N, --only GROUPS, --agent-env NAME=VALUE"
             ),
         }
     }
