@@ -117,7 +117,7 @@ async fn serve_hbone<C: CertificateSource>(
         .map_err(|e| ProxyError::Certificate(e.to_string()))?;
     let config = pod_server_config(context, pod, certificate)?;
     let tls = TlsAcceptor::from(config)
-        .accept(downstream)
+        .accept(weft_hbone::read_buffered(downstream))
         .await
         .map_err(ProxyError::Tls)?;
     let peer_id = peer_identity(tls.get_ref().1)

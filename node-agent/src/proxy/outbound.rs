@@ -9,7 +9,10 @@ use std::{
     time::Instant,
 };
 
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::{
+    io::BufReader,
+    net::{TcpSocket, TcpStream},
+};
 use tokio_rustls::TlsConnector;
 use weft_hbone::{ConnectRequest, Connector, Pool, PoolConfig};
 use weft_identity::{SpiffeId, client_config, hbone_server_name};
@@ -51,7 +54,7 @@ pub(crate) struct HboneConnector<C> {
 }
 
 impl<C: CertificateSource> Connector<PoolKey> for HboneConnector<C> {
-    type Io = tokio_rustls::client::TlsStream<TcpStream>;
+    type Io = tokio_rustls::client::TlsStream<BufReader<TcpStream>>;
 
     async fn connect(&self, key: &PoolKey) -> io::Result<Self::Io> {
         let pod = self.pods.get(&key.source_uid).ok_or_else(|| {
@@ -70,7 +73,10 @@ impl<C: CertificateSource> Connector<PoolKey> for HboneConnector<C> {
             .map_err(io::Error::other)?;
         let tcp = connect_in(&pod.netns, key.gateway).await?;
         TlsConnector::from(config)
-            .connect(hbone_server_name(key.gateway.ip()), tcp)
+            .connect(
+                hbone_server_name(key.gateway.ip()),
+                weft_hbone::read_buffered(tcp),
+            )
             .await
     }
 }
