@@ -22,9 +22,7 @@ use super::{
     plan::{OutboundPlan, authorize_inbound, plan_outbound},
     pods::{ServedPod, ServedPods},
 };
-use crate::{
-    certificates::CertificateSource, metrics::ConnectionLabels, netns::PodNetns, state::Workload,
-};
+use crate::{certificates::CertificateSource, netns::PodNetns, state::Workload};
 
 /// HBONE connections are shared per source pod (its address), the two identities and the
 /// destination gateway.
@@ -128,15 +126,13 @@ pub(super) async fn handle<C: CertificateSource>(
     let (original, plan) = match planned {
         Ok(planned) => planned,
         Err(error) => {
-            let mut guard = context
-                .metrics
-                .connection_opened(ConnectionLabels::from_workloads(
-                    "source",
-                    source.as_deref(),
-                    None,
-                    None,
-                    "unknown",
-                ));
+            let mut guard = context.metrics.connection_opened_between(
+                "source",
+                source.as_ref(),
+                None,
+                None,
+                "unknown",
+            );
             guard.set_response_flags(error.response_flags());
             tracing::warn!(%peer, %error, "outbound connection refused");
             return;
@@ -156,15 +152,13 @@ pub(super) async fn handle<C: CertificateSource>(
             ..
         } => (Some(destination.clone()), service.clone(), "unknown"),
     };
-    let mut guard = context
-        .metrics
-        .connection_opened(ConnectionLabels::from_workloads(
-            "source",
-            Some(&source),
-            destination.as_deref(),
-            service.as_deref(),
-            security,
-        ));
+    let mut guard = context.metrics.connection_opened_between(
+        "source",
+        Some(&source),
+        destination.as_ref(),
+        service.as_ref(),
+        security,
+    );
     match execute(&context, &pod, &source, &mut app, plan).await {
         Ok((received, sent)) => {
             guard.add_received(received);
