@@ -151,6 +151,13 @@ const CACHED_LABEL_SETS: usize = 4096;
 /// cached entry holds them, so an address cannot be reused while it is a key).
 type LabelKey = (&'static str, &'static str, usize, usize, usize);
 
+/// The store records a cached label set was built from (source, destination, service).
+type LabelRecords = (
+    Option<Arc<Workload>>,
+    Option<Arc<Workload>>,
+    Option<Arc<Service>>,
+);
+
 /// One resolved label set and its counters.
 #[derive(Debug)]
 struct LabelCounters {
@@ -160,11 +167,7 @@ struct LabelCounters {
     closed: std::sync::OnceLock<Counter>,
     sent: Counter,
     received: Counter,
-    _records: (
-        Option<Arc<Workload>>,
-        Option<Arc<Workload>>,
-        Option<Arc<Service>>,
-    ),
+    _records: LabelRecords,
 }
 
 /// The agent's metric families.
@@ -265,15 +268,7 @@ impl Metrics {
         self.resolved.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn resolve(
-        &self,
-        labels: ConnectionLabels,
-        records: (
-            Option<Arc<Workload>>,
-            Option<Arc<Workload>>,
-            Option<Arc<Service>>,
-        ),
-    ) -> LabelCounters {
+    fn resolve(&self, labels: ConnectionLabels, records: LabelRecords) -> LabelCounters {
         // Counters share their atomic with the family: cloned once here, they count bytes live
         // (a long connection shows up before it ends) without a lock per write.
         LabelCounters {

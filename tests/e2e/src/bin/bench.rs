@@ -602,7 +602,7 @@ fn hold(settings: &Settings, target: &std::path::Path) -> anyhow::Result<()> {
     }
     let file = target.join("hold");
     std::fs::write(&file, &info)?;
-    eprint!("{info}mesh held until {} is removed\n", file.display());
+    eprintln!("{info}mesh held until {} is removed", file.display());
     let deadline = Instant::now() + HOLD_LIMIT;
     while file.exists() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(500));
