@@ -72,6 +72,43 @@ struct Row {
     /// Both agents' CPU time per unit of work on the mesh path (ms per 1,000 requests, or s
     /// per GB), median over the rounds; the figure the machine's noise moves least.
     cpu: Option<(f64, &'static str)>,
+    /// Per-round (direct, mesh) pairs.
+    rounds: Vec<(f64, f64)>,
+}
+
+impl Row {
+    /// mesh / direct (or mesh - direct for latencies) of one (direct, mesh) pair.
+    fn compare(&self, (direct, mesh): (f64, f64)) -> f64 {
+        if self.higher_is_better {
+            100.0 * mesh / direct
+        } else {
+            mesh - direct
+        }
+    }
+
+    /// The comparison of the medians, and the range of the per-round comparisons.
+    fn comparison(&self) -> String {
+        let overall = self.compare((self.direct, self.mesh));
+        let per_round: Vec<f64> = self.rounds.iter().map(|&p| self.compare(p)).collect();
+        let range = match (
+            per_round.iter().copied().reduce(f64::min),
+            per_round.iter().copied().reduce(f64::max),
+        ) {
+            (Some(low), Some(high)) if per_round.len() > 1 => {
+                if self.higher_is_better {
+                    format!(" ({low:.0}-{high:.0}%)")
+                } else {
+                    format!(" ({low:+.0} to {high:+.0})")
+                }
+            }
+            _ => String::new(),
+        };
+        if self.higher_is_better {
+            format!("{overall:.0}%{range}")
+        } else {
+            format!("{overall:+.0} {}{range}", self.unit)
+        }
+    }
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -298,7 +335,21 @@ const PAIRS: [(&str, &str); 2] = [
 struct Measured {
     direct: f64,
     mesh: f64,
+    /// (direct, mesh) of each round, measured back to back: their ratio (or difference) cancels
+    /// the machine's slow drift, which moves both alike.
+    rounds: Vec<(f64, f64)>,
     cpu_per_work: Option<f64>,
+}
+
+impl Measured {
+    fn from_rounds(direct: Vec<f64>, mesh: Vec<f64>, cpu_per_work: Option<f64>) -> Self {
+        Self {
+            rounds: direct.iter().copied().zip(mesh.iter().copied()).collect(),
+            direct: median(direct),
+            mesh: median(mesh),
+            cpu_per_work,
+        }
+    }
 }
 
 /// Measures `f` on both pairs, alternating, `rounds` times, and the agents' CPU time during each
@@ -325,11 +376,11 @@ fn both(
         }
     }
     let [direct, meshed] = results;
-    Ok(Measured {
-        direct: median(direct),
-        mesh: median(meshed),
-        cpu_per_work: (!cpu.is_empty()).then(|| median(cpu)),
-    })
+    Ok(Measured::from_rounds(
+        direct,
+        meshed,
+        (!cpu.is_empty()).then(|| median(cpu)),
+    ))
 }
 
 /// Agent figures of the cross-node run.
@@ -381,17 +432,17 @@ fn cross_node(settings: &Settings, rows: &mut Vec<Row>) -> anyhow::Result<AgentF
         if fixed_rounds == 0 {
             break;
         }
-        let pick = |path: usize| median(percentiles[path].iter().map(|p| p[index]).collect());
+        let pick = |path: usize| percentiles[path].iter().map(|p| p[index]).collect();
         push_row(
             rows,
             format!("HTTP {name} latency at {FIXED_RATE} req/s, 1 connection"),
             "µs",
             false,
-            Measured {
-                direct: pick(0),
-                mesh: pick(1),
-                cpu_per_work: if index == 0 { fixed_rate_cpu } else { None },
-            },
+            Measured::from_rounds(
+                pick(0),
+                pick(1),
+                if index == 0 { fixed_rate_cpu } else { None },
+            ),
             PER_1K_REQUESTS,
         );
     }
@@ -522,11 +573,7 @@ fn common_rows(
         format!("{prefix}HTTP p50 latency, 1 connection"),
         "µs",
         false,
-        Measured {
-            direct: median(direct),
-            mesh: median(meshed),
-            cpu_per_work: None,
-        },
+        Measured::from_rounds(direct, meshed, None),
         PER_1K_REQUESTS,
     );
     Ok(())
@@ -551,6 +598,7 @@ fn push_row(
         mesh: measured.mesh,
         higher_is_better: higher,
         cpu: measured.cpu_per_work.map(|c| (c * scale, cpu_unit)),
+        rounds: measured.rounds,
     });
 }
 
@@ -678,6 +726,7 @@ fn main() -> anyhow::Result<()> {
     if hold_mesh {
         return hold(&settings, &target);
     }
+    let load_at_start = load_average();
     let mut rows: Vec<Row> = Vec::new();
     let agent = cross_node(&settings, &mut rows)?;
     let mut same_node_rows = Vec::new();
@@ -696,6 +745,12 @@ fn main() -> anyhow::Result<()> {
     let mut report = String::new();
     writeln!(report, "# Benchmark: mesh vs direct, same run\n")?;
     writeln!(report, "- machine: {machine}, {cpus} CPUs")?;
+    writeln!(
+        report,
+        "- load average (1 min) at start {load_at_start}, at end {}: the machine is shared, and \
+         everything else running competes with the load generator, the apps and the agents",
+        load_average()
+    )?;
     let command: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
     writeln!(
         report,
@@ -711,6 +766,11 @@ fn main() -> anyhow::Result<()> {
     writeln!(
         report,
         "- path: pod (node1) -> agent -> HBONE mTLS -> agent -> pod (node2); direct: the same pods' path without enrollment"
+    )?;
+    writeln!(
+        report,
+        "- mesh / direct: of the medians, and in brackets the range over the rounds (each round \
+         measures direct and mesh back to back)"
     )?;
     writeln!(
         report,
@@ -740,6 +800,14 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The 1-minute load average, as /proc/loadavg shows it.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
+
 fn table(report: &mut String, rows: &[Row]) -> std::fmt::Result {
     writeln!(
         report,
@@ -747,11 +815,7 @@ fn table(report: &mut String, rows: &[Row]) -> std::fmt::Result {
     )?;
     writeln!(report, "|---|---:|---:|---:|---:|")?;
     for row in rows {
-        let ratio = if row.higher_is_better {
-            format!("{:.0}%", 100.0 * row.mesh / row.direct)
-        } else {
-            format!("+{:.0} {}", row.mesh - row.direct, row.unit)
-        };
+        let ratio = row.comparison();
         let cpu = row
             .cpu
             .map_or(String::new(), |(value, unit)| format!("{value:.2} {unit}"));
