@@ -28,6 +28,8 @@ struct Settings {
     agent_env: Vec<(String, String)>,
     /// Only these figures (`--only throughput,rps1,fixed-rate,rps64,new-connections`).
     only: Option<Vec<String>>,
+    /// Pin each node of the cross-node run to a CPU of its own (off with `--no-pin`).
+    pin_nodes: bool,
 }
 
 /// The figure groups `--only` selects from.
@@ -405,6 +407,11 @@ fn cross_node(settings: &Settings, rows: &mut Vec<Row>) -> anyhow::Result<AgentF
     let idle_anon_kib = agent_memory_kib(&mesh, "node1", "RssAnon");
     let idle_file_kib = agent_memory_kib(&mesh, "node1", "RssFile");
     let iperf_servers = start_iperf_servers(&mesh)?;
+    let _pinned = if settings.pin_nodes {
+        Some(NodesPinned::pin(&mesh)?)
+    } else {
+        None
+    };
     let seconds = settings.seconds;
     let ip = |server: &str| mesh.pod(server).ip;
     let url = |server: &str| format!("http://{}:8080/", ip(server));
@@ -488,6 +495,79 @@ fn cross_node(settings: &Settings, rows: &mut Vec<Row>) -> anyhow::Result<AgentF
         idle_file_kib,
         peak_rss_kib,
     })
+}
+
+/// Each node of the cross-node run on a CPU of its own, like the separate machines it stands
+/// for: its agent and its pods' processes (and, through this process, the clients it starts on
+/// node1) may run only there.
+///
+/// Unpinned, the direct path's one-connection figure was bimodal: about 30 µs per request when
+/// the scheduler happened to put client and server on one CPU, about 77 µs when on two (a
+/// cross-CPU wakeup costs some 25 µs on this VM), so direct rps moved between 12k and 31k from
+/// run to run and every ratio with it. Between real nodes, client and server never share a
+/// CPU. Dropping this restores the process's own affinity.
+struct NodesPinned {
+    all_cpus: String,
+}
+
+impl NodesPinned {
+    fn pin(mesh: &Mesh) -> anyhow::Result<Self> {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let all_cpus = format!("0-{}", cpus - 1);
+        let cpu_of = |node: &str| {
+            mesh.testbed
+                .nodes()
+                .iter()
+                .position(|n| n.name == node)
+                .map_or(0, |i| i % cpus)
+        };
+        for node in mesh.testbed.nodes() {
+            let cpu = cpu_of(&node.name);
+            let mut groups = vec![&node.agent_cgroup];
+            groups.extend(
+                mesh.testbed
+                    .pods()
+                    .iter()
+                    .filter(|p| p.node == node.name)
+                    .map(|p| &p.cgroup),
+            );
+            for group in groups {
+                for pid in group.procs()? {
+                    set_affinity(&["-a", "-p", "-c", &cpu.to_string(), &pid.to_string()])?;
+                }
+            }
+        }
+        // Clients are started from this process's main thread and inherit its affinity.
+        set_affinity(&[
+            "-p",
+            "-c",
+            &cpu_of("node1").to_string(),
+            &std::process::id().to_string(),
+        ])?;
+        eprintln!(
+            "pinned: node1 -> cpu {}, node2 -> cpu {}",
+            cpu_of("node1"),
+            cpu_of("node2")
+        );
+        Ok(Self { all_cpus })
+    }
+}
+
+impl Drop for NodesPinned {
+    fn drop(&mut self) {
+        let _ = set_affinity(&["-p", "-c", &self.all_cpus, &std::process::id().to_string()]);
+    }
+}
+
+fn set_affinity(args: &[&str]) -> anyhow::Result<()> {
+    let output = Command::new("taskset").args(args).output()?;
+    anyhow::ensure!(
+        output.status.success(),
+        "taskset {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
 }
 
 /// Both agents' CPU seconds so far.
@@ -673,6 +753,7 @@ fn main() -> anyhow::Result<()> {
             cross_node_only: false,
             agent_env: Vec::new(),
             only: None,
+            pin_nodes: true,
         }
     } else {
         Settings {
@@ -681,6 +762,7 @@ fn main() -> anyhow::Result<()> {
             cross_node_only: false,
             agent_env: Vec::new(),
             only: None,
+            pin_nodes: true,
         }
     };
     let mut rest = args.iter().skip(1);
@@ -695,6 +777,7 @@ fn main() -> anyhow::Result<()> {
             "--quick" => {}
             "--hold" => hold_mesh = true,
             "--cross-node-only" => settings.cross_node_only = true,
+            "--no-pin" => settings.pin_nodes = false,
             "--seconds" => settings.seconds = value("--seconds")?.parse()?,
             "--rounds" => settings.rounds = value("--rounds")?.parse()?,
             "--only" => {
@@ -713,7 +796,7 @@ fn main() -> anyhow::Result<()> {
             }
             other => anyhow::bail!(
                 "unknown argument {other:?}; expected --quick, --hold, --cross-node-only, \
-                 --seconds N, --rounds N, --only GROUPS, --agent-env NAME=VALUE"
+                 --no-pin, --seconds N, --rounds N, --only GROUPS, --agent-env NAME=VALUE"
             ),
         }
     }
@@ -767,6 +850,14 @@ fn main() -> anyhow::Result<()> {
         report,
         "- path: pod (node1) -> agent -> HBONE mTLS -> agent -> pod (node2); direct: the same pods' path without enrollment"
     )?;
+    if settings.pin_nodes {
+        writeln!(
+            report,
+            "- placement: each node on a CPU of its own, like the machines it stands for (node1: \
+             its agent, the client pods and the load generators on CPU 0; node2: its agent and \
+             the server pods on CPU 1); the same-node runs are not pinned"
+        )?;
+    }
     writeln!(
         report,
         "- mesh / direct: of the medians, and in brackets the range over the rounds (each round \
