@@ -36,6 +36,9 @@ enum Task {
         /// Short run (about a minute after the build), for CI.
         #[arg(long)]
         quick: bool,
+        /// Options passed on to the bench binary (`--only rps1`, `--seconds 3`, `--hold`, ...).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
     },
     /// Run every test: unit tests, then the kernel, netns and end-to-end tests (needs root).
     Test {
@@ -63,7 +66,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             build_ebpf::run(release)
         }
         Task::Test { args } => test::run(&args),
-        Task::Bench { quick } => bench::run(quick),
+        Task::Bench { quick, args } => bench::run(quick, &args),
     }
 }
 

@@ -28,7 +28,7 @@ struct Settings {
     agent_env: Vec<(String, String)>,
     /// Only these figures (`--only throughput,rps1,fixed-rate,rps64,new-connections`).
     only: Option<Vec<String>>,
-    /// Pin each node of the cross-node run to a CPU of its own (off with `--no-pin`).
+    /// Pin each node of the cross-node run to a CPU of its own (`--pin-nodes`).
     pin_nodes: bool,
 }
 
@@ -505,7 +505,10 @@ fn cross_node(settings: &Settings, rows: &mut Vec<Row>) -> anyhow::Result<AgentF
 /// the scheduler happened to put client and server on one CPU, about 77 µs when on two (a
 /// cross-CPU wakeup costs some 25 µs on this VM), so direct rps moved between 12k and 31k from
 /// run to run and every ratio with it. Between real nodes, client and server never share a
-/// CPU. Dropping this restores the process's own affinity.
+/// CPU. Pinned, the ranges over the rounds were tight on a quiet machine (50-51% at one
+/// connection) but wide under other engineers' load (57-103%): a pinned process cannot move
+/// away from a CPU that a compile occupies. So it is opt-in. Dropping this restores the
+/// process's own affinity.
 struct NodesPinned {
     all_cpus: String,
 }
@@ -753,7 +756,7 @@ fn main() -> anyhow::Result<()> {
             cross_node_only: false,
             agent_env: Vec::new(),
             only: None,
-            pin_nodes: true,
+            pin_nodes: false,
         }
     } else {
         Settings {
@@ -762,7 +765,7 @@ fn main() -> anyhow::Result<()> {
             cross_node_only: false,
             agent_env: Vec::new(),
             only: None,
-            pin_nodes: true,
+            pin_nodes: false,
         }
     };
     let mut rest = args.iter().skip(1);
@@ -777,7 +780,7 @@ fn main() -> anyhow::Result<()> {
             "--quick" => {}
             "--hold" => hold_mesh = true,
             "--cross-node-only" => settings.cross_node_only = true,
-            "--no-pin" => settings.pin_nodes = false,
+            "--pin-nodes" => settings.pin_nodes = true,
             "--seconds" => settings.seconds = value("--seconds")?.parse()?,
             "--rounds" => settings.rounds = value("--rounds")?.parse()?,
             "--only" => {
@@ -796,7 +799,7 @@ fn main() -> anyhow::Result<()> {
             }
             other => anyhow::bail!(
                 "unknown argument {other:?}; expected --quick, --hold, --cross-node-only, \
-                 --no-pin, --seconds N, --rounds N, --only GROUPS, --agent-env NAME=VALUE"
+                 --pin-nodes, --seconds N, --rounds N, --only GROUPS, --agent-env NAME=VALUE"
             ),
         }
     }
