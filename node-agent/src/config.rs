@@ -120,8 +120,9 @@ pub struct Config {
     /// A `tracing` filter directive (`info`, `node_agent=debug,access=info`).
     pub log_level: String,
     pub log_format: LogFormat,
-    /// Threads running the proxy: 1 runs everything on one thread (no cross-thread wakeups on
-    /// the data path, the smallest footprint); more spread connections over that many threads.
+    /// Proxy worker threads, each with its own single-threaded runtime, listeners and HBONE
+    /// pool; a connection stays on the worker that accepted it. The control plane runs on a
+    /// thread of its own.
     pub worker_threads: usize,
 }
 

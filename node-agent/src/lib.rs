@@ -7,6 +7,7 @@ pub mod certificates;
 pub mod config;
 pub mod ebpf;
 pub mod enrollment;
+pub mod memory;
 pub mod metrics;
 pub mod netns;
 pub mod pods;

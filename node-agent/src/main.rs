@@ -14,7 +14,7 @@ use node_agent::{
     metrics::Metrics,
     netns::PodNetns,
     pods::PodManager,
-    proxy::ProxyContext,
+    proxy::{ProxyContext, Workers},
     state::WorkloadStore,
     xds,
 };
@@ -86,7 +86,7 @@ struct Args {
     /// Log format: text or json.
     #[arg(long, env = config::LOG_FORMAT)]
     log_format: Option<String>,
-    /// Proxy threads: 1 runs everything on one thread (smallest footprint).
+    /// Proxy worker threads (thread per core: each serves the connections it accepted).
     #[arg(long, env = config::WORKER_THREADS)]
     worker_threads: Option<String>,
 }
@@ -148,19 +148,22 @@ fn main() -> ExitCode {
             }
         },
     };
-    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colour codes only for a terminal: in a log file they are noise, and writing them is a
+    // measurable part of each connection's access-log event.
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
     match config.log_format {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().init(),
     }
-    let mut builder = if config.worker_threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut builder = tokio::runtime::Builder::new_multi_thread();
-        builder.worker_threads(config.worker_threads);
-        builder
-    };
-    let runtime = builder.enable_all().build().expect("a tokio runtime");
+
+    // The control plane (xDS, certificates, enrollment, admin) runs on this thread; pods'
+    // connections run on the proxy workers, thread per core (`proxy::Workers`).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
     match runtime.block_on(run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -220,12 +223,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
     let registry = Arc::new(registry);
-    let context = ProxyContext::new(
+    let workers = Workers::start(config.worker_threads).context("starting the proxy workers")?;
+    let context = ProxyContext::with_workers(
         store.clone(),
         Arc::new(certificates.clone()),
         metrics,
         redirection.clone() as Arc<dyn OriginalDst>,
         config.trust_domain.clone(),
+        workers,
     );
     let pods = Arc::new(PodManager::new(
         context,
@@ -329,6 +334,25 @@ async fn run(config: Config) -> anyhow::Result<()> {
     tokio::spawn(async move {
         if let Err(error) = enrollment.run(enrollment_pods.as_ref()).await {
             tracing::error!(%error, "enrollment socket failed");
+        }
+    });
+
+    // Start-up (the eBPF object, the first configuration) allocates and frees the most; once
+    // configured, the agent gives back what it no longer holds.
+    let mut synced = xds_state.clone();
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            synced.wait_for(|state| state.synced),
+        )
+        .await;
+        match node_agent::memory::release_startup_pages() {
+            Ok(released) => tracing::debug!(
+                mappings = released.mappings,
+                kib = released.kib,
+                "released start-up pages"
+            ),
+            Err(error) => tracing::warn!(%error, "could not release start-up pages"),
         }
     });
 

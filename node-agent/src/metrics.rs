@@ -1,11 +1,17 @@
 //! The agent's metrics, with Istio's names and labels (what ztunnel exports), and the
 //! per-connection record: a guard opened with the connection's labels, counting its bytes without
 //! locks, that on drop closes the connection's counters and writes its one access-log event.
+//!
+//! Building a label set (23 strings, the principals formatted) and looking it up in four metric
+//! families (SipHash over all of them, under each family's lock) cost more per connection than
+//! policy and planning together; connections between the same workloads share one set, so
+//! [`Metrics::connection_opened_between`] resolves each distinct set once and keeps its counters.
 
 use std::{
+    collections::HashMap,
     net::SocketAddr,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
     time::Instant,
@@ -137,6 +143,33 @@ fn principal(workload: &Workload) -> String {
         .map_or_else(|_| UNKNOWN.to_string(), |id| id.to_string())
 }
 
+/// Label sets kept resolved at most; past it the cache starts over (entries of workloads that
+/// were replaced by a config update are never hit again).
+const CACHED_LABEL_SETS: usize = 4096;
+
+/// Which workloads and service a connection is between, by identity of the store's records (the
+/// cached entry holds them, so an address cannot be reused while it is a key).
+type LabelKey = (&'static str, &'static str, usize, usize, usize);
+
+/// The store records a cached label set was built from (source, destination, service).
+type LabelRecords = (
+    Option<Arc<Workload>>,
+    Option<Arc<Workload>>,
+    Option<Arc<Service>>,
+);
+
+/// One resolved label set and its counters.
+#[derive(Debug)]
+struct LabelCounters {
+    labels: ConnectionLabels,
+    opened: Counter,
+    /// Resolved on the first close, so that no closed count shows before a connection ended.
+    closed: std::sync::OnceLock<Counter>,
+    sent: Counter,
+    received: Counter,
+    _records: LabelRecords,
+}
+
 /// The agent's metric families.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -144,6 +177,7 @@ pub struct Metrics {
     closed: Family<ConnectionLabels, Counter>,
     sent: Family<ConnectionLabels, Counter>,
     received: Family<ConnectionLabels, Counter>,
+    resolved: Mutex<HashMap<LabelKey, Arc<LabelCounters>, foldhash::fast::RandomState>>,
 }
 
 impl Metrics {
@@ -176,15 +210,84 @@ impl Metrics {
 
     /// Counts the connection as opened and returns its record.
     pub fn connection_opened(&self, labels: ConnectionLabels) -> ConnectionGuard {
-        self.opened.get_or_create(&labels).inc();
-        ConnectionGuard {
-            // Counters share their atomic with the family: cloned once here, they count bytes
-            // live (a long connection shows up before it ends) without a lock per write.
-            sent_total: self.sent.get_or_create(&labels).clone(),
-            received_total: self.received.get_or_create(&labels).clone(),
-            closed: self.closed.clone(),
-            bytes: Arc::default(),
+        let counters = self.resolve(labels, (None, None, None));
+        self.guard(Arc::new(counters))
+    }
+
+    /// [`Self::connection_opened`] with the labels of [`ConnectionLabels::from_workloads`],
+    /// resolved once per distinct (reporter, source, destination, service, security).
+    pub fn connection_opened_between(
+        &self,
+        reporter: &'static str,
+        source: Option<&Arc<Workload>>,
+        destination: Option<&Arc<Workload>>,
+        destination_service: Option<&Arc<Service>>,
+        security_policy: &'static str,
+    ) -> ConnectionGuard {
+        let address = |p: Option<*const ()>| p.map_or(0, |p| p as usize);
+        let key = (
+            reporter,
+            security_policy,
+            address(source.map(|w| Arc::as_ptr(w).cast())),
+            address(destination.map(|w| Arc::as_ptr(w).cast())),
+            address(destination_service.map(|s| Arc::as_ptr(s).cast())),
+        );
+        let cached = self.lock_resolved().get(&key).cloned();
+        let counters = match cached {
+            Some(counters) => counters,
+            None => {
+                let labels = ConnectionLabels::from_workloads(
+                    reporter,
+                    source.map(Arc::as_ref),
+                    destination.map(Arc::as_ref),
+                    destination_service.map(Arc::as_ref),
+                    security_policy,
+                );
+                let records = (
+                    source.cloned(),
+                    destination.cloned(),
+                    destination_service.cloned(),
+                );
+                let counters = Arc::new(self.resolve(labels, records));
+                let mut resolved = self.lock_resolved();
+                if resolved.len() >= CACHED_LABEL_SETS {
+                    resolved.clear();
+                }
+                resolved.insert(key, counters.clone());
+                counters
+            }
+        };
+        self.guard(counters)
+    }
+
+    fn lock_resolved(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<LabelKey, Arc<LabelCounters>, foldhash::fast::RandomState>>
+    {
+        // Entries are inserted whole; a panic elsewhere cannot leave one half-written.
+        self.resolved.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn resolve(&self, labels: ConnectionLabels, records: LabelRecords) -> LabelCounters {
+        // Counters share their atomic with the family: cloned once here, they count bytes live
+        // (a long connection shows up before it ends) without a lock per write.
+        LabelCounters {
+            opened: self.opened.get_or_create(&labels).clone(),
+            closed: std::sync::OnceLock::new(),
+            sent: self.sent.get_or_create(&labels).clone(),
+            received: self.received.get_or_create(&labels).clone(),
             labels,
+            _records: records,
+        }
+    }
+
+    fn guard(&self, counters: Arc<LabelCounters>) -> ConnectionGuard {
+        counters.opened.inc();
+        ConnectionGuard {
+            counters,
+            closed: self.closed.clone(),
+            response_flags: None,
+            bytes: Arc::default(),
             started: Instant::now(),
             addresses: None,
             error: None,
@@ -196,11 +299,11 @@ impl Metrics {
 /// and to the connection's own totals for its access-log event.
 #[derive(Debug)]
 pub struct ConnectionGuard {
-    sent_total: Counter,
-    received_total: Counter,
+    counters: Arc<LabelCounters>,
     closed: Family<ConnectionLabels, Counter>,
+    /// The labels with the response flags the connection closes with, once they are not `-`.
+    response_flags: Option<ConnectionLabels>,
     bytes: Arc<[AtomicU64; 2]>,
-    labels: ConnectionLabels,
     started: Instant,
     addresses: Option<(SocketAddr, SocketAddr)>,
     error: Option<String>,
@@ -210,18 +313,21 @@ impl ConnectionGuard {
     /// Bytes sent toward the client (the response direction).
     pub fn add_sent(&self, bytes: u64) {
         self.bytes[0].fetch_add(bytes, Ordering::Relaxed);
-        self.sent_total.inc_by(bytes);
+        self.counters.sent.inc_by(bytes);
     }
 
     /// Bytes received from the client (the request direction).
     pub fn add_received(&self, bytes: u64) {
         self.bytes[1].fetch_add(bytes, Ordering::Relaxed);
-        self.received_total.inc_by(bytes);
+        self.counters.received.inc_by(bytes);
     }
 
     /// The `response_flags` the connection closes with (`-` when it ends well).
     pub fn set_response_flags(&mut self, flags: &str) {
-        flags.clone_into(&mut self.labels.response_flags);
+        let labels = self
+            .response_flags
+            .get_or_insert_with(|| self.counters.labels.clone());
+        flags.clone_into(&mut labels.response_flags);
     }
 
     /// The client's and the destination's socket addresses, for the access log.
@@ -235,7 +341,9 @@ impl ConnectionGuard {
     }
 
     pub fn labels(&self) -> &ConnectionLabels {
-        &self.labels
+        self.response_flags
+            .as_ref()
+            .unwrap_or(&self.counters.labels)
     }
 }
 
@@ -252,8 +360,15 @@ impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         let sent = self.bytes[0].load(Ordering::Relaxed);
         let received = self.bytes[1].load(Ordering::Relaxed);
-        self.closed.get_or_create(&self.labels).inc();
-        let l = &self.labels;
+        match &self.response_flags {
+            None => self
+                .counters
+                .closed
+                .get_or_init(|| self.closed.get_or_create(&self.counters.labels).clone())
+                .inc(),
+            Some(labels) => self.closed.get_or_create(labels).inc(),
+        };
+        let l = self.labels();
         let (src, dst) = match self.addresses {
             Some((src, dst)) => (src.to_string(), dst.to_string()),
             None => (UNKNOWN.to_string(), UNKNOWN.to_string()),
@@ -356,6 +471,93 @@ mod tests {
         assert!(line(&text, "istio_tcp_connections_closed_total{").ends_with(" 1"));
         // Counted once: closing does not add the bytes again.
         assert!(line(&text, "istio_tcp_received_bytes_total{").ends_with(" 1000"));
+    }
+
+    fn workload(name: &str) -> Arc<Workload> {
+        Arc::new(Workload {
+            uid: format!("uid-{name}"),
+            name: name.into(),
+            namespace: "shop".into(),
+            addresses: vec![],
+            trust_domain: "cluster.local".into(),
+            service_account: name.into(),
+            node: "node1".into(),
+            tunnel: crate::state::TunnelProtocol::Hbone,
+            waypoint: None,
+            canonical_name: name.into(),
+            canonical_revision: "v1".into(),
+            workload_name: name.into(),
+            cluster_id: "Kubernetes".into(),
+            healthy: true,
+            services: Default::default(),
+            authorization_policies: vec![],
+        })
+    }
+
+    #[test]
+    fn connections_between_the_same_records_share_one_label_set() {
+        let mut registry = Registry::default();
+        let metrics = Metrics::new(&mut registry);
+        let (client, server) = (workload("client"), workload("server"));
+        for _ in 0..3 {
+            let guard = metrics.connection_opened_between(
+                "source",
+                Some(&client),
+                Some(&server),
+                None,
+                "mutual_tls",
+            );
+            guard.add_received(10);
+        }
+        assert_eq!(metrics.lock_resolved().len(), 1);
+        // A config update replaces the record: its new labels are used, not the cached ones.
+        let renamed = Arc::new(Workload {
+            workload_name: "server-v2".into(),
+            ..(*server).clone()
+        });
+        let mut failed = metrics.connection_opened_between(
+            "source",
+            Some(&client),
+            Some(&renamed),
+            None,
+            "mutual_tls",
+        );
+        failed.set_response_flags("CONNECT");
+        assert_eq!(failed.labels().destination_workload, "server-v2");
+        drop(failed);
+        let mut text = String::new();
+        encode(&mut text, &registry).unwrap();
+        let count = |prefix: &str, needle: &str| {
+            text.lines()
+                .filter(|l| l.starts_with(prefix) && l.contains(needle))
+                .map(|l| l.rsplit(' ').next().unwrap().to_string())
+                .collect::<Vec<_>>()
+        };
+        let server_labels = "destination_workload=\"server\"";
+        assert_eq!(
+            count("istio_tcp_connections_opened_total{", server_labels),
+            ["3"]
+        );
+        assert_eq!(
+            count("istio_tcp_connections_closed_total{", server_labels),
+            ["3"]
+        );
+        assert_eq!(
+            count("istio_tcp_received_bytes_total{", server_labels),
+            ["30"]
+        );
+        // Opened with the labels it started with, closed with the flags it ended with.
+        let renamed_labels = "destination_workload=\"server-v2\"";
+        let opened = count("istio_tcp_connections_opened_total{", renamed_labels);
+        assert_eq!(opened, ["1"]);
+        let closed: Vec<_> = text
+            .lines()
+            .filter(|l| {
+                l.starts_with("istio_tcp_connections_closed_total{") && l.contains(renamed_labels)
+            })
+            .collect();
+        assert_eq!(closed.len(), 1, "{text}");
+        assert!(closed[0].contains("response_flags=\"CONNECT\""), "{text}");
     }
 
     /// Collects what a fmt subscriber writes.

@@ -10,11 +10,13 @@ mod inbound;
 mod outbound;
 pub mod plan;
 mod pods;
+mod workers;
 
 use std::sync::{Arc, atomic::AtomicUsize};
 
 pub use error::ProxyError;
 pub use pods::{PodProxy, ServedPods};
+pub use workers::Workers;
 
 use crate::{
     certificates::CertificateSource, ebpf::OriginalDst, metrics::Metrics, state::WorkloadStore,
@@ -36,11 +38,15 @@ pub struct ProxyContext<C> {
     /// The mesh's trust domain: peers from any other are refused.
     pub trust_domain: String,
     pub pods: ServedPods,
-    pub(crate) pool: outbound::HbonePool<C>,
+    /// The threads that serve pods' connections.
+    pub workers: Workers,
+    /// One HBONE pool per worker: a tunnel and the connection carrying it live on one thread.
+    pools: Box<[outbound::HbonePool<C>]>,
     pub(crate) round_robin: AtomicUsize,
 }
 
 impl<C: CertificateSource> ProxyContext<C> {
+    /// A context whose pods are served on the runtime this is called from.
     pub fn new(
         store: WorkloadStore,
         certificates: Arc<C>,
@@ -48,8 +54,29 @@ impl<C: CertificateSource> ProxyContext<C> {
         original_destination: Arc<dyn OriginalDst>,
         trust_domain: String,
     ) -> Arc<Self> {
+        Self::with_workers(
+            store,
+            certificates,
+            metrics,
+            original_destination,
+            trust_domain,
+            Workers::current_runtime(),
+        )
+    }
+
+    /// A context whose pods are served on `workers`, thread per core.
+    pub fn with_workers(
+        store: WorkloadStore,
+        certificates: Arc<C>,
+        metrics: Arc<Metrics>,
+        original_destination: Arc<dyn OriginalDst>,
+        trust_domain: String,
+        workers: Workers,
+    ) -> Arc<Self> {
         let pods = ServedPods::default();
-        let pool = outbound::new_pool(certificates.clone(), pods.clone());
+        let pools = (0..workers.len().max(1))
+            .map(|_| outbound::new_pool(certificates.clone(), pods.clone()))
+            .collect();
         Arc::new(Self {
             store,
             certificates,
@@ -57,8 +84,14 @@ impl<C: CertificateSource> ProxyContext<C> {
             original_destination,
             trust_domain,
             pods,
-            pool,
+            workers,
+            pools,
             round_robin: AtomicUsize::new(0),
         })
+    }
+
+    /// The calling worker's HBONE pool.
+    pub(crate) fn pool(&self) -> &outbound::HbonePool<C> {
+        &self.pools[workers::current_index() % self.pools.len()]
     }
 }

@@ -1,4 +1,4 @@
-//! `cargo xtask bench [--quick]`: builds release binaries and runs the mesh-vs-direct benchmark
+//! `cargo xtask bench [--quick] [-- options]`: builds release binaries and runs the mesh-vs-direct benchmark
 //! on the testbed (`tests/e2e/src/bin/bench.rs`), which prints a table and writes
 //! `target/bench/report.md`.
 
@@ -6,7 +6,7 @@ use std::process::Command;
 
 use crate::{build_ebpf, is_root, run_command, setup, step, workspace_root};
 
-pub fn run(quick: bool) -> anyhow::Result<()> {
+pub fn run(quick: bool, args: &[String]) -> anyhow::Result<()> {
     anyhow::ensure!(
         is_root(),
         "the benchmark builds a testbed of network namespaces and loads eBPF programs: run \
@@ -30,5 +30,6 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
     if quick {
         bench.arg("--quick");
     }
+    bench.args(args);
     run_command(bench.current_dir(&root))
 }

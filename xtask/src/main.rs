@@ -39,6 +39,9 @@ enum Task {
         /// Short run (about a minute after the build), for CI.
         #[arg(long)]
         quick: bool,
+        /// Options passed on to the bench binary (`--only rps1`, `--seconds 3`, `--hold`, ...).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
     },
     /// The mesh in a box: two nodes, the controller, agents, a waypoint and bookinfo on the
     /// testbed, scripted scenarios, then up until Ctrl-C (needs root).
@@ -93,7 +96,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             build_ebpf::run(release)
         }
         Task::Test { args } => test::run(&args),
-        Task::Bench { quick } => bench::run(quick),
+        Task::Bench { quick, args } => bench::run(quick, &args),
         Task::Demo {
             action: Some(DemoAction::Exec { name, command }),
             ..

@@ -26,5 +26,5 @@ pub use copy::{CopyDirection, CopyError, TunnelStats, copy_bidirectional};
 pub use pool::{Connector, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, Pool, PoolConfig};
 pub use request::{BAGGAGE, ConnectRequest, TRACEPARENT};
 pub use server::{ConnectHandler, ConnectionSummary, Refusal, ServerError, serve_connection};
-pub use socket::tune_tcp;
+pub use socket::{TLS_READ_BUFFER, read_buffered, tune_tcp};
 pub use stream::HboneStream;

@@ -27,10 +27,7 @@ use super::{
     plan::{InboundRefusal, authorize_inbound},
     pods::ServedPod,
 };
-use crate::{
-    certificates::CertificateSource,
-    metrics::{ConnectionGuard, ConnectionLabels},
-};
+use crate::{certificates::CertificateSource, metrics::ConnectionGuard};
 
 /// Serves one connection steered to a pod's plaintext inbound listener. The accepted socket's
 /// local address is the original destination: `sk_lookup` selects the listener without
@@ -51,15 +48,13 @@ pub(super) async fn handle_plaintext<C: CertificateSource>(
     };
     let workload = context.store.workload_by_uid(&pod.uid);
     let source = context.store.workload_by_ip(peer.ip());
-    let mut guard = context
-        .metrics
-        .connection_opened(ConnectionLabels::from_workloads(
-            "destination",
-            source.as_deref(),
-            workload.as_deref(),
-            None,
-            "unknown",
-        ));
+    let mut guard = context.metrics.connection_opened_between(
+        "destination",
+        source.as_ref(),
+        workload.as_ref(),
+        None,
+        "unknown",
+    );
     let result = async {
         let workload = workload.ok_or_else(|| ProxyError::UnknownPod(pod.uid.clone()))?;
         authorize_inbound(&context.store, &workload, None, peer.ip(), target)?;
@@ -117,7 +112,7 @@ async fn serve_hbone<C: CertificateSource>(
         .map_err(|e| ProxyError::Certificate(e.to_string()))?;
     let config = pod_server_config(context, pod, certificate)?;
     let tls = TlsAcceptor::from(config)
-        .accept(downstream)
+        .accept(weft_hbone::read_buffered(downstream))
         .await
         .map_err(ProxyError::Tls)?;
     let peer_id = peer_identity(tls.get_ref().1)
@@ -178,15 +173,13 @@ impl<C: CertificateSource> ConnectHandler for InboundTunnels<C> {
         let source_ip = request.forwarded_for.unwrap_or(self.peer_ip);
         let workload = context.store.workload_by_uid(&self.pod.uid);
         let source = context.store.workload_by_ip(source_ip);
-        let mut guard = context
-            .metrics
-            .connection_opened(ConnectionLabels::from_workloads(
-                "destination",
-                source.as_deref(),
-                workload.as_deref(),
-                None,
-                "mutual_tls",
-            ));
+        let mut guard = context.metrics.connection_opened_between(
+            "destination",
+            source.as_ref(),
+            workload.as_ref(),
+            None,
+            "mutual_tls",
+        );
         let result = async {
             let workload = workload.ok_or_else(|| ProxyError::UnknownPod(self.pod.uid.clone()))?;
             authorize_inbound(

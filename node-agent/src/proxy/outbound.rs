@@ -9,7 +9,10 @@ use std::{
     time::Instant,
 };
 
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::{
+    io::BufReader,
+    net::{TcpSocket, TcpStream},
+};
 use tokio_rustls::TlsConnector;
 use weft_hbone::{ConnectRequest, Connector, Pool, PoolConfig};
 use weft_identity::{SpiffeId, client_config, hbone_server_name};
@@ -19,9 +22,7 @@ use super::{
     plan::{OutboundPlan, authorize_inbound, plan_outbound},
     pods::{ServedPod, ServedPods},
 };
-use crate::{
-    certificates::CertificateSource, metrics::ConnectionLabels, netns::PodNetns, state::Workload,
-};
+use crate::{certificates::CertificateSource, netns::PodNetns, state::Workload};
 
 /// HBONE connections are shared per source pod (its address), the two identities and the
 /// destination gateway.
@@ -51,7 +52,7 @@ pub(crate) struct HboneConnector<C> {
 }
 
 impl<C: CertificateSource> Connector<PoolKey> for HboneConnector<C> {
-    type Io = tokio_rustls::client::TlsStream<TcpStream>;
+    type Io = tokio_rustls::client::TlsStream<BufReader<TcpStream>>;
 
     async fn connect(&self, key: &PoolKey) -> io::Result<Self::Io> {
         let pod = self.pods.get(&key.source_uid).ok_or_else(|| {
@@ -70,7 +71,10 @@ impl<C: CertificateSource> Connector<PoolKey> for HboneConnector<C> {
             .map_err(io::Error::other)?;
         let tcp = connect_in(&pod.netns, key.gateway).await?;
         TlsConnector::from(config)
-            .connect(hbone_server_name(key.gateway.ip()), tcp)
+            .connect(
+                hbone_server_name(key.gateway.ip()),
+                weft_hbone::read_buffered(tcp),
+            )
             .await
     }
 }
@@ -122,15 +126,13 @@ pub(super) async fn handle<C: CertificateSource>(
     let (original, plan) = match planned {
         Ok(planned) => planned,
         Err(error) => {
-            let mut guard = context
-                .metrics
-                .connection_opened(ConnectionLabels::from_workloads(
-                    "source",
-                    source.as_deref(),
-                    None,
-                    None,
-                    "unknown",
-                ));
+            let mut guard = context.metrics.connection_opened_between(
+                "source",
+                source.as_ref(),
+                None,
+                None,
+                "unknown",
+            );
             guard.set_response_flags(error.response_flags());
             tracing::warn!(%peer, %error, "outbound connection refused");
             return;
@@ -150,15 +152,13 @@ pub(super) async fn handle<C: CertificateSource>(
             ..
         } => (Some(destination.clone()), service.clone(), "unknown"),
     };
-    let mut guard = context
-        .metrics
-        .connection_opened(ConnectionLabels::from_workloads(
-            "source",
-            Some(&source),
-            destination.as_deref(),
-            service.as_deref(),
-            security,
-        ));
+    let mut guard = context.metrics.connection_opened_between(
+        "source",
+        Some(&source),
+        destination.as_ref(),
+        service.as_ref(),
+        security,
+    );
     match execute(&context, &pod, &source, &mut app, plan).await {
         Ok((received, sent)) => {
             guard.add_received(received);
@@ -238,7 +238,7 @@ async fn execute<C: CertificateSource>(
                 request = request.with_forwarded_for(*ip);
             }
             let mut tunnel = context
-                .pool
+                .pool()
                 .connect(&key, &request)
                 .await
                 .map_err(|e| ProxyError::Hbone(gateway, e))?;

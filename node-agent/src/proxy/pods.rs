@@ -82,24 +82,38 @@ pub struct PodProxy {
 }
 
 impl PodProxy {
-    /// Opens 15001 (outbound, loopback only), 15006 and 15008 inside the pod's namespace and
-    /// starts serving them.
+    /// Opens 15001 (outbound, loopback only), 15006 and 15008 inside the pod's namespace, one
+    /// set per worker (in one `SO_REUSEPORT` group per port, so the kernel spreads connections
+    /// over the workers), and starts serving them, each set on its own worker.
     pub fn start<C: CertificateSource>(
         context: Arc<ProxyContext<C>>,
         uid: String,
         netns: PodNetns,
     ) -> io::Result<Self> {
-        let (outbound_listener, plaintext_listener, hbone_listener) = netns.run(|| {
-            io::Result::Ok((
-                listen(SocketAddr::from((Ipv4Addr::LOCALHOST, OUTBOUND_PORT)))?,
-                listen(SocketAddr::from((
-                    Ipv4Addr::UNSPECIFIED,
-                    INBOUND_PLAINTEXT_PORT,
-                )))?,
-                listen(SocketAddr::from((Ipv4Addr::UNSPECIFIED, HBONE_PORT)))?,
-            ))
+        let workers = context.workers.handles();
+        let reuse_port = workers.len() > 1;
+        let sets = netns.run(|| {
+            workers
+                .iter()
+                .map(|_| {
+                    io::Result::Ok([
+                        listen(
+                            SocketAddr::from((Ipv4Addr::LOCALHOST, OUTBOUND_PORT)),
+                            reuse_port,
+                        )?,
+                        listen(
+                            SocketAddr::from((Ipv4Addr::UNSPECIFIED, INBOUND_PLAINTEXT_PORT)),
+                            reuse_port,
+                        )?,
+                        listen(
+                            SocketAddr::from((Ipv4Addr::UNSPECIFIED, HBONE_PORT)),
+                            reuse_port,
+                        )?,
+                    ])
+                })
+                .collect::<io::Result<Vec<_>>>()
         })??;
-        let netns_cookie = netns_cookie(&plaintext_listener)?;
+        let netns_cookie = netns_cookie(&sets[0][1])?;
         let pod = Arc::new(ServedPod {
             uid: uid.clone(),
             netns,
@@ -108,41 +122,58 @@ impl PodProxy {
         });
         context.pods.insert(pod.clone());
 
-        let outbound_listener = Arc::new(TcpListener::from_std(outbound_listener)?);
-        let plaintext_listener = Arc::new(TcpListener::from_std(plaintext_listener)?);
-        let hbone_listener = Arc::new(TcpListener::from_std(hbone_listener)?);
         let span = |direction: &'static str| tracing::info_span!("listener", pod = %uid, direction);
-        let tasks = vec![
-            tokio::spawn(
-                accept_loop(outbound_listener, {
-                    let (context, pod) = (context.clone(), pod.clone());
-                    move |stream, peer| outbound::handle(context.clone(), pod.clone(), stream, peer)
-                })
-                .instrument(span("outbound")),
-            ),
-            tokio::spawn(
-                accept_loop(plaintext_listener.clone(), {
-                    let (context, pod) = (context.clone(), pod.clone());
-                    move |stream, peer| {
-                        inbound::handle_plaintext(context.clone(), pod.clone(), stream, peer)
-                    }
-                })
-                .instrument(span("inbound_plaintext")),
-            ),
-            tokio::spawn(
-                accept_loop(hbone_listener, {
-                    let (context, pod) = (context.clone(), pod.clone());
-                    move |stream, peer| {
-                        inbound::handle_hbone(context.clone(), pod.clone(), stream, peer)
-                    }
-                })
-                .instrument(span("inbound_hbone")),
-            ),
-        ];
+        let mut tasks = Vec::with_capacity(3 * workers.len());
+        let mut inbound_plaintext = None;
+        for (worker, [outbound_listener, plaintext_listener, hbone_listener]) in
+            workers.iter().zip(sets)
+        {
+            // Registers the sockets with this worker's reactor.
+            let _entered = worker.enter();
+            let outbound_listener = Arc::new(TcpListener::from_std(outbound_listener)?);
+            let plaintext_listener = Arc::new(TcpListener::from_std(plaintext_listener)?);
+            let hbone_listener = Arc::new(TcpListener::from_std(hbone_listener)?);
+            inbound_plaintext.get_or_insert_with(|| plaintext_listener.clone());
+            tasks.push(
+                worker.spawn(
+                    accept_loop(outbound_listener, {
+                        let (context, pod) = (context.clone(), pod.clone());
+                        move |stream, peer| {
+                            outbound::handle(context.clone(), pod.clone(), stream, peer)
+                        }
+                    })
+                    .instrument(span("outbound")),
+                ),
+            );
+            tasks.push(
+                worker.spawn(
+                    accept_loop(plaintext_listener, {
+                        let (context, pod) = (context.clone(), pod.clone());
+                        move |stream, peer| {
+                            inbound::handle_plaintext(context.clone(), pod.clone(), stream, peer)
+                        }
+                    })
+                    .instrument(span("inbound_plaintext")),
+                ),
+            );
+            tasks.push(
+                worker.spawn(
+                    accept_loop(hbone_listener, {
+                        let (context, pod) = (context.clone(), pod.clone());
+                        move |stream, peer| {
+                            inbound::handle_hbone(context.clone(), pod.clone(), stream, peer)
+                        }
+                    })
+                    .instrument(span("inbound_hbone")),
+                ),
+            );
+        }
+        let inbound_plaintext = inbound_plaintext
+            .ok_or_else(|| io::Error::other("the proxy has no worker to serve the pod on"))?;
         Ok(Self {
             uid,
             pods: context.pods.clone(),
-            inbound_plaintext: plaintext_listener,
+            inbound_plaintext,
             tasks,
         })
     }
@@ -162,9 +193,12 @@ impl Drop for PodProxy {
     }
 }
 
-fn listen(address: SocketAddr) -> io::Result<StdListener> {
+fn listen(address: SocketAddr, reuse_port: bool) -> io::Result<StdListener> {
     let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     socket.set_nonblocking(true)?;
     socket.bind(&address.into())?;
     socket.listen(BACKLOG)?;
@@ -179,6 +213,7 @@ where
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                // On this worker: the connection never leaves the thread that accepted it.
                 tokio::spawn(handle(stream, peer).in_current_span());
             }
             Err(error) => {

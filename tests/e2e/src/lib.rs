@@ -211,6 +211,7 @@ pub struct Mesh {
     certificate_ttl: Duration,
     acceleration: bool,
     log_requests: bool,
+    agent_env: Vec<(String, String)>,
     runtime: tokio::runtime::Runtime,
 }
 
@@ -228,6 +229,8 @@ pub struct MeshOptions {
     pub acceleration: bool,
     /// Sample apps log one line per request (tests read them: what reached which pod).
     pub log_requests: bool,
+    /// Further environment for every agent (`WORKER_THREADS`, ...), after the harness's own.
+    pub agent_env: Vec<(String, String)>,
 }
 
 impl Default for MeshOptions {
@@ -238,6 +241,7 @@ impl Default for MeshOptions {
             config_files: Vec::new(),
             acceleration: false,
             log_requests: false,
+            agent_env: Vec::new(),
         }
     }
 }
@@ -294,6 +298,7 @@ impl Mesh {
             certificate_ttl: options.certificate_ttl,
             acceleration: options.acceleration,
             log_requests: options.log_requests,
+            agent_env: options.agent_env,
             runtime,
         };
         let mut declared = declared_namespaces(&options.config)?;
@@ -559,7 +564,8 @@ impl Mesh {
             .env("PIN_DIR", self.pin_dir(node_name))
             .env("AGENT_CGROUP", node.agent_cgroup.path())
             .env("ACCELERATION", self.acceleration.to_string())
-            .env("RUST_LOG", "info");
+            .env("RUST_LOG", "info")
+            .envs(self.agent_env.iter().map(|(k, v)| (k, v)));
         let log = self.dir.join(format!("agent-{node_name}.log"));
         let process = Process::spawn(&format!("agent {node_name}"), command, log)?;
         self.agents.insert(node_name.to_string(), process);

@@ -22,6 +22,45 @@ use weft_e2e::{Mesh, MeshOptions, PodSpec};
 struct Settings {
     seconds: u32,
     rounds: usize,
+    /// Skip the same-node meshes (`--cross-node-only`).
+    cross_node_only: bool,
+    /// Extra agent environment (`--agent-env NAME=VALUE`, repeatable).
+    agent_env: Vec<(String, String)>,
+    /// Only these figures (`--only throughput,rps1,fixed-rate,rps64,new-connections`).
+    only: Option<Vec<String>>,
+    /// Pin each node of the cross-node run to a CPU of its own (`--pin-nodes`).
+    pin_nodes: bool,
+}
+
+/// The figure groups `--only` selects from.
+const GROUPS: [&str; 5] = [
+    "throughput",
+    "rps1",
+    "fixed-rate",
+    "rps64",
+    "new-connections",
+];
+
+impl Settings {
+    fn wants(&self, group: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|only| only.iter().any(|g| g == group))
+    }
+
+    fn mesh_options(&self) -> MeshOptions {
+        MeshOptions {
+            agent_env: self.agent_env.clone(),
+            ..MeshOptions::default()
+        }
+    }
+}
+
+/// One measurement on one path: the figure, and how much work it carried (requests, or GB for
+/// throughput), so that the agents' CPU time can be put per unit of work.
+struct Sample {
+    value: f64,
+    work: f64,
 }
 
 /// One measured figure on both paths.
@@ -32,6 +71,46 @@ struct Row {
     mesh: f64,
     /// Whether a larger value is better (throughput) or worse (latency).
     higher_is_better: bool,
+    /// Both agents' CPU time per unit of work on the mesh path (ms per 1,000 requests, or s
+    /// per GB), median over the rounds; the figure the machine's noise moves least.
+    cpu: Option<(f64, &'static str)>,
+    /// Per-round (direct, mesh) pairs.
+    rounds: Vec<(f64, f64)>,
+}
+
+impl Row {
+    /// mesh / direct (or mesh - direct for latencies) of one (direct, mesh) pair.
+    fn compare(&self, (direct, mesh): (f64, f64)) -> f64 {
+        if self.higher_is_better {
+            100.0 * mesh / direct
+        } else {
+            mesh - direct
+        }
+    }
+
+    /// The comparison of the medians, and the range of the per-round comparisons.
+    fn comparison(&self) -> String {
+        let overall = self.compare((self.direct, self.mesh));
+        let per_round: Vec<f64> = self.rounds.iter().map(|&p| self.compare(p)).collect();
+        let range = match (
+            per_round.iter().copied().reduce(f64::min),
+            per_round.iter().copied().reduce(f64::max),
+        ) {
+            (Some(low), Some(high)) if per_round.len() > 1 => {
+                if self.higher_is_better {
+                    format!(" ({low:.0}-{high:.0}%)")
+                } else {
+                    format!(" ({low:+.0} to {high:+.0})")
+                }
+            }
+            _ => String::new(),
+        };
+        if self.higher_is_better {
+            format!("{overall:.0}%{range}")
+        } else {
+            format!("{overall:+.0} {}{range}", self.unit)
+        }
+    }
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -39,7 +118,15 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
-/// (requests per second, p50 latency in µs) from wrk.
+/// What one wrk run measured.
+#[derive(Clone, Copy)]
+struct WrkResult {
+    rps: f64,
+    p50_us: f64,
+    requests: f64,
+}
+
+/// Runs wrk in `client`'s pod.
 fn wrk(
     mesh: &Mesh,
     client: &str,
@@ -47,7 +134,7 @@ fn wrk(
     connections: u32,
     seconds: u32,
     close: bool,
-) -> anyhow::Result<(f64, f64)> {
+) -> anyhow::Result<WrkResult> {
     let mut command = mesh.testbed.pod_command(client, "wrk");
     command.args([
         "-t",
@@ -73,7 +160,17 @@ fn wrk(
         .find_map(|l| l.trim().strip_prefix("50%"))
         .and_then(|v| parse_duration_us(v.trim()))
         .with_context(|| format!("wrk latency:\n{text}"))?;
-    Ok((rps, p50))
+    // "  123456 requests in 10.00s, 12.34MB read"
+    let requests = text
+        .lines()
+        .find_map(|l| l.trim().split_once(" requests in "))
+        .and_then(|(n, _)| n.trim().parse::<f64>().ok())
+        .with_context(|| format!("wrk request count:\n{text}"))?;
+    Ok(WrkResult {
+        rps,
+        p50_us: p50,
+        requests,
+    })
 }
 
 fn parse_duration_us(text: &str) -> Option<f64> {
@@ -235,93 +332,254 @@ const PAIRS: [(&str, &str); 2] = [
     ("client-mesh", "server-mesh"),
 ];
 
-/// Measures `f` on both pairs, alternating, `rounds` times: (direct median, mesh median).
+/// Medians of one figure over the rounds, on both paths, and the agents' CPU per unit of work on
+/// the mesh path.
+struct Measured {
+    direct: f64,
+    mesh: f64,
+    /// (direct, mesh) of each round, measured back to back: their ratio (or difference) cancels
+    /// the machine's slow drift, which moves both alike.
+    rounds: Vec<(f64, f64)>,
+    cpu_per_work: Option<f64>,
+}
+
+impl Measured {
+    fn from_rounds(direct: Vec<f64>, mesh: Vec<f64>, cpu_per_work: Option<f64>) -> Self {
+        Self {
+            rounds: direct.iter().copied().zip(mesh.iter().copied()).collect(),
+            direct: median(direct),
+            mesh: median(mesh),
+            cpu_per_work,
+        }
+    }
+}
+
+/// Measures `f` on both pairs, alternating, `rounds` times, and the agents' CPU time during each
+/// mesh measurement.
 fn both(
+    mesh: &Mesh,
     rounds: usize,
-    f: &mut dyn FnMut(&str, &str) -> anyhow::Result<f64>,
-) -> anyhow::Result<(f64, f64)> {
+    f: &mut dyn FnMut(&str, &str) -> anyhow::Result<Sample>,
+) -> anyhow::Result<Measured> {
     let mut results = [Vec::new(), Vec::new()];
+    let mut cpu = Vec::new();
     for _ in 0..rounds {
         // Alternate the paths so drift affects both alike.
         for (i, (client, server)) in PAIRS.iter().enumerate() {
-            results[i].push(f(client, server)?);
+            let before = agent_cpu(mesh);
+            let sample = f(client, server)?;
+            if *client == "client-mesh"
+                && let (Some(before), Some(after)) = (before, agent_cpu(mesh))
+                && sample.work > 0.0
+            {
+                cpu.push((after - before) / sample.work);
+            }
+            results[i].push(sample.value);
         }
     }
     let [direct, meshed] = results;
-    Ok((median(direct), median(meshed)))
+    Ok(Measured::from_rounds(
+        direct,
+        meshed,
+        (!cpu.is_empty()).then(|| median(cpu)),
+    ))
 }
 
 /// Agent figures of the cross-node run.
 struct AgentFigures {
     idle_rss_kib: Option<u64>,
+    /// Of the idle RSS: anonymous memory (heap, stacks) and file-backed pages (the binary's
+    /// code and constants, shared libraries).
+    idle_anon_kib: Option<u64>,
+    idle_file_kib: Option<u64>,
     peak_rss_kib: Option<u64>,
-    /// CPU seconds of both agents per 1,000 requests, under 64 keep-alive connections.
-    cpu_per_1k_requests: Option<f64>,
 }
 
+/// CPU per 1,000 requests, in ms.
+const PER_1K_REQUESTS: (f64, &str) = (1e6, "ms / 1k req");
+/// CPU per GB carried, in s.
+const PER_GB: (f64, &str) = (1.0, "s / GB");
+
 fn cross_node(settings: &Settings, rows: &mut Vec<Row>) -> anyhow::Result<AgentFigures> {
-    let mesh = Mesh::start(bench_pods("node2"), MeshOptions::default())?;
+    let mesh = Mesh::start(bench_pods("node2"), settings.mesh_options())?;
     std::thread::sleep(Duration::from_secs(1));
     let idle_rss_kib = agent_memory_kib(&mesh, "node1", "VmRSS");
+    let idle_anon_kib = agent_memory_kib(&mesh, "node1", "RssAnon");
+    let idle_file_kib = agent_memory_kib(&mesh, "node1", "RssFile");
     let iperf_servers = start_iperf_servers(&mesh)?;
+    let _pinned = if settings.pin_nodes {
+        Some(NodesPinned::pin(&mesh)?)
+    } else {
+        None
+    };
     let seconds = settings.seconds;
     let ip = |server: &str| mesh.pod(server).ip;
     let url = |server: &str| format!("http://{}:8080/", ip(server));
     common_rows(&mesh, settings, "", rows)?;
-    let mut row = |name: &str, unit: &'static str, higher: bool, values: (f64, f64)| {
-        push_row(rows, name.to_string(), unit, higher, values);
-    };
     let mut percentiles = [Vec::new(), Vec::new()];
-    for _ in 0..settings.rounds {
-        for (i, (client, server)) in PAIRS.iter().enumerate() {
-            percentiles[i].push(fixed_rate(&mesh, client, ip(server), FIXED_RATE, seconds)?);
-        }
-    }
-    for (index, name) in [(0, "p50"), (1, "p90"), (2, "p99")] {
-        let pick = |path: usize| median(percentiles[path].iter().map(|p| p[index]).collect());
-        row(
-            &format!("HTTP {name} latency at {FIXED_RATE} req/s, 1 connection"),
-            "µs",
-            false,
-            (pick(0), pick(1)),
-        );
-    }
+    let fixed_rounds = if settings.wants("fixed-rate") {
+        settings.rounds
+    } else {
+        0
+    };
     let mut cpu = Vec::new();
-    row(
-        "HTTP rps, 64 keep-alive connections",
-        "req/s",
-        true,
-        both(settings.rounds, &mut |c, s| {
+    for _ in 0..fixed_rounds {
+        for (i, (client, server)) in PAIRS.iter().enumerate() {
             let before = agent_cpu(&mesh);
-            let (rps, _) = wrk(&mesh, c, &url(s), 64, seconds, false)?;
-            if c == "client-mesh"
+            percentiles[i].push(fixed_rate(&mesh, client, ip(server), FIXED_RATE, seconds)?);
+            if *client == "client-mesh"
                 && let (Some(before), Some(after)) = (before, agent_cpu(&mesh))
             {
-                cpu.push((after - before) / (rps * f64::from(seconds)) * 1000.0);
+                cpu.push((after - before) / f64::from(FIXED_RATE * seconds));
             }
-            Ok(rps)
-        })?,
-    );
-    row(
-        "HTTP rps, new connection per request",
-        "req/s",
-        true,
-        both(settings.rounds, &mut |c, s| {
-            wrk(&mesh, c, &url(s), 8, seconds, true).map(|r| r.0)
-        })?,
-    );
+        }
+    }
+    let fixed_rate_cpu = (!cpu.is_empty()).then(|| median(cpu));
+    for (index, name) in [(0, "p50"), (1, "p90"), (2, "p99")] {
+        if fixed_rounds == 0 {
+            break;
+        }
+        let pick = |path: usize| percentiles[path].iter().map(|p| p[index]).collect();
+        push_row(
+            rows,
+            format!("HTTP {name} latency at {FIXED_RATE} req/s, 1 connection"),
+            "µs",
+            false,
+            Measured::from_rounds(
+                pick(0),
+                pick(1),
+                if index == 0 { fixed_rate_cpu } else { None },
+            ),
+            PER_1K_REQUESTS,
+        );
+    }
+    if settings.wants("rps64") {
+        let measured = both(&mesh, settings.rounds, &mut |c, s| {
+            let result = wrk(&mesh, c, &url(s), 64, seconds, false)?;
+            Ok(Sample {
+                value: result.rps,
+                work: result.requests,
+            })
+        })?;
+        push_row(
+            rows,
+            "HTTP rps, 64 keep-alive connections".into(),
+            "req/s",
+            true,
+            measured,
+            PER_1K_REQUESTS,
+        );
+    }
+    if settings.wants("new-connections") {
+        let measured = both(&mesh, settings.rounds, &mut |c, s| {
+            let result = wrk(&mesh, c, &url(s), 8, seconds, true)?;
+            Ok(Sample {
+                value: result.rps,
+                work: result.requests,
+            })
+        })?;
+        push_row(
+            rows,
+            "HTTP rps, new connection per request".into(),
+            "req/s",
+            true,
+            measured,
+            PER_1K_REQUESTS,
+        );
+    }
     let peak_rss_kib = agent_memory_kib(&mesh, "node1", "VmHWM");
     stop(iperf_servers);
     Ok(AgentFigures {
         idle_rss_kib,
+        idle_anon_kib,
+        idle_file_kib,
         peak_rss_kib,
-        cpu_per_1k_requests: (!cpu.is_empty()).then(|| median(cpu)),
     })
+}
+
+/// Each node of the cross-node run on a CPU of its own, like the separate machines it stands
+/// for: its agent and its pods' processes (and, through this process, the clients it starts on
+/// node1) may run only there.
+///
+/// Unpinned, the direct path's one-connection figure was bimodal: about 30 µs per request when
+/// the scheduler happened to put client and server on one CPU, about 77 µs when on two (a
+/// cross-CPU wakeup costs some 25 µs on this VM), so direct rps moved between 12k and 31k from
+/// run to run and every ratio with it. Between real nodes, client and server never share a
+/// CPU. Pinned, the ranges over the rounds were tight on a quiet machine (50-51% at one
+/// connection) but wide under other engineers' load (57-103%): a pinned process cannot move
+/// away from a CPU that a compile occupies. So it is opt-in. Dropping this restores the
+/// process's own affinity.
+struct NodesPinned {
+    all_cpus: String,
+}
+
+impl NodesPinned {
+    fn pin(mesh: &Mesh) -> anyhow::Result<Self> {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let all_cpus = format!("0-{}", cpus - 1);
+        let cpu_of = |node: &str| {
+            mesh.testbed
+                .nodes()
+                .iter()
+                .position(|n| n.name == node)
+                .map_or(0, |i| i % cpus)
+        };
+        for node in mesh.testbed.nodes() {
+            let cpu = cpu_of(&node.name);
+            let mut groups = vec![&node.agent_cgroup];
+            groups.extend(
+                mesh.testbed
+                    .pods()
+                    .iter()
+                    .filter(|p| p.node == node.name)
+                    .map(|p| &p.cgroup),
+            );
+            for group in groups {
+                for pid in group.procs()? {
+                    set_affinity(&["-a", "-p", "-c", &cpu.to_string(), &pid.to_string()])?;
+                }
+            }
+        }
+        // Clients are started from this process's main thread and inherit its affinity.
+        set_affinity(&[
+            "-p",
+            "-c",
+            &cpu_of("node1").to_string(),
+            &std::process::id().to_string(),
+        ])?;
+        eprintln!(
+            "pinned: node1 -> cpu {}, node2 -> cpu {}",
+            cpu_of("node1"),
+            cpu_of("node2")
+        );
+        Ok(Self { all_cpus })
+    }
+}
+
+impl Drop for NodesPinned {
+    fn drop(&mut self) {
+        let _ = set_affinity(&["-p", "-c", &self.all_cpus, &std::process::id().to_string()]);
+    }
+}
+
+fn set_affinity(args: &[&str]) -> anyhow::Result<()> {
+    let output = Command::new("taskset").args(args).output()?;
+    anyhow::ensure!(
+        output.status.success(),
+        "taskset {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
 }
 
 /// Both agents' CPU seconds so far.
 fn agent_cpu(mesh: &Mesh) -> Option<f64> {
-    Some(agent_cpu_seconds(mesh, "node1")? + agent_cpu_seconds(mesh, "node2")?)
+    let mut total = 0.0;
+    for node in mesh.testbed.nodes() {
+        total += agent_cpu_seconds(mesh, &node.name)?;
+    }
+    Some(total)
 }
 
 /// Same-node rows, with the agent's acceleration off or on.
@@ -330,7 +588,7 @@ fn same_node(settings: &Settings, acceleration: bool, rows: &mut Vec<Row>) -> an
         bench_pods("node1"),
         MeshOptions {
             acceleration,
-            ..MeshOptions::default()
+            ..settings.mesh_options()
         },
     )?;
     let iperf_servers = start_iperf_servers(&mesh)?;
@@ -354,33 +612,52 @@ fn common_rows(
     let seconds = settings.seconds;
     let ip = |server: &str| mesh.pod(server).ip;
     let url = |server: &str| format!("http://{}:8080/", ip(server));
-    let values = both(settings.rounds, &mut |c, s| mesh.iperf(c, ip(s), seconds))?;
-    push_row(
-        rows,
-        format!("{prefix}TCP throughput (iperf3, 1 stream)"),
-        "Gbit/s",
-        true,
-        values,
-    );
-    let values = both(settings.rounds, &mut |c, s| {
-        wrk(mesh, c, &url(s), 1, seconds, false).map(|r| r.0)
+    if settings.wants("throughput") {
+        let measured = both(mesh, settings.rounds, &mut |c, s| {
+            let gbps = mesh.iperf(c, ip(s), seconds)?;
+            Ok(Sample {
+                value: gbps,
+                work: gbps * f64::from(seconds) / 8.0,
+            })
+        })?;
+        push_row(
+            rows,
+            format!("{prefix}TCP throughput (iperf3, 1 stream)"),
+            "Gbit/s",
+            true,
+            measured,
+            PER_GB,
+        );
+    }
+    if !settings.wants("rps1") {
+        return Ok(());
+    }
+    // One wrk run gives both the rate and the closed-loop p50 of a single connection.
+    let mut p50 = [Vec::new(), Vec::new()];
+    let measured = both(mesh, settings.rounds, &mut |c, s| {
+        let result = wrk(mesh, c, &url(s), 1, seconds, false)?;
+        p50[usize::from(c == "client-mesh")].push(result.p50_us);
+        Ok(Sample {
+            value: result.rps,
+            work: result.requests,
+        })
     })?;
     push_row(
         rows,
         format!("{prefix}HTTP rps, 1 keep-alive connection"),
         "req/s",
         true,
-        values,
+        measured,
+        PER_1K_REQUESTS,
     );
-    let values = both(settings.rounds, &mut |c, s| {
-        wrk(mesh, c, &url(s), 1, seconds, false).map(|r| r.1)
-    })?;
+    let [direct, meshed] = p50;
     push_row(
         rows,
         format!("{prefix}HTTP p50 latency, 1 connection"),
         "µs",
         false,
-        values,
+        Measured::from_rounds(direct, meshed, None),
+        PER_1K_REQUESTS,
     );
     Ok(())
 }
@@ -390,15 +667,21 @@ fn push_row(
     name: String,
     unit: &'static str,
     higher: bool,
-    values: (f64, f64),
+    measured: Measured,
+    (scale, cpu_unit): (f64, &'static str),
 ) {
-    eprintln!("measured: {name}");
+    eprintln!(
+        "measured: {name}: direct {:.2}, mesh {:.2}",
+        measured.direct, measured.mesh
+    );
     rows.push(Row {
         name,
         unit,
-        direct: values.0,
-        mesh: values.1,
+        direct: measured.direct,
+        mesh: measured.mesh,
         higher_is_better: higher,
+        cpu: measured.cpu_per_work.map(|c| (c * scale, cpu_unit)),
+        rounds: measured.rounds,
     });
 }
 
@@ -421,6 +704,43 @@ fn stop(children: Vec<std::process::Child>) {
 /// Requests per second of the fixed-rate latency rows.
 const FIXED_RATE: u32 = 1000;
 
+/// Longest a `--hold` mesh stays up.
+const HOLD_LIMIT: Duration = Duration::from_secs(3600);
+
+/// `--hold`: starts the cross-node mesh, writes how to reach it to `target/bench/hold`, and
+/// keeps it until that file is removed (or an hour has passed), for profiling by hand.
+fn hold(settings: &Settings, target: &std::path::Path) -> anyhow::Result<()> {
+    let mesh = Mesh::start(bench_pods("node2"), settings.mesh_options())?;
+    let mut info = String::new();
+    writeln!(info, "prefix={}", mesh.testbed.prefix())?;
+    for pod in [
+        "client-direct",
+        "server-direct",
+        "client-mesh",
+        "server-mesh",
+    ] {
+        let p = mesh.testbed.pod(pod);
+        writeln!(
+            info,
+            "{pod}={} netns={} cgroup={}",
+            p.ip,
+            p.netns.name(),
+            p.cgroup.path().display()
+        )?;
+    }
+    for node in ["node1", "node2"] {
+        writeln!(info, "agent-{node}={}", agent_pid(&mesh, node).unwrap_or(0))?;
+    }
+    let file = target.join("hold");
+    std::fs::write(&file, &info)?;
+    eprintln!("{info}mesh held until {} is removed", file.display());
+    let deadline = Instant::now() + HOLD_LIMIT;
+    while file.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if let [_, command, address, rps, seconds] = &args[..]
@@ -429,22 +749,77 @@ fn main() -> anyhow::Result<()> {
         return fixed_rate_client(address, rps.parse()?, seconds.parse()?);
     }
     let quick = args.iter().any(|a| a == "--quick");
-    let settings = if quick {
+    let mut settings = if quick {
         Settings {
             seconds: 1,
             rounds: 1,
+            cross_node_only: false,
+            agent_env: Vec::new(),
+            only: None,
+            pin_nodes: false,
         }
     } else {
         Settings {
             seconds: 10,
             rounds: 3,
+            cross_node_only: false,
+            agent_env: Vec::new(),
+            only: None,
+            pin_nodes: false,
         }
     };
+    let mut rest = args.iter().skip(1);
+    let mut hold_mesh = false;
+    while let Some(arg) = rest.next() {
+        let mut value = |name: &str| {
+            rest.next()
+                .with_context(|| format!("{name} needs a value"))
+                .cloned()
+        };
+        match arg.as_str() {
+            "--quick" => {}
+            "--hold" => hold_mesh = true,
+            "--cross-node-only" => settings.cross_node_only = true,
+            "--pin-nodes" => settings.pin_nodes = true,
+            "--seconds" => settings.seconds = value("--seconds")?.parse()?,
+            "--rounds" => settings.rounds = value("--rounds")?.parse()?,
+            "--only" => {
+                let groups: Vec<String> = value("--only")?.split(',').map(str::to_string).collect();
+                if let Some(unknown) = groups.iter().find(|g| !GROUPS.contains(&g.as_str())) {
+                    anyhow::bail!("--only {unknown:?}: expected some of {}", GROUPS.join(","));
+                }
+                settings.only = Some(groups);
+            }
+            "--agent-env" => {
+                let pair = value("--agent-env")?;
+                let (name, v) = pair
+                    .split_once('=')
+                    .with_context(|| format!("--agent-env {pair:?}: expected NAME=VALUE"))?;
+                settings.agent_env.push((name.into(), v.into()));
+            }
+            other => anyhow::bail!(
+                "unknown argument {other:?}; expected --quick, --hold, --cross-node-only, \
+                 --pin-nodes, --seconds N, --rounds N, --only GROUPS, --agent-env NAME=VALUE"
+            ),
+        }
+    }
+    anyhow::ensure!(
+        settings.seconds > 0 && settings.rounds > 0,
+        "--seconds and --rounds must be at least 1"
+    );
+    let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/bench");
+    std::fs::create_dir_all(&target)?;
+    if hold_mesh {
+        return hold(&settings, &target);
+    }
+    let load_at_start = load_average();
     let mut rows: Vec<Row> = Vec::new();
     let agent = cross_node(&settings, &mut rows)?;
     let mut same_node_rows = Vec::new();
-    for acceleration in [false, true] {
-        same_node(&settings, acceleration, &mut same_node_rows)?;
+    if !settings.cross_node_only {
+        for acceleration in [false, true] {
+            same_node(&settings, acceleration, &mut same_node_rows)?;
+        }
     }
 
     let machine = Command::new("uname")
@@ -458,8 +833,16 @@ fn main() -> anyhow::Result<()> {
     writeln!(report, "- machine: {machine}, {cpus} CPUs")?;
     writeln!(
         report,
-        "- command: `cargo xtask bench{}`",
-        if quick { " --quick" } else { "" }
+        "- load average (1 min) at start {load_at_start}, at end {}: the machine is shared, and \
+         everything else running competes with the load generator, the apps and the agents",
+        load_average()
+    )?;
+    let command: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
+    writeln!(
+        report,
+        "- command: `cargo xtask bench{}{}`",
+        if command.is_empty() { "" } else { " " },
+        command.join(" ")
     )?;
     writeln!(
         report,
@@ -468,47 +851,72 @@ fn main() -> anyhow::Result<()> {
     )?;
     writeln!(
         report,
-        "- path: pod (node1) -> agent -> HBONE mTLS -> agent -> pod (node2); direct: the same pods' path without enrollment\n"
+        "- path: pod (node1) -> agent -> HBONE mTLS -> agent -> pod (node2); direct: the same pods' path without enrollment"
+    )?;
+    if settings.pin_nodes {
+        writeln!(
+            report,
+            "- placement: each node on a CPU of its own, like the machines it stands for (node1: \
+             its agent, the client pods and the load generators on CPU 0; node2: its agent and \
+             the server pods on CPU 1); the same-node runs are not pinned"
+        )?;
+    }
+    writeln!(
+        report,
+        "- mesh / direct: of the medians, and in brackets the range over the rounds (each round \
+         measures direct and mesh back to back)"
+    )?;
+    writeln!(
+        report,
+        "- agents' CPU: CPU time of both agents (their cgroups) during the mesh measurements, per unit of work\n"
     )?;
     table(&mut report, &rows)?;
     let kib = |v: Option<u64>| v.map_or("?".into(), |v| v.to_string());
     writeln!(
         report,
-        "\nNode agent (node1) RSS: idle {} KiB, peak {} KiB. Both agents' CPU per 1,000 requests \
-         (64 keep-alive connections): {} ms.",
+        "\nNode agent (node1) RSS: idle {} KiB ({} KiB anonymous, {} KiB file-backed), peak {} KiB.",
         kib(agent.idle_rss_kib),
+        kib(agent.idle_anon_kib),
+        kib(agent.idle_file_kib),
         kib(agent.peak_rss_kib),
-        agent
-            .cpu_per_1k_requests
-            .map_or("?".into(), |s| format!("{:.1}", s * 1000.0))
     )?;
-    writeln!(
-        report,
-        "\n## Same node\n\nClient and server pods on node1: pod -> agent -> pod (no TLS), without \
-         and with the sockops/sk_msg acceleration of the pod <-> agent hops.\n"
-    )?;
-    table(&mut report, &same_node_rows)?;
+    if !same_node_rows.is_empty() {
+        writeln!(
+            report,
+            "\n## Same node\n\nClient and server pods on node1: pod -> agent -> pod (no TLS), \
+             without and with the sockops/sk_msg acceleration of the pod <-> agent hops.\n"
+        )?;
+        table(&mut report, &same_node_rows)?;
+    }
     print!("{report}");
-    let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/bench");
-    std::fs::create_dir_all(&target)?;
     std::fs::write(target.join("report.md"), &report)?;
     eprintln!("report written to {}", target.join("report.md").display());
     Ok(())
 }
 
+/// The 1-minute load average, as /proc/loadavg shows it.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
+
 fn table(report: &mut String, rows: &[Row]) -> std::fmt::Result {
-    writeln!(report, "| figure | direct | mesh | mesh / direct |")?;
-    writeln!(report, "|---|---:|---:|---:|")?;
+    writeln!(
+        report,
+        "| figure | direct | mesh | mesh / direct | agents' CPU |"
+    )?;
+    writeln!(report, "|---|---:|---:|---:|---:|")?;
     for row in rows {
-        let ratio = if row.higher_is_better {
-            format!("{:.0}%", 100.0 * row.mesh / row.direct)
-        } else {
-            format!("+{:.0} {}", row.mesh - row.direct, row.unit)
-        };
+        let ratio = row.comparison();
+        let cpu = row
+            .cpu
+            .map_or(String::new(), |(value, unit)| format!("{value:.2} {unit}"));
         writeln!(
             report,
-            "| {} ({}) | {:.2} | {:.2} | {} |",
-            row.name, row.unit, row.direct, row.mesh, ratio
+            "| {} ({}) | {:.2} | {:.2} | {} | {} |",
+            row.name, row.unit, row.direct, row.mesh, ratio, cpu
         )?;
     }
     Ok(())
