@@ -145,12 +145,26 @@ impl NodeDirectory for IndexDirectory {
 }
 
 /// Translates `index` and replaces the store's whole state with it (one push, if anything
-/// changed).
-pub fn publish(index: &ConfigIndex, settings: &MeshSettings, store: &mut ResourceStore) {
+/// changed). Problems are logged when they appear and when they go away, not on every publish:
+/// `reported` holds the ones logged so far.
+pub fn publish(
+    index: &ConfigIndex,
+    settings: &MeshSettings,
+    store: &mut ResourceStore,
+    reported: &mut Vec<translate::TranslateError>,
+) {
     let translation = translate::translate(index, settings);
     for problem in &translation.problems {
-        tracing::warn!(%problem, "translation problem");
+        if !reported.contains(problem) {
+            tracing::warn!(%problem, "translation problem");
+        }
     }
+    for problem in reported.iter() {
+        if !translation.problems.contains(problem) {
+            tracing::info!(%problem, "translation problem resolved");
+        }
+    }
+    reported.clone_from(&translation.problems);
     let changes = store.replace_all(translation.resources());
     tracing::info!(
         pods = index.pods.len(),
@@ -170,6 +184,7 @@ pub fn publish(index: &ConfigIndex, settings: &MeshSettings, store: &mut Resourc
 async fn publish_changes(
     index: Arc<LiveIndex>,
     mut store: ResourceStore,
+    mut reported: Vec<translate::TranslateError>,
     settings: MeshSettings,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -196,7 +211,7 @@ async fn publish_changes(
             }
         }
         changes.borrow_and_update();
-        publish(&index.snapshot(), &settings, &mut store);
+        publish(&index.snapshot(), &settings, &mut store, &mut reported);
     }
 }
 
@@ -275,11 +290,18 @@ pub async fn run(config: ServerConfig, shutdown: watch::Receiver<bool>) -> Resul
     let ca = Arc::new(ca);
 
     let mut store = ResourceStore::new();
-    publish(&index.snapshot(), &config.settings, &mut store);
+    let mut reported = Vec::new();
+    publish(
+        &index.snapshot(),
+        &config.settings,
+        &mut store,
+        &mut reported,
+    );
     let reader = store.reader();
     tokio::spawn(publish_changes(
         index.clone(),
         store,
+        reported,
         config.settings.clone(),
         shutdown.clone(),
     ));
@@ -379,4 +401,63 @@ pub async fn run(config: ServerConfig, shutdown: watch::Receiver<bool>) -> Resul
     };
     futures::future::try_join(plaintext, secure).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::loader;
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn problems_are_logged_once_and_when_resolved() {
+        let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("src/translate/testdata/translation_errors.yaml");
+        let (broken, _) = ConfigIndex::from_report(loader::load_paths(&[&fixture]), None);
+        let settings = MeshSettings::default();
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let mut store = ResourceStore::new();
+        let mut reported = Vec::new();
+        tracing::subscriber::with_default(subscriber, || {
+            publish(&broken, &settings, &mut store, &mut reported);
+            publish(&broken, &settings, &mut store, &mut reported);
+            publish(
+                &ConfigIndex::default(),
+                &settings,
+                &mut store,
+                &mut reported,
+            );
+        });
+        let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let count = |needle: &str| log.lines().filter(|l| l.contains(needle)).count();
+        let problems = translate::translate(&broken, &settings).problems.len();
+        assert!(problems > 0, "the fixture translates without problems");
+        assert_eq!(count("translation problem resolved"), problems, "{log}");
+        assert_eq!(
+            count("translation problem") - count("translation problem resolved"),
+            problems,
+            "{log}"
+        );
+        assert!(reported.is_empty());
+    }
 }

@@ -77,7 +77,7 @@ async fn a_waypoint_gets_its_certificate_with_its_nodes_credential_only() {
     let client = |token: &str, node: &str| CaClientConfig {
         address: format!("http://{grpc_address}"),
         roots_pem: None,
-        token: token.to_owned(),
+        token: weft_identity::CaToken::Fixed(token.to_owned()),
         node: Some(node.to_owned()),
     };
     let waypoint = SpiffeId::new("cluster.local", "shop", "waypoint").unwrap();

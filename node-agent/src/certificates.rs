@@ -239,26 +239,7 @@ pub struct CertificateState {
     pub last_error: Option<String>,
 }
 
-/// The credential sent to the CA as `authorization: Bearer`.
-#[derive(Debug, Clone)]
-pub enum CaToken {
-    /// A fixed token (local mode's bootstrap token, tests).
-    Fixed(String),
-    /// A file read anew for every request: Kubernetes' projected service-account token, which
-    /// the kubelet rotates in place.
-    File(std::path::PathBuf),
-}
-
-impl CaToken {
-    fn current(&self) -> Result<String, String> {
-        match self {
-            Self::Fixed(token) => Ok(token.clone()),
-            Self::File(path) => std::fs::read_to_string(path)
-                .map(|t| t.trim().to_string())
-                .map_err(|e| format!("reading the CA token {}: {e}", path.display())),
-        }
-    }
-}
+pub use weft_identity::CaToken;
 
 /// The controller's CA over gRPC (`IstioCertificateService/CreateCertificate`).
 pub struct GrpcCaClient {

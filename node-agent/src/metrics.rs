@@ -289,7 +289,8 @@ impl Metrics {
             response_flags: None,
             bytes: Arc::default(),
             started: Instant::now(),
-            addresses: None,
+            source: None,
+            destination: None,
             error: None,
         }
     }
@@ -305,7 +306,8 @@ pub struct ConnectionGuard {
     response_flags: Option<ConnectionLabels>,
     bytes: Arc<[AtomicU64; 2]>,
     started: Instant,
-    addresses: Option<(SocketAddr, SocketAddr)>,
+    source: Option<SocketAddr>,
+    destination: Option<SocketAddr>,
     error: Option<String>,
 }
 
@@ -330,9 +332,14 @@ impl ConnectionGuard {
         flags.clone_into(&mut labels.response_flags);
     }
 
-    /// The client's and the destination's socket addresses, for the access log.
-    pub fn set_addresses(&mut self, src: SocketAddr, dst: SocketAddr) {
-        self.addresses = Some((src, dst));
+    /// The client's socket address as the agent saw it, for the access log.
+    pub fn set_source(&mut self, address: SocketAddr) {
+        self.source = Some(address);
+    }
+
+    /// The destination's socket address (the original destination), for the access log.
+    pub fn set_destination(&mut self, address: SocketAddr) {
+        self.destination = Some(address);
     }
 
     /// Why the connection failed, for the access log.
@@ -344,6 +351,18 @@ impl ConnectionGuard {
         self.response_flags
             .as_ref()
             .unwrap_or(&self.counters.labels)
+    }
+}
+
+/// A socket address in the access log, `unknown` when the agent never learned it.
+struct LoggedAddress(Option<SocketAddr>);
+
+impl std::fmt::Display for LoggedAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(address) => address.fmt(f),
+            None => f.write_str(UNKNOWN),
+        }
     }
 }
 
@@ -369,14 +388,10 @@ impl Drop for ConnectionGuard {
             Some(labels) => self.closed.get_or_create(labels).inc(),
         };
         let l = self.labels();
-        let (src, dst) = match self.addresses {
-            Some((src, dst)) => (src.to_string(), dst.to_string()),
-            None => (UNKNOWN.to_string(), UNKNOWN.to_string()),
-        };
         tracing::info!(
             target: "access",
-            src = %src,
-            dst = %dst,
+            src = %LoggedAddress(self.source),
+            dst = %LoggedAddress(self.destination),
             direction = direction(&l.reporter),
             src_workload = %l.source_workload,
             src_namespace = %l.source_workload_namespace,
@@ -591,10 +606,8 @@ mod tests {
                 destination_principal: "spiffe://cluster.local/ns/b/sa/server".into(),
                 ..ConnectionLabels::default()
             });
-            guard.set_addresses(
-                "10.0.0.1:40000".parse().unwrap(),
-                "10.0.0.2:8080".parse().unwrap(),
-            );
+            guard.set_source("10.0.0.1:40000".parse().unwrap());
+            guard.set_destination("10.0.0.2:8080".parse().unwrap());
             guard.add_sent(5);
             guard.add_received(9);
             guard.set_response_flags("DENY");

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tracing::{info, warn};
-use weft_identity::{SpiffeId, TrustRoots, WorkloadCertificate, WorkloadKey};
+use weft_identity::{CaToken, SpiffeId, TrustRoots, WorkloadCertificate, WorkloadKey};
 use weft_proto::istio::ca::IstioCertificateRequest;
 use weft_proto::istio::ca::istio_certificate_service_client::IstioCertificateServiceClient;
 
@@ -27,7 +27,8 @@ pub struct CaClientConfig {
     /// PEM roots that verify the CA's TLS certificate (for `https://`) and, when the CA's answer
     /// carries no roots, the mesh's peers.
     pub roots_pem: Option<String>,
-    pub token: String,
+    /// Read for every request (a projected token rotates).
+    pub token: CaToken,
     pub node: Option<String>,
 }
 
@@ -67,8 +68,9 @@ pub async fn fetch_certificate(
         validity_duration: REQUESTED_TTL.as_secs() as i64,
         metadata: None,
     });
-    let bearer = MetadataValue::try_from(format!("Bearer {}", config.token))
-        .map_err(|e| ca_error(config, e))?;
+    let token = config.token.current().map_err(|e| ca_error(config, e))?;
+    let bearer =
+        MetadataValue::try_from(format!("Bearer {token}")).map_err(|e| ca_error(config, e))?;
     request.metadata_mut().insert("authorization", bearer);
     if let Some(node) = &config.node {
         let node = MetadataValue::try_from(node.as_str()).map_err(|e| ca_error(config, e))?;

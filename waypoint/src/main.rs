@@ -135,10 +135,7 @@ async fn certificate(
             token_file,
             root_file,
         } => {
-            let token = std::fs::read_to_string(token_file)
-                .with_context(|| format!("reading {}", token_file.display()))?
-                .trim()
-                .to_owned();
+            let token = weft_identity::CaToken::File(token_file.clone());
             let roots_pem = root_file
                 .as_ref()
                 .map(|f| {

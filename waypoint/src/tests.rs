@@ -1447,7 +1447,7 @@ async fn certificate_comes_from_the_ca_with_the_bootstrap_token() {
     let mut settings = crate::ca_client::CaClientConfig {
         address: format!("http://{address}"),
         roots_pem: None,
-        token: "bootstrap-token-0123456789".to_owned(),
+        token: weft_identity::CaToken::Fixed("bootstrap-token-0123456789".to_owned()),
         node: Some("node-1".to_owned()),
     };
     let material = crate::ca_client::fetch_certificate(&settings, &identity)
@@ -1461,7 +1461,7 @@ async fn certificate_comes_from_the_ca_with_the_bootstrap_token() {
         material.roots.len()
     );
 
-    settings.token = "wrong-token-0123456789".to_owned();
+    settings.token = weft_identity::CaToken::Fixed("wrong-token-0123456789".to_owned());
     let error = crate::ca_client::fetch_certificate(&settings, &identity)
         .await
         .unwrap_err()

@@ -2,10 +2,12 @@
 //! workload keys and certificates, and the rustls client and server configurations that HBONE
 //! uses to authenticate peers by SPIFFE ID. This crate owns every X.509 and TLS decision of the
 //! mesh so that the controller, the node agent and the waypoint agree on them; it does no network
-//! or Kubernetes I/O of its own (the only files it touches are the CA's root cert and key) and it
+//! or Kubernetes I/O of its own (the only files it touches are the CA's root cert and key, and a
+//! proxy's CA token file) and it
 //! never decides *authorization*: it says who a peer is, policy says what the peer may do.
 
 mod ca;
+mod credential;
 mod peer;
 mod spiffe;
 mod tls;
@@ -18,6 +20,7 @@ pub use ca::{
     CaError, CertificateAuthority, CertificateChain, LEAF_BACKDATE, ROOT_CERT_FILE, ROOT_KEY_FILE,
     ServingCertificate,
 };
+pub use credential::CaToken;
 pub use peer::{PeerIdentityError, identity_from_certificate, peer_identity, require_trust_domain};
 pub use spiffe::{PathSegment, SpiffeId, SpiffeIdError};
 pub use tls::{

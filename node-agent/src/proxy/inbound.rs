@@ -5,7 +5,7 @@
 
 use std::{
     io,
-    net::{IpAddr, SocketAddr},
+    net::SocketAddr,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
@@ -24,7 +24,7 @@ use weft_identity::{
 use super::{
     ProxyContext, ProxyError, copy,
     outbound::connect_in,
-    plan::{InboundRefusal, authorize_inbound},
+    plan::{InboundRefusal, authorize_inbound, inbound_service},
     pods::ServedPod,
 };
 use crate::{certificates::CertificateSource, metrics::ConnectionGuard};
@@ -48,13 +48,18 @@ pub(super) async fn handle_plaintext<C: CertificateSource>(
     };
     let workload = context.store.workload_by_uid(&pod.uid);
     let source = context.store.workload_by_ip(peer.ip());
+    let service = workload
+        .as_ref()
+        .and_then(|w| inbound_service(&context.store, w, target.port()));
     let mut guard = context.metrics.connection_opened_between(
         "destination",
         source.as_ref(),
         workload.as_ref(),
-        None,
+        service.as_ref(),
         "unknown",
     );
+    guard.set_source(peer);
+    guard.set_destination(target);
     let result = async {
         let workload = workload.ok_or_else(|| ProxyError::UnknownPod(pod.uid.clone()))?;
         authorize_inbound(&context.store, &workload, None, peer.ip(), target)?;
@@ -73,6 +78,7 @@ pub(super) async fn handle_plaintext<C: CertificateSource>(
         }
         Err(error) => {
             guard.set_response_flags(error.response_flags());
+            guard.set_error(&error);
             tracing::warn!(%peer, %target, %error, "inbound plaintext connection refused");
         }
     }
@@ -122,7 +128,7 @@ async fn serve_hbone<C: CertificateSource>(
         context: context.clone(),
         pod: pod.clone(),
         peer: peer_id,
-        peer_ip: peer.ip(),
+        peer_address: peer,
     });
     match serve_connection(tls, handler, H2Config::default()).await {
         Ok(summary) => {
@@ -161,7 +167,8 @@ struct InboundTunnels<C> {
     context: Arc<ProxyContext<C>>,
     pod: Arc<ServedPod>,
     peer: SpiffeId,
-    peer_ip: IpAddr,
+    /// The HBONE connection's TCP peer (the source pod's, or its waypoint's, address).
+    peer_address: SocketAddr,
 }
 
 impl<C: CertificateSource> ConnectHandler for InboundTunnels<C> {
@@ -170,16 +177,21 @@ impl<C: CertificateSource> ConnectHandler for InboundTunnels<C> {
     async fn connect(&self, request: &ConnectRequest) -> Result<Self::Upstream, Refusal> {
         let context = &self.context;
         let target = request.authority;
-        let source_ip = request.forwarded_for.unwrap_or(self.peer_ip);
+        let source_ip = request.forwarded_for.unwrap_or(self.peer_address.ip());
         let workload = context.store.workload_by_uid(&self.pod.uid);
         let source = context.store.workload_by_ip(source_ip);
+        let service = workload
+            .as_ref()
+            .and_then(|w| inbound_service(&context.store, w, target.port()));
         let mut guard = context.metrics.connection_opened_between(
             "destination",
             source.as_ref(),
             workload.as_ref(),
-            None,
+            service.as_ref(),
             "mutual_tls",
         );
+        guard.set_source(self.peer_address);
+        guard.set_destination(target);
         let result = async {
             let workload = workload.ok_or_else(|| ProxyError::UnknownPod(self.pod.uid.clone()))?;
             authorize_inbound(
@@ -198,6 +210,7 @@ impl<C: CertificateSource> ConnectHandler for InboundTunnels<C> {
             Ok(stream) => Ok(Metered { stream, guard }),
             Err(error) => {
                 guard.set_response_flags(error.response_flags());
+                guard.set_error(&error);
                 tracing::warn!(peer = %self.peer, %source_ip, %target, %error, "hbone tunnel refused");
                 Err(match error {
                     ProxyError::Refused(

@@ -134,6 +134,8 @@ pub(super) async fn handle<C: CertificateSource>(
                 "unknown",
             );
             guard.set_response_flags(error.response_flags());
+            guard.set_source(peer);
+            guard.set_error(&error);
             tracing::warn!(%peer, %error, "outbound connection refused");
             return;
         }
@@ -159,6 +161,8 @@ pub(super) async fn handle<C: CertificateSource>(
         service.as_ref(),
         security,
     );
+    guard.set_source(peer);
+    guard.set_destination(original);
     match execute(&context, &pod, &source, &mut app, plan).await {
         Ok((received, sent)) => {
             guard.add_received(received);
@@ -167,6 +171,7 @@ pub(super) async fn handle<C: CertificateSource>(
         }
         Err(error) => {
             guard.set_response_flags(error.response_flags());
+            guard.set_error(&error);
             tracing::warn!(%peer, %original, %error, "outbound connection failed");
         }
     }

@@ -299,6 +299,26 @@ pub enum InboundRefusal {
     Denied(String),
 }
 
+/// The service an inbound connection to `destination` on `port` most likely came through, for
+/// the `destination_service` labels: the destination side only sees the pod's address, so it
+/// takes the first service the workload backs whose target port is `port` (a service port with
+/// no target port of its own matches itself). `None` when no service maps to the port.
+pub fn inbound_service(
+    store: &WorkloadStore,
+    destination: &Workload,
+    port: u16,
+) -> Option<Arc<Service>> {
+    destination
+        .services
+        .iter()
+        .find(|(_, ports)| {
+            ports.iter().any(|(&service_port, &target_port)| {
+                target_port == port || (target_port == 0 && service_port == port)
+            })
+        })
+        .and_then(|(key, _)| store.service(key))
+}
+
 /// The inbound checks for a connection to `destination` (a pod this agent serves) at `target`:
 /// the address belongs to the pod, it is not an agent port, a workload behind a waypoint is
 /// reached only through it, and L4 authorization allows it.

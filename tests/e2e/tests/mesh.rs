@@ -115,6 +115,36 @@ fn a_service_spreads_over_endpoints_on_both_nodes() {
             .or_insert(0) += 1;
     }
     assert_eq!(pods.len(), 2, "{pods:?}");
+
+    // The destination side names the service the connections came through (it sees only the
+    // pod's address; the target port tells), and both sides log the addresses.
+    let cart = "destination_service=\"cart.shop.svc.cluster.local\"";
+    let destination_lines = mesh.metrics("node2");
+    assert!(
+        destination_lines.lines().any(|l| {
+            l.starts_with("istio_tcp_connections_opened_total{")
+                && l.contains("reporter=\"destination\"")
+                && l.contains(cart)
+        }),
+        "{destination_lines}"
+    );
+    let source_log = mesh.log_of("agent-node1");
+    assert!(
+        source_log
+            .lines()
+            .any(|l| l.contains("connection complete") && l.contains("dst=10.96.0.10:80")),
+        "{source_log}"
+    );
+    let cart2 = mesh.pod("cart-2").ip;
+    let destination_log = mesh.log_of("agent-node2");
+    assert!(
+        destination_log
+            .lines()
+            .any(|l| l.contains("connection complete")
+                && l.contains(&format!("dst={cart2}:8080"))
+                && l.contains(&format!("src={}:", mesh.pod("client").ip))),
+        "{destination_log}"
+    );
 }
 
 #[test]

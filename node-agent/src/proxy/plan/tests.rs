@@ -402,3 +402,32 @@ fn inbound_checks() {
         Err(InboundRefusal::Denied(reason)) if reason.contains("shop/deny-9999")
     ));
 }
+
+#[test]
+fn inbound_service_guesses() {
+    let store = mesh();
+    let mut both = backing(workload("both", "both", NODE1, ip(1, 60)), "cart", 80, 8080);
+    both.services.insert(key("admin"), [(9000, 0)].into());
+    store.insert_workload(both);
+    store.insert_service(service("admin", 3, 9000, 0));
+    let guess = |uid: &str, port: u16| {
+        let workload = store.workload_by_uid(uid).unwrap();
+        inbound_service(&store, &workload, port).map(|s| s.name.clone())
+    };
+    let cases: [(&str, u16, Option<&str>); 6] = [
+        // The target port names the service the connection came through.
+        ("cart-1", 8080, Some("cart")),
+        // The service port is not what reaches the pod.
+        ("cart-1", 80, None),
+        // A pod that backs no service.
+        ("client", 8080, None),
+        // Several services: the one mapping the port.
+        ("both", 8080, Some("cart")),
+        // A service port without a target port of its own maps itself.
+        ("both", 9000, Some("admin")),
+        ("both", 7000, None),
+    ];
+    for (uid, port, expected) in cases {
+        assert_eq!(guess(uid, port).as_deref(), expected, "{uid}:{port}");
+    }
+}
