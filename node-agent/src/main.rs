@@ -223,7 +223,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
     let registry = Arc::new(registry);
-    let workers = Workers::start(config.worker_threads).context("starting the proxy workers")?;
+    let workers =
+        Workers::start(config.worker_threads, "proxy").context("starting the proxy workers")?;
     let context = ProxyContext::with_workers(
         store.clone(),
         Arc::new(certificates.clone()),

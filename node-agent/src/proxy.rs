@@ -10,13 +10,12 @@ mod inbound;
 mod outbound;
 pub mod plan;
 mod pods;
-mod workers;
 
 use std::sync::{Arc, atomic::AtomicUsize};
 
 pub use error::ProxyError;
 pub use pods::{PodProxy, ServedPods};
-pub use workers::Workers;
+pub use weft_workers::Workers;
 
 use crate::{
     certificates::CertificateSource, ebpf::OriginalDst, metrics::Metrics, state::WorkloadStore,
@@ -92,6 +91,6 @@ impl<C: CertificateSource> ProxyContext<C> {
 
     /// The calling worker's HBONE pool.
     pub(crate) fn pool(&self) -> &outbound::HbonePool<C> {
-        &self.pools[workers::current_index() % self.pools.len()]
+        &self.pools[weft_workers::current_index() % self.pools.len()]
     }
 }

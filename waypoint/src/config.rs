@@ -26,6 +26,8 @@ pub const ENV_CA_DIR: &str = "WEFT_CA_DIR";
 pub const ENV_CONFIG_FILE: &str = "WEFT_CONFIG_FILE";
 /// The pod's IP, as Istio's proxies take it from the downward API (`status.podIP`).
 pub const ENV_INSTANCE_IP: &str = "INSTANCE_IP";
+/// Worker threads serving HBONE connections (`weft_workers`); default: one per CPU.
+pub const ENV_WORKER_THREADS: &str = "WEFT_WORKER_THREADS";
 
 pub const DEFAULT_CONTROLLER: &str = "http://127.0.0.1:15010";
 pub const DEFAULT_NAME: &str = "waypoint";
@@ -113,6 +115,13 @@ pub struct Config {
     pub config_file: Option<PathBuf>,
     /// The pod's IP for the xDS node id; found from the listener or the interfaces when unset.
     pub instance_ip: Option<IpAddr>,
+    /// Threads serving HBONE connections, each with its own runtime and upstream pools.
+    pub worker_threads: usize,
+}
+
+/// One worker thread per CPU the process may run on.
+fn default_worker_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 fn address(
@@ -194,6 +203,19 @@ impl Config {
                         })
                 })
                 .transpose()?,
+            worker_threads: match strings.get(ENV_WORKER_THREADS) {
+                None => default_worker_threads(),
+                Some(value) => match value.parse::<usize>() {
+                    Ok(n) if (1..=1024).contains(&n) => n,
+                    _ => {
+                        return Err(SettingsError::Invalid {
+                            name: ENV_WORKER_THREADS,
+                            value,
+                            reason: "expected a number of threads from 1 to 1024".to_owned(),
+                        });
+                    }
+                },
+            },
         })
     }
 
@@ -312,6 +334,11 @@ mod tests {
             config.certificate,
             CertificateSettings::LocalCaDir("/ca".into())
         );
+        assert!(config.worker_threads >= 1);
+        let config =
+            Config::from_strings(&strings(&[(ENV_CA_DIR, "/ca"), (ENV_WORKER_THREADS, "3")]))
+                .unwrap();
+        assert_eq!(config.worker_threads, 3);
     }
 
     #[test]
@@ -338,6 +365,8 @@ mod tests {
             // The admin port never leaves loopback.
             vec![(ENV_CA_DIR, "/ca"), (ENV_ADMIN_ADDRESS, "0.0.0.0:15000")],
             vec![(ENV_CA_DIR, "/ca"), (ENV_ADMIN_ADDRESS, "10.0.0.5:15000")],
+            vec![(ENV_CA_DIR, "/ca"), (ENV_WORKER_THREADS, "0")],
+            vec![(ENV_CA_DIR, "/ca"), (ENV_WORKER_THREADS, "two")],
         ];
         for case in cases {
             assert!(Config::from_strings(&strings(&case)).is_err(), "{case:?}");

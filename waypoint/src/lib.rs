@@ -8,7 +8,8 @@
 //! Layout: [`model`] turns the `WaypointConfig` resource into domain types, [`store`] holds the
 //! last good one, [`listener`] accepts HBONE and runs HTTP inside tunnels, [`proxy`] is the
 //! per-request pipeline, [`tcp`] forwards what is carried at L4, [`upstream`] picks endpoints
-//! and carries requests to them, [`metrics`], [`dump`] and [`admin`] report.
+//! and carries requests to them, the threads connections are served on are `weft_workers`,
+//! [`metrics`], [`dump`] and [`admin`] report.
 
 pub mod admin;
 pub mod ca_client;
@@ -43,6 +44,7 @@ pub use listener::{HboneListener, HttpLimits, ListenerError};
 pub use model::{ConfigError, WaypointConfig};
 pub use store::{ConfigStore, WaypointConfigHandler};
 pub use upstream::{HboneAddressResolver, Upstream, default_hbone_address};
+pub use weft_workers::Workers;
 
 use crate::admin::AdminServer;
 use crate::metrics::Metrics;
@@ -55,6 +57,8 @@ pub struct WaypointOptions {
     pub hbone_address: HboneAddressResolver,
     pub limits: HttpLimits,
     pub max_request_body: usize,
+    /// The threads HBONE connections are served on; `None`: the runtime the listener runs on.
+    pub workers: Option<Workers>,
 }
 
 impl WaypointOptions {
@@ -64,6 +68,7 @@ impl WaypointOptions {
             hbone_address: default_hbone_address(),
             limits: HttpLimits::default(),
             max_request_body: DEFAULT_MAX_REQUEST_BODY,
+            workers: None,
         }
     }
 }
@@ -73,6 +78,7 @@ pub struct Waypoint {
     shared: Arc<ProxyShared>,
     certificates: Arc<dyn CertificateSource>,
     limits: HttpLimits,
+    workers: Option<Workers>,
     registry: Arc<Mutex<Registry>>,
 }
 
@@ -86,7 +92,11 @@ impl Waypoint {
     pub fn new(options: WaypointOptions) -> Self {
         let mut registry = Registry::default();
         let metrics = Arc::new(Metrics::new(&mut registry));
-        let upstream = Upstream::new(Arc::clone(&options.certificates), options.hbone_address);
+        let upstream = Upstream::with_workers(
+            Arc::clone(&options.certificates),
+            options.hbone_address,
+            options.workers.as_ref().map_or(1, Workers::len),
+        );
         let store = ConfigStore::default();
         let pruned = upstream.clone();
         store.on_apply(Arc::new(move |config| pruned.retain(config)));
@@ -99,6 +109,7 @@ impl Waypoint {
             }),
             certificates: options.certificates,
             limits: options.limits,
+            workers: options.workers,
             registry: Arc::new(Mutex::new(registry)),
         }
     }
@@ -126,15 +137,19 @@ impl Waypoint {
         Arc::clone(&self.registry)
     }
 
-    /// Binds the HBONE listener.
+    /// Binds the HBONE listener; its connections are served on the workers, if there are any.
     pub async fn bind_hbone(&self, address: SocketAddr) -> Result<HboneListener, ListenerError> {
-        HboneListener::bind(
+        let listener = HboneListener::bind(
             address,
             Arc::clone(&self.shared),
             Arc::clone(&self.certificates),
             self.limits,
         )
-        .await
+        .await?;
+        Ok(match &self.workers {
+            Some(workers) => listener.with_workers(workers.clone()),
+            None => listener,
+        })
     }
 
     /// Binds the metrics endpoint (15020).

@@ -22,6 +22,7 @@ use crate::proxy::{ProxyShared, TunnelContext, handle};
 use crate::smuggling::FramingGuard;
 use crate::tcp::open_tcp_upstream;
 use crate::upstream::BoxedIo;
+use weft_workers::Workers;
 
 /// Errors of the listener itself.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +70,8 @@ pub struct HboneListener {
     shared: Arc<ProxyShared>,
     certificates: Arc<dyn CertificateSource>,
     limits: HttpLimits,
+    /// Where accepted connections are served; `None`: on the listener's own runtime.
+    workers: Option<Workers>,
 }
 
 impl std::fmt::Debug for HboneListener {
@@ -94,7 +97,14 @@ impl HboneListener {
             shared,
             certificates,
             limits,
+            workers: None,
         })
+    }
+
+    /// Serves each accepted connection on the next of `workers`, where it stays.
+    pub fn with_workers(mut self, workers: Workers) -> Self {
+        self.workers = Some(workers);
+        self
     }
 
     pub fn address(&self) -> Result<SocketAddr, ListenerError> {
@@ -108,15 +118,7 @@ impl HboneListener {
         loop {
             tokio::select! {
                 accepted = self.listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        let shared = Arc::clone(&self.shared);
-                        let certificates = Arc::clone(&self.certificates);
-                        let limits = self.limits;
-                        tokio::spawn(
-                            serve_tcp(stream, peer, shared, certificates, limits)
-                                .instrument(debug_span!("hbone_connection", %peer)),
-                        );
-                    }
+                    Ok((stream, peer)) => self.dispatch(stream, peer),
                     Err(error) => {
                         warn!(%error, "accept failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -130,6 +132,37 @@ impl HboneListener {
                 }
             }
         }
+    }
+}
+
+impl HboneListener {
+    /// Starts serving an accepted connection: on the next worker (the socket moves to that
+    /// worker's reactor), or here.
+    fn dispatch(&self, stream: TcpStream, peer: SocketAddr) {
+        let shared = Arc::clone(&self.shared);
+        let certificates = Arc::clone(&self.certificates);
+        let limits = self.limits;
+        let span = debug_span!("hbone_connection", %peer);
+        let Some(workers) = &self.workers else {
+            tokio::spawn(serve_tcp(stream, peer, shared, certificates, limits).instrument(span));
+            return;
+        };
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(error) => {
+                warn!(%error, %peer, "cannot hand the connection to a worker");
+                return;
+            }
+        };
+        workers.next().spawn(
+            async move {
+                match TcpStream::from_std(stream) {
+                    Ok(stream) => serve_tcp(stream, peer, shared, certificates, limits).await,
+                    Err(error) => warn!(%error, "cannot register the connection on its worker"),
+                }
+            }
+            .instrument(span),
+        );
     }
 }
 

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 use waypoint::ca_client::{self, CaClientConfig};
 use waypoint::config::{self, CertificateSettings, Config, Environment, Strings};
-use waypoint::{RotatingCertificate, TlsMaterial, Waypoint, WaypointOptions};
+use waypoint::{RotatingCertificate, TlsMaterial, Waypoint, WaypointOptions, Workers};
 use weft_identity::{CertificateAuthority, SpiffeId};
 
 /// The mesh's L7 proxy for the services that use it (`istio.io/use-waypoint`). Every flag can
@@ -104,8 +104,8 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    // Entered before the runtime starts, so every worker thread (created by this one) lives in
-    // the pod's network namespace and every socket belongs to the pod.
+    // Entered before any thread starts, so every thread (created by this one) lives in the
+    // pod's network namespace and every socket belongs to the pod.
     if let Some(netns) = &config.netns {
         let file = std::fs::File::open(netns)
             .with_context(|| format!("opening network namespace {}", netns.display()))?;
@@ -113,10 +113,16 @@ fn main() -> anyhow::Result<()> {
             .with_context(|| format!("entering network namespace {}", netns.display()))?;
         info!(netns = %netns.display(), "entered the pod network namespace");
     }
-    tokio::runtime::Builder::new_multi_thread()
+    // Workers are started here too, after the namespace, which threads inherit.
+    let workers =
+        Workers::start(config.worker_threads, "waypoint").context("starting the worker threads")?;
+    info!(workers = workers.len(), "worker threads started");
+    // The control plane (certificates, xDS, the admin, metrics and readiness ports, accepting
+    // HBONE connections) runs on this thread; connections are served on the workers.
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
-        .block_on(run(config))
+        .block_on(run(config, workers))
 }
 
 async fn certificate(
@@ -153,7 +159,7 @@ async fn certificate(
     }
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
+async fn run(config: Config, workers: Workers) -> anyhow::Result<()> {
     let identity = SpiffeId::new(
         &config.trust_domain,
         &config.namespace,
@@ -167,7 +173,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(ca) = ca {
         ca_client::spawn_rotation(ca, identity.clone(), Arc::clone(&certificates));
     }
-    let waypoint = Waypoint::new(WaypointOptions::new(certificates));
+    let waypoint = Waypoint::new(WaypointOptions {
+        workers: Some(workers),
+        ..WaypointOptions::new(certificates)
+    });
     if let Some(file) = &config.config_file {
         let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
         let initial = weft_proto::waypoint::WaypointConfig::decode(bytes.as_slice())

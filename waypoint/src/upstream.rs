@@ -207,12 +207,19 @@ pub struct Upstream {
 }
 
 struct UpstreamInner {
-    tunnels: Pool<TunnelKey, MeshConnector>,
+    /// One set of connection pools per worker ([`weft_workers`]): a request goes out on its
+    /// own worker's connections, whose tasks run on its own thread.
+    pools: Box<[WorkerPools]>,
     resolve: HboneAddressResolver,
     clusters: Mutex<HashMap<String, Arc<ClusterRuntime>>>,
+    connections: Mutex<HashMap<String, Arc<AtomicUsize>>>,
+}
+
+/// The upstream connections of one worker.
+struct WorkerPools {
+    tunnels: Pool<TunnelKey, MeshConnector>,
     http1: Mutex<HashMap<SocketAddr, Vec<H1Connection>>>,
     http2: Mutex<HashMap<SocketAddr, http2::SendRequest<Full<Bytes>>>>,
-    connections: Mutex<HashMap<String, Arc<AtomicUsize>>>,
 }
 
 /// Counts one upstream application connection of a cluster while it lives.
@@ -234,17 +241,43 @@ impl std::fmt::Debug for Upstream {
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Upstream {
+    /// An upstream with one set of connection pools.
     pub fn new(certificates: Arc<dyn CertificateSource>, resolve: HboneAddressResolver) -> Self {
-        Upstream {
-            inner: Arc::new(UpstreamInner {
-                tunnels: Pool::new(MeshConnector { certificates }, PoolConfig::default()),
-                resolve,
-                clusters: Mutex::new(HashMap::new()),
+        Self::with_workers(certificates, resolve, 1)
+    }
+
+    /// An upstream with connection pools for each of `workers` workers; the cluster state
+    /// (limits, outlier detection, load-balancing position) is one for all.
+    pub fn with_workers(
+        certificates: Arc<dyn CertificateSource>,
+        resolve: HboneAddressResolver,
+        workers: usize,
+    ) -> Self {
+        let pools = (0..workers.max(1))
+            .map(|_| WorkerPools {
+                tunnels: Pool::new(
+                    MeshConnector {
+                        certificates: Arc::clone(&certificates),
+                    },
+                    PoolConfig::default(),
+                ),
                 http1: Mutex::new(HashMap::new()),
                 http2: Mutex::new(HashMap::new()),
+            })
+            .collect();
+        Upstream {
+            inner: Arc::new(UpstreamInner {
+                pools,
+                resolve,
+                clusters: Mutex::new(HashMap::new()),
                 connections: Mutex::new(HashMap::new()),
             }),
         }
+    }
+
+    /// The calling worker's connection pools.
+    fn pools(&self) -> &WorkerPools {
+        &self.inner.pools[weft_workers::current_index() % self.inner.pools.len()]
     }
 
     fn runtime(&self, cluster: &Cluster) -> Arc<ClusterRuntime> {
@@ -453,8 +486,10 @@ impl Upstream {
             .collect();
         let direct: HashSet<IpAddr> = config.direct_workloads().map(|w| w.address).collect();
         let keep_endpoint = |a: &SocketAddr| endpoints.contains(a) || direct.contains(&a.ip());
-        lock(&self.inner.http1).retain(|address, _| keep_endpoint(address));
-        lock(&self.inner.http2).retain(|address, _| keep_endpoint(address));
+        for pools in &self.inner.pools {
+            lock(&pools.http1).retain(|address, _| keep_endpoint(address));
+            lock(&pools.http2).retain(|address, _| keep_endpoint(address));
+        }
     }
 
     /// The runtime state of each endpoint of the cluster named `cluster` that has any (load,
@@ -517,7 +552,7 @@ impl Upstream {
                         identity: identity.clone(),
                     };
                     let request = ConnectRequest::new(endpoint.address).with_forwarded_for(source);
-                    self.inner
+                    self.pools()
                         .tunnels
                         .connect(&key, &request)
                         .await
@@ -593,7 +628,7 @@ impl Upstream {
         // second pass always opens one).
         for pass in 0..2 {
             let reused = if pass == 0 {
-                let mut idle = lock(&self.inner.http1);
+                let mut idle = lock(&self.pools().http1);
                 let list = idle.entry(endpoint.address).or_default();
                 list.retain(|c| !c.sender.is_closed());
                 list.iter()
@@ -630,7 +665,7 @@ impl Upstream {
                 .max_requests_per_connection
                 .is_none_or(|max| connection.uses < max);
             if keep {
-                lock(&self.inner.http1)
+                lock(&self.pools().http1)
                     .entry(endpoint.address)
                     .or_default()
                     .push(connection);
@@ -677,7 +712,7 @@ impl Upstream {
         request: Request<Full<Bytes>>,
         source: IpAddr,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let existing = lock(&self.inner.http2)
+        let existing = lock(&self.pools().http2)
             .get(&endpoint.address)
             .filter(|s| !s.is_closed())
             .cloned();
@@ -708,7 +743,7 @@ impl Upstream {
                     }
                     .instrument(debug_span!("upstream_http2", endpoint = %endpoint.address)),
                 );
-                lock(&self.inner.http2).insert(endpoint.address, sender.clone());
+                lock(&self.pools().http2).insert(endpoint.address, sender.clone());
                 (sender, true)
             }
         };

@@ -4,9 +4,14 @@
 //! and `client-mesh` -> `server-mesh` (enrolled: pod -> agent -> mTLS -> agent -> pod), the
 //! clients on node1 and the servers on node2. Each figure is measured on both pairs and reported
 //! with its ratio to direct. Then the same four pods on one node, twice: agents without and with
-//! same-node acceleration (sockops + sk_msg). Tools run inside the pods: iperf3 (bulk TCP), wrk
-//! (HTTP rps and closed-loop latency) and this binary's own fixed-rate client (`bench
-//! fixed-rate`: latency percentiles at a set request rate on one keep-alive connection).
+//! same-node acceleration (sockops + sk_msg). Then the L7 section ([`l7`]): direct, mesh L4,
+//! through a waypoint that routes, and through nginx doing the same routing ([`nginx`]). Tools
+//! run inside the pods: iperf3 (bulk TCP), wrk (HTTP rps and closed-loop latency) and this
+//! binary's own fixed-rate client (`bench fixed-rate`: latency percentiles at a set request rate
+//! on one keep-alive connection).
+
+mod l7;
+mod nginx;
 
 use std::{
     fmt::Write as _,
@@ -32,8 +37,18 @@ struct Settings {
     pin_nodes: bool,
 }
 
-/// The figure groups `--only` selects from.
-const GROUPS: [&str; 5] = [
+/// The figure groups `--only` selects from; `waypoint` is the whole L7 section.
+const GROUPS: [&str; 6] = [
+    "throughput",
+    "rps1",
+    "fixed-rate",
+    "rps64",
+    "new-connections",
+    "waypoint",
+];
+
+/// The groups measured on the L4 meshes (cross-node, same-node).
+const L4_GROUPS: [&str; 5] = [
     "throughput",
     "rps1",
     "fixed-rate",
@@ -46,6 +61,10 @@ impl Settings {
         self.only
             .as_ref()
             .is_none_or(|only| only.iter().any(|g| g == group))
+    }
+
+    fn wants_any(&self, groups: &[&str]) -> bool {
+        groups.iter().any(|g| self.wants(g))
     }
 
     fn mesh_options(&self) -> MeshOptions {
@@ -284,11 +303,12 @@ fn read_response(stream: &mut TcpStream, buffer: &mut [u8]) -> anyhow::Result<()
     }
 }
 
-/// Runs the fixed-rate client in `client`'s pod against `server_ip:8080`: (p50, p90, p99) µs.
+/// Runs the fixed-rate client in `client`'s pod against `address` (`host:port`): (p50, p90,
+/// p99) µs.
 fn fixed_rate(
     mesh: &Mesh,
     client: &str,
-    server_ip: std::net::Ipv4Addr,
+    address: &str,
     rps: u32,
     seconds: u32,
 ) -> anyhow::Result<[f64; 3]> {
@@ -298,7 +318,7 @@ fn fixed_rate(
         .pod_command(client, exe.to_str().context("executable path")?)
         .args([
             "fixed-rate",
-            &format!("{server_ip}:8080"),
+            address,
             &rps.to_string(),
             &seconds.to_string(),
         ])
@@ -426,7 +446,13 @@ fn cross_node(settings: &Settings, rows: &mut Vec<Row>) -> anyhow::Result<AgentF
     for _ in 0..fixed_rounds {
         for (i, (client, server)) in PAIRS.iter().enumerate() {
             let before = agent_cpu(&mesh);
-            percentiles[i].push(fixed_rate(&mesh, client, ip(server), FIXED_RATE, seconds)?);
+            percentiles[i].push(fixed_rate(
+                &mesh,
+                client,
+                &format!("{}:8080", ip(server)),
+                FIXED_RATE,
+                seconds,
+            )?);
             if *client == "client-mesh"
                 && let (Some(before), Some(after)) = (before, agent_cpu(&mesh))
             {
@@ -707,29 +733,30 @@ const FIXED_RATE: u32 = 1000;
 /// Longest a `--hold` mesh stays up.
 const HOLD_LIMIT: Duration = Duration::from_secs(3600);
 
-/// `--hold`: starts the cross-node mesh, writes how to reach it to `target/bench/hold`, and
-/// keeps it until that file is removed (or an hour has passed), for profiling by hand.
-fn hold(settings: &Settings, target: &std::path::Path) -> anyhow::Result<()> {
-    let mesh = Mesh::start(bench_pods("node2"), settings.mesh_options())?;
+/// `--hold` (the cross-node mesh) and `--hold-waypoint` (the L7 mesh, nginx running): writes
+/// how to reach the mesh to `target/bench/hold` and keeps it until that file is removed (or an
+/// hour has passed), for profiling by hand.
+fn hold(mesh: &Mesh, target: &std::path::Path) -> anyhow::Result<()> {
     let mut info = String::new();
     writeln!(info, "prefix={}", mesh.testbed.prefix())?;
-    for pod in [
-        "client-direct",
-        "server-direct",
-        "client-mesh",
-        "server-mesh",
-    ] {
-        let p = mesh.testbed.pod(pod);
+    for p in mesh.testbed.pods() {
         writeln!(
             info,
-            "{pod}={} netns={} cgroup={}",
+            "{}={} netns={} cgroup={} pids={:?}",
+            p.name,
             p.ip,
             p.netns.name(),
-            p.cgroup.path().display()
+            p.cgroup.path().display(),
+            p.cgroup.procs().unwrap_or_default(),
         )?;
     }
-    for node in ["node1", "node2"] {
-        writeln!(info, "agent-{node}={}", agent_pid(&mesh, node).unwrap_or(0))?;
+    for node in mesh.testbed.nodes() {
+        writeln!(
+            info,
+            "agent-{}={}",
+            node.name,
+            agent_pid(mesh, &node.name).unwrap_or(0)
+        )?;
     }
     let file = target.join("hold");
     std::fs::write(&file, &info)?;
@@ -770,6 +797,7 @@ fn main() -> anyhow::Result<()> {
     };
     let mut rest = args.iter().skip(1);
     let mut hold_mesh = false;
+    let mut hold_waypoint = false;
     while let Some(arg) = rest.next() {
         let mut value = |name: &str| {
             rest.next()
@@ -779,6 +807,7 @@ fn main() -> anyhow::Result<()> {
         match arg.as_str() {
             "--quick" => {}
             "--hold" => hold_mesh = true,
+            "--hold-waypoint" => hold_waypoint = true,
             "--cross-node-only" => settings.cross_node_only = true,
             "--pin-nodes" => settings.pin_nodes = true,
             "--seconds" => settings.seconds = value("--seconds")?.parse()?,
@@ -798,7 +827,7 @@ fn main() -> anyhow::Result<()> {
                 settings.agent_env.push((name.into(), v.into()));
             }
             other => anyhow::bail!(
-                "unknown argument {other:?}; expected --quick, --hold, --cross-node-only, \
+                "unknown argument {other:?}; expected --quick, --hold, --hold-waypoint, --cross-node-only, \
                  --pin-nodes, --seconds N, --rounds N, --only GROUPS, --agent-env NAME=VALUE"
             ),
         }
@@ -810,17 +839,31 @@ fn main() -> anyhow::Result<()> {
     let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/bench");
     std::fs::create_dir_all(&target)?;
     if hold_mesh {
-        return hold(&settings, &target);
+        let mesh = Mesh::start(bench_pods("node2"), settings.mesh_options())?;
+        return hold(&mesh, &target);
+    }
+    if hold_waypoint {
+        let (mesh, _nginx) = l7::start(&settings)?;
+        return hold(&mesh, &target);
     }
     let load_at_start = load_average();
     let mut rows: Vec<Row> = Vec::new();
-    let agent = cross_node(&settings, &mut rows)?;
+    let agent = if settings.wants_any(&L4_GROUPS) {
+        Some(cross_node(&settings, &mut rows)?)
+    } else {
+        None
+    };
     let mut same_node_rows = Vec::new();
-    if !settings.cross_node_only {
+    if !settings.cross_node_only && settings.wants_any(&["throughput", "rps1"]) {
         for acceleration in [false, true] {
             same_node(&settings, acceleration, &mut same_node_rows)?;
         }
     }
+    let waypoint = if !settings.cross_node_only && settings.wants("waypoint") {
+        Some(l7::run(&settings)?)
+    } else {
+        None
+    };
 
     let machine = Command::new("uname")
         .arg("-srm")
@@ -849,37 +892,39 @@ fn main() -> anyhow::Result<()> {
         "- {} s per measurement, median of {} round(s); release binaries",
         settings.seconds, settings.rounds
     )?;
-    writeln!(
-        report,
-        "- path: pod (node1) -> agent -> HBONE mTLS -> agent -> pod (node2); direct: the same pods' path without enrollment"
-    )?;
-    if settings.pin_nodes {
+    if let Some(agent) = &agent {
         writeln!(
             report,
-            "- placement: each node on a CPU of its own, like the machines it stands for (node1: \
-             its agent, the client pods and the load generators on CPU 0; node2: its agent and \
-             the server pods on CPU 1); the same-node runs are not pinned"
+            "- path: pod (node1) -> agent -> HBONE mTLS -> agent -> pod (node2); direct: the same pods' path without enrollment"
+        )?;
+        if settings.pin_nodes {
+            writeln!(
+                report,
+                "- placement: each node on a CPU of its own, like the machines it stands for (node1: \
+                 its agent, the client pods and the load generators on CPU 0; node2: its agent and \
+                 the server pods on CPU 1); the same-node runs are not pinned"
+            )?;
+        }
+        writeln!(
+            report,
+            "- mesh / direct: of the medians, and in brackets the range over the rounds (each round \
+             measures direct and mesh back to back)"
+        )?;
+        writeln!(
+            report,
+            "- agents' CPU: CPU time of both agents (their cgroups) during the mesh measurements, per unit of work\n"
+        )?;
+        table(&mut report, &rows)?;
+        let kib = |v: Option<u64>| v.map_or("?".into(), |v| v.to_string());
+        writeln!(
+            report,
+            "\nNode agent (node1) RSS: idle {} KiB ({} KiB anonymous, {} KiB file-backed), peak {} KiB.",
+            kib(agent.idle_rss_kib),
+            kib(agent.idle_anon_kib),
+            kib(agent.idle_file_kib),
+            kib(agent.peak_rss_kib),
         )?;
     }
-    writeln!(
-        report,
-        "- mesh / direct: of the medians, and in brackets the range over the rounds (each round \
-         measures direct and mesh back to back)"
-    )?;
-    writeln!(
-        report,
-        "- agents' CPU: CPU time of both agents (their cgroups) during the mesh measurements, per unit of work\n"
-    )?;
-    table(&mut report, &rows)?;
-    let kib = |v: Option<u64>| v.map_or("?".into(), |v| v.to_string());
-    writeln!(
-        report,
-        "\nNode agent (node1) RSS: idle {} KiB ({} KiB anonymous, {} KiB file-backed), peak {} KiB.",
-        kib(agent.idle_rss_kib),
-        kib(agent.idle_anon_kib),
-        kib(agent.idle_file_kib),
-        kib(agent.peak_rss_kib),
-    )?;
     if !same_node_rows.is_empty() {
         writeln!(
             report,
@@ -887,6 +932,9 @@ fn main() -> anyhow::Result<()> {
              without and with the sockops/sk_msg acceleration of the pod <-> agent hops.\n"
         )?;
         table(&mut report, &same_node_rows)?;
+    }
+    if let Some(waypoint) = &waypoint {
+        l7::report(&mut report, waypoint)?;
     }
     print!("{report}");
     std::fs::write(target.join("report.md"), &report)?;
