@@ -178,6 +178,38 @@ impl Process {
     }
 }
 
+/// The resources of a waypoint named `waypoint` for the services of `namespace`, as Istio's
+/// gateway controller has them: the `Gateway` (class `istio-waypoint`, for services) and the
+/// Service in front of the waypoint's pods (VIP 10.96.0.2, port 15008), through which agents
+/// reach it. The pod is `PodSpec::waypoint("waypoint", ..)`.
+pub fn waypoint_resources(namespace: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Service
+metadata:
+  name: waypoint
+  namespace: {namespace}
+  labels: {{gateway.networking.k8s.io/gateway-name: waypoint}}
+spec:
+  clusterIP: 10.96.0.2
+  selector: {{gateway.networking.k8s.io/gateway-name: waypoint}}
+  ports:
+  - {{name: mesh, port: 15008}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: waypoint
+  namespace: {namespace}
+  labels: {{istio.io/waypoint-for: service}}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners:
+  - {{name: mesh, port: 15008, protocol: HBONE}}
+"#
+    )
+}
+
 /// The directory holding the workspace's built binaries (next to the running test binary).
 pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;

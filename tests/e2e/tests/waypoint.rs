@@ -10,7 +10,7 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use weft_e2e::{Mesh, MeshOptions, PodSpec};
+use weft_e2e::{Mesh, MeshOptions, PodSpec, waypoint_resources};
 
 const WAYPOINT: &str = "waypoint";
 const VIP: &str = "10.96.0.20";
@@ -29,31 +29,6 @@ spec:
   ports:
   - {name: http, port: 80, targetPort: 8080}
   - {name: grpc, port: 9090, targetPort: 9090}
----
-# The waypoint's Service, as Istio's gateway controller creates it with the pod: agents reach
-# the waypoint through it.
-apiVersion: v1
-kind: Service
-metadata:
-  name: waypoint
-  namespace: shop
-  labels: {gateway.networking.k8s.io/gateway-name: waypoint}
-spec:
-  clusterIP: 10.96.0.2
-  selector: {gateway.networking.k8s.io/gateway-name: waypoint}
-  ports:
-  - {name: mesh, port: 15008}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata:
-  name: waypoint
-  namespace: shop
-  labels: {istio.io/waypoint-for: service}
-spec:
-  gatewayClassName: istio-waypoint
-  listeners:
-  - {name: mesh, port: 15008, protocol: HBONE}
 "#;
 
 /// The subsets every test uses, with an optional trafficPolicy.
@@ -96,7 +71,11 @@ fn mesh_with(extra: &str) -> Mesh {
             PodSpec::waypoint(WAYPOINT, "node2", "shop"),
         ],
         MeshOptions {
-            config: format!("{BASE}---{}{extra}", destination_rule("")),
+            config: format!(
+                "{BASE}---\n{}---{}{extra}",
+                waypoint_resources("shop"),
+                destination_rule("")
+            ),
             log_requests: true,
             ..MeshOptions::default()
         },

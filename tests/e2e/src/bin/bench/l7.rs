@@ -26,7 +26,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use anyhow::Context;
-use weft_e2e::{Mesh, MeshOptions, PodSpec};
+use weft_e2e::{Mesh, MeshOptions, PodSpec, waypoint_resources};
 
 use super::nginx::{Nginx, NginxRoutes};
 use super::{FIXED_RATE, Settings, fixed_rate, median, wrk};
@@ -73,29 +73,6 @@ spec:
   selector: {app: nginx}
   ports:
   - {name: http, port: 80, targetPort: 8080}
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: waypoint
-  namespace: bench
-  labels: {gateway.networking.k8s.io/gateway-name: waypoint}
-spec:
-  clusterIP: 10.96.0.2
-  selector: {gateway.networking.k8s.io/gateway-name: waypoint}
-  ports:
-  - {name: mesh, port: 15008}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata:
-  name: waypoint
-  namespace: bench
-  labels: {istio.io/waypoint-for: service}
-spec:
-  gatewayClassName: istio-waypoint
-  listeners:
-  - {name: mesh, port: 15008, protocol: HBONE}
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -401,7 +378,7 @@ pub fn start(settings: &Settings) -> anyhow::Result<(Mesh, Nginx)> {
     let mesh = Mesh::start(
         pods(),
         MeshOptions {
-            config: CONFIG.to_owned(),
+            config: format!("{CONFIG}---\n{}", waypoint_resources("bench")),
             ..settings.mesh_options()
         },
     )?;

@@ -479,40 +479,28 @@ fn cross_node(settings: &Settings, rows: &mut Vec<Row>) -> anyhow::Result<AgentF
             PER_1K_REQUESTS,
         );
     }
-    if settings.wants("rps64") {
+    // wrk at a number of connections, kept alive or new per request.
+    let mut wrk_row = |wanted: &str, label: &str, connections: u32, new_per_request: bool| {
+        if !settings.wants(wanted) {
+            return anyhow::Ok(());
+        }
         let measured = both(&mesh, settings.rounds, &mut |c, s| {
-            let result = wrk(&mesh, c, &url(s), 64, seconds, false)?;
+            let result = wrk(&mesh, c, &url(s), connections, seconds, new_per_request)?;
             Ok(Sample {
                 value: result.rps,
                 work: result.requests,
             })
         })?;
-        push_row(
-            rows,
-            "HTTP rps, 64 keep-alive connections".into(),
-            "req/s",
-            true,
-            measured,
-            PER_1K_REQUESTS,
-        );
-    }
-    if settings.wants("new-connections") {
-        let measured = both(&mesh, settings.rounds, &mut |c, s| {
-            let result = wrk(&mesh, c, &url(s), 8, seconds, true)?;
-            Ok(Sample {
-                value: result.rps,
-                work: result.requests,
-            })
-        })?;
-        push_row(
-            rows,
-            "HTTP rps, new connection per request".into(),
-            "req/s",
-            true,
-            measured,
-            PER_1K_REQUESTS,
-        );
-    }
+        push_row(rows, label.into(), "req/s", true, measured, PER_1K_REQUESTS);
+        Ok(())
+    };
+    wrk_row("rps64", "HTTP rps, 64 keep-alive connections", 64, false)?;
+    wrk_row(
+        "new-connections",
+        "HTTP rps, new connection per request",
+        8,
+        true,
+    )?;
     let peak_rss_kib = agent_memory_kib(&mesh, "node1", "VmHWM");
     stop(iperf_servers);
     Ok(AgentFigures {
