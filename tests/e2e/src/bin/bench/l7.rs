@@ -29,7 +29,9 @@ use anyhow::Context;
 use weft_e2e::{Mesh, MeshOptions, PodSpec, waypoint_resources};
 
 use super::nginx::{Nginx, NginxRoutes};
-use super::{FIXED_RATE, Settings, fixed_rate, median, wrk};
+use super::{
+    FIXED_RATE, Settings, agent_cpu, cgroup_cpu_seconds, fixed_rate, median, status_kib, wrk,
+};
 
 const WAYPOINT_VIP: &str = "10.96.0.30";
 const PLAIN_VIP: &str = "10.96.0.31";
@@ -151,15 +153,6 @@ fn pods() -> Vec<PodSpec> {
     ]
 }
 
-/// CPU seconds used so far by everything in a cgroup.
-fn cgroup_cpu_seconds(cgroup: &weft_testbed::Cgroup) -> Option<f64> {
-    let stat = std::fs::read_to_string(cgroup.path().join("cpu.stat")).ok()?;
-    stat.lines()
-        .find_map(|l| l.strip_prefix("usage_usec "))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map(|usec| usec / 1e6)
-}
-
 /// CPU seconds of the mesh's parts: every agent together, the agent of the proxies' node
 /// (node3) alone, the waypoint's pod, nginx's pod.
 #[derive(Debug, Clone, Copy, Default)]
@@ -172,12 +165,8 @@ struct CpuTimes {
 
 impl CpuTimes {
     fn now(mesh: &Mesh) -> Option<Self> {
-        let mut agents = 0.0;
-        for node in mesh.testbed.nodes() {
-            agents += cgroup_cpu_seconds(&node.agent_cgroup)?;
-        }
         Some(Self {
-            agents,
+            agents: agent_cpu(mesh)?,
             proxy_node_agent: cgroup_cpu_seconds(&mesh.testbed.node(PROXY_NODE).agent_cgroup)?,
             waypoint: cgroup_cpu_seconds(&mesh.pod(WAYPOINT).cgroup)?,
             nginx: cgroup_cpu_seconds(&mesh.pod(NGINX).cgroup)?,
@@ -305,15 +294,6 @@ struct MemoryStatus {
     rss: u64,
     anon: u64,
     file: u64,
-}
-
-/// A `/proc/<pid>/status` field in KiB (`VmRSS`, `VmHWM`, `RssAnon`, `RssFile`).
-fn status_kib(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 fn pod_pids(mesh: &Mesh, pod: &str) -> Vec<u32> {

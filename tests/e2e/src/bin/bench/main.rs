@@ -215,9 +215,8 @@ fn agent_pid(mesh: &Mesh, node: &str) -> Option<u32> {
         .copied()
 }
 
-/// A `/proc/<pid>/status` field in KiB (`VmRSS`, `VmHWM`).
-fn agent_memory_kib(mesh: &Mesh, node: &str, field: &str) -> Option<u64> {
-    let pid = agent_pid(mesh, node)?;
+/// A `/proc/<pid>/status` field in KiB (`VmRSS`, `VmHWM`, `RssAnon`, `RssFile`).
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
@@ -225,10 +224,14 @@ fn agent_memory_kib(mesh: &Mesh, node: &str, field: &str) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-/// CPU time used so far by everything in `node`'s agent cgroup, in seconds.
-fn agent_cpu_seconds(mesh: &Mesh, node: &str) -> Option<f64> {
-    let path = mesh.testbed.node(node).agent_cgroup.path().join("cpu.stat");
-    let stat = std::fs::read_to_string(path).ok()?;
+/// A `/proc/<pid>/status` field of `node`'s agent, in KiB.
+fn agent_memory_kib(mesh: &Mesh, node: &str, field: &str) -> Option<u64> {
+    status_kib(agent_pid(mesh, node)?, field)
+}
+
+/// CPU time used so far by everything in a cgroup (`cpu.stat`), in seconds.
+fn cgroup_cpu_seconds(cgroup: &weft_testbed::Cgroup) -> Option<f64> {
+    let stat = std::fs::read_to_string(cgroup.path().join("cpu.stat")).ok()?;
     stat.lines()
         .find_map(|l| l.strip_prefix("usage_usec "))
         .and_then(|v| v.trim().parse::<f64>().ok())
@@ -587,11 +590,11 @@ fn set_affinity(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Both agents' CPU seconds so far.
+/// Every agent's CPU seconds so far, together.
 fn agent_cpu(mesh: &Mesh) -> Option<f64> {
     let mut total = 0.0;
     for node in mesh.testbed.nodes() {
-        total += agent_cpu_seconds(mesh, &node.name)?;
+        total += cgroup_cpu_seconds(&node.agent_cgroup)?;
     }
     Some(total)
 }

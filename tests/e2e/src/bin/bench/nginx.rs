@@ -169,17 +169,7 @@ impl Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.master.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.master.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
         // The testbed kills whatever is left in the pod's cgroup when it goes.
-        let _ = self.master.kill();
-        let _ = self.master.wait();
+        weft_e2e::terminate(&mut self.master);
     }
 }
