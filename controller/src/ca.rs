@@ -11,7 +11,7 @@
 
 pub mod kubernetes;
 
-use std::{collections::HashMap, future::Future, path::Path, sync::Arc, time::Duration};
+use std::{collections::HashMap, future::Future, path::Path, pin::Pin, sync::Arc, time::Duration};
 
 use tonic::{Request, Response, Status, metadata::MetadataMap};
 use weft_identity::{CertificateAuthority, SpiffeId};
@@ -19,6 +19,7 @@ use weft_proto::istio::ca::{
     IstioCertificateRequest, IstioCertificateResponse,
     istio_certificate_service_server::{IstioCertificateService, IstioCertificateServiceServer},
 };
+use weft_xds::{Admission, ProxyIdentity};
 
 use crate::{index::ConfigIndex, translate::resolve};
 
@@ -185,6 +186,51 @@ impl CallerAuthenticator for Authenticator {
             Self::Bootstrap(tokens) => tokens.authenticate(metadata).await,
             Self::TokenReview(review) => review.authenticate(metadata).await,
         }
+    }
+}
+
+impl<A: CallerAuthenticator> CallerAuthenticator for Arc<A> {
+    async fn authenticate(&self, metadata: &MetadataMap) -> Result<Caller, Status> {
+        A::authenticate(self, metadata).await
+    }
+}
+
+/// The discovery streams' gate in Kubernetes mode: the same credential as the CA's (the
+/// service-account token, checked with TokenReview), and a node agent only under the node its
+/// token belongs to (the `NODE_NAME` of its xDS node).
+pub struct XdsAdmission<A> {
+    authenticator: A,
+}
+
+impl<A: CallerAuthenticator> XdsAdmission<A> {
+    pub fn new(authenticator: A) -> Self {
+        Self { authenticator }
+    }
+
+    async fn check(&self, metadata: &MetadataMap, proxy: &ProxyIdentity) -> Result<(), Status> {
+        let caller = self.authenticator.authenticate(metadata).await?;
+        if let Some(node) = &caller.node {
+            match proxy.metadata_string("NODE_NAME") {
+                Some(claimed) if claimed == node => {}
+                claimed => {
+                    return Err(Status::permission_denied(format!(
+                        "token belongs to node {node}, the stream's NODE_NAME is {}",
+                        claimed.unwrap_or("absent")
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<A: CallerAuthenticator> Admission for XdsAdmission<A> {
+    fn admit(
+        &self,
+        metadata: MetadataMap,
+        proxy: ProxyIdentity,
+    ) -> Pin<Box<dyn Future<Output = Result<(), Status>> + Send + '_>> {
+        Box::pin(async move { self.check(&metadata, &proxy).await })
     }
 }
 

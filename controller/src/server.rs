@@ -19,7 +19,7 @@ use weft_xds::{DeltaAdsServer, ResourceStore, XdsCounters};
 
 use crate::{
     ca::{
-        Authenticator, BootstrapTokens, CertificateService, NodeDirectory,
+        Authenticator, BootstrapTokens, CertificateService, NodeDirectory, XdsAdmission,
         kubernetes::{self as kube_ca, TokenReviewAuthenticator},
     },
     index::{ConfigIndex, LiveIndex},
@@ -288,6 +288,7 @@ pub async fn run(config: ServerConfig, shutdown: watch::Receiver<bool>) -> Resul
         }
     };
     let ca = Arc::new(ca);
+    let authenticator = Arc::new(authenticator);
 
     let mut store = ResourceStore::new();
     let mut reported = Vec::new();
@@ -307,11 +308,16 @@ pub async fn run(config: ServerConfig, shutdown: watch::Receiver<bool>) -> Resul
     ));
 
     let counters = Arc::new(XdsCounters::default());
-    let ads = DeltaAdsServer::new(reader)
+    let mut ads = DeltaAdsServer::new(reader)
         .with_scope(push::ProxyScope)
         .with_metrics(counters.clone())
-        .with_shutdown(shutdown.clone())
-        .into_service();
+        .with_shutdown(shutdown.clone());
+    // Kubernetes mode: a discovery stream needs the same credential as the CA. Local mode's
+    // plaintext port is for a trusted network, as istiod's 15010.
+    if matches!(config.mode, Mode::Kubernetes(_)) {
+        ads = ads.with_admission(Arc::new(XdsAdmission::new(authenticator.clone())));
+    }
+    let ads = ads.into_service();
     let certificates = CertificateService::new(
         ca.clone(),
         authenticator,

@@ -116,6 +116,48 @@ fn names(update: &Update) -> Vec<String> {
     names
 }
 
+/// A node agent's xDS node on `node`, as the agent builds it.
+fn agent_node(node: &str) -> Node {
+    let value = |text: &str| prost_types::Value {
+        kind: Some(prost_types::value::Kind::StringValue(text.into())),
+    };
+    Node {
+        id: format!("node-agent~{node}"),
+        metadata: Some(prost_types::Struct {
+            fields: [("NODE_NAME".to_string(), value(node))].into(),
+        }),
+        ..Default::default()
+    }
+}
+
+/// Opens a discovery stream as `node` with `token` and returns the error that ends it; panics
+/// if it receives any resource.
+async fn refused_stream(channel: Channel, node: Node, token: Option<&'static str>) -> String {
+    let mut client = DeltaClient::new(Target::Channel(channel), node).subscribe(
+        ADDRESS_TYPE_URL,
+        |update: Update| -> Result<(), String> {
+            panic!("a refused stream received {} resources", update.added.len())
+        },
+    );
+    if let Some(token) = token {
+        client = client.with_bearer_token(Arc::new(move || Ok(token.to_string())));
+    }
+    let mut state = client.state();
+    let task = tokio::spawn(client.run_until(std::future::pending::<()>()));
+    let ended = tokio::time::timeout(
+        Duration::from_secs(20),
+        state.wait_for(|s| s.last_error.is_some()),
+    )
+    .await
+    .expect("the stream ends in time")
+    .expect("client alive")
+    .last_error
+    .clone()
+    .unwrap_or_default();
+    task.abort();
+    ended
+}
+
 async fn certificate(
     channel: Channel,
     token: &str,
@@ -177,16 +219,33 @@ async fn kubernetes_mode_serves_the_cluster_over_tls_and_follows_its_changes() {
         .expect("the root is persisted");
     assert!(secret["data"]["ca-key.pem"].is_string());
 
-    // Delta ADS over TLS, verified against that root under istiod's name.
+    // Discovery streams need the CA's credential: none, or a node agent's token under another
+    // node's name, are refused before anything is sent.
+    let anonymous = refused_stream(tls_channel(tls, &root), agent_node("node1"), None).await;
+    assert!(
+        anonymous.contains("missing `authorization: Bearer <token>`"),
+        "{anonymous}"
+    );
+    let elsewhere = refused_stream(
+        tls_channel(tls, &root),
+        agent_node("node2"),
+        Some("node1-agent-token"),
+    )
+    .await;
+    assert!(
+        elsewhere.contains("token belongs to node node1, the stream's NODE_NAME is node2"),
+        "{elsewhere}"
+    );
+
+    // Delta ADS over TLS, verified against that root under istiod's name, with the agent's
+    // token.
     let seen: Arc<Mutex<Vec<(Instant, Update)>>> = Arc::default();
     let recorder = seen.clone();
     let client = DeltaClient::new(
         Target::Channel(tls_channel(tls, &root)),
-        Node {
-            id: "node-agent~node1".into(),
-            ..Default::default()
-        },
+        agent_node("node1"),
     )
+    .with_bearer_token(Arc::new(|| Ok("node1-agent-token".to_string())))
     .subscribe(ADDRESS_TYPE_URL, move |update: Update| {
         recorder.lock().unwrap().push((Instant::now(), update));
         Ok(())

@@ -213,7 +213,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let ca = GrpcCaClient::connect(
         &config.ca_address,
         roots_pem.as_deref(),
-        token,
+        token.clone(),
         config.node_name.clone(),
     )
     .map_err(anyhow::Error::msg)?;
@@ -241,8 +241,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
 
     let target = weft_xds::Target::for_uri(&config.xds_address, roots_pem.as_deref())
         .map_err(|e| anyhow::anyhow!("xDS address {}: {e}", config.xds_address))?;
+    // The CA's credential also admits the discovery stream (the controller checks it in
+    // Kubernetes mode), read for every connection.
     let client = xds::client(target, &config.node_name, &config.cluster_id, &store)
-        .with_backoff(config.xds_backoff());
+        .with_backoff(config.xds_backoff())
+        .with_bearer_token(Arc::new(move || token.current()));
     let xds_state = client.state();
     let (shutdown_sender, shutdown) = tokio::sync::watch::channel(false);
     let mut xds_shutdown = shutdown.clone();

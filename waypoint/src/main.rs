@@ -170,6 +170,8 @@ async fn run(config: Config, workers: Workers) -> anyhow::Result<()> {
     let certificates = Arc::new(RotatingCertificate::new(material));
     // The roots that verify the controller's CA port also verify its xDS port.
     let controller_roots = ca.as_ref().and_then(|ca| ca.roots_pem.clone());
+    // So does its token: in Kubernetes mode the controller admits discovery streams with it.
+    let controller_token = ca.as_ref().map(|ca| ca.token.clone());
     if let Some(ca) = ca {
         ca_client::spawn_rotation(ca, identity.clone(), Arc::clone(&certificates));
     }
@@ -197,17 +199,19 @@ async fn run(config: Config, workers: Workers) -> anyhow::Result<()> {
                 ..Default::default()
             };
             info!(node = %node.id, %controller, "connecting to the controller");
-            Some(
-                weft_xds::DeltaClient::new(
-                    weft_xds::Target::for_uri(controller, controller_roots.as_deref())?,
-                    node,
-                )
-                .subscribe_names(
-                    weft_proto::WAYPOINT_CONFIG_TYPE_URL,
-                    vec![config.resource_name()],
-                    waypoint.store().xds_handler(),
-                ),
+            let client = weft_xds::DeltaClient::new(
+                weft_xds::Target::for_uri(controller, controller_roots.as_deref())?,
+                node,
             )
+            .subscribe_names(
+                weft_proto::WAYPOINT_CONFIG_TYPE_URL,
+                vec![config.resource_name()],
+                waypoint.store().xds_handler(),
+            );
+            Some(match controller_token {
+                Some(token) => client.with_bearer_token(Arc::new(move || token.current())),
+                None => client,
+            })
         }
         None => None,
     };

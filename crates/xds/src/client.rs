@@ -7,6 +7,7 @@
 
 use std::collections::BTreeSet;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -181,7 +182,14 @@ pub enum ClientError {
     /// The request half of the stream is gone.
     #[error("discovery stream no longer accepts requests")]
     RequestsClosed,
+    /// The bearer token to send could not be read, or is not a valid header value.
+    #[error("discovery stream credential: {0}")]
+    Credential(String),
 }
+
+/// Where a client's bearer token comes from: called for every connection, so a token that
+/// rotates in place (a projected service-account token) is read fresh.
+pub type TokenSource = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
 
 /// One type URL's subscription and the handler state the client tracks for it.
 struct TypeSubscription {
@@ -199,6 +207,7 @@ pub struct DeltaClient {
     node: Node,
     backoff: Backoff,
     subscriptions: Vec<TypeSubscription>,
+    token: Option<TokenSource>,
     state: watch::Sender<ConnectionState>,
 }
 
@@ -221,6 +230,7 @@ impl DeltaClient {
             node,
             backoff: Backoff::default(),
             subscriptions: Vec::new(),
+            token: None,
             state,
         }
     }
@@ -243,6 +253,13 @@ impl DeltaClient {
             handler: Box::new(handler),
             accepted: BTreeSet::new(),
         });
+        self
+    }
+
+    /// Sends `authorization: Bearer <token>` on every stream, the token read from `token` for
+    /// each connection.
+    pub fn with_bearer_token(mut self, token: TokenSource) -> Self {
+        self.token = Some(token);
         self
     }
 
@@ -344,8 +361,19 @@ impl DeltaClient {
                 .await
                 .map_err(|_| ClientError::RequestsClosed)?;
         }
+        let mut request = tonic::Request::new(ReceiverStream::new(request_stream));
+        if let Some(token) = &self.token {
+            let value = token()
+                .and_then(|token| {
+                    format!("Bearer {token}")
+                        .parse()
+                        .map_err(|_| "the token is not a valid header value".to_string())
+                })
+                .map_err(ClientError::Credential)?;
+            request.metadata_mut().insert("authorization", value);
+        }
         let mut responses = AggregatedDiscoveryServiceClient::new(channel)
-            .delta_aggregated_resources(ReceiverStream::new(request_stream))
+            .delta_aggregated_resources(request)
             .await
             .map_err(ClientError::Stream)?
             .into_inner();

@@ -14,9 +14,11 @@ pub mod server;
 pub mod store;
 
 pub use backoff::Backoff;
-pub use client::{ClientError, ConnectionState, DeltaClient, Handler, Target, Update};
+pub use client::{ClientError, ConnectionState, DeltaClient, Handler, Target, TokenSource, Update};
 pub use metrics::{NoMetrics, Rejection, XdsCounters, XdsMetrics};
-pub use server::{DeltaAdsServer, ProxyIdentity, Scope, ServerConfig, StreamError, Unscoped};
+pub use server::{
+    Admission, DeltaAdsServer, ProxyIdentity, Scope, ServerConfig, StreamError, Unscoped,
+};
 pub use store::{ChangeSummary, ResourceStore, Snapshot, SnapshotReader, StoredResource};
 
 #[cfg(test)]

@@ -8,6 +8,8 @@
 //! but never more than `debounce_max` after the first change it carries.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -16,6 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, info, warn};
 use weft_proto::envoy::config::core::v3::{ControlPlane, Node};
@@ -92,6 +95,17 @@ impl Scope for Unscoped {
     }
 }
 
+/// Decides whether a stream may be served, from its request metadata (credentials) and the
+/// `Node` of its first request, before anything is sent on it.
+pub trait Admission: Send + Sync + 'static {
+    /// `Ok` to serve the stream; the `Status` refusing it otherwise, which the proxy receives.
+    fn admit(
+        &self,
+        metadata: MetadataMap,
+        proxy: ProxyIdentity,
+    ) -> Pin<Box<dyn Future<Output = Result<(), Status>> + Send + '_>>;
+}
+
 /// Tuning of the server.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -119,6 +133,14 @@ pub enum StreamError {
     /// The first request carried no `Node`.
     #[error("first request on the stream carries no node")]
     MissingNode,
+    /// The [`Admission`] refused the stream.
+    #[error("stream of proxy {proxy_id} refused: {status}")]
+    Refused {
+        /// The proxy's node id, as it claimed it.
+        proxy_id: String,
+        /// What the proxy was told.
+        status: Status,
+    },
     /// The proxy stopped reading responses (the stream is gone).
     #[error("proxy {proxy_id} is no longer reading responses")]
     ResponsesClosed {
@@ -132,6 +154,7 @@ pub enum StreamError {
 pub struct DeltaAdsServer {
     reader: SnapshotReader,
     scope: Arc<dyn Scope>,
+    admission: Option<Arc<dyn Admission>>,
     metrics: Arc<dyn XdsMetrics>,
     config: ServerConfig,
     connections: Arc<AtomicU64>,
@@ -152,6 +175,7 @@ impl DeltaAdsServer {
         Self {
             reader,
             scope: Arc::new(Unscoped),
+            admission: None,
             metrics: Arc::new(NoMetrics),
             config: ServerConfig::default(),
             connections: Arc::new(AtomicU64::new(0)),
@@ -162,6 +186,12 @@ impl DeltaAdsServer {
     /// Restricts what each proxy receives.
     pub fn with_scope(mut self, scope: impl Scope) -> Self {
         self.scope = Arc::new(scope);
+        self
+    }
+
+    /// Serves only the streams `admission` admits (by default every stream is served).
+    pub fn with_admission(mut self, admission: Arc<dyn Admission>) -> Self {
+        self.admission = Some(admission);
         self
     }
 
@@ -201,6 +231,7 @@ impl AggregatedDiscoveryService for DeltaAdsServer {
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         let connection = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
         let peer = request.remote_addr();
+        let metadata = request.metadata().clone();
         let requests = request.into_inner();
         let (responses, stream) = mpsc::channel(RESPONSE_BUFFER);
         let server = self.clone();
@@ -212,7 +243,10 @@ impl AggregatedDiscoveryService for DeltaAdsServer {
         );
         tokio::spawn(
             async move {
-                if let Err(error) = server.serve_stream(connection, requests, responses).await {
+                if let Err(error) = server
+                    .serve_stream(connection, metadata, requests, responses)
+                    .await
+                {
                     info!(%error, "discovery stream ended");
                 }
             }
@@ -228,6 +262,7 @@ impl DeltaAdsServer {
     async fn serve_stream(
         self,
         connection: u64,
+        metadata: MetadataMap,
         mut requests: Streaming<DeltaDiscoveryRequest>,
         responses: ResponseSender,
     ) -> Result<(), StreamError> {
@@ -254,6 +289,16 @@ impl DeltaAdsServer {
             connection,
         };
         tracing::Span::current().record("proxy", proxy.id.as_str());
+        if let Some(admission) = &self.admission
+            && let Err(status) = admission.admit(metadata, proxy.clone()).await
+        {
+            warn!(proxy = %proxy.id, code = ?status.code(), reason = status.message(), "refused a discovery stream");
+            let _ = responses.send(Err(status.clone())).await;
+            return Err(StreamError::Refused {
+                proxy_id: proxy.id,
+                status,
+            });
+        }
         info!(proxy = %proxy.id, "proxy connected");
         let _connected = ConnectedGuard::new(self.metrics.clone(), proxy.id.clone());
 

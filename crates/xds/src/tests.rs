@@ -126,10 +126,22 @@ struct RunningClient {
 
 impl RunningClient {
     fn start(target: Target, node_id: &str, names: Vec<String>) -> Self {
+        Self::start_with(target, node_id, names, None)
+    }
+
+    fn start_with(
+        target: Target,
+        node_id: &str,
+        names: Vec<String>,
+        token: Option<crate::TokenSource>,
+    ) -> Self {
         let (sender, updates) = mpsc::unbounded_channel();
-        let client = DeltaClient::new(target, node(node_id))
+        let mut client = DeltaClient::new(target, node(node_id))
             .with_backoff(fast_backoff())
             .subscribe_names(THING, names, recording_handler(sender));
+        if let Some(token) = token {
+            client = client.with_bearer_token(token);
+        }
         let state = client.state();
         let task = tokio::spawn(async move {
             let _ = client.run_until(std::future::pending()).await;
@@ -665,5 +677,94 @@ async fn initial_resource_versions_skip_what_the_proxy_already_has() -> Result<(
     assert_eq!(first.removed_resources, ["gone"]);
     drop(store);
     drop(stream);
+    server.stop().await
+}
+
+/// Admits a stream whose bearer token is `node=<its node id>`.
+struct TokenPerNode;
+
+impl crate::Admission for TokenPerNode {
+    fn admit(
+        &self,
+        metadata: tonic::metadata::MetadataMap,
+        proxy: ProxyIdentity,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), tonic::Status>> + Send + '_>>
+    {
+        Box::pin(async move {
+            let expected = format!("Bearer node={}", proxy.id);
+            match metadata.get("authorization").and_then(|v| v.to_str().ok()) {
+                None => Err(tonic::Status::unauthenticated("no token")),
+                Some(token) if token == expected => Ok(()),
+                Some(_) => Err(tonic::Status::permission_denied(format!(
+                    "token is not {}'s",
+                    proxy.id
+                ))),
+            }
+        })
+    }
+}
+
+#[tokio::test]
+async fn admission_refuses_streams_before_sending_anything() -> Result<()> {
+    let mut store = ResourceStore::new();
+    store.set(THING, "a", thing("a1"));
+    let counters = Arc::new(XdsCounters::default());
+    let server = RunningServer::bind(
+        DeltaAdsServer::new(store.reader())
+            .with_config(fast_config())
+            .with_metrics(counters.clone())
+            .with_admission(Arc::new(TokenPerNode)),
+    )
+    .await?;
+    let token = |value: &'static str| -> crate::TokenSource { Arc::new(move || Ok(value.into())) };
+    let mut anonymous = RunningClient::start(server.target()?, "proxy-1", Vec::new());
+    let mut impostor = RunningClient::start_with(
+        server.target()?,
+        "proxy-1",
+        Vec::new(),
+        Some(token("node=proxy-2")),
+    );
+    let mut admitted = RunningClient::start_with(
+        server.target()?,
+        "proxy-1",
+        Vec::new(),
+        Some(token("node=proxy-1")),
+    );
+    assert_eq!(names(&admitted.next_update().await?), ["a"]);
+    anonymous
+        .wait_state(|s| {
+            s.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("no token"))
+        })
+        .await?;
+    impostor
+        .wait_state(|s| {
+            s.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("token is not proxy-1's"))
+        })
+        .await?;
+    anonymous.expect_quiet().await?;
+    impostor.expect_quiet().await?;
+    // Only the admitted stream counts as a connected proxy.
+    assert_eq!(counters.connected(), 1);
+
+    // A token that cannot be read fails the attempt on the client, which retries.
+    let mut unreadable = RunningClient::start_with(
+        server.target()?,
+        "proxy-1",
+        Vec::new(),
+        Some(Arc::new(|| Err("reading /var/run/token: gone".to_string()))),
+    );
+    unreadable
+        .wait_state(|s| {
+            s.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("/var/run/token"))
+        })
+        .await?;
+    drop((anonymous, impostor, admitted, unreadable));
+    drop(store);
     server.stop().await
 }
