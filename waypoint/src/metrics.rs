@@ -31,9 +31,10 @@ pub const BYTES_BUCKETS: [f64; 10] = [1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6, 1e7,
 /// The value of a label nothing is known about.
 pub const UNKNOWN: &str = "unknown";
 
-/// Istio's standard request labels.
+/// The labels of Istio's request and TCP metrics that name the reporter and both peers, in
+/// Istio's order.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RequestLabels {
+pub struct PeerLabels {
     pub reporter: String,
     pub source_workload: String,
     pub source_workload_namespace: String,
@@ -54,6 +55,13 @@ pub struct RequestLabels {
     pub destination_canonical_service: String,
     pub destination_canonical_revision: String,
     pub destination_cluster: String,
+}
+
+/// Istio's standard request labels.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    #[prometheus(flatten)]
+    pub peers: PeerLabels,
     pub request_protocol: String,
     pub response_code: String,
     pub grpc_response_status: String,
@@ -64,26 +72,8 @@ pub struct RequestLabels {
 /// Istio's label set for TCP metrics (no response code): `request_protocol="tcp"`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConnectionLabels {
-    pub reporter: String,
-    pub source_workload: String,
-    pub source_workload_namespace: String,
-    pub source_principal: String,
-    pub source_app: String,
-    pub source_version: String,
-    pub source_canonical_service: String,
-    pub source_canonical_revision: String,
-    pub source_cluster: String,
-    pub destination_workload: String,
-    pub destination_workload_namespace: String,
-    pub destination_principal: String,
-    pub destination_app: String,
-    pub destination_version: String,
-    pub destination_service: String,
-    pub destination_service_name: String,
-    pub destination_service_namespace: String,
-    pub destination_canonical_service: String,
-    pub destination_canonical_revision: String,
-    pub destination_cluster: String,
+    #[prometheus(flatten)]
+    pub peers: PeerLabels,
     pub request_protocol: String,
     pub response_flags: String,
     pub connection_security_policy: String,
@@ -267,31 +257,12 @@ impl RequestRecord {
 
     /// Istio's label set for this request.
     pub fn labels(&self) -> RequestLabels {
-        let (sw, sns, sp, sapp, sver, scs, scr) = peer_labels(&self.source);
-        let (dw, dns, dp, dapp, dver, dcs, dcr) = peer_labels(&self.destination);
-        let (service, service_name, service_namespace) =
-            service_labels(self.destination_service.as_ref());
         RequestLabels {
-            reporter: "waypoint".to_owned(),
-            source_workload: sw,
-            source_workload_namespace: sns,
-            source_principal: sp,
-            source_app: sapp,
-            source_version: sver,
-            source_canonical_service: scs,
-            source_canonical_revision: scr,
-            source_cluster: "Kubernetes".to_owned(),
-            destination_workload: dw,
-            destination_workload_namespace: dns,
-            destination_principal: dp,
-            destination_app: dapp,
-            destination_version: dver,
-            destination_service: service,
-            destination_service_name: service_name,
-            destination_service_namespace: service_namespace,
-            destination_canonical_service: dcs,
-            destination_canonical_revision: dcr,
-            destination_cluster: "Kubernetes".to_owned(),
+            peers: PeerLabels::new(
+                &self.source,
+                &self.destination,
+                self.destination_service.as_ref(),
+            ),
             request_protocol: if self.grpc_status.is_some() {
                 "grpc".to_owned()
             } else {
@@ -344,9 +315,41 @@ impl RequestRecord {
 }
 
 /// workload, namespace, principal, app, version, canonical service and revision of a peer.
-type PeerLabels = (String, String, String, String, String, String, String);
+impl PeerLabels {
+    /// The waypoint's report of a request or connection from `source` to `destination`,
+    /// addressed to `service` (hostname, name, namespace) when it is known.
+    fn new(source: &Peer, destination: &Peer, service: Option<&(String, String, String)>) -> Self {
+        let (sw, sns, sp, sapp, sver, scs, scr) = peer_labels(source);
+        let (dw, dns, dp, dapp, dver, dcs, dcr) = peer_labels(destination);
+        let (service, service_name, service_namespace) = service_labels(service);
+        Self {
+            reporter: "waypoint".to_owned(),
+            source_workload: sw,
+            source_workload_namespace: sns,
+            source_principal: sp,
+            source_app: sapp,
+            source_version: sver,
+            source_canonical_service: scs,
+            source_canonical_revision: scr,
+            source_cluster: "Kubernetes".to_owned(),
+            destination_workload: dw,
+            destination_workload_namespace: dns,
+            destination_principal: dp,
+            destination_app: dapp,
+            destination_version: dver,
+            destination_service: service,
+            destination_service_name: service_name,
+            destination_service_namespace: service_namespace,
+            destination_canonical_service: dcs,
+            destination_canonical_revision: dcr,
+            destination_cluster: "Kubernetes".to_owned(),
+        }
+    }
+}
 
-fn peer_labels(peer: &Peer) -> PeerLabels {
+type OnePeerLabels = (String, String, String, String, String, String, String);
+
+fn peer_labels(peer: &Peer) -> OnePeerLabels {
     let workload = peer.workload.as_deref();
     let canonical = workload.and_then(WorkloadInfo::canonical_service);
     let revision = workload.and_then(WorkloadInfo::canonical_revision);
@@ -390,31 +393,12 @@ pub struct ConnectionInfo {
 impl ConnectionInfo {
     /// Istio's TCP label set for this connection.
     pub fn labels(&self) -> ConnectionLabels {
-        let (sw, sns, sp, sapp, sver, scs, scr) = peer_labels(&self.source);
-        let (dw, dns, dp, dapp, dver, dcs, dcr) = peer_labels(&self.destination);
-        let (service, service_name, service_namespace) =
-            service_labels(self.destination_service.as_ref());
         ConnectionLabels {
-            reporter: "waypoint".to_owned(),
-            source_workload: sw,
-            source_workload_namespace: sns,
-            source_principal: sp,
-            source_app: sapp,
-            source_version: sver,
-            source_canonical_service: scs,
-            source_canonical_revision: scr,
-            source_cluster: "Kubernetes".to_owned(),
-            destination_workload: dw,
-            destination_workload_namespace: dns,
-            destination_principal: dp,
-            destination_app: dapp,
-            destination_version: dver,
-            destination_service: service,
-            destination_service_name: service_name,
-            destination_service_namespace: service_namespace,
-            destination_canonical_service: dcs,
-            destination_canonical_revision: dcr,
-            destination_cluster: "Kubernetes".to_owned(),
+            peers: PeerLabels::new(
+                &self.source,
+                &self.destination,
+                self.destination_service.as_ref(),
+            ),
             request_protocol: "tcp".to_owned(),
             response_flags: if self.response_flags.is_empty() {
                 "-".to_owned()
