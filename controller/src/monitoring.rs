@@ -1,6 +1,9 @@
-//! The controller's monitoring port: Prometheus text with Istio's `pilot_*` names.
+//! The controller's monitoring port: Prometheus text with Istio's `pilot_*` names, and `/ready`
+//! (istiod's readiness path), which answers 200 only once every gRPC port accepts.
 
 use std::sync::Arc;
+
+use tokio::sync::watch;
 
 use weft_xds::{XdsCounters, metrics::names};
 
@@ -22,8 +25,14 @@ pub fn render(counters: &XdsCounters) -> String {
     )
 }
 
-/// Serves `/metrics` on `listener` until the task is dropped.
-pub async fn serve(listener: tokio::net::TcpListener, counters: Arc<XdsCounters>) {
+/// Serves `/metrics` and `/ready` on `listener` until the task is dropped. `ready` turns true
+/// when the controller's gRPC listeners are bound, so a probe never sees a ready controller
+/// whose ports refuse.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    counters: Arc<XdsCounters>,
+    ready: watch::Receiver<bool>,
+) {
     use http_body_util::Full;
     use hyper_util::rt::TokioIo;
     loop {
@@ -31,15 +40,21 @@ pub async fn serve(listener: tokio::net::TcpListener, counters: Arc<XdsCounters>
             continue;
         };
         let counters = counters.clone();
+        let ready = ready.clone();
         tokio::spawn(async move {
             let service =
                 hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
                     let counters = counters.clone();
+                    let ready = *ready.borrow();
                     async move {
-                        let (status, body) = if request.uri().path() == "/metrics" {
-                            (http::StatusCode::OK, render(&counters))
-                        } else {
-                            (http::StatusCode::NOT_FOUND, "not found\n".to_string())
+                        let (status, body) = match request.uri().path() {
+                            "/metrics" => (http::StatusCode::OK, render(&counters)),
+                            "/ready" if ready => (http::StatusCode::OK, "ready\n".to_string()),
+                            "/ready" => (
+                                http::StatusCode::SERVICE_UNAVAILABLE,
+                                "not ready\n".to_string(),
+                            ),
+                            _ => (http::StatusCode::NOT_FOUND, "not found\n".to_string()),
                         };
                         Ok::<_, std::convert::Infallible>(
                             http::Response::builder()

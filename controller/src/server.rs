@@ -333,9 +333,10 @@ pub async fn run(config: ServerConfig, shutdown: watch::Receiver<bool>) -> Resul
         .await
         .map_err(|e| ServerError::Bind(config.monitoring_address, e))?;
     let mut monitoring_shutdown = shutdown.clone();
+    let (ready, ready_watch) = watch::channel(false);
     tokio::spawn(async move {
         tokio::select! {
-            () = crate::monitoring::serve(monitoring, counters) => {}
+            () = crate::monitoring::serve(monitoring, counters, ready_watch) => {}
             _ = monitoring_shutdown.wait_for(|s| *s) => {}
         }
     });
@@ -393,6 +394,8 @@ pub async fn run(config: ServerConfig, shutdown: watch::Receiver<bool>) -> Resul
         monitoring = %config.monitoring_address,
         "controller serving"
     );
+    // Every listener is bound: connections queue in their backlogs until the servers accept.
+    ready.send_replace(true);
     let plaintext = async move {
         match plaintext {
             Some(server) => server.await,

@@ -32,6 +32,21 @@ fn free_port() -> SocketAddr {
 /// The controller process; killed when dropped.
 struct Controller(Child);
 
+/// Whether the controller's `/ready` on `monitoring` answers 200 (every gRPC port accepts).
+fn is_ready(monitoring: SocketAddr) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect_timeout(&monitoring, Duration::from_secs(1))
+    else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut response = String::new();
+    stream
+        .write_all(b"GET /ready HTTP/1.0\r\nHost: controller\r\n\r\n")
+        .and_then(|()| stream.read_to_string(&mut response))
+        .is_ok_and(|_| response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200"))
+}
+
 impl Drop for Controller {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -206,7 +221,14 @@ async fn kubernetes_mode_serves_the_cluster_over_tls_and_follows_its_changes() {
     let kubeconfig = dir.join("kubeconfig");
     std::fs::write(&kubeconfig, fake.kubeconfig()).unwrap();
     let tls = free_port();
-    let controller = start_controller(&kubeconfig, tls, free_port());
+    let monitoring = free_port();
+    let controller = start_controller(&kubeconfig, tls, monitoring);
+    eventually(
+        "the controller's readiness",
+        Duration::from_secs(20),
+        || is_ready(monitoring).then_some(()),
+    )
+    .await;
 
     // First start: a root in istio-ca-secret, published in istio-ca-root-cert.
     let root = eventually("the published root", Duration::from_secs(20), || {
