@@ -2,13 +2,16 @@
 //! Owns the client, its connection pool, the server side and the byte copy between a tunnel and
 //! a socket; knows nothing of policy or config, and never creates sockets or TLS
 //! configurations: callers hand in established TLS streams (or a connector producing them) and
-//! decide, in a [`ConnectHandler`], which tunnels to accept.
+//! decide, in a [`ConnectHandler`], which tunnels to accept. [`ConnectionRegistry`] and
+//! [`Revocable`] let a proxy end established connections that its configuration no longer
+//! allows; what allows them is the caller's decision.
 
 mod client;
 mod config;
 mod copy;
 mod pool;
 mod request;
+mod revoke;
 mod server;
 mod socket;
 mod stream;
@@ -25,6 +28,7 @@ pub use config::{
 pub use copy::{CopyDirection, CopyError, TunnelStats, copy_bidirectional};
 pub use pool::{Connector, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, Pool, PoolConfig};
 pub use request::{BAGGAGE, ConnectRequest, TRACEPARENT};
+pub use revoke::{ConnectionRegistry, Registration, Revocable, Revocation, Revoked};
 pub use server::{ConnectHandler, ConnectionSummary, Refusal, ServerError, serve_connection};
 pub use socket::{TLS_READ_BUFFER, read_buffered, tune_tcp};
 pub use stream::HboneStream;
