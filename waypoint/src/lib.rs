@@ -100,10 +100,16 @@ impl Waypoint {
         let store = ConfigStore::default();
         let pruned = upstream.clone();
         store.on_apply(Arc::new(move |config| pruned.retain(config)));
+        let tcp_connections = tcp::TcpConnections::default();
+        let revalidated = tcp_connections.clone();
+        store.on_apply(Arc::new(move |config| {
+            tcp::revalidate(&revalidated, config);
+        }));
         Waypoint {
             shared: Arc::new(ProxyShared {
                 store,
                 upstream,
+                tcp_connections,
                 metrics,
                 max_request_body: options.max_request_body,
             }),

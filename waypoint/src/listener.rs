@@ -229,8 +229,16 @@ impl ConnectHandler for TunnelHandler {
     type Upstream = BoxedIo;
 
     async fn connect(&self, request: &ConnectRequest) -> Result<BoxedIo, Refusal> {
-        let config = self.shared.store.snapshot();
-        let Some(target) = config.target_for(request.authority) else {
+        // Whether the tunnel carries HTTP or bytes is decided once, as the bytes start to flow;
+        // everything else about its destination is looked up again per request (HTTP) or on
+        // every configuration change (TCP).
+        let Some(protocol) = self
+            .shared
+            .store
+            .snapshot()
+            .target_for(request.authority)
+            .map(|target| target.protocol())
+        else {
             debug!(authority = %request.authority, "tunnel for a destination this waypoint does not serve");
             return Err(Refusal::BadRequest);
         };
@@ -239,15 +247,14 @@ impl ConnectHandler for TunnelHandler {
             source_ip: request.forwarded_for.unwrap_or(self.peer_address.ip()),
             peer_address: self.peer_address,
             destination: request.authority,
-            target,
         });
-        if context.target.protocol().is_opaque() {
+        if protocol.is_opaque() {
             return open_tcp_upstream(&self.shared, &context).await;
         }
         let (inside, outside) = tokio::io::duplex(TUNNEL_BUFFER);
         let shared = Arc::clone(&self.shared);
         let limits = self.limits;
-        let sniff = context.target.protocol() == Protocol::Unspecified;
+        let sniff = protocol == Protocol::Unspecified;
         tokio::spawn(
             async move {
                 if !sniff {
@@ -284,6 +291,8 @@ async fn serve_http<IO>(
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let store = shared.store.clone();
+    let destination = context.destination;
     let service = service_fn(move |req| handle(Arc::clone(&shared), Arc::clone(&context), req));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -299,7 +308,27 @@ async fn serve_http<IO>(
         .max_local_error_reset_streams(limits.max_local_error_reset_streams)
         .max_header_list_size(limits.max_header_list_size);
     let io = TokioIo::new(FramingGuard::new(io));
-    if let Err(error) = builder.serve_connection_with_upgrades(io, service).await {
+    let connection = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(connection);
+    let mut versions = store.version();
+    let served = loop {
+        tokio::select! {
+            served = connection.as_mut() => break served,
+            changed = versions.changed() => {
+                let gone = store.snapshot().target_for(destination).is_none();
+                if changed.is_err() || gone {
+                    // The destination left this waypoint: drain as Envoy drains a removed
+                    // filter chain. Requests in flight finish, an idle HTTP/1.1 connection
+                    // closes now and a busy one after its response, HTTP/2 gets a GOAWAY; the
+                    // client's agent carries the next connection as the mesh now says.
+                    debug!(%destination, "destination no longer served: draining the connection");
+                    connection.as_mut().graceful_shutdown();
+                    break connection.await;
+                }
+            }
+        }
+    };
+    if let Err(error) = served {
         debug!(%error, "http connection in tunnel ended with an error");
     }
 }

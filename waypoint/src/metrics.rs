@@ -457,6 +457,11 @@ impl std::fmt::Debug for ConnectionRecord {
 }
 
 impl ConnectionRecord {
+    /// Why the connection ended early (a policy that no longer allows it), for the access log.
+    pub fn set_termination_details(&mut self, details: String) {
+        self.info.termination_details = Some(details);
+    }
+
     /// Bytes sent toward the client (the response direction).
     pub fn add_sent(&self, bytes: u64) {
         self.bytes[0].fetch_add(bytes, Ordering::Relaxed);

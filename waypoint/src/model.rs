@@ -101,11 +101,11 @@ impl WorkloadInfo {
     }
 }
 
-/// The service (and port) a tunnel's `:authority` selected.
-#[derive(Debug, Clone)]
-pub struct ServiceTarget {
-    pub service: Arc<Service>,
-    pub port: ServicePort,
+/// The service (and port) a tunnel's `:authority` names in one configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceTarget<'a> {
+    pub service: &'a Service,
+    pub port: &'a ServicePort,
 }
 
 /// A workload the waypoint carries traffic for when it is addressed directly.
@@ -123,14 +123,14 @@ pub struct DirectWorkload {
 }
 
 /// A workload addressed directly, on one port: what the request goes to, exactly.
-#[derive(Debug, Clone)]
-pub struct WorkloadTarget {
-    pub workload: Arc<DirectWorkload>,
+#[derive(Debug, Clone, Copy)]
+pub struct WorkloadTarget<'a> {
+    pub workload: &'a Arc<DirectWorkload>,
     pub port: u16,
     pub protocol: Protocol,
 }
 
-impl WorkloadTarget {
+impl WorkloadTarget<'_> {
     /// The one-endpoint cluster that carries this traffic, `inbound-pod|<port>||<ip>`: no load
     /// balancing, no traffic policy, and no health filtering (the client chose this pod, as
     /// Envoy's original-destination clusters do).
@@ -157,15 +157,16 @@ impl WorkloadTarget {
     }
 }
 
-/// What a tunnel's `:authority` names: a service (VIP and port), routed by its routes, or a
-/// workload's own address, carried to exactly that address.
-#[derive(Debug, Clone)]
-pub enum Target {
-    Service(ServiceTarget),
-    Workload(WorkloadTarget),
+/// What a tunnel's `:authority` names in one configuration: a service (VIP and port), routed
+/// by its routes, or a workload's own address, carried to exactly that address. Borrowed from
+/// the configuration: looked up for every request, never kept across configurations.
+#[derive(Debug, Clone, Copy)]
+pub enum Target<'a> {
+    Service(ServiceTarget<'a>),
+    Workload(WorkloadTarget<'a>),
 }
 
-impl Target {
+impl Target<'_> {
     /// The port the traffic arrived for: the service port, or the workload's own port.
     pub fn port(&self) -> u16 {
         match self {
@@ -193,10 +194,10 @@ impl Target {
 impl WaypointConfig {
     /// What a CONNECT `:authority` names: a service VIP and port, else the address of a
     /// workload this waypoint serves directly (any port).
-    pub fn target_for(&self, authority: SocketAddr) -> Option<Target> {
+    pub fn target_for(&self, authority: SocketAddr) -> Option<Target<'_>> {
         if let Some((service_index, port_index)) = self.by_vip.get(&authority) {
-            let service = Arc::clone(self.services.get(*service_index)?);
-            let port = service.ports.get(*port_index)?.clone();
+            let service = self.services.get(*service_index)?;
+            let port = service.ports.get(*port_index)?;
             return Some(Target::Service(ServiceTarget { service, port }));
         }
         let workload = self.direct.get(&authority.ip())?;
@@ -206,7 +207,7 @@ impl WaypointConfig {
                 .get(&authority.port())
                 .copied()
                 .unwrap_or(Protocol::Unspecified),
-            workload: Arc::clone(workload),
+            workload,
             port: authority.port(),
         }))
     }
@@ -254,9 +255,9 @@ impl WaypointConfig {
     /// backs, so that addressing a pod never escapes its services' policies.
     pub fn policies_for<'a>(
         &'a self,
-        target: &'a Target,
+        target: &Target<'a>,
     ) -> impl Iterator<Item = &'a HttpAuthorization> + 'a {
-        let services: &'a [String] = match target {
+        let services: &'a [String] = match *target {
             Target::Service(t) => std::slice::from_ref(&t.service.hostname),
             Target::Workload(t) => &t.workload.services,
         };

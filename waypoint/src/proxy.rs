@@ -31,6 +31,7 @@ use crate::model::{
     RetryPolicy, Rewrite, Route, RouteAction, Target, WaypointConfig, WeightedDestination,
 };
 use crate::store::ConfigStore;
+use crate::tcp::TcpConnections;
 use crate::upstream::{HashInput, Upstream, UpstreamError};
 
 /// Error type of response bodies.
@@ -52,6 +53,8 @@ static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 pub struct ProxyShared {
     pub store: ConfigStore,
     pub upstream: Upstream,
+    /// Connections forwarded at L4, decided again on every configuration applied.
+    pub tcp_connections: TcpConnections,
     pub metrics: Arc<Metrics>,
     pub max_request_body: usize,
 }
@@ -62,7 +65,9 @@ impl std::fmt::Debug for ProxyShared {
     }
 }
 
-/// What is known about the tunnel a request arrived on.
+/// What is known about the tunnel a request arrived on: what cannot change while it is open.
+/// What its destination is (a service and its routes, or a workload) is configuration, looked
+/// up again for every request ([`Tunnel`]).
 #[derive(Debug, Clone)]
 pub struct TunnelContext {
     /// Verified SPIFFE identity of the HBONE client.
@@ -73,7 +78,21 @@ pub struct TunnelContext {
     pub peer_address: SocketAddr,
     /// The CONNECT `:authority`.
     pub destination: SocketAddr,
-    pub target: Target,
+}
+
+/// A request's view of its tunnel: the connection, and what the configuration in force when
+/// the request arrived makes of the connection's `:authority`.
+pub struct Tunnel<'a> {
+    connection: &'a TunnelContext,
+    pub target: Target<'a>,
+}
+
+impl std::ops::Deref for Tunnel<'_> {
+    type Target = TunnelContext;
+
+    fn deref(&self) -> &TunnelContext {
+        self.connection
+    }
 }
 
 struct HeaderMapSource<'a>(&'a HeaderMap);
@@ -253,9 +272,19 @@ pub async fn handle(
     tunnel: Arc<TunnelContext>,
     request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    // Configuration is read per request: a route, policy or cluster change reaches the next
+    // request of a keep-alive connection, as in Envoy.
     let config = shared.store.snapshot();
+    let target = config.target_for(tunnel.destination);
     let mut record = RequestRecord::new(Arc::clone(&shared.metrics));
-    describe_request(&mut record, &config, &tunnel, &request);
+    describe_request(&mut record, &config, &tunnel, target.as_ref(), &request);
+    let Some(target) = target else {
+        return Ok(finish(not_served(&request, &mut record), record));
+    };
+    let tunnel = Tunnel {
+        connection: &tunnel,
+        target,
+    };
     let span = debug_span!("request", method = %request.method(), path = %record.path, request_id = %record.request_id);
     let response = pipeline(&shared, &config, &tunnel, request, &mut record)
         .instrument(span)
@@ -263,10 +292,27 @@ pub async fn handle(
     Ok(finish(response, record))
 }
 
+/// The answer to a request whose tunnel's destination this waypoint no longer serves (its
+/// service stopped using the waypoint while the connection was open): 503, and the connection
+/// closes after it (the listener also drains such connections as soon as the configuration
+/// changes), so that the client's agent carries the next connection without the waypoint.
+fn not_served(request: &Request<Incoming>, record: &mut RequestRecord) -> Response<ProxyBody> {
+    record.response_flags = "NR";
+    record.response_code_details = "filter_chain_not_found".to_owned();
+    let mut response = text_response(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
+    if request.version() < Version::HTTP_2 {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
 fn describe_request(
     record: &mut RequestRecord,
     config: &WaypointConfig,
     tunnel: &TunnelContext,
+    target: Option<&Target<'_>>,
     request: &Request<Incoming>,
 ) {
     let header = |name: &str| {
@@ -299,15 +345,15 @@ fn describe_request(
     };
     // A workload addressed directly was not addressed through a service: its service labels
     // stay unknown, its workload labels come from the endpoint.
-    if let Target::Service(target) = &tunnel.target {
-        let service = &target.service;
+    if let Some(Target::Service(target)) = target {
+        let service = target.service;
         record.destination_service = Some((
             service.hostname.clone(),
             service.name.clone(),
             service.namespace.clone(),
         ));
     }
-    record.destination.namespace = Some(tunnel.target.namespace().to_owned());
+    record.destination.namespace = target.map(|t| t.namespace().to_owned());
     record.downstream_local = tunnel.destination.to_string();
     record.downstream_remote = tunnel.peer_address.to_string();
     if let Some(length) = request
@@ -337,7 +383,7 @@ fn authority_of(request: &Request<Incoming>) -> &str {
 async fn pipeline(
     shared: &ProxyShared,
     config: &WaypointConfig,
-    tunnel: &TunnelContext,
+    tunnel: &Tunnel<'_>,
     mut request: Request<Incoming>,
     record: &mut RequestRecord,
 ) -> Response<ProxyBody> {
@@ -383,7 +429,7 @@ async fn pipeline(
             destination_ip: tunnel.destination.ip(),
             sni: None,
         };
-        let selection = match &tunnel.target {
+        let selection = match tunnel.target {
             Target::Service(target) => select_route(&target.service.route_matches, &view),
             // Routing belongs to services: a workload addressed directly gets no route.
             Target::Workload(_) => None,
@@ -417,8 +463,8 @@ async fn pipeline(
     }
     let hash_query = query.map(str::to_owned);
 
-    let service = match &tunnel.target {
-        Target::Service(target) => &target.service,
+    let service = match tunnel.target {
+        Target::Service(target) => target.service,
         Target::Workload(target) => {
             // Exactly the address the client asked for, as Istio's waypoint carries
             // workload-addressed traffic: no VirtualService, no retries (an inbound route).
@@ -756,7 +802,7 @@ fn hash_input<'a>(
 async fn forward(
     shared: &ProxyShared,
     config: &WaypointConfig,
-    tunnel: &TunnelContext,
+    tunnel: &Tunnel<'_>,
     request: Request<Incoming>,
     record: &mut RequestRecord,
     route: &Route,
@@ -801,7 +847,7 @@ async fn forward(
 async fn forward_to(
     shared: &ProxyShared,
     config: &WaypointConfig,
-    tunnel: &TunnelContext,
+    tunnel: &Tunnel<'_>,
     request: Request<Incoming>,
     record: &mut RequestRecord,
     (route, destination, cluster): (&Route, &WeightedDestination, Arc<Cluster>),

@@ -3,6 +3,14 @@
 //! Istio handles them for TCP), the TCP route or the workload's own address, one endpoint, and
 //! a stream that counts its bytes into Istio's `istio_tcp_*` metrics and logs the connection
 //! when it ends.
+//!
+//! Open connections stay registered with what authorized them and are decided again on every
+//! configuration applied ([`revalidate`]): one the policies now deny, or whose destination the
+//! waypoint no longer serves, is closed at once. (Envoy rebuilds the filter chain of a changed
+//! policy and drains the old chain's TCP connections, closing them when its drain time ends;
+//! closing at once only what is no longer allowed is what ztunnel does at L4.) The endpoint a
+//! connection was routed to stays its endpoint: TCP routes apply to new connections, as Envoy's
+//! `tcp_proxy` picks its cluster per connection.
 
 use std::io;
 use std::pin::Pin;
@@ -10,16 +18,70 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tracing::debug;
-use weft_hbone::Refusal;
+use tracing::{debug, info};
+use weft_hbone::{ConnectionRegistry, Refusal, Registration, Revocable};
 use weft_policy::l7::{TcpAuthzRequest, evaluate_tcp};
 use weft_policy::route::pick_weighted;
 use weft_policy::{Decision, DenyReason, PeerIdentity};
 
 use crate::metrics::{ConnectionInfo, ConnectionRecord, Peer};
-use crate::model::{Cluster, Target};
+use crate::model::{Cluster, Target, WaypointConfig};
 use crate::proxy::{ProxyShared, TunnelContext};
 use crate::upstream::{BoxedIo, HashInput};
+
+/// The connections the waypoint forwards at L4, each with the tunnel it arrived on (what its
+/// authorization is decided on).
+pub type TcpConnections = ConnectionRegistry<(), Arc<TunnelContext>>;
+
+/// Why a connection is not (or no longer) allowed, as Envoy's termination details say it.
+const NOT_SERVED: &str = "destination_not_served";
+
+/// Whether `config` allows the connection of `context`: its destination is served here and the
+/// policies allow it. `Err`: the termination details.
+fn authorize(config: &WaypointConfig, context: &TunnelContext) -> Result<(), String> {
+    let target = config
+        .target_for(context.destination)
+        .ok_or_else(|| NOT_SERVED.to_owned())?;
+    let peer_identity = context
+        .peer
+        .as_ref()
+        .map(|id| PeerIdentity::new(id.trust_domain(), id.namespace(), id.service_account()));
+    let decision = evaluate_tcp(
+        config.policies_for(&target),
+        &TcpAuthzRequest {
+            source_identity: peer_identity.as_ref(),
+            source_ip: context.source_ip,
+            remote_ip: context.source_ip,
+            destination_ip: context.destination.ip(),
+            port: target.port(),
+        },
+    );
+    match decision {
+        Decision::Allow => Ok(()),
+        Decision::Deny(reason) => {
+            debug!(%reason, "connection denied");
+            Err(match &reason {
+                DenyReason::DeniedBy(policy) => format!(
+                    "rbac_access_denied_matched_policy[ns[{}]-policy[{}]-rule[0]]",
+                    policy.namespace, policy.name
+                ),
+                _ => "rbac_access_denied_matched_policy[none]".to_owned(),
+            })
+        }
+    }
+}
+
+/// Decides every open connection again under `config` (just applied) and closes those it no
+/// longer allows.
+pub fn revalidate(connections: &TcpConnections, config: &WaypointConfig) {
+    let closed = connections.revoke_where(|(), context| authorize(config, context).err());
+    if closed > 0 {
+        info!(
+            closed,
+            "tcp connections closed: no longer allowed after a configuration change"
+        );
+    }
+}
 
 /// Where a connection goes: a cluster, or why there is none (the response flag).
 enum TcpDestination {
@@ -29,13 +91,16 @@ enum TcpDestination {
     NoRoute,
 }
 
-fn tcp_destination(shared: &ProxyShared, context: &TunnelContext) -> TcpDestination {
-    let config = shared.store.snapshot();
-    let target = match &context.target {
+fn tcp_destination(
+    config: &WaypointConfig,
+    target: &Target<'_>,
+    context: &TunnelContext,
+) -> TcpDestination {
+    let target = match target {
         Target::Workload(target) => return TcpDestination::Cluster(Arc::new(target.cluster())),
         Target::Service(target) => target,
     };
-    let service = &target.service;
+    let service = target.service;
     let source = config.workload(context.source_ip);
     let namespace = context.peer.as_ref().map(|p| p.namespace());
     let route = service.tcp_routes.iter().find(|r| {
@@ -64,16 +129,19 @@ fn tcp_destination(shared: &ProxyShared, context: &TunnelContext) -> TcpDestinat
 }
 
 /// Authorizes the connection, picks its endpoint and opens the stream to it. Every outcome is
-/// one connection in the metrics and one access-log line.
+/// one connection in the metrics and one access-log line; a carried connection stays
+/// registered in `shared.tcp_connections` while it lives.
 pub async fn open_tcp_upstream(
     shared: &ProxyShared,
-    context: &TunnelContext,
+    context: &Arc<TunnelContext>,
 ) -> Result<BoxedIo, Refusal> {
+    // Registered before the decision: a configuration applied meanwhile decides it again.
+    let registration = shared.tcp_connections.register((), Arc::clone(context));
     let config = shared.store.snapshot();
-    let peer_identity = context
-        .peer
-        .as_ref()
-        .map(|id| PeerIdentity::new(id.trust_domain(), id.namespace(), id.service_account()));
+    let Some(target) = config.target_for(context.destination) else {
+        debug!(authority = %context.destination, "tcp connection for a destination this waypoint does not serve");
+        return Err(Refusal::BadRequest);
+    };
     let mut info = ConnectionInfo {
         source: Peer {
             workload: config.workload(context.source_ip).cloned(),
@@ -81,10 +149,10 @@ pub async fn open_tcp_upstream(
             namespace: context.peer.as_ref().map(|p| p.namespace().to_owned()),
         },
         destination: Peer {
-            namespace: Some(context.target.namespace().to_owned()),
+            namespace: Some(target.namespace().to_owned()),
             ..Peer::default()
         },
-        destination_service: match &context.target {
+        destination_service: match target {
             Target::Service(t) => Some((
                 t.service.hostname.clone(),
                 t.service.name.clone(),
@@ -98,29 +166,12 @@ pub async fn open_tcp_upstream(
         downstream_remote: context.peer_address.to_string(),
         ..ConnectionInfo::default()
     };
-    let decision = evaluate_tcp(
-        config.policies_for(&context.target),
-        &TcpAuthzRequest {
-            source_identity: peer_identity.as_ref(),
-            source_ip: context.source_ip,
-            remote_ip: context.source_ip,
-            destination_ip: context.destination.ip(),
-            port: context.target.port(),
-        },
-    );
-    if let Decision::Deny(reason) = decision {
-        debug!(%reason, "connection denied");
-        info.termination_details = Some(match &reason {
-            DenyReason::DeniedBy(policy) => format!(
-                "rbac_access_denied_matched_policy[ns[{}]-policy[{}]-rule[0]]",
-                policy.namespace, policy.name
-            ),
-            _ => "rbac_access_denied_matched_policy[none]".to_owned(),
-        });
+    if let Err(details) = authorize(&config, context) {
+        info.termination_details = Some(details);
         drop(shared.metrics.connection_opened(info));
         return Err(Refusal::Forbidden);
     }
-    let cluster = match tcp_destination(shared, context) {
+    let cluster = match tcp_destination(&config, &target, context) {
         TcpDestination::Cluster(cluster) => cluster,
         TcpDestination::MissingCluster(name) => {
             info.response_flags = "NC";
@@ -160,8 +211,9 @@ pub async fn open_tcp_upstream(
         Ok(stream) => {
             upstream.record_outcome(&cluster, endpoint.address, Some(200));
             Ok(Box::new(MeteredIo {
-                inner: stream,
+                inner: registration.wrap(stream),
                 record: shared.metrics.connection_opened(info),
+                registration,
             }))
         }
         Err(error) => {
@@ -175,10 +227,20 @@ pub async fn open_tcp_upstream(
 }
 
 /// The upstream stream of one connection: what is read from it was sent to the client, what is
-/// written to it was received from the client. The record ends with the stream.
+/// written to it was received from the client. The record and the registration end with the
+/// stream; a revoked connection fails its reads and writes, and its access-log line says why.
 struct MeteredIo {
-    inner: BoxedIo,
+    inner: Revocable<BoxedIo>,
     record: ConnectionRecord,
+    registration: Registration<(), Arc<TunnelContext>>,
+}
+
+impl Drop for MeteredIo {
+    fn drop(&mut self) {
+        if let Some(reason) = self.registration.revoked() {
+            self.record.set_termination_details(reason.to_owned());
+        }
+    }
 }
 
 impl AsyncRead for MeteredIo {

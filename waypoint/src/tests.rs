@@ -19,6 +19,8 @@ use weft_proto::waypoint as proto;
 use crate::testing::{FakeEndpoint, LOCALHOST, TestMesh, hbone_tunnel, resolver_for};
 use crate::{RotatingCertificate, TlsMaterial, Waypoint, WaypointOptions};
 
+mod live;
+
 const HOST: &str = "reviews.default.svc.cluster.local";
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const PORT: u16 = 9080;
