@@ -4,6 +4,7 @@
 //! Listeners stay thin: accept, hand the connection to a task, move on. Decisions live in
 //! [`plan`] (pure functions over the store); this module only executes them.
 
+mod connections;
 mod copy;
 mod error;
 mod inbound;
@@ -42,6 +43,8 @@ pub struct ProxyContext<C> {
     /// One HBONE pool per worker: a tunnel and the connection carrying it live on one thread.
     pools: Box<[outbound::HbonePool<C>]>,
     pub(crate) round_robin: AtomicUsize,
+    /// Open connections of the served pods, decided again on every change of the store.
+    pub(crate) connections: connections::PodConnections,
 }
 
 impl<C: CertificateSource> ProxyContext<C> {
@@ -63,7 +66,9 @@ impl<C: CertificateSource> ProxyContext<C> {
         )
     }
 
-    /// A context whose pods are served on `workers`, thread per core.
+    /// A context whose pods are served on `workers`, thread per core. Its open connections are
+    /// decided again on every change of `store` by a task on the runtime this is called from
+    /// (none outside a runtime).
     pub fn with_workers(
         store: WorkloadStore,
         certificates: Arc<C>,
@@ -76,7 +81,7 @@ impl<C: CertificateSource> ProxyContext<C> {
         let pools = (0..workers.len().max(1))
             .map(|_| outbound::new_pool(certificates.clone(), pods.clone()))
             .collect();
-        Arc::new(Self {
+        let context = Arc::new(Self {
             store,
             certificates,
             metrics,
@@ -86,7 +91,18 @@ impl<C: CertificateSource> ProxyContext<C> {
             workers,
             pools,
             round_robin: AtomicUsize::new(0),
-        })
+            connections: connections::PodConnections::default(),
+        });
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(connections::watch_store(Arc::downgrade(&context)));
+        }
+        context
+    }
+
+    /// Open connections of the served pods (HBONE connections, tunnels, plaintext and
+    /// outbound connections).
+    pub fn open_connections(&self) -> usize {
+        self.connections.len()
     }
 
     /// The calling worker's HBONE pool.

@@ -39,7 +39,8 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 struct Agent {
     store: WorkloadStore,
     /// Serves the node's pods until the test ends.
-    _manager: PodManager<LocalCertificates>,
+    manager: PodManager<LocalCertificates>,
+    registry: prometheus_client::registry::Registry,
 }
 
 /// The mesh: client and neighbor on node1, server on node2, all in the mesh; `outside` is the
@@ -94,7 +95,8 @@ impl Mesh {
             }
             agents.push(Agent {
                 store,
-                _manager: manager,
+                manager,
+                registry,
             });
         }
         Self {
@@ -123,6 +125,24 @@ impl Mesh {
         destination: SocketAddr,
         payload: &[u8],
     ) -> std::io::Result<Vec<u8>> {
+        let mut stream = self.connect_via_agent(pod, destination).await?;
+        tokio::time::timeout(TIMEOUT, async {
+            stream.write_all(payload).await?;
+            stream.shutdown().await?;
+            let mut reply = Vec::new();
+            stream.read_to_end(&mut reply).await?;
+            Ok(reply)
+        })
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "echo timed out"))?
+    }
+
+    /// A connection from `pod` through its outbound listener to `destination`.
+    async fn connect_via_agent(
+        &self,
+        pod: &str,
+        destination: SocketAddr,
+    ) -> std::io::Result<TcpStream> {
         let pod = self.testbed.pod(pod);
         let original = self.original.clone();
         let std_stream = pod
@@ -139,17 +159,44 @@ impl Mesh {
                 std::io::Result::Ok(std::net::TcpStream::from(socket))
             })
             .unwrap()?;
-        let mut stream = TcpStream::from_std(std_stream)?;
-        tokio::time::timeout(TIMEOUT, async {
-            stream.write_all(payload).await?;
-            stream.shutdown().await?;
-            let mut reply = Vec::new();
-            stream.read_to_end(&mut reply).await?;
-            Ok(reply)
-        })
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "echo timed out"))?
+        TcpStream::from_std(std_stream)
     }
+
+    /// A connection from `pod` to `destination` that stays open, after one echo through it.
+    async fn open_echo(&self, pod: &str, destination: SocketAddr) -> TcpStream {
+        let mut stream = self.connect_via_agent(pod, destination).await.unwrap();
+        assert!(round_trip(&mut stream).await, "no echo from {destination}");
+        stream
+    }
+
+    /// The agents' metrics, as Prometheus text.
+    fn metrics(&self) -> String {
+        let mut text = String::new();
+        for agent in &self.agents {
+            prometheus_client::encoding::text::encode(&mut text, &agent.registry).unwrap();
+        }
+        text
+    }
+}
+
+/// Whether an open echo connection still answers.
+async fn round_trip(stream: &mut TcpStream) -> bool {
+    let exchange = async {
+        stream.write_all(b"ping").await?;
+        let mut reply = [0u8; 4];
+        stream.read_exact(&mut reply).await?;
+        std::io::Result::Ok(&reply == b"ping")
+    };
+    matches!(tokio::time::timeout(TIMEOUT, exchange).await, Ok(Ok(true)))
+}
+
+/// Whether an open connection is closed (EOF or reset) within `limit`.
+async fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(
+        tokio::time::timeout(limit, stream.read(&mut byte)).await,
+        Ok(Ok(0) | Err(_))
+    )
 }
 
 /// An echo server in `netns` on `ip:port`, answering until the test ends.
@@ -285,6 +332,110 @@ async fn same_node_skips_tls_but_keeps_policy_and_outside_passes_through() {
             .await
             .unwrap(),
         b"plain"
+    );
+}
+
+/// Connections counted closed with `flags` (a same-node connection has one record, the
+/// source's; one over HBONE one at each end).
+fn closed_with(text: &str, flags: &str) -> u64 {
+    text.lines()
+        .filter(|l| {
+            l.starts_with("istio_tcp_connections_closed_total{")
+                && l.contains(&format!("response_flags=\"{flags}\""))
+        })
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_connections_a_policy_no_longer_allows_are_closed() {
+    logs::capture();
+    let mesh = Mesh::start().await;
+    let server = mesh.testbed.pod("server");
+    let neighbor = mesh.testbed.pod("neighbor");
+    echo_server(&server.netns, server.ip, APP_PORT);
+    echo_server(&neighbor.netns, neighbor.ip, APP_PORT);
+    // Over HBONE to the other node, and to a pod of the same node (no TLS).
+    let mut remote = mesh
+        .open_echo("client", SocketAddr::from((server.ip, APP_PORT)))
+        .await;
+    let mut local = mesh
+        .open_echo("client", SocketAddr::from((neighbor.ip, APP_PORT)))
+        .await;
+    let denied_before = closed_with(&mesh.metrics(), "DENY");
+
+    // A policy that still allows the client changes nothing for its connections.
+    mesh.both_agents(|store| {
+        store.insert_policy(only_principal(
+            "only-client",
+            "cluster.local/ns/shop/sa/client",
+        ))
+    });
+    assert!(round_trip(&mut remote).await && round_trip(&mut local).await);
+
+    // One that no longer does closes both, at once.
+    mesh.both_agents(|store| {
+        store.insert_policy(only_principal(
+            "only-client",
+            "cluster.local/ns/shop/sa/someone-else",
+        ))
+    });
+    assert!(
+        closed_within(&mut remote, Duration::from_secs(1)).await,
+        "the cross-node connection is still open a second after the policy denied it"
+    );
+    assert!(
+        closed_within(&mut local, Duration::from_secs(1)).await,
+        "the same-node connection is still open a second after the policy denied it"
+    );
+    // Counted as closed by policy, and logged with the reason.
+    assert!(
+        closed_with(&mesh.metrics(), "DENY") >= denied_before + 2,
+        "{}",
+        mesh.metrics()
+    );
+    explained(&[
+        "connection complete",
+        "response_flags=DENY",
+        "connection closed due to policy change",
+    ]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_that_leaves_the_mesh_loses_its_open_connections() {
+    let mesh = Mesh::start().await;
+    let server = mesh.testbed.pod("server");
+    let neighbor = mesh.testbed.pod("neighbor");
+    echo_server(&server.netns, server.ip, APP_PORT);
+    echo_server(&neighbor.netns, neighbor.ip, APP_PORT);
+    let mut to_server = mesh
+        .open_echo("client", SocketAddr::from((server.ip, APP_PORT)))
+        .await;
+    let mut from_neighbor = mesh
+        .open_echo("neighbor", SocketAddr::from((server.ip, APP_PORT)))
+        .await;
+
+    // The client leaves: its own connections end; the neighbor's are not its business.
+    mesh.agents[0]
+        .manager
+        .remove(&enrolled(mesh.testbed.pod("client")).uid)
+        .await
+        .unwrap();
+    assert!(
+        closed_within(&mut to_server, Duration::from_secs(1)).await,
+        "the departed pod's outbound connection is still open"
+    );
+    assert!(round_trip(&mut from_neighbor).await);
+
+    // The server leaves: the connections into it end.
+    mesh.agents[1]
+        .manager
+        .remove(&enrolled(server).uid)
+        .await
+        .unwrap();
+    assert!(
+        closed_within(&mut from_neighbor, Duration::from_secs(1)).await,
+        "a connection into the departed pod is still open"
     );
 }
 

@@ -32,16 +32,30 @@ pub enum ProxyError {
     Netns(#[source] io::Error),
     #[error("copying: {0}")]
     Copy(#[source] io::Error),
+    /// Open while allowed, closed when a change of policy or workloads no longer allowed it
+    /// (ztunnel's words).
+    #[error("connection closed due to policy change: {0}")]
+    PolicyChanged(String),
+    #[error("connection closed: {}", super::connections::POD_LEFT)]
+    PodLeft,
 }
 
 impl ProxyError {
+    /// The error of a connection revoked for `reason` (see `connections`).
+    pub(crate) fn revoked(reason: &str) -> Self {
+        if reason == super::connections::POD_LEFT {
+            Self::PodLeft
+        } else {
+            Self::PolicyChanged(reason.to_owned())
+        }
+    }
+
     /// The `response_flags` label value (ztunnel's vocabulary).
     pub fn response_flags(&self) -> &'static str {
         match self {
-            Self::Refused(InboundRefusal::Denied(_) | InboundRefusal::WaypointBypass { .. }) => {
-                "DENY"
-            }
-            Self::Copy(_) => "-",
+            Self::Refused(InboundRefusal::Denied(_) | InboundRefusal::WaypointBypass { .. })
+            | Self::PolicyChanged(_) => "DENY",
+            Self::Copy(_) | Self::PodLeft => "-",
             _ => "CONNECT",
         }
     }

@@ -1,7 +1,8 @@
 //! The inbound proxies of a served pod: HBONE on 15008 (mutual TLS, then one HTTP/2 CONNECT per
 //! tunnel) and plaintext on 15006 (connections `sk_lookup` steers from the pod's application
 //! ports). Both check the destination address, authorize with the pod's L4 policy, and connect
-//! to the application from inside the pod's namespace.
+//! to the application from inside the pod's namespace. Every connection and tunnel stays
+//! registered with what it was authorized on while it is open (see `connections`).
 
 use std::{
     io,
@@ -16,13 +17,17 @@ use tokio::{
     net::TcpStream,
 };
 use tokio_rustls::TlsAcceptor;
-use weft_hbone::{ConnectHandler, ConnectRequest, H2Config, Refusal, serve_connection};
+use weft_hbone::{
+    ConnectHandler, ConnectRequest, H2Config, Refusal, Registration, Revocable, serve_connection,
+};
 use weft_identity::{
     SpiffeId, WorkloadCertificate, peer_identity, require_trust_domain, server_config,
 };
 
 use super::{
-    ProxyContext, ProxyError, copy,
+    ProxyContext, ProxyError,
+    connections::{Tracked, copy_error},
+    copy,
     outbound::connect_in,
     plan::{InboundRefusal, authorize_inbound, inbound_service},
     pods::ServedPod,
@@ -60,15 +65,24 @@ pub(super) async fn handle_plaintext<C: CertificateSource>(
     );
     guard.set_source(peer);
     guard.set_destination(target);
+    // Registered before the decision: a change meanwhile decides it again.
+    let registration = context.connections.register(
+        pod.uid.clone(),
+        Tracked::Inbound {
+            peer: None,
+            source_ip: peer.ip(),
+            target,
+        },
+    );
     let result = async {
         let workload = workload.ok_or_else(|| ProxyError::UnknownPod(pod.uid.clone()))?;
         authorize_inbound(&context.store, &workload, None, peer.ip(), target)?;
-        let mut upstream = connect_in(&pod.netns, target)
+        let upstream = connect_in(&pod.netns, target)
             .await
             .map_err(|e| ProxyError::Connect(target, e))?;
-        copy::tcp_both_ways(&mut downstream, &mut upstream)
+        copy::tcp_both_ways(&mut downstream, &mut registration.wrap(upstream))
             .await
-            .map_err(ProxyError::Copy)
+            .map_err(copy_error)
     }
     .await;
     match result {
@@ -130,9 +144,18 @@ async fn serve_hbone<C: CertificateSource>(
         peer: peer_id,
         peer_address: peer,
     });
-    match serve_connection(tls, handler, H2Config::default()).await {
+    // The connection itself ends only with the pod's enrollment; its tunnels are decided one
+    // by one.
+    let registration = context
+        .connections
+        .register(pod.uid.clone(), Tracked::Carrier);
+    match serve_connection(registration.wrap(tls), handler, H2Config::default()).await {
         Ok(summary) => {
             tracing::debug!(%peer, tunnels = summary.tunnels, refused = summary.refused, "hbone connection closed");
+            Ok(())
+        }
+        Err(error) if registration.revoked().is_some() => {
+            tracing::debug!(%peer, %error, "hbone connection closed: the pod left the mesh");
             Ok(())
         }
         Err(error) => Err(ProxyError::Copy(io::Error::other(error))),
@@ -172,7 +195,7 @@ struct InboundTunnels<C> {
 }
 
 impl<C: CertificateSource> ConnectHandler for InboundTunnels<C> {
-    type Upstream = Metered<TcpStream>;
+    type Upstream = Metered;
 
     async fn connect(&self, request: &ConnectRequest) -> Result<Self::Upstream, Refusal> {
         let context = &self.context;
@@ -192,6 +215,14 @@ impl<C: CertificateSource> ConnectHandler for InboundTunnels<C> {
         );
         guard.set_source(self.peer_address);
         guard.set_destination(target);
+        let registration = context.connections.register(
+            self.pod.uid.clone(),
+            Tracked::Inbound {
+                peer: Some(self.peer.clone()),
+                source_ip,
+                target,
+            },
+        );
         let result = async {
             let workload = workload.ok_or_else(|| ProxyError::UnknownPod(self.pod.uid.clone()))?;
             authorize_inbound(
@@ -207,7 +238,11 @@ impl<C: CertificateSource> ConnectHandler for InboundTunnels<C> {
         }
         .await;
         match result {
-            Ok(stream) => Ok(Metered { stream, guard }),
+            Ok(stream) => Ok(Metered {
+                stream: registration.wrap(stream),
+                guard,
+                registration,
+            }),
             Err(error) => {
                 guard.set_response_flags(error.response_flags());
                 guard.set_error(&error);
@@ -224,14 +259,26 @@ impl<C: CertificateSource> ConnectHandler for InboundTunnels<C> {
     }
 }
 
-/// An upstream socket that counts its bytes into the connection's metrics guard; dropping it
-/// (when the tunnel ends) closes the connection's record.
-pub(crate) struct Metered<S> {
-    stream: S,
+/// A tunnel's upstream socket: counts its bytes into the connection's metrics guard and fails
+/// once the tunnel is revoked; dropping it (when the tunnel ends) unregisters the tunnel and
+/// closes its record, which says why a revoked tunnel ended.
+pub(crate) struct Metered {
+    stream: Revocable<TcpStream>,
     guard: ConnectionGuard,
+    registration: Registration<String, Tracked>,
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
+impl Drop for Metered {
+    fn drop(&mut self) {
+        if let Some(reason) = self.registration.revoked() {
+            let error = ProxyError::revoked(reason);
+            self.guard.set_response_flags(error.response_flags());
+            self.guard.set_error(&error);
+        }
+    }
+}
+
+impl AsyncRead for Metered {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -245,7 +292,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
+impl AsyncWrite for Metered {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -14,11 +14,13 @@ use tokio::{
     net::{TcpSocket, TcpStream},
 };
 use tokio_rustls::TlsConnector;
-use weft_hbone::{ConnectRequest, Connector, Pool, PoolConfig};
+use weft_hbone::{ConnectRequest, Connector, Pool, PoolConfig, Revocable};
 use weft_identity::{SpiffeId, client_config, hbone_server_name};
 
 use super::{
-    ProxyContext, ProxyError, copy,
+    ProxyContext, ProxyError,
+    connections::{Tracked, copy_error},
+    copy,
     plan::{OutboundPlan, authorize_inbound, plan_outbound},
     pods::{ServedPod, ServedPods},
 };
@@ -97,11 +99,16 @@ pub(crate) async fn connect_in(netns: &PodNetns, target: SocketAddr) -> io::Resu
 pub(super) async fn handle<C: CertificateSource>(
     context: Arc<ProxyContext<C>>,
     pod: Arc<ServedPod>,
-    mut app: TcpStream,
+    app: TcpStream,
     peer: SocketAddr,
 ) {
     let started = Instant::now();
     let _ = app.set_nodelay(true);
+    // Ends when the pod leaves the mesh.
+    let registration = context
+        .connections
+        .register(pod.uid.clone(), Tracked::Carrier);
+    let mut app = registration.wrap(app);
     let source = context.store.workload_by_uid(&pod.uid);
     let planned = match &source {
         None => Err(ProxyError::UnknownPod(pod.uid.clone())),
@@ -182,7 +189,7 @@ async fn execute<C: CertificateSource>(
     context: &ProxyContext<C>,
     pod: &ServedPod,
     source: &Workload,
-    app: &mut TcpStream,
+    app: &mut Revocable<TcpStream>,
     plan: OutboundPlan,
 ) -> Result<(u64, u64), ProxyError> {
     match plan {
@@ -192,7 +199,7 @@ async fn execute<C: CertificateSource>(
                 .map_err(|e| ProxyError::Connect(target, e))?;
             copy::tcp_both_ways(app, &mut upstream)
                 .await
-                .map_err(ProxyError::Copy)
+                .map_err(copy_error)
         }
         OutboundPlan::Local {
             target,
@@ -205,6 +212,16 @@ async fn execute<C: CertificateSource>(
                 .identity()
                 .map_err(|e| ProxyError::PeerIdentity(e.to_string()))?;
             let source_ip = source.addresses.first().copied().unwrap_or(target.ip());
+            // The destination pod's connection, decided again on every change like one that
+            // arrived over HBONE.
+            let registration = context.connections.register(
+                destination.uid.clone(),
+                Tracked::Inbound {
+                    peer: Some(identity.clone()),
+                    source_ip,
+                    target,
+                },
+            );
             authorize_inbound(
                 &context.store,
                 &destination,
@@ -216,12 +233,12 @@ async fn execute<C: CertificateSource>(
                 .pods
                 .get(&destination.uid)
                 .ok_or_else(|| ProxyError::UnknownPod(destination.uid.clone()))?;
-            let mut upstream = connect_in(&destination_pod.netns, target)
+            let upstream = connect_in(&destination_pod.netns, target)
                 .await
                 .map_err(|e| ProxyError::Connect(target, e))?;
-            copy::tcp_both_ways(app, &mut upstream)
+            copy::tcp_both_ways(app, &mut registration.wrap(upstream))
                 .await
-                .map_err(ProxyError::Copy)
+                .map_err(copy_error)
         }
         OutboundPlan::Hbone {
             gateway,
@@ -249,7 +266,10 @@ async fn execute<C: CertificateSource>(
                 .map_err(|e| ProxyError::Hbone(gateway, e))?;
             let stats = weft_hbone::copy_bidirectional(&mut tunnel, app)
                 .await
-                .map_err(|e| ProxyError::Copy(io::Error::other(e)))?;
+                .map_err(|e| match app.revoked() {
+                    Some(reason) => ProxyError::revoked(reason),
+                    None => ProxyError::Copy(io::Error::other(e)),
+                })?;
             Ok((stats.to_tunnel, stats.from_tunnel))
         }
     }

@@ -15,7 +15,11 @@ use tokio::{net::TcpListener, task::JoinHandle};
 use tracing::Instrument;
 use weft_identity::WorkloadCertificate;
 
-use super::{HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT, ProxyContext, inbound, outbound};
+use super::{
+    HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT, ProxyContext,
+    connections::{POD_LEFT, PodConnections},
+    inbound, outbound,
+};
 use crate::{
     certificates::CertificateSource,
     ebpf::{NetnsCookie, netns_cookie},
@@ -72,11 +76,12 @@ impl ServedPods {
     }
 }
 
-/// One served pod's listeners. Dropping it closes them and forgets the pod; connections already
-/// accepted run to completion.
+/// One served pod's listeners. Dropping it (the pod left the mesh) closes them, forgets the pod
+/// and closes every connection the pod has, in and out, as ztunnel closes a removed pod's.
 pub struct PodProxy {
     uid: String,
     pods: ServedPods,
+    connections: PodConnections,
     inbound_plaintext: Arc<TcpListener>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -173,6 +178,7 @@ impl PodProxy {
         Ok(Self {
             uid,
             pods: context.pods.clone(),
+            connections: context.connections.clone(),
             inbound_plaintext,
             tasks,
         })
@@ -190,6 +196,8 @@ impl Drop for PodProxy {
             task.abort();
         }
         self.pods.remove(&self.uid);
+        let closed = self.connections.revoke_group(&self.uid, POD_LEFT);
+        tracing::info!(pod = %self.uid, closed, "pod no longer served: its connections are closed");
     }
 }
 

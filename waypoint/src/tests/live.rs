@@ -272,5 +272,5 @@ async fn an_open_tcp_connection_the_policies_no_longer_allow_is_closed() {
     );
     assert!(applied.elapsed() < Duration::from_secs(1));
     assert!(exchange(&mut kept).await.starts_with("HTTP/1.1 200"));
-
+    assert_eq!(harness.waypoint.shared.tcp_connections.len(), 1);
 }
