@@ -13,8 +13,9 @@
 //!
 //! A request with `Upgrade: websocket` becomes a WebSocket echo. With upstreams configured
 //! (`--upstream reviews=http://10.96.0.3:9080`), every request also calls each upstream in turn,
-//! passing on `end-user` and `x-request-id`, and reports what each answered: the fan-out of
-//! Istio's bookinfo, where productpage calls details and reviews, and reviews calls ratings.
+//! passing on `end-user` and `x-request-id`, and reports what each answered and on which of
+//! its pooled keep-alive connections: the fan-out of Istio's bookinfo, where productpage calls
+//! details and reviews, and reviews calls ratings.
 //!
 //! It knows nothing of the mesh.
 
@@ -36,7 +37,10 @@ use http::{Method, Request, Response, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
+    client::legacy::{
+        Client,
+        connect::{HttpConnector, HttpInfo},
+    },
     rt::{TokioExecutor, TokioIo},
     server::conn::auto,
 };
@@ -65,8 +69,8 @@ const MAX_DELAY: Duration = Duration::from_secs(30);
 const MAX_BODY: usize = 64 * 1024 * 1024;
 /// Request ids remembered for `x-fail-attempts`.
 const MAX_TRACKED_REQUESTS: usize = 10_000;
-/// How long one upstream call may take.
-const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one upstream call may take (bookinfo's reviews waits 10 s for ratings).
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(10);
 /// Request headers passed on to upstreams (bookinfo's propagation).
 const PROPAGATED: [&str; 2] = ["end-user", "x-request-id"];
 /// How much of a non-JSON upstream answer is reported.
@@ -118,6 +122,10 @@ struct UpstreamReply {
     /// A body that was not the sample app's JSON, or why the call failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
+    /// The local address of the pooled connection the call went out on: the same address
+    /// call after call means one long-lived connection.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    connection: Option<String>,
 }
 
 /// Shared state: identity, per-request-id attempt counts, the forced status, upstreams.
@@ -388,19 +396,24 @@ impl App {
         let exchange = async {
             let response = self.client.request(call).await.map_err(|e| e.to_string())?;
             let status = response.status().as_u16();
+            let connection = response
+                .extensions()
+                .get::<HttpInfo>()
+                .map(|info| info.local_addr().to_string());
             let body = response
                 .into_body()
                 .collect()
                 .await
                 .map_err(|e| e.to_string())?
                 .to_bytes();
-            Ok::<_, String>((status, body))
+            Ok::<_, String>((status, body, connection))
         };
-        let (status, body) = match tokio::time::timeout(UPSTREAM_TIMEOUT, exchange).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(error)) => return upstream_error(upstream, 0, error),
-            Err(_) => return upstream_error(upstream, 0, "timed out".into()),
-        };
+        let (status, body, connection) =
+            match tokio::time::timeout(UPSTREAM_TIMEOUT, exchange).await {
+                Ok(Ok(answer)) => answer,
+                Ok(Err(error)) => return upstream_error(upstream, 0, error),
+                Err(_) => return upstream_error(upstream, 0, "timed out".into()),
+            };
         match serde_json::from_slice::<serde_json::Value>(&body) {
             Ok(json) if json.get("service").is_some() => {
                 let text = |key: &str| json.get(key).and_then(|v| v.as_str()).map(String::from);
@@ -412,12 +425,16 @@ impl App {
                     pod: text("pod"),
                     upstreams: json.get("upstreams").cloned(),
                     error: None,
+                    connection,
                 }
             }
             _ => {
                 let text = String::from_utf8_lossy(&body);
                 let text: String = text.trim().chars().take(MAX_REPORTED_BODY).collect();
-                upstream_error(upstream, status, text)
+                UpstreamReply {
+                    connection,
+                    ..upstream_error(upstream, status, text)
+                }
             }
         }
     }
@@ -449,6 +466,7 @@ fn upstream_error(upstream: &Upstream, status: u16, error: String) -> UpstreamRe
         pod: None,
         upstreams: None,
         error: Some(error),
+        connection: None,
     }
 }
 

@@ -22,9 +22,9 @@ struct Args {
     /// gRPC listen address.
     #[arg(long, default_value = "0.0.0.0:9090")]
     grpc: SocketAddr,
-    /// Raw TCP echo listen address (bytes in, same bytes out).
+    /// Raw TCP echo listen address (bytes in, same bytes out); repeatable.
     #[arg(long)]
-    echo: Option<SocketAddr>,
+    echo: Vec<SocketAddr>,
     /// A service called on every request, `name=http://host:port[/path]` (repeatable).
     #[arg(long = "upstream")]
     upstreams: Vec<Upstream>,
@@ -37,7 +37,7 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt().with_env_filter("info").init();
     let args = Args::parse();
-    let echo = args.echo;
+    let echo = args.echo.clone();
     let app = App::with_upstreams(
         Identity {
             service: args.service,
@@ -48,8 +48,8 @@ async fn main() -> anyhow::Result<()> {
         args.log_requests,
     );
     let (http, grpc, task) = start_app(app, args.http, args.grpc).await?;
-    if let Some(echo) = echo {
-        let listener = tokio::net::TcpListener::bind(echo).await?;
+    for address in &echo {
+        let listener = tokio::net::TcpListener::bind(address).await?;
         tokio::spawn(weft_sample_app::serve_echo(listener));
     }
     tracing::info!(%http, %grpc, echo = ?echo, "sample app serving");

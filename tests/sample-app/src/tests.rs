@@ -240,6 +240,11 @@ async fn upstreams_are_called_with_the_propagated_headers() {
     assert_eq!(upstreams[2]["status"], 0);
     assert!(upstreams[2]["error"].is_string(), "{body}");
     assert_eq!(upstreams[3]["pod"], "details-v1");
+    // Each call names the pooled connection it went out on; the next request reuses it.
+    let connection = upstreams[0]["connection"].as_str().unwrap().to_owned();
+    assert!(connection.starts_with("127.0.0.1:"), "{body}");
+    let (_, again) = get_h1(http, "/productpage", &[]).await;
+    assert_eq!(again["upstreams"][0]["connection"], connection.as_str());
     // What the upstream saw: its own path and the propagated header, nothing else.
     let head = head.await.unwrap();
     assert!(head.starts_with("get /details/0 http/1.1\r\n"), "{head}");
