@@ -17,7 +17,9 @@ use std::{
 
 use anyhow::{Context, bail};
 
+pub mod bookinfo;
 pub mod scenarios;
+pub mod session;
 use node_agent::enrollment::{EnrolledPod, EnrollmentClient};
 use weft_testbed::{Pod, Testbed, Topology};
 
@@ -30,6 +32,8 @@ pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
 pub const WAYPOINT_METRICS_PORT: u16 = 15020;
 /// The sample app's HTTP port unless a pod says otherwise.
 pub const DEFAULT_HTTP_PORT: u16 = 8080;
+/// The sample app's TCP echo port unless a pod says otherwise.
+pub const DEFAULT_ECHO_PORT: u16 = 7000;
 
 /// What runs in a pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +61,8 @@ pub struct PodSpec {
     pub http_port: u16,
     /// Services the sample app calls on every request (`name=http://host:port`).
     pub upstreams: Vec<String>,
+    /// Ports of the sample app's TCP echo.
+    pub echo_ports: Vec<u16>,
 }
 
 impl PodSpec {
@@ -79,6 +85,7 @@ impl PodSpec {
             },
             http_port: DEFAULT_HTTP_PORT,
             upstreams: Vec::new(),
+            echo_ports: vec![DEFAULT_ECHO_PORT],
         }
     }
 
@@ -98,6 +105,7 @@ impl PodSpec {
             },
             http_port: DEFAULT_HTTP_PORT,
             upstreams: Vec::new(),
+            echo_ports: Vec::new(),
         }
     }
 
@@ -113,6 +121,7 @@ impl PodSpec {
             workload: Workload::None,
             http_port: DEFAULT_HTTP_PORT,
             upstreams: Vec::new(),
+            echo_ports: Vec::new(),
         }
     }
 
@@ -128,6 +137,18 @@ impl PodSpec {
 
     pub fn with_upstream(mut self, name: &str, url: &str) -> Self {
         self.upstreams.push(format!("{name}={url}"));
+        self
+    }
+
+    /// The sample app's TCP echo on `ports` instead of 7000.
+    pub fn with_echo_ports(mut self, ports: &[u16]) -> Self {
+        self.echo_ports = ports.to_vec();
+        self
+    }
+
+    /// Another service account than the one named after the service.
+    pub fn with_service_account(mut self, account: &str) -> Self {
+        self.service_account = account.into();
         self
     }
 
@@ -245,6 +266,8 @@ pub struct Mesh {
     apps: Vec<Process>,
     waypoints: BTreeMap<String, Process>,
     enrollment: BTreeMap<String, Vec<EnrolledPod>>,
+    /// Namespaces the configuration declares itself (the harness writes the others).
+    declared: std::collections::BTreeSet<String>,
     certificate_ttl: Duration,
     acceleration: bool,
     log_requests: bool,
@@ -332,6 +355,7 @@ impl Mesh {
             apps: Vec::new(),
             waypoints: BTreeMap::new(),
             enrollment: BTreeMap::new(),
+            declared: Default::default(),
             certificate_ttl: options.certificate_ttl,
             acceleration: options.acceleration,
             log_requests: options.log_requests,
@@ -342,7 +366,8 @@ impl Mesh {
         for (file, yaml) in &options.config_files {
             declared.extend(declared_namespaces(yaml).with_context(|| file.clone())?);
         }
-        mesh.write_config("00-pods.yaml", &mesh.pods_yaml(&declared))?;
+        mesh.declared = declared;
+        mesh.write_config("00-pods.yaml", &mesh.pods_yaml())?;
         if !options.config.is_empty() {
             mesh.write_config("10-config.yaml", &options.config)?;
         }
@@ -387,7 +412,8 @@ impl Mesh {
         &self.dir
     }
 
-    fn pods_yaml(&self, declared: &std::collections::BTreeSet<String>) -> String {
+    fn pods_yaml(&self) -> String {
+        let declared = &self.declared;
         let mut yaml = String::new();
         let namespaces: std::collections::BTreeSet<_> = self
             .pods
@@ -429,6 +455,29 @@ impl Mesh {
         yaml
     }
 
+    /// Changes the pod `name` as its owner would (labels, say) and rewrites the pods' file; a
+    /// pod whose enrollment changed joins or leaves the mesh: its node's enrollment snapshot
+    /// is sent again (the CNI's role).
+    pub fn update_pod(
+        &mut self,
+        name: &str,
+        change: impl FnOnce(&mut PodSpec),
+    ) -> anyhow::Result<()> {
+        let spec = self
+            .pods
+            .iter_mut()
+            .find(|p| p.name == name)
+            .with_context(|| format!("no pod {name}"))?;
+        let enrolled = spec.enrolled;
+        change(spec);
+        let (node, rejoined) = (spec.node.clone(), spec.enrolled != enrolled);
+        self.write_config("00-pods.yaml", &self.pods_yaml())?;
+        if rejoined {
+            self.enroll(&node)?;
+        }
+        Ok(())
+    }
+
     /// Writes (or replaces) a configuration file the controller watches.
     pub fn write_config(&self, file: &str, yaml: &str) -> anyhow::Result<()> {
         let path = self.dir.join("config").join(file);
@@ -436,6 +485,34 @@ impl Mesh {
         std::fs::write(&temporary, yaml)?;
         std::fs::rename(&temporary, &path)?;
         Ok(())
+    }
+
+    /// What `kubectl apply -f` does with `yaml`: each object it holds replaces the object of
+    /// the same kind, namespace and name (one file per object in the watched directory).
+    pub fn kubectl_apply(&self, yaml: &str) -> anyhow::Result<()> {
+        for document in split_documents(yaml) {
+            let value: serde_yaml::Value =
+                serde_yaml::from_str(&document).with_context(|| format!("parsing {document}"))?;
+            let text = |path: &[&str]| {
+                path.iter()
+                    .try_fold(&value, |v, key| v.get(key))
+                    .and_then(|v| v.as_str())
+                    .map(str::to_owned)
+            };
+            let kind = text(&["kind"]).with_context(|| format!("no kind in {document}"))?;
+            let name = text(&["metadata", "name"])
+                .with_context(|| format!("no metadata.name in {document}"))?;
+            let namespace =
+                text(&["metadata", "namespace"]).unwrap_or_else(|| "default".to_owned());
+            self.write_config(&object_file(&kind, &namespace, &name), &document)?;
+        }
+        Ok(())
+    }
+
+    /// What `kubectl delete <kind> <name> -n <namespace>` does to objects applied with
+    /// [`Mesh::kubectl_apply`].
+    pub fn kubectl_delete(&self, kind: &str, namespace: &str, name: &str) -> anyhow::Result<()> {
+        self.remove_config(&object_file(kind, namespace, name))
     }
 
     pub fn remove_config(&self, file: &str) -> anyhow::Result<()> {
@@ -636,6 +713,36 @@ impl Mesh {
             .spawn()?)
     }
 
+    /// Starts `mesh-client http-session` in `pod`: one keep-alive connection to `target`
+    /// (`ip:port`) with requests for `host`, kept open until the session is dropped.
+    pub fn http_session(
+        &self,
+        pod: &str,
+        target: &str,
+        host: &str,
+    ) -> anyhow::Result<session::Session> {
+        self.session(pod, &["http-session", "--target", target, "--host", host])
+    }
+
+    /// Starts `mesh-client tcp-session` in `pod`: one TCP connection to the line echo at
+    /// `target` (`ip:port`).
+    pub fn tcp_session(&self, pod: &str, target: &str) -> anyhow::Result<session::Session> {
+        self.session(pod, &["tcp-session", "--target", target])
+    }
+
+    fn session(&self, pod: &str, args: &[&str]) -> anyhow::Result<session::Session> {
+        let log = std::fs::File::create(self.dir.join(format!("session-{pod}.log")))?;
+        let child = self
+            .testbed
+            .pod_command(pod, binary("mesh-client")?.to_str().unwrap())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()?;
+        session::Session::start(child)
+    }
+
     /// Waits for the agent's readiness endpoint.
     pub fn wait_ready(&self, node: &str) -> anyhow::Result<()> {
         let ip = self.testbed.node(node).ip;
@@ -684,9 +791,10 @@ impl Mesh {
                 &format!("0.0.0.0:{}", spec.http_port),
                 "--grpc",
                 "0.0.0.0:9090",
-                "--echo",
-                "0.0.0.0:7000",
             ]);
+            for port in &spec.echo_ports {
+                command.args(["--echo", &format!("0.0.0.0:{port}")]);
+            }
             for upstream in &spec.upstreams {
                 command.args(["--upstream", upstream]);
             }
@@ -790,11 +898,17 @@ impl Mesh {
         })
     }
 
-    /// How many configurations the waypoint of pod `name` has applied (from its log).
-    pub fn waypoint_configs_applied(&self, name: &str) -> usize {
-        self.log_of(&format!("waypoint-{name}"))
-            .matches("waypoint configuration applied")
-            .count()
+    /// The version of the `WaypointConfig` the waypoint of pod `name` applied last, as its
+    /// `/config_dump` says (empty before the first).
+    pub fn waypoint_config_version(&self, name: &str) -> String {
+        self.waypoint_config_dump(name)
+            .ok()
+            .and_then(|dump| {
+                dump["xds"]["last_applied"]["version"]
+                    .as_str()
+                    .map(String::from)
+            })
+            .unwrap_or_default()
     }
 
     /// Writes a configuration file and waits until the waypoint of pod `waypoint` has applied the
@@ -805,13 +919,48 @@ impl Mesh {
         file: &str,
         yaml: &str,
     ) -> anyhow::Result<()> {
-        let before = self.waypoint_configs_applied(waypoint);
-        self.write_config(file, yaml)?;
-        if !self.eventually(STARTUP, || self.waypoint_configs_applied(waypoint) > before) {
+        self.await_waypoint(waypoint, file, || self.write_config(file, yaml))
+    }
+
+    /// Makes `change` (to the configuration or the pods) and waits until the waypoint of pod
+    /// `waypoint` has applied a new configuration because of it.
+    pub fn await_waypoint<T>(
+        &self,
+        waypoint: &str,
+        what: &str,
+        change: impl FnOnce() -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        let before = self.waypoint_config_version(waypoint);
+        let changed = change()?;
+        if !self.eventually(STARTUP, || {
+            let now = self.waypoint_config_version(waypoint);
+            !now.is_empty() && now != before
+        }) {
             bail!(
-                "waypoint {waypoint} applied no new configuration after {file} was written\n{}",
+                "waypoint {waypoint} applied no new configuration after {what}\n{}",
                 self.logs()
             );
+        }
+        Ok(changed)
+    }
+
+    /// Waits until every agent's store (its `/config_dump` `state`) satisfies `ready`: the
+    /// agents applied the configuration the test just wrote.
+    pub fn await_agents(
+        &self,
+        what: &str,
+        ready: impl Fn(&serde_json::Value) -> bool,
+    ) -> anyhow::Result<()> {
+        let nodes: Vec<String> = self.agents.keys().cloned().collect();
+        if !self.eventually(STARTUP, || {
+            nodes.iter().all(|node| {
+                self.node_curl(node, "http://127.0.0.1:15000/config_dump")
+                    .ok()
+                    .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
+                    .is_some_and(|dump| ready(&dump["state"]))
+            })
+        }) {
+            bail!("the agents did not apply {what}\n{}", self.logs());
         }
         Ok(())
     }
@@ -1044,6 +1193,31 @@ fn enrolled(pod: &Pod) -> EnrolledPod {
     )
 }
 
+/// The documents of a YAML stream, as text (comments kept).
+pub fn split_documents(content: &str) -> Vec<String> {
+    let mut documents = vec![String::new()];
+    for line in content.lines() {
+        if line.trim_end() == "---" {
+            documents.push(String::new());
+        } else if let Some(last) = documents.last_mut() {
+            last.push_str(line);
+            last.push('\n');
+        }
+    }
+    documents
+        .into_iter()
+        .filter(|d| {
+            d.lines()
+                .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        })
+        .collect()
+}
+
+/// The file holding one object applied with [`Mesh::kubectl_apply`].
+fn object_file(kind: &str, namespace: &str, name: &str) -> String {
+    format!("50-{}-{namespace}-{name}.yaml", kind.to_lowercase())
+}
+
 /// Namespaces declared (as `kind: Namespace` documents) in a configuration text.
 fn declared_namespaces(yaml: &str) -> anyhow::Result<std::collections::BTreeSet<String>> {
     use serde::Deserialize as _;
@@ -1088,5 +1262,19 @@ impl Drop for Mesh {
                 self.dir.display()
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documents_are_split_with_their_comments() {
+        let docs = split_documents("# a\nkind: A\n---\n# only a comment\n---\nkind: B\n");
+        assert_eq!(
+            docs,
+            vec!["# a\nkind: A\n".to_string(), "kind: B\n".to_string()]
+        );
     }
 }

@@ -250,7 +250,7 @@ fn load_examples(dir: &Path) -> anyhow::Result<Examples> {
         let content = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;
         let mut kept = Vec::new();
-        for document in split_documents(&content) {
+        for document in weft_e2e::split_documents(&content) {
             let value: serde_yaml::Value = serde_yaml::from_str(&document)
                 .with_context(|| format!("parsing {}", path.display()))?;
             match text(&value, &["kind"]).as_deref() {
@@ -298,26 +298,6 @@ fn load_examples(dir: &Path) -> anyhow::Result<Examples> {
         );
     }
     Ok(examples)
-}
-
-/// The documents of a YAML stream, as text (comments kept).
-fn split_documents(content: &str) -> Vec<String> {
-    let mut documents = vec![String::new()];
-    for line in content.lines() {
-        if line.trim_end() == "---" {
-            documents.push(String::new());
-        } else if let Some(last) = documents.last_mut() {
-            last.push_str(line);
-            last.push('\n');
-        }
-    }
-    documents
-        .into_iter()
-        .filter(|d| {
-            d.lines()
-                .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
-        })
-        .collect()
 }
 
 /// The testbed has two nodes; the examples' `nodeName`s map onto them in order of first
@@ -1138,15 +1118,6 @@ fn metrics(demo: &Demo) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn documents_are_split_with_their_comments() {
-        let docs = split_documents("# a\nkind: A\n---\n# only a comment\n---\nkind: B\n");
-        assert_eq!(
-            docs,
-            vec!["# a\nkind: A\n".to_string(), "kind: B\n".to_string()]
-        );
-    }
 
     #[test]
     fn prometheus_labels_are_parsed() {

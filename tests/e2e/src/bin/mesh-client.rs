@@ -2,7 +2,9 @@
 //! redirection catches their connections like any application's): a tonic gRPC client, a
 //! WebSocket client, an HTTP/2 rapid-reset burst beside a well-behaved connection, and a
 //! request-smuggling attempt. Each prints one JSON line saying what happened and exits non-zero
-//! only when it could not run at all; the caller judges the result.
+//! only when it could not run at all; the caller judges the result. The sessions
+//! (`http-session`, `tcp-session`) instead keep one connection open and answer commands from
+//! stdin for as long as the test needs them (`weft_e2e::session`).
 
 use std::time::{Duration, Instant};
 
@@ -66,6 +68,21 @@ enum Command {
         #[arg(long, default_value = "/smuggled")]
         hidden_path: String,
     },
+    /// One HTTP/1.1 keep-alive connection to `target`, requests sent on it as stdin asks.
+    HttpSession {
+        /// `ip:port`
+        #[arg(long)]
+        target: std::net::SocketAddr,
+        /// Host header.
+        #[arg(long)]
+        host: String,
+    },
+    /// One TCP connection to a line echo at `target`, lines sent on it as stdin asks.
+    TcpSession {
+        /// `ip:port`
+        #[arg(long)]
+        target: std::net::SocketAddr,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -75,6 +92,14 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     let report = runtime.block_on(async {
         match cli.command {
+            Command::HttpSession { target, host } => {
+                weft_e2e::session::run_http_session(target, &host).await?;
+                return anyhow::Ok(None);
+            }
+            Command::TcpSession { target } => {
+                weft_e2e::session::run_tcp_session(target).await?;
+                return anyhow::Ok(None);
+            }
             Command::Grpc { target, count } => grpc(&target, count).await,
             Command::Websocket { url, count } => websocket(&url, count).await,
             Command::RapidReset {
@@ -88,8 +113,11 @@ fn main() -> anyhow::Result<()> {
                 hidden_path,
             } => smuggle(&target, &host, &hidden_path).await,
         }
+        .map(Some)
     })?;
-    println!("{report}");
+    if let Some(report) = report {
+        println!("{report}");
+    }
     Ok(())
 }
 
