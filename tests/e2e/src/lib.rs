@@ -932,6 +932,18 @@ impl Mesh {
     ) -> anyhow::Result<T> {
         let before = self.waypoint_config_version(waypoint);
         let changed = change()?;
+        self.await_waypoint_since(waypoint, &before, what)?;
+        Ok(changed)
+    }
+
+    /// Waits until the waypoint of pod `waypoint` applied another configuration than the
+    /// version `before` ([`Mesh::waypoint_config_version`] before a change).
+    pub fn await_waypoint_since(
+        &self,
+        waypoint: &str,
+        before: &str,
+        what: &str,
+    ) -> anyhow::Result<()> {
         if !self.eventually(STARTUP, || {
             let now = self.waypoint_config_version(waypoint);
             !now.is_empty() && now != before
@@ -941,7 +953,7 @@ impl Mesh {
                 self.logs()
             );
         }
-        Ok(changed)
+        Ok(())
     }
 
     /// Waits until every agent's store (its `/config_dump` `state`) satisfies `ready`: the
