@@ -6,7 +6,10 @@
 pub const SCENARIOS: [(&str, &str); 6] = [
     ("mtls", "traffic between the nodes is mutual TLS"),
     ("deny", "authorization policies block calls"),
-    ("canary", "the reviews canary splits 90/10"),
+    (
+        "canary",
+        "the reviews canary splits 90/10, then moves to 50/50 on open connections",
+    ),
     ("header-routing", "the user jason is routed to reviews v3"),
     ("fault", "an injected fault aborts jason's calls to ratings"),
     ("metrics", "Istio's metrics at the waypoint and the agents"),

@@ -9,7 +9,7 @@
 //! found through the state file the demo writes.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     io::IsTerminal,
     net::Ipv4Addr,
     path::{Path, PathBuf},
@@ -421,6 +421,8 @@ struct Demo {
     services: BTreeMap<String, (Ipv4Addr, u16)>,
     waypoint: String,
     namespace: String,
+    /// The configuration files the controller plays (name, text), as the examples have them.
+    files: Vec<(String, String)>,
 }
 
 impl Demo {
@@ -540,6 +542,7 @@ fn run(examples_dir: &Path, only: Option<&str>, no_wait: bool) -> anyhow::Result
             .map(|p| p.name.clone())
             .context("no waypoint pod")?,
         namespace: examples.waypoint.1.clone(),
+        files: examples.files.clone(),
         mesh,
     };
     wait_for_routes(&demo)?;
@@ -855,33 +858,160 @@ fn reviews_versions(answers: &[(u16, serde_json::Value)]) -> BTreeMap<String, u3
     counts
 }
 
-fn canary(demo: &Demo) -> anyhow::Result<()> {
-    const REQUESTS: u32 = 1000;
-    let started = Instant::now();
-    let answers = demo.productpage(REQUESTS, &[])?;
-    let counts = reviews_versions(&answers);
-    let share =
-        |v: &str| f64::from(counts.get(v).copied().unwrap_or(0)) * 100.0 / f64::from(REQUESTS);
-    say(&format!(
-        "{REQUESTS} requests client -> productpage -> reviews in {:.1} s",
-        started.elapsed().as_secs_f64()
-    ));
-    for (version, count) in &counts {
-        say(&format!(
-            "reviews {version}: {count} ({:.1}%)",
-            f64::from(*count) * 100.0 / f64::from(REQUESTS)
-        ));
+/// The split the canary moves to while productpage's connections are open.
+const MOVED_SPLIT: (u64, u64) = (50, 50);
+
+/// The examples' file holding the reviews VirtualService, and that file with the canary
+/// route's weights set to `split` (the edit an operator makes to move a canary).
+fn with_canary_split(demo: &Demo, split: (u64, u64)) -> anyhow::Result<(String, String)> {
+    for (file, content) in &demo.files {
+        let mut documents = weft_e2e::split_documents(content);
+        let Some(index) = documents.iter().position(|d| {
+            serde_yaml::from_str::<serde_yaml::Value>(d).is_ok_and(|v| {
+                text(&v, &["kind"]).as_deref() == Some("VirtualService")
+                    && text(&v, &["metadata", "name"]).as_deref() == Some("reviews")
+            })
+        }) else {
+            continue;
+        };
+        let mut rule: serde_yaml::Value = serde_yaml::from_str(&documents[index])?;
+        let canary = rule["spec"]["http"]
+            .as_sequence_mut()
+            .and_then(|routes| {
+                routes
+                    .iter_mut()
+                    .find(|r| r["route"].as_sequence().is_some_and(|d| d.len() == 2))
+            })
+            .context("the reviews VirtualService has no route split between two destinations")?;
+        for (destination, weight) in canary["route"]
+            .as_sequence_mut()
+            .into_iter()
+            .flatten()
+            .zip([split.0, split.1])
+        {
+            destination["weight"] = serde_yaml::Value::from(weight);
+        }
+        documents[index] = serde_yaml::to_string(&rule)?;
+        return Ok((file.clone(), documents.join("---\n")));
     }
-    let served = counts.get("v1").copied().unwrap_or(0) + counts.get("v2").copied().unwrap_or(0);
+    bail!("the examples have no reviews VirtualService")
+}
+
+/// One phase of the canary: `count` pages through the client's open session, with the reviews
+/// versions they got, the client's connection and productpage's connections to reviews.
+fn canary_phase(
+    session: &mut weft_e2e::session::Session,
+    count: u32,
+) -> (BTreeMap<String, u32>, String, BTreeSet<String>) {
+    let answer = session.get("/productpage", &[], count);
+    let pages: Vec<(u16, serde_json::Value)> = answer["answers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| (a["status"].as_u64().unwrap_or(0) as u16, a["body"].clone()))
+        .collect();
+    let pooled = pages
+        .iter()
+        .filter_map(|(_, reply)| {
+            upstream(reply, "reviews")?["connection"]
+                .as_str()
+                .map(String::from)
+        })
+        .collect();
+    (
+        reviews_versions(&pages),
+        answer["connection"].as_str().unwrap_or_default().to_owned(),
+        pooled,
+    )
+}
+
+fn canary(demo: &Demo) -> anyhow::Result<()> {
+    const REQUESTS: u32 = 500;
+    let (ip, port) = demo.services["productpage"];
+    let mut session = demo.mesh.http_session(
+        CLIENT,
+        &format!("{ip}:{port}"),
+        &format!("productpage:{port}"),
+    )?;
+    let share = |counts: &BTreeMap<String, u32>, v: &str| {
+        f64::from(counts.get(v).copied().unwrap_or(0)) * 100.0 / f64::from(REQUESTS)
+    };
+    let show = |counts: &BTreeMap<String, u32>| {
+        counts
+            .iter()
+            .map(|(v, n)| {
+                format!(
+                    "{v} {n} ({:.1}%)",
+                    f64::from(*n) * 100.0 / f64::from(REQUESTS)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let started = Instant::now();
+    let (before, client, pooled) = canary_phase(&mut session, REQUESTS);
+    say(&format!(
+        "{REQUESTS} requests client -> productpage -> reviews on one keep-alive connection ({client}) in {:.1} s: {}",
+        started.elapsed().as_secs_f64(),
+        show(&before)
+    ));
+    let (file, moved) = with_canary_split(demo, MOVED_SPLIT)?;
+    let original = demo
+        .files
+        .iter()
+        .find(|(name, _)| *name == file)
+        .map(|(_, text)| text.clone())
+        .unwrap_or_default();
+    demo.mesh
+        .await_waypoint(&demo.waypoint, "the canary's new weights", || {
+            demo.mesh.write_config(&file, &moved)
+        })?;
+    say(&format!(
+        "{file}: reviews canary moved to {}/{} while the connections stay open (waypoint applied it)",
+        MOVED_SPLIT.0, MOVED_SPLIT.1
+    ));
+    let (after, client_after, pooled_after) = canary_phase(&mut session, REQUESTS);
+    say(&format!(
+        "the same {REQUESTS} requests again: {}",
+        show(&after)
+    ));
+    say(&format!(
+        "client connection {client_after}; productpage -> reviews on {} (before: {})",
+        pooled_after.iter().cloned().collect::<Vec<_>>().join(", "),
+        pooled.iter().cloned().collect::<Vec<_>>().join(", ")
+    ));
+    demo.mesh
+        .await_waypoint(&demo.waypoint, "the canary's original weights", || {
+            demo.mesh.write_config(&file, &original)
+        })?;
+    for counts in [&before, &after] {
+        let served =
+            counts.get("v1").copied().unwrap_or(0) + counts.get("v2").copied().unwrap_or(0);
+        anyhow::ensure!(
+            served == REQUESTS,
+            "not every request was served by v1 or v2: {counts:?}"
+        );
+    }
+    // 90/10 over 500 requests: v2 within about four standard deviations of 10%; 50/50 within
+    // about four of 50%.
     anyhow::ensure!(
-        served == REQUESTS,
-        "not every request was served by v1 or v2: {counts:?}"
-    );
-    // 90/10 over 1,000 requests: v2 stays within about four standard deviations of 10%.
-    anyhow::ensure!(
-        (6.0..=14.0).contains(&share("v2")),
+        (4.5..=15.5).contains(&share(&before, "v2")),
         "v2 got {:.1}%, not about 10%",
-        share("v2")
+        share(&before, "v2")
+    );
+    anyhow::ensure!(
+        (41.0..=59.0).contains(&share(&after, "v2")),
+        "after the change v2 got {:.1}% on the open connections, not about {}%",
+        share(&after, "v2"),
+        MOVED_SPLIT.1
+    );
+    anyhow::ensure!(
+        client_after == client,
+        "the client's connection was replaced ({client} -> {client_after})"
+    );
+    anyhow::ensure!(
+        pooled_after.is_subset(&pooled),
+        "productpage opened new connections to reviews instead of using its open ones"
     );
     Ok(())
 }
