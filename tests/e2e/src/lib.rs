@@ -18,8 +18,11 @@ use std::{
 use anyhow::{Context, bail};
 
 pub mod bookinfo;
+mod changes;
 pub mod scenarios;
 pub mod session;
+
+pub use changes::split_documents;
 use node_agent::enrollment::{EnrolledPod, EnrollmentClient};
 use weft_testbed::{Pod, Testbed, Topology};
 
@@ -455,29 +458,6 @@ impl Mesh {
         yaml
     }
 
-    /// Changes the pod `name` as its owner would (labels, say) and rewrites the pods' file; a
-    /// pod whose enrollment changed joins or leaves the mesh: its node's enrollment snapshot
-    /// is sent again (the CNI's role).
-    pub fn update_pod(
-        &mut self,
-        name: &str,
-        change: impl FnOnce(&mut PodSpec),
-    ) -> anyhow::Result<()> {
-        let spec = self
-            .pods
-            .iter_mut()
-            .find(|p| p.name == name)
-            .with_context(|| format!("no pod {name}"))?;
-        let enrolled = spec.enrolled;
-        change(spec);
-        let (node, rejoined) = (spec.node.clone(), spec.enrolled != enrolled);
-        self.write_config("00-pods.yaml", &self.pods_yaml())?;
-        if rejoined {
-            self.enroll(&node)?;
-        }
-        Ok(())
-    }
-
     /// Writes (or replaces) a configuration file the controller watches.
     pub fn write_config(&self, file: &str, yaml: &str) -> anyhow::Result<()> {
         let path = self.dir.join("config").join(file);
@@ -485,34 +465,6 @@ impl Mesh {
         std::fs::write(&temporary, yaml)?;
         std::fs::rename(&temporary, &path)?;
         Ok(())
-    }
-
-    /// What `kubectl apply -f` does with `yaml`: each object it holds replaces the object of
-    /// the same kind, namespace and name (one file per object in the watched directory).
-    pub fn kubectl_apply(&self, yaml: &str) -> anyhow::Result<()> {
-        for document in split_documents(yaml) {
-            let value: serde_yaml::Value =
-                serde_yaml::from_str(&document).with_context(|| format!("parsing {document}"))?;
-            let text = |path: &[&str]| {
-                path.iter()
-                    .try_fold(&value, |v, key| v.get(key))
-                    .and_then(|v| v.as_str())
-                    .map(str::to_owned)
-            };
-            let kind = text(&["kind"]).with_context(|| format!("no kind in {document}"))?;
-            let name = text(&["metadata", "name"])
-                .with_context(|| format!("no metadata.name in {document}"))?;
-            let namespace =
-                text(&["metadata", "namespace"]).unwrap_or_else(|| "default".to_owned());
-            self.write_config(&object_file(&kind, &namespace, &name), &document)?;
-        }
-        Ok(())
-    }
-
-    /// What `kubectl delete <kind> <name> -n <namespace>` does to objects applied with
-    /// [`Mesh::kubectl_apply`].
-    pub fn kubectl_delete(&self, kind: &str, namespace: &str, name: &str) -> anyhow::Result<()> {
-        self.remove_config(&object_file(kind, namespace, name))
     }
 
     pub fn remove_config(&self, file: &str) -> anyhow::Result<()> {
@@ -713,36 +665,6 @@ impl Mesh {
             .spawn()?)
     }
 
-    /// Starts `mesh-client http-session` in `pod`: one keep-alive connection to `target`
-    /// (`ip:port`) with requests for `host`, kept open until the session is dropped.
-    pub fn http_session(
-        &self,
-        pod: &str,
-        target: &str,
-        host: &str,
-    ) -> anyhow::Result<session::Session> {
-        self.session(pod, &["http-session", "--target", target, "--host", host])
-    }
-
-    /// Starts `mesh-client tcp-session` in `pod`: one TCP connection to the line echo at
-    /// `target` (`ip:port`).
-    pub fn tcp_session(&self, pod: &str, target: &str) -> anyhow::Result<session::Session> {
-        self.session(pod, &["tcp-session", "--target", target])
-    }
-
-    fn session(&self, pod: &str, args: &[&str]) -> anyhow::Result<session::Session> {
-        let log = std::fs::File::create(self.dir.join(format!("session-{pod}.log")))?;
-        let child = self
-            .testbed
-            .pod_command(pod, binary("mesh-client")?.to_str().unwrap())
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()?;
-        session::Session::start(child)
-    }
-
     /// Waits for the agent's readiness endpoint.
     pub fn wait_ready(&self, node: &str) -> anyhow::Result<()> {
         let ip = self.testbed.node(node).ip;
@@ -896,85 +818,6 @@ impl Mesh {
                 String::from_utf8_lossy(&output.stdout)
             )
         })
-    }
-
-    /// The version of the `WaypointConfig` the waypoint of pod `name` applied last, as its
-    /// `/config_dump` says (empty before the first).
-    pub fn waypoint_config_version(&self, name: &str) -> String {
-        self.waypoint_config_dump(name)
-            .ok()
-            .and_then(|dump| {
-                dump["xds"]["last_applied"]["version"]
-                    .as_str()
-                    .map(String::from)
-            })
-            .unwrap_or_default()
-    }
-
-    /// Writes a configuration file and waits until the waypoint of pod `waypoint` has applied the
-    /// configuration that follows from it (the controller pushed a new `WaypointConfig`).
-    pub fn write_waypoint_config(
-        &self,
-        waypoint: &str,
-        file: &str,
-        yaml: &str,
-    ) -> anyhow::Result<()> {
-        self.await_waypoint(waypoint, file, || self.write_config(file, yaml))
-    }
-
-    /// Makes `change` (to the configuration or the pods) and waits until the waypoint of pod
-    /// `waypoint` has applied a new configuration because of it.
-    pub fn await_waypoint<T>(
-        &self,
-        waypoint: &str,
-        what: &str,
-        change: impl FnOnce() -> anyhow::Result<T>,
-    ) -> anyhow::Result<T> {
-        let before = self.waypoint_config_version(waypoint);
-        let changed = change()?;
-        self.await_waypoint_since(waypoint, &before, what)?;
-        Ok(changed)
-    }
-
-    /// Waits until the waypoint of pod `waypoint` applied another configuration than the
-    /// version `before` ([`Mesh::waypoint_config_version`] before a change).
-    pub fn await_waypoint_since(
-        &self,
-        waypoint: &str,
-        before: &str,
-        what: &str,
-    ) -> anyhow::Result<()> {
-        if !self.eventually(STARTUP, || {
-            let now = self.waypoint_config_version(waypoint);
-            !now.is_empty() && now != before
-        }) {
-            bail!(
-                "waypoint {waypoint} applied no new configuration after {what}\n{}",
-                self.logs()
-            );
-        }
-        Ok(())
-    }
-
-    /// Waits until every agent's store (its `/config_dump` `state`) satisfies `ready`: the
-    /// agents applied the configuration the test just wrote.
-    pub fn await_agents(
-        &self,
-        what: &str,
-        ready: impl Fn(&serde_json::Value) -> bool,
-    ) -> anyhow::Result<()> {
-        let nodes: Vec<String> = self.agents.keys().cloned().collect();
-        if !self.eventually(STARTUP, || {
-            nodes.iter().all(|node| {
-                self.node_curl(node, "http://127.0.0.1:15000/config_dump")
-                    .ok()
-                    .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
-                    .is_some_and(|dump| ready(&dump["state"]))
-            })
-        }) {
-            bail!("the agents did not apply {what}\n{}", self.logs());
-        }
-        Ok(())
     }
 
     /// `curl` from inside `pod` with extra arguments (headers, methods, `--http2-prior-knowledge`,
@@ -1203,31 +1046,6 @@ fn enrolled(pod: &Pod) -> EnrolledPod {
         pod.cgroup.path().to_path_buf(),
         std::net::IpAddr::V4(pod.ip),
     )
-}
-
-/// The documents of a YAML stream, as text (comments kept).
-pub fn split_documents(content: &str) -> Vec<String> {
-    let mut documents = vec![String::new()];
-    for line in content.lines() {
-        if line.trim_end() == "---" {
-            documents.push(String::new());
-        } else if let Some(last) = documents.last_mut() {
-            last.push_str(line);
-            last.push('\n');
-        }
-    }
-    documents
-        .into_iter()
-        .filter(|d| {
-            d.lines()
-                .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
-        })
-        .collect()
-}
-
-/// The file holding one object applied with [`Mesh::kubectl_apply`].
-fn object_file(kind: &str, namespace: &str, name: &str) -> String {
-    format!("50-{}-{namespace}-{name}.yaml", kind.to_lowercase())
 }
 
 /// Namespaces declared (as `kind: Namespace` documents) in a configuration text.

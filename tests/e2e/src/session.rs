@@ -16,7 +16,7 @@
 use std::{
     io::{BufRead, BufReader, Write},
     net::SocketAddr,
-    process::{Child, ChildStdin, ChildStdout},
+    process::{Child, ChildStdin, ChildStdout, Stdio},
     time::{Duration, Instant},
 };
 
@@ -30,6 +30,8 @@ use tokio::{
     net::TcpStream,
     sync::watch,
 };
+
+use crate::binary;
 
 /// One request's bound, and the longest a session waits for anything.
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -185,6 +187,33 @@ pub async fn run_tcp_session(target: SocketAddr) -> anyhow::Result<()> {
         stdout.flush().await?;
     }
     Ok(())
+}
+
+impl crate::Mesh {
+    /// Starts `mesh-client http-session` in `pod`: one keep-alive connection to `target`
+    /// (`ip:port`) with requests for `host`, kept open until the session is dropped.
+    pub fn http_session(&self, pod: &str, target: &str, host: &str) -> anyhow::Result<Session> {
+        self.session(pod, &["http-session", "--target", target, "--host", host])
+    }
+
+    /// Starts `mesh-client tcp-session` in `pod`: one TCP connection to the line echo at
+    /// `target` (`ip:port`).
+    pub fn tcp_session(&self, pod: &str, target: &str) -> anyhow::Result<Session> {
+        self.session(pod, &["tcp-session", "--target", target])
+    }
+
+    fn session(&self, pod: &str, args: &[&str]) -> anyhow::Result<Session> {
+        let log = std::fs::File::create(self.dir.join(format!("session-{pod}.log")))?;
+        let child = self
+            .testbed
+            .pod_command(pod, binary("mesh-client")?.to_str().unwrap())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()?;
+        Session::start(child)
+    }
 }
 
 /// The test's end of a session client running in a pod.
