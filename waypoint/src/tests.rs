@@ -511,22 +511,27 @@ async fn weighted_split_follows_the_weights() {
     assert_eq!(v1.request_count() + v2.request_count(), 2000);
 }
 
-#[tokio::test]
-async fn fault_abort_answers_without_reaching_the_endpoint() {
-    let (mesh, v1, _v2) = two_endpoints().await;
-    let harness = Harness::start(mesh, &[&v1]).await;
-    let route = proto::HttpRoute {
+/// A route to `subset` whose every request is aborted with `status`.
+fn aborted_route_to(subset: &str, status: i32) -> proto::HttpRoute {
+    proto::HttpRoute {
         fault: Some(proto::HttpFaultInjection {
             delay: None,
             abort: Some(proto::http_fault_injection::Abort {
                 error_type: Some(proto::http_fault_injection::abort::ErrorType::HttpStatus(
-                    418,
+                    status,
                 )),
                 percentage: Some(proto::Percent { value: 100.0 }),
             }),
         }),
-        ..route_to("v1")
-    };
+        ..route_to(subset)
+    }
+}
+
+#[tokio::test]
+async fn fault_abort_answers_without_reaching_the_endpoint() {
+    let (mesh, v1, _v2) = two_endpoints().await;
+    let harness = Harness::start(mesh, &[&v1]).await;
+    let route = aborted_route_to("v1", 418);
     harness
         .waypoint
         .apply_config(config(vec![route], vec![cluster("v1", &[&v1])]))
@@ -672,17 +677,22 @@ async fn deny_policy_on_a_path_also_covers_its_encoded_and_doubled_forms() {
     assert_eq!(status, StatusCode::OK);
 }
 
+/// A route to `subset` with every request mirrored to `mirror`.
+fn mirrored_route_to(subset: &str, mirror: &str) -> proto::HttpRoute {
+    proto::HttpRoute {
+        mirrors: vec![proto::HttpMirrorPolicy {
+            destination: destination(mirror, 0).destination,
+            percentage: None,
+        }],
+        ..route_to(subset)
+    }
+}
+
 #[tokio::test]
 async fn mirror_delivers_a_copy_and_the_primary_answers() {
     let (mesh, v1, v2) = two_endpoints().await;
     let harness = Harness::start(mesh, &[&v1, &v2]).await;
-    let route = proto::HttpRoute {
-        mirrors: vec![proto::HttpMirrorPolicy {
-            destination: destination("v2", 0).destination,
-            percentage: None,
-        }],
-        ..route_to("v1")
-    };
+    let route = mirrored_route_to("v1", "v2");
     harness
         .waypoint
         .apply_config(config(
@@ -1515,14 +1525,11 @@ async fn malformed_and_oversized_heads_are_refused() {
     assert_eq!(v1.request_count(), 0);
 }
 
-#[tokio::test]
-async fn tcp_ports_are_forwarded_at_l4_and_unknown_protocols_sniffed() {
-    let (mesh, v1, _v2) = two_endpoints().await;
-    let harness = Harness::start(mesh, &[&v1]).await;
-    let mut cfg = config(Vec::new(), vec![cluster("v1", &[&v1])]);
-    let service = &mut cfg.services[0];
-    service.ports[0].protocol = proto::Protocol::Tcp as i32;
-    service.tcp_routes.push(proto::TcpRoute {
+/// The service's port declared TCP, its one TCP route to `v1`.
+fn tcp_config(v1: &FakeEndpoint) -> proto::WaypointConfig {
+    let mut cfg = config(Vec::new(), vec![cluster("v1", &[v1])]);
+    cfg.services[0].ports[0].protocol = proto::Protocol::Tcp as i32;
+    cfg.services[0].tcp_routes.push(proto::TcpRoute {
         r#match: Vec::new(),
         route: vec![proto::RouteDestination {
             destination: destination("v1", 0).destination,
@@ -1530,6 +1537,14 @@ async fn tcp_ports_are_forwarded_at_l4_and_unknown_protocols_sniffed() {
         }],
         virtual_service: "default/reviews".to_owned(),
     });
+    cfg
+}
+
+#[tokio::test]
+async fn tcp_ports_are_forwarded_at_l4_and_unknown_protocols_sniffed() {
+    let (mesh, v1, _v2) = two_endpoints().await;
+    let harness = Harness::start(mesh, &[&v1]).await;
+    let mut cfg = tcp_config(&v1);
     harness.waypoint.apply_config(cfg.clone()).unwrap();
 
     // An HTTP request on a TCP port reaches the app byte for byte: no x-request-id added.
@@ -1581,16 +1596,7 @@ async fn tcp_ports_are_forwarded_at_l4_and_unknown_protocols_sniffed() {
 async fn tcp_connections_are_authorized_at_l4_and_counted_in_istio_tcp_metrics() {
     let (mesh, v1, _v2) = two_endpoints().await;
     let harness = Harness::start(mesh, &[&v1]).await;
-    let mut cfg = config(Vec::new(), vec![cluster("v1", &[&v1])]);
-    cfg.services[0].ports[0].protocol = proto::Protocol::Tcp as i32;
-    cfg.services[0].tcp_routes.push(proto::TcpRoute {
-        r#match: Vec::new(),
-        route: vec![proto::RouteDestination {
-            destination: destination("v1", 0).destination,
-            weight: 0,
-        }],
-        virtual_service: "default/reviews".to_owned(),
-    });
+    let cfg = tcp_config(&v1);
     harness.waypoint.apply_config(cfg.clone()).unwrap();
 
     let raw = format!("GET /tcp HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n");

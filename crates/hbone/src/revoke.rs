@@ -56,6 +56,29 @@ impl Revocation {
             Revoked(self.reason().unwrap_or("revoked").to_owned()),
         )
     }
+
+    /// `poll` unless revoked; when it is pending, `waker` learns who to wake on revocation.
+    fn guard<T>(
+        &self,
+        waker: &AtomicWaker,
+        cx: &mut Context<'_>,
+        poll: impl FnOnce(&mut Context<'_>) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if self.reason().is_some() {
+            return Poll::Ready(Err(self.error()));
+        }
+        match poll(cx) {
+            Poll::Pending => {
+                waker.register(cx.waker());
+                // A revocation between the check above and the registration woke nobody.
+                if self.reason().is_some() {
+                    return Poll::Ready(Err(self.error()));
+                }
+                Poll::Pending
+            }
+            ready => ready,
+        }
+    }
 }
 
 /// A stream that fails every read and write once its connection is revoked.
@@ -87,20 +110,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for Revocable<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if this.revocation.reason().is_some() {
-            return Poll::Ready(Err(this.revocation.error()));
-        }
-        match Pin::new(&mut this.inner).poll_read(cx, buf) {
-            Poll::Pending => {
-                this.revocation.reader.register(cx.waker());
-                // A revocation between the check above and the registration woke nobody.
-                if this.revocation.reason().is_some() {
-                    return Poll::Ready(Err(this.revocation.error()));
-                }
-                Poll::Pending
-            }
-            ready => ready,
-        }
+        let inner = &mut this.inner;
+        this.revocation.guard(&this.revocation.reader, cx, |cx| {
+            Pin::new(inner).poll_read(cx, buf)
+        })
     }
 }
 
@@ -111,19 +124,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Revocable<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        if this.revocation.reason().is_some() {
-            return Poll::Ready(Err(this.revocation.error()));
-        }
-        match Pin::new(&mut this.inner).poll_write(cx, buf) {
-            Poll::Pending => {
-                this.revocation.writer.register(cx.waker());
-                if this.revocation.reason().is_some() {
-                    return Poll::Ready(Err(this.revocation.error()));
-                }
-                Poll::Pending
-            }
-            ready => ready,
-        }
+        let inner = &mut this.inner;
+        this.revocation.guard(&this.revocation.writer, cx, |cx| {
+            Pin::new(inner).poll_write(cx, buf)
+        })
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

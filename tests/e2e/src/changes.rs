@@ -4,11 +4,24 @@
 //! waits on what the waypoint and the agents say they applied (the version in the waypoint's
 //! `/config_dump`, the agents' stores), never on a log line.
 
+use std::time::Duration;
+
 use anyhow::{Context, bail};
 
 use crate::{Mesh, PodSpec, STARTUP};
 
 impl Mesh {
+    /// Waits until `curl` from `pod` gets 200 from `url`: the agents (and the waypoint, where
+    /// one is in the way) learned how to reach it.
+    pub fn await_reachable(&self, pod: &str, url: &str) -> anyhow::Result<()> {
+        if !self.eventually(Duration::from_secs(20), || {
+            self.curl_with(pod, &[url]).status == 200
+        }) {
+            bail!("{url} does not answer {pod}\n{}", self.logs());
+        }
+        Ok(())
+    }
+
     /// Changes the pod `name` as its owner would (labels, say) and rewrites the pods' file; a
     /// pod whose enrollment changed joins or leaves the mesh: its node's enrollment snapshot
     /// is sent again (the CNI's role).

@@ -649,14 +649,8 @@ fn circuit_breaking_and_mirroring_apply_to_open_connections() {
         },
     )
     .expect("start the mesh");
-    assert!(
-        mesh.eventually(Duration::from_secs(20), || mesh
-            .curl_with("curl", &[&format!("http://{HTTPBIN_ADDRESS}/get")])
-            .status
-            == 200),
-        "httpbin does not answer\n{}",
-        mesh.logs()
-    );
+    mesh.await_reachable("curl", &format!("http://{HTTPBIN_ADDRESS}/get"))
+        .unwrap();
     // Three clients, each on its own keep-alive connection, every request held 300 ms.
     let mut clients: Vec<Session> = (0..3)
         .map(|_| {

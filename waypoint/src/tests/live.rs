@@ -100,25 +100,8 @@ async fn faults_and_mirrors_come_and_go_on_an_open_connection() {
     let (mesh, v1, v2) = two_endpoints().await;
     let harness = Harness::start(mesh, &[&v1, &v2]).await;
     let both = || vec![cluster("v1", &[&v1]), cluster("v2", &[&v2])];
-    let abort = proto::HttpRoute {
-        fault: Some(proto::HttpFaultInjection {
-            delay: None,
-            abort: Some(proto::http_fault_injection::Abort {
-                error_type: Some(proto::http_fault_injection::abort::ErrorType::HttpStatus(
-                    500,
-                )),
-                percentage: Some(proto::Percent { value: 100.0 }),
-            }),
-        }),
-        ..route_to("v1")
-    };
-    let mirrored = proto::HttpRoute {
-        mirrors: vec![proto::HttpMirrorPolicy {
-            destination: destination("v2", 0).destination,
-            percentage: None,
-        }],
-        ..route_to("v1")
-    };
+    let abort = aborted_route_to("v1", 500);
+    let mirrored = mirrored_route_to("v1", "v2");
     harness
         .waypoint
         .apply_config(config(vec![route_to("v1")], both()))
@@ -216,16 +199,7 @@ async fn exchange(tunnel: &mut weft_hbone::HboneStream) -> String {
 async fn an_open_tcp_connection_the_policies_no_longer_allow_is_closed() {
     let (mesh, v1, _v2) = two_endpoints().await;
     let harness = Harness::start(mesh, &[&v1]).await;
-    let mut cfg = config(Vec::new(), vec![cluster("v1", &[&v1])]);
-    cfg.services[0].ports[0].protocol = proto::Protocol::Tcp as i32;
-    cfg.services[0].tcp_routes.push(proto::TcpRoute {
-        r#match: Vec::new(),
-        route: vec![proto::RouteDestination {
-            destination: destination("v1", 0).destination,
-            weight: 0,
-        }],
-        virtual_service: "default/reviews".to_owned(),
-    });
+    let mut cfg = tcp_config(&v1);
     harness.waypoint.apply_config(cfg.clone()).unwrap();
     let other = harness._mesh.material("default", "other");
     let mut denied = harness.tunnel().await;
