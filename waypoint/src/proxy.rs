@@ -54,6 +54,8 @@ pub struct ProxyShared {
     pub upstream: Upstream,
     pub metrics: Arc<Metrics>,
     pub max_request_body: usize,
+    /// Protocol upgrades forwarded, lower case (see [`crate::conformance`]).
+    pub upgrades: Vec<String>,
 }
 
 impl std::fmt::Debug for ProxyShared {
@@ -67,7 +69,8 @@ impl std::fmt::Debug for ProxyShared {
 pub struct TunnelContext {
     /// Verified SPIFFE identity of the HBONE client.
     pub peer: Option<SpiffeId>,
-    /// The original client address (`forwarded: for=`), else the HBONE peer's address.
+    /// The client's address: the HBONE peer's (agents connect from inside the client's pod).
+    /// A `forwarded: for=` claim is not believed.
     pub source_ip: IpAddr,
     /// The HBONE peer's socket address.
     pub peer_address: SocketAddr,
@@ -199,7 +202,7 @@ fn request_id() -> String {
     )
 }
 
-const HOP_BY_HOP: [&str; 7] = [
+const HOP_BY_HOP: [&str; 8] = [
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -207,6 +210,7 @@ const HOP_BY_HOP: [&str; 7] = [
     "te",
     "trailer",
     "upgrade",
+    "http2-settings",
 ];
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -341,6 +345,12 @@ async fn pipeline(
     mut request: Request<Incoming>,
     record: &mut RequestRecord,
 ) -> Response<ProxyBody> {
+    if let Err(refusal) = crate::conformance::admit(&mut request, &shared.upgrades) {
+        debug!(%refusal, "request refused before routing");
+        let (status, body, details) = refusal.reply();
+        record.response_code_details = details.to_owned();
+        return text_response(status, body);
+    }
     if record.request_id.is_empty() {
         record.request_id = request_id();
         if let Ok(value) = HeaderValue::from_str(&record.request_id) {
