@@ -214,8 +214,10 @@ fn validate(paths: &[PathBuf]) -> ExitCode {
         println!("{error}");
     }
     let mut valid = 0usize;
+    let mut warning_count = 0usize;
     for loaded in &report.resources {
         let errors = validation::validate(&loaded.resource);
+        let warnings = validation::warnings(&loaded.resource);
         if errors.is_empty() {
             valid += 1;
         }
@@ -225,14 +227,19 @@ fn validate(paths: &[PathBuf]) -> ExitCode {
         } else {
             format!("{}/{}", resource.namespace(), resource.name())
         };
-        for error in errors {
-            error_count += 1;
+        error_count += errors.len();
+        warning_count += warnings.len();
+        let findings = errors
+            .iter()
+            .map(|e| ("", e))
+            .chain(warnings.iter().map(|w| ("warning: ", w)));
+        for (severity, finding) in findings {
             println!(
-                "{} {} {identity}: {}: {}",
+                "{} {} {identity}: {severity}{}: {}",
                 loaded.location,
                 resource.kind(),
-                error.path,
-                error.reason
+                finding.path,
+                finding.reason
             );
         }
     }
@@ -242,12 +249,13 @@ fn validate(paths: &[PathBuf]) -> ExitCode {
         .filter(|e| matches!(e, LoadError::Read { .. }))
         .count();
     println!(
-        "{} file(s), {} document(s): {} valid, {} with errors; {} error(s){}",
+        "{} file(s), {} document(s): {} valid, {} with errors; {} error(s), {} warning(s){}",
         report.files,
         report.documents,
         valid,
         report.documents - valid,
         error_count,
+        warning_count,
         if read_failures > 0 {
             format!(" ({read_failures} unreadable path(s))")
         } else {

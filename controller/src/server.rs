@@ -23,6 +23,7 @@ use crate::{
         kubernetes::{self as kube_ca, TokenReviewAuthenticator},
     },
     index::{ConfigIndex, LiveIndex},
+    monitoring::TranslationGauges,
     push,
     source::{directory::DirectorySource, kube::KubeSource},
     tls::{self, ServingCertificates},
@@ -152,8 +153,22 @@ pub fn publish(
     settings: &MeshSettings,
     store: &mut ResourceStore,
     reported: &mut Vec<translate::TranslateError>,
+    gauges: &TranslationGauges,
 ) {
     let translation = translate::translate(index, settings);
+    let without_http = translation
+        .problems
+        .iter()
+        .filter(|p| {
+            matches!(
+                p.problem,
+                translate::TranslateProblem::HttpAttributesAtNodeAgent { .. }
+            )
+        })
+        .count();
+    gauges
+        .policies_without_http_attributes
+        .store(without_http as u64, std::sync::atomic::Ordering::Relaxed);
     for problem in &translation.problems {
         if !reported.contains(problem) {
             tracing::warn!(%problem, "translation problem");
@@ -185,6 +200,7 @@ async fn publish_changes(
     index: Arc<LiveIndex>,
     mut store: ResourceStore,
     mut reported: Vec<translate::TranslateError>,
+    gauges: Arc<TranslationGauges>,
     settings: MeshSettings,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -211,7 +227,13 @@ async fn publish_changes(
             }
         }
         changes.borrow_and_update();
-        publish(&index.snapshot(), &settings, &mut store, &mut reported);
+        publish(
+            &index.snapshot(),
+            &settings,
+            &mut store,
+            &mut reported,
+            &gauges,
+        );
     }
 }
 
@@ -292,17 +314,20 @@ pub async fn run(config: ServerConfig, shutdown: watch::Receiver<bool>) -> Resul
 
     let mut store = ResourceStore::new();
     let mut reported = Vec::new();
+    let gauges = Arc::new(TranslationGauges::default());
     publish(
         &index.snapshot(),
         &config.settings,
         &mut store,
         &mut reported,
+        &gauges,
     );
     let reader = store.reader();
     tokio::spawn(publish_changes(
         index.clone(),
         store,
         reported,
+        gauges.clone(),
         config.settings.clone(),
         shutdown.clone(),
     ));
@@ -336,7 +361,7 @@ pub async fn run(config: ServerConfig, shutdown: watch::Receiver<bool>) -> Resul
     let (ready, ready_watch) = watch::channel(false);
     tokio::spawn(async move {
         tokio::select! {
-            () = crate::monitoring::serve(monitoring, counters, ready_watch) => {}
+            () = crate::monitoring::serve(monitoring, counters, gauges, ready_watch) => {}
             _ = monitoring_shutdown.wait_for(|s| *s) => {}
         }
     });
@@ -447,14 +472,16 @@ mod tests {
             .finish();
         let mut store = ResourceStore::new();
         let mut reported = Vec::new();
+        let gauges = TranslationGauges::default();
         tracing::subscriber::with_default(subscriber, || {
-            publish(&broken, &settings, &mut store, &mut reported);
-            publish(&broken, &settings, &mut store, &mut reported);
+            publish(&broken, &settings, &mut store, &mut reported, &gauges);
+            publish(&broken, &settings, &mut store, &mut reported, &gauges);
             publish(
                 &ConfigIndex::default(),
                 &settings,
                 &mut store,
                 &mut reported,
+                &gauges,
             );
         });
         let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();

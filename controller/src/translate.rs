@@ -166,6 +166,15 @@ pub enum TranslateProblem {
     OtherWaypoint { from: String, to: String },
     #[error("targets Service {service}, which uses no waypoint: nothing enforces this policy")]
     UnenforcedPolicy { service: String },
+    #[error(
+        "{attributes}: {}",
+        crate::model::security::http_attributes_at_node_agents(if *deny {
+            crate::model::security::AuthorizationAction::Deny
+        } else {
+            crate::model::security::AuthorizationAction::Allow
+        })
+    )]
+    HttpAttributesAtNodeAgent { attributes: String, deny: bool },
 }
 
 /// Everything the controller serves, and what could not be translated.
@@ -184,6 +193,7 @@ pub struct Translation {
 /// Translates the whole index.
 pub fn translate(index: &ConfigIndex, settings: &MeshSettings) -> Translation {
     let mut problems = resolve::assignment_problems(index);
+    problems.extend(agent::authorization_problems(index));
     let waypoints = waypoint::waypoint_configs(index, settings, &mut problems);
     problems.sort();
     problems.dedup();

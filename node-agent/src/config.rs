@@ -27,6 +27,8 @@ pub const XDS_RETRY_MAX_MS: &str = "XDS_RETRY_MAX_MS";
 pub const LOG_LEVEL: &str = "LOG_LEVEL";
 pub const LOG_FORMAT: &str = "LOG_FORMAT";
 pub const WORKER_THREADS: &str = "WORKER_THREADS";
+pub const MAX_CONNECTIONS: &str = "MAX_CONNECTIONS";
+pub const MAX_CONNECTIONS_PER_SOURCE: &str = "MAX_CONNECTIONS_PER_SOURCE";
 
 /// How a missing root for an `https://` controller address is reported.
 const ROOT_CERT_FILE_FOR_TLS: &str =
@@ -124,6 +126,13 @@ pub struct Config {
     /// pool; a connection stays on the worker that accepted it. The control plane runs on a
     /// thread of its own.
     pub worker_threads: usize,
+    /// Connections the agent proxies at once, on all pods' listeners; beyond it new ones are
+    /// closed at once. Unset: what the descriptor limit allows (raised to the hard limit at
+    /// start, two descriptors per connection after a reserve).
+    pub max_connections: Option<usize>,
+    /// Connections one source address may hold at once on one pod's HBONE port (in TLS
+    /// handshake, which may take 10 s, or established).
+    pub max_connections_per_source: usize,
 }
 
 /// How log lines are written.
@@ -253,8 +262,27 @@ impl Config {
                 }
             },
         };
+        let count = |name: &'static str, value: String| match value.parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(ConfigError::Invalid {
+                name,
+                value,
+                reason: "use a positive number of connections".into(),
+            }),
+        };
+        let max_connections = strings
+            .get(MAX_CONNECTIONS)
+            .map(|v| count(MAX_CONNECTIONS, v))
+            .transpose()?;
+        let max_connections_per_source = strings
+            .get(MAX_CONNECTIONS_PER_SOURCE)
+            .map(|v| count(MAX_CONNECTIONS_PER_SOURCE, v))
+            .transpose()?
+            .unwrap_or(weft_hbone::admission::DEFAULT_MAX_CONNECTIONS_PER_SOURCE);
         Ok(Self {
             worker_threads,
+            max_connections,
+            max_connections_per_source,
             xds_retry_initial,
             xds_retry_max,
             log_level: strings
@@ -316,6 +344,8 @@ mod tests {
         assert_eq!(config.log_level, "info");
         assert_eq!(config.log_format, LogFormat::Text);
         assert_eq!(config.worker_threads, 2);
+        assert_eq!(config.max_connections, None);
+        assert_eq!(config.max_connections_per_source, 256);
         let config = Config::from_strings(&strings(&[
             (NODE_NAME, "n"),
             (XDS_ADDRESS, "http://10.0.0.2:15010"),
@@ -326,9 +356,13 @@ mod tests {
             (LOG_LEVEL, "node_agent=debug"),
             (LOG_FORMAT, "json"),
             (WORKER_THREADS, "1"),
+            (MAX_CONNECTIONS, "5000"),
+            (MAX_CONNECTIONS_PER_SOURCE, "64"),
         ]))
         .unwrap();
         assert_eq!(config.worker_threads, 1);
+        assert_eq!(config.max_connections, Some(5000));
+        assert_eq!(config.max_connections_per_source, 64);
         assert_eq!(config.xds_backoff().initial, Duration::from_millis(250));
         assert_eq!(config.xds_backoff().max, Duration::from_secs(2));
         assert_eq!(config.log_level, "node_agent=debug");
@@ -367,6 +401,10 @@ mod tests {
             (
                 vec![(NODE_NAME, "n"), (WORKER_THREADS, "0")],
                 "WORKER_THREADS=\"0\": use a number of threads from 1 to 256",
+            ),
+            (
+                vec![(NODE_NAME, "n"), (MAX_CONNECTIONS_PER_SOURCE, "0")],
+                "MAX_CONNECTIONS_PER_SOURCE=\"0\": use a positive number of connections",
             ),
             (
                 vec![(NODE_NAME, "n"), (LOG_FORMAT, "yaml")],

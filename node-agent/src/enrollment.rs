@@ -21,6 +21,7 @@ use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
 };
+use weft_ebpf_common::MAX_UID_LEN;
 
 /// Longest message accepted; a snapshot line describes one pod, so this is generous.
 const MAX_LINE: usize = 64 * 1024;
@@ -47,6 +48,30 @@ pub struct EnrolledPod {
     /// (`traffic.sidecar.istio.io/excludeInboundPorts`).
     #[serde(default)]
     pub excluded_inbound_ports: Vec<u16>,
+}
+
+/// A pod uid the agent refuses: it names the pod's directory under the pin root and its eBPF
+/// record, so it must be a single path component that fits the record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "pod uid {0:?} is invalid: use 1-{MAX_UID_LEN} characters of [A-Za-z0-9._-], and not . or .."
+)]
+pub struct InvalidPodUid(pub String);
+
+/// Checks a uid from the enrolling side (a Kubernetes uid is a UUID) before anything uses it.
+pub fn check_pod_uid(uid: &str) -> Result<(), InvalidPodUid> {
+    let valid = !uid.is_empty()
+        && uid.len() <= MAX_UID_LEN
+        && uid != "."
+        && uid != ".."
+        && uid
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if valid {
+        Ok(())
+    } else {
+        Err(InvalidPodUid(uid.to_owned()))
+    }
 }
 
 /// One message from the enrolling side.
@@ -172,6 +197,12 @@ async fn serve_connection(
             Err(error) => EnrollmentReply::Error {
                 message: format!("malformed message: {error}"),
             },
+            Ok(EnrollmentMessage::PodAdded(pod)) if check_pod_uid(&pod.uid).is_err() => {
+                refuse_uid(&pod.uid)
+            }
+            Ok(EnrollmentMessage::PodRemoved { uid }) if check_pod_uid(&uid).is_err() => {
+                refuse_uid(&uid)
+            }
             Ok(EnrollmentMessage::PodAdded(pod)) => {
                 let uid = pod.uid.clone();
                 tracing::info!(uid = %pod.uid, pod = %pod.name, namespace = %pod.namespace, "enrolling pod");
@@ -222,6 +253,14 @@ async fn serve_connection(
         };
         reply(&mut write, &answer).await?;
     }
+}
+
+fn refuse_uid(uid: &str) -> EnrollmentReply {
+    let message = check_pod_uid(uid)
+        .err()
+        .map_or_else(String::new, |e| e.to_string());
+    tracing::warn!(%message, "enrollment message refused");
+    EnrollmentReply::Error { message }
 }
 
 async fn reply(

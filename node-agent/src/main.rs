@@ -14,10 +14,11 @@ use node_agent::{
     metrics::Metrics,
     netns::PodNetns,
     pods::PodManager,
-    proxy::{ProxyContext, Workers},
+    proxy::{ConnectionLimits, ProxyContext, Workers},
     state::WorkloadStore,
     xds,
 };
+use weft_hbone::admission;
 use weft_identity::TrustRoots;
 
 /// The mesh's node agent: one per node, carrying enrolled pods' TCP over mutual TLS.
@@ -89,6 +90,12 @@ struct Args {
     /// Proxy worker threads (thread per core: each serves the connections it accepted).
     #[arg(long, env = config::WORKER_THREADS)]
     worker_threads: Option<String>,
+    /// Connections proxied at once (default: what the descriptor limit allows).
+    #[arg(long, env = config::MAX_CONNECTIONS)]
+    max_connections: Option<String>,
+    /// Connections one source address may hold on one pod's HBONE port.
+    #[arg(long, env = config::MAX_CONNECTIONS_PER_SOURCE)]
+    max_connections_per_source: Option<String>,
 }
 
 impl Args {
@@ -118,6 +125,11 @@ impl Args {
             (config::LOG_LEVEL, self.log_level),
             (config::LOG_FORMAT, self.log_format),
             (config::WORKER_THREADS, self.worker_threads),
+            (config::MAX_CONNECTIONS, self.max_connections),
+            (
+                config::MAX_CONNECTIONS_PER_SOURCE,
+                self.max_connections_per_source,
+            ),
         ]
         .into_iter()
         .filter_map(|(name, value)| value.map(|v| (name.to_string(), v)))
@@ -172,6 +184,25 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The descriptor limit raised to the hard limit (a soft limit of 1024 would be a few hundred
+/// connections), and the connection limits that follow from it.
+fn connection_limits(config: &Config) -> anyhow::Result<ConnectionLimits> {
+    let descriptors = admission::raise_open_files_limit().context("raising RLIMIT_NOFILE")?;
+    let total = config
+        .max_connections
+        .unwrap_or_else(|| admission::connection_budget_for(descriptors));
+    tracing::info!(
+        open_files = descriptors,
+        max_connections = total,
+        max_connections_per_source = config.max_connections_per_source,
+        "connection limits"
+    );
+    Ok(ConnectionLimits {
+        budget: admission::ConnectionBudget::new(total),
+        per_source: config.max_connections_per_source,
+    })
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
@@ -232,6 +263,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         redirection.clone() as Arc<dyn OriginalDst>,
         config.trust_domain.clone(),
         workers,
+        connection_limits(&config)?,
     );
     let pods = Arc::new(PodManager::new(
         context,

@@ -14,6 +14,8 @@ mod pods;
 
 use std::sync::{Arc, atomic::AtomicUsize};
 
+use weft_hbone::admission::{self, ConnectionBudget};
+
 pub use error::ProxyError;
 pub use pods::{PodProxy, ServedPods};
 pub use weft_workers::Workers;
@@ -29,6 +31,26 @@ pub const INBOUND_PLAINTEXT_PORT: u16 = 15006;
 /// HBONE listener port inside each pod.
 pub const HBONE_PORT: u16 = 15008;
 
+/// What the agent's listeners admit: the connections of all pods together, and those of one
+/// source address on one pod's HBONE port.
+#[derive(Debug, Clone)]
+pub struct ConnectionLimits {
+    pub budget: Arc<ConnectionBudget>,
+    pub per_source: usize,
+}
+
+impl ConnectionLimits {
+    /// What the process's current descriptor limit allows, with the default per-source limit.
+    pub fn for_open_files_limit() -> Self {
+        use nix::sys::resource::{Resource, getrlimit};
+        let descriptors = getrlimit(Resource::RLIMIT_NOFILE).map_or(1024, |(soft, _)| soft);
+        Self {
+            budget: ConnectionBudget::new(admission::connection_budget_for(descriptors)),
+            per_source: admission::DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
+        }
+    }
+}
+
 /// Everything the listeners share. One per agent.
 pub struct ProxyContext<C> {
     pub store: WorkloadStore,
@@ -40,6 +62,7 @@ pub struct ProxyContext<C> {
     pub pods: ServedPods,
     /// The threads that serve pods' connections.
     pub workers: Workers,
+    pub connection_limits: ConnectionLimits,
     /// One HBONE pool per worker: a tunnel and the connection carrying it live on one thread.
     pools: Box<[outbound::HbonePool<C>]>,
     pub(crate) round_robin: AtomicUsize,
@@ -63,6 +86,7 @@ impl<C: CertificateSource> ProxyContext<C> {
             original_destination,
             trust_domain,
             Workers::current_runtime(),
+            ConnectionLimits::for_open_files_limit(),
         )
     }
 
@@ -76,6 +100,7 @@ impl<C: CertificateSource> ProxyContext<C> {
         original_destination: Arc<dyn OriginalDst>,
         trust_domain: String,
         workers: Workers,
+        connection_limits: ConnectionLimits,
     ) -> Arc<Self> {
         let pods = ServedPods::default();
         let pools = (0..workers.len().max(1))
@@ -89,6 +114,7 @@ impl<C: CertificateSource> ProxyContext<C> {
             trust_domain,
             pods,
             workers,
+            connection_limits,
             pools,
             round_robin: AtomicUsize::new(0),
             connections: connections::PodConnections::default(),

@@ -1,7 +1,8 @@
 //! Inbound steering on the real kernel: connections from outside an enrolled pod to its
-//! application ports land on the agent's 15006 listener; HBONE (15008), excluded ports and the
-//! agent's own forwarding (over loopback inside the pod) reach their listeners untouched; with
-//! no inbound listener the connection fails instead of reaching the application. Needs root.
+//! application ports (Istio's 15000, 15020 and 15021 among them) land on the agent's 15006
+//! listener; HBONE (15008), excluded ports and the agent's own forwarding (over loopback inside
+//! the pod) reach their listeners untouched; with no inbound listener the connection fails
+//! instead of reaching the application. Needs root.
 
 mod support;
 
@@ -76,6 +77,16 @@ fn connections_to_application_ports_land_on_the_inbound_listener() {
         "15008 was steered"
     );
 
+    // Istio's other numbers (admin, metrics, readiness) belong to the node's agent, not to the
+    // pod: inside a pod they are the application's ports and are steered like any other.
+    for port in [15000, 15020, 15021] {
+        let _client = connect_from(&outside.netns, (app.ip, port).into())
+            .unwrap_or_else(|e| panic!("connect to {port}: {e}"));
+        let (accepted, _) = accept_within(&inbound, support::PATIENCE)
+            .unwrap_or_else(|| panic!("{port} was not steered"));
+        assert_eq!(accepted.local_addr().unwrap(), (app.ip, port).into());
+    }
+
     // An excluded port is left alone.
     let _excluded_client = connect_from(&outside.netns, (app.ip, 9000).into()).expect("9000");
     assert!(
@@ -96,7 +107,7 @@ fn connections_to_application_ports_land_on_the_inbound_listener() {
     );
 
     let stats = redirection.stats().unwrap();
-    assert_eq!(stats.steered_inbound, 1, "{stats:?}");
+    assert_eq!(stats.steered_inbound, 4, "{stats:?}");
 
     // Agent down (no inbound listener): the connection fails, the application sees nothing.
     drop(inbound);

@@ -28,6 +28,8 @@ pub const ENV_CONFIG_FILE: &str = "WEFT_CONFIG_FILE";
 pub const ENV_INSTANCE_IP: &str = "INSTANCE_IP";
 /// Worker threads serving HBONE connections (`weft_workers`); default: one per CPU.
 pub const ENV_WORKER_THREADS: &str = "WEFT_WORKER_THREADS";
+/// Protocol upgrades forwarded (`Upgrade:` values, comma-separated); default: `websocket`.
+pub const ENV_UPGRADES: &str = "WEFT_UPGRADES";
 
 pub const DEFAULT_CONTROLLER: &str = "http://127.0.0.1:15010";
 pub const DEFAULT_NAME: &str = "waypoint";
@@ -117,6 +119,9 @@ pub struct Config {
     pub instance_ip: Option<IpAddr>,
     /// Threads serving HBONE connections, each with its own runtime and upstream pools.
     pub worker_threads: usize,
+    /// Protocol upgrades forwarded, lower case; any other is refused (`h2c` is never
+    /// performed: such a request is served as HTTP/1.1).
+    pub upgrades: Vec<String>,
 }
 
 /// One worker thread per CPU the process may run on.
@@ -203,6 +208,17 @@ impl Config {
                         })
                 })
                 .transpose()?,
+            upgrades: match strings.get(ENV_UPGRADES) {
+                None => crate::conformance::DEFAULT_UPGRADES
+                    .iter()
+                    .map(|u| (*u).to_owned())
+                    .collect(),
+                Some(value) => value
+                    .split(',')
+                    .map(|u| u.trim().to_ascii_lowercase())
+                    .filter(|u| !u.is_empty())
+                    .collect(),
+            },
             worker_threads: match strings.get(ENV_WORKER_THREADS) {
                 None => default_worker_threads(),
                 Some(value) => match value.parse::<usize>() {

@@ -14,6 +14,7 @@
 pub mod admin;
 pub mod ca_client;
 pub mod config;
+pub mod conformance;
 pub mod dump;
 pub mod identity;
 pub mod listener;
@@ -36,6 +37,7 @@ use std::sync::{Arc, Mutex};
 
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
+use weft_hbone::admission::{self, SourceLimit};
 use weft_proto::waypoint as proto;
 use weft_xds::ConnectionState;
 
@@ -59,6 +61,12 @@ pub struct WaypointOptions {
     pub max_request_body: usize,
     /// The threads HBONE connections are served on; `None`: the runtime the listener runs on.
     pub workers: Option<Workers>,
+    /// Protocol upgrades forwarded (lower case); [`conformance`] refuses the others.
+    pub upgrades: Vec<String>,
+    /// HBONE connections open at once (default: what the descriptor limit allows).
+    pub max_connections: usize,
+    /// HBONE connections one source address may hold at once.
+    pub max_connections_per_source: usize,
 }
 
 impl WaypointOptions {
@@ -69,6 +77,15 @@ impl WaypointOptions {
             limits: HttpLimits::default(),
             max_request_body: DEFAULT_MAX_REQUEST_BODY,
             workers: None,
+            upgrades: conformance::DEFAULT_UPGRADES
+                .iter()
+                .map(|u| (*u).to_owned())
+                .collect(),
+            max_connections: admission::connection_budget_for(
+                nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+                    .map_or(1024, |(soft, _)| soft),
+            ),
+            max_connections_per_source: admission::DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
         }
     }
 }
@@ -78,6 +95,7 @@ pub struct Waypoint {
     shared: Arc<ProxyShared>,
     certificates: Arc<dyn CertificateSource>,
     limits: HttpLimits,
+    sources: Arc<SourceLimit>,
     workers: Option<Workers>,
     registry: Arc<Mutex<Registry>>,
 }
@@ -112,9 +130,14 @@ impl Waypoint {
                 tcp_connections,
                 metrics,
                 max_request_body: options.max_request_body,
+                upgrades: options.upgrades,
             }),
             certificates: options.certificates,
             limits: options.limits,
+            sources: SourceLimit::new(
+                options.max_connections_per_source,
+                admission::ConnectionBudget::new(options.max_connections),
+            ),
             workers: options.workers,
             registry: Arc::new(Mutex::new(registry)),
         }
@@ -150,6 +173,7 @@ impl Waypoint {
             Arc::clone(&self.shared),
             Arc::clone(&self.certificates),
             self.limits,
+            Arc::clone(&self.sources),
         )
         .await?;
         Ok(match &self.workers {

@@ -13,8 +13,9 @@ use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::{Instrument, debug, debug_span, info, warn};
+use weft_hbone::admission::{AcceptBackoff, HANDSHAKE_TIMEOUT, Permit, SourceLimit};
 use weft_hbone::{ConnectHandler, ConnectRequest, H2Config, Refusal};
-use weft_identity::{SpiffeId, peer_identity};
+use weft_identity::{SpiffeId, peer_identity_in};
 
 use crate::identity::CertificateSource;
 use crate::model::Protocol;
@@ -70,6 +71,8 @@ pub struct HboneListener {
     shared: Arc<ProxyShared>,
     certificates: Arc<dyn CertificateSource>,
     limits: HttpLimits,
+    /// Connections per source address, drawing on the process's budget.
+    sources: Arc<SourceLimit>,
     /// Where accepted connections are served; `None`: on the listener's own runtime.
     workers: Option<Workers>,
 }
@@ -88,6 +91,7 @@ impl HboneListener {
         shared: Arc<ProxyShared>,
         certificates: Arc<dyn CertificateSource>,
         limits: HttpLimits,
+        sources: Arc<SourceLimit>,
     ) -> Result<Self, ListenerError> {
         let listener = TcpListener::bind(address)
             .await
@@ -97,6 +101,7 @@ impl HboneListener {
             shared,
             certificates,
             limits,
+            sources,
             workers: None,
         })
     }
@@ -113,16 +118,21 @@ impl HboneListener {
             .map_err(ListenerError::LocalAddress)
     }
 
-    /// Accepts connections until `drain` turns true.
+    /// Accepts connections until `drain` turns true. A source past its limit, or any past the
+    /// process's, is closed at once.
     pub async fn run(self, mut drain: watch::Receiver<bool>) {
+        let mut backoff = AcceptBackoff::default();
         loop {
             tokio::select! {
                 accepted = self.listener.accept() => match accepted {
-                    Ok((stream, peer)) => self.dispatch(stream, peer),
-                    Err(error) => {
-                        warn!(%error, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    Ok((stream, peer)) => {
+                        backoff.succeeded();
+                        if let Ok(permit) = self.sources.admit(peer.ip()) {
+                            self.dispatch(stream, peer, permit);
+                        }
                     }
+                    // Out of descriptors, mostly: wait instead of spinning.
+                    Err(error) => tokio::time::sleep(backoff.failed(&error)).await,
                 },
                 changed = drain.changed() => {
                     if changed.is_err() || *drain.borrow() {
@@ -138,13 +148,19 @@ impl HboneListener {
 impl HboneListener {
     /// Starts serving an accepted connection: on the next worker (the socket moves to that
     /// worker's reactor), or here.
-    fn dispatch(&self, stream: TcpStream, peer: SocketAddr) {
+    fn dispatch(&self, stream: TcpStream, peer: SocketAddr, permit: Permit) {
         let shared = Arc::clone(&self.shared);
         let certificates = Arc::clone(&self.certificates);
         let limits = self.limits;
         let span = debug_span!("hbone_connection", %peer);
         let Some(workers) = &self.workers else {
-            tokio::spawn(serve_tcp(stream, peer, shared, certificates, limits).instrument(span));
+            tokio::spawn(
+                async move {
+                    serve_tcp(stream, peer, shared, certificates, limits).await;
+                    drop(permit);
+                }
+                .instrument(span),
+            );
             return;
         };
         let stream = match stream.into_std() {
@@ -160,14 +176,12 @@ impl HboneListener {
                     Ok(stream) => serve_tcp(stream, peer, shared, certificates, limits).await,
                     Err(error) => warn!(%error, "cannot register the connection on its worker"),
                 }
+                drop(permit);
             }
             .instrument(span),
         );
     }
 }
-
-/// Bound on the TLS handshake of a new connection.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 async fn serve_tcp(
     stream: TcpStream,
@@ -179,7 +193,7 @@ async fn serve_tcp(
     let _ = weft_hbone::tune_tcp(&stream);
     let material = certificates.current();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&material.server));
-    let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(error)) => {
             debug!(%error, "tls handshake failed");
@@ -190,10 +204,11 @@ async fn serve_tcp(
             return;
         }
     };
-    let identity = match peer_identity(tls.get_ref().1) {
+    // The waypoint's own trust domain is the mesh's: the root may sign for others too.
+    let identity = match peer_identity_in(tls.get_ref().1, material.identity().trust_domain()) {
         Ok(id) => id,
         Err(error) => {
-            warn!(%error, "hbone peer without a usable identity");
+            warn!(%error, "hbone peer refused");
             return;
         }
     };
@@ -242,9 +257,12 @@ impl ConnectHandler for TunnelHandler {
             debug!(authority = %request.authority, "tunnel for a destination this waypoint does not serve");
             return Err(Refusal::BadRequest);
         };
+        // Agents open their tunnels from inside the source pod, so the connection's peer is the
+        // client: a `forwarded: for=` claim is never believed (any holder of a mesh
+        // certificate could name an address outside an ipBlocks rule).
         let context = Arc::new(TunnelContext {
             peer: Some(self.peer.clone()),
-            source_ip: request.forwarded_for.unwrap_or(self.peer_address.ip()),
+            source_ip: self.peer_address.ip(),
             peer_address: self.peer_address,
             destination: request.authority,
         });

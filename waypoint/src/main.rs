@@ -15,6 +15,7 @@ use tracing::{info, warn};
 use waypoint::ca_client::{self, CaClientConfig};
 use waypoint::config::{self, CertificateSettings, Config, Environment, Strings};
 use waypoint::{RotatingCertificate, TlsMaterial, Waypoint, WaypointOptions, Workers};
+use weft_hbone::admission;
 use weft_identity::{CertificateAuthority, SpiffeId};
 
 /// The mesh's L7 proxy for the services that use it (`istio.io/use-waypoint`). Every flag can
@@ -175,8 +176,12 @@ async fn run(config: Config, workers: Workers) -> anyhow::Result<()> {
     if let Some(ca) = ca {
         ca_client::spawn_rotation(ca, identity.clone(), Arc::clone(&certificates));
     }
+    // A soft limit of 1024 descriptors would be a few hundred connections.
+    let descriptors = admission::raise_open_files_limit().context("raising RLIMIT_NOFILE")?;
     let waypoint = Waypoint::new(WaypointOptions {
         workers: Some(workers),
+        upgrades: config.upgrades.clone(),
+        max_connections: admission::connection_budget_for(descriptors),
         ..WaypointOptions::new(certificates)
     });
     if let Some(file) = &config.config_file {

@@ -57,6 +57,8 @@ pub struct ProxyShared {
     pub tcp_connections: TcpConnections,
     pub metrics: Arc<Metrics>,
     pub max_request_body: usize,
+    /// Protocol upgrades forwarded, lower case (see [`crate::conformance`]).
+    pub upgrades: Vec<String>,
 }
 
 impl std::fmt::Debug for ProxyShared {
@@ -72,7 +74,8 @@ impl std::fmt::Debug for ProxyShared {
 pub struct TunnelContext {
     /// Verified SPIFFE identity of the HBONE client.
     pub peer: Option<SpiffeId>,
-    /// The original client address (`forwarded: for=`), else the HBONE peer's address.
+    /// The client's address: the HBONE peer's (agents connect from inside the client's pod).
+    /// A `forwarded: for=` claim is not believed.
     pub source_ip: IpAddr,
     /// The HBONE peer's socket address.
     pub peer_address: SocketAddr,
@@ -218,7 +221,7 @@ fn request_id() -> String {
     )
 }
 
-const HOP_BY_HOP: [&str; 7] = [
+const HOP_BY_HOP: [&str; 8] = [
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -226,6 +229,7 @@ const HOP_BY_HOP: [&str; 7] = [
     "te",
     "trailer",
     "upgrade",
+    "http2-settings",
 ];
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -387,6 +391,12 @@ async fn pipeline(
     mut request: Request<Incoming>,
     record: &mut RequestRecord,
 ) -> Response<ProxyBody> {
+    if let Err(refusal) = crate::conformance::admit(&mut request, &shared.upgrades) {
+        debug!(%refusal, "request refused before routing");
+        let (status, body, details) = refusal.reply();
+        record.response_code_details = details.to_owned();
+        return text_response(status, body);
+    }
     if record.request_id.is_empty() {
         record.request_id = request_id();
         if let Ok(value) = HeaderValue::from_str(&record.request_id) {

@@ -59,8 +59,19 @@ impl TestMesh {
     }
 
     pub fn material(&self, namespace: &str, service_account: &str) -> TlsMaterial {
-        TlsMaterial::issue(&self.ca, &Self::spiffe(namespace, service_account))
-            .expect("test certificate")
+        self.material_in(TRUST_DOMAIN, namespace, service_account)
+    }
+
+    /// A certificate this mesh's root signs for another trust domain.
+    pub fn material_in(
+        &self,
+        trust_domain: &str,
+        namespace: &str,
+        service_account: &str,
+    ) -> TlsMaterial {
+        let identity =
+            SpiffeId::new(trust_domain, namespace, service_account).expect("valid test identity");
+        TlsMaterial::issue(&self.ca, &identity).expect("test certificate")
     }
 }
 

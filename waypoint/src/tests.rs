@@ -288,10 +288,11 @@ async fn header_match_routes_to_its_subset_and_others_to_the_default() {
     assert_eq!(body, "v1");
 
     // The endpoint saw the tunnel the waypoint opened: its identity, the endpoint address as
-    // authority and the original client in `forwarded`.
+    // authority and the client in `forwarded`: the address it connected from, not the one it
+    // claimed.
     let tunnel = v2.tunnels.lock().unwrap()[0].clone();
     assert_eq!(tunnel.authority, v2.app_address);
-    assert_eq!(tunnel.forwarded_for, Some(CLIENT_IP));
+    assert_eq!(tunnel.forwarded_for, Some(LOCALHOST));
     assert_eq!(tunnel.peer, harness.waypoint_identity);
     let seen = v1.last_request().unwrap();
     assert!(
@@ -320,6 +321,57 @@ fn deny_admin_for_the_service() -> proto::L7Authorization {
         dry_run: false,
         target_services: vec![HOST.to_owned()],
     }
+}
+
+#[tokio::test]
+async fn a_claimed_source_address_does_not_escape_an_ip_block_rule() {
+    let (mesh, v1, _v2) = two_endpoints().await;
+    let harness = Harness::start(mesh, &[&v1]).await;
+    let mut cfg = config(vec![route_to("v1")], vec![cluster("v1", &[&v1])]);
+    cfg.authorization_policies.push(proto::L7Authorization {
+        name: "deny-loopback".to_owned(),
+        namespace: "default".to_owned(),
+        action: proto::l7_authorization::Action::Deny as i32,
+        rules: vec![proto::Rule {
+            from: vec![proto::rule::From {
+                source: Some(proto::Source {
+                    ip_blocks: vec!["127.0.0.0/8".to_owned()],
+                    ..Default::default()
+                }),
+            }],
+            to: Vec::new(),
+            when: Vec::new(),
+        }],
+        dry_run: false,
+        target_services: vec![HOST.to_owned()],
+    });
+    harness.waypoint.apply_config(cfg).unwrap();
+    // The client connects from 127.0.0.1 and claims `forwarded: for=10.0.0.7`.
+    let (status, _, _) = harness.get("/from-loopback").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(v1.request_count(), 0);
+}
+
+#[tokio::test]
+async fn a_client_of_another_trust_domain_is_refused() {
+    let (mesh, v1, _v2) = two_endpoints().await;
+    let foreign = mesh.material_in("evil.example", "default", "sleep");
+    let harness = Harness::start(mesh, &[&v1]).await;
+    harness
+        .waypoint
+        .apply_config(config(vec![route_to("v1")], vec![cluster("v1", &[&v1])]))
+        .unwrap();
+    let refused = hbone_tunnel(
+        &foreign,
+        harness.address,
+        &harness.waypoint_identity,
+        service_addr(),
+        CLIENT_IP,
+    )
+    .await;
+    assert!(refused.is_err(), "a foreign trust domain got a tunnel");
+    let (status, _, _) = harness.get("/still-served").await;
+    assert_eq!(status, StatusCode::OK);
 }
 
 /// The fake endpoint `e` as a workload the waypoint serves at its own address.
@@ -372,7 +424,7 @@ async fn a_pod_addressed_directly_is_reached_exactly_and_still_authorized() {
     );
     let tunnel = v2.tunnels.lock().unwrap()[0].clone();
     assert_eq!(tunnel.authority, v2.app_address);
-    assert_eq!(tunnel.forwarded_for, Some(CLIENT_IP));
+    assert_eq!(tunnel.forwarded_for, Some(LOCALHOST));
     assert_eq!(tunnel.peer, harness.waypoint_identity);
 
     // The service's policies follow its pods: addressing a pod does not escape them.

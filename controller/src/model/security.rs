@@ -125,6 +125,119 @@ pub struct Condition {
     pub not_values: Vec<String>,
 }
 
+/// `when` keys a node agent evaluates; every other key needs the request (Istio's
+/// `l4WhenAttributes`, with `remote.ip`, which is `source.ip` without a proxy in front).
+pub const L4_CONDITION_KEYS: [&str; 6] = [
+    "source.ip",
+    "remote.ip",
+    "source.namespace",
+    "source.principal",
+    "destination.ip",
+    "destination.port",
+];
+
+impl AuthorizationPolicySpec {
+    /// When node agents enforce this policy (no `targetRefs`, ALLOW or DENY), the paths
+    /// (`spec.rules[0].to[0].operation.paths`) of its attributes that only a request carries.
+    pub fn http_attributes_at_node_agents(&self) -> Vec<String> {
+        let action = self.action.unwrap_or_default();
+        if !self.target_refs.is_empty()
+            || self.target_ref.is_some()
+            || !matches!(
+                action,
+                AuthorizationAction::Allow | AuthorizationAction::Deny
+            )
+        {
+            return Vec::new();
+        }
+        self.rules
+            .iter()
+            .flatten()
+            .enumerate()
+            .flat_map(|(i, rule)| {
+                rule.http_attributes()
+                    .into_iter()
+                    .map(move |attribute| format!("spec.rules[{i}].{attribute}"))
+            })
+            .collect()
+    }
+}
+
+/// What node agents do with a policy's HTTP attributes ([`AuthorizationPolicySpec::http_attributes_at_node_agents`]).
+pub fn http_attributes_at_node_agents(action: AuthorizationAction) -> String {
+    let effect = if action == AuthorizationAction::Deny {
+        "this DENY is enforced without them and refuses every connection its other conditions match"
+    } else {
+        "rules using them allow nothing at the node agents"
+    };
+    format!(
+        "HTTP attributes, which node agents cannot evaluate: {effect}; attach the policy to a waypoint (targetRefs) to enforce it per request"
+    )
+}
+
+impl Source {
+    /// The fields set that only a request carries (what a node agent cannot evaluate).
+    pub fn http_attributes(&self) -> Vec<&'static str> {
+        [
+            ("requestPrincipals", &self.request_principals),
+            ("notRequestPrincipals", &self.not_request_principals),
+        ]
+        .into_iter()
+        .filter(|(_, values)| !values.is_empty())
+        .map(|(name, _)| name)
+        .collect()
+    }
+}
+
+impl Operation {
+    /// The fields set that only a request carries (what a node agent cannot evaluate).
+    pub fn http_attributes(&self) -> Vec<&'static str> {
+        [
+            ("hosts", &self.hosts),
+            ("notHosts", &self.not_hosts),
+            ("methods", &self.methods),
+            ("notMethods", &self.not_methods),
+            ("paths", &self.paths),
+            ("notPaths", &self.not_paths),
+        ]
+        .into_iter()
+        .filter(|(_, values)| !values.is_empty())
+        .map(|(name, _)| name)
+        .collect()
+    }
+}
+
+impl Condition {
+    /// Whether the condition needs the request (a key a node agent does not know).
+    pub fn is_http_only(&self) -> bool {
+        !L4_CONDITION_KEYS.contains(&self.key.as_str())
+    }
+}
+
+impl Rule {
+    /// The paths, relative to the rule (`to[0].operation.paths`, `when[1]`), of every
+    /// attribute in it that only a request carries.
+    pub fn http_attributes(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        for (i, from) in self.from.iter().flatten().enumerate() {
+            for name in from.source.iter().flat_map(Source::http_attributes) {
+                found.push(format!("from[{i}].source.{name}"));
+            }
+        }
+        for (i, to) in self.to.iter().flatten().enumerate() {
+            for name in to.operation.iter().flat_map(Operation::http_attributes) {
+                found.push(format!("to[{i}].operation.{name}"));
+            }
+        }
+        for (i, condition) in self.when.iter().enumerate() {
+            if condition.is_http_only() {
+                found.push(format!("when[{i}] ({})", condition.key));
+            }
+        }
+        found
+    }
+}
+
 /// Mutual TLS requirements of workloads.
 #[derive(CustomResource, Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(

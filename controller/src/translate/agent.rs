@@ -17,9 +17,13 @@ use super::resolve::{
     service_waypoint, target_port, waypoint_address,
 };
 pub use super::resolve::{DATAPLANE_MODE, GATEWAY_NAME, HBONE_PORT, USE_WAYPOINT};
+use super::{TranslateError, TranslateProblem};
 use crate::{
     index::ConfigIndex,
-    model::security::{AuthorizationAction, AuthorizationPolicy, MtlsMode, Rule},
+    model::{
+        ResourceKind,
+        security::{AuthorizationAction, AuthorizationPolicy, MtlsMode, Rule},
+    },
 };
 
 /// Every `istio.workload.Address`, keyed by resource name (uid for workloads,
@@ -385,102 +389,52 @@ fn cidr(value: &str) -> Option<security::Address> {
     })
 }
 
-/// The L4 translation of one rule: clauses ANDed, each clause's matches ORed. `None` when the
-/// rule cannot be enforced at L4 and must not match at all (an ALLOW rule with L7 attributes).
+/// The L4 translation of one rule: clauses ANDed, each clause's matches ORed. A node agent sees
+/// no request, so the rule's HTTP attributes ([`Rule::http_attributes`]) cannot be evaluated:
+/// - an ALLOW rule using one allows nothing (`None`: it must not match at all), as in Istio;
+/// - a DENY rule is enforced without them and so refuses more, failing safe as Istio documents
+///   for HTTP-only attributes on TCP traffic: a `from` or `to` entry whose only conditions were
+///   HTTP attributes matches every connection, and so does its clause, which is left out.
+///   (istiod leaves such an entry empty, which ztunnel skips, so that the DENY denies nothing;
+///   deliberately stricter here.)
 fn rule_to_l4(rule: &Rule, action: AuthorizationAction) -> Option<security::Rule> {
+    if action == AuthorizationAction::Allow && !rule.http_attributes().is_empty() {
+        return None;
+    }
     let mut clauses = Vec::new();
-    let mut has_l7 = false;
-    if let Some(from) = &rule.from {
-        let mut matches = Vec::new();
-        for source in from.iter().filter_map(|f| f.source.as_ref()) {
-            if !source.request_principals.is_empty() || !source.not_request_principals.is_empty() {
-                has_l7 = true;
-            }
-            matches.push(security::Match {
-                principals: source
-                    .principals
-                    .iter()
-                    .map(|p| string_match(&principal(p)))
-                    .collect(),
-                not_principals: source
-                    .not_principals
-                    .iter()
-                    .map(|p| string_match(&principal(p)))
-                    .collect(),
-                namespaces: source.namespaces.iter().map(|n| string_match(n)).collect(),
-                not_namespaces: source
-                    .not_namespaces
-                    .iter()
-                    .map(|n| string_match(n))
-                    .collect(),
-                service_accounts: source
-                    .service_accounts
-                    .iter()
-                    .filter_map(|sa| sa.split_once('/'))
-                    .map(|(ns, sa)| security::ServiceAccountMatch {
-                        namespace: ns.into(),
-                        service_account: sa.into(),
-                    })
-                    .collect(),
-                not_service_accounts: source
-                    .not_service_accounts
-                    .iter()
-                    .filter_map(|sa| sa.split_once('/'))
-                    .map(|(ns, sa)| security::ServiceAccountMatch {
-                        namespace: ns.into(),
-                        service_account: sa.into(),
-                    })
-                    .collect(),
-                source_ips: source
-                    .ip_blocks
-                    .iter()
-                    .chain(&source.remote_ip_blocks)
-                    .filter_map(|c| cidr(c))
-                    .collect(),
-                not_source_ips: source
-                    .not_ip_blocks
-                    .iter()
-                    .chain(&source.not_remote_ip_blocks)
-                    .filter_map(|c| cidr(c))
-                    .collect(),
-                ..Default::default()
+    let mut clause = |entries: Vec<(security::Match, bool)>| {
+        let unconstrained = entries
+            .iter()
+            .any(|(m, had_http)| *had_http && *m == security::Match::default());
+        if !entries.is_empty() && !unconstrained {
+            clauses.push(security::Clause {
+                matches: entries.into_iter().map(|(m, _)| m).collect(),
             });
         }
-        if !matches.is_empty() {
-            clauses.push(security::Clause { matches });
-        }
+    };
+    if let Some(from) = &rule.from {
+        clause(
+            from.iter()
+                .filter_map(|f| f.source.as_ref())
+                .map(|source| (source_match(source), !source.http_attributes().is_empty()))
+                .collect(),
+        );
     }
     if let Some(to) = &rule.to {
-        let mut matches = Vec::new();
-        for operation in to.iter().filter_map(|t| t.operation.as_ref()) {
-            if !operation.hosts.is_empty()
-                || !operation.not_hosts.is_empty()
-                || !operation.methods.is_empty()
-                || !operation.not_methods.is_empty()
-                || !operation.paths.is_empty()
-                || !operation.not_paths.is_empty()
-            {
-                has_l7 = true;
-            }
-            matches.push(security::Match {
-                destination_ports: operation
-                    .ports
-                    .iter()
-                    .filter_map(|p| p.parse().ok())
-                    .collect(),
-                not_destination_ports: operation
-                    .not_ports
-                    .iter()
-                    .filter_map(|p| p.parse().ok())
-                    .collect(),
-                ..Default::default()
-            });
-        }
-        if !matches.is_empty() {
-            clauses.push(security::Clause { matches });
-        }
+        clause(
+            to.iter()
+                .filter_map(|t| t.operation.as_ref())
+                .map(|operation| {
+                    (
+                        operation_match(operation),
+                        !operation.http_attributes().is_empty(),
+                    )
+                })
+                .collect(),
+        );
     }
-    for condition in &rule.when {
+    // A condition on the request is left out: the rule stands without it.
+    for condition in rule.when.iter().filter(|c| !c.is_http_only()) {
         let values = &condition.values;
         let not_values = &condition.not_values;
         let m = match condition.key.as_str() {
@@ -512,18 +466,97 @@ fn rule_to_l4(rule: &Rule, action: AuthorizationAction) -> Option<security::Rule
                 not_destination_ports: not_values.iter().filter_map(|p| p.parse().ok()).collect(),
                 ..Default::default()
             },
-            _ => {
-                has_l7 = true;
-                continue;
-            }
+            _ => continue,
         };
         clauses.push(security::Clause { matches: vec![m] });
     }
-    if has_l7 && action == AuthorizationAction::Allow {
-        // An ALLOW that depends on what only L7 can see must not allow anything at L4.
-        return None;
-    }
     Some(security::Rule { clauses })
+}
+
+/// The L4 fields of a rule's `source`.
+fn source_match(source: &crate::model::security::Source) -> security::Match {
+    let service_accounts = |list: &[String]| {
+        list.iter()
+            .filter_map(|sa| sa.split_once('/'))
+            .map(|(ns, sa)| security::ServiceAccountMatch {
+                namespace: ns.into(),
+                service_account: sa.into(),
+            })
+            .collect()
+    };
+    security::Match {
+        principals: source
+            .principals
+            .iter()
+            .map(|p| string_match(&principal(p)))
+            .collect(),
+        not_principals: source
+            .not_principals
+            .iter()
+            .map(|p| string_match(&principal(p)))
+            .collect(),
+        namespaces: source.namespaces.iter().map(|n| string_match(n)).collect(),
+        not_namespaces: source
+            .not_namespaces
+            .iter()
+            .map(|n| string_match(n))
+            .collect(),
+        service_accounts: service_accounts(&source.service_accounts),
+        not_service_accounts: service_accounts(&source.not_service_accounts),
+        source_ips: source
+            .ip_blocks
+            .iter()
+            .chain(&source.remote_ip_blocks)
+            .filter_map(|c| cidr(c))
+            .collect(),
+        not_source_ips: source
+            .not_ip_blocks
+            .iter()
+            .chain(&source.not_remote_ip_blocks)
+            .filter_map(|c| cidr(c))
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// The L4 fields of a rule's `operation`: its ports.
+fn operation_match(operation: &crate::model::security::Operation) -> security::Match {
+    security::Match {
+        destination_ports: operation
+            .ports
+            .iter()
+            .filter_map(|p| p.parse().ok())
+            .collect(),
+        not_destination_ports: operation
+            .not_ports
+            .iter()
+            .filter_map(|p| p.parse().ok())
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// The policies node agents enforce without some of their attributes (those only a request
+/// carries), one problem each naming every such attribute: the operator is told what a DENY now
+/// refuses and an ALLOW no longer allows.
+pub fn authorization_problems(index: &ConfigIndex) -> Vec<TranslateError> {
+    index
+        .authorization_policies
+        .values()
+        .filter_map(|policy| {
+            let attributes = policy.spec.http_attributes_at_node_agents();
+            (!attributes.is_empty()).then(|| {
+                TranslateError::new(
+                    ResourceKind::AuthorizationPolicy,
+                    &policy.metadata,
+                    TranslateProblem::HttpAttributesAtNodeAgent {
+                        attributes: attributes.join(", "),
+                        deny: policy.spec.action == Some(AuthorizationAction::Deny),
+                    },
+                )
+            })
+        })
+        .collect()
 }
 
 /// Every `istio.security.Authorization` for node agents, keyed `namespace/name`.

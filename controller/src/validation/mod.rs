@@ -48,6 +48,15 @@ pub fn validate(resource: &Resource) -> Vec<FieldError> {
     findings.errors
 }
 
+/// What is valid but will not do all it says (Istio's validation warnings): reported, never
+/// refused.
+pub fn warnings(resource: &Resource) -> Vec<FieldError> {
+    match resource {
+        Resource::AuthorizationPolicy(r) => security::authorization_policy_warnings(&r.spec),
+        _ => Vec::new(),
+    }
+}
+
 /// Collects errors as the validators walk a resource.
 #[derive(Debug, Default)]
 pub(crate) struct Findings {

@@ -1,7 +1,7 @@
 //! Validation of AuthorizationPolicy and PeerAuthentication.
 
 use super::names::{is_dns1123_label, validate_ip_or_cidr};
-use super::{Findings, check_workload_selector};
+use super::{FieldError, Findings, check_workload_selector};
 use crate::model::security::*;
 
 /// Target kinds a policy may attach to, with the API group each must name.
@@ -199,6 +199,19 @@ fn check_condition_values(key: &str, values: &[String]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Attributes of a policy that node agents enforce (no `targetRefs`) which only a request
+/// carries: valid, but enforced without them (istiod warns alike).
+pub(crate) fn authorization_policy_warnings(spec: &AuthorizationPolicySpec) -> Vec<FieldError> {
+    let reason = http_attributes_at_node_agents(spec.action.unwrap_or_default());
+    spec.http_attributes_at_node_agents()
+        .into_iter()
+        .map(|path| FieldError {
+            path,
+            reason: reason.clone(),
+        })
+        .collect()
 }
 
 pub(crate) fn authorization_policy(spec: &AuthorizationPolicySpec, findings: &mut Findings) {

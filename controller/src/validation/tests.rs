@@ -235,3 +235,41 @@ fn every_error_names_a_path() {
         }
     }
 }
+
+#[test]
+fn http_attributes_in_policies_node_agents_enforce_are_warned_about() {
+    let warnings = |spec: &str| -> Vec<(String, String)> {
+        let (resources, errors) = load_str(Path::new("t.yaml"), &ap(spec));
+        assert!(errors.is_empty(), "{errors:?}");
+        resources
+            .iter()
+            .flat_map(|r| super::warnings(&r.resource))
+            .map(|w| (w.path, w.reason))
+            .collect()
+    };
+    let deny = warnings(
+        "{selector: {matchLabels: {app: a}}, action: DENY, rules: [{to: [{operation: {paths: [/admin], ports: ['80']}}]}]}",
+    );
+    assert_eq!(deny.len(), 1, "{deny:?}");
+    assert_eq!(deny[0].0, "spec.rules[0].to[0].operation.paths");
+    assert!(deny[0].1.contains("refuses every connection"), "{deny:?}");
+    let allow = warnings(
+        "{rules: [{from: [{source: {requestPrincipals: ['*']}}], when: [{key: 'request.auth.claims[iss]', values: [x]}]}]}",
+    );
+    assert_eq!(
+        allow.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(),
+        [
+            "spec.rules[0].from[0].source.requestPrincipals",
+            "spec.rules[0].when[0] (request.auth.claims[iss])"
+        ]
+    );
+    assert!(allow[0].1.contains("allow nothing"), "{allow:?}");
+    // Enforced per request by a waypoint, or without HTTP attributes: nothing to say.
+    assert!(
+        warnings(
+            "{targetRefs: [{kind: Service, group: '', name: s}], action: DENY, rules: [{to: [{operation: {paths: [/x]}}]}]}"
+        )
+        .is_empty()
+    );
+    assert!(warnings("{action: DENY, rules: [{to: [{operation: {ports: ['80']}}]}]}").is_empty());
+}

@@ -1,11 +1,13 @@
 //! HBONE tunnels: HTTP/2 `CONNECT` over TLS 1.3 mutual TLS on port 15008, as Istio speaks it.
-//! Owns the client, its connection pool, the server side and the byte copy between a tunnel and
-//! a socket; knows nothing of policy or config, and never creates sockets or TLS
+//! Owns the client, its connection pool, the server side, the byte copy between a tunnel and
+//! a socket, and what an accepting side allows peers that have not authenticated yet
+//! ([`admission`]); knows nothing of policy or config, and never creates sockets or TLS
 //! configurations: callers hand in established TLS streams (or a connector producing them) and
 //! decide, in a [`ConnectHandler`], which tunnels to accept. [`ConnectionRegistry`] and
 //! [`Revocable`] let a proxy end established connections that its configuration no longer
 //! allows; what allows them is the caller's decision.
 
+pub mod admission;
 mod client;
 mod config;
 mod copy;

@@ -460,23 +460,7 @@ impl CertificateAuthority {
         let not_after = (now + ttl).min(self.signing_not_after);
         let serial = random_serial(&self.random)?;
         let serial_hex = hex(&serial.to_bytes());
-        let mut params = CertificateParams::default();
-        // An empty subject makes rcgen mark the SAN extension critical, as RFC 5280 requires and
-        // as Istio's workload certificates do.
-        params.distinguished_name = DistinguishedName::new();
-        params.subject_alt_names = vec![SanType::URI(uri)];
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        params.use_authority_key_identifier_extension = true;
-        params.not_before = (now - LEAF_BACKDATE).into();
-        params.not_after = not_after.into();
+        let mut params = leaf_params(vec![SanType::URI(uri)], now - LEAF_BACKDATE, not_after);
         params.serial_number = Some(serial);
         let leaf = params
             .signed_by(&public_key, &self.issuer)
@@ -498,15 +482,54 @@ impl CertificateAuthority {
     }
 }
 
-#[cfg(test)]
+/// A workload certificate's parameters: `sans`, valid from `not_before` to `not_after`.
+fn leaf_params(
+    sans: Vec<SanType>,
+    not_before: SystemTime,
+    not_after: SystemTime,
+) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    // An empty subject makes rcgen mark the SAN extension critical, as RFC 5280 requires and
+    // as Istio's workload certificates do.
+    params.distinguished_name = DistinguishedName::new();
+    params.subject_alt_names = sans;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.use_authority_key_identifier_extension = true;
+    params.not_before = not_before.into();
+    params.not_after = not_after.into();
+    params
+}
+
+#[cfg(any(test, feature = "testing"))]
 impl CertificateAuthority {
     /// Signs arbitrary parameters, for tests that need certificates this CA would never issue.
-    pub(crate) fn sign_params_unchecked(
+    pub fn sign_params_unchecked(
         &self,
         params: &CertificateParams,
         key: &KeyPair,
     ) -> CertificateDer<'static> {
         params.signed_by(key, &self.issuer).unwrap().der().clone()
+    }
+
+    /// Signs a workload certificate as this CA would, but for any `sans` and validity, over a
+    /// fresh key (returned with it): other trust domains, odd SPIFFE forms, expired ones.
+    pub fn sign_leaf_unchecked(
+        &self,
+        sans: Vec<SanType>,
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> (CertificateDer<'static>, KeyPair) {
+        let key = KeyPair::generate().unwrap();
+        let leaf = self.sign_params_unchecked(&leaf_params(sans, not_before, not_after), &key);
+        (leaf, key)
     }
 }
 

@@ -21,7 +21,10 @@ pub use ca::{
     ServingCertificate,
 };
 pub use credential::CaToken;
-pub use peer::{PeerIdentityError, identity_from_certificate, peer_identity, require_trust_domain};
+pub use peer::{
+    PeerIdentityError, identity_from_certificate, peer_identity, peer_identity_in,
+    require_trust_domain,
+};
 pub use spiffe::{PathSegment, SpiffeId, SpiffeIdError};
 pub use tls::{
     ExpectedServerIdentities, HBONE_ALPN, ServerIdentityError, SpiffeServerVerifier,

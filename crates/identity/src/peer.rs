@@ -61,6 +61,19 @@ pub fn identity_from_certificate(der: &CertificateDer<'_>) -> Result<SpiffeId, P
     }
 }
 
+/// The SPIFFE ID of the client of an HBONE connection, refused unless it belongs to
+/// `trust_domain`. Every HBONE server of the mesh (the agents' and the waypoints') makes this
+/// check on each connection: the mesh's root may also sign for other trust domains, and their
+/// identities are nobody the mesh's policies know.
+pub fn peer_identity_in(
+    connection: &CommonState,
+    trust_domain: &str,
+) -> Result<SpiffeId, PeerIdentityError> {
+    let identity = peer_identity(connection)?;
+    require_trust_domain(&identity, trust_domain)?;
+    Ok(identity)
+}
+
 /// Refuses an identity from another trust domain.
 pub fn require_trust_domain(
     identity: &SpiffeId,

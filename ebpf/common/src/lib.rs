@@ -95,8 +95,14 @@ pub mod ports {
     pub const INBOUND: u16 = 15006;
     /// HBONE.
     pub const HBONE: u16 = 15008;
-    /// Ports of the agent that inbound steering leaves alone.
-    pub const AGENT: [u16; 6] = [15000, 15001, 15006, 15008, 15020, 15021];
+    /// The agent's in-pod listeners: never a destination of forwarded traffic (ztunnel's
+    /// `illegal_ports`). Its admin, metrics and readiness ports live in the node's namespace, so
+    /// inside a pod 15000, 15020 and 15021 are the application's.
+    pub const AGENT_IN_POD: [u16; 3] = [OUTBOUND, INBOUND, HBONE];
+    /// The only port inbound steering leaves alone: HBONE, as Istio's in-pod rules exempt only
+    /// 15008. Any other port, Istio's numbers included, is the application's and is steered
+    /// (so STRICT applies to it).
+    pub const INBOUND_EXEMPT: u16 = HBONE;
 }
 
 /// Maximum entries of the per-pod maps (pods per node).

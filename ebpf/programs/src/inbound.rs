@@ -2,7 +2,9 @@
 //! an application port goes to the agent's inbound listener (15006) instead of the application.
 //!
 //! Left alone: non-TCP, connections from inside the pod (loopback interface, or a source address
-//! that is the pod's own or loopback: the agent's own forwarding, made inside the pod), the agent's ports (HBONE 15008 among them) and the pod's excluded ports.
+//! that is the pod's own or loopback: the agent's own forwarding, made inside the pod), HBONE
+//! (15008, the only port Istio's in-pod rules exempt) and the pod's excluded ports. Istio's other
+//! numbers (15000, 15020, 15021) are the application's inside a pod and are steered like any.
 //! If the pod's inbound listener is missing (agent down), the connection is dropped: inbound
 //! traffic of an enrolled pod never bypasses the agent.
 use aya_ebpf::{
@@ -40,7 +42,7 @@ fn try_steer_inbound(ctx: &SkLookupContext) -> u32 {
         return SK_PASS;
     }
     let local_port = local_port as u16;
-    if port_listed(&ports::AGENT, local_port) {
+    if local_port == ports::INBOUND_EXEMPT {
         return SK_PASS;
     }
     // SAFETY: as above; the IPv4 fields are read for IPv4 lookups, the IPv6 ones otherwise.

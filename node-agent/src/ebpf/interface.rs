@@ -55,8 +55,8 @@ pub enum RedirectionError {
     Unpin(PathBuf, #[source] std::io::Error),
     #[error("link of program {0}: {1}")]
     Link(&'static str, #[source] aya::programs::links::LinkError),
-    #[error("pod uid {0:?} is invalid: use 1-64 characters of [A-Za-z0-9._-]")]
-    InvalidUid(String),
+    #[error(transparent)]
+    InvalidUid(#[from] crate::enrollment::InvalidPodUid),
     #[error("pod {uid}: {reason}")]
     InvalidEnrollment { uid: String, reason: String },
     #[error("pod {0} is already enrolled")]

@@ -554,18 +554,7 @@ pub(crate) fn pod_config(pod: &PodEnrollment<'_>) -> Result<PodConfig, Redirecti
 }
 
 fn validate_uid(uid: &str) -> Result<(), RedirectionError> {
-    let valid = !uid.is_empty()
-        && uid.len() <= MAX_UID_LEN
-        && uid != "."
-        && uid != ".."
-        && uid
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
-    if valid {
-        Ok(())
-    } else {
-        Err(RedirectionError::InvalidUid(uid.to_string()))
-    }
+    Ok(crate::enrollment::check_pod_uid(uid)?)
 }
 
 fn config_uid(config: &PodConfig) -> String {

@@ -136,3 +136,36 @@ async fn a_stale_socket_file_is_replaced() {
     assert_eq!(server.path(), path);
     let _ = std::fs::remove_file(&path);
 }
+
+#[tokio::test]
+async fn uids_that_are_no_path_component_are_refused_before_anything_uses_them() {
+    let path = socket_path("uids");
+    let server = EnrollmentServer::bind(&path).unwrap();
+    let pods: &'static RecordingPods = Box::leak(Box::default());
+    tokio::spawn(server.run(pods));
+    let mut client = EnrollmentClient::connect(&path).await.unwrap();
+    client.snapshot(&[pod("u1", "a")]).await.unwrap();
+    for uid in ["", ".", "..", "../pods", "a/b", "x\0y", &"u".repeat(65)] {
+        let added = client.add(&pod(uid, "escape")).await;
+        assert!(
+            matches!(&added, Err(EnrollmentError::Refused(m)) if m.contains("pod uid")),
+            "{uid:?}: {added:?}"
+        );
+        let removed = client.remove(uid).await;
+        assert!(
+            matches!(&removed, Err(EnrollmentError::Refused(m)) if m.contains("pod uid")),
+            "{uid:?}: {removed:?}"
+        );
+    }
+    // A uuid, as Kubernetes makes them, and names as the testbed makes them, are fine.
+    client
+        .add(&pod("9f1c2e4a-7b3d-4c5e-8f6a-1b2c3d4e5f60", "k8s"))
+        .await
+        .unwrap();
+    client
+        .add(&pod("uid-reviews.v1_a", "testbed"))
+        .await
+        .unwrap();
+    assert_eq!(pods.adds.lock().unwrap().len(), 3);
+    assert!(pods.enrolled().contains("u1"));
+}

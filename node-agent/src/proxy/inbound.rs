@@ -18,18 +18,17 @@ use tokio::{
 };
 use tokio_rustls::TlsAcceptor;
 use weft_hbone::{
-    ConnectHandler, ConnectRequest, H2Config, Refusal, Registration, Revocable, serve_connection,
+    ConnectHandler, ConnectRequest, H2Config, Refusal, Registration, Revocable,
+    admission::HANDSHAKE_TIMEOUT, serve_connection,
 };
-use weft_identity::{
-    SpiffeId, WorkloadCertificate, peer_identity, require_trust_domain, server_config,
-};
+use weft_identity::{SpiffeId, WorkloadCertificate, peer_identity_in, server_config};
 
 use super::{
     ProxyContext, ProxyError,
     connections::{Tracked, copy_error},
     copy,
     outbound::connect_in,
-    plan::{InboundRefusal, authorize_inbound, inbound_service},
+    plan::{InboundRefusal, authorize_inbound, inbound_service, inbound_source},
     pods::ServedPod,
 };
 use crate::{certificates::CertificateSource, metrics::ConnectionGuard};
@@ -125,18 +124,24 @@ async fn serve_hbone<C: CertificateSource>(
     let identity = workload
         .identity()
         .map_err(|e| ProxyError::PeerIdentity(e.to_string()))?;
-    let certificate = context
-        .certificates
-        .fetch(&identity)
+    let handshake = async {
+        let certificate = context
+            .certificates
+            .fetch(&identity)
+            .await
+            .map_err(|e| ProxyError::Certificate(e.to_string()))?;
+        let config = pod_server_config(context, pod, certificate)?;
+        TlsAcceptor::from(config)
+            .accept(weft_hbone::read_buffered(downstream))
+            .await
+            .map_err(ProxyError::Tls)
+    };
+    // The peer is nobody until its handshake completes: it holds the connection for a bounded
+    // time only.
+    let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
         .await
-        .map_err(|e| ProxyError::Certificate(e.to_string()))?;
-    let config = pod_server_config(context, pod, certificate)?;
-    let tls = TlsAcceptor::from(config)
-        .accept(weft_hbone::read_buffered(downstream))
-        .await
-        .map_err(ProxyError::Tls)?;
-    let peer_id = peer_identity(tls.get_ref().1)
-        .and_then(|id| require_trust_domain(&id, &context.trust_domain).map(|()| id))
+        .map_err(|_| ProxyError::Tls(io::ErrorKind::TimedOut.into()))??;
+    let peer_id = peer_identity_in(tls.get_ref().1, &context.trust_domain)
         .map_err(|e| ProxyError::PeerIdentity(e.to_string()))?;
     let handler = Arc::new(InboundTunnels {
         context: context.clone(),
@@ -200,8 +205,16 @@ impl<C: CertificateSource> ConnectHandler for InboundTunnels<C> {
     async fn connect(&self, request: &ConnectRequest) -> Result<Self::Upstream, Refusal> {
         let context = &self.context;
         let target = request.authority;
-        let source_ip = request.forwarded_for.unwrap_or(self.peer_address.ip());
         let workload = context.store.workload_by_uid(&self.pod.uid);
+        let source_ip = workload.as_ref().map_or(self.peer_address.ip(), |w| {
+            inbound_source(
+                &context.store,
+                w,
+                &self.peer,
+                request.forwarded_for,
+                self.peer_address.ip(),
+            )
+        });
         let source = context.store.workload_by_ip(source_ip);
         let service = workload
             .as_ref()

@@ -18,9 +18,11 @@ use crate::state::{
     TunnelProtocol, Workload, WorkloadStore,
 };
 
-/// Ports the agent itself listens on inside a pod, plus its node-level ports: never a valid
-/// destination for forwarded traffic (a connection to them would loop through the agent).
-pub const AGENT_PORTS: [u16; 6] = [15001, 15006, 15008, 15000, 15020, 15021];
+/// Ports the agent itself listens on inside a pod (ztunnel's `illegal_ports`): never a valid
+/// destination for forwarded traffic (a connection to them would loop through the agent). Its
+/// admin, metrics and readiness ports are in the node's namespace: inside a pod, 15000, 15020
+/// and 15021 are the application's and are served like any other port.
+pub const AGENT_PORTS: [u16; 3] = weft_ebpf_common::ports::AGENT_IN_POD;
 
 /// How an outbound connection is carried.
 #[derive(Debug, Clone, PartialEq)]
@@ -317,6 +319,27 @@ pub fn inbound_service(
             })
         })
         .and_then(|(key, _)| store.service(key))
+}
+
+/// The source address an inbound tunnel is authorized and reported with. A peer may claim
+/// another source (`forwarded: for=`) only when it is `destination`'s waypoint, which forwards
+/// other workloads' traffic; anyone else's claim is ignored and the connection's own peer
+/// address is used, as ztunnel authorizes with the TCP peer. Believing every authenticated peer
+/// would let any holder of a mesh certificate pass for the pod itself (skipping "only the
+/// waypoint may reach this pod") or for an address outside an `ipBlocks` rule.
+pub fn inbound_source(
+    store: &WorkloadStore,
+    destination: &Workload,
+    peer: &SpiffeId,
+    claimed: Option<IpAddr>,
+    connection_peer: IpAddr,
+) -> IpAddr {
+    match (claimed, destination.waypoint.as_ref()) {
+        (Some(claimed), Some(waypoint)) if waypoint_identities(store, waypoint).contains(peer) => {
+            claimed
+        }
+        _ => connection_peer,
+    }
 }
 
 /// The inbound checks for a connection to `destination` (a pod this agent serves) at `target`:

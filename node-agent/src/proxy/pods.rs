@@ -7,12 +7,12 @@ use std::{
     net::{Ipv4Addr, SocketAddr, TcpListener as StdListener},
     os::fd::{AsFd, BorrowedFd},
     sync::{Arc, Mutex, RwLock},
-    time::Duration,
 };
 
 use socket2::{Domain, Socket, Type};
 use tokio::{net::TcpListener, task::JoinHandle};
 use tracing::Instrument;
+use weft_hbone::admission::{AcceptBackoff, Permit, Refused, SourceLimit};
 use weft_identity::WorkloadCertificate;
 
 use super::{
@@ -128,6 +128,11 @@ impl PodProxy {
         context.pods.insert(pod.clone());
 
         let span = |direction: &'static str| tracing::info_span!("listener", pod = %uid, direction);
+        // Every listener draws on the agent's connection budget; the HBONE port, which anyone
+        // can reach before proving anything, also limits each source address.
+        let budget = &context.connection_limits.budget;
+        let hbone_sources =
+            SourceLimit::new(context.connection_limits.per_source, Arc::clone(budget));
         let mut tasks = Vec::with_capacity(3 * workers.len());
         let mut inbound_plaintext = None;
         for (worker, [outbound_listener, plaintext_listener, hbone_listener]) in
@@ -139,9 +144,13 @@ impl PodProxy {
             let plaintext_listener = Arc::new(TcpListener::from_std(plaintext_listener)?);
             let hbone_listener = Arc::new(TcpListener::from_std(hbone_listener)?);
             inbound_plaintext.get_or_insert_with(|| plaintext_listener.clone());
+            let any_source = {
+                let budget = Arc::clone(budget);
+                move |_: SocketAddr| budget.admit()
+            };
             tasks.push(
                 worker.spawn(
-                    accept_loop(outbound_listener, {
+                    accept_loop(outbound_listener, any_source.clone(), {
                         let (context, pod) = (context.clone(), pod.clone());
                         move |stream, peer| {
                             outbound::handle(context.clone(), pod.clone(), stream, peer)
@@ -152,7 +161,7 @@ impl PodProxy {
             );
             tasks.push(
                 worker.spawn(
-                    accept_loop(plaintext_listener, {
+                    accept_loop(plaintext_listener, any_source, {
                         let (context, pod) = (context.clone(), pod.clone());
                         move |stream, peer| {
                             inbound::handle_plaintext(context.clone(), pod.clone(), stream, peer)
@@ -163,12 +172,19 @@ impl PodProxy {
             );
             tasks.push(
                 worker.spawn(
-                    accept_loop(hbone_listener, {
-                        let (context, pod) = (context.clone(), pod.clone());
-                        move |stream, peer| {
-                            inbound::handle_hbone(context.clone(), pod.clone(), stream, peer)
-                        }
-                    })
+                    accept_loop(
+                        hbone_listener,
+                        {
+                            let sources = Arc::clone(&hbone_sources);
+                            move |peer: SocketAddr| sources.admit(peer.ip())
+                        },
+                        {
+                            let (context, pod) = (context.clone(), pod.clone());
+                            move |stream, peer| {
+                                inbound::handle_hbone(context.clone(), pod.clone(), stream, peer)
+                            }
+                        },
+                    )
                     .instrument(span("inbound_hbone")),
                 ),
             );
@@ -213,21 +229,36 @@ fn listen(address: SocketAddr, reuse_port: bool) -> io::Result<StdListener> {
     Ok(socket.into())
 }
 
-async fn accept_loop<F, Fut>(listener: Arc<TcpListener>, handle: F)
+/// Accepts connections, admits each by `admit` (a refused one is closed at once) and serves it
+/// with `handle` for as long as its permit is held.
+async fn accept_loop<A, F, Fut>(listener: Arc<TcpListener>, admit: A, handle: F)
 where
+    A: Fn(SocketAddr) -> Result<Permit, Refused>,
     F: Fn(tokio::net::TcpStream, SocketAddr) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    let mut backoff = AcceptBackoff::default();
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                backoff.succeeded();
+                let Ok(permit) = admit(peer) else {
+                    continue;
+                };
+                let serve = handle(stream, peer);
                 // On this worker: the connection never leaves the thread that accepted it.
-                tokio::spawn(handle(stream, peer).in_current_span());
+                tokio::spawn(
+                    async move {
+                        serve.await;
+                        drop(permit);
+                    }
+                    .in_current_span(),
+                );
             }
             Err(error) => {
-                // Out of descriptors or similar: back off instead of spinning.
-                tracing::warn!(%error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                // Out of descriptors, mostly: the pending connection keeps the listener
+                // readable, so wait instead of spinning.
+                tokio::time::sleep(backoff.failed(&error)).await;
             }
         }
     }

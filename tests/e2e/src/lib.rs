@@ -19,6 +19,8 @@ use anyhow::{Context, bail};
 
 pub mod bookinfo;
 mod changes;
+pub mod h2flood;
+pub mod probes;
 pub mod scenarios;
 pub mod session;
 
@@ -605,17 +607,20 @@ impl Mesh {
             .join(node)
     }
 
-    fn enrollment_socket(&self, node: &str) -> PathBuf {
+    /// The Unix socket on which `node`'s agent enrolls pods.
+    pub fn enrollment_socket(&self, node: &str) -> PathBuf {
         self.dir.join(format!("{node}.sock"))
     }
 
     /// Starts (or restarts) the node agent of `node`.
     pub fn start_agent(&mut self, node_name: &str) -> anyhow::Result<()> {
         let node = self.testbed.node(node_name);
-        let mut command = node
-            .netns
-            .command_in_cgroup(&node.agent_cgroup, binary("node-agent")?.to_str().unwrap());
+        // With the soft descriptor limit a service manager usually gives a daemon (1024): the
+        // agent raises it to the hard limit itself.
+        let mut command = node.netns.command_in_cgroup(&node.agent_cgroup, "prlimit");
         command
+            .arg("--nofile=1024:")
+            .arg(binary("node-agent")?)
             .env("NODE_NAME", node_name)
             .env("XDS_ADDRESS", self.controller_address())
             .env(

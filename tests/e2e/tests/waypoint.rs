@@ -556,28 +556,6 @@ spec:
     );
 }
 
-fn mesh_client(mesh: &Mesh, args: &[&str]) -> serde_json::Value {
-    let binary = weft_e2e::binary("mesh-client").expect("mesh-client is built");
-    let output = mesh
-        .testbed
-        .pod_command("client", binary.to_str().unwrap())
-        .args(args)
-        .output()
-        .expect("run mesh-client");
-    assert!(
-        output.status.success(),
-        "mesh-client {args:?}: {}\n{}",
-        String::from_utf8_lossy(&output.stderr),
-        mesh.logs()
-    );
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "mesh-client output {e}: {}",
-            String::from_utf8_lossy(&output.stdout)
-        )
-    })
-}
-
 #[test]
 fn real_clients_and_abuse_through_the_waypoint() {
     let mesh = mesh();
@@ -605,8 +583,8 @@ fn real_clients_and_abuse_through_the_waypoint() {
 
     // gRPC (tonic) on one channel: every call answered, and balanced per request across pods,
     // which only an L7 proxy does for one HTTP/2 connection.
-    let grpc = mesh_client(
-        &mesh,
+    let grpc = mesh.mesh_client(
+        "client",
         &[
             "grpc",
             "--target",
@@ -625,8 +603,8 @@ fn real_clients_and_abuse_through_the_waypoint() {
     assert!(pods.len() >= 2, "all gRPC calls went to {pods:?}");
 
     // WebSocket echo through the upgrade.
-    let websocket = mesh_client(
-        &mesh,
+    let websocket = mesh.mesh_client(
+        "client",
         &[
             "websocket",
             "--url",
@@ -640,8 +618,8 @@ fn real_clients_and_abuse_through_the_waypoint() {
 
     // Request smuggling (Content-Length and Transfer-Encoding together): refused with 400, and
     // neither the front request nor the hidden one reaches a pod.
-    let smuggle = mesh_client(
-        &mesh,
+    let smuggle = mesh.mesh_client(
+        "client",
         &[
             "smuggle",
             "--target",
@@ -659,8 +637,8 @@ fn real_clients_and_abuse_through_the_waypoint() {
 
     // HTTP/2 rapid reset: the abusive connection is closed with GOAWAY while another connection
     // of the same client keeps being served.
-    let reset = mesh_client(
-        &mesh,
+    let reset = mesh.mesh_client(
+        "client",
         &[
             "rapid-reset",
             "--target",

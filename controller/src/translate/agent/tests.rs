@@ -269,6 +269,112 @@ spec:
 }
 
 #[test]
+fn a_deny_on_http_attributes_fails_safe_at_the_agents_and_is_reported() {
+    let index = index(
+        r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin, namespace: shop}
+spec:
+  selector: {matchLabels: {app: cart}}
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/admin"]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin-or-port, namespace: shop}
+spec:
+  selector: {matchLabels: {app: cart}}
+  action: DENY
+  rules:
+  - to: [{operation: {ports: ["9000"]}}, {operation: {methods: [DELETE]}}]
+    from: [{source: {namespaces: [legacy]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-jwt-on-a-port, namespace: shop}
+spec:
+  selector: {matchLabels: {app: cart}}
+  action: DENY
+  rules:
+  - from: [{source: {requestPrincipals: ["*"]}}]
+    to: [{operation: {ports: ["8080"]}}]
+    when: [{key: "request.headers[x-debug]", values: ["1"]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-l4-only, namespace: shop}
+spec:
+  selector: {matchLabels: {app: cart}}
+  action: DENY
+  rules: [{from: [{source: {namespaces: [legacy]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-get, namespace: shop}
+spec:
+  selector: {matchLabels: {app: cart}}
+  rules: [{to: [{operation: {methods: [GET]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: at-the-waypoint, namespace: shop}
+spec:
+  targetRefs: [{kind: Service, group: "", name: pay}]
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/x"]}}]}]
+"#,
+    );
+    let authorizations = authorizations(&index, &MeshSettings::default());
+    let rules = |key: &str| policy(&authorizations, key).rules;
+    let matches_everything =
+        |rules: &[security::Rule]| rules.len() == 1 && rules[0].clauses.is_empty();
+    // A path alone: at L4 the DENY covers every connection (a rule without conditions).
+    assert!(matches_everything(&rules("shop/deny-admin")));
+    // A `to` clause ORs a port with a method: the method entry alone matches everything, so
+    // the clause does; the `from` clause still narrows the rule.
+    let or_port = rules("shop/deny-admin-or-port");
+    assert_eq!(or_port[0].clauses.len(), 1, "{or_port:?}");
+    assert_eq!(or_port[0].clauses[0].matches[0].namespaces.len(), 1);
+    // A request principal and a header condition dropped: the port alone remains.
+    let jwt = rules("shop/deny-jwt-on-a-port");
+    assert_eq!(jwt[0].clauses.len(), 1, "{jwt:?}");
+    assert_eq!(jwt[0].clauses[0].matches[0].destination_ports, vec![8080]);
+    // Without HTTP attributes nothing changes.
+    assert_eq!(rules("shop/deny-l4-only")[0].clauses.len(), 1);
+    // An ALLOW rule on a method allows nothing.
+    assert!(rules("shop/allow-get").is_empty());
+
+    // Each policy enforced without some of its attributes is reported once, naming them; the
+    // waypoint's and the L4-only one are not.
+    let problems: Vec<String> = authorization_problems(&index)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(problems.len(), 4, "{problems:#?}");
+    let about = |name: &str| {
+        problems
+            .iter()
+            .find(|p| p.contains(&format!("shop/{name}:")))
+            .unwrap_or_else(|| panic!("{name} not reported: {problems:#?}"))
+            .clone()
+    };
+    let deny = about("deny-admin");
+    assert!(
+        deny.contains("spec.rules[0].to[0].operation.paths"),
+        "{deny}"
+    );
+    assert!(deny.contains("refuses every connection"), "{deny}");
+    let jwt = about("deny-jwt-on-a-port");
+    assert!(
+        jwt.contains("spec.rules[0].from[0].source.requestPrincipals")
+            && jwt.contains("spec.rules[0].when[0] (request.headers[x-debug])"),
+        "{jwt}"
+    );
+    assert!(about("allow-get").contains("allow nothing"));
+}
+
+#[test]
 fn peer_authentication_strict_becomes_a_deny_on_plaintext() {
     let index = index(
         r#"

@@ -497,3 +497,26 @@ async fn resolver_based_server_presents_the_resolved_workload() {
         spiffe("bookinfo", "productpage")
     );
 }
+
+#[tokio::test]
+async fn a_client_of_another_trust_domain_is_refused_even_when_the_root_signed_it() {
+    let mesh = Mesh::new();
+    let server_cert = mesh.certificate("bookinfo", "reviews");
+    let server_config = server_config(&server_cert, &mesh.roots).unwrap();
+    for (identity, accepted) in [
+        (spiffe("bookinfo", "productpage"), true),
+        (
+            SpiffeId::new("evil.example", "bookinfo", "productpage").unwrap(),
+            false,
+        ),
+    ] {
+        let client_cert = issue(&mesh.ca, &identity);
+        let client_config =
+            client_config(&client_cert, &mesh.roots, server_cert.identity().clone()).unwrap();
+        let (server, client) = handshake(server_config.clone(), client_config).await;
+        client.unwrap();
+        let server = server.expect("the root signed it: TLS accepts it");
+        let verified = crate::peer_identity_in(server.get_ref().1, "cluster.local");
+        assert_eq!(verified.is_ok(), accepted, "{identity}: {verified:?}");
+    }
+}

@@ -335,10 +335,20 @@ fn inbound_checks() {
         check(&cart, Some(&client), addr(2, 50, 8080)),
         Err(InboundRefusal::NotServedHere(addr(2, 50, 8080)))
     );
-    assert_eq!(
-        check(&cart, Some(&client), addr(2, 11, 15006)),
-        Err(InboundRefusal::AgentPort(addr(2, 11, 15006)))
-    );
+    // The agent's ports inside a pod are refused; Istio's other numbers are the application's.
+    for port in [15001, 15006, 15008] {
+        assert_eq!(
+            check(&cart, Some(&client), addr(2, 11, port)),
+            Err(InboundRefusal::AgentPort(addr(2, 11, port)))
+        );
+    }
+    for port in [15000, 15020, 15021] {
+        assert_eq!(
+            check(&cart, Some(&client), addr(2, 11, port)),
+            Ok(()),
+            "{port}"
+        );
+    }
     // A workload behind a waypoint accepts only the waypoint.
     assert!(matches!(
         check(&pay, Some(&client), addr(2, 50, 8443)),
@@ -429,5 +439,35 @@ fn inbound_service_guesses() {
     ];
     for (uid, port, expected) in cases {
         assert_eq!(guess(uid, port).as_deref(), expected, "{uid}:{port}");
+    }
+}
+
+#[test]
+fn only_the_destination_waypoint_may_claim_a_source_address() {
+    let store = mesh();
+    let pay = store.workload_by_uid("pay-1").unwrap();
+    let cart = store.workload_by_uid("cart-2").unwrap();
+    let connection_peer = ip(1, 10);
+    let claimed = Some(ip(9, 9));
+    let cases = [
+        // The waypoint forwards the client's traffic: its claim stands.
+        (&pay, id("waypoint"), claimed, ip(9, 9)),
+        (&pay, id("waypoint"), None, connection_peer),
+        // Anyone else is taken at its connection's address, whatever it claims: passing for
+        // the pod itself would skip the waypoint, passing for elsewhere would escape ipBlocks.
+        (&pay, id("client"), Some(ip(2, 50)), connection_peer),
+        (&pay, id("client"), claimed, connection_peer),
+        // Without a waypoint nobody may claim anything, the waypoint's identity included.
+        (&cart, id("client"), claimed, connection_peer),
+        (&cart, id("waypoint"), claimed, connection_peer),
+    ];
+    for (destination, peer, claimed, expected) in cases {
+        assert_eq!(
+            inbound_source(&store, destination, &peer, claimed, connection_peer),
+            expected,
+            "{} claiming {claimed:?} to {}",
+            peer,
+            destination.uid
+        );
     }
 }

@@ -1,10 +1,16 @@
 //! Clients the end-to-end tests and the demo run inside pods (so that the node agent's eBPF
 //! redirection catches their connections like any application's): a tonic gRPC client, a
-//! WebSocket client, an HTTP/2 rapid-reset burst beside a well-behaved connection, and a
-//! request-smuggling attempt. Each prints one JSON line saying what happened and exits non-zero
-//! only when it could not run at all; the caller judges the result. The sessions
-//! (`http-session`, `tcp-session`) instead keep one connection open and answer commands from
-//! stdin for as long as the test needs them (`weft_e2e::session`).
+//! WebSocket client, an HTTP/2 rapid-reset burst beside a well-behaved connection, a
+//! request-smuggling attempt, hand-written HTTP/1.x bytes, HTTP/2 frame floods, protocol
+//! upgrades used to get past a proxy, and a backend that accepts any upgrade. Each prints one
+//! JSON line saying what happened and exits non-zero only when it could not run at all; the
+//! caller judges the result. The sessions (`http-session`, `tcp-session`) instead keep one
+//! connection open and answer commands from stdin for as long as the test needs them
+//! (`weft_e2e::session`).
+
+mod flood;
+mod raw;
+mod upgrade;
 
 use std::time::{Duration, Instant};
 
@@ -83,6 +89,48 @@ enum Command {
         #[arg(long)]
         target: std::net::SocketAddr,
     },
+    /// Sends bytes as they are (`\r`, `\n`, `\t`, `\\` and `\xNN` escapes) and reports every
+    /// response status that came back.
+    Raw {
+        /// `host:port`
+        #[arg(long)]
+        target: String,
+        #[arg(long)]
+        payload: String,
+    },
+    /// Asks for a protocol upgrade with an innocent request, then requests `hidden_path` over the
+    /// switched connection (HTTP/2 after `h2c`).
+    Upgrade {
+        /// `host:port`
+        #[arg(long)]
+        target: String,
+        /// Host header.
+        #[arg(long)]
+        host: String,
+        #[arg(long, default_value = "h2c")]
+        protocol: String,
+        #[arg(long, default_value = "/admin")]
+        hidden_path: String,
+    },
+    /// A backend that switches to any protocol it is asked for, and answers every request on a
+    /// switched connection (runs until killed).
+    UpgradeServer {
+        #[arg(long, default_value = "0.0.0.0:8080")]
+        listen: std::net::SocketAddr,
+    },
+    /// Floods an HTTP/2 server (prior knowledge) with hand-made frames.
+    H2Flood {
+        /// `host:port`
+        #[arg(long)]
+        target: String,
+        /// `:authority` of the requests.
+        #[arg(long)]
+        authority: String,
+        #[arg(long, value_enum)]
+        kind: weft_e2e::h2flood::Kind,
+        #[arg(long, default_value_t = 10_000)]
+        count: u32,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -112,6 +160,20 @@ fn main() -> anyhow::Result<()> {
                 host,
                 hidden_path,
             } => smuggle(&target, &host, &hidden_path).await,
+            Command::Raw { target, payload } => raw::send(&target, &raw::unescape(&payload)?).await,
+            Command::Upgrade {
+                target,
+                host,
+                protocol,
+                hidden_path,
+            } => upgrade::attempt(&target, &host, &protocol, &hidden_path).await,
+            Command::UpgradeServer { listen } => upgrade::serve(listen).await,
+            Command::H2Flood {
+                target,
+                authority,
+                kind,
+                count,
+            } => flood::flood(&target, &authority, kind, count).await,
         }
         .map(Some)
     })?;
@@ -308,11 +370,5 @@ async fn smuggle(target: &str, host: &str, hidden_path: &str) -> anyhow::Result<
     let answer = tokio::time::timeout(TIMEOUT, exchange)
         .await
         .context("the smuggling attempt timed out")??;
-    let text = String::from_utf8_lossy(&answer);
-    let statuses: Vec<&str> = text
-        .lines()
-        .filter(|l| l.starts_with("HTTP/1."))
-        .filter_map(|l| l.split_whitespace().nth(1))
-        .collect();
-    Ok(serde_json::json!({ "statuses": statuses, "answer": text }))
+    Ok(raw::report(&answer, true))
 }
