@@ -16,7 +16,7 @@ use std::{collections::HashMap, future::Future, path::Path, pin::Pin, sync::Arc,
 use tonic::{Request, Response, Status, metadata::MetadataMap};
 use weft_identity::{CertificateAuthority, SpiffeId};
 use weft_proto::istio::ca::{
-    IstioCertificateRequest, IstioCertificateResponse,
+    IMPERSONATED_IDENTITY, IstioCertificateRequest, IstioCertificateResponse, NODE_HEADER,
     istio_certificate_service_server::{IstioCertificateService, IstioCertificateServiceServer},
 };
 use weft_xds::{Admission, ProxyIdentity};
@@ -27,10 +27,6 @@ use crate::{index::ConfigIndex, translate::resolve};
 pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
 /// The longest lifetime granted, whatever the caller asks.
 pub const MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
-/// Request metadata key ztunnel uses to name the identity it asks for.
-pub const IMPERSONATED_IDENTITY: &str = "ImpersonatedIdentity";
-/// Header carrying the caller's node name (checked against its credential).
-pub const NODE_HEADER: &str = "x-weft-node";
 
 /// Answers which identities run on a node. Implemented by the controller's index.
 pub trait NodeDirectory: Send + Sync + 'static {

@@ -1196,10 +1196,12 @@ fn endpoint(
         None
     } else {
         Some(
-            parse_spiffe(&e.identity).ok_or_else(|| ConfigError::Identity {
-                context: context.to_owned(),
-                value: e.identity.clone(),
-            })?,
+            e.identity
+                .parse::<SpiffeId>()
+                .map_err(|_| ConfigError::Identity {
+                    context: context.to_owned(),
+                    value: e.identity.clone(),
+                })?,
         )
     };
     let tunnel = match proto::EndpointTunnel::try_from(e.tunnel) {
@@ -1241,10 +1243,12 @@ fn source_workload(
         None
     } else {
         Some(
-            parse_spiffe(&w.identity).ok_or_else(|| ConfigError::Identity {
-                context: context.clone(),
-                value: w.identity.clone(),
-            })?,
+            w.identity
+                .parse::<SpiffeId>()
+                .map_err(|_| ConfigError::Identity {
+                    context: context.clone(),
+                    value: w.identity.clone(),
+                })?,
         )
     };
     workloads.entry(address).or_insert_with(|| {
@@ -1269,10 +1273,12 @@ fn direct_workload(
         None
     } else {
         Some(
-            parse_spiffe(&w.identity).ok_or_else(|| ConfigError::Identity {
-                context: context.to_owned(),
-                value: w.identity.clone(),
-            })?,
+            w.identity
+                .parse::<SpiffeId>()
+                .map_err(|_| ConfigError::Identity {
+                    context: context.to_owned(),
+                    value: w.identity.clone(),
+                })?,
         )
     };
     let tunnel = match proto::EndpointTunnel::try_from(w.tunnel) {
@@ -1308,25 +1314,6 @@ fn direct_workload(
         services: w.services.clone(),
         ports,
     })
-}
-
-/// Parses `spiffe://<td>/ns/<ns>/sa/<sa>`.
-pub fn parse_spiffe(uri: &str) -> Option<SpiffeId> {
-    let rest = uri.strip_prefix("spiffe://")?;
-    let (trust_domain, path) = rest.split_once('/')?;
-    let mut parts = path.split('/');
-    match (
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-    ) {
-        (Some("ns"), Some(ns), Some("sa"), Some(sa), None) => {
-            SpiffeId::new(trust_domain, ns, sa).ok()
-        }
-        _ => None,
-    }
 }
 
 fn cluster(

@@ -23,7 +23,7 @@ use weft_identity::SpiffeId;
 use weft_policy::l7::{HttpAuthzRequest, evaluate_http};
 use weft_policy::path::normalize_path;
 use weft_policy::route::{HeaderSource, RequestView, percentage_hit, pick_weighted, select_route};
-use weft_policy::{ACCESS_DENIED_BODY, ACCESS_DENIED_STATUS, Decision, DenyReason, PeerIdentity};
+use weft_policy::{ACCESS_DENIED_BODY, ACCESS_DENIED_STATUS, Decision, DenyReason};
 
 use crate::metrics::{Metrics, Peer, RequestRecord};
 use crate::model::{
@@ -412,10 +412,7 @@ async fn pipeline(
         .split_once('?')
         .map(|(_, q)| q.split('#').next().unwrap_or(q));
     let authority = authority_of(&request).to_owned();
-    let peer_identity = tunnel
-        .peer
-        .as_ref()
-        .map(|id| PeerIdentity::new(id.trust_domain(), id.namespace(), id.service_account()));
+    let peer_identity = tunnel.peer.as_ref();
     let source_workload = config.workload(tunnel.source_ip).cloned();
     let method = request.method().as_str().to_owned();
     let (decision, selection) = {
@@ -429,11 +426,11 @@ async fn pipeline(
             headers: &headers,
             port: tunnel.target.port(),
             source_labels: source_workload.as_ref().map(|w| &w.labels),
-            source_namespace: peer_identity.as_ref().map(|p| p.namespace.as_str()),
+            source_namespace: peer_identity.map(SpiffeId::namespace),
         };
         let authz = HttpAuthzRequest {
             request: view,
-            source_identity: peer_identity.as_ref(),
+            source_identity: peer_identity,
             source_ip: tunnel.source_ip,
             remote_ip: tunnel.source_ip,
             destination_ip: tunnel.destination.ip(),

@@ -22,7 +22,7 @@ use tracing::{debug, info};
 use weft_hbone::{ConnectionRegistry, Refusal, Registration, Revocable};
 use weft_policy::l7::{TcpAuthzRequest, evaluate_tcp};
 use weft_policy::route::pick_weighted;
-use weft_policy::{Decision, DenyReason, PeerIdentity};
+use weft_policy::{Decision, DenyReason};
 
 use crate::metrics::{ConnectionInfo, ConnectionRecord, Peer};
 use crate::model::{Cluster, Target, WaypointConfig};
@@ -42,14 +42,10 @@ fn authorize(config: &WaypointConfig, context: &TunnelContext) -> Result<(), Str
     let target = config
         .target_for(context.destination)
         .ok_or_else(|| NOT_SERVED.to_owned())?;
-    let peer_identity = context
-        .peer
-        .as_ref()
-        .map(|id| PeerIdentity::new(id.trust_domain(), id.namespace(), id.service_account()));
     let decision = evaluate_tcp(
         config.policies_for(&target),
         &TcpAuthzRequest {
-            source_identity: peer_identity.as_ref(),
+            source_identity: context.peer.as_ref(),
             source_ip: context.source_ip,
             remote_ip: context.source_ip,
             destination_ip: context.destination.ip(),

@@ -108,6 +108,15 @@ impl SpiffeId {
         &self.service_account
     }
 
+    /// The Istio principal: the ID without its `spiffe://` scheme, the form authorization
+    /// policies are written in (`cluster.local/ns/default/sa/sleep`).
+    pub fn principal(&self) -> String {
+        format!(
+            "{}/ns/{}/sa/{}",
+            self.trust_domain, self.namespace, self.service_account
+        )
+    }
+
     /// Whether this identity belongs to `trust_domain` (exact, case-sensitive: trust domains are
     /// lowercase by construction).
     pub fn is_in_trust_domain(&self, trust_domain: &str) -> bool {
@@ -451,5 +460,30 @@ mod tests {
         let id: SpiffeId = "spiffe://cluster.local/ns/a/sa/b".parse().unwrap();
         assert!(id.is_in_trust_domain("cluster.local"));
         assert!(!id.is_in_trust_domain("cluster.local2"));
+    }
+
+    /// Policies name peers by principal; certificates, the agents' store and the waypoint's
+    /// configuration by URI: one type parses and prints both.
+    #[test]
+    fn principals_and_uris_of_one_identity() {
+        let id: SpiffeId = "spiffe://cluster.local/ns/default/sa/sleep"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            id,
+            SpiffeId::new("cluster.local", "default", "sleep").unwrap()
+        );
+        assert_eq!(id.principal(), "cluster.local/ns/default/sa/sleep");
+        assert_eq!(id.to_string(), "spiffe://cluster.local/ns/default/sa/sleep");
+        for bad in [
+            "cluster.local/ns/default/sa/sleep",
+            "http://x/ns/a/sa/b",
+            "spiffe://cluster.local/ns/default",
+            "spiffe://cluster.local/ns//sa/x",
+            "spiffe://td/ns/a/sa/b/extra",
+            "spiffe:///ns/a/sa/b",
+        ] {
+            assert!(bad.parse::<SpiffeId>().is_err(), "{bad}");
+        }
     }
 }

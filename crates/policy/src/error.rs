@@ -10,8 +10,6 @@ pub enum PolicyError {
         #[source]
         source: Box<regex::Error>,
     },
-    #[error("invalid SPIFFE id {id:?}: {reason}")]
-    InvalidSpiffeId { id: String, reason: &'static str },
     #[error("invalid path template {template:?}: {reason}")]
     InvalidPathTemplate {
         template: String,

@@ -23,8 +23,8 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::decision::{Decision, DenyReason, PolicyAction, PolicyRef};
-use crate::identity::PeerIdentity;
 use crate::string_match::WildcardMatch;
+use weft_identity::SpiffeId;
 
 /// Which workloads a policy applies to (`istio.security.Scope`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -98,7 +98,7 @@ pub struct ConnectionMatch {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectionContext {
     /// `None` for plaintext (no verified peer certificate).
-    pub src_identity: Option<PeerIdentity>,
+    pub src_identity: Option<SpiffeId>,
     pub src_ip: IpAddr,
     pub dst_ip: IpAddr,
     pub dst_port: u16,
@@ -131,12 +131,12 @@ impl ConnectionMatch {
             |port| *port == ctx.dst_port,
         ) && positive_and_negative(&self.service_accounts, &self.not_service_accounts, |sa| {
             identity.is_some_and(|id| {
-                id.namespace == sa.namespace && id.service_account == sa.service_account
+                id.namespace() == sa.namespace && id.service_account() == sa.service_account
             })
         }) && positive_and_negative(&self.principals, &self.not_principals, |m| {
             principal.is_some_and(|p| m.matches(p))
         }) && positive_and_negative(&self.namespaces, &self.not_namespaces, |m| {
-            identity.is_some_and(|id| m.matches(&id.namespace))
+            identity.is_some_and(|id| m.matches(id.namespace()))
         })
     }
 }
@@ -166,7 +166,7 @@ impl Authorization {
     }
 
     pub fn matches(&self, ctx: &ConnectionContext) -> bool {
-        let principal = ctx.src_identity.as_ref().map(PeerIdentity::principal);
+        let principal = ctx.src_identity.as_ref().map(SpiffeId::principal);
         let principal = principal.as_deref();
         self.rules.iter().any(|rule| {
             rule.clauses.iter().all(|clause| {

@@ -31,11 +31,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::decision::{Decision, DenyReason, PolicyAction, PolicyRef};
 use crate::error::PolicyError;
-use crate::identity::PeerIdentity;
 use crate::l4::positive_and_negative;
 use crate::path::normalize_path;
 use crate::route::RequestView;
 use crate::string_match::WildcardMatch;
+use weft_identity::SpiffeId;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -304,7 +304,7 @@ impl Condition {
                 }
                 (ConditionKey::SourceNamespace, ConditionValue::Text(m)) => req
                     .source_identity
-                    .is_some_and(|id| m.matches(&id.namespace)),
+                    .is_some_and(|id| m.matches(id.namespace())),
                 (ConditionKey::SourcePrincipal, ConditionValue::Text(m)) => {
                     principal.is_some_and(|p| m.matches(p))
                 }
@@ -323,7 +323,7 @@ impl Condition {
 pub struct HttpAuthzRequest<'a> {
     pub request: RequestView<'a>,
     /// Verified peer identity of the connection the request came on; `None` for plaintext.
-    pub source_identity: Option<&'a PeerIdentity>,
+    pub source_identity: Option<&'a SpiffeId>,
     /// Direct peer address.
     pub source_ip: IpAddr,
     /// Original client address; equal to `source_ip` when nothing says otherwise.
@@ -338,7 +338,7 @@ impl Source {
             principal.is_some_and(|p| m.matches(p))
         }) && positive_and_negative(&self.namespaces, &self.not_namespaces, |m| {
             req.source_identity
-                .is_some_and(|id| m.matches(&id.namespace))
+                .is_some_and(|id| m.matches(id.namespace()))
         }) && positive_and_negative(&self.ip_blocks, &self.not_ip_blocks, |net| {
             net.contains(&req.source_ip)
         }) && positive_and_negative(&self.remote_ip_blocks, &self.not_remote_ip_blocks, |net| {
@@ -411,7 +411,7 @@ impl HttpAuthorization {
 
     /// `normalized_path` as returned by [`normalize_path`].
     pub fn matches(&self, req: &HttpAuthzRequest<'_>, normalized_path: &str) -> bool {
-        let principal = req.source_identity.map(PeerIdentity::principal);
+        let principal = req.source_identity.map(SpiffeId::principal);
         let principal = principal.as_deref();
         self.rules.iter().any(|rule| {
             (rule.from.is_empty() || rule.from.iter().any(|s| s.matches(req, principal)))
@@ -424,7 +424,7 @@ impl HttpAuthorization {
 /// Whether `policy` matches a TCP connection, as Istio's RBAC for TCP decides: an ALLOW rule
 /// with HTTP-only attributes is ignored, a DENY rule loses them.
 fn matches_connection(policy: &HttpAuthorization, req: &HttpAuthzRequest<'_>) -> bool {
-    let principal = req.source_identity.map(PeerIdentity::principal);
+    let principal = req.source_identity.map(SpiffeId::principal);
     let principal = principal.as_deref();
     policy.rules.iter().any(|rule| {
         (policy.action == PolicyAction::Deny || !rule.is_http())
@@ -436,7 +436,7 @@ fn matches_connection(policy: &HttpAuthorization, req: &HttpAuthzRequest<'_>) ->
 #[derive(Debug, Clone, Copy)]
 pub struct TcpAuthzRequest<'a> {
     /// Verified peer identity of the tunnel; `None` for plaintext.
-    pub source_identity: Option<&'a PeerIdentity>,
+    pub source_identity: Option<&'a SpiffeId>,
     /// Direct peer address.
     pub source_ip: IpAddr,
     /// Original client address; equal to `source_ip` when nothing says otherwise.
@@ -470,7 +470,7 @@ pub fn evaluate_tcp<'a>(
         headers: &NoHeaders,
         port: req.port,
         source_labels: None,
-        source_namespace: req.source_identity.map(|id| id.namespace.as_str()),
+        source_namespace: req.source_identity.map(SpiffeId::namespace),
     };
     let connection = HttpAuthzRequest {
         request: view,

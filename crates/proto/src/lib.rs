@@ -1,6 +1,7 @@
 //! Generated protobuf and gRPC code for the mesh's wire protocols: the delta ADS stream, Istio's
 //! workload and authorization resources, the certificate service and the waypoint's L7 resource.
-//! This crate holds generated code only, plus the type URLs that name the resources on the wire;
+//! This crate holds generated code only, plus the names it is spoken with on the wire (type URLs,
+//! the certificate service's metadata keys);
 //! domain types, validation and any other logic live with their users (`TryFrom<proto::X>`).
 //!
 //! The `.proto` files under `proto/` are written from the public interface definitions of Envoy
@@ -71,7 +72,19 @@ pub mod istio {
         }
     }
 
-    pub use v1::auth as ca;
+    /// `istio.v1.auth` under a shorter name, with the request metadata the certificate
+    /// service reads (keys on the wire, like the type URLs below).
+    pub mod ca {
+        pub use super::v1::auth::*;
+
+        /// The caller's node name, which the controller checks against the caller's credential.
+        pub const NODE_HEADER: &str = "x-weft-node";
+        /// Istio's header naming the caller's cluster (what ztunnel sends).
+        pub const CLUSTER_ID_HEADER: &str = "clusterid";
+        /// Istio's request metadata key (in `IstioCertificateRequest.metadata`) naming the
+        /// identity asked for (what ztunnel sends).
+        pub const IMPERSONATED_IDENTITY: &str = "ImpersonatedIdentity";
+    }
 }
 
 /// `weft.waypoint.v1`: the waypoint's compiled L7 configuration, served as `WaypointConfig`

@@ -9,7 +9,7 @@ use std::{
 
 use weft_identity::SpiffeId;
 use weft_policy::{
-    Decision, PeerIdentity,
+    Decision,
     l4::{ConnectionContext, evaluate},
 };
 
@@ -382,11 +382,7 @@ pub fn authorize_inbound(
         .filter(|p| p.applies_to(&destination.namespace, &destination.authorization_policies))
         .map(|p| p.as_ref());
     let context = ConnectionContext {
-        src_identity: peer.map(|id| PeerIdentity {
-            trust_domain: id.trust_domain().to_string(),
-            namespace: id.namespace().to_string(),
-            service_account: id.service_account().to_string(),
-        }),
+        src_identity: peer.cloned(),
         src_ip: source_ip,
         dst_ip: target.ip(),
         dst_port: target.port(),

@@ -36,7 +36,7 @@ fn when(m: ConnectionMatch) -> Vec<Rule> {
 
 fn mtls(ns: &str, sa: &str, port: u16) -> ConnectionContext {
     ConnectionContext {
-        src_identity: Some(PeerIdentity::new("cluster.local", ns, sa)),
+        src_identity: Some(SpiffeId::new("cluster.local", ns, sa).unwrap()),
         src_ip: "10.0.0.5".parse().unwrap(),
         dst_ip: "10.0.1.7".parse().unwrap(),
         dst_port: port,
@@ -500,7 +500,7 @@ fn l4_authorization_table() {
             "principal with any trust domain",
             vec![td_suffix.clone()],
             ConnectionContext {
-                src_identity: Some(PeerIdentity::new("other.td", "default", "sleep")),
+                src_identity: Some(SpiffeId::new("other.td", "default", "sleep").unwrap()),
                 ..mtls("a", "b", 80)
             },
             Allow,
@@ -509,7 +509,7 @@ fn l4_authorization_table() {
             "exact principal pins trust domain",
             vec![sleep_only.clone()],
             ConnectionContext {
-                src_identity: Some(PeerIdentity::new("other.td", "default", "sleep")),
+                src_identity: Some(SpiffeId::new("other.td", "default", "sleep").unwrap()),
                 ..mtls("a", "b", 80)
             },
             NoAllowMatched,

@@ -8,7 +8,7 @@ struct Req {
     path: &'static str,
     headers: Vec<(&'static str, &'static str)>,
     port: u16,
-    identity: Option<PeerIdentity>,
+    identity: Option<SpiffeId>,
     source_ip: IpAddr,
     remote_ip: IpAddr,
     sni: Option<&'static str>,
@@ -21,7 +21,7 @@ fn get(path: &'static str) -> Req {
         path,
         headers: Vec::new(),
         port: 8000,
-        identity: Some(PeerIdentity::new("cluster.local", "default", "sleep")),
+        identity: Some(SpiffeId::new("cluster.local", "default", "sleep").unwrap()),
         source_ip: "10.1.0.5".parse().unwrap(),
         remote_ip: "10.1.0.5".parse().unwrap(),
         sni: None,
@@ -46,7 +46,7 @@ impl Req {
         self
     }
     fn from(mut self, ns: &str, sa: &str) -> Self {
-        self.identity = Some(PeerIdentity::new("cluster.local", ns, sa));
+        self.identity = Some(SpiffeId::new("cluster.local", ns, sa).unwrap());
         self
     }
     fn plaintext(mut self) -> Self {
@@ -75,7 +75,7 @@ impl Req {
             headers: &self.headers,
             port: self.port,
             source_labels: None::<&BTreeMap<String, String>>,
-            source_namespace: self.identity.as_ref().map(|id| id.namespace.as_str()),
+            source_namespace: self.identity.as_ref().map(SpiffeId::namespace),
         };
         evaluate_http(
             policies,
@@ -763,9 +763,9 @@ fn l7_authorization_table() {
 #[test]
 fn tcp_authorization_table() {
     use PolicyAction::{Allow as A, Deny as D};
-    let client = PeerIdentity::new("cluster.local", "default", "sleep");
-    let other = PeerIdentity::new("cluster.local", "other", "job");
-    fn connection(identity: &PeerIdentity, port: u16) -> TcpAuthzRequest<'_> {
+    let client = SpiffeId::new("cluster.local", "default", "sleep").unwrap();
+    let other = SpiffeId::new("cluster.local", "other", "job").unwrap();
+    fn connection(identity: &SpiffeId, port: u16) -> TcpAuthzRequest<'_> {
         TcpAuthzRequest {
             source_identity: Some(identity),
             source_ip: "10.1.0.5".parse().unwrap(),
