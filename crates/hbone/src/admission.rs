@@ -9,13 +9,15 @@
 //! frees its descriptor; leaving it in the backlog would let it wait there instead.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use foldhash::fast::RandomState;
+use tokio::net::{TcpListener, TcpStream};
 
 /// Time a peer has, from the accept, to complete its TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -50,6 +52,49 @@ pub fn connection_budget_for(descriptors: u64) -> usize {
     usize::try_from(usable)
         .unwrap_or(usize::MAX)
         .max(MIN_CONNECTIONS)
+}
+
+/// What a process's accepting sides admit: its connections together, and those of one source
+/// address on one listener group.
+#[derive(Debug, Clone)]
+pub struct ConnectionLimits {
+    pub budget: Arc<ConnectionBudget>,
+    pub per_source: usize,
+}
+
+impl ConnectionLimits {
+    /// The process's limits, at start: the descriptor limit raised to the hard limit (a soft
+    /// limit of 1024 would be a few hundred connections), the budget it allows unless
+    /// `max_connections` says otherwise, and `per_source`.
+    pub fn for_process(max_connections: Option<usize>, per_source: usize) -> io::Result<Self> {
+        let descriptors = raise_open_files_limit()?;
+        let total = max_connections.unwrap_or_else(|| connection_budget_for(descriptors));
+        tracing::info!(
+            open_files = descriptors,
+            max_connections = total,
+            max_connections_per_source = per_source,
+            "connection limits"
+        );
+        Ok(Self {
+            budget: ConnectionBudget::new(total),
+            per_source,
+        })
+    }
+
+    /// What the process's current descriptor limit allows, with the default per-source limit.
+    pub fn for_open_files_limit() -> Self {
+        use nix::sys::resource::{Resource, getrlimit};
+        let descriptors = getrlimit(Resource::RLIMIT_NOFILE).map_or(1024, |(soft, _)| soft);
+        Self {
+            budget: ConnectionBudget::new(connection_budget_for(descriptors)),
+            per_source: DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
+        }
+    }
+
+    /// A per-source limit of `per_source` drawing on the budget, for one listener group.
+    pub fn sources(&self) -> Arc<SourceLimit> {
+        SourceLimit::new(self.per_source, Arc::clone(&self.budget))
+    }
 }
 
 /// Why a connection was refused.
@@ -233,6 +278,37 @@ impl AcceptBackoff {
         if self.failures > 0 {
             tracing::info!(failures = self.failures, "accepting again");
             *self = Self::default();
+        }
+    }
+}
+
+/// Accepts connections on `listener` until `shutdown` completes: each is admitted by `admit`
+/// (a refused one is closed at once) and handed to `serve` with its permit, which it holds for
+/// as long as it serves the connection; after a failed accept the loop backs off
+/// ([`AcceptBackoff`]) rather than spinning on a listener whose pending connection keeps it
+/// readable.
+pub async fn accept_loop(
+    listener: &TcpListener,
+    admit: impl Fn(SocketAddr) -> Result<Permit, Refused>,
+    mut serve: impl FnMut(TcpStream, SocketAddr, Permit),
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut backoff = AcceptBackoff::default();
+    loop {
+        let accepted = tokio::select! {
+            () = &mut shutdown => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                backoff.succeeded();
+                if let Ok(permit) = admit(peer) {
+                    serve(stream, peer, permit);
+                }
+            }
+            // Out of descriptors, mostly.
+            Err(error) => tokio::time::sleep(backoff.failed(&error)).await,
         }
     }
 }

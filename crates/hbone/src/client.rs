@@ -11,8 +11,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{Instrument, debug};
 
 use crate::config::H2Config;
-use crate::pool::StreamSlot;
 use crate::request::ConnectRequest;
+use crate::slot::StreamSlot;
 use crate::stream::HboneStream;
 
 /// Failure to open a tunnel.

@@ -1,7 +1,8 @@
 //! HTTP/2 settings shared by the HBONE client and server.
 
-/// Port every HBONE listener uses (Istio's fixed value).
-pub const HBONE_PORT: u16 = 15008;
+/// Port every HBONE listener uses (Istio's fixed value), declared with the other ports the
+/// node agent's eBPF programs treat specially.
+pub const HBONE_PORT: u16 = weft_ebpf_common::ports::HBONE;
 
 /// Per-stream receive window: 4 MiB lets one tunnel fill a fast link without waiting for
 /// WINDOW_UPDATEs (the HTTP/2 default of 64 KiB caps a tunnel at 64 KiB per round trip).

@@ -1,22 +1,30 @@
-//! HBONE tunnels: HTTP/2 `CONNECT` over TLS 1.3 mutual TLS on port 15008, as Istio speaks it.
-//! Owns the client, its connection pool, the server side, the byte copy between a tunnel and
-//! a socket, and what an accepting side allows peers that have not authenticated yet
-//! ([`admission`]); knows nothing of policy or config, and never creates sockets or TLS
-//! configurations: callers hand in established TLS streams (or a connector producing them) and
-//! decide, in a [`ConnectHandler`], which tunnels to accept. [`ConnectionRegistry`] and
-//! [`Revocable`] let a proxy end established connections that its configuration no longer
-//! allows; what allows them is the caller's decision.
+//! HBONE tunnels: HTTP/2 `CONNECT` over TLS 1.3 mutual TLS on port 15008, as Istio speaks it,
+//! the one transport of the node agent and the waypoint. Owns the mutual-TLS connections
+//! ([`HboneDialer`], [`HboneAcceptor`]: certificates from a `CertificateSource`, the socket
+//! options, the read buffer under TLS, the handshake timeout, the peer's identity and trust
+//! domain), what an accepting side allows peers that have not authenticated yet
+//! ([`admission`]), the client, its connection pool, the server side, the byte copy between a
+//! tunnel and a socket, and the metered, revocable upstream stream ([`MeteredStream`]).
+//!
+//! It creates sockets only through a [`SocketFactory`] the caller hands in (the agent's makes
+//! them inside a pod's network namespace), knows nothing of policy, configuration or metric
+//! names, and decides nothing about tunnels: callers decide, in a [`ConnectHandler`], which to
+//! accept, and which established connections a change no longer allows
+//! ([`ConnectionRegistry`], [`Revocable`]).
 
 pub mod admission;
 mod client;
 mod config;
 mod copy;
+mod metered;
 mod pool;
 mod request;
 mod revoke;
 mod server;
+mod slot;
 mod socket;
 mod stream;
+mod tls;
 
 #[cfg(test)]
 mod tests;
@@ -28,9 +36,14 @@ pub use config::{
     HBONE_PORT,
 };
 pub use copy::{CopyDirection, CopyError, TunnelStats, copy_bidirectional};
+pub use metered::{ByteMeter, MeteredStream};
 pub use pool::{Connector, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, Pool, PoolConfig};
 pub use request::{BAGGAGE, ConnectRequest, TRACEPARENT};
 pub use revoke::{ConnectionRegistry, Registration, Revocable, Revocation, Revoked};
 pub use server::{ConnectHandler, ConnectionSummary, Refusal, ServerError, serve_connection};
-pub use socket::{TLS_READ_BUFFER, read_buffered, tune_tcp};
+pub use socket::{
+    PlainSocketFactory, SocketFactory, TLS_READ_BUFFER, connect as connect_tcp, listen_socket,
+    new_tcp_socket, read_buffered, tune_tcp,
+};
 pub use stream::HboneStream;
+pub use tls::{Accepted, ClientTls, HboneAcceptor, HboneDialer, ServerTls, TlsError};

@@ -25,6 +25,7 @@ use tracing::{Instrument, debug, debug_span};
 use crate::client::{ClientError, handshake, open_tunnel};
 use crate::config::H2Config;
 use crate::request::ConnectRequest;
+use crate::slot::{StreamCount, StreamSlot};
 use crate::stream::HboneStream;
 
 /// Idle connections (no tunnel, no checkout) are closed after this long (up to twice it).
@@ -112,10 +113,13 @@ struct KeyEntry {
     establishing: Arc<tokio::sync::Mutex<()>>,
 }
 
-pub(crate) struct PooledConnection {
+/// A checked-out stream: the connection's sender, the stream's place, the connection.
+type Checkout = (SendRequest<Bytes>, StreamSlot, Arc<PooledConnection>);
+
+struct PooledConnection {
     sender: SendRequest<Bytes>,
     max_streams: usize,
-    active_streams: AtomicUsize,
+    active_streams: StreamCount,
     /// Bumped on every checkout; the idle check compares it between two ticks.
     checkouts: AtomicU64,
     closed: AtomicBool,
@@ -136,19 +140,6 @@ impl PooledConnection {
             self.checkouts.fetch_add(1, Ordering::Relaxed);
         }
         reserved
-    }
-}
-
-/// One reserved stream on a pooled connection, released when the tunnel is dropped.
-pub(crate) struct StreamSlot {
-    connection: Arc<PooledConnection>,
-}
-
-impl Drop for StreamSlot {
-    fn drop(&mut self) {
-        self.connection
-            .active_streams
-            .fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -178,8 +169,7 @@ where
     ) -> Result<HboneStream, ClientError> {
         let mut retried = false;
         loop {
-            let (sender, slot) = self.checkout(key).await?;
-            let connection = Arc::clone(&slot.connection);
+            let (sender, slot, connection) = self.checkout(key).await?;
             match open_tunnel(sender, request, Some(slot)).await {
                 Err(error) if !retried && error.is_connection_failure() => {
                     debug!(?key, %error, "pooled hbone connection failed, retrying on a new one");
@@ -203,7 +193,7 @@ where
         })
     }
 
-    async fn checkout(&self, key: &K) -> Result<(SendRequest<Bytes>, StreamSlot), ClientError> {
+    async fn checkout(&self, key: &K) -> Result<Checkout, ClientError> {
         if let Some(found) = self.inner.try_checkout(key) {
             return Ok(found);
         }
@@ -240,7 +230,7 @@ where
         let pooled = Arc::new(PooledConnection {
             sender: sender.clone(),
             max_streams,
-            active_streams: AtomicUsize::new(1),
+            active_streams: Arc::new(AtomicUsize::new(1)),
             checkouts: AtomicU64::new(1),
             closed: AtomicBool::new(false),
         });
@@ -264,7 +254,8 @@ where
             })
             .connections
             .push(Arc::clone(&pooled));
-        Ok((sender, StreamSlot { connection: pooled }))
+        let slot = StreamSlot::taken(&pooled.active_streams);
+        Ok((sender, slot, pooled))
     }
 }
 
@@ -277,7 +268,7 @@ impl<K: Eq + Hash, C> PoolInner<K, C> {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn try_checkout(&self, key: &K) -> Option<(SendRequest<Bytes>, StreamSlot)> {
+    fn try_checkout(&self, key: &K) -> Option<Checkout> {
         let mut entries = self.lock();
         let entry = entries.get_mut(key)?;
         entry
@@ -286,9 +277,8 @@ impl<K: Eq + Hash, C> PoolInner<K, C> {
         let connection = entry.connections.iter().find(|c| c.try_reserve())?;
         Some((
             connection.sender.clone(),
-            StreamSlot {
-                connection: Arc::clone(connection),
-            },
+            StreamSlot::taken(&connection.active_streams),
+            Arc::clone(connection),
         ))
     }
 

@@ -8,7 +8,7 @@ use bytes::{Buf, Bytes};
 use h2::{RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::pool::StreamSlot;
+use crate::slot::StreamSlot;
 
 /// An established tunnel: the HTTP/2 stream of one accepted `CONNECT`.
 ///
