@@ -1,0 +1,15 @@
+//! Istio's metrics as both proxies report them: one typed label set ([`labels`]) and the TCP
+//! families with their per-connection record ([`tcp`]). The waypoint's request families use the
+//! same labels.
+
+pub mod labels;
+pub mod tcp;
+
+pub use labels::{
+    Peer, PeerLabels, Reporter, RequestLabels, RequestProtocol, ResponseFlag, SecurityPolicy,
+    Service, TcpLabels, UNKNOWN,
+};
+pub use tcp::{ACCESS_LOG, AccessLog, ConnectionEnd, LabelKey, TcpConnection, TcpMetrics};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,277 @@
+//! Istio's standard metric labels, once for both proxies: the peers (strings, `unknown` when not
+//! known) and, as types, what takes a fixed set of values: who reports, the response flags, the
+//! connection's security policy and the protocol.
+
+use std::fmt;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+
+/// The value of a label nothing is known about.
+pub const UNKNOWN: &str = "unknown";
+
+/// Which proxy reports a metric (Istio's `reporter`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reporter {
+    /// The client's node agent.
+    Source,
+    /// The server's node agent.
+    Destination,
+    /// A waypoint.
+    Waypoint,
+}
+
+impl Reporter {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Source => "source",
+            Self::Destination => "destination",
+            Self::Waypoint => "waypoint",
+        }
+    }
+
+    /// The direction an access-log line names: `outbound` for the source's report, `inbound`
+    /// for the destination's.
+    pub const fn direction(self) -> &'static str {
+        match self {
+            Self::Source => "outbound",
+            Self::Destination => "inbound",
+            Self::Waypoint => "waypoint",
+        }
+    }
+}
+
+/// Why a connection or request did not end well (Envoy's response flags, and ztunnel's two of
+/// its own); [`ResponseFlag::None`] (`-`) when it did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum ResponseFlag {
+    #[default]
+    None,
+    /// Refused by an authorization policy (ztunnel's `DENY`).
+    Denied,
+    /// The destination could not be reached (ztunnel's `CONNECT`).
+    ConnectFailure,
+    /// No route matched (`NR`).
+    NoRoute,
+    /// The route names a cluster that does not exist (`NC`).
+    NoCluster,
+    /// A fault injection delayed the request (`DI`).
+    DelayInjected,
+    /// A fault injection aborted the request (`FI`).
+    FaultInjected,
+    /// The client went away before the response (`DC`).
+    DownstreamTerminated,
+    /// The upstream did not answer in time (`UT`).
+    UpstreamTimeout,
+    /// No healthy endpoint (`UH`).
+    NoHealthyUpstream,
+    /// Over the cluster's connection pool limits (`UO`).
+    UpstreamOverflow,
+    /// Connecting to the endpoint failed (`UF`).
+    UpstreamConnectFailure,
+    /// The endpoint reset the request (`UR`).
+    UpstreamReset,
+}
+
+impl ResponseFlag {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "-",
+            Self::Denied => "DENY",
+            Self::ConnectFailure => "CONNECT",
+            Self::NoRoute => "NR",
+            Self::NoCluster => "NC",
+            Self::DelayInjected => "DI",
+            Self::FaultInjected => "FI",
+            Self::DownstreamTerminated => "DC",
+            Self::UpstreamTimeout => "UT",
+            Self::NoHealthyUpstream => "UH",
+            Self::UpstreamOverflow => "UO",
+            Self::UpstreamConnectFailure => "UF",
+            Self::UpstreamReset => "UR",
+        }
+    }
+}
+
+/// Whether the connection was mutual TLS (Istio's `connection_security_policy`). The node
+/// agents report plaintext as `unknown`, as ztunnel does; the waypoint as `none`, as Envoy does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SecurityPolicy {
+    MutualTls,
+    None,
+    Unknown,
+}
+
+impl SecurityPolicy {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::MutualTls => "mutual_tls",
+            Self::None => "none",
+            Self::Unknown => UNKNOWN,
+        }
+    }
+}
+
+/// What a connection or request carried (Istio's `request_protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RequestProtocol {
+    Tcp,
+    Http,
+    Grpc,
+}
+
+impl RequestProtocol {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Http => "http",
+            Self::Grpc => "grpc",
+        }
+    }
+}
+
+macro_rules! label_value {
+    ($($t:ty),*) => {$(
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl EncodeLabelValue for $t {
+            fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), fmt::Error> {
+                fmt::Write::write_str(encoder, self.as_str())
+            }
+        }
+    )*};
+}
+
+label_value!(Reporter, ResponseFlag, SecurityPolicy, RequestProtocol);
+
+/// One side of a connection or request, as each proxy knows it; an empty value is `unknown`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Peer<'a> {
+    pub workload: &'a str,
+    pub namespace: &'a str,
+    /// `spiffe://...`
+    pub principal: &'a str,
+    pub app: &'a str,
+    pub version: &'a str,
+    pub canonical_service: &'a str,
+    pub canonical_revision: &'a str,
+    pub cluster: &'a str,
+}
+
+/// The service a connection or request was addressed to.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Service<'a> {
+    pub hostname: &'a str,
+    pub name: &'a str,
+    pub namespace: &'a str,
+}
+
+/// The labels naming the reporter and both peers, in ztunnel's order.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct PeerLabels {
+    pub reporter: Reporter,
+    pub source_workload: String,
+    pub source_canonical_service: String,
+    pub source_canonical_revision: String,
+    pub source_workload_namespace: String,
+    pub source_principal: String,
+    pub source_app: String,
+    pub source_version: String,
+    pub source_cluster: String,
+    pub destination_service: String,
+    pub destination_service_namespace: String,
+    pub destination_service_name: String,
+    pub destination_workload: String,
+    pub destination_canonical_service: String,
+    pub destination_canonical_revision: String,
+    pub destination_workload_namespace: String,
+    pub destination_principal: String,
+    pub destination_app: String,
+    pub destination_version: String,
+    pub destination_cluster: String,
+}
+
+fn or_unknown(value: &str) -> String {
+    if value.is_empty() { UNKNOWN } else { value }.to_owned()
+}
+
+impl PeerLabels {
+    /// `reporter`'s labels for what went from `source` to `destination`, addressed to
+    /// `service`.
+    pub fn new(
+        reporter: Reporter,
+        source: &Peer<'_>,
+        destination: &Peer<'_>,
+        service: &Service<'_>,
+    ) -> Self {
+        Self {
+            reporter,
+            source_workload: or_unknown(source.workload),
+            source_canonical_service: or_unknown(source.canonical_service),
+            source_canonical_revision: or_unknown(source.canonical_revision),
+            source_workload_namespace: or_unknown(source.namespace),
+            source_principal: or_unknown(source.principal),
+            source_app: or_unknown(source.app),
+            source_version: or_unknown(source.version),
+            source_cluster: or_unknown(source.cluster),
+            destination_service: or_unknown(service.hostname),
+            destination_service_namespace: or_unknown(service.namespace),
+            destination_service_name: or_unknown(service.name),
+            destination_workload: or_unknown(destination.workload),
+            destination_canonical_service: or_unknown(destination.canonical_service),
+            destination_canonical_revision: or_unknown(destination.canonical_revision),
+            destination_workload_namespace: or_unknown(destination.namespace),
+            destination_principal: or_unknown(destination.principal),
+            destination_app: or_unknown(destination.app),
+            destination_version: or_unknown(destination.version),
+            destination_cluster: or_unknown(destination.cluster),
+        }
+    }
+
+    /// Labels of a report that knows nothing but its reporter.
+    pub fn unknown(reporter: Reporter) -> Self {
+        Self::new(
+            reporter,
+            &Peer::default(),
+            &Peer::default(),
+            &Service::default(),
+        )
+    }
+}
+
+/// Istio's labels of TCP metrics (`istio_tcp_*`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct TcpLabels {
+    #[prometheus(flatten)]
+    pub peers: PeerLabels,
+    pub request_protocol: RequestProtocol,
+    pub response_flags: ResponseFlag,
+    pub connection_security_policy: SecurityPolicy,
+}
+
+impl TcpLabels {
+    pub fn new(peers: PeerLabels, security: SecurityPolicy) -> Self {
+        Self {
+            peers,
+            request_protocol: RequestProtocol::Tcp,
+            response_flags: ResponseFlag::None,
+            connection_security_policy: security,
+        }
+    }
+}
+
+/// Istio's labels of request metrics (`istio_requests_total`, `istio_request_*`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RequestLabels {
+    #[prometheus(flatten)]
+    pub peers: PeerLabels,
+    pub request_protocol: RequestProtocol,
+    pub response_code: u16,
+    /// The gRPC status, empty for other requests.
+    pub grpc_response_status: String,
+    pub response_flags: ResponseFlag,
+    pub connection_security_policy: SecurityPolicy,
+}

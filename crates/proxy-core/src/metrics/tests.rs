@@ -1,0 +1,191 @@
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::{encoding::text::encode, registry::Registry};
+
+use super::*;
+
+/// One event: the response flags, bytes sent and received, and why it was revoked.
+type Event = (String, u64, u64, Option<String>);
+
+/// Records what the record asks to log.
+#[derive(Default, Clone)]
+struct Logged(Arc<Mutex<Vec<Event>>>, Option<String>);
+
+impl AccessLog for Logged {
+    fn revoked(&mut self, reason: &str) -> Option<ResponseFlag> {
+        self.1 = Some(reason.to_owned());
+        Some(ResponseFlag::Denied)
+    }
+
+    fn write(&self, end: &ConnectionEnd<'_>) {
+        self.0.lock().unwrap().push((
+            end.labels.response_flags.to_string(),
+            end.sent,
+            end.received,
+            self.1.clone(),
+        ));
+    }
+}
+
+fn labels(reporter: Reporter, principal: &str) -> TcpLabels {
+    TcpLabels::new(
+        PeerLabels::new(
+            reporter,
+            &Peer {
+                principal,
+                ..Peer::default()
+            },
+            &Peer::default(),
+            &Service::default(),
+        ),
+        SecurityPolicy::Unknown,
+    )
+}
+
+fn text(registry: &Registry) -> String {
+    let mut text = String::new();
+    encode(&mut text, registry).unwrap();
+    text
+}
+
+fn line(text: &str, prefix: &str) -> String {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
+        .to_string()
+}
+
+#[test]
+fn a_connection_is_counted_with_every_label_and_its_bytes() {
+    let mut registry = Registry::default();
+    let metrics = TcpMetrics::new(&mut registry);
+    let log = Logged::default();
+    let mut connection = metrics.open(
+        labels(Reporter::Destination, "spiffe://cluster.local/ns/a/sa/b"),
+        log.clone(),
+    );
+    connection.add_sent(300);
+    connection.add_received(20);
+    connection.add_received(22);
+    connection.set_response_flags(ResponseFlag::Denied);
+    drop(connection);
+    let text = text(&registry);
+    for expected in [
+        "istio_tcp_connections_opened_total{reporter=\"destination\"",
+        "istio_tcp_connections_closed_total{reporter=\"destination\"",
+        "response_flags=\"DENY\"",
+        "request_protocol=\"tcp\"",
+        "source_principal=\"spiffe://cluster.local/ns/a/sa/b\"",
+        "destination_workload=\"unknown\"",
+        "connection_security_policy=\"unknown\"",
+    ] {
+        assert!(text.contains(expected), "missing {expected} in\n{text}");
+    }
+    assert!(line(&text, "istio_tcp_received_bytes_total{").ends_with(" 42"));
+    assert!(line(&text, "istio_tcp_sent_bytes_total{").ends_with(" 300"));
+    // One access-log event, with the bytes and the flags the connection closed with.
+    assert_eq!(*log.0.lock().unwrap(), [("DENY".to_owned(), 300, 42, None)]);
+}
+
+#[test]
+fn bytes_are_visible_while_the_connection_is_open() {
+    let mut registry = Registry::default();
+    let metrics = TcpMetrics::new(&mut registry);
+    let connection = metrics.open(labels(Reporter::Source, ""), Logged::default());
+    connection.add_received(1000);
+    connection.add_sent(7);
+    let open = text(&registry);
+    assert!(line(&open, "istio_tcp_received_bytes_total{").ends_with(" 1000"));
+    assert!(line(&open, "istio_tcp_sent_bytes_total{").ends_with(" 7"));
+    assert!(
+        !open.contains("istio_tcp_connections_closed_total{"),
+        "{open}"
+    );
+    drop(connection);
+    let closed = text(&registry);
+    assert!(line(&closed, "istio_tcp_connections_closed_total{").ends_with(" 1"));
+    // Counted once: closing does not add the bytes again.
+    assert!(line(&closed, "istio_tcp_received_bytes_total{").ends_with(" 1000"));
+}
+
+#[test]
+fn a_revoked_connection_closes_with_the_flag_and_reason_its_log_gives() {
+    let mut registry = Registry::default();
+    let metrics = TcpMetrics::new(&mut registry);
+    let log = Logged::default();
+    let mut connection = metrics.open(labels(Reporter::Waypoint, ""), log.clone());
+    weft_hbone::ByteMeter::revoked(&mut connection, "connection closed due to policy change");
+    assert_eq!(connection.labels().response_flags, ResponseFlag::Denied);
+    drop(connection);
+    assert_eq!(
+        log.0.lock().unwrap()[0].3.as_deref(),
+        Some("connection closed due to policy change")
+    );
+    let text = text(&registry);
+    assert!(
+        line(&text, "istio_tcp_connections_closed_total{").contains("response_flags=\"DENY\""),
+        "{text}"
+    );
+    assert!(
+        line(&text, "istio_tcp_connections_opened_total{").contains("response_flags=\"-\""),
+        "opened with the labels it started with: {text}"
+    );
+}
+
+#[test]
+fn one_key_resolves_its_labels_once() {
+    let mut registry = Registry::default();
+    let metrics = TcpMetrics::new(&mut registry);
+    let record = Arc::new("a record the labels were built from");
+    let key = LabelKey {
+        records: [Arc::as_ptr(&record) as usize, 0, 0],
+        discriminant: 1,
+    };
+    let mut built = 0;
+    for _ in 0..3 {
+        let connection = metrics.open_cached(
+            key,
+            || {
+                built += 1;
+                (labels(Reporter::Source, "p"), record.clone())
+            },
+            Logged::default(),
+        );
+        connection.add_received(10);
+    }
+    assert_eq!((built, metrics.cached_label_sets()), (1, 1));
+    // The cache keeps the records it names by address alive.
+    assert_eq!(Arc::strong_count(&record), 2);
+    let text = text(&registry);
+    assert!(line(&text, "istio_tcp_connections_opened_total{").ends_with(" 3"));
+    assert!(line(&text, "istio_tcp_connections_closed_total{").ends_with(" 3"));
+    assert!(line(&text, "istio_tcp_received_bytes_total{").ends_with(" 30"));
+}
+
+#[test]
+fn typed_labels_print_istio_s_values() {
+    let cases = [
+        (ResponseFlag::None.as_str(), "-"),
+        (ResponseFlag::Denied.as_str(), "DENY"),
+        (ResponseFlag::ConnectFailure.as_str(), "CONNECT"),
+        (ResponseFlag::NoRoute.as_str(), "NR"),
+        (ResponseFlag::NoCluster.as_str(), "NC"),
+        (ResponseFlag::DelayInjected.as_str(), "DI"),
+        (ResponseFlag::FaultInjected.as_str(), "FI"),
+        (ResponseFlag::DownstreamTerminated.as_str(), "DC"),
+        (ResponseFlag::UpstreamTimeout.as_str(), "UT"),
+        (ResponseFlag::NoHealthyUpstream.as_str(), "UH"),
+        (ResponseFlag::UpstreamOverflow.as_str(), "UO"),
+        (ResponseFlag::UpstreamConnectFailure.as_str(), "UF"),
+        (ResponseFlag::UpstreamReset.as_str(), "UR"),
+        (SecurityPolicy::MutualTls.as_str(), "mutual_tls"),
+        (SecurityPolicy::None.as_str(), "none"),
+        (SecurityPolicy::Unknown.as_str(), "unknown"),
+        (Reporter::Source.direction(), "outbound"),
+        (Reporter::Destination.direction(), "inbound"),
+        (RequestProtocol::Grpc.as_str(), "grpc"),
+    ];
+    for (printed, expected) in cases {
+        assert_eq!(printed, expected);
+    }
+}
