@@ -1,9 +1,10 @@
 //! The node agent: one per node. It loads and owns the eBPF programs that steer enrolled pods'
 //! TCP connections into it, terminates those connections inside each pod's network namespace,
 //! applies L4 policy and carries the bytes over HBONE mutual TLS. It never parses application HTTP.
+//! What it shares with the waypoint (certificates, admin server, configuration kit, Istio's
+//! metric labels) is `weft-proxy-core`'s, the HBONE transport `weft-hbone`'s.
 
 pub mod admin;
-pub mod certificates;
 pub mod config;
 pub mod ebpf;
 pub mod enrollment;

@@ -4,17 +4,20 @@
 //! lives in its node's namespace; to listen and connect *inside* a pod (so listeners see which pod
 //! a connection came from and upstream connections carry the pod's address), the creating thread
 //! switches into the pod's namespace, creates the socket and switches back. `setns` is a cheap
-//! syscall, so this is done on the calling thread, not on a helper thread.
+//! syscall, so this is done on the calling thread, not on a helper thread. A [`PodNetns`] is the
+//! HBONE transport's socket factory for the pod's connections and listeners.
 
 use std::{
     fs::File,
     io,
+    net::SocketAddr,
     os::fd::AsFd,
     path::{Path, PathBuf},
     sync::Arc,
 };
 
 use nix::sched::{CloneFlags, setns};
+use tokio::net::TcpSocket;
 
 /// A handle on a pod's network namespace, able to run code inside it.
 #[derive(Debug, Clone)]
@@ -50,6 +53,18 @@ impl PodNetns {
         setns(self.pod.as_fd(), CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
         let _home = ReturnHome(&self.home);
         Ok(f())
+    }
+}
+
+/// The pod's sockets: a connection made from it carries the pod's address, a listener in it
+/// receives what is sent to the pod.
+impl weft_hbone::SocketFactory for PodNetns {
+    fn new_tcp(&self, target: SocketAddr) -> io::Result<TcpSocket> {
+        self.run(|| weft_hbone::new_tcp_socket(target))?
+    }
+
+    fn listen(&self, address: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
+        self.run(|| weft_hbone::listen_socket(address, reuse_port))?
     }
 }
 

@@ -9,7 +9,6 @@ use std::{
 };
 
 use crate::{
-    certificates::CertificateSource,
     ebpf::{Enroller, PodEnrollment},
     enrollment::{EnrolledPod, PodLifecycle},
     netns::PodNetns,
@@ -17,18 +16,18 @@ use crate::{
 };
 
 /// Serves enrolled pods.
-pub struct PodManager<C> {
-    context: Arc<ProxyContext<C>>,
+pub struct PodManager {
+    context: Arc<ProxyContext>,
     home: Arc<File>,
     capture: Option<Arc<dyn Enroller>>,
     pods: std::sync::Mutex<HashMap<String, (EnrolledPod, PodProxy)>>,
 }
 
-impl<C: CertificateSource> PodManager<C> {
+impl PodManager {
     /// `capture` (the eBPF redirection) is `None` only where something else steers traffic
     /// (tests of the proxy alone).
     pub fn new(
-        context: Arc<ProxyContext<C>>,
+        context: Arc<ProxyContext>,
         home: Arc<File>,
         capture: Option<Arc<dyn Enroller>>,
     ) -> Self {
@@ -103,7 +102,7 @@ fn capture_pod(capture: &dyn Enroller, pod: &EnrolledPod, proxy: &PodProxy) -> R
         .map_err(|e| e.to_string())
 }
 
-impl<C: CertificateSource> PodLifecycle for PodManager<C> {
+impl PodLifecycle for PodManager {
     async fn add(&self, pod: EnrolledPod) -> Result<(), String> {
         self.enroll(pod)
     }

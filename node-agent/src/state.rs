@@ -21,7 +21,7 @@ use weft_policy::l4::Authorization;
 pub use convert::{AddressResource, ConversionError, authorization_from_proto};
 
 /// Istio's HBONE port, the default for workloads and waypoints.
-pub const HBONE_PORT: u16 = 15008;
+pub use weft_hbone::HBONE_PORT;
 
 /// How a workload's traffic reaches it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

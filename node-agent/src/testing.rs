@@ -1,5 +1,5 @@
-//! Fakes for tests of the agent and of what is built on it: a certificate source that signs
-//! locally with an in-process CA, and an original-destination table filled by the test.
+//! Fakes for tests of the agent and of what is built on it: the certificate manager signing with
+//! an in-process CA, and an original-destination table filled by the test.
 
 use std::{
     collections::HashMap,
@@ -8,65 +8,17 @@ use std::{
     time::Duration,
 };
 
-use weft_identity::{CertificateAuthority, SpiffeId, TrustRoots, WorkloadCertificate, WorkloadKey};
+use weft_identity::CertificateAuthority;
+use weft_proxy_core::certificates::{CertificateManager, LocalCa};
 
-use crate::{
-    certificates::{CertificateError, CertificateSource},
-    ebpf::{NetnsCookie, OriginalDst, RedirectionError},
-};
+use crate::ebpf::{NetnsCookie, OriginalDst, RedirectionError};
 
-/// Issues certificates from an in-process CA, caching one per identity.
-pub struct LocalCertificates {
-    ca: Arc<CertificateAuthority>,
-    roots: Arc<TrustRoots>,
-    issued: Mutex<HashMap<SpiffeId, Arc<WorkloadCertificate>>>,
-}
+/// Certificates from an in-process CA, through the manager the agent runs.
+pub type LocalCertificates = CertificateManager<LocalCa>;
 
-impl LocalCertificates {
-    pub fn new(ca: Arc<CertificateAuthority>) -> Self {
-        let roots =
-            Arc::new(TrustRoots::from_pem(ca.root_cert_pem()).expect("the CA's own root parses"));
-        Self {
-            ca,
-            roots,
-            issued: Mutex::default(),
-        }
-    }
-
-    fn issue(&self, identity: &SpiffeId) -> Result<WorkloadCertificate, String> {
-        let key = WorkloadKey::generate().map_err(|e| e.to_string())?;
-        let csr = key.csr_for(identity).map_err(|e| e.to_string())?;
-        let chain = self
-            .ca
-            .sign_csr(&csr, identity, Duration::from_secs(3600))
-            .map_err(|e| e.to_string())?;
-        WorkloadCertificate::from_pem_chain(identity, &chain.to_pem_list(), key)
-            .map_err(|e| e.to_string())
-    }
-}
-
-impl CertificateSource for LocalCertificates {
-    async fn fetch(
-        &self,
-        identity: &SpiffeId,
-    ) -> Result<Arc<WorkloadCertificate>, CertificateError> {
-        if let Some(certificate) = self.issued.lock().unwrap().get(identity) {
-            return Ok(certificate.clone());
-        }
-        let certificate = Arc::new(self.issue(identity).map_err(|reason| CertificateError {
-            identity: identity.to_string(),
-            reason,
-        })?);
-        self.issued
-            .lock()
-            .unwrap()
-            .insert(identity.clone(), certificate.clone());
-        Ok(certificate)
-    }
-
-    fn trust_roots(&self) -> Option<Arc<TrustRoots>> {
-        Some(self.roots.clone())
-    }
+/// A certificate manager that has `ca` sign in process (certificates of an hour).
+pub fn local_certificates(ca: Arc<CertificateAuthority>) -> LocalCertificates {
+    CertificateManager::new(LocalCa(ca), Duration::from_secs(3600), None)
 }
 
 /// Original destinations set by the test: every connection accepted on the outbound listener

@@ -19,7 +19,7 @@ use node_agent::{
     pods::PodManager,
     proxy::ProxyContext,
     state::{NamespacedHostname, TunnelProtocol, Workload, WorkloadStore},
-    testing::{FixedOriginalDestinations, LocalCertificates},
+    testing::{FixedOriginalDestinations, LocalCertificates, local_certificates},
     testing::{enrolled_pod, workload as meshed},
 };
 use tokio::{
@@ -39,7 +39,7 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 struct Agent {
     store: WorkloadStore,
     /// Serves the node's pods until the test ends.
-    manager: PodManager<LocalCertificates>,
+    manager: PodManager,
     registry: prometheus_client::registry::Registry,
 }
 
@@ -84,7 +84,7 @@ impl Mesh {
             let mut registry = prometheus_client::registry::Registry::default();
             let context = ProxyContext::new(
                 store.clone(),
-                Arc::new(LocalCertificates::new(ca.clone())),
+                local_certificates(ca.clone()).source(),
                 Arc::new(Metrics::new(&mut registry)),
                 original.clone(),
                 "cluster.local".into(),
@@ -108,7 +108,7 @@ impl Mesh {
     }
 
     fn ca_for_tests(&self) -> LocalCertificates {
-        LocalCertificates::new(self.ca.clone())
+        local_certificates(self.ca.clone())
     }
 
     fn both_agents(&self, change: impl Fn(&WorkloadStore)) {
@@ -513,7 +513,7 @@ async fn raw_tls_to(
     expected_server: &weft_identity::SpiffeId,
     alpn: &[u8],
 ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
-    use node_agent::certificates::CertificateSource;
+    use weft_identity::CertificateSource;
     let certificate = certificates.fetch(identity).await.unwrap();
     let mut config = (*weft_identity::client_config(
         &certificate,
@@ -547,7 +547,7 @@ async fn hostile_input_is_refused_and_the_agent_keeps_serving() {
     let client_id = weft_identity::SpiffeId::new("cluster.local", "shop", "client").unwrap();
     // An attacker with certificates from the same CA (a compromised workload, say).
     let ca = Arc::new(CertificateAuthority::generate().unwrap());
-    let foreign = LocalCertificates::new(ca);
+    let foreign = local_certificates(ca);
     let h2 = weft_hbone::H2Config::default();
 
     // 1. A certificate from a CA the mesh does not trust: the handshake fails.

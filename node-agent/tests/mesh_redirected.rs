@@ -19,7 +19,7 @@ use node_agent::{
     pods::PodManager,
     proxy::ProxyContext,
     state::{TunnelProtocol, Workload, WorkloadStore},
-    testing::LocalCertificates,
+    testing::local_certificates,
     testing::{enrolled_pod, workload as meshed},
 };
 use support::{Server, curl, redirection_config};
@@ -34,7 +34,7 @@ const APP_PORT: u16 = 8080;
 /// An agent for one node: its store, redirection and pod manager.
 struct NodeAgent {
     store: WorkloadStore,
-    manager: PodManager<LocalCertificates>,
+    manager: PodManager,
 }
 
 fn start_agent(
@@ -58,7 +58,7 @@ fn start_agent(
     let mut registry = prometheus_client::registry::Registry::default();
     let context = ProxyContext::new(
         store.clone(),
-        Arc::new(LocalCertificates::new(ca.clone())),
+        local_certificates(ca.clone()).source(),
         Arc::new(Metrics::new(&mut registry)),
         redirection.clone(),
         "cluster.local".into(),

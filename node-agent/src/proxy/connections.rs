@@ -10,20 +10,14 @@
 use std::{
     io,
     net::{IpAddr, SocketAddr},
-    sync::{Arc, Weak},
+    sync::Arc,
 };
 
 use weft_hbone::{ConnectionRegistry, Revoked};
 use weft_identity::SpiffeId;
 
-use super::{ProxyContext, ProxyError, plan::authorize_inbound};
-use crate::{
-    certificates::CertificateSource,
-    state::{Workload, WorkloadStore},
-};
-
-/// Why the connections of a pod that left the mesh were closed.
-pub(crate) const POD_LEFT: &str = "the pod left the mesh";
+use super::{error::ProxyError, plan::authorize_inbound};
+use crate::state::{Workload, WorkloadStore};
 
 /// What a connection of a served pod was allowed on.
 #[derive(Debug)]
@@ -75,22 +69,6 @@ pub(crate) fn revalidate(store: &WorkloadStore, connections: &PodConnections) ->
         );
         Some(refusal.to_string())
     })
-}
-
-/// Runs [`revalidate`] on every change of the store until the context is gone. Started with
-/// the context, on the runtime that creates it (the agent's control-plane thread, where the
-/// xDS handlers apply whole updates, so a check never sees half of one).
-pub(crate) async fn watch_store<C: CertificateSource>(context: Weak<ProxyContext<C>>) {
-    let mut generation = match context.upgrade() {
-        Some(context) => context.store.subscribe(),
-        None => return,
-    };
-    while generation.changed().await.is_ok() {
-        let Some(context) = context.upgrade() else {
-            return;
-        };
-        revalidate(&context.store, &context.connections);
-    }
 }
 
 /// The error of a copy that failed: the connection's revocation when it was revoked (the

@@ -3,7 +3,12 @@
 
 use std::{io, net::SocketAddr};
 
+use weft_proxy_core::metrics::ResponseFlag;
+
 use super::plan::{InboundRefusal, OutboundError};
+
+/// Why the connections of a pod that left the mesh were closed.
+pub(crate) const POD_LEFT: &str = "the pod left the mesh";
 
 /// A proxied connection failed or was refused.
 #[derive(Debug, thiserror::Error)]
@@ -18,32 +23,29 @@ pub enum ProxyError {
     Plan(#[from] OutboundError),
     #[error(transparent)]
     Refused(#[from] InboundRefusal),
-    #[error("certificate: {0}")]
-    Certificate(String),
+    /// The mutual-TLS side of an HBONE connection: certificate, handshake, peer identity.
+    #[error(transparent)]
+    Tls(#[from] weft_hbone::TlsError),
     #[error("connecting to {0}: {1}")]
     Connect(SocketAddr, #[source] io::Error),
     #[error("hbone to {0}: {1}")]
     Hbone(SocketAddr, #[source] weft_hbone::ClientError),
-    #[error("tls handshake: {0}")]
-    Tls(#[source] io::Error),
     #[error("peer identity: {0}")]
     PeerIdentity(String),
-    #[error("entering the pod network namespace: {0}")]
-    Netns(#[source] io::Error),
     #[error("copying: {0}")]
     Copy(#[source] io::Error),
     /// Open while allowed, closed when a change of policy or workloads no longer allowed it
     /// (ztunnel's words).
     #[error("connection closed due to policy change: {0}")]
     PolicyChanged(String),
-    #[error("connection closed: {}", super::connections::POD_LEFT)]
+    #[error("connection closed: {POD_LEFT}")]
     PodLeft,
 }
 
 impl ProxyError {
     /// The error of a connection revoked for `reason` (see `connections`).
     pub(crate) fn revoked(reason: &str) -> Self {
-        if reason == super::connections::POD_LEFT {
+        if reason == POD_LEFT {
             Self::PodLeft
         } else {
             Self::PolicyChanged(reason.to_owned())
@@ -51,12 +53,12 @@ impl ProxyError {
     }
 
     /// The `response_flags` label value (ztunnel's vocabulary).
-    pub fn response_flags(&self) -> &'static str {
+    pub fn response_flags(&self) -> ResponseFlag {
         match self {
             Self::Refused(InboundRefusal::Denied(_) | InboundRefusal::WaypointBypass { .. })
-            | Self::PolicyChanged(_) => "DENY",
-            Self::Copy(_) | Self::PodLeft => "-",
-            _ => "CONNECT",
+            | Self::PolicyChanged(_) => ResponseFlag::Denied,
+            Self::Copy(_) | Self::PodLeft => ResponseFlag::None,
+            _ => ResponseFlag::ConnectFailure,
         }
     }
 }

@@ -4,40 +4,30 @@
 //! to the application from inside the pod's namespace. Every connection and tunnel stays
 //! registered with what it was authorized on while it is open (see `connections`).
 
-use std::{
-    io,
-    net::SocketAddr,
-    pin::Pin,
-    sync::Arc,
-    task::{Context, Poll},
-};
+use std::{io, net::SocketAddr, sync::Arc};
 
-use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
-    net::TcpStream,
-};
-use tokio_rustls::TlsAcceptor;
+use tokio::net::TcpStream;
 use weft_hbone::{
-    ConnectHandler, ConnectRequest, H2Config, Refusal, Registration, Revocable,
-    admission::HANDSHAKE_TIMEOUT, serve_connection,
+    ConnectHandler, ConnectRequest, H2Config, MeteredStream, Refusal, connect_tcp, serve_connection,
 };
-use weft_identity::{SpiffeId, WorkloadCertificate, peer_identity_in, server_config};
+use weft_identity::SpiffeId;
+use weft_proxy_core::metrics::{Reporter, SecurityPolicy};
 
 use super::{
-    ProxyContext, ProxyError,
     connections::{Tracked, copy_error},
+    context::ProxyContext,
     copy,
-    outbound::connect_in,
+    error::ProxyError,
     plan::{InboundRefusal, authorize_inbound, inbound_service, inbound_source},
-    pods::ServedPod,
+    record::{ConnectionGuard, ConnectionLog, Failed},
+    served::ServedPod,
 };
-use crate::{certificates::CertificateSource, metrics::ConnectionGuard};
 
 /// Serves one connection steered to a pod's plaintext inbound listener. The accepted socket's
 /// local address is the original destination: `sk_lookup` selects the listener without
 /// rewriting the packet.
-pub(super) async fn handle_plaintext<C: CertificateSource>(
-    context: Arc<ProxyContext<C>>,
+pub(super) async fn handle_plaintext(
+    context: Arc<ProxyContext>,
     pod: Arc<ServedPod>,
     mut downstream: TcpStream,
     peer: SocketAddr,
@@ -56,14 +46,13 @@ pub(super) async fn handle_plaintext<C: CertificateSource>(
         .as_ref()
         .and_then(|w| inbound_service(&context.store, w, target.port()));
     let mut guard = context.metrics.connection_opened_between(
-        "destination",
+        Reporter::Destination,
         source.as_ref(),
         workload.as_ref(),
         service.as_ref(),
-        "unknown",
+        SecurityPolicy::Unknown,
+        ConnectionLog::between(peer, Some(target)),
     );
-    guard.set_source(peer);
-    guard.set_destination(target);
     // Registered before the decision: a change meanwhile decides it again.
     let registration = context.connections.register(
         pod.uid.clone(),
@@ -76,7 +65,7 @@ pub(super) async fn handle_plaintext<C: CertificateSource>(
     let result = async {
         let workload = workload.ok_or_else(|| ProxyError::UnknownPod(pod.uid.clone()))?;
         authorize_inbound(&context.store, &workload, None, peer.ip(), target)?;
-        let upstream = connect_in(&pod.netns, target)
+        let upstream = connect_tcp(&pod.netns, target)
             .await
             .map_err(|e| ProxyError::Connect(target, e))?;
         copy::tcp_both_ways(&mut downstream, &mut registration.wrap(upstream))
@@ -90,8 +79,7 @@ pub(super) async fn handle_plaintext<C: CertificateSource>(
             guard.add_sent(sent);
         }
         Err(error) => {
-            guard.set_response_flags(error.response_flags());
-            guard.set_error(&error);
+            guard.failed(&error);
             tracing::warn!(%peer, %target, %error, "inbound plaintext connection refused");
         }
     }
@@ -99,8 +87,8 @@ pub(super) async fn handle_plaintext<C: CertificateSource>(
 
 /// Serves one connection accepted on a pod's HBONE listener: mutual TLS with the pod's own
 /// certificate, the peer's identity checked against the trust domain, then the tunnels.
-pub(super) async fn handle_hbone<C: CertificateSource>(
-    context: Arc<ProxyContext<C>>,
+pub(super) async fn handle_hbone(
+    context: Arc<ProxyContext>,
     pod: Arc<ServedPod>,
     downstream: TcpStream,
     peer: SocketAddr,
@@ -110,13 +98,12 @@ pub(super) async fn handle_hbone<C: CertificateSource>(
     }
 }
 
-async fn serve_hbone<C: CertificateSource>(
-    context: &Arc<ProxyContext<C>>,
+async fn serve_hbone(
+    context: &Arc<ProxyContext>,
     pod: &Arc<ServedPod>,
     downstream: TcpStream,
     peer: SocketAddr,
 ) -> Result<(), ProxyError> {
-    let _ = weft_hbone::tune_tcp(&downstream);
     let workload = context
         .store
         .workload_by_uid(&pod.uid)
@@ -124,29 +111,11 @@ async fn serve_hbone<C: CertificateSource>(
     let identity = workload
         .identity()
         .map_err(|e| ProxyError::PeerIdentity(e.to_string()))?;
-    let handshake = async {
-        let certificate = context
-            .certificates
-            .fetch(&identity)
-            .await
-            .map_err(|e| ProxyError::Certificate(e.to_string()))?;
-        let config = pod_server_config(context, pod, certificate)?;
-        TlsAcceptor::from(config)
-            .accept(weft_hbone::read_buffered(downstream))
-            .await
-            .map_err(ProxyError::Tls)
-    };
-    // The peer is nobody until its handshake completes: it holds the connection for a bounded
-    // time only.
-    let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
-        .await
-        .map_err(|_| ProxyError::Tls(io::ErrorKind::TimedOut.into()))??;
-    let peer_id = peer_identity_in(tls.get_ref().1, &context.trust_domain)
-        .map_err(|e| ProxyError::PeerIdentity(e.to_string()))?;
+    let accepted = pod.acceptor.accept(downstream, &identity).await?;
     let handler = Arc::new(InboundTunnels {
         context: context.clone(),
         pod: pod.clone(),
-        peer: peer_id,
+        peer: accepted.peer,
         peer_address: peer,
     });
     // The connection itself ends only with the pod's enrollment; its tunnels are decided one
@@ -154,7 +123,13 @@ async fn serve_hbone<C: CertificateSource>(
     let registration = context
         .connections
         .register(pod.uid.clone(), Tracked::Carrier);
-    match serve_connection(registration.wrap(tls), handler, H2Config::default()).await {
+    match serve_connection(
+        registration.wrap(accepted.tls),
+        handler,
+        H2Config::default(),
+    )
+    .await
+    {
         Ok(summary) => {
             tracing::debug!(%peer, tunnels = summary.tunnels, refused = summary.refused, "hbone connection closed");
             Ok(())
@@ -167,39 +142,16 @@ async fn serve_hbone<C: CertificateSource>(
     }
 }
 
-/// The pod's HBONE server configuration for `certificate`, from the pod's cache when the
-/// certificate is the one it was built for.
-fn pod_server_config<C: CertificateSource>(
-    context: &ProxyContext<C>,
-    pod: &ServedPod,
-    certificate: Arc<WorkloadCertificate>,
-) -> Result<Arc<rustls::ServerConfig>, ProxyError> {
-    let mut cached = pod.server_tls.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some((built_for, config)) = cached.as_ref()
-        && Arc::ptr_eq(built_for, &certificate)
-    {
-        return Ok(config.clone());
-    }
-    let roots = context
-        .certificates
-        .trust_roots()
-        .ok_or_else(|| ProxyError::Certificate("no trust roots yet".into()))?;
-    let config =
-        server_config(&certificate, &roots).map_err(|e| ProxyError::Certificate(e.to_string()))?;
-    *cached = Some((certificate, config.clone()));
-    Ok(config)
-}
-
 /// Authorizes and connects each CONNECT of one mutual-TLS connection.
-struct InboundTunnels<C> {
-    context: Arc<ProxyContext<C>>,
+struct InboundTunnels {
+    context: Arc<ProxyContext>,
     pod: Arc<ServedPod>,
     peer: SpiffeId,
     /// The HBONE connection's TCP peer (the source pod's, or its waypoint's, address).
     peer_address: SocketAddr,
 }
 
-impl<C: CertificateSource> ConnectHandler for InboundTunnels<C> {
+impl ConnectHandler for InboundTunnels {
     type Upstream = Metered;
 
     async fn connect(&self, request: &ConnectRequest) -> Result<Self::Upstream, Refusal> {
@@ -220,14 +172,13 @@ impl<C: CertificateSource> ConnectHandler for InboundTunnels<C> {
             .as_ref()
             .and_then(|w| inbound_service(&context.store, w, target.port()));
         let mut guard = context.metrics.connection_opened_between(
-            "destination",
+            Reporter::Destination,
             source.as_ref(),
             workload.as_ref(),
             service.as_ref(),
-            "mutual_tls",
+            SecurityPolicy::MutualTls,
+            ConnectionLog::between(self.peer_address, Some(target)),
         );
-        guard.set_source(self.peer_address);
-        guard.set_destination(target);
         let registration = context.connections.register(
             self.pod.uid.clone(),
             Tracked::Inbound {
@@ -245,20 +196,15 @@ impl<C: CertificateSource> ConnectHandler for InboundTunnels<C> {
                 source_ip,
                 target,
             )?;
-            connect_in(&self.pod.netns, target)
+            connect_tcp(&self.pod.netns, target)
                 .await
                 .map_err(|e| ProxyError::Connect(target, e))
         }
         .await;
         match result {
-            Ok(stream) => Ok(Metered {
-                stream: registration.wrap(stream),
-                guard,
-                registration,
-            }),
+            Ok(stream) => Ok(MeteredStream::new(stream, guard, registration)),
             Err(error) => {
-                guard.set_response_flags(error.response_flags());
-                guard.set_error(&error);
+                guard.failed(&error);
                 tracing::warn!(peer = %self.peer, %source_ip, %target, %error, "hbone tunnel refused");
                 Err(match error {
                     ProxyError::Refused(
@@ -272,57 +218,7 @@ impl<C: CertificateSource> ConnectHandler for InboundTunnels<C> {
     }
 }
 
-/// A tunnel's upstream socket: counts its bytes into the connection's metrics guard and fails
-/// once the tunnel is revoked; dropping it (when the tunnel ends) unregisters the tunnel and
-/// closes its record, which says why a revoked tunnel ended.
-pub(crate) struct Metered {
-    stream: Revocable<TcpStream>,
-    guard: ConnectionGuard,
-    registration: Registration<String, Tracked>,
-}
-
-impl Drop for Metered {
-    fn drop(&mut self) {
-        if let Some(reason) = self.registration.revoked() {
-            let error = ProxyError::revoked(reason);
-            self.guard.set_response_flags(error.response_flags());
-            self.guard.set_error(&error);
-        }
-    }
-}
-
-impl AsyncRead for Metered {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let poll = Pin::new(&mut self.stream).poll_read(cx, buf);
-        // Read from the application: the response direction, `sent` in Istio's terms.
-        self.guard.add_sent((buf.filled().len() - before) as u64);
-        poll
-    }
-}
-
-impl AsyncWrite for Metered {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let poll = Pin::new(&mut self.stream).poll_write(cx, data);
-        if let Poll::Ready(Ok(n)) = &poll {
-            self.guard.add_received(*n as u64);
-        }
-        poll
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-}
+/// A tunnel's upstream socket: counts its bytes into the connection's record and fails once
+/// the tunnel is revoked; dropping it (when the tunnel ends) unregisters the tunnel and closes
+/// its record, which says why a revoked tunnel ended.
+type Metered = MeteredStream<TcpStream, ConnectionGuard, String, Tracked>;

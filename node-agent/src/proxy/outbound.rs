@@ -9,95 +9,25 @@ use std::{
     time::Instant,
 };
 
-use tokio::{
-    io::BufReader,
-    net::{TcpSocket, TcpStream},
-};
-use tokio_rustls::TlsConnector;
-use weft_hbone::{ConnectRequest, Connector, Pool, PoolConfig, Revocable};
-use weft_identity::{SpiffeId, client_config, hbone_server_name};
+use tokio::net::TcpStream;
+use weft_hbone::{ConnectRequest, Revocable, connect_tcp};
+use weft_proxy_core::metrics::{Reporter, SecurityPolicy};
 
 use super::{
-    ProxyContext, ProxyError,
     connections::{Tracked, copy_error},
+    context::ProxyContext,
     copy,
+    error::ProxyError,
     plan::{OutboundPlan, authorize_inbound, plan_outbound},
-    pods::{ServedPod, ServedPods},
+    pool::PoolKey,
+    record::{ConnectionLog, Failed},
+    served::ServedPod,
 };
-use crate::{certificates::CertificateSource, netns::PodNetns, state::Workload};
-
-/// HBONE connections are shared per source pod (its address), the two identities and the
-/// destination gateway.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(crate) struct PoolKey {
-    source_uid: String,
-    source_identity: SpiffeId,
-    destination_identity: SpiffeId,
-    gateway: SocketAddr,
-}
-
-pub(crate) type HbonePool<C> = Pool<PoolKey, HboneConnector<C>>;
-
-pub(crate) fn new_pool<C: CertificateSource>(
-    certificates: Arc<C>,
-    pods: ServedPods,
-) -> HbonePool<C> {
-    Pool::new(HboneConnector { certificates, pods }, PoolConfig::default())
-}
-
-/// Opens the TLS connections the pool multiplexes: a TCP socket inside the source pod's
-/// namespace (so it carries the pod's address), mutual TLS with the source's certificate,
-/// accepting only the expected destination identity.
-pub(crate) struct HboneConnector<C> {
-    certificates: Arc<C>,
-    pods: ServedPods,
-}
-
-impl<C: CertificateSource> Connector<PoolKey> for HboneConnector<C> {
-    type Io = tokio_rustls::client::TlsStream<BufReader<TcpStream>>;
-
-    async fn connect(&self, key: &PoolKey) -> io::Result<Self::Io> {
-        let pod = self.pods.get(&key.source_uid).ok_or_else(|| {
-            io::Error::other(format!("source pod {} is no longer served", key.source_uid))
-        })?;
-        let certificate = self
-            .certificates
-            .fetch(&key.source_identity)
-            .await
-            .map_err(io::Error::other)?;
-        let roots = self
-            .certificates
-            .trust_roots()
-            .ok_or_else(|| io::Error::other("no trust roots yet"))?;
-        let config = client_config(&certificate, &roots, key.destination_identity.clone())
-            .map_err(io::Error::other)?;
-        let tcp = connect_in(&pod.netns, key.gateway).await?;
-        TlsConnector::from(config)
-            .connect(
-                hbone_server_name(key.gateway.ip()),
-                weft_hbone::read_buffered(tcp),
-            )
-            .await
-    }
-}
-
-/// Connects to `target` from a socket created inside `netns`.
-pub(crate) async fn connect_in(netns: &PodNetns, target: SocketAddr) -> io::Result<TcpStream> {
-    let socket = netns.run(|| {
-        if target.is_ipv4() {
-            TcpSocket::new_v4()
-        } else {
-            TcpSocket::new_v6()
-        }
-    })??;
-    let stream = socket.connect(target).await?;
-    weft_hbone::tune_tcp(&stream)?;
-    Ok(stream)
-}
+use crate::state::Workload;
 
 /// Serves one connection accepted on a pod's outbound listener.
-pub(super) async fn handle<C: CertificateSource>(
-    context: Arc<ProxyContext<C>>,
+pub(super) async fn handle(
+    context: Arc<ProxyContext>,
     pod: Arc<ServedPod>,
     app: TcpStream,
     peer: SocketAddr,
@@ -134,42 +64,48 @@ pub(super) async fn handle<C: CertificateSource>(
         Ok(planned) => planned,
         Err(error) => {
             let mut guard = context.metrics.connection_opened_between(
-                "source",
+                Reporter::Source,
                 source.as_ref(),
                 None,
                 None,
-                "unknown",
+                SecurityPolicy::Unknown,
+                ConnectionLog::between(peer, None),
             );
-            guard.set_response_flags(error.response_flags());
-            guard.set_source(peer);
-            guard.set_error(&error);
+            guard.failed(&error);
             tracing::warn!(%peer, %error, "outbound connection refused");
             return;
         }
     };
     let source = source.expect("planned only with a source");
     let (destination, service, security) = match &plan {
-        OutboundPlan::Passthrough { .. } => (None, None, "unknown"),
+        OutboundPlan::Passthrough { .. } => (None, None, SecurityPolicy::Unknown),
         OutboundPlan::Hbone {
             destination,
             service,
             ..
-        } => (Some(destination.clone()), service.clone(), "mutual_tls"),
+        } => (
+            Some(destination.clone()),
+            service.clone(),
+            SecurityPolicy::MutualTls,
+        ),
         OutboundPlan::Local {
             destination,
             service,
             ..
-        } => (Some(destination.clone()), service.clone(), "unknown"),
+        } => (
+            Some(destination.clone()),
+            service.clone(),
+            SecurityPolicy::Unknown,
+        ),
     };
     let mut guard = context.metrics.connection_opened_between(
-        "source",
+        Reporter::Source,
         Some(&source),
         destination.as_ref(),
         service.as_ref(),
         security,
+        ConnectionLog::between(peer, Some(original)),
     );
-    guard.set_source(peer);
-    guard.set_destination(original);
     match execute(&context, &pod, &source, &mut app, plan).await {
         Ok((received, sent)) => {
             guard.add_received(received);
@@ -177,16 +113,15 @@ pub(super) async fn handle<C: CertificateSource>(
             tracing::debug!(%peer, %original, elapsed_ms = started.elapsed().as_millis() as u64, "outbound connection complete");
         }
         Err(error) => {
-            guard.set_response_flags(error.response_flags());
-            guard.set_error(&error);
+            guard.failed(&error);
             tracing::warn!(%peer, %original, %error, "outbound connection failed");
         }
     }
 }
 
 /// Carries the connection; returns (bytes from the app, bytes to the app).
-async fn execute<C: CertificateSource>(
-    context: &ProxyContext<C>,
+async fn execute(
+    context: &ProxyContext,
     pod: &ServedPod,
     source: &Workload,
     app: &mut Revocable<TcpStream>,
@@ -194,7 +129,7 @@ async fn execute<C: CertificateSource>(
 ) -> Result<(u64, u64), ProxyError> {
     match plan {
         OutboundPlan::Passthrough { target } => {
-            let mut upstream = connect_in(&pod.netns, target)
+            let mut upstream = connect_tcp(&pod.netns, target)
                 .await
                 .map_err(|e| ProxyError::Connect(target, e))?;
             copy::tcp_both_ways(app, &mut upstream)
@@ -233,7 +168,7 @@ async fn execute<C: CertificateSource>(
                 .pods
                 .get(&destination.uid)
                 .ok_or_else(|| ProxyError::UnknownPod(destination.uid.clone()))?;
-            let upstream = connect_in(&destination_pod.netns, target)
+            let upstream = connect_tcp(&destination_pod.netns, target)
                 .await
                 .map_err(|e| ProxyError::Connect(target, e))?;
             copy::tcp_both_ways(app, &mut registration.wrap(upstream))

@@ -18,11 +18,11 @@ use crate::state::{
     TunnelProtocol, Workload, WorkloadStore,
 };
 
-/// Ports the agent itself listens on inside a pod (ztunnel's `illegal_ports`): never a valid
-/// destination for forwarded traffic (a connection to them would loop through the agent). Its
-/// admin, metrics and readiness ports are in the node's namespace: inside a pod, 15000, 15020
-/// and 15021 are the application's and are served like any other port.
-pub const AGENT_PORTS: [u16; 3] = weft_ebpf_common::ports::AGENT_IN_POD;
+// The ports the agent itself listens on inside a pod (ztunnel's `illegal_ports`): never a valid
+// destination for forwarded traffic (a connection to them would loop through the agent). Its
+// admin, metrics and readiness ports are in the node's namespace: inside a pod, 15000, 15020
+// and 15021 are the application's and are served like any other port.
+use weft_ebpf_common::ports::AGENT_IN_POD as AGENT_PORTS;
 
 /// How an outbound connection is carried.
 #[derive(Debug, Clone, PartialEq)]
@@ -204,7 +204,7 @@ fn plan_workload(
     }
     let expected_identity = identity_of(&destination)?;
     Ok(OutboundPlan::Hbone {
-        gateway: SocketAddr::new(target.ip(), crate::state::HBONE_PORT),
+        gateway: SocketAddr::new(target.ip(), weft_hbone::HBONE_PORT),
         target,
         expected_identity,
         destination,

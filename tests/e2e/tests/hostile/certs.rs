@@ -5,11 +5,11 @@
 
 use std::time::{Duration, SystemTime};
 
-use node_agent::certificates::{CaClient, GrpcCaClient};
 use rcgen::{SanType, string::Ia5String};
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use weft_e2e::Mesh;
 use weft_identity::{CertificateAuthority, SpiffeId, WorkloadCertificate, WorkloadKey};
+use weft_proxy_core::certificates::{CaClient, GrpcCaClient};
 
 use crate::attacker::{Credential, in_netns};
 

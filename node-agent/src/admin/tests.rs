@@ -1,0 +1,137 @@
+use std::{collections::BTreeMap, net::SocketAddr};
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use weft_identity::{CertificateSource, SpiffeId};
+use weft_proto::istio::workload as proto;
+use weft_proxy_core::metrics::{Reporter, SecurityPolicy};
+
+use super::*;
+use crate::{proxy::ConnectionLog, testing::local_certificates};
+
+async fn get(address: SocketAddr, path: &str) -> (StatusCode, String) {
+    let stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let response = sender
+        .send_request(
+            Request::get(path)
+                .header("host", "agent")
+                .body(Empty::<Bytes>::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = response.status();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+async fn serve(endpoints: Endpoints) -> SocketAddr {
+    let server = AdminServer::bind("127.0.0.1:0".parse().unwrap(), endpoints)
+        .await
+        .unwrap();
+    let address = server.address().unwrap();
+    tokio::spawn(server.run());
+    address
+}
+
+fn config() -> Config {
+    let settings: BTreeMap<String, String> = [("NODE_NAME".to_owned(), "node1".to_owned())].into();
+    Config::from_strings(&settings).unwrap()
+}
+
+#[tokio::test]
+async fn the_three_ports_serve_the_dump_the_metrics_and_readiness() {
+    let store = WorkloadStore::new();
+    store.insert_workload(
+        proto::Workload {
+            uid: "Kubernetes//Pod/shop/cart-1".into(),
+            name: "cart-1".into(),
+            namespace: "shop".into(),
+            addresses: vec![vec![10, 0, 0, 7]],
+            service_account: "cart".into(),
+            tunnel_protocol: proto::TunnelProtocol::Hbone as i32,
+            ..Default::default()
+        }
+        .try_into()
+        .unwrap(),
+    );
+    let certificates = local_certificates(Arc::new(
+        weft_identity::CertificateAuthority::generate().unwrap(),
+    ));
+    let identity = SpiffeId::new("cluster.local", "shop", "cart").unwrap();
+    let certificate = certificates.fetch(&identity).await.unwrap();
+    let mut registry = Registry::default();
+    let metrics = crate::metrics::Metrics::new(&mut registry);
+    let guard = metrics.connection_opened_between(
+        Reporter::Source,
+        None,
+        store
+            .workload_by_uid("Kubernetes//Pod/shop/cart-1")
+            .as_ref(),
+        None,
+        SecurityPolicy::MutualTls,
+        ConnectionLog::default(),
+    );
+    guard.add_received(12);
+    drop(guard);
+    let (xds, xds_state) = watch::channel(ConnectionState::default());
+    let describe = certificates.clone();
+    let [dump, metrics_port, readiness] = endpoints(
+        config(),
+        store,
+        Arc::new(move || describe.describe()),
+        xds_state,
+        Arc::new(registry),
+    );
+    let (dump, metrics_port, readiness) = (
+        serve(dump).await,
+        serve(metrics_port).await,
+        serve(readiness).await,
+    );
+
+    let (status, body) = get(dump, "/config_dump").await;
+    assert_eq!(status, StatusCode::OK);
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        json["state"]["workloads"][0]["uid"],
+        "Kubernetes//Pod/shop/cart-1"
+    );
+    assert_eq!(
+        json["certificates"][0]["certificate"]["serial"],
+        certificate.describe().serial.as_str()
+    );
+    assert_eq!(json["config"]["node_name"], "node1");
+    assert_eq!(json["xds"]["synced"], false);
+    assert!(!body.contains("PRIVATE KEY"), "{body}");
+    assert!(!body.contains("BEGIN"), "no PEM at all: {body}");
+    assert_eq!(get(dump, "/healthz").await.0, StatusCode::OK);
+
+    let (status, text) = get(metrics_port, "/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    for family in [
+        "istio_tcp_connections_opened_total{reporter=\"source\"",
+        "istio_tcp_connections_closed_total{reporter=\"source\"",
+        "istio_tcp_received_bytes_total{",
+        "istio_tcp_sent_bytes_total{",
+        "destination_workload_namespace=\"shop\"",
+        "source_workload=\"unknown\"",
+    ] {
+        assert!(text.contains(family), "missing {family} in\n{text}");
+    }
+    assert!(text.trim_end().ends_with("# EOF"), "{text}");
+    assert_eq!(get(metrics_port, "/stats/prometheus").await.1, text);
+
+    // Ready once the first configuration arrived, on 15021 and 15020.
+    let (status, body) = get(readiness, READINESS_PATH).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body.contains("waiting for configuration"));
+    xds.send_modify(|state| state.synced = true);
+    assert_eq!(get(readiness, READINESS_PATH).await.0, StatusCode::OK);
+    assert_eq!(get(metrics_port, READINESS_PATH).await.0, StatusCode::OK);
+}

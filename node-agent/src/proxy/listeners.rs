@@ -1,0 +1,183 @@
+//! Each served pod's listeners inside its network namespace (15001 outbound on loopback, 15006
+//! inbound plaintext, 15008 HBONE; one set per worker), admitting connections and handing them
+//! to the handlers.
+
+use std::{
+    io,
+    net::{Ipv4Addr, SocketAddr},
+    os::fd::{AsFd, BorrowedFd},
+    sync::Arc,
+};
+
+use tokio::{net::TcpListener, task::JoinHandle};
+use tracing::Instrument;
+use weft_ebpf_common::ports::{HBONE, INBOUND, OUTBOUND};
+use weft_hbone::{
+    HboneAcceptor, SocketFactory,
+    admission::{Permit, Refused, accept_loop},
+};
+
+use super::{
+    connections::PodConnections,
+    context::ProxyContext,
+    error::POD_LEFT,
+    inbound, outbound,
+    served::{ServedPod, ServedPods},
+};
+use crate::{ebpf::netns_cookie, netns::PodNetns};
+
+/// One served pod's listeners. Dropping it (the pod left the mesh) closes them, forgets the pod
+/// and closes every connection the pod has, in and out, as ztunnel closes a removed pod's.
+pub struct PodProxy {
+    uid: String,
+    pods: ServedPods,
+    connections: PodConnections,
+    inbound_plaintext: Arc<TcpListener>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl PodProxy {
+    /// Opens 15001 (outbound, loopback only), 15006 and 15008 inside the pod's namespace, one
+    /// set per worker (in one `SO_REUSEPORT` group per port, so the kernel spreads connections
+    /// over the workers), and starts serving them, each set on its own worker.
+    pub fn start(context: Arc<ProxyContext>, uid: String, netns: PodNetns) -> io::Result<Self> {
+        let workers = context.workers.handles();
+        let reuse_port = workers.len() > 1;
+        let sets = workers
+            .iter()
+            .map(|_| {
+                io::Result::Ok([
+                    netns.listen(
+                        SocketAddr::from((Ipv4Addr::LOCALHOST, OUTBOUND)),
+                        reuse_port,
+                    )?,
+                    netns.listen(
+                        SocketAddr::from((Ipv4Addr::UNSPECIFIED, INBOUND)),
+                        reuse_port,
+                    )?,
+                    netns.listen(SocketAddr::from((Ipv4Addr::UNSPECIFIED, HBONE)), reuse_port)?,
+                ])
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        let netns_cookie = netns_cookie(&sets[0][1])?;
+        let pod = Arc::new(ServedPod {
+            uid: uid.clone(),
+            netns,
+            netns_cookie,
+            acceptor: HboneAcceptor::new(
+                Arc::clone(&context.certificates),
+                context.trust_domain.clone(),
+            ),
+        });
+        context.pods.insert(pod.clone());
+
+        let span = |direction: &'static str| tracing::info_span!("listener", pod = %uid, direction);
+        // Every listener draws on the agent's connection budget; the HBONE port, which anyone
+        // can reach before proving anything, also limits each source address.
+        let budget = &context.connection_limits.budget;
+        let hbone_sources = context.connection_limits.sources();
+        let mut tasks = Vec::with_capacity(3 * workers.len());
+        let mut inbound_plaintext = None;
+        for (worker, [outbound_listener, plaintext_listener, hbone_listener]) in
+            workers.iter().zip(sets)
+        {
+            // Registers the sockets with this worker's reactor.
+            let _entered = worker.enter();
+            let outbound_listener = Arc::new(TcpListener::from_std(outbound_listener)?);
+            let plaintext_listener = Arc::new(TcpListener::from_std(plaintext_listener)?);
+            let hbone_listener = Arc::new(TcpListener::from_std(hbone_listener)?);
+            inbound_plaintext.get_or_insert_with(|| plaintext_listener.clone());
+            let any_source = {
+                let budget = Arc::clone(budget);
+                move |_: SocketAddr| budget.admit()
+            };
+            tasks.push(
+                worker.spawn(
+                    accept_loop_on(outbound_listener, any_source.clone(), {
+                        let (context, pod) = (context.clone(), pod.clone());
+                        move |stream, peer| {
+                            outbound::handle(context.clone(), pod.clone(), stream, peer)
+                        }
+                    })
+                    .instrument(span("outbound")),
+                ),
+            );
+            tasks.push(
+                worker.spawn(
+                    accept_loop_on(plaintext_listener, any_source, {
+                        let (context, pod) = (context.clone(), pod.clone());
+                        move |stream, peer| {
+                            inbound::handle_plaintext(context.clone(), pod.clone(), stream, peer)
+                        }
+                    })
+                    .instrument(span("inbound_plaintext")),
+                ),
+            );
+            tasks.push(
+                worker.spawn(
+                    accept_loop_on(
+                        hbone_listener,
+                        {
+                            let sources = Arc::clone(&hbone_sources);
+                            move |peer: SocketAddr| sources.admit(peer.ip())
+                        },
+                        {
+                            let (context, pod) = (context.clone(), pod.clone());
+                            move |stream, peer| {
+                                inbound::handle_hbone(context.clone(), pod.clone(), stream, peer)
+                            }
+                        },
+                    )
+                    .instrument(span("inbound_hbone")),
+                ),
+            );
+        }
+        let inbound_plaintext = inbound_plaintext
+            .ok_or_else(|| io::Error::other("the proxy has no worker to serve the pod on"))?;
+        Ok(Self {
+            uid,
+            pods: context.pods.clone(),
+            connections: context.connections.clone(),
+            inbound_plaintext,
+            tasks,
+        })
+    }
+
+    /// The inbound plaintext listener, for the eBPF `sk_lookup` program to steer connections to.
+    pub fn inbound_plaintext_listener(&self) -> BorrowedFd<'_> {
+        self.inbound_plaintext.as_fd()
+    }
+}
+
+impl Drop for PodProxy {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        self.pods.remove(&self.uid);
+        let closed = self.connections.revoke_group(&self.uid, POD_LEFT);
+        tracing::info!(pod = %self.uid, closed, "pod no longer served: its connections are closed");
+    }
+}
+
+/// Accepts on `listener` for as long as the task runs, admitting each connection by `admit`
+/// and serving it with `handle` on this worker (a connection never leaves the thread that
+/// accepted it) for as long as its permit is held.
+async fn accept_loop_on<A, F, Fut>(listener: Arc<TcpListener>, admit: A, handle: F)
+where
+    A: Fn(SocketAddr) -> Result<Permit, Refused>,
+    F: Fn(tokio::net::TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let serve = |stream, peer, permit: Permit| {
+        let serve = handle(stream, peer);
+        tokio::spawn(
+            async move {
+                serve.await;
+                drop(permit);
+            }
+            .in_current_span(),
+        );
+    };
+    accept_loop(&listener, admit, serve, std::future::pending()).await;
+}

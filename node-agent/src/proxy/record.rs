@@ -1,0 +1,182 @@
+//! Each connection's record: Istio's TCP metrics (the families and the record are
+//! `weft_proxy_core`'s) and one access-log event in ztunnel's fields, written when it ends.
+
+use std::net::SocketAddr;
+
+use weft_proxy_core::metrics::{ACCESS_LOG, AccessLog, ConnectionEnd, ResponseFlag, TcpConnection};
+
+use super::ProxyError;
+
+/// One connection's record, counting its bytes; dropped when the connection ends.
+pub type ConnectionGuard = TcpConnection<ConnectionLog>;
+
+/// What a connection's access-log event says besides its labels and bytes.
+#[derive(Debug, Default)]
+pub struct ConnectionLog {
+    /// The client's socket address as the agent saw it.
+    pub source: Option<SocketAddr>,
+    /// The destination's socket address (the original destination).
+    pub destination: Option<SocketAddr>,
+    /// Why the connection failed.
+    pub error: Option<String>,
+}
+
+impl ConnectionLog {
+    pub fn between(source: SocketAddr, destination: Option<SocketAddr>) -> Self {
+        Self {
+            source: Some(source),
+            destination,
+            error: None,
+        }
+    }
+}
+
+/// A socket address in the access log, `unknown` when the agent never learned it.
+struct LoggedAddress(Option<SocketAddr>);
+
+impl std::fmt::Display for LoggedAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(address) => address.fmt(f),
+            None => f.write_str(weft_proxy_core::metrics::UNKNOWN),
+        }
+    }
+}
+
+impl AccessLog for ConnectionLog {
+    fn revoked(&mut self, reason: &str) -> Option<ResponseFlag> {
+        let error = ProxyError::revoked(reason);
+        self.error = Some(error.to_string());
+        Some(error.response_flags())
+    }
+
+    fn write(&self, end: &ConnectionEnd<'_>) {
+        let l = &end.labels.peers;
+        tracing::info!(
+            target: ACCESS_LOG,
+            src = %LoggedAddress(self.source),
+            dst = %LoggedAddress(self.destination),
+            direction = l.reporter.direction(),
+            src_workload = %l.source_workload,
+            src_namespace = %l.source_workload_namespace,
+            src_identity = %l.source_principal,
+            dst_workload = %l.destination_workload,
+            dst_namespace = %l.destination_workload_namespace,
+            dst_identity = %l.destination_principal,
+            dst_service = %l.destination_service,
+            security = %end.labels.connection_security_policy,
+            response_flags = %end.labels.response_flags,
+            bytes_sent = end.sent,
+            bytes_received = end.received,
+            duration_ms = end.duration.as_millis() as u64,
+            error = self.error.as_deref(),
+            "connection complete"
+        );
+    }
+}
+
+/// How a failed connection closes.
+pub(crate) trait Failed {
+    /// Closes with `error`'s response flags, and `error` in the access log.
+    fn failed(&mut self, error: &ProxyError);
+}
+
+impl Failed for ConnectionGuard {
+    fn failed(&mut self, error: &ProxyError) {
+        self.set_response_flags(error.response_flags());
+        self.log_mut().error = Some(error.to_string());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use prometheus_client::registry::Registry;
+    use weft_proxy_core::metrics::{PeerLabels, Reporter, SecurityPolicy, TcpLabels, TcpMetrics};
+
+    use super::*;
+
+    /// Collects what a fmt subscriber writes.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn one_access_log_event_per_connection_with_its_details() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let mut registry = Registry::default();
+        let metrics = TcpMetrics::new(&mut registry);
+        tracing::subscriber::with_default(subscriber, || {
+            let mut peers = PeerLabels::unknown(Reporter::Destination);
+            peers.source_principal = "spiffe://cluster.local/ns/a/sa/client".into();
+            peers.destination_principal = "spiffe://cluster.local/ns/b/sa/server".into();
+            let mut guard = metrics.open(
+                TcpLabels::new(peers, SecurityPolicy::Unknown),
+                ConnectionLog::between(
+                    "10.0.0.1:40000".parse().unwrap(),
+                    Some("10.0.0.2:8080".parse().unwrap()),
+                ),
+            );
+            guard.add_sent(5);
+            guard.add_received(9);
+            guard.failed(&ProxyError::Refused(
+                crate::proxy::plan::InboundRefusal::Denied("denied by shop/deny-all".into()),
+            ));
+            drop(guard);
+        });
+        let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(log.lines().count(), 1, "{log}");
+        for expected in [
+            "access:",
+            "src=10.0.0.1:40000",
+            "dst=10.0.0.2:8080",
+            "direction=\"inbound\"",
+            "src_identity=spiffe://cluster.local/ns/a/sa/client",
+            "dst_identity=spiffe://cluster.local/ns/b/sa/server",
+            "bytes_sent=5",
+            "bytes_received=9",
+            "duration_ms=",
+            "response_flags=DENY",
+            "error=\"denied by shop/deny-all\"",
+            "connection complete",
+        ] {
+            assert!(log.contains(expected), "missing {expected} in {log}");
+        }
+    }
+
+    #[test]
+    fn a_revoked_connection_says_why() {
+        let mut log = ConnectionLog::default();
+        assert_eq!(
+            log.revoked("denied by shop/deny-all"),
+            Some(ResponseFlag::Denied)
+        );
+        assert_eq!(
+            log.error.as_deref(),
+            Some("connection closed due to policy change: denied by shop/deny-all")
+        );
+        assert_eq!(
+            log.revoked(crate::proxy::error::POD_LEFT),
+            Some(ResponseFlag::None)
+        );
+        assert_eq!(
+            log.error.as_deref(),
+            Some("connection closed: the pod left the mesh")
+        );
+    }
+}
