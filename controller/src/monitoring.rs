@@ -1,12 +1,22 @@
-//! The controller's monitoring port: Prometheus text with Istio's `pilot_*` names and the
-//! translation's own gauge, and `/ready` (istiod's readiness path), which answers 200 only once
-//! every gRPC port accepts.
+//! The controller's monitoring port on the admin server of `weft-proxy-core`: Prometheus text
+//! (encoded by `prometheus-client`) with Istio's `pilot_*` names and the translation's own
+//! gauge, and `/ready` (istiod's readiness path), which answers 200 only once every gRPC port
+//! accepts.
+//!
+//! Istio exports `pilot_xds_pushes` and `pilot_total_xds_rejects` under those exact names, and
+//! its dashboards query them so; OpenMetrics counters would be renamed `..._total`, so the
+//! cumulative values are exported untyped (`unknown`), as Prometheus stores untyped samples
+//! under their own names.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 use tokio::sync::watch;
-
+use weft_proxy_core::admin::{AdminServer, Endpoints, combine, metrics_at, readiness_endpoints};
 use weft_xds::{XdsCounters, metrics::names};
 
 /// AuthorizationPolicies the node agents enforce without the attributes only a request carries
@@ -20,73 +30,156 @@ pub struct TranslationGauges {
     pub policies_without_http_attributes: AtomicU64,
 }
 
-/// The metrics text for `counters` and `gauges`.
-pub fn render(counters: &XdsCounters, gauges: &TranslationGauges) -> String {
-    format!(
-        "# TYPE {pushes} counter\n{pushes} {}\n\
-         # TYPE {rejects} counter\n{rejects} {}\n\
-         # TYPE {connected} gauge\n{connected} {}\n\
-         # TYPE {push_time}_sum counter\n{push_time}_sum {}\n\
-         # TYPE {without_http} gauge\n{without_http} {}\n",
-        counters.pushes(),
-        counters.rejects(),
-        counters.connected(),
-        counters.push_time_total().as_secs_f64(),
-        gauges
-            .policies_without_http_attributes
-            .load(Ordering::Relaxed),
-        pushes = names::PUSHES,
-        rejects = names::REJECTS,
-        connected = names::CONNECTED,
-        push_time = names::PUSH_TIME,
-        without_http = POLICIES_WITHOUT_HTTP_ATTRIBUTES,
-    )
+/// Reads the discovery server's counters and the translation's gauges at each scrape.
+#[derive(Debug)]
+struct PilotMetrics {
+    counters: Arc<XdsCounters>,
+    gauges: Arc<TranslationGauges>,
 }
 
-/// Serves `/metrics` and `/ready` on `listener` until the task is dropped. `ready` turns true
-/// when the controller's gRPC listeners are bound, so a probe never sees a ready controller
-/// whose ports refuse.
+/// One value under its own name.
+#[derive(Debug)]
+struct Sample<T>(MetricType, T);
+
+impl<T: prometheus_client::encoding::EncodeGaugeValue + std::fmt::Debug> EncodeMetric
+    for Sample<T>
+{
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        encoder.encode_gauge(&self.1)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        self.0
+    }
+}
+
+impl Collector for PilotMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let counters = &self.counters;
+        let mut sample = |name: &str, help: &str, metric: &dyn EncodeMetric| {
+            metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+        };
+        sample(
+            names::PUSHES,
+            "Responses pushed to proxies",
+            &Sample(MetricType::Unknown, counters.pushes()),
+        )?;
+        sample(
+            names::REJECTS,
+            "Responses rejected (NACKed) by proxies",
+            &Sample(MetricType::Unknown, counters.rejects()),
+        )?;
+        sample(
+            names::CONNECTED,
+            "Proxies connected to the discovery stream",
+            &Sample(MetricType::Gauge, counters.connected()),
+        )?;
+        sample(
+            &format!("{}_sum", names::PUSH_TIME),
+            "Seconds between configuration changes and their pushes, summed",
+            &Sample(
+                MetricType::Unknown,
+                counters.push_time_total().as_secs_f64(),
+            ),
+        )?;
+        sample(
+            POLICIES_WITHOUT_HTTP_ATTRIBUTES,
+            "AuthorizationPolicies node agents enforce without their HTTP attributes",
+            &Sample(
+                MetricType::Gauge,
+                self.gauges
+                    .policies_without_http_attributes
+                    .load(Ordering::Relaxed),
+            ),
+        )
+    }
+}
+
+/// `/metrics` and `/ready`: `ready` turns true when the controller's gRPC listeners are bound,
+/// so a probe never sees a ready controller whose ports refuse.
+pub fn endpoints(
+    counters: Arc<XdsCounters>,
+    gauges: Arc<TranslationGauges>,
+    ready: watch::Receiver<bool>,
+) -> Endpoints {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(PilotMetrics { counters, gauges }));
+    combine([
+        metrics_at(&["/metrics"], Arc::new(registry)),
+        readiness_endpoints("/ready", move || {
+            if *ready.borrow() {
+                Ok(())
+            } else {
+                Err("not ready".to_owned())
+            }
+        }),
+    ])
+}
+
+/// Serves the monitoring endpoints on `listener` until the task is dropped.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     counters: Arc<XdsCounters>,
     gauges: Arc<TranslationGauges>,
     ready: watch::Receiver<bool>,
 ) {
-    use http_body_util::Full;
-    use hyper_util::rt::TokioIo;
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let (counters, gauges) = (counters.clone(), gauges.clone());
-        let ready = ready.clone();
-        tokio::spawn(async move {
-            let service =
-                hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
-                    let (counters, gauges) = (counters.clone(), gauges.clone());
-                    let ready = *ready.borrow();
-                    async move {
-                        let (status, body) = match request.uri().path() {
-                            "/metrics" => (http::StatusCode::OK, render(&counters, &gauges)),
-                            "/ready" if ready => (http::StatusCode::OK, "ready\n".to_string()),
-                            "/ready" => (
-                                http::StatusCode::SERVICE_UNAVAILABLE,
-                                "not ready\n".to_string(),
-                            ),
-                            _ => (http::StatusCode::NOT_FOUND, "not found\n".to_string()),
-                        };
-                        Ok::<_, std::convert::Infallible>(
-                            http::Response::builder()
-                                .status(status)
-                                .header(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")
-                                .body(Full::new(bytes::Bytes::from(body)))
-                                .expect("a valid response"),
-                        )
-                    }
-                });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+    AdminServer::from_listener(listener, endpoints(counters, gauges, ready))
+        .run()
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use weft_xds::{Rejection, XdsMetrics};
+
+    use super::*;
+
+    fn get(endpoints: &Endpoints, path: &str) -> (http::StatusCode, String) {
+        let (status, _, body) = endpoints(path).expect("served");
+        (status, body)
+    }
+
+    #[test]
+    fn istio_s_names_and_the_readiness_of_the_grpc_ports() {
+        let counters = Arc::new(XdsCounters::default());
+        counters.proxy_connected("a");
+        counters.pushed("type", Duration::from_millis(1500));
+        counters.pushed("type", Duration::from_millis(500));
+        counters.rejected(&Rejection {
+            proxy_id: "a".into(),
+            type_url: "type".into(),
+            nonce: "1".into(),
+            message: "bad".into(),
         });
+        let gauges = Arc::new(TranslationGauges::default());
+        gauges
+            .policies_without_http_attributes
+            .store(3, Ordering::Relaxed);
+        let (ready, ready_watch) = watch::channel(false);
+        let endpoints = endpoints(counters, gauges, ready_watch);
+        let (status, text) = get(&endpoints, "/metrics");
+        assert_eq!(status, http::StatusCode::OK);
+        let lines: Vec<&str> = text.lines().collect();
+        for expected in [
+            "pilot_xds_pushes 2",
+            "pilot_total_xds_rejects 1",
+            "pilot_xds 1",
+            "pilot_xds_push_time_sum 2.0",
+            "weft_authorization_policies_enforced_without_http_attributes 3",
+            "# TYPE pilot_xds gauge",
+        ] {
+            assert!(lines.contains(&expected), "no {expected:?} in\n{text}");
+        }
+        assert_eq!(
+            get(&endpoints, "/ready").0,
+            http::StatusCode::SERVICE_UNAVAILABLE
+        );
+        ready.send_replace(true);
+        assert_eq!(get(&endpoints, "/ready").0, http::StatusCode::OK);
     }
 }

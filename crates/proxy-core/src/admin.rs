@@ -60,6 +60,14 @@ impl AdminServer {
         })
     }
 
+    /// Serves `endpoints` on a listener already bound.
+    pub fn from_listener(listener: TcpListener, endpoints: Endpoints) -> Self {
+        Self {
+            listener,
+            endpoints,
+        }
+    }
+
     pub fn address(&self) -> io::Result<SocketAddr> {
         self.listener.local_addr()
     }
