@@ -8,8 +8,8 @@ use controller::{
     server::{LocalMode, Mode, ServerConfig, run},
     translate::MeshSettings,
 };
-use waypoint::ca_client::{CaClientConfig, fetch_certificate};
-use weft_identity::SpiffeId;
+use weft_identity::{CaToken, SpiffeId, WorkloadCertificate, WorkloadKey};
+use weft_proxy_core::certificates::{CaClient, GrpcCaClient};
 
 const NODE1_TOKEN: &str = "node1-token-0123456789";
 const NODE2_TOKEN: &str = "node2-token-0123456789";
@@ -74,30 +74,42 @@ async fn a_waypoint_gets_its_certificate_with_its_nodes_credential_only() {
     let (shutdown, receiver) = tokio::sync::watch::channel(false);
     let server_config = config.clone();
     let server = tokio::spawn(async move { run(server_config, receiver).await });
-    let client = |token: &str, node: &str| CaClientConfig {
-        address: format!("http://{grpc_address}"),
-        roots_pem: None,
-        token: weft_identity::CaToken::Fixed(token.to_owned()),
-        node: Some(node.to_owned()),
+    // The waypoint's own CA client (the one the node agents use), on behalf of its node.
+    let client = |token: &str, node: &str| {
+        GrpcCaClient::connect(
+            &format!("http://{grpc_address}"),
+            None,
+            CaToken::Fixed(token.to_owned()),
+            Some(node.to_owned()),
+        )
+        .unwrap()
+    };
+    let fetch_certificate = |caller: GrpcCaClient, identity: SpiffeId| async move {
+        let key = WorkloadKey::generate().unwrap();
+        let csr = key.csr_for(&identity).unwrap();
+        let chain = caller
+            .sign(&identity, csr, Duration::from_secs(24 * 3600))
+            .await?;
+        WorkloadCertificate::from_pem_chain(&identity, &chain, key).map_err(|e| e.to_string())
     };
     let waypoint = SpiffeId::new("cluster.local", "shop", "waypoint").unwrap();
 
     // The controller may still be binding: retry the first request briefly.
     let mut issued = None;
     for _ in 0..50 {
-        match fetch_certificate(&client(NODE1_TOKEN, "node1"), &waypoint).await {
-            Ok(material) => {
-                issued = Some(material);
+        match fetch_certificate(client(NODE1_TOKEN, "node1"), waypoint.clone()).await {
+            Ok(certificate) => {
+                issued = Some(certificate);
                 break;
             }
-            Err(error) if error.to_string().contains("PermissionDenied") => {
+            Err(error) if error.contains("PermissionDenied") => {
                 panic!("refused: {error}")
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
-    let material = issued.expect("the waypoint's node obtains its certificate");
-    assert_eq!(material.certificate.identity(), &waypoint);
+    let certificate = issued.expect("the waypoint's node obtains its certificate");
+    assert_eq!(certificate.identity(), &waypoint);
 
     let refusals = [
         (
@@ -117,10 +129,10 @@ async fn a_waypoint_gets_its_certificate_with_its_nodes_credential_only() {
         ),
     ];
     for (caller, identity, reason) in refusals {
-        let error = fetch_certificate(&caller, &identity)
+        let error = fetch_certificate(caller, identity.clone())
             .await
             .expect_err("refused");
-        assert!(error.to_string().contains(reason), "{identity}: {error}");
+        assert!(error.contains(reason), "{identity}: {error}");
     }
 
     shutdown.send(true).unwrap();

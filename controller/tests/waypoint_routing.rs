@@ -3,7 +3,6 @@
 //! HTTP/2 CONNECT) to fake endpoints with their own certificates. Everything on loopback.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Arc;
 
 use bytes::Bytes;
 use controller::{index::ConfigIndex, loader, translate};
@@ -12,7 +11,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 use waypoint::testing::{FakeEndpoint, LOCALHOST, TestMesh, hbone_tunnel, resolver_for};
-use waypoint::{RotatingCertificate, Waypoint, WaypointOptions};
+use waypoint::{Waypoint, WaypointOptions};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
 const CLIENT_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7));
@@ -126,7 +125,7 @@ async fn translated_routes_and_policies_drive_the_waypoint() {
 
     let material = mesh.material("shop", "waypoint");
     let waypoint_identity = material.identity().clone();
-    let mut options = WaypointOptions::new(Arc::new(RotatingCertificate::new(material)));
+    let mut options = WaypointOptions::new(waypoint_identity.clone(), material.source());
     options.hbone_address = resolver_for(&[&v1, &v2, &v3]);
     let waypoint = Waypoint::new(options);
     waypoint

@@ -1,92 +1,55 @@
-//! The waypoint binary's settings: environment names and defaults as constants, one
-//! [`Config`], parsed from any [`Strings`] source (the process environment in production, a map
-//! in tests).
+//! The waypoint binary's settings: its own variable names and defaults as constants beside the
+//! ones every proxy has (`weft_proxy_core::config`, read the same way as the node agent's), one
+//! [`Config`], parsed from any [`Strings`] source (the process environment under the flags in
+//! production, a map in tests).
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use serde::Serialize;
+pub use weft_proxy_core::config::*;
 
-pub const ENV_CONTROLLER: &str = "WEFT_CONTROLLER";
-pub const ENV_NAME: &str = "WEFT_WAYPOINT_NAME";
-pub const ENV_NAMESPACE: &str = "WEFT_WAYPOINT_NAMESPACE";
-pub const ENV_SERVICE_ACCOUNT: &str = "WEFT_SERVICE_ACCOUNT";
-pub const ENV_TRUST_DOMAIN: &str = "WEFT_TRUST_DOMAIN";
-pub const ENV_HBONE_ADDRESS: &str = "WEFT_HBONE_ADDRESS";
-pub const ENV_METRICS_ADDRESS: &str = "WEFT_METRICS_ADDRESS";
-pub const ENV_READINESS_ADDRESS: &str = "WEFT_READINESS_ADDRESS";
-pub const ENV_ADMIN_ADDRESS: &str = "WEFT_ADMIN_ADDRESS";
-pub const ENV_NETNS: &str = "WEFT_NETNS";
-pub const ENV_NODE_NAME: &str = "WEFT_NODE_NAME";
-pub const ENV_CA_ADDRESS: &str = "WEFT_CA_ADDRESS";
-pub const ENV_CA_TOKEN_FILE: &str = "WEFT_CA_TOKEN_FILE";
-pub const ENV_CA_ROOT_FILE: &str = "WEFT_CA_ROOT_FILE";
-pub const ENV_CA_DIR: &str = "WEFT_CA_DIR";
-pub const ENV_CONFIG_FILE: &str = "WEFT_CONFIG_FILE";
+/// The waypoint's name: its `WaypointConfig` resource is `<namespace>/<name>`.
+pub const WAYPOINT_NAME: &str = "WAYPOINT_NAME";
+/// The waypoint's namespace: its pod's (the downward API's `metadata.namespace`, as Istio's
+/// proxies read it).
+pub const POD_NAMESPACE: &str = "POD_NAMESPACE";
+/// Its service account, for its identity (as Istio's proxies read it).
+pub const SERVICE_ACCOUNT: &str = "SERVICE_ACCOUNT";
+pub const HBONE_ADDRESS: &str = "HBONE_ADDRESS";
+/// A network namespace to enter before opening any socket (the waypoint pod's).
+pub const NETNS: &str = "NETNS";
+/// A CA directory the waypoint signs its own certificate from (tests, single-machine demos).
+pub const CA_DIR: &str = "CA_DIR";
+/// A binary-encoded `WaypointConfig` applied at start.
+pub const CONFIG_FILE: &str = "CONFIG_FILE";
 /// The pod's IP, as Istio's proxies take it from the downward API (`status.podIP`).
-pub const ENV_INSTANCE_IP: &str = "INSTANCE_IP";
-/// Worker threads serving HBONE connections (`weft_workers`); default: one per CPU.
-pub const ENV_WORKER_THREADS: &str = "WEFT_WORKER_THREADS";
+pub const INSTANCE_IP: &str = "INSTANCE_IP";
 /// Protocol upgrades forwarded (`Upgrade:` values, comma-separated); default: `websocket`.
-pub const ENV_UPGRADES: &str = "WEFT_UPGRADES";
+pub const UPGRADES: &str = "UPGRADES";
 
-pub const DEFAULT_CONTROLLER: &str = "http://127.0.0.1:15010";
+/// [`XDS_ADDRESS`] that runs the waypoint without a controller (a [`CONFIG_FILE`] only).
+pub const NO_CONTROLLER: &str = "none";
 pub const DEFAULT_NAME: &str = "waypoint";
 pub const DEFAULT_NAMESPACE: &str = "default";
-pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 pub const DEFAULT_HBONE_ADDRESS: &str = "0.0.0.0:15008";
-pub const DEFAULT_METRICS_ADDRESS: &str = "0.0.0.0:15020";
-pub const DEFAULT_READINESS_ADDRESS: &str = "0.0.0.0:15021";
-/// Istio's admin port, on loopback only: the dump shows the whole configuration.
-pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:15000";
-
-/// A source of named strings.
-pub trait Strings {
-    fn get(&self, name: &str) -> Option<String>;
-}
-
-/// The process environment.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Environment;
-
-impl Strings for Environment {
-    fn get(&self, name: &str) -> Option<String> {
-        std::env::var(name).ok().filter(|v| !v.is_empty())
-    }
-}
-
-impl Strings for HashMap<String, String> {
-    fn get(&self, name: &str) -> Option<String> {
-        HashMap::get(self, name).cloned().filter(|v| !v.is_empty())
-    }
-}
 
 /// Invalid settings.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
-    #[error("{name}={value:?}: {reason}")]
-    Invalid {
-        name: &'static str,
-        value: String,
-        reason: String,
-    },
-    #[error(
-        "no certificate source: set {ENV_CA_ADDRESS} with {ENV_CA_TOKEN_FILE}, or {ENV_CA_DIR}"
-    )]
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("no certificate source: set {CA_ADDRESS} with {BOOTSTRAP_TOKEN_FILE}, or {CA_DIR}")]
     NoCertificateSource,
 }
 
 /// Where the waypoint's certificate comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "snake_case")]
 pub enum CertificateSettings {
-    /// The controller's CA over gRPC, authenticated by a bootstrap token.
-    Ca {
-        address: String,
-        token_file: PathBuf,
-        root_file: Option<PathBuf>,
-    },
+    /// The controller's CA ([`CA_ADDRESS`]), with the credential in
+    /// [`BOOTSTRAP_TOKEN_FILE`] and the roots in [`ROOT_CERT_FILE`].
+    Ca,
     /// A CA directory (`root-cert.pem`, `root-key.pem`) the waypoint signs its own certificate
     /// from: tests and single-machine demos only.
     LocalCaDir(PathBuf),
@@ -94,31 +57,24 @@ pub enum CertificateSettings {
 
 /// Every setting of the waypoint binary.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
 pub struct Config {
-    /// Controller's xDS endpoint (`http://host:15010`); empty disables xDS.
-    pub controller: Option<String>,
+    /// The settings every proxy has. The controller's address is `None` with
+    /// [`NO_CONTROLLER`].
+    #[serde(flatten)]
+    pub proxy: ProxyConfig,
     /// Waypoint name and namespace: the `WaypointConfig` resource is `namespace/name`.
     pub name: String,
     pub namespace: String,
     /// Identity: `spiffe://<trust_domain>/ns/<namespace>/sa/<service_account>`.
     pub service_account: String,
-    pub trust_domain: String,
     pub hbone_address: SocketAddr,
-    pub metrics_address: SocketAddr,
-    pub readiness_address: SocketAddr,
-    /// `/config_dump`; must be a loopback address.
-    pub admin_address: SocketAddr,
     /// Network namespace to enter before opening any socket (the waypoint pod's).
     pub netns: Option<PathBuf>,
-    pub node_name: Option<String>,
     pub certificate: CertificateSettings,
     /// A binary-encoded `WaypointConfig` applied at start (tests, demos without a controller).
     pub config_file: Option<PathBuf>,
     /// The pod's IP for the xDS node id; found from the listener or the interfaces when unset.
     pub instance_ip: Option<IpAddr>,
-    /// Threads serving HBONE connections, each with its own runtime and upstream pools.
-    pub worker_threads: usize,
     /// Protocol upgrades forwarded, lower case; any other is refused (`h2c` is never
     /// performed: such a request is served as HTTP/1.1).
     pub upgrades: Vec<String>,
@@ -129,86 +85,40 @@ fn default_worker_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-fn address(
-    strings: &impl Strings,
-    name: &'static str,
-    default: &str,
-) -> Result<SocketAddr, SettingsError> {
-    let value = strings.get(name).unwrap_or_else(|| default.to_owned());
-    value
-        .parse()
-        .map_err(|e: std::net::AddrParseError| SettingsError::Invalid {
-            name,
-            value,
-            reason: e.to_string(),
-        })
-}
-
 impl Config {
     pub fn from_strings(strings: &impl Strings) -> Result<Self, SettingsError> {
-        let name = strings
-            .get(ENV_NAME)
-            .unwrap_or_else(|| DEFAULT_NAME.to_owned());
-        let certificate = match (strings.get(ENV_CA_ADDRESS), strings.get(ENV_CA_DIR)) {
-            (Some(address), _) => CertificateSettings::Ca {
-                address,
-                token_file: strings
-                    .get(ENV_CA_TOKEN_FILE)
-                    .map(PathBuf::from)
-                    .ok_or(SettingsError::NoCertificateSource)?,
-                root_file: strings.get(ENV_CA_ROOT_FILE).map(PathBuf::from),
+        let settings = Settings::new(strings);
+        let proxy = ProxyConfig::from_settings(
+            &settings,
+            ProxyDefaults {
+                node_name_required: false,
+                worker_threads: default_worker_threads(),
             },
-            (None, Some(dir)) => CertificateSettings::LocalCaDir(PathBuf::from(dir)),
+        )?;
+        // A waypoint names where its certificate comes from: a CA with a credential, or a CA
+        // directory of its own.
+        let certificate = match (settings.string(CA_ADDRESS), settings.path(CA_DIR)) {
+            (Some(_), _) if settings.string(BOOTSTRAP_TOKEN_FILE).is_none() => {
+                return Err(SettingsError::NoCertificateSource);
+            }
+            (Some(_), _) => CertificateSettings::Ca,
+            (None, Some(dir)) => CertificateSettings::LocalCaDir(dir),
             (None, None) => return Err(SettingsError::NoCertificateSource),
         };
-        let controller = match strings.get(ENV_CONTROLLER) {
-            Some(v) if v == "none" => None,
-            Some(v) => Some(v),
-            None => Some(DEFAULT_CONTROLLER.to_owned()),
-        };
+        let name = settings.string_or(WAYPOINT_NAME, DEFAULT_NAME);
         Ok(Config {
-            controller,
-            service_account: strings
-                .get(ENV_SERVICE_ACCOUNT)
+            proxy,
+            service_account: settings
+                .string(SERVICE_ACCOUNT)
                 .unwrap_or_else(|| name.clone()),
             name,
-            namespace: strings
-                .get(ENV_NAMESPACE)
-                .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned()),
-            trust_domain: strings
-                .get(ENV_TRUST_DOMAIN)
-                .unwrap_or_else(|| DEFAULT_TRUST_DOMAIN.to_owned()),
-            hbone_address: address(strings, ENV_HBONE_ADDRESS, DEFAULT_HBONE_ADDRESS)?,
-            metrics_address: address(strings, ENV_METRICS_ADDRESS, DEFAULT_METRICS_ADDRESS)?,
-            readiness_address: address(strings, ENV_READINESS_ADDRESS, DEFAULT_READINESS_ADDRESS)?,
-            admin_address: {
-                let admin = address(strings, ENV_ADMIN_ADDRESS, DEFAULT_ADMIN_ADDRESS)?;
-                if !admin.ip().is_loopback() {
-                    return Err(SettingsError::Invalid {
-                        name: ENV_ADMIN_ADDRESS,
-                        value: admin.to_string(),
-                        reason: "the admin port shows the whole configuration: it listens on loopback only (127.0.0.1 or ::1)".to_owned(),
-                    });
-                }
-                admin
-            },
-            netns: strings.get(ENV_NETNS).map(PathBuf::from),
-            node_name: strings.get(ENV_NODE_NAME),
+            namespace: settings.string_or(POD_NAMESPACE, DEFAULT_NAMESPACE),
+            hbone_address: settings.parse_or(HBONE_ADDRESS, DEFAULT_HBONE_ADDRESS)?,
+            netns: settings.path(NETNS),
             certificate,
-            config_file: strings.get(ENV_CONFIG_FILE).map(PathBuf::from),
-            instance_ip: strings
-                .get(ENV_INSTANCE_IP)
-                .map(|value| {
-                    value
-                        .parse()
-                        .map_err(|e: std::net::AddrParseError| SettingsError::Invalid {
-                            name: ENV_INSTANCE_IP,
-                            value,
-                            reason: e.to_string(),
-                        })
-                })
-                .transpose()?,
-            upgrades: match strings.get(ENV_UPGRADES) {
+            config_file: settings.path(CONFIG_FILE),
+            instance_ip: settings.parse(INSTANCE_IP)?,
+            upgrades: match settings.string(UPGRADES) {
                 None => crate::conformance::DEFAULT_UPGRADES
                     .iter()
                     .map(|u| (*u).to_owned())
@@ -219,20 +129,12 @@ impl Config {
                     .filter(|u| !u.is_empty())
                     .collect(),
             },
-            worker_threads: match strings.get(ENV_WORKER_THREADS) {
-                None => default_worker_threads(),
-                Some(value) => match value.parse::<usize>() {
-                    Ok(n) if (1..=1024).contains(&n) => n,
-                    _ => {
-                        return Err(SettingsError::Invalid {
-                            name: ENV_WORKER_THREADS,
-                            value,
-                            reason: "expected a number of threads from 1 to 1024".to_owned(),
-                        });
-                    }
-                },
-            },
         })
+    }
+
+    /// The controller's xDS endpoint, `None` when the waypoint runs without one.
+    pub fn controller(&self) -> Option<&str> {
+        Some(self.proxy.xds_address.as_str()).filter(|address| *address != NO_CONTROLLER)
     }
 
     /// The pod's IP as the xDS node id carries it (`waypoint~<ip>~...`, as Istio's proxies
@@ -273,6 +175,8 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
 
     #[test]
@@ -290,13 +194,13 @@ mod tests {
             (vec![], &interfaces[..], Some("10.251.2.12")),
             // INSTANCE_IP wins, as in Istio's proxies.
             (
-                vec![(ENV_INSTANCE_IP, "10.251.2.99")],
+                vec![(INSTANCE_IP, "10.251.2.99")],
                 &interfaces[..],
                 Some("10.251.2.99"),
             ),
             // A listener bound to one address names it.
             (
-                vec![(ENV_HBONE_ADDRESS, "10.251.2.50:15008")],
+                vec![(HBONE_ADDRESS, "10.251.2.50:15008")],
                 &interfaces[..],
                 Some("10.251.2.50"),
             ),
@@ -308,7 +212,7 @@ mod tests {
             ),
         ];
         for (settings, addresses, expected) in cases {
-            let mut pairs = vec![(ENV_CA_DIR, "/ca")];
+            let mut pairs = vec![(CA_DIR, "/ca")];
             pairs.extend(settings.iter().copied());
             let config = Config::from_strings(&strings(&pairs)).unwrap();
             assert_eq!(
@@ -318,9 +222,9 @@ mod tests {
             );
         }
         let config = Config::from_strings(&strings(&[
-            (ENV_CA_DIR, "/ca"),
-            (ENV_NAME, "waypoint"),
-            (ENV_NAMESPACE, "shop"),
+            (CA_DIR, "/ca"),
+            (WAYPOINT_NAME, "waypoint"),
+            (POD_NAMESPACE, "shop"),
         ]))
         .unwrap();
         assert_eq!(
@@ -338,51 +242,55 @@ mod tests {
 
     #[test]
     fn defaults_follow_istio_ports() {
-        let config = Config::from_strings(&strings(&[(ENV_CA_DIR, "/ca")])).unwrap();
+        let config = Config::from_strings(&strings(&[(CA_DIR, "/ca")])).unwrap();
         assert_eq!(config.hbone_address.port(), 15008);
-        assert_eq!(config.metrics_address.port(), 15020);
-        assert_eq!(config.readiness_address.port(), 15021);
-        assert_eq!(config.admin_address, "127.0.0.1:15000".parse().unwrap());
-        assert_eq!(config.controller.as_deref(), Some(DEFAULT_CONTROLLER));
+        assert_eq!(config.proxy.metrics_address.port(), 15020);
+        assert_eq!(config.proxy.readiness_address.port(), 15021);
+        assert_eq!(
+            config.proxy.admin_address,
+            "127.0.0.1:15000".parse().unwrap()
+        );
+        assert_eq!(config.controller(), Some(DEFAULT_XDS_ADDRESS));
         assert_eq!(config.resource_name(), "default/waypoint");
         assert_eq!(config.service_account, "waypoint");
         assert_eq!(
             config.certificate,
             CertificateSettings::LocalCaDir("/ca".into())
         );
-        assert!(config.worker_threads >= 1);
+        assert!(config.proxy.worker_threads >= 1);
         let config =
-            Config::from_strings(&strings(&[(ENV_CA_DIR, "/ca"), (ENV_WORKER_THREADS, "3")]))
-                .unwrap();
-        assert_eq!(config.worker_threads, 3);
+            Config::from_strings(&strings(&[(CA_DIR, "/ca"), (WORKER_THREADS, "3")])).unwrap();
+        assert_eq!(config.proxy.worker_threads, 3);
     }
 
     #[test]
     fn settings_are_read_and_checked() {
         let config = Config::from_strings(&strings(&[
-            (ENV_NAME, "reviews-wp"),
-            (ENV_NAMESPACE, "bookinfo"),
-            (ENV_CONTROLLER, "none"),
-            (ENV_CA_ADDRESS, "https://istiod:15012"),
-            (ENV_CA_TOKEN_FILE, "/token"),
-            (ENV_HBONE_ADDRESS, "127.0.0.1:25008"),
+            (WAYPOINT_NAME, "reviews-wp"),
+            (POD_NAMESPACE, "bookinfo"),
+            (XDS_ADDRESS, "none"),
+            (CA_ADDRESS, "https://istiod:15012"),
+            (BOOTSTRAP_TOKEN_FILE, "/token"),
+            // An https:// CA is verified against configured roots.
+            (ROOT_CERT_FILE, "/root.pem"),
+            (HBONE_ADDRESS, "127.0.0.1:25008"),
         ]))
         .unwrap();
         assert_eq!(config.resource_name(), "bookinfo/reviews-wp");
-        assert_eq!(config.controller, None);
+        assert_eq!(config.controller(), None);
         assert_eq!(config.hbone_address, "127.0.0.1:25008".parse().unwrap());
-        assert!(matches!(config.certificate, CertificateSettings::Ca { .. }));
+        assert!(matches!(config.certificate, CertificateSettings::Ca));
 
         let cases = [
             vec![],
-            vec![(ENV_CA_ADDRESS, "http://x:15010")],
-            vec![(ENV_CA_DIR, "/ca"), (ENV_METRICS_ADDRESS, "15020")],
-            vec![(ENV_CA_DIR, "/ca"), (ENV_INSTANCE_IP, "10.0.0")],
+            vec![(CA_ADDRESS, "http://x:15010")],
+            vec![(CA_DIR, "/ca"), (METRICS_ADDRESS, "15020")],
+            vec![(CA_DIR, "/ca"), (INSTANCE_IP, "10.0.0")],
             // The admin port never leaves loopback.
-            vec![(ENV_CA_DIR, "/ca"), (ENV_ADMIN_ADDRESS, "0.0.0.0:15000")],
-            vec![(ENV_CA_DIR, "/ca"), (ENV_ADMIN_ADDRESS, "10.0.0.5:15000")],
-            vec![(ENV_CA_DIR, "/ca"), (ENV_WORKER_THREADS, "0")],
-            vec![(ENV_CA_DIR, "/ca"), (ENV_WORKER_THREADS, "two")],
+            vec![(CA_DIR, "/ca"), (ADMIN_ADDRESS, "0.0.0.0:15000")],
+            vec![(CA_DIR, "/ca"), (ADMIN_ADDRESS, "10.0.0.5:15000")],
+            vec![(CA_DIR, "/ca"), (WORKER_THREADS, "0")],
+            vec![(CA_DIR, "/ca"), (WORKER_THREADS, "two")],
         ];
         for case in cases {
             assert!(Config::from_strings(&strings(&case)).is_err(), "{case:?}");

@@ -25,7 +25,8 @@ use crate::upstream::{EndpointStatus, Upstream};
 pub struct ConfigDump {
     pub waypoint: String,
     pub settings: serde_json::Value,
-    pub certificate: CertificateSummary,
+    /// `None` until the first certificate arrived.
+    pub certificate: Option<CertificateSummary>,
     pub xds: XdsDump,
     pub services: Vec<ServiceDump>,
     pub clusters: Vec<ClusterDump>,
@@ -376,7 +377,7 @@ fn cluster(c: &Cluster, upstream: &Upstream) -> ClusterDump {
 pub fn config_dump(
     config: &WaypointConfig,
     upstream: &Upstream,
-    certificate: CertificateSummary,
+    certificate: Option<CertificateSummary>,
     xds: Option<&ConnectionState>,
     history: XdsHistory,
     settings: serde_json::Value,

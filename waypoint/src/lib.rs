@@ -2,21 +2,20 @@
 //! applies their VirtualService, DestinationRule and L7 AuthorizationPolicy configuration, and
 //! sends each request on over HBONE. It owns request-level behaviour (routing, authorization,
 //! retries, timeouts, faults, mirrors, circuit breaking, outlier detection, request metrics);
-//! its decisions come from weft-policy, its tunnels from weft-hbone and its certificates from
-//! weft-identity. It never loads eBPF and never decides L4 policy for the node.
+//! its decisions come from weft-policy, its tunnels (dialed and accepted) from weft-hbone, and
+//! what it shares with the node agent (certificates, admin server, configuration kit, Istio's
+//! metric labels) from weft-proxy-core. It never loads eBPF and never decides L4 policy for the
+//! node.
 //!
 //! Layout: [`model`] turns the `WaypointConfig` resource into domain types, [`store`] holds the
 //! last good one, [`listener`] accepts HBONE and runs HTTP inside tunnels, [`proxy`] is the
 //! per-request pipeline, [`tcp`] forwards what is carried at L4, [`upstream`] picks endpoints
 //! and carries requests to them, the threads connections are served on are `weft_workers`,
-//! [`metrics`], [`dump`] and [`admin`] report.
+//! [`metrics`] and [`dump`] report (on `weft_proxy_core::admin`'s server).
 
-pub mod admin;
-pub mod ca_client;
 pub mod config;
 pub mod conformance;
 pub mod dump;
-pub mod identity;
 pub mod listener;
 pub mod metrics;
 pub mod model;
@@ -33,27 +32,34 @@ pub mod testing;
 mod tests;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
-use weft_hbone::admission::{self, SourceLimit};
+use weft_hbone::HboneAcceptor;
+use weft_hbone::admission::{ConnectionLimits, SourceLimit};
+use weft_identity::{CertificateSource, SpiffeId};
 use weft_proto::waypoint as proto;
+use weft_proxy_core::admin::{
+    AdminServer, READINESS_PATH, combine, config_dump_endpoints, metrics_endpoints,
+    readiness_endpoints,
+};
 use weft_xds::ConnectionState;
 
-pub use identity::{CertificateSource, IdentityError, RotatingCertificate, TlsMaterial};
 pub use listener::{HboneListener, HttpLimits, ListenerError};
 pub use model::{ConfigError, WaypointConfig};
 pub use store::{ConfigStore, WaypointConfigHandler};
 pub use upstream::{HboneAddressResolver, Upstream, default_hbone_address};
 pub use weft_workers::Workers;
 
-use crate::admin::AdminServer;
 use crate::metrics::Metrics;
 use crate::proxy::{DEFAULT_MAX_REQUEST_BODY, ProxyShared};
 
 /// Everything the waypoint needs that is not configuration pushed over xDS.
 pub struct WaypointOptions {
+    /// Who the waypoint is: the identity of its certificate.
+    pub identity: SpiffeId,
+    /// Where its certificate comes from (a manager of that one identity).
     pub certificates: Arc<dyn CertificateSource>,
     /// Where to dial endpoints' HBONE listeners (default `<ip>:15008`).
     pub hbone_address: HboneAddressResolver,
@@ -63,15 +69,14 @@ pub struct WaypointOptions {
     pub workers: Option<Workers>,
     /// Protocol upgrades forwarded (lower case); [`conformance`] refuses the others.
     pub upgrades: Vec<String>,
-    /// HBONE connections open at once (default: what the descriptor limit allows).
-    pub max_connections: usize,
-    /// HBONE connections one source address may hold at once.
-    pub max_connections_per_source: usize,
+    /// HBONE connections open at once, and per source address.
+    pub connection_limits: ConnectionLimits,
 }
 
 impl WaypointOptions {
-    pub fn new(certificates: Arc<dyn CertificateSource>) -> Self {
+    pub fn new(identity: SpiffeId, certificates: Arc<dyn CertificateSource>) -> Self {
         WaypointOptions {
+            identity,
             certificates,
             hbone_address: default_hbone_address(),
             limits: HttpLimits::default(),
@@ -81,11 +86,7 @@ impl WaypointOptions {
                 .iter()
                 .map(|u| (*u).to_owned())
                 .collect(),
-            max_connections: admission::connection_budget_for(
-                nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-                    .map_or(1024, |(soft, _)| soft),
-            ),
-            max_connections_per_source: admission::DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
+            connection_limits: ConnectionLimits::for_open_files_limit(),
         }
     }
 }
@@ -93,16 +94,20 @@ impl WaypointOptions {
 /// The waypoint proxy: configuration store, metrics and the shared request pipeline.
 pub struct Waypoint {
     shared: Arc<ProxyShared>,
+    identity: SpiffeId,
     certificates: Arc<dyn CertificateSource>,
+    acceptor: Arc<HboneAcceptor>,
     limits: HttpLimits,
     sources: Arc<SourceLimit>,
     workers: Option<Workers>,
-    registry: Arc<Mutex<Registry>>,
+    registry: Arc<Registry>,
 }
 
 impl std::fmt::Debug for Waypoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Waypoint").finish_non_exhaustive()
+        f.debug_struct("Waypoint")
+            .field("identity", &self.identity)
+            .finish_non_exhaustive()
     }
 }
 
@@ -111,6 +116,7 @@ impl Waypoint {
         let mut registry = Registry::default();
         let metrics = Arc::new(Metrics::new(&mut registry));
         let upstream = Upstream::with_workers(
+            options.identity.clone(),
             Arc::clone(&options.certificates),
             options.hbone_address,
             options.workers.as_ref().map_or(1, Workers::len),
@@ -123,6 +129,11 @@ impl Waypoint {
         store.on_apply(Arc::new(move |config| {
             tcp::revalidate(&revalidated, config);
         }));
+        // The waypoint's own trust domain is the mesh's: the root may sign for others too.
+        let acceptor = Arc::new(HboneAcceptor::new(
+            Arc::clone(&options.certificates),
+            options.identity.trust_domain(),
+        ));
         Waypoint {
             shared: Arc::new(ProxyShared {
                 store,
@@ -132,14 +143,13 @@ impl Waypoint {
                 max_request_body: options.max_request_body,
                 upgrades: options.upgrades,
             }),
+            identity: options.identity,
             certificates: options.certificates,
+            acceptor,
             limits: options.limits,
-            sources: SourceLimit::new(
-                options.max_connections_per_source,
-                admission::ConnectionBudget::new(options.max_connections),
-            ),
+            sources: options.connection_limits.sources(),
             workers: options.workers,
-            registry: Arc::new(Mutex::new(registry)),
+            registry: Arc::new(registry),
         }
     }
 
@@ -162,7 +172,7 @@ impl Waypoint {
     }
 
     /// The Prometheus registry holding the waypoint's metrics.
-    pub fn registry(&self) -> Arc<Mutex<Registry>> {
+    pub fn registry(&self) -> Arc<Registry> {
         Arc::clone(&self.registry)
     }
 
@@ -171,26 +181,34 @@ impl Waypoint {
         let listener = HboneListener::bind(
             address,
             Arc::clone(&self.shared),
-            Arc::clone(&self.certificates),
+            Arc::clone(&self.acceptor),
+            self.identity.clone(),
             self.limits,
             Arc::clone(&self.sources),
-        )
-        .await?;
+        )?;
         Ok(match &self.workers {
             Some(workers) => listener.with_workers(workers.clone()),
             None => listener,
         })
     }
 
-    /// Binds the metrics endpoint (15020).
-    pub async fn bind_metrics(&self, address: SocketAddr) -> Result<AdminServer, ListenerError> {
+    /// Ready once a configuration was applied.
+    fn readiness(&self) -> weft_proxy_core::admin::Endpoints {
         let store = self.shared.store.clone();
-        AdminServer::bind(
-            address,
-            Some(self.registry()),
-            Arc::new(move || *store.version().borrow() > 0),
-        )
-        .await
+        readiness_endpoints(READINESS_PATH, move || {
+            if *store.version().borrow() > 0 {
+                Ok(())
+            } else {
+                Err("waiting for configuration".to_owned())
+            }
+        })
+    }
+
+    /// Binds the metrics endpoint (15020: metrics, and readiness as Istio's proxies answer it
+    /// there).
+    pub async fn bind_metrics(&self, address: SocketAddr) -> Result<AdminServer, ListenerError> {
+        let endpoints = combine([metrics_endpoints(self.registry()), self.readiness()]);
+        Ok(AdminServer::bind(address, endpoints).await?)
     }
 
     /// Binds the admin endpoint (127.0.0.1:15000): `/config_dump` shows the configuration in
@@ -205,36 +223,23 @@ impl Waypoint {
     ) -> Result<AdminServer, ListenerError> {
         let shared = Arc::clone(&self.shared);
         let certificates = Arc::clone(&self.certificates);
-        let source: admin::ConfigDumpSource = Arc::new(move || {
+        let identity = self.identity.clone();
+        let endpoints = config_dump_endpoints(move || {
             let state = xds.as_ref().map(|rx| rx.borrow().clone());
-            let dump = dump::config_dump(
+            dump::config_dump(
                 &shared.store.snapshot(),
                 &shared.upstream,
-                certificates.current().certificate.describe(),
+                certificates.current(&identity).map(|c| c.describe()),
                 state.as_ref(),
                 shared.store.xds_history(),
                 settings.clone(),
-            );
-            serde_json::to_string_pretty(&dump).map_err(|e| e.to_string())
+            )
         });
-        let store = self.shared.store.clone();
-        Ok(AdminServer::bind(
-            address,
-            None,
-            Arc::new(move || *store.version().borrow() > 0),
-        )
-        .await?
-        .with_config_dump(source))
+        Ok(AdminServer::bind(address, endpoints).await?)
     }
 
     /// Binds the readiness endpoint (15021): ready once a configuration was applied.
     pub async fn bind_readiness(&self, address: SocketAddr) -> Result<AdminServer, ListenerError> {
-        let store = self.shared.store.clone();
-        AdminServer::bind(
-            address,
-            None,
-            Arc::new(move || *store.version().borrow() > 0),
-        )
-        .await
+        Ok(AdminServer::bind(address, self.readiness()).await?)
     }
 }

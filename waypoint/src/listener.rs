@@ -13,11 +13,13 @@ use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::{Instrument, debug, debug_span, info, warn};
-use weft_hbone::admission::{AcceptBackoff, HANDSHAKE_TIMEOUT, Permit, SourceLimit};
-use weft_hbone::{ConnectHandler, ConnectRequest, H2Config, Refusal};
-use weft_identity::{SpiffeId, peer_identity_in};
+use weft_hbone::admission::{Permit, SourceLimit, accept_loop};
+use weft_hbone::{
+    ConnectHandler, ConnectRequest, H2Config, HboneAcceptor, PlainSocketFactory, Refusal,
+    SocketFactory, TlsError,
+};
+use weft_identity::SpiffeId;
 
-use crate::identity::CertificateSource;
 use crate::model::Protocol;
 use crate::proxy::{ProxyShared, TunnelContext, handle};
 use crate::smuggling::FramingGuard;
@@ -32,6 +34,8 @@ pub enum ListenerError {
     Bind(SocketAddr, #[source] std::io::Error),
     #[error("reading the local address: {0}")]
     LocalAddress(#[source] std::io::Error),
+    #[error(transparent)]
+    Admin(#[from] weft_proxy_core::admin::AdminError),
 }
 
 /// Limits of the HTTP servers inside tunnels.
@@ -69,7 +73,9 @@ impl Default for HttpLimits {
 pub struct HboneListener {
     listener: TcpListener,
     shared: Arc<ProxyShared>,
-    certificates: Arc<dyn CertificateSource>,
+    /// Mutual TLS with the waypoint's certificate, peers of its trust domain only.
+    acceptor: Arc<HboneAcceptor>,
+    identity: SpiffeId,
     limits: HttpLimits,
     /// Connections per source address, drawing on the process's budget.
     sources: Arc<SourceLimit>,
@@ -86,20 +92,24 @@ impl std::fmt::Debug for HboneListener {
 }
 
 impl HboneListener {
-    pub async fn bind(
+    /// Binds `address`; must be called on a runtime.
+    pub fn bind(
         address: SocketAddr,
         shared: Arc<ProxyShared>,
-        certificates: Arc<dyn CertificateSource>,
+        acceptor: Arc<HboneAcceptor>,
+        identity: SpiffeId,
         limits: HttpLimits,
         sources: Arc<SourceLimit>,
     ) -> Result<Self, ListenerError> {
-        let listener = TcpListener::bind(address)
-            .await
+        let listener = PlainSocketFactory
+            .listen(address, false)
+            .and_then(TcpListener::from_std)
             .map_err(|e| ListenerError::Bind(address, e))?;
         Ok(HboneListener {
             listener,
             shared,
-            certificates,
+            acceptor,
+            identity,
             limits,
             sources,
             workers: None,
@@ -121,27 +131,17 @@ impl HboneListener {
     /// Accepts connections until `drain` turns true. A source past its limit, or any past the
     /// process's, is closed at once.
     pub async fn run(self, mut drain: watch::Receiver<bool>) {
-        let mut backoff = AcceptBackoff::default();
-        loop {
-            tokio::select! {
-                accepted = self.listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        backoff.succeeded();
-                        if let Ok(permit) = self.sources.admit(peer.ip()) {
-                            self.dispatch(stream, peer, permit);
-                        }
-                    }
-                    // Out of descriptors, mostly: wait instead of spinning.
-                    Err(error) => tokio::time::sleep(backoff.failed(&error)).await,
-                },
-                changed = drain.changed() => {
-                    if changed.is_err() || *drain.borrow() {
-                        info!("hbone listener draining");
-                        return;
-                    }
-                }
-            }
-        }
+        let sources = Arc::clone(&self.sources);
+        accept_loop(
+            &self.listener,
+            |peer| sources.admit(peer.ip()),
+            |stream, peer, permit| self.dispatch(stream, peer, permit),
+            async move {
+                let _ = drain.wait_for(|draining| *draining).await;
+            },
+        )
+        .await;
+        info!("hbone listener draining");
     }
 }
 
@@ -150,13 +150,14 @@ impl HboneListener {
     /// worker's reactor), or here.
     fn dispatch(&self, stream: TcpStream, peer: SocketAddr, permit: Permit) {
         let shared = Arc::clone(&self.shared);
-        let certificates = Arc::clone(&self.certificates);
+        let acceptor = Arc::clone(&self.acceptor);
+        let identity = self.identity.clone();
         let limits = self.limits;
         let span = debug_span!("hbone_connection", %peer);
         let Some(workers) = &self.workers else {
             tokio::spawn(
                 async move {
-                    serve_tcp(stream, peer, shared, certificates, limits).await;
+                    serve_tcp(stream, peer, shared, &acceptor, &identity, limits).await;
                     drop(permit);
                 }
                 .instrument(span),
@@ -173,7 +174,9 @@ impl HboneListener {
         workers.next().spawn(
             async move {
                 match TcpStream::from_std(stream) {
-                    Ok(stream) => serve_tcp(stream, peer, shared, certificates, limits).await,
+                    Ok(stream) => {
+                        serve_tcp(stream, peer, shared, &acceptor, &identity, limits).await;
+                    }
                     Err(error) => warn!(%error, "cannot register the connection on its worker"),
                 }
                 drop(permit);
@@ -187,28 +190,18 @@ async fn serve_tcp(
     stream: TcpStream,
     peer: SocketAddr,
     shared: Arc<ProxyShared>,
-    certificates: Arc<dyn CertificateSource>,
+    acceptor: &HboneAcceptor,
+    local: &SpiffeId,
     limits: HttpLimits,
 ) {
-    let _ = weft_hbone::tune_tcp(&stream);
-    let material = certificates.current();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&material.server));
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(error)) => {
-            debug!(%error, "tls handshake failed");
-            return;
-        }
-        Err(_) => {
-            debug!("tls handshake timed out");
-            return;
-        }
-    };
-    // The waypoint's own trust domain is the mesh's: the root may sign for others too.
-    let identity = match peer_identity_in(tls.get_ref().1, material.identity().trust_domain()) {
-        Ok(id) => id,
-        Err(error) => {
+    let (tls, identity) = match acceptor.accept(stream, local).await {
+        Ok(accepted) => (accepted.tls, accepted.peer),
+        Err(error @ TlsError::PeerIdentity(_)) => {
             warn!(%error, "hbone peer refused");
+            return;
+        }
+        Err(error) => {
+            debug!(%error, "tls handshake failed");
             return;
         }
     };

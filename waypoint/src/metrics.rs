@@ -1,22 +1,27 @@
 //! Istio's request metrics (`istio_requests_total`, `istio_request_duration_milliseconds`,
 //! `istio_request_bytes`, `istio_response_bytes`) and, for what is forwarded at L4, its TCP
-//! metrics (`istio_tcp_connections_opened_total`, `..._closed_total`, `istio_tcp_sent_bytes_total`,
-//! `istio_tcp_received_bytes_total`), with Istio's label sets, reported as
-//! `reporter="waypoint"`, and the access-log line in Istio's default text format. One
-//! [`RequestRecord`] per request records both when it is dropped, that is when the response body
-//! has been sent or the client went away; one [`ConnectionRecord`] per TCP connection counts its
-//! bytes as they flow and closes it when dropped.
+//! metrics (`istio_tcp_*`, the families and the per-connection record of `weft_proxy_core`),
+//! with Istio's one label set, reported as `reporter="waypoint"`, and the access-log lines in
+//! Istio's default text format. One [`RequestRecord`] per request records both when it is
+//! dropped, that is when the response body has been sent or the client went away; one
+//! [`ConnectionRecord`] per TCP connection counts its bytes as they flow and closes it when
+//! dropped.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime};
 
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tracing::info;
+pub use weft_proxy_core::metrics::{
+    ACCESS_LOG, PeerLabels, Reporter, RequestLabels, RequestProtocol, ResponseFlag, SecurityPolicy,
+    TcpLabels, UNKNOWN,
+};
+use weft_proxy_core::metrics::{
+    AccessLog, ConnectionEnd, Peer as PeerView, Service as ServiceView, TcpConnection, TcpMetrics,
+};
 
 use crate::model::WorkloadInfo;
 
@@ -27,57 +32,6 @@ pub const DURATION_BUCKETS_MS: [f64; 19] = [
 ];
 /// Istio's buckets for the byte-size histograms: powers of ten up to 1 GB.
 pub const BYTES_BUCKETS: [f64; 10] = [1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9];
-
-/// The value of a label nothing is known about.
-pub const UNKNOWN: &str = "unknown";
-
-/// The labels of Istio's request and TCP metrics that name the reporter and both peers, in
-/// Istio's order.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PeerLabels {
-    pub reporter: String,
-    pub source_workload: String,
-    pub source_workload_namespace: String,
-    pub source_principal: String,
-    pub source_app: String,
-    pub source_version: String,
-    pub source_canonical_service: String,
-    pub source_canonical_revision: String,
-    pub source_cluster: String,
-    pub destination_workload: String,
-    pub destination_workload_namespace: String,
-    pub destination_principal: String,
-    pub destination_app: String,
-    pub destination_version: String,
-    pub destination_service: String,
-    pub destination_service_name: String,
-    pub destination_service_namespace: String,
-    pub destination_canonical_service: String,
-    pub destination_canonical_revision: String,
-    pub destination_cluster: String,
-}
-
-/// Istio's standard request labels.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RequestLabels {
-    #[prometheus(flatten)]
-    pub peers: PeerLabels,
-    pub request_protocol: String,
-    pub response_code: String,
-    pub grpc_response_status: String,
-    pub response_flags: String,
-    pub connection_security_policy: String,
-}
-
-/// Istio's label set for TCP metrics (no response code): `request_protocol="tcp"`.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ConnectionLabels {
-    #[prometheus(flatten)]
-    pub peers: PeerLabels,
-    pub request_protocol: String,
-    pub response_flags: String,
-    pub connection_security_policy: String,
-}
 
 #[derive(Clone)]
 struct Buckets(&'static [f64]);
@@ -94,10 +48,7 @@ pub struct Metrics {
     duration: Family<RequestLabels, Histogram, Buckets>,
     request_bytes: Family<RequestLabels, Histogram, Buckets>,
     response_bytes: Family<RequestLabels, Histogram, Buckets>,
-    tcp_opened: Family<ConnectionLabels, Counter>,
-    tcp_closed: Family<ConnectionLabels, Counter>,
-    tcp_sent: Family<ConnectionLabels, Counter>,
-    tcp_received: Family<ConnectionLabels, Counter>,
+    tcp: TcpMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -115,10 +66,7 @@ impl Metrics {
             duration: Family::new_with_constructor(Buckets(&DURATION_BUCKETS_MS)),
             request_bytes: Family::new_with_constructor(Buckets(&BYTES_BUCKETS)),
             response_bytes: Family::new_with_constructor(Buckets(&BYTES_BUCKETS)),
-            tcp_opened: Family::default(),
-            tcp_closed: Family::default(),
-            tcp_sent: Family::default(),
-            tcp_received: Family::default(),
+            tcp: TcpMetrics::new(registry),
         };
         registry.register(
             "istio_requests",
@@ -140,26 +88,6 @@ impl Metrics {
             "Response body sizes",
             metrics.response_bytes.clone(),
         );
-        registry.register(
-            "istio_tcp_connections_opened",
-            "TCP connections opened",
-            metrics.tcp_opened.clone(),
-        );
-        registry.register(
-            "istio_tcp_connections_closed",
-            "TCP connections closed",
-            metrics.tcp_closed.clone(),
-        );
-        registry.register(
-            "istio_tcp_sent_bytes",
-            "Bytes sent to the client (destination to source)",
-            metrics.tcp_sent.clone(),
-        );
-        registry.register(
-            "istio_tcp_received_bytes",
-            "Bytes received from the client (source to destination)",
-            metrics.tcp_received.clone(),
-        );
         metrics
     }
 
@@ -169,13 +97,6 @@ impl Metrics {
     }
 }
 
-fn or_unknown(value: Option<&str>) -> String {
-    value
-        .filter(|v| !v.is_empty())
-        .unwrap_or(UNKNOWN)
-        .to_owned()
-}
-
 /// One side (source or destination) of a request, for labels and logs.
 #[derive(Debug, Clone, Default)]
 pub struct Peer {
@@ -183,6 +104,62 @@ pub struct Peer {
     /// `spiffe://...` of the peer.
     pub principal: Option<String>,
     pub namespace: Option<String>,
+}
+
+impl Peer {
+    /// The peer as Istio's labels name it at a waypoint: its canonical service as the
+    /// workload, `app` and `version` from its labels, `latest` without a revision.
+    fn view(&self) -> PeerView<'_> {
+        let workload = self.workload.as_deref();
+        let canonical = workload.and_then(WorkloadInfo::canonical_service);
+        let label = |name: &str| {
+            workload
+                .and_then(|w| w.labels.get(name).map(String::as_str))
+                .unwrap_or_default()
+        };
+        PeerView {
+            workload: canonical.unwrap_or_default(),
+            namespace: self.namespace.as_deref().unwrap_or_default(),
+            principal: self.principal.as_deref().unwrap_or_default(),
+            app: label("app"),
+            version: label("version"),
+            canonical_service: canonical.unwrap_or_default(),
+            canonical_revision: workload
+                .and_then(WorkloadInfo::canonical_revision)
+                .unwrap_or("latest"),
+            cluster: "Kubernetes",
+        }
+    }
+}
+
+/// The waypoint's report of what went from `source` to `destination`, addressed to `service`
+/// (hostname, name, namespace) when it is known.
+fn peer_labels(
+    source: &Peer,
+    destination: &Peer,
+    service: Option<&(String, String, String)>,
+) -> PeerLabels {
+    let service = service.map_or_else(ServiceView::default, |(hostname, name, namespace)| {
+        ServiceView {
+            hostname,
+            name,
+            namespace,
+        }
+    });
+    PeerLabels::new(
+        Reporter::Waypoint,
+        &source.view(),
+        &destination.view(),
+        &service,
+    )
+}
+
+fn security(mtls: bool) -> SecurityPolicy {
+    if mtls {
+        SecurityPolicy::MutualTls
+    } else {
+        SecurityPolicy::None
+    }
 }
 
 /// Everything the access log and the metrics say about one request; emitted on drop.
@@ -202,7 +179,7 @@ pub struct RequestRecord {
     pub destination_service: Option<(String, String, String)>,
     pub status: u16,
     pub grpc_status: Option<String>,
-    pub response_flags: &'static str,
+    pub response_flags: ResponseFlag,
     pub response_code_details: String,
     pub upstream_host: Option<String>,
     pub upstream_cluster: Option<String>,
@@ -242,7 +219,7 @@ impl RequestRecord {
             destination_service: None,
             status: 0,
             grpc_status: None,
-            response_flags: "-",
+            response_flags: ResponseFlag::None,
             response_code_details: "-".to_owned(),
             upstream_host: None,
             upstream_cluster: None,
@@ -258,24 +235,20 @@ impl RequestRecord {
     /// Istio's label set for this request.
     pub fn labels(&self) -> RequestLabels {
         RequestLabels {
-            peers: PeerLabels::new(
+            peers: peer_labels(
                 &self.source,
                 &self.destination,
                 self.destination_service.as_ref(),
             ),
             request_protocol: if self.grpc_status.is_some() {
-                "grpc".to_owned()
+                RequestProtocol::Grpc
             } else {
-                "http".to_owned()
+                RequestProtocol::Http
             },
-            response_code: self.status.to_string(),
+            response_code: self.status,
             grpc_response_status: self.grpc_status.clone().unwrap_or_default(),
-            response_flags: self.response_flags.to_owned(),
-            connection_security_policy: if self.mtls {
-                "mutual_tls".to_owned()
-            } else {
-                "none".to_owned()
-            },
+            response_flags: self.response_flags,
+            connection_security_policy: security(self.mtls),
         }
     }
 
@@ -314,63 +287,6 @@ impl RequestRecord {
     }
 }
 
-/// workload, namespace, principal, app, version, canonical service and revision of a peer.
-impl PeerLabels {
-    /// The waypoint's report of a request or connection from `source` to `destination`,
-    /// addressed to `service` (hostname, name, namespace) when it is known.
-    fn new(source: &Peer, destination: &Peer, service: Option<&(String, String, String)>) -> Self {
-        let (sw, sns, sp, sapp, sver, scs, scr) = peer_labels(source);
-        let (dw, dns, dp, dapp, dver, dcs, dcr) = peer_labels(destination);
-        let (service, service_name, service_namespace) = service_labels(service);
-        Self {
-            reporter: "waypoint".to_owned(),
-            source_workload: sw,
-            source_workload_namespace: sns,
-            source_principal: sp,
-            source_app: sapp,
-            source_version: sver,
-            source_canonical_service: scs,
-            source_canonical_revision: scr,
-            source_cluster: "Kubernetes".to_owned(),
-            destination_workload: dw,
-            destination_workload_namespace: dns,
-            destination_principal: dp,
-            destination_app: dapp,
-            destination_version: dver,
-            destination_service: service,
-            destination_service_name: service_name,
-            destination_service_namespace: service_namespace,
-            destination_canonical_service: dcs,
-            destination_canonical_revision: dcr,
-            destination_cluster: "Kubernetes".to_owned(),
-        }
-    }
-}
-
-type OnePeerLabels = (String, String, String, String, String, String, String);
-
-fn peer_labels(peer: &Peer) -> OnePeerLabels {
-    let workload = peer.workload.as_deref();
-    let canonical = workload.and_then(WorkloadInfo::canonical_service);
-    let revision = workload.and_then(WorkloadInfo::canonical_revision);
-    (
-        or_unknown(canonical),
-        or_unknown(peer.namespace.as_deref()),
-        or_unknown(peer.principal.as_deref()),
-        or_unknown(workload.and_then(|w| w.labels.get("app").map(String::as_str))),
-        or_unknown(workload.and_then(|w| w.labels.get("version").map(String::as_str))),
-        or_unknown(canonical),
-        or_unknown(revision.or(Some("latest"))),
-    )
-}
-
-fn service_labels(service: Option<&(String, String, String)>) -> (String, String, String) {
-    match service {
-        Some((host, name, namespace)) => (host.clone(), name.clone(), namespace.clone()),
-        None => (UNKNOWN.to_owned(), UNKNOWN.to_owned(), UNKNOWN.to_owned()),
-    }
-}
-
 /// What the metrics and the access log say about one TCP connection, fixed when it opens.
 #[derive(Debug, Clone, Default)]
 pub struct ConnectionInfo {
@@ -381,8 +297,9 @@ pub struct ConnectionInfo {
     pub mtls: bool,
     /// Envoy's response flag: `-` when the connection was carried, else why not (`UH`, `UF`,
     /// `NC`).
-    pub response_flags: &'static str,
-    /// Why the connection was refused (`rbac_access_denied_matched_policy[...]`), if it was.
+    pub response_flags: ResponseFlag,
+    /// Why the connection was refused (`rbac_access_denied_matched_policy[...]`), or ended
+    /// early (a policy that no longer allows it), if it was.
     pub termination_details: Option<String>,
     pub upstream_host: Option<String>,
     pub upstream_cluster: Option<String>,
@@ -392,90 +309,46 @@ pub struct ConnectionInfo {
 
 impl ConnectionInfo {
     /// Istio's TCP label set for this connection.
-    pub fn labels(&self) -> ConnectionLabels {
-        ConnectionLabels {
-            peers: PeerLabels::new(
-                &self.source,
-                &self.destination,
-                self.destination_service.as_ref(),
-            ),
-            request_protocol: "tcp".to_owned(),
-            response_flags: if self.response_flags.is_empty() {
-                "-".to_owned()
-            } else {
-                self.response_flags.to_owned()
-            },
-            connection_security_policy: if self.mtls {
-                "mutual_tls".to_owned()
-            } else {
-                "none".to_owned()
-            },
+    pub fn labels(&self) -> TcpLabels {
+        TcpLabels {
+            response_flags: self.response_flags,
+            ..TcpLabels::new(
+                peer_labels(
+                    &self.source,
+                    &self.destination,
+                    self.destination_service.as_ref(),
+                ),
+                security(self.mtls),
+            )
         }
     }
 }
 
-impl Metrics {
-    /// Counts a TCP connection as opened and returns its record, which counts its bytes and
-    /// closes it when dropped.
-    pub fn connection_opened(self: &Arc<Self>, info: ConnectionInfo) -> ConnectionRecord {
-        let labels = info.labels();
-        self.tcp_opened.get_or_create(&labels).inc();
-        ConnectionRecord {
-            // Counters share their atomic with the family: bytes show up while the connection
-            // is still open, without a lock per write.
-            sent_total: self.tcp_sent.get_or_create(&labels).clone(),
-            received_total: self.tcp_received.get_or_create(&labels).clone(),
-            metrics: Arc::clone(self),
-            bytes: Arc::default(),
-            labels,
-            info,
-            start: Instant::now(),
-            start_time: SystemTime::now(),
-        }
-    }
-}
+/// One TCP connection through the waypoint: Istio's TCP metrics, and one access-log line in
+/// Istio's default TCP format when it ends.
+pub type ConnectionRecord = TcpConnection<TcpAccessLog>;
 
-/// One TCP connection through the waypoint.
-pub struct ConnectionRecord {
-    metrics: Arc<Metrics>,
-    sent_total: Counter,
-    received_total: Counter,
-    /// Bytes sent to the client, bytes received from it.
-    bytes: Arc<[AtomicU64; 2]>,
-    labels: ConnectionLabels,
+/// What a TCP connection's access-log line says besides its labels and bytes.
+#[derive(Debug)]
+pub struct TcpAccessLog {
     info: ConnectionInfo,
-    start: Instant,
     start_time: SystemTime,
 }
 
-impl std::fmt::Debug for ConnectionRecord {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConnectionRecord")
-            .field("upstream_host", &self.info.upstream_host)
-            .finish_non_exhaustive()
+impl AccessLog for TcpAccessLog {
+    fn revoked(&mut self, reason: &str) -> Option<ResponseFlag> {
+        self.info.termination_details = Some(reason.to_owned());
+        None
+    }
+
+    fn write(&self, end: &ConnectionEnd<'_>) {
+        info!(target: ACCESS_LOG, "{}", self.line(end));
     }
 }
 
-impl ConnectionRecord {
-    /// Why the connection ended early (a policy that no longer allows it), for the access log.
-    pub fn set_termination_details(&mut self, details: String) {
-        self.info.termination_details = Some(details);
-    }
-
-    /// Bytes sent toward the client (the response direction).
-    pub fn add_sent(&self, bytes: u64) {
-        self.bytes[0].fetch_add(bytes, Ordering::Relaxed);
-        self.sent_total.inc_by(bytes);
-    }
-
-    /// Bytes received from the client (the request direction).
-    pub fn add_received(&self, bytes: u64) {
-        self.bytes[1].fetch_add(bytes, Ordering::Relaxed);
-        self.received_total.inc_by(bytes);
-    }
-
+impl TcpAccessLog {
     /// The access-log line, in the field order of Istio's default text format for TCP.
-    pub fn access_log_line(&self) -> String {
+    pub fn line(&self, end: &ConnectionEnd<'_>) -> String {
         let info = &self.info;
         let dash = |v: &str| {
             if v.is_empty() {
@@ -487,11 +360,11 @@ impl ConnectionRecord {
         format!(
             "[{}] \"- - -\" 0 {} - {} \"-\" {} {} {} - \"-\" \"-\" \"-\" \"-\" \"{}\" {} - {} {} - -",
             humantime_utc(self.start_time),
-            self.labels.response_flags,
+            end.labels.response_flags,
             info.termination_details.as_deref().unwrap_or("-"),
-            self.bytes[1].load(Ordering::Relaxed),
-            self.bytes[0].load(Ordering::Relaxed),
-            self.start.elapsed().as_millis(),
+            end.received,
+            end.sent,
+            end.duration.as_millis(),
             info.upstream_host.as_deref().unwrap_or("-"),
             info.upstream_cluster.as_deref().unwrap_or("-"),
             dash(&info.downstream_local),
@@ -500,10 +373,17 @@ impl ConnectionRecord {
     }
 }
 
-impl Drop for ConnectionRecord {
-    fn drop(&mut self) {
-        self.metrics.tcp_closed.get_or_create(&self.labels).inc();
-        info!(target: "access_log", "{}", self.access_log_line());
+impl Metrics {
+    /// Counts a TCP connection as opened and returns its record, which counts its bytes and
+    /// closes it when dropped.
+    pub fn connection_opened(&self, info: ConnectionInfo) -> ConnectionRecord {
+        self.tcp.open(
+            info.labels(),
+            TcpAccessLog {
+                info,
+                start_time: SystemTime::now(),
+            },
+        )
     }
 }
 
@@ -547,7 +427,7 @@ impl Drop for RequestRecord {
             .response_bytes
             .get_or_create(&labels)
             .observe(self.bytes_sent as f64);
-        info!(target: "access_log", "{}", self.access_log_line());
+        info!(target: ACCESS_LOG, "{}", self.access_log_line());
     }
 }
 
@@ -562,7 +442,7 @@ mod tests {
         record.method = "GET".to_owned();
         record.path = "/reviews/1".to_owned();
         record.status = 503;
-        record.response_flags = "UO";
+        record.response_flags = ResponseFlag::UpstreamOverflow;
         record.response_code_details =
             "upstream_reset_before_response_started{overflow}".to_owned();
         record.bytes_received = 3;

@@ -25,7 +25,7 @@ use weft_policy::path::normalize_path;
 use weft_policy::route::{HeaderSource, RequestView, percentage_hit, pick_weighted, select_route};
 use weft_policy::{ACCESS_DENIED_BODY, ACCESS_DENIED_STATUS, Decision, DenyReason};
 
-use crate::metrics::{Metrics, Peer, RequestRecord};
+use crate::metrics::{Metrics, Peer, RequestRecord, ResponseFlag};
 use crate::model::{
     AbortKind, Cluster, CorsPolicy, Endpoint, Fault, HeaderOps, Redirect, RedirectPort, RetryOn,
     RetryPolicy, Rewrite, Route, RouteAction, Target, WaypointConfig, WeightedDestination,
@@ -301,7 +301,7 @@ pub async fn handle(
 /// closes after it (the listener also drains such connections as soon as the configuration
 /// changes), so that the client's agent carries the next connection without the waypoint.
 fn not_served(request: &Request<Incoming>, record: &mut RequestRecord) -> Response<ProxyBody> {
-    record.response_flags = "NR";
+    record.response_flags = ResponseFlag::NoRoute;
     record.response_code_details = "filter_chain_not_found".to_owned();
     let mut response = text_response(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
     if request.version() < Version::HTTP_2 {
@@ -507,7 +507,7 @@ async fn pipeline(
     let Some(route) = route else {
         // No route: plain service routing to any endpoint of the service.
         let Some(cluster) = config.default_cluster(&service.hostname, tunnel.target.port()) else {
-            record.response_flags = "NR";
+            record.response_flags = ResponseFlag::NoRoute;
             record.response_code_details = "route_not_found".to_owned();
             return text_response(StatusCode::NOT_FOUND, "");
         };
@@ -672,14 +672,14 @@ async fn apply_fault(fault: &Fault, record: &mut RequestRecord) -> Option<Respon
     if let Some((delay, percent)) = fault.delay
         && percentage_hit(percent, rand::random())
     {
-        record.response_flags = "DI";
+        record.response_flags = ResponseFlag::DelayInjected;
         tokio::time::sleep(delay).await;
     }
     let (kind, percent) = fault.abort.as_ref()?;
     if !percentage_hit(*percent, rand::random()) {
         return None;
     }
-    record.response_flags = "FI";
+    record.response_flags = ResponseFlag::FaultInjected;
     record.response_code_details = "fault_filter_abort".to_owned();
     Some(match kind {
         AbortKind::Http(status) => text_response(*status, "fault filter abort"),
@@ -824,13 +824,13 @@ async fn forward(
     let Some(destination) =
         pick_weighted(&weights, rand::random()).and_then(|i| destinations.get(i))
     else {
-        record.response_flags = "NR";
+        record.response_flags = ResponseFlag::NoRoute;
         return text_response(StatusCode::SERVICE_UNAVAILABLE, "no destination");
     };
     let Some(cluster) = config.cluster(&destination.cluster).cloned() else {
         // The route names a cluster that does not exist (an undefined subset, host or port):
         // Envoy's answer, 503 with no body.
-        record.response_flags = "NC";
+        record.response_flags = ResponseFlag::NoCluster;
         record.response_code_details = "cluster_not_found".to_owned();
         return text_response(StatusCode::SERVICE_UNAVAILABLE, "");
     };
@@ -933,7 +933,7 @@ async fn forward_to(
             {
                 return text_response(StatusCode::PAYLOAD_TOO_LARGE, "payload too large");
             }
-            record.response_flags = "DC";
+            record.response_flags = ResponseFlag::DownstreamTerminated;
             return text_response(StatusCode::BAD_REQUEST, "");
         }
     };
@@ -991,7 +991,7 @@ async fn forward_to(
         Some(limit) => match tokio::time::timeout(limit, attempts).await {
             Ok(result) => result,
             Err(_) => {
-                record.response_flags = "UT";
+                record.response_flags = ResponseFlag::UpstreamTimeout;
                 record.response_code_details = "upstream_response_timeout".to_owned();
                 return text_response(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout");
             }
@@ -1148,7 +1148,7 @@ async fn send_with_retries(
                     attempt += 1;
                     continue;
                 }
-                record.response_flags = "UT";
+                record.response_flags = ResponseFlag::UpstreamTimeout;
                 record.response_code_details = "upstream_per_try_timeout".to_owned();
                 return Err(text_response(
                     StatusCode::GATEWAY_TIMEOUT,

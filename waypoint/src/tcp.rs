@@ -2,7 +2,7 @@
 //! HTTP): connection-level authorization of the same policies (HTTP-only attributes handled as
 //! Istio handles them for TCP), the TCP route or the workload's own address, one endpoint, and
 //! a stream that counts its bytes into Istio's `istio_tcp_*` metrics and logs the connection
-//! when it ends.
+//! when it ends (`weft_hbone::MeteredStream` over the connection's record).
 //!
 //! Open connections stay registered with what authorized them and are decided again on every
 //! configuration applied ([`revalidate`]): one the policies now deny, or whose destination the
@@ -12,19 +12,15 @@
 //! connection was routed to stays its endpoint: TCP routes apply to new connections, as Envoy's
 //! `tcp_proxy` picks its cluster per connection.
 
-use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tracing::{debug, info};
-use weft_hbone::{ConnectionRegistry, Refusal, Registration, Revocable};
+use weft_hbone::{ConnectionRegistry, MeteredStream, Refusal};
 use weft_policy::l7::{TcpAuthzRequest, evaluate_tcp};
 use weft_policy::route::pick_weighted;
 use weft_policy::{Decision, DenyReason};
 
-use crate::metrics::{ConnectionInfo, ConnectionRecord, Peer};
+use crate::metrics::{ConnectionInfo, Peer, ResponseFlag};
 use crate::model::{Cluster, Target, WaypointConfig};
 use crate::proxy::{ProxyShared, TunnelContext};
 use crate::upstream::{BoxedIo, HashInput};
@@ -157,7 +153,7 @@ pub async fn open_tcp_upstream(
             Target::Workload(_) => None,
         },
         mtls: context.peer.is_some(),
-        response_flags: "-",
+        response_flags: ResponseFlag::None,
         downstream_local: context.destination.to_string(),
         downstream_remote: context.peer_address.to_string(),
         ..ConnectionInfo::default()
@@ -170,13 +166,13 @@ pub async fn open_tcp_upstream(
     let cluster = match tcp_destination(&config, &target, context) {
         TcpDestination::Cluster(cluster) => cluster,
         TcpDestination::MissingCluster(name) => {
-            info.response_flags = "NC";
+            info.response_flags = ResponseFlag::NoCluster;
             info.upstream_cluster = Some(name);
             drop(shared.metrics.connection_opened(info));
             return Err(Refusal::UpstreamUnavailable);
         }
         TcpDestination::NoRoute => {
-            info.response_flags = "NR";
+            info.response_flags = ResponseFlag::NoRoute;
             drop(shared.metrics.connection_opened(info));
             return Err(Refusal::UpstreamUnavailable);
         }
@@ -206,11 +202,11 @@ pub async fn open_tcp_upstream(
     {
         Ok(stream) => {
             upstream.record_outcome(&cluster, endpoint.address, Some(200));
-            Ok(Box::new(MeteredIo {
-                inner: registration.wrap(stream),
-                record: shared.metrics.connection_opened(info),
+            Ok(Box::new(MeteredStream::new(
+                stream,
+                shared.metrics.connection_opened(info),
                 registration,
-            }))
+            )))
         }
         Err(error) => {
             upstream.record_outcome(&cluster, endpoint.address, None);
@@ -219,59 +215,5 @@ pub async fn open_tcp_upstream(
             drop(shared.metrics.connection_opened(info));
             Err(Refusal::UpstreamUnavailable)
         }
-    }
-}
-
-/// The upstream stream of one connection: what is read from it was sent to the client, what is
-/// written to it was received from the client. The record and the registration end with the
-/// stream; a revoked connection fails its reads and writes, and its access-log line says why.
-struct MeteredIo {
-    inner: Revocable<BoxedIo>,
-    record: ConnectionRecord,
-    registration: Registration<(), Arc<TunnelContext>>,
-}
-
-impl Drop for MeteredIo {
-    fn drop(&mut self) {
-        if let Some(reason) = self.registration.revoked() {
-            self.record.set_termination_details(reason.to_owned());
-        }
-    }
-}
-
-impl AsyncRead for MeteredIo {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = polled {
-            self.record.add_sent((buf.filled().len() - before) as u64);
-        }
-        polled
-    }
-}
-
-impl AsyncWrite for MeteredIo {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(written)) = polled {
-            self.record.add_received(written as u64);
-        }
-        polled
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -17,12 +17,12 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use weft_hbone::{ConnectHandler, ConnectRequest, H2Config, HboneStream, Refusal};
-use weft_identity::{
-    CertificateAuthority, SpiffeId, client_config, hbone_server_name, peer_identity,
+use weft_hbone::{
+    ConnectHandler, ConnectRequest, H2Config, HboneAcceptor, HboneDialer, HboneStream,
+    PlainSocketFactory, Refusal,
 };
-
-use crate::identity::TlsMaterial;
+use weft_identity::{CertificateAuthority, CertificateSource, SpiffeId};
+use weft_proxy_core::certificates::{CertificateManager, LocalCa};
 
 /// Trust domain of test identities.
 pub const TRUST_DOMAIN: &str = "cluster.local";
@@ -32,7 +32,7 @@ pub const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 /// A CA and helpers to issue identities.
 pub struct TestMesh {
-    pub ca: CertificateAuthority,
+    pub ca: Arc<CertificateAuthority>,
 }
 
 impl std::fmt::Debug for TestMesh {
@@ -47,10 +47,29 @@ impl Default for TestMesh {
     }
 }
 
+/// A workload of the test mesh: its identity, and the certificate manager the proxies run,
+/// signing with the mesh's CA in process.
+#[derive(Debug, Clone)]
+pub struct TestIdentity {
+    identity: SpiffeId,
+    certificates: CertificateManager<LocalCa>,
+}
+
+impl TestIdentity {
+    pub fn identity(&self) -> &SpiffeId {
+        &self.identity
+    }
+
+    /// Its certificates, as a proxy takes them.
+    pub fn source(&self) -> Arc<dyn CertificateSource> {
+        self.certificates.source()
+    }
+}
+
 impl TestMesh {
     pub fn new() -> Self {
         TestMesh {
-            ca: CertificateAuthority::generate().expect("test CA"),
+            ca: Arc::new(CertificateAuthority::generate().expect("test CA")),
         }
     }
 
@@ -58,20 +77,26 @@ impl TestMesh {
         SpiffeId::new(TRUST_DOMAIN, namespace, service_account).expect("valid test identity")
     }
 
-    pub fn material(&self, namespace: &str, service_account: &str) -> TlsMaterial {
+    pub fn material(&self, namespace: &str, service_account: &str) -> TestIdentity {
         self.material_in(TRUST_DOMAIN, namespace, service_account)
     }
 
-    /// A certificate this mesh's root signs for another trust domain.
+    /// An identity this mesh's root signs for another trust domain.
     pub fn material_in(
         &self,
         trust_domain: &str,
         namespace: &str,
         service_account: &str,
-    ) -> TlsMaterial {
-        let identity =
-            SpiffeId::new(trust_domain, namespace, service_account).expect("valid test identity");
-        TlsMaterial::issue(&self.ca, &identity).expect("test certificate")
+    ) -> TestIdentity {
+        TestIdentity {
+            identity: SpiffeId::new(trust_domain, namespace, service_account)
+                .expect("valid test identity"),
+            certificates: CertificateManager::new(
+                LocalCa(Arc::clone(&self.ca)),
+                Duration::from_secs(24 * 3600),
+                None,
+            ),
+        }
     }
 }
 
@@ -146,6 +171,7 @@ impl FakeEndpoint {
     ) -> Self {
         let material = mesh.material(namespace, service_account);
         let identity = material.identity().clone();
+        let acceptor = HboneAcceptor::new(material.source(), TRUST_DOMAIN);
         let app = TcpListener::bind((LOCALHOST, 0)).await.expect("bind app");
         let app_address = app.local_addr().expect("app address");
         let hbone = TcpListener::bind((LOCALHOST, 0)).await.expect("bind hbone");
@@ -161,7 +187,8 @@ impl FakeEndpoint {
         ));
         let hbone_task = tokio::spawn(run_hbone(
             hbone,
-            material,
+            acceptor,
+            identity.clone(),
             app_address,
             Arc::clone(&tunnels),
         ));
@@ -340,26 +367,28 @@ impl ConnectHandler for EndpointHandler {
 
 async fn run_hbone(
     listener: TcpListener,
-    material: TlsMaterial,
+    acceptor: HboneAcceptor,
+    identity: SpiffeId,
     app: SocketAddr,
     tunnels: Arc<Mutex<Vec<SeenTunnel>>>,
 ) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&material.server));
+    let acceptor = Arc::new(acceptor);
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             return;
         };
-        let acceptor = acceptor.clone();
+        let (acceptor, identity) = (Arc::clone(&acceptor), identity.clone());
         let tunnels = Arc::clone(&tunnels);
         tokio::spawn(async move {
-            let Ok(tls) = acceptor.accept(stream).await else {
+            let Ok(accepted) = acceptor.accept(stream, &identity).await else {
                 return;
             };
-            let Ok(peer) = peer_identity(tls.get_ref().1) else {
-                return;
-            };
-            let handler = Arc::new(EndpointHandler { app, peer, tunnels });
-            let _ = weft_hbone::serve_connection(tls, handler, H2Config::default()).await;
+            let handler = Arc::new(EndpointHandler {
+                app,
+                peer: accepted.peer,
+                tunnels,
+            });
+            let _ = weft_hbone::serve_connection(accepted.tls, handler, H2Config::default()).await;
         });
     }
 }
@@ -367,16 +396,14 @@ async fn run_hbone(
 /// Opens an HBONE tunnel to the waypoint at `waypoint` for `authority`, as a node agent would,
 /// presenting `client` and expecting the waypoint's identity `expected`.
 pub async fn hbone_tunnel(
-    client: &TlsMaterial,
+    client: &TestIdentity,
     waypoint: SocketAddr,
     expected: &SpiffeId,
     authority: SocketAddr,
     source: IpAddr,
 ) -> Result<HboneStream, anyhow::Error> {
-    let config = client_config(&client.certificate, &client.roots, vec![expected.clone()])?;
-    let tcp = TcpStream::connect(waypoint).await?;
-    let tls = tokio_rustls::TlsConnector::from(config)
-        .connect(hbone_server_name(waypoint.ip()), tcp)
+    let tls = HboneDialer::new(client.source())
+        .dial(&PlainSocketFactory, waypoint, client.identity(), expected)
         .await?;
     let request = ConnectRequest::new(authority).with_forwarded_for(source);
     Ok(weft_hbone::connect(tls, &request, &H2Config::default()).await?)

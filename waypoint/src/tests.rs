@@ -16,8 +16,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use weft_proto::waypoint as proto;
 
-use crate::testing::{FakeEndpoint, LOCALHOST, TestMesh, hbone_tunnel, resolver_for};
-use crate::{RotatingCertificate, TlsMaterial, Waypoint, WaypointOptions};
+use crate::testing::{FakeEndpoint, LOCALHOST, TestIdentity, TestMesh, hbone_tunnel, resolver_for};
+use crate::{Waypoint, WaypointOptions};
 
 mod live;
 
@@ -119,7 +119,7 @@ struct Harness {
     _mesh: TestMesh,
     waypoint: Waypoint,
     address: SocketAddr,
-    client: TlsMaterial,
+    client: TestIdentity,
     waypoint_identity: weft_identity::SpiffeId,
     _drain: watch::Sender<bool>,
 }
@@ -128,7 +128,7 @@ impl Harness {
     async fn start(mesh: TestMesh, endpoints: &[&FakeEndpoint]) -> Self {
         let material = mesh.material("default", "waypoint");
         let waypoint_identity = material.identity().clone();
-        let mut options = WaypointOptions::new(Arc::new(RotatingCertificate::new(material)));
+        let mut options = WaypointOptions::new(waypoint_identity.clone(), material.source());
         options.hbone_address = resolver_for(endpoints);
         let waypoint = Waypoint::new(options);
         let listener = waypoint
@@ -187,8 +187,7 @@ impl Harness {
             .await
             .unwrap();
         let address = metrics.address().unwrap();
-        let (_drain, drained) = watch::channel(false);
-        tokio::spawn(metrics.run(drained));
+        tokio::spawn(metrics.run());
         let (status, text) = http_get(address, "/metrics").await;
         assert_eq!(status, StatusCode::OK, "{text}");
         text
@@ -1335,8 +1334,7 @@ async fn admin_config_dump_shows_config_endpoint_state_certificate_and_xds_never
         .await
         .unwrap();
     let admin_address = admin.address().unwrap();
-    let (_drain, drained) = watch::channel(false);
-    tokio::spawn(admin.run(drained));
+    tokio::spawn(admin.run());
     let (status, text) = http_get(admin_address, "/config_dump").await;
     assert_eq!(status, StatusCode::OK, "{text}");
     assert!(
@@ -1453,7 +1451,7 @@ mod fake_ca {
 
     /// Signs for one identity, for callers presenting one token.
     pub struct FakeCa {
-        pub ca: CertificateAuthority,
+        pub ca: std::sync::Arc<CertificateAuthority>,
         pub token: String,
         pub identity: SpiffeId,
     }
@@ -1493,7 +1491,9 @@ mod fake_ca {
 
 #[tokio::test]
 async fn certificate_comes_from_the_ca_with_the_bootstrap_token() {
+    use weft_identity::CertificateSource;
     use weft_proto::istio::ca::istio_certificate_service_server::IstioCertificateServiceServer;
+    use weft_proxy_core::certificates::CaClient;
 
     let identity = TestMesh::spiffe("default", "waypoint");
     let mesh = TestMesh::new();
@@ -1508,28 +1508,39 @@ async fn certificate_comes_from_the_ca_with_the_bootstrap_token() {
             .add_service(IstioCertificateServiceServer::new(service)),
     )
     .await;
-    let mut settings = crate::ca_client::CaClientConfig {
-        address: format!("http://{address}"),
-        roots_pem: None,
-        token: weft_identity::CaToken::Fixed("bootstrap-token-0123456789".to_owned()),
-        node: Some("node-1".to_owned()),
+    // The waypoint is a manager of its one identity, with the node agent's CA client.
+    let client = |token: &str| {
+        weft_proxy_core::certificates::GrpcCaClient::connect(
+            &format!("http://{address}"),
+            None,
+            weft_identity::CaToken::Fixed(token.to_owned()),
+            Some("node-1".to_owned()),
+        )
+        .unwrap()
     };
-    let material = crate::ca_client::fetch_certificate(&settings, &identity)
-        .await
-        .unwrap();
-    assert_eq!(material.identity(), &identity);
-    assert!(!material.roots.is_empty());
-    assert!(material.certificate.not_after() > std::time::SystemTime::now());
+    let manager = weft_proxy_core::certificates::CertificateManager::new(
+        client("bootstrap-token-0123456789"),
+        std::time::Duration::from_secs(24 * 3600),
+        None,
+    );
+    let certificate = manager.fetch(&identity).await.unwrap();
+    let roots = manager.trust_roots().unwrap();
+    assert_eq!(certificate.identity(), &identity);
+    assert!(!roots.is_empty());
+    assert!(certificate.not_after() > std::time::SystemTime::now());
     assert_eq!(
         weft_identity::TrustRoots::from_pem(&root).unwrap().len(),
-        material.roots.len()
+        roots.len()
     );
 
-    settings.token = weft_identity::CaToken::Fixed("wrong-token-0123456789".to_owned());
-    let error = crate::ca_client::fetch_certificate(&settings, &identity)
+    let csr = weft_identity::WorkloadKey::generate()
+        .unwrap()
+        .csr_for(&identity)
+        .unwrap();
+    let error = client("wrong-token-0123456789")
+        .sign(&identity, csr, std::time::Duration::from_secs(3600))
         .await
-        .unwrap_err()
-        .to_string();
+        .unwrap_err();
     assert!(error.contains("Unauthenticated"), "{error}");
 }
 

@@ -25,10 +25,12 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{Instrument, debug, debug_span, info};
-use weft_hbone::{ConnectRequest, Connector, Pool, PoolConfig};
-use weft_identity::{SpiffeId, client_config, hbone_server_name};
+use weft_hbone::{
+    ClientTls, ConnectRequest, Connector, HboneDialer, PlainSocketFactory, Pool, PoolConfig,
+};
+use weft_identity::{CertificateSource, SpiffeId};
+use weft_proxy_core::metrics::ResponseFlag;
 
-use crate::identity::CertificateSource;
 use crate::model::{
     Cluster, Endpoint, HashKey, LoadBalancer, OutlierPolicy, Tunnel, WaypointConfig,
 };
@@ -63,12 +65,14 @@ pub enum UpstreamError {
 
 impl UpstreamError {
     /// Envoy response flag.
-    pub fn response_flag(&self) -> &'static str {
+    pub fn response_flag(&self) -> ResponseFlag {
         match self {
-            UpstreamError::NoHealthyUpstream(_) => "UH",
-            UpstreamError::Overflow(_) => "UO",
-            UpstreamError::ConnectFailure { .. } => "UF",
-            UpstreamError::RefusedStream { .. } | UpstreamError::Reset { .. } => "UR",
+            UpstreamError::NoHealthyUpstream(_) => ResponseFlag::NoHealthyUpstream,
+            UpstreamError::Overflow(_) => ResponseFlag::UpstreamOverflow,
+            UpstreamError::ConnectFailure { .. } => ResponseFlag::UpstreamConnectFailure,
+            UpstreamError::RefusedStream { .. } | UpstreamError::Reset { .. } => {
+                ResponseFlag::UpstreamReset
+            }
         }
     }
 }
@@ -88,29 +92,21 @@ struct TunnelKey {
     identity: SpiffeId,
 }
 
+/// Dials endpoints' HBONE ports with the waypoint's certificate, from the waypoint's own
+/// network namespace.
 struct MeshConnector {
-    certificates: Arc<dyn CertificateSource>,
+    dialer: HboneDialer,
+    identity: SpiffeId,
 }
 
 impl Connector<TunnelKey> for MeshConnector {
-    type Io = tokio_rustls::client::TlsStream<TcpStream>;
+    type Io = ClientTls;
 
-    fn connect(&self, key: &TunnelKey) -> impl Future<Output = io::Result<Self::Io>> + Send {
-        let material = self.certificates.current();
-        let key = key.clone();
-        async move {
-            let config = client_config(
-                &material.certificate,
-                &material.roots,
-                vec![key.identity.clone()],
-            )
-            .map_err(io::Error::other)?;
-            let tcp = TcpStream::connect(key.dial).await?;
-            let _ = weft_hbone::tune_tcp(&tcp);
-            tokio_rustls::TlsConnector::from(config)
-                .connect(hbone_server_name(key.dial.ip()), tcp)
-                .await
-        }
+    async fn connect(&self, key: &TunnelKey) -> io::Result<ClientTls> {
+        Ok(self
+            .dialer
+            .dial(&PlainSocketFactory, key.dial, &self.identity, &key.identity)
+            .await?)
     }
 }
 
@@ -241,23 +237,30 @@ impl std::fmt::Debug for Upstream {
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Upstream {
-    /// An upstream with one set of connection pools.
-    pub fn new(certificates: Arc<dyn CertificateSource>, resolve: HboneAddressResolver) -> Self {
-        Self::with_workers(certificates, resolve, 1)
+    /// An upstream with one set of connection pools, presenting `identity`'s certificate.
+    pub fn new(
+        identity: SpiffeId,
+        certificates: Arc<dyn CertificateSource>,
+        resolve: HboneAddressResolver,
+    ) -> Self {
+        Self::with_workers(identity, certificates, resolve, 1)
     }
 
     /// An upstream with connection pools for each of `workers` workers; the cluster state
     /// (limits, outlier detection, load-balancing position) is one for all.
     pub fn with_workers(
+        identity: SpiffeId,
         certificates: Arc<dyn CertificateSource>,
         resolve: HboneAddressResolver,
         workers: usize,
     ) -> Self {
+        let dialer = HboneDialer::new(certificates);
         let pools = (0..workers.max(1))
             .map(|_| WorkerPools {
                 tunnels: Pool::new(
                     MeshConnector {
-                        certificates: Arc::clone(&certificates),
+                        dialer: dialer.clone(),
+                        identity: identity.clone(),
                     },
                     PoolConfig::default(),
                 ),

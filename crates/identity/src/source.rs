@@ -36,6 +36,9 @@ pub trait CertificateSource: Send + Sync + 'static {
     /// The current certificate for `identity`, obtaining one first if none is held yet.
     fn fetch<'a>(&'a self, identity: &'a SpiffeId) -> CertificateFuture<'a>;
 
+    /// The certificate held for `identity` now, if any, without asking for one (for dumps).
+    fn current(&self, identity: &SpiffeId) -> Option<Arc<WorkloadCertificate>>;
+
     /// The roots that verify peers; known once a first certificate arrived (with its chain),
     /// or from configuration.
     fn trust_roots(&self) -> Option<Arc<TrustRoots>>;

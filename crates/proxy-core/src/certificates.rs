@@ -247,6 +247,12 @@ impl<C: CaClient> CertificateSource for CertificateManager<C> {
         Box::pin(self.fetch_certificate(identity))
     }
 
+    fn current(&self, identity: &SpiffeId) -> Option<Arc<WorkloadCertificate>> {
+        lock(&self.inner.slots)
+            .get(identity)
+            .and_then(|(slot, _)| slot.borrow().clone())
+    }
+
     fn trust_roots(&self) -> Option<Arc<TrustRoots>> {
         self.inner
             .roots

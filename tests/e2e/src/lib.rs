@@ -764,16 +764,16 @@ impl Mesh {
             .testbed
             .pod_command(name, binary("waypoint")?.to_str().unwrap());
         command
-            .env("WEFT_CONTROLLER", &controller)
-            .env("WEFT_CA_ADDRESS", &controller)
+            .env("XDS_ADDRESS", &controller)
+            .env("CA_ADDRESS", &controller)
             .env(
-                "WEFT_CA_TOKEN_FILE",
+                "BOOTSTRAP_TOKEN_FILE",
                 self.dir.join(format!("waypoint-{name}.token")),
             )
-            .env("WEFT_NODE_NAME", &spec.node)
-            .env("WEFT_WAYPOINT_NAME", gateway)
-            .env("WEFT_WAYPOINT_NAMESPACE", &spec.namespace)
-            .env("WEFT_SERVICE_ACCOUNT", &spec.service_account)
+            .env("NODE_NAME", &spec.node)
+            .env("WAYPOINT_NAME", gateway)
+            .env("POD_NAMESPACE", &spec.namespace)
+            .env("SERVICE_ACCOUNT", &spec.service_account)
             .env("RUST_LOG", "info");
         let log = self.dir.join(format!("waypoint-{name}.log"));
         let process = Process::spawn(&format!("waypoint {name}"), command, log)?;

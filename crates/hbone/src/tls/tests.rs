@@ -57,6 +57,10 @@ impl CertificateSource for Issuing {
         })
     }
 
+    fn current(&self, identity: &SpiffeId) -> Option<Arc<WorkloadCertificate>> {
+        self.issued.lock().unwrap().get(identity).cloned()
+    }
+
     fn trust_roots(&self) -> Option<Arc<TrustRoots>> {
         self.roots_asked.fetch_add(1, Ordering::SeqCst);
         Some(Arc::clone(&self.roots))

@@ -68,6 +68,8 @@ fn id(sa: &str) -> SpiffeId {
 #[tokio::test]
 async fn concurrent_fetches_share_one_request_and_roots_follow() {
     let (manager, requests, csrs) = manager(Duration::from_secs(3600), 0);
+    // Nothing held, and asking what is held asks the CA for nothing.
+    assert!(manager.current(&id("cart")).is_none());
     let fetches = (0..10).map(|_| {
         let manager = manager.clone();
         tokio::spawn(async move { manager.fetch(&id("cart")).await.unwrap() })
@@ -84,6 +86,10 @@ async fn concurrent_fetches_share_one_request_and_roots_follow() {
             .all(|c| Arc::ptr_eq(c, &certificates[0]))
     );
     assert_eq!(certificates[0].identity(), &id("cart"));
+    assert!(Arc::ptr_eq(
+        &manager.current(&id("cart")).unwrap(),
+        &certificates[0]
+    ));
     assert_eq!(manager.trust_roots().unwrap().len(), 1);
     // The CSR carries a public key only.
     assert!(!csrs.lock().unwrap()[0].contains("PRIVATE KEY"));
