@@ -1,9 +1,6 @@
-use std::{collections::BTreeMap, net::SocketAddr};
+use std::collections::BTreeMap;
 
-use bytes::Bytes;
-use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
+use http::StatusCode;
 use weft_identity::{CertificateSource, SpiffeId};
 use weft_proto::istio::workload as proto;
 use weft_proxy_core::metrics::{Reporter, SecurityPolicy};
@@ -11,33 +8,11 @@ use weft_proxy_core::metrics::{Reporter, SecurityPolicy};
 use super::*;
 use crate::{proxy::ConnectionLog, testing::local_certificates};
 
-async fn get(address: SocketAddr, path: &str) -> (StatusCode, String) {
-    let stream = tokio::net::TcpStream::connect(address).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    let response = sender
-        .send_request(
-            Request::get(path)
-                .header("host", "agent")
-                .body(Empty::<Bytes>::new())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let status = response.status();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
-}
-
-async fn serve(endpoints: Endpoints) -> SocketAddr {
-    let server = AdminServer::bind("127.0.0.1:0".parse().unwrap(), endpoints)
-        .await
-        .unwrap();
-    let address = server.address().unwrap();
-    tokio::spawn(server.run());
-    address
+/// What `endpoints` answers `path` (the server itself is `weft_proxy_core`'s, tested there).
+fn get(endpoints: &Endpoints, path: &str) -> (StatusCode, String) {
+    endpoints(path)
+        .map(|(status, _, body)| (status, body))
+        .unwrap_or((StatusCode::NOT_FOUND, String::new()))
 }
 
 fn config() -> Config {
@@ -89,13 +64,8 @@ async fn the_three_ports_serve_the_dump_the_metrics_and_readiness() {
         xds_state,
         Arc::new(registry),
     );
-    let (dump, metrics_port, readiness) = (
-        serve(dump).await,
-        serve(metrics_port).await,
-        serve(readiness).await,
-    );
 
-    let (status, body) = get(dump, "/config_dump").await;
+    let (status, body) = get(&dump, "/config_dump");
     assert_eq!(status, StatusCode::OK);
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
@@ -110,9 +80,9 @@ async fn the_three_ports_serve_the_dump_the_metrics_and_readiness() {
     assert_eq!(json["xds"]["synced"], false);
     assert!(!body.contains("PRIVATE KEY"), "{body}");
     assert!(!body.contains("BEGIN"), "no PEM at all: {body}");
-    assert_eq!(get(dump, "/healthz").await.0, StatusCode::OK);
+    assert_eq!(get(&dump, "/healthz").0, StatusCode::OK);
 
-    let (status, text) = get(metrics_port, "/metrics").await;
+    let (status, text) = get(&metrics_port, "/metrics");
     assert_eq!(status, StatusCode::OK);
     for family in [
         "istio_tcp_connections_opened_total{reporter=\"source\"",
@@ -125,13 +95,13 @@ async fn the_three_ports_serve_the_dump_the_metrics_and_readiness() {
         assert!(text.contains(family), "missing {family} in\n{text}");
     }
     assert!(text.trim_end().ends_with("# EOF"), "{text}");
-    assert_eq!(get(metrics_port, "/stats/prometheus").await.1, text);
+    assert_eq!(get(&metrics_port, "/stats/prometheus").1, text);
 
     // Ready once the first configuration arrived, on 15021 and 15020.
-    let (status, body) = get(readiness, READINESS_PATH).await;
+    let (status, body) = get(&readiness, READINESS_PATH);
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(body.contains("waiting for configuration"));
     xds.send_modify(|state| state.synced = true);
-    assert_eq!(get(readiness, READINESS_PATH).await.0, StatusCode::OK);
-    assert_eq!(get(metrics_port, READINESS_PATH).await.0, StatusCode::OK);
+    assert_eq!(get(&readiness, READINESS_PATH).0, StatusCode::OK);
+    assert_eq!(get(&metrics_port, READINESS_PATH).0, StatusCode::OK);
 }
