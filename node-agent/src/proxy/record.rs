@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use weft_proxy_core::metrics::{ACCESS_LOG, AccessLog, ConnectionEnd, ResponseFlag, TcpConnection};
 
-use super::ProxyError;
+use super::error::ProxyError;
 
 /// One connection's record, counting its bytes; dropped when the connection ends.
 pub type ConnectionGuard = TcpConnection<ConnectionLog>;
