@@ -234,20 +234,8 @@ impl Upstream {
         let (sender, connection) = http1::Builder::new()
             .handshake(TokioIo::new(io))
             .await
-            .map_err(|e| UpstreamError::ConnectFailure {
-                endpoint: endpoint.address,
-                reason: e.to_string(),
-            })?;
-        let count = self.connection_count(cluster);
-        tokio::spawn(
-            async move {
-                let _count = count;
-                if let Err(error) = connection.await {
-                    debug!(%error, "upstream http/1.1 connection ended");
-                }
-            }
-            .instrument(debug_span!("upstream_http1", endpoint = %endpoint.address)),
-        );
+            .map_err(connect_failure(endpoint))?;
+        self.drive(cluster, endpoint, "http/1.1", connection);
         Ok(H1Connection { sender, uses: 0 })
     }
 
@@ -275,20 +263,8 @@ impl Upstream {
                         endpoint: endpoint.address,
                         reason: "http/2 handshake timeout".to_owned(),
                     })?
-                    .map_err(|e| UpstreamError::ConnectFailure {
-                        endpoint: endpoint.address,
-                        reason: e.to_string(),
-                    })?;
-                let count = self.connection_count(cluster);
-                tokio::spawn(
-                    async move {
-                        let _count = count;
-                        if let Err(error) = connection.await {
-                            debug!(%error, "upstream http/2 connection ended");
-                        }
-                    }
-                    .instrument(debug_span!("upstream_http2", endpoint = %endpoint.address)),
-                );
+                    .map_err(connect_failure(endpoint))?;
+                self.drive(cluster, endpoint, "http/2", connection);
                 lock(&self.pools().http2).insert(endpoint.address, sender.clone());
                 (sender, true)
             }
@@ -313,21 +289,41 @@ impl Upstream {
         let (mut sender, connection) = http1::Builder::new()
             .handshake(TokioIo::new(io))
             .await
-            .map_err(|e| UpstreamError::ConnectFailure {
-                endpoint: endpoint.address,
-                reason: e.to_string(),
-            })?;
-        let count = self.connection_count(cluster);
-        tokio::spawn(async move {
-            let _count = count;
-            if let Err(error) = connection.with_upgrades().await {
-                debug!(%error, "upstream upgraded connection ended");
-            }
-        });
+            .map_err(connect_failure(endpoint))?;
+        self.drive(cluster, endpoint, "upgraded", connection.with_upgrades());
         sender
             .send_request(request)
             .await
             .map_err(|e| classify(endpoint, &e, true))
+    }
+
+    /// Drives an upstream connection on a task of its own, counted in `cluster`'s open
+    /// connections while it lives.
+    fn drive(
+        &self,
+        cluster: &Cluster,
+        endpoint: &Endpoint,
+        kind: &'static str,
+        connection: impl Future<Output = Result<(), hyper::Error>> + Send + 'static,
+    ) {
+        let count = self.connection_count(cluster);
+        tokio::spawn(
+            async move {
+                let _count = count;
+                if let Err(error) = connection.await {
+                    debug!(%error, "upstream {kind} connection ended");
+                }
+            }
+            .instrument(debug_span!("upstream", kind, endpoint = %endpoint.address)),
+        );
+    }
+}
+
+/// A failed connection or handshake to `endpoint`.
+fn connect_failure(endpoint: &Endpoint) -> impl Fn(hyper::Error) -> UpstreamError + '_ {
+    |e| UpstreamError::ConnectFailure {
+        endpoint: endpoint.address,
+        reason: e.to_string(),
     }
 }
 
