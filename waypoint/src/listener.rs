@@ -157,7 +157,7 @@ impl HboneListener {
         let Some(workers) = &self.workers else {
             tokio::spawn(
                 async move {
-                    serve_tcp(stream, peer, shared, &acceptor, &identity, limits).await;
+                    serve_connection(stream, peer, shared, &acceptor, &identity, limits).await;
                     drop(permit);
                 }
                 .instrument(span),
@@ -175,7 +175,7 @@ impl HboneListener {
             async move {
                 match TcpStream::from_std(stream) {
                     Ok(stream) => {
-                        serve_tcp(stream, peer, shared, &acceptor, &identity, limits).await;
+                        serve_connection(stream, peer, shared, &acceptor, &identity, limits).await;
                     }
                     Err(error) => warn!(%error, "cannot register the connection on its worker"),
                 }
@@ -186,7 +186,7 @@ impl HboneListener {
     }
 }
 
-async fn serve_tcp(
+async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     shared: Arc<ProxyShared>,

@@ -23,7 +23,7 @@ use weft_proxy_core::metrics::ResponseFlag;
 
 use crate::model::{Cluster, Endpoint, HashKey, LoadBalancer, OutlierPolicy, WaypointConfig};
 
-use connections::{MeshConnector, WorkerPools};
+use connections::{EndpointDialer, WorkerPools};
 
 /// A byte stream to an endpoint's application: an HBONE tunnel or a plain TCP connection.
 pub trait UpstreamIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
@@ -200,7 +200,7 @@ impl Upstream {
         let pools = (0..workers.max(1))
             .map(|_| WorkerPools {
                 tunnels: Pool::new(
-                    MeshConnector::new(dialer.clone(), identity.clone()),
+                    EndpointDialer::new(dialer.clone(), identity.clone()),
                     PoolConfig::default(),
                 ),
                 http1: Mutex::new(HashMap::new()),

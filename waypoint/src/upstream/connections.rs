@@ -31,18 +31,18 @@ pub(super) struct TunnelKey {
 
 /// Dials endpoints' HBONE ports with the waypoint's certificate, from the waypoint's own
 /// network namespace.
-pub(super) struct MeshConnector {
+pub(super) struct EndpointDialer {
     dialer: HboneDialer,
     identity: SpiffeId,
 }
 
-impl MeshConnector {
+impl EndpointDialer {
     pub(super) fn new(dialer: HboneDialer, identity: SpiffeId) -> Self {
         Self { dialer, identity }
     }
 }
 
-impl Connector<TunnelKey> for MeshConnector {
+impl Connector<TunnelKey> for EndpointDialer {
     type Io = ClientTls;
 
     async fn connect(&self, key: &TunnelKey) -> io::Result<ClientTls> {
@@ -60,7 +60,7 @@ pub(super) struct H1Connection {
 
 /// The upstream connections of one worker.
 pub(super) struct WorkerPools {
-    pub(super) tunnels: Pool<TunnelKey, MeshConnector>,
+    pub(super) tunnels: Pool<TunnelKey, EndpointDialer>,
     pub(super) http1: Mutex<HashMap<SocketAddr, Vec<H1Connection>>>,
     pub(super) http2: Mutex<HashMap<SocketAddr, http2::SendRequest<Full<Bytes>>>>,
 }
