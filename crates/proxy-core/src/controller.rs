@@ -98,3 +98,40 @@ impl ControllerAccess {
         Arc::new(move || token.current())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_credential_is_read_for_every_connection_and_bad_files_are_named() {
+        let dir = std::env::temp_dir().join(format!("weft-controller-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let token = dir.join("token");
+        let missing = dir.join("missing");
+        let error = ControllerAccess::from_files(&missing, None).unwrap_err();
+        assert!(
+            error.to_string().contains(&missing.display().to_string()),
+            "{error}"
+        );
+
+        std::fs::write(&token, "first\n").unwrap();
+        let access = ControllerAccess::from_files(&token, None).unwrap();
+        assert!(access.trust_roots().unwrap().is_none());
+        let bearer = access.bearer_token();
+        assert_eq!(bearer().unwrap(), "first");
+        // A projected token is rotated in place: the next (re)connect sends the new one.
+        std::fs::write(&token, "second\n").unwrap();
+        assert_eq!(bearer().unwrap(), "second");
+        // An https:// controller is verified against configured roots only.
+        assert!(access.xds_target("https://istiod:15012").is_err());
+        assert!(access.ca_client("https://istiod:15012", None).is_err());
+
+        let roots = dir.join("roots.pem");
+        std::fs::write(&roots, "not a certificate").unwrap();
+        let access = ControllerAccess::from_files(&token, Some(&roots)).unwrap();
+        let error = access.trust_roots().unwrap_err().to_string();
+        assert!(error.contains("roots.pem"), "{error}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
