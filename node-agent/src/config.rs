@@ -16,7 +16,6 @@ pub const ROOT_CERT_FILE: &str = "ROOT_CERT_FILE";
 pub const CERTIFICATE_TTL_SECONDS: &str = "CERTIFICATE_TTL_SECONDS";
 pub const ENROLLMENT_SOCKET: &str = "ENROLLMENT_SOCKET";
 pub const PIN_DIR: &str = "PIN_DIR";
-pub const AGENT_CGROUP: &str = "AGENT_CGROUP";
 pub const CGROUP_ROOT: &str = "CGROUP_ROOT";
 pub const ACCELERATION: &str = "ACCELERATION";
 pub const ADMIN_ADDRESS: &str = "ADMIN_ADDRESS";
@@ -41,7 +40,6 @@ const DEFAULT_BOOTSTRAP_TOKEN_FILE: &str = "/var/run/secrets/weft/bootstrap-toke
 const DEFAULT_CERTIFICATE_TTL: Duration = Duration::from_secs(24 * 3600);
 const DEFAULT_ENROLLMENT_SOCKET: &str = "/var/run/weft/enroll.sock";
 const DEFAULT_PIN_BASE: &str = "/sys/fs/bpf/weft";
-const DEFAULT_CGROUP_ROOT: &str = "/sys/fs/cgroup/unified";
 const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:15000";
 const DEFAULT_METRICS_ADDRESS: &str = "0.0.0.0:15020";
 const DEFAULT_READINESS_ADDRESS: &str = "0.0.0.0:15021";
@@ -108,9 +106,10 @@ pub struct Config {
     pub enrollment_socket: PathBuf,
     /// bpffs directory for this node's pinned programs and maps.
     pub pin_dir: PathBuf,
-    /// The agent's own cgroup (for connection-record cleanup and acceleration).
-    pub agent_cgroup: Option<PathBuf>,
-    pub cgroup_root: PathBuf,
+    /// The root of the cgroup v2 hierarchy, where the capture programs attach; unset, the
+    /// cgroup2 mount found in `/proc/self/mountinfo`. In a container it is the host's mount
+    /// (a hostPath), never the container's own `/sys/fs/cgroup`.
+    pub cgroup_root: Option<PathBuf>,
     /// Splice same-node loopback hops with sockops/sk_msg.
     pub acceleration: bool,
     pub admin_address: SocketAddr,
@@ -312,8 +311,7 @@ impl Config {
             root_cert_file: strings.get(ROOT_CERT_FILE).map(PathBuf::from),
             certificate_ttl: Duration::from_secs(ttl_seconds),
             enrollment_socket: parse(strings, ENROLLMENT_SOCKET, DEFAULT_ENROLLMENT_SOCKET)?,
-            agent_cgroup: strings.get(AGENT_CGROUP).map(PathBuf::from),
-            cgroup_root: parse(strings, CGROUP_ROOT, DEFAULT_CGROUP_ROOT)?,
+            cgroup_root: strings.get(CGROUP_ROOT).map(PathBuf::from),
             acceleration,
             admin_address: parse(strings, ADMIN_ADDRESS, DEFAULT_ADMIN_ADDRESS)?,
             metrics_address: parse(strings, METRICS_ADDRESS, DEFAULT_METRICS_ADDRESS)?,

@@ -1,5 +1,6 @@
 //! The enrollment API: how the agent learns which pods on its node are in the mesh, and where
-//! their network namespace and cgroup are. It plays the role of Istio's ZDS: a CNI plugin (in
+//! their network namespace is (all the capture needs: no cgroup, which a CNI plugin never
+//! learns). It plays the role of Istio's ZDS: a CNI plugin (in
 //! Kubernetes) or the testbed connects to the agent's Unix socket and sends
 //!
 //! 1. the full set of enrolled pods as `pod_added` messages, then `snapshot_sent`, and after that
@@ -35,8 +36,6 @@ pub struct EnrolledPod {
     pub name: String,
     /// The pod's network namespace (a bind-mounted file such as `/run/netns/<name>`).
     pub netns: PathBuf,
-    /// The pod's cgroup v2 directory.
-    pub cgroup: PathBuf,
     /// The pod's IP addresses (inbound capture applies to connections to them).
     #[serde(default)]
     pub addresses: Vec<std::net::IpAddr>,

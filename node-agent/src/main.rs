@@ -9,7 +9,9 @@ use node_agent::{
     admin::{AdminServer, Endpoints},
     certificates::{CaToken, CertificateManager, GrpcCaClient},
     config::{self, Config, LogFormat},
-    ebpf::{Enroller, OriginalDst, Redirection, RedirectionConfig, check_kernel_features},
+    ebpf::{
+        Enroller, OriginalDst, Redirection, RedirectionConfig, cgroup2_root, check_kernel_features,
+    },
     enrollment::EnrollmentServer,
     metrics::Metrics,
     netns::PodNetns,
@@ -57,10 +59,7 @@ struct Args {
     /// bpffs directory for pinned programs and maps.
     #[arg(long, env = config::PIN_DIR)]
     pin_dir: Option<String>,
-    /// The agent's own cgroup v2 directory.
-    #[arg(long, env = config::AGENT_CGROUP)]
-    agent_cgroup: Option<String>,
-    /// cgroup v2 mount point.
+    /// The cgroup v2 hierarchy's root (default: its mount, from /proc/self/mountinfo).
     #[arg(long, env = config::CGROUP_ROOT)]
     cgroup_root: Option<String>,
     /// Same-node acceleration (sockops + sk_msg): true or false.
@@ -114,7 +113,6 @@ impl Args {
             ),
             (config::ENROLLMENT_SOCKET, self.enrollment_socket),
             (config::PIN_DIR, self.pin_dir),
-            (config::AGENT_CGROUP, self.agent_cgroup),
             (config::CGROUP_ROOT, self.cgroup_root),
             (config::ACCELERATION, self.acceleration),
             (config::ADMIN_ADDRESS, self.admin_address),
@@ -207,7 +205,16 @@ fn connection_limits(config: &Config) -> anyhow::Result<ConnectionLimits> {
 
 async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(node = %config.node_name, xds = %config.xds_address, "node agent starting");
-    let features = check_kernel_features(&config.cgroup_root);
+    let cgroup_root = match &config.cgroup_root {
+        Some(root) => root.clone(),
+        None => cgroup2_root().map_err(|e| {
+            anyhow::anyhow!(
+                "finding the cgroup v2 root (set {}): {e}",
+                config::CGROUP_ROOT
+            )
+        })?,
+    };
+    let features = check_kernel_features(&cgroup_root);
     anyhow::ensure!(
         features.is_complete(),
         "this kernel cannot run the mesh's redirection: {features}"
@@ -217,9 +224,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let redirection = Arc::new(
         Redirection::open(RedirectionConfig {
             pin_root: config.pin_dir.clone(),
-            agent_cgroup: config.agent_cgroup.clone(),
             acceleration: config.acceleration,
-            cgroup_root: config.cgroup_root.clone(),
+            cgroup_root,
         })
         .context("loading the eBPF redirection")?,
     );

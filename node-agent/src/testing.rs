@@ -127,7 +127,6 @@ pub fn enrolled_pod(
     name: &str,
     namespace: &str,
     netns: std::path::PathBuf,
-    cgroup: std::path::PathBuf,
     address: std::net::IpAddr,
 ) -> crate::enrollment::EnrolledPod {
     crate::enrollment::EnrolledPod {
@@ -135,7 +134,6 @@ pub fn enrolled_pod(
         namespace: namespace.into(),
         name: name.into(),
         netns,
-        cgroup,
         addresses: vec![address],
         excluded_outbound_ports: vec![],
         excluded_inbound_ports: vec![],

@@ -116,6 +116,14 @@ pub const MAX_UID_LEN: usize = 64;
 /// Maximum addresses per pod.
 pub const MAX_POD_ADDRESSES: usize = 2;
 
+/// `SO_MARK` the agent puts on every socket it creates inside a pod (its upstream connections
+/// from the pod's address): the connect programs leave such sockets alone, as they run for every
+/// socket of an enrolled pod's network namespace. The value is the one Istio's in-pod ztunnel
+/// marks its sockets with (`0x539`), so node rules written for it treat ours alike. Setting a
+/// mark needs `CAP_NET_ADMIN` in the pod's network namespace, which pods in the mesh must not
+/// have (a pod that has it can leave the mesh by other means too).
+pub const AGENT_SOCKET_MARK: u32 = 0x539;
+
 /// [`PodConfig::flags`]: splice this pod's same-netns socket pairs with `sk_msg`.
 pub const POD_FLAG_ACCELERATE: u32 = 1;
 

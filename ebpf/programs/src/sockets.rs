@@ -1,4 +1,7 @@
-//! `sockops` on enrolled pods' cgroups and on the agent's cgroup.
+//! `sockops`, attached once at the cgroup v2 root: it sees every TCP socket of the node, the
+//! pods' and the agent's alike, and acts only on sockets in a network namespace this agent
+//! enrolled (`POD_CONFIG`, keyed by netns cookie); the agent's own sockets inside a pod are
+//! among them, which is what lets it clean records and splice both directions.
 //!
 //! - A redirected connect (recorded by socket cookie in `outbound`) that becomes established
 //!   moves its original destination to a key the agent can compute from the accepted socket:
@@ -21,9 +24,8 @@ use aya_ebpf::{
 use weft_ebpf_common::{ClientKey, POD_FLAG_ACCELERATE, SocketPairKey, ports, stats};
 
 use crate::state::{
-    AF_INET, AF_INET6, LOCAL_SOCKETS, ORIGINAL_DST, PENDING_ORIGINAL_DST, SPLICE_BUDGET, address_of,
-    bump,
-    pod_config, read_ip6, remote_port_from_context, same_address,
+    AF_INET, AF_INET6, LOCAL_SOCKETS, ORIGINAL_DST, PENDING_ORIGINAL_DST, SPLICE_BUDGET,
+    address_of, bump, pod_config, read_ip6, remote_port_from_context, same_address,
 };
 
 #[sock_ops]
@@ -71,7 +73,25 @@ fn ends(ctx: &SockOpsContext) -> Option<Ends> {
 }
 
 fn try_track_sockets(ctx: &SockOpsContext) {
-    match ctx.op() {
+    let op = ctx.op();
+    match op {
+        BPF_SOCK_OPS_TCP_CONNECT_CB
+        | BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB
+        | BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
+            // SAFETY: the helper only reads the socket behind the context.
+            let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+            if pod_config(netns_cookie).is_none() {
+                return;
+            }
+        }
+        // Only sockets flagged below hear about state changes: they are enrolled pods' (or
+        // were, and their records must still go).
+        BPF_SOCK_OPS_STATE_CB => {}
+        // Every other callback (RTO, receive window, ECN...) of every socket of the node: none
+        // of ours, and no lookup.
+        _ => return,
+    }
+    match op {
         BPF_SOCK_OPS_TCP_CONNECT_CB => {
             // SAFETY: the helper only reads the socket's cookie.
             let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };

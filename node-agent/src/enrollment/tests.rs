@@ -38,7 +38,6 @@ fn pod(uid: &str, name: &str) -> EnrolledPod {
         namespace: "default".into(),
         name: name.into(),
         netns: format!("/run/netns/{name}").into(),
-        cgroup: format!("/sys/fs/cgroup/unified/{name}").into(),
         addresses: vec![],
         excluded_outbound_ports: vec![],
         excluded_inbound_ports: vec![],

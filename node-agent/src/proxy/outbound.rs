@@ -81,7 +81,9 @@ impl<C: CertificateSource> Connector<PoolKey> for HboneConnector<C> {
     }
 }
 
-/// Connects to `target` from a socket created inside `netns`.
+/// Connects to `target` from a socket created inside `netns`, marked as the agent's own
+/// ([`weft_ebpf_common::AGENT_SOCKET_MARK`]): the capture programs run for every socket of an
+/// enrolled pod's namespace and must leave the agent's connections where they go.
 pub(crate) async fn connect_in(netns: &PodNetns, target: SocketAddr) -> io::Result<TcpStream> {
     let socket = netns.run(|| {
         if target.is_ipv4() {
@@ -90,6 +92,7 @@ pub(crate) async fn connect_in(netns: &PodNetns, target: SocketAddr) -> io::Resu
             TcpSocket::new_v6()
         }
     })??;
+    socket2::SockRef::from(&socket).set_mark(weft_ebpf_common::AGENT_SOCKET_MARK)?;
     let stream = socket.connect(target).await?;
     weft_hbone::tune_tcp(&stream)?;
     Ok(stream)
