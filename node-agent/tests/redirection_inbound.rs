@@ -1,8 +1,9 @@
 //! Inbound steering on the real kernel: connections from outside an enrolled pod to its
 //! application ports (Istio's 15000, 15020 and 15021 among them) land on the agent's 15006
-//! listener; HBONE (15008), excluded ports and the agent's own forwarding (over loopback inside
-//! the pod) reach their listeners untouched; with no inbound listener the connection fails
-//! instead of reaching the application. Needs root.
+//! listener; HBONE (15008), excluded ports, the agent's own forwarding (over loopback inside the
+//! pod) and the node's own connections (its health probes, from the pod's gateway address) reach
+//! their listeners untouched; with no inbound listener the connection fails instead of reaching
+//! the application. Needs root.
 
 mod support;
 
@@ -104,6 +105,20 @@ fn connections_to_application_ports_land_on_the_inbound_listener() {
     assert!(
         accept_within(&inbound, quick).is_none(),
         "own forwarding was steered"
+    );
+
+    // The node itself (the kubelet probing the pod) connects from its address on the pod's
+    // network, the pod's probe source: left alone, as Istio exempts the node's probes.
+    let node = testbed.node("node1");
+    let probe = connect_from(&node.netns, app_port).expect("probe from the node");
+    assert_eq!(probe.local_addr().unwrap().ip(), app.gateway);
+    assert!(
+        accept_within(&application, support::PATIENCE).is_some(),
+        "the node's probe did not reach the app"
+    );
+    assert!(
+        accept_within(&inbound, quick).is_none(),
+        "the node's probe was steered"
     );
 
     let stats = redirection.stats().unwrap();

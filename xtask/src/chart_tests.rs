@@ -98,6 +98,17 @@ fn nindent(args: &[Value]) -> Result<Value, FuncError> {
     Ok(Value::String(format!("\n{}", indented.join("\n"))))
 }
 
+/// Sprig's `join SEP LIST`: the list's items as text, separated by SEP.
+fn join(args: &[Value]) -> Result<Value, FuncError> {
+    let [separator, Value::Array(items)] = args else {
+        return Err(FuncError::Generic(
+            "join: expected a separator and a list".into(),
+        ));
+    };
+    let items: Vec<String> = items.iter().map(plain).collect();
+    Ok(Value::String(items.join(&plain(separator))))
+}
+
 fn values(overrides: &[(&str, Json)]) -> Json {
     let text = std::fs::read_to_string(chart().join("values.yaml")).unwrap();
     let mut values: Json = serde_yaml::from_str(&text).expect("values.yaml is YAML");
@@ -129,6 +140,7 @@ fn render(values: &Json) -> BTreeMap<String, Vec<Json>> {
             ("quote", quote as gtmpl::Func),
             ("toYaml", to_yaml as gtmpl::Func),
             ("nindent", nindent as gtmpl::Func),
+            ("join", join as gtmpl::Func),
         ]);
         template
             .parse(text)
@@ -255,6 +267,76 @@ fn the_chart_renders_to_valid_manifests_of_every_component() {
         pod["serviceAccountName"], "weft-node-agent",
         "the service account the controller trusts as node agent"
     );
+
+    // The CNI side: the plugin installed where the runtime looks, talking to the agent over
+    // the socket the agent binds, allowed nothing but reading other processes' namespaces.
+    let install = pod["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "install-cni")
+        .expect("an install-cni container");
+    assert_eq!(install["command"], serde_json::json!(["weft-cni-node"]));
+    assert_eq!(
+        env(install, "ENROLLMENT_SOCKET"),
+        env(agent, "ENROLLMENT_SOCKET")
+    );
+    assert_eq!(
+        env(install, "HOST_CNI_NET_DIR").as_deref(),
+        Some("/etc/cni/net.d")
+    );
+    assert_eq!(
+        env(install, "EXCLUDE_NAMESPACES").as_deref(),
+        Some("kube-system")
+    );
+    for name in [
+        weft_cni::config::NODE_NAME,
+        weft_cni::config::POD_NAMESPACE,
+        weft_cni::config::CNI_NET_DIR,
+        weft_cni::config::CNI_BIN_DIR,
+        weft_cni::config::PLUGIN_BINARY,
+        weft_cni::config::NODE_SOCKET,
+        weft_cni::config::PROC_ROOT,
+        weft_cni::config::NETNS_DIR,
+    ] {
+        assert!(
+            install["env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["name"] == name),
+            "install-cni sets no {name}"
+        );
+    }
+    assert_eq!(
+        install["securityContext"]["capabilities"]["add"],
+        serde_json::json!(["SYS_PTRACE"])
+    );
+    let mounts: BTreeSet<String> = install["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["mountPath"].as_str().unwrap().to_owned())
+        .collect();
+    for path in [
+        "/host/opt/cni/bin",
+        "/host/etc/cni/net.d",
+        "/host/proc",
+        "/var/run/netns",
+        "/var/run/weft",
+    ] {
+        assert!(mounts.contains(path), "install-cni does not mount {path}");
+    }
+    let node_role = find(&rendered, "ClusterRole", "weft-node-agent");
+    for verb in ["get", "list", "watch"] {
+        let granted = granted(node_role, verb);
+        for resource in ["pods", "namespaces"] {
+            assert!(
+                granted.contains(&(String::new(), resource.to_owned())),
+                "the node agent may not {verb} {resource}"
+            );
+        }
+    }
 
     // With plaintext on, 15010 appears on the container and the Service.
     let rendered = render(&values(&[("controller.plaintextGrpc", Json::Bool(true))]));

@@ -195,6 +195,10 @@ pub struct PodConfig {
     pub excluded_outbound_ports: [u16; MAX_EXCLUDED_PORTS],
     /// Local ports never steered inbound; 0 marks an unused slot.
     pub excluded_inbound_ports: [u16; MAX_EXCLUDED_PORTS],
+    /// The node's own addresses as the pod sees them (its gateways): connections from them are
+    /// the node's health probes (the kubelet's), never steered inbound, as Istio exempts the
+    /// node's probe traffic. All-zero slots are unused.
+    pub probe_sources: [Address; MAX_POD_ADDRESSES],
     /// `POD_FLAG_*` bits.
     pub flags: u32,
     /// Length of `uid` in bytes.

@@ -3,8 +3,10 @@
 //!
 //! Left alone: non-TCP, connections from inside the pod (loopback interface, or a source address
 //! that is the pod's own or loopback: the agent's own forwarding, made inside the pod), HBONE
-//! (15008, the only port Istio's in-pod rules exempt) and the pod's excluded ports. Istio's other
-//! numbers (15000, 15020, 15021) are the application's inside a pod and are steered like any.
+//! (15008, the only port Istio's in-pod rules exempt), the pod's excluded ports, and connections
+//! from the node itself (the pod's probe sources: the kubelet's health probes, which Istio also
+//! exempts). Istio's other numbers (15000, 15020, 15021) are the application's inside a pod and
+//! are steered like any.
 //! If the pod's inbound listener is missing (agent down), the connection is dropped: inbound
 //! traffic of an enrolled pod never bypasses the agent.
 use aya_ebpf::{
@@ -76,7 +78,9 @@ fn try_steer_inbound(ctx: &SkLookupContext) -> u32 {
         }
         let mut i = 0;
         while i < config.addresses.len() {
-            if same_address(&config.addresses[i], &remote) {
+            if same_address(&config.addresses[i], &remote)
+                || same_address(&config.probe_sources[i], &remote)
+            {
                 return SK_PASS;
             }
             i += 1;

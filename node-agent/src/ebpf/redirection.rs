@@ -514,25 +514,35 @@ pub(crate) fn pod_config(pod: &PodEnrollment<'_>) -> Result<PodConfig, Redirecti
         uid: pod.uid.clone(),
         reason,
     };
-    if pod.addresses.len() > MAX_POD_ADDRESSES {
-        return Err(invalid(format!(
-            "{} addresses, at most {MAX_POD_ADDRESSES}",
-            pod.addresses.len()
-        )));
-    }
     let mut config = PodConfig {
         addresses: [[0; 4]; MAX_POD_ADDRESSES],
         excluded_outbound_ports: [0; MAX_EXCLUDED_PORTS],
         excluded_inbound_ports: [0; MAX_EXCLUDED_PORTS],
+        probe_sources: [[0; 4]; MAX_POD_ADDRESSES],
         flags: 0,
         uid_len: pod.uid.len() as u32,
         uid: [0; MAX_UID_LEN],
     };
-    for (slot, address) in config.addresses.iter_mut().zip(&pod.addresses) {
-        if address.is_unspecified() || address.is_loopback() {
-            return Err(invalid(format!("{address} is not a pod address")));
+    for (what, addresses, slots) in [
+        ("addresses", &pod.addresses, &mut config.addresses),
+        (
+            "probe sources",
+            &pod.probe_sources,
+            &mut config.probe_sources,
+        ),
+    ] {
+        if addresses.len() > MAX_POD_ADDRESSES {
+            return Err(invalid(format!(
+                "{} {what}, at most {MAX_POD_ADDRESSES}",
+                addresses.len()
+            )));
         }
-        *slot = address_words(*address);
+        for (slot, address) in slots.iter_mut().zip(addresses) {
+            if address.is_unspecified() || address.is_loopback() {
+                return Err(invalid(format!("{address} is not a pod or node address")));
+            }
+            *slot = address_words(*address);
+        }
     }
     for (direction, ports, slots) in [
         (

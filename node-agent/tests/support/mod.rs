@@ -97,6 +97,7 @@ pub fn enroll(
             addresses: vec![pod.ip.into()],
             excluded_outbound_ports,
             excluded_inbound_ports,
+            probe_sources: vec![pod.gateway.into()],
             inbound_listener: inbound.as_fd(),
         })
         .expect("enroll");

@@ -19,6 +19,7 @@ use anyhow::{Context, bail};
 
 pub mod bookinfo;
 mod changes;
+pub mod cni;
 pub mod h2flood;
 pub mod probes;
 pub mod scenarios;
@@ -165,12 +166,12 @@ impl PodSpec {
 }
 
 /// A running process of the mesh, with its log file.
-struct Process {
+pub(crate) struct Process {
     child: Child,
 }
 
 impl Process {
-    fn spawn(name: &str, mut command: Command, log: PathBuf) -> anyhow::Result<Self> {
+    pub(crate) fn spawn(name: &str, mut command: Command, log: PathBuf) -> anyhow::Result<Self> {
         let file = std::fs::File::create(&log)?;
         command
             .stdout(file.try_clone()?)
@@ -184,11 +185,11 @@ impl Process {
         Ok(Self { child })
     }
 
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         terminate(&mut self.child);
     }
 
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -31,6 +31,8 @@ pub use netns::Netns;
 pub const PREFIX: &str = "wft";
 /// The cgroup v2 hierarchy (hybrid hierarchies mount it here).
 pub const CGROUP_ROOT: &str = "/sys/fs/cgroup/unified";
+/// Where named network namespaces live (`ip netns`; container runtimes put theirs here too).
+pub const NETNS_DIR: &str = "/run/netns";
 /// bpffs. Tests pin under `<PIN_ROOT>/weft-<kind>/<prefix>` ([`Testbed::pin_dir`]), which the
 /// sweep removes with the testbed's other resources once the owning process is gone: a pin is
 /// what keeps a crashed run's programs attached (at the cgroup root, running for every process).

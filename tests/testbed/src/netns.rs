@@ -30,7 +30,7 @@ impl Netns {
 
     /// The bind-mounted namespace file (what `setns` takes).
     pub fn path(&self) -> PathBuf {
-        PathBuf::from("/run/netns").join(&self.name)
+        PathBuf::from(crate::NETNS_DIR).join(&self.name)
     }
 
     /// Opens the namespace file, e.g. to hand it to a process that enters it.

@@ -708,7 +708,12 @@ fn parse_field_selector(selector: &str) -> Result<Vec<FieldTerm>, String> {
         } else {
             return Err(format!("field selector {term:?} has no operator"));
         };
-        if !matches!(field, "metadata.name" | "metadata.namespace") {
+        // The generic fields, and the one pod field node-local watchers select by (the real
+        // API server only supports it on pods; the fake does not check the kind).
+        if !matches!(
+            field,
+            "metadata.name" | "metadata.namespace" | "spec.nodeName"
+        ) {
             return Err(format!("field label not supported: {field}"));
         }
         terms.push(if equal {
@@ -734,7 +739,10 @@ impl Selection {
             LabelTerm::Exists(k) => label(k).is_some(),
             LabelTerm::Absent(k) => label(k).is_none(),
         });
-        let field = |name: &str| metadata[name.trim_start_matches("metadata.")].as_str();
+        let field = |name: &str| match name.split_once('.') {
+            Some(("spec", rest)) => object["spec"][rest].as_str(),
+            _ => metadata[name.trim_start_matches("metadata.")].as_str(),
+        };
         let fields_match = self.fields.iter().all(|term| match term {
             FieldTerm::Equals(f, v) => field(f).unwrap_or("") == v,
             FieldTerm::NotEquals(f, v) => field(f).unwrap_or("") != v,

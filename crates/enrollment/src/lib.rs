@@ -1,6 +1,6 @@
-//! The enrollment API: how the agent learns which pods on its node are in the mesh, and where
-//! their network namespace is (all the capture needs: no cgroup, which a CNI plugin never
-//! learns). It plays the role of Istio's ZDS: a CNI plugin (in
+//! The node agent's enrollment API: how the agent learns which pods on its node are in the mesh,
+//! and where their network namespace is (all the capture needs: no cgroup, which a CNI plugin
+//! never learns). It plays the role of Istio's ZDS: the CNI side's node daemon (`weft-cni`, in
 //! Kubernetes) or the testbed connects to the agent's Unix socket and sends
 //!
 //! 1. the full set of enrolled pods as `pod_added` messages, then `snapshot_sent`, and after that
@@ -10,6 +10,9 @@
 //! reconciles: pods missing from the new snapshot are removed. Messages are JSON, one per line;
 //! the agent answers each with `ack` or `error`, so the sender knows the pod's traffic is
 //! captured before it lets the pod start.
+//!
+//! This crate owns the wire format, the agent's server loop and the enrolling side's client; it
+//! knows nothing of how a pod is captured or decided on.
 
 use std::{
     collections::BTreeSet,
@@ -47,6 +50,11 @@ pub struct EnrolledPod {
     /// (`traffic.sidecar.istio.io/excludeInboundPorts`).
     #[serde(default)]
     pub excluded_inbound_ports: Vec<u16>,
+    /// The node's own addresses as the pod sees them (the gateways its network plugin gave
+    /// it): connections from them, the kubelet's health probes, are not captured inbound, as
+    /// Istio exempts the node's probe traffic (so probes keep reaching STRICT pods).
+    #[serde(default)]
+    pub probe_sources: Vec<std::net::IpAddr>,
 }
 
 /// A pod uid the agent refuses: it names the pod's directory under the pin root and its eBPF
@@ -272,7 +280,7 @@ async fn reply(
     Ok(())
 }
 
-/// The enrolling side (the CNI plugin's role; the testbed uses it).
+/// The enrolling side (the CNI node daemon's role; the testbed uses it).
 pub struct EnrollmentClient {
     lines: BufReader<UnixStream>,
 }
@@ -302,6 +310,16 @@ impl EnrollmentClient {
     pub async fn remove(&mut self, uid: &str) -> Result<(), EnrollmentError> {
         self.send(&EnrollmentMessage::PodRemoved { uid: uid.into() })
             .await
+    }
+
+    /// Resolves when the agent closes the connection (it went away: the enrolling side reconnects
+    /// and resends its snapshot). The agent writes only answers, so between requests there is
+    /// nothing to read but the end of the stream.
+    pub async fn closed(&mut self) {
+        // End of stream, an error, or an unsolicited byte (a protocol error): all mean gone.
+        // Cancel-safe: a read that has not completed consumed nothing.
+        let mut byte = [0u8; 1];
+        let _ = self.lines.read(&mut byte).await;
     }
 
     /// Sends one message and waits for the agent's answer.
