@@ -336,53 +336,24 @@ impl CniNode {
             .iter()
             .find(|p| p.name == pod)
             .map(|p| p.netns.path());
-        let mut child = Command::new(self.dir.join("bin/weft-cni"))
-            .env_clear()
-            .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", format!("sandbox-{pod}"))
-            .env("CNI_NETNS", netns.unwrap_or_default())
-            .env("CNI_IFNAME", "eth0")
-            .env("CNI_PATH", self.dir.join("bin"))
-            .env(
-                "CNI_ARGS",
-                format!(
-                    "IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={pod};K8S_POD_INFRA_CONTAINER_ID=sandbox-{pod};K8S_POD_UID={}",
-                    self.uid(pod)
-                ),
-            )
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        child.stdin.take().unwrap().write_all(stdin)?;
-        let output = child.wait_with_output()?;
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        Ok(PluginRun {
-            success: output.status.success(),
-            stdout: if stdout.trim().is_empty() {
-                Value::Null
-            } else {
-                serde_json::from_str(&stdout)
-                    .with_context(|| format!("the plugin printed {stdout:?}"))?
+        run_plugin(
+            &self.dir.join("bin/weft-cni"),
+            &PluginCall {
+                command,
+                sandbox: &format!("sandbox-{pod}"),
+                netns: netns.as_deref(),
+                namespace,
+                pod,
+                uid: &self.uid(pod),
             },
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        })
+            stdin,
+        )
     }
 
     /// Connects from `pod` to the probe destination (a listener in another pod of the node).
     pub fn capture_of(&self, pod: &str) -> Capture {
         let target: SocketAddr = (self.testbed.pod("target").ip, TARGET_PORT).into();
-        let connected = self
-            .testbed
-            .pod(pod)
-            .netns
-            .run(move || TcpStream::connect_timeout(&target, Duration::from_secs(2)))
-            .expect("enter the pod's namespace");
-        match connected {
-            Ok(stream) if stream.peer_addr().ok() == Some(target) => Capture::Direct,
-            Ok(_) => Capture::Captured,
-            Err(_) => Capture::Refused,
-        }
+        capture_of(&self.testbed.pod(pod).netns, target)
     }
 
     /// Waits (bounded) until `pod`'s connections show `expected`.
@@ -442,6 +413,70 @@ impl CniNode {
 
     pub fn runtime(&self) -> &tokio::runtime::Runtime {
         &self.runtime
+    }
+}
+
+/// One plugin call's environment.
+#[derive(Debug, Clone, Copy)]
+pub struct PluginCall<'a> {
+    pub command: &'a str,
+    pub sandbox: &'a str,
+    pub netns: Option<&'a std::path::Path>,
+    pub namespace: &'a str,
+    pub pod: &'a str,
+    pub uid: &'a str,
+}
+
+/// Runs the plugin at `binary` as a container runtime does: the call in the environment, the
+/// network configuration on stdin.
+pub fn run_plugin(
+    binary: &std::path::Path,
+    call: &PluginCall<'_>,
+    stdin: &[u8],
+) -> anyhow::Result<PluginRun> {
+    let mut child = Command::new(binary)
+        .env_clear()
+        .env("CNI_COMMAND", call.command)
+        .env("CNI_CONTAINERID", call.sandbox)
+        .env("CNI_NETNS", call.netns.unwrap_or(std::path::Path::new("")))
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", binary.parent().unwrap_or(std::path::Path::new("/")))
+        .env(
+            "CNI_ARGS",
+            format!(
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={};K8S_POD_UID={}",
+                call.namespace, call.pod, call.sandbox, call.uid
+            ),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    child.stdin.take().unwrap().write_all(stdin)?;
+    let output = child.wait_with_output()?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    Ok(PluginRun {
+        success: output.status.success(),
+        stdout: if stdout.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&stdout)
+                .with_context(|| format!("the plugin printed {stdout:?}"))?
+        },
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    })
+}
+
+/// Connects from `netns` to `target`: a captured connection lands on the agent's outbound
+/// listener (its peer is not `target`), refused when the agent is down.
+pub fn capture_of(netns: &weft_testbed::Netns, target: SocketAddr) -> Capture {
+    let connected = netns
+        .run(move || TcpStream::connect_timeout(&target, Duration::from_secs(2)))
+        .expect("enter the pod's namespace");
+    match connected {
+        Ok(stream) if stream.peer_addr().ok() == Some(target) => Capture::Direct,
+        Ok(_) => Capture::Captured,
+        Err(_) => Capture::Refused,
     }
 }
 

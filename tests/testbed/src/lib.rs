@@ -13,6 +13,7 @@
 mod capture;
 mod cgroup;
 mod netns;
+mod runtime;
 mod sweep;
 
 use std::{
@@ -452,6 +453,7 @@ impl Drop for Testbed {
         if let Err(error) = self.cgroup.remove_tree() {
             tracing::warn!(prefix = %self.prefix, %error, "testbed teardown: removing cgroups");
         }
+        runtime::remove_leftovers(&self.prefix);
     }
 }
 

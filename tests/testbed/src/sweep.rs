@@ -40,6 +40,17 @@ pub(crate) fn remove_stale() -> Result<()> {
         }
     }
     remove_stale_pins();
+    let mut stale_runtimes: Vec<String> = crate::runtime::leftover_names()
+        .into_iter()
+        .filter(|name| stale(name))
+        .filter_map(|name| name.split('-').next().map(String::from))
+        .collect();
+    stale_runtimes.sort();
+    stale_runtimes.dedup();
+    for prefix in stale_runtimes {
+        tracing::info!(%prefix, "removing a stale container runtime's leftovers");
+        crate::runtime::remove_leftovers(&prefix);
+    }
     for name in Netns::list()? {
         if stale(&name) {
             tracing::info!(netns = %name, "removing a stale testbed namespace");

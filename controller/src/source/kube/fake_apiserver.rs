@@ -315,6 +315,24 @@ impl FakeApiServer {
         let listener = TcpListener::bind(("127.0.0.1", 0))
             .await
             .map_err(FakeApiError::Bind)?;
+        Self::serve(listener, kinds, bookmark_interval)
+    }
+
+    /// Starts a fake serving the mesh's and the controller's kinds on `listener` (bound by the
+    /// caller, for example inside a network namespace other machines of a testbed reach).
+    pub fn start_on(listener: std::net::TcpListener) -> Result<Self, FakeApiError> {
+        listener.set_nonblocking(true).map_err(FakeApiError::Bind)?;
+        let listener = TcpListener::from_std(listener).map_err(FakeApiError::Bind)?;
+        let mut kinds = ServedKind::mesh_kinds();
+        kinds.extend(ServedKind::controller_kinds());
+        Self::serve(listener, kinds, Duration::from_millis(500))
+    }
+
+    fn serve(
+        listener: TcpListener,
+        kinds: Vec<ServedKind>,
+        bookmark_interval: Duration,
+    ) -> Result<Self, FakeApiError> {
         let address = listener.local_addr().map_err(FakeApiError::Bind)?;
         let shared = Arc::new(Shared {
             kinds,
