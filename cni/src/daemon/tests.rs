@@ -1,39 +1,11 @@
 use std::{collections::BTreeSet, time::Instant};
 
-use weft_enrollment::{EnrollmentServer, PodLifecycle};
+use weft_enrollment::{EnrollmentServer, PodLifecycle, testing::RecordingAgent};
 
 use super::*;
 
-/// A stand-in agent: records the pods it holds; refuses pods named `bad-*`.
-#[derive(Default)]
-struct FakeAgent {
-    pods: Mutex<BTreeMap<String, EnrolledPod>>,
-}
-
-impl PodLifecycle for FakeAgent {
-    async fn add(&self, pod: EnrolledPod) -> Result<(), String> {
-        if pod.name.starts_with("bad") {
-            return Err(format!(
-                "opening network namespace {}: gone",
-                pod.netns.display()
-            ));
-        }
-        self.pods.lock().unwrap().insert(pod.uid.clone(), pod);
-        Ok(())
-    }
-
-    async fn remove(&self, uid: &str) -> Result<(), String> {
-        self.pods.lock().unwrap().remove(uid);
-        Ok(())
-    }
-
-    fn enrolled(&self) -> BTreeSet<String> {
-        self.pods.lock().unwrap().keys().cloned().collect()
-    }
-}
-
-fn start_agent(socket: &Path) -> (Arc<FakeAgent>, tokio::task::JoinHandle<()>) {
-    let agent = Arc::new(FakeAgent::default());
+fn start_agent(socket: &Path) -> (Arc<RecordingAgent>, tokio::task::JoinHandle<()>) {
+    let agent = Arc::new(RecordingAgent::default());
     let server = EnrollmentServer::bind(socket).unwrap();
     let serving = agent.clone();
     let task = tokio::spawn(async move {
@@ -113,7 +85,7 @@ async fn plugin_requests_reach_the_agent_and_survive_its_restart() {
     )
     .await;
     assert!(
-        matches!(&refused, Reply::Error { message } if message.contains("gone")),
+        matches!(&refused, Reply::Error { message } if message.contains("cannot open netns")),
         "{refused:?}"
     );
 

@@ -340,5 +340,44 @@ impl EnrollmentClient {
     }
 }
 
+/// A stand-in agent for the enrolling side's tests.
+#[cfg(any(test, feature = "testing"))]
+pub mod testing {
+    use std::{
+        collections::{BTreeMap, BTreeSet},
+        sync::Mutex,
+    };
+
+    use super::{EnrolledPod, PodLifecycle};
+
+    /// Holds the pods it is given and records every add; refuses pods whose name starts with
+    /// `bad` (their network namespace cannot be opened, as for a pod that ended).
+    #[derive(Debug, Default)]
+    pub struct RecordingAgent {
+        pub pods: Mutex<BTreeMap<String, EnrolledPod>>,
+        pub adds: Mutex<Vec<String>>,
+    }
+
+    impl PodLifecycle for RecordingAgent {
+        async fn add(&self, pod: EnrolledPod) -> Result<(), String> {
+            if pod.name.starts_with("bad") {
+                return Err(format!("cannot open netns {}", pod.netns.display()));
+            }
+            self.adds.lock().unwrap().push(pod.uid.clone());
+            self.pods.lock().unwrap().insert(pod.uid.clone(), pod);
+            Ok(())
+        }
+
+        async fn remove(&self, uid: &str) -> Result<(), String> {
+            self.pods.lock().unwrap().remove(uid);
+            Ok(())
+        }
+
+        fn enrolled(&self) -> BTreeSet<String> {
+            self.pods.lock().unwrap().keys().cloned().collect()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

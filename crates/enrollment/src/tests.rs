@@ -1,36 +1,6 @@
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    sync::Mutex,
-};
+use std::collections::BTreeSet;
 
-use super::*;
-
-/// Records enrollment events; refuses pods whose name starts with "bad".
-#[derive(Default)]
-struct RecordingPods {
-    pods: Mutex<BTreeMap<String, EnrolledPod>>,
-    adds: Mutex<Vec<String>>,
-}
-
-impl PodLifecycle for RecordingPods {
-    async fn add(&self, pod: EnrolledPod) -> Result<(), String> {
-        if pod.name.starts_with("bad") {
-            return Err(format!("cannot open netns {}", pod.netns.display()));
-        }
-        self.adds.lock().unwrap().push(pod.uid.clone());
-        self.pods.lock().unwrap().insert(pod.uid.clone(), pod);
-        Ok(())
-    }
-
-    async fn remove(&self, uid: &str) -> Result<(), String> {
-        self.pods.lock().unwrap().remove(uid);
-        Ok(())
-    }
-
-    fn enrolled(&self) -> BTreeSet<String> {
-        self.pods.lock().unwrap().keys().cloned().collect()
-    }
-}
+use super::{testing::RecordingAgent, *};
 
 fn pod(uid: &str, name: &str) -> EnrolledPod {
     EnrolledPod {
@@ -53,7 +23,7 @@ fn socket_path(test: &str) -> PathBuf {
 async fn snapshot_then_updates_then_reconnect_reconciles() {
     let path = socket_path("reconcile");
     let server = EnrollmentServer::bind(&path).unwrap();
-    let pods: &'static RecordingPods = Box::leak(Box::default());
+    let pods: &'static RecordingAgent = Box::leak(Box::default());
     tokio::spawn(server.run(pods));
 
     let mut client = EnrollmentClient::connect(&path).await.unwrap();
@@ -91,7 +61,7 @@ async fn snapshot_then_updates_then_reconnect_reconciles() {
 async fn refusals_and_malformed_messages_are_answered_and_the_connection_survives() {
     let path = socket_path("refusals");
     let server = EnrollmentServer::bind(&path).unwrap();
-    let pods: &'static RecordingPods = Box::leak(Box::default());
+    let pods: &'static RecordingAgent = Box::leak(Box::default());
     tokio::spawn(server.run(pods));
 
     let mut client = EnrollmentClient::connect(&path).await.unwrap();
@@ -141,7 +111,7 @@ async fn a_stale_socket_file_is_replaced() {
 async fn uids_that_are_no_path_component_are_refused_before_anything_uses_them() {
     let path = socket_path("uids");
     let server = EnrollmentServer::bind(&path).unwrap();
-    let pods: &'static RecordingPods = Box::leak(Box::default());
+    let pods: &'static RecordingAgent = Box::leak(Box::default());
     tokio::spawn(server.run(pods));
     let mut client = EnrollmentClient::connect(&path).await.unwrap();
     client.snapshot(&[pod("u1", "a")]).await.unwrap();
