@@ -8,6 +8,7 @@
 //! [`translate`]ion into what node agents and waypoints consume. None of these perform network
 //! I/O; [`push`] (what each proxy receives), [`server`], [`source`], [`ca`] and [`tls`] do.
 
+pub mod analysis;
 pub mod ca;
 pub mod crd;
 pub mod index;

@@ -1,13 +1,11 @@
-//! `security.istio.io/v1`: AuthorizationPolicy and PeerAuthentication, with Istio's field names
-//! and enum spellings. Every struct rejects unknown fields, as Istio's structural CRDs do.
-
-use std::collections::BTreeMap;
+//! AuthorizationPolicy (`security.istio.io`): every field of Istio's API.
 
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::networking::WorkloadSelector;
+use super::{PolicyTargetReference, WorkloadSelector, selection_rules};
+use crate::model::schema::{self, IstioStatus};
 
 /// Access control for workloads. `spec: {}` is valid and denies every request (ALLOW with no rule).
 #[derive(CustomResource, Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -17,27 +15,31 @@ use super::networking::WorkloadSelector;
     kind = "AuthorizationPolicy",
     plural = "authorizationpolicies",
     shortname = "ap",
+    category = "istio-io",
+    category = "security-istio-io",
     namespaced,
-    derive = "PartialEq"
+    status = "IstioStatus",
+    derive = "PartialEq",
+    printcolumn = r#"{"name":"Action","type":"string","description":"The operation to take.","jsonPath":".spec.action"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","description":"CreationTimestamp is a timestamp representing the server time when this object was created.","jsonPath":".metadata.creationTimestamp"}"#
 )]
-#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+#[serde(rename_all = "camelCase", default)]
+#[schemars(transform = authorization_policy_rules)]
 pub struct AuthorizationPolicySpec {
     pub selector: Option<WorkloadSelector>,
     pub target_ref: Option<PolicyTargetReference>,
+    #[schemars(length(max = 16))]
     pub target_refs: Vec<PolicyTargetReference>,
     /// `None` (absent) and `Some([])` differ: a DENY policy needs the field present.
+    #[schemars(length(max = 512))]
     pub rules: Option<Vec<Rule>>,
     pub action: Option<AuthorizationAction>,
     pub provider: Option<ExtensionProvider>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
-pub struct PolicyTargetReference {
-    pub group: Option<String>,
-    pub kind: String,
-    pub name: String,
-    pub namespace: Option<String>,
+fn authorization_policy_rules(schema: &mut schemars::Schema) {
+    selection_rules(schema);
+    schema::one_of(schema, &[&["provider"]]);
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
@@ -62,33 +64,37 @@ impl AuthorizationAction {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+#[serde(rename_all = "camelCase", default)]
 pub struct ExtensionProvider {
     pub name: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+#[serde(rename_all = "camelCase", default)]
 pub struct Rule {
+    #[schemars(length(max = 512))]
     pub from: Option<Vec<RuleFrom>>,
     pub to: Option<Vec<RuleTo>>,
     pub when: Vec<Condition>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+#[serde(rename_all = "camelCase", default)]
 pub struct RuleFrom {
     pub source: Option<Source>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+#[serde(rename_all = "camelCase", default)]
 pub struct RuleTo {
     pub operation: Option<Operation>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+#[serde(rename_all = "camelCase", default)]
+#[schemars(transform = |s: &mut schemars::Schema| schema::cel(s,
+    "(has(self.serviceAccounts) || has(self.notServiceAccounts)) ? (!has(self.principals) && !has(self.notPrincipals) && !has(self.namespaces) && !has(self.notNamespaces)) : true",
+    "Cannot set serviceAccounts with namespaces or principals"))]
 pub struct Source {
     pub principals: Vec<String>,
     pub not_principals: Vec<String>,
@@ -96,8 +102,12 @@ pub struct Source {
     pub not_request_principals: Vec<String>,
     pub namespaces: Vec<String>,
     pub not_namespaces: Vec<String>,
+    #[schemars(length(max = 16), inner(length(max = 320)))]
     pub service_accounts: Vec<String>,
+    #[schemars(length(max = 16), inner(length(max = 320)))]
     pub not_service_accounts: Vec<String>,
+    pub trust_domains: Vec<String>,
+    pub not_trust_domains: Vec<String>,
     pub ip_blocks: Vec<String>,
     pub not_ip_blocks: Vec<String>,
     pub remote_ip_blocks: Vec<String>,
@@ -105,7 +115,7 @@ pub struct Source {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+#[serde(rename_all = "camelCase", default)]
 pub struct Operation {
     pub hosts: Vec<String>,
     pub not_hosts: Vec<String>,
@@ -118,7 +128,8 @@ pub struct Operation {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+#[serde(rename_all = "camelCase", default)]
+#[schemars(transform = |s: &mut schemars::Schema| schema::required(s, &["key"]))]
 pub struct Condition {
     pub key: String,
     pub values: Vec<String>,
@@ -176,6 +187,12 @@ pub fn http_attributes_at_node_agents(action: AuthorizationAction) -> String {
 }
 
 impl Source {
+    /// Whether the source names trust domains, which Weft does not match: an ALLOW rule with
+    /// them allows nothing, a DENY rule applies without them.
+    pub fn names_trust_domains(&self) -> bool {
+        !self.trust_domains.is_empty() || !self.not_trust_domains.is_empty()
+    }
+
     /// The fields set that only a request carries (what a node agent cannot evaluate).
     pub fn http_attributes(&self) -> Vec<&'static str> {
         [
@@ -215,6 +232,15 @@ impl Condition {
 }
 
 impl Rule {
+    /// Whether a source of the rule names trust domains ([`Source::names_trust_domains`]).
+    pub fn names_trust_domains(&self) -> bool {
+        self.from
+            .iter()
+            .flatten()
+            .filter_map(|f| f.source.as_ref())
+            .any(Source::names_trust_domains)
+    }
+
     /// The paths, relative to the rule (`to[0].operation.paths`, `when[1]`), of every
     /// attribute in it that only a request carries.
     pub fn http_attributes(&self) -> Vec<String> {
@@ -236,79 +262,4 @@ impl Rule {
         }
         found
     }
-}
-
-/// Mutual TLS requirements of workloads.
-#[derive(CustomResource, Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[kube(
-    group = "security.istio.io",
-    version = "v1",
-    kind = "PeerAuthentication",
-    plural = "peerauthentications",
-    shortname = "pa",
-    namespaced,
-    derive = "PartialEq"
-)]
-#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
-pub struct PeerAuthenticationSpec {
-    pub selector: Option<WorkloadSelector>,
-    pub mtls: Option<MutualTls>,
-    /// Keys are ports; Kubernetes stores them as strings (JSON object keys), YAML files often
-    /// as integers: both are accepted.
-    #[serde(deserialize_with = "port_keyed")]
-    pub port_level_mtls: Option<BTreeMap<u32, MutualTls>>,
-}
-
-fn port_keyed<'de, D: serde::Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<BTreeMap<u32, MutualTls>>, D::Error> {
-    /// A map key that is a port number, written as an integer or as a string.
-    #[derive(PartialEq, Eq, PartialOrd, Ord)]
-    struct PortKey(u32);
-
-    impl<'de> Deserialize<'de> for PortKey {
-        fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-            struct Visitor;
-            impl serde::de::Visitor<'_> for Visitor {
-                type Value = PortKey;
-                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                    f.write_str("a port number")
-                }
-                fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<PortKey, E> {
-                    u32::try_from(v)
-                        .map(PortKey)
-                        .map_err(|_| E::custom(format!("port {v} is out of range")))
-                }
-                fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<PortKey, E> {
-                    u32::try_from(v)
-                        .map(PortKey)
-                        .map_err(|_| E::custom(format!("port {v} is out of range")))
-                }
-                fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<PortKey, E> {
-                    v.parse()
-                        .map(PortKey)
-                        .map_err(|_| E::custom(format!("port key {v:?} is not a number")))
-                }
-            }
-            deserializer.deserialize_any(Visitor)
-        }
-    }
-
-    let map: Option<BTreeMap<PortKey, MutualTls>> = Option::deserialize(deserializer)?;
-    Ok(map.map(|m| m.into_iter().map(|(k, v)| (k.0, v)).collect()))
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
-pub struct MutualTls {
-    pub mode: Option<MtlsMode>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum MtlsMode {
-    Unset,
-    Disable,
-    Permissive,
-    Strict,
 }
