@@ -145,14 +145,39 @@ impl NodeDirectory for IndexDirectory {
     }
 }
 
+/// What has been logged about the configuration: translation problems, and the warnings
+/// resources were accepted with (Istio's, and fields not applied), as `<kind> <key>: <warning>`.
+#[derive(Debug, Default)]
+pub struct Reported {
+    problems: Vec<translate::TranslateError>,
+    warnings: std::collections::BTreeSet<String>,
+}
+
+impl Reported {
+    pub fn is_empty(&self) -> bool {
+        self.problems.is_empty() && self.warnings.is_empty()
+    }
+}
+
+/// Every warning of the index, as logged.
+fn warning_lines(index: &ConfigIndex) -> std::collections::BTreeSet<String> {
+    index
+        .warnings
+        .iter()
+        .flat_map(|((kind, key), warnings)| {
+            warnings.iter().map(move |w| format!("{kind} {key}: {w}"))
+        })
+        .collect()
+}
+
 /// Translates `index` and replaces the store's whole state with it (one push, if anything
-/// changed). Problems are logged when they appear and when they go away, not on every publish:
-/// `reported` holds the ones logged so far.
+/// changed). Problems and warnings are logged when they appear and when they go away, not on
+/// every publish: `reported` holds the ones logged so far.
 pub fn publish(
     index: &ConfigIndex,
     settings: &MeshSettings,
     store: &mut ResourceStore,
-    reported: &mut Vec<translate::TranslateError>,
+    reported: &mut Reported,
     gauges: &TranslationGauges,
 ) {
     let translation = translate::translate(index, settings);
@@ -170,16 +195,24 @@ pub fn publish(
         .policies_without_http_attributes
         .store(without_http as u64, std::sync::atomic::Ordering::Relaxed);
     for problem in &translation.problems {
-        if !reported.contains(problem) {
+        if !reported.problems.contains(problem) {
             tracing::warn!(%problem, "translation problem");
         }
     }
-    for problem in reported.iter() {
+    for problem in reported.problems.iter() {
         if !translation.problems.contains(problem) {
             tracing::info!(%problem, "translation problem resolved");
         }
     }
-    reported.clone_from(&translation.problems);
+    reported.problems.clone_from(&translation.problems);
+    let warnings = warning_lines(index);
+    for warning in warnings.difference(&reported.warnings) {
+        tracing::warn!(%warning, "configuration warning");
+    }
+    for warning in reported.warnings.difference(&warnings) {
+        tracing::info!(%warning, "configuration warning resolved");
+    }
+    reported.warnings = warnings;
     let changes = store.replace_all(translation.resources());
     tracing::info!(
         pods = index.pods.len(),
@@ -199,7 +232,7 @@ pub fn publish(
 async fn publish_changes(
     index: Arc<LiveIndex>,
     mut store: ResourceStore,
-    mut reported: Vec<translate::TranslateError>,
+    mut reported: Reported,
     gauges: Arc<TranslationGauges>,
     settings: MeshSettings,
     mut shutdown: watch::Receiver<bool>,
@@ -313,7 +346,7 @@ pub async fn run(config: ServerConfig, shutdown: watch::Receiver<bool>) -> Resul
     let authenticator = Arc::new(authenticator);
 
     let mut store = ResourceStore::new();
-    let mut reported = Vec::new();
+    let mut reported = Reported::default();
     let gauges = Arc::new(TranslationGauges::default());
     publish(
         &index.snapshot(),
@@ -459,7 +492,7 @@ mod tests {
     }
 
     #[test]
-    fn problems_are_logged_once_and_when_resolved() {
+    fn problems_and_warnings_are_logged_once_and_when_resolved() {
         let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("src/translate/testdata/translation_errors.yaml");
         let (broken, _) = ConfigIndex::from_report(loader::load_paths(&[&fixture]), None);
@@ -471,7 +504,7 @@ mod tests {
             .with_ansi(false)
             .finish();
         let mut store = ResourceStore::new();
-        let mut reported = Vec::new();
+        let mut reported = Reported::default();
         let gauges = TranslationGauges::default();
         tracing::subscriber::with_default(subscriber, || {
             publish(&broken, &settings, &mut store, &mut reported, &gauges);
@@ -493,6 +526,20 @@ mod tests {
             count("translation problem") - count("translation problem resolved"),
             problems,
             "{log}"
+        );
+        // The warnings resources were accepted with (fields not applied, Istio's warnings):
+        // logged once each, and again when they go away.
+        let warnings = warning_lines(&broken).len();
+        assert!(warnings > 0, "the fixture has no warning");
+        assert_eq!(count("configuration warning resolved"), warnings, "{log}");
+        assert_eq!(
+            count("configuration warning") - count("configuration warning resolved"),
+            warnings,
+            "{log}"
+        );
+        assert!(
+            log.contains(crate::validation::NOT_APPLIED),
+            "not-applied fields are logged: {log}"
         );
         assert!(reported.is_empty());
     }

@@ -540,6 +540,43 @@ async fn server_errors_are_retried_with_backoff() {
 }
 
 #[tokio::test]
+async fn kinds_are_read_at_whichever_version_the_server_serves() {
+    init_tracing();
+    // An API server with an older Istio's CRDs: VirtualService only as v1alpha3.
+    let kinds = ServedKind::mesh_kinds()
+        .into_iter()
+        .map(|mut kind| {
+            if kind.kind == "VirtualService" {
+                kind.version = "v1alpha3".to_owned();
+            }
+            kind
+        })
+        .collect();
+    let fake = FakeApiServer::start_with(kinds, Duration::from_millis(500))
+        .await
+        .unwrap();
+    let old = REVIEWS_ALL_TO_V2.replace("networking.istio.io/v1", "networking.istio.io/v1alpha3");
+    create_all(&fake, &old);
+    let running = start_source(fake).await;
+    converge(
+        &running.index,
+        &expected_from(&[REVIEWS_ALL_TO_V2.to_owned()]),
+        "the v1alpha3 VirtualService, read as the same kind",
+    )
+    .await;
+    let requests = running.fake.requests();
+    let lists = |path: &str, status: u16| {
+        requests
+            .iter()
+            .filter(|r| r.is_list_of(path) && r.status == status)
+            .count()
+    };
+    assert!(lists(VIRTUAL_SERVICES, 404) >= 1, "v1 was asked first");
+    assert!(lists("/apis/networking.istio.io/v1beta1/virtualservices", 404) >= 1);
+    assert!(lists("/apis/networking.istio.io/v1alpha3/virtualservices", 200) >= 1);
+}
+
+#[tokio::test]
 async fn kinds_the_server_does_not_serve_count_as_listed_and_empty() {
     init_tracing();
     let kinds = ServedKind::mesh_kinds()
