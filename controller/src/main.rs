@@ -43,6 +43,14 @@ struct RunArgs {
     /// local mode].
     #[arg(long, env = "WEFT_TLS_ADDRESS")]
     tls_address: Option<std::net::SocketAddr>,
+    /// The validating admission webhook over TLS [default: 0.0.0.0:15017 in Kubernetes mode;
+    /// none in local mode].
+    #[arg(long, env = "WEFT_WEBHOOK_ADDRESS")]
+    webhook_address: Option<std::net::SocketAddr>,
+    /// The ValidatingWebhookConfiguration whose caBundle the controller keeps set to the mesh
+    /// root (Kubernetes mode) [default: weft-validator-<namespace>].
+    #[arg(long, env = "WEFT_WEBHOOK_CONFIGURATION")]
+    webhook_configuration: Option<String>,
     /// DNS names of the TLS serving certificate, comma-separated [default:
     /// istiod.<namespace>.svc, istiod, istiod.<namespace>, istiod.<namespace>.svc.cluster.local].
     #[arg(long, env = "WEFT_SERVING_NAMES", value_delimiter = ',')]
@@ -164,14 +172,22 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let mode = mode(args).await?;
-        let (grpc_address, tls_address) = match &mode {
+        let (grpc_address, tls_address, webhook_address, webhook_configuration) = match &mode {
             Mode::Local(_) => (
                 Some(args.grpc_address.unwrap_or(([0, 0, 0, 0], 15010).into())),
                 args.tls_address,
+                args.webhook_address,
+                None,
             ),
             Mode::Kubernetes(_) => (
                 args.grpc_address,
                 Some(args.tls_address.unwrap_or(([0, 0, 0, 0], 15012).into())),
+                Some(args.webhook_address.unwrap_or(([0, 0, 0, 0], 15017).into())),
+                Some(
+                    args.webhook_configuration
+                        .clone()
+                        .unwrap_or_else(|| format!("weft-validator-{}", args.namespace)),
+                ),
             ),
         };
         let settings = controller::translate::agent::MeshSettings {
@@ -189,6 +205,8 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
             grpc_address,
             tls_address,
             serving_names,
+            webhook_address,
+            webhook_configuration,
             monitoring_address: args.monitoring_address,
             settings,
         };

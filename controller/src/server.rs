@@ -9,7 +9,8 @@
 //! most 1 s) before one translation replaces the store's whole state, which the ADS server turns
 //! into deltas. The CA signs with the root of the mode (a directory, or Secrets) and asks the same
 //! index which pods run where. gRPC (ADS and CA) is served in plaintext (15010, local mode) and/or
-//! over TLS (15012) with a serving certificate from the mesh CA; metrics on 15014.
+//! over TLS (15012) with a serving certificate from the mesh CA; metrics on 15014; the
+//! validating webhook over TLS on 15017 with the same certificate.
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -88,6 +89,11 @@ pub struct ServerConfig {
     pub tls_address: Option<SocketAddr>,
     /// DNS names of the TLS serving certificate (the first is its common name).
     pub serving_names: Vec<String>,
+    /// The validating admission webhook over TLS, 15017; `None` for none.
+    pub webhook_address: Option<SocketAddr>,
+    /// The ValidatingWebhookConfiguration whose `caBundle` the controller keeps (Kubernetes
+    /// mode); `None` to leave it alone.
+    pub webhook_configuration: Option<String>,
     /// Prometheus metrics, 15014.
     pub monitoring_address: SocketAddr,
     pub settings: MeshSettings,
@@ -331,6 +337,14 @@ pub async fn run(config: ServerConfig, shutdown: watch::Receiver<bool>) -> Resul
                 kube_ca::load_or_create(kube.client.clone(), &kube.namespace).await?;
             tracing::info!(?origin, namespace = %kube.namespace, "mesh CA ready");
             kube_ca::publish_root(kube.client.clone(), &kube.namespace, ca.root_cert_pem()).await?;
+            if let Some(name) = &config.webhook_configuration {
+                tokio::spawn(crate::webhook::keep_ca_bundle(
+                    kube.client.clone(),
+                    name.clone(),
+                    ca.root_cert_pem().to_owned(),
+                    shutdown.clone(),
+                ));
+            }
             start_kubernetes_source(kube.client.clone(), index.clone(), shutdown.clone()).await;
             let authenticator = TokenReviewAuthenticator::new(
                 kube.client.clone(),
@@ -424,11 +438,28 @@ pub async fn run(config: ServerConfig, shutdown: watch::Receiver<bool>) -> Resul
         }
         None => None,
     };
-    let secure = match config.tls_address {
-        Some(address) => {
-            let serving = ServingCertificates::new(ca.clone(), config.serving_names.clone())?;
-            tokio::spawn(serving.clone().renew(shutdown.clone()));
-            let tls_config = tls::server_config(serving)?;
+    // One serving certificate for every TLS port, renewed in place.
+    let serving = if config.tls_address.is_some() || config.webhook_address.is_some() {
+        let serving = ServingCertificates::new(ca.clone(), config.serving_names.clone())?;
+        tokio::spawn(serving.clone().renew(shutdown.clone()));
+        Some(serving)
+    } else {
+        None
+    };
+    if let (Some(address), Some(serving)) = (config.webhook_address, &serving) {
+        let tls_config = tls::server_config(serving.clone(), tls::WEBHOOK_ALPN)?;
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .map_err(|e| ServerError::Bind(address, e))?;
+        tokio::spawn(crate::webhook::serve(
+            listener,
+            tls_config,
+            shutdown.clone(),
+        ));
+    }
+    let secure = match (config.tls_address, serving) {
+        (Some(address), Some(serving)) => {
+            let tls_config = tls::server_config(serving, tls::GRPC_ALPN)?;
             let listener = tokio::net::TcpListener::bind(address)
                 .await
                 .map_err(|e| ServerError::Bind(address, e))?;
@@ -443,11 +474,12 @@ pub async fn run(config: ServerConfig, shutdown: watch::Receiver<bool>) -> Resul
                     .map_err(|e| ServerError::Grpc(address, e))
             })
         }
-        None => None,
+        _ => None,
     };
     tracing::info!(
         grpc = ?config.grpc_address,
         grpc_tls = ?config.tls_address,
+        webhook = ?config.webhook_address,
         serving_names = ?config.serving_names,
         monitoring = %config.monitoring_address,
         "controller serving"

@@ -210,6 +210,7 @@ fn the_chart_renders_to_valid_manifests_of_every_component() {
         "RoleBinding",
         "Service",
         "ServiceAccount",
+        "ValidatingWebhookConfiguration",
     ];
     assert_eq!(kinds, expected.iter().map(|k| k.to_string()).collect());
 
@@ -229,7 +230,10 @@ fn the_chart_renders_to_valid_manifests_of_every_component() {
         "no plaintext by default"
     );
     assert_eq!(controller["resources"]["limits"]["memory"], "512Mi");
-    assert_eq!(ports(find(&rendered, "Service", "istiod")), [15012, 15014]);
+    assert_eq!(
+        ports(find(&rendered, "Service", "istiod")),
+        [443, 15012, 15014]
+    );
 
     // The agent reaches the controller under a name its serving certificate carries, with a
     // token for the audience the controller reviews.
@@ -342,7 +346,7 @@ fn the_chart_renders_to_valid_manifests_of_every_component() {
     let rendered = render(&values(&[("controller.plaintextGrpc", Json::Bool(true))]));
     assert_eq!(
         ports(find(&rendered, "Service", "istiod")),
-        [15010, 15012, 15014]
+        [15010, 443, 15012, 15014]
     );
     let deployment = find(&rendered, "Deployment", "weft-controller");
     let controller = &deployment["spec"]["template"]["spec"]["containers"][0];
@@ -350,6 +354,73 @@ fn the_chart_renders_to_valid_manifests_of_every_component() {
         env(controller, "WEFT_GRPC_ADDRESS").as_deref(),
         Some("0.0.0.0:15010")
     );
+}
+
+#[test]
+fn the_webhook_is_registered_where_the_controller_serves_it() {
+    let rendered = render(&values(&[]));
+    let deployment = find(&rendered, "Deployment", "weft-controller");
+    let controller = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let name = env(controller, "WEFT_WEBHOOK_CONFIGURATION").unwrap();
+    assert_eq!(name, format!("weft-validator-{NAMESPACE}"));
+    let listen: std::net::SocketAddr = env(controller, "WEFT_WEBHOOK_ADDRESS")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let configuration = find(&rendered, "ValidatingWebhookConfiguration", &name);
+    let webhook = &configuration["webhooks"][0];
+    // The API server reaches the webhook through the istiod Service, under a name the serving
+    // certificate carries, at the path the controller serves.
+    let service = &webhook["clientConfig"]["service"];
+    assert_eq!(service["name"], "istiod");
+    assert_eq!(service["namespace"], NAMESPACE);
+    assert_eq!(service["path"], controller::webhook::PATH);
+    let serving_names = controller::server::default_serving_names(NAMESPACE, "cluster.local");
+    assert!(serving_names.contains(&format!("istiod.{NAMESPACE}.svc")));
+    let istiod = find(&rendered, "Service", "istiod");
+    let https = istiod["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["port"] == 443)
+        .expect("the Service serves the webhook on 443, the API server's default");
+    assert_eq!(https["targetPort"], listen.port());
+    // Its CA bundle is the controller's to write, and the controller may write exactly it.
+    assert!(webhook["clientConfig"]["caBundle"].is_null());
+    let cluster_role = find(&rendered, "ClusterRole", "weft-controller");
+    let rule = cluster_role["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["resources"][0] == "validatingwebhookconfigurations")
+        .unwrap();
+    assert_eq!(rule["resourceNames"], serde_json::json!([name]));
+    for verb in ["get", "watch", "update"] {
+        assert!(
+            rule["verbs"].as_array().unwrap().iter().any(|v| v == verb),
+            "{verb}"
+        );
+    }
+    // Every group of the installed CRDs is validated; reviews are v1; nothing stored unvalidated.
+    let groups: Vec<&str> = webhook["rules"][0]["apiGroups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g.as_str().unwrap())
+        .collect();
+    for crd in controller::crd::crds() {
+        assert!(
+            groups.contains(&crd.spec.group.as_str()),
+            "{}",
+            crd.spec.group
+        );
+    }
+    assert_eq!(
+        webhook["admissionReviewVersions"],
+        serde_json::json!(["v1"])
+    );
+    assert_eq!(webhook["failurePolicy"], "Fail");
+    assert_eq!(webhook["sideEffects"], "None");
 }
 
 /// (group, plural) pairs a role grants `verb` on.

@@ -87,8 +87,8 @@ impl ServedKind {
         }
     }
 
-    /// What the controller itself reads and writes besides the watched kinds: Secrets (the CA)
-    /// and ConfigMaps (the published root).
+    /// What the controller itself reads and writes besides the watched kinds: Secrets (the CA),
+    /// ConfigMaps (the published root) and its ValidatingWebhookConfiguration (the CA bundle).
     pub fn controller_kinds() -> Vec<ServedKind> {
         let core = |kind: &str, plural: &str| ServedKind {
             group: String::new(),
@@ -97,7 +97,17 @@ impl ServedKind {
             plural: plural.to_owned(),
             namespaced: true,
         };
-        vec![core("Secret", "secrets"), core("ConfigMap", "configmaps")]
+        vec![
+            core("Secret", "secrets"),
+            core("ConfigMap", "configmaps"),
+            ServedKind {
+                group: "admissionregistration.k8s.io".to_owned(),
+                version: "v1".to_owned(),
+                kind: "ValidatingWebhookConfiguration".to_owned(),
+                plural: "validatingwebhookconfigurations".to_owned(),
+                namespaced: false,
+            },
+        ]
     }
 
     /// The kinds the mesh watches, at the versions the Kubernetes source asks for.
