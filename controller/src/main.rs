@@ -268,7 +268,16 @@ fn validate(paths: &[PathBuf]) -> ExitCode {
             warnings += 1;
             println!("{prefix}: warning: {warning}");
         }
-        locations.insert((resource.kind(), key), loaded.location.clone());
+        // Like `kubectl apply` of the same files, a later definition replaces an earlier one.
+        if let Some(earlier) = locations.insert((resource.kind(), key), loaded.location.clone()) {
+            warnings += 1;
+            println!(
+                "{earlier} {} {}: warning: defined again at {}; that later definition is the one used",
+                resource.kind(),
+                controller::index::key(resource),
+                loaded.location
+            );
+        }
     }
     let valid = report.resources.len() - refused;
     let (index, _) = controller::index::ConfigIndex::from_report(report, None);
