@@ -79,9 +79,29 @@ impl KnownHost {
     }
 }
 
+/// The hosts the mesh knows, by lower-cased name, and the wildcard ones (`*.example.com`).
+#[derive(Default)]
+struct KnownHosts {
+    exact: std::collections::HashMap<String, Vec<KnownHost>>,
+    wildcards: Vec<KnownHost>,
+}
+
+impl KnownHosts {
+    fn push(&mut self, host: KnownHost) {
+        if host.host.starts_with('*') {
+            self.wildcards.push(host);
+        } else {
+            self.exact
+                .entry(host.host.to_ascii_lowercase())
+                .or_default()
+                .push(host);
+        }
+    }
+}
+
 /// Istio's `InitServiceEntryHostMap`: Services (visible as their `exportTo` annotation says)
 /// and ServiceEntry hosts (visible as their `exportTo` says).
-fn known_hosts(index: &ConfigIndex, settings: &MeshSettings) -> Vec<KnownHost> {
+fn known_hosts(index: &ConfigIndex, settings: &MeshSettings) -> KnownHosts {
     let scope = |export_to: &[String], own: &str| -> Option<BTreeSet<String>> {
         if export_to.is_empty() || export_to.iter().any(|e| e == "*") {
             return None;
@@ -93,7 +113,7 @@ fn known_hosts(index: &ConfigIndex, settings: &MeshSettings) -> Vec<KnownHost> {
                 .collect(),
         )
     };
-    let mut hosts = Vec::new();
+    let mut hosts = KnownHosts::default();
     for service in index.services.values() {
         let namespace = namespace_of(&service.metadata);
         let export_to: Vec<String> = service
@@ -128,18 +148,19 @@ fn known_hosts(index: &ConfigIndex, settings: &MeshSettings) -> Vec<KnownHost> {
 /// Istio's `GetDestinationHost`: the host a destination of `namespace` names, exactly or under
 /// a wildcard ServiceEntry host.
 fn find_host<'a>(
-    hosts: &'a [KnownHost],
+    hosts: &'a KnownHosts,
     settings: &MeshSettings,
     namespace: &str,
     host: &str,
 ) -> Option<&'a KnownHost> {
     let fqdn = qualify_host(settings, host, namespace);
     hosts
-        .iter()
-        .filter(|h| h.visible_from(namespace))
-        .find(|h| h.host.eq_ignore_ascii_case(&fqdn))
+        .exact
+        .get(&fqdn.to_ascii_lowercase())
+        .and_then(|known| known.iter().find(|h| h.visible_from(namespace)))
         .or_else(|| {
             hosts
+                .wildcards
                 .iter()
                 .filter(|h| h.visible_from(namespace))
                 .filter_map(|h| h.host.strip_prefix('*').map(|suffix| (h, suffix)))
@@ -203,7 +224,7 @@ fn virtual_services(
     report: &mut Report,
     index: &ConfigIndex,
     settings: &MeshSettings,
-    hosts: &[KnownHost],
+    hosts: &KnownHosts,
 ) {
     // (host as the DestinationRule's namespace qualifies it, subset) pairs.
     let subsets: BTreeSet<(String, String)> = index
@@ -429,7 +450,7 @@ fn destination_rules(
     report: &mut Report,
     index: &ConfigIndex,
     settings: &MeshSettings,
-    hosts: &[KnownHost],
+    hosts: &KnownHosts,
 ) {
     for dr in index.destination_rules.values() {
         let namespace = namespace_of(&dr.metadata);
@@ -447,10 +468,14 @@ fn destination_rules(
             continue;
         }
         for (i, subset) in dr.spec.subsets.iter().enumerate() {
-            let selected = index
-                .pods
-                .values()
-                .any(|pod| selects(&subset.labels, &labels(&pod.metadata)));
+            let selected = index.pods.values().any(|pod| {
+                pod.metadata
+                    .labels
+                    .as_ref()
+                    .map_or(subset.labels.is_empty(), |labels| {
+                        selects(&subset.labels, labels)
+                    })
+            });
             if !selected {
                 report.add(
                     ResourceKind::DestinationRule,

@@ -165,14 +165,25 @@ impl Reported {
     }
 }
 
-/// Every warning of the index, as logged.
-fn warning_lines(index: &ConfigIndex) -> std::collections::BTreeSet<String> {
+/// Every warning of the index, as logged, and the cross-resource findings `controller validate`
+/// prints (`istioctl analyze`'s codes), as istiod reports them with `PILOT_ENABLE_ANALYSIS`.
+fn warning_lines(
+    index: &ConfigIndex,
+    settings: &MeshSettings,
+) -> std::collections::BTreeSet<String> {
+    let analysis = crate::analysis::analyze(index, settings)
+        .into_iter()
+        .map(|m| {
+            let key = crate::index::key_of(m.kind, &m.namespace, &m.name);
+            format!("{} {key}: {}", m.kind, m.warning)
+        });
     index
         .warnings
         .iter()
         .flat_map(|((kind, key), warnings)| {
             warnings.iter().map(move |w| format!("{kind} {key}: {w}"))
         })
+        .chain(analysis)
         .collect()
 }
 
@@ -211,7 +222,7 @@ pub fn publish(
         }
     }
     reported.problems.clone_from(&translation.problems);
-    let warnings = warning_lines(index);
+    let warnings = warning_lines(index, settings);
     for warning in warnings.difference(&reported.warnings) {
         tracing::warn!(%warning, "configuration warning");
     }
@@ -561,7 +572,7 @@ mod tests {
         );
         // The warnings resources were accepted with (fields not applied, Istio's warnings):
         // logged once each, and again when they go away.
-        let warnings = warning_lines(&broken).len();
+        let warnings = warning_lines(&broken, &settings).len();
         assert!(warnings > 0, "the fixture has no warning");
         assert_eq!(count("configuration warning resolved"), warnings, "{log}");
         assert_eq!(
@@ -572,6 +583,10 @@ mod tests {
         assert!(
             log.contains(crate::validation::NOT_APPLIED),
             "not-applied fields are logged: {log}"
+        );
+        assert!(
+            log.contains("[IST0101 ReferencedResourceNotFound]"),
+            "cross-resource findings are logged: {log}"
         );
         assert!(reported.is_empty());
     }

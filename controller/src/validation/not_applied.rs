@@ -599,6 +599,52 @@ mod tests {
     }
 
     #[test]
+    fn architecture_lists_every_entry() {
+        let page = include_str!("../../../ARCHITECTURE.md");
+        let row = |kind: &str, field: &str, when: &str, reason: &str| {
+            let row = format!("| {kind} | {field} | {when} | {reason} |");
+            assert!(page.contains(&row), "ARCHITECTURE.md lacks the row {row}");
+        };
+        for entry in CATALOG {
+            let field = if entry.path.is_empty() {
+                "(the whole kind)".to_owned()
+            } else {
+                format!("`{}`", entry.path)
+            };
+            let when = match entry.when {
+                When::Kind => "any".to_owned(),
+                When::Set => "set".to_owned(),
+                When::Equals(values) => values
+                    .iter()
+                    .map(|v| format!("`{v}`"))
+                    .collect::<Vec<_>>()
+                    .join(" or "),
+                When::StartsWith(prefix) => format!("starts with `{prefix}`"),
+            };
+            row(entry.kind.display_name(), &field, &when, entry.reason);
+        }
+        row(
+            ResourceKind::KubernetesGateway.display_name(),
+            "`spec.gatewayClassName`",
+            &format!("not `{WAYPOINT_GATEWAY_CLASS}`"),
+            NOT_A_WAYPOINT,
+        );
+        row(
+            "VirtualService",
+            "`spec.gateways`",
+            "without `mesh`",
+            GATEWAY_ONLY_ROUTES,
+        );
+        let unread = page
+            .lines()
+            .find(|l| l.starts_with("| Sidecar,"))
+            .expect("a row for the kinds not read");
+        for (_, kind) in crate::model::UNREAD_ISTIO_KINDS {
+            assert!(unread.contains(kind), "{kind} missing from {unread}");
+        }
+    }
+
+    #[test]
     fn every_catalog_path_parses_to_segments() {
         for entry in CATALOG {
             assert_eq!(
