@@ -55,6 +55,30 @@ impl Drop for Controller {
     }
 }
 
+/// The fake API server's kubeconfig, in a directory of this process's own.
+fn write_kubeconfig(fake: &FakeApiServer, prefix: &str) -> (PathBuf, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(&kubeconfig, fake.kubeconfig()).unwrap();
+    (dir, kubeconfig)
+}
+
+/// Waits until the controller is ready and has published its root; returns the root's PEM.
+async fn ready_with_root(fake: &FakeApiServer, monitoring: SocketAddr) -> String {
+    eventually(
+        "the controller's readiness",
+        Duration::from_secs(20),
+        || is_ready(monitoring).then_some(()),
+    )
+    .await;
+    eventually("the published root", Duration::from_secs(20), || {
+        let map = fake.get("v1", "ConfigMap", "istio-system", "istio-ca-root-cert")?;
+        map["data"]["root-cert.pem"].as_str().map(str::to_owned)
+    })
+    .await
+}
+
 fn start_controller(kubeconfig: &PathBuf, tls: SocketAddr, monitoring: SocketAddr) -> Controller {
     start_controller_with_webhook(kubeconfig, tls, monitoring, free_port())
 }
@@ -227,26 +251,13 @@ async fn kubernetes_mode_serves_the_cluster_over_tls_and_follows_its_changes() {
         ),
     );
 
-    let dir = std::env::temp_dir().join(format!("weft-kube-mode-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let kubeconfig = dir.join("kubeconfig");
-    std::fs::write(&kubeconfig, fake.kubeconfig()).unwrap();
+    let (dir, kubeconfig) = write_kubeconfig(&fake, "weft-kube-mode");
     let tls = free_port();
     let monitoring = free_port();
     let controller = start_controller(&kubeconfig, tls, monitoring);
-    eventually(
-        "the controller's readiness",
-        Duration::from_secs(20),
-        || is_ready(monitoring).then_some(()),
-    )
-    .await;
 
     // First start: a root in istio-ca-secret, published in istio-ca-root-cert.
-    let root = eventually("the published root", Duration::from_secs(20), || {
-        let map = fake.get("v1", "ConfigMap", "istio-system", "istio-ca-root-cert")?;
-        map["data"]["root-cert.pem"].as_str().map(str::to_owned)
-    })
-    .await;
+    let root = ready_with_root(&fake, monitoring).await;
     let secret = fake
         .get("v1", "Secret", "istio-system", "istio-ca-secret")
         .expect("the root is persisted");
@@ -456,23 +467,10 @@ fn admission_review(uid: &str, kind: &str, object: Value) -> Value {
 async fn the_webhook_refuses_bad_configuration_over_tls_trusted_through_the_bundle_it_keeps() {
     let fake = FakeApiServer::start().await.unwrap();
     fake.create(webhook_configuration()).unwrap();
-    let dir = std::env::temp_dir().join(format!("weft-webhook-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let kubeconfig = dir.join("kubeconfig");
-    std::fs::write(&kubeconfig, fake.kubeconfig()).unwrap();
+    let (dir, kubeconfig) = write_kubeconfig(&fake, "weft-webhook");
     let (monitoring, webhook) = (free_port(), free_port());
     let _controller = start_controller_with_webhook(&kubeconfig, free_port(), monitoring, webhook);
-    eventually(
-        "the controller's readiness",
-        Duration::from_secs(20),
-        || is_ready(monitoring).then_some(()),
-    )
-    .await;
-    let root = eventually("the published root", Duration::from_secs(20), || {
-        let map = fake.get("v1", "ConfigMap", "istio-system", "istio-ca-root-cert")?;
-        map["data"]["root-cert.pem"].as_str().map(str::to_owned)
-    })
-    .await;
+    let root = ready_with_root(&fake, monitoring).await;
     use base64::Engine;
     let encoded = base64::engine::general_purpose::STANDARD.encode(&root);
     let bundle_of = |fake: &FakeApiServer| {

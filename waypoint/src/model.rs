@@ -833,27 +833,8 @@ fn percent(p: Option<&proto::Percent>, context: &str) -> Result<f64, ConfigError
 
 /// gRPC status code of a name such as `UNAVAILABLE`, or a number.
 fn grpc_code(name: &str) -> Option<u32> {
-    const NAMES: [&str; 17] = [
-        "OK",
-        "CANCELLED",
-        "UNKNOWN",
-        "INVALID_ARGUMENT",
-        "DEADLINE_EXCEEDED",
-        "NOT_FOUND",
-        "ALREADY_EXISTS",
-        "PERMISSION_DENIED",
-        "RESOURCE_EXHAUSTED",
-        "FAILED_PRECONDITION",
-        "ABORTED",
-        "OUT_OF_RANGE",
-        "UNIMPLEMENTED",
-        "INTERNAL",
-        "UNAVAILABLE",
-        "DATA_LOSS",
-        "UNAUTHENTICATED",
-    ];
     name.parse::<u32>().ok().filter(|c| *c <= 16).or_else(|| {
-        NAMES
+        weft_policy::route::GRPC_STATUS_NAMES
             .iter()
             .position(|n| n.eq_ignore_ascii_case(name))
             .and_then(|p| u32::try_from(p).ok())

@@ -2,7 +2,7 @@
 //! `pkg/config/security` helpers check it.
 
 use super::Findings;
-use super::common::{check_one_selection, check_target_ref, check_workload_selector};
+use super::common::check_policy_selection;
 use crate::model::security::*;
 
 /// Istio's `security.ValidateIPs`.
@@ -183,21 +183,12 @@ pub fn attribute(key: &str, values: &[String]) -> Result<(), String> {
 }
 
 pub fn validate(spec: &AuthorizationPolicySpec, findings: &mut Findings) {
-    check_one_selection(
+    check_policy_selection(
         findings,
-        spec.selector.is_some(),
-        spec.target_ref.is_some(),
-        !spec.target_refs.is_empty(),
+        spec.selector.as_ref(),
+        spec.target_ref.as_ref(),
+        &spec.target_refs,
     );
-    if let Some(selector) = &spec.selector {
-        check_workload_selector(findings, "spec.selector", selector);
-    }
-    if let Some(target) = &spec.target_ref {
-        check_target_ref(findings, "spec.targetRef", target);
-    }
-    for (i, target) in spec.target_refs.iter().enumerate() {
-        check_target_ref(findings, &format!("spec.targetRefs[{i}]"), target);
-    }
     let action = spec.action.unwrap_or_default();
     if action == AuthorizationAction::Custom {
         custom_action(findings, spec);

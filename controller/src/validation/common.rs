@@ -228,18 +228,31 @@ pub fn check_workload_selector(findings: &mut Findings, path: &str, selector: &W
     }
 }
 
-/// Istio's `validateOneOfSelectorType`.
-pub fn check_one_selection(
+/// Istio's `validateOneOfSelectorType` and the targets of a policy (`validatePolicyTargetReference`
+/// for each): at most one of `selector`, `targetRef` and `targetRefs`.
+pub fn check_policy_selection(
     findings: &mut Findings,
-    selector: bool,
-    target_ref: bool,
-    target_refs: bool,
+    selector: Option<&WorkloadSelector>,
+    target_ref: Option<&PolicyTargetReference>,
+    target_refs: &[PolicyTargetReference],
 ) {
-    if usize::from(selector) + usize::from(target_ref) + usize::from(target_refs) > 1 {
+    let set = usize::from(selector.is_some())
+        + usize::from(target_ref.is_some())
+        + usize::from(!target_refs.is_empty());
+    if set > 1 {
         findings.error(
             "spec",
             "only one of targetRefs or workloadSelector can be set",
         );
+    }
+    if let Some(selector) = selector {
+        check_workload_selector(findings, "spec.selector", selector);
+    }
+    if let Some(target) = target_ref {
+        check_target_ref(findings, "spec.targetRef", target);
+    }
+    for (i, target) in target_refs.iter().enumerate() {
+        check_target_ref(findings, &format!("spec.targetRefs[{i}]"), target);
     }
 }
 

@@ -523,16 +523,12 @@ fn locality_lb_setting(
         format!("{path}.distribute"),
         validate_localities(sources.into_iter()),
     );
-    if (!lb.failover.is_empty() || !lb.failover_priority.is_empty()) && outlier.is_none() {
-        findings.warn(
-            path,
-            "outlier detection policy must be provided for failover",
-        );
-    }
     failovers(
         findings,
         path,
         &lb.failover,
+        !lb.failover_priority.is_empty(),
+        outlier,
         "locality lb failover",
         "only specify region",
     );
@@ -555,28 +551,34 @@ fn zone_aware_lb_setting(
             );
         }
     }
-    if (!lb.failover.is_empty() || !lb.failover_priority.is_empty()) && outlier.is_none() {
-        findings.warn(
-            path,
-            "outlier detection policy must be provided for failover",
-        );
-    }
     failovers(
         findings,
         path,
         &lb.failover,
+        !lb.failover_priority.is_empty(),
+        outlier,
         "zone aware lb failover",
         "only specifies region; zone and subzone failover are handled automatically",
     );
 }
 
+/// The failover rules both kinds of load-balancer settings share; `priority`: whether
+/// `failoverPriority` is set.
 fn failovers(
     findings: &mut Findings,
     path: &str,
     failover: &[LocalityFailover],
+    priority: bool,
+    outlier: Option<&OutlierDetection>,
     what: &str,
     region_only: &str,
 ) {
+    if (!failover.is_empty() || priority) && outlier.is_none() {
+        findings.warn(
+            path,
+            "outlier detection policy must be provided for failover",
+        );
+    }
     for (i, failover) in failover.iter().enumerate() {
         let failover_path = format!("{path}.failover[{i}]");
         if failover.from == failover.to {

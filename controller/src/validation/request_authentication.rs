@@ -2,27 +2,16 @@
 //! (`validation.go`) and the CEL rules of its CRD check it.
 
 use super::Findings;
-use super::common::{
-    check_duration, check_one_selection, check_target_ref, check_workload_selector,
-};
+use super::common::{check_duration, check_policy_selection};
 use crate::model::security::*;
 
 pub fn validate(spec: &RequestAuthenticationSpec, findings: &mut Findings) {
-    check_one_selection(
+    check_policy_selection(
         findings,
-        spec.selector.is_some(),
-        spec.target_ref.is_some(),
-        !spec.target_refs.is_empty(),
+        spec.selector.as_ref(),
+        spec.target_ref.as_ref(),
+        &spec.target_refs,
     );
-    if let Some(selector) = &spec.selector {
-        check_workload_selector(findings, "spec.selector", selector);
-    }
-    if let Some(target) = &spec.target_ref {
-        check_target_ref(findings, "spec.targetRef", target);
-    }
-    for (i, target) in spec.target_refs.iter().enumerate() {
-        check_target_ref(findings, &format!("spec.targetRefs[{i}]"), target);
-    }
     for (i, rule) in spec.jwt_rules.iter().enumerate() {
         jwt_rule(findings, &format!("spec.jwtRules[{i}]"), rule);
     }

@@ -269,42 +269,65 @@ pub fn check_weights<'a>(
     }
 }
 
-fn check_subnets(findings: &mut Findings, path: &str, subnets: &[String]) {
-    for (k, subnet) in subnets.iter().enumerate() {
-        findings.check(format!("{path}[{k}]"), validate_ip_or_cidr(subnet));
+/// The match fields TCP and TLS matches share (`validateTCPMatch`, `validateTLSMatch`).
+fn l4_match(
+    findings: &mut Findings,
+    match_path: &str,
+    destination_subnets: &[String],
+    port: Option<u32>,
+    source_labels: &std::collections::BTreeMap<String, String>,
+    gateways: &[String],
+) {
+    for (k, subnet) in destination_subnets.iter().enumerate() {
+        findings.check(
+            format!("{match_path}.destinationSubnets[{k}]"),
+            validate_ip_or_cidr(subnet),
+        );
     }
+    if let Some(port) = port.filter(|p| *p != 0) {
+        check_port(findings, format!("{match_path}.port"), u64::from(port));
+    }
+    check_labels(
+        findings,
+        &format!("{match_path}.sourceLabels"),
+        source_labels,
+    );
+    check_gateway_names(findings, &format!("{match_path}.gateways"), gateways);
+}
+
+/// A TCP or TLS route's destinations: at least one, and their weights.
+fn l4_destinations(
+    findings: &mut Findings,
+    path: &str,
+    protocol: &str,
+    route: &[crate::model::networking::RouteDestination],
+) {
+    if route.is_empty() {
+        findings.error(
+            format!("{path}.route"),
+            format!("{protocol} route is required"),
+        );
+    }
+    check_weights(
+        findings,
+        &format!("{path}.route"),
+        route.iter().map(|r| (r.destination.as_ref(), r.weight)),
+    );
 }
 
 /// Istio's `validateTCPRoute` and `validateTCPMatch`.
 fn tcp_route(findings: &mut Findings, path: &str, route: &TcpRoute) {
     for (j, m) in route.matches.iter().enumerate() {
-        let match_path = format!("{path}.match[{j}]");
-        check_subnets(
+        l4_match(
             findings,
-            &format!("{match_path}.destinationSubnets"),
+            &format!("{path}.match[{j}]"),
             &m.destination_subnets,
-        );
-        if let Some(port) = m.port.filter(|p| *p != 0) {
-            check_port(findings, format!("{match_path}.port"), u64::from(port));
-        }
-        check_labels(
-            findings,
-            &format!("{match_path}.sourceLabels"),
+            m.port,
             &m.source_labels,
+            &m.gateways,
         );
-        check_gateway_names(findings, &format!("{match_path}.gateways"), &m.gateways);
     }
-    if route.route.is_empty() {
-        findings.error(format!("{path}.route"), "TCP route is required");
-    }
-    check_weights(
-        findings,
-        &format!("{path}.route"),
-        route
-            .route
-            .iter()
-            .map(|r| (r.destination.as_ref(), r.weight)),
-    );
+    l4_destinations(findings, path, "TCP", &route.route);
 }
 
 /// Istio's `validateTLSRoute`, `validateTLSMatch` and `validateSniHost`.
@@ -354,30 +377,14 @@ fn tls_route(
                 Ok(()) => {}
             }
         }
-        check_subnets(
+        l4_match(
             findings,
-            &format!("{match_path}.destinationSubnets"),
+            &match_path,
             &m.destination_subnets,
-        );
-        if let Some(port) = m.port.filter(|p| *p != 0) {
-            check_port(findings, format!("{match_path}.port"), u64::from(port));
-        }
-        check_labels(
-            findings,
-            &format!("{match_path}.sourceLabels"),
+            m.port,
             &m.source_labels,
+            &m.gateways,
         );
-        check_gateway_names(findings, &format!("{match_path}.gateways"), &m.gateways);
     }
-    if route.route.is_empty() {
-        findings.error(format!("{path}.route"), "TLS route is required");
-    }
-    check_weights(
-        findings,
-        &format!("{path}.route"),
-        route
-            .route
-            .iter()
-            .map(|r| (r.destination.as_ref(), r.weight)),
-    );
+    l4_destinations(findings, path, "TLS", &route.route);
 }

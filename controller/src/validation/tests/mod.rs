@@ -44,13 +44,17 @@ pub struct Case {
     pub expect: Expect,
 }
 
-pub fn ok(name: &'static str, istio: &'static str, yaml: String) -> Case {
+fn case(name: &'static str, istio: &'static str, yaml: String, expect: Expect) -> Case {
     Case {
         name,
         istio,
         yaml,
-        expect: Expect::Valid,
+        expect,
     }
+}
+
+pub fn ok(name: &'static str, istio: &'static str, yaml: String) -> Case {
+    case(name, istio, yaml, Expect::Valid)
 }
 
 pub fn bad(
@@ -60,12 +64,7 @@ pub fn bad(
     path: &'static str,
     reason: &'static str,
 ) -> Case {
-    Case {
-        name,
-        istio,
-        yaml,
-        expect: Expect::Error(path, reason),
-    }
+    case(name, istio, yaml, Expect::Error(path, reason))
 }
 
 pub fn warns(
@@ -75,12 +74,7 @@ pub fn warns(
     path: &'static str,
     reason: &'static str,
 ) -> Case {
-    Case {
-        name,
-        istio,
-        yaml,
-        expect: Expect::Warning(path, reason),
-    }
+    case(name, istio, yaml, Expect::Warning(path, reason))
 }
 
 /// (path, reason) pairs.

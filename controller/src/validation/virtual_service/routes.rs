@@ -32,27 +32,6 @@ const RETRY_ON_POLICIES: &[&str] = &[
     "unavailable",
 ];
 
-/// gRPC status names Istio accepts in `fault.abort.grpcStatus` (`grpc.SupportedGRPCStatus`).
-const GRPC_STATUS_NAMES: &[&str] = &[
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-];
-
 /// Go's `net/http` methods, and `*` (Istio's `supportedCORSMethods`).
 const CORS_METHODS: &[&str] = &[
     "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "CONNECT", "OPTIONS", "TRACE", "*",
@@ -433,7 +412,7 @@ fn fault_injection(findings: &mut Findings, path: &str, fault: &HttpFaultInjecti
             );
         }
         if let Some(status) = &abort.grpc_status {
-            if !GRPC_STATUS_NAMES.contains(&status.as_str()) {
+            if !weft_policy::route::GRPC_STATUS_NAMES.contains(&status.as_str()) {
                 findings.error(
                     format!("{abort_path}.grpcStatus"),
                     format!(
