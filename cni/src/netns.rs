@@ -3,14 +3,8 @@
 //! for `-` under the systemd driver) lives in the pod's sandbox, and its `/proc/<pid>/ns/net` is
 //! the pod's namespace. The agent is given the runtime's bind mount of that namespace (the file
 //! under the runtime's netns directory with the same inode), which outlives any one process.
-//! Also reads the pod's default gateways (the node's addresses as the pod sees them, its probe
-//! sources) from that process's routes.
 
-use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::unix::fs::MetadataExt,
-    path::PathBuf,
-};
+use std::{os::unix::fs::MetadataExt, path::PathBuf};
 
 /// Where to look: the host's `/proc` (mounted in the daemon's container) and the runtime's
 /// netns directory (the same path the agent opens).
@@ -20,18 +14,10 @@ pub struct NetnsFinder {
     pub netns_dir: PathBuf,
 }
 
-/// A running pod's network namespace.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FoundNetns {
-    /// The runtime's file for it (under the netns directory).
-    pub path: PathBuf,
-    /// The pod's default gateways.
-    pub gateways: Vec<IpAddr>,
-}
-
 impl NetnsFinder {
-    /// The network namespace of the pod with `uid`.
-    pub fn find(&self, uid: &str) -> Result<FoundNetns, String> {
+    /// The network namespace of the pod with `uid`: the runtime's file for it (under the netns
+    /// directory).
+    pub fn find(&self, uid: &str) -> Result<PathBuf, String> {
         let pid = self.pod_process(uid)?;
         let ns = self.proc_root.join(pid.to_string()).join("ns/net");
         let inode = std::fs::metadata(&ns)
@@ -39,7 +25,7 @@ impl NetnsFinder {
             .ino();
         let entries = std::fs::read_dir(&self.netns_dir)
             .map_err(|e| format!("{}: {e}", self.netns_dir.display()))?;
-        let path = entries
+        entries
             .flatten()
             .map(|e| e.path())
             .find(|p| std::fs::metadata(p).is_ok_and(|m| m.ino() == inode))
@@ -48,22 +34,7 @@ impl NetnsFinder {
                     "pod {uid}: process {pid}'s network namespace has no file in {}",
                     self.netns_dir.display()
                 )
-            })?;
-        let route = |file: &str| {
-            std::fs::read_to_string(self.proc_root.join(pid.to_string()).join("net").join(file))
-                .unwrap_or_default()
-        };
-        let mut gateways: Vec<IpAddr> = ipv4_default_gateways(&route("route"))
-            .into_iter()
-            .map(IpAddr::V4)
-            .collect();
-        gateways.extend(
-            ipv6_default_gateways(&route("ipv6_route"))
-                .into_iter()
-                .map(IpAddr::V6),
-        );
-        gateways.truncate(2);
-        Ok(FoundNetns { path, gateways })
+            })
     }
 
     /// A process of the pod: the first whose cgroup names the pod's uid.
@@ -111,39 +82,6 @@ fn cgroup_names(line: &str, name: &str) -> bool {
     })
 }
 
-/// Gateways of default routes in `/proc/<pid>/net/route` (hex, little-endian words).
-fn ipv4_default_gateways(table: &str) -> Vec<Ipv4Addr> {
-    table
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let (destination, gateway, mask) = (fields.get(1)?, fields.get(2)?, fields.get(7)?);
-            if *destination != "00000000" || *mask != "00000000" {
-                return None;
-            }
-            let word = u32::from_str_radix(gateway, 16).ok()?;
-            (word != 0).then(|| Ipv4Addr::from(word.to_le_bytes()))
-        })
-        .collect()
-}
-
-/// Gateways of default routes in `/proc/<pid>/net/ipv6_route`.
-fn ipv6_default_gateways(table: &str) -> Vec<Ipv6Addr> {
-    table
-        .lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let (destination, prefix, next_hop) = (fields.first()?, fields.get(1)?, fields.get(4)?);
-            if destination.chars().any(|c| c != '0') || *prefix != "00" {
-                return None;
-            }
-            let value = u128::from_str_radix(next_hop, 16).ok()?;
-            (value != 0).then(|| Ipv6Addr::from(value))
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,22 +110,5 @@ mod tests {
         for (line, name, expected) in cases {
             assert_eq!(cgroup_names(&line, name), expected, "{line}");
         }
-    }
-
-    #[test]
-    fn default_gateways_are_read_from_route_tables() {
-        let route = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
-                     eth0\t00000000\t0101FB0A\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
-                     eth0\t0001FB0A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n";
-        assert_eq!(
-            ipv4_default_gateways(route),
-            vec![Ipv4Addr::new(10, 251, 1, 1)]
-        );
-        let route6 = "00000000000000000000000000000000 00 00000000000000000000000000000000 00 fd000000000000000000000000000001 00000400 00000001 00000000 00000003 eth0\n\
-                      fd000000000000000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001 eth0\n";
-        assert_eq!(
-            ipv6_default_gateways(route6),
-            vec!["fd00::1".parse::<Ipv6Addr>().unwrap()]
-        );
     }
 }

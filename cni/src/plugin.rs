@@ -144,7 +144,6 @@ async fn add(
             addresses: addresses.ips,
             excluded_outbound_ports: exclusions.outbound_ports,
             excluded_inbound_ports: exclusions.inbound_ports,
-            probe_sources: addresses.gateways,
         },
         sandbox: invocation.container_id.clone(),
     };

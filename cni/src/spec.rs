@@ -252,12 +252,10 @@ impl NetConf {
     }
 }
 
-/// Addresses the previous plugin gave the pod, and the gateways it gave them (the node's own
-/// addresses as the pod sees them).
+/// Addresses the previous plugin gave the pod.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PodAddresses {
     pub ips: Vec<IpAddr>,
-    pub gateways: Vec<IpAddr>,
 }
 
 /// Reads `ips` of a CNI result (0.3.x to 1.x share the shape): the addresses on interfaces inside
@@ -305,14 +303,6 @@ pub fn pod_addresses(result: &Value) -> Result<PodAddresses, CniError> {
             .parse::<IpAddr>()
             .map_err(|e| invalid(format!("ips[{i}].address {address:?}: {e}")))?;
         addresses.ips.push(ip);
-        if let Some(gateway) = entry.get("gateway").and_then(Value::as_str) {
-            let gateway = gateway
-                .parse::<IpAddr>()
-                .map_err(|e| invalid(format!("ips[{i}].gateway {gateway:?}: {e}")))?;
-            if !addresses.gateways.contains(&gateway) {
-                addresses.gateways.push(gateway);
-            }
-        }
     }
     Ok(addresses)
 }

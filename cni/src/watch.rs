@@ -271,8 +271,7 @@ fn pod_ips(pod: &Pod) -> Vec<std::net::IpAddr> {
     }
 }
 
-/// The enrollment of a running pod: its addresses from its status, its netns and gateways from
-/// the node.
+/// The enrollment of a running pod: its addresses from its status, its netns from the node.
 fn enrollment(
     pod: &Pod,
     exclusions: &Exclusions,
@@ -280,16 +279,15 @@ fn enrollment(
 ) -> Result<EnrolledPod, String> {
     let meta = &pod.metadata;
     let uid = meta.uid.clone().unwrap_or_default();
-    let found = finder.find(&uid)?;
+    let netns = finder.find(&uid)?;
     Ok(EnrolledPod {
         uid,
         namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
         name: meta.name.clone().unwrap_or_default(),
-        netns: found.path,
+        netns,
         addresses: pod_ips(pod),
         excluded_outbound_ports: exclusions.outbound_ports.clone(),
         excluded_inbound_ports: exclusions.inbound_ports.clone(),
-        probe_sources: found.gateways,
     })
 }
 

@@ -17,6 +17,7 @@ pub const CERTIFICATE_TTL_SECONDS: &str = "CERTIFICATE_TTL_SECONDS";
 pub const ENROLLMENT_SOCKET: &str = "ENROLLMENT_SOCKET";
 pub const PIN_DIR: &str = "PIN_DIR";
 pub const CGROUP_ROOT: &str = "CGROUP_ROOT";
+pub const NODE_NETNS: &str = "NODE_NETNS";
 pub const ACCELERATION: &str = "ACCELERATION";
 pub const ADMIN_ADDRESS: &str = "ADMIN_ADDRESS";
 pub const METRICS_ADDRESS: &str = "METRICS_ADDRESS";
@@ -40,6 +41,8 @@ const DEFAULT_BOOTSTRAP_TOKEN_FILE: &str = "/var/run/secrets/weft/bootstrap-toke
 const DEFAULT_CERTIFICATE_TTL: Duration = Duration::from_secs(24 * 3600);
 const DEFAULT_ENROLLMENT_SOCKET: &str = "/var/run/weft/enroll.sock";
 const DEFAULT_PIN_BASE: &str = "/sys/fs/bpf/weft";
+/// The agent's own namespace: right when it runs in the node's (host network, the testbed).
+const DEFAULT_NODE_NETNS: &str = "/proc/self/ns/net";
 const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:15000";
 const DEFAULT_METRICS_ADDRESS: &str = "0.0.0.0:15020";
 const DEFAULT_READINESS_ADDRESS: &str = "0.0.0.0:15021";
@@ -110,6 +113,12 @@ pub struct Config {
     /// cgroup2 mount found in `/proc/self/mountinfo`. In a container it is the host's mount
     /// (a hostPath), never the container's own `/sys/fs/cgroup`.
     pub cgroup_root: Option<PathBuf>,
+    /// The node's own network namespace, where the kubelet runs: connections its sockets open
+    /// to enrolled pods (health probes) reach the application unsteered, as Istio lets the
+    /// node's own traffic through. Unset, the agent's own namespace; an agent in a pod of its
+    /// own is given the host's (`/proc/1/ns/net` mounted from the host), else the node's probes
+    /// of STRICT pods are refused (failing closed).
+    pub node_netns: PathBuf,
     /// Splice same-node loopback hops with sockops/sk_msg.
     pub acceleration: bool,
     pub admin_address: SocketAddr,
@@ -312,6 +321,7 @@ impl Config {
             certificate_ttl: Duration::from_secs(ttl_seconds),
             enrollment_socket: parse(strings, ENROLLMENT_SOCKET, DEFAULT_ENROLLMENT_SOCKET)?,
             cgroup_root: strings.get(CGROUP_ROOT).map(PathBuf::from),
+            node_netns: parse(strings, NODE_NETNS, DEFAULT_NODE_NETNS)?,
             acceleration,
             admin_address: parse(strings, ADMIN_ADDRESS, DEFAULT_ADMIN_ADDRESS)?,
             metrics_address: parse(strings, METRICS_ADDRESS, DEFAULT_METRICS_ADDRESS)?,
@@ -344,6 +354,8 @@ mod tests {
         assert_eq!(config.worker_threads, 2);
         assert_eq!(config.max_connections, None);
         assert_eq!(config.max_connections_per_source, 256);
+        // Unset, the node is where the agent runs.
+        assert_eq!(config.node_netns, PathBuf::from("/proc/self/ns/net"));
         let config = Config::from_strings(&strings(&[
             (NODE_NAME, "n"),
             (XDS_ADDRESS, "http://10.0.0.2:15010"),
@@ -356,8 +368,10 @@ mod tests {
             (WORKER_THREADS, "1"),
             (MAX_CONNECTIONS, "5000"),
             (MAX_CONNECTIONS_PER_SOURCE, "64"),
+            (NODE_NETNS, "/host/node-netns"),
         ]))
         .unwrap();
+        assert_eq!(config.node_netns, PathBuf::from("/host/node-netns"));
         assert_eq!(config.worker_threads, 1);
         assert_eq!(config.max_connections, Some(5000));
         assert_eq!(config.max_connections_per_source, 64);

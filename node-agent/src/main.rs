@@ -11,6 +11,7 @@ use node_agent::{
     config::{self, Config, LogFormat},
     ebpf::{
         Enroller, OriginalDst, Redirection, RedirectionConfig, cgroup2_root, check_kernel_features,
+        netns_cookie_of,
     },
     enrollment::EnrollmentServer,
     metrics::Metrics,
@@ -62,6 +63,10 @@ struct Args {
     /// The cgroup v2 hierarchy's root (default: its mount, from /proc/self/mountinfo).
     #[arg(long, env = config::CGROUP_ROOT)]
     cgroup_root: Option<String>,
+    /// The node's own network namespace, whose connections to pods (the kubelet's probes) are
+    /// let through (default: the agent's own).
+    #[arg(long, env = config::NODE_NETNS)]
+    node_netns: Option<String>,
     /// Same-node acceleration (sockops + sk_msg): true or false.
     #[arg(long, env = config::ACCELERATION)]
     acceleration: Option<String>,
@@ -114,6 +119,7 @@ impl Args {
             (config::ENROLLMENT_SOCKET, self.enrollment_socket),
             (config::PIN_DIR, self.pin_dir),
             (config::CGROUP_ROOT, self.cgroup_root),
+            (config::NODE_NETNS, self.node_netns),
             (config::ACCELERATION, self.acceleration),
             (config::ADMIN_ADDRESS, self.admin_address),
             (config::METRICS_ADDRESS, self.metrics_address),
@@ -219,6 +225,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
         features.is_complete(),
         "this kernel cannot run the mesh's redirection: {features}"
     );
+    let node_netns = netns_cookie_of(&config.node_netns).with_context(|| {
+        format!(
+            "the node's network namespace {} ({})",
+            config.node_netns.display(),
+            config::NODE_NETNS
+        )
+    })?;
     // Adopts what an earlier run pinned: enrolled pods stay captured (and fail closed) across
     // restarts.
     let redirection = Arc::new(
@@ -226,6 +239,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
             pin_root: config.pin_dir.clone(),
             acceleration: config.acceleration,
             cgroup_root,
+            node_netns,
         })
         .context("loading the eBPF redirection")?,
     );

@@ -89,7 +89,6 @@ fn capture_pod(capture: &dyn Enroller, pod: &EnrolledPod, proxy: &PodProxy) -> R
         addresses: pod.addresses.clone(),
         excluded_outbound_ports: pod.excluded_outbound_ports.clone(),
         excluded_inbound_ports: pod.excluded_inbound_ports.clone(),
-        probe_sources: pod.probe_sources.clone(),
         inbound_listener: proxy.inbound_plaintext_listener(),
     };
     let adopted = capture

@@ -137,6 +137,5 @@ pub fn enrolled_pod(
         addresses: vec![address],
         excluded_outbound_ports: vec![],
         excluded_inbound_ports: vec![],
-        probe_sources: vec![],
     }
 }

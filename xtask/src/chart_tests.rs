@@ -263,6 +263,21 @@ fn the_chart_renders_to_valid_manifests_of_every_component() {
         serde_json::json!(["BPF", "NET_ADMIN", "SYS_ADMIN"])
     );
     assert_eq!(env(agent, "ACCELERATION").as_deref(), Some("false"));
+    // The node's own connections (the kubelet's probes) are known by the host's namespace.
+    let node_netns = env(agent, "NODE_NETNS").expect("NODE_NETNS");
+    let mount = agent["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountPath"] == node_netns.as_str())
+        .expect("NODE_NETNS is mounted");
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap();
+    assert_eq!(volume["hostPath"]["path"], "/proc/1/ns/net");
     assert_eq!(
         env(agent, "CERTIFICATE_TTL_SECONDS").as_deref(),
         Some("86400")

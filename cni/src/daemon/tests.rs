@@ -23,7 +23,6 @@ fn pod(name: &str) -> EnrolledPod {
         addresses: vec![],
         excluded_outbound_ports: vec![],
         excluded_inbound_ports: vec![],
-        probe_sources: vec![],
     }
 }
 

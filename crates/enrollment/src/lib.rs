@@ -50,11 +50,6 @@ pub struct EnrolledPod {
     /// (`traffic.sidecar.istio.io/excludeInboundPorts`).
     #[serde(default)]
     pub excluded_inbound_ports: Vec<u16>,
-    /// The node's own addresses as the pod sees them (the gateways its network plugin gave
-    /// it): connections from them, the kubelet's health probes, are not captured inbound, as
-    /// Istio exempts the node's probe traffic (so probes keep reaching STRICT pods).
-    #[serde(default)]
-    pub probe_sources: Vec<std::net::IpAddr>,
 }
 
 /// A pod uid the agent refuses: it names the pod's directory under the pin root and its eBPF

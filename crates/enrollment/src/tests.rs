@@ -11,7 +11,6 @@ fn pod(uid: &str, name: &str) -> EnrolledPod {
         addresses: vec![],
         excluded_outbound_ports: vec![],
         excluded_inbound_ports: vec![],
-        probe_sources: vec![],
     }
 }
 

@@ -27,9 +27,6 @@ pub struct PodEnrollment<'a> {
     pub excluded_outbound_ports: Vec<u16>,
     /// Local ports never steered inbound (at most 16).
     pub excluded_inbound_ports: Vec<u16>,
-    /// The node's addresses as the pod sees them (at most 2): connections from them (the
-    /// kubelet's health probes) are never steered inbound.
-    pub probe_sources: Vec<IpAddr>,
     /// The agent's inbound (15006) listener, created inside the pod's netns.
     pub inbound_listener: BorrowedFd<'a>,
 }
@@ -217,7 +214,6 @@ pub mod fake {
                 addresses: vec![],
                 excluded_outbound_ports: vec![],
                 excluded_inbound_ports: vec![],
-                probe_sources: vec![],
                 inbound_listener: listener.as_fd(),
             };
             fake.enroll(&pod).unwrap();

@@ -26,7 +26,7 @@ pub use interface::{
 };
 pub use redirection::{ConnectionRecords, Redirection, RedirectionConfig, RedirectionStats};
 pub use smoke::{SmokeCounts, SmokeProbe};
-pub use sockopt::netns_cookie;
+pub use sockopt::{netns_cookie, netns_cookie_of};
 
 /// The object built by `cargo xtask build-ebpf`, embedded at compile time (see `build.rs`).
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("WEFT_EBPF_OBJECT_PATH"));

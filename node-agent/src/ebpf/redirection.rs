@@ -15,6 +15,9 @@
 //! pods/<uid>/sk_lookup         the pod's inbound steering link
 //! ```
 //!
+//! The node's own network namespace is written into `NODE_NETNS` at every start: connections
+//! its sockets open to enrolled pods (the kubelet's probes) reach the application unsteered.
+//!
 //! Links stay attached while the agent is down (pins hold them), which is what makes redirection
 //! fail closed: a pod's connects still go to `127.0.0.1:15001`, refused while nobody listens.
 //! [`Redirection::open`] on restart reuses the pinned maps and links (adoption).
@@ -28,15 +31,16 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, SockHash},
+    maps::{Array, HashMap, MapData, PerCpuArray, SockHash},
     programs::{
         CgroupAttachMode, CgroupSockAddr, SkLookup, SkMsg, SockOps,
         links::{FdLink, PinnedLink},
     },
 };
 use weft_ebpf_common::{
-    Address, ClientKey, MAX_EXCLUDED_PORTS, MAX_POD_ADDRESSES, MAX_UID_LEN, POD_FLAG_ACCELERATE,
-    PodConfig, SocketAddress, SocketPairKey, ipv4_mapped, maps, programs, stats,
+    Address, ClientKey, MAX_EXCLUDED_PORTS, MAX_POD_ADDRESSES, MAX_UID_LEN, NodeConnectionKey,
+    POD_FLAG_ACCELERATE, PodConfig, SocketAddress, SocketPairKey, ipv4_mapped, maps, programs,
+    stats,
 };
 
 use super::{
@@ -66,15 +70,20 @@ pub struct RedirectionConfig {
     /// The root of the cgroup v2 hierarchy, where the connect and sockops programs attach
     /// (see [`super::cgroup2_root`]).
     pub cgroup_root: PathBuf,
+    /// The node's own network namespace (the kubelet's): connections its sockets open to
+    /// enrolled pods are let through to the application, as Istio lets the node's own traffic
+    /// through (see [`super::netns_cookie_of`]).
+    pub node_netns: NetnsCookie,
 }
 
 impl RedirectionConfig {
     /// Defaults for `node`: pins under `/sys/fs/bpf/weft/<node>`, acceleration on.
-    pub fn for_node(node: &str, cgroup_root: PathBuf) -> Self {
+    pub fn for_node(node: &str, cgroup_root: PathBuf, node_netns: NetnsCookie) -> Self {
         Self {
             pin_root: Path::new(DEFAULT_PIN_BASE).join(node),
             acceleration: true,
             cgroup_root,
+            node_netns,
         }
     }
 }
@@ -89,15 +98,19 @@ pub struct RedirectionStats {
     pub inbound_without_listener: u64,
     /// Pair directions that spent their splice budget and left the spliced path.
     pub splice_budget_spent: u64,
+    /// Connections of the node's own sockets let through to a pod's application unsteered.
+    pub node_connections_passed: u64,
 }
 
-/// Original-destination records currently held.
+/// Per-connection records currently held.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ConnectionRecords {
     /// Connects redirected but not yet established.
     pub pending: usize,
     /// Established connections not yet looked up by the agent.
     pub established: usize,
+    /// Connections the node's own sockets hold open to enrolled pods.
+    pub node: usize,
 }
 
 /// The loaded redirection programs and their pinned state. Safe to share between threads.
@@ -175,6 +188,10 @@ impl Redirection {
                 .map_err(|e| EbpfError::Program(programs::SPLICE_LOCAL, e))?;
         }
 
+        let name = maps::NODE_NETNS;
+        Array::<_, u64>::try_from(ebpf.map_mut(name).ok_or(EbpfError::MissingMap(name))?)
+            .and_then(|mut node| node.set(0, config.node_netns.0, 0))
+            .map_err(|e| EbpfError::Map(name, e))?;
         attach_at_root(&mut ebpf, &config)?;
         let redirection = Self {
             config,
@@ -185,6 +202,7 @@ impl Redirection {
         tracing::info!(
             pin_root = %redirection.config.pin_root.display(),
             acceleration = redirection.config.acceleration,
+            node_netns = redirection.config.node_netns.0,
             adopted = redirection.enrolled()?.len(),
             "redirection loaded"
         );
@@ -216,10 +234,11 @@ impl Redirection {
             spliced_messages: get(stats::SPLICED_MESSAGES)?,
             inbound_without_listener: get(stats::INBOUND_WITHOUT_LISTENER)?,
             splice_budget_spent: get(stats::SPLICE_BUDGET_SPENT)?,
+            node_connections_passed: get(stats::NODE_CONNECTIONS_PASSED)?,
         })
     }
 
-    /// How many original-destination records the maps hold.
+    /// How many per-connection records the maps hold.
     pub fn connection_records(&self) -> Result<ConnectionRecords, RedirectionError> {
         let ebpf = self.lock();
         let pending = hash_map::<u64, SocketAddress>(&ebpf, maps::PENDING_ORIGINAL_DST)?
@@ -228,9 +247,13 @@ impl Redirection {
         let established = hash_map::<ClientKey, SocketAddress>(&ebpf, maps::ORIGINAL_DST)?
             .keys()
             .count();
+        let node = hash_map::<NodeConnectionKey, u8>(&ebpf, maps::NODE_CONNECTIONS)?
+            .keys()
+            .count();
         Ok(ConnectionRecords {
             pending,
             established,
+            node,
         })
     }
 
@@ -518,31 +541,21 @@ pub(crate) fn pod_config(pod: &PodEnrollment<'_>) -> Result<PodConfig, Redirecti
         addresses: [[0; 4]; MAX_POD_ADDRESSES],
         excluded_outbound_ports: [0; MAX_EXCLUDED_PORTS],
         excluded_inbound_ports: [0; MAX_EXCLUDED_PORTS],
-        probe_sources: [[0; 4]; MAX_POD_ADDRESSES],
         flags: 0,
         uid_len: pod.uid.len() as u32,
         uid: [0; MAX_UID_LEN],
     };
-    for (what, addresses, slots) in [
-        ("addresses", &pod.addresses, &mut config.addresses),
-        (
-            "probe sources",
-            &pod.probe_sources,
-            &mut config.probe_sources,
-        ),
-    ] {
-        if addresses.len() > MAX_POD_ADDRESSES {
-            return Err(invalid(format!(
-                "{} {what}, at most {MAX_POD_ADDRESSES}",
-                addresses.len()
-            )));
+    if pod.addresses.len() > MAX_POD_ADDRESSES {
+        return Err(invalid(format!(
+            "{} addresses, at most {MAX_POD_ADDRESSES}",
+            pod.addresses.len()
+        )));
+    }
+    for (slot, address) in config.addresses.iter_mut().zip(&pod.addresses) {
+        if address.is_unspecified() || address.is_loopback() {
+            return Err(invalid(format!("{address} is not a pod address")));
         }
-        for (slot, address) in slots.iter_mut().zip(addresses) {
-            if address.is_unspecified() || address.is_loopback() {
-                return Err(invalid(format!("{address} is not a pod or node address")));
-            }
-            *slot = address_words(*address);
-        }
+        *slot = address_words(*address);
     }
     for (direction, ports, slots) in [
         (

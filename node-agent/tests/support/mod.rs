@@ -25,12 +25,16 @@ pub const PATIENCE: Duration = Duration::from_secs(10);
 
 /// Redirection pinned under a directory named after the testbed, so parallel tests never share
 /// pins, and swept with the testbed's other resources when this process is gone (a failed test
-/// skips `uninstall`; the sweep unpins its programs at the cgroup root).
+/// skips `uninstall`; the sweep unpins its programs at the cgroup root). The node is the
+/// testbed's first: its namespace's connections to enrolled pods are the node's own.
 pub fn redirection_config(testbed: &Testbed, acceleration: bool) -> RedirectionConfig {
+    let node = &testbed.nodes()[0];
     RedirectionConfig {
         pin_root: testbed.pin_dir(PIN_BASE),
         acceleration,
         cgroup_root: node_agent::ebpf::cgroup2_root().expect("the cgroup v2 root"),
+        node_netns: node_agent::ebpf::netns_cookie_of(&node.netns.path())
+            .expect("the node's netns cookie"),
     }
 }
 
@@ -97,7 +101,6 @@ pub fn enroll(
             addresses: vec![pod.ip.into()],
             excluded_outbound_ports,
             excluded_inbound_ports,
-            probe_sources: vec![pod.gateway.into()],
             inbound_listener: inbound.as_fd(),
         })
         .expect("enroll");

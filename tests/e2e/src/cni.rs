@@ -206,7 +206,6 @@ impl CniNode {
     fn fake_sandbox_process(&self, pod: &CniPod, pid: u32) -> anyhow::Result<()> {
         let process = self.dir.join("proc").join(pid.to_string());
         std::fs::create_dir_all(process.join("ns"))?;
-        std::fs::create_dir_all(process.join("net"))?;
         std::fs::write(
             process.join("cgroup"),
             format!(
@@ -219,15 +218,6 @@ impl CniNode {
         if !link.exists() {
             std::os::unix::fs::symlink(&netns, &link)?;
         }
-        // The pod's default route, as the kernel prints it (little-endian hex).
-        let gateway = u32::from_le_bytes(self.testbed.pod(&pod.name).gateway.octets());
-        std::fs::write(
-            process.join("net/route"),
-            format!(
-                "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
-                 eth0\t00000000\t{gateway:08X}\t0003\t0\t0\t0\t00000000\t0\t0\t0\n"
-            ),
-        )?;
         Ok(())
     }
 

@@ -325,6 +325,7 @@ impl KubeCluster {
                 ("ACCELERATION", "false".into()),
                 ("WORKER_THREADS", "2".into()),
                 ("CGROUP_ROOT", "/host/cgroup".into()),
+                ("NODE_NETNS", "/host/node-netns".into()),
                 (
                     "ENROLLMENT_SOCKET",
                     run.join("enroll.sock").to_string_lossy().into_owned(),
@@ -345,6 +346,12 @@ impl KubeCluster {
             mounts: vec![
                 mount("/sys/fs/bpf", "/sys/fs/bpf", false),
                 mount(&cgroup_root, "/host/cgroup", true),
+                // The chart mounts the host's /proc/1/ns/net; this node is the testbed's.
+                mount(
+                    self.testbed.node(node).netns.path(),
+                    "/host/node-netns",
+                    true,
+                ),
                 mount_following_host(weft_testbed::NETNS_DIR, "/var/run/netns"),
                 mount(&run, &run.to_string_lossy(), false),
                 mount(

@@ -47,7 +47,6 @@ fn enrollments_are_validated() {
         addresses: vec!["10.0.0.5".parse().unwrap()],
         excluded_outbound_ports: vec![22],
         excluded_inbound_ports: vec![9000, 9001],
-        probe_sources: vec!["10.0.0.1".parse().unwrap()],
         inbound_listener: listener.as_fd(),
     };
     type Edit = fn(&mut PodEnrollment<'_>);
@@ -65,7 +64,7 @@ fn enrollments_are_validated() {
         (
             "loopback address",
             |p| p.addresses = vec!["127.0.0.1".parse().unwrap()],
-            Some("not a pod or node address"),
+            Some("not a pod address"),
         ),
         (
             "port zero",
@@ -91,11 +90,6 @@ fn enrollments_are_validated() {
                     "{name}"
                 );
                 assert_eq!(config.addresses[1], [0; 4], "{name}");
-                assert_eq!(
-                    config.probe_sources,
-                    [address_words("10.0.0.1".parse().unwrap()), [0; 4]],
-                    "{name}"
-                );
             }
             (Err(e), Some(expected)) => {
                 assert!(e.to_string().contains(expected), "{name}: {e}")
@@ -114,7 +108,6 @@ fn too_many_excluded_ports_are_refused() {
         addresses: vec![],
         excluded_outbound_ports: (1..=17).collect(),
         excluded_inbound_ports: vec![],
-        probe_sources: vec![],
         inbound_listener: listener.as_fd(),
     };
     let error = pod_config(&pod).unwrap_err().to_string();
