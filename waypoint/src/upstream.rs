@@ -40,7 +40,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> UpstreamIo for T {}
 /// A boxed upstream stream.
 pub type BoxedIo = Box<dyn UpstreamIo>;
 
-/// Why an upstream attempt failed; each maps to one response flag and status.
+/// Why an upstream attempt failed; `proxy::reply` maps each to its response flag and status.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     #[error("cluster {0} has no healthy endpoint")]
@@ -59,18 +59,6 @@ pub enum UpstreamError {
         endpoint: SocketAddr,
         reason: String,
     },
-}
-
-impl UpstreamError {
-    /// Envoy response flag.
-    pub fn response_flag(&self) -> &'static str {
-        match self {
-            UpstreamError::NoHealthyUpstream(_) => "UH",
-            UpstreamError::Overflow(_) => "UO",
-            UpstreamError::ConnectFailure { .. } => "UF",
-            UpstreamError::RefusedStream { .. } | UpstreamError::Reset { .. } => "UR",
-        }
-    }
 }
 
 /// Where the waypoint dials an endpoint's HBONE listener. Production: `<endpoint ip>:15008`;
