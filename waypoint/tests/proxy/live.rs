@@ -3,7 +3,19 @@
 //! destination that leaves the waypoint drains its connections, and a TCP connection the
 //! policies no longer allow is closed.
 
-use super::*;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, StatusCode, Version};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use weft_proto::waypoint as proto;
+
+use waypoint::testing::hbone_tunnel;
+
+use crate::harness::*;
 
 /// Polls `check` every 10 ms for up to `limit`; true once it held.
 async fn within(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
@@ -246,5 +258,5 @@ async fn an_open_tcp_connection_the_policies_no_longer_allow_is_closed() {
     );
     assert!(applied.elapsed() < Duration::from_secs(1));
     assert!(exchange(&mut kept).await.starts_with("HTTP/1.1 200"));
-    assert_eq!(harness.waypoint.shared.tcp_connections.len(), 1);
+    assert_eq!(harness.waypoint.tcp_connections().len(), 1);
 }
