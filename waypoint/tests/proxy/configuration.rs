@@ -16,12 +16,7 @@ use crate::harness::*;
 
 #[tokio::test]
 async fn invalid_config_is_rejected_and_the_last_good_one_kept() {
-    let (mesh, v1, _v2) = two_endpoints().await;
-    let harness = Harness::start(mesh, &[&v1]).await;
-    harness
-        .waypoint
-        .apply_config(config(vec![route_to("v1")], vec![cluster("v1", &[&v1])]))
-        .unwrap();
+    let (harness, v1, _v2) = routed_to_v1().await;
     let bad_route = proto::HttpRoute {
         r#match: vec![proto::HttpMatchRequest {
             uri: Some(proto::StringMatch {
@@ -58,24 +53,7 @@ async fn configuration_arrives_over_delta_ads_and_a_bad_push_is_nacked() {
     );
     let counters = Arc::new(XdsCounters::default());
     let server = DeltaAdsServer::new(resources.reader()).with_metrics(counters.clone());
-    let (address, _stop) =
-        serve_grpc(tonic::transport::Server::builder().add_service(server.into_service())).await;
-    let client = weft_xds::DeltaClient::new(
-        weft_xds::Target::address(&format!("http://{address}")).unwrap(),
-        weft_proto::envoy::config::core::v3::Node {
-            id: "waypoint~127.0.0.1~waypoint.default~default.svc.cluster.local".to_owned(),
-            ..Default::default()
-        },
-    )
-    .subscribe_names(
-        type_url,
-        vec!["default/waypoint".to_owned()],
-        harness.waypoint.store().xds_handler(),
-    );
-    let (_shutdown, mut shutdown_rx) = watch::channel(false);
-    tokio::spawn(client.run_until(async move {
-        let _ = shutdown_rx.wait_for(|s| *s).await;
-    }));
+    let _session = subscribe_over_delta_ads(&harness, server).await;
     let mut version = harness.waypoint.store().version();
     tokio::time::timeout(Duration::from_secs(10), version.wait_for(|v| *v >= 1))
         .await
@@ -114,12 +92,7 @@ async fn configuration_arrives_over_delta_ads_and_a_bad_push_is_nacked() {
 
 #[tokio::test]
 async fn requests_are_counted_with_istio_labels() {
-    let (mesh, v1, _v2) = two_endpoints().await;
-    let harness = Harness::start(mesh, &[&v1]).await;
-    harness
-        .waypoint
-        .apply_config(config(vec![route_to("v1")], vec![cluster("v1", &[&v1])]))
-        .unwrap();
+    let (harness, _v1, _v2) = routed_to_v1().await;
     for _ in 0..3 {
         harness.get("/").await;
     }
@@ -167,17 +140,7 @@ async fn admin_config_dump_shows_config_endpoint_state_certificate_and_xds_never
         }),
         ..route_to("")
     };
-    let undefined = proto::HttpRoute {
-        name: "to-v9".to_owned(),
-        r#match: vec![proto::HttpMatchRequest {
-            uri: Some(proto::StringMatch {
-                match_type: Some(proto::string_match::MatchType::Prefix("/v9".to_owned())),
-            }),
-            ..Default::default()
-        }],
-        ..route_to("v9")
-    };
-    let mut good = config(vec![undefined, default], vec![both]);
+    let mut good = config(vec![route_to_undefined_subset(), default], vec![both]);
     good.workloads = vec![direct_workload(&v2)];
     good.authorization_policies
         .push(deny_admin_for_the_service());
@@ -187,25 +150,7 @@ async fn admin_config_dump_shows_config_endpoint_state_certificate_and_xds_never
     let type_url = weft_proto::WAYPOINT_CONFIG_TYPE_URL;
     resources.set(type_url, "default/waypoint", Any::from_msg(&good).unwrap());
     let server = DeltaAdsServer::new(resources.reader());
-    let (address, _stop) =
-        serve_grpc(tonic::transport::Server::builder().add_service(server.into_service())).await;
-    let client = weft_xds::DeltaClient::new(
-        weft_xds::Target::address(&format!("http://{address}")).unwrap(),
-        weft_proto::envoy::config::core::v3::Node {
-            id: "waypoint~127.0.0.1~waypoint.default~default.svc.cluster.local".to_owned(),
-            ..Default::default()
-        },
-    )
-    .subscribe_names(
-        type_url,
-        vec!["default/waypoint".to_owned()],
-        harness.waypoint.store().xds_handler(),
-    );
-    let state = client.state();
-    let (_shutdown, mut shutdown_rx) = watch::channel(false);
-    tokio::spawn(client.run_until(async move {
-        let _ = shutdown_rx.wait_for(|s| *s).await;
-    }));
+    let session = subscribe_over_delta_ads(&harness, server).await;
     let mut version = harness.waypoint.store().version();
     tokio::time::timeout(Duration::from_secs(10), version.wait_for(|v| *v >= 1))
         .await
@@ -238,7 +183,7 @@ async fn admin_config_dump_shows_config_endpoint_state_certificate_and_xds_never
         .waypoint
         .bind_admin(
             SocketAddr::new(LOCALHOST, 0),
-            Some(state),
+            Some(session.state.clone()),
             serde_json::json!({"adminAddress": "127.0.0.1:15000"}),
         )
         .await
@@ -353,4 +298,42 @@ async fn admin_config_dump_shows_config_endpoint_state_certificate_and_xds_never
     // Nothing else is served there.
     let (status, _) = http_get(admin_address, "/metrics").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+/// A delta ADS server and the waypoint's client subscribed to its configuration there; both
+/// stop when this is dropped.
+struct XdsSession {
+    state: watch::Receiver<weft_xds::ConnectionState>,
+    _server: watch::Sender<bool>,
+    _client: watch::Sender<bool>,
+}
+
+async fn subscribe_over_delta_ads(
+    harness: &Harness,
+    server: weft_xds::DeltaAdsServer,
+) -> XdsSession {
+    let (address, server_stop) =
+        serve_grpc(tonic::transport::Server::builder().add_service(server.into_service())).await;
+    let client = weft_xds::DeltaClient::new(
+        weft_xds::Target::address(&format!("http://{address}")).unwrap(),
+        weft_proto::envoy::config::core::v3::Node {
+            id: "waypoint~127.0.0.1~waypoint.default~default.svc.cluster.local".to_owned(),
+            ..Default::default()
+        },
+    )
+    .subscribe_names(
+        weft_proto::WAYPOINT_CONFIG_TYPE_URL,
+        vec!["default/waypoint".to_owned()],
+        harness.waypoint.store().xds_handler(),
+    );
+    let state = client.state();
+    let (client_stop, mut stopped) = watch::channel(false);
+    tokio::spawn(client.run_until(async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    }));
+    XdsSession {
+        state,
+        _server: server_stop,
+        _client: client_stop,
+    }
 }

@@ -245,6 +245,44 @@ pub async fn send_on(
     (parts.status, parts.headers, body)
 }
 
+/// A waypoint that knows only `v1` and routes every request to it; `v2` runs beside it.
+pub async fn routed_to_v1() -> (Harness, FakeEndpoint, FakeEndpoint) {
+    let (mesh, v1, v2) = two_endpoints().await;
+    let harness = Harness::start(mesh, &[&v1]).await;
+    harness
+        .waypoint
+        .apply_config(config(vec![route_to("v1")], vec![cluster("v1", &[&v1])]))
+        .unwrap();
+    (harness, v1, v2)
+}
+
+/// Writes `bytes` into `tunnel` and reads the answer until the waypoint closes the tunnel, for
+/// 5 s at most: the answer, and whether it was read to its end by then.
+pub async fn exchange_raw(tunnel: &mut weft_hbone::HboneStream, bytes: &[u8]) -> (String, bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tunnel.write_all(bytes).await.unwrap();
+    let mut answer = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(5), tunnel.read_to_end(&mut answer))
+        .await
+        .is_ok_and(|read| read.is_ok());
+    (String::from_utf8_lossy(&answer).into_owned(), ended)
+}
+
+/// A route for `/v9` to subset `v9`, whose cluster does not exist: what istiod sends for a
+/// subset no DestinationRule defines.
+pub fn route_to_undefined_subset() -> proto::HttpRoute {
+    proto::HttpRoute {
+        name: "to-v9".to_owned(),
+        r#match: vec![proto::HttpMatchRequest {
+            uri: Some(proto::StringMatch {
+                match_type: Some(proto::string_match::MatchType::Prefix("/v9".to_owned())),
+            }),
+            ..Default::default()
+        }],
+        ..route_to("v9")
+    }
+}
+
 pub async fn two_endpoints() -> (TestMesh, FakeEndpoint, FakeEndpoint) {
     let mesh = TestMesh::new();
     let v1 = FakeEndpoint::start(&mesh, "v1", "default", "reviews-v1").await;
@@ -254,6 +292,11 @@ pub async fn two_endpoints() -> (TestMesh, FakeEndpoint, FakeEndpoint) {
 
 /// A deny on `/admin` attached to the service only.
 pub fn deny_admin_for_the_service() -> proto::L7Authorization {
+    deny_paths(&["/admin"], &[HOST])
+}
+
+/// A policy `deny-admin` denying `paths`, attached to `services` (none: the whole waypoint).
+pub fn deny_paths(paths: &[&str], services: &[&str]) -> proto::L7Authorization {
     proto::L7Authorization {
         name: "deny-admin".to_owned(),
         namespace: "default".to_owned(),
@@ -262,14 +305,14 @@ pub fn deny_admin_for_the_service() -> proto::L7Authorization {
             from: Vec::new(),
             to: vec![proto::rule::To {
                 operation: Some(proto::Operation {
-                    paths: vec!["/admin".to_owned()],
+                    paths: paths.iter().map(|p| (*p).to_owned()).collect(),
                     ..Default::default()
                 }),
             }],
             when: Vec::new(),
         }],
         dry_run: false,
-        target_services: vec![HOST.to_owned()],
+        target_services: services.iter().map(|s| (*s).to_owned()).collect(),
     }
 }
 

@@ -3,34 +3,18 @@
 use std::time::Duration;
 
 use http::{Request, StatusCode};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::harness::*;
 
 #[tokio::test]
 async fn content_length_with_transfer_encoding_is_refused_and_others_still_work() {
-    let (mesh, v1, _v2) = two_endpoints().await;
-    let harness = Harness::start(mesh, &[&v1]).await;
-    harness
-        .waypoint
-        .apply_config(config(vec![route_to("v1")], vec![cluster("v1", &[&v1])]))
-        .unwrap();
+    let (harness, v1, _v2) = routed_to_v1().await;
     let mut tunnel = harness.tunnel().await;
-    tunnel
-        .write_all(
-            format!(
-                "POST /smuggle HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nX"
-            )
-            .as_bytes(),
-        )
-        .await
-        .unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), tunnel.read_to_end(&mut answer))
-        .await
-        .unwrap()
-        .unwrap();
-    let answer = String::from_utf8_lossy(&answer);
+    let smuggled = format!(
+        "POST /smuggle HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nX"
+    );
+    let (answer, ended) = exchange_raw(&mut tunnel, smuggled.as_bytes()).await;
+    assert!(ended);
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert_eq!(v1.request_count(), 0);
 
@@ -40,12 +24,7 @@ async fn content_length_with_transfer_encoding_is_refused_and_others_still_work(
 
 #[tokio::test]
 async fn rapid_reset_burst_is_survived() {
-    let (mesh, v1, _v2) = two_endpoints().await;
-    let harness = Harness::start(mesh, &[&v1]).await;
-    harness
-        .waypoint
-        .apply_config(config(vec![route_to("v1")], vec![cluster("v1", &[&v1])]))
-        .unwrap();
+    let (harness, _v1, _v2) = routed_to_v1().await;
     let tunnel = harness.tunnel().await;
     let (client, connection) = h2::client::handshake(tunnel).await.unwrap();
     let driver = tokio::spawn(connection);
@@ -82,12 +61,7 @@ async fn rapid_reset_burst_is_survived() {
 
 #[tokio::test]
 async fn malformed_and_oversized_heads_are_refused() {
-    let (mesh, v1, _v2) = two_endpoints().await;
-    let harness = Harness::start(mesh, &[&v1]).await;
-    harness
-        .waypoint
-        .apply_config(config(vec![route_to("v1")], vec![cluster("v1", &[&v1])]))
-        .unwrap();
+    let (harness, v1, _v2) = routed_to_v1().await;
     let huge = "a".repeat(80 * 1024);
     let cases = [
         (
@@ -111,10 +85,7 @@ async fn malformed_and_oversized_heads_are_refused() {
     ];
     for (request, expected) in cases {
         let mut tunnel = harness.tunnel().await;
-        tunnel.write_all(request.as_bytes()).await.unwrap();
-        let mut answer = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(5), tunnel.read_to_end(&mut answer)).await;
-        let answer = String::from_utf8_lossy(&answer);
+        let (answer, _) = exchange_raw(&mut tunnel, request.as_bytes()).await;
         assert!(
             answer.starts_with(expected),
             "{expected} for {:.60}: {answer}",

@@ -159,12 +159,7 @@ async fn faults_and_mirrors_come_and_go_on_an_open_connection() {
 
 #[tokio::test]
 async fn a_destination_that_leaves_the_waypoint_drains_its_open_connections() {
-    let (mesh, v1, _v2) = two_endpoints().await;
-    let harness = Harness::start(mesh, &[&v1]).await;
-    harness
-        .waypoint
-        .apply_config(config(vec![route_to("v1")], vec![cluster("v1", &[&v1])]))
-        .unwrap();
+    let (harness, _v1, _v2) = routed_to_v1().await;
     let mut h1 = harness.http1().await;
     let mut h2 = http2(&harness).await;
     assert_eq!(send_on(&mut h1, get("/")).await.0, StatusCode::OK);

@@ -64,23 +64,8 @@ async fn deny_policy_on_a_path_also_covers_its_encoded_and_doubled_forms() {
     let (mesh, v1, _v2) = two_endpoints().await;
     let harness = Harness::start(mesh, &[&v1]).await;
     let mut cfg = config(vec![route_to("v1")], vec![cluster("v1", &[&v1])]);
-    cfg.authorization_policies.push(proto::L7Authorization {
-        name: "deny-admin".to_owned(),
-        namespace: "default".to_owned(),
-        action: proto::l7_authorization::Action::Deny as i32,
-        rules: vec![proto::Rule {
-            from: Vec::new(),
-            to: vec![proto::rule::To {
-                operation: Some(proto::Operation {
-                    paths: vec!["/admin".to_owned(), "/admin/*".to_owned()],
-                    ..Default::default()
-                }),
-            }],
-            when: Vec::new(),
-        }],
-        dry_run: false,
-        target_services: Vec::new(),
-    });
+    cfg.authorization_policies
+        .push(deny_paths(&["/admin", "/admin/*"], &[]));
     harness.waypoint.apply_config(cfg).unwrap();
     for path in [
         "/admin",

@@ -175,21 +175,10 @@ async fn a_pod_addressed_directly_is_reached_exactly_and_still_authorized() {
 async fn a_route_to_an_undefined_subset_answers_503_nc_and_the_other_routes_work() {
     let (mesh, v1, _v2) = two_endpoints().await;
     let harness = Harness::start(mesh, &[&v1]).await;
-    let undefined = proto::HttpRoute {
-        name: "to-v9".to_owned(),
-        r#match: vec![proto::HttpMatchRequest {
-            uri: Some(proto::StringMatch {
-                match_type: Some(proto::string_match::MatchType::Prefix("/v9".to_owned())),
-            }),
-            ..Default::default()
-        }],
-        // No cluster by this name: what istiod sends for a subset no DestinationRule defines.
-        ..route_to("v9")
-    };
     harness
         .waypoint
         .apply_config(config(
-            vec![undefined, route_to("v1")],
+            vec![route_to_undefined_subset(), route_to("v1")],
             vec![cluster("v1", &[&v1])],
         ))
         .unwrap();
@@ -243,12 +232,7 @@ async fn weighted_split_follows_the_weights() {
 
 #[tokio::test]
 async fn http2_clients_are_served_and_forwarded_as_http2() {
-    let (mesh, v1, _v2) = two_endpoints().await;
-    let harness = Harness::start(mesh, &[&v1]).await;
-    harness
-        .waypoint
-        .apply_config(config(vec![route_to("v1")], vec![cluster("v1", &[&v1])]))
-        .unwrap();
+    let (harness, v1, _v2) = routed_to_v1().await;
     let (mut sender, connection) = http2::Builder::new(TokioExecutor::new())
         .handshake(TokioIo::new(harness.tunnel().await))
         .await
@@ -278,12 +262,7 @@ async fn http2_clients_are_served_and_forwarded_as_http2() {
 
 #[tokio::test]
 async fn websocket_upgrade_passes_bytes_both_ways() {
-    let (mesh, v1, _v2) = two_endpoints().await;
-    let harness = Harness::start(mesh, &[&v1]).await;
-    harness
-        .waypoint
-        .apply_config(config(vec![route_to("v1")], vec![cluster("v1", &[&v1])]))
-        .unwrap();
+    let (harness, v1, _v2) = routed_to_v1().await;
     let mut sender = harness.http1().await;
     let request = Request::builder()
         .uri("/ws")
@@ -313,12 +292,8 @@ async fn websocket_upgrade_passes_bytes_both_ways() {
 
 #[tokio::test]
 async fn curl_over_a_local_bridge_gets_routed() {
-    let (mesh, v1, _v2) = two_endpoints().await;
-    let harness = Arc::new(Harness::start(mesh, &[&v1]).await);
-    harness
-        .waypoint
-        .apply_config(config(vec![route_to("v1")], vec![cluster("v1", &[&v1])]))
-        .unwrap();
+    let (harness, _v1, _v2) = routed_to_v1().await;
+    let harness = Arc::new(harness);
     // A plain TCP port on loopback that carries each connection through an HBONE tunnel, as the
     // node agent does for an application's connection.
     let bridge = tokio::net::TcpListener::bind((LOCALHOST, 0)).await.unwrap();

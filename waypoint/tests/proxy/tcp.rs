@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use http::StatusCode;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use weft_proto::waypoint as proto;
 
 use waypoint::testing::hbone_tunnel;
@@ -21,13 +20,9 @@ async fn tcp_ports_are_forwarded_at_l4_and_unknown_protocols_sniffed() {
     // An HTTP request on a TCP port reaches the app byte for byte: no x-request-id added.
     let raw = format!("GET /raw HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n");
     let mut tunnel = harness.tunnel().await;
-    tunnel.write_all(raw.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), tunnel.read_to_end(&mut answer))
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
+    let (answer, ended) = exchange_raw(&mut tunnel, raw.as_bytes()).await;
+    assert!(ended);
+    assert!(answer.starts_with("HTTP/1.1 200"));
     let seen = v1.last_request().unwrap();
     assert_eq!(seen.path, "/raw");
     assert!(
@@ -50,12 +45,7 @@ async fn tcp_ports_are_forwarded_at_l4_and_unknown_protocols_sniffed() {
 
     let tunnels_before = v1.tunnels.lock().unwrap().len();
     let mut tunnel = harness.tunnel().await;
-    tunnel
-        .write_all(b"\x16\x03\x01 not http at all\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), tunnel.read_to_end(&mut answer)).await;
+    exchange_raw(&mut tunnel, b"\x16\x03\x01 not http at all\r\n\r\n").await;
     assert_eq!(
         v1.tunnels.lock().unwrap().len(),
         tunnels_before + 1,
@@ -72,13 +62,9 @@ async fn tcp_connections_are_authorized_at_l4_and_counted_in_istio_tcp_metrics()
 
     let raw = format!("GET /tcp HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n");
     let mut tunnel = harness.tunnel().await;
-    tunnel.write_all(raw.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), tunnel.read_to_end(&mut answer))
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
+    let (answer, ended) = exchange_raw(&mut tunnel, raw.as_bytes()).await;
+    assert!(ended);
+    assert!(answer.starts_with("HTTP/1.1 200"));
     drop(tunnel);
     // The carried connection's label set names the endpoint it reached.
     const TO_V1: &str = "destination_principal=\"spiffe://cluster.local/ns/default/sa/reviews-v1\"";

@@ -20,7 +20,7 @@ fn local_replies_are_what_envoy_answers_in_the_same_case() {
         Option<&'static str>,
         Option<&'static str>,
     );
-    let cases: Vec<(LocalReply, Expected)> = vec![
+    let mut cases: Vec<(LocalReply, Expected)> = vec![
         (
             Nonconforming::UnknownMethod("get".to_owned()).into(),
             (
@@ -238,34 +238,28 @@ fn local_replies_are_what_envoy_answers_in_the_same_case() {
                 Some("upstream_reset_before_response_started{connection_failure}"),
             ),
         ),
-        (
-            UpstreamError::RefusedStream {
-                endpoint: endpoint(),
-            }
-            .into(),
-            (
-                503,
-                "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
-                Some("text/plain"),
-                Some("UR"),
-                Some("upstream_reset_before_response_started{connection_termination}"),
-            ),
-        ),
-        (
-            UpstreamError::Reset {
-                endpoint: endpoint(),
-                reason: "reset".to_owned(),
-            }
-            .into(),
-            (
-                503,
-                "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
-                Some("text/plain"),
-                Some("UR"),
-                Some("upstream_reset_before_response_started{connection_termination}"),
-            ),
-        ),
     ];
+    // A refused stream and a reset are the same termination to the client.
+    for terminated in [
+        UpstreamError::RefusedStream {
+            endpoint: endpoint(),
+        },
+        UpstreamError::Reset {
+            endpoint: endpoint(),
+            reason: "reset".to_owned(),
+        },
+    ] {
+        cases.push((
+            terminated.into(),
+            (
+                503,
+                "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
+                Some("text/plain"),
+                Some("UR"),
+                Some("upstream_reset_before_response_started{connection_termination}"),
+            ),
+        ));
+    }
     for (local, (status, body, content_type, flags, details)) in cases {
         let name = format!("{local:?}");
         let reply = local.reply();
