@@ -22,11 +22,11 @@ use tracing::{debug, info};
 use weft_hbone::{ConnectionRegistry, Refusal, Registration, Revocable};
 use weft_policy::l7::{TcpAuthzRequest, evaluate_tcp};
 use weft_policy::route::pick_weighted;
-use weft_policy::{Decision, DenyReason, PeerIdentity};
+use weft_policy::{Decision, PeerIdentity};
 
 use crate::metrics::{ConnectionInfo, ConnectionRecord, Peer};
 use crate::model::{Cluster, Target, WaypointConfig};
-use crate::proxy::{ProxyShared, TunnelContext};
+use crate::proxy::{LocalReply, ProxyShared, TunnelContext, rbac_details};
 use crate::upstream::{BoxedIo, HashInput};
 
 /// The connections the waypoint forwards at L4, each with the tunnel it arrived on (what its
@@ -60,13 +60,7 @@ fn authorize(config: &WaypointConfig, context: &TunnelContext) -> Result<(), Str
         Decision::Allow => Ok(()),
         Decision::Deny(reason) => {
             debug!(%reason, "connection denied");
-            Err(match &reason {
-                DenyReason::DeniedBy(policy) => format!(
-                    "rbac_access_denied_matched_policy[ns[{}]-policy[{}]-rule[0]]",
-                    policy.namespace, policy.name
-                ),
-                _ => "rbac_access_denied_matched_policy[none]".to_owned(),
-            })
+            Err(rbac_details(&reason))
         }
     }
 }
@@ -174,13 +168,13 @@ pub async fn open_tcp_upstream(
     let cluster = match tcp_destination(&config, &target, context) {
         TcpDestination::Cluster(cluster) => cluster,
         TcpDestination::MissingCluster(name) => {
-            info.response_flags = "NC";
+            info.response_flags = flags_of(LocalReply::ClusterNotFound);
             info.upstream_cluster = Some(name);
             drop(shared.metrics.connection_opened(info));
             return Err(Refusal::UpstreamUnavailable);
         }
         TcpDestination::NoRoute => {
-            info.response_flags = "NR";
+            info.response_flags = flags_of(LocalReply::RouteNotFound);
             drop(shared.metrics.connection_opened(info));
             return Err(Refusal::UpstreamUnavailable);
         }
@@ -196,7 +190,7 @@ pub async fn open_tcp_upstream(
     let endpoint = match upstream.choose_endpoint(&cluster, &hash, &[]) {
         Ok(endpoint) => endpoint,
         Err(error) => {
-            info.response_flags = error.response_flag();
+            info.response_flags = flags_of(error.into());
             drop(shared.metrics.connection_opened(info));
             return Err(Refusal::UpstreamUnavailable);
         }
@@ -219,11 +213,17 @@ pub async fn open_tcp_upstream(
         Err(error) => {
             upstream.record_outcome(&cluster, endpoint.address, None);
             debug!(%error, "tcp forward failed");
-            info.response_flags = error.response_flag();
+            info.response_flags = flags_of(error.into());
             drop(shared.metrics.connection_opened(info));
             Err(Refusal::UpstreamUnavailable)
         }
     }
+}
+
+/// The `response_flags` of a connection refused for the reason an HTTP request would get
+/// `reply` for.
+fn flags_of(reply: LocalReply) -> &'static str {
+    reply.reply().response_flags.unwrap_or("-")
 }
 
 /// The upstream stream of one connection: what is read from it was sent to the client, what is

@@ -3,7 +3,19 @@
 //! destination that leaves the waypoint drains its connections, and a TCP connection the
 //! policies no longer allow is closed.
 
-use super::*;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, StatusCode, Version};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use weft_proto::waypoint as proto;
+
+use waypoint::testing::hbone_tunnel;
+
+use crate::harness::*;
 
 /// Polls `check` every 10 ms for up to `limit`; true once it held.
 async fn within(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
@@ -147,12 +159,7 @@ async fn faults_and_mirrors_come_and_go_on_an_open_connection() {
 
 #[tokio::test]
 async fn a_destination_that_leaves_the_waypoint_drains_its_open_connections() {
-    let (mesh, v1, _v2) = two_endpoints().await;
-    let harness = Harness::start(mesh, &[&v1]).await;
-    harness
-        .waypoint
-        .apply_config(config(vec![route_to("v1")], vec![cluster("v1", &[&v1])]))
-        .unwrap();
+    let (harness, _v1, _v2) = routed_to_v1().await;
     let mut h1 = harness.http1().await;
     let mut h2 = http2(&harness).await;
     assert_eq!(send_on(&mut h1, get("/")).await.0, StatusCode::OK);
@@ -246,5 +253,5 @@ async fn an_open_tcp_connection_the_policies_no_longer_allow_is_closed() {
     );
     assert!(applied.elapsed() < Duration::from_secs(1));
     assert!(exchange(&mut kept).await.starts_with("HTTP/1.1 200"));
-    assert_eq!(harness.waypoint.shared.tcp_connections.len(), 1);
+    assert_eq!(harness.waypoint.tcp_connections().len(), 1);
 }

@@ -1,4 +1,7 @@
+use std::time::Duration;
+
 use super::*;
+use crate::model::Tunnel;
 
 fn endpoint(last: u8) -> Endpoint {
     Endpoint {
