@@ -1,6 +1,6 @@
-//! The index: every valid resource the controller knows, by kind, from whichever source. An
-//! invalid document never enters it; where a resource had a valid version before, that version
-//! stays (the last good configuration keeps serving).
+//! The index: every valid resource the controller knows, by kind, from whichever source, with
+//! the warnings each was accepted with. An invalid document never enters it; where a resource
+//! had a valid version before, that version stays (the last good configuration keeps serving).
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -10,10 +10,11 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use crate::{
     loader::LoadReport,
     model::{
-        AuthorizationPolicy, DestinationRule, KubernetesGateway, PeerAuthentication, Resource,
-        ResourceKind, VirtualService,
+        AuthorizationPolicy, DestinationRule, GRPCRoute, Gateway, GatewayClass, HTTPRoute,
+        KubernetesGateway, PeerAuthentication, ReferenceGrant, RequestAuthentication, Resource,
+        ResourceKind, ServiceEntry, TCPRoute, VirtualService, WorkloadEntry,
     },
-    validation,
+    validation::{self, FieldWarning},
 };
 
 /// `namespace/name` (or `name` for cluster-scoped kinds).
@@ -30,9 +31,23 @@ pub struct ConfigIndex {
     pub endpoint_slices: BTreeMap<Key, EndpointSlice>,
     pub authorization_policies: BTreeMap<Key, AuthorizationPolicy>,
     pub peer_authentications: BTreeMap<Key, PeerAuthentication>,
+    pub request_authentications: BTreeMap<Key, RequestAuthentication>,
     pub virtual_services: BTreeMap<Key, VirtualService>,
     pub destination_rules: BTreeMap<Key, DestinationRule>,
+    pub service_entries: BTreeMap<Key, ServiceEntry>,
+    pub workload_entries: BTreeMap<Key, WorkloadEntry>,
+    /// Istio's Gateways (`networking.istio.io`).
+    pub istio_gateways: BTreeMap<Key, Gateway>,
+    /// The Gateway API's Gateways: waypoints among them.
     pub gateways: BTreeMap<Key, KubernetesGateway>,
+    pub gateway_classes: BTreeMap<Key, GatewayClass>,
+    pub http_routes: BTreeMap<Key, HTTPRoute>,
+    pub grpc_routes: BTreeMap<Key, GRPCRoute>,
+    pub tcp_routes: BTreeMap<Key, TCPRoute>,
+    pub reference_grants: BTreeMap<Key, ReferenceGrant>,
+    /// What each resource was accepted with (Istio's warnings, fields not applied), by kind
+    /// and key; resources without warnings have no entry.
+    pub warnings: BTreeMap<(ResourceKind, Key), Vec<FieldWarning>>,
 }
 
 /// A document that was refused, as reported to the operator.
@@ -41,11 +56,94 @@ pub struct Rejection {
     pub message: String,
 }
 
-fn key(resource: &Resource) -> Key {
-    if resource.kind().namespaced() {
-        format!("{}/{}", resource.namespace(), resource.name())
+pub fn key(resource: &Resource) -> Key {
+    key_of(resource.kind(), resource.namespace(), resource.name())
+}
+
+pub fn key_of(kind: ResourceKind, namespace: &str, name: &str) -> Key {
+    if kind.namespaced() {
+        format!("{namespace}/{name}")
     } else {
-        resource.name().to_string()
+        name.to_string()
+    }
+}
+
+/// Runs `$body` with `$map` bound to the index's map for `$kind`, borrowed as `[&]` or
+/// `[&mut]` (kinds the index does not keep run nothing).
+macro_rules! with_map {
+    ([$($borrow:tt)*] $index:ident, $kind:expr, |$map:ident| $body:expr) => {
+        match $kind {
+            ResourceKind::Namespace => { let $map = $($borrow)* $index.namespaces; $body }
+            ResourceKind::Pod => { let $map = $($borrow)* $index.pods; $body }
+            ResourceKind::Service => { let $map = $($borrow)* $index.services; $body }
+            ResourceKind::EndpointSlice => { let $map = $($borrow)* $index.endpoint_slices; $body }
+            ResourceKind::AuthorizationPolicy => { let $map = $($borrow)* $index.authorization_policies; $body }
+            ResourceKind::PeerAuthentication => { let $map = $($borrow)* $index.peer_authentications; $body }
+            ResourceKind::RequestAuthentication => { let $map = $($borrow)* $index.request_authentications; $body }
+            ResourceKind::VirtualService => { let $map = $($borrow)* $index.virtual_services; $body }
+            ResourceKind::DestinationRule => { let $map = $($borrow)* $index.destination_rules; $body }
+            ResourceKind::ServiceEntry => { let $map = $($borrow)* $index.service_entries; $body }
+            ResourceKind::WorkloadEntry => { let $map = $($borrow)* $index.workload_entries; $body }
+            ResourceKind::Gateway => { let $map = $($borrow)* $index.istio_gateways; $body }
+            ResourceKind::KubernetesGateway => { let $map = $($borrow)* $index.gateways; $body }
+            ResourceKind::GatewayClass => { let $map = $($borrow)* $index.gateway_classes; $body }
+            ResourceKind::HTTPRoute => { let $map = $($borrow)* $index.http_routes; $body }
+            ResourceKind::GRPCRoute => { let $map = $($borrow)* $index.grpc_routes; $body }
+            ResourceKind::TCPRoute => { let $map = $($borrow)* $index.tcp_routes; $body }
+            ResourceKind::ReferenceGrant => { let $map = $($borrow)* $index.reference_grants; $body }
+            // A workload's service account is its pod's `spec.serviceAccountName`; the
+            // ServiceAccount objects themselves add nothing.
+            ResourceKind::ServiceAccount => {}
+        }
+    };
+}
+
+trait Entry: Sized {
+    fn into_entry(resource: Resource) -> Option<Self>;
+    fn into_resource(self) -> Resource;
+}
+
+macro_rules! entries {
+    ($($variant:ident: $type:ty),* $(,)?) => {
+        $(impl Entry for $type {
+            fn into_entry(resource: Resource) -> Option<Self> {
+                match resource {
+                    Resource::$variant(r) => Some(r),
+                    _ => None,
+                }
+            }
+
+            fn into_resource(self) -> Resource {
+                Resource::$variant(self)
+            }
+        })*
+    };
+}
+
+entries!(
+    Namespace: Namespace,
+    Pod: Pod,
+    Service: Service,
+    EndpointSlice: EndpointSlice,
+    AuthorizationPolicy: AuthorizationPolicy,
+    PeerAuthentication: PeerAuthentication,
+    RequestAuthentication: RequestAuthentication,
+    VirtualService: VirtualService,
+    DestinationRule: DestinationRule,
+    ServiceEntry: ServiceEntry,
+    WorkloadEntry: WorkloadEntry,
+    Gateway: Gateway,
+    KubernetesGateway: KubernetesGateway,
+    GatewayClass: GatewayClass,
+    HTTPRoute: HTTPRoute,
+    GRPCRoute: GRPCRoute,
+    TCPRoute: TCPRoute,
+    ReferenceGrant: ReferenceGrant,
+);
+
+fn put<T: Entry>(map: &mut BTreeMap<Key, T>, key: Key, resource: Resource) {
+    if let Some(entry) = T::into_entry(resource) {
+        map.insert(key, entry);
     }
 }
 
@@ -66,16 +164,15 @@ impl ConfigIndex {
             .collect();
         let mut refused: Vec<(ResourceKind, Key)> = Vec::new();
         for loaded in report.resources {
-            let errors = validation::validate(&loaded.resource);
-            if !errors.is_empty() {
-                for error in errors {
+            let validation = validation::validate(&loaded.resource);
+            if !validation.is_valid() {
+                for error in validation.errors {
                     rejections.push(Rejection {
                         message: format!(
-                            "{} {} {}/{}: {}: {}",
+                            "{} {} {}: {}: {}",
                             loaded.location,
                             loaded.resource.kind().display_name(),
-                            loaded.resource.namespace(),
-                            loaded.resource.name(),
+                            key(&loaded.resource),
                             error.path,
                             error.reason
                         ),
@@ -84,7 +181,9 @@ impl ConfigIndex {
                 refused.push((loaded.resource.kind(), key(&loaded.resource)));
                 continue;
             }
-            index.insert(loaded.resource);
+            let mut warnings = loaded.warnings;
+            warnings.extend(validation.warnings);
+            index.insert(loaded.resource, warnings);
         }
         // Keep the last good version of what was refused this time.
         if let Some(previous) = previous {
@@ -95,89 +194,40 @@ impl ConfigIndex {
         (index, rejections)
     }
 
-    pub fn insert(&mut self, resource: Resource) {
+    /// Adds (or replaces) a resource, with the warnings it was accepted with.
+    pub fn insert(&mut self, resource: Resource, warnings: Vec<FieldWarning>) {
+        let kind = resource.kind();
         let key = key(&resource);
-        match resource {
-            Resource::Namespace(r) => drop(self.namespaces.insert(key, r)),
-            Resource::Pod(r) => drop(self.pods.insert(key, r)),
-            Resource::Service(r) => drop(self.services.insert(key, r)),
-            Resource::AuthorizationPolicy(r) => drop(self.authorization_policies.insert(key, r)),
-            Resource::PeerAuthentication(r) => drop(self.peer_authentications.insert(key, r)),
-            Resource::VirtualService(r) => drop(self.virtual_services.insert(key, r)),
-            Resource::DestinationRule(r) => drop(self.destination_rules.insert(key, r)),
-            Resource::KubernetesGateway(r) => drop(self.gateways.insert(key, r)),
-            Resource::EndpointSlice(r) => drop(self.endpoint_slices.insert(key, r)),
-            // Not used by translation yet. (A workload's service account is its pod's
-            // `spec.serviceAccountName`; the ServiceAccount objects themselves add nothing.)
-            Resource::ServiceEntry(_) | Resource::Gateway(_) | Resource::ServiceAccount(_) => {}
+        if warnings.is_empty() {
+            self.warnings.remove(&(kind, key.clone()));
+        } else {
+            self.warnings.insert((kind, key.clone()), warnings);
         }
+        with_map!([&mut] self, kind, |map| put(map, key, resource));
     }
 
     /// Removes one resource.
     pub fn remove(&mut self, kind: ResourceKind, key: &str) {
-        match kind {
-            ResourceKind::Namespace => drop(self.namespaces.remove(key)),
-            ResourceKind::Pod => drop(self.pods.remove(key)),
-            ResourceKind::Service => drop(self.services.remove(key)),
-            ResourceKind::AuthorizationPolicy => drop(self.authorization_policies.remove(key)),
-            ResourceKind::PeerAuthentication => drop(self.peer_authentications.remove(key)),
-            ResourceKind::VirtualService => drop(self.virtual_services.remove(key)),
-            ResourceKind::DestinationRule => drop(self.destination_rules.remove(key)),
-            ResourceKind::KubernetesGateway => drop(self.gateways.remove(key)),
-            ResourceKind::EndpointSlice => drop(self.endpoint_slices.remove(key)),
-            _ => {}
-        }
+        self.warnings.remove(&(kind, key.to_owned()));
+        with_map!([&mut] self, kind, |map| drop(map.remove(key)));
     }
 
     /// Removes every resource of `kind`.
     pub fn clear(&mut self, kind: ResourceKind) {
-        match kind {
-            ResourceKind::Namespace => self.namespaces.clear(),
-            ResourceKind::Pod => self.pods.clear(),
-            ResourceKind::Service => self.services.clear(),
-            ResourceKind::AuthorizationPolicy => self.authorization_policies.clear(),
-            ResourceKind::PeerAuthentication => self.peer_authentications.clear(),
-            ResourceKind::VirtualService => self.virtual_services.clear(),
-            ResourceKind::DestinationRule => self.destination_rules.clear(),
-            ResourceKind::KubernetesGateway => self.gateways.clear(),
-            ResourceKind::EndpointSlice => self.endpoint_slices.clear(),
-            _ => {}
-        }
+        self.warnings.retain(|(k, _), _| *k != kind);
+        with_map!([&mut] self, kind, |map| map.clear());
     }
 
     fn keep_from(&mut self, previous: &ConfigIndex, kind: ResourceKind, key: &str) {
-        fn copy<T: Clone>(to: &mut BTreeMap<Key, T>, from: &BTreeMap<Key, T>, key: &str) {
-            if let Some(value) = from.get(key) {
-                to.insert(key.to_string(), value.clone());
-            }
-        }
-        match kind {
-            ResourceKind::Namespace => copy(&mut self.namespaces, &previous.namespaces, key),
-            ResourceKind::Pod => copy(&mut self.pods, &previous.pods, key),
-            ResourceKind::Service => copy(&mut self.services, &previous.services, key),
-            ResourceKind::AuthorizationPolicy => copy(
-                &mut self.authorization_policies,
-                &previous.authorization_policies,
-                key,
-            ),
-            ResourceKind::PeerAuthentication => copy(
-                &mut self.peer_authentications,
-                &previous.peer_authentications,
-                key,
-            ),
-            ResourceKind::VirtualService => {
-                copy(&mut self.virtual_services, &previous.virtual_services, key)
-            }
-            ResourceKind::DestinationRule => copy(
-                &mut self.destination_rules,
-                &previous.destination_rules,
-                key,
-            ),
-            ResourceKind::KubernetesGateway => copy(&mut self.gateways, &previous.gateways, key),
-            ResourceKind::EndpointSlice => {
-                copy(&mut self.endpoint_slices, &previous.endpoint_slices, key)
-            }
-            _ => {}
+        let mut kept = None;
+        with_map!([&] previous, kind, |map| kept = map.get(key).map(|r| r.clone().into_resource()));
+        if let Some(resource) = kept {
+            let warnings = previous
+                .warnings
+                .get(&(kind, key.to_owned()))
+                .cloned()
+                .unwrap_or_default();
+            self.insert(resource, warnings);
         }
     }
 
@@ -238,28 +288,20 @@ impl LiveIndex {
     }
 }
 
-fn key_of(kind: ResourceKind, namespace: &str, name: &str) -> Key {
-    if kind.namespaced() {
-        format!("{namespace}/{name}")
-    } else {
-        name.to_string()
-    }
-}
-
 impl crate::source::kube::ResourceSink for LiveIndex {
-    fn apply(&self, resource: Resource) {
-        self.change(|index| index.insert(resource));
+    fn apply(&self, resource: Resource, warnings: Vec<FieldWarning>) {
+        self.change(|index| index.insert(resource, warnings));
     }
 
     fn delete(&self, kind: ResourceKind, namespace: &str, name: &str) {
         self.change(|index| index.remove(kind, &key_of(kind, namespace, name)));
     }
 
-    fn replace_all(&self, kind: ResourceKind, resources: Vec<Resource>) {
+    fn replace_all(&self, kind: ResourceKind, resources: Vec<(Resource, Vec<FieldWarning>)>) {
         self.change(|index| {
             index.clear(kind);
-            for resource in resources {
-                index.insert(resource);
+            for (resource, warnings) in resources {
+                index.insert(resource, warnings);
             }
         });
     }

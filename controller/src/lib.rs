@@ -6,8 +6,11 @@
 //! the mesh reads), the YAML [`loader`], the semantic [`validation`] that follows Istio's rules,
 //! the [`crd`] definitions generated from the model, the [`index`] of valid resources and the
 //! [`translate`]ion into what node agents and waypoints consume. None of these perform network
-//! I/O; [`push`] (what each proxy receives), [`server`], [`source`], [`ca`] and [`tls`] do.
+//! I/O; [`push`] (what each proxy receives), [`server`], [`source`], [`ca`], [`tls`] and [`webhook`]
+//! (the validating admission webhook) do; [`analysis`] is `istioctl analyze`'s cross-resource
+//! checks.
 
+pub mod analysis;
 pub mod ca;
 pub mod crd;
 pub mod index;
@@ -20,3 +23,4 @@ pub mod source;
 pub mod tls;
 pub mod translate;
 pub mod validation;
+pub mod webhook;

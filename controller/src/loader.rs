@@ -1,13 +1,17 @@
 //! Reads multi-document YAML into [`Resource`] values. Every document stands alone: a document
-//! that does not parse, names an unknown kind or breaks the schema is reported with its file,
-//! index, identity (when readable), field path and reason, and the others still load.
+//! that does not parse, names an unknown Istio kind or breaks the schema (including a field
+//! Istio's API does not have, as `istioctl validate` refuses it) is reported with its file,
+//! index, identity (when readable), field path and reason, and the others still load. Documents
+//! of kinds the mesh does not read (a Deployment, an Istio Sidecar) are skipped and reported.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde_yaml::{Mapping, Value};
 
-use crate::model::{Resource, ResourceKind};
+use crate::model::decode::{self, ROOT_PATH, UnknownFields};
+use crate::model::{ISTIO_GROUP_SUFFIX, Resource, ResourceKind, UNREAD_ISTIO_KINDS};
+use crate::validation::FieldWarning;
 
 /// Where a document sits: its file and its index among the file's non-empty documents (from 0).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +51,23 @@ impl fmt::Display for DocumentIdentity {
 pub struct LoadedResource {
     pub location: DocumentLocation,
     pub resource: Resource,
+    /// What reading it found that does not refuse it (a Gateway API field the model does not
+    /// know).
+    pub warnings: Vec<FieldWarning>,
+}
+
+/// A document of a kind the mesh does not read: accepted, neither validated nor applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedDocument {
+    pub location: DocumentLocation,
+    pub identity: DocumentIdentity,
+    pub reason: String,
+}
+
+impl fmt::Display for SkippedDocument {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}: {}", self.location, self.identity, self.reason)
+    }
 }
 
 /// Why a document (or a file) could not be loaded.
@@ -80,21 +101,32 @@ pub enum DocumentProblem {
     #[error("unknown kind {kind:?} in apiVersion {api_version:?}")]
     UnknownKind { api_version: String, kind: String },
     #[error("unknown field {0:?}")]
-    UnknownTopLevelField(String),
+    UnknownField(String),
+    #[error("Required value")]
+    RequiredValue,
     #[error("{0}")]
     Schema(String),
 }
 
-/// The outcome of loading many files: what loaded and what did not.
+/// The outcome of loading many files: what loaded, what was skipped and what did not load.
 #[derive(Debug, Default)]
 pub struct LoadReport {
     pub resources: Vec<LoadedResource>,
+    pub skipped: Vec<SkippedDocument>,
     pub errors: Vec<LoadError>,
     pub files: usize,
     pub documents: usize,
 }
 
-const ROOT_PATH: &str = "<document>";
+impl LoadReport {
+    fn extend(&mut self, other: LoadReport) {
+        self.resources.extend(other.resources);
+        self.skipped.extend(other.skipped);
+        self.errors.extend(other.errors);
+        self.files += other.files;
+        self.documents += other.documents;
+    }
+}
 
 /// Splits YAML text on `---` lines, dropping documents that hold only blanks and comments.
 fn split_documents(text: &str) -> Vec<String> {
@@ -134,36 +166,78 @@ fn string_at<'a>(map: &'a Mapping, key: &str) -> Option<&'a str> {
 }
 
 /// Parses all documents of one file's text. Errors carry `file` as given.
-pub fn load_str(file: &Path, text: &str) -> (Vec<LoadedResource>, Vec<LoadError>) {
-    let mut resources = Vec::new();
-    let mut errors = Vec::new();
+pub fn load_str(file: &Path, text: &str) -> LoadReport {
+    let mut report = LoadReport {
+        files: 1,
+        ..LoadReport::default()
+    };
     for (index, document) in split_documents(text).iter().enumerate() {
         let location = DocumentLocation {
             file: file.to_path_buf(),
             index,
         };
+        report.documents += 1;
         match load_document(document) {
-            Ok(Some(resource)) => resources.push(LoadedResource { location, resource }),
-            Ok(None) => {}
-            Err(failure) => {
-                let (identity, path, problem) = *failure;
-                errors.push(LoadError::Document {
-                    location,
-                    identity,
-                    path,
-                    problem,
-                });
+            Ok(Loaded::Resource(resource, warnings)) => report.resources.push(LoadedResource {
+                location,
+                resource,
+                warnings,
+            }),
+            Ok(Loaded::Skipped(identity, reason)) => report.skipped.push(SkippedDocument {
+                location,
+                identity,
+                reason,
+            }),
+            Ok(Loaded::Empty) => report.documents -= 1,
+            Err(failures) => {
+                for (identity, path, problem) in failures {
+                    report.errors.push(LoadError::Document {
+                        location: location.clone(),
+                        identity,
+                        path,
+                        problem,
+                    });
+                }
             }
         }
     }
-    (resources, errors)
+    report
 }
 
-type DocumentFailure = Box<(DocumentIdentity, String, DocumentProblem)>;
+type DocumentFailure = (DocumentIdentity, String, DocumentProblem);
 
-fn load_document(text: &str) -> Result<Option<Resource>, DocumentFailure> {
+/// What one document turned into.
+// Resources are few and short-lived; boxing the common case buys nothing.
+#[allow(clippy::large_enum_variant)]
+enum Loaded {
+    Resource(Resource, Vec<FieldWarning>),
+    Skipped(DocumentIdentity, String),
+    Empty,
+}
+
+/// Whether a kind the model has no type for is refused or skipped: Istio refuses types of its
+/// groups it does not know, and the mesh skips what it does not read.
+fn unread_kind(group: &str, kind: &str) -> Result<String, ()> {
+    if UNREAD_ISTIO_KINDS.contains(&(group, kind)) {
+        return Ok(format!(
+            "{NOT_READ}: Weft does not read {kind} (not validated, not applied)"
+        ));
+    }
+    let known_elsewhere = ResourceKind::ALL
+        .iter()
+        .any(|k| k.group() == group && k.kind() == kind);
+    if group.ends_with(ISTIO_GROUP_SUFFIX) || known_elsewhere {
+        return Err(());
+    }
+    Ok(format!("{NOT_READ}: not read by the mesh"))
+}
+
+/// How every skipped document's reason starts.
+pub const NOT_READ: &str = "skipped";
+
+fn load_document(text: &str) -> Result<Loaded, Vec<DocumentFailure>> {
     let fail = |identity: &DocumentIdentity, path: &str, problem| {
-        Err(Box::new((identity.clone(), path.to_owned(), problem)))
+        Err(vec![(identity.clone(), path.to_owned(), problem)])
     };
     let mut identity = DocumentIdentity::default();
     let value: Value = match serde_yaml::from_str(text) {
@@ -171,7 +245,7 @@ fn load_document(text: &str) -> Result<Option<Resource>, DocumentFailure> {
         Err(e) => return fail(&identity, ROOT_PATH, DocumentProblem::Syntax(e.to_string())),
     };
     let mut map = match value {
-        Value::Null => return Ok(None),
+        Value::Null => return Ok(Loaded::Empty),
         Value::Mapping(map) => map,
         _ => return fail(&identity, ROOT_PATH, DocumentProblem::NotAMapping),
     };
@@ -196,29 +270,23 @@ fn load_document(text: &str) -> Result<Option<Resource>, DocumentFailure> {
         Some(_) => return fail(&identity, "kind", DocumentProblem::NotAString),
     };
     let Some(kind) = ResourceKind::from_type_meta(&api_version, &kind_name) else {
-        return fail(
-            &identity,
-            "kind",
-            DocumentProblem::UnknownKind {
-                api_version,
-                kind: kind_name,
-            },
-        );
+        let group = api_version.rsplit_once('/').map_or("", |(group, _)| group);
+        return match unread_kind(group, &kind_name) {
+            Ok(reason) => Ok(Loaded::Skipped(identity, reason)),
+            Err(()) => fail(
+                &identity,
+                "kind",
+                DocumentProblem::UnknownKind {
+                    api_version,
+                    kind: kind_name,
+                },
+            ),
+        };
     };
     identity.kind = Some(kind.display_name().to_owned());
 
-    let is_istio = !matches!(
-        kind,
-        ResourceKind::KubernetesGateway
-            | ResourceKind::Namespace
-            | ResourceKind::Pod
-            | ResourceKind::Service
-            | ResourceKind::ServiceAccount
-            | ResourceKind::EndpointSlice
-    );
-    if is_istio {
-        // Istio's CRDs are structural: anything beyond these is pruned by the API server, and
-        // silently ignoring a typo at this level would hide a user's mistake.
+    if kind.is_istio() {
+        // Istio refuses these (`checkFields`), and the API server prunes them.
         for key in map.keys() {
             let known = matches!(
                 key.as_str(),
@@ -231,12 +299,19 @@ fn load_document(text: &str) -> Result<Option<Resource>, DocumentFailure> {
                 return fail(
                     &identity,
                     &name,
-                    DocumentProblem::UnknownTopLevelField(name.clone()),
+                    DocumentProblem::UnknownField(name.clone()),
                 );
             }
         }
-        // `spec` may be left out entirely (an AuthorizationPolicy without spec denies all).
         if map.get("spec").is_none_or(Value::is_null) {
+            // Istio's CRDs require `spec` of these two; the others may leave it out (an
+            // AuthorizationPolicy without spec denies all).
+            if matches!(
+                kind,
+                ResourceKind::ServiceEntry | ResourceKind::WorkloadEntry
+            ) {
+                return fail(&identity, "spec", DocumentProblem::RequiredValue);
+            }
             map.insert(Value::from("spec"), Value::Mapping(Mapping::new()));
         }
     }
@@ -254,42 +329,37 @@ fn load_document(text: &str) -> Result<Option<Resource>, DocumentFailure> {
         identity.namespace = Some("default".to_owned());
     }
 
-    let value = Value::Mapping(map);
-    let schema_error = |e: serde_path_to_error::Error<serde_yaml::Error>| {
-        let path = e.path().to_string();
-        let path = if path == "." {
-            ROOT_PATH.to_owned()
-        } else {
-            path
-        };
-        (
-            identity.clone(),
-            path,
-            DocumentProblem::Schema(e.into_inner().to_string()),
-        )
-    };
-    macro_rules! parse {
-        ($variant:ident) => {
-            serde_path_to_error::deserialize(value)
-                .map(Resource::$variant)
-                .map_err(schema_error)
-        };
+    let decoded = decode::decode(kind, Value::Mapping(map))
+        .map_err(|e| vec![(identity.clone(), e.path, DocumentProblem::Schema(e.reason))])?;
+    let mut warnings = Vec::new();
+    match decode::unknown_field_policy(kind, UnknownFields::Refuse) {
+        Some(UnknownFields::Refuse) if !decoded.unknown_fields.is_empty() => {
+            return Err(decoded
+                .unknown_fields
+                .into_iter()
+                .map(|path| {
+                    let name = path.rsplit('.').next().unwrap_or(&path).to_owned();
+                    (identity.clone(), path, DocumentProblem::UnknownField(name))
+                })
+                .collect());
+        }
+        Some(UnknownFields::Warn) => {
+            for path in decoded.unknown_fields {
+                warnings.push(unknown_field_warning(path));
+            }
+        }
+        _ => {}
     }
-    let resource = match kind {
-        ResourceKind::VirtualService => parse!(VirtualService),
-        ResourceKind::DestinationRule => parse!(DestinationRule),
-        ResourceKind::ServiceEntry => parse!(ServiceEntry),
-        ResourceKind::Gateway => parse!(Gateway),
-        ResourceKind::AuthorizationPolicy => parse!(AuthorizationPolicy),
-        ResourceKind::PeerAuthentication => parse!(PeerAuthentication),
-        ResourceKind::KubernetesGateway => parse!(KubernetesGateway),
-        ResourceKind::Namespace => parse!(Namespace),
-        ResourceKind::Pod => parse!(Pod),
-        ResourceKind::Service => parse!(Service),
-        ResourceKind::ServiceAccount => parse!(ServiceAccount),
-        ResourceKind::EndpointSlice => parse!(EndpointSlice),
-    }?;
-    Ok(Some(resource))
+    Ok(Loaded::Resource(decoded.resource, warnings))
+}
+
+/// The warning for a field the model does not know, where it is tolerated.
+pub fn unknown_field_warning(path: String) -> FieldWarning {
+    FieldWarning {
+        path,
+        reason: "unknown field, ignored (not in Weft's model of this API)".to_owned(),
+        code: None,
+    }
 }
 
 fn is_yaml_file(path: &Path) -> bool {
@@ -352,18 +422,15 @@ pub fn load_paths<P: AsRef<Path>>(paths: &[P]) -> LoadReport {
             }
         };
         for file in files {
-            report.files += 1;
             let text = match std::fs::read_to_string(&file) {
                 Ok(text) => text,
                 Err(source) => {
+                    report.files += 1;
                     report.errors.push(LoadError::Read { path: file, source });
                     continue;
                 }
             };
-            let (resources, errors) = load_str(&file, &text);
-            report.documents += resources.len() + errors.len();
-            report.resources.extend(resources);
-            report.errors.extend(errors);
+            report.extend(load_str(&file, &text));
         }
     }
     tracing::debug!(

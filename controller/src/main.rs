@@ -43,6 +43,14 @@ struct RunArgs {
     /// local mode].
     #[arg(long, env = "WEFT_TLS_ADDRESS")]
     tls_address: Option<std::net::SocketAddr>,
+    /// The validating admission webhook over TLS [default: 0.0.0.0:15017 in Kubernetes mode;
+    /// none in local mode].
+    #[arg(long, env = "WEFT_WEBHOOK_ADDRESS")]
+    webhook_address: Option<std::net::SocketAddr>,
+    /// The ValidatingWebhookConfiguration whose caBundle the controller keeps set to the mesh
+    /// root (Kubernetes mode) [default: weft-validator-<namespace>].
+    #[arg(long, env = "WEFT_WEBHOOK_CONFIGURATION")]
+    webhook_configuration: Option<String>,
     /// DNS names of the TLS serving certificate, comma-separated [default:
     /// istiod.<namespace>.svc, istiod, istiod.<namespace>, istiod.<namespace>.svc.cluster.local].
     #[arg(long, env = "WEFT_SERVING_NAMES", value_delimiter = ',')]
@@ -87,7 +95,9 @@ struct RunArgs {
 enum Command {
     /// Run the controller (the default when no subcommand is given).
     Run(Box<RunArgs>),
-    /// Load and validate YAML files or directories; exits non-zero on any error.
+    /// Load and validate YAML files or directories with Istio's rules, and check references
+    /// between them as `istioctl analyze` does; exits non-zero on any error (warnings, such as
+    /// fields accepted but not applied, keep it zero).
     Validate {
         /// Files or directories (walked recursively for .yaml/.yml files).
         #[arg(required = true)]
@@ -162,14 +172,22 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let mode = mode(args).await?;
-        let (grpc_address, tls_address) = match &mode {
+        let (grpc_address, tls_address, webhook_address, webhook_configuration) = match &mode {
             Mode::Local(_) => (
                 Some(args.grpc_address.unwrap_or(([0, 0, 0, 0], 15010).into())),
                 args.tls_address,
+                args.webhook_address,
+                None,
             ),
             Mode::Kubernetes(_) => (
                 args.grpc_address,
                 Some(args.tls_address.unwrap_or(([0, 0, 0, 0], 15012).into())),
+                Some(args.webhook_address.unwrap_or(([0, 0, 0, 0], 15017).into())),
+                Some(
+                    args.webhook_configuration
+                        .clone()
+                        .unwrap_or_else(|| format!("weft-validator-{}", args.namespace)),
+                ),
             ),
         };
         let settings = controller::translate::agent::MeshSettings {
@@ -187,6 +205,8 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
             grpc_address,
             tls_address,
             serving_names,
+            webhook_address,
+            webhook_configuration,
             monitoring_address: args.monitoring_address,
             settings,
         };
@@ -208,61 +228,81 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
 
 fn validate(paths: &[PathBuf]) -> ExitCode {
     let report = loader::load_paths(paths);
-    let mut error_count = 0usize;
-    for error in &report.errors {
-        error_count += 1;
-        println!("{error}");
-    }
-    let mut valid = 0usize;
-    let mut warning_count = 0usize;
-    for loaded in &report.resources {
-        let errors = validation::validate(&loaded.resource);
-        let warnings = validation::warnings(&loaded.resource);
-        if errors.is_empty() {
-            valid += 1;
-        }
-        let resource = &loaded.resource;
-        let identity = if resource.namespace().is_empty() {
-            resource.name().to_owned()
-        } else {
-            format!("{}/{}", resource.namespace(), resource.name())
-        };
-        error_count += errors.len();
-        warning_count += warnings.len();
-        let findings = errors
-            .iter()
-            .map(|e| ("", e))
-            .chain(warnings.iter().map(|w| ("warning: ", w)));
-        for (severity, finding) in findings {
-            println!(
-                "{} {} {identity}: {severity}{}: {}",
-                loaded.location,
-                resource.kind(),
-                finding.path,
-                finding.reason
-            );
-        }
-    }
+    let files = report.files;
+    let documents = report.documents;
+    let skipped = report.skipped.len();
     let read_failures = report
         .errors
         .iter()
         .filter(|e| matches!(e, LoadError::Read { .. }))
         .count();
+    let mut errors = 0usize;
+    let mut warnings = 0usize;
+    for error in &report.errors {
+        errors += 1;
+        println!("{error}");
+    }
+    for document in &report.skipped {
+        warnings += 1;
+        println!(
+            "{} {}: warning: {}",
+            document.location, document.identity, document.reason
+        );
+    }
+    // Where each resource came from, for the cross-resource findings.
+    let mut locations = std::collections::BTreeMap::new();
+    let mut refused = 0usize;
+    for loaded in &report.resources {
+        let resource = &loaded.resource;
+        let key = controller::index::key(resource);
+        let prefix = format!("{} {} {key}", loaded.location, resource.kind());
+        let result = validation::validate(resource);
+        if !result.is_valid() {
+            refused += 1;
+        }
+        for error in &result.errors {
+            errors += 1;
+            println!("{prefix}: {error}");
+        }
+        for warning in loaded.warnings.iter().chain(&result.warnings) {
+            warnings += 1;
+            println!("{prefix}: warning: {warning}");
+        }
+        // Like `kubectl apply` of the same files, a later definition replaces an earlier one.
+        if let Some(earlier) = locations.insert((resource.kind(), key), loaded.location.clone()) {
+            warnings += 1;
+            println!(
+                "{earlier} {} {}: warning: defined again at {}; that later definition is the one used",
+                resource.kind(),
+                controller::index::key(resource),
+                loaded.location
+            );
+        }
+    }
+    let valid = report.resources.len() - refused;
+    let (index, _) = controller::index::ConfigIndex::from_report(report, None);
+    let settings = controller::translate::MeshSettings::default();
+    for message in controller::analysis::analyze(&index, &settings) {
+        warnings += 1;
+        let key = controller::index::key_of(message.kind, &message.namespace, &message.name);
+        let location = locations
+            .get(&(message.kind, key.clone()))
+            .map_or_else(String::new, |l| format!("{l} "));
+        println!(
+            "{location}{} {key}: warning: {}",
+            message.kind, message.warning
+        );
+    }
     println!(
-        "{} file(s), {} document(s): {} valid, {} with errors; {} error(s), {} warning(s){}",
-        report.files,
-        report.documents,
-        valid,
-        report.documents - valid,
-        error_count,
-        warning_count,
+        "{files} file(s), {documents} document(s): {valid} valid, {refused} with errors, {skipped} skipped; {} error(s), {warnings} warning(s){}",
+        errors,
         if read_failures > 0 {
             format!(" ({read_failures} unreadable path(s))")
         } else {
             String::new()
         },
     );
-    if error_count == 0 {
+    if errors == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -9,7 +9,8 @@
 //! most 1 s) before one translation replaces the store's whole state, which the ADS server turns
 //! into deltas. The CA signs with the root of the mode (a directory, or Secrets) and asks the same
 //! index which pods run where. gRPC (ADS and CA) is served in plaintext (15010, local mode) and/or
-//! over TLS (15012) with a serving certificate from the mesh CA; metrics on 15014.
+//! over TLS (15012) with a serving certificate from the mesh CA; metrics on 15014; the
+//! validating webhook over TLS on 15017 with the same certificate.
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -88,6 +89,11 @@ pub struct ServerConfig {
     pub tls_address: Option<SocketAddr>,
     /// DNS names of the TLS serving certificate (the first is its common name).
     pub serving_names: Vec<String>,
+    /// The validating admission webhook over TLS, 15017; `None` for none.
+    pub webhook_address: Option<SocketAddr>,
+    /// The ValidatingWebhookConfiguration whose `caBundle` the controller keeps (Kubernetes
+    /// mode); `None` to leave it alone.
+    pub webhook_configuration: Option<String>,
     /// Prometheus metrics, 15014.
     pub monitoring_address: SocketAddr,
     pub settings: MeshSettings,
@@ -145,14 +151,50 @@ impl NodeDirectory for IndexDirectory {
     }
 }
 
+/// What has been logged about the configuration: translation problems, and the warnings
+/// resources were accepted with (Istio's, and fields not applied), as `<kind> <key>: <warning>`.
+#[derive(Debug, Default)]
+pub struct Reported {
+    problems: Vec<translate::TranslateError>,
+    warnings: std::collections::BTreeSet<String>,
+}
+
+impl Reported {
+    pub fn is_empty(&self) -> bool {
+        self.problems.is_empty() && self.warnings.is_empty()
+    }
+}
+
+/// Every warning of the index, as logged, and the cross-resource findings `controller validate`
+/// prints (`istioctl analyze`'s codes), as istiod reports them with `PILOT_ENABLE_ANALYSIS`.
+fn warning_lines(
+    index: &ConfigIndex,
+    settings: &MeshSettings,
+) -> std::collections::BTreeSet<String> {
+    let analysis = crate::analysis::analyze(index, settings)
+        .into_iter()
+        .map(|m| {
+            let key = crate::index::key_of(m.kind, &m.namespace, &m.name);
+            format!("{} {key}: {}", m.kind, m.warning)
+        });
+    index
+        .warnings
+        .iter()
+        .flat_map(|((kind, key), warnings)| {
+            warnings.iter().map(move |w| format!("{kind} {key}: {w}"))
+        })
+        .chain(analysis)
+        .collect()
+}
+
 /// Translates `index` and replaces the store's whole state with it (one push, if anything
-/// changed). Problems are logged when they appear and when they go away, not on every publish:
-/// `reported` holds the ones logged so far.
+/// changed). Problems and warnings are logged when they appear and when they go away, not on
+/// every publish: `reported` holds the ones logged so far.
 pub fn publish(
     index: &ConfigIndex,
     settings: &MeshSettings,
     store: &mut ResourceStore,
-    reported: &mut Vec<translate::TranslateError>,
+    reported: &mut Reported,
     gauges: &TranslationGauges,
 ) {
     let translation = translate::translate(index, settings);
@@ -170,16 +212,24 @@ pub fn publish(
         .policies_without_http_attributes
         .store(without_http as u64, std::sync::atomic::Ordering::Relaxed);
     for problem in &translation.problems {
-        if !reported.contains(problem) {
+        if !reported.problems.contains(problem) {
             tracing::warn!(%problem, "translation problem");
         }
     }
-    for problem in reported.iter() {
+    for problem in reported.problems.iter() {
         if !translation.problems.contains(problem) {
             tracing::info!(%problem, "translation problem resolved");
         }
     }
-    reported.clone_from(&translation.problems);
+    reported.problems.clone_from(&translation.problems);
+    let warnings = warning_lines(index, settings);
+    for warning in warnings.difference(&reported.warnings) {
+        tracing::warn!(%warning, "configuration warning");
+    }
+    for warning in reported.warnings.difference(&warnings) {
+        tracing::info!(%warning, "configuration warning resolved");
+    }
+    reported.warnings = warnings;
     let changes = store.replace_all(translation.resources());
     tracing::info!(
         pods = index.pods.len(),
@@ -199,7 +249,7 @@ pub fn publish(
 async fn publish_changes(
     index: Arc<LiveIndex>,
     mut store: ResourceStore,
-    mut reported: Vec<translate::TranslateError>,
+    mut reported: Reported,
     gauges: Arc<TranslationGauges>,
     settings: MeshSettings,
     mut shutdown: watch::Receiver<bool>,
@@ -298,6 +348,14 @@ pub async fn run(config: ServerConfig, shutdown: watch::Receiver<bool>) -> Resul
                 kube_ca::load_or_create(kube.client.clone(), &kube.namespace).await?;
             tracing::info!(?origin, namespace = %kube.namespace, "mesh CA ready");
             kube_ca::publish_root(kube.client.clone(), &kube.namespace, ca.root_cert_pem()).await?;
+            if let Some(name) = &config.webhook_configuration {
+                tokio::spawn(crate::webhook::keep_ca_bundle(
+                    kube.client.clone(),
+                    name.clone(),
+                    ca.root_cert_pem().to_owned(),
+                    shutdown.clone(),
+                ));
+            }
             start_kubernetes_source(kube.client.clone(), index.clone(), shutdown.clone()).await;
             let authenticator = TokenReviewAuthenticator::new(
                 kube.client.clone(),
@@ -313,7 +371,7 @@ pub async fn run(config: ServerConfig, shutdown: watch::Receiver<bool>) -> Resul
     let authenticator = Arc::new(authenticator);
 
     let mut store = ResourceStore::new();
-    let mut reported = Vec::new();
+    let mut reported = Reported::default();
     let gauges = Arc::new(TranslationGauges::default());
     publish(
         &index.snapshot(),
@@ -391,11 +449,28 @@ pub async fn run(config: ServerConfig, shutdown: watch::Receiver<bool>) -> Resul
         }
         None => None,
     };
-    let secure = match config.tls_address {
-        Some(address) => {
-            let serving = ServingCertificates::new(ca.clone(), config.serving_names.clone())?;
-            tokio::spawn(serving.clone().renew(shutdown.clone()));
-            let tls_config = tls::server_config(serving)?;
+    // One serving certificate for every TLS port, renewed in place.
+    let serving = if config.tls_address.is_some() || config.webhook_address.is_some() {
+        let serving = ServingCertificates::new(ca.clone(), config.serving_names.clone())?;
+        tokio::spawn(serving.clone().renew(shutdown.clone()));
+        Some(serving)
+    } else {
+        None
+    };
+    if let (Some(address), Some(serving)) = (config.webhook_address, &serving) {
+        let tls_config = tls::server_config(serving.clone(), tls::WEBHOOK_ALPN)?;
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .map_err(|e| ServerError::Bind(address, e))?;
+        tokio::spawn(crate::webhook::serve(
+            listener,
+            tls_config,
+            shutdown.clone(),
+        ));
+    }
+    let secure = match (config.tls_address, serving) {
+        (Some(address), Some(serving)) => {
+            let tls_config = tls::server_config(serving, tls::GRPC_ALPN)?;
             let listener = tokio::net::TcpListener::bind(address)
                 .await
                 .map_err(|e| ServerError::Bind(address, e))?;
@@ -410,11 +485,12 @@ pub async fn run(config: ServerConfig, shutdown: watch::Receiver<bool>) -> Resul
                     .map_err(|e| ServerError::Grpc(address, e))
             })
         }
-        None => None,
+        _ => None,
     };
     tracing::info!(
         grpc = ?config.grpc_address,
         grpc_tls = ?config.tls_address,
+        webhook = ?config.webhook_address,
         serving_names = ?config.serving_names,
         monitoring = %config.monitoring_address,
         "controller serving"
@@ -459,7 +535,7 @@ mod tests {
     }
 
     #[test]
-    fn problems_are_logged_once_and_when_resolved() {
+    fn problems_and_warnings_are_logged_once_and_when_resolved() {
         let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("src/translate/testdata/translation_errors.yaml");
         let (broken, _) = ConfigIndex::from_report(loader::load_paths(&[&fixture]), None);
@@ -471,7 +547,7 @@ mod tests {
             .with_ansi(false)
             .finish();
         let mut store = ResourceStore::new();
-        let mut reported = Vec::new();
+        let mut reported = Reported::default();
         let gauges = TranslationGauges::default();
         tracing::subscriber::with_default(subscriber, || {
             publish(&broken, &settings, &mut store, &mut reported, &gauges);
@@ -493,6 +569,24 @@ mod tests {
             count("translation problem") - count("translation problem resolved"),
             problems,
             "{log}"
+        );
+        // The warnings resources were accepted with (fields not applied, Istio's warnings):
+        // logged once each, and again when they go away.
+        let warnings = warning_lines(&broken, &settings).len();
+        assert!(warnings > 0, "the fixture has no warning");
+        assert_eq!(count("configuration warning resolved"), warnings, "{log}");
+        assert_eq!(
+            count("configuration warning") - count("configuration warning resolved"),
+            warnings,
+            "{log}"
+        );
+        assert!(
+            log.contains(crate::validation::NOT_APPLIED),
+            "not-applied fields are logged: {log}"
+        );
+        assert!(
+            log.contains("[IST0101 ReferencedResourceNotFound]"),
+            "cross-resource findings are logged: {log}"
         );
         assert!(reported.is_empty());
     }

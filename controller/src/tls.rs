@@ -125,10 +125,16 @@ impl ResolvesServerCert for ServingCertificates {
     }
 }
 
-/// The TLS configuration of the gRPC port: the serving certificate, ALPN `h2`, no client
-/// certificates (callers authenticate with their token).
+/// ALPN of the gRPC port.
+pub const GRPC_ALPN: &[&[u8]] = &[b"h2"];
+/// ALPN of the webhook port: the API server speaks either.
+pub const WEBHOOK_ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
+
+/// The TLS configuration of a port: the serving certificate, `alpn`, no client certificates
+/// (gRPC callers authenticate with their token; the API server is not asked for one).
 pub fn server_config(
     certificates: Arc<ServingCertificates>,
+    alpn: &[&[u8]],
 ) -> Result<rustls::ServerConfig, rustls::Error> {
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
@@ -136,7 +142,7 @@ pub fn server_config(
     .with_safe_default_protocol_versions()?
     .with_no_client_auth()
     .with_cert_resolver(certificates);
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(config)
 }
 

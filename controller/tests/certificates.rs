@@ -68,6 +68,8 @@ async fn a_waypoint_gets_its_certificate_with_its_nodes_credential_only() {
         grpc_address: Some(grpc_address),
         tls_address: None,
         serving_names: Vec::new(),
+        webhook_address: None,
+        webhook_configuration: None,
         monitoring_address: free_port(),
         settings: MeshSettings::default(),
     };

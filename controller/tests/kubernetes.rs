@@ -3,7 +3,8 @@
 //! created in a Secret and published in a ConfigMap, delta ADS and the CA are served over TLS on
 //! the gRPC-TLS port with a certificate that chains to that root, workloads follow the API
 //! server's objects within a second or two, node agents' tokens are reviewed, and a restarted
-//! controller keeps the same root.
+//! controller keeps the same root. The validating webhook answers real AdmissionReviews over TLS,
+//! trusted through the CA bundle the controller writes into its webhook configuration.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -54,11 +55,45 @@ impl Drop for Controller {
     }
 }
 
+/// The fake API server's kubeconfig, in a directory of this process's own.
+fn write_kubeconfig(fake: &FakeApiServer, prefix: &str) -> (PathBuf, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(&kubeconfig, fake.kubeconfig()).unwrap();
+    (dir, kubeconfig)
+}
+
+/// Waits until the controller is ready and has published its root; returns the root's PEM.
+async fn ready_with_root(fake: &FakeApiServer, monitoring: SocketAddr) -> String {
+    eventually(
+        "the controller's readiness",
+        Duration::from_secs(20),
+        || is_ready(monitoring).then_some(()),
+    )
+    .await;
+    eventually("the published root", Duration::from_secs(20), || {
+        let map = fake.get("v1", "ConfigMap", "istio-system", "istio-ca-root-cert")?;
+        map["data"]["root-cert.pem"].as_str().map(str::to_owned)
+    })
+    .await
+}
+
 fn start_controller(kubeconfig: &PathBuf, tls: SocketAddr, monitoring: SocketAddr) -> Controller {
+    start_controller_with_webhook(kubeconfig, tls, monitoring, free_port())
+}
+
+fn start_controller_with_webhook(
+    kubeconfig: &PathBuf,
+    tls: SocketAddr,
+    monitoring: SocketAddr,
+    webhook: SocketAddr,
+) -> Controller {
     let child = Command::new(env!("CARGO_BIN_EXE_controller"))
         .arg("run")
         .args(["--tls-address", &tls.to_string()])
         .args(["--monitoring-address", &monitoring.to_string()])
+        .args(["--webhook-address", &webhook.to_string()])
         .args(["--namespace", "istio-system"])
         .env("KUBECONFIG", kubeconfig)
         .env_remove("KUBERNETES_SERVICE_HOST")
@@ -216,26 +251,13 @@ async fn kubernetes_mode_serves_the_cluster_over_tls_and_follows_its_changes() {
         ),
     );
 
-    let dir = std::env::temp_dir().join(format!("weft-kube-mode-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let kubeconfig = dir.join("kubeconfig");
-    std::fs::write(&kubeconfig, fake.kubeconfig()).unwrap();
+    let (dir, kubeconfig) = write_kubeconfig(&fake, "weft-kube-mode");
     let tls = free_port();
     let monitoring = free_port();
     let controller = start_controller(&kubeconfig, tls, monitoring);
-    eventually(
-        "the controller's readiness",
-        Duration::from_secs(20),
-        || is_ready(monitoring).then_some(()),
-    )
-    .await;
 
     // First start: a root in istio-ca-secret, published in istio-ca-root-cert.
-    let root = eventually("the published root", Duration::from_secs(20), || {
-        let map = fake.get("v1", "ConfigMap", "istio-system", "istio-ca-root-cert")?;
-        map["data"]["root-cert.pem"].as_str().map(str::to_owned)
-    })
-    .await;
+    let root = ready_with_root(&fake, monitoring).await;
     let secret = fake
         .get("v1", "Secret", "istio-system", "istio-ca-secret")
         .expect("the root is persisted");
@@ -368,4 +390,170 @@ async fn kubernetes_mode_serves_the_cluster_over_tls_and_follows_its_changes() {
     assert_eq!(secret_creates, 1);
     client_task.abort();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The ValidatingWebhookConfiguration as the chart installs it: no CA bundle yet.
+fn webhook_configuration() -> Value {
+    json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
+    "metadata": {"name": "weft-validator-istio-system"},
+    "webhooks": [{
+        "name": "validation.istio.io",
+        "clientConfig": {"service": {"name": "istiod", "namespace": "istio-system", "path": "/validate"}},
+        "rules": [{"operations": ["CREATE", "UPDATE"], "apiGroups": ["networking.istio.io", "security.istio.io"],
+                   "apiVersions": ["*"], "resources": ["*"]}],
+        "failurePolicy": "Fail",
+        "sideEffects": "None",
+        "admissionReviewVersions": ["v1"],
+    }]})
+}
+
+/// POSTs an AdmissionReview to the webhook over TLS, trusting only `bundle` (PEM) for the name
+/// the API server uses (`istiod.istio-system.svc`), and returns the answer.
+async fn post_review(webhook: SocketAddr, bundle: &str, review: &Value) -> Value {
+    use http_body_util::BodyExt;
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in rustls_pki_types::CertificateDer::pem_slice_iter(bundle.as_bytes()) {
+        roots.add(certificate.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(webhook).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from(SERVING_NAME).unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .expect("the webhook's certificate verifies against the bundle");
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::post("/validate")
+        .header("content-type", "application/json")
+        .header("host", SERVING_NAME)
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            review.to_string(),
+        )))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    serde_json::from_slice(&body).unwrap()
+}
+
+fn admission_review(uid: &str, kind: &str, object: Value) -> Value {
+    let group = object["apiVersion"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {"uid": uid, "kind": {"group": group, "version": "v1", "kind": kind},
+                    "resource": {"group": group, "version": "v1", "resource": "x"},
+                    "namespace": "shop", "name": object["metadata"]["name"],
+                    "operation": "CREATE", "object": object}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webhook_refuses_bad_configuration_over_tls_trusted_through_the_bundle_it_keeps() {
+    let fake = FakeApiServer::start().await.unwrap();
+    fake.create(webhook_configuration()).unwrap();
+    let (dir, kubeconfig) = write_kubeconfig(&fake, "weft-webhook");
+    let (monitoring, webhook) = (free_port(), free_port());
+    let _controller = start_controller_with_webhook(&kubeconfig, free_port(), monitoring, webhook);
+    let root = ready_with_root(&fake, monitoring).await;
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(&root);
+    let bundle_of = |fake: &FakeApiServer| {
+        let configuration = fake.get(
+            "admissionregistration.k8s.io/v1",
+            "ValidatingWebhookConfiguration",
+            "",
+            "weft-validator-istio-system",
+        )?;
+        configuration["webhooks"][0]["clientConfig"]["caBundle"]
+            .as_str()
+            .map(str::to_owned)
+    };
+    let bundle = eventually(
+        "the CA bundle in the webhook configuration",
+        Duration::from_secs(20),
+        || bundle_of(&fake).filter(|b| *b == encoded),
+    )
+    .await;
+    let bundle_pem = String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(bundle)
+            .unwrap(),
+    )
+    .unwrap();
+
+    // A bad VirtualService: refused, with the messages `controller validate` prints.
+    let bad = json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+        "metadata": {"name": "reviews", "namespace": "shop"},
+        "spec": {"hosts": ["*"], "http": [{"route": [{"destination": {"host": "reviews"}}]}]}});
+    let answer = post_review(
+        webhook,
+        &bundle_pem,
+        &admission_review("u1", "VirtualService", bad),
+    )
+    .await;
+    assert_eq!(answer["response"]["uid"], "u1");
+    assert_eq!(answer["response"]["allowed"], false, "{answer}");
+    let message = answer["response"]["status"]["message"].as_str().unwrap();
+    assert_eq!(
+        message,
+        "configuration is invalid: VirtualService shop/reviews: spec.hosts[0]: wildcard host * is not allowed for virtual services bound to the mesh gateway"
+    );
+
+    // A good one with a field Weft does not apply: allowed, with that warning.
+    let good = json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+        "metadata": {"name": "reviews", "namespace": "shop"},
+        "spec": {"host": "reviews", "trafficPolicy": {"connectionPool": {"tcp": {"tcpKeepalive": {"time": "60s"}}}}}});
+    let answer = post_review(
+        webhook,
+        &bundle_pem,
+        &admission_review("u2", "DestinationRule", good),
+    )
+    .await;
+    assert_eq!(answer["response"]["allowed"], true, "{answer}");
+    let warnings = answer["response"]["warnings"].as_array().unwrap();
+    assert!(
+        warnings[0].as_str().unwrap().starts_with(
+            "DestinationRule shop/reviews: spec.trafficPolicy.connectionPool.tcp.tcpKeepalive: accepted but not applied"
+        ),
+        "{warnings:?}"
+    );
+
+    // `helm upgrade` puts the chart's configuration back, without the bundle: written again.
+    let mut reset = fake
+        .get(
+            "admissionregistration.k8s.io/v1",
+            "ValidatingWebhookConfiguration",
+            "",
+            "weft-validator-istio-system",
+        )
+        .unwrap();
+    reset["webhooks"][0]["clientConfig"]
+        .as_object_mut()
+        .unwrap()
+        .remove("caBundle");
+    fake.update(reset).unwrap();
+    assert_eq!(bundle_of(&fake), None);
+    eventually(
+        "the CA bundle written again",
+        Duration::from_secs(20),
+        || bundle_of(&fake).filter(|b| *b == encoded),
+    )
+    .await;
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -95,6 +95,8 @@ async fn deltas_follow_edits_nacks_are_survived_and_restarts_resend_everything()
         grpc_address: Some(grpc_address),
         tls_address: None,
         serving_names: Vec::new(),
+        webhook_address: None,
+        webhook_configuration: None,
         monitoring_address: free_port(),
         settings: MeshSettings::default(),
     };
@@ -295,6 +297,8 @@ async fn a_waypoint_gets_its_config_and_follows_edits_and_agents_get_none() {
         grpc_address: Some(grpc_address),
         tls_address: None,
         serving_names: Vec::new(),
+        webhook_address: None,
+        webhook_configuration: None,
         monitoring_address: free_port(),
         settings: MeshSettings::default(),
     };

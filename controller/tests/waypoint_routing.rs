@@ -105,15 +105,9 @@ async fn translated_routes_and_policies_drive_the_waypoint() {
         v2.app_address.port(),
         v3.app_address.port(),
     );
-    let (resources, errors) = loader::load_str(std::path::Path::new("mesh.yaml"), &yaml);
-    assert!(errors.is_empty(), "{errors:?}");
-    let (index, rejections) = ConfigIndex::from_report(
-        loader::LoadReport {
-            resources,
-            ..Default::default()
-        },
-        None,
-    );
+    let report = loader::load_str(std::path::Path::new("mesh.yaml"), &yaml);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let (index, rejections) = ConfigIndex::from_report(report, None);
     assert!(rejections.is_empty(), "{rejections:?}");
     let translation = translate::translate(&index, &translate::MeshSettings::default());
     assert!(

@@ -13,6 +13,7 @@ const PROTO_FILES: &[&str] = &[
     "proto/istio/v1/auth/ca.proto",
     "proto/weft/waypoint/v1/waypoint.proto",
     "proto/weft/sample/v1/echo.proto",
+    "proto/runtime/v1/api.proto",
 ];
 
 const INCLUDE_DIRS: &[&str] = &["proto"];

@@ -12,8 +12,8 @@ pub use weft_proxy_core::config::*;
 
 pub const ENROLLMENT_SOCKET: &str = "ENROLLMENT_SOCKET";
 pub const PIN_DIR: &str = "PIN_DIR";
-pub const AGENT_CGROUP: &str = "AGENT_CGROUP";
 pub const CGROUP_ROOT: &str = "CGROUP_ROOT";
+pub const NODE_NETNS: &str = "NODE_NETNS";
 pub const ACCELERATION: &str = "ACCELERATION";
 
 /// Two workers: a connection and the HBONE connection it rides stay on one thread, and two
@@ -21,7 +21,8 @@ pub const ACCELERATION: &str = "ACCELERATION";
 const DEFAULT_WORKER_THREADS: usize = 2;
 const DEFAULT_ENROLLMENT_SOCKET: &str = "/var/run/weft/enroll.sock";
 const DEFAULT_PIN_BASE: &str = "/sys/fs/bpf/weft";
-const DEFAULT_CGROUP_ROOT: &str = "/sys/fs/cgroup/unified";
+/// The agent's own namespace: right when it runs in the node's (host network, the testbed).
+const DEFAULT_NODE_NETNS: &str = "/proc/self/ns/net";
 
 /// Everything the agent is told at start.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -33,9 +34,16 @@ pub struct Config {
     pub enrollment_socket: PathBuf,
     /// bpffs directory for this node's pinned programs and maps.
     pub pin_dir: PathBuf,
-    /// The agent's own cgroup (for connection-record cleanup and acceleration).
-    pub agent_cgroup: Option<PathBuf>,
-    pub cgroup_root: PathBuf,
+    /// The root of the cgroup v2 hierarchy, where the capture programs attach; unset, the
+    /// cgroup2 mount found in `/proc/self/mountinfo`. In a container it is the host's mount
+    /// (a hostPath), never the container's own `/sys/fs/cgroup`.
+    pub cgroup_root: Option<PathBuf>,
+    /// The node's own network namespace, where the kubelet runs: connections its sockets open
+    /// to enrolled pods (health probes) reach the application unsteered, as Istio lets the
+    /// node's own traffic through. Unset, the agent's own namespace; an agent in a pod of its
+    /// own is given the host's (`/proc/1/ns/net` mounted from the host), else the node's probes
+    /// of STRICT pods are refused (failing closed).
+    pub node_netns: PathBuf,
     /// Splice same-node loopback hops with sockops/sk_msg.
     pub acceleration: bool,
 }
@@ -59,10 +67,10 @@ impl Config {
                 .path(ENROLLMENT_SOCKET)
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_ENROLLMENT_SOCKET)),
             pin_dir,
-            agent_cgroup: settings.path(AGENT_CGROUP),
-            cgroup_root: settings
-                .path(CGROUP_ROOT)
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_CGROUP_ROOT)),
+            cgroup_root: settings.path(CGROUP_ROOT),
+            node_netns: settings
+                .path(NODE_NETNS)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_NODE_NETNS)),
             // Off by default: a socket in the kernel's socket map reads through its
             // spliced-queue path, where a blocking read woken by anything but data (a concurrent
             // writer on the same socket, for one) returns EAGAIN. Non-blocking applications never
@@ -104,6 +112,8 @@ mod tests {
         assert_eq!(config.proxy.worker_threads, 2);
         assert_eq!(config.proxy.max_connections, None);
         assert_eq!(config.proxy.max_connections_per_source, 256);
+        // Unset, the node is where the agent runs.
+        assert_eq!(config.node_netns, PathBuf::from("/proc/self/ns/net"));
         let config = Config::from_strings(&strings(&[
             (NODE_NAME, "n"),
             (XDS_ADDRESS, "http://10.0.0.2:15010"),
@@ -116,8 +126,10 @@ mod tests {
             (WORKER_THREADS, "1"),
             (MAX_CONNECTIONS, "5000"),
             (MAX_CONNECTIONS_PER_SOURCE, "64"),
+            (NODE_NETNS, "/host/node-netns"),
         ]))
         .unwrap();
+        assert_eq!(config.node_netns, PathBuf::from("/host/node-netns"));
         assert_eq!(config.proxy.worker_threads, 1);
         assert_eq!(config.proxy.max_connections, Some(5000));
         assert_eq!(config.proxy.max_connections_per_source, 64);

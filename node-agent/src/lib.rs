@@ -7,7 +7,8 @@
 pub mod admin;
 pub mod config;
 pub mod ebpf;
-pub mod enrollment;
+/// The enrollment API (its own crate, shared with the CNI side).
+pub use weft_enrollment as enrollment;
 pub mod memory;
 pub mod metrics;
 pub mod netns;

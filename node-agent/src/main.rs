@@ -7,7 +7,10 @@ use clap::Parser;
 use node_agent::{
     admin,
     config::{self, Config, Environment, Layered},
-    ebpf::{Enroller, OriginalDst, Redirection, RedirectionConfig, check_kernel_features},
+    ebpf::{
+        Enroller, OriginalDst, Redirection, RedirectionConfig, cgroup2_root, check_kernel_features,
+        netns_cookie_of,
+    },
     enrollment::EnrollmentServer,
     metrics::Metrics,
     netns::PodNetns,
@@ -57,12 +60,14 @@ struct Args {
     /// bpffs directory for pinned programs and maps [PIN_DIR]
     #[arg(long)]
     pin_dir: Option<String>,
-    /// The agent's own cgroup v2 directory [AGENT_CGROUP]
-    #[arg(long)]
-    agent_cgroup: Option<String>,
-    /// cgroup v2 mount point [CGROUP_ROOT]
+    /// The cgroup v2 hierarchy's root (default: its mount, from /proc/self/mountinfo)
+    /// [CGROUP_ROOT]
     #[arg(long)]
     cgroup_root: Option<String>,
+    /// The node's own network namespace, whose connections to pods (the kubelet's probes) are
+    /// let through (default: the agent's own) [NODE_NETNS]
+    #[arg(long)]
+    node_netns: Option<String>,
     /// Same-node acceleration (sockops + sk_msg): true or false [ACCELERATION]
     #[arg(long)]
     acceleration: Option<String>,
@@ -120,8 +125,8 @@ impl Args {
                 ),
                 (config::ENROLLMENT_SOCKET, self.enrollment_socket),
                 (config::PIN_DIR, self.pin_dir),
-                (config::AGENT_CGROUP, self.agent_cgroup),
                 (config::CGROUP_ROOT, self.cgroup_root),
+                (config::NODE_NETNS, self.node_netns),
                 (config::ACCELERATION, self.acceleration),
                 (config::ADMIN_ADDRESS, self.admin_address),
                 (config::METRICS_ADDRESS, self.metrics_address),
@@ -175,19 +180,35 @@ fn main() -> ExitCode {
 async fn run(config: Config) -> anyhow::Result<()> {
     let proxy = &config.proxy;
     tracing::info!(node = %config.node_name(), xds = %proxy.xds_address, "node agent starting");
-    let features = check_kernel_features(&config.cgroup_root);
+    let cgroup_root = match &config.cgroup_root {
+        Some(root) => root.clone(),
+        None => cgroup2_root().map_err(|e| {
+            anyhow::anyhow!(
+                "finding the cgroup v2 root (set {}): {e}",
+                config::CGROUP_ROOT
+            )
+        })?,
+    };
+    let features = check_kernel_features(&cgroup_root);
     anyhow::ensure!(
         features.is_complete(),
         "this kernel cannot run the mesh's redirection: {features}"
     );
+    let node_netns = netns_cookie_of(&config.node_netns).with_context(|| {
+        format!(
+            "the node's network namespace {} ({})",
+            config.node_netns.display(),
+            config::NODE_NETNS
+        )
+    })?;
     // Adopts what an earlier run pinned: enrolled pods stay captured (and fail closed) across
     // restarts.
     let redirection = Arc::new(
         Redirection::open(RedirectionConfig {
             pin_root: config.pin_dir.clone(),
-            agent_cgroup: config.agent_cgroup.clone(),
             acceleration: config.acceleration,
-            cgroup_root: config.cgroup_root.clone(),
+            cgroup_root,
+            node_netns,
         })
         .context("loading the eBPF redirection")?,
     );

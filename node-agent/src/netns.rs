@@ -57,10 +57,14 @@ impl PodNetns {
 }
 
 /// The pod's sockets: a connection made from it carries the pod's address, a listener in it
-/// receives what is sent to the pod.
+/// receives what is sent to the pod. A connecting socket is marked as the agent's own
+/// ([`weft_ebpf_common::AGENT_SOCKET_MARK`]): the capture programs run for every socket of an
+/// enrolled pod's namespace and must leave the agent's connections where they go.
 impl weft_hbone::SocketFactory for PodNetns {
     fn new_tcp(&self, target: SocketAddr) -> io::Result<TcpSocket> {
-        self.run(|| weft_hbone::new_tcp_socket(target))?
+        let socket = self.run(|| weft_hbone::new_tcp_socket(target))??;
+        socket2::SockRef::from(&socket).set_mark(weft_ebpf_common::AGENT_SOCKET_MARK)?;
+        Ok(socket)
     }
 
     fn listen(&self, address: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {

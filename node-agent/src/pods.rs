@@ -9,7 +9,7 @@ use std::{
 };
 
 use crate::{
-    ebpf::{Enroller, PodEnrollment},
+    ebpf::{Enroller, PodEnrollment, RedirectionError},
     enrollment::{EnrolledPod, PodLifecycle},
     netns::PodNetns,
     proxy::{PodProxy, ProxyContext},
@@ -62,42 +62,54 @@ impl PodManager {
         Ok(())
     }
 
+    /// Stops serving the pod and removes its capture, also a capture left by an earlier run
+    /// for a pod this run never served (deleted while the agent was down).
     fn unenroll(&self, uid: &str) -> Result<(), String> {
-        let Some(_served) = self.lock().remove(uid) else {
-            return Ok(());
-        };
+        let served = self.lock().remove(uid);
         if let Some(capture) = &self.capture {
-            capture.unenroll(uid).map_err(|e| e.to_string())?;
+            match capture.unenroll(uid) {
+                Ok(()) | Err(RedirectionError::NotEnrolled(_)) => {}
+                Err(error) => return Err(error.to_string()),
+            }
         }
+        drop(served);
         Ok(())
     }
 }
 
 /// Puts the pod under redirection, or, for a pod whose redirection survived an agent restart
-/// (pinned programs stay attached, which is what keeps it failing closed meanwhile), points the
-/// inbound steering at the new listener.
+/// (pinned programs stay attached, which is what keeps it failing closed meanwhile), takes it
+/// over with the new listener. A pod enrolled in another netns (its sandbox was recreated while
+/// the agent was down) is enrolled anew.
 fn capture_pod(capture: &dyn Enroller, pod: &EnrolledPod, proxy: &PodProxy) -> Result<(), String> {
+    let enrollment = PodEnrollment {
+        uid: pod.uid.clone(),
+        netns: pod.netns.clone(),
+        addresses: pod.addresses.clone(),
+        excluded_outbound_ports: pod.excluded_outbound_ports.clone(),
+        excluded_inbound_ports: pod.excluded_inbound_ports.clone(),
+        inbound_listener: proxy.inbound_plaintext_listener(),
+    };
     let adopted = capture
         .enrolled()
         .map_err(|e| e.to_string())?
         .iter()
         .any(|p| p.uid == pod.uid);
     if adopted {
-        tracing::info!(uid = %pod.uid, "pod redirection adopted from an earlier run");
-        return capture
-            .replace_inbound_listener(&pod.uid, proxy.inbound_plaintext_listener())
-            .map_err(|e| e.to_string());
+        match capture.adopt(&enrollment) {
+            Ok(_) => {
+                tracing::info!(uid = %pod.uid, "pod redirection adopted from an earlier run");
+                return Ok(());
+            }
+            Err(RedirectionError::NetnsChanged { .. }) => {
+                tracing::info!(uid = %pod.uid, "pod has a new network namespace: enrolling anew");
+                capture.unenroll(&pod.uid).map_err(|e| e.to_string())?;
+            }
+            Err(error) => return Err(error.to_string()),
+        }
     }
     capture
-        .enroll(&PodEnrollment {
-            uid: pod.uid.clone(),
-            cgroup: pod.cgroup.clone(),
-            netns: pod.netns.clone(),
-            addresses: pod.addresses.clone(),
-            excluded_outbound_ports: pod.excluded_outbound_ports.clone(),
-            excluded_inbound_ports: pod.excluded_inbound_ports.clone(),
-            inbound_listener: proxy.inbound_plaintext_listener(),
-        })
+        .enroll(&enrollment)
         .map(|_| ())
         .map_err(|e| e.to_string())
 }
@@ -111,7 +123,16 @@ impl PodLifecycle for PodManager {
         self.unenroll(uid)
     }
 
+    /// The pods served, and those whose capture an earlier run left in place: a snapshot that
+    /// omits one of these removes it.
     fn enrolled(&self) -> BTreeSet<String> {
-        self.lock().keys().cloned().collect()
+        let mut uids: BTreeSet<String> = self.lock().keys().cloned().collect();
+        if let Some(capture) = &self.capture {
+            match capture.enrolled() {
+                Ok(pods) => uids.extend(pods.into_iter().map(|p| p.uid)),
+                Err(error) => tracing::warn!(%error, "listing the captured pods"),
+            }
+        }
+        uids
     }
 }

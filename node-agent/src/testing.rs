@@ -79,7 +79,6 @@ pub fn enrolled_pod(
     name: &str,
     namespace: &str,
     netns: std::path::PathBuf,
-    cgroup: std::path::PathBuf,
     address: std::net::IpAddr,
 ) -> crate::enrollment::EnrolledPod {
     crate::enrollment::EnrolledPod {
@@ -87,7 +86,6 @@ pub fn enrolled_pod(
         namespace: namespace.into(),
         name: name.into(),
         netns,
-        cgroup,
         addresses: vec![address],
         excluded_outbound_ports: vec![],
         excluded_inbound_ports: vec![],

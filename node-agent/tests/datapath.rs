@@ -683,11 +683,5 @@ fn workload(pod: &Pod, sa: &str, tunnel: TunnelProtocol) -> Workload {
 }
 
 fn enrolled(pod: &Pod) -> EnrolledPod {
-    enrolled_pod(
-        &pod.name,
-        "shop",
-        pod.netns.path(),
-        pod.cgroup.path().to_path_buf(),
-        IpAddr::V4(pod.ip),
-    )
+    enrolled_pod(&pod.name, "shop", pod.netns.path(), IpAddr::V4(pod.ip))
 }

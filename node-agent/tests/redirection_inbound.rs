@@ -1,7 +1,9 @@
 //! Inbound steering on the real kernel: connections from outside an enrolled pod to its
 //! application ports (Istio's 15000, 15020 and 15021 among them) land on the agent's 15006
-//! listener; HBONE (15008), excluded ports and the agent's own forwarding (over loopback inside
-//! the pod) reach their listeners untouched; with no inbound listener the connection fails
+//! listener; HBONE (15008), excluded ports, the agent's own forwarding (over loopback inside the
+//! pod) and the node's own connections (its health probes, opened by a socket of the node's
+//! namespace) reach their listeners untouched, while a connection the node only forwards and
+//! masquerades to the same address is steered; with no inbound listener the connection fails
 //! instead of reaching the application. Needs root.
 
 mod support;
@@ -106,8 +108,53 @@ fn connections_to_application_ports_land_on_the_inbound_listener() {
         "own forwarding was steered"
     );
 
+    // The node itself (the kubelet probing the pod) connects from its address on the pod's
+    // network: a socket of the node's namespace, left alone, as Istio exempts the node's own
+    // connections.
+    let node = testbed.node("node1");
+    let probe = connect_from(&node.netns, app_port).expect("probe from the node");
+    assert_eq!(probe.local_addr().unwrap().ip(), app.gateway);
+    let (probed, _) =
+        accept_within(&application, support::PATIENCE).expect("the node's probe reached the app");
+    assert!(
+        accept_within(&inbound, quick).is_none(),
+        "the node's probe was steered"
+    );
+    // The node's record lasts as long as its socket.
+    assert_eq!(redirection.connection_records().unwrap().node, 1);
+    drop((probe, probed));
+    let deadline = Instant::now() + support::PATIENCE;
+    while redirection.connection_records().unwrap().node != 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        redirection.connection_records().unwrap().node,
+        0,
+        "the node's closed connection is still recorded"
+    );
+
+    // A connection the node only forwards, masqueraded to that same address (a NodePort, an
+    // SNAT of traffic from outside the cluster): no socket of the node opened it, so it is
+    // steered like any other (Istio does not exempt it either).
+    node.netns
+        .masquerade(outside.ip, app.ip)
+        .expect("masquerade");
+    let _forwarded = connect_from(&outside.netns, app_port).expect("connect through the node");
+    let (_accepted, peer) = accept_within(&inbound, support::PATIENCE)
+        .expect("the forwarded connection was let through");
+    assert_eq!(
+        peer.ip(),
+        app.gateway,
+        "not masqueraded to the node's address"
+    );
+    assert!(
+        accept_within(&application, quick).is_none(),
+        "the masqueraded connection reached the app"
+    );
+
     let stats = redirection.stats().unwrap();
-    assert_eq!(stats.steered_inbound, 4, "{stats:?}");
+    assert_eq!(stats.steered_inbound, 5, "{stats:?}");
+    assert_eq!(stats.node_connections_passed, 1, "{stats:?}");
 
     // Agent down (no inbound listener): the connection fails, the application sees nothing.
     drop(inbound);

@@ -1,12 +1,13 @@
 //! The redirection lifecycle on the real kernel: fail closed while the agent is down, adoption
-//! of the pinned state by a restarted agent without re-enrolling, and un-enrolling back to plain
-//! networking with nothing left attached. Needs root.
+//! of the pinned state by a restarted agent without re-enrolling, un-enrolling back to plain
+//! networking, and uninstalling with nothing left attached, at the cgroup root or on the pod's
+//! netns. Needs root.
 
 mod support;
 
 use std::{net::SocketAddr, sync::Arc};
 
-use node_agent::ebpf::{Enroller, Redirection};
+use node_agent::ebpf::{Enroller, PodEnrollment, Redirection};
 use support::{AgentMode, OutboundAgent, Server, client};
 use weft_testbed::Topology;
 
@@ -66,9 +67,17 @@ fn fails_closed_while_the_agent_is_down_and_adopts_on_restart() {
     assert_eq!(enrolled, vec![pod.clone()], "the pod was not adopted");
     let inbound = support::listen_in(&client_pod.netns, "0.0.0.0:15006");
     use std::os::fd::AsFd;
-    redirection
-        .replace_inbound_listener(&pod.uid, inbound.as_fd())
+    let adopted = redirection
+        .adopt(&PodEnrollment {
+            uid: pod.uid.clone(),
+            netns: client_pod.netns.path(),
+            addresses: vec![client_pod.ip.into()],
+            excluded_outbound_ports: vec![],
+            excluded_inbound_ports: vec![],
+            inbound_listener: inbound.as_fd(),
+        })
         .unwrap();
+    assert_eq!(adopted, pod);
     let agent = OutboundAgent::start(
         &client_pod.netns,
         redirection.clone(),
@@ -87,11 +96,25 @@ fn fails_closed_while_the_agent_is_down_and_adopts_on_restart() {
     let records = redirection.connection_records().unwrap();
     assert_eq!((records.pending, records.established), (0, 0));
 
-    // Un-enroll: plain networking, nothing attached to the pod's cgroup or netns.
-    let cgroup_before = support::cgroup_programs(client_pod.cgroup.path());
-    assert!(cgroup_before.contains("inet4_connect"), "{cgroup_before}");
-    assert!(cgroup_before.contains("inet6_connect"), "{cgroup_before}");
-    assert!(cgroup_before.contains("sock_ops"), "{cgroup_before}");
+    // Nothing is attached to the pod's cgroup: the programs are at the cgroup root, once.
+    let pod_cgroup = support::cgroup_programs(client_pod.cgroup.path());
+    assert!(
+        !pod_cgroup.contains("connect") && !pod_cgroup.contains("sock_ops"),
+        "programs attached to the pod's cgroup: {pod_cgroup}"
+    );
+    let pin_root = support::redirection_config(&testbed, false).pin_root;
+    let root_links = support::root_links(&pin_root);
+    assert_eq!(root_links.len(), 3, "{root_links:?}");
+    let root_cgroup = support::cgroup_programs(&node_agent::ebpf::cgroup2_root().unwrap());
+    for link in &root_links {
+        assert!(
+            root_cgroup.contains(&format!("{}", link.program_id)),
+            "program {} not at the cgroup root: {root_cgroup}",
+            link.program_id
+        );
+    }
+
+    // Un-enroll: plain networking, nothing left on the pod's netns.
     let netns_inode = support::netns_inode(&client_pod.netns);
     let on_netns = |links: &[serde_json::Value]| {
         links
@@ -106,11 +129,6 @@ fn fails_closed_while_the_agent_is_down_and_adopts_on_restart() {
     );
 
     redirection.unenroll(&pod.uid).unwrap();
-    let cgroup_after = support::cgroup_programs(client_pod.cgroup.path());
-    assert!(
-        !cgroup_after.contains("connect") && !cgroup_after.contains("sock_ops"),
-        "programs still attached: {cgroup_after}"
-    );
     assert_eq!(
         on_netns(&support::links()),
         0,
@@ -135,9 +153,13 @@ fn fails_closed_while_the_agent_is_down_and_adopts_on_restart() {
 
     drop(agent);
     Arc::into_inner(redirection).unwrap().uninstall().unwrap();
-    assert!(
-        !support::redirection_config(&testbed, false)
-            .pin_root
-            .exists()
-    );
+    assert!(!pin_root.exists());
+    let links = support::links();
+    for link in &root_links {
+        assert!(
+            !links.iter().any(|l| l["id"].as_u64() == Some(link.id)),
+            "link {} left at the cgroup root",
+            link.id
+        );
+    }
 }

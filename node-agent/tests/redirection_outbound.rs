@@ -113,8 +113,28 @@ fn unmodified_clients_reach_another_node_through_the_agent() {
         "a loopback connect was recorded"
     );
 
+    // Capture follows the network namespace, not the cgroup: this test process, in no pod's
+    // cgroup, is captured when it connects from inside the pod's netns; a socket marked as the
+    // agent's own is not.
+    let (captured, marked) = support::spawn_in_netns(&testbed.pod("client").netns, move || {
+        let plain = std::net::TcpStream::connect_timeout(&line_destination, support::PATIENCE)
+            .expect("connect");
+        let marked = support::connect_as_agent(line_destination).expect("connect marked");
+        (plain.peer_addr().unwrap(), marked.peer_addr().unwrap())
+    })
+    .join()
+    .unwrap();
+    assert_eq!(captured, "127.0.0.1:15001".parse().unwrap());
+    assert_eq!(
+        marked, line_destination,
+        "the agent's own socket was captured"
+    );
+    let accepted = agent.wait_for(25);
+    assert_eq!(accepted.len(), 25, "{accepted:?}");
+    assert_eq!(accepted[24].original, Some(line_destination));
+
     let stats: RedirectionStats = redirection.stats().unwrap();
-    assert_eq!(stats.redirected_connects, 23, "{stats:?}");
+    assert_eq!(stats.redirected_connects, 24, "{stats:?}");
     drop(agent);
     std::sync::Arc::into_inner(redirection)
         .unwrap()

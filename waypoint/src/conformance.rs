@@ -16,7 +16,7 @@
 //!   `403 upgrade_failed`.
 
 use http::header::{self, HeaderMap, HeaderValue};
-use http::{Method, Request, StatusCode, Version};
+use http::{Method, Request, Version};
 
 /// The protocol upgrades forwarded unless configured otherwise (Istio's: WebSocket).
 pub const DEFAULT_UPGRADES: [&str; 1] = ["websocket"];
@@ -61,7 +61,7 @@ const KNOWN_METHODS: [&str; 34] = [
 
 static HTTP2_SETTINGS: header::HeaderName = header::HeaderName::from_static("http2-settings");
 
-/// Why a request is answered by the waypoint itself.
+/// Why a request is answered by the waypoint itself (the reply: `proxy::reply`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Nonconforming {
     #[error("method {0:?} is not one the waypoint accepts (methods are case-sensitive)")]
@@ -74,31 +74,6 @@ pub enum Nonconforming {
     DuplicateHost,
     #[error("upgrade to {0:?} is not configured")]
     UpgradeRefused(String),
-}
-
-impl Nonconforming {
-    /// The status, body and Envoy's `response_code_details` of the local reply.
-    pub fn reply(&self) -> (StatusCode, &'static str, &'static str) {
-        match self {
-            Self::UnknownMethod(_) => (StatusCode::BAD_REQUEST, "Bad Request", "invalid_method"),
-            Self::LowVersion(_) => (
-                StatusCode::UPGRADE_REQUIRED,
-                "Upgrade Required",
-                "low_version",
-            ),
-            Self::MissingHost => (
-                StatusCode::BAD_REQUEST,
-                "Bad Request",
-                "missing_host_header",
-            ),
-            Self::DuplicateHost => (
-                StatusCode::BAD_REQUEST,
-                "Bad Request",
-                "duplicate_host_header",
-            ),
-            Self::UpgradeRefused(_) => (StatusCode::FORBIDDEN, "Forbidden", "upgrade_failed"),
-        }
-    }
 }
 
 /// Checks `request` (see the module documentation) and removes an `h2c` upgrade from it.

@@ -28,9 +28,6 @@ pub mod upstream;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
-#[cfg(test)]
-mod tests;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -169,6 +166,11 @@ impl Waypoint {
 
     pub fn metrics(&self) -> &Metrics {
         &self.shared.metrics
+    }
+
+    /// The connections forwarded at L4 that are open, each with the tunnel it arrived on.
+    pub fn tcp_connections(&self) -> &tcp::TcpConnections {
+        &self.shared.tcp_connections
     }
 
     /// The Prometheus registry holding the waypoint's metrics.

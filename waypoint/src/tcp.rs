@@ -16,13 +16,13 @@ use std::sync::Arc;
 
 use tracing::{debug, info};
 use weft_hbone::{ConnectionRegistry, MeteredStream, Refusal};
+use weft_policy::Decision;
 use weft_policy::l7::{TcpAuthzRequest, evaluate_tcp};
 use weft_policy::route::pick_weighted;
-use weft_policy::{Decision, DenyReason};
 
 use crate::metrics::{ConnectionInfo, Peer, ResponseFlag};
 use crate::model::{Cluster, Target, WaypointConfig};
-use crate::proxy::{ProxyShared, TunnelContext};
+use crate::proxy::{LocalReply, ProxyShared, TunnelContext, rbac_details};
 use crate::upstream::{BoxedIo, HashInput};
 
 /// The connections the waypoint forwards at L4, each with the tunnel it arrived on (what its
@@ -52,13 +52,7 @@ fn authorize(config: &WaypointConfig, context: &TunnelContext) -> Result<(), Str
         Decision::Allow => Ok(()),
         Decision::Deny(reason) => {
             debug!(%reason, "connection denied");
-            Err(match &reason {
-                DenyReason::DeniedBy(policy) => format!(
-                    "rbac_access_denied_matched_policy[ns[{}]-policy[{}]-rule[0]]",
-                    policy.namespace, policy.name
-                ),
-                _ => "rbac_access_denied_matched_policy[none]".to_owned(),
-            })
+            Err(rbac_details(&reason))
         }
     }
 }
@@ -166,13 +160,13 @@ pub async fn open_tcp_upstream(
     let cluster = match tcp_destination(&config, &target, context) {
         TcpDestination::Cluster(cluster) => cluster,
         TcpDestination::MissingCluster(name) => {
-            info.response_flags = ResponseFlag::NoCluster;
+            info.response_flags = flags_of(LocalReply::ClusterNotFound);
             info.upstream_cluster = Some(name);
             drop(shared.metrics.connection_opened(info));
             return Err(Refusal::UpstreamUnavailable);
         }
         TcpDestination::NoRoute => {
-            info.response_flags = ResponseFlag::NoRoute;
+            info.response_flags = flags_of(LocalReply::RouteNotFound);
             drop(shared.metrics.connection_opened(info));
             return Err(Refusal::UpstreamUnavailable);
         }
@@ -188,7 +182,7 @@ pub async fn open_tcp_upstream(
     let endpoint = match upstream.choose_endpoint(&cluster, &hash, &[]) {
         Ok(endpoint) => endpoint,
         Err(error) => {
-            info.response_flags = error.response_flag();
+            info.response_flags = flags_of(error.into());
             drop(shared.metrics.connection_opened(info));
             return Err(Refusal::UpstreamUnavailable);
         }
@@ -211,9 +205,15 @@ pub async fn open_tcp_upstream(
         Err(error) => {
             upstream.record_outcome(&cluster, endpoint.address, None);
             debug!(%error, "tcp forward failed");
-            info.response_flags = error.response_flag();
+            info.response_flags = flags_of(error.into());
             drop(shared.metrics.connection_opened(info));
             Err(Refusal::UpstreamUnavailable)
         }
     }
+}
+
+/// The `response_flags` of a connection refused for the reason an HTTP request would get
+/// `reply` for.
+fn flags_of(reply: LocalReply) -> ResponseFlag {
+    reply.reply().response_flags.unwrap_or_default()
 }

@@ -98,6 +98,17 @@ fn nindent(args: &[Value]) -> Result<Value, FuncError> {
     Ok(Value::String(format!("\n{}", indented.join("\n"))))
 }
 
+/// Sprig's `join SEP LIST`: the list's items as text, separated by SEP.
+fn join(args: &[Value]) -> Result<Value, FuncError> {
+    let [separator, Value::Array(items)] = args else {
+        return Err(FuncError::Generic(
+            "join: expected a separator and a list".into(),
+        ));
+    };
+    let items: Vec<String> = items.iter().map(plain).collect();
+    Ok(Value::String(items.join(&plain(separator))))
+}
+
 fn values(overrides: &[(&str, Json)]) -> Json {
     let text = std::fs::read_to_string(chart().join("values.yaml")).unwrap();
     let mut values: Json = serde_yaml::from_str(&text).expect("values.yaml is YAML");
@@ -129,6 +140,7 @@ fn render(values: &Json) -> BTreeMap<String, Vec<Json>> {
             ("quote", quote as gtmpl::Func),
             ("toYaml", to_yaml as gtmpl::Func),
             ("nindent", nindent as gtmpl::Func),
+            ("join", join as gtmpl::Func),
         ]);
         template
             .parse(text)
@@ -198,6 +210,7 @@ fn the_chart_renders_to_valid_manifests_of_every_component() {
         "RoleBinding",
         "Service",
         "ServiceAccount",
+        "ValidatingWebhookConfiguration",
     ];
     assert_eq!(kinds, expected.iter().map(|k| k.to_string()).collect());
 
@@ -217,7 +230,10 @@ fn the_chart_renders_to_valid_manifests_of_every_component() {
         "no plaintext by default"
     );
     assert_eq!(controller["resources"]["limits"]["memory"], "512Mi");
-    assert_eq!(ports(find(&rendered, "Service", "istiod")), [15012, 15014]);
+    assert_eq!(
+        ports(find(&rendered, "Service", "istiod")),
+        [443, 15012, 15014]
+    );
 
     // The agent reaches the controller under a name its serving certificate carries, with a
     // token for the audience the controller reviews.
@@ -247,6 +263,21 @@ fn the_chart_renders_to_valid_manifests_of_every_component() {
         serde_json::json!(["BPF", "NET_ADMIN", "SYS_ADMIN"])
     );
     assert_eq!(env(agent, "ACCELERATION").as_deref(), Some("false"));
+    // The node's own connections (the kubelet's probes) are known by the host's namespace.
+    let node_netns = env(agent, "NODE_NETNS").expect("NODE_NETNS");
+    let mount = agent["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountPath"] == node_netns.as_str())
+        .expect("NODE_NETNS is mounted");
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap();
+    assert_eq!(volume["hostPath"]["path"], "/proc/1/ns/net");
     assert_eq!(
         env(agent, "CERTIFICATE_TTL_SECONDS").as_deref(),
         Some("86400")
@@ -256,11 +287,81 @@ fn the_chart_renders_to_valid_manifests_of_every_component() {
         "the service account the controller trusts as node agent"
     );
 
+    // The CNI side: the plugin installed where the runtime looks, talking to the agent over
+    // the socket the agent binds, allowed nothing but reading other processes' namespaces.
+    let install = pod["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "install-cni")
+        .expect("an install-cni container");
+    assert_eq!(install["command"], serde_json::json!(["weft-cni-node"]));
+    assert_eq!(
+        env(install, "ENROLLMENT_SOCKET"),
+        env(agent, "ENROLLMENT_SOCKET")
+    );
+    assert_eq!(
+        env(install, "HOST_CNI_NET_DIR").as_deref(),
+        Some("/etc/cni/net.d")
+    );
+    assert_eq!(
+        env(install, "EXCLUDE_NAMESPACES").as_deref(),
+        Some("kube-system")
+    );
+    for name in [
+        weft_cni::config::NODE_NAME,
+        weft_cni::config::POD_NAMESPACE,
+        weft_cni::config::CNI_NET_DIR,
+        weft_cni::config::CNI_BIN_DIR,
+        weft_cni::config::PLUGIN_BINARY,
+        weft_cni::config::NODE_SOCKET,
+        weft_cni::config::PROC_ROOT,
+        weft_cni::config::NETNS_DIR,
+    ] {
+        assert!(
+            install["env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["name"] == name),
+            "install-cni sets no {name}"
+        );
+    }
+    assert_eq!(
+        install["securityContext"]["capabilities"]["add"],
+        serde_json::json!(["SYS_PTRACE"])
+    );
+    let mounts: BTreeSet<String> = install["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["mountPath"].as_str().unwrap().to_owned())
+        .collect();
+    for path in [
+        "/host/opt/cni/bin",
+        "/host/etc/cni/net.d",
+        "/host/proc",
+        "/var/run/netns",
+        "/var/run/weft",
+    ] {
+        assert!(mounts.contains(path), "install-cni does not mount {path}");
+    }
+    let node_role = find(&rendered, "ClusterRole", "weft-node-agent");
+    for verb in ["get", "list", "watch"] {
+        let granted = granted(node_role, verb);
+        for resource in ["pods", "namespaces"] {
+            assert!(
+                granted.contains(&(String::new(), resource.to_owned())),
+                "the node agent may not {verb} {resource}"
+            );
+        }
+    }
+
     // With plaintext on, 15010 appears on the container and the Service.
     let rendered = render(&values(&[("controller.plaintextGrpc", Json::Bool(true))]));
     assert_eq!(
         ports(find(&rendered, "Service", "istiod")),
-        [15010, 15012, 15014]
+        [15010, 443, 15012, 15014]
     );
     let deployment = find(&rendered, "Deployment", "weft-controller");
     let controller = &deployment["spec"]["template"]["spec"]["containers"][0];
@@ -268,6 +369,73 @@ fn the_chart_renders_to_valid_manifests_of_every_component() {
         env(controller, "WEFT_GRPC_ADDRESS").as_deref(),
         Some("0.0.0.0:15010")
     );
+}
+
+#[test]
+fn the_webhook_is_registered_where_the_controller_serves_it() {
+    let rendered = render(&values(&[]));
+    let deployment = find(&rendered, "Deployment", "weft-controller");
+    let controller = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let name = env(controller, "WEFT_WEBHOOK_CONFIGURATION").unwrap();
+    assert_eq!(name, format!("weft-validator-{NAMESPACE}"));
+    let listen: std::net::SocketAddr = env(controller, "WEFT_WEBHOOK_ADDRESS")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let configuration = find(&rendered, "ValidatingWebhookConfiguration", &name);
+    let webhook = &configuration["webhooks"][0];
+    // The API server reaches the webhook through the istiod Service, under a name the serving
+    // certificate carries, at the path the controller serves.
+    let service = &webhook["clientConfig"]["service"];
+    assert_eq!(service["name"], "istiod");
+    assert_eq!(service["namespace"], NAMESPACE);
+    assert_eq!(service["path"], controller::webhook::PATH);
+    let serving_names = controller::server::default_serving_names(NAMESPACE, "cluster.local");
+    assert!(serving_names.contains(&format!("istiod.{NAMESPACE}.svc")));
+    let istiod = find(&rendered, "Service", "istiod");
+    let https = istiod["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["port"] == 443)
+        .expect("the Service serves the webhook on 443, the API server's default");
+    assert_eq!(https["targetPort"], listen.port());
+    // Its CA bundle is the controller's to write, and the controller may write exactly it.
+    assert!(webhook["clientConfig"]["caBundle"].is_null());
+    let cluster_role = find(&rendered, "ClusterRole", "weft-controller");
+    let rule = cluster_role["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["resources"][0] == "validatingwebhookconfigurations")
+        .unwrap();
+    assert_eq!(rule["resourceNames"], serde_json::json!([name]));
+    for verb in ["get", "watch", "update"] {
+        assert!(
+            rule["verbs"].as_array().unwrap().iter().any(|v| v == verb),
+            "{verb}"
+        );
+    }
+    // Every group of the installed CRDs is validated; reviews are v1; nothing stored unvalidated.
+    let groups: Vec<&str> = webhook["rules"][0]["apiGroups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g.as_str().unwrap())
+        .collect();
+    for crd in controller::crd::crds() {
+        assert!(
+            groups.contains(&crd.spec.group.as_str()),
+            "{}",
+            crd.spec.group
+        );
+    }
+    assert_eq!(
+        webhook["admissionReviewVersions"],
+        serde_json::json!(["v1"])
+    );
+    assert_eq!(webhook["failurePolicy"], "Fail");
+    assert_eq!(webhook["sideEffects"], "None");
 }
 
 /// (group, plural) pairs a role grants `verb` on.

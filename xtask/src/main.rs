@@ -6,6 +6,7 @@ mod build_ebpf;
 #[cfg(test)]
 mod chart_tests;
 mod demo;
+mod images;
 mod setup;
 mod test;
 
@@ -16,7 +17,7 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(
     name = "xtask",
-    about = "Project tasks: setup, build-ebpf, test, demo, bench, crdgen"
+    about = "Project tasks: setup, build-ebpf, test, demo, bench, images, crdgen"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -54,6 +55,14 @@ enum Task {
         /// Exit after the scenarios (CI) instead of staying up.
         #[arg(long)]
         no_wait: bool,
+    },
+    /// Build OCI image archives of the controller, the node agent (with the CNI plugin and its
+    /// node daemon), the waypoint, the sample app and the pause image, under the chart's tags
+    /// (target/images/<profile>/<name>.tar; `ctr images import` loads them).
+    Images {
+        /// From debug binaries (what the tests use) instead of release ones.
+        #[arg(long)]
+        debug: bool,
     },
     /// Regenerate the CRDs of the Istio kinds (`controller crdgen --out deploy/crds`) and copy
     /// them into the Helm chart (deploy/charts/weft/crds).
@@ -106,6 +115,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             scenario,
             no_wait,
         } => demo::run(scenario.as_deref(), no_wait),
+        Task::Images { debug } => images::run(!debug),
         Task::Crdgen => crdgen(),
     }
 }

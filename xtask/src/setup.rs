@@ -26,6 +26,11 @@ const APT_PACKAGES: &[&str] = &[
     "nghttp2-client",
     "iperf3",
     "nginx",
+    // container images (cargo xtask images) and the node on a real container runtime
+    "umoci",
+    "containerd",
+    "runc",
+    "containernetworking-plugins",
 ];
 
 /// bpf-linker's default features want LLVM 23; this machine has LLVM 22.

@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use crate::{build_ebpf, is_root, run_command, setup, step, workspace_root};
+use crate::{build_ebpf, images, is_root, run_command, setup, step, workspace_root};
 
 pub fn run(extra: &[String]) -> anyhow::Result<()> {
     anyhow::ensure!(
@@ -37,6 +37,9 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
             .args(["build", "--workspace", "--bins"])
             .current_dir(&root),
     )?;
+
+    step("test: container images of the debug binaries (the container runtime tests run them)");
+    images::package(false)?;
 
     step("test: integration, kernel and end-to-end tests (root)");
     run_command(

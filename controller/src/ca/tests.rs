@@ -235,12 +235,8 @@ kind: Pod
 metadata: {name: opted-out, namespace: shop, labels: {istio.io/dataplane-mode: none}}
 spec: {nodeName: node1, serviceAccountName: outside, containers: [{name: o, image: o}]}
 "#;
-    let (resources, errors) = crate::loader::load_str(Path::new("ca.yaml"), text);
-    assert!(errors.is_empty(), "{errors:?}");
-    let report = crate::loader::LoadReport {
-        resources,
-        ..Default::default()
-    };
+    let report = crate::loader::load_str(Path::new("ca.yaml"), text);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
     let (index, rejections) = ConfigIndex::from_report(report, None);
     assert!(rejections.is_empty(), "{rejections:?}");
     let identity = |td: &str, ns: &str, sa: &str| SpiffeId::new(td, ns, sa).unwrap();

@@ -46,7 +46,8 @@ metadata: {name: bookinfo}
 
 #[test]
 fn multi_document_file_loads_good_documents_and_reports_bad_ones() {
-    let (resources, errors) = load_str(Path::new("bookinfo.yaml"), MULTI);
+    let report = load_str(Path::new("bookinfo.yaml"), MULTI);
+    let (resources, errors) = (&report.resources, &report.errors);
     let loaded: Vec<(usize, String, String)> = resources
         .iter()
         .map(|r| {
@@ -65,7 +66,8 @@ fn multi_document_file_loads_good_documents_and_reports_bad_ones() {
             (4, "Namespace".to_owned(), "bookinfo".to_owned()),
         ]
     );
-    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(report.documents, 5);
 
     let LoadError::Document {
         location,
@@ -88,31 +90,20 @@ fn multi_document_file_loads_good_documents_and_reports_bad_ones() {
         Some("bookinfo.yaml[doc 1] VirtualService bookinfo/reviews")
     );
 
-    let LoadError::Document {
-        location,
-        identity,
-        path,
-        problem,
-    } = &errors[1]
-    else {
-        panic!("{:?}", errors[1])
+    // A kind the mesh does not read is skipped, not refused (as `istioctl validate` does).
+    let [skipped] = report.skipped.as_slice() else {
+        panic!("{:?}", report.skipped)
     };
-    assert_eq!(location.index, 3);
-    assert_eq!(identity.name.as_deref(), Some("w"));
-    assert_eq!(path, "kind");
-    assert_eq!(
-        problem,
-        &DocumentProblem::UnknownKind {
-            api_version: "example.com/v1".to_owned(),
-            kind: "Widget".to_owned()
-        }
-    );
+    assert_eq!(skipped.location.index, 3);
+    assert_eq!(skipped.identity.name.as_deref(), Some("w"));
+    assert!(skipped.reason.starts_with(NOT_READ), "{}", skipped.reason);
 }
 
 #[test]
 fn namespace_defaults_to_default_for_namespaced_kinds_only() {
-    let (resources, errors) = load_str(Path::new("f.yaml"), MULTI);
-    assert!(errors.len() == 2);
+    let report = load_str(Path::new("f.yaml"), MULTI);
+    let (resources, errors) = (&report.resources, &report.errors);
+    assert!(errors.len() == 1);
     assert_eq!(resources[0].resource.namespace(), "default");
     assert_eq!(resources[1].resource.namespace(), "default");
     assert_eq!(resources[2].resource.namespace(), "");
@@ -157,14 +148,30 @@ fn document_problems_are_reported_with_paths() {
             "kind",
             "unknown kind",
         ),
+        (
+            "apiVersion: networking.istio.io/v1\nkind: Sidecars\nmetadata: {name: a}\n",
+            "kind",
+            "unknown kind",
+        ),
+        (
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: a}\n",
+            "spec",
+            "Required value",
+        ),
+        (
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: a}\nspec: {hosts: [a], http: [{retrys: 1, route: [{destination: {host: a}}]}]}\n",
+            "spec.http[0].retrys",
+            "unknown field",
+        ),
     ];
     for (yaml, want_path, want_reason) in cases {
-        let (resources, errors) = load_str(Path::new("x.yaml"), yaml);
+        let report = load_str(Path::new("x.yaml"), yaml);
+        let (resources, errors) = (&report.resources, &report.errors);
         assert!(resources.is_empty(), "{yaml}");
         let [LoadError::Document { path, problem, .. }] = errors.as_slice() else {
             panic!("{yaml}: {errors:?}")
         };
-        assert_eq!(path, want_path, "{yaml}");
+        assert_eq!(path, *want_path, "{yaml}");
         assert!(
             problem.to_string().contains(want_reason),
             "{yaml}: {problem}"
@@ -175,12 +182,39 @@ fn document_problems_are_reported_with_paths() {
 #[test]
 fn older_istio_versions_load_as_the_same_kind() {
     let yaml = "apiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\nmetadata: {name: r}\nspec: {host: reviews}\n";
-    let (resources, errors) = load_str(Path::new("x.yaml"), yaml);
-    assert!(errors.is_empty(), "{errors:?}");
+    let report = load_str(Path::new("x.yaml"), yaml);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
     assert!(matches!(
-        resources[0].resource,
+        report.resources[0].resource,
         Resource::DestinationRule(_)
     ));
+}
+
+#[test]
+fn istio_kinds_the_mesh_does_not_read_are_skipped_and_reported() {
+    let yaml = "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: s}\nspec: {egress: [{hosts: ['./*']}]}\n---\napiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: t}\nspec: {}\n";
+    let report = load_str(Path::new("x.yaml"), yaml);
+    assert!(report.errors.is_empty() && report.resources.is_empty());
+    let reasons: Vec<&str> = report.skipped.iter().map(|s| s.reason.as_str()).collect();
+    assert_eq!(reasons.len(), 2);
+    assert!(
+        reasons[0].contains("Weft does not read Sidecar"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[1].contains("Weft does not read Telemetry"),
+        "{reasons:?}"
+    );
+}
+
+#[test]
+fn gateway_api_fields_the_model_does_not_know_warn() {
+    let yaml = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: w}\nspec: {gatewayClassName: istio-waypoint, futureField: 1, listeners: [{name: mesh, port: 15008, protocol: HBONE}]}\n";
+    let report = load_str(Path::new("x.yaml"), yaml);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let warnings = &report.resources[0].warnings;
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(warnings[0].path, "spec.futureField");
 }
 
 #[test]
@@ -230,7 +264,7 @@ fn deploy_examples_validate_clean() {
     );
     let mut problems = Vec::new();
     for loaded in &report.resources {
-        for error in validate(&loaded.resource) {
+        for error in validate(&loaded.resource).errors {
             problems.push(format!(
                 "{} {}: {error}",
                 loaded.location,
@@ -241,7 +275,22 @@ fn deploy_examples_validate_clean() {
     assert!(problems.is_empty(), "{problems:#?}");
     let kinds: std::collections::BTreeSet<_> =
         report.resources.iter().map(|r| r.resource.kind()).collect();
-    for kind in crate::model::ResourceKind::ALL {
+    use crate::model::ResourceKind as K;
+    // Every kind the mesh applies (or reports on) is shown in the examples.
+    for kind in [
+        K::VirtualService,
+        K::DestinationRule,
+        K::ServiceEntry,
+        K::Gateway,
+        K::AuthorizationPolicy,
+        K::PeerAuthentication,
+        K::KubernetesGateway,
+        K::Namespace,
+        K::Pod,
+        K::Service,
+        K::ServiceAccount,
+        K::EndpointSlice,
+    ] {
         assert!(kinds.contains(&kind), "examples lack a {kind}");
     }
 }

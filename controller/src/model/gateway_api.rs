@@ -1,54 +1,20 @@
-//! The slice of the Kubernetes Gateway API (`gateway.networking.k8s.io/v1` Gateway) the mesh
-//! reads: ambient waypoints are Gateways of class `istio-waypoint`. Only the fields the mesh uses
-//! are modelled; other fields are accepted and ignored, as the Gateway API is not ours to police.
+//! The Kubernetes Gateway API kinds the mesh reads (`gateway.networking.k8s.io`): Gateway (a
+//! waypoint is a Gateway of class `istio-waypoint`), GatewayClass, HTTPRoute, GRPCRoute, TCPRoute
+//! and ReferenceGrant. Their types are the Gateway API project's own (the `gateway-api` crate,
+//! generated from its v1.4 CRDs, experimental channel: a superset of the standard one), so every
+//! field of both channels is known. The Gateway API is not ours to police: its CRDs (which Istio
+//! does not ship either) carry its rules; we check what the mesh depends on.
 
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
-
-/// The Gateway API's Gateway (not Istio's `networking.istio.io` Gateway).
-#[derive(
-    kube::CustomResource, Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema,
-)]
-#[kube(
-    group = "gateway.networking.k8s.io",
-    version = "v1",
-    kind = "Gateway",
-    plural = "gateways",
-    namespaced,
-    derive = "PartialEq"
-)]
-#[kube(root = "KubernetesGateway")]
-#[serde(rename_all = "camelCase", default)]
-pub struct KubernetesGatewaySpec {
-    pub gateway_class_name: String,
-    pub listeners: Vec<Listener>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", default)]
-pub struct Listener {
-    pub name: String,
-    pub hostname: Option<String>,
-    pub port: i64,
-    pub protocol: String,
-    pub allowed_routes: Option<AllowedRoutes>,
-}
-
-/// Which namespaces may attach to a listener; for a waypoint, which namespaces' services and
-/// workloads may use it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", default)]
-pub struct AllowedRoutes {
-    pub namespaces: Option<RouteNamespaces>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", default)]
-pub struct RouteNamespaces {
-    /// `Same` (the default), `All` or `Selector`.
-    pub from: Option<String>,
-    pub selector: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
-}
+pub use gateway_api::experimental::gatewayclasses::{GatewayClass, GatewayClassSpec};
+pub use gateway_api::experimental::gateways::{
+    Gateway as KubernetesGateway, GatewayListeners as Listener,
+    GatewayListenersAllowedRoutesNamespacesFrom as RouteNamespacesFrom,
+    GatewaySpec as KubernetesGatewaySpec,
+};
+pub use gateway_api::experimental::grpcroutes::{GRPCRoute, GRPCRouteSpec};
+pub use gateway_api::experimental::httproutes::{HTTPRoute, HTTPRouteSpec};
+pub use gateway_api::experimental::referencegrants::{ReferenceGrant, ReferenceGrantSpec};
+pub use gateway_api::experimental::tcproutes::{TCPRoute, TCPRouteSpec};
 
 /// The class Istio gives ambient waypoints.
 pub const WAYPOINT_GATEWAY_CLASS: &str = "istio-waypoint";

@@ -1,9 +1,13 @@
-//! The configuration model: Istio's networking and security resources, the Gateway API Gateway
-//! used for waypoints, and the Kubernetes kinds the mesh watches, gathered in one [`Resource`] enum.
+//! The configuration model: Istio's networking and security resources (every field of Istio's
+//! API), the Gateway API kinds, and the Kubernetes kinds the mesh watches, gathered in one
+//! [`Resource`] enum. What the model knows is not what the mesh applies: see
+//! [`crate::validation::not_applied`].
 
+pub mod decode;
 pub mod duration;
 pub mod gateway_api;
 pub mod networking;
+pub mod schema;
 pub mod security;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
@@ -11,9 +15,11 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 pub use duration::{DurationError, DurationString, SignedDuration, parse_duration};
-pub use gateway_api::KubernetesGateway;
-pub use networking::{DestinationRule, Gateway, ServiceEntry, VirtualService};
-pub use security::{AuthorizationPolicy, PeerAuthentication};
+pub use gateway_api::{
+    GRPCRoute, GatewayClass, HTTPRoute, KubernetesGateway, ReferenceGrant, TCPRoute,
+};
+pub use networking::{DestinationRule, Gateway, ServiceEntry, VirtualService, WorkloadEntry};
+pub use security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 
 /// The kinds the controller understands, identified by API group and kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -21,10 +27,17 @@ pub enum ResourceKind {
     VirtualService,
     DestinationRule,
     ServiceEntry,
+    WorkloadEntry,
     Gateway,
     AuthorizationPolicy,
     PeerAuthentication,
+    RequestAuthentication,
     KubernetesGateway,
+    GatewayClass,
+    HTTPRoute,
+    GRPCRoute,
+    TCPRoute,
+    ReferenceGrant,
     Namespace,
     Pod,
     Service,
@@ -33,14 +46,21 @@ pub enum ResourceKind {
 }
 
 impl ResourceKind {
-    pub const ALL: [ResourceKind; 12] = [
+    pub const ALL: [ResourceKind; 19] = [
         Self::VirtualService,
         Self::DestinationRule,
         Self::ServiceEntry,
+        Self::WorkloadEntry,
         Self::Gateway,
         Self::AuthorizationPolicy,
         Self::PeerAuthentication,
+        Self::RequestAuthentication,
         Self::KubernetesGateway,
+        Self::GatewayClass,
+        Self::HTTPRoute,
+        Self::GRPCRoute,
+        Self::TCPRoute,
+        Self::ReferenceGrant,
         Self::Namespace,
         Self::Pod,
         Self::Service,
@@ -51,11 +71,20 @@ impl ResourceKind {
     /// API group (`""` for the core group).
     pub fn group(self) -> &'static str {
         match self {
-            Self::VirtualService | Self::DestinationRule | Self::ServiceEntry | Self::Gateway => {
-                "networking.istio.io"
+            Self::VirtualService
+            | Self::DestinationRule
+            | Self::ServiceEntry
+            | Self::WorkloadEntry
+            | Self::Gateway => NETWORKING_GROUP,
+            Self::AuthorizationPolicy | Self::PeerAuthentication | Self::RequestAuthentication => {
+                SECURITY_GROUP
             }
-            Self::AuthorizationPolicy | Self::PeerAuthentication => "security.istio.io",
-            Self::KubernetesGateway => "gateway.networking.k8s.io",
+            Self::KubernetesGateway
+            | Self::GatewayClass
+            | Self::HTTPRoute
+            | Self::GRPCRoute
+            | Self::TCPRoute
+            | Self::ReferenceGrant => GATEWAY_API_GROUP,
             Self::Namespace | Self::Pod | Self::Service | Self::ServiceAccount => "",
             Self::EndpointSlice => "discovery.k8s.io",
         }
@@ -67,9 +96,16 @@ impl ResourceKind {
             Self::VirtualService => "VirtualService",
             Self::DestinationRule => "DestinationRule",
             Self::ServiceEntry => "ServiceEntry",
+            Self::WorkloadEntry => "WorkloadEntry",
             Self::Gateway | Self::KubernetesGateway => "Gateway",
             Self::AuthorizationPolicy => "AuthorizationPolicy",
             Self::PeerAuthentication => "PeerAuthentication",
+            Self::RequestAuthentication => "RequestAuthentication",
+            Self::GatewayClass => "GatewayClass",
+            Self::HTTPRoute => "HTTPRoute",
+            Self::GRPCRoute => "GRPCRoute",
+            Self::TCPRoute => "TCPRoute",
+            Self::ReferenceGrant => "ReferenceGrant",
             Self::Namespace => "Namespace",
             Self::Pod => "Pod",
             Self::Service => "Service",
@@ -78,22 +114,40 @@ impl ResourceKind {
         }
     }
 
-    /// The versions of the group this kind is accepted under. Istio serves its older versions
-    /// with the same schema, so manifests written for them load unchanged.
+    /// The versions of the group this kind is served and accepted under, the stored (and
+    /// watched) one first. Istio serves its older versions with the same schema, so manifests
+    /// written for them load unchanged.
     pub fn versions(self) -> &'static [&'static str] {
         match self {
-            Self::VirtualService | Self::DestinationRule | Self::ServiceEntry | Self::Gateway => {
-                &["v1", "v1beta1", "v1alpha3"]
+            Self::VirtualService
+            | Self::DestinationRule
+            | Self::ServiceEntry
+            | Self::WorkloadEntry
+            | Self::Gateway => &["v1", "v1beta1", "v1alpha3"],
+            Self::AuthorizationPolicy | Self::PeerAuthentication | Self::RequestAuthentication => {
+                &["v1", "v1beta1"]
             }
-            Self::AuthorizationPolicy | Self::PeerAuthentication => &["v1", "v1beta1"],
-            Self::KubernetesGateway => &["v1", "v1beta1"],
+            Self::KubernetesGateway | Self::GatewayClass | Self::HTTPRoute => &["v1", "v1beta1"],
+            Self::GRPCRoute => &["v1", "v1alpha2"],
+            Self::TCPRoute => &["v1alpha2"],
+            Self::ReferenceGrant => &["v1beta1", "v1alpha2"],
             Self::Namespace | Self::Pod | Self::Service | Self::ServiceAccount => &["v1"],
             Self::EndpointSlice => &["v1"],
         }
     }
 
     pub fn namespaced(self) -> bool {
-        !matches!(self, Self::Namespace)
+        !matches!(self, Self::Namespace | Self::GatewayClass)
+    }
+
+    /// Istio's own kinds (`*.istio.io`), whose documents Istio's rules validate.
+    pub fn is_istio(self) -> bool {
+        self.group().ends_with(ISTIO_GROUP_SUFFIX)
+    }
+
+    /// The Gateway API's kinds.
+    pub fn is_gateway_api(self) -> bool {
+        self.group() == GATEWAY_API_GROUP
     }
 
     /// Finds the kind of a document from its `apiVersion` and `kind`.
@@ -113,6 +167,24 @@ impl ResourceKind {
     }
 }
 
+pub const NETWORKING_GROUP: &str = "networking.istio.io";
+pub const SECURITY_GROUP: &str = "security.istio.io";
+pub const GATEWAY_API_GROUP: &str = "gateway.networking.k8s.io";
+/// Every Istio API group ends so (`networking.istio.io`, `telemetry.istio.io`, ...).
+pub const ISTIO_GROUP_SUFFIX: &str = ".istio.io";
+
+/// Kinds Istio serves that the mesh does not read: documents of these kinds are accepted and
+/// reported as not applied (neither validated nor used), as `(group, kind)`.
+pub const UNREAD_ISTIO_KINDS: &[(&str, &str)] = &[
+    (NETWORKING_GROUP, "Sidecar"),
+    (NETWORKING_GROUP, "EnvoyFilter"),
+    (NETWORKING_GROUP, "WorkloadGroup"),
+    (NETWORKING_GROUP, "ProxyConfig"),
+    ("telemetry.istio.io", "Telemetry"),
+    ("extensions.istio.io", "WasmPlugin"),
+    ("extensions.istio.io", "TrafficExtension"),
+];
+
 impl std::fmt::Display for ResourceKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.display_name())
@@ -127,10 +199,17 @@ pub enum Resource {
     VirtualService(VirtualService),
     DestinationRule(DestinationRule),
     ServiceEntry(ServiceEntry),
+    WorkloadEntry(WorkloadEntry),
     Gateway(Gateway),
     AuthorizationPolicy(AuthorizationPolicy),
     PeerAuthentication(PeerAuthentication),
+    RequestAuthentication(RequestAuthentication),
     KubernetesGateway(KubernetesGateway),
+    GatewayClass(GatewayClass),
+    HTTPRoute(HTTPRoute),
+    GRPCRoute(GRPCRoute),
+    TCPRoute(TCPRoute),
+    ReferenceGrant(ReferenceGrant),
     Namespace(Namespace),
     Pod(Pod),
     Service(Service),
@@ -144,10 +223,17 @@ impl Resource {
             Self::VirtualService(_) => ResourceKind::VirtualService,
             Self::DestinationRule(_) => ResourceKind::DestinationRule,
             Self::ServiceEntry(_) => ResourceKind::ServiceEntry,
+            Self::WorkloadEntry(_) => ResourceKind::WorkloadEntry,
             Self::Gateway(_) => ResourceKind::Gateway,
             Self::AuthorizationPolicy(_) => ResourceKind::AuthorizationPolicy,
             Self::PeerAuthentication(_) => ResourceKind::PeerAuthentication,
+            Self::RequestAuthentication(_) => ResourceKind::RequestAuthentication,
             Self::KubernetesGateway(_) => ResourceKind::KubernetesGateway,
+            Self::GatewayClass(_) => ResourceKind::GatewayClass,
+            Self::HTTPRoute(_) => ResourceKind::HTTPRoute,
+            Self::GRPCRoute(_) => ResourceKind::GRPCRoute,
+            Self::TCPRoute(_) => ResourceKind::TCPRoute,
+            Self::ReferenceGrant(_) => ResourceKind::ReferenceGrant,
             Self::Namespace(_) => ResourceKind::Namespace,
             Self::Pod(_) => ResourceKind::Pod,
             Self::Service(_) => ResourceKind::Service,
@@ -161,15 +247,46 @@ impl Resource {
             Self::VirtualService(r) => &r.metadata,
             Self::DestinationRule(r) => &r.metadata,
             Self::ServiceEntry(r) => &r.metadata,
+            Self::WorkloadEntry(r) => &r.metadata,
             Self::Gateway(r) => &r.metadata,
             Self::AuthorizationPolicy(r) => &r.metadata,
             Self::PeerAuthentication(r) => &r.metadata,
+            Self::RequestAuthentication(r) => &r.metadata,
             Self::KubernetesGateway(r) => &r.metadata,
+            Self::GatewayClass(r) => &r.metadata,
+            Self::HTTPRoute(r) => &r.metadata,
+            Self::GRPCRoute(r) => &r.metadata,
+            Self::TCPRoute(r) => &r.metadata,
+            Self::ReferenceGrant(r) => &r.metadata,
             Self::Namespace(r) => &r.metadata,
             Self::Pod(r) => &r.metadata,
             Self::Service(r) => &r.metadata,
             Self::ServiceAccount(r) => &r.metadata,
             Self::EndpointSlice(r) => &r.metadata,
+        }
+    }
+
+    pub fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        match self {
+            Self::VirtualService(r) => &mut r.metadata,
+            Self::DestinationRule(r) => &mut r.metadata,
+            Self::ServiceEntry(r) => &mut r.metadata,
+            Self::WorkloadEntry(r) => &mut r.metadata,
+            Self::Gateway(r) => &mut r.metadata,
+            Self::AuthorizationPolicy(r) => &mut r.metadata,
+            Self::PeerAuthentication(r) => &mut r.metadata,
+            Self::RequestAuthentication(r) => &mut r.metadata,
+            Self::KubernetesGateway(r) => &mut r.metadata,
+            Self::GatewayClass(r) => &mut r.metadata,
+            Self::HTTPRoute(r) => &mut r.metadata,
+            Self::GRPCRoute(r) => &mut r.metadata,
+            Self::TCPRoute(r) => &mut r.metadata,
+            Self::ReferenceGrant(r) => &mut r.metadata,
+            Self::Namespace(r) => &mut r.metadata,
+            Self::Pod(r) => &mut r.metadata,
+            Self::Service(r) => &mut r.metadata,
+            Self::ServiceAccount(r) => &mut r.metadata,
+            Self::EndpointSlice(r) => &mut r.metadata,
         }
     }
 

@@ -1,11 +1,14 @@
 //! The Kubernetes source: one `kube` watcher per kind the mesh reads (Namespace, Pod, Service,
-//! ServiceAccount, EndpointSlice, the six Istio kinds and the Gateway API Gateway), feeding a
+//! ServiceAccount, EndpointSlice, the Istio kinds and the Gateway API kinds), feeding a
 //! [`ResourceSink`]. Every object is decoded and validated before it reaches the sink; a refused
 //! object is logged (kind, namespace, name, field path, reason), reported to the sink, and the
 //! previous good version of it stays in place. A (re)list replaces the kind's whole set at once.
 //!
 //! Objects are watched untyped ([`DynamicObject`]) and decoded one by one, so that one object
-//! breaking the schema (Istio's CRDs keep unknown fields under `spec`) cannot stall its whole kind.
+//! breaking the schema cannot stall its whole kind. Fields the model does not know (CRDs of a
+//! newer Istio may keep them) are accepted with a warning, as istiod accepts them. Each kind is
+//! watched at the first of its versions the API server serves (Istio's and the Gateway API's
+//! CRDs serve several versions of one schema, so any one returns every object).
 
 #[cfg(any(test, feature = "testing"))]
 pub mod fake_apiserver;
@@ -21,29 +24,26 @@ use ::kube::api::{Api, ApiResource, DynamicObject};
 use ::kube::runtime::WatchStreamExt;
 use ::kube::runtime::watcher::{self, Event};
 use futures::StreamExt;
-use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use crate::model::{
-    AuthorizationPolicy, DestinationRule, Gateway, KubernetesGateway, PeerAuthentication, Resource,
-    ResourceKind, ServiceEntry, VirtualService,
-};
-use crate::validation::{self, FieldError};
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use crate::loader::unknown_field_warning;
+use crate::model::decode::{self, UnknownFields};
+use crate::model::{Resource, ResourceKind};
+use crate::validation::{self, FieldError, FieldWarning};
 
 /// Where the sources deliver configuration. Implemented by the controller's index.
 ///
 /// Resources are identified by kind, namespace (empty for cluster-scoped kinds) and name.
 pub trait ResourceSink: Send + Sync {
-    /// Adds a resource, or replaces the one with the same identity.
-    fn apply(&self, resource: Resource);
+    /// Adds a resource, or replaces the one with the same identity, with the warnings it was
+    /// accepted with.
+    fn apply(&self, resource: Resource, warnings: Vec<FieldWarning>);
     /// Removes a resource; an unknown one is ignored.
     fn delete(&self, kind: ResourceKind, namespace: &str, name: &str);
     /// Replaces every resource of `kind` with `resources` in one step, so that readers never see
     /// a half-listed kind. Called after each (re)list.
-    fn replace_all(&self, kind: ResourceKind, resources: Vec<Resource>);
+    fn replace_all(&self, kind: ResourceKind, resources: Vec<(Resource, Vec<FieldWarning>)>);
     /// Hears about a refused resource (for status reporting); nothing was changed for it.
     fn rejected(&self, _rejection: &Rejection) {}
 }
@@ -72,109 +72,138 @@ impl fmt::Display for Rejection {
     }
 }
 
-/// The API coordinates (group, version, kind, plural) the source watches for `kind`.
+/// The API coordinates (group, version, kind, plural) of `kind` at `version` (one of
+/// [`ResourceKind::versions`]).
+pub fn api_resource_at(kind: ResourceKind, version: &str) -> ApiResource {
+    let group = kind.group();
+    ApiResource {
+        group: group.to_owned(),
+        version: version.to_owned(),
+        api_version: if group.is_empty() {
+            version.to_owned()
+        } else {
+            format!("{group}/{version}")
+        },
+        kind: kind.kind().to_owned(),
+        plural: plural(kind).to_owned(),
+    }
+}
+
+/// The API coordinates of `kind` at its stored version.
 pub fn api_resource(kind: ResourceKind) -> ApiResource {
+    api_resource_at(kind, kind.versions()[0])
+}
+
+fn plural(kind: ResourceKind) -> &'static str {
     match kind {
-        ResourceKind::VirtualService => ApiResource::erase::<VirtualService>(&()),
-        ResourceKind::DestinationRule => ApiResource::erase::<DestinationRule>(&()),
-        ResourceKind::ServiceEntry => ApiResource::erase::<ServiceEntry>(&()),
-        ResourceKind::Gateway => ApiResource::erase::<Gateway>(&()),
-        ResourceKind::AuthorizationPolicy => ApiResource::erase::<AuthorizationPolicy>(&()),
-        ResourceKind::PeerAuthentication => ApiResource::erase::<PeerAuthentication>(&()),
-        ResourceKind::KubernetesGateway => ApiResource::erase::<KubernetesGateway>(&()),
-        ResourceKind::Namespace => ApiResource::erase::<Namespace>(&()),
-        ResourceKind::Pod => ApiResource::erase::<Pod>(&()),
-        ResourceKind::Service => ApiResource::erase::<Service>(&()),
-        ResourceKind::ServiceAccount => ApiResource::erase::<ServiceAccount>(&()),
-        ResourceKind::EndpointSlice => ApiResource::erase::<EndpointSlice>(&()),
+        ResourceKind::VirtualService => "virtualservices",
+        ResourceKind::DestinationRule => "destinationrules",
+        ResourceKind::ServiceEntry => "serviceentries",
+        ResourceKind::WorkloadEntry => "workloadentries",
+        ResourceKind::Gateway | ResourceKind::KubernetesGateway => "gateways",
+        ResourceKind::AuthorizationPolicy => "authorizationpolicies",
+        ResourceKind::PeerAuthentication => "peerauthentications",
+        ResourceKind::RequestAuthentication => "requestauthentications",
+        ResourceKind::GatewayClass => "gatewayclasses",
+        ResourceKind::HTTPRoute => "httproutes",
+        ResourceKind::GRPCRoute => "grpcroutes",
+        ResourceKind::TCPRoute => "tcproutes",
+        ResourceKind::ReferenceGrant => "referencegrants",
+        ResourceKind::Namespace => "namespaces",
+        ResourceKind::Pod => "pods",
+        ResourceKind::Service => "services",
+        ResourceKind::ServiceAccount => "serviceaccounts",
+        ResourceKind::EndpointSlice => "endpointslices",
     }
 }
 
 const OBJECT_ROOT_PATH: &str = "<object>";
 
-/// Turns an object read from the API server into a [`Resource`], with the same schema rules as
-/// the YAML loader. The error names the field path and the reason.
-pub fn decode(kind: ResourceKind, object: &DynamicObject) -> Result<Resource, FieldError> {
-    let schema_error = |path: &str, reason: String| FieldError {
-        path: path.to_owned(),
-        reason,
-    };
-    let mut value = serde_json::to_value(object)
-        .map_err(|e| schema_error(OBJECT_ROOT_PATH, format!("cannot re-encode: {e}")))?;
+/// Turns an object read from the API server (or an admission review) into a [`Resource`], with
+/// the same schema as the YAML loader: the resource and what it set that the model does not
+/// know, or the field path and reason it breaks the schema.
+pub fn decode(
+    kind: ResourceKind,
+    object: serde_json::Value,
+) -> Result<(Resource, Vec<FieldWarning>), FieldError> {
+    let mut value = object;
     let Some(map) = value.as_object_mut() else {
-        return Err(schema_error(
-            OBJECT_ROOT_PATH,
-            "object is not a mapping".to_owned(),
-        ));
+        return Err(FieldError {
+            path: OBJECT_ROOT_PATH.to_owned(),
+            reason: "object is not a mapping".to_owned(),
+        });
     };
     // List items come without their type; the source knows it from the endpoint it watched.
     let api = api_resource(kind);
     map.insert("apiVersion".to_owned(), api.api_version.into());
     map.insert("kind".to_owned(), api.kind.into());
-    let is_istio = matches!(
-        kind,
-        ResourceKind::VirtualService
-            | ResourceKind::DestinationRule
-            | ResourceKind::ServiceEntry
-            | ResourceKind::Gateway
-            | ResourceKind::AuthorizationPolicy
-            | ResourceKind::PeerAuthentication
-    );
     // `spec` may be left out entirely (an AuthorizationPolicy without spec denies all).
-    if is_istio && map.get("spec").is_none_or(serde_json::Value::is_null) {
+    if kind.is_istio() && map.get("spec").is_none_or(serde_json::Value::is_null) {
         map.insert(
             "spec".to_owned(),
             serde_json::Value::Object(Default::default()),
         );
     }
-
-    fn parse<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, FieldError> {
-        serde_path_to_error::deserialize(value).map_err(|e| {
-            let path = e.path().to_string();
-            FieldError {
-                path: if path == "." {
-                    OBJECT_ROOT_PATH.to_owned()
-                } else {
-                    path
-                },
-                reason: e.into_inner().to_string(),
-            }
-        })
-    }
-    Ok(match kind {
-        ResourceKind::VirtualService => Resource::VirtualService(parse(value)?),
-        ResourceKind::DestinationRule => Resource::DestinationRule(parse(value)?),
-        ResourceKind::ServiceEntry => Resource::ServiceEntry(parse(value)?),
-        ResourceKind::Gateway => Resource::Gateway(parse(value)?),
-        ResourceKind::AuthorizationPolicy => Resource::AuthorizationPolicy(parse(value)?),
-        ResourceKind::PeerAuthentication => Resource::PeerAuthentication(parse(value)?),
-        ResourceKind::KubernetesGateway => Resource::KubernetesGateway(parse(value)?),
-        ResourceKind::Namespace => Resource::Namespace(parse(value)?),
-        ResourceKind::Pod => Resource::Pod(parse(value)?),
-        ResourceKind::Service => Resource::Service(parse(value)?),
-        ResourceKind::ServiceAccount => Resource::ServiceAccount(parse(value)?),
-        ResourceKind::EndpointSlice => Resource::EndpointSlice(parse(value)?),
-    })
+    let decoded = decode::decode(kind, value).map_err(|mut e| {
+        if e.path == decode::ROOT_PATH {
+            e.path = OBJECT_ROOT_PATH.to_owned();
+        }
+        e
+    })?;
+    let warnings = match decode::unknown_field_policy(kind, UnknownFields::Warn) {
+        Some(_) => decoded
+            .unknown_fields
+            .into_iter()
+            .map(unknown_field_warning)
+            .collect(),
+        None => Vec::new(),
+    };
+    Ok((decoded.resource, warnings))
 }
 
-/// Decodes and validates one object: the resource, or why it was refused.
-pub fn admit(kind: ResourceKind, object: &DynamicObject) -> Result<Resource, Rejection> {
+/// A resource accepted, with its warnings.
+pub type Admitted = (Resource, Vec<FieldWarning>);
+
+/// Decodes and validates one object: the resource and its warnings, or why it was refused.
+pub fn admit_value(
+    kind: ResourceKind,
+    object: serde_json::Value,
+    namespace: &str,
+    name: &str,
+) -> Result<Admitted, Rejection> {
     let problems = match decode(kind, object) {
-        Ok(resource) => {
-            let problems = validation::validate(&resource);
-            if problems.is_empty() {
-                return Ok(resource);
+        Ok((resource, mut warnings)) => {
+            let validation = validation::validate(&resource);
+            if validation.is_valid() {
+                warnings.extend(validation.warnings);
+                return Ok((resource, warnings));
             }
-            problems
+            validation.errors
         }
         Err(problem) => vec![problem],
     };
     Err(Rejection {
         kind,
-        namespace: object.metadata.namespace.clone().unwrap_or_default(),
-        name: object.metadata.name.clone().unwrap_or_default(),
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
         problems,
     })
+}
+
+/// [`admit_value`] for an object from a watch.
+pub fn admit(kind: ResourceKind, object: &DynamicObject) -> Result<Admitted, Rejection> {
+    let namespace = object.metadata.namespace.clone().unwrap_or_default();
+    let name = object.metadata.name.clone().unwrap_or_default();
+    let value = serde_json::to_value(object).map_err(|e| Rejection {
+        kind,
+        namespace: namespace.clone(),
+        name: name.clone(),
+        problems: vec![FieldError {
+            path: OBJECT_ROOT_PATH.to_owned(),
+            reason: format!("cannot re-encode: {e}"),
+        }],
+    })?;
+    admit_value(kind, value, &namespace, &name)
 }
 
 type ObjectKey = (String, String);
@@ -190,9 +219,9 @@ fn object_key(object: &DynamicObject) -> ObjectKey {
 /// object so that a refused update or a relist carrying a refused object keeps it.
 pub struct KindTracker {
     kind: ResourceKind,
-    last_good: BTreeMap<ObjectKey, Resource>,
+    last_good: BTreeMap<ObjectKey, Admitted>,
     /// Objects of a (re)list in progress; `None` outside of one.
-    listing: Option<BTreeMap<ObjectKey, Resource>>,
+    listing: Option<BTreeMap<ObjectKey, Admitted>>,
     /// Whether the sink has had a full set of this kind (possibly empty).
     listed: bool,
 }
@@ -271,9 +300,9 @@ impl KindTracker {
                 Outcome::Replaced
             }
             Event::Apply(object) => match self.admit(&object, sink) {
-                Some(resource) => {
-                    self.last_good.insert(object_key(&object), resource.clone());
-                    sink.apply(resource);
+                Some(admitted) => {
+                    self.last_good.insert(object_key(&object), admitted.clone());
+                    sink.apply(admitted.0, admitted.1);
                     Outcome::Applied
                 }
                 None => Outcome::Rejected,
@@ -287,9 +316,9 @@ impl KindTracker {
         }
     }
 
-    fn admit(&self, object: &DynamicObject, sink: &dyn ResourceSink) -> Option<Resource> {
+    fn admit(&self, object: &DynamicObject, sink: &dyn ResourceSink) -> Option<Admitted> {
         match admit(self.kind, object) {
-            Ok(resource) => Some(resource),
+            Ok(admitted) => Some(admitted),
             Err(rejection) => {
                 for problem in &rejection.problems {
                     tracing::warn!(
@@ -365,31 +394,59 @@ impl KubeSource {
     }
 }
 
+/// While no version of a kind is served, it is looked for again after this, doubling up to
+/// [`NOT_SERVED_RETRY_MAX`] (as `kube`'s default backoff does for other errors).
+const NOT_SERVED_RETRY: std::time::Duration = std::time::Duration::from_millis(800);
+const NOT_SERVED_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+
 async fn watch_kind(
     client: Client,
     kind: ResourceKind,
     sink: Arc<dyn ResourceSink>,
     synced: watch::Sender<BTreeSet<ResourceKind>>,
 ) {
-    let api = Api::<DynamicObject>::all_with(client, &api_resource(kind));
-    let events = watcher::watcher(api, watcher::Config::default()).default_backoff();
-    let mut events = std::pin::pin!(events);
+    let versions = kind.versions();
     let mut tracker = KindTracker::new(kind);
-    while let Some(event) = events.next().await {
-        match event {
-            Ok(event) => {
-                if tracker.handle(event, sink.as_ref()) == Outcome::Replaced {
-                    synced.send_if_modified(|kinds| kinds.insert(kind));
+    let mut version = 0;
+    let mut retry = NOT_SERVED_RETRY;
+    loop {
+        let api = Api::<DynamicObject>::all_with(
+            client.clone(),
+            &api_resource_at(kind, versions[version]),
+        );
+        let events = watcher::watcher(api, watcher::Config::default()).default_backoff();
+        let mut events = std::pin::pin!(events);
+        let mut not_served = false;
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(event) => {
+                    retry = NOT_SERVED_RETRY;
+                    if tracker.handle(event, sink.as_ref()) == Outcome::Replaced {
+                        synced.send_if_modified(|kinds| kinds.insert(kind));
+                    }
                 }
-            }
-            Err(error) if is_not_served(&error) => {
-                if tracker.not_served(sink.as_ref()) == Outcome::Replaced {
-                    tracing::info!(kind = %kind, "kind not served by the API server; none of it until it is");
-                    synced.send_if_modified(|kinds| kinds.insert(kind));
+                Err(error) if is_not_served(&error) => {
+                    not_served = true;
+                    break;
                 }
+                Err(error) => tracing::warn!(kind = %kind, %error, "watch failed; retrying"),
             }
-            Err(error) => tracing::warn!(kind = %kind, %error, "watch failed; retrying"),
         }
+        if !not_served {
+            return;
+        }
+        if version + 1 < versions.len() {
+            // Try the kind's next version at once.
+            version += 1;
+            continue;
+        }
+        if tracker.not_served(sink.as_ref()) == Outcome::Replaced {
+            tracing::info!(kind = %kind, versions = ?versions, "kind not served by the API server; none of it until it is");
+            synced.send_if_modified(|kinds| kinds.insert(kind));
+        }
+        version = 0;
+        tokio::time::sleep(retry).await;
+        retry = (retry * 2).min(NOT_SERVED_RETRY_MAX);
     }
 }
 

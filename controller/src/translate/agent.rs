@@ -398,7 +398,10 @@ fn cidr(value: &str) -> Option<security::Address> {
 ///   (istiod leaves such an entry empty, which ztunnel skips, so that the DENY denies nothing;
 ///   deliberately stricter here.)
 fn rule_to_l4(rule: &Rule, action: AuthorizationAction) -> Option<security::Rule> {
-    if action == AuthorizationAction::Allow && !rule.http_attributes().is_empty() {
+    // Trust domains are not matched either: they count as an attribute the agent cannot see.
+    if action == AuthorizationAction::Allow
+        && (!rule.http_attributes().is_empty() || rule.names_trust_domains())
+    {
         return None;
     }
     let mut clauses = Vec::new();
@@ -416,7 +419,11 @@ fn rule_to_l4(rule: &Rule, action: AuthorizationAction) -> Option<security::Rule
         clause(
             from.iter()
                 .filter_map(|f| f.source.as_ref())
-                .map(|source| (source_match(source), !source.http_attributes().is_empty()))
+                .map(|source| {
+                    let unseen =
+                        !source.http_attributes().is_empty() || source.names_trust_domains();
+                    (source_match(source), unseen)
+                })
                 .collect(),
         );
     }

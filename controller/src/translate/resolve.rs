@@ -13,7 +13,7 @@ use weft_proto::istio::workload;
 
 use super::{MeshSettings, TranslateError, TranslateProblem};
 use crate::index::ConfigIndex;
-use crate::model::gateway_api::WAYPOINT_GATEWAY_CLASS;
+use crate::model::gateway_api::{RouteNamespacesFrom, WAYPOINT_GATEWAY_CLASS};
 use crate::model::{KubernetesGateway, ResourceKind};
 
 /// Label that enrolls a namespace or pod (`ambient`) or opts a pod out (`none`).
@@ -471,20 +471,22 @@ pub fn admits(index: &ConfigIndex, gateway: &KubernetesGateway, namespace: &str)
             .allowed_routes
             .as_ref()
             .and_then(|a| a.namespaces.as_ref());
-        let allowed = match namespaces.and_then(|n| n.from.as_deref()) {
-            None | Some("Same") => own,
-            Some("All") => true,
-            Some("Selector") => {
+        let allowed = match namespaces.and_then(|n| n.from.as_ref()) {
+            None | Some(RouteNamespacesFrom::Same) => own,
+            Some(RouteNamespacesFrom::All) => true,
+            Some(RouteNamespacesFrom::Selector) => {
                 let mut labels = index.namespace_labels(namespace);
                 labels.insert(
                     "kubernetes.io/metadata.name".to_owned(),
                     namespace.to_owned(),
                 );
+                // The Gateway API's selector is Kubernetes' LabelSelector, in its own type.
                 namespaces
                     .and_then(|n| n.selector.as_ref())
-                    .is_some_and(|s| label_selector_matches(s, &labels))
+                    .and_then(|s| serde_json::to_value(s).ok())
+                    .and_then(|s| serde_json::from_value(s).ok())
+                    .is_some_and(|s| label_selector_matches(&s, &labels))
             }
-            Some(_) => false,
         };
         if allowed {
             return true;

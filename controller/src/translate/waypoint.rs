@@ -1099,7 +1099,7 @@ impl RouteContext<'_, '_, '_> {
                 .mirror_percentage
                 .as_ref()
                 .map(|p| p.value)
-                .or(route.mirror_percent.map(f64::from))
+                .or(route.mirror_percent().map(f64::from))
                 .unwrap_or(100.0);
             mirrors.push(wp::HttpMirrorPolicy {
                 destination: Some(self.destination(mirror, format!("{path}.mirror"))),
@@ -1764,6 +1764,17 @@ fn l7_rules(
                     notes.push(TranslateProblem::Unsupported {
                         path: format!("{path}.from[{j}].source.requestPrincipals"),
                         reason: "waypoints validate no JWTs, so no request has a request principal; this source never matches".to_owned(),
+                    });
+                    continue;
+                }
+                // Trust domains are not matched: fail closed. An ALLOW source needing one never
+                // matches; a DENY source applies to every trust domain.
+                let trust_domains =
+                    !source.trust_domains.is_empty() || !source.not_trust_domains.is_empty();
+                if trust_domains && action == wp::l7_authorization::Action::Allow {
+                    notes.push(TranslateProblem::Unsupported {
+                        path: format!("{path}.from[{j}].source.trustDomains"),
+                        reason: "trust domains are not matched by waypoints; this ALLOW source never matches".to_owned(),
                     });
                     continue;
                 }

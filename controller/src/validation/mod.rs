@@ -1,20 +1,34 @@
-//! Semantic validation following Istio's rules (`pkg/config/validation`): what the schema cannot
-//! say, such as weights, regexes, durations, host names, and which fields exclude each other.
-//! Each finding names the field path (`spec.http[0].route[1].weight`) and the reason.
+//! Semantic validation following Istio's code rule by rule (istio/istio
+//! `pkg/config/validation`: `validation.go`, `virtualservice.go`, `agent/validation.go`, and the
+//! CEL rules of Istio's CRDs), one file per kind as Istio has them. Where Weft and Istio differ,
+//! Istio's code decides.
+//!
+//! A resource gets errors (it is refused: the last good version keeps serving) and warnings (it
+//! is accepted): Istio's own warnings, fields Weft accepts but does not apply
+//! ([`not_applied`]), and, from [`crate::analysis`], cross-resource findings with `istioctl
+//! analyze` codes. Each finding names the field path (`spec.http[0].route[1].weight`).
 
+mod authorization_policy;
+mod common;
+mod destination_rule;
+mod gateway;
+mod gateway_api;
 mod kubernetes;
+mod metadata;
 pub mod names;
-mod networking;
-mod security;
+pub mod not_applied;
+mod peer_authentication;
+mod request_authentication;
+mod service_entry;
+mod virtual_service;
 
-use std::collections::BTreeMap;
 use std::fmt;
-use std::time::Duration;
 
-use crate::model::networking::{HeaderOperations, Percent, StringMatch, WorkloadSelector};
-use crate::model::{DurationString, Resource};
+use crate::model::Resource;
 
-/// One problem in one field of a resource.
+pub use common::{MAX_REGEX_LENGTH, MAX_REGEX_PROGRAM_BYTES, compile_regex};
+
+/// One problem in one field of a resource: the resource is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{path}: {reason}")]
 pub struct FieldError {
@@ -22,276 +36,205 @@ pub struct FieldError {
     pub reason: String,
 }
 
-/// Checks a resource against Istio's (or Kubernetes') rules; an empty result means valid.
-pub fn validate(resource: &Resource) -> Vec<FieldError> {
+/// An `istioctl analyze` message type: its code and name (istio/istio
+/// `pkg/config/analysis/msg/messages.yaml`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Code {
+    pub code: &'static str,
+    pub name: &'static str,
+}
+
+impl fmt::Display for Code {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.code, self.name)
+    }
+}
+
+/// The analysis codes Weft reports.
+pub mod codes {
+    use super::Code;
+
+    pub const DEPRECATED: Code = Code {
+        code: "IST0002",
+        name: "Deprecated",
+    };
+    pub const REFERENCED_RESOURCE_NOT_FOUND: Code = Code {
+        code: "IST0101",
+        name: "ReferencedResourceNotFound",
+    };
+    pub const CONFLICTING_MESH_GATEWAY_VIRTUAL_SERVICE_HOSTS: Code = Code {
+        code: "IST0109",
+        name: "ConflictingMeshGatewayVirtualServiceHosts",
+    };
+    pub const VIRTUAL_SERVICE_DESTINATION_PORT_SELECTOR_REQUIRED: Code = Code {
+        code: "IST0112",
+        name: "VirtualServiceDestinationPortSelectorRequired",
+    };
+    pub const NO_MATCHING_WORKLOADS_FOUND: Code = Code {
+        code: "IST0127",
+        name: "NoMatchingWorkloadsFound",
+    };
+    pub const VIRTUAL_SERVICE_UNREACHABLE_RULE: Code = Code {
+        code: "IST0130",
+        name: "VirtualServiceUnreachableRule",
+    };
+    pub const VIRTUAL_SERVICE_INEFFECTIVE_MATCH: Code = Code {
+        code: "IST0131",
+        name: "VirtualServiceIneffectiveMatch",
+    };
+    pub const VIRTUAL_SERVICE_HOST_NOT_FOUND_IN_GATEWAY: Code = Code {
+        code: "IST0132",
+        name: "VirtualServiceHostNotFoundInGateway",
+    };
+    pub const SCHEMA_WARNING: Code = Code {
+        code: "IST0133",
+        name: "SchemaWarning",
+    };
+    pub const SERVICE_ENTRY_ADDRESSES_REQUIRED: Code = Code {
+        code: "IST0134",
+        name: "ServiceEntryAddressesRequired",
+    };
+    pub const JWT_CLAIM_BASED_ROUTING_WITHOUT_REQUEST_AUTHN: Code = Code {
+        code: "IST0149",
+        name: "JwtClaimBasedRoutingWithoutRequestAuthN",
+    };
+    pub const INEFFECTIVE_POLICY: Code = Code {
+        code: "IST0167",
+        name: "IneffectivePolicy",
+    };
+    pub const DESTINATION_RULE_SUBSET_NOT_SELECT_PODS: Code = Code {
+        code: "IST0173",
+        name: "DestinationRuleSubsetNotSelectPods",
+    };
+    pub const UNKNOWN_DESTINATION_RULE_HOST: Code = Code {
+        code: "IST0174",
+        name: "UnknownDestinationRuleHost",
+    };
+}
+
+/// A finding that does not refuse the resource.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct FieldWarning {
+    pub path: String,
+    pub reason: String,
+    /// The `istioctl analyze` message type, where Istio has one for this finding.
+    pub code: Option<Code>,
+}
+
+impl fmt::Display for FieldWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.reason)?;
+        if let Some(code) = self.code {
+            write!(f, " [{code}]")?;
+        }
+        Ok(())
+    }
+}
+
+/// What validating one resource found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Validation {
+    pub errors: Vec<FieldError>,
+    pub warnings: Vec<FieldWarning>,
+}
+
+impl Validation {
+    pub fn is_valid(&self) -> bool {
+        self.errors.is_empty()
+    }
+}
+
+/// Checks a resource against Istio's (or Kubernetes') rules, and reports what it sets that Weft
+/// does not apply.
+pub fn validate(resource: &Resource) -> Validation {
     let mut findings = Findings::default();
     let namespace = resource.namespace();
     match resource {
-        Resource::VirtualService(r) => {
-            networking::virtual_service(&r.spec, namespace, &mut findings)
-        }
+        Resource::VirtualService(r) => virtual_service::validate(&r.spec, namespace, &mut findings),
         Resource::DestinationRule(r) => {
-            networking::destination_rule(&r.spec, namespace, &mut findings)
+            destination_rule::validate(&r.spec, namespace, &mut findings)
         }
-        Resource::ServiceEntry(r) => networking::service_entry(&r.spec, namespace, &mut findings),
-        Resource::Gateway(r) => networking::gateway(&r.spec, resource.name(), &mut findings),
-        Resource::AuthorizationPolicy(r) => security::authorization_policy(&r.spec, &mut findings),
-        Resource::PeerAuthentication(r) => security::peer_authentication(&r.spec, &mut findings),
-        Resource::KubernetesGateway(r) => kubernetes::gateway(&r.spec, &mut findings),
-        Resource::Namespace(r) => kubernetes::namespace(r, &mut findings),
+        Resource::ServiceEntry(r) => {
+            service_entry::validate(&r.spec, &r.metadata, namespace, &mut findings)
+        }
+        Resource::WorkloadEntry(r) => service_entry::workload_entry(&r.spec, &mut findings),
+        Resource::Gateway(r) => gateway::validate(&r.spec, resource.name(), &mut findings),
+        Resource::AuthorizationPolicy(r) => authorization_policy::validate(&r.spec, &mut findings),
+        Resource::PeerAuthentication(r) => peer_authentication::validate(&r.spec, &mut findings),
+        Resource::RequestAuthentication(r) => {
+            request_authentication::validate(&r.spec, &mut findings)
+        }
+        Resource::KubernetesGateway(r) => gateway_api::gateway(&r.spec, &mut findings),
+        Resource::GatewayClass(_)
+        | Resource::HTTPRoute(_)
+        | Resource::GRPCRoute(_)
+        | Resource::TCPRoute(_)
+        | Resource::ReferenceGrant(_) => {}
+        Resource::Namespace(_) => {}
         Resource::Pod(r) => kubernetes::pod(r, &mut findings),
         Resource::Service(r) => kubernetes::service(r, &mut findings),
         Resource::ServiceAccount(_) => {}
         Resource::EndpointSlice(r) => kubernetes::endpoint_slice(r, &mut findings),
     }
-    kubernetes::object_meta(resource, &mut findings);
-    findings.errors
-}
-
-/// What is valid but will not do all it says (Istio's validation warnings): reported, never
-/// refused.
-pub fn warnings(resource: &Resource) -> Vec<FieldError> {
-    match resource {
-        Resource::AuthorizationPolicy(r) => security::authorization_policy_warnings(&r.spec),
-        _ => Vec::new(),
+    metadata::validate(resource, &mut findings);
+    not_applied::report(resource, &mut findings);
+    Validation {
+        errors: findings.errors,
+        warnings: findings.warnings,
     }
 }
 
-/// Collects errors as the validators walk a resource.
+/// Collects errors and warnings as the validators walk a resource.
 #[derive(Debug, Default)]
-pub(crate) struct Findings {
+pub struct Findings {
     errors: Vec<FieldError>,
+    warnings: Vec<FieldWarning>,
 }
 
 impl Findings {
-    pub(crate) fn error(&mut self, path: impl fmt::Display, reason: impl Into<String>) {
+    pub fn error(&mut self, path: impl fmt::Display, reason: impl Into<String>) {
         self.errors.push(FieldError {
             path: path.to_string(),
             reason: reason.into(),
         });
     }
 
-    pub(crate) fn check(&mut self, path: impl fmt::Display, result: Result<(), String>) {
+    pub fn check(&mut self, path: impl fmt::Display, result: Result<(), String>) {
         if let Err(reason) = result {
             self.error(path, reason);
         }
     }
-}
 
-/// Envoy's RE2 refuses programs above a size limit; Istio approximates it by length.
-pub const MAX_REGEX_LENGTH: usize = 1024;
-/// Compiled-program budget for a single regex, in bytes (Rust's `regex` counts heap use).
-pub const MAX_REGEX_PROGRAM_BYTES: usize = 1 << 20;
+    /// A warning Istio gives too (or one of Weft's own, beside Istio's rules).
+    pub fn warn(&mut self, path: impl fmt::Display, reason: impl Into<String>) {
+        self.warnings.push(FieldWarning {
+            path: path.to_string(),
+            reason: reason.into(),
+            code: None,
+        });
+    }
 
-/// Compiles a regex as the data plane will (RE2 syntax, bounded program size).
-pub fn compile_regex(pattern: &str) -> Result<regex::Regex, String> {
-    if pattern.is_empty() {
-        return Err("regex string match should not be empty".to_owned());
+    /// A warning with its `istioctl analyze` code.
+    pub fn warn_code(&mut self, path: impl fmt::Display, code: Code, reason: impl Into<String>) {
+        self.warnings.push(FieldWarning {
+            path: path.to_string(),
+            reason: reason.into(),
+            code: Some(code),
+        });
     }
-    if pattern.len() > MAX_REGEX_LENGTH {
-        return Err(format!(
-            "regex is too large, max length allowed is {MAX_REGEX_LENGTH}"
-        ));
-    }
-    regex::RegexBuilder::new(pattern)
-        .size_limit(MAX_REGEX_PROGRAM_BYTES)
-        .build()
-        .map_err(|e| match e {
-            regex::Error::CompiledTooBig(limit) => {
-                format!("regex program is too large (exceeds {limit} bytes when compiled)")
-            }
-            other => format!("invalid regex: {}", other.to_string().replace('\n', " ")),
-        })
-}
 
-/// Istio's `ValidateDuration`: at least 1ms, whole milliseconds.
-pub(crate) fn check_duration(
-    findings: &mut Findings,
-    path: impl fmt::Display,
-    duration: &DurationString,
-) {
-    findings.check(path, duration_at_least_ms(duration).map(|_| ()));
-}
+    /// A field that is accepted and valid but that Weft does not apply (yet).
+    pub fn not_applied(&mut self, path: impl fmt::Display, reason: impl fmt::Display) {
+        self.warn(path, format!("{NOT_APPLIED}: {reason}"));
+    }
 
-pub(crate) fn duration_at_least_ms(duration: &DurationString) -> Result<Duration, String> {
-    let parsed = duration.parse().map_err(|e| e.to_string())?;
-    if parsed.negative || parsed.magnitude < Duration::from_millis(1) {
-        return Err(format!(
-            "duration {duration:?} must be greater than 1ms",
-            duration = duration.0
-        ));
-    }
-    if parsed.magnitude.subsec_nanos() % 1_000_000 != 0 {
-        return Err(format!(
-            "duration {:?}: only durations to ms precision are supported",
-            duration.0
-        ));
-    }
-    Ok(parsed.magnitude)
-}
-
-/// `exact`, `prefix` and `regex` exclude each other; a regex must compile.
-pub(crate) fn check_string_match(findings: &mut Findings, path: &str, value: &StringMatch) {
-    let set = [
-        value.exact.is_some(),
-        value.prefix.is_some(),
-        value.regex.is_some(),
-    ];
-    if set.iter().filter(|s| **s).count() > 1 {
-        findings.error(path, "only one of exact, prefix or regex may be set");
-    }
-    if let Some(regex) = &value.regex {
-        findings.check(format!("{path}.regex"), compile_regex(regex).map(|_| ()));
+    pub fn has_errors(&self) -> bool {
+        !self.errors.is_empty()
     }
 }
 
-/// Istio's `validatePercentage`: 0, or within [0.0001, 100].
-pub(crate) fn check_percentage(
-    findings: &mut Findings,
-    path: impl fmt::Display,
-    percent: &Percent,
-) {
-    let value = percent.value;
-    if !(0.0..=100.0).contains(&value) || (value > 0.0 && value < 0.0001) || value.is_nan() {
-        findings.error(
-            path,
-            format!("percentage {value} is neither 0.0, nor in range [0.0001, 100.0]"),
-        );
-    }
-}
-
-pub(crate) fn check_port(findings: &mut Findings, path: impl fmt::Display, port: u64) {
-    if !(1..=65535).contains(&port) {
-        findings.error(
-            path,
-            format!("port number {port} must be in the range 1..65535"),
-        );
-    }
-}
-
-pub(crate) fn check_labels(findings: &mut Findings, path: &str, labels: &BTreeMap<String, String>) {
-    for (key, value) in labels {
-        findings.check(format!("{path}.{key}"), names::validate_label_key(key));
-        findings.check(format!("{path}.{key}"), names::validate_label_value(value));
-    }
-}
-
-/// Istio's `validateWorkloadSelector`: no empty keys, no wildcards.
-pub(crate) fn check_workload_selector(
-    findings: &mut Findings,
-    path: &str,
-    selector: &WorkloadSelector,
-) {
-    for (key, value) in &selector.match_labels {
-        let field = format!("{path}.matchLabels.{key}");
-        if key.is_empty() {
-            findings.error(
-                &field,
-                format!("empty key is not supported in selector: \"{key}={value}\""),
-            );
-        }
-        if key.contains('*') || value.contains('*') {
-            findings.error(
-                &field,
-                format!("wildcard is not supported in selector: \"{key}={value}\""),
-            );
-        }
-    }
-}
-
-fn is_internal_header(name: &str) -> bool {
-    name.starts_with(':') || name.eq_ignore_ascii_case("host")
-}
-
-fn is_authority_header(name: &str) -> bool {
-    name.eq_ignore_ascii_case(":authority") || name.eq_ignore_ascii_case("host")
-}
-
-/// Envoy header values: `%` must be doubled or enclose a variable name.
-fn check_header_value(value: &str) -> Result<(), String> {
-    if !value.matches('%').count().is_multiple_of(2) {
-        return Err("single % not allowed.  Escape by doubling to %% or encase Envoy variable name in pair of %".to_owned());
-    }
-    Ok(())
-}
-
-/// Header manipulation rules; `request_side` allows `:authority`/`host` rewrites on set/add.
-pub(crate) fn check_header_operations(
-    findings: &mut Findings,
-    path: &str,
-    operations: &HeaderOperations,
-    request_side: bool,
-) {
-    let name_rule = |name: &str, may_set_authority: bool| -> Result<(), String> {
-        if name.is_empty() {
-            return Err("header name cannot be empty".to_owned());
-        }
-        if may_set_authority && is_authority_header(name) {
-            return Ok(());
-        }
-        if name.eq_ignore_ascii_case("host") {
-            return Err(format!("invalid header {name:?}: cannot set Host header"));
-        }
-        if is_internal_header(name) {
-            return Err(format!(
-                "invalid header {name:?}: header cannot have \":\" prefix"
-            ));
-        }
-        Ok(())
-    };
-    for (field, map) in [("set", &operations.set), ("add", &operations.add)] {
-        for (name, value) in map {
-            let header_path = format!("{path}.{field}.{name}");
-            findings.check(&header_path, name_rule(name, request_side));
-            findings.check(&header_path, check_header_value(value));
-        }
-    }
-    for (i, name) in operations.remove.iter().enumerate() {
-        findings.check(format!("{path}.remove[{i}]"), name_rule(name, false));
-    }
-}
-
-/// `exportTo`: `.`, `*`, `~` (ServiceEntry only) or namespace names, without duplicates.
-pub(crate) fn check_export_to(
-    findings: &mut Findings,
-    namespace: &str,
-    export_to: &[String],
-    allow_none: bool,
-) {
-    let mut seen = std::collections::BTreeSet::new();
-    for (i, entry) in export_to.iter().enumerate() {
-        let path = format!("spec.exportTo[{i}]");
-        let key = if entry == "." {
-            namespace
-        } else {
-            entry.as_str()
-        };
-        let valid = entry == "."
-            || entry == "*"
-            || (allow_none && entry == "~")
-            || names::is_dns1123_label(entry);
-        if !valid {
-            findings.error(&path, format!("only .,*, or a valid DNS 1123 label is allowed as exportTo entry, found {entry:?}"));
-        } else if !seen.insert(key.to_owned()) {
-            findings.error(
-                &path,
-                format!("duplicate entries in exportTo for entry {entry}"),
-            );
-        }
-    }
-    if export_to.len() > 1 && seen.contains("*") {
-        findings.error(
-            "spec.exportTo",
-            "cannot have both public (*) and non-public exportTo values for a resource",
-        );
-    }
-    if export_to.len() > 1 && seen.contains("~") {
-        findings.error(
-            "spec.exportTo",
-            "cannot export service entry to no one (~) and someone",
-        );
-    }
-}
+/// How every not-applied warning starts.
+pub const NOT_APPLIED: &str = "accepted but not applied by Weft";
 
 #[cfg(test)]
 mod tests;

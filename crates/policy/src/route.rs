@@ -33,6 +33,27 @@ use serde::{Deserialize, Serialize};
 use crate::error::PolicyError;
 use crate::string_match::StringMatch;
 
+/// gRPC status names, each at the index of its code (Istio's `grpc.SupportedGRPCStatus`).
+pub const GRPC_STATUS_NAMES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
 /// Header lookup for a request. `lowercase_name` is already lowercased; implementations compare
 /// names case-insensitively and join repeated headers with `,`.
 pub trait HeaderSource {

@@ -1,5 +1,6 @@
 //! Generated protobuf and gRPC code for the mesh's wire protocols: the delta ADS stream, Istio's
-//! workload and authorization resources, the certificate service and the waypoint's L7 resource.
+//! workload and authorization resources, the certificate service and the waypoint's L7 resource;
+//! and the container runtime's CRI, which the test harness speaks as the kubelet does.
 //! This crate holds generated code only, plus the names it is spoken with on the wire (type URLs,
 //! the certificate service's metadata keys);
 //! domain types, validation and any other logic live with their users (`TryFrom<proto::X>`).
@@ -9,8 +10,8 @@
 //! can talk to the mesh. Every message implements [`prost::Name`], so
 //! `prost_types::Any::from_msg(&address)` packs it under the type URL ztunnel expects.
 //!
-//! Modules follow the protobuf packages, with two shorter names: [`istio::ca`] for
-//! `istio.v1.auth` and [`waypoint`] for `weft.waypoint.v1`.
+//! Modules follow the protobuf packages, with three shorter names: [`istio::ca`] for
+//! `istio.v1.auth`, [`waypoint`] for `weft.waypoint.v1` and [`cri`] for `runtime.v1`.
 
 /// Envoy's xDS API, reduced to what the delta ADS stream uses.
 pub mod envoy {
@@ -97,6 +98,13 @@ pub mod waypoint {
 /// `weft.sample.v1`: the sample application's gRPC echo service.
 pub mod sample {
     include!(concat!(env!("OUT_DIR"), "/weft.sample.v1.rs"));
+}
+
+/// `runtime.v1`: the subset of the Kubernetes Container Runtime Interface the test harness
+/// drives containerd with, as the kubelet does.
+#[allow(clippy::all, clippy::pedantic, rustdoc::all)]
+pub mod cri {
+    include!(concat!(env!("OUT_DIR"), "/runtime.v1.rs"));
 }
 
 /// Type URL of `istio.workload.Address` resources (workloads and services) on the ADS stream.

@@ -29,8 +29,15 @@ pub mod maps {
     /// Bytes each sending end of a same-netns pair has spliced so far, by its own
     /// [`crate::SocketPairKey`]; [`crate::SPLICE_STOPPED`] once it takes the normal path for good.
     pub const SPLICE_BUDGET: &str = "SPLICE_BUDGET";
+    /// The node's own network namespace, by cookie (one slot, written by the agent at start):
+    /// connections made from it to enrolled pods are the node's own, such as the kubelet's probes.
+    pub const NODE_NETNS: &str = "NODE_NETNS";
+    /// Connections the node itself is opening to enrolled pods, by [`crate::NodeConnectionKey`]:
+    /// recorded when a socket of [`NODE_NETNS`] connects, removed when it closes. Inbound
+    /// steering lets these through to the application (Istio exempts the node's own traffic).
+    pub const NODE_CONNECTIONS: &str = "NODE_CONNECTIONS";
     /// The maps the agent pins, so that they outlive an agent restart.
-    pub const PINNED: [&str; 8] = [
+    pub const PINNED: [&str; 10] = [
         POD_CONFIG,
         POD_BY_ADDRESS,
         PENDING_ORIGINAL_DST,
@@ -39,6 +46,8 @@ pub mod maps {
         LOCAL_SOCKETS,
         REDIRECT_STATS,
         SPLICE_BUDGET,
+        NODE_NETNS,
+        NODE_CONNECTIONS,
     ];
 }
 
@@ -83,8 +92,11 @@ pub mod stats {
     /// Directions of same-netns pairs that used up their splice budget (see
     /// [`crate::SPLICE_BUDGET_BYTES`]) and went on by the normal path.
     pub const SPLICE_BUDGET_SPENT: u32 = 5;
+    /// Connections of the node itself (its sockets, the kubelet's probes) let through to an
+    /// enrolled pod's application unsteered.
+    pub const NODE_CONNECTIONS_PASSED: u32 = 6;
     /// Number of slots.
-    pub const SLOTS: u32 = 6;
+    pub const SLOTS: u32 = 7;
 }
 
 /// Istio's port numbers, which the programs treat specially.
@@ -115,6 +127,14 @@ pub const MAX_EXCLUDED_PORTS: usize = 16;
 pub const MAX_UID_LEN: usize = 64;
 /// Maximum addresses per pod.
 pub const MAX_POD_ADDRESSES: usize = 2;
+
+/// `SO_MARK` the agent puts on every socket it creates inside a pod (its upstream connections
+/// from the pod's address): the connect programs leave such sockets alone, as they run for every
+/// socket of an enrolled pod's network namespace. The value is the one Istio's in-pod ztunnel
+/// marks its sockets with (`0x539`), so node rules written for it treat ours alike. Setting a
+/// mark needs `CAP_NET_ADMIN` in the pod's network namespace, which pods in the mesh must not
+/// have (a pod that has it can leave the mesh by other means too).
+pub const AGENT_SOCKET_MARK: u32 = 0x539;
 
 /// [`PodConfig::flags`]: splice this pod's same-netns socket pairs with `sk_msg`.
 pub const POD_FLAG_ACCELERATE: u32 = 1;
@@ -177,6 +197,23 @@ pub struct SocketPairKey {
     pub _pad: [u8; 4],
 }
 
+/// Key of [`maps::NODE_CONNECTIONS`]: a TCP connection from a socket of the node's own network
+/// namespace to an enrolled pod, as both ends see it (nothing rewrites addresses between the
+/// node and its pods' interfaces, so the pod's `sk_lookup` sees the same four values).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeConnectionKey {
+    /// The node's end.
+    pub client_address: Address,
+    /// The pod's end.
+    pub server_address: Address,
+    /// Host byte order.
+    pub client_port: u16,
+    /// Host byte order.
+    pub server_port: u16,
+    pub _pad: [u8; 4],
+}
+
 /// Value of [`maps::POD_CONFIG`]: what the programs need to know of an enrolled pod.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,7 +235,7 @@ pub struct PodConfig {
 #[cfg(feature = "user")]
 #[allow(unsafe_code)]
 mod user {
-    use super::{ClientKey, PodConfig, SocketAddress, SocketPairKey};
+    use super::{ClientKey, NodeConnectionKey, PodConfig, SocketAddress, SocketPairKey};
 
     // SAFETY: each type is `#[repr(C)]`, `Copy`, made only of integers and arrays of integers,
     // with every padding byte spelled out as a field: any bit pattern is a valid value.
@@ -209,4 +246,6 @@ mod user {
     unsafe impl aya::Pod for SocketPairKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for PodConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for NodeConnectionKey {}
 }

@@ -3,8 +3,11 @@
 //!
 //! Left alone: non-TCP, connections from inside the pod (loopback interface, or a source address
 //! that is the pod's own or loopback: the agent's own forwarding, made inside the pod), HBONE
-//! (15008, the only port Istio's in-pod rules exempt) and the pod's excluded ports. Istio's other
-//! numbers (15000, 15020, 15021) are the application's inside a pod and are steered like any.
+//! (15008, the only port Istio's in-pod rules exempt), the pod's excluded ports, and connections
+//! a socket of the node itself opened (recorded by `sockets` in `NODE_CONNECTIONS`: the
+//! kubelet's health probes, which Istio also exempts; nothing the node merely forwards, even
+//! when masqueraded to the node's own address). Istio's other numbers (15000, 15020, 15021)
+//! are the application's inside a pod and are steered like any.
 //! If the pod's inbound listener is missing (agent down), the connection is dropped: inbound
 //! traffic of an enrolled pod never bypasses the agent.
 use aya_ebpf::{
@@ -12,11 +15,11 @@ use aya_ebpf::{
     macros::sk_lookup,
     programs::SkLookupContext,
 };
-use weft_ebpf_common::{ports, stats};
+use weft_ebpf_common::{NodeConnectionKey, ports, stats};
 
 use crate::state::{
-    AF_INET, INBOUND_LISTENERS, IPPROTO_TCP, POD_BY_ADDRESS, address_of, bump, is_loopback,
-    pod_config, port_listed, read_ip6, same_address,
+    AF_INET, INBOUND_LISTENERS, IPPROTO_TCP, NODE_CONNECTIONS, POD_BY_ADDRESS, address_of, bump,
+    is_loopback, pod_config, port_listed, read_ip6, same_address,
 };
 
 /// `lo` has this index in every network namespace.
@@ -30,11 +33,12 @@ pub fn steer_inbound(ctx: SkLookupContext) -> u32 {
 fn try_steer_inbound(ctx: &SkLookupContext) -> u32 {
     let lookup = ctx.lookup;
     // SAFETY: `lookup` points at the kernel's `bpf_sk_lookup` for the whole program run.
-    let (family, protocol, local_port, ingress_ifindex) = unsafe {
+    let (family, protocol, local_port, remote_port, ingress_ifindex) = unsafe {
         (
             (*lookup).family,
             (*lookup).protocol,
             (*lookup).local_port,
+            (*lookup).remote_port,
             (*lookup).ingress_ifindex,
         )
     };
@@ -81,6 +85,17 @@ fn try_steer_inbound(ctx: &SkLookupContext) -> u32 {
             }
             i += 1;
         }
+    }
+    let node_connection = NodeConnectionKey {
+        client_address: remote,
+        server_address: local,
+        client_port: u16::from_be(remote_port),
+        server_port: local_port,
+        _pad: [0; 4],
+    };
+    if NODE_CONNECTIONS.get_ptr(&node_connection).is_some() {
+        bump(stats::NODE_CONNECTIONS_PASSED);
+        return SK_PASS;
     }
     match INBOUND_LISTENERS.redirect_sk_lookup(ctx, netns_cookie, 0) {
         Ok(()) => {

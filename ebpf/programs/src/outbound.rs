@@ -1,17 +1,23 @@
-//! `cgroup/connect4` and `cgroup/connect6` on an enrolled pod's cgroup: rewrite a TCP `connect()`
-//! to the agent's in-pod outbound listener and remember where it was going, by socket cookie
-//! (`sockets` moves the record to a key the agent can compute once the client port is known).
+//! `cgroup/connect4` and `cgroup/connect6`, attached once at the cgroup v2 root: rewrite a TCP
+//! `connect()` made inside an enrolled pod's network namespace to the agent's in-pod outbound
+//! listener and remember where it was going, by socket cookie (`sockets` moves the record to a
+//! key the agent can compute once the client port is known).
 //!
-//! Left alone: non-TCP sockets, loopback destinations, the pod's own addresses (that traffic
-//! never leaves the pod and arrives on `lo`, where inbound steering ignores it too), and the
-//! pod's excluded ports.
+//! At the root the programs run for every process of the node, so the first question is whether
+//! the socket's netns is one this agent enrolled (`POD_CONFIG`, keyed by netns cookie); any
+//! other connect is left exactly as it was, at the cost of one hash lookup.
+//!
+//! Left alone in an enrolled pod: non-TCP sockets, the agent's own sockets (created inside the
+//! pod and marked [`weft_ebpf_common::AGENT_SOCKET_MARK`]), loopback destinations, the pod's own
+//! addresses (that traffic never leaves the pod and arrives on `lo`, where inbound steering
+//! ignores it too), and the pod's excluded ports.
 use aya_ebpf::{
     bindings::bpf_sock_addr,
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
-use weft_ebpf_common::{Address, SocketAddress, ipv4_mapped, ports, stats};
+use weft_ebpf_common::{AGENT_SOCKET_MARK, Address, SocketAddress, ipv4_mapped, ports, stats};
 
 use crate::state::{
     AF_INET, IPPROTO_TCP, PENDING_ORIGINAL_DST, bump, is_loopback, is_unspecified, pod_config,
@@ -57,25 +63,30 @@ pub fn redirect_connect6(ctx: SockAddrContext) -> i32 {
 
 fn try_redirect(ctx: &SockAddrContext, family: u32, destination: Address, raw_port: u32) {
     let addr: *mut bpf_sock_addr = ctx.sock_addr;
+    // SAFETY: the helper only reads the socket behind the context.
+    let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) };
+    let Some(config) = pod_config(netns_cookie) else {
+        return;
+    };
+    // SAFETY: `sk` of a `bpf_sock_addr` is the connecting socket, never null in `connect4/6`;
+    // `mark` is a readable field of `bpf_sock`.
+    let mark = unsafe { (*(*addr).__bindgen_anon_1.sk).mark };
+    if mark == AGENT_SOCKET_MARK {
+        return;
+    }
     let port = u16::from_be(raw_port as u16);
     if is_loopback(&destination) || is_unspecified(&destination) {
         return;
     }
-    // SAFETY: the helper only reads the socket behind the context.
-    let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) };
-    // Attached but not configured only happens in the instants of enrolling and un-enrolling:
-    // redirect anyway, so a pod never bypasses the agent.
-    if let Some(config) = pod_config(netns_cookie) {
-        if port_listed(&config.excluded_outbound_ports, port) {
+    if port_listed(&config.excluded_outbound_ports, port) {
+        return;
+    }
+    let mut i = 0;
+    while i < config.addresses.len() {
+        if same_address(&config.addresses[i], &destination) {
             return;
         }
-        let mut i = 0;
-        while i < config.addresses.len() {
-            if same_address(&config.addresses[i], &destination) {
-                return;
-            }
-            i += 1;
-        }
+        i += 1;
     }
     // SAFETY: the helper only reads (and on first use assigns) the socket's cookie.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };

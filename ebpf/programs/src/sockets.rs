@@ -1,4 +1,7 @@
-//! `sockops` on enrolled pods' cgroups and on the agent's cgroup.
+//! `sockops`, attached once at the cgroup v2 root: it sees every TCP socket of the node, the
+//! pods' and the agent's alike, and acts only on sockets in a network namespace this agent
+//! enrolled (`POD_CONFIG`, keyed by netns cookie); the agent's own sockets inside a pod are
+//! among them, which is what lets it clean records and splice both directions.
 //!
 //! - A redirected connect (recorded by socket cookie in `outbound`) that becomes established
 //!   moves its original destination to a key the agent can compute from the accepted socket:
@@ -7,6 +10,12 @@
 //!   record when it closes, whether or not the agent asked for it.
 //! - Established TCP sockets whose two ends share an address (so live in one netns) of a pod
 //!   enrolled with acceleration go into `LOCAL_SOCKETS`, where `splice` finds the peer.
+//! - A socket of the node's own network namespace (`NODE_NETNS`) connecting to an enrolled
+//!   pod's address (the kubelet probing it, say) records its connection in `NODE_CONNECTIONS`
+//!   until it closes: the pod's `sk_lookup` lets exactly those connections through to the
+//!   application, as Istio lets the node's own connections through (its CNI SNATs sockets of
+//!   the host namespace to `169.254.7.127`). A connection the node only forwards, masqueraded
+//!   or not, has no socket there and is never recorded.
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{
@@ -18,12 +27,14 @@ use aya_ebpf::{
     macros::sock_ops,
     programs::SockOpsContext,
 };
-use weft_ebpf_common::{ClientKey, POD_FLAG_ACCELERATE, SocketPairKey, ports, stats};
+use weft_ebpf_common::{
+    ClientKey, NodeConnectionKey, POD_FLAG_ACCELERATE, SocketPairKey, ports, stats,
+};
 
 use crate::state::{
-    AF_INET, AF_INET6, LOCAL_SOCKETS, ORIGINAL_DST, PENDING_ORIGINAL_DST, SPLICE_BUDGET, address_of,
-    bump,
-    pod_config, read_ip6, remote_port_from_context, same_address,
+    AF_INET, AF_INET6, LOCAL_SOCKETS, NODE_CONNECTIONS, ORIGINAL_DST, PENDING_ORIGINAL_DST,
+    POD_BY_ADDRESS, SPLICE_BUDGET, address_of, bump, is_node_netns, pod_config, read_ip6,
+    remote_port_from_context, same_address,
 };
 
 #[sock_ops]
@@ -71,7 +82,28 @@ fn ends(ctx: &SockOpsContext) -> Option<Ends> {
 }
 
 fn try_track_sockets(ctx: &SockOpsContext) {
-    match ctx.op() {
+    let op = ctx.op();
+    match op {
+        BPF_SOCK_OPS_TCP_CONNECT_CB
+        | BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB
+        | BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
+            // SAFETY: the helper only reads the socket behind the context.
+            let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+            if pod_config(netns_cookie).is_none() {
+                if op == BPF_SOCK_OPS_TCP_CONNECT_CB && is_node_netns(netns_cookie) {
+                    record_node_connection(ctx);
+                }
+                return;
+            }
+        }
+        // Only sockets flagged below hear about state changes: they are enrolled pods' (or
+        // were, and their records must still go).
+        BPF_SOCK_OPS_STATE_CB => {}
+        // Every other callback (RTO, receive window, ECN...) of every socket of the node: none
+        // of ours, and no lookup.
+        _ => return,
+    }
+    match op {
         BPF_SOCK_OPS_TCP_CONNECT_CB => {
             // SAFETY: the helper only reads the socket's cookie.
             let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
@@ -115,6 +147,10 @@ fn try_track_sockets(ctx: &SockOpsContext) {
             let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
             let _ = PENDING_ORIGINAL_DST.remove(cookie);
             let Some(ends) = ends(ctx) else { return };
+            if is_node_netns(ends.netns_cookie) {
+                let _ = NODE_CONNECTIONS.remove(&node_connection_key(&ends));
+                return;
+            }
             if ends.key.local_port == ports::OUTBOUND {
                 let client = ClientKey {
                     netns_cookie: ends.netns_cookie,
@@ -126,6 +162,32 @@ fn try_track_sockets(ctx: &SockOpsContext) {
             }
         }
         _ => {}
+    }
+}
+
+fn node_connection_key(ends: &Ends) -> NodeConnectionKey {
+    NodeConnectionKey {
+        client_address: ends.key.local_address,
+        server_address: ends.key.remote_address,
+        client_port: ends.key.local_port,
+        server_port: ends.key.remote_port,
+        _pad: [0; 4],
+    }
+}
+
+/// A socket of the node's own namespace connecting: recorded (and told about its close, when
+/// the record goes) if it connects to a pod this agent enrolled. Its addresses and ports are
+/// final here: `connect()` chose them before sending the SYN this callback precedes.
+fn record_node_connection(ctx: &SockOpsContext) {
+    let Some(ends) = ends(ctx) else { return };
+    if POD_BY_ADDRESS.get_ptr(&ends.key.remote_address).is_none() {
+        return;
+    }
+    if NODE_CONNECTIONS
+        .insert(&node_connection_key(&ends), &1, 0)
+        .is_ok()
+    {
+        let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
     }
 }
 

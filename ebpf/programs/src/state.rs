@@ -1,11 +1,11 @@
 //! The maps shared by the redirection programs (pinned by the agent) and small helpers over them.
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, SockHash},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, SockHash},
 };
 use weft_ebpf_common::{
-    Address, ClientKey, MAX_CONNECTIONS, MAX_PODS, PodConfig, SocketAddress, SocketPairKey,
-    ipv4_mapped, stats,
+    Address, ClientKey, MAX_CONNECTIONS, MAX_PODS, NodeConnectionKey, PodConfig, SocketAddress,
+    SocketPairKey, ipv4_mapped, stats,
 };
 
 pub const IPPROTO_TCP: u32 = 6;
@@ -37,6 +37,13 @@ pub static LOCAL_SOCKETS: SockHash<SocketPairKey> = SockHash::with_max_entries(M
 pub static SPLICE_BUDGET: LruHashMap<SocketPairKey, u64> =
     LruHashMap::with_max_entries(MAX_CONNECTIONS, 0);
 
+#[map(name = "NODE_NETNS")]
+pub static NODE_NETNS: Array<u64> = Array::with_max_entries(1, 0);
+
+#[map(name = "NODE_CONNECTIONS")]
+pub static NODE_CONNECTIONS: LruHashMap<NodeConnectionKey, u8> =
+    LruHashMap::with_max_entries(MAX_CONNECTIONS, 0);
+
 #[map(name = "REDIRECT_STATS")]
 pub static REDIRECT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stats::SLOTS, 0);
 
@@ -46,6 +53,14 @@ pub fn pod_config(netns_cookie: u64) -> Option<&'static PodConfig> {
     // SAFETY: the pointer comes from a map lookup and stays valid for this program run; the
     // agent writes whole values, and a torn read only affects this one decision.
     Some(unsafe { &*config })
+}
+
+/// Whether `netns_cookie` is the node's own network namespace (never true before the agent
+/// wrote it: cookies start at 1).
+pub fn is_node_netns(netns_cookie: u64) -> bool {
+    NODE_NETNS
+        .get(0)
+        .is_some_and(|node| *node != 0 && *node == netns_cookie)
 }
 
 pub fn bump(slot: u32) {

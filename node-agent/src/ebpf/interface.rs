@@ -11,13 +11,13 @@ use std::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NetnsCookie(pub u64);
 
-/// A pod to enroll: where its processes and sockets live, and how it wants to be treated.
+/// A pod to enroll: where its sockets live, and how it wants to be treated. Its network
+/// namespace is all the programs need: the connect and sockops programs know its sockets by the
+/// namespace's cookie (taken from `inbound_listener`, created inside it).
 #[derive(Debug)]
 pub struct PodEnrollment<'a> {
     /// The pod's uid: names its pins, so 1-64 characters of `[A-Za-z0-9._-]`.
     pub uid: String,
-    /// The pod's cgroup v2 directory (outbound programs attach here).
-    pub cgroup: PathBuf,
     /// The pod's network namespace file, e.g. `/run/netns/<name>` (inbound steering attaches here).
     pub netns: PathBuf,
     /// The pod's own addresses (at most 2): inbound steering applies to them, outbound capture
@@ -63,6 +63,12 @@ pub enum RedirectionError {
     AlreadyEnrolled(String),
     #[error("pod {0} is not enrolled")]
     NotEnrolled(String),
+    #[error("pod {uid} is enrolled in network namespace {enrolled}, its listener is in {listener}")]
+    NetnsChanged {
+        uid: String,
+        enrolled: u64,
+        listener: u64,
+    },
     #[error("pod {uid}: opening {path}: {source}")]
     OpenPodPath {
         uid: String,
@@ -85,15 +91,13 @@ pub trait Enroller: Send + Sync {
     /// goes to `pod.inbound_listener`.
     fn enroll(&self, pod: &PodEnrollment<'_>) -> Result<EnrolledPod, RedirectionError>;
 
-    /// Takes the pod out: programs detached from its cgroup and netns, its records removed.
-    fn unenroll(&self, uid: &str) -> Result<(), RedirectionError>;
+    /// Takes over a pod enrolled by an earlier run (its redirection stayed in place, failing
+    /// closed): rewrites its configuration, points inbound steering at the new listener and
+    /// attaches what is missing. Refused for a pod not enrolled, or enrolled in another netns.
+    fn adopt(&self, pod: &PodEnrollment<'_>) -> Result<EnrolledPod, RedirectionError>;
 
-    /// Points inbound steering at a new listener (after an agent restart).
-    fn replace_inbound_listener(
-        &self,
-        uid: &str,
-        listener: BorrowedFd<'_>,
-    ) -> Result<(), RedirectionError>;
+    /// Takes the pod out: its netns link detached, its configuration and records removed.
+    fn unenroll(&self, uid: &str) -> Result<(), RedirectionError>;
 
     /// The pods currently enrolled (including those adopted from an earlier run).
     fn enrolled(&self) -> Result<Vec<EnrolledPod>, RedirectionError>;
@@ -160,16 +164,14 @@ pub mod fake {
             Ok(())
         }
 
-        fn replace_inbound_listener(
-            &self,
-            uid: &str,
-            _listener: BorrowedFd<'_>,
-        ) -> Result<(), RedirectionError> {
-            if self.pods.lock().unwrap().iter().any(|p| p.uid == uid) {
-                Ok(())
-            } else {
-                Err(RedirectionError::NotEnrolled(uid.to_string()))
-            }
+        fn adopt(&self, pod: &PodEnrollment<'_>) -> Result<EnrolledPod, RedirectionError> {
+            self.pods
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|p| p.uid == pod.uid)
+                .cloned()
+                .ok_or_else(|| RedirectionError::NotEnrolled(pod.uid.clone()))
         }
 
         fn enrolled(&self) -> Result<Vec<EnrolledPod>, RedirectionError> {
@@ -208,7 +210,6 @@ pub mod fake {
             use std::os::fd::AsFd;
             let pod = PodEnrollment {
                 uid: "a".into(),
-                cgroup: "/nonexistent".into(),
                 netns: "/nonexistent".into(),
                 addresses: vec![],
                 excluded_outbound_ports: vec![],
@@ -216,6 +217,7 @@ pub mod fake {
                 inbound_listener: listener.as_fd(),
             };
             fake.enroll(&pod).unwrap();
+            assert_eq!(fake.adopt(&pod).unwrap().uid, "a");
             assert!(matches!(
                 fake.enroll(&pod),
                 Err(RedirectionError::AlreadyEnrolled(_))

@@ -1,8 +1,9 @@
 //! The eBPF object embedded in the agent, and loading it into the kernel.
 //!
 //! [`Redirection`] loads the redirection programs, pins their maps and links under bpffs and
-//! enrolls pods (outbound `connect4`/`connect6` + `sockops` on the pod's cgroup, inbound
-//! `sk_lookup` on its netns, `sk_msg` splicing of same-netns pairs). The agent's proxy talks to
+//! enrolls pods (outbound `connect4`/`connect6` + `sockops` once at the cgroup v2 root, acting on
+//! enrolled network namespaces only; inbound `sk_lookup` on each pod's netns; `sk_msg` splicing
+//! of same-netns pairs). The agent's proxy talks to
 //! it through the [`Enroller`] and [`OriginalDst`] traits, so its unit tests need no kernel.
 //! This is the only module of the crate allowed `unsafe` (socket options), each use with a
 //! `// SAFETY:` line.
@@ -15,7 +16,9 @@ mod redirection;
 mod smoke;
 mod sockopt;
 
-pub use features::{KernelFeatures, MissingFeature, check_kernel_features, ensure_bpffs};
+pub use features::{
+    KernelFeatures, MissingFeature, cgroup2_root, check_kernel_features, ensure_bpffs,
+};
 #[cfg(any(test, feature = "testing"))]
 pub use interface::fake;
 pub use interface::{
@@ -23,7 +26,7 @@ pub use interface::{
 };
 pub use redirection::{ConnectionRecords, Redirection, RedirectionConfig, RedirectionStats};
 pub use smoke::{SmokeCounts, SmokeProbe};
-pub use sockopt::netns_cookie;
+pub use sockopt::{netns_cookie, netns_cookie_of};
 
 /// The object built by `cargo xtask build-ebpf`, embedded at compile time (see `build.rs`).
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("WEFT_EBPF_OBJECT_PATH"));

@@ -1,12 +1,22 @@
 //! The redirection loader: loads the programs, pins maps and links, enrolls pods.
 //!
+//! `connect4`, `connect6` and `sockops` are attached once, at the cgroup v2 root, and act only on
+//! sockets whose network namespace is in `POD_CONFIG` (by netns cookie): enrolling a pod is a
+//! map insert plus an `sk_lookup` link on its netns, un-enrolling the reverse. Nothing depends on
+//! a pod's cgroup, which a CNI plugin never learns (it differs by cgroup driver and QoS class).
+//! Every agent has its own maps, so its programs never touch pods another agent enrolled (the
+//! tests run many agents on one machine).
+//!
 //! Pin layout under [`RedirectionConfig::pin_root`]:
 //!
 //! ```text
 //! maps/<MAP_NAME>              every map in weft_ebpf_common::maps::PINNED
-//! agent-sockops                sockops link on the agent's cgroup (if configured)
-//! pods/<uid>/connect4|connect6|sockops|sk_lookup   the pod's links
+//! connect4|connect6|sockops    links at the cgroup v2 root
+//! pods/<uid>/sk_lookup         the pod's inbound steering link
 //! ```
+//!
+//! The node's own network namespace is written into `NODE_NETNS` at every start: connections
+//! its sockets open to enrolled pods (the kubelet's probes) reach the application unsteered.
 //!
 //! Links stay attached while the agent is down (pins hold them), which is what makes redirection
 //! fail closed: a pod's connects still go to `127.0.0.1:15001`, refused while nobody listens.
@@ -14,22 +24,23 @@
 use std::{
     fs::File,
     net::{IpAddr, Ipv6Addr, SocketAddr},
-    os::fd::{AsFd, AsRawFd, BorrowedFd},
+    os::fd::{AsFd, AsRawFd},
     path::{Path, PathBuf},
     sync::Mutex,
 };
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, SockHash},
+    maps::{Array, HashMap, MapData, PerCpuArray, SockHash},
     programs::{
         CgroupAttachMode, CgroupSockAddr, SkLookup, SkMsg, SockOps,
         links::{FdLink, PinnedLink},
     },
 };
 use weft_ebpf_common::{
-    Address, ClientKey, MAX_EXCLUDED_PORTS, MAX_POD_ADDRESSES, MAX_UID_LEN, POD_FLAG_ACCELERATE,
-    PodConfig, SocketAddress, SocketPairKey, ipv4_mapped, maps, programs, stats,
+    Address, ClientKey, MAX_EXCLUDED_PORTS, MAX_POD_ADDRESSES, MAX_UID_LEN, NodeConnectionKey,
+    POD_FLAG_ACCELERATE, PodConfig, SocketAddress, SocketPairKey, ipv4_mapped, maps, programs,
+    stats,
 };
 
 use super::{
@@ -39,36 +50,40 @@ use super::{
 
 /// Where nodes' pins go by default: `<DEFAULT_PIN_BASE>/<node>`.
 pub const DEFAULT_PIN_BASE: &str = "/sys/fs/bpf/weft";
-/// The cgroup v2 mount checked at start by default.
-pub const DEFAULT_CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
-const POD_LINKS: [&str; 4] = ["connect4", "connect6", "sockops", "sk_lookup"];
-const AGENT_SOCKOPS_PIN: &str = "agent-sockops";
+/// The links at the cgroup root: pin name, program.
+const ROOT_LINKS: [(&str, &str); 3] = [
+    ("connect4", programs::REDIRECT_CONNECT4),
+    ("connect6", programs::REDIRECT_CONNECT6),
+    ("sockops", programs::TRACK_SOCKETS),
+];
+/// A pod's link, under `pods/<uid>/`.
+const POD_LINK: &str = "sk_lookup";
 
 /// How redirection is set up on this node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedirectionConfig {
     /// bpffs directory for this node's pins (must be on bpffs).
     pub pin_root: PathBuf,
-    /// The agent's own cgroup v2 directory. `sockops` there sees the agent's end of captured
-    /// connections: it cleans records when they close and lets same-node acceleration splice
-    /// both directions. Without it, records are removed only by lookups (and LRU eviction) and
-    /// acceleration stays off.
-    pub agent_cgroup: Option<PathBuf>,
     /// Splice same-netns socket pairs with `sk_msg` (Merbridge-style).
     pub acceleration: bool,
-    /// The cgroup v2 mount the feature check inspects.
+    /// The root of the cgroup v2 hierarchy, where the connect and sockops programs attach
+    /// (see [`super::cgroup2_root`]).
     pub cgroup_root: PathBuf,
+    /// The node's own network namespace (the kubelet's): connections its sockets open to
+    /// enrolled pods are let through to the application, as Istio lets the node's own traffic
+    /// through (see [`super::netns_cookie_of`]).
+    pub node_netns: NetnsCookie,
 }
 
 impl RedirectionConfig {
     /// Defaults for `node`: pins under `/sys/fs/bpf/weft/<node>`, acceleration on.
-    pub fn for_node(node: &str) -> Self {
+    pub fn for_node(node: &str, cgroup_root: PathBuf, node_netns: NetnsCookie) -> Self {
         Self {
             pin_root: Path::new(DEFAULT_PIN_BASE).join(node),
-            agent_cgroup: None,
             acceleration: true,
-            cgroup_root: PathBuf::from(DEFAULT_CGROUP_ROOT),
+            cgroup_root,
+            node_netns,
         }
     }
 }
@@ -83,15 +98,19 @@ pub struct RedirectionStats {
     pub inbound_without_listener: u64,
     /// Pair directions that spent their splice budget and left the spliced path.
     pub splice_budget_spent: u64,
+    /// Connections of the node's own sockets let through to a pod's application unsteered.
+    pub node_connections_passed: u64,
 }
 
-/// Original-destination records currently held.
+/// Per-connection records currently held.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ConnectionRecords {
     /// Connects redirected but not yet established.
     pub pending: usize,
     /// Established connections not yet looked up by the agent.
     pub established: usize,
+    /// Connections the node's own sockets hold open to enrolled pods.
+    pub node: usize,
 }
 
 /// The loaded redirection programs and their pinned state. Safe to share between threads.
@@ -169,13 +188,11 @@ impl Redirection {
                 .map_err(|e| EbpfError::Program(programs::SPLICE_LOCAL, e))?;
         }
 
-        if let Some(agent_cgroup) = &config.agent_cgroup {
-            let pin = config.pin_root.join(AGENT_SOCKOPS_PIN);
-            if !pin.exists() {
-                let cgroup = open_path("agent", agent_cgroup)?;
-                attach_sockops(&mut ebpf, cgroup.as_fd(), &pin)?;
-            }
-        }
+        let name = maps::NODE_NETNS;
+        Array::<_, u64>::try_from(ebpf.map_mut(name).ok_or(EbpfError::MissingMap(name))?)
+            .and_then(|mut node| node.set(0, config.node_netns.0, 0))
+            .map_err(|e| EbpfError::Map(name, e))?;
+        attach_at_root(&mut ebpf, &config)?;
         let redirection = Self {
             config,
             ebpf: Mutex::new(ebpf),
@@ -185,6 +202,7 @@ impl Redirection {
         tracing::info!(
             pin_root = %redirection.config.pin_root.display(),
             acceleration = redirection.config.acceleration,
+            node_netns = redirection.config.node_netns.0,
             adopted = redirection.enrolled()?.len(),
             "redirection loaded"
         );
@@ -216,10 +234,11 @@ impl Redirection {
             spliced_messages: get(stats::SPLICED_MESSAGES)?,
             inbound_without_listener: get(stats::INBOUND_WITHOUT_LISTENER)?,
             splice_budget_spent: get(stats::SPLICE_BUDGET_SPENT)?,
+            node_connections_passed: get(stats::NODE_CONNECTIONS_PASSED)?,
         })
     }
 
-    /// How many original-destination records the maps hold.
+    /// How many per-connection records the maps hold.
     pub fn connection_records(&self) -> Result<ConnectionRecords, RedirectionError> {
         let ebpf = self.lock();
         let pending = hash_map::<u64, SocketAddress>(&ebpf, maps::PENDING_ORIGINAL_DST)?
@@ -228,21 +247,27 @@ impl Redirection {
         let established = hash_map::<ClientKey, SocketAddress>(&ebpf, maps::ORIGINAL_DST)?
             .keys()
             .count();
+        let node = hash_map::<NodeConnectionKey, u8>(&ebpf, maps::NODE_CONNECTIONS)?
+            .keys()
+            .count();
         Ok(ConnectionRecords {
             pending,
             established,
+            node,
         })
     }
 
-    /// Un-enrolls every pod and removes every pin: the node is left as if the agent had never
-    /// run (for uninstalling, and for tests).
+    /// Un-enrolls every pod and removes every pin, the programs at the cgroup root among them:
+    /// the node is left as if the agent had never run (for uninstalling, and for tests).
     pub fn uninstall(self) -> Result<(), RedirectionError> {
         for pod in self.enrolled()? {
             self.unenroll(&pod.uid)?;
         }
-        let agent_pin = self.config.pin_root.join(AGENT_SOCKOPS_PIN);
-        if agent_pin.exists() {
-            unpin_link(&agent_pin)?;
+        for (pin, _) in ROOT_LINKS {
+            let pin = self.config.pin_root.join(pin);
+            if pin.exists() {
+                unpin_link(&pin)?;
+            }
         }
         let pin_root = self.config.pin_root.clone();
         drop(self);
@@ -259,7 +284,8 @@ impl Redirection {
     }
 
     /// Pod directories without configuration are left over from an enrollment interrupted by a
-    /// crash: detach them.
+    /// crash: detach them. (Configuration without a link is kept: the pod stays captured, and
+    /// [`Enroller::adopt`] attaches the link when the pod is enrolled again.)
     fn remove_partial_enrollments(&self) -> Result<(), RedirectionError> {
         let enrolled: Vec<String> = self.enrolled()?.into_iter().map(|p| p.uid).collect();
         let pods = self.config.pin_root.join("pods");
@@ -280,11 +306,9 @@ impl Redirection {
         if !dir.exists() {
             return Ok(false);
         }
-        for link in POD_LINKS {
-            let pin = dir.join(link);
-            if pin.exists() {
-                unpin_link(&pin)?;
-            }
+        let pin = dir.join(POD_LINK);
+        if pin.exists() {
+            unpin_link(&pin)?;
         }
         std::fs::remove_dir(&dir).map_err(|e| RedirectionError::PinDirectory(dir, e))?;
         Ok(true)
@@ -301,26 +325,15 @@ impl Redirection {
         Ok(None)
     }
 
+    /// Attaches inbound steering to the pod's netns, unless a link of an earlier run is pinned.
     fn attach_pod(&self, ebpf: &mut Ebpf, pod: &PodEnrollment<'_>) -> Result<(), RedirectionError> {
         let dir = self.pod_dir(&pod.uid);
         std::fs::create_dir_all(&dir)
             .map_err(|e| RedirectionError::PinDirectory(dir.clone(), e))?;
-        let cgroup = open_path(&pod.uid, &pod.cgroup)?;
-        for (name, pin) in [
-            (programs::REDIRECT_CONNECT4, "connect4"),
-            (programs::REDIRECT_CONNECT6, "connect6"),
-        ] {
-            let program = program::<CgroupSockAddr>(ebpf, name)?;
-            let id = program
-                .attach(cgroup.as_fd(), CgroupAttachMode::Single)
-                .map_err(|e| EbpfError::Program(name, e))?;
-            let link = program
-                .take_link(id)
-                .map_err(|e| EbpfError::Program(name, e))?;
-            let link = FdLink::try_from(link).map_err(|e| RedirectionError::Link(name, e))?;
-            pin_link(link, &dir.join(pin))?;
+        let pin = dir.join(POD_LINK);
+        if pin.exists() {
+            return Ok(());
         }
-        attach_sockops(ebpf, cgroup.as_fd(), &dir.join("sockops"))?;
         let netns = open_path(&pod.uid, &pod.netns)?;
         let name = programs::STEER_INBOUND;
         let program = program::<SkLookup>(ebpf, name)?;
@@ -330,7 +343,48 @@ impl Redirection {
         let link = program
             .take_link(id)
             .map_err(|e| EbpfError::Program(name, e))?;
-        pin_link(FdLink::from(link), &dir.join("sk_lookup"))
+        pin_link(FdLink::from(link), &pin)
+    }
+
+    /// Writes the pod's configuration, addresses and inbound listener: from the first write on,
+    /// the programs capture the pod's connects.
+    fn configure_pod(
+        ebpf: &mut Ebpf,
+        pod: &PodEnrollment<'_>,
+        cookie: NetnsCookie,
+        config: PodConfig,
+    ) -> Result<(), RedirectionError> {
+        hash_map_mut::<u64, PodConfig>(ebpf, maps::POD_CONFIG)?
+            .insert(cookie.0, config, 0)
+            .map_err(|e| EbpfError::Map(maps::POD_CONFIG, e))?;
+        let mut by_address = hash_map_mut::<Address, u64>(ebpf, maps::POD_BY_ADDRESS)?;
+        for address in &pod.addresses {
+            by_address
+                .insert(address_words(*address), cookie.0, 0)
+                .map_err(|e| EbpfError::Map(maps::POD_BY_ADDRESS, e))?;
+        }
+        sock_hash_mut::<u64>(ebpf, maps::INBOUND_LISTENERS)?
+            .insert(cookie.0, pod.inbound_listener.as_raw_fd(), 0)
+            .map_err(|e| EbpfError::Map(maps::INBOUND_LISTENERS, e))?;
+        Ok(())
+    }
+
+    /// The validated configuration of `pod` and its netns cookie (its inbound listener's).
+    fn prepare(
+        &self,
+        pod: &PodEnrollment<'_>,
+    ) -> Result<(PodConfig, NetnsCookie), RedirectionError> {
+        let mut config = pod_config(pod)?;
+        if self.config.acceleration {
+            config.flags |= POD_FLAG_ACCELERATE;
+        }
+        let cookie = netns_cookie(pod.inbound_listener).map_err(|source| {
+            RedirectionError::ListenerNetns {
+                uid: pod.uid.clone(),
+                source,
+            }
+        })?;
+        Ok((config, cookie))
     }
 
     fn forget_pod(ebpf: &mut Ebpf, cookie: NetnsCookie) -> Result<(), RedirectionError> {
@@ -372,36 +426,15 @@ impl Redirection {
 
 impl Enroller for Redirection {
     fn enroll(&self, pod: &PodEnrollment<'_>) -> Result<EnrolledPod, RedirectionError> {
-        let mut config = pod_config(pod)?;
-        if self.config.acceleration && self.config.agent_cgroup.is_some() {
-            config.flags |= POD_FLAG_ACCELERATE;
-        }
-        let cookie = netns_cookie(pod.inbound_listener).map_err(|source| {
-            RedirectionError::ListenerNetns {
-                uid: pod.uid.clone(),
-                source,
-            }
-        })?;
+        let (config, cookie) = self.prepare(pod)?;
         let mut ebpf = self.lock();
         if self.pod_dir(&pod.uid).exists() || Self::find_pod(&ebpf, &pod.uid)?.is_some() {
             return Err(RedirectionError::AlreadyEnrolled(pod.uid.clone()));
         }
-        // Configuration first, programs second: a program never runs for a pod it cannot place.
-        let result = (|| {
-            hash_map_mut::<u64, PodConfig>(&mut ebpf, maps::POD_CONFIG)?
-                .insert(cookie.0, config, 0)
-                .map_err(|e| EbpfError::Map(maps::POD_CONFIG, e))?;
-            let mut by_address = hash_map_mut::<Address, u64>(&mut ebpf, maps::POD_BY_ADDRESS)?;
-            for address in &pod.addresses {
-                by_address
-                    .insert(address_words(*address), cookie.0, 0)
-                    .map_err(|e| EbpfError::Map(maps::POD_BY_ADDRESS, e))?;
-            }
-            sock_hash_mut::<u64>(&mut ebpf, maps::INBOUND_LISTENERS)?
-                .insert(cookie.0, pod.inbound_listener.as_raw_fd(), 0)
-                .map_err(|e| EbpfError::Map(maps::INBOUND_LISTENERS, e))?;
-            self.attach_pod(&mut ebpf, pod)
-        })();
+        // Configuration first, the link second: inbound steering never runs for a pod it cannot
+        // place.
+        let result = Self::configure_pod(&mut ebpf, pod, cookie, config)
+            .and_then(|()| self.attach_pod(&mut ebpf, pod));
         if let Err(error) = result {
             let _ = self.remove_pod_links(&pod.uid);
             let _ = Self::forget_pod(&mut ebpf, cookie);
@@ -414,10 +447,33 @@ impl Enroller for Redirection {
         })
     }
 
+    fn adopt(&self, pod: &PodEnrollment<'_>) -> Result<EnrolledPod, RedirectionError> {
+        let (config, cookie) = self.prepare(pod)?;
+        let mut ebpf = self.lock();
+        match Self::find_pod(&ebpf, &pod.uid)? {
+            None => return Err(RedirectionError::NotEnrolled(pod.uid.clone())),
+            Some(known) if known != cookie => {
+                return Err(RedirectionError::NetnsChanged {
+                    uid: pod.uid.clone(),
+                    enrolled: known.0,
+                    listener: cookie.0,
+                });
+            }
+            Some(_) => {}
+        }
+        // Rewritten in place: the pod stays captured throughout.
+        Self::configure_pod(&mut ebpf, pod, cookie, config)?;
+        self.attach_pod(&mut ebpf, pod)?;
+        Ok(EnrolledPod {
+            uid: pod.uid.clone(),
+            netns_cookie: cookie,
+        })
+    }
+
     fn unenroll(&self, uid: &str) -> Result<(), RedirectionError> {
         validate_uid(uid)?;
         let mut ebpf = self.lock();
-        // Programs first, configuration second (the reverse of enrolling).
+        // The link first, configuration second (the reverse of enrolling).
         let had_links = self.remove_pod_links(uid)?;
         let cookie = Self::find_pod(&ebpf, uid)?;
         if let Some(cookie) = cookie {
@@ -427,31 +483,6 @@ impl Enroller for Redirection {
             return Err(RedirectionError::NotEnrolled(uid.to_string()));
         }
         tracing::info!(%uid, "pod un-enrolled");
-        Ok(())
-    }
-
-    fn replace_inbound_listener(
-        &self,
-        uid: &str,
-        listener: BorrowedFd<'_>,
-    ) -> Result<(), RedirectionError> {
-        let mut ebpf = self.lock();
-        let cookie = Self::find_pod(&ebpf, uid)?
-            .ok_or_else(|| RedirectionError::NotEnrolled(uid.to_string()))?;
-        let listener_cookie =
-            netns_cookie(listener).map_err(|source| RedirectionError::ListenerNetns {
-                uid: uid.to_string(),
-                source,
-            })?;
-        if listener_cookie != cookie {
-            return Err(RedirectionError::InvalidEnrollment {
-                uid: uid.to_string(),
-                reason: "the inbound listener is not in the pod's network namespace".into(),
-            });
-        }
-        sock_hash_mut::<u64>(&mut ebpf, maps::INBOUND_LISTENERS)?
-            .insert(cookie.0, listener.as_raw_fd(), 0)
-            .map_err(|e| EbpfError::Map(maps::INBOUND_LISTENERS, e))?;
         Ok(())
     }
 
@@ -506,12 +537,6 @@ pub(crate) fn pod_config(pod: &PodEnrollment<'_>) -> Result<PodConfig, Redirecti
         uid: pod.uid.clone(),
         reason,
     };
-    if pod.addresses.len() > MAX_POD_ADDRESSES {
-        return Err(invalid(format!(
-            "{} addresses, at most {MAX_POD_ADDRESSES}",
-            pod.addresses.len()
-        )));
-    }
     let mut config = PodConfig {
         addresses: [[0; 4]; MAX_POD_ADDRESSES],
         excluded_outbound_ports: [0; MAX_EXCLUDED_PORTS],
@@ -520,6 +545,12 @@ pub(crate) fn pod_config(pod: &PodEnrollment<'_>) -> Result<PodConfig, Redirecti
         uid_len: pod.uid.len() as u32,
         uid: [0; MAX_UID_LEN],
     };
+    if pod.addresses.len() > MAX_POD_ADDRESSES {
+        return Err(invalid(format!(
+            "{} addresses, at most {MAX_POD_ADDRESSES}",
+            pod.addresses.len()
+        )));
+    }
     for (slot, address) in config.addresses.iter_mut().zip(&pod.addresses) {
         if address.is_unspecified() || address.is_loopback() {
             return Err(invalid(format!("{address} is not a pod address")));
@@ -638,21 +669,49 @@ fn open_path(uid: &str, path: &Path) -> Result<File, RedirectionError> {
     })
 }
 
-fn attach_sockops(
-    ebpf: &mut Ebpf,
-    cgroup: BorrowedFd<'_>,
-    pin: &Path,
-) -> Result<(), RedirectionError> {
-    let name = programs::TRACK_SOCKETS;
-    let program = program::<SockOps>(ebpf, name)?;
-    let id = program
-        .attach(cgroup, CgroupAttachMode::Single)
-        .map_err(|e| EbpfError::Program(name, e))?;
-    let link = program
-        .take_link(id)
-        .map_err(|e| EbpfError::Program(name, e))?;
-    let link = FdLink::try_from(link).map_err(|e| RedirectionError::Link(name, e))?;
-    pin_link(link, pin)
+/// Attaches the connect and sockops programs at the cgroup root, unless an earlier run's links
+/// are pinned (they stay attached across restarts; that is what keeps pods failing closed).
+/// Attached through bpf links, which the kernel always attaches as `BPF_F_ALLOW_MULTI` (aya's
+/// `Single` mode passes no flags, which is what `link_create` accepts): other agents' (and other
+/// software's) programs at the root keep running beside ours.
+fn attach_at_root(ebpf: &mut Ebpf, config: &RedirectionConfig) -> Result<(), RedirectionError> {
+    let mut root = None;
+    for (pin, name) in ROOT_LINKS {
+        let pin = config.pin_root.join(pin);
+        if pin.exists() {
+            continue;
+        }
+        let root = match &root {
+            Some(root) => root,
+            None => root.insert(
+                File::open(&config.cgroup_root)
+                    .map_err(|e| EbpfError::Cgroup(config.cgroup_root.display().to_string(), e))?,
+            ),
+        };
+        let link = if name == programs::TRACK_SOCKETS {
+            let program = program::<SockOps>(ebpf, name)?;
+            let id = program
+                .attach(root.as_fd(), CgroupAttachMode::Single)
+                .map_err(|e| EbpfError::Program(name, e))?;
+            FdLink::try_from(
+                program
+                    .take_link(id)
+                    .map_err(|e| EbpfError::Program(name, e))?,
+            )
+        } else {
+            let program = program::<CgroupSockAddr>(ebpf, name)?;
+            let id = program
+                .attach(root.as_fd(), CgroupAttachMode::Single)
+                .map_err(|e| EbpfError::Program(name, e))?;
+            FdLink::try_from(
+                program
+                    .take_link(id)
+                    .map_err(|e| EbpfError::Program(name, e))?,
+            )
+        };
+        pin_link(link.map_err(|e| RedirectionError::Link(name, e))?, &pin)?;
+    }
+    Ok(())
 }
 
 fn pin_link(link: FdLink, pin: &Path) -> Result<(), RedirectionError> {

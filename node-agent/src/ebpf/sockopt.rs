@@ -1,5 +1,5 @@
 //! Socket options the loader needs and std does not offer.
-use std::{io, os::fd::AsFd, os::fd::AsRawFd};
+use std::{fs::File, io, os::fd::AsFd, os::fd::AsRawFd, path::Path};
 
 use super::NetnsCookie;
 
@@ -25,6 +25,25 @@ pub fn netns_cookie(socket: impl AsFd) -> io::Result<NetnsCookie> {
     Ok(NetnsCookie(cookie))
 }
 
+/// The cookie of the network namespace at `path` (`/proc/<pid>/ns/net`, or a bind mount such as
+/// `/run/netns/<name>`): a socket is created in it on a short-lived thread that enters it, so
+/// the caller's own thread never changes namespace.
+pub fn netns_cookie_of(path: &Path) -> io::Result<NetnsCookie> {
+    let file = File::open(path)?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(io::Error::from)?;
+                let socket =
+                    socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
+                netns_cookie(&socket)
+            })
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the namespace thread panicked")))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -36,5 +55,10 @@ mod tests {
         let cookie = netns_cookie(&a).unwrap();
         assert_ne!(cookie.0, 0);
         assert_eq!(cookie, netns_cookie(&b).unwrap());
+        // The same namespace, through its file.
+        assert_eq!(
+            netns_cookie_of(Path::new("/proc/self/ns/net")).unwrap(),
+            cookie
+        );
     }
 }

@@ -7,8 +7,7 @@ use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{Shutdown, SocketAddr, TcpListener, TcpStream},
     os::fd::AsRawFd,
-    path::PathBuf,
-    sync::{Arc, Mutex, OnceLock},
+    sync::{Arc, Mutex},
     thread::JoinHandle,
     time::{Duration, Instant},
 };
@@ -16,7 +15,7 @@ use std::{
 use node_agent::ebpf::{
     EnrolledPod, Enroller, NetnsCookie, OriginalDst, PodEnrollment, Redirection, RedirectionConfig,
 };
-use weft_testbed::{CGROUP_ROOT, Netns, Testbed};
+use weft_testbed::{Netns, Testbed};
 
 pub mod client;
 pub mod logs;
@@ -24,62 +23,41 @@ pub mod logs;
 /// How long a test waits for something that should happen at once.
 pub const PATIENCE: Duration = Duration::from_secs(10);
 
-/// A cgroup for this test process, standing for the node agent's cgroup: the in-process
-/// stand-in agent's sockets are created here, not in any pod's cgroup. Named like a testbed
-/// resource of this process, so a later run sweeps it once this process is gone.
-pub fn agent_cgroup() -> PathBuf {
-    static CGROUP: OnceLock<PathBuf> = OnceLock::new();
-    CGROUP
-        .get_or_init(|| {
-            let path = PathBuf::from(CGROUP_ROOT).join(format!(
-                "{}{}x999999-agent",
-                weft_testbed::PREFIX,
-                std::process::id()
-            ));
-            std::fs::create_dir_all(&path).expect("create the agent cgroup");
-            std::fs::write(path.join("cgroup.procs"), std::process::id().to_string())
-                .expect("move the test process into the agent cgroup");
-            path
-        })
-        .clone()
-}
-
 /// Redirection pinned under a directory named after the testbed, so parallel tests never share
-/// pins.
+/// pins, and swept with the testbed's other resources when this process is gone (a failed test
+/// skips `uninstall`; the sweep unpins its programs at the cgroup root). The node is the
+/// testbed's first: its namespace's connections to enrolled pods are the node's own.
 pub fn redirection_config(testbed: &Testbed, acceleration: bool) -> RedirectionConfig {
+    let node = &testbed.nodes()[0];
     RedirectionConfig {
-        pin_root: PathBuf::from("/sys/fs/bpf/weft-test").join(testbed.prefix()),
-        agent_cgroup: Some(agent_cgroup()),
+        pin_root: testbed.pin_dir(PIN_BASE),
         acceleration,
-        cgroup_root: PathBuf::from(CGROUP_ROOT),
+        cgroup_root: node_agent::ebpf::cgroup2_root().expect("the cgroup v2 root"),
+        node_netns: node_agent::ebpf::netns_cookie_of(&node.netns.path())
+            .expect("the node's netns cookie"),
     }
 }
 
+/// Where these tests pin (one directory per testbed below it).
+const PIN_BASE: &str = "weft-test";
+
 pub fn open_redirection(testbed: &Testbed, acceleration: bool) -> Arc<Redirection> {
-    sweep_stale_pins();
     Arc::new(
         Redirection::open(redirection_config(testbed, acceleration)).expect("load redirection"),
     )
 }
 
-/// Removes pin directories of test processes that are gone (a failed test skips `uninstall`);
-/// their cgroups and namespaces are gone too, so the pins only hold dead links.
-fn sweep_stale_pins() {
-    let Ok(entries) = std::fs::read_dir("/sys/fs/bpf/weft-test") else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let pid = name
-            .strip_prefix(weft_testbed::PREFIX)
-            .and_then(|rest| rest.split_once('x'))
-            .and_then(|(pid, _)| pid.parse::<u32>().ok());
-        if let Some(pid) = pid
-            && !std::path::Path::new(&format!("/proc/{pid}")).exists()
-        {
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
-    }
+/// Connects to `destination` from the current thread's netns, as the agent does: marked as the
+/// agent's own socket, which the capture programs leave alone.
+pub fn connect_as_agent(destination: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(destination),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.set_mark(weft_ebpf_common::AGENT_SOCKET_MARK)?;
+    socket.connect_timeout(&destination.into(), PATIENCE)?;
+    Ok(socket.into())
 }
 
 /// Runs `f` on a new thread inside `netns`; threads it spawns stay in the namespace too.
@@ -119,7 +97,6 @@ pub fn enroll(
     let enrolled = redirection
         .enroll(&PodEnrollment {
             uid: format!("uid-{}", pod.name),
-            cgroup: pod.cgroup.path().to_path_buf(),
             netns: pod.netns.path(),
             addresses: vec![pod.ip.into()],
             excluded_outbound_ports,
@@ -252,7 +229,7 @@ fn serve(
     };
     match (mode, original) {
         (AgentMode::Forward, Some(destination)) => {
-            let upstream = TcpStream::connect_timeout(&destination, PATIENCE);
+            let upstream = connect_as_agent(destination);
             let upstream_addr = upstream.as_ref().ok().map(|u| u.local_addr().unwrap());
             accepted.lock().unwrap().push(Accepted {
                 peer,
@@ -474,6 +451,33 @@ pub fn cgroup_programs(path: &std::path::Path) -> String {
         .expect("run bpftool");
     assert!(output.status.success(), "bpftool cgroup show failed");
     String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A link pinned by a redirection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinnedLink {
+    pub id: u64,
+    pub program_id: u64,
+}
+
+/// The links a redirection pinned at the cgroup root (`connect4`, `connect6`, `sockops` under
+/// its pin root), as bpftool reports them.
+pub fn root_links(pin_root: &std::path::Path) -> Vec<PinnedLink> {
+    ["connect4", "connect6", "sockops"]
+        .iter()
+        .filter_map(|name| {
+            let output = std::process::Command::new("bpftool")
+                .args(["-j", "link", "show", "pinned"])
+                .arg(pin_root.join(name))
+                .output()
+                .expect("run bpftool");
+            let link: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
+            Some(PinnedLink {
+                id: link["id"].as_u64()?,
+                program_id: link["prog_id"].as_u64()?,
+            })
+        })
+        .collect()
 }
 
 /// Every link the kernel holds, as bpftool's JSON.

@@ -19,7 +19,11 @@ use anyhow::{Context, bail};
 
 pub mod bookinfo;
 mod changes;
+pub mod cni;
+pub mod containerd;
+pub mod cri;
 pub mod h2flood;
+pub mod kube_cluster;
 pub mod probes;
 pub mod scenarios;
 pub mod session;
@@ -31,6 +35,8 @@ use weft_testbed::{Pod, Testbed, Topology};
 /// How long starting a component may take.
 pub const STARTUP: Duration = Duration::from_secs(30);
 const GRPC_PORT: u16 = 15010;
+/// Where the agents of a mesh pin (`<base>/<prefix>/<node>`).
+const PIN_BASE: &str = "weft-e2e";
 /// The label Istio's gateway controller puts on a waypoint's pods: the Gateway's name.
 pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
 /// The waypoint's metrics port (Istio's 15020).
@@ -163,12 +169,12 @@ impl PodSpec {
 }
 
 /// A running process of the mesh, with its log file.
-struct Process {
+pub(crate) struct Process {
     child: Child,
 }
 
 impl Process {
-    fn spawn(name: &str, mut command: Command, log: PathBuf) -> anyhow::Result<Self> {
+    pub(crate) fn spawn(name: &str, mut command: Command, log: PathBuf) -> anyhow::Result<Self> {
         let file = std::fs::File::create(&log)?;
         command
             .stdout(file.try_clone()?)
@@ -182,11 +188,11 @@ impl Process {
         Ok(Self { child })
     }
 
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         terminate(&mut self.child);
     }
 
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -344,7 +350,6 @@ impl Mesh {
             let names: Vec<&str> = names.iter().map(String::as_str).collect();
             topology = topology.node(node, &names);
         }
-        sweep_stale_pins();
         let testbed = topology.build()?;
         let dir = std::env::temp_dir().join(format!("{}-mesh", testbed.prefix()));
         std::fs::create_dir_all(dir.join("config"))?;
@@ -602,14 +607,17 @@ impl Mesh {
     }
 
     fn pin_dir(&self, node: &str) -> PathBuf {
-        PathBuf::from("/sys/fs/bpf/weft-e2e")
-            .join(self.testbed.prefix())
-            .join(node)
+        self.testbed.pin_dir(PIN_BASE).join(node)
     }
 
     /// The Unix socket on which `node`'s agent enrolls pods.
     pub fn enrollment_socket(&self, node: &str) -> PathBuf {
         self.dir.join(format!("{node}.sock"))
+    }
+
+    /// The enrollment of pod `name` as the CNI would send it (whether or not it is enrolled).
+    pub fn enrollment_of(&self, name: &str) -> EnrolledPod {
+        enrolled(self.testbed.pod(name))
     }
 
     /// Starts (or restarts) the node agent of `node`.
@@ -633,7 +641,6 @@ impl Mesh {
             )
             .env("ENROLLMENT_SOCKET", self.enrollment_socket(node_name))
             .env("PIN_DIR", self.pin_dir(node_name))
-            .env("AGENT_CGROUP", node.agent_cgroup.path())
             .env("ACCELERATION", self.acceleration.to_string())
             .env("RUST_LOG", "info")
             .envs(self.agent_env.iter().map(|(k, v)| (k, v)));
@@ -1018,23 +1025,6 @@ impl Mesh {
     }
 }
 
-/// Removes pin directories of meshes whose test process is gone.
-fn sweep_stale_pins() {
-    let Ok(entries) = std::fs::read_dir("/sys/fs/bpf/weft-e2e") else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let pid = name
-            .strip_prefix(weft_testbed::PREFIX)
-            .and_then(|rest| rest.split_once('x'))
-            .and_then(|(pid, _)| pid.parse::<u32>().ok());
-        if pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
-    }
-}
-
 fn split_status(stdout: &[u8]) -> (u16, String) {
     let text = String::from_utf8_lossy(stdout);
     match text.rsplit_once('\n') {
@@ -1048,7 +1038,6 @@ fn enrolled(pod: &Pod) -> EnrolledPod {
         &pod.name,
         "",
         pod.netns.path(),
-        pod.cgroup.path().to_path_buf(),
         std::net::IpAddr::V4(pod.ip),
     )
 }
@@ -1083,9 +1072,7 @@ impl Drop for Mesh {
             agent.stop();
         }
         self.stop_controller();
-        let _ = std::fs::remove_dir_all(
-            PathBuf::from("/sys/fs/bpf/weft-e2e").join(self.testbed.prefix()),
-        );
+        let _ = std::fs::remove_dir_all(self.testbed.pin_dir(PIN_BASE));
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
         } else {

@@ -227,7 +227,8 @@ spec:
     );
     assert!(mesh.metrics("node2").contains("response_flags=\"DENY\""));
 
-    // An invalid edit is rejected and the last good policy keeps applying.
+    // An invalid edit (an empty principal, which Istio refuses) is rejected and the last good
+    // policy keeps applying.
     mesh.write_config(
         "20-deny.yaml",
         r#"
@@ -236,7 +237,7 @@ kind: AuthorizationPolicy
 metadata: {name: deny-client, namespace: shop}
 spec:
   action: DENY
-  rules: [{from: [{source: {principals: ["cluster.local/*/bad*"]}}]}]
+  rules: [{from: [{source: {principals: [""]}}]}]
 "#,
     )
     .unwrap();

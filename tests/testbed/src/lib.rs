@@ -13,6 +13,7 @@
 mod capture;
 mod cgroup;
 mod netns;
+mod runtime;
 mod sweep;
 
 use std::{
@@ -31,6 +32,14 @@ pub use netns::Netns;
 pub const PREFIX: &str = "wft";
 /// The cgroup v2 hierarchy (hybrid hierarchies mount it here).
 pub const CGROUP_ROOT: &str = "/sys/fs/cgroup/unified";
+/// Where named network namespaces live (`ip netns`; container runtimes put theirs here too).
+pub const NETNS_DIR: &str = "/run/netns";
+/// bpffs. Tests pin under `<PIN_ROOT>/weft-<kind>/<prefix>` ([`Testbed::pin_dir`]), which the
+/// sweep removes with the testbed's other resources once the owning process is gone: a pin is
+/// what keeps a crashed run's programs attached (at the cgroup root, running for every process).
+pub const PIN_ROOT: &str = "/sys/fs/bpf";
+/// The first part of the name of every directory under [`PIN_ROOT`] the sweep looks into.
+pub const PIN_BASE_PREFIX: &str = "weft-";
 
 /// The fabric subnet joining nodes and the control-plane host.
 const FABRIC_NET: [u8; 3] = [10, 250, 0];
@@ -212,6 +221,17 @@ impl Testbed {
     /// The per-instance prefix carried by every namespace and cgroup of this testbed.
     pub fn prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// This testbed's pin directory under `<PIN_ROOT>/<base>` (`base` starts with
+    /// [`PIN_BASE_PREFIX`], so the sweep finds it). Created by whoever pins there; removed by
+    /// its owner, or by the sweep after a crash.
+    pub fn pin_dir(&self, base: &str) -> PathBuf {
+        assert!(
+            base.starts_with(PIN_BASE_PREFIX),
+            "pin base {base:?} must start with {PIN_BASE_PREFIX:?} to be swept"
+        );
+        PathBuf::from(PIN_ROOT).join(base).join(&self.prefix)
     }
 
     /// The fabric namespace (holds the bridge joining nodes).
@@ -433,6 +453,7 @@ impl Drop for Testbed {
         if let Err(error) = self.cgroup.remove_tree() {
             tracing::warn!(prefix = %self.prefix, %error, "testbed teardown: removing cgroups");
         }
+        runtime::remove_leftovers(&self.prefix);
     }
 }
 

@@ -1,6 +1,6 @@
 //! Named network namespaces (`ip netns`), and running code or processes inside one.
 
-use std::{fs::File, path::PathBuf, process::Command};
+use std::{fs::File, net::Ipv4Addr, path::PathBuf, process::Command};
 
 use nix::sched::CloneFlags;
 
@@ -30,7 +30,7 @@ impl Netns {
 
     /// The bind-mounted namespace file (what `setns` takes).
     pub fn path(&self) -> PathBuf {
-        PathBuf::from("/run/netns").join(&self.name)
+        PathBuf::from(crate::NETNS_DIR).join(&self.name)
     }
 
     /// Opens the namespace file, e.g. to hand it to a process that enters it.
@@ -51,6 +51,19 @@ impl Netns {
         run(self
             .command("sysctl")
             .args(["-qw", &format!("{key}={value}")]))?;
+        Ok(())
+    }
+
+    /// Masquerades what this namespace forwards from `source` to `destination` (an nftables NAT
+    /// rule at its postrouting hook, in a table of its own): the packets leave with this
+    /// namespace's address on the outgoing interface, as a node rewrites a NodePort's traffic or
+    /// traffic from outside the cluster. The rule goes with the namespace.
+    pub fn masquerade(&self, source: Ipv4Addr, destination: Ipv4Addr) -> Result<()> {
+        run(self.command("nft").arg(format!(
+            "add table ip testbed-masquerade; \
+             add chain ip testbed-masquerade postrouting {{ type nat hook postrouting priority srcnat; }}; \
+             add rule ip testbed-masquerade postrouting ip saddr {source} ip daddr {destination} masquerade"
+        )))?;
         Ok(())
     }
 

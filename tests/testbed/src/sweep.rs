@@ -1,9 +1,9 @@
-//! Removing what a crashed earlier run left behind: namespaces and cgroups whose prefix names a
-//! process that no longer exists. Live testbeds of other processes are left alone.
+//! Removing what a crashed earlier run left behind: namespaces, cgroups and bpffs pins whose
+//! prefix names a process that no longer exists. Live testbeds of other processes are left alone.
 
 use std::path::PathBuf;
 
-use crate::{CGROUP_ROOT, Cgroup, Netns, PREFIX, Result};
+use crate::{CGROUP_ROOT, Cgroup, Netns, PIN_BASE_PREFIX, PIN_ROOT, PREFIX, Result};
 
 /// The pid in a `wft<pid>x<n>...` name, if the name is a testbed's.
 pub(crate) fn owner_pid(name: &str) -> Option<u32> {
@@ -39,6 +39,18 @@ pub(crate) fn remove_stale() -> Result<()> {
             }
         }
     }
+    remove_stale_pins();
+    let mut stale_runtimes: Vec<String> = crate::runtime::leftover_names()
+        .into_iter()
+        .filter(|name| stale(name))
+        .filter_map(|name| name.split('-').next().map(String::from))
+        .collect();
+    stale_runtimes.sort();
+    stale_runtimes.dedup();
+    for prefix in stale_runtimes {
+        tracing::info!(%prefix, "removing a stale container runtime's leftovers");
+        crate::runtime::remove_leftovers(&prefix);
+    }
     for name in Netns::list()? {
         if stale(&name) {
             tracing::info!(netns = %name, "removing a stale testbed namespace");
@@ -48,6 +60,36 @@ pub(crate) fn remove_stale() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Removes `<PIN_ROOT>/weft-*/<stale prefix>` directories. Removing a pin detaches its link once
+/// nothing else holds it, and the owner is dead: so a crashed run's programs leave the cgroup
+/// root and its pods' namespaces.
+fn remove_stale_pins() {
+    let Ok(bases) = std::fs::read_dir(PIN_ROOT) else {
+        return;
+    };
+    for base in bases.flatten() {
+        if !base
+            .file_name()
+            .to_string_lossy()
+            .starts_with(PIN_BASE_PREFIX)
+        {
+            continue;
+        }
+        let Ok(entries) = std::fs::read_dir(base.path()) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if stale(&name) {
+                tracing::info!(pins = %entry.path().display(), "removing stale testbed pins");
+                if let Err(error) = std::fs::remove_dir_all(entry.path()) {
+                    tracing::warn!(pins = %entry.path().display(), %error, "stale pins not removed (another sweep may have)");
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

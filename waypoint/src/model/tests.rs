@@ -1,5 +1,7 @@
 use std::collections::BTreeMap;
 
+use weft_proto::waypoint as proto;
+
 use super::*;
 
 const HOST: &str = "reviews.default.svc.cluster.local";
@@ -429,19 +431,6 @@ fn retry_conditions_parse_as_envoy_names_them() {
     let default = RetryOn::parse(DEFAULT_RETRY_ON, "test").unwrap();
     assert!(default.connect_failure && default.refused_stream);
     assert_eq!(default.retriable_status_codes, vec![503]);
-}
-
-#[test]
-fn regex_rewrite_references_become_regex_crate_syntax() {
-    let cases = [
-        (r"/v1/\1", "/v1/${1}"),
-        (r"\1\2", "${1}${2}"),
-        ("/cost$", "/cost$$"),
-        ("/plain", "/plain"),
-    ];
-    for (istio, expected) in cases {
-        assert_eq!(regex_replacement(istio), expected);
-    }
 }
 
 #[test]

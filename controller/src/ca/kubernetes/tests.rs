@@ -212,7 +212,7 @@ async fn fixture() -> Fixture {
         pod("shop", "cart-1", "uid-cart", "node1", "cart"),
         pod("shop", "pay-1", "uid-pay", "node2", "pay"),
     ] {
-        index.apply(resource);
+        index.apply(resource, Vec::new());
     }
     // The agent on node1: a pod-bound token without the node extra (Kubernetes before 1.30),
     // so its node comes from its pod.

@@ -87,8 +87,8 @@ impl ServedKind {
         }
     }
 
-    /// What the controller itself reads and writes besides the watched kinds: Secrets (the CA)
-    /// and ConfigMaps (the published root).
+    /// What the controller itself reads and writes besides the watched kinds: Secrets (the CA),
+    /// ConfigMaps (the published root) and its ValidatingWebhookConfiguration (the CA bundle).
     pub fn controller_kinds() -> Vec<ServedKind> {
         let core = |kind: &str, plural: &str| ServedKind {
             group: String::new(),
@@ -97,7 +97,17 @@ impl ServedKind {
             plural: plural.to_owned(),
             namespaced: true,
         };
-        vec![core("Secret", "secrets"), core("ConfigMap", "configmaps")]
+        vec![
+            core("Secret", "secrets"),
+            core("ConfigMap", "configmaps"),
+            ServedKind {
+                group: "admissionregistration.k8s.io".to_owned(),
+                version: "v1".to_owned(),
+                kind: "ValidatingWebhookConfiguration".to_owned(),
+                plural: "validatingwebhookconfigurations".to_owned(),
+                namespaced: false,
+            },
+        ]
     }
 
     /// The kinds the mesh watches, at the versions the Kubernetes source asks for.
@@ -315,6 +325,24 @@ impl FakeApiServer {
         let listener = TcpListener::bind(("127.0.0.1", 0))
             .await
             .map_err(FakeApiError::Bind)?;
+        Self::serve(listener, kinds, bookmark_interval)
+    }
+
+    /// Starts a fake serving the mesh's and the controller's kinds on `listener` (bound by the
+    /// caller, for example inside a network namespace other machines of a testbed reach).
+    pub fn start_on(listener: std::net::TcpListener) -> Result<Self, FakeApiError> {
+        listener.set_nonblocking(true).map_err(FakeApiError::Bind)?;
+        let listener = TcpListener::from_std(listener).map_err(FakeApiError::Bind)?;
+        let mut kinds = ServedKind::mesh_kinds();
+        kinds.extend(ServedKind::controller_kinds());
+        Self::serve(listener, kinds, Duration::from_millis(500))
+    }
+
+    fn serve(
+        listener: TcpListener,
+        kinds: Vec<ServedKind>,
+        bookmark_interval: Duration,
+    ) -> Result<Self, FakeApiError> {
         let address = listener.local_addr().map_err(FakeApiError::Bind)?;
         let shared = Arc::new(Shared {
             kinds,
@@ -708,7 +736,12 @@ fn parse_field_selector(selector: &str) -> Result<Vec<FieldTerm>, String> {
         } else {
             return Err(format!("field selector {term:?} has no operator"));
         };
-        if !matches!(field, "metadata.name" | "metadata.namespace") {
+        // The generic fields, and the one pod field node-local watchers select by (the real
+        // API server only supports it on pods; the fake does not check the kind).
+        if !matches!(
+            field,
+            "metadata.name" | "metadata.namespace" | "spec.nodeName"
+        ) {
             return Err(format!("field label not supported: {field}"));
         }
         terms.push(if equal {
@@ -734,7 +767,10 @@ impl Selection {
             LabelTerm::Exists(k) => label(k).is_some(),
             LabelTerm::Absent(k) => label(k).is_none(),
         });
-        let field = |name: &str| metadata[name.trim_start_matches("metadata.")].as_str();
+        let field = |name: &str| match name.split_once('.') {
+            Some(("spec", rest)) => object["spec"][rest].as_str(),
+            _ => metadata[name.trim_start_matches("metadata.")].as_str(),
+        };
         let fields_match = self.fields.iter().all(|term| match term {
             FieldTerm::Equals(f, v) => field(f).unwrap_or("") == v,
             FieldTerm::NotEquals(f, v) => field(f).unwrap_or("") != v,

@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -24,7 +23,7 @@ struct TestIndex {
 }
 
 impl ResourceSink for TestIndex {
-    fn apply(&self, resource: Resource) {
+    fn apply(&self, resource: Resource, _warnings: Vec<crate::validation::FieldWarning>) {
         let key = key_of(&resource);
         self.objects.lock().unwrap().insert(key, resource);
     }
@@ -34,10 +33,14 @@ impl ResourceSink for TestIndex {
         self.objects.lock().unwrap().remove(&key);
     }
 
-    fn replace_all(&self, kind: ResourceKind, resources: Vec<Resource>) {
+    fn replace_all(
+        &self,
+        kind: ResourceKind,
+        resources: Vec<(Resource, Vec<crate::validation::FieldWarning>)>,
+    ) {
         let mut objects = self.objects.lock().unwrap();
         objects.retain(|(k, _, _), _| *k != kind);
-        for resource in resources {
+        for (resource, _) in resources {
             assert_eq!(resource.kind(), kind, "replace_all got a foreign kind");
             let key = key_of(&resource);
             assert!(
@@ -84,35 +87,23 @@ fn key_of(resource: &Resource) -> IndexKey {
     )
 }
 
-fn metadata_mut(resource: &mut Resource) -> &mut ObjectMeta {
-    match resource {
-        Resource::VirtualService(r) => &mut r.metadata,
-        Resource::DestinationRule(r) => &mut r.metadata,
-        Resource::ServiceEntry(r) => &mut r.metadata,
-        Resource::Gateway(r) => &mut r.metadata,
-        Resource::AuthorizationPolicy(r) => &mut r.metadata,
-        Resource::PeerAuthentication(r) => &mut r.metadata,
-        Resource::KubernetesGateway(r) => &mut r.metadata,
-        Resource::Namespace(r) => &mut r.metadata,
-        Resource::Pod(r) => &mut r.metadata,
-        Resource::Service(r) => &mut r.metadata,
-        Resource::ServiceAccount(r) => &mut r.metadata,
-        Resource::EndpointSlice(r) => &mut r.metadata,
-    }
-}
-
 /// Drops what the API server adds (resourceVersion, uid), which YAML files do not carry.
 fn normalized(mut resource: Resource) -> Resource {
-    let metadata = metadata_mut(&mut resource);
+    let metadata = resource.metadata_mut();
     metadata.resource_version = None;
     metadata.uid = None;
     resource
 }
 
 fn load(text: &str) -> Vec<Resource> {
-    let (resources, errors) = loader::load_str(Path::new("test.yaml"), text);
-    assert!(errors.is_empty(), "fixture does not load: {errors:?}");
-    resources
+    let report = loader::load_str(Path::new("test.yaml"), text);
+    assert!(
+        report.errors.is_empty(),
+        "fixture does not load: {:?}",
+        report.errors
+    );
+    report
+        .resources
         .into_iter()
         .map(|loaded| loaded.resource)
         .collect()
@@ -311,10 +302,58 @@ fn key(kind: ResourceKind, namespace: &str, name: &str) -> IndexKey {
     (kind, namespace.to_owned(), name.to_owned())
 }
 
+/// One object of each kind the bookinfo example does not show (the Gateway API's routes, the
+/// Istio kinds not applied yet), at the version each is watched at.
+const OTHER_KINDS: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: vm, namespace: bookinfo}
+spec: {address: 10.9.0.5, labels: {app: ratings}}
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: bookinfo}
+spec: {jwtRules: [{issuer: "https://issuer.example.com", jwksUri: "https://issuer.example.com/jwks"}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: istio-waypoint}
+spec: {controllerName: istio.io/mesh-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: reviews, namespace: bookinfo}
+spec:
+  parentRefs: [{group: "", kind: Service, name: reviews}]
+  rules: [{backendRefs: [{name: reviews, port: 9080}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: echo, namespace: bookinfo}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo}]
+  rules: [{backendRefs: [{name: echo, port: 9090}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata: {name: db, namespace: bookinfo}
+spec:
+  parentRefs: [{name: waypoint}]
+  rules: [{backendRefs: [{name: db, port: 5432}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1beta1
+kind: ReferenceGrant
+metadata: {name: from-shop, namespace: bookinfo}
+spec:
+  from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: shop}]
+  to: [{group: "", kind: Service}]
+"#;
+
 #[tokio::test]
 async fn watched_objects_match_the_file_loader_through_create_modify_delete() {
     init_tracing();
-    let files = bookinfo_files();
+    let mut files = bookinfo_files();
+    files.push(OTHER_KINDS.to_owned());
     let fake = FakeApiServer::start().await.unwrap();
     for text in &files {
         create_all(&fake, text);
@@ -501,6 +540,43 @@ async fn server_errors_are_retried_with_backoff() {
 }
 
 #[tokio::test]
+async fn kinds_are_read_at_whichever_version_the_server_serves() {
+    init_tracing();
+    // An API server with an older Istio's CRDs: VirtualService only as v1alpha3.
+    let kinds = ServedKind::mesh_kinds()
+        .into_iter()
+        .map(|mut kind| {
+            if kind.kind == "VirtualService" {
+                kind.version = "v1alpha3".to_owned();
+            }
+            kind
+        })
+        .collect();
+    let fake = FakeApiServer::start_with(kinds, Duration::from_millis(500))
+        .await
+        .unwrap();
+    let old = REVIEWS_ALL_TO_V2.replace("networking.istio.io/v1", "networking.istio.io/v1alpha3");
+    create_all(&fake, &old);
+    let running = start_source(fake).await;
+    converge(
+        &running.index,
+        &expected_from(&[REVIEWS_ALL_TO_V2.to_owned()]),
+        "the v1alpha3 VirtualService, read as the same kind",
+    )
+    .await;
+    let requests = running.fake.requests();
+    let lists = |path: &str, status: u16| {
+        requests
+            .iter()
+            .filter(|r| r.is_list_of(path) && r.status == status)
+            .count()
+    };
+    assert!(lists(VIRTUAL_SERVICES, 404) >= 1, "v1 was asked first");
+    assert!(lists("/apis/networking.istio.io/v1beta1/virtualservices", 404) >= 1);
+    assert!(lists("/apis/networking.istio.io/v1alpha3/virtualservices", 200) >= 1);
+}
+
+#[tokio::test]
 async fn kinds_the_server_does_not_serve_count_as_listed_and_empty() {
     init_tracing();
     let kinds = ServedKind::mesh_kinds()
@@ -555,7 +631,7 @@ spec:
     - destination: {host: reviews}
 ";
 
-/// Breaks the schema: `rout` is not a field of an HTTP route.
+/// Breaks the schema: an HTTP route's `route` is a list.
 const MISSPELT_VS: &str = "
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -563,8 +639,21 @@ metadata: {name: misspelt, namespace: bookinfo}
 spec:
   hosts: [ratings]
   http:
-  - rout:
+  - route: ratings
+";
+
+/// A field Istio's API does not have: what the API server kept (a newer Istio's CRDs), istiod
+/// ignores, and so does the source, with a warning.
+const UNKNOWN_FIELD_VS: &str = "
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: newer, namespace: bookinfo}
+spec:
+  hosts: [ratings]
+  http:
+  - route:
     - destination: {host: ratings}
+    futureRetryPolicy: {budget: 3}
 ";
 
 fn rejections_of(index: &TestIndex, name: &str) -> Vec<Rejection> {
@@ -595,9 +684,9 @@ async fn invalid_resources_are_reported_and_skipped_and_the_last_good_version_st
     assert_eq!(wildcard[0].problems[0].path, "spec.hosts[0]");
     let misspelt = rejections_of(index, "misspelt");
     assert_eq!(misspelt.len(), 1, "{misspelt:?}");
-    assert_eq!(misspelt[0].problems[0].path, "spec.http[0].rout");
+    assert_eq!(misspelt[0].problems[0].path, "spec.http[0].route");
     assert!(
-        misspelt[0].problems[0].reason.contains("unknown field"),
+        misspelt[0].problems[0].reason.contains("invalid type"),
         "{misspelt:?}"
     );
     assert!(
@@ -641,17 +730,29 @@ fn list_items_without_type_decode_like_loaded_yaml() {
     let map = object.as_object_mut().unwrap();
     map.remove("apiVersion");
     map.remove("kind");
-    let object: DynamicObject = serde_json::from_value(object).unwrap();
     assert_eq!(
-        decode(ResourceKind::AuthorizationPolicy, &object).unwrap(),
-        expected
+        decode(ResourceKind::AuthorizationPolicy, object).unwrap(),
+        (expected, Vec::new())
     );
 }
 
 #[test]
+fn unknown_fields_are_accepted_with_a_warning() {
+    let object: DynamicObject = serde_json::from_value(json_of(UNKNOWN_FIELD_VS)).unwrap();
+    let (_, warnings) = admit(ResourceKind::VirtualService, &object).unwrap();
+    let unknown: Vec<&str> = warnings
+        .iter()
+        .filter(|w| w.reason.contains("unknown field"))
+        .map(|w| w.path.as_str())
+        .collect();
+    assert_eq!(unknown, ["spec.http[0].futureRetryPolicy"]);
+}
+
+#[test]
 fn admission_table() {
-    let cases: [(&str, ResourceKind, Result<(), &str>); 5] = [
+    let cases: [(&str, ResourceKind, Result<(), &str>); 6] = [
         (GOOD_VS, ResourceKind::VirtualService, Ok(())),
+        (UNKNOWN_FIELD_VS, ResourceKind::VirtualService, Ok(())),
         (
             WILDCARD_VS,
             ResourceKind::VirtualService,
@@ -660,7 +761,7 @@ fn admission_table() {
         (
             MISSPELT_VS,
             ResourceKind::VirtualService,
-            Err("spec.http[0].rout"),
+            Err("spec.http[0].route"),
         ),
         // An AuthorizationPolicy without spec is valid (it denies everything).
         (

@@ -75,12 +75,8 @@ spec:
 
 fn index(extra: &str) -> ConfigIndex {
     let text = format!("{MESH}\n---\n{extra}");
-    let (resources, errors) = loader::load_str(Path::new("mesh.yaml"), &text);
-    assert!(errors.is_empty(), "{errors:?}");
-    let report = loader::LoadReport {
-        resources,
-        ..Default::default()
-    };
+    let report = loader::load_str(Path::new("mesh.yaml"), &text);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
     let (index, rejections) = ConfigIndex::from_report(report, None);
     assert!(rejections.is_empty(), "{rejections:?}");
     index

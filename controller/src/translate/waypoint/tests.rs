@@ -10,22 +10,18 @@ use crate::translate::translate;
 
 /// An index from YAML without validation: translation must cope with whatever it holds.
 fn unvalidated(text: &str) -> ConfigIndex {
-    let (loaded, errors) = loader::load_str(Path::new("test.yaml"), text);
-    assert!(errors.is_empty(), "{errors:?}");
+    let report = loader::load_str(Path::new("test.yaml"), text);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
     let mut index = ConfigIndex::default();
-    for resource in loaded {
-        index.insert(resource.resource);
+    for resource in report.resources {
+        index.insert(resource.resource, Vec::new());
     }
     index
 }
 
 fn validated(text: &str) -> ConfigIndex {
-    let (resources, errors) = loader::load_str(Path::new("test.yaml"), text);
-    assert!(errors.is_empty(), "{errors:?}");
-    let report = loader::LoadReport {
-        resources,
-        ..Default::default()
-    };
+    let report = loader::load_str(Path::new("test.yaml"), text);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
     let (index, rejections) = ConfigIndex::from_report(report, None);
     assert!(rejections.is_empty(), "{rejections:?}");
     index

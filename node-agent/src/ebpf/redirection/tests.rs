@@ -43,7 +43,6 @@ fn enrollments_are_validated() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let base = || PodEnrollment {
         uid: "pod-1".into(),
-        cgroup: "/cg".into(),
         netns: "/ns".into(),
         addresses: vec!["10.0.0.5".parse().unwrap()],
         excluded_outbound_ports: vec![22],
@@ -105,7 +104,6 @@ fn too_many_excluded_ports_are_refused() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let pod = PodEnrollment {
         uid: "p".into(),
-        cgroup: "/cg".into(),
         netns: "/ns".into(),
         addresses: vec![],
         excluded_outbound_ports: (1..=17).collect(),

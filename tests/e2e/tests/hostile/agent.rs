@@ -1,5 +1,6 @@
 //! Attacks on the node agents and the CA: a node's stolen credentials used to claim another
-//! source address, plaintext on Istio's ports of a STRICT pod, a pod outside the mesh holding
+//! source address, plaintext on Istio's ports of a STRICT pod (directly, and forwarded by its
+//! node masqueraded to the node's own address), a pod outside the mesh holding
 //! the agent's descriptors, a selector DENY written with HTTP attributes, a hostile enrollment
 //! message; and, kept failing, HBONE to agent ports and to pods served elsewhere, certificates of
 //! every wrong kind, data sent before the tunnel is authorized, attempts to slip out of the
@@ -174,6 +175,33 @@ fn the_agents_and_the_ca_refuse_what_their_peers_may_not_do() {
         ),
         200,
         "mutual TLS to an application on 15020",
+    );
+
+    // The node's own connections are let through to a STRICT pod's application (the kubelet's
+    // probes, as Istio lets them through); a connection the node only forwards is not, even
+    // masqueraded to the very address the node's own connections come from.
+    let node2 = mesh.testbed.node("node2").netns.clone();
+    let probe = mesh
+        .node_curl(
+            "node2",
+            &format!("http://{vault}:15020/probe-from-the-node"),
+        )
+        .unwrap();
+    checks.equal(probe.0, 200, "the node's probe of a STRICT pod");
+    let outsider = mesh.pod("outsider").ip;
+    node2.masquerade(outsider, vault).unwrap();
+    checks.equal(
+        status(
+            &mesh,
+            "outsider",
+            &[&format!("http://{vault}:15020/masqueraded-by-the-node")],
+        ),
+        0,
+        "plaintext forwarded by the node and masqueraded to its address",
+    );
+    checks.check(
+        !app_saw(&mesh, "vault", "/masqueraded-by-the-node"),
+        "vault served plaintext masqueraded by its node under STRICT",
     );
 
     // An HTTP-only DENY enforced by an agent fails safe: it refuses every connection its other

@@ -5,11 +5,14 @@
 //! clients on node1 and the servers on node2. Each figure is measured on both pairs and reported
 //! with its ratio to direct. Then the same four pods on one node, twice: agents without and with
 //! same-node acceleration (sockops + sk_msg). Then the L7 section ([`l7`]): direct, mesh L4,
-//! through a waypoint that routes, and through nginx doing the same routing ([`nginx`]). Tools
+//! through a waypoint that routes, and through nginx doing the same routing ([`nginx`]). Then
+//! the capture section ([`capture`]): enrollment latency per pod, and what the programs at the
+//! cgroup root cost a process outside the mesh per connection. Tools
 //! run inside the pods: iperf3 (bulk TCP), wrk (HTTP rps and closed-loop latency) and this
 //! binary's own fixed-rate client (`bench fixed-rate`: latency percentiles at a set request rate
 //! on one keep-alive connection).
 
+mod capture;
 mod l7;
 mod nginx;
 
@@ -38,13 +41,14 @@ struct Settings {
 }
 
 /// The figure groups `--only` selects from; `waypoint` is the whole L7 section.
-const GROUPS: [&str; 6] = [
+const GROUPS: [&str; 7] = [
     "throughput",
     "rps1",
     "fixed-rate",
     "rps64",
     "new-connections",
     "waypoint",
+    "capture",
 ];
 
 /// The groups measured on the L4 meshes (cross-node, same-node).
@@ -855,6 +859,11 @@ fn main() -> anyhow::Result<()> {
     } else {
         None
     };
+    let capture = if !settings.cross_node_only && settings.wants("capture") {
+        Some(capture::run(&settings)?)
+    } else {
+        None
+    };
 
     let machine = Command::new("uname")
         .arg("-srm")
@@ -926,6 +935,9 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(waypoint) = &waypoint {
         l7::report(&mut report, waypoint)?;
+    }
+    if let Some(capture) = &capture {
+        capture::report(&mut report, capture)?;
     }
     print!("{report}");
     std::fs::write(target.join("report.md"), &report)?;

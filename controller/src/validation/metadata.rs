@@ -1,0 +1,147 @@
+//! Object metadata: the name and label rules Kubernetes applies to every object, the mesh's own
+//! labels, and Istio's `validateMetadata` (`validation.go`): the `istio.io/dry-run` annotation
+//! (AuthorizationPolicy only, ALLOW or DENY, a boolean) and annotations users may not set.
+
+use super::Findings;
+use super::names::{
+    is_dns1123_subdomain, is_k8s_dns1123_label, validate_label_key, validate_label_value,
+};
+use crate::model::Resource;
+use crate::model::security::AuthorizationAction;
+use crate::translate::resolve::{DATAPLANE_MODE, USE_WAYPOINT, USE_WAYPOINT_NAMESPACE};
+
+pub const DRY_RUN_ANNOTATION: &str = "istio.io/dry-run";
+const ALWAYS_REJECT_ANNOTATION: &str = "internal.istio.io/webhook-always-reject";
+const INTERNAL_ANNOTATIONS: &[&str] = &[
+    "internal.istio.io/parent-namespace",
+    "internal.istio.io/parents",
+];
+
+/// Go's `strconv.ParseBool`.
+fn parse_bool(value: &str) -> Option<bool> {
+    match value {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+pub fn validate(resource: &Resource, findings: &mut Findings) {
+    kubernetes(resource, findings);
+    if resource.kind().is_istio() {
+        istio(resource, findings);
+    }
+}
+
+fn istio(resource: &Resource, findings: &mut Findings) {
+    let Some(annotations) = &resource.metadata().annotations else {
+        return;
+    };
+    let path = |key: &str| format!("metadata.annotations.{key}");
+    if let Some(value) = annotations.get(DRY_RUN_ANNOTATION) {
+        match resource {
+            Resource::AuthorizationPolicy(policy) => {
+                let action = policy.spec.action.unwrap_or_default();
+                if !matches!(
+                    action,
+                    AuthorizationAction::Allow | AuthorizationAction::Deny
+                ) {
+                    findings.error(
+                        path(DRY_RUN_ANNOTATION),
+                        format!(
+                            "the annotation {DRY_RUN_ANNOTATION} currently only supports action ALLOW/DENY, found action {}",
+                            action.as_str()
+                        ),
+                    );
+                } else if parse_bool(value).is_none() {
+                    findings.error(
+                        path(DRY_RUN_ANNOTATION),
+                        format!(
+                            "annotation {DRY_RUN_ANNOTATION} with invalid value ({value}): not a boolean"
+                        ),
+                    );
+                }
+            }
+            _ => findings.error(
+                path(DRY_RUN_ANNOTATION),
+                format!(
+                    "unsupported annotation {DRY_RUN_ANNOTATION}, please remove the annotation"
+                ),
+            ),
+        }
+    }
+    if annotations.contains_key(ALWAYS_REJECT_ANNOTATION) {
+        findings.error(
+            path(ALWAYS_REJECT_ANNOTATION),
+            format!("{ALWAYS_REJECT_ANNOTATION:?} annotation found, rejecting"),
+        );
+    }
+    for key in INTERNAL_ANNOTATIONS {
+        if annotations.contains_key(*key) {
+            findings.error(
+                path(key),
+                format!("{key:?} annotation found, this may not be set by users"),
+            );
+        }
+    }
+}
+
+/// What the API server checks of every object's metadata, and the mesh's labels.
+fn kubernetes(resource: &Resource, findings: &mut Findings) {
+    let meta = resource.metadata();
+    let name = resource.name();
+    let name_ok = match resource {
+        // Namespaces and Services are DNS labels; other objects DNS subdomains.
+        Resource::Namespace(_) | Resource::Service(_) => is_k8s_dns1123_label(name),
+        _ => is_dns1123_subdomain(name),
+    };
+    if !name_ok {
+        findings.error(
+            "metadata.name",
+            format!("invalid name {name:?}: must be a lower-case RFC 1123 name"),
+        );
+    }
+    if let Some(namespace) = &meta.namespace
+        && !is_k8s_dns1123_label(namespace)
+    {
+        findings.error(
+            "metadata.namespace",
+            format!("invalid namespace {namespace:?}: must be a DNS label"),
+        );
+    }
+    let Some(labels) = &meta.labels else { return };
+    for (key, value) in labels {
+        findings.check(format!("metadata.labels.{key}"), validate_label_key(key));
+        findings.check(
+            format!("metadata.labels.{key}"),
+            validate_label_value(value),
+        );
+    }
+    if let Some(mode) = labels.get(DATAPLANE_MODE)
+        && mode != "ambient"
+        && mode != "none"
+    {
+        findings.error(
+            format!("metadata.labels.{DATAPLANE_MODE}"),
+            format!("unknown data plane mode {mode:?} (expected \"ambient\" or \"none\")"),
+        );
+    }
+    if let Some(waypoint) = labels.get(USE_WAYPOINT)
+        && waypoint != "#none"
+        && waypoint != "none"
+        && !is_k8s_dns1123_label(waypoint)
+    {
+        findings.error(
+            format!("metadata.labels.{USE_WAYPOINT}"),
+            format!("waypoint name {waypoint:?} must be a DNS label or \"none\""),
+        );
+    }
+    if let Some(namespace) = labels.get(USE_WAYPOINT_NAMESPACE)
+        && !is_k8s_dns1123_label(namespace)
+    {
+        findings.error(
+            format!("metadata.labels.{USE_WAYPOINT_NAMESPACE}"),
+            format!("waypoint namespace {namespace:?} must be a DNS label"),
+        );
+    }
+}

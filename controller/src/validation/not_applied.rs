@@ -1,0 +1,665 @@
+//! What Weft accepts but does not apply: one table, [`CATALOG`], of kinds and field paths with
+//! the reason, walked over every resource so that a document setting such a field gets a warning
+//! naming the field (never a silent drop). ARCHITECTURE.md lists the same table (a test keeps
+//! the two in step). Policies fail closed where a field is not applied (see the reasons).
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::Findings;
+use crate::model::gateway_api::WAYPOINT_GATEWAY_CLASS;
+use crate::model::{Resource, ResourceKind};
+
+/// When an entry applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum When {
+    /// The whole kind: every resource of it.
+    Kind,
+    /// The field is set (present, and not null or an empty list or map).
+    Set,
+    /// The field holds one of these values.
+    Equals(&'static [&'static str]),
+    /// The field is a string starting with this.
+    StartsWith(&'static str),
+}
+
+/// One kind or field that is accepted but not applied.
+#[derive(Debug, Clone, Copy)]
+pub struct NotApplied {
+    pub kind: ResourceKind,
+    /// Field path: `.`-separated keys, `[]` for every element of a list, `**` for any depth.
+    pub path: &'static str,
+    pub when: When,
+    pub reason: &'static str,
+}
+
+const fn entry(
+    kind: ResourceKind,
+    path: &'static str,
+    when: When,
+    reason: &'static str,
+) -> NotApplied {
+    NotApplied {
+        kind,
+        path,
+        when,
+        reason,
+    }
+}
+
+use ResourceKind as K;
+use When::{Equals, Kind, Set, StartsWith};
+
+/// Every kind and field Weft accepts without applying.
+pub const CATALOG: &[NotApplied] = &[
+    // VirtualService
+    entry(
+        K::VirtualService,
+        "spec.tls",
+        Set,
+        "TLS routes are not applied by waypoints",
+    ),
+    entry(
+        K::VirtualService,
+        "spec.http[].delegate",
+        Set,
+        "delegation applies to gateways only; the route is ignored",
+    ),
+    entry(
+        K::VirtualService,
+        "spec.http[].retries.backoff",
+        Set,
+        "waypoints retry without a backoff interval of their own",
+    ),
+    entry(
+        K::VirtualService,
+        "spec.http[].retries.retryRemoteLocalities",
+        Set,
+        "localities are not known to waypoints",
+    ),
+    entry(
+        K::VirtualService,
+        "spec.http[].retries.retryIgnorePreviousHosts",
+        Set,
+        "waypoints may retry on the same endpoint",
+    ),
+    entry(
+        K::VirtualService,
+        "spec.http[].redirect.prefixRewrite",
+        Set,
+        "the redirect keeps the request's path",
+    ),
+    entry(
+        K::VirtualService,
+        "spec.http[].match[].statPrefix",
+        Set,
+        "waypoints keep no per-match statistics",
+    ),
+    entry(
+        K::VirtualService,
+        "spec.http[].corsPolicy.unmatchedPreflights",
+        Equals(&["IGNORE"]),
+        "unmatched preflight requests are forwarded",
+    ),
+    entry(
+        K::VirtualService,
+        "spec.tcp[].match[].sourceSubnet",
+        Set,
+        "deprecated, and never implemented by Istio either",
+    ),
+    // DestinationRule
+    entry(
+        K::DestinationRule,
+        "spec.workloadSelector",
+        Set,
+        "rules with a workloadSelector apply to sidecars only; this rule is ignored",
+    ),
+    entry(
+        K::DestinationRule,
+        "spec.**.loadBalancer.simple",
+        Equals(&["PASSTHROUGH"]),
+        "waypoints do not route to the original destination; the default load balancer is used",
+    ),
+    entry(
+        K::DestinationRule,
+        "spec.**.loadBalancer.localityLbSetting",
+        Set,
+        "localities are not known to waypoints",
+    ),
+    entry(
+        K::DestinationRule,
+        "spec.**.loadBalancer.zoneAwareLbSetting",
+        Set,
+        "localities are not known to waypoints",
+    ),
+    entry(
+        K::DestinationRule,
+        "spec.**.loadBalancer.warmupDurationSecs",
+        Set,
+        "waypoints do no slow start",
+    ),
+    entry(
+        K::DestinationRule,
+        "spec.**.loadBalancer.warmup",
+        Set,
+        "waypoints do no slow start",
+    ),
+    entry(
+        K::DestinationRule,
+        "spec.**.loadBalancer.consistentHash.ringHash",
+        Set,
+        "waypoints hash with their own table",
+    ),
+    entry(
+        K::DestinationRule,
+        "spec.**.loadBalancer.consistentHash.maglev",
+        Set,
+        "waypoints hash with their own table",
+    ),
+    entry(
+        K::DestinationRule,
+        "spec.**.loadBalancer.consistentHash.minimumRingSize",
+        Set,
+        "waypoints hash with their own table",
+    ),
+    entry(
+        K::DestinationRule,
+        "spec.**.loadBalancer.consistentHash.httpCookie.attributes",
+        Set,
+        "the cookie is set without these attributes",
+    ),
+    entry(
+        K::DestinationRule,
+        "spec.**.connectionPool.tcp.tcpKeepalive",
+        Set,
+        "waypoints set no TCP keepalive on upstream connections",
+    ),
+    entry(
+        K::DestinationRule,
+        "spec.**.connectionPool.http.h2UpgradePolicy",
+        Set,
+        "waypoints keep the client's protocol",
+    ),
+    entry(
+        K::DestinationRule,
+        "spec.**.connectionPool.http.useClientProtocol",
+        Set,
+        "waypoints keep the client's protocol",
+    ),
+    entry(
+        K::DestinationRule,
+        "spec.**.connectionPool.http.http2KeepAlive",
+        Set,
+        "waypoints send no HTTP/2 keepalive pings upstream",
+    ),
+    entry(
+        K::DestinationRule,
+        "spec.**.outlierDetection.splitExternalLocalOriginErrors",
+        Set,
+        "local-origin failures are counted with the others",
+    ),
+    entry(
+        K::DestinationRule,
+        "spec.**.outlierDetection.consecutiveLocalOriginFailures",
+        Set,
+        "local-origin failures are counted with the others",
+    ),
+    entry(
+        K::DestinationRule,
+        "spec.**.outlierDetection.outlierDetectionHttpErrorCodes",
+        Set,
+        "5xx responses count as errors",
+    ),
+    entry(
+        K::DestinationRule,
+        "spec.**.tls.mode",
+        Equals(&["SIMPLE", "MUTUAL"]),
+        "waypoints reach mesh endpoints over HBONE and other endpoints over plain TCP; TLS origination is not done",
+    ),
+    entry(
+        K::DestinationRule,
+        "spec.**.tls.clientCertificate",
+        Set,
+        "TLS origination is not done",
+    ),
+    entry(
+        K::DestinationRule,
+        "spec.**.tls.privateKey",
+        Set,
+        "TLS origination is not done",
+    ),
+    entry(
+        K::DestinationRule,
+        "spec.**.tls.caCertificates",
+        Set,
+        "TLS origination is not done",
+    ),
+    entry(
+        K::DestinationRule,
+        "spec.**.tls.caCrl",
+        Set,
+        "TLS origination is not done",
+    ),
+    entry(
+        K::DestinationRule,
+        "spec.**.tls.credentialName",
+        Set,
+        "TLS origination is not done",
+    ),
+    entry(
+        K::DestinationRule,
+        "spec.**.tls.subjectAltNames",
+        Set,
+        "TLS origination is not done",
+    ),
+    entry(
+        K::DestinationRule,
+        "spec.**.tls.sni",
+        Set,
+        "TLS origination is not done",
+    ),
+    entry(
+        K::DestinationRule,
+        "spec.**.tls.insecureSkipVerify",
+        Set,
+        "TLS origination is not done",
+    ),
+    entry(
+        K::DestinationRule,
+        "spec.trafficPolicy.tunnel",
+        Set,
+        "waypoints do not tunnel to the destination",
+    ),
+    entry(
+        K::DestinationRule,
+        "spec.subsets[].trafficPolicy.tunnel",
+        Set,
+        "waypoints do not tunnel to the destination",
+    ),
+    entry(
+        K::DestinationRule,
+        "spec.**.proxyProtocol",
+        Set,
+        "waypoints send no PROXY protocol header upstream",
+    ),
+    entry(
+        K::DestinationRule,
+        "spec.**.retryBudget",
+        Set,
+        "retries are bounded by maxRetries only",
+    ),
+    // Whole kinds
+    entry(
+        K::ServiceEntry,
+        "",
+        Kind,
+        "ServiceEntry hosts are not mesh services yet: agents do not resolve them and routes to them are answered 503 NC",
+    ),
+    entry(
+        K::WorkloadEntry,
+        "",
+        Kind,
+        "WorkloadEntries are not mesh workloads yet",
+    ),
+    entry(
+        K::Gateway,
+        "",
+        Kind,
+        "Weft runs no ingress or egress gateway; VirtualServices bound only to gateways apply nowhere",
+    ),
+    entry(
+        K::RequestAuthentication,
+        "",
+        Kind,
+        "waypoints validate no JWTs yet: no request has a request principal or claims, and invalid tokens are not refused",
+    ),
+    entry(
+        K::GatewayClass,
+        "",
+        Kind,
+        "GatewayClasses are not read; waypoints are Gateways of class istio-waypoint",
+    ),
+    entry(
+        K::HTTPRoute,
+        "",
+        Kind,
+        "Gateway API routes are not applied at waypoints yet",
+    ),
+    entry(
+        K::GRPCRoute,
+        "",
+        Kind,
+        "Gateway API routes are not applied at waypoints yet",
+    ),
+    entry(
+        K::TCPRoute,
+        "",
+        Kind,
+        "Gateway API routes are not applied at waypoints yet",
+    ),
+    entry(
+        K::ReferenceGrant,
+        "",
+        Kind,
+        "Gateway API routes are not applied yet, so no reference needs a grant",
+    ),
+    // AuthorizationPolicy (fail closed: an ALLOW rule that needs what is not applied never
+    // matches; a DENY rule applies without it)
+    entry(
+        K::AuthorizationPolicy,
+        "spec.action",
+        Equals(&["AUDIT"]),
+        "AUDIT policies never change a decision; the policy is ignored",
+    ),
+    entry(
+        K::AuthorizationPolicy,
+        "spec.action",
+        Equals(&["CUSTOM"]),
+        "no external authorizer is called: the requests its rules select are denied",
+    ),
+    entry(
+        K::AuthorizationPolicy,
+        "spec.rules[].from[].source.requestPrincipals",
+        Set,
+        "no JWT is validated, so no request has a request principal: the source never matches",
+    ),
+    entry(
+        K::AuthorizationPolicy,
+        "spec.rules[].from[].source.notRequestPrincipals",
+        Set,
+        "no JWT is validated, so no request has a request principal",
+    ),
+    entry(
+        K::AuthorizationPolicy,
+        "spec.rules[].from[].source.trustDomains",
+        Set,
+        "trust domains are not matched: an ALLOW rule with them never matches, a DENY rule applies to every trust domain",
+    ),
+    entry(
+        K::AuthorizationPolicy,
+        "spec.rules[].from[].source.notTrustDomains",
+        Set,
+        "trust domains are not matched: an ALLOW rule with them never matches, a DENY rule applies to every trust domain",
+    ),
+    entry(
+        K::AuthorizationPolicy,
+        "spec.rules[].when[].key",
+        StartsWith("request.auth."),
+        "no JWT is validated, so no request has JWT claims: the rule never matches",
+    ),
+    entry(
+        K::AuthorizationPolicy,
+        "spec.rules[].when[].key",
+        StartsWith("experimental.envoy.filters."),
+        "Envoy filter metadata does not exist here: an ALLOW rule with it never matches, a DENY rule applies without it",
+    ),
+];
+
+/// A non-waypoint Gateway API Gateway (`gatewayClassName` other than `istio-waypoint`).
+pub const NOT_A_WAYPOINT: &str =
+    "only Gateways of class istio-waypoint (waypoints) are run by Weft; this Gateway is not";
+/// A VirtualService whose `gateways` do not include `mesh`.
+pub const GATEWAY_ONLY_ROUTES: &str =
+    "bound only to gateways, and Weft runs none: these routes apply nowhere";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Key(String),
+    Each,
+    AnyDepth,
+}
+
+fn parse(path: &str) -> Vec<Segment> {
+    let mut out = Vec::new();
+    for part in path.split('.').filter(|p| !p.is_empty()) {
+        if part == "**" {
+            out.push(Segment::AnyDepth);
+            continue;
+        }
+        match part.strip_suffix("[]") {
+            Some(key) => {
+                out.push(Segment::Key(key.to_owned()));
+                out.push(Segment::Each);
+            }
+            None => out.push(Segment::Key(part.to_owned())),
+        }
+    }
+    out
+}
+
+fn is_set(value: &Value) -> bool {
+    match value {
+        Value::Null => false,
+        Value::Array(a) => !a.is_empty(),
+        Value::Object(o) => !o.is_empty(),
+        _ => true,
+    }
+}
+
+fn holds(value: &Value, when: When) -> bool {
+    match when {
+        When::Kind => true,
+        When::Set => is_set(value),
+        When::Equals(values) => value.as_str().is_some_and(|v| values.contains(&v)),
+        When::StartsWith(prefix) => value.as_str().is_some_and(|v| v.starts_with(prefix)),
+    }
+}
+
+/// Every concrete path under `value` that `pattern` matches and `when` holds for.
+fn matches(value: &Value, pattern: &[Segment], path: String, when: When, out: &mut Vec<String>) {
+    let Some((first, rest)) = pattern.split_first() else {
+        if holds(value, when) {
+            out.push(path);
+        }
+        return;
+    };
+    let join = |path: &str, key: &str| {
+        if path.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{path}.{key}")
+        }
+    };
+    match first {
+        Segment::Key(key) => {
+            if let Some(child) = value.get(key) {
+                matches(child, rest, join(&path, key), when, out);
+            }
+        }
+        Segment::Each => {
+            if let Value::Array(items) = value {
+                for (i, item) in items.iter().enumerate() {
+                    matches(item, rest, format!("{path}[{i}]"), when, out);
+                }
+            }
+        }
+        Segment::AnyDepth => {
+            matches(value, rest, path.clone(), when, out);
+            match value {
+                Value::Object(map) => {
+                    for (key, child) in map {
+                        matches(child, pattern, join(&path, key), when, out);
+                    }
+                }
+                Value::Array(items) => {
+                    for (i, item) in items.iter().enumerate() {
+                        matches(item, pattern, format!("{path}[{i}]"), when, out);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+fn spec_value(resource: &Resource) -> Option<Value> {
+    fn value<T: Serialize>(spec: &T) -> Option<Value> {
+        serde_json::to_value(spec)
+            .ok()
+            .map(|spec| serde_json::json!({ "spec": spec }))
+    }
+    match resource {
+        Resource::VirtualService(r) => value(&r.spec),
+        Resource::DestinationRule(r) => value(&r.spec),
+        Resource::AuthorizationPolicy(r) => value(&r.spec),
+        Resource::PeerAuthentication(r) => value(&r.spec),
+        _ => None,
+    }
+}
+
+/// Reports what `resource` sets that Weft does not apply.
+pub fn report(resource: &Resource, findings: &mut Findings) {
+    let kind = resource.kind();
+    for entry in CATALOG
+        .iter()
+        .filter(|e| e.kind == kind && e.when == When::Kind)
+    {
+        findings.not_applied("<resource>", entry.reason);
+    }
+    match resource {
+        Resource::KubernetesGateway(gateway)
+            if gateway.spec.gateway_class_name != WAYPOINT_GATEWAY_CLASS =>
+        {
+            findings.not_applied("spec.gatewayClassName", NOT_A_WAYPOINT);
+        }
+        Resource::VirtualService(vs)
+            if !vs.spec.gateways.is_empty() && !vs.spec.gateways.iter().any(|g| g == "mesh") =>
+        {
+            findings.not_applied("spec.gateways", GATEWAY_ONLY_ROUTES);
+            return;
+        }
+        _ => {}
+    }
+    let Some(value) = spec_value(resource) else {
+        return;
+    };
+    for entry in CATALOG
+        .iter()
+        .filter(|e| e.kind == kind && e.when != When::Kind)
+    {
+        let mut paths = Vec::new();
+        matches(
+            &value,
+            &parse(entry.path),
+            String::new(),
+            entry.when,
+            &mut paths,
+        );
+        for path in paths {
+            findings.not_applied(path, entry.reason);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_find_every_set_field_at_any_depth() {
+        let value = serde_json::json!({"spec": {
+            "trafficPolicy": {"loadBalancer": {"warmup": {"duration": "1s"}}, "portLevelSettings": [
+                {"loadBalancer": {"warmup": null}},
+                {"loadBalancer": {"warmup": {"duration": "2s"}}},
+            ]},
+            "subsets": [{"trafficPolicy": {"loadBalancer": {"warmup": {}}}}],
+        }});
+        let mut found = Vec::new();
+        matches(
+            &value,
+            &parse("spec.**.loadBalancer.warmup"),
+            String::new(),
+            When::Set,
+            &mut found,
+        );
+        found.sort();
+        assert_eq!(
+            found,
+            [
+                "spec.trafficPolicy.loadBalancer.warmup",
+                "spec.trafficPolicy.portLevelSettings[1].loadBalancer.warmup",
+            ]
+        );
+    }
+
+    #[test]
+    fn values_and_prefixes_select_entries() {
+        let value = serde_json::json!({"spec": {"rules": [{"when": [
+            {"key": "request.auth.claims[iss]"}, {"key": "source.ip"}
+        ]}]}});
+        let mut found = Vec::new();
+        matches(
+            &value,
+            &parse("spec.rules[].when[].key"),
+            String::new(),
+            When::StartsWith("request.auth."),
+            &mut found,
+        );
+        assert_eq!(found, ["spec.rules[0].when[0].key"]);
+    }
+
+    #[test]
+    fn architecture_lists_every_entry() {
+        let page = include_str!("../../../ARCHITECTURE.md");
+        let row = |kind: &str, field: &str, when: &str, reason: &str| {
+            let row = format!("| {kind} | {field} | {when} | {reason} |");
+            assert!(page.contains(&row), "ARCHITECTURE.md lacks the row {row}");
+        };
+        for entry in CATALOG {
+            let field = if entry.path.is_empty() {
+                "(the whole kind)".to_owned()
+            } else {
+                format!("`{}`", entry.path)
+            };
+            let when = match entry.when {
+                When::Kind => "any".to_owned(),
+                When::Set => "set".to_owned(),
+                When::Equals(values) => values
+                    .iter()
+                    .map(|v| format!("`{v}`"))
+                    .collect::<Vec<_>>()
+                    .join(" or "),
+                When::StartsWith(prefix) => format!("starts with `{prefix}`"),
+            };
+            row(entry.kind.display_name(), &field, &when, entry.reason);
+        }
+        row(
+            ResourceKind::KubernetesGateway.display_name(),
+            "`spec.gatewayClassName`",
+            &format!("not `{WAYPOINT_GATEWAY_CLASS}`"),
+            NOT_A_WAYPOINT,
+        );
+        row(
+            "VirtualService",
+            "`spec.gateways`",
+            "without `mesh`",
+            GATEWAY_ONLY_ROUTES,
+        );
+        let unread = page
+            .lines()
+            .find(|l| l.starts_with("| Sidecar,"))
+            .expect("a row for the kinds not read");
+        for (_, kind) in crate::model::UNREAD_ISTIO_KINDS {
+            assert!(unread.contains(kind), "{kind} missing from {unread}");
+        }
+    }
+
+    #[test]
+    fn every_catalog_path_parses_to_segments() {
+        for entry in CATALOG {
+            assert_eq!(
+                entry.path.is_empty(),
+                entry.when == When::Kind,
+                "{:?} {}",
+                entry.kind,
+                entry.path
+            );
+            if !entry.path.is_empty() {
+                assert_eq!(
+                    parse(entry.path).first(),
+                    Some(&Segment::Key("spec".into()))
+                );
+            }
+        }
+    }
+}

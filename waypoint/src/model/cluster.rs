@@ -1,0 +1,85 @@
+//! Clusters: the endpoints a destination resolves to and the traffic policy (load balancing,
+//! connection limits, outlier detection) the DestinationRule gives them.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderName;
+use weft_identity::SpiffeId;
+
+use super::WorkloadInfo;
+
+/// How the waypoint reaches an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tunnel {
+    Hbone,
+    Plain,
+}
+
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// `ip:target port`: the address the application listens on.
+    pub address: SocketAddr,
+    pub identity: Option<SpiffeId>,
+    pub workload: Arc<WorkloadInfo>,
+    pub tunnel: Tunnel,
+    pub healthy: bool,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    Header(HeaderName),
+    Cookie(String),
+    SourceIp,
+    QueryParameter(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoadBalancer {
+    RoundRobin,
+    LeastRequest,
+    Random,
+    ConsistentHash(HashKey),
+}
+
+/// DestinationRule `connectionPool`; `None` means unlimited.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    pub max_connections: Option<usize>,
+    pub connect_timeout: Option<Duration>,
+    pub max_pending_requests: Option<usize>,
+    pub max_requests: Option<usize>,
+    pub max_requests_per_connection: Option<usize>,
+    pub max_retries: Option<usize>,
+    pub idle_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutlierPolicy {
+    pub consecutive_gateway_errors: Option<u32>,
+    pub consecutive_5xx: Option<u32>,
+    pub interval: Duration,
+    pub base_ejection_time: Duration,
+    pub max_ejection_percent: u32,
+    pub min_health_percent: u32,
+}
+
+/// Envoy's defaults for unset outlier detection durations.
+pub const DEFAULT_OUTLIER_INTERVAL: Duration = Duration::from_secs(10);
+pub const DEFAULT_BASE_EJECTION_TIME: Duration = Duration::from_secs(30);
+pub const DEFAULT_MAX_EJECTION_PERCENT: u32 = 10;
+
+#[derive(Debug)]
+pub struct Cluster {
+    pub name: String,
+    pub host: String,
+    pub subset: String,
+    pub port: u16,
+    pub endpoints: Vec<Endpoint>,
+    pub load_balancer: LoadBalancer,
+    pub limits: ConnectionLimits,
+    pub outlier: Option<OutlierPolicy>,
+    pub destination_rule: String,
+}

@@ -1,0 +1,353 @@
+//! Conversion of the `WaypointConfig` resource into the model: protobuf stops here. Every
+//! value is checked once and a bad one rejects the whole resource with the field it came from;
+//! `route`, `cluster` and `authorization` convert their parts.
+
+mod authorization;
+mod cluster;
+mod route;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue};
+use ipnet::IpNet;
+use weft_identity::SpiffeId;
+use weft_policy::PolicyError;
+use weft_proto::waypoint as proto;
+
+use super::{
+    ConfigError, DirectWorkload, L4Match, Protocol, Service, ServicePort, TcpRoute, Tunnel,
+    WaypointConfig, WorkloadInfo, invalid,
+};
+
+fn duration(d: &prost_types::Duration, context: &str) -> Result<Duration, ConfigError> {
+    let error = || ConfigError::Duration {
+        context: context.to_owned(),
+    };
+    let secs = u64::try_from(d.seconds).map_err(|_| error())?;
+    let nanos = u32::try_from(d.nanos).map_err(|_| error())?;
+    if nanos >= 1_000_000_000 {
+        return Err(error());
+    }
+    Ok(Duration::new(secs, nanos))
+}
+
+fn optional_duration(
+    d: Option<&prost_types::Duration>,
+    context: &str,
+) -> Result<Option<Duration>, ConfigError> {
+    d.map(|d| duration(d, context)).transpose()
+}
+
+fn port(value: u32, context: &str) -> Result<u16, ConfigError> {
+    u16::try_from(value).map_err(|_| ConfigError::Port {
+        context: context.to_owned(),
+        value,
+    })
+}
+
+fn nonzero_port(value: u32, context: &str) -> Result<Option<u16>, ConfigError> {
+    Ok(if value == 0 {
+        None
+    } else {
+        Some(port(value, context)?)
+    })
+}
+
+fn ip(value: &str, context: &str) -> Result<IpAddr, ConfigError> {
+    value.parse().map_err(|_| ConfigError::Address {
+        context: context.to_owned(),
+        value: value.to_owned(),
+    })
+}
+
+fn cidr(value: &str, context: &str) -> Result<IpNet, ConfigError> {
+    value
+        .parse::<IpNet>()
+        .or_else(|_| value.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| ConfigError::Address {
+            context: context.to_owned(),
+            value: value.to_owned(),
+        })
+}
+
+fn cidrs(values: &[String], context: &str) -> Result<Vec<IpNet>, ConfigError> {
+    values.iter().map(|v| cidr(v, context)).collect()
+}
+
+fn header_name(name: &str, context: &str) -> Result<HeaderName, ConfigError> {
+    HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).map_err(|_| {
+        ConfigError::HeaderName {
+            context: context.to_owned(),
+            name: name.to_owned(),
+        }
+    })
+}
+
+fn header_value(name: &str, value: &str, context: &str) -> Result<HeaderValue, ConfigError> {
+    HeaderValue::from_str(value).map_err(|_| ConfigError::HeaderValue {
+        context: context.to_owned(),
+        name: name.to_owned(),
+    })
+}
+
+fn policy_error(context: &str) -> impl FnOnce(PolicyError) -> ConfigError + '_ {
+    move |source| ConfigError::Policy {
+        context: context.to_owned(),
+        source,
+    }
+}
+
+/// An optional SPIFFE identity: empty means none.
+fn identity(value: &str, context: &str) -> Result<Option<SpiffeId>, ConfigError> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    value
+        .parse::<SpiffeId>()
+        .map(Some)
+        .map_err(|_| ConfigError::Identity {
+            context: context.to_owned(),
+            value: value.to_owned(),
+        })
+}
+
+/// How the `kind` (endpoint, workload) at `address` is reached: HBONE needs an identity.
+fn tunnel(
+    value: i32,
+    identity: Option<&SpiffeId>,
+    kind: &str,
+    address: &str,
+    context: &str,
+) -> Result<Tunnel, ConfigError> {
+    let tunnel = match proto::EndpointTunnel::try_from(value) {
+        Ok(proto::EndpointTunnel::Hbone) => Tunnel::Hbone,
+        Ok(proto::EndpointTunnel::None) => Tunnel::Plain,
+        Err(_) => return Err(invalid(context, format!("unknown tunnel {value}"))),
+    };
+    if tunnel == Tunnel::Hbone && identity.is_none() {
+        return Err(invalid(
+            context,
+            format!("HBONE {kind} {address} has no identity"),
+        ));
+    }
+    Ok(tunnel)
+}
+
+/// The facts known of the workload at `address`: the first description of it wins.
+fn workload_info(
+    workloads: &mut HashMap<IpAddr, Arc<WorkloadInfo>>,
+    address: IpAddr,
+    uid: &str,
+    labels: &BTreeMap<String, String>,
+    identity: Option<&SpiffeId>,
+) -> Arc<WorkloadInfo> {
+    Arc::clone(workloads.entry(address).or_insert_with(|| {
+        Arc::new(WorkloadInfo {
+            uid: uid.to_owned(),
+            labels: labels.clone(),
+            identity: identity.cloned(),
+        })
+    }))
+}
+
+/// A request source the controller described; an endpoint at the same address already said it.
+fn source_workload(
+    w: &proto::SourceWorkload,
+    workloads: &mut HashMap<IpAddr, Arc<WorkloadInfo>>,
+) -> Result<(), ConfigError> {
+    let context = format!("source workload {}", w.workload_uid);
+    let address = ip(&w.address, &context)?;
+    let identity = identity(&w.identity, &context)?;
+    workload_info(
+        workloads,
+        address,
+        &w.workload_uid,
+        &w.labels,
+        identity.as_ref(),
+    );
+    Ok(())
+}
+
+/// A workload served at its own address; its facts also describe it as a request source.
+fn direct_workload(
+    w: &proto::WaypointWorkload,
+    workloads: &mut HashMap<IpAddr, Arc<WorkloadInfo>>,
+) -> Result<DirectWorkload, ConfigError> {
+    let context = format!("workload {}", w.workload_uid);
+    let context = context.as_str();
+    let address = ip(&w.address, context)?;
+    let identity = identity(&w.identity, context)?;
+    let tunnel = tunnel(w.tunnel, identity.as_ref(), "workload", &w.address, context)?;
+    let mut ports = HashMap::with_capacity(w.ports.len());
+    for p in &w.ports {
+        ports
+            .entry(port(p.port, context)?)
+            .or_insert(protocol(p.protocol, context)?);
+    }
+    let info = workload_info(
+        workloads,
+        address,
+        &w.workload_uid,
+        &w.labels,
+        identity.as_ref(),
+    );
+    Ok(DirectWorkload {
+        address,
+        namespace: w.namespace.clone(),
+        identity,
+        tunnel,
+        info,
+        services: w.services.clone(),
+        ports,
+    })
+}
+
+fn protocol(value: i32, context: &str) -> Result<Protocol, ConfigError> {
+    Ok(match proto::Protocol::try_from(value) {
+        Ok(proto::Protocol::Unspecified) => Protocol::Unspecified,
+        Ok(proto::Protocol::Http) => Protocol::Http,
+        Ok(proto::Protocol::Http2) => Protocol::Http2,
+        Ok(proto::Protocol::Grpc) => Protocol::Grpc,
+        Ok(proto::Protocol::Tcp) => Protocol::Tcp,
+        Ok(proto::Protocol::Tls) => Protocol::Tls,
+        Err(_) => return Err(invalid(context, format!("unknown protocol {value}"))),
+    })
+}
+
+fn service(s: &proto::WaypointService) -> Result<Service, ConfigError> {
+    let context = format!("service {}", s.hostname);
+    let context = context.as_str();
+    let ports = s
+        .ports
+        .iter()
+        .map(|p| {
+            let service_port = port(p.port, context)?;
+            Ok(ServicePort {
+                port: service_port,
+                name: p.name.clone(),
+                protocol: protocol(p.protocol, context)?,
+                target_port: nonzero_port(p.target_port, context)?.unwrap_or(service_port),
+            })
+        })
+        .collect::<Result<Vec<_>, ConfigError>>()?;
+    let mut route_matches = Vec::with_capacity(s.http_routes.len());
+    let mut http_routes = Vec::with_capacity(s.http_routes.len());
+    for (index, r) in s.http_routes.iter().enumerate() {
+        let route_context = format!("{context} http route {index} ({})", r.virtual_service);
+        let (m, r) = route::route(r, &route_context)?;
+        route_matches.push(m);
+        http_routes.push(r);
+    }
+    let tcp_routes = s
+        .tcp_routes
+        .iter()
+        .map(|t| {
+            let matches = t
+                .r#match
+                .iter()
+                .map(|m| {
+                    Ok(L4Match {
+                        destination_subnets: cidrs(&m.destination_subnets, context)?,
+                        port: nonzero_port(m.port, context)?,
+                        source_labels: m.source_labels.clone(),
+                        source_namespace: (!m.source_namespace.is_empty())
+                            .then(|| m.source_namespace.clone()),
+                    })
+                })
+                .collect::<Result<Vec<_>, ConfigError>>()?;
+            let destinations = t
+                .route
+                .iter()
+                .map(|d| {
+                    let (cluster, _) = route::destination_cluster(d.destination.as_ref(), context)?;
+                    Ok((
+                        cluster,
+                        u32::try_from(d.weight).map_err(|_| invalid(context, "negative weight"))?,
+                    ))
+                })
+                .collect::<Result<Vec<_>, ConfigError>>()?;
+            Ok(TcpRoute {
+                matches,
+                destinations,
+                virtual_service: t.virtual_service.clone(),
+            })
+        })
+        .collect::<Result<Vec<_>, ConfigError>>()?;
+    Ok(Service {
+        hostname: s.hostname.clone(),
+        name: s.name.clone(),
+        namespace: s.namespace.clone(),
+        vips: s
+            .vips
+            .iter()
+            .map(|v| ip(v, context))
+            .collect::<Result<_, _>>()?,
+        ports,
+        route_matches,
+        http_routes,
+        tcp_routes,
+    })
+}
+
+impl TryFrom<proto::WaypointConfig> for WaypointConfig {
+    type Error = ConfigError;
+
+    fn try_from(config: proto::WaypointConfig) -> Result<Self, Self::Error> {
+        let mut workloads = HashMap::new();
+        let mut clusters = HashMap::with_capacity(config.clusters.len());
+        for c in &config.clusters {
+            let converted = cluster::cluster(c, &mut workloads)?;
+            if clusters
+                .insert(converted.name.clone(), Arc::new(converted))
+                .is_some()
+            {
+                return Err(ConfigError::DuplicateCluster {
+                    name: c.name.clone(),
+                });
+            }
+        }
+        let mut direct = HashMap::with_capacity(config.workloads.len());
+        for w in &config.workloads {
+            let converted = direct_workload(w, &mut workloads)?;
+            // An address listed twice (a pod's IP reused while the old pod terminates): the
+            // first entry, which the controller lists first because it is the ready one.
+            direct
+                .entry(converted.address)
+                .or_insert_with(|| Arc::new(converted));
+        }
+        for w in &config.source_workloads {
+            source_workload(w, &mut workloads)?;
+        }
+        let services = config
+            .services
+            .iter()
+            .map(|s| service(s).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut by_vip = HashMap::new();
+        for (service_index, s) in services.iter().enumerate() {
+            for (port_index, p) in s.ports.iter().enumerate() {
+                for vip in &s.vips {
+                    by_vip.insert(SocketAddr::new(*vip, p.port), (service_index, port_index));
+                }
+            }
+        }
+        let policies = config
+            .authorization_policies
+            .iter()
+            .map(authorization::authorization)
+            .collect::<Result<_, _>>()?;
+        Ok(WaypointConfig {
+            name: config.name,
+            namespace: config.namespace,
+            services,
+            clusters,
+            policies,
+            by_vip,
+            direct,
+            workloads,
+        })
+    }
+}

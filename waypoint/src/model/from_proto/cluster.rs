@@ -1,0 +1,156 @@
+//! Clusters: endpoints and the DestinationRule's traffic policy.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use weft_proto::waypoint as proto;
+
+use super::{header_name, identity, ip, optional_duration, port, tunnel, workload_info};
+use crate::model::{
+    Cluster, ConfigError, ConnectionLimits, DEFAULT_BASE_EJECTION_TIME,
+    DEFAULT_MAX_EJECTION_PERCENT, DEFAULT_OUTLIER_INTERVAL, Endpoint, HashKey, LoadBalancer,
+    OutlierPolicy, WorkloadInfo, invalid,
+};
+
+fn load_balancer(
+    lb: Option<&proto::LoadBalancerSettings>,
+    context: &str,
+) -> Result<LoadBalancer, ConfigError> {
+    use proto::load_balancer_settings::consistent_hash_lb::HashKey as H;
+    use proto::load_balancer_settings::{LbPolicy, SimpleLb};
+    Ok(match lb.and_then(|l| l.lb_policy.as_ref()) {
+        None => LoadBalancer::LeastRequest,
+        Some(LbPolicy::Simple(simple)) => match SimpleLb::try_from(*simple) {
+            Ok(SimpleLb::RoundRobin) => LoadBalancer::RoundRobin,
+            Ok(SimpleLb::Random) => LoadBalancer::Random,
+            Ok(SimpleLb::Unspecified | SimpleLb::LeastConn | SimpleLb::LeastRequest) => {
+                LoadBalancer::LeastRequest
+            }
+            Ok(SimpleLb::Passthrough) | Err(_) => {
+                return Err(invalid(
+                    context,
+                    format!("unsupported load balancer {simple}"),
+                ));
+            }
+        },
+        Some(LbPolicy::ConsistentHash(hash)) => {
+            LoadBalancer::ConsistentHash(match &hash.hash_key {
+                Some(H::HttpHeaderName(name)) => HashKey::Header(header_name(name, context)?),
+                Some(H::HttpCookie(cookie)) => HashKey::Cookie(cookie.name.clone()),
+                Some(H::UseSourceIp(true)) => HashKey::SourceIp,
+                Some(H::HttpQueryParameterName(name)) => HashKey::QueryParameter(name.clone()),
+                Some(H::UseSourceIp(false)) | None => {
+                    return Err(invalid(context, "consistentHash without a hash key"));
+                }
+            })
+        }
+    })
+}
+
+fn limit(value: i32) -> Option<usize> {
+    usize::try_from(value).ok().filter(|v| *v > 0)
+}
+
+fn limits(
+    p: Option<&proto::ConnectionPoolSettings>,
+    context: &str,
+) -> Result<ConnectionLimits, ConfigError> {
+    let Some(p) = p else {
+        return Ok(ConnectionLimits::default());
+    };
+    let mut limits = ConnectionLimits::default();
+    if let Some(tcp) = &p.tcp {
+        limits.max_connections = limit(tcp.max_connections);
+        limits.connect_timeout = optional_duration(tcp.connect_timeout.as_ref(), context)?;
+    }
+    if let Some(http) = &p.http {
+        limits.max_pending_requests = limit(http.http1_max_pending_requests);
+        limits.max_requests = limit(http.http2_max_requests);
+        limits.max_requests_per_connection = limit(http.max_requests_per_connection);
+        limits.max_retries = limit(http.max_retries);
+        limits.idle_timeout = optional_duration(http.idle_timeout.as_ref(), context)?;
+    }
+    Ok(limits)
+}
+
+fn outlier(
+    o: Option<&proto::OutlierDetection>,
+    context: &str,
+) -> Result<Option<OutlierPolicy>, ConfigError> {
+    let Some(o) = o else { return Ok(None) };
+    if o.consecutive_5xx_errors.is_none() && o.consecutive_gateway_errors.is_none() {
+        return Ok(None);
+    }
+    let percent = |v: i32, name: &str| {
+        u32::try_from(v)
+            .ok()
+            .filter(|v| *v <= 100)
+            .ok_or_else(|| invalid(context, format!("{name} {v} outside 0..100")))
+    };
+    Ok(Some(OutlierPolicy {
+        consecutive_gateway_errors: o.consecutive_gateway_errors.filter(|v| *v > 0),
+        consecutive_5xx: o.consecutive_5xx_errors.filter(|v| *v > 0),
+        interval: optional_duration(o.interval.as_ref(), context)?
+            .unwrap_or(DEFAULT_OUTLIER_INTERVAL),
+        base_ejection_time: optional_duration(o.base_ejection_time.as_ref(), context)?
+            .unwrap_or(DEFAULT_BASE_EJECTION_TIME),
+        max_ejection_percent: if o.max_ejection_percent == 0 {
+            DEFAULT_MAX_EJECTION_PERCENT
+        } else {
+            percent(o.max_ejection_percent, "maxEjectionPercent")?
+        },
+        min_health_percent: percent(o.min_health_percent, "minHealthPercent")?,
+    }))
+}
+
+fn endpoint(
+    e: &proto::Endpoint,
+    workloads: &mut HashMap<IpAddr, Arc<WorkloadInfo>>,
+    context: &str,
+) -> Result<Endpoint, ConfigError> {
+    let address = ip(&e.address, context)?;
+    let identity = identity(&e.identity, context)?;
+    let tunnel = tunnel(e.tunnel, identity.as_ref(), "endpoint", &e.address, context)?;
+    let workload = workload_info(
+        workloads,
+        address,
+        &e.workload_uid,
+        &e.labels,
+        identity.as_ref(),
+    );
+    Ok(Endpoint {
+        address: SocketAddr::new(address, port(e.port, context)?),
+        identity,
+        workload,
+        tunnel,
+        healthy: e.healthy,
+        weight: e.weight.max(1),
+    })
+}
+
+pub(super) fn cluster(
+    c: &proto::Cluster,
+    workloads: &mut HashMap<IpAddr, Arc<WorkloadInfo>>,
+) -> Result<Cluster, ConfigError> {
+    let context = format!("cluster {}", c.name);
+    let context = context.as_str();
+    if c.name.is_empty() {
+        return Err(invalid("cluster", "empty name"));
+    }
+    Ok(Cluster {
+        name: c.name.clone(),
+        host: c.host.clone(),
+        subset: c.subset.clone(),
+        port: port(c.port, context)?,
+        endpoints: c
+            .endpoints
+            .iter()
+            .map(|e| endpoint(e, workloads, context))
+            .collect::<Result<_, _>>()?,
+        load_balancer: load_balancer(c.load_balancer.as_ref(), context)?,
+        limits: limits(c.connection_pool.as_ref(), context)?,
+        outlier: outlier(c.outlier_detection.as_ref(), context)?,
+        destination_rule: c.destination_rule.clone(),
+    })
+}

@@ -1,0 +1,267 @@
+//! What the routes of a service do: HTTP routes (destinations, redirects, direct responses,
+//! rewrites, header operations, retries, faults, mirrors, CORS) and TCP routes.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, StatusCode};
+use ipnet::IpNet;
+use weft_policy::StringMatch;
+
+use super::{ConfigError, invalid};
+
+/// What an HTTP route does with the requests it matches.
+#[derive(Debug, Clone)]
+pub enum RouteAction {
+    Forward(Vec<WeightedDestination>),
+    Redirect(Redirect),
+    DirectResponse { status: StatusCode, body: Bytes },
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub name: Option<String>,
+    pub action: RouteAction,
+    pub rewrite: Option<Rewrite>,
+    pub timeout: Option<Duration>,
+    pub retries: RetryPolicy,
+    pub fault: Option<Fault>,
+    pub mirrors: Vec<Mirror>,
+    pub cors: Option<CorsPolicy>,
+    pub headers: Headers,
+    pub virtual_service: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct WeightedDestination {
+    pub cluster: String,
+    pub host: String,
+    pub weight: u32,
+    pub headers: Headers,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Headers {
+    pub request: HeaderOps,
+    pub response: HeaderOps,
+}
+
+/// Header manipulations, applied set, add, remove.
+#[derive(Debug, Clone, Default)]
+pub struct HeaderOps {
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    pub add: Vec<(HeaderName, HeaderValue)>,
+    pub remove: Vec<HeaderName>,
+}
+
+impl HeaderOps {
+    /// No operations.
+    pub const NONE: HeaderOps = HeaderOps {
+        set: Vec::new(),
+        add: Vec::new(),
+        remove: Vec::new(),
+    };
+
+    pub fn apply(&self, headers: &mut http::HeaderMap) {
+        for (name, value) in &self.set {
+            headers.insert(name.clone(), value.clone());
+        }
+        for (name, value) in &self.add {
+            headers.append(name.clone(), value.clone());
+        }
+        for name in &self.remove {
+            headers.remove(name);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedirectPort {
+    /// No port: the scheme's default.
+    SchemeDefault,
+    FromRequest,
+    Explicit(u16),
+}
+
+#[derive(Debug, Clone)]
+pub struct Redirect {
+    pub uri: Option<String>,
+    pub authority: Option<String>,
+    pub scheme: Option<String>,
+    pub port: RedirectPort,
+    pub status: StatusCode,
+}
+
+#[derive(Debug, Clone)]
+pub struct Rewrite {
+    pub uri: Option<String>,
+    pub uri_regex: Option<(regex::Regex, String)>,
+    pub authority: Option<HeaderValue>,
+}
+
+/// Envoy retry conditions (`x-envoy-retry-on` / `x-envoy-retry-grpc-on` names).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetryOn {
+    pub five_xx: bool,
+    pub gateway_error: bool,
+    pub reset: bool,
+    pub connect_failure: bool,
+    pub refused_stream: bool,
+    pub retriable_4xx: bool,
+    pub retriable_status_codes: Vec<u16>,
+    /// gRPC status names: `cancelled`, `deadline-exceeded`, `internal`, `resource-exhausted`,
+    /// `unavailable`.
+    pub grpc: Vec<u32>,
+}
+
+/// Istio's default `retryOn` when a route sets none.
+pub const DEFAULT_RETRY_ON: &str =
+    "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes";
+/// Istio's default number of retries.
+pub const DEFAULT_RETRY_ATTEMPTS: u32 = 2;
+/// Status codes `retriable-status-codes` covers by default (istiod sets 503).
+pub const DEFAULT_RETRIABLE_STATUS_CODES: &[u16] = &[503];
+
+impl RetryOn {
+    pub fn parse(text: &str, context: &str) -> Result<Self, ConfigError> {
+        let mut on = RetryOn::default();
+        let mut wants_status_codes = false;
+        for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            match item {
+                "5xx" => on.five_xx = true,
+                "gateway-error" => on.gateway_error = true,
+                "reset" | "reset-before-request" => on.reset = true,
+                "connect-failure" => on.connect_failure = true,
+                "refused-stream" => on.refused_stream = true,
+                "retriable-4xx" => on.retriable_4xx = true,
+                "retriable-status-codes" => wants_status_codes = true,
+                "cancelled" => on.grpc.push(1),
+                "deadline-exceeded" => on.grpc.push(4),
+                "resource-exhausted" => on.grpc.push(8),
+                "internal" => on.grpc.push(13),
+                "unavailable" => on.grpc.push(14),
+                // Envoy conditions that need no action here: headers we do not set.
+                "retriable-headers" | "envoy-ratelimited" | "http3-post-connect-failure" => {}
+                code => {
+                    let status: u16 = code
+                        .parse()
+                        .ok()
+                        .filter(|c| (100..600).contains(c))
+                        .ok_or_else(|| invalid(context, format!("unknown retryOn {code:?}")))?;
+                    on.retriable_status_codes.push(status);
+                }
+            }
+        }
+        if wants_status_codes && on.retriable_status_codes.is_empty() {
+            on.retriable_status_codes = DEFAULT_RETRIABLE_STATUS_CODES.to_vec();
+        }
+        Ok(on)
+    }
+
+    /// Whether a response status asks for another attempt.
+    pub fn status_retriable(&self, status: u16, grpc_status: Option<u32>) -> bool {
+        (self.five_xx && status >= 500)
+            || (self.gateway_error && matches!(status, 502..=504))
+            || (self.retriable_4xx && status == 409)
+            || self.retriable_status_codes.contains(&status)
+            || grpc_status.is_some_and(|g| self.grpc.contains(&g))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt.
+    pub attempts: u32,
+    pub per_try_timeout: Option<Duration>,
+    pub on: RetryOn,
+}
+
+impl RetryPolicy {
+    pub fn mesh_default() -> Self {
+        RetryPolicy {
+            attempts: DEFAULT_RETRY_ATTEMPTS,
+            per_try_timeout: None,
+            on: RetryOn::parse(DEFAULT_RETRY_ON, "default retry policy").unwrap_or_default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum AbortKind {
+    Http(StatusCode),
+    /// gRPC status code.
+    Grpc(u32),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fault {
+    pub delay: Option<(Duration, f64)>,
+    pub abort: Option<(AbortKind, f64)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Mirror {
+    pub cluster: String,
+    pub host: String,
+    pub percent: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct CorsPolicy {
+    pub allow_origins: Vec<StringMatch>,
+    pub allow_methods: String,
+    pub allow_headers: String,
+    pub expose_headers: String,
+    pub max_age: Option<Duration>,
+    pub allow_credentials: bool,
+}
+
+impl CorsPolicy {
+    pub fn origin_allowed(&self, origin: &str) -> bool {
+        self.allow_origins.iter().any(|m| m.matches(origin))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TcpRoute {
+    pub matches: Vec<L4Match>,
+    pub destinations: Vec<(String, u32)>,
+    pub virtual_service: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct L4Match {
+    pub destination_subnets: Vec<IpNet>,
+    pub port: Option<u16>,
+    pub source_labels: BTreeMap<String, String>,
+    pub source_namespace: Option<String>,
+}
+
+impl L4Match {
+    pub fn matches(
+        &self,
+        destination: SocketAddr,
+        source_labels: Option<&BTreeMap<String, String>>,
+        source_namespace: Option<&str>,
+    ) -> bool {
+        (self.destination_subnets.is_empty()
+            || self
+                .destination_subnets
+                .iter()
+                .any(|n| n.contains(&destination.ip())))
+            && self.port.is_none_or(|p| p == destination.port())
+            && self
+                .source_namespace
+                .as_deref()
+                .is_none_or(|ns| source_namespace == Some(ns))
+            && (self.source_labels.is_empty()
+                || source_labels
+                    .is_some_and(|l| self.source_labels.iter().all(|(k, v)| l.get(k) == Some(v))))
+    }
+}

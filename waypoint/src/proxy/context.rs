@@ -1,0 +1,260 @@
+//! A request's room: what its tunnel knows (identity and addresses, per connection), what the
+//! configuration in force when it arrived makes of it (target, per request), and the record the
+//! access log and metrics are written from.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{self, HeaderName};
+use http::{Request, Response, Version};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use super::{BoxError, ProxyBody, ProxyShared, TunnelContext, full};
+use crate::metrics::{Peer, RequestRecord};
+use crate::model::{Endpoint, Target, WaypointConfig};
+use crate::upstream::HashInput;
+
+pub(super) static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+
+/// One request on its way through the pipeline.
+pub(super) struct RequestContext<'a> {
+    pub shared: &'a ProxyShared,
+    /// The configuration in force when the request arrived: routes, clusters and policies are
+    /// read from it, never from a later one, so one request sees one configuration.
+    pub config: &'a WaypointConfig,
+    /// The connection: peer identity and addresses, fixed while it is open.
+    pub tunnel: &'a TunnelContext,
+    /// What `config` makes of the tunnel's `:authority`.
+    pub target: Target<'a>,
+    /// The access-log line and metrics of this request, written when its response ends.
+    pub record: RequestRecord,
+    /// The normalized path, once the pipeline has normalized it.
+    pub path: String,
+    /// The query, without a fragment.
+    pub query: Option<String>,
+}
+
+impl<'a> RequestContext<'a> {
+    pub fn new(
+        shared: &'a ProxyShared,
+        config: &'a WaypointConfig,
+        tunnel: &'a TunnelContext,
+        target: Target<'a>,
+        record: RequestRecord,
+    ) -> Self {
+        RequestContext {
+            shared,
+            config,
+            tunnel,
+            target,
+            record,
+            path: String::new(),
+            query: None,
+        }
+    }
+
+    /// What consistent hashing reads for this request, with `headers` as they go upstream.
+    pub fn hash_input<'h>(&'h self, headers: &'h http::HeaderMap) -> HashInput<'h> {
+        HashInput {
+            headers,
+            query: self.query.as_deref(),
+            source_ip: self.tunnel.source_ip,
+        }
+    }
+
+    /// Records the endpoint an attempt goes to.
+    pub fn record_endpoint(&mut self, endpoint: &Endpoint) {
+        self.record.upstream_host = Some(endpoint.address.to_string());
+        self.record.destination.workload = Some(Arc::clone(&endpoint.workload));
+        self.record.destination.principal = endpoint.identity.as_ref().map(ToString::to_string);
+    }
+
+    /// Hands the record over to the response, which writes it once its body ends.
+    pub fn finish(self, response: Response<ProxyBody>) -> Response<ProxyBody> {
+        finish(response, self.record)
+    }
+}
+
+/// Fills what the record knows before the pipeline runs.
+pub(super) fn describe_request(
+    record: &mut RequestRecord,
+    config: &WaypointConfig,
+    tunnel: &TunnelContext,
+    target: Option<&Target<'_>>,
+    request: &Request<Incoming>,
+) {
+    let header = |name: &str| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    record.method = request.method().to_string();
+    record.path = request
+        .uri()
+        .path_and_query()
+        .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
+    record.protocol = match request.version() {
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_10 => "HTTP/1.0",
+        _ => "HTTP/1.1",
+    };
+    record.authority = authority_of(request).to_owned();
+    record.request_id = header("x-request-id");
+    record.user_agent = header("user-agent");
+    record.forwarded_for = header("x-forwarded-for");
+    record.mtls = tunnel.peer.is_some();
+    record.source = Peer {
+        workload: config.workload(tunnel.source_ip).cloned(),
+        principal: tunnel.peer.as_ref().map(ToString::to_string),
+        namespace: tunnel.peer.as_ref().map(|p| p.namespace().to_owned()),
+    };
+    // A workload addressed directly was not addressed through a service: its service labels
+    // stay unknown, its workload labels come from the endpoint.
+    if let Some(Target::Service(target)) = target {
+        let service = target.service;
+        record.destination_service = Some((
+            service.hostname.clone(),
+            service.name.clone(),
+            service.namespace.clone(),
+        ));
+    }
+    record.destination.namespace = target.map(|t| t.namespace().to_owned());
+    record.downstream_local = tunnel.destination.to_string();
+    record.downstream_remote = tunnel.peer_address.to_string();
+    if let Some(length) = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+    {
+        record.bytes_received = length;
+    }
+}
+
+pub(super) fn authority_of<B>(request: &Request<B>) -> &str {
+    request
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| {
+            request
+                .headers()
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+        })
+        .unwrap_or_default()
+}
+
+/// A random UUID v4 for `x-request-id`.
+pub(super) fn request_id() -> String {
+    let bytes: [u8; 16] = rand::random();
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-4{}-{:x}{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[13..16],
+        8 | (bytes[8] & 0x3),
+        &hex[17..20],
+        &hex[20..32]
+    )
+}
+
+/// A response body that counts the bytes sent and releases the request's record (access log
+/// and metrics) when the body ends or is dropped.
+struct RecordedBody {
+    inner: ProxyBody,
+    record: Option<RequestRecord>,
+}
+
+impl Body for RecordedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(data), Some(record)) = (frame.data_ref(), self.record.as_mut()) {
+                    record.bytes_sent += data.len() as u64;
+                }
+                if let (Some(trailers), Some(record)) = (frame.trailers_ref(), self.record.as_mut())
+                    && let Some(status) = trailers.get(&GRPC_STATUS).and_then(|v| v.to_str().ok())
+                {
+                    record.grpc_status = Some(status.to_owned());
+                }
+            }
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
+                self.record = None;
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Writes the response's status into `record`, which is emitted when the body ends.
+pub(super) fn finish(
+    mut response: Response<ProxyBody>,
+    mut record: RequestRecord,
+) -> Response<ProxyBody> {
+    record.status = response.status().as_u16();
+    if let Some(grpc) = response
+        .headers()
+        .get(&GRPC_STATUS)
+        .and_then(|v| v.to_str().ok())
+    {
+        record.grpc_status = Some(grpc.to_owned());
+    }
+    let body = std::mem::replace(response.body_mut(), full(Bytes::new()));
+    if body.is_end_stream() {
+        drop(record);
+        *response.body_mut() = body;
+        return response;
+    }
+    *response.body_mut() = RecordedBody {
+        inner: body,
+        record: Some(record),
+    }
+    .boxed();
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::request_id;
+
+    #[test]
+    fn request_ids_are_uuid_v4() {
+        let id = request_id();
+        let parts: Vec<&str> = id.split('-').collect();
+        assert_eq!(
+            parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
+            [8, 4, 4, 4, 12]
+        );
+        assert!(parts[2].starts_with('4'));
+        assert!(
+            matches!(parts[3].as_bytes()[0], b'8' | b'9' | b'a' | b'b'),
+            "{id}"
+        );
+        assert_ne!(id, request_id());
+    }
+}

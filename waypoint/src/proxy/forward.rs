@@ -1,0 +1,425 @@
+//! The upstream exchange of a routed request: the destination its weights pick, the request as
+//! it goes upstream (hop-by-hop headers removed, `x-forwarded-*`, header operations, rewrites),
+//! mirrors, and the attempts under the route's retries, per-try timeout and timeout.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, Uri, Version};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use tracing::{Instrument, debug, debug_span, warn};
+use weft_policy::StringMatch;
+use weft_policy::route::{percentage_hit, pick_weighted};
+
+use super::context::{GRPC_STATUS, RequestContext};
+use super::{BoxError, LocalReply, ProxyBody, actions, upgrade};
+use crate::model::{
+    Cluster, Endpoint, Headers, Mirror, Protocol, RetryPolicy, Route, WeightedDestination,
+};
+use crate::upstream::UpstreamError;
+
+/// Envoy's default base interval between retries.
+const RETRY_BASE_INTERVAL: Duration = Duration::from_millis(25);
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// Where a request goes: its route, the header operations of the destination the route picked,
+/// and that destination's cluster.
+pub(super) struct Forwarding<'r> {
+    pub route: &'r Route,
+    pub destination: &'r Headers,
+    pub cluster: Arc<Cluster>,
+    /// The uri match that selected the route: a rewrite replaces what it matched.
+    pub matched_uri: Option<&'r StringMatch>,
+}
+
+/// Picks one of the route's destinations by weight and forwards the request to its cluster.
+pub(super) async fn forward(
+    cx: &mut RequestContext<'_>,
+    request: Request<Incoming>,
+    route: &Route,
+    destinations: &[WeightedDestination],
+    matched_uri: Option<&StringMatch>,
+) -> Result<Response<ProxyBody>, LocalReply> {
+    let weights: Vec<u32> = destinations.iter().map(|d| d.weight).collect();
+    let destination = pick_weighted(&weights, rand::random())
+        .and_then(|i| destinations.get(i))
+        .ok_or(LocalReply::NoDestination)?;
+    let cluster = cx
+        .config
+        .cluster(&destination.cluster)
+        .cloned()
+        .ok_or(LocalReply::ClusterNotFound)?;
+    let to = Forwarding {
+        route,
+        destination: &destination.headers,
+        cluster,
+        matched_uri,
+    };
+    forward_to(cx, request, to).await
+}
+
+/// Sends the request to `to.cluster`: rewrites and header operations, mirrors, then the
+/// attempts under the route's retries and timeout.
+pub(super) async fn forward_to(
+    cx: &mut RequestContext<'_>,
+    request: Request<Incoming>,
+    to: Forwarding<'_>,
+) -> Result<Response<ProxyBody>, LocalReply> {
+    cx.record.upstream_cluster = Some(to.cluster.name.clone());
+    let upgrade = upgrade::requested(&request);
+    let http2 = !upgrade
+        && (request.version() == Version::HTTP_2
+            || matches!(cx.target.protocol(), Protocol::Http2 | Protocol::Grpc));
+    let (mut parts, body) = request.into_parts();
+    // The downstream request keeps only what an upgrade needs of it (its extensions).
+    let mut headers = std::mem::take(&mut parts.headers);
+    let upgrade_headers = upgrade.then(|| {
+        (
+            headers.get(header::CONNECTION).cloned(),
+            headers.get(header::UPGRADE).cloned(),
+        )
+    });
+    strip_hop_by_hop(&mut headers);
+    headers.remove(header::HOST);
+    append_forwarded_for(&mut headers, cx.tunnel.source_ip);
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    }
+    to.route.headers.request.apply(&mut headers);
+    to.destination.request.apply(&mut headers);
+    let mut authority = cx.record.authority.clone();
+    let mut path = cx.path.clone();
+    if let Some(rewrite) = &to.route.rewrite {
+        path = actions::rewrite_path(rewrite, to.matched_uri, &path);
+        if let Some(new_authority) = rewrite.authority.as_ref().and_then(|a| a.to_str().ok()) {
+            authority = new_authority.to_owned();
+        }
+    }
+    let path_and_query = match &cx.query {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+
+    if let Some((connection, upgrade_value)) = upgrade_headers {
+        if let Some(v) = connection {
+            headers.insert(header::CONNECTION, v);
+        }
+        if let Some(v) = upgrade_value {
+            headers.insert(header::UPGRADE, v);
+        }
+        let outgoing = Outgoing {
+            method: parts.method.clone(),
+            path_and_query,
+            authority,
+            headers,
+            body: Bytes::new(),
+            http2: false,
+        };
+        let downstream = Request::from_parts(parts, body);
+        return upgrade::forward(
+            cx,
+            &to.cluster,
+            outgoing,
+            downstream,
+            &to.destination.response,
+        )
+        .await;
+    }
+
+    let body = match Limited::new(body, cx.shared.max_request_body)
+        .collect()
+        .await
+    {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) => {
+            return Err(
+                if error
+                    .downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some()
+                {
+                    LocalReply::PayloadTooLarge
+                } else {
+                    LocalReply::DownstreamDisconnect
+                },
+            );
+        }
+    };
+    cx.record.bytes_received = body.len() as u64;
+    let outgoing = Outgoing {
+        method: parts.method,
+        path_and_query,
+        authority,
+        headers,
+        body,
+        http2,
+    };
+    send_mirrors(cx, &to.route.mirrors, &outgoing);
+    let attempts = send_with_retries(cx, &to.cluster, &outgoing, &to.route.retries);
+    let mut response = match to.route.timeout {
+        Some(limit) => tokio::time::timeout(limit, attempts)
+            .await
+            .map_err(|_| LocalReply::RouteTimeout)??,
+        None => attempts.await?,
+    };
+    to.destination.response.apply(response.headers_mut());
+    Ok(response)
+}
+
+/// The request sent upstream, before per-attempt details.
+pub(super) struct Outgoing {
+    pub method: Method,
+    pub path_and_query: String,
+    pub authority: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub http2: bool,
+}
+
+impl Outgoing {
+    pub fn build(&self, authority_suffix: &str) -> Request<Full<Bytes>> {
+        let authority = format!("{}{authority_suffix}", self.authority);
+        let uri = if self.http2 {
+            Uri::builder()
+                .scheme("http")
+                .authority(authority.as_str())
+                .path_and_query(self.path_and_query.as_str())
+                .build()
+        } else {
+            Uri::builder()
+                .path_and_query(self.path_and_query.as_str())
+                .build()
+        };
+        let mut request = Request::new(Full::new(self.body.clone()));
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = uri.unwrap_or_else(|_| Uri::from_static("/"));
+        *request.headers_mut() = self.headers.clone();
+        if self.http2 {
+            *request.version_mut() = Version::HTTP_2;
+            request.headers_mut().remove(header::HOST);
+        } else if let Ok(host) = HeaderValue::from_str(&authority) {
+            request.headers_mut().insert(header::HOST, host);
+        }
+        request
+    }
+}
+
+/// Sends a copy of the request to each mirror whose percentage hits; their answers are read
+/// and dropped. A mirror to a cluster that does not exist is not sent.
+fn send_mirrors(cx: &RequestContext<'_>, mirrors: &[Mirror], outgoing: &Outgoing) {
+    for mirror in mirrors {
+        if !percentage_hit(mirror.percent, rand::random()) {
+            continue;
+        }
+        let Some(mirror_cluster) = cx.config.cluster(&mirror.cluster).cloned() else {
+            continue;
+        };
+        let request = outgoing.build("-shadow");
+        let upstream = cx.shared.upstream.clone();
+        let headers = outgoing.headers.clone();
+        let source = cx.tunnel.source_ip;
+        let query = cx.query.clone();
+        let http2 = outgoing.http2;
+        tokio::spawn(
+            async move {
+                let hash = crate::upstream::HashInput {
+                    headers: &headers,
+                    query: query.as_deref(),
+                    source_ip: source,
+                };
+                let Ok(endpoint) = upstream.choose_endpoint(&mirror_cluster, &hash, &[]) else {
+                    return;
+                };
+                match upstream
+                    .send(&mirror_cluster, &endpoint, request, http2, source)
+                    .await
+                {
+                    // The mirror's answer is read and discarded so the connection is reusable.
+                    Ok(response) => drop(response.into_body().collect().await),
+                    Err(error) => debug!(%error, "mirror request failed"),
+                }
+            }
+            .instrument(debug_span!("mirror", cluster = %mirror.cluster)),
+        );
+    }
+}
+
+fn error_retriable(error: &UpstreamError, policy: &RetryPolicy) -> bool {
+    let on = &policy.on;
+    match error {
+        UpstreamError::ConnectFailure { .. } => {
+            on.connect_failure || on.five_xx || on.gateway_error || on.reset
+        }
+        UpstreamError::RefusedStream { .. } => on.refused_stream || on.five_xx || on.reset,
+        UpstreamError::Reset { .. } => on.reset || on.five_xx,
+        UpstreamError::NoHealthyUpstream(_) | UpstreamError::Overflow(_) => false,
+    }
+}
+
+/// Tries the request up to `1 + attempts` times, each on a fresh endpoint choice.
+async fn send_with_retries(
+    cx: &mut RequestContext<'_>,
+    cluster: &Arc<Cluster>,
+    outgoing: &Outgoing,
+    policy: &RetryPolicy,
+) -> Result<Response<ProxyBody>, LocalReply> {
+    let shared = cx.shared;
+    let upstream = &shared.upstream;
+    let source_ip = cx.tunnel.source_ip;
+    let _admission = upstream.admit(cluster).await?;
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    let mut attempt: u32 = 0;
+    let mut retry_permit = None;
+    loop {
+        let endpoint: Endpoint =
+            upstream.choose_endpoint(cluster, &cx.hash_input(&outgoing.headers), &tried)?;
+        tried.push(endpoint.address);
+        cx.record_endpoint(&endpoint);
+        let send = upstream.send(
+            cluster,
+            &endpoint,
+            outgoing.build(""),
+            outgoing.http2,
+            source_ip,
+        );
+        let outcome = match policy.per_try_timeout {
+            Some(limit) => tokio::time::timeout(limit, send).await.ok(),
+            None => Some(send.await),
+        };
+        let can_retry = attempt < policy.attempts;
+        match outcome {
+            Some(Ok(response)) => {
+                let status = response.status().as_u16();
+                upstream.record_outcome(cluster, endpoint.address, Some(status));
+                let grpc = response
+                    .headers()
+                    .get(&GRPC_STATUS)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok());
+                if can_retry
+                    && policy.on.status_retriable(status, grpc)
+                    && let Some(permit) = upstream.retry_permit(cluster)
+                {
+                    retry_permit = Some(permit);
+                    debug!(status, attempt, "retrying after a retriable status");
+                    drop(response);
+                    attempt += 1;
+                    backoff(attempt).await;
+                    continue;
+                }
+                drop(retry_permit);
+                let mut response = response;
+                strip_hop_by_hop(response.headers_mut());
+                return Ok(response.map(|b| b.map_err(BoxError::from).boxed()));
+            }
+            Some(Err(error)) => {
+                upstream.record_outcome(cluster, endpoint.address, None);
+                warn!(%error, attempt, "upstream attempt failed");
+                if can_retry
+                    && error_retriable(&error, policy)
+                    && let Some(permit) = upstream.retry_permit(cluster)
+                {
+                    retry_permit = Some(permit);
+                    attempt += 1;
+                    backoff(attempt).await;
+                    continue;
+                }
+                return Err(error.into());
+            }
+            None => {
+                upstream.record_outcome(cluster, endpoint.address, Some(504));
+                let retriable = policy.on.five_xx
+                    || policy.on.gateway_error
+                    || policy.on.retriable_status_codes.contains(&504);
+                if can_retry
+                    && retriable
+                    && let Some(permit) = upstream.retry_permit(cluster)
+                {
+                    retry_permit = Some(permit);
+                    attempt += 1;
+                    continue;
+                }
+                return Err(LocalReply::PerTryTimeout);
+            }
+        }
+    }
+}
+
+/// Envoy's retry back-off: a random time below `base * 2^(n-1)`, capped at ten times the base.
+async fn backoff(attempt: u32) {
+    let ceiling = RETRY_BASE_INTERVAL * 2u32.saturating_pow(attempt.saturating_sub(1).min(4));
+    let ceiling = ceiling.min(RETRY_BASE_INTERVAL * 10);
+    let millis = u64::try_from(ceiling.as_millis()).unwrap_or(250).max(1);
+    tokio::time::sleep(Duration::from_millis(rand::random_range(0..millis))).await;
+}
+
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "http2-settings",
+];
+
+pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        // `te: trailers` is allowed (and needed by gRPC) over HTTP/2.
+        if name == "te"
+            && headers
+                .get(header::TE)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+        {
+            continue;
+        }
+        headers.remove(name);
+    }
+}
+
+fn append_forwarded_for(headers: &mut HeaderMap, source: IpAddr) {
+    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(existing) => format!("{existing}, {source}"),
+        None => source.to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_not_forwarded() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, "keep-alive, x-private".parse().unwrap());
+        headers.insert("x-private", "1".parse().unwrap());
+        headers.insert("keep-alive", "timeout=5".parse().unwrap());
+        headers.insert(header::TE, "trailers".parse().unwrap());
+        headers.insert("traceparent", "00-abc-def-01".parse().unwrap());
+        strip_hop_by_hop(&mut headers);
+        assert!(!headers.contains_key("x-private"));
+        assert!(!headers.contains_key(header::CONNECTION));
+        assert!(!headers.contains_key("keep-alive"));
+        assert_eq!(headers[header::TE], "trailers");
+        assert_eq!(headers["traceparent"], "00-abc-def-01");
+    }
+}

@@ -1,0 +1,258 @@
+//! The order a request goes through: conformance, request id, path normalization, then
+//! authorization and route selection together (both are decisions over the same view of the
+//! request), then the route: CORS preflight, faults, and its action (direct response, redirect
+//! or forward), with the route's response headers and CORS headers on what comes back.
+
+use std::borrow::Cow;
+use std::sync::{Arc, LazyLock};
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response};
+use hyper::body::Incoming;
+use tracing::debug;
+use weft_identity::SpiffeId;
+use weft_policy::l7::{HttpAuthzRequest, evaluate_http};
+use weft_policy::path::normalize_path;
+use weft_policy::route::{HeaderSource, RequestView, RouteSelection, select_route};
+use weft_policy::{Decision, StringMatch};
+
+use super::context::{RequestContext, request_id};
+use super::forward::{self, Forwarding};
+use super::{LocalReply, ProxyBody, actions};
+use crate::model::{HeaderOps, Headers, RetryOn, RetryPolicy, Route, RouteAction, Target};
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Serves the request; every refusal or failure becomes its local reply.
+pub(super) async fn run(
+    cx: &mut RequestContext<'_>,
+    request: Request<Incoming>,
+) -> Response<ProxyBody> {
+    match route_request(cx, request).await {
+        Ok(response) => response,
+        Err(reply) => reply.respond(&mut cx.record),
+    }
+}
+
+async fn route_request(
+    cx: &mut RequestContext<'_>,
+    mut request: Request<Incoming>,
+) -> Result<Response<ProxyBody>, LocalReply> {
+    if let Err(refusal) = crate::conformance::admit(&mut request, &cx.shared.upgrades) {
+        debug!(%refusal, "request refused before routing");
+        return Err(refusal.into());
+    }
+    if cx.record.request_id.is_empty() {
+        cx.record.request_id = request_id();
+        if let Ok(value) = HeaderValue::from_str(&cx.record.request_id) {
+            request.headers_mut().insert(X_REQUEST_ID.clone(), value);
+        }
+    }
+    // The record holds the path as it arrived (with the query): policies and routes see the
+    // normalized path, redirects the original.
+    let raw_path = &cx.record.path;
+    let normalized = normalize_path(raw_path).map_err(|_| LocalReply::InvalidPath)?;
+    cx.query = raw_path
+        .split_once('?')
+        .map(|(_, q)| q.split('#').next().unwrap_or(q).to_owned());
+    cx.path = normalized;
+
+    let (decision, selection) = decide(cx, &request);
+    if let Decision::Deny(reason) = decision {
+        debug!(%reason, "request denied");
+        return Err(LocalReply::Denied(reason));
+    }
+
+    let service = match cx.target {
+        Target::Service(target) => target.service,
+        Target::Workload(target) => {
+            // Exactly the address the client asked for, as Istio's waypoint carries
+            // workload-addressed traffic: no VirtualService, no retries (an inbound route).
+            let to = Forwarding {
+                route: &DIRECT_ROUTE,
+                destination: &NO_HEADERS,
+                cluster: Arc::new(target.cluster()),
+                matched_uri: None,
+            };
+            return forward::forward_to(cx, request, to).await;
+        }
+    };
+    let Some(selection) = selection else {
+        // No route: plain service routing to any endpoint of the service.
+        let cluster = cx
+            .config
+            .default_cluster(&service.hostname, cx.target.port())
+            .ok_or(LocalReply::RouteNotFound)?;
+        let to = Forwarding {
+            route: &DEFAULT_ROUTE,
+            destination: &NO_HEADERS,
+            cluster: Arc::clone(cluster),
+            matched_uri: None,
+        };
+        return forward::forward_to(cx, request, to).await;
+    };
+    let route = &service.http_routes[selection.route_index];
+    let matched_uri = selection.match_index.and_then(|i| {
+        service.route_matches[selection.route_index].matches[i]
+            .uri
+            .as_ref()
+    });
+    cx.record.route_name = route.name.clone();
+    Ok(follow_route(cx, request, route, matched_uri).await)
+}
+
+/// The authorization decision and the route selected, over one view of the request.
+fn decide(
+    cx: &RequestContext<'_>,
+    request: &Request<Incoming>,
+) -> (Decision, Option<RouteSelection>) {
+    let tunnel = cx.tunnel;
+    let peer_identity = tunnel.peer.as_ref();
+    let source_workload = cx.config.workload(tunnel.source_ip);
+    let headers = HeaderMapSource(request.headers());
+    let view = RequestView {
+        method: request.method().as_str(),
+        scheme: "http",
+        authority: &cx.record.authority,
+        path: &cx.path,
+        query: cx.query.as_deref(),
+        headers: &headers,
+        port: cx.target.port(),
+        source_labels: source_workload.map(|w| &w.labels),
+        source_namespace: peer_identity.map(SpiffeId::namespace),
+    };
+    let authz = HttpAuthzRequest {
+        request: view,
+        source_identity: peer_identity,
+        source_ip: tunnel.source_ip,
+        remote_ip: tunnel.source_ip,
+        destination_ip: tunnel.destination.ip(),
+        sni: None,
+    };
+    let selection = match cx.target {
+        Target::Service(target) => select_route(&target.service.route_matches, &view),
+        // Routing belongs to services: a workload addressed directly gets no route.
+        Target::Workload(_) => None,
+    };
+    (
+        evaluate_http(cx.config.policies_for(&cx.target), &authz),
+        selection,
+    )
+}
+
+/// The route's actions: a CORS preflight or a fault may answer first; then the direct response,
+/// redirect or forward, and the route's response headers and CORS headers on its answer.
+async fn follow_route(
+    cx: &mut RequestContext<'_>,
+    request: Request<Incoming>,
+    route: &Route,
+    matched_uri: Option<&StringMatch>,
+) -> Response<ProxyBody> {
+    let origin = request
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    if let (Some(cors), Some(origin)) = (&route.cors, &origin)
+        && request.method() == Method::OPTIONS
+        && request
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+        && cors.origin_allowed(origin)
+    {
+        return actions::cors_preflight(cors, origin).respond(&mut cx.record);
+    }
+    if let Some(fault) = &route.fault
+        && let Some(abort) = actions::apply_fault(fault, &mut cx.record).await
+    {
+        return abort.respond(&mut cx.record);
+    }
+    let answer = match &route.action {
+        RouteAction::DirectResponse { status, body } => Err(LocalReply::DirectResponse {
+            status: *status,
+            body: body.clone(),
+        }),
+        RouteAction::Redirect(redirect) => Err(actions::redirect(
+            redirect,
+            &cx.record.authority,
+            &cx.record.path,
+            cx.target.port(),
+        )),
+        RouteAction::Forward(destinations) => {
+            forward::forward(cx, request, route, destinations, matched_uri).await
+        }
+    };
+    let mut response = answer.unwrap_or_else(|reply| reply.respond(&mut cx.record));
+    route.headers.response.apply(response.headers_mut());
+    if let (Some(cors), Some(origin)) = (&route.cors, &origin)
+        && cors.origin_allowed(origin)
+    {
+        actions::add_cors_headers(cors, origin, response.headers_mut());
+    }
+    response
+}
+
+/// The route of a request no route matched: to the service's default cluster, with Istio's
+/// default retries.
+static DEFAULT_ROUTE: LazyLock<Route> = LazyLock::new(|| Route {
+    name: Some("default".to_owned()),
+    retries: RetryPolicy::mesh_default(),
+    ..forward_only_route()
+});
+
+/// The route of a workload addressed directly: to its one-endpoint cluster, nothing else.
+static DIRECT_ROUTE: LazyLock<Route> = LazyLock::new(|| Route {
+    retries: RetryPolicy {
+        attempts: 0,
+        per_try_timeout: None,
+        on: RetryOn::default(),
+    },
+    ..forward_only_route()
+});
+
+/// A route that only forwards, to the cluster the pipeline gives it.
+fn forward_only_route() -> Route {
+    Route {
+        name: None,
+        action: RouteAction::Forward(Vec::new()),
+        rewrite: None,
+        timeout: None,
+        retries: RetryPolicy::mesh_default(),
+        fault: None,
+        mirrors: Vec::new(),
+        cors: None,
+        headers: Default::default(),
+        virtual_service: String::new(),
+    }
+}
+
+/// The header operations of the default and direct routes' destinations: none.
+static NO_HEADERS: Headers = Headers {
+    request: HeaderOps::NONE,
+    response: HeaderOps::NONE,
+};
+
+/// Headers as route matching and authorization read them: repeated headers joined by commas.
+struct HeaderMapSource<'a>(&'a HeaderMap);
+
+impl HeaderSource for HeaderMapSource<'_> {
+    fn header(&self, lowercase_name: &str) -> Option<Cow<'_, str>> {
+        let mut values = self
+            .0
+            .get_all(lowercase_name)
+            .iter()
+            .filter_map(|v| v.to_str().ok());
+        let first = values.next()?;
+        let rest: Vec<&str> = values.collect();
+        if rest.is_empty() {
+            Some(Cow::Borrowed(first))
+        } else {
+            let mut joined = first.to_owned();
+            for v in rest {
+                joined.push(',');
+                joined.push_str(v);
+            }
+            Some(Cow::Owned(joined))
+        }
+    }
+}

@@ -1,0 +1,279 @@
+//! Every answer the waypoint gives itself instead of an upstream's, as one type, and the one
+//! function that turns it into the status, body, `response_flags` and `response_code_details`
+//! Envoy gives in the same case (linkerd's `errors::respond`, the agent's `proxy::error`).
+//! What a refusal looks like to clients, metrics and the access log is decided here and
+//! nowhere else.
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Response, StatusCode};
+use weft_policy::{ACCESS_DENIED_BODY, ACCESS_DENIED_STATUS, DenyReason};
+
+use super::context::GRPC_STATUS;
+use super::{ProxyBody, full};
+use crate::conformance::Nonconforming;
+use crate::metrics::{RequestRecord, ResponseFlag};
+use crate::model::AbortKind;
+use crate::upstream::UpstreamError;
+
+/// Why the waypoint answers a request itself.
+#[derive(Debug)]
+pub(crate) enum LocalReply {
+    /// Not an HTTP request the waypoint accepts ([`crate::conformance`]).
+    Nonconforming(Nonconforming),
+    /// The tunnel's destination is no longer served here: its service stopped using the
+    /// waypoint while the connection was open. An HTTP/1 connection closes after the answer,
+    /// so that the client's agent carries the next one without the waypoint.
+    NotServed { close_connection: bool },
+    /// The path has no normalized form.
+    InvalidPath,
+    /// Refused by an authorization policy.
+    Denied(DenyReason),
+    /// No route matched and the service has no default cluster for the port.
+    RouteNotFound,
+    /// The route's weights picked no destination.
+    NoDestination,
+    /// The route names a cluster that does not exist (an undefined subset, host or port).
+    ClusterNotFound,
+    /// A CORS preflight the route's policy allows, with its `access-control-*` headers.
+    CorsPreflight(HeaderMap),
+    /// The route's fault injection aborted the request.
+    FaultAbort(AbortKind),
+    /// The route's `directResponse`.
+    DirectResponse { status: StatusCode, body: Bytes },
+    /// The route's `redirect`; `location` is `None` when it is not a valid header value.
+    Redirect {
+        status: StatusCode,
+        location: Option<HeaderValue>,
+    },
+    /// The request body is larger than the waypoint buffers for retries and mirrors.
+    PayloadTooLarge,
+    /// The client went away or broke the body while it was being read.
+    DownstreamDisconnect,
+    /// The route's timeout ran out before a response.
+    RouteTimeout,
+    /// The last attempt's `perTryTimeout` ran out.
+    PerTryTimeout,
+    /// No endpoint could be chosen or the last attempt failed.
+    Upstream(UpstreamError),
+}
+
+impl From<UpstreamError> for LocalReply {
+    fn from(error: UpstreamError) -> Self {
+        LocalReply::Upstream(error)
+    }
+}
+
+impl From<Nonconforming> for LocalReply {
+    fn from(refusal: Nonconforming) -> Self {
+        LocalReply::Nonconforming(refusal)
+    }
+}
+
+/// A local reply as it goes out and as the record says it.
+#[derive(Debug)]
+pub(crate) struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    /// `None`: the reply sets no flag (one set earlier, such as `DI`, stays).
+    pub response_flags: Option<ResponseFlag>,
+    /// `None`: the reply sets no details.
+    pub details: Option<Cow<'static, str>>,
+}
+
+impl LocalReply {
+    /// The status, headers, body, `response_flags` and `response_code_details` of this reply.
+    pub(crate) fn reply(self) -> Reply {
+        use LocalReply as L;
+        use ResponseFlag as F;
+        match self {
+            L::Nonconforming(Nonconforming::UnknownMethod(_)) => {
+                Reply::text(StatusCode::BAD_REQUEST, "Bad Request").details("invalid_method")
+            }
+            L::Nonconforming(Nonconforming::LowVersion(_)) => {
+                Reply::text(StatusCode::UPGRADE_REQUIRED, "Upgrade Required").details("low_version")
+            }
+            L::Nonconforming(Nonconforming::MissingHost) => {
+                Reply::text(StatusCode::BAD_REQUEST, "Bad Request").details("missing_host_header")
+            }
+            L::Nonconforming(Nonconforming::DuplicateHost) => {
+                Reply::text(StatusCode::BAD_REQUEST, "Bad Request").details("duplicate_host_header")
+            }
+            L::Nonconforming(Nonconforming::UpgradeRefused(_)) => {
+                Reply::text(StatusCode::FORBIDDEN, "Forbidden").details("upgrade_failed")
+            }
+            L::NotServed { close_connection } => {
+                let reply = Reply::text(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream")
+                    .flags(F::NoRoute)
+                    .details("filter_chain_not_found");
+                if close_connection {
+                    reply.header(header::CONNECTION, HeaderValue::from_static("close"))
+                } else {
+                    reply
+                }
+            }
+            L::InvalidPath | L::Denied(DenyReason::InvalidPath) => {
+                Reply::text(StatusCode::BAD_REQUEST, "Bad Request").details("invalid_path")
+            }
+            L::Denied(reason) => Reply::text(
+                StatusCode::from_u16(ACCESS_DENIED_STATUS).unwrap_or(StatusCode::FORBIDDEN),
+                ACCESS_DENIED_BODY,
+            )
+            .details(rbac_details(&reason)),
+            L::RouteNotFound => Reply::empty(StatusCode::NOT_FOUND)
+                .flags(F::NoRoute)
+                .details("route_not_found"),
+            L::NoDestination => {
+                Reply::text(StatusCode::SERVICE_UNAVAILABLE, "no destination").flags(F::NoRoute)
+            }
+            // Envoy's answer: 503 with no body.
+            L::ClusterNotFound => Reply::empty(StatusCode::SERVICE_UNAVAILABLE)
+                .flags(F::NoCluster)
+                .details("cluster_not_found"),
+            L::CorsPreflight(headers) => Reply {
+                headers,
+                ..Reply::empty(StatusCode::OK).details("cors_response")
+            },
+            L::FaultAbort(AbortKind::Http(status)) => Reply::text(status, "fault filter abort")
+                .flags(F::FaultInjected)
+                .details("fault_filter_abort"),
+            L::FaultAbort(AbortKind::Grpc(code)) => {
+                let reply = Reply::empty(StatusCode::OK)
+                    .flags(F::FaultInjected)
+                    .details("fault_filter_abort")
+                    .header(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/grpc"),
+                    );
+                match HeaderValue::from_str(&code.to_string()) {
+                    Ok(code) => reply.header(GRPC_STATUS.clone(), code),
+                    Err(_) => reply,
+                }
+            }
+            L::DirectResponse { status, body } => Reply {
+                body,
+                ..Reply::empty(status).details("direct_response")
+            },
+            L::Redirect { status, location } => {
+                let reply = Reply::empty(status).details("redirect");
+                match location {
+                    Some(location) => reply.header(header::LOCATION, location),
+                    None => reply,
+                }
+            }
+            L::PayloadTooLarge => Reply::text(StatusCode::PAYLOAD_TOO_LARGE, "payload too large"),
+            L::DownstreamDisconnect => {
+                Reply::empty(StatusCode::BAD_REQUEST).flags(F::DownstreamTerminated)
+            }
+            L::RouteTimeout => Reply::text(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout")
+                .flags(F::UpstreamTimeout)
+                .details("upstream_response_timeout"),
+            L::PerTryTimeout => {
+                Reply::text(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout")
+                    .flags(F::UpstreamTimeout)
+                    .details("upstream_per_try_timeout")
+            }
+            L::Upstream(error) => {
+                let (flags, body, details) = match error {
+                    UpstreamError::NoHealthyUpstream(_) => (
+                        F::NoHealthyUpstream,
+                        "no healthy upstream",
+                        "no_healthy_upstream",
+                    ),
+                    UpstreamError::Overflow(_) => (
+                        F::UpstreamOverflow,
+                        "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+                        "upstream_reset_before_response_started{overflow}",
+                    ),
+                    UpstreamError::ConnectFailure { .. } => (
+                        F::UpstreamConnectFailure,
+                        "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+                        "upstream_reset_before_response_started{connection_failure}",
+                    ),
+                    UpstreamError::RefusedStream { .. } | UpstreamError::Reset { .. } => (
+                        F::UpstreamReset,
+                        "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
+                        "upstream_reset_before_response_started{connection_termination}",
+                    ),
+                };
+                Reply::text(StatusCode::SERVICE_UNAVAILABLE, body)
+                    .flags(flags)
+                    .details(details)
+            }
+        }
+    }
+
+    /// The response to send, after writing the reply's flags and details into `record`.
+    pub(crate) fn respond(self, record: &mut RequestRecord) -> Response<ProxyBody> {
+        let reply = self.reply();
+        if let Some(flags) = reply.response_flags {
+            record.response_flags = flags;
+        }
+        if let Some(details) = reply.details {
+            record.response_code_details = details.into_owned();
+        }
+        let mut response = Response::new(full(reply.body));
+        *response.status_mut() = reply.status;
+        *response.headers_mut() = reply.headers;
+        response
+    }
+}
+
+impl Reply {
+    /// A reply without a body.
+    fn empty(status: StatusCode) -> Self {
+        Reply {
+            status,
+            headers: HeaderMap::new(),
+            body: Bytes::new(),
+            response_flags: None,
+            details: None,
+        }
+    }
+
+    /// A plain-text reply (`text/plain` when the body is not empty).
+    fn text(status: StatusCode, body: &'static str) -> Self {
+        let reply = Reply {
+            body: Bytes::from_static(body.as_bytes()),
+            ..Reply::empty(status)
+        };
+        if body.is_empty() {
+            reply
+        } else {
+            reply.header(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"))
+        }
+    }
+
+    fn flags(mut self, flags: ResponseFlag) -> Self {
+        self.response_flags = Some(flags);
+        self
+    }
+
+    fn details(mut self, details: impl Into<Cow<'static, str>>) -> Self {
+        self.details = Some(details.into());
+        self
+    }
+
+    fn header(mut self, name: http::HeaderName, value: HeaderValue) -> Self {
+        self.headers.insert(name, value);
+        self
+    }
+}
+
+/// Envoy's RBAC details for a refusal: the request's `response_code_details`, a refused L4
+/// connection's termination details.
+pub(crate) fn rbac_details(reason: &DenyReason) -> String {
+    match reason {
+        DenyReason::DeniedBy(policy) => format!(
+            "rbac_access_denied_matched_policy[ns[{}]-policy[{}]-rule[0]]",
+            policy.namespace, policy.name
+        ),
+        _ => "rbac_access_denied_matched_policy[none]".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,325 @@
+use std::net::SocketAddr;
+
+use http::Version;
+use weft_policy::PolicyRef;
+
+use super::*;
+
+fn endpoint() -> SocketAddr {
+    "10.0.0.5:9080".parse().unwrap()
+}
+
+/// Each local reply as clients, metrics and the access log see it: status, body, content type,
+/// `response_flags` and `response_code_details` (`None`: left as they were).
+#[test]
+fn local_replies_are_what_envoy_answers_in_the_same_case() {
+    type Expected = (
+        u16,
+        &'static str,
+        Option<&'static str>,
+        Option<&'static str>,
+        Option<&'static str>,
+    );
+    let mut cases: Vec<(LocalReply, Expected)> = vec![
+        (
+            Nonconforming::UnknownMethod("get".to_owned()).into(),
+            (
+                400,
+                "Bad Request",
+                Some("text/plain"),
+                None,
+                Some("invalid_method"),
+            ),
+        ),
+        (
+            Nonconforming::LowVersion(Version::HTTP_10).into(),
+            (
+                426,
+                "Upgrade Required",
+                Some("text/plain"),
+                None,
+                Some("low_version"),
+            ),
+        ),
+        (
+            Nonconforming::MissingHost.into(),
+            (
+                400,
+                "Bad Request",
+                Some("text/plain"),
+                None,
+                Some("missing_host_header"),
+            ),
+        ),
+        (
+            Nonconforming::DuplicateHost.into(),
+            (
+                400,
+                "Bad Request",
+                Some("text/plain"),
+                None,
+                Some("duplicate_host_header"),
+            ),
+        ),
+        (
+            Nonconforming::UpgradeRefused("h3".to_owned()).into(),
+            (
+                403,
+                "Forbidden",
+                Some("text/plain"),
+                None,
+                Some("upgrade_failed"),
+            ),
+        ),
+        (
+            LocalReply::NotServed {
+                close_connection: false,
+            },
+            (
+                503,
+                "no healthy upstream",
+                Some("text/plain"),
+                Some("NR"),
+                Some("filter_chain_not_found"),
+            ),
+        ),
+        (
+            LocalReply::InvalidPath,
+            (
+                400,
+                "Bad Request",
+                Some("text/plain"),
+                None,
+                Some("invalid_path"),
+            ),
+        ),
+        (
+            LocalReply::Denied(DenyReason::InvalidPath),
+            (
+                400,
+                "Bad Request",
+                Some("text/plain"),
+                None,
+                Some("invalid_path"),
+            ),
+        ),
+        (
+            LocalReply::Denied(DenyReason::NoAllowPolicyMatched),
+            (
+                403,
+                "RBAC: access denied",
+                Some("text/plain"),
+                None,
+                Some("rbac_access_denied_matched_policy[none]"),
+            ),
+        ),
+        (
+            LocalReply::Denied(DenyReason::DeniedBy(PolicyRef {
+                namespace: "default".to_owned(),
+                name: "deny-admin".to_owned(),
+            })),
+            (
+                403,
+                "RBAC: access denied",
+                Some("text/plain"),
+                None,
+                Some("rbac_access_denied_matched_policy[ns[default]-policy[deny-admin]-rule[0]]"),
+            ),
+        ),
+        (
+            LocalReply::RouteNotFound,
+            (404, "", None, Some("NR"), Some("route_not_found")),
+        ),
+        (
+            LocalReply::NoDestination,
+            (503, "no destination", Some("text/plain"), Some("NR"), None),
+        ),
+        (
+            LocalReply::ClusterNotFound,
+            (503, "", None, Some("NC"), Some("cluster_not_found")),
+        ),
+        (
+            LocalReply::CorsPreflight(HeaderMap::new()),
+            (200, "", None, None, Some("cors_response")),
+        ),
+        (
+            LocalReply::FaultAbort(AbortKind::Http(StatusCode::IM_A_TEAPOT)),
+            (
+                418,
+                "fault filter abort",
+                Some("text/plain"),
+                Some("FI"),
+                Some("fault_filter_abort"),
+            ),
+        ),
+        (
+            LocalReply::FaultAbort(AbortKind::Grpc(14)),
+            (
+                200,
+                "",
+                Some("application/grpc"),
+                Some("FI"),
+                Some("fault_filter_abort"),
+            ),
+        ),
+        (
+            LocalReply::DirectResponse {
+                status: StatusCode::ACCEPTED,
+                body: Bytes::from_static(b"{}"),
+            },
+            (202, "{}", None, None, Some("direct_response")),
+        ),
+        (
+            LocalReply::Redirect {
+                status: StatusCode::FOUND,
+                location: None,
+            },
+            (302, "", None, None, Some("redirect")),
+        ),
+        (
+            LocalReply::PayloadTooLarge,
+            (413, "payload too large", Some("text/plain"), None, None),
+        ),
+        (
+            LocalReply::DownstreamDisconnect,
+            (400, "", None, Some("DC"), None),
+        ),
+        (
+            LocalReply::RouteTimeout,
+            (
+                504,
+                "upstream request timeout",
+                Some("text/plain"),
+                Some("UT"),
+                Some("upstream_response_timeout"),
+            ),
+        ),
+        (
+            LocalReply::PerTryTimeout,
+            (
+                504,
+                "upstream request timeout",
+                Some("text/plain"),
+                Some("UT"),
+                Some("upstream_per_try_timeout"),
+            ),
+        ),
+        (
+            UpstreamError::NoHealthyUpstream("c".to_owned()).into(),
+            (
+                503,
+                "no healthy upstream",
+                Some("text/plain"),
+                Some("UH"),
+                Some("no_healthy_upstream"),
+            ),
+        ),
+        (
+            UpstreamError::Overflow("c".to_owned()).into(),
+            (
+                503,
+                "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+                Some("text/plain"),
+                Some("UO"),
+                Some("upstream_reset_before_response_started{overflow}"),
+            ),
+        ),
+        (
+            UpstreamError::ConnectFailure {
+                endpoint: endpoint(),
+                reason: "refused".to_owned(),
+            }
+            .into(),
+            (
+                503,
+                "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+                Some("text/plain"),
+                Some("UF"),
+                Some("upstream_reset_before_response_started{connection_failure}"),
+            ),
+        ),
+    ];
+    // A refused stream and a reset are the same termination to the client.
+    for terminated in [
+        UpstreamError::RefusedStream {
+            endpoint: endpoint(),
+        },
+        UpstreamError::Reset {
+            endpoint: endpoint(),
+            reason: "reset".to_owned(),
+        },
+    ] {
+        cases.push((
+            terminated.into(),
+            (
+                503,
+                "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
+                Some("text/plain"),
+                Some("UR"),
+                Some("upstream_reset_before_response_started{connection_termination}"),
+            ),
+        ));
+    }
+    for (local, (status, body, content_type, flags, details)) in cases {
+        let name = format!("{local:?}");
+        let reply = local.reply();
+        assert_eq!(reply.status.as_u16(), status, "{name}");
+        assert_eq!(reply.body, body.as_bytes(), "{name}");
+        assert_eq!(
+            reply
+                .headers
+                .get(header::CONTENT_TYPE)
+                .map(|v| v.to_str().unwrap()),
+            content_type,
+            "{name}"
+        );
+        assert_eq!(
+            reply.response_flags.map(ResponseFlag::as_str),
+            flags,
+            "{name}"
+        );
+        assert_eq!(reply.details.as_deref(), details, "{name}");
+    }
+}
+
+#[test]
+fn replies_carry_their_own_headers() {
+    let reply = LocalReply::NotServed {
+        close_connection: true,
+    }
+    .reply();
+    assert_eq!(reply.headers[header::CONNECTION], "close");
+    let reply = LocalReply::NotServed {
+        close_connection: false,
+    }
+    .reply();
+    assert!(!reply.headers.contains_key(header::CONNECTION));
+
+    let reply = LocalReply::FaultAbort(AbortKind::Grpc(14)).reply();
+    assert_eq!(reply.headers["grpc-status"], "14");
+
+    let location = HeaderValue::from_static("http://a.b/v2");
+    let reply = LocalReply::Redirect {
+        status: StatusCode::MOVED_PERMANENTLY,
+        location: Some(location.clone()),
+    }
+    .reply();
+    assert_eq!(reply.headers[header::LOCATION], location);
+}
+
+/// A reply that sets no flag keeps the one a fault delay set before it; one that sets a flag
+/// replaces it.
+#[test]
+fn a_delay_flag_stays_unless_the_reply_sets_its_own() {
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new(&mut registry));
+    let mut record = RequestRecord::new(std::sync::Arc::clone(&metrics));
+    record.response_flags = ResponseFlag::DelayInjected;
+    let response = LocalReply::PayloadTooLarge.respond(&mut record);
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(record.response_flags, ResponseFlag::DelayInjected);
+    assert_eq!(record.response_code_details, "-");
+    LocalReply::RouteTimeout.respond(&mut record);
+    assert_eq!(record.response_flags, ResponseFlag::UpstreamTimeout);
+    assert_eq!(record.response_code_details, "upstream_response_timeout");
+}

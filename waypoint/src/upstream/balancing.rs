@@ -1,0 +1,387 @@
+//! The runtime state of each cluster, one for all workers: admission under the
+//! DestinationRule's `connectionPool` limits (circuit breaking), the retry budget, endpoint
+//! choice (load balancing, with consistent hashing) and outlier detection. Keyed by cluster name
+//! and endpoint address, so it survives configuration pushes (see [`Upstream::retain`]).
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::info;
+
+use super::{Upstream, UpstreamError, lock};
+use crate::model::{Cluster, Endpoint, HashKey, LoadBalancer, OutlierPolicy};
+
+/// What the admin page shows of an endpoint's runtime state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct EndpointStatus {
+    pub active_requests: usize,
+    pub consecutive_5xx: u32,
+    pub consecutive_gateway_errors: u32,
+    /// Ejected by outlier detection now.
+    pub ejected: bool,
+    pub ejection_remaining_ms: Option<u64>,
+    /// Times ejected so far (each ejection lasts this many base ejection times).
+    pub ejections: u32,
+}
+
+#[derive(Debug, Default)]
+struct EndpointState {
+    active: usize,
+    consecutive_5xx: u32,
+    consecutive_gateway: u32,
+    ejected_until: Option<Instant>,
+    ejections: u32,
+}
+
+/// Per-cluster runtime state.
+pub(super) struct ClusterRuntime {
+    active_requests: AtomicUsize,
+    pending: AtomicUsize,
+    active_retries: AtomicUsize,
+    connection_slots: Option<Arc<Semaphore>>,
+    slot_count: Option<usize>,
+    next: AtomicUsize,
+    endpoints: Mutex<HashMap<SocketAddr, EndpointState>>,
+}
+
+/// Holds one admitted request's place in the cluster's counters.
+pub struct Admission {
+    runtime: Arc<ClusterRuntime>,
+    _slot: Option<OwnedSemaphorePermit>,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.runtime.active_requests.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Holds a retry's place in the cluster's `maxRetries` budget.
+pub struct RetryPermit {
+    runtime: Arc<ClusterRuntime>,
+}
+
+impl Drop for RetryPermit {
+    fn drop(&mut self) {
+        self.runtime.active_retries.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+pub(super) struct ActiveRequest {
+    runtime: Arc<ClusterRuntime>,
+    endpoint: SocketAddr,
+}
+
+impl Drop for ActiveRequest {
+    fn drop(&mut self) {
+        if let Some(state) = lock(&self.runtime.endpoints).get_mut(&self.endpoint) {
+            state.active = state.active.saturating_sub(1);
+        }
+    }
+}
+
+/// What a load-balancing decision may hash on.
+#[derive(Debug, Clone, Copy)]
+pub struct HashInput<'a> {
+    pub headers: &'a http::HeaderMap,
+    pub query: Option<&'a str>,
+    pub source_ip: IpAddr,
+}
+
+impl Upstream {
+    fn runtime(&self, cluster: &Cluster) -> Arc<ClusterRuntime> {
+        let mut clusters = lock(&self.inner.clusters);
+        let wanted = cluster.limits.max_connections;
+        if let Some(existing) = clusters.get(&cluster.name)
+            && existing.slot_count == wanted
+        {
+            return Arc::clone(existing);
+        }
+        let previous = clusters.remove(&cluster.name);
+        let runtime = Arc::new(ClusterRuntime {
+            active_requests: AtomicUsize::new(0),
+            pending: AtomicUsize::new(0),
+            active_retries: AtomicUsize::new(0),
+            connection_slots: wanted.map(|n| Arc::new(Semaphore::new(n))),
+            slot_count: wanted,
+            next: AtomicUsize::new(0),
+            endpoints: Mutex::new(
+                previous
+                    .map(|p| std::mem::take(&mut *lock(&p.endpoints)))
+                    .unwrap_or_default(),
+            ),
+        });
+        clusters.insert(cluster.name.clone(), Arc::clone(&runtime));
+        runtime
+    }
+
+    /// Admits a request to `cluster` under its limits: `http2MaxRequests` caps concurrent
+    /// requests; `maxConnections` bounds requests in flight (one per HTTP/1.1 connection), the
+    /// others wait, at most `http1MaxPendingRequests` of them.
+    pub async fn admit(&self, cluster: &Cluster) -> Result<Admission, UpstreamError> {
+        let runtime = self.runtime(cluster);
+        let active = runtime.active_requests.fetch_add(1, Ordering::AcqRel);
+        let admission = |slot| Admission {
+            runtime: Arc::clone(&runtime),
+            _slot: slot,
+        };
+        if cluster.limits.max_requests.is_some_and(|max| active >= max) {
+            drop(admission(None));
+            return Err(UpstreamError::Overflow(cluster.name.clone()));
+        }
+        let Some(slots) = runtime.connection_slots.clone() else {
+            return Ok(admission(None));
+        };
+        if let Ok(slot) = Arc::clone(&slots).try_acquire_owned() {
+            return Ok(admission(Some(slot)));
+        }
+        let pending = runtime.pending.fetch_add(1, Ordering::AcqRel);
+        // Envoy's default for an unset http1MaxPendingRequests is 1024 (2^32-1 in Istio);
+        // unset here means no bound beyond memory.
+        if cluster
+            .limits
+            .max_pending_requests
+            .is_some_and(|max| pending >= max)
+        {
+            runtime.pending.fetch_sub(1, Ordering::AcqRel);
+            drop(admission(None));
+            return Err(UpstreamError::Overflow(cluster.name.clone()));
+        }
+        let slot = slots.acquire_owned().await;
+        runtime.pending.fetch_sub(1, Ordering::AcqRel);
+        match slot {
+            Ok(slot) => Ok(admission(Some(slot))),
+            Err(_) => Err(UpstreamError::Overflow(cluster.name.clone())),
+        }
+    }
+
+    /// Takes a place in the cluster's retry budget, or `None` when `maxRetries` is reached.
+    pub fn retry_permit(&self, cluster: &Cluster) -> Option<RetryPermit> {
+        let runtime = self.runtime(cluster);
+        let active = runtime.active_retries.fetch_add(1, Ordering::AcqRel);
+        let permit = RetryPermit {
+            runtime: Arc::clone(&runtime),
+        };
+        if cluster.limits.max_retries.is_some_and(|max| active >= max) {
+            drop(permit);
+            return None;
+        }
+        Some(permit)
+    }
+
+    /// Chooses an endpoint: healthy and not ejected (all healthy ones when every one is
+    /// ejected, as Envoy's panic mode does), then by the cluster's load balancer. `exclude`
+    /// holds endpoints already tried by earlier attempts, avoided when others remain.
+    pub fn choose_endpoint(
+        &self,
+        cluster: &Cluster,
+        hash: &HashInput<'_>,
+        exclude: &[SocketAddr],
+    ) -> Result<Endpoint, UpstreamError> {
+        let runtime = self.runtime(cluster);
+        let now = Instant::now();
+        let healthy: Vec<&Endpoint> = cluster.endpoints.iter().filter(|e| e.healthy).collect();
+        if healthy.is_empty() {
+            return Err(UpstreamError::NoHealthyUpstream(cluster.name.clone()));
+        }
+        let states = lock(&runtime.endpoints);
+        let mut candidates: Vec<&Endpoint> = healthy
+            .iter()
+            .copied()
+            .filter(|e| {
+                states
+                    .get(&e.address)
+                    .and_then(|s| s.ejected_until)
+                    .is_none_or(|until| until <= now)
+            })
+            .collect();
+        // Below minHealthPercent (or with every endpoint ejected) outlier detection stands
+        // aside and all healthy endpoints take traffic, as Envoy's panic mode does.
+        let min_health = cluster
+            .outlier
+            .as_ref()
+            .map_or(0, |o| o.min_health_percent as usize);
+        if candidates.is_empty() || candidates.len() * 100 < healthy.len() * min_health {
+            candidates = healthy;
+        }
+        if candidates.len() > 1 && !exclude.is_empty() {
+            let fresh: Vec<&Endpoint> = candidates
+                .iter()
+                .copied()
+                .filter(|e| !exclude.contains(&e.address))
+                .collect();
+            if !fresh.is_empty() {
+                candidates = fresh;
+            }
+        }
+        let active = |e: &Endpoint| states.get(&e.address).map_or(0, |s| s.active);
+        let chosen = match &cluster.load_balancer {
+            LoadBalancer::RoundRobin => {
+                candidates[runtime.next.fetch_add(1, Ordering::Relaxed) % candidates.len()]
+            }
+            LoadBalancer::Random => candidates[rand::random_range(0..candidates.len())],
+            LoadBalancer::LeastRequest => {
+                let a = candidates[rand::random_range(0..candidates.len())];
+                let b = candidates[rand::random_range(0..candidates.len())];
+                if active(b) < active(a) { b } else { a }
+            }
+            LoadBalancer::ConsistentHash(key) => match hash_key(key, hash) {
+                Some(key) => rendezvous(&candidates, &key),
+                None => candidates[rand::random_range(0..candidates.len())],
+            },
+        };
+        Ok(chosen.clone())
+    }
+
+    /// Records an attempt's outcome for outlier detection: `Some(status)` for a response,
+    /// `None` for a connect failure, reset or timeout.
+    pub fn record_outcome(&self, cluster: &Cluster, endpoint: SocketAddr, status: Option<u16>) {
+        let Some(policy) = &cluster.outlier else {
+            return;
+        };
+        let runtime = self.runtime(cluster);
+        let mut states = lock(&runtime.endpoints);
+        let now = Instant::now();
+        let total = cluster.endpoints.len();
+        let ejected = states
+            .values()
+            .filter(|s| s.ejected_until.is_some_and(|u| u > now))
+            .count();
+        let state = states.entry(endpoint).or_default();
+        let is_5xx = status.is_none_or(|s| s >= 500);
+        let is_gateway = status.is_none_or(|s| matches!(s, 502..=504));
+        if !is_5xx {
+            state.consecutive_5xx = 0;
+            state.consecutive_gateway = 0;
+            // Envoy forgets the ejection multiplier once an endpoint has been healthy a while.
+            return;
+        }
+        state.consecutive_5xx += 1;
+        if is_gateway {
+            state.consecutive_gateway += 1;
+        } else {
+            state.consecutive_gateway = 0;
+        }
+        let tripped = policy
+            .consecutive_5xx
+            .is_some_and(|n| state.consecutive_5xx >= n)
+            || policy
+                .consecutive_gateway_errors
+                .is_some_and(|n| state.consecutive_gateway >= n);
+        let already = state.ejected_until.is_some_and(|u| u > now);
+        if tripped && !already && ejection_allowed(policy, ejected, total) {
+            state.ejections += 1;
+            let time = policy.base_ejection_time * state.ejections;
+            state.ejected_until = Some(now + time);
+            state.consecutive_5xx = 0;
+            state.consecutive_gateway = 0;
+            info!(cluster = %cluster.name, %endpoint, ejection_ms = time.as_millis() as u64, "endpoint ejected");
+        }
+    }
+
+    /// The runtime state of each endpoint of the cluster named `cluster` that has any (load,
+    /// failures, ejection), for the admin page; nothing is created by looking.
+    pub fn endpoint_status(&self, cluster: &str) -> HashMap<SocketAddr, EndpointStatus> {
+        let Some(runtime) = lock(&self.inner.clusters).get(cluster).cloned() else {
+            return HashMap::new();
+        };
+        let now = Instant::now();
+        lock(&runtime.endpoints)
+            .iter()
+            .map(|(address, state)| {
+                let ejected_for = state
+                    .ejected_until
+                    .and_then(|until| until.checked_duration_since(now))
+                    .filter(|left| !left.is_zero());
+                (
+                    *address,
+                    EndpointStatus {
+                        active_requests: state.active,
+                        consecutive_5xx: state.consecutive_5xx,
+                        consecutive_gateway_errors: state.consecutive_gateway,
+                        ejected: ejected_for.is_some(),
+                        ejection_remaining_ms: ejected_for
+                            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                        ejections: state.ejections,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Whether `endpoint` of `cluster` is ejected now.
+    pub fn is_ejected(&self, cluster: &Cluster, endpoint: SocketAddr) -> bool {
+        let runtime = self.runtime(cluster);
+        let now = Instant::now();
+        lock(&runtime.endpoints)
+            .get(&endpoint)
+            .and_then(|s| s.ejected_until)
+            .is_some_and(|u| u > now)
+    }
+
+    /// Counts a request in flight to `endpoint` (least-request balancing) while the guard lives.
+    pub(super) fn track_request(&self, cluster: &Cluster, endpoint: SocketAddr) -> ActiveRequest {
+        let runtime = self.runtime(cluster);
+        lock(&runtime.endpoints).entry(endpoint).or_default().active += 1;
+        ActiveRequest { runtime, endpoint }
+    }
+}
+
+fn ejection_allowed(policy: &OutlierPolicy, ejected: usize, total: usize) -> bool {
+    if total == 0 {
+        return false;
+    }
+    // Envoy always allows one ejection, whatever the percentage, so that small clusters are
+    // protected too.
+    let after = ejected + 1;
+    ejected == 0 || after * 100 <= total * policy.max_ejection_percent as usize
+}
+
+fn hash_key(key: &HashKey, input: &HashInput<'_>) -> Option<String> {
+    match key {
+        HashKey::Header(name) => input
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        HashKey::Cookie(name) => input
+            .headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|pair| {
+                let (k, v) = pair.trim().split_once('=')?;
+                (k == name).then(|| v.to_owned())
+            }),
+        HashKey::SourceIp => Some(input.source_ip.to_string()),
+        HashKey::QueryParameter(name) => input
+            .query
+            .and_then(|q| weft_policy::route::first_query_value(q, name))
+            .map(|v| v.into_owned()),
+    }
+}
+
+/// Highest-random-weight choice: stable for a key, and only the keys of a removed endpoint
+/// move when the set changes.
+fn rendezvous<'a>(candidates: &[&'a Endpoint], key: &str) -> &'a Endpoint {
+    let score = |e: &Endpoint| {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut hasher);
+        e.address.hash(&mut hasher);
+        hasher.finish()
+    };
+    candidates
+        .iter()
+        .copied()
+        .max_by_key(|e| score(e))
+        .unwrap_or(candidates[0])
+}
+
+#[cfg(test)]
+mod tests;

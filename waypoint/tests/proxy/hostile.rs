@@ -1,0 +1,96 @@
+//! Clients that break the rules: request smuggling, rapid reset, malformed and oversized heads.
+
+use std::time::Duration;
+
+use http::{Request, StatusCode};
+
+use crate::harness::*;
+
+#[tokio::test]
+async fn content_length_with_transfer_encoding_is_refused_and_others_still_work() {
+    let (harness, v1, _v2) = routed_to_v1().await;
+    let mut tunnel = harness.tunnel().await;
+    let smuggled = format!(
+        "POST /smuggle HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nX"
+    );
+    let (answer, ended) = exchange_raw(&mut tunnel, smuggled.as_bytes()).await;
+    assert!(ended);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert_eq!(v1.request_count(), 0);
+
+    let (status, _, body) = harness.get("/fine").await;
+    assert_eq!((status, body.as_ref()), (StatusCode::OK, b"v1".as_ref()));
+}
+
+#[tokio::test]
+async fn rapid_reset_burst_is_survived() {
+    let (harness, _v1, _v2) = routed_to_v1().await;
+    let tunnel = harness.tunnel().await;
+    let (client, connection) = h2::client::handshake(tunnel).await.unwrap();
+    let driver = tokio::spawn(connection);
+    let mut client = client;
+    let mut sent = 0;
+    for i in 0..1000 {
+        let Ok(ready) = client.clone().ready().await else {
+            break;
+        };
+        client = ready;
+        let request = Request::builder()
+            .uri(format!("http://{HOST}/reset/{i}"))
+            .body(())
+            .unwrap();
+        let Ok((_, mut stream)) = client.send_request(request, false) else {
+            break;
+        };
+        stream.send_reset(h2::Reason::CANCEL);
+        sent += 1;
+    }
+    assert!(sent > 0);
+    // The server closes the abusive connection with GOAWAY(ENHANCE_YOUR_CALM) (hyper's bound
+    // on pending-accept resets) instead of working through every stream.
+    let outcome = tokio::time::timeout(Duration::from_secs(5), driver)
+        .await
+        .expect("connection closed by the server")
+        .unwrap();
+    let error = outcome.expect_err("rapid reset must end the connection");
+    assert!(error.is_go_away() && error.is_remote(), "{error:?}");
+    assert_eq!(error.reason(), Some(h2::Reason::ENHANCE_YOUR_CALM));
+    let (status, _, body) = harness.get("/after-reset").await;
+    assert_eq!((status, body.as_ref()), (StatusCode::OK, b"v1".as_ref()));
+}
+
+#[tokio::test]
+async fn malformed_and_oversized_heads_are_refused() {
+    let (harness, v1, _v2) = routed_to_v1().await;
+    let huge = "a".repeat(80 * 1024);
+    let cases = [
+        (
+            format!("GET / HTTP/1.1\r\nHost: {HOST}\r\nBad Name: x\r\n\r\n"),
+            "HTTP/1.1 400",
+        ),
+        (
+            format!("GET / HTTP/1.1\r\nHost: {HOST}\r\nX-Ctl: a\x01b\r\n\r\n"),
+            "HTTP/1.1 400",
+        ),
+        (
+            format!("GET / HTTP/1.1\r\nHost: {HOST}\r\nX-Big: {huge}\r\n\r\n"),
+            "HTTP/1.1 431",
+        ),
+        (
+            format!(
+                "POST / HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"
+            ),
+            "HTTP/1.1 400",
+        ),
+    ];
+    for (request, expected) in cases {
+        let mut tunnel = harness.tunnel().await;
+        let (answer, _) = exchange_raw(&mut tunnel, request.as_bytes()).await;
+        assert!(
+            answer.starts_with(expected),
+            "{expected} for {:.60}: {answer}",
+            request
+        );
+    }
+    assert_eq!(v1.request_count(), 0);
+}

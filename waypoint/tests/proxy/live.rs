@@ -1,0 +1,257 @@
+//! Configuration changes reach connections that are already open: routes, faults, mirrors and
+//! policies apply to the next request of a keep-alive connection (HTTP/1.1 and HTTP/2), a
+//! destination that leaves the waypoint drains its connections, and a TCP connection the
+//! policies no longer allow is closed.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, StatusCode, Version};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use weft_proto::waypoint as proto;
+
+use waypoint::testing::hbone_tunnel;
+
+use crate::harness::*;
+
+/// Polls `check` every 10 ms for up to `limit`; true once it held.
+async fn within(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn http2(harness: &Harness) -> http2::SendRequest<Full<Bytes>> {
+    let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+        .handshake(TokioIo::new(harness.tunnel().await))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    sender
+}
+
+async fn send_h2(sender: &mut http2::SendRequest<Full<Bytes>>, path: &str) -> (StatusCode, Bytes) {
+    let request = Request::builder()
+        .uri(format!("http://{HOST}{path}"))
+        .version(Version::HTTP_2)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    sender.ready().await.unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let status = response.status();
+    (
+        status,
+        response.into_body().collect().await.unwrap().to_bytes(),
+    )
+}
+
+#[tokio::test]
+async fn a_route_change_reaches_the_next_request_of_an_open_connection() {
+    let (mesh, v1, v2) = two_endpoints().await;
+    let harness = Harness::start(mesh, &[&v1, &v2]).await;
+    let both = || vec![cluster("v1", &[&v1]), cluster("v2", &[&v2])];
+    harness
+        .waypoint
+        .apply_config(config(vec![route_to("v1")], both()))
+        .unwrap();
+    let mut h1 = harness.http1().await;
+    let mut h2 = http2(&harness).await;
+    let answers =
+        |h1: (StatusCode, http::HeaderMap, Bytes), h2: (StatusCode, Bytes)| [(h1.0, h1.2), h2];
+    let first = answers(
+        send_on(&mut h1, get("/")).await,
+        send_h2(&mut h2, "/").await,
+    );
+    assert_eq!(
+        first,
+        [(StatusCode::OK, "v1".into()), (StatusCode::OK, "v1".into())]
+    );
+
+    harness
+        .waypoint
+        .apply_config(config(vec![route_to("v2")], both()))
+        .unwrap();
+    let moved = answers(
+        send_on(&mut h1, get("/")).await,
+        send_h2(&mut h2, "/").await,
+    );
+    assert_eq!(
+        moved,
+        [(StatusCode::OK, "v2".into()), (StatusCode::OK, "v2".into())],
+        "the open connections still follow the old route"
+    );
+
+    // The route the connections were opened under named a subset the configuration no longer
+    // has: the next requests take the new route instead of failing with 503 NC.
+    harness
+        .waypoint
+        .apply_config(config(vec![route_to("v1")], vec![cluster("v1", &[&v1])]))
+        .unwrap();
+    let back = answers(
+        send_on(&mut h1, get("/")).await,
+        send_h2(&mut h2, "/").await,
+    );
+    assert_eq!(
+        back,
+        [(StatusCode::OK, "v1".into()), (StatusCode::OK, "v1".into())]
+    );
+}
+
+#[tokio::test]
+async fn faults_and_mirrors_come_and_go_on_an_open_connection() {
+    let (mesh, v1, v2) = two_endpoints().await;
+    let harness = Harness::start(mesh, &[&v1, &v2]).await;
+    let both = || vec![cluster("v1", &[&v1]), cluster("v2", &[&v2])];
+    let abort = aborted_route_to("v1", 500);
+    let mirrored = mirrored_route_to("v1", "v2");
+    harness
+        .waypoint
+        .apply_config(config(vec![route_to("v1")], both()))
+        .unwrap();
+    let mut sender = harness.http1().await;
+    assert_eq!(send_on(&mut sender, get("/")).await.0, StatusCode::OK);
+
+    harness
+        .waypoint
+        .apply_config(config(vec![abort], both()))
+        .unwrap();
+    let (status, _, body) = send_on(&mut sender, get("/")).await;
+    assert_eq!(
+        (status, body.as_ref()),
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            b"fault filter abort".as_ref()
+        )
+    );
+
+    harness
+        .waypoint
+        .apply_config(config(vec![mirrored], both()))
+        .unwrap();
+    for _ in 0..3 {
+        assert_eq!(send_on(&mut sender, get("/m")).await.2, "v1");
+    }
+    assert!(
+        within(Duration::from_secs(5), || v2.request_count() == 3).await,
+        "the mirror got {} of 3 copies",
+        v2.request_count()
+    );
+
+    harness
+        .waypoint
+        .apply_config(config(vec![route_to("v1")], both()))
+        .unwrap();
+    for _ in 0..10 {
+        assert_eq!(send_on(&mut sender, get("/")).await.2, "v1");
+    }
+    assert_eq!(v2.request_count(), 3, "the mirror outlived its route");
+}
+
+#[tokio::test]
+async fn a_destination_that_leaves_the_waypoint_drains_its_open_connections() {
+    let (harness, _v1, _v2) = routed_to_v1().await;
+    let mut h1 = harness.http1().await;
+    let mut h2 = http2(&harness).await;
+    assert_eq!(send_on(&mut h1, get("/")).await.0, StatusCode::OK);
+    assert_eq!(send_h2(&mut h2, "/").await.0, StatusCode::OK);
+
+    // The service stops using the waypoint (`istio.io/use-waypoint` removed): the idle
+    // connections close, so that their clients' agents reconnect without the waypoint.
+    let mut gone = config(Vec::new(), Vec::new());
+    gone.services.clear();
+    harness.waypoint.apply_config(gone).unwrap();
+    assert!(
+        within(Duration::from_secs(5), || h1.is_closed() && h2.is_closed()).await,
+        "open connections to a destination no longer served stay open (http/1.1 closed: {}, h2 closed: {})",
+        h1.is_closed(),
+        h2.is_closed()
+    );
+    assert!(
+        hbone_tunnel(
+            &harness.client,
+            harness.address,
+            &harness.waypoint_identity,
+            service_addr(),
+            CLIENT_IP,
+        )
+        .await
+        .is_err(),
+        "a new tunnel for the destination is refused"
+    );
+}
+
+/// An HTTP/1.1 request written raw into a TCP tunnel, and the start of the answer read back.
+async fn exchange(tunnel: &mut weft_hbone::HboneStream) -> String {
+    let raw = format!("GET /tcp HTTP/1.1\r\nHost: {HOST}\r\n\r\n");
+    tunnel.write_all(raw.as_bytes()).await.unwrap();
+    let mut answer = [0u8; 512];
+    let n = tokio::time::timeout(Duration::from_secs(5), tunnel.read(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    String::from_utf8_lossy(&answer[..n]).into_owned()
+}
+
+#[tokio::test]
+async fn an_open_tcp_connection_the_policies_no_longer_allow_is_closed() {
+    let (mesh, v1, _v2) = two_endpoints().await;
+    let harness = Harness::start(mesh, &[&v1]).await;
+    let mut cfg = tcp_config(&v1);
+    harness.waypoint.apply_config(cfg.clone()).unwrap();
+    let other = harness._mesh.material("default", "other");
+    let mut denied = harness.tunnel().await;
+    let mut kept = hbone_tunnel(
+        &other,
+        harness.address,
+        &harness.waypoint_identity,
+        service_addr(),
+        CLIENT_IP,
+    )
+    .await
+    .unwrap();
+    assert!(exchange(&mut denied).await.starts_with("HTTP/1.1 200"));
+    assert!(exchange(&mut kept).await.starts_with("HTTP/1.1 200"));
+
+    // A DENY of the first client's identity: its open connection is closed at once, the other
+    // client's goes on.
+    cfg.authorization_policies = vec![proto::L7Authorization {
+        name: "deny-sleep".to_owned(),
+        namespace: "default".to_owned(),
+        action: proto::l7_authorization::Action::Deny as i32,
+        rules: vec![proto::Rule {
+            from: vec![proto::rule::From {
+                source: Some(proto::Source {
+                    principals: vec!["cluster.local/ns/default/sa/sleep".to_owned()],
+                    ..Default::default()
+                }),
+            }],
+            to: Vec::new(),
+            when: Vec::new(),
+        }],
+        dry_run: false,
+        target_services: Vec::new(),
+    }];
+    let applied = Instant::now();
+    harness.waypoint.apply_config(cfg).unwrap();
+    let mut buf = [0u8; 64];
+    let ended = tokio::time::timeout(Duration::from_secs(1), denied.read(&mut buf))
+        .await
+        .expect("the denied connection is still open a second after the policy");
+    assert!(
+        matches!(ended, Ok(0) | Err(_)),
+        "the denied connection read {ended:?}"
+    );
+    assert!(applied.elapsed() < Duration::from_secs(1));
+    assert!(exchange(&mut kept).await.starts_with("HTTP/1.1 200"));
+    assert_eq!(harness.waypoint.tcp_connections().len(), 1);
+}

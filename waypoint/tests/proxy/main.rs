@@ -1,0 +1,14 @@
+//! Tests through the real proxy: HBONE client -> waypoint (TLS 1.3, HTTP/2 CONNECT) -> HTTP
+//! inside the tunnel -> HBONE to fake endpoints with their own certificates. They use the
+//! waypoint's public API and its `testing` fakes only.
+
+mod harness;
+
+mod certificate;
+mod configuration;
+mod hostile;
+mod live;
+mod policy;
+mod resilience;
+mod routing;
+mod tcp;

@@ -1,0 +1,311 @@
+//! What a route and a DestinationRule do when endpoints misbehave or are slow: faults,
+//! retries, timeouts, mirrors, outlier detection, connection-pool limits and reuse.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use weft_proto::waypoint as proto;
+
+use crate::harness::*;
+
+#[tokio::test]
+async fn fault_abort_answers_without_reaching_the_endpoint() {
+    let (mesh, v1, _v2) = two_endpoints().await;
+    let harness = Harness::start(mesh, &[&v1]).await;
+    let route = aborted_route_to("v1", 418);
+    harness
+        .waypoint
+        .apply_config(config(vec![route], vec![cluster("v1", &[&v1])]))
+        .unwrap();
+    for _ in 0..5 {
+        let (status, _, body) = harness.get("/").await;
+        assert_eq!(status, StatusCode::IM_A_TEAPOT);
+        assert_eq!(body, "fault filter abort");
+    }
+    assert_eq!(v1.request_count(), 0);
+}
+
+#[tokio::test]
+async fn fault_delay_holds_the_request() {
+    let (mesh, v1, _v2) = two_endpoints().await;
+    let harness = Harness::start(mesh, &[&v1]).await;
+    let route = proto::HttpRoute {
+        fault: Some(proto::HttpFaultInjection {
+            delay: Some(proto::http_fault_injection::Delay {
+                fixed_delay: Some(duration(Duration::from_millis(600))),
+                percentage: None,
+            }),
+            abort: None,
+        }),
+        ..route_to("v1")
+    };
+    harness
+        .waypoint
+        .apply_config(config(vec![route], vec![cluster("v1", &[&v1])]))
+        .unwrap();
+    let started = Instant::now();
+    let (status, _, body) = harness.get("/").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "v1");
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn retries_recover_from_an_endpoint_failing_twice() {
+    let (mesh, v1, _v2) = two_endpoints().await;
+    let harness = Harness::start(mesh, &[&v1]).await;
+    let route = proto::HttpRoute {
+        retries: Some(proto::HttpRetry {
+            attempts: 3,
+            per_try_timeout: None,
+            retry_on: "5xx".to_owned(),
+        }),
+        ..route_to("v1")
+    };
+    harness
+        .waypoint
+        .apply_config(config(vec![route], vec![cluster("v1", &[&v1])]))
+        .unwrap();
+    v1.behaviour.fail_first.store(2, Ordering::Relaxed);
+    let (status, _, body) = harness.get("/").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "v1");
+    assert_eq!(v1.request_count(), 3, "two failures, then success");
+
+    // Without retries the first failure reaches the client.
+    let no_retry = proto::HttpRoute {
+        retries: Some(proto::HttpRetry {
+            attempts: 0,
+            per_try_timeout: None,
+            retry_on: "5xx".to_owned(),
+        }),
+        ..route_to("v1")
+    };
+    harness
+        .waypoint
+        .apply_config(config(vec![no_retry], vec![cluster("v1", &[&v1])]))
+        .unwrap();
+    v1.behaviour.fail_first.store(1, Ordering::Relaxed);
+    let (status, _, _) = harness.get("/").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn route_timeout_answers_504_near_the_limit() {
+    let (mesh, v1, _v2) = two_endpoints().await;
+    let harness = Harness::start(mesh, &[&v1]).await;
+    let route = proto::HttpRoute {
+        timeout: Some(duration(Duration::from_millis(200))),
+        ..route_to("v1")
+    };
+    harness
+        .waypoint
+        .apply_config(config(vec![route], vec![cluster("v1", &[&v1])]))
+        .unwrap();
+    v1.behaviour.delay_ms.store(3000, Ordering::Relaxed);
+    let started = Instant::now();
+    let (status, _, body) = harness.get("/").await;
+    let elapsed = started.elapsed();
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(body, "upstream request timeout");
+    assert!(
+        elapsed >= Duration::from_millis(200) && elapsed < Duration::from_millis(1000),
+        "{elapsed:?}"
+    );
+}
+
+#[tokio::test]
+async fn mirror_delivers_a_copy_and_the_primary_answers() {
+    let (mesh, v1, v2) = two_endpoints().await;
+    let harness = Harness::start(mesh, &[&v1, &v2]).await;
+    let route = mirrored_route_to("v1", "v2");
+    harness
+        .waypoint
+        .apply_config(config(
+            vec![route],
+            vec![cluster("v1", &[&v1]), cluster("v2", &[&v2])],
+        ))
+        .unwrap();
+    let request = Request::builder()
+        .method("POST")
+        .uri("/ratings")
+        .header("host", HOST)
+        .body(Full::new(Bytes::from_static(b"payload")))
+        .unwrap();
+    let (status, _, body) = harness.send(request).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "v1");
+    for _ in 0..100 {
+        if v2.request_count() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let copy = v2.last_request().expect("mirror copy delivered");
+    assert_eq!(copy.method, "POST");
+    assert_eq!(copy.path, "/ratings");
+    assert_eq!(copy.body, "payload");
+    assert_eq!(copy.headers["host"], format!("{HOST}-shadow"));
+}
+
+#[tokio::test]
+async fn outlier_detection_ejects_a_failing_endpoint_and_lets_it_back() {
+    let (mesh, v1, v2) = two_endpoints().await;
+    let harness = Harness::start(mesh, &[&v1, &v2]).await;
+    let mut both = cluster("", &[&v1, &v2]);
+    both.outlier_detection = Some(proto::OutlierDetection {
+        consecutive_5xx_errors: Some(2),
+        interval: Some(duration(Duration::from_millis(100))),
+        base_ejection_time: Some(duration(Duration::from_millis(400))),
+        max_ejection_percent: 50,
+        ..Default::default()
+    });
+    let route = proto::HttpRoute {
+        retries: Some(proto::HttpRetry {
+            attempts: 0,
+            ..Default::default()
+        }),
+        ..route_to("")
+    };
+    harness
+        .waypoint
+        .apply_config(config(vec![route], vec![both]))
+        .unwrap();
+    v1.behaviour.status.store(500, Ordering::Relaxed);
+    let mut sender = harness.http1().await;
+    for _ in 0..4 {
+        send_on(&mut sender, get("/")).await;
+    }
+    assert_eq!(v1.request_count(), 2, "two 5xx, then ejected");
+    let before = v2.request_count();
+    for _ in 0..10 {
+        let (status, _, body) = send_on(&mut sender, get("/")).await;
+        assert_eq!((status, body.as_ref()), (StatusCode::OK, b"v2".as_ref()));
+    }
+    assert_eq!(v2.request_count(), before + 10);
+    assert_eq!(v1.request_count(), 2);
+
+    v1.behaviour.status.store(0, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..10 {
+        let (status, _, _) = send_on(&mut sender, get("/")).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    assert!(
+        v1.request_count() >= 6,
+        "v1 back in rotation: {}",
+        v1.request_count()
+    );
+}
+
+#[tokio::test]
+async fn connection_pool_overflow_answers_503_uo() {
+    let (mesh, v1, _v2) = two_endpoints().await;
+    let harness = Arc::new(Harness::start(mesh, &[&v1]).await);
+    let mut limited = cluster("v1", &[&v1]);
+    limited.connection_pool = Some(proto::ConnectionPoolSettings {
+        tcp: Some(proto::connection_pool_settings::TcpSettings {
+            max_connections: 1,
+            ..Default::default()
+        }),
+        http: Some(proto::connection_pool_settings::HttpSettings {
+            http1_max_pending_requests: 1,
+            ..Default::default()
+        }),
+    });
+    let route = proto::HttpRoute {
+        retries: Some(proto::HttpRetry {
+            attempts: 0,
+            ..Default::default()
+        }),
+        ..route_to("v1")
+    };
+    harness
+        .waypoint
+        .apply_config(config(vec![route], vec![limited]))
+        .unwrap();
+    v1.behaviour.delay_ms.store(300, Ordering::Relaxed);
+    let mut tasks = Vec::new();
+    for _ in 0..5 {
+        let harness = Arc::clone(&harness);
+        tasks.push(tokio::spawn(async move { harness.get("/").await }));
+    }
+    let mut ok = 0;
+    let mut overflow = 0;
+    for task in tasks {
+        let (status, _, body) = task.await.unwrap();
+        match status {
+            StatusCode::OK => ok += 1,
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert!(
+                    String::from_utf8_lossy(&body).contains("overflow"),
+                    "{body:?}"
+                );
+                overflow += 1;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    // One in flight and one pending succeed; the other three overflow.
+    assert_eq!((ok, overflow), (2, 3));
+    assert!(
+        harness
+            .waypoint
+            .upstream()
+            .open_connections("outbound|9080|v1|reviews.default.svc.cluster.local")
+            <= 1
+    );
+}
+
+#[tokio::test]
+async fn upstream_connections_are_reused_up_to_max_requests_per_connection() {
+    let (mesh, v1, v2) = two_endpoints().await;
+    let harness = Harness::start(mesh, &[&v1, &v2]).await;
+    let mut limited = cluster("v2", &[&v2]);
+    limited.connection_pool = Some(proto::ConnectionPoolSettings {
+        tcp: None,
+        http: Some(proto::connection_pool_settings::HttpSettings {
+            max_requests_per_connection: 2,
+            ..Default::default()
+        }),
+    });
+    let to_v2 = proto::HttpRoute {
+        r#match: vec![proto::HttpMatchRequest {
+            uri: Some(proto::StringMatch {
+                match_type: Some(proto::string_match::MatchType::Prefix("/v2".to_owned())),
+            }),
+            ..Default::default()
+        }],
+        ..route_to("v2")
+    };
+    harness
+        .waypoint
+        .apply_config(config(
+            vec![to_v2, route_to("v1")],
+            vec![cluster("v1", &[&v1]), limited],
+        ))
+        .unwrap();
+    let mut sender = harness.http1().await;
+    for _ in 0..6 {
+        assert_eq!(send_on(&mut sender, get("/v1")).await.0, StatusCode::OK);
+        assert_eq!(send_on(&mut sender, get("/v2")).await.0, StatusCode::OK);
+    }
+    assert_eq!(
+        v1.tunnels.lock().unwrap().len(),
+        1,
+        "one pooled connection serves all"
+    );
+    assert_eq!(
+        v2.tunnels.lock().unwrap().len(),
+        3,
+        "a new connection every two requests"
+    );
+}

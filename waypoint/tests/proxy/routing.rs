@@ -1,0 +1,353 @@
+//! Routing: header matches, weighted splits, undefined subsets, pods addressed directly,
+//! HTTP/2 and WebSocket clients, and a real client (curl) over a local bridge.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode, Version};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use weft_proto::waypoint as proto;
+
+use waypoint::testing::{LOCALHOST, hbone_tunnel};
+
+use crate::harness::*;
+
+#[tokio::test]
+async fn header_match_routes_to_its_subset_and_others_to_the_default() {
+    let (mesh, v1, v2) = two_endpoints().await;
+    let harness = Harness::start(mesh, &[&v1, &v2]).await;
+    let canary = proto::HttpRoute {
+        r#match: vec![proto::HttpMatchRequest {
+            headers: BTreeMap::from([(
+                "end-user".to_owned(),
+                proto::StringMatch {
+                    match_type: Some(proto::string_match::MatchType::Exact("jason".to_owned())),
+                },
+            )]),
+            ..Default::default()
+        }],
+        ..route_to("v2")
+    };
+    harness
+        .waypoint
+        .apply_config(config(
+            vec![canary, route_to("v1")],
+            vec![cluster("v1", &[&v1]), cluster("v2", &[&v2])],
+        ))
+        .unwrap();
+
+    let mut request = get("/reviews/1");
+    request
+        .headers_mut()
+        .insert("end-user", "jason".parse().unwrap());
+    let (status, headers, body) = harness.send(request).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "v2");
+    assert_eq!(headers["x-served-by"], "v2");
+
+    let (status, _, body) = harness.get("/reviews/1").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "v1");
+
+    // The endpoint saw the tunnel the waypoint opened: its identity, the endpoint address as
+    // authority and the client in `forwarded`: the address it connected from, not the one it
+    // claimed.
+    let tunnel = v2.tunnels.lock().unwrap()[0].clone();
+    assert_eq!(tunnel.authority, v2.app_address);
+    assert_eq!(tunnel.forwarded_for, Some(LOCALHOST));
+    assert_eq!(tunnel.peer, harness.waypoint_identity);
+    let seen = v1.last_request().unwrap();
+    assert!(
+        seen.headers.contains_key("x-request-id"),
+        "x-request-id generated"
+    );
+    assert_eq!(seen.headers["host"], HOST);
+}
+
+#[tokio::test]
+async fn a_pod_addressed_directly_is_reached_exactly_and_still_authorized() {
+    let (mesh, v1, v2) = two_endpoints().await;
+    let harness = Harness::start(mesh, &[&v1, &v2]).await;
+    // The service routes everything to v1 and its default spreads over both: neither may
+    // decide where a request for v2's own address goes.
+    let mut cfg = config(
+        vec![route_to("v1")],
+        vec![cluster("v1", &[&v1]), cluster("", &[&v1, &v2])],
+    );
+    cfg.workloads = vec![direct_workload(&v2)];
+    cfg.authorization_policies
+        .push(deny_admin_for_the_service());
+    harness.waypoint.apply_config(cfg).unwrap();
+
+    let mut sender = harness.http1_to(v2.app_address).await;
+    for _ in 0..2 {
+        let (status, headers, body) = send_on(&mut sender, get("/direct")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, "v2");
+        assert_eq!(headers["x-served-by"], "v2");
+    }
+    assert_eq!(v1.request_count(), 0, "v1 got traffic addressed to v2");
+    assert_eq!(v2.request_count(), 2);
+    // Processed at L7 on the way (a request id added), and carried to v2's own address.
+    assert!(
+        v2.last_request()
+            .unwrap()
+            .headers
+            .contains_key("x-request-id")
+    );
+    let tunnel = v2.tunnels.lock().unwrap()[0].clone();
+    assert_eq!(tunnel.authority, v2.app_address);
+    assert_eq!(tunnel.forwarded_for, Some(LOCALHOST));
+    assert_eq!(tunnel.peer, harness.waypoint_identity);
+
+    // The service's policies follow its pods: addressing a pod does not escape them.
+    let (status, _, body) = send_on(&mut sender, get("/admin")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(body, weft_policy::ACCESS_DENIED_BODY);
+    assert_eq!(v2.request_count(), 2, "a denied request reached the pod");
+
+    // The service is still routed as before.
+    let (status, _, body) = harness.get("/through-the-service").await;
+    assert_eq!((status, body.as_ref()), (StatusCode::OK, b"v1".as_ref()));
+
+    // Counted as traffic to the workload, not to a service it was not addressed through.
+    let text = harness.metrics().await;
+    let line = text
+        .lines()
+        .find(|l| {
+            l.starts_with("istio_requests_total{")
+                && l.contains("response_code=\"200\"")
+                && l.contains(
+                    "destination_principal=\"spiffe://cluster.local/ns/default/sa/reviews-v2\"",
+                )
+        })
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(line.contains("destination_service=\"unknown\""), "{line}");
+    assert!(line.ends_with(" 2"), "{line}");
+
+    // The pod's one-endpoint cluster lives as long as the configuration lists the pod; the
+    // service's clusters keep their state across the push.
+    let direct = format!(
+        "inbound-pod|{}||{}",
+        v2.app_address.port(),
+        v2.app_address.ip()
+    );
+    let service = format!("outbound|{PORT}|v1|{HOST}");
+    let upstream = harness.waypoint.upstream();
+    assert!(!upstream.endpoint_status(&direct).is_empty());
+    assert!(!upstream.endpoint_status(&service).is_empty());
+    let mut without = config(
+        vec![route_to("v1")],
+        vec![cluster("v1", &[&v1]), cluster("", &[&v1, &v2])],
+    );
+    without
+        .authorization_policies
+        .push(deny_admin_for_the_service());
+    harness.waypoint.apply_config(without).unwrap();
+    assert!(
+        upstream.endpoint_status(&direct).is_empty(),
+        "{direct} kept"
+    );
+    assert!(
+        !upstream.endpoint_status(&service).is_empty(),
+        "{service} forgotten"
+    );
+    // Not listed any more: the waypoint no longer serves that address.
+    assert!(
+        hbone_tunnel(
+            &harness.client,
+            harness.address,
+            &harness.waypoint_identity,
+            v2.app_address,
+            CLIENT_IP
+        )
+        .await
+        .is_err()
+    );
+}
+
+#[tokio::test]
+async fn a_route_to_an_undefined_subset_answers_503_nc_and_the_other_routes_work() {
+    let (mesh, v1, _v2) = two_endpoints().await;
+    let harness = Harness::start(mesh, &[&v1]).await;
+    harness
+        .waypoint
+        .apply_config(config(
+            vec![route_to_undefined_subset(), route_to("v1")],
+            vec![cluster("v1", &[&v1])],
+        ))
+        .unwrap();
+
+    let (status, _, body) = harness.get("/v9/page").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body.is_empty(), "{body:?}");
+    assert_eq!(v1.request_count(), 0);
+    let (status, _, body) = harness.get("/other").await;
+    assert_eq!((status, body.as_ref()), (StatusCode::OK, b"v1".as_ref()));
+
+    let text = harness.metrics().await;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("istio_requests_total{") && l.contains("response_code=\"503\""))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(line.contains("response_flags=\"NC\""), "{line}");
+    assert!(line.ends_with(" 1"), "{line}");
+}
+
+#[tokio::test]
+async fn weighted_split_follows_the_weights() {
+    let (mesh, v1, v2) = two_endpoints().await;
+    let harness = Harness::start(mesh, &[&v1, &v2]).await;
+    let split = proto::HttpRoute {
+        route: vec![destination("v1", 80), destination("v2", 20)],
+        ..Default::default()
+    };
+    harness
+        .waypoint
+        .apply_config(config(
+            vec![split],
+            vec![cluster("v1", &[&v1]), cluster("v2", &[&v2])],
+        ))
+        .unwrap();
+    let mut sender = harness.http1().await;
+    let mut v1_count = 0;
+    for _ in 0..2000 {
+        let (status, _, body) = send_on(&mut sender, get("/")).await;
+        assert_eq!(status, StatusCode::OK);
+        if body == "v1" {
+            v1_count += 1;
+        }
+    }
+    assert!(
+        (1500..=1700).contains(&v1_count),
+        "v1 got {v1_count} of 2000"
+    );
+    assert_eq!(v1.request_count() + v2.request_count(), 2000);
+}
+
+#[tokio::test]
+async fn http2_clients_are_served_and_forwarded_as_http2() {
+    let (harness, v1, _v2) = routed_to_v1().await;
+    let (mut sender, connection) = http2::Builder::new(TokioExecutor::new())
+        .handshake(TokioIo::new(harness.tunnel().await))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let mut pending = Vec::new();
+    for i in 0..20 {
+        let request = Request::builder()
+            .uri(format!("http://{HOST}/h2/{i}"))
+            .version(Version::HTTP_2)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        pending.push(sender.send_request(request));
+    }
+    for response in futures::future::join_all(pending).await {
+        let response = response.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            response.into_body().collect().await.unwrap().to_bytes(),
+            "v1"
+        );
+    }
+    let seen = v1.last_request().unwrap();
+    assert_eq!(seen.version, Version::HTTP_2);
+    assert!(seen.path.starts_with("/h2/"));
+}
+
+#[tokio::test]
+async fn websocket_upgrade_passes_bytes_both_ways() {
+    let (harness, v1, _v2) = routed_to_v1().await;
+    let mut sender = harness.http1().await;
+    let request = Request::builder()
+        .uri("/ws")
+        .header("host", HOST)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    let upgraded = hyper::upgrade::on(response).await.unwrap();
+    let mut io = TokioIo::new(upgraded);
+    for message in [&b"\x81\x05hello"[..], &b"\x81\x05world"[..]] {
+        io.write_all(message).await.unwrap();
+        let mut echoed = vec![0u8; message.len()];
+        tokio::time::timeout(Duration::from_secs(5), io.read_exact(&mut echoed))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(echoed, message);
+    }
+    let seen = v1.last_request().unwrap();
+    assert_eq!(seen.headers["upgrade"], "websocket");
+}
+
+#[tokio::test]
+async fn curl_over_a_local_bridge_gets_routed() {
+    let (harness, _v1, _v2) = routed_to_v1().await;
+    let harness = Arc::new(harness);
+    // A plain TCP port on loopback that carries each connection through an HBONE tunnel, as the
+    // node agent does for an application's connection.
+    let bridge = tokio::net::TcpListener::bind((LOCALHOST, 0)).await.unwrap();
+    let bridge_address = bridge.local_addr().unwrap();
+    let bridge_harness = Arc::clone(&harness);
+    tokio::spawn(async move {
+        for _ in 0..10 {
+            let Ok((mut socket, _)) = bridge.accept().await else {
+                return;
+            };
+            let mut tunnel = bridge_harness.tunnel().await;
+            tokio::spawn(async move {
+                let _ = tokio::io::copy_bidirectional(&mut socket, &mut tunnel).await;
+            });
+        }
+    });
+    for flags in [&["--http1.1"][..], &["--http2-prior-knowledge"][..]] {
+        let output = tokio::process::Command::new("curl")
+            .args([
+                "-s",
+                "-S",
+                "--max-time",
+                "10",
+                "-H",
+                &format!("Host: {HOST}"),
+                "-D",
+                "-",
+            ])
+            .args(flags)
+            .arg(format!("http://{bridge_address}/curl"))
+            .output()
+            .await
+            .expect("curl must be installed to run this test");
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "curl {flags:?}: {text} {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(text.contains(" 200"), "{text}");
+        assert!(text.ends_with("v1"), "{text}");
+    }
+    // h2load: many multiplexed HTTP/2 streams over a few connections.
+    let output = tokio::process::Command::new("h2load")
+        .args(["-n", "400", "-c", "4", "-m", "20", "-t", "1"])
+        .arg(format!("http://{bridge_address}/load"))
+        .output()
+        .await
+        .expect("h2load must be installed to run this test");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text}");
+    assert!(
+        text.contains("400 succeeded, 0 failed, 0 errored"),
+        "{text}"
+    );
+    assert!(text.contains("status codes: 400 2xx"), "{text}");
+}
