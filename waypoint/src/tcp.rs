@@ -25,9 +25,20 @@ use crate::model::{Cluster, Target, WaypointConfig};
 use crate::proxy::{LocalReply, ProxyShared, TunnelContext, rbac_details};
 use crate::upstream::{BoxedIo, HashInput};
 
-/// The connections the waypoint forwards at L4, each with the tunnel it arrived on (what its
-/// authorization is decided on).
-pub type TcpConnections = ConnectionRegistry<(), Arc<TunnelContext>>;
+/// The connections the waypoint carries as a stream of bytes, each with the tunnel it arrived
+/// on (what it is decided again on), grouped by what they carry.
+pub type TcpConnections = ConnectionRegistry<Carried, Arc<TunnelContext>>;
+
+/// What a registered connection carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Carried {
+    /// An L4 connection: authorized per connection, so decided again on every configuration.
+    Tcp,
+    /// An HTTP/1.1 connection upgraded after its endpoint's `101` (WebSocket): its request was
+    /// authorized at L7 when it was made (Envoy's RBAC filter decides per request, so a policy
+    /// change leaves it be), and it ends when its destination no longer uses this waypoint.
+    Upgraded,
+}
 
 /// Why a connection is not (or no longer) allowed, as Envoy's termination details say it.
 const NOT_SERVED: &str = "destination_not_served";
@@ -60,11 +71,17 @@ fn authorize(config: &WaypointConfig, context: &TunnelContext) -> Result<(), Str
 /// Decides every open connection again under `config` (just applied) and closes those it no
 /// longer allows.
 pub fn revalidate(connections: &TcpConnections, config: &WaypointConfig) {
-    let closed = connections.revoke_where(|(), context| authorize(config, context).err());
+    let closed = connections.revoke_where(|carried, context| match carried {
+        Carried::Tcp => authorize(config, context).err(),
+        Carried::Upgraded => config
+            .target_for(context.destination)
+            .is_none()
+            .then(|| NOT_SERVED.to_owned()),
+    });
     if closed > 0 {
         info!(
             closed,
-            "tcp connections closed: no longer allowed after a configuration change"
+            "connections closed: no longer allowed after a configuration change"
         );
     }
 }
@@ -122,7 +139,9 @@ pub async fn open_tcp_upstream(
     context: &Arc<TunnelContext>,
 ) -> Result<BoxedIo, Refusal> {
     // Registered before the decision: a configuration applied meanwhile decides it again.
-    let registration = shared.tcp_connections.register((), Arc::clone(context));
+    let registration = shared
+        .tcp_connections
+        .register(Carried::Tcp, Arc::clone(context));
     let config = shared.store.snapshot();
     let Some(target) = config.target_for(context.destination) else {
         debug!(authority = %context.destination, "tcp connection for a destination this waypoint does not serve");

@@ -1,6 +1,7 @@
 //! Protocol upgrades (WebSocket, or what `UPGRADES` allows; [`crate::conformance`]
 //! refuses the others): the request goes to one endpoint with its `Connection` and `Upgrade`
-//! headers, and after the endpoint's `101` the bytes are copied both ways.
+//! headers, and after the endpoint's `101` the bytes are copied both ways, the connection
+//! registered with the L4 ones so that a configuration change can end it.
 
 use std::sync::Arc;
 
@@ -15,6 +16,7 @@ use super::context::RequestContext;
 use super::forward::Outgoing;
 use super::{BoxError, LocalReply, ProxyBody, full};
 use crate::model::{Cluster, HeaderOps};
+use crate::tcp::Carried;
 use crate::upstream::HashInput;
 
 /// Whether the request asks for an HTTP/1.1 protocol upgrade.
@@ -63,6 +65,11 @@ pub(super) async fn forward(
     let upstream_upgrade = hyper::upgrade::on(&mut upstream_response);
     let (mut parts, _) = upstream_response.into_parts();
     let downstream_upgrade = hyper::upgrade::on(downstream);
+    // Registered from the `101` on: a configuration that no longer sends its destination
+    // through this waypoint ends it (see `crate::tcp::Carried::Upgraded`).
+    let registration = shared
+        .tcp_connections
+        .register(Carried::Upgraded, Arc::new(cx.tunnel.clone()));
     tokio::spawn(
         async move {
             let (Ok(up), Ok(down)) = (upstream_upgrade.await, downstream_upgrade.await) else {
@@ -70,7 +77,7 @@ pub(super) async fn forward(
                 return;
             };
             let mut up = hyper_util::rt::TokioIo::new(up);
-            let mut down = hyper_util::rt::TokioIo::new(down);
+            let mut down = registration.wrap(hyper_util::rt::TokioIo::new(down));
             if let Err(error) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
                 debug!(%error, "upgraded stream ended");
             }

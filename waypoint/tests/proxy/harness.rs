@@ -389,3 +389,32 @@ pub fn tcp_config(v1: &FakeEndpoint) -> proto::WaypointConfig {
     });
     cfg
 }
+
+/// A WebSocket opened through the waypoint on a new HTTP/1.1 tunnel: the upgraded stream.
+pub async fn websocket(harness: &Harness) -> TokioIo<hyper::upgrade::Upgraded> {
+    let mut sender = harness.http1().await;
+    let request = Request::builder()
+        .uri("/ws")
+        .header("host", HOST)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    TokioIo::new(hyper::upgrade::on(response).await.unwrap())
+}
+
+/// Writes `message` on an upgraded stream and reads as many bytes back (the endpoint echoes).
+pub async fn websocket_echo(io: &mut TokioIo<hyper::upgrade::Upgraded>, message: &[u8]) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    io.write_all(message).await.unwrap();
+    let mut echoed = vec![0u8; message.len()];
+    tokio::time::timeout(Duration::from_secs(5), io.read_exact(&mut echoed))
+        .await
+        .unwrap()
+        .unwrap();
+    echoed
+}

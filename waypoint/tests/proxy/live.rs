@@ -190,6 +190,42 @@ async fn a_destination_that_leaves_the_waypoint_drains_its_open_connections() {
     );
 }
 
+#[tokio::test]
+async fn an_upgraded_connection_ends_when_its_destination_leaves_the_waypoint() {
+    let (harness, v1, _v2) = routed_to_v1().await;
+    let mut io = websocket(&harness).await;
+    assert_eq!(websocket_echo(&mut io, b"\x81\x02hi").await, b"\x81\x02hi");
+    assert_eq!(harness.waypoint.tcp_connections().len(), 1);
+
+    // A policy change does not end it (the request was authorized when it was upgraded, as
+    // Envoy's RBAC filter decides per request) ...
+    let mut policy = config(vec![route_to("v1")], vec![cluster("v1", &[&v1])]);
+    policy.authorization_policies = vec![deny_paths(&["/other"], &[])];
+    harness.waypoint.apply_config(policy).unwrap();
+    assert_eq!(websocket_echo(&mut io, b"\x81\x02ok").await, b"\x81\x02ok");
+
+    // ... but once the service no longer uses the waypoint, the waypoint stops carrying it.
+    let mut gone = config(Vec::new(), Vec::new());
+    gone.services.clear();
+    harness.waypoint.apply_config(gone).unwrap();
+    let mut buf = [0u8; 16];
+    let ended = tokio::time::timeout(Duration::from_secs(1), io.read(&mut buf))
+        .await
+        .expect("the upgraded connection is still open a second after its destination left");
+    assert!(
+        matches!(ended, Ok(0) | Err(_)),
+        "the upgraded connection read {ended:?}"
+    );
+    assert!(
+        within(Duration::from_secs(5), || harness
+            .waypoint
+            .tcp_connections()
+            .is_empty())
+        .await,
+        "the upgraded connection stays registered"
+    );
+}
+
 /// An HTTP/1.1 request written raw into a TCP tunnel, and the start of the answer read back.
 async fn exchange(tunnel: &mut weft_hbone::HboneStream) -> String {
     let raw = format!("GET /tcp HTTP/1.1\r\nHost: {HOST}\r\n\r\n");

@@ -3,14 +3,12 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use weft_proto::waypoint as proto;
 
 use waypoint::testing::{LOCALHOST, hbone_tunnel};
@@ -263,28 +261,9 @@ async fn http2_clients_are_served_and_forwarded_as_http2() {
 #[tokio::test]
 async fn websocket_upgrade_passes_bytes_both_ways() {
     let (harness, v1, _v2) = routed_to_v1().await;
-    let mut sender = harness.http1().await;
-    let request = Request::builder()
-        .uri("/ws")
-        .header("host", HOST)
-        .header("connection", "upgrade")
-        .header("upgrade", "websocket")
-        .header("sec-websocket-version", "13")
-        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let response = sender.send_request(request).await.unwrap();
-    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
-    let upgraded = hyper::upgrade::on(response).await.unwrap();
-    let mut io = TokioIo::new(upgraded);
+    let mut io = websocket(&harness).await;
     for message in [&b"\x81\x05hello"[..], &b"\x81\x05world"[..]] {
-        io.write_all(message).await.unwrap();
-        let mut echoed = vec![0u8; message.len()];
-        tokio::time::timeout(Duration::from_secs(5), io.read_exact(&mut echoed))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(echoed, message);
+        assert_eq!(websocket_echo(&mut io, message).await, message);
     }
     let seen = v1.last_request().unwrap();
     assert_eq!(seen.headers["upgrade"], "websocket");
