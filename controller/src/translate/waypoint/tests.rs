@@ -3,9 +3,13 @@
 
 use std::path::Path;
 
+use super::clusters::{EffectivePolicy, effective_policy};
+use super::route::retry_conditions;
 use super::*;
 use crate::index::ConfigIndex;
 use crate::loader;
+use crate::model::networking::{self as net, TrafficPolicy};
+use crate::translate::resolve::qualify_host;
 use crate::translate::translate;
 
 /// An index from YAML without validation: translation must cope with whatever it holds.

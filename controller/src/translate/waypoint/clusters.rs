@@ -1,0 +1,482 @@
+//! The clusters routes name: the DestinationRule that applies to each (merged as Istio merges
+//! them), its traffic policy in the waypoint's form, and the endpoints behind it.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Pod, Service, ServicePort};
+use weft_proto::waypoint as wp;
+
+use super::{
+    ClusterKey, Compiler, DEFAULT_CONSECUTIVE_5XX, age_key, duration, exported_to, port_number,
+    specificity, tcp_service_ports,
+};
+use crate::model::networking::{
+    self as net, ConnectionPoolSettings, DestinationRule, LoadBalancerSettings, OutlierDetection,
+    Subset, TrafficPolicy,
+};
+use crate::model::{DurationString, ResourceKind};
+use crate::translate::TranslateProblem;
+use crate::translate::resolve::{
+    self, host_covers, labels, name_of, namespace_of, qualify_host, selects, service_selects,
+    service_waypoint,
+};
+
+/// The DestinationRule(s) that apply to a host, merged as Istio merges rules for the same host
+/// in one namespace: the first (oldest) traffic policy, subsets by first definition.
+pub(super) struct MergedRule<'a> {
+    first: &'a DestinationRule,
+    traffic_policy: Option<&'a TrafficPolicy>,
+    subsets: Vec<&'a Subset>,
+}
+
+impl MergedRule<'_> {
+    fn key(&self) -> String {
+        format!(
+            "{}/{}",
+            namespace_of(&self.first.metadata),
+            name_of(&self.first.metadata)
+        )
+    }
+
+    pub(super) fn subset(&self, name: &str) -> Option<&Subset> {
+        self.subsets.iter().copied().find(|s| s.name == name)
+    }
+}
+
+impl<'a> Compiler<'a, '_> {
+    /// The DestinationRule(s) for `host` as the waypoint sees them: Istio looks in the
+    /// waypoint's namespace, then the service's, then the root namespace (then any other that
+    /// exports to it); the most specific host wins in that namespace, and rules for that exact
+    /// host there are merged.
+    pub(super) fn destination_rule(&self, host: &str) -> Option<MergedRule<'a>> {
+        let viewer = self.waypoint.namespace.as_str();
+        let service_namespace = self.services.get(host).map(|s| namespace_of(&s.metadata));
+        let rank = |namespace: &str| {
+            if namespace == viewer {
+                0
+            } else if Some(namespace) == service_namespace {
+                1
+            } else if namespace == self.settings.root_namespace {
+                2
+            } else {
+                3
+            }
+        };
+        let mut candidates: Vec<(&'a DestinationRule, String)> = self
+            .index
+            .destination_rules
+            .values()
+            .filter(|dr| {
+                exported_to(&dr.spec.export_to, namespace_of(&dr.metadata), viewer)
+                    && dr
+                        .spec
+                        .workload_selector
+                        .as_ref()
+                        .is_none_or(|s| s.match_labels.is_empty())
+            })
+            .filter_map(|dr| {
+                let qualified =
+                    qualify_host(self.settings, &dr.spec.host, namespace_of(&dr.metadata));
+                host_covers(&qualified, host).then_some((dr, qualified))
+            })
+            .collect();
+        candidates.sort_by(|(a, ha), (b, hb)| {
+            rank(namespace_of(&a.metadata))
+                .cmp(&rank(namespace_of(&b.metadata)))
+                .then_with(|| namespace_of(&a.metadata).cmp(namespace_of(&b.metadata)))
+                .then_with(|| specificity(hb, host).cmp(&specificity(ha, host)))
+                .then_with(|| age_key(&a.metadata).cmp(&age_key(&b.metadata)))
+        });
+        let (first, first_host) = candidates.first()?.clone();
+        let mut merged = MergedRule {
+            first,
+            traffic_policy: None,
+            subsets: Vec::new(),
+        };
+        for (dr, _) in candidates.iter().filter(|(dr, h)| {
+            h == &first_host && namespace_of(&dr.metadata) == namespace_of(&first.metadata)
+        }) {
+            if merged.traffic_policy.is_none() {
+                merged.traffic_policy = dr.spec.traffic_policy.as_ref();
+            }
+            for subset in &dr.spec.subsets {
+                if merged.subset(&subset.name).is_none() {
+                    merged.subsets.push(subset);
+                }
+            }
+        }
+        Some(merged)
+    }
+
+    pub(super) fn cluster(&mut self, key: &ClusterKey) -> wp::Cluster {
+        let mut cluster = wp::Cluster {
+            name: key.name(),
+            host: key.host.clone(),
+            subset: key.subset.clone(),
+            port: key.port,
+            ..Default::default()
+        };
+        let rule = self.destination_rule(&key.host);
+        let subset = rule.as_ref().and_then(|r| {
+            (!key.subset.is_empty())
+                .then(|| r.subset(&key.subset))
+                .flatten()
+        });
+        let subset_labels = subset.map(|s| s.labels.clone()).unwrap_or_default();
+        if let Some(rule) = &rule {
+            cluster.destination_rule = rule.key();
+            let (policy, notes) = effective_policy(
+                rule.traffic_policy,
+                subset.and_then(|s| s.traffic_policy.as_ref()),
+                key.port,
+            )
+            .compile();
+            cluster.load_balancer = policy.0;
+            cluster.connection_pool = policy.1;
+            cluster.outlier_detection = policy.2;
+            let meta = rule.first.metadata.clone();
+            for note in notes {
+                self.report(ResourceKind::DestinationRule, &meta, note);
+            }
+        }
+        if let Some(service) = self.services.get(&key.host).copied() {
+            cluster.endpoints = self.endpoints(service, key.port, &subset_labels);
+            if let Some(other) = service_waypoint(self.index, service)
+                && other != self.waypoint
+            {
+                let problem = TranslateProblem::OtherWaypoint {
+                    from: self.waypoint.to_string(),
+                    to: other.to_string(),
+                };
+                self.report(ResourceKind::Service, &service.metadata, problem);
+            }
+        }
+        cluster.subset_labels = subset_labels;
+        cluster
+    }
+
+    fn endpoints(
+        &self,
+        service: &Service,
+        port: u32,
+        subset_labels: &BTreeMap<String, String>,
+    ) -> Vec<wp::Endpoint> {
+        let Some(service_port) = tcp_service_ports(service).find(|p| port_number(p) == port) else {
+            return Vec::new();
+        };
+        let mut endpoints: Vec<wp::Endpoint> = self
+            .index
+            .pods
+            .values()
+            .filter(|pod| {
+                service_selects(service, pod)
+                    && !resolve::pod_terminated(pod)
+                    && selects(subset_labels, &labels(&pod.metadata))
+            })
+            .flat_map(|pod| self.pod_endpoints(pod, service_port))
+            .collect();
+        endpoints.sort_by(|a, b| a.address.cmp(&b.address));
+        endpoints
+    }
+
+    fn pod_endpoints(&self, pod: &Pod, port: &ServicePort) -> Vec<wp::Endpoint> {
+        let Some(target) =
+            resolve::target_port(port, pod).filter(|p| u16::try_from(*p).is_ok_and(|p| p > 0))
+        else {
+            return Vec::new();
+        };
+        let tunnel = if resolve::enrolled(self.index, pod) {
+            wp::EndpointTunnel::Hbone
+        } else {
+            wp::EndpointTunnel::None
+        };
+        let namespace = namespace_of(&pod.metadata);
+        resolve::pod_ips(pod)
+            .into_iter()
+            .map(|ip| wp::Endpoint {
+                address: ip.to_string(),
+                port: target,
+                identity: resolve::spiffe_id(
+                    self.settings,
+                    namespace,
+                    resolve::service_account(pod),
+                ),
+                labels: labels(&pod.metadata),
+                workload_uid: resolve::pod_uid(&self.settings.cluster_id, pod),
+                tunnel: tunnel as i32,
+                healthy: resolve::pod_healthy(pod),
+                weight: 0,
+            })
+            .collect()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Traffic policies.
+
+/// A cluster's settings before translation.
+#[derive(Debug, Default, Clone)]
+pub(super) struct EffectivePolicy {
+    pub(super) load_balancer: Option<LoadBalancerSettings>,
+    pub(super) connection_pool: Option<ConnectionPoolSettings>,
+    pub(super) outlier_detection: Option<OutlierDetection>,
+    pub(super) tls: Option<net::ClientTlsSettings>,
+}
+
+impl EffectivePolicy {
+    pub(super) fn of(policy: &TrafficPolicy) -> Self {
+        Self {
+            load_balancer: policy.load_balancer.clone(),
+            connection_pool: policy.connection_pool.clone(),
+            outlier_detection: policy.outlier_detection.clone(),
+            tls: policy.tls.clone(),
+        }
+    }
+
+    /// Port-level settings replace the destination-level ones entirely: Istio documents that
+    /// they are not inherited field by field, and omitted ones fall back to the defaults.
+    fn with_port_level(mut self, policy: &TrafficPolicy, port: u32) -> Self {
+        if let Some(port_level) = policy
+            .port_level_settings
+            .iter()
+            .find(|p| p.port.as_ref().map(|s| s.number) == Some(port))
+        {
+            self = Self {
+                load_balancer: port_level.load_balancer.clone(),
+                connection_pool: port_level.connection_pool.clone(),
+                outlier_detection: port_level.outlier_detection.clone(),
+                tls: port_level.tls.clone(),
+            };
+        }
+        self
+    }
+}
+
+/// Istio's `MergeTrafficPolicy`: the rule's policy (with its port-level settings for `port`),
+/// overridden field by field by the subset's, then by the subset's port-level settings.
+pub(super) fn effective_policy(
+    top: Option<&TrafficPolicy>,
+    subset: Option<&TrafficPolicy>,
+    port: u32,
+) -> EffectivePolicy {
+    let mut merged = top
+        .map(|p| EffectivePolicy::of(p).with_port_level(p, port))
+        .unwrap_or_default();
+    if let Some(subset) = subset {
+        if subset.load_balancer.is_some() {
+            merged.load_balancer = subset.load_balancer.clone();
+        }
+        if subset.connection_pool.is_some() {
+            merged.connection_pool = subset.connection_pool.clone();
+        }
+        if subset.outlier_detection.is_some() {
+            merged.outlier_detection = subset.outlier_detection.clone();
+        }
+        if subset.tls.is_some() {
+            merged.tls = subset.tls.clone();
+        }
+        merged = merged.with_port_level(subset, port);
+    }
+    merged
+}
+
+type CompiledPolicy = (
+    Option<wp::LoadBalancerSettings>,
+    Option<wp::ConnectionPoolSettings>,
+    Option<wp::OutlierDetection>,
+);
+
+impl EffectivePolicy {
+    /// The proto form, with notes on what waypoints leave out.
+    pub(super) fn compile(&self) -> (CompiledPolicy, Vec<TranslateProblem>) {
+        let mut notes = Vec::new();
+        let mut note = |path: &str, reason: &str| {
+            notes.push(TranslateProblem::Unsupported {
+                path: format!("spec.trafficPolicy.{path}"),
+                reason: reason.to_owned(),
+            })
+        };
+        let mut optional_duration = |value: &Option<DurationString>, path: &str| {
+            value.as_ref().and_then(|v| match duration(v) {
+                Ok(d) => Some(d),
+                Err(reason) => {
+                    note(path, &format!("{:?}: {reason}; ignored", v.0));
+                    None
+                }
+            })
+        };
+        let pool = self
+            .connection_pool
+            .as_ref()
+            .map(|pool| wp::ConnectionPoolSettings {
+                tcp: pool
+                    .tcp
+                    .as_ref()
+                    .map(|tcp| wp::connection_pool_settings::TcpSettings {
+                        max_connections: tcp.max_connections.unwrap_or(0),
+                        connect_timeout: optional_duration(
+                            &tcp.connect_timeout,
+                            "connectionPool.tcp.connectTimeout",
+                        ),
+                        max_connection_duration: optional_duration(
+                            &tcp.max_connection_duration,
+                            "connectionPool.tcp.maxConnectionDuration",
+                        ),
+                        idle_timeout: optional_duration(
+                            &tcp.idle_timeout,
+                            "connectionPool.tcp.idleTimeout",
+                        ),
+                    }),
+                http: pool
+                    .http
+                    .as_ref()
+                    .map(|http| wp::connection_pool_settings::HttpSettings {
+                        http1_max_pending_requests: http.http1_max_pending_requests.unwrap_or(0),
+                        http2_max_requests: http.http2_max_requests.unwrap_or(0),
+                        max_requests_per_connection: http.max_requests_per_connection.unwrap_or(0),
+                        max_retries: http.max_retries.unwrap_or(0),
+                        idle_timeout: optional_duration(
+                            &http.idle_timeout,
+                            "connectionPool.http.idleTimeout",
+                        ),
+                        max_concurrent_streams: http.max_concurrent_streams.unwrap_or(0),
+                    }),
+            });
+        let outlier = self.outlier_detection.as_ref().map(|o| {
+            // Istio: the deprecated `consecutiveErrors` counts gateway errors (502, 503, 504)
+            // and turns the 5xx count off; without either, Envoy's default of 5 consecutive
+            // 5xx applies.
+            let legacy = o
+                .consecutive_errors
+                .and_then(|n| u32::try_from(n).ok())
+                .filter(|n| *n > 0);
+            wp::OutlierDetection {
+                consecutive_gateway_errors: o.consecutive_gateway_errors.or(legacy),
+                consecutive_5xx_errors: match (o.consecutive5xx_errors, legacy) {
+                    (Some(n), _) => Some(n),
+                    (None, Some(_)) => Some(0),
+                    (None, None) => Some(DEFAULT_CONSECUTIVE_5XX),
+                },
+                interval: optional_duration(&o.interval, "outlierDetection.interval"),
+                base_ejection_time: optional_duration(
+                    &o.base_ejection_time,
+                    "outlierDetection.baseEjectionTime",
+                ),
+                max_ejection_percent: o.max_ejection_percent.unwrap_or(0),
+                min_health_percent: o.min_health_percent.unwrap_or(0),
+            }
+        });
+        let lb = self
+            .load_balancer
+            .as_ref()
+            .and_then(|lb| load_balancer(lb, &mut note));
+        if let Some(pool) = &self.connection_pool {
+            if pool.tcp.as_ref().is_some_and(|t| t.tcp_keepalive.is_some()) {
+                note(
+                    "connectionPool.tcp.tcpKeepalive",
+                    "not supported by waypoints; ignored",
+                );
+            }
+            if let Some(http) = &pool.http
+                && (http.h2_upgrade_policy.is_some() || http.use_client_protocol.is_some())
+            {
+                note(
+                    "connectionPool.http",
+                    "h2UpgradePolicy and useClientProtocol are not supported by waypoints (they keep the client's protocol); ignored",
+                );
+            }
+        }
+        if let Some(o) = &self.outlier_detection
+            && (o.split_external_local_origin_errors.is_some()
+                || o.consecutive_local_origin_failures.is_some())
+        {
+            note(
+                "outlierDetection",
+                "local-origin failures are counted with the others by waypoints; splitExternalLocalOriginErrors and consecutiveLocalOriginFailures are ignored",
+            );
+        }
+        if let Some(tls) = &self.tls
+            && matches!(
+                tls.mode,
+                Some(net::ClientTlsMode::Simple | net::ClientTlsMode::Mutual)
+            )
+        {
+            note(
+                "tls",
+                "waypoints reach mesh endpoints over HBONE and plain endpoints over TCP; SIMPLE and MUTUAL origination is not supported and is ignored",
+            );
+        }
+        ((lb, pool, outlier), notes)
+    }
+}
+
+fn load_balancer(
+    lb: &LoadBalancerSettings,
+    note: &mut impl FnMut(&str, &str),
+) -> Option<wp::LoadBalancerSettings> {
+    use wp::load_balancer_settings::{
+        ConsistentHashLb, LbPolicy, SimpleLb,
+        consistent_hash_lb::{HashKey, HttpCookie},
+    };
+    if lb.locality_lb_setting.is_some() {
+        note(
+            "loadBalancer.localityLbSetting",
+            "localities are not known to waypoints; ignored",
+        );
+    }
+    if lb.warmup_duration_secs.is_some() {
+        note(
+            "loadBalancer.warmupDurationSecs",
+            "slow start is not supported by waypoints; ignored",
+        );
+    }
+    if let Some(hash) = &lb.consistent_hash {
+        if hash.ring_hash.is_some() || hash.maglev.is_some() || hash.minimum_ring_size.is_some() {
+            note(
+                "loadBalancer.consistentHash",
+                "waypoints hash with their own table; ringHash, maglev and minimumRingSize are ignored",
+            );
+        }
+        let key = if let Some(header) = &hash.http_header_name {
+            HashKey::HttpHeaderName(header.clone())
+        } else if let Some(cookie) = &hash.http_cookie {
+            HashKey::HttpCookie(HttpCookie {
+                name: cookie.name.clone(),
+                path: cookie.path.clone().unwrap_or_default(),
+                ttl: cookie.ttl.as_ref().and_then(|t| duration(t).ok()),
+            })
+        } else if hash.use_source_ip == Some(true) {
+            HashKey::UseSourceIp(true)
+        } else if let Some(name) = &hash.http_query_parameter_name {
+            HashKey::HttpQueryParameterName(name.clone())
+        } else {
+            note(
+                "loadBalancer.consistentHash",
+                "no hash key; the default load balancer is used",
+            );
+            return None;
+        };
+        return Some(wp::LoadBalancerSettings {
+            lb_policy: Some(LbPolicy::ConsistentHash(ConsistentHashLb {
+                hash_key: Some(key),
+            })),
+        });
+    }
+    let simple = match lb.simple? {
+        net::SimpleLb::Unspecified => SimpleLb::Unspecified,
+        net::SimpleLb::LeastConn => SimpleLb::LeastConn,
+        net::SimpleLb::Random => SimpleLb::Random,
+        net::SimpleLb::RoundRobin => SimpleLb::RoundRobin,
+        net::SimpleLb::LeastRequest => SimpleLb::LeastRequest,
+        net::SimpleLb::Passthrough => {
+            note(
+                "loadBalancer.simple",
+                "PASSTHROUGH needs the original destination, which waypoints do not route to; the default load balancer is used",
+            );
+            return None;
+        }
+    };
+    Some(wp::LoadBalancerSettings {
+        lb_policy: Some(LbPolicy::Simple(simple as i32)),
+    })
+}

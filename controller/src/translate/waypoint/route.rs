@@ -1,0 +1,558 @@
+//! One VirtualService route (HTTP or TCP) compiled for one port: its matches, destinations
+//! (resolved to Istio's cluster names), retries, timeouts, faults, rewrites and headers.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use base64::Engine as _;
+use weft_proto::waypoint as wp;
+
+use super::routes::{PortContext, Served, match_binds_mesh};
+use super::{
+    ClusterKey, Compiler, DEFAULT_RETRY_ATTEMPTS, DEFAULT_RETRY_ON, duration, port_number,
+    tcp_service_ports,
+};
+use crate::model::DurationString;
+use crate::model::networking::{self as net, HttpRoute, VirtualService};
+use crate::translate::TranslateProblem;
+use crate::translate::resolve::{namespace_of, qualify_host};
+
+/// One route being compiled for one port.
+pub(super) struct RouteContext<'c, 'a, 'p> {
+    pub(super) compiler: &'c Compiler<'a, 'p>,
+    pub(super) served: &'c Served,
+    pub(super) vs: &'a VirtualService,
+    pub(super) path: &'c str,
+    pub(super) clusters: &'c mut BTreeSet<ClusterKey>,
+    pub(super) notes: &'c mut Vec<TranslateProblem>,
+    pub(super) context: PortContext,
+}
+
+impl RouteContext<'_, '_, '_> {
+    fn note(&mut self, path: String, reason: &str) {
+        self.notes.push(TranslateProblem::Unsupported {
+            path,
+            reason: reason.to_owned(),
+        });
+    }
+
+    fn invalid(&self, path: String, value: &str, reason: String) -> TranslateProblem {
+        TranslateProblem::InvalidValue {
+            path,
+            value: value.to_owned(),
+            reason,
+            service: self.served.hostname.clone(),
+        }
+    }
+
+    fn duration(
+        &self,
+        path: String,
+        value: &DurationString,
+    ) -> Result<prost_types::Duration, TranslateProblem> {
+        duration(value).map_err(|reason| self.invalid(path, &value.0, reason))
+    }
+
+    /// A destination resolved to its cluster, named as Istio names it
+    /// (`GetDestinationCluster`: the destination's port, else the service's only port, else the
+    /// port the request arrived on). A destination that resolves to nothing Istio would build a
+    /// cluster for (an unknown host, port or subset) keeps that name without a cluster behind
+    /// it, as istiod does: the waypoint answers what is routed there with 503 `NC` while the
+    /// other routes of the VirtualService keep working, and the problem is reported.
+    fn destination(&mut self, destination: &net::Destination, path: String) -> wp::Destination {
+        let service = self.served.hostname.clone();
+        let host = qualify_host(
+            self.compiler.settings,
+            &destination.host,
+            namespace_of(&self.vs.metadata),
+        );
+        let subset = destination.subset.clone().unwrap_or_default();
+        let target = self.compiler.services.get(&host).copied();
+        let ports: Vec<u32> = target
+            .map(|t| tcp_service_ports(t).map(port_number).collect())
+            .unwrap_or_default();
+        let port = match (&destination.port, ports.as_slice()) {
+            (Some(selector), _) => selector.number,
+            (None, [only]) => *only,
+            (None, _) => self.context.port,
+        };
+        let key = ClusterKey {
+            host: host.clone(),
+            subset: subset.clone(),
+            port,
+        };
+        let cluster = key.name();
+        let problem = if target.is_none() {
+            Some(TranslateProblem::UnknownHost {
+                path,
+                host: host.clone(),
+                subset: subset.clone(),
+                port,
+                service,
+            })
+        } else if !ports.contains(&port) {
+            Some(match destination.port {
+                Some(_) => TranslateProblem::UnknownPort {
+                    path: format!("{path}.port.number"),
+                    host: host.clone(),
+                    subset: subset.clone(),
+                    port,
+                    service,
+                },
+                None => TranslateProblem::AmbiguousPort {
+                    path,
+                    host: host.clone(),
+                    subset: subset.clone(),
+                    port,
+                    service,
+                },
+            })
+        } else if !subset.is_empty()
+            && self
+                .compiler
+                .destination_rule(&host)
+                .is_none_or(|rule| rule.subset(&subset).is_none())
+        {
+            Some(TranslateProblem::UnknownSubset {
+                path: format!("{path}.subset"),
+                host: host.clone(),
+                subset: subset.clone(),
+                port,
+                service,
+            })
+        } else {
+            None
+        };
+        match problem {
+            Some(problem) => self.notes.push(problem),
+            None => {
+                self.clusters.insert(key);
+            }
+        }
+        wp::Destination {
+            host,
+            subset,
+            port,
+            cluster,
+        }
+    }
+
+    pub(super) fn http_route(
+        &mut self,
+        route: &HttpRoute,
+        vs_mesh: bool,
+    ) -> Result<Option<wp::HttpRoute>, TranslateProblem> {
+        let path = self.path.to_owned();
+        let mut matches = Vec::new();
+        for m in &route.matches {
+            if !match_binds_mesh(&m.gateways, vs_mesh)
+                || (self.context.restrict && m.port.is_some_and(|p| p != self.context.port))
+            {
+                continue;
+            }
+            let mut compiled = http_match(m);
+            if self.context.restrict {
+                compiled.port = self.context.port;
+            }
+            matches.push(compiled);
+        }
+        if route.matches.is_empty() {
+            if !vs_mesh {
+                return Ok(None);
+            }
+            if self.context.restrict {
+                matches.push(wp::HttpMatchRequest {
+                    port: self.context.port,
+                    ..Default::default()
+                });
+            }
+        } else if matches.is_empty() {
+            return Ok(None);
+        }
+        let mut destinations = Vec::new();
+        for (j, d) in route.route.iter().enumerate() {
+            let Some(destination) = &d.destination else {
+                continue;
+            };
+            destinations.push(wp::HttpRouteDestination {
+                destination: Some(
+                    self.destination(destination, format!("{path}.route[{j}].destination")),
+                ),
+                weight: d.weight.unwrap_or(0).max(0),
+                headers: d.headers.as_ref().map(headers),
+            });
+        }
+        let mut mirrors = Vec::new();
+        if let Some(mirror) = &route.mirror {
+            let value = route
+                .mirror_percentage
+                .as_ref()
+                .map(|p| p.value)
+                .or(route.mirror_percent().map(f64::from))
+                .unwrap_or(100.0);
+            mirrors.push(wp::HttpMirrorPolicy {
+                destination: Some(self.destination(mirror, format!("{path}.mirror"))),
+                percentage: Some(wp::Percent { value }),
+            });
+        }
+        for (j, mirror) in route.mirrors.iter().enumerate() {
+            let Some(destination) = &mirror.destination else {
+                continue;
+            };
+            mirrors.push(wp::HttpMirrorPolicy {
+                destination: Some(
+                    self.destination(destination, format!("{path}.mirrors[{j}].destination")),
+                ),
+                percentage: Some(wp::Percent {
+                    value: mirror.percentage.as_ref().map_or(100.0, |p| p.value),
+                }),
+            });
+        }
+        let timeout = match &route.timeout {
+            None => None,
+            Some(value) => Some(self.duration(format!("{path}.timeout"), value)?)
+                .filter(|d| *d != prost_types::Duration::default()),
+        };
+        let retries = match &route.retries {
+            None => default_retries(),
+            Some(retry) => {
+                if retry.retry_remote_localities.is_some() {
+                    self.note(
+                        format!("{path}.retries.retryRemoteLocalities"),
+                        "localities are not known to waypoints; ignored",
+                    );
+                }
+                if retry.backoff.is_some() {
+                    self.note(
+                        format!("{path}.retries.backoff"),
+                        "waypoints retry with their own backoff; ignored",
+                    );
+                }
+                let retry_on = match retry.retry_on.as_deref() {
+                    None | Some("") => Some(DEFAULT_RETRY_ON.to_owned()),
+                    Some(on) => retry_conditions(on),
+                };
+                wp::HttpRetry {
+                    // Istio: zero (or less) attempts disable retries, and so does a list of
+                    // conditions that retries nothing.
+                    attempts: if retry_on.is_some() {
+                        retry.attempts.max(0)
+                    } else {
+                        0
+                    },
+                    per_try_timeout: retry
+                        .per_try_timeout
+                        .as_ref()
+                        .map(|t| self.duration(format!("{path}.retries.perTryTimeout"), t))
+                        .transpose()?,
+                    retry_on: retry_on.unwrap_or_default(),
+                }
+            }
+        };
+        let direct_response = match &route.direct_response {
+            None => None,
+            Some(response) => Some(self.direct_response(response)?),
+        };
+        let fault = match &route.fault {
+            None => None,
+            Some(fault) => Some(self.fault(fault)?),
+        };
+        let cors_policy = match &route.cors_policy {
+            None => None,
+            Some(cors) => Some(self.cors(cors)?),
+        };
+        Ok(Some(wp::HttpRoute {
+            name: route.name.clone().unwrap_or_default(),
+            r#match: matches,
+            route: destinations,
+            redirect: route.redirect.as_ref().map(redirect),
+            direct_response,
+            rewrite: route.rewrite.as_ref().map(|r| wp::HttpRewrite {
+                uri: r.uri.clone().unwrap_or_default(),
+                authority: r.authority.clone().unwrap_or_default(),
+                uri_regex_rewrite: r.uri_regex_rewrite.as_ref().map(|rr| wp::RegexRewrite {
+                    r#match: rr.pattern.clone(),
+                    rewrite: rr.rewrite.clone(),
+                }),
+            }),
+            timeout,
+            // Redirects and direct responses never reach an upstream to retry.
+            retries: (route.redirect.is_none() && route.direct_response.is_none())
+                .then_some(retries),
+            fault,
+            mirrors,
+            cors_policy,
+            headers: route.headers.as_ref().map(headers),
+            virtual_service: String::new(),
+        }))
+    }
+
+    fn direct_response(
+        &self,
+        response: &net::HttpDirectResponse,
+    ) -> Result<wp::HttpDirectResponse, TranslateProblem> {
+        use wp::http_body::Specifier;
+        let path = format!("{}.directResponse.body", self.path);
+        let body = match &response.body {
+            None => None,
+            Some(body) => Some(wp::HttpBody {
+                specifier: Some(match (&body.string, &body.bytes) {
+                    (Some(text), _) => Specifier::String(text.clone()),
+                    (None, Some(bytes)) => Specifier::Bytes(
+                        base64::engine::general_purpose::STANDARD
+                            .decode(bytes)
+                            .map_err(|e| {
+                                self.invalid(format!("{path}.bytes"), bytes, e.to_string())
+                            })?,
+                    ),
+                    (None, None) => Specifier::String(String::new()),
+                }),
+            }),
+        };
+        Ok(wp::HttpDirectResponse {
+            status: response.status,
+            body,
+        })
+    }
+
+    fn fault(
+        &mut self,
+        fault: &net::HttpFaultInjection,
+    ) -> Result<wp::HttpFaultInjection, TranslateProblem> {
+        use wp::http_fault_injection::{Abort, Delay, abort::ErrorType};
+        let path = format!("{}.fault", self.path);
+        // Istio: a fault without a percentage applies to no request at all.
+        let delay = match &fault.delay {
+            None => None,
+            Some(delay) => match &delay.fixed_delay {
+                Some(fixed) => Some(Delay {
+                    fixed_delay: Some(self.duration(format!("{path}.delay.fixedDelay"), fixed)?),
+                    percentage: Some(wp::Percent {
+                        value: delay
+                            .percentage
+                            .as_ref()
+                            .map(|p| p.value)
+                            .or(delay.percent.map(f64::from))
+                            .unwrap_or(0.0),
+                    }),
+                }),
+                None => {
+                    self.note(
+                        format!("{path}.delay.exponentialDelay"),
+                        "exponential delays are not supported (as in Istio); the delay is ignored",
+                    );
+                    None
+                }
+            },
+        };
+        let abort = match &fault.abort {
+            None => None,
+            Some(abort) => {
+                let error_type = if let Some(status) = abort.http_status {
+                    Some(ErrorType::HttpStatus(status))
+                } else if let Some(status) = &abort.grpc_status {
+                    Some(ErrorType::GrpcStatus(status.clone()))
+                } else {
+                    self.note(
+                        format!("{path}.abort.http2Error"),
+                        "HTTP/2 error aborts are not supported (as in Istio); the abort is ignored",
+                    );
+                    None
+                };
+                error_type.map(|error_type| Abort {
+                    error_type: Some(error_type),
+                    percentage: Some(wp::Percent {
+                        value: abort.percentage.as_ref().map_or(0.0, |p| p.value),
+                    }),
+                })
+            }
+        };
+        Ok(wp::HttpFaultInjection { delay, abort })
+    }
+
+    fn cors(&mut self, cors: &net::CorsPolicy) -> Result<wp::CorsPolicy, TranslateProblem> {
+        use wp::string_match::MatchType;
+        let path = format!("{}.corsPolicy", self.path);
+        if cors.unmatched_preflights == Some(net::UnmatchedPreflights::Ignore) {
+            self.note(
+                format!("{path}.unmatchedPreflights"),
+                "waypoints forward unmatched preflight requests; IGNORE is not supported",
+            );
+        }
+        let mut allow_origins: Vec<wp::StringMatch> =
+            cors.allow_origins.iter().map(string_match).collect();
+        // `allowOrigin` is the deprecated exact-match list.
+        allow_origins.extend(cors.allow_origin.iter().map(|o| wp::StringMatch {
+            match_type: Some(MatchType::Exact(o.clone())),
+        }));
+        Ok(wp::CorsPolicy {
+            allow_origins,
+            allow_methods: cors.allow_methods.clone(),
+            allow_headers: cors.allow_headers.clone(),
+            expose_headers: cors.expose_headers.clone(),
+            max_age: cors
+                .max_age
+                .as_ref()
+                .map(|m| self.duration(format!("{path}.maxAge"), m))
+                .transpose()?,
+            allow_credentials: cors.allow_credentials,
+        })
+    }
+
+    pub(super) fn tcp_route(
+        &mut self,
+        route: &net::TcpRoute,
+        vs_mesh: bool,
+    ) -> Result<Option<wp::TcpRoute>, TranslateProblem> {
+        let path = self.path.to_owned();
+        let mut matches = Vec::new();
+        for m in &route.matches {
+            if !match_binds_mesh(&m.gateways, vs_mesh)
+                || (self.context.restrict && m.port.is_some_and(|p| p != self.context.port))
+            {
+                continue;
+            }
+            matches.push(wp::L4MatchAttributes {
+                destination_subnets: m.destination_subnets.clone(),
+                port: if self.context.restrict {
+                    self.context.port
+                } else {
+                    m.port.unwrap_or(0)
+                },
+                source_labels: m.source_labels.clone(),
+                source_namespace: m.source_namespace.clone().unwrap_or_default(),
+            });
+        }
+        if route.matches.is_empty() {
+            if !vs_mesh {
+                return Ok(None);
+            }
+            if self.context.restrict {
+                matches.push(wp::L4MatchAttributes {
+                    port: self.context.port,
+                    ..Default::default()
+                });
+            }
+        } else if matches.is_empty() {
+            return Ok(None);
+        }
+        let mut destinations = Vec::new();
+        for (j, d) in route.route.iter().enumerate() {
+            let Some(destination) = &d.destination else {
+                continue;
+            };
+            destinations.push(wp::RouteDestination {
+                destination: Some(
+                    self.destination(destination, format!("{path}.route[{j}].destination")),
+                ),
+                weight: d.weight.unwrap_or(0).max(0),
+            });
+        }
+        Ok(Some(wp::TcpRoute {
+            r#match: matches,
+            route: destinations,
+            virtual_service: String::new(),
+        }))
+    }
+}
+
+/// A route's `retryOn` as Envoy receives it from Istio: numbers are status codes (retried as
+/// `retriable-status-codes`); `retriable-status-codes` without any number retries no status
+/// (the mesh default's 503 is replaced, not kept), so it is dropped. `None` when nothing is left.
+pub(super) fn retry_conditions(retry_on: &str) -> Option<String> {
+    let conditions: Vec<&str> = retry_on
+        .split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    let has_codes = conditions.iter().any(|c| c.parse::<u16>().is_ok());
+    let kept: Vec<&str> = conditions
+        .into_iter()
+        .filter(|c| has_codes || *c != "retriable-status-codes")
+        .collect();
+    (!kept.is_empty()).then(|| kept.join(","))
+}
+
+/// Istio's retry policy for routes that set none.
+pub(super) fn default_retries() -> wp::HttpRetry {
+    wp::HttpRetry {
+        attempts: DEFAULT_RETRY_ATTEMPTS,
+        per_try_timeout: None,
+        retry_on: DEFAULT_RETRY_ON.to_owned(),
+    }
+}
+
+fn string_match(m: &net::StringMatch) -> wp::StringMatch {
+    use wp::string_match::MatchType;
+    let match_type = if let Some(exact) = &m.exact {
+        Some(MatchType::Exact(exact.clone()))
+    } else if let Some(prefix) = &m.prefix {
+        Some(MatchType::Prefix(prefix.clone()))
+    } else {
+        m.regex.clone().map(MatchType::Regex)
+    };
+    wp::StringMatch { match_type }
+}
+
+/// Header maps by lowercase name: HTTP header names are case-insensitive.
+fn header_matches(map: &BTreeMap<String, net::StringMatch>) -> BTreeMap<String, wp::StringMatch> {
+    map.iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), string_match(v)))
+        .collect()
+}
+
+fn http_match(m: &net::HttpMatchRequest) -> wp::HttpMatchRequest {
+    wp::HttpMatchRequest {
+        name: m.name.clone().unwrap_or_default(),
+        uri: m.uri.as_ref().map(string_match),
+        scheme: m.scheme.as_ref().map(string_match),
+        method: m.method.as_ref().map(string_match),
+        authority: m.authority.as_ref().map(string_match),
+        headers: header_matches(&m.headers),
+        port: m.port.unwrap_or(0),
+        source_labels: m.source_labels.clone(),
+        query_params: m
+            .query_params
+            .iter()
+            .map(|(k, v)| (k.clone(), string_match(v)))
+            .collect(),
+        ignore_uri_case: m.ignore_uri_case,
+        without_headers: header_matches(&m.without_headers),
+        source_namespace: m.source_namespace.clone().unwrap_or_default(),
+    }
+}
+
+fn header_operations(ops: &net::HeaderOperations) -> wp::HeaderOperations {
+    wp::HeaderOperations {
+        set: ops.set.clone(),
+        add: ops.add.clone(),
+        remove: ops.remove.clone(),
+    }
+}
+
+fn headers(h: &net::Headers) -> wp::Headers {
+    wp::Headers {
+        request: h.request.as_ref().map(header_operations),
+        response: h.response.as_ref().map(header_operations),
+    }
+}
+
+fn redirect(r: &net::HttpRedirect) -> wp::HttpRedirect {
+    use wp::http_redirect::{RedirectPort, RedirectPortSelection};
+    let redirect_port = match (r.port, r.derive_port) {
+        (Some(port), _) => Some(RedirectPort::Port(port)),
+        (None, Some(net::RedirectPortSelection::FromRequestPort)) => Some(
+            RedirectPort::DerivePort(RedirectPortSelection::FromRequestPort as i32),
+        ),
+        (None, Some(net::RedirectPortSelection::FromProtocolDefault)) => Some(
+            RedirectPort::DerivePort(RedirectPortSelection::FromProtocolDefault as i32),
+        ),
+        (None, None) => None,
+    };
+    wp::HttpRedirect {
+        uri: r.uri.clone().unwrap_or_default(),
+        authority: r.authority.clone().unwrap_or_default(),
+        redirect_port,
+        scheme: r.scheme.clone().unwrap_or_default(),
+        redirect_code: r.redirect_code.unwrap_or(0),
+    }
+}

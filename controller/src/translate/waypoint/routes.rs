@@ -1,0 +1,322 @@
+//! A served service's route tables: the VirtualService that routes it, its routes compiled
+//! once per port, and the default route to the service itself.
+
+use std::collections::BTreeSet;
+
+use k8s_openapi::api::core::v1::Service;
+use weft_proto::waypoint as wp;
+
+use super::route::{RouteContext, default_retries};
+use super::{
+    ClusterKey, Compiler, MESH_GATEWAY, age_key, exported_to, is_opaque, port_number,
+    port_protocol, specificity, tcp_service_ports,
+};
+use crate::model::ResourceKind;
+use crate::model::networking::VirtualService;
+use crate::translate::TranslateProblem;
+use crate::translate::resolve::{self, name_of, namespace_of, qualify_host};
+
+/// A service the waypoint serves, as routes see it.
+pub(super) struct Served {
+    pub(super) hostname: String,
+    /// Ports carrying HTTP (declared, or sniffed).
+    pub(super) http_ports: Vec<u32>,
+    /// Ports forwarded at L4 (declared opaque, or sniffed).
+    pub(super) tcp_ports: Vec<u32>,
+}
+
+/// Where a VirtualService route is compiled for: the port the request arrives on, and whether
+/// the route must say so (the service has several HTTP, or TCP, ports).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct PortContext {
+    pub(super) port: u32,
+    pub(super) restrict: bool,
+}
+
+impl<'a> Compiler<'a, '_> {
+    pub(super) fn service(&mut self, service: &'a Service) -> wp::WaypointService {
+        let namespace = namespace_of(&service.metadata);
+        let hostname = resolve::hostname(service, self.settings);
+        let ports: Vec<wp::ServicePort> = tcp_service_ports(service)
+            .map(|port| wp::ServicePort {
+                port: port_number(port),
+                name: port.name.clone().unwrap_or_default(),
+                protocol: port_protocol(port) as i32,
+                target_port: resolve::numeric_target_port(port),
+            })
+            .collect();
+        let protocol_of = |p: &wp::ServicePort| {
+            wp::Protocol::try_from(p.protocol).unwrap_or(wp::Protocol::Unspecified)
+        };
+        let served = Served {
+            hostname: hostname.clone(),
+            http_ports: ports
+                .iter()
+                .filter(|p| !is_opaque(protocol_of(p)))
+                .map(|p| p.port)
+                .collect(),
+            tcp_ports: ports
+                .iter()
+                .filter(|p| {
+                    is_opaque(protocol_of(p)) || protocol_of(p) == wp::Protocol::Unspecified
+                })
+                .map(|p| p.port)
+                .collect(),
+        };
+        let (mut http_routes, mut tcp_routes) = match self.virtual_service_for(&served) {
+            Some(vs) => self.routes_from(&served, vs),
+            None => (Vec::new(), Vec::new()),
+        };
+        // The default: the service itself, for whatever no route matched.
+        for context in contexts(&served.http_ports) {
+            let cluster = self.register(&hostname, "", context.port);
+            http_routes.push(wp::HttpRoute {
+                name: "default".to_owned(),
+                r#match: if context.restrict {
+                    vec![wp::HttpMatchRequest {
+                        port: context.port,
+                        ..Default::default()
+                    }]
+                } else {
+                    Vec::new()
+                },
+                route: vec![wp::HttpRouteDestination {
+                    destination: Some(wp::Destination {
+                        host: hostname.clone(),
+                        subset: String::new(),
+                        port: context.port,
+                        cluster,
+                    }),
+                    weight: 0,
+                    headers: None,
+                }],
+                retries: Some(default_retries()),
+                ..Default::default()
+            });
+        }
+        for context in contexts(&served.tcp_ports) {
+            let cluster = self.register(&hostname, "", context.port);
+            tcp_routes.push(wp::TcpRoute {
+                r#match: if context.restrict {
+                    vec![wp::L4MatchAttributes {
+                        port: context.port,
+                        ..Default::default()
+                    }]
+                } else {
+                    Vec::new()
+                },
+                route: vec![wp::RouteDestination {
+                    destination: Some(wp::Destination {
+                        host: hostname.clone(),
+                        subset: String::new(),
+                        port: context.port,
+                        cluster,
+                    }),
+                    weight: 0,
+                }],
+                virtual_service: String::new(),
+            });
+        }
+        wp::WaypointService {
+            hostname,
+            name: name_of(&service.metadata).to_owned(),
+            namespace: namespace.to_owned(),
+            vips: resolve::service_vips(service)
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            ports,
+            http_routes,
+            tcp_routes,
+        }
+    }
+
+    fn register(&mut self, host: &str, subset: &str, port: u32) -> String {
+        let key = ClusterKey {
+            host: host.to_owned(),
+            subset: subset.to_owned(),
+            port,
+        };
+        let name = key.name();
+        self.clusters.insert(key);
+        name
+    }
+
+    /// The VirtualService that routes `served`: visible to the waypoint, bound to the mesh,
+    /// naming the host most specifically, the oldest among equals. The others naming it are
+    /// reported as ignored for it.
+    fn virtual_service_for(&mut self, served: &Served) -> Option<&'a VirtualService> {
+        let viewer = self.waypoint.namespace.clone();
+        let mut candidates: Vec<(&'a VirtualService, (bool, usize))> = self
+            .index
+            .virtual_services
+            .values()
+            .filter(|vs| {
+                exported_to(&vs.spec.export_to, namespace_of(&vs.metadata), &viewer)
+                    && binds_mesh(vs)
+            })
+            .filter_map(|vs| {
+                let namespace = namespace_of(&vs.metadata);
+                vs.spec
+                    .hosts
+                    .iter()
+                    .filter_map(|h| {
+                        specificity(&qualify_host(self.settings, h, namespace), &served.hostname)
+                    })
+                    .max()
+                    .map(|s| (vs, s))
+            })
+            .collect();
+        candidates.sort_by(|(a, sa), (b, sb)| {
+            sb.cmp(sa)
+                .then_with(|| age_key(&a.metadata).cmp(&age_key(&b.metadata)))
+        });
+        let (chosen, _) = *candidates.first()?;
+        let by = format!(
+            "{}/{}",
+            namespace_of(&chosen.metadata),
+            name_of(&chosen.metadata)
+        );
+        for (shadowed, _) in candidates.iter().skip(1) {
+            self.report(
+                ResourceKind::VirtualService,
+                &shadowed.metadata,
+                TranslateProblem::ShadowedVirtualService {
+                    path: "spec.hosts".to_owned(),
+                    host: served.hostname.clone(),
+                    by: by.clone(),
+                },
+            );
+        }
+        Some(chosen)
+    }
+
+    /// Compiles one VirtualService for one service. A value that cannot be translated (a
+    /// duration, a body) skips the whole VirtualService for that service; a destination naming
+    /// an unknown host, subset or port is reported and kept (503 `NC` at request time); what the
+    /// waypoint does not support is reported and left out.
+    fn routes_from(
+        &mut self,
+        served: &Served,
+        vs: &'a VirtualService,
+    ) -> (Vec<wp::HttpRoute>, Vec<wp::TcpRoute>) {
+        let mut clusters = BTreeSet::new();
+        let mut notes = Vec::new();
+        let result = self.compile_routes(served, vs, &mut clusters, &mut notes);
+        for note in notes {
+            self.report(ResourceKind::VirtualService, &vs.metadata, note);
+        }
+        match result {
+            Ok(routes) => {
+                self.clusters.extend(clusters);
+                routes
+            }
+            Err(problem) => {
+                self.report(ResourceKind::VirtualService, &vs.metadata, problem);
+                (Vec::new(), Vec::new())
+            }
+        }
+    }
+
+    fn compile_routes(
+        &self,
+        served: &Served,
+        vs: &'a VirtualService,
+        clusters: &mut BTreeSet<ClusterKey>,
+        notes: &mut Vec<TranslateProblem>,
+    ) -> Result<(Vec<wp::HttpRoute>, Vec<wp::TcpRoute>), TranslateProblem> {
+        let vs_key = format!("{}/{}", namespace_of(&vs.metadata), name_of(&vs.metadata));
+        let mesh =
+            vs.spec.gateways.is_empty() || vs.spec.gateways.iter().any(|g| g == MESH_GATEWAY);
+        let mut http_routes = Vec::new();
+        for (i, route) in vs.spec.http.iter().enumerate() {
+            let path = format!("spec.http[{i}]");
+            if route.delegate.is_some() {
+                notes.push(TranslateProblem::Unsupported {
+                    path: format!("{path}.delegate"),
+                    reason: "delegation applies to gateways only; the route is ignored".to_owned(),
+                });
+                continue;
+            }
+            for context in contexts(&served.http_ports) {
+                let mut route_context = RouteContext {
+                    compiler: self,
+                    served,
+                    vs,
+                    path: &path,
+                    clusters: &mut *clusters,
+                    notes: &mut *notes,
+                    context,
+                };
+                if let Some(mut compiled) = route_context.http_route(route, mesh)? {
+                    compiled.virtual_service = vs_key.clone();
+                    http_routes.push(compiled);
+                }
+            }
+        }
+        let mut tcp_routes = Vec::new();
+        for (i, route) in vs.spec.tcp.iter().enumerate() {
+            let path = format!("spec.tcp[{i}]");
+            for context in contexts(&served.tcp_ports) {
+                let mut route_context = RouteContext {
+                    compiler: self,
+                    served,
+                    vs,
+                    path: &path,
+                    clusters: &mut *clusters,
+                    notes: &mut *notes,
+                    context,
+                };
+                if let Some(mut compiled) = route_context.tcp_route(route, mesh)? {
+                    compiled.virtual_service = vs_key.clone();
+                    tcp_routes.push(compiled);
+                }
+            }
+        }
+        if !vs.spec.tls.is_empty() {
+            notes.push(TranslateProblem::Unsupported {
+                path: "spec.tls".to_owned(),
+                reason: "TLS routes are not applied by waypoints; ignored".to_owned(),
+            });
+        }
+        Ok((http_routes, tcp_routes))
+    }
+}
+
+/// The ports a route is compiled for: each one, restricted to it, when there are several.
+fn contexts(ports: &[u32]) -> Vec<PortContext> {
+    let restrict = ports.len() > 1;
+    ports
+        .iter()
+        .map(|&port| PortContext { port, restrict })
+        .collect()
+}
+
+/// Whether a VirtualService routes mesh traffic anywhere: bound to the mesh, or with a match
+/// that names the mesh itself.
+fn binds_mesh(vs: &VirtualService) -> bool {
+    let gateways = &vs.spec.gateways;
+    gateways.is_empty()
+        || gateways.iter().any(|g| g == MESH_GATEWAY)
+        || vs
+            .spec
+            .http
+            .iter()
+            .flat_map(|r| &r.matches)
+            .any(|m| m.gateways.iter().any(|g| g == MESH_GATEWAY))
+        || vs
+            .spec
+            .tcp
+            .iter()
+            .flat_map(|r| &r.matches)
+            .any(|m| m.gateways.iter().any(|g| g == MESH_GATEWAY))
+}
+
+/// A match applies to the mesh: its own `gateways` override the VirtualService's.
+pub(super) fn match_binds_mesh(gateways: &[String], vs_mesh: bool) -> bool {
+    if gateways.is_empty() {
+        vs_mesh
+    } else {
+        gateways.iter().any(|g| g == MESH_GATEWAY)
+    }
+}

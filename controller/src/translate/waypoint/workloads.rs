@@ -1,0 +1,115 @@
+//! The workloads a waypoint knows besides its clusters' endpoints: pods addressed directly
+//! through it, and every other pod in the mesh as a possible source.
+
+use std::collections::BTreeSet;
+
+use weft_proto::waypoint as wp;
+
+use super::{Compiler, port_protocol, tcp_service_ports};
+use crate::translate::resolve::{self, labels, namespace_of};
+
+impl Compiler<'_, '_> {
+    /// The pods whose agent accepts only this waypoint (`resolve::destination_waypoint`, the
+    /// rule the agents' resources follow): traffic addressed to one of them directly arrives
+    /// here and goes to exactly that pod. Each lists the services it backs through this
+    /// waypoint (their policies apply to it) and the declared protocols of its target ports.
+    pub(super) fn direct_workloads(&self) -> Vec<wp::WaypointWorkload> {
+        let mut out: Vec<(bool, wp::WaypointWorkload)> = Vec::new();
+        for pod in self.index.pods.values().filter(|pod| {
+            !resolve::pod_terminated(pod)
+                && resolve::destination_waypoint(self.index, pod).as_ref() == Some(&self.waypoint)
+        }) {
+            let backing = resolve::backing_waypoints(self.index, pod);
+            let services: Vec<String> = backing
+                .iter()
+                .filter(|(_, waypoint)| waypoint.as_ref() == Some(&self.waypoint))
+                .map(|(service, _)| resolve::hostname(service, self.settings))
+                .collect();
+            let mut ports: Vec<wp::WorkloadPort> = Vec::new();
+            for (service, _) in &backing {
+                for port in tcp_service_ports(service) {
+                    let Some(target) = resolve::target_port(port, pod)
+                        .filter(|p| u16::try_from(*p).is_ok_and(|p| p > 0))
+                    else {
+                        continue;
+                    };
+                    // The first service (in key order) declaring a port says what it carries.
+                    if !ports.iter().any(|p| p.port == target) {
+                        ports.push(wp::WorkloadPort {
+                            port: target,
+                            protocol: port_protocol(port) as i32,
+                        });
+                    }
+                }
+            }
+            ports.sort_by_key(|p| p.port);
+            let namespace = namespace_of(&pod.metadata);
+            let healthy = resolve::pod_healthy(pod);
+            for ip in resolve::pod_ips(pod) {
+                out.push((
+                    healthy,
+                    wp::WaypointWorkload {
+                        address: ip.to_string(),
+                        identity: resolve::spiffe_id(
+                            self.settings,
+                            namespace,
+                            resolve::service_account(pod),
+                        ),
+                        labels: labels(&pod.metadata),
+                        workload_uid: resolve::pod_uid(&self.settings.cluster_id, pod),
+                        // Only pods in the mesh have a destination waypoint: always HBONE.
+                        tunnel: wp::EndpointTunnel::Hbone as i32,
+                        namespace: namespace.to_owned(),
+                        services: services.clone(),
+                        ports: ports.clone(),
+                    },
+                ));
+            }
+        }
+        // One entry per address (an IP reused while the old pod terminates): the ready pod's.
+        out.sort_by(|(healthy_a, a), (healthy_b, b)| {
+            a.address.cmp(&b.address).then(healthy_b.cmp(healthy_a))
+        });
+        out.dedup_by(|(_, later), (_, first)| later.address == first.address);
+        out.into_iter().map(|(_, w)| w).collect()
+    }
+
+    /// Every pod in the mesh the clusters and the direct workloads do not already describe:
+    /// what the waypoint knows of a request's source (`sourceLabels` matches, the source
+    /// labels of its metrics).
+    pub(super) fn source_workloads(
+        &self,
+        clusters: &[wp::Cluster],
+        workloads: &[wp::WaypointWorkload],
+    ) -> Vec<wp::SourceWorkload> {
+        let known: BTreeSet<&str> = clusters
+            .iter()
+            .flat_map(|c| c.endpoints.iter().map(|e| e.address.as_str()))
+            .chain(workloads.iter().map(|w| w.address.as_str()))
+            .collect();
+        let mut out = Vec::new();
+        for pod in self.index.pods.values().filter(|pod| {
+            resolve::enrolled(self.index, pod)
+                && !resolve::pod_terminated(pod)
+                && !resolve::is_waypoint_pod(self.index, pod)
+        }) {
+            for ip in resolve::pod_ips(pod) {
+                let address = ip.to_string();
+                if known.contains(address.as_str()) {
+                    continue;
+                }
+                out.push(wp::SourceWorkload {
+                    address,
+                    identity: resolve::spiffe_id(
+                        self.settings,
+                        namespace_of(&pod.metadata),
+                        resolve::service_account(pod),
+                    ),
+                    labels: labels(&pod.metadata),
+                    workload_uid: resolve::pod_uid(&self.settings.cluster_id, pod),
+                });
+            }
+        }
+        out
+    }
+}
