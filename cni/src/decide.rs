@@ -5,18 +5,15 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Pod;
 
-/// The label that puts a namespace or a pod in the mesh (`ambient`); on a pod, any other value
-/// (`none`) keeps it out whatever its namespace says.
-pub const DATAPLANE_MODE: &str = "istio.io/dataplane-mode";
-pub const AMBIENT: &str = "ambient";
-/// The annotation Istio's injector puts on pods with a sidecar.
-pub const SIDECAR_STATUS: &str = "sidecar.istio.io/status";
+// On a pod, a `DATAPLANE_MODE` other than `ambient` (`none`) keeps it out whatever its namespace
+// says.
+pub use weft_istio::labels::{
+    DATAPLANE_MODE, DATAPLANE_MODE_AMBIENT, EXCLUDE_INBOUND_PORTS, EXCLUDE_OUTBOUND_PORTS,
+    SIDECAR_STATUS,
+};
+
 /// The sidecar container's name.
 pub const SIDECAR_CONTAINER: &str = "istio-proxy";
-/// Destination ports whose connections bypass capture.
-pub const EXCLUDE_OUTBOUND_PORTS: &str = "traffic.sidecar.istio.io/excludeOutboundPorts";
-/// Pod ports whose inbound connections bypass capture.
-pub const EXCLUDE_INBOUND_PORTS: &str = "traffic.sidecar.istio.io/excludeInboundPorts";
 
 /// The verdict on one pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,7 +49,7 @@ pub fn decide(
         pod_mode.map(String::as_str),
         namespace_mode.map(String::as_str),
     ) {
-        (Some(AMBIENT), _) | (None, Some(AMBIENT)) => {}
+        (Some(DATAPLANE_MODE_AMBIENT), _) | (None, Some(DATAPLANE_MODE_AMBIENT)) => {}
         (Some(_), _) => return Ok(Decision::Skip("the pod opts out (istio.io/dataplane-mode)")),
         (None, _) => {
             return Ok(Decision::Skip(
@@ -137,8 +134,11 @@ mod tests {
 
     #[test]
     fn istio_rules() {
-        let ambient_ns: BTreeMap<String, String> =
-            [(DATAPLANE_MODE.to_string(), AMBIENT.to_string())].into();
+        let ambient_ns: BTreeMap<String, String> = [(
+            DATAPLANE_MODE.to_string(),
+            DATAPLANE_MODE_AMBIENT.to_string(),
+        )]
+        .into();
         let plain_ns = BTreeMap::new();
         let host_network = {
             let mut p = pod(&[], &[]);
@@ -163,7 +163,7 @@ mod tests {
             ),
             (
                 "ambient pod in a plain namespace",
-                pod(&[(DATAPLANE_MODE, AMBIENT)], &[]),
+                pod(&[(DATAPLANE_MODE, DATAPLANE_MODE_AMBIENT)], &[]),
                 &plain_ns,
                 enroll.clone(),
             ),

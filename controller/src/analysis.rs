@@ -9,10 +9,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use weft_istio::labels::EXPORT_TO;
+
 use crate::index::ConfigIndex;
 use crate::model::ResourceKind;
 use crate::model::gateway_api::WAYPOINT_GATEWAY_CLASS;
-use crate::model::networking::{Destination, VirtualService};
+use crate::model::networking::{Destination, MESH_GATEWAY, VirtualService};
 use crate::translate::MeshSettings;
 use crate::translate::resolve::{
     enrolled, labels, name_of, namespace_of, qualify_host, selects, service_ports,
@@ -28,10 +30,6 @@ pub struct Message {
     pub name: String,
     pub warning: FieldWarning,
 }
-
-/// Istio's `networking.istio.io/exportTo` annotation on a Service.
-const EXPORT_TO_ANNOTATION: &str = "networking.istio.io/exportTo";
-const MESH_GATEWAY: &str = "mesh";
 
 struct Report {
     messages: Vec<Message>,
@@ -120,7 +118,7 @@ fn known_hosts(index: &ConfigIndex, settings: &MeshSettings) -> KnownHosts {
             .metadata
             .annotations
             .as_ref()
-            .and_then(|a| a.get(EXPORT_TO_ANNOTATION))
+            .and_then(|a| a.get(EXPORT_TO))
             .map(|a| a.split(',').map(|s| s.trim().to_owned()).collect())
             .unwrap_or_default();
         hosts.push(KnownHost {

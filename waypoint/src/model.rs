@@ -92,24 +92,16 @@ pub struct WorkloadInfo {
 impl WorkloadInfo {
     /// `app` / canonical-name label, as Istio derives `canonical_service`.
     pub fn canonical_service(&self) -> Option<&str> {
-        [
-            "service.istio.io/canonical-name",
-            "app.kubernetes.io/name",
-            "app",
-        ]
-        .iter()
-        .find_map(|k| self.labels.get(*k).map(String::as_str))
+        weft_istio::labels::CANONICAL_NAME_LABELS
+            .iter()
+            .find_map(|k| self.labels.get(*k).map(String::as_str))
     }
 
     /// `version` / canonical-revision label.
     pub fn canonical_revision(&self) -> Option<&str> {
-        [
-            "service.istio.io/canonical-revision",
-            "app.kubernetes.io/version",
-            "version",
-        ]
-        .iter()
-        .find_map(|k| self.labels.get(*k).map(String::as_str))
+        weft_istio::labels::CANONICAL_REVISION_LABELS
+            .iter()
+            .find_map(|k| self.labels.get(*k).map(String::as_str))
     }
 }
 

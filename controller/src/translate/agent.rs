@@ -16,7 +16,6 @@ use super::resolve::{
     namespace_of, pod_ips, pod_uid, principal, selects, service_selects, service_vips,
     service_waypoint, target_port, waypoint_address,
 };
-pub use super::resolve::{DATAPLANE_MODE, GATEWAY_NAME, HBONE_PORT, USE_WAYPOINT};
 use super::{TranslateError, TranslateProblem};
 use crate::{
     index::ConfigIndex,
@@ -25,6 +24,7 @@ use crate::{
         security::{AuthorizationAction, AuthorizationPolicy, MtlsMode, Rule},
     },
 };
+use weft_istio::labels::{CANONICAL_NAME_LABELS, CANONICAL_REVISION_LABELS};
 
 /// Every `istio.workload.Address`, keyed by resource name (uid for workloads,
 /// `namespace/hostname` for services).
@@ -89,16 +89,14 @@ pub fn addresses(
                 .as_ref()
                 .and_then(|s| s.node_name.clone())
                 .unwrap_or_default(),
-            canonical_name: pod_labels
-                .get("service.istio.io/canonical-name")
-                .or_else(|| pod_labels.get("app.kubernetes.io/name"))
-                .or_else(|| pod_labels.get("app"))
+            canonical_name: CANONICAL_NAME_LABELS
+                .iter()
+                .find_map(|k| pod_labels.get(*k))
                 .cloned()
                 .unwrap_or_else(|| pod.metadata.name.clone().unwrap_or_default()),
-            canonical_revision: pod_labels
-                .get("service.istio.io/canonical-revision")
-                .or_else(|| pod_labels.get("app.kubernetes.io/version"))
-                .or_else(|| pod_labels.get("version"))
+            canonical_revision: CANONICAL_REVISION_LABELS
+                .iter()
+                .find_map(|k| pod_labels.get(*k))
                 .cloned()
                 .unwrap_or_else(|| "latest".into()),
             workload_type: workload::WorkloadType::Pod as i32,

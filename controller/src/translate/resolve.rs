@@ -9,28 +9,17 @@ use std::net::IpAddr;
 use k8s_openapi::api::core::v1::{Pod, Service, ServicePort};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use weft_istio::labels::{
+    DATAPLANE_MODE, DATAPLANE_MODE_AMBIENT, GATEWAY_NAME, USE_WAYPOINT, USE_WAYPOINT_NAMESPACE,
+    WAYPOINT_FOR,
+};
+use weft_istio::ports::HBONE_PORT;
 use weft_proto::istio::workload;
 
 use super::{MeshSettings, TranslateError, TranslateProblem};
 use crate::index::ConfigIndex;
 use crate::model::gateway_api::{RouteNamespacesFrom, WAYPOINT_GATEWAY_CLASS};
 use crate::model::{KubernetesGateway, ResourceKind};
-
-/// Label that enrolls a namespace or pod (`ambient`) or opts a pod out (`none`).
-pub const DATAPLANE_MODE: &str = "istio.io/dataplane-mode";
-/// Label naming the waypoint a namespace, service or pod uses; `none` opts out.
-pub const USE_WAYPOINT: &str = "istio.io/use-waypoint";
-/// Label naming the namespace of that waypoint, when it is not the object's own.
-pub const USE_WAYPOINT_NAMESPACE: &str = "istio.io/use-waypoint-namespace";
-/// Label on a waypoint saying which traffic it takes: `service` (default), `workload`, `all`,
-/// `none`.
-pub const WAYPOINT_FOR: &str = "istio.io/waypoint-for";
-/// Label the Gateway API puts on a gateway's (waypoint's) pods and Service.
-pub const GATEWAY_NAME: &str = "gateway.networking.k8s.io/gateway-name";
-/// Annotation that makes an AuthorizationPolicy log instead of enforce.
-pub const DRY_RUN: &str = "istio.io/dry-run";
-/// Port waypoints and node agents accept HBONE on.
-pub const HBONE_PORT: u32 = 15008;
 
 pub fn labels(meta: &ObjectMeta) -> BTreeMap<String, String> {
     meta.labels.clone().unwrap_or_default()
@@ -57,14 +46,14 @@ pub fn name_of(meta: &ObjectMeta) -> &str {
 /// Whether the pod is in the mesh (ambient): its label, else its namespace's.
 pub fn enrolled(index: &ConfigIndex, pod: &Pod) -> bool {
     match label(&pod.metadata, DATAPLANE_MODE) {
-        Some("ambient") => true,
+        Some(DATAPLANE_MODE_AMBIENT) => true,
         Some(_) => false,
         None => {
             index
                 .namespace_labels(namespace_of(&pod.metadata))
                 .get(DATAPLANE_MODE)
                 .map(String::as_str)
-                == Some("ambient")
+                == Some(DATAPLANE_MODE_AMBIENT)
         }
     }
 }
@@ -613,7 +602,7 @@ pub fn waypoint_address(
     };
     workload::GatewayAddress {
         destination: Some(destination),
-        hbone_mtls_port: HBONE_PORT,
+        hbone_mtls_port: u32::from(HBONE_PORT),
     }
 }
 

@@ -29,17 +29,6 @@ use crate::index::ConfigIndex;
 use crate::model::{DurationString, KubernetesGateway, ResourceKind};
 use authorization::unenforced_policies;
 
-/// Envoy's retry conditions when a route names none (Istio's default retry policy).
-pub const DEFAULT_RETRY_ON: &str =
-    "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes";
-/// Retries after the first attempt when a route sets no policy (Istio's default).
-pub const DEFAULT_RETRY_ATTEMPTS: i32 = 2;
-/// Consecutive 5xx before ejection when `outlierDetection` sets no threshold (Envoy's default,
-/// which Istio leaves in place).
-pub const DEFAULT_CONSECUTIVE_5XX: u32 = 5;
-/// The reserved gateway name that means "every proxy in the mesh".
-const MESH_GATEWAY: &str = "mesh";
-
 /// Every waypoint's configuration, by resource name `namespace/name`.
 pub fn waypoint_configs(
     index: &ConfigIndex,

@@ -2,15 +2,16 @@
 //! labels, and Istio's `validateMetadata` (`validation.go`): the `istio.io/dry-run` annotation
 //! (AuthorizationPolicy only, ALLOW or DENY, a boolean) and annotations users may not set.
 
+use weft_istio::labels::{
+    DATAPLANE_MODE, DATAPLANE_MODE_AMBIENT, DRY_RUN, USE_WAYPOINT, USE_WAYPOINT_NAMESPACE,
+};
+
 use super::Findings;
 use super::names::{
     is_dns1123_subdomain, is_k8s_dns1123_label, validate_label_key, validate_label_value,
 };
 use crate::model::Resource;
 use crate::model::security::AuthorizationAction;
-use crate::translate::resolve::{DATAPLANE_MODE, USE_WAYPOINT, USE_WAYPOINT_NAMESPACE};
-
-pub const DRY_RUN_ANNOTATION: &str = "istio.io/dry-run";
 const ALWAYS_REJECT_ANNOTATION: &str = "internal.istio.io/webhook-always-reject";
 const INTERNAL_ANNOTATIONS: &[&str] = &[
     "internal.istio.io/parent-namespace",
@@ -38,7 +39,7 @@ fn istio(resource: &Resource, findings: &mut Findings) {
         return;
     };
     let path = |key: &str| format!("metadata.annotations.{key}");
-    if let Some(value) = annotations.get(DRY_RUN_ANNOTATION) {
+    if let Some(value) = annotations.get(DRY_RUN) {
         match resource {
             Resource::AuthorizationPolicy(policy) => {
                 let action = policy.spec.action.unwrap_or_default();
@@ -47,26 +48,22 @@ fn istio(resource: &Resource, findings: &mut Findings) {
                     AuthorizationAction::Allow | AuthorizationAction::Deny
                 ) {
                     findings.error(
-                        path(DRY_RUN_ANNOTATION),
+                        path(DRY_RUN),
                         format!(
-                            "the annotation {DRY_RUN_ANNOTATION} currently only supports action ALLOW/DENY, found action {}",
+                            "the annotation {DRY_RUN} currently only supports action ALLOW/DENY, found action {}",
                             action.as_str()
                         ),
                     );
                 } else if parse_bool(value).is_none() {
                     findings.error(
-                        path(DRY_RUN_ANNOTATION),
-                        format!(
-                            "annotation {DRY_RUN_ANNOTATION} with invalid value ({value}): not a boolean"
-                        ),
+                        path(DRY_RUN),
+                        format!("annotation {DRY_RUN} with invalid value ({value}): not a boolean"),
                     );
                 }
             }
             _ => findings.error(
-                path(DRY_RUN_ANNOTATION),
-                format!(
-                    "unsupported annotation {DRY_RUN_ANNOTATION}, please remove the annotation"
-                ),
+                path(DRY_RUN),
+                format!("unsupported annotation {DRY_RUN}, please remove the annotation"),
             ),
         }
     }
@@ -118,7 +115,7 @@ fn kubernetes(resource: &Resource, findings: &mut Findings) {
         );
     }
     if let Some(mode) = labels.get(DATAPLANE_MODE)
-        && mode != "ambient"
+        && mode != DATAPLANE_MODE_AMBIENT
         && mode != "none"
     {
         findings.error(

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use weft_istio::labels::{ENABLE_AUTOALLOCATE_IP, USE_WAYPOINT};
 
 use super::common::{
     ExportKind, Protocol, check_export_to, check_labels, check_port, check_port_name,
@@ -15,10 +16,6 @@ use super::names::{
 };
 use super::{Findings, codes};
 use crate::model::networking::*;
-
-/// The label that opts a ServiceEntry out of automatic address allocation.
-const AUTOALLOCATE_LABEL: &str = "networking.istio.io/enable-autoallocate-ip";
-const USE_WAYPOINT_LABEL: &str = "istio.io/use-waypoint";
 
 pub fn validate(
     spec: &ServiceEntrySpec,
@@ -154,7 +151,7 @@ fn ports(
     let opted_out = meta
         .labels
         .as_ref()
-        .and_then(|l| l.get(AUTOALLOCATE_LABEL))
+        .and_then(|l| l.get(ENABLE_AUTOALLOCATE_IP))
         .is_some_and(|v| v.eq_ignore_ascii_case("false"));
     let auto_allocation =
         resolution != ServiceEntryResolution::None && !opted_out && spec.addresses.is_empty();
@@ -289,7 +286,7 @@ fn dynamic_dns(findings: &mut Findings, spec: &ServiceEntrySpec, meta: &ObjectMe
     let uses_waypoint = meta
         .labels
         .as_ref()
-        .and_then(|l| l.get(USE_WAYPOINT_LABEL))
+        .and_then(|l| l.get(USE_WAYPOINT))
         .is_some_and(|v| !v.is_empty() && !v.eq_ignore_ascii_case("none"));
     if spec.location == Some(ServiceEntryLocation::MeshInternal) && uses_waypoint {
         findings.error(

@@ -12,8 +12,6 @@ use super::names::{
 };
 use crate::model::networking::*;
 
-pub const MESH_GATEWAY: &str = "mesh";
-
 /// Istio's `ValidateVirtualService`.
 pub fn validate(spec: &VirtualServiceSpec, namespace: &str, findings: &mut Findings) {
     let delegate = spec.hosts.is_empty();

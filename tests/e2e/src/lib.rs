@@ -38,7 +38,7 @@ const GRPC_PORT: u16 = 15010;
 /// Where the agents of a mesh pin (`<base>/<prefix>/<node>`).
 const PIN_BASE: &str = "weft-e2e";
 /// The label Istio's gateway controller puts on a waypoint's pods: the Gateway's name.
-pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
+pub use weft_istio::labels::GATEWAY_NAME as GATEWAY_NAME_LABEL;
 /// The waypoint's metrics port (Istio's 15020).
 pub const WAYPOINT_METRICS_PORT: u16 = 15020;
 /// The sample app's HTTP port unless a pod says otherwise.

@@ -5,8 +5,7 @@
 //! installed into and removed from the node's configuration. Needs root.
 
 use weft_e2e::cni::{Capture, CniNode, CniPod};
-
-const DATAPLANE_MODE: &str = "istio.io/dataplane-mode";
+use weft_istio::labels::DATAPLANE_MODE;
 
 #[test]
 fn pods_join_and_leave_the_mesh_through_the_cni_side() -> anyhow::Result<()> {

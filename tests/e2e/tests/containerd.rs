@@ -10,9 +10,9 @@ use weft_e2e::{
     cni::{Capture, PluginCall, capture_of, run_plugin},
     kube_cluster::{KubeCluster, KubePod, http_get},
 };
+use weft_istio::labels::DATAPLANE_MODE;
 use weft_testbed::FabricCapture;
 
-const DATAPLANE_MODE: &str = "istio.io/dataplane-mode";
 const PATIENCE: Duration = Duration::from_secs(30);
 
 #[test]

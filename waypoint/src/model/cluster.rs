@@ -66,10 +66,9 @@ pub struct OutlierPolicy {
     pub min_health_percent: u32,
 }
 
-/// Envoy's defaults for unset outlier detection durations.
-pub const DEFAULT_OUTLIER_INTERVAL: Duration = Duration::from_secs(10);
-pub const DEFAULT_BASE_EJECTION_TIME: Duration = Duration::from_secs(30);
-pub const DEFAULT_MAX_EJECTION_PERCENT: u32 = 10;
+pub use weft_istio::defaults::{
+    DEFAULT_BASE_EJECTION_TIME, DEFAULT_MAX_EJECTION_PERCENT, DEFAULT_OUTLIER_INTERVAL,
+};
 
 #[derive(Debug)]
 pub struct Cluster {

@@ -120,13 +120,9 @@ pub struct RetryOn {
     pub grpc: Vec<u32>,
 }
 
-/// Istio's default `retryOn` when a route sets none.
-pub const DEFAULT_RETRY_ON: &str =
-    "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes";
-/// Istio's default number of retries.
-pub const DEFAULT_RETRY_ATTEMPTS: u32 = 2;
-/// Status codes `retriable-status-codes` covers by default (istiod sets 503).
-pub const DEFAULT_RETRIABLE_STATUS_CODES: &[u16] = &[503];
+pub use weft_istio::defaults::{
+    DEFAULT_RETRIABLE_STATUS_CODES, DEFAULT_RETRY_ATTEMPTS, DEFAULT_RETRY_ON,
+};
 
 impl RetryOn {
     pub fn parse(text: &str, context: &str) -> Result<Self, ConfigError> {

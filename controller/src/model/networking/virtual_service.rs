@@ -11,6 +11,10 @@ use super::{Destination, Headers, Percent, StringMatch};
 use crate::model::duration::DurationString;
 use crate::model::schema::{self, IstioStatus};
 
+/// The reserved gateway name that means "every proxy in the mesh" (`gateways`, and a match's
+/// `gateways`).
+pub const MESH_GATEWAY: &str = "mesh";
+
 /// Routing rules for a set of hosts.
 #[derive(CustomResource, Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(

@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 
 use k8s_openapi::api::core::v1::Service;
+use weft_istio::labels::DRY_RUN;
 use weft_proto::waypoint as wp;
 
 use super::Compiler;
@@ -120,7 +121,7 @@ impl Compiler<'_, '_> {
                 .metadata
                 .annotations
                 .as_ref()
-                .and_then(|a| a.get(resolve::DRY_RUN))
+                .and_then(|a| a.get(DRY_RUN))
                 .is_some_and(|v| v.eq_ignore_ascii_case("true")),
             target_services: if whole_waypoint {
                 Vec::new()

@@ -4,11 +4,12 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Pod, Service, ServicePort};
+use weft_istio::defaults::DEFAULT_CONSECUTIVE_5XX;
 use weft_proto::waypoint as wp;
 
 use super::{
-    ClusterKey, Compiler, DEFAULT_CONSECUTIVE_5XX, age_key, duration, exported_to, port_number,
-    specificity, tcp_service_ports,
+    ClusterKey, Compiler, age_key, duration, exported_to, port_number, specificity,
+    tcp_service_ports,
 };
 use crate::model::networking::{
     self as net, ConnectionPoolSettings, DestinationRule, LoadBalancerSettings, OutlierDetection,

@@ -4,13 +4,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use base64::Engine as _;
+use weft_istio::defaults::{DEFAULT_RETRY_ATTEMPTS, DEFAULT_RETRY_ON};
 use weft_proto::waypoint as wp;
 
 use super::routes::{PortContext, Served, match_binds_mesh};
-use super::{
-    ClusterKey, Compiler, DEFAULT_RETRY_ATTEMPTS, DEFAULT_RETRY_ON, duration, port_number,
-    tcp_service_ports,
-};
+use super::{ClusterKey, Compiler, duration, port_number, tcp_service_ports};
 use crate::model::DurationString;
 use crate::model::networking::{self as net, HttpRoute, VirtualService};
 use crate::translate::TranslateProblem;
@@ -475,7 +473,8 @@ pub(super) fn retry_conditions(retry_on: &str) -> Option<String> {
 /// Istio's retry policy for routes that set none.
 pub(super) fn default_retries() -> wp::HttpRetry {
     wp::HttpRetry {
-        attempts: DEFAULT_RETRY_ATTEMPTS,
+        // The proto carries Istio's `int32`; the default is 2.
+        attempts: DEFAULT_RETRY_ATTEMPTS as i32,
         per_try_timeout: None,
         retry_on: DEFAULT_RETRY_ON.to_owned(),
     }

@@ -8,11 +8,11 @@ use weft_proto::waypoint as wp;
 
 use super::route::{RouteContext, default_retries};
 use super::{
-    ClusterKey, Compiler, MESH_GATEWAY, age_key, exported_to, is_opaque, port_number,
-    port_protocol, specificity, tcp_service_ports,
+    ClusterKey, Compiler, age_key, exported_to, is_opaque, port_number, port_protocol, specificity,
+    tcp_service_ports,
 };
 use crate::model::ResourceKind;
-use crate::model::networking::VirtualService;
+use crate::model::networking::{MESH_GATEWAY, VirtualService};
 use crate::translate::TranslateProblem;
 use crate::translate::resolve::{self, name_of, namespace_of, qualify_host};
 

@@ -1,0 +1,41 @@
+//! Labels and annotations with a meaning in the mesh (Istio's `istio.io/api` `label` and
+//! `annotation` packages, and the Gateway API label Istio relies on).
+
+/// Label that enrolls a namespace or pod ([`DATAPLANE_MODE_AMBIENT`]) or opts a pod out
+/// (`none`, or any other value).
+pub const DATAPLANE_MODE: &str = "istio.io/dataplane-mode";
+/// The [`DATAPLANE_MODE`] value that puts a namespace or pod in the ambient mesh.
+pub const DATAPLANE_MODE_AMBIENT: &str = "ambient";
+/// Label naming the waypoint a namespace, service or pod uses; `none` opts out.
+pub const USE_WAYPOINT: &str = "istio.io/use-waypoint";
+/// Label naming the namespace of that waypoint, when it is not the object's own.
+pub const USE_WAYPOINT_NAMESPACE: &str = "istio.io/use-waypoint-namespace";
+/// Label on a waypoint saying which traffic it takes: `service` (default), `workload`, `all`,
+/// `none`.
+pub const WAYPOINT_FOR: &str = "istio.io/waypoint-for";
+/// Label the Gateway API puts on a gateway's (waypoint's) pods and Service.
+pub const GATEWAY_NAME: &str = "gateway.networking.k8s.io/gateway-name";
+/// Label naming a workload's canonical service.
+pub const CANONICAL_NAME: &str = "service.istio.io/canonical-name";
+/// Label naming a workload's canonical revision.
+pub const CANONICAL_REVISION: &str = "service.istio.io/canonical-revision";
+/// Where a workload's canonical service is read from, first found wins (Istio's
+/// `CanonicalServiceName`).
+pub const CANONICAL_NAME_LABELS: &[&str] = &[CANONICAL_NAME, "app.kubernetes.io/name", "app"];
+/// Where a workload's canonical revision is read from, first found wins.
+pub const CANONICAL_REVISION_LABELS: &[&str] =
+    &[CANONICAL_REVISION, "app.kubernetes.io/version", "version"];
+
+/// Label that opts a ServiceEntry out of automatic address allocation (`false`).
+pub const ENABLE_AUTOALLOCATE_IP: &str = "networking.istio.io/enable-autoallocate-ip";
+
+/// Annotation on a Service limiting the namespaces it is visible to (as `exportTo` does).
+pub const EXPORT_TO: &str = "networking.istio.io/exportTo";
+/// Annotation that makes an AuthorizationPolicy log instead of enforce.
+pub const DRY_RUN: &str = "istio.io/dry-run";
+/// Annotation Istio's injector puts on pods with a sidecar.
+pub const SIDECAR_STATUS: &str = "sidecar.istio.io/status";
+/// Annotation listing destination ports whose connections bypass capture.
+pub const EXCLUDE_OUTBOUND_PORTS: &str = "traffic.sidecar.istio.io/excludeOutboundPorts";
+/// Annotation listing pod ports whose inbound connections bypass capture.
+pub const EXCLUDE_INBOUND_PORTS: &str = "traffic.sidecar.istio.io/excludeInboundPorts";
