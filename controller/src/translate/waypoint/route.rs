@@ -7,12 +7,37 @@ use base64::Engine as _;
 use weft_istio::defaults::{DEFAULT_RETRY_ATTEMPTS, DEFAULT_RETRY_ON};
 use weft_proto::waypoint as wp;
 
-use super::routes::{PortContext, Served, match_binds_mesh};
 use super::{ClusterKey, Compiler, duration, port_number, tcp_service_ports};
 use crate::model::DurationString;
-use crate::model::networking::{self as net, HttpRoute, VirtualService};
+use crate::model::networking::{self as net, HttpRoute, MESH_GATEWAY, VirtualService};
 use crate::translate::TranslateProblem;
 use crate::translate::resolve::{namespace_of, qualify_host};
+
+/// A service the waypoint serves, as routes see it.
+pub(super) struct Served {
+    pub(super) hostname: String,
+    /// Ports carrying HTTP (declared, or sniffed).
+    pub(super) http_ports: Vec<u32>,
+    /// Ports forwarded at L4 (declared opaque, or sniffed).
+    pub(super) tcp_ports: Vec<u32>,
+}
+
+/// Where a VirtualService route is compiled for: the port the request arrives on, and whether
+/// the route must say so (the service has several HTTP, or TCP, ports).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct PortContext {
+    pub(super) port: u32,
+    pub(super) restrict: bool,
+}
+
+/// A match applies to the mesh: its own `gateways` override the VirtualService's.
+fn match_binds_mesh(gateways: &[String], vs_mesh: bool) -> bool {
+    if gateways.is_empty() {
+        vs_mesh
+    } else {
+        gateways.iter().any(|g| g == MESH_GATEWAY)
+    }
+}
 
 /// One route being compiled for one port.
 pub(super) struct RouteContext<'c, 'a, 'p> {

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use k8s_openapi::api::core::v1::Service;
 use weft_proto::waypoint as wp;
 
-use super::route::{RouteContext, default_retries};
+use super::route::{PortContext, RouteContext, Served, default_retries};
 use super::{
     ClusterKey, Compiler, age_key, exported_to, is_opaque, port_number, port_protocol, specificity,
     tcp_service_ports,
@@ -15,23 +15,6 @@ use crate::model::ResourceKind;
 use crate::model::networking::{MESH_GATEWAY, VirtualService};
 use crate::translate::TranslateProblem;
 use crate::translate::resolve::{self, name_of, namespace_of, qualify_host};
-
-/// A service the waypoint serves, as routes see it.
-pub(super) struct Served {
-    pub(super) hostname: String,
-    /// Ports carrying HTTP (declared, or sniffed).
-    pub(super) http_ports: Vec<u32>,
-    /// Ports forwarded at L4 (declared opaque, or sniffed).
-    pub(super) tcp_ports: Vec<u32>,
-}
-
-/// Where a VirtualService route is compiled for: the port the request arrives on, and whether
-/// the route must say so (the service has several HTTP, or TCP, ports).
-#[derive(Debug, Clone, Copy)]
-pub(super) struct PortContext {
-    pub(super) port: u32,
-    pub(super) restrict: bool,
-}
 
 impl<'a> Compiler<'a, '_> {
     pub(super) fn service(&mut self, service: &'a Service) -> wp::WaypointService {
@@ -310,13 +293,4 @@ fn binds_mesh(vs: &VirtualService) -> bool {
             .iter()
             .flat_map(|r| &r.matches)
             .any(|m| m.gateways.iter().any(|g| g == MESH_GATEWAY))
-}
-
-/// A match applies to the mesh: its own `gateways` override the VirtualService's.
-pub(super) fn match_binds_mesh(gateways: &[String], vs_mesh: bool) -> bool {
-    if gateways.is_empty() {
-        vs_mesh
-    } else {
-        gateways.iter().any(|g| g == MESH_GATEWAY)
-    }
 }
