@@ -244,7 +244,7 @@ impl ConfigIndex {
 pub type IndexSnapshot = Arc<ConfigIndex>;
 
 /// The one index both sources feed: the Kubernetes source object by object (through
-/// [`ResourceSink`](crate::source::kube::ResourceSink)), the directory source a whole index at a
+/// [`LiveIndex::change`]), the directory source a whole index at a
 /// time ([`LiveIndex::replace`]). One writer at a time behind the lock, never held across an
 /// `.await`; readers take cheap snapshots (the index is copied only when a snapshot is still
 /// held at the next write) and wake on the generation watch.
@@ -279,30 +279,13 @@ impl LiveIndex {
         self.generation.send_modify(|g| *g += 1);
     }
 
-    fn change(&self, change: impl FnOnce(&mut ConfigIndex)) {
+    /// Applies `change` under the lock and wakes the readers: the Kubernetes source's writes,
+    /// object by object (`source::kube`'s `ResourceSink` implementation).
+    pub fn change(&self, change: impl FnOnce(&mut ConfigIndex)) {
         {
             let mut guard = self.index.lock().unwrap_or_else(|p| p.into_inner());
             change(Arc::make_mut(&mut guard));
         }
         self.generation.send_modify(|g| *g += 1);
-    }
-}
-
-impl crate::source::kube::ResourceSink for LiveIndex {
-    fn apply(&self, resource: Resource, warnings: Vec<FieldWarning>) {
-        self.change(|index| index.insert(resource, warnings));
-    }
-
-    fn delete(&self, kind: ResourceKind, namespace: &str, name: &str) {
-        self.change(|index| index.remove(kind, &key_of(kind, namespace, name)));
-    }
-
-    fn replace_all(&self, kind: ResourceKind, resources: Vec<(Resource, Vec<FieldWarning>)>) {
-        self.change(|index| {
-            index.clear(kind);
-            for (resource, warnings) in resources {
-                index.insert(resource, warnings);
-            }
-        });
     }
 }

@@ -6,8 +6,7 @@
 use serde::Deserializer;
 use serde::de::DeserializeOwned;
 
-use super::{Resource, ResourceKind};
-use crate::validation::FieldError;
+use super::{FieldError, Resource, ResourceKind};
 
 /// The document's root, as field paths name it when the problem is the whole document.
 pub const ROOT_PATH: &str = "<document>";

@@ -21,6 +21,15 @@ pub use gateway_api::{
 pub use networking::{DestinationRule, Gateway, ServiceEntry, VirtualService, WorkloadEntry};
 pub use security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 
+/// One problem in one field of a resource (a schema error from decoding, or a rule
+/// [`crate::validation`] checks): the resource is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {reason}")]
+pub struct FieldError {
+    pub path: String,
+    pub reason: String,
+}
+
 /// The kinds the controller understands, identified by API group and kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ResourceKind {

@@ -27,6 +27,7 @@ use futures::StreamExt;
 use tokio::sync::watch;
 use tracing::Instrument;
 
+use crate::index::{LiveIndex, key_of};
 use crate::loader::unknown_field_warning;
 use crate::model::decode::{self, UnknownFields};
 use crate::model::{Resource, ResourceKind};
@@ -46,6 +47,26 @@ pub trait ResourceSink: Send + Sync {
     fn replace_all(&self, kind: ResourceKind, resources: Vec<(Resource, Vec<FieldWarning>)>);
     /// Hears about a refused resource (for status reporting); nothing was changed for it.
     fn rejected(&self, _rejection: &Rejection) {}
+}
+
+/// The controller's index, fed object by object.
+impl ResourceSink for LiveIndex {
+    fn apply(&self, resource: Resource, warnings: Vec<FieldWarning>) {
+        self.change(|index| index.insert(resource, warnings));
+    }
+
+    fn delete(&self, kind: ResourceKind, namespace: &str, name: &str) {
+        self.change(|index| index.remove(kind, &key_of(kind, namespace, name)));
+    }
+
+    fn replace_all(&self, kind: ResourceKind, resources: Vec<(Resource, Vec<FieldWarning>)>) {
+        self.change(|index| {
+            index.clear(kind);
+            for (resource, warnings) in resources {
+                index.insert(resource, warnings);
+            }
+        });
+    }
 }
 
 /// A resource the source refused, with every problem found in it.

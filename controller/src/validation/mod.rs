@@ -28,13 +28,8 @@ use crate::model::Resource;
 
 pub use common::{MAX_REGEX_LENGTH, MAX_REGEX_PROGRAM_BYTES, compile_regex};
 
-/// One problem in one field of a resource: the resource is refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{path}: {reason}")]
-pub struct FieldError {
-    pub path: String,
-    pub reason: String,
-}
+// Defined beside the model, whose decoding reports schema errors the same way.
+pub use crate::model::FieldError;
 
 /// An `istioctl analyze` message type: its code and name (istio/istio
 /// `pkg/config/analysis/msg/messages.yaml`).
