@@ -1,0 +1,330 @@
+//! One proxy's stream: its subscriptions by type URL and what each was sent, the requests
+//! it handles (subscribe, ACK, NACK), the debounced pushes after store changes, and the
+//! pure diff between what was sent and what the proxy should now have.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use tokio::time::Instant;
+use tokio_stream::StreamExt;
+use tonic::Streaming;
+use tracing::{debug, info, warn};
+use weft_proto::envoy::config::core::v3::ControlPlane;
+use weft_proto::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
+};
+
+use super::{ProxyIdentity, ResponseSender, Scope, ServerConfig, StreamError, WILDCARD};
+use crate::metrics::{Rejection, XdsMetrics};
+use crate::store::{Snapshot, SnapshotReader, StoredResource, TypeResources};
+/// Keeps the connected-proxies gauge right however the stream task ends.
+pub(super) struct ConnectedGuard {
+    metrics: Arc<dyn XdsMetrics>,
+    proxy_id: String,
+}
+
+impl ConnectedGuard {
+    pub(super) fn new(metrics: Arc<dyn XdsMetrics>, proxy_id: String) -> Self {
+        metrics.proxy_connected(&proxy_id);
+        Self { metrics, proxy_id }
+    }
+}
+
+impl Drop for ConnectedGuard {
+    fn drop(&mut self) {
+        self.metrics.proxy_disconnected(&self.proxy_id);
+        info!(proxy = %self.proxy_id, "proxy disconnected");
+    }
+}
+
+/// One type URL's subscription on one stream.
+#[derive(Debug, Default)]
+pub(super) struct TypeSubscription {
+    pub(super) wildcard: bool,
+    pub(super) names: BTreeSet<String>,
+    /// What the proxy was last sent (or said it had), by name: the version. A NACKed version stays
+    /// here, so it is not sent again; only a newer one is.
+    pub(super) sent: HashMap<String, String>,
+    /// The type's resources at the last evaluation; an identical map needs no new diff.
+    pub(super) evaluated: Option<Arc<TypeResources>>,
+}
+
+impl TypeSubscription {
+    fn wants(&self, name: &str) -> bool {
+        self.wildcard || self.names.contains(name)
+    }
+}
+
+/// A push waiting for the debounce to settle.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct PendingPush {
+    pub(super) first_change: Instant,
+    pub(super) deadline: Instant,
+}
+
+impl PendingPush {
+    /// The push after a change seen at `now`: each change restarts the quiet period, but the
+    /// first change of the burst never waits longer than `debounce_max`.
+    pub(super) fn after_change(pending: Option<Self>, now: Instant, config: &ServerConfig) -> Self {
+        let first_change = pending.map_or(now, |push| push.first_change);
+        let deadline = (now + config.debounce).min(first_change + config.debounce_max);
+        Self {
+            first_change,
+            deadline,
+        }
+    }
+}
+
+pub(super) struct ProxyStream {
+    pub(super) proxy: ProxyIdentity,
+    pub(super) reader: SnapshotReader,
+    pub(super) scope: Arc<dyn Scope>,
+    pub(super) metrics: Arc<dyn XdsMetrics>,
+    pub(super) config: ServerConfig,
+    pub(super) subscriptions: BTreeMap<String, TypeSubscription>,
+    pub(super) next_nonce: u64,
+    pub(super) responses: ResponseSender,
+}
+
+impl ProxyStream {
+    pub(super) async fn run(
+        &mut self,
+        first: DeltaDiscoveryRequest,
+        mut requests: Streaming<DeltaDiscoveryRequest>,
+    ) -> Result<(), StreamError> {
+        // Everything published so far is covered by the full state sent on subscription.
+        self.reader.latest();
+        self.handle_request(first).await?;
+        let mut pending: Option<PendingPush> = None;
+        loop {
+            let deadline = pending.map(|push| push.deadline);
+            tokio::select! {
+                request = requests.next() => match request {
+                    Some(Ok(request)) => self.handle_request(request).await?,
+                    Some(Err(status)) => {
+                        debug!(proxy = %self.proxy.id, %status, "request stream failed");
+                        return Ok(());
+                    }
+                    None => return Ok(()),
+                },
+                alive = self.reader.changed() => {
+                    if !alive {
+                        info!(proxy = %self.proxy.id, "resource store closed, ending stream");
+                        return Ok(());
+                    }
+                    pending = Some(PendingPush::after_change(pending, Instant::now(), &self.config));
+                },
+                () = sleep_until_or_forever(deadline) => {
+                    if let Some(push) = pending.take() {
+                        let snapshot = self.reader.latest();
+                        self.push_changes(&snapshot, push.first_change).await?;
+                    }
+                },
+            }
+        }
+    }
+
+    async fn handle_request(&mut self, request: DeltaDiscoveryRequest) -> Result<(), StreamError> {
+        let type_url = request.type_url;
+        if !request.response_nonce.is_empty() {
+            match &request.error_detail {
+                Some(error) => {
+                    warn!(
+                        proxy = %self.proxy.id,
+                        type_url = %type_url,
+                        nonce = %request.response_nonce,
+                        code = error.code,
+                        message = %error.message,
+                        "proxy rejected configuration"
+                    );
+                    self.metrics.rejected(&Rejection {
+                        proxy_id: self.proxy.id.clone(),
+                        type_url: type_url.clone(),
+                        nonce: request.response_nonce.clone(),
+                        message: error.message.clone(),
+                    });
+                }
+                None => debug!(
+                    proxy = %self.proxy.id,
+                    type_url = %type_url,
+                    nonce = %request.response_nonce,
+                    "proxy acknowledged configuration"
+                ),
+            }
+        }
+
+        let is_new = !self.subscriptions.contains_key(&type_url);
+        let changes_subscription = is_new
+            || !request.resource_names_subscribe.is_empty()
+            || !request.resource_names_unsubscribe.is_empty();
+        if !changes_subscription {
+            return Ok(());
+        }
+        let subscription = self.subscriptions.entry(type_url.clone()).or_default();
+        if is_new {
+            subscription.wildcard = request.resource_names_subscribe.is_empty();
+            subscription.sent = request.initial_resource_versions;
+        }
+        for name in request.resource_names_subscribe {
+            if name == WILDCARD {
+                subscription.wildcard = true;
+            } else {
+                subscription.names.insert(name);
+            }
+        }
+        for name in request.resource_names_unsubscribe {
+            if name == WILDCARD {
+                subscription.wildcard = false;
+            } else {
+                subscription.names.remove(&name);
+                subscription.sent.remove(&name);
+            }
+        }
+        subscription.evaluated = None;
+        debug!(
+            proxy = %self.proxy.id,
+            type_url = %type_url,
+            wildcard = subscription.wildcard,
+            names = subscription.names.len(),
+            "subscription changed"
+        );
+        // `current`, not `latest`: a change not yet pushed must still wake the debounce loop.
+        let snapshot = self.reader.current();
+        self.push_type(&snapshot, &type_url, is_new, Instant::now())
+            .await
+    }
+
+    async fn push_changes(
+        &mut self,
+        snapshot: &Snapshot,
+        since: Instant,
+    ) -> Result<(), StreamError> {
+        let type_urls: Vec<String> = self.subscriptions.keys().cloned().collect();
+        for type_url in type_urls {
+            self.push_type(snapshot, &type_url, false, since).await?;
+        }
+        Ok(())
+    }
+
+    /// Diffs one type against what the proxy was sent and sends the difference; with
+    /// `respond_if_empty`, sends a response even when there is nothing to say (the first
+    /// response of a subscription, which tells the proxy its full state).
+    async fn push_type(
+        &mut self,
+        snapshot: &Snapshot,
+        type_url: &str,
+        respond_if_empty: bool,
+        since: Instant,
+    ) -> Result<(), StreamError> {
+        let Some(subscription) = self.subscriptions.get_mut(type_url) else {
+            return Ok(());
+        };
+        let empty = Arc::new(TypeResources::new());
+        let current = snapshot.resources(type_url).unwrap_or(&empty);
+        if !respond_if_empty
+            && subscription
+                .evaluated
+                .as_ref()
+                .is_some_and(|evaluated| Arc::ptr_eq(evaluated, current))
+        {
+            return Ok(());
+        }
+        let delta = diff_type(subscription, current, |resource| {
+            self.scope.visible(&self.proxy, type_url, resource)
+        });
+        subscription.evaluated = Some(current.clone());
+        if delta.is_empty() && !respond_if_empty {
+            return Ok(());
+        }
+        for resource in &delta.added {
+            subscription
+                .sent
+                .insert(resource.name.clone(), resource.version.clone());
+        }
+        for name in &delta.removed {
+            subscription.sent.remove(name);
+        }
+
+        self.next_nonce += 1;
+        let nonce = self.next_nonce.to_string();
+        let (added, removed) = (delta.added.len(), delta.removed.len());
+        let response = DeltaDiscoveryResponse {
+            system_version_info: snapshot.generation().to_string(),
+            resources: delta.added,
+            type_url: type_url.to_string(),
+            removed_resources: delta.removed,
+            nonce: nonce.clone(),
+            control_plane: Some(ControlPlane {
+                identifier: self.config.control_plane_id.clone(),
+            }),
+        };
+        if self.responses.send(Ok(response)).await.is_err() {
+            return Err(StreamError::ResponsesClosed {
+                proxy_id: self.proxy.id.clone(),
+            });
+        }
+        self.metrics.pushed(type_url, since.elapsed());
+        debug!(
+            proxy = %self.proxy.id,
+            type_url = %type_url,
+            nonce = %nonce,
+            added,
+            removed,
+            "pushed resources"
+        );
+        Ok(())
+    }
+}
+
+/// What one type's next response carries.
+#[derive(Debug, Default, PartialEq)]
+pub(super) struct TypeDelta {
+    pub(super) added: Vec<Resource>,
+    pub(super) removed: Vec<String>,
+}
+
+impl TypeDelta {
+    fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty()
+    }
+}
+
+/// The difference between what a proxy was sent and what it should have now.
+pub(super) fn diff_type(
+    subscription: &TypeSubscription,
+    current: &TypeResources,
+    visible: impl Fn(&StoredResource) -> bool,
+) -> TypeDelta {
+    let mut delta = TypeDelta::default();
+    let mut should_have = BTreeSet::new();
+    for (name, resource) in current {
+        if !subscription.wants(name) || !visible(resource) {
+            continue;
+        }
+        should_have.insert(name.as_str());
+        if subscription.sent.get(name) != Some(&resource.version) {
+            delta.added.push(Resource {
+                name: name.clone(),
+                version: resource.version.clone(),
+                resource: Some(resource.body.clone()),
+                ..Resource::default()
+            });
+        }
+    }
+    let mut removed: Vec<String> = subscription
+        .sent
+        .keys()
+        .filter(|name| !should_have.contains(name.as_str()))
+        .cloned()
+        .collect();
+    removed.sort();
+    delta.removed = removed;
+    delta
+}
+
+async fn sleep_until_or_forever(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
