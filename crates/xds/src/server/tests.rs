@@ -1,6 +1,7 @@
 //! The stream's pure parts: node metadata, the debounce and the diff.
 
 use prost_types::Any;
+use tokio::time::Instant;
 
 use super::stream::{PendingPush, TypeSubscription, diff_type};
 use super::*;
