@@ -5,6 +5,9 @@ use clap::{Parser, Subcommand};
 use controller::loader::{self, LoadError};
 use controller::server::{KubernetesMode, LocalMode, Mode, ServerConfig};
 use controller::validation;
+use weft_istio::defaults::{
+    DEFAULT_ROOT_NAMESPACE, DEFAULT_SYSTEM_NAMESPACE, DEFAULT_TRUST_DOMAIN,
+};
 
 /// The mesh controller: configuration, push and certificate authority.
 #[derive(Debug, Parser)]
@@ -69,7 +72,7 @@ struct RunArgs {
     )]
     bootstrap_tokens: PathBuf,
     /// The controller's namespace (Kubernetes mode): its CA Secrets and root ConfigMap.
-    #[arg(long, env = "WEFT_NAMESPACE", default_value = "istio-system")]
+    #[arg(long, env = "WEFT_NAMESPACE", default_value = DEFAULT_SYSTEM_NAMESPACE)]
     namespace: String,
     /// Audiences callers' service-account tokens must carry, comma-separated (Kubernetes mode).
     #[arg(
@@ -84,10 +87,10 @@ struct RunArgs {
     #[arg(long, env = "WEFT_NODE_AGENT_SERVICE_ACCOUNTS", value_delimiter = ',')]
     node_agent_service_accounts: Vec<String>,
     /// The mesh trust domain.
-    #[arg(long, env = "WEFT_TRUST_DOMAIN", default_value = "cluster.local")]
+    #[arg(long, env = "WEFT_TRUST_DOMAIN", default_value = DEFAULT_TRUST_DOMAIN)]
     trust_domain: String,
     /// Namespace whose selector-less policies apply mesh-wide.
-    #[arg(long, env = "WEFT_ROOT_NAMESPACE", default_value = "istio-system")]
+    #[arg(long, env = "WEFT_ROOT_NAMESPACE", default_value = DEFAULT_ROOT_NAMESPACE)]
     root_namespace: String,
 }
 

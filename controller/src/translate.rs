@@ -17,6 +17,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use prost::Name;
+use weft_istio::defaults::{
+    DEFAULT_CLUSTER_ID, DEFAULT_DOMAIN_SUFFIX, DEFAULT_ROOT_NAMESPACE, DEFAULT_TRUST_DOMAIN,
+};
 use weft_proto::istio::{security, workload};
 use weft_proto::waypoint::WaypointConfig;
 use weft_proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, WAYPOINT_CONFIG_TYPE_URL};
@@ -36,10 +39,10 @@ pub struct MeshSettings {
 impl Default for MeshSettings {
     fn default() -> Self {
         Self {
-            trust_domain: "cluster.local".into(),
-            root_namespace: "istio-system".into(),
-            cluster_id: "Kubernetes".into(),
-            domain_suffix: "cluster.local".into(),
+            trust_domain: DEFAULT_TRUST_DOMAIN.into(),
+            root_namespace: DEFAULT_ROOT_NAMESPACE.into(),
+            cluster_id: DEFAULT_CLUSTER_ID.into(),
+            domain_suffix: DEFAULT_DOMAIN_SUFFIX.into(),
         }
     }
 }

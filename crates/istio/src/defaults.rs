@@ -4,6 +4,18 @@
 
 use std::time::Duration;
 
+/// The mesh's trust domain when none is configured.
+pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+/// The cluster's DNS suffix (`<service>.<namespace>.svc.<suffix>`) when none is configured.
+pub const DEFAULT_DOMAIN_SUFFIX: &str = "cluster.local";
+/// The cluster's name in identities and metrics when none is configured.
+pub const DEFAULT_CLUSTER_ID: &str = "Kubernetes";
+/// The control plane's own namespace (istiod's `istio-system`).
+pub const DEFAULT_SYSTEM_NAMESPACE: &str = "istio-system";
+/// The namespace whose selector-less policies apply mesh-wide: the system namespace unless
+/// configured otherwise.
+pub const DEFAULT_ROOT_NAMESPACE: &str = DEFAULT_SYSTEM_NAMESPACE;
+
 /// Envoy's retry conditions when a route sets no retry policy (istiod's default).
 pub const DEFAULT_RETRY_ON: &str =
     "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes";

@@ -22,6 +22,7 @@ use std::{
 };
 
 use serde::Serialize;
+use weft_istio::defaults::{DEFAULT_CLUSTER_ID, DEFAULT_TRUST_DOMAIN};
 
 /// This node's name (Kubernetes' `spec.nodeName`).
 pub const NODE_NAME: &str = "NODE_NAME";
@@ -48,8 +49,6 @@ const ROOT_CERT_FILE_FOR_TLS: &str =
     "ROOT_CERT_FILE (to verify an https:// XDS_ADDRESS or CA_ADDRESS)";
 /// The controller's plaintext gRPC port, by Istio's service name.
 pub const DEFAULT_XDS_ADDRESS: &str = "http://istiod.istio-system.svc:15010";
-const DEFAULT_CLUSTER_ID: &str = "Kubernetes";
-const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 const DEFAULT_BOOTSTRAP_TOKEN_FILE: &str = "/var/run/secrets/weft/bootstrap-token";
 const DEFAULT_CERTIFICATE_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Istio's admin port, on loopback only: the dump shows the whole configuration.
