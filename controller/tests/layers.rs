@@ -49,14 +49,17 @@ fn production_code(text: &str) -> String {
         if trimmed.starts_with("//") {
             continue;
         }
-        if trimmed.starts_with("#[cfg(test)]") {
+        if let Some(rest) = trimmed.strip_prefix("#[cfg(test)]") {
+            // Skip the item the attribute marks, from the rest of this line on.
             let mut depth = 0i32;
-            for item in lines.by_ref() {
-                depth += item.matches('{').count() as i32 - item.matches('}').count() as i32;
-                if depth <= 0 && (item.trim_end().ends_with(';') || item.trim_end().ends_with('}'))
-                {
+            let mut item = Some(rest);
+            while let Some(part) = item {
+                let part = part.trim_end();
+                depth += part.matches('{').count() as i32 - part.matches('}').count() as i32;
+                if depth <= 0 && (part.ends_with(';') || part.ends_with('}')) {
                     break;
                 }
+                item = lines.next();
             }
             continue;
         }
@@ -170,6 +173,7 @@ fn the_reader_finds_grouped_imports_and_skips_tests_and_comments() {
          use crate::source::kube::Sink; // crate::webhook\n\
          #[cfg(test)]\nmod tests {\n    use crate::ca;\n}\n\
          #[cfg(test)]\nmod more;\n\
+         #[cfg(test)] use crate::server;\n\
          fn f() { crate::push::go() }\n",
     );
     let found: Vec<String> = crate_modules(&code).into_iter().collect();

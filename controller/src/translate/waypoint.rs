@@ -8,6 +8,11 @@
 //! service with several HTTP ports each route is repeated per port with a `port` match, and a
 //! destination without a port resolves to the port the request arrived on. Every list ends with
 //! the default route to the service itself.
+//!
+//! This file holds the entry points, the `Compiler` that carries one waypoint's translation and
+//! what its parts share; `routes` (a served service's route tables), `route` (one route for
+//! one port), `clusters` (DestinationRules, traffic policies, endpoints), `workloads` and
+//! `authorization` each add their part of it.
 
 mod authorization;
 mod clusters;
@@ -120,6 +125,8 @@ impl ClusterKey {
     }
 }
 
+/// One waypoint's translation in progress: what it reads, the clusters its routes name so far,
+/// and where problems are reported.
 struct Compiler<'a, 'p> {
     index: &'a ConfigIndex,
     settings: &'a MeshSettings,

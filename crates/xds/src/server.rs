@@ -6,6 +6,9 @@
 //! explicit names; the first response of a type carries the full scoped state (even when empty),
 //! later ones only the changes. Store changes are debounced: a push waits for `debounce` of quiet,
 //! but never more than `debounce_max` after the first change it carries.
+//!
+//! This file is the gRPC service and what happens before a stream is served (its first request,
+//! admission, shutdown); `stream` is the stream once served.
 
 mod stream;
 
