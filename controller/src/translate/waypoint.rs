@@ -22,7 +22,7 @@ mod workloads;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::api::core::v1::{Service, ServicePort};
+use k8s_openapi::api::core::v1::{Pod, Service, ServicePort};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use weft_proto::waypoint as wp;
 
@@ -209,6 +209,15 @@ fn duration(value: &DurationString) -> Result<prost_types::Duration, String> {
 }
 
 impl Compiler<'_, '_> {
+    /// The SPIFFE identity a pod's certificate carries.
+    fn pod_identity(&self, pod: &Pod) -> String {
+        resolve::spiffe_id(
+            self.settings,
+            resolve::namespace_of(&pod.metadata),
+            resolve::service_account(pod),
+        )
+    }
+
     fn report(&mut self, kind: ResourceKind, meta: &ObjectMeta, problem: TranslateProblem) {
         self.problems.push(TranslateError::new(kind, meta, problem));
     }

@@ -191,17 +191,12 @@ impl<'a> Compiler<'a, '_> {
         } else {
             wp::EndpointTunnel::None
         };
-        let namespace = namespace_of(&pod.metadata);
         resolve::pod_ips(pod)
             .into_iter()
             .map(|ip| wp::Endpoint {
                 address: ip.to_string(),
                 port: target,
-                identity: resolve::spiffe_id(
-                    self.settings,
-                    namespace,
-                    resolve::service_account(pod),
-                ),
+                identity: self.pod_identity(pod),
                 labels: labels(&pod.metadata),
                 workload_uid: resolve::pod_uid(&self.settings.cluster_id, pod),
                 tunnel: tunnel as i32,

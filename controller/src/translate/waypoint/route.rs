@@ -30,6 +30,41 @@ pub(super) struct PortContext {
     pub(super) restrict: bool,
 }
 
+impl PortContext {
+    /// What a route with no match of its own matches here: the port, when the service has
+    /// several.
+    pub(super) fn port_match<M: PortMatch>(self) -> Vec<M> {
+        if self.restrict {
+            vec![M::port_only(self.port)]
+        } else {
+            Vec::new()
+        }
+    }
+}
+
+/// A route match that can name a port and nothing else.
+pub(super) trait PortMatch {
+    fn port_only(port: u32) -> Self;
+}
+
+impl PortMatch for wp::HttpMatchRequest {
+    fn port_only(port: u32) -> Self {
+        Self {
+            port,
+            ..Default::default()
+        }
+    }
+}
+
+impl PortMatch for wp::L4MatchAttributes {
+    fn port_only(port: u32) -> Self {
+        Self {
+            port,
+            ..Default::default()
+        }
+    }
+}
+
 /// A match applies to the mesh: its own `gateways` override the VirtualService's.
 fn match_binds_mesh(gateways: &[String], vs_mesh: bool) -> bool {
     if gateways.is_empty() {
@@ -159,6 +194,50 @@ impl RouteContext<'_, '_, '_> {
         }
     }
 
+    /// Whether a match of the route applies here: bound to the mesh, and naming this port or
+    /// none when the route is compiled per port.
+    fn match_applies(&self, gateways: &[String], port: Option<u32>, vs_mesh: bool) -> bool {
+        match_binds_mesh(gateways, vs_mesh)
+            && !(self.context.restrict && port.is_some_and(|p| p != self.context.port))
+    }
+
+    /// The matches a route is compiled with, from those of its own that apply here (`declared`:
+    /// it has some). `None` when the route does not apply: it has matches and none applies, or
+    /// it has none and its VirtualService is not bound to the mesh. With none of its own, it
+    /// matches on the port when the service has several.
+    fn route_matches<M: PortMatch>(
+        &self,
+        declared: bool,
+        vs_mesh: bool,
+        matches: Vec<M>,
+    ) -> Option<Vec<M>> {
+        if !declared {
+            return vs_mesh.then(|| self.context.port_match());
+        }
+        (!matches.is_empty()).then_some(matches)
+    }
+
+    /// The route's destinations that name one, each resolved (see `destination`) beside the
+    /// entry it came from.
+    fn destinations<'d, D>(
+        &mut self,
+        route: &'d [D],
+        destination_of: impl Fn(&D) -> Option<&net::Destination>,
+    ) -> Vec<(&'d D, wp::Destination)> {
+        let path = self.path.to_owned();
+        route
+            .iter()
+            .enumerate()
+            .filter_map(|(j, d)| {
+                let destination = destination_of(d)?;
+                Some((
+                    d,
+                    self.destination(destination, format!("{path}.route[{j}].destination")),
+                ))
+            })
+            .collect()
+    }
+
     pub(super) fn http_route(
         &mut self,
         route: &HttpRoute,
@@ -167,9 +246,7 @@ impl RouteContext<'_, '_, '_> {
         let path = self.path.to_owned();
         let mut matches = Vec::new();
         for m in &route.matches {
-            if !match_binds_mesh(&m.gateways, vs_mesh)
-                || (self.context.restrict && m.port.is_some_and(|p| p != self.context.port))
-            {
+            if !self.match_applies(&m.gateways, m.port, vs_mesh) {
                 continue;
             }
             let mut compiled = http_match(m);
@@ -178,32 +255,18 @@ impl RouteContext<'_, '_, '_> {
             }
             matches.push(compiled);
         }
-        if route.matches.is_empty() {
-            if !vs_mesh {
-                return Ok(None);
-            }
-            if self.context.restrict {
-                matches.push(wp::HttpMatchRequest {
-                    port: self.context.port,
-                    ..Default::default()
-                });
-            }
-        } else if matches.is_empty() {
+        let Some(matches) = self.route_matches(!route.matches.is_empty(), vs_mesh, matches) else {
             return Ok(None);
-        }
-        let mut destinations = Vec::new();
-        for (j, d) in route.route.iter().enumerate() {
-            let Some(destination) = &d.destination else {
-                continue;
-            };
-            destinations.push(wp::HttpRouteDestination {
-                destination: Some(
-                    self.destination(destination, format!("{path}.route[{j}].destination")),
-                ),
+        };
+        let destinations = self
+            .destinations(&route.route, |d| d.destination.as_ref())
+            .into_iter()
+            .map(|(d, destination)| wp::HttpRouteDestination {
+                destination: Some(destination),
                 weight: d.weight.unwrap_or(0).max(0),
                 headers: d.headers.as_ref().map(headers),
-            });
-        }
+            })
+            .collect();
         let mut mirrors = Vec::new();
         if let Some(mirror) = &route.mirror {
             let value = route
@@ -426,12 +489,9 @@ impl RouteContext<'_, '_, '_> {
         route: &net::TcpRoute,
         vs_mesh: bool,
     ) -> Result<Option<wp::TcpRoute>, TranslateProblem> {
-        let path = self.path.to_owned();
         let mut matches = Vec::new();
         for m in &route.matches {
-            if !match_binds_mesh(&m.gateways, vs_mesh)
-                || (self.context.restrict && m.port.is_some_and(|p| p != self.context.port))
-            {
+            if !self.match_applies(&m.gateways, m.port, vs_mesh) {
                 continue;
             }
             matches.push(wp::L4MatchAttributes {
@@ -445,31 +505,17 @@ impl RouteContext<'_, '_, '_> {
                 source_namespace: m.source_namespace.clone().unwrap_or_default(),
             });
         }
-        if route.matches.is_empty() {
-            if !vs_mesh {
-                return Ok(None);
-            }
-            if self.context.restrict {
-                matches.push(wp::L4MatchAttributes {
-                    port: self.context.port,
-                    ..Default::default()
-                });
-            }
-        } else if matches.is_empty() {
+        let Some(matches) = self.route_matches(!route.matches.is_empty(), vs_mesh, matches) else {
             return Ok(None);
-        }
-        let mut destinations = Vec::new();
-        for (j, d) in route.route.iter().enumerate() {
-            let Some(destination) = &d.destination else {
-                continue;
-            };
-            destinations.push(wp::RouteDestination {
-                destination: Some(
-                    self.destination(destination, format!("{path}.route[{j}].destination")),
-                ),
+        };
+        let destinations = self
+            .destinations(&route.route, |d| d.destination.as_ref())
+            .into_iter()
+            .map(|(d, destination)| wp::RouteDestination {
+                destination: Some(destination),
                 weight: d.weight.unwrap_or(0).max(0),
-            });
-        }
+            })
+            .collect();
         Ok(Some(wp::TcpRoute {
             r#match: matches,
             route: destinations,

@@ -52,24 +52,11 @@ impl<'a> Compiler<'a, '_> {
         };
         // The default: the service itself, for whatever no route matched.
         for context in contexts(&served.http_ports) {
-            let cluster = self.register(&hostname, "", context.port);
             http_routes.push(wp::HttpRoute {
                 name: "default".to_owned(),
-                r#match: if context.restrict {
-                    vec![wp::HttpMatchRequest {
-                        port: context.port,
-                        ..Default::default()
-                    }]
-                } else {
-                    Vec::new()
-                },
+                r#match: context.port_match(),
                 route: vec![wp::HttpRouteDestination {
-                    destination: Some(wp::Destination {
-                        host: hostname.clone(),
-                        subset: String::new(),
-                        port: context.port,
-                        cluster,
-                    }),
+                    destination: Some(self.service_itself(&hostname, context.port)),
                     weight: 0,
                     headers: None,
                 }],
@@ -78,23 +65,10 @@ impl<'a> Compiler<'a, '_> {
             });
         }
         for context in contexts(&served.tcp_ports) {
-            let cluster = self.register(&hostname, "", context.port);
             tcp_routes.push(wp::TcpRoute {
-                r#match: if context.restrict {
-                    vec![wp::L4MatchAttributes {
-                        port: context.port,
-                        ..Default::default()
-                    }]
-                } else {
-                    Vec::new()
-                },
+                r#match: context.port_match(),
                 route: vec![wp::RouteDestination {
-                    destination: Some(wp::Destination {
-                        host: hostname.clone(),
-                        subset: String::new(),
-                        port: context.port,
-                        cluster,
-                    }),
+                    destination: Some(self.service_itself(&hostname, context.port)),
                     weight: 0,
                 }],
                 virtual_service: String::new(),
@@ -114,15 +88,21 @@ impl<'a> Compiler<'a, '_> {
         }
     }
 
-    fn register(&mut self, host: &str, subset: &str, port: u32) -> String {
+    /// The service itself on `port`, where its default routes go; its cluster is registered.
+    fn service_itself(&mut self, hostname: &str, port: u32) -> wp::Destination {
         let key = ClusterKey {
-            host: host.to_owned(),
-            subset: subset.to_owned(),
+            host: hostname.to_owned(),
+            subset: String::new(),
             port,
         };
-        let name = key.name();
+        let cluster = key.name();
         self.clusters.insert(key);
-        name
+        wp::Destination {
+            host: hostname.to_owned(),
+            subset: String::new(),
+            port,
+            cluster,
+        }
     }
 
     /// The VirtualService that routes `served`: visible to the waypoint, bound to the mesh,

@@ -50,11 +50,7 @@ impl Compiler<'_, '_> {
                     healthy,
                     wp::WaypointWorkload {
                         address: ip.to_string(),
-                        identity: resolve::spiffe_id(
-                            self.settings,
-                            namespace,
-                            resolve::service_account(pod),
-                        ),
+                        identity: self.pod_identity(pod),
                         labels: labels(&pod.metadata),
                         workload_uid: resolve::pod_uid(&self.settings.cluster_id, pod),
                         // Only pods in the mesh have a destination waypoint: always HBONE.
@@ -100,11 +96,7 @@ impl Compiler<'_, '_> {
                 }
                 out.push(wp::SourceWorkload {
                     address,
-                    identity: resolve::spiffe_id(
-                        self.settings,
-                        namespace_of(&pod.metadata),
-                        resolve::service_account(pod),
-                    ),
+                    identity: self.pod_identity(pod),
                     labels: labels(&pod.metadata),
                     workload_uid: resolve::pod_uid(&self.settings.cluster_id, pod),
                 });
