@@ -127,7 +127,7 @@ impl Peer {
             canonical_revision: workload
                 .and_then(WorkloadInfo::canonical_revision)
                 .unwrap_or("latest"),
-            cluster: "Kubernetes",
+            cluster: weft_istio::defaults::DEFAULT_CLUSTER_ID,
         }
     }
 }

@@ -151,7 +151,7 @@ impl TryFrom<proto::Workload> for Workload {
             namespace: w.namespace,
             addresses,
             trust_domain: if w.trust_domain.is_empty() {
-                "cluster.local".to_string()
+                weft_istio::defaults::DEFAULT_TRUST_DOMAIN.to_string()
             } else {
                 w.trust_domain
             },
