@@ -67,13 +67,23 @@ pub fn many(
         .lines()
         .map(str::to_string)
         .collect();
+    every_request(url, count, lines, &output)
+}
+
+/// `reports`, when curl reported each of the `count` requests.
+fn every_request<T>(
+    url: &str,
+    count: u32,
+    reports: Vec<T>,
+    output: &std::process::Output,
+) -> anyhow::Result<Vec<T>> {
     anyhow::ensure!(
-        lines.len() == count as usize,
+        reports.len() == count as usize,
         "curl {url}: {} of {count} requests reported ({})",
-        lines.len(),
+        reports.len(),
         String::from_utf8_lossy(&output.stderr)
     );
-    Ok(lines)
+    Ok(reports)
 }
 
 /// `count` requests in one `curl` process, like [`many`], returning each response's status
@@ -103,11 +113,5 @@ pub fn bodies(
             None => body.push_str(line),
         }
     }
-    anyhow::ensure!(
-        answers.len() == count as usize,
-        "curl {url}: {} of {count} requests reported ({})",
-        answers.len(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok(answers)
+    every_request(url, count, answers, &output)
 }

@@ -250,12 +250,7 @@ impl Demo {
 
     fn waypoint_version(&self) -> String {
         self.waypoint_config_dump()
-            .ok()
-            .and_then(|dump| {
-                dump["xds"]["last_applied"]["version"]
-                    .as_str()
-                    .map(String::from)
-            })
+            .map(|dump| crate::applied_version(&dump))
             .unwrap_or_default()
     }
 

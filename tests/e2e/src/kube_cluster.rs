@@ -28,7 +28,7 @@ use crate::{
 /// The mesh's namespace, as the chart installs it.
 pub const SYSTEM_NAMESPACE: &str = "istio-system";
 /// Where the node agents pin (swept with the testbed after a crash).
-const PIN_BASE: &str = "weft-cri";
+pub const PIN_BASE: &str = "weft-cri";
 /// The CA's token audience (the chart's).
 pub const AUDIENCE: &str = "istio-ca";
 /// The controller's address as the chart's agents name it (resolved through the pods' hosts
@@ -502,13 +502,7 @@ impl KubeCluster {
             pod.name.clone(),
         ];
         args.extend(pod.args.iter().cloned());
-        let spec = ContainerSpec {
-            name: "app".into(),
-            image: image_reference("sample-app")?,
-            args,
-            log_path: format!("{}.log", pod.name),
-            ..ContainerSpec::default()
-        };
+        let spec = sample_app_container(&pod.name, args)?;
         self.run_pod_with(pod, |_, _| Ok(spec))
     }
 
@@ -688,6 +682,17 @@ fn tail(file: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(file).unwrap_or_default();
     let last: Vec<&str> = text.lines().rev().take(lines).collect();
     last.into_iter().rev().map(|l| format!("{l}\n")).collect()
+}
+
+/// The sample app as container `app` of pod `pod`, with `args`.
+pub fn sample_app_container(pod: &str, args: Vec<String>) -> anyhow::Result<ContainerSpec> {
+    Ok(ContainerSpec {
+        name: "app".into(),
+        image: image_reference("sample-app")?,
+        args,
+        log_path: format!("{pod}.log"),
+        ..ContainerSpec::default()
+    })
 }
 
 /// A container of the chart's kind: root, every capability dropped but `add`, not privileged,

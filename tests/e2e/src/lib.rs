@@ -30,7 +30,7 @@ pub mod probes;
 pub mod scenarios;
 pub mod session;
 
-pub use changes::split_documents;
+pub use changes::{applied_version, split_documents};
 pub use curl::CurlResult;
 use node_agent::enrollment::{EnrolledPod, EnrollmentClient};
 use weft_testbed::{Pod, Testbed, Topology};

@@ -25,7 +25,9 @@ use super::{CaptureScope, Cluster, Examples, NODES, Place, examples::text};
 use crate::{
     PodSpec, Workload,
     cri::{ContainerSpec, mount},
-    kube_cluster::{AUDIENCE, ISTIOD, KubeCluster, KubePod, RunningPod, image_reference},
+    kube_cluster::{
+        AUDIENCE, ISTIOD, KubeCluster, KubePod, RunningPod, image_reference, sample_app_container,
+    },
 };
 
 /// How long a pod may take to listen once started.
@@ -96,13 +98,7 @@ impl OnContainerd {
                     Workload::App { service, version } => spec.sample_app_args(service, version),
                     _ => spec.sample_app_args(&spec.name, "v1"),
                 };
-                let container = ContainerSpec {
-                    name: "app".into(),
-                    image: image_reference("sample-app")?,
-                    args,
-                    log_path: format!("{}.log", spec.name),
-                    ..ContainerSpec::default()
-                };
+                let container = sample_app_container(&spec.name, args)?;
                 self.cluster.run_pod_with(pod, |_, _| Ok(container))
             }
         }
