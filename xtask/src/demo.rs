@@ -1,5 +1,6 @@
-//! `cargo xtask demo`: setup when needed, the eBPF object and the binaries built, then the demo
-//! itself (`tests/e2e/src/bin/demo.rs`, which starts the mesh through the end-to-end harness).
+//! `cargo xtask demo`: setup when needed, the eBPF object and the binaries built (and, for
+//! `--runtime containerd`, the images the pods run), then the demo itself
+//! (`tests/e2e/src/bin/demo.rs`, which starts the mesh through the end-to-end harness).
 //! The demo replaces this process, so that Ctrl-C reaches it directly and it removes everything
 //! before the shell prompt comes back. `cargo xtask demo exec <pod> -- <command>` runs a command
 //! inside a pod of the running demo.

@@ -45,7 +45,7 @@ enum Task {
         args: Vec<String>,
     },
     /// The mesh in a box: two nodes, the controller, agents, a waypoint and bookinfo on the
-    /// testbed, scripted scenarios, then up until Ctrl-C (needs root).
+    /// testbed or on containerd, scripted scenarios, then up until Ctrl-C (needs root).
     Demo {
         #[command(subcommand)]
         action: Option<DemoAction>,
