@@ -14,7 +14,7 @@ use crate::PodSpec;
 /// The pod that plays the user's shell.
 pub const CLIENT: &str = "client";
 
-/// The example directory split into what the harness places (Pods; EndpointSlices, which carry
+/// The example directory split into what the runtime places (Pods; EndpointSlices, which carry
 /// addresses) and what the controller plays as written (everything else).
 pub struct Examples {
     pub files: Vec<(String, String)>,
@@ -106,11 +106,11 @@ pub fn load(dir: &Path) -> anyhow::Result<Examples> {
     Ok(examples)
 }
 
-/// The testbed has two nodes; the examples' `nodeName`s map onto them in order of first
+/// The demo has two nodes; the examples' `nodeName`s map onto them in order of first
 /// appearance (a pod without one goes to the last node).
 pub const NODES: [&str; 2] = ["node1", "node2"];
 
-/// The pods of the demo: the examples' pods placed on the testbed nodes their `nodeName`s map to,
+/// The pods of the demo: the examples' pods placed on the demo's nodes their `nodeName`s map to,
 /// each running the sample app with bookinfo's calls (productpage calls details and reviews;
 /// reviews v2 and v3 call ratings), the waypoint's pod running the waypoint, and the client. The
 /// client goes on the node without details, so that its L4 call to details crosses the fabric.

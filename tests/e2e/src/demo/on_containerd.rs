@@ -42,13 +42,12 @@ pub struct OnContainerd {
 }
 
 pub fn start(examples: &Examples, pods: &[PodSpec]) -> anyhow::Result<OnContainerd> {
-    let on = OnContainerd {
+    let mut on = OnContainerd {
         cluster: KubeCluster::start(&NODES, &[]).context("starting the containerd nodes")?,
     };
     for (file, yaml) in &examples.files {
         on.apply(file, yaml)?;
     }
-    let mut on = on;
     for spec in pods {
         on.run(spec)
             .with_context(|| format!("starting pod {}", spec.name))?;
@@ -233,6 +232,7 @@ impl Cluster for OnContainerd {
 
     fn capture_scope(&self) -> CaptureScope {
         CaptureScope {
+            // The testbed's pod networks (10.251.<node>.0/24, the bridge plugin's ranges).
             filter: "ip.src == 10.251.0.0/16 && ip.dst == 10.251.0.0/16 && tcp.len > 0",
             description: "between the pods of the two nodes",
             ports: &[("15008", "HBONE")],
