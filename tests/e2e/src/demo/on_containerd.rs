@@ -153,18 +153,15 @@ fn waypoint_container(
         name: "istio-proxy".into(),
         image: image_reference("waypoint")?,
         env: [
-            ("WEFT_CONTROLLER", controller.as_str()),
-            ("WEFT_CA_ADDRESS", &controller),
-            ("WEFT_CA_TOKEN_FILE", &format!("{TOKEN_DIR}/istio-token")),
-            (
-                "WEFT_CA_ROOT_FILE",
-                &format!("{ROOT_CERT_DIR}/root-cert.pem"),
-            ),
-            ("WEFT_NODE_NAME", &spec.node),
-            ("WEFT_WAYPOINT_NAME", gateway),
-            ("WEFT_WAYPOINT_NAMESPACE", &spec.namespace),
-            ("WEFT_SERVICE_ACCOUNT", &spec.service_account),
-            ("RUST_LOG", "info"),
+            ("XDS_ADDRESS", controller.as_str()),
+            ("CA_ADDRESS", &controller),
+            ("BOOTSTRAP_TOKEN_FILE", &format!("{TOKEN_DIR}/istio-token")),
+            ("ROOT_CERT_FILE", &format!("{ROOT_CERT_DIR}/root-cert.pem")),
+            ("NODE_NAME", &spec.node),
+            ("WAYPOINT_NAME", gateway),
+            ("POD_NAMESPACE", &spec.namespace),
+            ("SERVICE_ACCOUNT", &spec.service_account),
+            ("LOG_LEVEL", "info"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
