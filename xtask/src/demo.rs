@@ -1,5 +1,6 @@
-//! `cargo xtask demo`: setup when needed, the eBPF object and the binaries built, then the demo
-//! itself (`tests/e2e/src/bin/demo.rs`, which starts the mesh through the end-to-end harness).
+//! `cargo xtask demo`: setup when needed, the eBPF object and the binaries built (and, for
+//! `--runtime containerd`, the images the pods run), then the demo itself
+//! (`tests/e2e/src/bin/demo.rs`, which starts the mesh through the end-to-end harness).
 //! The demo replaces this process, so that Ctrl-C reaches it directly and it removes everything
 //! before the shell prompt comes back. `cargo xtask demo exec <pod> -- <command>` runs a command
 //! inside a pod of the running demo.
@@ -8,7 +9,7 @@ use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
 use std::process::Command;
 
-use crate::{build_ebpf, is_root, run_command, setup, step, workspace_root};
+use crate::{build_ebpf, images, is_root, run_command, setup, step, workspace_root};
 
 /// The demo's own list of scenarios, shared as a source file: this crate must build before the
 /// eBPF object exists, so it cannot depend on the end-to-end crate.
@@ -25,6 +26,29 @@ const BINARIES: &[&str] = &[
     "mesh-client",
 ];
 
+/// The further binaries the containerd runtime runs from images (the node agent's image carries
+/// the CNI plugin and its node daemon; every sandbox runs the pause image).
+const IMAGE_BINARIES: &[&str] = &["weft-cni", "weft-cni-node", "pause"];
+
+/// Where the demo's pods run (the demo binary's `--runtime`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Runtime {
+    /// The harness starts every component in its pod's network namespace and cgroup.
+    Testbed,
+    /// containerd on each node: pods created through the CRI from the images, enrolled by
+    /// weft-cni; the node agent as its DaemonSet's pod; the controller in Kubernetes mode.
+    Containerd,
+}
+
+impl Runtime {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Testbed => "testbed",
+            Self::Containerd => "containerd",
+        }
+    }
+}
+
 fn demo_binary() -> PathBuf {
     workspace_root().join("target/debug/demo")
 }
@@ -38,9 +62,9 @@ fn require_root(what: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `cargo xtask demo [--scenario NAME] [--no-wait]`. An unknown scenario is refused first,
-/// before setup and the build.
-pub fn run(scenario: Option<&str>, no_wait: bool) -> anyhow::Result<()> {
+/// `cargo xtask demo [--runtime R] [--scenario NAME] [--no-wait]`. An unknown scenario is
+/// refused first, before setup and the build.
+pub fn run(runtime: Runtime, scenario: Option<&str>, no_wait: bool) -> anyhow::Result<()> {
     if let Some(name) = scenario {
         scenarios::check(name).map_err(anyhow::Error::msg)?;
     }
@@ -53,15 +77,22 @@ pub fn run(scenario: Option<&str>, no_wait: bool) -> anyhow::Result<()> {
     );
     let mut build = Command::new("cargo");
     build.arg("build").current_dir(&root);
-    for binary in BINARIES {
+    let images = runtime == Runtime::Containerd;
+    let extra = if images { IMAGE_BINARIES } else { &[] };
+    for binary in BINARIES.iter().chain(extra) {
         build.args(["--bin", binary]);
     }
     run_command(&mut build)?;
+    if images {
+        step("demo: container images of the debug binaries");
+        images::package(false)?;
+    }
     step("demo: starting");
     let mut demo = Command::new(demo_binary());
     demo.arg("run")
         .arg("--examples")
         .arg(root.join("deploy/examples/bookinfo"))
+        .args(["--runtime", runtime.name()])
         .current_dir(&root);
     if let Some(scenario) = scenario {
         demo.args(["--scenario", scenario]);
@@ -96,7 +127,7 @@ mod tests {
     #[test]
     fn an_unknown_scenario_is_refused_before_anything_is_built() {
         let started = std::time::Instant::now();
-        let error = super::run(Some("no-such-scenario"), true)
+        let error = super::run(super::Runtime::Testbed, Some("no-such-scenario"), true)
             .unwrap_err()
             .to_string();
         assert_eq!(

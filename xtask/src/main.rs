@@ -45,10 +45,14 @@ enum Task {
         args: Vec<String>,
     },
     /// The mesh in a box: two nodes, the controller, agents, a waypoint and bookinfo on the
-    /// testbed, scripted scenarios, then up until Ctrl-C (needs root).
+    /// testbed or on containerd, scripted scenarios, then up until Ctrl-C (needs root).
     Demo {
         #[command(subcommand)]
         action: Option<DemoAction>,
+        /// Where the pods run: the testbed, or containerd (pods created through the CRI from
+        /// the images, enrolled by weft-cni; the controller in Kubernetes mode).
+        #[arg(long, value_enum, default_value_t = demo::Runtime::Testbed)]
+        runtime: demo::Runtime,
         /// Play only this scenario (mtls, deny, canary, header-routing, fault, metrics).
         #[arg(long)]
         scenario: Option<String>,
@@ -112,9 +116,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => demo::exec(&name, &command),
         Task::Demo {
             action: None,
+            runtime,
             scenario,
             no_wait,
-        } => demo::run(scenario.as_deref(), no_wait),
+        } => demo::run(runtime, scenario.as_deref(), no_wait),
         Task::Images { debug } => images::run(!debug),
         Task::Crdgen => crdgen(),
     }

@@ -77,12 +77,7 @@ impl Mesh {
     /// `/config_dump` says (empty before the first).
     pub fn waypoint_config_version(&self, name: &str) -> String {
         self.waypoint_config_dump(name)
-            .ok()
-            .and_then(|dump| {
-                dump["xds"]["last_applied"]["version"]
-                    .as_str()
-                    .map(String::from)
-            })
+            .map(|dump| applied_version(&dump))
             .unwrap_or_default()
     }
 
@@ -151,6 +146,15 @@ impl Mesh {
         }
         Ok(())
     }
+}
+
+/// The version of the last configuration a proxy applied, from its `/config_dump` (empty
+/// before the first).
+pub fn applied_version(dump: &serde_json::Value) -> String {
+    dump["xds"]["last_applied"]["version"]
+        .as_str()
+        .map(String::from)
+        .unwrap_or_default()
 }
 
 /// The file holding one object applied with [`Mesh::kubectl_apply`].

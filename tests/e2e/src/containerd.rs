@@ -134,6 +134,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         )?;
         let mut command = node.netns.command_in_cgroup(&node.cgroup, "containerd");
         command.arg("--config").arg(&config);
+        // Its own process group: a Ctrl-C at the terminal must leave it running until the
+        // pods are stopped and removed through it.
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
         let process = Process::spawn(
             &format!("containerd on {}", node.name),
             command,

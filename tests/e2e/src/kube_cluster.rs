@@ -28,12 +28,12 @@ use crate::{
 /// The mesh's namespace, as the chart installs it.
 pub const SYSTEM_NAMESPACE: &str = "istio-system";
 /// Where the node agents pin (swept with the testbed after a crash).
-const PIN_BASE: &str = "weft-cri";
+pub const PIN_BASE: &str = "weft-cri";
 /// The CA's token audience (the chart's).
-const AUDIENCE: &str = "istio-ca";
+pub const AUDIENCE: &str = "istio-ca";
 /// The controller's address as the chart's agents name it (resolved through the pods' hosts
 /// file, as a cluster's DNS would).
-const ISTIOD: &str = "istiod.istio-system.svc";
+pub const ISTIOD: &str = "istiod.istio-system.svc";
 
 /// The reference of image `name`, from `cargo xtask images`.
 pub fn image_reference(name: &str) -> anyhow::Result<String> {
@@ -66,7 +66,9 @@ pub struct KubePod {
     pub namespace: String,
     pub node: String,
     pub labels: BTreeMap<String, String>,
-    /// The sample app's arguments (`--upstream ...`); every pod runs it as container `app`.
+    /// The pod's service account (its identity in the mesh); the pod's name unless set.
+    pub service_account: String,
+    /// The sample app's arguments (`--upstream ...`) in [`KubeCluster::run_pod`].
     pub args: Vec<String>,
 }
 
@@ -77,6 +79,7 @@ impl KubePod {
             namespace: namespace.into(),
             node: node.into(),
             labels: BTreeMap::from([("app".to_string(), name.to_string())]),
+            service_account: name.into(),
             args: Vec::new(),
         }
     }
@@ -492,9 +495,6 @@ impl KubeCluster {
 
     /// Creates the pod as the kubelet does, running the sample app; returns it once running.
     pub fn run_pod(&mut self, pod: KubePod) -> anyhow::Result<RunningPod> {
-        let kube_node = self.nodes.get(&pod.node).context("no such node")?;
-        let mut running =
-            self.run_sandbox(&kube_node.cri, &kube_node.containerd, &pod, &pod.name)?;
         let mut args = vec![
             "--service".to_string(),
             pod.name.clone(),
@@ -502,13 +502,25 @@ impl KubeCluster {
             pod.name.clone(),
         ];
         args.extend(pod.args.iter().cloned());
-        let spec = ContainerSpec {
-            name: "app".into(),
-            image: image_reference("sample-app")?,
-            args,
-            log_path: format!("{}.log", pod.name),
-            ..ContainerSpec::default()
-        };
+        let spec = sample_app_container(&pod.name, args)?;
+        self.run_pod_with(pod, |_, _| Ok(spec))
+    }
+
+    /// Creates the pod as the kubelet does, with the one container `container` makes once the
+    /// sandbox runs (it may bind a token to the pod's uid first); returns it once started.
+    pub fn run_pod_with(
+        &mut self,
+        pod: KubePod,
+        container: impl FnOnce(&Self, &RunningPod) -> anyhow::Result<ContainerSpec>,
+    ) -> anyhow::Result<RunningPod> {
+        let kube_node = self.nodes.get(&pod.node).context("no such node")?;
+        let mut running = self.run_sandbox(
+            &kube_node.cri,
+            &kube_node.containerd,
+            &pod,
+            &pod.service_account,
+        )?;
+        let spec = container(self, &running)?;
         let id =
             kube_node
                 .cri
@@ -672,9 +684,20 @@ fn tail(file: &Path, lines: usize) -> String {
     last.into_iter().rev().map(|l| format!("{l}\n")).collect()
 }
 
+/// The sample app as container `app` of pod `pod`, with `args`.
+pub fn sample_app_container(pod: &str, args: Vec<String>) -> anyhow::Result<ContainerSpec> {
+    Ok(ContainerSpec {
+        name: "app".into(),
+        image: image_reference("sample-app")?,
+        args,
+        log_path: format!("{pod}.log"),
+        ..ContainerSpec::default()
+    })
+}
+
 /// A container of the chart's kind: root, every capability dropped but `add`, not privileged,
 /// read-only root filesystem, the runtime's default seccomp profile.
-fn security(add: &[&str]) -> cri::LinuxContainerSecurityContext {
+pub fn security(add: &[&str]) -> cri::LinuxContainerSecurityContext {
     cri::LinuxContainerSecurityContext {
         capabilities: Some(cri::Capability {
             add_capabilities: add.iter().map(|c| c.to_string()).collect(),

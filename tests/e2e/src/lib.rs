@@ -22,13 +22,16 @@ mod changes;
 pub mod cni;
 pub mod containerd;
 pub mod cri;
+pub mod curl;
+pub mod demo;
 pub mod h2flood;
 pub mod kube_cluster;
 pub mod probes;
 pub mod scenarios;
 pub mod session;
 
-pub use changes::split_documents;
+pub use changes::{applied_version, split_documents};
+pub use curl::CurlResult;
 use node_agent::enrollment::{EnrolledPod, EnrollmentClient};
 use weft_testbed::{Pod, Testbed, Topology};
 
@@ -161,6 +164,31 @@ impl PodSpec {
     pub fn with_service_account(mut self, account: &str) -> Self {
         self.service_account = account.into();
         self
+    }
+
+    /// The sample app's arguments for this pod, serving as `service` at `version`.
+    pub fn sample_app_args(&self, service: &str, version: &str) -> Vec<String> {
+        let mut args: Vec<String> = [
+            "--service",
+            service,
+            "--app-version",
+            version,
+            "--pod",
+            &self.name,
+            "--http",
+            &format!("0.0.0.0:{}", self.http_port),
+            "--grpc",
+            "0.0.0.0:9090",
+        ]
+        .map(String::from)
+        .into();
+        for port in &self.echo_ports {
+            args.extend(["--echo".to_string(), format!("0.0.0.0:{port}")]);
+        }
+        for upstream in &self.upstreams {
+            args.extend(["--upstream".to_string(), upstream.clone()]);
+        }
+        args
     }
 
     pub fn is_waypoint(&self) -> bool {
@@ -314,23 +342,6 @@ impl Default for MeshOptions {
             log_requests: false,
             agent_env: Vec::new(),
         }
-    }
-}
-
-/// What one `curl` reported.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CurlResult {
-    /// HTTP status; 0 when no response arrived.
-    pub status: u16,
-    pub body: String,
-    /// `time_total`, in seconds.
-    pub seconds: f64,
-}
-
-impl CurlResult {
-    /// The body as the sample app's JSON (Null when it is not).
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body).unwrap_or(serde_json::Value::Null)
     }
 }
 
@@ -714,24 +725,7 @@ impl Mesh {
             let mut command = self
                 .testbed
                 .pod_command(&spec.name, binary.to_str().unwrap());
-            command.args([
-                "--service",
-                service,
-                "--app-version",
-                version,
-                "--pod",
-                &spec.name,
-                "--http",
-                &format!("0.0.0.0:{}", spec.http_port),
-                "--grpc",
-                "0.0.0.0:9090",
-            ]);
-            for port in &spec.echo_ports {
-                command.args(["--echo", &format!("0.0.0.0:{port}")]);
-            }
-            for upstream in &spec.upstreams {
-                command.args(["--upstream", upstream]);
-            }
+            command.args(spec.sample_app_args(service, version));
             if self.log_requests {
                 command.arg("--log-requests");
             }
@@ -835,27 +829,7 @@ impl Mesh {
     /// `curl` from inside `pod` with extra arguments (headers, methods, `--http2-prior-knowledge`,
     /// ...), the URL last: status, body and total time. Bounded by `--max-time 10`.
     pub fn curl_with(&self, pod: &str, args: &[&str]) -> CurlResult {
-        let output = self
-            .testbed
-            .pod_command(pod, "curl")
-            .args([
-                "-s",
-                "--max-time",
-                "10",
-                "-w",
-                "\n%{http_code} %{time_total}",
-            ])
-            .args(args)
-            .output()
-            .expect("run curl");
-        let text = String::from_utf8_lossy(&output.stdout);
-        let (body, tail) = text.rsplit_once('\n').unwrap_or(("", &text));
-        let mut fields = tail.split_whitespace();
-        CurlResult {
-            status: fields.next().and_then(|c| c.parse().ok()).unwrap_or(0),
-            seconds: fields.next().and_then(|t| t.parse().ok()).unwrap_or(0.0),
-            body: body.to_string(),
-        }
+        curl::with(self.testbed.pod_command(pod, "curl"), args)
     }
 
     /// `count` requests from `pod` in one `curl` process (one keep-alive connection, URL
@@ -869,27 +843,13 @@ impl Mesh {
         write_out: &str,
         args: &[&str],
     ) -> anyhow::Result<Vec<String>> {
-        anyhow::ensure!(count > 0, "curl_many: count must be positive");
-        let separator = if url.contains('?') { '&' } else { '?' };
-        let output = self
-            .testbed
-            .pod_command(pod, "curl")
-            .args(["-s", "-o", "/dev/null", "--max-time", "120", "-w"])
-            .arg(format!("{write_out}\n"))
-            .args(args)
-            .arg(format!("{url}{separator}n=[1-{count}]"))
-            .output()?;
-        let lines: Vec<String> = String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .map(str::to_string)
-            .collect();
-        anyhow::ensure!(
-            lines.len() == count as usize,
-            "curl {url}: {} of {count} requests reported ({})",
-            lines.len(),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        Ok(lines)
+        curl::many(
+            self.testbed.pod_command(pod, "curl"),
+            url,
+            count,
+            write_out,
+            args,
+        )
     }
 
     /// `count` requests from `pod` in one `curl` process, like [`Mesh::curl_many`], returning
@@ -901,34 +861,7 @@ impl Mesh {
         count: u32,
         args: &[&str],
     ) -> anyhow::Result<Vec<(u16, String)>> {
-        anyhow::ensure!(count > 0, "curl_bodies: count must be positive");
-        let separator = if url.contains('?') { '&' } else { '?' };
-        let output = self
-            .testbed
-            .pod_command(pod, "curl")
-            .args(["-s", "--max-time", "300", "-w", "\n\u{1}%{http_code}\n"])
-            .args(args)
-            .arg(format!("{url}{separator}n=[1-{count}]"))
-            .output()?;
-        let text = String::from_utf8_lossy(&output.stdout);
-        let mut answers = Vec::new();
-        let mut body = String::new();
-        for line in text.lines() {
-            match line.strip_prefix('\u{1}') {
-                Some(code) => {
-                    answers.push((code.trim().parse().unwrap_or(0), body.trim().to_string()));
-                    body.clear();
-                }
-                None => body.push_str(line),
-            }
-        }
-        anyhow::ensure!(
-            answers.len() == count as usize,
-            "curl {url}: {} of {count} requests reported ({})",
-            answers.len(),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        Ok(answers)
+        curl::bodies(self.testbed.pod_command(pod, "curl"), url, count, args)
     }
 
     fn wait_until(&self, what: &str, mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {

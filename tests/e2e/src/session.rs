@@ -16,7 +16,8 @@
 use std::{
     io::{BufRead, BufReader, Write},
     net::SocketAddr,
-    process::{Child, ChildStdin, ChildStdout, Stdio},
+    path::Path,
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -203,16 +204,11 @@ impl crate::Mesh {
     }
 
     fn session(&self, pod: &str, args: &[&str]) -> anyhow::Result<Session> {
-        let log = std::fs::File::create(self.dir.join(format!("session-{pod}.log")))?;
-        let child = self
+        let mut command = self
             .testbed
-            .pod_command(pod, binary("mesh-client")?.to_str().unwrap())
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()?;
-        Session::start(child)
+            .pod_command(pod, binary("mesh-client")?.to_str().unwrap());
+        command.args(args);
+        Session::spawn(command, &self.dir().join(format!("session-{pod}.log")))
     }
 }
 
@@ -224,7 +220,18 @@ pub struct Session {
 }
 
 impl Session {
-    /// Starts `mesh-client <args>` in `pod` (through [`crate::Mesh::spawn_in_pod`]).
+    /// Starts `mesh-client` as `command` has it (its arguments, in a pod), its stderr to `log`.
+    pub fn spawn(mut command: Command, log: &Path) -> anyhow::Result<Self> {
+        let log = std::fs::File::create(log)?;
+        let child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()?;
+        Self::start(child)
+    }
+
+    /// Talks to a started `mesh-client` (through [`crate::Mesh::spawn_in_pod`]).
     pub(crate) fn start(mut child: Child) -> anyhow::Result<Self> {
         let stdin = child.stdin.take().context("the session's stdin")?;
         let stdout = BufReader::new(child.stdout.take().context("the session's stdout")?);

@@ -1,0 +1,72 @@
+//! The demo on the testbed: the end-to-end harness's [`Mesh`], the controller in local mode
+//! playing the examples' files as written (the harness generates the pods' placement and
+//! addresses), each process started in its pod's namespace and cgroup.
+
+use std::{collections::BTreeMap, net::Ipv4Addr, path::Path, process::Command};
+
+use anyhow::Context;
+use weft_testbed::Testbed;
+
+use super::{CaptureScope, Cluster, Examples, Place};
+use crate::{Mesh, MeshOptions, PodSpec};
+
+pub fn start(examples: &Examples, pods: &[PodSpec]) -> anyhow::Result<Mesh> {
+    Mesh::start(
+        pods.to_vec(),
+        MeshOptions {
+            config_files: examples.files.clone(),
+            ..MeshOptions::default()
+        },
+    )
+    .context("starting the mesh")
+}
+
+impl Cluster for Mesh {
+    fn testbed(&self) -> &Testbed {
+        &self.testbed
+    }
+
+    fn summary(&self) -> String {
+        "the controller in local mode playing the examples' files; every process started in its pod's namespace and cgroup".into()
+    }
+
+    fn pod_ip(&self, pod: &str) -> Ipv4Addr {
+        self.pod(pod).ip
+    }
+
+    fn pod_command(&self, pod: &str, program: &str) -> Command {
+        self.testbed.pod_command(pod, program)
+    }
+
+    fn agent(&self, node: &str) -> (String, Ipv4Addr) {
+        (node.to_string(), self.testbed.node(node).ip)
+    }
+
+    fn apply(&self, file: &str, yaml: &str) -> anyhow::Result<()> {
+        self.write_config(file, yaml)
+    }
+
+    fn capture_scope(&self) -> CaptureScope {
+        CaptureScope {
+            filter: "tcp.len > 0",
+            description: "everything between the nodes and the control plane",
+            ports: &[("15008", "HBONE"), ("15010", "the controller")],
+        }
+    }
+
+    fn places(&self) -> BTreeMap<String, Place> {
+        let mut places = super::host_places(&self.testbed);
+        for pod in self.testbed.pods() {
+            places.insert(pod.name.clone(), Place::of(&pod.netns, &pod.cgroup, pod.ip));
+        }
+        places
+    }
+
+    fn dir(&self) -> &Path {
+        Mesh::dir(self)
+    }
+
+    fn logs(&self) -> String {
+        Mesh::logs(self)
+    }
+}

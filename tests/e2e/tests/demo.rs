@@ -1,0 +1,45 @@
+//! The demo's scenarios on containerd, as `cargo xtask demo --runtime containerd` plays them:
+//! bookinfo's pods, the client and the waypoint created through the CRI from the images and
+//! enrolled by weft-cni, the node agents as their DaemonSet's pods, the controller in
+//! Kubernetes mode. Every scenario must pass, and nothing the run created may outlive it.
+//! Needs root and the images of `cargo xtask images --debug` (`cargo xtask test` builds them).
+
+use std::{path::PathBuf, sync::atomic::AtomicBool};
+
+use weft_e2e::{
+    demo::{Demo, Runtime, examples},
+    kube_cluster::PIN_BASE,
+    scenarios::SCENARIOS,
+};
+
+#[test]
+fn the_demo_plays_every_scenario_on_containerd_and_leaves_nothing() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy/examples/bookinfo");
+    let examples = examples::load(&dir).expect("the bookinfo examples");
+    let demo = Demo::start(Runtime::Containerd, &examples).expect("bookinfo starts on containerd");
+    let (played, failed) = demo.play(None, &AtomicBool::new(false));
+    assert!(
+        failed.is_empty(),
+        "scenarios failed: {failed:?}\n{}",
+        demo.cluster.logs()
+    );
+    assert_eq!(played, SCENARIOS.len());
+
+    // What the run created, to check it is gone once the demo is dropped: the pods' network
+    // namespaces (made by containerd's CNI chain), the runtime's state, the agents' pins, the
+    // run's files.
+    let testbed = demo.cluster.testbed();
+    let mut left: Vec<PathBuf> = demo
+        .cluster
+        .places()
+        .values()
+        .map(|place| PathBuf::from(weft_testbed::NETNS_DIR).join(&place.netns))
+        .collect();
+    assert!(left.iter().all(|netns| netns.exists()));
+    left.extend(["node1", "node2"].map(|node| testbed.runtime_state_dir(node)));
+    left.push(testbed.pin_dir(PIN_BASE));
+    left.push(demo.cluster.dir().to_path_buf());
+    drop(demo);
+    let remaining: Vec<&PathBuf> = left.iter().filter(|path| path.exists()).collect();
+    assert!(remaining.is_empty(), "left behind: {remaining:?}");
+}
