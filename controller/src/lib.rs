@@ -7,7 +7,7 @@
 //! the [`crd`] definitions generated from the model, the [`index`] of valid resources and the
 //! [`translate`]ion into what node agents and waypoints consume. None of these perform network
 //! I/O; [`push`] (what each proxy receives), [`server`], [`source`], [`ca`], [`tls`] and [`webhook`]
-//! (the validating admission webhook) do; [`analysis`] is `istioctl analyze`'s cross-resource
+//! (the validating admission webhook) do; [`syncz`] is what each proxy was sent and answered; [`analysis`] is `istioctl analyze`'s cross-resource
 //! checks.
 
 pub mod analysis;
@@ -20,6 +20,7 @@ pub mod monitoring;
 pub mod push;
 pub mod server;
 pub mod source;
+pub mod syncz;
 pub mod tls;
 pub mod translate;
 pub mod validation;

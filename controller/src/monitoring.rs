@@ -1,7 +1,7 @@
 //! The controller's monitoring port on the admin server of `weft-proxy-core`: Prometheus text
 //! (encoded by `prometheus-client`) with Istio's `pilot_*` names and the translation's own
-//! gauge, and `/ready` (istiod's readiness path), which answers 200 only once every gRPC port
-//! accepts.
+//! gauge, `/ready` (istiod's readiness path), which answers 200 only once every gRPC port
+//! accepts, and [`crate::syncz`]'s `/debug/syncz` and `/version`.
 //!
 //! Istio exports `pilot_xds_pushes` and `pilot_total_xds_rejects` under those exact names, and
 //! its dashboards query them so; OpenMetrics counters would be renamed `..._total`, so the
@@ -119,16 +119,20 @@ pub fn endpoints(
     ])
 }
 
-/// Serves the monitoring endpoints on `listener` until the task is dropped.
+/// Serves the monitoring endpoints, with `/debug/syncz` and `/version` from `sync`, on
+/// `listener` until the task is dropped.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     counters: Arc<XdsCounters>,
+    sync: Arc<crate::syncz::SyncStatus>,
     gauges: Arc<TranslationGauges>,
     ready: watch::Receiver<bool>,
 ) {
-    AdminServer::from_listener(listener, endpoints(counters, gauges, ready))
-        .run()
-        .await;
+    let endpoints = combine([
+        endpoints(counters, gauges, ready),
+        crate::syncz::endpoints(sync),
+    ]);
+    AdminServer::from_listener(listener, endpoints).run().await;
 }
 
 #[cfg(test)]

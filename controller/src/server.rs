@@ -391,9 +391,10 @@ pub async fn run(config: ServerConfig, shutdown: watch::Receiver<bool>) -> Resul
     ));
 
     let counters = Arc::new(XdsCounters::default());
+    let sync = Arc::new(crate::syncz::SyncStatus::new(counters.clone()));
     let mut ads = DeltaAdsServer::new(reader)
         .with_scope(push::ProxyScope)
-        .with_metrics(counters.clone())
+        .with_metrics(sync.clone())
         .with_shutdown(shutdown.clone());
     // Kubernetes mode: a discovery stream needs the same credential as the CA. Local mode's
     // plaintext port is for a trusted network, as istiod's 15010.
@@ -419,7 +420,7 @@ pub async fn run(config: ServerConfig, shutdown: watch::Receiver<bool>) -> Resul
     let (ready, ready_watch) = watch::channel(false);
     tokio::spawn(async move {
         tokio::select! {
-            () = crate::monitoring::serve(monitoring, counters, gauges, ready_watch) => {}
+            () = crate::monitoring::serve(monitoring, counters, sync, gauges, ready_watch) => {}
             _ = monitoring_shutdown.wait_for(|s| *s) => {}
         }
     });

@@ -7,6 +7,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::server::ProxyIdentity;
+
 /// Istio's names for the discovery server metrics, in one place.
 pub mod names {
     /// Counter: responses pushed to proxies, labelled by resource type.
@@ -44,6 +46,26 @@ pub trait XdsMetrics: Send + Sync + 'static {
     fn pushed(&self, type_url: &str, latency: Duration);
     /// A proxy NACKed a response.
     fn rejected(&self, rejection: &Rejection);
+    /// Per-stream events for a sync-status view (`/debug/syncz`): a stream was admitted, one
+    /// response was sent on it, the proxy answered a response (ACK: `error` is `None`), the
+    /// stream ended. Streams are told apart by [`ProxyIdentity::connection`].
+    fn stream_event(&self, _proxy: &ProxyIdentity, _event: StreamEvent<'_>) {}
+}
+
+/// One event of one discovery stream, for [`XdsMetrics::stream_event`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamEvent<'a> {
+    Opened,
+    Sent {
+        type_url: &'a str,
+        nonce: &'a str,
+    },
+    Answered {
+        type_url: &'a str,
+        nonce: &'a str,
+        error: Option<&'a str>,
+    },
+    Closed,
 }
 
 /// Metrics sink that records nothing.

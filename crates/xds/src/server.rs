@@ -304,7 +304,7 @@ impl DeltaAdsServer {
             });
         }
         info!(proxy = %proxy.id, "proxy connected");
-        let _connected = ConnectedGuard::new(self.metrics.clone(), proxy.id.clone());
+        let _connected = ConnectedGuard::new(self.metrics.clone(), proxy.clone());
 
         let mut stream = ProxyStream {
             proxy,

@@ -15,25 +15,27 @@ use weft_proto::envoy::service::discovery::v3::{
 };
 
 use super::{ProxyIdentity, ResponseSender, Scope, ServerConfig, StreamError, WILDCARD};
-use crate::metrics::{Rejection, XdsMetrics};
+use crate::metrics::{Rejection, StreamEvent, XdsMetrics};
 use crate::store::{Snapshot, SnapshotReader, StoredResource, TypeResources};
 /// Keeps the connected-proxies gauge right however the stream task ends.
 pub(super) struct ConnectedGuard {
     metrics: Arc<dyn XdsMetrics>,
-    proxy_id: String,
+    proxy: ProxyIdentity,
 }
 
 impl ConnectedGuard {
-    pub(super) fn new(metrics: Arc<dyn XdsMetrics>, proxy_id: String) -> Self {
-        metrics.proxy_connected(&proxy_id);
-        Self { metrics, proxy_id }
+    pub(super) fn new(metrics: Arc<dyn XdsMetrics>, proxy: ProxyIdentity) -> Self {
+        metrics.proxy_connected(&proxy.id);
+        metrics.stream_event(&proxy, StreamEvent::Opened);
+        Self { metrics, proxy }
     }
 }
 
 impl Drop for ConnectedGuard {
     fn drop(&mut self) {
-        self.metrics.proxy_disconnected(&self.proxy_id);
-        info!(proxy = %self.proxy_id, "proxy disconnected");
+        self.metrics.proxy_disconnected(&self.proxy.id);
+        self.metrics.stream_event(&self.proxy, StreamEvent::Closed);
+        info!(proxy = %self.proxy.id, "proxy disconnected");
     }
 }
 
@@ -127,6 +129,14 @@ impl ProxyStream {
     async fn handle_request(&mut self, request: DeltaDiscoveryRequest) -> Result<(), StreamError> {
         let type_url = request.type_url;
         if !request.response_nonce.is_empty() {
+            self.metrics.stream_event(
+                &self.proxy,
+                StreamEvent::Answered {
+                    type_url: &type_url,
+                    nonce: &request.response_nonce,
+                    error: request.error_detail.as_ref().map(|e| e.message.as_str()),
+                },
+            );
             match &request.error_detail {
                 Some(error) => {
                     warn!(
@@ -264,6 +274,13 @@ impl ProxyStream {
             });
         }
         self.metrics.pushed(type_url, since.elapsed());
+        self.metrics.stream_event(
+            &self.proxy,
+            StreamEvent::Sent {
+                type_url,
+                nonce: &nonce,
+            },
+        );
         debug!(
             proxy = %self.proxy.id,
             type_url = %type_url,

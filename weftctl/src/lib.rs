@@ -1,0 +1,11 @@
+//! `weftctl`, the mesh's command line: each command in its own module, printing through
+//! [`output`] (tables, JSON, YAML) and reading the controller's monitoring port and the agents'
+//! admin ports through [`http`].
+
+pub mod analyze;
+pub mod http;
+pub mod node_config;
+pub mod output;
+pub mod precheck;
+pub mod status;
+pub mod waypoint;
