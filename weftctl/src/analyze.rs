@@ -38,7 +38,7 @@ pub struct Finding {
     /// `VirtualService bookinfo/reviews` (empty for a file that could not be read).
     pub resource: String,
     pub namespace: String,
-    /// `file:line` where it was read.
+    /// The file and document where it was read.
     pub origin: String,
     pub message: String,
 }
