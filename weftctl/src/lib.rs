@@ -4,6 +4,7 @@
 
 pub mod analyze;
 pub mod http;
+pub mod mesh;
 pub mod node_config;
 pub mod output;
 pub mod precheck;

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use weftctl::output::Format;
-use weftctl::{analyze, node_config, precheck, status, waypoint};
+use weftctl::{analyze, mesh, node_config, precheck, status, waypoint};
 
 /// The mesh's command line (istioctl's verbs).
 #[derive(Debug, Parser)]
@@ -34,6 +34,13 @@ struct Cli {
         default_value = "127.0.0.1:15000"
     )]
     agents: Vec<String>,
+    /// A local mesh's directory (its addresses.json names the controller, the agents and the
+    /// live configuration directory): overrides --controller, --agent and --config-dir.
+    #[arg(long, global = true, env = "WEFT_MESH_DIR")]
+    mesh_dir: Option<PathBuf>,
+    /// The running demo (`cargo xtask demo`): as --mesh-dir with the demo's directory.
+    #[arg(long, global = true)]
+    demo: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -132,10 +139,51 @@ enum WaypointCommand {
     },
 }
 
-fn run(cli: Cli) -> anyhow::Result<u8> {
+/// The local mesh named by --mesh-dir or --demo.
+fn local_mesh(cli: &Cli) -> anyhow::Result<Option<mesh::Addresses>> {
+    let dir = match (&cli.mesh_dir, cli.demo) {
+        (Some(dir), _) => dir.clone(),
+        (None, true) => mesh::demo_dir()?,
+        (None, false) => return Ok(None),
+    };
+    mesh::load(&dir).map(Some)
+}
+
+fn run(mut cli: Cli) -> anyhow::Result<u8> {
     let format = cli.output;
+    let local = local_mesh(&cli)?;
+    // Commands that read the controller run in its network namespace on a local mesh.
+    let reads_controller = match &cli.command {
+        Command::ProxyStatus { .. } => true,
+        Command::Version { short } => !short,
+        Command::Waypoint { command } => matches!(command, WaypointCommand::Status { .. }),
+        _ => false,
+    };
+    if let Some(local) = &local {
+        if reads_controller {
+            mesh::enter_netns(&local.controller.netns)?;
+            cli.controller = local.controller.monitoring.clone();
+        }
+        if let Command::NodeConfig { node, .. } = &cli.command {
+            let agent = local.agent(node.as_deref())?;
+            mesh::enter_netns(&agent.netns)?;
+            cli.agents = vec![agent.admin.clone()];
+        }
+    }
+    let config_dir =
+        |given: Option<PathBuf>| given.or_else(|| local.as_ref().map(|l| l.config_dir.clone()));
     match cli.command {
-        Command::Analyze { paths, namespace } => analyze::run(&paths, namespace.as_deref(), format),
+        Command::Analyze {
+            mut paths,
+            namespace,
+        } => {
+            if paths.is_empty()
+                && let Some(local) = &local
+            {
+                paths.push(local.config_dir.clone());
+            }
+            analyze::run(&paths, namespace.as_deref(), format)
+        }
         Command::ProxyStatus { proxy } => {
             status::proxy_status(&cli.controller, proxy.as_deref(), format)
         }
@@ -152,26 +200,29 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 );
                 Ok(0)
             }
-            WaypointCommand::Apply { target, config_dir } => waypoint::apply(
+            WaypointCommand::Apply {
+                target,
+                config_dir: dir,
+            } => waypoint::apply(
                 &target.namespace,
                 &target.name,
                 target.waypoint_for,
-                config_dir.as_deref(),
+                config_dir(dir).as_deref(),
             ),
             WaypointCommand::List {
                 namespace,
-                config_dir,
+                config_dir: dir,
             } => waypoint::list(
-                &waypoint::require_dir(config_dir)?,
+                &waypoint::require_dir(config_dir(dir))?,
                 namespace.as_deref(),
                 None,
                 format,
             ),
             WaypointCommand::Status {
                 namespace,
-                config_dir,
+                config_dir: dir,
             } => waypoint::list(
-                &waypoint::require_dir(config_dir)?,
+                &waypoint::require_dir(config_dir(dir))?,
                 namespace.as_deref(),
                 Some(&cli.controller),
                 format,
@@ -179,8 +230,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             WaypointCommand::Delete {
                 namespace,
                 names,
-                config_dir,
-            } => waypoint::delete(&namespace, &names, &waypoint::require_dir(config_dir)?),
+                config_dir: dir,
+            } => waypoint::delete(&namespace, &names, &waypoint::require_dir(config_dir(dir))?),
         },
     }
 }

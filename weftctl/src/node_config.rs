@@ -188,10 +188,31 @@ pub fn section(dump: &Value, section: Section) -> (Vec<Value>, Table) {
     }
 }
 
+/// The TCP counters of one source and destination pair.
+#[derive(Debug, Default)]
+struct Traffic {
+    opened: f64,
+    closed: f64,
+    sent: f64,
+    received: f64,
+}
+
+/// A metric's label value (`key="value"`) in a Prometheus series' label set.
+fn label(labels: &str, key: &str) -> String {
+    labels
+        .split("\",")
+        .find_map(|pair| {
+            pair.trim_start_matches(',')
+                .strip_prefix(&format!("{key}=\""))
+        })
+        .map(|v| v.trim_end_matches("\"}").trim_end_matches('"').to_owned())
+        .unwrap_or_default()
+}
+
 /// Connections from the agent's Istio TCP metrics: opened and closed per source and destination.
 pub fn connections(metrics: &str) -> (Vec<Value>, Table) {
     use std::collections::BTreeMap;
-    let mut by_pair: BTreeMap<(String, String, String), (f64, f64, f64, f64)> = BTreeMap::new();
+    let mut by_pair: BTreeMap<(String, String, String), Traffic> = BTreeMap::new();
     for line in metrics.lines().filter(|l| !l.starts_with('#')) {
         let Some((series, value)) = line.rsplit_once(' ') else {
             continue;
@@ -202,35 +223,25 @@ pub fn connections(metrics: &str) -> (Vec<Value>, Table) {
         let Ok(value) = value.parse::<f64>() else {
             continue;
         };
-        let label = |key: &str| -> String {
-            labels
-                .split("\",")
-                .find_map(|pair| {
-                    pair.trim_start_matches(',')
-                        .strip_prefix(&format!("{key}=\""))
-                })
-                .map(|v| v.trim_end_matches("\"}").trim_end_matches('"').to_owned())
-                .unwrap_or_default()
-        };
         let key = (
             format!(
                 "{}.{}",
-                label("source_workload"),
-                label("source_workload_namespace")
+                label(labels, "source_workload"),
+                label(labels, "source_workload_namespace")
             ),
             format!(
                 "{}.{}",
-                label("destination_workload"),
-                label("destination_workload_namespace")
+                label(labels, "destination_workload"),
+                label(labels, "destination_workload_namespace")
             ),
-            label("reporter"),
+            label(labels, "reporter"),
         );
         let entry = by_pair.entry(key).or_default();
         match name.trim_end_matches("_total") {
-            "istio_tcp_connections_opened" => entry.0 += value,
-            "istio_tcp_connections_closed" => entry.1 += value,
-            "istio_tcp_sent_bytes" => entry.2 += value,
-            "istio_tcp_received_bytes" => entry.3 += value,
+            "istio_tcp_connections_opened" => entry.opened += value,
+            "istio_tcp_connections_closed" => entry.closed += value,
+            "istio_tcp_sent_bytes" => entry.sent += value,
+            "istio_tcp_received_bytes" => entry.received += value,
             _ => {}
         }
     }
@@ -244,23 +255,24 @@ pub fn connections(metrics: &str) -> (Vec<Value>, Table) {
         "RECEIVED BYTES",
     ]);
     let mut items = Vec::new();
-    for ((source, destination, reporter), (opened, closed, sent, received)) in by_pair {
-        if opened == 0.0 {
+    for ((source, destination, reporter), traffic) in by_pair {
+        if traffic.opened == 0.0 {
             continue;
         }
-        let open = (opened - closed).max(0.0);
+        let open = (traffic.opened - traffic.closed).max(0.0);
         table.row(vec![
             source.clone(),
             destination.clone(),
             output::or_dash(&reporter),
             open.to_string(),
-            opened.to_string(),
-            sent.to_string(),
-            received.to_string(),
+            traffic.opened.to_string(),
+            traffic.sent.to_string(),
+            traffic.received.to_string(),
         ]);
         items.push(serde_json::json!({
             "source": source, "destination": destination, "reporter": reporter,
-            "open": open, "opened": opened, "sent_bytes": sent, "received_bytes": received,
+            "open": open, "opened": traffic.opened,
+            "sent_bytes": traffic.sent, "received_bytes": traffic.received,
         }));
     }
     (items, table)

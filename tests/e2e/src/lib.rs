@@ -17,6 +17,7 @@ use std::{
 
 use anyhow::{Context, bail};
 
+mod addresses;
 pub mod bookinfo;
 mod changes;
 pub mod cni;
@@ -30,6 +31,7 @@ pub mod probes;
 pub mod scenarios;
 pub mod session;
 
+pub use addresses::ADDRESSES_FILE;
 pub use changes::{applied_version, split_documents};
 pub use curl::CurlResult;
 use node_agent::enrollment::{EnrolledPod, EnrollmentClient};
@@ -425,6 +427,7 @@ impl Mesh {
         for pod in mesh.pods.clone().iter().filter(|p| p.is_waypoint()) {
             mesh.start_waypoint(&pod.name)?;
         }
+        mesh.publish_addresses()?;
         Ok(mesh)
     }
 

@@ -208,6 +208,39 @@ fn weftctl_reads_a_running_mesh() {
     );
     assert!(report.contains("broken.yaml[doc 0]"), "{report}");
 
+    // From the host, with the mesh's published addresses: weftctl enters the namespaces itself.
+    let mesh_dir = mesh.dir().to_str().unwrap();
+    let from_host = |args: &[&str]| {
+        let output = std::process::Command::new(binary("weftctl").unwrap())
+            .args(["--mesh-dir", mesh_dir, "-o", "json"])
+            .args(args)
+            .output()
+            .expect("run weftctl");
+        assert!(
+            output.status.success(),
+            "weftctl {args:?}: {}",
+            text(&output)
+        );
+        serde_json::from_slice::<Value>(&output.stdout).expect("weftctl's JSON")
+    };
+    let node2 = from_host(&["node-config", "workloads", "node2"]);
+    assert!(
+        node2
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w["name"] == "cart-2"),
+        "{node2:#}"
+    );
+    assert_eq!(from_host(&["proxy-status"]).as_array().unwrap().len(), 3);
+    assert!(
+        from_host(&["analyze"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["level"] != "Error")
+    );
+
     // waypoint status: the mesh's waypoint, its proxy connected and synced.
     let waypoints = weftctl.json(
         "node1",
