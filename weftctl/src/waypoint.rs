@@ -9,28 +9,10 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 use serde_yaml::Value;
 
+pub use controller::translate::resolve::WaypointFor;
+
 use crate::output::{self, Format, Table};
 use crate::status;
-
-/// Which traffic the waypoint takes (`istio.io/waypoint-for`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum WaypointFor {
-    Service,
-    Workload,
-    All,
-    None,
-}
-
-impl WaypointFor {
-    fn label(self) -> &'static str {
-        match self {
-            Self::Service => "service",
-            Self::Workload => "workload",
-            Self::All => "all",
-            Self::None => "none",
-        }
-    }
-}
 
 /// The waypoint's Gateway, as `istioctl waypoint generate` prints it.
 pub fn gateway_yaml(namespace: &str, name: &str, waypoint_for: WaypointFor) -> String {
@@ -39,7 +21,7 @@ pub fn gateway_yaml(namespace: &str, name: &str, waypoint_for: WaypointFor) -> S
          kind: Gateway\n\
          metadata:\n  name: {name}\n  namespace: {namespace}\n  labels:\n    istio.io/waypoint-for: {}\n\
          spec:\n  gatewayClassName: istio-waypoint\n  listeners:\n  - name: mesh\n    port: 15008\n    protocol: HBONE\n",
-        waypoint_for.label()
+        waypoint_for.name()
     )
 }
 

@@ -277,7 +277,7 @@ impl std::fmt::Display for WaypointRef {
 }
 
 /// Which traffic a waypoint takes (`istio.io/waypoint-for`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum WaypointFor {
     Service,
     Workload,
@@ -303,7 +303,8 @@ impl WaypointFor {
         matches!(self, Self::Workload | Self::All)
     }
 
-    fn name(self) -> &'static str {
+    /// The label's value.
+    pub fn name(self) -> &'static str {
         match self {
             Self::Service => "service",
             Self::Workload => "workload",
