@@ -61,11 +61,16 @@ pub fn checks(cni_dir: &Path) -> Vec<Check> {
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_default();
     let version = kernel_version(&release);
+    let kernel_ok = version.is_some_and(|v| v >= MIN_KERNEL);
     checks.push(Check {
         name: "kernel version".into(),
-        ok: version.is_some_and(|v| v >= MIN_KERNEL),
+        ok: kernel_ok,
         detail: format!("{release} (needs {}.{}+)", MIN_KERNEL.0, MIN_KERNEL.1),
-        why: "older kernels lack sk_lookup and the sockops/sk_msg fixes the agent relies on".into(),
+        why: if kernel_ok {
+            String::new()
+        } else {
+            "older kernels lack sk_lookup and the sockops/sk_msg fixes the agent relies on; upgrade the node's kernel".into()
+        },
     });
     let cgroup_root = node_agent::ebpf::cgroup2_root();
     let features = node_agent::ebpf::check_kernel_features(
@@ -141,7 +146,7 @@ pub fn run(cni_dir: &Path, format: Format) -> anyhow::Result<u8> {
             println!("this node can run the weft node agent");
         } else {
             println!(
-                "{missing} requirement(s) missing: the node agent will not start here until they are met"
+                "{missing} requirement(s) missing: see WHY IT MATTERS for what fails without each"
             );
         }
     }
