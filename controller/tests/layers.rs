@@ -18,6 +18,7 @@ const LAYERS: &[&str] = &[
     "push",
     "ca",
     "tls",
+    "syncz",
     "monitoring",
     "source",
     "webhook",
