@@ -1,7 +1,7 @@
 //! The controller's monitoring port on the admin server of `weft-proxy-core`: Prometheus text
-//! (encoded by `prometheus-client`) with Istio's `pilot_*` names and the translation's own
-//! gauge, and `/ready` (istiod's readiness path), which answers 200 only once every gRPC port
-//! accepts.
+//! (encoded by `prometheus-client`) with Istio's `pilot_*` names, the translation's own
+//! gauge and the count of refused resources, and `/ready` (istiod's readiness path), which
+//! answers 200 only once every gRPC port accepts.
 //!
 //! Istio exports `pilot_xds_pushes` and `pilot_total_xds_rejects` under those exact names, and
 //! its dashboards query them so; OpenMetrics counters would be renamed `..._total`, so the
