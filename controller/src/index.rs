@@ -252,6 +252,9 @@ pub type IndexSnapshot = Arc<ConfigIndex>;
 pub struct LiveIndex {
     index: std::sync::Mutex<Arc<ConfigIndex>>,
     generation: tokio::sync::watch::Sender<u64>,
+    /// Resources refused by validation so far (each load of the configuration directory counts
+    /// the documents it refuses; Kubernetes mode, each refused object event).
+    rejections: std::sync::atomic::AtomicU64,
 }
 
 impl Default for LiveIndex {
@@ -259,6 +262,7 @@ impl Default for LiveIndex {
         Self {
             index: Default::default(),
             generation: tokio::sync::watch::channel(0).0,
+            rejections: Default::default(),
         }
     }
 }
@@ -277,6 +281,18 @@ impl LiveIndex {
     pub fn replace(&self, index: ConfigIndex) {
         *self.index.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(index);
         self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Counts `count` resources refused by validation.
+    pub fn count_rejections(&self, count: usize) {
+        self.rejections
+            .fetch_add(count as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Resources refused by validation so far (the monitoring port's
+    /// `weft_configuration_rejections`).
+    pub fn rejections(&self) -> u64 {
+        self.rejections.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Applies `change` under the lock and wakes the readers: the Kubernetes source's writes,

@@ -1,7 +1,7 @@
 //! The controller's monitoring port on the admin server of `weft-proxy-core`: Prometheus text
-//! (encoded by `prometheus-client`) with Istio's `pilot_*` names and the translation's own
-//! gauge, `/ready` (istiod's readiness path), which answers 200 only once every gRPC port
-//! accepts, and [`crate::syncz`]'s `/debug/syncz` and `/version`.
+//! (encoded by `prometheus-client`) with Istio's `pilot_*` names, the translation's own
+//! gauge and the count of refused resources, `/ready` (istiod's readiness path), which answers
+//! 200 only once every gRPC port accepts, and [`crate::syncz`]'s `/debug/syncz` and `/version`.
 //!
 //! Istio exports `pilot_xds_pushes` and `pilot_total_xds_rejects` under those exact names, and
 //! its dashboards query them so; OpenMetrics counters would be renamed `..._total`, so the
@@ -19,10 +19,17 @@ use tokio::sync::watch;
 use weft_proxy_core::admin::{AdminServer, Endpoints, combine, metrics_at, readiness_endpoints};
 use weft_xds::{XdsCounters, metrics::names};
 
+use crate::index::LiveIndex;
+
 /// AuthorizationPolicies the node agents enforce without the attributes only a request carries
 /// (a DENY refusing more than written, an ALLOW rule allowing nothing).
 pub const POLICIES_WITHOUT_HTTP_ATTRIBUTES: &str =
     "weft_authorization_policies_enforced_without_http_attributes";
+
+/// Resources refused by validation so far: a document of the configuration directory at each
+/// load that refuses it, an object of the API server at each event (the webhook keeps most of
+/// them out). Its increase is how an operator, or a test, sees an edit refused.
+pub const CONFIGURATION_REJECTIONS: &str = "weft_configuration_rejections";
 
 /// What the last translation found, set by the publisher after each one.
 #[derive(Debug, Default)]
@@ -35,6 +42,7 @@ pub struct TranslationGauges {
 struct PilotMetrics {
     counters: Arc<XdsCounters>,
     gauges: Arc<TranslationGauges>,
+    index: Arc<LiveIndex>,
 }
 
 /// One value under its own name.
@@ -94,6 +102,11 @@ impl Collector for PilotMetrics {
                     .policies_without_http_attributes
                     .load(Ordering::Relaxed),
             ),
+        )?;
+        sample(
+            CONFIGURATION_REJECTIONS,
+            "Resources refused by validation",
+            &Sample(MetricType::Unknown, self.index.rejections()),
         )
     }
 }
@@ -103,10 +116,15 @@ impl Collector for PilotMetrics {
 pub fn endpoints(
     counters: Arc<XdsCounters>,
     gauges: Arc<TranslationGauges>,
+    index: Arc<LiveIndex>,
     ready: watch::Receiver<bool>,
 ) -> Endpoints {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(PilotMetrics { counters, gauges }));
+    registry.register_collector(Box::new(PilotMetrics {
+        counters,
+        gauges,
+        index,
+    }));
     combine([
         metrics_at(&["/metrics"], Arc::new(registry)),
         readiness_endpoints("/ready", move || {
@@ -126,10 +144,11 @@ pub async fn serve(
     counters: Arc<XdsCounters>,
     sync: Arc<crate::syncz::SyncStatus>,
     gauges: Arc<TranslationGauges>,
+    index: Arc<LiveIndex>,
     ready: watch::Receiver<bool>,
 ) {
     let endpoints = combine([
-        endpoints(counters, gauges, ready),
+        endpoints(counters, gauges, index, ready),
         crate::syncz::endpoints(sync),
     ]);
     AdminServer::from_listener(listener, endpoints).run().await;
@@ -164,8 +183,10 @@ mod tests {
         gauges
             .policies_without_http_attributes
             .store(3, Ordering::Relaxed);
+        let index = Arc::new(LiveIndex::default());
+        index.count_rejections(2);
         let (ready, ready_watch) = watch::channel(false);
-        let endpoints = endpoints(counters, gauges, ready_watch);
+        let endpoints = endpoints(counters, gauges, index, ready_watch);
         let (status, text) = get(&endpoints, "/metrics");
         assert_eq!(status, http::StatusCode::OK);
         let lines: Vec<&str> = text.lines().collect();
@@ -175,6 +196,7 @@ mod tests {
             "pilot_xds 1",
             "pilot_xds_push_time_sum 2.0",
             "weft_authorization_policies_enforced_without_http_attributes 3",
+            "weft_configuration_rejections 2",
             "# TYPE pilot_xds gauge",
         ] {
             assert!(lines.contains(&expected), "no {expected:?} in\n{text}");

@@ -417,10 +417,11 @@ pub async fn run(config: ServerConfig, shutdown: watch::Receiver<bool>) -> Resul
         .await
         .map_err(|e| ServerError::Bind(config.monitoring_address, e))?;
     let mut monitoring_shutdown = shutdown.clone();
+    let monitored_index = index.clone();
     let (ready, ready_watch) = watch::channel(false);
     tokio::spawn(async move {
         tokio::select! {
-            () = crate::monitoring::serve(monitoring, counters, sync, gauges, ready_watch) => {}
+            () = crate::monitoring::serve(monitoring, counters, sync, gauges, monitored_index, ready_watch) => {}
             _ = monitoring_shutdown.wait_for(|s| *s) => {}
         }
     });

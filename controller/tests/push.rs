@@ -41,13 +41,32 @@ struct Controller {
     task: tokio::task::JoinHandle<()>,
 }
 
-fn start(config: &ServerConfig) -> Controller {
+/// Starts the controller and waits until its `/ready` answers 200: every gRPC port accepts.
+async fn start(config: &ServerConfig) -> Controller {
     let (shutdown, receiver) = tokio::sync::watch::channel(false);
+    let ready = format!("http://{}/ready", config.monitoring_address);
     let config = config.clone();
     let task = tokio::spawn(async move {
         run(config, receiver).await.expect("controller runs");
     });
+    wait_for_text(&ready, "ready\n", Duration::from_secs(10)).await;
     Controller { shutdown, task }
+}
+
+/// Polls `url` until its body contains `needle`.
+async fn wait_for_text(url: &str, needle: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let text = reqwest_lite(url).await;
+        if text.contains(needle) && !text.contains("not ready") {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{url} never showed {needle:?}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// What the client's handlers saw.
@@ -100,8 +119,7 @@ async fn deltas_follow_edits_nacks_are_survived_and_restarts_resend_everything()
         monitoring_address: free_port(),
         settings: MeshSettings::default(),
     };
-    let controller = start(&config);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let controller = start(&config).await;
 
     let seen = Arc::new(Mutex::new(Seen::default()));
     let recorder = seen.clone();
@@ -178,15 +196,12 @@ async fn deltas_follow_edits_nacks_are_survived_and_restarts_resend_everything()
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let monitoring = format!("http://{}/metrics", config.monitoring_address);
-    let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
-        let text = reqwest_lite(&monitoring).await;
-        if text.contains("pilot_total_xds_rejects 1") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "reject not counted:\n{text}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_text(
+        &monitoring,
+        "pilot_total_xds_rejects 1",
+        Duration::from_secs(3),
+    )
+    .await;
     write(&config_dir, "c.yaml", &pod("c", "10.0.0.4"));
     let (_, after_nack) = wait_for(&seen, 4, Duration::from_secs(3)).await;
     assert_eq!(after_nack.added[0].name, "uid-c");
@@ -195,7 +210,7 @@ async fn deltas_follow_edits_nacks_are_survived_and_restarts_resend_everything()
     let connections_before = client_state.borrow().connections;
     controller.shutdown.send(true).unwrap();
     let _ = controller.task.await;
-    let _restarted = start(&config);
+    let _restarted = start(&config).await;
     let (_, again) = wait_for(&seen, 5, Duration::from_secs(20)).await;
     assert!(again.full_state, "{again:?}");
     let mut names: Vec<_> = again.added.iter().map(|r| r.name.clone()).collect();
@@ -302,8 +317,7 @@ async fn a_waypoint_gets_its_config_and_follows_edits_and_agents_get_none() {
         monitoring_address: free_port(),
         settings: MeshSettings::default(),
     };
-    let controller = start(&config);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let controller = start(&config).await;
     let target = || Target::address(&format!("http://{grpc_address}")).unwrap();
 
     // The waypoint's node and subscription, exactly as the waypoint binary sends them; it also
@@ -342,6 +356,8 @@ async fn a_waypoint_gets_its_config_and_follows_edits_and_agents_get_none() {
     // A node agent asking for every WaypointConfig gets an empty full state and nothing after.
     let agent_seen = Arc::new(Mutex::new(Seen::default()));
     let agent_recorder = agent_seen.clone();
+    let agent_policies = Arc::new(Mutex::new(Seen::default()));
+    let policy_recorder = agent_policies.clone();
     let agent = DeltaClient::new(
         target(),
         Node {
@@ -351,6 +367,15 @@ async fn a_waypoint_gets_its_config_and_follows_edits_and_agents_get_none() {
     )
     .subscribe(WAYPOINT_CONFIG_TYPE_URL, move |update: Update| {
         agent_recorder
+            .lock()
+            .unwrap()
+            .updates
+            .push((Instant::now(), update));
+        Ok(())
+    })
+    // Its policies show when the controller has published an edit meant for agents only.
+    .subscribe(AUTHORIZATION_TYPE_URL, move |update: Update| {
+        policy_recorder
             .lock()
             .unwrap()
             .updates
@@ -389,15 +414,12 @@ async fn a_waypoint_gets_its_config_and_follows_edits_and_agents_get_none() {
         ["reviews:nack-me", "reviews:default"]
     );
     let monitoring = format!("http://{}/metrics", config.monitoring_address);
-    let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
-        let text = reqwest_lite(&monitoring).await;
-        if text.contains("pilot_total_xds_rejects 1") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "reject not counted:\n{text}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_text(
+        &monitoring,
+        "pilot_total_xds_rejects 1",
+        Duration::from_secs(3),
+    )
+    .await;
     write(&config_dir, "reviews-vs.yaml", &reviews_route("after-nack"));
     let (latency, recovered) = wait_for(&seen, 3, Duration::from_secs(3)).await;
     assert!(latency < Duration::from_secs(1), "{latency:?}");
@@ -407,14 +429,32 @@ async fn a_waypoint_gets_its_config_and_follows_edits_and_agents_get_none() {
     );
 
     // An edit for node agents only (a workload-selector policy) leaves the waypoint's config
-    // as it was: same bytes, no push.
+    // as it was: same bytes, no push. Once the agent has the policy, the controller has
+    // published the edit; a later route edit then reaches the waypoint as its very next
+    // update, with nothing pushed in between.
+    let policies_before = agent_policies.lock().unwrap().updates.len();
     write(
         &config_dir,
         "l4-policy.yaml",
         "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: l4, namespace: shop}\nspec: {selector: {matchLabels: {app: reviews}}, action: DENY, rules: [{from: [{source: {namespaces: [other]}}]}]}\n",
     );
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(seen.lock().unwrap().updates.len(), 4, "no spurious push");
+    let (_, policy) = wait_for(&agent_policies, policies_before, Duration::from_secs(3)).await;
+    assert_eq!(
+        policy
+            .added
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect::<Vec<_>>(),
+        ["shop/l4"]
+    );
+    write(&config_dir, "reviews-vs.yaml", &reviews_route("marker"));
+    let (_, next) = wait_for(&seen, 4, Duration::from_secs(3)).await;
+    assert_eq!(
+        route_names(&next).unwrap(),
+        ["reviews:marker", "reviews:default"],
+        "the agents-only edit pushed the waypoint's config"
+    );
+    assert_eq!(seen.lock().unwrap().updates.len(), 5, "no spurious push");
 
     let agent_updates = agent_seen.lock().unwrap().updates.clone();
     assert_eq!(agent_updates.len(), 1, "{agent_updates:?}");

@@ -28,6 +28,10 @@ pub mod upstream;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
+/// The HTTP/1.1 framing guard, for the fuzz targets (tests/fuzz-targets) only: not an API.
+#[doc(hidden)]
+pub use smuggling::FramingGuard;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 

@@ -9,6 +9,24 @@ use crate::{run_command, step, workspace_root};
 pub const OBJECT: &str = "target/bpf/weft-ebpf.o";
 const TARGET: &str = "bpfel-unknown-none";
 
+/// Clears what running under `cargo run` on stable leaves behind, which would pin a nested
+/// nightly build to the stable toolchain or to this build's flags.
+pub fn clear_outer_build(command: &mut Command) {
+    for var in [
+        "RUSTUP_TOOLCHAIN",
+        "RUSTC",
+        "RUSTC_WRAPPER",
+        "RUSTDOC",
+        "CARGO",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+    ] {
+        command.env_remove(var);
+    }
+}
+
 pub fn run(release: bool) -> anyhow::Result<()> {
     let root = workspace_root();
     let profile = if release { "release" } else { "dev" };
@@ -24,21 +42,7 @@ pub fn run(release: bool) -> anyhow::Result<()> {
     if release {
         cargo.arg("--release");
     }
-    // Running under `cargo run` on stable leaves variables behind that would pin the nested
-    // build to the stable toolchain or to this build's flags.
-    for var in [
-        "RUSTUP_TOOLCHAIN",
-        "RUSTC",
-        "RUSTC_WRAPPER",
-        "RUSTDOC",
-        "CARGO",
-        "CARGO_TARGET_DIR",
-        "CARGO_BUILD_TARGET",
-        "RUSTFLAGS",
-        "CARGO_ENCODED_RUSTFLAGS",
-    ] {
-        cargo.env_remove(var);
-    }
+    clear_outer_build(&mut cargo);
     run_command(&mut cargo)?;
 
     let built = target_dir

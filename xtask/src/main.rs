@@ -6,6 +6,7 @@ mod build_ebpf;
 #[cfg(test)]
 mod chart_tests;
 mod demo;
+mod fuzz;
 mod images;
 mod setup;
 mod test;
@@ -17,7 +18,7 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(
     name = "xtask",
-    about = "Project tasks: setup, build-ebpf, test, demo, bench, images, crdgen"
+    about = "Project tasks: setup, build-ebpf, test, fuzz, demo, bench, images, crdgen"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -26,7 +27,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Task {
-    /// Install what this machine lacks (apt packages, nightly rust-src, bpf-linker). Idempotent.
+    /// Install what this machine lacks (apt packages, nightly rust-src, bpf-linker,
+    /// cargo-fuzz). Idempotent.
     Setup,
     /// Build the eBPF object that the node agent embeds (target/bpf/weft-ebpf.o).
     BuildEbpf {
@@ -71,6 +73,16 @@ enum Task {
     /// Regenerate the CRDs of the Istio kinds (`controller crdgen --out deploy/crds`) and copy
     /// them into the Helm chart (deploy/charts/weft/crds).
     Crdgen,
+    /// Run the fuzz targets in fuzz/ (cargo-fuzz, nightly, AddressSanitizer) from their seeds
+    /// and past failures, each for a while; a finding fails the run and leaves its input in
+    /// fuzz/artifacts/<target>/.
+    Fuzz {
+        /// How long each target runs.
+        #[arg(long, default_value_t = 30)]
+        seconds: u32,
+        /// The targets to run (all when none is named).
+        targets: Vec<String>,
+    },
     /// Run every test: unit tests, then the kernel, netns and end-to-end tests (needs root).
     Test {
         /// Arguments passed on to every `cargo test` run (a test name filter, for example).
@@ -109,6 +121,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             build_ebpf::run(release)
         }
         Task::Test { args } => test::run(&args),
+        Task::Fuzz { seconds, targets } => fuzz::run(seconds, &targets),
         Task::Bench { quick, args } => bench::run(quick, &args),
         Task::Demo {
             action: Some(DemoAction::Exec { name, command }),

@@ -42,6 +42,7 @@ struct Status {
     nightly: bool,
     rust_src: bool,
     bpf_linker: bool,
+    cargo_fuzz: bool,
 }
 
 impl Status {
@@ -55,11 +56,16 @@ impl Status {
             nightly: nightly_installed(),
             rust_src: rust_src_installed(),
             bpf_linker: bpf_linker_installed(),
+            cargo_fuzz: cargo_fuzz_installed(),
         }
     }
 
     fn complete(&self) -> bool {
-        self.missing_packages.is_empty() && self.nightly && self.rust_src && self.bpf_linker
+        self.missing_packages.is_empty()
+            && self.nightly
+            && self.rust_src
+            && self.bpf_linker
+            && self.cargo_fuzz
     }
 }
 
@@ -139,14 +145,26 @@ pub fn run() -> anyhow::Result<()> {
         )?;
     }
 
+    step("setup: cargo-fuzz (cargo xtask fuzz)");
+    if status.cargo_fuzz {
+        eprintln!("    ok: cargo-fuzz installed");
+    } else {
+        run_command(
+            Command::new("cargo")
+                .args(["install", "cargo-fuzz", "--locked"])
+                .env_remove("RUSTUP_TOOLCHAIN"),
+        )?;
+    }
+
     let after = Status::probe();
     anyhow::ensure!(
         after.complete(),
-        "setup finished but something is still missing (packages: {:?}, nightly: {}, rust-src: {}, bpf-linker: {})",
+        "setup finished but something is still missing (packages: {:?}, nightly: {}, rust-src: {}, bpf-linker: {}, cargo-fuzz: {})",
         after.missing_packages,
         after.nightly,
         after.rust_src,
-        after.bpf_linker
+        after.bpf_linker,
+        after.cargo_fuzz
     );
     step("setup: complete");
     Ok(())
@@ -186,8 +204,15 @@ fn rust_src_installed() -> bool {
 }
 
 fn bpf_linker_installed() -> bool {
-    Command::new("bpf-linker")
-        .arg("--version")
+    succeeds(Command::new("bpf-linker").arg("--version"))
+}
+
+fn cargo_fuzz_installed() -> bool {
+    succeeds(Command::new("cargo").args(["fuzz", "--version"]))
+}
+
+fn succeeds(command: &mut Command) -> bool {
+    command
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false)

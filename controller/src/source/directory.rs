@@ -59,6 +59,7 @@ impl DirectorySource {
             rejected = rejections.len(),
             "configuration directory loaded"
         );
+        self.index.count_rejections(rejections.len());
         self.index.replace(next);
         rejections.into_iter().map(|r| r.message).collect()
     }

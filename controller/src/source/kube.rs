@@ -67,6 +67,10 @@ impl ResourceSink for LiveIndex {
             }
         });
     }
+
+    fn rejected(&self, _rejection: &Rejection) {
+        self.count_rejections(1);
+    }
 }
 
 /// A resource the source refused, with every problem found in it.

@@ -38,7 +38,7 @@ pub use config::{
 pub use copy::{CopyDirection, CopyError, TunnelStats, copy_bidirectional};
 pub use metered::{ByteMeter, MeteredStream};
 pub use pool::{Connector, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, Pool, PoolConfig};
-pub use request::{BAGGAGE, ConnectRequest, TRACEPARENT};
+pub use request::{BAGGAGE, ConnectRequest, MalformedRequest, TRACEPARENT, parse_connect_request};
 pub use revoke::{ConnectionRegistry, Registration, Revocable, Revocation, Revoked};
 pub use server::{ConnectHandler, ConnectionSummary, Refusal, ServerError, serve_connection};
 pub use socket::{

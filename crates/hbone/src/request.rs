@@ -129,7 +129,7 @@ fn parse_forwarded_node(node: &str) -> Option<IpAddr> {
 
 /// Why the server answers a request without consulting its handler.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum MalformedRequest {
+pub enum MalformedRequest {
     #[error("method {0} is not allowed, only CONNECT")]
     MethodNotAllowed(Method),
     #[error("authority {0:?} is not an ip:port")]
@@ -137,12 +137,27 @@ pub(crate) enum MalformedRequest {
 }
 
 impl MalformedRequest {
-    pub(crate) fn status(&self) -> StatusCode {
+    /// The status the server answers with.
+    pub fn status(&self) -> StatusCode {
         match self {
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::BadAuthority(_) => StatusCode::BAD_REQUEST,
         }
     }
+}
+
+/// The server's reading of an incoming request: its destination and stated source, with every
+/// header the client sent; or why it is refused before any [`ConnectHandler`](crate::ConnectHandler)
+/// sees it. Everything here comes from a peer that may be hostile.
+pub fn parse_connect_request(
+    parts: http::request::Parts,
+) -> Result<ConnectRequest, MalformedRequest> {
+    let authority = parse_connect_target(&parts.method, &parts.uri)?;
+    Ok(ConnectRequest {
+        authority,
+        forwarded_for: parse_forwarded_for(&parts.headers),
+        headers: parts.headers,
+    })
 }
 
 /// Checks method and authority of an incoming request and returns the destination.

@@ -14,7 +14,7 @@ use tracing::{Instrument, debug, debug_span, warn};
 
 use crate::config::H2Config;
 use crate::copy::{CopyError, TunnelStats, copy_bidirectional};
-use crate::request::{ConnectRequest, parse_connect_target, parse_forwarded_for};
+use crate::request::{ConnectRequest, parse_connect_request};
 use crate::stream::HboneStream;
 
 /// Why a handler refuses a tunnel; each maps to the status the client receives.
@@ -191,20 +191,15 @@ async fn serve_stream<H: ConnectHandler>(
     handler: Arc<H>,
 ) -> StreamOutcome {
     let (parts, body) = request.into_parts();
-    let authority = match parse_connect_target(&parts.method, &parts.uri) {
-        Ok(authority) => authority,
+    let request = match parse_connect_request(parts) {
+        Ok(request) => request,
         Err(malformed) => {
             debug!(error = %malformed, "rejecting malformed hbone request");
             send_status(&mut respond, malformed.status());
             return StreamOutcome::Malformed;
         }
     };
-    let forwarded_for = parse_forwarded_for(&parts.headers);
-    let request = ConnectRequest {
-        authority,
-        forwarded_for,
-        headers: parts.headers,
-    };
+    let (authority, forwarded_for) = (request.authority, request.forwarded_for);
     let mut upstream = match handler.connect(&request).await {
         Ok(upstream) => upstream,
         Err(refusal) => {

@@ -731,7 +731,8 @@ async fn pool_closes_idle_connections() -> Result<()> {
         let mut back = Vec::new();
         tunnel.read_to_end(&mut back).await?;
         assert_eq!(back, b"ping");
-        // While a tunnel is open the connection is not idle, however long it lasts.
+        // While a tunnel is open the connection is not idle, however long it lasts: the time
+        // under test, several idle timeouts (100 ms) with the tunnel open.
         tokio::time::sleep(Duration::from_millis(350)).await;
         assert_eq!(pool.connection_count(&key), 1);
         drop(tunnel);

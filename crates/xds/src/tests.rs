@@ -284,6 +284,8 @@ async fn bursts_are_debounced_into_one_push() -> Result<()> {
             format!("burst-{}", edit % 5),
             thing(&edit.to_string()),
         );
+        // Edits spread over time, each within the debounce window of the one before: the
+        // burst under test, not a wait.
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
 

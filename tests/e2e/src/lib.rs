@@ -691,6 +691,18 @@ impl Mesh {
             .spawn()?)
     }
 
+    /// Waits until a socket listens on TCP `port` in `pod`, read from the pod's socket table
+    /// (`ss`), so that no probe connection reaches a server that counts its clients.
+    pub fn wait_listening(&self, pod: &str, port: u16) -> anyhow::Result<()> {
+        self.wait_until(&format!("a listener on {pod}:{port}"), || {
+            self.testbed
+                .pod_command(pod, "ss")
+                .args(["-Hltn", &format!("sport = :{port}")])
+                .output()
+                .is_ok_and(|o| o.status.success() && !o.stdout.trim_ascii().is_empty())
+        })
+    }
+
     /// Waits for the agent's readiness endpoint.
     pub fn wait_ready(&self, node: &str) -> anyhow::Result<()> {
         let ip = self.testbed.node(node).ip;

@@ -35,6 +35,15 @@ impl Mesh {
             .unwrap_or_default()
     }
 
+    /// The controller's `weft_configuration_rejections`: resources it refused so far.
+    pub fn controller_rejections(&self) -> u64 {
+        self.controller_metrics()
+            .lines()
+            .find_map(|line| line.strip_prefix("weft_configuration_rejections "))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Runs `mesh-client` inside `pod` (so its connections are captured like an application's)
     /// and returns the JSON line it printed; panics when it could not run at all.
     pub fn mesh_client(&self, pod: &str, args: &[&str]) -> serde_json::Value {

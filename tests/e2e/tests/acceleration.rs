@@ -25,7 +25,8 @@ fn sustained_bulk_through_accelerated_agents_completes() {
     let mut server = mesh
         .spawn_in_pod("server", "iperf3", &["-s", "-1"])
         .expect("start iperf3 -s");
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    mesh.wait_listening("server", 5201)
+        .expect("iperf3 listens on its default port");
     let server_ip = mesh.pod("server").ip;
     let result = mesh.iperf("client", server_ip, SECONDS);
     let _ = server.kill();

@@ -229,6 +229,7 @@ spec:
 
     // An invalid edit (an empty principal, which Istio refuses) is rejected and the last good
     // policy keeps applying.
+    let rejections = mesh.controller_rejections();
     mesh.write_config(
         "20-deny.yaml",
         r#"
@@ -241,7 +242,12 @@ spec:
 "#,
     )
     .unwrap();
-    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        mesh.eventually(Duration::from_secs(5), || mesh.controller_rejections()
+            > rejections),
+        "the controller never refused the invalid edit\n{}",
+        mesh.logs()
+    );
     assert_eq!(
         mesh.curl("client", &url).0,
         0,
@@ -249,7 +255,7 @@ spec:
     );
     assert!(
         mesh.log_of("controller").contains("deny-client"),
-        "the rejection was not reported"
+        "the rejection does not name the policy"
     );
 
     mesh.remove_config("20-deny.yaml").unwrap();

@@ -105,8 +105,16 @@ fn a_controller_outage_drops_nothing_and_the_agents_reconnect() {
     let server = mesh.pod("server").ip;
     let url = format!("http://{server}:8080/");
     assert_eq!(mesh.curl("client", &url).0, 200);
+    let opened = destination_connections(&mesh, "node2");
     let client = long_connection(&mesh, "client", server, 6);
-    std::thread::sleep(Duration::from_secs(1));
+    // The long connection is up (its destination agent counted it) before the outage.
+    assert!(
+        mesh.eventually(Duration::from_secs(5), || destination_connections(
+            &mesh, "node2"
+        ) > opened),
+        "the long connection never reached the server's agent\n{}",
+        mesh.logs()
+    );
 
     mesh.stop_controller();
     // New connections keep working on the last configuration.

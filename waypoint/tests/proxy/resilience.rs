@@ -181,6 +181,7 @@ async fn outlier_detection_ejects_a_failing_endpoint_and_lets_it_back() {
         .unwrap();
     v1.behaviour.status.store(500, Ordering::Relaxed);
     let mut sender = harness.http1().await;
+    let failing_from = Instant::now();
     for _ in 0..4 {
         send_on(&mut sender, get("/")).await;
     }
@@ -194,15 +195,28 @@ async fn outlier_detection_ejects_a_failing_endpoint_and_lets_it_back() {
     assert_eq!(v1.request_count(), 2);
 
     v1.behaviour.status.store(0, Ordering::Relaxed);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Once its ejection time is over, v1 is chosen again.
+    let deadline = failing_from + Duration::from_secs(5);
+    while v1.request_count() == 2 {
+        assert!(Instant::now() < deadline, "v1 never came back");
+        let (status, _, _) = send_on(&mut sender, get("/")).await;
+        assert_eq!(status, StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        failing_from.elapsed() >= Duration::from_millis(400),
+        "v1 came back before its ejection time: {:?}",
+        failing_from.elapsed()
+    );
+    let back = v1.request_count();
     for _ in 0..10 {
         let (status, _, _) = send_on(&mut sender, get("/")).await;
         assert_eq!(status, StatusCode::OK);
     }
     assert!(
-        v1.request_count() >= 6,
-        "v1 back in rotation: {}",
-        v1.request_count()
+        v1.request_count() >= back + 4,
+        "v1 back in rotation: {} of 10",
+        v1.request_count() - back
     );
 }
 

@@ -274,6 +274,8 @@ async fn rapid_reset(
     let (good, good_driver) = h2_connect(target).await?;
     let neighbour_authority = authority.to_string();
     let (stop_tx, mut stop) = tokio::sync::watch::channel(false);
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let neighbour_answered = answered.clone();
     let neighbour = tokio::spawn(async move {
         let (mut ok, mut failed) = (0u32, 0u32);
         let mut good = good;
@@ -298,7 +300,10 @@ async fn rapid_reset(
                 Ok::<_, h2::Error>(status)
             };
             match tokio::time::timeout(TIMEOUT, outcome).await {
-                Ok(Ok(status)) if status.is_success() => ok += 1,
+                Ok(Ok(status)) if status.is_success() => {
+                    ok += 1;
+                    neighbour_answered.store(ok, std::sync::atomic::Ordering::Relaxed);
+                }
                 _ => failed += 1,
             }
             tokio::select! {
@@ -308,7 +313,8 @@ async fn rapid_reset(
         }
         (ok, failed)
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The neighbour is being served before the burst starts...
+    answered_at_least(&answered, 1).await;
 
     let (mut client, driver) = h2_connect(target).await?;
     let mut sent = 0u32;
@@ -338,8 +344,9 @@ async fn rapid_reset(
         Err(_) => "still open".to_string(),
     };
     drop(client);
-    // Let the neighbour go on for a moment after the burst ended.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // ...and still after it ended.
+    let before = answered.load(std::sync::atomic::Ordering::Relaxed);
+    answered_at_least(&answered, before + 5).await;
     let _ = stop_tx.send(true);
     let (ok, failed) = neighbour.await?;
     good_driver.abort();
@@ -349,6 +356,14 @@ async fn rapid_reset(
         "neighbour_ok": ok,
         "neighbour_failed": failed,
     }))
+}
+
+/// Waits (at most [`TIMEOUT`]) until `answered` reaches `count`; the caller reports the counts.
+async fn answered_at_least(answered: &std::sync::atomic::AtomicU32, count: u32) {
+    let deadline = Instant::now() + TIMEOUT;
+    while answered.load(std::sync::atomic::Ordering::Relaxed) < count && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 async fn smuggle(target: &str, host: &str, hidden_path: &str) -> anyhow::Result<serde_json::Value> {

@@ -1,0 +1,7 @@
+//! A push to the node agent (address and authorization resources) off the wire. What is checked: `weft_fuzz_targets`
+//! (tests/fuzz-targets).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|input: &[u8]| {
+    weft_fuzz_targets::target("agent_xds").expect("a known target")(input)
+});
