@@ -618,6 +618,29 @@ async fn hostile_input_is_refused_and_the_agent_keeps_serving() {
     explained(&["hbone tunnel refused", "is not an address of this pod"]);
     explained(&["hbone tunnel refused", "is an agent port"]);
 
+    // A CONNECT its policy denies: 401, as ztunnel answers it, with DENY in the record.
+    mesh.both_agents(|store| {
+        store.insert_policy(only_principal(
+            "only-someone-else",
+            "cluster.local/ns/shop/sa/someone-else",
+        ))
+    });
+    let tls = raw_tls_to(&mesh, &mesh_ca, &client_id, server, &server_id, b"h2")
+        .await
+        .unwrap();
+    let error = weft_hbone::connect(tls, &weft_hbone::ConnectRequest::new(destination), &h2)
+        .await
+        .err()
+        .expect("a CONNECT the policy denies was accepted");
+    assert_eq!(error.status().map(|s| s.as_u16()), Some(401), "{error}");
+    explained(&[
+        "connection complete",
+        "direction=\"inbound\"",
+        "response_flags=DENY",
+        "allow policies exist, none matched",
+    ]);
+    mesh.both_agents(|store| store.remove_policy("shop/only-someone-else"));
+
     // 5. The server presents a different identity than the client's agent expects.
     mesh.agents[0].store.insert_workload(workload(
         server,

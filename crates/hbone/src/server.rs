@@ -29,6 +29,10 @@ pub enum Refusal {
     /// Policy denies the peer this destination (403).
     #[error("denied by policy")]
     Forbidden,
+    /// An authorization policy denies the peer this destination, answered as ztunnel answers
+    /// it (401, with `AuthorizationPolicyDenied` in its records).
+    #[error("denied by authorization policy")]
+    PolicyDenied,
     /// The destination refused or could not be reached (503).
     #[error("upstream unavailable")]
     UpstreamUnavailable,
@@ -39,7 +43,7 @@ impl Refusal {
     pub fn status(self) -> StatusCode {
         match self {
             Self::BadRequest => StatusCode::BAD_REQUEST,
-            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Unauthorized | Self::PolicyDenied => StatusCode::UNAUTHORIZED,
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::UpstreamUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }

@@ -550,6 +550,7 @@ async fn handler_refusal_reaches_client_as_status_error() -> Result<()> {
         let cases = [
             (Refusal::Forbidden, StatusCode::FORBIDDEN),
             (Refusal::Unauthorized, StatusCode::UNAUTHORIZED),
+            (Refusal::PolicyDenied, StatusCode::UNAUTHORIZED),
             (Refusal::BadRequest, StatusCode::BAD_REQUEST),
             (
                 Refusal::UpstreamUnavailable,

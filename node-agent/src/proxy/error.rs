@@ -3,6 +3,7 @@
 
 use std::{io, net::SocketAddr};
 
+use weft_hbone::Refusal;
 use weft_proxy_core::metrics::ResponseFlag;
 
 use super::plan::{InboundRefusal, OutboundError};
@@ -59,6 +60,71 @@ impl ProxyError {
             | Self::PolicyChanged(_) => ResponseFlag::Denied,
             Self::Copy(_) | Self::PodLeft => ResponseFlag::None,
             _ => ResponseFlag::ConnectFailure,
+        }
+    }
+
+    /// How an HBONE CONNECT this error refused is answered. A policy refusal is `401`, as
+    /// ztunnel answers it, the `DENY` flag in the records saying why.
+    pub fn refusal(&self) -> Refusal {
+        match self {
+            Self::Refused(InboundRefusal::NotServedHere(_) | InboundRefusal::AgentPort(_)) => {
+                Refusal::BadRequest
+            }
+            Self::Refused(InboundRefusal::Denied(_) | InboundRefusal::WaypointBypass { .. }) => {
+                Refusal::PolicyDenied
+            }
+            _ => Refusal::UpstreamUnavailable,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::StatusCode;
+
+    use super::*;
+
+    #[test]
+    fn each_refusal_is_answered_with_ztunnels_status_and_flag() {
+        let target: SocketAddr = "10.0.0.2:8080".parse().unwrap();
+        let cases = [
+            (
+                ProxyError::Refused(InboundRefusal::Denied("denied by shop/deny-all".into())),
+                StatusCode::UNAUTHORIZED,
+                ResponseFlag::Denied,
+            ),
+            (
+                ProxyError::Refused(InboundRefusal::WaypointBypass {
+                    peer: "spiffe://cluster.local/ns/shop/sa/client".into(),
+                    waypoint: "spiffe://cluster.local/ns/shop/sa/waypoint".into(),
+                }),
+                StatusCode::UNAUTHORIZED,
+                ResponseFlag::Denied,
+            ),
+            (
+                ProxyError::Refused(InboundRefusal::NotServedHere(target)),
+                StatusCode::BAD_REQUEST,
+                ResponseFlag::ConnectFailure,
+            ),
+            (
+                ProxyError::Refused(InboundRefusal::AgentPort(target)),
+                StatusCode::BAD_REQUEST,
+                ResponseFlag::ConnectFailure,
+            ),
+            (
+                ProxyError::Connect(target, io::ErrorKind::ConnectionRefused.into()),
+                StatusCode::SERVICE_UNAVAILABLE,
+                ResponseFlag::ConnectFailure,
+            ),
+            (
+                ProxyError::UnknownPod("uid-1".into()),
+                StatusCode::SERVICE_UNAVAILABLE,
+                ResponseFlag::ConnectFailure,
+            ),
+        ];
+        for (error, status, flag) in cases {
+            assert_eq!(error.refusal().status(), status, "{error}");
+            assert_eq!(error.response_flags(), flag, "{error}");
         }
     }
 }

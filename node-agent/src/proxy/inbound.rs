@@ -18,7 +18,7 @@ use super::{
     context::ProxyContext,
     copy,
     error::ProxyError,
-    plan::{InboundRefusal, authorize_inbound, inbound_service, inbound_source},
+    plan::{authorize_inbound, inbound_service, inbound_source},
     record::{ConnectionGuard, ConnectionLog, Failed},
     served::ServedPod,
 };
@@ -206,13 +206,7 @@ impl ConnectHandler for InboundTunnels {
             Err(error) => {
                 guard.failed(&error);
                 tracing::warn!(peer = %self.peer, %source_ip, %target, %error, "hbone tunnel refused");
-                Err(match error {
-                    ProxyError::Refused(
-                        InboundRefusal::NotServedHere(_) | InboundRefusal::AgentPort(_),
-                    ) => Refusal::BadRequest,
-                    ProxyError::Refused(_) => Refusal::Forbidden,
-                    _ => Refusal::UpstreamUnavailable,
-                })
+                Err(error.refusal())
             }
         }
     }

@@ -112,7 +112,7 @@ fn the_agents_and_the_ca_refuse_what_their_peers_may_not_do() {
         );
         checks.equal(
             outcome.status,
-            Some(403),
+            Some(401),
             format_args!("past the waypoint, forwarded {forwarded:?} ({outcome:?})"),
         );
     }
@@ -130,7 +130,7 @@ fn the_agents_and_the_ca_refuse_what_their_peers_may_not_do() {
         );
         checks.equal(
             outcome.status,
-            Some(403),
+            Some(401),
             format_args!("ipBlocks DENY, forwarded {forwarded:?} ({outcome:?})"),
         );
     }
@@ -362,7 +362,7 @@ spec:
     let early = Connect::to(std::net::IpAddr::V4(v2), format!("{v2}:8080"))
         .early("GET /early-data HTTP/1.1\r\nHost: reviews\r\n\r\n");
     let outcome = in_netns(&node1, || async { hbone(&stolen, &early).await });
-    checks.equal(outcome.status, Some(403), "data before the 200");
+    checks.equal(outcome.status, Some(401), "data before the 200");
     checks.check(
         !app_saw(&mesh, "reviews-v2", "/early-data"),
         "data sent before the 200 reached the pod",
