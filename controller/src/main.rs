@@ -54,8 +54,10 @@ struct RunArgs {
     /// root (Kubernetes mode) [default: weft-validator-<namespace>].
     #[arg(long, env = "WEFT_WEBHOOK_CONFIGURATION")]
     webhook_configuration: Option<String>,
-    /// DNS names of the TLS serving certificate, comma-separated [default:
+    /// DNS names (or IP addresses) of the TLS serving certificate, comma-separated [default:
     /// istiod.<namespace>.svc, istiod, istiod.<namespace>, istiod.<namespace>.svc.cluster.local].
+    /// The addresses the TLS port is reached at are added (its own, or every interface address
+    /// when it listens on all).
     #[arg(long, env = "WEFT_SERVING_NAMES", value_delimiter = ',')]
     serving_names: Vec<String>,
     /// Prometheus monitoring address.
@@ -198,11 +200,19 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
             root_namespace: args.root_namespace.clone(),
             ..Default::default()
         };
-        let serving_names = if args.serving_names.is_empty() {
+        let mut serving_names = if args.serving_names.is_empty() {
             controller::server::default_serving_names(&args.namespace, &settings.domain_suffix)
         } else {
             args.serving_names.clone()
         };
+        if let Some(address) = tls_address {
+            let local = controller::tls::local_addresses();
+            for address in controller::tls::reached_at(address.ip(), local) {
+                if !serving_names.contains(&address) {
+                    serving_names.push(address);
+                }
+            }
+        }
         let config = ServerConfig {
             mode,
             grpc_address,

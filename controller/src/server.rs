@@ -87,7 +87,7 @@ pub struct ServerConfig {
     pub grpc_address: Option<SocketAddr>,
     /// gRPC over TLS, 15012; `None` for none.
     pub tls_address: Option<SocketAddr>,
-    /// DNS names of the TLS serving certificate (the first is its common name).
+    /// DNS names and IP addresses of the TLS serving certificate (the first is its common name).
     pub serving_names: Vec<String>,
     /// The validating admission webhook over TLS, 15017; `None` for none.
     pub webhook_address: Option<SocketAddr>,

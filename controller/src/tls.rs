@@ -1,9 +1,11 @@
-//! gRPC over TLS (Istio's 15012): a serving certificate for the controller's DNS names, issued
+//! gRPC over TLS (Istio's 15012): a serving certificate for the controller's DNS names and the
+//! addresses it is reached at, issued
 //! by the mesh CA itself so that every proxy holding the root can verify it, renewed at half its
 //! lifetime without restarting the listener, and an accept loop that hands tonic finished TLS
 //! streams (handshakes run concurrently and are bounded in time).
 
 use std::io;
+use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -183,4 +185,123 @@ pub fn incoming(
         }
     });
     ReceiverStream::new(receiver)
+}
+
+/// The addresses a listener bound to `listen` is reached at, as serving-certificate names
+/// (ztunnel and istioctl dial the controller by address and verify it with no name override):
+/// the address itself when the listener is bound to one, else every address of `local` of its
+/// family (`::` takes both), except IPv6 link-local ones (unusable without a zone).
+pub fn reached_at(listen: IpAddr, local: impl IntoIterator<Item = IpAddr>) -> Vec<String> {
+    let mut addresses: Vec<IpAddr> = if listen.is_unspecified() {
+        local
+            .into_iter()
+            .filter(|ip| match ip {
+                IpAddr::V4(_) => true,
+                IpAddr::V6(v6) => listen.is_ipv6() && !v6.is_unicast_link_local(),
+            })
+            .collect()
+    } else {
+        vec![listen]
+    };
+    addresses.sort();
+    addresses.dedup();
+    addresses.iter().map(ToString::to_string).collect()
+}
+
+/// Every address of this host's (this network namespace's) interfaces; none, with a warning,
+/// when they cannot be listed.
+pub fn local_addresses() -> Vec<IpAddr> {
+    match nix::ifaddrs::getifaddrs() {
+        Ok(interfaces) => interfaces
+            .filter_map(|interface| {
+                let address = interface.address?;
+                address
+                    .as_sockaddr_in()
+                    .map(|v4| IpAddr::V4(v4.ip()))
+                    .or_else(|| address.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())))
+            })
+            .collect(),
+        Err(error) => {
+            tracing::warn!(%error, "listing the interface addresses for the serving certificate");
+            Vec::new()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rustls::client::danger::ServerCertVerifier;
+
+    use super::*;
+
+    fn ips(list: &[&str]) -> Vec<IpAddr> {
+        list.iter().map(|ip| ip.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn a_listener_is_reached_at_its_own_address_or_every_local_one_of_its_family() {
+        let local = ips(&[
+            "127.0.0.1",
+            "10.0.0.7",
+            "::1",
+            "fe80::1",
+            "fd00::7",
+            "10.0.0.7",
+        ]);
+        let cases: [(&str, &[&str]); 4] = [
+            ("10.0.0.7", &["10.0.0.7"]),
+            ("fd00::7", &["fd00::7"]),
+            ("0.0.0.0", &["10.0.0.7", "127.0.0.1"]),
+            ("::", &["10.0.0.7", "127.0.0.1", "::1", "fd00::7"]),
+        ];
+        for (listen, expected) in cases {
+            assert_eq!(
+                reached_at(listen.parse().unwrap(), local.clone()),
+                expected.to_vec(),
+                "{listen}"
+            );
+        }
+    }
+
+    #[test]
+    fn this_host_has_at_least_its_loopback_address() {
+        assert!(local_addresses().contains(&IpAddr::from([127, 0, 0, 1])));
+    }
+
+    #[test]
+    fn the_serving_certificate_verifies_for_a_dialled_address() {
+        let ca = Arc::new(CertificateAuthority::generate().unwrap());
+        let mut names = vec!["istiod.istio-system.svc".to_owned()];
+        names.extend(reached_at(
+            IpAddr::from([0, 0, 0, 0]),
+            ips(&["127.0.0.1", "10.0.0.7"]),
+        ));
+        let serving = ServingCertificates::new(ca.clone(), names).unwrap();
+        let resolved = serving.current.read().unwrap().0.clone();
+        let roots = {
+            let mut roots = rustls::RootCertStore::empty();
+            let root = CertificateDer::from_pem_slice(ca.root_cert_pem().as_bytes()).unwrap();
+            roots.add(root).unwrap();
+            Arc::new(roots)
+        };
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            roots,
+            Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .unwrap();
+        let now = rustls_pki_types::UnixTime::now();
+        for (dialled, valid) in [("10.0.0.7", true), ("127.0.0.1", true), ("10.0.0.8", false)] {
+            let name =
+                rustls_pki_types::ServerName::IpAddress(dialled.parse::<IpAddr>().unwrap().into());
+            let verified = verifier.verify_server_cert(
+                &resolved.cert[0],
+                &resolved.cert[1..],
+                &name,
+                &[],
+                now,
+            );
+            assert_eq!(verified.is_ok(), valid, "{dialled}: {verified:?}");
+        }
+    }
 }

@@ -77,9 +77,9 @@ pub enum CaError {
     },
     #[error("cert-chain.pem: {reason}")]
     CertChain { reason: String },
-    #[error("a serving certificate needs at least one DNS name")]
+    #[error("a serving certificate needs at least one name")]
     NoServingNames,
-    #[error("serving certificate name {name:?} is not a valid DNS name")]
+    #[error("serving certificate name {name:?} is neither a DNS name nor an IP address")]
     ServingName { name: String },
     #[error("cannot sign the serving certificate for {name}: {source}")]
     SignServing { name: String, source: rcgen::Error },
@@ -357,17 +357,19 @@ impl CertificateAuthority {
         self.issuer.key().serialize_pem()
     }
 
-    /// A TLS server certificate for `dns_names` (the first is also the common name), with a
-    /// fresh ECDSA P-256 key, valid for `ttl` (never past the signing certificate).
+    /// A TLS server certificate for `names` (the first is also the common name): each a DNS
+    /// name, or an IP address literal that becomes an IP SAN (clients that dial by address
+    /// verify it with no name override). A fresh ECDSA P-256 key, valid for `ttl` (never past
+    /// the signing certificate).
     pub fn issue_serving_certificate(
         &self,
-        dns_names: &[String],
+        names: &[String],
         ttl: Duration,
     ) -> Result<ServingCertificate, CaError> {
         if ttl.is_zero() {
             return Err(CaError::ZeroTtl);
         }
-        let Some(first) = dns_names.first() else {
+        let Some(first) = names.first() else {
             return Err(CaError::NoServingNames);
         };
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
@@ -377,12 +379,15 @@ impl CertificateAuthority {
         name.push(DnType::OrganizationName, ROOT_ORGANIZATION);
         name.push(DnType::CommonName, first.as_str());
         params.distinguished_name = name;
-        params.subject_alt_names = dns_names
+        params.subject_alt_names = names
             .iter()
-            .map(|dns| {
-                let invalid = || CaError::ServingName { name: dns.clone() };
-                rustls_pki_types::DnsName::try_from(dns.as_str()).map_err(|_| invalid())?;
-                Ia5String::try_from(dns.as_str())
+            .map(|name| {
+                if let Ok(ip) = name.parse::<std::net::IpAddr>() {
+                    return Ok(SanType::IpAddress(ip));
+                }
+                let invalid = || CaError::ServingName { name: name.clone() };
+                rustls_pki_types::DnsName::try_from(name.as_str()).map_err(|_| invalid())?;
+                Ia5String::try_from(name.as_str())
                     .map(SanType::DnsName)
                     .map_err(|_| invalid())
             })

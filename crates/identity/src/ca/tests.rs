@@ -574,3 +574,34 @@ fn serving_certificates_verify_for_their_dns_names_only() {
         Err(CaError::ServingName { .. })
     ));
 }
+
+#[test]
+fn serving_certificates_verify_for_their_ip_addresses() {
+    let ca = CertificateAuthority::generate().unwrap();
+    let names = vec![
+        "istiod.istio-system.svc".to_string(),
+        "10.96.0.15".to_string(),
+        "fd00::15".to_string(),
+    ];
+    let serving = ca
+        .issue_serving_certificate(&names, Duration::from_secs(3600))
+        .unwrap();
+    let chain = ders(&serving.chain_pem);
+    let end_entity = webpki::EndEntityCert::try_from(&chain[0]).unwrap();
+    let ip = |ip: &str| rustls_pki_types::ServerName::IpAddress(ip.parse().unwrap());
+    for dialed in ["10.96.0.15", "fd00::15"] {
+        end_entity
+            .verify_is_valid_for_subject_name(&ip(dialed))
+            .unwrap_or_else(|e| panic!("{dialed}: {e}"));
+    }
+    assert!(
+        end_entity
+            .verify_is_valid_for_subject_name(&ip("10.96.0.16"))
+            .is_err()
+    );
+    // The DNS names stay alongside the addresses.
+    let name = |n: &str| rustls_pki_types::ServerName::try_from(n.to_string()).unwrap();
+    end_entity
+        .verify_is_valid_for_subject_name(&name("istiod.istio-system.svc"))
+        .unwrap();
+}
