@@ -238,6 +238,7 @@ fn only_principal(name: &str, principal: &str) -> Authorization {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cross_node_traffic_is_mutual_tls_and_authorized_by_identity() {
+    logs::capture();
     let mesh = Mesh::start().await;
     let server = mesh.testbed.pod("server");
     echo_server(&server.netns, server.ip, APP_PORT);
@@ -260,6 +261,13 @@ async fn cross_node_traffic_is_mutual_tls_and_authorized_by_identity() {
         !captured.contains_bytes(b"weft-payload-that-must-never-appear"),
         "the payload crossed the fabric in clear"
     );
+    // The client's record names the client pod as the source, not the redirect's loopback.
+    explained(&[
+        "connection complete",
+        "direction=\"outbound\"",
+        &format!("src={}:", mesh.testbed.pod("client").ip),
+        &format!("dst={destination}"),
+    ]);
     let tls = captured.fields;
     assert!(
         tls.contains("0x0304"),

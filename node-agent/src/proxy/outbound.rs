@@ -69,7 +69,7 @@ pub(super) async fn handle(
                 None,
                 None,
                 SecurityPolicy::Unknown,
-                ConnectionLog::between(peer, None),
+                ConnectionLog::outbound(peer, pod_addresses(source.as_deref()), None),
             );
             guard.failed(&error);
             tracing::warn!(%peer, %error, "outbound connection refused");
@@ -104,7 +104,7 @@ pub(super) async fn handle(
         destination.as_ref(),
         service.as_ref(),
         security,
-        ConnectionLog::between(peer, Some(original)),
+        ConnectionLog::outbound(peer, &source.addresses, Some(original)),
     );
     match execute(&context, &pod, &source, &mut app, plan).await {
         Ok((received, sent)) => {
@@ -117,6 +117,11 @@ pub(super) async fn handle(
             tracing::warn!(%peer, %original, %error, "outbound connection failed");
         }
     }
+}
+
+/// The addresses of the pod a connection came from, none when it is not known yet.
+fn pod_addresses(pod: Option<&Workload>) -> &[std::net::IpAddr] {
+    pod.map_or(&[], |pod| &pod.addresses)
 }
 
 /// Carries the connection; returns (bytes from the app, bytes to the app).

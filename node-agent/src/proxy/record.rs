@@ -1,7 +1,7 @@
 //! Each connection's record: Istio's TCP metrics (the families and the record are
 //! `weft_proxy_core`'s) and one access-log event in ztunnel's fields, written when it ends.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use weft_proxy_core::metrics::{ACCESS_LOG, AccessLog, ConnectionEnd, ResponseFlag, TcpConnection};
 
@@ -28,6 +28,19 @@ impl ConnectionLog {
             destination,
             error: None,
         }
+    }
+
+    /// An outbound connection's record, its source the pod's address as ztunnel logs it: the
+    /// redirect to the agent's in-pod listener makes the app's socket come from loopback.
+    /// The app's port is kept; a source not on loopback (an app that bound its address) is
+    /// logged as it is.
+    pub fn outbound(app: SocketAddr, pod: &[IpAddr], destination: Option<SocketAddr>) -> Self {
+        let family = destination.map_or(app.is_ipv4(), |d| d.is_ipv4());
+        let source = match pod.iter().find(|ip| ip.is_ipv4() == family).or(pod.first()) {
+            Some(&ip) if app.ip().is_loopback() => SocketAddr::new(ip, app.port()),
+            _ => app,
+        };
+        Self::between(source, destination)
     }
 }
 
@@ -108,6 +121,50 @@ mod tests {
         }
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
+        }
+    }
+
+    #[test]
+    fn an_outbound_source_is_the_pods_address_not_the_redirects_loopback() {
+        let socket = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let pod: Vec<IpAddr> = vec!["10.0.0.5".parse().unwrap(), "fd00::5".parse().unwrap()];
+        let cases = [
+            (
+                "127.0.0.1:40000",
+                Some("10.0.0.9:80"),
+                &pod[..],
+                "10.0.0.5:40000",
+            ),
+            (
+                "[::1]:40000",
+                Some("[fd00::9]:80"),
+                &pod[..],
+                "[fd00::5]:40000",
+            ),
+            ("127.0.0.1:40000", None, &pod[..], "10.0.0.5:40000"),
+            (
+                "127.0.0.1:40000",
+                Some("[fd00::9]:80"),
+                &pod[..1],
+                "10.0.0.5:40000",
+            ),
+            (
+                "10.0.0.5:40000",
+                Some("10.0.0.9:80"),
+                &pod[..],
+                "10.0.0.5:40000",
+            ),
+            (
+                "127.0.0.1:40000",
+                Some("10.0.0.9:80"),
+                &[][..],
+                "127.0.0.1:40000",
+            ),
+        ];
+        for (app, destination, pod, logged) in cases {
+            let log = ConnectionLog::outbound(socket(app), pod, destination.map(socket));
+            assert_eq!(log.source, Some(socket(logged)), "{app} to {destination:?}");
+            assert_eq!(log.destination, destination.map(socket));
         }
     }
 
