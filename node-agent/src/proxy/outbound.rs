@@ -121,7 +121,7 @@ pub(super) async fn handle(
 
 /// The addresses of the pod a connection came from, none when it is not known yet.
 fn pod_addresses(pod: Option<&Workload>) -> &[std::net::IpAddr] {
-    pod.map_or(&[], |pod| &pod.addresses)
+    pod.map(|pod| pod.addresses.as_slice()).unwrap_or_default()
 }
 
 /// Carries the connection; returns (bytes from the app, bytes to the app).
