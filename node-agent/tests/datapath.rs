@@ -265,8 +265,8 @@ async fn cross_node_traffic_is_mutual_tls_and_authorized_by_identity() {
     explained(&[
         "connection complete",
         "direction=\"outbound\"",
-        &format!("src={}:", mesh.testbed.pod("client").ip),
-        &format!("dst={destination}"),
+        format!("src={}:", mesh.testbed.pod("client").ip).as_str(),
+        format!("dst={destination}").as_str(),
     ]);
     let tls = captured.fields;
     assert!(

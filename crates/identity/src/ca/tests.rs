@@ -588,7 +588,9 @@ fn serving_certificates_verify_for_their_ip_addresses() {
         .unwrap();
     let chain = ders(&serving.chain_pem);
     let end_entity = webpki::EndEntityCert::try_from(&chain[0]).unwrap();
-    let ip = |ip: &str| rustls_pki_types::ServerName::IpAddress(ip.parse().unwrap());
+    let ip = |ip: &str| {
+        rustls_pki_types::ServerName::IpAddress(ip.parse::<std::net::IpAddr>().unwrap().into())
+    };
     for dialed in ["10.96.0.15", "fd00::15"] {
         end_entity
             .verify_is_valid_for_subject_name(&ip(dialed))
