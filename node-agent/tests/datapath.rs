@@ -638,8 +638,7 @@ async fn hostile_input_is_refused_and_the_agent_keeps_serving() {
         .unwrap();
     let error = weft_hbone::connect(tls, &weft_hbone::ConnectRequest::new(destination), &h2)
         .await
-        .err()
-        .expect("a CONNECT the policy denies was accepted");
+        .expect_err("a CONNECT the policy denies was accepted");
     assert_eq!(error.status().map(|s| s.as_u16()), Some(401), "{error}");
     explained(&[
         "connection complete",
