@@ -802,6 +802,21 @@ impl Mesh {
         })
     }
 
+    /// Sends SIGTERM to the waypoint of pod `name` and hands its process over, to watch it
+    /// drain and exit.
+    pub fn signal_waypoint(&mut self, name: &str) -> anyhow::Result<Child> {
+        let process = self
+            .waypoints
+            .remove(name)
+            .with_context(|| format!("no waypoint {name}"))?;
+        let child = process.child;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )?;
+        Ok(child)
+    }
+
     /// Stops the waypoint of pod `name` (SIGTERM, then SIGKILL).
     pub fn stop_waypoint(&mut self, name: &str) {
         if let Some(mut waypoint) = self.waypoints.remove(name) {
