@@ -244,7 +244,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         ConnectionLimits::for_process(proxy.max_connections, proxy.max_connections_per_source)
             .context("raising RLIMIT_NOFILE")?,
     );
-    let (drain, drain_watch) = drain::channel();
+    let (trigger, drain_watch) = drain::channel();
     // Only the pods' listeners and connections take part in the drain.
     drop(drain_watch);
     let pods = Arc::new(
@@ -253,7 +253,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
             PodNetns::current().context("opening the agent's network namespace")?,
             Some(redirection.clone() as Arc<dyn Enroller>),
         )
-        .with_drain(drain.source()),
+        .with_drain(trigger.source()),
     );
 
     // The CA's credential also admits the discovery stream (the controller checks it in
@@ -283,7 +283,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         Arc::new(move || certificates.describe()),
         xds_state.clone(),
         registry,
-        drain.status(),
+        trigger.status(),
     );
     admin::serve(&config, endpoints).await?;
 
@@ -323,7 +323,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         "draining: listeners closed, connections in flight finishing; enrolled pods stay \
          captured and fail closed until an agent serves them again"
     );
-    match drain.drain(deadline).await {
+    match trigger.drain(deadline).await {
         Drained::Complete => tracing::info!("drained"),
         Drained::DeadlinePassed { remaining } => {
             tracing::warn!(

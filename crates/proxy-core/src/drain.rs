@@ -93,7 +93,8 @@ impl DrainWatch {
     /// never completes: dropping the trigger is not a request to drain.
     pub async fn signaled(&self) {
         let mut receiver = self.0.clone();
-        if receiver.wait_for(|draining| *draining).await.is_err() {
+        let started = receiver.wait_for(|draining| *draining).await.is_ok();
+        if !started {
             std::future::pending::<()>().await;
         }
     }

@@ -35,6 +35,7 @@ async fn eventually<F: std::future::Future<Output = bool>>(
 #[tokio::test]
 async fn a_drain_finishes_requests_in_flight_and_refuses_new_connections() {
     let (mut harness, v1, _v2) = routed_to_v1().await;
+    let v1 = &v1;
     let readiness = harness
         .waypoint
         .bind_readiness(SocketAddr::new(LOCALHOST, 0))
@@ -77,7 +78,7 @@ async fn a_drain_finishes_requests_in_flight_and_refuses_new_connections() {
         )
     });
     assert!(
-        eventually(Duration::from_secs(5), || async { v1.request_count() == 3 }).await,
+        eventually(Duration::from_secs(5), || async move { v1.request_count() == 3 }).await,
         "the slow requests never reached the endpoint"
     );
 
@@ -92,7 +93,7 @@ async fn a_drain_finishes_requests_in_flight_and_refuses_new_connections() {
     );
     let address = harness.address;
     assert!(
-        eventually(Duration::from_secs(5), || async {
+        eventually(Duration::from_secs(5), || async move {
             tokio::net::TcpStream::connect(address)
                 .await
                 .is_err_and(|error| error.kind() == std::io::ErrorKind::ConnectionRefused)
