@@ -135,7 +135,7 @@ impl DrainStatus {
 mod tests {
     use super::*;
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn the_drain_ends_when_the_last_watch_is_dropped() {
         let (trigger, watch) = channel();
         let status = trigger.status();
@@ -145,34 +145,38 @@ mod tests {
         let task = tokio::spawn(async move {
             connection.signaled().await;
             // Finishing in-flight work takes a while, well inside the deadline.
-            tokio::time::sleep(Duration::from_secs(2)).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
             drop(connection);
         });
         let started = tokio::time::Instant::now();
         assert_eq!(
-            trigger.drain(Duration::from_secs(5)).await,
+            trigger.drain(Duration::from_secs(30)).await,
             Drained::Complete
         );
-        assert_eq!(started.elapsed(), Duration::from_secs(2));
+        let took = started.elapsed();
+        assert!(
+            (Duration::from_millis(200)..Duration::from_secs(30)).contains(&took),
+            "{took:?}"
+        );
         assert!(status.is_draining());
         task.await.unwrap();
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn the_deadline_ends_a_drain_that_does_not_finish() {
         let (trigger, watch) = channel();
         let held = watch.clone();
         drop(watch);
         let started = tokio::time::Instant::now();
         assert_eq!(
-            trigger.drain(Duration::from_secs(5)).await,
+            trigger.drain(Duration::from_millis(200)).await,
             Drained::DeadlinePassed { remaining: 1 }
         );
-        assert_eq!(started.elapsed(), Duration::from_secs(5));
+        assert!(started.elapsed() >= Duration::from_millis(200));
         assert!(held.is_draining());
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_source_is_not_waited_for_and_its_watches_are() {
         let (trigger, watch) = channel();
         drop(watch);
@@ -183,7 +187,7 @@ mod tests {
             drop(listener);
         });
         assert_eq!(
-            trigger.drain(Duration::from_secs(5)).await,
+            trigger.drain(Duration::from_secs(30)).await,
             Drained::Complete
         );
         task.await.unwrap();
@@ -192,11 +196,11 @@ mod tests {
         assert!(!DrainSource::never().watch().is_draining());
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_dropped_trigger_is_not_a_drain() {
         let (trigger, watch) = channel();
         drop(trigger);
-        let signaled = tokio::time::timeout(Duration::from_secs(60), watch.signaled()).await;
+        let signaled = tokio::time::timeout(Duration::from_millis(100), watch.signaled()).await;
         assert!(signaled.is_err());
         assert!(!watch.is_draining());
         assert!(!DrainWatch::never().is_draining());

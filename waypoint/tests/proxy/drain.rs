@@ -78,7 +78,11 @@ async fn a_drain_finishes_requests_in_flight_and_refuses_new_connections() {
         )
     });
     assert!(
-        eventually(Duration::from_secs(5), || async move { v1.request_count() == 3 }).await,
+        eventually(
+            Duration::from_secs(5),
+            || async move { v1.request_count() == 3 }
+        )
+        .await,
         "the slow requests never reached the endpoint"
     );
 
