@@ -10,6 +10,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
+use tokio::sync::watch;
 use weft_proto::waypoint as proto;
 use weft_proxy_core::drain::{self, DrainTrigger};
 
