@@ -9,7 +9,6 @@ use controller::{index::ConfigIndex, loader, translate};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use tokio::sync::watch;
 use waypoint::testing::{FakeEndpoint, LOCALHOST, TestMesh, hbone_tunnel, resolver_for};
 use waypoint::{Waypoint, WaypointOptions};
 
@@ -130,8 +129,7 @@ async fn translated_routes_and_policies_drive_the_waypoint() {
         .await
         .unwrap();
     let address = listener.address().unwrap();
-    let (_drain, drained) = watch::channel(false);
-    tokio::spawn(listener.run(drained));
+    tokio::spawn(listener.run(weft_proxy_core::drain::DrainWatch::never()));
     let client = mesh.material("shop", "productpage");
 
     let get = |path: &str, user: Option<&str>| {

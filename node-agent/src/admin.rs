@@ -1,7 +1,7 @@
 //! What the agent serves on its admin (`/config_dump`, 127.0.0.1:15000), metrics (15020) and
 //! readiness (15021) ports, with `weft_proxy_core::admin`'s server: the configuration, the xDS
 //! state, the store and the certificates (never keys); Istio's metrics; ready once the first
-//! configuration arrived.
+//! configuration arrived, unready from the start of the drain.
 
 use std::sync::Arc;
 
@@ -14,6 +14,7 @@ use weft_proxy_core::{
         metrics_endpoints, readiness_endpoints,
     },
     certificates::CertificateState,
+    drain::DrainStatus,
 };
 use weft_xds::ConnectionState;
 
@@ -59,11 +60,15 @@ pub fn endpoints(
     certificates: DescribeCertificates,
     xds: watch::Receiver<ConnectionState>,
     registry: Arc<Registry>,
+    drain: DrainStatus,
 ) -> [Endpoints; 3] {
     let ready = {
         let xds = xds.clone();
         move || {
-            if xds.borrow().synced {
+            if drain.is_draining() {
+                // Load balancers stop sending before the listeners close.
+                Err("draining".to_owned())
+            } else if xds.borrow().synced {
                 Ok(())
             } else {
                 Err("waiting for configuration".to_owned())

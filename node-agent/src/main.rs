@@ -1,4 +1,8 @@
-//! The node agent binary: configuration, then every long-running part, until SIGTERM/SIGINT.
+//! The node agent binary: configuration, then every long-running part, until SIGTERM/SIGINT;
+//! then the drain: readiness fails, every pod's listeners close (the pinned capture stays, so
+//! the pods' new connections fail closed until an agent serves them again), connections in
+//! flight finish within the termination deadline (inbound HBONE connections get a GOAWAY), and
+//! the process exits.
 
 use std::{process::ExitCode, sync::Arc};
 
@@ -20,7 +24,10 @@ use node_agent::{
     xds,
 };
 use weft_proxy_core::{
-    certificates::CertificateManager, config::shutdown_signal, controller::ControllerAccess,
+    certificates::CertificateManager,
+    config::shutdown_signal,
+    controller::ControllerAccess,
+    drain::{self, Drained},
 };
 
 /// The mesh's node agent: one per node, carrying enrolled pods' TCP over mutual TLS.
@@ -237,11 +244,17 @@ async fn run(config: Config) -> anyhow::Result<()> {
         ConnectionLimits::for_process(proxy.max_connections, proxy.max_connections_per_source)
             .context("raising RLIMIT_NOFILE")?,
     );
-    let pods = Arc::new(PodManager::new(
-        context,
-        PodNetns::current().context("opening the agent's network namespace")?,
-        Some(redirection.clone() as Arc<dyn Enroller>),
-    ));
+    let (trigger, drain_watch) = drain::channel();
+    // Only the pods' listeners and connections take part in the drain.
+    drop(drain_watch);
+    let pods = Arc::new(
+        PodManager::new(
+            context,
+            PodNetns::current().context("opening the agent's network namespace")?,
+            Some(redirection.clone() as Arc<dyn Enroller>),
+        )
+        .with_drain(trigger.source()),
+    );
 
     // The CA's credential also admits the discovery stream (the controller checks it in
     // Kubernetes mode), read for every connection.
@@ -270,6 +283,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         Arc::new(move || certificates.describe()),
         xds_state.clone(),
         registry,
+        trigger.status(),
     );
     admin::serve(&config, endpoints).await?;
 
@@ -303,7 +317,21 @@ async fn run(config: Config) -> anyhow::Result<()> {
     });
 
     shutdown_signal().await;
-    tracing::info!("shutting down; enrolled pods stay captured and fail closed until restart");
+    let deadline = proxy.termination_deadline;
+    tracing::info!(
+        ?deadline,
+        "draining: listeners closed, connections in flight finishing; enrolled pods stay \
+         captured and fail closed until an agent serves them again"
+    );
+    match trigger.drain(deadline).await {
+        Drained::Complete => tracing::info!("drained"),
+        Drained::DeadlinePassed { remaining } => {
+            tracing::warn!(
+                remaining,
+                "termination deadline passed: closing what is left"
+            );
+        }
+    }
     let _ = shutdown_sender.send(true);
     drop(pods);
     Ok(())

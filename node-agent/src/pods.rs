@@ -5,8 +5,11 @@
 use std::{
     collections::{BTreeSet, HashMap},
     fs::File,
+    os::fd::AsFd,
     sync::Arc,
 };
+
+use weft_proxy_core::drain::DrainSource;
 
 use crate::{
     ebpf::{Enroller, PodEnrollment, RedirectionError},
@@ -21,6 +24,9 @@ pub struct PodManager {
     home: Arc<File>,
     capture: Option<Arc<dyn Enroller>>,
     pods: std::sync::Mutex<HashMap<String, (EnrolledPod, PodProxy)>>,
+    /// Each pod's listeners drain with the agent: they stop accepting, their connections
+    /// finish. The capture stays: a pod's new connections fail closed until an agent serves it.
+    drain: DrainSource,
 }
 
 impl PodManager {
@@ -36,7 +42,14 @@ impl PodManager {
             home,
             capture,
             pods: Default::default(),
+            drain: DrainSource::never(),
         }
+    }
+
+    /// Drains every pod's listeners with `drain` (the agent's, after SIGTERM).
+    pub fn with_drain(mut self, drain: DrainSource) -> Self {
+        self.drain = drain;
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (EnrolledPod, PodProxy)>> {
@@ -49,12 +62,21 @@ impl PodManager {
         {
             return Ok(());
         }
+        if self.drain.is_draining() {
+            // Its listeners would close at once: the enrolling side retries with the next agent.
+            return Err("the agent is draining".to_owned());
+        }
         // A changed pod (new netns after a sandbox restart) is served anew.
         self.unenroll(&pod.uid)?;
         let netns = PodNetns::open(&pod.netns, self.home.clone())
             .map_err(|e| format!("opening network namespace {}: {e}", pod.netns.display()))?;
-        let proxy = PodProxy::start(self.context.clone(), pod.uid.clone(), netns)
-            .map_err(|e| format!("starting listeners in {}: {e}", pod.netns.display()))?;
+        let proxy = PodProxy::start(
+            self.context.clone(),
+            pod.uid.clone(),
+            netns,
+            self.drain.watch(),
+        )
+        .map_err(|e| format!("starting listeners in {}: {e}", pod.netns.display()))?;
         if let Some(capture) = &self.capture {
             capture_pod(capture.as_ref(), &pod, &proxy)?;
         }
@@ -82,13 +104,17 @@ impl PodManager {
 /// over with the new listener. A pod enrolled in another netns (its sandbox was recreated while
 /// the agent was down) is enrolled anew.
 fn capture_pod(capture: &dyn Enroller, pod: &EnrolledPod, proxy: &PodProxy) -> Result<(), String> {
+    // Closed only when the agent drained already: the pod stays captured, failing closed.
+    let listener = proxy
+        .inbound_plaintext_listener()
+        .ok_or_else(|| "the agent is draining".to_owned())?;
     let enrollment = PodEnrollment {
         uid: pod.uid.clone(),
         netns: pod.netns.clone(),
         addresses: pod.addresses.clone(),
         excluded_outbound_ports: pod.excluded_outbound_ports.clone(),
         excluded_inbound_ports: pod.excluded_inbound_ports.clone(),
-        inbound_listener: proxy.inbound_plaintext_listener(),
+        inbound_listener: listener.as_fd(),
     };
     let adopted = capture
         .enrolled()

@@ -45,6 +45,7 @@ use weft_proxy_core::admin::{
     AdminServer, READINESS_PATH, combine, config_dump_endpoints, metrics_endpoints,
     readiness_endpoints,
 };
+use weft_proxy_core::drain::DrainStatus;
 use weft_xds::ConnectionState;
 
 pub use listener::{HboneListener, HttpLimits, ListenerError};
@@ -72,6 +73,8 @@ pub struct WaypointOptions {
     pub upgrades: Vec<String>,
     /// HBONE connections open at once, and per source address.
     pub connection_limits: ConnectionLimits,
+    /// Whether the waypoint is draining (after SIGTERM): readiness then fails.
+    pub drain: DrainStatus,
 }
 
 impl WaypointOptions {
@@ -88,6 +91,7 @@ impl WaypointOptions {
                 .map(|u| (*u).to_owned())
                 .collect(),
             connection_limits: ConnectionLimits::for_open_files_limit(),
+            drain: DrainStatus::default(),
         }
     }
 }
@@ -102,6 +106,7 @@ pub struct Waypoint {
     sources: Arc<SourceLimit>,
     workers: Option<Workers>,
     registry: Arc<Registry>,
+    drain: DrainStatus,
 }
 
 impl std::fmt::Debug for Waypoint {
@@ -151,6 +156,7 @@ impl Waypoint {
             sources: options.connection_limits.sources(),
             workers: options.workers,
             registry: Arc::new(registry),
+            drain: options.drain,
         }
     }
 
@@ -201,8 +207,12 @@ impl Waypoint {
     /// Ready once a configuration was applied.
     fn readiness(&self) -> weft_proxy_core::admin::Endpoints {
         let store = self.shared.store.clone();
+        let drain = self.drain.clone();
         readiness_endpoints(READINESS_PATH, move || {
-            if *store.version().borrow() > 0 {
+            if drain.is_draining() {
+                // Load balancers stop sending before the listener is gone.
+                Err("draining".to_owned())
+            } else if *store.version().borrow() > 0 {
                 Ok(())
             } else {
                 Err("waiting for configuration".to_owned())
@@ -244,7 +254,8 @@ impl Waypoint {
         Ok(AdminServer::bind(address, endpoints).await?)
     }
 
-    /// Binds the readiness endpoint (15021): ready once a configuration was applied.
+    /// Binds the readiness endpoint (15021): ready once a configuration was applied, unready
+    /// from the start of the drain.
     pub async fn bind_readiness(&self, address: SocketAddr) -> Result<AdminServer, ListenerError> {
         Ok(AdminServer::bind(address, self.readiness()).await?)
     }

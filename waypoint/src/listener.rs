@@ -11,7 +11,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 use tracing::{Instrument, debug, debug_span, info, warn};
 use weft_hbone::admission::{Permit, SourceLimit, accept_loop};
 use weft_hbone::{
@@ -19,6 +18,7 @@ use weft_hbone::{
     SocketFactory, TlsError,
 };
 use weft_identity::SpiffeId;
+use weft_proxy_core::drain::DrainWatch;
 
 use crate::model::Protocol;
 use crate::proxy::{ProxyShared, TunnelContext, handle};
@@ -128,27 +128,27 @@ impl HboneListener {
             .map_err(ListenerError::LocalAddress)
     }
 
-    /// Accepts connections until `drain` turns true. A source past its limit, or any past the
-    /// process's, is closed at once.
-    pub async fn run(self, mut drain: watch::Receiver<bool>) {
+    /// Accepts connections until the drain starts, then closes the listening socket (new
+    /// connections are refused) and returns; each connection holds a clone of `drain` until it
+    /// has finished draining. A source past its limit, or any past the process's, is closed at
+    /// once.
+    pub async fn run(self, drain: DrainWatch) {
         let sources = Arc::clone(&self.sources);
         accept_loop(
             &self.listener,
             |peer| sources.admit(peer.ip()),
-            |stream, peer, permit| self.dispatch(stream, peer, permit),
-            async move {
-                let _ = drain.wait_for(|draining| *draining).await;
-            },
+            |stream, peer, permit| self.dispatch(stream, peer, permit, drain.clone()),
+            drain.signaled(),
         )
         .await;
-        info!("hbone listener draining");
+        info!("hbone listener closed: draining");
     }
 }
 
 impl HboneListener {
     /// Starts serving an accepted connection: on the next worker (the socket moves to that
     /// worker's reactor), or here.
-    fn dispatch(&self, stream: TcpStream, peer: SocketAddr, permit: Permit) {
+    fn dispatch(&self, stream: TcpStream, peer: SocketAddr, permit: Permit, drain: DrainWatch) {
         let shared = Arc::clone(&self.shared);
         let acceptor = Arc::clone(&self.acceptor);
         let identity = self.identity.clone();
@@ -157,7 +157,8 @@ impl HboneListener {
         let Some(workers) = &self.workers else {
             tokio::spawn(
                 async move {
-                    serve_connection(stream, peer, shared, &acceptor, &identity, limits).await;
+                    serve_connection(stream, peer, shared, &acceptor, &identity, limits, drain)
+                        .await;
                     drop(permit);
                 }
                 .instrument(span),
@@ -175,7 +176,8 @@ impl HboneListener {
             async move {
                 match TcpStream::from_std(stream) {
                     Ok(stream) => {
-                        serve_connection(stream, peer, shared, &acceptor, &identity, limits).await;
+                        serve_connection(stream, peer, shared, &acceptor, &identity, limits, drain)
+                            .await;
                     }
                     Err(error) => warn!(%error, "cannot register the connection on its worker"),
                 }
@@ -193,6 +195,7 @@ async fn serve_connection(
     acceptor: &HboneAcceptor,
     local: &SpiffeId,
     limits: HttpLimits,
+    drain: DrainWatch,
 ) {
     let (tls, identity) = match acceptor.accept(stream, local).await {
         Ok(accepted) => (accepted.tls, accepted.peer),
@@ -211,12 +214,13 @@ async fn serve_connection(
         peer: identity,
         peer_address: peer,
         limits,
+        drain: drain.clone(),
     });
     let h2 = H2Config {
         max_concurrent_streams: limits.max_concurrent_streams,
         ..H2Config::default()
     };
-    match weft_hbone::serve_connection(tls, handler, h2).await {
+    match weft_hbone::serve_connection_until(tls, handler, h2, drain.signaled()).await {
         Ok(summary) => debug!(tunnels = summary.tunnels, "hbone connection closed"),
         Err(error) => debug!(%error, "hbone connection failed"),
     }
@@ -228,6 +232,8 @@ struct TunnelHandler {
     peer: SpiffeId,
     peer_address: SocketAddr,
     limits: HttpLimits,
+    /// Held by every HTTP server in a tunnel of the connection until it has drained.
+    drain: DrainWatch,
 }
 
 /// Buffer between the tunnel and the HTTP server running on it.
@@ -265,17 +271,21 @@ impl ConnectHandler for TunnelHandler {
         let (inside, outside) = tokio::io::duplex(TUNNEL_BUFFER);
         let shared = Arc::clone(&self.shared);
         let limits = self.limits;
+        let drain = self.drain.clone();
         let sniff = protocol == Protocol::Unspecified;
         tokio::spawn(
             async move {
                 if !sniff {
-                    serve_http(shared, context, limits, inside).await;
+                    serve_http(shared, context, limits, inside, drain).await;
                     return;
                 }
                 let (kind, inside) = sniff_protocol(inside).await;
                 match kind {
-                    Sniffed::Http => serve_http(shared, context, limits, inside).await,
+                    Sniffed::Http => serve_http(shared, context, limits, inside, drain).await,
                     Sniffed::Opaque => {
+                        // Bytes are carried until either side closes or the drain's deadline
+                        // ends the process, as ztunnel carries TCP.
+                        let _drain = drain;
                         let Ok(mut upstream) = open_tcp_upstream(&shared, &context).await else {
                             return;
                         };
@@ -299,6 +309,7 @@ async fn serve_http<IO>(
     context: Arc<TunnelContext>,
     limits: HttpLimits,
     io: IO,
+    drain: DrainWatch,
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -322,9 +333,19 @@ async fn serve_http<IO>(
     let connection = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);
     let mut versions = store.version();
+    let draining = drain.signaled();
+    tokio::pin!(draining);
     let served = loop {
         tokio::select! {
             served = connection.as_mut() => break served,
+            () = &mut draining => {
+                // SIGTERM: the request in flight finishes and its response carries
+                // `Connection: close` (HTTP/1.1; an idle connection closes now), HTTP/2 gets a
+                // GOAWAY, as Envoy drains for Istio's terminationDrainDuration.
+                debug!(%destination, "draining the connection");
+                connection.as_mut().graceful_shutdown();
+                break connection.await;
+            }
             changed = versions.changed() => {
                 let gone = store.snapshot().target_for(destination).is_none();
                 if changed.is_err() || gone {

@@ -2,16 +2,16 @@
 //! the certificate from the controller's CA (a manager of one identity, as the node agent's
 //! manages many), configuration over delta ADS, then the HBONE
 //! listener (15008), metrics (15020), readiness (15021) and the admin page (127.0.0.1:15000,
-//! `/config_dump`) until SIGTERM or Ctrl-C.
+//! `/config_dump`) until SIGTERM or Ctrl-C, then the drain: readiness fails, the HBONE listener
+//! closes, requests in flight finish (HTTP/1.1 responses carry `Connection: close`, HTTP/2 and
+//! the HBONE connections get a GOAWAY) within the termination deadline, and the process exits.
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
 use prost::Message as _;
-use tokio::sync::watch;
 use tracing::{info, warn};
 use waypoint::config::{self, CertificateSettings, Config, Environment, Layered};
 use waypoint::{Waypoint, WaypointOptions, Workers};
@@ -20,6 +20,7 @@ use weft_identity::{CertificateAuthority, CertificateSource, SpiffeId};
 use weft_proxy_core::certificates::{CertificateManager, LocalCa};
 use weft_proxy_core::config::shutdown_signal;
 use weft_proxy_core::controller::ControllerAccess;
+use weft_proxy_core::drain::{self, Drained};
 
 /// The mesh's L7 proxy for the services that use it (`istio.io/use-waypoint`). Every flag can
 /// also be set through the environment variable named in its help; a flag given wins over its
@@ -161,8 +162,10 @@ async fn run(config: Config, workers: Workers) -> anyhow::Result<()> {
     // this gives up.
     certificates.fetch(&identity).await?;
     info!(%identity, "waypoint certificate obtained");
+    let (trigger, drain) = drain::channel();
     let waypoint = Waypoint::new(WaypointOptions {
         workers: Some(workers),
+        drain: trigger.status(),
         upgrades: config.upgrades.clone(),
         connection_limits: ConnectionLimits::for_process(
             proxy.max_connections,
@@ -179,7 +182,6 @@ async fn run(config: Config, workers: Workers) -> anyhow::Result<()> {
             .apply_config(initial)
             .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     }
-    let (drain_tx, drain) = watch::channel(false);
     let client = match config.controller() {
         Some(address) => {
             let pod_ip = config
@@ -220,31 +222,35 @@ async fn run(config: Config, workers: Workers) -> anyhow::Result<()> {
         )
         .await?;
     info!(hbone = %config.hbone_address, metrics = %proxy.metrics_address, readiness = %proxy.readiness_address, admin = %proxy.admin_address, "waypoint listening");
-    let drained = |drain: &watch::Receiver<bool>| {
-        let mut drain = drain.clone();
-        async move {
-            let _ = drain.wait_for(|draining| *draining).await;
-        }
-    };
-    let mut tasks = vec![
-        tokio::spawn(hbone.run(drain.clone())),
-        tokio::spawn(metrics.run_until(drained(&drain))),
-        tokio::spawn(readiness.run_until(drained(&drain))),
-        tokio::spawn(admin.run_until(drained(&drain))),
-    ];
+    // Readiness, metrics and the admin page answer until the process exits (readiness
+    // "draining" during the drain); they hold no drain watch, so they never delay it.
+    tokio::spawn(metrics.run());
+    tokio::spawn(readiness.run());
+    tokio::spawn(admin.run());
+    tokio::spawn(hbone.run(drain.clone()));
     if let Some(client) = client {
-        let stop = drained(&drain);
-        tasks.push(tokio::spawn(async move {
-            if let Err(error) = client.run_until(stop).await {
+        // Configuration keeps arriving while requests drain; the stream ends with the process.
+        tokio::spawn(async move {
+            if let Err(error) = client.run_until(std::future::pending()).await {
                 warn!(%error, "xds client stopped");
             }
-        }));
+        });
     }
+    drop(drain);
     shutdown_signal().await;
-    info!("shutting down");
-    let _ = drain_tx.send(true);
-    for task in tasks {
-        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    let deadline = config.proxy.termination_deadline;
+    info!(
+        ?deadline,
+        "draining: refusing new connections, finishing those in flight"
+    );
+    match trigger.drain(deadline).await {
+        Drained::Complete => info!("drained"),
+        Drained::DeadlinePassed { remaining } => {
+            warn!(
+                remaining,
+                "termination deadline passed: closing what is left"
+            );
+        }
     }
     Ok(())
 }

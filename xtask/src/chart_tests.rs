@@ -282,6 +282,12 @@ fn the_chart_renders_to_valid_manifests_of_every_component() {
         env(agent, "CERTIFICATE_TTL_SECONDS").as_deref(),
         Some("86400")
     );
+    // The agent drains until a little before the kubelet's SIGKILL: it is told when that is.
+    assert_eq!(pod["terminationGracePeriodSeconds"], 30);
+    assert_eq!(
+        env(agent, "TERMINATION_GRACE_PERIOD_SECONDS").as_deref(),
+        Some("30")
+    );
     assert_eq!(
         pod["serviceAccountName"], "weft-node-agent",
         "the service account the controller trusts as node agent"

@@ -40,7 +40,10 @@ pub use metered::{ByteMeter, MeteredStream};
 pub use pool::{Connector, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, Pool, PoolConfig};
 pub use request::{BAGGAGE, ConnectRequest, MalformedRequest, TRACEPARENT, parse_connect_request};
 pub use revoke::{ConnectionRegistry, Registration, Revocable, Revocation, Revoked};
-pub use server::{ConnectHandler, ConnectionSummary, Refusal, ServerError, serve_connection};
+pub use server::{
+    ConnectHandler, ConnectionSummary, Refusal, ServerError, serve_connection,
+    serve_connection_until,
+};
 pub use socket::{
     PlainSocketFactory, SocketFactory, TLS_READ_BUFFER, connect as connect_tcp, listen_socket,
     new_tcp_socket, read_buffered, tune_tcp,

@@ -147,6 +147,21 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: ConnectHandler,
 {
+    serve_connection_until(io, handler, config, std::future::pending()).await
+}
+
+/// [`serve_connection`], draining once `drain` completes: the client gets a GOAWAY, so it opens
+/// no more tunnels here, and the connection ends when the tunnels in flight have finished.
+pub async fn serve_connection_until<IO, H>(
+    io: IO,
+    handler: Arc<H>,
+    config: H2Config,
+    drain: impl Future<Output = ()> + Send,
+) -> Result<ConnectionSummary, ServerError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: ConnectHandler,
+{
     let mut connection = config
         .server_builder()
         .handshake::<IO, Bytes>(io)
@@ -154,8 +169,15 @@ where
         .map_err(ServerError::Handshake)?;
     let mut streams = JoinSet::new();
     let mut summary = ConnectionSummary::default();
+    let mut drain = std::pin::pin!(drain);
+    let mut draining = false;
     let failure = loop {
         tokio::select! {
+            () = &mut drain, if !draining => {
+                debug!("draining the hbone connection");
+                draining = true;
+                connection.graceful_shutdown();
+            }
             accepted = connection.accept() => match accepted {
                 Some(Ok((request, respond))) => {
                     let span = debug_span!("hbone_stream", stream_id = ?respond.stream_id());

@@ -43,6 +43,11 @@ pub const LOG_FORMAT: &str = "LOG_FORMAT";
 pub const WORKER_THREADS: &str = "WORKER_THREADS";
 pub const MAX_CONNECTIONS: &str = "MAX_CONNECTIONS";
 pub const MAX_CONNECTIONS_PER_SOURCE: &str = "MAX_CONNECTIONS_PER_SOURCE";
+/// How long a SIGTERM drain may take (ztunnel's name): a duration such as `5s` or `1500ms`.
+pub const CONNECTION_TERMINATION_DEADLINE: &str = "CONNECTION_TERMINATION_DEADLINE";
+/// The pod's `terminationGracePeriodSeconds` (ztunnel's name): without
+/// [`CONNECTION_TERMINATION_DEADLINE`], the drain ends a little before the kubelet's SIGKILL.
+pub const TERMINATION_GRACE_PERIOD_SECONDS: &str = "TERMINATION_GRACE_PERIOD_SECONDS";
 
 /// How a missing root for an `https://` controller address is reported.
 const ROOT_CERT_FILE_FOR_TLS: &str =
@@ -58,6 +63,8 @@ const DEFAULT_READINESS_ADDRESS: &str = "0.0.0.0:15021";
 const DEFAULT_XDS_RETRY_INITIAL: Duration = Duration::from_millis(100);
 const DEFAULT_XDS_RETRY_MAX: Duration = Duration::from_secs(15);
 const DEFAULT_LOG_LEVEL: &str = "info";
+/// Istio's `terminationDrainDuration` and ztunnel's default termination deadline.
+pub const DEFAULT_TERMINATION_DEADLINE: Duration = Duration::from_secs(5);
 const MAX_WORKER_THREADS: usize = 256;
 
 /// A source of settings by name. Implementations return what is there, empty or not; the
@@ -308,6 +315,9 @@ pub struct ProxyConfig {
     /// Connections one source address may hold at once on an HBONE listener group (in TLS
     /// handshake, which may take 10 s, or established).
     pub max_connections_per_source: usize,
+    /// After SIGTERM: readiness fails at once, listeners close, and connections in flight have
+    /// this long to finish before the process exits.
+    pub termination_deadline: Duration,
 }
 
 impl ProxyConfig {
@@ -396,6 +406,7 @@ impl ProxyConfig {
             max_connections_per_source: settings
                 .count(MAX_CONNECTIONS_PER_SOURCE, "connections")?
                 .unwrap_or(weft_hbone::admission::DEFAULT_MAX_CONNECTIONS_PER_SOURCE),
+            termination_deadline: termination_deadline(settings)?,
         })
     }
 
@@ -425,6 +436,45 @@ impl ProxyConfig {
         }
         Ok(())
     }
+}
+
+/// ztunnel's rule: [`CONNECTION_TERMINATION_DEADLINE`] when set; else, from the pod's grace
+/// period, the period less 5 s (less 1 s for periods of 10 s or less, at least 1 s), which
+/// leaves time to close what is left more cleanly than the kubelet's SIGKILL would; else
+/// Istio's 5 s.
+fn termination_deadline(settings: &Settings<'_>) -> Result<Duration, ConfigError> {
+    if let Some(value) = settings.string(CONNECTION_TERMINATION_DEADLINE) {
+        return parse_duration(&value).map_err(|reason| {
+            ConfigError::invalid(CONNECTION_TERMINATION_DEADLINE, value, reason)
+        });
+    }
+    let Some(grace) = settings.parse::<u64>(TERMINATION_GRACE_PERIOD_SECONDS)? else {
+        return Ok(DEFAULT_TERMINATION_DEADLINE);
+    };
+    let margin = if grace > 10 { 5 } else { 1 };
+    Ok(Duration::from_secs(grace.saturating_sub(margin).max(1)))
+}
+
+/// A duration as Kubernetes and Istio write them: a number with a unit of `ms`, `s`, `m` or
+/// `h` (`5s`, `1500ms`, `1m`).
+pub fn parse_duration(value: &str) -> Result<Duration, String> {
+    let unit_at = value
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| "give a unit: ms, s, m or h (such as 5s)".to_owned())?;
+    let (number, unit) = value.split_at(unit_at);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| "start with a whole number (such as 5s)".to_owned())?;
+    let millis = match unit {
+        "ms" => Some(number),
+        "s" => number.checked_mul(1_000),
+        "m" => number.checked_mul(60_000),
+        "h" => number.checked_mul(3_600_000),
+        _ => return Err(format!("unknown unit {unit:?}: use ms, s, m or h")),
+    };
+    millis
+        .map(Duration::from_millis)
+        .ok_or_else(|| "too long".to_owned())
 }
 
 /// Waits for SIGTERM or Ctrl-C.

@@ -57,12 +57,14 @@ async fn the_three_ports_serve_the_dump_the_metrics_and_readiness() {
     drop(guard);
     let (xds, xds_state) = watch::channel(ConnectionState::default());
     let describe = certificates.clone();
+    let (drain, _watch) = weft_proxy_core::drain::channel();
     let [dump, metrics_port, readiness] = endpoints(
         config(),
         store,
         Arc::new(move || describe.describe()),
         xds_state,
         Arc::new(registry),
+        drain.status(),
     );
 
     let (status, body) = get(&dump, "/config_dump");
@@ -104,4 +106,14 @@ async fn the_three_ports_serve_the_dump_the_metrics_and_readiness() {
     xds.send_modify(|state| state.synced = true);
     assert_eq!(get(&readiness, READINESS_PATH).0, StatusCode::OK);
     assert_eq!(get(&metrics_port, READINESS_PATH).0, StatusCode::OK);
+
+    // Unready from the start of the drain (SIGTERM), on both ports.
+    drain.start();
+    let (status, body) = get(&readiness, READINESS_PATH);
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body.contains("draining"), "{body}");
+    assert_eq!(
+        get(&metrics_port, READINESS_PATH).0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
 }

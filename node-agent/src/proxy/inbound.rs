@@ -8,9 +8,11 @@ use std::{io, net::SocketAddr, sync::Arc};
 
 use tokio::net::TcpStream;
 use weft_hbone::{
-    ConnectHandler, ConnectRequest, H2Config, MeteredStream, Refusal, connect_tcp, serve_connection,
+    ConnectHandler, ConnectRequest, H2Config, MeteredStream, Refusal, connect_tcp,
+    serve_connection_until,
 };
 use weft_identity::SpiffeId;
+use weft_proxy_core::drain::DrainWatch;
 use weft_proxy_core::metrics::{Reporter, SecurityPolicy};
 
 use super::{
@@ -92,8 +94,9 @@ pub(super) async fn handle_hbone(
     pod: Arc<ServedPod>,
     downstream: TcpStream,
     peer: SocketAddr,
+    drain: DrainWatch,
 ) {
-    if let Err(error) = serve_hbone(&context, &pod, downstream, peer).await {
+    if let Err(error) = serve_hbone(&context, &pod, downstream, peer, drain).await {
         tracing::warn!(%peer, %error, "inbound hbone connection refused");
     }
 }
@@ -103,6 +106,7 @@ async fn serve_hbone(
     pod: &Arc<ServedPod>,
     downstream: TcpStream,
     peer: SocketAddr,
+    drain: DrainWatch,
 ) -> Result<(), ProxyError> {
     let workload = context
         .store
@@ -123,10 +127,13 @@ async fn serve_hbone(
     let registration = context
         .connections
         .register(pod.uid.clone(), Tracked::Carrier);
-    match serve_connection(
+    // When the agent drains, the client gets a GOAWAY: its tunnels in flight finish here, its
+    // next ones go on a new connection.
+    match serve_connection_until(
         registration.wrap(accepted.tls),
         handler,
         H2Config::default(),
+        drain.signaled(),
     )
     .await
     {

@@ -5,8 +5,7 @@
 use std::{
     io,
     net::{Ipv4Addr, SocketAddr},
-    os::fd::{AsFd, BorrowedFd},
-    sync::Arc,
+    sync::{Arc, Weak},
 };
 
 use tokio::{net::TcpListener, task::JoinHandle};
@@ -16,6 +15,7 @@ use weft_hbone::{
     HboneAcceptor, SocketFactory,
     admission::{Permit, Refused, accept_loop},
 };
+use weft_proxy_core::drain::DrainWatch;
 
 use super::{
     connections::PodConnections,
@@ -28,11 +28,14 @@ use crate::{ebpf::netns_cookie, netns::PodNetns};
 
 /// One served pod's listeners. Dropping it (the pod left the mesh) closes them, forgets the pod
 /// and closes every connection the pod has, in and out, as ztunnel closes a removed pod's.
+/// When the agent drains, the listeners close (the capture then fails closed) and the
+/// connections finish on their own, the pod staying served.
 pub struct PodProxy {
     uid: String,
     pods: ServedPods,
     connections: PodConnections,
-    inbound_plaintext: Arc<TcpListener>,
+    /// Held by its accept loop alone, so that the socket closes when the loop ends.
+    inbound_plaintext: Weak<TcpListener>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -40,7 +43,12 @@ impl PodProxy {
     /// Opens 15001 (outbound, loopback only), 15006 and 15008 inside the pod's namespace, one
     /// set per worker (in one `SO_REUSEPORT` group per port, so the kernel spreads connections
     /// over the workers), and starts serving them, each set on its own worker.
-    pub fn start(context: Arc<ProxyContext>, uid: String, netns: PodNetns) -> io::Result<Self> {
+    pub fn start(
+        context: Arc<ProxyContext>,
+        uid: String,
+        netns: PodNetns,
+        drain: DrainWatch,
+    ) -> io::Result<Self> {
         let workers = context.workers.handles();
         let reuse_port = workers.len() > 1;
         let sets = workers
@@ -86,30 +94,45 @@ impl PodProxy {
             let outbound_listener = Arc::new(TcpListener::from_std(outbound_listener)?);
             let plaintext_listener = Arc::new(TcpListener::from_std(plaintext_listener)?);
             let hbone_listener = Arc::new(TcpListener::from_std(hbone_listener)?);
-            inbound_plaintext.get_or_insert_with(|| plaintext_listener.clone());
+            inbound_plaintext.get_or_insert_with(|| Arc::downgrade(&plaintext_listener));
             let any_source = {
                 let budget = Arc::clone(budget);
                 move |_: SocketAddr| budget.admit()
             };
             tasks.push(
                 worker.spawn(
-                    accept_loop_on(outbound_listener, any_source.clone(), {
-                        let (context, pod) = (context.clone(), pod.clone());
-                        move |stream, peer| {
-                            outbound::handle(context.clone(), pod.clone(), stream, peer)
-                        }
-                    })
+                    accept_loop_on(
+                        outbound_listener,
+                        any_source.clone(),
+                        {
+                            let (context, pod) = (context.clone(), pod.clone());
+                            move |stream, peer, _| {
+                                outbound::handle(context.clone(), pod.clone(), stream, peer)
+                            }
+                        },
+                        drain.clone(),
+                    )
                     .instrument(span("outbound")),
                 ),
             );
             tasks.push(
                 worker.spawn(
-                    accept_loop_on(plaintext_listener, any_source, {
-                        let (context, pod) = (context.clone(), pod.clone());
-                        move |stream, peer| {
-                            inbound::handle_plaintext(context.clone(), pod.clone(), stream, peer)
-                        }
-                    })
+                    accept_loop_on(
+                        plaintext_listener,
+                        any_source,
+                        {
+                            let (context, pod) = (context.clone(), pod.clone());
+                            move |stream, peer, _| {
+                                inbound::handle_plaintext(
+                                    context.clone(),
+                                    pod.clone(),
+                                    stream,
+                                    peer,
+                                )
+                            }
+                        },
+                        drain.clone(),
+                    )
                     .instrument(span("inbound_plaintext")),
                 ),
             );
@@ -123,10 +146,17 @@ impl PodProxy {
                         },
                         {
                             let (context, pod) = (context.clone(), pod.clone());
-                            move |stream, peer| {
-                                inbound::handle_hbone(context.clone(), pod.clone(), stream, peer)
+                            move |stream, peer, drain| {
+                                inbound::handle_hbone(
+                                    context.clone(),
+                                    pod.clone(),
+                                    stream,
+                                    peer,
+                                    drain,
+                                )
                             }
                         },
+                        drain.clone(),
                     )
                     .instrument(span("inbound_hbone")),
                 ),
@@ -143,9 +173,10 @@ impl PodProxy {
         })
     }
 
-    /// The inbound plaintext listener, for the eBPF `sk_lookup` program to steer connections to.
-    pub fn inbound_plaintext_listener(&self) -> BorrowedFd<'_> {
-        self.inbound_plaintext.as_fd()
+    /// The inbound plaintext listener, for the eBPF `sk_lookup` program to steer connections
+    /// to; `None` once it closed (the agent is draining).
+    pub fn inbound_plaintext_listener(&self) -> Option<Arc<TcpListener>> {
+        self.inbound_plaintext.upgrade()
     }
 }
 
@@ -160,24 +191,32 @@ impl Drop for PodProxy {
     }
 }
 
-/// Accepts on `listener` for as long as the task runs, admitting each connection by `admit`
-/// and serving it with `handle` on this worker (a connection never leaves the thread that
-/// accepted it) for as long as its permit is held.
-async fn accept_loop_on<A, F, Fut>(listener: Arc<TcpListener>, admit: A, handle: F)
-where
+/// Accepts on `listener` until the task is aborted or the drain starts (the listener then
+/// closes), admitting each connection by `admit` and serving it with `handle` on this worker
+/// (a connection never leaves the thread that accepted it) for as long as its permit is held;
+/// each connection holds a drain watch until it ends.
+async fn accept_loop_on<A, F, Fut>(
+    listener: Arc<TcpListener>,
+    admit: A,
+    handle: F,
+    drain: DrainWatch,
+) where
     A: Fn(SocketAddr) -> Result<Permit, Refused>,
-    F: Fn(tokio::net::TcpStream, SocketAddr) -> Fut,
+    F: Fn(tokio::net::TcpStream, SocketAddr, DrainWatch) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let serve = |stream, peer, permit: Permit| {
-        let serve = handle(stream, peer);
+        let connection_drain = drain.clone();
+        let serve = handle(stream, peer, connection_drain.clone());
         tokio::spawn(
             async move {
                 serve.await;
                 drop(permit);
+                drop(connection_drain);
             }
             .in_current_span(),
         );
     };
-    accept_loop(&listener, admit, serve, std::future::pending()).await;
+    accept_loop(&listener, admit, serve, drain.signaled()).await;
+    tracing::info!("listener closed: draining");
 }

@@ -222,6 +222,15 @@ impl Process {
         terminate(&mut self.child);
     }
 
+    /// SIGTERM, without waiting: the process is the caller's from here.
+    pub(crate) fn signal_terminate(self) -> anyhow::Result<Child> {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )?;
+        Ok(self.child)
+    }
+
     pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -664,6 +673,16 @@ impl Mesh {
         Ok(())
     }
 
+    /// Sends SIGTERM to the agent of `node` and hands its process over, to watch it drain and
+    /// exit; [`Mesh::restart_agent`] starts the next one.
+    pub fn signal_agent(&mut self, node: &str) -> anyhow::Result<Child> {
+        let process = self
+            .agents
+            .remove(node)
+            .with_context(|| format!("no agent on {node}"))?;
+        process.signal_terminate()
+    }
+
     /// Kills the agent of `node` abruptly (SIGKILL): nothing is cleaned up.
     pub fn kill_agent(&mut self, node: &str) {
         if let Some(mut agent) = self.agents.remove(node) {
@@ -800,6 +819,16 @@ impl Mesh {
             self.node_curl(&node, &format!("http://{ip}:15021/healthz/ready"))
                 .is_ok_and(|(code, _)| code == 200)
         })
+    }
+
+    /// Sends SIGTERM to the waypoint of pod `name` and hands its process over, to watch it
+    /// drain and exit.
+    pub fn signal_waypoint(&mut self, name: &str) -> anyhow::Result<Child> {
+        let process = self
+            .waypoints
+            .remove(name)
+            .with_context(|| format!("no waypoint {name}"))?;
+        process.signal_terminate()
     }
 
     /// Stops the waypoint of pod `name` (SIGTERM, then SIGKILL).

@@ -12,6 +12,7 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 use weft_proto::waypoint as proto;
+use weft_proxy_core::drain::{self, DrainTrigger};
 
 use waypoint::testing::{
     FakeEndpoint, LOCALHOST, TestIdentity, TestMesh, hbone_tunnel, resolver_for,
@@ -121,7 +122,8 @@ pub struct Harness {
     pub address: SocketAddr,
     pub client: TestIdentity,
     pub waypoint_identity: weft_identity::SpiffeId,
-    _drain: watch::Sender<bool>,
+    /// Starts the waypoint's drain, as SIGTERM does in the binary (taken by the test that does).
+    pub drain: Option<DrainTrigger>,
 }
 
 impl Harness {
@@ -130,14 +132,15 @@ impl Harness {
         let waypoint_identity = material.identity().clone();
         let mut options = WaypointOptions::new(waypoint_identity.clone(), material.source());
         options.hbone_address = resolver_for(endpoints);
+        let (trigger, drain) = drain::channel();
+        options.drain = trigger.status();
         let waypoint = Waypoint::new(options);
         let listener = waypoint
             .bind_hbone(SocketAddr::new(LOCALHOST, 0))
             .await
             .unwrap();
         let address = listener.address().unwrap();
-        let (drain, drained) = watch::channel(false);
-        tokio::spawn(listener.run(drained));
+        tokio::spawn(listener.run(drain));
         let client = mesh.material("default", "sleep");
         Harness {
             _mesh: mesh,
@@ -145,7 +148,7 @@ impl Harness {
             address,
             client,
             waypoint_identity,
-            _drain: drain,
+            drain: Some(trigger),
         }
     }
 

@@ -6,6 +6,7 @@ mod harness;
 
 mod certificate;
 mod configuration;
+mod drain;
 mod hostile;
 mod live;
 mod policy;

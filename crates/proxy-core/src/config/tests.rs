@@ -158,3 +158,59 @@ fn switches_counts_and_addresses() {
         "[::1]:15000".parse().unwrap()
     );
 }
+
+#[test]
+fn the_termination_deadline_follows_ztunnel() {
+    let deadline = |pairs: &[(&str, &str)]| {
+        let mut pairs = pairs.to_vec();
+        pairs.push((NODE_NAME, "node1"));
+        parse(&pairs, AGENT).map(|c| c.termination_deadline)
+    };
+    // Istio's terminationDrainDuration by default.
+    assert_eq!(deadline(&[]), Ok(Duration::from_secs(5)));
+    // From the pod's grace period: a margin before the kubelet's SIGKILL.
+    assert_eq!(
+        deadline(&[(TERMINATION_GRACE_PERIOD_SECONDS, "30")]),
+        Ok(Duration::from_secs(25))
+    );
+    assert_eq!(
+        deadline(&[(TERMINATION_GRACE_PERIOD_SECONDS, "10")]),
+        Ok(Duration::from_secs(9))
+    );
+    assert_eq!(
+        deadline(&[(TERMINATION_GRACE_PERIOD_SECONDS, "0")]),
+        Ok(Duration::from_secs(1))
+    );
+    // An explicit deadline wins.
+    assert_eq!(
+        deadline(&[
+            (TERMINATION_GRACE_PERIOD_SECONDS, "30"),
+            (CONNECTION_TERMINATION_DEADLINE, "1500ms")
+        ]),
+        Ok(Duration::from_millis(1500))
+    );
+    assert_eq!(
+        deadline(&[(CONNECTION_TERMINATION_DEADLINE, "2m")]),
+        Ok(Duration::from_secs(120))
+    );
+    for bad in ["5", "5 s", "s", "-1s", "5d"] {
+        let error = deadline(&[(CONNECTION_TERMINATION_DEADLINE, bad)]).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                ConfigError::Invalid {
+                    name: CONNECTION_TERMINATION_DEADLINE,
+                    ..
+                }
+            ),
+            "{bad}: {error}"
+        );
+    }
+    assert!(matches!(
+        deadline(&[(TERMINATION_GRACE_PERIOD_SECONDS, "thirty")]),
+        Err(ConfigError::Invalid {
+            name: TERMINATION_GRACE_PERIOD_SECONDS,
+            ..
+        })
+    ));
+}

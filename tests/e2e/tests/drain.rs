@@ -1,0 +1,284 @@
+//! Graceful shutdown with the real binaries: SIGTERM to the waypoint, then to a node agent,
+//! while a long request is in flight through it. Readiness fails at once, a new connection is
+//! refused, the request in flight completes, and the process exits within its termination
+//! deadline (Istio's `terminationDrainDuration`, 5 s by default). The agent's pods stay
+//! captured (fail closed) until the next agent serves them. Needs root.
+
+use std::io::Read as _;
+use std::process::{Child, ExitStatus};
+use std::time::{Duration, Instant};
+
+use weft_e2e::{Mesh, MeshOptions, PodSpec, waypoint_resources};
+
+const WAYPOINT: &str = "waypoint";
+const VIP: &str = "10.96.0.20";
+/// The waypoint's termination deadline: it runs with the default.
+const DEADLINE: Duration = Duration::from_secs(5);
+
+/// `/slow` goes to v2, everything else to v1: v2's first connection from the waypoint is the
+/// slow request's, which is how the test sees it arrive.
+const CONFIG: &str = r#"
+apiVersion: v1
+kind: Service
+metadata:
+  name: reviews
+  namespace: shop
+  labels: {app: reviews, istio.io/use-waypoint: waypoint}
+spec:
+  clusterIP: 10.96.0.20
+  selector: {app: reviews}
+  ports:
+  - {name: http, port: 80, targetPort: 8080}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: shop}
+spec:
+  host: reviews.shop.svc.cluster.local
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: shop}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{uri: {prefix: /slow}}]
+    route: [{destination: {host: reviews.shop.svc.cluster.local, subset: v2}}]
+  - route: [{destination: {host: reviews.shop.svc.cluster.local, subset: v1}}]
+"#;
+
+/// Whether `pod` has an established TCP connection to its port 8080 (the app's), read from the
+/// pod's socket table.
+fn app_connected(mesh: &Mesh, pod: &str) -> bool {
+    mesh.testbed
+        .pod_command(pod, "ss")
+        .args(["-Htn", "state", "established", "sport = :8080"])
+        .output()
+        .is_ok_and(|o| o.status.success() && !o.stdout.trim_ascii().is_empty())
+}
+
+/// Starts `curl` in `pod` for a request the app answers late (`?delay_ms=`).
+fn slow_request(mesh: &Mesh, pod: &str, url: &str) -> Child {
+    mesh.spawn_in_pod(
+        pod,
+        "curl",
+        &["-s", "--max-time", "20", "-w", "\n%{http_code}", url],
+    )
+    .expect("start the slow request")
+}
+
+/// Waits for a `curl` started by [`slow_request`]: its output ends with the status code.
+fn finish(mut curl: Child) -> String {
+    let status = curl.wait().expect("the slow request");
+    let mut output = String::new();
+    curl.stdout
+        .take()
+        .expect("curl's output")
+        .read_to_string(&mut output)
+        .expect("curl's output");
+    assert!(status.success(), "curl failed: {output}");
+    output
+}
+
+/// Waits for a signalled proxy to exit on its own: its exit status and the time since
+/// `signalled`.
+fn exited(process: &mut Child, signalled: Instant) -> (ExitStatus, Duration) {
+    loop {
+        if let Some(exit) = process.try_wait().expect("the proxy process") {
+            return (exit, signalled.elapsed());
+        }
+        assert!(
+            signalled.elapsed() < DEADLINE + Duration::from_secs(5),
+            "the proxy did not exit after its drain"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn sigterm_drains_the_waypoint_finishing_requests_in_flight() {
+    let mut mesh = Mesh::start(
+        vec![
+            PodSpec::client("client", "node1", "shop"),
+            PodSpec::app("reviews-v1", "node1", "shop", "reviews", "v1"),
+            PodSpec::app("reviews-v2", "node2", "shop", "reviews", "v2"),
+            PodSpec::waypoint(WAYPOINT, "node2", "shop"),
+        ],
+        MeshOptions {
+            config: format!("{CONFIG}---\n{}", waypoint_resources("shop")),
+            ..MeshOptions::default()
+        },
+    )
+    .expect("start the mesh");
+    // The agents learn the service's waypoint from the controller.
+    assert!(
+        mesh.eventually(Duration::from_secs(10), || mesh
+            .curl_with("client", &[&format!("http://{VIP}/ready")])
+            .status
+            == 200),
+        "the service is not reachable through the waypoint\n{}",
+        mesh.logs()
+    );
+    assert!(!app_connected(&mesh, "reviews-v2"), "v2 served already");
+
+    // A request that takes 3 s, on its way to v2 when the waypoint is told to stop.
+    let mut slow = slow_request(&mesh, "client", &format!("http://{VIP}/slow?delay_ms=3000"));
+    assert!(
+        mesh.eventually(Duration::from_secs(10), || app_connected(
+            &mesh,
+            "reviews-v2"
+        )),
+        "the slow request never reached v2\n{}",
+        mesh.logs()
+    );
+
+    let waypoint = mesh.testbed.pod(WAYPOINT).ip;
+    let mut process = mesh
+        .signal_waypoint(WAYPOINT)
+        .expect("SIGTERM the waypoint");
+    let signalled = Instant::now();
+
+    // Unready at once, and the HBONE port refuses new connections, while the request is in
+    // flight still.
+    assert!(
+        mesh.eventually(Duration::from_secs(2), || mesh
+            .node_curl("node2", &format!("http://{waypoint}:15021/healthz/ready"))
+            .is_ok_and(|(code, _)| code == 503)),
+        "the draining waypoint still reports ready"
+    );
+    let refused = || {
+        mesh.testbed
+            .node_command("node2", "bash")
+            .args(["-c", &format!("exec 3<>/dev/tcp/{waypoint}/15008")])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| !s.success())
+    };
+    assert!(
+        mesh.eventually(Duration::from_secs(2), refused),
+        "the draining waypoint still accepts connections"
+    );
+    assert!(
+        slow.try_wait().expect("the slow request").is_none(),
+        "the slow request ended before the drain could be observed ({:?} after SIGTERM)",
+        signalled.elapsed()
+    );
+
+    // The request in flight completes through the draining waypoint.
+    let status = slow.wait().expect("the slow request");
+    let mut output = String::new();
+    slow.stdout
+        .take()
+        .expect("curl's output")
+        .read_to_string(&mut output)
+        .expect("curl's output");
+    assert!(status.success(), "curl failed: {output}");
+    assert!(output.ends_with("\n200"), "{output}");
+    assert!(
+        output.contains("v2"),
+        "answered by another version: {output}"
+    );
+
+    // Then the waypoint exits on its own, within its deadline.
+    let exit = loop {
+        if let Some(exit) = process.try_wait().expect("the waypoint process") {
+            break exit;
+        }
+        assert!(
+            signalled.elapsed() < DEADLINE + Duration::from_secs(5),
+            "the waypoint did not exit after its drain"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = signalled.elapsed();
+    assert!(exit.success(), "the waypoint exited with {exit}");
+    assert!(
+        took < DEADLINE + Duration::from_secs(1),
+        "the waypoint took {took:?} to exit"
+    );
+}
+
+#[test]
+fn sigterm_drains_the_agent_and_its_pods_fail_closed_until_the_next_one() {
+    let mut mesh = Mesh::start(
+        vec![
+            PodSpec::client("client", "node1", "shop"),
+            PodSpec::app("reviews-v1", "node2", "shop", "reviews", "v1"),
+        ],
+        MeshOptions::default(),
+    )
+    .expect("start the mesh");
+    let app = mesh.testbed.pod("reviews-v1").ip;
+    let url = format!("http://{app}:8080/");
+    let answers = |mesh: &Mesh| mesh.curl_with("client", &["--max-time", "3", &url]).status == 200;
+    assert!(
+        mesh.eventually(Duration::from_secs(10), || answers(&mesh)),
+        "the app is not reachable across the mesh\n{}",
+        mesh.logs()
+    );
+    // The warm-up's connection to the app is gone once its tunnel closed.
+    assert!(
+        mesh.eventually(Duration::from_secs(10), || !app_connected(
+            &mesh,
+            "reviews-v1"
+        )),
+        "the warm-up's connection to the app stayed open"
+    );
+    // 4 s: inside the agent's deadline, longer than the checks below.
+    let mut slow = slow_request(&mesh, "client", &format!("{url}slow?delay_ms=4000"));
+    assert!(
+        mesh.eventually(Duration::from_secs(10), || app_connected(
+            &mesh,
+            "reviews-v1"
+        )),
+        "the slow request never reached the app\n{}",
+        mesh.logs()
+    );
+
+    let node2 = mesh.testbed.node("node2").ip;
+    let mut process = mesh.signal_agent("node2").expect("SIGTERM the agent");
+    let signalled = Instant::now();
+
+    // Unready at once; the pod's listeners are closed, so a new connection to the app fails
+    // (closed, not carried in plaintext), while the request is in flight still.
+    assert!(
+        mesh.eventually(Duration::from_secs(2), || mesh
+            .node_curl("node2", &format!("http://{node2}:15021/healthz/ready"))
+            .is_ok_and(|(code, _)| code == 503)),
+        "the draining agent still reports ready"
+    );
+    let refused = mesh.curl_with("client", &["--max-time", "2", &url]);
+    assert_ne!(refused.status, 200, "a new connection reached the app");
+    assert!(
+        slow.try_wait().expect("the slow request").is_none(),
+        "the slow request ended before the drain could be observed ({:?} after SIGTERM)",
+        signalled.elapsed()
+    );
+
+    // The request in flight completes, then the agent exits within its deadline.
+    let output = finish(slow);
+    assert!(output.ends_with("\n200"), "{output}");
+    let (exit, took) = exited(&mut process, signalled);
+    assert!(exit.success(), "the agent exited with {exit}");
+    assert!(
+        took < DEADLINE + Duration::from_secs(1),
+        "the agent took {took:?} to exit"
+    );
+
+    // Without an agent the pod stays captured: nothing reaches it.
+    assert_ne!(
+        mesh.curl_with("client", &["--max-time", "3", &url]).status,
+        200,
+        "the app was reached with no agent serving it"
+    );
+    // The next agent adopts the pins and serves the pod again.
+    mesh.restart_agent("node2").expect("restart the agent");
+    assert!(
+        mesh.eventually(Duration::from_secs(10), || answers(&mesh)),
+        "the restarted agent does not serve the pod\n{}",
+        mesh.logs()
+    );
+}
