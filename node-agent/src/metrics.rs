@@ -129,7 +129,7 @@ impl Metrics {
 mod tests {
     use prometheus_client::encoding::text::encode;
     use weft_proxy_core::metrics::{ConnectionEnd, ResponseFlag};
-    use weft_test_support::prometheus::Metrics;
+    use weft_test_support::prometheus::Exposition;
 
     use super::*;
 
@@ -199,7 +199,7 @@ mod tests {
         drop(failed);
         let mut text = String::new();
         encode(&mut text, &registry).unwrap();
-        let samples = Metrics::parse(&text);
+        let samples = Exposition::parse(&text);
         let count = |name: &str, workload: &str| {
             samples
                 .matching(name, &[("destination_workload", workload)])

@@ -29,7 +29,7 @@ use weft_policy::{
     l4::{Authorization, Clause, ConnectionMatch, PolicyScope, Rule},
 };
 use weft_test_support::logs;
-use weft_test_support::prometheus::Metrics;
+use weft_test_support::prometheus::Exposition;
 use weft_testbed::{FabricCapture, Netns, Pod, Testbed, Topology};
 
 const APP_PORT: u16 = 8080;
@@ -337,7 +337,7 @@ async fn same_node_skips_tls_but_keeps_policy_and_outside_passes_through() {
 /// Connections counted closed with `flags` (a same-node connection has one record, the
 /// source's; one over HBONE one at each end).
 fn closed_with(text: &str, flags: &str) -> u64 {
-    Metrics::parse(text).count(
+    Exposition::parse(text).count(
         "istio_tcp_connections_closed_total",
         &[("response_flags", flags)],
     )

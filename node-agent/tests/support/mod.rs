@@ -18,9 +18,6 @@ use node_agent::ebpf::{
 use weft_testbed::{Netns, Testbed};
 
 pub mod client;
-/// Everything logged through `tracing` in this test binary (the programs' aya-log records too,
-/// through the loader's bridge), for tests asserting that a refusal was explained.
-pub use weft_test_support::logs;
 
 /// How long a test waits for something that should happen at once.
 pub const PATIENCE: Duration = Duration::from_secs(10);

@@ -8,7 +8,7 @@ use std::{
 };
 
 use weft_e2e::{Mesh, MeshOptions, PodSpec};
-use weft_test_support::prometheus::Metrics;
+use weft_test_support::prometheus::Exposition;
 
 /// A client in the pod that keeps one TCP connection to `ip:7000` (the app's echo) busy for
 /// `seconds`, checking every echo; prints `ok <n>` at the end, or why it failed.
@@ -142,7 +142,7 @@ fn a_controller_outage_drops_nothing_and_the_agents_reconnect() {
 }
 
 fn destination_connections(mesh: &Mesh, node: &str) -> u64 {
-    Metrics::parse(&mesh.metrics(node)).count(
+    Exposition::parse(&mesh.metrics(node)).count(
         "istio_tcp_connections_opened_total",
         &[("reporter", "destination")],
     )

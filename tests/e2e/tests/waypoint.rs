@@ -11,7 +11,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use weft_e2e::{Mesh, MeshOptions, PodSpec, waypoint_resources};
-use weft_test_support::prometheus::Metrics;
+use weft_test_support::prometheus::Exposition;
 
 const WAYPOINT: &str = "waypoint";
 const VIP: &str = "10.96.0.20";
@@ -514,7 +514,7 @@ spec:
 
     // Every request above is in the waypoint's Istio metrics, with the labels Kiali reads.
     let metrics = mesh.waypoint_metrics(WAYPOINT);
-    let samples = Metrics::parse(&metrics);
+    let samples = Exposition::parse(&metrics);
     // The client's requests to the service (those it sent to pod addresses carry no service).
     let find = |code: &str| {
         samples
@@ -729,7 +729,7 @@ fn tcp_services_that_use_the_waypoint_are_forwarded_at_l4() {
     );
     let cluster = format!("outbound|7000||{ECHO_HOST}");
     let metrics = mesh.waypoint_metrics(WAYPOINT);
-    let samples = Metrics::parse(&metrics);
+    let samples = Exposition::parse(&metrics);
     let tcp_sample = |name: &str| {
         samples
             .find(

@@ -85,11 +85,11 @@ fn parse_labels(text: &str) -> Option<(BTreeMap<String, String>, &str)> {
 
 /// Every sample of one exposition, in order.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Metrics {
+pub struct Exposition {
     samples: Vec<Sample>,
 }
 
-impl Metrics {
+impl Exposition {
     pub fn parse(text: &str) -> Self {
         Self {
             samples: text.lines().filter_map(Sample::parse).collect(),
@@ -120,7 +120,7 @@ impl Metrics {
         self.matching(name, labels).iter().map(|s| s.value).sum()
     }
 
-    /// [`Metrics::sum`] of a counter, as a whole number.
+    /// [`Exposition::sum`] of a counter, as a whole number.
     pub fn count(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
         // Counters are whole numbers far below 2^53: the cast is exact.
         self.sum(name, labels) as u64
@@ -140,7 +140,7 @@ mod tests {
             process_start_time_seconds 1.5e9\n\
             \n\
             # EOF\n";
-        let metrics = Metrics::parse(text);
+        let metrics = Exposition::parse(text);
         assert_eq!(metrics.samples().len(), 3);
         let first = &metrics.samples()[0];
         assert_eq!(first.name, "istio_requests_total");

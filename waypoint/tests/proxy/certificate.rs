@@ -2,8 +2,6 @@
 
 use waypoint::testing::TestMesh;
 
-use crate::harness::*;
-
 #[tokio::test]
 async fn certificate_comes_from_the_ca_with_the_bootstrap_token() {
     use weft_identity::CertificateSource;

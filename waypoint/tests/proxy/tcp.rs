@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 use weft_proto::waypoint as proto;
-use weft_test_support::prometheus::Metrics;
+use weft_test_support::prometheus::Exposition;
 
 use waypoint::testing::hbone_tunnel;
 
@@ -71,7 +71,7 @@ async fn tcp_connections_are_authorized_at_l4_and_counted_in_istio_tcp_metrics()
     const V1: &str = "spiffe://cluster.local/ns/default/sa/reviews-v1";
     const TO_V1: &str = "destination_principal=\"spiffe://cluster.local/ns/default/sa/reviews-v1\"";
     let count_where = |text: &str, name: &str, principal: &str| -> Option<u64> {
-        Metrics::parse(text)
+        Exposition::parse(text)
             .find(name, &[("destination_principal", principal)])
             .map(|sample| sample.value as u64)
     };

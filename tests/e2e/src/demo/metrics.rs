@@ -2,7 +2,7 @@
 //! at an agent (`istio_tcp_*`), and a summary of the waypoint's `/config_dump`.
 
 use anyhow::Context;
-use weft_test_support::prometheus::{Metrics, Sample};
+use weft_test_support::prometheus::{Exposition, Sample};
 
 use super::{Demo, say};
 
@@ -10,7 +10,7 @@ pub fn metrics(demo: &Demo) -> anyhow::Result<()> {
     let waypoint_ip = demo.cluster.pod_ip(&demo.waypoint);
     const REQUESTS: &str = "istio_requests_total";
     const TO_REVIEWS: &[(&str, &str)] = &[("destination_service_name", "reviews")];
-    let total = |text: &str| Metrics::parse(text).count(REQUESTS, TO_REVIEWS);
+    let total = |text: &str| Exposition::parse(text).count(REQUESTS, TO_REVIEWS);
     let before = total(&demo.waypoint_metrics());
     let sent = demo.productpage(10, &[])?;
     anyhow::ensure!(sent.iter().all(|(s, _)| *s == 200), "productpage failed");
@@ -24,7 +24,7 @@ pub fn metrics(demo: &Demo) -> anyhow::Result<()> {
         "  {:<30} {:<8} {:<6} {:<18} {:>6}",
         "source identity (sa)", "version", "code", "security", "count"
     ));
-    let samples = Metrics::parse(&text);
+    let samples = Exposition::parse(&text);
     let mut example: Option<&Sample> = None;
     let mut rows = samples.matching(REQUESTS, TO_REVIEWS);
     rows.sort_by_key(|s| {
@@ -59,7 +59,7 @@ pub fn metrics(demo: &Demo) -> anyhow::Result<()> {
         .line;
     say("one line as Prometheus reads it:");
     say(&format!("  {line}"));
-    let agent_metrics = Metrics::parse(&demo.agent_metrics(&demo.pod_of("details").node));
+    let agent_metrics = Exposition::parse(&demo.agent_metrics(&demo.pod_of("details").node));
     let agent_line = &agent_metrics
         .find(
             "istio_tcp_connections_opened_total",

@@ -2,7 +2,7 @@
 //! node; the destination agent's metrics name the client's SPIFFE identity.
 
 use anyhow::Context;
-use weft_test_support::prometheus::Metrics;
+use weft_test_support::prometheus::Exposition;
 use weft_testbed::FabricCapture;
 
 use super::{CLIENT, Demo, say};
@@ -78,7 +78,7 @@ pub fn mtls(demo: &Demo) -> anyhow::Result<()> {
     anyhow::ensure!(!in_clear, "the request crossed the fabric in clear");
     let identity = format!("spiffe://cluster.local/ns/{}/sa/{CLIENT}", demo.namespace);
     let text = demo.agent_metrics(&details.node);
-    let samples = Metrics::parse(&text);
+    let samples = Exposition::parse(&text);
     let sample = samples
         .find(
             "istio_tcp_connections_opened_total",
