@@ -16,7 +16,7 @@ use std::{collections::HashMap, future::Future, path::Path, pin::Pin, sync::Arc,
 use tonic::{Request, Response, Status, metadata::MetadataMap};
 use weft_identity::{CertificateAuthority, SpiffeId};
 use weft_proto::istio::ca::{
-    IMPERSONATED_IDENTITY, IstioCertificateRequest, IstioCertificateResponse, NODE_HEADER,
+    IstioCertificateRequest, IstioCertificateResponse, NODE_HEADER,
     istio_certificate_service_server::{IstioCertificateService, IstioCertificateServiceServer},
 };
 use weft_xds::{Admission, ProxyIdentity};
@@ -307,16 +307,8 @@ impl<A: CallerAuthenticator, D: NodeDirectory> CertificateService<A, D> {
 /// The identity asked for: Istio's `ImpersonatedIdentity` metadata when present, else the URI
 /// SAN the CSR requests.
 fn requested_identity(request: &IstioCertificateRequest) -> Result<SpiffeId, Status> {
-    let impersonated = request
-        .metadata
-        .as_ref()
-        .and_then(|m| m.fields.get(IMPERSONATED_IDENTITY))
-        .and_then(|v| match &v.kind {
-            Some(prost_types::value::Kind::StringValue(s)) => Some(s.clone()),
-            _ => None,
-        });
-    let text = match impersonated {
-        Some(text) => text,
+    let text = match request.impersonated_identity() {
+        Some(text) => text.to_owned(),
         None => csr_uri_san(&request.csr)?,
     };
     text.parse()

@@ -517,24 +517,10 @@ pub async fn run(config: ServerConfig, shutdown: watch::Receiver<bool>) -> Resul
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
+    use weft_test_support::logs::LogCapture;
 
     use super::*;
     use crate::loader;
-
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Captured {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
 
     #[test]
     fn problems_and_warnings_are_logged_once_and_when_resolved() {
@@ -542,16 +528,11 @@ mod tests {
             .join("src/translate/testdata/translation_errors.yaml");
         let (broken, _) = ConfigIndex::from_report(loader::load_paths(&[&fixture]), None);
         let settings = MeshSettings::default();
-        let captured = Captured::default();
-        let writer = captured.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .finish();
+        let captured = LogCapture::new();
         let mut store = ResourceStore::new();
         let mut reported = Reported::default();
         let gauges = TranslationGauges::default();
-        tracing::subscriber::with_default(subscriber, || {
+        tracing::subscriber::with_default(captured.subscriber(), || {
             publish(&broken, &settings, &mut store, &mut reported, &gauges);
             publish(&broken, &settings, &mut store, &mut reported, &gauges);
             publish(
@@ -562,7 +543,7 @@ mod tests {
                 &gauges,
             );
         });
-        let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let log = captured.text();
         let count = |needle: &str| log.lines().filter(|l| l.contains(needle)).count();
         let problems = translate::translate(&broken, &settings).problems.len();
         assert!(problems > 0, "the fixture translates without problems");

@@ -10,6 +10,7 @@ use controller::{
 };
 use weft_identity::{CaToken, SpiffeId, WorkloadCertificate, WorkloadKey};
 use weft_proxy_core::certificates::{CaClient, GrpcCaClient};
+use weft_test_support::temp::TempDir;
 
 const NODE1_TOKEN: &str = "node1-token-0123456789";
 const NODE2_TOKEN: &str = "node2-token-0123456789";
@@ -49,8 +50,7 @@ fn free_port() -> SocketAddr {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waypoint_gets_its_certificate_with_its_nodes_credential_only() {
-    let dir = std::env::temp_dir().join(format!("weft-ca-waypoint-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = TempDir::new("ca-waypoint");
     std::fs::create_dir_all(dir.join("config")).unwrap();
     std::fs::write(dir.join("config/mesh.yaml"), MESH).unwrap();
     std::fs::write(
@@ -139,5 +139,4 @@ async fn a_waypoint_gets_its_certificate_with_its_nodes_credential_only() {
 
     shutdown.send(true).unwrap();
     let _ = server.await;
-    let _ = std::fs::remove_dir_all(&dir);
 }

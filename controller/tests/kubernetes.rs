@@ -12,13 +12,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use controller::source::kube::fake_apiserver::{FakeApiServer, TokenIdentity};
 use serde_json::{Value, json};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use weft_fake_apiserver::{FakeApiServer, TokenIdentity};
 use weft_identity::{SpiffeId, WorkloadKey};
 use weft_proto::istio::ca::IstioCertificateRequest;
 use weft_proto::istio::ca::istio_certificate_service_client::IstioCertificateServiceClient;
 use weft_proto::{ADDRESS_TYPE_URL, envoy::config::core::v3::Node};
+use weft_test_support::temp::TempDir;
 use weft_xds::{DeltaClient, Target, Update};
 
 const SERVING_NAME: &str = "istiod.istio-system.svc";
@@ -56,9 +57,8 @@ impl Drop for Controller {
 }
 
 /// The fake API server's kubeconfig, in a directory of this process's own.
-fn write_kubeconfig(fake: &FakeApiServer, prefix: &str) -> (PathBuf, PathBuf) {
-    let dir = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+fn write_kubeconfig(fake: &FakeApiServer, label: &str) -> (TempDir, PathBuf) {
+    let dir = TempDir::new(label);
     let kubeconfig = dir.join("kubeconfig");
     std::fs::write(&kubeconfig, fake.kubeconfig()).unwrap();
     (dir, kubeconfig)
@@ -251,7 +251,7 @@ async fn kubernetes_mode_serves_the_cluster_over_tls_and_follows_its_changes() {
         ),
     );
 
-    let (dir, kubeconfig) = write_kubeconfig(&fake, "weft-kube-mode");
+    let (_dir, kubeconfig) = write_kubeconfig(&fake, "kube-mode");
     let tls = free_port();
     let monitoring = free_port();
     let controller = start_controller(&kubeconfig, tls, monitoring);
@@ -389,7 +389,6 @@ async fn kubernetes_mode_serves_the_cluster_over_tls_and_follows_its_changes() {
         .count();
     assert_eq!(secret_creates, 1);
     client_task.abort();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The ValidatingWebhookConfiguration as the chart installs it: no CA bundle yet.
@@ -467,7 +466,7 @@ fn admission_review(uid: &str, kind: &str, object: Value) -> Value {
 async fn the_webhook_refuses_bad_configuration_over_tls_trusted_through_the_bundle_it_keeps() {
     let fake = FakeApiServer::start().await.unwrap();
     fake.create(webhook_configuration()).unwrap();
-    let (dir, kubeconfig) = write_kubeconfig(&fake, "weft-webhook");
+    let (_dir, kubeconfig) = write_kubeconfig(&fake, "webhook");
     let (monitoring, webhook) = (free_port(), free_port());
     let _controller = start_controller_with_webhook(&kubeconfig, free_port(), monitoring, webhook);
     let root = ready_with_root(&fake, monitoring).await;
@@ -555,5 +554,4 @@ async fn the_webhook_refuses_bad_configuration_over_tls_trusted_through_the_bund
         || bundle_of(&fake).filter(|b| *b == encoded),
     )
     .await;
-    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -19,6 +19,7 @@ use weft_proto::{
     ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, WAYPOINT_CONFIG_TYPE_URL,
     envoy::config::core::v3::Node, waypoint as wp,
 };
+use weft_test_support::temp::TempDir;
 use weft_xds::{DeltaClient, Target, Update};
 
 const NAMESPACE: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}\n";
@@ -97,8 +98,7 @@ async fn wait_for(seen: &Arc<Mutex<Seen>>, after: usize, within: Duration) -> (D
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deltas_follow_edits_nacks_are_survived_and_restarts_resend_everything() {
-    let dir = std::env::temp_dir().join(format!("weft-push-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = TempDir::new("push");
     let config_dir = dir.join("config");
     std::fs::create_dir_all(&config_dir).unwrap();
     write(&config_dir, "ns.yaml", NAMESPACE);
@@ -218,7 +218,6 @@ async fn deltas_follow_edits_nacks_are_survived_and_restarts_resend_everything()
     assert_eq!(names, ["uid-a", "uid-c"]);
     assert!(client_state.borrow().connections > connections_before);
     client_task.abort();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 const WAYPOINT_MESH: &str = r#"
@@ -296,8 +295,7 @@ fn route_names(update: &Update) -> Result<Vec<String>, String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waypoint_gets_its_config_and_follows_edits_and_agents_get_none() {
-    let dir = std::env::temp_dir().join(format!("weft-push-waypoint-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = TempDir::new("push-waypoint");
     let config_dir = dir.join("config");
     std::fs::create_dir_all(&config_dir).unwrap();
     write(&config_dir, "mesh.yaml", WAYPOINT_MESH);
@@ -465,7 +463,6 @@ async fn a_waypoint_gets_its_config_and_follows_edits_and_agents_get_none() {
     agent_task.abort();
     controller.shutdown.send(true).unwrap();
     let _ = controller.task.await;
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// GET over plain HTTP/1.1 with hyper (the monitoring endpoint).

@@ -129,6 +129,7 @@ impl Metrics {
 mod tests {
     use prometheus_client::encoding::text::encode;
     use weft_proxy_core::metrics::{ConnectionEnd, ResponseFlag};
+    use weft_test_support::prometheus::Exposition;
 
     use super::*;
 
@@ -198,37 +199,26 @@ mod tests {
         drop(failed);
         let mut text = String::new();
         encode(&mut text, &registry).unwrap();
-        let count = |prefix: &str, needle: &str| {
-            text.lines()
-                .filter(|l| l.starts_with(prefix) && l.contains(needle))
-                .map(|l| l.rsplit(' ').next().unwrap().to_string())
+        let samples = Exposition::parse(&text);
+        let count = |name: &str, workload: &str| {
+            samples
+                .matching(name, &[("destination_workload", workload)])
+                .iter()
+                .map(|s| s.value)
                 .collect::<Vec<_>>()
         };
-        let server_labels = "destination_workload=\"server\"";
-        assert_eq!(
-            count("istio_tcp_connections_opened_total{", server_labels),
-            ["3"]
-        );
-        assert_eq!(
-            count("istio_tcp_connections_closed_total{", server_labels),
-            ["3"]
-        );
-        assert_eq!(
-            count("istio_tcp_received_bytes_total{", server_labels),
-            ["30"]
-        );
+        assert_eq!(count("istio_tcp_connections_opened_total", "server"), [3.0]);
+        assert_eq!(count("istio_tcp_connections_closed_total", "server"), [3.0]);
+        assert_eq!(count("istio_tcp_received_bytes_total", "server"), [30.0]);
         // Opened with the labels it started with, closed with the flags it ended with.
-        let renamed_labels = "destination_workload=\"server-v2\"";
-        let opened = count("istio_tcp_connections_opened_total{", renamed_labels);
-        assert_eq!(opened, ["1"]);
-        let closed: Vec<_> = text
-            .lines()
-            .filter(|l| {
-                l.starts_with("istio_tcp_connections_closed_total{") && l.contains(renamed_labels)
-            })
-            .collect();
+        let opened = count("istio_tcp_connections_opened_total", "server-v2");
+        assert_eq!(opened, [1.0]);
+        let closed = samples.matching(
+            "istio_tcp_connections_closed_total",
+            &[("destination_workload", "server-v2")],
+        );
         assert_eq!(closed.len(), 1, "{text}");
-        assert!(closed[0].contains("response_flags=\"CONNECT\""), "{text}");
+        assert_eq!(closed[0].label("response_flags"), Some("CONNECT"), "{text}");
     }
 
     #[test]

@@ -3,9 +3,6 @@
 //! is replaced by connecting to the outbound listener directly and a fixed original-destination
 //! table; everything from the accepted socket onwards is the agent's real code. Needs root.
 
-#[path = "support/logs.rs"]
-mod logs;
-
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     sync::Arc,
@@ -31,6 +28,8 @@ use weft_policy::{
     PolicyAction, WildcardMatch,
     l4::{Authorization, Clause, ConnectionMatch, PolicyScope, Rule},
 };
+use weft_test_support::logs;
+use weft_test_support::prometheus::Exposition;
 use weft_testbed::{FabricCapture, Netns, Pod, Testbed, Topology};
 
 const APP_PORT: u16 = 8080;
@@ -346,13 +345,10 @@ async fn same_node_skips_tls_but_keeps_policy_and_outside_passes_through() {
 /// Connections counted closed with `flags` (a same-node connection has one record, the
 /// source's; one over HBONE one at each end).
 fn closed_with(text: &str, flags: &str) -> u64 {
-    text.lines()
-        .filter(|l| {
-            l.starts_with("istio_tcp_connections_closed_total{")
-                && l.contains(&format!("response_flags=\"{flags}\""))
-        })
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
-        .sum()
+    Exposition::parse(text).count(
+        "istio_tcp_connections_closed_total",
+        &[("response_flags", flags)],
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,6 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use weft_test_support::logs;
 use weft_testbed::{Netns, Topology};
 
 /// Accepts one connection within a bounded time, if any comes.
@@ -41,7 +42,7 @@ fn connect_from(netns: &Netns, destination: SocketAddr) -> std::io::Result<TcpSt
 
 #[test]
 fn connections_to_application_ports_land_on_the_inbound_listener() {
-    support::logs::capture();
+    logs::capture();
     let testbed = Topology::new()
         .node("node1", &["app"])
         .node("node2", &["outside"])
@@ -169,9 +170,9 @@ fn connections_to_application_ports_land_on_the_inbound_listener() {
     assert!(redirection.stats().unwrap().inbound_without_listener >= 1);
     // The program's warning reached `tracing`.
     assert!(
-        support::logs::line_within(support::PATIENCE, &["no inbound listener for port 8080"]),
+        logs::line_within(support::PATIENCE, &["no inbound listener for port 8080"]),
         "program log not bridged: {}",
-        support::logs::text()
+        logs::text()
     );
 
     std::sync::Arc::into_inner(redirection)

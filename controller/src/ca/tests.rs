@@ -6,6 +6,7 @@ use std::{
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Code, metadata::MetadataValue};
 use weft_identity::{WorkloadCertificate, WorkloadKey};
+use weft_proto::istio::ca::IMPERSONATED_IDENTITY;
 use weft_proto::istio::ca::istio_certificate_service_client::IstioCertificateServiceClient;
 
 use super::*;

@@ -219,7 +219,7 @@ fn gateway_api_fields_the_model_does_not_know_warn() {
 
 #[test]
 fn load_paths_recurses_and_reports_unreadable_paths() {
-    let dir = std::env::temp_dir().join(format!("weft-loader-test-{}", std::process::id()));
+    let dir = weft_test_support::temp::TempDir::new("loader-test");
     let nested = dir.join("nested");
     std::fs::create_dir_all(&nested).unwrap();
     std::fs::write(
@@ -234,8 +234,7 @@ fn load_paths_recurses_and_reports_unreadable_paths() {
     .unwrap();
     std::fs::write(nested.join("notes.txt"), "not yaml: [").unwrap();
     let missing = dir.join("missing");
-    let report = load_paths(&[dir.clone(), missing.clone()]);
-    std::fs::remove_dir_all(&dir).unwrap();
+    let report = load_paths(&[dir.path().to_owned(), missing.clone()]);
 
     assert_eq!(report.files, 2);
     assert_eq!(report.documents, 2);

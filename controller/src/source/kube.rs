@@ -10,8 +10,6 @@
 //! watched at the first of its versions the API server serves (Istio's and the Gateway API's
 //! CRDs serve several versions of one schema, so any one returns every object).
 
-#[cfg(any(test, feature = "testing"))]
-pub mod fake_apiserver;
 #[cfg(test)]
 mod tests;
 

@@ -85,6 +85,18 @@ pub mod istio {
         /// Istio's request metadata key (in `IstioCertificateRequest.metadata`) naming the
         /// identity asked for (what ztunnel sends).
         pub const IMPERSONATED_IDENTITY: &str = "ImpersonatedIdentity";
+
+        impl IstioCertificateRequest {
+            /// The identity asked for in the [`IMPERSONATED_IDENTITY`] metadata, when set to a
+            /// string.
+            pub fn impersonated_identity(&self) -> Option<&str> {
+                let value = self.metadata.as_ref()?.fields.get(IMPERSONATED_IDENTITY)?;
+                match &value.kind {
+                    Some(prost_types::value::Kind::StringValue(text)) => Some(text),
+                    _ => None,
+                }
+            }
+        }
     }
 }
 

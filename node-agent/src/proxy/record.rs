@@ -103,26 +103,11 @@ impl Failed for ConnectionGuard {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
     use prometheus_client::registry::Registry;
     use weft_proxy_core::metrics::{PeerLabels, Reporter, SecurityPolicy, TcpLabels, TcpMetrics};
+    use weft_test_support::logs::LogCapture;
 
     use super::*;
-
-    /// Collects what a fmt subscriber writes.
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
 
     #[test]
     fn an_outbound_source_is_the_pods_address_not_the_redirects_loopback() {
@@ -170,15 +155,10 @@ mod tests {
 
     #[test]
     fn one_access_log_event_per_connection_with_its_details() {
-        let captured = Captured::default();
-        let writer = captured.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .finish();
+        let captured = LogCapture::new();
         let mut registry = Registry::default();
         let metrics = TcpMetrics::new(&mut registry);
-        tracing::subscriber::with_default(subscriber, || {
+        tracing::subscriber::with_default(captured.subscriber(), || {
             let mut peers = PeerLabels::unknown(Reporter::Destination);
             peers.source_principal = "spiffe://cluster.local/ns/a/sa/client".into();
             peers.destination_principal = "spiffe://cluster.local/ns/b/sa/server".into();
@@ -196,7 +176,7 @@ mod tests {
             ));
             drop(guard);
         });
-        let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let log = captured.text();
         assert_eq!(log.lines().count(), 1, "{log}");
         for expected in [
             "access:",

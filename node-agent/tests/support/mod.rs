@@ -18,7 +18,6 @@ use node_agent::ebpf::{
 use weft_testbed::{Netns, Testbed};
 
 pub mod client;
-pub mod logs;
 
 /// How long a test waits for something that should happen at once.
 pub const PATIENCE: Duration = Duration::from_secs(10);

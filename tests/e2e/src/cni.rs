@@ -15,8 +15,8 @@ use std::{
 };
 
 use anyhow::Context;
-use controller::source::kube::fake_apiserver::FakeApiServer;
 use serde_json::{Value, json};
+use weft_fake_apiserver::FakeApiServer;
 use weft_testbed::{Testbed, Topology};
 
 use crate::{Process, binary};

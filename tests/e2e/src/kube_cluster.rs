@@ -14,8 +14,8 @@ use std::{
 };
 
 use anyhow::Context;
-use controller::source::kube::fake_apiserver::{FakeApiServer, TokenIdentity};
 use serde_json::{Value, json};
+use weft_fake_apiserver::{FakeApiServer, TokenIdentity};
 use weft_proto::cri;
 use weft_testbed::{Netns, Testbed, Topology};
 

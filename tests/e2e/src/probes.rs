@@ -1,47 +1,124 @@
-//! What tests read from the mesh's processes and start beside them: an agent's process id (its
-//! resource limits, its descriptors), the CA directory and the per-node bootstrap tokens (to act
-//! as a node, or as whoever stole a node's credentials), the controller's monitoring text,
-//! `mesh-client` runs inside pods, and further processes in pods that stop with the mesh.
+//! Traffic through the mesh, as tests send it: `curl` from inside pods (one request, many in
+//! one process, with extra arguments) and from nodes, `mesh-client` runs inside pods, bulk TCP
+//! with iperf3, and polling until a check holds.
 
-use std::{path::PathBuf, process::Stdio};
+use std::time::{Duration, Instant};
 
-use anyhow::Context;
-
-use crate::{Mesh, Process, binary};
+use crate::*;
 
 impl Mesh {
-    /// The process id of `node`'s agent, while it runs.
-    pub fn agent_pid(&self, node: &str) -> Option<u32> {
-        self.agents.get(node).map(|agent| agent.child.id())
+    /// Bulk TCP throughput from `client` to an `iperf3 -s` at `server_ip`, in Gbit/s (iperf3
+    /// inside the pod, `seconds` long; retried twice while the server is busy with a previous test).
+    pub fn iperf(
+        &self,
+        client: &str,
+        server_ip: std::net::Ipv4Addr,
+        seconds: u32,
+    ) -> anyhow::Result<f64> {
+        // The server runs one test at a time and may still be closing the previous one.
+        let mut last = String::new();
+        for _ in 0..3 {
+            let output = self
+                .testbed
+                .pod_command(client, "iperf3")
+                .args([
+                    "-c",
+                    &server_ip.to_string(),
+                    "-t",
+                    &seconds.to_string(),
+                    "-J",
+                ])
+                .output()?;
+            let report: serde_json::Value =
+                serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null);
+            if let Some(bps) = report["end"]["sum_received"]["bits_per_second"].as_f64() {
+                return Ok(bps / 1e9);
+            }
+            last = format!(
+                "{} {}",
+                report["error"],
+                String::from_utf8_lossy(&output.stderr)
+            );
+            // Only a busy server is worth another try; any other error is the result.
+            if !last.contains("busy") {
+                break;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        anyhow::bail!("iperf3 reported no throughput: {last}")
     }
 
-    /// The controller's CA directory (local mode: the root certificate and its key).
-    pub fn ca_dir(&self) -> PathBuf {
-        self.dir.join("ca")
+    /// `curl` from inside `pod` with extra arguments (headers, methods, `--http2-prior-knowledge`,
+    /// ...), the URL last: status, body and total time. Bounded by `--max-time 10`.
+    pub fn curl_with(&self, pod: &str, args: &[&str]) -> CurlResult {
+        curl::with(self.testbed.pod_command(pod, "curl"), args)
     }
 
-    /// The bootstrap token the agent of `node` authenticates to the controller with.
-    pub fn node_token(&self, node: &str) -> anyhow::Result<String> {
-        let path = self.dir.join(format!("{node}.token"));
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+    /// `count` requests from `pod` in one `curl` process (one keep-alive connection, URL
+    /// globbing), each reporting `write_out` on its own line; extra `args` go before the URL.
+    /// `url` must not contain curl's glob characters.
+    pub fn curl_many(
+        &self,
+        pod: &str,
+        url: &str,
+        count: u32,
+        write_out: &str,
+        args: &[&str],
+    ) -> anyhow::Result<Vec<String>> {
+        curl::many(
+            self.testbed.pod_command(pod, "curl"),
+            url,
+            count,
+            write_out,
+            args,
+        )
     }
 
-    /// The controller's monitoring text (15014), read from the first node.
-    pub fn controller_metrics(&self) -> String {
-        let host = self.testbed.control_plane().expect("a control plane host");
-        let node = &self.testbed.nodes()[0].name;
-        self.node_curl(node, &format!("http://{}:15014/metrics", host.ip))
-            .map(|(_, body)| body)
-            .unwrap_or_default()
+    /// `count` requests from `pod` in one `curl` process, like [`Mesh::curl_many`], returning
+    /// each response's status and body (bodies must be one line, as the sample app's JSON is).
+    pub fn curl_bodies(
+        &self,
+        pod: &str,
+        url: &str,
+        count: u32,
+        args: &[&str],
+    ) -> anyhow::Result<Vec<(u16, String)>> {
+        curl::bodies(self.testbed.pod_command(pod, "curl"), url, count, args)
     }
 
-    /// The controller's `weft_configuration_rejections`: resources it refused so far.
-    pub fn controller_rejections(&self) -> u64 {
-        self.controller_metrics()
-            .lines()
-            .find_map(|line| line.strip_prefix("weft_configuration_rejections "))
-            .and_then(|value| value.trim().parse().ok())
-            .unwrap_or(0)
+    /// Polls `check` for up to `timeout`; true once it held.
+    pub fn eventually(&self, timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if check() {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `curl` from inside `pod`: (HTTP status, body); status 0 when the connection failed.
+    pub fn curl(&self, pod: &str, url: &str) -> (u16, String) {
+        let output = self
+            .testbed
+            .pod_command(pod, "curl")
+            .args(["-s", "--max-time", "5", "-w", "\n%{http_code}", url])
+            .output()
+            .expect("run curl");
+        split_status(&output.stdout)
+    }
+
+    /// `curl` from the node's namespace (metrics, readiness, config dump).
+    pub fn node_curl(&self, node: &str, url: &str) -> anyhow::Result<(u16, String)> {
+        let output = self
+            .testbed
+            .node_command(node, "curl")
+            .args(["-s", "--max-time", "5", "-w", "\n%{http_code}", url])
+            .output()?;
+        Ok(split_status(&output.stdout))
     }
 
     /// Runs `mesh-client` inside `pod` (so its connections are captured like an application's)
@@ -65,32 +142,6 @@ impl Mesh {
                 "mesh-client output {e}: {}",
                 String::from_utf8_lossy(&output.stdout)
             )
-        })
-    }
-
-    /// Starts `mesh-client <args>` inside `pod` as a long-running server (logged as
-    /// `<name>.log`, stopped with the mesh) and waits until `port` accepts in the pod.
-    pub fn start_in_pod(
-        &mut self,
-        pod: &str,
-        name: &str,
-        args: &[&str],
-        port: u16,
-    ) -> anyhow::Result<()> {
-        let mut command = self
-            .testbed
-            .pod_command(pod, binary("mesh-client")?.to_str().unwrap());
-        command.args(args);
-        let log = self.dir.join(format!("{name}.log"));
-        self.apps.push(Process::spawn(name, command, log)?);
-        let ip = self.testbed.pod(pod).ip;
-        self.wait_until(&format!("{name} in {pod}"), || {
-            self.testbed
-                .pod_command(pod, "bash")
-                .args(["-c", &format!("exec 3<>/dev/tcp/{ip}/{port}")])
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
         })
     }
 }

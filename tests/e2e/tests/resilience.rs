@@ -8,6 +8,7 @@ use std::{
 };
 
 use weft_e2e::{Mesh, MeshOptions, PodSpec};
+use weft_test_support::prometheus::Exposition;
 
 /// A client in the pod that keeps one TCP connection to `ip:7000` (the app's echo) busy for
 /// `seconds`, checking every echo; prints `ok <n>` at the end, or why it failed.
@@ -141,14 +142,10 @@ fn a_controller_outage_drops_nothing_and_the_agents_reconnect() {
 }
 
 fn destination_connections(mesh: &Mesh, node: &str) -> u64 {
-    mesh.metrics(node)
-        .lines()
-        .filter(|l| {
-            l.starts_with("istio_tcp_connections_opened_total{")
-                && l.contains("reporter=\"destination\"")
-        })
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, n)| n.parse::<u64>().ok()))
-        .sum()
+    Exposition::parse(&mesh.metrics(node)).count(
+        "istio_tcp_connections_opened_total",
+        &[("reporter", "destination")],
+    )
 }
 
 #[test]

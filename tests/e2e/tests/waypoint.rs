@@ -11,6 +11,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use weft_e2e::{Mesh, MeshOptions, PodSpec, waypoint_resources};
+use weft_test_support::prometheus::Exposition;
 
 const WAYPOINT: &str = "waypoint";
 const VIP: &str = "10.96.0.20";
@@ -513,20 +514,25 @@ spec:
 
     // Every request above is in the waypoint's Istio metrics, with the labels Kiali reads.
     let metrics = mesh.waypoint_metrics(WAYPOINT);
+    let samples = Exposition::parse(&metrics);
     // The client's requests to the service (those it sent to pod addresses carry no service).
     let find = |code: &str| {
-        metrics
-            .lines()
-            .find(|l| {
-                l.starts_with("istio_requests_total{")
-                    && l.contains(&format!("response_code=\"{code}\""))
-                    && l.contains("source_principal=\"spiffe://cluster.local/ns/shop/sa/client\"")
-                    && l.contains(&format!("destination_service=\"{HOST}\""))
-            })
+        samples
+            .find(
+                "istio_requests_total",
+                &[
+                    ("response_code", code),
+                    (
+                        "source_principal",
+                        "spiffe://cluster.local/ns/shop/sa/client",
+                    ),
+                    ("destination_service", HOST),
+                ],
+            )
             .unwrap_or_else(|| panic!("no istio_requests_total for {code} to {HOST}:\n{metrics}"))
-            .to_string()
+            .clone()
     };
-    let denied = find("403");
+    let denied = find("403").line;
     for label in [
         "reporter=\"waypoint\"",
         "source_workload=\"client\"",
@@ -538,6 +544,7 @@ spec:
         assert!(denied.contains(label), "{label} missing in {denied}");
     }
     let served = find("200");
+    let (served, count) = (served.line, served.value);
     for label in [
         "destination_principal=\"spiffe://cluster.local/ns/shop/sa/reviews\"",
         "destination_workload=\"reviews\"",
@@ -545,11 +552,7 @@ spec:
     ] {
         assert!(served.contains(label), "{label} missing in {served}");
     }
-    let count: u64 = served
-        .rsplit_once(' ')
-        .and_then(|(_, n)| n.parse().ok())
-        .unwrap_or(0);
-    assert!(count >= 1, "{served}");
+    assert!(count >= 1.0, "{served}");
     assert!(
         metrics.contains("istio_request_duration_milliseconds_bucket{"),
         "{metrics}"
@@ -726,26 +729,28 @@ fn tcp_services_that_use_the_waypoint_are_forwarded_at_l4() {
     );
     let cluster = format!("outbound|7000||{ECHO_HOST}");
     let metrics = mesh.waypoint_metrics(WAYPOINT);
-    let tcp_line = |name: &str| {
-        metrics
-            .lines()
-            .find(|l| {
-                l.starts_with(&format!("{name}{{"))
-                    && l.contains(&format!("destination_service=\"{ECHO_HOST}\""))
-                    && l.contains("source_principal=\"spiffe://cluster.local/ns/shop/sa/client\"")
-                    && l.contains(
-                        "destination_principal=\"spiffe://cluster.local/ns/shop/sa/reviews\"",
-                    )
-            })
+    let samples = Exposition::parse(&metrics);
+    let tcp_sample = |name: &str| {
+        samples
+            .find(
+                name,
+                &[
+                    ("destination_service", ECHO_HOST),
+                    (
+                        "source_principal",
+                        "spiffe://cluster.local/ns/shop/sa/client",
+                    ),
+                    (
+                        "destination_principal",
+                        "spiffe://cluster.local/ns/shop/sa/reviews",
+                    ),
+                ],
+            )
             .unwrap_or_else(|| panic!("no {name} for the echo:\n{metrics}"))
-            .to_string()
+            .clone()
     };
-    let value = |line: &str| -> u64 {
-        line.rsplit_once(' ')
-            .and_then(|(_, n)| n.parse().ok())
-            .unwrap_or(0)
-    };
-    let opened = tcp_line("istio_tcp_connections_opened_total");
+    let opened = tcp_sample("istio_tcp_connections_opened_total");
+    let (opened, opened_count) = (opened.line, opened.value);
     for label in [
         "reporter=\"waypoint\"",
         "request_protocol=\"tcp\"",
@@ -754,10 +759,10 @@ fn tcp_services_that_use_the_waypoint_are_forwarded_at_l4() {
     ] {
         assert!(opened.contains(label), "{label} missing in {opened}");
     }
-    assert!(value(&opened) >= 1, "{opened}");
+    assert!(opened_count >= 1.0, "{opened}");
     // "hello-l4\n" each way, at least once.
-    assert!(value(&tcp_line("istio_tcp_received_bytes_total")) >= 9);
-    assert!(value(&tcp_line("istio_tcp_sent_bytes_total")) >= 9);
+    assert!(tcp_sample("istio_tcp_received_bytes_total").value >= 9.0);
+    assert!(tcp_sample("istio_tcp_sent_bytes_total").value >= 9.0);
     assert!(
         mesh.eventually(Duration::from_secs(5), || {
             mesh.log_of(&format!("waypoint-{WAYPOINT}"))

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 use weft_proto::waypoint as proto;
+use weft_test_support::prometheus::Exposition;
 
 use waypoint::testing::hbone_tunnel;
 
@@ -67,14 +68,14 @@ async fn tcp_connections_are_authorized_at_l4_and_counted_in_istio_tcp_metrics()
     assert!(answer.starts_with("HTTP/1.1 200"));
     drop(tunnel);
     // The carried connection's label set names the endpoint it reached.
+    const V1: &str = "spiffe://cluster.local/ns/default/sa/reviews-v1";
     const TO_V1: &str = "destination_principal=\"spiffe://cluster.local/ns/default/sa/reviews-v1\"";
-    let count_where = |text: &str, name: &str, label: &str| -> Option<u64> {
-        text.lines()
-            .find(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
-            .and_then(|l| l.rsplit_once(' '))
-            .and_then(|(_, n)| n.parse().ok())
+    let count_where = |text: &str, name: &str, principal: &str| -> Option<u64> {
+        Exposition::parse(text)
+            .find(name, &[("destination_principal", principal)])
+            .map(|sample| sample.value as u64)
     };
-    let counted = |text: &str, name: &str| count_where(text, name, TO_V1);
+    let counted = |text: &str, name: &str| count_where(text, name, V1);
     // The connection closes once both sides ended: wait for it to be counted.
     let mut text = String::new();
     for _ in 0..50 {
@@ -185,10 +186,6 @@ async fn tcp_connections_are_authorized_at_l4_and_counted_in_istio_tcp_metrics()
     // Refused connections are counted too, without an endpoint; the allowed one with v1.
     let text = harness.metrics().await;
     let closed = "istio_tcp_connections_closed_total";
-    assert_eq!(
-        count_where(&text, closed, "destination_principal=\"unknown\""),
-        Some(2),
-        "{text}"
-    );
+    assert_eq!(count_where(&text, closed, "unknown"), Some(2), "{text}");
     assert_eq!(counted(&text, closed), Some(2), "{text}");
 }

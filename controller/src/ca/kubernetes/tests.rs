@@ -15,7 +15,7 @@ use crate::ca::{CertificateService, NODE_HEADER};
 use crate::model::Resource;
 use crate::server::IndexDirectory;
 use crate::source::kube::ResourceSink;
-use crate::source::kube::fake_apiserver::{FakeApiServer, TokenIdentity};
+use weft_fake_apiserver::{FakeApiServer, TokenIdentity};
 
 const NAMESPACE: &str = "istio-system";
 

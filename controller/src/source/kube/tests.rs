@@ -8,9 +8,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::fake_apiserver::{FakeApiServer, LoggedRequest, ServedKind};
 use super::*;
 use crate::loader;
+use weft_fake_apiserver::{FakeApiServer, LoggedRequest, ServedKind};
 
 type IndexKey = (ResourceKind, String, String);
 

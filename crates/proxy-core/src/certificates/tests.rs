@@ -1,7 +1,6 @@
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use weft_identity::{CaToken, CertificateAuthority};
-use weft_proto::istio::ca::{IMPERSONATED_IDENTITY, NODE_HEADER};
 
 use super::*;
 
@@ -202,80 +201,9 @@ mod grpc {
     //! `GrpcCaClient` against a real `IstioCertificateService` on 127.0.0.1.
 
     use rustls::pki_types::{CertificateSigningRequestDer, pem::PemObject};
-    use tokio_stream::wrappers::TcpListenerStream;
-    use tonic::{Request, Response, Status};
-    use weft_proto::istio::ca::{
-        IstioCertificateRequest, IstioCertificateResponse,
-        istio_certificate_service_server::{
-            IstioCertificateService, IstioCertificateServiceServer,
-        },
-    };
+    use weft_test_support::ca::FakeCa;
 
     use super::*;
-
-    /// What the CA saw of one call.
-    #[derive(Debug, Clone)]
-    struct Seen {
-        authorization: Option<String>,
-        node: Option<String>,
-        cluster_id: Option<String>,
-        impersonated: Option<String>,
-        validity_seconds: i64,
-        csr: String,
-    }
-
-    struct RecordingCa {
-        ca: CertificateAuthority,
-        seen: Arc<Mutex<Vec<Seen>>>,
-    }
-
-    #[tonic::async_trait]
-    impl IstioCertificateService for RecordingCa {
-        async fn create_certificate(
-            &self,
-            request: Request<IstioCertificateRequest>,
-        ) -> Result<Response<IstioCertificateResponse>, Status> {
-            let header = |name: &str| {
-                request
-                    .metadata()
-                    .get(name)
-                    .and_then(|v| v.to_str().ok())
-                    .map(String::from)
-            };
-            let body = request.get_ref();
-            let impersonated = body
-                .metadata
-                .as_ref()
-                .and_then(|m| m.fields.get(IMPERSONATED_IDENTITY))
-                .and_then(|v| match &v.kind {
-                    Some(prost_types::value::Kind::StringValue(s)) => Some(s.clone()),
-                    _ => None,
-                });
-            let seen = Seen {
-                authorization: header("authorization"),
-                node: header(NODE_HEADER),
-                // gRPC metadata names are lowercase on the wire: Istio reads `ClusterID` as this.
-                cluster_id: header("clusterid"),
-                impersonated: impersonated.clone(),
-                validity_seconds: body.validity_duration,
-                csr: body.csr.clone(),
-            };
-            self.seen.lock().unwrap().push(seen);
-            let identity: SpiffeId = impersonated
-                .ok_or_else(|| Status::invalid_argument("no ImpersonatedIdentity"))?
-                .parse()
-                .map_err(|_| Status::invalid_argument("bad identity"))?;
-            let ttl = Duration::from_secs(u64::try_from(body.validity_duration).unwrap_or(0));
-            let chain = self
-                .ca
-                .sign_csr(&body.csr, &identity, ttl)
-                .map_err(|e| Status::invalid_argument(e.to_string()))?;
-            Ok(Response::new(IstioCertificateResponse {
-                cert_chain: chain.to_pem_list(),
-                root_cert: None,
-            }))
-        }
-    }
 
     /// The private scalar of a PKCS#8 P-256 key: the 32 bytes after `version 1, OCTET STRING(32)`.
     fn private_scalar(pkcs8: &[u8]) -> &[u8] {
@@ -289,28 +217,15 @@ mod grpc {
 
     #[tokio::test]
     async fn issues_over_grpc_with_istio_and_weft_credentials_and_never_sends_the_key() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
         let ca = CertificateAuthority::generate().unwrap();
         let root_pem = ca.root_cert_pem().to_string();
-        let service = RecordingCa {
-            ca,
-            seen: seen.clone(),
-        };
-        let server = tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(IstioCertificateServiceServer::new(service))
-                .serve_with_incoming(TcpListenerStream::new(listener)),
-        );
+        let service = FakeCa::new(Arc::new(ca));
+        let seen = service.seen();
+        let server = service.serve().await;
 
-        let client = GrpcCaClient::new(
-            &format!("http://{address}"),
-            "bootstrap-secret".into(),
-            "node-a".into(),
-        )
-        .unwrap()
-        .with_cluster_id("Kubernetes");
+        let client = GrpcCaClient::new(&server.url(), "bootstrap-secret".into(), "node-a".into())
+            .unwrap()
+            .with_cluster_id("Kubernetes");
         let manager = CertificateManager::new(client, Duration::from_secs(3600), None);
         let certificate = manager.fetch(&id("cart")).await.unwrap();
         assert_eq!(certificate.identity(), &id("cart"));
@@ -358,24 +273,14 @@ mod grpc {
                 .any(|window| window == scalar),
             "the CSR carries the private key"
         );
-        server.abort();
     }
 
     #[tokio::test]
     async fn a_refusal_is_reported_with_the_status() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let service = RecordingCa {
-            ca: CertificateAuthority::generate().unwrap(),
-            seen: Arc::default(),
-        };
-        let server = tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(IstioCertificateServiceServer::new(service))
-                .serve_with_incoming(TcpListenerStream::new(listener)),
-        );
-        let client =
-            GrpcCaClient::new(&format!("http://{address}"), "t".into(), "node-a".into()).unwrap();
+        let server = FakeCa::new(Arc::new(CertificateAuthority::generate().unwrap()))
+            .serve()
+            .await;
+        let client = GrpcCaClient::new(&server.url(), "t".into(), "node-a".into()).unwrap();
         let key = WorkloadKey::generate().unwrap();
         // A CSR for one identity with another asked for: the CA refuses it.
         let csr = key.csr_for(&id("cart")).unwrap();
@@ -384,14 +289,10 @@ mod grpc {
             .await
             .unwrap_err();
         assert!(error.contains("InvalidArgument"), "{error}");
-        server.abort();
     }
 
     #[tokio::test]
     async fn speaks_tls_to_the_controller_and_rereads_a_rotated_token() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let seen = Arc::new(Mutex::new(Vec::new()));
         let ca = CertificateAuthority::generate().unwrap();
         // The controller's serving certificate: the mesh CA's, for the name the agent dials.
         let serving = ca
@@ -401,22 +302,17 @@ mod grpc {
             serving.chain_pem.concat(),
             serving.key_pem.clone(),
         );
-        let service = RecordingCa {
-            ca: CertificateAuthority::from_pem(ca.root_cert_pem(), &ca.signing_key_pem()).unwrap(),
-            seen: seen.clone(),
-        };
-        let server = tokio::spawn(
-            tonic::transport::Server::builder()
-                .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
-                .unwrap()
-                .add_service(IstioCertificateServiceServer::new(service))
-                .serve_with_incoming(TcpListenerStream::new(listener)),
-        );
-        let dir = std::env::temp_dir().join(format!("weft-ca-token-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let service = FakeCa::new(Arc::new(
+            CertificateAuthority::from_pem(ca.root_cert_pem(), &ca.signing_key_pem()).unwrap(),
+        ));
+        let seen = service.seen();
+        let server = service
+            .serve_tls(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .await;
+        let dir = weft_test_support::temp::TempDir::new("ca-token");
         let token_file = dir.join("istio-token");
         std::fs::write(&token_file, "first-token\n").unwrap();
-        let address = format!("https://localhost:{port}");
+        let address = format!("https://localhost:{}", server.address().port());
 
         let client = GrpcCaClient::connect(
             &address,
@@ -480,7 +376,5 @@ mod grpc {
             2,
             "no call got through untrusted"
         );
-        server.abort();
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

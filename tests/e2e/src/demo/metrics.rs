@@ -1,62 +1,16 @@
 //! `metrics`: Istio's metrics at the waypoint (`istio_requests_total` with Istio's labels) and
 //! at an agent (`istio_tcp_*`), and a summary of the waypoint's `/config_dump`.
 
-use std::collections::BTreeMap;
-
 use anyhow::Context;
+use weft_test_support::prometheus::{Exposition, Sample};
 
 use super::{Demo, say};
 
-/// The labels of a Prometheus text line.
-pub fn labels(line: &str) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    let Some(inner) = line
-        .split_once('{')
-        .and_then(|(_, r)| r.rsplit_once('}'))
-        .map(|(l, _)| l)
-    else {
-        return out;
-    };
-    let mut rest = inner;
-    while let Some((key, after)) = rest.split_once("=\"") {
-        let mut value = String::new();
-        let mut chars = after.char_indices();
-        let mut end = after.len();
-        while let Some((i, c)) = chars.next() {
-            match c {
-                '\\' => {
-                    if let Some((_, escaped)) = chars.next() {
-                        value.push(escaped);
-                    }
-                }
-                '"' => {
-                    end = i + 1;
-                    break;
-                }
-                c => value.push(c),
-            }
-        }
-        out.insert(key.trim_start_matches(',').trim().to_string(), value);
-        rest = &after[end..];
-    }
-    out
-}
-
-pub fn value(line: &str) -> String {
-    line.rsplit_once(' ').map_or("", |(_, v)| v).to_string()
-}
-
 pub fn metrics(demo: &Demo) -> anyhow::Result<()> {
     let waypoint_ip = demo.cluster.pod_ip(&demo.waypoint);
-    let total = |text: &str| -> u64 {
-        text.lines()
-            .filter(|l| {
-                l.starts_with("istio_requests_total{")
-                    && l.contains("destination_service_name=\"reviews\"")
-            })
-            .filter_map(|l| value(l).parse::<u64>().ok())
-            .sum()
-    };
+    const REQUESTS: &str = "istio_requests_total";
+    const TO_REVIEWS: &[(&str, &str)] = &[("destination_service_name", "reviews")];
+    let total = |text: &str| Exposition::parse(text).count(REQUESTS, TO_REVIEWS);
     let before = total(&demo.waypoint_metrics());
     let sent = demo.productpage(10, &[])?;
     anyhow::ensure!(sent.iter().all(|(s, _)| *s == 200), "productpage failed");
@@ -70,56 +24,52 @@ pub fn metrics(demo: &Demo) -> anyhow::Result<()> {
         "  {:<30} {:<8} {:<6} {:<18} {:>6}",
         "source identity (sa)", "version", "code", "security", "count"
     ));
-    let mut example_line = None;
-    let mut rows: Vec<&str> = text
-        .lines()
-        .filter(|l| {
-            l.starts_with("istio_requests_total{")
-                && l.contains("destination_service_name=\"reviews\"")
-        })
-        .collect();
-    rows.sort_by_key(|l| {
-        let labels = labels(l);
+    let samples = Exposition::parse(&text);
+    let mut example: Option<&Sample> = None;
+    let mut rows = samples.matching(REQUESTS, TO_REVIEWS);
+    rows.sort_by_key(|s| {
         (
-            labels.get("source_principal").cloned(),
-            labels.get("destination_version").cloned(),
-            labels.get("response_code").cloned(),
+            s.label("source_principal"),
+            s.label("destination_version"),
+            s.label("response_code"),
         )
     });
-    for line in rows {
-        let labels = labels(line);
-        let get = |k: &str| labels.get(k).cloned().unwrap_or_default();
+    for sample in rows {
+        let get = |k: &str| sample.label(k).unwrap_or_default();
         let principal = get("source_principal");
         say(&format!(
             "  {:<30} {:<8} {:<6} {:<18} {:>6}",
             principal
                 .rsplit_once("/sa/")
-                .map_or(principal.as_str(), |(_, sa)| sa),
+                .map_or(principal, |(_, sa)| sa),
             get("destination_version"),
             get("response_code"),
             get("connection_security_policy"),
-            value(line)
+            sample.value
         ));
         if principal.ends_with("/sa/bookinfo-productpage") && get("response_code") == "200" {
-            example_line = Some(line.to_string());
+            example = Some(sample);
         }
     }
     say(&format!(
         "10 more productpage requests moved the reviews count from {before} to {after}"
     ));
-    let line = example_line.context("no istio_requests_total from productpage to reviews")?;
+    let line = &example
+        .context("no istio_requests_total from productpage to reviews")?
+        .line;
     say("one line as Prometheus reads it:");
     say(&format!("  {line}"));
-    let agent_line = demo
-        .agent_metrics(&demo.pod_of("details").node)
-        .lines()
-        .find(|l| {
-            l.starts_with("istio_tcp_connections_opened_total{")
-                && l.contains("reporter=\"destination\"")
-                && l.contains("destination_workload=\"details\"")
-        })
-        .map(String::from)
-        .context("no istio_tcp_connections_opened_total for details at its agent")?;
+    let agent_metrics = Exposition::parse(&demo.agent_metrics(&demo.pod_of("details").node));
+    let agent_line = &agent_metrics
+        .find(
+            "istio_tcp_connections_opened_total",
+            &[
+                ("reporter", "destination"),
+                ("destination_workload", "details"),
+            ],
+        )
+        .context("no istio_tcp_connections_opened_total for details at its agent")?
+        .line;
     say("and at details' agent:");
     say(&format!("  {agent_line}"));
     anyhow::ensure!(
@@ -164,20 +114,4 @@ pub fn metrics(demo: &Demo) -> anyhow::Result<()> {
         "the waypoint's config dump is incomplete: {dump:#}"
     );
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn prometheus_labels_are_parsed() {
-        let line =
-            r#"istio_requests_total{reporter="waypoint",source_workload="a,b",path="x\"y"} 12"#;
-        let labels = labels(line);
-        assert_eq!(labels["reporter"], "waypoint");
-        assert_eq!(labels["source_workload"], "a,b");
-        assert_eq!(labels["path"], "x\"y");
-        assert_eq!(value(line), "12");
-    }
 }

@@ -2,9 +2,10 @@
 //! node; the destination agent's metrics name the client's SPIFFE identity.
 
 use anyhow::Context;
+use weft_test_support::prometheus::Exposition;
 use weft_testbed::FabricCapture;
 
-use super::{CLIENT, Demo, metrics, say};
+use super::{CLIENT, Demo, say};
 
 pub fn mtls(demo: &Demo) -> anyhow::Result<()> {
     let details = demo.pod_of("details");
@@ -77,33 +78,35 @@ pub fn mtls(demo: &Demo) -> anyhow::Result<()> {
     anyhow::ensure!(!in_clear, "the request crossed the fabric in clear");
     let identity = format!("spiffe://cluster.local/ns/{}/sa/{CLIENT}", demo.namespace);
     let text = demo.agent_metrics(&details.node);
-    let line = text
-        .lines()
-        .find(|l| {
-            l.starts_with("istio_tcp_connections_opened_total{")
-                && l.contains("reporter=\"destination\"")
-                && l.contains(&format!("source_principal=\"{identity}\""))
-                && l.contains("destination_workload=\"details\"")
-        })
+    let samples = Exposition::parse(&text);
+    let sample = samples
+        .find(
+            "istio_tcp_connections_opened_total",
+            &[
+                ("reporter", "destination"),
+                ("source_principal", &identity),
+                ("destination_workload", "details"),
+            ],
+        )
         .with_context(|| {
             format!(
                 "{}'s agent did not record the client's identity",
                 details.node
             )
         })?;
-    let labels = metrics::labels(line);
-    let label = |key: &str| labels.get(key).map_or("?", String::as_str);
+    let label = |key: &str| sample.label(key).unwrap_or("?");
     say(&format!(
         "{}'s agent: istio_tcp_connections_opened_total{{source_principal={}, destination_workload={}, connection_security_policy={}}} {}",
         details.node,
         label("source_principal"),
         label("destination_workload"),
         label("connection_security_policy"),
-        metrics::value(line)
+        sample.value
     ));
     anyhow::ensure!(
         label("connection_security_policy") == "mutual_tls",
-        "the connection is not recorded as mutual TLS: {line}"
+        "the connection is not recorded as mutual TLS: {}",
+        sample.line
     );
     Ok(())
 }

@@ -17,8 +17,8 @@ use std::{
 };
 
 use anyhow::Context;
-use controller::source::kube::fake_apiserver::TokenIdentity;
 use serde_json::Value;
+use weft_fake_apiserver::TokenIdentity;
 use weft_testbed::Testbed;
 
 use super::{CaptureScope, Cluster, Examples, NODES, Place, examples::text};

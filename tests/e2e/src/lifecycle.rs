@@ -1,0 +1,451 @@
+//! Starting and stopping the mesh's parts: the testbed and the configuration directory, the
+//! controller, each node's agent (start, kill, restart, readiness, the enrollment snapshot), the
+//! sample apps and the waypoints, and background programs in pods.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    path::PathBuf,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use node_agent::enrollment::{EnrolledPod, EnrollmentClient};
+use weft_testbed::Topology;
+
+use crate::*;
+
+impl Mesh {
+    /// Builds the testbed for `pods`, writes the configuration, starts the controller, the
+    /// agents and the apps, and enrolls the pods.
+    pub fn start(pods: Vec<PodSpec>, options: MeshOptions) -> anyhow::Result<Self> {
+        let mut nodes: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for pod in &pods {
+            nodes
+                .entry(pod.node.clone())
+                .or_default()
+                .push(pod.name.clone());
+        }
+        let mut topology = Topology::new().control_plane();
+        for (node, names) in &nodes {
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            topology = topology.node(node, &names);
+        }
+        let testbed = topology.build()?;
+        let dir = std::env::temp_dir().join(format!("{}-mesh", testbed.prefix()));
+        std::fs::create_dir_all(dir.join("config"))?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let mut mesh = Self {
+            testbed,
+            pods,
+            dir,
+            controller: None,
+            agents: BTreeMap::new(),
+            apps: Vec::new(),
+            waypoints: BTreeMap::new(),
+            enrollment: BTreeMap::new(),
+            declared: Default::default(),
+            certificate_ttl: options.certificate_ttl,
+            acceleration: options.acceleration,
+            log_requests: options.log_requests,
+            agent_env: options.agent_env,
+            runtime,
+        };
+        let mut declared = declared_namespaces(&options.config)?;
+        for (file, yaml) in &options.config_files {
+            declared.extend(declared_namespaces(yaml).with_context(|| file.clone())?);
+        }
+        mesh.declared = declared;
+        mesh.write_config("00-pods.yaml", &mesh.pods_yaml())?;
+        if !options.config.is_empty() {
+            mesh.write_config("10-config.yaml", &options.config)?;
+        }
+        for (file, yaml) in &options.config_files {
+            mesh.write_config(file, yaml)?;
+        }
+        // One bootstrap token per node agent, and one per waypoint (bound to its node: the CA
+        // signs only identities of pods scheduled there).
+        let mut tokens = String::new();
+        for node in nodes.keys() {
+            let token = format!("{node}-{}-bootstrap-token", mesh.testbed.prefix());
+            writeln!(tokens, "{node} {token}")?;
+            std::fs::write(mesh.dir.join(format!("{node}.token")), &token)?;
+        }
+        for pod in mesh.pods.iter().filter(|p| p.is_waypoint()) {
+            let token = format!("{}-{}-waypoint-token", pod.name, mesh.testbed.prefix());
+            writeln!(tokens, "{} {token}", pod.node)?;
+            std::fs::write(
+                mesh.dir.join(format!("waypoint-{}.token", pod.name)),
+                &token,
+            )?;
+        }
+        std::fs::write(mesh.dir.join("tokens"), tokens)?;
+
+        mesh.start_controller()?;
+        for node in nodes.keys() {
+            mesh.start_agent(node)?;
+        }
+        for node in nodes.keys() {
+            mesh.wait_ready(node)?;
+            mesh.enroll(node)?;
+        }
+        mesh.start_apps()?;
+        for pod in mesh.pods.clone().iter().filter(|p| p.is_waypoint()) {
+            mesh.start_waypoint(&pod.name)?;
+        }
+        mesh.publish_addresses()?;
+        Ok(mesh)
+    }
+
+    pub(crate) fn pods_yaml(&self) -> String {
+        let declared = &self.declared;
+        let mut yaml = String::new();
+        let namespaces: std::collections::BTreeSet<_> = self
+            .pods
+            .iter()
+            .map(|p| p.namespace.clone())
+            .filter(|n| !declared.contains(n))
+            .collect();
+        for namespace in namespaces {
+            let _ = writeln!(
+                yaml,
+                "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {namespace}\n---"
+            );
+        }
+        for pod in &self.pods {
+            let ip = self.testbed.pod(&pod.name).ip;
+            let mut labels = pod.labels.clone();
+            labels.insert(
+                "istio.io/dataplane-mode".into(),
+                if pod.enrolled { "ambient" } else { "none" }.into(),
+            );
+            let labels: String = labels
+                .iter()
+                .map(|(k, v)| format!("    {k}: {v:?}\n"))
+                .collect();
+            let container = if pod.is_waypoint() {
+                "  - name: istio-proxy\n    image: weft/waypoint\n    ports:\n    - {name: mesh, containerPort: 15008}\n    - {name: metrics, containerPort: 15020}\n".to_string()
+            } else {
+                format!(
+                    "  - name: app\n    image: weft/sample-app\n    ports:\n    - {{name: http, containerPort: {}}}\n    - {{name: grpc, containerPort: 9090}}\n",
+                    pod.http_port
+                )
+            };
+            let _ = writeln!(
+                yaml,
+                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: {}\n  uid: uid-{}\n  labels:\n{labels}spec:\n  nodeName: {}\n  serviceAccountName: {}\n  containers:\n{container}status:\n  podIP: {ip}\n---",
+                pod.name, pod.namespace, pod.name, pod.node, pod.service_account
+            );
+        }
+        yaml
+    }
+
+    /// Writes (or replaces) a configuration file the controller watches.
+    pub fn write_config(&self, file: &str, yaml: &str) -> anyhow::Result<()> {
+        let path = self.dir.join("config").join(file);
+        let temporary = path.with_extension("tmp");
+        std::fs::write(&temporary, yaml)?;
+        std::fs::rename(&temporary, &path)?;
+        Ok(())
+    }
+
+    pub fn remove_config(&self, file: &str) -> anyhow::Result<()> {
+        std::fs::remove_file(self.dir.join("config").join(file))?;
+        Ok(())
+    }
+
+    pub fn controller_address(&self) -> String {
+        let host = self.testbed.control_plane().expect("a control plane host");
+        format!("http://{}:{GRPC_PORT}", host.ip)
+    }
+
+    /// Starts (or restarts) the controller.
+    pub fn start_controller(&mut self) -> anyhow::Result<()> {
+        let host = self.testbed.control_plane().expect("a control plane host");
+        let mut command = host
+            .netns
+            .command_in_cgroup(&host.cgroup, binary("controller")?.to_str().unwrap());
+        command
+            .arg("run")
+            .arg("--config-dir")
+            .arg(self.dir.join("config"))
+            .arg("--ca-dir")
+            .arg(self.dir.join("ca"))
+            .arg("--bootstrap-tokens")
+            .arg(self.dir.join("tokens"))
+            .args(["--grpc-address", &format!("0.0.0.0:{GRPC_PORT}")]);
+        let log = self.dir.join("controller.log");
+        self.controller = Some(Process::spawn("controller", command, log)?);
+        // Ready when its port answers from a node.
+        let node = self.testbed.nodes()[0].name.clone();
+        let target = format!("{}:{GRPC_PORT}", host.ip);
+        self.wait_until("the controller's port", || {
+            self.testbed
+                .node_command(&node, "bash")
+                .args(["-c", &format!("exec 3<>/dev/tcp/{}/{}", host.ip, GRPC_PORT)])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .with_context(|| format!("controller at {target}"))
+    }
+
+    pub fn stop_controller(&mut self) {
+        if let Some(mut controller) = self.controller.take() {
+            controller.stop();
+        }
+    }
+
+    pub(crate) fn pin_dir(&self, node: &str) -> PathBuf {
+        self.testbed.pin_dir(PIN_BASE).join(node)
+    }
+
+    /// The Unix socket on which `node`'s agent enrolls pods.
+    pub fn enrollment_socket(&self, node: &str) -> PathBuf {
+        self.dir.join(format!("{node}.sock"))
+    }
+
+    /// The enrollment of pod `name` as the CNI would send it (whether or not it is enrolled).
+    pub fn enrollment_of(&self, name: &str) -> EnrolledPod {
+        enrolled(self.testbed.pod(name))
+    }
+
+    /// Starts (or restarts) the node agent of `node`.
+    pub fn start_agent(&mut self, node_name: &str) -> anyhow::Result<()> {
+        let node = self.testbed.node(node_name);
+        // With the soft descriptor limit a service manager usually gives a daemon (1024): the
+        // agent raises it to the hard limit itself.
+        let mut command = node.netns.command_in_cgroup(&node.agent_cgroup, "prlimit");
+        command
+            .arg("--nofile=1024:")
+            .arg(binary("node-agent")?)
+            .env("NODE_NAME", node_name)
+            .env("XDS_ADDRESS", self.controller_address())
+            .env(
+                "BOOTSTRAP_TOKEN_FILE",
+                self.dir.join(format!("{node_name}.token")),
+            )
+            .env(
+                "CERTIFICATE_TTL_SECONDS",
+                self.certificate_ttl.as_secs().to_string(),
+            )
+            .env("ENROLLMENT_SOCKET", self.enrollment_socket(node_name))
+            .env("PIN_DIR", self.pin_dir(node_name))
+            .env("ACCELERATION", self.acceleration.to_string())
+            .env("RUST_LOG", "info")
+            .envs(self.agent_env.iter().map(|(k, v)| (k, v)));
+        let log = self.dir.join(format!("agent-{node_name}.log"));
+        let process = Process::spawn(&format!("agent {node_name}"), command, log)?;
+        self.agents.insert(node_name.to_string(), process);
+        Ok(())
+    }
+
+    /// Sends SIGTERM to the agent of `node` and hands its process over, to watch it drain and
+    /// exit; [`Mesh::restart_agent`] starts the next one.
+    pub fn signal_agent(&mut self, node: &str) -> anyhow::Result<Child> {
+        let process = self
+            .agents
+            .remove(node)
+            .with_context(|| format!("no agent on {node}"))?;
+        process.signal_terminate()
+    }
+
+    /// Kills the agent of `node` abruptly (SIGKILL): nothing is cleaned up.
+    pub fn kill_agent(&mut self, node: &str) {
+        if let Some(mut agent) = self.agents.remove(node) {
+            agent.kill();
+        }
+    }
+
+    /// Restarts the agent of `node` after a stop or kill: it adopts the pinned redirection, and the
+    /// enrolling side (the CNI) reconnects and resends its snapshot, as it does after any agent
+    /// restart.
+    pub fn restart_agent(&mut self, node: &str) -> anyhow::Result<()> {
+        self.start_agent(node)?;
+        self.wait_ready(node)?;
+        self.enroll(node)
+    }
+
+    /// Starts `program` inside `pod` in the background (its output captured).
+    pub fn spawn_in_pod(&self, pod: &str, program: &str, args: &[&str]) -> anyhow::Result<Child> {
+        Ok(self
+            .testbed
+            .pod_command(pod, program)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?)
+    }
+
+    /// Waits until a socket listens on TCP `port` in `pod`, read from the pod's socket table
+    /// (`ss`), so that no probe connection reaches a server that counts its clients.
+    pub fn wait_listening(&self, pod: &str, port: u16) -> anyhow::Result<()> {
+        self.wait_until(&format!("a listener on {pod}:{port}"), || {
+            self.testbed
+                .pod_command(pod, "ss")
+                .args(["-Hltn", &format!("sport = :{port}")])
+                .output()
+                .is_ok_and(|o| o.status.success() && !o.stdout.trim_ascii().is_empty())
+        })
+    }
+
+    /// Waits for the agent's readiness endpoint.
+    pub fn wait_ready(&self, node: &str) -> anyhow::Result<()> {
+        let ip = self.testbed.node(node).ip;
+        self.wait_until(&format!("agent {node} readiness"), || {
+            self.node_curl(node, &format!("http://{ip}:15021/healthz/ready"))
+                .is_ok_and(|(code, _)| code == 200)
+        })
+    }
+
+    /// Sends the node's enrollment snapshot (every enrolled pod on it).
+    pub fn enroll(&mut self, node: &str) -> anyhow::Result<()> {
+        let pods: Vec<EnrolledPod> = self
+            .pods
+            .iter()
+            .filter(|p| p.node == node && p.enrolled)
+            .map(|p| enrolled(self.testbed.pod(&p.name)))
+            .collect();
+        let socket = self.enrollment_socket(node);
+        self.runtime.block_on(async {
+            let mut client = EnrollmentClient::connect(&socket).await?;
+            client.snapshot(&pods).await?;
+            anyhow::Ok(())
+        })?;
+        self.enrollment.insert(node.to_string(), pods);
+        Ok(())
+    }
+
+    pub(crate) fn start_apps(&mut self) -> anyhow::Result<()> {
+        let binary = binary("sample-app")?;
+        let is_app = |p: &PodSpec| matches!(p.workload, Workload::App { .. });
+        for spec in self.pods.clone() {
+            let Workload::App { service, version } = &spec.workload else {
+                continue;
+            };
+            let mut command = self
+                .testbed
+                .pod_command(&spec.name, binary.to_str().unwrap());
+            command.args(spec.sample_app_args(service, version));
+            if self.log_requests {
+                command.arg("--log-requests");
+            }
+            let log = self.dir.join(format!("app-{}.log", spec.name));
+            self.apps.push(Process::spawn(&spec.name, command, log)?);
+        }
+        for spec in self.pods.iter().filter(|p| is_app(p)) {
+            let ip = self.testbed.pod(&spec.name).ip;
+            let port = spec.http_port;
+            self.wait_until(&format!("app {}", spec.name), || {
+                self.testbed
+                    .pod_command(&spec.name, "bash")
+                    .args(["-c", &format!("exec 3<>/dev/tcp/{ip}/{port}")])
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Starts the waypoint of pod `name` inside the pod (its netns and cgroup) and waits until it
+    /// is ready: it has its certificate from the controller's CA (with its own bootstrap token)
+    /// and has applied a `WaypointConfig` pushed over delta ADS.
+    pub fn start_waypoint(&mut self, name: &str) -> anyhow::Result<()> {
+        let spec = self
+            .pods
+            .iter()
+            .find(|p| p.name == name)
+            .with_context(|| format!("no pod {name}"))?
+            .clone();
+        let Workload::Waypoint { gateway } = &spec.workload else {
+            bail!("pod {name} is not a waypoint");
+        };
+        let controller = self.controller_address();
+        let mut command = self
+            .testbed
+            .pod_command(name, binary("waypoint")?.to_str().unwrap());
+        command
+            .env("XDS_ADDRESS", &controller)
+            .env("CA_ADDRESS", &controller)
+            .env(
+                "BOOTSTRAP_TOKEN_FILE",
+                self.dir.join(format!("waypoint-{name}.token")),
+            )
+            .env("NODE_NAME", &spec.node)
+            .env("WAYPOINT_NAME", gateway)
+            .env("POD_NAMESPACE", &spec.namespace)
+            .env("SERVICE_ACCOUNT", &spec.service_account)
+            .env("RUST_LOG", "info");
+        let log = self.dir.join(format!("waypoint-{name}.log"));
+        let process = Process::spawn(&format!("waypoint {name}"), command, log)?;
+        self.waypoints.insert(name.to_string(), process);
+        let ip = self.testbed.pod(name).ip;
+        let node = spec.node.clone();
+        self.wait_until(&format!("waypoint {name} readiness"), || {
+            self.node_curl(&node, &format!("http://{ip}:15021/healthz/ready"))
+                .is_ok_and(|(code, _)| code == 200)
+        })
+    }
+
+    /// Sends SIGTERM to the waypoint of pod `name` and hands its process over, to watch it
+    /// drain and exit.
+    pub fn signal_waypoint(&mut self, name: &str) -> anyhow::Result<Child> {
+        let process = self
+            .waypoints
+            .remove(name)
+            .with_context(|| format!("no waypoint {name}"))?;
+        process.signal_terminate()
+    }
+
+    /// Stops the waypoint of pod `name` (SIGTERM, then SIGKILL).
+    pub fn stop_waypoint(&mut self, name: &str) {
+        if let Some(mut waypoint) = self.waypoints.remove(name) {
+            waypoint.stop();
+        }
+    }
+
+    pub(crate) fn wait_until(
+        &self,
+        what: &str,
+        mut ready: impl FnMut() -> bool,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + STARTUP;
+        while Instant::now() < deadline {
+            if ready() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("{what} not ready after {STARTUP:?}\n{}", self.logs())
+    }
+
+    /// Starts `mesh-client <args>` inside `pod` as a long-running server (logged as
+    /// `<name>.log`, stopped with the mesh) and waits until `port` accepts in the pod.
+    pub fn start_in_pod(
+        &mut self,
+        pod: &str,
+        name: &str,
+        args: &[&str],
+        port: u16,
+    ) -> anyhow::Result<()> {
+        let mut command = self
+            .testbed
+            .pod_command(pod, binary("mesh-client")?.to_str().unwrap());
+        command.args(args);
+        let log = self.dir.join(format!("{name}.log"));
+        self.apps.push(Process::spawn(name, command, log)?);
+        let ip = self.testbed.pod(pod).ip;
+        self.wait_until(&format!("{name} in {pod}"), || {
+            self.testbed
+                .pod_command(pod, "bash")
+                .args(["-c", &format!("exec 3<>/dev/tcp/{ip}/{port}")])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+    }
+}

@@ -1,0 +1,501 @@
+//! Serving: failures injected, writes, TokenReview, gets, paginated lists and watches.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::request::{
+    Body, Selection, Target, json_response, parse_field_selector, parse_label_selector, parse_path,
+    parse_query, status_object, status_response,
+};
+use crate::{EventType, FakeApiError, LoggedRequest, ServedKind, Shared, Store, StoreKey};
+
+/// Request bodies above this are refused.
+const MAX_BODY: usize = 1 << 20;
+
+pub(crate) async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Body> {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let query = parse_query(request.uri().query());
+    let body = http_body_util::Limited::new(request.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map(|collected| collected.to_bytes());
+    let response = match body {
+        Ok(body) => respond(&shared, &method, &path, &query, &body),
+        Err(_) => status_response(413, "RequestEntityTooLarge", "request body too large"),
+    };
+    shared.store().log.push(LoggedRequest {
+        method: method.to_string(),
+        path,
+        query,
+        status: response.status().as_u16(),
+    });
+    response
+}
+
+fn respond(
+    shared: &Arc<Shared>,
+    method: &Method,
+    path: &str,
+    query: &BTreeMap<String, String>,
+    body: &[u8],
+) -> Response<Body> {
+    {
+        let mut store = shared.store();
+        let injected = store
+            .failures
+            .iter_mut()
+            .find(|f| f.remaining > 0 && path.starts_with(&f.path_prefix));
+        if let Some(failure) = injected {
+            failure.remaining -= 1;
+            let status = failure.status;
+            return status_response(status, "InternalError", "injected failure");
+        }
+    }
+    if path == TOKEN_REVIEWS {
+        return match *method {
+            Method::POST => token_review(shared, body),
+            _ => status_response(405, "MethodNotAllowed", "tokenreviews are only created"),
+        };
+    }
+    let Some(target) = parse_path(&shared.kinds, path) else {
+        return status_response(
+            404,
+            "NotFound",
+            &format!("the server could not find {path}"),
+        );
+    };
+    match *method {
+        Method::GET => {}
+        Method::POST if target.name.is_none() => {
+            return write(shared, &target, body, EventType::Added);
+        }
+        Method::PUT if target.name.is_some() => {
+            return write(shared, &target, body, EventType::Modified);
+        }
+        _ => return status_response(405, "MethodNotAllowed", &format!("{method} {path}")),
+    }
+    let labels = match parse_label_selector(query.get("labelSelector").map_or("", String::as_str)) {
+        Ok(labels) => labels,
+        Err(message) => return status_response(400, "BadRequest", &message),
+    };
+    let fields = match parse_field_selector(query.get("fieldSelector").map_or("", String::as_str)) {
+        Ok(fields) => fields,
+        Err(message) => return status_response(400, "BadRequest", &message),
+    };
+    let selection = Selection {
+        namespace: target.namespace.clone(),
+        labels,
+        fields,
+    };
+    if let Some(name) = &target.name {
+        return get(shared, target.kind_index, &selection, name);
+    }
+    let watching = query.get("watch").is_some_and(|w| w == "true" || w == "1");
+    if watching {
+        watch(shared, target.kind_index, selection, query)
+    } else {
+        list(shared, target.kind_index, &selection, query)
+    }
+}
+
+const TOKEN_REVIEWS: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
+
+/// A create (POST to the collection) or replace (PUT to the object), as the API server answers
+/// it: 201 or 200 with the stored object, 409 when it exists, 404 when it does not.
+fn write(shared: &Shared, target: &Target, body: &[u8], event: EventType) -> Response<Body> {
+    let Ok(mut object) = serde_json::from_slice::<Value>(body) else {
+        return status_response(400, "BadRequest", "the body is not a JSON object");
+    };
+    let served = &shared.kinds[target.kind_index];
+    let Some(map) = object.as_object_mut() else {
+        return status_response(400, "BadRequest", "the body is not a JSON object");
+    };
+    map.insert("apiVersion".to_owned(), served.api_version().into());
+    map.insert("kind".to_owned(), served.kind.clone().into());
+    let metadata = map
+        .entry("metadata")
+        .or_insert_with(|| Value::Object(Default::default()));
+    if let Some(namespace) = &target.namespace {
+        metadata["namespace"] = Value::from(namespace.clone());
+    }
+    if let Some(name) = &target.name
+        && metadata["name"].as_str() != Some(name.as_str())
+    {
+        return status_response(
+            400,
+            "BadRequest",
+            "the name in the body differs from the URL",
+        );
+    }
+    match shared.mutate(object, event) {
+        Ok((_, stored)) => {
+            let status = if event == EventType::Added {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            json_response(status, &stored)
+        }
+        Err(error @ FakeApiError::AlreadyExists { .. }) => {
+            status_response(409, "AlreadyExists", &error.to_string())
+        }
+        Err(error @ FakeApiError::NotFound { .. }) => {
+            status_response(404, "NotFound", &error.to_string())
+        }
+        Err(error) => status_response(400, "BadRequest", &error.to_string()),
+    }
+}
+
+/// TokenReview: authenticated when the token is known and (if the review names audiences) was
+/// issued for one of them.
+fn token_review(shared: &Shared, body: &[u8]) -> Response<Body> {
+    let Ok(review) = serde_json::from_slice::<Value>(body) else {
+        return status_response(400, "BadRequest", "the body is not a TokenReview");
+    };
+    let token = review["spec"]["token"].as_str().unwrap_or_default();
+    let wanted: Vec<String> = review["spec"]["audiences"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.as_str().map(str::to_owned))
+        .collect();
+    let known = shared.store().tokens.get(token).cloned();
+    let status = match known {
+        None => json!({"authenticated": false, "error": "invalid bearer token"}),
+        Some(identity) => {
+            let audiences: Vec<String> = if wanted.is_empty() {
+                identity.audiences.clone()
+            } else {
+                wanted
+                    .iter()
+                    .filter(|a| identity.audiences.contains(a))
+                    .cloned()
+                    .collect()
+            };
+            if audiences.is_empty() {
+                json!({"authenticated": false, "error": "token audiences are invalid for the requested audiences"})
+            } else {
+                json!({
+                    "authenticated": true,
+                    "audiences": audiences,
+                    "user": {
+                        "username": identity.username,
+                        "uid": format!("uid-{}", identity.username),
+                        "groups": ["system:serviceaccounts", "system:authenticated"],
+                        "extra": identity.extra,
+                    },
+                })
+            }
+        }
+    };
+    let answer = json!({
+        "apiVersion": "authentication.k8s.io/v1",
+        "kind": "TokenReview",
+        "metadata": {"creationTimestamp": null},
+        "spec": review["spec"],
+        "status": status,
+    });
+    json_response(StatusCode::CREATED, &answer)
+}
+
+fn get(shared: &Shared, kind_index: usize, selection: &Selection, name: &str) -> Response<Body> {
+    let namespace = selection.namespace.clone().unwrap_or_default();
+    let key = (kind_index, namespace, name.to_owned());
+    match shared.store().objects.get(&key) {
+        Some(object) => json_response(StatusCode::OK, object),
+        None => status_response(404, "NotFound", &format!("{name} not found")),
+    }
+}
+
+/// The objects of one kind as they were at `version`, rebuilt from the history.
+fn snapshot_at(store: &Store, kind_index: usize, version: u64) -> BTreeMap<StoreKey, Value> {
+    let mut objects = BTreeMap::new();
+    for entry in store
+        .history
+        .iter()
+        .filter(|e| e.kind_index == kind_index && e.resource_version <= version)
+    {
+        let metadata = &entry.object["metadata"];
+        let key = (
+            kind_index,
+            metadata["namespace"].as_str().unwrap_or("").to_owned(),
+            metadata["name"].as_str().unwrap_or("").to_owned(),
+        );
+        match entry.event {
+            EventType::Added | EventType::Modified => {
+                objects.insert(key, entry.object.clone());
+            }
+            EventType::Deleted => {
+                objects.remove(&key);
+            }
+        }
+    }
+    objects
+}
+
+fn without_type(mut object: Value) -> Value {
+    // As the real server does for typed lists: items carry no apiVersion/kind of their own.
+    if let Some(map) = object.as_object_mut() {
+        map.remove("apiVersion");
+        map.remove("kind");
+    }
+    object
+}
+
+fn list(
+    shared: &Shared,
+    kind_index: usize,
+    selection: &Selection,
+    query: &BTreeMap<String, String>,
+) -> Response<Body> {
+    let served = &shared.kinds[kind_index];
+    let limit = match query.get("limit").map(|l| l.parse::<usize>()) {
+        None => None,
+        Some(Ok(0)) => None,
+        Some(Ok(limit)) => Some(limit),
+        Some(Err(_)) => return status_response(400, "BadRequest", "limit is not a number"),
+    };
+    let store = shared.store();
+    // A continue token is "<list version>/<items already returned>".
+    let (version, offset) = match query.get("continue").filter(|c| !c.is_empty()) {
+        None => (store.resource_version, 0),
+        Some(token) => {
+            let parsed = token
+                .split_once('/')
+                .and_then(|(v, o)| Some((v.parse::<u64>().ok()?, o.parse::<usize>().ok()?)));
+            let Some((version, offset)) = parsed else {
+                return status_response(400, "BadRequest", "malformed continue token");
+            };
+            if version < store.oldest_served_version {
+                return status_response(
+                    410,
+                    "Expired",
+                    "The provided continue parameter is too old to display a consistent list result.",
+                );
+            }
+            (version, offset)
+        }
+    };
+    let matching: Vec<Value> = snapshot_at(&store, kind_index, version)
+        .into_values()
+        .filter(|object| selection.matches(object))
+        .collect();
+    let total = matching.len();
+    let page: Vec<Value> = matching
+        .into_iter()
+        .skip(offset)
+        .take(limit.unwrap_or(usize::MAX))
+        .map(without_type)
+        .collect();
+    let next = offset + page.len();
+    let mut metadata = json!({ "resourceVersion": version.to_string() });
+    if next < total {
+        metadata["continue"] = Value::from(format!("{version}/{next}"));
+        metadata["remainingItemCount"] = Value::from(total - next);
+    }
+    let body = json!({
+        "apiVersion": served.api_version(),
+        "kind": format!("{}List", served.kind),
+        "metadata": metadata,
+        "items": page,
+    });
+    json_response(StatusCode::OK, &body)
+}
+
+fn watch_line(event_type: &str, object: &Value) -> Bytes {
+    let mut line =
+        serde_json::to_vec(&json!({ "type": event_type, "object": object })).unwrap_or_default();
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
+fn bookmark(served: &ServedKind, version: u64, initial_events_end: bool) -> Bytes {
+    let mut metadata = json!({ "resourceVersion": version.to_string() });
+    if initial_events_end {
+        metadata["annotations"] = json!({ "k8s.io/initial-events-end": "true" });
+    }
+    let object = json!({
+        "apiVersion": served.api_version(),
+        "kind": served.kind,
+        "metadata": metadata,
+    });
+    watch_line("BOOKMARK", &object)
+}
+
+fn too_old(requested: u64, oldest: u64) -> Bytes {
+    let message = format!("too old resource version: {requested} ({oldest})");
+    watch_line("ERROR", &status_object(410, "Expired", &message))
+}
+
+/// Where a watch starts: after version N, or (for `0`, none, or `sendInitialEvents`) with the
+/// current objects as `ADDED` events.
+enum WatchStart {
+    After(u64),
+    CurrentState { initial_events_end: bool },
+}
+
+fn watch(
+    shared: &Arc<Shared>,
+    kind_index: usize,
+    selection: Selection,
+    query: &BTreeMap<String, String>,
+) -> Response<Body> {
+    let send_initial_events = query.get("sendInitialEvents").is_some_and(|v| v == "true");
+    let start = match query.get("resourceVersion").map(String::as_str) {
+        _ if send_initial_events => WatchStart::CurrentState {
+            initial_events_end: true,
+        },
+        None | Some("" | "0") => WatchStart::CurrentState {
+            initial_events_end: false,
+        },
+        Some(version) => match version.parse::<u64>() {
+            Ok(version) => WatchStart::After(version),
+            Err(_) => return status_response(400, "BadRequest", "resourceVersion is not a number"),
+        },
+    };
+    let bookmarks = query
+        .get("allowWatchBookmarks")
+        .is_some_and(|v| v == "true");
+    let timeout = query
+        .get("timeoutSeconds")
+        .and_then(|t| t.parse::<u64>().ok())
+        .map_or(Duration::from_secs(1800), Duration::from_secs);
+
+    let (lines, receiver) = mpsc::channel::<Bytes>(64);
+    let shared = Arc::clone(shared);
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(
+            timeout,
+            stream_events(&shared, kind_index, &selection, start, bookmarks, &lines),
+        )
+        .await;
+    });
+    let body = StreamBody::new(ReceiverStream::new(receiver).map(|line| Ok(Frame::data(line))));
+    let mut response = Response::new(BodyExt::boxed(body));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// The first lines of a watch, the version it continues from (`None` when it must end at
+/// once), and the expiry epoch it started in.
+fn initial_events(
+    shared: &Shared,
+    kind_index: usize,
+    selection: &Selection,
+    start: WatchStart,
+) -> (Vec<Bytes>, Option<u64>, u64) {
+    let served = &shared.kinds[kind_index];
+    let store = shared.store();
+    let epoch = store.expiry_epoch;
+    match start {
+        WatchStart::After(version) if version < store.oldest_served_version => (
+            vec![too_old(version, store.oldest_served_version)],
+            None,
+            epoch,
+        ),
+        WatchStart::After(version) => (Vec::new(), Some(version), epoch),
+        WatchStart::CurrentState { initial_events_end } => {
+            let version = store.resource_version;
+            let mut initial: Vec<Bytes> = store
+                .objects
+                .iter()
+                .filter(|((k, _, _), object)| *k == kind_index && selection.matches(object))
+                .map(|(_, object)| watch_line("ADDED", object))
+                .collect();
+            if initial_events_end {
+                initial.push(bookmark(served, version, true));
+            }
+            (initial, Some(version), epoch)
+        }
+    }
+}
+
+/// Feeds one watch until the client goes away, the history expires, or the caller's timeout.
+async fn stream_events(
+    shared: &Shared,
+    kind_index: usize,
+    selection: &Selection,
+    start: WatchStart,
+    bookmarks: bool,
+    lines: &mpsc::Sender<Bytes>,
+) {
+    let served = &shared.kinds[kind_index];
+    let mut changes = shared.changed.subscribe();
+    changes.borrow_and_update();
+    let close_epoch = shared.store().close_epoch;
+    let (initial, cursor, epoch) = initial_events(shared, kind_index, selection, start);
+    let Some(mut cursor) = cursor else {
+        // Too old: the ERROR event is all this watch says.
+        for line in initial {
+            let _ = lines.send(line).await;
+        }
+        return;
+    };
+    for line in initial {
+        if lines.send(line).await.is_err() {
+            return;
+        }
+    }
+    loop {
+        let pending: Vec<Bytes> = {
+            let store = shared.store();
+            if store.expiry_epoch != epoch {
+                vec![too_old(cursor, store.oldest_served_version), Bytes::new()]
+            } else if store.close_epoch != close_epoch {
+                vec![Bytes::new()]
+            } else if store.watches_held {
+                Vec::new()
+            } else {
+                let lines = store
+                    .history
+                    .iter()
+                    .filter(|e| e.resource_version > cursor && e.kind_index == kind_index)
+                    .filter(|e| selection.matches(&e.object))
+                    .map(|e| watch_line(e.event.as_str(), &e.object))
+                    .collect();
+                cursor = store.resource_version;
+                lines
+            }
+        };
+        for line in pending {
+            if line.is_empty() {
+                // The stream ends here (after its ERROR event, if it expired).
+                return;
+            }
+            if lines.send(line).await.is_err() {
+                return;
+            }
+        }
+        tokio::select! {
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                changes.borrow_and_update();
+            }
+            () = tokio::time::sleep(shared.bookmark_interval) => {
+                let held = shared.store().watches_held;
+                if bookmarks && !held && lines.send(bookmark(served, cursor, false)).await.is_err() {
+                    return;
+                }
+                if lines.is_closed() {
+                    return;
+                }
+            }
+        }
+    }
+}
