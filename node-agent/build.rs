@@ -5,7 +5,10 @@ fn main() {
     println!("cargo:rerun-if-env-changed=WEFT_EBPF_OBJECT");
     let object = match std::env::var_os("WEFT_EBPF_OBJECT") {
         Some(path) => PathBuf::from(path),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bpf/weft-ebpf.o"),
+        // Read when the script runs, not when it was compiled: a build directory copied from
+        // another checkout keeps the compiled script, which must not point back there.
+        None => PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"))
+            .join("../target/bpf/weft-ebpf.o"),
     };
     println!("cargo:rerun-if-changed={}", object.display());
     if !object.is_file() {

@@ -182,9 +182,12 @@ fn crdgen() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The workspace root (the parent of this crate).
+/// The workspace root (the parent of this crate). `cargo xtask` runs through `cargo run`, which
+/// sets the manifest directory of this checkout; the compiled-in one is only the fallback (a
+/// build directory copied from another checkout keeps a binary that would point back there).
 pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
         .parent()
         .expect("xtask lives inside the workspace")
         .to_path_buf()

@@ -28,10 +28,10 @@ use std::time::Duration;
 use anyhow::Context;
 use weft_e2e::{Mesh, MeshOptions, PodSpec, waypoint_resources};
 
+use super::host::{agent_cpu, cgroup_cpu_seconds, status_kib};
+use super::load::{fixed_rate, wrk};
 use super::nginx::{Nginx, NginxRoutes};
-use super::{
-    FIXED_RATE, Settings, agent_cpu, cgroup_cpu_seconds, fixed_rate, median, status_kib, wrk,
-};
+use super::{FIXED_RATE, Settings, median};
 
 const WAYPOINT_VIP: &str = "10.96.0.30";
 const PLAIN_VIP: &str = "10.96.0.31";

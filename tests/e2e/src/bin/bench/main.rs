@@ -13,18 +13,20 @@
 //! on one keep-alive connection).
 
 mod capture;
+mod host;
 mod l7;
+mod load;
 mod nginx;
 
 use std::{
     fmt::Write as _,
-    io::{Read, Write},
-    net::TcpStream,
     process::Command,
     time::{Duration, Instant},
 };
 
 use anyhow::Context;
+use host::{NodesPinned, agent_cpu, agent_memory_kib, agent_pid};
+use load::{fixed_rate, fixed_rate_client, wrk};
 use weft_e2e::{Mesh, MeshOptions, PodSpec};
 
 struct Settings {
@@ -139,209 +141,6 @@ impl Row {
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(|a, b| a.total_cmp(b));
     values[values.len() / 2]
-}
-
-/// What one wrk run measured.
-#[derive(Clone, Copy)]
-struct WrkResult {
-    rps: f64,
-    p50_us: f64,
-    requests: f64,
-}
-
-/// Runs wrk in `client`'s pod.
-fn wrk(
-    mesh: &Mesh,
-    client: &str,
-    url: &str,
-    connections: u32,
-    seconds: u32,
-    close: bool,
-) -> anyhow::Result<WrkResult> {
-    let mut command = mesh.testbed.pod_command(client, "wrk");
-    command.args([
-        "-t",
-        if connections > 1 { "2" } else { "1" },
-        "-c",
-        &connections.to_string(),
-        "-d",
-        &format!("{seconds}s"),
-        "--latency",
-    ]);
-    if close {
-        command.args(["-H", "Connection: close"]);
-    }
-    let output = command.arg(url).output()?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    let rps = text
-        .lines()
-        .find_map(|l| l.strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .with_context(|| format!("wrk output:\n{text}"))?;
-    let p50 = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("50%"))
-        .and_then(|v| parse_duration_us(v.trim()))
-        .with_context(|| format!("wrk latency:\n{text}"))?;
-    // "  123456 requests in 10.00s, 12.34MB read"
-    let requests = text
-        .lines()
-        .find_map(|l| l.trim().split_once(" requests in "))
-        .and_then(|(n, _)| n.trim().parse::<f64>().ok())
-        .with_context(|| format!("wrk request count:\n{text}"))?;
-    Ok(WrkResult {
-        rps,
-        p50_us: p50,
-        requests,
-    })
-}
-
-fn parse_duration_us(text: &str) -> Option<f64> {
-    let (number, factor) = if let Some(v) = text.strip_suffix("us") {
-        (v, 1.0)
-    } else if let Some(v) = text.strip_suffix("ms") {
-        (v, 1_000.0)
-    } else if let Some(v) = text.strip_suffix('s') {
-        (v, 1_000_000.0)
-    } else {
-        return None;
-    };
-    number.parse::<f64>().ok().map(|n| n * factor)
-}
-
-fn agent_pid(mesh: &Mesh, node: &str) -> Option<u32> {
-    mesh.testbed
-        .node(node)
-        .agent_cgroup
-        .procs()
-        .ok()?
-        .first()
-        .copied()
-}
-
-/// A `/proc/<pid>/status` field in KiB (`VmRSS`, `VmHWM`, `RssAnon`, `RssFile`).
-fn status_kib(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
-/// A `/proc/<pid>/status` field of `node`'s agent, in KiB.
-fn agent_memory_kib(mesh: &Mesh, node: &str, field: &str) -> Option<u64> {
-    status_kib(agent_pid(mesh, node)?, field)
-}
-
-/// CPU time used so far by everything in a cgroup (`cpu.stat`), in seconds.
-fn cgroup_cpu_seconds(cgroup: &weft_testbed::Cgroup) -> Option<f64> {
-    let stat = std::fs::read_to_string(cgroup.path().join("cpu.stat")).ok()?;
-    stat.lines()
-        .find_map(|l| l.strip_prefix("usage_usec "))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map(|usec| usec / 1e6)
-}
-
-/// `bench fixed-rate <host:port> <rps> <seconds>`, run inside a pod: GETs `/` on one keep-alive
-/// connection at a fixed rate and prints `p50 p90 p99` in µs, each request's latency counted from
-/// the moment it was due (so a stall shows up in the requests queued behind it).
-fn fixed_rate_client(address: &str, rps: u32, seconds: u32) -> anyhow::Result<()> {
-    let mut stream = TcpStream::connect(address).with_context(|| format!("connect {address}"))?;
-    stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let request = format!("GET / HTTP/1.1\r\nHost: {address}\r\n\r\n");
-    let total = rps * seconds;
-    let interval = Duration::from_secs(1) / rps;
-    let mut latencies = Vec::with_capacity(total as usize);
-    let mut buffer = vec![0u8; 16 * 1024];
-    let start = Instant::now();
-    for i in 0..total {
-        let due = start + interval * i;
-        if let Some(wait) = due.checked_duration_since(Instant::now()) {
-            std::thread::sleep(wait);
-        }
-        stream.write_all(request.as_bytes())?;
-        read_response(&mut stream, &mut buffer)?;
-        latencies.push(due.elapsed().as_secs_f64() * 1e6);
-    }
-    latencies.sort_by(f64::total_cmp);
-    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
-    println!("{:.1} {:.1} {:.1}", at(0.50), at(0.90), at(0.99));
-    Ok(())
-}
-
-/// Reads one HTTP/1.1 response with a `Content-Length` body.
-fn read_response(stream: &mut TcpStream, buffer: &mut [u8]) -> anyhow::Result<()> {
-    let mut filled = 0;
-    loop {
-        if filled == buffer.len() {
-            anyhow::bail!("response head over {} bytes", buffer.len());
-        }
-        let n = stream.read(&mut buffer[filled..])?;
-        if n == 0 {
-            anyhow::bail!("connection closed mid-response");
-        }
-        filled += n;
-        let Some(end) = buffer[..filled].windows(4).position(|w| w == b"\r\n\r\n") else {
-            continue;
-        };
-        let head = std::str::from_utf8(&buffer[..end])?;
-        if !head.starts_with("HTTP/1.1 200") {
-            anyhow::bail!("unexpected response: {head}");
-        }
-        let length: usize = head
-            .lines()
-            .find_map(|l| {
-                let (name, value) = l.split_once(':')?;
-                name.eq_ignore_ascii_case("content-length")
-                    .then(|| value.trim().parse().ok())?
-            })
-            .context("response without Content-Length")?;
-        let mut body_left = (end + 4 + length).saturating_sub(filled);
-        let capacity = buffer.len();
-        while body_left > 0 {
-            let n = stream.read(&mut buffer[..body_left.min(capacity)])?;
-            if n == 0 {
-                anyhow::bail!("connection closed mid-body");
-            }
-            body_left -= n;
-        }
-        return Ok(());
-    }
-}
-
-/// Runs the fixed-rate client in `client`'s pod against `address` (`host:port`): (p50, p90,
-/// p99) µs.
-fn fixed_rate(
-    mesh: &Mesh,
-    client: &str,
-    address: &str,
-    rps: u32,
-    seconds: u32,
-) -> anyhow::Result<[f64; 3]> {
-    let exe = std::env::current_exe()?;
-    let output = mesh
-        .testbed
-        .pod_command(client, exe.to_str().context("executable path")?)
-        .args([
-            "fixed-rate",
-            address,
-            &rps.to_string(),
-            &seconds.to_string(),
-        ])
-        .output()?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    let values: Vec<f64> = text
-        .split_whitespace()
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    match values[..] {
-        [p50, p90, p99] => Ok([p50, p90, p99]),
-        _ => anyhow::bail!(
-            "fixed-rate client: {text} {}",
-            String::from_utf8_lossy(&output.stderr)
-        ),
-    }
 }
 
 /// The four benchmark pods; the servers on `server_node`.
@@ -516,91 +315,6 @@ fn cross_node(settings: &Settings, rows: &mut Vec<Row>) -> anyhow::Result<AgentF
         idle_file_kib,
         peak_rss_kib,
     })
-}
-
-/// Each node of the cross-node run on a CPU of its own, like the separate machines it stands
-/// for: its agent and its pods' processes (and, through this process, the clients it starts on
-/// node1) may run only there.
-///
-/// Unpinned, the direct path's one-connection figure was bimodal: about 30 µs per request when
-/// the scheduler happened to put client and server on one CPU, about 77 µs when on two (a
-/// cross-CPU wakeup costs some 25 µs on this VM), so direct rps moved between 12k and 31k from
-/// run to run and every ratio with it. Between real nodes, client and server never share a
-/// CPU. Pinned, the ranges over the rounds were tight on a quiet machine (50-51% at one
-/// connection) but wide under other engineers' load (57-103%): a pinned process cannot move
-/// away from a CPU that a compile occupies. So it is opt-in. Dropping this restores the
-/// process's own affinity.
-struct NodesPinned {
-    all_cpus: String,
-}
-
-impl NodesPinned {
-    fn pin(mesh: &Mesh) -> anyhow::Result<Self> {
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let all_cpus = format!("0-{}", cpus - 1);
-        let cpu_of = |node: &str| {
-            mesh.testbed
-                .nodes()
-                .iter()
-                .position(|n| n.name == node)
-                .map_or(0, |i| i % cpus)
-        };
-        for node in mesh.testbed.nodes() {
-            let cpu = cpu_of(&node.name);
-            let mut groups = vec![&node.agent_cgroup];
-            groups.extend(
-                mesh.testbed
-                    .pods()
-                    .iter()
-                    .filter(|p| p.node == node.name)
-                    .map(|p| &p.cgroup),
-            );
-            for group in groups {
-                for pid in group.procs()? {
-                    set_affinity(&["-a", "-p", "-c", &cpu.to_string(), &pid.to_string()])?;
-                }
-            }
-        }
-        // Clients are started from this process's main thread and inherit its affinity.
-        set_affinity(&[
-            "-p",
-            "-c",
-            &cpu_of("node1").to_string(),
-            &std::process::id().to_string(),
-        ])?;
-        eprintln!(
-            "pinned: node1 -> cpu {}, node2 -> cpu {}",
-            cpu_of("node1"),
-            cpu_of("node2")
-        );
-        Ok(Self { all_cpus })
-    }
-}
-
-impl Drop for NodesPinned {
-    fn drop(&mut self) {
-        let _ = set_affinity(&["-p", "-c", &self.all_cpus, &std::process::id().to_string()]);
-    }
-}
-
-fn set_affinity(args: &[&str]) -> anyhow::Result<()> {
-    let output = Command::new("taskset").args(args).output()?;
-    anyhow::ensure!(
-        output.status.success(),
-        "taskset {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok(())
-}
-
-/// Every agent's CPU seconds so far, together.
-fn agent_cpu(mesh: &Mesh) -> Option<f64> {
-    let mut total = 0.0;
-    for node in mesh.testbed.nodes() {
-        total += cgroup_cpu_seconds(&node.agent_cgroup)?;
-    }
-    Some(total)
 }
 
 /// Same-node rows, with the agent's acceleration off or on.
