@@ -5,6 +5,7 @@
 //! metric labels) is `weft-proxy-core`'s, the HBONE transport `weft-hbone`'s.
 
 pub mod admin;
+pub mod agent;
 pub mod config;
 pub mod ebpf;
 /// The enrollment API (its own crate, shared with the CNI side).

@@ -10,17 +10,14 @@ use anyhow::Context;
 use clap::Parser;
 use node_agent::{
     admin,
+    agent::Agent,
     config::{self, Config, Environment, Layered},
     ebpf::{
         Enroller, OriginalDst, Redirection, RedirectionConfig, cgroup2_root, check_kernel_features,
         netns_cookie_of,
     },
     enrollment::EnrollmentServer,
-    metrics::Metrics,
-    netns::PodNetns,
-    pods::PodManager,
-    proxy::{ConnectionLimits, ProxyContext, Workers},
-    state::WorkloadStore,
+    proxy::{ConnectionLimits, Workers},
     xds,
 };
 use weft_proxy_core::{
@@ -228,33 +225,28 @@ async fn run(config: Config) -> anyhow::Result<()> {
         controller.trust_roots()?,
     );
 
-    let store = WorkloadStore::new();
-    let mut registry = prometheus_client::registry::Registry::default();
-    let metrics = Arc::new(Metrics::new(&mut registry));
-    let registry = Arc::new(registry);
     let workers =
         Workers::start(proxy.worker_threads, "proxy").context("starting the proxy workers")?;
-    let context = ProxyContext::with_workers(
-        store.clone(),
-        certificates.source(),
-        metrics,
-        redirection.clone() as Arc<dyn OriginalDst>,
-        proxy.trust_domain.clone(),
-        workers,
+    let limits =
         ConnectionLimits::for_process(proxy.max_connections, proxy.max_connections_per_source)
-            .context("raising RLIMIT_NOFILE")?,
-    );
+            .context("raising RLIMIT_NOFILE")?;
     let (trigger, drain_watch) = drain::channel();
     // Only the pods' listeners and connections take part in the drain.
     drop(drain_watch);
-    let pods = Arc::new(
-        PodManager::new(
-            context,
-            PodNetns::current().context("opening the agent's network namespace")?,
-            Some(redirection.clone() as Arc<dyn Enroller>),
-        )
-        .with_drain(trigger.source()),
-    );
+    let Agent {
+        store,
+        pods,
+        registry,
+    } = Agent::build(
+        certificates.source(),
+        redirection.clone() as Arc<dyn OriginalDst>,
+    )
+    .trust_domain(proxy.trust_domain.clone())
+    .workers(workers, limits)
+    .capture(redirection.clone() as Arc<dyn Enroller>)
+    .drain(trigger.source())
+    .start()
+    .context("opening the agent's network namespace")?;
 
     // The CA's credential also admits the discovery stream (the controller checks it in
     // Kubernetes mode), read for every connection.

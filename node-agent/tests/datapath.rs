@@ -10,11 +10,9 @@ use std::{
 };
 
 use node_agent::{
+    agent::Agent,
     enrollment::{EnrolledPod, PodLifecycle},
-    metrics::Metrics,
-    netns::PodNetns,
     pods::PodManager,
-    proxy::ProxyContext,
     state::{NamespacedHostname, TunnelProtocol, Workload, WorkloadStore},
     testing::{FixedOriginalDestinations, LocalCertificates, local_certificates},
     testing::{enrolled_pod, workload as meshed},
@@ -35,11 +33,11 @@ use weft_testbed::{FabricCapture, Netns, Pod, Testbed, Topology};
 const APP_PORT: u16 = 8080;
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-struct Agent {
+struct NodeAgent {
     store: WorkloadStore,
     /// Serves the node's pods until the test ends.
-    manager: PodManager,
-    registry: prometheus_client::registry::Registry,
+    manager: Arc<PodManager>,
+    registry: Arc<prometheus_client::registry::Registry>,
 }
 
 /// The mesh: client and neighbor on node1, server on node2, all in the mesh; `outside` is the
@@ -48,7 +46,7 @@ struct Mesh {
     testbed: Testbed,
     ca: Arc<CertificateAuthority>,
     original: Arc<FixedOriginalDestinations>,
-    agents: Vec<Agent>,
+    agents: Vec<NodeAgent>,
 }
 
 impl Mesh {
@@ -61,7 +59,6 @@ impl Mesh {
             .expect("testbed");
         let ca = Arc::new(CertificateAuthority::generate().unwrap());
         let original = Arc::new(FixedOriginalDestinations::default());
-        let home = PodNetns::current().unwrap();
         let mut agents = Vec::new();
         for node in ["node1", "node2"] {
             let store = WorkloadStore::new();
@@ -80,19 +77,18 @@ impl Mesh {
                 "server",
                 TunnelProtocol::Hbone,
             ));
-            let mut registry = prometheus_client::registry::Registry::default();
-            let context = ProxyContext::new(
-                store.clone(),
-                local_certificates(ca.clone()).source(),
-                Arc::new(Metrics::new(&mut registry)),
-                original.clone(),
-                "cluster.local".into(),
-            );
-            let manager = PodManager::new(context, home.clone(), None);
+            let Agent {
+                store,
+                pods: manager,
+                registry,
+            } = Agent::build(local_certificates(ca.clone()).source(), original.clone())
+                .store(store)
+                .start()
+                .expect("agent");
             for pod in testbed.pods().iter().filter(|p| p.node == node) {
                 manager.add(enrolled(pod)).await.expect("enroll");
             }
-            agents.push(Agent {
+            agents.push(NodeAgent {
                 store,
                 manager,
                 registry,

@@ -11,12 +11,10 @@ use std::{
 };
 
 use node_agent::{
+    agent::Agent,
     ebpf::Redirection,
     enrollment::{EnrolledPod, PodLifecycle},
-    metrics::Metrics,
-    netns::PodNetns,
     pods::PodManager,
-    proxy::ProxyContext,
     state::{TunnelProtocol, Workload, WorkloadStore},
     testing::local_certificates,
     testing::{enrolled_pod, workload as meshed},
@@ -33,7 +31,7 @@ const APP_PORT: u16 = 8080;
 /// An agent for one node: its store, redirection and pod manager.
 struct NodeAgent {
     store: WorkloadStore,
-    manager: PodManager,
+    manager: std::sync::Arc<PodManager>,
 }
 
 fn start_agent(
@@ -54,19 +52,15 @@ fn start_agent(
         };
         store.insert_workload(workload(pod, tunnel));
     }
-    let mut registry = prometheus_client::registry::Registry::default();
-    let context = ProxyContext::new(
-        store.clone(),
-        local_certificates(ca.clone()).source(),
-        Arc::new(Metrics::new(&mut registry)),
-        redirection.clone(),
-        "cluster.local".into(),
-    );
-    let manager = PodManager::new(
-        context,
-        PodNetns::current().unwrap(),
-        Some(redirection.clone()),
-    );
+    let Agent {
+        store,
+        pods: manager,
+        ..
+    } = Agent::build(local_certificates(ca.clone()).source(), redirection.clone())
+        .store(store)
+        .capture(redirection.clone())
+        .start()
+        .expect("agent");
     let agent = NodeAgent { store, manager };
     for name in enrolled_pods {
         futures_lite_block(agent.manager.add(enrolled(testbed.pod(name)))).expect("enroll");

@@ -36,25 +36,6 @@ pub struct ProxyContext {
 }
 
 impl ProxyContext {
-    /// A context whose pods are served on the runtime this is called from.
-    pub fn new(
-        store: WorkloadStore,
-        certificates: Arc<dyn CertificateSource>,
-        metrics: Arc<Metrics>,
-        original_destination: Arc<dyn OriginalDst>,
-        trust_domain: String,
-    ) -> Arc<Self> {
-        Self::with_workers(
-            store,
-            certificates,
-            metrics,
-            original_destination,
-            trust_domain,
-            Workers::current_runtime(),
-            ConnectionLimits::for_open_files_limit(),
-        )
-    }
-
     /// A context whose pods are served on `workers`, thread per core. Its open connections are
     /// decided again on every change of `store` by a task on the runtime this is called from
     /// (none outside a runtime).
