@@ -60,6 +60,10 @@ struct RunArgs {
     /// when it listens on all).
     #[arg(long, env = "WEFT_SERVING_NAMES", value_delimiter = ',')]
     serving_names: Vec<String>,
+    /// TLS key exchanges of 15012 and the webhook: X25519MLKEM768 first, or (`pqc`, as
+    /// Istio's) only it.
+    #[arg(long, env = "COMPLIANCE_POLICY", default_value = "")]
+    compliance_policy: String,
     /// Prometheus monitoring address.
     #[arg(long, env = "WEFT_MONITORING_ADDRESS", default_value = "0.0.0.0:15014")]
     monitoring_address: std::net::SocketAddr,
@@ -169,6 +173,10 @@ async fn mode(args: &RunArgs) -> anyhow::Result<Mode> {
 }
 
 fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    let policy: weft_identity::CompliancePolicy = args.compliance_policy.parse()?;
+    policy
+        .install()
+        .map_err(|installed| anyhow::anyhow!("the compliance policy is already {installed:?}"))?;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

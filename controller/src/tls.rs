@@ -56,8 +56,7 @@ fn certified_key(
         .map_err(|e| ServingError::Unusable(e.to_string()))?;
     let key = PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes())
         .map_err(|e| ServingError::Unusable(e.to_string()))?;
-    let provider = rustls::crypto::ring::default_provider();
-    let certified = CertifiedKey::from_der(chain, key, &provider)
+    let certified = CertifiedKey::from_der(chain, key, &weft_identity::crypto_provider())
         .map_err(|e| ServingError::Unusable(e.to_string()))?;
     Ok((Arc::new(certified), issued.not_after))
 }
@@ -138,12 +137,12 @@ pub fn server_config(
     certificates: Arc<ServingCertificates>,
     alpn: &[&[u8]],
 ) -> Result<rustls::ServerConfig, rustls::Error> {
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_no_client_auth()
-    .with_cert_resolver(certificates);
+    // The mesh's key exchanges (X25519MLKEM768 first; only it under `COMPLIANCE_POLICY=pqc`):
+    // ztunnel under that policy dials 15012 with nothing else.
+    let mut config = rustls::ServerConfig::builder_with_provider(weft_identity::crypto_provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(certificates);
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(config)
 }

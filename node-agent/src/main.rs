@@ -160,7 +160,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(error) = config.proxy.init_logging() {
+    if let Err(error) = config.proxy.init() {
         eprintln!("node-agent: configuration: {error}");
         return ExitCode::from(2);
     }

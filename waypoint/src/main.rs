@@ -92,7 +92,7 @@ fn main() -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&config)?);
         return Ok(());
     }
-    config.proxy.init_logging()?;
+    config.proxy.init()?;
     // Entered before any thread starts, so every thread (created by this one) lives in the
     // pod's network namespace and every socket belongs to the pod.
     if let Some(netns) = &config.netns {

@@ -12,6 +12,9 @@ const APT_PACKAGES: &[&str] = &[
     "libpolly-22-dev",
     "libzstd-dev",
     "zlib1g-dev",
+    // aws-lc-rs (rustls's crypto provider) compiles AWS-LC from C: a C/C++ compiler is all it
+    // needs on x86_64 Linux (no CMake, Go or NASM)
+    "g++",
     // protobuf code generation
     "protobuf-compiler",
     "libprotobuf-dev",

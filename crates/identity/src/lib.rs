@@ -31,9 +31,9 @@ pub use peer::{
 pub use source::{CertificateError, CertificateFuture, CertificateSource};
 pub use spiffe::{PathSegment, SpiffeId, SpiffeIdError};
 pub use tls::{
-    ExpectedServerIdentities, HBONE_ALPN, ServerIdentityError, SpiffeServerVerifier,
-    TlsConfigError, TrustRoots, client_config, hbone_crypto_provider, hbone_server_name,
-    server_config, server_config_with_resolver,
+    COMPLIANCE_POLICY, CompliancePolicy, ExpectedServerIdentities, HBONE_ALPN, ServerIdentityError,
+    SpiffeServerVerifier, TlsConfigError, TrustRoots, UnknownCompliancePolicy, client_config,
+    crypto_provider, hbone_server_name, server_config, server_config_with_resolver,
 };
 pub use workload::{
     CertificateSummary, WorkloadCertificate, WorkloadCertificateError, WorkloadKey,

@@ -1,4 +1,5 @@
-//! rustls configurations for HBONE: TLS 1.3 only, ALPN `h2`, ring, mutual authentication by
+//! rustls configurations for HBONE: TLS 1.3 only, ALPN `h2`, aws-lc-rs with X25519MLKEM768
+//! ([`provider`]), mutual authentication by
 //! SPIFFE certificates chained to the mesh roots.
 //!
 //! SPIFFE certificates carry no DNS names, so no side checks names the usual way. The server
@@ -30,6 +31,10 @@ use rustls_pki_types::pem::PemObject;
 
 use crate::{PeerIdentityError, SpiffeId, WorkloadCertificate, identity_from_certificate};
 
+pub mod provider;
+
+pub use provider::{COMPLIANCE_POLICY, CompliancePolicy, UnknownCompliancePolicy, crypto_provider};
+
 /// The only application protocol HBONE speaks.
 pub const HBONE_ALPN: &[u8] = b"h2";
 
@@ -49,7 +54,7 @@ pub enum TlsConfigError {
     ClientVerifier {
         source: rustls::server::VerifierBuilderError,
     },
-    #[error("rustls refused the TLS 1.3 ring configuration: {source}")]
+    #[error("rustls refused the TLS 1.3 configuration: {source}")]
     Protocol { source: rustls::Error },
     #[error("rustls refused the certificate of {identity}: {source}")]
     Certificate {
@@ -143,11 +148,6 @@ impl FromIterator<SpiffeId> for ExpectedServerIdentities {
     }
 }
 
-/// The crypto provider of every HBONE configuration: ring.
-pub fn hbone_crypto_provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
 /// The server name an HBONE client hands to rustls for a connection to `destination`; see the
 /// module documentation for why an IP is used and why it never reaches the wire.
 pub fn hbone_server_name(destination: IpAddr) -> ServerName<'static> {
@@ -160,7 +160,14 @@ pub fn server_config(
     certificate: &WorkloadCertificate,
     roots: &TrustRoots,
 ) -> Result<Arc<ServerConfig>, TlsConfigError> {
-    let provider = hbone_crypto_provider();
+    server_config_with(crypto_provider(), certificate, roots)
+}
+
+fn server_config_with(
+    provider: Arc<CryptoProvider>,
+    certificate: &WorkloadCertificate,
+    roots: &TrustRoots,
+) -> Result<Arc<ServerConfig>, TlsConfigError> {
     let config = server_builder(&provider, roots)?
         .with_single_cert(certificate.chain().to_vec(), certificate.private_key())
         .map_err(|source| TlsConfigError::Certificate {
@@ -176,7 +183,7 @@ pub fn server_config_with_resolver(
     resolver: Arc<dyn ResolvesServerCert>,
     roots: &TrustRoots,
 ) -> Result<Arc<ServerConfig>, TlsConfigError> {
-    let provider = hbone_crypto_provider();
+    let provider = crypto_provider();
     let config = server_builder(&provider, roots)?.with_cert_resolver(resolver);
     Ok(finish_server(config))
 }
@@ -204,7 +211,15 @@ pub fn client_config(
     roots: &TrustRoots,
     expected: impl Into<ExpectedServerIdentities>,
 ) -> Result<Arc<ClientConfig>, TlsConfigError> {
-    let provider = hbone_crypto_provider();
+    client_config_with(crypto_provider(), certificate, roots, expected)
+}
+
+fn client_config_with(
+    provider: Arc<CryptoProvider>,
+    certificate: &WorkloadCertificate,
+    roots: &TrustRoots,
+    expected: impl Into<ExpectedServerIdentities>,
+) -> Result<Arc<ClientConfig>, TlsConfigError> {
     let verifier = SpiffeServerVerifier::new(roots, expected, provider.clone())?;
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(TLS13_ONLY)

@@ -48,6 +48,7 @@ pub const CONNECTION_TERMINATION_DEADLINE: &str = "CONNECTION_TERMINATION_DEADLI
 /// The pod's `terminationGracePeriodSeconds` (ztunnel's name): without
 /// [`CONNECTION_TERMINATION_DEADLINE`], the drain ends a little before the kubelet's SIGKILL.
 pub const TERMINATION_GRACE_PERIOD_SECONDS: &str = "TERMINATION_GRACE_PERIOD_SECONDS";
+pub use weft_identity::COMPLIANCE_POLICY;
 
 /// How a missing root for an `https://` controller address is reported.
 const ROOT_CERT_FILE_FOR_TLS: &str =
@@ -318,6 +319,8 @@ pub struct ProxyConfig {
     /// After SIGTERM: readiness fails at once, listeners close, and connections in flight have
     /// this long to finish before the process exits.
     pub termination_deadline: Duration,
+    /// TLS key exchanges offered and accepted: X25519MLKEM768 first, or (`pqc`) only it.
+    pub compliance_policy: weft_identity::CompliancePolicy,
 }
 
 impl ProxyConfig {
@@ -379,6 +382,13 @@ impl ProxyConfig {
                 }
             },
         };
+        let compliance_policy = settings
+            .string(COMPLIANCE_POLICY)
+            .unwrap_or_default()
+            .parse()
+            .map_err(|e: weft_identity::UnknownCompliancePolicy| {
+                ConfigError::invalid(COMPLIANCE_POLICY, &e.0, "use pqc, or leave it unset")
+            })?;
         Ok(Self {
             node_name,
             cluster_id: settings.string_or(CLUSTER_ID, DEFAULT_CLUSTER_ID),
@@ -407,6 +417,7 @@ impl ProxyConfig {
                 .count(MAX_CONNECTIONS_PER_SOURCE, "connections")?
                 .unwrap_or(weft_hbone::admission::DEFAULT_MAX_CONNECTIONS_PER_SOURCE),
             termination_deadline: termination_deadline(settings)?,
+            compliance_policy,
         })
     }
 
@@ -418,8 +429,16 @@ impl ProxyConfig {
         }
     }
 
-    /// Installs the process's log subscriber: `RUST_LOG` when set, else [`Self::log_level`].
-    pub fn init_logging(&self) -> Result<(), ConfigError> {
+    /// Installs the process's TLS compliance policy and its log subscriber: `RUST_LOG` when
+    /// set, else [`Self::log_level`]. Called once, before any TLS configuration is built.
+    pub fn init(&self) -> Result<(), ConfigError> {
+        self.compliance_policy.install().map_err(|installed| {
+            ConfigError::invalid(
+                COMPLIANCE_POLICY,
+                format!("{:?}", self.compliance_policy),
+                format!("the process already runs under {installed:?}"),
+            )
+        })?;
         let filter = match tracing_subscriber::EnvFilter::try_from_default_env() {
             Ok(filter) => filter,
             Err(_) => tracing_subscriber::EnvFilter::try_new(&self.log_level)

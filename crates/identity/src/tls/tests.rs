@@ -228,7 +228,7 @@ async fn server_refuses_a_client_from_a_foreign_ca() {
 async fn server_refuses_a_client_without_certificate() {
     let mesh = Mesh::new();
     let server_cert = mesh.certificate("bookinfo", "reviews");
-    let provider = hbone_crypto_provider();
+    let provider = crypto_provider();
     let verifier =
         SpiffeServerVerifier::new(&mesh.roots, spiffe("bookinfo", "reviews"), provider.clone())
             .unwrap();
@@ -256,7 +256,7 @@ async fn tls12_only_client_is_refused() {
     let mesh = Mesh::new();
     let server_cert = mesh.certificate("bookinfo", "reviews");
     let client_cert = mesh.certificate("bookinfo", "productpage");
-    let provider = hbone_crypto_provider();
+    let provider = crypto_provider();
     let verifier =
         SpiffeServerVerifier::new(&mesh.roots, spiffe("bookinfo", "reviews"), provider.clone())
             .unwrap();
@@ -364,7 +364,7 @@ fn raw_server_config(
         rustls::pki_types::PrivateKeyDer<'static>,
     ),
 ) -> Arc<ServerConfig> {
-    let provider = hbone_crypto_provider();
+    let provider = crypto_provider();
     finish_server(
         server_builder(&provider, &mesh.roots)
             .unwrap()
@@ -436,7 +436,7 @@ async fn server_refuses_a_mesh_client_certificate_without_spiffe_id() {
     let (der, key) = unchecked_certificate(&mesh, |params| {
         params.subject_alt_names = vec![rcgen::SanType::DnsName("client".try_into().unwrap())];
     });
-    let provider = hbone_crypto_provider();
+    let provider = crypto_provider();
     let verifier =
         SpiffeServerVerifier::new(&mesh.roots, spiffe("bookinfo", "reviews"), provider.clone())
             .unwrap();
@@ -480,7 +480,7 @@ impl ResolvesServerCert for FixedResolver {
 async fn resolver_based_server_presents_the_resolved_workload() {
     let mesh = Mesh::new();
     let server_cert = mesh.certificate("bookinfo", "details");
-    let resolver = FixedResolver(server_cert.certified_key(&hbone_crypto_provider()).unwrap());
+    let resolver = FixedResolver(server_cert.certified_key(&crypto_provider()).unwrap());
     let client_cert = mesh.certificate("bookinfo", "productpage");
     let (server, client) = handshake(
         server_config_with_resolver(Arc::new(resolver), &mesh.roots).unwrap(),
@@ -519,4 +519,95 @@ async fn a_client_of_another_trust_domain_is_refused_even_when_the_root_signed_i
         let verified = crate::peer_identity_in(server.get_ref().1, "cluster.local");
         assert_eq!(verified.is_ok(), accepted, "{identity}: {verified:?}");
     }
+}
+
+/// Istio's ztunnel under `COMPLIANCE_POLICY=pqc` offers X25519MLKEM768 alone; by default both
+/// ends prefer it and still accept a classical peer; under `pqc` a classical peer is refused.
+#[tokio::test]
+async fn key_exchange_is_post_quantum_and_the_pqc_policy_requires_it() {
+    use rustls::NamedGroup;
+    use rustls::crypto::aws_lc_rs::{default_provider, kx_group};
+
+    let mesh = Mesh::new();
+    let server_cert = mesh.certificate("bookinfo", "reviews");
+    let client_cert = mesh.certificate("bookinfo", "productpage");
+    let classical = || CryptoProvider {
+        kx_groups: vec![kx_group::X25519],
+        ..default_provider()
+    };
+    let connect = |server: CryptoProvider, client: CryptoProvider| {
+        let server = server_config_with(Arc::new(server), &server_cert, &mesh.roots).unwrap();
+        let client = client_config_with(
+            Arc::new(client),
+            &client_cert,
+            &mesh.roots,
+            server_cert.identity().clone(),
+        )
+        .unwrap();
+        handshake(server, client)
+    };
+    let cases = [
+        (
+            CompliancePolicy::Default.provider(),
+            CompliancePolicy::Default.provider(),
+            NamedGroup::X25519MLKEM768,
+        ),
+        (
+            CompliancePolicy::Default.provider(),
+            CompliancePolicy::Pqc.provider(),
+            NamedGroup::X25519MLKEM768,
+        ),
+        (
+            CompliancePolicy::Pqc.provider(),
+            CompliancePolicy::Default.provider(),
+            NamedGroup::X25519MLKEM768,
+        ),
+        (
+            CompliancePolicy::Default.provider(),
+            classical(),
+            NamedGroup::X25519,
+        ),
+    ];
+    for (index, (server, client, group)) in cases.into_iter().enumerate() {
+        let (server, client) = connect(server, client).await;
+        server.unwrap_or_else(|e| panic!("case {index}: {e:?}"));
+        let client = client.unwrap_or_else(|e| panic!("case {index}: {e:?}"));
+        assert_eq!(
+            client
+                .get_ref()
+                .1
+                .negotiated_key_exchange_group()
+                .map(|g| g.name()),
+            Some(group),
+            "case {index}"
+        );
+    }
+
+    // A classical-only peer (what the ring provider offered) meets a pqc end: no common group.
+    let (server, client) = connect(CompliancePolicy::Pqc.provider(), classical()).await;
+    let server_error = server.unwrap_err();
+    assert!(
+        matches!(
+            rustls_error(&server_error),
+            rustls::Error::PeerIncompatible(rustls::PeerIncompatible::NoKxGroupsInCommon)
+        ),
+        "{server_error:?}"
+    );
+    assert!(client.is_err());
+    let (server, client) = connect(classical(), CompliancePolicy::Pqc.provider()).await;
+    assert!(
+        server.is_err() && client.is_err(),
+        "a pqc client reached a classical server"
+    );
+}
+
+#[test]
+fn compliance_policy_is_read_as_ztunnel_reads_it() {
+    assert_eq!("".parse(), Ok(CompliancePolicy::Default));
+    assert_eq!("pqc".parse(), Ok(CompliancePolicy::Pqc));
+    assert_eq!(
+        "PQC".parse::<CompliancePolicy>(),
+        Err(UnknownCompliancePolicy("PQC".into()))
+    );
+    assert_eq!(CompliancePolicy::Pqc.kx_groups().len(), 1);
 }

@@ -61,7 +61,17 @@ fn defaults_follow_istio() {
     assert_eq!(config.worker_threads, 2);
     assert_eq!(config.max_connections, None);
     assert_eq!(config.max_connections_per_source, 256);
+    assert_eq!(
+        config.compliance_policy,
+        weft_identity::CompliancePolicy::Default
+    );
     assert_eq!(parse(&[], WAYPOINT).unwrap().node_name, None);
+    assert_eq!(
+        parse(&[(COMPLIANCE_POLICY, "pqc")], WAYPOINT)
+            .unwrap()
+            .compliance_policy,
+        weft_identity::CompliancePolicy::Pqc
+    );
 }
 
 #[test]
@@ -119,6 +129,10 @@ fn bad_settings_name_the_variable() {
         (
             vec![(LOG_FORMAT, "yaml")],
             "LOG_FORMAT=\"yaml\": use text or json",
+        ),
+        (
+            vec![(COMPLIANCE_POLICY, "fips")],
+            "COMPLIANCE_POLICY=\"fips\": use pqc, or leave it unset",
         ),
         (
             vec![(CA_ADDRESS, "https://istiod.istio-system.svc:15012")],
