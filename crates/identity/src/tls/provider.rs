@@ -45,11 +45,19 @@ impl FromStr for CompliancePolicy {
 static INSTALLED: OnceLock<CompliancePolicy> = OnceLock::new();
 
 impl CompliancePolicy {
-    /// Makes this the policy of every TLS configuration the process builds. A process has one
-    /// policy: installing another after the first is refused (it would leave configurations
-    /// built before it on the old one).
+    /// Makes this the policy of every TLS configuration the process builds: ours, through
+    /// [`crypto_provider`], and the libraries' (tonic's clients and servers to and from the
+    /// controller, the Kubernetes client), through rustls's process-wide default provider,
+    /// which they take when one is installed. A process has one policy: installing another
+    /// after the first is refused (it would leave configurations built before it on the old
+    /// one).
     pub fn install(self) -> Result<(), CompliancePolicy> {
-        let installed = *INSTALLED.get_or_init(|| self);
+        let installed = *INSTALLED.get_or_init(|| {
+            // Fails only if something installed a default first; then ours stays the only
+            // provider built under the policy, and that one is the first the process builds.
+            let _ = self.provider().install_default();
+            self
+        });
         if installed == self {
             Ok(())
         } else {
