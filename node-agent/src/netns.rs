@@ -19,12 +19,17 @@ use std::{
 use nix::sched::{CloneFlags, setns};
 use tokio::net::TcpSocket;
 
+mod client_address;
+pub use client_address::ClientAddressRoutes;
+
 /// A handle on a pod's network namespace, able to run code inside it.
 #[derive(Debug, Clone)]
 pub struct PodNetns {
     pod: Arc<File>,
     home: Arc<File>,
     path: PathBuf,
+    /// Whether connections to the application may come from the client's address.
+    client_address_routes: ClientAddressRoutes,
 }
 
 impl PodNetns {
@@ -35,7 +40,16 @@ impl PodNetns {
             pod: Arc::new(pod),
             home,
             path: path.to_path_buf(),
+            client_address_routes: ClientAddressRoutes::default(),
         })
+    }
+
+    /// Routes the application's replies to its clients' addresses back to the agent inside
+    /// the pod (see [`client_address`]), so that [`PodNetns::connect_from`] can connect from
+    /// them. Without it, every connection to the application comes from the pod's address.
+    pub fn keep_client_addresses(mut self) -> io::Result<Self> {
+        self.client_address_routes = self.run(client_address::install)??;
+        Ok(self)
     }
 
     /// The agent's own namespace, opened once at start.

@@ -70,6 +70,13 @@ impl PodManager {
         self.unenroll(&pod.uid)?;
         let netns = PodNetns::open(&pod.netns, self.home.clone())
             .map_err(|e| format!("opening network namespace {}: {e}", pod.netns.display()))?;
+        let netns = match netns.clone().keep_client_addresses() {
+            Ok(netns) => netns,
+            Err(error) => {
+                tracing::warn!(uid = %pod.uid, %error, "clients' addresses cannot be kept: the application sees the pod's own address as its peer");
+                netns
+            }
+        };
         let proxy = PodProxy::start(
             self.context.clone(),
             pod.uid.clone(),

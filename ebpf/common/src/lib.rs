@@ -136,6 +136,15 @@ pub const MAX_POD_ADDRESSES: usize = 2;
 /// have (a pod that has it can leave the mesh by other means too).
 pub const AGENT_SOCKET_MARK: u32 = 0x539;
 
+/// `SO_MARK` of the agent's connections to a pod's application made from the client's address
+/// (as ztunnel's in-pod connections are, so the application sees who called it). The connect
+/// programs leave these alone too. The pod's namespace routes packets with this mark to itself
+/// (rule `fwmark 0x111 lookup 100`, route `local default dev lo table 100`: Istio's in-pod
+/// numbers), and with `tcp_fwmark_accept` the application's accepted socket takes the mark of
+/// the SYN that opened it, so its replies to the client's address come back to the agent
+/// instead of leaving the pod.
+pub const CLIENT_ADDRESS_MARK: u32 = 0x111;
+
 /// [`PodConfig::flags`]: splice this pod's same-netns socket pairs with `sk_msg`.
 pub const POD_FLAG_ACCELERATE: u32 = 1;
 

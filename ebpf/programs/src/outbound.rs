@@ -17,7 +17,7 @@ use aya_ebpf::{
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
-use weft_ebpf_common::{AGENT_SOCKET_MARK, Address, SocketAddress, ipv4_mapped, ports, stats};
+use weft_ebpf_common::{AGENT_SOCKET_MARK, Address, CLIENT_ADDRESS_MARK, SocketAddress, ipv4_mapped, ports, stats};
 
 use crate::state::{
     AF_INET, IPPROTO_TCP, PENDING_ORIGINAL_DST, bump, is_loopback, is_unspecified, pod_config,
@@ -71,7 +71,7 @@ fn try_redirect(ctx: &SockAddrContext, family: u32, destination: Address, raw_po
     // SAFETY: `sk` of a `bpf_sock_addr` is the connecting socket, never null in `connect4/6`;
     // `mark` is a readable field of `bpf_sock`.
     let mark = unsafe { (*(*addr).__bindgen_anon_1.sk).mark };
-    if mark == AGENT_SOCKET_MARK {
+    if mark == AGENT_SOCKET_MARK || mark == CLIENT_ADDRESS_MARK {
         return;
     }
     let port = u16::from_be(raw_port as u16);

@@ -8,8 +8,7 @@ use std::{io, net::SocketAddr, sync::Arc};
 
 use tokio::net::TcpStream;
 use weft_hbone::{
-    ConnectHandler, ConnectRequest, H2Config, MeteredStream, Refusal, connect_tcp,
-    serve_connection_until,
+    ConnectHandler, ConnectRequest, H2Config, MeteredStream, Refusal, serve_connection_until,
 };
 use weft_identity::SpiffeId;
 use weft_proxy_core::drain::DrainWatch;
@@ -67,7 +66,9 @@ pub(super) async fn handle_plaintext(
     let result = async {
         let workload = workload.ok_or_else(|| ProxyError::UnknownPod(pod.uid.clone()))?;
         authorize_inbound(&context.store, &workload, None, peer.ip(), target)?;
-        let upstream = connect_tcp(&pod.netns, target)
+        let upstream = pod
+            .netns
+            .connect_from(peer.ip(), Some(peer.port()), target)
             .await
             .map_err(|e| ProxyError::Connect(target, e))?;
         copy::tcp_both_ways(&mut downstream, &mut registration.wrap(upstream))
@@ -203,7 +204,9 @@ impl ConnectHandler for InboundTunnels {
                 source_ip,
                 target,
             )?;
-            connect_tcp(&self.pod.netns, target)
+            self.pod
+                .netns
+                .connect_from(source_ip, None, target)
                 .await
                 .map_err(|e| ProxyError::Connect(target, e))
         }

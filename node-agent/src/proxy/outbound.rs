@@ -173,7 +173,9 @@ async fn execute(
                 .pods
                 .get(&destination.uid)
                 .ok_or_else(|| ProxyError::UnknownPod(destination.uid.clone()))?;
-            let upstream = connect_tcp(&destination_pod.netns, target)
+            let upstream = destination_pod
+                .netns
+                .connect_from(source_ip, None, target)
                 .await
                 .map_err(|e| ProxyError::Connect(target, e))?;
             copy::tcp_both_ways(app, &mut registration.wrap(upstream))

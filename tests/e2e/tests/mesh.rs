@@ -277,3 +277,27 @@ spec:
     );
     assert_eq!(mesh.curl("client", &url).0, 200);
 }
+
+#[test]
+fn the_application_sees_its_clients_address_not_the_pods_own() {
+    let mesh = two_nodes(CART_SERVICE);
+    let client = mesh.pod("client").ip;
+    let outsider = mesh.pod("outsider").ip;
+    // Across nodes over HBONE, on one node through the agent alone, and plaintext from a pod
+    // outside the mesh: each time the application's socket has the caller's address as peer,
+    // as with ztunnel (the agent connects from it inside the pod).
+    for (from, to, expected) in [
+        ("client", "cart-2", client),
+        ("client", "cart-1", client),
+        ("outsider", "cart-2", outsider),
+    ] {
+        let target = mesh.pod(to).ip;
+        let reply = mesh.curl_with(from, &[&format!("http://{target}:8080/who")]);
+        assert_eq!(reply.status, 200, "{from} -> {to}: {}\n{}", reply.body, mesh.logs());
+        let peer = reply.json()["peer"].as_str().unwrap_or_default().to_string();
+        let seen: std::net::SocketAddr = peer
+            .parse()
+            .unwrap_or_else(|_| panic!("{from} -> {to}: no peer in {}", reply.body));
+        assert_eq!(seen.ip(), expected, "{from} -> {to}: the application saw {seen}");
+    }
+}

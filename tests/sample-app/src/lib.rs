@@ -150,9 +150,17 @@ struct Reply<'a> {
     protocol: String,
     headers: std::collections::BTreeMap<String, String>,
     attempt: Option<u32>,
+    /// The address the connection came from, as this app's socket sees it (httpbin's
+    /// `origin`): the client's, when the mesh keeps it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peer: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     upstreams: Vec<UpstreamReply>,
 }
+
+/// The TCP peer of the connection a request arrived on (a request extension).
+#[derive(Debug, Clone, Copy)]
+struct Peer(std::net::SocketAddr);
 
 impl App {
     pub fn new(identity: Identity) -> Arc<Self> {
@@ -182,11 +190,12 @@ impl App {
     /// Serves HTTP/1.1 and HTTP/2 on `listener` until the task is dropped.
     pub async fn serve_http(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
         loop {
-            let (stream, _) = listener.accept().await?;
+            let (stream, peer) = listener.accept().await?;
             let _ = stream.set_nodelay(true);
             let app = self.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |request| {
+                let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+                    request.extensions_mut().insert(Peer(peer));
                     let app = app.clone();
                     async move { Ok::<_, Infallible>(app.handle(request).await) }
                 });
@@ -280,6 +289,7 @@ impl App {
                         .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
                         .collect(),
                     attempt,
+                    peer: request.extensions().get::<Peer>().map(|p| p.0.to_string()),
                     upstreams,
                 };
                 let mut json = serde_json::to_vec(&reply).expect("replies serialize");
