@@ -402,6 +402,7 @@ impl FakeApiServer {
                 source,
             })?;
         let config = ::kube::Config::new(uri);
+        weft_identity::install_default_provider();
         ::kube::Client::try_from(config).map_err(|source| FakeApiError::Client {
             url,
             source: Box::new(source),
