@@ -197,7 +197,23 @@ pub struct Translation {
 pub fn translate(index: &ConfigIndex, settings: &MeshSettings) -> Translation {
     let mut problems = resolve::assignment_problems(index);
     problems.extend(agent::authorization_problems(index));
-    let waypoints = waypoint::waypoint_configs(index, settings, &mut problems);
+    let mut waypoints = waypoint::waypoint_configs(index, settings, &mut problems);
+    for (name, config) in waypoint::gateway_configs(index, settings, &mut problems) {
+        // A gateway's pod named as a waypoint of its namespace: the waypoint keeps its name.
+        if waypoints.contains_key(&name) {
+            problems.push(TranslateError {
+                kind: ResourceKind::Gateway,
+                namespace: config.namespace.clone(),
+                name: config.name.clone(),
+                problem: TranslateProblem::Unsupported {
+                    path: "metadata.name".to_owned(),
+                    reason: format!("the gateway pod {name} has the name of a waypoint; it receives no configuration"),
+                },
+            });
+            continue;
+        }
+        waypoints.insert(name, config);
+    }
     problems.sort();
     problems.dedup();
     Translation {

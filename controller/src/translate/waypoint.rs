@@ -16,6 +16,7 @@
 
 mod authorization;
 mod clusters;
+mod gateway;
 mod route;
 mod routes;
 mod workloads;
@@ -33,6 +34,7 @@ use super::{MeshSettings, TranslateError, TranslateProblem};
 use crate::index::ConfigIndex;
 use crate::model::{DurationString, KubernetesGateway, ResourceKind};
 use authorization::unenforced_policies;
+pub use gateway::gateway_configs;
 
 /// Every waypoint's configuration, by resource name `namespace/name`.
 pub fn waypoint_configs(
@@ -107,6 +109,7 @@ pub fn waypoint_config(
         authorization_policies,
         source_workloads,
         workloads,
+        gateway: None,
     }
 }
 

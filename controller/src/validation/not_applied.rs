@@ -57,7 +57,7 @@ pub const CATALOG: &[NotApplied] = &[
         K::VirtualService,
         "spec.tls",
         Set,
-        "TLS routes are not applied by waypoints",
+        "TLS routes are applied at gateway proxies (PASSTHROUGH servers), not by waypoints",
     ),
     entry(
         K::VirtualService,
@@ -303,9 +303,45 @@ pub const CATALOG: &[NotApplied] = &[
     ),
     entry(
         K::Gateway,
-        "",
-        Kind,
-        "Weft runs no ingress or egress gateway; VirtualServices bound only to gateways apply nowhere",
+        "spec.servers[].tls.mode",
+        Equals(&["ISTIO_MUTUAL", "AUTO_PASSTHROUGH", "OPTIONAL_MUTUAL"]),
+        "gateway proxies serve SIMPLE, MUTUAL and PASSTHROUGH only; the server is ignored",
+    ),
+    entry(
+        K::Gateway,
+        "spec.servers[].tls.serverCertificate",
+        Set,
+        "gateway proxies load certificates by credentialName only; a server without one is ignored",
+    ),
+    entry(
+        K::Gateway,
+        "spec.servers[].tls.credentialNames",
+        Set,
+        "gateway proxies load one certificate per server, by credentialName",
+    ),
+    entry(
+        K::Gateway,
+        "spec.servers[].tls.tlsCertificates",
+        Set,
+        "gateway proxies load certificates by credentialName only",
+    ),
+    entry(
+        K::Gateway,
+        "spec.servers[].tls.subjectAltNames",
+        Set,
+        "client certificates of MUTUAL servers are verified against the credential's CA only",
+    ),
+    entry(
+        K::Gateway,
+        "spec.servers[].bind",
+        Set,
+        "gateway proxies listen on every address of their pod",
+    ),
+    entry(
+        K::Gateway,
+        "spec.servers[].defaultEndpoint",
+        Set,
+        "gateway proxies route by their VirtualServices only",
     ),
     entry(
         K::RequestAuthentication,
@@ -398,9 +434,6 @@ pub const CATALOG: &[NotApplied] = &[
 /// A non-waypoint Gateway API Gateway (`gatewayClassName` other than `istio-waypoint`).
 pub const NOT_A_WAYPOINT: &str =
     "only Gateways of class istio-waypoint (waypoints) are run by Weft; this Gateway is not";
-/// A VirtualService whose `gateways` do not include `mesh`.
-pub const GATEWAY_ONLY_ROUTES: &str =
-    "bound only to gateways, and Weft runs none: these routes apply nowhere";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Segment {
@@ -503,6 +536,7 @@ fn spec_value(resource: &Resource) -> Option<Value> {
         Resource::DestinationRule(r) => value(&r.spec),
         Resource::AuthorizationPolicy(r) => value(&r.spec),
         Resource::PeerAuthentication(r) => value(&r.spec),
+        Resource::Gateway(r) => value(&r.spec),
         _ => None,
     }
 }
@@ -521,12 +555,6 @@ pub fn report(resource: &Resource, findings: &mut Findings) {
             if gateway.spec.gateway_class_name != WAYPOINT_GATEWAY_CLASS =>
         {
             findings.not_applied("spec.gatewayClassName", NOT_A_WAYPOINT);
-        }
-        Resource::VirtualService(vs)
-            if !vs.spec.gateways.is_empty() && !vs.spec.gateways.iter().any(|g| g == "mesh") =>
-        {
-            findings.not_applied("spec.gateways", GATEWAY_ONLY_ROUTES);
-            return;
         }
         _ => {}
     }
@@ -628,12 +656,6 @@ mod tests {
             "`spec.gatewayClassName`",
             &format!("not `{WAYPOINT_GATEWAY_CLASS}`"),
             NOT_A_WAYPOINT,
-        );
-        row(
-            "VirtualService",
-            "`spec.gateways`",
-            "without `mesh`",
-            GATEWAY_ONLY_ROUTES,
         );
         let unread = page
             .lines()

@@ -77,6 +77,22 @@ impl Compiler<'_, '_> {
         if !whole_waypoint && target_services.is_empty() {
             return None;
         }
+        let target_services = if whole_waypoint {
+            Vec::new()
+        } else {
+            target_services.into_iter().collect()
+        };
+        self.l7_policy(policy, target_services)
+    }
+
+    /// `policy` in the waypoint's form, scoped to `target_services` (empty: every request the
+    /// proxy serves); `None` when it never changes a decision (AUDIT).
+    pub(super) fn l7_policy(
+        &mut self,
+        policy: &AuthorizationPolicy,
+        target_services: Vec<String>,
+    ) -> Option<wp::L7Authorization> {
+        let namespace = namespace_of(&policy.metadata);
         let action = match policy.spec.action.unwrap_or_default() {
             AuthorizationAction::Allow => wp::l7_authorization::Action::Allow,
             AuthorizationAction::Deny => wp::l7_authorization::Action::Deny,
@@ -123,11 +139,7 @@ impl Compiler<'_, '_> {
                 .as_ref()
                 .and_then(|a| a.get(DRY_RUN))
                 .is_some_and(|v| v.eq_ignore_ascii_case("true")),
-            target_services: if whole_waypoint {
-                Vec::new()
-            } else {
-                target_services.into_iter().collect()
-            },
+            target_services,
         })
     }
 }

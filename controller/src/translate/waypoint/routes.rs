@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use k8s_openapi::api::core::v1::Service;
 use weft_proto::waypoint as wp;
 
-use super::route::{PortContext, RouteContext, Served, default_retries};
+use super::route::{Binding, PortContext, RouteContext, Served, default_retries};
 use super::{
     ClusterKey, Compiler, age_key, exported_to, is_opaque, port_number, port_protocol, specificity,
     tcp_service_ports,
@@ -210,6 +210,7 @@ impl<'a> Compiler<'a, '_> {
                     clusters: &mut *clusters,
                     notes: &mut *notes,
                     context,
+                    binding: Binding::Mesh,
                 };
                 if let Some(mut compiled) = route_context.http_route(route, mesh)? {
                     compiled.virtual_service = vs_key.clone();
@@ -229,6 +230,7 @@ impl<'a> Compiler<'a, '_> {
                     clusters: &mut *clusters,
                     notes: &mut *notes,
                     context,
+                    binding: Binding::Mesh,
                 };
                 if let Some(mut compiled) = route_context.tcp_route(route, mesh)? {
                     compiled.virtual_service = vs_key.clone();
