@@ -8,6 +8,7 @@
 
 mod cluster;
 mod from_proto;
+pub mod gateway;
 mod route;
 
 use std::collections::{BTreeMap, HashMap};
@@ -79,6 +80,8 @@ pub struct WaypointConfig {
     direct: HashMap<IpAddr, Arc<DirectWorkload>>,
     /// Workload facts by IP, from the endpoints, to describe request sources.
     workloads: HashMap<IpAddr, Arc<WorkloadInfo>>,
+    /// Set in the gateway role: the listeners at the edge and their route tables.
+    pub gateway: Option<Arc<gateway::Gateway>>,
 }
 
 /// What the waypoint knows of a workload from the endpoints it was given.
@@ -272,6 +275,18 @@ impl WaypointConfig {
                     || p.target_services.iter().any(|s| services.contains(s))
             })
             .map(|p| &p.policy)
+    }
+}
+
+/// The hostname, name and namespace request metrics give a service known by its hostname
+/// (`name.namespace.svc.<domain>`; another hostname is its own name, namespace unknown).
+pub fn service_of_host(host: &str) -> (String, String, String) {
+    let mut parts = host.splitn(3, '.');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(name), Some(namespace), Some(rest)) if rest.starts_with("svc.") => {
+            (host.to_owned(), name.to_owned(), namespace.to_owned())
+        }
+        _ => (host.to_owned(), host.to_owned(), String::new()),
     }
 }
 
