@@ -34,7 +34,7 @@ use super::{MeshSettings, TranslateError, TranslateProblem};
 use crate::index::ConfigIndex;
 use crate::model::{DurationString, KubernetesGateway, ResourceKind};
 use authorization::unenforced_policies;
-pub use gateway::gateway_configs;
+pub use gateway::{gateway_configs, is_gateway_pod};
 
 /// Every waypoint's configuration, by resource name `namespace/name`.
 pub fn waypoint_configs(

@@ -37,6 +37,7 @@ pub fn gateway_configs(
     let mut configs = BTreeMap::new();
     for pod in index.pods.values().filter(|p| !resolve::pod_terminated(p)) {
         let labels = resolve::labels(&pod.metadata);
+        // The same rule as `is_gateway_pod`, keeping the Gateways.
         let mut gateways: Vec<&Gateway> = index
             .istio_gateways
             .values()
@@ -53,6 +54,16 @@ pub fn gateway_configs(
         );
     }
     configs
+}
+
+/// Whether an Istio Gateway selects `pod`: a gateway proxy runs there, with its own identity
+/// from the mesh CA.
+pub fn is_gateway_pod(index: &ConfigIndex, pod: &Pod) -> bool {
+    let labels = resolve::labels(&pod.metadata);
+    index
+        .istio_gateways
+        .values()
+        .any(|g| !g.spec.selector.is_empty() && resolve::selects(&g.spec.selector, &labels))
 }
 
 /// One gateway proxy's configuration.
