@@ -378,3 +378,6 @@ pub(super) fn gateway(g: &proto::GatewayConfig, namespace: &str) -> Result<Gatew
 pub(super) fn table_protocol(http: bool) -> Protocol {
     if http { Protocol::Http } else { Protocol::Tcp }
 }
+
+#[cfg(test)]
+mod tests;
