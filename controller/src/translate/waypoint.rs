@@ -64,19 +64,7 @@ pub fn waypoint_config(
     gateway: &KubernetesGateway,
     problems: &mut Vec<TranslateError>,
 ) -> wp::WaypointConfig {
-    let waypoint = WaypointRef::of(gateway);
-    let mut compiler = Compiler {
-        index,
-        settings,
-        services: index
-            .services
-            .values()
-            .map(|s| (resolve::hostname(s, settings), s))
-            .collect(),
-        clusters: BTreeSet::new(),
-        problems,
-        waypoint,
-    };
+    let mut compiler = Compiler::new(index, settings, WaypointRef::of(gateway), problems);
     let served: Vec<&Service> = if WaypointFor::of(gateway).takes_services() {
         compiler
             .services
@@ -211,7 +199,28 @@ fn duration(value: &DurationString) -> Result<prost_types::Duration, String> {
     })
 }
 
-impl Compiler<'_, '_> {
+impl<'a, 'p> Compiler<'a, 'p> {
+    /// A translation for the proxy `waypoint` names (a waypoint's Gateway, or a gateway's pod).
+    fn new(
+        index: &'a ConfigIndex,
+        settings: &'a MeshSettings,
+        waypoint: WaypointRef,
+        problems: &'p mut Vec<TranslateError>,
+    ) -> Self {
+        Compiler {
+            index,
+            settings,
+            services: index
+                .services
+                .values()
+                .map(|s| (resolve::hostname(s, settings), s))
+                .collect(),
+            clusters: BTreeSet::new(),
+            problems,
+            waypoint,
+        }
+    }
+
     /// The SPIFFE identity a pod's certificate carries.
     fn pod_identity(&self, pod: &Pod) -> String {
         resolve::spiffe_id(

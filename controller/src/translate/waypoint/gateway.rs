@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::Pod;
 use weft_proto::waypoint as wp;
 
 use super::route::{Binding, PortContext, RouteContext, Served};
@@ -74,21 +74,11 @@ pub fn gateway_config(
     gateways: &[&Gateway],
     problems: &mut Vec<TranslateError>,
 ) -> wp::WaypointConfig {
-    let mut compiler = Compiler {
-        index,
-        settings,
-        services: index
-            .services
-            .values()
-            .map(|s| (resolve::hostname(s, settings), s))
-            .collect::<BTreeMap<String, &Service>>(),
-        clusters: BTreeSet::new(),
-        problems,
-        waypoint: WaypointRef {
-            namespace: namespace_of(&pod.metadata).to_owned(),
-            name: name_of(&pod.metadata).to_owned(),
-        },
+    let proxy = WaypointRef {
+        namespace: namespace_of(&pod.metadata).to_owned(),
+        name: name_of(&pod.metadata).to_owned(),
     };
+    let mut compiler = Compiler::new(index, settings, proxy, problems);
     let mut listeners: BTreeMap<u32, wp::GatewayListener> = BTreeMap::new();
     for gateway in gateways {
         for (i, server) in gateway.spec.servers.iter().enumerate() {

@@ -1,20 +1,9 @@
 //! Istio `Gateway` servers and the VirtualServices bound to them, as gateway proxies receive
 //! them.
 
-use std::path::Path;
-
+use super::super::tests::validated;
 use super::*;
-use crate::index::ConfigIndex;
-use crate::loader;
 use crate::translate::translate;
-
-fn validated(text: &str) -> ConfigIndex {
-    let report = loader::load_str(Path::new("test.yaml"), text);
-    assert!(report.errors.is_empty(), "{:?}", report.errors);
-    let (index, rejections) = ConfigIndex::from_report(report, None);
-    assert!(rejections.is_empty(), "{rejections:?}");
-    index
-}
 
 const EDGE: &str = r#"
 apiVersion: v1
