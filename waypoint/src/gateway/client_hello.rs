@@ -165,13 +165,11 @@ mod tests {
     /// A real ClientHello, as rustls sends it for `server_name`.
     fn client_hello(server_name: &str) -> Vec<u8> {
         let roots = rustls::RootCertStore::empty();
-        let config = rustls::ClientConfig::builder_with_provider(
-            weft_identity::crypto_provider(),
-        )
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        let config = rustls::ClientConfig::builder_with_provider(weft_identity::crypto_provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
         let name = rustls::pki_types::ServerName::try_from(server_name.to_owned()).unwrap();
         let mut connection = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
         let mut bytes = Vec::new();
