@@ -107,6 +107,7 @@ pub fn waypoint_config(
         authorization_policies,
         source_workloads,
         workloads,
+        request_authentications: Vec::new(),
     }
 }
 

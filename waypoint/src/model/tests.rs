@@ -60,6 +60,7 @@ fn base() -> proto::WaypointConfig {
         authorization_policies: Vec::new(),
         source_workloads: Vec::new(),
         workloads: Vec::new(),
+        request_authentications: Vec::new(),
     }
 }
 
