@@ -197,7 +197,9 @@ pub fn publish(
     reported: &mut Reported,
     gauges: &TranslationGauges,
 ) {
+    let epoch = settings.jwks.begin();
     let translation = translate::translate(index, settings);
+    settings.jwks.finish(epoch);
     let without_http = translation
         .problems
         .iter()
@@ -256,9 +258,13 @@ async fn publish_changes(
 ) {
     let mut changes = index.subscribe();
     changes.borrow_and_update();
+    // A fetched key set changes the waypoints' configuration as a resource change does.
+    let mut keys = settings.jwks.subscribe();
+    keys.borrow_and_update();
     loop {
         tokio::select! {
             changed = changes.changed() => if changed.is_err() { return },
+            changed = keys.changed() => if changed.is_err() { return },
             _ = shutdown.wait_for(|s| *s) => return,
         }
         let deadline = tokio::time::Instant::now() + DEBOUNCE_MAX;
@@ -381,6 +387,7 @@ pub async fn run(config: ServerConfig, shutdown: watch::Receiver<bool>) -> Resul
         &gauges,
     );
     let reader = store.reader();
+    tokio::spawn(config.settings.jwks.clone().run(shutdown.clone()));
     tokio::spawn(publish_changes(
         index.clone(),
         store,

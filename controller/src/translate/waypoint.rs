@@ -2,7 +2,8 @@
 //! `istio-waypoint`), named `namespace/name`, holding exactly the services that use it, their
 //! routes compiled from VirtualServices, the clusters those routes name (DestinationRule subsets
 //! resolved to label selectors and endpoints, traffic policies merged as Istio merges them) and
-//! the AuthorizationPolicies that target the waypoint or its services.
+//! the AuthorizationPolicies and RequestAuthentications that target the waypoint or its
+//! services.
 //!
 //! Istio builds one route table per service port; the proto has one list per service, so on a
 //! service with several HTTP ports each route is repeated per port with a `port` match, and a
@@ -11,9 +12,10 @@
 //!
 //! This file holds the entry points, the `Compiler` that carries one waypoint's translation and
 //! what its parts share; `routes` (a served service's route tables), `route` (one route for
-//! one port), `clusters` (DestinationRules, traffic policies, endpoints), `workloads` and
-//! `authorization` each add their part of it.
+//! one port), `clusters` (DestinationRules, traffic policies, endpoints), `workloads`,
+//! `authorization` and `authentication` each add their part of it.
 
+mod authentication;
 mod authorization;
 mod clusters;
 mod route;
@@ -97,6 +99,11 @@ pub fn waypoint_config(
         .values()
         .filter_map(|policy| compiler.policy(policy, &served))
         .collect();
+    let request_authentications = index
+        .request_authentications
+        .values()
+        .filter_map(|authentication| compiler.request_authentication(authentication, &served))
+        .collect();
     // DENY before ALLOW, as the waypoint evaluates them; stable within each action.
     authorization_policies.sort_by_key(|p| p.action != wp::l7_authorization::Action::Deny as i32);
     wp::WaypointConfig {
@@ -107,6 +114,7 @@ pub fn waypoint_config(
         authorization_policies,
         source_workloads,
         workloads,
+        request_authentications,
     }
 }
 

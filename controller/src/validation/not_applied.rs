@@ -308,12 +308,6 @@ pub const CATALOG: &[NotApplied] = &[
         "Weft runs no ingress or egress gateway; VirtualServices bound only to gateways apply nowhere",
     ),
     entry(
-        K::RequestAuthentication,
-        "",
-        Kind,
-        "waypoints validate no JWTs yet: no request has a request principal or claims, and invalid tokens are not refused",
-    ),
-    entry(
         K::GatewayClass,
         "",
         Kind,
@@ -343,6 +337,19 @@ pub const CATALOG: &[NotApplied] = &[
         Kind,
         "Gateway API routes are not applied yet, so no reference needs a grant",
     ),
+    // RequestAuthentication
+    entry(
+        K::RequestAuthentication,
+        "spec.selector",
+        Set,
+        "a selector never binds a waypoint (as in Istio's ambient mode) and Weft runs no sidecars: only targetRefs apply it",
+    ),
+    entry(
+        K::RequestAuthentication,
+        "spec.jwtRules[].timeout",
+        Set,
+        "the controller fetches every jwksUri with its own 5 s timeout",
+    ),
     // AuthorizationPolicy (fail closed: an ALLOW rule that needs what is not applied never
     // matches; a DENY rule applies without it)
     entry(
@@ -359,18 +366,6 @@ pub const CATALOG: &[NotApplied] = &[
     ),
     entry(
         K::AuthorizationPolicy,
-        "spec.rules[].from[].source.requestPrincipals",
-        Set,
-        "no JWT is validated, so no request has a request principal: the source never matches",
-    ),
-    entry(
-        K::AuthorizationPolicy,
-        "spec.rules[].from[].source.notRequestPrincipals",
-        Set,
-        "no JWT is validated, so no request has a request principal",
-    ),
-    entry(
-        K::AuthorizationPolicy,
         "spec.rules[].from[].source.trustDomains",
         Set,
         "trust domains are not matched: an ALLOW rule with them never matches, a DENY rule applies to every trust domain",
@@ -380,12 +375,6 @@ pub const CATALOG: &[NotApplied] = &[
         "spec.rules[].from[].source.notTrustDomains",
         Set,
         "trust domains are not matched: an ALLOW rule with them never matches, a DENY rule applies to every trust domain",
-    ),
-    entry(
-        K::AuthorizationPolicy,
-        "spec.rules[].when[].key",
-        StartsWith("request.auth."),
-        "no JWT is validated, so no request has JWT claims: the rule never matches",
     ),
     entry(
         K::AuthorizationPolicy,
@@ -503,6 +492,7 @@ fn spec_value(resource: &Resource) -> Option<Value> {
         Resource::DestinationRule(r) => value(&r.spec),
         Resource::AuthorizationPolicy(r) => value(&r.spec),
         Resource::PeerAuthentication(r) => value(&r.spec),
+        Resource::RequestAuthentication(r) => value(&r.spec),
         _ => None,
     }
 }

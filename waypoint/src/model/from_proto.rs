@@ -339,12 +339,18 @@ impl TryFrom<proto::WaypointConfig> for WaypointConfig {
             .iter()
             .map(authorization::authorization)
             .collect::<Result<_, _>>()?;
+        let authentications = config
+            .request_authentications
+            .iter()
+            .map(crate::authn::authentication)
+            .collect::<Result<_, _>>()?;
         Ok(WaypointConfig {
             name: config.name,
             namespace: config.namespace,
             services,
             clusters,
             policies,
+            authentications,
             by_vip,
             direct,
             workloads,

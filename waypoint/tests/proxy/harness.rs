@@ -113,6 +113,7 @@ pub fn config(
         authorization_policies: Vec::new(),
         source_workloads: Vec::new(),
         workloads: Vec::new(),
+        request_authentications: Vec::new(),
     }
 }
 
