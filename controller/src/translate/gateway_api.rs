@@ -25,9 +25,7 @@ pub use spec::{
     BackendRef, Filter, GrpcMethod, HeaderModifier, KeyMatch, Match, MethodMatch, Mirror,
     ParentRef, PathMatch, PathModifier, Redirect, Retry, RouteSpec, Rule, Timeouts, UrlRewrite,
 };
-pub use status::{
-    Condition, MESH_CONTROLLER, ParentStatus, RouteStatus, route_statuses,
-};
+pub use status::{Condition, MESH_CONTROLLER, ParentStatus, RouteStatus, route_statuses};
 
 /// The Gateway API group.
 pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
@@ -224,10 +222,7 @@ pub fn backend(
             kind.name(),
         )));
     }
-    let Some(service) = index
-        .services
-        .get(&format!("{namespace}/{}", backend.name))
-    else {
+    let Some(service) = index.services.get(&format!("{namespace}/{}", backend.name)) else {
         return Err(BackendProblem::NotFound(format!(
             "backendRef Service {namespace}/{} not found",
             backend.name

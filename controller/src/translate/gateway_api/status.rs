@@ -5,7 +5,9 @@
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::{BackendProblem, MeshRoute, Parent, ParentRef, RouteKind, backend, mesh_routes, parent};
+use super::{
+    BackendProblem, MeshRoute, Parent, ParentRef, RouteKind, backend, mesh_routes, parent,
+};
 use crate::index::ConfigIndex;
 use crate::translate::MeshSettings;
 use crate::translate::resolve::{self, name_of, service_waypoint};

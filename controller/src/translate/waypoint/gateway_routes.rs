@@ -20,8 +20,8 @@ use super::{ClusterKey, Compiler, duration, port_number, tcp_service_ports};
 use crate::model::DurationString;
 use crate::translate::TranslateProblem;
 use crate::translate::gateway_api::{
-    self as gw, BackendRef, Filter, HeaderModifier, Match, MeshRoute, MethodMatch,
-    PathModifier, RouteKind, Rule,
+    self as gw, BackendRef, Filter, HeaderModifier, Match, MeshRoute, MethodMatch, PathModifier,
+    RouteKind, Rule,
 };
 use crate::translate::resolve::name_of;
 
@@ -99,14 +99,23 @@ fn precedence(kind: RouteKind, m: Option<&Match>) -> (bool, u8, usize, bool, usi
 /// the split into exact and `/`-prefix).
 fn uri_match(kind: RouteKind, m: &Match) -> Result<Option<(wp::StringMatch, bool)>, String> {
     use wp::string_match::MatchType;
-    let string = |t| Some((wp::StringMatch { match_type: Some(t) }, false));
+    let string = |t| {
+        Some((
+            wp::StringMatch {
+                match_type: Some(t),
+            },
+            false,
+        ))
+    };
     if kind == RouteKind::Grpc {
         let Some(MethodMatch::Grpc(method)) = &m.method else {
             return Ok(None);
         };
         let regex = method.match_type.as_deref() == Some("RegularExpression");
         return Ok(match (&method.service, &method.method, regex) {
-            (None, None, _) => return Err("a gRPC method match names neither service nor method".to_owned()),
+            (None, None, _) => {
+                return Err("a gRPC method match names neither service nor method".to_owned());
+            }
             (Some(s), None, false) => string(MatchType::Prefix(format!("/{s}/"))),
             (Some(s), None, true) => string(MatchType::Regex(format!("/{s}/.+"))),
             (None, Some(m), _) => string(MatchType::Regex(format!("/[^/]+/{m}"))),
@@ -309,7 +318,13 @@ impl<'a> Compiler<'a, '_> {
         path: String,
         service: &str,
     ) -> wp::Destination {
-        match gw::backend(self.index, self.settings, route.kind, route.namespace(), backend) {
+        match gw::backend(
+            self.index,
+            self.settings,
+            route.kind,
+            route.namespace(),
+            backend,
+        ) {
             Ok(resolved) => {
                 let key = ClusterKey {
                     host: resolved.hostname.clone(),
@@ -317,10 +332,11 @@ impl<'a> Compiler<'a, '_> {
                     port: resolved.port,
                 };
                 let cluster = key.name();
-                let has_port = self
-                    .services
-                    .get(&resolved.hostname)
-                    .is_some_and(|s| tcp_service_ports(s).map(port_number).any(|p| p == resolved.port));
+                let has_port = self.services.get(&resolved.hostname).is_some_and(|s| {
+                    tcp_service_ports(s)
+                        .map(port_number)
+                        .any(|p| p == resolved.port)
+                });
                 if has_port {
                     self.clusters.insert(key);
                 } else {
@@ -381,7 +397,9 @@ impl<'a> Compiler<'a, '_> {
                     route,
                     TranslateProblem::Unsupported {
                         path,
-                        reason: format!("{value:?} is not a duration ({reason}); no timeout is set"),
+                        reason: format!(
+                            "{value:?} is not a duration ({reason}); no timeout is set"
+                        ),
                     },
                 );
                 None
@@ -592,7 +610,10 @@ impl<'a> Compiler<'a, '_> {
                         .enumerate()
                         .find(|(_, f)| !APPLIED_BACKEND_FILTERS.contains(&f.filter_type.as_str()))
                         .map(|(i, f)| {
-                            (format!("{path}.backendRefs[{j}].filters[{i}]"), f.filter_type.clone())
+                            (
+                                format!("{path}.backendRefs[{j}].filters[{i}]"),
+                                f.filter_type.clone(),
+                            )
                         })
                 })
             });
@@ -612,20 +633,39 @@ impl<'a> Compiler<'a, '_> {
         for (i, filter) in rule.filters.iter().enumerate() {
             if let Some(mirror) = &filter.request_mirror {
                 let filter_path = format!("{path}.filters[{i}].requestMirror.backendRef");
-                if gw::backend(self.index, self.settings, route.kind, route.namespace(), &mirror.backend_ref).is_err() {
+                if gw::backend(
+                    self.index,
+                    self.settings,
+                    route.kind,
+                    route.namespace(),
+                    &mirror.backend_ref,
+                )
+                .is_err()
+                {
                     // Istio drops a mirror whose backend does not resolve.
-                    let _ = self.gateway_destination(route, &mirror.backend_ref, filter_path, &served.hostname);
+                    let _ = self.gateway_destination(
+                        route,
+                        &mirror.backend_ref,
+                        filter_path,
+                        &served.hostname,
+                    );
                     continue;
                 }
                 let value = match (&mirror.fraction, mirror.percent) {
                     (Some(f), _) => {
-                        100.0 * f64::from(f.numerator) / f64::from(f.denominator.unwrap_or(100).max(1))
+                        100.0 * f64::from(f.numerator)
+                            / f64::from(f.denominator.unwrap_or(100).max(1))
                     }
                     (None, Some(p)) => f64::from(p),
                     (None, None) => 100.0,
                 };
                 compiled.mirrors.push(wp::HttpMirrorPolicy {
-                    destination: Some(self.gateway_destination(route, &mirror.backend_ref, filter_path, &served.hostname)),
+                    destination: Some(self.gateway_destination(
+                        route,
+                        &mirror.backend_ref,
+                        filter_path,
+                        &served.hostname,
+                    )),
                     percentage: Some(wp::Percent { value }),
                 });
             }
@@ -634,7 +674,10 @@ impl<'a> Compiler<'a, '_> {
             }
             if let Some(filter) = &filter.request_redirect {
                 if form == PrefixForm::Slash
-                    && filter.path.as_ref().is_some_and(|p| p.replace_prefix_match.is_some())
+                    && filter
+                        .path
+                        .as_ref()
+                        .is_some_and(|p| p.replace_prefix_match.is_some())
                 {
                     self.report_route(
                         route,
@@ -717,7 +760,9 @@ impl<'a> Compiler<'a, '_> {
                 },
             );
         }
-        let attempts = i32::try_from(retry.attempts.unwrap_or(2)).unwrap_or(i32::MAX).max(0);
+        let attempts = i32::try_from(retry.attempts.unwrap_or(2))
+            .unwrap_or(i32::MAX)
+            .max(0);
         let mut conditions = "connect-failure,refused-stream,unavailable,cancelled".to_owned();
         for code in &retry.codes {
             conditions.push_str(&format!(",{code}"));
@@ -749,3 +794,6 @@ fn route_contexts(ports: &[u32], parent_port: Option<u32>) -> Vec<PortContext> {
         None => contexts(ports),
     }
 }
+
+#[cfg(test)]
+mod tests;

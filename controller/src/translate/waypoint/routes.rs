@@ -334,11 +334,9 @@ impl RouteSource<'_, '_> {
 
     fn describe(&self) -> String {
         match self {
-            RouteSource::VirtualService(vs) => format!(
-                "{}/{}",
-                namespace_of(&vs.metadata),
-                name_of(&vs.metadata)
-            ),
+            RouteSource::VirtualService(vs) => {
+                format!("{}/{}", namespace_of(&vs.metadata), name_of(&vs.metadata))
+            }
             RouteSource::Gateway(group) => group.describe(),
         }
     }
