@@ -256,27 +256,7 @@ async fn publish_changes(
 ) {
     let mut changes = index.subscribe();
     changes.borrow_and_update();
-    loop {
-        tokio::select! {
-            changed = changes.changed() => if changed.is_err() { return },
-            _ = shutdown.wait_for(|s| *s) => return,
-        }
-        let deadline = tokio::time::Instant::now() + DEBOUNCE_MAX;
-        loop {
-            let quiet = tokio::time::sleep(DEBOUNCE);
-            tokio::select! {
-                changed = changes.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                    if tokio::time::Instant::now() >= deadline {
-                        break;
-                    }
-                }
-                () = quiet => break,
-            }
-        }
-        changes.borrow_and_update();
+    while settled_change(&mut changes, &mut shutdown).await {
         publish(
             &index.snapshot(),
             &settings,
@@ -285,6 +265,35 @@ async fn publish_changes(
             &gauges,
         );
     }
+}
+
+/// Waits for the next change of the index and lets it settle (100 ms of quiet, at most 1 s);
+/// false when the index or the controller is going away.
+pub(crate) async fn settled_change(
+    changes: &mut watch::Receiver<u64>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    tokio::select! {
+        changed = changes.changed() => if changed.is_err() { return false },
+        _ = shutdown.wait_for(|s| *s) => return false,
+    }
+    let deadline = tokio::time::Instant::now() + DEBOUNCE_MAX;
+    loop {
+        let quiet = tokio::time::sleep(DEBOUNCE);
+        tokio::select! {
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return false;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    break;
+                }
+            }
+            () = quiet => break,
+        }
+    }
+    changes.borrow_and_update();
+    true
 }
 
 /// Starts the Kubernetes source and waits until every kind has been listed once, so that the
@@ -357,6 +366,12 @@ pub async fn run(config: ServerConfig, shutdown: watch::Receiver<bool>) -> Resul
                 ));
             }
             start_kubernetes_source(kube.client.clone(), index.clone(), shutdown.clone()).await;
+            tokio::spawn(crate::source::kube::route_status::keep_route_statuses(
+                kube.client.clone(),
+                index.clone(),
+                config.settings.clone(),
+                shutdown.clone(),
+            ));
             let authenticator = TokenReviewAuthenticator::new(
                 kube.client.clone(),
                 kube.token_audiences.clone(),
