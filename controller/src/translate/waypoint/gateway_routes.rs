@@ -123,11 +123,15 @@ fn uri_match(kind: RouteKind, m: &Match) -> Result<Option<(wp::StringMatch, bool
             (Some(s), Some(m), true) => string(MatchType::Regex(format!("/{s}/{m}"))),
         });
     }
-    let Some(path) = &m.path else {
-        return Ok(None);
+    // The CRD defaults a match's path to the prefix `/` (Istio relies on that default).
+    let (match_type, value) = match &m.path {
+        Some(path) => (
+            path.match_type.as_deref().unwrap_or("PathPrefix"),
+            path.value.clone().unwrap_or_else(|| "/".to_owned()),
+        ),
+        None => ("PathPrefix", "/".to_owned()),
     };
-    let value = path.value.clone().unwrap_or_else(|| "/".to_owned());
-    Ok(match path.match_type.as_deref().unwrap_or("PathPrefix") {
+    Ok(match match_type {
         "PathPrefix" => {
             let trimmed = if value == "/" {
                 value
