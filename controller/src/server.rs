@@ -31,10 +31,6 @@ use crate::{
     translate::{self, MeshSettings},
 };
 
-/// A change waits this long for quiet before it is translated...
-pub const DEBOUNCE: Duration = Duration::from_millis(100);
-/// ...but never longer than this after the first change it carries.
-pub const DEBOUNCE_MAX: Duration = Duration::from_secs(1);
 /// While the Kubernetes source has not listed every kind, the missing ones are logged this often.
 const SYNC_REPORT: Duration = Duration::from_secs(10);
 
@@ -256,7 +252,7 @@ async fn publish_changes(
 ) {
     let mut changes = index.subscribe();
     changes.borrow_and_update();
-    while settled_change(&mut changes, &mut shutdown).await {
+    while crate::index::settled_change(&mut changes, &mut shutdown).await {
         publish(
             &index.snapshot(),
             &settings,
@@ -265,35 +261,6 @@ async fn publish_changes(
             &gauges,
         );
     }
-}
-
-/// Waits for the next change of the index and lets it settle (100 ms of quiet, at most 1 s);
-/// false when the index or the controller is going away.
-pub(crate) async fn settled_change(
-    changes: &mut watch::Receiver<u64>,
-    shutdown: &mut watch::Receiver<bool>,
-) -> bool {
-    tokio::select! {
-        changed = changes.changed() => if changed.is_err() { return false },
-        _ = shutdown.wait_for(|s| *s) => return false,
-    }
-    let deadline = tokio::time::Instant::now() + DEBOUNCE_MAX;
-    loop {
-        let quiet = tokio::time::sleep(DEBOUNCE);
-        tokio::select! {
-            changed = changes.changed() => {
-                if changed.is_err() {
-                    return false;
-                }
-                if tokio::time::Instant::now() >= deadline {
-                    break;
-                }
-            }
-            () = quiet => break,
-        }
-    }
-    changes.borrow_and_update();
-    true
 }
 
 /// Starts the Kubernetes source and waits until every kind has been listed once, so that the

@@ -77,7 +77,7 @@ pub async fn keep_route_statuses(
                 }
             }
         }
-        if !crate::server::settled_change(&mut changes, &mut shutdown).await {
+        if !crate::index::settled_change(&mut changes, &mut shutdown).await {
             return;
         }
     }
