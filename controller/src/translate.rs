@@ -10,6 +10,7 @@
 //! what cannot be translated is skipped, translation never fails as a whole and never panics.
 
 pub mod agent;
+pub mod gateway_api;
 pub mod resolve;
 pub mod waypoint;
 
@@ -160,6 +161,12 @@ pub enum TranslateProblem {
     },
     #[error("{path}: {host} is already routed by VirtualService {by}; this one is ignored for it")]
     ShadowedVirtualService {
+        path: String,
+        host: String,
+        by: String,
+    },
+    #[error("{path}: {host} is already routed by {by}; this one is ignored for it")]
+    ShadowedBy {
         path: String,
         host: String,
         by: String,

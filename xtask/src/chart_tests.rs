@@ -489,6 +489,16 @@ fn rbac_grants_what_the_controller_watches_reviews_and_writes() {
         granted(cluster_role, "create")
             .contains(&("authentication.k8s.io".into(), "tokenreviews".into()))
     );
+    // The status of mesh routes (`source::kube::route_status`).
+    for kind in ["httproutes", "grpcroutes", "tcproutes"] {
+        for verb in ["get", "patch"] {
+            assert!(
+                granted(cluster_role, verb)
+                    .contains(&("gateway.networking.k8s.io".into(), format!("{kind}/status"))),
+                "{verb} {kind}/status is not granted"
+            );
+        }
+    }
     let role = find(&rendered, "Role", "weft-controller");
     assert_eq!(role["metadata"]["namespace"], NAMESPACE);
     for (verb, resource) in [

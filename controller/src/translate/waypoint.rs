@@ -18,11 +18,13 @@
 mod authentication;
 mod authorization;
 mod clusters;
+mod gateway_routes;
 mod route;
 mod routes;
 mod workloads;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
 
 use k8s_openapi::api::core::v1::{Pod, Service, ServicePort};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -31,7 +33,7 @@ use weft_proto::waypoint as wp;
 use super::resolve::{
     self, WaypointFor, WaypointRef, host_covers, service_ports, service_waypoint,
 };
-use super::{MeshSettings, TranslateError, TranslateProblem};
+use super::{MeshSettings, TranslateError, TranslateProblem, gateway_api};
 use crate::index::ConfigIndex;
 use crate::model::{DurationString, KubernetesGateway, ResourceKind};
 use authorization::unenforced_policies;
@@ -76,6 +78,7 @@ pub fn waypoint_config(
         clusters: BTreeSet::new(),
         problems,
         waypoint,
+        mesh_routes: gateway_api::mesh_routes(index).into(),
     };
     let served: Vec<&Service> = if WaypointFor::of(gateway).takes_services() {
         compiler
@@ -143,6 +146,8 @@ struct Compiler<'a, 'p> {
     services: BTreeMap<String, &'a Service>,
     clusters: BTreeSet<ClusterKey>,
     problems: &'p mut Vec<TranslateError>,
+    /// The Gateway API routes, read once per waypoint.
+    mesh_routes: Rc<[gateway_api::MeshRoute<'a>]>,
 }
 
 /// Protocol from `appProtocol`, else from the port name (`http-web`), as Istio reads them.
