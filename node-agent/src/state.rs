@@ -92,7 +92,16 @@ pub struct Workload {
     pub authorization_policies: Vec<String>,
 }
 
+/// What Istio's workload uids of ServiceEntry endpoints hold
+/// (`<cluster>/networking.istio.io/ServiceEntry/<namespace>/<name>/<address>`).
+const SERVICE_ENTRY_UID: &str = "/networking.istio.io/ServiceEntry/";
+
 impl Workload {
+    /// An endpoint a ServiceEntry declares (outside the mesh, with no agent of its own).
+    pub fn is_service_entry_endpoint(&self) -> bool {
+        self.uid.contains(SERVICE_ENTRY_UID)
+    }
+
     /// The workload's SPIFFE identity.
     pub fn identity(&self) -> Result<SpiffeId, weft_identity::SpiffeIdError> {
         SpiffeId::new(&self.trust_domain, &self.namespace, &self.service_account)

@@ -79,6 +79,15 @@ pub(super) async fn handle(
     let source = source.expect("planned only with a source");
     let (destination, service, security) = match &plan {
         OutboundPlan::Passthrough { .. } => (None, None, SecurityPolicy::Unknown),
+        OutboundPlan::External {
+            destination,
+            service,
+            ..
+        } => (
+            destination.clone(),
+            Some(service.clone()),
+            SecurityPolicy::Unknown,
+        ),
         OutboundPlan::Hbone {
             destination,
             service,
@@ -140,6 +149,49 @@ async fn execute(
             copy::tcp_both_ways(app, &mut upstream)
                 .await
                 .map_err(copy_error)
+        }
+        OutboundPlan::External {
+            target,
+            destination,
+            ..
+        } => {
+            // A ServiceEntry endpoint has no agent of its own: its L4 policy is decided here,
+            // and again on every change like a connection into a pod of this node.
+            let registration = match destination.filter(|d| d.is_service_entry_endpoint()) {
+                Some(destination) => {
+                    let identity = source
+                        .identity()
+                        .map_err(|e| ProxyError::PeerIdentity(e.to_string()))?;
+                    let source_ip = source.addresses.first().copied().unwrap_or(target.ip());
+                    let registration = context.connections.register(
+                        destination.uid.clone(),
+                        Tracked::Inbound {
+                            peer: Some(identity.clone()),
+                            source_ip,
+                            target,
+                        },
+                    );
+                    authorize_inbound(
+                        &context.store,
+                        &destination,
+                        Some(&identity),
+                        source_ip,
+                        target,
+                    )?;
+                    Some(registration)
+                }
+                None => None,
+            };
+            let upstream = connect_tcp(&pod.netns, target)
+                .await
+                .map_err(|e| ProxyError::Connect(target, e))?;
+            match &registration {
+                Some(registration) => {
+                    copy::tcp_both_ways(app, &mut registration.wrap(upstream)).await
+                }
+                None => copy::tcp_both_ways(app, &mut { upstream }).await,
+            }
+            .map_err(copy_error)
         }
         OutboundPlan::Local {
             target,

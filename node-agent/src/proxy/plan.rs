@@ -39,6 +39,16 @@ pub enum OutboundPlan {
         service: Option<Arc<Service>>,
         via_waypoint: bool,
     },
+    /// Plain TCP to `target`, a destination outside the mesh that a service names: an endpoint
+    /// without a tunnel (a ServiceEntry's, a selectorless Service's), or the original
+    /// destination of a service without endpoint selection (a `resolution: NONE`
+    /// ServiceEntry). Reported under the service; a ServiceEntry endpoint's L4 policy is
+    /// enforced here, having no agent of its own.
+    External {
+        target: SocketAddr,
+        destination: Option<Arc<Workload>>,
+        service: Arc<Service>,
+    },
     /// The destination is a pod this agent serves: no TLS, but its inbound policy still applies.
     Local {
         target: SocketAddr,
@@ -95,7 +105,11 @@ fn plan_service(
     roll: usize,
 ) -> Result<OutboundPlan, OutboundError> {
     if service.load_balancing == LoadBalancingMode::Passthrough {
-        return Ok(OutboundPlan::Passthrough { target: original });
+        return Ok(OutboundPlan::External {
+            target: original,
+            destination: None,
+            service,
+        });
     }
     let key = service.key();
     let endpoints = store.endpoints(&key);
@@ -193,7 +207,14 @@ fn plan_workload(
     is_local: &impl Fn(&str) -> bool,
 ) -> Result<OutboundPlan, OutboundError> {
     if destination.tunnel == TunnelProtocol::None {
-        return Ok(OutboundPlan::Passthrough { target });
+        return Ok(match service {
+            Some(service) => OutboundPlan::External {
+                target,
+                destination: Some(destination),
+                service,
+            },
+            None => OutboundPlan::Passthrough { target },
+        });
     }
     if is_local(&destination.uid) {
         return Ok(OutboundPlan::Local {
