@@ -288,13 +288,44 @@ pub const CATALOG: &[NotApplied] = &[
         Set,
         "retries are bounded by maxRetries only",
     ),
-    // Whole kinds
+    // ServiceEntry
     entry(
         K::ServiceEntry,
-        "",
-        Kind,
-        "ServiceEntry hosts are not mesh services yet: agents do not resolve them and routes to them are answered 503 NC",
+        "spec.resolution",
+        Equals(&["DNS", "DNS_ROUND_ROBIN", "DYNAMIC_DNS"]),
+        "node agents do not resolve hostnames yet: endpoints given as IP addresses are used, a host without endpoints or an endpoint given by name has no address and connections to it fail",
     ),
+    entry(
+        K::ServiceEntry,
+        "spec.subjectAltNames",
+        Set,
+        "node agents verify each mesh endpoint's own identity; endpoints outside the mesh are reached in plain TCP",
+    ),
+    entry(
+        K::ServiceEntry,
+        "spec.endpoints[].weight",
+        Set,
+        "node agents balance a host's endpoints round robin, without weights",
+    ),
+    entry(
+        K::ServiceEntry,
+        "spec.endpoints[].network",
+        Set,
+        "networks are not known to node agents: every endpoint is reached directly",
+    ),
+    entry(
+        K::ServiceEntry,
+        "spec.endpoints[].locality",
+        Set,
+        "localities are not known to node agents",
+    ),
+    entry(
+        K::ServiceEntry,
+        "spec.endpoints[].labels",
+        Set,
+        "endpoint labels select DestinationRule subsets at waypoints, which do not serve ServiceEntry hosts yet",
+    ),
+    // Whole kinds
     entry(
         K::WorkloadEntry,
         "",
@@ -503,6 +534,7 @@ fn spec_value(resource: &Resource) -> Option<Value> {
         Resource::DestinationRule(r) => value(&r.spec),
         Resource::AuthorizationPolicy(r) => value(&r.spec),
         Resource::PeerAuthentication(r) => value(&r.spec),
+        Resource::ServiceEntry(r) => value(&r.spec),
         _ => None,
     }
 }

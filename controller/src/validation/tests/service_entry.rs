@@ -271,13 +271,20 @@ fn service_entry_rules() {
             se("{hosts: [a.example.com], exportTo: ['~'], addresses: [10.0.0.1]}"),
         ),
         warns(
-            "not applied yet",
-            "ServiceEntry",
+            "DNS resolution not applied yet",
+            "ServiceEntry (Weft: node agents resolve no hostnames)",
             se(
                 "{hosts: [api.example.com], ports: [{number: 443, name: https, protocol: TLS}], resolution: DNS}",
             ),
-            "<resource>",
+            "spec.resolution",
             crate::validation::NOT_APPLIED,
+        ),
+        ok(
+            "STATIC endpoints are applied",
+            "ServiceEntry (Weft: STATIC endpoints are mesh services' endpoints)",
+            se(
+                "{hosts: [api.example.com], addresses: [10.96.200.10], ports: [{number: 80, name: http}], resolution: STATIC, endpoints: [{address: 192.0.2.5}]}",
+            ),
         ),
     ]);
 }
