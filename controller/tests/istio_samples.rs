@@ -142,7 +142,7 @@ fn what_the_samples_use_that_weft_does_not_apply_is_reported() {
     expect(
         "networking/egress-rule-google-apis.yaml",
         &[
-            "ServiceEntry default/googleapis: warning: <resource>: accepted but not applied by Weft",
+            "ServiceEntry default/googleapis: warning: spec.resolution: accepted but not applied by Weft",
             "portLevelSettings[0].tls.mode: accepted but not applied by Weft",
         ],
     );

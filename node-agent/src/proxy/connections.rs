@@ -36,6 +36,8 @@ pub(crate) enum Tracked {
 
 /// Open connections by served pod (uid).
 pub(crate) type PodConnections = ConnectionRegistry<String, Tracked>;
+/// One connection's place in [`PodConnections`].
+pub(crate) type PodRegistration = weft_hbone::Registration<String, Tracked>;
 
 /// Decides every open inbound connection again against the store and closes those it no
 /// longer allows; returns how many it closed.

@@ -14,7 +14,7 @@ use weft_hbone::{ConnectRequest, Revocable, connect_tcp};
 use weft_proxy_core::metrics::{Reporter, SecurityPolicy};
 
 use super::{
-    connections::{Tracked, copy_error},
+    connections::{PodRegistration, Tracked, copy_error},
     context::ProxyContext,
     copy,
     error::ProxyError,
@@ -158,28 +158,7 @@ async fn execute(
             // A ServiceEntry endpoint has no agent of its own: its L4 policy is decided here,
             // and again on every change like a connection into a pod of this node.
             let registration = match destination.filter(|d| d.is_service_entry_endpoint()) {
-                Some(destination) => {
-                    let identity = source
-                        .identity()
-                        .map_err(|e| ProxyError::PeerIdentity(e.to_string()))?;
-                    let source_ip = source.addresses.first().copied().unwrap_or(target.ip());
-                    let registration = context.connections.register(
-                        destination.uid.clone(),
-                        Tracked::Inbound {
-                            peer: Some(identity.clone()),
-                            source_ip,
-                            target,
-                        },
-                    );
-                    authorize_inbound(
-                        &context.store,
-                        &destination,
-                        Some(&identity),
-                        source_ip,
-                        target,
-                    )?;
-                    Some(registration)
-                }
+                Some(destination) => Some(authorized(context, source, &destination, target)?),
                 None => None,
             };
             let upstream = connect_tcp(&pod.netns, target)
@@ -200,27 +179,7 @@ async fn execute(
         } => {
             // Same node: no TLS, but the destination's inbound rules still apply, with the
             // source identity the agent itself vouches for.
-            let identity = source
-                .identity()
-                .map_err(|e| ProxyError::PeerIdentity(e.to_string()))?;
-            let source_ip = source.addresses.first().copied().unwrap_or(target.ip());
-            // The destination pod's connection, decided again on every change like one that
-            // arrived over HBONE.
-            let registration = context.connections.register(
-                destination.uid.clone(),
-                Tracked::Inbound {
-                    peer: Some(identity.clone()),
-                    source_ip,
-                    target,
-                },
-            );
-            authorize_inbound(
-                &context.store,
-                &destination,
-                Some(&identity),
-                source_ip,
-                target,
-            )?;
+            let registration = authorized(context, source, &destination, target)?;
             let destination_pod = context
                 .pods
                 .get(&destination.uid)
@@ -265,4 +224,35 @@ async fn execute(
             Ok((stats.to_tunnel, stats.from_tunnel))
         }
     }
+}
+
+/// Registers a connection from `source` to `destination` at `target` under the destination, so
+/// that every change decides it again like one that arrived over HBONE, and decides it now by
+/// the destination's inbound rules with the source identity the agent itself vouches for.
+fn authorized(
+    context: &ProxyContext,
+    source: &Workload,
+    destination: &Workload,
+    target: SocketAddr,
+) -> Result<PodRegistration, ProxyError> {
+    let identity = source
+        .identity()
+        .map_err(|e| ProxyError::PeerIdentity(e.to_string()))?;
+    let source_ip = source.addresses.first().copied().unwrap_or(target.ip());
+    let registration = context.connections.register(
+        destination.uid.clone(),
+        Tracked::Inbound {
+            peer: Some(identity.clone()),
+            source_ip,
+            target,
+        },
+    );
+    authorize_inbound(
+        &context.store,
+        destination,
+        Some(&identity),
+        source_ip,
+        target,
+    )?;
+    Ok(registration)
 }
