@@ -292,8 +292,8 @@ pub const CATALOG: &[NotApplied] = &[
     entry(
         K::ServiceEntry,
         "spec.resolution",
-        Equals(&["DNS", "DNS_ROUND_ROBIN", "DYNAMIC_DNS"]),
-        "node agents do not resolve hostnames yet: endpoints given as IP addresses are used, a host without endpoints or an endpoint given by name has no address and connections to it fail",
+        Equals(&["DYNAMIC_DNS"]),
+        "the hosts get no endpoints: connections to them fail",
     ),
     entry(
         K::ServiceEntry,

@@ -16,7 +16,7 @@ use std::{
 use weft_hbone::{ConnectionRegistry, Revoked};
 use weft_identity::SpiffeId;
 
-use super::{error::ProxyError, plan::authorize_inbound};
+use super::{error::ProxyError, plan::authorize_connection};
 use crate::state::{Workload, WorkloadStore};
 
 /// What a connection of a served pod was allowed on.
@@ -60,7 +60,7 @@ pub(crate) fn revalidate(store: &WorkloadStore, connections: &PodConnections) ->
             return Some(ProxyError::UnknownPod(uid.clone()).to_string());
         };
         let refusal =
-            authorize_inbound(store, workload, peer.as_ref(), *source_ip, *target).err()?;
+            authorize_connection(store, workload, peer.as_ref(), *source_ip, *target).err()?;
         tracing::info!(
             pod = %uid,
             peer = peer.as_ref().map_or_else(|| "plaintext".to_owned(), ToString::to_string),

@@ -18,7 +18,7 @@ use super::{
     context::ProxyContext,
     copy,
     error::ProxyError,
-    plan::{OutboundPlan, authorize_inbound, plan_outbound},
+    plan::{OutboundPlan, authorize_connection, plan_outbound},
     pool::PoolKey,
     record::{ConnectionLog, Failed},
     served::ServedPod,
@@ -247,7 +247,7 @@ fn authorized(
             target,
         },
     );
-    authorize_inbound(
+    authorize_connection(
         &context.store,
         destination,
         Some(&identity),

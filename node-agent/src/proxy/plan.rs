@@ -148,7 +148,8 @@ fn plan_service(
         });
     }
     let (endpoint, target_port) = candidates[roll % candidates.len()].clone();
-    let Some(ip) = endpoint.addresses.first().copied() else {
+    let address = endpoint.addresses.first().copied();
+    let Some(ip) = address.or_else(|| store.resolved_address(&endpoint.hostname)) else {
         return Err(OutboundError::NoHealthyEndpoint {
             service: key.to_string(),
             port,
@@ -397,6 +398,34 @@ pub fn authorize_inbound(
             });
         }
     }
+    authorize_policy(store, destination, peer, source_ip, target)
+}
+
+/// The checks a connection the agent carries to `destination` gets: for a ServiceEntry
+/// endpoint, which has no agent of its own and may be known by name only, its L4 policy; for a
+/// pod, everything [`authorize_inbound`] checks.
+pub fn authorize_connection(
+    store: &WorkloadStore,
+    destination: &Workload,
+    peer: Option<&SpiffeId>,
+    source_ip: IpAddr,
+    target: SocketAddr,
+) -> Result<(), InboundRefusal> {
+    if destination.is_service_entry_endpoint() {
+        authorize_policy(store, destination, peer, source_ip, target)
+    } else {
+        authorize_inbound(store, destination, peer, source_ip, target)
+    }
+}
+
+/// L4 authorization of a connection to `destination` at `target`.
+fn authorize_policy(
+    store: &WorkloadStore,
+    destination: &Workload,
+    peer: Option<&SpiffeId>,
+    source_ip: IpAddr,
+    target: SocketAddr,
+) -> Result<(), InboundRefusal> {
     let policies = store.policies();
     let applicable = policies
         .iter()

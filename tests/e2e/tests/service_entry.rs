@@ -1,7 +1,8 @@
 //! ServiceEntry applied: an enrolled pod reaches a host outside the cluster and the mesh (a
 //! namespace of the testbed that no Pod object names, never enrolled) by the ServiceEntry's VIP,
 //! in plain TCP from its node agent to the STATIC endpoint, counted under the ServiceEntry's
-//! host and held to the endpoint's L4 policy. Needs root.
+//! host and held to the endpoint's L4 policy; and an endpoint given by name, which the agent
+//! resolves itself. Needs root.
 
 use weft_e2e::{Mesh, MeshOptions, PodSpec};
 
@@ -13,6 +14,7 @@ fn mesh() -> Mesh {
     Mesh::start(
         vec![
             PodSpec::client("client", "node1", "shop"),
+            PodSpec::app("orders", "node1", "shop", "orders", "v1"),
             PodSpec::app("payments", "node2", "shop", "payments", "v1").outside_cluster(),
         ],
         MeshOptions::default(),
@@ -113,6 +115,54 @@ fn an_external_host_is_reached_by_its_service_entry_through_the_agent() {
     let metrics = mesh.metrics("node1");
     assert!(
         sample(&metrics, "istio_tcp_connections_closed_total", &denied).is_some_and(|n| n >= 1),
+        "{metrics}"
+    );
+}
+
+/// `resolution: DNS` with an endpoint by name: `localhost`, from the hosts file (no query leaves
+/// the machine), which the agent connects to from inside the calling pod.
+const BY_NAME: &str = r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: local-api, namespace: shop}
+spec:
+  hosts: [local.api.example]
+  addresses: [10.96.200.20]
+  location: MESH_EXTERNAL
+  resolution: DNS
+  ports:
+  - {number: 80, name: http, protocol: HTTP}
+  endpoints:
+  - {address: localhost, ports: {http: 8080}}
+"#;
+
+#[test]
+fn an_endpoint_given_by_name_is_resolved_by_the_agent() {
+    let mesh = mesh();
+    mesh.kubectl_apply(BY_NAME).unwrap();
+    mesh.await_agents("the ServiceEntry", |state| {
+        state["workloads"]
+            .as_array()
+            .is_some_and(|w| w.iter().any(|w| w["hostname"] == "localhost"))
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    // The name is resolved off the connection path: retry until the agent knows its address.
+    let reached = mesh.eventually(std::time::Duration::from_secs(10), || {
+        let (status, body) = mesh.curl("orders", "http://10.96.200.20/by-name");
+        status == 200 && body.contains("\"pod\":\"orders\"")
+    });
+    assert!(
+        reached,
+        "the endpoint by name was never reached\n{}",
+        mesh.logs()
+    );
+    let metrics = mesh.metrics("node1");
+    assert!(
+        sample(
+            &metrics,
+            "istio_tcp_connections_opened_total",
+            &["destination_service=\"local.api.example\""]
+        )
+        .is_some_and(|n| n >= 1),
         "{metrics}"
     );
 }

@@ -270,11 +270,18 @@ fn service_entry_rules() {
             "validateExportTo: ~ for ServiceEntry",
             se("{hosts: [a.example.com], exportTo: ['~'], addresses: [10.0.0.1]}"),
         ),
-        warns(
-            "DNS resolution not applied yet",
-            "ServiceEntry (Weft: node agents resolve no hostnames)",
+        ok(
+            "DNS resolution is applied",
+            "ServiceEntry (Weft: node agents resolve the hosts)",
             se(
                 "{hosts: [api.example.com], ports: [{number: 443, name: https, protocol: TLS}], resolution: DNS}",
+            ),
+        ),
+        warns(
+            "DYNAMIC_DNS not applied",
+            "ServiceEntry (Weft: no endpoints for DYNAMIC_DNS)",
+            se(
+                "{hosts: ['*.example.com'], ports: [{number: 443, name: https, protocol: TLS}], resolution: DYNAMIC_DNS}",
             ),
             "spec.resolution",
             crate::validation::NOT_APPLIED,

@@ -51,6 +51,7 @@ fn workload(uid: &str, sa: &str, node: &str, address: IpAddr) -> Workload {
         healthy: true,
         services: BTreeMap::new(),
         authorization_policies: vec![],
+        hostname: String::new(),
     }
 }
 
@@ -521,4 +522,35 @@ fn service_entry_endpoints_are_reached_in_plain_tcp_under_their_host() {
             .unwrap()
             .is_service_entry_endpoint()
     );
+
+    // An endpoint by name (DNS): its address is what the name last resolved to, none before.
+    let mut named = workload(
+        "c1/networking.istio.io/ServiceEntry/shop/db/db.example",
+        "default",
+        "",
+        external,
+    );
+    named.addresses.clear();
+    named.hostname = "db.example".into();
+    named.tunnel = TunnelProtocol::None;
+    let db = NamespacedHostname {
+        namespace: "shop".into(),
+        hostname: "db.example".into(),
+    };
+    named.services.insert(db.clone(), [(5432, 5432)].into());
+    store.insert_workload(named);
+    let mut entry = service("db", 8, 5432, 5432);
+    entry.hostname = db.hostname.clone();
+    store.insert_service(entry);
+    let db_vip = SocketAddr::new(vip(8), 5432);
+    assert!(matches!(
+        plan(&store, "client", db_vip, 0),
+        Err(OutboundError::NoHealthyEndpoint { .. })
+    ));
+    let resolved = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 9));
+    store.set_resolved("db.example", vec![resolved]);
+    assert!(matches!(
+        plan(&store, "client", db_vip, 0).unwrap(),
+        OutboundPlan::External { target, .. } if target == SocketAddr::new(resolved, 5432)
+    ));
 }
