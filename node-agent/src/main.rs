@@ -269,6 +269,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
             .await;
     });
 
+    // ServiceEntry endpoints given by name: resolved off the connection path.
+    tokio::spawn(node_agent::dns::run(store.clone()));
+
     let endpoints = admin::endpoints(
         config.clone(),
         store.clone(),

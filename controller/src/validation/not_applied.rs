@@ -288,13 +288,44 @@ pub const CATALOG: &[NotApplied] = &[
         Set,
         "retries are bounded by maxRetries only",
     ),
-    // Whole kinds
+    // ServiceEntry
     entry(
         K::ServiceEntry,
-        "",
-        Kind,
-        "ServiceEntry hosts are not mesh services yet: agents do not resolve them and routes to them are answered 503 NC",
+        "spec.resolution",
+        Equals(&["DYNAMIC_DNS"]),
+        "the hosts get no endpoints: connections to them fail",
     ),
+    entry(
+        K::ServiceEntry,
+        "spec.subjectAltNames",
+        Set,
+        "node agents verify each mesh endpoint's own identity; endpoints outside the mesh are reached in plain TCP",
+    ),
+    entry(
+        K::ServiceEntry,
+        "spec.endpoints[].weight",
+        Set,
+        "node agents balance a host's endpoints round robin, without weights",
+    ),
+    entry(
+        K::ServiceEntry,
+        "spec.endpoints[].network",
+        Set,
+        "networks are not known to node agents: every endpoint is reached directly",
+    ),
+    entry(
+        K::ServiceEntry,
+        "spec.endpoints[].locality",
+        Set,
+        "localities are not known to node agents",
+    ),
+    entry(
+        K::ServiceEntry,
+        "spec.endpoints[].labels",
+        Set,
+        "endpoint labels select DestinationRule subsets at waypoints, which do not serve ServiceEntry hosts yet",
+    ),
+    // Whole kinds
     entry(
         K::WorkloadEntry,
         "",
@@ -527,6 +558,7 @@ fn spec_value(resource: &Resource) -> Option<Value> {
         Resource::RequestAuthentication(r) => value(&r.spec),
         Resource::HTTPRoute(r) => value(&r.spec),
         Resource::GRPCRoute(r) => value(&r.spec),
+        Resource::ServiceEntry(r) => value(&r.spec),
         _ => None,
     }
 }

@@ -106,6 +106,7 @@ impl Mesh {
         let namespaces: std::collections::BTreeSet<_> = self
             .pods
             .iter()
+            .filter(|p| !p.outside_cluster)
             .map(|p| p.namespace.clone())
             .filter(|n| !declared.contains(n))
             .collect();
@@ -115,7 +116,7 @@ impl Mesh {
                 "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {namespace}\n---"
             );
         }
-        for pod in &self.pods {
+        for pod in self.pods.iter().filter(|p| !p.outside_cluster) {
             let ip = self.testbed.pod(&pod.name).ip;
             let mut labels = pod.labels.clone();
             labels.insert(
