@@ -288,6 +288,15 @@ fn the_chart_renders_to_valid_manifests_of_every_component() {
         env(agent, "TERMINATION_GRACE_PERIOD_SECONDS").as_deref(),
         Some("30")
     );
+    // A rolling update starts the next agent beside the old one (it takes the pods over) and
+    // stops the old one only once the next is ready: never a node without an agent.
+    let rolling = &daemonset["spec"]["updateStrategy"]["rollingUpdate"];
+    assert_eq!(rolling["maxSurge"], 1, "{rolling}");
+    assert_eq!(rolling["maxUnavailable"], 0, "{rolling}");
+    assert!(
+        agent["readinessProbe"]["httpGet"]["path"] == "/healthz/ready",
+        "the rollout waits on the next agent's readiness"
+    );
     assert_eq!(
         pod["serviceAccountName"], "weft-node-agent",
         "the service account the controller trusts as node agent"

@@ -328,6 +328,8 @@ pub struct Mesh {
     dir: PathBuf,
     controller: Option<Process>,
     agents: BTreeMap<String, Process>,
+    /// Nodes whose agent runs on the rolling update's other ports ([`Mesh::roll_agent`]).
+    surged: std::collections::BTreeSet<String>,
     apps: Vec<Process>,
     waypoints: BTreeMap<String, Process>,
     enrollment: BTreeMap<String, Vec<EnrolledPod>>,
