@@ -9,11 +9,12 @@
 //!
 //! Layout: [`model`] turns the `WaypointConfig` resource into domain types, [`store`] holds the
 //! last good one, [`listener`] accepts HBONE and runs HTTP inside tunnels, [`proxy`] is the
-//! per-request pipeline, [`tcp`] forwards what is carried at L4, [`upstream`] picks endpoints
+//! per-request pipeline ([`authn`] validates its JWTs), [`tcp`] forwards what is carried at L4, [`upstream`] picks endpoints
 //! and carries requests to them, the threads connections are served on are `weft_workers`,
 //! [`metrics`] and [`dump`] report (on `weft_proxy_core::admin`'s server). In the gateway
 //! role ([`gateway`]) the same engine serves clients outside the mesh on plain ports.
 
+pub mod authn;
 pub mod config;
 pub mod conformance;
 pub mod dump;

@@ -20,6 +20,8 @@ use weft_policy::PolicyError;
 use weft_policy::l7::HttpAuthorization;
 use weft_policy::route::HttpRoute as RouteMatches;
 
+use crate::authn::{JwtProvider, TargetedAuthentication};
+
 pub use cluster::{
     Cluster, ConnectionLimits, DEFAULT_BASE_EJECTION_TIME, DEFAULT_MAX_EJECTION_PERCENT,
     DEFAULT_OUTLIER_INTERVAL, Endpoint, HashKey, LoadBalancer, OutlierPolicy, Tunnel,
@@ -74,6 +76,8 @@ pub struct WaypointConfig {
     pub services: Vec<Arc<Service>>,
     pub clusters: HashMap<String, Arc<Cluster>>,
     pub policies: Vec<TargetedAuthorization>,
+    /// RequestAuthentications: the JWTs requests may carry.
+    pub authentications: Vec<TargetedAuthentication>,
     /// Service by `vip:port`.
     by_vip: HashMap<SocketAddr, (usize, usize)>,
     /// Workloads reached at their own address (a pod addressed directly), by IP.
@@ -264,17 +268,41 @@ impl WaypointConfig {
         &'a self,
         target: &Target<'a>,
     ) -> impl Iterator<Item = &'a HttpAuthorization> + 'a {
-        let services: &'a [String] = match *target {
-            Target::Service(t) => std::slice::from_ref(&t.service.hostname),
-            Target::Workload(t) => &t.workload.services,
-        };
+        let services = target.services();
         self.policies
             .iter()
-            .filter(move |p| {
-                p.target_services.is_empty()
-                    || p.target_services.iter().any(|s| services.contains(s))
-            })
+            .filter(move |p| applies_to(&p.target_services, services))
             .map(|p| &p.policy)
+    }
+
+    /// The JWT rules of the RequestAuthentications that apply to traffic for `target`, chosen
+    /// as [`Self::policies_for`] chooses policies. Allocates only when there are some.
+    pub fn jwt_providers_for<'a>(&'a self, target: &Target<'a>) -> Vec<&'a JwtProvider> {
+        if self.authentications.is_empty() {
+            return Vec::new();
+        }
+        let services = target.services();
+        self.authentications
+            .iter()
+            .filter(|a| applies_to(&a.target_services, services))
+            .flat_map(|a| a.providers.iter().map(AsRef::as_ref))
+            .collect()
+    }
+}
+
+/// Whether a resource scoped to `target_services` (empty: the whole waypoint) applies to
+/// traffic for any of `services`.
+fn applies_to(target_services: &[String], services: &[String]) -> bool {
+    target_services.is_empty() || target_services.iter().any(|s| services.contains(s))
+}
+
+impl<'a> Target<'a> {
+    /// The services whose policies apply: the service itself, or those a workload backs.
+    fn services(&self) -> &'a [String] {
+        match *self {
+            Target::Service(t) => std::slice::from_ref(&t.service.hostname),
+            Target::Workload(t) => &t.workload.services,
+        }
     }
 }
 

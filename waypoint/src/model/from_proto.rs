@@ -388,6 +388,11 @@ impl TryFrom<proto::WaypointConfig> for WaypointConfig {
             .as_ref()
             .map(|g| gateway::gateway(g, &config.namespace).map(Arc::new))
             .transpose()?;
+        let authentications = config
+            .request_authentications
+            .iter()
+            .map(crate::authn::authentication)
+            .collect::<Result<_, _>>()?;
         Ok(WaypointConfig {
             gateway,
             name: config.name,
@@ -395,6 +400,7 @@ impl TryFrom<proto::WaypointConfig> for WaypointConfig {
             services,
             clusters,
             policies,
+            authentications,
             by_vip,
             direct,
             workloads,

@@ -114,6 +114,7 @@ pub fn config(
         source_workloads: Vec::new(),
         workloads: Vec::new(),
         gateway: None,
+        request_authentications: Vec::new(),
     }
 }
 
