@@ -23,6 +23,7 @@ pub async fn client_from_kubeconfig(path: &Path) -> Result<Client, String> {
         .map_err(|e| format!("kubeconfig {}: {e}", path.display()))?;
     config.connect_timeout = Some(REQUEST_TIMEOUT);
     config.read_timeout = Some(REQUEST_TIMEOUT);
+    weft_identity::install_default_provider();
     Client::try_from(config).map_err(|e| format!("API client from {}: {e}", path.display()))
 }
 
@@ -33,6 +34,7 @@ pub async fn daemon_client(kubeconfig: Option<&Path>) -> Result<Client, String> 
         None => {
             let config =
                 Config::incluster().map_err(|e| format!("in-cluster configuration: {e}"))?;
+            weft_identity::install_default_provider();
             Client::try_from(config).map_err(|e| format!("API client: {e}"))
         }
     }

@@ -35,8 +35,9 @@ pub trait NodeDirectory: Send + Sync + 'static {
 }
 
 /// The index's answer: a pod scheduled on `node`, not finished, running as `identity`, that the
-/// mesh serves there: one in the mesh (its node agent holds its certificate) or a waypoint's pod
-/// (which runs on a node like any pod and asks with that node's credential). Pods outside the
+/// mesh serves there: one in the mesh (its node agent holds its certificate), a waypoint's pod
+/// or a gateway's (an Istio Gateway selects it), which run on a node like any pod and ask with
+/// that node's credential. Pods outside the
 /// mesh, and waypoints without a pod on the node, get nothing.
 pub fn mesh_pod_runs_on(
     index: &ConfigIndex,
@@ -50,7 +51,9 @@ pub fn mesh_pod_runs_on(
                 && resolve::namespace_of(&pod.metadata) == identity.namespace()
                 && resolve::service_account(pod) == identity.service_account()
                 && !resolve::pod_terminated(pod)
-                && (resolve::enrolled(index, pod) || resolve::is_waypoint_pod(index, pod))
+                && (resolve::enrolled(index, pod)
+                    || resolve::is_waypoint_pod(index, pod)
+                    || crate::translate::waypoint::is_gateway_pod(index, pod))
         })
 }
 

@@ -305,3 +305,37 @@ impl LiveIndex {
         self.generation.send_modify(|g| *g += 1);
     }
 }
+
+/// A change waits this long for quiet before it is translated...
+pub const DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(100);
+/// ...but never longer than this after the first change it carries.
+pub const DEBOUNCE_MAX: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Waits for the next change of the index and lets it settle (100 ms of quiet, at most 1 s);
+/// false when the index or the controller is going away.
+pub async fn settled_change(
+    changes: &mut tokio::sync::watch::Receiver<u64>,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+) -> bool {
+    tokio::select! {
+        changed = changes.changed() => if changed.is_err() { return false },
+        _ = shutdown.wait_for(|s| *s) => return false,
+    }
+    let deadline = tokio::time::Instant::now() + DEBOUNCE_MAX;
+    loop {
+        let quiet = tokio::time::sleep(DEBOUNCE);
+        tokio::select! {
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return false;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    break;
+                }
+            }
+            () = quiet => break,
+        }
+    }
+    changes.borrow_and_update();
+    true
+}

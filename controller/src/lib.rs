@@ -14,6 +14,7 @@ pub mod analysis;
 pub mod ca;
 pub mod crd;
 pub mod index;
+pub mod jwks;
 pub mod loader;
 pub mod model;
 pub mod monitoring;

@@ -10,7 +10,7 @@ pub const PROXY_KIND: &str = "PROXY_KIND";
 /// Who is on the other end of a stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Proxy {
-    /// A waypoint, by its Gateway's namespace and name.
+    /// A waypoint, by its Gateway's namespace and name; or a gateway proxy, by its pod's.
     Waypoint { namespace: String, name: String },
     /// Anything else: node agents (and ztunnels), which receive no waypoint configuration.
     Other,
@@ -22,7 +22,9 @@ impl Proxy {
     /// the name is everything before the last one; the fourth field must agree.
     pub fn of(proxy: &ProxyIdentity) -> Self {
         let mut fields = proxy.id.split('~');
-        let (Some("waypoint"), Some(_ip), Some(name_namespace), Some(domain), None) = (
+        // A gateway proxy (the waypoint binary in the gateway role) names its pod, as Istio's
+        // gateways (`router~...`) do; its configuration is `namespace/pod`.
+        let (Some("waypoint" | "router"), Some(_ip), Some(name_namespace), Some(domain), None) = (
             fields.next(),
             fields.next(),
             fields.next(),
@@ -33,7 +35,7 @@ impl Proxy {
         };
         if proxy
             .metadata_string(PROXY_KIND)
-            .is_some_and(|kind| kind != "waypoint")
+            .is_some_and(|kind| kind != "waypoint" && kind != "gateway")
         {
             return Self::Other;
         }

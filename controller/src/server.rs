@@ -31,10 +31,6 @@ use crate::{
     translate::{self, MeshSettings},
 };
 
-/// A change waits this long for quiet before it is translated...
-pub const DEBOUNCE: Duration = Duration::from_millis(100);
-/// ...but never longer than this after the first change it carries.
-pub const DEBOUNCE_MAX: Duration = Duration::from_secs(1);
 /// While the Kubernetes source has not listed every kind, the missing ones are logged this often.
 const SYNC_REPORT: Duration = Duration::from_secs(10);
 
@@ -197,7 +193,9 @@ pub fn publish(
     reported: &mut Reported,
     gauges: &TranslationGauges,
 ) {
+    let epoch = settings.jwks.begin();
     let translation = translate::translate(index, settings);
+    settings.jwks.finish(epoch);
     let without_http = translation
         .problems
         .iter()
@@ -256,27 +254,14 @@ async fn publish_changes(
 ) {
     let mut changes = index.subscribe();
     changes.borrow_and_update();
+    // A fetched key set changes the waypoints' configuration as a resource change does.
+    let mut keys = settings.jwks.subscribe();
+    keys.borrow_and_update();
     loop {
         tokio::select! {
-            changed = changes.changed() => if changed.is_err() { return },
-            _ = shutdown.wait_for(|s| *s) => return,
+            settled = crate::index::settled_change(&mut changes, &mut shutdown) => if !settled { return },
+            changed = keys.changed() => if changed.is_err() { return },
         }
-        let deadline = tokio::time::Instant::now() + DEBOUNCE_MAX;
-        loop {
-            let quiet = tokio::time::sleep(DEBOUNCE);
-            tokio::select! {
-                changed = changes.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                    if tokio::time::Instant::now() >= deadline {
-                        break;
-                    }
-                }
-                () = quiet => break,
-            }
-        }
-        changes.borrow_and_update();
         publish(
             &index.snapshot(),
             &settings,
@@ -357,6 +342,12 @@ pub async fn run(config: ServerConfig, shutdown: watch::Receiver<bool>) -> Resul
                 ));
             }
             start_kubernetes_source(kube.client.clone(), index.clone(), shutdown.clone()).await;
+            tokio::spawn(crate::source::kube::route_status::keep_route_statuses(
+                kube.client.clone(),
+                index.clone(),
+                config.settings.clone(),
+                shutdown.clone(),
+            ));
             let authenticator = TokenReviewAuthenticator::new(
                 kube.client.clone(),
                 kube.token_audiences.clone(),
@@ -381,6 +372,7 @@ pub async fn run(config: ServerConfig, shutdown: watch::Receiver<bool>) -> Resul
         &gauges,
     );
     let reader = store.reader();
+    tokio::spawn(config.settings.jwks.clone().run(shutdown.clone()));
     tokio::spawn(publish_changes(
         index.clone(),
         store,

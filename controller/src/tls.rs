@@ -285,7 +285,7 @@ mod tests {
         };
         let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
             roots,
-            Arc::new(rustls::crypto::ring::default_provider()),
+            Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
         )
         .build()
         .unwrap();

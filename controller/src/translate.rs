@@ -10,6 +10,7 @@
 //! what cannot be translated is skipped, translation never fails as a whole and never panics.
 
 pub mod agent;
+pub mod gateway_api;
 pub mod resolve;
 pub mod waypoint;
 
@@ -34,6 +35,8 @@ pub struct MeshSettings {
     pub root_namespace: String,
     pub cluster_id: String,
     pub domain_suffix: String,
+    /// The key sets of `jwksUri`s, fetched by [`crate::jwks::JwksResolver::run`].
+    pub jwks: std::sync::Arc<crate::jwks::JwksResolver>,
 }
 
 impl Default for MeshSettings {
@@ -43,6 +46,7 @@ impl Default for MeshSettings {
             root_namespace: DEFAULT_ROOT_NAMESPACE.into(),
             cluster_id: DEFAULT_CLUSTER_ID.into(),
             domain_suffix: DEFAULT_DOMAIN_SUFFIX.into(),
+            jwks: Default::default(),
         }
     }
 }
@@ -161,6 +165,12 @@ pub enum TranslateProblem {
         host: String,
         by: String,
     },
+    #[error("{path}: {host} is already routed by {by}; this one is ignored for it")]
+    ShadowedBy {
+        path: String,
+        host: String,
+        by: String,
+    },
     #[error("{path}: {reason}")]
     Unsupported { path: String, reason: String },
     #[error(
@@ -169,6 +179,16 @@ pub enum TranslateProblem {
     OtherWaypoint { from: String, to: String },
     #[error("targets Service {service}, which uses no waypoint: nothing enforces this policy")]
     UnenforcedPolicy { service: String },
+    #[error(
+        "{path}: the keys from {url} could not be fetched ({error}); {}",
+        if *stale { "the last good keys stay in use" } else { "tokens of this issuer are refused until they are" }
+    )]
+    JwksUnavailable {
+        path: String,
+        url: String,
+        error: String,
+        stale: bool,
+    },
     #[error(
         "{attributes}: {}",
         crate::model::security::http_attributes_at_node_agents(if *deny {
@@ -197,7 +217,23 @@ pub struct Translation {
 pub fn translate(index: &ConfigIndex, settings: &MeshSettings) -> Translation {
     let mut problems = resolve::assignment_problems(index);
     problems.extend(agent::authorization_problems(index));
-    let waypoints = waypoint::waypoint_configs(index, settings, &mut problems);
+    let mut waypoints = waypoint::waypoint_configs(index, settings, &mut problems);
+    for (name, config) in waypoint::gateway_configs(index, settings, &mut problems) {
+        // A gateway's pod named as a waypoint of its namespace: the waypoint keeps its name.
+        if waypoints.contains_key(&name) {
+            problems.push(TranslateError {
+                kind: ResourceKind::Gateway,
+                namespace: config.namespace.clone(),
+                name: config.name.clone(),
+                problem: TranslateProblem::Unsupported {
+                    path: "metadata.name".to_owned(),
+                    reason: format!("the gateway pod {name} has the name of a waypoint; it receives no configuration"),
+                },
+            });
+            continue;
+        }
+        waypoints.insert(name, config);
+    }
     problems.sort();
     problems.dedup();
     Translation {

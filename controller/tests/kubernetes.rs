@@ -137,6 +137,7 @@ fn uid(fake: &FakeApiServer, kind: &str, namespace: &str, name: &str) -> String 
 }
 
 fn tls_channel(address: SocketAddr, root_pem: &str) -> Channel {
+    weft_identity::install_default_provider();
     Endpoint::from_shared(format!("https://{address}"))
         .unwrap()
         .tls_config(
@@ -416,7 +417,7 @@ async fn post_review(webhook: SocketAddr, bundle: &str, review: &Value) -> Value
         roots.add(certificate.unwrap()).unwrap();
     }
     let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
+        rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .unwrap()

@@ -13,6 +13,7 @@ const LAYERS: &[&str] = &[
     "validation",
     "loader",
     "index",
+    "jwks",
     "translate",
     "analysis",
     "push",

@@ -465,6 +465,113 @@ async fn a_waypoint_gets_its_config_and_follows_edits_and_agents_get_none() {
     let _ = controller.task.await;
 }
 
+const KEYS: &str = r#"{"keys":[{"crv":"Ed25519","kid":"k1","kty":"OKP","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#;
+
+/// The JWKS of the waypoint's first JWT rule in a pushed update.
+fn pushed_jwks(update: &Update) -> String {
+    let any = update.added[0].resource.as_ref().expect("a body");
+    let config = wp::WaypointConfig::decode(any.value.as_slice()).unwrap();
+    let rule = &config.request_authentications[0].jwt_rules[0];
+    assert_eq!(rule.issuer, "https://issuer.example");
+    waypoint::model::WaypointConfig::try_from(config.clone()).expect("the waypoint applies it");
+    config.request_authentications[0].jwt_rules[0].jwks.clone()
+}
+
+/// Serves `KEYS` on `address` (plain HTTP/1.1) until the task is aborted.
+async fn serve_keys(address: SocketAddr) -> tokio::task::JoinHandle<()> {
+    let listener = tokio::net::TcpListener::bind(address).await.unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let service = hyper::service::service_fn(|_request| async {
+                Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
+                    bytes::Bytes::from_static(KEYS.as_bytes()),
+                )))
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+            );
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwks_uri_keys_are_fetched_by_the_controller_and_pushed_inline() {
+    let dir = TempDir::new("push-jwks");
+    let config_dir = dir.join("config");
+    std::fs::create_dir_all(&config_dir).unwrap();
+    // The key server is not up yet: the first configuration has no key for the issuer.
+    let keys_address = free_port();
+    let request_authentication = format!(
+        "---\napiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: jwt, namespace: shop}}\nspec:\n  targetRefs: [{{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}}]\n  jwtRules: [{{issuer: 'https://issuer.example', jwksUri: 'http://{keys_address}/keys'}}]\n"
+    );
+    write(
+        &config_dir,
+        "mesh.yaml",
+        &format!("{WAYPOINT_MESH}{request_authentication}"),
+    );
+    std::fs::write(dir.join("tokens"), "node1 node1-token-0123456789\n").unwrap();
+    let grpc_address = free_port();
+    let config = ServerConfig {
+        mode: Mode::Local(LocalMode {
+            config_dir: config_dir.clone(),
+            ca_dir: dir.join("ca"),
+            bootstrap_tokens: dir.join("tokens"),
+        }),
+        grpc_address: Some(grpc_address),
+        tls_address: None,
+        serving_names: Vec::new(),
+        webhook_address: None,
+        webhook_configuration: None,
+        monitoring_address: free_port(),
+        settings: MeshSettings::default(),
+    };
+    let controller = start(&config).await;
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let recorder = seen.clone();
+    let waypoint = DeltaClient::new(
+        Target::address(&format!("http://{grpc_address}")).unwrap(),
+        Node {
+            id: "waypoint~0.0.0.0~waypoint.shop~shop.svc.cluster.local".into(),
+            cluster: "waypoint".into(),
+            ..Default::default()
+        },
+    )
+    .subscribe_names(
+        WAYPOINT_CONFIG_TYPE_URL,
+        vec!["shop/waypoint".into()],
+        move |update: Update| {
+            recorder
+                .lock()
+                .unwrap()
+                .updates
+                .push((Instant::now(), update));
+            Ok(())
+        },
+    );
+    let waypoint_task = tokio::spawn(waypoint.run_until(std::future::pending::<()>()));
+
+    let (_, first) = wait_for(&seen, 0, Duration::from_secs(5)).await;
+    assert_eq!(pushed_jwks(&first), "", "no key before a fetch succeeded");
+    // Once the server answers, a retry (1 s, then doubling) fetches the keys and the controller
+    // republishes on its own: no configuration changed.
+    let server = serve_keys(keys_address).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut next = 1;
+    loop {
+        let (_, update) = wait_for(&seen, next, deadline - Instant::now()).await;
+        if pushed_jwks(&update) == KEYS {
+            break;
+        }
+        next += 1;
+    }
+
+    server.abort();
+    waypoint_task.abort();
+    controller.shutdown.send(true).unwrap();
+    let _ = controller.task.await;
+}
+
 /// GET over plain HTTP/1.1 with hyper (the monitoring endpoint).
 async fn reqwest_lite(url: &str) -> String {
     use http_body_util::{BodyExt, Empty};

@@ -1,7 +1,7 @@
 //! What the agent serves on its admin (`/config_dump`, 127.0.0.1:15000), metrics (15020) and
 //! readiness (15021) ports, with `weft_proxy_core::admin`'s server: the configuration, the xDS
 //! state, the store and the certificates (never keys); Istio's metrics; ready once the first
-//! configuration arrived, unready from the start of the drain.
+//! configuration arrived and every captured pod is served, unready from the start of the drain.
 
 use std::sync::Arc;
 
@@ -53,7 +53,14 @@ impl From<&ConnectionState> for XdsDump {
 /// The certificates held, as the dump shows them.
 pub type DescribeCertificates = Arc<dyn Fn() -> Vec<CertificateState> + Send + Sync>;
 
-/// The endpoints of the admin, metrics and readiness ports, in that order.
+/// How many pods the capture holds that this process does not serve yet (see
+/// [`crate::pods::PodManager::unserved`]).
+pub type UnservedPods = Arc<dyn Fn() -> usize + Send + Sync>;
+
+/// The endpoints of the admin, metrics and readiness ports, in that order. Ready once the
+/// first configuration arrived and every pod the capture holds is served by this process: a
+/// next agent started beside a running one (a rolling update) is ready only once it took every
+/// pod over, which is when the old one may be told to drain.
 pub fn endpoints(
     config: Config,
     store: WorkloadStore,
@@ -61,17 +68,23 @@ pub fn endpoints(
     xds: watch::Receiver<ConnectionState>,
     registry: Arc<Registry>,
     drain: DrainStatus,
+    unserved: UnservedPods,
 ) -> [Endpoints; 3] {
     let ready = {
         let xds = xds.clone();
         move || {
             if drain.is_draining() {
                 // Load balancers stop sending before the listeners close.
-                Err("draining".to_owned())
-            } else if xds.borrow().synced {
-                Ok(())
-            } else {
-                Err("waiting for configuration".to_owned())
+                return Err("draining".to_owned());
+            }
+            if !xds.borrow().synced {
+                return Err("waiting for configuration".to_owned());
+            }
+            match unserved() {
+                0 => Ok(()),
+                n => Err(format!(
+                    "waiting for the enrollment snapshot: {n} captured pods not served yet"
+                )),
             }
         }
     };

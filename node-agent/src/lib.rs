@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod agent;
 pub mod config;
+pub mod dns;
 pub mod ebpf;
 /// The enrollment API (its own crate, shared with the CNI side).
 pub use weft_enrollment as enrollment;

@@ -1,6 +1,7 @@
 //! The node agent binary: configuration, then every long-running part, until SIGTERM/SIGINT;
-//! then the drain: readiness fails, every pod's listeners close (the pinned capture stays, so
-//! the pods' new connections fail closed until an agent serves them again), connections in
+//! then the drain: readiness fails, every pod's listeners close (the pinned capture stays: the
+//! pods' new connections go to the next agent where one listens beside this one, a rolling
+//! update, and fail closed until one serves them otherwise), connections in
 //! flight finish within the termination deadline (inbound HBONE connections get a GOAWAY), and
 //! the process exits.
 
@@ -269,6 +270,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
             .await;
     });
 
+    // ServiceEntry endpoints given by name: resolved off the connection path.
+    tokio::spawn(node_agent::dns::run(store.clone()));
+
     let endpoints = admin::endpoints(
         config.clone(),
         store.clone(),
@@ -276,6 +280,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
         xds_state.clone(),
         registry,
         trigger.status(),
+        {
+            let pods = pods.clone();
+            Arc::new(move || pods.unserved())
+        },
     );
     admin::serve(&config, endpoints).await?;
 
@@ -313,7 +321,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(
         ?deadline,
         "draining: listeners closed, connections in flight finishing; enrolled pods stay \
-         captured and fail closed until an agent serves them again"
+         captured, served by the next agent where one took them over, else failing closed \
+         until one does"
     );
     match trigger.drain(deadline).await {
         Drained::Complete => tracing::info!("drained"),

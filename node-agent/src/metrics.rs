@@ -161,6 +161,7 @@ mod tests {
             healthy: true,
             services: Default::default(),
             authorization_policies: vec![],
+            hostname: String::new(),
         })
     }
 

@@ -61,6 +61,17 @@ impl PodNetns {
         &self.path
     }
 
+    /// Sets `net.ipv4.tcp_migrate_req` in the pod's namespace: when a listener of a
+    /// `SO_REUSEPORT` group closes, the kernel moves the connections queued on it (handshake
+    /// done or under way, not yet accepted) to another listener of the group instead of
+    /// resetting them. This is what makes a draining agent's listeners close without losing a
+    /// connection while the next agent's listen beside them. It changes nothing for sockets
+    /// outside such a group (an application's own reuse-port listeners gain the same).
+    pub fn migrate_queued_connections(&self) -> io::Result<()> {
+        // `/proc/sys/net` shows the namespace of the thread that opens it.
+        self.run(|| std::fs::write("/proc/sys/net/ipv4/tcp_migrate_req", "1"))?
+    }
+
     /// Runs `f` inside the pod's namespace on the current thread, then returns home, also when
     /// `f` panics. Keep `f` short and free of `.await`: it should only create sockets.
     pub fn run<R>(&self, f: impl FnOnce() -> R) -> io::Result<R> {

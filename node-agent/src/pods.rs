@@ -66,8 +66,12 @@ impl PodManager {
             // Its listeners would close at once: the enrolling side retries with the next agent.
             return Err("the agent is draining".to_owned());
         }
-        // A changed pod (new netns after a sandbox restart) is served anew.
-        self.unenroll(&pod.uid)?;
+        // A changed pod (new netns after a sandbox restart) is served anew. A pod this process
+        // does not serve keeps its capture: an earlier run's or the draining agent's, which
+        // `capture_pod` takes over in place, so the pod is never uncaptured meanwhile.
+        if self.lock().contains_key(&pod.uid) {
+            self.unenroll(&pod.uid)?;
+        }
         let netns = PodNetns::open(&pod.netns, self.home.clone())
             .map_err(|e| format!("opening network namespace {}: {e}", pod.netns.display()))?;
         let netns = match netns.clone().keep_client_addresses() {
@@ -131,7 +135,7 @@ fn capture_pod(capture: &dyn Enroller, pod: &EnrolledPod, proxy: &PodProxy) -> R
     if adopted {
         match capture.adopt(&enrollment) {
             Ok(_) => {
-                tracing::info!(uid = %pod.uid, "pod redirection adopted from an earlier run");
+                tracing::info!(uid = %pod.uid, "pod redirection taken over from an earlier or draining agent");
                 return Ok(());
             }
             Err(RedirectionError::NetnsChanged { .. }) => {
@@ -145,6 +149,30 @@ fn capture_pod(capture: &dyn Enroller, pod: &EnrolledPod, proxy: &PodProxy) -> R
         .enroll(&enrollment)
         .map(|_| ())
         .map_err(|e| e.to_string())
+}
+
+impl PodManager {
+    /// How many pods the capture holds that this process does not serve: pods of an earlier
+    /// run (restart) or of the agent still running beside this one (rolling update), until the
+    /// enrolling side's snapshot takes them over (or releases those that left).
+    pub fn unserved(&self) -> usize {
+        let Some(capture) = &self.capture else {
+            return 0;
+        };
+        match capture.enrolled() {
+            Ok(captured) => {
+                let served = self.lock();
+                captured
+                    .iter()
+                    .filter(|p| !served.contains_key(&p.uid))
+                    .count()
+            }
+            Err(error) => {
+                tracing::warn!(%error, "listing the captured pods");
+                1
+            }
+        }
+    }
 }
 
 impl PodLifecycle for PodManager {

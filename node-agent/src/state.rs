@@ -76,6 +76,8 @@ pub struct Workload {
     pub name: String,
     pub namespace: String,
     pub addresses: Vec<IpAddr>,
+    /// A name to resolve when `addresses` is empty (a ServiceEntry's DNS endpoint).
+    pub hostname: String,
     pub trust_domain: String,
     pub service_account: String,
     pub node: String,
@@ -92,7 +94,16 @@ pub struct Workload {
     pub authorization_policies: Vec<String>,
 }
 
+/// What Istio's workload uids of ServiceEntry endpoints hold
+/// (`<cluster>/networking.istio.io/ServiceEntry/<namespace>/<name>/<address>`).
+const SERVICE_ENTRY_UID: &str = "/networking.istio.io/ServiceEntry/";
+
 impl Workload {
+    /// An endpoint a ServiceEntry declares (outside the mesh, with no agent of its own).
+    pub fn is_service_entry_endpoint(&self) -> bool {
+        self.uid.contains(SERVICE_ENTRY_UID)
+    }
+
     /// The workload's SPIFFE identity.
     pub fn identity(&self) -> Result<SpiffeId, weft_identity::SpiffeIdError> {
         SpiffeId::new(&self.trust_domain, &self.namespace, &self.service_account)
@@ -164,6 +175,9 @@ struct Indexes {
     /// Workload uids backing each service.
     endpoints: FastMap<NamespacedHostname, Vec<String>>,
     policies: FastMap<String, Arc<Authorization>>,
+    /// Addresses of the hostnames of workloads that have none, as last resolved
+    /// ([`crate::dns`]).
+    resolved: FastMap<String, Arc<[IpAddr]>>,
     /// `policies` in evaluation order (namespace, name), rebuilt on every policy change so that
     /// a connection's authorization only takes a reference.
     sorted_policies: Arc<[Arc<Authorization>]>,
@@ -239,6 +253,25 @@ impl WorkloadStore {
             .unwrap_or_default()
     }
 
+    /// The first address `hostname` last resolved to.
+    pub fn resolved_address(&self, hostname: &str) -> Option<IpAddr> {
+        self.read().resolved.get(hostname)?.first().copied()
+    }
+
+    /// The hostnames of workloads without addresses, each once, in order.
+    pub fn hostnames_to_resolve(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .read()
+            .workloads_by_uid
+            .values()
+            .filter(|w| w.addresses.is_empty() && !w.hostname.is_empty())
+            .map(|w| w.hostname.clone())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
     pub fn policy(&self, key: &str) -> Option<Arc<Authorization>> {
         self.read().policies.get(key).cloned()
     }
@@ -303,6 +336,25 @@ impl WorkloadStore {
 
     pub fn remove_service(&self, key: &NamespacedHostname) {
         self.write(|ix| remove_service(ix, key));
+    }
+
+    /// Records what `hostname` resolved to; a name no workload holds any more is forgotten.
+    /// Unchanged addresses change nothing (no wake-up).
+    pub fn set_resolved(&self, hostname: &str, addresses: Vec<IpAddr>) {
+        if self.read().resolved.get(hostname).map(|a| &a[..]) == Some(&addresses[..]) {
+            return;
+        }
+        self.write(|ix| {
+            ix.resolved.insert(hostname.to_owned(), addresses.into());
+        });
+    }
+
+    /// Forgets every resolved name but `keep`.
+    pub fn retain_resolved(&self, keep: &[String]) {
+        if self.read().resolved.keys().all(|k| keep.contains(k)) {
+            return;
+        }
+        self.write(|ix| ix.resolved.retain(|k, _| keep.contains(k)));
     }
 
     /// Adds or replaces a policy (keyed `namespace/name`).

@@ -71,6 +71,7 @@ pub fn workload(
         healthy: true,
         services: Default::default(),
         authorization_policies: vec![],
+        hostname: String::new(),
     }
 }
 

@@ -1,6 +1,7 @@
 //! The agent's real data path fed by the real eBPF redirection, on the testbed: unmodified
 //! clients (curl, a plain bash TCP client) in enrolled pods, mutual TLS across the fabric,
-//! inbound capture for STRICT and PERMISSIVE pods, and failing closed while the agent is down.
+//! inbound capture for STRICT and PERMISSIVE pods, failing closed while the agent is down, and the
+//! next agent taking the pods over in place beside a running one (a rolling update).
 //! The agents run in this process (one `PodManager` + `Redirection` per node). Needs root.
 
 mod support;
@@ -193,4 +194,73 @@ fn workload(pod: &Pod, tunnel: TunnelProtocol) -> Workload {
 
 fn enrolled(pod: &Pod) -> EnrolledPod {
     enrolled_pod(&pod.name, "shop", pod.netns.path(), IpAddr::V4(pod.ip))
+}
+
+/// The pod's pinned inbound steering link, as a file of bpffs: enrolling anew would re-create it
+/// (another inode), taking it over in place keeps it.
+fn steering_pin(testbed: &Testbed, node: &str, pod: &str) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let config = redirection_config(testbed, false);
+    let pin = config
+        .pin_root
+        .join(node)
+        .join("pods")
+        .join(enrolled(testbed.pod(pod)).uid)
+        .join("sk_lookup");
+    std::fs::metadata(&pin)
+        .unwrap_or_else(|e| panic!("{}: {e}", pin.display()))
+        .ino()
+}
+
+#[test]
+fn the_next_agent_takes_the_pods_over_in_place_beside_the_running_one() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let _entered = runtime.enter();
+    let testbed = Topology::new()
+        .node("node1", &["client"])
+        .node("node2", &["server"])
+        .build()
+        .expect("testbed");
+    let server_pod = testbed.pod("server");
+    let server = Server::start(&server_pod.netns, &format!("{}:{APP_PORT}", server_pod.ip));
+    let ca = Arc::new(CertificateAuthority::generate().unwrap());
+    let (old, old_redirection) = start_agent(&testbed, "node1", &ca, &["client"]);
+    let (agent2, redirection2) = start_agent(&testbed, "node2", &ca, &["server"]);
+    let url = format!("http://{}:{APP_PORT}/", server_pod.ip);
+    assert_eq!(curl(&testbed, "client", &url), (Some(0), "ok".to_string()));
+    let pin = steering_pin(&testbed, "node1", "client");
+
+    // The next agent opens the same pins while the old one serves: it is not ready (the pod is
+    // captured, not served by it) until the enrolling side's snapshot reaches it...
+    let (next, next_redirection) = start_agent(&testbed, "node1", &ca, &[]);
+    assert_eq!(next.manager.unserved(), 1);
+    // ... which it takes over with its own listeners beside the old one's (the pod's ports are
+    // shared, not refused), in place: never un-enrolled, not for an instant.
+    futures_lite_block(next.manager.add(enrolled(testbed.pod("client")))).expect("take over");
+    assert_eq!(next.manager.unserved(), 0);
+    assert_eq!(
+        steering_pin(&testbed, "node1", "client"),
+        pin,
+        "the pod was enrolled anew (uncaptured meanwhile)"
+    );
+    assert_eq!(curl(&testbed, "client", &url), (Some(0), "ok".to_string()));
+
+    // The old agent goes (its listeners close): the next one serves the pod alone.
+    drop(old);
+    drop(old_redirection);
+    for _ in 0..5 {
+        assert_eq!(curl(&testbed, "client", &url), (Some(0), "ok".to_string()));
+    }
+    let stats = next_redirection.stats().unwrap();
+    assert!(stats.redirected_connects >= 7, "{stats:?}");
+    assert!(server.peers().len() >= 7);
+
+    drop(next);
+    drop(agent2);
+    let _ = Arc::try_unwrap(next_redirection).map(|r| r.uninstall());
+    let _ = Arc::try_unwrap(redirection2).map(|r| r.uninstall());
 }

@@ -28,6 +28,19 @@ pub const INSTANCE_IP: &str = "INSTANCE_IP";
 /// Protocol upgrades forwarded (`Upgrade:` values, comma-separated); default: `websocket`.
 pub const UPGRADES: &str = "UPGRADES";
 
+/// The proxy's role: `waypoint` (default; HBONE in, for the services that use it) or `gateway`
+/// (an ingress gateway: the ports of the Istio Gateways selecting its pod, for clients outside
+/// the mesh).
+pub const PROXY_ROLE: &str = "PROXY_ROLE";
+/// The gateway's pod name (the downward API's `metadata.name`): its configuration is
+/// `<namespace>/<pod>`, as Istio's gateways are known by their pod.
+pub const POD_NAME: &str = "POD_NAME";
+/// Local mode's credentials: `<dir>/<credentialName>/tls.crt`, `tls.key`, `ca.crt`.
+pub const CREDENTIALS_DIR: &str = "CREDENTIALS_DIR";
+/// The address a gateway's ports are opened on.
+pub const GATEWAY_ADDRESS: &str = "GATEWAY_ADDRESS";
+pub const DEFAULT_GATEWAY_ADDRESS: &str = "0.0.0.0";
+
 /// [`XDS_ADDRESS`] that runs the waypoint without a controller (a [`CONFIG_FILE`] only).
 pub const NO_CONTROLLER: &str = "none";
 pub const DEFAULT_NAME: &str = "waypoint";
@@ -41,6 +54,10 @@ pub enum SettingsError {
     Config(#[from] ConfigError),
     #[error("no certificate source: set {CA_ADDRESS} with {BOOTSTRAP_TOKEN_FILE}, or {CA_DIR}")]
     NoCertificateSource,
+    #[error("{PROXY_ROLE}: {0:?} is neither waypoint nor gateway")]
+    Role(String),
+    #[error("{PROXY_ROLE}=gateway needs {CREDENTIALS_DIR} (Secrets are not read yet)")]
+    NoCredentials,
 }
 
 /// Where the waypoint's certificate comes from.
@@ -53,6 +70,17 @@ pub enum CertificateSettings {
     /// A CA directory (`root-cert.pem`, `root-key.pem`) the waypoint signs its own certificate
     /// from: tests and single-machine demos only.
     LocalCaDir(PathBuf),
+}
+
+/// What the proxy is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Waypoint,
+    /// An ingress gateway: credentials from this directory (local mode).
+    Gateway {
+        credentials_dir: PathBuf,
+    },
 }
 
 /// Every setting of the waypoint binary.
@@ -78,6 +106,9 @@ pub struct Config {
     /// Protocol upgrades forwarded, lower case; any other is refused (`h2c` is never
     /// performed: such a request is served as HTTP/1.1).
     pub upgrades: Vec<String>,
+    pub role: Role,
+    /// Where a gateway opens its ports.
+    pub gateway_address: IpAddr,
 }
 
 /// One worker thread per CPU the process may run on.
@@ -105,7 +136,21 @@ impl Config {
             (None, Some(dir)) => CertificateSettings::LocalCaDir(dir),
             (None, None) => return Err(SettingsError::NoCertificateSource),
         };
-        let name = settings.string_or(WAYPOINT_NAME, DEFAULT_NAME);
+        let role = match settings.string(PROXY_ROLE).as_deref() {
+            None | Some("waypoint") => Role::Waypoint,
+            Some("gateway") => Role::Gateway {
+                credentials_dir: settings
+                    .path(CREDENTIALS_DIR)
+                    .ok_or(SettingsError::NoCredentials)?,
+            },
+            Some(other) => return Err(SettingsError::Role(other.to_owned())),
+        };
+        let name = match role {
+            Role::Gateway { .. } => settings
+                .string(POD_NAME)
+                .unwrap_or_else(|| settings.string_or(WAYPOINT_NAME, DEFAULT_NAME)),
+            Role::Waypoint => settings.string_or(WAYPOINT_NAME, DEFAULT_NAME),
+        };
         Ok(Config {
             proxy,
             service_account: settings
@@ -118,6 +163,8 @@ impl Config {
             certificate,
             config_file: settings.path(CONFIG_FILE),
             instance_ip: settings.parse(INSTANCE_IP)?,
+            role,
+            gateway_address: settings.parse_or(GATEWAY_ADDRESS, DEFAULT_GATEWAY_ADDRESS)?,
             upgrades: match settings.string(UPGRADES) {
                 None => crate::conformance::DEFAULT_UPGRADES
                     .iter()
@@ -159,10 +206,15 @@ impl Config {
         })
     }
 
-    /// The xDS node id: `waypoint~<pod ip>~<name>.<namespace>~<namespace>.svc.cluster.local`.
+    /// The xDS node id: `waypoint~<pod ip>~<name>.<namespace>~<namespace>.svc.cluster.local`,
+    /// or for a gateway `router~<pod ip>~<pod>.<namespace>~...` as Istio's gateways build it.
     pub fn node_id(&self, pod_ip: IpAddr) -> String {
+        let kind = match self.role {
+            Role::Waypoint => "waypoint",
+            Role::Gateway { .. } => "router",
+        };
         format!(
-            "waypoint~{pod_ip}~{}.{}~{}.svc.cluster.local",
+            "{kind}~{pod_ip}~{}.{}~{}.svc.cluster.local",
             self.name, self.namespace, self.namespace
         )
     }

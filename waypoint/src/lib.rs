@@ -9,13 +9,16 @@
 //!
 //! Layout: [`model`] turns the `WaypointConfig` resource into domain types, [`store`] holds the
 //! last good one, [`listener`] accepts HBONE and runs HTTP inside tunnels, [`proxy`] is the
-//! per-request pipeline, [`tcp`] forwards what is carried at L4, [`upstream`] picks endpoints
+//! per-request pipeline ([`authn`] validates its JWTs), [`tcp`] forwards what is carried at L4, [`upstream`] picks endpoints
 //! and carries requests to them, the threads connections are served on are `weft_workers`,
-//! [`metrics`] and [`dump`] report (on `weft_proxy_core::admin`'s server).
+//! [`metrics`] and [`dump`] report (on `weft_proxy_core::admin`'s server). In the gateway
+//! role ([`gateway`]) the same engine serves clients outside the mesh on plain ports.
 
+pub mod authn;
 pub mod config;
 pub mod conformance;
 pub mod dump;
+pub mod gateway;
 pub mod listener;
 pub mod metrics;
 pub mod model;
@@ -202,6 +205,22 @@ impl Waypoint {
             Some(workers) => listener.with_workers(workers.clone()),
             None => listener,
         })
+    }
+
+    /// The ports of the gateway role, opened on `address` as configurations name them, TLS
+    /// terminated with the credentials of `credentials`.
+    pub fn edge_listeners(
+        &self,
+        credentials: gateway::credentials::CredentialSource,
+        address: std::net::IpAddr,
+    ) -> gateway::EdgeListeners {
+        gateway::EdgeListeners::new(
+            Arc::clone(&self.shared),
+            Arc::new(gateway::credentials::CredentialStore::new(credentials)),
+            self.limits,
+            Arc::clone(&self.sources),
+            address,
+        )
     }
 
     /// Ready once a configuration was applied.

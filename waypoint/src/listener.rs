@@ -264,6 +264,7 @@ impl ConnectHandler for TunnelHandler {
             source_ip: self.peer_address.ip(),
             peer_address: self.peer_address,
             destination: request.authority,
+            edge: None,
         });
         if protocol.is_opaque() {
             return open_tcp_upstream(&self.shared, &context).await;
@@ -304,7 +305,9 @@ impl ConnectHandler for TunnelHandler {
     }
 }
 
-async fn serve_http<IO>(
+/// Serves HTTP/1.1 or HTTP/2 on `io` (a tunnel, or a connection at the edge) until the client
+/// closes, the drain starts, or the configuration no longer serves the connection.
+pub(crate) async fn serve_http<IO>(
     shared: Arc<ProxyShared>,
     context: Arc<TunnelContext>,
     limits: HttpLimits,
@@ -315,6 +318,7 @@ async fn serve_http<IO>(
 {
     let store = shared.store.clone();
     let destination = context.destination;
+    let served = Arc::clone(&context);
     let service = service_fn(move |req| handle(Arc::clone(&shared), Arc::clone(&context), req));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -347,7 +351,7 @@ async fn serve_http<IO>(
                 break connection.await;
             }
             changed = versions.changed() => {
-                let gone = store.snapshot().target_for(destination).is_none();
+                let gone = !served.still_served(&store.snapshot());
                 if changed.is_err() || gone {
                     // The destination left this waypoint: drain as Envoy drains a removed
                     // filter chain. Requests in flight finish, an idle HTTP/1.1 connection
@@ -419,14 +423,14 @@ async fn sniff_protocol(
 }
 
 /// Replays `prefix` before reading from `inner`.
-struct PrefixedIo<T> {
+pub(crate) struct PrefixedIo<T> {
     prefix: Vec<u8>,
     position: usize,
     inner: T,
 }
 
 impl<T> PrefixedIo<T> {
-    fn new(prefix: Vec<u8>, inner: T) -> Self {
+    pub(crate) fn new(prefix: Vec<u8>, inner: T) -> Self {
         PrefixedIo {
             prefix,
             position: 0,

@@ -13,7 +13,8 @@ use anyhow::Context as _;
 use clap::Parser;
 use prost::Message as _;
 use tracing::{info, warn};
-use waypoint::config::{self, CertificateSettings, Config, Environment, Layered};
+use waypoint::config::{self, CertificateSettings, Config, Environment, Layered, Role};
+use waypoint::gateway::credentials::CredentialSource;
 use waypoint::{Waypoint, WaypointOptions, Workers};
 use weft_hbone::admission::ConnectionLimits;
 use weft_identity::{CertificateAuthority, CertificateSource, SpiffeId};
@@ -22,7 +23,8 @@ use weft_proxy_core::config::shutdown_signal;
 use weft_proxy_core::controller::ControllerAccess;
 use weft_proxy_core::drain::{self, Drained};
 
-/// The mesh's L7 proxy for the services that use it (`istio.io/use-waypoint`). Every flag can
+/// The mesh's L7 proxy for the services that use it (`istio.io/use-waypoint`), or with
+/// `PROXY_ROLE=gateway` an ingress gateway for Istio's `Gateway` resources. Every flag can
 /// also be set through the environment variable named in its help; a flag given wins over its
 /// variable, and an empty variable counts as unset. The settings every proxy has (`NODE_NAME`,
 /// `TRUST_DOMAIN`, `ROOT_CERT_FILE`, `CERTIFICATE_TTL_SECONDS`, the admin, metrics and
@@ -211,7 +213,12 @@ async fn run(config: Config, workers: Workers) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let hbone = waypoint.bind_hbone(config.hbone_address).await?;
+    // A waypoint takes the mesh's traffic over HBONE; a gateway the edge's on the ports its
+    // configuration names.
+    let hbone = match &config.role {
+        Role::Waypoint => Some(waypoint.bind_hbone(config.hbone_address).await?),
+        Role::Gateway { .. } => None,
+    };
     let metrics = waypoint.bind_metrics(proxy.metrics_address).await?;
     let readiness = waypoint.bind_readiness(proxy.readiness_address).await?;
     let admin = waypoint
@@ -221,13 +228,25 @@ async fn run(config: Config, workers: Workers) -> anyhow::Result<()> {
             serde_json::to_value(&config)?,
         )
         .await?;
-    info!(hbone = %config.hbone_address, metrics = %proxy.metrics_address, readiness = %proxy.readiness_address, admin = %proxy.admin_address, "waypoint listening");
+    info!(role = ?config.role, hbone = %config.hbone_address, metrics = %proxy.metrics_address, readiness = %proxy.readiness_address, admin = %proxy.admin_address, "waypoint listening");
     // Readiness, metrics and the admin page answer until the process exits (readiness
     // "draining" during the drain); they hold no drain watch, so they never delay it.
     tokio::spawn(metrics.run());
     tokio::spawn(readiness.run());
     tokio::spawn(admin.run());
-    tokio::spawn(hbone.run(drain.clone()));
+    match (hbone, &config.role) {
+        (Some(hbone), _) => {
+            tokio::spawn(hbone.run(drain.clone()));
+        }
+        (None, Role::Gateway { credentials_dir }) => {
+            let edge = waypoint.edge_listeners(
+                CredentialSource::Directory(credentials_dir.clone()),
+                config.gateway_address,
+            );
+            tokio::spawn(edge.run(drain.clone()));
+        }
+        (None, Role::Waypoint) => {}
+    }
     if let Some(client) = client {
         // Configuration keeps arriving while requests drain; the stream ends with the process.
         tokio::spawn(async move {

@@ -135,6 +135,7 @@ impl Peer {
 /// The waypoint's report of what went from `source` to `destination`, addressed to `service`
 /// (hostname, name, namespace) when it is known.
 fn peer_labels(
+    at_edge: bool,
     source: &Peer,
     destination: &Peer,
     service: Option<&(String, String, String)>,
@@ -146,8 +147,14 @@ fn peer_labels(
             namespace,
         }
     });
+    // A gateway is the source of what it sends into the mesh (Istio's gateways report
+    // `reporter="source"`).
     PeerLabels::new(
-        Reporter::Waypoint,
+        if at_edge {
+            Reporter::Source
+        } else {
+            Reporter::Waypoint
+        },
         &source.view(),
         &destination.view(),
         &service,
@@ -189,6 +196,8 @@ pub struct RequestRecord {
     pub bytes_received: u64,
     pub bytes_sent: u64,
     pub mtls: bool,
+    /// Accepted by a gateway listener: reported as the source.
+    pub at_edge: bool,
 }
 
 impl std::fmt::Debug for RequestRecord {
@@ -229,6 +238,7 @@ impl RequestRecord {
             bytes_received: 0,
             bytes_sent: 0,
             mtls: false,
+            at_edge: false,
         }
     }
 
@@ -236,6 +246,7 @@ impl RequestRecord {
     pub fn labels(&self) -> RequestLabels {
         RequestLabels {
             peers: peer_labels(
+                self.at_edge,
                 &self.source,
                 &self.destination,
                 self.destination_service.as_ref(),
@@ -305,6 +316,8 @@ pub struct ConnectionInfo {
     pub upstream_cluster: Option<String>,
     pub downstream_local: String,
     pub downstream_remote: String,
+    /// Accepted by a gateway listener: reported as the source.
+    pub at_edge: bool,
 }
 
 impl ConnectionInfo {
@@ -314,6 +327,7 @@ impl ConnectionInfo {
             response_flags: self.response_flags,
             ..TcpLabels::new(
                 peer_labels(
+                    self.at_edge,
                     &self.source,
                     &self.destination,
                     self.destination_service.as_ref(),

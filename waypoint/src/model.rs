@@ -8,6 +8,7 @@
 
 mod cluster;
 mod from_proto;
+pub mod gateway;
 mod route;
 
 use std::collections::{BTreeMap, HashMap};
@@ -18,6 +19,8 @@ use weft_identity::SpiffeId;
 use weft_policy::PolicyError;
 use weft_policy::l7::HttpAuthorization;
 use weft_policy::route::HttpRoute as RouteMatches;
+
+use crate::authn::{JwtProvider, TargetedAuthentication};
 
 pub use cluster::{
     Cluster, ConnectionLimits, DEFAULT_BASE_EJECTION_TIME, DEFAULT_MAX_EJECTION_PERCENT,
@@ -73,12 +76,16 @@ pub struct WaypointConfig {
     pub services: Vec<Arc<Service>>,
     pub clusters: HashMap<String, Arc<Cluster>>,
     pub policies: Vec<TargetedAuthorization>,
+    /// RequestAuthentications: the JWTs requests may carry.
+    pub authentications: Vec<TargetedAuthentication>,
     /// Service by `vip:port`.
     by_vip: HashMap<SocketAddr, (usize, usize)>,
     /// Workloads reached at their own address (a pod addressed directly), by IP.
     direct: HashMap<IpAddr, Arc<DirectWorkload>>,
     /// Workload facts by IP, from the endpoints, to describe request sources.
     workloads: HashMap<IpAddr, Arc<WorkloadInfo>>,
+    /// Set in the gateway role: the listeners at the edge and their route tables.
+    pub gateway: Option<Arc<gateway::Gateway>>,
 }
 
 /// What the waypoint knows of a workload from the endpoints it was given.
@@ -261,17 +268,53 @@ impl WaypointConfig {
         &'a self,
         target: &Target<'a>,
     ) -> impl Iterator<Item = &'a HttpAuthorization> + 'a {
-        let services: &'a [String] = match *target {
-            Target::Service(t) => std::slice::from_ref(&t.service.hostname),
-            Target::Workload(t) => &t.workload.services,
-        };
+        let services = target.services();
         self.policies
             .iter()
-            .filter(move |p| {
-                p.target_services.is_empty()
-                    || p.target_services.iter().any(|s| services.contains(s))
-            })
+            .filter(move |p| applies_to(&p.target_services, services))
             .map(|p| &p.policy)
+    }
+
+    /// The JWT rules of the RequestAuthentications that apply to traffic for `target`, chosen
+    /// as [`Self::policies_for`] chooses policies. Allocates only when there are some.
+    pub fn jwt_providers_for<'a>(&'a self, target: &Target<'a>) -> Vec<&'a JwtProvider> {
+        if self.authentications.is_empty() {
+            return Vec::new();
+        }
+        let services = target.services();
+        self.authentications
+            .iter()
+            .filter(|a| applies_to(&a.target_services, services))
+            .flat_map(|a| a.providers.iter().map(AsRef::as_ref))
+            .collect()
+    }
+}
+
+/// Whether a resource scoped to `target_services` (empty: the whole waypoint) applies to
+/// traffic for any of `services`.
+fn applies_to(target_services: &[String], services: &[String]) -> bool {
+    target_services.is_empty() || target_services.iter().any(|s| services.contains(s))
+}
+
+impl<'a> Target<'a> {
+    /// The services whose policies apply: the service itself, or those a workload backs.
+    fn services(&self) -> &'a [String] {
+        match *self {
+            Target::Service(t) => std::slice::from_ref(&t.service.hostname),
+            Target::Workload(t) => &t.workload.services,
+        }
+    }
+}
+
+/// The hostname, name and namespace request metrics give a service known by its hostname
+/// (`name.namespace.svc.<domain>`; another hostname is its own name, namespace unknown).
+pub fn service_of_host(host: &str) -> (String, String, String) {
+    let mut parts = host.splitn(3, '.');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(name), Some(namespace), Some(rest)) if rest.starts_with("svc.") => {
+            (host.to_owned(), name.to_owned(), namespace.to_owned())
+        }
+        _ => (host.to_owned(), host.to_owned(), String::new()),
     }
 }
 

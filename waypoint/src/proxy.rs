@@ -33,6 +33,8 @@ use tracing::{Instrument, debug_span};
 use weft_identity::SpiffeId;
 
 use crate::metrics::{Metrics, RequestRecord};
+use crate::model::gateway::EdgeBinding;
+use crate::model::{Target, WaypointConfig};
 use crate::store::ConfigStore;
 use crate::tcp::TcpConnections;
 use crate::upstream::Upstream;
@@ -79,8 +81,43 @@ pub struct TunnelContext {
     pub source_ip: IpAddr,
     /// The HBONE peer's socket address.
     pub peer_address: SocketAddr,
-    /// The CONNECT `:authority`.
+    /// The CONNECT `:authority`; at the edge, the listener's own address.
     pub destination: SocketAddr,
+    /// Set for a connection a gateway listener accepted: its port, server and SNI, which name
+    /// its route tables instead of `destination`.
+    pub edge: Option<EdgeBinding>,
+}
+
+impl TunnelContext {
+    /// What `config` makes of this connection: the service or workload its `:authority` names
+    /// or, at the edge, the route table of its server for `host` (a request's Host; `None` for
+    /// a connection carried at L4).
+    pub fn target<'c>(&self, config: &'c WaypointConfig, host: Option<&str>) -> Option<Target<'c>> {
+        match &self.edge {
+            None => config.target_for(self.destination),
+            Some(edge) => config.gateway.as_deref()?.target(edge, host),
+        }
+    }
+
+    /// Whether `config` still serves this connection: its destination, or its edge server.
+    pub fn still_served(&self, config: &WaypointConfig) -> bool {
+        match &self.edge {
+            None => config.target_for(self.destination).is_some(),
+            Some(edge) => config
+                .gateway
+                .as_deref()
+                .is_some_and(|g| g.server(edge).is_some()),
+        }
+    }
+
+    /// The gateway proxy as the source of what it sends into the mesh.
+    pub fn edge_source(config: &WaypointConfig) -> crate::metrics::Peer {
+        crate::metrics::Peer {
+            workload: config.gateway.as_ref().and_then(|g| g.workload.clone()),
+            principal: None,
+            namespace: Some(config.namespace.clone()),
+        }
+    }
 }
 
 fn full(body: impl Into<Bytes>) -> ProxyBody {
@@ -98,10 +135,30 @@ pub async fn handle(
     // Configuration is read per request: a route, policy or cluster change reaches the next
     // request of a keep-alive connection, as in Envoy.
     let config = shared.store.snapshot();
-    let target = config.target_for(tunnel.destination);
+    let host = tunnel
+        .edge
+        .is_some()
+        .then(|| context::authority_of(&request).to_owned());
+    let target = tunnel.target(&config, host.as_deref());
     let mut record = RequestRecord::new(Arc::clone(&shared.metrics));
     context::describe_request(&mut record, &config, &tunnel, target.as_ref(), &request);
+    if tunnel.edge.is_some() {
+        // A gateway reports what it sends into the mesh as its source, as Istio's gateways do;
+        // the destination service is the one the route chooses.
+        record.at_edge = true;
+        record.destination_service = None;
+        record.source = TunnelContext::edge_source(&config);
+        if let Some(redirect) = edge_https_redirect(&config, &tunnel, &record) {
+            let response = redirect.respond(&mut record);
+            return Ok(context::finish(response, record));
+        }
+    }
     let Some(target) = target else {
+        if tunnel.edge.is_some() {
+            // No virtual host for this Host: Envoy's 404 `NR`.
+            let response = LocalReply::RouteNotFound.respond(&mut record);
+            return Ok(context::finish(response, record));
+        }
         // Its service stopped using the waypoint while the connection was open; the listener
         // also drains such connections as soon as the configuration changes.
         let reply = LocalReply::NotServed {
@@ -114,4 +171,22 @@ pub async fn handle(
     let mut context = RequestContext::new(&shared, &config, &tunnel, target, record);
     let response = pipeline::run(&mut context, request).instrument(span).await;
     Ok(context.finish(response))
+}
+
+/// A request to an HTTP server with `httpsRedirect`: answered 301 to `https://` with the same
+/// Host and path, as Envoy answers for Istio's `require_tls` virtual hosts, before routing.
+fn edge_https_redirect(
+    config: &WaypointConfig,
+    tunnel: &TunnelContext,
+    record: &RequestRecord,
+) -> Option<LocalReply> {
+    let server = config.gateway.as_ref()?.server(tunnel.edge.as_ref()?)?;
+    if server.is_tls() || !server.tls.as_ref().is_some_and(|t| t.https_redirect) {
+        return None;
+    }
+    let location = format!("https://{}{}", record.authority, record.path);
+    Some(LocalReply::Redirect {
+        status: http::StatusCode::MOVED_PERMANENTLY,
+        location: http::HeaderValue::from_str(&location).ok(),
+    })
 }

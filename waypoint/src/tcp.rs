@@ -46,8 +46,8 @@ const NOT_SERVED: &str = "destination_not_served";
 /// Whether `config` allows the connection of `context`: its destination is served here and the
 /// policies allow it. `Err`: the termination details.
 fn authorize(config: &WaypointConfig, context: &TunnelContext) -> Result<(), String> {
-    let target = config
-        .target_for(context.destination)
+    let target = context
+        .target(config, None)
         .ok_or_else(|| NOT_SERVED.to_owned())?;
     let decision = evaluate_tcp(
         config.policies_for(&target),
@@ -73,10 +73,7 @@ fn authorize(config: &WaypointConfig, context: &TunnelContext) -> Result<(), Str
 pub fn revalidate(connections: &TcpConnections, config: &WaypointConfig) {
     let closed = connections.revoke_where(|carried, context| match carried {
         Carried::Tcp => authorize(config, context).err(),
-        Carried::Upgraded => config
-            .target_for(context.destination)
-            .is_none()
-            .then(|| NOT_SERVED.to_owned()),
+        Carried::Upgraded => (!context.still_served(config)).then(|| NOT_SERVED.to_owned()),
     });
     if closed > 0 {
         info!(
@@ -143,7 +140,7 @@ pub async fn open_tcp_upstream(
         .tcp_connections
         .register(Carried::Tcp, Arc::clone(context));
     let config = shared.store.snapshot();
-    let Some(target) = config.target_for(context.destination) else {
+    let Some(target) = context.target(&config, None) else {
         debug!(authority = %context.destination, "tcp connection for a destination this waypoint does not serve");
         return Err(Refusal::BadRequest);
     };
@@ -171,6 +168,11 @@ pub async fn open_tcp_upstream(
         downstream_remote: context.peer_address.to_string(),
         ..ConnectionInfo::default()
     };
+    if context.edge.is_some() {
+        info.at_edge = true;
+        info.source = TunnelContext::edge_source(&config);
+        info.destination_service = None;
+    }
     if let Err(details) = authorize(&config, context) {
         info.termination_details = Some(details);
         drop(shared.metrics.connection_opened(info));
@@ -191,6 +193,9 @@ pub async fn open_tcp_upstream(
         }
     };
     info.upstream_cluster = Some(cluster.name.clone());
+    if context.edge.is_some() {
+        info.destination_service = Some(crate::model::service_of_host(&cluster.host));
+    }
     let headers = http::HeaderMap::new();
     let hash = HashInput {
         headers: &headers,

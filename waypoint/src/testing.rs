@@ -24,6 +24,9 @@ use weft_hbone::{
 use weft_identity::{CertificateAuthority, CertificateSource, SpiffeId};
 use weft_proxy_core::certificates::{CertificateManager, LocalCa};
 
+mod jwt;
+pub use jwt::TestIssuer;
+
 /// Trust domain of test identities.
 pub const TRUST_DOMAIN: &str = "cluster.local";
 

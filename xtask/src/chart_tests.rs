@@ -288,6 +288,15 @@ fn the_chart_renders_to_valid_manifests_of_every_component() {
         env(agent, "TERMINATION_GRACE_PERIOD_SECONDS").as_deref(),
         Some("30")
     );
+    // A rolling update starts the next agent beside the old one (it takes the pods over) and
+    // stops the old one only once the next is ready: never a node without an agent.
+    let rolling = &daemonset["spec"]["updateStrategy"]["rollingUpdate"];
+    assert_eq!(rolling["maxSurge"], 1, "{rolling}");
+    assert_eq!(rolling["maxUnavailable"], 0, "{rolling}");
+    assert!(
+        agent["readinessProbe"]["httpGet"]["path"] == "/healthz/ready",
+        "the rollout waits on the next agent's readiness"
+    );
     assert_eq!(
         pod["serviceAccountName"], "weft-node-agent",
         "the service account the controller trusts as node agent"
@@ -489,6 +498,16 @@ fn rbac_grants_what_the_controller_watches_reviews_and_writes() {
         granted(cluster_role, "create")
             .contains(&("authentication.k8s.io".into(), "tokenreviews".into()))
     );
+    // The status of mesh routes (`source::kube::route_status`).
+    for kind in ["httproutes", "grpcroutes", "tcproutes"] {
+        for verb in ["get", "patch"] {
+            assert!(
+                granted(cluster_role, verb)
+                    .contains(&("gateway.networking.k8s.io".into(), format!("{kind}/status"))),
+                "{verb} {kind}/status is not granted"
+            );
+        }
+    }
     let role = find(&rendered, "Role", "weft-controller");
     assert_eq!(role["metadata"]["namespace"], NAMESPACE);
     for (verb, resource) in [

@@ -45,6 +45,17 @@ fn proxies_are_told_apart_by_their_node() {
             Some("waypoint"),
             waypoint("shop", "reviews.v2"),
         ),
+        // A gateway proxy names its pod, as Istio's gateways do.
+        (
+            "router~10.0.0.5~ingress-0.edge~edge.svc.cluster.local",
+            Some("gateway"),
+            waypoint("edge", "ingress-0"),
+        ),
+        (
+            "router~10.0.0.5~ingress-0.edge~edge.svc.cluster.local",
+            Some("node-agent"),
+            Proxy::Other,
+        ),
         ("node-agent~node1", Some("node-agent"), Proxy::Other),
         (
             "waypoint~10.0.0.2~waypoint.shop~shop.svc.cluster.local",

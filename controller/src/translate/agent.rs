@@ -35,6 +35,9 @@ pub fn addresses(
     let mut out = BTreeMap::new();
     let policies_by_pod = selected_policies(index, settings);
     let slice_endpoints = endpoints_of_selectorless_services(index, settings);
+    let entries = service_entries::service_entry_addresses(index, settings, |namespace, labels| {
+        policies_selecting(index, settings, namespace, labels)
+    });
     for (key, pod) in &index.pods {
         let ips = pod_ips(pod);
         if ips.is_empty() || resolve::pod_terminated(pod) {
@@ -62,7 +65,13 @@ pub fn addresses(
                 workload::PortList { ports },
             );
         }
-        for (service_key, ports) in slice_endpoints.pod_services.get(key).into_iter().flatten() {
+        for (service_key, ports) in slice_endpoints
+            .pod_services
+            .get(key)
+            .into_iter()
+            .chain(entries.pod_services.get(key))
+            .flatten()
+        {
             services.insert(service_key.clone(), ports.clone());
         }
         let uid = pod_uid(&settings.cluster_id, pod);
@@ -121,7 +130,11 @@ pub fn addresses(
             },
         );
     }
-    for workload in slice_endpoints.workloads {
+    for workload in slice_endpoints
+        .workloads
+        .into_iter()
+        .chain(entries.workloads)
+    {
         out.insert(
             workload.uid.clone(),
             workload::Address {
@@ -161,6 +174,14 @@ pub fn addresses(
             format!("{namespace}/{host}"),
             workload::Address {
                 r#type: Some(workload::address::Type::Service(record)),
+            },
+        );
+    }
+    for (key, service) in entries.services {
+        out.insert(
+            key,
+            workload::Address {
+                r#type: Some(workload::address::Type::Service(service)),
             },
         );
     }
@@ -319,32 +340,44 @@ fn selected_policies(
 ) -> BTreeMap<String, Vec<String>> {
     let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (pod_key, pod) in &index.pods {
-        let pod_labels = labels(&pod.metadata);
         let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
-        for (key, policy) in &index.authorization_policies {
-            let spec = &policy.spec;
-            if !spec.target_refs.is_empty() || spec.target_ref.is_some() {
-                continue;
-            }
-            let policy_namespace = policy.metadata.namespace.as_deref().unwrap_or("default");
-            if let Some(selector) = &spec.selector
-                && (policy_namespace == namespace || policy_namespace == settings.root_namespace)
-                && selects(&selector.match_labels, &pod_labels)
-            {
-                out.entry(pod_key.clone()).or_default().push(key.clone());
-            }
+        let selected = policies_selecting(index, settings, namespace, &labels(&pod.metadata));
+        if !selected.is_empty() {
+            out.insert(pod_key.clone(), selected);
         }
-        for (key, pa) in &index.peer_authentications {
-            let pa_namespace = pa.metadata.namespace.as_deref().unwrap_or("default");
-            if let Some(selector) = &pa.spec.selector
-                && pa_namespace == namespace
-                && selects(&selector.match_labels, &pod_labels)
-            {
-                let name = key.split_once('/').map_or(key.as_str(), |(_, n)| n);
-                out.entry(pod_key.clone())
-                    .or_default()
-                    .push(format!("{pa_namespace}/{}", converted_name(name)));
-            }
+    }
+    out
+}
+
+/// The keys of the selector-scoped policies selecting a workload of `namespace` with `labels`.
+fn policies_selecting(
+    index: &ConfigIndex,
+    settings: &MeshSettings,
+    namespace: &str,
+    workload_labels: &BTreeMap<String, String>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for (key, policy) in &index.authorization_policies {
+        let spec = &policy.spec;
+        if !spec.target_refs.is_empty() || spec.target_ref.is_some() {
+            continue;
+        }
+        let policy_namespace = policy.metadata.namespace.as_deref().unwrap_or("default");
+        if let Some(selector) = &spec.selector
+            && (policy_namespace == namespace || policy_namespace == settings.root_namespace)
+            && selects(&selector.match_labels, workload_labels)
+        {
+            out.push(key.clone());
+        }
+    }
+    for (key, pa) in &index.peer_authentications {
+        let pa_namespace = pa.metadata.namespace.as_deref().unwrap_or("default");
+        if let Some(selector) = &pa.spec.selector
+            && pa_namespace == namespace
+            && selects(&selector.match_labels, workload_labels)
+        {
+            let name = key.split_once('/').map_or(key.as_str(), |(_, n)| n);
+            out.push(format!("{pa_namespace}/{}", converted_name(name)));
         }
     }
     out
@@ -732,6 +765,8 @@ fn l4_to_proto(policy: &weft_policy::l4::Authorization) -> security::Authorizati
         dry_run: policy.dry_run,
     }
 }
+
+mod service_entries;
 
 #[cfg(test)]
 mod tests;

@@ -518,6 +518,14 @@ pub fn service_waypoint(index: &ConfigIndex, service: &Service) -> Option<Waypoi
         .flatten()
 }
 
+/// The waypoint a ServiceEntry's hosts go through: its `istio.io/use-waypoint` label or its
+/// namespace's, as for a Service (Istio's `fetchWaypointForService` reads both kinds alike).
+pub fn service_entry_waypoint(index: &ConfigIndex, meta: &ObjectMeta) -> Option<WaypointRef> {
+    assigned_waypoint(index, meta, Traffic::Service)
+        .ok()
+        .flatten()
+}
+
 /// The waypoint a pod's own traffic goes through in Istio's terms: the pod's or its namespace's
 /// label, for a waypoint that takes workload traffic, and only for pods in the mesh.
 pub fn pod_waypoint(index: &ConfigIndex, pod: &Pod) -> Option<WaypointRef> {

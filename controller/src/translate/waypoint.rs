@@ -2,7 +2,8 @@
 //! `istio-waypoint`), named `namespace/name`, holding exactly the services that use it, their
 //! routes compiled from VirtualServices, the clusters those routes name (DestinationRule subsets
 //! resolved to label selectors and endpoints, traffic policies merged as Istio merges them) and
-//! the AuthorizationPolicies that target the waypoint or its services.
+//! the AuthorizationPolicies and RequestAuthentications that target the waypoint or its
+//! services.
 //!
 //! Istio builds one route table per service port; the proto has one list per service, so on a
 //! service with several HTTP ports each route is repeated per port with a `port` match, and a
@@ -11,16 +12,20 @@
 //!
 //! This file holds the entry points, the `Compiler` that carries one waypoint's translation and
 //! what its parts share; `routes` (a served service's route tables), `route` (one route for
-//! one port), `clusters` (DestinationRules, traffic policies, endpoints), `workloads` and
-//! `authorization` each add their part of it.
+//! one port), `clusters` (DestinationRules, traffic policies, endpoints), `workloads`,
+//! `authorization` and `authentication` each add their part of it.
 
+mod authentication;
 mod authorization;
 mod clusters;
+mod gateway;
+mod gateway_routes;
 mod route;
 mod routes;
 mod workloads;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
 
 use k8s_openapi::api::core::v1::{Pod, Service, ServicePort};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -29,10 +34,11 @@ use weft_proto::waypoint as wp;
 use super::resolve::{
     self, WaypointFor, WaypointRef, host_covers, service_ports, service_waypoint,
 };
-use super::{MeshSettings, TranslateError, TranslateProblem};
+use super::{MeshSettings, TranslateError, TranslateProblem, gateway_api};
 use crate::index::ConfigIndex;
 use crate::model::{DurationString, KubernetesGateway, ResourceKind};
 use authorization::unenforced_policies;
+pub use gateway::{gateway_configs, is_gateway_pod};
 
 /// Every waypoint's configuration, by resource name `namespace/name`.
 pub fn waypoint_configs(
@@ -62,19 +68,7 @@ pub fn waypoint_config(
     gateway: &KubernetesGateway,
     problems: &mut Vec<TranslateError>,
 ) -> wp::WaypointConfig {
-    let waypoint = WaypointRef::of(gateway);
-    let mut compiler = Compiler {
-        index,
-        settings,
-        services: index
-            .services
-            .values()
-            .map(|s| (resolve::hostname(s, settings), s))
-            .collect(),
-        clusters: BTreeSet::new(),
-        problems,
-        waypoint,
-    };
+    let mut compiler = Compiler::new(index, settings, WaypointRef::of(gateway), problems);
     let served: Vec<&Service> = if WaypointFor::of(gateway).takes_services() {
         compiler
             .services
@@ -97,6 +91,11 @@ pub fn waypoint_config(
         .values()
         .filter_map(|policy| compiler.policy(policy, &served))
         .collect();
+    let request_authentications = index
+        .request_authentications
+        .values()
+        .filter_map(|authentication| compiler.request_authentication(authentication, &served))
+        .collect();
     // DENY before ALLOW, as the waypoint evaluates them; stable within each action.
     authorization_policies.sort_by_key(|p| p.action != wp::l7_authorization::Action::Deny as i32);
     wp::WaypointConfig {
@@ -107,6 +106,8 @@ pub fn waypoint_config(
         authorization_policies,
         source_workloads,
         workloads,
+        request_authentications,
+        gateway: None,
     }
 }
 
@@ -135,6 +136,8 @@ struct Compiler<'a, 'p> {
     services: BTreeMap<String, &'a Service>,
     clusters: BTreeSet<ClusterKey>,
     problems: &'p mut Vec<TranslateError>,
+    /// The Gateway API routes, read once per waypoint.
+    mesh_routes: Rc<[gateway_api::MeshRoute<'a>]>,
 }
 
 /// Protocol from `appProtocol`, else from the port name (`http-web`), as Istio reads them.
@@ -208,7 +211,29 @@ fn duration(value: &DurationString) -> Result<prost_types::Duration, String> {
     })
 }
 
-impl Compiler<'_, '_> {
+impl<'a, 'p> Compiler<'a, 'p> {
+    /// A translation for the proxy `waypoint` names (a waypoint's Gateway, or a gateway's pod).
+    fn new(
+        index: &'a ConfigIndex,
+        settings: &'a MeshSettings,
+        waypoint: WaypointRef,
+        problems: &'p mut Vec<TranslateError>,
+    ) -> Self {
+        Compiler {
+            index,
+            settings,
+            services: index
+                .services
+                .values()
+                .map(|s| (resolve::hostname(s, settings), s))
+                .collect(),
+            clusters: BTreeSet::new(),
+            problems,
+            waypoint,
+            mesh_routes: gateway_api::mesh_routes(index).into(),
+        }
+    }
+
     /// The SPIFFE identity a pod's certificate carries.
     fn pod_identity(&self, pod: &Pod) -> String {
         resolve::spiffe_id(

@@ -57,7 +57,7 @@ pub const CATALOG: &[NotApplied] = &[
         K::VirtualService,
         "spec.tls",
         Set,
-        "TLS routes are not applied by waypoints",
+        "TLS routes are applied at gateway proxies (PASSTHROUGH servers), not by waypoints",
     ),
     entry(
         K::VirtualService,
@@ -288,13 +288,44 @@ pub const CATALOG: &[NotApplied] = &[
         Set,
         "retries are bounded by maxRetries only",
     ),
-    // Whole kinds
+    // ServiceEntry
     entry(
         K::ServiceEntry,
-        "",
-        Kind,
-        "ServiceEntry hosts are not mesh services yet: agents do not resolve them and routes to them are answered 503 NC",
+        "spec.resolution",
+        Equals(&["DYNAMIC_DNS"]),
+        "the hosts get no endpoints: connections to them fail",
     ),
+    entry(
+        K::ServiceEntry,
+        "spec.subjectAltNames",
+        Set,
+        "node agents verify each mesh endpoint's own identity; endpoints outside the mesh are reached in plain TCP",
+    ),
+    entry(
+        K::ServiceEntry,
+        "spec.endpoints[].weight",
+        Set,
+        "node agents balance a host's endpoints round robin, without weights",
+    ),
+    entry(
+        K::ServiceEntry,
+        "spec.endpoints[].network",
+        Set,
+        "networks are not known to node agents: every endpoint is reached directly",
+    ),
+    entry(
+        K::ServiceEntry,
+        "spec.endpoints[].locality",
+        Set,
+        "localities are not known to node agents",
+    ),
+    entry(
+        K::ServiceEntry,
+        "spec.endpoints[].labels",
+        Set,
+        "endpoint labels select DestinationRule subsets at waypoints, which do not serve ServiceEntry hosts yet",
+    ),
+    // Whole kinds
     entry(
         K::WorkloadEntry,
         "",
@@ -303,15 +334,45 @@ pub const CATALOG: &[NotApplied] = &[
     ),
     entry(
         K::Gateway,
-        "",
-        Kind,
-        "Weft runs no ingress or egress gateway; VirtualServices bound only to gateways apply nowhere",
+        "spec.servers[].tls.mode",
+        Equals(&["ISTIO_MUTUAL", "AUTO_PASSTHROUGH", "OPTIONAL_MUTUAL"]),
+        "gateway proxies serve SIMPLE, MUTUAL and PASSTHROUGH only; the server is ignored",
     ),
     entry(
-        K::RequestAuthentication,
-        "",
-        Kind,
-        "waypoints validate no JWTs yet: no request has a request principal or claims, and invalid tokens are not refused",
+        K::Gateway,
+        "spec.servers[].tls.serverCertificate",
+        Set,
+        "gateway proxies load certificates by credentialName only; a server without one is ignored",
+    ),
+    entry(
+        K::Gateway,
+        "spec.servers[].tls.credentialNames",
+        Set,
+        "gateway proxies load one certificate per server, by credentialName",
+    ),
+    entry(
+        K::Gateway,
+        "spec.servers[].tls.tlsCertificates",
+        Set,
+        "gateway proxies load certificates by credentialName only",
+    ),
+    entry(
+        K::Gateway,
+        "spec.servers[].tls.subjectAltNames",
+        Set,
+        "client certificates of MUTUAL servers are verified against the credential's CA only",
+    ),
+    entry(
+        K::Gateway,
+        "spec.servers[].bind",
+        Set,
+        "gateway proxies listen on every address of their pod",
+    ),
+    entry(
+        K::Gateway,
+        "spec.servers[].defaultEndpoint",
+        Set,
+        "gateway proxies route by their VirtualServices only",
     ),
     entry(
         K::GatewayClass,
@@ -319,29 +380,74 @@ pub const CATALOG: &[NotApplied] = &[
         Kind,
         "GatewayClasses are not read; waypoints are Gateways of class istio-waypoint",
     ),
+    // Gateway API routes (applied at waypoints for Service parents; see ARCHITECTURE.md)
     entry(
         K::HTTPRoute,
-        "",
-        Kind,
-        "Gateway API routes are not applied at waypoints yet",
+        "spec.rules[].filters[].type",
+        Equals(&["CORS", "ExtensionRef", "ExternalAuth"]),
+        "this filter is not applied by waypoints: requests the rule matches are answered 500",
+    ),
+    entry(
+        K::HTTPRoute,
+        "spec.rules[].backendRefs[].filters[].type",
+        Equals(&[
+            "RequestMirror",
+            "RequestRedirect",
+            "URLRewrite",
+            "CORS",
+            "ExtensionRef",
+            "ExternalAuth",
+        ]),
+        "waypoints apply only header modifiers per backend: requests the rule matches are answered 500",
+    ),
+    entry(
+        K::HTTPRoute,
+        "spec.rules[].filters[].requestRedirect.path.replacePrefixMatch",
+        Set,
+        "a request for the prefix itself is redirected to the replacement; longer paths keep their path",
+    ),
+    entry(
+        K::HTTPRoute,
+        "spec.rules[].retry.backoff",
+        Set,
+        "waypoints retry without a backoff interval of their own",
+    ),
+    entry(
+        K::HTTPRoute,
+        "spec.rules[].sessionPersistence",
+        Set,
+        "waypoints keep no session persistence; requests are balanced as without it",
     ),
     entry(
         K::GRPCRoute,
-        "",
-        Kind,
-        "Gateway API routes are not applied at waypoints yet",
+        "spec.rules[].filters[].type",
+        Equals(&["ExtensionRef"]),
+        "this filter is not applied by waypoints: requests the rule matches are answered 500",
     ),
     entry(
-        K::TCPRoute,
-        "",
-        Kind,
-        "Gateway API routes are not applied at waypoints yet",
+        K::GRPCRoute,
+        "spec.rules[].backendRefs[].filters[].type",
+        Equals(&["RequestMirror", "ExtensionRef"]),
+        "waypoints apply only header modifiers per backend: requests the rule matches are answered 500",
     ),
     entry(
-        K::ReferenceGrant,
-        "",
-        Kind,
-        "Gateway API routes are not applied yet, so no reference needs a grant",
+        K::GRPCRoute,
+        "spec.rules[].sessionPersistence",
+        Set,
+        "waypoints keep no session persistence; requests are balanced as without it",
+    ),
+    // RequestAuthentication
+    entry(
+        K::RequestAuthentication,
+        "spec.selector",
+        Set,
+        "a selector never binds a waypoint (as in Istio's ambient mode) and Weft runs no sidecars: only targetRefs apply it",
+    ),
+    entry(
+        K::RequestAuthentication,
+        "spec.jwtRules[].timeout",
+        Set,
+        "the controller fetches every jwksUri with its own 5 s timeout",
     ),
     // AuthorizationPolicy (fail closed: an ALLOW rule that needs what is not applied never
     // matches; a DENY rule applies without it)
@@ -359,18 +465,6 @@ pub const CATALOG: &[NotApplied] = &[
     ),
     entry(
         K::AuthorizationPolicy,
-        "spec.rules[].from[].source.requestPrincipals",
-        Set,
-        "no JWT is validated, so no request has a request principal: the source never matches",
-    ),
-    entry(
-        K::AuthorizationPolicy,
-        "spec.rules[].from[].source.notRequestPrincipals",
-        Set,
-        "no JWT is validated, so no request has a request principal",
-    ),
-    entry(
-        K::AuthorizationPolicy,
         "spec.rules[].from[].source.trustDomains",
         Set,
         "trust domains are not matched: an ALLOW rule with them never matches, a DENY rule applies to every trust domain",
@@ -384,12 +478,6 @@ pub const CATALOG: &[NotApplied] = &[
     entry(
         K::AuthorizationPolicy,
         "spec.rules[].when[].key",
-        StartsWith("request.auth."),
-        "no JWT is validated, so no request has JWT claims: the rule never matches",
-    ),
-    entry(
-        K::AuthorizationPolicy,
-        "spec.rules[].when[].key",
         StartsWith("experimental.envoy.filters."),
         "Envoy filter metadata does not exist here: an ALLOW rule with it never matches, a DENY rule applies without it",
     ),
@@ -398,9 +486,6 @@ pub const CATALOG: &[NotApplied] = &[
 /// A non-waypoint Gateway API Gateway (`gatewayClassName` other than `istio-waypoint`).
 pub const NOT_A_WAYPOINT: &str =
     "only Gateways of class istio-waypoint (waypoints) are run by Weft; this Gateway is not";
-/// A VirtualService whose `gateways` do not include `mesh`.
-pub const GATEWAY_ONLY_ROUTES: &str =
-    "bound only to gateways, and Weft runs none: these routes apply nowhere";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Segment {
@@ -503,6 +588,11 @@ fn spec_value(resource: &Resource) -> Option<Value> {
         Resource::DestinationRule(r) => value(&r.spec),
         Resource::AuthorizationPolicy(r) => value(&r.spec),
         Resource::PeerAuthentication(r) => value(&r.spec),
+        Resource::Gateway(r) => value(&r.spec),
+        Resource::RequestAuthentication(r) => value(&r.spec),
+        Resource::HTTPRoute(r) => value(&r.spec),
+        Resource::GRPCRoute(r) => value(&r.spec),
+        Resource::ServiceEntry(r) => value(&r.spec),
         _ => None,
     }
 }
@@ -521,12 +611,6 @@ pub fn report(resource: &Resource, findings: &mut Findings) {
             if gateway.spec.gateway_class_name != WAYPOINT_GATEWAY_CLASS =>
         {
             findings.not_applied("spec.gatewayClassName", NOT_A_WAYPOINT);
-        }
-        Resource::VirtualService(vs)
-            if !vs.spec.gateways.is_empty() && !vs.spec.gateways.iter().any(|g| g == "mesh") =>
-        {
-            findings.not_applied("spec.gateways", GATEWAY_ONLY_ROUTES);
-            return;
         }
         _ => {}
     }
@@ -628,12 +712,6 @@ mod tests {
             "`spec.gatewayClassName`",
             &format!("not `{WAYPOINT_GATEWAY_CLASS}`"),
             NOT_A_WAYPOINT,
-        );
-        row(
-            "VirtualService",
-            "`spec.gateways`",
-            "without `mesh`",
-            GATEWAY_ONLY_ROUTES,
         );
         let unread = page
             .lines()

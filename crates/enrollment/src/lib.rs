@@ -18,6 +18,7 @@ use std::{
     collections::BTreeSet,
     io,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use serde::{Deserialize, Serialize};
@@ -124,14 +125,21 @@ pub trait PodLifecycle: Send + Sync {
     fn enrolled(&self) -> BTreeSet<String>;
 }
 
+/// How often a server checks that its path still names its socket.
+const TAKEOVER_CHECK: Duration = Duration::from_millis(100);
+
 /// The agent's end: a Unix socket listener.
 pub struct EnrollmentServer {
     listener: UnixListener,
     path: PathBuf,
+    /// The socket file this server bound (device, inode): another file at the path means the
+    /// next agent took the path over.
+    file: (u64, u64),
 }
 
 impl EnrollmentServer {
-    /// Binds `path`, replacing a stale socket file left by an earlier run.
+    /// Binds `path`, replacing the socket file left by an earlier run, or the one of an agent
+    /// still running (the one this agent takes over from, see [`EnrollmentServer::run`]).
     pub fn bind(path: &Path) -> Result<Self, EnrollmentError> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| EnrollmentError::Bind(path.into(), e))?;
@@ -144,9 +152,13 @@ impl EnrollmentServer {
         }
         let listener =
             UnixListener::bind(path).map_err(|e| EnrollmentError::Bind(path.into(), e))?;
+        let file = socket_file(path)
+            .map_err(|e| EnrollmentError::Bind(path.into(), e))?
+            .ok_or_else(|| EnrollmentError::Bind(path.into(), io::ErrorKind::NotFound.into()))?;
         Ok(Self {
             listener,
             path: path.into(),
+            file,
         })
     }
 
@@ -155,15 +167,57 @@ impl EnrollmentServer {
     }
 
     /// Serves enrolling clients one at a time (there is one CNI agent per node) until the
-    /// listener fails.
+    /// listener fails, or until the path names another socket: the next agent bound it (a
+    /// rolling update, where it starts beside this one). This server then closes the
+    /// connection it serves and returns `Ok`: the enrolling side reconnects, to the next agent,
+    /// and sends it the snapshot from which it takes the pods over, while this agent goes on
+    /// serving them until it drains.
     pub async fn run(self, pods: &impl PodLifecycle) -> Result<(), EnrollmentError> {
+        let taken_over = self.taken_over();
+        tokio::pin!(taken_over);
         loop {
-            let (stream, _) = self.listener.accept().await?;
-            match serve_connection(stream, pods).await {
-                Ok(()) => tracing::info!("enrollment client disconnected"),
-                Err(error) => tracing::warn!(%error, "enrollment connection failed"),
+            let stream = tokio::select! {
+                accepted = self.listener.accept() => accepted?.0,
+                () = &mut taken_over => break,
+            };
+            tokio::select! {
+                served = serve_connection(stream, pods) => match served {
+                    Ok(()) => tracing::info!("enrollment client disconnected"),
+                    Err(error) => tracing::warn!(%error, "enrollment connection failed"),
+                },
+                () = &mut taken_over => break,
             }
         }
+        tracing::info!(
+            socket = %self.path.display(),
+            "the enrollment socket was taken over by the next agent: enrolling side released"
+        );
+        Ok(())
+    }
+
+    /// Completes once the path no longer names this server's socket.
+    async fn taken_over(&self) {
+        let mut every = tokio::time::interval(TAKEOVER_CHECK);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            match socket_file(&self.path) {
+                Ok(Some(file)) if file == self.file => {}
+                // A failure to look is not a take-over.
+                Err(_) => {}
+                Ok(_) => return,
+            }
+        }
+    }
+}
+
+/// The (device, inode) of the file at `path`; `None` when there is none.
+fn socket_file(path: &Path) -> io::Result<Option<(u64, u64)>> {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(metadata) => Ok(Some((metadata.dev(), metadata.ino()))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
     }
 }
 

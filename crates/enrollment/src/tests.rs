@@ -138,3 +138,35 @@ async fn uids_that_are_no_path_component_are_refused_before_anything_uses_them()
     assert_eq!(pods.adds.lock().unwrap().len(), 3);
     assert!(pods.enrolled().contains("u1"));
 }
+
+/// A rolling update: the next agent binds the path while this one still serves. The enrolling
+/// side's connection to this one is closed, so that it reconnects, to the next agent, and
+/// sends it the snapshot; this one's server ends.
+#[tokio::test]
+async fn the_next_agent_takes_the_path_over_and_the_enrolling_side_follows_it() {
+    let path = socket_path("takeover");
+    let old_pods: &'static RecordingAgent = Box::leak(Box::default());
+    let old = tokio::spawn(EnrollmentServer::bind(&path).unwrap().run(old_pods));
+    let mut client = EnrollmentClient::connect(&path).await.unwrap();
+    client.snapshot(&[pod("u1", "a")]).await.unwrap();
+    assert_eq!(old_pods.enrolled(), BTreeSet::from(["u1".into()]));
+
+    let new_pods: &'static RecordingAgent = Box::leak(Box::default());
+    tokio::spawn(EnrollmentServer::bind(&path).unwrap().run(new_pods));
+    let deadline = Duration::from_secs(5);
+    tokio::time::timeout(deadline, client.closed())
+        .await
+        .expect("the old agent keeps the enrolling side after the take-over");
+    tokio::time::timeout(deadline, old)
+        .await
+        .expect("the old agent's server still runs")
+        .unwrap()
+        .unwrap();
+
+    let mut client = EnrollmentClient::connect(&path).await.unwrap();
+    client.snapshot(&[pod("u1", "a")]).await.unwrap();
+    assert_eq!(new_pods.enrolled(), BTreeSet::from(["u1".into()]));
+    // The old agent keeps what it served: it drains it later.
+    assert_eq!(old_pods.enrolled(), BTreeSet::from(["u1".into()]));
+    let _ = std::fs::remove_file(&path);
+}

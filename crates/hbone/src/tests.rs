@@ -88,7 +88,7 @@ fn test_pki() -> Result<TestPki> {
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 fn server_tls(pki: &TestPki) -> Result<Arc<rustls::ServerConfig>> {

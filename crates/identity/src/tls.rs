@@ -33,7 +33,10 @@ use crate::{PeerIdentityError, SpiffeId, WorkloadCertificate, identity_from_cert
 
 pub mod provider;
 
-pub use provider::{COMPLIANCE_POLICY, CompliancePolicy, UnknownCompliancePolicy, crypto_provider};
+pub use provider::{
+    COMPLIANCE_POLICY, CompliancePolicy, UnknownCompliancePolicy, crypto_provider,
+    install_default_provider,
+};
 
 /// The only application protocol HBONE speaks.
 pub const HBONE_ALPN: &[u8] = b"h2";

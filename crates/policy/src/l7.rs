@@ -16,13 +16,19 @@
 //!   `example.com:8080`; list `example.com:*` as well to accept any port.
 //! - `methods` are case-sensitive; `ports` compare with the destination port.
 //! - `when` supports `request.headers[<name>]`, `source.ip`, `remote.ip`, `destination.ip`,
-//!   `destination.port`, `source.namespace`, `source.principal` and `connection.sni`. JWT keys
-//!   (`request.auth.*`) are refused as unsupported: a policy we cannot enforce faithfully is
-//!   rejected (NACK) rather than silently weakened.
+//!   `destination.port`, `source.namespace`, `source.principal`, `connection.sni` and the JWT
+//!   attributes `request.auth.principal`, `request.auth.audiences`, `request.auth.presenter`
+//!   and `request.auth.claims[<name>]` (nested: `[a][b]`; see [`crate::request_auth`]). Any
+//!   other key is refused: a policy we cannot enforce faithfully is rejected (NACK) rather than
+//!   silently weakened.
+//! - `requestPrincipals` and the `request.auth.*` keys read the request's validated JWT; a
+//!   request without one has no request principal and no claims: they never match, and their
+//!   `not` forms always hold, as in Istio.
 //! - TCP traffic through the waypoint ([`evaluate_tcp`]) has no request: as Istio builds RBAC
 //!   for TCP, an ALLOW rule that uses an HTTP-only attribute (`hosts`, `methods`, `paths`, their
-//!   `not` forms, `request.headers[...]`) never matches, and a DENY rule is applied without
-//!   its HTTP-only attributes, so it denies more rather than less.
+//!   `not` forms, `request.headers[...]`, request principals, `request.auth.*`) never matches,
+//!   and a DENY rule is applied without its HTTP-only attributes, so it denies more rather than
+//!   less.
 
 use std::net::IpAddr;
 
@@ -33,6 +39,7 @@ use crate::decision::{Decision, DenyReason, PolicyAction, PolicyRef};
 use crate::error::PolicyError;
 use crate::l4::positive_and_negative;
 use crate::path::normalize_path;
+use crate::request_auth::{RequestAuth, parse_claim_path};
 use crate::route::RequestView;
 use crate::string_match::WildcardMatch;
 use weft_identity::SpiffeId;
@@ -62,6 +69,9 @@ pub struct HttpRule {
 pub struct Source {
     pub principals: Vec<WildcardMatch>,
     pub not_principals: Vec<WildcardMatch>,
+    /// Against the validated JWT's `iss/sub`.
+    pub request_principals: Vec<WildcardMatch>,
+    pub not_request_principals: Vec<WildcardMatch>,
     pub namespaces: Vec<WildcardMatch>,
     pub not_namespaces: Vec<WildcardMatch>,
     /// Against the direct peer address.
@@ -189,6 +199,14 @@ pub enum ConditionKey {
     SourceNamespace,
     SourcePrincipal,
     ConnectionSni,
+    /// `request.auth.principal`: the JWT's `iss/sub`.
+    RequestPrincipal,
+    /// `request.auth.audiences`.
+    RequestAudiences,
+    /// `request.auth.presenter`: the JWT's `azp`.
+    RequestPresenter,
+    /// `request.auth.claims[a][b]`: the claim's names, outermost first.
+    RequestClaim(Vec<String>),
 }
 
 impl ConditionKey {
@@ -200,6 +218,13 @@ impl ConditionKey {
         {
             return Ok(ConditionKey::RequestHeader(name.to_ascii_lowercase()));
         }
+        if let Some(brackets) = key.strip_prefix("request.auth.claims") {
+            return parse_claim_path(brackets)
+                .map(ConditionKey::RequestClaim)
+                .ok_or_else(|| PolicyError::UnsupportedConditionKey {
+                    key: key.to_owned(),
+                });
+        }
         Ok(match key {
             "source.ip" => ConditionKey::SourceIp,
             "remote.ip" => ConditionKey::RemoteIp,
@@ -208,6 +233,9 @@ impl ConditionKey {
             "source.namespace" => ConditionKey::SourceNamespace,
             "source.principal" => ConditionKey::SourcePrincipal,
             "connection.sni" => ConditionKey::ConnectionSni,
+            "request.auth.principal" => ConditionKey::RequestPrincipal,
+            "request.auth.audiences" => ConditionKey::RequestAudiences,
+            "request.auth.presenter" => ConditionKey::RequestPresenter,
             _ => {
                 return Err(PolicyError::UnsupportedConditionKey {
                     key: key.to_owned(),
@@ -280,7 +308,20 @@ impl Condition {
         })
     }
 
+    /// Reads only what HTTP requests have: a header or the request's JWT.
+    fn is_http(&self) -> bool {
+        matches!(
+            self.key,
+            ConditionKey::RequestHeader(_)
+                | ConditionKey::RequestPrincipal
+                | ConditionKey::RequestAudiences
+                | ConditionKey::RequestPresenter
+                | ConditionKey::RequestClaim(_)
+        )
+    }
+
     fn matches(&self, req: &HttpAuthzRequest<'_>, principal: Option<&str>) -> bool {
+        let auth = req.auth;
         let header = match &self.key {
             ConditionKey::RequestHeader(name) => req.request.headers.header(name),
             _ => None,
@@ -311,6 +352,18 @@ impl Condition {
                 (ConditionKey::ConnectionSni, ConditionValue::Text(m)) => {
                     req.sni.is_some_and(|sni| m.matches(sni))
                 }
+                (ConditionKey::RequestPrincipal, ConditionValue::Text(m)) => {
+                    auth.is_some_and(|a| m.matches(&a.principal))
+                }
+                (ConditionKey::RequestAudiences, ConditionValue::Text(m)) => {
+                    auth.is_some_and(|a| a.audiences.iter().any(|aud| m.matches(aud)))
+                }
+                (ConditionKey::RequestPresenter, ConditionValue::Text(m)) => auth
+                    .and_then(|a| a.presenter.as_deref())
+                    .is_some_and(|p| m.matches(p)),
+                (ConditionKey::RequestClaim(path), ConditionValue::Text(m)) => {
+                    auth.is_some_and(|a| a.claim_matches(path, m))
+                }
                 // A value of the wrong type (only possible when built by hand) never matches.
                 _ => false,
             }
@@ -330,10 +383,25 @@ pub struct HttpAuthzRequest<'a> {
     pub remote_ip: IpAddr,
     pub destination_ip: IpAddr,
     pub sni: Option<&'a str>,
+    /// The request's validated JWT; `None` when it carried none.
+    pub auth: Option<&'a RequestAuth>,
 }
 
 impl Source {
+    fn has_request_principals(&self) -> bool {
+        !(self.request_principals.is_empty() && self.not_request_principals.is_empty())
+    }
+
     fn matches(&self, req: &HttpAuthzRequest<'_>, principal: Option<&str>) -> bool {
+        positive_and_negative(
+            &self.request_principals,
+            &self.not_request_principals,
+            |m| req.auth.is_some_and(|a| m.matches(&a.principal)),
+        ) && self.matches_connection(req, principal)
+    }
+
+    /// The source without its HTTP-only attribute (the request principal).
+    fn matches_connection(&self, req: &HttpAuthzRequest<'_>, principal: Option<&str>) -> bool {
         positive_and_negative(&self.principals, &self.not_principals, |m| {
             principal.is_some_and(|p| m.matches(p))
         }) && positive_and_negative(&self.namespaces, &self.not_namespaces, |m| {
@@ -378,16 +446,18 @@ impl HttpRule {
     /// Uses an attribute only HTTP requests have.
     fn is_http(&self) -> bool {
         self.to.iter().any(Operation::is_http)
-            || self
-                .when
-                .iter()
-                .any(|c| matches!(c.key, ConditionKey::RequestHeader(_)))
+            || self.from.iter().any(Source::has_request_principals)
+            || self.when.iter().any(Condition::is_http)
     }
 
     /// Whether this rule matches a connection: `from` and the non-HTTP parts of `to` and
     /// `when` (HTTP-only conditions are left out).
     fn matches_connection(&self, req: &HttpAuthzRequest<'_>, principal: Option<&str>) -> bool {
-        (self.from.is_empty() || self.from.iter().any(|s| s.matches(req, principal)))
+        (self.from.is_empty()
+            || self
+                .from
+                .iter()
+                .any(|s| s.matches_connection(req, principal)))
             && (self.to.is_empty()
                 || self
                     .to
@@ -396,7 +466,7 @@ impl HttpRule {
             && self
                 .when
                 .iter()
-                .filter(|c| !matches!(c.key, ConditionKey::RequestHeader(_)))
+                .filter(|c| !c.is_http())
                 .all(|c| c.matches(req, principal))
     }
 }
@@ -479,6 +549,7 @@ pub fn evaluate_tcp<'a>(
         remote_ip: req.remote_ip,
         destination_ip: req.destination_ip,
         sni: None,
+        auth: None,
     };
     let mut any_allow = false;
     let mut allowed = false;

@@ -10,6 +10,7 @@ mod error;
 pub mod l4;
 pub mod l7;
 pub mod path;
+pub mod request_auth;
 pub mod route;
 mod string_match;
 

@@ -54,12 +54,12 @@ async fn under_pqc_the_controllers_grpc_offers_and_accepts_only_the_hybrid_excha
     assert_eq!(chain.len(), 2);
 }
 
-/// A TLS handshake to 127.0.0.1:`port` offering X25519 only (ring's provider, which has no
-/// post-quantum exchange): the error, if refused.
+/// A TLS handshake to 127.0.0.1:`port` offering the classical X25519 only: the error, if
+/// refused.
 fn classical_handshake(port: u16, root: CertificateDer<'static>) -> Result<(), String> {
     let provider = rustls::crypto::CryptoProvider {
-        kx_groups: vec![rustls::crypto::ring::kx_group::X25519],
-        ..rustls::crypto::ring::default_provider()
+        kx_groups: vec![rustls::crypto::aws_lc_rs::kx_group::X25519],
+        ..rustls::crypto::aws_lc_rs::default_provider()
     };
     let mut roots = rustls::RootCertStore::empty();
     roots.add(root).map_err(|e| e.to_string())?;

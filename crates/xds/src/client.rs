@@ -98,6 +98,7 @@ impl Target {
     /// and name the URI's host (the controller's serving certificate names istiod's DNS names).
     pub fn tls(uri: &str, roots_pem: &str) -> Result<Self, ClientError> {
         let endpoint = Self::endpoint(uri)?;
+        weft_identity::install_default_provider();
         let tls = tonic::transport::ClientTlsConfig::new()
             .ca_certificate(tonic::transport::Certificate::from_pem(roots_pem));
         let endpoint = endpoint

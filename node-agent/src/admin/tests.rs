@@ -58,6 +58,8 @@ async fn the_three_ports_serve_the_dump_the_metrics_and_readiness() {
     let (xds, xds_state) = watch::channel(ConnectionState::default());
     let describe = certificates.clone();
     let (drain, _watch) = weft_proxy_core::drain::channel();
+    // Captured pods this process does not serve (a restart before the enrolling side's snapshot).
+    let unserved = Arc::new(std::sync::atomic::AtomicUsize::new(2));
     let [dump, metrics_port, readiness] = endpoints(
         config(),
         store,
@@ -65,6 +67,10 @@ async fn the_three_ports_serve_the_dump_the_metrics_and_readiness() {
         xds_state,
         Arc::new(registry),
         drain.status(),
+        {
+            let unserved = unserved.clone();
+            Arc::new(move || unserved.load(std::sync::atomic::Ordering::Relaxed))
+        },
     );
 
     let (status, body) = get(&dump, "/config_dump");
@@ -104,6 +110,11 @@ async fn the_three_ports_serve_the_dump_the_metrics_and_readiness() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(body.contains("waiting for configuration"));
     xds.send_modify(|state| state.synced = true);
+    // ... and every captured pod is served: the snapshot took them over.
+    let (status, body) = get(&readiness, READINESS_PATH);
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body.contains("2 captured pods not served"), "{body}");
+    unserved.store(0, std::sync::atomic::Ordering::Relaxed);
     assert_eq!(get(&readiness, READINESS_PATH).0, StatusCode::OK);
     assert_eq!(get(&metrics_port, READINESS_PATH).0, StatusCode::OK);
 

@@ -16,7 +16,7 @@ use std::{
 use weft_hbone::{ConnectionRegistry, Revoked};
 use weft_identity::SpiffeId;
 
-use super::{error::ProxyError, plan::authorize_inbound};
+use super::{error::ProxyError, plan::authorize_connection};
 use crate::state::{Workload, WorkloadStore};
 
 /// What a connection of a served pod was allowed on.
@@ -36,6 +36,8 @@ pub(crate) enum Tracked {
 
 /// Open connections by served pod (uid).
 pub(crate) type PodConnections = ConnectionRegistry<String, Tracked>;
+/// One connection's place in [`PodConnections`].
+pub(crate) type PodRegistration = weft_hbone::Registration<String, Tracked>;
 
 /// Decides every open inbound connection again against the store and closes those it no
 /// longer allows; returns how many it closed.
@@ -58,7 +60,7 @@ pub(crate) fn revalidate(store: &WorkloadStore, connections: &PodConnections) ->
             return Some(ProxyError::UnknownPod(uid.clone()).to_string());
         };
         let refusal =
-            authorize_inbound(store, workload, peer.as_ref(), *source_ip, *target).err()?;
+            authorize_connection(store, workload, peer.as_ref(), *source_ip, *target).err()?;
         tracing::info!(
             pod = %uid,
             peer = peer.as_ref().map_or_else(|| "plaintext".to_owned(), ToString::to_string),

@@ -41,8 +41,11 @@ pub struct PodProxy {
 
 impl PodProxy {
     /// Opens 15001 (outbound, loopback only), 15006 and 15008 inside the pod's namespace, one
-    /// set per worker (in one `SO_REUSEPORT` group per port, so the kernel spreads connections
-    /// over the workers), and starts serving them, each set on its own worker.
+    /// set per worker, and starts serving them, each set on its own worker. Each port is one
+    /// `SO_REUSEPORT` group: the kernel spreads connections over the workers, and over two
+    /// agents while the next one takes the pod over from a draining one (ztunnel's in-pod
+    /// listeners do the same for its rolling updates); a listener that closes hands the
+    /// connections queued on it to the group ([`PodNetns::migrate_queued_connections`]).
     pub fn start(
         context: Arc<ProxyContext>,
         uid: String,
@@ -50,20 +53,18 @@ impl PodProxy {
         drain: DrainWatch,
     ) -> io::Result<Self> {
         let workers = context.workers.handles();
-        let reuse_port = workers.len() > 1;
+        if let Err(error) = netns.migrate_queued_connections() {
+            // The hand-over still works; a connection queued on the draining agent's listener
+            // at the moment it closes is reset instead of moving to the next agent's.
+            tracing::warn!(pod = %uid, %error, "connections queued on a closing listener will not migrate");
+        }
         let sets = workers
             .iter()
             .map(|_| {
                 io::Result::Ok([
-                    netns.listen(
-                        SocketAddr::from((Ipv4Addr::LOCALHOST, OUTBOUND)),
-                        reuse_port,
-                    )?,
-                    netns.listen(
-                        SocketAddr::from((Ipv4Addr::UNSPECIFIED, INBOUND)),
-                        reuse_port,
-                    )?,
-                    netns.listen(SocketAddr::from((Ipv4Addr::UNSPECIFIED, HBONE)), reuse_port)?,
+                    netns.listen(SocketAddr::from((Ipv4Addr::LOCALHOST, OUTBOUND)), true)?,
+                    netns.listen(SocketAddr::from((Ipv4Addr::UNSPECIFIED, INBOUND)), true)?,
+                    netns.listen(SocketAddr::from((Ipv4Addr::UNSPECIFIED, HBONE)), true)?,
                 ])
             })
             .collect::<io::Result<Vec<_>>>()?;

@@ -14,11 +14,11 @@ use weft_hbone::{ConnectRequest, Revocable, connect_tcp};
 use weft_proxy_core::metrics::{Reporter, SecurityPolicy};
 
 use super::{
-    connections::{Tracked, copy_error},
+    connections::{PodRegistration, Tracked, copy_error},
     context::ProxyContext,
     copy,
     error::ProxyError,
-    plan::{OutboundPlan, authorize_inbound, plan_outbound},
+    plan::{OutboundPlan, authorize_connection, plan_outbound},
     pool::PoolKey,
     record::{ConnectionLog, Failed},
     served::ServedPod,
@@ -79,6 +79,15 @@ pub(super) async fn handle(
     let source = source.expect("planned only with a source");
     let (destination, service, security) = match &plan {
         OutboundPlan::Passthrough { .. } => (None, None, SecurityPolicy::Unknown),
+        OutboundPlan::External {
+            destination,
+            service,
+            ..
+        } => (
+            destination.clone(),
+            Some(service.clone()),
+            SecurityPolicy::Unknown,
+        ),
         OutboundPlan::Hbone {
             destination,
             service,
@@ -141,6 +150,28 @@ async fn execute(
                 .await
                 .map_err(copy_error)
         }
+        OutboundPlan::External {
+            target,
+            destination,
+            ..
+        } => {
+            // A ServiceEntry endpoint has no agent of its own: its L4 policy is decided here,
+            // and again on every change like a connection into a pod of this node.
+            let registration = match destination.filter(|d| d.is_service_entry_endpoint()) {
+                Some(destination) => Some(authorized(context, source, &destination, target)?),
+                None => None,
+            };
+            let upstream = connect_tcp(&pod.netns, target)
+                .await
+                .map_err(|e| ProxyError::Connect(target, e))?;
+            match &registration {
+                Some(registration) => {
+                    copy::tcp_both_ways(app, &mut registration.wrap(upstream)).await
+                }
+                None => copy::tcp_both_ways(app, &mut { upstream }).await,
+            }
+            .map_err(copy_error)
+        }
         OutboundPlan::Local {
             target,
             destination,
@@ -148,27 +179,7 @@ async fn execute(
         } => {
             // Same node: no TLS, but the destination's inbound rules still apply, with the
             // source identity the agent itself vouches for.
-            let identity = source
-                .identity()
-                .map_err(|e| ProxyError::PeerIdentity(e.to_string()))?;
-            let source_ip = source.addresses.first().copied().unwrap_or(target.ip());
-            // The destination pod's connection, decided again on every change like one that
-            // arrived over HBONE.
-            let registration = context.connections.register(
-                destination.uid.clone(),
-                Tracked::Inbound {
-                    peer: Some(identity.clone()),
-                    source_ip,
-                    target,
-                },
-            );
-            authorize_inbound(
-                &context.store,
-                &destination,
-                Some(&identity),
-                source_ip,
-                target,
-            )?;
+            let registration = authorized(context, source, &destination, target)?;
             let destination_pod = context
                 .pods
                 .get(&destination.uid)
@@ -215,4 +226,35 @@ async fn execute(
             Ok((stats.to_tunnel, stats.from_tunnel))
         }
     }
+}
+
+/// Registers a connection from `source` to `destination` at `target` under the destination, so
+/// that every change decides it again like one that arrived over HBONE, and decides it now by
+/// the destination's inbound rules with the source identity the agent itself vouches for.
+fn authorized(
+    context: &ProxyContext,
+    source: &Workload,
+    destination: &Workload,
+    target: SocketAddr,
+) -> Result<PodRegistration, ProxyError> {
+    let identity = source
+        .identity()
+        .map_err(|e| ProxyError::PeerIdentity(e.to_string()))?;
+    let source_ip = source.addresses.first().copied().unwrap_or(target.ip());
+    let registration = context.connections.register(
+        destination.uid.clone(),
+        Tracked::Inbound {
+            peer: Some(identity.clone()),
+            source_ip,
+            target,
+        },
+    );
+    authorize_connection(
+        &context.store,
+        destination,
+        Some(&identity),
+        source_ip,
+        target,
+    )?;
+    Ok(registration)
 }

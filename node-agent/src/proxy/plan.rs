@@ -39,6 +39,16 @@ pub enum OutboundPlan {
         service: Option<Arc<Service>>,
         via_waypoint: bool,
     },
+    /// Plain TCP to `target`, a destination outside the mesh that a service names: an endpoint
+    /// without a tunnel (a ServiceEntry's, a selectorless Service's), or the original
+    /// destination of a service without endpoint selection (a `resolution: NONE`
+    /// ServiceEntry). Reported under the service; a ServiceEntry endpoint's L4 policy is
+    /// enforced here, having no agent of its own.
+    External {
+        target: SocketAddr,
+        destination: Option<Arc<Workload>>,
+        service: Arc<Service>,
+    },
     /// The destination is a pod this agent serves: no TLS, but its inbound policy still applies.
     Local {
         target: SocketAddr,
@@ -95,7 +105,11 @@ fn plan_service(
     roll: usize,
 ) -> Result<OutboundPlan, OutboundError> {
     if service.load_balancing == LoadBalancingMode::Passthrough {
-        return Ok(OutboundPlan::Passthrough { target: original });
+        return Ok(OutboundPlan::External {
+            target: original,
+            destination: None,
+            service,
+        });
     }
     let key = service.key();
     let endpoints = store.endpoints(&key);
@@ -134,7 +148,8 @@ fn plan_service(
         });
     }
     let (endpoint, target_port) = candidates[roll % candidates.len()].clone();
-    let Some(ip) = endpoint.addresses.first().copied() else {
+    let address = endpoint.addresses.first().copied();
+    let Some(ip) = address.or_else(|| store.resolved_address(&endpoint.hostname)) else {
         return Err(OutboundError::NoHealthyEndpoint {
             service: key.to_string(),
             port,
@@ -193,7 +208,14 @@ fn plan_workload(
     is_local: &impl Fn(&str) -> bool,
 ) -> Result<OutboundPlan, OutboundError> {
     if destination.tunnel == TunnelProtocol::None {
-        return Ok(OutboundPlan::Passthrough { target });
+        return Ok(match service {
+            Some(service) => OutboundPlan::External {
+                target,
+                destination: Some(destination),
+                service,
+            },
+            None => OutboundPlan::Passthrough { target },
+        });
     }
     if is_local(&destination.uid) {
         return Ok(OutboundPlan::Local {
@@ -376,6 +398,34 @@ pub fn authorize_inbound(
             });
         }
     }
+    authorize_policy(store, destination, peer, source_ip, target)
+}
+
+/// The checks a connection the agent carries to `destination` gets: for a ServiceEntry
+/// endpoint, which has no agent of its own and may be known by name only, its L4 policy; for a
+/// pod, everything [`authorize_inbound`] checks.
+pub fn authorize_connection(
+    store: &WorkloadStore,
+    destination: &Workload,
+    peer: Option<&SpiffeId>,
+    source_ip: IpAddr,
+    target: SocketAddr,
+) -> Result<(), InboundRefusal> {
+    if destination.is_service_entry_endpoint() {
+        authorize_policy(store, destination, peer, source_ip, target)
+    } else {
+        authorize_inbound(store, destination, peer, source_ip, target)
+    }
+}
+
+/// L4 authorization of a connection to `destination` at `target`.
+fn authorize_policy(
+    store: &WorkloadStore,
+    destination: &Workload,
+    peer: Option<&SpiffeId>,
+    source_ip: IpAddr,
+    target: SocketAddr,
+) -> Result<(), InboundRefusal> {
     let policies = store.policies();
     let applicable = policies
         .iter()

@@ -170,6 +170,7 @@ impl TryFrom<proto::Workload> for Workload {
             healthy,
             services,
             authorization_policies: w.authorization_policies,
+            hostname: w.hostname,
         };
         if tunnel == TunnelProtocol::Hbone {
             workload

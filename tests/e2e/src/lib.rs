@@ -25,6 +25,7 @@ pub mod containerd;
 pub mod cri;
 pub mod curl;
 pub mod demo;
+pub mod gateway;
 pub mod h2flood;
 pub mod kube_cluster;
 mod lifecycle;
@@ -74,6 +75,9 @@ pub struct PodSpec {
     pub labels: BTreeMap<String, String>,
     /// Enrolled through the agent's enrollment socket (its namespace or itself is ambient).
     pub enrolled: bool,
+    /// A host outside the cluster: a namespace of the testbed like any pod's, but with no Pod
+    /// object, so the controller never hears of it (a ServiceEntry's endpoint, say).
+    pub outside_cluster: bool,
     pub workload: Workload,
     /// The sample app's HTTP port (its gRPC echo stays on 9090, its TCP echo on 7000).
     pub http_port: u16,
@@ -97,6 +101,7 @@ impl PodSpec {
             ]
             .into(),
             enrolled: true,
+            outside_cluster: false,
             workload: Workload::App {
                 service: service.into(),
                 version: version.into(),
@@ -118,6 +123,7 @@ impl PodSpec {
             service_account: gateway.into(),
             labels: [(GATEWAY_NAME_LABEL.to_string(), gateway.to_string())].into(),
             enrolled: false,
+            outside_cluster: false,
             workload: Workload::Waypoint {
                 gateway: gateway.into(),
             },
@@ -136,6 +142,7 @@ impl PodSpec {
             service_account: name.into(),
             labels: [("app".to_string(), name.to_string())].into(),
             enrolled: true,
+            outside_cluster: false,
             workload: Workload::None,
             http_port: DEFAULT_HTTP_PORT,
             upstreams: Vec::new(),
@@ -145,6 +152,13 @@ impl PodSpec {
 
     pub fn not_enrolled(mut self) -> Self {
         self.enrolled = false;
+        self
+    }
+
+    /// Not a pod at all: a host outside the cluster and the mesh ([`PodSpec::outside_cluster`]).
+    pub fn outside_cluster(mut self) -> Self {
+        self.enrolled = false;
+        self.outside_cluster = true;
         self
     }
 
@@ -315,6 +329,8 @@ pub struct Mesh {
     dir: PathBuf,
     controller: Option<Process>,
     agents: BTreeMap<String, Process>,
+    /// Nodes whose agent runs on the rolling update's other ports ([`Mesh::roll_agent`]).
+    surged: std::collections::BTreeSet<String>,
     apps: Vec<Process>,
     waypoints: BTreeMap<String, Process>,
     enrollment: BTreeMap<String, Vec<EnrolledPod>>,

@@ -44,6 +44,7 @@ impl Mesh {
             dir,
             controller: None,
             agents: BTreeMap::new(),
+            surged: Default::default(),
             apps: Vec::new(),
             waypoints: BTreeMap::new(),
             enrollment: BTreeMap::new(),
@@ -106,6 +107,7 @@ impl Mesh {
         let namespaces: std::collections::BTreeSet<_> = self
             .pods
             .iter()
+            .filter(|p| !p.outside_cluster)
             .map(|p| p.namespace.clone())
             .filter(|n| !declared.contains(n))
             .collect();
@@ -115,7 +117,7 @@ impl Mesh {
                 "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {namespace}\n---"
             );
         }
-        for pod in &self.pods {
+        for pod in self.pods.iter().filter(|p| !p.outside_cluster) {
             let ip = self.testbed.pod(&pod.name).ip;
             let mut labels = pod.labels.clone();
             labels.insert(
@@ -215,6 +217,55 @@ impl Mesh {
 
     /// Starts (or restarts) the node agent of `node`.
     pub fn start_agent(&mut self, node_name: &str) -> anyhow::Result<()> {
+        self.surged.remove(node_name);
+        let process = self.spawn_agent(node_name, AgentPorts::DEFAULT, "")?;
+        self.agents.insert(node_name.to_string(), process);
+        Ok(())
+    }
+
+    /// A rolling update of `node`'s agent, as the DaemonSet's (`maxSurge: 1`,
+    /// `maxUnavailable: 0`) does it: the next agent starts beside the running one (on other
+    /// admin, metrics and readiness ports: both live in the node's namespace here, where in
+    /// Kubernetes each has its pod's), takes the enrollment socket over, and gets the snapshot
+    /// the enrolling side sends it once the old agent released it; once it is ready (it serves
+    /// every captured pod), the old agent gets SIGTERM. Returns the old agent's process, to
+    /// watch its drain.
+    pub fn roll_agent(&mut self, node: &str) -> anyhow::Result<Child> {
+        let old = self
+            .agents
+            .remove(node)
+            .with_context(|| format!("no agent on {node}"))?;
+        let ports = if self.surged.contains(node) {
+            AgentPorts::DEFAULT
+        } else {
+            AgentPorts::SURGE
+        };
+        let next = self.spawn_agent(node, ports, "-next")?;
+        self.agents.insert(node.to_string(), next);
+        if ports == AgentPorts::SURGE {
+            self.surged.insert(node.to_string());
+        } else {
+            self.surged.remove(node);
+        }
+        // Its readiness port answers once its enrollment socket is bound (the agent binds it
+        // before it serves anything).
+        let ip = self.testbed.node(node).ip;
+        let readiness = format!("http://{ip}:{}/healthz/ready", ports.readiness);
+        self.wait_until(&format!("the next agent of {node} to listen"), || {
+            self.node_curl(node, &readiness)
+                .is_ok_and(|(code, _)| code != 0)
+        })?;
+        self.enroll(node)?;
+        self.wait_ready(node)?;
+        old.signal_terminate()
+    }
+
+    fn spawn_agent(
+        &self,
+        node_name: &str,
+        ports: AgentPorts,
+        log_suffix: &str,
+    ) -> anyhow::Result<Process> {
         let node = self.testbed.node(node_name);
         // With the soft descriptor limit a service manager usually gives a daemon (1024): the
         // agent raises it to the hard limit itself.
@@ -235,12 +286,23 @@ impl Mesh {
             .env("ENROLLMENT_SOCKET", self.enrollment_socket(node_name))
             .env("PIN_DIR", self.pin_dir(node_name))
             .env("ACCELERATION", self.acceleration.to_string())
+            .env("ADMIN_ADDRESS", format!("127.0.0.1:{}", ports.admin))
+            .env("METRICS_ADDRESS", format!("0.0.0.0:{}", ports.metrics))
+            .env("READINESS_ADDRESS", format!("0.0.0.0:{}", ports.readiness))
             .env("RUST_LOG", "info")
             .envs(self.agent_env.iter().map(|(k, v)| (k, v)));
-        let log = self.dir.join(format!("agent-{node_name}.log"));
-        let process = Process::spawn(&format!("agent {node_name}"), command, log)?;
-        self.agents.insert(node_name.to_string(), process);
-        Ok(())
+        let log = self.dir.join(format!("agent-{node_name}{log_suffix}.log"));
+        Process::spawn(&format!("agent {node_name}"), command, log)
+    }
+
+    /// The port of `node`'s current agent that its default would put on `port` (15000, 15020
+    /// or 15021).
+    pub fn agent_port(&self, node: &str, port: u16) -> u16 {
+        if self.surged.contains(node) {
+            port + AgentPorts::SURGE.admin - AgentPorts::DEFAULT.admin
+        } else {
+            port
+        }
     }
 
     /// Sends SIGTERM to the agent of `node` and hands its process over, to watch it drain and
@@ -262,11 +324,15 @@ impl Mesh {
 
     /// Restarts the agent of `node` after a stop or kill: it adopts the pinned redirection, and the
     /// enrolling side (the CNI) reconnects and resends its snapshot, as it does after any agent
-    /// restart.
+    /// restart. The agent is ready once it serves every pod it adopted.
     pub fn restart_agent(&mut self, node: &str) -> anyhow::Result<()> {
         self.start_agent(node)?;
-        self.wait_ready(node)?;
-        self.enroll(node)
+        let socket = self.enrollment_socket(node);
+        self.wait_until(&format!("agent {node}'s enrollment socket"), || {
+            std::os::unix::net::UnixStream::connect(&socket).is_ok()
+        })?;
+        self.enroll(node)?;
+        self.wait_ready(node)
     }
 
     /// Starts `program` inside `pod` in the background (its output captured).
@@ -295,8 +361,9 @@ impl Mesh {
     /// Waits for the agent's readiness endpoint.
     pub fn wait_ready(&self, node: &str) -> anyhow::Result<()> {
         let ip = self.testbed.node(node).ip;
+        let port = self.agent_port(node, 15021);
         self.wait_until(&format!("agent {node} readiness"), || {
-            self.node_curl(node, &format!("http://{ip}:15021/healthz/ready"))
+            self.node_curl(node, &format!("http://{ip}:{port}/healthz/ready"))
                 .is_ok_and(|(code, _)| code == 200)
         })
     }
@@ -448,4 +515,27 @@ impl Mesh {
                 .is_ok_and(|s| s.success())
         })
     }
+}
+
+/// Where an agent of the testbed serves its admin, metrics and readiness ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct AgentPorts {
+    admin: u16,
+    metrics: u16,
+    readiness: u16,
+}
+
+impl AgentPorts {
+    /// The agent's defaults.
+    const DEFAULT: Self = Self {
+        admin: 15000,
+        metrics: 15020,
+        readiness: 15021,
+    };
+    /// The next agent's during a rolling update, beside one on the defaults.
+    const SURGE: Self = Self {
+        admin: 25000,
+        metrics: 25020,
+        readiness: 25021,
+    };
 }

@@ -98,7 +98,8 @@ impl Mesh {
     /// The agent's Prometheus metrics.
     pub fn metrics(&self, node: &str) -> String {
         let ip = self.testbed.node(node).ip;
-        self.node_curl(node, &format!("http://{ip}:15020/metrics"))
+        let port = self.agent_port(node, 15020);
+        self.node_curl(node, &format!("http://{ip}:{port}/metrics"))
             .map(|(_, body)| body)
             .unwrap_or_default()
     }
@@ -106,7 +107,13 @@ impl Mesh {
     /// The agent's `/config_dump`.
     pub fn config_dump(&self, node: &str) -> serde_json::Value {
         let (status, body) = self
-            .node_curl(node, "http://127.0.0.1:15000/config_dump")
+            .node_curl(
+                node,
+                &format!(
+                    "http://127.0.0.1:{}/config_dump",
+                    self.agent_port(node, 15000)
+                ),
+            )
             .expect("run curl");
         serde_json::from_str(&body)
             .unwrap_or_else(|e| panic!("config_dump answered {status}: {e}: {body:?}"))

@@ -2,13 +2,17 @@
 //! while a long request is in flight through it. Readiness fails at once, a new connection is
 //! refused, the request in flight completes, and the process exits within its termination
 //! deadline (Istio's `terminationDrainDuration`, 5 s by default). The agent's pods stay
-//! captured (fail closed) until the next agent serves them. Needs root.
+//! captured (fail closed) until the next agent serves them. And a rolling update of the agents
+//! under load (the next agent beside the old one, then SIGTERM to the old one), in which no
+//! request fails. Needs root.
 
 use std::io::Read as _;
+use std::path::Path;
 use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
 
 use weft_e2e::{Mesh, MeshOptions, PodSpec, waypoint_resources};
+use weft_test_support::prometheus::Exposition;
 
 const WAYPOINT: &str = "waypoint";
 const VIP: &str = "10.96.0.20";
@@ -281,4 +285,124 @@ fn sigterm_drains_the_agent_and_its_pods_fail_closed_until_the_next_one() {
         "the restarted agent does not serve the pod\n{}",
         mesh.logs()
     );
+}
+
+/// Requests from `client` to `url`, each on a new connection (one `curl` each), one after the
+/// other in the background until `stop` exists (at most 3,000, at most 3 minutes): each
+/// request's status is appended to `codes` (`000` for a failed connection).
+fn steady_load(mesh: &Mesh, client: &str, url: &str, codes: &Path, stop: &Path) -> Child {
+    let script = format!(
+        "for i in $(seq 1 3000); do [ -e {stop} ] && break; \
+         curl -s -o /dev/null --max-time 5 -w '%{{http_code}}\\n' {url} >> {codes}; done",
+        stop = stop.display(),
+        codes = codes.display(),
+    );
+    mesh.spawn_in_pod(client, "timeout", &["180", "bash", "-c", &script])
+        .expect("start the load")
+}
+
+fn statuses(codes: &Path) -> Vec<String> {
+    std::fs::read_to_string(codes)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Connections `node`'s current agent counted, as the destination's or the source's reporter.
+fn connections_opened(mesh: &Mesh, node: &str, reporter: &str) -> f64 {
+    Exposition::parse(&mesh.metrics(node)).sum(
+        "istio_tcp_connections_opened_total",
+        &[("reporter", reporter)],
+    )
+}
+
+/// STRICT at the destination: a request that left the source uncaptured (in plaintext) would
+/// be refused there, so it counts as failed.
+const STRICT: &str = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\n\
+                      metadata: {name: default, namespace: shop}\nspec: {mtls: {mode: STRICT}}\n";
+
+#[test]
+fn a_rolling_update_of_both_agents_under_load_fails_no_request() {
+    let mut mesh = Mesh::start(
+        vec![
+            PodSpec::client("client", "node1", "shop"),
+            PodSpec::app("reviews-v1", "node2", "shop", "reviews", "v1"),
+        ],
+        MeshOptions {
+            config: STRICT.to_owned(),
+            // One listener per port and agent: the next agent's can only join the old one's
+            // group, not stand alone in it (with more workers each agent has its own group
+            // members already).
+            agent_env: vec![("WORKER_THREADS".to_owned(), "1".to_owned())],
+            ..MeshOptions::default()
+        },
+    )
+    .expect("start the mesh");
+    let app = mesh.testbed.pod("reviews-v1").ip;
+    let url = format!("http://{app}:8080/");
+    assert!(
+        mesh.eventually(Duration::from_secs(10), || mesh
+            .curl_with("client", &["--max-time", "3", &url])
+            .status
+            == 200),
+        "the app is not reachable across the mesh\n{}",
+        mesh.logs()
+    );
+
+    let (codes, stop) = (mesh.dir().join("load-codes"), mesh.dir().join("load-stop"));
+    let mut load = steady_load(&mesh, "client", &url, &codes, &stop);
+    let progressed = |mesh: &Mesh, past: usize| {
+        mesh.eventually(Duration::from_secs(30), || {
+            statuses(&codes).len() >= past + 20
+        })
+    };
+    assert!(
+        progressed(&mesh, 0),
+        "the load does not run\n{}",
+        mesh.logs()
+    );
+
+    // The destination's agent (inbound HBONE), then the source's (outbound capture and its
+    // tunnels): each time the next agent takes over beside the old one, the old one drains.
+    for (node, reporter) in [("node2", "destination"), ("node1", "source")] {
+        let mut old = mesh.roll_agent(node).expect("roll the agent");
+        let signalled = Instant::now();
+        let (exit, took) = exited(&mut old, signalled);
+        assert!(exit.success(), "the old agent of {node} exited with {exit}");
+        assert!(
+            took < DEADLINE + Duration::from_secs(1),
+            "the old agent of {node} took {took:?} to exit"
+        );
+        // The next agent carries what comes after, alone.
+        let before = connections_opened(&mesh, node, reporter);
+        assert!(
+            progressed(&mesh, statuses(&codes).len()),
+            "the load stalled after {node}'s update\n{}",
+            mesh.logs()
+        );
+        let after = connections_opened(&mesh, node, reporter);
+        assert!(
+            after >= before + 20.0,
+            "{node}'s next agent counted {} of 20 connections ({reporter})\n{}",
+            after - before,
+            mesh.logs()
+        );
+    }
+
+    std::fs::write(&stop, "").expect("stop the load");
+    assert!(
+        load.wait().expect("the load").success(),
+        "the load did not end in time"
+    );
+    let statuses = statuses(&codes);
+    let failed: Vec<&String> = statuses.iter().filter(|s| *s != "200").collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed across the rolling updates: {failed:?}\n{}",
+        failed.len(),
+        statuses.len(),
+        mesh.logs()
+    );
+    assert!(statuses.len() >= 60, "only {} requests ran", statuses.len());
 }

@@ -818,3 +818,67 @@ spec:
         "the refusal was not logged:\n{log}"
     );
 }
+
+#[test]
+fn jwt_request_authentication_and_request_principals_at_the_waypoint() {
+    use waypoint::testing::TestIssuer;
+    let mesh = mesh();
+    let issuer = TestIssuer::es256("https://issuer.example", "k1");
+    let forger = TestIssuer::es256("https://issuer.example", "k1");
+    // The RequestAuthentication and an ALLOW policy on its request principals, both bound to
+    // the service (targetRefs), as an Istio user writes them for a waypoint.
+    apply(
+        &mesh,
+        "40-jwt.yaml",
+        &format!(
+            r#"
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: reviews-jwt, namespace: shop}}
+spec:
+  targetRefs: [{{kind: Service, group: "", name: reviews}}]
+  jwtRules:
+  - issuer: https://issuer.example
+    jwks: '{jwks}'
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: reviews-require-jwt, namespace: shop}}
+spec:
+  targetRefs: [{{kind: Service, group: "", name: reviews}}]
+  action: ALLOW
+  rules:
+  - from: [{{source: {{requestPrincipals: ["https://issuer.example/*"]}}}}]
+    when: [{{key: "request.auth.claims[groups]", values: [readers]}}]
+"#,
+            jwks = issuer.jwks()
+        ),
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = serde_json::json!({"sub": "alice", "exp": now + 600, "groups": ["readers"]});
+    let bearer = |token: &str| format!("Authorization: Bearer {token}");
+    let url = format!("http://{VIP}/jwt");
+
+    let valid = mesh.curl_with(
+        "client",
+        &["-H", &bearer(&issuer.token(claims.clone())), &url],
+    );
+    assert_eq!(valid.status, 200, "{}\n{}", valid.body, mesh.logs());
+    // The token is validated and removed before the request goes on (forwardOriginalToken unset).
+    assert!(
+        !valid.body.to_lowercase().contains("authorization"),
+        "{}",
+        valid.body
+    );
+
+    let forged = mesh.curl_with("client", &["-H", &bearer(&forger.token(claims)), &url]);
+    assert_eq!(forged.status, 401, "{}", forged.body);
+    assert_eq!(forged.body, "Jwt verification fails");
+
+    let missing = mesh.curl_with("client", &[&url]);
+    assert_eq!(missing.status, 403, "{}", missing.body);
+    assert_eq!(missing.body, "RBAC: access denied");
+}

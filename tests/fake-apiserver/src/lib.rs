@@ -6,7 +6,8 @@
 //! `MODIFIED`, `DELETED`, `BOOKMARK` and `ERROR` events, `sendInitialEvents`), over core
 //! (`/api/v1/...`) and group (`/apis/<group>/<version>/...`) paths, cluster-wide or namespaced.
 //! It also takes creates (POST) and replaces (PUT) of any served kind, as the controller writes
-//! its CA Secret and root ConfigMap, and answers TokenReviews for tokens registered with
+//! its CA Secret and root ConfigMap, merge patches (PATCH) of an object's `status` subresource,
+//! as the controller writes Gateway API route status, and answers TokenReviews for tokens registered with
 //! [`FakeApiServer::add_token`]. Every change takes the next value of one global
 //! resourceVersion counter and is kept in a history that watches replay.
 //! [`FakeApiServer::expire`] makes older versions "too old" (410 Gone, forcing a relist),
@@ -402,6 +403,7 @@ impl FakeApiServer {
                 source,
             })?;
         let config = ::kube::Config::new(uri);
+        weft_identity::install_default_provider();
         ::kube::Client::try_from(config).map_err(|source| FakeApiError::Client {
             url,
             source: Box::new(source),

@@ -46,6 +46,8 @@ pub(crate) struct Target {
     pub(crate) kind_index: usize,
     pub(crate) namespace: Option<String>,
     pub(crate) name: Option<String>,
+    /// `status`, for the status subresource.
+    pub(crate) subresource: Option<String>,
 }
 
 pub(crate) fn parse_path(kinds: &[ServedKind], path: &str) -> Option<Target> {
@@ -55,11 +57,15 @@ pub(crate) fn parse_path(kinds: &[ServedKind], path: &str) -> Option<Target> {
         ["apis", group, version, rest @ ..] => (*group, *version, rest),
         _ => return None,
     };
-    let (namespace, plural, name) = match rest {
-        ["namespaces", namespace, plural] => (Some(*namespace), *plural, None),
-        ["namespaces", namespace, plural, name] => (Some(*namespace), *plural, Some(*name)),
-        [plural] => (None, *plural, None),
-        [plural, name] => (None, *plural, Some(*name)),
+    let (namespace, plural, name, subresource) = match rest {
+        ["namespaces", namespace, plural] => (Some(*namespace), *plural, None, None),
+        ["namespaces", namespace, plural, name] => (Some(*namespace), *plural, Some(*name), None),
+        ["namespaces", namespace, plural, name, "status"] => {
+            (Some(*namespace), *plural, Some(*name), Some("status"))
+        }
+        [plural] => (None, *plural, None, None),
+        [plural, name] => (None, *plural, Some(*name), None),
+        [plural, name, "status"] => (None, *plural, Some(*name), Some("status")),
         _ => return None,
     };
     let kind_index = kinds
@@ -72,6 +78,7 @@ pub(crate) fn parse_path(kinds: &[ServedKind], path: &str) -> Option<Target> {
         kind_index,
         namespace: namespace.map(str::to_owned),
         name: name.map(str::to_owned),
+        subresource: subresource.map(str::to_owned),
     })
 }
 

@@ -1,4 +1,4 @@
-//! Serving: failures injected, writes, TokenReview, gets, paginated lists and watches.
+//! Serving: failures injected, writes, status merge patches, TokenReview, gets, paginated lists and watches.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -75,6 +75,12 @@ fn respond(
             &format!("the server could not find {path}"),
         );
     };
+    if target.subresource.is_some() {
+        return match *method {
+            Method::PATCH => patch_status(shared, &target, body),
+            _ => status_response(405, "MethodNotAllowed", &format!("{method} {path}")),
+        };
+    }
     match *method {
         Method::GET => {}
         Method::POST if target.name.is_none() => {
@@ -154,6 +160,51 @@ fn write(shared: &Shared, target: &Target, body: &[u8], event: EventType) -> Res
             status_response(404, "NotFound", &error.to_string())
         }
         Err(error) => status_response(400, "BadRequest", &error.to_string()),
+    }
+}
+
+/// A JSON merge patch (RFC 7386) of an object's `status`, as the status subresource takes it:
+/// everything but `status` in the patch is ignored.
+fn patch_status(shared: &Shared, target: &Target, body: &[u8]) -> Response<Body> {
+    let Ok(patch) = serde_json::from_slice::<Value>(body) else {
+        return status_response(400, "BadRequest", "the body is not a JSON merge patch");
+    };
+    let key = (
+        target.kind_index,
+        target.namespace.clone().unwrap_or_default(),
+        target.name.clone().unwrap_or_default(),
+    );
+    let Some(mut object) = shared.store().objects.get(&key).cloned() else {
+        return status_response(404, "NotFound", &format!("{} not found", key.2));
+    };
+    if let Some(status) = patch.get("status")
+        && let Some(object) = object.as_object_mut()
+    {
+        merge_patch(object.entry("status").or_insert(Value::Null), status);
+    }
+    match shared.mutate(object, EventType::Modified) {
+        Ok((_, stored)) => json_response(StatusCode::OK, &stored),
+        Err(error) => status_response(400, "BadRequest", &error.to_string()),
+    }
+}
+
+/// RFC 7386: objects merge key by key, `null` removes, anything else replaces.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(patch) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(Default::default());
+    }
+    if let Value::Object(target) = target {
+        for (key, value) in patch {
+            if value.is_null() {
+                target.remove(key);
+            } else {
+                merge_patch(target.entry(key.clone()).or_insert(Value::Null), value);
+            }
+        }
     }
 }
 

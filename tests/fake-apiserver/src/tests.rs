@@ -56,6 +56,7 @@ fn paths_name_collections_and_objects() {
                 kind_index,
                 namespace: ns.map(str::to_owned),
                 name: name.map(str::to_owned),
+                subresource: None,
             },
         );
         assert_eq!(parse_path(&kinds, path), expected, "{path}");

@@ -75,6 +75,7 @@ impl FakeCa {
 
     /// Serves gRPC over TLS with `tls` on 127.0.0.1 (a free port).
     pub async fn serve_tls(self, tls: ServerTlsConfig) -> RunningCa {
+        weft_identity::install_default_provider();
         self.serve_with(Some(tls)).await
     }
 

@@ -19,7 +19,7 @@ use weft_proto::waypoint as proto;
 
 use super::{
     ConfigError, DirectWorkload, L4Match, Protocol, Service, ServicePort, TcpRoute, Tunnel,
-    WaypointConfig, WorkloadInfo, invalid,
+    WaypointConfig, WorkloadInfo, gateway, invalid,
 };
 
 fn duration(d: &prost_types::Duration, context: &str) -> Result<Duration, ConfigError> {
@@ -48,7 +48,7 @@ fn port(value: u32, context: &str) -> Result<u16, ConfigError> {
     })
 }
 
-fn nonzero_port(value: u32, context: &str) -> Result<Option<u16>, ConfigError> {
+pub(super) fn nonzero_port(value: u32, context: &str) -> Result<Option<u16>, ConfigError> {
     Ok(if value == 0 {
         None
     } else {
@@ -169,6 +169,50 @@ fn source_workload(
         identity.as_ref(),
     );
     Ok(())
+}
+
+/// The gateway proxy's own workload, as request metrics name their source.
+pub(super) fn source_workload_info(
+    w: &proto::SourceWorkload,
+    context: &str,
+) -> Result<Arc<WorkloadInfo>, ConfigError> {
+    Ok(Arc::new(WorkloadInfo {
+        uid: w.workload_uid.clone(),
+        labels: w.labels.clone(),
+        identity: identity(&w.identity, context)?,
+    }))
+}
+
+/// A route table at the edge as a service without addresses named `name`, on `port`: HTTP
+/// routes or TCP routes, converted exactly as a service's.
+pub(super) fn gateway_table(
+    name: &str,
+    namespace: &str,
+    port: u16,
+    http_routes: &[proto::HttpRoute],
+    tcp_routes: &[proto::TcpRoute],
+    context: &str,
+) -> Result<(Service, ServicePort), ConfigError> {
+    let protocol = gateway::table_protocol(tcp_routes.is_empty());
+    let table = service(&proto::WaypointService {
+        hostname: name.to_owned(),
+        name: name.to_owned(),
+        namespace: namespace.to_owned(),
+        vips: Vec::new(),
+        ports: Vec::new(),
+        http_routes: http_routes.to_vec(),
+        tcp_routes: tcp_routes.to_vec(),
+    })
+    .map_err(|e| invalid(context, e.to_string()))?;
+    Ok((
+        table,
+        ServicePort {
+            port,
+            name: name.to_owned(),
+            protocol,
+            target_port: port,
+        },
+    ))
 }
 
 /// A workload served at its own address; its facts also describe it as a request source.
@@ -339,12 +383,24 @@ impl TryFrom<proto::WaypointConfig> for WaypointConfig {
             .iter()
             .map(authorization::authorization)
             .collect::<Result<_, _>>()?;
+        let gateway = config
+            .gateway
+            .as_ref()
+            .map(|g| gateway::gateway(g, &config.namespace).map(Arc::new))
+            .transpose()?;
+        let authentications = config
+            .request_authentications
+            .iter()
+            .map(crate::authn::authentication)
+            .collect::<Result<_, _>>()?;
         Ok(WaypointConfig {
+            gateway,
             name: config.name,
             namespace: config.namespace,
             services,
             clusters,
             policies,
+            authentications,
             by_vip,
             direct,
             workloads,

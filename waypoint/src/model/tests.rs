@@ -60,6 +60,8 @@ fn base() -> proto::WaypointConfig {
         authorization_policies: Vec::new(),
         source_workloads: Vec::new(),
         workloads: Vec::new(),
+        request_authentications: Vec::new(),
+        gateway: None,
     }
 }
 
@@ -369,24 +371,40 @@ fn invalid_configs_are_rejected_with_context() {
             "outside 0..100",
         ),
         (
-            "jwt principals",
+            "malformed jwt claim key",
             |c| {
                 c.authorization_policies.push(proto::L7Authorization {
                     name: "jwt".to_owned(),
                     namespace: "default".to_owned(),
                     rules: vec![proto::Rule {
-                        from: vec![proto::rule::From {
-                            source: Some(proto::Source {
-                                request_principals: vec!["*".to_owned()],
-                                ..Default::default()
-                            }),
+                        when: vec![proto::Condition {
+                            key: "request.auth.claims[]".to_owned(),
+                            values: vec!["x".to_owned()],
+                            not_values: Vec::new(),
                         }],
                         ..Default::default()
                     }],
                     ..Default::default()
                 })
             },
-            "requestPrincipals",
+            "request.auth.claims[]",
+        ),
+        (
+            "jwt output header",
+            |c| {
+                c.request_authentications
+                    .push(proto::RequestAuthentication {
+                        name: "jwt".to_owned(),
+                        namespace: "default".to_owned(),
+                        jwt_rules: vec![proto::JwtRule {
+                            issuer: "issuer".to_owned(),
+                            output_payload_to_header: "not a header".to_owned(),
+                            ..Default::default()
+                        }],
+                        target_services: Vec::new(),
+                    })
+            },
+            "request authentication default/jwt",
         ),
         (
             "duplicate cluster",
@@ -447,4 +465,44 @@ fn spiffe_uris_parse_only_in_the_istio_shape() {
     ] {
         assert!(bad.parse::<SpiffeId>().is_err(), "{bad}");
     }
+}
+
+#[test]
+fn jwt_rules_apply_to_the_services_their_request_authentication_targets() {
+    let authentication =
+        |name: &str, issuer: &str, services: &[&str]| proto::RequestAuthentication {
+            name: name.to_owned(),
+            namespace: "default".to_owned(),
+            jwt_rules: vec![proto::JwtRule {
+                issuer: issuer.to_owned(),
+                ..Default::default()
+            }],
+            target_services: services.iter().map(|s| (*s).to_owned()).collect(),
+        };
+    let mut c = base();
+    c.request_authentications = vec![
+        authentication("whole", "https://all.example", &[]),
+        authentication("reviews", "https://reviews.example", &[HOST]),
+        authentication(
+            "other",
+            "https://other.example",
+            &["other.default.svc.cluster.local"],
+        ),
+    ];
+    let config = WaypointConfig::try_from(c).unwrap();
+    let target = config
+        .target_for("10.96.0.10:9080".parse().unwrap())
+        .unwrap();
+    let issuers: Vec<&str> = config
+        .jwt_providers_for(&target)
+        .iter()
+        .map(|p| p.issuer.as_str())
+        .collect();
+    assert_eq!(issuers, ["https://all.example", "https://reviews.example"]);
+    // Without any RequestAuthentication there is nothing to validate.
+    let config = WaypointConfig::try_from(base()).unwrap();
+    let target = config
+        .target_for("10.96.0.10:9080".parse().unwrap())
+        .unwrap();
+    assert!(config.jwt_providers_for(&target).is_empty());
 }

@@ -72,6 +72,9 @@ pub(super) async fn forward_to(
     to: Forwarding<'_>,
 ) -> Result<Response<ProxyBody>, LocalReply> {
     cx.record.upstream_cluster = Some(to.cluster.name.clone());
+    if cx.tunnel.edge.is_some() {
+        cx.record.destination_service = Some(crate::model::service_of_host(&to.cluster.host));
+    }
     let upgrade = upgrade::requested(&request);
     let http2 = !upgrade
         && (request.version() == Version::HTTP_2

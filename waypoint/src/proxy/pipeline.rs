@@ -1,10 +1,11 @@
-//! The order a request goes through: conformance, request id, path normalization, then
-//! authorization and route selection together (both are decisions over the same view of the
+//! The order a request goes through: conformance, request id, path normalization, JWT
+//! authentication (RequestAuthentication), then authorization and route selection together (both are decisions over the same view of the
 //! request), then the route: CORS preflight, faults, and its action (direct response, redirect
 //! or forward), with the route's response headers and CORS headers on what comes back.
 
 use std::borrow::Cow;
 use std::sync::{Arc, LazyLock};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response};
@@ -13,6 +14,7 @@ use tracing::debug;
 use weft_identity::SpiffeId;
 use weft_policy::l7::{HttpAuthzRequest, evaluate_http};
 use weft_policy::path::normalize_path;
+use weft_policy::request_auth::RequestAuth;
 use weft_policy::route::{HeaderSource, RequestView, RouteSelection, select_route};
 use weft_policy::{Decision, StringMatch};
 
@@ -57,7 +59,8 @@ async fn route_request(
         .map(|(_, q)| q.split('#').next().unwrap_or(q).to_owned());
     cx.path = normalized;
 
-    let (decision, selection) = decide(cx, &request);
+    let auth = authenticate(cx, &mut request)?;
+    let (decision, selection) = decide(cx, &request, auth.as_ref());
     if let Decision::Deny(reason) = decision {
         debug!(%reason, "request denied");
         return Err(LocalReply::Denied(reason));
@@ -101,10 +104,36 @@ async fn route_request(
     Ok(follow_route(cx, request, route, matched_uri).await)
 }
 
+/// The request's JWT, validated by the RequestAuthentications that apply to its target (read
+/// from this request's configuration); a token they refuse answers the request.
+fn authenticate(
+    cx: &RequestContext<'_>,
+    request: &mut Request<Incoming>,
+) -> Result<Option<RequestAuth>, LocalReply> {
+    let providers = cx.config.jwt_providers_for(&cx.target);
+    if providers.is_empty() {
+        return Ok(None);
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    crate::authn::authenticate(&providers, request.headers_mut(), cx.query.as_deref(), now).map_err(
+        |error| {
+            debug!(%error, "request refused by request authentication");
+            let path = cx.record.path.split(['?', '#']).next().unwrap_or("");
+            LocalReply::Unauthenticated {
+                error,
+                realm: format!("http://{}{path}", cx.record.authority),
+            }
+        },
+    )
+}
+
 /// The authorization decision and the route selected, over one view of the request.
 fn decide(
     cx: &RequestContext<'_>,
     request: &Request<Incoming>,
+    auth: Option<&RequestAuth>,
 ) -> (Decision, Option<RouteSelection>) {
     let tunnel = cx.tunnel;
     let peer_identity = tunnel.peer.as_ref();
@@ -128,6 +157,7 @@ fn decide(
         remote_ip: tunnel.source_ip,
         destination_ip: tunnel.destination.ip(),
         sni: None,
+        auth,
     };
     let selection = match cx.target {
         Target::Service(target) => select_route(&target.service.route_matches, &view),

@@ -13,6 +13,7 @@ use weft_policy::{ACCESS_DENIED_BODY, ACCESS_DENIED_STATUS, DenyReason};
 
 use super::context::GRPC_STATUS;
 use super::{ProxyBody, full};
+use crate::authn::JwtError;
 use crate::conformance::Nonconforming;
 use crate::metrics::{RequestRecord, ResponseFlag};
 use crate::model::AbortKind;
@@ -29,6 +30,9 @@ pub(crate) enum LocalReply {
     NotServed { close_connection: bool },
     /// The path has no normalized form.
     InvalidPath,
+    /// The request's JWT was refused by request authentication; `realm` is the request's URL
+    /// without its query, for `www-authenticate`.
+    Unauthenticated { error: JwtError, realm: String },
     /// Refused by an authorization policy.
     Denied(DenyReason),
     /// No route matched and the service has no default cluster for the port.
@@ -117,6 +121,21 @@ impl LocalReply {
             }
             L::InvalidPath | L::Denied(DenyReason::InvalidPath) => {
                 Reply::text(StatusCode::BAD_REQUEST, "Bad Request").details("invalid_path")
+            }
+            L::Unauthenticated { error, realm } => {
+                let message = error.to_string();
+                // Envoy's jwt_authn: the reason as body and details, and the bearer challenge.
+                let details = format!("jwt_authn_access_denied{{{}}}", message.replace(' ', "_"));
+                let challenge = format!("Bearer realm=\"{realm}\", error=\"invalid_token\"");
+                let reply = Reply {
+                    body: Bytes::from(message),
+                    ..Reply::empty(error.status()).details(details)
+                }
+                .header(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+                match HeaderValue::from_str(&challenge) {
+                    Ok(value) => reply.header(header::WWW_AUTHENTICATE, value),
+                    Err(_) => reply,
+                }
             }
             L::Denied(reason) => Reply::text(
                 StatusCode::from_u16(ACCESS_DENIED_STATUS).unwrap_or(StatusCode::FORBIDDEN),

@@ -113,6 +113,8 @@ pub fn config(
         authorization_policies: Vec::new(),
         source_workloads: Vec::new(),
         workloads: Vec::new(),
+        gateway: None,
+        request_authentications: Vec::new(),
     }
 }
 

@@ -8,6 +8,7 @@ mod certificate;
 mod configuration;
 mod drain;
 mod hostile;
+mod jwt;
 mod live;
 mod policy;
 mod resilience;

@@ -12,7 +12,7 @@ use super::Compiler;
 use crate::index::ConfigIndex;
 use crate::model::ResourceKind;
 use crate::model::gateway_api::WAYPOINT_GATEWAY_CLASS;
-use crate::model::security::{AuthorizationAction, AuthorizationPolicy};
+use crate::model::security::{AuthorizationAction, AuthorizationPolicy, PolicyTargetReference};
 use crate::translate::resolve::{self, name_of, namespace_of, service_hostname, service_waypoint};
 use crate::translate::{TranslateError, TranslateProblem};
 
@@ -26,57 +26,23 @@ impl Compiler<'_, '_> {
         served: &[&Service],
     ) -> Option<wp::L7Authorization> {
         let namespace = namespace_of(&policy.metadata);
-        let mut whole_waypoint = false;
-        let mut target_services = BTreeSet::new();
-        for target in policy
+        let targets = policy
             .spec
             .target_ref
             .iter()
-            .chain(&policy.spec.target_refs)
-        {
-            // Istio admits targets only in the policy's own namespace.
-            if target
-                .namespace
-                .as_deref()
-                .is_some_and(|ns| ns != namespace)
-            {
-                continue;
-            }
-            let group = target.group.as_deref().unwrap_or("");
-            match target.kind.as_str() {
-                "Gateway"
-                    if group == "gateway.networking.k8s.io"
-                        && namespace == self.waypoint.namespace
-                        && target.name == self.waypoint.name =>
-                {
-                    whole_waypoint = true;
-                }
-                "GatewayClass"
-                    if group == "gateway.networking.k8s.io"
-                        && target.name == WAYPOINT_GATEWAY_CLASS
-                        && namespace == self.settings.root_namespace =>
-                {
-                    whole_waypoint = true;
-                }
-                "Service"
-                    if (group.is_empty() || group == "core")
-                        && served.iter().any(|s| {
-                            namespace_of(&s.metadata) == namespace
-                                && name_of(&s.metadata) == target.name
-                        }) =>
-                {
-                    target_services.insert(service_hostname(
-                        self.settings,
-                        namespace,
-                        &target.name,
-                    ));
-                }
-                _ => {}
-            }
-        }
-        if !whole_waypoint && target_services.is_empty() {
-            return None;
-        }
+            .chain(&policy.spec.target_refs);
+        let target_services = self.bound_services(targets, namespace, served)?;
+        self.l7_policy(policy, target_services)
+    }
+
+    /// `policy` in the waypoint's form, scoped to `target_services` (empty: every request the
+    /// proxy serves); `None` when it never changes a decision (AUDIT).
+    pub(super) fn l7_policy(
+        &mut self,
+        policy: &AuthorizationPolicy,
+        target_services: Vec<String>,
+    ) -> Option<wp::L7Authorization> {
+        let namespace = namespace_of(&policy.metadata);
         let action = match policy.spec.action.unwrap_or_default() {
             AuthorizationAction::Allow => wp::l7_authorization::Action::Allow,
             AuthorizationAction::Deny => wp::l7_authorization::Action::Deny,
@@ -123,20 +89,78 @@ impl Compiler<'_, '_> {
                 .as_ref()
                 .and_then(|a| a.get(DRY_RUN))
                 .is_some_and(|v| v.eq_ignore_ascii_case("true")),
-            target_services: if whole_waypoint {
-                Vec::new()
-            } else {
-                target_services.into_iter().collect()
-            },
+            target_services,
         })
+    }
+
+    /// The services a policy bound by `targets` (its `targetRefs`) applies to at this
+    /// waypoint: empty for the whole waypoint (its Gateway, or the `istio-waypoint`
+    /// GatewayClass from the root namespace), else the Services it serves that are named;
+    /// `None` when the policy does not bind this waypoint. A selector never binds a waypoint,
+    /// as in Istio.
+    pub(super) fn bound_services<'t>(
+        &self,
+        targets: impl Iterator<Item = &'t PolicyTargetReference>,
+        namespace: &str,
+        served: &[&Service],
+    ) -> Option<Vec<String>> {
+        let mut whole_waypoint = false;
+        let mut target_services = BTreeSet::new();
+        for target in targets {
+            // Istio admits targets only in the policy's own namespace.
+            if target
+                .namespace
+                .as_deref()
+                .is_some_and(|ns| ns != namespace)
+            {
+                continue;
+            }
+            let group = target.group.as_deref().unwrap_or("");
+            match target.kind.as_str() {
+                "Gateway"
+                    if group == "gateway.networking.k8s.io"
+                        && namespace == self.waypoint.namespace
+                        && target.name == self.waypoint.name =>
+                {
+                    whole_waypoint = true;
+                }
+                "GatewayClass"
+                    if group == "gateway.networking.k8s.io"
+                        && target.name == WAYPOINT_GATEWAY_CLASS
+                        && namespace == self.settings.root_namespace =>
+                {
+                    whole_waypoint = true;
+                }
+                "Service"
+                    if (group.is_empty() || group == "core")
+                        && served.iter().any(|s| {
+                            namespace_of(&s.metadata) == namespace
+                                && name_of(&s.metadata) == target.name
+                        }) =>
+                {
+                    target_services.insert(service_hostname(
+                        self.settings,
+                        namespace,
+                        &target.name,
+                    ));
+                }
+                _ => {}
+            }
+        }
+        if whole_waypoint {
+            Some(Vec::new())
+        } else if target_services.is_empty() {
+            None
+        } else {
+            Some(target_services.into_iter().collect())
+        }
     }
 }
 
-/// Rules in the waypoint's form. Attributes no request can carry here (JWT principals and
-/// claims: waypoints apply no RequestAuthentication) are resolved as absent, exactly: a rule
-/// that requires one never matches and is left out; a negated one always holds and is dropped.
-/// Attributes the waypoint cannot read fail closed: an ALLOW rule needing one is left out, a
-/// DENY rule ignores it (and so denies more).
+/// Rules in the waypoint's form. JWT attributes (`requestPrincipals`, `request.auth.*`) are
+/// carried as they are: the waypoint reads them from the token its RequestAuthentications
+/// validated. Attributes the waypoint cannot read fail closed: an ALLOW rule needing one is
+/// left out, a DENY rule ignores it (and so denies more).
 fn l7_rules(
     rules: &[crate::model::security::Rule],
     action: wp::l7_authorization::Action,
@@ -150,13 +174,6 @@ fn l7_rules(
         if let Some(sources) = &rule.from {
             for (j, f) in sources.iter().enumerate() {
                 let Some(source) = &f.source else { continue };
-                if !source.request_principals.is_empty() {
-                    notes.push(TranslateProblem::Unsupported {
-                        path: format!("{path}.from[{j}].source.requestPrincipals"),
-                        reason: "waypoints validate no JWTs, so no request has a request principal; this source never matches".to_owned(),
-                    });
-                    continue;
-                }
                 // Trust domains are not matched: fail closed. An ALLOW source needing one never
                 // matches; a DENY source applies to every trust domain.
                 let trust_domains =
@@ -218,16 +235,6 @@ fn l7_rules(
         let mut when = Vec::new();
         for (j, condition) in rule.when.iter().enumerate() {
             let key = condition.key.as_str();
-            if key.starts_with("request.auth.") {
-                if !condition.values.is_empty() {
-                    notes.push(TranslateProblem::Unsupported {
-                        path: format!("{path}.when[{j}]"),
-                        reason: format!("waypoints validate no JWTs, so no request has {key}; the rule never matches"),
-                    });
-                    never = true;
-                }
-                continue;
-            }
             if key.starts_with("experimental.envoy.filters.") {
                 let consequence = if action == wp::l7_authorization::Action::Allow {
                     never = true;
@@ -282,13 +289,11 @@ fn l7_source(s: &crate::model::security::Source) -> wp::Source {
         .collect();
     wp::Source {
         principals,
-        // Never set here: sources that need one never match (see `l7_rules`), and
-        // `notRequestPrincipals` always holds.
-        request_principals: Vec::new(),
+        request_principals: s.request_principals.clone(),
         namespaces: s.namespaces.clone(),
         ip_blocks: s.ip_blocks.clone(),
         not_principals,
-        not_request_principals: Vec::new(),
+        not_request_principals: s.not_request_principals.clone(),
         not_namespaces: s.not_namespaces.clone(),
         not_ip_blocks: s.not_ip_blocks.clone(),
         remote_ip_blocks: s.remote_ip_blocks.clone(),

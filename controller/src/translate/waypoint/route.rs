@@ -65,12 +65,33 @@ impl PortMatch for wp::L4MatchAttributes {
     }
 }
 
-/// A match applies to the mesh: its own `gateways` override the VirtualService's.
-fn match_binds_mesh(gateways: &[String], vs_mesh: bool) -> bool {
-    if gateways.is_empty() {
-        vs_mesh
-    } else {
-        gateways.iter().any(|g| g == MESH_GATEWAY)
+/// What routes are compiled for: the mesh (a waypoint), or one Istio Gateway (a gateway proxy).
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Binding<'b> {
+    Mesh,
+    Gateway { namespace: &'b str, name: &'b str },
+}
+
+impl Binding<'_> {
+    /// Whether a `gateways` entry of a VirtualService in `vs_namespace` names this: `mesh`, or
+    /// the Gateway as `namespace/name` or, in the VirtualService's own namespace, `name`.
+    pub(super) fn named_by(self, entry: &str, vs_namespace: &str) -> bool {
+        match self {
+            Binding::Mesh => entry == MESH_GATEWAY,
+            Binding::Gateway { namespace, name } => match entry.split_once('/') {
+                Some((ns, n)) => ns == namespace && n == name,
+                None => vs_namespace == namespace && entry == name,
+            },
+        }
+    }
+
+    /// A match applies here: its own `gateways` override the VirtualService's (`vs_bound`).
+    fn binds(self, gateways: &[String], vs_bound: bool, vs_namespace: &str) -> bool {
+        if gateways.is_empty() {
+            vs_bound
+        } else {
+            gateways.iter().any(|g| self.named_by(g, vs_namespace))
+        }
     }
 }
 
@@ -83,6 +104,7 @@ pub(super) struct RouteContext<'c, 'a, 'p> {
     pub(super) clusters: &'c mut BTreeSet<ClusterKey>,
     pub(super) notes: &'c mut Vec<TranslateProblem>,
     pub(super) context: PortContext,
+    pub(super) binding: Binding<'c>,
 }
 
 impl RouteContext<'_, '_, '_> {
@@ -197,7 +219,8 @@ impl RouteContext<'_, '_, '_> {
     /// Whether a match of the route applies here: bound to the mesh, and naming this port or
     /// none when the route is compiled per port.
     fn match_applies(&self, gateways: &[String], port: Option<u32>, vs_mesh: bool) -> bool {
-        match_binds_mesh(gateways, vs_mesh)
+        self.binding
+            .binds(gateways, vs_mesh, namespace_of(&self.vs.metadata))
             && !(self.context.restrict && port.is_some_and(|p| p != self.context.port))
     }
 
@@ -219,7 +242,7 @@ impl RouteContext<'_, '_, '_> {
 
     /// The route's destinations that name one, each resolved (see `destination`) beside the
     /// entry it came from.
-    fn destinations<'d, D>(
+    pub(super) fn destinations<'d, D>(
         &mut self,
         route: &'d [D],
         destination_of: impl Fn(&D) -> Option<&net::Destination>,

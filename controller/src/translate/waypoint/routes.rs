@@ -1,12 +1,17 @@
 //! A served service's route tables: the VirtualService that routes it, its routes compiled
 //! once per port, and the default route to the service itself.
 
-use std::collections::BTreeSet;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use k8s_openapi::api::core::v1::Service;
 use weft_proto::waypoint as wp;
 
-use super::route::{PortContext, RouteContext, Served, default_retries};
+use super::gateway_routes::RouteGroup;
+use super::route::{Binding, PortContext, RouteContext, Served, default_retries};
 use super::{
     ClusterKey, Compiler, age_key, exported_to, is_opaque, port_number, port_protocol, specificity,
     tcp_service_ports,
@@ -14,6 +19,7 @@ use super::{
 use crate::model::ResourceKind;
 use crate::model::networking::{MESH_GATEWAY, VirtualService};
 use crate::translate::TranslateProblem;
+use crate::translate::gateway_api::{self, MeshRoute, Parent};
 use crate::translate::resolve::{self, name_of, namespace_of, qualify_host};
 
 impl<'a> Compiler<'a, '_> {
@@ -46,8 +52,11 @@ impl<'a> Compiler<'a, '_> {
                 .map(|p| p.port)
                 .collect(),
         };
-        let (mut http_routes, mut tcp_routes) = match self.virtual_service_for(&served) {
-            Some(vs) => self.routes_from(&served, vs),
+        let mesh_routes = Rc::clone(&self.mesh_routes);
+        let groups = self.route_groups(&mesh_routes, &served);
+        let (mut http_routes, mut tcp_routes) = match self.route_source(&served, groups) {
+            Some(RouteSource::VirtualService(vs)) => self.routes_from(&served, vs),
+            Some(RouteSource::Gateway(group)) => self.gateway_routes(&served, &group),
             None => (Vec::new(), Vec::new()),
         };
         // The default: the service itself, for whatever no route matched.
@@ -105,12 +114,49 @@ impl<'a> Compiler<'a, '_> {
         }
     }
 
-    /// The VirtualService that routes `served`: visible to the waypoint, bound to the mesh,
-    /// naming the host most specifically, the oldest among equals. The others naming it are
-    /// reported as ignored for it.
-    fn virtual_service_for(&mut self, served: &Served) -> Option<&'a VirtualService> {
+    /// The Gateway API routes attached to `served`, grouped by their namespace as Istio
+    /// merges them into one VirtualService per namespace and Service.
+    fn route_groups<'r>(
+        &self,
+        routes: &'r [MeshRoute<'a>],
+        served: &Served,
+    ) -> Vec<RouteGroup<'r, 'a>> {
+        let mut groups: BTreeMap<String, Vec<(&'r MeshRoute<'a>, Option<u32>)>> = BTreeMap::new();
+        for route in routes {
+            for parent_ref in &route.spec.parent_refs {
+                if let Parent::Service { hostname, port, .. } =
+                    gateway_api::parent(self.index, self.settings, route.namespace(), parent_ref)
+                    && hostname == served.hostname
+                {
+                    groups
+                        .entry(route.namespace().to_owned())
+                        .or_default()
+                        .push((route, port));
+                }
+            }
+        }
+        groups
+            .into_iter()
+            .map(|(namespace, mut routes)| {
+                routes.sort_by(|(a, _), (b, _)| age_key(a.meta).cmp(&age_key(b.meta)));
+                RouteGroup { namespace, routes }
+            })
+            .collect()
+    }
+
+    /// What routes `served`, as Istio picks among VirtualServices for a waypoint: the
+    /// Gateway API routes of the waypoint's own namespace first (Istio's consumer override for
+    /// routes with Gateway semantics), then the VirtualService or route group naming the host
+    /// most specifically (Gateway API routes always name it exactly; VirtualServices visible
+    /// to the waypoint by `exportTo` and bound to the mesh), the oldest among equals (a group
+    /// is as old as its oldest route). The others naming it are reported as ignored for it.
+    fn route_source<'r>(
+        &mut self,
+        served: &Served,
+        groups: Vec<RouteGroup<'r, 'a>>,
+    ) -> Option<RouteSource<'r, 'a>> {
         let viewer = self.waypoint.namespace.clone();
-        let mut candidates: Vec<(&'a VirtualService, (bool, usize))> = self
+        let virtual_services = self
             .index
             .virtual_services
             .values()
@@ -127,29 +173,55 @@ impl<'a> Compiler<'a, '_> {
                         specificity(&qualify_host(self.settings, h, namespace), &served.hostname)
                     })
                     .max()
-                    .map(|s| (vs, s))
-            })
-            .collect();
-        candidates.sort_by(|(a, sa), (b, sb)| {
-            sb.cmp(sa)
-                .then_with(|| age_key(&a.metadata).cmp(&age_key(&b.metadata)))
+                    .map(|s| (RouteSource::VirtualService(vs), (1u8, Reverse(s))))
+            });
+        let exact = (true, served.hostname.len());
+        let gateway = groups.into_iter().map(|group| {
+            let own = u8::from(group.namespace != viewer);
+            (RouteSource::Gateway(group), (own, Reverse(exact)))
         });
-        let (chosen, _) = *candidates.first()?;
-        let by = format!(
-            "{}/{}",
-            namespace_of(&chosen.metadata),
-            name_of(&chosen.metadata)
-        );
-        for (shadowed, _) in candidates.iter().skip(1) {
-            self.report(
-                ResourceKind::VirtualService,
-                &shadowed.metadata,
-                TranslateProblem::ShadowedVirtualService {
-                    path: "spec.hosts".to_owned(),
-                    host: served.hostname.clone(),
-                    by: by.clone(),
-                },
-            );
+        let mut candidates: Vec<_> = virtual_services.chain(gateway).collect();
+        candidates.sort_by(|(a, ka), (b, kb)| {
+            ka.cmp(kb)
+                .then_with(|| age_key(a.meta()).cmp(&age_key(b.meta())))
+        });
+        let mut candidates = candidates.into_iter().map(|(source, _)| source);
+        let chosen = candidates.next()?;
+        let by = chosen.describe();
+        for shadowed in candidates {
+            match (&chosen, &shadowed) {
+                (RouteSource::VirtualService(_), RouteSource::VirtualService(vs)) => self.report(
+                    ResourceKind::VirtualService,
+                    &vs.metadata,
+                    TranslateProblem::ShadowedVirtualService {
+                        path: "spec.hosts".to_owned(),
+                        host: served.hostname.clone(),
+                        by: by.clone(),
+                    },
+                ),
+                (_, RouteSource::VirtualService(vs)) => self.report(
+                    ResourceKind::VirtualService,
+                    &vs.metadata,
+                    TranslateProblem::ShadowedBy {
+                        path: "spec.hosts".to_owned(),
+                        host: served.hostname.clone(),
+                        by: by.clone(),
+                    },
+                ),
+                (_, RouteSource::Gateway(group)) => {
+                    for (route, _) in &group.routes {
+                        self.report(
+                            route.kind.resource_kind(),
+                            route.meta,
+                            TranslateProblem::ShadowedBy {
+                                path: "spec.parentRefs".to_owned(),
+                                host: served.hostname.clone(),
+                                by: by.clone(),
+                            },
+                        );
+                    }
+                }
+            }
         }
         Some(chosen)
     }
@@ -210,6 +282,7 @@ impl<'a> Compiler<'a, '_> {
                     clusters: &mut *clusters,
                     notes: &mut *notes,
                     context,
+                    binding: Binding::Mesh,
                 };
                 if let Some(mut compiled) = route_context.http_route(route, mesh)? {
                     compiled.virtual_service = vs_key.clone();
@@ -229,6 +302,7 @@ impl<'a> Compiler<'a, '_> {
                     clusters: &mut *clusters,
                     notes: &mut *notes,
                     context,
+                    binding: Binding::Mesh,
                 };
                 if let Some(mut compiled) = route_context.tcp_route(route, mesh)? {
                     compiled.virtual_service = vs_key.clone();
@@ -246,8 +320,32 @@ impl<'a> Compiler<'a, '_> {
     }
 }
 
+/// What routes a served service: a VirtualService, or the Gateway API routes of a namespace.
+enum RouteSource<'r, 'a> {
+    VirtualService(&'a VirtualService),
+    Gateway(RouteGroup<'r, 'a>),
+}
+
+impl RouteSource<'_, '_> {
+    fn meta(&self) -> &ObjectMeta {
+        match self {
+            RouteSource::VirtualService(vs) => &vs.metadata,
+            RouteSource::Gateway(group) => group.oldest().meta,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            RouteSource::VirtualService(vs) => {
+                format!("{}/{}", namespace_of(&vs.metadata), name_of(&vs.metadata))
+            }
+            RouteSource::Gateway(group) => group.describe(),
+        }
+    }
+}
+
 /// The ports a route is compiled for: each one, restricted to it, when there are several.
-fn contexts(ports: &[u32]) -> Vec<PortContext> {
+pub(super) fn contexts(ports: &[u32]) -> Vec<PortContext> {
     let restrict = ports.len() > 1;
     ports
         .iter()

@@ -82,19 +82,19 @@ fn authorization_policy_rules() {
             "spec.rules[0]",
             "will deny all traffic to TCP ports",
         ),
-        warns(
-            "request principals",
+        ok(
+            "request principals at a waypoint",
             "Source.requestPrincipals",
-            ap("{rules: [{from: [{source: {requestPrincipals: ['issuer/subject']}}]}]}"),
-            "spec.rules[0].from[0].source.requestPrincipals",
-            NOT_APPLIED,
+            ap(
+                "{targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}], rules: [{from: [{source: {requestPrincipals: ['issuer/subject'], notRequestPrincipals: ['issuer/banned']}}]}]}",
+            ),
         ),
-        warns(
-            "jwt claims condition",
-            "Condition request.auth.claims",
-            ap("{rules: [{when: [{key: 'request.auth.claims[group]', values: [admin]}]}]}"),
-            "spec.rules[0].when[0].key",
-            NOT_APPLIED,
+        ok(
+            "jwt conditions at a waypoint",
+            "Condition request.auth.*",
+            ap(
+                "{targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}], rules: [{when: [{key: 'request.auth.claims[group]', values: [admin]}, {key: 'request.auth.claims[org][team]', values: [a]}, {key: request.auth.principal, values: [i/s]}, {key: request.auth.audiences, values: [a]}, {key: request.auth.presenter, values: [p]}]}]}",
+            ),
         ),
         warns(
             "audit",

@@ -16,8 +16,24 @@ fn request_authentication_rules() {
             ra(
                 "{selector: {matchLabels: {app: a}}, jwtRules: [{issuer: 'https://issuer.example.com', jwksUri: 'https://issuer.example.com/jwks.json', audiences: [a], fromHeaders: [{name: x-jwt, prefix: 'Bearer '}], fromParams: [token], outputPayloadToHeader: x-payload, forwardOriginalToken: true, outputClaimToHeaders: [{header: x-sub, claim: sub}], timeout: 5s}]}",
             ),
-            "<resource>",
+            "spec.selector",
             crate::validation::NOT_APPLIED,
+        ),
+        warns(
+            "fetch timeout",
+            "JWTRule.timeout",
+            ra(
+                "{targetRefs: [{kind: Service, name: a}], jwtRules: [{issuer: i, jwksUri: 'https://i/jwks', timeout: 5s}]}",
+            ),
+            "spec.jwtRules[0].timeout",
+            crate::validation::NOT_APPLIED,
+        ),
+        ok(
+            "targetRefs and every applied field",
+            "ValidateRequestAuthentication",
+            ra(
+                "{targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}], jwtRules: [{issuer: 'https://issuer.example.com', jwksUri: 'https://issuer.example.com/jwks.json', audiences: [a], fromHeaders: [{name: x-jwt, prefix: 'Bearer '}], fromParams: [token], fromCookies: [session], outputPayloadToHeader: x-payload, forwardOriginalToken: true, outputClaimToHeaders: [{header: x-sub, claim: sub}], spaceDelimitedClaims: [roles]}]}",
+            ),
         ),
         ok(
             "legacy jwks_uri",

@@ -270,14 +270,28 @@ fn service_entry_rules() {
             "validateExportTo: ~ for ServiceEntry",
             se("{hosts: [a.example.com], exportTo: ['~'], addresses: [10.0.0.1]}"),
         ),
-        warns(
-            "not applied yet",
-            "ServiceEntry",
+        ok(
+            "DNS resolution is applied",
+            "ServiceEntry (Weft: node agents resolve the hosts)",
             se(
                 "{hosts: [api.example.com], ports: [{number: 443, name: https, protocol: TLS}], resolution: DNS}",
             ),
-            "<resource>",
+        ),
+        warns(
+            "DYNAMIC_DNS not applied",
+            "ServiceEntry (Weft: no endpoints for DYNAMIC_DNS)",
+            se(
+                "{hosts: ['*.example.com'], ports: [{number: 443, name: https, protocol: TLS}], resolution: DYNAMIC_DNS}",
+            ),
+            "spec.resolution",
             crate::validation::NOT_APPLIED,
+        ),
+        ok(
+            "STATIC endpoints are applied",
+            "ServiceEntry (Weft: STATIC endpoints are mesh services' endpoints)",
+            se(
+                "{hosts: [api.example.com], addresses: [10.96.200.10], ports: [{number: 80, name: http}], resolution: STATIC, endpoints: [{address: 192.0.2.5}]}",
+            ),
         ),
     ]);
 }

@@ -92,6 +92,18 @@ impl CompliancePolicy {
     }
 }
 
+/// Makes the installed policy's provider (the default policy's when none was installed) rustls's
+/// process-wide default, unless one is already. The libraries that build their own TLS
+/// (tonic's clients and servers, the kube client) take the default, and cannot choose one
+/// themselves in this workspace: rustls is built with both aws-lc-rs and ring (the Gateway API
+/// crate asks kube for ring). Call before building one of them; [`CompliancePolicy::install`]
+/// does it too.
+pub fn install_default_provider() {
+    if CryptoProvider::get_default().is_none() {
+        let _ = CompliancePolicy::current().provider().install_default();
+    }
+}
+
 /// The crypto provider of every TLS configuration, under the installed policy.
 pub fn crypto_provider() -> Arc<CryptoProvider> {
     Arc::new(CompliancePolicy::current().provider())

@@ -32,7 +32,7 @@ fn certificate_from_ca_answer_is_checked_and_split() {
     assert!(!certificate.is_expired_at(SystemTime::now()));
     assert!(certificate.is_expired_at(certificate.not_after()));
 
-    let provider = rustls::crypto::ring::default_provider();
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
     let certified = certificate.certified_key(&provider).unwrap();
     certified.keys_match().unwrap();
 }

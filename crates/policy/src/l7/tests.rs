@@ -1,6 +1,7 @@
 use std::collections::BTreeMap;
 
 use super::*;
+use crate::request_auth::RequestAuth;
 
 struct Req {
     method: &'static str,
@@ -12,6 +13,7 @@ struct Req {
     source_ip: IpAddr,
     remote_ip: IpAddr,
     sni: Option<&'static str>,
+    auth: Option<RequestAuth>,
 }
 
 fn get(path: &'static str) -> Req {
@@ -25,6 +27,7 @@ fn get(path: &'static str) -> Req {
         source_ip: "10.1.0.5".parse().unwrap(),
         remote_ip: "10.1.0.5".parse().unwrap(),
         sni: None,
+        auth: None,
     }
 }
 
@@ -61,6 +64,27 @@ impl Req {
         self.remote_ip = ip.parse().unwrap();
         self
     }
+    fn jwt(mut self, principal: &str, claims: serde_json::Value) -> Self {
+        let claims = claims.as_object().cloned().unwrap_or_default();
+        self.auth = Some(RequestAuth {
+            principal: principal.to_owned(),
+            audiences: claims
+                .get("aud")
+                .and_then(|a| a.as_array())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            presenter: claims
+                .get("azp")
+                .and_then(|a| a.as_str())
+                .map(str::to_owned),
+            claims,
+        });
+        self
+    }
     fn sni(mut self, sni: &'static str) -> Self {
         self.sni = Some(sni);
         self
@@ -86,6 +110,7 @@ impl Req {
                 remote_ip: self.remote_ip,
                 destination_ip: "10.2.0.9".parse().unwrap(),
                 sni: self.sni,
+                auth: self.auth.as_ref(),
             },
         )
     }
@@ -913,7 +938,7 @@ fn tcp_authorization_table() {
 fn condition_parsing_rejects_what_cannot_be_enforced() {
     let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
     assert!(matches!(
-        Condition::parse("request.auth.claims[groups]", &s(&["a"]), &[]),
+        Condition::parse("request.auth.claims[]", &s(&["a"]), &[]),
         Err(PolicyError::UnsupportedConditionKey { .. })
     ));
     assert!(matches!(
@@ -981,4 +1006,173 @@ fn policies_round_trip_through_serde() {
         req.decide(std::slice::from_ref(&back)),
         Decision::Deny(DenyReason::DeniedBy(back.policy_ref()))
     );
+}
+
+fn jwt_policy(action: PolicyAction, rule: HttpRule) -> HttpAuthorization {
+    HttpAuthorization {
+        name: "jwt".to_owned(),
+        namespace: "default".to_owned(),
+        action,
+        rules: vec![rule],
+        dry_run: false,
+    }
+}
+
+fn jwt_when(key: &str, values: &[&str], not_values: &[&str]) -> HttpRule {
+    let owned = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    HttpRule {
+        when: vec![Condition::parse(key, &owned(values), &owned(not_values)).unwrap()],
+        ..Default::default()
+    }
+}
+
+#[test]
+fn request_principals_match_the_validated_jwt_only() {
+    let allow = [jwt_policy(
+        PolicyAction::Allow,
+        HttpRule {
+            from: vec![Source {
+                request_principals: w(&["https://issuer.example/*"]),
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+    )];
+    let token = || get("/").jwt("https://issuer.example/alice", serde_json::json!({}));
+    assert_eq!(token().decide(&allow), Decision::Allow);
+    assert_eq!(
+        get("/")
+            .jwt("https://other.example/alice", serde_json::json!({}))
+            .decide(&allow),
+        Decision::Deny(DenyReason::NoAllowPolicyMatched)
+    );
+    // No token: no request principal, even when the peer is authenticated.
+    assert_eq!(
+        get("/").decide(&allow),
+        Decision::Deny(DenyReason::NoAllowPolicyMatched)
+    );
+    // `*` requires a request principal, whatever it is.
+    let any = [jwt_policy(
+        PolicyAction::Allow,
+        HttpRule {
+            from: vec![Source {
+                request_principals: w(&["*"]),
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+    )];
+    assert_eq!(token().decide(&any), Decision::Allow);
+    assert_ne!(get("/").decide(&any), Decision::Allow);
+    // notRequestPrincipals: "*" denies every request without a token.
+    let deny_missing = [jwt_policy(
+        PolicyAction::Deny,
+        HttpRule {
+            from: vec![Source {
+                not_request_principals: w(&["*"]),
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+    )];
+    assert_eq!(token().decide(&deny_missing), Decision::Allow);
+    assert!(matches!(
+        get("/").decide(&deny_missing),
+        Decision::Deny(DenyReason::DeniedBy(_))
+    ));
+}
+
+#[test]
+fn request_auth_conditions_read_principal_audiences_presenter_and_claims() {
+    let claims = serde_json::json!({
+        "aud": ["api", "web"],
+        "azp": "frontend",
+        "groups": ["dev", "ops"],
+        "org": {"team": "payments"},
+    });
+    let req = || get("/").jwt("iss/sub", claims.clone());
+    let cases: &[(&str, &[&str], &[&str], bool)] = &[
+        ("request.auth.principal", &["iss/sub"], &[], true),
+        ("request.auth.principal", &["iss/*"], &["iss/sub"], false),
+        ("request.auth.audiences", &["web"], &[], true),
+        ("request.auth.audiences", &["mobile"], &[], false),
+        ("request.auth.presenter", &["frontend"], &[], true),
+        ("request.auth.presenter", &["backend"], &[], false),
+        ("request.auth.claims[groups]", &["ops"], &[], true),
+        ("request.auth.claims[groups]", &["admin"], &[], false),
+        ("request.auth.claims[groups]", &[], &["admin"], true),
+        ("request.auth.claims[org][team]", &["pay*"], &[], true),
+        ("request.auth.claims[org][team]", &["billing"], &[], false),
+        ("request.auth.claims[missing]", &["*"], &[], false),
+    ];
+    for (key, values, not_values, allowed) in cases {
+        let policy = [jwt_policy(
+            PolicyAction::Allow,
+            jwt_when(key, values, not_values),
+        )];
+        assert_eq!(
+            req().decide(&policy) == Decision::Allow,
+            *allowed,
+            "{key} {values:?} {not_values:?}"
+        );
+        // Without a token nothing under request.auth matches; notValues alone hold.
+        assert_eq!(
+            get("/").decide(&policy) == Decision::Allow,
+            values.is_empty(),
+            "no token: {key} {values:?} {not_values:?}"
+        );
+    }
+}
+
+#[test]
+fn request_auth_keys_must_be_well_formed() {
+    for key in [
+        "request.auth.claims",
+        "request.auth.claims[]",
+        "request.auth.claims.groups",
+        "request.auth.raw",
+    ] {
+        assert!(
+            Condition::parse(key, &["x".to_owned()], &[]).is_err(),
+            "{key}"
+        );
+    }
+}
+
+#[test]
+fn tcp_treats_jwt_attributes_as_http_only() {
+    let tcp = TcpAuthzRequest {
+        source_identity: None,
+        source_ip: "10.1.0.5".parse().unwrap(),
+        remote_ip: "10.1.0.5".parse().unwrap(),
+        destination_ip: "10.2.0.9".parse().unwrap(),
+        port: 9000,
+    };
+    let principals = HttpRule {
+        from: vec![Source {
+            request_principals: w(&["*"]),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    // An ALLOW rule needing a JWT never matches a connection ...
+    assert_eq!(
+        evaluate_tcp(&[jwt_policy(PolicyAction::Allow, principals.clone())], &tcp),
+        Decision::Deny(DenyReason::NoAllowPolicyMatched)
+    );
+    // ... and a DENY rule loses its JWT parts, so it denies the connection.
+    assert!(matches!(
+        evaluate_tcp(&[jwt_policy(PolicyAction::Deny, principals)], &tcp),
+        Decision::Deny(DenyReason::DeniedBy(_))
+    ));
+    assert!(matches!(
+        evaluate_tcp(
+            &[jwt_policy(
+                PolicyAction::Deny,
+                jwt_when("request.auth.claims[groups]", &["admin"], &[])
+            )],
+            &tcp
+        ),
+        Decision::Deny(DenyReason::DeniedBy(_))
+    ));
 }

@@ -44,6 +44,7 @@ impl GrpcCaClient {
         if address.starts_with("https://") {
             let roots = roots_pem
                 .ok_or_else(|| format!("CA address {address} is TLS: ROOT_CERT_FILE is needed"))?;
+            weft_identity::install_default_provider();
             endpoint = endpoint
                 .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(roots)))
                 .map_err(|e| format!("CA address {address}: {e}"))?;

@@ -51,6 +51,7 @@ fn workload(uid: &str, sa: &str, node: &str, address: IpAddr) -> Workload {
         healthy: true,
         services: BTreeMap::new(),
         authorization_policies: vec![],
+        hostname: String::new(),
     }
 }
 
@@ -278,10 +279,12 @@ fn load_balancing_modes() {
     ));
     cart.load_balancing = LoadBalancingMode::Passthrough;
     store.insert_service(cart.clone());
-    assert_eq!(
+    // Passthrough: the original destination, still reported under the service.
+    assert!(matches!(
         plan(&store, "client", cart_vip, 0).unwrap(),
-        OutboundPlan::Passthrough { target: cart_vip }
-    );
+        OutboundPlan::External { target, destination: None, service }
+            if target == cart_vip && service.hostname == "cart.shop.svc.cluster.local"
+    ));
     // Unhealthy endpoints become eligible when the service allows them.
     cart.load_balancing = LoadBalancingMode::Standard;
     cart.allow_unhealthy = true;
@@ -470,4 +473,84 @@ fn only_the_destination_waypoint_may_claim_a_source_address() {
             destination.uid
         );
     }
+}
+
+#[test]
+fn service_entry_endpoints_are_reached_in_plain_tcp_under_their_host() {
+    let store = mesh();
+    let external = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 5));
+    let host = NamespacedHostname {
+        namespace: "shop".into(),
+        hostname: "api.payments.example".into(),
+    };
+    let mut endpoint = workload(
+        "c1/networking.istio.io/ServiceEntry/shop/payments/192.0.2.5",
+        "default",
+        "",
+        external,
+    );
+    endpoint.tunnel = TunnelProtocol::None;
+    endpoint.services.insert(host.clone(), [(80, 9090)].into());
+    store.insert_workload(endpoint);
+    let mut entry = service("payments", 9, 80, 80);
+    entry.hostname = host.hostname.clone();
+    store.insert_service(entry);
+    // By the host's VIP: the endpoint's own target port, in plain TCP, with the host and the
+    // endpoint to report (and the endpoint's policy to enforce).
+    match plan(&store, "client", SocketAddr::new(vip(9), 80), 0).unwrap() {
+        OutboundPlan::External {
+            target,
+            destination: Some(destination),
+            service,
+        } => {
+            assert_eq!(target, SocketAddr::new(external, 9090));
+            assert!(destination.is_service_entry_endpoint());
+            assert_eq!(service.hostname, "api.payments.example");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Without a service in between, a plaintext workload stays a bare passthrough.
+    assert_eq!(
+        plan(&store, "client", addr(2, 30, 80), 0).unwrap(),
+        OutboundPlan::Passthrough {
+            target: addr(2, 30, 80)
+        }
+    );
+    assert!(
+        !store
+            .workload_by_uid("legacy")
+            .unwrap()
+            .is_service_entry_endpoint()
+    );
+
+    // An endpoint by name (DNS): its address is what the name last resolved to, none before.
+    let mut named = workload(
+        "c1/networking.istio.io/ServiceEntry/shop/db/db.example",
+        "default",
+        "",
+        external,
+    );
+    named.addresses.clear();
+    named.hostname = "db.example".into();
+    named.tunnel = TunnelProtocol::None;
+    let db = NamespacedHostname {
+        namespace: "shop".into(),
+        hostname: "db.example".into(),
+    };
+    named.services.insert(db.clone(), [(5432, 5432)].into());
+    store.insert_workload(named);
+    let mut entry = service("db", 8, 5432, 5432);
+    entry.hostname = db.hostname.clone();
+    store.insert_service(entry);
+    let db_vip = SocketAddr::new(vip(8), 5432);
+    assert!(matches!(
+        plan(&store, "client", db_vip, 0),
+        Err(OutboundError::NoHealthyEndpoint { .. })
+    ));
+    let resolved = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 9));
+    store.set_resolved("db.example", vec![resolved]);
+    assert!(matches!(
+        plan(&store, "client", db_vip, 0).unwrap(),
+        OutboundPlan::External { target, .. } if target == SocketAddr::new(resolved, 5432)
+    ));
 }

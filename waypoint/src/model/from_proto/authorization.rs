@@ -46,15 +46,11 @@ pub(super) fn authorization(
                 .iter()
                 .map(|f| {
                     let s = f.source.clone().unwrap_or_default();
-                    if !s.request_principals.is_empty() || !s.not_request_principals.is_empty() {
-                        return Err(invalid(
-                            context,
-                            "requestPrincipals (JWT) are not supported",
-                        ));
-                    }
                     Ok(Source {
                         principals: wildcards(&s.principals),
                         not_principals: wildcards(&s.not_principals),
+                        request_principals: wildcards(&s.request_principals),
+                        not_request_principals: wildcards(&s.not_request_principals),
                         namespaces: wildcards(&s.namespaces),
                         not_namespaces: wildcards(&s.not_namespaces),
                         ip_blocks: cidrs(&s.ip_blocks, context)?,

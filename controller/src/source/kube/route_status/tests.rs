@@ -1,0 +1,178 @@
+//! The route status writer against the fake API server: conditions appear on the object, follow
+//! the configuration, and leave other controllers' entries alone.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::*;
+use crate::source::kube::KubeSource;
+use weft_fake_apiserver::FakeApiServer;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+const OBJECTS: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {istio.io/use-waypoint: waypoint}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: shop}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: shop}
+spec:
+  clusterIP: 10.96.0.20
+  ports: [{name: http, port: 9080}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: split, namespace: shop, generation: 2}
+spec:
+  parentRefs: [{group: "", kind: Service, name: reviews}, {name: ingress}]
+  rules:
+  - backendRefs: [{name: reviews, port: 9080, weight: 90}, {name: reviews-v2, port: 9080, weight: 10}]
+status:
+  parents:
+  - parentRef: {name: ingress}
+    controllerName: example.com/ingress
+    conditions: [{type: Accepted, status: "True", reason: Accepted, message: "", lastTransitionTime: "2030-01-01T00:00:00Z"}]
+"#;
+
+const REVIEWS_V2: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: reviews-v2, namespace: shop}
+spec:
+  clusterIP: 10.96.0.21
+  ports: [{name: http, port: 9080}]
+"#;
+
+fn documents(text: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(text)
+        .map(|document| Value::deserialize(document).expect("fixture is YAML"))
+        .filter(|value| !value.is_null())
+        .collect()
+}
+
+/// The route's `status.parents` entry of `controller`: (type, status, reason) per condition.
+fn conditions_of(fake: &FakeApiServer, controller: &str) -> Option<Vec<(String, String, String)>> {
+    let route = fake.get("gateway.networking.k8s.io/v1", "HTTPRoute", "shop", "split")?;
+    let parents = route["status"]["parents"].as_array()?.clone();
+    let entry = parents
+        .iter()
+        .find(|p| p["controllerName"].as_str() == Some(controller))?;
+    Some(
+        entry["conditions"]
+            .as_array()?
+            .iter()
+            .map(|c| {
+                let text = |k: &str| c[k].as_str().unwrap_or_default().to_owned();
+                (text("type"), text("status"), text("reason"))
+            })
+            .collect(),
+    )
+}
+
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn triple(t: &str, s: &str, r: &str) -> (String, String, String) {
+    (t.to_owned(), s.to_owned(), r.to_owned())
+}
+
+#[tokio::test]
+async fn route_status_is_written_and_follows_the_configuration() {
+    let fake = FakeApiServer::start().await.unwrap();
+    for object in documents(OBJECTS) {
+        fake.create(object).expect("fake accepts the fixture");
+    }
+    let client = fake.client().expect("client");
+    let index = Arc::new(LiveIndex::default());
+    let source = KubeSource::new(client.clone(), index.clone());
+    let mut synced = source.synced();
+    let source_task = tokio::spawn(source.run());
+    tokio::time::timeout(
+        WAIT,
+        synced.wait_for(|kinds| kinds.len() == crate::model::ResourceKind::ALL.len()),
+    )
+    .await
+    .expect("every kind listed")
+    .expect("source running");
+    let (stop, shutdown) = watch::channel(false);
+    let writer = tokio::spawn(keep_route_statuses(
+        client,
+        index.clone(),
+        MeshSettings::default(),
+        shutdown,
+    ));
+
+    eventually("BackendNotFound on the Service parent", || {
+        conditions_of(&fake, MESH_CONTROLLER)
+            == Some(vec![
+                triple("Accepted", "True", "Accepted"),
+                triple("ResolvedRefs", "False", "BackendNotFound"),
+            ])
+    })
+    .await;
+    let route = fake
+        .get("gateway.networking.k8s.io/v1", "HTTPRoute", "shop", "split")
+        .unwrap();
+    let ours = route["status"]["parents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["controllerName"] == MESH_CONTROLLER)
+        .unwrap()
+        .clone();
+    assert_eq!(
+        ours["parentRef"],
+        json!({"group": "", "kind": "Service", "name": "reviews"})
+    );
+    assert_eq!(ours["conditions"][0]["observedGeneration"], 2);
+    assert!(
+        ours["conditions"][0]["lastTransitionTime"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z')),
+        "{ours}"
+    );
+    assert_eq!(
+        conditions_of(&fake, "example.com/ingress"),
+        Some(vec![triple("Accepted", "True", "Accepted")]),
+        "another controller's entry is kept"
+    );
+
+    // The missing backend appears: the condition follows.
+    for object in documents(REVIEWS_V2) {
+        fake.create(object).expect("fake accepts the service");
+    }
+    eventually("ResolvedRefs once the backend exists", || {
+        conditions_of(&fake, MESH_CONTROLLER)
+            == Some(vec![
+                triple("Accepted", "True", "Accepted"),
+                triple("ResolvedRefs", "True", "ResolvedRefs"),
+            ])
+    })
+    .await;
+    assert!(conditions_of(&fake, "example.com/ingress").is_some());
+
+    stop.send(true).unwrap();
+    tokio::time::timeout(WAIT, writer)
+        .await
+        .expect("the writer stops on shutdown")
+        .unwrap();
+    source_task.abort();
+}

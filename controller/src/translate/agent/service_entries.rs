@@ -1,0 +1,227 @@
+//! ServiceEntries as node agents receive them, the way istiod's ambient index hands them to
+//! ztunnel: one `istio.workload.Service` per host (named by the ServiceEntry, keyed
+//! `namespace/host`), one `Workload` per endpoint (`resolution: STATIC` or `DNS`, an implicit
+//! endpoint per host for `DNS` without endpoints), and, with a `workloadSelector`, the host's
+//! ports added to the selected pods' `services` (they are then its endpoints, over HBONE when
+//! they are in the mesh). `exportTo` is not applied here, as istiod does not apply it to
+//! ztunnel's view either: every agent sees every ServiceEntry.
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use k8s_openapi::api::core::v1::Pod;
+use weft_istio::labels::CANONICAL_NAME_LABELS;
+use weft_proto::istio::workload;
+
+use super::super::resolve::{
+    ip_bytes, labels, name_of, namespace_of, selects, service_entry_waypoint, waypoint_address,
+};
+use super::MeshSettings;
+use crate::{
+    index::ConfigIndex,
+    model::networking::{ServiceEntry, ServiceEntryResolution, ServicePort, WorkloadEntrySpec},
+};
+
+/// What the ServiceEntries add to the agents' `Address` resources.
+#[derive(Debug, Default)]
+pub(super) struct ServiceEntryAddresses {
+    /// One per host, keyed `namespace/host`.
+    pub services: Vec<(String, workload::Service)>,
+    /// One per endpoint (STATIC or DNS), outside the mesh.
+    pub workloads: Vec<workload::Workload>,
+    /// For each pod key a `workloadSelector` selects: the hosts it backs, with their ports.
+    pub pod_services: BTreeMap<String, Vec<(String, workload::PortList)>>,
+}
+
+/// Istio's workload uid for a ServiceEntry endpoint (`generateServiceEntryUID`).
+pub fn endpoint_uid(cluster_id: &str, namespace: &str, name: &str, address: &str) -> String {
+    format!("{cluster_id}/networking.istio.io/ServiceEntry/{namespace}/{name}/{address}")
+}
+
+pub(super) fn service_entry_addresses(
+    index: &ConfigIndex,
+    settings: &MeshSettings,
+    policies_for: impl Fn(&str, &BTreeMap<String, String>) -> Vec<String>,
+) -> ServiceEntryAddresses {
+    let mut out = ServiceEntryAddresses::default();
+    for entry in index.service_entries.values() {
+        let namespace = namespace_of(&entry.metadata);
+        let keys: Vec<String> = entry
+            .spec
+            .hosts
+            .iter()
+            .map(|host| format!("{namespace}/{host}"))
+            .collect();
+        for (key, host) in keys.iter().zip(&entry.spec.hosts) {
+            out.services
+                .push((key.clone(), service(index, settings, entry, host)));
+        }
+        if let Some(selector) = &entry.spec.workload_selector {
+            for (pod_key, pod) in &index.pods {
+                if selects_pod(&selector.labels, namespace, pod) {
+                    let ports = workload::PortList {
+                        ports: entry.spec.ports.iter().map(pod_port).collect(),
+                    };
+                    out.pod_services
+                        .entry(pod_key.clone())
+                        .or_default()
+                        .extend(keys.iter().map(|k| (k.clone(), ports.clone())));
+                }
+            }
+            continue;
+        }
+        let entry_labels = labels(&entry.metadata);
+        let policies = policies_for(namespace, &entry_labels);
+        let resolution = entry
+            .spec
+            .resolution
+            .unwrap_or(ServiceEntryResolution::None);
+        let endpoints = entry.spec.endpoints.as_deref().unwrap_or_default();
+        let dns = matches!(
+            resolution,
+            ServiceEntryResolution::Dns | ServiceEntryResolution::DnsRoundRobin
+        );
+        if endpoints.is_empty() && dns {
+            // No endpoints: each host is resolved itself, an implicit endpoint per host.
+            for (key, host) in keys.iter().zip(&entry.spec.hosts) {
+                let implicit = WorkloadEntrySpec {
+                    address: Some(host.clone()),
+                    ..Default::default()
+                };
+                out.workloads.push(endpoint_workload(
+                    settings,
+                    entry,
+                    &implicit,
+                    std::slice::from_ref(key),
+                    &policies,
+                ));
+            }
+            continue;
+        }
+        if resolution == ServiceEntryResolution::None {
+            // Validation refuses endpoints with NONE; nothing to add.
+            continue;
+        }
+        for endpoint in endpoints {
+            out.workloads.push(endpoint_workload(
+                settings, entry, endpoint, &keys, &policies,
+            ));
+        }
+    }
+    out
+}
+
+/// The selector picks pods of the ServiceEntry's own namespace.
+fn selects_pod(selector: &BTreeMap<String, String>, namespace: &str, pod: &Pod) -> bool {
+    namespace_of(&pod.metadata) == namespace && selects(selector, &labels(&pod.metadata))
+}
+
+/// A ServiceEntry port on a selected pod: its `targetPort`, else its number (ServiceEntry
+/// target ports are never named).
+fn pod_port(port: &ServicePort) -> workload::Port {
+    workload::Port {
+        service_port: port.number,
+        target_port: port.target_port.filter(|p| *p != 0).unwrap_or(port.number),
+    }
+}
+
+fn service(
+    index: &ConfigIndex,
+    settings: &MeshSettings,
+    entry: &ServiceEntry,
+    host: &str,
+) -> workload::Service {
+    let spec = &entry.spec;
+    let resolution = spec.resolution.unwrap_or(ServiceEntryResolution::None);
+    // NONE without a selector has no endpoints to choose from: the connection goes where the
+    // application sent it, as a sidecar's ORIGINAL_DST cluster does.
+    let load_balancing = (resolution == ServiceEntryResolution::None
+        && spec.workload_selector.is_none())
+    .then(|| workload::LoadBalancing {
+        mode: workload::load_balancing::Mode::Passthrough as i32,
+        ..Default::default()
+    });
+    workload::Service {
+        name: name_of(&entry.metadata).to_owned(),
+        namespace: namespace_of(&entry.metadata).to_owned(),
+        hostname: host.to_owned(),
+        addresses: spec
+            .addresses
+            .iter()
+            .filter_map(|a| vip(a))
+            .map(|ip| workload::NetworkAddress {
+                network: String::new(),
+                address: ip_bytes(ip),
+            })
+            .collect(),
+        ports: spec.ports.iter().map(pod_port).collect(),
+        subject_alt_names: spec.subject_alt_names.clone(),
+        waypoint: service_entry_waypoint(index, &entry.metadata)
+            .map(|waypoint| waypoint_address(index, settings, &waypoint)),
+        load_balancing,
+        ..Default::default()
+    }
+}
+
+/// An address of `spec.addresses`: an IP, or a CIDR's address as istiod takes it
+/// (`toNetworkAddressFromCidr`); the agent matches connections to exactly that address.
+fn vip(address: &str) -> Option<IpAddr> {
+    address.split('/').next()?.parse().ok()
+}
+
+fn endpoint_workload(
+    settings: &MeshSettings,
+    entry: &ServiceEntry,
+    endpoint: &WorkloadEntrySpec,
+    keys: &[String],
+    policies: &[String],
+) -> workload::Workload {
+    let namespace = namespace_of(&entry.metadata);
+    let name = name_of(&entry.metadata);
+    let address = endpoint.address.clone().unwrap_or_default();
+    let (addresses, hostname) = match address.parse::<IpAddr>() {
+        Ok(ip) => (vec![ip_bytes(ip)], String::new()),
+        Err(_) => (Vec::new(), address.clone()),
+    };
+    let ports = workload::PortList {
+        ports: entry
+            .spec
+            .ports
+            .iter()
+            .map(|port| workload::Port {
+                service_port: port.number,
+                // The endpoint's port of the same name wins, as istiod maps them.
+                target_port: endpoint
+                    .ports
+                    .as_ref()
+                    .and_then(|p| p.get(&port.name).copied())
+                    .unwrap_or_else(|| pod_port(port).target_port),
+            })
+            .collect(),
+    };
+    let entry_labels = labels(&entry.metadata);
+    workload::Workload {
+        uid: endpoint_uid(&settings.cluster_id, namespace, name, &address),
+        name: name.to_owned(),
+        namespace: namespace.to_owned(),
+        addresses,
+        hostname,
+        network: endpoint.network.clone().unwrap_or_default(),
+        tunnel_protocol: workload::TunnelProtocol::None as i32,
+        trust_domain: settings.trust_domain.clone(),
+        service_account: endpoint.service_account.clone().unwrap_or_default(),
+        canonical_name: CANONICAL_NAME_LABELS
+            .iter()
+            .find_map(|k| entry_labels.get(*k))
+            .cloned()
+            .unwrap_or_else(|| name.to_owned()),
+        canonical_revision: "latest".into(),
+        workload_type: workload::WorkloadType::Pod as i32,
+        workload_name: name.to_owned(),
+        cluster_id: settings.cluster_id.clone(),
+        services: keys.iter().map(|k| (k.clone(), ports.clone())).collect(),
+        authorization_policies: policies.to_vec(),
+        status: workload::WorkloadStatus::Healthy as i32,
+        capacity: endpoint.weight.filter(|w| *w > 0),
+        ..Default::default()
+    }
+}

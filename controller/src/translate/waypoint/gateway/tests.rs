@@ -1,0 +1,325 @@
+//! Istio `Gateway` servers and the VirtualServices bound to them, as gateway proxies receive
+//! them.
+
+use super::super::tests::validated;
+use super::*;
+use crate::translate::translate;
+
+const EDGE: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: ingress-0, namespace: edge, labels: {istio: ingressgateway}}
+spec: {nodeName: n1, serviceAccountName: ingress, containers: [{name: g, image: g}]}
+status: {podIP: 10.0.0.5}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: shop}
+spec:
+  clusterIP: 10.96.0.20
+  selector: {app: reviews}
+  ports: [{name: http, port: 9080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: reviews-v1, namespace: shop, labels: {app: reviews, version: v1}}
+spec: {nodeName: n1, serviceAccountName: reviews, containers: [{name: r, image: r}]}
+status: {podIP: 10.0.0.11}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: tls-echo, namespace: shop}
+spec:
+  clusterIP: 10.96.0.30
+  selector: {app: tls-echo}
+  ports: [{name: tls, port: 8443}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: tls-echo-0, namespace: shop, labels: {app: tls-echo}}
+spec: {nodeName: n1, serviceAccountName: tls-echo, containers: [{name: t, image: t}]}
+status: {podIP: 10.0.0.12}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: shop-gateway, namespace: shop}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ["shop/*.example.com"]
+    tls: {httpsRedirect: true}
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: ["*.example.com"]
+    tls: {mode: SIMPLE, credentialName: shop-cert, minProtocolVersion: TLSV1_2, cipherSuites: [ECDHE-RSA-AES128-GCM-SHA256]}
+  - port: {number: 443, name: passthrough, protocol: TLS}
+    hosts: ["secure.internal"]
+    tls: {mode: PASSTHROUGH}
+  - port: {number: 31400, name: tcp, protocol: TCP}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: shop, namespace: shop}
+spec:
+  hosts: [shop.example.com, other.test]
+  gateways: [shop-gateway]
+  http:
+  - match: [{headers: {end-user: {exact: jason}}}]
+    route: [{destination: {host: reviews, subset: v1}}]
+  - route: [{destination: {host: reviews}}]
+    timeout: 3s
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: mesh-only, namespace: shop}
+spec:
+  hosts: [reviews]
+  http:
+  - route: [{destination: {host: reviews}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: passthrough, namespace: shop}
+spec:
+  hosts: [secure.internal]
+  gateways: [shop/shop-gateway]
+  tls:
+  - match: [{sniHosts: [secure.internal], port: 443}]
+    route: [{destination: {host: tls-echo, port: {number: 8443}}}]
+  tcp:
+  - route: [{destination: {host: tls-echo, port: {number: 8443}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: shop}
+spec:
+  host: reviews
+  subsets: [{name: v1, labels: {version: v1}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: edge-deny-admin, namespace: edge}
+spec:
+  selector: {matchLabels: {istio: ingressgateway}}
+  action: DENY
+  rules: [{to: [{operation: {paths: [/admin]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: other-pods, namespace: edge}
+spec:
+  selector: {matchLabels: {app: other}}
+  action: DENY
+  rules: [{}]
+"#;
+
+fn edge_config(yaml: &str) -> (wp::WaypointConfig, Vec<TranslateError>) {
+    let index = validated(yaml);
+    let mut problems = Vec::new();
+    let mut configs = gateway_configs(&index, &MeshSettings::default(), &mut problems);
+    let config = configs
+        .remove("edge/ingress-0")
+        .expect("the gateway pod's config");
+    assert!(configs.is_empty(), "{:?}", configs.keys());
+    (config, problems)
+}
+
+fn listener(config: &wp::WaypointConfig, port: u32) -> &wp::GatewayListener {
+    config
+        .gateway
+        .as_ref()
+        .expect("a gateway section")
+        .listeners
+        .iter()
+        .find(|l| l.port == port)
+        .unwrap_or_else(|| panic!("no listener on {port}"))
+}
+
+#[test]
+fn servers_of_the_selecting_gateway_become_listeners_by_port() {
+    let (config, _) = edge_config(EDGE);
+    let ports: Vec<u32> = config
+        .gateway
+        .as_ref()
+        .unwrap()
+        .listeners
+        .iter()
+        .map(|l| l.port)
+        .collect();
+    assert_eq!(ports, [80, 443, 31400]);
+    assert_eq!(config.name, "ingress-0");
+    assert_eq!(config.namespace, "edge");
+    let workload = config.gateway.as_ref().unwrap().workload.as_ref().unwrap();
+    assert_eq!(workload.address, "10.0.0.5");
+    assert_eq!(
+        workload.identity,
+        "spiffe://cluster.local/ns/edge/sa/ingress"
+    );
+    // Two servers on 443, told apart by SNI: the terminated one and the passthrough one.
+    let https = listener(&config, 443);
+    assert_eq!(https.servers.len(), 2);
+    let simple = &https.servers[0];
+    assert_eq!(simple.protocol, wp::GatewayProtocol::Https as i32);
+    let tls = simple.tls.as_ref().unwrap();
+    assert_eq!(tls.mode, wp::ServerTlsMode::Simple as i32);
+    assert_eq!(tls.credential_name, "shop-cert");
+    assert_eq!(
+        tls.min_protocol_version,
+        wp::TlsProtocolVersion::Tlsv12 as i32
+    );
+    assert_eq!(tls.cipher_suites, ["ECDHE-RSA-AES128-GCM-SHA256"]);
+    assert_eq!(simple.gateway, "shop/shop-gateway");
+    assert_eq!(simple.name, "https.443.https.shop-gateway.shop");
+    let passthrough = &https.servers[1];
+    assert_eq!(passthrough.protocol, wp::GatewayProtocol::Tls as i32);
+    assert_eq!(
+        passthrough.tls.as_ref().unwrap().mode,
+        wp::ServerTlsMode::Passthrough as i32
+    );
+}
+
+#[test]
+fn bound_virtual_services_route_the_hosts_both_name() {
+    let (config, _) = edge_config(EDGE);
+    let http = &listener(&config, 80).servers[0];
+    assert!(http.tls.as_ref().unwrap().https_redirect);
+    // `other.test` is not a host of the server, and the mesh-only VirtualService is not bound.
+    assert_eq!(http.virtual_hosts.len(), 1);
+    let host = &http.virtual_hosts[0];
+    assert_eq!(host.domains, ["shop.example.com"]);
+    assert_eq!(host.virtual_service, "shop/shop");
+    // No default route at a gateway: what no route matches is 404.
+    assert_eq!(host.http_routes.len(), 2);
+    let jason = &host.http_routes[0];
+    assert_eq!(
+        jason.r#match[0].headers["end-user"].match_type,
+        Some(wp::string_match::MatchType::Exact("jason".into()))
+    );
+    assert_eq!(
+        jason.route[0].destination.as_ref().unwrap().cluster,
+        "outbound|9080|v1|reviews.shop.svc.cluster.local"
+    );
+    assert_eq!(host.http_routes[1].timeout.unwrap().seconds, 3);
+    // The clusters the routes name are built, with their endpoints.
+    let names: Vec<&str> = config.clusters.iter().map(|c| c.name.as_str()).collect();
+    assert!(
+        names.contains(&"outbound|9080|v1|reviews.shop.svc.cluster.local"),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"outbound|9080||reviews.shop.svc.cluster.local"),
+        "{names:?}"
+    );
+    let v1 = config
+        .clusters
+        .iter()
+        .find(|c| c.name == "outbound|9080|v1|reviews.shop.svc.cluster.local")
+        .unwrap();
+    assert_eq!(v1.endpoints.len(), 1);
+    assert_eq!(v1.endpoints[0].address, "10.0.0.11");
+    // The HTTPS server on a wildcard host gets the same table.
+    let https = &listener(&config, 443).servers[0];
+    assert_eq!(https.virtual_hosts[0].domains, ["shop.example.com"]);
+}
+
+#[test]
+fn passthrough_and_tcp_servers_take_tls_and_tcp_routes() {
+    let (config, _) = edge_config(EDGE);
+    let passthrough = &listener(&config, 443).servers[1];
+    assert_eq!(passthrough.tls_routes.len(), 1);
+    assert_eq!(passthrough.tls_routes[0].sni_hosts, ["secure.internal"]);
+    assert_eq!(
+        passthrough.tls_routes[0].route[0]
+            .destination
+            .as_ref()
+            .unwrap()
+            .cluster,
+        "outbound|8443||tls-echo.shop.svc.cluster.local"
+    );
+    assert!(passthrough.virtual_hosts.is_empty());
+    // The TCP server's hosts are `*`: the VirtualService's tcp route is bound there.
+    let tcp = &listener(&config, 31400).servers[0];
+    assert_eq!(tcp.tcp_routes.len(), 1);
+    assert_eq!(tcp.tcp_routes[0].virtual_service, "shop/passthrough");
+}
+
+#[test]
+fn policies_selecting_the_gateway_pod_apply() {
+    let (config, _) = edge_config(EDGE);
+    let names: Vec<&str> = config
+        .authorization_policies
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
+    assert_eq!(names, ["edge-deny-admin"]);
+    assert!(config.authorization_policies[0].target_services.is_empty());
+}
+
+#[test]
+fn server_host_namespaces_limit_the_virtual_services_that_bind() {
+    // `edge/*.example.com` admits VirtualServices of `edge` only: the shop's binds nothing.
+    let yaml = EDGE.replace("\"shop/*.example.com\"", "\"edge/*.example.com\"");
+    let (config, _) = edge_config(&yaml);
+    assert!(listener(&config, 80).servers[0].virtual_hosts.is_empty());
+    let yaml = EDGE.replace("\"shop/*.example.com\"", "\"./*.example.com\"");
+    let (config, _) = edge_config(&yaml);
+    // `.` is the Gateway's namespace, shop, where the VirtualService is.
+    assert_eq!(listener(&config, 80).servers[0].virtual_hosts.len(), 1);
+}
+
+#[test]
+fn unsupported_servers_are_reported_and_left_out() {
+    let yaml = EDGE.replace("tls: {mode: PASSTHROUGH}", "tls: {mode: ISTIO_MUTUAL}");
+    let (config, problems) = edge_config(&yaml);
+    assert_eq!(listener(&config, 443).servers.len(), 1);
+    let messages: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("Gateway shop/shop-gateway")
+                && m.contains("spec.servers[2].tls.mode")
+                && m.contains("ISTIO_MUTUAL")),
+        "{messages:?}"
+    );
+}
+
+#[test]
+fn gateway_configs_are_served_beside_the_waypoints() {
+    let index = validated(EDGE);
+    let translation = translate(&index, &MeshSettings::default());
+    let config = translation
+        .waypoints
+        .get("edge/ingress-0")
+        .expect("served under the waypoint type");
+    assert!(config.gateway.is_some());
+    // The waypoint's own model accepts it.
+    let bytes = prost::Message::encode_to_vec(config);
+    assert!(!bytes.is_empty());
+}
+
+#[test]
+fn host_intersection_takes_the_narrower_pattern() {
+    let cases = [
+        (
+            "shop.example.com",
+            "*.example.com",
+            Some("shop.example.com"),
+        ),
+        ("*", "shop.example.com", Some("shop.example.com")),
+        ("*.example.com", "*", Some("*.example.com")),
+        (
+            "shop.example.com",
+            "shop.example.com",
+            Some("shop.example.com"),
+        ),
+        ("shop.example.com", "*.test", None),
+    ];
+    for (a, b, expected) in cases {
+        assert_eq!(intersect(a, b).as_deref(), expected, "{a} ∩ {b}");
+    }
+}

@@ -1,0 +1,355 @@
+//! The ingress gateway end to end, with the real binaries: the waypoint binary in the gateway
+//! role runs in a pod an Istio `Gateway` selects (`istio: ingressgateway`), takes its
+//! configuration from the controller (the Gateway's servers and the VirtualServices bound to
+//! it) and its certificate from the controller's CA, and serves a client outside the mesh (a
+//! network namespace that is not enrolled) on plain ports, reaching the mesh's pods over HBONE
+//! with its own identity. Certificates come from files (local mode's credentials directory).
+//! Needs root.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use weft_e2e::{Mesh, MeshOptions, PodSpec};
+
+const CONFIG: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: shop}
+spec:
+  clusterIP: 10.96.0.20
+  selector: {app: reviews}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: secure, namespace: shop}
+spec:
+  clusterIP: 10.96.0.30
+  selector: {app: secure}
+  ports: [{name: tls, port: 8443}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: shop}
+spec:
+  host: reviews.shop.svc.cluster.local
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: shop-gateway, namespace: shop}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: [shop.example.com]
+    tls: {httpsRedirect: true}
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: [shop.example.com]
+    tls: {mode: SIMPLE, credentialName: shop-cert, minProtocolVersion: TLSV1_2}
+  - port: {number: 443, name: https-broken, protocol: HTTPS}
+    hosts: [broken.example.com]
+    tls: {mode: SIMPLE, credentialName: broken-cert}
+  - port: {number: 443, name: tls-passthrough, protocol: TLS}
+    hosts: [secure.internal]
+    tls: {mode: PASSTHROUGH}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: shop, namespace: shop}
+spec:
+  hosts: [shop.example.com, broken.example.com]
+  gateways: [shop-gateway]
+  http:
+  - match: [{headers: {end-user: {exact: jason}}}]
+    route: [{destination: {host: reviews, subset: v2}}]
+  - route: [{destination: {host: reviews, subset: v1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: secure, namespace: shop}
+spec:
+  hosts: [secure.internal]
+  gateways: [shop-gateway]
+  tls:
+  - match: [{sniHosts: [secure.internal], port: 443}]
+    route: [{destination: {host: secure, port: {number: 8443}}}]
+"#;
+
+/// A CA and a certificate it signed for `hosts`: (CA PEM, certificate PEM, key PEM).
+fn certificates(hosts: &[&str]) -> (String, String, String) {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    // Distinct names: a leaf named as its issuer would look self-signed.
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, format!("{} test CA", hosts[0]));
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let mut params =
+        CertificateParams::new(hosts.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, hosts[0]);
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    (ca.pem(), cert.pem(), key.serialize_pem())
+}
+
+/// What `curl -v` says from the outside client, for failure messages.
+fn verbose(mesh: &Mesh, args: &[&str]) -> String {
+    let output = mesh
+        .testbed
+        .pod_command("outside", "curl")
+        .args(["-sv", "--max-time", "10"])
+        .args(args)
+        .output()
+        .expect("run curl");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn write(path: &Path, text: &str) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn an_outside_client_reaches_the_mesh_through_the_ingress_gateway() {
+    let mut gateway_pod = PodSpec::client("ingress", "node1", "edge")
+        .not_enrolled()
+        .with_service_account("ingress");
+    gateway_pod.labels = [
+        ("istio".to_string(), "ingressgateway".to_string()),
+        ("app".to_string(), "istio-ingressgateway".to_string()),
+    ]
+    .into();
+    let mesh = Mesh::start(
+        vec![
+            PodSpec::app("reviews-v1", "node1", "shop", "reviews", "v1"),
+            PodSpec::app("reviews-v2", "node2", "shop", "reviews", "v2"),
+            PodSpec::client("secure", "node2", "shop"),
+            gateway_pod,
+            PodSpec::client("outside", "node2", "outside").not_enrolled(),
+        ],
+        MeshOptions {
+            config: CONFIG.to_owned(),
+            log_requests: true,
+            ..MeshOptions::default()
+        },
+    )
+    .expect("start the mesh");
+
+    // Credentials as Istio's Secrets hold them, one directory each; the broken one's
+    // certificate is not PEM.
+    let credentials = mesh.dir().join("credentials");
+    let (ca, cert, key) = certificates(&["shop.example.com"]);
+    write(&credentials.join("shop-cert/tls.crt"), &cert);
+    write(&credentials.join("shop-cert/tls.key"), &key);
+    write(
+        &credentials.join("broken-cert/tls.crt"),
+        "not a certificate",
+    );
+    write(&credentials.join("broken-cert/tls.key"), &key);
+    let ca_file = mesh.dir().join("shop-ca.pem");
+    write(&ca_file, &ca);
+    let ca_file = ca_file.to_str().unwrap().to_owned();
+
+    // An in-mesh TLS server with its own certificate, which PASSTHROUGH must carry untouched.
+    let (secure_ca, secure_cert, secure_key) = certificates(&["secure.internal"]);
+    let secure_dir = mesh.dir().join("secure");
+    write(&secure_dir.join("cert.pem"), &secure_cert);
+    write(&secure_dir.join("key.pem"), &secure_key);
+    write(&secure_dir.join("ca.pem"), &secure_ca);
+    let mut tls_server = mesh
+        .spawn_in_pod(
+            "secure",
+            "openssl",
+            &[
+                "s_server",
+                "-quiet",
+                "-accept",
+                "8443",
+                "-cert",
+                secure_dir.join("cert.pem").to_str().unwrap(),
+                "-key",
+                secure_dir.join("key.pem").to_str().unwrap(),
+                "-www",
+            ],
+        )
+        .expect("start openssl s_server");
+    mesh.wait_listening("secure", 8443).expect("the TLS server");
+
+    let gateway = mesh
+        .start_gateway("ingress", &credentials)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let gw = mesh.pod(&gateway.pod).ip.to_string();
+    let resolve = |host: &str, port: u16| format!("{host}:{port}:{gw}");
+
+    // HTTPS with the certificate from the file, verified by the client against its CA.
+    let https = |extra: &[&str]| {
+        let resolve = resolve("shop.example.com", 443);
+        let mut args = vec!["--cacert", ca_file.as_str(), "--resolve", resolve.as_str()];
+        args.extend_from_slice(extra);
+        args.push("https://shop.example.com/reviews");
+        mesh.curl_with("outside", &args)
+    };
+    assert!(
+        mesh.eventually(Duration::from_secs(15), || https(&[]).status == 200),
+        "HTTPS through the gateway never answered 200: {:?}\n{}\n{}",
+        https(&[]),
+        verbose(
+            &mesh,
+            &[
+                "--cacert",
+                &ca_file,
+                "--resolve",
+                &resolve("shop.example.com", 443),
+                "https://shop.example.com/reviews"
+            ]
+        ),
+        mesh.logs()
+    );
+    let plain = https(&[]);
+    assert_eq!(plain.json()["version"], "v1", "{}", plain.body);
+    // The header route applies at the edge, over HTTP/2 as over HTTP/1.1.
+    for version in ["--http1.1", "--http2"] {
+        let jason = https(&["-H", "end-user: jason", version]);
+        assert_eq!(jason.status, 200, "{jason:?}");
+        assert_eq!(jason.json()["version"], "v2", "{version}: {}", jason.body);
+    }
+
+    // HTTP is redirected to HTTPS, same host and path.
+    let redirect_resolve = resolve("shop.example.com", 80);
+    let redirected = mesh.curl_with(
+        "outside",
+        &[
+            "--resolve",
+            &redirect_resolve,
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            "http://shop.example.com/reviews?x=1",
+        ],
+    );
+    assert_eq!(redirected.status, 301, "{redirected:?}");
+    assert!(
+        redirected
+            .body
+            .to_ascii_lowercase()
+            .contains("location: https://shop.example.com/reviews?x=1"),
+        "{redirected:?}"
+    );
+
+    // PASSTHROUGH: the in-mesh server's own certificate reaches the client (verified against
+    // its CA, not the gateway's), and its answer comes back.
+    let secure_resolve = resolve("secure.internal", 443);
+    let secure_ca_file = secure_dir.join("ca.pem");
+    let passthrough = mesh.curl_with(
+        "outside",
+        &[
+            "--cacert",
+            secure_ca_file.to_str().unwrap(),
+            "--resolve",
+            &secure_resolve,
+            "https://secure.internal/",
+        ],
+    );
+    assert_eq!(passthrough.status, 200, "{passthrough:?}\n{}", mesh.logs());
+    assert!(passthrough.body.contains("s_server"), "{passthrough:?}");
+
+    // The broken credential fails its own server only: its handshake is refused while the
+    // good server keeps serving on the same port.
+    let broken_resolve = resolve("broken.example.com", 443);
+    let broken = mesh.curl_with(
+        "outside",
+        &[
+            "-k",
+            "--resolve",
+            &broken_resolve,
+            "https://broken.example.com/reviews",
+        ],
+    );
+    assert_eq!(broken.status, 0, "{broken:?}");
+    assert_eq!(https(&[]).status, 200);
+    let log = mesh.log_of("gateway-ingress");
+    assert!(
+        log.contains("credential unusable")
+            && log.contains("broken-cert")
+            && log.contains("shop/shop-gateway")
+            && log.contains("https.443.https-broken.shop-gateway.shop"),
+        "{log}"
+    );
+    // Repaired in place: served without a restart.
+    let (broken_ca, broken_cert, broken_key) = certificates(&["broken.example.com"]);
+    write(&credentials.join("broken-cert/tls.key"), &broken_key);
+    write(&credentials.join("broken-cert/tls.crt"), &broken_cert);
+    let broken_ca_file = mesh.dir().join("broken-ca.pem");
+    write(&broken_ca_file, &broken_ca);
+    let repaired = mesh.curl_with(
+        "outside",
+        &[
+            "--cacert",
+            broken_ca_file.to_str().unwrap(),
+            "--resolve",
+            &broken_resolve,
+            "https://broken.example.com/reviews",
+        ],
+    );
+    assert_eq!(repaired.status, 200, "{repaired:?}");
+
+    // A rotated certificate is served to the next connection, without a restart.
+    let (rotated_ca, rotated_cert, rotated_key) = certificates(&["shop.example.com"]);
+    write(&credentials.join("shop-cert/tls.key"), &rotated_key);
+    write(&credentials.join("shop-cert/tls.crt"), &rotated_cert);
+    let rotated_ca_file = mesh.dir().join("rotated-ca.pem");
+    write(&rotated_ca_file, &rotated_ca);
+    let rotated_resolve = resolve("shop.example.com", 443);
+    let rotated = mesh.curl_with(
+        "outside",
+        &[
+            "--cacert",
+            rotated_ca_file.to_str().unwrap(),
+            "--resolve",
+            &rotated_resolve,
+            "https://shop.example.com/reviews",
+        ],
+    );
+    assert_eq!(rotated.status, 200, "{rotated:?}");
+    assert_eq!(
+        https(&[]).status,
+        0,
+        "the old CA no longer verifies the new certificate"
+    );
+
+    // Istio's metrics, as its gateways report them: the gateway is the source.
+    let metrics = mesh.waypoint_metrics(&gateway.pod);
+    let line = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("istio_requests_total{")
+                && l.contains("reporter=\"source\"")
+                && l.contains("destination_service=\"reviews.shop.svc.cluster.local\"")
+                && l.contains("destination_version=\"v2\"")
+                && l.contains("response_code=\"200\"")
+        })
+        .unwrap_or_else(|| panic!("no request counted from the gateway:\n{metrics}"));
+    assert!(
+        line.contains("source_workload=\"istio-ingressgateway\"")
+            && line.contains("source_workload_namespace=\"edge\""),
+        "{line}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("istio_tcp_connections_opened_total{")
+                && l.contains("destination_service=\"secure.shop.svc.cluster.local\"")),
+        "no passthrough connection counted:\n{metrics}"
+    );
+
+    let _ = tls_server.kill();
+    let _ = tls_server.wait();
+    drop(gateway);
+}

@@ -1,0 +1,280 @@
+//! The gateway role: the waypoint's engine at the edge of the mesh, for clients outside it. The
+//! ports come from the configuration (`WaypointConfig.gateway`, compiled from Istio's `Gateway`
+//! servers): each is opened when a configuration names it and closed when none does. Plain
+//! ports, not HBONE: a connection's server is the port's only plain one (HTTP, TCP) or, for
+//! TLS, the one its ClientHello's SNI names ([`client_hello`]), whose credential terminates it
+//! ([`credentials`]) or whose SNI routes carry it untouched (PASSTHROUGH). Behind the listener
+//! everything is the waypoint's: requests go through the same pipeline (routes, retries,
+//! timeouts, faults, CORS, L7 authorization, metrics reported as `reporter="source"`) and reach
+//! the mesh over HBONE with the gateway's own identity.
+
+pub mod client_hello;
+pub mod credentials;
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tracing::{Instrument, debug, debug_span, info, warn};
+use weft_hbone::admission::{Permit, SourceLimit, accept_loop};
+use weft_hbone::{PlainSocketFactory, SocketFactory};
+use weft_proxy_core::drain::DrainWatch;
+
+use crate::listener::{HttpLimits, PrefixedIo, serve_http};
+use crate::model::gateway::{EdgeBinding, EdgeServer};
+use crate::proxy::{ProxyShared, TunnelContext};
+use crate::tcp::open_tcp_upstream;
+use client_hello::read_client_hello;
+use credentials::CredentialStore;
+
+/// How long a client has to complete the TLS handshake after its ClientHello.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The ports a gateway proxy listens on, following its configuration.
+pub struct EdgeListeners {
+    shared: Arc<ProxyShared>,
+    credentials: Arc<CredentialStore>,
+    limits: HttpLimits,
+    sources: Arc<SourceLimit>,
+    /// The address the ports are opened on (every address of the pod: `0.0.0.0`).
+    address: IpAddr,
+}
+
+impl std::fmt::Debug for EdgeListeners {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EdgeListeners")
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Everything one accepted connection needs.
+#[derive(Clone)]
+struct EdgeContext {
+    shared: Arc<ProxyShared>,
+    credentials: Arc<CredentialStore>,
+    limits: HttpLimits,
+}
+
+impl EdgeListeners {
+    pub fn new(
+        shared: Arc<ProxyShared>,
+        credentials: Arc<CredentialStore>,
+        limits: HttpLimits,
+        sources: Arc<SourceLimit>,
+        address: IpAddr,
+    ) -> Self {
+        EdgeListeners {
+            shared,
+            credentials,
+            limits,
+            sources,
+            address,
+        }
+    }
+
+    /// Opens and closes ports as configurations are applied, until the drain starts; then
+    /// every port closes (connections in flight finish, each holding `drain`).
+    pub async fn run(self, drain: DrainWatch) {
+        let store = self.shared.store.clone();
+        let mut versions = store.version();
+        let mut open: HashMap<u16, JoinHandle<()>> = HashMap::new();
+        let draining = drain.signaled();
+        tokio::pin!(draining);
+        loop {
+            let wanted: BTreeSet<u16> = store
+                .snapshot()
+                .gateway
+                .as_ref()
+                .map(|g| g.listeners.iter().map(|l| l.port).collect())
+                .unwrap_or_default();
+            open.retain(|port, task| {
+                let keep = wanted.contains(port) && !task.is_finished();
+                if !keep {
+                    info!(port, "gateway port closed: no server uses it");
+                    task.abort();
+                }
+                keep
+            });
+            for port in wanted {
+                if open.contains_key(&port) {
+                    continue;
+                }
+                match self.open(port, drain.clone()) {
+                    Ok(task) => {
+                        info!(port, "gateway port listening");
+                        open.insert(port, task);
+                    }
+                    // Tried again with the next configuration.
+                    Err(error) => warn!(port, %error, "cannot open the gateway port"),
+                }
+            }
+            tokio::select! {
+                changed = versions.changed() => if changed.is_err() { break },
+                () = &mut draining => break,
+            }
+        }
+        for (_, task) in open {
+            task.abort();
+        }
+        info!("gateway ports closed: draining");
+    }
+
+    fn open(&self, port: u16, drain: DrainWatch) -> std::io::Result<JoinHandle<()>> {
+        let address = SocketAddr::new(self.address, port);
+        let listener = PlainSocketFactory
+            .listen(address, false)
+            .and_then(TcpListener::from_std)?;
+        let sources = Arc::clone(&self.sources);
+        let context = EdgeContext {
+            shared: Arc::clone(&self.shared),
+            credentials: Arc::clone(&self.credentials),
+            limits: self.limits,
+        };
+        Ok(tokio::spawn(async move {
+            accept_loop(
+                &listener,
+                |peer| sources.admit(peer.ip()),
+                |stream, peer, permit| {
+                    let context = context.clone();
+                    let drain = drain.clone();
+                    tokio::spawn(
+                        async move {
+                            serve_connection(context, stream, peer, port, drain).await;
+                            drop::<Permit>(permit);
+                        }
+                        .instrument(debug_span!("edge_connection", %peer, port)),
+                    );
+                },
+                drain.signaled(),
+            )
+            .await;
+        }))
+    }
+}
+
+/// The connection's context: the client as the source, the listener's address as the
+/// destination, the server it is bound to.
+fn tunnel(stream: &TcpStream, peer: SocketAddr, binding: EdgeBinding) -> Arc<TunnelContext> {
+    Arc::new(TunnelContext {
+        peer: None,
+        source_ip: peer.ip(),
+        peer_address: peer,
+        destination: stream
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::new(IpAddr::from([0, 0, 0, 0]), binding.port)),
+        edge: Some(binding),
+    })
+}
+
+async fn serve_connection(
+    cx: EdgeContext,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    port: u16,
+    drain: DrainWatch,
+) {
+    let config = cx.shared.store.snapshot();
+    let Some(listener) = config.gateway.as_ref().and_then(|g| g.listener(port)) else {
+        return;
+    };
+    let Some(first) = listener.servers.first() else {
+        return;
+    };
+    if !first.is_tls() {
+        let binding = EdgeBinding {
+            port,
+            server: first.name.clone(),
+            sni: None,
+        };
+        let context = tunnel(&stream, peer, binding);
+        let http = first.carries_http();
+        drop(config);
+        if http {
+            serve_http(cx.shared, context, cx.limits, stream, drain).await;
+        } else {
+            forward(&cx.shared, &context, stream, drain).await;
+        }
+        return;
+    }
+    let hello = match read_client_hello(&mut stream).await {
+        Ok(hello) => hello,
+        Err(error) => {
+            debug!(%error, "no usable ClientHello");
+            return;
+        }
+    };
+    let Some(server) = listener.server_for_sni(hello.sni.as_deref()).cloned() else {
+        debug!(sni = ?hello.sni, "no server for this server name");
+        return;
+    };
+    drop(config);
+    let binding = EdgeBinding {
+        port,
+        server: server.name.clone(),
+        sni: hello.sni.clone(),
+    };
+    let context = tunnel(&stream, peer, binding);
+    let io = PrefixedIo::new(hello.bytes, stream);
+    if !server.terminates_tls() {
+        // PASSTHROUGH: the client's TLS goes to the route's endpoint untouched.
+        forward(&cx.shared, &context, io, drain).await;
+        return;
+    }
+    terminate(cx, &server, context, io, drain).await;
+}
+
+/// TLS terminated with the server's credential, then HTTP or TCP as the server carries.
+async fn terminate(
+    cx: EdgeContext,
+    server: &EdgeServer,
+    context: Arc<TunnelContext>,
+    io: PrefixedIo<TcpStream>,
+    drain: DrainWatch,
+) {
+    // A credential that cannot be used refuses this server's handshakes only.
+    let Ok(config) = cx.credentials.server_config(server) else {
+        return;
+    };
+    let accept = tokio_rustls::TlsAcceptor::from(config).accept(io);
+    let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, accept).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(error)) => {
+            debug!(%error, server = %server.name, "tls handshake failed");
+            return;
+        }
+        Err(_) => {
+            debug!(server = %server.name, "tls handshake timed out");
+            return;
+        }
+    };
+    if server.carries_http() {
+        serve_http(cx.shared, context, cx.limits, tls, drain).await;
+    } else {
+        forward(&cx.shared, &context, tls, drain).await;
+    }
+}
+
+/// Carries a connection at L4 to the endpoint its server's routes choose, over HBONE.
+async fn forward<IO>(
+    shared: &ProxyShared,
+    context: &Arc<TunnelContext>,
+    mut io: IO,
+    drain: DrainWatch,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    // Bytes are carried until either side closes or the drain's deadline ends the process.
+    let _drain = drain;
+    let Ok(mut upstream) = open_tcp_upstream(shared, context).await else {
+        let _ = io.shutdown().await;
+        return;
+    };
+    if let Err(error) = tokio::io::copy_bidirectional(&mut io, &mut upstream).await {
+        debug!(%error, "edge tcp stream ended");
+    }
+}

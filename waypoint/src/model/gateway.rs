@@ -1,0 +1,383 @@
+//! The gateway role's configuration: the ports a gateway proxy listens on at the edge, their
+//! servers (chosen by SNI for TLS, the first otherwise) and, per server, the route tables
+//! requests and connections are given: per Host for HTTP, per SNI for PASSTHROUGH, one for TCP.
+//! Each route table is a [`Service`] without addresses, so that the waypoint's pipeline (routes,
+//! retries, timeouts, faults, CORS, authorization, metrics) serves it unchanged.
+
+use std::sync::Arc;
+
+use weft_proto::waypoint as proto;
+
+use super::from_proto::{gateway_table, nonzero_port, source_workload_info};
+use super::{ConfigError, Protocol, Service, ServicePort, ServiceTarget, Target, WorkloadInfo};
+
+/// What a gateway proxy serves at the edge.
+#[derive(Debug, Default)]
+pub struct Gateway {
+    pub listeners: Vec<EdgeListener>,
+    /// The gateway proxy itself: the source of what it sends into the mesh.
+    pub workload: Option<Arc<WorkloadInfo>>,
+}
+
+/// One port and its servers.
+#[derive(Debug)]
+pub struct EdgeListener {
+    pub port: u16,
+    pub servers: Vec<Arc<EdgeServer>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EdgeProtocol {
+    Http,
+    Https,
+    Tls,
+    Tcp,
+}
+
+/// `ServerTLSSettings.TLSmode`, as far as gateway proxies serve it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ServerTlsMode {
+    Passthrough,
+    Simple,
+    Mutual,
+}
+
+/// TLS protocol versions (rustls speaks 1.2 and 1.3 only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TlsVersion {
+    Auto,
+    V1_0,
+    V1_1,
+    V1_2,
+    V1_3,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ServerTls {
+    pub mode: ServerTlsMode,
+    pub https_redirect: bool,
+    pub credential_name: String,
+    pub min_version: TlsVersion,
+    pub max_version: TlsVersion,
+    pub cipher_suites: Vec<String>,
+}
+
+/// A route table at the edge: routes as a service's, at the listener's port.
+#[derive(Debug)]
+pub struct EdgeTable {
+    pub service: Service,
+    pub port: ServicePort,
+}
+
+impl EdgeTable {
+    fn target(&self) -> Target<'_> {
+        Target::Service(ServiceTarget {
+            service: &self.service,
+            port: &self.port,
+        })
+    }
+}
+
+/// The routes of one VirtualService for some Host names.
+#[derive(Debug)]
+pub struct VirtualHost {
+    /// Exact, `*.suffix` or `*`.
+    pub domains: Vec<String>,
+    pub table: EdgeTable,
+}
+
+/// A PASSTHROUGH route: SNI names, and where the connection goes.
+#[derive(Debug)]
+pub struct SniRoute {
+    pub sni_hosts: Vec<String>,
+    pub table: EdgeTable,
+}
+
+/// One server of an Istio Gateway.
+#[derive(Debug)]
+pub struct EdgeServer {
+    /// `namespace/name` of the Gateway.
+    pub gateway: String,
+    pub name: String,
+    pub protocol: EdgeProtocol,
+    /// SNI names it answers (`*` any).
+    pub hosts: Vec<String>,
+    pub tls: Option<ServerTls>,
+    pub virtual_hosts: Vec<VirtualHost>,
+    pub sni_routes: Vec<SniRoute>,
+    pub tcp: Option<EdgeTable>,
+}
+
+impl EdgeServer {
+    /// Whether connections are TLS the gateway terminates.
+    pub fn terminates_tls(&self) -> bool {
+        self.tls
+            .as_ref()
+            .is_some_and(|t| t.mode != ServerTlsMode::Passthrough)
+            && matches!(self.protocol, EdgeProtocol::Https | EdgeProtocol::Tls)
+    }
+
+    /// Whether connections are TLS at all (terminated or passed through).
+    pub fn is_tls(&self) -> bool {
+        matches!(self.protocol, EdgeProtocol::Https | EdgeProtocol::Tls)
+    }
+
+    /// Whether what the connection carries (after TLS, if terminated) is HTTP.
+    pub fn carries_http(&self) -> bool {
+        matches!(self.protocol, EdgeProtocol::Http | EdgeProtocol::Https)
+    }
+}
+
+/// How good a match a host pattern is for `host`: exact beats any wildcard, a longer suffix
+/// beats a shorter one, as Envoy picks virtual hosts and server names.
+pub fn host_match_rank(pattern: &str, host: &str) -> Option<usize> {
+    if pattern == "*" {
+        return Some(0);
+    }
+    if let Some(suffix) = pattern.strip_prefix('*') {
+        return (host.len() > suffix.len()
+            && host
+                .get(host.len() - suffix.len()..)
+                .is_some_and(|end| end.eq_ignore_ascii_case(suffix)))
+        .then_some(suffix.len());
+    }
+    pattern.eq_ignore_ascii_case(host).then_some(usize::MAX)
+}
+
+/// The best-ranked of `items` for `host`, the first among equals.
+fn best<'a, T>(items: impl Iterator<Item = (&'a [String], T)>, host: &str) -> Option<T> {
+    let mut chosen: Option<(usize, T)> = None;
+    for (patterns, item) in items {
+        let Some(rank) = patterns
+            .iter()
+            .filter_map(|p| host_match_rank(p, host))
+            .max()
+        else {
+            continue;
+        };
+        if chosen.as_ref().is_none_or(|(r, _)| rank > *r) {
+            chosen = Some((rank, item));
+        }
+    }
+    chosen.map(|(_, item)| item)
+}
+
+/// Where a connection accepted at the edge is bound, fixed while it is open: its listener's
+/// port, the server chosen when it was accepted, and the SNI it asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EdgeBinding {
+    pub port: u16,
+    pub server: String,
+    pub sni: Option<String>,
+}
+
+impl Gateway {
+    pub fn listener(&self, port: u16) -> Option<&EdgeListener> {
+        self.listeners.iter().find(|l| l.port == port)
+    }
+
+    pub fn server(&self, binding: &EdgeBinding) -> Option<&EdgeServer> {
+        self.listener(binding.port)?
+            .servers
+            .iter()
+            .find(|s| s.name == binding.server)
+            .map(Arc::as_ref)
+    }
+
+    /// The route table for what `binding` carries: the virtual host for `host` (a request),
+    /// else the SNI route (PASSTHROUGH) or the TCP routes (a connection).
+    pub fn target(&self, binding: &EdgeBinding, host: Option<&str>) -> Option<Target<'_>> {
+        let server = self.server(binding)?;
+        if let Some(host) = host {
+            let host = strip_port(host);
+            return best(
+                server
+                    .virtual_hosts
+                    .iter()
+                    .map(|v| (v.domains.as_slice(), v)),
+                host,
+            )
+            .map(|v| v.table.target());
+        }
+        if server
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.mode == ServerTlsMode::Passthrough)
+        {
+            let sni = binding.sni.as_deref()?;
+            return best(
+                server
+                    .sni_routes
+                    .iter()
+                    .map(|r| (r.sni_hosts.as_slice(), r)),
+                sni,
+            )
+            .map(|r| r.table.target());
+        }
+        server.tcp.as_ref().map(EdgeTable::target)
+    }
+}
+
+impl EdgeListener {
+    /// The server a TLS connection asking for `sni` is given: the best match of its hosts; a
+    /// connection without SNI only by a server for `*`.
+    pub fn server_for_sni(&self, sni: Option<&str>) -> Option<&Arc<EdgeServer>> {
+        match sni {
+            Some(sni) => best(self.servers.iter().map(|s| (s.hosts.as_slice(), s)), sni),
+            None => self
+                .servers
+                .iter()
+                .find(|s| s.hosts.iter().any(|h| h == "*")),
+        }
+    }
+}
+
+/// `host:port` without the port (an IPv6 literal keeps its brackets).
+fn strip_port(host: &str) -> &str {
+    if let Some(end) = host.strip_prefix('[').and_then(|_| host.find(']')) {
+        return &host[..=end];
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
+        _ => host,
+    }
+}
+
+fn version(value: i32, context: &str) -> Result<TlsVersion, ConfigError> {
+    use proto::TlsProtocolVersion as V;
+    Ok(
+        match V::try_from(value).map_err(|_| super::invalid(context, "unknown TLS version"))? {
+            V::TlsAuto => TlsVersion::Auto,
+            V::Tlsv10 => TlsVersion::V1_0,
+            V::Tlsv11 => TlsVersion::V1_1,
+            V::Tlsv12 => TlsVersion::V1_2,
+            V::Tlsv13 => TlsVersion::V1_3,
+        },
+    )
+}
+
+fn server_tls(tls: &proto::ServerTls, context: &str) -> Result<ServerTls, ConfigError> {
+    use proto::ServerTlsMode as M;
+    let mode = match M::try_from(tls.mode) {
+        Ok(M::Passthrough) => ServerTlsMode::Passthrough,
+        Ok(M::Simple) => ServerTlsMode::Simple,
+        Ok(M::Mutual) => ServerTlsMode::Mutual,
+        // An HTTP server's settings (httpsRedirect) have no mode.
+        Ok(M::Unspecified) => ServerTlsMode::Simple,
+        Err(_) => return Err(super::invalid(context, "unknown TLS mode")),
+    };
+    Ok(ServerTls {
+        mode,
+        https_redirect: tls.https_redirect,
+        credential_name: tls.credential_name.clone(),
+        min_version: version(tls.min_protocol_version, context)?,
+        max_version: version(tls.max_protocol_version, context)?,
+        cipher_suites: tls.cipher_suites.clone(),
+    })
+}
+
+fn server(s: &proto::GatewayServer, port: u16, namespace: &str) -> Result<EdgeServer, ConfigError> {
+    use proto::GatewayProtocol as P;
+    let context = format!("gateway {} server {}", s.gateway, s.name);
+    let context = context.as_str();
+    let protocol = match P::try_from(s.protocol) {
+        Ok(P::Http) => EdgeProtocol::Http,
+        Ok(P::Https) => EdgeProtocol::Https,
+        Ok(P::Tls) => EdgeProtocol::Tls,
+        Ok(P::Tcp) => EdgeProtocol::Tcp,
+        _ => return Err(super::invalid(context, "unknown protocol")),
+    };
+    let tls = s.tls.as_ref().map(|t| server_tls(t, context)).transpose()?;
+    if matches!(protocol, EdgeProtocol::Https | EdgeProtocol::Tls)
+        && tls
+            .as_ref()
+            .is_none_or(|t| t.mode != ServerTlsMode::Passthrough && t.credential_name.is_empty())
+    {
+        return Err(super::invalid(
+            context,
+            "a TLS server needs a credentialName",
+        ));
+    }
+    let table = |name: &str, http: &[proto::HttpRoute], tcp: &[proto::TcpRoute]| {
+        gateway_table(name, namespace, port, http, tcp, context)
+            .map(|(service, port)| EdgeTable { service, port })
+    };
+    let virtual_hosts = s
+        .virtual_hosts
+        .iter()
+        .map(|v| {
+            Ok(VirtualHost {
+                domains: v.domains.clone(),
+                table: table(
+                    v.domains.first().map_or("*", String::as_str),
+                    &v.http_routes,
+                    &[],
+                )?,
+            })
+        })
+        .collect::<Result<Vec<_>, ConfigError>>()?;
+    let sni_routes = s
+        .tls_routes
+        .iter()
+        .map(|r| {
+            let tcp = [proto::TcpRoute {
+                r#match: Vec::new(),
+                route: r.route.clone(),
+                virtual_service: r.virtual_service.clone(),
+            }];
+            Ok(SniRoute {
+                sni_hosts: r.sni_hosts.clone(),
+                table: table(r.sni_hosts.first().map_or("*", String::as_str), &[], &tcp)?,
+            })
+        })
+        .collect::<Result<Vec<_>, ConfigError>>()?;
+    let tcp = (!s.tcp_routes.is_empty())
+        .then(|| table(&s.name, &[], &s.tcp_routes))
+        .transpose()?;
+    Ok(EdgeServer {
+        gateway: s.gateway.clone(),
+        name: s.name.clone(),
+        protocol,
+        hosts: s.hosts.clone(),
+        tls,
+        virtual_hosts,
+        sni_routes,
+        tcp,
+    })
+}
+
+/// Converts the gateway section; `namespace` is the gateway proxy's.
+pub(super) fn gateway(g: &proto::GatewayConfig, namespace: &str) -> Result<Gateway, ConfigError> {
+    let listeners = g
+        .listeners
+        .iter()
+        .map(|l| {
+            let context = format!("gateway listener {}", l.port);
+            let port = nonzero_port(l.port, &context)?
+                .ok_or_else(|| super::invalid(&context, "port 0"))?;
+            let servers = l
+                .servers
+                .iter()
+                .map(|s| server(s, port, namespace).map(Arc::new))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(EdgeListener { port, servers })
+        })
+        .collect::<Result<Vec<_>, ConfigError>>()?;
+    let workload = g
+        .workload
+        .as_ref()
+        .map(|w| source_workload_info(w, "gateway workload"))
+        .transpose()?;
+    Ok(Gateway {
+        listeners,
+        workload,
+    })
+}
+
+/// The protocol route tables at the edge are served as.
+pub(super) fn table_protocol(http: bool) -> Protocol {
+    if http { Protocol::Http } else { Protocol::Tcp }
+}
+
+#[cfg(test)]
+mod tests;

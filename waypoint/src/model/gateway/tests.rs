@@ -1,0 +1,145 @@
+//! How a connection and a request at the edge find their server and route table.
+
+use super::*;
+
+fn route_to(cluster: &str) -> proto::HttpRoute {
+    proto::HttpRoute {
+        route: vec![proto::HttpRouteDestination {
+            destination: Some(proto::Destination {
+                host: "reviews.shop.svc.cluster.local".to_owned(),
+                subset: String::new(),
+                port: 80,
+                cluster: cluster.to_owned(),
+            }),
+            weight: 0,
+            headers: None,
+        }],
+        ..Default::default()
+    }
+}
+
+fn server(name: &str, hosts: &[&str], protocol: proto::GatewayProtocol) -> proto::GatewayServer {
+    proto::GatewayServer {
+        gateway: "shop/gw".to_owned(),
+        name: name.to_owned(),
+        protocol: protocol as i32,
+        hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
+        tls: (protocol != proto::GatewayProtocol::Http).then(|| proto::ServerTls {
+            mode: proto::ServerTlsMode::Simple as i32,
+            credential_name: format!("{name}-cert"),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn edge() -> Gateway {
+    let mut http = server("http", &["*"], proto::GatewayProtocol::Http);
+    http.virtual_hosts = vec![
+        proto::GatewayVirtualHost {
+            domains: vec!["*".to_owned()],
+            http_routes: vec![route_to("any")],
+            virtual_service: "shop/any".to_owned(),
+        },
+        proto::GatewayVirtualHost {
+            domains: vec!["*.example.com".to_owned()],
+            http_routes: vec![route_to("wildcard")],
+            virtual_service: "shop/wildcard".to_owned(),
+        },
+        proto::GatewayVirtualHost {
+            domains: vec!["shop.example.com".to_owned()],
+            http_routes: vec![route_to("exact")],
+            virtual_service: "shop/exact".to_owned(),
+        },
+    ];
+    let config = proto::GatewayConfig {
+        listeners: vec![
+            proto::GatewayListener {
+                port: 80,
+                servers: vec![http],
+            },
+            proto::GatewayListener {
+                port: 443,
+                servers: vec![
+                    server("wild", &["*.example.com"], proto::GatewayProtocol::Https),
+                    server("shop", &["shop.example.com"], proto::GatewayProtocol::Https),
+                ],
+            },
+        ],
+        workload: None,
+    };
+    gateway(&config, "edge").expect("a valid gateway section")
+}
+
+#[test]
+fn host_patterns_rank_exact_then_longest_suffix_then_any() {
+    let cases = [
+        ("shop.example.com", "shop.example.com", Some(usize::MAX)),
+        ("SHOP.example.com", "shop.example.com", Some(usize::MAX)),
+        ("*.example.com", "shop.example.com", Some(12)),
+        ("*.com", "shop.example.com", Some(4)),
+        ("*", "shop.example.com", Some(0)),
+        ("*.example.com", "example.com", None),
+        ("other.example.com", "shop.example.com", None),
+    ];
+    for (pattern, host, expected) in cases {
+        assert_eq!(host_match_rank(pattern, host), expected, "{pattern} {host}");
+    }
+}
+
+#[test]
+fn the_request_host_chooses_the_most_specific_virtual_host() {
+    let edge = edge();
+    let binding = EdgeBinding {
+        port: 80,
+        server: "http".to_owned(),
+        sni: None,
+    };
+    let cluster_for = |host: &str| match edge.target(&binding, Some(host)) {
+        Some(Target::Service(target)) => match &target.service.http_routes[0].action {
+            super::super::RouteAction::Forward(destinations) => destinations[0].cluster.clone(),
+            other => panic!("{other:?}"),
+        },
+        other => panic!("{host}: {other:?}"),
+    };
+    assert_eq!(cluster_for("shop.example.com"), "exact");
+    assert_eq!(cluster_for("shop.example.com:80"), "exact");
+    assert_eq!(cluster_for("cart.example.com"), "wildcard");
+    assert_eq!(cluster_for("10.0.0.1:80"), "any");
+    // A server that is gone serves nothing.
+    let gone = EdgeBinding {
+        server: "removed".to_owned(),
+        ..binding
+    };
+    assert!(edge.target(&gone, Some("shop.example.com")).is_none());
+}
+
+#[test]
+fn the_client_hello_chooses_the_server() {
+    let edge = edge();
+    let listener = edge.listener(443).unwrap();
+    let name = |sni: Option<&str>| listener.server_for_sni(sni).map(|s| s.name.clone());
+    assert_eq!(name(Some("shop.example.com")).as_deref(), Some("shop"));
+    assert_eq!(name(Some("cart.example.com")).as_deref(), Some("wild"));
+    assert_eq!(name(Some("shop.test")), None);
+    // Without SNI only a server for `*` answers; there is none here.
+    assert_eq!(name(None), None);
+}
+
+#[test]
+fn a_tls_server_without_a_credential_is_refused() {
+    let mut bad = server("bad", &["*"], proto::GatewayProtocol::Https);
+    bad.tls.as_mut().unwrap().credential_name.clear();
+    let config = proto::GatewayConfig {
+        listeners: vec![proto::GatewayListener {
+            port: 443,
+            servers: vec![bad],
+        }],
+        workload: None,
+    };
+    let error = gateway(&config, "edge").unwrap_err().to_string();
+    assert!(
+        error.contains("gateway shop/gw server bad") && error.contains("credentialName"),
+        "{error}"
+    );
+}
