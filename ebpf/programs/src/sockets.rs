@@ -28,7 +28,8 @@ use aya_ebpf::{
     programs::SockOpsContext,
 };
 use weft_ebpf_common::{
-    ClientKey, NodeConnectionKey, POD_FLAG_ACCELERATE, SocketPairKey, ports, stats,
+    CLIENT_ADDRESS_MARK, ClientKey, NodeConnectionKey, POD_FLAG_ACCELERATE, SocketPairKey, ports,
+    stats,
 };
 
 use crate::state::{
@@ -105,6 +106,12 @@ fn try_track_sockets(ctx: &SockOpsContext) {
     }
     match op {
         BPF_SOCK_OPS_TCP_CONNECT_CB => {
+            if socket_mark(ctx) == CLIENT_ADDRESS_MARK {
+                // The agent connecting to the pod's application from a client's address: let
+                // the SYN through to the application like a connection of the node's own.
+                record_node_connection(ctx);
+                return;
+            }
             // SAFETY: the helper only reads the socket's cookie.
             let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
             if PENDING_ORIGINAL_DST.get_ptr(cookie).is_some() {
@@ -147,7 +154,7 @@ fn try_track_sockets(ctx: &SockOpsContext) {
             let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
             let _ = PENDING_ORIGINAL_DST.remove(cookie);
             let Some(ends) = ends(ctx) else { return };
-            if is_node_netns(ends.netns_cookie) {
+            if is_node_netns(ends.netns_cookie) || socket_mark(ctx) == CLIENT_ADDRESS_MARK {
                 let _ = NODE_CONNECTIONS.remove(&node_connection_key(&ends));
                 return;
             }
@@ -162,6 +169,16 @@ fn try_track_sockets(ctx: &SockOpsContext) {
             }
         }
         _ => {}
+    }
+}
+
+/// The socket's `SO_MARK` (0 when the context has no full socket).
+fn socket_mark(ctx: &SockOpsContext) -> u32 {
+    // SAFETY: `ops` points at the kernel's `bpf_sock_ops` for the whole program run; `sk` is
+    // checked for null before its `mark` is read.
+    unsafe {
+        let sk = (*ctx.ops).__bindgen_anon_2.sk;
+        if sk.is_null() { 0 } else { (*sk).mark }
     }
 }
 

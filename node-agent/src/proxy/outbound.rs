@@ -184,6 +184,7 @@ async fn execute(
                 .pods
                 .get(&destination.uid)
                 .ok_or_else(|| ProxyError::UnknownPod(destination.uid.clone()))?;
+            let source_ip = source.addresses.first().copied().unwrap_or(target.ip());
             let upstream = destination_pod
                 .netns
                 .connect_from(source_ip, None, target)

@@ -293,11 +293,24 @@ fn the_application_sees_its_clients_address_not_the_pods_own() {
     ] {
         let target = mesh.pod(to).ip;
         let reply = mesh.curl_with(from, &[&format!("http://{target}:8080/who")]);
-        assert_eq!(reply.status, 200, "{from} -> {to}: {}\n{}", reply.body, mesh.logs());
-        let peer = reply.json()["peer"].as_str().unwrap_or_default().to_string();
+        assert_eq!(
+            reply.status,
+            200,
+            "{from} -> {to}: {}\n{}",
+            reply.body,
+            mesh.logs()
+        );
+        let peer = reply.json()["peer"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let seen: std::net::SocketAddr = peer
             .parse()
             .unwrap_or_else(|_| panic!("{from} -> {to}: no peer in {}", reply.body));
-        assert_eq!(seen.ip(), expected, "{from} -> {to}: the application saw {seen}");
+        assert_eq!(
+            seen.ip(),
+            expected,
+            "{from} -> {to}: the application saw {seen}"
+        );
     }
 }
