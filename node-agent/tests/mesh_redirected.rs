@@ -113,8 +113,7 @@ fn unmodified_clients_go_through_the_agents_and_fail_closed_when_the_agent_is_do
     let target = SocketAddr::from((server_pod.ip, APP_PORT));
 
     // curl and a plain TCP client, unmodified, reach the server through both agents: the server
-    // sees connections from its own agent (its own address, from inside its netns), never from
-    // the client's address.
+    // sees connections from its own agent, made from the client's address inside its netns.
     assert_eq!(curl(&testbed, "client", &url), (Some(0), "ok".to_string()));
     assert_eq!(
         bash_tcp(&testbed, "client", target),
@@ -123,8 +122,10 @@ fn unmodified_clients_go_through_the_agents_and_fail_closed_when_the_agent_is_do
     let peers = server.peers();
     assert_eq!(peers.len(), 2, "{peers:?}");
     assert!(
-        peers.iter().all(|p| p.ip() == IpAddr::V4(server_pod.ip)),
-        "the server was reached directly: {peers:?}"
+        peers
+            .iter()
+            .all(|p| p.ip() == IpAddr::V4(testbed.pod("client").ip)),
+        "the server did not see the client's address: {peers:?}"
     );
     let stats = redirection1.stats().unwrap();
     assert!(stats.redirected_connects >= 2, "{stats:?}");
@@ -173,7 +174,11 @@ fn unmodified_clients_go_through_the_agents_and_fail_closed_when_the_agent_is_do
         [peers[before]],
         "the server saw a connection while the client's agent was down: {peers:?}"
     );
-    assert_eq!(peers[before].ip(), IpAddr::V4(server_pod.ip), "{peers:?}");
+    assert_eq!(
+        peers[before].ip(),
+        IpAddr::V4(testbed.pod("client").ip),
+        "{peers:?}"
+    );
 
     drop(agent1);
     drop(agent2);

@@ -209,7 +209,12 @@ fn record_node_connection(ctx: &SockOpsContext) {
 }
 
 fn add_local_socket(ctx: &SockOpsContext, ends: &Ends) {
-    if !same_address(&ends.key.local_address, &ends.key.remote_address) {
+    // Both ends inside the pod: one address (the pod's own, or loopback), or the agent's
+    // connection to the application from a client's address, whose two sockets (the agent's and
+    // the application's accepted one) carry its mark.
+    if !same_address(&ends.key.local_address, &ends.key.remote_address)
+        && socket_mark(ctx) != CLIENT_ADDRESS_MARK
+    {
         return;
     }
     let Some(config) = pod_config(ends.netns_cookie) else {
