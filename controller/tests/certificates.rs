@@ -2,12 +2,11 @@
 //! client: a waypoint pod runs on a node like any pod, so that node's credential obtains the
 //! waypoint's identity; another node's does not, nor does a waypoint without a pod there.
 
-use std::{net::SocketAddr, time::Duration};
+mod common;
 
-use controller::{
-    server::{LocalMode, Mode, ServerConfig, run},
-    translate::MeshSettings,
-};
+use std::time::Duration;
+
+use common::{grpc_url, local_config, start};
 use weft_identity::{CaToken, SpiffeId, WorkloadCertificate, WorkloadKey};
 use weft_proxy_core::certificates::{CaClient, GrpcCaClient};
 use weft_test_support::temp::TempDir;
@@ -41,45 +40,19 @@ spec: {nodeName: node1, serviceAccountName: waypoint, containers: [{name: waypoi
 status: {podIP: 10.0.0.2}
 "#;
 
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waypoint_gets_its_certificate_with_its_nodes_credential_only() {
     let dir = TempDir::new("ca-waypoint");
-    std::fs::create_dir_all(dir.join("config")).unwrap();
+    let config = local_config(
+        dir.path(),
+        &format!("node1 {NODE1_TOKEN}\nnode2 {NODE2_TOKEN}\n"),
+    );
     std::fs::write(dir.join("config/mesh.yaml"), MESH).unwrap();
-    std::fs::write(
-        dir.join("tokens"),
-        format!("node1 {NODE1_TOKEN}\nnode2 {NODE2_TOKEN}\n"),
-    )
-    .unwrap();
-    let grpc_address = free_port();
-    let config = ServerConfig {
-        mode: Mode::Local(LocalMode {
-            config_dir: dir.join("config"),
-            ca_dir: dir.join("ca"),
-            bootstrap_tokens: dir.join("tokens"),
-        }),
-        grpc_address: Some(grpc_address),
-        tls_address: None,
-        serving_names: Vec::new(),
-        webhook_address: None,
-        webhook_configuration: None,
-        monitoring_address: free_port(),
-        settings: MeshSettings::default(),
-    };
-    let (shutdown, receiver) = tokio::sync::watch::channel(false);
-    let server_config = config.clone();
-    let server = tokio::spawn(async move { run(server_config, receiver).await });
+    let controller = start(&config).await;
     // The waypoint's own CA client (the one the node agents use), on behalf of its node.
     let client = |token: &str, node: &str| {
         GrpcCaClient::connect(
-            &format!("http://{grpc_address}"),
+            &grpc_url(&config),
             None,
             CaToken::Fixed(token.to_owned()),
             Some(node.to_owned()),
@@ -96,7 +69,7 @@ async fn a_waypoint_gets_its_certificate_with_its_nodes_credential_only() {
     };
     let waypoint = SpiffeId::new("cluster.local", "shop", "waypoint").unwrap();
 
-    // The controller may still be binding: retry the first request briefly.
+    // The controller may not have read its configuration yet: retry the first request briefly.
     let mut issued = None;
     for _ in 0..50 {
         match fetch_certificate(client(NODE1_TOKEN, "node1"), waypoint.clone()).await {
@@ -137,6 +110,5 @@ async fn a_waypoint_gets_its_certificate_with_its_nodes_credential_only() {
         assert!(error.contains(reason), "{identity}: {error}");
     }
 
-    shutdown.send(true).unwrap();
-    let _ = server.await;
+    controller.stop().await;
 }

@@ -10,10 +10,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use controller::{
-    server::{LocalMode, Mode, ServerConfig, run},
-    translate::agent::MeshSettings,
-};
+mod common;
+
+use common::{grpc_url, local_config, start, wait_for_text};
 use prost::Message as _;
 use weft_proto::{
     ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, WAYPOINT_CONFIG_TYPE_URL,
@@ -28,46 +27,6 @@ fn pod(name: &str, ip: &str) -> String {
     format!(
         "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: shop, uid: uid-{name}, labels: {{app: {name}}}}}\nspec: {{nodeName: node1, containers: [{{name: app, image: x}}]}}\nstatus: {{podIP: {ip}}}\n"
     )
-}
-
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-struct Controller {
-    shutdown: tokio::sync::watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-/// Starts the controller and waits until its `/ready` answers 200: every gRPC port accepts.
-async fn start(config: &ServerConfig) -> Controller {
-    let (shutdown, receiver) = tokio::sync::watch::channel(false);
-    let ready = format!("http://{}/ready", config.monitoring_address);
-    let config = config.clone();
-    let task = tokio::spawn(async move {
-        run(config, receiver).await.expect("controller runs");
-    });
-    wait_for_text(&ready, "ready\n", Duration::from_secs(10)).await;
-    Controller { shutdown, task }
-}
-
-/// Polls `url` until its body contains `needle`.
-async fn wait_for_text(url: &str, needle: &str, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        let text = reqwest_lite(url).await;
-        if text.contains(needle) && !text.contains("not ready") {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{url} never showed {needle:?}:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// What the client's handlers saw.
@@ -99,26 +58,10 @@ async fn wait_for(seen: &Arc<Mutex<Seen>>, after: usize, within: Duration) -> (D
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deltas_follow_edits_nacks_are_survived_and_restarts_resend_everything() {
     let dir = TempDir::new("push");
+    let config = local_config(dir.path(), "node1 node1-token-0123456789\n");
     let config_dir = dir.join("config");
-    std::fs::create_dir_all(&config_dir).unwrap();
     write(&config_dir, "ns.yaml", NAMESPACE);
     write(&config_dir, "a.yaml", &pod("a", "10.0.0.1"));
-    std::fs::write(dir.join("tokens"), "node1 node1-token-0123456789\n").unwrap();
-    let grpc_address = free_port();
-    let config = ServerConfig {
-        mode: Mode::Local(LocalMode {
-            config_dir: config_dir.clone(),
-            ca_dir: dir.join("ca"),
-            bootstrap_tokens: dir.join("tokens"),
-        }),
-        grpc_address: Some(grpc_address),
-        tls_address: None,
-        serving_names: Vec::new(),
-        webhook_address: None,
-        webhook_configuration: None,
-        monitoring_address: free_port(),
-        settings: MeshSettings::default(),
-    };
     let controller = start(&config).await;
 
     let seen = Arc::new(Mutex::new(Seen::default()));
@@ -126,7 +69,7 @@ async fn deltas_follow_edits_nacks_are_survived_and_restarts_resend_everything()
     let rejected: Arc<Mutex<Vec<String>>> = Arc::default();
     let rejections = rejected.clone();
     let client = DeltaClient::new(
-        Target::address(&format!("http://{grpc_address}")).unwrap(),
+        Target::address(&grpc_url(&config)).unwrap(),
         Node {
             id: "node-agent~node1".into(),
             ..Default::default()
@@ -208,8 +151,7 @@ async fn deltas_follow_edits_nacks_are_survived_and_restarts_resend_everything()
 
     // Restart: the client reconnects and receives the full state again.
     let connections_before = client_state.borrow().connections;
-    controller.shutdown.send(true).unwrap();
-    let _ = controller.task.await;
+    controller.stop().await;
     let _restarted = start(&config).await;
     let (_, again) = wait_for(&seen, 5, Duration::from_secs(20)).await;
     assert!(again.full_state, "{again:?}");
@@ -296,27 +238,11 @@ fn route_names(update: &Update) -> Result<Vec<String>, String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waypoint_gets_its_config_and_follows_edits_and_agents_get_none() {
     let dir = TempDir::new("push-waypoint");
+    let config = local_config(dir.path(), "node1 node1-token-0123456789\n");
     let config_dir = dir.join("config");
-    std::fs::create_dir_all(&config_dir).unwrap();
     write(&config_dir, "mesh.yaml", WAYPOINT_MESH);
-    std::fs::write(dir.join("tokens"), "node1 node1-token-0123456789\n").unwrap();
-    let grpc_address = free_port();
-    let config = ServerConfig {
-        mode: Mode::Local(LocalMode {
-            config_dir: config_dir.clone(),
-            ca_dir: dir.join("ca"),
-            bootstrap_tokens: dir.join("tokens"),
-        }),
-        grpc_address: Some(grpc_address),
-        tls_address: None,
-        serving_names: Vec::new(),
-        webhook_address: None,
-        webhook_configuration: None,
-        monitoring_address: free_port(),
-        settings: MeshSettings::default(),
-    };
     let controller = start(&config).await;
-    let target = || Target::address(&format!("http://{grpc_address}")).unwrap();
+    let target = || Target::address(&grpc_url(&config)).unwrap();
 
     // The waypoint's node and subscription, exactly as the waypoint binary sends them; it also
     // asks for another waypoint's config, which it must not get.
@@ -461,8 +387,7 @@ async fn a_waypoint_gets_its_config_and_follows_edits_and_agents_get_none() {
 
     waypoint_task.abort();
     agent_task.abort();
-    controller.shutdown.send(true).unwrap();
-    let _ = controller.task.await;
+    controller.stop().await;
 }
 
 const KEYS: &str = r#"{"keys":[{"crv":"Ed25519","kid":"k1","kty":"OKP","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#;
@@ -498,10 +423,10 @@ async fn serve_keys(address: SocketAddr) -> tokio::task::JoinHandle<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jwks_uri_keys_are_fetched_by_the_controller_and_pushed_inline() {
     let dir = TempDir::new("push-jwks");
+    let config = local_config(dir.path(), "node1 node1-token-0123456789\n");
     let config_dir = dir.join("config");
-    std::fs::create_dir_all(&config_dir).unwrap();
     // The key server is not up yet: the first configuration has no key for the issuer.
-    let keys_address = free_port();
+    let keys_address = common::free_port();
     let request_authentication = format!(
         "---\napiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: jwt, namespace: shop}}\nspec:\n  targetRefs: [{{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}}]\n  jwtRules: [{{issuer: 'https://issuer.example', jwksUri: 'http://{keys_address}/keys'}}]\n"
     );
@@ -510,27 +435,11 @@ async fn jwks_uri_keys_are_fetched_by_the_controller_and_pushed_inline() {
         "mesh.yaml",
         &format!("{WAYPOINT_MESH}{request_authentication}"),
     );
-    std::fs::write(dir.join("tokens"), "node1 node1-token-0123456789\n").unwrap();
-    let grpc_address = free_port();
-    let config = ServerConfig {
-        mode: Mode::Local(LocalMode {
-            config_dir: config_dir.clone(),
-            ca_dir: dir.join("ca"),
-            bootstrap_tokens: dir.join("tokens"),
-        }),
-        grpc_address: Some(grpc_address),
-        tls_address: None,
-        serving_names: Vec::new(),
-        webhook_address: None,
-        webhook_configuration: None,
-        monitoring_address: free_port(),
-        settings: MeshSettings::default(),
-    };
     let controller = start(&config).await;
     let seen = Arc::new(Mutex::new(Seen::default()));
     let recorder = seen.clone();
     let waypoint = DeltaClient::new(
-        Target::address(&format!("http://{grpc_address}")).unwrap(),
+        Target::address(&grpc_url(&config)).unwrap(),
         Node {
             id: "waypoint~0.0.0.0~waypoint.shop~shop.svc.cluster.local".into(),
             cluster: "waypoint".into(),
@@ -568,31 +477,5 @@ async fn jwks_uri_keys_are_fetched_by_the_controller_and_pushed_inline() {
 
     server.abort();
     waypoint_task.abort();
-    controller.shutdown.send(true).unwrap();
-    let _ = controller.task.await;
-}
-
-/// GET over plain HTTP/1.1 with hyper (the monitoring endpoint).
-async fn reqwest_lite(url: &str) -> String {
-    use http_body_util::{BodyExt, Empty};
-    let uri: http::Uri = url.parse().unwrap();
-    let address = format!("{}:{}", uri.host().unwrap(), uri.port_u16().unwrap());
-    let Ok(stream) = tokio::net::TcpStream::connect(address).await else {
-        return String::new();
-    };
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(connection);
-    let response = sender
-        .send_request(
-            http::Request::get(uri.path())
-                .header("host", "controller")
-                .body(Empty::<bytes::Bytes>::new())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    String::from_utf8_lossy(&response.into_body().collect().await.unwrap().to_bytes()).into_owned()
+    controller.stop().await;
 }

@@ -17,7 +17,7 @@ use super::{
     tcp_service_ports,
 };
 use crate::model::ResourceKind;
-use crate::model::networking::{MESH_GATEWAY, VirtualService};
+use crate::model::networking::{self as net, MESH_GATEWAY, VirtualService};
 use crate::translate::TranslateProblem;
 use crate::translate::gateway_api::{self, MeshRoute, Parent};
 use crate::translate::resolve::{self, name_of, namespace_of, qualify_host};
@@ -263,17 +263,34 @@ impl<'a> Compiler<'a, '_> {
         let vs_key = format!("{}/{}", namespace_of(&vs.metadata), name_of(&vs.metadata));
         let mesh =
             vs.spec.gateways.is_empty() || vs.spec.gateways.iter().any(|g| g == MESH_GATEWAY);
+        // Each rule, HTTP then TCP, for each port of its protocol, in a route context of its own.
+        let rules = vs.spec.http.iter().enumerate().map(|(i, route)| {
+            (
+                format!("spec.http[{i}]"),
+                &served.http_ports,
+                Rule::Http(route),
+            )
+        });
+        let rules = rules.chain(vs.spec.tcp.iter().enumerate().map(|(i, route)| {
+            (
+                format!("spec.tcp[{i}]"),
+                &served.tcp_ports,
+                Rule::Tcp(route),
+            )
+        }));
         let mut http_routes = Vec::new();
-        for (i, route) in vs.spec.http.iter().enumerate() {
-            let path = format!("spec.http[{i}]");
-            if route.delegate.is_some() {
+        let mut tcp_routes = Vec::new();
+        for (path, ports, rule) in rules {
+            if let Rule::Http(route) = rule
+                && route.delegate.is_some()
+            {
                 notes.push(TranslateProblem::Unsupported {
                     path: format!("{path}.delegate"),
                     reason: "delegation applies to gateways only; the route is ignored".to_owned(),
                 });
                 continue;
             }
-            for context in contexts(&served.http_ports) {
+            for context in contexts(ports) {
                 let mut route_context = RouteContext {
                     compiler: self,
                     served,
@@ -284,29 +301,19 @@ impl<'a> Compiler<'a, '_> {
                     context,
                     binding: Binding::Mesh,
                 };
-                if let Some(mut compiled) = route_context.http_route(route, mesh)? {
-                    compiled.virtual_service = vs_key.clone();
-                    http_routes.push(compiled);
-                }
-            }
-        }
-        let mut tcp_routes = Vec::new();
-        for (i, route) in vs.spec.tcp.iter().enumerate() {
-            let path = format!("spec.tcp[{i}]");
-            for context in contexts(&served.tcp_ports) {
-                let mut route_context = RouteContext {
-                    compiler: self,
-                    served,
-                    vs,
-                    path: &path,
-                    clusters: &mut *clusters,
-                    notes: &mut *notes,
-                    context,
-                    binding: Binding::Mesh,
-                };
-                if let Some(mut compiled) = route_context.tcp_route(route, mesh)? {
-                    compiled.virtual_service = vs_key.clone();
-                    tcp_routes.push(compiled);
+                match rule {
+                    Rule::Http(route) => {
+                        if let Some(mut compiled) = route_context.http_route(route, mesh)? {
+                            compiled.virtual_service = vs_key.clone();
+                            http_routes.push(compiled);
+                        }
+                    }
+                    Rule::Tcp(route) => {
+                        if let Some(mut compiled) = route_context.tcp_route(route, mesh)? {
+                            compiled.virtual_service = vs_key.clone();
+                            tcp_routes.push(compiled);
+                        }
+                    }
                 }
             }
         }
@@ -318,6 +325,13 @@ impl<'a> Compiler<'a, '_> {
         }
         Ok((http_routes, tcp_routes))
     }
+}
+
+/// One rule of a VirtualService, by protocol.
+#[derive(Clone, Copy)]
+enum Rule<'a> {
+    Http(&'a net::HttpRoute),
+    Tcp(&'a net::TcpRoute),
 }
 
 /// What routes a served service: a VirtualService, or the Gateway API routes of a namespace.
