@@ -2,6 +2,7 @@
 //! one process, with extra arguments) and from nodes, `mesh-client` runs inside pods, bulk TCP
 //! with iperf3, and polling until a check holds.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::*;
@@ -72,6 +73,26 @@ impl Mesh {
             write_out,
             args,
         )
+    }
+
+    /// `count` requests from the `client` pod to `url` in one `curl` process, like
+    /// [`Mesh::curl_many`], counted by their status and `x-weft-version` response header (the
+    /// sample app's version): `"200 v1" -> 7`. Panics with the mesh's logs if curl fails.
+    pub fn versions(&self, url: &str, count: u32, args: &[&str]) -> BTreeMap<String, u32> {
+        let lines = self
+            .curl_many(
+                "client",
+                url,
+                count,
+                "%{http_code} %header{x-weft-version}",
+                args,
+            )
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", self.logs()));
+        let mut seen = BTreeMap::new();
+        for line in lines {
+            *seen.entry(line).or_insert(0) += 1;
+        }
+        seen
     }
 
     /// `count` requests from `pod` in one `curl` process, like [`Mesh::curl_many`], returning

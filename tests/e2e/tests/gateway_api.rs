@@ -67,22 +67,9 @@ spec:
   - backendRefs: [{name: reviews-v1, port: 80, weight: 80}, {name: reviews-v2, port: 80, weight: 20}]
 "#;
 
-/// `status version` of `count` answers to `path`.
+/// `status version` of `count` answers to `path` of the Service.
 fn versions(mesh: &Mesh, path: &str, count: u32, args: &[&str]) -> BTreeMap<String, u32> {
-    let lines = mesh
-        .curl_many(
-            "client",
-            &format!("http://{VIP}{path}"),
-            count,
-            "%{http_code} %header{x-weft-version}",
-            args,
-        )
-        .unwrap_or_else(|e| panic!("{e:#}\n{}", mesh.logs()));
-    let mut seen = BTreeMap::new();
-    for line in lines {
-        *seen.entry(line).or_insert(0) += 1;
-    }
-    seen
+    mesh.versions(&format!("http://{VIP}{path}"), count, args)
 }
 
 #[test]

@@ -100,22 +100,9 @@ fn apply(mesh: &Mesh, file: &str, yaml: &str) {
         .unwrap_or_else(|e| panic!("{e:#}"));
 }
 
-/// Versions answering `count` requests, from the `x-weft-version` response header.
+/// `status version` of `count` answers to `path` of the Service.
 fn versions(mesh: &Mesh, path: &str, count: u32, args: &[&str]) -> BTreeMap<String, u32> {
-    let lines = mesh
-        .curl_many(
-            "client",
-            &format!("http://{VIP}{path}"),
-            count,
-            "%{http_code} %header{x-weft-version}",
-            args,
-        )
-        .unwrap_or_else(|e| panic!("{e:#}\n{}", mesh.logs()));
-    let mut seen = BTreeMap::new();
-    for line in lines {
-        *seen.entry(line).or_insert(0) += 1;
-    }
-    seen
+    mesh.versions(&format!("http://{VIP}{path}"), count, args)
 }
 
 fn app_log_mentions(mesh: &Mesh, pod: &str, needle: &str) -> bool {
