@@ -10,13 +10,14 @@
 //! Layout: [`model`] turns the `WaypointConfig` resource into domain types, [`store`] holds the
 //! last good one, [`listener`] accepts HBONE and runs HTTP inside tunnels, [`proxy`] is the
 //! per-request pipeline ([`authn`] validates its JWTs), [`tcp`] forwards what is carried at L4, [`upstream`] picks endpoints
-//! and carries requests to them, the threads connections are served on are `weft_workers`,
+//! and carries requests to them ([`dns`] resolves the endpoints given by name), the threads connections are served on are `weft_workers`,
 //! [`metrics`] and [`dump`] report (on `weft_proxy_core::admin`'s server). In the gateway
 //! role ([`gateway`]) the same engine serves clients outside the mesh on plain ports.
 
 pub mod authn;
 pub mod config;
 pub mod conformance;
+pub mod dns;
 pub mod dump;
 pub mod gateway;
 pub mod listener;

@@ -234,6 +234,7 @@ async fn run(config: Config, workers: Workers) -> anyhow::Result<()> {
     tokio::spawn(metrics.run());
     tokio::spawn(readiness.run());
     tokio::spawn(admin.run());
+    tokio::spawn(waypoint::dns::run(waypoint.store().clone()));
     match (hbone, &config.role) {
         (Some(hbone), _) => {
             tokio::spawn(hbone.run(drain.clone()));

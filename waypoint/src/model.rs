@@ -24,7 +24,8 @@ use crate::authn::{JwtProvider, TargetedAuthentication};
 
 pub use cluster::{
     Cluster, ConnectionLimits, DEFAULT_BASE_EJECTION_TIME, DEFAULT_MAX_EJECTION_PERCENT,
-    DEFAULT_OUTLIER_INTERVAL, Endpoint, HashKey, LoadBalancer, OutlierPolicy, Tunnel,
+    DEFAULT_OUTLIER_INTERVAL, Endpoint, HashKey, LoadBalancer, OutlierPolicy, ResolvedNames,
+    Tunnel,
 };
 pub use route::{
     AbortKind, CorsPolicy, DEFAULT_RETRIABLE_STATUS_CODES, DEFAULT_RETRY_ATTEMPTS,
@@ -164,6 +165,8 @@ impl WorkloadTarget<'_> {
             limits: ConnectionLimits::default(),
             outlier: None,
             destination_rule: String::new(),
+            hostnames: Vec::new(),
+            tls: None,
         }
     }
 }

@@ -12,7 +12,7 @@ use tracing::{info, warn};
 use weft_proto::waypoint as proto;
 use weft_xds::{Handler, Update};
 
-use crate::model::{ConfigError, WaypointConfig};
+use crate::model::{ConfigError, ResolvedNames, WaypointConfig};
 
 /// A resource version the xDS handler applied.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -51,6 +51,15 @@ pub struct ConfigStore {
     version: Arc<watch::Sender<u64>>,
     history: Arc<Mutex<XdsHistory>>,
     observers: Arc<RwLock<Vec<ApplyObserver>>>,
+    /// Endpoint names: the addresses last resolved ([`crate::dns`]), and the last configuration
+    /// applied when it has endpoints by name, to convert again when their addresses change.
+    names: Arc<Mutex<NamedEndpoints>>,
+}
+
+#[derive(Debug, Default)]
+struct NamedEndpoints {
+    resolved: ResolvedNames,
+    config: Option<proto::WaypointConfig>,
 }
 
 impl std::fmt::Debug for ConfigStore {
@@ -69,6 +78,7 @@ impl Default for ConfigStore {
             version: Arc::new(version),
             history: Arc::default(),
             observers: Arc::default(),
+            names: Arc::default(),
         }
     }
 }
@@ -85,8 +95,41 @@ impl ConfigStore {
     /// Validates `config` completely, then replaces the current one; on error the current one
     /// stays (what a NACK means).
     pub fn apply(&self, config: proto::WaypointConfig) -> Result<(), ConfigError> {
-        let name = format!("{}/{}", config.namespace, config.name);
-        let converted = Arc::new(WaypointConfig::try_from(config)?);
+        let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        let by_name = config
+            .clusters
+            .iter()
+            .flat_map(|c| &c.endpoints)
+            .any(|e| !e.hostname.is_empty());
+        let kept = by_name.then(|| config.clone());
+        self.publish(WaypointConfig::from_proto(config, &names.resolved)?);
+        names.config = kept;
+        Ok(())
+    }
+
+    /// The addresses of endpoint names now in use.
+    pub fn resolved_names(&self) -> ResolvedNames {
+        let names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        names.resolved.clone()
+    }
+
+    /// New addresses for endpoint names: the last configuration is converted again with them
+    /// (it was valid, so it still is: a failure keeps the current one).
+    pub fn set_resolved_names(&self, resolved: ResolvedNames) {
+        let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        names.resolved = resolved;
+        if let Some(config) = names.config.clone() {
+            match WaypointConfig::from_proto(config, &names.resolved) {
+                Ok(converted) => self.publish(converted),
+                Err(error) => warn!(%error, "endpoint names resolved, configuration not converted"),
+            }
+        }
+    }
+
+    /// Puts `converted` in force and tells the observers.
+    fn publish(&self, converted: WaypointConfig) {
+        let name = format!("{}/{}", converted.namespace, converted.name);
+        let converted = Arc::new(converted);
         let services = converted.services.len();
         let clusters = converted.clusters.len();
         match self.current.write() {
@@ -103,7 +146,6 @@ impl ConfigStore {
         }
         self.version.send_modify(|v| *v += 1);
         info!(waypoint = %name, services, clusters, "waypoint configuration applied");
-        Ok(())
     }
 
     /// Calls `observer` with every configuration applied from now on, once it is in force.

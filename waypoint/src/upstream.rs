@@ -66,10 +66,12 @@ pub fn default_hbone_address() -> HboneAddressResolver {
 
 mod balancing;
 mod connections;
+mod tls;
 
 use balancing::ClusterRuntime;
 pub use balancing::{Admission, EndpointStatus, HashInput, RetryPermit};
 use connections::{EndpointDialer, TunnelKey};
+pub use tls::OriginatedTls;
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())

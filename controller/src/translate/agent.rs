@@ -767,6 +767,7 @@ fn l4_to_proto(policy: &weft_policy::l4::Authorization) -> security::Authorizati
 }
 
 mod service_entries;
+pub use service_entries::endpoint_uid;
 
 #[cfg(test)]
 mod tests;

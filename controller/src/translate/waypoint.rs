@@ -18,6 +18,7 @@
 mod authentication;
 mod authorization;
 mod clusters;
+mod entries;
 mod gateway;
 mod gateway_routes;
 mod route;
@@ -36,6 +37,7 @@ use super::resolve::{
 };
 use super::{MeshSettings, TranslateError, TranslateProblem, gateway_api};
 use crate::index::ConfigIndex;
+use crate::model::networking::ServiceEntry;
 use crate::model::{DurationString, KubernetesGateway, ResourceKind};
 use authorization::unenforced_policies;
 pub use gateway::{gateway_configs, is_gateway_pod};
@@ -79,7 +81,19 @@ pub fn waypoint_config(
     } else {
         Vec::new()
     };
-    let services = served.iter().map(|s| compiler.service(s)).collect();
+    let served_entries = if WaypointFor::of(gateway).takes_services() {
+        compiler.served_entries()
+    } else {
+        Vec::new()
+    };
+    let mut services: Vec<wp::WaypointService> =
+        served.iter().map(|s| compiler.service(s)).collect();
+    services.extend(
+        served_entries
+            .iter()
+            .map(|(host, entry)| compiler.entry_service(host, entry)),
+    );
+    compiler.served_entries = served_entries.iter().map(|(_, e)| *e).collect();
     let clusters: Vec<wp::Cluster> = std::mem::take(&mut compiler.clusters)
         .into_iter()
         .map(|key| compiler.cluster(&key))
@@ -138,21 +152,29 @@ struct Compiler<'a, 'p> {
     problems: &'p mut Vec<TranslateError>,
     /// The Gateway API routes, read once per waypoint.
     mesh_routes: Rc<[gateway_api::MeshRoute<'a>]>,
+    /// Every ServiceEntry host visible to the waypoint, with the entry declaring it.
+    entries: Vec<(String, &'a ServiceEntry)>,
+    /// The ServiceEntries whose hosts this waypoint serves (policies may target them).
+    served_entries: Vec<&'a ServiceEntry>,
 }
 
 /// Protocol from `appProtocol`, else from the port name (`http-web`), as Istio reads them.
 pub fn port_protocol(port: &ServicePort) -> wp::Protocol {
-    let declared = port
-        .app_protocol
-        .as_deref()
-        .or_else(|| {
-            port.name
-                .as_deref()
-                .map(|n| n.split_once('-').map_or(n, |(prefix, _)| prefix))
-        })
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    match declared.as_str() {
+    protocol_named(
+        port.app_protocol
+            .as_deref()
+            .or_else(|| {
+                port.name
+                    .as_deref()
+                    .map(|n| n.split_once('-').map_or(n, |(prefix, _)| prefix))
+            })
+            .unwrap_or(""),
+    )
+}
+
+/// A protocol by Istio's name for it (any case).
+fn protocol_named(declared: &str) -> wp::Protocol {
+    match declared.to_ascii_lowercase().as_str() {
         "http" | "http_proxy" | "kubernetes.io/ws" => wp::Protocol::Http,
         "http2" | "kubernetes.io/h2c" => wp::Protocol::Http2,
         "grpc" | "grpc-web" => wp::Protocol::Grpc,
@@ -219,7 +241,7 @@ impl<'a, 'p> Compiler<'a, 'p> {
         waypoint: WaypointRef,
         problems: &'p mut Vec<TranslateError>,
     ) -> Self {
-        Compiler {
+        let mut compiler = Compiler {
             index,
             settings,
             services: index
@@ -231,6 +253,19 @@ impl<'a, 'p> Compiler<'a, 'p> {
             problems,
             waypoint,
             mesh_routes: gateway_api::mesh_routes(index).into(),
+            entries: Vec::new(),
+            served_entries: Vec::new(),
+        };
+        compiler.entries = compiler.visible_entries();
+        compiler
+    }
+
+    /// The ports of a host the waypoint can route to: a Service's TCP ports, or a
+    /// ServiceEntry host's ports; `None` for a host it does not know.
+    fn host_ports(&self, host: &str) -> Option<Vec<u32>> {
+        match self.services.get(host) {
+            Some(service) => Some(tcp_service_ports(service).map(port_number).collect()),
+            None => self.entry_ports(host),
         }
     }
 

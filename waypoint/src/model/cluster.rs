@@ -9,6 +9,7 @@ use http::HeaderName;
 use weft_identity::SpiffeId;
 
 use super::WorkloadInfo;
+use crate::upstream::OriginatedTls;
 
 /// How the waypoint reaches an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,4 +82,11 @@ pub struct Cluster {
     pub limits: ConnectionLimits,
     pub outlier: Option<OutlierPolicy>,
     pub destination_rule: String,
+    /// Names its endpoints are given by (resolved off the request path into `endpoints`).
+    pub hostnames: Vec<String>,
+    /// TLS originated to endpoints outside the mesh (DestinationRule `tls`); `None`: plain.
+    pub tls: Option<OriginatedTls>,
 }
+
+/// Addresses of the endpoint names the waypoint resolved, by name.
+pub type ResolvedNames = std::collections::HashMap<String, Vec<std::net::IpAddr>>;

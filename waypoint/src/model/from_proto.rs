@@ -18,8 +18,8 @@ use weft_policy::PolicyError;
 use weft_proto::waypoint as proto;
 
 use super::{
-    ConfigError, DirectWorkload, L4Match, Protocol, Service, ServicePort, TcpRoute, Tunnel,
-    WaypointConfig, WorkloadInfo, gateway, invalid,
+    ConfigError, DirectWorkload, L4Match, Protocol, ResolvedNames, Service, ServicePort, TcpRoute,
+    Tunnel, WaypointConfig, WorkloadInfo, gateway, invalid,
 };
 
 fn duration(d: &prost_types::Duration, context: &str) -> Result<Duration, ConfigError> {
@@ -340,10 +340,20 @@ impl TryFrom<proto::WaypointConfig> for WaypointConfig {
     type Error = ConfigError;
 
     fn try_from(config: proto::WaypointConfig) -> Result<Self, Self::Error> {
+        WaypointConfig::from_proto(config, &ResolvedNames::default())
+    }
+}
+
+impl WaypointConfig {
+    /// `config`, its endpoints given by name taken at the addresses `names` holds for them.
+    pub fn from_proto(
+        config: proto::WaypointConfig,
+        names: &ResolvedNames,
+    ) -> Result<Self, ConfigError> {
         let mut workloads = HashMap::new();
         let mut clusters = HashMap::with_capacity(config.clusters.len());
         for c in &config.clusters {
-            let converted = cluster::cluster(c, &mut workloads)?;
+            let converted = cluster::cluster(c, &mut workloads, names)?;
             if clusters
                 .insert(converted.name.clone(), Arc::new(converted))
                 .is_some()

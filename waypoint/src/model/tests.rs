@@ -17,6 +17,7 @@ fn endpoint() -> proto::Endpoint {
         tunnel: proto::EndpointTunnel::Hbone as i32,
         healthy: true,
         weight: 0,
+        hostname: String::new(),
     }
 }
 

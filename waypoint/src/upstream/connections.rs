@@ -1,6 +1,7 @@
 //! The upstream's byte streams to endpoints' applications: HBONE tunnels (one
 //! [`weft_hbone::Pool`] per worker, dialed through the shared [`HboneDialer`] with the
-//! waypoint's certificate) and plain TCP to endpoints outside the mesh, under the cluster's
+//! waypoint's certificate) and plain TCP to endpoints outside the mesh (TLS when the cluster
+//! originates it), under the cluster's
 //! connect timeout. The HTTP client connections over them are pooled in [`super`].
 
 use std::io;
@@ -71,10 +72,19 @@ impl Upstream {
                         .map(|s| Box::new(s) as BoxedIo)
                         .map_err(|e| failure(e.to_string()))
                 }
-                _ => TcpStream::connect(endpoint.address)
-                    .await
-                    .map(|s| Box::new(s) as BoxedIo)
-                    .map_err(|e| failure(e.to_string())),
+                _ => {
+                    let tcp = TcpStream::connect(endpoint.address)
+                        .await
+                        .map_err(|e| failure(e.to_string()))?;
+                    match &cluster.tls {
+                        Some(tls) => tls
+                            .connect(tcp)
+                            .await
+                            .map(|s| Box::new(s) as BoxedIo)
+                            .map_err(|e| failure(format!("tls: {e}"))),
+                        None => Ok(Box::new(tcp) as BoxedIo),
+                    }
+                }
             }
         };
         match cluster.limits.connect_timeout {

@@ -48,6 +48,7 @@ pub fn proto_endpoint(e: &FakeEndpoint) -> proto::Endpoint {
         tunnel: proto::EndpointTunnel::Hbone as i32,
         healthy: true,
         weight: 1,
+        hostname: String::new(),
     }
 }
 

@@ -19,7 +19,7 @@ use crate::translate::{TranslateError, TranslateProblem};
 impl Compiler<'_, '_> {
     /// An AuthorizationPolicy for this waypoint: `targetRefs` naming the waypoint's Gateway (all
     /// its services), the `istio-waypoint` GatewayClass from the root namespace (every
-    /// waypoint), or Services it serves (those services only).
+    /// waypoint), or Services and ServiceEntries it serves (their hosts only).
     pub(super) fn policy(
         &mut self,
         policy: &AuthorizationPolicy,
@@ -143,6 +143,22 @@ impl Compiler<'_, '_> {
                         namespace,
                         &target.name,
                     ));
+                }
+                // A ServiceEntry this waypoint serves: every host it declares.
+                "ServiceEntry" if group == "networking.istio.io" => {
+                    for entry in self.served_entries.iter().filter(|e| {
+                        namespace_of(&e.metadata) == namespace
+                            && name_of(&e.metadata) == target.name
+                    }) {
+                        target_services.extend(
+                            entry
+                                .spec
+                                .hosts
+                                .iter()
+                                .filter(|h| !h.starts_with('*'))
+                                .cloned(),
+                        );
+                    }
                 }
                 _ => {}
             }

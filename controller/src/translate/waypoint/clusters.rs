@@ -51,7 +51,14 @@ impl<'a> Compiler<'a, '_> {
     /// host there are merged.
     pub(super) fn destination_rule(&self, host: &str) -> Option<MergedRule<'a>> {
         let viewer = self.waypoint.namespace.as_str();
-        let service_namespace = self.services.get(host).map(|s| namespace_of(&s.metadata));
+        let service_namespace = match self.services.get(host) {
+            Some(service) => Some(namespace_of(&service.metadata)),
+            None => self
+                .entries
+                .iter()
+                .find(|(h, _)| h == host)
+                .map(|(_, e)| namespace_of(&e.metadata)),
+        };
         let rank = |namespace: &str| {
             if namespace == viewer {
                 0
@@ -124,14 +131,16 @@ impl<'a> Compiler<'a, '_> {
                 .flatten()
         });
         let subset_labels = subset.map(|s| s.labels.clone()).unwrap_or_default();
+        let mut tls = None;
         if let Some(rule) = &rule {
             cluster.destination_rule = rule.key();
-            let (policy, notes) = effective_policy(
+            let effective = effective_policy(
                 rule.traffic_policy,
                 subset.and_then(|s| s.traffic_policy.as_ref()),
                 key.port,
-            )
-            .compile();
+            );
+            let (policy, notes) = effective.compile();
+            tls = effective.tls;
             cluster.load_balancer = policy.0;
             cluster.connection_pool = policy.1;
             cluster.outlier_detection = policy.2;
@@ -139,6 +148,13 @@ impl<'a> Compiler<'a, '_> {
             for note in notes {
                 self.report(ResourceKind::DestinationRule, &meta, note);
             }
+        }
+        if self.entry_ports(&key.host).is_some() && !self.services.contains_key(&key.host) {
+            cluster.endpoints = self.entry_endpoints(&key.host, key.port, &subset_labels);
+            cluster.tls = tls.as_ref().and_then(|tls| {
+                let rule = rule.as_ref()?.first;
+                self.upstream_tls(tls, rule)
+            });
         }
         if let Some(service) = self.services.get(&key.host).copied() {
             cluster.endpoints = self.endpoints(service, key.port, &subset_labels);
@@ -202,6 +218,7 @@ impl<'a> Compiler<'a, '_> {
                 tunnel: tunnel as i32,
                 healthy: resolve::pod_healthy(pod),
                 weight: 0,
+                hostname: String::new(),
             })
             .collect()
     }

@@ -7,7 +7,7 @@ use base64::Engine as _;
 use weft_istio::defaults::{DEFAULT_RETRY_ATTEMPTS, DEFAULT_RETRY_ON};
 use weft_proto::waypoint as wp;
 
-use super::{ClusterKey, Compiler, duration, port_number, tcp_service_ports};
+use super::{ClusterKey, Compiler, duration};
 use crate::model::DurationString;
 use crate::model::networking::{self as net, HttpRoute, MESH_GATEWAY, VirtualService};
 use crate::translate::TranslateProblem;
@@ -146,10 +146,8 @@ impl RouteContext<'_, '_, '_> {
             namespace_of(&self.vs.metadata),
         );
         let subset = destination.subset.clone().unwrap_or_default();
-        let target = self.compiler.services.get(&host).copied();
-        let ports: Vec<u32> = target
-            .map(|t| tcp_service_ports(t).map(port_number).collect())
-            .unwrap_or_default();
+        let target = self.compiler.host_ports(&host);
+        let ports: Vec<u32> = target.clone().unwrap_or_default();
         let port = match (&destination.port, ports.as_slice()) {
             (Some(selector), _) => selector.number,
             (None, [only]) => *only,

@@ -24,9 +24,7 @@ use crate::translate::resolve::{self, name_of, namespace_of, qualify_host};
 
 impl<'a> Compiler<'a, '_> {
     pub(super) fn service(&mut self, service: &'a Service) -> wp::WaypointService {
-        let namespace = namespace_of(&service.metadata);
-        let hostname = resolve::hostname(service, self.settings);
-        let ports: Vec<wp::ServicePort> = tcp_service_ports(service)
+        let ports = tcp_service_ports(service)
             .map(|port| wp::ServicePort {
                 port: port_number(port),
                 name: port.name.clone().unwrap_or_default(),
@@ -34,6 +32,25 @@ impl<'a> Compiler<'a, '_> {
                 target_port: resolve::numeric_target_port(port),
             })
             .collect();
+        self.served_host(wp::WaypointService {
+            hostname: resolve::hostname(service, self.settings),
+            name: name_of(&service.metadata).to_owned(),
+            namespace: namespace_of(&service.metadata).to_owned(),
+            vips: resolve::service_vips(service)
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            ports,
+            http_routes: Vec::new(),
+            tcp_routes: Vec::new(),
+        })
+    }
+
+    /// A served host (a Service's, or a ServiceEntry's) with its route tables: its own routes,
+    /// then the default route to the host itself on each port.
+    pub(super) fn served_host(&mut self, mut host: wp::WaypointService) -> wp::WaypointService {
+        let hostname = host.hostname.clone();
+        let ports = &host.ports;
         let protocol_of = |p: &wp::ServicePort| {
             wp::Protocol::try_from(p.protocol).unwrap_or(wp::Protocol::Unspecified)
         };
@@ -83,18 +100,9 @@ impl<'a> Compiler<'a, '_> {
                 virtual_service: String::new(),
             });
         }
-        wp::WaypointService {
-            hostname,
-            name: name_of(&service.metadata).to_owned(),
-            namespace: namespace.to_owned(),
-            vips: resolve::service_vips(service)
-                .iter()
-                .map(ToString::to_string)
-                .collect(),
-            ports,
-            http_routes,
-            tcp_routes,
-        }
+        host.http_routes = http_routes;
+        host.tcp_routes = tcp_routes;
+        host
     }
 
     /// The service itself on `port`, where its default routes go; its cluster is registered.

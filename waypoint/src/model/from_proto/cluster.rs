@@ -10,8 +10,9 @@ use super::{header_name, identity, ip, optional_duration, port, tunnel, workload
 use crate::model::{
     Cluster, ConfigError, ConnectionLimits, DEFAULT_BASE_EJECTION_TIME,
     DEFAULT_MAX_EJECTION_PERCENT, DEFAULT_OUTLIER_INTERVAL, Endpoint, HashKey, LoadBalancer,
-    OutlierPolicy, WorkloadInfo, invalid,
+    OutlierPolicy, ResolvedNames, WorkloadInfo, invalid,
 };
+use crate::upstream::OriginatedTls;
 
 fn load_balancer(
     lb: Option<&proto::LoadBalancerSettings>,
@@ -104,34 +105,54 @@ fn outlier(
     }))
 }
 
-fn endpoint(
+/// The endpoints `e` stands for: itself, or for an endpoint by name (outside the mesh) one
+/// per address `names` last resolved it to (none before its first answer).
+fn endpoints(
     e: &proto::Endpoint,
     workloads: &mut HashMap<IpAddr, Arc<WorkloadInfo>>,
+    names: &ResolvedNames,
     context: &str,
-) -> Result<Endpoint, ConfigError> {
-    let address = ip(&e.address, context)?;
+) -> Result<Vec<Endpoint>, ConfigError> {
     let identity = identity(&e.identity, context)?;
-    let tunnel = tunnel(e.tunnel, identity.as_ref(), "endpoint", &e.address, context)?;
-    let workload = workload_info(
-        workloads,
-        address,
-        &e.workload_uid,
-        &e.labels,
-        identity.as_ref(),
-    );
-    Ok(Endpoint {
-        address: SocketAddr::new(address, port(e.port, context)?),
-        identity,
-        workload,
-        tunnel,
-        healthy: e.healthy,
-        weight: e.weight.max(1),
-    })
+    let addresses = if e.hostname.is_empty() {
+        vec![ip(&e.address, context)?]
+    } else {
+        if e.tunnel != proto::EndpointTunnel::None as i32 {
+            return Err(invalid(
+                context,
+                format!("endpoint {} by name must be outside the mesh", e.hostname),
+            ));
+        }
+        names.get(&e.hostname).cloned().unwrap_or_default()
+    };
+    let port = port(e.port, context)?;
+    addresses
+        .into_iter()
+        .map(|address| {
+            let tunnel = tunnel(e.tunnel, identity.as_ref(), "endpoint", &e.address, context)?;
+            let workload = workload_info(
+                workloads,
+                address,
+                &e.workload_uid,
+                &e.labels,
+                identity.as_ref(),
+            );
+            Ok(Endpoint {
+                address: SocketAddr::new(address, port),
+                identity: identity.clone(),
+                workload,
+                tunnel,
+                healthy: e.healthy,
+                weight: e.weight.max(1),
+            })
+        })
+        .collect()
 }
 
 pub(super) fn cluster(
     c: &proto::Cluster,
     workloads: &mut HashMap<IpAddr, Arc<WorkloadInfo>>,
+    names: &ResolvedNames,
 ) -> Result<Cluster, ConfigError> {
     let context = format!("cluster {}", c.name);
     let context = context.as_str();
@@ -146,8 +167,22 @@ pub(super) fn cluster(
         endpoints: c
             .endpoints
             .iter()
-            .map(|e| endpoint(e, workloads, context))
-            .collect::<Result<_, _>>()?,
+            .map(|e| endpoints(e, workloads, names, context))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .flatten()
+            .collect(),
+        hostnames: c
+            .endpoints
+            .iter()
+            .filter(|e| !e.hostname.is_empty())
+            .map(|e| e.hostname.clone())
+            .collect(),
+        tls: c
+            .tls
+            .as_ref()
+            .map(|tls| OriginatedTls::new(tls, &c.host).map_err(|e| invalid(context, e)))
+            .transpose()?,
         load_balancer: load_balancer(c.load_balancer.as_ref(), context)?,
         limits: limits(c.connection_pool.as_ref(), context)?,
         outlier: outlier(c.outlier_detection.as_ref(), context)?,

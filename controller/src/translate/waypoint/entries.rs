@@ -1,0 +1,264 @@
+//! ServiceEntry hosts at the waypoint, as Istio's ambient waypoints serve them: a ServiceEntry
+//! that uses this waypoint (`istio.io/use-waypoint` on it or its namespace) has each of its
+//! hosts served like a Service (its VirtualService routes, DestinationRules and the
+//! AuthorizationPolicies targeting the ServiceEntry apply), and the clusters of its hosts reach
+//! its endpoints outside the mesh in plain TCP (or by TLS origination, as the host's
+//! DestinationRule says).
+
+use std::net::IpAddr;
+
+use weft_proto::waypoint as wp;
+
+use super::{Compiler, exported_to};
+use crate::model::ResourceKind;
+use crate::model::networking::{
+    ClientTlsMode, ClientTlsSettings, DestinationRule, ServiceEntry, ServiceEntryResolution,
+    ServicePort as EntryPort, WorkloadEntrySpec,
+};
+use crate::translate::TranslateProblem;
+use crate::translate::agent::endpoint_uid;
+use crate::translate::resolve::{self, labels, name_of, namespace_of};
+
+/// Protocol of a ServiceEntry port, Istio's names (`HTTP`, `HTTP2`, `GRPC`, `TCP`, `TLS`, ...).
+pub(super) fn entry_protocol(port: &EntryPort) -> wp::Protocol {
+    super::protocol_named(port.protocol.as_deref().unwrap_or(""))
+}
+
+/// The port endpoints listen on for `port`: the endpoint's port of the same name, else the
+/// port's `targetPort`, else its number (as istiod maps them).
+fn endpoint_port(endpoint: Option<&WorkloadEntrySpec>, port: &EntryPort) -> u32 {
+    endpoint
+        .and_then(|e| e.ports.as_ref())
+        .and_then(|p| p.get(&port.name).copied())
+        .filter(|p| *p != 0)
+        .or(port.target_port.filter(|p| *p != 0))
+        .unwrap_or(port.number)
+}
+
+/// Whether the waypoint can carry an entry's hosts: with endpoints of its own (a
+/// `workloadSelector` picks mesh pods, whose agents expect their own services' waypoints).
+fn servable(entry: &ServiceEntry) -> bool {
+    entry.spec.workload_selector.is_none()
+}
+
+impl<'a> Compiler<'a, '_> {
+    /// Every ServiceEntry host visible to this waypoint (`exportTo`), by host: the oldest
+    /// entry naming a host declares it, as Istio merges them.
+    pub(super) fn visible_entries(&self) -> Vec<(String, &'a ServiceEntry)> {
+        let viewer = self.waypoint.namespace.as_str();
+        let mut entries: Vec<&'a ServiceEntry> = self
+            .index
+            .service_entries
+            .values()
+            .filter(|e| exported_to(&e.spec.export_to, namespace_of(&e.metadata), viewer))
+            .collect();
+        entries.sort_by(|a, b| super::age_key(&a.metadata).cmp(&super::age_key(&b.metadata)));
+        let mut out: Vec<(String, &'a ServiceEntry)> = Vec::new();
+        for entry in entries {
+            for host in &entry.spec.hosts {
+                if !host.starts_with('*') && !out.iter().any(|(h, _)| h == host) {
+                    out.push((host.clone(), entry));
+                }
+            }
+        }
+        out
+    }
+
+    /// The ServiceEntry hosts this waypoint serves: those of entries that use it, unless a
+    /// Service of the same hostname is there (a Service wins, as in Istio's service registry).
+    pub(super) fn served_entries(&mut self) -> Vec<(String, &'a ServiceEntry)> {
+        let mut served = Vec::new();
+        for (host, entry) in self.entries.clone() {
+            if self.services.contains_key(&host)
+                || resolve::service_entry_waypoint(self.index, &entry.metadata).as_ref()
+                    != Some(&self.waypoint)
+            {
+                continue;
+            }
+            if !servable(entry) {
+                self.report(
+                    ResourceKind::ServiceEntry,
+                    &entry.metadata,
+                    TranslateProblem::Unsupported {
+                        path: "spec.workloadSelector".to_owned(),
+                        reason: format!(
+                            "waypoints serve ServiceEntry hosts with endpoints of their own; {host} has no endpoints at waypoint {}",
+                            self.waypoint
+                        ),
+                    },
+                );
+            }
+            served.push((host, entry));
+        }
+        served
+    }
+
+    /// A ServiceEntry host as the waypoint serves it, with its routes.
+    pub(super) fn entry_service(
+        &mut self,
+        host: &str,
+        entry: &ServiceEntry,
+    ) -> wp::WaypointService {
+        let ports = entry
+            .spec
+            .ports
+            .iter()
+            .filter(|p| u16::try_from(p.number).is_ok_and(|p| p > 0))
+            .map(|port| wp::ServicePort {
+                port: port.number,
+                name: port.name.clone(),
+                protocol: entry_protocol(port) as i32,
+                target_port: endpoint_port(None, port),
+            })
+            .collect();
+        self.served_host(wp::WaypointService {
+            hostname: host.to_owned(),
+            name: name_of(&entry.metadata).to_owned(),
+            namespace: namespace_of(&entry.metadata).to_owned(),
+            // A CIDR contributes its address, as for the agents.
+            vips: entry
+                .spec
+                .addresses
+                .iter()
+                .filter_map(|a| a.split('/').next()?.parse::<IpAddr>().ok())
+                .map(|ip| ip.to_string())
+                .collect(),
+            ports,
+            http_routes: Vec::new(),
+            tcp_routes: Vec::new(),
+        })
+    }
+
+    /// The ports of a ServiceEntry host, if `host` is one this waypoint sees.
+    pub(super) fn entry_ports(&self, host: &str) -> Option<Vec<u32>> {
+        self.entries
+            .iter()
+            .find(|(h, _)| h == host)
+            .map(|(_, e)| e.spec.ports.iter().map(|p| p.number).collect())
+    }
+
+    /// The endpoints of a ServiceEntry host's cluster on `port`, outside the mesh: STATIC
+    /// addresses; names (`resolution: DNS`, or the host itself without endpoints) for the
+    /// waypoint to resolve.
+    pub(super) fn entry_endpoints(
+        &self,
+        host: &str,
+        port: u32,
+        subset_labels: &std::collections::BTreeMap<String, String>,
+    ) -> Vec<wp::Endpoint> {
+        let Some((_, entry)) = self.entries.iter().find(|(h, _)| h == host) else {
+            return Vec::new();
+        };
+        let Some(entry_port) = entry.spec.ports.iter().find(|p| p.number == port) else {
+            return Vec::new();
+        };
+        let resolution = entry
+            .spec
+            .resolution
+            .unwrap_or(ServiceEntryResolution::None);
+        let dns = matches!(
+            resolution,
+            ServiceEntryResolution::Dns | ServiceEntryResolution::DnsRoundRobin
+        );
+        let endpoints = entry.spec.endpoints.as_deref().unwrap_or_default();
+        let implicit;
+        let endpoints: &[WorkloadEntrySpec] = if endpoints.is_empty() && dns {
+            implicit = [WorkloadEntrySpec {
+                address: Some(host.to_owned()),
+                ..Default::default()
+            }];
+            &implicit
+        } else if resolution == ServiceEntryResolution::None {
+            &[]
+        } else {
+            endpoints
+        };
+        let namespace = namespace_of(&entry.metadata);
+        let name = name_of(&entry.metadata);
+        endpoints
+            .iter()
+            .filter(|e| resolve::selects(subset_labels, &e.labels))
+            .filter_map(|e| {
+                let address = e.address.clone().filter(|a| !a.is_empty())?;
+                // Unix sockets are nothing a waypoint can reach.
+                if address.starts_with("unix://") {
+                    return None;
+                }
+                let mut endpoint_labels = labels(&entry.metadata);
+                endpoint_labels.extend(e.labels.clone());
+                let workload_uid =
+                    endpoint_uid(&self.settings.cluster_id, namespace, name, &address);
+                let (address, hostname) = match address.parse::<IpAddr>() {
+                    Ok(_) => (address, String::new()),
+                    Err(_) => (String::new(), address),
+                };
+                Some(wp::Endpoint {
+                    workload_uid,
+                    address,
+                    hostname,
+                    port: endpoint_port(Some(e), entry_port),
+                    identity: String::new(),
+                    labels: endpoint_labels,
+                    tunnel: wp::EndpointTunnel::None as i32,
+                    healthy: true,
+                    weight: e.weight.unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+}
+
+impl Compiler<'_, '_> {
+    /// TLS the waypoint originates to a ServiceEntry host's endpoints, from the DestinationRule
+    /// `tls` (SIMPLE or MUTUAL, as Envoy originates it for a sidecar); other modes: plain TCP
+    /// (ISTIO_MUTUAL means HBONE-style mesh TLS, which endpoints outside the mesh do not speak).
+    pub(super) fn upstream_tls(
+        &mut self,
+        tls: &ClientTlsSettings,
+        rule: &DestinationRule,
+    ) -> Option<wp::UpstreamTls> {
+        let mode = tls.mode.unwrap_or(ClientTlsMode::Disable);
+        if !matches!(mode, ClientTlsMode::Simple | ClientTlsMode::Mutual) {
+            return None;
+        }
+        if tls.insecure_skip_verify == Some(true) {
+            self.report(
+                ResourceKind::DestinationRule,
+                &rule.metadata,
+                TranslateProblem::Unsupported {
+                    path: "spec.trafficPolicy.tls.insecureSkipVerify".to_owned(),
+                    reason: "waypoints always verify the server's certificate".to_owned(),
+                },
+            );
+        }
+        if tls.credential_name.is_some() {
+            // Without its CA the server cannot be verified: the handshake fails (closed).
+            self.report(
+                ResourceKind::DestinationRule,
+                &rule.metadata,
+                TranslateProblem::Unsupported {
+                    path: "spec.trafficPolicy.tls.credentialName".to_owned(),
+                    reason: "waypoints read TLS origination credentials from files (caCertificates, clientCertificate, privateKey); the server is verified with the Mozilla root set".to_owned(),
+                },
+            );
+        }
+        Some(wp::UpstreamTls {
+            sni: tls.sni.clone().unwrap_or_default(),
+            ca_certificates: tls.ca_certificates.clone().unwrap_or_default(),
+            subject_alt_names: tls.subject_alt_names.clone(),
+            client_certificate: if mode == ClientTlsMode::Mutual {
+                tls.client_certificate.clone().unwrap_or_default()
+            } else {
+                String::new()
+            },
+            private_key: if mode == ClientTlsMode::Mutual {
+                tls.private_key.clone().unwrap_or_default()
+            } else {
+                String::new()
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

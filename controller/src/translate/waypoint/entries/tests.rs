@@ -1,0 +1,278 @@
+//! ServiceEntry hosts at the waypoint: which entries it serves (Istio's labels), their routes,
+//! clusters (endpoints outside the mesh, by address or by name, TLS origination) and the
+//! policies that target them.
+
+use super::super::tests::validated;
+use super::super::*;
+use crate::translate::MeshSettings;
+
+const WAYPOINT: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: egress, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: egress, labels: {istio.io/waypoint-for: service}}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+"#;
+
+/// A STATIC entry labelled for the waypoint, and a DNS one by name.
+fn entry(labels: &str, name: &str, host: &str, resolution: &str, address: &str) -> String {
+    format!(
+        r#"---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {name}, namespace: egress, labels: {{{labels}}}}}
+spec:
+  hosts: [{host}]
+  addresses: [240.0.0.{}]
+  location: MESH_EXTERNAL
+  resolution: {resolution}
+  ports: [{{number: 80, name: http, protocol: HTTP}}, {{number: 443, name: https, protocol: TLS}}]
+  endpoints: [{{address: {address}, ports: {{http: 8080}}}}]
+"#,
+        host.len()
+    )
+}
+
+fn configs(text: &str) -> (wp::WaypointConfig, Vec<TranslateError>) {
+    let index = validated(text);
+    let mut problems = Vec::new();
+    let mut configs = waypoint_configs(&index, &MeshSettings::default(), &mut problems);
+    (
+        configs
+            .remove("egress/waypoint")
+            .expect("the waypoint's config"),
+        problems,
+    )
+}
+
+fn cluster<'c>(config: &'c wp::WaypointConfig, name: &str) -> &'c wp::Cluster {
+    config
+        .clusters
+        .iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no cluster {name} in {:?}", config.clusters))
+}
+
+#[test]
+fn the_use_waypoint_labels_decide_which_entries_the_waypoint_serves() {
+    // (entry labels, namespace label, served)
+    let cases = [
+        ("istio.io/use-waypoint: waypoint", "", true),
+        ("", "", false),
+        ("", "istio.io/use-waypoint: waypoint", true),
+        // `none` on the entry opts out of its namespace's waypoint.
+        (
+            "istio.io/use-waypoint: none",
+            "istio.io/use-waypoint: waypoint",
+            false,
+        ),
+        // Another namespace's waypoint, named with use-waypoint-namespace.
+        (
+            "istio.io/use-waypoint: waypoint, istio.io/use-waypoint-namespace: egress",
+            "",
+            true,
+        ),
+        ("istio.io/use-waypoint: other", "", false),
+    ];
+    for (labels, namespace_label, served) in cases {
+        let text = format!(
+            "{}{}",
+            WAYPOINT.replace(
+                "istio.io/dataplane-mode: ambient}",
+                &format!("istio.io/dataplane-mode: ambient, {namespace_label}}}")
+            ),
+            entry(labels, "api", "api.example.com", "STATIC", "192.0.2.10"),
+        );
+        let (config, _) = configs(&text);
+        let hosts: Vec<&str> = config
+            .services
+            .iter()
+            .map(|s| s.hostname.as_str())
+            .collect();
+        assert_eq!(
+            hosts == ["api.example.com"],
+            served,
+            "labels {labels:?}, namespace {namespace_label:?}: {hosts:?}"
+        );
+    }
+}
+
+#[test]
+fn an_entry_host_is_served_with_its_ports_vips_and_default_routes() {
+    let text = format!(
+        "{WAYPOINT}{}",
+        entry(
+            "istio.io/use-waypoint: waypoint",
+            "api",
+            "api.example.com",
+            "STATIC",
+            "192.0.2.10"
+        )
+    );
+    let (config, _) = configs(&text);
+    let service = &config.services[0];
+    assert_eq!(service.name, "api");
+    assert_eq!(service.namespace, "egress");
+    assert_eq!(service.vips, ["240.0.0.15"]);
+    let ports: Vec<(u32, i32)> = service.ports.iter().map(|p| (p.port, p.protocol)).collect();
+    assert_eq!(
+        ports,
+        [
+            (80, wp::Protocol::Http as i32),
+            (443, wp::Protocol::Tls as i32)
+        ]
+    );
+    // HTTP on 80 by its default route, TLS on 443 at L4.
+    assert_eq!(service.http_routes.len(), 1);
+    assert_eq!(service.tcp_routes.len(), 1);
+    let http = cluster(&config, "outbound|80||api.example.com");
+    let endpoint = &http.endpoints[0];
+    assert_eq!(
+        (endpoint.address.as_str(), endpoint.port, endpoint.tunnel),
+        ("192.0.2.10", 8080, wp::EndpointTunnel::None as i32)
+    );
+    assert!(endpoint.identity.is_empty() && endpoint.hostname.is_empty());
+    assert_eq!(
+        endpoint.workload_uid,
+        "Kubernetes/networking.istio.io/ServiceEntry/egress/api/192.0.2.10"
+    );
+    assert!(http.tls.is_none());
+    // No `http` port name on the endpoint for 443: the port's number.
+    assert_eq!(
+        cluster(&config, "outbound|443||api.example.com").endpoints[0].port,
+        443
+    );
+}
+
+#[test]
+fn endpoints_by_name_are_left_to_the_waypoint_to_resolve() {
+    let mut text = format!(
+        "{WAYPOINT}{}",
+        entry(
+            "istio.io/use-waypoint: waypoint",
+            "api",
+            "api.example.com",
+            "DNS",
+            "backend.example.net"
+        )
+    );
+    // DNS without endpoints: the host itself.
+    text.push_str(
+        r#"---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: bare, namespace: egress, labels: {istio.io/use-waypoint: waypoint}}
+spec:
+  hosts: [bare.example.org]
+  addresses: [240.0.0.99]
+  resolution: DNS
+  ports: [{number: 80, name: http, protocol: HTTP}]
+"#,
+    );
+    let (config, _) = configs(&text);
+    let named = &cluster(&config, "outbound|80||api.example.com").endpoints[0];
+    assert_eq!(
+        (named.address.as_str(), named.hostname.as_str(), named.port),
+        ("", "backend.example.net", 8080)
+    );
+    let implicit = &cluster(&config, "outbound|80||bare.example.org").endpoints[0];
+    assert_eq!(
+        (implicit.hostname.as_str(), implicit.port),
+        ("bare.example.org", 80)
+    );
+}
+
+#[test]
+fn virtual_services_destination_rules_and_policies_for_an_entry_apply() {
+    let text = format!(
+        r#"{WAYPOINT}{}---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: api, namespace: egress}}
+spec:
+  hosts: [api.example.com]
+  http:
+  - match: [{{uri: {{prefix: /v2}}}}]
+    headers: {{request: {{set: {{x-egress: v2}}}}}}
+    route: [{{destination: {{host: api.example.com, port: {{number: 80}}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: api, namespace: egress}}
+spec:
+  host: api.example.com
+  trafficPolicy:
+    portLevelSettings:
+    - port: {{number: 80}}
+      tls: {{mode: SIMPLE, sni: api.example.com, caCertificates: /etc/egress/ca.pem}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: api-get, namespace: egress}}
+spec:
+  targetRefs: [{{group: networking.istio.io, kind: ServiceEntry, name: api}}]
+  action: ALLOW
+  rules: [{{to: [{{operation: {{methods: [GET], paths: [/allowed/*]}}}}]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: unrelated, namespace: egress}}
+spec:
+  targetRefs: [{{group: networking.istio.io, kind: ServiceEntry, name: elsewhere}}]
+  action: DENY
+  rules: [{{}}]
+"#,
+        entry(
+            "istio.io/use-waypoint: waypoint",
+            "api",
+            "api.example.com",
+            "STATIC",
+            "192.0.2.10"
+        )
+    );
+    let (config, problems) = configs(&text);
+    let service = &config.services[0];
+    let first = &service.http_routes[0];
+    assert_eq!(first.virtual_service, "egress/api");
+    assert_eq!(
+        first
+            .headers
+            .as_ref()
+            .unwrap()
+            .request
+            .as_ref()
+            .unwrap()
+            .set["x-egress"],
+        "v2"
+    );
+    let tls = cluster(&config, "outbound|80||api.example.com")
+        .tls
+        .clone()
+        .expect("TLS origination on port 80");
+    assert_eq!(tls.sni, "api.example.com");
+    assert_eq!(tls.ca_certificates, "/etc/egress/ca.pem");
+    assert!(tls.client_certificate.is_empty());
+    assert!(
+        cluster(&config, "outbound|443||api.example.com")
+            .tls
+            .is_none(),
+        "port-level TLS applies to its port only"
+    );
+    let policies: Vec<(&str, &[String])> = config
+        .authorization_policies
+        .iter()
+        .map(|p| (p.name.as_str(), p.target_services.as_slice()))
+        .collect();
+    assert_eq!(policies, [("api-get", &["api.example.com".to_owned()][..])]);
+    assert!(
+        !problems
+            .iter()
+            .any(|p| p.to_string().contains("unknown host")),
+        "{problems:?}"
+    );
+}
