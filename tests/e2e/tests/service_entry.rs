@@ -4,6 +4,8 @@
 //! host and held to the endpoint's L4 policy; and an endpoint given by name, which the agent
 //! resolves itself. Needs root.
 
+use std::time::Duration;
+
 use weft_e2e::{Mesh, MeshOptions, PodSpec};
 
 /// The ServiceEntry's VIP: nothing answers there, the agent resolves it.
@@ -146,7 +148,7 @@ fn an_endpoint_given_by_name_is_resolved_by_the_agent() {
     })
     .unwrap_or_else(|e| panic!("{e:#}"));
     // The name is resolved off the connection path: retry until the agent knows its address.
-    let reached = mesh.eventually(std::time::Duration::from_secs(10), || {
+    let reached = mesh.eventually(Duration::from_secs(10), || {
         let (status, body) = mesh.curl("orders", "http://10.96.200.20/by-name");
         status == 200 && body.contains("\"pod\":\"orders\"")
     });
@@ -165,4 +167,263 @@ fn an_endpoint_given_by_name_is_resolved_by_the_agent() {
         .is_some_and(|n| n >= 1),
         "{metrics}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// A ServiceEntry that uses a waypoint (`istio.io/use-waypoint`): egress control at L7.
+
+const WAYPOINT: &str = "waypoint";
+/// The VIP of the ServiceEntry served by the waypoint.
+const EGRESS_VIP: &str = "10.96.200.30";
+const EGRESS_HOST: &str = "egress.payments.example";
+
+fn mesh_with_waypoint() -> Mesh {
+    Mesh::start(
+        vec![
+            PodSpec::client("client", "node1", "shop"),
+            PodSpec::app("payments", "node2", "shop", "payments", "v1").outside_cluster(),
+            PodSpec::waypoint(WAYPOINT, "node2", "shop"),
+        ],
+        MeshOptions {
+            config: weft_e2e::waypoint_resources("shop"),
+            log_requests: true,
+            ..MeshOptions::default()
+        },
+    )
+    .expect("start the mesh")
+}
+
+/// A ServiceEntry labelled for the waypoint: `host` at `vip`, port 80 to `endpoint:port`.
+fn egress_entry(
+    name: &str,
+    host: &str,
+    vip: &str,
+    resolution: &str,
+    endpoint: &str,
+    port: u16,
+) -> String {
+    format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: {name}
+  namespace: shop
+  labels: {{istio.io/use-waypoint: {WAYPOINT}}}
+spec:
+  hosts: [{host}]
+  addresses: [{vip}]
+  location: MESH_EXTERNAL
+  resolution: {resolution}
+  ports:
+  - {{number: 80, name: http, protocol: HTTP}}
+  endpoints:
+  - {{address: {endpoint}, ports: {{http: {port}}}}}
+"#
+    )
+}
+
+/// Routes for the host: `/teapot` aborted with 418, everything else with a header added.
+const EGRESS_ROUTES: &str = r#"apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: egress, namespace: shop}
+spec:
+  hosts: [egress.payments.example]
+  http:
+  - match: [{uri: {prefix: /teapot}}]
+    fault: {abort: {httpStatus: 418, percentage: {value: 100}}}
+    route: [{destination: {host: egress.payments.example}}]
+  - headers: {request: {set: {x-egress: through-waypoint}}}
+    route: [{destination: {host: egress.payments.example}}]
+"#;
+
+/// Only GET on `/allowed/*` to the ServiceEntry's hosts, as the waypoint enforces it.
+const EGRESS_POLICY: &str = r#"apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: egress-get-allowed, namespace: shop}
+spec:
+  targetRefs: [{group: networking.istio.io, kind: ServiceEntry, name: egress}]
+  action: ALLOW
+  rules: [{to: [{operation: {methods: [GET], paths: [/allowed/*]}}]}]
+"#;
+
+/// A CA and a server certificate it signed for `host`: (CA PEM, certificate PEM, key PEM).
+fn certificates(host: &str) -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "egress test CA");
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let mut params = CertificateParams::new(vec![host.to_owned()]).unwrap();
+    params.distinguished_name.push(DnType::CommonName, host);
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    (ca.pem(), cert.pem(), key.serialize_pem())
+}
+
+#[test]
+fn an_external_host_is_reached_through_its_waypoint_with_its_routes_and_policies() {
+    let mesh = mesh_with_waypoint();
+    let endpoint = mesh.pod("payments").ip.to_string();
+    mesh.kubectl_apply(&egress_entry(
+        "egress",
+        EGRESS_HOST,
+        EGRESS_VIP,
+        "STATIC",
+        &endpoint,
+        8080,
+    ))
+    .unwrap();
+    mesh.kubectl_apply(EGRESS_ROUTES).unwrap();
+    let url = |path: &str| format!("http://{EGRESS_VIP}{path}");
+
+    // The client's agent sends the host's traffic to the waypoint, which routes it (the header
+    // its VirtualService adds) to the endpoint outside the mesh, on the endpoint's port.
+    let routed = mesh.eventually(Duration::from_secs(20), || {
+        let answer = mesh.curl_with("client", &[&url("/allowed/one")]);
+        answer.status == 200 && answer.body.contains("\"x-egress\":\"through-waypoint\"")
+    });
+    let answer = mesh.curl_with("client", &[&url("/allowed/one")]);
+    assert!(routed, "{} {}\n{}", answer.status, answer.body, mesh.logs());
+    assert!(
+        answer.body.contains("\"pod\":\"payments\""),
+        "{}",
+        answer.body
+    );
+    assert_eq!(mesh.curl_with("client", &[&url("/teapot")]).status, 418);
+
+    // Counted by the waypoint under the ServiceEntry's host.
+    let metrics = mesh.waypoint_metrics(WAYPOINT);
+    let host_label = format!("destination_service=\"{EGRESS_HOST}\"");
+    let labels = [
+        "reporter=\"waypoint\"",
+        host_label.as_str(),
+        "destination_service_name=\"egress\"",
+        "response_code=\"200\"",
+        "source_principal=\"spiffe://cluster.local/ns/shop/sa/client\"",
+    ];
+    assert!(
+        sample(&metrics, "istio_requests_total", &labels).is_some_and(|n| n >= 1),
+        "{metrics}"
+    );
+    // The policy targeting the ServiceEntry: GET on /allowed/* passes, the rest is 403.
+    mesh.kubectl_apply(EGRESS_POLICY).unwrap();
+    let enforced = mesh.eventually(Duration::from_secs(20), || {
+        mesh.curl_with("client", &[&url("/denied")]).status == 403
+    });
+    assert!(enforced, "the policy was never enforced\n{}", mesh.logs());
+    assert_eq!(
+        mesh.curl_with("client", &[&url("/allowed/two")]).status,
+        200
+    );
+    assert_eq!(
+        mesh.curl_with("client", &["-X", "POST", &url("/allowed/two")])
+            .status,
+        403
+    );
+}
+
+#[test]
+fn the_waypoint_originates_tls_to_an_external_host_and_resolves_endpoints_by_name() {
+    let mesh = mesh_with_waypoint();
+    let (ca, cert, key) = certificates(EGRESS_HOST);
+    let dir = mesh.dir().join("egress-tls");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (file, text) in [("ca.pem", &ca), ("cert.pem", &cert), ("key.pem", &key)] {
+        std::fs::write(dir.join(file), text).unwrap();
+    }
+    let path = |file: &str| dir.join(file).to_str().unwrap().to_owned();
+    // A TLS server outside the mesh (it answers any GET with a page describing the TLS
+    // session), and one in the waypoint's own namespace, reached by `localhost`.
+    let server = |pod: &str, port: &str| {
+        mesh.spawn_in_pod(
+            pod,
+            "openssl",
+            &[
+                "s_server",
+                "-quiet",
+                "-accept",
+                port,
+                "-cert",
+                &path("cert.pem"),
+                "-key",
+                &path("key.pem"),
+                "-www",
+            ],
+        )
+        .expect("start openssl s_server")
+    };
+    let mut servers = [server("payments", "8443"), server(WAYPOINT, "8444")];
+    mesh.wait_listening("payments", 8443).unwrap();
+    mesh.wait_listening(WAYPOINT, 8444).unwrap();
+
+    let endpoint = mesh.pod("payments").ip.to_string();
+    mesh.kubectl_apply(&egress_entry(
+        "egress",
+        EGRESS_HOST,
+        EGRESS_VIP,
+        "STATIC",
+        &endpoint,
+        8443,
+    ))
+    .unwrap();
+    mesh.kubectl_apply(&egress_entry(
+        "by-name",
+        "by-name.payments.example",
+        "10.96.200.31",
+        "DNS",
+        "localhost",
+        8444,
+    ))
+    .unwrap();
+    let destination_rule = |host: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {}, namespace: shop}}\nspec:\n  host: {host}\n  trafficPolicy:\n    tls: {{mode: SIMPLE, sni: {EGRESS_HOST}, caCertificates: {}}}\n",
+            host.split('.').next().unwrap(),
+            path("ca.pem")
+        )
+    };
+    mesh.kubectl_apply(&destination_rule(EGRESS_HOST)).unwrap();
+    mesh.kubectl_apply(&destination_rule("by-name.payments.example"))
+        .unwrap();
+
+    // The client speaks plain HTTP; the servers answer only TLS, verified against the test CA.
+    for vip in [EGRESS_VIP, "10.96.200.31"] {
+        let reached = mesh.eventually(Duration::from_secs(20), || {
+            let answer = mesh.curl_with("client", &[&format!("http://{vip}/")]);
+            answer.status == 200 && answer.body.contains("Cipher")
+        });
+        let answer = mesh.curl_with("client", &[&format!("http://{vip}/")]);
+        assert!(
+            reached,
+            "{vip}: {} {}\n{}",
+            answer.status,
+            answer.body,
+            mesh.logs()
+        );
+    }
+
+    // A server certificate the configured CA did not sign fails the handshake: 503, never
+    // plain text and never an unverified server.
+    let (other_ca, _, _) = certificates("elsewhere.example");
+    std::fs::write(dir.join("other-ca.pem"), other_ca).unwrap();
+    mesh.kubectl_apply(&destination_rule(EGRESS_HOST).replace("ca.pem", "other-ca.pem"))
+        .unwrap();
+    let refused = mesh.eventually(Duration::from_secs(20), || {
+        mesh.curl_with("client", &[&format!("http://{EGRESS_VIP}/")])
+            .status
+            == 503
+    });
+    assert!(
+        refused,
+        "an unverified server was accepted\n{}",
+        mesh.logs()
+    );
+    for server in &mut servers {
+        let _ = server.kill();
+        let _ = server.wait();
+    }
 }
