@@ -243,3 +243,53 @@ impl Handler for WaypointConfigHandler {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_answers_for_endpoint_names_convert_the_last_configuration_again() {
+        let endpoint = proto::Endpoint {
+            hostname: "api.example.com".to_owned(),
+            port: 443,
+            tunnel: proto::EndpointTunnel::None as i32,
+            healthy: true,
+            ..Default::default()
+        };
+        let config = proto::WaypointConfig {
+            name: "waypoint".to_owned(),
+            namespace: "egress".to_owned(),
+            clusters: vec![proto::Cluster {
+                name: "outbound|443||api.example.com".to_owned(),
+                host: "api.example.com".to_owned(),
+                port: 443,
+                endpoints: vec![endpoint],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let store = ConfigStore::default();
+        store.apply(config).unwrap();
+        let endpoints = |store: &ConfigStore| -> Vec<String> {
+            store.snapshot().clusters["outbound|443||api.example.com"]
+                .endpoints
+                .iter()
+                .map(|e| e.address.to_string())
+                .collect()
+        };
+        assert!(endpoints(&store).is_empty());
+        let version = *store.version().borrow();
+        store.set_resolved_names(ResolvedNames::from([(
+            "api.example.com".to_owned(),
+            vec!["192.0.2.7".parse().unwrap()],
+        )]));
+        assert_eq!(endpoints(&store), ["192.0.2.7:443"]);
+        assert_eq!(*store.version().borrow(), version + 1, "readers are woken");
+        // A configuration without names is not kept: new answers change nothing.
+        store.apply(proto::WaypointConfig::default()).unwrap();
+        let version = *store.version().borrow();
+        store.set_resolved_names(ResolvedNames::new());
+        assert_eq!(*store.version().borrow(), version);
+    }
+}

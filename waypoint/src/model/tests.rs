@@ -507,3 +507,87 @@ fn jwt_rules_apply_to_the_services_their_request_authentication_targets() {
         .unwrap();
     assert!(config.jwt_providers_for(&target).is_empty());
 }
+
+/// [`base`] with its cluster's one endpoint given by `name`, outside the mesh.
+fn by_name(name: &str) -> proto::WaypointConfig {
+    let mut config = base();
+    config.clusters[0].endpoints = vec![proto::Endpoint {
+        address: String::new(),
+        hostname: name.to_owned(),
+        identity: String::new(),
+        tunnel: proto::EndpointTunnel::None as i32,
+        ..endpoint()
+    }];
+    config
+}
+
+#[test]
+fn endpoints_by_name_take_the_addresses_last_resolved() {
+    let unresolved = WaypointConfig::try_from(by_name("api.example.com")).unwrap();
+    let cluster = unresolved.cluster(CLUSTER).unwrap();
+    assert!(cluster.endpoints.is_empty(), "no address before an answer");
+    assert_eq!(cluster.hostnames, ["api.example.com"]);
+
+    let names = ResolvedNames::from([(
+        "api.example.com".to_owned(),
+        vec!["192.0.2.1".parse().unwrap(), "2001:db8::1".parse().unwrap()],
+    )]);
+    let resolved = WaypointConfig::from_proto(by_name("api.example.com"), &names).unwrap();
+    let addresses: Vec<String> = resolved
+        .cluster(CLUSTER)
+        .unwrap()
+        .endpoints
+        .iter()
+        .map(|e| (e.address.to_string(), e.tunnel))
+        .map(|(a, t)| {
+            assert_eq!(t, Tunnel::Plain);
+            a
+        })
+        .collect();
+    assert_eq!(addresses, ["192.0.2.1:9080", "[2001:db8::1]:9080"]);
+
+    // A name inside the mesh has no identity to verify: refused.
+    let mut hbone = by_name("api.example.com");
+    hbone.clusters[0].endpoints[0].tunnel = proto::EndpointTunnel::Hbone as i32;
+    assert!(WaypointConfig::from_proto(hbone, &names).is_err());
+}
+
+#[test]
+fn tls_origination_settings_are_checked_when_the_configuration_arrives() {
+    let mut config = by_name("api.example.com");
+    config.clusters[0].tls = Some(proto::UpstreamTls::default());
+    // The Mozilla roots, the host as SNI.
+    let converted = WaypointConfig::try_from(config.clone()).unwrap();
+    assert!(converted.cluster(CLUSTER).unwrap().tls.is_some());
+
+    let cases = [
+        (
+            proto::UpstreamTls {
+                ca_certificates: "/nonexistent/ca.pem".to_owned(),
+                ..Default::default()
+            },
+            "/nonexistent/ca.pem",
+        ),
+        (
+            proto::UpstreamTls {
+                sni: "not a name".to_owned(),
+                ..Default::default()
+            },
+            "not a name",
+        ),
+        (
+            proto::UpstreamTls {
+                client_certificate: "/nonexistent/cert.pem".to_owned(),
+                ..Default::default()
+            },
+            "/nonexistent/cert.pem",
+        ),
+    ];
+    for (tls, named) in cases {
+        config.clusters[0].tls = Some(tls);
+        let error = WaypointConfig::try_from(config.clone())
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains(CLUSTER) && error.contains(named), "{error}");
+    }
+}
