@@ -12,7 +12,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Parser;
 use prost::Message as _;
-use tracing::{info, warn};
+use tracing::{Instrument as _, info, warn};
 use waypoint::config::{self, CertificateSettings, Config, Environment, Layered, Role};
 use waypoint::gateway::credentials::CredentialSource;
 use waypoint::{Waypoint, WaypointOptions, Workers};
@@ -234,7 +234,10 @@ async fn run(config: Config, workers: Workers) -> anyhow::Result<()> {
     tokio::spawn(metrics.run());
     tokio::spawn(readiness.run());
     tokio::spawn(admin.run());
-    tokio::spawn(waypoint::dns::run(waypoint.store().clone()));
+    tokio::spawn(
+        waypoint::dns::run(waypoint.store().clone())
+            .instrument(tracing::info_span!("endpoint_names")),
+    );
     match (hbone, &config.role) {
         (Some(hbone), _) => {
             tokio::spawn(hbone.run(drain.clone()));
