@@ -100,8 +100,30 @@ struct UpstreamInner {
 /// The upstream connections of one worker.
 struct WorkerPools {
     tunnels: Pool<TunnelKey, EndpointDialer>,
-    http1: Mutex<HashMap<SocketAddr, Vec<H1Connection>>>,
-    http2: Mutex<HashMap<SocketAddr, http2::SendRequest<Full<Bytes>>>>,
+    http1: Mutex<HashMap<PoolKey, Vec<H1Connection>>>,
+    http2: Mutex<HashMap<PoolKey, http2::SendRequest<Full<Bytes>>>>,
+}
+
+/// What a pooled application connection goes to: the endpoint, and the TLS settings this
+/// proxy wrapped it in, if any ([`OriginatedTls::id`]), so that a connection made for one
+/// host's SNI and CA never carries another's requests to the same address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct PoolKey {
+    address: SocketAddr,
+    tls: Option<u64>,
+}
+
+impl PoolKey {
+    fn new(cluster: &Cluster, endpoint: &Endpoint) -> Self {
+        Self::of(endpoint.address, cluster.tls.as_ref())
+    }
+
+    fn of(address: SocketAddr, tls: Option<&OriginatedTls>) -> Self {
+        PoolKey {
+            address,
+            tls: tls.map(OriginatedTls::id),
+        }
+    }
 }
 
 /// Counts one upstream application connection of a cluster while it lives.
@@ -181,10 +203,18 @@ impl Upstream {
             .flat_map(|c| c.endpoints.iter().map(|e| e.address))
             .collect();
         let direct: HashSet<IpAddr> = config.direct_workloads().map(|w| w.address).collect();
-        let keep_endpoint = |a: &SocketAddr| endpoints.contains(a) || direct.contains(&a.ip());
+        let tls: HashSet<u64> = config
+            .clusters
+            .values()
+            .filter_map(|c| c.tls.as_ref().map(OriginatedTls::id))
+            .collect();
+        let keep = |key: &PoolKey| {
+            (endpoints.contains(&key.address) || direct.contains(&key.address.ip()))
+                && key.tls.is_none_or(|id| tls.contains(&id))
+        };
         for pools in &self.inner.pools {
-            lock(&pools.http1).retain(|address, _| keep_endpoint(address));
-            lock(&pools.http2).retain(|address, _| keep_endpoint(address));
+            lock(&pools.http1).retain(|key, _| keep(key));
+            lock(&pools.http2).retain(|key, _| keep(key));
         }
     }
 
@@ -230,13 +260,14 @@ impl Upstream {
         source: IpAddr,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let mut request = request;
+        let key = PoolKey::new(cluster, endpoint);
         // A pooled connection the app closed while idle fails before the request is written;
         // the request comes back and goes out again on a fresh connection (bounded: the
         // second pass always opens one).
         for pass in 0..2 {
             let reused = if pass == 0 {
                 let mut idle = lock(&self.pools().http1);
-                let list = idle.entry(endpoint.address).or_default();
+                let list = idle.entry(key).or_default();
                 list.retain(|c| !c.sender.is_closed());
                 list.iter()
                     .position(|c| c.sender.is_ready())
@@ -273,7 +304,7 @@ impl Upstream {
                 .is_none_or(|max| connection.uses < max);
             if keep {
                 lock(&self.pools().http1)
-                    .entry(endpoint.address)
+                    .entry(key)
                     .or_default()
                     .push(connection);
             }
@@ -307,8 +338,9 @@ impl Upstream {
         request: Request<Full<Bytes>>,
         source: IpAddr,
     ) -> Result<Response<Incoming>, UpstreamError> {
+        let key = PoolKey::new(cluster, endpoint);
         let existing = lock(&self.pools().http2)
-            .get(&endpoint.address)
+            .get(&key)
             .filter(|s| !s.is_closed())
             .cloned();
         let (mut sender, fresh) = match existing {
@@ -326,7 +358,7 @@ impl Upstream {
                     })?
                     .map_err(connect_failure(endpoint))?;
                 self.drive(cluster, endpoint, "http/2", connection);
-                lock(&self.pools().http2).insert(endpoint.address, sender.clone());
+                lock(&self.pools().http2).insert(key, sender.clone());
                 (sender, true)
             }
         };
@@ -414,4 +446,36 @@ fn classify(endpoint: &Endpoint, error: &hyper::Error, fresh: bool) -> UpstreamE
         };
     }
     reset(endpoint, error)
+}
+
+#[cfg(test)]
+mod pool_tests {
+    use super::*;
+
+    #[test]
+    fn connections_in_other_tls_settings_to_one_address_are_pooled_apart() {
+        let address: SocketAddr = "192.0.2.1:443".parse().unwrap();
+        let tls = |sni: &str| {
+            let settings = weft_proto::waypoint::UpstreamTls {
+                sni: sni.to_owned(),
+                ..Default::default()
+            };
+            OriginatedTls::new(&settings, "api.example.com").unwrap()
+        };
+        let (a, b) = (tls("a.example.com"), tls("b.example.com"));
+        assert_eq!(
+            PoolKey::of(address, Some(&a)),
+            PoolKey::of(address, Some(&a.clone()))
+        );
+        assert_ne!(
+            PoolKey::of(address, Some(&a)),
+            PoolKey::of(address, Some(&b))
+        );
+        assert_ne!(PoolKey::of(address, Some(&a)), PoolKey::of(address, None));
+        // The same settings built again (a configuration update) do not reuse the old ones'.
+        assert_ne!(
+            PoolKey::of(address, Some(&a)),
+            PoolKey::of(address, Some(&tls("a.example.com")))
+        );
+    }
 }

@@ -23,7 +23,14 @@ use weft_proto::waypoint as proto;
 pub struct OriginatedTls {
     server_name: ServerName<'static>,
     connector: TlsConnector,
+    /// Unique to these settings as built: pooled connections made with them are kept apart
+    /// from those of other settings to the same address (two hosts behind one CDN address,
+    /// a CA that changed).
+    id: u64,
 }
+
+/// The next [`OriginatedTls::id`].
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl std::fmt::Debug for OriginatedTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -79,7 +86,13 @@ impl OriginatedTls {
         Ok(OriginatedTls {
             server_name: sni,
             connector: TlsConnector::from(Arc::new(config)),
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         })
+    }
+
+    /// What tells these settings apart from every other built in this process.
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// The handshake over `tcp`.
