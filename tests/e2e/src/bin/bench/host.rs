@@ -122,3 +122,17 @@ pub(crate) fn agent_cpu(mesh: &Mesh) -> Option<f64> {
     }
     Some(total)
 }
+
+/// CPU time (user and system) a process has used so far, in seconds.
+pub(crate) fn process_cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces: the fields counted from after its closing parenthesis,
+    // utime and stime are the 12th and 13th.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    let utime: f64 = fields.next()?.parse().ok()?;
+    let stime: f64 = fields.next()?.parse().ok()?;
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()? as f64;
+    Some((utime + stime) / ticks)
+}

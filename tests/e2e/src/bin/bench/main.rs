@@ -7,7 +7,8 @@
 //! same-node acceleration (sockops + sk_msg). Then the L7 section ([`l7`]): direct, mesh L4,
 //! through a waypoint that routes, and through nginx doing the same routing ([`nginx`]). Then
 //! the capture section ([`capture`]): enrollment latency per pod, and what the programs at the
-//! cgroup root cost a process outside the mesh per connection. Tools
+//! cgroup root cost a process outside the mesh per connection. Then the scale section
+//! ([`scale`]): the controller and its xDS clients at three cluster sizes. Tools
 //! run inside the pods: iperf3 (bulk TCP), wrk (HTTP rps and closed-loop latency) and this
 //! binary's own fixed-rate client (`bench fixed-rate`: latency percentiles at a set request rate
 //! on one keep-alive connection).
@@ -17,6 +18,7 @@ mod host;
 mod l7;
 mod load;
 mod nginx;
+mod scale;
 
 use std::{
     fmt::Write as _,
@@ -42,8 +44,9 @@ struct Settings {
     pin_nodes: bool,
 }
 
-/// The figure groups `--only` selects from; `waypoint` is the whole L7 section.
-const GROUPS: [&str; 7] = [
+/// The figure groups `--only` selects from; `waypoint` is the whole L7 section, `scale` the
+/// control plane at cluster sizes.
+const GROUPS: [&str; 8] = [
     "throughput",
     "rps1",
     "fixed-rate",
@@ -51,6 +54,7 @@ const GROUPS: [&str; 7] = [
     "new-connections",
     "waypoint",
     "capture",
+    "scale",
 ];
 
 /// The groups measured on the L4 meshes (cross-node, same-node).
@@ -578,6 +582,11 @@ fn main() -> anyhow::Result<()> {
     } else {
         None
     };
+    let scale = if !settings.cross_node_only && settings.wants("scale") {
+        scale::run(quick)?
+    } else {
+        Vec::new()
+    };
 
     let machine = Command::new("uname")
         .arg("-srm")
@@ -653,6 +662,7 @@ fn main() -> anyhow::Result<()> {
     if let Some(capture) = &capture {
         capture::report(&mut report, capture)?;
     }
+    scale::report(&mut report, &scale)?;
     print!("{report}");
     std::fs::write(target.join("report.md"), &report)?;
     eprintln!("report written to {}", target.join("report.md").display());
