@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 
+use k8s_openapi::api::core::v1::Pod;
 use weft_proto::waypoint as wp;
 
 use super::{Compiler, port_protocol, tcp_service_ports};
@@ -13,12 +14,10 @@ impl Compiler<'_, '_> {
     /// rule the agents' resources follow): traffic addressed to one of them directly arrives
     /// here and goes to exactly that pod. Each lists the services it backs through this
     /// waypoint (their policies apply to it) and the declared protocols of its target ports.
-    pub(super) fn direct_workloads(&self) -> Vec<wp::WaypointWorkload> {
+    /// `pods` are those (not terminated), found for every waypoint at once.
+    pub(super) fn direct_workloads(&self, pods: &[&Pod]) -> Vec<wp::WaypointWorkload> {
         let mut out: Vec<(bool, wp::WaypointWorkload)> = Vec::new();
-        for pod in self.index.pods.values().filter(|pod| {
-            !resolve::pod_terminated(pod)
-                && resolve::destination_waypoint(self.index, pod).as_ref() == Some(&self.waypoint)
-        }) {
+        for &pod in pods {
             let backing = resolve::backing_waypoints(self.index, pod);
             let services: Vec<String> = backing
                 .iter()
