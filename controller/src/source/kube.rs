@@ -132,6 +132,7 @@ fn plural(kind: ResourceKind) -> &'static str {
         ResourceKind::HTTPRoute => "httproutes",
         ResourceKind::GRPCRoute => "grpcroutes",
         ResourceKind::TCPRoute => "tcproutes",
+        ResourceKind::TLSRoute => "tlsroutes",
         ResourceKind::ReferenceGrant => "referencegrants",
         ResourceKind::Namespace => "namespaces",
         ResourceKind::Pod => "pods",

@@ -284,4 +284,4 @@ impl<'a, 'p> Compiler<'a, 'p> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -341,6 +341,14 @@ spec:
   parentRefs: [{name: waypoint}]
   rules: [{backendRefs: [{name: db, port: 5432}]}]
 ---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TLSRoute
+metadata: {name: secure, namespace: bookinfo}
+spec:
+  parentRefs: [{name: edge, sectionName: tls}]
+  hostnames: [secure.example.com]
+  rules: [{backendRefs: [{name: db, port: 5432}]}]
+---
 apiVersion: gateway.networking.k8s.io/v1beta1
 kind: ReferenceGrant
 metadata: {name: from-shop, namespace: bookinfo}

@@ -176,3 +176,170 @@ async fn route_status_is_written_and_follows_the_configuration() {
         .unwrap();
     source_task.abort();
 }
+
+const INGRESS: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: edge}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: public, namespace: edge, generation: 1}
+spec:
+  gatewayClassName: istio
+  listeners:
+  - {name: http, port: 80, protocol: HTTP}
+  - {name: tls, port: 443, protocol: TLS, tls: {mode: Passthrough}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: edge}
+spec:
+  clusterIP: 10.96.0.50
+  ports: [{name: http, port: 8080}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: web, namespace: edge}
+spec:
+  parentRefs: [{name: public, sectionName: http}, {name: public, sectionName: tls}]
+  rules: [{backendRefs: [{name: web, port: 8080}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TLSRoute
+metadata: {name: secure, namespace: edge}
+spec:
+  parentRefs: [{name: public}]
+  hostnames: [secure.example.com]
+  rules: [{backendRefs: [{name: web, port: 8080}]}]
+"#;
+
+const PROVISIONED_SERVICE: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: public-istio, namespace: edge}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.60
+  ports: [{name: http, port: 80}]
+"#;
+
+#[tokio::test]
+async fn ingress_gateway_and_route_status_is_written() {
+    let fake = FakeApiServer::start().await.unwrap();
+    for object in documents(INGRESS) {
+        fake.create(object).expect("fake accepts the fixture");
+    }
+    let client = fake.client().expect("client");
+    let index = Arc::new(LiveIndex::default());
+    let source = KubeSource::new(client.clone(), index.clone());
+    let mut synced = source.synced();
+    let source_task = tokio::spawn(source.run());
+    tokio::time::timeout(
+        WAIT,
+        synced.wait_for(|kinds| kinds.len() == crate::model::ResourceKind::ALL.len()),
+    )
+    .await
+    .expect("every kind listed")
+    .expect("source running");
+    let (stop, shutdown) = watch::channel(false);
+    let writer = tokio::spawn(keep_route_statuses(
+        client,
+        index.clone(),
+        MeshSettings::default(),
+        shutdown,
+    ));
+
+    let gateway = || fake.get("gateway.networking.k8s.io/v1", "Gateway", "edge", "public");
+    let condition = |value: &Value, kind: &str| {
+        value["conditions"]
+            .as_array()
+            .and_then(|all| all.iter().find(|c| c["type"] == kind))
+            .map(|c| {
+                (
+                    c["status"].as_str().unwrap_or_default().to_owned(),
+                    c["reason"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+    };
+    eventually("the Gateway's status", || {
+        gateway().is_some_and(|g| {
+            g["status"]["listeners"]
+                .as_array()
+                .is_some_and(|l| l.len() == 2)
+        })
+    })
+    .await;
+    let status = gateway().unwrap()["status"].clone();
+    assert_eq!(
+        condition(&status, "Accepted"),
+        Some(("True".into(), "Accepted".into()))
+    );
+    assert_eq!(
+        condition(&status, "Programmed"),
+        Some(("False".into(), "AddressNotAssigned".into()))
+    );
+    let listeners = status["listeners"].as_array().unwrap();
+    assert_eq!(listeners[0]["name"], "http");
+    assert_eq!(listeners[0]["attachedRoutes"], 1);
+    assert_eq!(listeners[0]["supportedKinds"][0]["kind"], "HTTPRoute");
+    assert_eq!(listeners[1]["attachedRoutes"], 1, "the TLSRoute only");
+    assert_eq!(
+        condition(&listeners[1], "Programmed"),
+        Some(("True".into(), "Programmed".into()))
+    );
+
+    // Per parent: the HTTP listener takes the HTTPRoute, the TLS one does not.
+    let route = fake
+        .get("gateway.networking.k8s.io/v1", "HTTPRoute", "edge", "web")
+        .unwrap();
+    let parents = route["status"]["parents"].as_array().unwrap();
+    assert_eq!(parents.len(), 2, "{route}");
+    assert!(
+        parents
+            .iter()
+            .all(|p| p["controllerName"] == "istio.io/gateway-controller")
+    );
+    assert_eq!(
+        condition(&parents[0], "Accepted"),
+        Some(("True".into(), "Accepted".into()))
+    );
+    assert_eq!(
+        condition(&parents[1], "Accepted"),
+        Some(("False".into(), "NotAllowedByListeners".into()))
+    );
+    let tls = fake
+        .get(
+            "gateway.networking.k8s.io/v1alpha2",
+            "TLSRoute",
+            "edge",
+            "secure",
+        )
+        .unwrap();
+    assert_eq!(
+        condition(&tls["status"]["parents"][0], "ResolvedRefs"),
+        Some(("True".into(), "ResolvedRefs".into()))
+    );
+
+    // The provisioned Service appears: the Gateway is programmed, at its address.
+    for object in documents(PROVISIONED_SERVICE) {
+        fake.create(object).expect("fake accepts the service");
+    }
+    eventually("Programmed once the Service exists", || {
+        gateway().is_some_and(|g| {
+            condition(&g["status"], "Programmed") == Some(("True".into(), "Programmed".into()))
+        })
+    })
+    .await;
+    assert_eq!(
+        gateway().unwrap()["status"]["addresses"][0]["value"],
+        "public-istio.edge.svc.cluster.local"
+    );
+
+    stop.send(true).unwrap();
+    tokio::time::timeout(WAIT, writer)
+        .await
+        .expect("the writer stops on shutdown")
+        .unwrap();
+    source_task.abort();
+}
