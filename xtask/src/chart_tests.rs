@@ -499,7 +499,13 @@ fn rbac_grants_what_the_controller_watches_reviews_and_writes() {
             .contains(&("authentication.k8s.io".into(), "tokenreviews".into()))
     );
     // The status of routes and ingress Gateways (`source::kube::route_status`).
-    for kind in ["httproutes", "grpcroutes", "tcproutes", "tlsroutes", "gateways"] {
+    for kind in [
+        "httproutes",
+        "grpcroutes",
+        "tcproutes",
+        "tlsroutes",
+        "gateways",
+    ] {
         for verb in ["get", "patch"] {
             assert!(
                 granted(cluster_role, verb)
