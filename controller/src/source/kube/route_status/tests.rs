@@ -1,15 +1,9 @@
 //! The route status writer against the fake API server: conditions appear on the object, follow
 //! the configuration, and leave other controllers' entries alone.
 
-use std::time::Duration;
-
-use serde::Deserialize;
-
 use super::*;
-use crate::source::kube::KubeSource;
+use crate::source::kube::test_support::{Started, documents, eventually};
 use weft_fake_apiserver::FakeApiServer;
-
-const WAIT: Duration = Duration::from_secs(20);
 
 const OBJECTS: &str = r#"
 apiVersion: v1
@@ -53,13 +47,6 @@ spec:
   ports: [{name: http, port: 9080}]
 "#;
 
-fn documents(text: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(text)
-        .map(|document| Value::deserialize(document).expect("fixture is YAML"))
-        .filter(|value| !value.is_null())
-        .collect()
-}
-
 /// The route's `status.parents` entry of `controller`: (type, status, reason) per condition.
 fn conditions_of(fake: &FakeApiServer, controller: &str) -> Option<Vec<(String, String, String)>> {
     let route = fake.get("gateway.networking.k8s.io/v1", "HTTPRoute", "shop", "split")?;
@@ -79,49 +66,20 @@ fn conditions_of(fake: &FakeApiServer, controller: &str) -> Option<Vec<(String, 
     )
 }
 
-async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !done() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
 fn triple(t: &str, s: &str, r: &str) -> (String, String, String) {
     (t.to_owned(), s.to_owned(), r.to_owned())
 }
 
 #[tokio::test]
 async fn route_status_is_written_and_follows_the_configuration() {
-    let fake = FakeApiServer::start().await.unwrap();
-    for object in documents(OBJECTS) {
-        fake.create(object).expect("fake accepts the fixture");
-    }
-    let client = fake.client().expect("client");
-    let index = Arc::new(LiveIndex::default());
-    let source = KubeSource::new(client.clone(), index.clone());
-    let mut synced = source.synced();
-    let source_task = tokio::spawn(source.run());
-    tokio::time::timeout(
-        WAIT,
-        synced.wait_for(|kinds| kinds.len() == crate::model::ResourceKind::ALL.len()),
-    )
-    .await
-    .expect("every kind listed")
-    .expect("source running");
-    let (stop, shutdown) = watch::channel(false);
-    let writer = tokio::spawn(keep_route_statuses(
-        client,
-        index.clone(),
-        MeshSettings::default(),
-        shutdown,
-    ));
+    let mut started = Started::with(OBJECTS).await;
+    started.run(|client, index, shutdown| {
+        keep_route_statuses(client, index, MeshSettings::default(), shutdown)
+    });
+    let fake = &started.fake;
 
     eventually("BackendNotFound on the Service parent", || {
-        conditions_of(&fake, MESH_CONTROLLER)
+        conditions_of(fake, MESH_CONTROLLER)
             == Some(vec![
                 triple("Accepted", "True", "Accepted"),
                 triple("ResolvedRefs", "False", "BackendNotFound"),
@@ -150,7 +108,7 @@ async fn route_status_is_written_and_follows_the_configuration() {
         "{ours}"
     );
     assert_eq!(
-        conditions_of(&fake, "example.com/ingress"),
+        conditions_of(fake, "example.com/ingress"),
         Some(vec![triple("Accepted", "True", "Accepted")]),
         "another controller's entry is kept"
     );
@@ -160,21 +118,16 @@ async fn route_status_is_written_and_follows_the_configuration() {
         fake.create(object).expect("fake accepts the service");
     }
     eventually("ResolvedRefs once the backend exists", || {
-        conditions_of(&fake, MESH_CONTROLLER)
+        conditions_of(fake, MESH_CONTROLLER)
             == Some(vec![
                 triple("Accepted", "True", "Accepted"),
                 triple("ResolvedRefs", "True", "ResolvedRefs"),
             ])
     })
     .await;
-    assert!(conditions_of(&fake, "example.com/ingress").is_some());
+    assert!(conditions_of(fake, "example.com/ingress").is_some());
 
-    stop.send(true).unwrap();
-    tokio::time::timeout(WAIT, writer)
-        .await
-        .expect("the writer stops on shutdown")
-        .unwrap();
-    source_task.abort();
+    started.stop().await;
 }
 
 const INGRESS: &str = r#"
@@ -226,29 +179,11 @@ spec:
 
 #[tokio::test]
 async fn ingress_gateway_and_route_status_is_written() {
-    let fake = FakeApiServer::start().await.unwrap();
-    for object in documents(INGRESS) {
-        fake.create(object).expect("fake accepts the fixture");
-    }
-    let client = fake.client().expect("client");
-    let index = Arc::new(LiveIndex::default());
-    let source = KubeSource::new(client.clone(), index.clone());
-    let mut synced = source.synced();
-    let source_task = tokio::spawn(source.run());
-    tokio::time::timeout(
-        WAIT,
-        synced.wait_for(|kinds| kinds.len() == crate::model::ResourceKind::ALL.len()),
-    )
-    .await
-    .expect("every kind listed")
-    .expect("source running");
-    let (stop, shutdown) = watch::channel(false);
-    let writer = tokio::spawn(keep_route_statuses(
-        client,
-        index.clone(),
-        MeshSettings::default(),
-        shutdown,
-    ));
+    let mut started = Started::with(INGRESS).await;
+    started.run(|client, index, shutdown| {
+        keep_route_statuses(client, index, MeshSettings::default(), shutdown)
+    });
+    let fake = &started.fake;
 
     let gateway = || fake.get("gateway.networking.k8s.io/v1", "Gateway", "edge", "public");
     let condition = |value: &Value, kind: &str| {
@@ -336,10 +271,5 @@ async fn ingress_gateway_and_route_status_is_written() {
         "public-istio.edge.svc.cluster.local"
     );
 
-    stop.send(true).unwrap();
-    tokio::time::timeout(WAIT, writer)
-        .await
-        .expect("the writer stops on shutdown")
-        .unwrap();
-    source_task.abort();
+    started.stop().await;
 }
