@@ -40,6 +40,19 @@ pub struct ProvisionSettings {
     pub trust_domain: String,
 }
 
+#[cfg(test)]
+impl ProvisionSettings {
+    /// Settings tests provision with.
+    pub(crate) fn for_tests() -> Self {
+        ProvisionSettings {
+            proxy_image: "example.com/weft/waypoint:1".into(),
+            controller_namespace: "istio-system".into(),
+            token_audience: "istio-ca".into(),
+            trust_domain: "cluster.local".into(),
+        }
+    }
+}
+
 /// The objects one Gateway gets, in the order they are written (ServiceAccount, Deployment,
 /// Service); `None` for a Gateway of a class that is not ours or without a `uid` (not stored
 /// by an API server, so nothing can be owner-referenced to it).

@@ -4,19 +4,10 @@
 use super::*;
 use crate::translate::waypoint::tests::validated;
 
-fn settings() -> ProvisionSettings {
-    ProvisionSettings {
-        proxy_image: "example.com/weft/waypoint:1".into(),
-        controller_namespace: "istio-system".into(),
-        token_audience: "istio-ca".into(),
-        trust_domain: "cluster.local".into(),
-    }
-}
-
 fn objects(yaml: &str) -> Option<Vec<Value>> {
     let index = validated(yaml);
     let gateway = index.gateways.values().next().expect("a Gateway");
-    gateway_objects(gateway, &settings())
+    gateway_objects(gateway, &ProvisionSettings::for_tests())
 }
 
 const INGRESS: &str = r#"

@@ -38,12 +38,7 @@ spec:
 #[tokio::test]
 async fn gateways_get_their_deployment_service_and_service_account() {
     let mut started = Started::with(GATEWAY).await;
-    let settings = ProvisionSettings {
-        proxy_image: "example.com/weft/waypoint:1".into(),
-        controller_namespace: "istio-system".into(),
-        token_audience: "istio-ca".into(),
-        trust_domain: "cluster.local".into(),
-    };
+    let settings = ProvisionSettings::for_tests();
     started.run(|client, index, shutdown| keep_provisioned(client, index, settings, shutdown));
     let fake = &started.fake;
 
