@@ -12,7 +12,7 @@ use crate::{
     model::{
         AuthorizationPolicy, DestinationRule, GRPCRoute, Gateway, GatewayClass, HTTPRoute,
         KubernetesGateway, PeerAuthentication, ReferenceGrant, RequestAuthentication, Resource,
-        ResourceKind, ServiceEntry, TCPRoute, VirtualService, WorkloadEntry,
+        ResourceKind, ServiceEntry, TCPRoute, TLSRoute, VirtualService, WorkloadEntry,
     },
     validation::{self, FieldWarning},
 };
@@ -44,6 +44,7 @@ pub struct ConfigIndex {
     pub http_routes: BTreeMap<Key, HTTPRoute>,
     pub grpc_routes: BTreeMap<Key, GRPCRoute>,
     pub tcp_routes: BTreeMap<Key, TCPRoute>,
+    pub tls_routes: BTreeMap<Key, TLSRoute>,
     pub reference_grants: BTreeMap<Key, ReferenceGrant>,
     /// What each resource was accepted with (Istio's warnings, fields not applied), by kind
     /// and key; resources without warnings have no entry.
@@ -90,6 +91,7 @@ macro_rules! with_map {
             ResourceKind::HTTPRoute => { let $map = $($borrow)* $index.http_routes; $body }
             ResourceKind::GRPCRoute => { let $map = $($borrow)* $index.grpc_routes; $body }
             ResourceKind::TCPRoute => { let $map = $($borrow)* $index.tcp_routes; $body }
+            ResourceKind::TLSRoute => { let $map = $($borrow)* $index.tls_routes; $body }
             ResourceKind::ReferenceGrant => { let $map = $($borrow)* $index.reference_grants; $body }
             // A workload's service account is its pod's `spec.serviceAccountName`; the
             // ServiceAccount objects themselves add nothing.
@@ -138,6 +140,7 @@ entries!(
     HTTPRoute: HTTPRoute,
     GRPCRoute: GRPCRoute,
     TCPRoute: TCPRoute,
+    TLSRoute: TLSRoute,
     ReferenceGrant: ReferenceGrant,
 );
 

@@ -92,6 +92,11 @@ struct RunArgs {
     /// mode) [default: <namespace>/weft-node-agent].
     #[arg(long, env = "WEFT_NODE_AGENT_SERVICE_ACCOUNTS", value_delimiter = ',')]
     node_agent_service_accounts: Vec<String>,
+    /// The proxy image (the waypoint binary) the controller deploys for each Gateway of class
+    /// istio and istio-waypoint, with a Service and a ServiceAccount (Kubernetes mode) [default:
+    /// none: Gateways' proxies are deployed by hand].
+    #[arg(long, env = "WEFT_PROXY_IMAGE", default_value = "")]
+    proxy_image: String,
     /// The mesh trust domain.
     #[arg(long, env = "WEFT_TRUST_DOMAIN", default_value = DEFAULT_TRUST_DOMAIN)]
     trust_domain: String,
@@ -167,6 +172,18 @@ async fn mode(args: &RunArgs) -> anyhow::Result<Mode> {
                     .cloned()
                     .collect(),
                 node_agents,
+                provision: (!args.proxy_image.is_empty()).then(|| {
+                    controller::translate::provision::ProvisionSettings {
+                        proxy_image: args.proxy_image.clone(),
+                        controller_namespace: args.namespace.clone(),
+                        token_audience: args
+                            .token_audiences
+                            .first()
+                            .cloned()
+                            .unwrap_or_else(|| "istio-ca".to_owned()),
+                        trust_domain: args.trust_domain.clone(),
+                    }
+                }),
             }))
         }
     }

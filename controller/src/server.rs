@@ -56,6 +56,8 @@ pub struct KubernetesMode {
     /// `(namespace, service account)` of the node agents, which may obtain the identities of
     /// their node's pods.
     pub node_agents: Vec<(String, String)>,
+    /// How the proxies of Gateways are deployed; `None`: they are not (deployed by hand).
+    pub provision: Option<crate::translate::provision::ProvisionSettings>,
 }
 
 impl std::fmt::Debug for KubernetesMode {
@@ -64,6 +66,7 @@ impl std::fmt::Debug for KubernetesMode {
             .field("namespace", &self.namespace)
             .field("token_audiences", &self.token_audiences)
             .field("node_agents", &self.node_agents)
+            .field("provision", &self.provision)
             .finish_non_exhaustive()
     }
 }
@@ -348,6 +351,14 @@ pub async fn run(config: ServerConfig, shutdown: watch::Receiver<bool>) -> Resul
                 config.settings.clone(),
                 shutdown.clone(),
             ));
+            if let Some(provision) = &kube.provision {
+                tokio::spawn(crate::source::kube::provision::keep_provisioned(
+                    kube.client.clone(),
+                    index.clone(),
+                    provision.clone(),
+                    shutdown.clone(),
+                ));
+            }
             let authenticator = TokenReviewAuthenticator::new(
                 kube.client.clone(),
                 kube.token_audiences.clone(),

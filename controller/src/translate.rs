@@ -11,6 +11,7 @@
 
 pub mod agent;
 pub mod gateway_api;
+pub mod provision;
 pub mod resolve;
 pub mod waypoint;
 

@@ -498,8 +498,27 @@ fn rbac_grants_what_the_controller_watches_reviews_and_writes() {
         granted(cluster_role, "create")
             .contains(&("authentication.k8s.io".into(), "tokenreviews".into()))
     );
-    // The status of mesh routes (`source::kube::route_status`).
-    for kind in ["httproutes", "grpcroutes", "tcproutes"] {
+    // What it deploys for Gateways (`source::kube::provision`).
+    for (group, resource) in [
+        ("", "services"),
+        ("", "serviceaccounts"),
+        ("apps", "deployments"),
+    ] {
+        for verb in ["create", "update"] {
+            assert!(
+                granted(cluster_role, verb).contains(&(group.into(), resource.into())),
+                "{verb} {group}/{resource} is not granted"
+            );
+        }
+    }
+    // The status of routes and ingress Gateways (`source::kube::route_status`).
+    for kind in [
+        "httproutes",
+        "grpcroutes",
+        "tcproutes",
+        "tlsroutes",
+        "gateways",
+    ] {
         for verb in ["get", "patch"] {
             assert!(
                 granted(cluster_role, verb)

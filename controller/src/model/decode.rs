@@ -82,6 +82,7 @@ pub fn decode<'de, D: Deserializer<'de>>(
         ResourceKind::HTTPRoute => parse!(HTTPRoute),
         ResourceKind::GRPCRoute => parse!(GRPCRoute),
         ResourceKind::TCPRoute => parse!(TCPRoute),
+        ResourceKind::TLSRoute => parse!(TLSRoute),
         ResourceKind::ReferenceGrant => parse!(ReferenceGrant),
         ResourceKind::Namespace => parse!(Namespace),
         ResourceKind::Pod => parse!(Pod),

@@ -16,7 +16,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 pub use duration::{DurationError, DurationString, SignedDuration, parse_duration};
 pub use gateway_api::{
-    GRPCRoute, GatewayClass, HTTPRoute, KubernetesGateway, ReferenceGrant, TCPRoute,
+    GRPCRoute, GatewayClass, HTTPRoute, KubernetesGateway, ReferenceGrant, TCPRoute, TLSRoute,
 };
 pub use networking::{DestinationRule, Gateway, ServiceEntry, VirtualService, WorkloadEntry};
 pub use security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
@@ -46,6 +46,7 @@ pub enum ResourceKind {
     HTTPRoute,
     GRPCRoute,
     TCPRoute,
+    TLSRoute,
     ReferenceGrant,
     Namespace,
     Pod,
@@ -55,7 +56,7 @@ pub enum ResourceKind {
 }
 
 impl ResourceKind {
-    pub const ALL: [ResourceKind; 19] = [
+    pub const ALL: [ResourceKind; 20] = [
         Self::VirtualService,
         Self::DestinationRule,
         Self::ServiceEntry,
@@ -69,6 +70,7 @@ impl ResourceKind {
         Self::HTTPRoute,
         Self::GRPCRoute,
         Self::TCPRoute,
+        Self::TLSRoute,
         Self::ReferenceGrant,
         Self::Namespace,
         Self::Pod,
@@ -93,6 +95,7 @@ impl ResourceKind {
             | Self::HTTPRoute
             | Self::GRPCRoute
             | Self::TCPRoute
+            | Self::TLSRoute
             | Self::ReferenceGrant => GATEWAY_API_GROUP,
             Self::Namespace | Self::Pod | Self::Service | Self::ServiceAccount => "",
             Self::EndpointSlice => "discovery.k8s.io",
@@ -114,6 +117,7 @@ impl ResourceKind {
             Self::HTTPRoute => "HTTPRoute",
             Self::GRPCRoute => "GRPCRoute",
             Self::TCPRoute => "TCPRoute",
+            Self::TLSRoute => "TLSRoute",
             Self::ReferenceGrant => "ReferenceGrant",
             Self::Namespace => "Namespace",
             Self::Pod => "Pod",
@@ -139,6 +143,8 @@ impl ResourceKind {
             Self::KubernetesGateway | Self::GatewayClass | Self::HTTPRoute => &["v1", "v1beta1"],
             Self::GRPCRoute => &["v1", "v1alpha2"],
             Self::TCPRoute => &["v1alpha2"],
+            // Istio serves v1alpha2; the Gateway API's newer CRDs add v1alpha3 with the same shape.
+            Self::TLSRoute => &["v1alpha2", "v1alpha3"],
             Self::ReferenceGrant => &["v1beta1", "v1alpha2"],
             Self::Namespace | Self::Pod | Self::Service | Self::ServiceAccount => &["v1"],
             Self::EndpointSlice => &["v1"],
@@ -218,6 +224,7 @@ pub enum Resource {
     HTTPRoute(HTTPRoute),
     GRPCRoute(GRPCRoute),
     TCPRoute(TCPRoute),
+    TLSRoute(TLSRoute),
     ReferenceGrant(ReferenceGrant),
     Namespace(Namespace),
     Pod(Pod),
@@ -242,6 +249,7 @@ impl Resource {
             Self::HTTPRoute(_) => ResourceKind::HTTPRoute,
             Self::GRPCRoute(_) => ResourceKind::GRPCRoute,
             Self::TCPRoute(_) => ResourceKind::TCPRoute,
+            Self::TLSRoute(_) => ResourceKind::TLSRoute,
             Self::ReferenceGrant(_) => ResourceKind::ReferenceGrant,
             Self::Namespace(_) => ResourceKind::Namespace,
             Self::Pod(_) => ResourceKind::Pod,
@@ -266,6 +274,7 @@ impl Resource {
             Self::HTTPRoute(r) => &r.metadata,
             Self::GRPCRoute(r) => &r.metadata,
             Self::TCPRoute(r) => &r.metadata,
+            Self::TLSRoute(r) => &r.metadata,
             Self::ReferenceGrant(r) => &r.metadata,
             Self::Namespace(r) => &r.metadata,
             Self::Pod(r) => &r.metadata,
@@ -290,6 +299,7 @@ impl Resource {
             Self::HTTPRoute(r) => &mut r.metadata,
             Self::GRPCRoute(r) => &mut r.metadata,
             Self::TCPRoute(r) => &mut r.metadata,
+            Self::TLSRoute(r) => &mut r.metadata,
             Self::ReferenceGrant(r) => &mut r.metadata,
             Self::Namespace(r) => &mut r.metadata,
             Self::Pod(r) => &mut r.metadata,

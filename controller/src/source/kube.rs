@@ -10,7 +10,10 @@
 //! watched at the first of its versions the API server serves (Istio's and the Gateway API's
 //! CRDs serve several versions of one schema, so any one returns every object).
 
+pub mod provision;
 pub mod route_status;
+#[cfg(test)]
+pub(crate) mod test_support;
 #[cfg(test)]
 mod tests;
 
@@ -132,6 +135,7 @@ fn plural(kind: ResourceKind) -> &'static str {
         ResourceKind::HTTPRoute => "httproutes",
         ResourceKind::GRPCRoute => "grpcroutes",
         ResourceKind::TCPRoute => "tcproutes",
+        ResourceKind::TLSRoute => "tlsroutes",
         ResourceKind::ReferenceGrant => "referencegrants",
         ResourceKind::Namespace => "namespaces",
         ResourceKind::Pod => "pods",

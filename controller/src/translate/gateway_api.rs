@@ -6,9 +6,12 @@
 //!
 //! Istio converts no route attached to a waypoint Gateway itself (its HBONE listener takes no
 //! routes: "waypoint doesn't convert routes to VirtualServices"), so such a parent is reported
-//! as not accepted. Parents of any other kind (an ingress Gateway) are not ours: no status is
-//! written for them.
+//! as not accepted. Routes attached to an ingress Gateway (class `istio`, with TLSRoute besides
+//! the three) are resolved by [`ingress`] and compiled by `waypoint::gateway`; parents of any
+//! other class are not ours: no status is written for them.
 
+mod gateway_status;
+pub mod ingress;
 mod spec;
 mod status;
 
@@ -18,9 +21,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use super::MeshSettings;
 use super::resolve::{self, namespace_of};
 use crate::index::ConfigIndex;
-use crate::model::ResourceKind;
 use crate::model::gateway_api::WAYPOINT_GATEWAY_CLASS;
+use crate::model::{KubernetesGateway, ResourceKind};
 
+pub use gateway_status::{GatewayStatus, ListenerStatus, gateway_statuses};
 pub use spec::{
     BackendRef, Filter, GrpcMethod, HeaderModifier, KeyMatch, Match, MethodMatch, Mirror,
     ParentRef, PathMatch, PathModifier, Redirect, Retry, RouteSpec, Rule, Timeouts, UrlRewrite,
@@ -36,6 +40,8 @@ pub enum RouteKind {
     Http,
     Grpc,
     Tcp,
+    /// TLSRoute: ingress Gateways only.
+    Tls,
 }
 
 impl RouteKind {
@@ -44,6 +50,7 @@ impl RouteKind {
             RouteKind::Http => ResourceKind::HTTPRoute,
             RouteKind::Grpc => ResourceKind::GRPCRoute,
             RouteKind::Tcp => ResourceKind::TCPRoute,
+            RouteKind::Tls => ResourceKind::TLSRoute,
         }
     }
 
@@ -53,6 +60,7 @@ impl RouteKind {
             RouteKind::Http => "HTTPRoute",
             RouteKind::Grpc => "GRPCRoute",
             RouteKind::Tcp => "TCPRoute",
+            RouteKind::Tls => "TLSRoute",
         }
     }
 }
@@ -74,6 +82,18 @@ impl MeshRoute<'_> {
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace(), resolve::name_of(self.meta))
     }
+}
+
+/// Every route of the index that an ingress Gateway may take (the mesh's kinds and TLSRoute),
+/// in one shape, in key order per kind.
+pub fn all_routes(index: &ConfigIndex) -> Vec<MeshRoute<'_>> {
+    let mut routes = mesh_routes(index);
+    routes.extend(index.tls_routes.values().map(|r| MeshRoute {
+        kind: RouteKind::Tls,
+        meta: &r.metadata,
+        spec: spec::read(&r.spec),
+    }));
+    routes
 }
 
 /// Every HTTPRoute, GRPCRoute and TCPRoute of the index, in one shape, in key order per kind.
@@ -109,6 +129,8 @@ pub enum Parent<'a> {
     MissingService { namespace: String, name: String },
     /// A waypoint Gateway (class `istio-waypoint`): Istio applies no route attached to it.
     Waypoint,
+    /// An ingress Gateway (class `istio`): see [`ingress`].
+    Ingress(&'a KubernetesGateway),
     /// A parent of another controller (an ingress Gateway): not ours.
     Other,
 }
@@ -119,7 +141,7 @@ impl ParentRef {
             && self.kind.as_deref() == Some("Service")
     }
 
-    fn is_gateway(&self) -> bool {
+    pub(crate) fn is_gateway(&self) -> bool {
         self.group.as_deref().is_none_or(|g| g == GATEWAY_GROUP)
             && self.kind.as_deref().is_none_or(|k| k == "Gateway")
     }
@@ -145,6 +167,9 @@ pub fn parent<'a>(
                 name: parent.name.clone(),
             },
         };
+    }
+    if let Some(gateway) = ingress::ingress_parent(index, route_namespace, parent) {
+        return Parent::Ingress(gateway);
     }
     if parent.is_gateway()
         && index
@@ -214,7 +239,14 @@ pub fn backend(
     }
     let namespace = backend.namespace.as_deref().unwrap_or(route_namespace);
     if namespace != route_namespace
-        && !reference_granted(index, kind, route_namespace, namespace, &backend.name)
+        && !reference_granted(
+            index,
+            kind.name(),
+            route_namespace,
+            namespace,
+            "Service",
+            &backend.name,
+        )
     {
         return Err(BackendProblem::NotPermitted(format!(
             "backendRef {namespace}/{} is not accessible to a {} in namespace {route_namespace:?} (no ReferenceGrant in {namespace} allows it)",
@@ -240,13 +272,15 @@ pub fn backend(
     })
 }
 
-/// Whether a ReferenceGrant in `to_namespace` admits `kind` routes from `from_namespace` to the
-/// Service `to_name` (a grant without a name admits every Service).
+/// Whether a ReferenceGrant in `to_namespace` admits objects of `from_kind` (a Gateway API
+/// kind) in `from_namespace` to the core object `to_kind` named `to_name` (a grant without a
+/// name admits every object of the kind).
 fn reference_granted(
     index: &ConfigIndex,
-    kind: RouteKind,
+    from_kind: &str,
     from_namespace: &str,
     to_namespace: &str,
+    to_kind: &str,
     to_name: &str,
 ) -> bool {
     index
@@ -256,11 +290,11 @@ fn reference_granted(
         .any(|grant| {
             grant.spec.from.iter().any(|from| {
                 from.group == GATEWAY_GROUP
-                    && from.kind == kind.name()
+                    && from.kind == from_kind
                     && from.namespace == from_namespace
             }) && grant.spec.to.iter().any(|to| {
                 (to.group.is_empty() || to.group == "core")
-                    && to.kind == "Service"
+                    && to.kind == to_kind
                     && to.name.as_deref().is_none_or(|n| n == to_name)
             })
         })

@@ -18,7 +18,7 @@ use weft_proto::istio::workload;
 
 use super::{MeshSettings, TranslateError, TranslateProblem};
 use crate::index::ConfigIndex;
-use crate::model::gateway_api::{RouteNamespacesFrom, WAYPOINT_GATEWAY_CLASS};
+use crate::model::gateway_api::{RouteNamespaces, RouteNamespacesFrom, WAYPOINT_GATEWAY_CLASS};
 use crate::model::{KubernetesGateway, ResourceKind};
 
 pub fn labels(meta: &ObjectMeta) -> BTreeMap<String, String> {
@@ -461,29 +461,41 @@ pub fn admits(index: &ConfigIndex, gateway: &KubernetesGateway, namespace: &str)
             .allowed_routes
             .as_ref()
             .and_then(|a| a.namespaces.as_ref());
-        let allowed = match namespaces.and_then(|n| n.from.as_ref()) {
-            None | Some(RouteNamespacesFrom::Same) => own,
-            Some(RouteNamespacesFrom::All) => true,
-            Some(RouteNamespacesFrom::Selector) => {
-                let mut labels = index.namespace_labels(namespace);
-                labels.insert(
-                    "kubernetes.io/metadata.name".to_owned(),
-                    namespace.to_owned(),
-                );
-                // The Gateway API's selector is Kubernetes' LabelSelector, in its own type.
-                namespaces
-                    .and_then(|n| n.selector.as_ref())
-                    .and_then(|s| serde_json::to_value(s).ok())
-                    .and_then(|s| serde_json::from_value(s).ok())
-                    .is_some_and(|s| label_selector_matches(&s, &labels))
-            }
-        };
+        let allowed = route_namespace_allowed(index, namespaces, own, namespace);
         if allowed {
             return true;
         }
     }
     // A waypoint Gateway without an HBONE listener is still one; it admits its own namespace.
     !any_listener && own
+}
+
+/// Whether a listener's `allowedRoutes.namespaces` admits routes from `namespace` (`own`: the
+/// Gateway's namespace): `Same`, the Gateway API's default, `All`, or a `Selector` over the
+/// namespace's labels (with `kubernetes.io/metadata.name`, as the API server sets it).
+pub fn route_namespace_allowed(
+    index: &ConfigIndex,
+    namespaces: Option<&RouteNamespaces>,
+    own: bool,
+    namespace: &str,
+) -> bool {
+    match namespaces.and_then(|n| n.from.as_ref()) {
+        None | Some(RouteNamespacesFrom::Same) => own,
+        Some(RouteNamespacesFrom::All) => true,
+        Some(RouteNamespacesFrom::Selector) => {
+            let mut labels = index.namespace_labels(namespace);
+            labels.insert(
+                "kubernetes.io/metadata.name".to_owned(),
+                namespace.to_owned(),
+            );
+            // The Gateway API's selector is Kubernetes' LabelSelector, in its own type.
+            namespaces
+                .and_then(|n| n.selector.as_ref())
+                .and_then(|s| serde_json::to_value(s).ok())
+                .and_then(|s| serde_json::from_value(s).ok())
+                .is_some_and(|s| label_selector_matches(&s, &labels))
+        }
+    }
 }
 
 /// A Kubernetes label selector: every `matchLabels` pair and every expression holds. An empty

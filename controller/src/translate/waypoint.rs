@@ -299,4 +299,4 @@ impl<'a, 'p> Compiler<'a, 'p> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

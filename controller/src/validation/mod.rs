@@ -164,6 +164,7 @@ pub fn validate(resource: &Resource) -> Validation {
         | Resource::HTTPRoute(_)
         | Resource::GRPCRoute(_)
         | Resource::TCPRoute(_)
+        | Resource::TLSRoute(_)
         | Resource::ReferenceGrant(_) => {}
         Resource::Namespace(_) => {}
         Resource::Pod(r) => kubernetes::pod(r, &mut findings),

@@ -4,6 +4,8 @@
 //! it) and its certificate from the controller's CA, and serves a client outside the mesh (a
 //! network namespace that is not enrolled) on plain ports, reaching the mesh's pods over HBONE
 //! with its own identity. Certificates come from files (local mode's credentials directory).
+//! The same proxy serves a Gateway API `Gateway` of class `istio` (its pod named by the
+//! `gateway.networking.k8s.io/gateway-name` label) with an HTTPRoute and a TLSRoute.
 //! Needs root.
 
 use std::path::Path;
@@ -348,6 +350,194 @@ fn an_outside_client_reaches_the_mesh_through_the_ingress_gateway() {
                 && l.contains("destination_service=\"secure.shop.svc.cluster.local\"")),
         "no passthrough connection counted:\n{metrics}"
     );
+
+    let _ = tls_server.kill();
+    let _ = tls_server.wait();
+    drop(gateway);
+}
+
+const GATEWAY_API_CONFIG: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: reviews-v1, namespace: shop}
+spec:
+  clusterIP: 10.96.0.21
+  selector: {app: reviews, version: v1}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: reviews-v2, namespace: shop}
+spec:
+  clusterIP: 10.96.0.22
+  selector: {app: reviews, version: v2}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: secure, namespace: shop}
+spec:
+  clusterIP: 10.96.0.30
+  selector: {app: secure}
+  ports: [{name: tls, port: 8443}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: shop-edge, namespace: shop}
+spec:
+  gatewayClassName: istio
+  listeners:
+  - name: https
+    port: 443
+    protocol: HTTPS
+    hostname: shop.example.com
+    tls: {mode: Terminate, certificateRefs: [{kind: Secret, name: shop-cert}]}
+  - {name: tls, port: 443, protocol: TLS, hostname: secure.internal, tls: {mode: Passthrough}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: shop, namespace: shop}
+spec:
+  parentRefs: [{name: shop-edge, sectionName: https}]
+  hostnames: [shop.example.com]
+  rules:
+  - matches: [{headers: [{name: end-user, value: jason}]}]
+    backendRefs: [{name: reviews-v2, port: 80}]
+  - backendRefs: [{name: reviews-v1, port: 80}]
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TLSRoute
+metadata: {name: secure, namespace: shop}
+spec:
+  parentRefs: [{name: shop-edge, sectionName: tls}]
+  hostnames: [secure.internal]
+  rules: [{backendRefs: [{name: secure, port: 8443}]}]
+"#;
+
+#[test]
+fn a_gateway_api_gateway_terminates_https_and_passes_tls_through() {
+    let mut gateway_pod = PodSpec::client("shop-edge-istio", "node1", "shop")
+        .not_enrolled()
+        .with_service_account("shop-edge-istio");
+    gateway_pod.labels = [(
+        "gateway.networking.k8s.io/gateway-name".to_string(),
+        "shop-edge".to_string(),
+    )]
+    .into();
+    let mesh = Mesh::start(
+        vec![
+            PodSpec::app("reviews-v1", "node1", "shop", "reviews", "v1"),
+            PodSpec::app("reviews-v2", "node2", "shop", "reviews", "v2"),
+            PodSpec::client("secure", "node2", "shop"),
+            gateway_pod,
+            PodSpec::client("outside", "node2", "outside").not_enrolled(),
+        ],
+        MeshOptions {
+            config: GATEWAY_API_CONFIG.to_owned(),
+            ..MeshOptions::default()
+        },
+    )
+    .expect("start the mesh");
+
+    // The listener's certificateRefs name the Secret; local mode holds it as a directory.
+    let credentials = mesh.dir().join("credentials");
+    let (ca, cert, key) = certificates(&["shop.example.com"]);
+    write(&credentials.join("shop-cert/tls.crt"), &cert);
+    write(&credentials.join("shop-cert/tls.key"), &key);
+    let ca_file = mesh.dir().join("shop-ca.pem");
+    write(&ca_file, &ca);
+    let ca_file = ca_file.to_str().unwrap().to_owned();
+
+    let (secure_ca, secure_cert, secure_key) = certificates(&["secure.internal"]);
+    let secure_dir = mesh.dir().join("secure");
+    write(&secure_dir.join("cert.pem"), &secure_cert);
+    write(&secure_dir.join("key.pem"), &secure_key);
+    write(&secure_dir.join("ca.pem"), &secure_ca);
+    let mut tls_server = mesh
+        .spawn_in_pod(
+            "secure",
+            "openssl",
+            &[
+                "s_server",
+                "-quiet",
+                "-accept",
+                "8443",
+                "-cert",
+                secure_dir.join("cert.pem").to_str().unwrap(),
+                "-key",
+                secure_dir.join("key.pem").to_str().unwrap(),
+                "-www",
+            ],
+        )
+        .expect("start openssl s_server");
+    mesh.wait_listening("secure", 8443).expect("the TLS server");
+
+    let gateway = mesh
+        .start_gateway("shop-edge-istio", &credentials)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let gw = mesh.pod(&gateway.pod).ip.to_string();
+    let shop_resolve = format!("shop.example.com:443:{gw}");
+    let https = |extra: &[&str]| {
+        let mut args = vec![
+            "--cacert",
+            ca_file.as_str(),
+            "--resolve",
+            shop_resolve.as_str(),
+        ];
+        args.extend_from_slice(extra);
+        args.push("https://shop.example.com/reviews");
+        mesh.curl_with("outside", &args)
+    };
+    assert!(
+        mesh.eventually(Duration::from_secs(15), || https(&[]).status == 200),
+        "HTTPS through the Gateway API gateway never answered 200: {:?}\n{}\n{}",
+        https(&[]),
+        verbose(
+            &mesh,
+            &[
+                "--cacert",
+                &ca_file,
+                "--resolve",
+                &shop_resolve,
+                "https://shop.example.com/reviews"
+            ]
+        ),
+        mesh.logs()
+    );
+    // The HTTPRoute's rules: the catch-all to v1, the header match to v2.
+    let plain = https(&[]);
+    assert_eq!(plain.json()["version"], "v1", "{}", plain.body);
+    let jason = https(&["-H", "end-user: jason"]);
+    assert_eq!(jason.status, 200, "{jason:?}");
+    assert_eq!(jason.json()["version"], "v2", "{}", jason.body);
+
+    // A hostname no listener serves gets no certificate: the handshake is refused.
+    let other_resolve = format!("other.example.com:443:{gw}");
+    let other = mesh.curl_with(
+        "outside",
+        &[
+            "-k",
+            "--resolve",
+            &other_resolve,
+            "https://other.example.com/",
+        ],
+    );
+    assert_eq!(other.status, 0, "{other:?}");
+
+    // The TLS listener passes the in-mesh server's own TLS through, by the TLSRoute.
+    let secure_resolve = format!("secure.internal:443:{gw}");
+    let passthrough = mesh.curl_with(
+        "outside",
+        &[
+            "--cacert",
+            secure_dir.join("ca.pem").to_str().unwrap(),
+            "--resolve",
+            &secure_resolve,
+            "https://secure.internal/",
+        ],
+    );
+    assert_eq!(passthrough.status, 200, "{passthrough:?}\n{}", mesh.logs());
+    assert!(passthrough.body.contains("s_server"), "{passthrough:?}");
 
     let _ = tls_server.kill();
     let _ = tls_server.wait();

@@ -6,7 +6,8 @@
 //! `MODIFIED`, `DELETED`, `BOOKMARK` and `ERROR` events, `sendInitialEvents`), over core
 //! (`/api/v1/...`) and group (`/apis/<group>/<version>/...`) paths, cluster-wide or namespaced.
 //! It also takes creates (POST) and replaces (PUT) of any served kind, as the controller writes
-//! its CA Secret and root ConfigMap, merge patches (PATCH) of an object's `status` subresource,
+//! its CA Secret and root ConfigMap (and the Deployments, Services and ServiceAccounts of
+//! Gateways), merge patches (PATCH) of an object's `status` subresource,
 //! as the controller writes Gateway API route status, and answers TokenReviews for tokens registered with
 //! [`FakeApiServer::add_token`]. Every change takes the next value of one global
 //! resourceVersion counter and is kept in a history that watches replay.
@@ -102,6 +103,14 @@ impl ServedKind {
         vec![
             core("Secret", "secrets"),
             core("ConfigMap", "configmaps"),
+            // Gateways' proxies, provisioned by the controller.
+            ServedKind {
+                group: "apps".to_owned(),
+                version: "v1".to_owned(),
+                kind: "Deployment".to_owned(),
+                plural: "deployments".to_owned(),
+                namespaced: true,
+            },
             ServedKind {
                 group: "admissionregistration.k8s.io".to_owned(),
                 version: "v1".to_owned(),

@@ -1,9 +1,11 @@
-//! Writes the status of Gateway API mesh routes back to the API server (Kubernetes mode), as
-//! Istio does: for each HTTPRoute, GRPCRoute and TCPRoute with a parent that is ours (a Service
-//! or a waypoint), the `status.parents` entries of controller `istio.io/mesh-controller`, with
-//! the conditions [`route_statuses`] computes. Other controllers' entries are kept; an entry is
-//! written only when it changed (the controller's own write comes back through the watch and
-//! finds nothing to do). A failed write is retried at the next change of the index.
+//! Writes the status of Gateway API routes and ingress Gateways back to the API server
+//! (Kubernetes mode), as Istio does: for each HTTPRoute, GRPCRoute, TCPRoute and TLSRoute with
+//! a parent that is ours, the `status.parents` entries of controller `istio.io/mesh-controller`
+//! (a Service or a waypoint) or `istio.io/gateway-controller` (a Gateway of class `istio`),
+//! with the conditions [`route_statuses`] computes; and the `status` of each Gateway of class
+//! `istio` ([`gateway_statuses`]). Other controllers' entries are kept; an entry is written
+//! only when it changed (the controller's own write comes back through the watch and finds
+//! nothing to do). A failed write is retried at the next change of the index.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,7 +20,10 @@ use tokio::sync::watch;
 use super::api_resource_at;
 use crate::index::LiveIndex;
 use crate::translate::MeshSettings;
-use crate::translate::gateway_api::{MESH_CONTROLLER, ParentStatus, RouteStatus, route_statuses};
+use crate::translate::gateway_api::ingress::GATEWAY_CONTROLLER;
+use crate::translate::gateway_api::{
+    GatewayStatus, MESH_CONTROLLER, ParentStatus, RouteStatus, gateway_statuses, route_statuses,
+};
 
 type RouteKey = (crate::model::ResourceKind, String, String);
 
@@ -30,10 +35,26 @@ pub async fn keep_route_statuses(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut written: BTreeMap<RouteKey, Vec<ParentStatus>> = BTreeMap::new();
+    let mut written_gateways: BTreeMap<(String, String), GatewayStatus> = BTreeMap::new();
     let mut changes = index.subscribe();
     changes.borrow_and_update();
     loop {
         let snapshot = index.snapshot();
+        for status in gateway_statuses(&snapshot, &settings) {
+            let key = (status.namespace.clone(), status.name.clone());
+            if written_gateways.get(&key) == Some(&status) {
+                continue;
+            }
+            match write_gateway(&client, &status).await {
+                Ok(()) => {
+                    tracing::info!(namespace = %key.0, name = %key.1, "gateway status written");
+                    written_gateways.insert(key, status);
+                }
+                Err(error) => {
+                    tracing::warn!(namespace = %key.0, name = %key.1, %error, "writing gateway status failed; retrying at the next change");
+                }
+            }
+        }
         let statuses = route_statuses(&snapshot, &settings);
         let mut current: BTreeMap<RouteKey, RouteStatus> = statuses
             .into_iter()
@@ -89,6 +110,7 @@ fn route_kind(kind: crate::model::ResourceKind) -> crate::translate::gateway_api
     match kind {
         K::GRPCRoute => R::Grpc,
         K::TCPRoute => R::Tcp,
+        K::TLSRoute => R::Tls,
         _ => R::Http,
     }
 }
@@ -112,10 +134,7 @@ async fn write(client: &Client, status: &RouteStatus) -> Result<(), ::kube::Erro
             return Ok(());
         };
         let previous = object.data.get("status").cloned().unwrap_or(Value::Null);
-        let now = serde_json::to_value(Time(Utc::now()))
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
+        let now = now();
         let mut parents: Vec<Value> = previous
             .get("parents")
             .and_then(Value::as_array)
@@ -123,7 +142,9 @@ async fn write(client: &Client, status: &RouteStatus) -> Result<(), ::kube::Erro
                 parents
                     .iter()
                     .filter(|p| {
-                        p.get("controllerName").and_then(Value::as_str) != Some(MESH_CONTROLLER)
+                        let controller = p.get("controllerName").and_then(Value::as_str);
+                        controller != Some(MESH_CONTROLLER)
+                            && controller != Some(GATEWAY_CONTROLLER)
                     })
                     .cloned()
                     .collect()
@@ -136,6 +157,41 @@ async fn write(client: &Client, status: &RouteStatus) -> Result<(), ::kube::Erro
         return Ok(());
     }
     Ok(())
+}
+
+/// Replaces one Gateway's `status` (every field of it is this controller's). A Gateway that
+/// no longer exists is done.
+async fn write_gateway(client: &Client, status: &GatewayStatus) -> Result<(), ::kube::Error> {
+    let kind = crate::model::ResourceKind::KubernetesGateway;
+    for version in kind.versions() {
+        let api: Api<DynamicObject> = Api::namespaced_with(
+            client.clone(),
+            &status.namespace,
+            &api_resource_at(kind, version),
+        );
+        let object = match api.get_opt(&status.name).await {
+            Ok(object) => object,
+            Err(::kube::Error::Api(e)) if e.code == 404 => continue,
+            Err(error) => return Err(error),
+        };
+        let Some(object) = object else {
+            return Ok(());
+        };
+        let previous = object.data.get("status").cloned().unwrap_or(Value::Null);
+        let patch = json!({"status": status.to_json(&previous, &now())});
+        api.patch_status(&status.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        return Ok(());
+    }
+    Ok(())
+}
+
+/// The current time as the API writes it.
+fn now() -> String {
+    serde_json::to_value(Time(Utc::now()))
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

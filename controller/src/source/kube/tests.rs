@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use super::*;
 use crate::loader;
+use crate::source::kube::test_support::eventually;
 use weft_fake_apiserver::{FakeApiServer, LoggedRequest, ServedKind};
 
 type IndexKey = (ResourceKind, String, String);
@@ -177,18 +178,6 @@ async fn start_source(fake: FakeApiServer) -> Running {
 
 const WAIT: Duration = Duration::from_secs(20);
 
-/// Polls until `done` holds, failing the test after [`WAIT`].
-async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !done() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
 /// Waits until the index equals `expected`, then shows the difference if it never does.
 async fn converge(index: &TestIndex, expected: &BTreeMap<IndexKey, Resource>, what: &str) {
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -339,6 +328,14 @@ kind: TCPRoute
 metadata: {name: db, namespace: bookinfo}
 spec:
   parentRefs: [{name: waypoint}]
+  rules: [{backendRefs: [{name: db, port: 5432}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TLSRoute
+metadata: {name: secure, namespace: bookinfo}
+spec:
+  parentRefs: [{name: edge, sectionName: tls}]
+  hostnames: [secure.example.com]
   rules: [{backendRefs: [{name: db, port: 5432}]}]
 ---
 apiVersion: gateway.networking.k8s.io/v1beta1

@@ -1,13 +1,14 @@
-//! The status each route's parents get, as the Gateway API defines it and Istio reports it for
-//! the mesh (controller `istio.io/mesh-controller`): `Accepted` (the parent exists and takes
-//! the route) and `ResolvedRefs` (every backend resolves). A pure function of the index.
+//! The status each route's parents get, as the Gateway API defines it and Istio reports it:
+//! for the mesh (controller `istio.io/mesh-controller`, Service and waypoint parents) and for
+//! ingress Gateways (`istio.io/gateway-controller`): `Accepted` (the parent exists and takes
+//! the route) and `ResolvedRefs` (every backend resolves); and the status of the ingress
+//! Gateways themselves (`gateway_status`). Pure functions of the index.
 
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::{
-    BackendProblem, MeshRoute, Parent, ParentRef, RouteKind, backend, mesh_routes, parent,
-};
+use super::ingress::{self, GATEWAY_CONTROLLER};
+use super::{BackendProblem, MeshRoute, Parent, ParentRef, RouteKind, all_routes, backend, parent};
 use crate::index::ConfigIndex;
 use crate::translate::MeshSettings;
 use crate::translate::resolve::{self, name_of, service_waypoint};
@@ -28,6 +29,8 @@ pub struct Condition {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ParentStatus {
     pub parent_ref: ParentRef,
+    /// `istio.io/mesh-controller` or `istio.io/gateway-controller`.
+    pub controller: &'static str,
     pub conditions: Vec<Condition>,
 }
 
@@ -49,63 +52,67 @@ impl RouteStatus {
         self.parents
             .iter()
             .map(|parent| {
-                let conditions: Vec<Value> = parent
-                    .conditions
-                    .iter()
-                    .map(|c| {
-                        let status = if c.status { "True" } else { "False" };
-                        let since = previous_transition(previous, &parent.parent_ref, c, status);
-                        json!({
-                            "type": c.condition_type,
-                            "status": status,
-                            "reason": c.reason,
-                            "message": c.message,
-                            "observedGeneration": self.generation.unwrap_or(0),
-                            "lastTransitionTime": since.unwrap_or_else(|| now.to_owned()),
-                        })
-                    })
-                    .collect();
+                let previous_conditions = previous_parent(previous, parent);
                 json!({
                     "parentRef": parent.parent_ref,
-                    "controllerName": MESH_CONTROLLER,
-                    "conditions": conditions,
+                    "controllerName": parent.controller,
+                    "conditions": conditions_json(&parent.conditions, previous_conditions, self.generation, now),
                 })
             })
             .collect()
     }
 }
 
-/// The transition time a condition already carries in `previous`, when its status is unchanged.
-fn previous_transition(
-    previous: &Value,
-    parent_ref: &ParentRef,
-    condition: &Condition,
-    status: &str,
-) -> Option<String> {
-    let parents = previous.get("parents")?.as_array()?;
-    let entry = parents.iter().find(|p| {
-        p.get("controllerName").and_then(Value::as_str) == Some(MESH_CONTROLLER)
-            && p.get("parentRef")
-                .and_then(|r| serde_json::from_value::<ParentRef>(r.clone()).ok())
-                .as_ref()
-                == Some(parent_ref)
-    })?;
-    let previous_condition = entry
-        .get("conditions")?
-        .as_array()?
+/// Conditions in the API's form; `now` is the `lastTransitionTime` of those that `previous`
+/// does not already hold with the same status.
+pub(super) fn conditions_json(
+    conditions: &[Condition],
+    previous: Option<&Vec<Value>>,
+    generation: Option<i64>,
+    now: &str,
+) -> Vec<Value> {
+    conditions
         .iter()
-        .find(|c| c.get("type").and_then(Value::as_str) == Some(condition.condition_type))?;
-    (previous_condition.get("status").and_then(Value::as_str) == Some(status))
-        .then(|| {
-            previous_condition
-                .get("lastTransitionTime")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
+        .map(|c| {
+            let status = if c.status { "True" } else { "False" };
+            let since = previous
+                .and_then(|p| {
+                    p.iter().find(|old| {
+                        old.get("type").and_then(Value::as_str) == Some(c.condition_type)
+                    })
+                })
+                .filter(|old| old.get("status").and_then(Value::as_str) == Some(status))
+                .and_then(|old| old.get("lastTransitionTime").and_then(Value::as_str));
+            json!({
+                "type": c.condition_type,
+                "status": status,
+                "reason": c.reason,
+                "message": c.message,
+                "observedGeneration": generation.unwrap_or(0),
+                "lastTransitionTime": since.unwrap_or(now),
+            })
         })
-        .flatten()
+        .collect()
 }
 
-fn condition(
+/// The conditions `previous` (a route's current status) holds for `parent`.
+fn previous_parent<'v>(previous: &'v Value, parent: &ParentStatus) -> Option<&'v Vec<Value>> {
+    previous
+        .get("parents")?
+        .as_array()?
+        .iter()
+        .find(|p| {
+            p.get("controllerName").and_then(Value::as_str) == Some(parent.controller)
+                && p.get("parentRef")
+                    .and_then(|r| serde_json::from_value::<ParentRef>(r.clone()).ok())
+                    .as_ref()
+                    == Some(&parent.parent_ref)
+        })?
+        .get("conditions")?
+        .as_array()
+}
+
+pub(super) fn condition(
     condition_type: &'static str,
     status: bool,
     reason: &'static str,
@@ -138,9 +145,10 @@ fn first_backend_problem(
     })
 }
 
-/// The status of every route that names a Service or a waypoint among its parents.
+/// The status of every route that names a Service, a waypoint or an ingress Gateway among its
+/// parents.
 pub fn route_statuses(index: &ConfigIndex, settings: &MeshSettings) -> Vec<RouteStatus> {
-    mesh_routes(index)
+    all_routes(index)
         .iter()
         .filter_map(|route| {
             let resolved = match first_backend_problem(index, settings, route) {
@@ -154,8 +162,22 @@ pub fn route_statuses(index: &ConfigIndex, settings: &MeshSettings) -> Vec<Route
                 .parent_refs
                 .iter()
                 .filter_map(|parent_ref| {
+                    let mut controller = MESH_CONTROLLER;
                     let accepted = match parent(index, settings, route.namespace(), parent_ref) {
                         Parent::Other => return None,
+                        // TLSRoutes are for ingress Gateways only.
+                        _ if route.kind == RouteKind::Tls
+                            && !parent_ref.is_gateway() => return None,
+                        Parent::Ingress(gateway) => {
+                            controller = GATEWAY_CONTROLLER;
+                            let listeners = ingress::resolve_gateway(index, gateway, &[]);
+                            match ingress::attach(index, &listeners, route, parent_ref) {
+                                Ok(_) => condition("Accepted", true, "Accepted", "Route was valid"),
+                                Err(refused) => {
+                                    condition("Accepted", false, refused.reason, refused.message)
+                                }
+                            }
+                        }
                         Parent::Service { service, .. } => {
                             match service_waypoint(index, service) {
                                 Some(waypoint) => condition(
@@ -191,6 +213,7 @@ pub fn route_statuses(index: &ConfigIndex, settings: &MeshSettings) -> Vec<Route
                     };
                     Some(ParentStatus {
                         parent_ref: parent_ref.clone(),
+                        controller,
                         conditions: vec![accepted, resolved.clone()],
                     })
                 })

@@ -23,6 +23,8 @@ use crate::model::ResourceKind;
 use crate::model::networking::{
     Gateway, Server, ServerTlsMode, TlsProtocolVersion, VirtualService,
 };
+use crate::translate::gateway_api::ingress::{IngressGateway, ingress_gateways};
+use crate::translate::gateway_api::{self, MeshRoute};
 use crate::translate::resolve::{
     self, WaypointRef, host_covers, name_of, namespace_of, qualify_host,
 };
@@ -34,6 +36,8 @@ pub fn gateway_configs(
     settings: &MeshSettings,
     problems: &mut Vec<TranslateError>,
 ) -> BTreeMap<String, wp::WaypointConfig> {
+    let routes = gateway_api::all_routes(index);
+    let ingress = ingress_gateways(index, &routes);
     let mut configs = BTreeMap::new();
     for pod in index.pods.values().filter(|p| !resolve::pod_terminated(p)) {
         let labels = resolve::labels(&pod.metadata);
@@ -43,35 +47,50 @@ pub fn gateway_configs(
             .values()
             .filter(|g| !g.spec.selector.is_empty() && resolve::selects(&g.spec.selector, &labels))
             .collect();
-        if gateways.is_empty() {
+        let kubernetes = listeners::serving(&ingress, pod);
+        if gateways.is_empty() && kubernetes.is_empty() {
             continue;
         }
         gateways.sort_by(|a, b| age_key(&a.metadata).cmp(&age_key(&b.metadata)));
         let key = format!("{}/{}", namespace_of(&pod.metadata), name_of(&pod.metadata));
-        configs.insert(
-            key,
-            gateway_config(index, settings, pod, &gateways, problems),
-        );
+        let served = Gateways {
+            istio: &gateways,
+            kubernetes: &kubernetes,
+            routes: &routes,
+        };
+        configs.insert(key, gateway_config(index, settings, pod, served, problems));
     }
     configs
 }
 
-/// Whether an Istio Gateway selects `pod`: a gateway proxy runs there, with its own identity
-/// from the mesh CA.
+/// Whether a gateway proxy runs in `pod` (an Istio Gateway selects it, or it is the pod of a
+/// Gateway API Gateway of class `istio`), with its own identity from the mesh CA.
 pub fn is_gateway_pod(index: &ConfigIndex, pod: &Pod) -> bool {
     let labels = resolve::labels(&pod.metadata);
     index
         .istio_gateways
         .values()
         .any(|g| !g.spec.selector.is_empty() && resolve::selects(&g.spec.selector, &labels))
+        || listeners::is_ingress_pod(index, pod)
+}
+
+/// The Gateways one gateway proxy serves.
+#[derive(Clone, Copy)]
+pub struct Gateways<'g, 'a> {
+    /// Istio Gateways selecting the pod, oldest first.
+    pub istio: &'g [&'a Gateway],
+    /// Gateway API Gateways of class `istio` whose pod it is.
+    pub kubernetes: &'g [&'g IngressGateway<'a>],
+    /// The routes their listeners were resolved against.
+    pub routes: &'g [MeshRoute<'a>],
 }
 
 /// One gateway proxy's configuration.
-pub fn gateway_config(
-    index: &ConfigIndex,
+pub fn gateway_config<'a>(
+    index: &'a ConfigIndex,
     settings: &MeshSettings,
     pod: &Pod,
-    gateways: &[&Gateway],
+    gateways: Gateways<'_, 'a>,
     problems: &mut Vec<TranslateError>,
 ) -> wp::WaypointConfig {
     let proxy = WaypointRef {
@@ -80,40 +99,28 @@ pub fn gateway_config(
     };
     let mut compiler = Compiler::new(index, settings, proxy, problems);
     let mut listeners: BTreeMap<u32, wp::GatewayListener> = BTreeMap::new();
-    for gateway in gateways {
+    for gateway in gateways.istio {
         for (i, server) in gateway.spec.servers.iter().enumerate() {
             let Some(compiled) = compiler.server(gateway, server, i) else {
                 continue;
             };
-            let listener = listeners
-                .entry(compiled.0)
-                .or_insert_with(|| wp::GatewayListener {
-                    port: compiled.0,
-                    servers: Vec::new(),
-                });
-            let terminates_here = |s: &wp::GatewayServer| {
-                s.protocol == wp::GatewayProtocol::Http as i32
-                    || s.protocol == wp::GatewayProtocol::Tcp as i32
-            };
-            if let Some(first) = listener.servers.first()
-                && terminates_here(first) != terminates_here(&compiled.1)
-            {
-                compiler.report(
-                    ResourceKind::Gateway,
-                    &gateway.metadata,
-                    TranslateProblem::Unsupported {
-                        path: format!("spec.servers[{i}].port"),
-                        reason: format!(
-                            "port {} is already served in{} TLS by {}; this server is ignored",
-                            compiled.0,
-                            if terminates_here(first) { "out" } else { "" },
-                            first.gateway
-                        ),
-                    },
-                );
-                continue;
-            }
-            listener.servers.push(compiled.1);
+            let origin = (
+                ResourceKind::Gateway,
+                &gateway.metadata,
+                format!("spec.servers[{i}].port"),
+            );
+            add_server(&mut compiler, &mut listeners, compiled, origin);
+        }
+    }
+    for gateway in gateways.kubernetes {
+        let servers = compiler.listener_servers(gateway, gateways.routes);
+        for (i, compiled) in servers.into_iter().enumerate() {
+            let origin = (
+                ResourceKind::KubernetesGateway,
+                gateway.meta(),
+                format!("spec.listeners[{i}].port"),
+            );
+            add_server(&mut compiler, &mut listeners, compiled, origin);
         }
     }
     let clusters: Vec<wp::Cluster> = std::mem::take(&mut compiler.clusters)
@@ -144,6 +151,48 @@ pub fn gateway_config(
         }),
         ..Default::default()
     }
+}
+
+/// Adds a compiled server to its port's listener, unless the port already carries servers
+/// that terminate differently (plain and TLS on one port): then it is reported and left out.
+fn add_server(
+    compiler: &mut Compiler<'_, '_>,
+    listeners: &mut BTreeMap<u32, wp::GatewayListener>,
+    (port, server): (u32, wp::GatewayServer),
+    (kind, meta, path): (
+        ResourceKind,
+        &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+        String,
+    ),
+) {
+    let listener = listeners
+        .entry(port)
+        .or_insert_with(|| wp::GatewayListener {
+            port,
+            servers: Vec::new(),
+        });
+    let terminates_here = |s: &wp::GatewayServer| {
+        s.protocol == wp::GatewayProtocol::Http as i32
+            || s.protocol == wp::GatewayProtocol::Tcp as i32
+    };
+    if let Some(first) = listener.servers.first()
+        && terminates_here(first) != terminates_here(&server)
+    {
+        compiler.report(
+            kind,
+            meta,
+            TranslateProblem::Unsupported {
+                path,
+                reason: format!(
+                    "port {port} is already served in{} TLS by {}; this server is ignored",
+                    if terminates_here(first) { "out" } else { "" },
+                    first.gateway
+                ),
+            },
+        );
+        return;
+    }
+    listener.servers.push(server);
 }
 
 /// An AuthorizationPolicy applies to the gateway's pod as to any workload: from the root
@@ -559,6 +608,8 @@ impl GatewayRoutes<'_, '_, '_> {
         out
     }
 }
+
+mod listeners;
 
 #[cfg(test)]
 mod tests;

@@ -280,7 +280,7 @@ fn redirect(filter: &gw::Redirect, form: PrefixForm) -> wp::HttpRedirect {
 
 /// A backend's share as Istio gives it: weight 1 by default, zero weights dropped, a single
 /// destination unweighted.
-fn weighted(backends: &[BackendRef]) -> Vec<(&BackendRef, i32)> {
+pub(super) fn weighted(backends: &[BackendRef]) -> Vec<(&BackendRef, i32)> {
     let kept: Vec<(&BackendRef, i32)> = backends
         .iter()
         .map(|b| (b, b.weight.unwrap_or(1)))
@@ -315,7 +315,7 @@ fn internal_error() -> wp::HttpDirectResponse {
 impl<'a> Compiler<'a, '_> {
     /// The destination of a resolved backend, its cluster registered when the Service has that
     /// port; an unresolved backend or port keeps a cluster name nothing serves (503 `NC`).
-    fn gateway_destination(
+    pub(super) fn gateway_destination(
         &mut self,
         route: &MeshRoute<'a>,
         backend: &BackendRef,
@@ -452,7 +452,7 @@ impl<'a> Compiler<'a, '_> {
         (http_routes, tcp_routes)
     }
 
-    fn tcp_rule(
+    pub(super) fn tcp_rule(
         &mut self,
         served: &Served,
         route: &MeshRoute<'a>,

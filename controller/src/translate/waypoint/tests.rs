@@ -23,7 +23,7 @@ fn unvalidated(text: &str) -> ConfigIndex {
     index
 }
 
-pub(super) fn validated(text: &str) -> ConfigIndex {
+pub(crate) fn validated(text: &str) -> ConfigIndex {
     let report = loader::load_str(Path::new("test.yaml"), text);
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     let (index, rejections) = ConfigIndex::from_report(report, None);

@@ -1,15 +1,9 @@
 //! The route status writer against the fake API server: conditions appear on the object, follow
 //! the configuration, and leave other controllers' entries alone.
 
-use std::time::Duration;
-
-use serde::Deserialize;
-
 use super::*;
-use crate::source::kube::KubeSource;
+use crate::source::kube::test_support::{Started, documents, eventually};
 use weft_fake_apiserver::FakeApiServer;
-
-const WAIT: Duration = Duration::from_secs(20);
 
 const OBJECTS: &str = r#"
 apiVersion: v1
@@ -53,13 +47,6 @@ spec:
   ports: [{name: http, port: 9080}]
 "#;
 
-fn documents(text: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(text)
-        .map(|document| Value::deserialize(document).expect("fixture is YAML"))
-        .filter(|value| !value.is_null())
-        .collect()
-}
-
 /// The route's `status.parents` entry of `controller`: (type, status, reason) per condition.
 fn conditions_of(fake: &FakeApiServer, controller: &str) -> Option<Vec<(String, String, String)>> {
     let route = fake.get("gateway.networking.k8s.io/v1", "HTTPRoute", "shop", "split")?;
@@ -79,49 +66,20 @@ fn conditions_of(fake: &FakeApiServer, controller: &str) -> Option<Vec<(String, 
     )
 }
 
-async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !done() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
 fn triple(t: &str, s: &str, r: &str) -> (String, String, String) {
     (t.to_owned(), s.to_owned(), r.to_owned())
 }
 
 #[tokio::test]
 async fn route_status_is_written_and_follows_the_configuration() {
-    let fake = FakeApiServer::start().await.unwrap();
-    for object in documents(OBJECTS) {
-        fake.create(object).expect("fake accepts the fixture");
-    }
-    let client = fake.client().expect("client");
-    let index = Arc::new(LiveIndex::default());
-    let source = KubeSource::new(client.clone(), index.clone());
-    let mut synced = source.synced();
-    let source_task = tokio::spawn(source.run());
-    tokio::time::timeout(
-        WAIT,
-        synced.wait_for(|kinds| kinds.len() == crate::model::ResourceKind::ALL.len()),
-    )
-    .await
-    .expect("every kind listed")
-    .expect("source running");
-    let (stop, shutdown) = watch::channel(false);
-    let writer = tokio::spawn(keep_route_statuses(
-        client,
-        index.clone(),
-        MeshSettings::default(),
-        shutdown,
-    ));
+    let mut started = Started::with(OBJECTS).await;
+    started.run(|client, index, shutdown| {
+        keep_route_statuses(client, index, MeshSettings::default(), shutdown)
+    });
+    let fake = &started.fake;
 
     eventually("BackendNotFound on the Service parent", || {
-        conditions_of(&fake, MESH_CONTROLLER)
+        conditions_of(fake, MESH_CONTROLLER)
             == Some(vec![
                 triple("Accepted", "True", "Accepted"),
                 triple("ResolvedRefs", "False", "BackendNotFound"),
@@ -150,7 +108,7 @@ async fn route_status_is_written_and_follows_the_configuration() {
         "{ours}"
     );
     assert_eq!(
-        conditions_of(&fake, "example.com/ingress"),
+        conditions_of(fake, "example.com/ingress"),
         Some(vec![triple("Accepted", "True", "Accepted")]),
         "another controller's entry is kept"
     );
@@ -160,19 +118,158 @@ async fn route_status_is_written_and_follows_the_configuration() {
         fake.create(object).expect("fake accepts the service");
     }
     eventually("ResolvedRefs once the backend exists", || {
-        conditions_of(&fake, MESH_CONTROLLER)
+        conditions_of(fake, MESH_CONTROLLER)
             == Some(vec![
                 triple("Accepted", "True", "Accepted"),
                 triple("ResolvedRefs", "True", "ResolvedRefs"),
             ])
     })
     .await;
-    assert!(conditions_of(&fake, "example.com/ingress").is_some());
+    assert!(conditions_of(fake, "example.com/ingress").is_some());
 
-    stop.send(true).unwrap();
-    tokio::time::timeout(WAIT, writer)
-        .await
-        .expect("the writer stops on shutdown")
+    started.stop().await;
+}
+
+const INGRESS: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: edge}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: public, namespace: edge, generation: 1}
+spec:
+  gatewayClassName: istio
+  listeners:
+  - {name: http, port: 80, protocol: HTTP}
+  - {name: tls, port: 443, protocol: TLS, tls: {mode: Passthrough}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: edge}
+spec:
+  clusterIP: 10.96.0.50
+  ports: [{name: http, port: 8080}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: web, namespace: edge}
+spec:
+  parentRefs: [{name: public, sectionName: http}, {name: public, sectionName: tls}]
+  rules: [{backendRefs: [{name: web, port: 8080}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TLSRoute
+metadata: {name: secure, namespace: edge}
+spec:
+  parentRefs: [{name: public}]
+  hostnames: [secure.example.com]
+  rules: [{backendRefs: [{name: web, port: 8080}]}]
+"#;
+
+const PROVISIONED_SERVICE: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: public-istio, namespace: edge}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.60
+  ports: [{name: http, port: 80}]
+"#;
+
+#[tokio::test]
+async fn ingress_gateway_and_route_status_is_written() {
+    let mut started = Started::with(INGRESS).await;
+    started.run(|client, index, shutdown| {
+        keep_route_statuses(client, index, MeshSettings::default(), shutdown)
+    });
+    let fake = &started.fake;
+
+    let gateway = || fake.get("gateway.networking.k8s.io/v1", "Gateway", "edge", "public");
+    let condition = |value: &Value, kind: &str| {
+        value["conditions"]
+            .as_array()
+            .and_then(|all| all.iter().find(|c| c["type"] == kind))
+            .map(|c| {
+                (
+                    c["status"].as_str().unwrap_or_default().to_owned(),
+                    c["reason"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+    };
+    eventually("the Gateway's status", || {
+        gateway().is_some_and(|g| {
+            g["status"]["listeners"]
+                .as_array()
+                .is_some_and(|l| l.len() == 2)
+        })
+    })
+    .await;
+    let status = gateway().unwrap()["status"].clone();
+    assert_eq!(
+        condition(&status, "Accepted"),
+        Some(("True".into(), "Accepted".into()))
+    );
+    assert_eq!(
+        condition(&status, "Programmed"),
+        Some(("False".into(), "AddressNotAssigned".into()))
+    );
+    let listeners = status["listeners"].as_array().unwrap();
+    assert_eq!(listeners[0]["name"], "http");
+    assert_eq!(listeners[0]["attachedRoutes"], 1);
+    assert_eq!(listeners[0]["supportedKinds"][0]["kind"], "HTTPRoute");
+    assert_eq!(listeners[1]["attachedRoutes"], 1, "the TLSRoute only");
+    assert_eq!(
+        condition(&listeners[1], "Programmed"),
+        Some(("True".into(), "Programmed".into()))
+    );
+
+    // Per parent: the HTTP listener takes the HTTPRoute, the TLS one does not.
+    let route = fake
+        .get("gateway.networking.k8s.io/v1", "HTTPRoute", "edge", "web")
         .unwrap();
-    source_task.abort();
+    let parents = route["status"]["parents"].as_array().unwrap();
+    assert_eq!(parents.len(), 2, "{route}");
+    assert!(
+        parents
+            .iter()
+            .all(|p| p["controllerName"] == "istio.io/gateway-controller")
+    );
+    assert_eq!(
+        condition(&parents[0], "Accepted"),
+        Some(("True".into(), "Accepted".into()))
+    );
+    assert_eq!(
+        condition(&parents[1], "Accepted"),
+        Some(("False".into(), "NotAllowedByListeners".into()))
+    );
+    let tls = fake
+        .get(
+            "gateway.networking.k8s.io/v1alpha2",
+            "TLSRoute",
+            "edge",
+            "secure",
+        )
+        .unwrap();
+    assert_eq!(
+        condition(&tls["status"]["parents"][0], "ResolvedRefs"),
+        Some(("True".into(), "ResolvedRefs".into()))
+    );
+
+    // The provisioned Service appears: the Gateway is programmed, at its address.
+    for object in documents(PROVISIONED_SERVICE) {
+        fake.create(object).expect("fake accepts the service");
+    }
+    eventually("Programmed once the Service exists", || {
+        gateway().is_some_and(|g| {
+            condition(&g["status"], "Programmed") == Some(("True".into(), "Programmed".into()))
+        })
+    })
+    .await;
+    assert_eq!(
+        gateway().unwrap()["status"]["addresses"][0]["value"],
+        "public-istio.edge.svc.cluster.local"
+    );
+
+    started.stop().await;
 }
