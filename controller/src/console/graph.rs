@@ -3,7 +3,9 @@
 //! services, as in Kiali's versioned-app graph with service nodes: a request from `productpage`
 //! to `reviews` is an edge from the workload to the service and one from the service to the
 //! workload (version) that served it, so a canary's split reads on the service's out-edges.
-//! Traffic an authorization policy denied (response flag `DENY`) is kept on edges of its own.
+//! Traffic an authorization policy denied (a node agent's response flag `DENY`, or a 403 the
+//! waypoint answered without a destination workload, as Envoy's RBAC filter reports it) is kept
+//! on edges of its own.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -192,7 +194,10 @@ impl Builder {
         {
             return None;
         }
-        let denied = l("response_flags") == DENIED;
+        // A node agent's refusal carries `DENY`; the waypoint's, as Envoy's RBAC filter, is a
+        // 403 it answered itself, before any destination workload was picked.
+        let denied =
+            l("response_flags") == DENIED || (l("response_code") == "403" && !known(target));
         let source = self.workload(
             source_ns,
             source,
@@ -235,6 +240,11 @@ impl Builder {
     }
 
     fn tcp(&mut self, sample: &Sample, connections: bool) {
+        // The caller's agent reported it already; the destination's report is for callers
+        // without an agent.
+        if sample.label("reporter") == "destination" && known(sample.label("source_workload")) {
+            return;
+        }
         let Some((source, service, target, denied)) = self.hops(sample) else {
             return;
         };

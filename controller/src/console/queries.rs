@@ -1,7 +1,9 @@
 //! The PromQL the console runs: Kiali's graph and detail queries on Istio's standard metrics,
 //! with Istio's label names, so a Kiali pointed at the same Prometheus draws the same graph.
 //! HTTP comes from the waypoint (`reporter="waypoint"`, as Kiali reads ambient meshes), TCP
-//! from the destination's node agent (`reporter="destination"`, one report per connection).
+//! from the node agents: the caller's (`reporter="source"`), and the destination's for callers
+//! without an agent of their own (`source_workload="unknown"`), as Kiali picks its reporters,
+//! so that no connection counts twice.
 
 /// What each edge is grouped by (Kiali's `groupBy`, without the cluster labels of a
 /// single-cluster mesh).
@@ -71,8 +73,8 @@ pub fn http_p99_by_workload(namespace: &str, window: &str) -> String {
 /// (`istio_tcp_connections_opened_total`), by edge, security and flags.
 pub fn tcp(metric: &str, namespace: &str, window: &str) -> String {
     format!(
-        "sum(rate({metric}{{reporter=\"destination\",destination_service_namespace=\"{namespace}\"}}[{window}])) \
-         by ({EDGE_LABELS},connection_security_policy,response_flags) > 0"
+        "sum(rate({metric}{{reporter=~\"source|destination\",destination_service_namespace=\"{namespace}\"}}[{window}])) \
+         by (reporter,{EDGE_LABELS},connection_security_policy,response_flags) > 0"
     )
 }
 
@@ -141,7 +143,7 @@ mod tests {
         ));
         assert!(
             tcp("istio_tcp_sent_bytes_total", "bookinfo", "5m")
-                .contains("istio_tcp_sent_bytes_total{reporter=\"destination\",destination_service_namespace=\"bookinfo\"}[5m]")
+                .contains("istio_tcp_sent_bytes_total{reporter=~\"source|destination\",destination_service_namespace=\"bookinfo\"}[5m]")
         );
     }
 }

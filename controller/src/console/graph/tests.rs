@@ -70,7 +70,14 @@ fn a_canary_reads_as_two_versions_behind_one_service_with_its_split_and_p99() {
         ("destination_workload", "unknown"),
         ("response_code", "403"),
         ("connection_security_policy", "mutual_tls"),
-        ("response_flags", "DENY"),
+        ("response_flags", "-"),
+    ]);
+    // An application's own 403 is an answer, not a denial.
+    let forbidden_by_app = with(&[
+        ("destination_canonical_revision", "v1"),
+        ("response_code", "403"),
+        ("connection_security_policy", "mutual_tls"),
+        ("response_flags", "-"),
     ]);
     let p99 = with(&[("le", "")]);
     let answers = Answers {
@@ -79,6 +86,7 @@ fn a_canary_reads_as_two_versions_behind_one_service_with_its_split_and_p99() {
             (&v2, "0.9"),
             (&v2_errors, "0.1"),
             (&denied, "2"),
+            (&forbidden_by_app, "0"),
         ]),
         p99_by_source: answer(&[(&p99, "12.5")]),
         p99_by_workload: answer(&[(&with(&[("destination_canonical_revision", "v2")]), "NaN")]),
@@ -139,6 +147,7 @@ fn a_canary_reads_as_two_versions_behind_one_service_with_its_split_and_p99() {
 #[test]
 fn tcp_edges_come_from_the_agents_and_waypoints_are_drawn_through() {
     let tcp = [
+        ("reporter", "source"),
         ("source_workload_namespace", "bookinfo"),
         ("source_workload", "productpage"),
         ("source_canonical_revision", "v1"),
@@ -151,13 +160,27 @@ fn tcp_edges_come_from_the_agents_and_waypoints_are_drawn_through() {
         ("response_flags", "-"),
     ];
     let mut from_waypoint = tcp.to_vec();
-    from_waypoint[1] = ("source_workload", "waypoint");
+    from_waypoint[2] = ("source_workload", "waypoint");
     let mut plaintext = tcp.to_vec();
-    plaintext[1] = ("source_workload", "unknown");
-    plaintext[8] = ("connection_security_policy", "unknown");
+    plaintext[0] = ("reporter", "destination");
+    plaintext[2] = ("source_workload", "unknown");
+    plaintext[9] = ("connection_security_policy", "unknown");
+    // The same connections as the destination's agent saw them: not counted twice.
+    let mut twice = tcp.to_vec();
+    twice[0] = ("reporter", "destination");
     let answers = Answers {
-        tcp_bytes: answer(&[(&tcp, "2048"), (&from_waypoint, "99"), (&plaintext, "10")]),
-        tcp_connections: answer(&[(&tcp, "0.5"), (&from_waypoint, "9"), (&plaintext, "1")]),
+        tcp_bytes: answer(&[
+            (&tcp, "2048"),
+            (&from_waypoint, "99"),
+            (&plaintext, "10"),
+            (&twice, "2048"),
+        ]),
+        tcp_connections: answer(&[
+            (&tcp, "0.5"),
+            (&from_waypoint, "9"),
+            (&plaintext, "1"),
+            (&twice, "0.5"),
+        ]),
         ..Answers::default()
     };
     let hidden = BTreeSet::from([("bookinfo".to_owned(), "waypoint".to_owned())]);

@@ -46,6 +46,10 @@ impl Cluster for Mesh {
         self.write_config(file, yaml)
     }
 
+    fn start_observability(&self) -> anyhow::Result<Option<crate::observability::Observability>> {
+        Mesh::start_observability(self).map(Some)
+    }
+
     fn capture_scope(&self) -> CaptureScope {
         CaptureScope {
             filter: "tcp.len > 0",
