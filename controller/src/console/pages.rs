@@ -79,7 +79,7 @@ fn names_service(host: &str, from: &str, name: &str, namespace: &str) -> bool {
         || (host == name && from == namespace)
 }
 
-fn string_list<'a>(value: &'a Value) -> impl Iterator<Item = &'a str> {
+fn string_list(value: &Value) -> impl Iterator<Item = &str> {
     value
         .as_array()
         .into_iter()
