@@ -54,7 +54,15 @@ impl Cluster for Mesh {
         CaptureScope {
             filter: "tcp.len > 0",
             description: "everything between the nodes and the control plane",
-            ports: &[("15008", "HBONE"), ("15010", "the controller")],
+            // Prometheus on the control-plane host scrapes the agents' and the waypoint's 15020
+            // and the controller's 15014 in plaintext, as Istio's Prometheus does; metrics
+            // carry no request's content (the marker check still covers them).
+            ports: &[
+                ("15008", "HBONE"),
+                ("15010", "the controller"),
+                ("15020", "metrics scraped by Prometheus"),
+                ("15014", "the controller's metrics scraped by Prometheus"),
+            ],
         }
     }
 
