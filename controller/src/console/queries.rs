@@ -78,10 +78,11 @@ pub fn tcp(metric: &str, namespace: &str, window: &str) -> String {
     )
 }
 
-/// One service's requests per second by destination version and workload: the split.
+/// One service's requests per second by destination version and workload: the split (what
+/// reached a workload; requests refused or failed before one was picked are not in it).
 pub fn service_split(namespace: &str, service: &str, window: &str) -> String {
     format!(
-        "sum(rate(istio_requests_total{{reporter=\"waypoint\",destination_service_namespace=\"{namespace}\",destination_service_name=\"{service}\"}}[{window}])) \
+        "sum(rate(istio_requests_total{{reporter=\"waypoint\",destination_service_namespace=\"{namespace}\",destination_service_name=\"{service}\",destination_workload!=\"unknown\",destination_workload!=\"\"}}[{window}])) \
          by (destination_workload,destination_canonical_revision,destination_version)"
     )
 }
