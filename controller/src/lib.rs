@@ -8,10 +8,12 @@
 //! [`translate`]ion into what node agents and waypoints consume. None of these perform network
 //! I/O; [`push`] (what each proxy receives), [`server`], [`source`], [`ca`], [`tls`] and [`webhook`]
 //! (the validating admission webhook) do; [`syncz`] is what each proxy was sent and answered; [`analysis`] is `istioctl analyze`'s cross-resource
-//! checks.
+//! checks; [`console`] is the service-graph console (traffic from Prometheus, configuration from
+//! the index).
 
 pub mod analysis;
 pub mod ca;
+pub mod console;
 pub mod crd;
 pub mod index;
 pub mod jwks;

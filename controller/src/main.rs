@@ -67,6 +67,16 @@ struct RunArgs {
     /// Prometheus monitoring address.
     #[arg(long, env = "WEFT_MONITORING_ADDRESS", default_value = "0.0.0.0:15014")]
     monitoring_address: std::net::SocketAddr,
+    /// The service-graph console's address (off unless given; Kiali listens on 20001).
+    #[arg(long, env = "WEFT_CONSOLE_ADDRESS")]
+    console_address: Option<std::net::SocketAddr>,
+    /// The Prometheus the console reads traffic from.
+    #[arg(
+        long,
+        env = "WEFT_PROMETHEUS_URL",
+        default_value = "http://127.0.0.1:9090"
+    )]
+    prometheus_url: String,
     /// Directory holding the root CA (local mode; created and persisted on first start).
     #[arg(long, env = "WEFT_CA_DIR", default_value = "/var/lib/weft/ca")]
     ca_dir: PathBuf,
@@ -246,6 +256,12 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
             webhook_address,
             webhook_configuration,
             monitoring_address: args.monitoring_address,
+            console: args
+                .console_address
+                .map(|address| controller::console::ConsoleConfig {
+                    address,
+                    prometheus_url: args.prometheus_url.clone(),
+                }),
             settings,
         };
         let (sender, shutdown) = tokio::sync::watch::channel(false);

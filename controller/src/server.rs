@@ -95,6 +95,8 @@ pub struct ServerConfig {
     pub webhook_configuration: Option<String>,
     /// Prometheus metrics, 15014.
     pub monitoring_address: SocketAddr,
+    /// The service-graph console; `None` for none.
+    pub console: Option<crate::console::ConsoleConfig>,
     pub settings: MeshSettings,
 }
 
@@ -123,6 +125,8 @@ pub enum ServerError {
     Tls(#[from] rustls::Error),
     #[error("no gRPC listener: give a plaintext or a TLS address")]
     NoListener,
+    #[error(transparent)]
+    Console(crate::console::ConsoleStartError),
     #[error("binding {0}: {1}")]
     Bind(SocketAddr, #[source] std::io::Error),
     #[error("grpc server on {0}: {1}")]
@@ -428,6 +432,19 @@ pub async fn run(config: ServerConfig, shutdown: watch::Receiver<bool>) -> Resul
             _ = monitoring_shutdown.wait_for(|s| *s) => {}
         }
     });
+
+    if let Some(console) = &config.console {
+        let serving = crate::console::bind(console, index.clone(), &config.settings)
+            .await
+            .map_err(ServerError::Console)?;
+        let mut console_shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = serving => {}
+                _ = console_shutdown.wait_for(|s| *s) => {}
+            }
+        });
+    }
 
     let router = tonic::transport::Server::builder()
         .add_service(ads)

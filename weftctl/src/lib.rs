@@ -3,6 +3,7 @@
 //! admin ports through [`http`].
 
 pub mod analyze;
+pub mod dashboard;
 pub mod http;
 pub mod mesh;
 pub mod node_config;

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use weftctl::output::Format;
-use weftctl::{analyze, mesh, node_config, precheck, status, waypoint};
+use weftctl::{analyze, dashboard, mesh, node_config, precheck, status, waypoint};
 
 /// The mesh's command line (istioctl's verbs).
 #[derive(Debug, Parser)]
@@ -79,6 +79,19 @@ enum Command {
         #[arg(long, default_value = "/etc/cni/net.d")]
         cni_dir: PathBuf,
     },
+    /// The service-graph console's address (and Prometheus'); `--open` opens it.
+    Dashboard {
+        /// Open the graph of this namespace.
+        #[arg(short, long)]
+        namespace: Option<String>,
+        /// The console's address when no local mesh is named (the controller's
+        /// --console-address).
+        #[arg(long, env = "WEFT_CONSOLE", default_value = "http://127.0.0.1:20001/")]
+        console: String,
+        /// Hand the page to the desktop's browser (xdg-open).
+        #[arg(long)]
+        open: bool,
+    },
     /// Versions of weftctl, the controller and every connected proxy.
     Version {
         /// Only weftctl's own version.
@@ -141,12 +154,16 @@ enum WaypointCommand {
 
 /// The local mesh named by --mesh-dir or --demo.
 fn local_mesh(cli: &Cli) -> anyhow::Result<Option<mesh::Addresses>> {
-    let dir = match (&cli.mesh_dir, cli.demo) {
-        (Some(dir), _) => dir.clone(),
-        (None, true) => mesh::demo_dir()?,
-        (None, false) => return Ok(None),
-    };
-    mesh::load(&dir).map(Some)
+    local_dir(cli)?.map(|dir| mesh::load(&dir)).transpose()
+}
+
+/// The directory of the local mesh named by --mesh-dir or --demo.
+fn local_dir(cli: &Cli) -> anyhow::Result<Option<PathBuf>> {
+    Ok(match (&cli.mesh_dir, cli.demo) {
+        (Some(dir), _) => Some(dir.clone()),
+        (None, true) => Some(mesh::demo_dir()?),
+        (None, false) => None,
+    })
 }
 
 fn run(mut cli: Cli) -> anyhow::Result<u8> {
@@ -191,6 +208,20 @@ fn run(mut cli: Cli) -> anyhow::Result<u8> {
             node_config::run(&cli.agents, section, node.as_deref(), format)
         }
         Command::Precheck { cni_dir } => precheck::run(&cni_dir, format),
+        Command::Dashboard {
+            ref namespace,
+            ref console,
+            open,
+        } => {
+            let addresses = match local_dir(&cli)? {
+                Some(dir) => dashboard::load(&dir)?,
+                None => dashboard::Dashboard {
+                    console: console.clone(),
+                    prometheus: String::new(),
+                },
+            };
+            dashboard::run(&addresses, namespace.as_deref(), open, format)
+        }
         Command::Version { short } => status::version(&cli.controller, short, format),
         Command::Waypoint { command } => match command {
             WaypointCommand::Generate(target) => {

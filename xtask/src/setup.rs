@@ -34,6 +34,10 @@ const APT_PACKAGES: &[&str] = &[
     "containerd",
     "runc",
     "containernetworking-plugins",
+    // the demo's Prometheus and the console's browser test (headless, driven over WebDriver)
+    "prometheus",
+    "chromium",
+    "chromium-driver",
 ];
 
 /// bpf-linker's default features want LLVM 23; this machine has LLVM 22.

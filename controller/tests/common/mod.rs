@@ -38,6 +38,7 @@ pub fn local_config(dir: &Path, tokens: &str) -> ServerConfig {
         webhook_address: None,
         webhook_configuration: None,
         monitoring_address: free_port(),
+        console: None,
         settings: MeshSettings::default(),
     }
 }

@@ -24,7 +24,10 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 use weft_testbed::Testbed;
 
-use crate::{CurlResult, PodSpec, binary, curl, scenarios::SCENARIOS, session::Session};
+use crate::{
+    CurlResult, PodSpec, binary, curl, observability::Observability, scenarios::SCENARIOS,
+    session::Session,
+};
 
 pub mod examples;
 mod metrics;
@@ -115,6 +118,11 @@ pub trait Cluster {
     fn dir(&self) -> &Path;
     /// The tails of every log, for failures.
     fn logs(&self) -> String;
+    /// Prometheus scraping the mesh, and the console, reachable from the machine's loopback;
+    /// `None` where the runtime does not run them.
+    fn start_observability(&self) -> anyhow::Result<Option<Observability>> {
+        Ok(None)
+    }
     /// What the testbed runtime shows that this one cannot, said once in the output.
     fn limits(&self) -> &'static [&'static str] {
         &[]
@@ -123,6 +131,8 @@ pub trait Cluster {
 
 /// A running demo: the cluster and what the scenarios know of bookinfo.
 pub struct Demo {
+    /// Declared first: stopped before the mesh it scrapes.
+    pub observability: Option<Observability>,
     pub cluster: Box<dyn Cluster>,
     pub pods: Vec<PodSpec>,
     pub services: BTreeMap<String, (Ipv4Addr, u16)>,
@@ -141,7 +151,9 @@ impl Demo {
             Runtime::Testbed => Box::new(on_testbed::start(examples, &pods)?),
             Runtime::Containerd => Box::new(on_containerd::start(examples, &pods)?),
         };
+        let observability = cluster.start_observability()?;
         let demo = Self {
+            observability,
             cluster,
             waypoint: pods
                 .iter()

@@ -29,10 +29,12 @@ pub mod gateway;
 pub mod h2flood;
 pub mod kube_cluster;
 mod lifecycle;
+pub mod observability;
 mod observation;
 pub mod probes;
 pub mod scenarios;
 pub mod session;
+pub mod webdriver;
 
 pub use addresses::ADDRESSES_FILE;
 pub use changes::{applied_version, split_documents};

@@ -178,7 +178,14 @@ impl Mesh {
             .arg(self.dir.join("ca"))
             .arg("--bootstrap-tokens")
             .arg(self.dir.join("tokens"))
-            .args(["--grpc-address", &format!("0.0.0.0:{GRPC_PORT}")]);
+            .args(["--grpc-address", &format!("0.0.0.0:{GRPC_PORT}")])
+            // The console reads the Prometheus that `start_observability` runs beside it.
+            .args([
+                "--console-address",
+                &format!("0.0.0.0:{}", observability::CONSOLE_PORT),
+                "--prometheus-url",
+                &format!("http://{}", observability::PROMETHEUS_ADDRESS),
+            ]);
         let log = self.dir.join("controller.log");
         self.controller = Some(Process::spawn("controller", command, log)?);
         // Ready when its port answers from a node.

@@ -211,6 +211,14 @@ fn run(
         started.elapsed().as_secs_f64(),
         demo.cluster.summary()
     ));
+    if let Some(observability) = &demo.observability {
+        say(&format!(
+            "the console (service graph): http://{}/#/graph/{}   Prometheus: http://{}/",
+            observability.console(),
+            demo.namespace,
+            observability.prometheus()
+        ));
+    }
     for limit in demo.cluster.limits() {
         say(&format!("on this runtime: {limit}"));
     }
@@ -311,6 +319,14 @@ fn directions(demo: &Demo, runtime: Runtime) {
         ),
     ] {
         say(&line);
+    }
+    if let Some(observability) = &demo.observability {
+        say(&format!(
+            "the console: http://{}/#/graph/{} (watch the canary: edit reviews' VirtualService below), Prometheus: http://{}/ (or `weftctl --demo dashboard`)",
+            observability.console(),
+            demo.namespace,
+            observability.prometheus()
+        ));
     }
     say(&format!(
         "pods: {}",

@@ -85,6 +85,14 @@ pub fn metrics(demo: &Demo) -> anyhow::Result<()> {
     ] {
         anyhow::ensure!(line.contains(label), "{label} missing in {line}");
     }
+    if let Some(observability) = &demo.observability {
+        say(&format!(
+            "the same series in Prometheus (http://{}/) feed the console's graph: http://{}/#/graph/{}",
+            observability.prometheus(),
+            observability.console(),
+            demo.namespace
+        ));
+    }
     // The waypoint's admin page, as `istioctl proxy-config` would read Envoy's.
     let dump = demo.waypoint_config_dump()?;
     let count = |key: &str| dump[key].as_array().map_or(0, Vec::len);

@@ -46,11 +46,23 @@ impl Cluster for Mesh {
         self.write_config(file, yaml)
     }
 
+    fn start_observability(&self) -> anyhow::Result<Option<crate::observability::Observability>> {
+        Mesh::start_observability(self).map(Some)
+    }
+
     fn capture_scope(&self) -> CaptureScope {
         CaptureScope {
             filter: "tcp.len > 0",
             description: "everything between the nodes and the control plane",
-            ports: &[("15008", "HBONE"), ("15010", "the controller")],
+            // Prometheus on the control-plane host scrapes the agents' and the waypoint's 15020
+            // and the controller's 15014 in plaintext, as Istio's Prometheus does; metrics
+            // carry no request's content (the marker check still covers them).
+            ports: &[
+                ("15008", "HBONE"),
+                ("15010", "the controller"),
+                ("15020", "metrics scraped by Prometheus"),
+                ("15014", "the controller's metrics scraped by Prometheus"),
+            ],
         }
     }
 

@@ -1,0 +1,351 @@
+//! Prometheus and the console beside a mesh, as Istio's Prometheus addon and Kiali run beside
+//! istiod: Debian's `prometheus` runs on the control-plane host with a generated configuration
+//! scraping every node agent, waypoint and the controller, its storage in the mesh's directory;
+//! the controller serves the console ([`CONSOLE_PORT`]) from it. Both are reached from the
+//! machine's loopback through [`HostForward`]s, since no testbed namespace is connected to the
+//! root namespace.
+
+use std::{
+    fmt::Write as _,
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use weft_testbed::Netns;
+
+use crate::{Mesh, Process, STARTUP, WAYPOINT_METRICS_PORT};
+
+/// Where Prometheus listens on the control-plane host (its loopback only).
+pub const PROMETHEUS_ADDRESS: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 9090);
+/// The controller's console port on the control-plane host (Kiali's 20001).
+pub const CONSOLE_PORT: u16 = 20001;
+/// How often Prometheus scrapes (short, so tests and the demo see traffic within seconds).
+const SCRAPE_INTERVAL: &str = "1s";
+/// The agents' and the controller's metrics ports.
+const AGENT_METRICS_PORT: u16 = 15020;
+const CONTROLLER_MONITORING_PORT: u16 = 15014;
+/// Connections a forward carries at once; more are refused.
+const MAX_FORWARDED: usize = 32;
+
+/// The file in a mesh's directory that says where its console and Prometheus are reached
+/// (`weftctl dashboard` reads it).
+pub const CONSOLE_FILE: &str = "console.json";
+
+/// Prometheus scraping a mesh, and the loopback addresses of it and of the console.
+pub struct Observability {
+    prometheus: Process,
+    prometheus_forward: HostForward,
+    console_forward: HostForward,
+    targets: usize,
+}
+
+impl Observability {
+    /// Prometheus' address on the machine's loopback.
+    pub fn prometheus(&self) -> SocketAddr {
+        self.prometheus_forward.address()
+    }
+
+    /// The console's address on the machine's loopback.
+    pub fn console(&self) -> SocketAddr {
+        self.console_forward.address()
+    }
+
+    /// An instant query's result vector (Prometheus' `/api/v1/query`).
+    pub fn query(&self, query: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+        let path = format!(
+            "/api/v1/query?{}",
+            form_urlencoded::Serializer::new(String::new())
+                .append_pair("query", query)
+                .finish()
+        );
+        let (status, body) = http_request(self.prometheus(), "GET", &path, None)?;
+        let answer: serde_json::Value =
+            serde_json::from_str(&body).with_context(|| format!("Prometheus answered {body}"))?;
+        if status != 200 || answer["status"] != "success" {
+            bail!("Prometheus answered {status} to {query}: {body}");
+        }
+        Ok(answer["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    /// The single value of a query answering one series (0 when it answers none).
+    pub fn value(&self, query: &str) -> anyhow::Result<f64> {
+        let result = self.query(query)?;
+        Ok(result
+            .first()
+            .and_then(|s| s["value"][1].as_str())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0))
+    }
+
+    /// Waits until Prometheus has a sample of every target up.
+    fn wait_targets_up(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + STARTUP;
+        loop {
+            let up = self.value("count(up == 1)").unwrap_or(0.0);
+            if up as usize >= self.targets {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("Prometheus scrapes {up} of {} targets", self.targets);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Observability {
+    fn drop(&mut self) {
+        self.prometheus.stop();
+    }
+}
+
+impl Mesh {
+    /// The Prometheus configuration: every agent, waypoint and the controller.
+    pub fn prometheus_config(&self) -> (String, usize) {
+        let host = self.testbed.control_plane().expect("a control plane host");
+        let agents: Vec<String> = self
+            .testbed
+            .nodes()
+            .iter()
+            .map(|n| format!("{}:{AGENT_METRICS_PORT}", n.ip))
+            .collect();
+        let waypoints: Vec<String> = self
+            .pods
+            .iter()
+            .filter(|p| p.is_waypoint())
+            .map(|p| format!("{}:{WAYPOINT_METRICS_PORT}", self.testbed.pod(&p.name).ip))
+            .collect();
+        let controller = vec![format!("{}:{CONTROLLER_MONITORING_PORT}", host.ip)];
+        let mut yaml = format!(
+            "global:\n  scrape_interval: {SCRAPE_INTERVAL}\n  evaluation_interval: {SCRAPE_INTERVAL}\nscrape_configs:\n"
+        );
+        let jobs = [
+            ("weft-node-agent", &agents),
+            ("weft-waypoint", &waypoints),
+            ("weft-controller", &controller),
+        ];
+        for (job, targets) in jobs {
+            if targets.is_empty() {
+                continue;
+            }
+            let list: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+            let _ = writeln!(
+                yaml,
+                "- job_name: {job}\n  metrics_path: /metrics\n  static_configs:\n  - targets: [{}]",
+                list.join(", ")
+            );
+        }
+        (yaml, agents.len() + waypoints.len() + controller.len())
+    }
+
+    /// Starts Prometheus on the control-plane host and forwards it and the console to the
+    /// machine's loopback; returns once every target has been scraped.
+    pub fn start_observability(&self) -> anyhow::Result<Observability> {
+        let host = self
+            .testbed
+            .control_plane()
+            .context("a control plane host")?;
+        let (config, targets) = self.prometheus_config();
+        let config_file = self.dir().join("prometheus.yml");
+        std::fs::write(&config_file, config)?;
+        let mut command = host.netns.command_in_cgroup(&host.cgroup, "prometheus");
+        command
+            .arg(format!("--config.file={}", config_file.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                self.dir().join("prometheus").display()
+            ))
+            .arg(format!("--web.listen-address={PROMETHEUS_ADDRESS}"))
+            .arg("--storage.tsdb.retention.time=2h");
+        let prometheus = Process::spawn("prometheus", command, self.dir().join("prometheus.log"))
+            .context(
+            "starting Debian's prometheus (`apt-get install prometheus`, or `cargo xtask setup`)",
+        )?;
+        let prometheus_forward = HostForward::start(host.netns.clone(), PROMETHEUS_ADDRESS)?;
+        let console_forward = HostForward::start(
+            host.netns.clone(),
+            SocketAddr::new(std::net::IpAddr::V4(host.ip), CONSOLE_PORT),
+        )?;
+        let observability = Observability {
+            prometheus,
+            prometheus_forward,
+            console_forward,
+            targets,
+        };
+        observability
+            .wait_targets_up()
+            .with_context(|| self.logs())?;
+        std::fs::write(
+            self.dir().join(CONSOLE_FILE),
+            serde_json::to_string_pretty(&serde_json::json!({
+                "console": format!("http://{}/", observability.console()),
+                "prometheus": format!("http://{}/", observability.prometheus()),
+            }))?,
+        )?;
+        Ok(observability)
+    }
+}
+
+/// A listener on the machine's loopback whose connections are carried to `target` inside a
+/// namespace (as `kubectl port-forward` reaches a pod). Stops when dropped.
+pub struct HostForward {
+    address: SocketAddr,
+    stop: Arc<AtomicBool>,
+}
+
+impl HostForward {
+    pub fn start(netns: Netns, target: SocketAddr) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+        let address = listener.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let open = Arc::new(AtomicUsize::new(0));
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if stopped.load(Ordering::Relaxed) {
+                    return;
+                }
+                let Ok(client) = client else { continue };
+                if open.load(Ordering::Relaxed) >= MAX_FORWARDED {
+                    continue;
+                }
+                let upstream =
+                    netns.run(|| TcpStream::connect_timeout(&target, Duration::from_secs(5)));
+                let Ok(Ok(upstream)) = upstream else { continue };
+                open.fetch_add(1, Ordering::Relaxed);
+                let open = open.clone();
+                std::thread::spawn(move || {
+                    splice(client, upstream);
+                    open.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
+        });
+        Ok(Self { address, stop })
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+}
+
+impl Drop for HostForward {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wakes the accept loop so that it sees the flag.
+        let _ = TcpStream::connect_timeout(&self.address, Duration::from_secs(1));
+    }
+}
+
+/// Copies both ways until either side closes.
+fn splice(client: TcpStream, upstream: TcpStream) {
+    let (Ok(mut client_read), Ok(mut upstream_read)) = (client.try_clone(), upstream.try_clone())
+    else {
+        return;
+    };
+    let (mut client_write, mut upstream_write) = (client, upstream);
+    let up = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut client_read, &mut upstream_write);
+        let _ = upstream_write.shutdown(std::net::Shutdown::Write);
+    });
+    let _ = std::io::copy(&mut upstream_read, &mut client_write);
+    let _ = client_write.shutdown(std::net::Shutdown::Write);
+    let _ = up.join();
+}
+
+/// One HTTP/1.1 request on its own connection (`Connection: close`): status and body. Small
+/// and blocking, for Prometheus' API, the console's and WebDriver's, all on loopback.
+pub fn http_request(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> anyhow::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5))
+        .with_context(|| format!("connecting to {address}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let body = body.unwrap_or_default();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body.as_bytes())?;
+    // Read by the answer's framing: some servers (chromedriver) keep the connection open.
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 16 * 1024];
+    let context = || format!("{method} {path} at {address}");
+    let (head, body_start) = loop {
+        let read = stream.read(&mut buffer).with_context(context)?;
+        if read == 0 {
+            bail!(
+                "{address} closed before its answer's head: {}",
+                String::from_utf8_lossy(&answer)
+            );
+        }
+        answer.extend_from_slice(&buffer[..read]);
+        if let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
+            break (
+                String::from_utf8_lossy(&answer[..end]).into_owned(),
+                end + 4,
+            );
+        }
+    };
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("no status in {head}"))?;
+    let header = |name: &str| {
+        head.lines().find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| value.trim().to_ascii_lowercase())
+        })
+    };
+    let chunked = header("transfer-encoding").is_some_and(|v| v.contains("chunked"));
+    let length: Option<usize> = header("content-length").and_then(|v| v.parse().ok());
+    loop {
+        let body = &answer[body_start..];
+        let complete = match (chunked, length) {
+            (true, _) => body.ends_with(b"0\r\n\r\n"),
+            (false, Some(length)) => body.len() >= length,
+            (false, None) => false,
+        };
+        if complete {
+            break;
+        }
+        let read = stream.read(&mut buffer).with_context(context)?;
+        if read == 0 {
+            break;
+        }
+        answer.extend_from_slice(&buffer[..read]);
+    }
+    let body = String::from_utf8_lossy(&answer[body_start..]).into_owned();
+    Ok((status, if chunked { dechunk(&body) } else { body }))
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
+}
