@@ -85,6 +85,8 @@ pub struct PodSpec {
     pub upstreams: Vec<String>,
     /// Ports of the sample app's TCP echo.
     pub echo_ports: Vec<u16>,
+    /// Files the sample app serves (`/path=FILE`).
+    pub files: Vec<String>,
 }
 
 impl PodSpec {
@@ -109,6 +111,7 @@ impl PodSpec {
             http_port: DEFAULT_HTTP_PORT,
             upstreams: Vec::new(),
             echo_ports: vec![DEFAULT_ECHO_PORT],
+            files: Vec::new(),
         }
     }
 
@@ -130,6 +133,7 @@ impl PodSpec {
             http_port: DEFAULT_HTTP_PORT,
             upstreams: Vec::new(),
             echo_ports: Vec::new(),
+            files: Vec::new(),
         }
     }
 
@@ -147,6 +151,7 @@ impl PodSpec {
             http_port: DEFAULT_HTTP_PORT,
             upstreams: Vec::new(),
             echo_ports: Vec::new(),
+            files: Vec::new(),
         }
     }
 
@@ -178,6 +183,12 @@ impl PodSpec {
         self
     }
 
+    /// The sample app serves `file` to GET requests for `path` (read on every request).
+    pub fn with_file(mut self, path: &str, file: &std::path::Path) -> Self {
+        self.files.push(format!("{path}={}", file.display()));
+        self
+    }
+
     /// Another service account than the one named after the service.
     pub fn with_service_account(mut self, account: &str) -> Self {
         self.service_account = account.into();
@@ -205,6 +216,9 @@ impl PodSpec {
         }
         for upstream in &self.upstreams {
             args.extend(["--upstream".to_string(), upstream.clone()]);
+        }
+        for file in &self.files {
+            args.extend(["--file".to_string(), file.clone()]);
         }
         args
     }
