@@ -4,7 +4,43 @@
 //! the pod's namespace. The agent is given the runtime's bind mount of that namespace (the file
 //! under the runtime's netns directory with the same inode), which outlives any one process.
 
-use std::{os::unix::fs::MetadataExt, path::PathBuf};
+use std::{
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
+
+use nix::sched::{CloneFlags, setns};
+
+/// The node agent's per-namespace switches in a mesh pod (`/proc/sys` keys): an accepted socket
+/// takes its SYN's mark, so the application's replies to a client's address go back to the
+/// agent; a closing reuse-port listener hands its queued connections to the group, so an
+/// agent's restart loses none. The agent sets them too at enrollment, unless they are already
+/// set: where its container sees `/proc/sys` read-only it could not, and the plugin, running
+/// privileged at ADD, does it first.
+pub const POD_SYSCTLS: &[&str] = &["net/ipv4/tcp_fwmark_accept", "net/ipv4/tcp_migrate_req"];
+
+/// Sets every [`POD_SYSCTLS`] key to 1 inside the network namespace at `netns`, from a thread
+/// of its own (it enters the namespace and ends there: `/proc/sys/net` shows the namespace of
+/// the thread that opens it).
+pub fn enable_pod_sysctls(netns: &Path) -> Result<(), String> {
+    let file = std::fs::File::open(netns).map_err(|e| format!("{}: {e}", netns.display()))?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                setns(&file, CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| format!("entering {}: {e}", netns.display()))?;
+                for key in POD_SYSCTLS {
+                    let path = Path::new("/proc/sys").join(key);
+                    std::fs::write(&path, "1").map_err(|e| {
+                        format!("setting {} in {}: {e}", path.display(), netns.display())
+                    })?;
+                }
+                Ok(())
+            })
+            .join()
+            .unwrap_or_else(|_| Err("setting the pod's sysctls panicked".to_owned()))
+    })
+}
 
 /// Where to look: the host's `/proc` (mounted in the daemon's container) and the runtime's
 /// netns directory (the same path the agent opens).

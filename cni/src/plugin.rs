@@ -135,12 +135,17 @@ async fn add(
                 "the API server returned the pod without metadata.uid",
             )
         })?;
+    let netns = invocation.netns.clone().expect("checked by Invocation");
+    // Not fatal: without them the application sees the pod's own address as its clients'.
+    if let Err(error) = crate::netns::enable_pod_sysctls(&netns) {
+        eprintln!("weft-cni: ADD {who}: {error}");
+    }
     let request = Request::Add {
         pod: EnrolledPod {
             uid,
             namespace: pod_ref.namespace.clone(),
             name: pod_ref.name.clone(),
-            netns: invocation.netns.clone().expect("checked by Invocation"),
+            netns,
             addresses: addresses.ips,
             excluded_outbound_ports: exclusions.outbound_ports,
             excluded_inbound_ports: exclusions.inbound_ports,

@@ -1,40 +1,82 @@
 //! Hostname endpoints (a ServiceEntry's `resolution: DNS`): the agent resolves the names of
-//! workloads that have no address with the system's resolver and records the answers in the
-//! store, where planning a connection reads them; nothing is resolved on a connection's path.
+//! workloads that have no address and records the answers in the store, where planning a
+//! connection reads them; nothing is resolved on a connection's path.
+//!
+//! Resolution follows the system's configuration (`/etc/resolv.conf` and the hosts file, read
+//! at start) through a stub resolver that reports the records' TTL, as ztunnel resolves. Each
+//! name is resolved again when its answer expires, as Istio's Envoy does for DNS clusters
+//! (`respect_dns_ttl`), within [`MIN_REFRESH`] and [`MAX_REFRESH`]: a zero TTL cannot make the
+//! agent query without pause, and a day-long one (or a hosts-file entry, which has none) still
+//! sees a change within Istio's default `dnsRefreshRate`. A new name is resolved at once.
 //!
 //! Bounded: at most [`MAX_HOSTNAMES`] names, one lookup at a time, each within
-//! [`LOOKUP_TIMEOUT`]. A failed or empty answer keeps the last good addresses. The system
-//! resolver (`getaddrinfo`) reports no TTL, so every name is resolved again every
-//! [`REFRESH`], and at once when a new name appears.
+//! [`LOOKUP_TIMEOUT`]. A failed or empty answer keeps the last good addresses, and is tried
+//! again after [`MAX_REFRESH`].
 
-use std::{
-    collections::HashMap,
-    net::IpAddr,
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, net::IpAddr, time::Duration};
+
+use hickory_resolver::{TokioResolver, config::LookupIpStrategy};
+use tokio::time::Instant;
 
 use crate::state::WorkloadStore;
 
-/// How often each name is resolved again.
-pub const REFRESH: Duration = Duration::from_secs(30);
+/// The shortest wait before a name is resolved again, whatever its TTL.
+pub const MIN_REFRESH: Duration = Duration::from_secs(1);
+/// The longest wait before a name is resolved again (Istio's default `dnsRefreshRate`), and
+/// the wait after a failed lookup.
+pub const MAX_REFRESH: Duration = Duration::from_secs(60);
 /// How long one lookup may take.
 pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How many names are resolved at most; the others are reported and left unresolved.
 pub const MAX_HOSTNAMES: usize = 1024;
 
-/// Resolves the store's hostnames with the system resolver until the task is dropped.
+/// A name's addresses and how long they stay valid (the smallest TTL of the records; the
+/// hosts file's answers never expire).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub addresses: Vec<IpAddr>,
+    pub ttl: Duration,
+}
+
+/// When a name is resolved again after an answer valid for `ttl`.
+pub fn refresh_after(ttl: Duration) -> Duration {
+    ttl.clamp(MIN_REFRESH, MAX_REFRESH)
+}
+
+/// Resolves the store's hostnames with the system's resolver configuration until the task is
+/// dropped.
 pub async fn run(store: WorkloadStore) {
-    resolve_with(store, |name| async move { lookup(&name).await }).await;
+    let resolver = match system_resolver() {
+        Ok(resolver) => resolver,
+        Err(error) => {
+            tracing::error!(%error, "no DNS resolver: hostname endpoints stay unresolved");
+            return;
+        }
+    };
+    resolve_with(store, |name| {
+        let resolver = resolver.clone();
+        async move { lookup(&resolver, &name).await }
+    })
+    .await;
+}
+
+/// The stub resolver of `/etc/resolv.conf` and the hosts file, asking for both families.
+fn system_resolver() -> Result<TokioResolver, String> {
+    let mut builder = TokioResolver::builder_tokio().map_err(|e| e.to_string())?;
+    let options = builder.options_mut();
+    options.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+    options.timeout = LOOKUP_TIMEOUT;
+    builder.build().map_err(|e| e.to_string())
 }
 
 /// [`run`] with another resolver (tests).
 async fn resolve_with<F, R>(store: WorkloadStore, resolve: F)
 where
     F: Fn(String) -> R,
-    R: std::future::Future<Output = Result<Vec<IpAddr>, String>>,
+    R: std::future::Future<Output = Result<Answer, String>>,
 {
     let mut changes = store.subscribe();
-    let mut resolved_at: HashMap<String, Instant> = HashMap::new();
+    let mut due: HashMap<String, Instant> = HashMap::new();
     loop {
         let mut names = store.hostnames_to_resolve();
         if names.len() > MAX_HOSTNAMES {
@@ -45,46 +87,50 @@ where
             );
             names.truncate(MAX_HOSTNAMES);
         }
-        resolved_at.retain(|name, _| names.contains(name));
+        due.retain(|name, _| names.contains(name));
         store.retain_resolved(&names);
         for name in &names {
-            if resolved_at
-                .get(name)
-                .is_some_and(|at| at.elapsed() < REFRESH)
-            {
+            if due.get(name).is_some_and(|at| *at > Instant::now()) {
                 continue;
             }
-            resolved_at.insert(name.clone(), Instant::now());
-            match resolve(name.clone()).await {
-                Ok(addresses) => store.set_resolved(name, addresses),
-                Err(error) => {
-                    tracing::warn!(hostname = %name, %error, "hostname not resolved; keeping the last addresses")
+            let wait = match resolve(name.clone()).await {
+                Ok(answer) => {
+                    store.set_resolved(name, answer.addresses);
+                    refresh_after(answer.ttl)
                 }
-            }
+                Err(error) => {
+                    tracing::warn!(hostname = %name, %error, "hostname not resolved; keeping the last addresses");
+                    MAX_REFRESH
+                }
+            };
+            due.insert(name.clone(), Instant::now() + wait);
         }
-        let next = resolved_at
-            .values()
-            .map(|at| REFRESH.saturating_sub(at.elapsed()))
-            .min()
-            .unwrap_or(REFRESH);
+        let next = due.values().min().copied();
         // Our own `set_resolved` wakes the watch too: mark it seen so that only others' changes
         // (a new configuration) cut the wait short.
         changes.borrow_and_update();
         tokio::select! {
             changed = changes.changed() => if changed.is_err() { return },
-            () = tokio::time::sleep(next) => {}
+            () = sleep_until(next) => {}
         }
     }
 }
 
-/// The name's addresses, IPv4 first, without duplicates.
-async fn lookup(name: &str) -> Result<Vec<IpAddr>, String> {
-    let answer = tokio::time::timeout(LOOKUP_TIMEOUT, tokio::net::lookup_host((name, 0)))
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The name's addresses, IPv4 first, without duplicates, and how long they are valid.
+async fn lookup(resolver: &TokioResolver, name: &str) -> Result<Answer, String> {
+    let answer = tokio::time::timeout(LOOKUP_TIMEOUT, resolver.lookup_ip(name))
         .await
         .map_err(|_| format!("no answer within {LOOKUP_TIMEOUT:?}"))?
         .map_err(|e| e.to_string())?;
     let mut addresses: Vec<IpAddr> = Vec::new();
-    for address in answer.map(|a| a.ip()) {
+    for address in answer.iter() {
         if !addresses.contains(&address) {
             addresses.push(address);
         }
@@ -93,61 +139,11 @@ async fn lookup(name: &str) -> Result<Vec<IpAddr>, String> {
     if addresses.is_empty() {
         return Err("no address".into());
     }
-    Ok(addresses)
+    let ttl = answer
+        .valid_until()
+        .saturating_duration_since(std::time::Instant::now());
+    Ok(Answer { addresses, ttl })
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::state::TunnelProtocol;
-
-    fn by_name(name: &str, hostname: &str) -> crate::state::Workload {
-        let mut workload = crate::testing::workload(
-            name,
-            "shop",
-            "default",
-            "",
-            "192.0.2.1".parse().unwrap(),
-            TunnelProtocol::None,
-        );
-        workload.addresses.clear();
-        workload.hostname = hostname.into();
-        workload
-    }
-
-    #[tokio::test]
-    async fn names_resolve_through_the_system_resolver() {
-        // From the hosts file: no query leaves the machine.
-        let addresses = lookup("localhost").await.expect("localhost resolves");
-        assert!(addresses.iter().all(IpAddr::is_loopback), "{addresses:?}");
-        assert!(addresses[0].is_ipv4(), "{addresses:?}");
-    }
-
-    #[tokio::test]
-    async fn failures_keep_the_last_answer_and_unused_names_are_forgotten() {
-        let store = WorkloadStore::new();
-        let last_good: IpAddr = "192.0.2.7".parse().unwrap();
-        let answer: IpAddr = "192.0.2.8".parse().unwrap();
-        // Looked up before `b.example` (names go in order), so failed once `b.example` is known.
-        store.insert_workload(by_name("failing", "a.example"));
-        store.insert_workload(by_name("answering", "b.example"));
-        store.set_resolved("a.example", vec![last_good]);
-        store.set_resolved("nobody.example", vec![last_good]);
-        let task = tokio::spawn(resolve_with(store.clone(), move |name| async move {
-            match name.as_str() {
-                "b.example" => Ok(vec![answer]),
-                _ => Err("refused".to_string()),
-            }
-        }));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while store.resolved_address("b.example").is_none()
-            || store.resolved_address("nobody.example").is_some()
-        {
-            assert!(Instant::now() < deadline, "the names were not resolved");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert_eq!(store.resolved_address("b.example"), Some(answer));
-        assert_eq!(store.resolved_address("a.example"), Some(last_good));
-        task.abort();
-    }
-}
+mod tests;

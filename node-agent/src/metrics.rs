@@ -161,6 +161,7 @@ mod tests {
             healthy: true,
             services: Default::default(),
             authorization_policies: vec![],
+            capacity: 1,
             hostname: String::new(),
         })
     }

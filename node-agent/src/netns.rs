@@ -68,8 +68,7 @@ impl PodNetns {
     /// connection while the next agent's listen beside them. It changes nothing for sockets
     /// outside such a group (an application's own reuse-port listeners gain the same).
     pub fn migrate_queued_connections(&self) -> io::Result<()> {
-        // `/proc/sys/net` shows the namespace of the thread that opens it.
-        self.run(|| std::fs::write("/proc/sys/net/ipv4/tcp_migrate_req", "1"))?
+        self.run(|| enable_sysctl("net/ipv4/tcp_migrate_req"))?
     }
 
     /// Runs `f` inside the pod's namespace on the current thread, then returns home, also when
@@ -95,6 +94,19 @@ impl weft_hbone::SocketFactory for PodNetns {
     fn listen(&self, address: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
         self.run(|| weft_hbone::listen_socket(address, reuse_port))?
     }
+}
+
+/// Sets the current thread's namespace's boolean sysctl `key` (under `/proc/sys`) to 1, unless
+/// it is 1 already: the CNI plugin sets the per-pod ones at ADD, where the agent's container
+/// may see `/proc/sys` read-only. `/proc/sys/net` shows the namespace of the thread that
+/// opens it.
+fn enable_sysctl(key: &str) -> io::Result<()> {
+    let path = Path::new("/proc/sys").join(key);
+    if std::fs::read_to_string(&path).is_ok_and(|value| value.trim() == "1") {
+        return Ok(());
+    }
+    std::fs::write(&path, "1")
+        .map_err(|e| io::Error::new(e.kind(), format!("setting {}: {e}", path.display())))
 }
 
 struct ReturnHome<'a>(&'a File);

@@ -92,6 +92,9 @@ pub struct Workload {
     pub services: BTreeMap<NamespacedHostname, BTreeMap<u16, u16>>,
     /// Keys (`namespace/name`) of the authorization policies that select this workload.
     pub authorization_policies: Vec<String>,
+    /// Its share of a service's connections relative to the other endpoints (Istio's workload
+    /// `capacity`, a ServiceEntry endpoint's `weight`; 1 when unset), as ztunnel balances.
+    pub capacity: u32,
 }
 
 /// What Istio's workload uids of ServiceEntry endpoints hold

@@ -71,6 +71,7 @@ pub fn workload(
         healthy: true,
         services: Default::default(),
         authorization_policies: vec![],
+        capacity: 1,
         hostname: String::new(),
     }
 }

@@ -181,7 +181,9 @@ pub async fn open_tcp_upstream(
     let cluster = match tcp_destination(&config, &target, context) {
         TcpDestination::Cluster(cluster) => cluster,
         TcpDestination::MissingCluster(name) => {
-            info.response_flags = flags_of(LocalReply::ClusterNotFound);
+            info.response_flags = flags_of(LocalReply::ClusterNotFound(
+                http::StatusCode::SERVICE_UNAVAILABLE,
+            ));
             info.upstream_cluster = Some(name);
             drop(shared.metrics.connection_opened(info));
             return Err(Refusal::UpstreamUnavailable);

@@ -171,6 +171,37 @@ fn add_enrolls_mesh_pods_and_passes_the_previous_result_through() {
 }
 
 #[test]
+fn add_enables_the_agents_sysctls_inside_the_pods_namespace() {
+    // A real namespace (needs root): after ADD, the agent finds them set, also where its
+    // container sees `/proc/sys` read-only.
+    let testbed = weft_testbed::Topology::new()
+        .node("node1", &["cart"])
+        .build()
+        .expect("build the testbed (run as root, through cargo xtask test)");
+    let pod = testbed.pod("cart");
+    let read = |key: &'static str| {
+        pod.netns
+            .run(move || std::fs::read_to_string(std::path::Path::new("/proc/sys").join(key)))
+            .unwrap()
+            .unwrap()
+    };
+    for key in crate::netns::POD_SYSCTLS {
+        assert_eq!(
+            read(key).trim(),
+            "0",
+            "{key} starts unset in a new namespace"
+        );
+    }
+    let mut invocation = invocation(Command::Add, Some(("shop", "cart")));
+    invocation.netns = Some(pod.netns.path());
+    let daemon = FakeDaemon::answering(Ok(Reply::Ack));
+    block(run(&invocation, &conf("1.0.0"), &cluster(), &daemon)).unwrap();
+    for key in crate::netns::POD_SYSCTLS {
+        assert_eq!(read(key).trim(), "1", "{key} after ADD");
+    }
+}
+
+#[test]
 fn pods_outside_the_mesh_never_wait_for_the_agent() {
     // The daemon is down: only pods in the mesh notice.
     let cases = [

@@ -273,12 +273,6 @@ pub const CATALOG: &[NotApplied] = &[
     ),
     entry(
         K::ServiceEntry,
-        "spec.endpoints[].weight",
-        Set,
-        "node agents balance a host's endpoints round robin, without weights",
-    ),
-    entry(
-        K::ServiceEntry,
         "spec.endpoints[].network",
         Set,
         "networks are not known to node agents: every endpoint is reached directly",
@@ -287,7 +281,7 @@ pub const CATALOG: &[NotApplied] = &[
         K::ServiceEntry,
         "spec.endpoints[].locality",
         Set,
-        "localities are not known to node agents",
+        "localities are not sent to node agents, which prefer endpoints by node and cluster only",
     ),
     // Whole kinds
     entry(

@@ -7,7 +7,9 @@
 //! routes would send out of the pod. Inside each served pod's namespace, once, at enrollment:
 //! - `net.ipv4.tcp_fwmark_accept = 1` (for IPv6 too): an accepted socket whose listener has no
 //!   mark takes the mark of the SYN that opened it. Only the agent's connections carry one (a
-//!   SYN from outside the pod arrives unmarked: marks do not cross namespaces);
+//!   SYN from outside the pod arrives unmarked: marks do not cross namespaces). The CNI
+//!   plugin sets it at ADD (it runs privileged in the pod's namespace); the agent sets it only
+//!   when it is not set yet, so a read-only `/proc/sys` in its container is no obstacle;
 //! - a rule `fwmark 0x111/0xfff lookup 100` and a route `local default dev lo table 100`
 //!   (Istio's in-pod numbers), for each family: the application's replies on such a socket,
 //!   and the agent's SYN itself, are delivered inside the pod, to the agent's socket.
@@ -44,6 +46,9 @@ const RULE_PRIORITY: u32 = 32764;
 const MARK_MASK: u32 = 0xfff;
 /// The loopback interface's index in every namespace.
 const LOOPBACK_INDEX: u32 = 1;
+/// How many ports the kernel may choose before [`PodNetns::connect_from`] gives up on finding
+/// one other than the client's own.
+const PORT_ATTEMPTS: u32 = 4;
 
 /// Which address families of a pod's namespace route the replies back (see the module).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -65,7 +70,7 @@ impl ClientAddressRoutes {
 /// does not have (IPv6 disabled) is reported not covered; connections of that family then come
 /// from the pod's own address.
 pub(super) fn install() -> io::Result<ClientAddressRoutes> {
-    std::fs::write("/proc/sys/net/ipv4/tcp_fwmark_accept", "1")?;
+    super::enable_sysctl("net/ipv4/tcp_fwmark_accept")?;
     add_routes(AddressFamily::Inet)?;
     let ipv6 = match add_routes(AddressFamily::Inet6) {
         Ok(()) => true,
@@ -158,6 +163,7 @@ impl PodNetns {
         if !transparent {
             return weft_hbone::connect_tcp(self, target).await;
         }
+        let mut attempts = 0;
         let socket = loop {
             let socket = self.run(|| weft_hbone::new_tcp_socket(target))??;
             let raw = SockRef::from(&socket);
@@ -168,9 +174,21 @@ impl PodNetns {
                 raw.set_ip_transparent_v6(true)?;
             }
             socket.bind(SocketAddr::new(client, 0))?;
-            // The port is chosen at bind: one in a few tens of thousands is the client's.
-            if Some(socket.local_addr()?.port()) != client_port {
+            // The port is chosen at bind: one in a few tens of thousands is the client's, so
+            // a second draw almost always differs. A namespace whose ephemeral range holds
+            // (nearly) only that port would loop for ever: give up after a few draws.
+            let port = socket.local_addr()?.port();
+            if Some(port) != client_port {
                 break socket;
+            }
+            attempts += 1;
+            if attempts == PORT_ATTEMPTS {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!(
+                        "connecting from the client's address {client} to {target}: the kernel chose the client's own port {port} {PORT_ATTEMPTS} times (the pod's ip_local_port_range is too narrow)"
+                    ),
+                ));
             }
         };
         let stream = socket.connect(target).await?;

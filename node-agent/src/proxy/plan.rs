@@ -147,7 +147,7 @@ fn plan_service(
             port,
         });
     }
-    let (endpoint, target_port) = candidates[roll % candidates.len()].clone();
+    let (endpoint, target_port) = weighted_pick(&candidates, roll).clone();
     let address = endpoint.addresses.first().copied();
     let Some(ip) = address.or_else(|| store.resolved_address(&endpoint.hostname)) else {
         return Err(OutboundError::NoHealthyEndpoint {
@@ -161,6 +161,22 @@ fn plan_service(
         SocketAddr::new(ip, target_port),
         &is_local,
     )
+}
+
+/// Round robin weighted by the endpoints' capacity: over every run of `sum of capacities`
+/// consecutive rolls, each endpoint is picked as many times as its capacity (ztunnel picks at
+/// random with the same weights). `candidates` is not empty.
+fn weighted_pick(candidates: &[(Arc<Workload>, u16)], roll: usize) -> &(Arc<Workload>, u16) {
+    let total: u64 = candidates.iter().map(|(w, _)| u64::from(w.capacity)).sum();
+    let mut point = (roll as u64) % total.max(1);
+    for candidate in candidates {
+        let capacity = u64::from(candidate.0.capacity);
+        if point < capacity {
+            return candidate;
+        }
+        point -= capacity;
+    }
+    &candidates[roll % candidates.len()]
 }
 
 /// Applies the service's routing preferences: `Strict` keeps only endpoints matching all of

@@ -171,6 +171,9 @@ impl TryFrom<proto::Workload> for Workload {
             services,
             authorization_policies: w.authorization_policies,
             hostname: w.hostname,
+            // ztunnel: unset is 1. Zero would take the endpoint out of every pick; Istio's
+            // API rejects it, so it counts as unset.
+            capacity: w.capacity.filter(|c| *c > 0).unwrap_or(1),
         };
         if tunnel == TunnelProtocol::Hbone {
             workload

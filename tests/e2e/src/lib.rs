@@ -87,6 +87,8 @@ pub struct PodSpec {
     pub upstreams: Vec<String>,
     /// Ports of the sample app's TCP echo.
     pub echo_ports: Vec<u16>,
+    /// Files the sample app serves (`/path=FILE`).
+    pub files: Vec<String>,
 }
 
 impl PodSpec {
@@ -111,6 +113,7 @@ impl PodSpec {
             http_port: DEFAULT_HTTP_PORT,
             upstreams: Vec::new(),
             echo_ports: vec![DEFAULT_ECHO_PORT],
+            files: Vec::new(),
         }
     }
 
@@ -132,6 +135,7 @@ impl PodSpec {
             http_port: DEFAULT_HTTP_PORT,
             upstreams: Vec::new(),
             echo_ports: Vec::new(),
+            files: Vec::new(),
         }
     }
 
@@ -149,6 +153,7 @@ impl PodSpec {
             http_port: DEFAULT_HTTP_PORT,
             upstreams: Vec::new(),
             echo_ports: Vec::new(),
+            files: Vec::new(),
         }
     }
 
@@ -180,6 +185,12 @@ impl PodSpec {
         self
     }
 
+    /// The sample app serves `file` to GET requests for `path` (read on every request).
+    pub fn with_file(mut self, path: &str, file: &std::path::Path) -> Self {
+        self.files.push(format!("{path}={}", file.display()));
+        self
+    }
+
     /// Another service account than the one named after the service.
     pub fn with_service_account(mut self, account: &str) -> Self {
         self.service_account = account.into();
@@ -207,6 +218,9 @@ impl PodSpec {
         }
         for upstream in &self.upstreams {
             args.extend(["--upstream".to_string(), upstream.clone()]);
+        }
+        for file in &self.files {
+            args.extend(["--file".to_string(), file.clone()]);
         }
         args
     }

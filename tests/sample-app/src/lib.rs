@@ -105,6 +105,28 @@ impl FromStr for Upstream {
     }
 }
 
+/// A file served at a path: `/path=FILE` (a JWKS document for RequestAuthentication's
+/// `jwksUri`, say). Read on every request, so the test can rewrite it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticFile {
+    pub path: String,
+    pub file: std::path::PathBuf,
+}
+
+impl FromStr for StaticFile {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.split_once('=') {
+            Some((path, file)) if path.starts_with('/') && !file.is_empty() => Ok(Self {
+                path: path.to_string(),
+                file: file.into(),
+            }),
+            _ => Err(format!("file {text:?}: expected /path=FILE")),
+        }
+    }
+}
+
 /// What an upstream answered, as reported to the caller.
 #[derive(Debug, Serialize)]
 struct UpstreamReply {
@@ -138,6 +160,7 @@ pub struct App {
     upstreams: Vec<Upstream>,
     client: Client<HttpConnector, Empty<Bytes>>,
     log_requests: bool,
+    files: Vec<StaticFile>,
 }
 
 /// What the app answers (JSON).
@@ -174,6 +197,16 @@ impl App {
         upstreams: Vec<Upstream>,
         log_requests: bool,
     ) -> Arc<Self> {
+        Self::with_files(identity, upstreams, log_requests, Vec::new())
+    }
+
+    /// [`App::with_upstreams`] that also serves `files` (as JSON) to GET requests.
+    pub fn with_files(
+        identity: Identity,
+        upstreams: Vec<Upstream>,
+        log_requests: bool,
+        files: Vec<StaticFile>,
+    ) -> Arc<Self> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(UPSTREAM_TIMEOUT));
@@ -184,6 +217,7 @@ impl App {
             upstreams,
             client: Client::builder(TokioExecutor::new()).build(connector),
             log_requests,
+            files,
         })
     }
 
@@ -246,6 +280,9 @@ impl App {
         }
         if is_websocket(&request) {
             return self.websocket(&mut request);
+        }
+        if let Some(file) = self.files.iter().find(|f| f.path == request.uri().path()) {
+            return serve_file(file).await;
         }
         let query = parse_query(request.uri().query().unwrap_or(""));
         let path = request.uri().path().to_string();
@@ -478,6 +515,22 @@ fn upstream_error(upstream: &Upstream, status: u16, error: String) -> UpstreamRe
         error: Some(error),
         connection: None,
     }
+}
+
+/// The file's content as JSON, or 404 while it cannot be read.
+async fn serve_file(file: &StaticFile) -> Response<Full<Bytes>> {
+    match tokio::fs::read(&file.file).await {
+        Ok(content) => Response::builder()
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(content))),
+        Err(error) => Response::builder()
+            .status(StatusCode::NOT_FOUND)
+            .body(Full::new(Bytes::from(format!(
+                "{}: {error}",
+                file.file.display()
+            )))),
+    }
+    .expect("a valid response")
 }
 
 fn is_websocket(request: &Request<Incoming>) -> bool {

@@ -1,7 +1,7 @@
 use std::net::SocketAddr;
 
 use clap::Parser;
-use weft_sample_app::{App, Identity, Upstream, start_app};
+use weft_sample_app::{App, Identity, StaticFile, Upstream, start_app};
 
 /// A small versioned HTTP/gRPC service that can fail or delay on request.
 #[derive(Debug, Parser)]
@@ -28,6 +28,9 @@ struct Args {
     /// A service called on every request, `name=http://host:port[/path]` (repeatable).
     #[arg(long = "upstream")]
     upstreams: Vec<Upstream>,
+    /// A file served to GET requests for a path, `/path=FILE` (repeatable).
+    #[arg(long = "file")]
+    files: Vec<StaticFile>,
     /// Log one line per request (method, path, host, request id, status).
     #[arg(long, env = "LOG_REQUESTS")]
     log_requests: bool,
@@ -38,7 +41,7 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt().with_env_filter("info").init();
     let args = Args::parse();
     let echo = args.echo.clone();
-    let app = App::with_upstreams(
+    let app = App::with_files(
         Identity {
             service: args.service,
             version: args.app_version,
@@ -46,6 +49,7 @@ async fn main() -> anyhow::Result<()> {
         },
         args.upstreams,
         args.log_requests,
+        args.files,
     );
     let (http, grpc, task) = start_app(app, args.http, args.grpc).await?;
     for address in &echo {

@@ -253,3 +253,43 @@ async fn upstreams_are_called_with_the_propagated_headers() {
     assert!("bad".parse::<Upstream>().is_err());
     assert!("x=https://a:1/".parse::<Upstream>().is_err());
 }
+
+#[tokio::test]
+async fn files_are_served_as_they_are_now() {
+    let file = std::env::temp_dir().join(format!("weft-sample-file-{}.json", std::process::id()));
+    let app = App::with_files(
+        Identity {
+            service: "jwks".into(),
+            version: "v1".into(),
+            pod: "jwks-0".into(),
+        },
+        Vec::new(),
+        false,
+        vec![format!("/keys.json={}", file.display()).parse().unwrap()],
+    );
+    assert!("/keys.json=".parse::<StaticFile>().is_err());
+    assert!("keys.json=/tmp/x".parse::<StaticFile>().is_err());
+    let (http, _grpc, _task) = start_app(
+        app,
+        "127.0.0.1:0".parse().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    // Not written yet: 404.
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(
+        get_h1(http, "/keys.json", &[]).await.0,
+        StatusCode::NOT_FOUND
+    );
+    std::fs::write(&file, r#"{"keys":[1]}"#).unwrap();
+    assert_eq!(
+        get_h1(http, "/keys.json", &[]).await,
+        (StatusCode::OK, serde_json::json!({"keys": [1]}))
+    );
+    std::fs::write(&file, r#"{"keys":[2]}"#).unwrap();
+    assert_eq!(get_h1(http, "/keys.json", &[]).await.1["keys"][0], 2);
+    // Other paths are the app's usual answer.
+    assert_eq!(get_h1(http, "/other", &[]).await.1["service"], "jwks");
+    std::fs::remove_file(&file).unwrap();
+}

@@ -32,6 +32,9 @@ pub struct Route {
     pub cors: Option<CorsPolicy>,
     pub headers: Headers,
     pub virtual_service: String,
+    /// The answer when the picked destination's cluster does not exist: 503 (Envoy's
+    /// default, VirtualServices) or 500 (Gateway API routes, for their invalid backends).
+    pub cluster_not_found: StatusCode,
 }
 
 #[derive(Debug, Clone)]

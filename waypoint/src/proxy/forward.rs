@@ -54,7 +54,7 @@ pub(super) async fn forward(
         .config
         .cluster(&destination.cluster)
         .cloned()
-        .ok_or(LocalReply::ClusterNotFound)?;
+        .ok_or(LocalReply::ClusterNotFound(route.cluster_not_found))?;
     let to = Forwarding {
         route,
         destination: &destination.headers,

@@ -253,6 +253,7 @@ fn forward_only_route() -> Route {
         cors: None,
         headers: Default::default(),
         virtual_service: String::new(),
+        cluster_not_found: http::StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 

@@ -39,8 +39,9 @@ pub(crate) enum LocalReply {
     RouteNotFound,
     /// The route's weights picked no destination.
     NoDestination,
-    /// The route names a cluster that does not exist (an undefined subset, host or port).
-    ClusterNotFound,
+    /// The route names a cluster that does not exist (an undefined subset, host or port, an
+    /// invalid Gateway API backend), answered with the route's status for it.
+    ClusterNotFound(StatusCode),
     /// A CORS preflight the route's policy allows, with its `access-control-*` headers.
     CorsPreflight(HeaderMap),
     /// The route's fault injection aborted the request.
@@ -148,8 +149,8 @@ impl LocalReply {
             L::NoDestination => {
                 Reply::text(StatusCode::SERVICE_UNAVAILABLE, "no destination").flags(F::NoRoute)
             }
-            // Envoy's answer: 503 with no body.
-            L::ClusterNotFound => Reply::empty(StatusCode::SERVICE_UNAVAILABLE)
+            // Envoy's answer: the route's status (503 unless set) with no body.
+            L::ClusterNotFound(status) => Reply::empty(status)
                 .flags(F::NoCluster)
                 .details("cluster_not_found"),
             L::CorsPreflight(headers) => Reply {

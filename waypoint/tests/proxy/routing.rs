@@ -229,6 +229,47 @@ async fn weighted_split_follows_the_weights() {
 }
 
 #[tokio::test]
+async fn a_gateway_api_routes_invalid_backend_gets_its_share_answered_500() {
+    // What the controller sends for an HTTPRoute whose second backend does not resolve: its
+    // weight stays on a cluster nothing serves, and the route says 500 for it, as Istio's
+    // Envoy route does (`cluster_not_found_response_code: INTERNAL_SERVER_ERROR`).
+    let (mesh, v1, _v2) = two_endpoints().await;
+    let harness = Harness::start(mesh, &[&v1]).await;
+    let split = proto::HttpRoute {
+        route: vec![destination("v1", 50), destination("v9", 50)],
+        cluster_not_found_response_code: proto::ClusterNotFoundResponseCode::InternalServerError
+            as i32,
+        ..Default::default()
+    };
+    harness
+        .waypoint
+        .apply_config(config(vec![split], vec![cluster("v1", &[&v1])]))
+        .unwrap();
+    let mut sender = harness.http1().await;
+    let (mut served, mut refused) = (0, 0);
+    for _ in 0..400 {
+        let (status, _, body) = send_on(&mut sender, get("/")).await;
+        match status {
+            StatusCode::OK => served += 1,
+            StatusCode::INTERNAL_SERVER_ERROR => {
+                assert!(body.is_empty(), "{body:?}");
+                refused += 1;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!((140..=260).contains(&refused), "{refused} of 400 got 500");
+    assert_eq!(v1.request_count(), served);
+    let text = harness.metrics().await;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("istio_requests_total{") && l.contains("response_code=\"500\""))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(line.contains("response_flags=\"NC\""), "{line}");
+    assert!(line.ends_with(&format!(" {refused}")), "{line}");
+}
+
+#[tokio::test]
 async fn http2_clients_are_served_and_forwarded_as_http2() {
     let (harness, v1, _v2) = routed_to_v1().await;
     let (mut sender, connection) = http2::Builder::new(TokioExecutor::new())

@@ -314,7 +314,8 @@ fn internal_error() -> wp::HttpDirectResponse {
 
 impl<'a> Compiler<'a, '_> {
     /// The destination of a resolved backend, its cluster registered when the Service has that
-    /// port; an unresolved backend or port keeps a cluster name nothing serves (503 `NC`).
+    /// port; an unresolved backend or port keeps a cluster name nothing serves, and its weight:
+    /// HTTP requests routed there are answered 500 `NC` (TCP connections are refused).
     pub(super) fn gateway_destination(
         &mut self,
         route: &MeshRoute<'a>,
@@ -368,7 +369,7 @@ impl<'a> Compiler<'a, '_> {
                     TranslateProblem::Unsupported {
                         path,
                         reason: format!(
-                            "{} ({}): requests routed there are answered 503 NC",
+                            "{} ({}): its share of the requests is answered 500 (of the connections, refused)",
                             problem.message(),
                             problem.reason()
                         ),
@@ -599,6 +600,10 @@ impl<'a> Compiler<'a, '_> {
             }),
             headers: filter_headers(&rule.filters),
             virtual_service: route.key(),
+            // Istio's Envoy route for Gateway API routes: an invalid backend is a cluster that
+            // does not exist, and its share of the requests is answered 500.
+            cluster_not_found_response_code: wp::ClusterNotFoundResponseCode::InternalServerError
+                as i32,
             ..Default::default()
         };
         let unapplied = rule

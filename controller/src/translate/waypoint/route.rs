@@ -390,6 +390,9 @@ impl RouteContext<'_, '_, '_> {
             cors_policy,
             headers: route.headers.as_ref().map(headers),
             virtual_service: String::new(),
+            // A VirtualService's unknown host or subset: Envoy's default, 503 `NC`.
+            cluster_not_found_response_code: wp::ClusterNotFoundResponseCode::ServiceUnavailable
+                as i32,
         }))
     }
 

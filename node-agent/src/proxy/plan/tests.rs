@@ -51,6 +51,7 @@ fn workload(uid: &str, sa: &str, node: &str, address: IpAddr) -> Workload {
         healthy: true,
         services: BTreeMap::new(),
         authorization_policies: vec![],
+        capacity: 1,
         hostname: String::new(),
     }
 }
@@ -136,6 +137,31 @@ fn plan(
 ) -> Result<OutboundPlan, OutboundError> {
     let source = store.workload_by_uid(from).unwrap();
     plan_outbound(store, &source, to, local_on_node1, roll)
+}
+
+#[test]
+fn endpoints_share_connections_by_capacity() {
+    // A ServiceEntry's endpoint weights arrive as capacity: 3 and 1 take 3/4 and 1/4 of the
+    // connections, as ztunnel weighs them.
+    let store = WorkloadStore::new();
+    store.insert_workload(workload("client", "client", NODE1, ip(1, 10)));
+    for (uid, last, capacity) in [("api-1", 61, 3), ("api-2", 62, 1)] {
+        let mut endpoint = backing(workload(uid, "api", NODE2, ip(2, last)), "api", 80, 8080);
+        endpoint.capacity = capacity;
+        store.insert_workload(endpoint);
+    }
+    store.insert_service(service("api", 6, 80, 8080));
+    let mut picks = BTreeMap::new();
+    for roll in 0..400 {
+        let OutboundPlan::Hbone { target, .. } =
+            plan(&store, "client", SocketAddr::new(vip(6), 80), roll).unwrap()
+        else {
+            panic!("an HBONE plan");
+        };
+        *picks.entry(target.ip()).or_insert(0) += 1;
+    }
+    assert_eq!(picks[&ip(2, 61)], 300, "{picks:?}");
+    assert_eq!(picks[&ip(2, 62)], 100, "{picks:?}");
 }
 
 #[test]

@@ -377,8 +377,24 @@ pub(super) fn route(
             cors,
             headers: headers(r.headers.as_ref(), context)?,
             virtual_service: r.virtual_service.clone(),
+            cluster_not_found: cluster_not_found(r.cluster_not_found_response_code, context)?,
         },
     ))
+}
+
+fn cluster_not_found(value: i32, context: &str) -> Result<StatusCode, ConfigError> {
+    use proto::ClusterNotFoundResponseCode as Code;
+    Ok(match Code::try_from(value) {
+        Ok(Code::ServiceUnavailable) => StatusCode::SERVICE_UNAVAILABLE,
+        Ok(Code::NotFound) => StatusCode::NOT_FOUND,
+        Ok(Code::InternalServerError) => StatusCode::INTERNAL_SERVER_ERROR,
+        Err(_) => {
+            return Err(invalid(
+                context,
+                format!("unknown cluster_not_found_response_code {value}"),
+            ));
+        }
+    })
 }
 
 #[cfg(test)]

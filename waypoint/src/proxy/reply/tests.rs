@@ -135,8 +135,13 @@ fn local_replies_are_what_envoy_answers_in_the_same_case() {
             (503, "no destination", Some("text/plain"), Some("NR"), None),
         ),
         (
-            LocalReply::ClusterNotFound,
+            LocalReply::ClusterNotFound(StatusCode::SERVICE_UNAVAILABLE),
             (503, "", None, Some("NC"), Some("cluster_not_found")),
+        ),
+        // A Gateway API route's invalid backend: Envoy's cluster_not_found_response_code.
+        (
+            LocalReply::ClusterNotFound(StatusCode::INTERNAL_SERVER_ERROR),
+            (500, "", None, Some("NC"), Some("cluster_not_found")),
         ),
         (
             LocalReply::CorsPreflight(HeaderMap::new()),

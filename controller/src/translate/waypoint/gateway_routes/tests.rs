@@ -520,6 +520,48 @@ fn every_backend_invalid_answers_500() {
 }
 
 #[test]
+fn an_invalid_backend_beside_valid_ones_keeps_its_share_answered_500() {
+    // The Gateway API: "500 status MUST be returned for requests that would have otherwise
+    // been routed to an invalid backend". Istio keeps the backend's weight on a cluster that
+    // does not exist and sets Envoy's cluster_not_found_response_code to 500 for these routes.
+    let translation = translate(
+        &index(&http_route(
+            "mixed",
+            "  - backendRefs: [{name: reviews, port: 9080, weight: 3}, {name: nowhere, port: 80, weight: 1}]",
+        )),
+        &MeshSettings::default(),
+    );
+    let config = &translation.waypoints["shop/waypoint"];
+    let routes = &config
+        .services
+        .iter()
+        .find(|s| s.hostname == REVIEWS)
+        .unwrap()
+        .http_routes;
+    let split = clusters(&routes[0]);
+    assert_eq!(split.len(), 2, "{split:?}");
+    assert_eq!(split[0], (format!("outbound|9080||{REVIEWS}"), 3));
+    assert_eq!(split[1].1, 1, "the invalid backend keeps its share");
+    assert!(routes[0].direct_response.is_none());
+    assert_eq!(
+        routes[0].cluster_not_found_response_code,
+        wp::ClusterNotFoundResponseCode::InternalServerError as i32
+    );
+    assert!(
+        !config.clusters.iter().any(|c| c.name == split[1].0),
+        "nothing serves the invalid backend's cluster"
+    );
+    assert!(
+        translation
+            .problems
+            .iter()
+            .any(|p| p.to_string().contains("BackendNotFound")),
+        "{:#?}",
+        translation.problems
+    );
+}
+
+#[test]
 fn timeouts_and_retries_convert_as_istio_converts_them() {
     let routes = routes_of(&http_route(
         "timeouts",

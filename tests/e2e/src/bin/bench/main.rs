@@ -19,6 +19,7 @@ mod l7;
 mod load;
 mod nginx;
 mod scale;
+mod tls;
 
 use std::{
     fmt::Write as _,
@@ -45,8 +46,8 @@ struct Settings {
 }
 
 /// The figure groups `--only` selects from; `waypoint` is the whole L7 section, `scale` the
-/// control plane at cluster sizes.
-const GROUPS: [&str; 8] = [
+/// control plane at cluster sizes, `tls` the TLS providers.
+const GROUPS: [&str; 9] = [
     "throughput",
     "rps1",
     "fixed-rate",
@@ -55,6 +56,7 @@ const GROUPS: [&str; 8] = [
     "waypoint",
     "capture",
     "scale",
+    "tls",
 ];
 
 /// The groups measured on the L4 meshes (cross-node, same-node).
@@ -587,6 +589,11 @@ fn main() -> anyhow::Result<()> {
     } else {
         Vec::new()
     };
+    let tls = if settings.wants("tls") {
+        Some(tls::run(&settings)?)
+    } else {
+        None
+    };
 
     let machine = Command::new("uname")
         .arg("-srm")
@@ -663,6 +670,9 @@ fn main() -> anyhow::Result<()> {
         capture::report(&mut report, capture)?;
     }
     scale::report(&mut report, &scale)?;
+    if let Some(tls) = &tls {
+        tls::report(&mut report, tls)?;
+    }
     print!("{report}");
     std::fs::write(target.join("report.md"), &report)?;
     eprintln!("report written to {}", target.join("report.md").display());
