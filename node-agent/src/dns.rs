@@ -1,148 +1,32 @@
 //! Hostname endpoints (a ServiceEntry's `resolution: DNS`): the agent resolves the names of
-//! workloads that have no address and records the answers in the store, where planning a
-//! connection reads them; nothing is resolved on a connection's path.
-//!
-//! Resolution follows the system's configuration (`/etc/resolv.conf` and the hosts file, read
-//! at start) through a stub resolver that reports the records' TTL, as ztunnel resolves. Each
-//! name is resolved again when its answer expires, as Istio's Envoy does for DNS clusters
-//! (`respect_dns_ttl`), within [`MIN_REFRESH`] and [`MAX_REFRESH`]: a zero TTL cannot make the
-//! agent query without pause, and a day-long one (or a hosts-file entry, which has none) still
-//! sees a change within Istio's default `dnsRefreshRate`. A new name is resolved at once.
-//!
-//! Bounded: at most [`MAX_HOSTNAMES`] names, one lookup at a time, each within
-//! [`LOOKUP_TIMEOUT`]. A failed or empty answer keeps the last good addresses, and is tried
-//! again after [`MAX_REFRESH`].
+//! workloads that have no address ([`weft_proxy_core::dns`], TTL-driven) and records the
+//! answers in the store, where planning a connection reads them; nothing is resolved on a
+//! connection's path.
 
-use std::{collections::HashMap, net::IpAddr, time::Duration};
+use std::net::IpAddr;
 
-use hickory_resolver::{TokioResolver, config::LookupIpStrategy};
-use tokio::time::Instant;
+use weft_proxy_core::dns::NameTable;
 
 use crate::state::WorkloadStore;
 
-/// The shortest wait before a name is resolved again, whatever its TTL.
-pub const MIN_REFRESH: Duration = Duration::from_secs(1);
-/// The longest wait before a name is resolved again (Istio's default `dnsRefreshRate`), and
-/// the wait after a failed lookup.
-pub const MAX_REFRESH: Duration = Duration::from_secs(60);
-/// How long one lookup may take.
-pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
-/// How many names are resolved at most; the others are reported and left unresolved.
-pub const MAX_HOSTNAMES: usize = 1024;
+impl NameTable for WorkloadStore {
+    fn names(&self) -> Vec<String> {
+        self.hostnames_to_resolve()
+    }
 
-/// A name's addresses and how long they stay valid (the smallest TTL of the records; the
-/// hosts file's answers never expire).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Answer {
-    pub addresses: Vec<IpAddr>,
-    pub ttl: Duration,
+    fn retain(&self, names: &[String]) {
+        self.retain_resolved(names);
+    }
+
+    fn set(&self, name: &str, addresses: Vec<IpAddr>) {
+        self.set_resolved(name, addresses);
+    }
 }
 
-/// When a name is resolved again after an answer valid for `ttl`.
-pub fn refresh_after(ttl: Duration) -> Duration {
-    ttl.clamp(MIN_REFRESH, MAX_REFRESH)
-}
-
-/// Resolves the store's hostnames with the system's resolver configuration until the task is
-/// dropped.
+/// Resolves the store's hostnames until the task is dropped.
 pub async fn run(store: WorkloadStore) {
-    let resolver = match system_resolver() {
-        Ok(resolver) => resolver,
-        Err(error) => {
-            tracing::error!(%error, "no DNS resolver: hostname endpoints stay unresolved");
-            return;
-        }
-    };
-    resolve_with(store, |name| {
-        let resolver = resolver.clone();
-        async move { lookup(&resolver, &name).await }
-    })
-    .await;
-}
-
-/// The stub resolver of `/etc/resolv.conf` and the hosts file, asking for both families.
-fn system_resolver() -> Result<TokioResolver, String> {
-    let mut builder = TokioResolver::builder_tokio().map_err(|e| e.to_string())?;
-    let options = builder.options_mut();
-    options.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
-    options.timeout = LOOKUP_TIMEOUT;
-    builder.build().map_err(|e| e.to_string())
-}
-
-/// [`run`] with another resolver (tests).
-async fn resolve_with<F, R>(store: WorkloadStore, resolve: F)
-where
-    F: Fn(String) -> R,
-    R: std::future::Future<Output = Result<Answer, String>>,
-{
-    let mut changes = store.subscribe();
-    let mut due: HashMap<String, Instant> = HashMap::new();
-    loop {
-        let mut names = store.hostnames_to_resolve();
-        if names.len() > MAX_HOSTNAMES {
-            tracing::warn!(
-                names = names.len(),
-                limit = MAX_HOSTNAMES,
-                "too many hostnames to resolve; the rest stay unresolved"
-            );
-            names.truncate(MAX_HOSTNAMES);
-        }
-        due.retain(|name, _| names.contains(name));
-        store.retain_resolved(&names);
-        for name in &names {
-            if due.get(name).is_some_and(|at| *at > Instant::now()) {
-                continue;
-            }
-            let wait = match resolve(name.clone()).await {
-                Ok(answer) => {
-                    store.set_resolved(name, answer.addresses);
-                    refresh_after(answer.ttl)
-                }
-                Err(error) => {
-                    tracing::warn!(hostname = %name, %error, "hostname not resolved; keeping the last addresses");
-                    MAX_REFRESH
-                }
-            };
-            due.insert(name.clone(), Instant::now() + wait);
-        }
-        let next = due.values().min().copied();
-        // Our own `set_resolved` wakes the watch too: mark it seen so that only others' changes
-        // (a new configuration) cut the wait short.
-        changes.borrow_and_update();
-        tokio::select! {
-            changed = changes.changed() => if changed.is_err() { return },
-            () = sleep_until(next) => {}
-        }
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// The name's addresses, IPv4 first, without duplicates, and how long they are valid.
-async fn lookup(resolver: &TokioResolver, name: &str) -> Result<Answer, String> {
-    let answer = tokio::time::timeout(LOOKUP_TIMEOUT, resolver.lookup_ip(name))
-        .await
-        .map_err(|_| format!("no answer within {LOOKUP_TIMEOUT:?}"))?
-        .map_err(|e| e.to_string())?;
-    let mut addresses: Vec<IpAddr> = Vec::new();
-    for address in answer.iter() {
-        if !addresses.contains(&address) {
-            addresses.push(address);
-        }
-    }
-    addresses.sort_by_key(|a| a.is_ipv6());
-    if addresses.is_empty() {
-        return Err("no address".into());
-    }
-    let ttl = answer
-        .valid_until()
-        .saturating_duration_since(std::time::Instant::now());
-    Ok(Answer { addresses, ttl })
+    let changes = store.subscribe();
+    weft_proxy_core::dns::run(store, changes).await;
 }
 
 #[cfg(test)]

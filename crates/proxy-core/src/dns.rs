@@ -1,26 +1,151 @@
-//! Resolving endpoint names (a ServiceEntry's `resolution: DNS`) with the system's resolver,
-//! off every connection's path, under the bounds both proxies keep: one lookup at a time, each
-//! within [`LOOKUP_TIMEOUT`], at most [`MAX_HOSTNAMES`] names, each again every [`REFRESH`]
-//! (`getaddrinfo` reports no TTL).
+//! Resolving endpoint names (a ServiceEntry's `resolution: DNS`) for both proxies: the node
+//! agent resolves the names of workloads that have no address, the waypoint those of its
+//! clusters' endpoints. Each keeps the answers in its store ([`NameTable`]), where a
+//! connection or request reads them; nothing is resolved on a connection's path.
+//!
+//! Resolution follows the system's configuration (`/etc/resolv.conf` and the hosts file, read
+//! at start) through a stub resolver that reports the records' TTL, as ztunnel resolves. Each
+//! name is resolved again when its answer expires, as Istio's Envoy does for DNS clusters
+//! (`respect_dns_ttl`), within [`MIN_REFRESH`] and [`MAX_REFRESH`]: a zero TTL cannot make a
+//! proxy query without pause, and a day-long one (or a hosts-file entry, which has none) still
+//! sees a change within Istio's default `dnsRefreshRate`. A new name is resolved at once.
+//!
+//! Bounded: at most [`MAX_HOSTNAMES`] names, one lookup at a time, each within
+//! [`LOOKUP_TIMEOUT`]. A failed or empty answer keeps the last good addresses, and is tried
+//! again after [`MAX_REFRESH`].
 
-use std::net::IpAddr;
-use std::time::Duration;
+use std::{collections::HashMap, net::IpAddr, time::Duration};
 
-/// How often each name is resolved again.
-pub const REFRESH: Duration = Duration::from_secs(30);
+use hickory_resolver::{TokioResolver, config::LookupIpStrategy};
+use tokio::time::Instant;
+
+use tokio::sync::watch;
+
+/// The shortest wait before a name is resolved again, whatever its TTL.
+pub const MIN_REFRESH: Duration = Duration::from_secs(1);
+/// The longest wait before a name is resolved again (Istio's default `dnsRefreshRate`), and
+/// the wait after a failed lookup.
+pub const MAX_REFRESH: Duration = Duration::from_secs(60);
 /// How long one lookup may take.
 pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How many names are resolved at most; the others are reported and left unresolved.
 pub const MAX_HOSTNAMES: usize = 1024;
 
-/// The name's addresses, IPv4 first, without duplicates; an error for no answer.
-pub async fn lookup(name: &str) -> Result<Vec<IpAddr>, String> {
-    let answer = tokio::time::timeout(LOOKUP_TIMEOUT, tokio::net::lookup_host((name, 0)))
+/// A name's addresses and how long they stay valid (the smallest TTL of the records; the
+/// hosts file's answers never expire).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub addresses: Vec<IpAddr>,
+    pub ttl: Duration,
+}
+
+/// When a name is resolved again after an answer valid for `ttl`.
+pub fn refresh_after(ttl: Duration) -> Duration {
+    ttl.clamp(MIN_REFRESH, MAX_REFRESH)
+}
+
+/// Where a proxy keeps the names it resolves and their answers.
+pub trait NameTable {
+    /// The names to resolve now, without duplicates.
+    fn names(&self) -> Vec<String>;
+    /// Forgets the answers for names not in `names`.
+    fn retain(&self, names: &[String]);
+    /// Records a name's new addresses.
+    fn set(&self, name: &str, addresses: Vec<IpAddr>);
+    /// This round's lookups are done: a table that applies its answers in one step (the
+    /// waypoint converts its configuration again) does it here.
+    fn round_done(&self) {}
+}
+
+/// Resolves `table`'s names with the system's resolver configuration until the task is
+/// dropped; `changes` wakes it when the names may have changed (a new configuration).
+pub async fn run<T: NameTable>(table: T, changes: watch::Receiver<u64>) {
+    let resolver = match system_resolver() {
+        Ok(resolver) => resolver,
+        Err(error) => {
+            tracing::error!(%error, "no DNS resolver: hostname endpoints stay unresolved");
+            return;
+        }
+    };
+    resolve_with(table, changes, |name| {
+        let resolver = resolver.clone();
+        async move { lookup(&resolver, &name).await }
+    })
+    .await;
+}
+
+/// The stub resolver of `/etc/resolv.conf` and the hosts file, asking for both families.
+pub fn system_resolver() -> Result<TokioResolver, String> {
+    let mut builder = TokioResolver::builder_tokio().map_err(|e| e.to_string())?;
+    let options = builder.options_mut();
+    options.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+    options.timeout = LOOKUP_TIMEOUT;
+    builder.build().map_err(|e| e.to_string())
+}
+
+/// [`run`] with another resolver (tests).
+pub async fn resolve_with<T, F, R>(table: T, mut changes: watch::Receiver<u64>, resolve: F)
+where
+    T: NameTable,
+    F: Fn(String) -> R,
+    R: std::future::Future<Output = Result<Answer, String>>,
+{
+    let mut due: HashMap<String, Instant> = HashMap::new();
+    loop {
+        let mut names = table.names();
+        if names.len() > MAX_HOSTNAMES {
+            tracing::warn!(
+                names = names.len(),
+                limit = MAX_HOSTNAMES,
+                "too many hostnames to resolve; the rest stay unresolved"
+            );
+            names.truncate(MAX_HOSTNAMES);
+        }
+        due.retain(|name, _| names.contains(name));
+        table.retain(&names);
+        for name in &names {
+            if due.get(name).is_some_and(|at| *at > Instant::now()) {
+                continue;
+            }
+            let wait = match resolve(name.clone()).await {
+                Ok(answer) => {
+                    table.set(name, answer.addresses);
+                    refresh_after(answer.ttl)
+                }
+                Err(error) => {
+                    tracing::warn!(hostname = %name, %error, "hostname not resolved; keeping the last addresses");
+                    MAX_REFRESH
+                }
+            };
+            due.insert(name.clone(), Instant::now() + wait);
+        }
+        table.round_done();
+        let next = due.values().min().copied();
+        // Our own answers may wake the watch too: mark it seen so that only others' changes
+        // (a new configuration) cut the wait short.
+        changes.borrow_and_update();
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return },
+            () = sleep_until(next) => {}
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The name's addresses, IPv4 first, without duplicates, and how long they are valid.
+pub async fn lookup(resolver: &TokioResolver, name: &str) -> Result<Answer, String> {
+    let answer = tokio::time::timeout(LOOKUP_TIMEOUT, resolver.lookup_ip(name))
         .await
         .map_err(|_| format!("no answer within {LOOKUP_TIMEOUT:?}"))?
         .map_err(|e| e.to_string())?;
     let mut addresses: Vec<IpAddr> = Vec::new();
-    for address in answer.map(|a| a.ip()) {
+    for address in answer.iter() {
         if !addresses.contains(&address) {
             addresses.push(address);
         }
@@ -29,18 +154,8 @@ pub async fn lookup(name: &str) -> Result<Vec<IpAddr>, String> {
     if addresses.is_empty() {
         return Err("no address".into());
     }
-    Ok(addresses)
-}
-
-#[cfg(test)]
-mod tests {
-    #[tokio::test]
-    async fn names_resolve_through_the_system_resolver_from_the_hosts_file() {
-        let addresses = super::lookup("localhost")
-            .await
-            .expect("localhost resolves");
-        assert!(addresses.iter().any(IpAddr::is_loopback), "{addresses:?}");
-    }
-
-    use std::net::IpAddr;
+    let ttl = answer
+        .valid_until()
+        .saturating_duration_since(std::time::Instant::now());
+    Ok(Answer { addresses, ttl })
 }

@@ -17,8 +17,25 @@ use hickory_resolver::{
 };
 use tokio::net::UdpSocket;
 
-use super::*;
-use crate::state::TunnelProtocol;
+use std::{net::IpAddr, time::Duration};
+
+use hickory_resolver::{TokioResolver, config::LookupIpStrategy};
+use tokio::time::Instant;
+use weft_proxy_core::dns::{
+    Answer, MAX_REFRESH, MIN_REFRESH, lookup, refresh_after, system_resolver,
+};
+
+use crate::state::{TunnelProtocol, WorkloadStore};
+
+/// The shared resolution loop over the agent's store.
+async fn resolve_with<F, R>(store: WorkloadStore, resolve: F)
+where
+    F: Fn(String) -> R,
+    R: std::future::Future<Output = Result<Answer, String>>,
+{
+    let changes = store.subscribe();
+    weft_proxy_core::dns::resolve_with(store, changes, resolve).await;
+}
 
 fn by_name(name: &str, hostname: &str) -> crate::state::Workload {
     let mut workload = crate::testing::workload(
