@@ -8,7 +8,8 @@
 //! `gateway.networking.k8s.io/gateway-name` label) with an HTTPRoute and a TLSRoute.
 //! Needs root.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Child;
 use std::time::Duration;
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
@@ -117,6 +118,35 @@ fn write(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
 }
 
+/// The in-mesh TLS server `secure` (openssl on 8443, a certificate for `secure.internal`),
+/// which passthrough must reach untouched; its directory holds `ca.pem`.
+fn secure_server(mesh: &Mesh) -> (PathBuf, Child) {
+    let (ca, cert, key) = certificates(&["secure.internal"]);
+    let dir = mesh.dir().join("secure");
+    write(&dir.join("cert.pem"), &cert);
+    write(&dir.join("key.pem"), &key);
+    write(&dir.join("ca.pem"), &ca);
+    let server = mesh
+        .spawn_in_pod(
+            "secure",
+            "openssl",
+            &[
+                "s_server",
+                "-quiet",
+                "-accept",
+                "8443",
+                "-cert",
+                dir.join("cert.pem").to_str().unwrap(),
+                "-key",
+                dir.join("key.pem").to_str().unwrap(),
+                "-www",
+            ],
+        )
+        .expect("start openssl s_server");
+    mesh.wait_listening("secure", 8443).expect("the TLS server");
+    (dir, server)
+}
+
 #[test]
 fn an_outside_client_reaches_the_mesh_through_the_ingress_gateway() {
     let mut gateway_pod = PodSpec::client("ingress", "node1", "edge")
@@ -158,30 +188,7 @@ fn an_outside_client_reaches_the_mesh_through_the_ingress_gateway() {
     write(&ca_file, &ca);
     let ca_file = ca_file.to_str().unwrap().to_owned();
 
-    // An in-mesh TLS server with its own certificate, which PASSTHROUGH must carry untouched.
-    let (secure_ca, secure_cert, secure_key) = certificates(&["secure.internal"]);
-    let secure_dir = mesh.dir().join("secure");
-    write(&secure_dir.join("cert.pem"), &secure_cert);
-    write(&secure_dir.join("key.pem"), &secure_key);
-    write(&secure_dir.join("ca.pem"), &secure_ca);
-    let mut tls_server = mesh
-        .spawn_in_pod(
-            "secure",
-            "openssl",
-            &[
-                "s_server",
-                "-quiet",
-                "-accept",
-                "8443",
-                "-cert",
-                secure_dir.join("cert.pem").to_str().unwrap(),
-                "-key",
-                secure_dir.join("key.pem").to_str().unwrap(),
-                "-www",
-            ],
-        )
-        .expect("start openssl s_server");
-    mesh.wait_listening("secure", 8443).expect("the TLS server");
+    let (secure_dir, mut tls_server) = secure_server(&mesh);
 
     let gateway = mesh
         .start_gateway("ingress", &credentials)
@@ -448,29 +455,7 @@ fn a_gateway_api_gateway_terminates_https_and_passes_tls_through() {
     write(&ca_file, &ca);
     let ca_file = ca_file.to_str().unwrap().to_owned();
 
-    let (secure_ca, secure_cert, secure_key) = certificates(&["secure.internal"]);
-    let secure_dir = mesh.dir().join("secure");
-    write(&secure_dir.join("cert.pem"), &secure_cert);
-    write(&secure_dir.join("key.pem"), &secure_key);
-    write(&secure_dir.join("ca.pem"), &secure_ca);
-    let mut tls_server = mesh
-        .spawn_in_pod(
-            "secure",
-            "openssl",
-            &[
-                "s_server",
-                "-quiet",
-                "-accept",
-                "8443",
-                "-cert",
-                secure_dir.join("cert.pem").to_str().unwrap(),
-                "-key",
-                secure_dir.join("key.pem").to_str().unwrap(),
-                "-www",
-            ],
-        )
-        .expect("start openssl s_server");
-    mesh.wait_listening("secure", 8443).expect("the TLS server");
+    let (secure_dir, mut tls_server) = secure_server(&mesh);
 
     let gateway = mesh
         .start_gateway("shop-edge-istio", &credentials)
