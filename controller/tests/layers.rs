@@ -21,6 +21,7 @@ const LAYERS: &[&str] = &[
     "tls",
     "syncz",
     "monitoring",
+    "console",
     "source",
     "webhook",
     "server",
