@@ -113,6 +113,32 @@ fn verbose(mesh: &Mesh, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// curl's arguments for the outside client's HTTPS request to `/reviews` of
+/// `shop.example.com`, resolved to the gateway by `resolve` (`host:port:address`) and verified
+/// against `ca_file`, with `extra` arguments before the URL.
+fn shop_https<'a>(ca_file: &'a str, resolve: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["--cacert", ca_file, "--resolve", resolve];
+    args.extend_from_slice(extra);
+    args.push("https://shop.example.com/reviews");
+    args
+}
+
+/// Waits until `gateway` answers the outside client's HTTPS request 200; panics with what
+/// `curl -v` says and the mesh's logs if it never does.
+fn wait_for_shop_https(mesh: &Mesh, ca_file: &str, resolve: &str, gateway: &str) {
+    let args = shop_https(ca_file, resolve, &[]);
+    assert!(
+        mesh.eventually(Duration::from_secs(15), || mesh
+            .curl_with("outside", &args)
+            .status
+            == 200),
+        "HTTPS through {gateway} never answered 200: {:?}\n{}\n{}",
+        mesh.curl_with("outside", &args),
+        verbose(mesh, &args),
+        mesh.logs()
+    );
+}
+
 fn write(path: &Path, text: &str) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(path, text).unwrap();
@@ -197,29 +223,10 @@ fn an_outside_client_reaches_the_mesh_through_the_ingress_gateway() {
     let resolve = |host: &str, port: u16| format!("{host}:{port}:{gw}");
 
     // HTTPS with the certificate from the file, verified by the client against its CA.
-    let https = |extra: &[&str]| {
-        let resolve = resolve("shop.example.com", 443);
-        let mut args = vec!["--cacert", ca_file.as_str(), "--resolve", resolve.as_str()];
-        args.extend_from_slice(extra);
-        args.push("https://shop.example.com/reviews");
-        mesh.curl_with("outside", &args)
-    };
-    assert!(
-        mesh.eventually(Duration::from_secs(15), || https(&[]).status == 200),
-        "HTTPS through the gateway never answered 200: {:?}\n{}\n{}",
-        https(&[]),
-        verbose(
-            &mesh,
-            &[
-                "--cacert",
-                &ca_file,
-                "--resolve",
-                &resolve("shop.example.com", 443),
-                "https://shop.example.com/reviews"
-            ]
-        ),
-        mesh.logs()
-    );
+    let shop_resolve = resolve("shop.example.com", 443);
+    let https =
+        |extra: &[&str]| mesh.curl_with("outside", &shop_https(&ca_file, &shop_resolve, extra));
+    wait_for_shop_https(&mesh, &ca_file, &shop_resolve, "the gateway");
     let plain = https(&[]);
     assert_eq!(plain.json()["version"], "v1", "{}", plain.body);
     // The header route applies at the edge, over HTTP/2 as over HTTP/1.1.
@@ -462,33 +469,9 @@ fn a_gateway_api_gateway_terminates_https_and_passes_tls_through() {
         .unwrap_or_else(|e| panic!("{e:#}"));
     let gw = mesh.pod(&gateway.pod).ip.to_string();
     let shop_resolve = format!("shop.example.com:443:{gw}");
-    let https = |extra: &[&str]| {
-        let mut args = vec![
-            "--cacert",
-            ca_file.as_str(),
-            "--resolve",
-            shop_resolve.as_str(),
-        ];
-        args.extend_from_slice(extra);
-        args.push("https://shop.example.com/reviews");
-        mesh.curl_with("outside", &args)
-    };
-    assert!(
-        mesh.eventually(Duration::from_secs(15), || https(&[]).status == 200),
-        "HTTPS through the Gateway API gateway never answered 200: {:?}\n{}\n{}",
-        https(&[]),
-        verbose(
-            &mesh,
-            &[
-                "--cacert",
-                &ca_file,
-                "--resolve",
-                &shop_resolve,
-                "https://shop.example.com/reviews"
-            ]
-        ),
-        mesh.logs()
-    );
+    let https =
+        |extra: &[&str]| mesh.curl_with("outside", &shop_https(&ca_file, &shop_resolve, extra));
+    wait_for_shop_https(&mesh, &ca_file, &shop_resolve, "the Gateway API gateway");
     // The HTTPRoute's rules: the catch-all to v1, the header match to v2.
     let plain = https(&[]);
     assert_eq!(plain.json()["version"], "v1", "{}", plain.body);
