@@ -9,7 +9,7 @@
 //! I/O; [`push`] (what each proxy receives), [`server`], [`source`], [`ca`], [`tls`] and [`webhook`]
 //! (the validating admission webhook) do; [`syncz`] is what each proxy was sent and answered; [`analysis`] is `istioctl analyze`'s cross-resource
 //! checks; [`console`] is the service-graph console (traffic from Prometheus, configuration from
-//! the index).
+//! the index); [`mesh_config`] follows the mesh configuration file (Istio's `MeshConfig`).
 
 pub mod analysis;
 pub mod ca;
@@ -18,6 +18,7 @@ pub mod crd;
 pub mod index;
 pub mod jwks;
 pub mod loader;
+pub mod mesh_config;
 pub mod model;
 pub mod monitoring;
 pub mod push;

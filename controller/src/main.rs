@@ -113,6 +113,11 @@ struct RunArgs {
     /// Namespace whose selector-less policies apply mesh-wide.
     #[arg(long, env = "WEFT_ROOT_NAMESPACE", default_value = DEFAULT_ROOT_NAMESPACE)]
     root_namespace: String,
+    /// Istio's mesh configuration file (`MeshConfig` YAML, the `mesh` key of the `istio`
+    /// ConfigMap, istiod's `--meshConfig`), followed while running [default: none: Istio's
+    /// defaults].
+    #[arg(long, alias = "meshConfig", env = "WEFT_MESH_CONFIG")]
+    mesh_config: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -233,6 +238,13 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         let settings = controller::translate::agent::MeshSettings {
             trust_domain: args.trust_domain.clone(),
             root_namespace: args.root_namespace.clone(),
+            mesh: match &args.mesh_config {
+                Some(path) => std::sync::Arc::new(
+                    controller::mesh_config::MeshConfigWatch::load(path.clone())
+                        .map_err(|e| anyhow::anyhow!("mesh configuration: {e}"))?,
+                ),
+                None => Default::default(),
+            },
             ..Default::default()
         };
         let mut serving_names = if args.serving_names.is_empty() {

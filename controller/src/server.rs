@@ -264,10 +264,14 @@ async fn publish_changes(
     // A fetched key set changes the waypoints' configuration as a resource change does.
     let mut keys = settings.jwks.subscribe();
     keys.borrow_and_update();
+    // So does a change of the mesh configuration file.
+    let mut mesh = settings.mesh.subscribe();
+    mesh.borrow_and_update();
     loop {
         tokio::select! {
             settled = crate::index::settled_change(&mut changes, &mut shutdown) => if !settled { return },
             changed = keys.changed() => if changed.is_err() { return },
+            changed = mesh.changed() => if changed.is_err() { return },
         }
         publish(
             &index.snapshot(),
@@ -388,6 +392,7 @@ pub async fn run(config: ServerConfig, shutdown: watch::Receiver<bool>) -> Resul
     );
     let reader = store.reader();
     tokio::spawn(config.settings.jwks.clone().run(shutdown.clone()));
+    tokio::spawn(config.settings.mesh.clone().run(shutdown.clone()));
     tokio::spawn(publish_changes(
         index.clone(),
         store,

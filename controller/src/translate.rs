@@ -23,8 +23,12 @@ use weft_istio::defaults::{
     DEFAULT_CLUSTER_ID, DEFAULT_DOMAIN_SUFFIX, DEFAULT_ROOT_NAMESPACE, DEFAULT_TRUST_DOMAIN,
 };
 use weft_proto::istio::{security, workload};
+use weft_proto::mesh::MeshConfig;
 use weft_proto::waypoint::WaypointConfig;
-use weft_proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, WAYPOINT_CONFIG_TYPE_URL};
+use weft_proto::{
+    ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, MESH_CONFIG_NAME, MESH_CONFIG_TYPE_URL,
+    WAYPOINT_CONFIG_TYPE_URL,
+};
 
 use crate::{index::ConfigIndex, model::ResourceKind};
 
@@ -38,6 +42,8 @@ pub struct MeshSettings {
     pub domain_suffix: String,
     /// The key sets of `jwksUri`s, fetched by [`crate::jwks::JwksResolver::run`].
     pub jwks: std::sync::Arc<crate::jwks::JwksResolver>,
+    /// Istio's `MeshConfig` in force, followed by [`crate::mesh_config::MeshConfigWatch::run`].
+    pub mesh: std::sync::Arc<crate::mesh_config::MeshConfigWatch>,
 }
 
 impl Default for MeshSettings {
@@ -48,6 +54,7 @@ impl Default for MeshSettings {
             cluster_id: DEFAULT_CLUSTER_ID.into(),
             domain_suffix: DEFAULT_DOMAIN_SUFFIX.into(),
             jwks: Default::default(),
+            mesh: Default::default(),
         }
     }
 }
@@ -210,6 +217,8 @@ pub struct Translation {
     pub authorizations: BTreeMap<String, security::Authorization>,
     /// `weft.waypoint.v1.WaypointConfig`, by resource name (`namespace/name`).
     pub waypoints: BTreeMap<String, WaypointConfig>,
+    /// `weft.mesh.v1.MeshConfig`: the one resource [`MESH_CONFIG_NAME`], for node agents.
+    pub mesh: BTreeMap<String, MeshConfig>,
     /// Sorted, without duplicates.
     pub problems: Vec<TranslateError>,
 }
@@ -241,6 +250,7 @@ pub fn translate(index: &ConfigIndex, settings: &MeshSettings) -> Translation {
         addresses: agent::addresses(index, settings),
         authorizations: agent::authorizations(index, settings),
         waypoints,
+        mesh: BTreeMap::from([(MESH_CONFIG_NAME.to_owned(), settings.mesh.current())]),
         problems,
     }
 }
@@ -273,6 +283,7 @@ impl Translation {
                 packed(&self.authorizations),
             ),
             (WAYPOINT_CONFIG_TYPE_URL.to_owned(), packed(&self.waypoints)),
+            (MESH_CONFIG_TYPE_URL.to_owned(), packed(&self.mesh)),
         ]
     }
 }

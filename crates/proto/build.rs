@@ -12,6 +12,7 @@ const PROTO_FILES: &[&str] = &[
     "proto/istio/security/authorization.proto",
     "proto/istio/v1/auth/ca.proto",
     "proto/weft/waypoint/v1/waypoint.proto",
+    "proto/weft/mesh/v1/mesh.proto",
     "proto/weft/sample/v1/echo.proto",
     "proto/runtime/v1/api.proto",
 ];

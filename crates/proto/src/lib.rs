@@ -107,6 +107,13 @@ pub mod waypoint {
     include!(concat!(env!("OUT_DIR"), "/weft.waypoint.v1.rs"));
 }
 
+/// `weft.mesh.v1`: the mesh-wide settings node agents apply, served as one `MeshConfig`
+/// resource named [`MESH_CONFIG_NAME`].
+#[allow(clippy::all, clippy::pedantic, rustdoc::all)]
+pub mod mesh {
+    include!(concat!(env!("OUT_DIR"), "/weft.mesh.v1.rs"));
+}
+
 /// `weft.sample.v1`: the sample application's gRPC echo service.
 pub mod sample {
     include!(concat!(env!("OUT_DIR"), "/weft.sample.v1.rs"));
@@ -127,6 +134,12 @@ pub const AUTHORIZATION_TYPE_URL: &str = "type.googleapis.com/istio.security.Aut
 
 /// Type URL of `weft.waypoint.v1.WaypointConfig` resources (waypoint L7 configuration).
 pub const WAYPOINT_CONFIG_TYPE_URL: &str = "type.googleapis.com/weft.waypoint.v1.WaypointConfig";
+
+/// Type URL of `weft.mesh.v1.MeshConfig`, the mesh-wide settings node agents apply.
+pub const MESH_CONFIG_TYPE_URL: &str = "type.googleapis.com/weft.mesh.v1.MeshConfig";
+
+/// The name of the one `MeshConfig` resource.
+pub const MESH_CONFIG_NAME: &str = "mesh";
 
 #[cfg(test)]
 mod tests;

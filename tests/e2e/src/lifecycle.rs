@@ -154,6 +154,20 @@ impl Mesh {
         Ok(())
     }
 
+    /// Replaces the mesh configuration file the controller follows (Istio's `MeshConfig`
+    /// YAML, the `mesh` key of its `istio` ConfigMap).
+    pub fn set_mesh_config(&self, yaml: &str) -> anyhow::Result<()> {
+        let path = self.mesh_config_path();
+        let temporary = path.with_extension("tmp");
+        std::fs::write(&temporary, yaml)?;
+        std::fs::rename(&temporary, &path)?;
+        Ok(())
+    }
+
+    fn mesh_config_path(&self) -> PathBuf {
+        self.dir.join("mesh-config.yaml")
+    }
+
     pub fn remove_config(&self, file: &str) -> anyhow::Result<()> {
         std::fs::remove_file(self.dir.join("config").join(file))?;
         Ok(())
@@ -167,6 +181,10 @@ impl Mesh {
     /// Starts (or restarts) the controller.
     pub fn start_controller(&mut self) -> anyhow::Result<()> {
         let host = self.testbed.control_plane().expect("a control plane host");
+        // Istio's defaults until a test changes them; a restart keeps what it set.
+        if !self.mesh_config_path().exists() {
+            std::fs::write(self.mesh_config_path(), "")?;
+        }
         let mut command = host
             .netns
             .command_in_cgroup(&host.cgroup, binary("controller")?.to_str().unwrap());
@@ -178,6 +196,8 @@ impl Mesh {
             .arg(self.dir.join("ca"))
             .arg("--bootstrap-tokens")
             .arg(self.dir.join("tokens"))
+            .arg("--mesh-config")
+            .arg(self.mesh_config_path())
             .args(["--grpc-address", &format!("0.0.0.0:{GRPC_PORT}")])
             // The console reads the Prometheus that `start_observability` runs beside it.
             .args([

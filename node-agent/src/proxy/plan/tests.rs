@@ -9,7 +9,7 @@ use weft_policy::{
 };
 
 use super::*;
-use crate::state::{NamespacedHostname, Service};
+use crate::state::{NamespacedHostname, OutboundTrafficPolicy, Service};
 
 const NODE1: &str = "node1";
 const NODE2: &str = "node2";
@@ -280,6 +280,38 @@ fn outbound_plans() {
     assert_eq!(
         plan(&store, "client", addr(1, 10, 15001), 0).unwrap_err(),
         OutboundError::AgentPort(addr(1, 10, 15001))
+    );
+}
+
+#[test]
+fn registry_only_refuses_what_the_mesh_does_not_know_and_nothing_else() {
+    let store = mesh();
+    let outside = SocketAddr::from(([10, 250, 0, 2], 443));
+    store.set_outbound_traffic_policy(OutboundTrafficPolicy::RegistryOnly);
+    assert_eq!(
+        plan(&store, "client", outside, 0).unwrap(),
+        OutboundPlan::BlackHole { target: outside }
+    );
+    // A service, a pod, and a known workload outside the mesh stay reachable.
+    assert!(matches!(
+        plan(&store, "client", SocketAddr::new(vip(1), 80), 0).unwrap(),
+        OutboundPlan::Hbone { .. } | OutboundPlan::Local { .. }
+    ));
+    assert!(matches!(
+        plan(&store, "client", addr(2, 11, 9000), 0).unwrap(),
+        OutboundPlan::Hbone { .. }
+    ));
+    assert_eq!(
+        plan(&store, "client", addr(2, 30, 80), 0).unwrap(),
+        OutboundPlan::Passthrough {
+            target: addr(2, 30, 80)
+        }
+    );
+    // Read per connection: back to ALLOW_ANY, the next connection passes through.
+    store.set_outbound_traffic_policy(OutboundTrafficPolicy::AllowAny);
+    assert_eq!(
+        plan(&store, "client", outside, 0).unwrap(),
+        OutboundPlan::Passthrough { target: outside }
     );
 }
 

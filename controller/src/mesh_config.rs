@@ -1,0 +1,187 @@
+//! The mesh configuration file: Istio's `MeshConfig`, the YAML istiod reads from
+//! `--meshConfig` (the `mesh` key of the `istio` ConfigMap, mounted as a file). The controller
+//! reads the fields the mesh applies (`outboundTrafficPolicy.mode`) and ignores the others, as
+//! it ignores what it does not apply elsewhere. The file is read at start (an invalid one stops
+//! the start) and again whenever its content changes; an invalid change is logged naming the
+//! file, the field and the reason, and the last good configuration stays in force.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use tokio::sync::watch;
+use weft_proto::mesh::{MeshConfig, OutboundTrafficPolicy};
+
+/// How often the file is read again: the configuration directory's own pace.
+const POLL_INTERVAL: Duration = Duration::from_millis(300);
+
+/// Why a mesh configuration is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MeshConfigError {
+    #[error("{path}: cannot read: {reason}")]
+    Read { path: String, reason: String },
+    #[error("{path}: invalid YAML: {reason}")]
+    Syntax { path: String, reason: String },
+    #[error("{path}: {field}: {reason}")]
+    Field {
+        path: String,
+        field: &'static str,
+        reason: String,
+    },
+}
+
+/// Parses a MeshConfig document (`path` names it in errors). An empty document is the
+/// defaults, as in istiod.
+pub fn parse(path: &str, text: &str) -> Result<MeshConfig, MeshConfigError> {
+    let value: serde_yaml::Value =
+        serde_yaml::from_str(text).map_err(|e| MeshConfigError::Syntax {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+    let field = |field: &'static str, reason: String| MeshConfigError::Field {
+        path: path.to_owned(),
+        field,
+        reason,
+    };
+    let mut config = MeshConfig::default();
+    let policy = match &value {
+        serde_yaml::Value::Null => None,
+        serde_yaml::Value::Mapping(mesh) => mesh.get("outboundTrafficPolicy"),
+        _ => return Err(field("(document)", "must be a mapping".to_owned())),
+    };
+    let mode = match policy {
+        None | Some(serde_yaml::Value::Null) => None,
+        Some(serde_yaml::Value::Mapping(policy)) => policy.get("mode"),
+        Some(_) => {
+            return Err(field(
+                "outboundTrafficPolicy",
+                "must be a mapping".to_owned(),
+            ));
+        }
+    };
+    let mode = match mode {
+        None | Some(serde_yaml::Value::Null) => OutboundTrafficPolicy::AllowAny,
+        Some(serde_yaml::Value::String(mode)) => match mode.as_str() {
+            "ALLOW_ANY" => OutboundTrafficPolicy::AllowAny,
+            "REGISTRY_ONLY" => OutboundTrafficPolicy::RegistryOnly,
+            other => {
+                return Err(field(
+                    "outboundTrafficPolicy.mode",
+                    format!("unknown value {other:?} (ALLOW_ANY or REGISTRY_ONLY)"),
+                ));
+            }
+        },
+        Some(_) => {
+            return Err(field(
+                "outboundTrafficPolicy.mode",
+                "must be a string".to_owned(),
+            ));
+        }
+    };
+    config.set_outbound_traffic_policy(mode);
+    Ok(config)
+}
+
+/// The mesh configuration in force, and the file it follows (none: Istio's defaults).
+#[derive(Debug)]
+pub struct MeshConfigWatch {
+    path: Option<PathBuf>,
+    current: watch::Sender<(MeshConfig, Option<String>)>,
+}
+
+impl Default for MeshConfigWatch {
+    /// Istio's defaults, never changing.
+    fn default() -> Self {
+        Self::fixed(MeshConfig::default())
+    }
+}
+
+fn read(path: &Path) -> Result<String, MeshConfigError> {
+    std::fs::read_to_string(path).map_err(|e| MeshConfigError::Read {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
+}
+
+impl MeshConfigWatch {
+    /// A configuration that never changes (tests, and the controller without a file).
+    pub fn fixed(config: MeshConfig) -> Self {
+        Self {
+            path: None,
+            current: watch::channel((config, None)).0,
+        }
+    }
+
+    /// Reads `path` now: a missing or invalid file is an error, as istiod refuses to start
+    /// with one.
+    pub fn load(path: PathBuf) -> Result<Self, MeshConfigError> {
+        let text = read(&path)?;
+        let config = parse(&path.display().to_string(), &text)?;
+        Ok(Self {
+            path: Some(path),
+            current: watch::channel((config, Some(text))).0,
+        })
+    }
+
+    /// The configuration in force.
+    pub fn current(&self) -> MeshConfig {
+        self.current.borrow().0
+    }
+
+    /// Changes when the configuration in force changes.
+    pub fn subscribe(&self) -> watch::Receiver<(MeshConfig, Option<String>)> {
+        self.current.subscribe()
+    }
+
+    /// Reads the file again; a changed, valid content replaces the configuration in force.
+    /// Returns the error of an unreadable or invalid file, which changes nothing.
+    pub fn reload(&self) -> Result<bool, MeshConfigError> {
+        let Some(path) = &self.path else {
+            return Ok(false);
+        };
+        let text = read(path)?;
+        if self.current.borrow().1.as_deref() == Some(text.as_str()) {
+            return Ok(false);
+        }
+        let config = parse(&path.display().to_string(), &text)?;
+        self.current
+            .send_modify(|current| *current = (config, Some(text)));
+        Ok(true)
+    }
+
+    /// Follows the file until shutdown; each problem is logged once until the file changes.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        if self.path.is_none() {
+            return;
+        }
+        let mut last_error = None;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(POLL_INTERVAL) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+            match self.reload() {
+                Ok(changed) => {
+                    last_error = None;
+                    if changed {
+                        tracing::info!(
+                            outbound_traffic_policy =
+                                self.current().outbound_traffic_policy().as_str_name(),
+                            "mesh configuration changed"
+                        );
+                    }
+                }
+                Err(error) if last_error.as_ref() != Some(&error) => {
+                    tracing::error!(%error, "mesh configuration refused; the last good one stays in force");
+                    last_error = Some(error);
+                }
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
