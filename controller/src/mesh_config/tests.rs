@@ -95,3 +95,35 @@ fn a_missing_or_invalid_file_stops_the_start() {
         Err(MeshConfigError::Field { .. })
     ));
 }
+
+#[test]
+fn node_agents_are_served_the_mode_in_force() {
+    use prost::Message;
+    let served = |mesh: MeshConfigWatch| {
+        let settings = crate::translate::MeshSettings {
+            mesh: Arc::new(mesh),
+            ..Default::default()
+        };
+        let resources = crate::translate::resources(&Default::default(), &settings);
+        let (_, of_type) = resources
+            .into_iter()
+            .find(|(type_url, _)| type_url == weft_proto::MESH_CONFIG_TYPE_URL)
+            .expect("the MeshConfig type is served");
+        assert_eq!(of_type.len(), 1);
+        let (name, body) = &of_type[0];
+        assert_eq!(name, weft_proto::MESH_CONFIG_NAME);
+        MeshConfig::decode(body.value.as_slice())
+            .unwrap()
+            .outbound_traffic_policy()
+    };
+    assert_eq!(
+        served(MeshConfigWatch::default()),
+        OutboundTrafficPolicy::AllowAny
+    );
+    let mut registry_only = MeshConfig::default();
+    registry_only.set_outbound_traffic_policy(OutboundTrafficPolicy::RegistryOnly);
+    assert_eq!(
+        served(MeshConfigWatch::fixed(registry_only)),
+        OutboundTrafficPolicy::RegistryOnly
+    );
+}

@@ -203,3 +203,193 @@ fn the_egress_waypoint_originates_tls_and_registry_only_refuses_the_direct_path(
     let _ = server.kill();
     let _ = server.wait();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Istio's egress gateway (networking.istio.io `Gateway`), as its "Egress Gateways" and "Egress
+// Gateways with TLS Origination" tasks configure it: a VirtualService bound to `mesh` and to
+// the gateway sends the host's mesh traffic to the gateway's Service, and the gateway's own
+// route sends it on to the host's port 443, where a DestinationRule originates TLS. In an
+// ambient mesh only waypoints apply VirtualServices bound to `mesh`: the ServiceEntry uses a
+// waypoint, which applies the mesh route (the one line an ambient mesh adds to the tasks'
+// YAML), and it lists its address (until addresses are allocated automatically).
+
+const GATEWAY_VIP: &str = "10.96.210.20";
+
+fn egress_gateway_config(endpoint: &str, ca_file: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Service
+metadata: {{name: istio-egressgateway, namespace: istio-system}}
+spec:
+  clusterIP: {GATEWAY_VIP}
+  selector: {{istio: egressgateway}}
+  ports: [{{name: http2, port: 80}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: external-api
+  namespace: shop
+  labels: {{istio.io/use-waypoint: waypoint}}
+spec:
+  hosts: [{HOST}]
+  addresses: [{VIP}]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports:
+  - {{number: 80, name: http, protocol: HTTP}}
+  - {{number: 443, name: https, protocol: HTTPS}}
+  endpoints:
+  - {{address: {endpoint}, ports: {{http: 8080, https: {TLS_PORT}}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: istio-egressgateway, namespace: shop}}
+spec:
+  selector: {{istio: egressgateway}}
+  servers:
+  - port: {{number: 80, name: http, protocol: HTTP}}
+    hosts: [{HOST}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: egressgateway-for-external, namespace: shop}}
+spec:
+  host: istio-egressgateway.istio-system.svc.cluster.local
+  subsets: [{{name: external}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: direct-external-through-egress-gateway, namespace: shop}}
+spec:
+  hosts: [{HOST}]
+  gateways: [istio-egressgateway, mesh]
+  http:
+  - match: [{{gateways: [mesh], port: 80}}]
+    route:
+    - destination:
+        host: istio-egressgateway.istio-system.svc.cluster.local
+        subset: external
+        port: {{number: 80}}
+      weight: 100
+  - match: [{{gateways: [istio-egressgateway], port: 80}}]
+    route:
+    - destination:
+        host: {HOST}
+        port: {{number: 443}}
+      weight: 100
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: originate-tls-for-external, namespace: shop}}
+spec:
+  host: {HOST}
+  trafficPolicy:
+    portLevelSettings:
+    - port: {{number: 443}}
+      tls: {{mode: SIMPLE, sni: {HOST}, caCertificates: {ca_file}}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: egress-allowed-paths, namespace: istio-system}}
+spec:
+  selector: {{matchLabels: {{istio: egressgateway}}}}
+  action: ALLOW
+  rules: [{{to: [{{operation: {{paths: [/allowed/*]}}}}]}}]
+"#
+    )
+}
+
+#[test]
+fn mesh_traffic_leaves_through_the_egress_gateway_which_originates_tls() {
+    let mut gateway_pod = PodSpec::client("egressgateway", "node1", "istio-system")
+        .not_enrolled()
+        .with_service_account("istio-egressgateway");
+    gateway_pod.labels = [
+        ("istio".to_string(), "egressgateway".to_string()),
+        ("app".to_string(), "istio-egressgateway".to_string()),
+    ]
+    .into();
+    let mesh = Mesh::start(
+        vec![
+            PodSpec::client("client", "node1", "shop"),
+            PodSpec::app("external", "node2", "shop", "external", "v1").outside_cluster(),
+            PodSpec::waypoint("waypoint", "node2", "shop"),
+            gateway_pod,
+        ],
+        MeshOptions {
+            config: weft_e2e::waypoint_resources("shop"),
+            ..MeshOptions::default()
+        },
+    )
+    .expect("start the mesh");
+    let (ca, cert, key) = weft_e2e::server_certificate(HOST);
+    let dir = mesh.dir().join("external-tls");
+    std::fs::create_dir_all(dir.join("credentials")).unwrap();
+    for (file, text) in [("ca.pem", &ca), ("cert.pem", &cert), ("key.pem", &key)] {
+        std::fs::write(dir.join(file), text).unwrap();
+    }
+    let path = |file: &str| dir.join(file).to_str().unwrap().to_owned();
+    let mut server = mesh
+        .spawn_in_pod(
+            "external",
+            "openssl",
+            &[
+                "s_server",
+                "-quiet",
+                "-accept",
+                &TLS_PORT.to_string(),
+                "-cert",
+                &path("cert.pem"),
+                "-key",
+                &path("key.pem"),
+                "-www",
+            ],
+        )
+        .expect("start openssl s_server");
+    mesh.wait_listening("external", TLS_PORT).unwrap();
+    let external = mesh.pod("external").ip.to_string();
+    mesh.kubectl_apply(&egress_gateway_config(&external, &path("ca.pem")))
+        .unwrap();
+    let _gateway = mesh
+        .start_gateway("egressgateway", &dir.join("credentials"))
+        .expect("start the egress gateway");
+
+    // The client asks for the host by name, as the task's `curl http://edition.cnn.com/...`.
+    let resolve = format!("{HOST}:80:{VIP}");
+    let get = |path: &str| {
+        mesh.curl_with(
+            "client",
+            &["--resolve", &resolve, &format!("http://{HOST}{path}")],
+        )
+    };
+    let reached = mesh.eventually(Duration::from_secs(30), || {
+        let answer = get("/allowed/report");
+        answer.status == 200 && answer.body.contains("Cipher")
+    });
+    let answer = get("/allowed/report");
+    assert!(
+        reached,
+        "{} {}\n{}",
+        answer.status,
+        answer.body,
+        mesh.logs()
+    );
+    // Counted at the gateway as Istio's gateways report, under the external host.
+    let metrics = Exposition::parse(&mesh.waypoint_metrics("egressgateway"));
+    let through = [
+        ("reporter", "source"),
+        ("destination_service", HOST),
+        ("destination_service_name", "external-api"),
+        ("response_code", "200"),
+    ];
+    assert!(
+        metrics.count("istio_requests_total", &through) >= 1,
+        "{metrics:?}"
+    );
+    // The gateway's policy lets only `/allowed/*` out.
+    let forbidden = get("/admin");
+    assert_eq!(forbidden.status, 403, "{}", forbidden.body);
+    let _ = server.kill();
+    let _ = server.wait();
+}
