@@ -95,6 +95,13 @@ pub fn plan_outbound(
         {
             return plan_waypoint(store, waypoint, original, destination.clone(), None, roll);
         }
+        // An external host is in the registry as its ServiceEntry's host, reached by the
+        // host's addresses: its endpoint's own address is not (a sidecar has no listener for it).
+        if destination.is_service_entry_endpoint()
+            && store.outbound_traffic_policy() == OutboundTrafficPolicy::RegistryOnly
+        {
+            return Ok(OutboundPlan::BlackHole { target: original });
+        }
         return plan_workload(destination, None, original, &is_local);
     }
     // Read per connection: a change of the mesh configuration decides the next connection.

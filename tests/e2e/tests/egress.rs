@@ -379,8 +379,8 @@ fn mesh_traffic_leaves_through_the_egress_gateway_which_originates_tls() {
     let metrics = Exposition::parse(&mesh.waypoint_metrics("egressgateway"));
     let through = [
         ("reporter", "source"),
+        ("source_workload", "istio-egressgateway"),
         ("destination_service", HOST),
-        ("destination_service_name", "external-api"),
         ("response_code", "200"),
     ];
     assert!(

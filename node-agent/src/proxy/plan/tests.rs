@@ -307,11 +307,30 @@ fn registry_only_refuses_what_the_mesh_does_not_know_and_nothing_else() {
             target: addr(2, 30, 80)
         }
     );
-    // Read per connection: back to ALLOW_ANY, the next connection passes through.
+    // A ServiceEntry's endpoint addressed directly, not by its host's addresses.
+    let external = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 5));
+    let mut endpoint = workload(
+        "c1/networking.istio.io/ServiceEntry/shop/payments/192.0.2.5",
+        "default",
+        "",
+        external,
+    );
+    endpoint.tunnel = TunnelProtocol::None;
+    store.insert_workload(endpoint);
+    let direct = SocketAddr::new(external, 8443);
+    assert_eq!(
+        plan(&store, "client", direct, 0).unwrap(),
+        OutboundPlan::BlackHole { target: direct }
+    );
+    // Read per connection: back to ALLOW_ANY, the next connections pass through.
     store.set_outbound_traffic_policy(OutboundTrafficPolicy::AllowAny);
     assert_eq!(
         plan(&store, "client", outside, 0).unwrap(),
         OutboundPlan::Passthrough { target: outside }
+    );
+    assert_eq!(
+        plan(&store, "client", direct, 0).unwrap(),
+        OutboundPlan::Passthrough { target: direct }
     );
 }
 
