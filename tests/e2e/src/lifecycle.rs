@@ -373,6 +373,42 @@ impl Mesh {
             .spawn()?)
     }
 
+    /// An HTTPS server outside the mesh's control: `openssl s_server -www` in `pod` on `port`
+    /// (any GET answers a page describing the TLS session) with a certificate for `host` from
+    /// a fresh test CA, whose PEM file is returned beside the running server, once it listens.
+    pub fn start_tls_server(
+        &self,
+        pod: &str,
+        port: u16,
+        host: &str,
+    ) -> anyhow::Result<(Child, PathBuf)> {
+        let (ca, cert, key) = server_certificate(host);
+        let dir = self.dir.join(format!("tls-{pod}-{port}"));
+        std::fs::create_dir_all(&dir)?;
+        for (file, text) in [("ca.pem", &ca), ("cert.pem", &cert), ("key.pem", &key)] {
+            std::fs::write(dir.join(file), text)?;
+        }
+        let path = |file: &str| dir.join(file).display().to_string();
+        let port_text = port.to_string();
+        let server = self.spawn_in_pod(
+            pod,
+            "openssl",
+            &[
+                "s_server",
+                "-quiet",
+                "-accept",
+                &port_text,
+                "-cert",
+                &path("cert.pem"),
+                "-key",
+                &path("key.pem"),
+                "-www",
+            ],
+        )?;
+        self.wait_listening(pod, port)?;
+        Ok((server, dir.join("ca.pem")))
+    }
+
     /// Waits until a socket listens on TCP `port` in `pod`, read from the pod's socket table
     /// (`ss`), so that no probe connection reaches a server that counts its clients.
     pub fn wait_listening(&self, pod: &str, port: u16) -> anyhow::Result<()> {

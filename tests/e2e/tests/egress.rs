@@ -35,9 +35,9 @@ fn mesh() -> Mesh {
     .expect("start the mesh")
 }
 
-/// The external host, its port 80 carried by the egress waypoint to the server's TLS port,
-/// with TLS originated there, and only GET on `/allowed/*` let through.
-fn egress_config(endpoint: &str, ca_file: &str) -> String {
+/// The ServiceEntry of the external host, using the waypoint, with its `ports` and
+/// `endpoints` entries.
+fn external_entry(ports: &str, endpoints: &str) -> String {
     format!(
         r#"apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -51,9 +51,21 @@ spec:
   location: MESH_EXTERNAL
   resolution: STATIC
   ports:
-  - {{number: 80, name: http, protocol: HTTP, targetPort: {TLS_PORT}}}
+{ports}
   endpoints:
-  - {{address: {endpoint}}}
+{endpoints}"#
+    )
+}
+
+/// The external host, its port 80 carried by the egress waypoint to the server's TLS port,
+/// with TLS originated there, and only GET on `/allowed/*` let through.
+fn egress_config(endpoint: &str, ca_file: &str) -> String {
+    let entry = external_entry(
+        &format!("  - {{number: 80, name: http, protocol: HTTP, targetPort: {TLS_PORT}}}"),
+        &format!("  - {{address: {endpoint}}}"),
+    );
+    format!(
+        r#"{entry}
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -81,34 +93,12 @@ fn connections(mesh: &Mesh, labels: &[(&str, &str)]) -> u64 {
 #[test]
 fn the_egress_waypoint_originates_tls_and_registry_only_refuses_the_direct_path() {
     let mesh = mesh();
-    let (ca, cert, key) = weft_e2e::server_certificate(HOST);
-    let dir = mesh.dir().join("external-tls");
-    std::fs::create_dir_all(&dir).unwrap();
-    for (file, text) in [("ca.pem", &ca), ("cert.pem", &cert), ("key.pem", &key)] {
-        std::fs::write(dir.join(file), text).unwrap();
-    }
-    let path = |file: &str| dir.join(file).to_str().unwrap().to_owned();
     // The external server answers only TLS (any GET: a page describing the TLS session).
-    let mut server = mesh
-        .spawn_in_pod(
-            "external",
-            "openssl",
-            &[
-                "s_server",
-                "-quiet",
-                "-accept",
-                &TLS_PORT.to_string(),
-                "-cert",
-                &path("cert.pem"),
-                "-key",
-                &path("key.pem"),
-                "-www",
-            ],
-        )
-        .expect("start openssl s_server");
-    mesh.wait_listening("external", TLS_PORT).unwrap();
+    let (mut server, ca) = mesh
+        .start_tls_server("external", TLS_PORT, HOST)
+        .expect("the external TLS server");
     let external = mesh.pod("external").ip.to_string();
-    mesh.kubectl_apply(&egress_config(&external, &path("ca.pem")))
+    mesh.kubectl_apply(&egress_config(&external, ca.to_str().unwrap()))
         .unwrap();
 
     // Through the egress waypoint: plain HTTP from the client, TLS to the server, verified.
@@ -216,6 +206,10 @@ fn the_egress_waypoint_originates_tls_and_registry_only_refuses_the_direct_path(
 const GATEWAY_VIP: &str = "10.96.210.20";
 
 fn egress_gateway_config(endpoint: &str, ca_file: &str) -> String {
+    let entry = external_entry(
+        "  - {number: 80, name: http, protocol: HTTP}\n  - {number: 443, name: https, protocol: HTTPS}",
+        &format!("  - {{address: {endpoint}, ports: {{http: 8080, https: {TLS_PORT}}}}}"),
+    );
     format!(
         r#"apiVersion: v1
 kind: Service
@@ -225,22 +219,7 @@ spec:
   selector: {{istio: egressgateway}}
   ports: [{{name: http2, port: 80}}]
 ---
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata:
-  name: external-api
-  namespace: shop
-  labels: {{istio.io/use-waypoint: waypoint}}
-spec:
-  hosts: [{HOST}]
-  addresses: [{VIP}]
-  location: MESH_EXTERNAL
-  resolution: STATIC
-  ports:
-  - {{number: 80, name: http, protocol: HTTP}}
-  - {{number: 443, name: https, protocol: HTTPS}}
-  endpoints:
-  - {{address: {endpoint}, ports: {{http: 8080, https: {TLS_PORT}}}}}
+{entry}
 ---
 apiVersion: networking.istio.io/v1
 kind: Gateway
@@ -323,36 +302,16 @@ fn mesh_traffic_leaves_through_the_egress_gateway_which_originates_tls() {
         },
     )
     .expect("start the mesh");
-    let (ca, cert, key) = weft_e2e::server_certificate(HOST);
-    let dir = mesh.dir().join("external-tls");
-    std::fs::create_dir_all(dir.join("credentials")).unwrap();
-    for (file, text) in [("ca.pem", &ca), ("cert.pem", &cert), ("key.pem", &key)] {
-        std::fs::write(dir.join(file), text).unwrap();
-    }
-    let path = |file: &str| dir.join(file).to_str().unwrap().to_owned();
-    let mut server = mesh
-        .spawn_in_pod(
-            "external",
-            "openssl",
-            &[
-                "s_server",
-                "-quiet",
-                "-accept",
-                &TLS_PORT.to_string(),
-                "-cert",
-                &path("cert.pem"),
-                "-key",
-                &path("key.pem"),
-                "-www",
-            ],
-        )
-        .expect("start openssl s_server");
-    mesh.wait_listening("external", TLS_PORT).unwrap();
+    let (mut server, ca) = mesh
+        .start_tls_server("external", TLS_PORT, HOST)
+        .expect("the external TLS server");
     let external = mesh.pod("external").ip.to_string();
-    mesh.kubectl_apply(&egress_gateway_config(&external, &path("ca.pem")))
+    mesh.kubectl_apply(&egress_gateway_config(&external, ca.to_str().unwrap()))
         .unwrap();
+    let credentials = mesh.dir().join("egress-credentials");
+    std::fs::create_dir_all(&credentials).unwrap();
     let _gateway = mesh
-        .start_gateway("egressgateway", &dir.join("credentials"))
+        .start_gateway("egressgateway", &credentials)
         .expect("start the egress gateway");
 
     // The client asks for the host by name, as the task's `curl http://edition.cnn.com/...`.

@@ -283,6 +283,18 @@ fn outbound_plans() {
     );
 }
 
+/// The endpoint at `address` of the ServiceEntry `shop/payments`, outside the mesh.
+fn service_entry_endpoint(address: IpAddr) -> Workload {
+    let mut endpoint = workload(
+        &format!("c1/networking.istio.io/ServiceEntry/shop/payments/{address}"),
+        "default",
+        "",
+        address,
+    );
+    endpoint.tunnel = TunnelProtocol::None;
+    endpoint
+}
+
 #[test]
 fn registry_only_refuses_what_the_mesh_does_not_know_and_nothing_else() {
     let store = mesh();
@@ -309,14 +321,7 @@ fn registry_only_refuses_what_the_mesh_does_not_know_and_nothing_else() {
     );
     // A ServiceEntry's endpoint addressed directly, not by its host's addresses.
     let external = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 5));
-    let mut endpoint = workload(
-        "c1/networking.istio.io/ServiceEntry/shop/payments/192.0.2.5",
-        "default",
-        "",
-        external,
-    );
-    endpoint.tunnel = TunnelProtocol::None;
-    store.insert_workload(endpoint);
+    store.insert_workload(service_entry_endpoint(external));
     let direct = SocketAddr::new(external, 8443);
     assert_eq!(
         plan(&store, "client", direct, 0).unwrap(),
@@ -560,13 +565,7 @@ fn service_entry_endpoints_are_reached_in_plain_tcp_under_their_host() {
         namespace: "shop".into(),
         hostname: "api.payments.example".into(),
     };
-    let mut endpoint = workload(
-        "c1/networking.istio.io/ServiceEntry/shop/payments/192.0.2.5",
-        "default",
-        "",
-        external,
-    );
-    endpoint.tunnel = TunnelProtocol::None;
+    let mut endpoint = service_entry_endpoint(external);
     endpoint.services.insert(host.clone(), [(80, 9090)].into());
     store.insert_workload(endpoint);
     let mut entry = service("payments", 9, 80, 80);
