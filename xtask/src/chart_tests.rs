@@ -511,6 +511,13 @@ fn rbac_grants_what_the_controller_watches_reviews_and_writes() {
             );
         }
     }
+    // Gateways' credentials (`source::kube::secrets`), cluster-wide as istiod reads them.
+    for verb in ["get", "list", "watch"] {
+        assert!(
+            granted(cluster_role, verb).contains(&(String::new(), "secrets".into())),
+            "{verb} secrets is not granted"
+        );
+    }
     // The status of routes and ingress Gateways (`source::kube::route_status`).
     for kind in [
         "httproutes",
