@@ -123,7 +123,10 @@ pub fn referenced_secrets(index: &ConfigIndex) -> BTreeSet<String> {
         for namespace in namespaces {
             for credential in &credentials {
                 let resource = istio_resource(namespace, credential);
-                if let Some((_, ns, name)) = parse_resource(&resource) {
+                // Another namespace's Secret is never served to this gateway: not kept.
+                if let Some((_, ns, name)) = parse_resource(&resource)
+                    && ns == namespace
+                {
                     add(ns, name);
                 }
             }
@@ -304,3 +307,6 @@ pub fn gateway_credentials(
     }
     served
 }
+
+#[cfg(test)]
+mod tests;

@@ -180,3 +180,6 @@ pub async fn keep_secrets(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
