@@ -379,6 +379,12 @@ pub async fn run(config: ServerConfig, shutdown: watch::Receiver<bool>) -> Resul
             }
             start_kubernetes_source(kube.client.clone(), index.clone(), shutdown.clone()).await;
             start_secrets(kube.client.clone(), index.clone(), shutdown.clone()).await;
+            tokio::spawn(kube_ca::namespaces::keep_root_published(
+                kube.client.clone(),
+                index.clone(),
+                ca.root_cert_pem().to_owned(),
+                shutdown.clone(),
+            ));
             tokio::spawn(crate::source::kube::route_status::keep_route_statuses(
                 kube.client.clone(),
                 index.clone(),

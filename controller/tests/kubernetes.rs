@@ -724,6 +724,18 @@ async fn a_gateways_credentials_go_to_its_identity_only_and_follow_its_secrets()
         1,
         "the neighbour was sent nothing more"
     );
+    // The gateway's namespace has the mesh root its proxy mounts, as istiod publishes it.
+    let published = eventually(
+        "the root in the gateway's namespace",
+        Duration::from_secs(10),
+        || fake.get("v1", "ConfigMap", "edge", "istio-ca-root-cert"),
+    )
+    .await;
+    assert_eq!(
+        published["data"]["root-cert.pem"].as_str(),
+        Some(root.as_str())
+    );
+    assert_eq!(published["metadata"]["labels"]["istio.io/config"], "true");
     // Secrets are watched without the kinds that never hold credentials.
     assert!(fake.requests().iter().any(|r| {
         r.is_watch_of("/api/v1/secrets")
