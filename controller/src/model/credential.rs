@@ -116,7 +116,12 @@ mod tests {
 
     #[test]
     fn both_layouts_are_read_as_istio_reads_them() {
-        let cases: [(&str, &[(&str, &str)], Result<(&str, &str), &str>); 5] = [
+        type Case<'a> = (
+            &'a str,
+            &'a [(&'a str, &'a str)],
+            Result<(&'a str, &'a str), &'a str>,
+        );
+        let cases: [Case; 5] = [
             (
                 "kubernetes.io/tls",
                 &[("tls.crt", "C"), ("tls.key", "K")],

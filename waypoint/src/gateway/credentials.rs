@@ -106,6 +106,9 @@ struct Credential {
     ca: Option<Pem>,
 }
 
+/// Reads a credential's material when its configuration must be built.
+type Reader<'a> = Box<dyn Fn() -> Result<Credential, CredentialError> + 'a>;
+
 /// The credentials of one gateway proxy.
 pub struct CredentialStore {
     source: CredentialSource,
@@ -152,11 +155,7 @@ impl CredentialStore {
             .then(|| self.source.xds.get(resource))
             .flatten();
         // The controller's credential when it delivered one; the directory's in local mode.
-        let (key, stamp, read): (
-            &str,
-            Stamp,
-            Box<dyn Fn() -> Result<Credential, CredentialError>>,
-        ) = match (delivered, &self.source.directory) {
+        let (key, stamp, read): (&str, Stamp, Reader) = match (delivered, &self.source.directory) {
             (Some(certificate), _) => {
                 let ca_name = format!("{resource}{CA_SECRET_SUFFIX}");
                 let ca = self.source.xds.get(&ca_name);
