@@ -149,7 +149,16 @@ pub async fn keep_secrets(
     let mut keeper = SecretKeeper::default();
     let mut changes = index.subscribe();
     keeper.set_wanted(referenced_secrets(&index.snapshot()), &index);
+    // An index change is looked at after a quiet moment; every future here is cancel-safe, so
+    // a Secret event arriving meanwhile loses no change.
+    let mut recompute: Option<tokio::time::Instant> = None;
     loop {
+        let due = async {
+            match recompute {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             event = events.next() => match event {
                 Some(Ok(event)) => {
@@ -161,10 +170,14 @@ pub async fn keep_secrets(
                 Some(Err(error)) => tracing::warn!(%error, "watch of Secrets failed; retrying"),
                 None => return,
             },
-            settled = crate::index::settled_change(&mut changes, &mut shutdown) => {
-                if !settled {
+            changed = changes.changed() => {
+                if changed.is_err() {
                     return;
                 }
+                recompute.get_or_insert_with(|| tokio::time::Instant::now() + crate::index::DEBOUNCE);
+            },
+            () = due => {
+                recompute = None;
                 let added = keeper.set_wanted(referenced_secrets(&index.snapshot()), &index);
                 for key in added {
                     let (namespace, name) = key.split_once('/').unwrap_or_default();
@@ -177,6 +190,7 @@ pub async fn keep_secrets(
                     }
                 }
             },
+            () = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
         }
     }
 }
