@@ -322,6 +322,35 @@ async fn start_kubernetes_source(
     tracing::info!(kinds = kinds.len(), "kubernetes source synced");
 }
 
+/// Starts keeping the Secrets Gateways name and waits for their first list, so that the first
+/// push carries the gateways' credentials.
+async fn start_secrets(
+    client: kube::Client,
+    index: Arc<LiveIndex>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let (listed, mut first_list) = watch::channel(false);
+    tokio::spawn(crate::source::kube::secrets::keep_secrets(
+        client,
+        index.clone(),
+        listed,
+        shutdown.clone(),
+    ));
+    loop {
+        tokio::select! {
+            done = tokio::time::timeout(SYNC_REPORT, first_list.wait_for(|l| *l)) => match done {
+                Ok(_) => break,
+                Err(_) => tracing::warn!("still waiting for the API server to list Secrets"),
+            },
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+    }
+    tracing::info!(
+        secrets = index.snapshot().secrets.len(),
+        "gateway credential Secrets listed"
+    );
+}
+
 /// Runs until `shutdown` turns true.
 pub async fn run(config: ServerConfig, shutdown: watch::Receiver<bool>) -> Result<(), ServerError> {
     if config.grpc_address.is_none() && config.tls_address.is_none() {
@@ -353,6 +382,13 @@ pub async fn run(config: ServerConfig, shutdown: watch::Receiver<bool>) -> Resul
                 ));
             }
             start_kubernetes_source(kube.client.clone(), index.clone(), shutdown.clone()).await;
+            start_secrets(kube.client.clone(), index.clone(), shutdown.clone()).await;
+            tokio::spawn(kube_ca::namespaces::keep_root_published(
+                kube.client.clone(),
+                index.clone(),
+                ca.root_cert_pem().to_owned(),
+                shutdown.clone(),
+            ));
             tokio::spawn(crate::source::kube::route_status::keep_route_statuses(
                 kube.client.clone(),
                 index.clone(),

@@ -6,6 +6,7 @@ use std::io;
 const PROTO_FILES: &[&str] = &[
     "proto/google/rpc/status.proto",
     "proto/envoy/config/core/v3/base.proto",
+    "proto/envoy/extensions/transport_sockets/tls/v3/secret.proto",
     "proto/envoy/service/discovery/v3/discovery.proto",
     "proto/envoy/service/discovery/v3/ads.proto",
     "proto/istio/workload/workload.proto",

@@ -529,6 +529,20 @@ fn rbac_grants_what_the_controller_watches_reviews_and_writes() {
             );
         }
     }
+    // The root ConfigMap in every namespace (`ca::kubernetes::namespaces`).
+    for verb in ["get", "create", "update"] {
+        assert!(
+            granted(cluster_role, verb).contains(&(String::new(), "configmaps".into())),
+            "{verb} configmaps is not granted"
+        );
+    }
+    // Gateways' credentials (`source::kube::secrets`), cluster-wide as istiod reads them.
+    for verb in ["get", "list", "watch"] {
+        assert!(
+            granted(cluster_role, verb).contains(&(String::new(), "secrets".into())),
+            "{verb} secrets is not granted"
+        );
+    }
     // The status of routes and ingress Gateways (`source::kube::route_status`).
     for kind in [
         "httproutes",
