@@ -2,7 +2,8 @@
 //! an index snapshot; no I/O.
 //!
 //! - [`agent`]: node agents' `istio.workload.Address` and `istio.security.Authorization`.
-//! - [`waypoint`]: one `weft.waypoint.v1.WaypointConfig` per waypoint.
+//! - [`waypoint`]: one `weft.waypoint.v1.WaypointConfig` per waypoint, and the mesh's pods as
+//!   request sources (`weft.waypoint.v1.SourceWorkload`), which every waypoint receives.
 //! - [`resolve`]: how both read pods, services and waypoints (one place for labels, addresses,
 //!   hostnames, identities and waypoint assignment).
 //!
@@ -23,8 +24,10 @@ use weft_istio::defaults::{
     DEFAULT_CLUSTER_ID, DEFAULT_DOMAIN_SUFFIX, DEFAULT_ROOT_NAMESPACE, DEFAULT_TRUST_DOMAIN,
 };
 use weft_proto::istio::{security, workload};
-use weft_proto::waypoint::WaypointConfig;
-use weft_proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, WAYPOINT_CONFIG_TYPE_URL};
+use weft_proto::waypoint::{SourceWorkload, WaypointConfig};
+use weft_proto::{
+    ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, SOURCE_WORKLOAD_TYPE_URL, WAYPOINT_CONFIG_TYPE_URL,
+};
 
 use crate::{index::ConfigIndex, model::ResourceKind};
 
@@ -210,6 +213,8 @@ pub struct Translation {
     pub authorizations: BTreeMap<String, security::Authorization>,
     /// `weft.waypoint.v1.WaypointConfig`, by resource name (`namespace/name`).
     pub waypoints: BTreeMap<String, WaypointConfig>,
+    /// `weft.waypoint.v1.SourceWorkload`, by resource name (the address): every waypoint's.
+    pub source_workloads: BTreeMap<String, SourceWorkload>,
     /// Sorted, without duplicates.
     pub problems: Vec<TranslateError>,
 }
@@ -241,6 +246,7 @@ pub fn translate(index: &ConfigIndex, settings: &MeshSettings) -> Translation {
         addresses: agent::addresses(index, settings),
         authorizations: agent::authorizations(index, settings),
         waypoints,
+        source_workloads: waypoint::source_workloads(index, settings),
         problems,
     }
 }
@@ -273,6 +279,10 @@ impl Translation {
                 packed(&self.authorizations),
             ),
             (WAYPOINT_CONFIG_TYPE_URL.to_owned(), packed(&self.waypoints)),
+            (
+                SOURCE_WORKLOAD_TYPE_URL.to_owned(),
+                packed(&self.source_workloads),
+            ),
         ]
     }
 }

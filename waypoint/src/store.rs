@@ -12,7 +12,7 @@ use tracing::{info, warn};
 use weft_proto::waypoint as proto;
 use weft_xds::{Handler, Update};
 
-use crate::model::{ConfigError, ResolvedNames, WaypointConfig};
+use crate::model::{ConfigError, ResolvedNames, SourceTable, WaypointConfig};
 
 /// A resource version the xDS handler applied.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -54,6 +54,9 @@ pub struct ConfigStore {
     /// Endpoint names: the addresses last resolved ([`crate::dns`]), and the last configuration
     /// applied when it has endpoints by name, to convert again when their addresses change.
     names: Arc<Mutex<NamedEndpoints>>,
+    /// The mesh's workloads as request sources (`SourceWorkload` resources), shared by every
+    /// configuration put in force.
+    sources: SourceTable,
 }
 
 #[derive(Debug, Default)]
@@ -79,6 +82,7 @@ impl Default for ConfigStore {
             history: Arc::default(),
             observers: Arc::default(),
             names: Arc::default(),
+            sources: SourceTable::default(),
         }
     }
 }
@@ -127,7 +131,8 @@ impl ConfigStore {
     }
 
     /// Puts `converted` in force and tells the observers.
-    fn publish(&self, converted: WaypointConfig) {
+    fn publish(&self, mut converted: WaypointConfig) {
+        converted.sources = self.sources.clone();
         let name = format!("{}/{}", converted.namespace, converted.name);
         let converted = Arc::new(converted);
         let services = converted.services.len();
@@ -179,6 +184,51 @@ impl ConfigStore {
             store: self.clone(),
             resource: None,
         }
+    }
+
+    /// The mesh's workloads as request sources, as the configurations in force see them.
+    pub fn sources(&self) -> &SourceTable {
+        &self.sources
+    }
+
+    /// An xDS handler for `SourceWorkload` resources (every one, by wildcard) that feeds this
+    /// store's source table.
+    pub fn source_handler(&self) -> SourceWorkloadHandler {
+        SourceWorkloadHandler {
+            sources: self.sources.clone(),
+        }
+    }
+}
+
+/// Delta ADS handler for the `weft.waypoint.v1.SourceWorkload` type: the mesh's workloads, one
+/// resource per address. An update is converted whole before it changes anything; a bad one is
+/// rejected and the table stays as it was.
+#[derive(Debug)]
+pub struct SourceWorkloadHandler {
+    sources: SourceTable,
+}
+
+impl Handler for SourceWorkloadHandler {
+    fn apply(&mut self, update: Update) -> Result<(), String> {
+        let added = update
+            .added
+            .iter()
+            .map(|resource| {
+                let any = resource
+                    .resource
+                    .as_ref()
+                    .ok_or_else(|| format!("resource {} has no body", resource.name))?;
+                let workload = proto::SourceWorkload::decode(any.value.as_slice())
+                    .map_err(|e| format!("resource {}: {e}", resource.name))?;
+                Ok((resource.name.clone(), workload))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        self.sources
+            .apply(&added, &update.removed)
+            .map_err(|error| {
+                warn!(%error, "rejecting source workloads");
+                error.to_string()
+            })
     }
 }
 

@@ -243,6 +243,11 @@ fn render(index: &ConfigIndex, settings: &MeshSettings) -> String {
         let _ = writeln!(out, "waypoint {name}");
         out.push_str(&compact_debug(waypoint));
     }
+    let _ = writeln!(out, "\n# source workloads");
+    for (name, source) in &translation.source_workloads {
+        let _ = writeln!(out, "source {name}");
+        out.push_str(&compact_debug(source));
+    }
     let _ = writeln!(out, "\n# problems");
     for problem in &translation.problems {
         let _ = writeln!(out, "{problem}");

@@ -128,5 +128,9 @@ pub const AUTHORIZATION_TYPE_URL: &str = "type.googleapis.com/istio.security.Aut
 /// Type URL of `weft.waypoint.v1.WaypointConfig` resources (waypoint L7 configuration).
 pub const WAYPOINT_CONFIG_TYPE_URL: &str = "type.googleapis.com/weft.waypoint.v1.WaypointConfig";
 
+/// Type URL of `weft.waypoint.v1.SourceWorkload` resources: the mesh's workloads as request
+/// sources, one resource per address, for every waypoint.
+pub const SOURCE_WORKLOAD_TYPE_URL: &str = "type.googleapis.com/weft.waypoint.v1.SourceWorkload";
+
 #[cfg(test)]
 mod tests;
