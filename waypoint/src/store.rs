@@ -76,13 +76,16 @@ impl std::fmt::Debug for ConfigStore {
 impl Default for ConfigStore {
     fn default() -> Self {
         let (version, _) = watch::channel(0);
+        let sources = SourceTable::default();
+        let mut empty = WaypointConfig::default();
+        empty.sources = sources.clone();
         ConfigStore {
-            current: Arc::new(RwLock::new(Arc::new(WaypointConfig::default()))),
+            current: Arc::new(RwLock::new(Arc::new(empty))),
             version: Arc::new(version),
             history: Arc::default(),
             observers: Arc::default(),
             names: Arc::default(),
-            sources: SourceTable::default(),
+            sources,
         }
     }
 }
@@ -297,6 +300,84 @@ impl Handler for WaypointConfigHandler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn source_resource(
+        name: &str,
+        address: &str,
+        app: &str,
+    ) -> weft_proto::envoy::service::discovery::v3::Resource {
+        let workload = proto::SourceWorkload {
+            address: address.to_owned(),
+            identity: format!("spiffe://cluster.local/ns/default/sa/{app}"),
+            labels: [("app".to_owned(), app.to_owned())].into(),
+            workload_uid: format!("uid-{app}"),
+        };
+        weft_proto::envoy::service::discovery::v3::Resource {
+            name: name.to_owned(),
+            version: "1".to_owned(),
+            resource: Some(prost_types::Any::from_msg(&workload).unwrap()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn source_workloads_served_apart_describe_sources_for_every_configuration() {
+        let store = ConfigStore::default();
+        let mut sources = store.source_handler();
+        let app = |store: &ConfigStore, ip: &str| {
+            store
+                .snapshot()
+                .workload(ip.parse().unwrap())
+                .and_then(|w| w.canonical_service().map(str::to_owned))
+        };
+        sources
+            .apply(Update {
+                added: vec![
+                    source_resource("10.0.0.9", "10.0.0.9", "productpage"),
+                    source_resource("fd00::9", "fd00::9", "ratings"),
+                ],
+                removed: Vec::new(),
+                full_state: true,
+            })
+            .unwrap();
+        // Sources arriving before or after a configuration describe requests under it.
+        assert_eq!(app(&store, "10.0.0.9").as_deref(), Some("productpage"));
+        store
+            .apply(proto::WaypointConfig {
+                name: "waypoint".to_owned(),
+                namespace: "default".to_owned(),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(app(&store, "fd00::9").as_deref(), Some("ratings"));
+        // A bad resource rejects the whole update, and nothing of it is applied.
+        for bad in [
+            source_resource("10.0.0.10", "10.0.0.11", "mismatch"),
+            source_resource("not-an-ip", "not-an-ip", "noip"),
+        ] {
+            let error = sources
+                .apply(Update {
+                    added: vec![source_resource("10.0.0.12", "10.0.0.12", "fine"), bad],
+                    removed: vec!["10.0.0.9".to_owned()],
+                    full_state: false,
+                })
+                .unwrap_err();
+            assert!(error.contains("source workload"), "{error}");
+            assert_eq!(app(&store, "10.0.0.12"), None);
+            assert_eq!(app(&store, "10.0.0.9").as_deref(), Some("productpage"));
+        }
+        // Changes and removals reach the configuration in force without a new one.
+        sources
+            .apply(Update {
+                added: vec![source_resource("fd00::9", "fd00::9", "ratings-v2")],
+                removed: vec!["10.0.0.9".to_owned()],
+                full_state: false,
+            })
+            .unwrap();
+        assert_eq!(app(&store, "10.0.0.9"), None);
+        assert_eq!(app(&store, "fd00::9").as_deref(), Some("ratings-v2"));
+        assert_eq!(store.sources().len(), 1);
+    }
 
     #[test]
     fn new_answers_for_endpoint_names_convert_the_last_configuration_again() {

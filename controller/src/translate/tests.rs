@@ -323,6 +323,51 @@ fn bookinfo_example() {
     check_golden("bookinfo", &path);
 }
 
+/// The control plane's cost per edit: a pod that backs no service a waypoint serves changes no
+/// waypoint's configuration, only the source workloads (one more) and the agents' addresses.
+#[test]
+fn a_pod_added_elsewhere_changes_no_waypoint_config_only_its_source_workload() {
+    let (_, path) = golden_inputs()
+        .into_iter()
+        .find(|(name, _)| *name == "bookinfo")
+        .unwrap();
+    let index = load(&path);
+    let settings = MeshSettings::default();
+    let before = translate(&index, &settings);
+    let mut added = index.clone();
+    let (key, template) = index
+        .pods
+        .iter()
+        .find(|(_, pod)| crate::translate::resolve::enrolled(&index, pod))
+        .expect("bookinfo has an enrolled pod");
+    let mut pod = template.clone();
+    pod.metadata.name = Some("batch-job".to_owned());
+    pod.metadata.uid = Some("uid-batch-job".to_owned());
+    pod.metadata.labels = Some([("app".to_owned(), "batch-job".to_owned())].into());
+    let status = pod.status.as_mut().unwrap();
+    status.pod_ip = Some("10.244.9.99".to_owned());
+    status.pod_ips = None;
+    let key = format!("{}/batch-job", key.split_once('/').unwrap().0);
+    added.pods.insert(key, pod);
+    let after = translate(&added, &settings);
+    assert!(!before.waypoints.is_empty());
+    assert_eq!(after.waypoints, before.waypoints);
+    let new_sources: Vec<&String> = after
+        .source_workloads
+        .keys()
+        .filter(|k| !before.source_workloads.contains_key(*k))
+        .collect();
+    assert_eq!(new_sources, ["10.244.9.99"]);
+    assert_eq!(
+        after.source_workloads["10.244.9.99"].labels["app"],
+        "batch-job"
+    );
+    assert_eq!(
+        after.source_workloads.len(),
+        before.source_workloads.len() + 1
+    );
+}
+
 #[test]
 fn golden_waypoint_configs_are_accepted_by_the_waypoint() {
     let settings = MeshSettings::default();
