@@ -507,14 +507,20 @@ fn authorization_policies(report: &mut Report, index: &ConfigIndex, settings: &M
         let namespace = namespace_of(&policy.metadata);
         let targeted = policy.spec.target_ref.is_some() || !policy.spec.target_refs.is_empty();
         let mesh_wide = namespace == settings.root_namespace;
-        let in_scope = |pod: &&&k8s_openapi::api::core::v1::Pod| {
-            mesh_wide || namespace_of(&pod.metadata) == namespace
+        // The mesh's pods this policy can select: every one, or its namespace's.
+        let local: Vec<_>;
+        let in_scope: &[&k8s_openapi::api::core::v1::Pod] = if mesh_wide {
+            &mesh_pods
+        } else {
+            local = crate::index::in_namespace(&index.pods, namespace)
+                .filter(|p| namespace_of(&p.metadata) == namespace && enrolled(index, p))
+                .collect();
+            &local
         };
         match &policy.spec.selector {
             Some(selector) => {
-                let matched = mesh_pods
+                let matched = in_scope
                     .iter()
-                    .filter(in_scope)
                     .any(|pod| selects(&selector.match_labels, &labels(&pod.metadata)));
                 if !matched {
                     report.add(
@@ -529,7 +535,7 @@ fn authorization_policies(report: &mut Report, index: &ConfigIndex, settings: &M
                     );
                 }
             }
-            None if !targeted && !mesh_wide && !mesh_pods.iter().any(|p| in_scope(&p)) => {
+            None if !targeted && !mesh_wide && in_scope.is_empty() => {
                 report.add(
                     ResourceKind::AuthorizationPolicy,
                     &policy.metadata,

@@ -72,6 +72,28 @@ pub fn key_of(kind: ResourceKind, namespace: &str, name: &str) -> Key {
     }
 }
 
+/// The entries of one namespace in one of the index's maps, in key order. Keys are
+/// `namespace/name`, so a namespace's entries are one range of the map (`/` sorts just before
+/// `0`): translation reads a pod's services, a service's pods and a workload's policies this
+/// way instead of walking every entry of the mesh (pods x services per translation). An object
+/// that names no namespace (key `/name`) counts as `default`, as `resolve::namespace_of` reads it.
+pub fn in_namespace<'a, T>(
+    map: &'a BTreeMap<Key, T>,
+    namespace: &str,
+) -> impl Iterator<Item = &'a T> + 'a {
+    entries_in_namespace(map, namespace).map(|(_, value)| value)
+}
+
+/// [`in_namespace`], with the keys.
+pub fn entries_in_namespace<'a, T>(
+    map: &'a BTreeMap<Key, T>,
+    namespace: &str,
+) -> impl Iterator<Item = (&'a Key, &'a T)> + 'a {
+    let range = |ns: &str| map.range(format!("{ns}/")..format!("{ns}0"));
+    let unnamed = (namespace == "default").then(|| range(""));
+    unnamed.into_iter().flatten().chain(range(namespace))
+}
+
 /// Runs `$body` with `$map` bound to the index's map for `$kind`, borrowed as `[&]` or
 /// `[&mut]` (kinds the index does not keep run nothing).
 macro_rules! with_map {

@@ -1,7 +1,7 @@
 //! What each proxy receives of the store's resources: the [`ProxyScope`] deciding who sees what.
 //! Node agents and waypoints say who they are in the `Node` of their stream's first request.
 
-use weft_proto::{SECRET_TYPE_URL, WAYPOINT_CONFIG_TYPE_URL};
+use weft_proto::{SECRET_TYPE_URL, SOURCE_WORKLOAD_TYPE_URL, WAYPOINT_CONFIG_TYPE_URL};
 use weft_xds::{ProxyIdentity, Scope, StoredResource};
 
 /// Node metadata key naming the kind of proxy (the node agent sends `node-agent`).
@@ -61,7 +61,7 @@ impl Proxy {
 /// credential (an SDS `Secret`) goes only to a stream whose authenticated identity is in its
 /// audience, the identities of the pods of the Gateways that may use it: never by what a proxy
 /// claims, and never to a stream without an authenticated identity (local mode's plaintext
-/// port). The agents' types go to every proxy that asks for them (every agent needs every
+/// port). Every waypoint receives every `SourceWorkload`, and nobody else. The agents' types go to every proxy that asks for them (every agent needs every
 /// address).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ProxyScope;
@@ -73,6 +73,9 @@ impl Scope for ProxyScope {
                 (Some(identity), Some(audience)) => audience.contains(identity),
                 _ => false,
             };
+        }
+        if type_url == SOURCE_WORKLOAD_TYPE_URL {
+            return matches!(Proxy::of(proxy), Proxy::Waypoint { .. });
         }
         if type_url != WAYPOINT_CONFIG_TYPE_URL {
             return true;

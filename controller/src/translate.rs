@@ -2,7 +2,8 @@
 //! an index snapshot; no I/O.
 //!
 //! - [`agent`]: node agents' `istio.workload.Address` and `istio.security.Authorization`.
-//! - [`waypoint`]: one `weft.waypoint.v1.WaypointConfig` per waypoint.
+//! - [`waypoint`]: one `weft.waypoint.v1.WaypointConfig` per waypoint, and the mesh's pods as
+//!   request sources (`weft.waypoint.v1.SourceWorkload`), which every waypoint receives.
 //! - [`resolve`]: how both read pods, services and waypoints (one place for labels, addresses,
 //!   hostnames, identities and waypoint assignment).
 //!
@@ -25,10 +26,10 @@ use weft_istio::defaults::{
 };
 use weft_proto::istio::{security, workload};
 use weft_proto::mesh::MeshConfig;
-use weft_proto::waypoint::WaypointConfig;
+use weft_proto::waypoint::{SourceWorkload, WaypointConfig};
 use weft_proto::{
     ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, MESH_CONFIG_NAME, MESH_CONFIG_TYPE_URL,
-    SECRET_TYPE_URL, WAYPOINT_CONFIG_TYPE_URL,
+    SECRET_TYPE_URL, SOURCE_WORKLOAD_TYPE_URL, WAYPOINT_CONFIG_TYPE_URL,
 };
 
 use crate::{index::ConfigIndex, model::ResourceKind};
@@ -228,6 +229,8 @@ pub struct Translation {
     pub mesh: BTreeMap<String, MeshConfig>,
     /// Gateway credentials (Envoy's SDS `Secret`), by resource name, each with its audience.
     pub credentials: BTreeMap<String, credentials::GatewayCredential>,
+    /// `weft.waypoint.v1.SourceWorkload`, by resource name (the address): every waypoint's.
+    pub source_workloads: BTreeMap<String, SourceWorkload>,
     /// Sorted, without duplicates.
     pub problems: Vec<TranslateError>,
 }
@@ -263,6 +266,7 @@ pub fn translate(index: &ConfigIndex, settings: &MeshSettings) -> Translation {
         waypoints,
         mesh: BTreeMap::from([(MESH_CONFIG_NAME.to_owned(), settings.mesh.current())]),
         credentials,
+        source_workloads: waypoint::source_workloads(index, settings),
         problems,
     }
 }
@@ -305,6 +309,10 @@ impl Translation {
             (WAYPOINT_CONFIG_TYPE_URL.to_owned(), packed(&self.waypoints)),
             (MESH_CONFIG_TYPE_URL.to_owned(), packed(&self.mesh)),
             (SECRET_TYPE_URL.to_owned(), credentials),
+            (
+                SOURCE_WORKLOAD_TYPE_URL.to_owned(),
+                packed(&self.source_workloads),
+            ),
         ]
     }
 }

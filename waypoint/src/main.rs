@@ -204,6 +204,10 @@ async fn run(config: Config, workers: Workers) -> anyhow::Result<()> {
             };
             let client = weft_xds::DeltaClient::new(target, node)
                 .with_backoff(proxy.xds_backoff())
+                .subscribe(
+                    weft_proto::SOURCE_WORKLOAD_TYPE_URL,
+                    waypoint.store().source_handler(),
+                )
                 .subscribe_names(
                     weft_proto::WAYPOINT_CONFIG_TYPE_URL,
                     vec![config.resource_name()],

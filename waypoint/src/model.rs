@@ -10,6 +10,7 @@ mod cluster;
 mod from_proto;
 pub mod gateway;
 mod route;
+mod sources;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -32,6 +33,7 @@ pub use route::{
     DEFAULT_RETRY_ON, Fault, HeaderOps, Headers, L4Match, Mirror, Redirect, RedirectPort, RetryOn,
     RetryPolicy, Rewrite, Route, RouteAction, TcpRoute, WeightedDestination,
 };
+pub use sources::SourceTable;
 
 /// Why a `WaypointConfig` was rejected; the message becomes the NACK's detail.
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +87,9 @@ pub struct WaypointConfig {
     direct: HashMap<IpAddr, Arc<DirectWorkload>>,
     /// Workload facts by IP, from the endpoints, to describe request sources.
     workloads: HashMap<IpAddr, Arc<WorkloadInfo>>,
+    /// The mesh's other workloads, served apart (`SourceWorkload` resources); shared by every
+    /// configuration of a store, which sets it.
+    pub sources: SourceTable,
     /// Set in the gateway role: the listeners at the edge and their route tables.
     pub gateway: Option<Arc<gateway::Gateway>>,
 }
@@ -260,8 +265,13 @@ impl WaypointConfig {
             .find(|c| c.host == hostname && c.subset.is_empty() && c.port == port)
     }
 
-    pub fn workload(&self, ip: IpAddr) -> Option<&Arc<WorkloadInfo>> {
-        self.workloads.get(&ip)
+    /// What is known of the workload at `ip`: from this configuration's endpoints and direct
+    /// workloads, else from the mesh's source workloads.
+    pub fn workload(&self, ip: IpAddr) -> Option<Arc<WorkloadInfo>> {
+        self.workloads
+            .get(&ip)
+            .cloned()
+            .or_else(|| self.sources.get(ip))
     }
 
     /// Policies that apply to traffic for `target`: those of the whole waypoint and those

@@ -12,7 +12,7 @@ use tracing::{info, warn};
 use weft_proto::waypoint as proto;
 use weft_xds::{Handler, Update};
 
-use crate::model::{ConfigError, ResolvedNames, WaypointConfig};
+use crate::model::{ConfigError, ResolvedNames, SourceTable, WaypointConfig};
 
 /// A resource version the xDS handler applied.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -54,6 +54,9 @@ pub struct ConfigStore {
     /// Endpoint names: the addresses last resolved ([`crate::dns`]), and the last configuration
     /// applied when it has endpoints by name, to convert again when their addresses change.
     names: Arc<Mutex<NamedEndpoints>>,
+    /// The mesh's workloads as request sources (`SourceWorkload` resources), shared by every
+    /// configuration put in force.
+    sources: SourceTable,
 }
 
 #[derive(Debug, Default)]
@@ -73,12 +76,16 @@ impl std::fmt::Debug for ConfigStore {
 impl Default for ConfigStore {
     fn default() -> Self {
         let (version, _) = watch::channel(0);
+        let sources = SourceTable::default();
+        let mut empty = WaypointConfig::default();
+        empty.sources = sources.clone();
         ConfigStore {
-            current: Arc::new(RwLock::new(Arc::new(WaypointConfig::default()))),
+            current: Arc::new(RwLock::new(Arc::new(empty))),
             version: Arc::new(version),
             history: Arc::default(),
             observers: Arc::default(),
             names: Arc::default(),
+            sources,
         }
     }
 }
@@ -127,7 +134,8 @@ impl ConfigStore {
     }
 
     /// Puts `converted` in force and tells the observers.
-    fn publish(&self, converted: WaypointConfig) {
+    fn publish(&self, mut converted: WaypointConfig) {
+        converted.sources = self.sources.clone();
         let name = format!("{}/{}", converted.namespace, converted.name);
         let converted = Arc::new(converted);
         let services = converted.services.len();
@@ -179,6 +187,51 @@ impl ConfigStore {
             store: self.clone(),
             resource: None,
         }
+    }
+
+    /// The mesh's workloads as request sources, as the configurations in force see them.
+    pub fn sources(&self) -> &SourceTable {
+        &self.sources
+    }
+
+    /// An xDS handler for `SourceWorkload` resources (every one, by wildcard) that feeds this
+    /// store's source table.
+    pub fn source_handler(&self) -> SourceWorkloadHandler {
+        SourceWorkloadHandler {
+            sources: self.sources.clone(),
+        }
+    }
+}
+
+/// Delta ADS handler for the `weft.waypoint.v1.SourceWorkload` type: the mesh's workloads, one
+/// resource per address. An update is converted whole before it changes anything; a bad one is
+/// rejected and the table stays as it was.
+#[derive(Debug)]
+pub struct SourceWorkloadHandler {
+    sources: SourceTable,
+}
+
+impl Handler for SourceWorkloadHandler {
+    fn apply(&mut self, update: Update) -> Result<(), String> {
+        let added = update
+            .added
+            .iter()
+            .map(|resource| {
+                let any = resource
+                    .resource
+                    .as_ref()
+                    .ok_or_else(|| format!("resource {} has no body", resource.name))?;
+                let workload = proto::SourceWorkload::decode(any.value.as_slice())
+                    .map_err(|e| format!("resource {}: {e}", resource.name))?;
+                Ok((resource.name.clone(), workload))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        self.sources
+            .apply(&added, &update.removed)
+            .map_err(|error| {
+                warn!(%error, "rejecting source workloads");
+                error.to_string()
+            })
     }
 }
 
@@ -247,6 +300,84 @@ impl Handler for WaypointConfigHandler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn source_resource(
+        name: &str,
+        address: &str,
+        app: &str,
+    ) -> weft_proto::envoy::service::discovery::v3::Resource {
+        let workload = proto::SourceWorkload {
+            address: address.to_owned(),
+            identity: format!("spiffe://cluster.local/ns/default/sa/{app}"),
+            labels: [("app".to_owned(), app.to_owned())].into(),
+            workload_uid: format!("uid-{app}"),
+        };
+        weft_proto::envoy::service::discovery::v3::Resource {
+            name: name.to_owned(),
+            version: "1".to_owned(),
+            resource: Some(prost_types::Any::from_msg(&workload).unwrap()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn source_workloads_served_apart_describe_sources_for_every_configuration() {
+        let store = ConfigStore::default();
+        let mut sources = store.source_handler();
+        let app = |store: &ConfigStore, ip: &str| {
+            store
+                .snapshot()
+                .workload(ip.parse().unwrap())
+                .and_then(|w| w.canonical_service().map(str::to_owned))
+        };
+        sources
+            .apply(Update {
+                added: vec![
+                    source_resource("10.0.0.9", "10.0.0.9", "productpage"),
+                    source_resource("fd00::9", "fd00::9", "ratings"),
+                ],
+                removed: Vec::new(),
+                full_state: true,
+            })
+            .unwrap();
+        // Sources arriving before or after a configuration describe requests under it.
+        assert_eq!(app(&store, "10.0.0.9").as_deref(), Some("productpage"));
+        store
+            .apply(proto::WaypointConfig {
+                name: "waypoint".to_owned(),
+                namespace: "default".to_owned(),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(app(&store, "fd00::9").as_deref(), Some("ratings"));
+        // A bad resource rejects the whole update, and nothing of it is applied.
+        for bad in [
+            source_resource("10.0.0.10", "10.0.0.11", "mismatch"),
+            source_resource("not-an-ip", "not-an-ip", "noip"),
+        ] {
+            let error = sources
+                .apply(Update {
+                    added: vec![source_resource("10.0.0.12", "10.0.0.12", "fine"), bad],
+                    removed: vec!["10.0.0.9".to_owned()],
+                    full_state: false,
+                })
+                .unwrap_err();
+            assert!(error.contains("source workload"), "{error}");
+            assert_eq!(app(&store, "10.0.0.12"), None);
+            assert_eq!(app(&store, "10.0.0.9").as_deref(), Some("productpage"));
+        }
+        // Changes and removals reach the configuration in force without a new one.
+        sources
+            .apply(Update {
+                added: vec![source_resource("fd00::9", "fd00::9", "ratings-v2")],
+                removed: vec!["10.0.0.9".to_owned()],
+                full_state: false,
+            })
+            .unwrap();
+        assert_eq!(app(&store, "10.0.0.9"), None);
+        assert_eq!(app(&store, "fd00::9").as_deref(), Some("ratings-v2"));
+        assert_eq!(store.sources().len(), 1);
+    }
 
     #[test]
     fn new_answers_for_endpoint_names_convert_the_last_configuration_again() {

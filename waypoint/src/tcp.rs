@@ -105,9 +105,13 @@ fn tcp_destination(
     let namespace = context.peer.as_ref().map(|p| p.namespace());
     let route = service.tcp_routes.iter().find(|r| {
         r.matches.is_empty()
-            || r.matches
-                .iter()
-                .any(|m| m.matches(context.destination, source.map(|w| &w.labels), namespace))
+            || r.matches.iter().any(|m| {
+                m.matches(
+                    context.destination,
+                    source.as_ref().map(|w| &w.labels),
+                    namespace,
+                )
+            })
     });
     let name = match route {
         Some(route) => {
@@ -146,7 +150,7 @@ pub async fn open_tcp_upstream(
     };
     let mut info = ConnectionInfo {
         source: Peer {
-            workload: config.workload(context.source_ip).cloned(),
+            workload: config.workload(context.source_ip),
             principal: context.peer.as_ref().map(ToString::to_string),
             namespace: context.peer.as_ref().map(|p| p.namespace().to_owned()),
         },

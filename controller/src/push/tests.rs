@@ -161,7 +161,7 @@ fn proxies_are_told_apart_by_their_node() {
 }
 
 #[test]
-fn a_waypoint_sees_only_its_own_config_and_agents_none() {
+fn a_waypoint_sees_only_its_own_config_and_every_source_and_agents_none() {
     let resource = |name: &str| StoredResource::new(name, prost_types::Any::default());
     let waypoint = identity(
         "waypoint~0.0.0.0~waypoint.shop~shop.svc.cluster.local",
@@ -186,6 +186,9 @@ fn a_waypoint_sees_only_its_own_config_and_agents_none() {
         );
     }
     assert!(!scope.visible(&agent, WAYPOINT_CONFIG_TYPE_URL, &resource("shop/waypoint")));
+    // Every waypoint sees every source workload; agents see none.
+    assert!(scope.visible(&waypoint, SOURCE_WORKLOAD_TYPE_URL, &resource("10.0.0.1")));
+    assert!(!scope.visible(&agent, SOURCE_WORKLOAD_TYPE_URL, &resource("10.0.0.1")));
     assert!(scope.visible(&agent, ADDRESS_TYPE_URL, &resource("uid-a")));
     assert!(scope.visible(&agent, AUTHORIZATION_TYPE_URL, &resource("shop/p")));
 }

@@ -46,7 +46,9 @@ pub fn addresses(
         let namespace = namespace_of(&pod.metadata).to_owned();
         let pod_labels = labels(&pod.metadata);
         let mut services = BTreeMap::new();
-        for service in index.services.values().filter(|s| service_selects(s, pod)) {
+        for service in crate::index::in_namespace(&index.services, &namespace)
+            .filter(|s| service_selects(s, pod))
+        {
             let ports = resolve::service_ports(service)
                 .iter()
                 .filter_map(|p| {
@@ -357,7 +359,18 @@ fn policies_selecting(
     workload_labels: &BTreeMap<String, String>,
 ) -> Vec<String> {
     let mut out = Vec::new();
-    for (key, policy) in &index.authorization_policies {
+    // Only the workload's namespace and the root namespace can select it: their ranges of the
+    // map, merged back into key order.
+    let policies = &index.authorization_policies;
+    let mut candidates: Vec<_> = crate::index::entries_in_namespace(policies, namespace).collect();
+    if settings.root_namespace != namespace {
+        candidates.extend(crate::index::entries_in_namespace(
+            policies,
+            &settings.root_namespace,
+        ));
+        candidates.sort_by(|a, b| a.0.cmp(b.0));
+    }
+    for (key, policy) in candidates {
         let spec = &policy.spec;
         if !spec.target_refs.is_empty() || spec.target_ref.is_some() {
             continue;

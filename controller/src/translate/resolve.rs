@@ -554,9 +554,7 @@ pub fn backing_waypoints<'a>(
     index: &'a ConfigIndex,
     pod: &Pod,
 ) -> Vec<(&'a Service, Option<WaypointRef>)> {
-    index
-        .services
-        .values()
+    crate::index::in_namespace(&index.services, namespace_of(&pod.metadata))
         .filter(|s| service_selects(s, pod))
         .map(|s| (s, service_waypoint(index, s)))
         .collect()
@@ -581,7 +579,7 @@ pub fn waypoint_pods<'a>(
     index: &'a ConfigIndex,
     waypoint: &'a WaypointRef,
 ) -> impl Iterator<Item = &'a Pod> + 'a {
-    index.pods.values().filter(move |pod| {
+    crate::index::in_namespace(&index.pods, &waypoint.namespace).filter(move |pod| {
         namespace_of(&pod.metadata) == waypoint.namespace
             && label(&pod.metadata, GATEWAY_NAME) == Some(waypoint.name.as_str())
     })
@@ -589,7 +587,7 @@ pub fn waypoint_pods<'a>(
 
 /// The waypoint's Service: the one labelled with its gateway name in its namespace.
 pub fn waypoint_service<'a>(index: &'a ConfigIndex, waypoint: &WaypointRef) -> Option<&'a Service> {
-    index.services.values().find(|s| {
+    crate::index::in_namespace(&index.services, &waypoint.namespace).find(|s| {
         namespace_of(&s.metadata) == waypoint.namespace
             && label(&s.metadata, GATEWAY_NAME) == Some(waypoint.name.as_str())
     })

@@ -243,6 +243,11 @@ fn render(index: &ConfigIndex, settings: &MeshSettings) -> String {
         let _ = writeln!(out, "waypoint {name}");
         out.push_str(&compact_debug(waypoint));
     }
+    let _ = writeln!(out, "\n# source workloads");
+    for (name, source) in &translation.source_workloads {
+        let _ = writeln!(out, "source {name}");
+        out.push_str(&compact_debug(source));
+    }
     let _ = writeln!(out, "\n# problems");
     for problem in &translation.problems {
         let _ = writeln!(out, "{problem}");
@@ -316,6 +321,51 @@ fn bookinfo_example() {
         .find(|(name, _)| *name == "bookinfo")
         .unwrap();
     check_golden("bookinfo", &path);
+}
+
+/// The control plane's cost per edit: a pod that backs no service a waypoint serves changes no
+/// waypoint's configuration, only the source workloads (one more) and the agents' addresses.
+#[test]
+fn a_pod_added_elsewhere_changes_no_waypoint_config_only_its_source_workload() {
+    let (_, path) = golden_inputs()
+        .into_iter()
+        .find(|(name, _)| *name == "bookinfo")
+        .unwrap();
+    let index = load(&path);
+    let settings = MeshSettings::default();
+    let before = translate(&index, &settings);
+    let mut added = index.clone();
+    let (key, template) = index
+        .pods
+        .iter()
+        .find(|(_, pod)| crate::translate::resolve::enrolled(&index, pod))
+        .expect("bookinfo has an enrolled pod");
+    let mut pod = template.clone();
+    pod.metadata.name = Some("batch-job".to_owned());
+    pod.metadata.uid = Some("uid-batch-job".to_owned());
+    pod.metadata.labels = Some([("app".to_owned(), "batch-job".to_owned())].into());
+    let status = pod.status.as_mut().unwrap();
+    status.pod_ip = Some("10.244.9.99".to_owned());
+    status.pod_ips = None;
+    let key = format!("{}/batch-job", key.split_once('/').unwrap().0);
+    added.pods.insert(key, pod);
+    let after = translate(&added, &settings);
+    assert!(!before.waypoints.is_empty());
+    assert_eq!(after.waypoints, before.waypoints);
+    let new_sources: Vec<&String> = after
+        .source_workloads
+        .keys()
+        .filter(|k| !before.source_workloads.contains_key(*k))
+        .collect();
+    assert_eq!(new_sources, ["10.244.9.99"]);
+    assert_eq!(
+        after.source_workloads["10.244.9.99"].labels["app"],
+        "batch-job"
+    );
+    assert_eq!(
+        after.source_workloads.len(),
+        before.source_workloads.len() + 1
+    );
 }
 
 #[test]

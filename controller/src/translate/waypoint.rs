@@ -3,7 +3,8 @@
 //! routes compiled from VirtualServices, the clusters those routes name (DestinationRule subsets
 //! resolved to label selectors and endpoints, traffic policies merged as Istio merges them) and
 //! the AuthorizationPolicies and RequestAuthentications that target the waypoint or its
-//! services.
+//! services. The mesh's pods as request sources are one `weft.waypoint.v1.SourceWorkload`
+//! each ([`source_workloads`]), shared by every waypoint.
 //!
 //! Istio builds one route table per service port; the proto has one list per service, so on a
 //! service with several HTTP ports each route is repeated per port with a `port` match, and a
@@ -41,6 +42,7 @@ use crate::model::networking::ServiceEntry;
 use crate::model::{DurationString, KubernetesGateway, ResourceKind};
 use authorization::unenforced_policies;
 pub use gateway::{gateway_configs, is_gateway_pod};
+pub use workloads::source_workloads;
 
 /// Every waypoint's configuration, by resource name `namespace/name`.
 pub fn waypoint_configs(
@@ -114,7 +116,6 @@ fn waypoint_config(
         .map(|key| compiler.cluster(&key))
         .collect();
     let workloads = compiler.direct_workloads(direct_pods);
-    let source_workloads = compiler.source_workloads(&clusters, &workloads);
     let mut authorization_policies: Vec<wp::L7Authorization> = index
         .authorization_policies
         .values()
@@ -133,7 +134,8 @@ fn waypoint_config(
         services,
         clusters,
         authorization_policies,
-        source_workloads,
+        // Served as `SourceWorkload` resources ([`source_workloads`]).
+        source_workloads: Vec::new(),
         workloads,
         request_authentications,
         gateway: None,

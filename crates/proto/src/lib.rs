@@ -167,5 +167,9 @@ pub const MESH_CONFIG_TYPE_URL: &str = "type.googleapis.com/weft.mesh.v1.MeshCon
 /// The name of the one `MeshConfig` resource.
 pub const MESH_CONFIG_NAME: &str = "mesh";
 
+/// Type URL of `weft.waypoint.v1.SourceWorkload` resources: the mesh's workloads as request
+/// sources, one resource per address, for every waypoint.
+pub const SOURCE_WORKLOAD_TYPE_URL: &str = "type.googleapis.com/weft.waypoint.v1.SourceWorkload";
+
 #[cfg(test)]
 mod tests;

@@ -19,8 +19,8 @@ use crate::envoy::service::discovery::v3::{
 };
 use crate::istio::{ca, security, workload};
 use crate::{
-    ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, MESH_CONFIG_TYPE_URL, WAYPOINT_CONFIG_TYPE_URL, mesh,
-    waypoint,
+    ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, MESH_CONFIG_TYPE_URL, SOURCE_WORKLOAD_TYPE_URL,
+    WAYPOINT_CONFIG_TYPE_URL, mesh, waypoint,
 };
 
 /// Bound on every wait in the loopback test, so a broken stream fails instead of hanging.
@@ -200,6 +200,11 @@ fn type_url_constants_name_their_messages() {
             MESH_CONFIG_TYPE_URL,
             mesh::MeshConfig::type_url(),
             mesh::MeshConfig::full_name(),
+        ),
+        (
+            SOURCE_WORKLOAD_TYPE_URL,
+            waypoint::SourceWorkload::type_url(),
+            waypoint::SourceWorkload::full_name(),
         ),
     ];
     for (constant, type_url, full_name) in cases {

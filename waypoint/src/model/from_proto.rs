@@ -18,8 +18,8 @@ use weft_policy::PolicyError;
 use weft_proto::waypoint as proto;
 
 use super::{
-    ConfigError, DirectWorkload, L4Match, Protocol, ResolvedNames, Service, ServicePort, TcpRoute,
-    Tunnel, WaypointConfig, WorkloadInfo, gateway, invalid,
+    ConfigError, DirectWorkload, L4Match, Protocol, ResolvedNames, Service, ServicePort,
+    SourceTable, TcpRoute, Tunnel, WaypointConfig, WorkloadInfo, gateway, invalid,
 };
 
 fn duration(d: &prost_types::Duration, context: &str) -> Result<Duration, ConfigError> {
@@ -414,6 +414,7 @@ impl WaypointConfig {
             by_vip,
             direct,
             workloads,
+            sources: SourceTable::default(),
         })
     }
 }

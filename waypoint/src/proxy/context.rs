@@ -111,7 +111,7 @@ pub(super) fn describe_request(
     record.forwarded_for = header("x-forwarded-for");
     record.mtls = tunnel.peer.is_some();
     record.source = Peer {
-        workload: config.workload(tunnel.source_ip).cloned(),
+        workload: config.workload(tunnel.source_ip),
         principal: tunnel.peer.as_ref().map(ToString::to_string),
         namespace: tunnel.peer.as_ref().map(|p| p.namespace().to_owned()),
     };

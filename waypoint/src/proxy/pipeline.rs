@@ -137,7 +137,8 @@ fn decide(
 ) -> (Decision, Option<RouteSelection>) {
     let tunnel = cx.tunnel;
     let peer_identity = tunnel.peer.as_ref();
-    let source_workload = cx.config.workload(tunnel.source_ip);
+    // Looked up once per request, when the record was started.
+    let source_workload = cx.record.source.workload.as_ref();
     let headers = HeaderMapSource(request.headers());
     let view = RequestView {
         method: request.method().as_str(),

@@ -181,17 +181,15 @@ impl<'a> Compiler<'a, '_> {
         let Some(service_port) = tcp_service_ports(service).find(|p| port_number(p) == port) else {
             return Vec::new();
         };
-        let mut endpoints: Vec<wp::Endpoint> = self
-            .index
-            .pods
-            .values()
-            .filter(|pod| {
-                service_selects(service, pod)
-                    && !resolve::pod_terminated(pod)
-                    && selects(subset_labels, &labels(&pod.metadata))
-            })
-            .flat_map(|pod| self.pod_endpoints(pod, service_port))
-            .collect();
+        let mut endpoints: Vec<wp::Endpoint> =
+            crate::index::in_namespace(&self.index.pods, namespace_of(&service.metadata))
+                .filter(|pod| {
+                    service_selects(service, pod)
+                        && !resolve::pod_terminated(pod)
+                        && selects(subset_labels, &labels(&pod.metadata))
+                })
+                .flat_map(|pod| self.pod_endpoints(pod, service_port))
+                .collect();
         endpoints.sort_by(|a, b| a.address.cmp(&b.address));
         endpoints
     }

@@ -1,12 +1,15 @@
 //! The workloads a waypoint knows besides its clusters' endpoints: pods addressed directly
-//! through it, and every other pod in the mesh as a possible source.
+//! through it, and every pod in the mesh as a possible source (one `SourceWorkload` resource
+//! each, shared by every waypoint).
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Pod;
 use weft_proto::waypoint as wp;
 
 use super::{Compiler, port_protocol, tcp_service_ports};
+use crate::index::ConfigIndex;
+use crate::translate::MeshSettings;
 use crate::translate::resolve::{self, labels, namespace_of};
 
 impl Compiler<'_, '_> {
@@ -68,39 +71,37 @@ impl Compiler<'_, '_> {
         out.dedup_by(|(_, later), (_, first)| later.address == first.address);
         out.into_iter().map(|(_, w)| w).collect()
     }
+}
 
-    /// Every pod in the mesh the clusters and the direct workloads do not already describe:
-    /// what the waypoint knows of a request's source (`sourceLabels` matches, the source
-    /// labels of its metrics).
-    pub(super) fn source_workloads(
-        &self,
-        clusters: &[wp::Cluster],
-        workloads: &[wp::WaypointWorkload],
-    ) -> Vec<wp::SourceWorkload> {
-        let known: BTreeSet<&str> = clusters
-            .iter()
-            .flat_map(|c| c.endpoints.iter().map(|e| e.address.as_str()))
-            .chain(workloads.iter().map(|w| w.address.as_str()))
-            .collect();
-        let mut out = Vec::new();
-        for pod in self.index.pods.values().filter(|pod| {
-            resolve::enrolled(self.index, pod)
-                && !resolve::pod_terminated(pod)
-                && !resolve::is_waypoint_pod(self.index, pod)
-        }) {
-            for ip in resolve::pod_ips(pod) {
-                let address = ip.to_string();
-                if known.contains(address.as_str()) {
-                    continue;
-                }
-                out.push(wp::SourceWorkload {
+/// Every pod in the mesh (enrolled, not terminated, not a waypoint), by address: what a
+/// waypoint knows of a request's source (`sourceLabels` matches, the source labels of its
+/// metrics). Served as resources of their own rather than inside each `WaypointConfig`, so a
+/// pod added or removed anywhere sends each waypoint that pod, not its whole configuration.
+/// An address two pods claim (reused while one terminates) describes the first in key order.
+pub fn source_workloads(
+    index: &ConfigIndex,
+    settings: &MeshSettings,
+) -> BTreeMap<String, wp::SourceWorkload> {
+    let mut out = BTreeMap::new();
+    for pod in index.pods.values().filter(|pod| {
+        resolve::enrolled(index, pod)
+            && !resolve::pod_terminated(pod)
+            && !resolve::is_waypoint_pod(index, pod)
+    }) {
+        for ip in resolve::pod_ips(pod) {
+            let address = ip.to_string();
+            out.entry(address.clone())
+                .or_insert_with(|| wp::SourceWorkload {
                     address,
-                    identity: self.pod_identity(pod),
+                    identity: resolve::spiffe_id(
+                        settings,
+                        namespace_of(&pod.metadata),
+                        resolve::service_account(pod),
+                    ),
                     labels: labels(&pod.metadata),
-                    workload_uid: resolve::pod_uid(&self.settings.cluster_id, pod),
+                    workload_uid: resolve::pod_uid(&settings.cluster_id, pod),
                 });
-            }
         }
-        out
     }
+    out
 }

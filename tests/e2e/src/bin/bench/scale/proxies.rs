@@ -1,6 +1,7 @@
 //! The proxies of the scale section: node agents and waypoints as real delta ADS clients in this
 //! process, each with its binary's own handlers (the agent's Address and Authorization handlers
-//! over a `WorkloadStore`, the waypoint's `WaypointConfig` handler over its `ConfigStore`), so
+//! over a `WorkloadStore`, the waypoint's `SourceWorkload` and `WaypointConfig` handlers over
+//! its `ConfigStore`), so
 //! every push is decoded, converted and applied, then ACKed or NACKed, as the proxies do. A
 //! wrapper around each handler records when an update was applied (the client sends the ACK
 //! as soon as the handler returns) and how many bytes it carried.
@@ -11,7 +12,9 @@ use std::time::Instant;
 use prost::Message;
 use weft_fake_apiserver::{FakeApiServer, TokenIdentity};
 use weft_proto::envoy::config::core::v3::Node;
-use weft_proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, WAYPOINT_CONFIG_TYPE_URL};
+use weft_proto::{
+    ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, SOURCE_WORKLOAD_TYPE_URL, WAYPOINT_CONFIG_TYPE_URL,
+};
 use weft_xds::{DeltaClient, Handler, Target, Update};
 
 use super::cluster::{self, AGENT_ACCOUNT, SYSTEM_NAMESPACE, Size, WAYPOINT};
@@ -49,7 +52,7 @@ impl Kind {
     pub fn types(self) -> usize {
         match self {
             Self::Agent => 2,
-            Self::Waypoint => 1,
+            Self::Waypoint => 2,
         }
     }
 }
@@ -236,6 +239,10 @@ pub fn build(
             },
         )
         .with_bearer_token(bearer(token))
+        .subscribe(
+            SOURCE_WORKLOAD_TYPE_URL,
+            recording(size.agents + w).wrap(store.source_handler()),
+        )
         .subscribe_names(
             WAYPOINT_CONFIG_TYPE_URL,
             vec![format!("{namespace}/{WAYPOINT}")],
