@@ -110,9 +110,9 @@ fn node_agents_are_served_the_mode_in_force() {
             .find(|(type_url, _)| type_url == weft_proto::MESH_CONFIG_TYPE_URL)
             .expect("the MeshConfig type is served");
         assert_eq!(of_type.len(), 1);
-        let (name, body) = &of_type[0];
-        assert_eq!(name, weft_proto::MESH_CONFIG_NAME);
-        MeshConfig::decode(body.value.as_slice())
+        let resource = &of_type[0];
+        assert_eq!(resource.name, weft_proto::MESH_CONFIG_NAME);
+        MeshConfig::decode(resource.body.value.as_slice())
             .unwrap()
             .outbound_traffic_policy()
     };
