@@ -107,6 +107,10 @@ pub mod ports {
     pub const INBOUND: u16 = 15006;
     /// HBONE.
     pub const HBONE: u16 = 15008;
+    /// The agent's in-pod DNS proxy (UDP and TCP, on loopback), as ztunnel's.
+    pub const DNS: u16 = 15053;
+    /// DNS: connects and datagrams of a pod to this port are sent to [`DNS`].
+    pub const DNS_CAPTURED: u16 = 53;
     /// The agent's in-pod listeners: never a destination of forwarded traffic (ztunnel's
     /// `illegal_ports`). Its admin, metrics and readiness ports live in the node's namespace, so
     /// inside a pod 15000, 15020 and 15021 are the application's.
