@@ -36,8 +36,11 @@ use crate::{netns::PodNetns, proxy::ServedPod, state::WorkloadStore};
 
 /// Queries a pod may send per second (and in one burst).
 pub const QUERIES_PER_SECOND: u32 = 2048;
-/// The largest query served (EDNS' common buffer size is 1232; 4096 is its upper norm).
-pub const MAX_MESSAGE: usize = 4096;
+/// The largest query served: EDNS' recommended UDP size (a query, one question and an OPT
+/// record, is far smaller), so each pod's receive buffer stays small.
+pub const MAX_MESSAGE: usize = 1232;
+/// The largest answer relayed from upstream over UDP (EDNS' usual upper size).
+const MAX_UPSTREAM_DATAGRAM: usize = 4096;
 /// The largest answer relayed from upstream over TCP.
 const MAX_UPSTREAM_MESSAGE: usize = 65535;
 /// Forwards in flight per pod.
@@ -271,7 +274,7 @@ async fn forward_udp(context: &PodContext, query: &[u8]) -> Option<Vec<u8>> {
         let attempt = async {
             let socket = upstream_udp(&context.netns, *upstream).ok()?;
             socket.send(query).await.ok()?;
-            let mut buffer = vec![0u8; MAX_MESSAGE];
+            let mut buffer = vec![0u8; MAX_UPSTREAM_DATAGRAM];
             loop {
                 let length = socket.recv(&mut buffer).await.ok()?;
                 // Another id is a stray datagram: not the answer.
