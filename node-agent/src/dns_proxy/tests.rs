@@ -455,3 +455,63 @@ async fn forwards_in_flight_are_bounded() {
     let local = Message::from_vec(&buffer[..n]).unwrap();
     assert_eq!(local.answers.len(), 1, "{local:?}");
 }
+
+#[tokio::test]
+async fn queries_over_tcp_are_answered_and_forwarded_and_idle_connections_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = weft_test_support::temp::TempDir::new("dns-proxy");
+    let (netns, _) = private_netns();
+    // A TCP upstream at 127.0.0.1:53 answering one query per connection with 192.0.2.1.
+    let listener = netns
+        .run(|| std::net::TcpListener::bind("127.0.0.1:53"))
+        .unwrap()
+        .unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let length = usize::from(stream.read_u16().await.unwrap());
+            let mut query = vec![0u8; length];
+            stream.read_exact(&mut query).await.unwrap();
+            let mut message = Message::from_vec(&query).unwrap();
+            message.metadata.message_type = hickory_proto::op::MessageType::Response;
+            let name = message.queries[0].name().clone();
+            message.add_answer(hickory_proto::rr::Record::from_rdata(
+                name,
+                60,
+                RData::A(hickory_proto::rr::rdata::A("192.0.2.1".parse().unwrap())),
+            ));
+            let bytes = message.to_vec().unwrap();
+            stream.write_u16(bytes.len() as u16).await.unwrap();
+            stream.write_all(&bytes).await.unwrap();
+        }
+    });
+    let proxy = proxy(&netns, "127.0.0.1:53".parse().unwrap(), dir.path()).await;
+    let stream = netns
+        .run(|| std::net::TcpStream::connect("127.0.0.1:15053"))
+        .unwrap()
+        .unwrap();
+    stream.set_nonblocking(true).unwrap();
+    let mut stream = tokio::net::TcpStream::from_std(stream).unwrap();
+    let mut exchange = async |name: &str| {
+        let bytes = query(name, RecordType::A);
+        stream.write_u16(bytes.len() as u16).await.unwrap();
+        stream.write_all(&bytes).await.unwrap();
+        let length = usize::from(stream.read_u16().await.unwrap());
+        let mut answer = vec![0u8; length];
+        stream.read_exact(&mut answer).await.unwrap();
+        Message::from_vec(&answer).unwrap()
+    };
+    // Both on one connection: a mesh name, then a name only the upstream knows.
+    let local = exchange("orders.").await;
+    assert!(matches!(&local.answers[0].data, RData::A(a) if a.0.to_string() == "10.96.0.10"));
+    let forwarded = exchange("www.example.org.").await;
+    assert!(matches!(&forwarded.answers[0].data, RData::A(a) if a.0.to_string() == "192.0.2.1"));
+    // A length beyond the bound closes the connection.
+    stream.write_u16(u16::MAX).await.unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut rest)).await;
+    assert!(matches!(closed, Ok(Ok(0))), "{closed:?}");
+    drop(proxy);
+}
