@@ -45,9 +45,11 @@ pub static NODE_NETNS: Array<u64> = Array::with_max_entries(1, 0);
 pub static NODE_CONNECTIONS: LruHashMap<NodeConnectionKey, u8> =
     LruHashMap::with_max_entries(MAX_CONNECTIONS, 0);
 
+/// A quarter of the connection maps' size: only sockets that send DNS hold an entry, and
+/// one evicted early only loses the source rewrite of its answers (the resolver retries).
 #[map(name = "DNS_ORIGINAL_DST")]
 pub static DNS_ORIGINAL_DST: LruHashMap<u64, SocketAddress> =
-    LruHashMap::with_max_entries(MAX_CONNECTIONS, 0);
+    LruHashMap::with_max_entries(MAX_CONNECTIONS / 4, 0);
 
 #[map(name = "REDIRECT_STATS")]
 pub static REDIRECT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stats::SLOTS, 0);
