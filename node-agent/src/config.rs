@@ -29,7 +29,7 @@ const DEFAULT_PIN_BASE: &str = "/sys/fs/bpf/weft";
 /// The agent's own namespace: right when it runs in the node's (host network, the testbed).
 const DEFAULT_NODE_NETNS: &str = "/proc/self/ns/net";
 /// The agent's own resolver configuration, as ztunnel forwards with its own: in Kubernetes
-/// the cluster's DNS service (the chart's `dnsPolicy: ClusterFirstWithHostNet`).
+/// the cluster's DNS service (the chart's agent pod keeps the default `dnsPolicy: ClusterFirst`).
 const DEFAULT_DNS_RESOLV_CONF: &str = "/etc/resolv.conf";
 
 /// Everything the agent is told at start.
