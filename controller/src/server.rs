@@ -395,6 +395,11 @@ pub async fn run(config: ServerConfig, shutdown: watch::Receiver<bool>) -> Resul
                 config.settings.clone(),
                 shutdown.clone(),
             ));
+            tokio::spawn(crate::source::kube::entry_status::keep_entry_addresses(
+                kube.client.clone(),
+                index.clone(),
+                shutdown.clone(),
+            ));
             if let Some(provision) = &kube.provision {
                 tokio::spawn(crate::source::kube::provision::keep_provisioned(
                     kube.client.clone(),

@@ -4,6 +4,7 @@
 //! - [`agent`]: node agents' `istio.workload.Address` and `istio.security.Authorization`.
 //! - [`waypoint`]: one `weft.waypoint.v1.WaypointConfig` per waypoint, and the mesh's pods as
 //!   request sources (`weft.waypoint.v1.SourceWorkload`), which every waypoint receives.
+//! - [`auto_allocate`]: addresses for ServiceEntry hosts that declare none.
 //! - [`resolve`]: how both read pods, services and waypoints (one place for labels, addresses,
 //!   hostnames, identities and waypoint assignment).
 //!
@@ -11,6 +12,7 @@
 //! what cannot be translated is skipped, translation never fails as a whole and never panics.
 
 pub mod agent;
+pub mod auto_allocate;
 pub mod credentials;
 pub mod gateway_api;
 pub mod provision;

@@ -13,6 +13,7 @@ use weft_proxy_core::drain::DrainSource;
 use weft_workers::Workers;
 
 use crate::{
+    dns_proxy::server::DnsSettings,
     ebpf::{Enroller, OriginalDst},
     metrics::Metrics,
     netns::PodNetns,
@@ -47,6 +48,7 @@ impl Agent {
             workers: None,
             capture: None,
             drain: DrainSource::never(),
+            dns: DnsSettings::default(),
         }
     }
 }
@@ -60,6 +62,7 @@ pub struct AgentBuilder {
     workers: Option<(Workers, ConnectionLimits)>,
     capture: Option<Arc<dyn Enroller>>,
     drain: DrainSource,
+    dns: DnsSettings,
 }
 
 impl AgentBuilder {
@@ -95,6 +98,13 @@ impl AgentBuilder {
         self
     }
 
+    /// The pods' DNS proxy: the cluster domain and the upstream resolver's configuration
+    /// (default `cluster.local` and `/etc/resolv.conf`).
+    pub fn dns(mut self, dns: DnsSettings) -> Self {
+        self.dns = dns;
+        self
+    }
+
     /// Builds the agent. Its open connections are decided again on every change of the store
     /// by a task on the runtime this is called from.
     pub fn start(self) -> std::io::Result<Agent> {
@@ -116,8 +126,9 @@ impl AgentBuilder {
             workers,
             limits,
         );
-        let pods =
-            PodManager::new(context, PodNetns::current()?, self.capture).with_drain(self.drain);
+        let pods = PodManager::new(context, PodNetns::current()?, self.capture)
+            .with_drain(self.drain)
+            .with_dns(self.dns);
         Ok(Agent {
             store: self.store,
             pods: Arc::new(pods),

@@ -15,6 +15,11 @@ pub const PIN_DIR: &str = "PIN_DIR";
 pub const CGROUP_ROOT: &str = "CGROUP_ROOT";
 pub const NODE_NETNS: &str = "NODE_NETNS";
 pub const ACCELERATION: &str = "ACCELERATION";
+/// The cluster's DNS domain, as ztunnel's `CLUSTER_DOMAIN`.
+pub const CLUSTER_DOMAIN: &str = "CLUSTER_DOMAIN";
+/// The resolver configuration whose nameservers receive the pods' queries for names outside
+/// the mesh.
+pub const DNS_RESOLV_CONF: &str = "DNS_RESOLV_CONF";
 
 /// Two workers: a connection and the HBONE connection it rides stay on one thread, and two
 /// serve a node's pods without taking every core from them.
@@ -23,6 +28,9 @@ const DEFAULT_ENROLLMENT_SOCKET: &str = "/var/run/weft/enroll.sock";
 const DEFAULT_PIN_BASE: &str = "/sys/fs/bpf/weft";
 /// The agent's own namespace: right when it runs in the node's (host network, the testbed).
 const DEFAULT_NODE_NETNS: &str = "/proc/self/ns/net";
+/// The agent's own resolver configuration, as ztunnel forwards with its own: in Kubernetes
+/// the cluster's DNS service (the chart's agent pod keeps the default `dnsPolicy: ClusterFirst`).
+const DEFAULT_DNS_RESOLV_CONF: &str = "/etc/resolv.conf";
 
 /// Everything the agent is told at start.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -46,6 +54,10 @@ pub struct Config {
     pub node_netns: PathBuf,
     /// Splice same-node loopback hops with sockops/sk_msg.
     pub acceleration: bool,
+    /// The cluster's DNS domain, for the DNS proxy's short names.
+    pub cluster_domain: String,
+    /// Where the DNS proxy finds its upstream nameservers.
+    pub dns_resolv_conf: PathBuf,
 }
 
 impl Config {
@@ -77,6 +89,12 @@ impl Config {
             // notice; a full-duplex application on blocking sockets could, so splicing is opted
             // into.
             acceleration: settings.switch(ACCELERATION, false)?,
+            cluster_domain: settings
+                .string(CLUSTER_DOMAIN)
+                .unwrap_or_else(|| crate::dns_proxy::DEFAULT_CLUSTER_DOMAIN.to_owned()),
+            dns_resolv_conf: settings
+                .path(DNS_RESOLV_CONF)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DNS_RESOLV_CONF)),
         })
     }
 
@@ -114,6 +132,8 @@ mod tests {
         assert_eq!(config.proxy.max_connections_per_source, 256);
         // Unset, the node is where the agent runs.
         assert_eq!(config.node_netns, PathBuf::from("/proc/self/ns/net"));
+        assert_eq!(config.cluster_domain, "cluster.local");
+        assert_eq!(config.dns_resolv_conf, PathBuf::from("/etc/resolv.conf"));
         let config = Config::from_strings(&strings(&[
             (NODE_NAME, "n"),
             (XDS_ADDRESS, "http://10.0.0.2:15010"),
@@ -127,8 +147,15 @@ mod tests {
             (MAX_CONNECTIONS, "5000"),
             (MAX_CONNECTIONS_PER_SOURCE, "64"),
             (NODE_NETNS, "/host/node-netns"),
+            (CLUSTER_DOMAIN, "corp.example"),
+            (DNS_RESOLV_CONF, "/run/dns/resolv.conf"),
         ]))
         .unwrap();
+        assert_eq!(config.cluster_domain, "corp.example");
+        assert_eq!(
+            config.dns_resolv_conf,
+            PathBuf::from("/run/dns/resolv.conf")
+        );
         assert_eq!(config.node_netns, PathBuf::from("/host/node-netns"));
         assert_eq!(config.proxy.worker_threads, 1);
         assert_eq!(config.proxy.max_connections, Some(5000));

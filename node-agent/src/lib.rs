@@ -1,6 +1,7 @@
 //! The node agent: one per node. It loads and owns the eBPF programs that steer enrolled pods'
-//! TCP connections into it, terminates those connections inside each pod's network namespace,
-//! applies L4 policy and carries the bytes over HBONE mutual TLS. It never parses application HTTP.
+//! TCP connections (and DNS queries) into it, terminates those connections inside each pod's
+//! network namespace, applies L4 policy and carries the bytes over HBONE mutual TLS; it answers
+//! DNS for the mesh's names. It never parses application HTTP.
 //! What it shares with the waypoint (certificates, admin server, configuration kit, Istio's
 //! metric labels) is `weft-proxy-core`'s, the HBONE transport `weft-hbone`'s.
 
@@ -8,6 +9,7 @@ pub mod admin;
 pub mod agent;
 pub mod config;
 pub mod dns;
+pub mod dns_proxy;
 pub mod ebpf;
 /// The enrollment API (its own crate, shared with the CNI side).
 pub use weft_enrollment as enrollment;

@@ -13,6 +13,7 @@ use node_agent::{
     admin,
     agent::Agent,
     config::{self, Config, Environment, Layered},
+    dns_proxy::server::DnsSettings,
     ebpf::{
         Enroller, OriginalDst, Redirection, RedirectionConfig, cgroup2_root, check_kernel_features,
         netns_cookie_of,
@@ -246,6 +247,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
     .workers(workers, limits)
     .capture(redirection.clone() as Arc<dyn Enroller>)
     .drain(trigger.source())
+    .dns(DnsSettings::new(
+        config.cluster_domain.clone(),
+        config.dns_resolv_conf.clone(),
+    ))
     .start()
     .context("opening the agent's network namespace")?;
 

@@ -12,6 +12,7 @@ use std::{
 use weft_proxy_core::drain::DrainSource;
 
 use crate::{
+    dns_proxy::server::DnsSettings,
     ebpf::{Enroller, PodEnrollment, RedirectionError},
     enrollment::{EnrolledPod, PodLifecycle},
     netns::PodNetns,
@@ -27,6 +28,8 @@ pub struct PodManager {
     /// Each pod's listeners drain with the agent: they stop accepting, their connections
     /// finish. The capture stays: a pod's new connections fail closed until an agent serves it.
     drain: DrainSource,
+    /// Each pod's DNS proxy: the cluster domain and the upstream resolver.
+    dns: Arc<DnsSettings>,
 }
 
 impl PodManager {
@@ -43,7 +46,14 @@ impl PodManager {
             capture,
             pods: Default::default(),
             drain: DrainSource::never(),
+            dns: Arc::default(),
         }
+    }
+
+    /// The pods' DNS proxy settings (default: `cluster.local`, `/etc/resolv.conf`).
+    pub fn with_dns(mut self, dns: DnsSettings) -> Self {
+        self.dns = Arc::new(dns);
+        self
     }
 
     /// Drains every pod's listeners with `drain` (the agent's, after SIGTERM).
@@ -86,6 +96,7 @@ impl PodManager {
             pod.uid.clone(),
             netns,
             self.drain.watch(),
+            self.dns.clone(),
         )
         .map_err(|e| format!("starting listeners in {}: {e}", pod.netns.display()))?;
         if let Some(capture) = &self.capture {

@@ -187,6 +187,9 @@ struct Indexes {
     workloads_by_ip: FastMap<IpAddr, Arc<Workload>>,
     services_by_key: FastMap<NamespacedHostname, Arc<Service>>,
     services_by_vip: FastMap<IpAddr, Arc<Service>>,
+    /// Services with VIPs by hostname (lower case), for the DNS proxy; one hostname can be
+    /// a service of several namespaces.
+    services_by_hostname: FastMap<String, Vec<Arc<Service>>>,
     /// Workload uids backing each service.
     endpoints: FastMap<NamespacedHostname, Vec<String>>,
     policies: FastMap<String, Arc<Authorization>>,
@@ -253,6 +256,16 @@ impl WorkloadStore {
 
     pub fn service(&self, key: &NamespacedHostname) -> Option<Arc<Service>> {
         self.read().services_by_key.get(key).cloned()
+    }
+
+    /// The services with VIPs named `hostname` (lower case, no trailing dot), of every
+    /// namespace, in no particular order.
+    pub fn services_by_hostname(&self, hostname: &str) -> Vec<Arc<Service>> {
+        self.read()
+            .services_by_hostname
+            .get(hostname)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// The workloads backing `service`, in a stable order.
@@ -353,6 +366,12 @@ impl WorkloadStore {
             for vip in &service.vips {
                 ix.services_by_vip.insert(*vip, service.clone());
             }
+            if !service.vips.is_empty() {
+                ix.services_by_hostname
+                    .entry(service.hostname.to_ascii_lowercase())
+                    .or_default()
+                    .push(service.clone());
+            }
             ix.services_by_key.insert(key, service);
         });
     }
@@ -439,6 +458,13 @@ fn remove_service(ix: &mut Indexes, key: &NamespacedHostname) {
     for vip in &old.vips {
         if ix.services_by_vip.get(vip).is_some_and(|s| s.key() == *key) {
             ix.services_by_vip.remove(vip);
+        }
+    }
+    let hostname = old.hostname.to_ascii_lowercase();
+    if let Some(named) = ix.services_by_hostname.get_mut(&hostname) {
+        named.retain(|s| s.key() != *key);
+        if named.is_empty() {
+            ix.services_by_hostname.remove(&hostname);
         }
     }
 }

@@ -10,6 +10,7 @@
 //! watched at the first of its versions the API server serves (Istio's and the Gateway API's
 //! CRDs serve several versions of one schema, so any one returns every object).
 
+pub mod entry_status;
 pub mod provision;
 pub mod route_status;
 pub mod secrets;

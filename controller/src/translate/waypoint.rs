@@ -36,7 +36,7 @@ use weft_proto::waypoint as wp;
 use super::resolve::{
     self, WaypointFor, WaypointRef, host_covers, service_ports, service_waypoint,
 };
-use super::{MeshSettings, TranslateError, TranslateProblem, gateway_api};
+use super::{MeshSettings, TranslateError, TranslateProblem, auto_allocate, gateway_api};
 use crate::index::ConfigIndex;
 use crate::model::networking::ServiceEntry;
 use crate::model::{DurationString, KubernetesGateway, ResourceKind};
@@ -173,6 +173,8 @@ struct Compiler<'a, 'p> {
     entries: Vec<(String, &'a ServiceEntry)>,
     /// The ServiceEntries whose hosts this waypoint serves (policies may target them).
     served_entries: Vec<&'a ServiceEntry>,
+    /// The addresses of ServiceEntry hosts that declare none.
+    allocation: auto_allocate::Allocation,
 }
 
 /// Protocol from `appProtocol`, else from the port name (`http-web`), as Istio reads them.
@@ -272,7 +274,11 @@ impl<'a, 'p> Compiler<'a, 'p> {
             mesh_routes: gateway_api::mesh_routes(index).into(),
             entries: Vec::new(),
             served_entries: Vec::new(),
+            allocation: auto_allocate::Allocation::default(),
         };
+        if index.service_entries.values().any(auto_allocate::eligible) {
+            compiler.allocation = auto_allocate::allocate(index);
+        }
         compiler.entries = compiler.visible_entries();
         compiler
     }

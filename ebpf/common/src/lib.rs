@@ -36,8 +36,12 @@ pub mod maps {
     /// recorded when a socket of [`NODE_NETNS`] connects, removed when it closes. Inbound
     /// steering lets these through to the application (Istio exempts the node's own traffic).
     pub const NODE_CONNECTIONS: &str = "NODE_CONNECTIONS";
+    /// Where captured DNS datagrams were going, by socket cookie ([`crate::SocketAddress`]):
+    /// `recvmsg4` gives the answers that address as their source, so the application's resolver
+    /// accepts them as its nameserver's.
+    pub const DNS_ORIGINAL_DST: &str = "DNS_ORIGINAL_DST";
     /// The maps the agent pins, so that they outlive an agent restart.
-    pub const PINNED: [&str; 10] = [
+    pub const PINNED: [&str; 11] = [
         POD_CONFIG,
         POD_BY_ADDRESS,
         PENDING_ORIGINAL_DST,
@@ -48,6 +52,7 @@ pub mod maps {
         SPLICE_BUDGET,
         NODE_NETNS,
         NODE_CONNECTIONS,
+        DNS_ORIGINAL_DST,
     ];
 }
 
@@ -65,6 +70,11 @@ pub mod programs {
     pub const STEER_INBOUND: &str = "steer_inbound";
     /// `sk_msg`: splices payload between same-netns socket pairs.
     pub const SPLICE_LOCAL: &str = "splice_local";
+    /// `cgroup/sendmsg4`: sends an enrolled pod's unconnected UDP datagrams to port 53 to the
+    /// agent's DNS proxy (`connect4` does it for connected UDP sockets and TCP).
+    pub const CAPTURE_DNS_SENDMSG4: &str = "capture_dns_sendmsg4";
+    /// `cgroup/recvmsg4`: gives the DNS proxy's answers the nameserver's address as source.
+    pub const RESTORE_DNS_RECVMSG4: &str = "restore_dns_recvmsg4";
 }
 
 /// Slots of [`maps::SMOKE_COUNTER`].
@@ -95,8 +105,10 @@ pub mod stats {
     /// Connections of the node itself (its sockets, the kubelet's probes) let through to an
     /// enrolled pod's application unsteered.
     pub const NODE_CONNECTIONS_PASSED: u32 = 6;
+    /// DNS connects and datagrams sent to the agent's DNS proxy.
+    pub const DNS_CAPTURED: u32 = 7;
     /// Number of slots.
-    pub const SLOTS: u32 = 7;
+    pub const SLOTS: u32 = 8;
 }
 
 /// Istio's port numbers, which the programs treat specially.
@@ -107,6 +119,10 @@ pub mod ports {
     pub const INBOUND: u16 = 15006;
     /// HBONE.
     pub const HBONE: u16 = 15008;
+    /// The agent's in-pod DNS proxy (UDP and TCP, on loopback), as ztunnel's.
+    pub const DNS: u16 = 15053;
+    /// DNS: connects and datagrams of a pod to this port are sent to [`DNS`].
+    pub const DNS_CAPTURED: u16 = 53;
     /// The agent's in-pod listeners: never a destination of forwarded traffic (ztunnel's
     /// `illegal_ports`). Its admin, metrics and readiness ports live in the node's namespace, so
     /// inside a pod 15000, 15020 and 15021 are the application's.

@@ -4,6 +4,7 @@
 #![no_std]
 #![no_main]
 
+mod dns;
 mod inbound;
 mod outbound;
 mod smoke;

@@ -25,9 +25,9 @@ use crate::state::{
 };
 
 /// `1` lets the `connect()` proceed (with whatever address the program left in the context).
-const ALLOW: i32 = 1;
+pub const ALLOW: i32 = 1;
 /// `127.0.0.1`, network byte order.
-const IPV4_LOCALHOST: u32 = u32::from_ne_bytes([127, 0, 0, 1]);
+pub const IPV4_LOCALHOST: u32 = u32::from_ne_bytes([127, 0, 0, 1]);
 /// `::1`, network byte order.
 const IPV6_LOCALHOST: Address = [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])];
 
@@ -38,6 +38,9 @@ pub fn redirect_connect4(ctx: SockAddrContext) -> i32 {
     // `user_ip4` is readable from `connect4`.
     let (protocol, ip4, raw_port) =
         unsafe { ((*addr).protocol, (*addr).user_ip4, (*addr).user_port) };
+    if crate::dns::try_capture(&ctx, protocol, ip4, raw_port) {
+        return ALLOW;
+    }
     if protocol == IPPROTO_TCP {
         try_redirect(&ctx, AF_INET, ipv4_mapped(ip4), raw_port);
     }

@@ -9,6 +9,7 @@ use weft_ebpf_common::{
 };
 
 pub const IPPROTO_TCP: u32 = 6;
+pub const IPPROTO_UDP: u32 = 17;
 pub const AF_INET: u32 = 2;
 pub const AF_INET6: u32 = 10;
 
@@ -43,6 +44,12 @@ pub static NODE_NETNS: Array<u64> = Array::with_max_entries(1, 0);
 #[map(name = "NODE_CONNECTIONS")]
 pub static NODE_CONNECTIONS: LruHashMap<NodeConnectionKey, u8> =
     LruHashMap::with_max_entries(MAX_CONNECTIONS, 0);
+
+/// A quarter of the connection maps' size: only sockets that send DNS hold an entry, and
+/// one evicted early only loses the source rewrite of its answers (the resolver retries).
+#[map(name = "DNS_ORIGINAL_DST")]
+pub static DNS_ORIGINAL_DST: LruHashMap<u64, SocketAddress> =
+    LruHashMap::with_max_entries(MAX_CONNECTIONS / 4, 0);
 
 #[map(name = "REDIRECT_STATS")]
 pub static REDIRECT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stats::SLOTS, 0);

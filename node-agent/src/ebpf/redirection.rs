@@ -1,6 +1,6 @@
 //! The redirection loader: loads the programs, pins maps and links, enrolls pods.
 //!
-//! `connect4`, `connect6` and `sockops` are attached once, at the cgroup v2 root, and act only on
+//! `connect4`, `connect6`, `sockops`, `sendmsg4` and `recvmsg4` are attached once, at the cgroup v2 root, and act only on
 //! sockets whose network namespace is in `POD_CONFIG` (by netns cookie): enrolling a pod is a
 //! map insert plus an `sk_lookup` link on its netns, un-enrolling the reverse. Nothing depends on
 //! a pod's cgroup, which a CNI plugin never learns (it differs by cgroup driver and QoS class).
@@ -12,6 +12,7 @@
 //! ```text
 //! maps/<MAP_NAME>              every map in weft_ebpf_common::maps::PINNED
 //! connect4|connect6|sockops    links at the cgroup v2 root
+//! sendmsg4|recvmsg4            links at the cgroup v2 root (DNS capture)
 //! pods/<uid>/sk_lookup         the pod's inbound steering link
 //! ```
 //!
@@ -52,10 +53,12 @@ use super::{
 pub const DEFAULT_PIN_BASE: &str = "/sys/fs/bpf/weft";
 
 /// The links at the cgroup root: pin name, program.
-const ROOT_LINKS: [(&str, &str); 3] = [
+const ROOT_LINKS: [(&str, &str); 5] = [
     ("connect4", programs::REDIRECT_CONNECT4),
     ("connect6", programs::REDIRECT_CONNECT6),
     ("sockops", programs::TRACK_SOCKETS),
+    ("sendmsg4", programs::CAPTURE_DNS_SENDMSG4),
+    ("recvmsg4", programs::RESTORE_DNS_RECVMSG4),
 ];
 /// A pod's link, under `pods/<uid>/`.
 const POD_LINK: &str = "sk_lookup";
@@ -100,6 +103,8 @@ pub struct RedirectionStats {
     pub splice_budget_spent: u64,
     /// Connections of the node's own sockets let through to a pod's application unsteered.
     pub node_connections_passed: u64,
+    /// DNS connects and datagrams sent to the agent's DNS proxy.
+    pub dns_captured: u64,
 }
 
 /// Per-connection records currently held.
@@ -151,7 +156,12 @@ impl Redirection {
             loader.map_pin_path(name, maps_dir.join(name));
         }
         let mut ebpf = loader.load(OBJECT).map_err(EbpfError::Load)?;
-        for name in [programs::REDIRECT_CONNECT4, programs::REDIRECT_CONNECT6] {
+        for name in [
+            programs::REDIRECT_CONNECT4,
+            programs::REDIRECT_CONNECT6,
+            programs::CAPTURE_DNS_SENDMSG4,
+            programs::RESTORE_DNS_RECVMSG4,
+        ] {
             program::<CgroupSockAddr>(&mut ebpf, name)?
                 .load()
                 .map_err(|e| EbpfError::Program(name, e))?;
@@ -235,6 +245,7 @@ impl Redirection {
             inbound_without_listener: get(stats::INBOUND_WITHOUT_LISTENER)?,
             splice_budget_spent: get(stats::SPLICE_BUDGET_SPENT)?,
             node_connections_passed: get(stats::NODE_CONNECTIONS_PASSED)?,
+            dns_captured: get(stats::DNS_CAPTURED)?,
         })
     }
 

@@ -1,11 +1,11 @@
 //! Each served pod's listeners inside its network namespace (15001 outbound on loopback, 15006
 //! inbound plaintext, 15008 HBONE; one set per worker), admitting connections and handing them
-//! to the handlers.
+//! to the handlers; and its DNS proxy (15053 on loopback, on one worker).
 
 use std::{
     io,
     net::{Ipv4Addr, SocketAddr},
-    sync::{Arc, Weak},
+    sync::{Arc, Weak, atomic::Ordering},
 };
 
 use tokio::{net::TcpListener, task::JoinHandle};
@@ -24,7 +24,14 @@ use super::{
     inbound, outbound,
     served::{ServedPod, ServedPods},
 };
-use crate::{ebpf::netns_cookie, netns::PodNetns};
+use crate::{
+    dns_proxy::{
+        self,
+        server::{DnsSettings, PodDns},
+    },
+    ebpf::netns_cookie,
+    netns::PodNetns,
+};
 
 /// One served pod's listeners. Dropping it (the pod left the mesh) closes them, forgets the pod
 /// and closes every connection the pod has, in and out, as ztunnel closes a removed pod's.
@@ -37,6 +44,8 @@ pub struct PodProxy {
     /// Held by its accept loop alone, so that the socket closes when the loop ends.
     inbound_plaintext: Weak<TcpListener>,
     tasks: Vec<JoinHandle<()>>,
+    /// The pod's DNS proxy (127.0.0.1:15053), stopped with the rest.
+    _dns: PodDns,
 }
 
 impl PodProxy {
@@ -51,6 +60,7 @@ impl PodProxy {
         uid: String,
         netns: PodNetns,
         drain: DrainWatch,
+        dns: Arc<DnsSettings>,
     ) -> io::Result<Self> {
         let workers = context.workers.handles();
         if let Err(error) = netns.migrate_queued_connections() {
@@ -165,12 +175,17 @@ impl PodProxy {
         }
         let inbound_plaintext = inbound_plaintext
             .ok_or_else(|| io::Error::other("the proxy has no worker to serve the pod on"))?;
+        // DNS is light: one worker serves a pod's, the pods spread over the workers.
+        let dns_worker =
+            &workers[context.round_robin.fetch_add(1, Ordering::Relaxed) % workers.len()];
+        let dns = dns_proxy::server::start(context.store.clone(), dns, &pod, dns_worker)?;
         Ok(Self {
             uid,
             pods: context.pods.clone(),
             connections: context.connections.clone(),
             inbound_plaintext,
             tasks,
+            _dns: dns,
         })
     }
 

@@ -25,6 +25,7 @@ pub mod containerd;
 pub mod cri;
 pub mod curl;
 pub mod demo;
+pub mod dns;
 pub mod gateway;
 pub mod h2flood;
 pub mod kube_cluster;

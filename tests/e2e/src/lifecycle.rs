@@ -317,6 +317,10 @@ impl Mesh {
             .env("METRICS_ADDRESS", format!("0.0.0.0:{}", ports.metrics))
             .env("READINESS_ADDRESS", format!("0.0.0.0:{}", ports.readiness))
             .env("RUST_LOG", "info")
+            // The pods' DNS queries for names outside the mesh go to the nameservers of this
+            // file, which only a test writes (naming a resolver it started): none leaves the
+            // machine.
+            .env("DNS_RESOLV_CONF", self.dir.join("resolv.conf"))
             .envs(self.agent_env.iter().map(|(k, v)| (k, v)));
         let log = self.dir.join(format!("agent-{node_name}{log_suffix}.log"));
         Process::spawn(&format!("agent {node_name}"), command, log)

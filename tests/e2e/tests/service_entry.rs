@@ -409,3 +409,108 @@ fn the_waypoint_originates_tls_to_an_external_host_and_resolves_endpoints_by_nam
         let _ = server.wait();
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Istio's egress through a waypoint with a ServiceEntry that declares no address: the
+// controller allocates one, the agent's DNS proxy answers the pod's own resolver with it.
+
+/// What the pod's resolver names: a cluster DNS address where nothing answers, so only the
+/// agent (capturing port 53) can answer it.
+const CLUSTER_DNS: &str = "10.96.0.10";
+
+#[test]
+fn a_host_without_addresses_is_resolved_by_the_agent_and_reached_through_its_waypoint() {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    let mesh = mesh_with_waypoint();
+    let external = mesh.pod("payments").ip;
+    // The agents' upstream resolver: the test's own, outside the mesh, knowing one name.
+    let partner = Ipv4Addr::new(192, 0, 2, 77);
+    let upstream =
+        weft_e2e::dns::UpstreamResolver::start(&mesh, "payments", "partner.example.org", partner);
+    std::fs::write(
+        mesh.dir().join("resolv.conf"),
+        format!("nameserver {external}\n"),
+    )
+    .unwrap();
+    let resolv = mesh.pod_resolv_conf("shop", CLUSTER_DNS.parse().unwrap());
+
+    let entry = egress_entry(
+        "egress",
+        EGRESS_HOST,
+        "unused",
+        "STATIC",
+        &external.to_string(),
+        8080,
+    )
+    .replace("  addresses: [unused]\n", "");
+    assert!(!entry.contains("addresses"), "{entry}");
+    mesh.kubectl_apply(&entry).unwrap();
+    mesh.kubectl_apply(EGRESS_ROUTES).unwrap();
+    let allocated = |state: &serde_json::Value| -> Option<IpAddr> {
+        state["services"]
+            .as_array()?
+            .iter()
+            .find(|s| s["hostname"] == EGRESS_HOST)?["vips"]
+            .as_array()?
+            .iter()
+            .find_map(|v| v.as_str()?.parse::<Ipv4Addr>().ok().map(IpAddr::V4))
+    };
+    mesh.await_agents("the ServiceEntry's allocated address", |state| {
+        allocated(state).is_some()
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let vip = allocated(&mesh.config_dump("node1")["state"]).unwrap();
+    let IpAddr::V4(v4) = vip else { unreachable!() };
+    assert_eq!(v4.octets()[..2], [240, 240], "{vip}");
+
+    // The pod's own resolver (glibc, through its search domains) gets the allocated address
+    // from the agent; a Kubernetes Service by its short name too.
+    assert_eq!(
+        mesh.resolve("client", &resolv, EGRESS_HOST),
+        vec![vip],
+        "{}",
+        mesh.logs()
+    );
+    assert_eq!(
+        mesh.resolve("client", &resolv, "waypoint"),
+        vec!["10.96.0.2".parse::<IpAddr>().unwrap()]
+    );
+    // Other names go to the upstream resolver, through the agent: the pod's nameserver
+    // answers nothing.
+    assert_eq!(upstream.queries(), 0);
+    assert_eq!(
+        mesh.resolve("client", &resolv, "partner.example.org"),
+        vec![IpAddr::V4(partner)]
+    );
+    assert!(upstream.queries() >= 1);
+    assert!(
+        mesh.resolve("client", &resolv, "nowhere.example.org")
+            .is_empty()
+    );
+
+    // By name, through the waypoint: its route (a header, a fault) and then its policy.
+    let url = |path: &str| format!("http://{EGRESS_HOST}{path}");
+    let get = |path: &str| mesh.curl_resolving("client", &resolv, &[&url(path)]);
+    let routed = mesh.eventually(Duration::from_secs(20), || {
+        let answer = get("/allowed/one");
+        answer.status == 200 && answer.body.contains("\"x-egress\":\"through-waypoint\"")
+    });
+    let answer = get("/allowed/one");
+    assert!(routed, "{} {}\n{}", answer.status, answer.body, mesh.logs());
+    assert!(
+        answer.body.contains("\"pod\":\"payments\""),
+        "{}",
+        answer.body
+    );
+    assert_eq!(get("/teapot").status, 418);
+    mesh.kubectl_apply(EGRESS_POLICY).unwrap();
+    let enforced = mesh.eventually(Duration::from_secs(20), || get("/denied").status == 403);
+    assert!(enforced, "the policy was never enforced\n{}", mesh.logs());
+    assert_eq!(get("/allowed/two").status, 200);
+    assert_eq!(
+        mesh.curl_resolving("client", &resolv, &["-X", "POST", &url("/allowed/two")])
+            .status,
+        403
+    );
+}

@@ -1,6 +1,6 @@
 //! ServiceEntries as node agents receive them, the way istiod's ambient index hands them to
 //! ztunnel: one `istio.workload.Service` per host (named by the ServiceEntry, keyed
-//! `namespace/host`), one `Workload` per endpoint (`resolution: STATIC` or `DNS`, an implicit
+//! `namespace/host`, its VIPs `spec.addresses` or else the addresses allocated to it), one `Workload` per endpoint (`resolution: STATIC` or `DNS`, an implicit
 //! endpoint per host for `DNS` without endpoints), and, with a `workloadSelector`, the host's
 //! ports added to the selected pods' `services` (they are then its endpoints, over HBONE when
 //! they are in the mesh). `exportTo` is not applied here, as istiod does not apply it to
@@ -12,8 +12,11 @@ use k8s_openapi::api::core::v1::Pod;
 use weft_istio::labels::CANONICAL_NAME_LABELS;
 use weft_proto::istio::workload;
 
-use super::super::resolve::{
-    ip_bytes, labels, name_of, namespace_of, selects, service_entry_waypoint, waypoint_address,
+use super::super::{
+    auto_allocate,
+    resolve::{
+        ip_bytes, labels, name_of, namespace_of, selects, service_entry_waypoint, waypoint_address,
+    },
 };
 use super::MeshSettings;
 use crate::{
@@ -43,6 +46,7 @@ pub(super) fn service_entry_addresses(
     policies_for: impl Fn(&str, &BTreeMap<String, String>) -> Vec<String>,
 ) -> ServiceEntryAddresses {
     let mut out = ServiceEntryAddresses::default();
+    let allocation = auto_allocate::allocate(index);
     for entry in index.service_entries.values() {
         let namespace = namespace_of(&entry.metadata);
         let keys: Vec<String> = entry
@@ -52,8 +56,10 @@ pub(super) fn service_entry_addresses(
             .map(|host| format!("{namespace}/{host}"))
             .collect();
         for (key, host) in keys.iter().zip(&entry.spec.hosts) {
-            out.services
-                .push((key.clone(), service(index, settings, entry, host)));
+            out.services.push((
+                key.clone(),
+                service(index, settings, &allocation, entry, host),
+            ));
         }
         if let Some(selector) = &entry.spec.workload_selector {
             for (pod_key, pod) in &index.pods {
@@ -127,6 +133,7 @@ fn pod_port(port: &ServicePort) -> workload::Port {
 fn service(
     index: &ConfigIndex,
     settings: &MeshSettings,
+    allocation: &auto_allocate::Allocation,
     entry: &ServiceEntry,
     host: &str,
 ) -> workload::Service {
@@ -144,10 +151,8 @@ fn service(
         name: name_of(&entry.metadata).to_owned(),
         namespace: namespace_of(&entry.metadata).to_owned(),
         hostname: host.to_owned(),
-        addresses: spec
-            .addresses
-            .iter()
-            .filter_map(|a| vip(a))
+        addresses: auto_allocate::entry_vips(entry, host, allocation)
+            .into_iter()
             .map(|ip| workload::NetworkAddress {
                 network: String::new(),
                 address: ip_bytes(ip),
@@ -160,12 +165,6 @@ fn service(
         load_balancing,
         ..Default::default()
     }
-}
-
-/// An address of `spec.addresses`: an IP, or a CIDR's address as istiod takes it
-/// (`toNetworkAddressFromCidr`); the agent matches connections to exactly that address.
-fn vip(address: &str) -> Option<IpAddr> {
-    address.split('/').next()?.parse().ok()
 }
 
 fn endpoint_workload(

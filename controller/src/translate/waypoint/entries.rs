@@ -15,9 +15,9 @@ use crate::model::networking::{
     ClientTlsMode, ClientTlsSettings, DestinationRule, ServiceEntry, ServiceEntryResolution,
     ServicePort as EntryPort, WorkloadEntrySpec,
 };
-use crate::translate::TranslateProblem;
 use crate::translate::agent::endpoint_uid;
 use crate::translate::resolve::{self, labels, name_of, namespace_of};
+use crate::translate::{TranslateProblem, auto_allocate};
 
 /// Protocol of a ServiceEntry port, Istio's names (`HTTP`, `HTTP2`, `GRPC`, `TCP`, `TLS`, ...).
 pub(super) fn entry_protocol(port: &EntryPort) -> wp::Protocol {
@@ -115,13 +115,10 @@ impl<'a> Compiler<'a, '_> {
             hostname: host.to_owned(),
             name: name_of(&entry.metadata).to_owned(),
             namespace: namespace_of(&entry.metadata).to_owned(),
-            // A CIDR contributes its address, as for the agents.
-            vips: entry
-                .spec
-                .addresses
+            // As for the agents: declared (a CIDR contributes its address) or allocated.
+            vips: auto_allocate::entry_vips(entry, host, &self.allocation)
                 .iter()
-                .filter_map(|a| a.split('/').next()?.parse::<IpAddr>().ok())
-                .map(|ip| ip.to_string())
+                .map(IpAddr::to_string)
                 .collect(),
             ports,
             http_routes: Vec::new(),

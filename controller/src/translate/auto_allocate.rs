@@ -1,0 +1,232 @@
+//! Addresses for ServiceEntry hosts that declare none, as Istio's IP auto-allocation
+//! controller gives them (`pilot/pkg/controllers/ipallocate`, on by default since 1.25): one
+//! IPv4 address of `240.240.0.0/16` (class E, never routed) and one IPv6 address of
+//! `2001:2::/48` (RFC 5180's benchmarking range) per host, which the agents answer DNS queries
+//! with and carry like any VIP. Eligible, as Istio's `ShouldV2AutoAllocateIP`: no
+//! `spec.addresses`, `resolution` other than `NONE`, no
+//! `networking.istio.io/enable-autoallocate-ip: "false"` label, and a host without a
+//! wildcard (a wildcard cannot be one DNS answer).
+//!
+//! Istio allocates the next free address and keeps it in the entry's `status.addresses`. Here
+//! an allocation is a pure function of the configuration, so that every controller, and the
+//! same controller after a restart, computes the same addresses without any state: each host
+//! starts at a slot chosen by a hash of `namespace/name/host` and takes the first free one
+//! from there; entries are placed oldest first (creation time, then namespace, name and host
+//! order), so a new entry never moves an older one. Addresses an entry already carries in
+//! `status.addresses` (Istio's, or written back by a controller in Kubernetes mode) are kept
+//! first when they are in range and free, so an address once given stays while its entry
+//! lives, whatever else changes.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use super::resolve::{labels, name_of, namespace_of};
+use crate::{
+    index::ConfigIndex,
+    model::networking::{ServiceEntry, ServiceEntryResolution},
+};
+
+/// Istio's label to opt an entry out (`label.NetworkingEnableAutoallocateIp`).
+pub const ENABLE_LABEL: &str = "networking.istio.io/enable-autoallocate-ip";
+/// The IPv4 range (Istio's default `PILOT_IP_AUTOALLOCATE_IPV4_PREFIX`), a /16.
+pub const IPV4_BASE: Ipv4Addr = Ipv4Addr::new(240, 240, 0, 0);
+/// The IPv6 range (Istio's default `PILOT_IP_AUTOALLOCATE_IPV6_PREFIX`), a /48.
+pub const IPV6_BASE: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 0);
+/// Slots 1..=65534 of the /16: neither its first nor its last address.
+const SLOTS: u32 = 65534;
+
+/// The addresses allocated to each eligible host, by (namespace, name, host).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Allocation(BTreeMap<(String, String, String), [IpAddr; 2]>);
+
+impl Allocation {
+    /// The addresses of `host` of `entry` (IPv4 first), empty when it has none allocated.
+    pub fn of(&self, entry: &ServiceEntry, host: &str) -> &[IpAddr] {
+        let key = (
+            namespace_of(&entry.metadata).to_owned(),
+            name_of(&entry.metadata).to_owned(),
+            host.to_owned(),
+        );
+        self.0.get(&key).map_or(&[], |a| a.as_slice())
+    }
+
+    /// Every allocation, for `status.addresses`: (namespace, name) -> [(host, address)].
+    pub fn by_entry(&self) -> BTreeMap<(String, String), Vec<(String, IpAddr)>> {
+        let mut out: BTreeMap<(String, String), Vec<(String, IpAddr)>> = BTreeMap::new();
+        for ((namespace, name, host), addresses) in &self.0 {
+            let hosts = out.entry((namespace.clone(), name.clone())).or_default();
+            hosts.extend(addresses.iter().map(|a| (host.clone(), *a)));
+        }
+        out
+    }
+}
+
+/// The VIPs of `host` of `entry`: its `spec.addresses` (a CIDR contributes its address, as
+/// istiod's `toNetworkAddressFromCidr` does), else the addresses allocated to it.
+pub fn entry_vips(entry: &ServiceEntry, host: &str, allocation: &Allocation) -> Vec<IpAddr> {
+    if !entry.spec.addresses.is_empty() {
+        return entry
+            .spec
+            .addresses
+            .iter()
+            .filter_map(|a| a.split('/').next()?.parse().ok())
+            .collect();
+    }
+    allocation.of(entry, host).to_vec()
+}
+
+/// Whether `entry` gets addresses allocated (Istio's `ShouldV2AutoAllocateIP`).
+pub fn eligible(entry: &ServiceEntry) -> bool {
+    let opted_out = labels(&entry.metadata)
+        .get(ENABLE_LABEL)
+        .is_some_and(|v| v.eq_ignore_ascii_case("false"));
+    entry.spec.addresses.is_empty()
+        && entry
+            .spec
+            .resolution
+            .unwrap_or(ServiceEntryResolution::None)
+            != ServiceEntryResolution::None
+        && !opted_out
+}
+
+/// Allocates addresses to every eligible host of the index's ServiceEntries.
+pub fn allocate(index: &ConfigIndex) -> Allocation {
+    struct Host<'a> {
+        created: Option<&'a Time>,
+        key: (String, String, String),
+        position: usize,
+        kept: Option<u32>,
+    }
+    let mut hosts: Vec<Host> = Vec::new();
+    for entry in index.service_entries.values().filter(|e| eligible(e)) {
+        let status = status_addresses(entry);
+        for (position, host) in entry.spec.hosts.iter().enumerate() {
+            if host.contains('*') {
+                continue;
+            }
+            let kept = status
+                .iter()
+                .find(|(h, _)| h == host)
+                .and_then(|(_, ip)| slot_of(*ip));
+            hosts.push(Host {
+                created: entry.metadata.creation_timestamp.as_ref(),
+                key: (
+                    namespace_of(&entry.metadata).to_owned(),
+                    name_of(&entry.metadata).to_owned(),
+                    host.clone(),
+                ),
+                position,
+                kept,
+            });
+        }
+    }
+    // Oldest first; entries without a creation time (files) after those with one.
+    hosts.sort_by(|a, b| {
+        (
+            a.created.is_none(),
+            a.created,
+            &a.key.0,
+            &a.key.1,
+            a.position,
+        )
+            .cmp(&(
+                b.created.is_none(),
+                b.created,
+                &b.key.0,
+                &b.key.1,
+                b.position,
+            ))
+    });
+    let mut used: HashSet<u32> = HashSet::new();
+    let mut slots: Vec<Option<u32>> = hosts
+        .iter()
+        .map(|h| h.kept.filter(|slot| used.insert(*slot)))
+        .collect();
+    for (host, slot) in hosts.iter().zip(slots.iter_mut()) {
+        if slot.is_some() {
+            continue;
+        }
+        let start = fnv1a(&format!("{}/{}/{}", host.key.0, host.key.1, host.key.2)) % SLOTS;
+        *slot = (0..SLOTS)
+            .map(|step| (start + step) % SLOTS + 1)
+            .find(|candidate| used.insert(*candidate));
+        if slot.is_none() {
+            tracing::warn!(
+                namespace = %host.key.0,
+                name = %host.key.1,
+                host = %host.key.2,
+                "no address left to allocate to the ServiceEntry host"
+            );
+        }
+    }
+    Allocation(
+        hosts
+            .into_iter()
+            .zip(slots)
+            .filter_map(|(host, slot)| Some((host.key, addresses(slot?))))
+            .collect(),
+    )
+}
+
+/// The IPv4 and IPv6 addresses of a slot.
+fn addresses(slot: u32) -> [IpAddr; 2] {
+    let v4 = u32::from(IPV4_BASE) | slot;
+    let v6 = u128::from(IPV6_BASE) | u128::from(slot);
+    [
+        IpAddr::V4(Ipv4Addr::from(v4)),
+        IpAddr::V6(Ipv6Addr::from(v6)),
+    ]
+}
+
+/// The slot of an address of either range, if it is one.
+fn slot_of(address: IpAddr) -> Option<u32> {
+    let slot = match address {
+        IpAddr::V4(v4) => {
+            let bits = u32::from(v4);
+            (bits & 0xffff_0000 == u32::from(IPV4_BASE)).then_some(bits & 0xffff)?
+        }
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6);
+            let in_range = bits >> 80 == u128::from(IPV6_BASE) >> 80
+                && bits >> 16 & 0xffff_ffff_ffff_ffff == 0;
+            u32::try_from(bits & 0xffff).ok().filter(|_| in_range)?
+        }
+    };
+    (1..=SLOTS).contains(&slot).then_some(slot)
+}
+
+/// `status.addresses` as Istio writes it: `[{host, value}]`.
+fn status_addresses(entry: &ServiceEntry) -> Vec<(String, IpAddr)> {
+    let Some(status) = &entry.status else {
+        return Vec::new();
+    };
+    status.0["addresses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| {
+            Some((
+                a["host"].as_str()?.to_owned(),
+                a["value"].as_str()?.parse().ok()?,
+            ))
+        })
+        .collect()
+}
+
+/// FNV-1a, 64 bits: a hash that never changes between builds or platforms (the standard
+/// library's may), folded to 32 bits.
+fn fnv1a(text: &str) -> u32 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in text.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    (hash ^ (hash >> 32)) as u32
+}
+
+#[cfg(test)]
+mod tests;

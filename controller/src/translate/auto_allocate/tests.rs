@@ -1,0 +1,169 @@
+//! Auto-allocated ServiceEntry addresses: who gets them (Istio's rules), that they stay put
+//! (restarts, unrelated edits, addresses in `status`), and that no two hosts share one.
+
+use std::net::IpAddr;
+
+use super::*;
+use crate::translate::waypoint::tests::validated;
+
+/// An entry in `shop` with `hosts`, without addresses unless `extra` adds them.
+fn entry(name: &str, hosts: &[&str], extra: &str) -> String {
+    format!(
+        "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n  hosts: [{}]\n  location: MESH_EXTERNAL\n  resolution: DNS\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n{extra}",
+        hosts.join(", ")
+    )
+}
+
+fn allocated(text: &str) -> (ConfigIndex, Allocation) {
+    let index = validated(text);
+    let allocation = allocate(&index);
+    (index, allocation)
+}
+
+fn addresses_of(
+    index: &ConfigIndex,
+    allocation: &Allocation,
+    name: &str,
+    host: &str,
+) -> Vec<IpAddr> {
+    let entry = index
+        .service_entries
+        .values()
+        .find(|e| e.metadata.name.as_deref() == Some(name))
+        .expect("the entry");
+    entry_vips(entry, host, allocation)
+}
+
+#[test]
+fn a_host_without_addresses_gets_one_of_each_family_in_istios_ranges() {
+    let (index, allocation) = allocated(&entry("api", &["api.example.com"], ""));
+    let vips = addresses_of(&index, &allocation, "api", "api.example.com");
+    assert_eq!(vips.len(), 2, "{vips:?}");
+    let IpAddr::V4(v4) = vips[0] else {
+        panic!("IPv4 first: {vips:?}")
+    };
+    assert_eq!(v4.octets()[..2], [240, 240], "{v4}");
+    let IpAddr::V6(v6) = vips[1] else {
+        panic!("then IPv6: {vips:?}")
+    };
+    assert_eq!(v6.segments()[..3], [0x2001, 2, 0], "{v6}");
+    // The two addresses are one slot: the same low bits.
+    assert_eq!(u32::from(v4) & 0xffff, u32::from(v6.segments()[7]));
+}
+
+#[test]
+fn declared_addresses_win_and_istios_exclusions_get_none() {
+    let text = [
+        entry(
+            "declared",
+            &["declared.example.com"],
+            "  addresses: [10.9.8.7]\n",
+        ),
+        entry("none", &["none.example.com"], "").replace("resolution: DNS", "resolution: NONE"),
+        entry("opted-out", &["out.example.com"], "").replace(
+            "namespace: shop}",
+            "namespace: shop, labels: {networking.istio.io/enable-autoallocate-ip: \"False\"}}",
+        ),
+        entry(
+            "wild",
+            &["\"*.wild.example.com\"", "tame.example.com"],
+            "  endpoints: [{address: 10.1.1.1}]\n",
+        )
+        .replace("resolution: DNS", "resolution: STATIC"),
+    ]
+    .concat();
+    let (index, allocation) = allocated(&text);
+    assert_eq!(
+        addresses_of(&index, &allocation, "declared", "declared.example.com"),
+        vec!["10.9.8.7".parse::<IpAddr>().unwrap()]
+    );
+    assert!(addresses_of(&index, &allocation, "none", "none.example.com").is_empty());
+    assert!(addresses_of(&index, &allocation, "opted-out", "out.example.com").is_empty());
+    assert!(addresses_of(&index, &allocation, "wild", "*.wild.example.com").is_empty());
+    assert_eq!(
+        addresses_of(&index, &allocation, "wild", "tame.example.com").len(),
+        2
+    );
+    assert_eq!(allocation.0.len(), 1, "{allocation:?}");
+}
+
+#[test]
+fn addresses_are_stable_across_restarts_and_unrelated_edits() {
+    let first = entry("api", &["api.example.com", "www.example.com"], "");
+    let (index, before) = allocated(&first);
+    // A restart computes the same from the same configuration.
+    assert_eq!(allocate(&validated(&first)), before);
+    // Others come and go, and the entry gets another port: its hosts keep their addresses.
+    let others: String = (0..50)
+        .map(|i| entry(&format!("other-{i}"), &[&format!("h{i}.example.net")], ""))
+        .collect();
+    let edited = first.replace(
+        "ports: [",
+        "ports: [{number: 8080, name: http-alt, protocol: HTTP}, ",
+    );
+    let (index_after, after) = allocated(&format!("{others}{edited}"));
+    for host in ["api.example.com", "www.example.com"] {
+        assert_eq!(
+            addresses_of(&index, &before, "api", host),
+            addresses_of(&index_after, &after, "api", host),
+            "{host}"
+        );
+    }
+}
+
+#[test]
+fn hosts_never_share_an_address_and_the_older_entry_keeps_a_contested_slot() {
+    // Enough hosts that hashing alone collides (birthday bound on 65,534 slots).
+    let many: String = (0..800)
+        .map(|i| entry(&format!("e{i}"), &[&format!("host-{i}.example.org")], ""))
+        .collect();
+    let (_, allocation) = allocated(&many);
+    let mut seen = std::collections::HashSet::new();
+    for addresses in allocation.0.values() {
+        for address in addresses {
+            assert!(seen.insert(*address), "{address} allocated twice");
+        }
+    }
+    assert_eq!(seen.len(), 1600);
+
+    // Two entries claiming one address in their status (a copy, a restore from backup): the
+    // one created first keeps it, whatever the names' order; the other gets a new one.
+    let claiming = |name: &str, created: &str| {
+        entry(name, &["same.example.com"], "").replace(
+            "namespace: shop}",
+            &format!("namespace: shop, creationTimestamp: \"{created}\"}}"),
+        ) + "status: {addresses: [{host: same.example.com, value: 240.240.7.7}]}\n"
+    };
+    let (index, both) = allocated(&format!(
+        "{}{}",
+        claiming("zz-old", "2024-01-01T00:00:00Z"),
+        claiming("aa-new", "2025-01-01T00:00:00Z")
+    ));
+    let old = addresses_of(&index, &both, "zz-old", "same.example.com");
+    assert_eq!(old[0], "240.240.7.7".parse::<IpAddr>().unwrap());
+    let new = addresses_of(&index, &both, "aa-new", "same.example.com");
+    assert_eq!(new.len(), 2);
+    assert_ne!(new[0], old[0]);
+}
+
+#[test]
+fn an_address_in_status_is_kept() {
+    let text = entry("api", &["api.example.com"], "")
+        + "status: {addresses: [{host: api.example.com, value: 240.240.3.4}, {host: api.example.com, value: \"2001:2::304\"}]}\n";
+    let (index, allocation) = allocated(&text);
+    assert_eq!(
+        addresses_of(&index, &allocation, "api", "api.example.com"),
+        vec![
+            "240.240.3.4".parse::<IpAddr>().unwrap(),
+            "2001:2::304".parse().unwrap()
+        ]
+    );
+    // Outside the range, it is not ours to keep: a fresh one is allocated.
+    let foreign = text
+        .replace("240.240.3.4", "10.0.0.1")
+        .replace("2001:2::304", "2001:db8::1");
+    let (index, allocation) = allocated(&foreign);
+    let vips = addresses_of(&index, &allocation, "api", "api.example.com");
+    assert_ne!(vips[0], "10.0.0.1".parse::<IpAddr>().unwrap());
+    assert!(slot_of(vips[0]).is_some());
+}
