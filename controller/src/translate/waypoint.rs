@@ -137,6 +137,7 @@ fn waypoint_config(
         workloads,
         request_authentications,
         gateway: None,
+        tracing: None,
     }
 }
 
