@@ -18,6 +18,7 @@ pub mod crd;
 pub mod index;
 pub mod jwks;
 pub mod loader;
+pub mod mesh_config;
 pub mod model;
 pub mod monitoring;
 pub mod push;

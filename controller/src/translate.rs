@@ -38,6 +38,8 @@ pub struct MeshSettings {
     pub domain_suffix: String,
     /// The key sets of `jwksUri`s, fetched by [`crate::jwks::JwksResolver::run`].
     pub jwks: std::sync::Arc<crate::jwks::JwksResolver>,
+    /// The mesh config's default tracing (`--mesh-config`); `None` without one.
+    pub tracing: Option<crate::mesh_config::MeshTracing>,
 }
 
 impl Default for MeshSettings {
@@ -48,6 +50,7 @@ impl Default for MeshSettings {
             cluster_id: DEFAULT_CLUSTER_ID.into(),
             domain_suffix: DEFAULT_DOMAIN_SUFFIX.into(),
             jwks: Default::default(),
+            tracing: None,
         }
     }
 }

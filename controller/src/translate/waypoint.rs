@@ -23,6 +23,7 @@ mod gateway;
 mod gateway_routes;
 mod route;
 mod routes;
+mod telemetry;
 mod workloads;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -137,7 +138,7 @@ fn waypoint_config(
         workloads,
         request_authentications,
         gateway: None,
-        tracing: None,
+        tracing: compiler.tracing(),
     }
 }
 
