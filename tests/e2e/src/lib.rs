@@ -356,6 +356,8 @@ pub struct Mesh {
     acceleration: bool,
     log_requests: bool,
     agent_env: Vec<(String, String)>,
+    /// Istio's mesh config given to the controller (`--mesh-config`), if any.
+    mesh_config: Option<PathBuf>,
     runtime: tokio::runtime::Runtime,
 }
 
@@ -375,6 +377,8 @@ pub struct MeshOptions {
     pub log_requests: bool,
     /// Further environment for every agent (`WORKER_THREADS`, ...), after the harness's own.
     pub agent_env: Vec<(String, String)>,
+    /// Istio's mesh config (YAML) for the controller's `--mesh-config`; none when empty.
+    pub mesh_config: String,
 }
 
 impl Default for MeshOptions {
@@ -386,6 +390,7 @@ impl Default for MeshOptions {
             acceleration: false,
             log_requests: false,
             agent_env: Vec::new(),
+            mesh_config: String::new(),
         }
     }
 }

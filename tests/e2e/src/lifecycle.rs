@@ -53,6 +53,7 @@ impl Mesh {
             acceleration: options.acceleration,
             log_requests: options.log_requests,
             agent_env: options.agent_env,
+            mesh_config: None,
             runtime,
         };
         let mut declared = declared_namespaces(&options.config)?;
@@ -60,6 +61,11 @@ impl Mesh {
             declared.extend(declared_namespaces(yaml).with_context(|| file.clone())?);
         }
         mesh.declared = declared;
+        if !options.mesh_config.is_empty() {
+            let path = mesh.dir.join("mesh.yaml");
+            std::fs::write(&path, &options.mesh_config)?;
+            mesh.mesh_config = Some(path);
+        }
         mesh.write_config("00-pods.yaml", &mesh.pods_yaml())?;
         if !options.config.is_empty() {
             mesh.write_config("10-config.yaml", &options.config)?;
@@ -186,6 +192,9 @@ impl Mesh {
                 "--prometheus-url",
                 &format!("http://{}", observability::PROMETHEUS_ADDRESS),
             ]);
+        if let Some(path) = &self.mesh_config {
+            command.arg("--mesh-config").arg(path);
+        }
         let log = self.dir.join("controller.log");
         self.controller = Some(Process::spawn("controller", command, log)?);
         // Ready when its port answers from a node.
