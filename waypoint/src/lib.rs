@@ -135,6 +135,10 @@ impl Waypoint {
             options.hbone_address,
             options.workers.as_ref().map_or(1, Workers::len),
         );
+        weft_proxy_core::metrics::register_certificate_expiry(
+            &mut registry,
+            Arc::clone(&options.certificates),
+        );
         let spans = telemetry::SpanExporter::new(options.node_id, &mut registry);
         // Spans queue until a runtime sends them; the waypoint is built on one in practice.
         if tokio::runtime::Handle::try_current().is_ok() {
