@@ -41,7 +41,9 @@ const PAGE: &str = include_str!("console/page.html");
 const DEFAULT_WINDOW: &str = "1m";
 /// How far back the service page's chart goes, and its resolution.
 const CHART_RANGE: Duration = Duration::from_secs(600);
-const CHART_STEP: Duration = Duration::from_secs(15);
+// 120 points over the range: at 15 s, a mesh (or a response code) younger than half a minute
+// had one sample per series, and the chart drew nothing.
+const CHART_STEP: Duration = Duration::from_secs(5);
 /// Connections served at once; more wait in the listen queue.
 const MAX_CONNECTIONS: usize = 64;
 /// How long a connection may stay open.

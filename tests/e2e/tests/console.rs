@@ -277,6 +277,24 @@ fn the_console_draws_bookinfo_from_prometheus_with_the_canary_split_in_the_api_a
         (0.8..=0.97).contains(&page_share),
         "page share {page_share}"
     );
+    // The traffic chart draws a line per response code: a path through two points or more.
+    let chart = browser
+        .wait_for(
+            "const paths = [...document.querySelectorAll('#traffic path')];
+             return paths.length ? paths.map(p => p.getAttribute('d')) : null;",
+            Duration::from_secs(30),
+        )
+        .expect("the traffic chart");
+    let lines: Vec<&str> = chart
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        lines.iter().any(|d| d.matches('L').count() >= 1),
+        "the traffic chart draws no line: {lines:?}"
+    );
     browser
         .screenshot(&artifacts.join("service-reviews.png"))
         .expect("a screenshot");
