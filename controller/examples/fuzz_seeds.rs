@@ -22,6 +22,10 @@ fn main() -> anyhow::Result<()> {
     let resources = translate::resources(&index, &translate::MeshSettings::default());
     let seeds = root.join("fuzz/seeds");
     for (type_url, resources) in resources {
+        // Gateway credentials: none in bookinfo, and no fuzz target reads them.
+        if type_url == weft_proto::SECRET_TYPE_URL {
+            continue;
+        }
         let target = if type_url == weft_proto::WAYPOINT_CONFIG_TYPE_URL {
             "waypoint_xds"
         } else {
@@ -42,10 +46,10 @@ fn main() -> anyhow::Result<()> {
         };
         let pushed: Vec<Resource> = resources
             .iter()
-            .map(|(name, body)| Resource {
-                name: name.clone(),
+            .map(|stored| Resource {
+                name: stored.name.clone(),
                 version: "1".into(),
-                resource: Some(body.clone()),
+                resource: Some(stored.body.clone()),
                 ..Default::default()
             })
             .collect();

@@ -206,7 +206,13 @@ impl<A: CallerAuthenticator> XdsAdmission<A> {
         Self { authenticator }
     }
 
-    async fn check(&self, metadata: &MetadataMap, proxy: &ProxyIdentity) -> Result<(), Status> {
+    /// The caller's identity once admitted: what the stream's scope trusts (gateway
+    /// credentials go only to the identity of the gateway's pods).
+    async fn check(
+        &self,
+        metadata: &MetadataMap,
+        proxy: &ProxyIdentity,
+    ) -> Result<Option<SpiffeId>, Status> {
         let caller = self.authenticator.authenticate(metadata).await?;
         if let Some(node) = &caller.node {
             match proxy.metadata_string("NODE_NAME") {
@@ -219,7 +225,7 @@ impl<A: CallerAuthenticator> XdsAdmission<A> {
                 }
             }
         }
-        Ok(())
+        Ok(caller.identity)
     }
 }
 
@@ -228,7 +234,7 @@ impl<A: CallerAuthenticator> Admission for XdsAdmission<A> {
         &self,
         metadata: MetadataMap,
         proxy: ProxyIdentity,
-    ) -> Pin<Box<dyn Future<Output = Result<(), Status>> + Send + '_>> {
+    ) -> Pin<Box<dyn Future<Output = Result<Option<SpiffeId>, Status>> + Send + '_>> {
         Box::pin(async move { self.check(&metadata, &proxy).await })
     }
 }

@@ -46,6 +46,9 @@ pub struct ConfigIndex {
     pub tcp_routes: BTreeMap<Key, TCPRoute>,
     pub tls_routes: BTreeMap<Key, TLSRoute>,
     pub reference_grants: BTreeMap<Key, ReferenceGrant>,
+    /// The credential keys of the Secrets Gateways name (Kubernetes mode: the source keeps
+    /// only those, `source::kube::secrets`), by `namespace/name`.
+    pub secrets: BTreeMap<Key, crate::model::credential::CredentialSecret>,
     /// What each resource was accepted with (Istio's warnings, fields not applied), by kind
     /// and key; resources without warnings have no entry.
     pub warnings: BTreeMap<(ResourceKind, Key), Vec<FieldWarning>>,

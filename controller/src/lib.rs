@@ -9,7 +9,7 @@
 //! I/O; [`push`] (what each proxy receives), [`server`], [`source`], [`ca`], [`tls`] and [`webhook`]
 //! (the validating admission webhook) do; [`syncz`] is what each proxy was sent and answered; [`analysis`] is `istioctl analyze`'s cross-resource
 //! checks; [`console`] is the service-graph console (traffic from Prometheus, configuration from
-//! the index).
+//! the index); [`mesh_config`] follows the mesh configuration file (Istio's `MeshConfig`).
 
 pub mod analysis;
 pub mod ca;

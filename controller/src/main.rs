@@ -1,7 +1,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use controller::loader::{self, LoadError};
 use controller::server::{KubernetesMode, LocalMode, Mode, ServerConfig};
@@ -68,10 +67,6 @@ struct RunArgs {
     /// Prometheus monitoring address.
     #[arg(long, env = "WEFT_MONITORING_ADDRESS", default_value = "0.0.0.0:15014")]
     monitoring_address: std::net::SocketAddr,
-    /// Istio's mesh config (the `mesh` key of the `istio` ConfigMap) as a YAML file, as
-    /// istiod's `--meshConfig`: its default tracing provider and sampling are read at start.
-    #[arg(long, env = "WEFT_MESH_CONFIG")]
-    mesh_config: Option<PathBuf>,
     /// The service-graph console's address (off unless given; Kiali listens on 20001).
     #[arg(long, env = "WEFT_CONSOLE_ADDRESS")]
     console_address: Option<std::net::SocketAddr>,
@@ -118,6 +113,11 @@ struct RunArgs {
     /// Namespace whose selector-less policies apply mesh-wide.
     #[arg(long, env = "WEFT_ROOT_NAMESPACE", default_value = DEFAULT_ROOT_NAMESPACE)]
     root_namespace: String,
+    /// Istio's mesh configuration file (`MeshConfig` YAML, the `mesh` key of the `istio`
+    /// ConfigMap, istiod's `--meshConfig`), followed while running: the outbound traffic
+    /// policy and the default tracing provider and sampling [default: none: Istio's defaults].
+    #[arg(long, alias = "meshConfig", env = "WEFT_MESH_CONFIG")]
+    mesh_config: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -235,20 +235,16 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
                 ),
             ),
         };
-        let tracing = match &args.mesh_config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading the mesh config {}", path.display()))?;
-                let mesh = controller::mesh_config::MeshConfig::parse(&text)
-                    .with_context(|| path.display().to_string())?;
-                Some(mesh.tracing()?)
-            }
-            None => None,
-        };
         let settings = controller::translate::agent::MeshSettings {
             trust_domain: args.trust_domain.clone(),
             root_namespace: args.root_namespace.clone(),
-            tracing,
+            mesh: match &args.mesh_config {
+                Some(path) => std::sync::Arc::new(
+                    controller::mesh_config::MeshConfigWatch::load(path.clone())
+                        .map_err(|e| anyhow::anyhow!("mesh configuration: {e}"))?,
+                ),
+                None => Default::default(),
+            },
             ..Default::default()
         };
         let mut serving_names = if args.serving_names.is_empty() {

@@ -1,254 +1,225 @@
-//! The mesh config (Istio's `MeshConfig`, the `mesh` key of the `istio` ConfigMap, given to the
-//! controller as a file with `--mesh-config` as istiod takes `--meshConfig`): what of it the
-//! mesh reads. Today that is tracing: `extensionProviders[].opentelemetry`, the default tracing
-//! provider (`defaultProviders.tracing`) and sampling (`defaultConfig.tracing.sampling`).
-//! Every other field is accepted and ignored, as a MeshConfig carries many the mesh has no
-//! use for.
+//! The mesh configuration file: Istio's `MeshConfig`, the YAML istiod reads from
+//! `--meshConfig` (the `mesh` key of the `istio` ConfigMap, mounted as a file). The controller
+//! reads the fields the mesh applies and ignores the others, as it ignores what it does not
+//! apply elsewhere: `outboundTrafficPolicy.mode`, served to node agents as
+//! `weft.mesh.v1.MeshConfig`, and the default tracing ([`trace`]: `defaultProviders.tracing`,
+//! `extensionProviders[].opentelemetry`, `defaultConfig.tracing.sampling`), pushed to every
+//! waypoint in its `WaypointConfig`. The file is read at start (an invalid one stops
+//! the start) and again whenever its content changes; an invalid change is logged naming the
+//! file, the field and the reason, and the last good configuration stays in force.
 
-use serde::Deserialize;
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
-/// Istio's sampling when the mesh config sets none (`PILOT_TRACE_SAMPLING`'s default): 1%.
-pub const DEFAULT_TRACE_SAMPLING: f64 = 1.0;
+use tokio::sync::watch;
+use weft_proto::mesh::{MeshConfig, OutboundTrafficPolicy};
 
-/// Why a mesh config was refused.
-#[derive(Debug, thiserror::Error)]
+mod trace;
+
+pub use self::trace::{DEFAULT_TRACE_SAMPLING, MeshTracing, TracingProvider};
+
+/// How often the file is read again: the configuration directory's own pace.
+const POLL_INTERVAL: Duration = Duration::from_millis(300);
+
+/// Why a mesh configuration is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MeshConfigError {
-    #[error("mesh config: {0}")]
-    Parse(#[from] serde_yaml::Error),
-    #[error("mesh config: {path}: {reason}")]
-    Invalid { path: String, reason: String },
+    #[error("{path}: cannot read: {reason}")]
+    Read { path: String, reason: String },
+    #[error("{path}: invalid YAML: {reason}")]
+    Syntax { path: String, reason: String },
+    #[error("{path}: {field}: {reason}")]
+    Field {
+        path: String,
+        field: String,
+        reason: String,
+    },
 }
 
-/// The parts of `MeshConfig` the mesh reads.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-pub struct MeshConfig {
-    pub enable_tracing: Option<bool>,
-    pub default_config: ProxyConfig,
-    pub default_providers: DefaultProviders,
-    pub extension_providers: Vec<ExtensionProvider>,
+/// The mesh configuration in force: what node agents are served and what waypoints trace.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Mesh {
+    /// `weft.mesh.v1.MeshConfig`, served to node agents.
+    pub agents: MeshConfig,
+    /// The default tracing, in every waypoint's configuration.
+    pub tracing: MeshTracing,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-pub struct ProxyConfig {
-    pub tracing: Option<ProxyTracing>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-pub struct ProxyTracing {
-    /// Percentage, 0.0 to 100.0; 0 means unset (Istio's reading).
-    pub sampling: f64,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-pub struct DefaultProviders {
-    pub tracing: Vec<String>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-pub struct ExtensionProvider {
-    pub name: String,
-    pub opentelemetry: Option<OpenTelemetryProvider>,
-}
-
-/// `extensionProviders[].opentelemetry`: an OTLP collector.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-pub struct OpenTelemetryProvider {
-    /// `[namespace/]hostname` of the collector's service.
-    pub service: String,
-    pub port: u32,
-    /// Set for OTLP over HTTP, which the waypoint does not speak (it exports over gRPC).
-    pub http: Option<serde_yaml::Value>,
-}
-
-/// The tracing the mesh config asks of every proxy, resolved.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MeshTracing {
-    /// The default provider, when it is an OpenTelemetry one.
-    pub provider: Option<TracingProvider>,
-    /// `defaultConfig.tracing.sampling`, else Istio's 1%; over 100 reads as 1, as Istio reads it.
-    pub sampling: f64,
-}
-
-/// An OpenTelemetry extension provider.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TracingProvider {
-    pub name: String,
-    /// `hostname`, or `namespace/hostname` as Istio allows.
-    pub service: String,
-    pub port: u16,
-}
-
-impl MeshConfig {
-    pub fn parse(yaml: &str) -> Result<Self, MeshConfigError> {
-        if yaml.trim().is_empty() {
-            return Ok(Self::default());
+impl From<MeshConfig> for Mesh {
+    fn from(agents: MeshConfig) -> Self {
+        Self {
+            agents,
+            ..Default::default()
         }
-        let config: MeshConfig = serde_yaml::from_str(yaml)?;
-        config.tracing()?;
-        Ok(config)
+    }
+}
+
+/// Parses a MeshConfig document (`path` names it in errors). An empty document is the
+/// defaults, as in istiod.
+pub fn parse(path: &str, text: &str) -> Result<Mesh, MeshConfigError> {
+    let value: serde_yaml::Value =
+        serde_yaml::from_str(text).map_err(|e| MeshConfigError::Syntax {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+    let field = |field: &str, reason: String| MeshConfigError::Field {
+        path: path.to_owned(),
+        field: field.to_owned(),
+        reason,
+    };
+    let mut config = MeshConfig::default();
+    let empty = serde_yaml::Mapping::new();
+    let mesh = match &value {
+        serde_yaml::Value::Null => &empty,
+        serde_yaml::Value::Mapping(mesh) => mesh,
+        _ => return Err(field("(document)", "must be a mapping".to_owned())),
+    };
+    let policy = mesh.get("outboundTrafficPolicy");
+    let mode = match policy {
+        None | Some(serde_yaml::Value::Null) => None,
+        Some(serde_yaml::Value::Mapping(policy)) => policy.get("mode"),
+        Some(_) => {
+            return Err(field(
+                "outboundTrafficPolicy",
+                "must be a mapping".to_owned(),
+            ));
+        }
+    };
+    let mode = match mode {
+        None | Some(serde_yaml::Value::Null) => OutboundTrafficPolicy::AllowAny,
+        Some(serde_yaml::Value::String(mode)) => match mode.as_str() {
+            "ALLOW_ANY" => OutboundTrafficPolicy::AllowAny,
+            "REGISTRY_ONLY" => OutboundTrafficPolicy::RegistryOnly,
+            other => {
+                return Err(field(
+                    "outboundTrafficPolicy.mode",
+                    format!("unknown value {other:?} (ALLOW_ANY or REGISTRY_ONLY)"),
+                ));
+            }
+        },
+        Some(_) => {
+            return Err(field(
+                "outboundTrafficPolicy.mode",
+                "must be a string".to_owned(),
+            ));
+        }
+    };
+    config.set_outbound_traffic_policy(mode);
+    Ok(Mesh {
+        agents: config,
+        tracing: trace::parse(mesh, &field)?,
+    })
+}
+
+/// The mesh configuration in force, and the file it follows (none: Istio's defaults).
+#[derive(Debug)]
+pub struct MeshConfigWatch {
+    path: Option<PathBuf>,
+    current: watch::Sender<(Mesh, Option<String>)>,
+}
+
+impl Default for MeshConfigWatch {
+    /// Istio's defaults, never changing.
+    fn default() -> Self {
+        Self::fixed(Mesh::default())
+    }
+}
+
+fn read(path: &Path) -> Result<String, MeshConfigError> {
+    std::fs::read_to_string(path).map_err(|e| MeshConfigError::Read {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
+}
+
+impl MeshConfigWatch {
+    /// A configuration that never changes (tests, and the controller without a file).
+    pub fn fixed(config: impl Into<Mesh>) -> Self {
+        Self {
+            path: None,
+            current: watch::channel((config.into(), None)).0,
+        }
     }
 
-    /// The default tracing: `defaultProviders.tracing`'s first provider (Istio uses one), which
-    /// must be a declared OpenTelemetry provider.
-    pub fn tracing(&self) -> Result<MeshTracing, MeshConfigError> {
-        let invalid = |path: String, reason: String| MeshConfigError::Invalid { path, reason };
-        let mut providers = Vec::new();
-        for (i, provider) in self.extension_providers.iter().enumerate() {
-            let path = format!("extensionProviders[{i}]");
-            if provider.name.is_empty() {
-                return Err(invalid(format!("{path}.name"), "must be set".into()));
-            }
-            if self.extension_providers[..i]
-                .iter()
-                .any(|p| p.name == provider.name)
-            {
-                return Err(invalid(
-                    format!("{path}.name"),
-                    format!("{:?} is declared twice", provider.name),
-                ));
-            }
-            let Some(otel) = &provider.opentelemetry else {
-                continue;
-            };
-            if otel.service.is_empty() {
-                return Err(invalid(
-                    format!("{path}.opentelemetry.service"),
-                    "must be set".into(),
-                ));
-            }
-            let port = u16::try_from(otel.port)
-                .ok()
-                .filter(|p| *p > 0)
-                .ok_or_else(|| {
-                    invalid(
-                        format!("{path}.opentelemetry.port"),
-                        format!("{} is not a port", otel.port),
-                    )
-                })?;
-            if otel.http.is_some() {
-                return Err(invalid(
-                    format!("{path}.opentelemetry.http"),
-                    "OTLP over HTTP is not supported: the waypoint exports over gRPC".into(),
-                ));
-            }
-            providers.push(TracingProvider {
-                name: provider.name.clone(),
-                service: otel.service.clone(),
-                port,
-            });
+    /// Reads `path` now: a missing or invalid file is an error, as istiod refuses to start
+    /// with one.
+    pub fn load(path: PathBuf) -> Result<Self, MeshConfigError> {
+        let text = read(&path)?;
+        let config = parse(&path.display().to_string(), &text)?;
+        Ok(Self {
+            path: Some(path),
+            current: watch::channel((config, Some(text))).0,
+        })
+    }
+
+    /// The node agents' part of the configuration in force.
+    pub fn current(&self) -> MeshConfig {
+        self.current.borrow().0.agents
+    }
+
+    /// The default tracing in force.
+    pub fn tracing(&self) -> MeshTracing {
+        self.current.borrow().0.tracing.clone()
+    }
+
+    /// Changes when the configuration in force changes.
+    pub fn subscribe(&self) -> watch::Receiver<(Mesh, Option<String>)> {
+        self.current.subscribe()
+    }
+
+    /// Reads the file again; a changed, valid content replaces the configuration in force.
+    /// Returns the error of an unreadable or invalid file, which changes nothing.
+    pub fn reload(&self) -> Result<bool, MeshConfigError> {
+        let Some(path) = &self.path else {
+            return Ok(false);
+        };
+        let text = read(path)?;
+        if self.current.borrow().1.as_deref() == Some(text.as_str()) {
+            return Ok(false);
         }
-        let provider = match self.default_providers.tracing.first() {
-            None => None,
-            Some(name) => Some(
-                providers
-                    .iter()
-                    .find(|p| &p.name == name)
-                    .cloned()
-                    .ok_or_else(|| {
-                        invalid(
-                            "defaultProviders.tracing[0]".into(),
-                            format!("{name:?} is not an OpenTelemetry extension provider"),
-                        )
-                    })?,
-            ),
-        };
-        let sampling = match self.default_config.tracing.as_ref().map(|t| t.sampling) {
-            Some(s) if !(0.0..=f64::MAX).contains(&s) => {
-                return Err(invalid(
-                    "defaultConfig.tracing.sampling".into(),
-                    format!("{s} is not a percentage"),
-                ));
+        let config = parse(&path.display().to_string(), &text)?;
+        self.current
+            .send_modify(|current| *current = (config, Some(text)));
+        Ok(true)
+    }
+
+    /// Follows the file until shutdown; each problem is logged once until the file changes.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        if self.path.is_none() {
+            return;
+        }
+        let mut last_error = None;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(POLL_INTERVAL) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
             }
-            Some(s) if s > 100.0 => DEFAULT_TRACE_SAMPLING,
-            Some(s) if s > 0.0 => s,
-            _ => DEFAULT_TRACE_SAMPLING,
-        };
-        Ok(MeshTracing { provider, sampling })
+            match self.reload() {
+                Ok(changed) => {
+                    last_error = None;
+                    if changed {
+                        let tracing = self.tracing();
+                        tracing::info!(
+                            outbound_traffic_policy =
+                                self.current().outbound_traffic_policy().as_str_name(),
+                            tracing_provider = tracing.provider.as_ref().map(|p| p.name.as_str()),
+                            tracing_sampling = tracing.sampling,
+                            "mesh configuration changed"
+                        );
+                    }
+                }
+                Err(error) if last_error.as_ref() != Some(&error) => {
+                    tracing::error!(%error, "mesh configuration refused; the last good one stays in force");
+                    last_error = Some(error);
+                }
+                Err(_) => {}
+            }
+        }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const OTEL: &str = r#"
-enableTracing: true
-defaultConfig:
-  discoveryAddress: istiod.istio-system.svc:15012
-  tracing: {sampling: 100}
-defaultProviders:
-  tracing: [otel]
-extensionProviders:
-- name: otel
-  opentelemetry: {service: opentelemetry-collector.observability.svc.cluster.local, port: 4317}
-- name: prometheus
-  prometheus: {}
-"#;
-
-    #[test]
-    fn the_default_opentelemetry_provider_and_sampling_are_read() {
-        let tracing = MeshConfig::parse(OTEL).unwrap().tracing().unwrap();
-        assert_eq!(
-            tracing.provider,
-            Some(TracingProvider {
-                name: "otel".into(),
-                service: "opentelemetry-collector.observability.svc.cluster.local".into(),
-                port: 4317,
-            })
-        );
-        assert_eq!(tracing.sampling, 100.0);
-    }
-
-    #[test]
-    fn sampling_defaults_as_istio_reads_it() {
-        for (yaml, expected) in [
-            ("", 1.0),
-            ("defaultConfig: {tracing: {sampling: 0}}", 1.0),
-            ("defaultConfig: {tracing: {sampling: 0.5}}", 0.5),
-            ("defaultConfig: {tracing: {sampling: 150}}", 1.0),
-        ] {
-            let tracing = MeshConfig::parse(yaml).unwrap().tracing().unwrap();
-            assert_eq!(tracing.sampling, expected, "{yaml}");
-            assert_eq!(tracing.provider, None);
-        }
-    }
-
-    #[test]
-    fn bad_providers_are_refused_with_their_field() {
-        for (yaml, field) in [
-            (
-                "defaultProviders: {tracing: [zipkin]}",
-                "defaultProviders.tracing[0]",
-            ),
-            (
-                "extensionProviders: [{name: a, opentelemetry: {service: c, port: 0}}]",
-                "extensionProviders[0].opentelemetry.port",
-            ),
-            (
-                "extensionProviders: [{name: a, opentelemetry: {port: 4317}}]",
-                "extensionProviders[0].opentelemetry.service",
-            ),
-            (
-                "extensionProviders: [{name: a, opentelemetry: {service: c, port: 4318, http: {path: /v1/traces}}}]",
-                "extensionProviders[0].opentelemetry.http",
-            ),
-            (
-                "extensionProviders: [{name: a, prometheus: {}}, {name: a, prometheus: {}}]",
-                "extensionProviders[1].name",
-            ),
-            (
-                "defaultConfig: {tracing: {sampling: -1}}",
-                "defaultConfig.tracing.sampling",
-            ),
-        ] {
-            let error = MeshConfig::parse(yaml).unwrap_err().to_string();
-            assert!(error.contains(field), "{yaml}: {error}");
-        }
-    }
-}
+mod tests;

@@ -1,7 +1,7 @@
 //! What each proxy receives of the store's resources: the [`ProxyScope`] deciding who sees what.
 //! Node agents and waypoints say who they are in the `Node` of their stream's first request.
 
-use weft_proto::WAYPOINT_CONFIG_TYPE_URL;
+use weft_proto::{SECRET_TYPE_URL, WAYPOINT_CONFIG_TYPE_URL};
 use weft_xds::{ProxyIdentity, Scope, StoredResource};
 
 /// Node metadata key naming the kind of proxy (the node agent sends `node-agent`).
@@ -57,13 +57,23 @@ impl Proxy {
     }
 }
 
-/// A waypoint receives only its own `WaypointConfig`; nobody else receives any. The agents'
-/// types go to every proxy that asks for them (every agent needs every address).
+/// A waypoint receives only its own `WaypointConfig`; nobody else receives any. A gateway
+/// credential (an SDS `Secret`) goes only to a stream whose authenticated identity is in its
+/// audience, the identities of the pods of the Gateways that may use it: never by what a proxy
+/// claims, and never to a stream without an authenticated identity (local mode's plaintext
+/// port). The agents' types go to every proxy that asks for them (every agent needs every
+/// address).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ProxyScope;
 
 impl Scope for ProxyScope {
     fn visible(&self, proxy: &ProxyIdentity, type_url: &str, resource: &StoredResource) -> bool {
+        if type_url == SECRET_TYPE_URL {
+            return match (&proxy.verified, &resource.audience) {
+                (Some(identity), Some(audience)) => audience.contains(identity),
+                _ => false,
+            };
+        }
         if type_url != WAYPOINT_CONFIG_TYPE_URL {
             return true;
         }

@@ -264,10 +264,14 @@ async fn publish_changes(
     // A fetched key set changes the waypoints' configuration as a resource change does.
     let mut keys = settings.jwks.subscribe();
     keys.borrow_and_update();
+    // So does a change of the mesh configuration file.
+    let mut mesh = settings.mesh.subscribe();
+    mesh.borrow_and_update();
     loop {
         tokio::select! {
             settled = crate::index::settled_change(&mut changes, &mut shutdown) => if !settled { return },
             changed = keys.changed() => if changed.is_err() { return },
+            changed = mesh.changed() => if changed.is_err() { return },
         }
         publish(
             &index.snapshot(),
@@ -318,6 +322,35 @@ async fn start_kubernetes_source(
     tracing::info!(kinds = kinds.len(), "kubernetes source synced");
 }
 
+/// Starts keeping the Secrets Gateways name and waits for their first list, so that the first
+/// push carries the gateways' credentials.
+async fn start_secrets(
+    client: kube::Client,
+    index: Arc<LiveIndex>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let (listed, mut first_list) = watch::channel(false);
+    tokio::spawn(crate::source::kube::secrets::keep_secrets(
+        client,
+        index.clone(),
+        listed,
+        shutdown.clone(),
+    ));
+    loop {
+        tokio::select! {
+            done = tokio::time::timeout(SYNC_REPORT, first_list.wait_for(|l| *l)) => match done {
+                Ok(_) => break,
+                Err(_) => tracing::warn!("still waiting for the API server to list Secrets"),
+            },
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+    }
+    tracing::info!(
+        secrets = index.snapshot().secrets.len(),
+        "gateway credential Secrets listed"
+    );
+}
+
 /// Runs until `shutdown` turns true.
 pub async fn run(config: ServerConfig, shutdown: watch::Receiver<bool>) -> Result<(), ServerError> {
     if config.grpc_address.is_none() && config.tls_address.is_none() {
@@ -349,6 +382,13 @@ pub async fn run(config: ServerConfig, shutdown: watch::Receiver<bool>) -> Resul
                 ));
             }
             start_kubernetes_source(kube.client.clone(), index.clone(), shutdown.clone()).await;
+            start_secrets(kube.client.clone(), index.clone(), shutdown.clone()).await;
+            tokio::spawn(kube_ca::namespaces::keep_root_published(
+                kube.client.clone(),
+                index.clone(),
+                ca.root_cert_pem().to_owned(),
+                shutdown.clone(),
+            ));
             tokio::spawn(crate::source::kube::route_status::keep_route_statuses(
                 kube.client.clone(),
                 index.clone(),
@@ -388,6 +428,7 @@ pub async fn run(config: ServerConfig, shutdown: watch::Receiver<bool>) -> Resul
     );
     let reader = store.reader();
     tokio::spawn(config.settings.jwks.clone().run(shutdown.clone()));
+    tokio::spawn(config.settings.mesh.clone().run(shutdown.clone()));
     tokio::spawn(publish_changes(
         index.clone(),
         store,

@@ -231,6 +231,7 @@ mod tests {
                 ..Default::default()
             },
             connection,
+            verified: None,
         }
     }
 

@@ -10,6 +10,7 @@
 //! what cannot be translated is skipped, translation never fails as a whole and never panics.
 
 pub mod agent;
+pub mod credentials;
 pub mod gateway_api;
 pub mod provision;
 pub mod resolve;
@@ -23,8 +24,12 @@ use weft_istio::defaults::{
     DEFAULT_CLUSTER_ID, DEFAULT_DOMAIN_SUFFIX, DEFAULT_ROOT_NAMESPACE, DEFAULT_TRUST_DOMAIN,
 };
 use weft_proto::istio::{security, workload};
+use weft_proto::mesh::MeshConfig;
 use weft_proto::waypoint::WaypointConfig;
-use weft_proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, WAYPOINT_CONFIG_TYPE_URL};
+use weft_proto::{
+    ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, MESH_CONFIG_NAME, MESH_CONFIG_TYPE_URL,
+    SECRET_TYPE_URL, WAYPOINT_CONFIG_TYPE_URL,
+};
 
 use crate::{index::ConfigIndex, model::ResourceKind};
 
@@ -38,8 +43,8 @@ pub struct MeshSettings {
     pub domain_suffix: String,
     /// The key sets of `jwksUri`s, fetched by [`crate::jwks::JwksResolver::run`].
     pub jwks: std::sync::Arc<crate::jwks::JwksResolver>,
-    /// The mesh config's default tracing (`--mesh-config`); `None` without one.
-    pub tracing: Option<crate::mesh_config::MeshTracing>,
+    /// Istio's `MeshConfig` in force, followed by [`crate::mesh_config::MeshConfigWatch::run`].
+    pub mesh: std::sync::Arc<crate::mesh_config::MeshConfigWatch>,
 }
 
 impl Default for MeshSettings {
@@ -50,7 +55,7 @@ impl Default for MeshSettings {
             cluster_id: DEFAULT_CLUSTER_ID.into(),
             domain_suffix: DEFAULT_DOMAIN_SUFFIX.into(),
             jwks: Default::default(),
-            tracing: None,
+            mesh: Default::default(),
         }
     }
 }
@@ -202,6 +207,12 @@ pub enum TranslateProblem {
         })
     )]
     HttpAttributesAtNodeAgent { attributes: String, deny: bool },
+    #[error("server {server}: credential {resource}: {reason}; the server refuses TLS")]
+    Credential {
+        server: String,
+        resource: String,
+        reason: String,
+    },
 }
 
 /// Everything the controller serves, and what could not be translated.
@@ -213,6 +224,10 @@ pub struct Translation {
     pub authorizations: BTreeMap<String, security::Authorization>,
     /// `weft.waypoint.v1.WaypointConfig`, by resource name (`namespace/name`).
     pub waypoints: BTreeMap<String, WaypointConfig>,
+    /// `weft.mesh.v1.MeshConfig`: the one resource [`MESH_CONFIG_NAME`], for node agents.
+    pub mesh: BTreeMap<String, MeshConfig>,
+    /// Gateway credentials (Envoy's SDS `Secret`), by resource name, each with its audience.
+    pub credentials: BTreeMap<String, credentials::GatewayCredential>,
     /// Sorted, without duplicates.
     pub problems: Vec<TranslateError>,
 }
@@ -222,7 +237,9 @@ pub fn translate(index: &ConfigIndex, settings: &MeshSettings) -> Translation {
     let mut problems = resolve::assignment_problems(index);
     problems.extend(agent::authorization_problems(index));
     let mut waypoints = waypoint::waypoint_configs(index, settings, &mut problems);
-    for (name, config) in waypoint::gateway_configs(index, settings, &mut problems) {
+    let gateways = waypoint::gateway_configs(index, settings, &mut problems);
+    let credentials = credentials::gateway_credentials(index, settings, &gateways, &mut problems);
+    for (name, config) in gateways {
         // A gateway's pod named as a waypoint of its namespace: the waypoint keeps its name.
         if waypoints.contains_key(&name) {
             problems.push(TranslateError {
@@ -244,12 +261,14 @@ pub fn translate(index: &ConfigIndex, settings: &MeshSettings) -> Translation {
         addresses: agent::addresses(index, settings),
         authorizations: agent::authorizations(index, settings),
         waypoints,
+        mesh: BTreeMap::from([(MESH_CONFIG_NAME.to_owned(), settings.mesh.current())]),
+        credentials,
         problems,
     }
 }
 
-/// Resources of one type: (name, body) pairs.
-pub type TypeResources = Vec<(String, prost_types::Any)>;
+/// Resources of one type.
+pub type TypeResources = Vec<weft_xds::StoredResource>;
 
 fn any<M: Name>(message: &M) -> prost_types::Any {
     prost_types::Any {
@@ -266,9 +285,17 @@ impl Translation {
         fn packed<M: Name>(resources: &BTreeMap<String, M>) -> TypeResources {
             resources
                 .iter()
-                .map(|(name, r)| (name.clone(), any(r)))
+                .map(|(name, r)| weft_xds::StoredResource::new(name.clone(), any(r)))
                 .collect()
         }
+        let credentials = self
+            .credentials
+            .iter()
+            .map(|(name, credential)| {
+                weft_xds::StoredResource::new(name.clone(), any(&credential.secret))
+                    .with_audience(std::sync::Arc::new(credential.audience.clone()))
+            })
+            .collect();
         vec![
             (ADDRESS_TYPE_URL.to_owned(), packed(&self.addresses)),
             (
@@ -276,6 +303,8 @@ impl Translation {
                 packed(&self.authorizations),
             ),
             (WAYPOINT_CONFIG_TYPE_URL.to_owned(), packed(&self.waypoints)),
+            (MESH_CONFIG_TYPE_URL.to_owned(), packed(&self.mesh)),
+            (SECRET_TYPE_URL.to_owned(), credentials),
         ]
     }
 }

@@ -556,3 +556,193 @@ async fn the_webhook_refuses_bad_configuration_over_tls_trusted_through_the_bund
     )
     .await;
 }
+
+/// A Secret as the API server holds it (`data` base64-encoded).
+fn tls_secret(namespace: &str, name: &str, certificate: &str) -> Value {
+    use base64::Engine;
+    let encode = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
+    json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+           "metadata": {"name": name, "namespace": namespace},
+           "data": {"tls.crt": encode(certificate), "tls.key": encode("-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n")}})
+}
+
+/// Every credential update a gateway's stream receives, as `(name, certificate chain)`.
+type Credentials = Arc<Mutex<Vec<Vec<(String, Vec<u8>)>>>>;
+
+/// A stream as the gateway pod `edge/ingress-0` builds it, with `token`, asking for
+/// `names` of the SDS type (none: every credential it may have).
+fn gateway_stream(
+    channel: Channel,
+    token: &'static str,
+    names: Vec<String>,
+) -> (
+    Credentials,
+    tokio::task::JoinHandle<Result<(), weft_xds::ClientError>>,
+) {
+    use prost::Message;
+    use weft_proto::envoy::extensions::transport_sockets::tls::v3::{Secret, secret};
+    let node = Node {
+        id: "router~10.0.0.5~ingress-0.edge~edge.svc.cluster.local".to_owned(),
+        ..Default::default()
+    };
+    let seen: Credentials = Arc::default();
+    let recorder = seen.clone();
+    let client = DeltaClient::new(Target::Channel(channel), node)
+        .with_bearer_token(Arc::new(move || Ok(token.to_string())))
+        .subscribe_names(
+            weft_proto::SECRET_TYPE_URL,
+            names,
+            move |update: Update| -> Result<(), String> {
+                let received = update
+                    .added
+                    .iter()
+                    .map(|r| {
+                        let secret = Secret::decode(r.resource.as_ref().unwrap().value.as_slice())
+                            .unwrap();
+                        let Some(secret::Type::TlsCertificate(tls)) = secret.r#type else {
+                            panic!("{} is not a certificate", r.name);
+                        };
+                        let chain = match tls.certificate_chain.and_then(|d| d.specifier) {
+                            Some(weft_proto::envoy::config::core::v3::data_source::Specifier::InlineBytes(b)) => b,
+                            other => panic!("not inline: {other:?}"),
+                        };
+                        (r.name.clone(), chain)
+                    })
+                    .collect();
+                recorder.lock().unwrap().push(received);
+                Ok(())
+            },
+        );
+    (
+        seen,
+        tokio::spawn(client.run_until(std::future::pending::<()>())),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateways_credentials_go_to_its_identity_only_and_follow_its_secrets() {
+    let fake = FakeApiServer::start().await.unwrap();
+    fake.create(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "edge"}}))
+        .unwrap();
+    fake.create(json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "ingress-0", "namespace": "edge", "labels": {"istio": "ingressgateway"}},
+        "spec": {"nodeName": "node1", "serviceAccountName": "ingress",
+                 "containers": [{"name": "istio-proxy", "image": "weft"}]},
+        "status": {"podIP": "10.0.0.5"}}))
+        .unwrap();
+    fake.create(
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "Gateway",
+        "metadata": {"name": "shop", "namespace": "edge"},
+        "spec": {"selector": {"istio": "ingressgateway"},
+                 "servers": [{"port": {"number": 443, "name": "https", "protocol": "HTTPS"},
+                              "hosts": ["*"],
+                              "tls": {"mode": "SIMPLE", "credentialName": "shop-cert"}}]}}),
+    )
+    .unwrap();
+    let first = weft_identity::CertificateAuthority::generate().unwrap();
+    fake.create(tls_secret("edge", "shop-cert", first.root_cert_pem()))
+        .unwrap();
+    // The same name in another namespace, and an unrelated Secret: never served.
+    fake.create(tls_secret("other", "shop-cert", first.root_cert_pem()))
+        .unwrap();
+    let gateway_uid = uid(&fake, "Pod", "edge", "ingress-0");
+    fake.add_token(
+        "gateway-token",
+        TokenIdentity::bound(
+            "edge",
+            "ingress",
+            ("ingress-0", &gateway_uid),
+            None,
+            "istio-ca",
+        ),
+    );
+    // Another identity of the same namespace, claiming the gateway's node id.
+    fake.add_token(
+        "neighbour-token",
+        TokenIdentity {
+            username: "system:serviceaccount:edge:default".to_owned(),
+            audiences: vec!["istio-ca".to_owned()],
+            ..Default::default()
+        },
+    );
+
+    let (_dir, kubeconfig) = write_kubeconfig(&fake, "kube-credentials");
+    let tls = free_port();
+    let monitoring = free_port();
+    let _controller = start_controller(&kubeconfig, tls, monitoring);
+    let root = ready_with_root(&fake, monitoring).await;
+
+    // The gateway's identity receives its credential, asking for all it may have.
+    let (gateway, gateway_task) =
+        gateway_stream(tls_channel(tls, &root), "gateway-token", Vec::new());
+    let received = eventually("the gateway's credential", Duration::from_secs(20), || {
+        gateway.lock().unwrap().first().cloned()
+    })
+    .await;
+    assert_eq!(
+        received,
+        [(
+            "kubernetes://edge/shop-cert".to_owned(),
+            first.root_cert_pem().as_bytes().to_vec()
+        )]
+    );
+    // Another identity gets nothing, not even asking by name for this credential or another
+    // namespace's.
+    let (neighbour, neighbour_task) = gateway_stream(
+        tls_channel(tls, &root),
+        "neighbour-token",
+        vec![
+            "kubernetes://edge/shop-cert".to_owned(),
+            "kubernetes://other/shop-cert".to_owned(),
+        ],
+    );
+    let full_state = eventually(
+        "the neighbour's first response",
+        Duration::from_secs(20),
+        || neighbour.lock().unwrap().first().cloned(),
+    )
+    .await;
+    assert!(full_state.is_empty(), "{full_state:?}");
+
+    // The Secret rotates: the gateway's stream carries the new certificate.
+    let rotated = weft_identity::CertificateAuthority::generate().unwrap();
+    fake.update(tls_secret("edge", "shop-cert", rotated.root_cert_pem()))
+        .unwrap();
+    let update = eventually("the rotated credential", Duration::from_secs(10), || {
+        gateway.lock().unwrap().get(1).cloned()
+    })
+    .await;
+    assert_eq!(
+        update,
+        [(
+            "kubernetes://edge/shop-cert".to_owned(),
+            rotated.root_cert_pem().as_bytes().to_vec()
+        )]
+    );
+    assert_eq!(
+        neighbour.lock().unwrap().len(),
+        1,
+        "the neighbour was sent nothing more"
+    );
+    // The gateway's namespace has the mesh root its proxy mounts, as istiod publishes it.
+    let published = eventually(
+        "the root in the gateway's namespace",
+        Duration::from_secs(10),
+        || fake.get("v1", "ConfigMap", "edge", "istio-ca-root-cert"),
+    )
+    .await;
+    assert_eq!(
+        published["data"]["root-cert.pem"].as_str(),
+        Some(root.as_str())
+    );
+    assert_eq!(published["metadata"]["labels"]["istio.io/config"], "true");
+    // Secrets are watched without the kinds that never hold credentials.
+    assert!(fake.requests().iter().any(|r| {
+        r.is_watch_of("/api/v1/secrets")
+            && r.query
+                .get("fieldSelector")
+                .is_some_and(|f| f.contains("type!=helm.sh/release.v1"))
+    }));
+    gateway_task.abort();
+    neighbour_task.abort();
+}

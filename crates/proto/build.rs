@@ -6,12 +6,14 @@ use std::io;
 const PROTO_FILES: &[&str] = &[
     "proto/google/rpc/status.proto",
     "proto/envoy/config/core/v3/base.proto",
+    "proto/envoy/extensions/transport_sockets/tls/v3/secret.proto",
     "proto/envoy/service/discovery/v3/discovery.proto",
     "proto/envoy/service/discovery/v3/ads.proto",
     "proto/istio/workload/workload.proto",
     "proto/istio/security/authorization.proto",
     "proto/istio/v1/auth/ca.proto",
     "proto/weft/waypoint/v1/waypoint.proto",
+    "proto/weft/mesh/v1/mesh.proto",
     "proto/weft/sample/v1/echo.proto",
     "proto/runtime/v1/api.proto",
 ];

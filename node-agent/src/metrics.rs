@@ -4,7 +4,7 @@
 //! ([`Metrics::connection_opened_between`]): building it costs more than policy and planning
 //! together, and most connections repeat one.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use prometheus_client::registry::Registry;
 use weft_proxy_core::metrics::{
@@ -13,6 +13,38 @@ use weft_proxy_core::metrics::{
 };
 
 use crate::state::{Service, Workload};
+
+/// What Istio's sidecars name a connection to no known service: a service record named
+/// after Envoy's cluster (`PassthroughCluster`, `BlackHoleCluster`), with no host and no
+/// namespace (`unknown`), one per process so that their label sets are cached like any other.
+fn pseudo_service(cell: &'static OnceLock<Arc<Service>>, name: &str) -> &'static Arc<Service> {
+    cell.get_or_init(|| {
+        Arc::new(Service {
+            name: name.to_owned(),
+            namespace: String::new(),
+            hostname: String::new(),
+            vips: Vec::new(),
+            ports: Default::default(),
+            subject_alt_names: Vec::new(),
+            waypoint: None,
+            load_balancing: crate::state::LoadBalancingMode::Passthrough,
+            routing_preferences: Vec::new(),
+            allow_unhealthy: false,
+        })
+    })
+}
+
+/// The service a passthrough connection is reported under (`ALLOW_ANY`).
+pub fn passthrough_cluster() -> &'static Arc<Service> {
+    static CELL: OnceLock<Arc<Service>> = OnceLock::new();
+    pseudo_service(&CELL, "PassthroughCluster")
+}
+
+/// The service a connection refused by `REGISTRY_ONLY` is reported under.
+pub fn black_hole_cluster() -> &'static Arc<Service> {
+    static CELL: OnceLock<Arc<Service>> = OnceLock::new();
+    pseudo_service(&CELL, "BlackHoleCluster")
+}
 
 /// The agent's metric families.
 #[derive(Debug)]

@@ -165,6 +165,18 @@ impl Service {
     }
 }
 
+/// Istio's `outboundTrafficPolicy.mode` (the controller's mesh configuration): what a
+/// connection to an address that is no known service, ServiceEntry or workload becomes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OutboundTrafficPolicy {
+    /// Carried to the address the application chose (Istio's `PassthroughCluster`).
+    #[default]
+    AllowAny,
+    /// Refused (Istio's `BlackHoleCluster`).
+    RegistryOnly,
+}
+
 /// Maps read on every connection: a fast hash (keys come from the controller, not from peers).
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
@@ -184,6 +196,7 @@ struct Indexes {
     /// `policies` in evaluation order (namespace, name), rebuilt on every policy change so that
     /// a connection's authorization only takes a reference.
     sorted_policies: Arc<[Arc<Authorization>]>,
+    outbound_traffic_policy: OutboundTrafficPolicy,
 }
 
 /// The agent's view of the mesh. Cheap to clone (an `Arc` inside).
@@ -285,6 +298,11 @@ impl WorkloadStore {
         self.read().sorted_policies.clone()
     }
 
+    /// The mesh's outbound traffic policy, read for each connection.
+    pub fn outbound_traffic_policy(&self) -> OutboundTrafficPolicy {
+        self.read().outbound_traffic_policy
+    }
+
     /// Everything, for `/config_dump`.
     pub fn dump(&self) -> StoreDump {
         let indexes = self.read();
@@ -292,11 +310,13 @@ impl WorkloadStore {
         workloads.sort_by(|a, b| a.uid.cmp(&b.uid));
         let mut services: Vec<_> = indexes.services_by_key.values().cloned().collect();
         services.sort_by_key(|s| s.key());
+        let outbound_traffic_policy = indexes.outbound_traffic_policy;
         drop(indexes);
         StoreDump {
             workloads,
             services,
             policies: self.policies().to_vec(),
+            outbound_traffic_policy,
         }
     }
 
@@ -358,6 +378,13 @@ impl WorkloadStore {
             return;
         }
         self.write(|ix| ix.resolved.retain(|k, _| keep.contains(k)));
+    }
+
+    /// Sets the mesh's outbound traffic policy; the same one again changes nothing.
+    pub fn set_outbound_traffic_policy(&self, policy: OutboundTrafficPolicy) {
+        if self.outbound_traffic_policy() != policy {
+            self.write(|ix| ix.outbound_traffic_policy = policy);
+        }
     }
 
     /// Adds or replaces a policy (keyed `namespace/name`).
@@ -422,6 +449,7 @@ pub struct StoreDump {
     pub workloads: Vec<Arc<Workload>>,
     pub services: Vec<Arc<Service>>,
     pub policies: Vec<Arc<Authorization>>,
+    pub outbound_traffic_policy: OutboundTrafficPolicy,
 }
 
 #[cfg(test)]

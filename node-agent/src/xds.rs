@@ -1,18 +1,23 @@
-//! The agent's side of the delta ADS stream: handlers that apply `istio.workload.Address` and
-//! `istio.security.Authorization` resources to the workload store, and the client wiring.
+//! The agent's side of the delta ADS stream: handlers that apply `istio.workload.Address`,
+//! `istio.security.Authorization` and `weft.mesh.v1.MeshConfig` resources to the workload
+//! store, and the client wiring.
 //!
 //! Every update is all or nothing: each resource is converted first, and if any fails the whole
 //! update is NACKed with every error, and the store keeps its last good state.
 
 use prost::Message;
 use weft_proto::{
-    ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL,
+    ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, MESH_CONFIG_NAME, MESH_CONFIG_TYPE_URL,
     envoy::{config::core::v3::Node, service::discovery::v3::Resource},
     istio::{security, workload},
+    mesh,
 };
 use weft_xds::{DeltaClient, Handler, Target, Update};
 
-use crate::state::{AddressResource, NamespacedHostname, WorkloadStore, authorization_from_proto};
+use crate::state::{
+    AddressResource, NamespacedHostname, OutboundTrafficPolicy, WorkloadStore,
+    authorization_from_proto,
+};
 
 /// Applies `istio.workload.Address` updates. Resource names: a workload's uid, or
 /// `namespace/hostname` for a service.
@@ -140,6 +145,50 @@ impl Handler for AuthorizationHandler {
     }
 }
 
+/// Applies the `weft.mesh.v1.MeshConfig` resource (one, named `mesh`): the mesh's outbound
+/// traffic policy. Its removal restores Istio's default, `ALLOW_ANY`.
+pub struct MeshConfigHandler {
+    store: WorkloadStore,
+}
+
+impl MeshConfigHandler {
+    pub fn new(store: WorkloadStore) -> Self {
+        Self { store }
+    }
+}
+
+impl Handler for MeshConfigHandler {
+    fn apply(&mut self, update: Update) -> Result<(), String> {
+        let mut policy = None;
+        for resource in &update.added {
+            named_as_keyed(&resource.name, MESH_CONFIG_NAME)?;
+            let config = decode::<mesh::MeshConfig>(resource)?;
+            policy = Some(
+                match mesh::OutboundTrafficPolicy::try_from(config.outbound_traffic_policy) {
+                    Ok(mesh::OutboundTrafficPolicy::AllowAny) => OutboundTrafficPolicy::AllowAny,
+                    Ok(mesh::OutboundTrafficPolicy::RegistryOnly) => {
+                        OutboundTrafficPolicy::RegistryOnly
+                    }
+                    Err(_) => {
+                        return Err(format!(
+                            "{}: unknown outbound traffic policy {}",
+                            resource.name, config.outbound_traffic_policy
+                        ));
+                    }
+                },
+            );
+        }
+        if update.removed.iter().any(|name| name == MESH_CONFIG_NAME) {
+            policy.get_or_insert(OutboundTrafficPolicy::AllowAny);
+        }
+        if let Some(policy) = policy {
+            self.store.set_outbound_traffic_policy(policy);
+            tracing::info!(outbound_traffic_policy = ?policy, "applied mesh configuration");
+        }
+        Ok(())
+    }
+}
+
 /// The agent's ADS client: identifies as `node` and subscribes to both resource types.
 pub fn client(
     target: Target,
@@ -171,6 +220,7 @@ pub fn client(
             AUTHORIZATION_TYPE_URL,
             AuthorizationHandler::new(store.clone()),
         )
+        .subscribe(MESH_CONFIG_TYPE_URL, MeshConfigHandler::new(store.clone()))
 }
 
 #[cfg(test)]

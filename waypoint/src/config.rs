@@ -35,7 +35,8 @@ pub const PROXY_ROLE: &str = "PROXY_ROLE";
 /// The gateway's pod name (the downward API's `metadata.name`): its configuration is
 /// `<namespace>/<pod>`, as Istio's gateways are known by their pod.
 pub const POD_NAME: &str = "POD_NAME";
-/// Local mode's credentials: `<dir>/<credentialName>/tls.crt`, `tls.key`, `ca.crt`.
+/// Local mode's credentials: `<dir>/<credentialName>/tls.crt`, `tls.key`, `ca.crt`. Unset
+/// (Kubernetes mode), a gateway has only the credentials the controller serves.
 pub const CREDENTIALS_DIR: &str = "CREDENTIALS_DIR";
 /// The address a gateway's ports are opened on.
 pub const GATEWAY_ADDRESS: &str = "GATEWAY_ADDRESS";
@@ -56,8 +57,6 @@ pub enum SettingsError {
     NoCertificateSource,
     #[error("{PROXY_ROLE}: {0:?} is neither waypoint nor gateway")]
     Role(String),
-    #[error("{PROXY_ROLE}=gateway needs {CREDENTIALS_DIR} (Secrets are not read yet)")]
-    NoCredentials,
 }
 
 /// Where the waypoint's certificate comes from.
@@ -77,9 +76,10 @@ pub enum CertificateSettings {
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     Waypoint,
-    /// An ingress gateway: credentials from this directory (local mode).
+    /// An ingress gateway: credentials from the controller, else from this directory (local
+    /// mode).
     Gateway {
-        credentials_dir: PathBuf,
+        credentials_dir: Option<PathBuf>,
     },
 }
 
@@ -139,9 +139,7 @@ impl Config {
         let role = match settings.string(PROXY_ROLE).as_deref() {
             None | Some("waypoint") => Role::Waypoint,
             Some("gateway") => Role::Gateway {
-                credentials_dir: settings
-                    .path(CREDENTIALS_DIR)
-                    .ok_or(SettingsError::NoCredentials)?,
+                credentials_dir: settings.path(CREDENTIALS_DIR),
             },
             Some(other) => return Err(SettingsError::Role(other.to_owned())),
         };

@@ -15,6 +15,7 @@ use prost::Message as _;
 use tracing::{Instrument as _, info, warn};
 use waypoint::config::{self, CertificateSettings, Config, Environment, Layered, Role};
 use waypoint::gateway::credentials::CredentialSource;
+use waypoint::gateway::credentials::xds::XdsCredentials;
 use waypoint::{Waypoint, WaypointOptions, Workers};
 use weft_hbone::admission::ConnectionLimits;
 use weft_identity::{CertificateAuthority, CertificateSource, SpiffeId};
@@ -186,6 +187,8 @@ async fn run(config: Config, workers: Workers) -> anyhow::Result<()> {
             .apply_config(initial)
             .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     }
+    // Gateway credentials the controller serves (Kubernetes mode).
+    let delivered_credentials = XdsCredentials::default();
     let client = match config.controller() {
         Some(address) => {
             let pod_ip = pod_ip
@@ -207,6 +210,13 @@ async fn run(config: Config, workers: Workers) -> anyhow::Result<()> {
                     vec![config.resource_name()],
                     waypoint.store().xds_handler(),
                 );
+            // A gateway takes every credential the controller lets it have: its own servers'.
+            let client = match &config.role {
+                Role::Gateway { .. } => {
+                    client.subscribe(weft_proto::SECRET_TYPE_URL, delivered_credentials.handler())
+                }
+                Role::Waypoint => client,
+            };
             Some(match &controller {
                 Some(controller) => client.with_bearer_token(controller.bearer_token()),
                 None => client,
@@ -245,7 +255,10 @@ async fn run(config: Config, workers: Workers) -> anyhow::Result<()> {
         }
         (None, Role::Gateway { credentials_dir }) => {
             let edge = waypoint.edge_listeners(
-                CredentialSource::Directory(credentials_dir.clone()),
+                CredentialSource {
+                    directory: credentials_dir.clone(),
+                    xds: delivered_credentials.clone(),
+                },
                 config.gateway_address,
             );
             tokio::spawn(edge.run(drain.clone()));

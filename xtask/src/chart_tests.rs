@@ -204,6 +204,7 @@ fn the_chart_renders_to_valid_manifests_of_every_component() {
     let expected = [
         "ClusterRole",
         "ClusterRoleBinding",
+        "ConfigMap",
         "DaemonSet",
         "Deployment",
         "Role",
@@ -230,6 +231,23 @@ fn the_chart_renders_to_valid_manifests_of_every_component() {
         "no plaintext by default"
     );
     assert_eq!(controller["resources"]["limits"]["memory"], "512Mi");
+    // Istio's mesh configuration: the `istio` ConfigMap's `mesh` key, mounted where the
+    // controller is told to follow it.
+    assert_eq!(
+        env(controller, "WEFT_MESH_CONFIG").as_deref(),
+        Some("/etc/istio/config/mesh")
+    );
+    assert_eq!(
+        controller["volumeMounts"][0]["mountPath"],
+        "/etc/istio/config"
+    );
+    let mesh: serde_yaml::Value = serde_yaml::from_str(
+        find(&rendered, "ConfigMap", "istio")["data"]["mesh"]
+            .as_str()
+            .expect("a mesh key"),
+    )
+    .expect("mesh configuration YAML");
+    assert_eq!(mesh["outboundTrafficPolicy"]["mode"], "ALLOW_ANY");
     assert_eq!(
         ports(find(&rendered, "Service", "istiod")),
         [443, 15012, 15014]
@@ -510,6 +528,20 @@ fn rbac_grants_what_the_controller_watches_reviews_and_writes() {
                 "{verb} {group}/{resource} is not granted"
             );
         }
+    }
+    // The root ConfigMap in every namespace (`ca::kubernetes::namespaces`).
+    for verb in ["get", "create", "update"] {
+        assert!(
+            granted(cluster_role, verb).contains(&(String::new(), "configmaps".into())),
+            "{verb} configmaps is not granted"
+        );
+    }
+    // Gateways' credentials (`source::kube::secrets`), cluster-wide as istiod reads them.
+    for verb in ["get", "list", "watch"] {
+        assert!(
+            granted(cluster_role, verb).contains(&(String::new(), "secrets".into())),
+            "{verb} secrets is not granted"
+        );
     }
     // The status of routes and ingress Gateways (`source::kube::route_status`).
     for kind in [

@@ -7,7 +7,8 @@
 //! - `istio-ca-secret` (self-signed, istiod's): `ca-cert.pem`, `ca-key.pem`. Created on first
 //!   start; a controller that loses the race to create it loads the winner's.
 //! - `istio-ca-root-cert` ConfigMap, key `root-cert.pem`: the trust anchor, written (and
-//!   rewritten when it differs) in the controller's namespace for the node agents to mount.
+//!   rewritten when it differs) in the controller's namespace for the node agents to mount, and
+//!   in every other namespace for the proxies there ([`namespaces`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -20,6 +21,8 @@ use kube::Client;
 use kube::api::{Api, PostParams};
 use tonic::{Status, metadata::MetadataMap};
 use weft_identity::{CaError, CertificateAuthority, SpiffeId};
+
+pub mod namespaces;
 
 use super::{Caller, CallerAuthenticator, bearer_token, check_claimed_node};
 use crate::index::LiveIndex;
@@ -258,6 +261,11 @@ pub async fn publish_root(
                 metadata: ObjectMeta {
                     name: Some(ROOT_CONFIG_MAP.to_owned()),
                     namespace: Some(namespace.to_owned()),
+                    // istiod's label on the ConfigMaps it publishes.
+                    labels: Some(BTreeMap::from([(
+                        "istio.io/config".to_owned(),
+                        "true".to_owned(),
+                    )])),
                     ..Default::default()
                 },
                 data: Some(data),

@@ -3,6 +3,7 @@
 //! [`Resource`] enum. What the model knows is not what the mesh applies: see
 //! [`crate::validation::not_applied`].
 
+pub mod credential;
 pub mod decode;
 pub mod duration;
 pub mod gateway_api;

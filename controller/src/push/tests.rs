@@ -23,6 +23,76 @@ fn identity(id: &str, kind: Option<&str>) -> ProxyIdentity {
             ..Default::default()
         },
         connection: 1,
+        verified: None,
+    }
+}
+
+#[test]
+fn a_credential_goes_only_to_an_authenticated_identity_of_its_audience() {
+    let spiffe =
+        |ns: &str, sa: &str| weft_identity::SpiffeId::new("cluster.local", ns, sa).unwrap();
+    let secret = |audience: Option<&[weft_identity::SpiffeId]>| {
+        let resource = StoredResource::new(
+            "kubernetes://shop/shop-cert",
+            prost_types::Any {
+                type_url: SECRET_TYPE_URL.to_owned(),
+                value: Vec::new(),
+            },
+        );
+        match audience {
+            Some(ids) => resource.with_audience(std::sync::Arc::new(ids.iter().cloned().collect())),
+            None => resource,
+        }
+    };
+    // The gateway's pod claims its node id in every case: only the verified identity counts.
+    let node = "router~10.0.0.9~gw-1.shop~shop.svc.cluster.local";
+    let proxy = |verified: Option<weft_identity::SpiffeId>| ProxyIdentity {
+        verified,
+        ..identity(node, Some("gateway"))
+    };
+    let gateway = spiffe("shop", "gw");
+    let cases = [
+        (
+            "the gateway's identity",
+            Some(gateway.clone()),
+            Some(vec![gateway.clone()]),
+            true,
+        ),
+        (
+            "another identity of its namespace",
+            Some(spiffe("shop", "default")),
+            Some(vec![gateway.clone()]),
+            false,
+        ),
+        (
+            "the same account name in another namespace",
+            Some(spiffe("other", "gw")),
+            Some(vec![gateway.clone()]),
+            false,
+        ),
+        (
+            "no authenticated identity (plaintext port)",
+            None,
+            Some(vec![gateway.clone()]),
+            false,
+        ),
+        (
+            "a credential without an audience",
+            Some(gateway.clone()),
+            None,
+            false,
+        ),
+    ];
+    for (case, verified, audience, visible) in cases {
+        assert_eq!(
+            ProxyScope.visible(
+                &proxy(verified),
+                SECRET_TYPE_URL,
+                &secret(audience.as_deref())
+            ),
+            visible,
+            "{case}"
+        );
     }
 }
 

@@ -12,6 +12,7 @@
 
 pub mod provision;
 pub mod route_status;
+pub mod secrets;
 #[cfg(test)]
 pub(crate) mod test_support;
 #[cfg(test)]

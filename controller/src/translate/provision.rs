@@ -131,13 +131,12 @@ fn deployment(
         json!({"name": "http-metrics", "containerPort": 15020}),
         json!({"name": "status-port", "containerPort": 15021}),
     ];
+    // A gateway's credentials come from the controller over its xDS stream (no directory).
     if waypoint {
         env.push(json!({"name": "WAYPOINT_NAME", "value": name}));
         ports.push(json!({"name": "mesh", "containerPort": 15008}));
-    } else {
-        env.push(json!({"name": "CREDENTIALS_DIR", "value": "/var/run/secrets/credentials"}));
     }
-    let mut volumes = vec![
+    let volumes = vec![
         json!({"name": "root-cert", "configMap": {"name": "istio-ca-root-cert"}}),
         json!({"name": "token", "projected": {"sources": [{"serviceAccountToken": {
             "path": "istio-token",
@@ -145,14 +144,10 @@ fn deployment(
             "expirationSeconds": 43200,
         }}]}}),
     ];
-    let mut mounts = vec![
+    let mounts = vec![
         json!({"name": "root-cert", "mountPath": "/var/run/secrets/istio", "readOnly": true}),
         json!({"name": "token", "mountPath": "/var/run/secrets/tokens", "readOnly": true}),
     ];
-    if !waypoint {
-        volumes.push(json!({"name": "credentials", "emptyDir": {}}));
-        mounts.push(json!({"name": "credentials", "mountPath": "/var/run/secrets/credentials"}));
-    }
     let selector: BTreeMap<&str, &str> = [(GATEWAY_NAME_LABEL, name)].into();
     json!({
         "apiVersion": "apps/v1",

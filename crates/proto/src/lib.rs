@@ -27,6 +27,25 @@ pub mod envoy {
         }
     }
 
+    /// `envoy.extensions.*`
+    pub mod extensions {
+        /// `envoy.extensions.transport_sockets.*`
+        pub mod transport_sockets {
+            /// `envoy.extensions.transport_sockets.tls.*`
+            pub mod tls {
+                /// `envoy.extensions.transport_sockets.tls.v3`: SDS `Secret` resources, the
+                /// gateways' credentials.
+                #[allow(clippy::all, clippy::pedantic, rustdoc::all)]
+                pub mod v3 {
+                    include!(concat!(
+                        env!("OUT_DIR"),
+                        "/envoy.extensions.transport_sockets.tls.v3.rs"
+                    ));
+                }
+            }
+        }
+    }
+
     /// `envoy.service.*`
     pub mod service {
         /// `envoy.service.discovery.*`
@@ -107,6 +126,13 @@ pub mod waypoint {
     include!(concat!(env!("OUT_DIR"), "/weft.waypoint.v1.rs"));
 }
 
+/// `weft.mesh.v1`: the mesh-wide settings node agents apply, served as one `MeshConfig`
+/// resource named [`MESH_CONFIG_NAME`].
+#[allow(clippy::all, clippy::pedantic, rustdoc::all)]
+pub mod mesh {
+    include!(concat!(env!("OUT_DIR"), "/weft.mesh.v1.rs"));
+}
+
 /// `weft.sample.v1`: the sample application's gRPC echo service.
 pub mod sample {
     include!(concat!(env!("OUT_DIR"), "/weft.sample.v1.rs"));
@@ -125,8 +151,21 @@ pub const ADDRESS_TYPE_URL: &str = "type.googleapis.com/istio.workload.Address";
 /// Type URL of `istio.security.Authorization` resources (L4 policies) on the ADS stream.
 pub const AUTHORIZATION_TYPE_URL: &str = "type.googleapis.com/istio.security.Authorization";
 
+/// Type URL of Envoy's SDS `Secret` resources: gateway credentials, named as istiod names them
+/// (`kubernetes://<namespace>/<name>` for an Istio Gateway's `credentialName`,
+/// `kubernetes-gateway://<namespace>/<name>` for a Gateway API listener's `certificateRefs`; a
+/// `-cacert` suffix for the CA that verifies MUTUAL clients).
+pub const SECRET_TYPE_URL: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+
 /// Type URL of `weft.waypoint.v1.WaypointConfig` resources (waypoint L7 configuration).
 pub const WAYPOINT_CONFIG_TYPE_URL: &str = "type.googleapis.com/weft.waypoint.v1.WaypointConfig";
+
+/// Type URL of `weft.mesh.v1.MeshConfig`, the mesh-wide settings node agents apply.
+pub const MESH_CONFIG_TYPE_URL: &str = "type.googleapis.com/weft.mesh.v1.MeshConfig";
+
+/// The name of the one `MeshConfig` resource.
+pub const MESH_CONFIG_NAME: &str = "mesh";
 
 #[cfg(test)]
 mod tests;

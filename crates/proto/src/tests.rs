@@ -18,7 +18,10 @@ use crate::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
 };
 use crate::istio::{ca, security, workload};
-use crate::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, WAYPOINT_CONFIG_TYPE_URL, waypoint};
+use crate::{
+    ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, MESH_CONFIG_TYPE_URL, WAYPOINT_CONFIG_TYPE_URL, mesh,
+    waypoint,
+};
 
 /// Bound on every wait in the loopback test, so a broken stream fails instead of hanging.
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -192,6 +195,11 @@ fn type_url_constants_name_their_messages() {
             WAYPOINT_CONFIG_TYPE_URL,
             waypoint::WaypointConfig::type_url(),
             waypoint::WaypointConfig::full_name(),
+        ),
+        (
+            MESH_CONFIG_TYPE_URL,
+            mesh::MeshConfig::type_url(),
+            mesh::MeshConfig::full_name(),
         ),
     ];
     for (constant, type_url, full_name) in cases {

@@ -19,7 +19,7 @@ pub use metrics::{NoMetrics, Rejection, StreamEvent, XdsCounters, XdsMetrics};
 pub use server::{
     Admission, DeltaAdsServer, ProxyIdentity, Scope, ServerConfig, StreamError, Unscoped,
 };
-pub use store::{ChangeSummary, ResourceStore, Snapshot, SnapshotReader, StoredResource};
+pub use store::{Audience, ChangeSummary, ResourceStore, Snapshot, SnapshotReader, StoredResource};
 
 #[cfg(test)]
 mod tests;

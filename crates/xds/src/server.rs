@@ -25,6 +25,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, info, warn};
+use weft_identity::SpiffeId;
 use weft_proto::envoy::config::core::v3::Node;
 use weft_proto::envoy::service::discovery::v3::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
@@ -49,6 +50,10 @@ pub struct ProxyIdentity {
     pub node: Node,
     /// Number of this stream on this server, to tell reconnects apart in logs.
     pub connection: u64,
+    /// The identity the stream's credential proved, as the [`Admission`] established it;
+    /// `None` without admission or for a credential naming no workload identity. Everything
+    /// else here is only what the proxy claims.
+    pub verified: Option<SpiffeId>,
 }
 
 impl ProxyIdentity {
@@ -100,12 +105,14 @@ impl Scope for Unscoped {
 /// Decides whether a stream may be served, from its request metadata (credentials) and the
 /// `Node` of its first request, before anything is sent on it.
 pub trait Admission: Send + Sync + 'static {
-    /// `Ok` to serve the stream; the `Status` refusing it otherwise, which the proxy receives.
+    /// `Ok` with the identity the credential proved (if it names one: it becomes
+    /// [`ProxyIdentity::verified`]) to serve the stream; the `Status` refusing it otherwise,
+    /// which the proxy receives.
     fn admit(
         &self,
         metadata: MetadataMap,
         proxy: ProxyIdentity,
-    ) -> Pin<Box<dyn Future<Output = Result<(), Status>> + Send + '_>>;
+    ) -> Pin<Box<dyn Future<Output = Result<Option<SpiffeId>, Status>> + Send + '_>>;
 }
 
 /// Tuning of the server.
@@ -287,21 +294,25 @@ impl DeltaAdsServer {
                 .await;
             return Err(StreamError::MissingNode);
         };
-        let proxy = ProxyIdentity {
+        let mut proxy = ProxyIdentity {
             id: node.id.clone(),
             node,
             connection,
+            verified: None,
         };
         tracing::Span::current().record("proxy", proxy.id.as_str());
-        if let Some(admission) = &self.admission
-            && let Err(status) = admission.admit(metadata, proxy.clone()).await
-        {
-            warn!(proxy = %proxy.id, code = ?status.code(), reason = status.message(), "refused a discovery stream");
-            let _ = responses.send(Err(status.clone())).await;
-            return Err(StreamError::Refused {
-                proxy_id: proxy.id,
-                status,
-            });
+        if let Some(admission) = &self.admission {
+            match admission.admit(metadata, proxy.clone()).await {
+                Ok(verified) => proxy.verified = verified,
+                Err(status) => {
+                    warn!(proxy = %proxy.id, code = ?status.code(), reason = status.message(), "refused a discovery stream");
+                    let _ = responses.send(Err(status.clone())).await;
+                    return Err(StreamError::Refused {
+                        proxy_id: proxy.id,
+                        status,
+                    });
+                }
+            }
         }
         info!(proxy = %proxy.id, "proxy connected");
         let _connected = ConnectedGuard::new(self.metrics.clone(), proxy.clone());

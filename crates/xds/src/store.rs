@@ -5,11 +5,16 @@
 //! stable hash of the packed bytes, so setting an identical resource again changes nothing and
 //! wakes nobody.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use prost_types::Any;
 use tokio::sync::watch;
+use weft_identity::SpiffeId;
+
+/// The identities a resource may be sent to, for the server's [`crate::Scope`] to check; the
+/// store only keeps it with the resource (and republishes when it changes).
+pub type Audience = Arc<BTreeSet<SpiffeId>>;
 
 /// One resource as served on the stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +25,9 @@ pub struct StoredResource {
     pub version: String,
     /// The packed message.
     pub body: Any,
+    /// Who may receive it, when the writer restricts it (gateway credentials); `None`: the
+    /// scope decides from the proxy and the name alone. Never sent.
+    pub audience: Option<Audience>,
 }
 
 impl StoredResource {
@@ -29,7 +37,25 @@ impl StoredResource {
             name: name.into(),
             version: content_version(&body),
             body,
+            audience: None,
         }
+    }
+
+    /// The same resource, for `audience` only. A change of audience alone keeps the version:
+    /// proxies that keep it are not sent it again; those that lose it are told it is removed.
+    pub fn with_audience(mut self, audience: Audience) -> Self {
+        self.audience = Some(audience);
+        self
+    }
+
+    fn same_as(&self, other: &StoredResource) -> bool {
+        self.version == other.version && self.audience == other.audience
+    }
+}
+
+impl From<(String, Any)> for StoredResource {
+    fn from((name, body): (String, Any)) -> Self {
+        StoredResource::new(name, body)
     }
 }
 
@@ -126,7 +152,7 @@ impl ResourceStore {
         let mut summary = ChangeSummary::default();
         let existing = self.current.get(type_url, &resource.name);
         match existing {
-            Some(existing) if existing.version == resource.version => return summary,
+            Some(existing) if existing.same_as(&resource) => return summary,
             Some(_) => summary.updated = 1,
             None => summary.added = 1,
         }
@@ -158,10 +184,10 @@ impl ResourceStore {
 
     /// Replaces every resource of one type with `resources`, keeping unchanged ones (same
     /// version) as they were. Publishes once, and only if something changed.
-    pub fn replace_type(
+    pub fn replace_type<R: Into<StoredResource>>(
         &mut self,
         type_url: &str,
-        resources: impl IntoIterator<Item = (String, Any)>,
+        resources: impl IntoIterator<Item = R>,
     ) -> ChangeSummary {
         let previous = self
             .current
@@ -181,9 +207,9 @@ impl ResourceStore {
 
     /// Replaces the whole state: every type in `types` as with [`Self::replace_type`], and every
     /// type absent from it emptied. Publishes once, and only if something changed.
-    pub fn replace_all(
+    pub fn replace_all<R: Into<StoredResource>>(
         &mut self,
-        types: impl IntoIterator<Item = (String, Vec<(String, Any)>)>,
+        types: impl IntoIterator<Item = (String, Vec<R>)>,
     ) -> ChangeSummary {
         let mut total = ChangeSummary::default();
         let mut next_types = BTreeMap::new();
@@ -233,16 +259,16 @@ impl ResourceStore {
 
 /// Builds the next map of one type from the full list of its resources, sharing unchanged
 /// entries with `previous`.
-fn merge_type(
+fn merge_type<R: Into<StoredResource>>(
     previous: &TypeResources,
-    resources: impl IntoIterator<Item = (String, Any)>,
+    resources: impl IntoIterator<Item = R>,
 ) -> (TypeResources, ChangeSummary) {
     let mut summary = ChangeSummary::default();
     let mut next = TypeResources::new();
-    for (name, body) in resources {
-        let resource = StoredResource::new(name, body);
+    for resource in resources {
+        let resource: StoredResource = resource.into();
         let entry = match previous.get(&resource.name) {
-            Some(existing) if existing.version == resource.version => existing.clone(),
+            Some(existing) if existing.same_as(&resource) => existing.clone(),
             Some(_) => {
                 summary.updated += 1;
                 Arc::new(resource)
@@ -448,6 +474,36 @@ mod tests {
             store.snapshot().generation(),
             generation,
             "no-op replace does not publish"
+        );
+    }
+
+    #[test]
+    fn a_change_of_audience_alone_publishes_and_keeps_the_version() {
+        let mut store = ResourceStore::new();
+        let t = "type.googleapis.com/test.Thing";
+        let identity = |sa: &str| SpiffeId::new("cluster.local", "shop", sa).unwrap();
+        let for_them = |sas: &[&str]| {
+            StoredResource::new("x", any(b"1"))
+                .with_audience(Arc::new(sas.iter().map(|sa| identity(sa)).collect()))
+        };
+        store.replace_type(t, [for_them(&["gateway"])]);
+        let before = store.snapshot().get(t, "x").cloned().unwrap();
+        let summary = store.replace_type(t, [for_them(&["gateway", "other"])]);
+        assert_eq!(summary.updated, 1, "a new audience is a change");
+        let after = store.snapshot().get(t, "x").cloned().unwrap();
+        assert_eq!(after.version, before.version, "the body did not change");
+        assert!(
+            after
+                .audience
+                .as_ref()
+                .unwrap()
+                .contains(&identity("other"))
+        );
+        assert!(
+            store
+                .replace_type(t, [for_them(&["gateway", "other"])])
+                .is_empty(),
+            "the same audience again changes nothing"
         );
     }
 

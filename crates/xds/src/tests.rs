@@ -690,13 +690,18 @@ impl crate::Admission for TokenPerNode {
         &self,
         metadata: tonic::metadata::MetadataMap,
         proxy: ProxyIdentity,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), tonic::Status>> + Send + '_>>
-    {
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<Output = Result<Option<weft_identity::SpiffeId>, tonic::Status>>
+                + Send
+                + '_,
+        >,
+    > {
         Box::pin(async move {
             let expected = format!("Bearer node={}", proxy.id);
             match metadata.get("authorization").and_then(|v| v.to_str().ok()) {
                 None => Err(tonic::Status::unauthenticated("no token")),
-                Some(token) if token == expected => Ok(()),
+                Some(token) if token == expected => Ok(None),
                 Some(_) => Err(tonic::Status::permission_denied(format!(
                     "token is not {}'s",
                     proxy.id

@@ -27,6 +27,12 @@ pub enum ProxyError {
     /// The mutual-TLS side of an HBONE connection: certificate, handshake, peer identity.
     #[error(transparent)]
     Tls(#[from] weft_hbone::TlsError),
+    /// `REGISTRY_ONLY` refused a destination the mesh does not know (Istio's
+    /// `BlackHoleCluster`).
+    #[error(
+        "{0} is no known service, ServiceEntry or workload and the outbound traffic policy is REGISTRY_ONLY"
+    )]
+    BlackHole(SocketAddr),
     #[error("connecting to {0}: {1}")]
     Connect(SocketAddr, #[source] io::Error),
     #[error("hbone to {0}: {1}")]
@@ -59,6 +65,8 @@ impl ProxyError {
             Self::Refused(InboundRefusal::Denied(_) | InboundRefusal::WaypointBypass { .. })
             | Self::PolicyChanged(_) => ResponseFlag::Denied,
             Self::Copy(_) | Self::PodLeft => ResponseFlag::None,
+            // Envoy's `BlackHoleCluster` has no endpoint: `UH`, as Istio reports it.
+            Self::BlackHole(_) => ResponseFlag::NoHealthyUpstream,
             _ => ResponseFlag::ConnectFailure,
         }
     }

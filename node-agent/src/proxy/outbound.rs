@@ -23,7 +23,10 @@ use super::{
     record::{ConnectionLog, Failed},
     served::ServedPod,
 };
-use crate::state::Workload;
+use crate::{
+    metrics::{black_hole_cluster, passthrough_cluster},
+    state::Workload,
+};
 
 /// Serves one connection accepted on a pod's outbound listener.
 pub(super) async fn handle(
@@ -78,7 +81,16 @@ pub(super) async fn handle(
     };
     let source = source.expect("planned only with a source");
     let (destination, service, security) = match &plan {
-        OutboundPlan::Passthrough { .. } => (None, None, SecurityPolicy::Unknown),
+        OutboundPlan::Passthrough { .. } => (
+            None,
+            Some(passthrough_cluster().clone()),
+            SecurityPolicy::Unknown,
+        ),
+        OutboundPlan::BlackHole { .. } => (
+            None,
+            Some(black_hole_cluster().clone()),
+            SecurityPolicy::Unknown,
+        ),
         OutboundPlan::External {
             destination,
             service,
@@ -142,6 +154,7 @@ async fn execute(
     plan: OutboundPlan,
 ) -> Result<(u64, u64), ProxyError> {
     match plan {
+        OutboundPlan::BlackHole { target } => Err(ProxyError::BlackHole(target)),
         OutboundPlan::Passthrough { target } => {
             let mut upstream = connect_tcp(&pod.netns, target)
                 .await

@@ -14,8 +14,8 @@ use weft_policy::{
 };
 
 use crate::state::{
-    GatewayAddress, GatewayDestination, LoadBalancingMode, RoutingPreference, Service,
-    TunnelProtocol, Workload, WorkloadStore,
+    GatewayAddress, GatewayDestination, LoadBalancingMode, OutboundTrafficPolicy,
+    RoutingPreference, Service, TunnelProtocol, Workload, WorkloadStore,
 };
 
 // The ports the agent itself listens on inside a pod (ztunnel's `illegal_ports`): never a valid
@@ -27,8 +27,12 @@ use weft_ebpf_common::ports::AGENT_IN_POD as AGENT_PORTS;
 /// How an outbound connection is carried.
 #[derive(Debug, Clone, PartialEq)]
 pub enum OutboundPlan {
-    /// Plain TCP to `target`: the destination is outside the mesh.
+    /// Plain TCP to `target`: the destination is outside the mesh (Istio's
+    /// `PassthroughCluster`).
     Passthrough { target: SocketAddr },
+    /// Refused: `target` is no known service, ServiceEntry or workload and the mesh's
+    /// `outboundTrafficPolicy` is `REGISTRY_ONLY` (Istio's `BlackHoleCluster`).
+    BlackHole { target: SocketAddr },
     /// HBONE to `gateway` (an endpoint's or a waypoint's `ip:15008`) asking for `target`.
     Hbone {
         gateway: SocketAddr,
@@ -91,9 +95,20 @@ pub fn plan_outbound(
         {
             return plan_waypoint(store, waypoint, original, destination.clone(), None, roll);
         }
+        // An external host is in the registry as its ServiceEntry's host, reached by the
+        // host's addresses: its endpoint's own address is not (a sidecar has no listener for it).
+        if destination.is_service_entry_endpoint()
+            && store.outbound_traffic_policy() == OutboundTrafficPolicy::RegistryOnly
+        {
+            return Ok(OutboundPlan::BlackHole { target: original });
+        }
         return plan_workload(destination, None, original, &is_local);
     }
-    Ok(OutboundPlan::Passthrough { target: original })
+    // Read per connection: a change of the mesh configuration decides the next connection.
+    Ok(match store.outbound_traffic_policy() {
+        OutboundTrafficPolicy::AllowAny => OutboundPlan::Passthrough { target: original },
+        OutboundTrafficPolicy::RegistryOnly => OutboundPlan::BlackHole { target: original },
+    })
 }
 
 fn plan_service(

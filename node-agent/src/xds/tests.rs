@@ -262,3 +262,44 @@ fn resources_must_be_named_by_their_key() {
         "removed by the name it was sent under"
     );
 }
+
+#[test]
+fn the_mesh_configuration_sets_the_outbound_traffic_policy_and_its_removal_restores_allow_any() {
+    let store = WorkloadStore::new();
+    let mut handler = MeshConfigHandler::new(store.clone());
+    let registry_only = mesh::MeshConfig {
+        outbound_traffic_policy: mesh::OutboundTrafficPolicy::RegistryOnly as i32,
+    };
+    handler
+        .apply(update(vec![resource("mesh", &registry_only)], vec![]))
+        .unwrap();
+    assert_eq!(
+        store.outbound_traffic_policy(),
+        OutboundTrafficPolicy::RegistryOnly
+    );
+    // Another name, or a value this agent does not know, is refused and changes nothing.
+    assert!(
+        handler
+            .apply(update(vec![resource("other", &registry_only)], vec![]))
+            .is_err()
+    );
+    let unknown = mesh::MeshConfig {
+        outbound_traffic_policy: 7,
+    };
+    let error = handler
+        .apply(update(vec![resource("mesh", &unknown)], vec![]))
+        .unwrap_err();
+    assert!(
+        error.contains("unknown outbound traffic policy 7"),
+        "{error}"
+    );
+    assert_eq!(
+        store.outbound_traffic_policy(),
+        OutboundTrafficPolicy::RegistryOnly
+    );
+    handler.apply(update(vec![], vec!["mesh"])).unwrap();
+    assert_eq!(
+        store.outbound_traffic_policy(),
+        OutboundTrafficPolicy::AllowAny
+    );
+}

@@ -318,6 +318,25 @@ spec:
     )
 }
 
+/// A CA and a server certificate it signed for `host`, for TLS servers outside the mesh:
+/// (CA PEM, certificate PEM, key PEM).
+pub fn server_certificate(host: &str) -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "external test CA");
+    let ca_key = KeyPair::generate().expect("CA key");
+    let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
+    let issuer = Issuer::new(ca_params, ca_key);
+    let mut params = CertificateParams::new(vec![host.to_owned()]).expect("server parameters");
+    params.distinguished_name.push(DnType::CommonName, host);
+    let key = KeyPair::generate().expect("server key");
+    let cert = params.signed_by(&key, &issuer).expect("server certificate");
+    (ca.pem(), cert.pem(), key.serialize_pem())
+}
+
 /// The directory holding the workspace's built binaries (next to the running test binary).
 pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
@@ -356,8 +375,6 @@ pub struct Mesh {
     acceleration: bool,
     log_requests: bool,
     agent_env: Vec<(String, String)>,
-    /// Istio's mesh config given to the controller (`--mesh-config`), if any.
-    mesh_config: Option<PathBuf>,
     runtime: tokio::runtime::Runtime,
 }
 
@@ -377,7 +394,8 @@ pub struct MeshOptions {
     pub log_requests: bool,
     /// Further environment for every agent (`WORKER_THREADS`, ...), after the harness's own.
     pub agent_env: Vec<(String, String)>,
-    /// Istio's mesh config (YAML) for the controller's `--mesh-config`; none when empty.
+    /// Istio's mesh config (YAML) the controller starts with (`--mesh-config`); Istio's
+    /// defaults when empty. [`Mesh::set_mesh_config`] changes it later.
     pub mesh_config: String,
 }
 

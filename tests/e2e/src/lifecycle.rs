@@ -53,7 +53,6 @@ impl Mesh {
             acceleration: options.acceleration,
             log_requests: options.log_requests,
             agent_env: options.agent_env,
-            mesh_config: None,
             runtime,
         };
         let mut declared = declared_namespaces(&options.config)?;
@@ -62,9 +61,7 @@ impl Mesh {
         }
         mesh.declared = declared;
         if !options.mesh_config.is_empty() {
-            let path = mesh.dir.join("mesh.yaml");
-            std::fs::write(&path, &options.mesh_config)?;
-            mesh.mesh_config = Some(path);
+            mesh.set_mesh_config(&options.mesh_config)?;
         }
         mesh.write_config("00-pods.yaml", &mesh.pods_yaml())?;
         if !options.config.is_empty() {
@@ -160,6 +157,20 @@ impl Mesh {
         Ok(())
     }
 
+    /// Replaces the mesh configuration file the controller follows (Istio's `MeshConfig`
+    /// YAML, the `mesh` key of its `istio` ConfigMap).
+    pub fn set_mesh_config(&self, yaml: &str) -> anyhow::Result<()> {
+        let path = self.mesh_config_path();
+        let temporary = path.with_extension("tmp");
+        std::fs::write(&temporary, yaml)?;
+        std::fs::rename(&temporary, &path)?;
+        Ok(())
+    }
+
+    fn mesh_config_path(&self) -> PathBuf {
+        self.dir.join("mesh-config.yaml")
+    }
+
     pub fn remove_config(&self, file: &str) -> anyhow::Result<()> {
         std::fs::remove_file(self.dir.join("config").join(file))?;
         Ok(())
@@ -173,6 +184,10 @@ impl Mesh {
     /// Starts (or restarts) the controller.
     pub fn start_controller(&mut self) -> anyhow::Result<()> {
         let host = self.testbed.control_plane().expect("a control plane host");
+        // Istio's defaults until a test changes them; a restart keeps what it set.
+        if !self.mesh_config_path().exists() {
+            std::fs::write(self.mesh_config_path(), "")?;
+        }
         let mut command = host
             .netns
             .command_in_cgroup(&host.cgroup, binary("controller")?.to_str().unwrap());
@@ -184,6 +199,8 @@ impl Mesh {
             .arg(self.dir.join("ca"))
             .arg("--bootstrap-tokens")
             .arg(self.dir.join("tokens"))
+            .arg("--mesh-config")
+            .arg(self.mesh_config_path())
             .args(["--grpc-address", &format!("0.0.0.0:{GRPC_PORT}")])
             // The console reads the Prometheus that `start_observability` runs beside it.
             .args([
@@ -192,9 +209,6 @@ impl Mesh {
                 "--prometheus-url",
                 &format!("http://{}", observability::PROMETHEUS_ADDRESS),
             ]);
-        if let Some(path) = &self.mesh_config {
-            command.arg("--mesh-config").arg(path);
-        }
         let log = self.dir.join("controller.log");
         self.controller = Some(Process::spawn("controller", command, log)?);
         // Ready when its port answers from a node.
@@ -360,6 +374,42 @@ impl Mesh {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()?)
+    }
+
+    /// An HTTPS server outside the mesh's control: `openssl s_server -www` in `pod` on `port`
+    /// (any GET answers a page describing the TLS session) with a certificate for `host` from
+    /// a fresh test CA, whose PEM file is returned beside the running server, once it listens.
+    pub fn start_tls_server(
+        &self,
+        pod: &str,
+        port: u16,
+        host: &str,
+    ) -> anyhow::Result<(Child, PathBuf)> {
+        let (ca, cert, key) = server_certificate(host);
+        let dir = self.dir.join(format!("tls-{pod}-{port}"));
+        std::fs::create_dir_all(&dir)?;
+        for (file, text) in [("ca.pem", &ca), ("cert.pem", &cert), ("key.pem", &key)] {
+            std::fs::write(dir.join(file), text)?;
+        }
+        let path = |file: &str| dir.join(file).display().to_string();
+        let port_text = port.to_string();
+        let server = self.spawn_in_pod(
+            pod,
+            "openssl",
+            &[
+                "s_server",
+                "-quiet",
+                "-accept",
+                &port_text,
+                "-cert",
+                &path("cert.pem"),
+                "-key",
+                &path("key.pem"),
+                "-www",
+            ],
+        )?;
+        self.wait_listening(pod, port)?;
+        Ok((server, dir.join("ca.pem")))
     }
 
     /// Waits until a socket listens on TCP `port` in `pod`, read from the pod's socket table

@@ -246,24 +246,6 @@ spec:
   rules: [{to: [{operation: {methods: [GET], paths: [/allowed/*]}}]}]
 "#;
 
-/// A CA and a server certificate it signed for `host`: (CA PEM, certificate PEM, key PEM).
-fn certificates(host: &str) -> (String, String, String) {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "egress test CA");
-    let ca_key = KeyPair::generate().unwrap();
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let mut params = CertificateParams::new(vec![host.to_owned()]).unwrap();
-    params.distinguished_name.push(DnType::CommonName, host);
-    let key = KeyPair::generate().unwrap();
-    let cert = params.signed_by(&key, &issuer).unwrap();
-    (ca.pem(), cert.pem(), key.serialize_pem())
-}
-
 #[test]
 fn an_external_host_is_reached_through_its_waypoint_with_its_routes_and_policies() {
     let mesh = mesh_with_waypoint();
@@ -329,7 +311,7 @@ fn an_external_host_is_reached_through_its_waypoint_with_its_routes_and_policies
 #[test]
 fn the_waypoint_originates_tls_to_an_external_host_and_resolves_endpoints_by_name() {
     let mesh = mesh_with_waypoint();
-    let (ca, cert, key) = certificates(EGRESS_HOST);
+    let (ca, cert, key) = weft_e2e::server_certificate(EGRESS_HOST);
     let dir = mesh.dir().join("egress-tls");
     std::fs::create_dir_all(&dir).unwrap();
     for (file, text) in [("ca.pem", &ca), ("cert.pem", &cert), ("key.pem", &key)] {
@@ -408,7 +390,7 @@ fn the_waypoint_originates_tls_to_an_external_host_and_resolves_endpoints_by_nam
 
     // A server certificate the configured CA did not sign fails the handshake: 503, never
     // plain text and never an unverified server.
-    let (other_ca, _, _) = certificates("elsewhere.example");
+    let (other_ca, _, _) = weft_e2e::server_certificate("elsewhere.example");
     std::fs::write(dir.join("other-ca.pem"), other_ca).unwrap();
     mesh.kubectl_apply(&destination_rule(EGRESS_HOST).replace("ca.pem", "other-ca.pem"))
         .unwrap();

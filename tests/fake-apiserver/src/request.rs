@@ -140,11 +140,12 @@ pub(crate) fn parse_field_selector(selector: &str) -> Result<Vec<FieldTerm>, Str
         } else {
             return Err(format!("field selector {term:?} has no operator"));
         };
-        // The generic fields, and the one pod field node-local watchers select by (the real
-        // API server only supports it on pods; the fake does not check the kind).
+        // The generic fields, the one pod field node-local watchers select by and the Secret
+        // field the controller's watch of Secrets selects by (the real API server supports
+        // them on pods and Secrets only; the fake does not check the kind).
         if !matches!(
             field,
-            "metadata.name" | "metadata.namespace" | "spec.nodeName"
+            "metadata.name" | "metadata.namespace" | "spec.nodeName" | "type"
         ) {
             return Err(format!("field label not supported: {field}"));
         }
@@ -172,6 +173,7 @@ impl Selection {
             LabelTerm::Absent(k) => label(k).is_none(),
         });
         let field = |name: &str| match name.split_once('.') {
+            None => object[name].as_str(),
             Some(("spec", rest)) => object["spec"][rest].as_str(),
             _ => metadata[name.trim_start_matches("metadata.")].as_str(),
         };

@@ -1,13 +1,18 @@
-//! Certificates of the servers that terminate TLS, by `credentialName`. In local mode a
-//! credential is a directory named after it under the credentials directory, holding the keys
-//! of Istio's Secrets as files: `tls.crt` (the chain, leaf first), `tls.key`, and for MUTUAL
-//! `ca.crt` (or, as Istio's separate CA Secret, `<name>-cacert/ca.crt`).
+//! Certificates of the servers that terminate TLS. In Kubernetes mode the controller serves
+//! them over xDS ([`xds`]: Envoy's SDS `Secret` resources, named by the server's
+//! `credential_resource`), built from the Kubernetes Secrets the Gateways name. In local mode a
+//! credential is a directory named after its `credentialName` under the credentials directory,
+//! holding the keys of Istio's Secrets as files: `tls.crt` (the chain, leaf first), `tls.key`,
+//! and for MUTUAL `ca.crt` (or, as Istio's separate CA Secret, `<name>-cacert/ca.crt`). A
+//! server uses the controller's credential when one was delivered, else the directory's.
 //!
-//! A credential is read when a handshake first needs it and again whenever one of its files
-//! changed (size or modification time, checked per handshake: a few `stat` calls), so a rotated
-//! certificate serves the next connection without a restart. A missing or broken credential
-//! fails only the servers naming it: their handshakes are refused, reported once per change of
-//! its files, and every other server keeps serving.
+//! A credential is read when a handshake first needs it and again whenever it changed (a new
+//! version from the controller; a file's size or modification time, a few `stat` calls per
+//! handshake), so a rotated certificate serves the next connection without a restart. A
+//! missing or broken credential fails only the servers naming it: their handshakes are
+//! refused, reported once per change of the credential, and every other server keeps serving.
+
+pub mod xds;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -23,46 +28,86 @@ use rustls::{RootCertStore, ServerConfig, SupportedProtocolVersion};
 use tracing::warn;
 
 use crate::model::gateway::{EdgeServer, ServerTls, ServerTlsMode, TlsVersion};
+use xds::{Material, XdsCredentials};
 
 /// Istio's Secret keys, as file names.
 pub const CERTIFICATE_FILE: &str = "tls.crt";
 pub const KEY_FILE: &str = "tls.key";
 pub const CA_FILE: &str = "ca.crt";
-/// Istio's separate CA Secret for MUTUAL: `<credentialName>-cacert`.
+/// Istio's separate CA Secret for MUTUAL: `<credentialName>-cacert` (and the SDS resource of
+/// the CA: `<credential resource>-cacert`).
 pub const CA_SECRET_SUFFIX: &str = "-cacert";
 
-/// Why a server cannot terminate TLS.
+/// Why a server cannot terminate TLS. Origins are file paths or SDS resource names.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum CredentialError {
     #[error("reading {0}: {1}")]
-    Read(PathBuf, String),
+    Read(String, String),
     #[error("{0}: no certificate")]
-    NoCertificate(PathBuf),
+    NoCertificate(String),
     #[error("{0}: {1}")]
-    Invalid(PathBuf, String),
+    Invalid(String, String),
     #[error("the private key does not match the certificate: {0}")]
     KeyMismatch(String),
     #[error("MUTUAL needs {CA_FILE} in the credential or a {CA_SECRET_SUFFIX} credential")]
     NoCa,
+    #[error(
+        "credential {0} was not delivered by the controller (its Secret is missing or unusable, or this gateway may not use it)"
+    )]
+    NotDelivered(String),
     #[error("{0}")]
     Settings(String),
 }
 
-/// Where credentials come from.
-#[derive(Debug, Clone)]
-pub enum CredentialSource {
+/// Where credentials come from: the controller's, and in local mode a directory.
+#[derive(Debug, Clone, Default)]
+pub struct CredentialSource {
     /// Local mode: `<dir>/<credentialName>/tls.crt`, ...
-    Directory(PathBuf),
+    pub directory: Option<PathBuf>,
+    /// What the controller delivered over xDS.
+    pub xds: XdsCredentials,
 }
 
-/// The files a credential was read from, as they were: read again when this changes.
-type Stamp = Vec<Option<(SystemTime, u64)>>;
+impl CredentialSource {
+    /// A directory only (local mode without a controller's credentials).
+    pub fn directory(dir: PathBuf) -> Self {
+        CredentialSource {
+            directory: Some(dir),
+            xds: XdsCredentials::default(),
+        }
+    }
+}
+
+/// A credential as it was read: read again when this changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Stamp {
+    /// The files' modification times and sizes.
+    Files(Vec<Option<(SystemTime, u64)>>),
+    /// The versions of the certificate's and the CA's resources.
+    Xds(Option<String>, Option<String>),
+}
 
 struct Entry {
     stamp: Stamp,
     /// The server configurations built from it, by the server's TLS settings.
     configs: HashMap<ServerTls, Result<Arc<ServerConfig>, CredentialError>>,
 }
+
+/// PEM bytes and where they came from (for errors).
+struct Pem {
+    origin: String,
+    bytes: Vec<u8>,
+}
+
+/// What one server's configuration is built from.
+struct Credential {
+    certificate: Pem,
+    key: Pem,
+    ca: Option<Pem>,
+}
+
+/// Reads a credential's material when its configuration must be built.
+type Reader<'a> = Box<dyn Fn() -> Result<Credential, CredentialError> + 'a>;
 
 /// The credentials of one gateway proxy.
 pub struct CredentialStore {
@@ -89,8 +134,7 @@ impl CredentialStore {
         }
     }
 
-    fn paths(&self, name: &str) -> [PathBuf; 4] {
-        let CredentialSource::Directory(dir) = &self.source;
+    fn paths(dir: &Path, name: &str) -> [PathBuf; 4] {
         let own = dir.join(name);
         [
             own.join(CERTIFICATE_FILE),
@@ -106,17 +150,59 @@ impl CredentialStore {
             .tls
             .as_ref()
             .ok_or_else(|| CredentialError::Settings("no TLS settings".to_owned()))?;
-        let name = tls.credential_name.as_str();
-        // A name is one path component: `../x` never leaves the credentials directory.
-        if name.is_empty() || name.contains('/') || name == "." || name == ".." {
-            return Err(CredentialError::Settings(format!(
-                "credentialName {name:?} is not a credential name"
-            )));
-        }
-        let paths = self.paths(name);
-        let stamp: Stamp = paths.iter().map(|p| file_stamp(p)).collect();
+        let resource = tls.credential_resource.as_str();
+        let delivered = (!resource.is_empty())
+            .then(|| self.source.xds.get(resource))
+            .flatten();
+        // The controller's credential when it delivered one; the directory's in local mode.
+        let (key, stamp, read): (&str, Stamp, Reader) = match (delivered, &self.source.directory) {
+            (Some(certificate), _) => {
+                let ca_name = format!("{resource}{CA_SECRET_SUFFIX}");
+                let ca = self.source.xds.get(&ca_name);
+                let stamp = Stamp::Xds(
+                    Some(certificate.version.clone()),
+                    ca.as_ref().map(|c| c.version.clone()),
+                );
+                let resource = resource.to_owned();
+                (
+                    tls.credential_resource.as_str(),
+                    stamp,
+                    Box::new(move || {
+                        delivered_credential(
+                            &resource,
+                            &certificate.material,
+                            ca.as_deref().map(|c| (&ca_name, &c.material)),
+                        )
+                    }),
+                )
+            }
+            (None, Some(dir)) => {
+                let name = tls.credential_name.as_str();
+                // A name is one path component: `../x` never leaves the credentials directory.
+                if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+                    return Err(CredentialError::Settings(format!(
+                        "credentialName {name:?} is not a credential name"
+                    )));
+                }
+                let paths = Self::paths(dir, name);
+                let stamp = Stamp::Files(paths.iter().map(|p| file_stamp(p)).collect());
+                (name, stamp, Box::new(move || file_credential(&paths)))
+            }
+            (None, None) => {
+                let name = if resource.is_empty() {
+                    tls.credential_name.as_str()
+                } else {
+                    resource
+                };
+                (
+                    name,
+                    Stamp::Xds(None, None),
+                    Box::new(move || Err(CredentialError::NotDelivered(name.to_owned()))),
+                )
+            }
+        };
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = entries.entry(name.to_owned()).or_insert_with(|| Entry {
+        let entry = entries.entry(key.to_owned()).or_insert_with(|| Entry {
             stamp: stamp.clone(),
             configs: HashMap::new(),
         });
@@ -127,14 +213,71 @@ impl CredentialStore {
         if let Some(result) = entry.configs.get(tls) {
             return result.clone();
         }
-        let result = build(&self.provider, &paths, tls, server.carries_http()).map(Arc::new);
+        let result = read()
+            .and_then(|credential| build(&self.provider, credential, tls, server.carries_http()))
+            .map(Arc::new);
         if let Err(error) = &result {
-            // Once per change of the files: the handshakes it refuses meanwhile say nothing.
-            warn!(gateway = %server.gateway, server = %server.name, credential = %name, %error, "credential unusable: the server refuses TLS");
+            // Once per change of the credential: the handshakes it refuses meanwhile say nothing.
+            warn!(gateway = %server.gateway, server = %server.name, credential = %key, %error, "credential unusable: the server refuses TLS");
         }
         entry.configs.insert(tls.clone(), result.clone());
         result
     }
+}
+
+/// A delivered certificate and, if delivered, the CA resource beside it.
+fn delivered_credential(
+    resource: &str,
+    certificate: &Material,
+    ca: Option<(&String, &Material)>,
+) -> Result<Credential, CredentialError> {
+    let Material::Certificate { chain, key } = certificate else {
+        return Err(CredentialError::Invalid(
+            resource.to_owned(),
+            "holds a CA, not a certificate and key".to_owned(),
+        ));
+    };
+    let ca = match ca {
+        None => None,
+        Some((name, Material::Ca(bytes))) => Some(Pem {
+            origin: name.clone(),
+            bytes: bytes.clone(),
+        }),
+        Some((name, Material::Certificate { .. })) => {
+            return Err(CredentialError::Invalid(
+                name.clone(),
+                "holds a certificate, not a CA".to_owned(),
+            ));
+        }
+    };
+    Ok(Credential {
+        certificate: Pem {
+            origin: resource.to_owned(),
+            bytes: chain.clone(),
+        },
+        key: Pem {
+            origin: resource.to_owned(),
+            bytes: key.clone(),
+        },
+        ca,
+    })
+}
+
+/// A credential directory's files.
+fn file_credential(paths: &[PathBuf; 4]) -> Result<Credential, CredentialError> {
+    let [certificate, key, ca, ca_secret] = paths;
+    let ca = if ca.exists() {
+        Some(read(ca)?)
+    } else if ca_secret.exists() {
+        Some(read(ca_secret)?)
+    } else {
+        None
+    };
+    Ok(Credential {
+        certificate: read(certificate)?,
+        key: read(key)?,
+        ca,
+    })
 }
 
 fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
@@ -142,17 +285,22 @@ fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
     Some((metadata.modified().ok()?, metadata.len()))
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, CredentialError> {
-    std::fs::read(path).map_err(|e| CredentialError::Read(path.to_owned(), e.to_string()))
+fn read(path: &Path) -> Result<Pem, CredentialError> {
+    let origin = path.display().to_string();
+    std::fs::read(path)
+        .map(|bytes| Pem {
+            origin: origin.clone(),
+            bytes,
+        })
+        .map_err(|e| CredentialError::Read(origin, e.to_string()))
 }
 
-fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, CredentialError> {
-    let bytes = read(path)?;
-    let certificates = CertificateDer::pem_slice_iter(&bytes)
+fn certificates(pem: &Pem) -> Result<Vec<CertificateDer<'static>>, CredentialError> {
+    let certificates = CertificateDer::pem_slice_iter(&pem.bytes)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| CredentialError::Invalid(path.to_owned(), e.to_string()))?;
+        .map_err(|e| CredentialError::Invalid(pem.origin.clone(), e.to_string()))?;
     if certificates.is_empty() {
-        return Err(CredentialError::NoCertificate(path.to_owned()));
+        return Err(CredentialError::NoCertificate(pem.origin.clone()));
     }
     Ok(certificates)
 }
@@ -244,19 +392,19 @@ fn provider_for(base: &CryptoProvider, tls: &ServerTls) -> Result<CryptoProvider
 
 fn build(
     base: &Arc<CryptoProvider>,
-    paths: &[PathBuf; 4],
+    credential: Credential,
     tls: &ServerTls,
     http: bool,
 ) -> Result<ServerConfig, CredentialError> {
-    let [certificate_path, key_path, ca_path, ca_secret_path] = paths;
-    let chain = certificates(certificate_path)?;
-    let key = PrivateKeyDer::from_pem_slice(&read(key_path)?)
-        .map_err(|e| CredentialError::Invalid(key_path.clone(), e.to_string()))?;
+    let chain = certificates(&credential.certificate)?;
+    let key_origin = &credential.key.origin;
+    let key = PrivateKeyDer::from_pem_slice(&credential.key.bytes)
+        .map_err(|e| CredentialError::Invalid(key_origin.clone(), e.to_string()))?;
     let provider = Arc::new(provider_for(base, tls)?);
     let signing = provider
         .key_provider
         .load_private_key(key)
-        .map_err(|e| CredentialError::Invalid(key_path.clone(), e.to_string()))?;
+        .map_err(|e| CredentialError::Invalid(key_origin.clone(), e.to_string()))?;
     let certified = CertifiedKey::new(chain, signing);
     certified
         .keys_match()
@@ -265,22 +413,16 @@ fn build(
         .with_protocol_versions(&versions(tls)?)
         .map_err(|e| CredentialError::Settings(e.to_string()))?;
     let builder = if tls.mode == ServerTlsMode::Mutual {
-        let ca = if ca_path.exists() {
-            ca_path
-        } else if ca_secret_path.exists() {
-            ca_secret_path
-        } else {
-            return Err(CredentialError::NoCa);
-        };
+        let ca = credential.ca.as_ref().ok_or(CredentialError::NoCa)?;
         let mut roots = RootCertStore::empty();
         for certificate in certificates(ca)? {
             roots
                 .add(certificate)
-                .map_err(|e| CredentialError::Invalid(ca.clone(), e.to_string()))?;
+                .map_err(|e| CredentialError::Invalid(ca.origin.clone(), e.to_string()))?;
         }
         let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
             .build()
-            .map_err(|e| CredentialError::Invalid(ca.clone(), e.to_string()))?;
+            .map_err(|e| CredentialError::Invalid(ca.origin.clone(), e.to_string()))?;
         builder.with_client_cert_verifier(verifier)
     } else {
         builder.with_no_client_auth()

@@ -57,6 +57,9 @@ pub struct ServerTls {
     pub mode: ServerTlsMode,
     pub https_redirect: bool,
     pub credential_name: String,
+    /// The SDS resource the controller serves the credential as (Kubernetes mode); empty
+    /// when it serves none (local mode: the credentials directory).
+    pub credential_resource: String,
     pub min_version: TlsVersion,
     pub max_version: TlsVersion,
     pub cipher_suites: Vec<String>,
@@ -270,6 +273,7 @@ fn server_tls(tls: &proto::ServerTls, context: &str) -> Result<ServerTls, Config
         mode,
         https_redirect: tls.https_redirect,
         credential_name: tls.credential_name.clone(),
+        credential_resource: tls.credential_resource.clone(),
         min_version: version(tls.min_protocol_version, context)?,
         max_version: version(tls.max_protocol_version, context)?,
         cipher_suites: tls.cipher_suites.clone(),

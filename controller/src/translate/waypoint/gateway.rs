@@ -8,8 +8,9 @@
 //! AuthorizationPolicies apply as they apply to any workload: mesh-wide from the root
 //! namespace, namespace-wide, or by a selector matching the gateway's pod.
 //!
-//! Certificates never travel here: a server names its `credentialName`, which the gateway
-//! proxy loads itself.
+//! Certificates never travel here: a server names its `credentialName` (a directory of the
+//! proxy's in local mode) and the SDS resource the controller serves it as in Kubernetes mode
+//! ([`crate::translate::credentials`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -28,7 +29,7 @@ use crate::translate::gateway_api::{self, MeshRoute};
 use crate::translate::resolve::{
     self, WaypointRef, host_covers, name_of, namespace_of, qualify_host,
 };
-use crate::translate::{MeshSettings, TranslateError, TranslateProblem};
+use crate::translate::{MeshSettings, TranslateError, TranslateProblem, credentials};
 
 /// Every gateway proxy's configuration, by resource name `namespace/pod`.
 pub fn gateway_configs(
@@ -367,11 +368,16 @@ impl<'a> Compiler<'a, '_> {
             tls: tls.map(|t| wp::ServerTls {
                 mode: tls_mode as i32,
                 https_redirect: t.https_redirect.unwrap_or(false),
-                credential_name,
                 min_protocol_version: protocol_version(t.min_protocol_version),
                 max_protocol_version: protocol_version(t.max_protocol_version),
                 cipher_suites: t.cipher_suites.clone(),
                 subject_alt_names: t.subject_alt_names.clone(),
+                credential_resource: if terminates {
+                    credentials::istio_resource(&self.waypoint.namespace, &credential_name)
+                } else {
+                    String::new()
+                },
+                credential_name,
             }),
             ..Default::default()
         };

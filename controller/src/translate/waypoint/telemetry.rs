@@ -12,7 +12,7 @@ use crate::mesh_config::TracingProvider;
 impl Compiler<'_, '_> {
     /// The tracing section of this waypoint's configuration; `None` without a default provider.
     pub(super) fn tracing(&self) -> Option<wp::Tracing> {
-        let mesh = self.settings.tracing.as_ref()?;
+        let mesh = self.settings.mesh.tracing();
         let provider = mesh.provider.as_ref()?;
         Some(wp::Tracing {
             provider: provider.name.clone(),

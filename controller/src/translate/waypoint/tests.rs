@@ -659,12 +659,9 @@ status: {podIP: 10.0.0.50}
 "#;
     let index = validated(&format!("{MESH}{collector}"));
     let translate = |mesh_config: &str| {
-        let tracing = crate::mesh_config::MeshConfig::parse(mesh_config)
-            .unwrap()
-            .tracing()
-            .unwrap();
+        let mesh = crate::mesh_config::parse("mesh", mesh_config).unwrap();
         let settings = MeshSettings {
-            tracing: Some(tracing),
+            mesh: std::sync::Arc::new(crate::mesh_config::MeshConfigWatch::fixed(mesh)),
             ..Default::default()
         };
         waypoint_configs(&index, &settings, &mut Vec::new())

@@ -58,6 +58,7 @@ fn node_metadata_strings_are_read_and_other_kinds_ignored() {
             ..Node::default()
         },
         connection: 1,
+        verified: None,
     };
     let cases = [
         ("NAMESPACE", Some("default")),

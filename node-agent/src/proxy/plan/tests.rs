@@ -9,7 +9,7 @@ use weft_policy::{
 };
 
 use super::*;
-use crate::state::{NamespacedHostname, Service};
+use crate::state::{NamespacedHostname, OutboundTrafficPolicy, Service};
 
 const NODE1: &str = "node1";
 const NODE2: &str = "node2";
@@ -283,6 +283,62 @@ fn outbound_plans() {
     );
 }
 
+/// The endpoint at `address` of the ServiceEntry `shop/payments`, outside the mesh.
+fn service_entry_endpoint(address: IpAddr) -> Workload {
+    let mut endpoint = workload(
+        &format!("c1/networking.istio.io/ServiceEntry/shop/payments/{address}"),
+        "default",
+        "",
+        address,
+    );
+    endpoint.tunnel = TunnelProtocol::None;
+    endpoint
+}
+
+#[test]
+fn registry_only_refuses_what_the_mesh_does_not_know_and_nothing_else() {
+    let store = mesh();
+    let outside = SocketAddr::from(([10, 250, 0, 2], 443));
+    store.set_outbound_traffic_policy(OutboundTrafficPolicy::RegistryOnly);
+    assert_eq!(
+        plan(&store, "client", outside, 0).unwrap(),
+        OutboundPlan::BlackHole { target: outside }
+    );
+    // A service, a pod, and a known workload outside the mesh stay reachable.
+    assert!(matches!(
+        plan(&store, "client", SocketAddr::new(vip(1), 80), 0).unwrap(),
+        OutboundPlan::Hbone { .. } | OutboundPlan::Local { .. }
+    ));
+    assert!(matches!(
+        plan(&store, "client", addr(2, 11, 9000), 0).unwrap(),
+        OutboundPlan::Hbone { .. }
+    ));
+    assert_eq!(
+        plan(&store, "client", addr(2, 30, 80), 0).unwrap(),
+        OutboundPlan::Passthrough {
+            target: addr(2, 30, 80)
+        }
+    );
+    // A ServiceEntry's endpoint addressed directly, not by its host's addresses.
+    let external = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 5));
+    store.insert_workload(service_entry_endpoint(external));
+    let direct = SocketAddr::new(external, 8443);
+    assert_eq!(
+        plan(&store, "client", direct, 0).unwrap(),
+        OutboundPlan::BlackHole { target: direct }
+    );
+    // Read per connection: back to ALLOW_ANY, the next connections pass through.
+    store.set_outbound_traffic_policy(OutboundTrafficPolicy::AllowAny);
+    assert_eq!(
+        plan(&store, "client", outside, 0).unwrap(),
+        OutboundPlan::Passthrough { target: outside }
+    );
+    assert_eq!(
+        plan(&store, "client", direct, 0).unwrap(),
+        OutboundPlan::Passthrough { target: direct }
+    );
+}
+
 #[test]
 fn load_balancing_modes() {
     let store = mesh();
@@ -509,13 +565,7 @@ fn service_entry_endpoints_are_reached_in_plain_tcp_under_their_host() {
         namespace: "shop".into(),
         hostname: "api.payments.example".into(),
     };
-    let mut endpoint = workload(
-        "c1/networking.istio.io/ServiceEntry/shop/payments/192.0.2.5",
-        "default",
-        "",
-        external,
-    );
-    endpoint.tunnel = TunnelProtocol::None;
+    let mut endpoint = service_entry_endpoint(external);
     endpoint.services.insert(host.clone(), [(80, 9090)].into());
     store.insert_workload(endpoint);
     let mut entry = service("payments", 9, 80, 80);

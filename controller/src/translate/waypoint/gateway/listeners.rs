@@ -17,12 +17,12 @@ use super::super::route::Served;
 use super::super::{Compiler, age_key};
 use crate::index::ConfigIndex;
 use crate::model::ResourceKind;
-use crate::translate::TranslateProblem;
 use crate::translate::gateway_api::ingress::{
     GATEWAY_NAME_LABEL, IngressGateway, Listener, ListenerProtocol, ListenerTls,
 };
 use crate::translate::gateway_api::{MeshRoute, RouteKind};
 use crate::translate::resolve::{self, name_of, namespace_of};
+use crate::translate::{TranslateProblem, credentials};
 
 /// The ingress Gateways whose proxy runs in `pod`: those of its namespace it names by the
 /// Gateway API's `gateway.networking.k8s.io/gateway-name` label (as Istio selects the pods of
@@ -121,6 +121,10 @@ impl<'a> Compiler<'a, '_> {
             }),
             ListenerTls::Terminate { secret } => Some(wp::ServerTls {
                 mode: mode as i32,
+                credential_resource: secret
+                    .as_ref()
+                    .map(|(ns, name)| credentials::gateway_api_resource(ns, name))
+                    .unwrap_or_default(),
                 // The Secret's name; one in another namespace (through a ReferenceGrant) keeps
                 // its namespace, which a credentials directory cannot hold: refused there.
                 credential_name: match secret {

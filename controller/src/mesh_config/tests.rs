@@ -1,0 +1,204 @@
+use super::*;
+
+#[test]
+fn reads_the_outbound_traffic_policy_and_refuses_what_istio_refuses() {
+    let cases: &[(&str, Result<OutboundTrafficPolicy, &str>)] = &[
+        ("", Ok(OutboundTrafficPolicy::AllowAny)),
+        (
+            "accessLogFile: /dev/stdout\n",
+            Ok(OutboundTrafficPolicy::AllowAny),
+        ),
+        (
+            "outboundTrafficPolicy:\n  mode: ALLOW_ANY\n",
+            Ok(OutboundTrafficPolicy::AllowAny),
+        ),
+        (
+            "outboundTrafficPolicy:\n  mode: REGISTRY_ONLY\n",
+            Ok(OutboundTrafficPolicy::RegistryOnly),
+        ),
+        (
+            "outboundTrafficPolicy: {}\n",
+            Ok(OutboundTrafficPolicy::AllowAny),
+        ),
+        (
+            "outboundTrafficPolicy:\n  mode: registry_only\n",
+            Err(
+                "mesh: outboundTrafficPolicy.mode: unknown value \"registry_only\" (ALLOW_ANY or REGISTRY_ONLY)",
+            ),
+        ),
+        (
+            "outboundTrafficPolicy:\n  mode: 1\n",
+            Err("mesh: outboundTrafficPolicy.mode: must be a string"),
+        ),
+        (
+            "outboundTrafficPolicy: REGISTRY_ONLY\n",
+            Err("mesh: outboundTrafficPolicy: must be a mapping"),
+        ),
+    ];
+    for (text, expected) in cases {
+        let got = parse("mesh", text)
+            .map(|c| c.agents.outbound_traffic_policy())
+            .map_err(|e| e.to_string());
+        assert_eq!(got, expected.map_err(str::to_owned), "{text:?}");
+    }
+    assert!(matches!(
+        parse("mesh", "outboundTrafficPolicy: [\n"),
+        Err(MeshConfigError::Syntax { .. })
+    ));
+}
+
+#[test]
+fn a_changed_file_replaces_the_configuration_and_an_invalid_one_keeps_the_last_good() {
+    let dir = weft_test_support::temp::TempDir::new("mesh-config");
+    let path = dir.join("mesh");
+    std::fs::write(&path, "outboundTrafficPolicy:\n  mode: ALLOW_ANY\n").unwrap();
+    let watch = MeshConfigWatch::load(path.clone()).unwrap();
+    let mut changes = watch.subscribe();
+    changes.borrow_and_update();
+    assert_eq!(watch.reload(), Ok(false));
+    assert!(!changes.has_changed().unwrap());
+
+    std::fs::write(&path, "outboundTrafficPolicy:\n  mode: REGISTRY_ONLY\n").unwrap();
+    assert_eq!(watch.reload(), Ok(true));
+    assert!(changes.has_changed().unwrap());
+    assert_eq!(
+        watch.current().outbound_traffic_policy(),
+        OutboundTrafficPolicy::RegistryOnly
+    );
+
+    std::fs::write(&path, "outboundTrafficPolicy:\n  mode: NONE\n").unwrap();
+    let error = watch.reload().unwrap_err().to_string();
+    assert!(error.contains("outboundTrafficPolicy.mode"), "{error}");
+    assert_eq!(
+        watch.current().outbound_traffic_policy(),
+        OutboundTrafficPolicy::RegistryOnly
+    );
+    std::fs::remove_file(&path).unwrap();
+    assert!(matches!(watch.reload(), Err(MeshConfigError::Read { .. })));
+    assert_eq!(
+        watch.current().outbound_traffic_policy(),
+        OutboundTrafficPolicy::RegistryOnly
+    );
+}
+
+#[test]
+fn a_missing_or_invalid_file_stops_the_start() {
+    let dir = weft_test_support::temp::TempDir::new("mesh-config");
+    assert!(matches!(
+        MeshConfigWatch::load(dir.join("absent")),
+        Err(MeshConfigError::Read { .. })
+    ));
+    let path = dir.join("mesh");
+    std::fs::write(&path, "outboundTrafficPolicy:\n  mode: DENY\n").unwrap();
+    assert!(matches!(
+        MeshConfigWatch::load(path),
+        Err(MeshConfigError::Field { .. })
+    ));
+}
+
+#[test]
+fn node_agents_are_served_the_mode_in_force() {
+    use prost::Message;
+    let served = |mesh: MeshConfigWatch| {
+        let settings = crate::translate::MeshSettings {
+            mesh: Arc::new(mesh),
+            ..Default::default()
+        };
+        let resources = crate::translate::resources(&Default::default(), &settings);
+        let (_, of_type) = resources
+            .into_iter()
+            .find(|(type_url, _)| type_url == weft_proto::MESH_CONFIG_TYPE_URL)
+            .expect("the MeshConfig type is served");
+        assert_eq!(of_type.len(), 1);
+        let served = &of_type[0];
+        assert_eq!(served.name, weft_proto::MESH_CONFIG_NAME);
+        MeshConfig::decode(served.body.value.as_slice())
+            .unwrap()
+            .outbound_traffic_policy()
+    };
+    assert_eq!(
+        served(MeshConfigWatch::default()),
+        OutboundTrafficPolicy::AllowAny
+    );
+    let mut registry_only = MeshConfig::default();
+    registry_only.set_outbound_traffic_policy(OutboundTrafficPolicy::RegistryOnly);
+    assert_eq!(
+        served(MeshConfigWatch::fixed(registry_only)),
+        OutboundTrafficPolicy::RegistryOnly
+    );
+}
+
+const OTEL: &str = r#"
+enableTracing: true
+defaultConfig:
+  discoveryAddress: istiod.istio-system.svc:15012
+  tracing: {sampling: 100}
+defaultProviders:
+  tracing: [otel]
+extensionProviders:
+- name: otel
+  opentelemetry: {service: opentelemetry-collector.observability.svc.cluster.local, port: 4317}
+- name: prometheus
+  prometheus: {}
+"#;
+
+#[test]
+fn the_default_opentelemetry_provider_and_sampling_are_read() {
+    let tracing = parse("mesh", OTEL).unwrap().tracing;
+    assert_eq!(
+        tracing.provider,
+        Some(TracingProvider {
+            name: "otel".into(),
+            service: "opentelemetry-collector.observability.svc.cluster.local".into(),
+            port: 4317,
+        })
+    );
+    assert_eq!(tracing.sampling, 100.0);
+}
+
+#[test]
+fn sampling_defaults_as_istio_reads_it() {
+    for (yaml, expected) in [
+        ("", 1.0),
+        ("defaultConfig: {tracing: {sampling: 0}}", 1.0),
+        ("defaultConfig: {tracing: {sampling: 0.5}}", 0.5),
+        ("defaultConfig: {tracing: {sampling: 150}}", 1.0),
+    ] {
+        let tracing = parse("mesh", yaml).unwrap().tracing;
+        assert_eq!(tracing.sampling, expected, "{yaml}");
+        assert_eq!(tracing.provider, None);
+    }
+}
+
+#[test]
+fn bad_providers_are_refused_with_their_field() {
+    for (yaml, field) in [
+        (
+            "defaultProviders: {tracing: [zipkin]}",
+            "defaultProviders.tracing[0]",
+        ),
+        (
+            "extensionProviders: [{name: a, opentelemetry: {service: c, port: 0}}]",
+            "extensionProviders[0].opentelemetry.port",
+        ),
+        (
+            "extensionProviders: [{name: a, opentelemetry: {port: 4317}}]",
+            "extensionProviders[0].opentelemetry.service",
+        ),
+        (
+            "extensionProviders: [{name: a, opentelemetry: {service: c, port: 4318, http: {path: /v1/traces}}}]",
+            "extensionProviders[0].opentelemetry.http",
+        ),
+        (
+            "extensionProviders: [{name: a, prometheus: {}}, {name: a, prometheus: {}}]",
+            "extensionProviders[1].name",
+        ),
+        (
+            "defaultConfig: {tracing: {sampling: -1}}",
+            "defaultConfig.tracing.sampling",
+        ),
+    ] {
+        let error = parse("mesh", yaml).unwrap_err().to_string();
+        assert!(error.contains(field), "{yaml}: {error}");
+    }
+}

@@ -1,0 +1,312 @@
+//! Gateway credentials served over SDS, as istiod serves them (`pilot/pkg/xds/sds.go`): one
+//! Envoy `Secret` resource per credential a gateway proxy terminates TLS with, built from the
+//! Kubernetes Secret it names, and sent only to the identities of the pods of the Gateways
+//! that may use it (its audience, checked by [`crate::push::ProxyScope`] against the stream's
+//! authenticated identity).
+//!
+//! Names follow istiod's: `kubernetes://<namespace>/<name>` for an Istio Gateway's
+//! `credentialName`, always in the namespace of the gateway's pod (Istio resolves
+//! `kubernetes://<name>` in the proxy's namespace, and refuses a proxy a Secret of another);
+//! `kubernetes-gateway://<namespace>/<name>` for a Gateway API listener's `certificateRefs`,
+//! in the Gateway's namespace or another one a ReferenceGrant opens (checked when the listener
+//! was resolved). MUTUAL's CA is `<resource>-cacert`: the Secret `<name>-cacert`, else the
+//! `cacert`/`ca.crt` key of the Secret itself, as istiod's `GetCaCert`.
+//!
+//! A missing or unusable Secret is a [`TranslateProblem::Credential`] naming the Gateway, the
+//! server and the Secret; the resource is not served and the proxy refuses TLS on that server
+//! only.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use weft_identity::SpiffeId;
+use weft_proto::envoy::config::core::v3::{DataSource, data_source::Specifier};
+use weft_proto::envoy::extensions::transport_sockets::tls::v3::{
+    CertificateValidationContext, Secret, TlsCertificate, secret,
+};
+use weft_proto::waypoint as wp;
+
+use crate::index::ConfigIndex;
+use crate::model::ResourceKind;
+use crate::model::networking::ServerTlsMode;
+use crate::translate::gateway_api::ingress::{ListenerTls, ingress_gateways};
+use crate::translate::resolve::{self, namespace_of};
+use crate::translate::{MeshSettings, TranslateError, TranslateProblem};
+
+/// istiod's resource name prefixes (`pilot/pkg/model/credentials`).
+pub const KUBERNETES_PREFIX: &str = "kubernetes://";
+pub const KUBERNETES_GATEWAY_PREFIX: &str = "kubernetes-gateway://";
+/// The CA that verifies MUTUAL clients: `<resource>-cacert`, as Istio's `SdsCaSuffix`.
+pub const CA_SUFFIX: &str = "-cacert";
+
+/// The resource of an Istio Gateway server's `credentialName`, for a gateway pod in
+/// `pod_namespace`. As istiod's `ParseResourceName`: `name` and `kubernetes://name` are in the
+/// pod's namespace; `kubernetes://ns/name` names its namespace (and is refused when it is not
+/// the pod's).
+pub fn istio_resource(pod_namespace: &str, credential_name: &str) -> String {
+    let name = credential_name
+        .strip_prefix(KUBERNETES_PREFIX)
+        .unwrap_or(credential_name);
+    if name.contains('/') {
+        format!("{KUBERNETES_PREFIX}{name}")
+    } else {
+        format!("{KUBERNETES_PREFIX}{pod_namespace}/{name}")
+    }
+}
+
+/// The resource of a Gateway API listener's Secret.
+pub fn gateway_api_resource(namespace: &str, name: &str) -> String {
+    format!("{KUBERNETES_GATEWAY_PREFIX}{namespace}/{name}")
+}
+
+/// `(kind of Gateway naming it, namespace, Secret name)` of a resource name.
+fn parse_resource(resource: &str) -> Option<(ResourceKind, &str, &str)> {
+    let (kind, rest) = match resource.strip_prefix(KUBERNETES_GATEWAY_PREFIX) {
+        Some(rest) => (ResourceKind::KubernetesGateway, rest),
+        None => (
+            ResourceKind::Gateway,
+            resource.strip_prefix(KUBERNETES_PREFIX)?,
+        ),
+    };
+    let (namespace, name) = rest.split_once('/')?;
+    (!namespace.is_empty() && !name.is_empty() && !name.contains('/'))
+        .then_some((kind, namespace, name))
+}
+
+/// One SDS resource and who may receive it. Its `Debug` never shows the key.
+#[derive(Clone, PartialEq)]
+pub struct GatewayCredential {
+    pub secret: Secret,
+    pub audience: BTreeSet<SpiffeId>,
+}
+
+impl std::fmt::Debug for GatewayCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayCredential")
+            .field("name", &self.secret.name)
+            .field("audience", &self.audience)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The Secrets (`namespace/name`) Gateways name, with their `-cacert` companions: what the
+/// Kubernetes source keeps of all Secrets. Istio Gateways' `credentialName` in the namespace of
+/// each pod they select; Gateway API listeners' `certificateRefs` where permitted.
+pub fn referenced_secrets(index: &ConfigIndex) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut add = |namespace: &str, name: &str| {
+        names.insert(format!("{namespace}/{name}"));
+        names.insert(format!("{namespace}/{name}{CA_SUFFIX}"));
+    };
+    for gateway in index.istio_gateways.values() {
+        if gateway.spec.selector.is_empty() {
+            continue;
+        }
+        let credentials: Vec<&str> = gateway
+            .spec
+            .servers
+            .iter()
+            .filter_map(|s| s.tls.as_ref())
+            .filter(|t| t.mode != Some(ServerTlsMode::Passthrough))
+            .filter_map(|t| t.credential_name.as_deref())
+            .filter(|n| !n.is_empty())
+            .collect();
+        if credentials.is_empty() {
+            continue;
+        }
+        let namespaces: BTreeSet<&str> = index
+            .pods
+            .values()
+            .filter(|p| !resolve::pod_terminated(p))
+            .filter(|p| resolve::selects(&gateway.spec.selector, &resolve::labels(&p.metadata)))
+            .map(|p| namespace_of(&p.metadata))
+            .collect();
+        for namespace in namespaces {
+            for credential in &credentials {
+                let resource = istio_resource(namespace, credential);
+                // Another namespace's Secret is never served to this gateway: not kept.
+                if let Some((_, ns, name)) = parse_resource(&resource)
+                    && ns == namespace
+                {
+                    add(ns, name);
+                }
+            }
+        }
+    }
+    for gateway in ingress_gateways(index, &[]) {
+        for listener in &gateway.listeners {
+            if let ListenerTls::Terminate {
+                secret: Some((namespace, name)),
+            } = &listener.tls
+            {
+                add(namespace, name);
+            }
+        }
+    }
+    names
+}
+
+fn inline(bytes: &[u8]) -> Option<DataSource> {
+    Some(DataSource {
+        specifier: Some(Specifier::InlineBytes(bytes.to_vec())),
+    })
+}
+
+/// What a server needs of one resource.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Need {
+    CertificateAndKey,
+    Ca,
+}
+
+/// The Envoy `Secret` of `resource` from the index's Secrets, or why there is none.
+fn build(index: &ConfigIndex, resource: &str, need: Need) -> Result<Secret, String> {
+    let (_, namespace, name) =
+        parse_resource(resource).ok_or_else(|| format!("{resource:?} is not a Secret"))?;
+    let secret = |name: &str| index.secrets.get(&format!("{namespace}/{name}"));
+    let kind = match need {
+        Need::CertificateAndKey => {
+            let found =
+                secret(name).ok_or_else(|| format!("Secret {namespace}/{name} not found"))?;
+            let (certificate, key) = found
+                .certificate_and_key()
+                .map_err(|e| format!("Secret {namespace}/{name}: {e}"))?;
+            check_pem(certificate, "CERTIFICATE")
+                .map_err(|e| format!("Secret {namespace}/{name}: certificate: {e}"))?;
+            secret::Type::TlsCertificate(TlsCertificate {
+                certificate_chain: inline(certificate),
+                private_key: inline(key),
+            })
+        }
+        Need::Ca => {
+            // `name` ends with the suffix: its own Secret first, else the credential's keys.
+            let base = name.strip_suffix(CA_SUFFIX).unwrap_or(name);
+            let (from, ca) = match secret(name) {
+                Some(own) => (name, own.ca()),
+                None => match secret(base) {
+                    Some(credential) => (base, credential.ca()),
+                    None => {
+                        return Err(format!(
+                            "MUTUAL needs a CA: neither Secret {namespace}/{name} nor {namespace}/{base} exists"
+                        ));
+                    }
+                },
+            };
+            let ca =
+                ca.map_err(|e| format!("Secret {namespace}/{from}: MUTUAL needs a CA: {e}"))?;
+            check_pem(ca, "CERTIFICATE")
+                .map_err(|e| format!("Secret {namespace}/{from}: CA: {e}"))?;
+            secret::Type::ValidationContext(CertificateValidationContext {
+                trusted_ca: inline(ca),
+                crl: None,
+            })
+        }
+    };
+    Ok(Secret {
+        name: resource.to_owned(),
+        r#type: Some(kind),
+    })
+}
+
+/// At least one PEM block labelled `label`: a Secret holding something else is reported here,
+/// by the controller, not only by the proxy's handshakes.
+fn check_pem(bytes: &[u8], label: &str) -> Result<(), String> {
+    let text = std::str::from_utf8(bytes).map_err(|_| "not PEM text".to_owned())?;
+    if text.contains(&format!("-----BEGIN {label}-----")) {
+        Ok(())
+    } else {
+        Err(format!("no PEM {label}"))
+    }
+}
+
+/// Every credential the gateway proxies of `configs` (by `namespace/pod`) terminate TLS with,
+/// by resource name, each for the identities of the pods that use it. What cannot be served
+/// is reported once per Gateway server.
+pub fn gateway_credentials(
+    index: &ConfigIndex,
+    settings: &MeshSettings,
+    configs: &BTreeMap<String, wp::WaypointConfig>,
+    problems: &mut Vec<TranslateError>,
+) -> BTreeMap<String, GatewayCredential> {
+    let mut served: BTreeMap<String, GatewayCredential> = BTreeMap::new();
+    let mut refused: BTreeSet<String> = BTreeSet::new();
+    for (key, config) in configs {
+        let Some(gateway) = &config.gateway else {
+            continue;
+        };
+        let Some(pod) = index.pods.get(key) else {
+            continue;
+        };
+        let pod_namespace = namespace_of(&pod.metadata);
+        let Ok(identity) = SpiffeId::new(
+            settings.trust_domain.clone(),
+            pod_namespace,
+            resolve::service_account(pod),
+        ) else {
+            continue;
+        };
+        for server in gateway.listeners.iter().flat_map(|l| &l.servers) {
+            let Some(tls) = &server.tls else { continue };
+            let mode = tls.mode;
+            let needs: Vec<(String, Need)> = if mode == wp::ServerTlsMode::Simple as i32 {
+                vec![(tls.credential_resource.clone(), Need::CertificateAndKey)]
+            } else if mode == wp::ServerTlsMode::Mutual as i32 {
+                vec![
+                    (tls.credential_resource.clone(), Need::CertificateAndKey),
+                    (format!("{}{CA_SUFFIX}", tls.credential_resource), Need::Ca),
+                ]
+            } else {
+                continue;
+            };
+            for (resource, need) in needs {
+                let Some((kind, namespace, _)) = parse_resource(&resource) else {
+                    continue;
+                };
+                let result = if kind == ResourceKind::Gateway && namespace != pod_namespace {
+                    // Istio's rule: a gateway reads the Secrets of its own namespace only.
+                    Err(format!(
+                        "credentialName names a Secret of namespace {namespace}; the gateway's pod {key} may use only Secrets of its own namespace"
+                    ))
+                } else if let Some(existing) = served.get_mut(&resource) {
+                    existing.audience.insert(identity.clone());
+                    continue;
+                } else {
+                    build(index, &resource, need)
+                };
+                match result {
+                    Ok(secret) => {
+                        served.insert(
+                            resource,
+                            GatewayCredential {
+                                secret,
+                                audience: BTreeSet::from([identity.clone()]),
+                            },
+                        );
+                    }
+                    Err(reason) => {
+                        if refused.insert(format!("{}|{}|{resource}", server.gateway, server.name))
+                        {
+                            let (gateway_namespace, gateway_name) = server
+                                .gateway
+                                .split_once('/')
+                                .unwrap_or(("", &server.gateway));
+                            problems.push(TranslateError {
+                                kind,
+                                namespace: gateway_namespace.to_owned(),
+                                name: gateway_name.to_owned(),
+                                problem: TranslateProblem::Credential {
+                                    server: server.name.clone(),
+                                    resource,
+                                    reason,
+                                },
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+    served
+}
+
+#[cfg(test)]
+mod tests;

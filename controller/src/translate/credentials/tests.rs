@@ -1,0 +1,248 @@
+//! Which credentials gateways are served, to whom, and what is reported when a Secret is
+//! missing, broken or out of reach.
+
+use weft_proto::envoy::extensions::transport_sockets::tls::v3::secret::Type;
+
+use super::*;
+use crate::model::credential::CredentialSecret;
+use crate::translate::translate;
+use crate::translate::waypoint::tests::validated;
+
+const EDGE: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: ingress-0, namespace: edge, labels: {istio: ingressgateway}}
+spec: {nodeName: n1, serviceAccountName: ingress, containers: [{name: g, image: g}]}
+status: {podIP: 10.0.0.5}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: edge-istio-0, namespace: shop, labels: {gateway.networking.k8s.io/gateway-name: edge}}
+spec: {nodeName: n1, serviceAccountName: edge-istio, containers: [{name: g, image: g}]}
+status: {podIP: 10.0.0.6}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: shop-gateway, namespace: shop}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: ["*.example.com"]
+    tls: {mode: SIMPLE, credentialName: shop-cert}
+  - port: {number: 8443, name: mtls, protocol: HTTPS}
+    hosts: ["*"]
+    tls: {mode: MUTUAL, credentialName: mtls-cert}
+  - port: {number: 9443, name: missing, protocol: HTTPS}
+    hosts: ["*"]
+    tls: {mode: SIMPLE, credentialName: missing-cert}
+  - port: {number: 9444, name: elsewhere, protocol: HTTPS}
+    hosts: ["*"]
+    tls: {mode: SIMPLE, credentialName: "kubernetes://shop/shop-cert"}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: shop}
+spec:
+  gatewayClassName: istio
+  listeners:
+  - {name: api, port: 443, protocol: HTTPS, hostname: api.example.com, tls: {certificateRefs: [{name: api-cert}]}}
+  - {name: far, port: 443, protocol: HTTPS, hostname: far.example.com, tls: {certificateRefs: [{name: far-cert, namespace: certs}]}}
+  - {name: denied, port: 443, protocol: HTTPS, hostname: denied.example.com, tls: {certificateRefs: [{name: nogrant-cert, namespace: certs}]}}
+---
+apiVersion: gateway.networking.k8s.io/v1beta1
+kind: ReferenceGrant
+metadata: {name: gateways, namespace: certs}
+spec:
+  from: [{group: gateway.networking.k8s.io, kind: Gateway, namespace: shop}]
+  to: [{group: "", kind: Secret, name: far-cert}]
+"#;
+
+const CERT: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+const KEY: &str = "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n";
+
+fn secret(pairs: &[(&str, &str)]) -> CredentialSecret {
+    CredentialSecret {
+        data: pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec()))
+            .collect(),
+    }
+}
+
+fn index() -> ConfigIndex {
+    let mut index = validated(EDGE);
+    for (key, credential) in [
+        (
+            "edge/shop-cert",
+            secret(&[("tls.crt", CERT), ("tls.key", KEY)]),
+        ),
+        (
+            "edge/mtls-cert",
+            secret(&[("tls.crt", CERT), ("tls.key", KEY)]),
+        ),
+        ("edge/mtls-cert-cacert", secret(&[("cacert", CERT)])),
+        (
+            "shop/shop-cert",
+            secret(&[("tls.crt", CERT), ("tls.key", KEY)]),
+        ),
+        ("shop/api-cert", secret(&[("cert", CERT), ("key", KEY)])),
+        (
+            "certs/far-cert",
+            secret(&[("tls.crt", CERT), ("tls.key", KEY)]),
+        ),
+        (
+            "certs/nogrant-cert",
+            secret(&[("tls.crt", CERT), ("tls.key", KEY)]),
+        ),
+    ] {
+        index.secrets.insert(key.to_owned(), credential);
+    }
+    index
+}
+
+fn spiffe(namespace: &str, account: &str) -> SpiffeId {
+    SpiffeId::new("cluster.local", namespace, account).unwrap()
+}
+
+#[test]
+fn only_the_secrets_gateways_may_use_are_kept() {
+    let wanted = referenced_secrets(&index());
+    let expected = [
+        // credentialName, in the namespace of the pods the Gateway selects, with its CA.
+        "edge/shop-cert",
+        "edge/shop-cert-cacert",
+        "edge/mtls-cert",
+        "edge/mtls-cert-cacert",
+        "edge/missing-cert",
+        "edge/missing-cert-cacert",
+        // certificateRefs, in the Gateway's namespace or granted.
+        "shop/api-cert",
+        "shop/api-cert-cacert",
+        "certs/far-cert",
+        "certs/far-cert-cacert",
+    ];
+    assert_eq!(
+        wanted,
+        expected
+            .iter()
+            .map(|k| (*k).to_owned())
+            .collect::<BTreeSet<_>>(),
+        "another namespace's Secret named by credentialName, and one no ReferenceGrant opens, are never kept"
+    );
+}
+
+#[test]
+fn credentials_go_to_the_identities_of_the_gateways_pods() {
+    let translation = translate(&index(), &MeshSettings::default());
+    let audience = |resource: &str| -> Vec<SpiffeId> {
+        translation.credentials[resource]
+            .audience
+            .iter()
+            .cloned()
+            .collect()
+    };
+    let istio = vec![spiffe("edge", "ingress")];
+    let kubernetes = vec![spiffe("shop", "edge-istio")];
+    assert_eq!(audience("kubernetes://edge/shop-cert"), istio);
+    assert_eq!(audience("kubernetes://edge/mtls-cert"), istio);
+    assert_eq!(audience("kubernetes://edge/mtls-cert-cacert"), istio);
+    assert_eq!(audience("kubernetes-gateway://shop/api-cert"), kubernetes);
+    assert_eq!(audience("kubernetes-gateway://certs/far-cert"), kubernetes);
+    assert_eq!(
+        translation.credentials.keys().collect::<Vec<_>>(),
+        [
+            "kubernetes-gateway://certs/far-cert",
+            "kubernetes-gateway://shop/api-cert",
+            "kubernetes://edge/mtls-cert",
+            "kubernetes://edge/mtls-cert-cacert",
+            "kubernetes://edge/shop-cert",
+        ],
+        "nothing else is served: not the Secret of the Gateway's own namespace shop (the pod runs in edge), not the ungranted one"
+    );
+    // The Secret's keys in both layouts, and the CA from its `-cacert` Secret.
+    let Some(Type::TlsCertificate(generic)) =
+        &translation.credentials["kubernetes-gateway://shop/api-cert"]
+            .secret
+            .r#type
+    else {
+        panic!("not a certificate");
+    };
+    assert_eq!(
+        generic
+            .certificate_chain
+            .as_ref()
+            .and_then(|d| d.specifier.clone()),
+        Some(Specifier::InlineBytes(CERT.as_bytes().to_vec()))
+    );
+    assert!(matches!(
+        translation.credentials["kubernetes://edge/mtls-cert-cacert"]
+            .secret
+            .r#type,
+        Some(Type::ValidationContext(_))
+    ));
+    // The gateway's servers name their resources.
+    let config = &translation.waypoints["edge/ingress-0"];
+    let resources: Vec<&str> = config
+        .gateway
+        .as_ref()
+        .unwrap()
+        .listeners
+        .iter()
+        .flat_map(|l| &l.servers)
+        .filter_map(|s| s.tls.as_ref())
+        .map(|t| t.credential_resource.as_str())
+        .collect();
+    assert_eq!(
+        resources,
+        [
+            "kubernetes://edge/shop-cert",
+            "kubernetes://edge/mtls-cert",
+            "kubernetes://edge/missing-cert",
+            "kubernetes://shop/shop-cert",
+        ]
+    );
+}
+
+#[test]
+fn a_missing_broken_or_foreign_secret_is_reported_naming_the_gateway_server_and_secret() {
+    let mut index = index();
+    index.secrets.insert(
+        "edge/mtls-cert-cacert".to_owned(),
+        secret(&[("password", "x")]),
+    );
+    index.secrets.insert(
+        "edge/mtls-cert".to_owned(),
+        secret(&[("tls.crt", "not pem"), ("tls.key", KEY)]),
+    );
+    let translation = translate(&index, &MeshSettings::default());
+    let problems: Vec<String> = translation
+        .problems
+        .iter()
+        .filter(|p| matches!(p.problem, TranslateProblem::Credential { .. }))
+        .map(ToString::to_string)
+        .collect();
+    let expected = [
+        "Gateway shop/shop-gateway: server https.8443.mtls.shop-gateway.shop: credential kubernetes://edge/mtls-cert: Secret edge/mtls-cert: certificate: no PEM CERTIFICATE; the server refuses TLS",
+        "Gateway shop/shop-gateway: server https.8443.mtls.shop-gateway.shop: credential kubernetes://edge/mtls-cert-cacert: Secret edge/mtls-cert-cacert: MUTUAL needs a CA: no \"cacert\" nor \"ca.crt\" (found: password); the server refuses TLS",
+        "Gateway shop/shop-gateway: server https.9443.missing.shop-gateway.shop: credential kubernetes://edge/missing-cert: Secret edge/missing-cert not found; the server refuses TLS",
+        "Gateway shop/shop-gateway: server https.9444.elsewhere.shop-gateway.shop: credential kubernetes://shop/shop-cert: credentialName names a Secret of namespace shop; the gateway's pod edge/ingress-0 may use only Secrets of its own namespace; the server refuses TLS",
+    ];
+    assert_eq!(problems, expected);
+    assert!(
+        !translation
+            .credentials
+            .contains_key("kubernetes://edge/mtls-cert")
+    );
+    assert!(
+        !translation
+            .credentials
+            .contains_key("kubernetes://shop/shop-cert")
+    );
+    // The others are still served.
+    assert!(
+        translation
+            .credentials
+            .contains_key("kubernetes://edge/shop-cert")
+    );
+}
