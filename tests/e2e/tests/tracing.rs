@@ -3,7 +3,8 @@
 //! each waypoint its collector, resolved to the endpoints of the collector's Service; the
 //! waypoint exports one span per sampled request over OTLP/gRPC to a real receiver this test
 //! serves (the collector's `TraceService`, on tonic) in a pod of the testbed, and writes its
-//! span's context on the request it forwards. Needs root.
+//! span's context on the request it forwards; when the mesh config changes to no default
+//! provider, the waypoint stops tracing without a restart. Needs root.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -273,5 +274,29 @@ fn the_waypoint_exports_a_span_per_sampled_request_and_propagates_its_context() 
     assert!(
         metrics.contains("weft_tracing_spans_dropped_total 0"),
         "{metrics}"
+    );
+
+    // The mesh config changes to no default provider: the controller follows the file and the
+    // waypoint, once it applied the new configuration, no longer traces and passes the
+    // caller's context on untouched.
+    mesh.await_waypoint("waypoint", "the mesh config without tracing", || {
+        mesh.set_mesh_config("defaultConfig: {tracing: {sampling: 100}}\n")
+    })
+    .expect("the waypoint follows the mesh config");
+    let incoming = format!("00-{TRACE}-{PARENT}-01");
+    let untraced = mesh.curl_with(
+        "client",
+        &[
+            "-H",
+            &format!("traceparent: {incoming}"),
+            &format!("http://{VIP}/untraced"),
+        ],
+    );
+    assert_eq!(untraced.status, 200, "{}", untraced.body);
+    let forwarded: serde_json::Value = serde_json::from_str(&untraced.body).unwrap();
+    assert_eq!(
+        forwarded["headers"]["traceparent"],
+        incoming.as_str(),
+        "tracing turned off in the mesh config still traces"
     );
 }
