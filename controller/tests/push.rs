@@ -248,15 +248,7 @@ async fn a_waypoint_gets_its_config_and_follows_edits_and_agents_get_none() {
     // asks for another waypoint's config, which it must not get.
     let seen = Arc::new(Mutex::new(Seen::default()));
     let recorder = seen.clone();
-    let waypoint = DeltaClient::new(
-        target(),
-        Node {
-            id: "waypoint~0.0.0.0~waypoint.shop~shop.svc.cluster.local".into(),
-            cluster: "waypoint".into(),
-            ..Default::default()
-        },
-    )
-    .subscribe_names(
+    let waypoint = DeltaClient::new(target(), waypoint_node()).subscribe_names(
         WAYPOINT_CONFIG_TYPE_URL,
         vec!["shop/waypoint".into(), "shop/other".into()],
         move |update: Update| {
@@ -392,6 +384,40 @@ async fn a_waypoint_gets_its_config_and_follows_edits_and_agents_get_none() {
 
 const KEYS: &str = r#"{"keys":[{"crv":"Ed25519","kid":"k1","kty":"OKP","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#;
 
+/// The node of the waypoint `shop/waypoint`, exactly as the waypoint binary sends it.
+fn waypoint_node() -> Node {
+    Node {
+        id: "waypoint~0.0.0.0~waypoint.shop~shop.svc.cluster.local".into(),
+        cluster: "waypoint".into(),
+        ..Default::default()
+    }
+}
+
+/// The waypoint `shop/waypoint` subscribed to its config, accepting every update: what it saw.
+fn waypoint_recorder(
+    config: &controller::server::ServerConfig,
+) -> (Arc<Mutex<Seen>>, tokio::task::JoinHandle<()>) {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let recorder = seen.clone();
+    let waypoint = DeltaClient::new(Target::address(&grpc_url(config)).unwrap(), waypoint_node())
+        .subscribe_names(
+            WAYPOINT_CONFIG_TYPE_URL,
+            vec!["shop/waypoint".into()],
+            move |update: Update| {
+                recorder
+                    .lock()
+                    .unwrap()
+                    .updates
+                    .push((Instant::now(), update));
+                Ok(())
+            },
+        );
+    let task = tokio::spawn(async move {
+        let _ = waypoint.run_until(std::future::pending::<()>()).await;
+    });
+    (seen, task)
+}
+
 /// The JWKS of the waypoint's first JWT rule in a pushed update.
 fn pushed_jwks(update: &Update) -> String {
     let any = update.added[0].resource.as_ref().expect("a body");
@@ -436,29 +462,7 @@ async fn jwks_uri_keys_are_fetched_by_the_controller_and_pushed_inline() {
         &format!("{WAYPOINT_MESH}{request_authentication}"),
     );
     let controller = start(&config).await;
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let recorder = seen.clone();
-    let waypoint = DeltaClient::new(
-        Target::address(&grpc_url(&config)).unwrap(),
-        Node {
-            id: "waypoint~0.0.0.0~waypoint.shop~shop.svc.cluster.local".into(),
-            cluster: "waypoint".into(),
-            ..Default::default()
-        },
-    )
-    .subscribe_names(
-        WAYPOINT_CONFIG_TYPE_URL,
-        vec!["shop/waypoint".into()],
-        move |update: Update| {
-            recorder
-                .lock()
-                .unwrap()
-                .updates
-                .push((Instant::now(), update));
-            Ok(())
-        },
-    );
-    let waypoint_task = tokio::spawn(waypoint.run_until(std::future::pending::<()>()));
+    let (seen, waypoint_task) = waypoint_recorder(&config);
 
     let (_, first) = wait_for(&seen, 0, Duration::from_secs(5)).await;
     assert_eq!(pushed_jwks(&first), "", "no key before a fetch succeeded");
@@ -512,29 +516,7 @@ async fn a_changed_mesh_config_file_changes_the_waypoints_tracing() {
         controller::mesh_config::MeshConfigWatch::load(dir.join("mesh-config.yaml")).unwrap(),
     );
     let controller = start(&config).await;
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let recorder = seen.clone();
-    let waypoint = DeltaClient::new(
-        Target::address(&grpc_url(&config)).unwrap(),
-        Node {
-            id: "waypoint~0.0.0.0~waypoint.shop~shop.svc.cluster.local".into(),
-            cluster: "waypoint".into(),
-            ..Default::default()
-        },
-    )
-    .subscribe_names(
-        WAYPOINT_CONFIG_TYPE_URL,
-        vec!["shop/waypoint".into()],
-        move |update: Update| {
-            recorder
-                .lock()
-                .unwrap()
-                .updates
-                .push((Instant::now(), update));
-            Ok(())
-        },
-    );
-    let waypoint_task = tokio::spawn(waypoint.run_until(std::future::pending::<()>()));
+    let (seen, waypoint_task) = waypoint_recorder(&config);
 
     let (_, first) = wait_for(&seen, 0, Duration::from_secs(5)).await;
     let tracing = pushed_tracing(&first).expect("the file's tracing is pushed");
