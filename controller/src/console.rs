@@ -11,7 +11,8 @@
 //! - `GET /api/service?namespace=NS&service=S[&window=1m]`: routes, waypoint, policies, the
 //!   per-version split and the request rate over the last ten minutes;
 //! - `GET /api/workload?namespace=NS&workload=W[&window=1m]`: pods, nodes, identities,
-//!   enrollment, and the workload's request rates.
+//!   enrollment, certificate expiry (by identity, from the proxies' metric) and the
+//!   workload's request rates.
 //!
 //! The port is read-only (GET only) and answers each request with at most a handful of
 //! Prometheus queries, each bounded in time and size.
@@ -40,7 +41,9 @@ const PAGE: &str = include_str!("console/page.html");
 const DEFAULT_WINDOW: &str = "1m";
 /// How far back the service page's chart goes, and its resolution.
 const CHART_RANGE: Duration = Duration::from_secs(600);
-const CHART_STEP: Duration = Duration::from_secs(15);
+// 120 points over the range: at 15 s, a mesh (or a response code) younger than half a minute
+// had one sample per series, and the chart drew nothing.
+const CHART_STEP: Duration = Duration::from_secs(5);
 /// Connections served at once; more wait in the listen queue.
 const MAX_CONNECTIONS: usize = 64;
 /// How long a connection may stay open.
@@ -300,7 +303,20 @@ impl Console {
         );
         let [inbound, outbound] = queries::workload_requests(namespace, workload, window);
         let p = &self.prometheus;
-        let (inbound, outbound) = tokio::try_join!(p.query(&inbound), p.query(&outbound))?;
+        let expiry = queries::certificate_expiry(namespace);
+        let (inbound, outbound, expiry) =
+            tokio::try_join!(p.query(&inbound), p.query(&outbound), p.query(&expiry))?;
+        // Seconds since the epoch by identity, for the identities of this workload's pods.
+        let certificate_expiry: serde_json::Map<String, Value> = expiry
+            .iter()
+            .filter(|s| {
+                config
+                    .pods
+                    .iter()
+                    .any(|pod| pod.identity == s.label("identity"))
+            })
+            .map(|s| (s.label("identity").to_owned(), json!(s.value)))
+            .collect();
         let rows = |samples: &[prometheus::Sample], peer: &str| -> Vec<Value> {
             samples
                 .iter()
@@ -310,9 +326,7 @@ impl Console {
         Ok(json!({
             "config": config,
             "window": window,
-            // The proxies do not export their certificates' expiry as a metric yet; the node
-            // agent's `/config_dump` has it (`weftctl node-config certificates`).
-            "certificate_expiry": null,
+            "certificate_expiry": certificate_expiry,
             "inbound": rows(&inbound, "source_workload"),
             "outbound": rows(&outbound, "destination_service_name"),
         }))

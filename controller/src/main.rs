@@ -114,8 +114,8 @@ struct RunArgs {
     #[arg(long, env = "WEFT_ROOT_NAMESPACE", default_value = DEFAULT_ROOT_NAMESPACE)]
     root_namespace: String,
     /// Istio's mesh configuration file (`MeshConfig` YAML, the `mesh` key of the `istio`
-    /// ConfigMap, istiod's `--meshConfig`), followed while running [default: none: Istio's
-    /// defaults].
+    /// ConfigMap, istiod's `--meshConfig`), followed while running: the outbound traffic
+    /// policy and the default tracing provider and sampling [default: none: Istio's defaults].
     #[arg(long, alias = "meshConfig", env = "WEFT_MESH_CONFIG")]
     mesh_config: Option<std::path::PathBuf>,
 }

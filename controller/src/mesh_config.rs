@@ -1,7 +1,10 @@
 //! The mesh configuration file: Istio's `MeshConfig`, the YAML istiod reads from
 //! `--meshConfig` (the `mesh` key of the `istio` ConfigMap, mounted as a file). The controller
-//! reads the fields the mesh applies (`outboundTrafficPolicy.mode`) and ignores the others, as
-//! it ignores what it does not apply elsewhere. The file is read at start (an invalid one stops
+//! reads the fields the mesh applies and ignores the others, as it ignores what it does not
+//! apply elsewhere: `outboundTrafficPolicy.mode`, served to node agents as
+//! `weft.mesh.v1.MeshConfig`, and the default tracing ([`trace`]: `defaultProviders.tracing`,
+//! `extensionProviders[].opentelemetry`, `defaultConfig.tracing.sampling`), pushed to every
+//! waypoint in its `WaypointConfig`. The file is read at start (an invalid one stops
 //! the start) and again whenever its content changes; an invalid change is logged naming the
 //! file, the field and the reason, and the last good configuration stays in force.
 
@@ -13,6 +16,10 @@ use std::{
 
 use tokio::sync::watch;
 use weft_proto::mesh::{MeshConfig, OutboundTrafficPolicy};
+
+mod trace;
+
+pub use self::trace::{DEFAULT_TRACE_SAMPLING, MeshTracing, TracingProvider};
 
 /// How often the file is read again: the configuration directory's own pace.
 const POLL_INTERVAL: Duration = Duration::from_millis(300);
@@ -27,30 +34,50 @@ pub enum MeshConfigError {
     #[error("{path}: {field}: {reason}")]
     Field {
         path: String,
-        field: &'static str,
+        field: String,
         reason: String,
     },
 }
 
+/// The mesh configuration in force: what node agents are served and what waypoints trace.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Mesh {
+    /// `weft.mesh.v1.MeshConfig`, served to node agents.
+    pub agents: MeshConfig,
+    /// The default tracing, in every waypoint's configuration.
+    pub tracing: MeshTracing,
+}
+
+impl From<MeshConfig> for Mesh {
+    fn from(agents: MeshConfig) -> Self {
+        Self {
+            agents,
+            ..Default::default()
+        }
+    }
+}
+
 /// Parses a MeshConfig document (`path` names it in errors). An empty document is the
 /// defaults, as in istiod.
-pub fn parse(path: &str, text: &str) -> Result<MeshConfig, MeshConfigError> {
+pub fn parse(path: &str, text: &str) -> Result<Mesh, MeshConfigError> {
     let value: serde_yaml::Value =
         serde_yaml::from_str(text).map_err(|e| MeshConfigError::Syntax {
             path: path.to_owned(),
             reason: e.to_string(),
         })?;
-    let field = |field: &'static str, reason: String| MeshConfigError::Field {
+    let field = |field: &str, reason: String| MeshConfigError::Field {
         path: path.to_owned(),
-        field,
+        field: field.to_owned(),
         reason,
     };
     let mut config = MeshConfig::default();
-    let policy = match &value {
-        serde_yaml::Value::Null => None,
-        serde_yaml::Value::Mapping(mesh) => mesh.get("outboundTrafficPolicy"),
+    let empty = serde_yaml::Mapping::new();
+    let mesh = match &value {
+        serde_yaml::Value::Null => &empty,
+        serde_yaml::Value::Mapping(mesh) => mesh,
         _ => return Err(field("(document)", "must be a mapping".to_owned())),
     };
+    let policy = mesh.get("outboundTrafficPolicy");
     let mode = match policy {
         None | Some(serde_yaml::Value::Null) => None,
         Some(serde_yaml::Value::Mapping(policy)) => policy.get("mode"),
@@ -81,20 +108,23 @@ pub fn parse(path: &str, text: &str) -> Result<MeshConfig, MeshConfigError> {
         }
     };
     config.set_outbound_traffic_policy(mode);
-    Ok(config)
+    Ok(Mesh {
+        agents: config,
+        tracing: trace::parse(mesh, &field)?,
+    })
 }
 
 /// The mesh configuration in force, and the file it follows (none: Istio's defaults).
 #[derive(Debug)]
 pub struct MeshConfigWatch {
     path: Option<PathBuf>,
-    current: watch::Sender<(MeshConfig, Option<String>)>,
+    current: watch::Sender<(Mesh, Option<String>)>,
 }
 
 impl Default for MeshConfigWatch {
     /// Istio's defaults, never changing.
     fn default() -> Self {
-        Self::fixed(MeshConfig::default())
+        Self::fixed(Mesh::default())
     }
 }
 
@@ -107,10 +137,10 @@ fn read(path: &Path) -> Result<String, MeshConfigError> {
 
 impl MeshConfigWatch {
     /// A configuration that never changes (tests, and the controller without a file).
-    pub fn fixed(config: MeshConfig) -> Self {
+    pub fn fixed(config: impl Into<Mesh>) -> Self {
         Self {
             path: None,
-            current: watch::channel((config, None)).0,
+            current: watch::channel((config.into(), None)).0,
         }
     }
 
@@ -125,13 +155,18 @@ impl MeshConfigWatch {
         })
     }
 
-    /// The configuration in force.
+    /// The node agents' part of the configuration in force.
     pub fn current(&self) -> MeshConfig {
-        self.current.borrow().0
+        self.current.borrow().0.agents
+    }
+
+    /// The default tracing in force.
+    pub fn tracing(&self) -> MeshTracing {
+        self.current.borrow().0.tracing.clone()
     }
 
     /// Changes when the configuration in force changes.
-    pub fn subscribe(&self) -> watch::Receiver<(MeshConfig, Option<String>)> {
+    pub fn subscribe(&self) -> watch::Receiver<(Mesh, Option<String>)> {
         self.current.subscribe()
     }
 
@@ -166,9 +201,12 @@ impl MeshConfigWatch {
                 Ok(changed) => {
                     last_error = None;
                     if changed {
+                        let tracing = self.tracing();
                         tracing::info!(
                             outbound_traffic_policy =
                                 self.current().outbound_traffic_policy().as_str_name(),
+                            tracing_provider = tracing.provider.as_ref().map(|p| p.name.as_str()),
+                            tracing_sampling = tracing.sampling,
                             "mesh configuration changed"
                         );
                     }

@@ -248,15 +248,7 @@ async fn a_waypoint_gets_its_config_and_follows_edits_and_agents_get_none() {
     // asks for another waypoint's config, which it must not get.
     let seen = Arc::new(Mutex::new(Seen::default()));
     let recorder = seen.clone();
-    let waypoint = DeltaClient::new(
-        target(),
-        Node {
-            id: "waypoint~0.0.0.0~waypoint.shop~shop.svc.cluster.local".into(),
-            cluster: "waypoint".into(),
-            ..Default::default()
-        },
-    )
-    .subscribe_names(
+    let waypoint = DeltaClient::new(target(), waypoint_node()).subscribe_names(
         WAYPOINT_CONFIG_TYPE_URL,
         vec!["shop/waypoint".into(), "shop/other".into()],
         move |update: Update| {
@@ -392,6 +384,40 @@ async fn a_waypoint_gets_its_config_and_follows_edits_and_agents_get_none() {
 
 const KEYS: &str = r#"{"keys":[{"crv":"Ed25519","kid":"k1","kty":"OKP","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#;
 
+/// The node of the waypoint `shop/waypoint`, exactly as the waypoint binary sends it.
+fn waypoint_node() -> Node {
+    Node {
+        id: "waypoint~0.0.0.0~waypoint.shop~shop.svc.cluster.local".into(),
+        cluster: "waypoint".into(),
+        ..Default::default()
+    }
+}
+
+/// The waypoint `shop/waypoint` subscribed to its config, accepting every update: what it saw.
+fn waypoint_recorder(
+    config: &controller::server::ServerConfig,
+) -> (Arc<Mutex<Seen>>, tokio::task::JoinHandle<()>) {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let recorder = seen.clone();
+    let waypoint = DeltaClient::new(Target::address(&grpc_url(config)).unwrap(), waypoint_node())
+        .subscribe_names(
+            WAYPOINT_CONFIG_TYPE_URL,
+            vec!["shop/waypoint".into()],
+            move |update: Update| {
+                recorder
+                    .lock()
+                    .unwrap()
+                    .updates
+                    .push((Instant::now(), update));
+                Ok(())
+            },
+        );
+    let task = tokio::spawn(async move {
+        let _ = waypoint.run_until(std::future::pending::<()>()).await;
+    });
+    (seen, task)
+}
+
 /// The JWKS of the waypoint's first JWT rule in a pushed update.
 fn pushed_jwks(update: &Update) -> String {
     let any = update.added[0].resource.as_ref().expect("a body");
@@ -436,29 +462,7 @@ async fn jwks_uri_keys_are_fetched_by_the_controller_and_pushed_inline() {
         &format!("{WAYPOINT_MESH}{request_authentication}"),
     );
     let controller = start(&config).await;
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let recorder = seen.clone();
-    let waypoint = DeltaClient::new(
-        Target::address(&grpc_url(&config)).unwrap(),
-        Node {
-            id: "waypoint~0.0.0.0~waypoint.shop~shop.svc.cluster.local".into(),
-            cluster: "waypoint".into(),
-            ..Default::default()
-        },
-    )
-    .subscribe_names(
-        WAYPOINT_CONFIG_TYPE_URL,
-        vec!["shop/waypoint".into()],
-        move |update: Update| {
-            recorder
-                .lock()
-                .unwrap()
-                .updates
-                .push((Instant::now(), update));
-            Ok(())
-        },
-    );
-    let waypoint_task = tokio::spawn(waypoint.run_until(std::future::pending::<()>()));
+    let (seen, waypoint_task) = waypoint_recorder(&config);
 
     let (_, first) = wait_for(&seen, 0, Duration::from_secs(5)).await;
     assert_eq!(pushed_jwks(&first), "", "no key before a fetch succeeded");
@@ -476,6 +480,80 @@ async fn jwks_uri_keys_are_fetched_by_the_controller_and_pushed_inline() {
     }
 
     server.abort();
+    waypoint_task.abort();
+    controller.stop().await;
+}
+
+/// The tracing of the waypoint's config in a pushed update, after the waypoint's own model
+/// accepted it.
+fn pushed_tracing(update: &Update) -> Option<wp::Tracing> {
+    let [resource] = update.added.as_slice() else {
+        panic!("expected one resource, got {update:?}");
+    };
+    let any = resource.resource.as_ref().expect("a body");
+    let config = wp::WaypointConfig::decode(any.value.as_slice()).unwrap();
+    waypoint::model::WaypointConfig::try_from(config.clone()).expect("the waypoint applies it");
+    config.tracing
+}
+
+fn tracing_mesh_config(service: &str, sampling: u32) -> String {
+    format!(
+        "defaultConfig: {{tracing: {{sampling: {sampling}}}}}\ndefaultProviders: {{tracing: [otel]}}\nextensionProviders: [{{name: otel, opentelemetry: {{service: {service}, port: 4317}}}}]\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_mesh_config_file_changes_the_waypoints_tracing() {
+    let dir = TempDir::new("push-mesh-tracing");
+    let mut config = local_config(dir.path(), "node1 node1-token-0123456789\n");
+    write(&dir.join("config"), "mesh.yaml", WAYPOINT_MESH);
+    write(
+        dir.path(),
+        "mesh-config.yaml",
+        &tracing_mesh_config("collector.example.com", 10),
+    );
+    config.settings.mesh = Arc::new(
+        controller::mesh_config::MeshConfigWatch::load(dir.join("mesh-config.yaml")).unwrap(),
+    );
+    let controller = start(&config).await;
+    let (seen, waypoint_task) = waypoint_recorder(&config);
+
+    let (_, first) = wait_for(&seen, 0, Duration::from_secs(5)).await;
+    let tracing = pushed_tracing(&first).expect("the file's tracing is pushed");
+    assert_eq!(tracing.provider, "otel");
+    assert_eq!(tracing.collector, ["collector.example.com:4317"]);
+    assert_eq!(tracing.random_sampling_percentage, 10.0);
+
+    // The file changes: the new collector and sampling reach the waypoint, as a delta.
+    write(
+        dir.path(),
+        "mesh-config.yaml",
+        &tracing_mesh_config("traces.example.com", 50),
+    );
+    let (_, changed) = wait_for(&seen, 1, Duration::from_secs(3)).await;
+    assert!(!changed.full_state);
+    let tracing = pushed_tracing(&changed).expect("tracing stays on");
+    assert_eq!(tracing.collector, ["traces.example.com:4317"]);
+    assert_eq!(tracing.random_sampling_percentage, 50.0);
+
+    // An invalid change (OTLP over HTTP) is refused and pushes nothing: the next update the
+    // waypoint sees is the valid change after it, which turns tracing off.
+    write(
+        dir.path(),
+        "mesh-config.yaml",
+        "defaultProviders: {tracing: [otel]}\nextensionProviders: [{name: otel, opentelemetry: {service: c, port: 4318, http: {path: /v1/traces}}}]\n",
+    );
+    let error = config.settings.mesh.reload().unwrap_err().to_string();
+    assert!(
+        error.contains("extensionProviders[0].opentelemetry.http"),
+        "{error}"
+    );
+    assert_eq!(config.settings.mesh.tracing().sampling, 50.0);
+    write(dir.path(), "mesh-config.yaml", "");
+    let (_, off) = wait_for(&seen, 2, Duration::from_secs(3)).await;
+    assert_eq!(pushed_tracing(&off), None);
+    assert_eq!(seen.lock().unwrap().updates.len(), 3);
+
     waypoint_task.abort();
     controller.stop().await;
 }

@@ -27,6 +27,7 @@ pub mod proxy;
 mod smuggling;
 pub mod store;
 pub mod tcp;
+pub mod telemetry;
 pub mod upstream;
 
 #[cfg(any(test, feature = "testing"))]
@@ -79,6 +80,8 @@ pub struct WaypointOptions {
     pub connection_limits: ConnectionLimits,
     /// Whether the waypoint is draining (after SIGTERM): readiness then fails.
     pub drain: DrainStatus,
+    /// The xDS node id, a tag on every span (`node_id`).
+    pub node_id: String,
 }
 
 impl WaypointOptions {
@@ -96,6 +99,7 @@ impl WaypointOptions {
                 .collect(),
             connection_limits: ConnectionLimits::for_open_files_limit(),
             drain: DrainStatus::default(),
+            node_id: String::new(),
         }
     }
 }
@@ -131,6 +135,15 @@ impl Waypoint {
             options.hbone_address,
             options.workers.as_ref().map_or(1, Workers::len),
         );
+        weft_proxy_core::metrics::register_certificate_expiry(
+            &mut registry,
+            Arc::clone(&options.certificates),
+        );
+        let spans = telemetry::SpanExporter::new(options.node_id, &mut registry);
+        // Spans queue until a runtime sends them; the waypoint is built on one in practice.
+        if tokio::runtime::Handle::try_current().is_ok() {
+            spans.spawn();
+        }
         let store = ConfigStore::default();
         let pruned = upstream.clone();
         store.on_apply(Arc::new(move |config| pruned.retain(config)));
@@ -150,6 +163,7 @@ impl Waypoint {
                 upstream,
                 tcp_connections,
                 metrics,
+                spans,
                 max_request_body: options.max_request_body,
                 upgrades: options.upgrades,
             }),

@@ -166,7 +166,9 @@ async fn run(config: Config, workers: Workers) -> anyhow::Result<()> {
     certificates.fetch(&identity).await?;
     info!(%identity, "waypoint certificate obtained");
     let (trigger, drain) = drain::channel();
+    let pod_ip = config.pod_ip(&interface_addresses());
     let waypoint = Waypoint::new(WaypointOptions {
+        node_id: pod_ip.map(|ip| config.node_id(ip)).unwrap_or_default(),
         workers: Some(workers),
         drain: trigger.status(),
         upgrades: config.upgrades.clone(),
@@ -189,8 +191,7 @@ async fn run(config: Config, workers: Workers) -> anyhow::Result<()> {
     let delivered_credentials = XdsCredentials::default();
     let client = match config.controller() {
         Some(address) => {
-            let pod_ip = config
-                .pod_ip(&interface_addresses())
+            let pod_ip = pod_ip
                 .context("no address for the xDS node id: set INSTANCE_IP to the pod's IP")?;
             let node = weft_proto::envoy::config::core::v3::Node {
                 id: config.node_id(pod_ip),

@@ -198,6 +198,8 @@ pub struct RequestRecord {
     pub mtls: bool,
     /// Accepted by a gateway listener: reported as the source.
     pub at_edge: bool,
+    /// The request's span, when tracing is configured; sent with the record.
+    pub span: Option<crate::telemetry::RequestSpan>,
 }
 
 impl std::fmt::Debug for RequestRecord {
@@ -239,6 +241,7 @@ impl RequestRecord {
             bytes_sent: 0,
             mtls: false,
             at_edge: false,
+            span: None,
         }
     }
 
@@ -442,6 +445,9 @@ impl Drop for RequestRecord {
             .get_or_create(&labels)
             .observe(self.bytes_sent as f64);
         info!(target: ACCESS_LOG, "{}", self.access_log_line());
+        if let Some(span) = self.span.take() {
+            span.finish(self);
+        }
     }
 }
 

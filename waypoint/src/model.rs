@@ -64,7 +64,7 @@ pub enum ConfigError {
     DuplicateCluster { name: String },
 }
 
-fn invalid(context: &str, reason: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(context: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         context: context.to_owned(),
         reason: reason.into(),
@@ -92,6 +92,8 @@ pub struct WaypointConfig {
     pub sources: SourceTable,
     /// Set in the gateway role: the listeners at the edge and their route tables.
     pub gateway: Option<Arc<gateway::Gateway>>,
+    /// Distributed tracing; `None`: trace headers pass untouched.
+    pub tracing: Option<Arc<crate::telemetry::TracingConfig>>,
 }
 
 /// What the waypoint knows of a workload from the endpoints it was given.

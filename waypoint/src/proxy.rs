@@ -58,6 +58,8 @@ pub struct ProxyShared {
     /// Connections forwarded at L4, decided again on every configuration applied.
     pub tcp_connections: TcpConnections,
     pub metrics: Arc<Metrics>,
+    /// Where sampled requests' spans are queued for export.
+    pub spans: Arc<crate::telemetry::SpanExporter>,
     pub max_request_body: usize,
     /// Protocol upgrades forwarded, lower case (see [`crate::conformance`]).
     pub upgrades: Vec<String>,
@@ -142,6 +144,14 @@ pub async fn handle(
     let target = tunnel.target(&config, host.as_deref());
     let mut record = RequestRecord::new(Arc::clone(&shared.metrics));
     context::describe_request(&mut record, &config, &tunnel, target.as_ref(), &request);
+    if let Some(tracing) = &config.tracing {
+        record.span = Some(crate::telemetry::RequestSpan::start(
+            tracing,
+            request.headers(),
+            &shared.spans,
+            rand::random(),
+        ));
+    }
     if tunnel.edge.is_some() {
         // A gateway reports what it sends into the mesh as its source, as Istio's gateways do;
         // the destination service is the one the route chooses.

@@ -107,6 +107,15 @@ pub fn workload_requests(namespace: &str, workload: &str, window: &str) -> [Stri
     ]
 }
 
+/// When the certificates of `namespace`'s identities expire, each its earliest over the proxies
+/// holding it (`weft_workload_certificate_expiry_timestamp_seconds`, by the agents and
+/// waypoints).
+pub fn certificate_expiry(namespace: &str) -> String {
+    format!(
+        "min by (identity) (weft_workload_certificate_expiry_timestamp_seconds{{identity=~\"spiffe://[^/]+/ns/{namespace}/sa/.+\"}})"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,6 +151,10 @@ mod tests {
         assert!(http_p99_by_source("bookinfo", "1m").starts_with(
             "histogram_quantile(0.99, sum(rate(istio_request_duration_milliseconds_bucket{"
         ));
+        assert_eq!(
+            certificate_expiry("bookinfo"),
+            "min by (identity) (weft_workload_certificate_expiry_timestamp_seconds{identity=~\"spiffe://[^/]+/ns/bookinfo/sa/.+\"})"
+        );
         assert!(
             tcp("istio_tcp_sent_bytes_total", "bookinfo", "5m")
                 .contains("istio_tcp_sent_bytes_total{reporter=~\"source|destination\",destination_service_namespace=\"bookinfo\"}[5m]")

@@ -24,6 +24,7 @@ mod gateway;
 mod gateway_routes;
 mod route;
 mod routes;
+mod telemetry;
 mod workloads;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -139,6 +140,7 @@ fn waypoint_config(
         workloads,
         request_authentications,
         gateway: None,
+        tracing: compiler.tracing(),
     }
 }
 

@@ -42,4 +42,10 @@ pub trait CertificateSource: Send + Sync + 'static {
     /// The roots that verify peers; known once a first certificate arrived (with its chain),
     /// or from configuration.
     fn trust_roots(&self) -> Option<Arc<TrustRoots>>;
+
+    /// Every certificate held now (for the expiry metric); a source that cannot list them
+    /// reports none.
+    fn held(&self) -> Vec<Arc<WorkloadCertificate>> {
+        Vec::new()
+    }
 }

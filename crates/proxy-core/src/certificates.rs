@@ -260,6 +260,13 @@ impl<C: CaClient> CertificateSource for CertificateManager<C> {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
+
+    fn held(&self) -> Vec<Arc<WorkloadCertificate>> {
+        lock(&self.inner.slots)
+            .values()
+            .filter_map(|(slot, _)| slot.borrow().clone())
+            .collect()
+    }
 }
 
 /// One identity's certificate as `/config_dump` shows it.

@@ -1,10 +1,12 @@
 //! Istio's metrics as both proxies report them: one typed label set ([`labels`]) and the TCP
 //! families with their per-connection record ([`tcp`]). The waypoint's request families use the
-//! same labels.
+//! same labels; and the expiry of the workload certificates a proxy holds ([`certificates`]).
 
+pub mod certificates;
 pub mod labels;
 pub mod tcp;
 
+pub use certificates::{CERTIFICATE_EXPIRY, register_certificate_expiry};
 pub use labels::{
     Peer, PeerLabels, Reporter, RequestLabels, RequestProtocol, ResponseFlag, SecurityPolicy,
     Service, TcpLabels, UNKNOWN,

@@ -395,6 +395,9 @@ pub struct MeshOptions {
     pub log_requests: bool,
     /// Further environment for every agent (`WORKER_THREADS`, ...), after the harness's own.
     pub agent_env: Vec<(String, String)>,
+    /// Istio's mesh config (YAML) the controller starts with (`--mesh-config`); Istio's
+    /// defaults when empty. [`Mesh::set_mesh_config`] changes it later.
+    pub mesh_config: String,
 }
 
 impl Default for MeshOptions {
@@ -406,6 +409,7 @@ impl Default for MeshOptions {
             acceleration: false,
             log_requests: false,
             agent_env: Vec::new(),
+            mesh_config: String::new(),
         }
     }
 }

@@ -60,6 +60,9 @@ impl Mesh {
             declared.extend(declared_namespaces(yaml).with_context(|| file.clone())?);
         }
         mesh.declared = declared;
+        if !options.mesh_config.is_empty() {
+            mesh.set_mesh_config(&options.mesh_config)?;
+        }
         mesh.write_config("00-pods.yaml", &mesh.pods_yaml())?;
         if !options.config.is_empty() {
             mesh.write_config("10-config.yaml", &options.config)?;

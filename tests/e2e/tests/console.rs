@@ -175,6 +175,32 @@ fn the_console_draws_bookinfo_from_prometheus_with_the_canary_split_in_the_api_a
         pods[0]["identity"],
         "spiffe://cluster.local/ns/bookinfo/sa/bookinfo-reviews"
     );
+    // The certificate's expiry, from the agents' `weft_workload_certificate_expiry_timestamp_seconds`
+    // once Prometheus scraped them: in the future, within the certificates' lifetime.
+    let reviews_identity = "spiffe://cluster.local/ns/bookinfo/sa/bookinfo-reviews";
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let expiry = loop {
+        let workload = console_get(
+            observability,
+            "/api/workload?namespace=bookinfo&workload=reviews",
+        );
+        if let Some(expiry) = workload["certificate_expiry"][reviews_identity].as_f64() {
+            break expiry;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no certificate expiry for {reviews_identity}: {workload}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        expiry > now && expiry < now + 25.0 * 3600.0,
+        "expiry {expiry}, now {now}"
+    );
 
     // The page, rendered by headless Chromium from the same API.
     let artifacts = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/console");
@@ -251,7 +277,45 @@ fn the_console_draws_bookinfo_from_prometheus_with_the_canary_split_in_the_api_a
         (0.8..=0.97).contains(&page_share),
         "page share {page_share}"
     );
+    // The traffic chart draws a line per response code: a path through two points or more.
+    let chart = browser
+        .wait_for(
+            "const paths = [...document.querySelectorAll('#traffic path')];
+             return paths.length ? paths.map(p => p.getAttribute('d')) : null;",
+            Duration::from_secs(30),
+        )
+        .expect("the traffic chart");
+    let lines: Vec<&str> = chart
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        lines.iter().any(|d| d.matches('L').count() >= 1),
+        "the traffic chart draws no line: {lines:?}"
+    );
     browser
         .screenshot(&artifacts.join("service-reviews.png"))
+        .expect("a screenshot");
+    // The workload page shows each pod's certificate expiry.
+    browser
+        .navigate(&format!(
+            "http://{}/#/workload/bookinfo/reviews",
+            observability.console()
+        ))
+        .unwrap();
+    let shown = browser
+        .wait_for(
+            "const e = document.querySelector('.expiry[data-expiry]');
+             return e ? { seconds: e.dataset.expiry, text: e.textContent } : null;",
+            Duration::from_secs(30),
+        )
+        .expect("the workload page shows a certificate expiry");
+    let shown_seconds: f64 = shown["seconds"].as_str().unwrap().parse().unwrap();
+    assert_eq!(shown_seconds, expiry, "{shown}");
+    assert!(shown["text"].as_str().unwrap().contains(" (in "), "{shown}");
+    browser
+        .screenshot(&artifacts.join("workload-reviews.png"))
         .expect("a screenshot");
 }

@@ -403,8 +403,16 @@ impl WaypointConfig {
             .iter()
             .map(crate::authn::authentication)
             .collect::<Result<_, _>>()?;
+        let tracing = config
+            .tracing
+            .as_ref()
+            .map(|t| {
+                crate::telemetry::tracing_config(t, &config.name, &config.namespace).map(Arc::new)
+            })
+            .transpose()?;
         Ok(WaypointConfig {
             gateway,
+            tracing,
             name: config.name,
             namespace: config.namespace,
             services,

@@ -63,6 +63,7 @@ fn base() -> proto::WaypointConfig {
         workloads: Vec::new(),
         request_authentications: Vec::new(),
         gateway: None,
+        tracing: None,
     }
 }
 

@@ -91,6 +91,10 @@ pub(super) async fn forward_to(
     strip_hop_by_hop(&mut headers);
     headers.remove(header::HOST);
     append_forwarded_for(&mut headers, cx.tunnel.source_ip);
+    // The next hop's span is a child of the waypoint's.
+    if let Some(span) = &cx.record.span {
+        span.context.inject(&mut headers);
+    }
     if !headers.contains_key(&X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     }

@@ -115,6 +115,7 @@ pub fn config(
         source_workloads: Vec::new(),
         workloads: Vec::new(),
         gateway: None,
+        tracing: None,
         request_authentications: Vec::new(),
     }
 }

@@ -638,3 +638,57 @@ fn waypoints_admit_namespaces_by_their_listeners_allowed_routes() {
         assert_eq!(admitted, expected, "{allowed}");
     }
 }
+
+#[test]
+fn the_mesh_default_tracing_provider_reaches_waypoints_at_its_endpoints() {
+    let collector = r#"
+---
+apiVersion: v1
+kind: Service
+metadata: {name: otel-collector, namespace: observability}
+spec:
+  clusterIP: 10.96.0.77
+  selector: {app: otel-collector}
+  ports: [{name: grpc-otlp, port: 4317, targetPort: 14317}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: otel-collector-0, namespace: observability, labels: {app: otel-collector}}
+spec: {nodeName: n1, containers: [{name: c, image: c}]}
+status: {podIP: 10.0.0.50}
+"#;
+    let index = validated(&format!("{MESH}{collector}"));
+    let translate = |mesh_config: &str| {
+        let mesh = crate::mesh_config::parse("mesh", mesh_config).unwrap();
+        let settings = MeshSettings {
+            mesh: std::sync::Arc::new(crate::mesh_config::MeshConfigWatch::fixed(mesh)),
+            ..Default::default()
+        };
+        waypoint_configs(&index, &settings, &mut Vec::new())
+            .remove("shop/waypoint")
+            .unwrap()
+            .tracing
+    };
+    let provider = |service: &str| {
+        format!(
+            "defaultConfig: {{tracing: {{sampling: 25}}}}\ndefaultProviders: {{tracing: [otel]}}\nextensionProviders: [{{name: otel, opentelemetry: {{service: {service}, port: 4317}}}}]"
+        )
+    };
+    let tracing = translate(&provider(
+        "observability/otel-collector.observability.svc.cluster.local",
+    ))
+    .expect("tracing for the waypoint");
+    assert_eq!(tracing.provider, "otel");
+    assert_eq!(tracing.collector, ["10.0.0.50:14317"]);
+    assert_eq!(tracing.random_sampling_percentage, 25.0);
+    assert_eq!(tracing.service_name, "waypoint.shop");
+    // A host the mesh does not know is left for the waypoint to resolve.
+    let tracing = translate(&provider("collector.example.com")).unwrap();
+    assert_eq!(tracing.collector, ["collector.example.com:4317"]);
+    // Providers declared but none the default: no tracing, as in Istio without Telemetry.
+    assert_eq!(
+        translate("extensionProviders: [{name: otel, opentelemetry: {service: c, port: 4317}}]"),
+        None
+    );
+    assert_eq!(config(&index).tracing, None);
+}

@@ -378,3 +378,41 @@ mod grpc {
         );
     }
 }
+
+#[tokio::test]
+async fn the_expiry_of_each_certificate_held_is_a_gauge_until_it_is_forgotten() {
+    let (manager, _, _) = manager(Duration::from_secs(3600), 0);
+    let mut registry = prometheus_client::registry::Registry::default();
+    crate::metrics::register_certificate_expiry(&mut registry, manager.source());
+    let scrape = |registry: &prometheus_client::registry::Registry| {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+        text
+    };
+    // Asked for, not yet held: no sample.
+    assert!(!scrape(&registry).contains("identity="));
+    let cart = manager.fetch(&id("cart")).await.unwrap();
+    manager.fetch(&id("orders")).await.unwrap();
+    let text = scrape(&registry);
+    let expected = cart
+        .not_after()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(crate::metrics::CERTIFICATE_EXPIRY) && l.contains("/sa/cart"))
+        .unwrap_or_else(|| panic!("{text}"));
+    let value: f64 = line.rsplit_once(' ').unwrap().1.parse().unwrap();
+    assert_eq!(value, expected, "{line}");
+    // About an hour from now (the requested lifetime).
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!((value - now - 3600.0).abs() < 120.0, "{line}");
+    assert!(text.contains("# TYPE weft_workload_certificate_expiry_timestamp_seconds gauge"));
+    assert!(text.contains("/sa/orders"), "{text}");
+    manager.forget(&id("orders"));
+    assert!(!scrape(&registry).contains("/sa/orders"));
+}

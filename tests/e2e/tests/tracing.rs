@@ -1,0 +1,302 @@
+//! Tracing at the waypoint end to end: the controller reads Istio's mesh config (an
+//! OpenTelemetry extension provider as the default tracing provider, 100% sampling) and sends
+//! each waypoint its collector, resolved to the endpoints of the collector's Service; the
+//! waypoint exports one span per sampled request over OTLP/gRPC to a real receiver this test
+//! serves (the collector's `TraceService`, on tonic) in a pod of the testbed, and writes its
+//! span's context on the request it forwards; when the mesh config changes to no default
+//! provider, the waypoint stops tracing without a restart. Needs root.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use weft_e2e::{Mesh, MeshOptions, PodSpec, waypoint_resources};
+
+const VIP: &str = "10.96.0.20";
+const COLLECTOR_PORT: u16 = 4317;
+
+const CONFIG: &str = r#"
+apiVersion: v1
+kind: Service
+metadata:
+  name: reviews
+  namespace: shop
+  labels: {app: reviews, istio.io/use-waypoint: waypoint}
+spec:
+  clusterIP: 10.96.0.20
+  selector: {app: reviews}
+  ports:
+  - {name: http, port: 80, targetPort: 8080}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: otel-collector, namespace: shop}
+spec:
+  clusterIP: 10.96.0.77
+  selector: {app: otel-collector}
+  ports:
+  - {name: grpc-otlp, port: 4317}
+"#;
+
+const MESH_CONFIG: &str = r#"
+enableTracing: true
+defaultConfig:
+  tracing: {sampling: 100}
+defaultProviders:
+  tracing: [otel]
+extensionProviders:
+- name: otel
+  opentelemetry: {service: otel-collector.shop.svc.cluster.local, port: 4317}
+"#;
+
+/// The spans a collector received, resource by resource flattened.
+#[derive(Clone, Default)]
+struct Receiver {
+    spans: Arc<Mutex<Vec<(String, Span)>>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Receiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut spans = self.spans.lock().unwrap();
+        for resource in request.into_inner().resource_spans {
+            let service = resource
+                .resource
+                .iter()
+                .flat_map(|r| &r.attributes)
+                .find(|kv| kv.key == "service.name")
+                .and_then(|kv| string_value(kv.value.as_ref()?))
+                .unwrap_or_default();
+            for scope in resource.scope_spans {
+                spans.extend(scope.spans.into_iter().map(|s| (service.clone(), s)));
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+fn string_value(value: &opentelemetry_proto::tonic::common::v1::AnyValue) -> Option<String> {
+    match value.value.as_ref()? {
+        any_value::Value::StringValue(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+fn tag(span: &Span, key: &str) -> Option<String> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| string_value(kv.value.as_ref()?))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Receiver {
+    fn with_trace(&self, trace: &str) -> Vec<(String, Span)> {
+        self.spans
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, s)| hex(&s.trace_id) == trace)
+            .cloned()
+            .collect()
+    }
+
+    fn all(&self) -> Vec<(String, Span)> {
+        self.spans.lock().unwrap().clone()
+    }
+}
+
+/// Serves the collector's TraceService on `COLLECTOR_PORT` in the pod's network namespace, on a
+/// runtime of its own that lives as long as the test.
+fn start_receiver(mesh: &Mesh, pod: &str) -> (Receiver, tokio::runtime::Runtime) {
+    let listener = mesh
+        .pod(pod)
+        .netns
+        .run(|| std::net::TcpListener::bind(("0.0.0.0", COLLECTOR_PORT)))
+        .expect("enter the collector's namespace")
+        .expect("bind the collector's port");
+    listener.set_nonblocking(true).unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let receiver = Receiver::default();
+    let service = TraceServiceServer::new(receiver.clone());
+    runtime.spawn(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+    });
+    (receiver, runtime)
+}
+
+const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const PARENT: &str = "00f067aa0ba902b7";
+const UNSAMPLED_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+
+#[test]
+fn the_waypoint_exports_a_span_per_sampled_request_and_propagates_its_context() {
+    let mesh = Mesh::start(
+        vec![
+            PodSpec::client("client", "node1", "shop"),
+            PodSpec::app("reviews-v1", "node1", "shop", "reviews", "v1"),
+            PodSpec::waypoint("waypoint", "node2", "shop"),
+            PodSpec::client("otel-collector", "node2", "shop").not_enrolled(),
+        ],
+        MeshOptions {
+            config: format!("{CONFIG}---\n{}", waypoint_resources("shop")),
+            mesh_config: MESH_CONFIG.to_owned(),
+            ..MeshOptions::default()
+        },
+    )
+    .expect("start the mesh");
+    let (receiver, _runtime) = start_receiver(&mesh, "otel-collector");
+    assert!(
+        mesh.eventually(Duration::from_secs(10), || mesh
+            .curl_with("client", &[&format!("http://{VIP}/ready")])
+            .status
+            == 200),
+        "the service is not reachable through the waypoint\n{}",
+        mesh.logs()
+    );
+
+    // An incoming sampled traceparent: the waypoint's span joins that trace as the caller's
+    // child, and the app sees the waypoint's span as its parent.
+    let sampled = mesh.curl_with(
+        "client",
+        &[
+            "-H",
+            &format!("traceparent: 00-{TRACE}-{PARENT}-01"),
+            &format!("http://{VIP}/traced"),
+        ],
+    );
+    assert_eq!(sampled.status, 200, "{}", sampled.body);
+    assert!(
+        mesh.eventually(Duration::from_secs(15), || !receiver
+            .with_trace(TRACE)
+            .is_empty()),
+        "no span of trace {TRACE} reached the collector: {:?}\n{}",
+        receiver.all(),
+        mesh.log_of("waypoint-waypoint")
+    );
+    let spans = receiver.with_trace(TRACE);
+    assert_eq!(spans.len(), 1, "{spans:?}");
+    let (service, span) = &spans[0];
+    assert_eq!(service, "waypoint.shop");
+    assert_eq!(hex(&span.parent_span_id), PARENT);
+    assert_eq!(tag(span, "http.method").as_deref(), Some("GET"));
+    assert_eq!(tag(span, "http.status_code").as_deref(), Some("200"));
+    assert_eq!(
+        tag(span, "http.url").as_deref(),
+        Some(format!("http://{VIP}/traced").as_str())
+    );
+    assert_eq!(
+        tag(span, "upstream_cluster").as_deref(),
+        Some("outbound|80||reviews.shop.svc.cluster.local")
+    );
+    assert_eq!(
+        tag(span, "istio.canonical_service").as_deref(),
+        Some("waypoint")
+    );
+    assert!(
+        tag(span, "node_id").is_some_and(|id| id.starts_with("waypoint~")),
+        "{span:?}"
+    );
+    let forwarded: serde_json::Value = serde_json::from_str(&sampled.body).unwrap();
+    assert_eq!(
+        forwarded["headers"]["traceparent"],
+        format!("00-{TRACE}-{}-01", hex(&span.span_id)).as_str(),
+        "the app must see the waypoint's span as its parent"
+    );
+
+    // An incoming decision not to sample is honoured even at 100%, and still propagated.
+    let unsampled = mesh.curl_with(
+        "client",
+        &[
+            "-H",
+            &format!("traceparent: 00-{UNSAMPLED_TRACE}-{PARENT}-00"),
+            &format!("http://{VIP}/unsampled"),
+        ],
+    );
+    assert_eq!(unsampled.status, 200, "{}", unsampled.body);
+    let forwarded: serde_json::Value = serde_json::from_str(&unsampled.body).unwrap();
+    let traceparent = forwarded["headers"]["traceparent"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        traceparent.starts_with(&format!("00-{UNSAMPLED_TRACE}-")) && traceparent.ends_with("-00"),
+        "{traceparent}"
+    );
+
+    // Without a decision, 100% samples: a new trace, with no parent. Spans leave in the order
+    // their requests end, so once this one arrived the unsampled one would have too.
+    let fresh = mesh.curl_with("client", &[&format!("http://{VIP}/fresh")]);
+    assert_eq!(fresh.status, 200, "{}", fresh.body);
+    let has_fresh = || {
+        receiver
+            .all()
+            .iter()
+            .any(|(_, s)| tag(s, "http.url").is_some_and(|u| u.ends_with("/fresh")))
+    };
+    assert!(
+        mesh.eventually(Duration::from_secs(15), has_fresh),
+        "no span for the request without trace context: {:?}",
+        receiver.all()
+    );
+    let all = receiver.all();
+    let (_, fresh_span) = all
+        .iter()
+        .find(|(_, s)| tag(s, "http.url").is_some_and(|u| u.ends_with("/fresh")))
+        .unwrap();
+    assert!(fresh_span.parent_span_id.is_empty(), "{fresh_span:?}");
+    assert_ne!(hex(&fresh_span.trace_id), TRACE);
+    assert!(
+        receiver.with_trace(UNSAMPLED_TRACE).is_empty(),
+        "a span was exported for a request its caller did not sample: {all:?}"
+    );
+    let metrics = mesh.waypoint_metrics("waypoint");
+    assert!(
+        metrics.contains("weft_tracing_spans_dropped_total 0"),
+        "{metrics}"
+    );
+
+    // The mesh config changes to no default provider: the controller follows the file and the
+    // waypoint, once it applied the new configuration, no longer traces and passes the
+    // caller's context on untouched.
+    mesh.await_waypoint("waypoint", "the mesh config without tracing", || {
+        mesh.set_mesh_config("defaultConfig: {tracing: {sampling: 100}}\n")
+    })
+    .expect("the waypoint follows the mesh config");
+    let incoming = format!("00-{TRACE}-{PARENT}-01");
+    let untraced = mesh.curl_with(
+        "client",
+        &[
+            "-H",
+            &format!("traceparent: {incoming}"),
+            &format!("http://{VIP}/untraced"),
+        ],
+    );
+    assert_eq!(untraced.status, 200, "{}", untraced.body);
+    let forwarded: serde_json::Value = serde_json::from_str(&untraced.body).unwrap();
+    assert_eq!(
+        forwarded["headers"]["traceparent"],
+        incoming.as_str(),
+        "tracing turned off in the mesh config still traces"
+    );
+}

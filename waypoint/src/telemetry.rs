@@ -1,0 +1,298 @@
+//! Distributed tracing at the waypoint, as Envoy's OpenTelemetry tracer does it under Istio: one
+//! server span per request, joined to the trace the request carries (W3C `traceparent`, else
+//! B3) or starting one, sampled by the caller's decision when it made one and otherwise by the
+//! configured percentage, tagged with Envoy's and Istio's span attributes and exported over
+//! OTLP/gRPC by [`export`]. The context of the waypoint's span is written on what goes upstream,
+//! so the next hop's span is its child.
+//!
+//! The settings ([`TracingConfig`]) are part of the configuration snapshot, read per request: a
+//! Telemetry change applies to the next request. Without them the waypoint leaves trace headers
+//! as they are, as Envoy does with tracing off.
+
+pub mod export;
+mod propagation;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http::HeaderMap;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::trace::v1::{Span, Status, span, status};
+use weft_proto::waypoint as proto;
+
+pub use export::{Collector, SpanExporter};
+pub use propagation::{B3Style, IncomingContext, OutgoingContext, SpanId, TraceId};
+
+use crate::metrics::RequestRecord;
+use crate::model::{ConfigError, invalid};
+
+/// Where spans go and which requests are sampled (`WaypointConfig.tracing`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TracingConfig {
+    /// The collector and the resource its spans are reported as; `None` with
+    /// `disableSpanReporting` (context is still propagated).
+    pub collector: Option<Arc<Collector>>,
+    /// Percentage of the requests without an incoming decision that are sampled, 0 to 100.
+    pub sampling_percentage: f64,
+    /// The waypoint itself, as Istio's custom tags name the proxy.
+    pub canonical_service: String,
+    pub namespace: String,
+}
+
+/// Checks and converts the tracing section; `waypoint` and `namespace` name the proxy.
+pub(crate) fn tracing_config(
+    tracing: &proto::Tracing,
+    waypoint: &str,
+    namespace: &str,
+) -> Result<TracingConfig, ConfigError> {
+    let percentage = tracing.random_sampling_percentage;
+    if !(0.0..=100.0).contains(&percentage) {
+        return Err(invalid(
+            "tracing.random_sampling_percentage",
+            format!("{percentage} is not a percentage between 0 and 100"),
+        ));
+    }
+    let collector = if tracing.disable_span_reporting {
+        None
+    } else {
+        if tracing.collector.is_empty() {
+            return Err(invalid(
+                "tracing.collector",
+                format!("provider {:?} has no collector address", tracing.provider),
+            ));
+        }
+        for (i, address) in tracing.collector.iter().enumerate() {
+            let valid = address.parse::<SocketAddr>().is_ok()
+                || address
+                    .rsplit_once(':')
+                    .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !valid {
+                return Err(invalid(
+                    &format!("tracing.collector[{i}]"),
+                    format!("{address:?} is not host:port"),
+                ));
+            }
+        }
+        Some(Arc::new(Collector {
+            endpoints: tracing.collector.clone(),
+            service_name: if tracing.service_name.is_empty() {
+                format!("{waypoint}.{namespace}")
+            } else {
+                tracing.service_name.clone()
+            },
+        }))
+    };
+    Ok(TracingConfig {
+        collector,
+        sampling_percentage: percentage,
+        canonical_service: waypoint.to_owned(),
+        namespace: namespace.to_owned(),
+    })
+}
+
+/// The waypoint's span of one request: its context (propagated upstream whether sampled or
+/// not) and, when sampled and reported, where it is sent when the request ends.
+#[derive(Debug)]
+pub struct RequestSpan {
+    pub context: OutgoingContext,
+    start: SystemTime,
+    report: Option<Report>,
+}
+
+#[derive(Debug)]
+struct Report {
+    exporter: Arc<SpanExporter>,
+    collector: Arc<Collector>,
+    canonical_service: String,
+    namespace: String,
+}
+
+impl RequestSpan {
+    /// Starts the span of a request with `headers` under `config`. `roll` is a uniform draw in
+    /// [0, 1) deciding random sampling when the caller made no decision.
+    pub fn start(
+        config: &TracingConfig,
+        headers: &HeaderMap,
+        exporter: &Arc<SpanExporter>,
+        roll: f64,
+    ) -> Self {
+        let incoming = IncomingContext::read(headers);
+        // A caller's decision is honoured either way (Envoy keeps the parent's sampled flag);
+        // without one, the configured percentage decides.
+        let sampled = incoming
+            .sampled
+            .unwrap_or(roll * 100.0 < config.sampling_percentage);
+        let (trace_id, parent_span_id) = match incoming.parent {
+            Some((trace, span)) => (trace, Some(span)),
+            None => (random_id::<16>(), None),
+        };
+        let report = match (&config.collector, sampled) {
+            (Some(collector), true) => Some(Report {
+                exporter: Arc::clone(exporter),
+                collector: Arc::clone(collector),
+                canonical_service: config.canonical_service.clone(),
+                namespace: config.namespace.clone(),
+            }),
+            _ => None,
+        };
+        RequestSpan {
+            context: OutgoingContext {
+                trace_id,
+                span_id: random_id::<8>(),
+                parent_span_id,
+                sampled,
+                b3: incoming.b3,
+            },
+            start: SystemTime::now(),
+            report,
+        }
+    }
+
+    /// Sends the span, described by the request's `record`, if it is sampled and reported.
+    pub fn finish(self, record: &RequestRecord) {
+        let Some(report) = self.report else {
+            return;
+        };
+        let span = build_span(
+            &self.context,
+            self.start,
+            record,
+            &report,
+            report.exporter.node_id(),
+        );
+        report.exporter.submit(report.collector, span);
+    }
+}
+
+fn random_id<const N: usize>() -> [u8; N] {
+    loop {
+        let id: [u8; N] = rand::random();
+        if id.iter().any(|b| *b != 0) {
+            return id;
+        }
+    }
+}
+
+fn nanos(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+fn attribute(key: &str, value: impl Into<String>) -> KeyValue {
+    KeyValue {
+        key: key.to_owned(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(value.into())),
+        }),
+        ..Default::default()
+    }
+}
+
+/// The span as Envoy's HTTP tracer tags it (`http.method`, `http.url`, `http.status_code`,
+/// `upstream_cluster`, `response_flags`, ...) with Istio's custom tags for the proxy
+/// (`istio.canonical_service`, `istio.namespace`, ...) and the peers' identities.
+fn build_span(
+    context: &OutgoingContext,
+    start: SystemTime,
+    record: &RequestRecord,
+    report: &Report,
+    node_id: &str,
+) -> Span {
+    let host = record
+        .destination_service
+        .as_ref()
+        .map(|(hostname, _, _)| hostname.as_str())
+        .unwrap_or_else(|| {
+            record
+                .authority
+                .rsplit_once(':')
+                .map_or(record.authority.as_str(), |(h, _)| h)
+        });
+    let port = record
+        .downstream_local
+        .parse::<SocketAddr>()
+        .map_or(0, |a| a.port());
+    let dash = |v: &str| {
+        if v.is_empty() {
+            "-".to_owned()
+        } else {
+            v.to_owned()
+        }
+    };
+    let mut attributes = vec![
+        attribute("node_id", node_id),
+        attribute("component", "proxy"),
+        attribute("guid:x-request-id", record.request_id.as_str()),
+        attribute("http.method", record.method.as_str()),
+        attribute(
+            "http.url",
+            format!("http://{}{}", record.authority, record.path),
+        ),
+        attribute("http.protocol", record.protocol),
+        attribute("http.status_code", record.status.to_string()),
+        attribute("user_agent", dash(&record.user_agent)),
+        attribute("downstream_cluster", "-"),
+        attribute(
+            "peer.address",
+            record
+                .downstream_remote
+                .parse::<SocketAddr>()
+                .map_or_else(|_| record.downstream_remote.clone(), |a| a.ip().to_string()),
+        ),
+        attribute("request_size", record.bytes_received.to_string()),
+        attribute("response_size", record.bytes_sent.to_string()),
+        attribute("response_flags", record.response_flags.to_string()),
+        attribute(
+            "upstream_cluster",
+            record.upstream_cluster.as_deref().unwrap_or("-"),
+        ),
+        attribute(
+            "upstream_cluster.name",
+            record.upstream_cluster.as_deref().unwrap_or("-"),
+        ),
+        attribute(
+            "upstream_address",
+            record.upstream_host.as_deref().unwrap_or("-"),
+        ),
+        attribute("istio.canonical_service", report.canonical_service.as_str()),
+        attribute("istio.canonical_revision", "latest"),
+        attribute("istio.namespace", report.namespace.as_str()),
+        attribute("istio.mesh_id", weft_istio::defaults::DEFAULT_TRUST_DOMAIN),
+        attribute("istio.cluster_id", weft_istio::defaults::DEFAULT_CLUSTER_ID),
+    ];
+    if let Some(principal) = &record.source.principal {
+        attributes.push(attribute("source.principal", principal.as_str()));
+    }
+    if let Some(principal) = &record.destination.principal {
+        attributes.push(attribute("destination.principal", principal.as_str()));
+    }
+    let failed = record.status >= 500 || record.status == 0;
+    if failed {
+        attributes.push(attribute("error", "true"));
+    }
+    Span {
+        trace_id: context.trace_id.to_vec(),
+        span_id: context.span_id.to_vec(),
+        parent_span_id: context.parent_span_id.map_or_else(Vec::new, |p| p.to_vec()),
+        // Sampled (bit 0 of the W3C flags).
+        flags: 1,
+        name: format!("{host}:{port}/*"),
+        kind: span::SpanKind::Server as i32,
+        start_time_unix_nano: nanos(start),
+        end_time_unix_nano: nanos(SystemTime::now()),
+        attributes,
+        status: Some(Status {
+            message: String::new(),
+            code: if failed {
+                status::StatusCode::Error
+            } else {
+                status::StatusCode::Unset
+            } as i32,
+        }),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests;

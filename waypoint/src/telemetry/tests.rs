@@ -1,0 +1,194 @@
+//! Sampling decisions, the span's tags, and the export queue's bound.
+
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderValue};
+use opentelemetry_proto::tonic::trace::v1::Span;
+use prometheus_client::registry::Registry;
+use weft_proto::waypoint as proto;
+
+use super::*;
+
+fn config(percentage: f64) -> TracingConfig {
+    tracing_config(
+        &proto::Tracing {
+            provider: "otel".into(),
+            collector: vec!["127.0.0.1:4317".into()],
+            random_sampling_percentage: percentage,
+            disable_span_reporting: false,
+            service_name: String::new(),
+        },
+        "waypoint",
+        "shop",
+    )
+    .unwrap()
+}
+
+fn exporter() -> Arc<SpanExporter> {
+    SpanExporter::new(
+        "waypoint~10.0.0.2~waypoint.shop~shop.svc.cluster.local".into(),
+        &mut Registry::default(),
+    )
+}
+
+fn traceparent(flags: &str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        "traceparent",
+        HeaderValue::from_str(&format!(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-{flags}"
+        ))
+        .unwrap(),
+    );
+    headers
+}
+
+#[test]
+fn the_percentage_decides_only_without_an_incoming_decision() {
+    let exporter = exporter();
+    // (percentage, roll, headers, sampled)
+    let cases = [
+        (100.0, 0.999, HeaderMap::new(), true),
+        (0.0, 0.0, HeaderMap::new(), false),
+        (10.0, 0.05, HeaderMap::new(), true),
+        (10.0, 0.2, HeaderMap::new(), false),
+        // The caller's decision wins both ways, as Envoy keeps the parent's sampled flag.
+        (0.0, 0.5, traceparent("01"), true),
+        (100.0, 0.5, traceparent("00"), false),
+    ];
+    for (percentage, roll, headers, sampled) in cases {
+        let span = RequestSpan::start(&config(percentage), &headers, &exporter, roll);
+        assert_eq!(
+            span.context.sampled, sampled,
+            "{percentage}% roll {roll} {headers:?}"
+        );
+        assert_eq!(span.report.is_some(), sampled);
+    }
+}
+
+#[test]
+fn a_span_joins_the_incoming_trace_as_a_child() {
+    let span = RequestSpan::start(&config(0.0), &traceparent("01"), &exporter(), 0.5);
+    assert_eq!(
+        propagation::hex(&span.context.trace_id),
+        "4bf92f3577b34da6a3ce929d0e0e4736"
+    );
+    assert_eq!(
+        span.context.parent_span_id.map(|p| propagation::hex(&p)),
+        Some("00f067aa0ba902b7".to_owned())
+    );
+    assert_ne!(propagation::hex(&span.context.span_id), "00f067aa0ba902b7");
+    let fresh = RequestSpan::start(&config(100.0), &HeaderMap::new(), &exporter(), 0.5);
+    assert_eq!(fresh.context.parent_span_id, None);
+    assert!(fresh.context.trace_id.iter().any(|b| *b != 0));
+}
+
+#[test]
+fn disabled_reporting_still_propagates() {
+    let mut tracing = proto::Tracing {
+        random_sampling_percentage: 100.0,
+        disable_span_reporting: true,
+        ..Default::default()
+    };
+    let config = tracing_config(&tracing, "waypoint", "shop").unwrap();
+    let span = RequestSpan::start(&config, &HeaderMap::new(), &exporter(), 0.0);
+    assert!(span.context.sampled);
+    assert!(span.report.is_none());
+    tracing.disable_span_reporting = false;
+    let error = tracing_config(&tracing, "waypoint", "shop").unwrap_err();
+    assert!(error.to_string().contains("no collector"), "{error}");
+}
+
+#[test]
+fn bad_settings_are_refused_with_their_field() {
+    for (percentage, collector, field) in [
+        (100.5, "127.0.0.1:4317", "random_sampling_percentage"),
+        (-1.0, "127.0.0.1:4317", "random_sampling_percentage"),
+        (f64::NAN, "127.0.0.1:4317", "random_sampling_percentage"),
+        (1.0, "collector", "tracing.collector[0]"),
+        (1.0, "collector:port", "tracing.collector[0]"),
+    ] {
+        let error = tracing_config(
+            &proto::Tracing {
+                collector: vec![collector.into()],
+                random_sampling_percentage: percentage,
+                ..Default::default()
+            },
+            "waypoint",
+            "shop",
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains(field), "{error}");
+    }
+}
+
+#[test]
+fn spans_carry_envoys_and_istios_tags() {
+    let exporter = exporter();
+    let mut registry = Registry::default();
+    let mut record = RequestRecord::new(Arc::new(crate::metrics::Metrics::new(&mut registry)));
+    record.method = "GET".into();
+    record.path = "/reviews/1".into();
+    record.authority = "reviews:9080".into();
+    record.status = 503;
+    record.upstream_cluster = Some("outbound|9080|v1|reviews.shop.svc.cluster.local".into());
+    record.downstream_local = "10.96.0.20:9080".into();
+    record.downstream_remote = "10.0.0.7:40000".into();
+    record.destination_service = Some((
+        "reviews.shop.svc.cluster.local".into(),
+        "reviews".into(),
+        "shop".into(),
+    ));
+    let span = RequestSpan::start(&config(100.0), &traceparent("01"), &exporter, 0.0);
+    let report = span.report.as_ref().unwrap();
+    let built: Span = build_span(
+        &span.context,
+        span.start,
+        &record,
+        report,
+        exporter.node_id(),
+    );
+    drop(record);
+    let tag = |key: &str| {
+        built
+            .attributes
+            .iter()
+            .find(|kv| kv.key == key)
+            .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+                any_value::Value::StringValue(s) => Some(s.clone()),
+                _ => None,
+            })
+    };
+    assert_eq!(built.name, "reviews.shop.svc.cluster.local:9080/*");
+    assert_eq!(tag("http.method").as_deref(), Some("GET"));
+    assert_eq!(
+        tag("http.url").as_deref(),
+        Some("http://reviews:9080/reviews/1")
+    );
+    assert_eq!(tag("http.status_code").as_deref(), Some("503"));
+    assert_eq!(
+        tag("upstream_cluster").as_deref(),
+        Some("outbound|9080|v1|reviews.shop.svc.cluster.local")
+    );
+    assert_eq!(tag("istio.canonical_service").as_deref(), Some("waypoint"));
+    assert_eq!(tag("istio.namespace").as_deref(), Some("shop"));
+    assert_eq!(tag("peer.address").as_deref(), Some("10.0.0.7"));
+    assert_eq!(tag("error").as_deref(), Some("true"));
+    assert!(tag("node_id").unwrap().starts_with("waypoint~10.0.0.2~"));
+    assert_eq!(built.kind, span::SpanKind::Server as i32);
+    assert_eq!(
+        built.parent_span_id,
+        propagation::unhex_for_tests("00f067aa0ba902b7")
+    );
+}
+
+#[test]
+fn a_full_queue_drops_and_counts_instead_of_waiting() {
+    // No sending task: nothing drains the queue.
+    let exporter = exporter();
+    let collector = config(100.0).collector.unwrap();
+    for _ in 0..export::QUEUE_CAPACITY + 10 {
+        exporter.submit(Arc::clone(&collector), Span::default());
+    }
+    assert_eq!(exporter.dropped(), 10);
+}
