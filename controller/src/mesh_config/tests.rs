@@ -37,7 +37,7 @@ fn reads_the_outbound_traffic_policy_and_refuses_what_istio_refuses() {
     ];
     for (text, expected) in cases {
         let got = parse("mesh", text)
-            .map(|c| c.outbound_traffic_policy())
+            .map(|c| c.agents.outbound_traffic_policy())
             .map_err(|e| e.to_string());
         assert_eq!(got, expected.map_err(str::to_owned), "{text:?}");
     }
@@ -110,9 +110,9 @@ fn node_agents_are_served_the_mode_in_force() {
             .find(|(type_url, _)| type_url == weft_proto::MESH_CONFIG_TYPE_URL)
             .expect("the MeshConfig type is served");
         assert_eq!(of_type.len(), 1);
-        let resource = &of_type[0];
-        assert_eq!(resource.name, weft_proto::MESH_CONFIG_NAME);
-        MeshConfig::decode(resource.body.value.as_slice())
+        let served = &of_type[0];
+        assert_eq!(served.name, weft_proto::MESH_CONFIG_NAME);
+        MeshConfig::decode(served.body.value.as_slice())
             .unwrap()
             .outbound_traffic_policy()
     };
@@ -126,4 +126,79 @@ fn node_agents_are_served_the_mode_in_force() {
         served(MeshConfigWatch::fixed(registry_only)),
         OutboundTrafficPolicy::RegistryOnly
     );
+}
+
+const OTEL: &str = r#"
+enableTracing: true
+defaultConfig:
+  discoveryAddress: istiod.istio-system.svc:15012
+  tracing: {sampling: 100}
+defaultProviders:
+  tracing: [otel]
+extensionProviders:
+- name: otel
+  opentelemetry: {service: opentelemetry-collector.observability.svc.cluster.local, port: 4317}
+- name: prometheus
+  prometheus: {}
+"#;
+
+#[test]
+fn the_default_opentelemetry_provider_and_sampling_are_read() {
+    let tracing = parse("mesh", OTEL).unwrap().tracing;
+    assert_eq!(
+        tracing.provider,
+        Some(TracingProvider {
+            name: "otel".into(),
+            service: "opentelemetry-collector.observability.svc.cluster.local".into(),
+            port: 4317,
+        })
+    );
+    assert_eq!(tracing.sampling, 100.0);
+}
+
+#[test]
+fn sampling_defaults_as_istio_reads_it() {
+    for (yaml, expected) in [
+        ("", 1.0),
+        ("defaultConfig: {tracing: {sampling: 0}}", 1.0),
+        ("defaultConfig: {tracing: {sampling: 0.5}}", 0.5),
+        ("defaultConfig: {tracing: {sampling: 150}}", 1.0),
+    ] {
+        let tracing = parse("mesh", yaml).unwrap().tracing;
+        assert_eq!(tracing.sampling, expected, "{yaml}");
+        assert_eq!(tracing.provider, None);
+    }
+}
+
+#[test]
+fn bad_providers_are_refused_with_their_field() {
+    for (yaml, field) in [
+        (
+            "defaultProviders: {tracing: [zipkin]}",
+            "defaultProviders.tracing[0]",
+        ),
+        (
+            "extensionProviders: [{name: a, opentelemetry: {service: c, port: 0}}]",
+            "extensionProviders[0].opentelemetry.port",
+        ),
+        (
+            "extensionProviders: [{name: a, opentelemetry: {port: 4317}}]",
+            "extensionProviders[0].opentelemetry.service",
+        ),
+        (
+            "extensionProviders: [{name: a, opentelemetry: {service: c, port: 4318, http: {path: /v1/traces}}}]",
+            "extensionProviders[0].opentelemetry.http",
+        ),
+        (
+            "extensionProviders: [{name: a, prometheus: {}}, {name: a, prometheus: {}}]",
+            "extensionProviders[1].name",
+        ),
+        (
+            "defaultConfig: {tracing: {sampling: -1}}",
+            "defaultConfig.tracing.sampling",
+        ),
+    ] {
+        let error = parse("mesh", yaml).unwrap_err().to_string();
+        assert!(error.contains(field), "{yaml}: {error}");
+    }
 }
