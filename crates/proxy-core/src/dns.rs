@@ -14,7 +14,7 @@
 //! [`LOOKUP_TIMEOUT`]. A failed or empty answer keeps the last good addresses, and is tried
 //! again after [`MAX_REFRESH`].
 
-use std::{collections::HashMap, net::IpAddr, time::Duration};
+use std::{collections::HashMap, net::IpAddr, sync::OnceLock, time::Duration};
 
 use hickory_resolver::{TokioResolver, config::LookupIpStrategy};
 use tokio::time::Instant;
@@ -59,17 +59,25 @@ pub trait NameTable {
 
 /// Resolves `table`'s names with the system's resolver configuration until the task is
 /// dropped; `changes` wakes it when the names may have changed (a new configuration).
+///
+/// The resolver is built when the first name needs resolving, not before: most proxies never
+/// resolve a name, and an unused resolver would cost every one of them its memory (its caches,
+/// the pages of its code).
 pub async fn run<T: NameTable>(table: T, changes: watch::Receiver<u64>) {
-    let resolver = match system_resolver() {
-        Ok(resolver) => resolver,
-        Err(error) => {
-            tracing::error!(%error, "no DNS resolver: hostname endpoints stay unresolved");
-            return;
-        }
-    };
+    let resolver: OnceLock<Result<TokioResolver, String>> = OnceLock::new();
     resolve_with(table, changes, |name| {
-        let resolver = resolver.clone();
-        async move { lookup(&resolver, &name).await }
+        let resolver = &resolver;
+        async move {
+            let resolver = resolver.get_or_init(|| {
+                system_resolver().inspect_err(|error| {
+                    tracing::error!(%error, "no DNS resolver: hostname endpoints stay unresolved");
+                })
+            });
+            match resolver {
+                Ok(resolver) => lookup(resolver, &name).await,
+                Err(error) => Err(format!("no DNS resolver: {error}")),
+            }
+        }
     })
     .await;
 }
