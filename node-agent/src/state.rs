@@ -246,6 +246,34 @@ impl WorkloadStore {
         self.read().workloads_by_uid.get(uid).cloned()
     }
 
+    /// The workload of `uid`, waiting up to `deadline` for the controller to describe it: a pod
+    /// is served as soon as it is enrolled, which can be before its workload arrives (a new pod
+    /// whose address the controller has not seen yet, or the next agent of a rolling update
+    /// taking pods over before its first configuration), as ztunnel waits for a workload.
+    pub async fn wait_for_workload_by_uid(
+        &self,
+        uid: &str,
+        deadline: std::time::Duration,
+    ) -> Option<Arc<Workload>> {
+        let mut changes = self.subscribe();
+        if let Some(workload) = self.workload_by_uid(uid) {
+            return Some(workload);
+        }
+        tokio::time::timeout(deadline, async {
+            loop {
+                if changes.changed().await.is_err() {
+                    return None;
+                }
+                if let Some(workload) = self.workload_by_uid(uid) {
+                    return Some(workload);
+                }
+            }
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
     pub fn workload_by_ip(&self, ip: IpAddr) -> Option<Arc<Workload>> {
         self.read().workloads_by_ip.get(&ip).cloned()
     }

@@ -230,3 +230,37 @@ fn store_indexes_follow_inserts_replacements_and_removals() {
         json["workloads"][0]["services"]["bookinfo/reviews.bookinfo.svc.cluster.local"].is_object()
     );
 }
+
+#[tokio::test]
+async fn a_connection_waits_for_its_pods_workload_within_the_deadline() {
+    let store = WorkloadStore::new();
+    // Another workload arrives first: not the one waited for, the wait goes on.
+    let writer = store.clone();
+    let arrivals = tokio::spawn(async move {
+        tokio::task::yield_now().await;
+        writer.insert_workload(proto_workload("other", 11).try_into().unwrap());
+        tokio::task::yield_now().await;
+        writer.insert_workload(proto_workload("r1", 10).try_into().unwrap());
+    });
+    let found = store
+        .wait_for_workload_by_uid("r1", std::time::Duration::from_secs(10))
+        .await;
+    assert_eq!(found.expect("the workload arrived").uid, "r1");
+    arrivals.await.unwrap();
+
+    // Known already: no wait. Never described: refused once the deadline passes.
+    assert!(
+        store
+            .wait_for_workload_by_uid("r1", std::time::Duration::ZERO)
+            .await
+            .is_some()
+    );
+    let started = std::time::Instant::now();
+    assert!(
+        store
+            .wait_for_workload_by_uid("unknown", std::time::Duration::from_millis(50))
+            .await
+            .is_none()
+    );
+    assert!(started.elapsed() >= std::time::Duration::from_millis(50));
+}
