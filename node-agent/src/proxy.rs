@@ -26,3 +26,10 @@ pub use record::{ConnectionGuard, ConnectionLog};
 pub use served::{ServedPod, ServedPods};
 pub use weft_hbone::admission::ConnectionLimits;
 pub use weft_workers::Workers;
+
+/// How long a pod's connection (outbound from it, inbound to it) waits for the controller to
+/// describe the pod before it is refused, failing closed: the gap between a pod's enrollment
+/// and its workload's arrival (a new pod, or the next agent of a rolling update before its
+/// first configuration). The inbound listeners bound connections per client address, so an
+/// unauthenticated peer holds at most those for this long.
+const WAIT_FOR_WORKLOAD: std::time::Duration = std::time::Duration::from_secs(5);

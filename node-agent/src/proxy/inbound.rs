@@ -41,7 +41,10 @@ pub(super) async fn handle_plaintext(
             return;
         }
     };
-    let workload = context.store.workload_by_uid(&pod.uid);
+    let workload = context
+        .store
+        .wait_for_workload_by_uid(&pod.uid, super::WAIT_FOR_WORKLOAD)
+        .await;
     let source = context.store.workload_by_ip(peer.ip());
     let service = workload
         .as_ref()
@@ -111,7 +114,8 @@ async fn serve_hbone(
 ) -> Result<(), ProxyError> {
     let workload = context
         .store
-        .workload_by_uid(&pod.uid)
+        .wait_for_workload_by_uid(&pod.uid, super::WAIT_FOR_WORKLOAD)
+        .await
         .ok_or_else(|| ProxyError::UnknownPod(pod.uid.clone()))?;
     let identity = workload
         .identity()

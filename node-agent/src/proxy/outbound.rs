@@ -28,10 +28,6 @@ use crate::{
     state::Workload,
 };
 
-/// How long a connection from a pod waits for the controller to describe the pod before it is
-/// refused (fail closed): the gap between a pod's enrollment and its workload's arrival.
-const WAIT_FOR_SOURCE: std::time::Duration = std::time::Duration::from_secs(5);
-
 /// Serves one connection accepted on a pod's outbound listener.
 pub(super) async fn handle(
     context: Arc<ProxyContext>,
@@ -48,7 +44,7 @@ pub(super) async fn handle(
     let mut app = registration.wrap(app);
     let source = context
         .store
-        .wait_for_workload_by_uid(&pod.uid, WAIT_FOR_SOURCE)
+        .wait_for_workload_by_uid(&pod.uid, super::WAIT_FOR_WORKLOAD)
         .await;
     let planned = match &source {
         None => Err(ProxyError::UnknownPod(pod.uid.clone())),
