@@ -45,6 +45,10 @@ fn pods_on_containerd_join_the_mesh_through_the_cni() {
                 .arg(&format!("backend=http://{backend_address}")),
         )
         .unwrap();
+    // Everything the client's pod sends or receives across the fabric from here on: its first
+    // connection may already open the HBONE connection (and its TLS handshake) that the call
+    // below reuses.
+    let capture = FabricCapture::start(&cluster.testbed).unwrap();
     // ADD returned only after the agent's ack: the pod is captured before its app ever runs.
     assert_eq!(
         capture_of(&client.netns, backend_address),
@@ -80,7 +84,6 @@ fn pods_on_containerd_join_the_mesh_through_the_cni() {
     // the backend on node2 crosses the fabric only as HBONE mutual TLS.
     let marker = format!("weft-cri-marker-{}", std::process::id());
     let client_url = format!("http://{}:8080/?{marker}", client.ip);
-    let capture = FabricCapture::start(&cluster.testbed).unwrap();
     let call = |cluster: &KubeCluster| {
         http_get(
             &cluster.testbed.node("node1").netns,
@@ -92,7 +95,11 @@ fn pods_on_containerd_join_the_mesh_through_the_cni() {
     let (status, body) = call(&cluster);
     let captured = capture
         .finish(
-            "ip.src == 10.251.0.0/16 && ip.dst == 10.251.0.0/16 && tcp.len > 0",
+            &format!(
+                "ip.src == 10.251.0.0/16 && ip.dst == 10.251.0.0/16 && ip.addr == {} \
+                 && tcp.len > 0",
+                client.ip
+            ),
             &[
                 "tcp.srcport",
                 "tcp.dstport",
