@@ -255,6 +255,11 @@ impl WorkloadStore {
         uid: &str,
         deadline: std::time::Duration,
     ) -> Option<Arc<Workload>> {
+        // The common case costs one lookup; only a miss subscribes (then looks again, so a
+        // workload arriving in between is not missed).
+        if let Some(workload) = self.workload_by_uid(uid) {
+            return Some(workload);
+        }
         let mut changes = self.subscribe();
         if let Some(workload) = self.workload_by_uid(uid) {
             return Some(workload);
