@@ -8,8 +8,8 @@ use k8s_openapi::api::core::v1::Pod;
 // On a pod, a `DATAPLANE_MODE` other than `ambient` (`none`) keeps it out whatever its namespace
 // says.
 pub use weft_istio::labels::{
-    DATAPLANE_MODE, DATAPLANE_MODE_AMBIENT, EXCLUDE_INBOUND_PORTS, EXCLUDE_OUTBOUND_PORTS,
-    SIDECAR_STATUS,
+    DATAPLANE_MODE, DATAPLANE_MODE_AMBIENT, DNS_CAPTURE, EXCLUDE_INBOUND_PORTS,
+    EXCLUDE_OUTBOUND_PORTS, SIDECAR_STATUS,
 };
 
 /// The sidecar container's name.
@@ -24,11 +24,23 @@ pub enum Decision {
     Skip(&'static str),
 }
 
-/// Ports a pod keeps out of capture, from its annotations.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// What a pod keeps out of capture, from its annotations.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exclusions {
     pub outbound_ports: Vec<u16>,
     pub inbound_ports: Vec<u16>,
+    /// Whether its DNS is captured (`ambient.istio.io/dns-capture`).
+    pub dns_capture: bool,
+}
+
+impl Default for Exclusions {
+    fn default() -> Self {
+        Self {
+            outbound_ports: Vec::new(),
+            inbound_ports: Vec::new(),
+            dns_capture: true,
+        }
+    }
 }
 
 /// Decides for `pod` in a namespace with `namespace_labels`. `excluded_namespaces` are never in
@@ -76,7 +88,22 @@ pub fn decide(
     Ok(Decision::Enroll(Exclusions {
         outbound_ports: ports(&annotations, EXCLUDE_OUTBOUND_PORTS)?,
         inbound_ports: ports(&annotations, EXCLUDE_INBOUND_PORTS)?,
+        // Istio's CNI reads it with Go's `strconv.ParseBool`; a value it cannot parse counts
+        // as absent (the default, captured), as Istio's `CheckBooleanAnnotation` has it.
+        dns_capture: annotations
+            .get(DNS_CAPTURE)
+            .and_then(|value| go_bool(value))
+            .unwrap_or(true),
     }))
+}
+
+/// A boolean as Go's `strconv.ParseBool` reads it.
+fn go_bool(value: &str) -> Option<bool> {
+    match value {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
+        _ => None,
+    }
 }
 
 /// A comma-separated port list annotation; a bad entry is an error naming the annotation (the
@@ -210,7 +237,29 @@ mod tests {
                 Decision::Enroll(Exclusions {
                     outbound_ports: vec![5432, 6379],
                     inbound_ports: vec![9000],
+                    dns_capture: true,
                 }),
+            ),
+            (
+                "dns capture off (Istio's annotation, read as Go's ParseBool)",
+                pod(&[], &[(DNS_CAPTURE, "False")]),
+                &ambient_ns,
+                Decision::Enroll(Exclusions {
+                    dns_capture: false,
+                    ..Exclusions::default()
+                }),
+            ),
+            (
+                "dns capture on explicitly",
+                pod(&[], &[(DNS_CAPTURE, "true")]),
+                &ambient_ns,
+                Decision::Enroll(Exclusions::default()),
+            ),
+            (
+                "dns capture annotation Istio cannot parse: as if absent, captured",
+                pod(&[], &[(DNS_CAPTURE, "no")]),
+                &ambient_ns,
+                Decision::Enroll(Exclusions::default()),
             ),
         ];
         for (name, pod, labels, expected) in cases {

@@ -149,6 +149,7 @@ async fn add(
             addresses: addresses.ips,
             excluded_outbound_ports: exclusions.outbound_ports,
             excluded_inbound_ports: exclusions.inbound_ports,
+            dns_capture: exclusions.dns_capture,
         },
         sandbox: invocation.container_id.clone(),
     };

@@ -288,6 +288,7 @@ fn enrollment(
         addresses: pod_ips(pod),
         excluded_outbound_ports: exclusions.outbound_ports.clone(),
         excluded_inbound_ports: exclusions.inbound_ports.clone(),
+        dns_capture: exclusions.dns_capture,
     })
 }
 

@@ -136,6 +136,7 @@ fn capture_pod(capture: &dyn Enroller, pod: &EnrolledPod, proxy: &PodProxy) -> R
         addresses: pod.addresses.clone(),
         excluded_outbound_ports: pod.excluded_outbound_ports.clone(),
         excluded_inbound_ports: pod.excluded_inbound_ports.clone(),
+        dns_capture: pod.dns_capture,
         inbound_listener: listener.as_fd(),
     };
     let adopted = capture

@@ -91,5 +91,6 @@ pub fn enrolled_pod(
         addresses: vec![address],
         excluded_outbound_ports: vec![],
         excluded_inbound_ports: vec![],
+        dns_capture: true,
     }
 }

@@ -74,6 +74,7 @@ fn fails_closed_while_the_agent_is_down_and_adopts_on_restart() {
             addresses: vec![client_pod.ip.into()],
             excluded_outbound_ports: vec![],
             excluded_inbound_ports: vec![],
+            dns_capture: true,
             inbound_listener: inbound.as_fd(),
         })
         .unwrap();

@@ -23,6 +23,7 @@ fn pod(name: &str) -> EnrolledPod {
         addresses: vec![],
         excluded_outbound_ports: vec![],
         excluded_inbound_ports: vec![],
+        dns_capture: true,
     }
 }
 

@@ -51,6 +51,15 @@ pub struct EnrolledPod {
     /// (`traffic.sidecar.istio.io/excludeInboundPorts`).
     #[serde(default)]
     pub excluded_inbound_ports: Vec<u16>,
+    /// Whether the pod's DNS traffic (TCP and UDP to port 53) goes to the agent's DNS proxy:
+    /// on unless the pod's `ambient.istio.io/dns-capture` annotation says `false`, as Istio's
+    /// CNI decides. A change is applied in place, without touching the pod's connections.
+    #[serde(default = "capture_by_default")]
+    pub dns_capture: bool,
+}
+
+fn capture_by_default() -> bool {
+    true
 }
 
 /// A pod uid the agent refuses: it names the pod's directory under the pin root and its eBPF

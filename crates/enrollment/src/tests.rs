@@ -11,6 +11,7 @@ fn pod(uid: &str, name: &str) -> EnrolledPod {
         addresses: vec![],
         excluded_outbound_ports: vec![],
         excluded_inbound_ports: vec![],
+        dns_capture: true,
     }
 }
 

@@ -39,3 +39,5 @@ pub const SIDECAR_STATUS: &str = "sidecar.istio.io/status";
 pub const EXCLUDE_OUTBOUND_PORTS: &str = "traffic.sidecar.istio.io/excludeOutboundPorts";
 /// Annotation listing pod ports whose inbound connections bypass capture.
 pub const EXCLUDE_INBOUND_PORTS: &str = "traffic.sidecar.istio.io/excludeInboundPorts";
+/// Annotation turning a pod's DNS capture off (`"false"`) or on (`"true"`); unset means on.
+pub const DNS_CAPTURE: &str = "ambient.istio.io/dns-capture";

@@ -37,8 +37,8 @@ pub mod maps {
     /// steering lets these through to the application (Istio exempts the node's own traffic).
     pub const NODE_CONNECTIONS: &str = "NODE_CONNECTIONS";
     /// Where captured DNS datagrams were going, by socket cookie ([`crate::SocketAddress`]):
-    /// `recvmsg4` gives the answers that address as their source, so the application's resolver
-    /// accepts them as its nameserver's.
+    /// `recvmsg4`/`recvmsg6` give the answers that address as their source, so the
+    /// application's resolver accepts them as its nameserver's.
     pub const DNS_ORIGINAL_DST: &str = "DNS_ORIGINAL_DST";
     /// The maps the agent pins, so that they outlive an agent restart.
     pub const PINNED: [&str; 11] = [
@@ -75,6 +75,11 @@ pub mod programs {
     pub const CAPTURE_DNS_SENDMSG4: &str = "capture_dns_sendmsg4";
     /// `cgroup/recvmsg4`: gives the DNS proxy's answers the nameserver's address as source.
     pub const RESTORE_DNS_RECVMSG4: &str = "restore_dns_recvmsg4";
+    /// `cgroup/sendmsg6`: [`CAPTURE_DNS_SENDMSG4`] for IPv6 sockets (IPv6 nameservers, and
+    /// IPv4-mapped ones of dual-stack sockets).
+    pub const CAPTURE_DNS_SENDMSG6: &str = "capture_dns_sendmsg6";
+    /// `cgroup/recvmsg6`: [`RESTORE_DNS_RECVMSG4`] for IPv6 sockets.
+    pub const RESTORE_DNS_RECVMSG6: &str = "restore_dns_recvmsg6";
 }
 
 /// Slots of [`maps::SMOKE_COUNTER`].
@@ -163,6 +168,9 @@ pub const CLIENT_ADDRESS_MARK: u32 = 0x111;
 
 /// [`PodConfig::flags`]: splice this pod's same-netns socket pairs with `sk_msg`.
 pub const POD_FLAG_ACCELERATE: u32 = 1;
+/// [`PodConfig::flags`]: leave this pod's DNS traffic alone (Istio's
+/// `ambient.istio.io/dns-capture: "false"`); its other connections are still captured.
+pub const POD_FLAG_NO_DNS_CAPTURE: u32 = 2;
 
 /// How many bytes one direction of a same-netns pair may splice before it takes the normal TCP
 /// path for the rest of its life. A spliced message lands in the peer's queue whether or not the

@@ -5,7 +5,8 @@
 //!
 //! At the root the programs run for every process of the node, so the first question is whether
 //! the socket's netns is one this agent enrolled (`POD_CONFIG`, keyed by netns cookie); any
-//! other connect is left exactly as it was, at the cost of one hash lookup.
+//! other connect is left exactly as it was, at the cost of one hash lookup. Both first offer
+//! the connect to the DNS capture (`dns`), which takes TCP and UDP to port 53.
 //!
 //! Left alone in an enrolled pod: non-TCP sockets, the agent's own sockets (created inside the
 //! pod and marked [`weft_ebpf_common::AGENT_SOCKET_MARK`]), loopback destinations, the pod's own
@@ -29,7 +30,7 @@ pub const ALLOW: i32 = 1;
 /// `127.0.0.1`, network byte order.
 pub const IPV4_LOCALHOST: u32 = u32::from_ne_bytes([127, 0, 0, 1]);
 /// `::1`, network byte order.
-const IPV6_LOCALHOST: Address = [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])];
+pub const IPV6_LOCALHOST: Address = [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])];
 
 #[cgroup_sock_addr(connect4)]
 pub fn redirect_connect4(ctx: SockAddrContext) -> i32 {
@@ -38,7 +39,7 @@ pub fn redirect_connect4(ctx: SockAddrContext) -> i32 {
     // `user_ip4` is readable from `connect4`.
     let (protocol, ip4, raw_port) =
         unsafe { ((*addr).protocol, (*addr).user_ip4, (*addr).user_port) };
-    if crate::dns::try_capture(&ctx, protocol, ip4, raw_port) {
+    if crate::dns::try_capture(&ctx, AF_INET, protocol, ipv4_mapped(ip4), raw_port) {
         return ALLOW;
     }
     if protocol == IPPROTO_TCP {
@@ -58,6 +59,9 @@ pub fn redirect_connect6(ctx: SockAddrContext) -> i32 {
             (*addr).user_port,
         )
     };
+    if crate::dns::try_capture(&ctx, crate::state::AF_INET6, protocol, ip6, raw_port) {
+        return ALLOW;
+    }
     if protocol == IPPROTO_TCP {
         try_redirect(&ctx, crate::state::AF_INET6, ip6, raw_port);
     }

@@ -1,5 +1,5 @@
 //! The DNS proxy's sockets, one set per served pod, inside the pod's namespace: UDP and TCP on
-//! `127.0.0.1:15053`, where the capture sends the pod's port-53 traffic. Queries for mesh
+//! `127.0.0.1:15053` and `[::1]:15053`, where the capture sends the pod's port-53 traffic. Queries for mesh
 //! names are answered at once ([`super::reply`]); the others are forwarded, unchanged, to the
 //! upstream resolver (the `nameserver`s of the agent's resolver configuration, as ztunnel's
 //! forwarder takes its own `/etc/resolv.conf`) from the pod's namespace with the agent's mark,
@@ -14,7 +14,7 @@
 
 use std::{
     io,
-    net::{Ipv4Addr, SocketAddr},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     path::PathBuf,
     sync::{Arc, OnceLock},
     time::Duration,
@@ -164,37 +164,52 @@ impl PodContext {
     }
 }
 
-/// Starts the pod's DNS proxy on `worker`: UDP and TCP on `127.0.0.1:15053` in its namespace
-/// (each in a `SO_REUSEPORT` group, so that the next agent can listen beside this one).
+/// Starts the pod's DNS proxy on `worker`: UDP and TCP on `127.0.0.1:15053` in its namespace,
+/// and on `[::1]:15053` where the namespace has IPv6 loopback (where the capture sends queries
+/// to IPv6 nameservers; a pod without IPv6 has none to send), each in a `SO_REUSEPORT` group,
+/// so that the next agent can listen beside this one.
 pub fn start(
     store: WorkloadStore,
     settings: Arc<DnsSettings>,
     pod: &ServedPod,
     worker: &tokio::runtime::Handle,
 ) -> io::Result<PodDns> {
-    let address = SocketAddr::from((Ipv4Addr::LOCALHOST, DNS));
+    let mut addresses = vec![SocketAddr::from((Ipv4Addr::LOCALHOST, DNS))];
+    let ipv6 = SocketAddr::from((Ipv6Addr::LOCALHOST, DNS));
+    if pod.netns.run(|| has_loopback(ipv6))? {
+        addresses.push(ipv6);
+    }
     start_on(
         store,
         settings,
         pod.uid.clone(),
         pod.netns.clone(),
-        address,
+        &addresses,
         worker,
     )
 }
 
-/// [`start`] at another address (tests).
+/// Whether the current namespace has `address`'s loopback (IPv6 may be disabled in a pod).
+fn has_loopback(address: SocketAddr) -> bool {
+    std::net::UdpSocket::bind(SocketAddr::new(address.ip(), 0)).is_ok()
+}
+
+/// [`start`] at other addresses (tests).
 pub(crate) fn start_on(
     store: WorkloadStore,
     settings: Arc<DnsSettings>,
     uid: String,
     netns: PodNetns,
-    address: SocketAddr,
+    addresses: &[SocketAddr],
     worker: &tokio::runtime::Handle,
 ) -> io::Result<PodDns> {
-    let udp = netns.run(|| udp_socket(address))??;
-    let tcp = netns.listen(address, true)?;
     let span = tracing::info_span!("dns", pod = %uid);
+    let mut sockets = Vec::with_capacity(addresses.len());
+    for address in addresses {
+        let udp = netns.run(|| udp_socket(*address))??;
+        let tcp = netns.listen(*address, true)?;
+        sockets.push((udp, tcp));
+    }
     let context = Arc::new(PodContext {
         store,
         settings,
@@ -204,14 +219,14 @@ pub(crate) fn start_on(
         limiter: std::sync::Mutex::new(RateLimiter::new(QUERIES_PER_SECOND, Instant::now())),
     });
     let _entered = worker.enter();
-    let udp = Arc::new(UdpSocket::from_std(udp)?);
-    let tcp = TcpListener::from_std(tcp)?;
-    Ok(PodDns {
-        tasks: vec![
-            worker.spawn(serve_udp(context.clone(), udp).instrument(span.clone())),
-            worker.spawn(serve_tcp(context, tcp).instrument(span)),
-        ],
-    })
+    let mut tasks = Vec::with_capacity(2 * sockets.len());
+    for (udp, tcp) in sockets {
+        let udp = Arc::new(UdpSocket::from_std(udp)?);
+        let tcp = TcpListener::from_std(tcp)?;
+        tasks.push(worker.spawn(serve_udp(context.clone(), udp).instrument(span.clone())));
+        tasks.push(worker.spawn(serve_tcp(context.clone(), tcp).instrument(span.clone())));
+    }
+    Ok(PodDns { tasks })
 }
 
 fn udp_socket(address: SocketAddr) -> io::Result<std::net::UdpSocket> {
@@ -299,7 +314,7 @@ fn upstream_udp(netns: &PodNetns, upstream: SocketAddr) -> io::Result<UdpSocket>
         let local: SocketAddr = if upstream.is_ipv4() {
             (Ipv4Addr::UNSPECIFIED, 0).into()
         } else {
-            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+            (Ipv6Addr::UNSPECIFIED, 0).into()
         };
         let socket = socket2::Socket::new(
             socket2::Domain::for_address(local),

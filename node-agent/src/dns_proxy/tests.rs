@@ -347,8 +347,8 @@ struct Proxy {
     client: tokio::net::UdpSocket,
 }
 
-/// The proxy of pod `uid-client` (namespace `shop`) at 127.0.0.1:15053 of `netns`, forwarding
-/// to `upstream`, and a client socket beside it.
+/// The proxy of pod `uid-client` (namespace `shop`) at 127.0.0.1:15053 and [::1]:15053 of
+/// `netns`, forwarding to `upstream`, and a client socket beside it (IPv4).
 async fn proxy(netns: &PodNetns, upstream: SocketAddr, dir: &std::path::Path) -> Proxy {
     let store = store();
     store.insert_workload(workload(
@@ -367,7 +367,10 @@ async fn proxy(netns: &PodNetns, upstream: SocketAddr, dir: &std::path::Path) ->
         settings,
         "uid-client".into(),
         netns.clone(),
-        "127.0.0.1:15053".parse().unwrap(),
+        &[
+            "127.0.0.1:15053".parse().unwrap(),
+            "[::1]:15053".parse().unwrap(),
+        ],
         &tokio::runtime::Handle::current(),
     )
     .unwrap();
@@ -420,6 +423,21 @@ async fn the_server_answers_mesh_names_and_forwards_the_rest() {
         .await
         .unwrap();
     assert!(ask(&proxy.client, "orders.").await.is_some());
+
+    // Over IPv6 loopback, where the capture sends queries to IPv6 nameservers.
+    let client6 = netns
+        .run(|| std::net::UdpSocket::bind("[::1]:0"))
+        .unwrap()
+        .unwrap();
+    client6.set_nonblocking(true).unwrap();
+    client6.connect("[::1]:15053").unwrap();
+    let client6 = tokio::net::UdpSocket::from_std(client6).unwrap();
+    let local = ask(&client6, "orders.").await.expect("an answer over IPv6");
+    assert_eq!(local.answers.len(), 1);
+    let forwarded = ask(&client6, "www.example.org.")
+        .await
+        .expect("the upstream's answer over IPv6");
+    assert!(matches!(&forwarded.answers[0].data, RData::A(a) if a.0.to_string() == "192.0.2.1"));
 }
 
 #[tokio::test]

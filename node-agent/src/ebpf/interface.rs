@@ -27,6 +27,9 @@ pub struct PodEnrollment<'a> {
     pub excluded_outbound_ports: Vec<u16>,
     /// Local ports never steered inbound (at most 16).
     pub excluded_inbound_ports: Vec<u16>,
+    /// Whether the pod's DNS (port 53) goes to the agent's DNS proxy (Istio's
+    /// `ambient.istio.io/dns-capture`, on unless the pod says `false`).
+    pub dns_capture: bool,
     /// The agent's inbound (15006) listener, created inside the pod's netns.
     pub inbound_listener: BorrowedFd<'a>,
 }
@@ -99,6 +102,10 @@ pub trait Enroller: Send + Sync {
     /// Takes the pod out: its netns link detached, its configuration and records removed.
     fn unenroll(&self, uid: &str) -> Result<(), RedirectionError>;
 
+    /// Turns an enrolled pod's DNS capture on or off in place, for its next DNS connects and
+    /// datagrams; the rest of its capture is untouched.
+    fn set_dns_capture(&self, uid: &str, capture: bool) -> Result<(), RedirectionError>;
+
     /// The pods currently enrolled (including those adopted from an earlier run).
     fn enrolled(&self) -> Result<Vec<EnrolledPod>, RedirectionError>;
 }
@@ -128,6 +135,8 @@ pub mod fake {
     pub struct FakeRedirection {
         pods: Mutex<Vec<EnrolledPod>>,
         original: Mutex<HashMap<(NetnsCookie, SocketAddr), SocketAddr>>,
+        /// The last DNS capture setting changed in place, by pod uid.
+        pub dns_capture: Mutex<HashMap<String, bool>>,
     }
 
     impl FakeRedirection {
@@ -174,6 +183,17 @@ pub mod fake {
                 .ok_or_else(|| RedirectionError::NotEnrolled(pod.uid.clone()))
         }
 
+        fn set_dns_capture(&self, uid: &str, capture: bool) -> Result<(), RedirectionError> {
+            if !self.pods.lock().unwrap().iter().any(|p| p.uid == uid) {
+                return Err(RedirectionError::NotEnrolled(uid.to_string()));
+            }
+            self.dns_capture
+                .lock()
+                .unwrap()
+                .insert(uid.to_owned(), capture);
+            Ok(())
+        }
+
         fn enrolled(&self) -> Result<Vec<EnrolledPod>, RedirectionError> {
             Ok(self.pods.lock().unwrap().clone())
         }
@@ -214,6 +234,7 @@ pub mod fake {
                 addresses: vec![],
                 excluded_outbound_ports: vec![],
                 excluded_inbound_ports: vec![],
+                dns_capture: true,
                 inbound_listener: listener.as_fd(),
             };
             fake.enroll(&pod).unwrap();

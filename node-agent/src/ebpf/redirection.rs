@@ -1,6 +1,6 @@
 //! The redirection loader: loads the programs, pins maps and links, enrolls pods.
 //!
-//! `connect4`, `connect6`, `sockops`, `sendmsg4` and `recvmsg4` are attached once, at the cgroup v2 root, and act only on
+//! `connect4`, `connect6`, `sockops`, `sendmsg4`/`sendmsg6` and `recvmsg4`/`recvmsg6` are attached once, at the cgroup v2 root, and act only on
 //! sockets whose network namespace is in `POD_CONFIG` (by netns cookie): enrolling a pod is a
 //! map insert plus an `sk_lookup` link on its netns, un-enrolling the reverse. Nothing depends on
 //! a pod's cgroup, which a CNI plugin never learns (it differs by cgroup driver and QoS class).
@@ -12,7 +12,8 @@
 //! ```text
 //! maps/<MAP_NAME>              every map in weft_ebpf_common::maps::PINNED
 //! connect4|connect6|sockops    links at the cgroup v2 root
-//! sendmsg4|recvmsg4            links at the cgroup v2 root (DNS capture)
+//! sendmsg4|sendmsg6            links at the cgroup v2 root (DNS capture)
+//! recvmsg4|recvmsg6
 //! pods/<uid>/sk_lookup         the pod's inbound steering link
 //! ```
 //!
@@ -40,8 +41,8 @@ use aya::{
 };
 use weft_ebpf_common::{
     Address, ClientKey, MAX_EXCLUDED_PORTS, MAX_POD_ADDRESSES, MAX_UID_LEN, NodeConnectionKey,
-    POD_FLAG_ACCELERATE, PodConfig, SocketAddress, SocketPairKey, ipv4_mapped, maps, programs,
-    stats,
+    POD_FLAG_ACCELERATE, POD_FLAG_NO_DNS_CAPTURE, PodConfig, SocketAddress, SocketPairKey,
+    ipv4_mapped, maps, programs, stats,
 };
 
 use super::{
@@ -53,12 +54,14 @@ use super::{
 pub const DEFAULT_PIN_BASE: &str = "/sys/fs/bpf/weft";
 
 /// The links at the cgroup root: pin name, program.
-const ROOT_LINKS: [(&str, &str); 5] = [
+const ROOT_LINKS: [(&str, &str); 7] = [
     ("connect4", programs::REDIRECT_CONNECT4),
     ("connect6", programs::REDIRECT_CONNECT6),
     ("sockops", programs::TRACK_SOCKETS),
     ("sendmsg4", programs::CAPTURE_DNS_SENDMSG4),
     ("recvmsg4", programs::RESTORE_DNS_RECVMSG4),
+    ("sendmsg6", programs::CAPTURE_DNS_SENDMSG6),
+    ("recvmsg6", programs::RESTORE_DNS_RECVMSG6),
 ];
 /// A pod's link, under `pods/<uid>/`.
 const POD_LINK: &str = "sk_lookup";
@@ -161,6 +164,8 @@ impl Redirection {
             programs::REDIRECT_CONNECT6,
             programs::CAPTURE_DNS_SENDMSG4,
             programs::RESTORE_DNS_RECVMSG4,
+            programs::CAPTURE_DNS_SENDMSG6,
+            programs::RESTORE_DNS_RECVMSG6,
         ] {
             program::<CgroupSockAddr>(&mut ebpf, name)?
                 .load()
@@ -497,6 +502,28 @@ impl Enroller for Redirection {
         Ok(())
     }
 
+    fn set_dns_capture(&self, uid: &str, capture: bool) -> Result<(), RedirectionError> {
+        validate_uid(uid)?;
+        let mut ebpf = self.lock();
+        let cookie =
+            Self::find_pod(&ebpf, uid)?.ok_or_else(|| RedirectionError::NotEnrolled(uid.into()))?;
+        let mut configs = hash_map_mut::<u64, PodConfig>(&mut ebpf, maps::POD_CONFIG)?;
+        let mut config = configs
+            .get(&cookie.0, 0)
+            .map_err(|e| EbpfError::Map(maps::POD_CONFIG, e))?;
+        if capture {
+            config.flags &= !POD_FLAG_NO_DNS_CAPTURE;
+        } else {
+            config.flags |= POD_FLAG_NO_DNS_CAPTURE;
+        }
+        // One whole value, written in place: the pod stays captured throughout.
+        configs
+            .insert(cookie.0, config, 0)
+            .map_err(|e| EbpfError::Map(maps::POD_CONFIG, e))?;
+        tracing::info!(%uid, dns_capture = capture, "pod's dns capture changed");
+        Ok(())
+    }
+
     fn enrolled(&self) -> Result<Vec<EnrolledPod>, RedirectionError> {
         let ebpf = self.lock();
         let configs = hash_map::<u64, PodConfig>(&ebpf, maps::POD_CONFIG)?;
@@ -590,6 +617,9 @@ pub(crate) fn pod_config(pod: &PodEnrollment<'_>) -> Result<PodConfig, Redirecti
             return Err(invalid(format!("excluded {direction} port 0")));
         }
         slots[..ports.len()].copy_from_slice(ports);
+    }
+    if !pod.dns_capture {
+        config.flags |= POD_FLAG_NO_DNS_CAPTURE;
     }
     config.uid[..pod.uid.len()].copy_from_slice(pod.uid.as_bytes());
     Ok(config)

@@ -90,6 +90,19 @@ pub fn enroll(
     excluded_outbound_ports: Vec<u16>,
     excluded_inbound_ports: Vec<u16>,
 ) -> (EnrolledPod, TcpListener) {
+    let ports = (excluded_outbound_ports, excluded_inbound_ports);
+    enroll_with(redirection, testbed, pod, ports, true)
+}
+
+/// [`enroll`] with its excluded ports (outbound, inbound) and whether its DNS is captured
+/// (`ambient.istio.io/dns-capture`).
+pub fn enroll_with(
+    redirection: &Redirection,
+    testbed: &Testbed,
+    pod: &str,
+    (excluded_outbound_ports, excluded_inbound_ports): (Vec<u16>, Vec<u16>),
+    dns_capture: bool,
+) -> (EnrolledPod, TcpListener) {
     let pod = testbed.pod(pod);
     let inbound = listen_in(&pod.netns, "0.0.0.0:15006");
     use std::os::fd::AsFd;
@@ -100,6 +113,7 @@ pub fn enroll(
             addresses: vec![pod.ip.into()],
             excluded_outbound_ports,
             excluded_inbound_ports,
+            dns_capture,
             inbound_listener: inbound.as_fd(),
         })
         .expect("enroll");

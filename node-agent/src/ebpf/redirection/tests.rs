@@ -47,6 +47,7 @@ fn enrollments_are_validated() {
         addresses: vec!["10.0.0.5".parse().unwrap()],
         excluded_outbound_ports: vec![22],
         excluded_inbound_ports: vec![9000, 9001],
+        dns_capture: true,
         inbound_listener: listener.as_fd(),
     };
     type Edit = fn(&mut PodEnrollment<'_>);
@@ -90,6 +91,7 @@ fn enrollments_are_validated() {
                     "{name}"
                 );
                 assert_eq!(config.addresses[1], [0; 4], "{name}");
+                assert_eq!(config.flags & POD_FLAG_NO_DNS_CAPTURE, 0, "{name}");
             }
             (Err(e), Some(expected)) => {
                 assert!(e.to_string().contains(expected), "{name}: {e}")
@@ -108,8 +110,28 @@ fn too_many_excluded_ports_are_refused() {
         addresses: vec![],
         excluded_outbound_ports: (1..=17).collect(),
         excluded_inbound_ports: vec![],
+        dns_capture: true,
         inbound_listener: listener.as_fd(),
     };
     let error = pod_config(&pod).unwrap_err().to_string();
     assert!(error.contains("17 excluded outbound ports"), "{error}");
+}
+
+#[test]
+fn a_pod_that_opts_out_of_dns_capture_is_flagged() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let pod = PodEnrollment {
+        uid: "p".into(),
+        netns: "/ns".into(),
+        addresses: vec![],
+        excluded_outbound_ports: vec![],
+        excluded_inbound_ports: vec![],
+        dns_capture: false,
+        inbound_listener: listener.as_fd(),
+    };
+    let config = pod_config(&pod).unwrap();
+    assert_eq!(
+        config.flags & POD_FLAG_NO_DNS_CAPTURE,
+        POD_FLAG_NO_DNS_CAPTURE
+    );
 }
