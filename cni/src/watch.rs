@@ -7,10 +7,7 @@
 //! daemon hands the agent every running pod of the mesh before anything else (an empty snapshot
 //! would release them all).
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    time::Duration,
-};
+use std::{collections::BTreeMap, time::Duration};
 
 use futures::{StreamExt, stream::BoxStream};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
@@ -103,7 +100,7 @@ impl NodeWatch {
         for action in plan(
             &self.pods,
             &self.namespaces,
-            &BTreeSet::new(),
+            &BTreeMap::new(),
             &self.settings.excluded_namespaces,
         ) {
             if let Action::Enroll(pod, exclusions) = action {
@@ -136,8 +133,13 @@ impl NodeWatch {
                 },
                 _ = resync.tick() => {}
             }
-            let held: BTreeSet<String> = link.held().await.into_keys().collect();
-            for uid in released.into_iter().filter(|u| held.contains(u)) {
+            let held: BTreeMap<String, bool> = link
+                .held()
+                .await
+                .into_iter()
+                .map(|(uid, pod)| (uid, pod.dns_capture))
+                .collect();
+            for uid in released.into_iter().filter(|u| held.contains_key(u)) {
                 if let Err(error) = link.remove(&uid).await {
                     tracing::warn!(%uid, %error, "releasing a deleted pod");
                 }
@@ -215,13 +217,15 @@ impl NodeWatch {
     }
 }
 
-/// What to do for each pod: enroll running pods of the mesh that are not held, release held
-/// pods that left it. Pods that are not running yet are the plugin's; pods being deleted are
-/// left to DEL.
+/// What to do for each pod: enroll running pods of the mesh that are not held, enroll again
+/// held pods whose DNS capture annotation changed (the agent applies the change in place),
+/// release held pods that left the mesh. `held` maps each held pod to whether its DNS is
+/// captured. Pods that are not running yet are the plugin's; pods being deleted are left to
+/// DEL.
 pub fn plan(
     pods: &BTreeMap<String, Pod>,
     namespaces: &BTreeMap<String, BTreeMap<String, String>>,
-    held: &BTreeSet<String>,
+    held: &BTreeMap<String, bool>,
     excluded_namespaces: &[String],
 ) -> Vec<Action> {
     let no_labels = BTreeMap::new();
@@ -236,11 +240,16 @@ pub fn plan(
                 Decision::Skip("invalid mesh annotations")
             }
         };
-        match (decision, held.contains(uid)) {
-            (Decision::Enroll(exclusions), false) if running(pod) => {
+        match (decision, held.get(uid)) {
+            (Decision::Enroll(exclusions), None) if running(pod) => {
                 actions.push(Action::Enroll(Box::new(pod.clone()), exclusions));
             }
-            (Decision::Skip(_), true) => actions.push(Action::Release(uid.clone())),
+            (Decision::Enroll(exclusions), Some(&dns_capture))
+                if exclusions.dns_capture != dns_capture && running(pod) =>
+            {
+                actions.push(Action::Enroll(Box::new(pod.clone()), exclusions));
+            }
+            (Decision::Skip(_), Some(_)) => actions.push(Action::Release(uid.clone())),
             _ => {}
         }
     }
@@ -301,8 +310,16 @@ mod tests {
     use crate::decide::DATAPLANE_MODE;
 
     fn pod(uid: &str, namespace: &str, phase: &str, labels: &[(&str, &str)]) -> Pod {
+        let annotations = (uid == "dns-off").then(|| {
+            [(
+                weft_istio::labels::DNS_CAPTURE.to_string(),
+                "false".to_string(),
+            )]
+            .into()
+        });
         Pod {
             metadata: ObjectMeta {
+                annotations,
                 uid: Some(uid.into()),
                 name: Some(uid.into()),
                 namespace: Some(namespace.into()),
@@ -334,6 +351,7 @@ mod tests {
             pod("opted-out", "shop", "Running", &[(DATAPLANE_MODE, "none")]),
             pod("plain", "web", "Running", &[]),
             pod("left", "web", "Running", &[]),
+            pod("dns-off", "shop", "Running", &[]),
         ]
         .into_iter()
         .map(|p| (p.metadata.uid.clone().unwrap(), p))
@@ -346,7 +364,10 @@ mod tests {
             ("web".to_string(), BTreeMap::new()),
         ]
         .into();
-        let held: BTreeSet<String> = ["held", "opted-out", "left"].map(String::from).into();
+        // `dns-off` is held with DNS captured and now carries `dns-capture: "false"`.
+        let held: BTreeMap<String, bool> = ["held", "opted-out", "left", "dns-off"]
+            .map(|uid| (uid.to_string(), true))
+            .into();
         let actions: Vec<String> = plan(&pods, &namespaces, &held, &[])
             .into_iter()
             .map(|a| match a {
@@ -356,7 +377,12 @@ mod tests {
             .collect();
         assert_eq!(
             actions,
-            ["enroll joins", "release left", "release opted-out"]
+            [
+                "enroll dns-off",
+                "enroll joins",
+                "release left",
+                "release opted-out"
+            ]
         );
     }
 }

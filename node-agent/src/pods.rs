@@ -67,10 +67,25 @@ impl PodManager {
     }
 
     fn enroll(&self, pod: EnrolledPod) -> Result<(), String> {
-        if let Some((known, _)) = self.lock().get(&pod.uid)
-            && *known == pod
-        {
-            return Ok(());
+        if let Some((known, _)) = self.lock().get_mut(&pod.uid) {
+            if *known == pod {
+                return Ok(());
+            }
+            // Only its DNS capture changed (the pod's annotation): applied in place, its
+            // listeners and connections untouched.
+            let with_new_dns = EnrolledPod {
+                dns_capture: pod.dns_capture,
+                ..known.clone()
+            };
+            if with_new_dns == pod {
+                if let Some(capture) = &self.capture {
+                    capture
+                        .set_dns_capture(&pod.uid, pod.dns_capture)
+                        .map_err(|e| e.to_string())?;
+                }
+                known.dns_capture = pod.dns_capture;
+                return Ok(());
+            }
         }
         if self.drain.is_draining() {
             // Its listeners would close at once: the enrolling side retries with the next agent.
