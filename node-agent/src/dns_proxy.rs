@@ -16,6 +16,7 @@
 //!
 //! [`reply`] is a pure function of the store and the query; [`server`] does the I/O.
 
+pub mod metrics;
 pub mod server;
 
 use std::net::IpAddr;

@@ -50,6 +50,7 @@ pub fn black_hole_cluster() -> &'static Arc<Service> {
 #[derive(Debug)]
 pub struct Metrics {
     tcp: TcpMetrics,
+    dns: crate::dns_proxy::metrics::DnsMetrics,
 }
 
 /// One side of a connection as ztunnel labels it: the workload's own name, and its canonical
@@ -104,16 +105,22 @@ pub fn connection_labels(
 }
 
 impl Metrics {
-    /// Registers Istio's `istio_tcp_*` families.
+    /// Registers Istio's `istio_tcp_*` and `istio_dns_*` families.
     pub fn new(registry: &mut Registry) -> Self {
         Self {
             tcp: TcpMetrics::new(registry),
+            dns: crate::dns_proxy::metrics::DnsMetrics::new(registry),
         }
     }
 
     /// The TCP families.
     pub fn tcp(&self) -> &TcpMetrics {
         &self.tcp
+    }
+
+    /// ztunnel's DNS families (`istio_dns_*`).
+    pub fn dns(&self) -> &crate::dns_proxy::metrics::DnsMetrics {
+        &self.dns
     }
 
     /// Counts a connection as opened with the labels of [`connection_labels`], resolved once

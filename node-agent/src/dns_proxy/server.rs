@@ -31,8 +31,12 @@ use tracing::Instrument;
 use weft_ebpf_common::{AGENT_SOCKET_MARK, ports::DNS};
 use weft_hbone::SocketFactory;
 
-use super::{Reply, reply, server_failure};
-use crate::{netns::PodNetns, proxy::ServedPod, state::WorkloadStore};
+use super::{
+    Reply,
+    metrics::{DnsLabels, Protocol},
+    reply, server_failure,
+};
+use crate::{metrics::Metrics, netns::PodNetns, proxy::ServedPod, state::WorkloadStore};
 
 /// Queries a pod may send per second (and in one burst).
 pub const QUERIES_PER_SECOND: u32 = 2048;
@@ -125,6 +129,7 @@ impl Drop for PodDns {
 struct PodContext {
     store: WorkloadStore,
     settings: Arc<DnsSettings>,
+    metrics: Arc<Metrics>,
     uid: String,
     /// Where forwarded queries leave from.
     netns: PodNetns,
@@ -136,6 +141,14 @@ impl PodContext {
     /// The pod's namespace, if the store knows the pod yet.
     fn namespace(&self) -> Option<String> {
         Some(self.store.workload_by_uid(&self.uid)?.namespace.clone())
+    }
+
+    /// Counts `query` as received over `protocol`; its labels, for the forward's counts.
+    fn count(&self, query: &[u8], protocol: Protocol) -> DnsLabels {
+        let source = self.store.workload_by_uid(&self.uid);
+        let labels = DnsLabels::of(query, protocol, source.as_deref());
+        self.metrics.dns().request(&labels);
+        labels
     }
 
     fn admit(&self) -> bool {
@@ -171,6 +184,7 @@ impl PodContext {
 pub fn start(
     store: WorkloadStore,
     settings: Arc<DnsSettings>,
+    metrics: Arc<Metrics>,
     pod: &ServedPod,
     worker: &tokio::runtime::Handle,
 ) -> io::Result<PodDns> {
@@ -182,6 +196,7 @@ pub fn start(
     start_on(
         store,
         settings,
+        metrics,
         pod.uid.clone(),
         pod.netns.clone(),
         &addresses,
@@ -198,6 +213,7 @@ fn has_loopback(address: SocketAddr) -> bool {
 pub(crate) fn start_on(
     store: WorkloadStore,
     settings: Arc<DnsSettings>,
+    metrics: Arc<Metrics>,
     uid: String,
     netns: PodNetns,
     addresses: &[SocketAddr],
@@ -213,6 +229,7 @@ pub(crate) fn start_on(
     let context = Arc::new(PodContext {
         store,
         settings,
+        metrics,
         uid,
         netns,
         forwards: Arc::new(Semaphore::new(MAX_FORWARDS)),
@@ -256,6 +273,7 @@ async fn serve_udp(context: Arc<PodContext>, socket: Arc<UdpSocket>) {
             continue;
         }
         let packet = &buffer[..length];
+        let labels = context.count(packet, Protocol::Udp);
         if let Some(answer) = context.local_reply(packet) {
             let _ = socket.send_to(&answer, client).await;
             continue;
@@ -269,9 +287,11 @@ async fn serve_udp(context: Arc<PodContext>, socket: Arc<UdpSocket>) {
         let (context, socket, query) = (context.clone(), socket.clone(), packet.to_vec());
         tokio::spawn(
             async move {
-                let answer = forward_udp(&context, &query)
-                    .await
-                    .or_else(|| server_failure(&query));
+                let started = Instant::now();
+                let answer = forward_udp(&context, &query).await;
+                let metrics = context.metrics.dns();
+                metrics.forwarded(&labels, started.elapsed(), answer.is_some());
+                let answer = answer.or_else(|| server_failure(&query));
                 if let Some(answer) = answer {
                     let _ = socket.send_to(&answer, client).await;
                 }
@@ -364,10 +384,17 @@ async fn serve_tcp_connection(context: &PodContext, mut stream: TcpStream) {
         if !context.admit() {
             continue;
         }
+        let labels = context.count(&query, Protocol::Tcp);
         let answer = match context.local_reply(&query) {
             Some(answer) => Some(answer),
             None => match context.forwards.try_acquire() {
-                Ok(_permit) => forward_tcp(context, &query).await,
+                Ok(_permit) => {
+                    let started = Instant::now();
+                    let answer = forward_tcp(context, &query).await;
+                    let metrics = context.metrics.dns();
+                    metrics.forwarded(&labels, started.elapsed(), answer.is_some());
+                    answer
+                }
                 Err(_) => None,
             },
         };

@@ -345,6 +345,19 @@ async fn upstream(
 struct Proxy {
     _dns: server::PodDns,
     client: tokio::net::UdpSocket,
+    registry: prometheus_client::registry::Registry,
+}
+
+impl Proxy {
+    /// The value of the sample of `family` whose labels contain every one of `labels`.
+    fn sample(&self, family: &str, labels: &[&str]) -> Option<f64> {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry).unwrap();
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{family}{{")))
+            .find(|l| labels.iter().all(|label| l.contains(label)))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    }
 }
 
 /// The proxy of pod `uid-client` (namespace `shop`) at 127.0.0.1:15053 and [::1]:15053 of
@@ -362,9 +375,12 @@ async fn proxy(netns: &PodNetns, upstream: SocketAddr, dir: &std::path::Path) ->
     let resolv = dir.join("resolv.conf");
     std::fs::write(&resolv, format!("nameserver {}\n", upstream.ip())).unwrap();
     let settings = Arc::new(DnsSettings::new("cluster.local".into(), resolv));
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = Arc::new(crate::metrics::Metrics::new(&mut registry));
     let dns = server::start_on(
         store,
         settings,
+        metrics,
         "uid-client".into(),
         netns.clone(),
         &[
@@ -383,6 +399,7 @@ async fn proxy(netns: &PodNetns, upstream: SocketAddr, dir: &std::path::Path) ->
     Proxy {
         _dns: dns,
         client: tokio::net::UdpSocket::from_std(client).unwrap(),
+        registry,
     }
 }
 
@@ -416,6 +433,25 @@ async fn the_server_answers_mesh_names_and_forwards_the_rest() {
     assert!(!forwarded.metadata.authoritative);
     assert!(matches!(&forwarded.answers[0].data, RData::A(a) if a.0.to_string() == "192.0.2.1"));
     assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // ztunnel's DNS metrics: both queries counted, the second as forwarded and answered.
+    let udp_a = [
+        "request_query_type=\"a\"",
+        "request_protocol=\"udp\"",
+        "source_canonical_service=\"client\"",
+    ];
+    assert_eq!(proxy.sample("istio_dns_requests_total", &udp_a), Some(2.0));
+    assert_eq!(
+        proxy.sample("istio_dns_upstream_requests_total", &udp_a),
+        Some(1.0)
+    );
+    assert_eq!(
+        proxy.sample("istio_dns_upstream_failures_total", &udp_a),
+        None
+    );
+    assert_eq!(
+        proxy.sample("istio_dns_upstream_request_duration_seconds_count", &udp_a),
+        Some(1.0)
+    );
     // Oversized datagrams are dropped: the next query is still answered.
     proxy
         .client
@@ -472,6 +508,19 @@ async fn forwards_in_flight_are_bounded() {
         .unwrap();
     let local = Message::from_vec(&buffer[..n]).unwrap();
     assert_eq!(local.answers.len(), 1, "{local:?}");
+    // Each forward fails once its nameserver's time is up: counted as an upstream failure.
+    let udp = ["request_protocol=\"udp\""];
+    let failures = || proxy.sample("istio_dns_upstream_failures_total", &udp);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while failures() != Some(server::MAX_FORWARDS as f64) && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(failures(), Some(server::MAX_FORWARDS as f64));
+    assert_eq!(
+        proxy.sample("istio_dns_requests_total", &udp),
+        Some(server::MAX_FORWARDS as f64 + 2.0)
+    );
 }
 
 #[tokio::test]

@@ -178,7 +178,13 @@ impl PodProxy {
         // DNS is light: one worker serves a pod's, the pods spread over the workers.
         let dns_worker =
             &workers[context.round_robin.fetch_add(1, Ordering::Relaxed) % workers.len()];
-        let dns = dns_proxy::server::start(context.store.clone(), dns, &pod, dns_worker)?;
+        let dns = dns_proxy::server::start(
+            context.store.clone(),
+            dns,
+            context.metrics.clone(),
+            &pod,
+            dns_worker,
+        )?;
         Ok(Self {
             uid,
             pods: context.pods.clone(),
