@@ -80,7 +80,7 @@ impl DnsMetrics {
             upstream_requests: Family::default(),
             upstream_failures: Family::default(),
             upstream_duration: Family::new_with_constructor(|| {
-                Histogram::new(DURATION_BUCKETS.into_iter())
+                Histogram::new(DURATION_BUCKETS)
             }),
         };
         let istio = registry.sub_registry_with_prefix("istio");
