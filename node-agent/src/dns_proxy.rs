@@ -4,7 +4,10 @@
 //!
 //! Answered (authoritatively, TTL 30 s, as ztunnel): A and AAAA queries for the hostname of a
 //! service with VIPs, a Kubernetes Service (`name.namespace.svc.<domain>`) or a ServiceEntry
-//! host (its declared or allocated addresses; a wildcard host answers the names under it).
+//! host (its declared or allocated addresses; a wildcard host answers the names under it); a
+//! Kubernetes headless service's name (its pods' addresses, one per pod of the family asked);
+//! and a pod of a headless service by its hostname (`<pod-hostname>.<service>.<ns>.svc.<domain>`
+//! and its short forms, the pod's `spec.hostname` carried as the workload's hostname).
 //! Names are tried as ztunnel tries them: as asked; expanded to a Kubernetes name from the
 //! client's namespace (`name`, `name.namespace`, `name.namespace.svc`); and, for a name the
 //! client's resolver completed with one of the pod's search domains (`<ns>.svc.<domain>`,
@@ -30,7 +33,7 @@ use hickory_proto::{
     },
 };
 
-use crate::state::{Service, WorkloadStore};
+use crate::state::{Service, Workload, WorkloadStore};
 
 /// The TTL of the answers for mesh names (ztunnel's `DEFAULT_TTL_SECONDS`).
 pub const TTL_SECONDS: u32 = 30;
@@ -88,11 +91,10 @@ pub fn reply(store: &WorkloadStore, namespace: &str, domain: &str, packet: &[u8]
         ));
         owner = target;
     }
-    for vip in found.service.vips.iter().copied() {
-        let rdata = match (vip, record_type) {
-            (IpAddr::V4(v4), RecordType::A) => RData::A(A(v4)),
-            (IpAddr::V6(v6), RecordType::AAAA) => RData::AAAA(AAAA(v6)),
-            _ => continue,
+    for address in found.addresses(store, record_type) {
+        let rdata = match address {
+            IpAddr::V4(v4) => RData::A(A(v4)),
+            IpAddr::V6(v6) => RData::AAAA(AAAA(v6)),
         };
         response.add_answer(Record::from_rdata(owner.clone(), TTL_SECONDS, rdata));
     }
@@ -110,12 +112,39 @@ pub fn server_failure(packet: &[u8]) -> Option<Vec<u8>> {
         .ok()
 }
 
-/// The service a name resolves to, and the name without the search domain when that is how
-/// it was found.
+/// What a name resolves to, and the name without the search domain when that is how it was
+/// found.
 #[derive(Debug)]
 struct Found {
-    service: Arc<Service>,
+    target: Target,
     stripped: Option<String>,
+}
+
+/// A service (its VIPs; a headless one, its endpoints' addresses) or one pod of a headless
+/// service (its own addresses), as ztunnel's `Address::Service` and `Address::Workload`.
+#[derive(Debug)]
+enum Target {
+    Service(Arc<Service>),
+    Pod(Arc<Workload>),
+}
+
+impl Found {
+    /// The addresses answering a query of `record_type` (A or AAAA).
+    fn addresses(&self, store: &WorkloadStore, record_type: RecordType) -> Vec<IpAddr> {
+        let of_type = |ip: &IpAddr| match ip {
+            IpAddr::V4(_) => record_type == RecordType::A,
+            IpAddr::V6(_) => record_type == RecordType::AAAA,
+        };
+        match &self.target {
+            Target::Service(service) if service.vips.is_empty() => store
+                .endpoints(&service.key())
+                .iter()
+                .filter_map(|w| w.addresses.iter().copied().find(of_type))
+                .collect(),
+            Target::Service(service) => service.vips.iter().copied().filter(of_type).collect(),
+            Target::Pod(workload) => workload.addresses.iter().copied().filter(of_type).collect(),
+        }
+    }
 }
 
 fn normalized(name: &Name) -> String {
@@ -127,37 +156,97 @@ fn normalized(name: &Name) -> String {
 }
 
 fn find(store: &WorkloadStore, namespace: &str, domain: &str, requested: &str) -> Option<Found> {
-    for (alias, stripped) in aliases(requested, namespace, domain) {
-        for (candidate, wildcard) in with_wildcards(&alias) {
+    let headless_suffix = format!(".svc.{domain}");
+    // Services with VIPs, and Kubernetes headless services (ztunnel's filter): another
+    // service without addresses is left to the upstream resolver.
+    let answerable = |service: &Arc<Service>| {
+        !service.vips.is_empty() || service.hostname.ends_with(&headless_suffix)
+    };
+    for alias in aliases(requested, namespace, domain) {
+        for (candidate, wildcard) in with_wildcards(&alias.name) {
             let mut services = store.services_by_hostname(&candidate);
-            services.sort_by(|a, b| {
-                (a.namespace != namespace, &a.namespace)
-                    .cmp(&(b.namespace != namespace, &b.namespace))
-            });
-            if let Some(service) = services.into_iter().next() {
+            services.retain(answerable);
+            if let Some(service) = own_namespace_first(services, namespace, |s| &s.namespace) {
                 return Some(Found {
-                    service,
+                    target: Target::Service(service),
                     // A wildcard answers the name as asked.
-                    stripped: stripped.filter(|_| !wildcard),
+                    stripped: alias.stripped.filter(|_| !wildcard),
                 });
             }
+        }
+        if alias.pod_host
+            && let Some(pod) = headless_pod(store, &alias.name, &headless_suffix, namespace)
+        {
+            return Some(Found {
+                target: Target::Pod(pod),
+                stripped: alias.stripped,
+            });
         }
     }
     None
 }
 
+/// The pod `<pod-hostname>.<service hostname>` names: a workload backing a Kubernetes
+/// headless service of that hostname whose own hostname (the pod's `spec.hostname`) is the
+/// first label, preferring the client's namespace (ztunnel's headless pod match).
+fn headless_pod(
+    store: &WorkloadStore,
+    name: &str,
+    headless_suffix: &str,
+    namespace: &str,
+) -> Option<Arc<Workload>> {
+    let (pod_hostname, service_hostname) = name.split_once('.')?;
+    let pods = store
+        .services_by_hostname(service_hostname)
+        .into_iter()
+        .filter(|s| s.vips.is_empty() && s.hostname.ends_with(headless_suffix))
+        .flat_map(|s| store.endpoints(&s.key()))
+        .filter(|w| w.hostname.eq_ignore_ascii_case(pod_hostname))
+        .collect();
+    own_namespace_first(pods, namespace, |w| &w.namespace)
+}
+
+/// The first of `items` in `namespace`, else the first of the namespace that sorts first.
+fn own_namespace_first<T>(
+    mut items: Vec<Arc<T>>,
+    namespace: &str,
+    namespace_of: impl Fn(&T) -> &String,
+) -> Option<Arc<T>> {
+    items.sort_by(|a, b| {
+        let (a, b) = (namespace_of(a), namespace_of(b));
+        (a != namespace, a).cmp(&(b != namespace, b))
+    });
+    items.into_iter().next()
+}
+
+/// One name a requested name may mean (ztunnel's `Alias`).
+#[derive(Debug)]
+struct Alias {
+    name: String,
+    /// The requested name without the search domain it was completed with, if it was.
+    stripped: Option<String>,
+    /// Whether it may name a pod of a headless service (`<pod>.<service>.<ns>.svc.<domain>`).
+    pod_host: bool,
+}
+
 /// The names `requested` may mean for a client of `namespace`, most literal first, each with
 /// the name stripped of a search domain when it came from one (ztunnel's `get_aliases`).
-fn aliases(requested: &str, namespace: &str, domain: &str) -> Vec<(String, Option<String>)> {
-    let mut out: Vec<(String, Option<String>)> = Vec::new();
-    let mut add = |name: String, stripped: Option<String>| {
-        if !out.iter().any(|(n, _)| *n == name) {
-            out.push((name, stripped));
+fn aliases(requested: &str, namespace: &str, domain: &str) -> Vec<Alias> {
+    let mut out: Vec<Alias> = Vec::new();
+    let mut add = |name: String, stripped: Option<String>, pod_host: bool| {
+        if !out.iter().any(|alias| alias.name == name) {
+            out.push(Alias {
+                name,
+                stripped,
+                pod_host,
+            });
         }
     };
-    add(requested.to_owned(), None);
-    for fqdn in kubernetes_names(requested, namespace, domain) {
-        add(fqdn, None);
+    // A fully qualified pod name has six labels (`pod.service.ns.svc.cluster.local`).
+    let pod_host = requested.split('.').count() == 6;
+    add(requested.to_owned(), None, pod_host);
+    for (fqdn, pod) in kubernetes_names(requested, namespace, domain) {
+        add(fqdn, None, pod);
     }
     let search = [
         format!("{namespace}.svc.{domain}"),
@@ -168,21 +257,32 @@ fn aliases(requested: &str, namespace: &str, domain: &str) -> Vec<(String, Optio
         let Some(stripped) = requested.strip_suffix(&format!(".{suffix}")) else {
             continue;
         };
-        add(stripped.to_owned(), Some(stripped.to_owned()));
-        for fqdn in kubernetes_names(stripped, namespace, domain) {
-            add(fqdn, Some(stripped.to_owned()));
+        add(stripped.to_owned(), Some(stripped.to_owned()), pod_host);
+        for (fqdn, pod) in kubernetes_names(stripped, namespace, domain) {
+            add(fqdn, Some(stripped.to_owned()), pod);
         }
     }
     out
 }
 
-/// A short Kubernetes Service name made whole: `name` (the client's namespace),
-/// `name.namespace`, `name.namespace.svc`.
-fn kubernetes_names(name: &str, namespace: &str, domain: &str) -> Vec<String> {
+/// A partial Kubernetes name made whole, each marked whether it names a headless service's
+/// pod: `name` (a service of the client's namespace); `name.namespace` (a service) or
+/// `pod.service` (a pod of the client's namespace); `name.namespace.svc` (a service) or
+/// `pod.service.namespace` (a pod); `pod.service.namespace.svc` (a pod).
+fn kubernetes_names(name: &str, namespace: &str, domain: &str) -> Vec<(String, bool)> {
+    let svc = name.ends_with(".svc");
     match name.split('.').count() {
-        1 => vec![format!("{name}.{namespace}.svc.{domain}")],
-        2 => vec![format!("{name}.svc.{domain}")],
-        3 if name.ends_with(".svc") => vec![format!("{name}.{domain}")],
+        1 => vec![(format!("{name}.{namespace}.svc.{domain}"), false)],
+        2 => vec![
+            (format!("{name}.svc.{domain}"), false),
+            (format!("{name}.{namespace}.svc.{domain}"), true),
+        ],
+        3 if svc => vec![
+            (format!("{name}.{domain}"), false),
+            (format!("{name}.svc.{domain}"), true),
+        ],
+        3 => vec![(format!("{name}.svc.{domain}"), true)],
+        4 if svc => vec![(format!("{name}.{domain}"), true)],
         _ => Vec::new(),
     }
 }

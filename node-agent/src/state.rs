@@ -187,7 +187,7 @@ struct Indexes {
     workloads_by_ip: FastMap<IpAddr, Arc<Workload>>,
     services_by_key: FastMap<NamespacedHostname, Arc<Service>>,
     services_by_vip: FastMap<IpAddr, Arc<Service>>,
-    /// Services with VIPs by hostname (lower case), for the DNS proxy; one hostname can be
+    /// Services (with VIPs or headless) by hostname (lower case), for the DNS proxy; one hostname can be
     /// a service of several namespaces.
     services_by_hostname: FastMap<String, Vec<Arc<Service>>>,
     /// Workload uids backing each service.
@@ -291,8 +291,8 @@ impl WorkloadStore {
         self.read().services_by_key.get(key).cloned()
     }
 
-    /// The services with VIPs named `hostname` (lower case, no trailing dot), of every
-    /// namespace, in no particular order.
+    /// The services named `hostname` (lower case, no trailing dot), with VIPs or headless, of
+    /// every namespace, in no particular order.
     pub fn services_by_hostname(&self, hostname: &str) -> Vec<Arc<Service>> {
         self.read()
             .services_by_hostname
@@ -399,12 +399,10 @@ impl WorkloadStore {
             for vip in &service.vips {
                 ix.services_by_vip.insert(*vip, service.clone());
             }
-            if !service.vips.is_empty() {
-                ix.services_by_hostname
-                    .entry(service.hostname.to_ascii_lowercase())
-                    .or_default()
-                    .push(service.clone());
-            }
+            ix.services_by_hostname
+                .entry(service.hostname.to_ascii_lowercase())
+                .or_default()
+                .push(service.clone());
             ix.services_by_key.insert(key, service);
         });
     }

@@ -82,6 +82,13 @@ pub fn addresses(
             name: pod.metadata.name.clone().unwrap_or_default(),
             namespace: namespace.clone(),
             addresses: ips.iter().map(|ip| ip_bytes(*ip)).collect(),
+            // As istiod: the pod's `spec.hostname`, by which the agents' DNS proxies answer
+            // `<hostname>.<headless service>.<namespace>.svc.<domain>`.
+            hostname: pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.hostname.clone())
+                .unwrap_or_default(),
             network: String::new(),
             tunnel_protocol: if enrolled(index, pod) || is_waypoint_pod(index, pod) {
                 workload::TunnelProtocol::Hbone as i32

@@ -79,9 +79,7 @@ impl DnsMetrics {
             requests: Family::default(),
             upstream_requests: Family::default(),
             upstream_failures: Family::default(),
-            upstream_duration: Family::new_with_constructor(|| {
-                Histogram::new(DURATION_BUCKETS)
-            }),
+            upstream_duration: Family::new_with_constructor(|| Histogram::new(DURATION_BUCKETS)),
         };
         let istio = registry.sub_registry_with_prefix("istio");
         istio.register(

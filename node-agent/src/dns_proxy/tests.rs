@@ -59,8 +59,35 @@ fn store() -> WorkloadStore {
     ));
     store.insert_service(service("bank", "api.example.com", &["240.240.0.8"]));
     store.insert_service(service("shop", "*.wild.example.com", &["10.0.0.99"]));
-    // No VIP: never answered (a headless service, an entry without addresses).
+    // No VIP and not a Kubernetes Service: never answered (an entry without addresses).
     store.insert_service(service("shop", "novip.example.com", &[]));
+    // Kubernetes headless services, and their pods with a hostname (a StatefulSet's).
+    store.insert_service(service("shop", "db.shop.svc.cluster.local", &[]));
+    store.insert_service(service("bank", "db.bank.svc.cluster.local", &[]));
+    for (name, namespace, addresses) in [
+        ("db-0", "shop", &["10.1.0.30", "fd00::30"][..]),
+        ("db-1", "shop", &["10.1.0.31"][..]),
+        ("db-0", "bank", &["10.2.0.30"][..]),
+    ] {
+        let mut pod = workload(
+            &format!("{name}-{namespace}"),
+            namespace,
+            "db",
+            "node1",
+            addresses[0].parse().unwrap(),
+            TunnelProtocol::Hbone,
+        );
+        pod.addresses = addresses.iter().map(|a| a.parse().unwrap()).collect();
+        pod.hostname = name.into();
+        pod.services.insert(
+            crate::state::NamespacedHostname {
+                namespace: namespace.into(),
+                hostname: format!("db.{namespace}.svc.cluster.local"),
+            },
+            BTreeMap::from([(5432, 5432)]),
+        );
+        store.insert_workload(pod);
+    }
     store
 }
 
@@ -199,6 +226,57 @@ fn mesh_names_are_answered_as_ztunnel_answers_them() {
                 vec![a("x.wild.example.com.svc.cluster.local.", "A 10.0.0.99")],
             )),
         ),
+        // A headless service: its pods' addresses, one of the family asked per pod.
+        (
+            "db.shop.svc.cluster.local.",
+            RecordType::A,
+            Some((
+                ok,
+                vec![
+                    a("db.shop.svc.cluster.local.", "A 10.1.0.30"),
+                    a("db.shop.svc.cluster.local.", "A 10.1.0.31"),
+                ],
+            )),
+        ),
+        (
+            "db.",
+            RecordType::AAAA,
+            Some((ok, vec![a("db.", "AAAA fd00::30")])),
+        ),
+        // A pod of a headless service by its hostname, in full and in the short forms.
+        (
+            "db-0.db.shop.svc.cluster.local.",
+            RecordType::A,
+            Some((
+                ok,
+                vec![a("db-0.db.shop.svc.cluster.local.", "A 10.1.0.30")],
+            )),
+        ),
+        (
+            "db-0.db.shop.svc.cluster.local.",
+            RecordType::AAAA,
+            Some((
+                ok,
+                vec![a("db-0.db.shop.svc.cluster.local.", "AAAA fd00::30")],
+            )),
+        ),
+        (
+            "db-1.db.",
+            RecordType::A,
+            Some((ok, vec![a("db-1.db.", "A 10.1.0.31")])),
+        ),
+        (
+            "db-0.db.bank.",
+            RecordType::A,
+            Some((ok, vec![a("db-0.db.bank.", "A 10.2.0.30")])),
+        ),
+        (
+            "db-0.db.bank.svc.",
+            RecordType::A,
+            Some((ok, vec![a("db-0.db.bank.svc.", "A 10.2.0.30")])),
+        ),
+        // A hostname no pod of the service has: upstream's.
+        ("db-9.db.shop.svc.cluster.local.", RecordType::A, None),
         // Upstream's: unknown names, services without VIPs, other record types.
         ("www.example.org.", RecordType::A, None),
         ("novip.example.com.", RecordType::A, None),

@@ -171,6 +171,39 @@ fn policy(
 }
 
 #[test]
+fn a_pod_of_a_headless_service_carries_its_hostname_as_istiod_sends_it() {
+    let index = index(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: shop}
+spec:
+  clusterIP: None
+  selector: {app: db}
+  ports: [{port: 5432}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db-0, namespace: shop, labels: {app: db}}
+spec: {nodeName: node1, hostname: db-0, subdomain: db, containers: [{name: db, image: db}]}
+status: {podIP: 10.251.1.30}
+"#,
+    );
+    let addresses = addresses(&index, &MeshSettings::default());
+    let db = workload_of(&addresses, "db-0");
+    assert_eq!(db.hostname, "db-0");
+    assert!(db.services.contains_key("shop/db.shop.svc.cluster.local"));
+    let Some(workload::address::Type::Service(service)) =
+        &addresses["shop/db.shop.svc.cluster.local"].r#type
+    else {
+        panic!("no db service");
+    };
+    assert!(service.addresses.is_empty(), "headless: no VIP");
+    // A pod without `spec.hostname` carries none.
+    assert_eq!(workload_of(&addresses, "cart-1").hostname, "");
+}
+
+#[test]
 fn authorization_policies_keep_their_l4_meaning() {
     let index = index(
         r#"
