@@ -440,11 +440,25 @@ impl Mesh {
 
     /// Sends the node's enrollment snapshot (every enrolled pod on it).
     pub fn enroll(&mut self, node: &str) -> anyhow::Result<()> {
+        self.enroll_with(node, |_| {})
+    }
+
+    /// [`Mesh::enroll`] with each pod's enrollment passed through `edit` first (as the CNI
+    /// side sends a pod whose annotations changed).
+    pub fn enroll_with(
+        &mut self,
+        node: &str,
+        edit: impl Fn(&mut EnrolledPod),
+    ) -> anyhow::Result<()> {
         let pods: Vec<EnrolledPod> = self
             .pods
             .iter()
             .filter(|p| p.node == node && p.enrolled)
-            .map(|p| enrolled(self.testbed.pod(&p.name)))
+            .map(|p| {
+                let mut pod = enrolled(self.testbed.pod(&p.name));
+                edit(&mut pod);
+                pod
+            })
             .collect();
         let socket = self.enrollment_socket(node);
         self.runtime.block_on(async {
