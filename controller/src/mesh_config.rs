@@ -4,9 +4,11 @@
 //! apply elsewhere: `outboundTrafficPolicy.mode`, served to node agents as
 //! `weft.mesh.v1.MeshConfig`, and the default tracing ([`trace`]: `defaultProviders.tracing`,
 //! `extensionProviders[].opentelemetry`, `defaultConfig.tracing.sampling`), pushed to every
-//! waypoint in its `WaypointConfig`. The file is read at start (an invalid one stops
-//! the start) and again whenever its content changes; an invalid change is logged naming the
-//! file, the field and the reason, and the last good configuration stays in force.
+//! waypoint in its `WaypointConfig`, and the gateways' default
+//! `defaultConfig.gatewayTopology.numTrustedProxies`, in every gateway's. The file is read at
+//! start (an invalid one stops the start) and again whenever its content changes; an invalid
+//! change is logged naming the file, the field and the reason, and the last good configuration
+//! stays in force.
 
 use std::{
     path::{Path, PathBuf},
@@ -46,6 +48,9 @@ pub struct Mesh {
     pub agents: MeshConfig,
     /// The default tracing, in every waypoint's configuration.
     pub tracing: MeshTracing,
+    /// `defaultConfig.gatewayTopology.numTrustedProxies`: the gateways' default, which a
+    /// gateway pod's `proxy.istio.io/config` annotation overrides.
+    pub gateway_trusted_proxies: u32,
 }
 
 impl From<MeshConfig> for Mesh {
@@ -108,9 +113,20 @@ pub fn parse(path: &str, text: &str) -> Result<Mesh, MeshConfigError> {
         }
     };
     config.set_outbound_traffic_policy(mode);
+    let tracing = trace::parse(mesh, &field)?;
+    let gateway_trusted_proxies = match mesh.get("defaultConfig") {
+        Some(proxy @ serde_yaml::Value::Mapping(_)) => {
+            crate::model::edge::num_trusted_proxies(proxy)
+                .map_err(|(name, reason)| field(&format!("defaultConfig.{name}"), reason))?
+                .unwrap_or(0)
+        }
+        // Another shape is refused by the tracing section.
+        _ => 0,
+    };
     Ok(Mesh {
         agents: config,
-        tracing: trace::parse(mesh, &field)?,
+        tracing,
+        gateway_trusted_proxies,
     })
 }
 
@@ -165,6 +181,11 @@ impl MeshConfigWatch {
         self.current.borrow().0.tracing.clone()
     }
 
+    /// The gateways' default `numTrustedProxies`.
+    pub fn gateway_trusted_proxies(&self) -> u32 {
+        self.current.borrow().0.gateway_trusted_proxies
+    }
+
     /// Changes when the configuration in force changes.
     pub fn subscribe(&self) -> watch::Receiver<(Mesh, Option<String>)> {
         self.current.subscribe()
@@ -207,6 +228,7 @@ impl MeshConfigWatch {
                                 self.current().outbound_traffic_policy().as_str_name(),
                             tracing_provider = tracing.provider.as_ref().map(|p| p.name.as_str()),
                             tracing_sampling = tracing.sampling,
+                            gateway_trusted_proxies = self.gateway_trusted_proxies(),
                             "mesh configuration changed"
                         );
                     }

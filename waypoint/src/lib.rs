@@ -20,10 +20,12 @@ pub mod conformance;
 pub mod dns;
 pub mod dump;
 pub mod gateway;
+mod idle;
 pub mod listener;
 pub mod metrics;
 pub mod model;
 pub mod proxy;
+pub mod rate_limit;
 mod smuggling;
 pub mod store;
 pub mod tcp;
@@ -166,6 +168,7 @@ impl Waypoint {
                 spans,
                 max_request_body: options.max_request_body,
                 upgrades: options.upgrades,
+                rate_limiter: rate_limit::RateLimiter::default(),
             }),
             identity: options.identity,
             certificates: options.certificates,

@@ -54,6 +54,9 @@ pub struct HttpLimits {
     pub max_header_list_size: u32,
     /// Time a client has to send a complete HTTP/1.1 request head.
     pub header_read_timeout: Duration,
+    /// A connection that carried no byte for this long is closed (drained: HTTP/2 gets a
+    /// GOAWAY): Envoy's `idle_timeout`.
+    pub idle_timeout: Duration,
 }
 
 impl Default for HttpLimits {
@@ -65,6 +68,7 @@ impl Default for HttpLimits {
             max_local_error_reset_streams: 100,
             max_header_list_size: 60 * 1024,
             header_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(3600),
         }
     }
 }
@@ -333,7 +337,8 @@ pub(crate) async fn serve_http<IO>(
         .max_pending_accept_reset_streams(limits.max_pending_accept_reset_streams)
         .max_local_error_reset_streams(limits.max_local_error_reset_streams)
         .max_header_list_size(limits.max_header_list_size);
-    let io = TokioIo::new(FramingGuard::new(io));
+    let activity = crate::idle::Activity::default();
+    let io = TokioIo::new(FramingGuard::new(activity.watch(io)));
     let connection = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);
     let mut versions = store.version();
@@ -342,6 +347,13 @@ pub(crate) async fn serve_http<IO>(
     let served = loop {
         tokio::select! {
             served = connection.as_mut() => break served,
+            () = tokio::time::sleep_until(activity.deadline(limits.idle_timeout)) => {
+                if activity.idle_for(limits.idle_timeout) {
+                    debug!(%destination, "connection idle: closing it");
+                    connection.as_mut().graceful_shutdown();
+                    break connection.await;
+                }
+            }
             () = &mut draining => {
                 // SIGTERM: the request in flight finishes and its response carries
                 // `Connection: close` (HTTP/1.1; an idle connection closes now), HTTP/2 gets a

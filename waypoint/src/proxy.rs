@@ -16,6 +16,7 @@
 mod actions;
 mod context;
 mod forward;
+mod forwarded;
 mod pipeline;
 mod reply;
 mod upgrade;
@@ -63,6 +64,8 @@ pub struct ProxyShared {
     pub max_request_body: usize,
     /// Protocol upgrades forwarded, lower case (see [`crate::conformance`]).
     pub upgrades: Vec<String>,
+    /// The token buckets of routes' local rate limits, kept across configurations.
+    pub rate_limiter: crate::rate_limit::RateLimiter,
 }
 
 impl std::fmt::Debug for ProxyShared {

@@ -202,3 +202,27 @@ fn bad_providers_are_refused_with_their_field() {
         assert!(error.contains(field), "{yaml}: {error}");
     }
 }
+
+#[test]
+fn reads_the_gateways_trusted_proxies() {
+    let cases: &[(&str, Result<u32, &str>)] = &[
+        ("", Ok(0)),
+        ("defaultConfig:\n  tracing: {sampling: 10}\n", Ok(0)),
+        (
+            "defaultConfig:\n  gatewayTopology:\n    numTrustedProxies: 2\n",
+            Ok(2),
+        ),
+        (
+            "defaultConfig:\n  gatewayTopology:\n    numTrustedProxies: -1\n",
+            Err(
+                "mesh: defaultConfig.gatewayTopology.numTrustedProxies: must be a number of proxies from 0, found -1",
+            ),
+        ),
+    ];
+    for (text, expected) in cases {
+        let got = parse("mesh", text)
+            .map(|c| c.gateway_trusted_proxies)
+            .map_err(|e| e.to_string());
+        assert_eq!(got, expected.map_err(str::to_owned), "{text:?}");
+    }
+}

@@ -6,6 +6,7 @@
 pub mod credential;
 pub mod decode;
 pub mod duration;
+pub mod edge;
 pub mod gateway_api;
 pub mod networking;
 pub mod schema;

@@ -29,8 +29,38 @@ fn parse_bool(value: &str) -> Option<bool> {
 
 pub fn validate(resource: &Resource, findings: &mut Findings) {
     kubernetes(resource, findings);
+    edge_annotations(resource, findings);
     if resource.kind().is_istio() {
         istio(resource, findings);
+    }
+}
+
+/// The annotations of [`crate::model::edge`]: a local rate limit on the resources whose HTTP
+/// routes it limits (an error: the resource is refused, the last good one keeps serving), and
+/// Istio's `proxy.istio.io/config` on a pod (a warning: the pod stays in the mesh and its
+/// gateway, if it is one, takes the mesh default).
+fn edge_annotations(resource: &Resource, findings: &mut Findings) {
+    use crate::model::edge::{LOCAL_RATE_LIMIT, local_rate_limit, pod_num_trusted_proxies};
+    let annotations = resource.metadata().annotations.as_ref();
+    match resource {
+        Resource::VirtualService(_) | Resource::HTTPRoute(_) | Resource::GRPCRoute(_) => {
+            if let Some(Err(error)) = local_rate_limit(annotations) {
+                findings.error(error.path, error.reason);
+            }
+        }
+        Resource::Pod(_) => {
+            if let Err(error) = pod_num_trusted_proxies(annotations) {
+                findings.warn(error.path, error.reason);
+            }
+        }
+        _ => {
+            if annotations.is_some_and(|a| a.contains_key(LOCAL_RATE_LIMIT)) {
+                findings.error(
+                    format!("metadata.annotations.{LOCAL_RATE_LIMIT}"),
+                    "a local rate limit applies to the HTTP routes of a VirtualService, HTTPRoute or GRPCRoute only",
+                );
+            }
+        }
     }
 }
 

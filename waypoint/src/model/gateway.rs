@@ -17,6 +17,9 @@ pub struct Gateway {
     pub listeners: Vec<EdgeListener>,
     /// The gateway proxy itself: the source of what it sends into the mesh.
     pub workload: Option<Arc<WorkloadInfo>>,
+    /// Proxies in front of the gateway whose `x-forwarded-for` entries are trusted (Istio's
+    /// `gatewayTopology.numTrustedProxies`).
+    pub num_trusted_proxies: u32,
 }
 
 /// One port and its servers.
@@ -375,6 +378,7 @@ pub(super) fn gateway(g: &proto::GatewayConfig, namespace: &str) -> Result<Gatew
     Ok(Gateway {
         listeners,
         workload,
+        num_trusted_proxies: g.num_trusted_proxies,
     })
 }
 

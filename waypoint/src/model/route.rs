@@ -35,6 +35,8 @@ pub struct Route {
     /// The answer when the picked destination's cluster does not exist: 503 (Envoy's
     /// default, VirtualServices) or 500 (Gateway API routes, for their invalid backends).
     pub cluster_not_found: StatusCode,
+    /// The token bucket the route's requests draw on.
+    pub rate_limit: Option<crate::rate_limit::LocalRateLimit>,
 }
 
 #[derive(Debug, Clone)]

@@ -2,6 +2,7 @@
 //! configuration in force when it arrived makes of it (target, per request), and the record the
 //! access log and metrics are written from.
 
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -36,6 +37,10 @@ pub(super) struct RequestContext<'a> {
     pub path: String,
     /// The query, without a fragment.
     pub query: Option<String>,
+    /// The client's address as authorization's `remoteIpBlocks`, rate limits and
+    /// `x-envoy-external-address` see it: the peer's, or at the edge the trusted client
+    /// address ([`super::forwarded::trusted_client`]).
+    pub remote_ip: IpAddr,
 }
 
 impl<'a> RequestContext<'a> {
@@ -54,6 +59,7 @@ impl<'a> RequestContext<'a> {
             record,
             path: String::new(),
             query: None,
+            remote_ip: tunnel.source_ip,
         }
     }
 

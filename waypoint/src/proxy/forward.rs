@@ -16,6 +16,7 @@ use weft_policy::StringMatch;
 use weft_policy::route::{percentage_hit, pick_weighted};
 
 use super::context::{GRPC_STATUS, RequestContext};
+use super::forwarded::{X_FORWARDED_FOR, set_external_address};
 use super::{BoxError, LocalReply, ProxyBody, actions, upgrade};
 use crate::model::{
     Cluster, Endpoint, Headers, Mirror, Protocol, RetryPolicy, Route, WeightedDestination,
@@ -25,7 +26,6 @@ use crate::upstream::UpstreamError;
 /// Envoy's default base interval between retries.
 const RETRY_BASE_INTERVAL: Duration = Duration::from_millis(25);
 
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// Where a request goes: its route, the header operations of the destination the route picked,
@@ -91,6 +91,9 @@ pub(super) async fn forward_to(
     strip_hop_by_hop(&mut headers);
     headers.remove(header::HOST);
     append_forwarded_for(&mut headers, cx.tunnel.source_ip);
+    if cx.tunnel.edge.is_some() {
+        set_external_address(&mut headers, cx.remote_ip);
+    }
     // The next hop's span is a child of the waypoint's.
     if let Some(span) = &cx.record.span {
         span.context.inject(&mut headers);
@@ -139,6 +142,14 @@ pub(super) async fn forward_to(
         .await;
     }
 
+    // A declared length over the limit is refused before a byte of the body is read.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > cx.shared.max_request_body as u64) {
+        return Err(LocalReply::PayloadTooLarge);
+    }
     let body = match Limited::new(body, cx.shared.max_request_body)
         .collect()
         .await

@@ -20,7 +20,7 @@ use weft_policy::{Decision, StringMatch};
 
 use super::context::{RequestContext, request_id};
 use super::forward::{self, Forwarding};
-use super::{LocalReply, ProxyBody, actions};
+use super::{LocalReply, ProxyBody, actions, forwarded};
 use crate::model::{HeaderOps, Headers, RetryOn, RetryPolicy, Route, RouteAction, Target};
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -43,6 +43,14 @@ async fn route_request(
     if let Err(refusal) = crate::conformance::admit(&mut request, &cx.shared.upgrades) {
         debug!(%refusal, "request refused before routing");
         return Err(refusal.into());
+    }
+    if cx.tunnel.edge.is_some() {
+        let trusted = cx
+            .config
+            .gateway
+            .as_ref()
+            .map_or(0, |g| g.num_trusted_proxies);
+        cx.remote_ip = forwarded::trusted_client(request.headers(), cx.tunnel.source_ip, trusted);
     }
     if cx.record.request_id.is_empty() {
         cx.record.request_id = request_id();
@@ -155,7 +163,7 @@ fn decide(
         request: view,
         source_identity: peer_identity,
         source_ip: tunnel.source_ip,
-        remote_ip: tunnel.source_ip,
+        remote_ip: cx.remote_ip,
         destination_ip: tunnel.destination.ip(),
         sni: None,
         auth,
@@ -197,6 +205,17 @@ async fn follow_route(
         && let Some(abort) = actions::apply_fault(fault, &mut cx.record).await
     {
         return abort.respond(&mut cx.record);
+    }
+    // Where Istio's EnvoyFilter puts the local rate limit: just before the router, after
+    // authorization, CORS and faults.
+    if let Some(limit) = &route.rate_limit
+        && !cx
+            .shared
+            .rate_limiter
+            .admit(limit, cx.remote_ip, std::time::Instant::now())
+    {
+        debug!(key = %limit.key, client = %cx.remote_ip, "request over the route's local rate limit");
+        return LocalReply::RateLimited.respond(&mut cx.record);
     }
     let answer = match &route.action {
         RouteAction::DirectResponse { status, body } => Err(LocalReply::DirectResponse {
@@ -255,6 +274,7 @@ fn forward_only_route() -> Route {
         headers: Default::default(),
         virtual_service: String::new(),
         cluster_not_found: http::StatusCode::SERVICE_UNAVAILABLE,
+        rate_limit: None,
     }
 }
 

@@ -19,6 +19,9 @@ use crate::metrics::{RequestRecord, ResponseFlag};
 use crate::model::AbortKind;
 use crate::upstream::UpstreamError;
 
+static X_ENVOY_RATELIMITED: header::HeaderName =
+    header::HeaderName::from_static("x-envoy-ratelimited");
+
 /// Why the waypoint answers a request itself.
 #[derive(Debug)]
 pub(crate) enum LocalReply {
@@ -53,6 +56,8 @@ pub(crate) enum LocalReply {
         status: StatusCode,
         location: Option<HeaderValue>,
     },
+    /// The route's local rate limit has no token left for the request.
+    RateLimited,
     /// The request body is larger than the waypoint buffers for retries and mirrors.
     PayloadTooLarge,
     /// The client went away or broke the body while it was being read.
@@ -184,6 +189,15 @@ impl LocalReply {
                     None => reply,
                 }
             }
+            // Envoy's local_ratelimit filter: its body and details, and `x-envoy-ratelimited`
+            // (which Envoy's routers downstream do not retry unless told to).
+            L::RateLimited => Reply::text(StatusCode::TOO_MANY_REQUESTS, "local_rate_limited")
+                .flags(F::RateLimited)
+                .details("local_rate_limited")
+                .header(
+                    X_ENVOY_RATELIMITED.clone(),
+                    HeaderValue::from_static("true"),
+                ),
             L::PayloadTooLarge => Reply::text(StatusCode::PAYLOAD_TOO_LARGE, "payload too large"),
             L::DownstreamDisconnect => {
                 Reply::empty(StatusCode::BAD_REQUEST).flags(F::DownstreamTerminated)

@@ -132,9 +132,18 @@ pub struct Harness {
 
 impl Harness {
     pub async fn start(mesh: TestMesh, endpoints: &[&FakeEndpoint]) -> Self {
+        Self::start_with_limits(mesh, endpoints, waypoint::HttpLimits::default()).await
+    }
+
+    pub async fn start_with_limits(
+        mesh: TestMesh,
+        endpoints: &[&FakeEndpoint],
+        limits: waypoint::HttpLimits,
+    ) -> Self {
         let material = mesh.material("default", "waypoint");
         let waypoint_identity = material.identity().clone();
         let mut options = WaypointOptions::new(waypoint_identity.clone(), material.source());
+        options.limits = limits;
         options.hbone_address = resolver_for(endpoints);
         let (trigger, drain) = drain::channel();
         options.drain = trigger.status();

@@ -94,3 +94,26 @@ async fn malformed_and_oversized_heads_are_refused() {
     }
     assert_eq!(v1.request_count(), 0);
 }
+
+/// A keep-alive connection that carries nothing for the idle timeout is closed (Envoy's
+/// `idle_timeout`), so an idle client cannot hold it.
+#[tokio::test]
+async fn an_idle_connection_is_closed_after_the_idle_timeout() {
+    let (mesh, v1, _v2) = two_endpoints().await;
+    let limits = waypoint::HttpLimits {
+        idle_timeout: Duration::from_millis(300),
+        ..waypoint::HttpLimits::default()
+    };
+    let harness = Harness::start_with_limits(mesh, &[&v1], limits).await;
+    harness
+        .waypoint
+        .apply_config(config(vec![route_to("v1")], vec![cluster("v1", &[&v1])]))
+        .unwrap();
+    let mut tunnel = harness.tunnel().await;
+    // Keep-alive: only the idle timeout (not the 30 s head timeout) ends it within 5 s.
+    let request = format!("GET / HTTP/1.1\r\nHost: {HOST}\r\n\r\n");
+    let (answer, ended) = exchange_raw(&mut tunnel, request.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(ended, "the idle connection was not closed: {answer}");
+    assert_eq!(v1.request_count(), 1);
+}

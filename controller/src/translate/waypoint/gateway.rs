@@ -149,8 +149,30 @@ pub fn gateway_config<'a>(
         gateway: Some(wp::GatewayConfig {
             listeners: listeners.into_values().collect(),
             workload,
+            num_trusted_proxies: trusted_proxies(&mut compiler, settings, pod),
         }),
         ..Default::default()
+    }
+}
+
+/// The pod's `proxy.istio.io/config` `gatewayTopology.numTrustedProxies`, else the mesh
+/// config's default, as istiod merges a gateway's proxy configuration. An annotation that does
+/// not parse is reported on the pod and the mesh default applies.
+fn trusted_proxies(compiler: &mut Compiler<'_, '_>, settings: &MeshSettings, pod: &Pod) -> u32 {
+    let default = settings.mesh.gateway_trusted_proxies();
+    match crate::model::edge::pod_num_trusted_proxies(pod.metadata.annotations.as_ref()) {
+        Ok(found) => found.unwrap_or(default),
+        Err(error) => {
+            compiler.report(
+                ResourceKind::Pod,
+                &pod.metadata,
+                TranslateProblem::Unsupported {
+                    path: error.path,
+                    reason: format!("{}; the mesh default ({default}) applies", error.reason),
+                },
+            );
+            default
+        }
     }
 }
 

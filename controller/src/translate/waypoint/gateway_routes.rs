@@ -604,6 +604,11 @@ impl<'a> Compiler<'a, '_> {
             // does not exist, and its share of the requests is answered 500.
             cluster_not_found_response_code: wp::ClusterNotFoundResponseCode::InternalServerError
                 as i32,
+            local_rate_limit: super::route::local_rate_limit(
+                route.kind.resource_kind(),
+                route.meta,
+                path,
+            ),
             ..Default::default()
         };
         let unapplied = rule

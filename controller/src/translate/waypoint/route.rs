@@ -8,8 +8,10 @@ use weft_istio::defaults::{DEFAULT_RETRY_ATTEMPTS, DEFAULT_RETRY_ON};
 use weft_proto::waypoint as wp;
 
 use super::{ClusterKey, Compiler, duration};
-use crate::model::DurationString;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
 use crate::model::networking::{self as net, HttpRoute, MESH_GATEWAY, VirtualService};
+use crate::model::{DurationString, ResourceKind};
 use crate::translate::TranslateProblem;
 use crate::translate::resolve::{namespace_of, qualify_host};
 
@@ -93,6 +95,33 @@ impl Binding<'_> {
             gateways.iter().any(|g| self.named_by(g, vs_namespace))
         }
     }
+}
+
+/// The local rate limit the resource's annotation sets on its route rule at `path` (one key per
+/// rule: the rule's requests share its buckets wherever it is compiled). Validation refuses a
+/// resource whose annotation does not parse, so none is left here to report.
+pub(super) fn local_rate_limit(
+    kind: ResourceKind,
+    meta: &ObjectMeta,
+    path: &str,
+) -> Option<wp::LocalRateLimit> {
+    let limit = crate::model::edge::local_rate_limit(meta.annotations.as_ref())?.ok()?;
+    let scope = match limit.per {
+        crate::model::edge::RateLimitPer::Route => wp::RateLimitScope::Route,
+        crate::model::edge::RateLimitPer::Client => wp::RateLimitScope::Client,
+    };
+    Some(wp::LocalRateLimit {
+        key: format!(
+            "{}/{}/{}/{path}",
+            kind.kind(),
+            meta.namespace.as_deref().unwrap_or_default(),
+            meta.name.as_deref().unwrap_or_default()
+        ),
+        max_tokens: limit.max_tokens,
+        tokens_per_fill: limit.tokens_per_fill,
+        fill_interval: prost_types::Duration::try_from(limit.fill_interval).ok(),
+        scope: scope as i32,
+    })
 }
 
 /// One route being compiled for one port.
@@ -393,6 +422,11 @@ impl RouteContext<'_, '_, '_> {
             // A VirtualService's unknown host or subset: Envoy's default, 503 `NC`.
             cluster_not_found_response_code: wp::ClusterNotFoundResponseCode::ServiceUnavailable
                 as i32,
+            local_rate_limit: local_rate_limit(
+                ResourceKind::VirtualService,
+                &self.vs.metadata,
+                &path,
+            ),
         }))
     }
 

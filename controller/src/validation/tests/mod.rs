@@ -5,6 +5,7 @@
 
 mod authorization_policy;
 mod destination_rule;
+mod edge;
 mod gateway;
 mod kubernetes;
 mod peer_authentication;

@@ -70,6 +70,8 @@ pub enum ResponseFlag {
     UpstreamConnectFailure,
     /// The endpoint reset the request (`UR`).
     UpstreamReset,
+    /// Refused by a local rate limit (`RL`).
+    RateLimited,
 }
 
 impl ResponseFlag {
@@ -88,6 +90,7 @@ impl ResponseFlag {
             Self::UpstreamOverflow => "UO",
             Self::UpstreamConnectFailure => "UF",
             Self::UpstreamReset => "UR",
+            Self::RateLimited => "RL",
         }
     }
 }

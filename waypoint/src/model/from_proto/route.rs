@@ -17,6 +17,7 @@ use crate::model::{
     Redirect, RedirectPort, RetryOn, RetryPolicy, Rewrite, Route, RouteAction, WeightedDestination,
     invalid,
 };
+use crate::rate_limit::{LocalRateLimit, MIN_FILL_INTERVAL, RateLimitScope};
 
 fn istio_match(m: &proto::StringMatch) -> IstioStringMatch<'_> {
     use proto::string_match::MatchType;
@@ -378,8 +379,46 @@ pub(super) fn route(
             headers: headers(r.headers.as_ref(), context)?,
             virtual_service: r.virtual_service.clone(),
             cluster_not_found: cluster_not_found(r.cluster_not_found_response_code, context)?,
+            rate_limit: r
+                .local_rate_limit
+                .as_ref()
+                .map(|l| local_rate_limit(l, context))
+                .transpose()?,
         },
     ))
+}
+
+fn local_rate_limit(
+    l: &proto::LocalRateLimit,
+    context: &str,
+) -> Result<LocalRateLimit, ConfigError> {
+    let context = format!("{context} local_rate_limit");
+    let fill_interval = optional_duration(l.fill_interval.as_ref(), &context)?
+        .ok_or_else(|| invalid(&context, "no fill_interval"))?;
+    if fill_interval < MIN_FILL_INTERVAL {
+        return Err(invalid(&context, "fill_interval under 50ms"));
+    }
+    if l.max_tokens == 0 || l.tokens_per_fill == 0 {
+        return Err(invalid(
+            &context,
+            "max_tokens and tokens_per_fill must be positive",
+        ));
+    }
+    if l.key.is_empty() {
+        return Err(invalid(&context, "no key"));
+    }
+    let scope = match proto::RateLimitScope::try_from(l.scope) {
+        Ok(proto::RateLimitScope::Route) => RateLimitScope::Route,
+        Ok(proto::RateLimitScope::Client) => RateLimitScope::Client,
+        Err(_) => return Err(invalid(&context, format!("unknown scope {}", l.scope))),
+    };
+    Ok(LocalRateLimit {
+        key: l.key.clone(),
+        max_tokens: l.max_tokens,
+        tokens_per_fill: l.tokens_per_fill,
+        fill_interval,
+        scope,
+    })
 }
 
 fn cluster_not_found(value: i32, context: &str) -> Result<StatusCode, ConfigError> {

@@ -53,6 +53,7 @@ fn edge() -> Gateway {
         },
     ];
     let config = proto::GatewayConfig {
+        num_trusted_proxies: 0,
         listeners: vec![
             proto::GatewayListener {
                 port: 80,
@@ -131,6 +132,7 @@ fn a_tls_server_without_a_credential_is_refused() {
     let mut bad = server("bad", &["*"], proto::GatewayProtocol::Https);
     bad.tls.as_mut().unwrap().credential_name.clear();
     let config = proto::GatewayConfig {
+        num_trusted_proxies: 0,
         listeners: vec![proto::GatewayListener {
             port: 443,
             servers: vec![bad],

@@ -182,6 +182,16 @@ fn local_replies_are_what_envoy_answers_in_the_same_case() {
             (302, "", None, None, Some("redirect")),
         ),
         (
+            LocalReply::RateLimited,
+            (
+                429,
+                "local_rate_limited",
+                Some("text/plain"),
+                Some("RL"),
+                Some("local_rate_limited"),
+            ),
+        ),
+        (
             LocalReply::PayloadTooLarge,
             (413, "payload too large", Some("text/plain"), None, None),
         ),
@@ -310,6 +320,9 @@ fn replies_carry_their_own_headers() {
     }
     .reply();
     assert_eq!(reply.headers[header::LOCATION], location);
+
+    let reply = LocalReply::RateLimited.reply();
+    assert_eq!(reply.headers["x-envoy-ratelimited"], "true");
 }
 
 /// A reply that sets no flag keeps the one a fault delay set before it; one that sets a flag

@@ -315,3 +315,41 @@ fn routes_get_the_gateway_controllers_status() {
     assert_eq!(tls.parents[0].conditions[0].reason, "Accepted");
     assert!(tls.parents[0].conditions[1].status, "{:?}", tls.parents[0]);
 }
+
+#[test]
+fn an_http_routes_rate_limit_reaches_its_rules_behind_the_listener() {
+    let annotated = EDGE.replacen(
+        "metadata: {name: exact, namespace: shop, creationTimestamp: \"2024-02-01T00:00:00Z\"}",
+        "metadata: {name: exact, namespace: shop, creationTimestamp: \"2024-02-01T00:00:00Z\", annotations: {weft.dev/local-rate-limit: '{maxTokens: 7, fillInterval: 1s}'}}",
+        1,
+    );
+    assert_ne!(annotated, EDGE);
+    let index = validated(&annotated);
+    let mut problems = Vec::new();
+    let config = gateway_configs(&index, &MeshSettings::default(), &mut problems)
+        .remove("shop/edge-istio-0")
+        .unwrap();
+    let host = &listener(&config, 443).servers[0].virtual_hosts[0];
+    let limits: Vec<Option<(&str, u32, i32)>> = host
+        .http_routes
+        .iter()
+        .map(|r| {
+            r.local_rate_limit
+                .as_ref()
+                .map(|l| (l.key.as_str(), l.max_tokens, l.scope))
+        })
+        .collect();
+    // The annotated route's rule only; the other HTTPRoute merged on the host has none.
+    assert_eq!(
+        limits,
+        [
+            Some((
+                "HTTPRoute/shop/exact/spec.rules[0]",
+                7,
+                wp::RateLimitScope::Route as i32
+            )),
+            None,
+            None,
+        ]
+    );
+}

@@ -1,0 +1,106 @@
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::*;
+
+#[test]
+fn rate_limits_parse_with_envoys_defaults() {
+    let limit = parse_local_rate_limit("maxTokens: 10\nfillInterval: 1m\n").unwrap();
+    assert_eq!(
+        limit,
+        LocalRateLimit {
+            max_tokens: 10,
+            tokens_per_fill: 1,
+            fill_interval: Duration::from_secs(60),
+            per: RateLimitPer::Route,
+        }
+    );
+    let limit = parse_local_rate_limit(
+        "{maxTokens: 4, tokensPerFill: 2, fillInterval: 500ms, per: client}",
+    )
+    .unwrap();
+    assert_eq!(limit.tokens_per_fill, 2);
+    assert_eq!(limit.fill_interval, Duration::from_millis(500));
+    assert_eq!(limit.per, RateLimitPer::Client);
+}
+
+#[test]
+fn bad_rate_limits_name_the_field_and_the_reason() {
+    let base = "metadata.annotations.weft.dev/local-rate-limit";
+    let cases = [
+        ("fillInterval: 1s", format!("{base}.maxTokens"), "required"),
+        (
+            "maxTokens: 0\nfillInterval: 1s",
+            format!("{base}.maxTokens"),
+            "positive",
+        ),
+        (
+            "maxTokens: -3\nfillInterval: 1s",
+            format!("{base}.maxTokens"),
+            "found -3",
+        ),
+        (
+            "maxTokens: 1\ntokensPerFill: 0\nfillInterval: 1s",
+            format!("{base}.tokensPerFill"),
+            "positive",
+        ),
+        ("maxTokens: 1", format!("{base}.fillInterval"), "required"),
+        (
+            "maxTokens: 1\nfillInterval: 10ms",
+            format!("{base}.fillInterval"),
+            "at least 50ms",
+        ),
+        (
+            "maxTokens: 1\nfillInterval: 1 second",
+            format!("{base}.fillInterval"),
+            "invalid duration",
+        ),
+        (
+            "maxTokens: 1\nfillInterval: 1s\nper: user",
+            base.to_owned(),
+            "unknown variant",
+        ),
+        (
+            "maxTokens: 1\nfillInterval: 1s\nburst: 3",
+            base.to_owned(),
+            "unknown field",
+        ),
+        ("[1, 2]", base.to_owned(), "expected YAML with maxTokens"),
+    ];
+    for (value, path, reason) in cases {
+        let error = parse_local_rate_limit(value).unwrap_err();
+        assert_eq!(error.path, path, "{value}");
+        assert!(error.reason.contains(reason), "{value}: {}", error.reason);
+    }
+}
+
+#[test]
+fn the_pod_annotation_sets_trusted_proxies() {
+    let annotations = |value: &str| BTreeMap::from([(PROXY_CONFIG.to_owned(), value.to_owned())]);
+    assert_eq!(pod_num_trusted_proxies(None), Ok(None));
+    assert_eq!(
+        pod_num_trusted_proxies(Some(&annotations(
+            "gatewayTopology:\n  numTrustedProxies: 2\n"
+        ))),
+        Ok(Some(2))
+    );
+    // Other ProxyConfig fields are not ours to judge.
+    assert_eq!(
+        pod_num_trusted_proxies(Some(&annotations("holdApplicationUntilProxyStarts: true"))),
+        Ok(None)
+    );
+    let error = pod_num_trusted_proxies(Some(&annotations(
+        "gatewayTopology: {numTrustedProxies: -1}",
+    )))
+    .unwrap_err();
+    assert_eq!(
+        error.path,
+        "metadata.annotations.proxy.istio.io/config.gatewayTopology.numTrustedProxies"
+    );
+    assert!(error.reason.contains("found -1"), "{}", error.reason);
+    let error = pod_num_trusted_proxies(Some(&annotations("gatewayTopology: [1]"))).unwrap_err();
+    assert_eq!(
+        error.path,
+        "metadata.annotations.proxy.istio.io/config.gatewayTopology"
+    );
+}
