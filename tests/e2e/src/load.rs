@@ -52,7 +52,8 @@ impl Mesh {
 
     /// Runs the shell command `round` in `client` again and again in the background until
     /// [`Load::finish`] (at most `rounds` times, at most `seconds`): each line it prints is
-    /// one request's outcome, `<status> <seconds>`.
+    /// one request's outcome, `<status> <seconds>` (what it writes to stderr goes to the
+    /// mesh's directory, `<name>-errors`).
     pub fn repeat_in_pod(
         &self,
         client: &str,
@@ -63,10 +64,13 @@ impl Mesh {
     ) -> anyhow::Result<Load> {
         let outcomes = self.dir().join(format!("{name}-outcomes"));
         let stop = self.dir().join(format!("{name}-stop"));
+        let errors = self.dir().join(format!("{name}-errors"));
         let script = format!(
-            "for i in $(seq 1 {rounds}); do [ -e {stop} ] && break; {round} >> {outcomes}; done",
+            "for i in $(seq 1 {rounds}); do [ -e {stop} ] && break; \
+             {{ {round}; }} >> {outcomes} 2>> {errors}; done",
             stop = stop.display(),
             outcomes = outcomes.display(),
+            errors = errors.display(),
         );
         let child = self.spawn_in_pod(
             client,

@@ -3,8 +3,8 @@
 //! on one HTTP/2 channel) while the service's VirtualService changes every 3 s and a pod joins
 //! and leaves the service every 10 s. No request may fail; the resident memory and the open
 //! descriptors of both agents and the waypoint are sampled, and their slope after the warm-up
-//! is reported and bounded; once the load stops, every connection the agents counted open is
-//! counted closed. 60 s by default, `WEFT_SOAK_SECONDS` (1800 for the long form) otherwise.
+//! is reported and bounded; once the load stops and the waypoint exits, every connection the
+//! agents counted opened is counted closed. 60 s by default, `WEFT_SOAK_SECONDS` (1800 for the long form) otherwise.
 //! Needs root.
 
 use std::time::{Duration, Instant};
@@ -291,7 +291,18 @@ fn mixed_load_through_edits_and_pod_changes_fails_nothing_and_leaks_nothing() {
         "growth after the warm-up: {too_steep:?}"
     );
 
-    // No connection left open in the agents' counters once the load stopped.
+    // No connection left open in the agents' counters once the load stopped and the waypoint,
+    // whose pools keep connections to the apps open while it runs (as Envoy's, until their
+    // idle timeout), drained and exited.
+    let mut waypoint = mesh.signal_waypoint(WAYPOINT).expect("stop the waypoint");
+    let stopping = Instant::now();
+    while waypoint.try_wait().expect("the waypoint process").is_none() {
+        assert!(
+            stopping.elapsed() < Duration::from_secs(15),
+            "the waypoint did not exit after its drain"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     for node in ["node1", "node2"] {
         assert!(
             mesh.eventually(Duration::from_secs(10), || {
