@@ -12,8 +12,13 @@ use crate::{build_ebpf, run_command, setup, step, workspace_root};
 
 /// Build options, the same for `build` and `run` so that running never rebuilds. Sixteen
 /// codegen units instead of cargo-fuzz's default of one: a much shorter build of this large
-/// dependency tree, for somewhat fewer executions per second.
+/// dependency tree, for somewhat fewer executions per second (the optimization level is the
+/// fuzz workspace's release profile, `fuzz/Cargo.toml`).
 const BUILD_OPTIONS: &[&str] = &["--codegen-units", "16"];
+
+/// The build directory of the fuzz targets: under the workspace's `target/`, so that
+/// `cargo clean` and the ignore rules reach it and one build serves every target.
+const TARGET_DIR: &str = "target/fuzz";
 
 /// The cargo-fuzz targets: the binaries in `fuzz/fuzz_targets`.
 fn all_targets(root: &Path) -> anyhow::Result<Vec<String>> {
@@ -27,8 +32,9 @@ fn all_targets(root: &Path) -> anyhow::Result<Vec<String>> {
     Ok(targets)
 }
 
-/// Runs `targets` (all when empty) for `seconds` each.
-pub fn run(seconds: u32, targets: &[String]) -> anyhow::Result<()> {
+/// Runs `targets` (all when empty) for `seconds` each, instrumented with `sanitizer`
+/// (cargo-fuzz's `address`, `none`, ...).
+pub fn run(seconds: u32, sanitizer: &str, targets: &[String]) -> anyhow::Result<()> {
     setup::ensure()?;
     let root = workspace_root();
     let known = all_targets(&root)?;
@@ -40,9 +46,10 @@ pub fn run(seconds: u32, targets: &[String]) -> anyhow::Result<()> {
         );
     }
     let selected: &[String] = if targets.is_empty() { &known } else { targets };
-    step("fuzz: building the targets (nightly, AddressSanitizer)");
-    let mut build = cargo_fuzz(&root, "build");
-    build.args(BUILD_OPTIONS);
+    step(&format!(
+        "fuzz: building the targets (nightly, sanitizer {sanitizer})"
+    ));
+    let mut build = cargo_fuzz(&root, "build", sanitizer);
     if let [only] = selected {
         build.arg(only);
     }
@@ -52,8 +59,8 @@ pub fn run(seconds: u32, targets: &[String]) -> anyhow::Result<()> {
         // New inputs go to the first directory (not in git); the others are read only.
         let corpus = root.join("fuzz/corpus").join(target);
         std::fs::create_dir_all(&corpus)?;
-        let mut command = cargo_fuzz(&root, "run");
-        command.args(BUILD_OPTIONS).arg(target).arg(&corpus);
+        let mut command = cargo_fuzz(&root, "run", sanitizer);
+        command.arg(target).arg(&corpus);
         for dir in ["seeds", "regressions"] {
             let dir = root.join("fuzz").join(dir).join(target);
             if dir.is_dir() {
@@ -69,7 +76,8 @@ pub fn run(seconds: u32, targets: &[String]) -> anyhow::Result<()> {
         run_command(&mut command).map_err(|e| {
             anyhow::anyhow!(
                 "{e}\nthe failing input is in {}; replay it with \
-                 `cargo +nightly fuzz run {target} <file>` in fuzz/",
+                 `cargo +nightly fuzz run --sanitizer {sanitizer} --target-dir ../{TARGET_DIR} \
+                 {target} <file>` in fuzz/",
                 root.join("fuzz/artifacts").join(target).display()
             )
         })?;
@@ -78,10 +86,15 @@ pub fn run(seconds: u32, targets: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn cargo_fuzz(root: &Path, subcommand: &str) -> Command {
+fn cargo_fuzz(root: &Path, subcommand: &str, sanitizer: &str) -> Command {
     let mut command = Command::new("rustup");
     command
         .args(["run", "nightly", "cargo", "fuzz", subcommand])
+        .args(BUILD_OPTIONS)
+        .arg("--sanitizer")
+        .arg(sanitizer)
+        .arg("--target-dir")
+        .arg(root.join(TARGET_DIR))
         .current_dir(root.join("fuzz"));
     build_ebpf::clear_outer_build(&mut command);
     command

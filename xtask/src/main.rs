@@ -80,6 +80,10 @@ enum Task {
         /// How long each target runs.
         #[arg(long, default_value_t = 30)]
         seconds: u32,
+        /// cargo-fuzz's sanitizer: `address` (the default), or `none` for a shorter build
+        /// that still finds panics, overflows, hangs and runaway memory.
+        #[arg(long, default_value = "address")]
+        sanitizer: String,
         /// The targets to run (all when none is named).
         targets: Vec<String>,
     },
@@ -121,7 +125,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             build_ebpf::run(release)
         }
         Task::Test { args } => test::run(&args),
-        Task::Fuzz { seconds, targets } => fuzz::run(seconds, &targets),
+        Task::Fuzz {
+            seconds,
+            sanitizer,
+            targets,
+        } => fuzz::run(seconds, &sanitizer, &targets),
         Task::Bench { quick, args } => bench::run(quick, &args),
         Task::Demo {
             action: Some(DemoAction::Exec { name, command }),

@@ -30,6 +30,7 @@ pub mod gateway;
 pub mod h2flood;
 pub mod kube_cluster;
 mod lifecycle;
+pub mod load;
 pub mod observability;
 mod observation;
 pub mod probes;

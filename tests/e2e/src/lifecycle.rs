@@ -225,6 +225,13 @@ impl Mesh {
         .with_context(|| format!("controller at {target}"))
     }
 
+    /// Kills the controller abruptly (SIGKILL); [`Mesh::start_controller`] starts the next one.
+    pub fn kill_controller(&mut self) {
+        if let Some(mut controller) = self.controller.take() {
+            controller.kill();
+        }
+    }
+
     pub fn stop_controller(&mut self) {
         if let Some(mut controller) = self.controller.take() {
             controller.stop();
@@ -550,6 +557,14 @@ impl Mesh {
             .remove(name)
             .with_context(|| format!("no waypoint {name}"))?;
         process.signal_terminate()
+    }
+
+    /// Kills the waypoint of pod `name` abruptly (SIGKILL); [`Mesh::start_waypoint`] starts
+    /// the next one.
+    pub fn kill_waypoint(&mut self, name: &str) {
+        if let Some(mut waypoint) = self.waypoints.remove(name) {
+            waypoint.kill();
+        }
     }
 
     /// Stops the waypoint of pod `name` (SIGTERM, then SIGKILL).

@@ -154,6 +154,11 @@ impl Mesh {
         self.agents.get(node).map(|agent| agent.child.id())
     }
 
+    /// The process id of the waypoint of pod `name`, while it runs.
+    pub fn waypoint_pid(&self, name: &str) -> Option<u32> {
+        self.waypoints.get(name).map(|waypoint| waypoint.child.id())
+    }
+
     /// The controller's CA directory (local mode: the root certificate and its key).
     pub fn ca_dir(&self) -> PathBuf {
         self.dir.join("ca")

@@ -7,7 +7,6 @@
 //! request fails. Needs root.
 
 use std::io::Read as _;
-use std::path::Path;
 use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
 
@@ -287,28 +286,6 @@ fn sigterm_drains_the_agent_and_its_pods_fail_closed_until_the_next_one() {
     );
 }
 
-/// Requests from `client` to `url`, each on a new connection (one `curl` each), one after the
-/// other in the background until `stop` exists (at most 3,000, at most 3 minutes): each
-/// request's status is appended to `codes` (`000` for a failed connection).
-fn steady_load(mesh: &Mesh, client: &str, url: &str, codes: &Path, stop: &Path) -> Child {
-    let script = format!(
-        "for i in $(seq 1 3000); do [ -e {stop} ] && break; \
-         curl -s -o /dev/null --max-time 5 -w '%{{http_code}}\\n' {url} >> {codes}; done",
-        stop = stop.display(),
-        codes = codes.display(),
-    );
-    mesh.spawn_in_pod(client, "timeout", &["180", "bash", "-c", &script])
-        .expect("start the load")
-}
-
-fn statuses(codes: &Path) -> Vec<String> {
-    std::fs::read_to_string(codes)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
-
 /// Connections `node`'s current agent counted, as the destination's or the source's reporter.
 fn connections_opened(mesh: &Mesh, node: &str, reporter: &str) -> f64 {
     Exposition::parse(&mesh.metrics(node)).sum(
@@ -350,15 +327,11 @@ fn a_rolling_update_of_both_agents_under_load_fails_no_request() {
         mesh.logs()
     );
 
-    let (codes, stop) = (mesh.dir().join("load-codes"), mesh.dir().join("load-stop"));
-    let mut load = steady_load(&mesh, "client", &url, &codes, &stop);
-    let progressed = |mesh: &Mesh, past: usize| {
-        mesh.eventually(Duration::from_secs(30), || {
-            statuses(&codes).len() >= past + 20
-        })
-    };
+    let load = mesh
+        .steady_load("client", &url, 5, "load")
+        .expect("start the load");
     assert!(
-        progressed(&mesh, 0),
+        load.progressed(0, 20),
         "the load does not run\n{}",
         mesh.logs()
     );
@@ -377,7 +350,7 @@ fn a_rolling_update_of_both_agents_under_load_fails_no_request() {
         // The next agent carries what comes after, alone.
         let before = connections_opened(&mesh, node, reporter);
         assert!(
-            progressed(&mesh, statuses(&codes).len()),
+            load.progressed(load.count(), 20),
             "the load stalled after {node}'s update\n{}",
             mesh.logs()
         );
@@ -390,19 +363,14 @@ fn a_rolling_update_of_both_agents_under_load_fails_no_request() {
         );
     }
 
-    std::fs::write(&stop, "").expect("stop the load");
-    assert!(
-        load.wait().expect("the load").success(),
-        "the load did not end in time"
-    );
-    let statuses = statuses(&codes);
-    let failed: Vec<&String> = statuses.iter().filter(|s| *s != "200").collect();
+    let outcomes = load.finish().expect("stop the load");
+    let failed: Vec<_> = outcomes.iter().filter(|o| o.status != 200).collect();
     assert!(
         failed.is_empty(),
         "{} of {} requests failed across the rolling updates: {failed:?}\n{}",
         failed.len(),
-        statuses.len(),
+        outcomes.len(),
         mesh.logs()
     );
-    assert!(statuses.len() >= 60, "only {} requests ran", statuses.len());
+    assert!(outcomes.len() >= 60, "only {} requests ran", outcomes.len());
 }
