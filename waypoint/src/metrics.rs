@@ -200,6 +200,8 @@ pub struct RequestRecord {
     pub at_edge: bool,
     /// The request's span, when tracing is configured; sent with the record.
     pub span: Option<crate::telemetry::RequestSpan>,
+    /// Telemetry turned the access log off: no line is written.
+    pub access_log_disabled: bool,
 }
 
 impl std::fmt::Debug for RequestRecord {
@@ -242,6 +244,7 @@ impl RequestRecord {
             mtls: false,
             at_edge: false,
             span: None,
+            access_log_disabled: false,
         }
     }
 
@@ -321,6 +324,8 @@ pub struct ConnectionInfo {
     pub downstream_remote: String,
     /// Accepted by a gateway listener: reported as the source.
     pub at_edge: bool,
+    /// Telemetry turned the access log off: no line is written.
+    pub access_log_disabled: bool,
 }
 
 impl ConnectionInfo {
@@ -359,7 +364,9 @@ impl AccessLog for TcpAccessLog {
     }
 
     fn write(&self, end: &ConnectionEnd<'_>) {
-        info!(target: ACCESS_LOG, "{}", self.line(end));
+        if !self.info.access_log_disabled {
+            info!(target: ACCESS_LOG, "{}", self.line(end));
+        }
     }
 }
 
@@ -444,7 +451,9 @@ impl Drop for RequestRecord {
             .response_bytes
             .get_or_create(&labels)
             .observe(self.bytes_sent as f64);
-        info!(target: ACCESS_LOG, "{}", self.access_log_line());
+        if !self.access_log_disabled {
+            info!(target: ACCESS_LOG, "{}", self.access_log_line());
+        }
         if let Some(span) = self.span.take() {
             span.finish(self);
         }
