@@ -465,6 +465,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn telemetry_can_turn_the_access_log_off_but_not_the_metrics() {
+        let logged = |disabled: bool| {
+            let capture = weft_test_support::logs::LogCapture::new();
+            let mut registry = Registry::default();
+            tracing::subscriber::with_default(capture.subscriber(), || {
+                let mut record = RequestRecord::new(Arc::new(Metrics::new(&mut registry)));
+                record.path = "/logged-or-not".to_owned();
+                record.status = 200;
+                record.access_log_disabled = disabled;
+            });
+            let mut text = String::new();
+            prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+            assert!(text.contains("response_code=\"200\""), "{text}");
+            capture.text().contains("/logged-or-not")
+        };
+        assert!(logged(false));
+        assert!(!logged(true));
+    }
+
+    #[test]
     fn access_log_line_follows_istio_default_field_order() {
         let mut registry = Registry::default();
         let mut record = RequestRecord::new(Arc::new(Metrics::new(&mut registry)));
