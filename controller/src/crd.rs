@@ -1,7 +1,7 @@
 //! CustomResourceDefinitions of the Istio kinds the mesh reads, generated from the model so the
 //! definitions we install and the types we parse cannot disagree. They serve what Istio's serve:
 //! `networking.istio.io` as `v1` (stored), `v1beta1` and `v1alpha3`, `security.istio.io` as `v1`
-//! (stored) and `v1beta1`, one schema for all versions (so the API server converts between them
+//! (stored) and `v1beta1`, `telemetry.istio.io` as `v1alpha1` (stored) and `v1`, one schema for all versions (so the API server converts between them
 //! by relabelling), each with a `status` subresource, Istio's categories, short names and
 //! printer columns, and its CEL rules (carried by the model, see [`crate::model::schema`]).
 //!
@@ -15,7 +15,7 @@ use kube::CustomResourceExt;
 
 use crate::model::{
     AuthorizationPolicy, DestinationRule, Gateway, PeerAuthentication, RequestAuthentication,
-    ResourceKind, ServiceEntry, VirtualService, WorkloadEntry,
+    ResourceKind, ServiceEntry, Telemetry, VirtualService, WorkloadEntry,
 };
 
 /// The kinds whose CRDs we generate, with their CRD as kube derives it (one version).
@@ -35,6 +35,7 @@ fn generated() -> Vec<(ResourceKind, CustomResourceDefinition)> {
             ResourceKind::RequestAuthentication,
             RequestAuthentication::crd(),
         ),
+        (ResourceKind::Telemetry, Telemetry::crd()),
     ]
 }
 

@@ -12,7 +12,7 @@ use crate::{
     model::{
         AuthorizationPolicy, DestinationRule, GRPCRoute, Gateway, GatewayClass, HTTPRoute,
         KubernetesGateway, PeerAuthentication, ReferenceGrant, RequestAuthentication, Resource,
-        ResourceKind, ServiceEntry, TCPRoute, TLSRoute, VirtualService, WorkloadEntry,
+        ResourceKind, ServiceEntry, TCPRoute, TLSRoute, Telemetry, VirtualService, WorkloadEntry,
     },
     validation::{self, FieldWarning},
 };
@@ -32,6 +32,7 @@ pub struct ConfigIndex {
     pub authorization_policies: BTreeMap<Key, AuthorizationPolicy>,
     pub peer_authentications: BTreeMap<Key, PeerAuthentication>,
     pub request_authentications: BTreeMap<Key, RequestAuthentication>,
+    pub telemetries: BTreeMap<Key, Telemetry>,
     pub virtual_services: BTreeMap<Key, VirtualService>,
     pub destination_rules: BTreeMap<Key, DestinationRule>,
     pub service_entries: BTreeMap<Key, ServiceEntry>,
@@ -106,6 +107,7 @@ macro_rules! with_map {
             ResourceKind::AuthorizationPolicy => { let $map = $($borrow)* $index.authorization_policies; $body }
             ResourceKind::PeerAuthentication => { let $map = $($borrow)* $index.peer_authentications; $body }
             ResourceKind::RequestAuthentication => { let $map = $($borrow)* $index.request_authentications; $body }
+            ResourceKind::Telemetry => { let $map = $($borrow)* $index.telemetries; $body }
             ResourceKind::VirtualService => { let $map = $($borrow)* $index.virtual_services; $body }
             ResourceKind::DestinationRule => { let $map = $($borrow)* $index.destination_rules; $body }
             ResourceKind::ServiceEntry => { let $map = $($borrow)* $index.service_entries; $body }
@@ -155,6 +157,7 @@ entries!(
     AuthorizationPolicy: AuthorizationPolicy,
     PeerAuthentication: PeerAuthentication,
     RequestAuthentication: RequestAuthentication,
+    Telemetry: Telemetry,
     VirtualService: VirtualService,
     DestinationRule: DestinationRule,
     ServiceEntry: ServiceEntry,

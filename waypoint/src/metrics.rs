@@ -200,6 +200,8 @@ pub struct RequestRecord {
     pub at_edge: bool,
     /// The request's span, when tracing is configured; sent with the record.
     pub span: Option<crate::telemetry::RequestSpan>,
+    /// Telemetry turned the access log off: no line is written.
+    pub access_log_disabled: bool,
 }
 
 impl std::fmt::Debug for RequestRecord {
@@ -242,6 +244,7 @@ impl RequestRecord {
             mtls: false,
             at_edge: false,
             span: None,
+            access_log_disabled: false,
         }
     }
 
@@ -321,6 +324,8 @@ pub struct ConnectionInfo {
     pub downstream_remote: String,
     /// Accepted by a gateway listener: reported as the source.
     pub at_edge: bool,
+    /// Telemetry turned the access log off: no line is written.
+    pub access_log_disabled: bool,
 }
 
 impl ConnectionInfo {
@@ -359,7 +364,9 @@ impl AccessLog for TcpAccessLog {
     }
 
     fn write(&self, end: &ConnectionEnd<'_>) {
-        info!(target: ACCESS_LOG, "{}", self.line(end));
+        if !self.info.access_log_disabled {
+            info!(target: ACCESS_LOG, "{}", self.line(end));
+        }
     }
 }
 
@@ -444,7 +451,9 @@ impl Drop for RequestRecord {
             .response_bytes
             .get_or_create(&labels)
             .observe(self.bytes_sent as f64);
-        info!(target: ACCESS_LOG, "{}", self.access_log_line());
+        if !self.access_log_disabled {
+            info!(target: ACCESS_LOG, "{}", self.access_log_line());
+        }
         if let Some(span) = self.span.take() {
             span.finish(self);
         }
@@ -454,6 +463,26 @@ impl Drop for RequestRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn telemetry_can_turn_the_access_log_off_but_not_the_metrics() {
+        let logged = |disabled: bool| {
+            let capture = weft_test_support::logs::LogCapture::new();
+            let mut registry = Registry::default();
+            tracing::subscriber::with_default(capture.subscriber(), || {
+                let mut record = RequestRecord::new(Arc::new(Metrics::new(&mut registry)));
+                record.path = "/logged-or-not".to_owned();
+                record.status = 200;
+                record.access_log_disabled = disabled;
+            });
+            let mut text = String::new();
+            prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+            assert!(text.contains("response_code=\"200\""), "{text}");
+            capture.text().contains("/logged-or-not")
+        };
+        assert!(logged(false));
+        assert!(!logged(true));
+    }
 
     #[test]
     fn access_log_line_follows_istio_default_field_order() {

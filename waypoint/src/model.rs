@@ -94,6 +94,8 @@ pub struct WaypointConfig {
     pub gateway: Option<Arc<gateway::Gateway>>,
     /// Distributed tracing; `None`: trace headers pass untouched.
     pub tracing: Option<Arc<crate::telemetry::TracingConfig>>,
+    /// Telemetry's `accessLogging[].disabled`: requests and connections write no access log.
+    pub access_log_disabled: bool,
 }
 
 /// What the waypoint knows of a workload from the endpoints it was given.

@@ -146,6 +146,7 @@ pub async fn handle(
         .then(|| context::authority_of(&request).to_owned());
     let target = tunnel.target(&config, host.as_deref());
     let mut record = RequestRecord::new(Arc::clone(&shared.metrics));
+    record.access_log_disabled = config.access_log_disabled;
     context::describe_request(&mut record, &config, &tunnel, target.as_ref(), &request);
     if let Some(tracing) = &config.tracing {
         record.span = Some(crate::telemetry::RequestSpan::start(

@@ -170,6 +170,7 @@ pub async fn open_tcp_upstream(
         response_flags: ResponseFlag::None,
         downstream_local: context.destination.to_string(),
         downstream_remote: context.peer_address.to_string(),
+        access_log_disabled: config.access_log_disabled,
         ..ConnectionInfo::default()
     };
     if context.edge.is_some() {

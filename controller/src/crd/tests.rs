@@ -9,7 +9,7 @@ fn crd_dir() -> PathBuf {
 #[test]
 fn committed_crds_match_generated_output() {
     let crds = crds();
-    assert_eq!(crds.len(), 8);
+    assert_eq!(crds.len(), 9);
     for crd in &crds {
         let path = crd_dir().join(file_name(crd));
         let committed = std::fs::read_to_string(&path)
@@ -144,6 +144,13 @@ fn crds_serve_what_istio_serves() {
             2,
             0,
         ),
+        (
+            "telemetries.telemetry.istio.io",
+            "Telemetry",
+            "telemetry",
+            1,
+            1,
+        ),
     ];
     for (crd, (name, kind, short, versions, columns)) in crds().iter().zip(expected) {
         assert_eq!(crd.metadata.name.as_deref(), Some(name));
@@ -163,10 +170,11 @@ fn crds_serve_what_istio_serves() {
         );
         assert_eq!(crd.spec.scope, "Namespaced");
         let names: Vec<&str> = crd.spec.versions.iter().map(|v| v.name.as_str()).collect();
-        let want: &[&str] = if versions == 3 {
-            &["v1", "v1beta1", "v1alpha3"]
-        } else {
-            &["v1", "v1beta1"]
+        // Istio still stores Telemetry as v1alpha1.
+        let want: &[&str] = match versions {
+            3 => &["v1", "v1beta1", "v1alpha3"],
+            2 => &["v1", "v1beta1"],
+            _ => &["v1alpha1", "v1"],
         };
         assert_eq!(names, want, "{kind}");
         let stored: Vec<&str> = crd
@@ -176,7 +184,7 @@ fn crds_serve_what_istio_serves() {
             .filter(|v| v.storage)
             .map(|v| v.name.as_str())
             .collect();
-        assert_eq!(stored, ["v1"], "{kind}: v1 is stored");
+        assert_eq!(stored, [want[0]], "{kind}: the first version is stored");
         for version in &crd.spec.versions {
             assert!(version.served, "{kind} {}", version.name);
             assert_eq!(
@@ -256,6 +264,8 @@ fn istio_cel_rules_come_from_the_model() {
         ),
         ("PeerAuthentication", "portLevelMtls"),
         ("RequestAuthentication", "url(self).getScheme()"),
+        ("Telemetry", r#"self.operation : "") == "UPSERT""#),
+        ("Telemetry", "duration(self) >= duration('1ms')"),
     ] {
         assert!(has(kind, rule), "{kind}: no rule {rule}");
     }

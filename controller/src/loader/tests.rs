@@ -192,7 +192,7 @@ fn older_istio_versions_load_as_the_same_kind() {
 
 #[test]
 fn istio_kinds_the_mesh_does_not_read_are_skipped_and_reported() {
-    let yaml = "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: s}\nspec: {egress: [{hosts: ['./*']}]}\n---\napiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: t}\nspec: {}\n";
+    let yaml = "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: s}\nspec: {egress: [{hosts: ['./*']}]}\n---\napiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {name: t}\nspec: {}\n";
     let report = load_str(Path::new("x.yaml"), yaml);
     assert!(report.errors.is_empty() && report.resources.is_empty());
     let reasons: Vec<&str> = report.skipped.iter().map(|s| s.reason.as_str()).collect();
@@ -202,7 +202,7 @@ fn istio_kinds_the_mesh_does_not_read_are_skipped_and_reported() {
         "{reasons:?}"
     );
     assert!(
-        reasons[1].contains("Weft does not read Telemetry"),
+        reasons[1].contains("Weft does not read WasmPlugin"),
         "{reasons:?}"
     );
 }

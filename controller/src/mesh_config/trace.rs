@@ -1,4 +1,4 @@
-//! The mesh config's default tracing: `extensionProviders[].opentelemetry`, the default
+//! The mesh config's tracing: `extensionProviders[].opentelemetry`, the default
 //! tracing provider (`defaultProviders.tracing`) and sampling (`defaultConfig.tracing.sampling`).
 
 use serde::Deserialize;
@@ -13,14 +13,27 @@ pub const DEFAULT_TRACE_SAMPLING: f64 = 1.0;
 pub struct MeshTracing {
     /// The default provider, when it is an OpenTelemetry one.
     pub provider: Option<TracingProvider>,
+    /// Every OpenTelemetry provider declared, which a Telemetry resource may name.
+    pub providers: Vec<TracingProvider>,
     /// `defaultConfig.tracing.sampling`, else Istio's 1%; over 100 reads as 1, as Istio reads it.
     pub sampling: f64,
+}
+
+impl MeshTracing {
+    /// The OpenTelemetry provider of this name, as Istio's `fetchProvider` finds one (names
+    /// compare without case).
+    pub fn provider_named(&self, name: &str) -> Option<&TracingProvider> {
+        self.providers
+            .iter()
+            .find(|p| p.name.eq_ignore_ascii_case(name))
+    }
 }
 
 impl Default for MeshTracing {
     fn default() -> Self {
         Self {
             provider: None,
+            providers: Vec::new(),
             sampling: DEFAULT_TRACE_SAMPLING,
         }
     }
@@ -165,5 +178,9 @@ pub(super) fn parse(
         Some(s) if s > 0.0 => s,
         _ => DEFAULT_TRACE_SAMPLING,
     };
-    Ok(MeshTracing { provider, sampling })
+    Ok(MeshTracing {
+        provider,
+        providers,
+        sampling,
+    })
 }

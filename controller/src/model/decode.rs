@@ -77,6 +77,7 @@ pub fn decode<'de, D: Deserializer<'de>>(
         ResourceKind::AuthorizationPolicy => parse!(AuthorizationPolicy),
         ResourceKind::PeerAuthentication => parse!(PeerAuthentication),
         ResourceKind::RequestAuthentication => parse!(RequestAuthentication),
+        ResourceKind::Telemetry => parse!(Telemetry),
         ResourceKind::KubernetesGateway => parse!(KubernetesGateway),
         ResourceKind::GatewayClass => parse!(GatewayClass),
         ResourceKind::HTTPRoute => parse!(HTTPRoute),

@@ -1,4 +1,4 @@
-//! The configuration model: Istio's networking and security resources (every field of Istio's
+//! The configuration model: Istio's networking, security and telemetry resources (every field of Istio's
 //! API), the Gateway API kinds, and the Kubernetes kinds the mesh watches, gathered in one
 //! [`Resource`] enum. What the model knows is not what the mesh applies: see
 //! [`crate::validation::not_applied`].
@@ -11,6 +11,7 @@ pub mod gateway_api;
 pub mod networking;
 pub mod schema;
 pub mod security;
+pub mod telemetry;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -22,6 +23,7 @@ pub use gateway_api::{
 };
 pub use networking::{DestinationRule, Gateway, ServiceEntry, VirtualService, WorkloadEntry};
 pub use security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
+pub use telemetry::Telemetry;
 
 /// One problem in one field of a resource (a schema error from decoding, or a rule
 /// [`crate::validation`] checks): the resource is refused.
@@ -43,6 +45,7 @@ pub enum ResourceKind {
     AuthorizationPolicy,
     PeerAuthentication,
     RequestAuthentication,
+    Telemetry,
     KubernetesGateway,
     GatewayClass,
     HTTPRoute,
@@ -58,7 +61,7 @@ pub enum ResourceKind {
 }
 
 impl ResourceKind {
-    pub const ALL: [ResourceKind; 20] = [
+    pub const ALL: [ResourceKind; 21] = [
         Self::VirtualService,
         Self::DestinationRule,
         Self::ServiceEntry,
@@ -67,6 +70,7 @@ impl ResourceKind {
         Self::AuthorizationPolicy,
         Self::PeerAuthentication,
         Self::RequestAuthentication,
+        Self::Telemetry,
         Self::KubernetesGateway,
         Self::GatewayClass,
         Self::HTTPRoute,
@@ -92,6 +96,7 @@ impl ResourceKind {
             Self::AuthorizationPolicy | Self::PeerAuthentication | Self::RequestAuthentication => {
                 SECURITY_GROUP
             }
+            Self::Telemetry => TELEMETRY_GROUP,
             Self::KubernetesGateway
             | Self::GatewayClass
             | Self::HTTPRoute
@@ -115,6 +120,7 @@ impl ResourceKind {
             Self::AuthorizationPolicy => "AuthorizationPolicy",
             Self::PeerAuthentication => "PeerAuthentication",
             Self::RequestAuthentication => "RequestAuthentication",
+            Self::Telemetry => "Telemetry",
             Self::GatewayClass => "GatewayClass",
             Self::HTTPRoute => "HTTPRoute",
             Self::GRPCRoute => "GRPCRoute",
@@ -142,6 +148,8 @@ impl ResourceKind {
             Self::AuthorizationPolicy | Self::PeerAuthentication | Self::RequestAuthentication => {
                 &["v1", "v1beta1"]
             }
+            // Istio serves both and still stores v1alpha1.
+            Self::Telemetry => &["v1alpha1", "v1"],
             Self::KubernetesGateway | Self::GatewayClass | Self::HTTPRoute => &["v1", "v1beta1"],
             Self::GRPCRoute => &["v1", "v1alpha2"],
             Self::TCPRoute => &["v1alpha2"],
@@ -186,6 +194,7 @@ impl ResourceKind {
 
 pub const NETWORKING_GROUP: &str = "networking.istio.io";
 pub const SECURITY_GROUP: &str = "security.istio.io";
+pub const TELEMETRY_GROUP: &str = "telemetry.istio.io";
 pub const GATEWAY_API_GROUP: &str = "gateway.networking.k8s.io";
 /// Every Istio API group ends so (`networking.istio.io`, `telemetry.istio.io`, ...).
 pub const ISTIO_GROUP_SUFFIX: &str = ".istio.io";
@@ -197,7 +206,6 @@ pub const UNREAD_ISTIO_KINDS: &[(&str, &str)] = &[
     (NETWORKING_GROUP, "EnvoyFilter"),
     (NETWORKING_GROUP, "WorkloadGroup"),
     (NETWORKING_GROUP, "ProxyConfig"),
-    ("telemetry.istio.io", "Telemetry"),
     ("extensions.istio.io", "WasmPlugin"),
     ("extensions.istio.io", "TrafficExtension"),
 ];
@@ -221,6 +229,7 @@ pub enum Resource {
     AuthorizationPolicy(AuthorizationPolicy),
     PeerAuthentication(PeerAuthentication),
     RequestAuthentication(RequestAuthentication),
+    Telemetry(Telemetry),
     KubernetesGateway(KubernetesGateway),
     GatewayClass(GatewayClass),
     HTTPRoute(HTTPRoute),
@@ -246,6 +255,7 @@ impl Resource {
             Self::AuthorizationPolicy(_) => ResourceKind::AuthorizationPolicy,
             Self::PeerAuthentication(_) => ResourceKind::PeerAuthentication,
             Self::RequestAuthentication(_) => ResourceKind::RequestAuthentication,
+            Self::Telemetry(_) => ResourceKind::Telemetry,
             Self::KubernetesGateway(_) => ResourceKind::KubernetesGateway,
             Self::GatewayClass(_) => ResourceKind::GatewayClass,
             Self::HTTPRoute(_) => ResourceKind::HTTPRoute,
@@ -271,6 +281,7 @@ impl Resource {
             Self::AuthorizationPolicy(r) => &r.metadata,
             Self::PeerAuthentication(r) => &r.metadata,
             Self::RequestAuthentication(r) => &r.metadata,
+            Self::Telemetry(r) => &r.metadata,
             Self::KubernetesGateway(r) => &r.metadata,
             Self::GatewayClass(r) => &r.metadata,
             Self::HTTPRoute(r) => &r.metadata,
@@ -296,6 +307,7 @@ impl Resource {
             Self::AuthorizationPolicy(r) => &mut r.metadata,
             Self::PeerAuthentication(r) => &mut r.metadata,
             Self::RequestAuthentication(r) => &mut r.metadata,
+            Self::Telemetry(r) => &mut r.metadata,
             Self::KubernetesGateway(r) => &mut r.metadata,
             Self::GatewayClass(r) => &mut r.metadata,
             Self::HTTPRoute(r) => &mut r.metadata,

@@ -133,6 +133,7 @@ fn plural(kind: ResourceKind) -> &'static str {
         ResourceKind::AuthorizationPolicy => "authorizationpolicies",
         ResourceKind::PeerAuthentication => "peerauthentications",
         ResourceKind::RequestAuthentication => "requestauthentications",
+        ResourceKind::Telemetry => "telemetries",
         ResourceKind::GatewayClass => "gatewayclasses",
         ResourceKind::HTTPRoute => "httproutes",
         ResourceKind::GRPCRoute => "grpcroutes",

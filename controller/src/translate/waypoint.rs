@@ -141,6 +141,7 @@ fn waypoint_config(
         request_authentications,
         gateway: None,
         tracing: compiler.tracing(),
+        access_log_disabled: compiler.access_log_disabled(),
     }
 }
 

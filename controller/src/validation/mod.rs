@@ -9,6 +9,7 @@
 //! analyze` codes. Each finding names the field path (`spec.http[0].route[1].weight`).
 
 mod authorization_policy;
+mod cel;
 mod common;
 mod destination_rule;
 mod gateway;
@@ -20,6 +21,7 @@ pub mod not_applied;
 mod peer_authentication;
 mod request_authentication;
 mod service_entry;
+mod telemetry;
 mod virtual_service;
 
 use std::fmt;
@@ -159,6 +161,7 @@ pub fn validate(resource: &Resource) -> Validation {
         Resource::RequestAuthentication(r) => {
             request_authentication::validate(&r.spec, &mut findings)
         }
+        Resource::Telemetry(r) => telemetry::validate(&r.spec, &mut findings),
         Resource::KubernetesGateway(r) => gateway_api::gateway(&r.spec, &mut findings),
         Resource::GatewayClass(_)
         | Resource::HTTPRoute(_)

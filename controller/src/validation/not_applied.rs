@@ -50,6 +50,8 @@ const fn entry(
 use ResourceKind as K;
 use When::{Equals, Kind, Set, StartsWith};
 
+const TELEMETRY_PER_WAYPOINT: &str = "waypoints apply Telemetry per waypoint (root namespace, namespace, their Gateway): a Telemetry attached to a Service is not applied";
+
 /// Every kind and field Weft accepts without applying.
 pub const CATALOG: &[NotApplied] = &[
     // VirtualService
@@ -407,6 +409,67 @@ pub const CATALOG: &[NotApplied] = &[
         Set,
         "the controller fetches every jwksUri with its own 5 s timeout",
     ),
+    // Telemetry (what waypoints apply: `translate::waypoint::telemetry`)
+    entry(
+        K::Telemetry,
+        "spec.selector",
+        Set,
+        "a selector never binds a waypoint (as in Istio's ambient mode) and Weft runs no sidecars: only namespace-wide Telemetry and targetRefs apply",
+    ),
+    entry(
+        K::Telemetry,
+        "spec.targetRef.kind",
+        Equals(&["Service", "ServiceEntry"]),
+        TELEMETRY_PER_WAYPOINT,
+    ),
+    entry(
+        K::Telemetry,
+        "spec.targetRefs[].kind",
+        Equals(&["Service", "ServiceEntry"]),
+        TELEMETRY_PER_WAYPOINT,
+    ),
+    entry(
+        K::Telemetry,
+        "spec.metrics",
+        Set,
+        "waypoints and node agents report Istio's standard metrics to Prometheus, unchanged",
+    ),
+    entry(
+        K::Telemetry,
+        "spec.tracing[].customTags",
+        Set,
+        "spans carry Envoy's and Istio's standard tags only",
+    ),
+    entry(
+        K::Telemetry,
+        "spec.tracing[].useRequestIdForTraceSampling",
+        Set,
+        "the sampling decision is random per request",
+    ),
+    entry(
+        K::Telemetry,
+        "spec.tracing[].enableIstioTags",
+        Set,
+        "spans always carry Istio's tags",
+    ),
+    entry(
+        K::Telemetry,
+        "spec.tracing[].disableContextPropagation",
+        Set,
+        "trace context is always propagated",
+    ),
+    entry(
+        K::Telemetry,
+        "spec.accessLogging[].providers",
+        Set,
+        "waypoints write their one access log (the `access` log target); disabled applies to it",
+    ),
+    entry(
+        K::Telemetry,
+        "spec.accessLogging[].filter",
+        Set,
+        "every request is logged unless access logging is disabled",
+    ),
     // AuthorizationPolicy (fail closed: an ALLOW rule that needs what is not applied never
     // matches; a DENY rule applies without it)
     entry(
@@ -551,6 +614,7 @@ fn spec_value(resource: &Resource) -> Option<Value> {
         Resource::HTTPRoute(r) => value(&r.spec),
         Resource::GRPCRoute(r) => value(&r.spec),
         Resource::ServiceEntry(r) => value(&r.spec),
+        Resource::Telemetry(r) => value(&r.spec),
         _ => None,
     }
 }

@@ -3,8 +3,10 @@
 //! each waypoint its collector, resolved to the endpoints of the collector's Service; the
 //! waypoint exports one span per sampled request over OTLP/gRPC to a real receiver this test
 //! serves (the collector's `TraceService`, on tonic) in a pod of the testbed, and writes its
-//! span's context on the request it forwards; when the mesh config changes to no default
-//! provider, the waypoint stops tracing without a restart. Needs root.
+//! span's context on the request it forwards; Istio's Telemetry resource with
+//! `randomSamplingPercentage: 0` in the waypoint's namespace stops its spans and deleting it
+//! brings them back; when the mesh config changes to no default provider, the waypoint stops
+//! tracing. Every change applies without a restart. Needs root.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -146,6 +148,16 @@ fn start_receiver(mesh: &Mesh, pod: &str) -> (Receiver, tokio::runtime::Runtime)
     (receiver, runtime)
 }
 
+/// Istio's Telemetry for the whole namespace of the waypoint: sample nothing.
+const NO_SAMPLING: &str = r#"
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: no-sampling, namespace: shop}
+spec:
+  tracing:
+  - randomSamplingPercentage: 0
+"#;
+
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT: &str = "00f067aa0ba902b7";
 const UNSAMPLED_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
@@ -274,6 +286,53 @@ fn the_waypoint_exports_a_span_per_sampled_request_and_propagates_its_context() 
     assert!(
         metrics.contains("weft_tracing_spans_dropped_total 0"),
         "{metrics}"
+    );
+
+    // A Telemetry in the waypoint's namespace samples 0%: requests without a decision are
+    // passed on with the flag off and no span leaves; deleting it brings the mesh config's
+    // 100% back. Spans leave in the order their requests end, so once the span of the request
+    // after the deletion arrived, any of the unsampled ones would have too.
+    mesh.await_waypoint("waypoint", "a Telemetry sampling 0%", || {
+        mesh.write_config("telemetry.yaml", NO_SAMPLING)
+    })
+    .expect("the waypoint applies the Telemetry");
+    for i in 0..5 {
+        let response = mesh.curl_with("client", &[&format!("http://{VIP}/zero-{i}")]);
+        assert_eq!(response.status, 200, "{}", response.body);
+        let forwarded: serde_json::Value = serde_json::from_str(&response.body).unwrap();
+        let traceparent = forwarded["headers"]["traceparent"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            traceparent.starts_with("00-") && traceparent.ends_with("-00"),
+            "at 0% the waypoint passes its context on unsampled: {traceparent:?}"
+        );
+    }
+    mesh.await_waypoint("waypoint", "the Telemetry deleted", || {
+        mesh.remove_config("telemetry.yaml")
+    })
+    .expect("the waypoint follows the deletion");
+    let back = mesh.curl_with("client", &[&format!("http://{VIP}/sampled-again")]);
+    assert_eq!(back.status, 200, "{}", back.body);
+    let has_url = |suffix: &str| {
+        receiver
+            .all()
+            .iter()
+            .any(|(_, s)| tag(s, "http.url").is_some_and(|u| u.ends_with(suffix)))
+    };
+    assert!(
+        mesh.eventually(Duration::from_secs(15), || has_url("/sampled-again")),
+        "no span once the Telemetry was deleted: {:?}",
+        receiver.all()
+    );
+    let zero: Vec<_> = receiver
+        .all()
+        .into_iter()
+        .filter(|(_, s)| tag(s, "http.url").is_some_and(|u| u.contains("/zero-")))
+        .collect();
+    assert!(
+        zero.is_empty(),
+        "spans were exported while the Telemetry sampled 0%: {zero:?}"
     );
 
     // The mesh config changes to no default provider: the controller follows the file and the

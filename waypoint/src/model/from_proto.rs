@@ -413,6 +413,7 @@ impl WaypointConfig {
         Ok(WaypointConfig {
             gateway,
             tracing,
+            access_log_disabled: config.access_log_disabled,
             name: config.name,
             namespace: config.namespace,
             services,

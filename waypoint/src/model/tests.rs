@@ -64,6 +64,7 @@ fn base() -> proto::WaypointConfig {
         request_authentications: Vec::new(),
         gateway: None,
         tracing: None,
+        access_log_disabled: false,
     }
 }
 

@@ -116,6 +116,7 @@ pub fn config(
         workloads: Vec::new(),
         gateway: None,
         tracing: None,
+        access_log_disabled: false,
         request_authentications: Vec::new(),
     }
 }

@@ -39,7 +39,7 @@ pub struct PolicyTargetReference {
 }
 
 /// The rule every policy kind with `selector`, `targetRef` and `targetRefs` carries.
-fn selection_rules(schema: &mut schemars::Schema) {
+pub(crate) fn selection_rules(schema: &mut schemars::Schema) {
     schema::cel(
         schema,
         "(has(self.selector) ? 1 : 0) + (has(self.targetRef) ? 1 : 0) + (has(self.targetRefs) ? 1 : 0) <= 1",

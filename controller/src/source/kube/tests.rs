@@ -304,6 +304,11 @@ kind: RequestAuthentication
 metadata: {name: jwt, namespace: bookinfo}
 spec: {jwtRules: [{issuer: "https://issuer.example.com", jwksUri: "https://issuer.example.com/jwks"}]}
 ---
+apiVersion: telemetry.istio.io/v1alpha1
+kind: Telemetry
+metadata: {name: sampling, namespace: bookinfo}
+spec: {tracing: [{randomSamplingPercentage: 5}]}
+---
 apiVersion: gateway.networking.k8s.io/v1
 kind: GatewayClass
 metadata: {name: istio-waypoint}

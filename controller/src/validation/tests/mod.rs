@@ -11,6 +11,7 @@ mod kubernetes;
 mod peer_authentication;
 mod request_authentication;
 mod service_entry;
+mod telemetry;
 mod virtual_service;
 
 use std::path::Path;
