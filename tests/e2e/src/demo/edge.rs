@@ -56,13 +56,15 @@ pub struct RunningEdge {
 }
 
 /// A file of the examples that names the external server: its endpoint at the placeholder
-/// address, or a DestinationRule's `caCertificates`.
+/// address.
 pub fn names_external(yaml: &str) -> bool {
-    yaml.contains(EXTERNAL_PLACEHOLDER) || yaml.contains("caCertificates:")
+    yaml.contains(EXTERNAL_PLACEHOLDER)
 }
 
-/// `yaml` with the external server's `address` and `ca` file in place of what the examples
-/// hold there.
+/// `yaml` with the external server's `address` in place of the placeholder, and its `ca` as
+/// the `caCertificates` of every TLS setting of the DestinationRules for [`EXTERNAL_HOST`] (the
+/// real host's certificate would be verified against the system's roots; the demo's test CA
+/// is not one).
 pub fn place_external(yaml: &str, address: Ipv4Addr, ca: &Path) -> anyhow::Result<String> {
     let mut documents = Vec::new();
     for document in crate::split_documents(yaml) {
@@ -79,7 +81,11 @@ pub fn place_external(yaml: &str, address: Ipv4Addr, ca: &Path) -> anyhow::Resul
                     }
                 }
             }
-            Some("DestinationRule") => set_ca(&mut value["spec"], ca),
+            Some("DestinationRule")
+                if text(&value, &["spec", "host"]).as_deref() == Some(EXTERNAL_HOST) =>
+            {
+                set_ca(&mut value["spec"], ca);
+            }
             _ => {}
         }
         documents.push(serde_yaml::to_string(&value)?);
@@ -87,15 +93,16 @@ pub fn place_external(yaml: &str, address: Ipv4Addr, ca: &Path) -> anyhow::Resul
     Ok(documents.join("---\n"))
 }
 
-/// Every `caCertificates` under `value` set to `ca`.
+/// `caCertificates: ca` in every `tls` setting under `value`.
 fn set_ca(value: &mut serde_yaml::Value, ca: &Path) {
     match value {
         serde_yaml::Value::Mapping(map) => {
             for (key, value) in map.iter_mut() {
-                if key.as_str() == Some("caCertificates") {
-                    *value = ca.display().to_string().into();
-                } else {
-                    set_ca(value, ca);
+                match value {
+                    serde_yaml::Value::Mapping(tls) if key.as_str() == Some("tls") => {
+                        tls.insert("caCertificates".into(), ca.display().to_string().into());
+                    }
+                    value => set_ca(value, ca),
                 }
             }
         }

@@ -49,8 +49,7 @@ pub fn start(examples: &Examples, pods: &[PodSpec]) -> anyhow::Result<OnContaine
     let mut on = OnContainerd {
         cluster: KubeCluster::start(&NODES, &[]).context("starting the containerd nodes")?,
     };
-    // Not the files naming the external server, which runs on the testbed only (a
-    // DestinationRule's CA file missing here would make the waypoint refuse its configuration).
+    // Not the files naming the external server, which runs on the testbed only.
     for (file, yaml) in examples.files.iter().filter(|(_, y)| !names_external(y)) {
         on.apply(file, yaml)?;
     }
