@@ -167,6 +167,7 @@ impl WorkloadTarget<'_> {
                 identity: workload.identity.clone(),
                 workload: Arc::clone(&workload.info),
                 tunnel: workload.tunnel,
+                tunnel_via: None,
                 healthy: true,
                 weight: 1,
             }],

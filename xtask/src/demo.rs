@@ -132,7 +132,7 @@ mod tests {
             .to_string();
         assert_eq!(
             error,
-            "no scenario \"no-such-scenario\"; the scenarios are: mtls, deny, canary, header-routing, fault, metrics"
+            "no scenario \"no-such-scenario\"; the scenarios are: mtls, deny, canary, header-routing, fault, metrics, ingress, egress"
         );
         // Nothing was set up or built on the way (either takes far longer).
         assert!(started.elapsed() < std::time::Duration::from_secs(1));

@@ -208,7 +208,15 @@ fn publishing_the_same_translation_again_changes_nothing() {
         snapshot
             .resources(WAYPOINT_CONFIG_TYPE_URL)
             .map(|r| r.keys().cloned().collect::<Vec<_>>()),
-        Some(vec!["bookinfo/waypoint".to_owned()])
+        Some(
+            [
+                "bookinfo/waypoint",
+                "istio-system/istio-egressgateway-0",
+                "istio-system/istio-ingressgateway-0"
+            ]
+            .map(str::to_owned)
+            .to_vec()
+        )
     );
     // A fresh translation of the same index: identical bytes, nothing to push.
     let again = store.replace_all(translate::resources(&index, &settings));

@@ -10,8 +10,8 @@ use k8s_openapi::api::core::v1::{Pod, Service, ServicePort};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use weft_istio::labels::{
-    DATAPLANE_MODE, DATAPLANE_MODE_AMBIENT, GATEWAY_NAME, USE_WAYPOINT, USE_WAYPOINT_NAMESPACE,
-    WAYPOINT_FOR,
+    DATAPLANE_MODE, DATAPLANE_MODE_AMBIENT, GATEWAY_NAME, INGRESS_USE_WAYPOINT, USE_WAYPOINT,
+    USE_WAYPOINT_NAMESPACE, WAYPOINT_FOR,
 };
 use weft_istio::ports::HBONE_PORT;
 use weft_proto::istio::workload;
@@ -572,6 +572,20 @@ pub fn destination_waypoint(index: &ConfigIndex, pod: &Pod) -> Option<WaypointRe
             .into_iter()
             .find_map(|(_, waypoint)| waypoint)
     })
+}
+
+/// Whether gateways reach `service` through its waypoint: `istio.io/ingress-use-waypoint` is
+/// `"true"` on the Service, else on its namespace (the Service's own label wins).
+pub fn ingress_uses_waypoint(index: &ConfigIndex, service: &Service) -> bool {
+    let value = label(&service.metadata, INGRESS_USE_WAYPOINT)
+        .map(str::to_owned)
+        .or_else(|| {
+            index
+                .namespace_labels(namespace_of(&service.metadata))
+                .get(INGRESS_USE_WAYPOINT)
+                .cloned()
+        });
+    value.as_deref() == Some("true")
 }
 
 /// Pods of a waypoint, in key order.

@@ -178,6 +178,9 @@ struct Compiler<'a, 'p> {
     served_entries: Vec<&'a ServiceEntry>,
     /// The addresses of ServiceEntry hosts that declare none.
     allocation: auto_allocate::Allocation,
+    /// Compiling for a gateway's pod rather than a waypoint: a service behind a waypoint of its
+    /// own that asks for it (`istio.io/ingress-use-waypoint`) is reached through that waypoint.
+    gateway: bool,
 }
 
 /// Protocol from `appProtocol`, else from the port name (`http-web`), as Istio reads them.
@@ -278,6 +281,7 @@ impl<'a, 'p> Compiler<'a, 'p> {
             entries: Vec::new(),
             served_entries: Vec::new(),
             allocation: auto_allocate::Allocation::default(),
+            gateway: false,
         };
         if index.service_entries.values().any(auto_allocate::eligible) {
             compiler.allocation = auto_allocate::allocate(index);

@@ -10,6 +10,9 @@ pub const DATAPLANE_MODE_AMBIENT: &str = "ambient";
 pub const USE_WAYPOINT: &str = "istio.io/use-waypoint";
 /// Label naming the namespace of that waypoint, when it is not the object's own.
 pub const USE_WAYPOINT_NAMESPACE: &str = "istio.io/use-waypoint-namespace";
+/// On a Service or its namespace, `"true"`: gateways reach the service through its waypoint
+/// instead of its pods (Istio's label, read the same way).
+pub const INGRESS_USE_WAYPOINT: &str = "istio.io/ingress-use-waypoint";
 /// Label on a waypoint saying which traffic it takes: `service` (default), `workload`, `all`,
 /// `none`.
 pub const WAYPOINT_FOR: &str = "istio.io/waypoint-for";

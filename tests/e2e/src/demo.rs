@@ -29,7 +29,10 @@ use crate::{
     session::Session,
 };
 
+pub mod edge;
+mod egress;
 pub mod examples;
+mod ingress;
 mod metrics;
 mod mtls;
 pub mod on_containerd;
@@ -87,6 +90,10 @@ pub fn host_places(testbed: &Testbed) -> BTreeMap<String, Place> {
     places
 }
 
+/// The scenarios at the mesh's edge, played where the runtime runs the gateways
+/// ([`Cluster::edge`]).
+pub const EDGE_SCENARIOS: [&str; 2] = ["ingress", "egress"];
+
 /// Which packets of the fabric capture the `mtls` scenario judges, and the ports they may use.
 pub struct CaptureScope {
     /// tshark's display filter.
@@ -126,6 +133,16 @@ pub trait Cluster {
     /// What the testbed runtime shows that this one cannot, said once in the output.
     fn limits(&self) -> &'static [&'static str] {
         &[]
+    }
+    /// The mesh's edge (gateways, the external server); `None` where the runtime does not run
+    /// it, and the `ingress` and `egress` scenarios are not played.
+    fn edge(&self) -> Option<&edge::Edge> {
+        None
+    }
+    /// Sets the mesh configuration's `outboundTrafficPolicy.mode` (the controller's
+    /// `--mesh-config` file) and waits until every agent applied it.
+    fn set_outbound_traffic_policy(&self, mode: &str) -> anyhow::Result<()> {
+        bail!("this runtime cannot set the outbound traffic policy to {mode}")
     }
 }
 
@@ -241,9 +258,14 @@ impl Demo {
     }
 
     pub fn waypoint_metrics(&self) -> String {
-        let ip = self.cluster.pod_ip(&self.waypoint);
+        self.proxy_metrics(&self.waypoint)
+    }
+
+    /// The Prometheus metrics of the waypoint or gateway proxy in `pod`.
+    pub fn proxy_metrics(&self, pod: &str) -> String {
+        let ip = self.cluster.pod_ip(pod);
         self.node_get(
-            self.node_of(&self.waypoint),
+            self.node_of(pod),
             &format!("http://{ip}:{}/metrics", crate::WAYPOINT_METRICS_PORT),
         )
     }
@@ -309,13 +331,17 @@ impl Demo {
             if stop.load(Ordering::Relaxed) {
                 break;
             }
-            played += 1;
             print("");
             print(&bold(&format!(
                 "[{}/{}] {name}: {title}",
                 index + 1,
                 SCENARIOS.len()
             )));
+            if EDGE_SCENARIOS.contains(name) && self.cluster.edge().is_none() {
+                say("NOT PLAYED: this runtime runs no gateways (see \"on this runtime\" above)");
+                continue;
+            }
+            played += 1;
             let outcome = match *name {
                 "mtls" => mtls::mtls(self),
                 "deny" => policy::deny(self),
@@ -323,6 +349,8 @@ impl Demo {
                 "header-routing" => routing::header_routing(self),
                 "fault" => routing::fault(self),
                 "metrics" => metrics::metrics(self),
+                "ingress" => ingress::ingress(self),
+                "egress" => egress::egress(self),
                 _ => unreachable!("every scenario has its function"),
             };
             match outcome {

@@ -3,7 +3,7 @@
 //! unknown `--scenario` before it builds anything: it must stay free of dependencies.
 
 /// Every scenario: name and title.
-pub const SCENARIOS: [(&str, &str); 6] = [
+pub const SCENARIOS: [(&str, &str); 8] = [
     ("mtls", "traffic between the nodes is mutual TLS"),
     ("deny", "authorization policies block calls"),
     (
@@ -13,6 +13,14 @@ pub const SCENARIOS: [(&str, &str); 6] = [
     ("header-routing", "the user jason is routed to reviews v3"),
     ("fault", "an injected fault aborts jason's calls to ratings"),
     ("metrics", "Istio's metrics at the waypoint and the agents"),
+    (
+        "ingress",
+        "an outside client reaches bookinfo through the ingress gateway over HTTPS",
+    ),
+    (
+        "egress",
+        "a pod reaches an external server through the egress gateway, which originates TLS",
+    ),
 ];
 
 /// `Ok` for a known scenario; else the message listing the known ones.

@@ -1,7 +1,7 @@
 //! Clusters: the endpoints a destination resolves to and the traffic policy (load balancing,
 //! connection limits, outlier detection) the DestinationRule gives them.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +25,9 @@ pub struct Endpoint {
     pub identity: Option<SpiffeId>,
     pub workload: Arc<WorkloadInfo>,
     pub tunnel: Tunnel,
+    /// Where the HBONE tunnel goes when not to `address` itself: the waypoint a gateway reaches
+    /// a service's VIP through.
+    pub tunnel_via: Option<IpAddr>,
     pub healthy: bool,
     pub weight: u32,
 }

@@ -18,6 +18,7 @@ fn endpoint() -> proto::Endpoint {
         healthy: true,
         weight: 0,
         hostname: String::new(),
+        tunnel_address: String::new(),
     }
 }
 

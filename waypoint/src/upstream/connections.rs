@@ -60,8 +60,12 @@ impl Upstream {
         let connect = async {
             match (endpoint.tunnel, &endpoint.identity) {
                 (Tunnel::Hbone, Some(identity)) => {
+                    // Through a waypoint: its HBONE port, CONNECT still to the address.
+                    let tunnel_end = endpoint.tunnel_via.map_or(endpoint.address, |via| {
+                        SocketAddr::new(via, endpoint.address.port())
+                    });
                     let key = TunnelKey {
-                        dial: (self.inner.resolve)(endpoint.address),
+                        dial: (self.inner.resolve)(tunnel_end),
                         identity: identity.clone(),
                     };
                     let request = ConnectRequest::new(endpoint.address).with_forwarded_for(source);

@@ -49,6 +49,7 @@ pub fn proto_endpoint(e: &FakeEndpoint) -> proto::Endpoint {
         healthy: true,
         weight: 1,
         hostname: String::new(),
+        tunnel_address: String::new(),
     }
 }
 

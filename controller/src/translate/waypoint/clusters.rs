@@ -161,15 +161,48 @@ impl<'a> Compiler<'a, '_> {
             if let Some(other) = service_waypoint(self.index, service)
                 && other != self.waypoint
             {
-                let problem = TranslateProblem::OtherWaypoint {
-                    from: self.waypoint.to_string(),
-                    to: other.to_string(),
-                };
-                self.report(ResourceKind::Service, &service.metadata, problem);
+                if self.gateway && resolve::ingress_uses_waypoint(self.index, service) {
+                    cluster.endpoints = self.through_waypoint(service, key.port, &other);
+                } else {
+                    let problem = TranslateProblem::OtherWaypoint {
+                        from: self.waypoint.to_string(),
+                        to: other.to_string(),
+                    };
+                    self.report(ResourceKind::Service, &service.metadata, problem);
+                }
             }
         }
         cluster.subset_labels = subset_labels;
         cluster
+    }
+
+    /// A gateway's way to `service` through its `waypoint`: an HBONE tunnel to each of the
+    /// waypoint's pods, CONNECT to the service's VIP and `port`, as a node agent sends a
+    /// client's connection; the waypoint then routes and applies the service's policies.
+    fn through_waypoint(
+        &self,
+        service: &Service,
+        port: u32,
+        waypoint: &resolve::WaypointRef,
+    ) -> Vec<wp::Endpoint> {
+        let Some(vip) = resolve::service_vips(service).into_iter().next() else {
+            return Vec::new();
+        };
+        resolve::waypoint_pods(self.index, waypoint)
+            .filter(|pod| !resolve::pod_terminated(pod))
+            .filter_map(|pod| {
+                let ip = resolve::pod_ips(pod).into_iter().next()?;
+                Some(wp::Endpoint {
+                    address: vip.to_string(),
+                    port,
+                    identity: self.pod_identity(pod),
+                    tunnel: wp::EndpointTunnel::Hbone as i32,
+                    healthy: resolve::pod_healthy(pod),
+                    tunnel_address: ip.to_string(),
+                    ..Default::default()
+                })
+            })
+            .collect()
     }
 
     fn endpoints(
@@ -217,6 +250,7 @@ impl<'a> Compiler<'a, '_> {
                 healthy: resolve::pod_healthy(pod),
                 weight: 0,
                 hostname: String::new(),
+                tunnel_address: String::new(),
             })
             .collect()
     }

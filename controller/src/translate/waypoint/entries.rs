@@ -199,6 +199,7 @@ impl<'a> Compiler<'a, '_> {
                     tunnel: wp::EndpointTunnel::None as i32,
                     healthy: true,
                     weight: e.weight.unwrap_or(0),
+                    tunnel_address: String::new(),
                 })
             })
             .collect()

@@ -99,6 +99,7 @@ pub fn gateway_config<'a>(
         name: name_of(&pod.metadata).to_owned(),
     };
     let mut compiler = Compiler::new(index, settings, proxy, problems);
+    compiler.gateway = true;
     let mut listeners: BTreeMap<u32, wp::GatewayListener> = BTreeMap::new();
     for gateway in gateways.istio {
         for (i, server) in gateway.spec.servers.iter().enumerate() {

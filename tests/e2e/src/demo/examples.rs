@@ -13,6 +13,27 @@ use crate::PodSpec;
 
 /// The pod that plays the user's shell.
 pub const CLIENT: &str = "client";
+/// A client outside the mesh and the cluster (a namespace that is not enrolled), which reaches
+/// bookinfo through the ingress gateway.
+pub const OUTSIDE: &str = "outside";
+/// A server outside the mesh and the cluster, which pods reach through the egress gateway.
+pub const EXTERNAL: &str = "external";
+/// The `app` of the in-mesh server that speaks TLS itself (the demo runs a TLS server there,
+/// not the sample app), behind the ingress gateway's PASSTHROUGH server.
+pub const TLS_SERVER_APP: &str = "secure";
+/// The `istio` label values of the gateways' pods (the Istio `Gateway`s' selectors).
+pub const GATEWAY_LABELS: [&str; 2] = ["ingressgateway", "egressgateway"];
+
+/// A gateway's pod: the waypoint binary in the gateway role runs there.
+pub fn is_gateway(pod: &PodSpec) -> bool {
+    gateway_labelled(&pod.labels)
+}
+
+fn gateway_labelled(labels: &BTreeMap<String, String>) -> bool {
+    labels
+        .get("istio")
+        .is_some_and(|role| GATEWAY_LABELS.contains(&role.as_str()))
+}
 
 /// The example directory split into what the runtime places (Pods; EndpointSlices, which carry
 /// addresses) and what the controller plays as written (everything else).
@@ -154,6 +175,31 @@ pub fn pods(examples: &Examples) -> anyhow::Result<Vec<PodSpec>> {
             .and_then(|l| serde_yaml::from_value(l.clone()).ok())
             .unwrap_or_default();
         let account = text(pod, &["spec", "serviceAccountName"]);
+        let port = field(pod, &["spec", "containers"])
+            .and_then(|c| c.get(0))
+            .and_then(|c| c.get("ports"))
+            .and_then(|p| p.get(0))
+            .and_then(|p| p.get("containerPort"))
+            .and_then(|p| p.as_u64())
+            .and_then(|p| u16::try_from(p).ok())
+            .unwrap_or(crate::DEFAULT_HTTP_PORT);
+        let edge_pod = |spec: PodSpec| {
+            let mut spec = spec.with_service_account(account.as_deref().unwrap_or(&name));
+            spec.labels = labels.clone();
+            spec
+        };
+        if gateway_labelled(&labels) {
+            specs.push(edge_pod(
+                PodSpec::client(&name, node, &pod_namespace).not_enrolled(),
+            ));
+            continue;
+        }
+        if labels.get("app").map(String::as_str) == Some(TLS_SERVER_APP) {
+            specs.push(edge_pod(
+                PodSpec::client(&name, node, &pod_namespace).with_http_port(port),
+            ));
+            continue;
+        }
         if labels.get(crate::GATEWAY_NAME_LABEL) == Some(gateway) {
             let mut spec = PodSpec::waypoint(gateway, node, &pod_namespace);
             spec.name = name;
@@ -172,14 +218,6 @@ pub fn pods(examples: &Examples) -> anyhow::Result<Vec<PodSpec>> {
             .get("version")
             .cloned()
             .unwrap_or_else(|| "v1".into());
-        let port = field(pod, &["spec", "containers"])
-            .and_then(|c| c.get(0))
-            .and_then(|c| c.get("ports"))
-            .and_then(|p| p.get(0))
-            .and_then(|p| p.get("containerPort"))
-            .and_then(|p| p.as_u64())
-            .and_then(|p| u16::try_from(p).ok())
-            .unwrap_or(crate::DEFAULT_HTTP_PORT);
         let mut spec = PodSpec::app(&name, node, &namespace, &app, &version).with_http_port(port);
         spec.labels = labels;
         if let Some(account) = account {
@@ -216,6 +254,9 @@ pub fn pods(examples: &Examples) -> anyhow::Result<Vec<PodSpec>> {
         .copied()
         .unwrap_or(NODES[0]);
     specs.push(PodSpec::client(CLIENT, client_node, &namespace));
+    // Outside the cluster: no Pod object names them, and no route leaves the testbed.
+    specs.push(PodSpec::client(OUTSIDE, NODES[0], OUTSIDE).outside_cluster());
+    specs.push(PodSpec::client(EXTERNAL, NODES[1], EXTERNAL).outside_cluster());
     Ok(specs)
 }
 
@@ -246,6 +287,31 @@ mod tests {
         assert_eq!(node("productpage-v1"), "node1");
         assert_eq!(node(&waypoint.name), "node2");
         assert_ne!(node("client"), node("details-v1"));
+        // The gateways outside ambient redirection, the TLS server in it, the outside client
+        // and the external server outside the cluster.
+        let ingress = pods
+            .iter()
+            .find(|p| p.name == "istio-ingressgateway-0")
+            .unwrap();
+        assert!(is_gateway(ingress) && !ingress.enrolled);
+        assert_eq!(ingress.service_account, "istio-ingressgateway");
+        assert_eq!(ingress.namespace, "istio-system");
+        assert!(
+            pods.iter()
+                .any(|p| p.name == "istio-egressgateway-0" && is_gateway(p))
+        );
+        let secure = pods.iter().find(|p| p.name == "secure-v1").unwrap();
+        assert!(secure.enrolled && matches!(secure.workload, crate::Workload::None));
+        assert_eq!(secure.http_port, 8443);
+        assert!(
+            [OUTSIDE, EXTERNAL]
+                .iter()
+                .all(|name| pods.iter().any(|p| p.name == *name && p.outside_cluster))
+        );
+        assert_eq!(
+            pods.iter().find(|p| p.name == CLIENT).unwrap().namespace,
+            "bookinfo"
+        );
         assert!(
             pods.iter()
                 .filter(|p| matches!(p.workload, crate::Workload::App { .. }))

@@ -21,7 +21,11 @@ use serde_json::Value;
 use weft_fake_apiserver::TokenIdentity;
 use weft_testbed::Testbed;
 
-use super::{CaptureScope, Cluster, Examples, NODES, Place, examples::text};
+use super::{
+    CaptureScope, Cluster, Examples, NODES, Place,
+    edge::names_external,
+    examples::{TLS_SERVER_APP, is_gateway, text},
+};
 use crate::{
     PodSpec, Workload,
     cri::{ContainerSpec, mount},
@@ -45,14 +49,25 @@ pub fn start(examples: &Examples, pods: &[PodSpec]) -> anyhow::Result<OnContaine
     let mut on = OnContainerd {
         cluster: KubeCluster::start(&NODES, &[]).context("starting the containerd nodes")?,
     };
-    for (file, yaml) in &examples.files {
+    // Not the files naming the external server, which runs on the testbed only.
+    for (file, yaml) in examples.files.iter().filter(|(_, y)| !names_external(y)) {
         on.apply(file, yaml)?;
     }
-    for spec in pods {
+    // The mesh's edge (the gateways, the in-mesh TLS server, the hosts outside the cluster)
+    // runs on the testbed only.
+    let pods: Vec<&PodSpec> = pods
+        .iter()
+        .filter(|p| {
+            !p.outside_cluster
+                && !is_gateway(p)
+                && p.labels.get("app").map(String::as_str) != Some(TLS_SERVER_APP)
+        })
+        .collect();
+    for spec in &pods {
         on.run(spec)
             .with_context(|| format!("starting pod {}", spec.name))?;
     }
-    for spec in pods {
+    for spec in &pods {
         on.await_listening(spec)?;
     }
     Ok(on)
@@ -265,6 +280,7 @@ impl Cluster for OnContainerd {
         &[
             "the fabric capture judges pod-to-pod packets only: the node daemon's watch of the (fake, plain HTTP) API server and the agents' TLS to the controller on 15012 cross the same wire",
             "`demo exec` enters a pod's network namespace with the host's tools (the images carry no shell), as `kubectl debug` brings its own",
+            "no gateways run here (their pods, the in-mesh TLS server and the hosts outside the cluster run on the testbed runtime only): the ingress and egress scenarios are not played",
         ]
     }
 }

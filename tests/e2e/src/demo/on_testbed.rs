@@ -1,27 +1,55 @@
 //! The demo on the testbed: the end-to-end harness's [`Mesh`], the controller in local mode
 //! playing the examples' files as written (the harness generates the pods' placement and
-//! addresses), each process started in its pod's namespace and cgroup.
+//! addresses), each process started in its pod's namespace and cgroup; then the mesh's edge
+//! ([`edge`](super::edge)): the external server, the examples' files that name it (held back
+//! until its address is known), the in-mesh TLS server and the gateways.
 
 use std::{collections::BTreeMap, net::Ipv4Addr, path::Path, process::Command};
 
 use anyhow::Context;
 use weft_testbed::Testbed;
 
-use super::{CaptureScope, Cluster, Examples, Place};
+use super::{
+    CaptureScope, Cluster, Examples, Place,
+    edge::{self, Edge, RunningEdge},
+};
 use crate::{Mesh, MeshOptions, PodSpec};
 
-pub fn start(examples: &Examples, pods: &[PodSpec]) -> anyhow::Result<Mesh> {
-    Mesh::start(
+/// The mesh and its edge.
+pub struct OnTestbed {
+    /// Declared first: stopped before the mesh.
+    edge: RunningEdge,
+    mesh: Mesh,
+}
+
+pub fn start(examples: &Examples, pods: &[PodSpec]) -> anyhow::Result<OnTestbed> {
+    let (held_back, files): (Vec<_>, Vec<_>) = examples
+        .files
+        .iter()
+        .cloned()
+        .partition(|(_, yaml)| edge::names_external(yaml));
+    let mesh = Mesh::start(
         pods.to_vec(),
         MeshOptions {
-            config_files: examples.files.clone(),
+            config_files: files,
             ..MeshOptions::default()
         },
     )
-    .context("starting the mesh")
+    .context("starting the mesh")?;
+    let edge = edge::start(&mesh, pods, &examples.files, &held_back)
+        .with_context(|| format!("starting the edge\n{}", mesh.logs()))?;
+    Ok(OnTestbed { edge, mesh })
 }
 
-impl Cluster for Mesh {
+impl std::ops::Deref for OnTestbed {
+    type Target = Mesh;
+
+    fn deref(&self) -> &Mesh {
+        &self.mesh
+    }
+}
+
+impl Cluster for OnTestbed {
     fn testbed(&self) -> &Testbed {
         &self.testbed
     }
@@ -47,7 +75,16 @@ impl Cluster for Mesh {
     }
 
     fn start_observability(&self) -> anyhow::Result<Option<crate::observability::Observability>> {
-        Mesh::start_observability(self).map(Some)
+        Mesh::start_observability(&self.mesh).map(Some)
+    }
+
+    fn edge(&self) -> Option<&Edge> {
+        Some(&self.edge.edge)
+    }
+
+    fn set_outbound_traffic_policy(&self, mode: &str) -> anyhow::Result<()> {
+        self.set_mesh_config(&format!("outboundTrafficPolicy:\n  mode: {mode}\n"))?;
+        self.await_agents(mode, |state| state["outbound_traffic_policy"] == mode)
     }
 
     fn capture_scope(&self) -> CaptureScope {
@@ -75,10 +112,10 @@ impl Cluster for Mesh {
     }
 
     fn dir(&self) -> &Path {
-        Mesh::dir(self)
+        Mesh::dir(&self.mesh)
     }
 
     fn logs(&self) -> String {
-        Mesh::logs(self)
+        Mesh::logs(&self.mesh)
     }
 }

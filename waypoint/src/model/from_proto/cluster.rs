@@ -126,6 +126,16 @@ fn endpoints(
         names.get(&e.hostname).cloned().unwrap_or_default()
     };
     let port = port(e.port, context)?;
+    let tunnel_via = match e.tunnel_address.as_str() {
+        "" => None,
+        _ if e.tunnel != proto::EndpointTunnel::Hbone as i32 => {
+            return Err(invalid(
+                context,
+                format!("endpoint {}: a tunnel address needs HBONE", e.address),
+            ));
+        }
+        via => Some(ip(via, context)?),
+    };
     addresses
         .into_iter()
         .map(|address| {
@@ -142,6 +152,7 @@ fn endpoints(
                 identity: identity.clone(),
                 workload,
                 tunnel,
+                tunnel_via,
                 healthy: e.healthy,
                 weight: e.weight.max(1),
             })

@@ -9,6 +9,7 @@ fn endpoint(last: u8) -> Endpoint {
         identity: None,
         workload: Arc::default(),
         tunnel: Tunnel::Plain,
+        tunnel_via: None,
         healthy: true,
         weight: 1,
     }

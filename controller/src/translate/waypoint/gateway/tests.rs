@@ -398,6 +398,80 @@ fn trusted_proxies_come_from_the_pod_annotation_else_the_mesh_config() {
                 "metadata.annotations.proxy.istio.io/config.gatewayTopology.numTrustedProxies"
             )
             && problems[0].contains("the mesh default (2) applies"),
+/// `reviews` behind the namespace's waypoint, and (with `label`) asking gateways to use it.
+fn behind_a_waypoint(label: &str) -> String {
+    let waypoint = r#"
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: shop}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: waypoint-0
+  namespace: shop
+  labels: {gateway.networking.k8s.io/gateway-name: waypoint}
+spec: {nodeName: n1, serviceAccountName: waypoint, containers: [{name: w, image: w}]}
+status: {podIP: 10.0.0.2}
+"#;
+    EDGE.replace(
+        "metadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}",
+        "metadata: {name: shop, labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: waypoint}}",
+    )
+    .replace(
+        "metadata: {name: reviews, namespace: shop}\nspec:\n  clusterIP",
+        &format!("metadata: {{name: reviews, namespace: shop{label}}}\nspec:\n  clusterIP"),
+    ) + waypoint
+}
+
+#[test]
+fn a_service_asking_for_it_is_reached_through_its_waypoint() {
+    let cluster = |config: &wp::WaypointConfig| {
+        config
+            .clusters
+            .iter()
+            .find(|c| c.name == "outbound|9080||reviews.shop.svc.cluster.local")
+            .cloned()
+            .unwrap()
+    };
+    // Asked for: one tunnel per waypoint pod, CONNECT to the service's VIP, the waypoint's
+    // identity.
+    let (config, problems) = edge_config(&behind_a_waypoint(
+        ", labels: {istio.io/ingress-use-waypoint: \"true\"}",
+    ));
+    let through = cluster(&config);
+    assert_eq!(through.endpoints.len(), 1, "{through:?}");
+    let endpoint = &through.endpoints[0];
+    assert_eq!(
+        (endpoint.address.as_str(), endpoint.port),
+        ("10.96.0.20", 9080)
+    );
+    assert_eq!(endpoint.tunnel_address, "10.0.0.2");
+    assert_eq!(endpoint.tunnel, wp::EndpointTunnel::Hbone as i32);
+    assert_eq!(
+        endpoint.identity,
+        "spiffe://cluster.local/ns/shop/sa/waypoint"
+    );
+    // (tls-echo, behind the same waypoint without the label, is still reported.)
+    let reported = |problems: &[TranslateError]| {
+        problems
+            .iter()
+            .any(|p| p.name == "reviews" && p.to_string().contains("own waypoint"))
+    };
+    assert!(!reported(&problems), "{problems:?}");
+    // Not asked for: the pods, which accept only their waypoint (reported).
+    let (config, problems) = edge_config(&behind_a_waypoint(""));
+    let direct = cluster(&config);
+    assert_eq!(direct.endpoints[0].address, "10.0.0.11");
+    assert!(direct.endpoints[0].tunnel_address.is_empty());
+    assert!(
+        problems.iter().any(|p| p
+            .to_string()
+            .contains("accept only the traffic of its own waypoint")),
         "{problems:?}"
     );
 }
