@@ -324,80 +324,6 @@ fn host_intersection_takes_the_narrower_pattern() {
     }
 }
 
-#[test]
-fn a_rate_limit_annotation_limits_each_route_rule_of_its_virtual_service() {
-    let annotated = EDGE.replacen(
-        "metadata: {name: shop, namespace: shop}\nspec:\n  hosts: [shop.example.com, other.test]",
-        "metadata: {name: shop, namespace: shop, annotations: {weft.dev/local-rate-limit: '{maxTokens: 4, tokensPerFill: 2, fillInterval: 30s, per: client}'}}\nspec:\n  hosts: [shop.example.com, other.test]",
-        1,
-    );
-    assert_ne!(annotated, EDGE);
-    let (config, problems) = edge_config(&annotated);
-    assert!(problems.is_empty(), "{problems:?}");
-    let routes = &listener(&config, 443).servers[0].virtual_hosts[0].http_routes;
-    let limits: Vec<_> = routes
-        .iter()
-        .map(|r| r.local_rate_limit.clone().expect("a rate limit"))
-        .collect();
-    assert_eq!(limits[0].key, "VirtualService/shop/shop/spec.http[0]");
-    assert_eq!(limits[1].key, "VirtualService/shop/shop/spec.http[1]");
-    assert_eq!(limits[1].max_tokens, 4);
-    assert_eq!(limits[1].tokens_per_fill, 2);
-    assert_eq!(limits[1].fill_interval.unwrap().seconds, 30);
-    assert_eq!(limits[1].scope, wp::RateLimitScope::Client as i32);
-    // Without the annotation, no limit.
-    let (plain, _) = edge_config(EDGE);
-    let routes = &listener(&plain, 443).servers[0].virtual_hosts[0].http_routes;
-    assert!(routes.iter().all(|r| r.local_rate_limit.is_none()));
-}
-
-#[test]
-fn trusted_proxies_come_from_the_pod_annotation_else_the_mesh_config() {
-    let trusted = |yaml: &str, mesh_default: u32| {
-        let index = validated(yaml);
-        let mesh = crate::mesh_config::Mesh {
-            gateway_trusted_proxies: mesh_default,
-            ..Default::default()
-        };
-        let settings = MeshSettings {
-            mesh: std::sync::Arc::new(crate::mesh_config::MeshConfigWatch::fixed(mesh)),
-            ..MeshSettings::default()
-        };
-        let mut problems = Vec::new();
-        let config = gateway_configs(&index, &settings, &mut problems)
-            .remove("edge/ingress-0")
-            .unwrap();
-        let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
-        (config.gateway.unwrap().num_trusted_proxies, problems)
-    };
-    assert_eq!(trusted(EDGE, 0), (0, vec![]));
-    assert_eq!(trusted(EDGE, 2), (2, vec![]));
-    let pod = |config: &str| {
-        EDGE.replacen(
-            "metadata: {name: ingress-0, namespace: edge, labels: {istio: ingressgateway}}",
-            &format!(
-                "metadata: {{name: ingress-0, namespace: edge, labels: {{istio: ingressgateway}}, annotations: {{proxy.istio.io/config: '{config}'}}}}"
-            ),
-            1,
-        )
-    };
-    assert_eq!(
-        trusted(&pod("{gatewayTopology: {numTrustedProxies: 1}}"), 2),
-        (1, vec![])
-    );
-    assert_eq!(
-        trusted(&pod("{gatewayTopology: {numTrustedProxies: 0}}"), 2),
-        (0, vec![])
-    );
-    let (count, problems) = trusted(&pod("{gatewayTopology: {numTrustedProxies: -1}}"), 2);
-    assert_eq!(count, 2);
-    assert_eq!(problems.len(), 1, "{problems:?}");
-    assert!(
-        problems[0].contains("Pod edge/ingress-0")
-            && problems[0].contains(
-                "metadata.annotations.proxy.istio.io/config.gatewayTopology.numTrustedProxies"
-            )
-            && problems[0].contains("the mesh default (2) applies"),
 /// `reviews` behind the namespace's waypoint, and (with `label`) asking gateways to use it.
 fn behind_a_waypoint(label: &str) -> String {
     let waypoint = r#"
@@ -472,6 +398,84 @@ fn a_service_asking_for_it_is_reached_through_its_waypoint() {
         problems.iter().any(|p| p
             .to_string()
             .contains("accept only the traffic of its own waypoint")),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn a_rate_limit_annotation_limits_each_route_rule_of_its_virtual_service() {
+    let annotated = EDGE.replacen(
+        "metadata: {name: shop, namespace: shop}\nspec:\n  hosts: [shop.example.com, other.test]",
+        "metadata: {name: shop, namespace: shop, annotations: {weft.dev/local-rate-limit: '{maxTokens: 4, tokensPerFill: 2, fillInterval: 30s, per: client}'}}\nspec:\n  hosts: [shop.example.com, other.test]",
+        1,
+    );
+    assert_ne!(annotated, EDGE);
+    let (config, problems) = edge_config(&annotated);
+    assert!(problems.is_empty(), "{problems:?}");
+    let routes = &listener(&config, 443).servers[0].virtual_hosts[0].http_routes;
+    let limits: Vec<_> = routes
+        .iter()
+        .map(|r| r.local_rate_limit.clone().expect("a rate limit"))
+        .collect();
+    assert_eq!(limits[0].key, "VirtualService/shop/shop/spec.http[0]");
+    assert_eq!(limits[1].key, "VirtualService/shop/shop/spec.http[1]");
+    assert_eq!(limits[1].max_tokens, 4);
+    assert_eq!(limits[1].tokens_per_fill, 2);
+    assert_eq!(limits[1].fill_interval.unwrap().seconds, 30);
+    assert_eq!(limits[1].scope, wp::RateLimitScope::Client as i32);
+    // Without the annotation, no limit.
+    let (plain, _) = edge_config(EDGE);
+    let routes = &listener(&plain, 443).servers[0].virtual_hosts[0].http_routes;
+    assert!(routes.iter().all(|r| r.local_rate_limit.is_none()));
+}
+
+#[test]
+fn trusted_proxies_come_from_the_pod_annotation_else_the_mesh_config() {
+    let trusted = |yaml: &str, mesh_default: u32| {
+        let index = validated(yaml);
+        let mesh = crate::mesh_config::Mesh {
+            gateway_trusted_proxies: mesh_default,
+            ..Default::default()
+        };
+        let settings = MeshSettings {
+            mesh: std::sync::Arc::new(crate::mesh_config::MeshConfigWatch::fixed(mesh)),
+            ..MeshSettings::default()
+        };
+        let mut problems = Vec::new();
+        let config = gateway_configs(&index, &settings, &mut problems)
+            .remove("edge/ingress-0")
+            .unwrap();
+        let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        (config.gateway.unwrap().num_trusted_proxies, problems)
+    };
+    assert_eq!(trusted(EDGE, 0), (0, vec![]));
+    assert_eq!(trusted(EDGE, 2), (2, vec![]));
+    let pod = |config: &str| {
+        EDGE.replacen(
+            "metadata: {name: ingress-0, namespace: edge, labels: {istio: ingressgateway}}",
+            &format!(
+                "metadata: {{name: ingress-0, namespace: edge, labels: {{istio: ingressgateway}}, annotations: {{proxy.istio.io/config: '{config}'}}}}"
+            ),
+            1,
+        )
+    };
+    assert_eq!(
+        trusted(&pod("{gatewayTopology: {numTrustedProxies: 1}}"), 2),
+        (1, vec![])
+    );
+    assert_eq!(
+        trusted(&pod("{gatewayTopology: {numTrustedProxies: 0}}"), 2),
+        (0, vec![])
+    );
+    let (count, problems) = trusted(&pod("{gatewayTopology: {numTrustedProxies: -1}}"), 2);
+    assert_eq!(count, 2);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].contains("Pod edge/ingress-0")
+            && problems[0].contains(
+                "metadata.annotations.proxy.istio.io/config.gatewayTopology.numTrustedProxies"
+            )
+            && problems[0].contains("the mesh default (2) applies"),
         "{problems:?}"
     );
 }
