@@ -225,8 +225,49 @@ impl<A: CallerAuthenticator> XdsAdmission<A> {
                 }
             }
         }
+        if let Some(identity) = &caller.identity {
+            claims_agree(proxy, identity)?;
+        }
         Ok(caller.identity)
     }
+}
+
+/// Istio's `checkConnectionIdentity`: a proxy whose credential proves an identity may claim,
+/// in its node, only that identity's namespace (the `NAMESPACE` metadata, and the
+/// `<namespace>.svc.<domain>` field of an Istio-style node id) and service account (the
+/// `SERVICE_ACCOUNT` metadata). Otherwise a waypoint could ask for another namespace's
+/// waypoint configuration by naming it.
+fn claims_agree(proxy: &ProxyIdentity, identity: &SpiffeId) -> Result<(), Status> {
+    let id_namespace = proxy
+        .id
+        .split('~')
+        .nth(3)
+        .and_then(|domain| domain.split_once(".svc."))
+        .map(|(namespace, _)| namespace);
+    let claims = [
+        (
+            "namespace",
+            proxy.metadata_string("NAMESPACE"),
+            identity.namespace(),
+        ),
+        ("namespace", id_namespace, identity.namespace()),
+        (
+            "service account",
+            proxy.metadata_string("SERVICE_ACCOUNT"),
+            identity.service_account(),
+        ),
+    ];
+    for (what, claimed, proven) in claims {
+        match claimed {
+            Some(claimed) if !claimed.is_empty() && claimed != proven => {
+                return Err(Status::permission_denied(format!(
+                    "the credential proves {identity}, the stream claims {what} {claimed}"
+                )));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 impl<A: CallerAuthenticator> Admission for XdsAdmission<A> {

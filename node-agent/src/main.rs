@@ -302,23 +302,18 @@ async fn run(config: Config) -> anyhow::Result<()> {
         }
     });
 
-    // Start-up (the eBPF object, the first configuration) allocates and frees the most; once
-    // configured, the agent gives back what it no longer holds.
+    // Start-up (the eBPF object, the first configuration, the pods already on the node)
+    // allocates and frees the most, and touches code it will not run again: once configured,
+    // and again once the first enrollment snapshot is served, the agent gives back what it no
+    // longer holds.
     let mut synced = xds_state.clone();
+    let mut snapshots = pods.snapshots();
     tokio::spawn(async move {
-        let _ = tokio::time::timeout(
-            std::time::Duration::from_secs(60),
-            synced.wait_for(|state| state.synced),
-        )
-        .await;
-        match node_agent::memory::release_startup_pages() {
-            Ok(released) => tracing::debug!(
-                mappings = released.mappings,
-                kib = released.kib,
-                "released start-up pages"
-            ),
-            Err(error) => tracing::warn!(%error, "could not release start-up pages"),
-        }
+        let start_up = std::time::Duration::from_secs(60);
+        let _ = tokio::time::timeout(start_up, synced.wait_for(|state| state.synced)).await;
+        release_startup_pages("configured");
+        let _ = tokio::time::timeout(start_up, snapshots.wait_for(|applied| *applied > 0)).await;
+        release_startup_pages("pods on the node served");
     });
 
     shutdown_signal().await;
@@ -341,4 +336,17 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let _ = shutdown_sender.send(true);
     drop(pods);
     Ok(())
+}
+
+/// [`node_agent::memory::release_startup_pages`], logged.
+fn release_startup_pages(after: &str) {
+    match node_agent::memory::release_startup_pages() {
+        Ok(released) => tracing::debug!(
+            after,
+            mappings = released.mappings,
+            kib = released.kib,
+            "released start-up pages"
+        ),
+        Err(error) => tracing::warn!(%error, "could not release start-up pages"),
+    }
 }

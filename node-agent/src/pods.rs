@@ -30,6 +30,8 @@ pub struct PodManager {
     drain: DrainSource,
     /// Each pod's DNS proxy: the cluster domain and the upstream resolver.
     dns: Arc<DnsSettings>,
+    /// How many enrollment snapshots were applied (the first ends the agent's start-up).
+    snapshots: tokio::sync::watch::Sender<u64>,
 }
 
 impl PodManager {
@@ -47,7 +49,13 @@ impl PodManager {
             pods: Default::default(),
             drain: DrainSource::never(),
             dns: Arc::default(),
+            snapshots: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// Follows how many enrollment snapshots were applied.
+    pub fn snapshots(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.snapshots.subscribe()
     }
 
     /// The pods' DNS proxy settings (default: `cluster.local`, `/etc/resolv.conf`).
@@ -209,6 +217,10 @@ impl PodLifecycle for PodManager {
 
     async fn remove(&self, uid: &str) -> Result<(), String> {
         self.unenroll(uid)
+    }
+
+    fn snapshot_applied(&self) {
+        self.snapshots.send_modify(|applied| *applied += 1);
     }
 
     /// The pods served, and those whose capture an earlier run left in place: a snapshot that

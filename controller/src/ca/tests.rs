@@ -273,3 +273,97 @@ spec: {nodeName: node1, serviceAccountName: outside, containers: [{name: o, imag
         );
     }
 }
+
+/// A caller that proved `identity` (a waypoint's or gateway's service-account token).
+struct Proven(SpiffeId);
+
+impl CallerAuthenticator for Proven {
+    async fn authenticate(&self, _: &MetadataMap) -> Result<Caller, Status> {
+        Ok(Caller {
+            node: None,
+            identity: Some(self.0.clone()),
+        })
+    }
+}
+
+fn claiming(id: &str, metadata: &[(&str, &str)]) -> ProxyIdentity {
+    let metadata = prost_types::Struct {
+        fields: metadata
+            .iter()
+            .map(|(key, value)| {
+                let value = prost_types::Value {
+                    kind: Some(prost_types::value::Kind::StringValue((*value).to_owned())),
+                };
+                ((*key).to_owned(), value)
+            })
+            .collect(),
+    };
+    ProxyIdentity {
+        id: id.to_owned(),
+        node: weft_proto::envoy::config::core::v3::Node {
+            id: id.to_owned(),
+            metadata: Some(metadata),
+            ..Default::default()
+        },
+        connection: 1,
+        verified: None,
+    }
+}
+
+#[tokio::test]
+async fn a_stream_may_claim_only_the_namespace_and_service_account_its_credential_proves() {
+    // As Istio's checkConnectionIdentity: the waypoint of `shop` proves shop/waypoint.
+    let admission = XdsAdmission::new(Proven(
+        SpiffeId::new("cluster.local", "shop", "waypoint").unwrap(),
+    ));
+    let own = "waypoint~10.0.0.9~waypoint.shop~shop.svc.cluster.local";
+    let verified = admission
+        .check(
+            &MetadataMap::new(),
+            &claiming(own, &[("SERVICE_ACCOUNT", "waypoint")]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(verified.unwrap().namespace(), "shop");
+
+    // Another namespace's waypoint, by its node id or by the NAMESPACE metadata.
+    let other = "waypoint~10.0.0.9~waypoint.bank~bank.svc.cluster.local";
+    let refused = admission
+        .check(&MetadataMap::new(), &claiming(other, &[]))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    assert!(
+        refused.message().contains("claims namespace bank"),
+        "{}",
+        refused.message()
+    );
+    let refused = admission
+        .check(
+            &MetadataMap::new(),
+            &claiming(own, &[("NAMESPACE", "bank")]),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+
+    // Another service account of the same namespace.
+    let refused = admission
+        .check(
+            &MetadataMap::new(),
+            &claiming(own, &[("SERVICE_ACCOUNT", "cart")]),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        refused.message().contains("claims service account cart"),
+        "{}",
+        refused.message()
+    );
+
+    // A node id in no namespace (the node agent's) claims nothing to check.
+    admission
+        .check(&MetadataMap::new(), &claiming("node-agent~node1", &[]))
+        .await
+        .unwrap();
+}

@@ -132,6 +132,8 @@ pub trait PodLifecycle: Send + Sync {
     fn remove(&self, uid: &str) -> impl Future<Output = Result<(), String>> + Send;
     /// The uids of the pods currently served.
     fn enrolled(&self) -> BTreeSet<String>;
+    /// A snapshot is complete: its pods are served and the pods it omitted were removed.
+    fn snapshot_applied(&self) {}
 }
 
 /// How often a server checks that its path still names its socket.
@@ -306,6 +308,7 @@ async fn serve_connection(
                             failures.push(format!("{uid}: {message}"));
                         }
                     }
+                    pods.snapshot_applied();
                     if failures.is_empty() {
                         EnrollmentReply::Ack
                     } else {
