@@ -135,6 +135,15 @@ async fn add(
                 "the API server returned the pod without metadata.uid",
             )
         })?;
+    // The node agent names the pod's pinned state by its uid and refuses any other: say so here,
+    // where the runtime reports it, rather than as the agent's refusal.
+    weft_enrollment::check_pod_uid(&uid).map_err(|error| {
+        CniError::new(
+            codes::INVALID_POD,
+            format!("{who} cannot be enrolled: {error}"),
+            "the API server assigns pods UUIDs: this pod's metadata did not come from one",
+        )
+    })?;
     let netns = invocation.netns.clone().expect("checked by Invocation");
     // Not fatal: without them the application sees the pod's own address as its clients'.
     if let Err(error) = crate::netns::enable_pod_sysctls(&netns) {

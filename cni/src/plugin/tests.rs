@@ -171,6 +171,28 @@ fn add_enrolls_mesh_pods_and_passes_the_previous_result_through() {
 }
 
 #[test]
+fn add_refuses_a_pod_whose_uid_the_agent_would_refuse_without_asking_it() {
+    // Found by the `cni_plugin` fuzz target (fuzz/regressions/cni_plugin/invalid-pod-uid).
+    let mut cluster = cluster();
+    let cart = cluster.pods.get_mut("shop/cart").unwrap();
+    cart.metadata.uid = Some("4d2b1f0e-7c3a-4a\u{fffd}e-9a53".into());
+    let daemon = FakeDaemon::answering(Ok(Reply::Ack));
+    let error = block(run(
+        &invocation(Command::Add, Some(("shop", "cart"))),
+        &conf("1.0.0"),
+        &cluster,
+        &daemon,
+    ))
+    .unwrap_err();
+    assert_eq!(error.code, codes::INVALID_POD, "{error}");
+    assert!(
+        error.msg.contains("pod shop/cart cannot be enrolled"),
+        "{error}"
+    );
+    assert!(daemon.requests.borrow().is_empty());
+}
+
+#[test]
 fn add_enables_the_agents_sysctls_inside_the_pods_namespace() {
     // A real namespace (needs root): after ADD, the agent finds them set, also where its
     // container sees `/proc/sys` read-only.
