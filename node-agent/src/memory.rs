@@ -4,8 +4,8 @@
 //! Most of an idle agent's RSS is not heap but its own executable: the kernel maps code and
 //! read-only data 64 KiB around every page touched ("fault-around"), and start-up (argument and
 //! config parsing, loading the eBPF object, the first xDS and CA exchanges) touches code spread
-//! over nearly all of the 6 MiB text segment. Once configured, the agent therefore
-//! [`release_startup_pages`]: it unmaps the clean pages of its read-only file mappings (they
+//! over nearly all of the text segment. Once configured, and again once the pods already on
+//! the node are served, the agent therefore [`release_startup_pages`]: it unmaps the clean pages of its read-only file mappings (they
 //! stay in the page cache, and whatever runs next faults back in what it needs) and hands free
 //! heap memory back to the kernel.
 //!
