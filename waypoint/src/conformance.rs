@@ -127,7 +127,7 @@ fn check_authority<B>(request: &Request<B>) -> Result<(), Nonconforming> {
 fn upgrade_requested(headers: &HeaderMap) -> Option<String> {
     let upgrade = headers.get(header::UPGRADE)?;
     connection_tokens(headers)
-        .any(|t| t.eq_ignore_ascii_case("upgrade"))
+        .any(|t| t.eq_ignore_ascii_case(b"upgrade"))
         .then(|| {
             String::from_utf8_lossy(upgrade.as_bytes())
                 .trim()
@@ -135,13 +135,14 @@ fn upgrade_requested(headers: &HeaderMap) -> Option<String> {
         })
 }
 
-fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+/// The tokens of every `Connection` value, as bytes: a value that is not ASCII (obs-text)
+/// still names its tokens, as a lenient upstream would read them.
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
     headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
         .filter(|t| !t.is_empty())
 }
 
@@ -149,14 +150,16 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 fn strip_h2c(headers: &mut HeaderMap) {
     headers.remove(header::UPGRADE);
     headers.remove(&HTTP2_SETTINGS);
-    let kept: Vec<String> = connection_tokens(headers)
-        .filter(|t| !t.eq_ignore_ascii_case("upgrade") && !t.eq_ignore_ascii_case("http2-settings"))
-        .map(str::to_owned)
+    let kept: Vec<&[u8]> = connection_tokens(headers)
+        .filter(|t| {
+            !t.eq_ignore_ascii_case(b"upgrade") && !t.eq_ignore_ascii_case(b"http2-settings")
+        })
         .collect();
+    let value = (!kept.is_empty())
+        .then(|| HeaderValue::from_bytes(&kept.join(&b", "[..])).ok())
+        .flatten();
     headers.remove(header::CONNECTION);
-    if !kept.is_empty()
-        && let Ok(value) = HeaderValue::from_str(&kept.join(", "))
-    {
+    if let Some(value) = value {
         headers.insert(header::CONNECTION, value);
     }
 }
@@ -296,6 +299,32 @@ mod tests {
         for (what, mut request, expected) in cases {
             assert_eq!(admit(&mut request, &upgrades), expected, "{what}");
         }
+    }
+
+    #[test]
+    fn an_h2c_upgrade_with_a_connection_value_beyond_ascii_is_still_stripped() {
+        // Found by the `http1_conformance` fuzz target
+        // (fuzz/regressions/http1_conformance/connection-obs-text).
+        let mut request = Request::builder()
+            .method("GET")
+            .uri("/")
+            .header("host", "httpbin")
+            .header(
+                "connection",
+                HeaderValue::from_bytes(b"Upgrade,\x82 HTTP2-Settings").unwrap(),
+            )
+            .header("upgrade", "h2c")
+            .header("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA")
+            .body(())
+            .unwrap();
+        admit(&mut request, &[]).unwrap();
+        let headers = request.headers();
+        assert!(headers.get(header::UPGRADE).is_none());
+        assert!(headers.get(&HTTP2_SETTINGS).is_none());
+        assert_eq!(
+            headers[header::CONNECTION].as_bytes(),
+            b"\x82 HTTP2-Settings"
+        );
     }
 
     #[test]

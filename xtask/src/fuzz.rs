@@ -33,8 +33,13 @@ fn all_targets(root: &Path) -> anyhow::Result<Vec<String>> {
 }
 
 /// Runs `targets` (all when empty) for `seconds` each, instrumented with `sanitizer`
-/// (cargo-fuzz's `address`, `none`, ...).
-pub fn run(seconds: u32, sanitizer: &str, targets: &[String]) -> anyhow::Result<()> {
+/// (cargo-fuzz's `address`, `none`, ...), from libFuzzer's random `seed` when one is given.
+pub fn run(
+    seconds: u32,
+    sanitizer: &str,
+    seed: Option<u32>,
+    targets: &[String],
+) -> anyhow::Result<()> {
     setup::ensure()?;
     let root = workspace_root();
     let known = all_targets(&root)?;
@@ -73,6 +78,9 @@ pub fn run(seconds: u32, sanitizer: &str, targets: &[String]) -> anyhow::Result<
             .arg("-timeout=10")
             .arg("-rss_limit_mb=2048")
             .arg("-print_final_stats=1");
+        if let Some(seed) = seed {
+            command.arg(format!("-seed={seed}"));
+        }
         run_command(&mut command).map_err(|e| {
             anyhow::anyhow!(
                 "{e}\nthe failing input is in {}; replay it with \

@@ -84,6 +84,10 @@ enum Task {
         /// that still finds panics, overflows, hangs and runaway memory.
         #[arg(long, default_value = "address")]
         sanitizer: String,
+        /// libFuzzer's random seed: a fixed one makes a run depend on the code, not on luck
+        /// (CI's); without it each run explores anew.
+        #[arg(long)]
+        seed: Option<u32>,
         /// The targets to run (all when none is named).
         targets: Vec<String>,
     },
@@ -128,8 +132,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Task::Fuzz {
             seconds,
             sanitizer,
+            seed,
             targets,
-        } => fuzz::run(seconds, &sanitizer, &targets),
+        } => fuzz::run(seconds, &sanitizer, seed, &targets),
         Task::Bench { quick, args } => bench::run(quick, &args),
         Task::Demo {
             action: Some(DemoAction::Exec { name, command }),
