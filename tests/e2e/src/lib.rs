@@ -26,6 +26,7 @@ pub mod cri;
 pub mod curl;
 pub mod demo;
 pub mod dns;
+pub mod fixtures;
 pub mod gateway;
 pub mod h2flood;
 pub mod kube_cluster;

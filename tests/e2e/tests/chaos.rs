@@ -9,37 +9,14 @@
 
 use std::time::Duration;
 
+use weft_e2e::fixtures::{REVIEWS_VIP as VIP, reviews_behind_waypoint};
 use weft_e2e::load::{Load, Outcome};
-use weft_e2e::{Mesh, MeshOptions, PodSpec, waypoint_resources};
+use weft_e2e::{Mesh, MeshOptions, PodSpec};
 
 const WAYPOINT: &str = "waypoint";
-const VIP: &str = "10.96.0.20";
 /// How long a request through a dead waypoint may take to fail: a refused connection, not a
 /// timeout.
 const FAIL_FAST: f64 = 1.0;
-
-const SERVICE: &str = r#"
-apiVersion: v1
-kind: Service
-metadata:
-  name: reviews
-  namespace: shop
-  labels: {app: reviews, istio.io/use-waypoint: waypoint}
-spec:
-  clusterIP: 10.96.0.20
-  selector: {app: reviews}
-  ports:
-  - {name: http, port: 80, targetPort: 8080}
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: reviews, namespace: shop}
-spec:
-  host: reviews.shop.svc.cluster.local
-  subsets:
-  - {name: v1, labels: {version: v1}}
-  - {name: v2, labels: {version: v2}}
-"#;
 
 /// The VirtualService: `/stuck` has a one-second timeout, everything goes to `subset`.
 fn routes(subset: &str) -> String {
@@ -69,7 +46,7 @@ fn start() -> Mesh {
             PodSpec::waypoint(WAYPOINT, "node2", "shop"),
         ],
         MeshOptions {
-            config: format!("{SERVICE}---\n{}", waypoint_resources("shop")),
+            config: reviews_behind_waypoint(false, &["v1", "v2"]),
             config_files: vec![("20-reviews-vs.yaml".to_owned(), routes("v1"))],
             ..MeshOptions::default()
         },

@@ -10,38 +10,17 @@ use std::io::Read as _;
 use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
 
-use weft_e2e::{Mesh, MeshOptions, PodSpec, waypoint_resources};
+use weft_e2e::fixtures::{REVIEWS_VIP as VIP, reviews_behind_waypoint};
+use weft_e2e::{Mesh, MeshOptions, PodSpec};
 use weft_test_support::prometheus::Exposition;
 
 const WAYPOINT: &str = "waypoint";
-const VIP: &str = "10.96.0.20";
 /// The waypoint's termination deadline: it runs with the default.
 const DEADLINE: Duration = Duration::from_secs(5);
 
 /// `/slow` goes to v2, everything else to v1: v2's first connection from the waypoint is the
 /// slow request's, which is how the test sees it arrive.
-const CONFIG: &str = r#"
-apiVersion: v1
-kind: Service
-metadata:
-  name: reviews
-  namespace: shop
-  labels: {app: reviews, istio.io/use-waypoint: waypoint}
-spec:
-  clusterIP: 10.96.0.20
-  selector: {app: reviews}
-  ports:
-  - {name: http, port: 80, targetPort: 8080}
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: reviews, namespace: shop}
-spec:
-  host: reviews.shop.svc.cluster.local
-  subsets:
-  - {name: v1, labels: {version: v1}}
-  - {name: v2, labels: {version: v2}}
----
+const ROUTES: &str = r#"
 apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {name: reviews, namespace: shop}
@@ -111,7 +90,10 @@ fn sigterm_drains_the_waypoint_finishing_requests_in_flight() {
             PodSpec::waypoint(WAYPOINT, "node2", "shop"),
         ],
         MeshOptions {
-            config: format!("{CONFIG}---\n{}", waypoint_resources("shop")),
+            config: format!(
+                "{}---\n{ROUTES}",
+                reviews_behind_waypoint(false, &["v1", "v2"])
+            ),
             ..MeshOptions::default()
         },
     )

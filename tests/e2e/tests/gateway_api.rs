@@ -6,28 +6,14 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
+use weft_e2e::fixtures::{REVIEWS_VIP as VIP, reviews_service};
 use weft_e2e::{Mesh, MeshOptions, PodSpec, waypoint_resources};
 
 const WAYPOINT: &str = "waypoint";
-const VIP: &str = "10.96.0.20";
 
 /// `reviews` uses the waypoint; `reviews-v1`..`v3` select one version each (the backends).
 fn services() -> String {
-    let mut yaml = String::from(
-        r#"
-apiVersion: v1
-kind: Service
-metadata:
-  name: reviews
-  namespace: shop
-  labels: {app: reviews, istio.io/use-waypoint: waypoint}
-spec:
-  clusterIP: 10.96.0.20
-  selector: {app: reviews}
-  ports:
-  - {name: http, port: 80, targetPort: 8080}
-"#,
-    );
+    let mut yaml = reviews_service(false);
     for (i, version) in ["v1", "v2", "v3"].iter().enumerate() {
         yaml.push_str(&format!(
             r#"---

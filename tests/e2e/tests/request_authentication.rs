@@ -6,25 +6,11 @@
 use std::time::Duration;
 
 use waypoint::testing::TestIssuer;
+use weft_e2e::fixtures::{REVIEWS_VIP as VIP, reviews_service};
 use weft_e2e::{Mesh, MeshOptions, PodSpec, waypoint_resources};
 
 const WAYPOINT: &str = "waypoint";
-const VIP: &str = "10.96.0.20";
 const ISSUER: &str = "https://issuer.example";
-
-const SERVICE: &str = r#"
-apiVersion: v1
-kind: Service
-metadata:
-  name: reviews
-  namespace: shop
-  labels: {app: reviews, istio.io/use-waypoint: waypoint}
-spec:
-  clusterIP: 10.96.0.20
-  selector: {app: reviews}
-  ports:
-  - {name: http, port: 80, targetPort: 8080}
-"#;
 
 /// The RequestAuthentication with `keys` (`jwks: ...` or `jwksUri: ...`) and an ALLOW policy on
 /// its request principals with `when`, both bound to the service (targetRefs), as an Istio user
@@ -97,7 +83,11 @@ fn tokens_are_checked_against_inline_keys_and_keys_a_pod_serves() {
                 .with_file("/jwks.json", &file),
         ],
         MeshOptions {
-            config: format!("{SERVICE}---\n{}", waypoint_resources("shop")),
+            config: format!(
+                "{}---\n{}",
+                reviews_service(false),
+                waypoint_resources("shop")
+            ),
             log_requests: true,
             ..MeshOptions::default()
         },

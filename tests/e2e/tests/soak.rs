@@ -9,12 +9,12 @@
 
 use std::time::{Duration, Instant};
 
+use weft_e2e::fixtures::{REVIEWS_VIP as VIP, reviews_behind_waypoint};
 use weft_e2e::load::{Load, Outcome};
-use weft_e2e::{Mesh, MeshOptions, PodSpec, binary, waypoint_resources};
+use weft_e2e::{Mesh, MeshOptions, PodSpec, binary};
 use weft_test_support::prometheus::Exposition;
 
 const WAYPOINT: &str = "waypoint";
-const VIP: &str = "10.96.0.20";
 /// The part of the run not measured for the slopes: caches and pools fill first.
 const WARM_UP: Duration = Duration::from_secs(15);
 /// How often a proxy's memory and descriptors are sampled.
@@ -26,30 +26,6 @@ const POD_EVERY: Duration = Duration::from_secs(10);
 /// connection, at this load, is far above them.
 const MAX_RSS_KIB_PER_MINUTE: f64 = 4096.0;
 const MAX_FDS_PER_MINUTE: f64 = 30.0;
-
-const SERVICE: &str = r#"
-apiVersion: v1
-kind: Service
-metadata:
-  name: reviews
-  namespace: shop
-  labels: {app: reviews, istio.io/use-waypoint: waypoint}
-spec:
-  clusterIP: 10.96.0.20
-  selector: {app: reviews}
-  ports:
-  - {name: http, port: 80, targetPort: 8080}
-  - {name: grpc, port: 9090, targetPort: 9090}
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: reviews, namespace: shop}
-spec:
-  host: reviews.shop.svc.cluster.local
-  subsets:
-  - {name: v1, labels: {version: v1}}
-  - {name: v2, labels: {version: v2}}
-"#;
 
 /// The `n`th VirtualService: every pod of the service by turns, then v1 and v2 weighted.
 fn routes(n: u32) -> String {
@@ -147,7 +123,7 @@ fn mixed_load_through_edits_and_pod_changes_fails_nothing_and_leaks_nothing() {
             PodSpec::waypoint(WAYPOINT, "node2", "shop"),
         ],
         MeshOptions {
-            config: format!("{SERVICE}---\n{}", waypoint_resources("shop")),
+            config: reviews_behind_waypoint(true, &["v1", "v2"]),
             config_files: vec![("20-reviews-vs.yaml".to_owned(), routes(0))],
             ..MeshOptions::default()
         },

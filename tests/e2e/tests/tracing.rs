@@ -19,24 +19,12 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use opentelemetry_proto::tonic::common::v1::any_value;
 use opentelemetry_proto::tonic::trace::v1::Span;
+use weft_e2e::fixtures::{REVIEWS_VIP as VIP, reviews_service};
 use weft_e2e::{Mesh, MeshOptions, PodSpec, waypoint_resources};
 
-const VIP: &str = "10.96.0.20";
 const COLLECTOR_PORT: u16 = 4317;
 
-const CONFIG: &str = r#"
-apiVersion: v1
-kind: Service
-metadata:
-  name: reviews
-  namespace: shop
-  labels: {app: reviews, istio.io/use-waypoint: waypoint}
-spec:
-  clusterIP: 10.96.0.20
-  selector: {app: reviews}
-  ports:
-  - {name: http, port: 80, targetPort: 8080}
----
+const OTEL_COLLECTOR: &str = r#"
 apiVersion: v1
 kind: Service
 metadata: {name: otel-collector, namespace: shop}
@@ -172,7 +160,11 @@ fn the_waypoint_exports_a_span_per_sampled_request_and_propagates_its_context() 
             PodSpec::client("otel-collector", "node2", "shop").not_enrolled(),
         ],
         MeshOptions {
-            config: format!("{CONFIG}---\n{}", waypoint_resources("shop")),
+            config: format!(
+                "{}---\n{OTEL_COLLECTOR}---\n{}",
+                reviews_service(false),
+                waypoint_resources("shop")
+            ),
             mesh_config: MESH_CONFIG.to_owned(),
             ..MeshOptions::default()
         },

@@ -10,45 +10,13 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
+use weft_e2e::fixtures::{REVIEWS_VIP as VIP, reviews_service, reviews_subsets};
 use weft_e2e::{Mesh, MeshOptions, PodSpec, waypoint_resources};
 use weft_test_support::prometheus::Exposition;
 
 const WAYPOINT: &str = "waypoint";
-const VIP: &str = "10.96.0.20";
 const HOST: &str = "reviews.shop.svc.cluster.local";
-
-const BASE: &str = r#"
-apiVersion: v1
-kind: Service
-metadata:
-  name: reviews
-  namespace: shop
-  labels: {app: reviews, istio.io/use-waypoint: waypoint}
-spec:
-  clusterIP: 10.96.0.20
-  selector: {app: reviews}
-  ports:
-  - {name: http, port: 80, targetPort: 8080}
-  - {name: grpc, port: 9090, targetPort: 9090}
-"#;
-
-/// The subsets every test uses, with an optional trafficPolicy.
-fn destination_rule(traffic_policy: &str) -> String {
-    format!(
-        r#"
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {{name: reviews, namespace: shop}}
-spec:
-  host: reviews.shop.svc.cluster.local
-{traffic_policy}
-  subsets:
-  - {{name: v1, labels: {{version: v1}}}}
-  - {{name: v2, labels: {{version: v2}}}}
-  - {{name: v3, labels: {{version: v3}}}}
-"#
-    )
-}
+const VERSIONS: &[&str] = &["v1", "v2", "v3"];
 
 fn virtual_service(http: &str) -> String {
     format!(
@@ -73,9 +41,10 @@ fn mesh_with(extra: &str) -> Mesh {
         ],
         MeshOptions {
             config: format!(
-                "{BASE}---\n{}---{}{extra}",
+                "{}---\n{}---\n{}{extra}",
+                reviews_service(true),
                 waypoint_resources("shop"),
-                destination_rule("")
+                reviews_subsets(VERSIONS, "")
             ),
             log_requests: true,
             ..MeshOptions::default()
@@ -399,7 +368,8 @@ spec:
     apply(
         &mesh,
         "10-dr.yaml",
-        &destination_rule(
+        &reviews_subsets(
+            VERSIONS,
             "  trafficPolicy:\n    loadBalancer: {simple: ROUND_ROBIN}\n    outlierDetection: {consecutive5xxErrors: 2, interval: 100ms, baseEjectionTime: 5s, maxEjectionPercent: 50}",
         ),
     );

@@ -1,0 +1,60 @@
+//! The `reviews` service most waypoint tests share: namespace `shop`, Service address
+//! [`REVIEWS_VIP`], behind the namespace's waypoint (named `waypoint`, from
+//! [`crate::waypoint_resources`]), with one pod per version labelled `version: vN`.
+
+/// The `reviews` Service's cluster address.
+pub const REVIEWS_VIP: &str = "10.96.0.20";
+
+/// The `reviews` Service, labelled to use the waypoint: `http` 80 to the pods' 8080, and `grpc`
+/// 9090 when `grpc`.
+pub fn reviews_service(grpc: bool) -> String {
+    let grpc = if grpc {
+        "  - {name: grpc, port: 9090, targetPort: 9090}\n"
+    } else {
+        ""
+    };
+    format!(
+        r#"apiVersion: v1
+kind: Service
+metadata:
+  name: reviews
+  namespace: shop
+  labels: {{app: reviews, istio.io/use-waypoint: waypoint}}
+spec:
+  clusterIP: {REVIEWS_VIP}
+  selector: {{app: reviews}}
+  ports:
+  - {{name: http, port: 80, targetPort: 8080}}
+{grpc}"#
+    )
+}
+
+/// The `reviews` DestinationRule: one subset per version of `versions`, selected by the
+/// `version` label, after `traffic_policy` (YAML indented under `spec`, or empty).
+pub fn reviews_subsets(versions: &[&str], traffic_policy: &str) -> String {
+    let mut yaml = String::from(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews, namespace: shop}\nspec:\n  host: reviews.shop.svc.cluster.local\n",
+    );
+    if !traffic_policy.is_empty() {
+        yaml.push_str(traffic_policy);
+        yaml.push('\n');
+    }
+    yaml.push_str("  subsets:\n");
+    for version in versions {
+        yaml.push_str(&format!(
+            "  - {{name: {version}, labels: {{version: {version}}}}}\n"
+        ));
+    }
+    yaml
+}
+
+/// The `reviews` Service, its DestinationRule with `versions` and the waypoint: the
+/// configuration a test adds its routes to.
+pub fn reviews_behind_waypoint(grpc: bool, versions: &[&str]) -> String {
+    format!(
+        "{}---\n{}---\n{}",
+        reviews_service(grpc),
+        reviews_subsets(versions, ""),
+        crate::waypoint_resources("shop")
+    )
+}
