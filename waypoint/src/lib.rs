@@ -62,7 +62,7 @@ pub use upstream::{HboneAddressResolver, Upstream, default_hbone_address};
 pub use weft_workers::Workers;
 
 use crate::metrics::Metrics;
-use crate::proxy::{DEFAULT_MAX_REQUEST_BODY, ProxyShared};
+use crate::proxy::{DEFAULT_RETRY_BUFFER_LIMIT, ProxyShared};
 
 /// Everything the waypoint needs that is not configuration pushed over xDS.
 pub struct WaypointOptions {
@@ -73,7 +73,7 @@ pub struct WaypointOptions {
     /// Where to dial endpoints' HBONE listeners (default `<ip>:15008`).
     pub hbone_address: HboneAddressResolver,
     pub limits: HttpLimits,
-    pub max_request_body: usize,
+    pub retry_buffer_limit: usize,
     /// The threads HBONE connections are served on; `None`: the runtime the listener runs on.
     pub workers: Option<Workers>,
     /// Protocol upgrades forwarded (lower case); [`conformance`] refuses the others.
@@ -93,7 +93,7 @@ impl WaypointOptions {
             certificates,
             hbone_address: default_hbone_address(),
             limits: HttpLimits::default(),
-            max_request_body: DEFAULT_MAX_REQUEST_BODY,
+            retry_buffer_limit: DEFAULT_RETRY_BUFFER_LIMIT,
             workers: None,
             upgrades: conformance::DEFAULT_UPGRADES
                 .iter()
@@ -166,7 +166,7 @@ impl Waypoint {
                 tcp_connections,
                 metrics,
                 spans,
-                max_request_body: options.max_request_body,
+                retry_buffer_limit: options.retry_buffer_limit,
                 upgrades: options.upgrades,
                 rate_limiter: rate_limit::RateLimiter::default(),
             }),

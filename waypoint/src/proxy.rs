@@ -49,8 +49,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body of every response the waypoint sends.
 pub type ProxyBody = BoxBody<Bytes, BoxError>;
 
-/// Largest request body buffered for retries and mirrors; larger bodies get 413.
-pub const DEFAULT_MAX_REQUEST_BODY: usize = 16 * 1024 * 1024;
+/// How much of a request body is kept for retries and mirrors (Envoy's default retry and shadow
+/// buffer, its `per_connection_buffer_limit_bytes`); a larger body streams on, without them.
+pub const DEFAULT_RETRY_BUFFER_LIMIT: usize = 1024 * 1024;
 
 /// Shared by every tunnel and request.
 pub struct ProxyShared {
@@ -61,7 +62,7 @@ pub struct ProxyShared {
     pub metrics: Arc<Metrics>,
     /// Where sampled requests' spans are queued for export.
     pub spans: Arc<crate::telemetry::SpanExporter>,
-    pub max_request_body: usize,
+    pub retry_buffer_limit: usize,
     /// Protocol upgrades forwarded, lower case (see [`crate::conformance`]).
     pub upgrades: Vec<String>,
     /// The token buckets of routes' local rate limits, kept across configurations.

@@ -65,11 +65,13 @@ pub fn default_hbone_address() -> HboneAddressResolver {
 }
 
 mod balancing;
+mod body;
 mod connections;
 mod tls;
 
 use balancing::ClusterRuntime;
 pub use balancing::{Admission, EndpointStatus, HashInput, RetryPermit};
+pub use body::{Ending, Replayable, RequestBody};
 use connections::{EndpointDialer, TunnelKey};
 pub use tls::OriginatedTls;
 
@@ -78,7 +80,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 struct H1Connection {
-    sender: http1::SendRequest<Full<Bytes>>,
+    sender: http1::SendRequest<RequestBody>,
     uses: usize,
 }
 
@@ -101,7 +103,7 @@ struct UpstreamInner {
 struct WorkerPools {
     tunnels: Pool<TunnelKey, EndpointDialer>,
     http1: Mutex<HashMap<PoolKey, Vec<H1Connection>>>,
-    http2: Mutex<HashMap<PoolKey, http2::SendRequest<Full<Bytes>>>>,
+    http2: Mutex<HashMap<PoolKey, http2::SendRequest<RequestBody>>>,
 }
 
 /// What a pooled application connection goes to: the endpoint, and the TLS settings this
@@ -240,7 +242,7 @@ impl Upstream {
         &self,
         cluster: &Cluster,
         endpoint: &Endpoint,
-        request: Request<Full<Bytes>>,
+        request: Request<RequestBody>,
         http2: bool,
         source: IpAddr,
     ) -> Result<Response<Incoming>, UpstreamError> {
@@ -256,7 +258,7 @@ impl Upstream {
         &self,
         cluster: &Cluster,
         endpoint: &Endpoint,
-        request: Request<Full<Bytes>>,
+        request: Request<RequestBody>,
         source: IpAddr,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let mut request = request;
@@ -335,7 +337,7 @@ impl Upstream {
         &self,
         cluster: &Cluster,
         endpoint: &Endpoint,
-        request: Request<Full<Bytes>>,
+        request: Request<RequestBody>,
         source: IpAddr,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let key = PoolKey::new(cluster, endpoint);

@@ -6,10 +6,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, Uri, Version};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body::Body as _;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tracing::{Instrument, debug, debug_span, warn};
 use weft_policy::StringMatch;
@@ -21,7 +21,7 @@ use super::{BoxError, LocalReply, ProxyBody, actions, upgrade};
 use crate::model::{
     Cluster, Endpoint, Headers, Mirror, Protocol, RetryPolicy, Route, WeightedDestination,
 };
-use crate::upstream::UpstreamError;
+use crate::upstream::{Ending, Replayable, RequestBody, UpstreamError};
 
 /// Envoy's default base interval between retries.
 const RETRY_BASE_INTERVAL: Duration = Duration::from_millis(25);
@@ -128,7 +128,7 @@ pub(super) async fn forward_to(
             path_and_query,
             authority,
             headers,
-            body: Bytes::new(),
+            body: None,
             http2: false,
         };
         let downstream = Request::from_parts(parts, body);
@@ -142,33 +142,9 @@ pub(super) async fn forward_to(
         .await;
     }
 
-    // A declared length over the limit is refused before a byte of the body is read.
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > cx.shared.max_request_body as u64) {
-        return Err(LocalReply::PayloadTooLarge);
-    }
-    let body = match Limited::new(body, cx.shared.max_request_body)
-        .collect()
-        .await
-    {
-        Ok(collected) => collected.to_bytes(),
-        Err(error) => {
-            return Err(
-                if error
-                    .downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some()
-                {
-                    LocalReply::PayloadTooLarge
-                } else {
-                    LocalReply::DownstreamDisconnect
-                },
-            );
-        }
-    };
-    cx.record.bytes_received = body.len() as u64;
+    // The body streams upstream as it arrives; what has passed is kept for a retry or a mirror
+    // while it fits in the limit (Envoy's retry and shadow buffer).
+    let body = (!body.is_end_stream()).then(|| Replayable::new(body, cx.shared.retry_buffer_limit));
     let outgoing = Outgoing {
         method: parts.method,
         path_and_query,
@@ -179,12 +155,18 @@ pub(super) async fn forward_to(
     };
     send_mirrors(cx, &to.route.mirrors, &outgoing);
     let attempts = send_with_retries(cx, &to.cluster, &outgoing, &to.route.retries);
-    let mut response = match to.route.timeout {
-        Some(limit) => tokio::time::timeout(limit, attempts)
-            .await
-            .map_err(|_| LocalReply::RouteTimeout)??,
-        None => attempts.await?,
+    let result = match to.route.timeout {
+        // As Envoy's, the route's timeout starts once the downstream request has ended.
+        Some(limit) => tokio::select! {
+            result = attempts => result,
+            () = after_request(&outgoing, limit) => Err(LocalReply::RouteTimeout),
+        },
+        None => attempts.await,
     };
+    if let Some(body) = &outgoing.body {
+        cx.record.bytes_received = cx.record.bytes_received.max(body.received());
+    }
+    let mut response = result?;
     to.destination.response.apply(response.headers_mut());
     Ok(response)
 }
@@ -195,12 +177,27 @@ pub(super) struct Outgoing {
     pub path_and_query: String,
     pub authority: String,
     pub headers: HeaderMap,
-    pub body: Bytes,
+    /// The downstream body, `None` when it is empty.
+    pub body: Option<Replayable>,
     pub http2: bool,
 }
 
 impl Outgoing {
-    pub fn build(&self, authority_suffix: &str) -> Request<Full<Bytes>> {
+    /// The body for one more attempt, from its beginning; `None` once it cannot be sent whole
+    /// again (it outgrew what is kept, or the downstream failed).
+    fn attempt_body(&self) -> Option<RequestBody> {
+        match &self.body {
+            None => Some(RequestBody::empty()),
+            Some(body) => body.attempt(),
+        }
+    }
+
+    /// Whether the body could be sent whole once more.
+    fn replayable(&self) -> bool {
+        self.body.as_ref().is_none_or(Replayable::replayable)
+    }
+
+    pub fn build<B>(&self, authority_suffix: &str, body: B) -> Request<B> {
         let authority = format!("{}{authority_suffix}", self.authority);
         let uri = if self.http2 {
             Uri::builder()
@@ -213,7 +210,7 @@ impl Outgoing {
                 .path_and_query(self.path_and_query.as_str())
                 .build()
         };
-        let mut request = Request::new(Full::new(self.body.clone()));
+        let mut request = Request::new(body);
         *request.method_mut() = self.method.clone();
         *request.uri_mut() = uri.unwrap_or_else(|_| Uri::from_static("/"));
         *request.headers_mut() = self.headers.clone();
@@ -227,8 +224,9 @@ impl Outgoing {
     }
 }
 
-/// Sends a copy of the request to each mirror whose percentage hits; their answers are read
-/// and dropped. A mirror to a cluster that does not exist is not sent.
+/// Sends a copy of the request to each mirror whose percentage hits, once its body has been read
+/// whole; their answers are read and dropped. A mirror to a cluster that does not exist is not
+/// sent, nor one whose body outgrew what is kept (as Envoy abandons its shadows).
 fn send_mirrors(cx: &RequestContext<'_>, mirrors: &[Mirror], outgoing: &Outgoing) {
     for mirror in mirrors {
         if !percentage_hit(mirror.percent, rand::random()) {
@@ -237,7 +235,8 @@ fn send_mirrors(cx: &RequestContext<'_>, mirrors: &[Mirror], outgoing: &Outgoing
         let Some(mirror_cluster) = cx.config.cluster(&mirror.cluster).cloned() else {
             continue;
         };
-        let request = outgoing.build("-shadow");
+        let request = outgoing.build("-shadow", ());
+        let copy = outgoing.body.as_ref().map(|body| body.finished(true));
         let upstream = cx.shared.upstream.clone();
         let headers = outgoing.headers.clone();
         let source = cx.tunnel.source_ip;
@@ -245,6 +244,16 @@ fn send_mirrors(cx: &RequestContext<'_>, mirrors: &[Mirror], outgoing: &Outgoing
         let http2 = outgoing.http2;
         tokio::spawn(
             async move {
+                let body = match copy {
+                    None => RequestBody::empty(),
+                    Some(mut ending) => {
+                        match ending.wait_for(|e| *e != Ending::Running).await.as_deref() {
+                            Ok(Ending::Complete(Some(bytes))) => RequestBody::from(bytes.clone()),
+                            _ => return,
+                        }
+                    }
+                };
+                let request = request.map(|()| body);
                 let hash = crate::upstream::HashInput {
                     headers: &headers,
                     query: query.as_deref(),
@@ -293,6 +302,9 @@ async fn send_with_retries(
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut attempt: u32 = 0;
     let mut retry_permit = None;
+    let mut body = outgoing
+        .attempt_body()
+        .ok_or(LocalReply::DownstreamDisconnect)?;
     loop {
         let endpoint: Endpoint =
             upstream.choose_endpoint(cluster, &cx.hash_input(&outgoing.headers), &tried)?;
@@ -301,15 +313,22 @@ async fn send_with_retries(
         let send = upstream.send(
             cluster,
             &endpoint,
-            outgoing.build(""),
+            outgoing.build("", body),
             outgoing.http2,
             source_ip,
         );
+        // As Envoy's, a try's timeout starts once the downstream request has ended.
         let outcome = match policy.per_try_timeout {
-            Some(limit) => tokio::time::timeout(limit, send).await.ok(),
+            Some(limit) => tokio::select! {
+                outcome = send => Some(outcome),
+                () = after_request(outgoing, limit) => None,
+            },
             None => Some(send.await),
         };
-        let can_retry = attempt < policy.attempts;
+        // A body that can no longer be sent whole is not retried (Envoy's "retry or shadow
+        // abandoned"); a retry takes the body over from the try before at once, so that try's
+        // connection reads no more of it.
+        let can_retry = attempt < policy.attempts && outgoing.replayable();
         match outcome {
             Some(Ok(response)) => {
                 let status = response.status().as_u16();
@@ -322,7 +341,9 @@ async fn send_with_retries(
                 if can_retry
                     && policy.on.status_retriable(status, grpc)
                     && let Some(permit) = upstream.retry_permit(cluster)
+                    && let Some(next) = outgoing.attempt_body()
                 {
+                    body = next;
                     retry_permit = Some(permit);
                     debug!(status, attempt, "retrying after a retriable status");
                     drop(response);
@@ -341,7 +362,9 @@ async fn send_with_retries(
                 if can_retry
                     && error_retriable(&error, policy)
                     && let Some(permit) = upstream.retry_permit(cluster)
+                    && let Some(next) = outgoing.attempt_body()
                 {
+                    body = next;
                     retry_permit = Some(permit);
                     attempt += 1;
                     backoff(attempt).await;
@@ -357,7 +380,9 @@ async fn send_with_retries(
                 if can_retry
                     && retriable
                     && let Some(permit) = upstream.retry_permit(cluster)
+                    && let Some(next) = outgoing.attempt_body()
                 {
+                    body = next;
                     retry_permit = Some(permit);
                     attempt += 1;
                     continue;
@@ -366,6 +391,16 @@ async fn send_with_retries(
             }
         }
     }
+}
+
+/// Resolves `limit` after the downstream request has ended (at once for a body-less request).
+async fn after_request(outgoing: &Outgoing, limit: Duration) {
+    if let Some(body) = &outgoing.body {
+        let mut ending = body.finished(false);
+        // A request dropped before its body ended reads as failed, which also ends the wait.
+        let _ended = ending.wait_for(|e| *e != Ending::Running).await;
+    }
+    tokio::time::sleep(limit).await;
 }
 
 /// Envoy's retry back-off: a random time below `base * 2^(n-1)`, capped at ten times the base.

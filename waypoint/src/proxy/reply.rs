@@ -58,8 +58,6 @@ pub(crate) enum LocalReply {
     },
     /// The route's local rate limit has no token left for the request.
     RateLimited,
-    /// The request body is larger than the waypoint buffers for retries and mirrors.
-    PayloadTooLarge,
     /// The client went away or broke the body while it was being read.
     DownstreamDisconnect,
     /// The route's timeout ran out before a response.
@@ -198,7 +196,6 @@ impl LocalReply {
                     X_ENVOY_RATELIMITED.clone(),
                     HeaderValue::from_static("true"),
                 ),
-            L::PayloadTooLarge => Reply::text(StatusCode::PAYLOAD_TOO_LARGE, "payload too large"),
             L::DownstreamDisconnect => {
                 Reply::empty(StatusCode::BAD_REQUEST).flags(F::DownstreamTerminated)
             }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::header;
 use http::{Request, Response, StatusCode, Version};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use tracing::{Instrument, debug, debug_span};
 
@@ -55,7 +55,12 @@ pub(super) async fn forward(
     let endpoint = upstream.choose_endpoint(cluster, &hash, &[])?;
     cx.record_endpoint(&endpoint);
     let mut upstream_response = upstream
-        .send_upgrade(cluster, &endpoint, outgoing.build(""), source_ip)
+        .send_upgrade(
+            cluster,
+            &endpoint,
+            outgoing.build("", Full::new(Bytes::new())),
+            source_ip,
+        )
         .await?;
     if upstream_response.status() != StatusCode::SWITCHING_PROTOCOLS {
         let mut response = upstream_response.map(|b| b.map_err(BoxError::from).boxed());

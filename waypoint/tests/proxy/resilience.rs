@@ -98,6 +98,50 @@ async fn retries_recover_from_an_endpoint_failing_twice() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
 }
 
+/// A request body is retried whole while it fits in what the waypoint keeps (1 MiB, Envoy's
+/// retry buffer); a larger one streams to the endpoint and its failure is not retried (Envoy's
+/// "retry or shadow abandoned"), where a store-and-forward proxy would refuse it.
+#[tokio::test]
+async fn a_body_is_retried_whole_within_the_retry_buffer_and_streams_past_it() {
+    let (mesh, v1, _v2) = two_endpoints().await;
+    let harness = Harness::start(mesh, &[&v1]).await;
+    let route = proto::HttpRoute {
+        retries: Some(proto::HttpRetry {
+            attempts: 2,
+            per_try_timeout: None,
+            retry_on: "5xx".to_owned(),
+        }),
+        ..route_to("v1")
+    };
+    harness
+        .waypoint
+        .apply_config(config(vec![route], vec![cluster("v1", &[&v1])]))
+        .unwrap();
+    let post = |body: Bytes| {
+        Request::builder()
+            .method("POST")
+            .uri("/upload")
+            .header("host", HOST)
+            .body(Full::new(body))
+            .unwrap()
+    };
+
+    v1.behaviour.fail_first.store(1, Ordering::Relaxed);
+    let (status, _, _) = harness.send(post(Bytes::from_static(b"payload"))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(v1.request_count(), 2, "one failure, then the retry");
+    assert_eq!(v1.last_request().unwrap().body, "payload");
+
+    let large = Bytes::from(vec![b'x'; 2 * waypoint::proxy::DEFAULT_RETRY_BUFFER_LIMIT]);
+    let (status, _, _) = harness.send(post(large.clone())).await;
+    assert_eq!(status, StatusCode::OK, "a body past the buffer streams through");
+    assert_eq!(v1.last_request().unwrap().body, large);
+    v1.behaviour.fail_first.store(1, Ordering::Relaxed);
+    let (status, _, _) = harness.send(post(large)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "not retried");
+    assert_eq!(v1.request_count(), 4);
+}
+
 #[tokio::test]
 async fn route_timeout_answers_504_near_the_limit() {
     let (mesh, v1, _v2) = two_endpoints().await;

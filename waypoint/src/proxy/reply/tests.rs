@@ -192,10 +192,6 @@ fn local_replies_are_what_envoy_answers_in_the_same_case() {
             ),
         ),
         (
-            LocalReply::PayloadTooLarge,
-            (413, "payload too large", Some("text/plain"), None, None),
-        ),
-        (
             LocalReply::DownstreamDisconnect,
             (400, "", None, Some("DC"), None),
         ),
@@ -333,10 +329,14 @@ fn a_delay_flag_stays_unless_the_reply_sets_its_own() {
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::new(&mut registry));
     let mut record = RequestRecord::new(std::sync::Arc::clone(&metrics));
     record.response_flags = ResponseFlag::DelayInjected;
-    let response = LocalReply::PayloadTooLarge.respond(&mut record);
-    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let response = LocalReply::DirectResponse {
+        status: StatusCode::IM_A_TEAPOT,
+        body: bytes::Bytes::new(),
+    }
+    .respond(&mut record);
+    assert_eq!(response.status(), StatusCode::IM_A_TEAPOT);
     assert_eq!(record.response_flags, ResponseFlag::DelayInjected);
-    assert_eq!(record.response_code_details, "-");
+    assert_eq!(record.response_code_details, "direct_response");
     LocalReply::RouteTimeout.respond(&mut record);
     assert_eq!(record.response_flags, ResponseFlag::UpstreamTimeout);
     assert_eq!(record.response_code_details, "upstream_response_timeout");
