@@ -12,6 +12,18 @@ use weft_proto::waypoint as proto;
 
 use crate::harness::*;
 
+/// A route to `v1` retrying a 5xx `attempts` times.
+fn retrying_5xx(attempts: i32) -> proto::HttpRoute {
+    proto::HttpRoute {
+        retries: Some(proto::HttpRetry {
+            attempts,
+            per_try_timeout: None,
+            retry_on: "5xx".to_owned(),
+        }),
+        ..route_to("v1")
+    }
+}
+
 #[tokio::test]
 async fn fault_abort_answers_without_reaching_the_endpoint() {
     let (mesh, v1, _v2) = two_endpoints().await;
@@ -62,14 +74,7 @@ async fn fault_delay_holds_the_request() {
 async fn retries_recover_from_an_endpoint_failing_twice() {
     let (mesh, v1, _v2) = two_endpoints().await;
     let harness = Harness::start(mesh, &[&v1]).await;
-    let route = proto::HttpRoute {
-        retries: Some(proto::HttpRetry {
-            attempts: 3,
-            per_try_timeout: None,
-            retry_on: "5xx".to_owned(),
-        }),
-        ..route_to("v1")
-    };
+    let route = retrying_5xx(3);
     harness
         .waypoint
         .apply_config(config(vec![route], vec![cluster("v1", &[&v1])]))
@@ -81,14 +86,7 @@ async fn retries_recover_from_an_endpoint_failing_twice() {
     assert_eq!(v1.request_count(), 3, "two failures, then success");
 
     // Without retries the first failure reaches the client.
-    let no_retry = proto::HttpRoute {
-        retries: Some(proto::HttpRetry {
-            attempts: 0,
-            per_try_timeout: None,
-            retry_on: "5xx".to_owned(),
-        }),
-        ..route_to("v1")
-    };
+    let no_retry = retrying_5xx(0);
     harness
         .waypoint
         .apply_config(config(vec![no_retry], vec![cluster("v1", &[&v1])]))
@@ -105,14 +103,7 @@ async fn retries_recover_from_an_endpoint_failing_twice() {
 async fn a_body_is_retried_whole_within_the_retry_buffer_and_streams_past_it() {
     let (mesh, v1, _v2) = two_endpoints().await;
     let harness = Harness::start(mesh, &[&v1]).await;
-    let route = proto::HttpRoute {
-        retries: Some(proto::HttpRetry {
-            attempts: 2,
-            per_try_timeout: None,
-            retry_on: "5xx".to_owned(),
-        }),
-        ..route_to("v1")
-    };
+    let route = retrying_5xx(2);
     harness
         .waypoint
         .apply_config(config(vec![route], vec![cluster("v1", &[&v1])]))
@@ -134,7 +125,11 @@ async fn a_body_is_retried_whole_within_the_retry_buffer_and_streams_past_it() {
 
     let large = Bytes::from(vec![b'x'; 2 * waypoint::proxy::DEFAULT_RETRY_BUFFER_LIMIT]);
     let (status, _, _) = harness.send(post(large.clone())).await;
-    assert_eq!(status, StatusCode::OK, "a body past the buffer streams through");
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "a body past the buffer streams through"
+    );
     assert_eq!(v1.last_request().unwrap().body, large);
     v1.behaviour.fail_first.store(1, Ordering::Relaxed);
     let (status, _, _) = harness.send(post(large)).await;
