@@ -36,7 +36,7 @@ pub use config::{
     HBONE_PORT,
 };
 pub use copy::{CopyDirection, CopyError, TunnelStats, copy_bidirectional};
-pub use metered::{ByteMeter, MeteredStream};
+pub use metered::{ByteMeter, MeteredClient, MeteredStream};
 pub use pool::{Connector, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, Pool, PoolConfig};
 pub use request::{BAGGAGE, ConnectRequest, MalformedRequest, TRACEPARENT, parse_connect_request};
 pub use revoke::{ConnectionRegistry, Registration, Revocable, Revocation, Revoked};

@@ -107,6 +107,64 @@ where
     }
 }
 
+/// A connection's client side, counted into its meter as bytes pass: what is read from the
+/// client is received, what is written to it is sent. For the connections whose upstream is
+/// not a [`MeteredStream`], so that their bytes too show while they flow (as ztunnel counts).
+pub struct MeteredClient<'m, S, M: ?Sized> {
+    inner: S,
+    meter: &'m M,
+}
+
+impl<'m, S, M: ByteMeter + ?Sized> MeteredClient<'m, S, M> {
+    pub fn new(inner: S, meter: &'m M) -> Self {
+        Self { inner, meter }
+    }
+
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S: AsyncRead + Unpin, M: ByteMeter + ?Sized> AsyncRead for MeteredClient<'_, S, M> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = poll {
+            this.meter
+                .add_received((buf.filled().len() - before) as u64);
+        }
+        poll
+    }
+}
+
+impl<S: AsyncWrite + Unpin, M: ByteMeter + ?Sized> AsyncWrite for MeteredClient<'_, S, M> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.inner).poll_write(cx, data);
+        if let Poll::Ready(Ok(written)) = poll {
+            this.meter.add_sent(written as u64);
+        }
+        poll
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;

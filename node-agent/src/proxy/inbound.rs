@@ -8,7 +8,8 @@ use std::{io, net::SocketAddr, sync::Arc};
 
 use tokio::net::TcpStream;
 use weft_hbone::{
-    ConnectHandler, ConnectRequest, H2Config, MeteredStream, Refusal, serve_connection_until,
+    ConnectHandler, ConnectRequest, H2Config, MeteredClient, MeteredStream, Refusal,
+    serve_connection_until,
 };
 use weft_identity::SpiffeId;
 use weft_proxy_core::drain::DrainWatch;
@@ -74,16 +75,16 @@ pub(super) async fn handle_plaintext(
             .connect_from(peer.ip(), Some(peer.port()), target)
             .await
             .map_err(|e| ProxyError::Connect(target, e))?;
+        // Bytes are counted as they pass, so a long connection shows before it ends.
+        let mut downstream = MeteredClient::new(&mut downstream, &guard);
         copy::tcp_both_ways(&mut downstream, &mut registration.wrap(upstream))
             .await
+            .map(drop)
             .map_err(copy_error)
     }
     .await;
     match result {
-        Ok((received, sent)) => {
-            guard.add_received(received);
-            guard.add_sent(sent);
-        }
+        Ok(()) => {}
         Err(error) => {
             guard.failed(&error);
             tracing::warn!(%peer, %target, %error, "inbound plaintext connection refused");

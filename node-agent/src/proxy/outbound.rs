@@ -10,7 +10,8 @@ use std::{
 };
 
 use tokio::net::TcpStream;
-use weft_hbone::{ConnectRequest, Revocable, connect_tcp};
+use weft_hbone::{ConnectRequest, MeteredClient, Revocable, connect_tcp};
+use weft_proxy_core::metrics::TcpConnection;
 use weft_proxy_core::metrics::{Reporter, SecurityPolicy};
 
 use super::{
@@ -41,7 +42,7 @@ pub(super) async fn handle(
     let registration = context
         .connections
         .register(pod.uid.clone(), Tracked::Carrier);
-    let mut app = registration.wrap(app);
+    let app = registration.wrap(app);
     let source = context
         .store
         .wait_for_workload_by_uid(&pod.uid, super::WAIT_FOR_WORKLOAD)
@@ -130,10 +131,12 @@ pub(super) async fn handle(
         security,
         ConnectionLog::outbound(peer, &source.addresses, Some(original)),
     );
-    match execute(&context, &pod, &source, &mut app, plan).await {
-        Ok((received, sent)) => {
-            guard.add_received(received);
-            guard.add_sent(sent);
+    // Bytes are counted as they pass, so a long connection shows before it ends.
+    let mut app = MeteredClient::new(app, &guard);
+    let result = execute(&context, &pod, &source, &mut app, plan).await;
+    drop(app);
+    match result {
+        Ok(()) => {
             tracing::debug!(%peer, %original, elapsed_ms = started.elapsed().as_millis() as u64, "outbound connection complete");
         }
         Err(error) => {
@@ -153,9 +156,9 @@ async fn execute(
     context: &ProxyContext,
     pod: &ServedPod,
     source: &Workload,
-    app: &mut Revocable<TcpStream>,
+    app: &mut MeteredClient<'_, Revocable<TcpStream>, TcpConnection<ConnectionLog>>,
     plan: OutboundPlan,
-) -> Result<(u64, u64), ProxyError> {
+) -> Result<(), ProxyError> {
     match plan {
         OutboundPlan::BlackHole { target } => Err(ProxyError::BlackHole(target)),
         OutboundPlan::Passthrough { target } => {
@@ -164,6 +167,7 @@ async fn execute(
                 .map_err(|e| ProxyError::Connect(target, e))?;
             copy::tcp_both_ways(app, &mut upstream)
                 .await
+                .map(drop)
                 .map_err(copy_error)
         }
         OutboundPlan::External {
@@ -186,6 +190,7 @@ async fn execute(
                 }
                 None => copy::tcp_both_ways(app, &mut { upstream }).await,
             }
+            .map(drop)
             .map_err(copy_error)
         }
         OutboundPlan::Local {
@@ -208,6 +213,7 @@ async fn execute(
                 .map_err(|e| ProxyError::Connect(target, e))?;
             copy::tcp_both_ways(app, &mut registration.wrap(upstream))
                 .await
+                .map(drop)
                 .map_err(copy_error)
         }
         OutboundPlan::Hbone {
@@ -234,13 +240,13 @@ async fn execute(
                 .connect(&key, &request)
                 .await
                 .map_err(|e| ProxyError::Hbone(gateway, e))?;
-            let stats = weft_hbone::copy_bidirectional(&mut tunnel, app)
+            weft_hbone::copy_bidirectional(&mut tunnel, app)
                 .await
-                .map_err(|e| match app.revoked() {
+                .map(drop)
+                .map_err(|e| match app.get_ref().revoked() {
                     Some(reason) => ProxyError::revoked(reason),
                     None => ProxyError::Copy(io::Error::other(e)),
-                })?;
-            Ok((stats.to_tunnel, stats.from_tunnel))
+                })
         }
     }
 }

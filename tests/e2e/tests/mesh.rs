@@ -314,3 +314,60 @@ fn the_application_sees_its_clients_address_not_the_pods_own() {
         );
     }
 }
+
+/// The sum of `family`'s samples the client's agent reports as the source.
+fn source_total(mesh: &Mesh, family: &str) -> u64 {
+    mesh.metrics("node1")
+        .lines()
+        .filter(|l| l.starts_with(&format!("{family}{{")) && l.contains("reporter=\"source\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// A connection's bytes show in the agent's metrics while it is open, as ztunnel counts them,
+/// not only once it closes: a long upload shows before its answer.
+#[test]
+fn a_connections_bytes_show_while_it_is_open() {
+    let mesh = two_nodes(CART_SERVICE);
+    let cart2 = mesh.pod("cart-2").ip;
+    let received_before = source_total(&mesh, "istio_tcp_received_bytes_total");
+    let closed_before = source_total(&mesh, "istio_tcp_connections_closed_total");
+    let upload = mesh.dir().join("upload");
+    std::fs::write(&upload, vec![b'x'; 200_000]).unwrap();
+    let upload = format!("@{}", upload.display());
+    let url = format!("http://{cart2}:8080/slow?delay_ms=5000");
+    let mut slow = mesh
+        .spawn_in_pod(
+            "client",
+            "curl",
+            &[
+                "-s",
+                "-o",
+                "/dev/null",
+                "--max-time",
+                "20",
+                "--data-binary",
+                &upload,
+                &url,
+            ],
+        )
+        .expect("start the upload");
+    let deadline = std::time::Instant::now() + Duration::from_secs(4);
+    let counted = loop {
+        let received = source_total(&mesh, "istio_tcp_received_bytes_total") - received_before;
+        if received >= 200_000 || std::time::Instant::now() > deadline {
+            break received;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let closed = source_total(&mesh, "istio_tcp_connections_closed_total") - closed_before;
+    let still_open = slow.try_wait().expect("the upload").is_none();
+    let _ = slow.kill();
+    let _ = slow.wait();
+    assert!(still_open, "the upload ended before the bytes were read");
+    assert_eq!(closed, 0, "a connection closed meanwhile");
+    assert!(
+        counted >= 200_000,
+        "the open connection's 200,000 bytes were not counted: {counted}"
+    );
+}
