@@ -71,12 +71,7 @@ where
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let before = buf.filled().len();
-        let poll = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = poll {
-            this.meter.add_sent((buf.filled().len() - before) as u64);
-        }
-        poll
+        counted_read(&mut this.inner, cx, buf, |n| this.meter.add_sent(n))
     }
 }
 
@@ -91,11 +86,7 @@ where
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let poll = Pin::new(&mut this.inner).poll_write(cx, data);
-        if let Poll::Ready(Ok(written)) = poll {
-            this.meter.add_received(written as u64);
-        }
-        poll
+        counted_write(&mut this.inner, cx, data, |n| this.meter.add_received(n))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -105,6 +96,35 @@ where
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
+}
+
+/// A read from `inner`, its bytes given to `count`.
+fn counted_read<S: AsyncRead + Unpin>(
+    inner: &mut S,
+    cx: &mut Context<'_>,
+    buf: &mut ReadBuf<'_>,
+    count: impl FnOnce(u64),
+) -> Poll<io::Result<()>> {
+    let before = buf.filled().len();
+    let poll = Pin::new(inner).poll_read(cx, buf);
+    if let Poll::Ready(Ok(())) = poll {
+        count((buf.filled().len() - before) as u64);
+    }
+    poll
+}
+
+/// A write to `inner`, the bytes it took given to `count`.
+fn counted_write<S: AsyncWrite + Unpin>(
+    inner: &mut S,
+    cx: &mut Context<'_>,
+    data: &[u8],
+    count: impl FnOnce(u64),
+) -> Poll<io::Result<usize>> {
+    let poll = Pin::new(inner).poll_write(cx, data);
+    if let Poll::Ready(Ok(written)) = poll {
+        count(written as u64);
+    }
+    poll
 }
 
 /// A connection's client side, counted into its meter as bytes pass: what is read from the
@@ -132,13 +152,7 @@ impl<S: AsyncRead + Unpin, M: ByteMeter + ?Sized> AsyncRead for MeteredClient<'_
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let before = buf.filled().len();
-        let poll = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = poll {
-            this.meter
-                .add_received((buf.filled().len() - before) as u64);
-        }
-        poll
+        counted_read(&mut this.inner, cx, buf, |n| this.meter.add_received(n))
     }
 }
 
@@ -149,11 +163,7 @@ impl<S: AsyncWrite + Unpin, M: ByteMeter + ?Sized> AsyncWrite for MeteredClient<
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let poll = Pin::new(&mut this.inner).poll_write(cx, data);
-        if let Poll::Ready(Ok(written)) = poll {
-            this.meter.add_sent(written as u64);
-        }
-        poll
+        counted_write(&mut this.inner, cx, data, |n| this.meter.add_sent(n))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
