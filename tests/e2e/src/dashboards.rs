@@ -391,6 +391,21 @@ mod tests {
     }
 
     #[test]
+    fn promtool_accepts_the_rules() {
+        let output = std::process::Command::new("promtool")
+            .args(["check", "rules"])
+            .arg(alert_rules_file())
+            .output()
+            .expect("promtool, from Debian's prometheus package (`cargo xtask setup`)");
+        assert!(
+            output.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    #[test]
     fn the_shipped_rules_name_every_alert_and_the_test_copy_fires_at_once() {
         let rules = rules(&alert_rules_file()).unwrap();
         let alerts: Vec<&str> = rules.iter().map(|r| r.name.as_str()).collect();
