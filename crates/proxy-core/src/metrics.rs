@@ -6,7 +6,7 @@ pub mod certificates;
 pub mod labels;
 pub mod tcp;
 
-pub use certificates::{CERTIFICATE_EXPIRY, register_certificate_expiry};
+pub use certificates::{CERTIFICATE_EXPIRY, CERTIFICATE_ISSUE, register_certificate_expiry};
 pub use labels::{
     Peer, PeerLabels, Reporter, RequestLabels, RequestProtocol, ResponseFlag, SecurityPolicy,
     Service, TcpLabels, UNKNOWN,

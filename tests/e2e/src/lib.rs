@@ -24,6 +24,7 @@ pub mod cni;
 pub mod containerd;
 pub mod cri;
 pub mod curl;
+pub mod dashboards;
 pub mod demo;
 pub mod dns;
 pub mod fixtures;
@@ -259,11 +260,13 @@ impl Process {
 
     /// SIGTERM, without waiting: the process is the caller's from here.
     pub(crate) fn signal_terminate(self) -> anyhow::Result<Child> {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )?;
+        self.signal(nix::sys::signal::Signal::SIGTERM)?;
         Ok(self.child)
+    }
+
+    pub(crate) fn signal(&self, signal: nix::sys::signal::Signal) -> anyhow::Result<()> {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal)?;
+        Ok(())
     }
 
     pub(crate) fn kill(&mut self) {

@@ -1,7 +1,9 @@
 //! Prometheus and the console beside a mesh, as Istio's Prometheus addon and Kiali run beside
 //! istiod: Debian's `prometheus` runs on the control-plane host with a generated configuration
 //! scraping every node agent, waypoint and the controller, its storage in the mesh's directory;
-//! the controller serves the console ([`CONSOLE_PORT`]) from it. Both are reached from the
+//! the controller serves the console ([`CONSOLE_PORT`]) from it. Prometheus evaluates the
+//! shipped alerting rules (`deploy/prometheus/alerts.yaml`), copied into its rules directory
+//! ([`Observability::replace_rules`] puts another copy in their place). Both are reached from the
 //! machine's loopback through [`HostForward`]s, since no testbed namespace is connected to the
 //! root namespace.
 
@@ -9,6 +11,7 @@ use std::{
     fmt::Write as _,
     io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    path::PathBuf,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -41,6 +44,8 @@ pub const CONSOLE_FILE: &str = "console.json";
 /// Prometheus scraping a mesh, and the loopback addresses of it and of the console.
 pub struct Observability {
     prometheus: Process,
+    /// The directory whose `*.yaml` Prometheus loads as rule files.
+    rules_dir: PathBuf,
     prometheus_forward: HostForward,
     console_forward: HostForward,
     targets: usize,
@@ -65,16 +70,58 @@ impl Observability {
                 .append_pair("query", query)
                 .finish()
         );
-        let (status, body) = http_request(self.prometheus(), "GET", &path, None)?;
-        let answer: serde_json::Value =
+        let data = self.api(&path)?;
+        Ok(data["result"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// Waits until `query`'s single value is at least `at_least` (Prometheus has scraped what
+    /// a test did), for up to a minute.
+    pub fn wait_for_value(&self, query: &str, at_least: f64) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let value = self.value(query)?;
+            if value >= at_least {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("Prometheus has {value} of {at_least} for {query}");
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// The `data` of a GET of Prometheus' HTTP API (`/api/v1/...`), failing on its errors.
+    pub fn api(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        let (status, body) = http_request(self.prometheus(), "GET", path, None)?;
+        let mut answer: serde_json::Value =
             serde_json::from_str(&body).with_context(|| format!("Prometheus answered {body}"))?;
         if status != 200 || answer["status"] != "success" {
-            bail!("Prometheus answered {status} to {query}: {body}");
+            bail!("Prometheus answered {status} to {path}: {body}");
         }
-        Ok(answer["data"]["result"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default())
+        Ok(answer["data"].take())
+    }
+
+    /// Replaces the rule file `name` (`alerts.yaml` holds the shipped rules) with `yaml` and
+    /// has Prometheus reload it (SIGHUP); returns once `loaded` holds of `/api/v1/rules`.
+    pub fn replace_rules(
+        &self,
+        name: &str,
+        yaml: &str,
+        loaded: impl Fn(&serde_json::Value) -> bool,
+    ) -> anyhow::Result<()> {
+        std::fs::write(self.rules_dir.join(name), yaml)?;
+        self.prometheus.signal(nix::sys::signal::Signal::SIGHUP)?;
+        let deadline = Instant::now() + STARTUP;
+        loop {
+            let rules = self.api("/api/v1/rules")?;
+            if loaded(&rules) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("Prometheus did not load {name} as expected: {rules}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// The single value of a query answering one series (0 when it answers none).
@@ -127,7 +174,8 @@ impl Mesh {
             .collect();
         let controller = vec![format!("{}:{CONTROLLER_MONITORING_PORT}", host.ip)];
         let mut yaml = format!(
-            "global:\n  scrape_interval: {SCRAPE_INTERVAL}\n  evaluation_interval: {SCRAPE_INTERVAL}\nscrape_configs:\n"
+            "global:\n  scrape_interval: {SCRAPE_INTERVAL}\n  evaluation_interval: {SCRAPE_INTERVAL}\nrule_files: ['{}/*.yaml']\nscrape_configs:\n",
+            self.rules_dir().display()
         );
         let jobs = [
             ("weft-node-agent", &agents),
@@ -148,6 +196,11 @@ impl Mesh {
         (yaml, agents.len() + waypoints.len() + controller.len())
     }
 
+    /// Where Prometheus' rule files are.
+    fn rules_dir(&self) -> PathBuf {
+        self.dir().join("prometheus-rules")
+    }
+
     /// Starts Prometheus on the control-plane host and forwards it and the console to the
     /// machine's loopback; returns once every target has been scraped.
     pub fn start_observability(&self) -> anyhow::Result<Observability> {
@@ -158,6 +211,11 @@ impl Mesh {
         let (config, targets) = self.prometheus_config();
         let config_file = self.dir().join("prometheus.yml");
         std::fs::write(&config_file, config)?;
+        let rules_dir = self.rules_dir();
+        std::fs::create_dir_all(&rules_dir)?;
+        let shipped = crate::dashboards::alert_rules_file();
+        std::fs::copy(&shipped, rules_dir.join("alerts.yaml"))
+            .with_context(|| format!("copying {}", shipped.display()))?;
         let mut command = host.netns.command_in_cgroup(&host.cgroup, "prometheus");
         command
             .arg(format!("--config.file={}", config_file.display()))
@@ -178,6 +236,7 @@ impl Mesh {
         )?;
         let observability = Observability {
             prometheus,
+            rules_dir,
             prometheus_forward,
             console_forward,
             targets,

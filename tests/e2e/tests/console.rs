@@ -18,20 +18,11 @@ const REVIEWS_AT_WAYPOINT: &str =
 
 const CLIENT_TO_DETAILS: &str = "sum(istio_tcp_connections_opened_total{reporter=\"source\",source_workload=\"client\",destination_service_name=\"details\"})";
 
-/// Waits until Prometheus' last scrape counts at least `count` requests to reviews.
+/// Waits until Prometheus' last scrape counts at least `count` for `query`.
 fn wait_scraped(observability: &Observability, query: &str, count: f64) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let value = observability.value(query).expect("Prometheus answers");
-        if value >= count {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "Prometheus has {value} of {count} for {query}"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    observability
+        .wait_for_value(query, count)
+        .expect("Prometheus scrapes the traffic");
 }
 
 fn console_get(observability: &Observability, path: &str) -> Value {

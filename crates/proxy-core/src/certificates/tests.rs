@@ -380,7 +380,7 @@ mod grpc {
 }
 
 #[tokio::test]
-async fn the_expiry_of_each_certificate_held_is_a_gauge_until_it_is_forgotten() {
+async fn the_issue_and_expiry_of_each_certificate_held_are_gauges_until_it_is_forgotten() {
     let (manager, _, _) = manager(Duration::from_secs(3600), 0);
     let mut registry = prometheus_client::registry::Registry::default();
     crate::metrics::register_certificate_expiry(&mut registry, manager.source());
@@ -412,6 +412,17 @@ async fn the_expiry_of_each_certificate_held_is_a_gauge_until_it_is_forgotten() 
         .as_secs_f64();
     assert!((value - now - 3600.0).abs() < 120.0, "{line}");
     assert!(text.contains("# TYPE weft_workload_certificate_expiry_timestamp_seconds gauge"));
+    let issued = text
+        .lines()
+        .find(|l| l.starts_with(crate::metrics::CERTIFICATE_ISSUE) && l.contains("/sa/cart"))
+        .unwrap_or_else(|| panic!("{text}"));
+    let issued: f64 = issued.rsplit_once(' ').unwrap().1.parse().unwrap();
+    let not_before = cart
+        .not_before()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert_eq!(issued, not_before);
     assert!(text.contains("/sa/orders"), "{text}");
     manager.forget(&id("orders"));
     assert!(!scrape(&registry).contains("/sa/orders"));

@@ -1,0 +1,269 @@
+//! The Grafana dashboards (`deploy/grafana`) and the Prometheus alerting rules
+//! (`deploy/prometheus/alerts.yaml`) against a real mesh: bookinfo runs as the demo runs it,
+//! Debian's `prometheus` scrapes its agents, waypoint and controller and evaluates the rules
+//! (a copy whose `for:` is 1s), and bounded traffic goes through it: pages through the
+//! waypoint, jason's pages whose ratings calls the waypoint aborts with 500, the client's TCP
+//! calls to details agent to agent, the client's calls to reviews that the waypoint denies, and
+//! its calls to details once an L4 policy denies them at details' agent. Then every query of
+//! every panel target, with the template variables filled in as Grafana fills them from the
+//! same Prometheus, must answer at least one series; so must the series every alert judges
+//! (its expression without its comparison), every rule must evaluate without error
+//! (`/api/v1/rules` health `ok`), and the denied-requests alert must fire for reviews
+//! (`/api/v1/alerts`). Needs root.
+
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+
+use serde_json::Value;
+use weft_e2e::{
+    dashboards::{self, Dashboard, Variable},
+    demo::{CLIENT, Demo, Runtime, eventually, examples},
+    observability::Observability,
+};
+
+/// The value each template variable is given where one is chosen (the others take every value
+/// Prometheus has, as Grafana's "All").
+const CHOSEN: &[(&str, &str)] = &[
+    ("namespace", "bookinfo"),
+    ("workload", "reviews"),
+    ("service", "reviews.bookinfo.svc.cluster.local"),
+];
+
+/// An L4 policy (a selector, no HTTP attributes): details' agent refuses the client's
+/// connections.
+const DENY_CLIENT_TO_DETAILS: &str = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: details-deny-client
+  namespace: bookinfo
+spec:
+  selector:
+    matchLabels:
+      app: details
+  action: DENY
+  rules:
+  - from:
+    - source:
+        principals: [cluster.local/ns/bookinfo/sa/client]
+";
+
+/// How many of the client's calls to reviews the waypoint denies once their series exists:
+/// against the 60 pages' calls, well over the alert's tenth.
+const DENIED_REVIEWS: u32 = 20;
+
+/// The series a query answers, or why it answers none.
+fn answer(observability: &Observability, expr: &str) -> Result<usize, String> {
+    if expr.contains('$') {
+        return Err(format!("a variable left unfilled in {expr}"));
+    }
+    match observability.query(expr) {
+        Ok(series) if series.is_empty() => Err(format!("no data for {expr}")),
+        Ok(series) => Ok(series.len()),
+        Err(error) => Err(format!("{error:#}")),
+    }
+}
+
+/// Grafana's values for `dashboard`'s variables, each from its own query on Prometheus.
+fn variable_values(
+    observability: &Observability,
+    dashboard: &Dashboard,
+) -> Result<BTreeMap<String, String>, String> {
+    let mut values = BTreeMap::new();
+    for variable in dashboard.variables() {
+        match variable {
+            Variable::Datasource => {}
+            Variable::Custom { name, current } => {
+                values.insert(name, current);
+            }
+            Variable::Query {
+                name,
+                definition,
+                all,
+            } => {
+                let (query, label) = dashboards::label_values_query(&definition)
+                    .ok_or_else(|| format!("{name}: {definition} is not label_values(...)"))?;
+                let query = dashboards::substitute(&query, &values);
+                let found: Vec<String> = observability
+                    .query(&query)
+                    .map_err(|e| format!("{name}: {e:#}"))?
+                    .iter()
+                    .filter_map(|s| s["metric"][&label].as_str().map(str::to_owned))
+                    .collect();
+                let value = match CHOSEN.iter().find(|(n, _)| *n == name) {
+                    Some((_, chosen)) if found.iter().any(|f| f == chosen) => chosen.to_string(),
+                    Some((_, chosen)) => {
+                        return Err(format!("{name}: {chosen} not among {found:?} ({query})"));
+                    }
+                    None if all && !found.is_empty() => found.join("|"),
+                    None => return Err(format!("{name}: no value to choose in {found:?}")),
+                };
+                values.insert(name, value);
+            }
+        }
+    }
+    Ok(values)
+}
+
+#[test]
+fn every_dashboard_query_and_alert_rule_answers_from_prometheus_scraping_bookinfo() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy/examples/bookinfo");
+    let examples = examples::load(&dir).expect("the bookinfo examples");
+    let demo = Demo::start(Runtime::Testbed, &examples).expect("bookinfo starts");
+    let observability = demo
+        .observability
+        .as_ref()
+        .expect("the testbed runs Prometheus");
+
+    // The shipped rules, every alert's `for:` shortened, in place of the shipped copy.
+    let rules = dashboards::rules(&dashboards::alert_rules_file()).expect("the rules file");
+    let shipped = std::fs::read_to_string(dashboards::alert_rules_file()).unwrap();
+    let copy = dashboards::with_for(&shipped, "1s").unwrap();
+    observability
+        .replace_rules("alerts.yaml", &copy, |loaded| {
+            let alerts: Vec<&Value> = loaded["groups"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|g| g["rules"].as_array().into_iter().flatten())
+                .collect();
+            // `health` is `unknown` until a rule's first evaluation after the reload.
+            alerts.len() == rules.len()
+                && alerts
+                    .iter()
+                    .all(|a| a["duration"] == 1 && a["health"] != "unknown")
+        })
+        .expect("Prometheus loads the test copy of the rules");
+
+    // Waits until Prometheus has scraped `count` of `series` and every one of them twice since
+    // it appeared (a rate needs two samples in its window; an increase before a series' first
+    // sample is not in any rate).
+    let scraped = |series: &str, count: u32| {
+        observability
+            .wait_for_value(&format!("sum({series})"), f64::from(count))
+            .expect("Prometheus scrapes the traffic");
+        observability
+            .wait_for_value(&format!("min(count_over_time({series}[1m]))"), 2.0)
+            .expect("Prometheus scrapes the traffic twice");
+    };
+    const DENIED: &str = "istio_requests_total{reporter=\"waypoint\",destination_service_name=\"reviews\",response_code=\"403\"}";
+
+    // Traffic, each loop bounded. The first denied call creates its series; the rest, once it
+    // is scraped, are what the alert's rate measures.
+    let reviews = demo.url("reviews", "/reviews/0");
+    assert_eq!(demo.curl_with(CLIENT, &[&reviews]).status, 403);
+    let pages = demo.productpage(50, &[]).expect("productpage");
+    assert!(pages.iter().all(|(status, _)| *status == 200));
+    let jason = demo
+        .productpage(10, &["-H", "end-user: jason"])
+        .expect("jason's pages");
+    assert!(jason.iter().all(|(status, _)| *status == 200));
+    let details = demo.url("details", "/details/0");
+    for _ in 0..5 {
+        assert_eq!(demo.curl_with(CLIENT, &[&details]).status, 200);
+    }
+    scraped(DENIED, 1);
+    for _ in 0..DENIED_REVIEWS {
+        assert_eq!(demo.curl_with(CLIENT, &[&reviews]).status, 403);
+    }
+    demo.cluster
+        .apply("90-deny-client-to-details.yaml", DENY_CLIENT_TO_DETAILS)
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(30), || demo
+            .curl_with(CLIENT, &[&details])
+            .status
+            != 200),
+        "details' agent never denied the client"
+    );
+    for _ in 0..3 {
+        assert_ne!(demo.curl_with(CLIENT, &[&details]).status, 200);
+    }
+    scraped(DENIED, 1 + DENIED_REVIEWS);
+    scraped(
+        "istio_requests_total{reporter=\"waypoint\",response_flags=\"FI\"}",
+        1,
+    );
+    scraped(
+        "istio_tcp_connections_closed_total{reporter=\"destination\",destination_workload=\"details\",response_flags=\"DENY\"}",
+        4,
+    );
+
+    // Every panel target of every dashboard answers.
+    let mut failures = Vec::new();
+    let mut answered = 0;
+    let all = dashboards::dashboards().expect("the dashboards");
+    assert_eq!(all.len(), 6);
+    for dashboard in &all {
+        let values = match variable_values(observability, dashboard) {
+            Ok(values) => values,
+            Err(error) => {
+                failures.push(format!("{}: variable {error}", dashboard.file));
+                continue;
+            }
+        };
+        for query in dashboard.queries() {
+            let expr = dashboards::substitute(&query.expr, &values);
+            match answer(observability, &expr) {
+                Ok(_) => answered += 1,
+                Err(error) => {
+                    failures.push(format!("{} {:?}: {error}", dashboard.file, query.panel))
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+    assert!(answered >= 60, "only {answered} panel queries");
+    // The check tells a mistyped label from a real one.
+    let mistyped = "sum(rate(istio_requests_total{reporter=\"waypoint\",destination_servce=~\"reviews.bookinfo.svc.cluster.local\"}[1m]))";
+    assert!(answer(observability, mistyped).is_err());
+    assert!(answer(observability, &mistyped.replace("servce", "service")).is_ok());
+
+    // Every rule loaded and evaluates without error; the series each alert judges exist.
+    let loaded = observability.api("/api/v1/rules").expect("the rules");
+    let loaded: Vec<&Value> = loaded["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_array().unwrap())
+        .collect();
+    for rule in &rules {
+        let state = loaded
+            .iter()
+            .find(|l| l["name"] == rule.name.as_str())
+            .unwrap_or_else(|| panic!("{} not loaded: {loaded:#?}", rule.name));
+        assert_eq!(
+            state["health"], "ok",
+            "{} does not evaluate: {state:#}",
+            rule.name
+        );
+        let operand = dashboards::without_comparison(&rule.expr);
+        if let Err(error) = answer(observability, operand) {
+            failures.push(format!("rule {} ({}): {error}", rule.name, rule.group));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+
+    // The denied-requests alert fires for reviews; no agent is down, no certificate is late.
+    let mut firing = Vec::new();
+    let fired = eventually(Duration::from_secs(60), || {
+        let alerts = observability.api("/api/v1/alerts").expect("the alerts");
+        firing = alerts["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["state"] == "firing")
+            .cloned()
+            .collect();
+        firing.iter().any(|a| {
+            a["labels"]["alertname"] == "WeftRequestsDenied"
+                && a["labels"]["destination_service_name"] == "reviews"
+        })
+    });
+    assert!(fired, "WeftRequestsDenied does not fire: {firing:#?}");
+    assert!(
+        firing.iter().all(|a| !matches!(
+            a["labels"]["alertname"].as_str(),
+            Some("WeftNodeAgentDown" | "WeftWorkloadCertificateExpiringSoon")
+        )),
+        "{firing:#?}"
+    );
+}
