@@ -218,6 +218,49 @@ fn check_pem(bytes: &[u8], label: &str) -> Result<(), String> {
     }
 }
 
+/// Why the Secret `namespace/name` cannot serve a Gateway API listener, as Istio's gateway
+/// controller checks a `certificateRefs` Secret (`buildSecretReference`): it must exist, hold a
+/// certificate and key (the generic `cert`/`key` or `tls.crt`/`tls.key`), and the two must
+/// parse as a key pair (Go's `tls.X509KeyPair`: PEM certificates, a PEM key, the key the
+/// leaf's). `None` when it can serve.
+pub fn listener_secret_problem(index: &ConfigIndex, namespace: &str, name: &str) -> Option<String> {
+    let Some(secret) = index.secrets.get(&format!("{namespace}/{name}")) else {
+        return Some(format!("secret {namespace}/{name} not found"));
+    };
+    let (certificate, key) = match secret.certificate_and_key() {
+        Ok(pair) => pair,
+        Err(reason) => return Some(format!("secret {namespace}/{name}: {reason}")),
+    };
+    key_pair_problem(certificate, key)
+        .map(|reason| format!("the certificate is malformed: secret {namespace}/{name}: {reason}"))
+}
+
+/// Why `certificate` (a PEM chain, leaf first) and `key` (PEM) are not a usable key pair.
+fn key_pair_problem(certificate: &[u8], key: &[u8]) -> Option<String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = match CertificateDer::pem_slice_iter(certificate).collect::<Result<Vec<_>, _>>() {
+        Ok(chain) if chain.is_empty() => return Some("no PEM certificate".to_owned()),
+        Ok(chain) => chain,
+        Err(error) => return Some(format!("certificate: {error}")),
+    };
+    let key = match PrivateKeyDer::from_pem_slice(key) {
+        Ok(key) => key,
+        Err(error) => return Some(format!("private key: {error}")),
+    };
+    let signing = match weft_identity::crypto_provider()
+        .key_provider
+        .load_private_key(key)
+    {
+        Ok(signing) => signing,
+        Err(error) => return Some(format!("private key: {error}")),
+    };
+    rustls::sign::CertifiedKey::new(chain, signing)
+        .keys_match()
+        .err()
+        .map(|error| format!("the private key does not match the certificate: {error}"))
+}
+
 /// Every credential the gateway proxies of `configs` (by `namespace/pod`) terminate TLS with,
 /// by resource name, each for the identities of the pods that use it. What cannot be served
 /// is reported once per Gateway server.

@@ -24,7 +24,9 @@ use crate::index::ConfigIndex;
 use crate::model::gateway_api::WAYPOINT_GATEWAY_CLASS;
 use crate::model::{KubernetesGateway, ResourceKind};
 
-pub use gateway_status::{GatewayStatus, ListenerStatus, gateway_statuses};
+pub use gateway_status::{
+    GatewayClassStatus, GatewayStatus, ListenerStatus, gateway_class_statuses, gateway_statuses,
+};
 pub use spec::{
     BackendRef, Filter, GrpcMethod, HeaderModifier, KeyMatch, Match, MethodMatch, Mirror,
     ParentRef, PathMatch, PathModifier, Redirect, Retry, RouteSpec, Rule, Timeouts, UrlRewrite,

@@ -3,7 +3,8 @@
 //! a parent that is ours, the `status.parents` entries of controller `istio.io/mesh-controller`
 //! (a Service or a waypoint) or `istio.io/gateway-controller` (a Gateway of class `istio`),
 //! with the conditions [`route_statuses`] computes; and the `status` of each Gateway of class
-//! `istio` ([`gateway_statuses`]). Other controllers' entries are kept; an entry is written
+//! `istio` ([`gateway_statuses`]), and the `Accepted` condition of the GatewayClasses of
+//! Istio's controllers ([`gateway_class_statuses`]). Other controllers' entries are kept; an entry is written
 //! only when it changed (the controller's own write comes back through the watch and finds
 //! nothing to do). A failed write is retried at the next change of the index.
 
@@ -22,7 +23,8 @@ use crate::index::LiveIndex;
 use crate::translate::MeshSettings;
 use crate::translate::gateway_api::ingress::GATEWAY_CONTROLLER;
 use crate::translate::gateway_api::{
-    GatewayStatus, MESH_CONTROLLER, ParentStatus, RouteStatus, gateway_statuses, route_statuses,
+    GatewayClassStatus, GatewayStatus, MESH_CONTROLLER, ParentStatus, RouteStatus,
+    gateway_class_statuses, gateway_statuses, route_statuses,
 };
 
 type RouteKey = (crate::model::ResourceKind, String, String);
@@ -36,10 +38,25 @@ pub async fn keep_route_statuses(
 ) {
     let mut written: BTreeMap<RouteKey, Vec<ParentStatus>> = BTreeMap::new();
     let mut written_gateways: BTreeMap<(String, String), GatewayStatus> = BTreeMap::new();
+    let mut written_classes: BTreeMap<String, GatewayClassStatus> = BTreeMap::new();
     let mut changes = index.subscribe();
     changes.borrow_and_update();
     loop {
         let snapshot = index.snapshot();
+        for status in gateway_class_statuses(&snapshot) {
+            if written_classes.get(&status.name) == Some(&status) {
+                continue;
+            }
+            match write_gateway_class(&client, &status).await {
+                Ok(()) => {
+                    tracing::info!(name = %status.name, "gateway class status written");
+                    written_classes.insert(status.name.clone(), status);
+                }
+                Err(error) => {
+                    tracing::warn!(name = %status.name, %error, "writing gateway class status failed; retrying at the next change");
+                }
+            }
+        }
         for status in gateway_statuses(&snapshot, &settings) {
             let key = (status.namespace.clone(), status.name.clone());
             if written_gateways.get(&key) == Some(&status) {
@@ -169,6 +186,32 @@ async fn write_gateway(client: &Client, status: &GatewayStatus) -> Result<(), ::
             &status.namespace,
             &api_resource_at(kind, version),
         );
+        let object = match api.get_opt(&status.name).await {
+            Ok(object) => object,
+            Err(::kube::Error::Api(e)) if e.code == 404 => continue,
+            Err(error) => return Err(error),
+        };
+        let Some(object) = object else {
+            return Ok(());
+        };
+        let previous = object.data.get("status").cloned().unwrap_or(Value::Null);
+        let patch = json!({"status": status.to_json(&previous, &now())});
+        api.patch_status(&status.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        return Ok(());
+    }
+    Ok(())
+}
+
+/// Replaces one GatewayClass's `status` (cluster-scoped). A class that no longer exists is done.
+async fn write_gateway_class(
+    client: &Client,
+    status: &GatewayClassStatus,
+) -> Result<(), ::kube::Error> {
+    let kind = crate::model::ResourceKind::GatewayClass;
+    for version in kind.versions() {
+        let api: Api<DynamicObject> =
+            Api::all_with(client.clone(), &api_resource_at(kind, version));
         let object = match api.get_opt(&status.name).await {
             Ok(object) => object,
             Err(::kube::Error::Api(e)) if e.code == 404 => continue,

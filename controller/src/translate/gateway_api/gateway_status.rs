@@ -1,15 +1,22 @@
 //! The status of ingress Gateways (class `istio`), as Istio's gateway controller writes it:
 //! the Gateway's `Accepted` and `Programmed` (with the addresses of its Service,
 //! `<name>-istio`, as Istio's deployment controller names it), and per listener `Accepted`,
-//! `Programmed`, `ResolvedRefs` and `Conflicted`, its `supportedKinds` and `attachedRoutes`.
+//! `Programmed`, `ResolvedRefs` and `Conflicted`, its `supportedKinds` and `attachedRoutes`
+//! (a terminating listener whose Secret is missing or unusable is `ResolvedRefs`
+//! `InvalidCertificateRef` and not `Programmed`, as Istio checks the Secret); and the
+//! `Accepted` condition of the GatewayClasses Istio's controllers handle.
 
 use serde_json::{Value, json};
 
-use super::ingress::{IngressGateway, Listener, ingress_gateways};
+use super::ingress::{
+    GATEWAY_CONTROLLER, IngressGateway, Listener, ListenerProblem, ListenerTls, ingress_gateways,
+};
+use super::status::MESH_CONTROLLER;
 use super::status::{condition, conditions_json};
 use super::{Condition, GATEWAY_GROUP, all_routes};
 use crate::index::ConfigIndex;
 use crate::translate::MeshSettings;
+use crate::translate::credentials::listener_secret_problem;
 use crate::translate::resolve::{self, name_of, namespace_of};
 
 /// What one listener says.
@@ -140,8 +147,104 @@ fn gateway_status(
             condition("Accepted", true, "Accepted", "Resource accepted"),
             programmed,
         ],
-        listeners: gateway.listeners.iter().map(listener_status).collect(),
+        listeners: gateway
+            .listeners
+            .iter()
+            .zip(&gateway.gateway.spec.listeners)
+            .map(
+                |(listener, spec)| match certificate_problem(index, listener, spec) {
+                    Some(problem) => {
+                        let mut listener = listener.clone();
+                        listener.problems.push(problem);
+                        listener_status(&listener)
+                    }
+                    None => listener_status(listener),
+                },
+            )
+            .collect(),
     }
+}
+
+/// Why a terminating listener whose reference resolved cannot use the Secret it names, as
+/// Istio reports it (`InvalidCertificateRef`, naming the reference as
+/// `group/kind/name.namespace` and the reason). The proxy refuses TLS on such a listener: the
+/// controller does not deliver the credential, or the proxy cannot build it.
+fn certificate_problem(
+    index: &ConfigIndex,
+    listener: &Listener<'_>,
+    spec: &crate::model::gateway_api::Listener,
+) -> Option<ListenerProblem> {
+    let ListenerTls::Terminate {
+        secret: Some((namespace, name)),
+    } = &listener.tls
+    else {
+        return None;
+    };
+    let reason = listener_secret_problem(index, namespace, name)?;
+    let reference = spec
+        .tls
+        .as_ref()
+        .and_then(|t| t.certificate_refs.as_ref())
+        .and_then(|refs| refs.first())
+        .map(|r| {
+            format!(
+                "{}/{}/{}.{}",
+                r.group.as_deref().unwrap_or_default(),
+                r.kind.as_deref().unwrap_or_default(),
+                r.name,
+                r.namespace.as_deref().unwrap_or_default()
+            )
+        })
+        .unwrap_or_default();
+    Some(ListenerProblem {
+        condition_type: "ResolvedRefs",
+        reason: "InvalidCertificateRef",
+        message: format!("invalid certificate reference {reference}, {reason}"),
+    })
+}
+
+/// One GatewayClass's status: `Accepted`, as Istio writes it for the classes its controllers
+/// handle (`istio.io/gateway-controller`, and `istio.io/mesh-controller` for waypoints).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayClassStatus {
+    pub name: String,
+    pub generation: Option<i64>,
+    pub conditions: Vec<Condition>,
+}
+
+impl GatewayClassStatus {
+    /// The `status` object in the API's form (`previous`: the class's current status).
+    pub fn to_json(&self, previous: &Value, now: &str) -> Value {
+        json!({
+            "conditions": conditions_json(
+                &self.conditions,
+                previous.get("conditions").and_then(Value::as_array),
+                self.generation,
+                now,
+            ),
+        })
+    }
+}
+
+/// The status of every GatewayClass whose `controllerName` is one of Istio's.
+pub fn gateway_class_statuses(index: &ConfigIndex) -> Vec<GatewayClassStatus> {
+    index
+        .gateway_classes
+        .values()
+        .filter(|class| {
+            [GATEWAY_CONTROLLER, MESH_CONTROLLER].contains(&class.spec.controller_name.as_str())
+        })
+        .map(|class| GatewayClassStatus {
+            name: name_of(&class.metadata).to_owned(),
+            generation: class.metadata.generation,
+            conditions: vec![condition(
+                "Accepted",
+                true,
+                "Accepted",
+                "Handled by Istio controller",
+            )],
+        })
+        .collect()
 }
 
 fn listener_status(listener: &Listener<'_>) -> ListenerStatus {
@@ -169,8 +272,15 @@ fn listener_status(listener: &Listener<'_>) -> ListenerStatus {
     } else {
         condition("Conflicted", false, "NoConflicts", "No errors found")
     };
+    let bad_tls = listener
+        .problems
+        .iter()
+        .any(|p| matches!(p.reason, "InvalidCertificateRef" | "RefNotPermitted"));
     let programmed = if listener.served() {
         fine("Programmed", "Programmed")
+    } else if bad_tls {
+        // Istio's words; the proxy refuses TLS on this listener, the others keep serving.
+        condition("Programmed", false, "Invalid", "Bad TLS configuration")
     } else {
         condition(
             "Programmed",

@@ -197,12 +197,24 @@ async fn ingress_gateway_and_route_status_is_written() {
                 )
             })
     };
-    eventually("the Gateway's status", || {
+    // Gateways are written before routes: wait for the last route too.
+    eventually("the Gateway's and the routes' status", || {
         gateway().is_some_and(|g| {
             g["status"]["listeners"]
                 .as_array()
                 .is_some_and(|l| l.len() == 2)
-        })
+        }) && fake
+            .get(
+                "gateway.networking.k8s.io/v1alpha2",
+                "TLSRoute",
+                "edge",
+                "secure",
+            )
+            .is_some_and(|r| {
+                r["status"]["parents"]
+                    .as_array()
+                    .is_some_and(|p| !p.is_empty())
+            })
     })
     .await;
     let status = gateway().unwrap()["status"].clone();
@@ -270,6 +282,227 @@ async fn ingress_gateway_and_route_status_is_written() {
         gateway().unwrap()["status"]["addresses"][0]["value"],
         "public-istio.edge.svc.cluster.local"
     );
+
+    started.stop().await;
+}
+
+const CERTIFICATES: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: edge}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: certs}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: istio, generation: 3}
+spec: {controllerName: istio.io/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: istio-waypoint}
+spec: {controllerName: istio.io/mesh-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: other}
+spec: {controllerName: example.com/gateway}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: public, namespace: edge}
+spec:
+  gatewayClassName: istio
+  listeners:
+  - {name: good, port: 443, protocol: HTTPS, hostname: good.example.com, tls: {certificateRefs: [{name: good-cert}]}}
+  - {name: missing, port: 443, protocol: HTTPS, hostname: missing.example.com, tls: {certificateRefs: [{name: missing-cert}]}}
+  - {name: opaque, port: 443, protocol: HTTPS, hostname: opaque.example.com, tls: {certificateRefs: [{kind: Secret, name: opaque}]}}
+  - {name: garbled, port: 443, protocol: HTTPS, hostname: garbled.example.com, tls: {certificateRefs: [{name: garbled-cert}]}}
+  - {name: foreign, port: 443, protocol: HTTPS, hostname: foreign.example.com, tls: {certificateRefs: [{name: good-cert, namespace: certs}]}}
+"#;
+
+/// A Secret as the API server holds it (`data` base64-encoded).
+fn secret(namespace: &str, name: &str, kind: &str, data: &[(&str, &str)]) -> Value {
+    use base64::Engine;
+    let data: serde_json::Map<String, Value> = data
+        .iter()
+        .map(|(k, v)| {
+            let encoded = base64::engine::general_purpose::STANDARD.encode(v);
+            ((*k).to_owned(), Value::String(encoded))
+        })
+        .collect();
+    json!({"apiVersion": "v1", "kind": "Secret", "type": kind,
+           "metadata": {"name": name, "namespace": namespace}, "data": data})
+}
+
+/// The `(status, reason, message)` of condition `kind` of listener `name`.
+fn listener_condition(gateway: &Value, name: &str, kind: &str) -> Option<(String, String, String)> {
+    let listener = gateway["status"]["listeners"]
+        .as_array()?
+        .iter()
+        .find(|l| l["name"] == name)?;
+    let condition = listener["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == kind)?;
+    let text = |k: &str| condition[k].as_str().unwrap_or_default().to_owned();
+    Some((text("status"), text("reason"), text("message")))
+}
+
+#[tokio::test]
+async fn listeners_with_unusable_secrets_are_not_programmed_and_classes_are_accepted() {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let certificate = rcgen::CertificateParams::new(vec!["good.example.com".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let other_key = rcgen::KeyPair::generate().unwrap();
+    let mut started = Started::with(CERTIFICATES).await;
+    let fake = &started.fake;
+    for object in [
+        secret(
+            "edge",
+            "good-cert",
+            "kubernetes.io/tls",
+            &[
+                ("tls.crt", &certificate.pem()),
+                ("tls.key", &key.serialize_pem()),
+            ],
+        ),
+        secret("edge", "opaque", "Opaque", &[("password", "hunter2")]),
+        // A certificate with a key that is not its own.
+        secret(
+            "edge",
+            "garbled-cert",
+            "kubernetes.io/tls",
+            &[
+                ("tls.crt", &certificate.pem()),
+                ("tls.key", &other_key.serialize_pem()),
+            ],
+        ),
+        secret(
+            "certs",
+            "good-cert",
+            "kubernetes.io/tls",
+            &[
+                ("tls.crt", &certificate.pem()),
+                ("tls.key", &key.serialize_pem()),
+            ],
+        ),
+    ] {
+        fake.create(object).expect("fake accepts the secret");
+    }
+    started.run(|client, index, shutdown| async move {
+        let (listed, _) = watch::channel(false);
+        tokio::join!(
+            crate::source::kube::secrets::keep_secrets(
+                client.clone(),
+                index.clone(),
+                listed,
+                shutdown.clone()
+            ),
+            keep_route_statuses(client, index, MeshSettings::default(), shutdown),
+        );
+    });
+    let fake = &started.fake;
+    let gateway = || {
+        fake.get("gateway.networking.k8s.io/v1", "Gateway", "edge", "public")
+            .unwrap_or_default()
+    };
+    let state =
+        |name: &str, kind: &str| listener_condition(&gateway(), name, kind).map(|(s, r, _)| (s, r));
+    let pair = |s: &str, r: &str| Some((s.to_owned(), r.to_owned()));
+    eventually(
+        "the good listener programmed and the garbled one refused",
+        || {
+            state("good", "Programmed") == pair("True", "Programmed")
+                && state("garbled", "ResolvedRefs") == pair("False", "InvalidCertificateRef")
+        },
+    )
+    .await;
+    let status = gateway();
+    assert_eq!(state("good", "ResolvedRefs"), pair("True", "ResolvedRefs"));
+    for (name, reason, says) in [
+        (
+            "missing",
+            "InvalidCertificateRef",
+            "invalid certificate reference //missing-cert., secret edge/missing-cert not found",
+        ),
+        (
+            "opaque",
+            "InvalidCertificateRef",
+            "invalid certificate reference /Secret/opaque., secret edge/opaque: no",
+        ),
+        (
+            "garbled",
+            "InvalidCertificateRef",
+            "invalid certificate reference //garbled-cert., the certificate is malformed: secret edge/garbled-cert: the private key does not match the certificate",
+        ),
+        (
+            "foreign",
+            "RefNotPermitted",
+            "certificateRef certs/good-cert is not accessible",
+        ),
+    ] {
+        let (resolved, why, message) = listener_condition(&status, name, "ResolvedRefs").unwrap();
+        assert_eq!(
+            (resolved.as_str(), why.as_str()),
+            ("False", reason),
+            "{name}: {message}"
+        );
+        assert!(message.starts_with(says), "{name}: {message}");
+        assert_eq!(
+            listener_condition(&status, name, "Programmed"),
+            Some((
+                "False".into(),
+                "Invalid".into(),
+                "Bad TLS configuration".into()
+            )),
+            "{name}"
+        );
+        assert_eq!(
+            listener_condition(&status, name, "Accepted").map(|(s, _, _)| s),
+            Some("True".into()),
+            "{name}"
+        );
+    }
+
+    // The missing Secret appears: that listener is programmed too.
+    fake.create(secret(
+        "edge",
+        "missing-cert",
+        "kubernetes.io/tls",
+        &[
+            ("tls.crt", &certificate.pem()),
+            ("tls.key", &key.serialize_pem()),
+        ],
+    ))
+    .expect("fake accepts the secret");
+    eventually("the repaired listener programmed", || {
+        state("missing", "Programmed") == pair("True", "Programmed")
+            && state("missing", "ResolvedRefs") == pair("True", "ResolvedRefs")
+    })
+    .await;
+
+    // Istio's classes are accepted, another controller's class is left alone.
+    let class = |name: &str| {
+        fake.get("gateway.networking.k8s.io/v1", "GatewayClass", "", name)
+            .unwrap_or_default()
+    };
+    eventually("the classes accepted", || {
+        ["istio", "istio-waypoint"]
+            .iter()
+            .all(|name| class(name)["status"]["conditions"][0]["reason"] == "Accepted")
+    })
+    .await;
+    let accepted = &class("istio")["status"]["conditions"][0];
+    assert_eq!(accepted["type"], "Accepted");
+    assert_eq!(accepted["status"], "True");
+    assert_eq!(accepted["message"], "Handled by Istio controller");
+    assert_eq!(accepted["observedGeneration"], 3);
+    assert!(class("other")["status"]["conditions"].is_null());
 
     started.stop().await;
 }
