@@ -237,7 +237,7 @@ async fn terminate(
     drain: DrainWatch,
 ) {
     // A credential that cannot be used refuses this server's handshakes only.
-    let Ok(config) = cx.credentials.server_config(server) else {
+    let Ok(config) = cx.credentials.terminating_config(server).await else {
         return;
     };
     let accept = tokio_rustls::TlsAcceptor::from(config).accept(io);
@@ -249,6 +249,17 @@ async fn terminate(
         }
         Err(_) => {
             debug!(server = %server.name, "tls handshake timed out");
+            return;
+        }
+    };
+    let context = match cx.credentials.client_identity(server, tls.get_ref().1) {
+        Ok(None) => context,
+        Ok(Some(identity)) => Arc::new(TunnelContext {
+            peer: Some(identity),
+            ..TunnelContext::clone(&context)
+        }),
+        Err(error) => {
+            debug!(%error, server = %server.name, "client identity refused");
             return;
         }
     };

@@ -234,7 +234,10 @@ impl Waypoint {
     ) -> gateway::EdgeListeners {
         gateway::EdgeListeners::new(
             Arc::clone(&self.shared),
-            Arc::new(gateway::credentials::CredentialStore::new(credentials)),
+            Arc::new(
+                gateway::credentials::CredentialStore::new(credentials)
+                    .with_mesh_identity(self.identity.clone(), Arc::clone(&self.certificates)),
+            ),
             self.limits,
             Arc::clone(&self.sources),
             address,

@@ -106,7 +106,12 @@ pub fn referenced_secrets(index: &ConfigIndex) -> BTreeSet<String> {
             .servers
             .iter()
             .filter_map(|s| s.tls.as_ref())
-            .filter(|t| t.mode != Some(ServerTlsMode::Passthrough))
+            .filter(|t| {
+                !matches!(
+                    t.mode,
+                    Some(ServerTlsMode::Passthrough | ServerTlsMode::IstioMutual)
+                )
+            })
             .filter_map(|t| t.credential_name.as_deref())
             .filter(|n| !n.is_empty())
             .collect();
@@ -292,7 +297,9 @@ pub fn gateway_credentials(
             let mode = tls.mode;
             let needs: Vec<(String, Need)> = if mode == wp::ServerTlsMode::Simple as i32 {
                 vec![(tls.credential_resource.clone(), Need::CertificateAndKey)]
-            } else if mode == wp::ServerTlsMode::Mutual as i32 {
+            } else if mode == wp::ServerTlsMode::Mutual as i32
+                || mode == wp::ServerTlsMode::OptionalMutual as i32
+            {
                 vec![
                     (tls.credential_resource.clone(), Need::CertificateAndKey),
                     (format!("{}{CA_SUFFIX}", tls.credential_resource), Need::Ca),

@@ -11,6 +11,12 @@
 //! handshake), so a rotated certificate serves the next connection without a restart. A
 //! missing or broken credential fails only the servers naming it: their handshakes are
 //! refused, reported once per change of the credential, and every other server keeps serving.
+//!
+//! ISTIO_MUTUAL servers need no credential: they present the gateway's own mesh certificate
+//! and require a client certificate the mesh's CA issued (verified against the mesh's roots, a
+//! SPIFFE identity of the mesh's trust domain), as Istio's gateways do with their workload
+//! certificate. OPTIONAL_MUTUAL verifies a client certificate with MUTUAL's CA when one is
+//! presented and lets a client without one through.
 
 pub mod xds;
 
@@ -26,6 +32,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig, SupportedProtocolVersion};
 use tracing::warn;
+use weft_identity::{CertificateSource, SpiffeId, WorkloadCertificate};
 
 use crate::model::gateway::{EdgeServer, ServerTls, ServerTlsMode, TlsVersion};
 use xds::{Material, XdsCredentials};
@@ -57,6 +64,8 @@ pub enum CredentialError {
     NotDelivered(String),
     #[error("{0}")]
     Settings(String),
+    #[error("ISTIO_MUTUAL: the gateway's mesh certificate: {0}")]
+    MeshCertificate(String),
 }
 
 /// Where credentials come from: the controller's, and in local mode a directory.
@@ -109,11 +118,24 @@ struct Credential {
 /// Reads a credential's material when its configuration must be built.
 type Reader<'a> = Box<dyn Fn() -> Result<Credential, CredentialError> + 'a>;
 
+/// The configurations built for one mesh certificate, by whether they carry HTTP.
+type MeshConfigs = (Arc<WorkloadCertificate>, HashMap<bool, Arc<ServerConfig>>);
+
+/// The gateway's own identity and where its certificate comes from (ISTIO_MUTUAL).
+struct MeshIdentity {
+    identity: SpiffeId,
+    certificates: Arc<dyn CertificateSource>,
+    /// The configurations built for the last certificate, by whether they carry HTTP; rebuilt
+    /// only when the certificate changes.
+    built: Mutex<Option<MeshConfigs>>,
+}
+
 /// The credentials of one gateway proxy.
 pub struct CredentialStore {
     source: CredentialSource,
     provider: Arc<CryptoProvider>,
     entries: Mutex<HashMap<String, Entry>>,
+    mesh: Option<MeshIdentity>,
 }
 
 impl std::fmt::Debug for CredentialStore {
@@ -131,7 +153,108 @@ impl CredentialStore {
             // The process's provider, under its compliance policy, as every TLS configuration.
             provider: weft_identity::crypto_provider(),
             entries: Mutex::new(HashMap::new()),
+            mesh: None,
         }
+    }
+
+    /// With the gateway's own identity, which ISTIO_MUTUAL servers present.
+    pub fn with_mesh_identity(
+        mut self,
+        identity: SpiffeId,
+        certificates: Arc<dyn CertificateSource>,
+    ) -> Self {
+        self.mesh = Some(MeshIdentity {
+            identity,
+            certificates,
+            built: Mutex::new(None),
+        });
+        self
+    }
+
+    /// The mesh's trust domain, whose identities ISTIO_MUTUAL clients must have.
+    pub fn trust_domain(&self) -> Option<&str> {
+        self.mesh.as_ref().map(|m| m.identity.trust_domain())
+    }
+
+    /// ISTIO_MUTUAL: the gateway's mesh certificate, client certificates verified against the
+    /// mesh's roots (TLS 1.3, as every mesh connection: stricter than Envoy's 1.2 minimum).
+    async fn mesh_config(&self, http: bool) -> Result<Arc<ServerConfig>, CredentialError> {
+        let mesh = self.mesh.as_ref().ok_or_else(|| {
+            CredentialError::MeshCertificate("this proxy has no mesh identity".to_owned())
+        })?;
+        let certificate = mesh
+            .certificates
+            .fetch(&mesh.identity)
+            .await
+            .map_err(|e| CredentialError::MeshCertificate(e.to_string()))?;
+        let mut built = mesh.built.lock().unwrap_or_else(|e| e.into_inner());
+        if built
+            .as_ref()
+            .is_none_or(|(for_certificate, _)| !Arc::ptr_eq(for_certificate, &certificate))
+        {
+            *built = Some((Arc::clone(&certificate), HashMap::new()));
+        }
+        let Some((_, configs)) = built.as_mut() else {
+            unreachable!("set above");
+        };
+        if let Some(config) = configs.get(&http) {
+            return Ok(Arc::clone(config));
+        }
+        let roots = mesh.certificates.trust_roots().ok_or_else(|| {
+            CredentialError::MeshCertificate("the mesh's roots are not known yet".to_owned())
+        })?;
+        let hbone = weft_identity::server_config(&certificate, &roots)
+            .map_err(|e| CredentialError::MeshCertificate(e.to_string()))?;
+        let mut config = ServerConfig::clone(&hbone);
+        config.alpn_protocols = if http {
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        } else {
+            Vec::new()
+        };
+        let config = Arc::new(config);
+        configs.insert(http, Arc::clone(&config));
+        Ok(config)
+    }
+
+    /// The SPIFFE identity of the verified client certificate of a connection `server`
+    /// terminated: the requests' principal for AuthorizationPolicy, as Envoy takes it from the
+    /// peer certificate's URI SAN. ISTIO_MUTUAL requires one of the mesh's trust domain (the
+    /// mesh's root may sign for others); for MUTUAL and OPTIONAL_MUTUAL a certificate without
+    /// one, or none, leaves the requests without a principal.
+    pub fn client_identity(
+        &self,
+        server: &EdgeServer,
+        connection: &rustls::CommonState,
+    ) -> Result<Option<SpiffeId>, weft_identity::PeerIdentityError> {
+        let istio_mutual = server
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.mode == ServerTlsMode::IstioMutual);
+        if istio_mutual {
+            let trust_domain = self.trust_domain().unwrap_or_default();
+            return weft_identity::peer_identity_in(connection, trust_domain).map(Some);
+        }
+        Ok(weft_identity::peer_identity(connection).ok())
+    }
+
+    /// The TLS configuration `server` terminates with: its credential's, or for ISTIO_MUTUAL
+    /// the gateway's mesh certificate's.
+    pub async fn terminating_config(
+        &self,
+        server: &EdgeServer,
+    ) -> Result<Arc<ServerConfig>, CredentialError> {
+        if server
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.mode == ServerTlsMode::IstioMutual)
+        {
+            let result = self.mesh_config(server.carries_http()).await;
+            if let Err(error) = &result {
+                warn!(gateway = %server.gateway, server = %server.name, %error, "no mesh certificate: the server refuses TLS");
+            }
+            return result;
+        }
+        self.server_config(server)
     }
 
     fn paths(dir: &Path, name: &str) -> [PathBuf; 4] {
@@ -412,7 +535,7 @@ fn build(
     let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_protocol_versions(&versions(tls)?)
         .map_err(|e| CredentialError::Settings(e.to_string()))?;
-    let builder = if tls.mode == ServerTlsMode::Mutual {
+    let builder = if tls.mode.verifies_with_credential_ca() {
         let ca = credential.ca.as_ref().ok_or(CredentialError::NoCa)?;
         let mut roots = RootCertStore::empty();
         for certificate in certificates(ca)? {
@@ -420,7 +543,15 @@ fn build(
                 .add(certificate)
                 .map_err(|e| CredentialError::Invalid(ca.origin.clone(), e.to_string()))?;
         }
-        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+        // OPTIONAL_MUTUAL: a client without a certificate is let through; one presented must
+        // still verify.
+        let verifier = if tls.mode == ServerTlsMode::OptionalMutual {
+            verifier.allow_unauthenticated()
+        } else {
+            verifier
+        };
+        let verifier = verifier
             .build()
             .map_err(|e| CredentialError::Invalid(ca.origin.clone(), e.to_string()))?;
         builder.with_client_cert_verifier(verifier)
@@ -436,5 +567,7 @@ fn build(
     Ok(config)
 }
 
+#[cfg(test)]
+mod mutual_tests;
 #[cfg(test)]
 mod tests;

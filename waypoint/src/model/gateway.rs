@@ -43,6 +43,17 @@ pub enum ServerTlsMode {
     Passthrough,
     Simple,
     Mutual,
+    /// MUTUAL's CA verifies a client certificate when one is presented; none is required.
+    OptionalMutual,
+    /// The gateway's own mesh certificate; the client's must chain to the mesh's root.
+    IstioMutual,
+}
+
+impl ServerTlsMode {
+    /// Whether a CA from the server's credential verifies client certificates.
+    pub fn verifies_with_credential_ca(self) -> bool {
+        matches!(self, ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual)
+    }
 }
 
 /// TLS protocol versions (rustls speaks 1.2 and 1.3 only).
@@ -268,6 +279,8 @@ fn server_tls(tls: &proto::ServerTls, context: &str) -> Result<ServerTls, Config
         Ok(M::Passthrough) => ServerTlsMode::Passthrough,
         Ok(M::Simple) => ServerTlsMode::Simple,
         Ok(M::Mutual) => ServerTlsMode::Mutual,
+        Ok(M::OptionalMutual) => ServerTlsMode::OptionalMutual,
+        Ok(M::IstioMutual) => ServerTlsMode::IstioMutual,
         // An HTTP server's settings (httpsRedirect) have no mode.
         Ok(M::Unspecified) => ServerTlsMode::Simple,
         Err(_) => return Err(super::invalid(context, "unknown TLS mode")),
@@ -296,9 +309,12 @@ fn server(s: &proto::GatewayServer, port: u16, namespace: &str) -> Result<EdgeSe
     };
     let tls = s.tls.as_ref().map(|t| server_tls(t, context)).transpose()?;
     if matches!(protocol, EdgeProtocol::Https | EdgeProtocol::Tls)
-        && tls
-            .as_ref()
-            .is_none_or(|t| t.mode != ServerTlsMode::Passthrough && t.credential_name.is_empty())
+        && tls.as_ref().is_none_or(|t| {
+            !matches!(
+                t.mode,
+                ServerTlsMode::Passthrough | ServerTlsMode::IstioMutual
+            ) && t.credential_name.is_empty()
+        })
     {
         return Err(super::invalid(
             context,

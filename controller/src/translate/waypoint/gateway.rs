@@ -344,6 +344,8 @@ impl<'a> Compiler<'a, '_> {
             (_, Some(ServerTlsMode::Passthrough)) => wp::ServerTlsMode::Passthrough,
             (_, Some(ServerTlsMode::Simple) | None) => wp::ServerTlsMode::Simple,
             (_, Some(ServerTlsMode::Mutual)) => wp::ServerTlsMode::Mutual,
+            (_, Some(ServerTlsMode::OptionalMutual)) => wp::ServerTlsMode::OptionalMutual,
+            (_, Some(ServerTlsMode::IstioMutual)) => wp::ServerTlsMode::IstioMutual,
             (_, Some(other)) => {
                 unsupported(
                     self,
@@ -356,9 +358,12 @@ impl<'a> Compiler<'a, '_> {
                 return None;
             }
         };
+        // ISTIO_MUTUAL terminates with the gateway's own mesh certificate: no credential.
         let terminates = matches!(
             tls_mode,
-            wp::ServerTlsMode::Simple | wp::ServerTlsMode::Mutual
+            wp::ServerTlsMode::Simple
+                | wp::ServerTlsMode::Mutual
+                | wp::ServerTlsMode::OptionalMutual
         );
         let credential_name = tls
             .and_then(|t| t.credential_name.clone())

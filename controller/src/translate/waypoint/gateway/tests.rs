@@ -274,7 +274,7 @@ fn server_host_namespaces_limit_the_virtual_services_that_bind() {
 
 #[test]
 fn unsupported_servers_are_reported_and_left_out() {
-    let yaml = EDGE.replace("tls: {mode: PASSTHROUGH}", "tls: {mode: ISTIO_MUTUAL}");
+    let yaml = EDGE.replace("tls: {mode: PASSTHROUGH}", "tls: {mode: AUTO_PASSTHROUGH}");
     let (config, problems) = edge_config(&yaml);
     assert_eq!(listener(&config, 443).servers.len(), 1);
     let messages: Vec<String> = problems.iter().map(ToString::to_string).collect();
@@ -283,9 +283,32 @@ fn unsupported_servers_are_reported_and_left_out() {
             .iter()
             .any(|m| m.contains("Gateway shop/shop-gateway")
                 && m.contains("spec.servers[2].tls.mode")
-                && m.contains("ISTIO_MUTUAL")),
+                && m.contains("AUTO_PASSTHROUGH")),
         "{messages:?}"
     );
+}
+
+#[test]
+fn istio_mutual_and_optional_mutual_servers_are_served() {
+    // ISTIO_MUTUAL: the gateway's own certificate, no credential to deliver.
+    let yaml = EDGE.replace("tls: {mode: PASSTHROUGH}", "tls: {mode: ISTIO_MUTUAL}");
+    let (config, problems) = edge_config(&yaml);
+    assert!(problems.is_empty(), "{problems:?}");
+    let servers = &listener(&config, 443).servers;
+    assert_eq!(servers.len(), 2);
+    let tls = servers[1].tls.as_ref().unwrap();
+    assert_eq!(tls.mode, wp::ServerTlsMode::IstioMutual as i32);
+    assert!(tls.credential_resource.is_empty(), "{tls:?}");
+    // OPTIONAL_MUTUAL: a credential with its CA, as MUTUAL.
+    let yaml = EDGE.replace(
+        "tls: {mode: PASSTHROUGH}",
+        "tls: {mode: OPTIONAL_MUTUAL, credentialName: mtls-cert}",
+    );
+    let (config, problems) = edge_config(&yaml);
+    assert!(problems.is_empty(), "{problems:?}");
+    let tls = listener(&config, 443).servers[1].tls.clone().unwrap();
+    assert_eq!(tls.mode, wp::ServerTlsMode::OptionalMutual as i32);
+    assert_eq!(tls.credential_resource, "kubernetes://edge/mtls-cert");
 }
 
 #[test]

@@ -1,0 +1,266 @@
+//! Client certificates at the edge: OPTIONAL_MUTUAL verifies one when presented, ISTIO_MUTUAL
+//! requires one the mesh's CA issued and presents the gateway's own mesh certificate; the
+//! verified SPIFFE identity becomes the requests' principal.
+
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+
+use super::*;
+use crate::model::gateway::EdgeProtocol;
+use crate::testing::TestMesh;
+
+/// A client that accepts any server certificate: these tests look at what the server accepts.
+#[derive(Debug)]
+struct AnyServer(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A client's certificate chain and key.
+type ClientCertificate = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
+
+/// Completes a TLS handshake in memory against `config`, the client presenting `client` (or
+/// nothing); the server's side when it accepted.
+fn handshake(
+    config: Arc<ServerConfig>,
+    client: Option<ClientCertificate>,
+) -> Option<rustls::ServerConnection> {
+    let provider = weft_identity::crypto_provider();
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)));
+    let mut client_config = match client {
+        Some((chain, key)) => builder.with_client_auth_cert(chain, key).unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    client_config.alpn_protocols = vec![b"h2".to_vec()];
+    let name = ServerName::try_from("gateway.example.com").unwrap();
+    let mut client = rustls::ClientConnection::new(Arc::new(client_config), name).unwrap();
+    let mut server = rustls::ServerConnection::new(config).unwrap();
+    for _ in 0..10 {
+        let mut wire = Vec::new();
+        client.write_tls(&mut wire).unwrap();
+        if server.read_tls(&mut wire.as_slice()).is_err() || server.process_new_packets().is_err() {
+            return None;
+        }
+        let mut wire = Vec::new();
+        server.write_tls(&mut wire).unwrap();
+        if client.read_tls(&mut wire.as_slice()).is_err() || client.process_new_packets().is_err() {
+            return None;
+        }
+        if !client.is_handshaking() && !server.is_handshaking() {
+            return Some(server);
+        }
+    }
+    None
+}
+
+/// A CA for client certificates: its PEM and its issuer.
+fn client_ca() -> (String, Issuer<'static, KeyPair>) {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::default();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let certificate = params.self_signed(&key).unwrap();
+    (certificate.pem(), Issuer::new(params, key))
+}
+
+/// A client certificate `issuer` signs, with `uri` as its URI SAN when given.
+fn client_certificate(issuer: &Issuer<'static, KeyPair>, uri: Option<&str>) -> ClientCertificate {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["client.example.com".to_owned()]).unwrap();
+    if let Some(uri) = uri {
+        params
+            .subject_alt_names
+            .push(rcgen::SanType::URI(uri.try_into().unwrap()));
+    }
+    let certificate = params.signed_by(&key, issuer).unwrap();
+    (
+        vec![certificate.der().clone()],
+        PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).unwrap(),
+    )
+}
+
+fn edge_server(mode: ServerTlsMode, credential: &str) -> EdgeServer {
+    EdgeServer {
+        gateway: "edge/gw".to_owned(),
+        name: format!("https.443.{credential}"),
+        protocol: EdgeProtocol::Https,
+        hosts: vec!["*".to_owned()],
+        tls: Some(ServerTls {
+            mode,
+            https_redirect: false,
+            credential_name: credential.to_owned(),
+            credential_resource: String::new(),
+            min_version: TlsVersion::Auto,
+            max_version: TlsVersion::Auto,
+            cipher_suites: Vec::new(),
+        }),
+        virtual_hosts: Vec::new(),
+        sni_routes: Vec::new(),
+        tcp: None,
+    }
+}
+
+#[test]
+fn optional_mutual_accepts_clients_without_a_certificate_and_verifies_those_with_one() {
+    let dir = std::env::temp_dir().join(format!("weft-mutual-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let own = dir.join("shop-cert");
+    std::fs::create_dir_all(&own).unwrap();
+    let server_certificate = rcgen::generate_simple_self_signed(vec!["shop".to_owned()]).unwrap();
+    std::fs::write(own.join(CERTIFICATE_FILE), server_certificate.cert.pem()).unwrap();
+    std::fs::write(
+        own.join(KEY_FILE),
+        server_certificate.signing_key.serialize_pem(),
+    )
+    .unwrap();
+    let (ca, issuer) = client_ca();
+    std::fs::write(own.join(CA_FILE), ca).unwrap();
+    let (_, foreign) = client_ca();
+    let store = CredentialStore::new(CredentialSource::directory(dir.clone()));
+
+    let optional = edge_server(ServerTlsMode::OptionalMutual, "shop-cert");
+    let config = store.server_config(&optional).unwrap();
+    let anonymous = handshake(Arc::clone(&config), None).expect("no certificate is fine");
+    assert_eq!(store.client_identity(&optional, &anonymous).unwrap(), None);
+    let uri = "spiffe://example.org/ns/shop/sa/buyer";
+    let verified = handshake(
+        Arc::clone(&config),
+        Some(client_certificate(&issuer, Some(uri))),
+    )
+    .expect("a certificate the CA signed");
+    assert_eq!(
+        store
+            .client_identity(&optional, &verified)
+            .unwrap()
+            .map(|id| id.to_string()),
+        Some(uri.to_owned()),
+        "the verified identity is the principal"
+    );
+    assert!(
+        handshake(config, Some(client_certificate(&foreign, None))).is_none(),
+        "a certificate another CA signed is refused"
+    );
+
+    // MUTUAL, from the same credential, requires one.
+    let mutual = edge_server(ServerTlsMode::Mutual, "shop-cert");
+    let config = store.server_config(&mutual).unwrap();
+    assert!(handshake(Arc::clone(&config), None).is_none());
+    assert!(handshake(config, Some(client_certificate(&issuer, None))).is_some());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn istio_mutual_presents_the_mesh_certificate_and_requires_a_mesh_client() {
+    let mesh = TestMesh::new();
+    let gateway = mesh.material("edge", "ingress");
+    let store = CredentialStore::new(CredentialSource::default())
+        .with_mesh_identity(gateway.identity().clone(), gateway.source());
+    let server = edge_server(ServerTlsMode::IstioMutual, "");
+    let config = store.terminating_config(&server).await.unwrap();
+    let mesh_client = |material: &crate::testing::TestIdentity| {
+        let source = material.source();
+        let identity = material.identity().clone();
+        async move {
+            let certificate = source.fetch(&identity).await.unwrap();
+            (certificate.chain().to_vec(), certificate.private_key())
+        }
+    };
+
+    // A client with a certificate the mesh's CA issued: its identity is the principal.
+    let client = mesh.material("shop", "buyer");
+    let accepted = handshake(Arc::clone(&config), Some(mesh_client(&client).await))
+        .expect("a mesh client is accepted");
+    let presented = accepted.peer_certificates().unwrap()[0].clone();
+    let server_side = weft_identity::identity_from_certificate(
+        &gateway
+            .source()
+            .fetch(gateway.identity())
+            .await
+            .unwrap()
+            .chain()[0],
+    )
+    .unwrap();
+    assert_eq!(&server_side, gateway.identity());
+    assert_eq!(
+        weft_identity::identity_from_certificate(&presented).unwrap(),
+        *client.identity()
+    );
+    assert_eq!(
+        store.client_identity(&server, &accepted).unwrap().as_ref(),
+        Some(client.identity())
+    );
+    assert_eq!(
+        accepted.alpn_protocol(),
+        Some(&b"h2"[..]),
+        "HTTP ALPN, not HBONE's"
+    );
+
+    // No certificate, or one of another mesh: refused.
+    assert!(handshake(Arc::clone(&config), None).is_none());
+    let foreign = TestMesh::new().material("shop", "buyer");
+    assert!(handshake(Arc::clone(&config), Some(mesh_client(&foreign).await)).is_none());
+    // The mesh's root signing for another trust domain: the handshake completes, the
+    // identity is refused (the connection is closed).
+    let other_domain = mesh.material_in("other.domain", "shop", "buyer");
+    let signed =
+        handshake(config, Some(mesh_client(&other_domain).await)).expect("the root signed it");
+    assert!(store.client_identity(&server, &signed).is_err());
+}
+
+#[tokio::test]
+async fn istio_mutual_without_a_mesh_identity_refuses_the_server() {
+    let store = CredentialStore::new(CredentialSource::default());
+    let server = edge_server(ServerTlsMode::IstioMutual, "");
+    assert!(matches!(
+        store.terminating_config(&server).await,
+        Err(CredentialError::MeshCertificate(_))
+    ));
+}
