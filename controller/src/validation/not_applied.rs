@@ -295,8 +295,8 @@ pub const CATALOG: &[NotApplied] = &[
     entry(
         K::Gateway,
         "spec.servers[].tls.mode",
-        Equals(&["ISTIO_MUTUAL", "AUTO_PASSTHROUGH", "OPTIONAL_MUTUAL"]),
-        "gateway proxies serve SIMPLE, MUTUAL and PASSTHROUGH only; the server is ignored",
+        Equals(&["AUTO_PASSTHROUGH"]),
+        "gateway proxies serve SIMPLE, MUTUAL, OPTIONAL_MUTUAL, ISTIO_MUTUAL and PASSTHROUGH only; the server is ignored",
     ),
     entry(
         K::Gateway,
