@@ -511,3 +511,192 @@ fn a_gateway_api_gateway_terminates_https_and_passes_tls_through() {
     let _ = tls_server.wait();
     drop(gateway);
 }
+
+const MUTUAL_CONFIG: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: shop}
+spec:
+  clusterIP: 10.96.0.20
+  selector: {app: reviews}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: mutual-gateway, namespace: edge}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: https-optional, protocol: HTTPS}
+    hosts: [shop.example.com]
+    tls: {mode: OPTIONAL_MUTUAL, credentialName: shop-cert}
+  - port: {number: 443, name: https-mesh, protocol: HTTPS}
+    hosts: [mesh.example.com]
+    tls: {mode: ISTIO_MUTUAL}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: shop, namespace: edge}
+spec:
+  hosts: [shop.example.com, mesh.example.com]
+  gateways: [mutual-gateway]
+  http:
+  - route: [{destination: {host: reviews.shop.svc.cluster.local}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: buyers-only, namespace: edge}
+spec:
+  selector: {matchLabels: {istio: ingressgateway}}
+  action: DENY
+  rules:
+  - from: [{source: {notPrincipals: [cluster.local/ns/outside/sa/buyer]}}]
+    to: [{operation: {hosts: [mesh.example.com]}}]
+"#;
+
+/// A certificate the mesh's CA issues to `outside/<service_account>`, as it issues workload
+/// certificates (a CSR for that identity): (chain PEM, key PEM).
+fn mesh_certificate(mesh: &Mesh, service_account: &str) -> (String, String) {
+    let ca = weft_identity::CertificateAuthority::load(&mesh.ca_dir()).expect("the mesh's CA");
+    let key = KeyPair::generate().unwrap();
+    let csr = CertificateParams::default()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    let identity = weft_identity::SpiffeId::new("cluster.local", "outside", service_account)
+        .expect("an identity");
+    let chain = ca
+        .sign_csr(&csr, &identity, Duration::from_secs(3600))
+        .expect("the CA signs");
+    (chain.to_pem_list().concat(), key.serialize_pem())
+}
+
+#[test]
+fn optional_mutual_and_istio_mutual_servers_check_client_certificates() {
+    let mut gateway_pod = PodSpec::client("ingress", "node1", "edge")
+        .not_enrolled()
+        .with_service_account("ingress");
+    gateway_pod.labels = [("istio".to_string(), "ingressgateway".to_string())].into();
+    let mesh = Mesh::start(
+        vec![
+            PodSpec::app("reviews-v1", "node1", "shop", "reviews", "v1"),
+            gateway_pod,
+            PodSpec::client("outside", "node2", "outside").not_enrolled(),
+        ],
+        MeshOptions {
+            config: MUTUAL_CONFIG.to_owned(),
+            log_requests: true,
+            ..MeshOptions::default()
+        },
+    )
+    .expect("start the mesh");
+
+    // The server's credential, with the CA that verifies clients (`ca.crt`, Istio's key).
+    let credentials = mesh.dir().join("credentials");
+    let (server_ca, cert, key) = certificates(&["shop.example.com"]);
+    let (client_ca, client_cert, client_key) = certificates(&["client.example.com"]);
+    let (_, foreign_cert, foreign_key) = certificates(&["foreign.example.com"]);
+    write(&credentials.join("shop-cert/tls.crt"), &cert);
+    write(&credentials.join("shop-cert/tls.key"), &key);
+    write(&credentials.join("shop-cert/ca.crt"), &client_ca);
+    let files = mesh.dir().join("clients");
+    let (buyer_cert, buyer_key) = mesh_certificate(&mesh, "buyer");
+    let (stranger_cert, stranger_key) = mesh_certificate(&mesh, "stranger");
+    for (name, text) in [
+        ("server-ca.pem", server_ca.as_str()),
+        ("client.pem", &client_cert),
+        ("client.key", &client_key),
+        ("foreign.pem", &foreign_cert),
+        ("foreign.key", &foreign_key),
+        ("buyer.pem", &buyer_cert),
+        ("buyer.key", &buyer_key),
+        ("stranger.pem", &stranger_cert),
+        ("stranger.key", &stranger_key),
+    ] {
+        write(&files.join(name), text);
+    }
+    let file = |name: &str| files.join(name).to_str().unwrap().to_owned();
+    let identity = |name: &str| {
+        vec![
+            "--cert".to_owned(),
+            file(&format!("{name}.pem")),
+            "--key".to_owned(),
+            file(&format!("{name}.key")),
+        ]
+    };
+
+    let gateway = mesh
+        .start_gateway("ingress", &credentials)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let gw = mesh.pod(&gateway.pod).ip.to_string();
+
+    // OPTIONAL_MUTUAL: a client without a certificate and one with a certificate the CA
+    // signed both pass; one another CA signed is refused at the handshake.
+    let shop_resolve = format!("shop.example.com:443:{gw}");
+    let server_ca_file = file("server-ca.pem");
+    let optional = |client: &[String]| {
+        let client: Vec<&str> = client.iter().map(String::as_str).collect();
+        mesh.curl_with(
+            "outside",
+            &shop_https(&server_ca_file, &shop_resolve, &client),
+        )
+    };
+    wait_for_shop_https(
+        &mesh,
+        &server_ca_file,
+        &shop_resolve,
+        "the OPTIONAL_MUTUAL server",
+    );
+    let verified = optional(&identity("client"));
+    assert_eq!(verified.status, 200, "{verified:?}");
+    assert_eq!(verified.json()["version"], "v1", "{}", verified.body);
+    let foreign = optional(&identity("foreign"));
+    assert_eq!(
+        foreign.status, 0,
+        "a certificate another CA signed: {foreign:?}"
+    );
+    assert_eq!(optional(&[]).status, 200, "no certificate is fine");
+
+    // ISTIO_MUTUAL: the gateway's mesh certificate, a mesh-issued client certificate required;
+    // its identity is the principal the AuthorizationPolicy matches.
+    let mesh_resolve = format!("mesh.example.com:443:{gw}");
+    let istio_mutual = |client: &[String]| {
+        let mut args = vec!["-k", "--resolve", mesh_resolve.as_str()];
+        args.extend(client.iter().map(String::as_str));
+        args.push("https://mesh.example.com/reviews");
+        mesh.curl_with("outside", &args)
+    };
+    let buyer = istio_mutual(&identity("buyer"));
+    assert_eq!(
+        buyer.status,
+        200,
+        "{buyer:?}\n{}\n{}",
+        verbose(
+            &mesh,
+            &[
+                "-k",
+                "--resolve",
+                &mesh_resolve,
+                "--cert",
+                &file("buyer.pem"),
+                "--key",
+                &file("buyer.key"),
+                "https://mesh.example.com/reviews"
+            ]
+        ),
+        mesh.logs()
+    );
+    let stranger = istio_mutual(&identity("stranger"));
+    assert_eq!(
+        stranger.status, 403,
+        "another mesh identity is denied by principal: {stranger:?}"
+    );
+    let anonymous = istio_mutual(&[]);
+    assert_eq!(anonymous.status, 0, "no certificate: {anonymous:?}");
+    let outsider = istio_mutual(&identity("client"));
+    assert_eq!(
+        outsider.status, 0,
+        "a certificate the mesh did not issue: {outsider:?}"
+    );
+}
