@@ -19,12 +19,13 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
-use tracing::{Instrument, debug, debug_span, info, warn};
+use tracing::{debug, debug_span, info, warn};
 use weft_hbone::admission::{Permit, SourceLimit, accept_loop};
 use weft_hbone::{PlainSocketFactory, SocketFactory};
 use weft_proxy_core::drain::DrainWatch;
+use weft_workers::Workers;
 
-use crate::listener::{HttpLimits, PrefixedIo, serve_http};
+use crate::listener::{HttpLimits, PrefixedIo, serve_http, spawn_connection};
 use crate::model::gateway::{EdgeBinding, EdgeServer};
 use crate::proxy::{ProxyShared, TunnelContext};
 use crate::tcp::open_tcp_upstream;
@@ -42,6 +43,9 @@ pub struct EdgeListeners {
     sources: Arc<SourceLimit>,
     /// The address the ports are opened on (every address of the pod: `0.0.0.0`).
     address: IpAddr,
+    /// Where accepted connections are served, round robin (the ports accept on the control
+    /// thread); `None`: on the listeners' own runtime.
+    workers: Option<Workers>,
 }
 
 impl std::fmt::Debug for EdgeListeners {
@@ -67,6 +71,7 @@ impl EdgeListeners {
         limits: HttpLimits,
         sources: Arc<SourceLimit>,
         address: IpAddr,
+        workers: Option<Workers>,
     ) -> Self {
         EdgeListeners {
             shared,
@@ -74,6 +79,7 @@ impl EdgeListeners {
             limits,
             sources,
             address,
+            workers,
         }
     }
 
@@ -130,6 +136,7 @@ impl EdgeListeners {
             .listen(address, false)
             .and_then(TcpListener::from_std)?;
         let sources = Arc::clone(&self.sources);
+        let workers = self.workers.clone();
         let context = EdgeContext {
             shared: Arc::clone(&self.shared),
             credentials: Arc::clone(&self.credentials),
@@ -142,12 +149,14 @@ impl EdgeListeners {
                 |stream, peer, permit| {
                     let context = context.clone();
                     let drain = drain.clone();
-                    tokio::spawn(
-                        async move {
+                    spawn_connection(
+                        workers.as_ref(),
+                        stream,
+                        debug_span!("edge_connection", %peer, port),
+                        move |stream| async move {
                             serve_connection(context, stream, peer, port, drain).await;
                             drop::<Permit>(permit);
-                        }
-                        .instrument(debug_span!("edge_connection", %peer, port)),
+                        },
                     );
                 },
                 drain.signaled(),

@@ -226,7 +226,8 @@ impl Waypoint {
     }
 
     /// The ports of the gateway role, opened on `address` as configurations name them, TLS
-    /// terminated with the credentials of `credentials`.
+    /// terminated with the credentials of `credentials`; their connections are served on the
+    /// workers, if there are any, as the HBONE listener's.
     pub fn edge_listeners(
         &self,
         credentials: gateway::credentials::CredentialSource,
@@ -241,6 +242,7 @@ impl Waypoint {
             self.limits,
             Arc::clone(&self.sources),
             address,
+            self.workers.clone(),
         )
     }
 

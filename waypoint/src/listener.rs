@@ -150,46 +150,55 @@ impl HboneListener {
 }
 
 impl HboneListener {
-    /// Starts serving an accepted connection: on the next worker (the socket moves to that
-    /// worker's reactor), or here.
+    /// Starts serving an accepted connection: on the next worker, or here.
     fn dispatch(&self, stream: TcpStream, peer: SocketAddr, permit: Permit, drain: DrainWatch) {
         let shared = Arc::clone(&self.shared);
         let acceptor = Arc::clone(&self.acceptor);
         let identity = self.identity.clone();
         let limits = self.limits;
-        let span = debug_span!("hbone_connection", %peer);
-        let Some(workers) = &self.workers else {
-            tokio::spawn(
-                async move {
-                    serve_connection(stream, peer, shared, &acceptor, &identity, limits, drain)
-                        .await;
-                    drop(permit);
-                }
-                .instrument(span),
-            );
-            return;
-        };
-        let stream = match stream.into_std() {
-            Ok(stream) => stream,
-            Err(error) => {
-                warn!(%error, %peer, "cannot hand the connection to a worker");
-                return;
-            }
-        };
-        workers.next().spawn(
-            async move {
-                match TcpStream::from_std(stream) {
-                    Ok(stream) => {
-                        serve_connection(stream, peer, shared, &acceptor, &identity, limits, drain)
-                            .await;
-                    }
-                    Err(error) => warn!(%error, "cannot register the connection on its worker"),
-                }
+        spawn_connection(
+            self.workers.as_ref(),
+            stream,
+            debug_span!("hbone_connection", %peer),
+            move |stream| async move {
+                serve_connection(stream, peer, shared, &acceptor, &identity, limits, drain).await;
                 drop(permit);
-            }
-            .instrument(span),
+            },
         );
     }
+}
+
+/// Serves an accepted connection with `serve` on the next of `workers`, where it stays (the
+/// socket moves to that worker's reactor), or on the calling runtime when there are none.
+pub(crate) fn spawn_connection<F, S>(
+    workers: Option<&Workers>,
+    stream: TcpStream,
+    span: tracing::Span,
+    serve: S,
+) where
+    S: FnOnce(TcpStream) -> F + Send + 'static,
+    F: Future<Output = ()> + Send + 'static,
+{
+    let Some(workers) = workers else {
+        tokio::spawn(serve(stream).instrument(span));
+        return;
+    };
+    let stream = match stream.into_std() {
+        Ok(stream) => stream,
+        Err(error) => {
+            warn!(%error, "cannot hand the connection to a worker");
+            return;
+        }
+    };
+    workers.next().spawn(
+        async move {
+            match TcpStream::from_std(stream) {
+                Ok(stream) => serve(stream).await,
+                Err(error) => warn!(%error, "cannot register the connection on its worker"),
+            }
+        }
+        .instrument(span),
+    );
 }
 
 async fn serve_connection(
@@ -516,6 +525,55 @@ mod tests {
                 "{}",
                 String::from_utf8_lossy(bytes)
             );
+        }
+    }
+
+    /// Accepted connections are served on the workers, round robin, each wholly on its
+    /// worker's thread (the gateway's edge ports and the HBONE port dispatch this way).
+    #[test]
+    fn accepted_connections_are_served_round_robin_on_the_workers() {
+        let workers = Workers::start(2, "listener-test").unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let served = runtime.block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let address = listener.local_addr().unwrap();
+            let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel();
+            let mut clients = Vec::new();
+            for _ in 0..4 {
+                clients.push(TcpStream::connect(address).await.unwrap());
+                let (stream, _) = listener.accept().await.unwrap();
+                let sender = sender.clone();
+                spawn_connection(
+                    Some(&workers),
+                    stream,
+                    debug_span!("test"),
+                    move |stream| async move {
+                        let thread = std::thread::current().name().map(str::to_owned);
+                        // The stream is usable on the worker's reactor.
+                        let local = stream.local_addr().ok();
+                        let _ = sender.send((weft_workers::current_index(), thread, local));
+                    },
+                );
+            }
+            let mut served = Vec::new();
+            for _ in 0..4 {
+                let next = tokio::time::timeout(Duration::from_secs(10), receiver.recv());
+                served.push(next.await.unwrap().unwrap());
+            }
+            served
+        });
+        let mut indexes: Vec<usize> = served.iter().map(|(index, _, _)| *index).collect();
+        indexes.sort_unstable();
+        assert_eq!(indexes, [0, 0, 1, 1], "{served:?}");
+        for (index, thread, local) in &served {
+            assert_eq!(
+                thread.as_deref(),
+                Some(format!("listener-test-{index}").as_str())
+            );
+            assert!(local.is_some(), "the stream works on its worker");
         }
     }
 }
