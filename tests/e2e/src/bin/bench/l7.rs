@@ -30,7 +30,7 @@ use weft_e2e::{Mesh, MeshOptions, PodSpec, waypoint_resources};
 
 use super::host::{agent_cpu, cgroup_cpu_seconds, status_kib};
 use super::load::{fixed_rate, wrk};
-use super::nginx::{Nginx, NginxRoutes};
+use super::nginx::{self, Nginx, NginxRoutes};
 use super::{FIXED_RATE, Settings, median};
 
 const WAYPOINT_VIP: &str = "10.96.0.30";
@@ -364,17 +364,16 @@ pub fn start(settings: &Settings) -> anyhow::Result<(Mesh, Nginx)> {
     )?;
     let workers = proxy_workers();
     let backend = |pod: &str| format!("{}:8080", mesh.pod(pod).ip);
-    let nginx = Nginx::start(
-        &mesh,
-        NGINX,
-        &NginxRoutes {
-            workers,
-            v1: backend("plain-v1"),
-            v2: backend("plain-v2"),
-            header_user: HEADER_USER,
-            v1_percent: V1_PERCENT,
-        },
-    )?;
+    let routes = NginxRoutes {
+        workers,
+        v1: backend("plain-v1"),
+        v2: backend("plain-v2"),
+        header_user: HEADER_USER,
+        v1_percent: V1_PERCENT,
+    };
+    let nginx = Nginx::start(&mesh, NGINX, nginx::PORT, |ip, dir| {
+        nginx::config(&routes, ip, dir)
+    })?;
     // The agents learn the service's waypoint from the controller.
     for vip in [WAYPOINT_VIP, PLAIN_VIP, NGINX_VIP] {
         anyhow::ensure!(
@@ -391,7 +390,7 @@ pub fn start(settings: &Settings) -> anyhow::Result<(Mesh, Nginx)> {
 
 /// Worker threads of the waypoint, and so worker processes of nginx: the waypoint's runtime has
 /// one per CPU.
-fn proxy_workers() -> usize {
+pub fn proxy_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 

@@ -119,22 +119,10 @@ pub(crate) fn read_response(stream: &mut TcpStream, buffer: &mut [u8]) -> anyhow
             anyhow::bail!("connection closed mid-response");
         }
         filled += n;
-        let Some(end) = buffer[..filled].windows(4).position(|w| w == b"\r\n\r\n") else {
+        let Some(end) = response_end(&buffer[..filled])? else {
             continue;
         };
-        let head = std::str::from_utf8(&buffer[..end])?;
-        if !head.starts_with("HTTP/1.1 200") {
-            anyhow::bail!("unexpected response: {head}");
-        }
-        let length: usize = head
-            .lines()
-            .find_map(|l| {
-                let (name, value) = l.split_once(':')?;
-                name.eq_ignore_ascii_case("content-length")
-                    .then(|| value.trim().parse().ok())?
-            })
-            .context("response without Content-Length")?;
-        let mut body_left = (end + 4 + length).saturating_sub(filled);
+        let mut body_left = end.saturating_sub(filled);
         let capacity = buffer.len();
         while body_left > 0 {
             let n = stream.read(&mut buffer[..body_left.min(capacity)])?;
@@ -145,6 +133,27 @@ pub(crate) fn read_response(stream: &mut TcpStream, buffer: &mut [u8]) -> anyhow
         }
         return Ok(());
     }
+}
+
+/// Where the HTTP/1.1 response starting `received` ends (head and `Content-Length` body), once
+/// its head is complete; an error if it is not a 200 with a `Content-Length`.
+pub(crate) fn response_end(received: &[u8]) -> anyhow::Result<Option<usize>> {
+    let Some(end) = received.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return Ok(None);
+    };
+    let head = std::str::from_utf8(&received[..end])?;
+    if !head.starts_with("HTTP/1.1 200") {
+        anyhow::bail!("unexpected response: {head}");
+    }
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .context("response without Content-Length")?;
+    Ok(Some(end + 4 + length))
 }
 
 /// Runs the fixed-rate client in `client`'s pod against `address` (`host:port`): (p50, p90,

@@ -6,7 +6,8 @@
 //! with its ratio to direct. Then the same four pods on one node, twice: agents without and with
 //! same-node acceleration (sockops + sk_msg). Then the L7 section ([`l7`]): direct, mesh L4,
 //! through a waypoint that routes, and through nginx doing the same routing ([`nginx`]). Then
-//! the capture section ([`capture`]): enrollment latency per pod, and what the programs at the
+//! the ingress section ([`ingress`]): TLS termination by the ingress gateway and by nginx with
+//! the same certificate and routes. Then the capture section ([`capture`]): enrollment latency per pod, and what the programs at the
 //! cgroup root cost a process outside the mesh per connection. Then the scale section
 //! ([`scale`]): the controller and its xDS clients at three cluster sizes. Tools
 //! run inside the pods: iperf3 (bulk TCP), wrk (HTTP rps and closed-loop latency) and this
@@ -15,6 +16,8 @@
 
 mod capture;
 mod host;
+mod https_load;
+mod ingress;
 mod l7;
 mod load;
 mod nginx;
@@ -46,8 +49,9 @@ struct Settings {
 }
 
 /// The figure groups `--only` selects from; `waypoint` is the whole L7 section, `scale` the
-/// control plane at cluster sizes, `tls` the TLS providers.
-const GROUPS: [&str; 9] = [
+/// control plane at cluster sizes, `tls` the TLS providers, `ingress` TLS termination at the
+/// edge.
+const GROUPS: [&str; 10] = [
     "throughput",
     "rps1",
     "fixed-rate",
@@ -57,6 +61,7 @@ const GROUPS: [&str; 9] = [
     "capture",
     "scale",
     "tls",
+    "ingress",
 ];
 
 /// The groups measured on the L4 meshes (cross-node, same-node).
@@ -490,6 +495,9 @@ fn main() -> anyhow::Result<()> {
     {
         return fixed_rate_client(address, rps.parse()?, seconds.parse()?);
     }
+    if args.get(1).is_some_and(|a| a == "https-load") {
+        return https_load::https_load_client(&args[2..]);
+    }
     let quick = args.iter().any(|a| a == "--quick");
     let mut settings = if quick {
         Settings {
@@ -579,6 +587,11 @@ fn main() -> anyhow::Result<()> {
     } else {
         None
     };
+    let ingress = if !settings.cross_node_only && settings.wants("ingress") {
+        Some(ingress::run(&settings)?)
+    } else {
+        None
+    };
     let capture = if !settings.cross_node_only && settings.wants("capture") {
         Some(capture::run(&settings)?)
     } else {
@@ -665,6 +678,9 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(waypoint) = &waypoint {
         l7::report(&mut report, waypoint)?;
+    }
+    if let Some(ingress) = &ingress {
+        ingress::report(&mut report, ingress)?;
     }
     if let Some(capture) = &capture {
         capture::report(&mut report, capture)?;

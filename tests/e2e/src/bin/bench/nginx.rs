@@ -1,6 +1,7 @@
-//! nginx as the L7 proxy the waypoint is held against: the same routes (a header match and a
-//! weighted split over two backends), keep-alive on both sides, an access-log line per request,
-//! running in a pod of its own that is enrolled in the mesh like any pod.
+//! nginx as the L7 proxy the waypoint and the ingress gateway are held against: the same routes
+//! (for the waypoint a header match and a weighted split over two backends, [`config`]; for the
+//! gateway [`super::ingress`]'s TLS server), keep-alive on both sides, an access-log line per
+//! request, running in a pod of its own.
 //!
 //! Its configuration, pid file, logs and temporary directories live in the mesh's run directory;
 //! it listens only on its pod's address, inside the pod's network namespace.
@@ -33,13 +34,45 @@ pub struct NginxRoutes {
 ///
 /// What it shares with the waypoint's route: `end-user: jason` to v2, the rest split at random
 /// per request (`split_clients` over nginx's random `$request_id`, as Envoy draws a random
-/// number per request); HTTP/1.1 to the backends over kept-alive connections (`keepalive`, as
-/// the waypoint pools its upstream connections), and the downstream connection kept for as many
-/// requests as the client sends (nginx closes one after 1,000 by default; the waypoint never
-/// does). The headers the waypoint adds are added too: `x-forwarded-for` (appended),
-/// `x-forwarded-proto`, `x-request-id` when the request has none; `Host` is passed on as it
-/// came. One access-log line per request, to a file, as the waypoint writes one per request.
+/// number per request). The rest is [`proxy_config`]'s.
 pub fn config(routes: &NginxRoutes, listen: Ipv4Addr, dir: &Path) -> String {
+    let http = format!(
+        r#"    split_clients "${{request_id}}" $split {{
+        {v1_percent}% v1;
+        * v2;
+    }}
+    map $http_end_user $backend {{
+        {user} v2;
+        default $split;
+    }}
+    server {{
+        listen {listen}:{PORT};
+        location / {{
+{proxy}
+        }}
+    }}
+"#,
+        v1_percent = routes.v1_percent,
+        user = routes.header_user,
+        proxy = proxy_to("$backend"),
+    );
+    proxy_config(
+        routes.workers,
+        &[("v1", &routes.v1), ("v2", &routes.v2)],
+        &http,
+        dir,
+    )
+}
+
+/// A whole nginx.conf: `workers` worker processes, the `upstreams` (name, `ip:port`) and the
+/// `http` block's own directives (servers, maps), every path under `dir`.
+///
+/// What every proxying configuration here shares with the waypoint: HTTP/1.1 to the backends
+/// over kept-alive connections (`keepalive`, as the waypoint pools its upstream connections),
+/// and the downstream connection kept for as many requests as the client sends (nginx closes
+/// one after 1,000 by default; the waypoint never does). One access-log line per request, to a
+/// file, as the waypoint writes one per request.
+pub fn proxy_config(workers: usize, upstreams: &[(&str, &str)], http: &str, dir: &Path) -> String {
     let path = |name: &str| dir.join(name).display().to_string();
     let mut conf = String::new();
     let _ = write!(
@@ -59,43 +92,11 @@ http {{
     scgi_temp_path {scgi};
     keepalive_requests 1000000000;
     keepalive_timeout 300s;
-    upstream v1 {{
-        server {v1};
-        keepalive 128;
-        keepalive_requests 1000000000;
-    }}
-    upstream v2 {{
-        server {v2};
-        keepalive 128;
-        keepalive_requests 1000000000;
-    }}
-    split_clients "${{request_id}}" $split {{
-        {v1_percent}% v1;
-        * v2;
-    }}
-    map $http_end_user $backend {{
-        {user} v2;
-        default $split;
-    }}
     map $http_x_request_id $forwarded_request_id {{
         "" $request_id;
         default $http_x_request_id;
     }}
-    server {{
-        listen {listen}:{PORT};
-        location / {{
-            proxy_pass http://$backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host $http_host;
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto $scheme;
-            proxy_set_header X-Request-Id $forwarded_request_id;
-        }}
-    }}
-}}
 "#,
-        workers = routes.workers,
         pid = path("nginx.pid"),
         error_log = path("nginx-error.log"),
         access_log = path("nginx-access.log"),
@@ -104,12 +105,36 @@ http {{
         fastcgi = path("nginx-fastcgi"),
         uwsgi = path("nginx-uwsgi"),
         scgi = path("nginx-scgi"),
-        v1 = routes.v1,
-        v2 = routes.v2,
-        v1_percent = routes.v1_percent,
-        user = routes.header_user,
     );
+    for (name, server) in upstreams {
+        let _ = write!(
+            conf,
+            r#"    upstream {name} {{
+        server {server};
+        keepalive 128;
+        keepalive_requests 1000000000;
+    }}
+"#
+        );
+    }
+    conf.push_str(http);
+    conf.push_str("}\n");
     conf
+}
+
+/// The directives of a `location` that proxies to `upstream`, adding the headers the waypoint
+/// adds: `x-forwarded-for` (appended), `x-forwarded-proto`, `x-request-id` when the request
+/// has none; `Host` is passed on as it came.
+pub fn proxy_to(upstream: &str) -> String {
+    format!(
+        r#"            proxy_pass http://{upstream};
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $http_host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Request-Id $forwarded_request_id;"#
+    )
 }
 
 /// nginx running in a pod; stopped (SIGTERM to the master, which stops its workers) on drop.
@@ -119,14 +144,20 @@ pub struct Nginx {
 }
 
 impl Nginx {
-    /// Writes the configuration into the mesh's run directory and starts nginx in `pod`,
-    /// waiting until it accepts connections.
-    pub fn start(mesh: &Mesh, pod: &str, routes: &NginxRoutes) -> anyhow::Result<Self> {
+    /// Writes the configuration `config` gives for the pod's address and a directory of the
+    /// mesh's run directory, starts nginx in `pod` and waits until it accepts connections on
+    /// `port`.
+    pub fn start(
+        mesh: &Mesh,
+        pod: &str,
+        port: u16,
+        config: impl FnOnce(Ipv4Addr, &Path) -> String,
+    ) -> anyhow::Result<Self> {
         let dir = mesh.dir().join("nginx");
         std::fs::create_dir_all(&dir)?;
         let ip = mesh.pod(pod).ip;
         let file = dir.join("nginx.conf");
-        std::fs::write(&file, config(routes, ip, &dir))?;
+        std::fs::write(&file, config(ip, &dir))?;
         let master = mesh
             .testbed
             .pod_command(pod, "nginx")
@@ -154,7 +185,7 @@ impl Nginx {
             let up = mesh
                 .testbed
                 .pod_command(pod, "bash")
-                .args(["-c", &format!("exec 3<>/dev/tcp/{ip}/{PORT}")])
+                .args(["-c", &format!("exec 3<>/dev/tcp/{ip}/{port}")])
                 .stderr(Stdio::null())
                 .status()
                 .is_ok_and(|s| s.success());
