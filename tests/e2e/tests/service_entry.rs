@@ -170,6 +170,130 @@ fn an_endpoint_given_by_name_is_resolved_by_the_agent() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// `workloadSelector`: mesh pods as a ServiceEntry's endpoints.
+
+const SELECTED_VIP: &str = "10.96.200.40";
+const SELECTED_HOST: &str = "cart.internal";
+
+/// A `MESH_INTERNAL` host backed by the pods labelled `app: cart` of its namespace, its port 80
+/// to the pods' 8080.
+const CART_ENTRY: &str = r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: cart-internal, namespace: shop}
+spec:
+  hosts: [cart.internal]
+  addresses: [10.96.200.40]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 80, name: http, protocol: HTTP, targetPort: 8080}]
+  workloadSelector: {labels: {app: cart}}
+"#;
+
+/// The pods that answered `answers`, by the sample app's `pod` field.
+fn answering_pods(answers: &[(u16, String)]) -> std::collections::BTreeSet<String> {
+    answers
+        .iter()
+        .map(|(status, body)| {
+            assert_eq!(*status, 200, "{body}");
+            let reply: serde_json::Value = serde_json::from_str(body).expect("a JSON reply");
+            reply["pod"].as_str().unwrap_or_default().to_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn a_workload_selector_makes_the_selected_pods_the_endpoints_and_follows_them() {
+    let mut mesh = Mesh::start(
+        vec![
+            PodSpec::client("client", "node1", "shop"),
+            PodSpec::app("cart-1", "node2", "shop", "cart", "v1"),
+            // Same labels, another namespace: a selector never reaches across namespaces.
+            PodSpec::app("cart-other", "node2", "other", "cart", "v1"),
+            PodSpec::app("orders", "node1", "shop", "orders", "v1"),
+            // Not in the cluster yet: it comes up during the test.
+            PodSpec::app("cart-2", "node1", "shop", "cart", "v2").outside_cluster(),
+        ],
+        MeshOptions::default(),
+    )
+    .expect("start the mesh");
+    mesh.kubectl_apply(CART_ENTRY).unwrap();
+    mesh.await_agents("the selected pod backing the ServiceEntry", |state| {
+        state["workloads"].as_array().is_some_and(|w| {
+            w.iter()
+                .any(|w| w["name"] == "cart-1" && w["services"].to_string().contains(SELECTED_HOST))
+        })
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
+
+    // Each request on its own connection (the agent picks an endpoint per connection): only the
+    // selected pod answers, reached over HBONE with its own identity, counted under the host.
+    let url = format!("http://{SELECTED_VIP}/selected");
+    let close = ["-H", "Connection: close"];
+    let answers = mesh.curl_bodies("client", &url, 8, &close).unwrap();
+    assert_eq!(
+        answering_pods(&answers),
+        ["cart-1".to_owned()].into(),
+        "{answers:?}\n{}",
+        mesh.logs()
+    );
+    let host_label = format!("destination_service=\"{SELECTED_HOST}\"");
+    let node1 = mesh.metrics("node1");
+    assert!(
+        sample(
+            &node1,
+            "istio_tcp_connections_opened_total",
+            &[
+                "reporter=\"source\"",
+                host_label.as_str(),
+                "destination_principal=\"spiffe://cluster.local/ns/shop/sa/cart\"",
+            ]
+        )
+        .is_some_and(|n| n >= 8),
+        "{node1}"
+    );
+
+    // A new pod with the labels joins the endpoints, without a restart of anything.
+    mesh.update_pod("cart-2", |pod| {
+        pod.outside_cluster = false;
+        pod.enrolled = true;
+    })
+    .unwrap();
+    mesh.await_agents("the new pod backing the ServiceEntry", |state| {
+        state["workloads"].as_array().is_some_and(|w| {
+            w.iter()
+                .any(|w| w["name"] == "cart-2" && w["services"].to_string().contains(SELECTED_HOST))
+        })
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let answers = mesh.curl_bodies("client", &url, 16, &close).unwrap();
+    assert_eq!(
+        answering_pods(&answers),
+        ["cart-1".to_owned(), "cart-2".to_owned()].into(),
+        "{answers:?}"
+    );
+
+    // A pod whose labels no longer match leaves them.
+    mesh.update_pod("cart-1", |pod| {
+        pod.labels.insert("app".into(), "retired".into());
+    })
+    .unwrap();
+    mesh.await_agents("the relabelled pod leaving the ServiceEntry", |state| {
+        state["workloads"].as_array().is_some_and(|w| {
+            w.iter().any(|w| {
+                w["name"] == "cart-1" && !w["services"].to_string().contains(SELECTED_HOST)
+            })
+        })
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let answers = mesh.curl_bodies("client", &url, 8, &close).unwrap();
+    assert_eq!(
+        answering_pods(&answers),
+        ["cart-2".to_owned()].into(),
+        "{answers:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
 // A ServiceEntry that uses a waypoint (`istio.io/use-waypoint`): egress control at L7.
 
 const WAYPOINT: &str = "waypoint";

@@ -2,14 +2,15 @@
 //! ztunnel: one `istio.workload.Service` per host (named by the ServiceEntry, keyed
 //! `namespace/host`, its VIPs `spec.addresses` or else the addresses allocated to it), one `Workload` per endpoint (`resolution: STATIC` or `DNS`, an implicit
 //! endpoint per host for `DNS` without endpoints), and, with a `workloadSelector`, the host's
-//! ports added to the selected pods' `services` (they are then its endpoints, over HBONE when
-//! they are in the mesh). `exportTo` is not applied here, as istiod does not apply it to
+//! ports added to the selected pods' `services` and to the selected WorkloadEntries' (they are
+//! then its endpoints, over HBONE when they are in the mesh). Every WorkloadEntry is a
+//! `Workload` of its own, as istiod sends it. `exportTo` is not applied here, as istiod does not apply it to
 //! ztunnel's view either: every agent sees every ServiceEntry.
 
 use std::{collections::BTreeMap, net::IpAddr};
 
 use k8s_openapi::api::core::v1::Pod;
-use weft_istio::labels::CANONICAL_NAME_LABELS;
+use weft_istio::labels::{CANONICAL_NAME_LABELS, CANONICAL_REVISION_LABELS};
 use weft_proto::istio::workload;
 
 use super::super::{
@@ -29,7 +30,7 @@ use crate::{
 pub(super) struct ServiceEntryAddresses {
     /// One per host, keyed `namespace/host`.
     pub services: Vec<(String, workload::Service)>,
-    /// One per endpoint (STATIC or DNS), outside the mesh.
+    /// One per endpoint (STATIC or DNS), outside the mesh, and one per WorkloadEntry.
     pub workloads: Vec<workload::Workload>,
     /// For each pod key a `workloadSelector` selects: the hosts it backs, with their ports.
     pub pod_services: BTreeMap<String, Vec<(String, workload::PortList)>>,
@@ -39,6 +40,15 @@ pub(super) struct ServiceEntryAddresses {
 pub fn endpoint_uid(cluster_id: &str, namespace: &str, name: &str, address: &str) -> String {
     format!("{cluster_id}/networking.istio.io/ServiceEntry/{namespace}/{name}/{address}")
 }
+
+/// Istio's workload uid for a WorkloadEntry (`generateWorkloadEntryUID`).
+pub fn workload_entry_uid(cluster_id: &str, namespace: &str, name: &str) -> String {
+    format!("{cluster_id}/networking.istio.io/WorkloadEntry/{namespace}/{name}")
+}
+
+/// The label by which a workload outside Kubernetes says it speaks HBONE itself (Istio's
+/// `model.TunnelLabel` with `TunnelHTTP`).
+const TUNNEL_LABEL: (&str, &str) = ("networking.istio.io/tunnel", "http");
 
 pub(super) fn service_entry_addresses(
     index: &ConfigIndex,
@@ -113,12 +123,29 @@ pub(super) fn service_entry_addresses(
             ));
         }
     }
+    out.workloads
+        .extend(workload_entry_workloads(index, settings, &policies_for));
     out
 }
 
-/// The selector picks pods of the ServiceEntry's own namespace.
+/// The selector picks pods of the ServiceEntry's own namespace; an empty one picks none
+/// (istiod fetches the services of a workload with `FilterSelectsNonEmpty`).
 fn selects_pod(selector: &BTreeMap<String, String>, namespace: &str, pod: &Pod) -> bool {
-    namespace_of(&pod.metadata) == namespace && selects(selector, &labels(&pod.metadata))
+    selects_in(
+        selector,
+        namespace,
+        namespace_of(&pod.metadata),
+        &labels(&pod.metadata),
+    )
+}
+
+fn selects_in(
+    selector: &BTreeMap<String, String>,
+    namespace: &str,
+    workload_namespace: &str,
+    workload_labels: &BTreeMap<String, String>,
+) -> bool {
+    !selector.is_empty() && workload_namespace == namespace && selects(selector, workload_labels)
 }
 
 /// A ServiceEntry port on a selected pod: its `targetPort`, else its number (ServiceEntry
@@ -167,6 +194,17 @@ fn service(
     }
 }
 
+/// Who an endpoint outside Kubernetes belongs to: a ServiceEntry (its inline endpoints) or a
+/// WorkloadEntry.
+struct EndpointOwner<'a> {
+    uid: String,
+    name: &'a str,
+    namespace: &'a str,
+    canonical_name: String,
+    canonical_revision: String,
+    tunnel: workload::TunnelProtocol,
+}
+
 fn endpoint_workload(
     settings: &MeshSettings,
     entry: &ServiceEntry,
@@ -177,18 +215,100 @@ fn endpoint_workload(
     let namespace = namespace_of(&entry.metadata);
     let name = name_of(&entry.metadata);
     let address = endpoint.address.clone().unwrap_or_default();
-    let (addresses, hostname) = match address.parse::<IpAddr>() {
-        Ok(ip) => (vec![ip_bytes(ip)], String::new()),
-        Err(_) => (Vec::new(), address.clone()),
+    let entry_labels = labels(&entry.metadata);
+    let owner = EndpointOwner {
+        uid: endpoint_uid(&settings.cluster_id, namespace, name, &address),
+        name,
+        namespace,
+        canonical_name: CANONICAL_NAME_LABELS
+            .iter()
+            .find_map(|k| entry_labels.get(*k))
+            .cloned()
+            .unwrap_or_else(|| name.to_owned()),
+        canonical_revision: "latest".into(),
+        tunnel: workload::TunnelProtocol::None,
     };
-    let ports = workload::PortList {
-        ports: entry
-            .spec
-            .ports
+    let ports = endpoint_ports(&entry.spec.ports, endpoint);
+    let services = keys.iter().map(|k| (k.clone(), ports.clone())).collect();
+    outside_workload(settings, &owner, endpoint, services, policies.to_vec())
+}
+
+/// Every WorkloadEntry, as istiod's ambient index sends it: backing the hosts of the
+/// ServiceEntries of its namespace whose `workloadSelector` selects its labels (the object's,
+/// with `spec.labels` over them), in HBONE when it says it speaks it
+/// (`networking.istio.io/tunnel: http`), else in plain TCP.
+fn workload_entry_workloads(
+    index: &ConfigIndex,
+    settings: &MeshSettings,
+    policies_for: impl Fn(&str, &BTreeMap<String, String>) -> Vec<String>,
+) -> Vec<workload::Workload> {
+    let mut out = Vec::new();
+    for entry in index.workload_entries.values() {
+        let namespace = namespace_of(&entry.metadata);
+        let name = name_of(&entry.metadata);
+        let mut entry_labels = labels(&entry.metadata);
+        entry_labels.extend(entry.spec.labels.clone());
+        let mut services = BTreeMap::new();
+        for service_entry in index.service_entries.values() {
+            let Some(selector) = &service_entry.spec.workload_selector else {
+                continue;
+            };
+            let service_namespace = namespace_of(&service_entry.metadata);
+            if !selects_in(
+                &selector.labels,
+                service_namespace,
+                namespace,
+                &entry_labels,
+            ) {
+                continue;
+            }
+            let ports = endpoint_ports(&service_entry.spec.ports, &entry.spec);
+            for host in &service_entry.spec.hosts {
+                services.insert(format!("{service_namespace}/{host}"), ports.clone());
+            }
+        }
+        let owner = EndpointOwner {
+            uid: workload_entry_uid(&settings.cluster_id, namespace, name),
+            name,
+            namespace,
+            canonical_name: CANONICAL_NAME_LABELS
+                .iter()
+                .find_map(|k| entry_labels.get(*k))
+                .cloned()
+                .unwrap_or_else(|| name.to_owned()),
+            canonical_revision: CANONICAL_REVISION_LABELS
+                .iter()
+                .find_map(|k| entry_labels.get(*k))
+                .cloned()
+                .unwrap_or_else(|| "latest".into()),
+            tunnel: if entry_labels.get(TUNNEL_LABEL.0).map(String::as_str) == Some(TUNNEL_LABEL.1)
+            {
+                workload::TunnelProtocol::Hbone
+            } else {
+                workload::TunnelProtocol::None
+            },
+        };
+        let policies = policies_for(namespace, &entry_labels);
+        out.push(outside_workload(
+            settings,
+            &owner,
+            &entry.spec,
+            services,
+            policies,
+        ));
+    }
+    out
+}
+
+/// A ServiceEntry's ports on an endpoint outside Kubernetes: the endpoint's port of the same
+/// name wins, else the `targetPort`, else the number (istiod's
+/// `constructServicesFromWorkloadEntry` for a ServiceEntry).
+fn endpoint_ports(ports: &[ServicePort], endpoint: &WorkloadEntrySpec) -> workload::PortList {
+    workload::PortList {
+        ports: ports
             .iter()
             .map(|port| workload::Port {
                 service_port: port.number,
-                // The endpoint's port of the same name wins, as istiod maps them.
                 target_port: endpoint
                     .ports
                     .as_ref()
@@ -196,29 +316,38 @@ fn endpoint_workload(
                     .unwrap_or_else(|| pod_port(port).target_port),
             })
             .collect(),
+    }
+}
+
+fn outside_workload(
+    settings: &MeshSettings,
+    owner: &EndpointOwner<'_>,
+    endpoint: &WorkloadEntrySpec,
+    services: BTreeMap<String, workload::PortList>,
+    policies: Vec<String>,
+) -> workload::Workload {
+    let address = endpoint.address.clone().unwrap_or_default();
+    let (addresses, hostname) = match address.parse::<IpAddr>() {
+        Ok(ip) => (vec![ip_bytes(ip)], String::new()),
+        Err(_) => (Vec::new(), address),
     };
-    let entry_labels = labels(&entry.metadata);
     workload::Workload {
-        uid: endpoint_uid(&settings.cluster_id, namespace, name, &address),
-        name: name.to_owned(),
-        namespace: namespace.to_owned(),
+        uid: owner.uid.clone(),
+        name: owner.name.to_owned(),
+        namespace: owner.namespace.to_owned(),
         addresses,
         hostname,
         network: endpoint.network.clone().unwrap_or_default(),
-        tunnel_protocol: workload::TunnelProtocol::None as i32,
+        tunnel_protocol: owner.tunnel as i32,
         trust_domain: settings.trust_domain.clone(),
         service_account: endpoint.service_account.clone().unwrap_or_default(),
-        canonical_name: CANONICAL_NAME_LABELS
-            .iter()
-            .find_map(|k| entry_labels.get(*k))
-            .cloned()
-            .unwrap_or_else(|| name.to_owned()),
-        canonical_revision: "latest".into(),
+        canonical_name: owner.canonical_name.clone(),
+        canonical_revision: owner.canonical_revision.clone(),
         workload_type: workload::WorkloadType::Pod as i32,
-        workload_name: name.to_owned(),
+        workload_name: owner.name.to_owned(),
         cluster_id: settings.cluster_id.clone(),
-        services: keys.iter().map(|k| (k.clone(), ports.clone())).collect(),
-        authorization_policies: policies.to_vec(),
+        services,
+        authorization_policies: policies,
         status: workload::WorkloadStatus::Healthy as i32,
         capacity: endpoint.weight.filter(|w| *w > 0),
         ..Default::default()

@@ -755,3 +755,114 @@ spec:
             .contains_key("shop/cart.internal")
     );
 }
+
+#[test]
+fn a_workload_selector_picks_pods_and_workload_entries_of_its_own_namespace() {
+    let index = index(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: cart-internal, namespace: shop}
+spec:
+  hosts: [cart.internal]
+  addresses: [240.0.3.1]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 81, name: http, targetPort: 8080}, {number: 9000, name: grpc}]
+  workloadSelector: {labels: {app: cart}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: everything, namespace: shop}
+spec:
+  hosts: [all.internal]
+  addresses: [240.0.3.2]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 80, name: http}]
+  workloadSelector: {labels: {}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: cart-vm, namespace: shop, labels: {app: cart}}
+spec: {address: 192.0.2.40, ports: {http: 9080}, serviceAccount: cart, network: vms}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: cart-vm-hbone, namespace: shop, labels: {networking.istio.io/tunnel: http}}
+spec: {address: 192.0.2.41, labels: {app: cart, version: v9}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: cart-elsewhere, namespace: legacy, labels: {app: cart}}
+spec: {address: 192.0.2.42}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: cart-legacy, namespace: legacy, labels: {app: cart}}
+spec: {nodeName: node2, containers: [{name: app, image: cart}]}
+status: {podIP: 10.251.2.12}
+"#,
+    );
+    let addresses = addresses(&index, &MeshSettings::default());
+    let host = "shop/cart.internal";
+
+    // The pod of the entry's namespace: the host's ports to its targetPort, else its number.
+    let pod = workload_of(&addresses, "cart-1");
+    let ports: Vec<_> = pod.services[host]
+        .ports
+        .iter()
+        .map(|p| (p.service_port, p.target_port))
+        .collect();
+    assert_eq!(ports, vec![(81, 8080), (9000, 9000)]);
+    // Selecting across namespaces is not possible: the same labels in `legacy` back nothing.
+    assert!(
+        !workload_of(&addresses, "cart-legacy")
+            .services
+            .contains_key(host)
+    );
+
+    // A WorkloadEntry is a workload of its own (istiod's uid), backing the host; its port of the
+    // same name as the entry's port wins over `targetPort`.
+    let Some(workload::address::Type::Workload(vm)) =
+        addresses["Kubernetes/networking.istio.io/WorkloadEntry/shop/cart-vm"]
+            .r#type
+            .clone()
+    else {
+        panic!("no WorkloadEntry workload in {:?}", addresses.keys());
+    };
+    assert_eq!(vm.addresses, vec![vec![192, 0, 2, 40]]);
+    assert_eq!(vm.tunnel_protocol, workload::TunnelProtocol::None as i32);
+    assert_eq!(
+        (vm.service_account.as_str(), vm.network.as_str()),
+        ("cart", "vms")
+    );
+    let ports: Vec<_> = vm.services[host]
+        .ports
+        .iter()
+        .map(|p| (p.service_port, p.target_port))
+        .collect();
+    assert_eq!(ports, vec![(81, 9080), (9000, 9000)]);
+    // `spec.labels` count for selection; the tunnel label makes it an HBONE endpoint.
+    let hbone = workload_of(&addresses, "cart-vm-hbone");
+    assert!(hbone.services.contains_key(host));
+    assert_eq!(
+        hbone.tunnel_protocol,
+        workload::TunnelProtocol::Hbone as i32
+    );
+    assert_eq!(hbone.canonical_revision, "v9");
+    let elsewhere = workload_of(&addresses, "cart-elsewhere");
+    assert!(elsewhere.services.is_empty(), "{elsewhere:?}");
+
+    // An empty selector selects nothing (istiod's FilterSelectsNonEmpty), pod or entry.
+    assert!(
+        addresses.values().all(|a| match &a.r#type {
+            Some(workload::address::Type::Workload(w)) =>
+                !w.services.contains_key("shop/all.internal"),
+            _ => true,
+        }),
+        "an empty workloadSelector selected a workload"
+    );
+    // With a selector, the host balances over its endpoints (not a passthrough).
+    assert!(service_of(&addresses, host).load_balancing.is_none());
+}
