@@ -109,6 +109,9 @@ pub struct Config {
     pub role: Role,
     /// Where a gateway opens its ports.
     pub gateway_address: IpAddr,
+    /// [`CREDENTIALS_DIR`], for either role: where the credentials a DestinationRule's
+    /// `credentialName` names for TLS origination are read (local mode).
+    pub origination_credentials: Option<PathBuf>,
 }
 
 /// One worker thread per CPU the process may run on.
@@ -163,6 +166,7 @@ impl Config {
             instance_ip: settings.parse(INSTANCE_IP)?,
             role,
             gateway_address: settings.parse_or(GATEWAY_ADDRESS, DEFAULT_GATEWAY_ADDRESS)?,
+            origination_credentials: settings.path(CREDENTIALS_DIR),
             upgrades: match settings.string(UPGRADES) {
                 None => crate::conformance::DEFAULT_UPGRADES
                     .iter()

@@ -84,6 +84,9 @@ pub struct WaypointOptions {
     pub drain: DrainStatus,
     /// The xDS node id, a tag on every span (`node_id`).
     pub node_id: String,
+    /// Where TLS origination credentials named by a DestinationRule's `credentialName` are
+    /// read (local mode's `CREDENTIALS_DIR`); `None`: such a cluster fails closed.
+    pub origination_credentials: Option<std::path::PathBuf>,
 }
 
 impl WaypointOptions {
@@ -102,6 +105,7 @@ impl WaypointOptions {
             connection_limits: ConnectionLimits::for_open_files_limit(),
             drain: DrainStatus::default(),
             node_id: String::new(),
+            origination_credentials: None,
         }
     }
 }
@@ -146,7 +150,8 @@ impl Waypoint {
         if tokio::runtime::Handle::try_current().is_ok() {
             spans.spawn();
         }
-        let store = ConfigStore::default();
+        let store =
+            ConfigStore::default().with_origination_credentials(options.origination_credentials);
         let pruned = upstream.clone();
         store.on_apply(Arc::new(move |config| pruned.retain(config)));
         let tcp_connections = tcp::TcpConnections::default();

@@ -177,6 +177,7 @@ async fn run(config: Config, workers: Workers) -> anyhow::Result<()> {
             proxy.max_connections_per_source,
         )
         .context("raising RLIMIT_NOFILE")?,
+        origination_credentials: config.origination_credentials.clone(),
         ..WaypointOptions::new(identity, certificates)
     });
     if let Some(file) = &config.config_file {

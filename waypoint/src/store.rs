@@ -57,6 +57,8 @@ pub struct ConfigStore {
     /// The mesh's workloads as request sources (`SourceWorkload` resources), shared by every
     /// configuration put in force.
     sources: SourceTable,
+    /// Where `credentialName` credentials for TLS origination are read.
+    origination_credentials: Option<Arc<std::path::Path>>,
 }
 
 #[derive(Debug, Default)]
@@ -86,11 +88,26 @@ impl Default for ConfigStore {
             observers: Arc::default(),
             names: Arc::default(),
             sources,
+            origination_credentials: None,
         }
     }
 }
 
 impl ConfigStore {
+    /// The store, reading TLS origination credentials (`credentialName`) from `directory`.
+    pub fn with_origination_credentials(mut self, directory: Option<std::path::PathBuf>) -> Self {
+        self.origination_credentials = directory.map(Arc::from);
+        self
+    }
+
+    fn convert(
+        &self,
+        config: proto::WaypointConfig,
+        names: &ResolvedNames,
+    ) -> Result<WaypointConfig, ConfigError> {
+        WaypointConfig::from_proto_with(config, names, self.origination_credentials.as_deref())
+    }
+
     /// The configuration now in force.
     pub fn snapshot(&self) -> Arc<WaypointConfig> {
         match self.current.read() {
@@ -109,7 +126,7 @@ impl ConfigStore {
             .flat_map(|c| &c.endpoints)
             .any(|e| !e.hostname.is_empty());
         let kept = by_name.then(|| config.clone());
-        self.publish(WaypointConfig::from_proto(config, &names.resolved)?);
+        self.publish(self.convert(config, &names.resolved)?);
         names.config = kept;
         Ok(())
     }
@@ -126,7 +143,7 @@ impl ConfigStore {
         let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
         names.resolved = resolved;
         if let Some(config) = names.config.clone() {
-            match WaypointConfig::from_proto(config, &names.resolved) {
+            match self.convert(config, &names.resolved) {
                 Ok(converted) => self.publish(converted),
                 Err(error) => warn!(%error, "endpoint names resolved, configuration not converted"),
             }

@@ -462,7 +462,7 @@ mod pool_tests {
                 sni: sni.to_owned(),
                 ..Default::default()
             };
-            OriginatedTls::new(&settings, "api.example.com").unwrap()
+            OriginatedTls::new(&settings, "api.example.com", None).unwrap()
         };
         let (a, b) = (tls("a.example.com"), tls("b.example.com"));
         assert_eq!(

@@ -228,7 +228,7 @@ pub const CATALOG: &[NotApplied] = &[
         K::DestinationRule,
         "spec.**.tls.credentialName",
         Set,
-        "waypoints read TLS origination credentials from files (caCertificates, clientCertificate, privateKey); the server is verified against the Mozilla root set",
+        "waypoints read the credential from their local credentials directory only; in Kubernetes mode the Secret is not delivered to them, and the host's connections fail (503 UF)",
     ),
     entry(
         K::DestinationRule,

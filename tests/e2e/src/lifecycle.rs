@@ -509,6 +509,13 @@ impl Mesh {
         Ok(())
     }
 
+    /// The local-mode credentials directory of the waypoint of pod `name` (Secrets as
+    /// directories of files, `<name>/ca.crt`, ...): where a DestinationRule's `credentialName`
+    /// is read.
+    pub fn waypoint_credentials(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("waypoint-{name}-credentials"))
+    }
+
     /// Starts the waypoint of pod `name` inside the pod (its netns and cgroup) and waits until it
     /// is ready: it has its certificate from the controller's CA (with its own bootstrap token)
     /// and has applied a `WaypointConfig` pushed over delta ADS.
@@ -537,6 +544,7 @@ impl Mesh {
             .env("WAYPOINT_NAME", gateway)
             .env("POD_NAMESPACE", &spec.namespace)
             .env("SERVICE_ACCOUNT", &spec.service_account)
+            .env("CREDENTIALS_DIR", self.waypoint_credentials(name))
             .env("RUST_LOG", "info");
         let log = self.dir.join(format!("waypoint-{name}.log"));
         let process = Process::spawn(&format!("waypoint {name}"), command, log)?;

@@ -194,6 +194,131 @@ fn the_egress_waypoint_originates_tls_and_registry_only_refuses_the_direct_path(
     let _ = server.wait();
 }
 
+/// A second external host on the same server, its TLS origination's CA from the credential
+/// `credential` (a DestinationRule `credentialName`), served at `vip`.
+fn credential_config(
+    name: &str,
+    host: &str,
+    vip: &str,
+    endpoint: &str,
+    credential: &str,
+) -> String {
+    format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: {name}
+  namespace: shop
+  labels: {{istio.io/use-waypoint: waypoint}}
+spec:
+  hosts: [{host}]
+  addresses: [{vip}]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: {TLS_PORT}}}]
+  endpoints: [{{address: {endpoint}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: {name}-tls, namespace: shop}}
+spec:
+  host: {host}
+  trafficPolicy:
+    tls: {{mode: SIMPLE, sni: {HOST}, credentialName: {credential}}}
+"#
+    )
+}
+
+#[test]
+fn tls_origination_takes_its_ca_from_a_credential_and_a_missing_one_fails_only_its_cluster() {
+    let mesh = mesh();
+    let (mut server, ca) = mesh
+        .start_tls_server("external", TLS_PORT, HOST)
+        .expect("the external TLS server");
+    let external = mesh.pod("external").ip.to_string();
+    // The waypoint's credentials, laid out as the gateways' (Istio's Secret keys as files).
+    let credentials = mesh.waypoint_credentials("waypoint");
+    std::fs::create_dir_all(credentials.join("external-ca")).unwrap();
+    std::fs::copy(&ca, credentials.join("external-ca").join("ca.crt")).unwrap();
+    let (other_ca, _, _) = weft_e2e::server_certificate("someone.else.example");
+    std::fs::create_dir_all(credentials.join("other-ca")).unwrap();
+    std::fs::write(credentials.join("other-ca").join("ca.crt"), other_ca).unwrap();
+    let config = [
+        credential_config(
+            "with-secret",
+            "secret.external.example",
+            "10.96.210.30",
+            &external,
+            "external-ca",
+        ),
+        credential_config(
+            "without-secret",
+            "missing.external.example",
+            "10.96.210.31",
+            &external,
+            "no-such-secret",
+        ),
+        credential_config(
+            "wrong-ca",
+            "wrong.external.example",
+            "10.96.210.32",
+            &external,
+            "other-ca",
+        ),
+    ]
+    .join("---\n");
+    mesh.kubectl_apply(&config).unwrap();
+
+    // The credential's CA verifies the server: plain HTTP from the client, TLS to the server.
+    let reached = mesh.eventually(Duration::from_secs(30), || {
+        let answer = mesh.curl_with("client", &["http://10.96.210.30/report"]);
+        answer.status == 200 && answer.body.contains("Cipher")
+    });
+    assert!(
+        reached,
+        "the credential's cluster never reached the server\n{}",
+        mesh.logs()
+    );
+
+    // The missing Secret fails its cluster closed, with Envoy's answer and flag, and reports
+    // the DestinationRule and the field; the other host keeps working.
+    let failed = mesh.curl_with("client", &["http://10.96.210.31/report"]);
+    assert_eq!(failed.status, 503, "{}", failed.body);
+    assert!(
+        failed.body.contains("connection failure"),
+        "{}",
+        failed.body
+    );
+    let metrics = Exposition::parse(&mesh.waypoint_metrics("waypoint"));
+    let flagged = [
+        ("destination_service", "missing.external.example"),
+        ("response_code", "503"),
+        ("response_flags", "UF"),
+    ];
+    assert!(
+        metrics.count("istio_requests_total", &flagged) >= 1,
+        "{metrics:?}"
+    );
+    let logs = mesh.log_of("waypoint-waypoint");
+    assert!(
+        logs.contains("without-secret-tls")
+            && logs.contains("spec.trafficPolicy.tls.credentialName")
+            && logs.contains("no-such-secret"),
+        "the missing credential was not reported\n{logs}"
+    );
+    assert_eq!(
+        mesh.curl_with("client", &["http://10.96.210.30/report"])
+            .status,
+        200
+    );
+
+    // A credential whose CA does not sign the server's certificate: the handshake fails (closed).
+    let wrong = mesh.curl_with("client", &["http://10.96.210.32/report"]);
+    assert_eq!(wrong.status, 503, "{}", wrong.body);
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
 // ---------------------------------------------------------------------------------------------
 // Istio's egress gateway (networking.istio.io `Gateway`), as its "Egress Gateways" and "Egress
 // Gateways with TLS Origination" tasks configure it: a VirtualService bound to `mesh` and to

@@ -350,10 +350,20 @@ impl WaypointConfig {
         config: proto::WaypointConfig,
         names: &ResolvedNames,
     ) -> Result<Self, ConfigError> {
+        Self::from_proto_with(config, names, None)
+    }
+
+    /// [`WaypointConfig::from_proto`], TLS origination credentials named by `credentialName`
+    /// read from `credentials` (none: such clusters fail closed).
+    pub fn from_proto_with(
+        config: proto::WaypointConfig,
+        names: &ResolvedNames,
+        credentials: Option<&std::path::Path>,
+    ) -> Result<Self, ConfigError> {
         let mut workloads = HashMap::new();
         let mut clusters = HashMap::with_capacity(config.clusters.len());
         for c in &config.clusters {
-            let converted = cluster::cluster(c, &mut workloads, names)?;
+            let converted = cluster::cluster(c, &mut workloads, names, credentials)?;
             if clusters
                 .insert(converted.name.clone(), Arc::new(converted))
                 .is_some()

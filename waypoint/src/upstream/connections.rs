@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 use weft_hbone::{ClientTls, ConnectRequest, Connector, HboneDialer, PlainSocketFactory};
 use weft_identity::SpiffeId;
 
-use super::{BoxedIo, Upstream, UpstreamError};
+use super::{BoxedIo, OriginatedTls, Upstream, UpstreamError};
 use crate::model::{Cluster, Endpoint, Tunnel};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -77,6 +77,9 @@ impl Upstream {
                         .map_err(|e| failure(e.to_string()))
                 }
                 _ => {
+                    if let Some(reason) = cluster.tls.as_ref().and_then(OriginatedTls::unusable) {
+                        return Err(failure(format!("tls: {reason}")));
+                    }
                     let tcp = TcpStream::connect(endpoint.address)
                         .await
                         .map_err(|e| failure(e.to_string()))?;

@@ -2,10 +2,11 @@
 //! says `tls.mode: SIMPLE` or `MUTUAL`), as Envoy originates it: the client's plain HTTP goes
 //! out encrypted, with the configured SNI, the server verified against the configured CAs (else
 //! the Mozilla root set) and names (`subjectAltNames`, else the SNI), and for MUTUAL the
-//! configured client certificate. Built once per configuration; files are read then.
+//! configured client certificate, or those of the credential a `credentialName` names. Built
+//! once per configuration; files are read then.
 
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::client::WebPkiServerVerifier;
@@ -18,11 +19,15 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use weft_proto::waypoint as proto;
 
+use crate::gateway::credentials::{CA_FILE, CA_SECRET_SUFFIX, CERTIFICATE_FILE, KEY_FILE};
+
 /// How the waypoint speaks TLS to a cluster's endpoints.
 #[derive(Clone)]
 pub struct OriginatedTls {
     server_name: ServerName<'static>,
-    connector: TlsConnector,
+    /// The connector, or why the cluster's `credentialName` cannot be used (its connections
+    /// then fail).
+    connector: Result<TlsConnector, Arc<str>>,
     /// Unique to these settings as built: pooled connections made with them are kept apart
     /// from those of other settings to the same address (two hosts behind one CDN address,
     /// a CA that changed).
@@ -36,56 +41,51 @@ impl std::fmt::Debug for OriginatedTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OriginatedTls")
             .field("server_name", &self.server_name)
+            .field("unusable", &self.unusable())
             .finish_non_exhaustive()
     }
 }
 
+/// The PEM files a client configuration is built from.
+struct TlsFiles {
+    /// The CAs that verify the server; `None`: the Mozilla root set.
+    ca: Option<PathBuf>,
+    /// MUTUAL: the client certificate chain and its key.
+    client: Option<(PathBuf, PathBuf)>,
+}
+
 impl OriginatedTls {
-    /// The TLS of `settings` for the cluster of `host`; an error names the file or value.
-    pub fn new(settings: &proto::UpstreamTls, host: &str) -> Result<Self, String> {
+    /// The TLS of `settings` for the cluster of `host`; an error names the file or value. A
+    /// `credentialName` is read from `credentials` (`<dir>/<name>/ca.crt`, or Istio's separate
+    /// CA Secret `<dir>/<name>-cacert/ca.crt`; for MUTUAL `tls.crt` and `tls.key`), in place of
+    /// the file settings, as Istio takes it; a credential that cannot be used is no error
+    /// here: the settings are built [`unusable`](Self::unusable) and their connections fail.
+    pub fn new(
+        settings: &proto::UpstreamTls,
+        host: &str,
+        credentials: Option<&Path>,
+    ) -> Result<Self, String> {
         let name = if settings.sni.is_empty() {
             host
         } else {
             &settings.sni
         };
         let sni = server_name(name)?;
-        let provider = weft_identity::crypto_provider();
-        let mut roots = RootCertStore::empty();
-        if settings.ca_certificates.is_empty() {
-            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        let connector = if settings.credential_name.is_empty() {
+            let files = TlsFiles {
+                ca: non_empty(&settings.ca_certificates),
+                client: non_empty(&settings.client_certificate)
+                    .map(|c| (c, PathBuf::from(&settings.private_key))),
+            };
+            Ok(connector(&files, &settings.subject_alt_names)?)
         } else {
-            for certificate in certificates(&settings.ca_certificates)? {
-                roots
-                    .add(certificate)
-                    .map_err(|e| format!("caCertificates {}: {e}", settings.ca_certificates))?;
-            }
-        }
-        let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .build()
-            .map_err(|e| format!("caCertificates: {e}"))?;
-        let names = settings
-            .subject_alt_names
-            .iter()
-            .map(|n| server_name(n))
-            .collect::<Result<Vec<_>, _>>()?;
-        let builder = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyOfNames { webpki, names }));
-        let config = if settings.client_certificate.is_empty() {
-            builder.with_no_client_auth()
-        } else {
-            let chain = certificates(&settings.client_certificate)?;
-            let key = PrivateKeyDer::from_pem_file(&settings.private_key)
-                .map_err(|e| format!("privateKey {}: {e}", settings.private_key))?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| format!("clientCertificate {}: {e}", settings.client_certificate))?
+            credential_files(settings, credentials)
+                .and_then(|files| connector(&files, &settings.subject_alt_names))
+                .map_err(|e| Arc::from(format!("credential {}: {e}", settings.credential_name)))
         };
         Ok(OriginatedTls {
             server_name: sni,
-            connector: TlsConnector::from(Arc::new(config)),
+            connector,
             id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         })
     }
@@ -95,22 +95,117 @@ impl OriginatedTls {
         self.id
     }
 
+    /// Why no connection can be made with these settings (their credential cannot be used).
+    pub fn unusable(&self) -> Option<&str> {
+        self.connector.as_ref().err().map(|e| &**e)
+    }
+
     /// The handshake over `tcp`.
     pub async fn connect(&self, tcp: TcpStream) -> io::Result<TlsStream<TcpStream>> {
-        self.connector.connect(self.server_name.clone(), tcp).await
+        match &self.connector {
+            Ok(connector) => connector.connect(self.server_name.clone(), tcp).await,
+            Err(reason) => Err(io::Error::other(reason.to_string())),
+        }
     }
+}
+
+fn non_empty(path: &str) -> Option<PathBuf> {
+    (!path.is_empty()).then(|| PathBuf::from(path))
+}
+
+/// The files of the credential `settings` names, under `credentials`; they must exist (the
+/// server cannot be verified without its CA).
+fn credential_files(
+    settings: &proto::UpstreamTls,
+    credentials: Option<&Path>,
+) -> Result<TlsFiles, String> {
+    let name = &settings.credential_name;
+    let one_component = Path::new(name).components().count() == 1
+        && !name.contains('/')
+        && name != "."
+        && name != "..";
+    if !one_component {
+        return Err("not a credential name (one path component)".to_owned());
+    }
+    let Some(dir) = credentials else {
+        return Err(format!(
+            "this proxy has no credentials (no {} directory): the Secret cannot be read",
+            crate::config::CREDENTIALS_DIR
+        ));
+    };
+    let own = dir.join(name);
+    let ca = [
+        own.join(CA_FILE),
+        dir.join(format!("{name}{CA_SECRET_SUFFIX}")).join(CA_FILE),
+    ]
+    .into_iter()
+    .find(|p| p.is_file())
+    .ok_or_else(|| {
+        format!(
+            "no {CA_FILE} in {} nor in {name}{CA_SECRET_SUFFIX} (missing Secret?)",
+            own.display()
+        )
+    })?;
+    let client = settings
+        .mutual
+        .then(|| (own.join(CERTIFICATE_FILE), own.join(KEY_FILE)));
+    Ok(TlsFiles {
+        ca: Some(ca),
+        client,
+    })
+}
+
+/// A client configuration verifying the server against `files.ca` (else the Mozilla roots)
+/// for one of `subject_alt_names` (else the SNI), presenting `files.client` if any.
+fn connector(files: &TlsFiles, subject_alt_names: &[String]) -> Result<TlsConnector, String> {
+    let provider = weft_identity::crypto_provider();
+    let mut roots = RootCertStore::empty();
+    match &files.ca {
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        Some(ca) => {
+            for certificate in certificates(ca)? {
+                roots
+                    .add(certificate)
+                    .map_err(|e| format!("caCertificates {}: {e}", ca.display()))?;
+            }
+        }
+    }
+    let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| format!("caCertificates: {e}"))?;
+    let names = subject_alt_names
+        .iter()
+        .map(|n| server_name(n))
+        .collect::<Result<Vec<_>, _>>()?;
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyOfNames { webpki, names }));
+    let config = match &files.client {
+        None => builder.with_no_client_auth(),
+        Some((certificate, key)) => {
+            let chain = certificates(certificate)?;
+            let key = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| format!("privateKey {}: {e}", key.display()))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| format!("clientCertificate {}: {e}", certificate.display()))?
+        }
+    };
+    Ok(TlsConnector::from(Arc::new(config)))
 }
 
 fn server_name(name: &str) -> Result<ServerName<'static>, String> {
     ServerName::try_from(name.to_owned()).map_err(|e| format!("server name {name:?}: {e}"))
 }
 
-fn certificates(path: &str) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certificates = CertificateDer::pem_file_iter(Path::new(path))
+fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certificates = CertificateDer::pem_file_iter(path)
         .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-        .map_err(|e| format!("{path}: {e}"))?;
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     if certificates.is_empty() {
-        return Err(format!("{path}: no certificate"));
+        return Err(format!("{}: no certificate", path.display()));
     }
     Ok(certificates)
 }

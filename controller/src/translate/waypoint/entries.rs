@@ -229,17 +229,6 @@ impl Compiler<'_, '_> {
                 },
             );
         }
-        if tls.credential_name.is_some() {
-            // Without its CA the server cannot be verified: the handshake fails (closed).
-            self.report(
-                ResourceKind::DestinationRule,
-                &rule.metadata,
-                TranslateProblem::Unsupported {
-                    path: "spec.trafficPolicy.tls.credentialName".to_owned(),
-                    reason: "waypoints read TLS origination credentials from files (caCertificates, clientCertificate, privateKey); the server is verified with the Mozilla root set".to_owned(),
-                },
-            );
-        }
         Some(wp::UpstreamTls {
             sni: tls.sni.clone().unwrap_or_default(),
             ca_certificates: tls.ca_certificates.clone().unwrap_or_default(),
@@ -254,6 +243,8 @@ impl Compiler<'_, '_> {
             } else {
                 String::new()
             },
+            credential_name: tls.credential_name.clone().unwrap_or_default(),
+            mutual: mode == ClientTlsMode::Mutual,
         })
     }
 }

@@ -164,6 +164,7 @@ pub(super) fn cluster(
     c: &proto::Cluster,
     workloads: &mut HashMap<IpAddr, Arc<WorkloadInfo>>,
     names: &ResolvedNames,
+    credentials: Option<&std::path::Path>,
 ) -> Result<Cluster, ConfigError> {
     let context = format!("cluster {}", c.name);
     let context = context.as_str();
@@ -192,11 +193,33 @@ pub(super) fn cluster(
         tls: c
             .tls
             .as_ref()
-            .map(|tls| OriginatedTls::new(tls, &c.host).map_err(|e| invalid(context, e)))
+            .map(|tls| originated_tls(c, tls, credentials).map_err(|e| invalid(context, e)))
             .transpose()?,
         load_balancer: load_balancer(c.load_balancer.as_ref(), context)?,
         limits: limits(c.connection_pool.as_ref(), context)?,
         outlier: outlier(c.outlier_detection.as_ref(), context)?,
         destination_rule: c.destination_rule.clone(),
     })
+}
+
+/// The cluster's TLS origination. A `credentialName` the proxy cannot use does not reject the
+/// configuration: it is reported (the DestinationRule, the field, why) and the cluster's
+/// connections fail, as Envoy's do while a cluster's SDS secret is missing.
+fn originated_tls(
+    c: &proto::Cluster,
+    tls: &proto::UpstreamTls,
+    credentials: Option<&std::path::Path>,
+) -> Result<OriginatedTls, String> {
+    let originated = OriginatedTls::new(tls, &c.host, credentials)?;
+    if let Some(reason) = originated.unusable() {
+        tracing::warn!(
+            destination_rule = %c.destination_rule,
+            field = "spec.trafficPolicy.tls.credentialName",
+            credential = %tls.credential_name,
+            cluster = %c.name,
+            %reason,
+            "tls origination credential unusable: the cluster's connections fail"
+        );
+    }
+    Ok(originated)
 }

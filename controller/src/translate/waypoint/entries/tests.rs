@@ -276,3 +276,40 @@ spec:
         "{problems:?}"
     );
 }
+
+#[test]
+fn a_destination_rule_credential_name_reaches_the_waypoint_as_istio_takes_it() {
+    let text = format!(
+        r#"{WAYPOINT}{}---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: api, namespace: egress}}
+spec:
+  host: api.example.com
+  trafficPolicy:
+    tls: {{mode: MUTUAL, credentialName: api-client, sni: api.example.com}}
+"#,
+        entry(
+            "istio.io/use-waypoint: waypoint",
+            "api",
+            "api.example.com",
+            "STATIC",
+            "192.0.2.10"
+        )
+    );
+    let (config, problems) = configs(&text);
+    let tls = cluster(&config, "outbound|80||api.example.com")
+        .tls
+        .clone()
+        .expect("TLS origination");
+    assert_eq!(
+        (tls.credential_name.as_str(), tls.mutual),
+        ("api-client", true)
+    );
+    assert!(
+        !problems
+            .iter()
+            .any(|p| p.to_string().contains("credentialName")),
+        "credentialName is applied, not reported: {problems:?}"
+    );
+}
