@@ -132,101 +132,90 @@ fn route_kind(kind: crate::model::ResourceKind) -> crate::translate::gateway_api
     }
 }
 
+/// Merges the status `patch` makes from the previous `status` into the object `name` of `kind`,
+/// at the first served version that knows it, with the API `api_at` gives for a version. An
+/// object that no longer exists (or whose kind is not served) is done.
+async fn patch_status(
+    kind: crate::model::ResourceKind,
+    name: &str,
+    api_at: impl Fn(&::kube::api::ApiResource) -> Api<DynamicObject>,
+    patch: impl Fn(&Value) -> Value,
+) -> Result<(), ::kube::Error> {
+    for version in kind.versions() {
+        let api = api_at(&api_resource_at(kind, version));
+        let object = match api.get_opt(name).await {
+            Ok(object) => object,
+            Err(::kube::Error::Api(e)) if e.code == 404 => continue,
+            Err(error) => return Err(error),
+        };
+        let Some(object) = object else {
+            return Ok(());
+        };
+        let previous = object.data.get("status").cloned().unwrap_or(Value::Null);
+        let patch = json!({ "status": patch(&previous) });
+        api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        return Ok(());
+    }
+    Ok(())
+}
+
 /// Patches one route's `status.parents`: the entries of other controllers as they are, this
-/// controller's replaced. A route that no longer exists (or whose kind is not served) is done.
+/// controller's replaced.
 async fn write(client: &Client, status: &RouteStatus) -> Result<(), ::kube::Error> {
-    let kind = status.kind.resource_kind();
-    for version in kind.versions() {
-        let api: Api<DynamicObject> = Api::namespaced_with(
-            client.clone(),
-            &status.namespace,
-            &api_resource_at(kind, version),
-        );
-        let object = match api.get_opt(&status.name).await {
-            Ok(object) => object,
-            Err(::kube::Error::Api(e)) if e.code == 404 => continue,
-            Err(error) => return Err(error),
-        };
-        let Some(object) = object else {
-            return Ok(());
-        };
-        let previous = object.data.get("status").cloned().unwrap_or(Value::Null);
-        let now = now();
-        let mut parents: Vec<Value> = previous
-            .get("parents")
-            .and_then(Value::as_array)
-            .map(|parents| {
-                parents
-                    .iter()
-                    .filter(|p| {
-                        let controller = p.get("controllerName").and_then(Value::as_str);
-                        controller != Some(MESH_CONTROLLER)
-                            && controller != Some(GATEWAY_CONTROLLER)
-                    })
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default();
-        parents.extend(status.parents_json(&previous, &now));
-        let patch = json!({"status": {"parents": parents}});
-        api.patch_status(&status.name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await?;
-        return Ok(());
-    }
-    Ok(())
+    let api_at = |resource: &_| Api::namespaced_with(client.clone(), &status.namespace, resource);
+    patch_status(
+        status.kind.resource_kind(),
+        &status.name,
+        api_at,
+        |previous| {
+            let now = now();
+            let mut parents: Vec<Value> = previous
+                .get("parents")
+                .and_then(Value::as_array)
+                .map(|parents| {
+                    parents
+                        .iter()
+                        .filter(|p| {
+                            let controller = p.get("controllerName").and_then(Value::as_str);
+                            controller != Some(MESH_CONTROLLER)
+                                && controller != Some(GATEWAY_CONTROLLER)
+                        })
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default();
+            parents.extend(status.parents_json(previous, &now));
+            json!({ "parents": parents })
+        },
+    )
+    .await
 }
 
-/// Replaces one Gateway's `status` (every field of it is this controller's). A Gateway that
-/// no longer exists is done.
+/// Replaces one Gateway's `status` (every field of it is this controller's).
 async fn write_gateway(client: &Client, status: &GatewayStatus) -> Result<(), ::kube::Error> {
-    let kind = crate::model::ResourceKind::KubernetesGateway;
-    for version in kind.versions() {
-        let api: Api<DynamicObject> = Api::namespaced_with(
-            client.clone(),
-            &status.namespace,
-            &api_resource_at(kind, version),
-        );
-        let object = match api.get_opt(&status.name).await {
-            Ok(object) => object,
-            Err(::kube::Error::Api(e)) if e.code == 404 => continue,
-            Err(error) => return Err(error),
-        };
-        let Some(object) = object else {
-            return Ok(());
-        };
-        let previous = object.data.get("status").cloned().unwrap_or(Value::Null);
-        let patch = json!({"status": status.to_json(&previous, &now())});
-        api.patch_status(&status.name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await?;
-        return Ok(());
-    }
-    Ok(())
+    let api_at = |resource: &_| Api::namespaced_with(client.clone(), &status.namespace, resource);
+    patch_status(
+        crate::model::ResourceKind::KubernetesGateway,
+        &status.name,
+        api_at,
+        |previous| status.to_json(previous, &now()),
+    )
+    .await
 }
 
-/// Replaces one GatewayClass's `status` (cluster-scoped). A class that no longer exists is done.
+/// Replaces one GatewayClass's `status` (cluster-scoped).
 async fn write_gateway_class(
     client: &Client,
     status: &GatewayClassStatus,
 ) -> Result<(), ::kube::Error> {
-    let kind = crate::model::ResourceKind::GatewayClass;
-    for version in kind.versions() {
-        let api: Api<DynamicObject> =
-            Api::all_with(client.clone(), &api_resource_at(kind, version));
-        let object = match api.get_opt(&status.name).await {
-            Ok(object) => object,
-            Err(::kube::Error::Api(e)) if e.code == 404 => continue,
-            Err(error) => return Err(error),
-        };
-        let Some(object) = object else {
-            return Ok(());
-        };
-        let previous = object.data.get("status").cloned().unwrap_or(Value::Null);
-        let patch = json!({"status": status.to_json(&previous, &now())});
-        api.patch_status(&status.name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await?;
-        return Ok(());
-    }
-    Ok(())
+    patch_status(
+        crate::model::ResourceKind::GatewayClass,
+        &status.name,
+        |resource| Api::all_with(client.clone(), resource),
+        |previous| status.to_json(previous, &now()),
+    )
+    .await
 }
 
 /// The current time as the API writes it.
