@@ -23,7 +23,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use kube::api::{Api, PostParams};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
@@ -346,7 +346,7 @@ pub async fn keep_ca_bundle(
 ) {
     let api: Api<ValidatingWebhookConfiguration> = Api::all(client);
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let events = watcher::watcher(api.clone(), config);
+    let events = watcher::watcher(api.clone(), config).default_backoff();
     let mut events = std::pin::pin!(events);
     let mut check = tokio::time::interval(BUNDLE_CHECK);
     loop {

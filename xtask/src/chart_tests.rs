@@ -529,8 +529,8 @@ fn rbac_grants_what_the_controller_watches_reviews_and_writes() {
             );
         }
     }
-    // The root ConfigMap in every namespace (`ca::kubernetes::namespaces`).
-    for verb in ["get", "create", "update"] {
+    // The root ConfigMap in every namespace, watched to be restored (`ca::kubernetes::namespaces`).
+    for verb in ["get", "list", "watch", "create", "update"] {
         assert!(
             granted(cluster_role, verb).contains(&(String::new(), "configmaps".into())),
             "{verb} configmaps is not granted"
