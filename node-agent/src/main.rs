@@ -265,6 +265,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
     .with_backoff(proxy.xds_backoff())
     .with_bearer_token(controller.bearer_token());
     let xds_state = client.state();
+    tokio::spawn(weft_proxy_core::certificates::retry_on_reconnect(
+        certificates.source(),
+        xds_state.clone(),
+    ));
     let (shutdown_sender, shutdown) = tokio::sync::watch::channel(false);
     let mut xds_shutdown = shutdown.clone();
     tokio::spawn(async move {

@@ -178,7 +178,7 @@ async fn run(config: Config, workers: Workers) -> anyhow::Result<()> {
         )
         .context("raising RLIMIT_NOFILE")?,
         origination_credentials: config.origination_credentials.clone(),
-        ..WaypointOptions::new(identity, certificates)
+        ..WaypointOptions::new(identity, certificates.clone())
     });
     if let Some(file) = &config.config_file {
         let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
@@ -229,6 +229,12 @@ async fn run(config: Config, workers: Workers) -> anyhow::Result<()> {
         }
         None => None,
     };
+    if let Some(client) = &client {
+        tokio::spawn(weft_proxy_core::certificates::retry_on_reconnect(
+            certificates,
+            client.state(),
+        ));
+    }
     // A waypoint takes the mesh's traffic over HBONE; a gateway the edge's on the ports its
     // configuration names.
     let hbone = match &config.role {

@@ -48,4 +48,8 @@ pub trait CertificateSource: Send + Sync + 'static {
     fn held(&self) -> Vec<Arc<WorkloadCertificate>> {
         Vec::new()
     }
+
+    /// The CA is reachable again (the controller's stream reconnected): requests waiting out a
+    /// failure's backoff go now. A source that does not retry does nothing.
+    fn retry_now(&self) {}
 }

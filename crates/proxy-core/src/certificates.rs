@@ -3,7 +3,10 @@
 //! never leave the process; a [`CaClient`] has CSRs signed. Certificates are renewed at half
 //! life, retried with jittered backoff on failure (200 ms doubling to 30 s, so that a fleet of
 //! proxies does not retry in lockstep), and the current certificate keeps serving until its
-//! replacement arrives.
+//! replacement arrives. When the controller's stream connects again after a failure
+//! ([`retry_on_reconnect`]), the identities waiting out a backoff try again within a second
+//! instead: a certificate that expired while the controller was unreachable is replaced as soon
+//! as it is back, not up to 30 s later.
 
 mod ca_client;
 
@@ -14,7 +17,7 @@ use std::{
 };
 
 use serde::Serialize;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use weft_identity::{
     CertificateError, CertificateFuture, CertificateSource, CertificateSummary, SpiffeId,
     TrustRoots, WorkloadCertificate, WorkloadKey,
@@ -38,6 +41,9 @@ const RETRY_FIRST: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 /// Never renew more often than this, whatever the CA returns.
 const MIN_RENEWAL_WAIT: Duration = Duration::from_millis(500);
+/// After [`CertificateSource::retry_now`], the identities in backoff try again within this
+/// (jittered, so a fleet does not send every request at once).
+const RETRY_AFTER_RECONNECT: Duration = Duration::from_secs(1);
 /// How long `fetch` waits for a first certificate before failing the connection.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -72,6 +78,8 @@ struct Inner<C> {
     roots: RwLock<Option<Arc<TrustRoots>>>,
     slots: Mutex<HashMap<SpiffeId, (Slot, tokio::task::JoinHandle<()>)>>,
     last_errors: Mutex<HashMap<SpiffeId, String>>,
+    /// Wakes the identities waiting out a failure's backoff.
+    reconnected: Arc<Notify>,
 }
 
 impl<C> Drop for Inner<C> {
@@ -93,6 +101,7 @@ impl<C: CaClient> CertificateManager<C> {
                 roots: RwLock::new(roots.map(Arc::new)),
                 slots: Mutex::default(),
                 last_errors: Mutex::default(),
+                reconnected: Arc::default(),
             }),
         }
     }
@@ -203,6 +212,8 @@ async fn renew_forever<C: CaClient>(
             return;
         };
         let result = strong.request(&identity).await;
+        let reconnected = Arc::clone(&strong.reconnected);
+        let failed = result.is_err();
         let wait = match result {
             Ok(certificate) => {
                 retry = RETRY_FIRST;
@@ -225,7 +236,33 @@ async fn renew_forever<C: CaClient>(
             }
         };
         drop(strong);
-        tokio::time::sleep(wait).await;
+        if failed {
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = reconnected.notified() => {
+                    retry = RETRY_FIRST;
+                    tokio::time::sleep(jitter(RETRY_AFTER_RECONNECT)).await;
+                }
+            }
+        } else {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// Tells `certificates` whenever `state`'s stream opens again after it was closed, until the
+/// stream's client goes away.
+pub async fn retry_on_reconnect(
+    certificates: Arc<dyn CertificateSource>,
+    mut state: watch::Receiver<weft_xds::ConnectionState>,
+) {
+    let mut seen = state.borrow_and_update().connections;
+    while state.changed().await.is_ok() {
+        let connections = state.borrow_and_update().connections;
+        if connections > seen {
+            seen = connections;
+            certificates.retry_now();
+        }
     }
 }
 
@@ -245,6 +282,10 @@ fn jitter(delay: Duration) -> Duration {
 impl<C: CaClient> CertificateSource for CertificateManager<C> {
     fn fetch<'a>(&'a self, identity: &'a SpiffeId) -> CertificateFuture<'a> {
         Box::pin(self.fetch_certificate(identity))
+    }
+
+    fn retry_now(&self) {
+        self.inner.reconnected.notify_waiters();
     }
 
     fn current(&self, identity: &SpiffeId) -> Option<Arc<WorkloadCertificate>> {

@@ -197,6 +197,47 @@ async fn a_failing_renewal_keeps_serving_the_old_certificate_then_recovers() {
     assert!(manager.describe()[0].last_error.is_none());
 }
 
+/// A certificate the CA could not issue (the controller unreachable) is asked for again as soon
+/// as the controller's stream reconnects, not when the backoff would next try.
+#[tokio::test]
+async fn a_reconnected_controller_is_asked_at_once_not_after_the_backoff() {
+    let failing = Arc::new(AtomicBool::new(true));
+    let requests = Arc::new(AtomicU32::new(0));
+    let ca = FakeCa {
+        ca: CertificateAuthority::generate().unwrap(),
+        fail_first: AtomicU32::new(0),
+        failing: failing.clone(),
+        requests: requests.clone(),
+        csrs: Arc::default(),
+    };
+    let manager = CertificateManager::new(ca, Duration::from_secs(3600), None);
+    let (state, receiver) = watch::channel(weft_xds::ConnectionState::default());
+    tokio::spawn(retry_on_reconnect(manager.source(), receiver));
+    // Starts the identity's requests; the first fetch gives up while the CA fails.
+    let _ = tokio::time::timeout(Duration::from_millis(50), manager.fetch(&id("cart"))).await;
+    // Five failures: 200 + 400 + 800 + 1,600 ms of backoff behind, the next wait is 3.2 s
+    // (at least 2.4 s with the jitter).
+    eventually("five failed requests", Duration::from_secs(6), || {
+        requests.load(Ordering::SeqCst) >= 5
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    failing.store(false, Ordering::SeqCst);
+    let reconnected = tokio::time::Instant::now();
+    state.send_modify(|state| {
+        state.connected = true;
+        state.connections += 1;
+    });
+    eventually(
+        "a certificate within 1.8 s of the reconnection",
+        Duration::from_millis(1800),
+        || manager.current(&id("cart")).is_some(),
+    )
+    .await;
+    assert!(reconnected.elapsed() < Duration::from_millis(2400));
+    assert!(manager.describe()[0].last_error.is_none());
+}
+
 mod grpc {
     //! `GrpcCaClient` against a real `IstioCertificateService` on 127.0.0.1.
 
