@@ -10,7 +10,7 @@ use std::{
 };
 
 use tokio::net::TcpStream;
-use weft_hbone::{ConnectRequest, MeteredClient, Revocable, connect_tcp};
+use weft_hbone::{ConnectRequest, MeteredClient, MeteredStream, Revocable, connect_tcp};
 use weft_proxy_core::metrics::TcpConnection;
 use weft_proxy_core::metrics::{Reporter, SecurityPolicy};
 
@@ -113,6 +113,8 @@ pub(super) async fn handle(
             service.clone(),
             SecurityPolicy::MutualTls,
         ),
+        // Reported as ztunnel reports a connection between two pods of its node (over HBONE,
+        // to itself): the source is the one the agent vouches for.
         OutboundPlan::Local {
             destination,
             service,
@@ -120,7 +122,7 @@ pub(super) async fn handle(
         } => (
             Some(destination.clone()),
             service.clone(),
-            SecurityPolicy::Unknown,
+            SecurityPolicy::MutualTls,
         ),
     };
     let mut guard = context.metrics.connection_opened_between(
@@ -133,7 +135,7 @@ pub(super) async fn handle(
     );
     // Bytes are counted as they pass, so a long connection shows before it ends.
     let mut app = MeteredClient::new(app, &guard);
-    let result = execute(&context, &pod, &source, &mut app, plan).await;
+    let result = execute(&context, &pod, &source, &mut app, peer, plan).await;
     drop(app);
     match result {
         Ok(()) => {
@@ -155,8 +157,9 @@ fn pod_addresses(pod: Option<&Workload>) -> &[std::net::IpAddr] {
 async fn execute(
     context: &ProxyContext,
     pod: &ServedPod,
-    source: &Workload,
+    source: &Arc<Workload>,
     app: &mut MeteredClient<'_, Revocable<TcpStream>, TcpConnection<ConnectionLog>>,
+    peer: SocketAddr,
     plan: OutboundPlan,
 ) -> Result<(), ProxyError> {
     match plan {
@@ -196,25 +199,48 @@ async fn execute(
         OutboundPlan::Local {
             target,
             destination,
-            ..
+            service,
         } => {
             // Same node: no TLS, but the destination's inbound rules still apply, with the
-            // source identity the agent itself vouches for.
-            let registration = authorized(context, source, &destination, target)?;
-            let destination_pod = context
-                .pods
-                .get(&destination.uid)
-                .ok_or_else(|| ProxyError::UnknownPod(destination.uid.clone()))?;
-            let source_ip = source.addresses.first().copied().unwrap_or(target.ip());
-            let upstream = destination_pod
-                .netns
-                .connect_from(source_ip, None, target)
-                .await
-                .map_err(|e| ProxyError::Connect(target, e))?;
-            copy::tcp_both_ways(app, &mut registration.wrap(upstream))
-                .await
-                .map(drop)
-                .map_err(copy_error)
+            // source identity the agent itself vouches for, and the destination's side is
+            // reported as the HBONE inbound side reports it.
+            let mut inbound = context.metrics.connection_opened_between(
+                Reporter::Destination,
+                Some(source),
+                Some(&destination),
+                service.as_ref(),
+                SecurityPolicy::MutualTls,
+                ConnectionLog::outbound(peer, &source.addresses, Some(target)),
+            );
+            let connected = async {
+                let registration = authorized(context, source, &destination, target)?;
+                let destination_pod = context
+                    .pods
+                    .get(&destination.uid)
+                    .ok_or_else(|| ProxyError::UnknownPod(destination.uid.clone()))?;
+                let source_ip = source.addresses.first().copied().unwrap_or(target.ip());
+                let upstream = destination_pod
+                    .netns
+                    .connect_from(source_ip, None, target)
+                    .await
+                    .map_err(|e| ProxyError::Connect(target, e))?;
+                Ok((registration, upstream))
+            }
+            .await;
+            let (registration, upstream) = match connected {
+                Ok(connected) => connected,
+                Err(error) => {
+                    inbound.failed(&error);
+                    return Err(error);
+                }
+            };
+            copy::tcp_both_ways(
+                app,
+                &mut MeteredStream::new(upstream, inbound, registration),
+            )
+            .await
+            .map(drop)
+            .map_err(copy_error)
         }
         OutboundPlan::Hbone {
             gateway,

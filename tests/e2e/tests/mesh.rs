@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use weft_e2e::{Mesh, MeshOptions, PodSpec};
+use weft_test_support::prometheus::Exposition;
 use weft_testbed::FabricCapture;
 
 fn two_nodes(config: &str) -> Mesh {
@@ -370,4 +371,57 @@ fn a_connections_bytes_show_while_it_is_open() {
         counted >= 200_000,
         "the open connection's 200,000 bytes were not counted: {counted}"
     );
+}
+
+/// A connection between two pods of one node is reported on both sides, as ztunnel reports it
+/// (it carries it over HBONE to itself): the destination's report names the client's identity
+/// and counts the bytes, as one from another node would.
+#[test]
+fn a_connection_within_a_node_is_reported_by_source_and_destination() {
+    let mesh = two_nodes(CART_SERVICE);
+    let cart1 = mesh.pod("cart-1").ip;
+    let (status, body) = mesh.curl("client", &format!("http://{cart1}:8080/same-node"));
+    assert_eq!(status, 200, "{body}\n{}", mesh.logs());
+    assert!(body.contains("\"pod\":\"cart-1\""), "{body}");
+    let labels = [
+        (
+            "source_principal",
+            "spiffe://cluster.local/ns/shop/sa/client",
+        ),
+        (
+            "destination_principal",
+            "spiffe://cluster.local/ns/shop/sa/cart",
+        ),
+        ("connection_security_policy", "mutual_tls"),
+    ];
+    let reported = |reporter: &str, family: &str| {
+        let mut wanted = vec![("reporter", reporter)];
+        wanted.extend(labels);
+        Exposition::parse(&mesh.metrics("node1")).sum(family, &wanted)
+    };
+    assert!(
+        mesh.eventually(Duration::from_secs(5), || {
+            reported("destination", "istio_tcp_connections_closed_total") >= 1.0
+        }),
+        "no destination report of the closed connection:\n{}",
+        mesh.metrics("node1")
+    );
+    for reporter in ["source", "destination"] {
+        assert!(
+            reported(reporter, "istio_tcp_connections_opened_total") >= 1.0,
+            "no {reporter} report of the opened connection:\n{}",
+            mesh.metrics("node1")
+        );
+        // The request went one way, the response (with its body) the other.
+        for family in [
+            "istio_tcp_sent_bytes_total",
+            "istio_tcp_received_bytes_total",
+        ] {
+            assert!(
+                reported(reporter, family) > 0.0,
+                "{reporter} counted no {family}:\n{}",
+                mesh.metrics("node1")
+            );
+        }
+    }
 }
