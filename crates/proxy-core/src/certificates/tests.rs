@@ -144,17 +144,23 @@ async fn eventually(what: &str, within: Duration, mut condition: impl FnMut() ->
     }
 }
 
-#[tokio::test]
-async fn a_failing_renewal_keeps_serving_the_old_certificate_then_recovers() {
-    let failing = Arc::new(AtomicBool::new(false));
+/// A CA that fails every request while its switch is on, with its request counter.
+fn switchable_ca(failing: bool) -> (FakeCa, Arc<AtomicBool>, Arc<AtomicU32>) {
+    let switch = Arc::new(AtomicBool::new(failing));
     let requests = Arc::new(AtomicU32::new(0));
     let ca = FakeCa {
         ca: CertificateAuthority::generate().unwrap(),
         fail_first: AtomicU32::new(0),
-        failing: failing.clone(),
+        failing: switch.clone(),
         requests: requests.clone(),
         csrs: Arc::default(),
     };
+    (ca, switch, requests)
+}
+
+#[tokio::test]
+async fn a_failing_renewal_keeps_serving_the_old_certificate_then_recovers() {
+    let (ca, failing, requests) = switchable_ca(false);
     // A 2 s certificate is renewed about 1 s after issue.
     let manager = CertificateManager::new(ca, Duration::from_secs(2), None);
     let first = manager.fetch(&id("cart")).await.unwrap();
@@ -201,15 +207,7 @@ async fn a_failing_renewal_keeps_serving_the_old_certificate_then_recovers() {
 /// as the controller's stream reconnects, not when the backoff would next try.
 #[tokio::test]
 async fn a_reconnected_controller_is_asked_at_once_not_after_the_backoff() {
-    let failing = Arc::new(AtomicBool::new(true));
-    let requests = Arc::new(AtomicU32::new(0));
-    let ca = FakeCa {
-        ca: CertificateAuthority::generate().unwrap(),
-        fail_first: AtomicU32::new(0),
-        failing: failing.clone(),
-        requests: requests.clone(),
-        csrs: Arc::default(),
-    };
+    let (ca, failing, requests) = switchable_ca(true);
     let manager = CertificateManager::new(ca, Duration::from_secs(3600), None);
     let (state, receiver) = watch::channel(weft_xds::ConnectionState::default());
     tokio::spawn(retry_on_reconnect(manager.source(), receiver));
