@@ -50,6 +50,9 @@ pub struct ConfigIndex {
     /// The credential keys of the Secrets Gateways name (Kubernetes mode: the source keeps
     /// only those, `source::kube::secrets`), by `namespace/name`.
     pub secrets: BTreeMap<Key, crate::model::credential::CredentialSecret>,
+    /// Secrets are watched (Kubernetes mode): gateway credentials are served from them. In
+    /// local mode no Secret exists and the gateways read their credentials from files.
+    pub secrets_watched: bool,
     /// What each resource was accepted with (Istio's warnings, fields not applied), by kind
     /// and key; resources without warnings have no entry.
     pub warnings: BTreeMap<(ResourceKind, Key), Vec<FieldWarning>>,

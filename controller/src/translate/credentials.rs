@@ -14,7 +14,8 @@
 //!
 //! A missing or unusable Secret is a [`TranslateProblem::Credential`] naming the Gateway, the
 //! server and the Secret; the resource is not served and the proxy refuses TLS on that server
-//! only.
+//! only. Only in Kubernetes mode ([`ConfigIndex::secrets_watched`]): in local mode the gateways
+//! read their credentials from files.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -276,6 +277,11 @@ pub fn gateway_credentials(
     problems: &mut Vec<TranslateError>,
 ) -> BTreeMap<String, GatewayCredential> {
     let mut served: BTreeMap<String, GatewayCredential> = BTreeMap::new();
+    if !index.secrets_watched {
+        // Local mode: the gateways read their credentials from files, and say so when one is
+        // missing; there is no Secret to serve or to miss.
+        return served;
+    }
     let mut refused: BTreeSet<String> = BTreeSet::new();
     for (key, config) in configs {
         let Some(gateway) = &config.gateway else {

@@ -147,6 +147,7 @@ pub async fn keep_secrets(
     let events = watcher::watcher(api, config).default_backoff();
     let mut events = std::pin::pin!(events);
     let mut keeper = SecretKeeper::default();
+    index.change(|i| i.secrets_watched = true);
     let mut changes = index.subscribe();
     keeper.set_wanted(referenced_secrets(&index.snapshot()), &index);
     // An index change is looked at after a quiet moment; every future here is cancel-safe, so

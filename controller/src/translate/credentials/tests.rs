@@ -98,6 +98,7 @@ fn index() -> ConfigIndex {
     ] {
         index.secrets.insert(key.to_owned(), credential);
     }
+    index.secrets_watched = true;
     index
 }
 
@@ -245,4 +246,22 @@ fn a_missing_broken_or_foreign_secret_is_reported_naming_the_gateway_server_and_
             .credentials
             .contains_key("kubernetes://edge/shop-cert")
     );
+}
+
+/// In local mode there are no Secrets: the gateways read their credentials from files, so no
+/// credential is served and none is reported missing.
+#[test]
+fn local_mode_reports_no_secret_missing() {
+    let mut index = index();
+    index.secrets.clear();
+    index.secrets_watched = false;
+    let translation = translate(&index, &MeshSettings::default());
+    let credential_problems: Vec<String> = translation
+        .problems
+        .iter()
+        .filter(|p| matches!(p.problem, TranslateProblem::Credential { .. }))
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(credential_problems, Vec::<String>::new());
+    assert!(translation.credentials.is_empty());
 }
