@@ -7,7 +7,9 @@
 //! [`ConnectionRecord`] per TCP connection counts its bytes as they flow and closes it when
 //! dropped.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use prometheus_client::metrics::counter::Counter;
@@ -16,8 +18,8 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tracing::info;
 pub use weft_proxy_core::metrics::{
-    ACCESS_LOG, PeerLabels, Reporter, RequestLabels, RequestProtocol, ResponseFlag, SecurityPolicy,
-    TcpLabels, UNKNOWN,
+    ACCESS_LOG, PEER_LABEL_VALUES, PeerLabels, Reporter, RequestLabels, RequestProtocol,
+    ResponseFlag, SecurityPolicy, TcpLabels, UNKNOWN,
 };
 use weft_proxy_core::metrics::{
     AccessLog, ConnectionEnd, Peer as PeerView, Service as ServiceView, TcpConnection, TcpMetrics,
@@ -42,6 +44,9 @@ impl MetricConstructor<Histogram> for Buckets {
     }
 }
 
+/// Most label sets [`Metrics`] keeps resolved; past it the cache starts again empty.
+const CACHED_LABEL_SETS: usize = 4096;
+
 /// The waypoint's request and connection metrics.
 pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
@@ -49,6 +54,20 @@ pub struct Metrics {
     request_bytes: Family<RequestLabels, Histogram, Buckets>,
     response_bytes: Family<RequestLabels, Histogram, Buckets>,
     tcp: TcpMetrics,
+    /// The four request metrics of each label set seen, by the hash of its values: a request
+    /// whose labels were seen before counts without building (allocating) its label set or
+    /// looking it up in each family.
+    resolved: Mutex<HashMap<u64, Arc<RequestCounters>, foldhash::fast::RandomState>>,
+    hasher: foldhash::fast::RandomState,
+}
+
+/// One label set's request metrics, shared with their families.
+struct RequestCounters {
+    labels: RequestLabels,
+    requests: Counter,
+    duration: Histogram,
+    request_bytes: Histogram,
+    response_bytes: Histogram,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -67,6 +86,8 @@ impl Metrics {
             request_bytes: Family::new_with_constructor(Buckets(&BYTES_BUCKETS)),
             response_bytes: Family::new_with_constructor(Buckets(&BYTES_BUCKETS)),
             tcp: TcpMetrics::new(registry),
+            resolved: Mutex::default(),
+            hasher: foldhash::fast::RandomState::default(),
         };
         registry.register(
             "istio_requests",
@@ -94,6 +115,76 @@ impl Metrics {
     /// Count of requests with exactly these labels (for tests and the admin page).
     pub fn requests_with(&self, labels: &RequestLabels) -> u64 {
         self.requests.get_or_create(labels).get()
+    }
+
+    /// The metrics of the label set `view` describes: resolved once per distinct label set
+    /// (the counters and histograms share their state with the families).
+    fn counters(&self, view: &LabelsView<'_>) -> Arc<RequestCounters> {
+        let hash = self.hasher.hash_one(view);
+        let mut resolved = self.resolved.lock().unwrap_or_else(|p| p.into_inner());
+        match resolved.get(&hash) {
+            Some(counters) if view.matches(&counters.labels) => Arc::clone(counters),
+            // Two label sets with one hash (never seen in practice): the second is resolved
+            // each time, uncached.
+            Some(_) => {
+                drop(resolved);
+                Arc::new(self.resolve(view.labels()))
+            }
+            None => {
+                if resolved.len() >= CACHED_LABEL_SETS {
+                    resolved.clear();
+                }
+                let counters = Arc::new(self.resolve(view.labels()));
+                resolved.insert(hash, Arc::clone(&counters));
+                counters
+            }
+        }
+    }
+
+    fn resolve(&self, labels: RequestLabels) -> RequestCounters {
+        RequestCounters {
+            requests: self.requests.get_or_create(&labels).clone(),
+            duration: self.duration.get_or_create(&labels).clone(),
+            request_bytes: self.request_bytes.get_or_create(&labels).clone(),
+            response_bytes: self.response_bytes.get_or_create(&labels).clone(),
+            labels,
+        }
+    }
+}
+
+/// A request's label values, borrowed from its record: what is hashed and compared to find
+/// its label set among those already resolved.
+#[derive(Hash)]
+struct LabelsView<'a> {
+    reporter: Reporter,
+    peers: [&'a str; PEER_LABEL_VALUES],
+    request_protocol: RequestProtocol,
+    response_code: u16,
+    grpc_response_status: &'a str,
+    response_flags: ResponseFlag,
+    connection_security_policy: SecurityPolicy,
+}
+
+impl LabelsView<'_> {
+    fn labels(&self) -> RequestLabels {
+        RequestLabels {
+            peers: PeerLabels::from_values(self.reporter, self.peers),
+            request_protocol: self.request_protocol,
+            response_code: self.response_code,
+            grpc_response_status: self.grpc_response_status.to_owned(),
+            response_flags: self.response_flags,
+            connection_security_policy: self.connection_security_policy,
+        }
+    }
+
+    fn matches(&self, labels: &RequestLabels) -> bool {
+        self.reporter == labels.peers.reporter
+            && self.peers == labels.peers.values()
+            && self.request_protocol == labels.request_protocol
+            && self.response_code == labels.response_code
+            && self.grpc_response_status == labels.grpc_response_status
+            && self.response_flags == labels.response_flags
+            && self.connection_security_policy == labels.connection_security_policy
     }
 }
 
@@ -132,6 +223,26 @@ impl Peer {
     }
 }
 
+/// Who reports: a gateway is the source of what it sends into the mesh (Istio's gateways
+/// report `reporter="source"`).
+fn reporter(at_edge: bool) -> Reporter {
+    if at_edge {
+        Reporter::Source
+    } else {
+        Reporter::Waypoint
+    }
+}
+
+fn service_view(service: Option<&(String, String, String)>) -> ServiceView<'_> {
+    service.map_or_else(ServiceView::default, |(hostname, name, namespace)| {
+        ServiceView {
+            hostname,
+            name,
+            namespace,
+        }
+    })
+}
+
 /// The waypoint's report of what went from `source` to `destination`, addressed to `service`
 /// (hostname, name, namespace) when it is known.
 fn peer_labels(
@@ -140,24 +251,11 @@ fn peer_labels(
     destination: &Peer,
     service: Option<&(String, String, String)>,
 ) -> PeerLabels {
-    let service = service.map_or_else(ServiceView::default, |(hostname, name, namespace)| {
-        ServiceView {
-            hostname,
-            name,
-            namespace,
-        }
-    });
-    // A gateway is the source of what it sends into the mesh (Istio's gateways report
-    // `reporter="source"`).
     PeerLabels::new(
-        if at_edge {
-            Reporter::Source
-        } else {
-            Reporter::Waypoint
-        },
+        reporter(at_edge),
         &source.view(),
         &destination.view(),
-        &service,
+        &service_view(service),
     )
 }
 
@@ -250,20 +348,26 @@ impl RequestRecord {
 
     /// Istio's label set for this request.
     pub fn labels(&self) -> RequestLabels {
-        RequestLabels {
-            peers: peer_labels(
-                self.at_edge,
-                &self.source,
-                &self.destination,
-                self.destination_service.as_ref(),
-            ),
+        let (source, destination) = (self.source.view(), self.destination.view());
+        self.labels_view(&source, &destination).labels()
+    }
+
+    fn labels_view<'a>(
+        &'a self,
+        source: &PeerView<'a>,
+        destination: &PeerView<'a>,
+    ) -> LabelsView<'a> {
+        let service = service_view(self.destination_service.as_ref());
+        LabelsView {
+            reporter: reporter(self.at_edge),
+            peers: PeerLabels::values_of(source, destination, &service),
             request_protocol: if self.grpc_status.is_some() {
                 RequestProtocol::Grpc
             } else {
                 RequestProtocol::Http
             },
             response_code: self.status,
-            grpc_response_status: self.grpc_status.clone().unwrap_or_default(),
+            grpc_response_status: self.grpc_status.as_deref().unwrap_or_default(),
             response_flags: self.response_flags,
             connection_security_policy: security(self.mtls),
         }
@@ -271,35 +375,41 @@ impl RequestRecord {
 
     /// The access-log line, in the field order of Istio's default text format.
     pub fn access_log_line(&self) -> String {
-        let quoted = |v: &str| {
-            if v.is_empty() {
-                "-".to_owned()
-            } else {
-                v.to_owned()
-            }
-        };
-        let elapsed = self.start.elapsed().as_millis();
-        let start = humantime_utc(self.start_time);
-        format!(
-            "[{start}] \"{} {} {}\" {} {} {} - \"-\" {} {} {} - \"{}\" \"{}\" \"{}\" \"{}\" \"{}\" {} - {} {} - {}",
-            self.method,
-            self.path,
-            self.protocol,
-            self.status,
-            self.response_flags,
-            self.response_code_details,
-            self.bytes_received,
-            self.bytes_sent,
-            elapsed,
-            quoted(&self.forwarded_for),
-            quoted(&self.user_agent),
-            quoted(&self.request_id),
-            quoted(&self.authority),
-            self.upstream_host.as_deref().unwrap_or("-"),
-            self.upstream_cluster.as_deref().unwrap_or("-"),
-            quoted(&self.downstream_local),
-            quoted(&self.downstream_remote),
-            self.route_name.as_deref().unwrap_or("default"),
+        AccessLogLine(self).to_string()
+    }
+}
+
+/// A request's access-log line, written straight into the log's buffer.
+struct AccessLogLine<'a>(&'a RequestRecord);
+
+impl std::fmt::Display for AccessLogLine<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        fn quoted(v: &str) -> &str {
+            if v.is_empty() { "-" } else { v }
+        }
+        let record = self.0;
+        write!(
+            f,
+            "[{}] \"{} {} {}\" {} {} {} - \"-\" {} {} {} - \"{}\" \"{}\" \"{}\" \"{}\" \"{}\" {} - {} {} - {}",
+            UtcTime(record.start_time),
+            record.method,
+            record.path,
+            record.protocol,
+            record.status,
+            record.response_flags,
+            record.response_code_details,
+            record.bytes_received,
+            record.bytes_sent,
+            record.start.elapsed().as_millis(),
+            quoted(&record.forwarded_for),
+            quoted(&record.user_agent),
+            quoted(&record.request_id),
+            quoted(&record.authority),
+            record.upstream_host.as_deref().unwrap_or("-"),
+            record.upstream_cluster.as_deref().unwrap_or("-"),
+            quoted(&record.downstream_local),
+            quoted(&record.downstream_remote),
+            record.route_name.as_deref().unwrap_or("default"),
         )
     }
 }
@@ -413,46 +523,53 @@ impl Metrics {
 
 /// `2024-01-01T00:00:00.000Z`, as Envoy's `%START_TIME%`.
 pub(crate) fn humantime_utc(time: SystemTime) -> String {
-    let since = time
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = since.as_secs();
-    let millis = since.subsec_millis();
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
-    // Civil date from days since the epoch (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{millis:03}Z")
+    UtcTime(time).to_string()
+}
+
+/// A time as [`humantime_utc`] writes it.
+struct UtcTime(SystemTime);
+
+impl std::fmt::Display for UtcTime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let since = self
+            .0
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        let secs = since.as_secs();
+        let millis = since.subsec_millis();
+        let days = secs / 86_400;
+        let rem = secs % 86_400;
+        let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
+        // Civil date from days since the epoch (Howard Hinnant's algorithm).
+        let z = days as i64 + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z.rem_euclid(146_097);
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = doy - (153 * mp + 2) / 5 + 1;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 };
+        let year = yoe + era * 400 + i64::from(month <= 2);
+        write!(
+            f,
+            "{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{millis:03}Z"
+        )
+    }
 }
 
 impl Drop for RequestRecord {
     fn drop(&mut self) {
-        let labels = self.labels();
+        let (source, destination) = (self.source.view(), self.destination.view());
+        let counters = self
+            .metrics
+            .counters(&self.labels_view(&source, &destination));
         let elapsed_ms = self.start.elapsed().as_secs_f64() * 1000.0;
-        self.metrics.requests.get_or_create(&labels).inc();
-        self.metrics
-            .duration
-            .get_or_create(&labels)
-            .observe(elapsed_ms);
-        self.metrics
-            .request_bytes
-            .get_or_create(&labels)
-            .observe(self.bytes_received as f64);
-        self.metrics
-            .response_bytes
-            .get_or_create(&labels)
-            .observe(self.bytes_sent as f64);
+        counters.requests.inc();
+        counters.duration.observe(elapsed_ms);
+        counters.request_bytes.observe(self.bytes_received as f64);
+        counters.response_bytes.observe(self.bytes_sent as f64);
         if !self.access_log_disabled {
-            info!(target: ACCESS_LOG, "{}", self.access_log_line());
+            info!(target: ACCESS_LOG, "{}", AccessLogLine(self));
         }
         if let Some(span) = self.span.take() {
             span.finish(self);
@@ -482,6 +599,36 @@ mod tests {
         };
         assert!(logged(false));
         assert!(!logged(true));
+    }
+
+    /// Label sets resolved once and reused count each request under its own labels.
+    #[test]
+    fn requests_count_under_their_own_labels_when_label_sets_are_reused() {
+        let mut registry = Registry::default();
+        let metrics = Arc::new(Metrics::new(&mut registry));
+        let record = |status: u16, flags: ResponseFlag, at_edge: bool| {
+            let mut record = RequestRecord::new(Arc::clone(&metrics));
+            record.status = status;
+            record.response_flags = flags;
+            record.at_edge = at_edge;
+            record.access_log_disabled = true;
+            record
+        };
+        let mut expected = Vec::new();
+        for (status, flags, at_edge, times) in [
+            (200, ResponseFlag::None, false, 3),
+            (503, ResponseFlag::UpstreamOverflow, false, 2),
+            (200, ResponseFlag::None, true, 1),
+        ] {
+            for _ in 0..times {
+                let one = record(status, flags, at_edge);
+                expected.push((one.labels(), times));
+            }
+        }
+        assert_eq!(metrics.resolved.lock().unwrap().len(), 3);
+        for (labels, times) in expected {
+            assert_eq!(metrics.requests_with(&labels), times, "{labels:?}");
+        }
     }
 
     #[test]

@@ -8,8 +8,8 @@ pub mod tcp;
 
 pub use certificates::{CERTIFICATE_EXPIRY, CERTIFICATE_ISSUE, register_certificate_expiry};
 pub use labels::{
-    Peer, PeerLabels, Reporter, RequestLabels, RequestProtocol, ResponseFlag, SecurityPolicy,
-    Service, TcpLabels, UNKNOWN,
+    PEER_LABEL_VALUES, Peer, PeerLabels, Reporter, RequestLabels, RequestProtocol, ResponseFlag,
+    SecurityPolicy, Service, TcpLabels, UNKNOWN,
 };
 pub use tcp::{ACCESS_LOG, AccessLog, ConnectionEnd, LabelKey, TcpConnection, TcpMetrics};
 

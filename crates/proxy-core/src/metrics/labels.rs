@@ -197,9 +197,8 @@ pub struct PeerLabels {
     pub destination_cluster: String,
 }
 
-fn or_unknown(value: &str) -> String {
-    if value.is_empty() { UNKNOWN } else { value }.to_owned()
-}
+/// How many values [`PeerLabels`] holds.
+pub const PEER_LABEL_VALUES: usize = 19;
 
 impl PeerLabels {
     /// `reporter`'s labels for what went from `source` to `destination`, addressed to
@@ -210,28 +209,112 @@ impl PeerLabels {
         destination: &Peer<'_>,
         service: &Service<'_>,
     ) -> Self {
+        Self::from_values(reporter, Self::values_of(source, destination, service))
+    }
+
+    /// The values [`Self::new`] gives, borrowed, in field order (`unknown` for what is not
+    /// known): what a cache of label sets hashes and compares before it builds (allocates)
+    /// one.
+    pub fn values_of<'a>(
+        source: &Peer<'a>,
+        destination: &Peer<'a>,
+        service: &Service<'a>,
+    ) -> [&'a str; PEER_LABEL_VALUES] {
+        [
+            source.workload,
+            source.canonical_service,
+            source.canonical_revision,
+            source.namespace,
+            source.principal,
+            source.app,
+            source.version,
+            source.cluster,
+            service.hostname,
+            service.namespace,
+            service.name,
+            destination.workload,
+            destination.canonical_service,
+            destination.canonical_revision,
+            destination.namespace,
+            destination.principal,
+            destination.app,
+            destination.version,
+            destination.cluster,
+        ]
+        .map(|value| if value.is_empty() { UNKNOWN } else { value })
+    }
+
+    /// The label set of `values` in [`Self::values_of`]'s order.
+    pub fn from_values(reporter: Reporter, values: [&str; PEER_LABEL_VALUES]) -> Self {
+        let [
+            source_workload,
+            source_canonical_service,
+            source_canonical_revision,
+            source_workload_namespace,
+            source_principal,
+            source_app,
+            source_version,
+            source_cluster,
+            destination_service,
+            destination_service_namespace,
+            destination_service_name,
+            destination_workload,
+            destination_canonical_service,
+            destination_canonical_revision,
+            destination_workload_namespace,
+            destination_principal,
+            destination_app,
+            destination_version,
+            destination_cluster,
+        ] = values.map(str::to_owned);
         Self {
             reporter,
-            source_workload: or_unknown(source.workload),
-            source_canonical_service: or_unknown(source.canonical_service),
-            source_canonical_revision: or_unknown(source.canonical_revision),
-            source_workload_namespace: or_unknown(source.namespace),
-            source_principal: or_unknown(source.principal),
-            source_app: or_unknown(source.app),
-            source_version: or_unknown(source.version),
-            source_cluster: or_unknown(source.cluster),
-            destination_service: or_unknown(service.hostname),
-            destination_service_namespace: or_unknown(service.namespace),
-            destination_service_name: or_unknown(service.name),
-            destination_workload: or_unknown(destination.workload),
-            destination_canonical_service: or_unknown(destination.canonical_service),
-            destination_canonical_revision: or_unknown(destination.canonical_revision),
-            destination_workload_namespace: or_unknown(destination.namespace),
-            destination_principal: or_unknown(destination.principal),
-            destination_app: or_unknown(destination.app),
-            destination_version: or_unknown(destination.version),
-            destination_cluster: or_unknown(destination.cluster),
+            source_workload,
+            source_canonical_service,
+            source_canonical_revision,
+            source_workload_namespace,
+            source_principal,
+            source_app,
+            source_version,
+            source_cluster,
+            destination_service,
+            destination_service_namespace,
+            destination_service_name,
+            destination_workload,
+            destination_canonical_service,
+            destination_canonical_revision,
+            destination_workload_namespace,
+            destination_principal,
+            destination_app,
+            destination_version,
+            destination_cluster,
         }
+    }
+
+    /// This label set's values, in [`Self::values_of`]'s order.
+    pub fn values(&self) -> [&str; PEER_LABEL_VALUES] {
+        [
+            &self.source_workload,
+            &self.source_canonical_service,
+            &self.source_canonical_revision,
+            &self.source_workload_namespace,
+            &self.source_principal,
+            &self.source_app,
+            &self.source_version,
+            &self.source_cluster,
+            &self.destination_service,
+            &self.destination_service_namespace,
+            &self.destination_service_name,
+            &self.destination_workload,
+            &self.destination_canonical_service,
+            &self.destination_canonical_revision,
+            &self.destination_workload_namespace,
+            &self.destination_principal,
+            &self.destination_app,
+            &self.destination_version,
+            &self.destination_cluster,
+        ]
+        .map(String::as_str)
     }
 
     /// Labels of a report that knows nothing but its reporter.
