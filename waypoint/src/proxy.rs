@@ -144,8 +144,8 @@ pub async fn handle(
     let host = tunnel
         .edge
         .is_some()
-        .then(|| context::authority_of(&request).to_owned());
-    let target = tunnel.target(&config, host.as_deref());
+        .then(|| context::authority_of(&request));
+    let target = tunnel.target(&config, host);
     let mut record = RequestRecord::new(Arc::clone(&shared.metrics));
     record.access_log_disabled = config.access_log_disabled;
     context::describe_request(&mut record, &config, &tunnel, target.as_ref(), &request);
