@@ -3,12 +3,16 @@
 //! mirrors, and the attempts under the route's retries, per-try timeout and timeout.
 
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use bytes::Bytes;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, Uri, Version};
-use http_body::Body as _;
+use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tracing::{Instrument, debug, debug_span, warn};
@@ -166,9 +170,70 @@ pub(super) async fn forward_to(
     if let Some(body) = &outgoing.body {
         cx.record.bytes_received = cx.record.bytes_received.max(body.received());
     }
-    let mut response = result?;
+    let mut response = with_first_frame(result?).await;
     to.destination.response.apply(response.headers_mut());
     Ok(response)
+}
+
+/// Largest response body [`with_first_frame`] waits for.
+const COALESCED_BODY_LIMIT: u64 = 16 * 1024;
+
+/// A small response of known length leaves with its body: its first frame (which came with the
+/// head, or right behind it) is awaited before the head is handed to the server, so that head
+/// and body go downstream in one write (one TLS record, one HTTP/2 flush) instead of the head
+/// alone and the body a wakeup later, as nginx sends a buffered response. Other responses (no
+/// length, larger, empty) stream as they come.
+async fn with_first_frame(response: Response<ProxyBody>) -> Response<ProxyBody> {
+    let (parts, mut body) = response.into_parts();
+    let small = body
+        .size_hint()
+        .exact()
+        .is_some_and(|length| length <= COALESCED_BODY_LIMIT);
+    if !small || body.is_end_stream() {
+        return Response::from_parts(parts, body);
+    }
+    let first = body.frame().await;
+    let body = Prefetched { first, rest: body };
+    Response::from_parts(parts, body.boxed())
+}
+
+/// A body whose first frame was read ahead.
+struct Prefetched {
+    first: Option<Result<Frame<Bytes>, BoxError>>,
+    rest: ProxyBody,
+}
+
+impl http_body::Body for Prefetched {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.first.take() {
+            Some(first) => Poll::Ready(Some(first)),
+            None => Pin::new(&mut self.rest).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.first.is_none() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let rest = self.rest.size_hint();
+        let Some(Ok(first)) = &self.first else {
+            return rest;
+        };
+        let length = first.data_ref().map_or(0, |data| data.len() as u64);
+        let mut hint = SizeHint::new();
+        hint.set_lower(rest.lower() + length);
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + length);
+        }
+        hint
+    }
 }
 
 /// The request sent upstream, before per-attempt details.
