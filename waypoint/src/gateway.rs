@@ -187,6 +187,11 @@ async fn serve_connection(
     port: u16,
     drain: DrainWatch,
 ) {
+    // TCP_NODELAY (as Envoy and nginx set on downstream connections: a response written in
+    // more than one piece must not wait for the client's ACK) and keepalive probes.
+    if let Err(error) = weft_hbone::tune_tcp(&stream) {
+        debug!(%error, "cannot tune the edge connection");
+    }
     let config = cx.shared.store.snapshot();
     let Some(listener) = config.gateway.as_ref().and_then(|g| g.listener(port)) else {
         return;

@@ -83,6 +83,8 @@ impl Upstream {
                     let tcp = TcpStream::connect(endpoint.address)
                         .await
                         .map_err(|e| failure(e.to_string()))?;
+                    // Kept-alive connections carry one request after another: no Nagle delay.
+                    weft_hbone::tune_tcp(&tcp).map_err(|e| failure(e.to_string()))?;
                     match &cluster.tls {
                         Some(tls) => tls
                             .connect(tcp)
