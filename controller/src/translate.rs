@@ -18,6 +18,7 @@ pub mod gateway_api;
 pub mod provision;
 pub mod resolve;
 pub mod waypoint;
+pub mod workload_name;
 
 use std::collections::BTreeMap;
 

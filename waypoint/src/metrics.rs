@@ -198,8 +198,9 @@ pub struct Peer {
 }
 
 impl Peer {
-    /// The peer as Istio's labels name it at a waypoint: its canonical service as the
-    /// workload, `app` and `version` from its labels, `latest` without a revision.
+    /// The peer as Istio's labels name it at a waypoint: its workload name as the controller
+    /// computed it (the Deployment's, not the `app` label), `app` and `version` from its labels,
+    /// its canonical service, `latest` without a revision.
     fn view(&self) -> PeerView<'_> {
         let workload = self.workload.as_deref();
         let canonical = workload.and_then(WorkloadInfo::canonical_service);
@@ -209,7 +210,7 @@ impl Peer {
                 .unwrap_or_default()
         };
         PeerView {
-            workload: canonical.unwrap_or_default(),
+            workload: workload.map(|w| w.name.as_str()).unwrap_or_default(),
             namespace: self.namespace.as_deref().unwrap_or_default(),
             principal: self.principal.as_deref().unwrap_or_default(),
             app: label("app"),

@@ -102,16 +102,21 @@ pub struct WaypointConfig {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WorkloadInfo {
     pub uid: String,
+    /// The workload's name as Istio computes it (the Deployment's, the CronJob's, ...): what
+    /// the `source_workload` / `destination_workload` labels say; empty when unknown.
+    pub name: String,
     pub labels: BTreeMap<String, String>,
     pub identity: Option<SpiffeId>,
 }
 
 impl WorkloadInfo {
-    /// `app` / canonical-name label, as Istio derives `canonical_service`.
+    /// `app` / canonical-name label, else the workload's name, as Istio derives
+    /// `canonical_service` (`CanonicalService(labels, workloadName)`).
     pub fn canonical_service(&self) -> Option<&str> {
         weft_istio::labels::CANONICAL_NAME_LABELS
             .iter()
             .find_map(|k| self.labels.get(*k).map(String::as_str))
+            .or_else(|| (!self.name.is_empty()).then_some(self.name.as_str()))
     }
 
     /// `version` / canonical-revision label.

@@ -328,6 +328,7 @@ mod tests {
             identity: format!("spiffe://cluster.local/ns/default/sa/{app}"),
             labels: [("app".to_owned(), app.to_owned())].into(),
             workload_uid: format!("uid-{app}"),
+            workload_name: format!("{app}-v1"),
         };
         weft_proto::envoy::service::discovery::v3::Resource {
             name: name.to_owned(),

@@ -87,7 +87,8 @@ pub fn section(dump: &Value, section: Section) -> (Vec<Value>, Table) {
             let workloads = items(&["state", "workloads"]);
             let mut table = Table::new(&[
                 "NAMESPACE",
-                "NAME",
+                "POD NAME",
+                "WORKLOAD",
                 "ADDRESS",
                 "NODE",
                 "IDENTITY",
@@ -104,6 +105,7 @@ pub fn section(dump: &Value, section: Section) -> (Vec<Value>, Table) {
                 table.row(vec![
                     cell(&w["namespace"]),
                     cell(&w["name"]),
+                    cell(&w["workload_name"]),
                     output::or_dash(&list(&w["addresses"])),
                     cell(&w["node"]),
                     identity,
@@ -312,7 +314,7 @@ mod tests {
         serde_json::json!({
             "config": {"node_name": "node1"},
             "state": {
-                "workloads": [{"uid": "u1", "name": "reviews-v1", "namespace": "shop", "addresses": ["10.1.0.3"],
+                "workloads": [{"uid": "u1", "name": "reviews-v1-7c9f5b8d46-x2k4p", "workload_name": "reviews-v1", "namespace": "shop", "addresses": ["10.1.0.3"],
                     "trust_domain": "cluster.local", "service_account": "reviews", "node": "node1",
                     "tunnel": "hbone", "waypoint": null}],
                 "services": [{"name": "reviews", "namespace": "shop", "hostname": "reviews.shop.svc.cluster.local",
@@ -332,7 +334,7 @@ mod tests {
         assert_eq!(items.len(), 1);
         let text = table.render();
         assert!(
-            text.contains("reviews-v1")
+            text.contains("reviews-v1-7c9f5b8d46-x2k4p   reviews-v1")
                 && text.contains("spiffe://cluster.local/ns/shop/sa/reviews"),
             "{text}"
         );

@@ -9,6 +9,7 @@ use serde_json::Value;
 use weft_istio::labels::{DATAPLANE_MODE, DATAPLANE_MODE_AMBIENT, GATEWAY_NAME, USE_WAYPOINT};
 
 use crate::index::ConfigIndex;
+use crate::translate::resolve::{label, namespace_of, workload_name};
 
 /// A resource as applied, by kind, name and spec.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -212,16 +213,15 @@ pub fn workload(
         .get(DATAPLANE_MODE)
         .map(String::as_str)
         == Some(DATAPLANE_MODE_AMBIENT);
+    // The pods of the workload as the metrics name it (its Deployment, ...), as Kiali lists them.
     let pods = index
         .pods
         .values()
+        .filter(|pod| workload_name(pod) == name)
         .map(json)
         .filter(|pod| {
             let meta = &pod["metadata"];
-            let pod_name = meta["name"].as_str().unwrap_or_default();
-            meta["namespace"] == namespace
-                && meta["labels"]["app"].as_str().unwrap_or(pod_name) == name
-                && meta["labels"][GATEWAY_NAME].is_null()
+            meta["namespace"] == namespace && meta["labels"][GATEWAY_NAME].is_null()
         })
         .map(|pod| {
             let meta = &pod["metadata"];
@@ -263,16 +263,8 @@ pub fn waypoints(index: &ConfigIndex) -> std::collections::BTreeSet<(String, Str
     index
         .pods
         .values()
-        .map(json)
-        .filter(|pod| !pod["metadata"]["labels"][GATEWAY_NAME].is_null())
-        .map(|pod| {
-            let meta = &pod["metadata"];
-            let name = meta["name"].as_str().unwrap_or_default();
-            (
-                meta["namespace"].as_str().unwrap_or_default().to_owned(),
-                meta["labels"]["app"].as_str().unwrap_or(name).to_owned(),
-            )
-        })
+        .filter(|pod| label(&pod.metadata, GATEWAY_NAME).is_some())
+        .map(|pod| (namespace_of(&pod.metadata).to_owned(), workload_name(pod)))
         .collect()
 }
 

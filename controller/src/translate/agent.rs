@@ -77,6 +77,7 @@ pub fn addresses(
             services.insert(service_key.clone(), ports.clone());
         }
         let uid = pod_uid(&settings.cluster_id, pod);
+        let workload_name = resolve::workload_name(pod);
         let workload = workload::Workload {
             uid: uid.clone(),
             name: pod.metadata.name.clone().unwrap_or_default(),
@@ -107,21 +108,19 @@ pub fn addresses(
                 .as_ref()
                 .and_then(|s| s.node_name.clone())
                 .unwrap_or_default(),
+            // Istio's `CanonicalService(labels, workloadName)`: without a label, the workload.
             canonical_name: CANONICAL_NAME_LABELS
                 .iter()
                 .find_map(|k| pod_labels.get(*k))
                 .cloned()
-                .unwrap_or_else(|| pod.metadata.name.clone().unwrap_or_default()),
+                .unwrap_or_else(|| workload_name.clone()),
             canonical_revision: CANONICAL_REVISION_LABELS
                 .iter()
                 .find_map(|k| pod_labels.get(*k))
                 .cloned()
                 .unwrap_or_else(|| "latest".into()),
             workload_type: workload::WorkloadType::Pod as i32,
-            workload_name: pod_labels
-                .get("app")
-                .cloned()
-                .unwrap_or_else(|| pod.metadata.name.clone().unwrap_or_default()),
+            workload_name,
             cluster_id: settings.cluster_id.clone(),
             services,
             authorization_policies: policies_by_pod.get(key).cloned().unwrap_or_default(),

@@ -21,6 +21,8 @@ use crate::index::ConfigIndex;
 use crate::model::gateway_api::{RouteNamespaces, RouteNamespacesFrom, WAYPOINT_GATEWAY_CLASS};
 use crate::model::{KubernetesGateway, ResourceKind};
 
+pub use super::workload_name::workload_name;
+
 pub fn labels(meta: &ObjectMeta) -> BTreeMap<String, String> {
     meta.labels.clone().unwrap_or_default()
 }

@@ -22,6 +22,15 @@ pub const GATEWAY_NAME: &str = "gateway.networking.k8s.io/gateway-name";
 pub const CANONICAL_NAME: &str = "service.istio.io/canonical-name";
 /// Label naming a workload's canonical revision.
 pub const CANONICAL_REVISION: &str = "service.istio.io/canonical-revision";
+/// Label naming a pod's workload, in place of the name derived from its controller (Istio's
+/// `label.ServiceWorkloadName`).
+pub const WORKLOAD_NAME: &str = "service.istio.io/workload-name";
+/// Label the Deployment controller puts on a ReplicaSet's pods: the hash its name ends with.
+pub const POD_TEMPLATE_HASH: &str = "pod-template-hash";
+/// Label Argo Rollouts puts on a ReplicaSet's pods, as [`POD_TEMPLATE_HASH`] for a Rollout.
+pub const ROLLOUTS_POD_TEMPLATE_HASH: &str = "rollouts-pod-template-hash";
+/// Label OpenShift puts on a DeploymentConfig's pods: the DeploymentConfig's name.
+pub const DEPLOYMENT_CONFIG: &str = "deploymentconfig";
 /// Where a workload's canonical service is read from, first found wins (Istio's
 /// `CanonicalServiceName`).
 pub const CANONICAL_NAME_LABELS: &[&str] = &[CANONICAL_NAME, "app.kubernetes.io/name", "app"];

@@ -93,7 +93,27 @@ pub struct PodSpec {
     pub echo_ports: Vec<u16>,
     /// Files the sample app serves (`/path=FILE`).
     pub files: Vec<String>,
+    /// The controller its Pod object names (what the mesh derives the workload name from, as
+    /// Istio does); `None`: a bare pod, its workload named after itself.
+    pub owner: Option<PodOwner>,
 }
+
+/// What Kubernetes' controllers write on the pods they create: the generated name's prefix and
+/// the controlling owner reference.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodOwner {
+    /// `metadata.generateName`.
+    pub generate_name: String,
+    /// The owner reference's `apiVersion`, `kind` and `name`.
+    pub api_version: String,
+    pub kind: String,
+    pub name: String,
+    /// Labels the controller adds to the pod's own (a ReplicaSet's `pod-template-hash`).
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The `pod-template-hash` the testbed's Deployments' ReplicaSets carry.
+pub const POD_TEMPLATE_HASH: &str = "7c9f5b8d46";
 
 impl PodSpec {
     /// An enrolled pod running the sample app as `service` `version`.
@@ -118,7 +138,9 @@ impl PodSpec {
             upstreams: Vec::new(),
             echo_ports: vec![DEFAULT_ECHO_PORT],
             files: Vec::new(),
+            owner: None,
         }
+        .with_deployment(name)
     }
 
     /// The pod of the waypoint `gateway` (a Gateway of class `istio-waypoint` in `namespace`):
@@ -140,7 +162,9 @@ impl PodSpec {
             upstreams: Vec::new(),
             echo_ports: Vec::new(),
             files: Vec::new(),
+            owner: None,
         }
+        .with_deployment(gateway)
     }
 
     /// An enrolled pod with nothing running (a client).
@@ -158,7 +182,31 @@ impl PodSpec {
             upstreams: Vec::new(),
             echo_ports: Vec::new(),
             files: Vec::new(),
+            owner: None,
         }
+        .with_deployment(name)
+    }
+
+    /// Created by the Deployment `deployment`, as its ReplicaSet creates pods: a generated name,
+    /// the ReplicaSet `<deployment>-<hash>` as controller and the `pod-template-hash` label, so
+    /// the mesh names the workload `deployment` (every testbed pod is so created by default, the
+    /// Deployment named as the pod).
+    pub fn with_deployment(mut self, deployment: &str) -> Self {
+        let replica_set = format!("{deployment}-{POD_TEMPLATE_HASH}");
+        self.owner = Some(PodOwner {
+            generate_name: format!("{replica_set}-"),
+            api_version: "apps/v1".into(),
+            kind: "ReplicaSet".into(),
+            name: replica_set,
+            labels: [("pod-template-hash".into(), POD_TEMPLATE_HASH.into())].into(),
+        });
+        self
+    }
+
+    /// A bare pod: no controller, its workload named after the pod.
+    pub fn without_owner(mut self) -> Self {
+        self.owner = None;
+        self
     }
 
     pub fn not_enrolled(mut self) -> Self {

@@ -123,6 +123,9 @@ impl Mesh {
         for pod in self.pods.iter().filter(|p| !p.outside_cluster) {
             let ip = self.testbed.pod(&pod.name).ip;
             let mut labels = pod.labels.clone();
+            if let Some(owner) = &pod.owner {
+                labels.extend(owner.labels.clone());
+            }
             labels.insert(
                 "istio.io/dataplane-mode".into(),
                 if pod.enrolled { "ambient" } else { "none" }.into(),
@@ -139,9 +142,21 @@ impl Mesh {
                     pod.http_port
                 )
             };
+            // What the pod's controller writes, from which the mesh names its workload.
+            let ownership = pod.owner.as_ref().map_or_else(String::new, |owner| {
+                format!(
+                    "  generateName: {}\n  ownerReferences:\n  - {{apiVersion: {}, kind: {}, name: {}, uid: uid-{}-{}, controller: true}}\n",
+                    owner.generate_name,
+                    owner.api_version,
+                    owner.kind,
+                    owner.name,
+                    owner.kind.to_lowercase(),
+                    owner.name
+                )
+            });
             let _ = writeln!(
                 yaml,
-                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: {}\n  uid: uid-{}\n  labels:\n{labels}spec:\n  nodeName: {}\n  serviceAccountName: {}\n  containers:\n{container}status:\n  podIP: {ip}\n---",
+                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: {}\n  uid: uid-{}\n{ownership}  labels:\n{labels}spec:\n  nodeName: {}\n  serviceAccountName: {}\n  containers:\n{container}status:\n  podIP: {ip}\n---",
                 pod.name, pod.namespace, pod.name, pod.node, pod.service_account
             );
         }

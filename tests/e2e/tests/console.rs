@@ -106,12 +106,12 @@ fn the_console_draws_bookinfo_from_prometheus_with_the_canary_split_in_the_api_a
         .filter_map(|n| n["id"].as_str())
         .collect();
     for expected in [
-        "workload:bookinfo/productpage/v1",
+        "workload:bookinfo/productpage-v1/v1",
         "service:bookinfo/reviews",
         "service:bookinfo/details",
-        "workload:bookinfo/reviews/v1",
-        "workload:bookinfo/reviews/v2",
-        "workload:bookinfo/details/v1",
+        "workload:bookinfo/reviews-v1/v1",
+        "workload:bookinfo/reviews-v2/v2",
+        "workload:bookinfo/details-v1/v1",
         "workload:bookinfo/client/latest",
     ] {
         assert!(ids.contains(&expected), "{expected} missing in {ids:?}");
@@ -122,7 +122,7 @@ fn the_console_draws_bookinfo_from_prometheus_with_the_canary_split_in_the_api_a
     );
     let call = edge(
         &graph,
-        "workload:bookinfo/productpage/v1",
+        "workload:bookinfo/productpage-v1/v1",
         "service:bookinfo/reviews",
         false,
     );
@@ -136,8 +136,8 @@ fn the_console_draws_bookinfo_from_prometheus_with_the_canary_split_in_the_api_a
             .unwrap()
     };
     let (v1, v2) = (
-        rate("workload:bookinfo/reviews/v1"),
-        rate("workload:bookinfo/reviews/v2"),
+        rate("workload:bookinfo/reviews-v1/v1"),
+        rate("workload:bookinfo/reviews-v2/v2"),
     );
     let share = v1 / (v1 + v2);
     assert!((0.8..=0.97).contains(&share), "reviews v1's share {share}");
@@ -181,10 +181,12 @@ fn the_console_draws_bookinfo_from_prometheus_with_the_canary_split_in_the_api_a
     assert!((0.8..=0.97).contains(&v1_share), "{split:?}");
     let workload = console_get(
         observability,
-        "/api/workload?namespace=bookinfo&workload=reviews",
+        "/api/workload?namespace=bookinfo&workload=reviews-v1",
     );
+    // The workload is the Deployment reviews-v1 (as Istio names it), one pod.
     let pods = workload["config"]["pods"].as_array().unwrap();
-    assert_eq!(pods.len(), 3);
+    assert_eq!(pods.len(), 1);
+    assert_eq!(pods[0]["name"], "reviews-v1");
     assert_eq!(pods[0]["enrolled"], true);
     assert_eq!(
         pods[0]["identity"],
@@ -197,7 +199,7 @@ fn the_console_draws_bookinfo_from_prometheus_with_the_canary_split_in_the_api_a
     let expiry = loop {
         let workload = console_get(
             observability,
-            "/api/workload?namespace=bookinfo&workload=reviews",
+            "/api/workload?namespace=bookinfo&workload=reviews-v1",
         );
         if let Some(expiry) = workload["certificate_expiry"][reviews_identity].as_f64() {
             break expiry;
@@ -246,7 +248,7 @@ fn the_console_draws_bookinfo_from_prometheus_with_the_canary_split_in_the_api_a
         .filter_map(Value::as_str)
         .collect();
     for expected in [
-        "workload:bookinfo/productpage/v1",
+        "workload:bookinfo/productpage-v1/v1",
         "service:bookinfo/reviews",
     ] {
         assert!(nodes.contains(&expected), "{expected} not drawn: {nodes:?}");
@@ -259,11 +261,14 @@ fn the_console_draws_bookinfo_from_prometheus_with_the_canary_split_in_the_api_a
             .unwrap_or_else(|| panic!("{source} -> {target} not drawn: {drawn_edges:#?}"))
     };
     let call = drawn_edge(
-        "workload:bookinfo/productpage/v1",
+        "workload:bookinfo/productpage-v1/v1",
         "service:bookinfo/reviews",
     );
     assert_eq!(call["mtls"], "true", "{call}");
-    let v1: f64 = drawn_edge("service:bookinfo/reviews", "workload:bookinfo/reviews/v1")["share"]
+    let v1: f64 = drawn_edge(
+        "service:bookinfo/reviews",
+        "workload:bookinfo/reviews-v1/v1",
+    )["share"]
         .as_str()
         .unwrap()
         .parse()

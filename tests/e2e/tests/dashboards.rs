@@ -24,7 +24,7 @@ use weft_e2e::{
 /// Prometheus has, as Grafana's "All").
 const CHOSEN: &[(&str, &str)] = &[
     ("namespace", "bookinfo"),
-    ("workload", "reviews"),
+    ("workload", "reviews-v1"),
     ("service", "reviews.bookinfo.svc.cluster.local"),
 ];
 
@@ -183,7 +183,7 @@ fn every_dashboard_query_and_alert_rule_answers_from_prometheus_scraping_bookinf
         1,
     );
     scraped(
-        "istio_tcp_connections_closed_total{reporter=\"destination\",destination_workload=\"details\",response_flags=\"DENY\"}",
+        "istio_tcp_connections_closed_total{reporter=\"destination\",destination_workload=\"details-v1\",response_flags=\"DENY\"}",
         4,
     );
 

@@ -406,8 +406,10 @@ spec:
 
 #[test]
 fn mesh_traffic_leaves_through_the_egress_gateway_which_originates_tls() {
+    // Istio's egress gateway Deployment: its workload name, whatever its pod's name.
     let mut gateway_pod = PodSpec::client("egressgateway", "node1", "istio-system")
         .not_enrolled()
+        .with_deployment("istio-egressgateway")
         .with_service_account("istio-egressgateway");
     gateway_pod.labels = [
         ("istio".to_string(), "egressgateway".to_string()),

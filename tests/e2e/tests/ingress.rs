@@ -175,8 +175,10 @@ fn secure_server(mesh: &Mesh) -> (PathBuf, Child) {
 
 #[test]
 fn an_outside_client_reaches_the_mesh_through_the_ingress_gateway() {
+    // Istio's ingress gateway Deployment: its workload name, whatever its pod's name.
     let mut gateway_pod = PodSpec::client("ingress", "node1", "edge")
         .not_enrolled()
+        .with_deployment("istio-ingressgateway")
         .with_service_account("ingress");
     gateway_pod.labels = [
         ("istio".to_string(), "ingressgateway".to_string()),

@@ -504,11 +504,18 @@ spec:
     let (served, count) = (served.line, served.value);
     for label in [
         "destination_principal=\"spiffe://cluster.local/ns/shop/sa/reviews\"",
-        "destination_workload=\"reviews\"",
+        "destination_canonical_service=\"reviews\"",
         "request_protocol=\"http\"",
     ] {
         assert!(served.contains(label), "{label} missing in {served}");
     }
+    // The workload is the pod's Deployment (`reviews-vN`, as Istio names it), not its `app`.
+    assert!(
+        ["reviews-v1", "reviews-v2", "reviews-v3"]
+            .iter()
+            .any(|w| served.contains(&format!("destination_workload=\"{w}\""))),
+        "destination_workload is not a reviews Deployment in {served}"
+    );
     assert!(count >= 1.0, "{served}");
     assert!(
         metrics.contains("istio_request_duration_milliseconds_bucket{"),

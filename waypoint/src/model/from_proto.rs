@@ -6,7 +6,7 @@ mod authorization;
 mod cluster;
 mod route;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -140,17 +140,13 @@ fn tunnel(
 fn workload_info(
     workloads: &mut HashMap<IpAddr, Arc<WorkloadInfo>>,
     address: IpAddr,
-    uid: &str,
-    labels: &BTreeMap<String, String>,
-    identity: Option<&SpiffeId>,
+    describe: impl FnOnce() -> WorkloadInfo,
 ) -> Arc<WorkloadInfo> {
-    Arc::clone(workloads.entry(address).or_insert_with(|| {
-        Arc::new(WorkloadInfo {
-            uid: uid.to_owned(),
-            labels: labels.clone(),
-            identity: identity.cloned(),
-        })
-    }))
+    Arc::clone(
+        workloads
+            .entry(address)
+            .or_insert_with(|| Arc::new(describe())),
+    )
 }
 
 /// A request source the controller described; an endpoint at the same address already said it.
@@ -161,13 +157,12 @@ fn source_workload(
     let context = format!("source workload {}", w.workload_uid);
     let address = ip(&w.address, &context)?;
     let identity = identity(&w.identity, &context)?;
-    workload_info(
-        workloads,
-        address,
-        &w.workload_uid,
-        &w.labels,
-        identity.as_ref(),
-    );
+    workload_info(workloads, address, || WorkloadInfo {
+        uid: w.workload_uid.clone(),
+        name: w.workload_name.clone(),
+        labels: w.labels.clone(),
+        identity,
+    });
     Ok(())
 }
 
@@ -178,6 +173,7 @@ pub(super) fn source_workload_info(
 ) -> Result<Arc<WorkloadInfo>, ConfigError> {
     Ok(Arc::new(WorkloadInfo {
         uid: w.workload_uid.clone(),
+        name: w.workload_name.clone(),
         labels: w.labels.clone(),
         identity: identity(&w.identity, context)?,
     }))
@@ -231,13 +227,12 @@ fn direct_workload(
             .entry(port(p.port, context)?)
             .or_insert(protocol(p.protocol, context)?);
     }
-    let info = workload_info(
-        workloads,
-        address,
-        &w.workload_uid,
-        &w.labels,
-        identity.as_ref(),
-    );
+    let info = workload_info(workloads, address, || WorkloadInfo {
+        uid: w.workload_uid.clone(),
+        name: w.workload_name.clone(),
+        labels: w.labels.clone(),
+        identity: identity.clone(),
+    });
     Ok(DirectWorkload {
         address,
         namespace: w.namespace.clone(),

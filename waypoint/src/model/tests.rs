@@ -14,6 +14,7 @@ fn endpoint() -> proto::Endpoint {
         identity: "spiffe://cluster.local/ns/default/sa/reviews".to_owned(),
         labels: BTreeMap::from([("app".to_owned(), "reviews".to_owned())]),
         workload_uid: "uid-1".to_owned(),
+        workload_name: "reviews-v1".to_owned(),
         tunnel: proto::EndpointTunnel::Hbone as i32,
         healthy: true,
         weight: 0,
@@ -75,6 +76,7 @@ fn direct_workload() -> proto::WaypointWorkload {
         identity: "spiffe://cluster.local/ns/default/sa/reviews".to_owned(),
         labels: BTreeMap::from([("app".to_owned(), "reviews".to_owned())]),
         workload_uid: "uid-1".to_owned(),
+        workload_name: "reviews-v1".to_owned(),
         tunnel: proto::EndpointTunnel::Hbone as i32,
         namespace: "default".to_owned(),
         services: vec![HOST.to_owned()],
@@ -247,6 +249,7 @@ fn source_workloads_describe_request_sources() {
             identity: "spiffe://cluster.local/ns/default/sa/productpage".to_owned(),
             labels: BTreeMap::from([("app".to_owned(), "productpage".to_owned())]),
             workload_uid: "uid-9".to_owned(),
+            workload_name: "productpage-v1".to_owned(),
         },
         // The endpoint at this address already describes it.
         proto::SourceWorkload {
@@ -254,11 +257,13 @@ fn source_workloads_describe_request_sources() {
             identity: String::new(),
             labels: BTreeMap::from([("app".to_owned(), "other".to_owned())]),
             workload_uid: "uid-other".to_owned(),
+            workload_name: "other".to_owned(),
         },
     ];
     let config = WaypointConfig::try_from(c).unwrap();
     let source = config.workload("10.0.0.9".parse().unwrap()).unwrap();
     assert_eq!(source.canonical_service(), Some("productpage"));
+    assert_eq!(source.name, "productpage-v1");
     assert_eq!(
         source.identity.as_ref().map(ToString::to_string).as_deref(),
         Some("spiffe://cluster.local/ns/default/sa/productpage")
@@ -269,6 +274,10 @@ fn source_workloads_describe_request_sources() {
             .unwrap()
             .canonical_service(),
         Some("reviews")
+    );
+    assert_eq!(
+        config.workload("10.0.0.5".parse().unwrap()).unwrap().name,
+        "reviews-v1"
     );
     for (address, identity) in [("10.0.0", ""), ("10.0.0.9", "spiffe://x/y")] {
         let mut bad = base();

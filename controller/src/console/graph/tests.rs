@@ -24,14 +24,15 @@ fn answer(series: &[(&[(&str, &str)], &str)]) -> Vec<Sample> {
 
 const PRODUCTPAGE: &[(&str, &str)] = &[
     ("source_workload_namespace", "bookinfo"),
-    ("source_workload", "productpage"),
+    // Workloads named as Istio names them (the Deployment), apart from the canonical service.
+    ("source_workload", "productpage-v1"),
     ("source_canonical_service", "productpage"),
     ("source_canonical_revision", "v1"),
     ("destination_service_namespace", "bookinfo"),
     ("destination_service_name", "reviews"),
     ("destination_service", "reviews.bookinfo.svc.cluster.local"),
     ("destination_workload_namespace", "bookinfo"),
-    ("destination_workload", "reviews"),
+    ("destination_workload", "reviews-v1"),
     ("destination_canonical_service", "reviews"),
 ];
 
@@ -53,12 +54,14 @@ fn a_canary_reads_as_two_versions_behind_one_service_with_its_split_and_p99() {
         ("response_flags", "-"),
     ]);
     let v2 = with(&[
+        ("destination_workload", "reviews-v2"),
         ("destination_canonical_revision", "v2"),
         ("response_code", "200"),
         ("connection_security_policy", "mutual_tls"),
         ("response_flags", "-"),
     ]);
     let v2_errors = with(&[
+        ("destination_workload", "reviews-v2"),
         ("destination_canonical_revision", "v2"),
         ("response_code", "503"),
         ("connection_security_policy", "mutual_tls"),
@@ -89,7 +92,13 @@ fn a_canary_reads_as_two_versions_behind_one_service_with_its_split_and_p99() {
             (&forbidden_by_app, "0"),
         ]),
         p99_by_source: answer(&[(&p99, "12.5")]),
-        p99_by_workload: answer(&[(&with(&[("destination_canonical_revision", "v2")]), "NaN")]),
+        p99_by_workload: answer(&[(
+            &with(&[
+                ("destination_workload", "reviews-v2"),
+                ("destination_canonical_revision", "v2"),
+            ]),
+            "NaN",
+        )]),
         ..Answers::default()
     };
     let graph = build("bookinfo", "1m", &answers, BTreeSet::new());
@@ -99,9 +108,9 @@ fn a_canary_reads_as_two_versions_behind_one_service_with_its_split_and_p99() {
         [
             "service:bookinfo/reviews",
             "workload:bookinfo/client/latest",
-            "workload:bookinfo/productpage/v1",
-            "workload:bookinfo/reviews/v1",
-            "workload:bookinfo/reviews/v2",
+            "workload:bookinfo/productpage-v1/v1",
+            "workload:bookinfo/reviews-v1/v1",
+            "workload:bookinfo/reviews-v2/v2",
         ]
     );
     let edge = |source: &str, target: &str, denied: bool| {
@@ -112,7 +121,7 @@ fn a_canary_reads_as_two_versions_behind_one_service_with_its_split_and_p99() {
             .unwrap_or_else(|| panic!("no edge {source} -> {target} in {:#?}", graph.edges))
     };
     let call = edge(
-        "workload:bookinfo/productpage/v1",
+        "workload:bookinfo/productpage-v1/v1",
         "service:bookinfo/reviews",
         false,
     );
@@ -122,12 +131,12 @@ fn a_canary_reads_as_two_versions_behind_one_service_with_its_split_and_p99() {
     assert!((call.mtls - 1.0).abs() < 1e-9);
     let to_v1 = edge(
         "service:bookinfo/reviews",
-        "workload:bookinfo/reviews/v1",
+        "workload:bookinfo/reviews-v1/v1",
         false,
     );
     let to_v2 = edge(
         "service:bookinfo/reviews",
-        "workload:bookinfo/reviews/v2",
+        "workload:bookinfo/reviews-v2/v2",
         false,
     );
     assert!((to_v1.request_rate / call.request_rate - 0.9).abs() < 1e-9);
@@ -149,12 +158,12 @@ fn tcp_edges_come_from_the_agents_and_waypoints_are_drawn_through() {
     let tcp = [
         ("reporter", "source"),
         ("source_workload_namespace", "bookinfo"),
-        ("source_workload", "productpage"),
+        ("source_workload", "productpage-v1"),
         ("source_canonical_revision", "v1"),
         ("destination_service_namespace", "bookinfo"),
         ("destination_service_name", "details"),
         ("destination_workload_namespace", "bookinfo"),
-        ("destination_workload", "details"),
+        ("destination_workload", "details-v1"),
         ("destination_canonical_revision", "v1"),
         ("connection_security_policy", "mutual_tls"),
         ("response_flags", "-"),
@@ -189,7 +198,7 @@ fn tcp_edges_come_from_the_agents_and_waypoints_are_drawn_through() {
     let call = graph
         .edges
         .iter()
-        .find(|e| e.source == "workload:bookinfo/productpage/v1")
+        .find(|e| e.source == "workload:bookinfo/productpage-v1/v1")
         .expect("productpage's TCP edge");
     assert!(!call.is_http());
     assert!((call.tcp_bytes_per_second - 2048.0).abs() < 1e-9);

@@ -46,16 +46,22 @@ fn a_service_page_has_its_routes_waypoint_and_policies_as_applied() {
 #[test]
 fn a_workload_page_has_its_pods_nodes_identities_and_enrollment() {
     let index = bookinfo();
-    let reviews = workload(&index, "bookinfo", "reviews", "cluster.local");
+    // A workload is the pods' Deployment as Istio names it, not their `app` label.
+    let reviews = workload(&index, "bookinfo", "reviews-v2", "cluster.local");
     let versions: Vec<&str> = reviews.pods.iter().map(|p| p.version.as_str()).collect();
-    assert_eq!(versions, ["v1", "v2", "v3"]);
-    let v1 = &reviews.pods[0];
+    assert_eq!(versions, ["v2"]);
+    assert!(
+        workload(&index, "bookinfo", "reviews", "cluster.local")
+            .pods
+            .is_empty()
+    );
+    let v2 = &reviews.pods[0];
     assert_eq!(
-        v1.identity,
+        v2.identity,
         "spiffe://cluster.local/ns/bookinfo/sa/bookinfo-reviews"
     );
-    assert!(v1.enrolled);
-    assert!(!v1.node.is_empty());
+    assert!(v2.enrolled);
+    assert!(!v2.node.is_empty());
     let waypoints = waypoints(&index);
     assert_eq!(waypoints.len(), 1, "{waypoints:?}");
     assert!(

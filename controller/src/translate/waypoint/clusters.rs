@@ -246,6 +246,7 @@ impl<'a> Compiler<'a, '_> {
                 identity: self.pod_identity(pod),
                 labels: labels(&pod.metadata),
                 workload_uid: resolve::pod_uid(&self.settings.cluster_id, pod),
+                workload_name: resolve::workload_name(pod),
                 tunnel: tunnel as i32,
                 healthy: resolve::pod_healthy(pod),
                 weight: 0,

@@ -191,6 +191,8 @@ impl<'a> Compiler<'a, '_> {
                 };
                 Some(wp::Endpoint {
                     workload_uid,
+                    // As the agents' Workload for the entry's endpoint names it.
+                    workload_name: name.to_owned(),
                     address,
                     hostname,
                     port: endpoint_port(Some(e), entry_port),

@@ -141,6 +141,7 @@ pub fn gateway_config<'a>(
         identity: compiler.pod_identity(pod),
         labels: resolve::labels(&pod.metadata),
         workload_uid: resolve::pod_uid(&settings.cluster_id, pod),
+        workload_name: resolve::workload_name(pod),
     });
     wp::WaypointConfig {
         name: compiler.waypoint.name.clone(),

@@ -55,6 +55,7 @@ impl Compiler<'_, '_> {
                         identity: self.pod_identity(pod),
                         labels: labels(&pod.metadata),
                         workload_uid: resolve::pod_uid(&self.settings.cluster_id, pod),
+                        workload_name: resolve::workload_name(pod),
                         // Only pods in the mesh have a destination waypoint: always HBONE.
                         tunnel: wp::EndpointTunnel::Hbone as i32,
                         namespace: namespace.to_owned(),
@@ -100,6 +101,7 @@ pub fn source_workloads(
                     ),
                     labels: labels(&pod.metadata),
                     workload_uid: resolve::pod_uid(&settings.cluster_id, pod),
+                    workload_name: resolve::workload_name(pod),
                 });
         }
     }

@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Context, bail};
 
-use crate::PodSpec;
+use crate::{PodOwner, PodSpec};
 
 /// The pod that plays the user's shell.
 pub const CLIENT: &str = "client";
@@ -54,6 +54,24 @@ pub fn text(value: &serde_yaml::Value, path: &[&str]) -> Option<String> {
     field(value, path)
         .and_then(|v| v.as_str())
         .map(String::from)
+}
+
+/// The controller a Pod of the examples names (`generateName` and its `controller` owner
+/// reference), carried to the testbed's Pod as written; `None` for a bare pod.
+fn owner_of(pod: &serde_yaml::Value) -> Option<PodOwner> {
+    let generate_name = text(pod, &["metadata", "generateName"])?;
+    let controller = field(pod, &["metadata", "ownerReferences"])?
+        .as_sequence()?
+        .iter()
+        .find(|r| r.get("controller").and_then(serde_yaml::Value::as_bool) == Some(true))?;
+    Some(PodOwner {
+        generate_name,
+        api_version: text(controller, &["apiVersion"])?,
+        kind: text(controller, &["kind"])?,
+        name: text(controller, &["name"])?,
+        // The Pod's own labels (copied as written) already carry what its controller added.
+        labels: BTreeMap::new(),
+    })
 }
 
 pub fn load(dir: &Path) -> anyhow::Result<Examples> {
@@ -171,6 +189,11 @@ pub fn pods(examples: &Examples) -> anyhow::Result<Vec<PodSpec>> {
         let pod_namespace =
             text(pod, &["metadata", "namespace"]).unwrap_or_else(|| "default".into());
         let node = place(pod)?;
+        let owner = owner_of(pod);
+        let owned = |mut spec: PodSpec| {
+            spec.owner = owner.clone();
+            spec
+        };
         let labels: BTreeMap<String, String> = field(pod, &["metadata", "labels"])
             .and_then(|l| serde_yaml::from_value(l.clone()).ok())
             .unwrap_or_default();
@@ -189,15 +212,15 @@ pub fn pods(examples: &Examples) -> anyhow::Result<Vec<PodSpec>> {
             spec
         };
         if gateway_labelled(&labels) {
-            specs.push(edge_pod(
+            specs.push(owned(edge_pod(
                 PodSpec::client(&name, node, &pod_namespace).not_enrolled(),
-            ));
+            )));
             continue;
         }
         if labels.get("app").map(String::as_str) == Some(TLS_SERVER_APP) {
-            specs.push(edge_pod(
+            specs.push(owned(edge_pod(
                 PodSpec::client(&name, node, &pod_namespace).with_http_port(port),
-            ));
+            )));
             continue;
         }
         if labels.get(crate::GATEWAY_NAME_LABEL) == Some(gateway) {
@@ -206,7 +229,7 @@ pub fn pods(examples: &Examples) -> anyhow::Result<Vec<PodSpec>> {
             if let Some(account) = account {
                 spec.service_account = account;
             }
-            specs.push(spec);
+            specs.push(owned(spec));
             continue;
         }
         namespace = pod_namespace;
@@ -235,7 +258,7 @@ pub fn pods(examples: &Examples) -> anyhow::Result<Vec<PodSpec>> {
             }
             _ => {}
         }
-        specs.push(spec);
+        specs.push(owned(spec));
     }
     if !specs.iter().any(PodSpec::is_waypoint) {
         specs.push(PodSpec::waypoint(
@@ -278,6 +301,13 @@ mod tests {
         let pods = pods(&examples).unwrap();
         let productpage = pods.iter().find(|p| p.name == "productpage-v1").unwrap();
         assert_eq!(productpage.service_account, "bookinfo-productpage");
+        // Its Deployment's ReplicaSet, as the example writes it, reaches the testbed's Pod.
+        let owner = productpage.owner.as_ref().unwrap();
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str()),
+            ("ReplicaSet", "productpage-v1-5c8d9f7b64")
+        );
+        assert_eq!(owner.generate_name, "productpage-v1-5c8d9f7b64-");
         assert_eq!(productpage.http_port, 9080);
         assert_eq!(productpage.upstreams.len(), 2);
         let waypoint = pods.iter().find(|p| p.is_waypoint()).unwrap();

@@ -65,7 +65,8 @@ pub fn metrics(demo: &Demo) -> anyhow::Result<()> {
             "istio_tcp_connections_opened_total",
             &[
                 ("reporter", "destination"),
-                ("destination_workload", "details"),
+                // The workload is details' Deployment, as Istio names it (not `app`).
+                ("destination_workload", "details-v1"),
             ],
         )
         .context("no istio_tcp_connections_opened_total for details at its agent")?

@@ -85,7 +85,8 @@ pub fn mtls(demo: &Demo) -> anyhow::Result<()> {
             &[
                 ("reporter", "destination"),
                 ("source_principal", &identity),
-                ("destination_workload", "details"),
+                // details' Deployment, as Istio names the workload.
+                ("destination_workload", "details-v1"),
             ],
         )
         .with_context(|| {

@@ -140,13 +140,12 @@ fn endpoints(
         .into_iter()
         .map(|address| {
             let tunnel = tunnel(e.tunnel, identity.as_ref(), "endpoint", &e.address, context)?;
-            let workload = workload_info(
-                workloads,
-                address,
-                &e.workload_uid,
-                &e.labels,
-                identity.as_ref(),
-            );
+            let workload = workload_info(workloads, address, || WorkloadInfo {
+                uid: e.workload_uid.clone(),
+                name: e.workload_name.clone(),
+                labels: e.labels.clone(),
+                identity: identity.clone(),
+            });
             Ok(Endpoint {
                 address: SocketAddr::new(address, port),
                 identity: identity.clone(),
