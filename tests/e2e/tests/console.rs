@@ -321,7 +321,7 @@ fn the_console_draws_bookinfo_from_prometheus_with_the_canary_split_in_the_api_a
     // The workload page shows each pod's certificate expiry.
     browser
         .navigate(&format!(
-            "http://{}/#/workload/bookinfo/reviews",
+            "http://{}/#/workload/bookinfo/reviews-v1",
             observability.console()
         ))
         .unwrap();

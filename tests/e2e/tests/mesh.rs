@@ -7,12 +7,21 @@ use weft_e2e::{Mesh, MeshOptions, PodSpec};
 use weft_test_support::prometheus::Exposition;
 use weft_testbed::FabricCapture;
 
+/// The workload name `cart-2` carries as Istio's `service.istio.io/workload-name` label.
+const CART_2_WORKLOAD: &str = "cart-canary";
+
 fn two_nodes(config: &str) -> Mesh {
+    let mut cart_2 = PodSpec::app("cart-2", "node2", "shop", "cart", "v2");
+    cart_2.labels.insert(
+        "service.istio.io/workload-name".into(),
+        CART_2_WORKLOAD.into(),
+    );
     Mesh::start(
         vec![
-            PodSpec::client("client", "node1", "shop"),
+            // Created by the Deployment `storefront`: the workload's name, not the pod's.
+            PodSpec::client("client", "node1", "shop").with_deployment("storefront"),
             PodSpec::app("cart-1", "node1", "shop", "cart", "v1"),
-            PodSpec::app("cart-2", "node2", "shop", "cart", "v2"),
+            cart_2,
             PodSpec::client("outsider", "node2", "shop").not_enrolled(),
         ],
         MeshOptions {
@@ -84,6 +93,15 @@ fn pods_reach_each_other_over_mutual_tls_through_both_agents() {
         })
         .unwrap_or_else(|| panic!("no destination-side record:\n{server_metrics}"));
     assert!(!opened.ends_with(" 0"), "{opened}");
+    // Workloads as Istio names them: the client's Deployment, cart-2's workload-name label;
+    // the canonical service stays the `app` label.
+    for label in [
+        "source_workload=\"storefront\"".to_owned(),
+        format!("destination_workload=\"{CART_2_WORKLOAD}\""),
+        "destination_canonical_service=\"cart\"".to_owned(),
+    ] {
+        assert!(opened.contains(&label), "{label} missing in {opened}");
+    }
     assert!(
         mesh.metrics("node1")
             .lines()
