@@ -3,6 +3,10 @@
 //! gauge and the count of refused resources, `/ready` (istiod's readiness path), which answers
 //! 200 only once every gRPC port accepts, and [`crate::syncz`]'s `/debug/syncz` and `/version`.
 //!
+//! Beside them, `pilot_proxy_convergence_time` with istiod's buckets, and what every Weft
+//! process reports about itself (`process_*`, `istio_build{component="pilot"}`) from
+//! `weft-proxy-core`.
+//!
 //! Istio exports `pilot_xds_pushes` and `pilot_total_xds_rejects` under those exact names, and
 //! its dashboards query them so; OpenMetrics counters would be renamed `..._total`, so the
 //! cumulative values are exported untyped (`unknown`), as Prometheus stores untyped samples
@@ -64,6 +68,35 @@ impl<T: prometheus_client::encoding::EncodeGaugeValue + std::fmt::Debug> EncodeM
     }
 }
 
+/// `pilot_proxy_convergence_time`: the pushes counted by bucket, their latencies summed.
+#[derive(Debug)]
+struct Convergence {
+    buckets: Vec<(f64, u64)>,
+    sum: f64,
+}
+
+impl EncodeMetric for Convergence {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        // `prometheus-client` writes `+Inf` for the bucket bounded by `f64::MAX`.
+        let buckets: Vec<(f64, u64)> = self
+            .buckets
+            .iter()
+            .map(|&(bound, count)| (if bound.is_finite() { bound } else { f64::MAX }, count))
+            .collect();
+        let count = buckets.iter().map(|(_, count)| count).sum();
+        encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            self.sum, count, &buckets, None,
+        )
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
 impl Collector for PilotMetrics {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let counters = &self.counters;
@@ -92,6 +125,14 @@ impl Collector for PilotMetrics {
                 MetricType::Unknown,
                 counters.push_time_total().as_secs_f64(),
             ),
+        )?;
+        sample(
+            names::CONVERGENCE_TIME,
+            "Delay in seconds between config change and a proxy receiving all required configuration",
+            &Convergence {
+                buckets: counters.convergence_buckets(),
+                sum: counters.push_time_total().as_secs_f64(),
+            },
         )?;
         sample(
             POLICIES_WITHOUT_HTTP_ATTRIBUTES,
@@ -125,6 +166,10 @@ pub fn endpoints(
         gauges,
         index,
     }));
+    weft_proxy_core::metrics::register_process_metrics(
+        &mut registry,
+        weft_proxy_core::metrics::Component::Controller,
+    );
     combine([
         metrics_at(&["/metrics"], Arc::new(registry)),
         readiness_endpoints("/ready", move || {
@@ -198,9 +243,27 @@ mod tests {
             "weft_authorization_policies_enforced_without_http_attributes 3",
             "weft_configuration_rejections 2",
             "# TYPE pilot_xds gauge",
+            "# TYPE pilot_proxy_convergence_time histogram",
+            "pilot_proxy_convergence_time_count 2",
+            "pilot_proxy_convergence_time_bucket{le=\"0.5\"} 1",
+            "pilot_proxy_convergence_time_bucket{le=\"1.0\"} 1",
+            "pilot_proxy_convergence_time_bucket{le=\"3.0\"} 2",
+            "pilot_proxy_convergence_time_bucket{le=\"+Inf\"} 2",
+            "pilot_proxy_convergence_time_sum 2.0",
         ] {
             assert!(lines.contains(&expected), "no {expected:?} in\n{text}");
         }
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("process_resident_memory_bytes ")),
+            "{text}"
+        );
+        let build = format!(
+            "istio_build{{component=\"pilot\",tag=\"{}\"}} 1",
+            weft_proxy_core::metrics::process::VERSION
+        );
+        assert!(lines.contains(&build.as_str()), "no {build} in\n{text}");
         assert_eq!(
             get(&endpoints, "/ready").0,
             http::StatusCode::SERVICE_UNAVAILABLE

@@ -110,6 +110,10 @@ impl AgentBuilder {
     pub fn start(self) -> std::io::Result<Agent> {
         let mut registry = Registry::default();
         let metrics = Arc::new(Metrics::new(&mut registry));
+        weft_proxy_core::metrics::register_process_metrics(
+            &mut registry,
+            weft_proxy_core::metrics::Component::NodeAgent,
+        );
         weft_proxy_core::metrics::register_certificate_expiry(
             &mut registry,
             Arc::clone(&self.certificates),

@@ -141,6 +141,10 @@ impl Waypoint {
             options.hbone_address,
             options.workers.as_ref().map_or(1, Workers::len),
         );
+        weft_proxy_core::metrics::register_process_metrics(
+            &mut registry,
+            weft_proxy_core::metrics::Component::Waypoint,
+        );
         weft_proxy_core::metrics::register_certificate_expiry(
             &mut registry,
             Arc::clone(&options.certificates),

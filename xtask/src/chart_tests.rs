@@ -615,3 +615,5 @@ fn the_charts_crds_are_the_generated_ones() {
     assert!(generated.len() >= 6);
     assert_eq!(generated, list(&copied), "run `cargo xtask crdgen`");
 }
+
+mod prometheus;

@@ -25,6 +25,13 @@ pub const GATEWAY_CLASS_LABEL: &str = "gateway.networking.k8s.io/gateway-class-n
 /// Marks what this controller provisioned (Istio's value).
 pub const MANAGED_LABEL: &str = "gateway.istio.io/managed";
 pub const MANAGED_VALUE: &str = "istio.io-gateway-controller";
+/// What Istio's gateway and waypoint pods carry so that a Prometheus with its `kubernetes-pods`
+/// relabelling (the Weft chart's `weft-prometheus` ConfigMap, Istio's addon) scrapes them.
+pub const PROMETHEUS_ANNOTATIONS: [(&str, &str); 3] = [
+    ("prometheus.io/scrape", "true"),
+    ("prometheus.io/port", "15020"),
+    ("prometheus.io/path", "/stats/prometheus"),
+];
 /// Istio's annotation choosing the Service type of an ingress Gateway.
 pub const SERVICE_TYPE_ANNOTATION: &str = "networking.istio.io/service-type";
 
@@ -157,7 +164,10 @@ fn deployment(
             "replicas": 1,
             "selector": {"matchLabels": selector},
             "template": {
-                "metadata": {"labels": pod_labels},
+                "metadata": {
+                    "labels": pod_labels,
+                    "annotations": BTreeMap::from(PROMETHEUS_ANNOTATIONS),
+                },
                 "spec": {
                     "serviceAccountName": object_name,
                     "terminationGracePeriodSeconds": 30,

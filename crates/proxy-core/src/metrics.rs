@@ -1,9 +1,11 @@
 //! Istio's metrics as both proxies report them: one typed label set ([`labels`]) and the TCP
 //! families with their per-connection record ([`tcp`]). The waypoint's request families use the
-//! same labels; and the expiry of the workload certificates a proxy holds ([`certificates`]).
+//! same labels; the expiry of the workload certificates a proxy holds ([`certificates`]); and
+//! what every Weft process reports about itself, proxies and controller alike ([`process`]).
 
 pub mod certificates;
 pub mod labels;
+pub mod process;
 pub mod tcp;
 
 pub use certificates::{CERTIFICATE_EXPIRY, CERTIFICATE_ISSUE, register_certificate_expiry};
@@ -11,6 +13,7 @@ pub use labels::{
     PEER_LABEL_VALUES, Peer, PeerLabels, Reporter, RequestLabels, RequestProtocol, ResponseFlag,
     SecurityPolicy, Service, TcpLabels, UNKNOWN,
 };
+pub use process::{Component, register_process_metrics};
 pub use tcp::{ACCESS_LOG, AccessLog, ConnectionEnd, LabelKey, TcpConnection, TcpMetrics};
 
 #[cfg(test)]

@@ -19,7 +19,15 @@ pub mod names {
     pub const CONNECTED: &str = "pilot_xds";
     /// Histogram: seconds between a configuration change and its push to one proxy.
     pub const PUSH_TIME: &str = "pilot_xds_push_time";
+    /// Histogram: seconds between a configuration change and a proxy receiving it, in
+    /// [`super::CONVERGENCE_BUCKETS`].
+    pub const CONVERGENCE_TIME: &str = "pilot_proxy_convergence_time";
 }
+
+/// The upper bounds, in seconds, of `pilot_proxy_convergence_time`'s buckets: istiod's
+/// (`pilot/pkg/xds/monitoring.go`), so that Istio's dashboards and alerts read the same
+/// quantiles. Past the last, a push counts only in `+Inf`.
+pub const CONVERGENCE_BUCKETS: [f64; 8] = [0.1, 0.5, 1.0, 3.0, 5.0, 10.0, 20.0, 30.0];
 
 /// A rejected response, as reported by the proxy in its NACK.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,6 +97,8 @@ pub struct XdsCounters {
     rejects: AtomicU64,
     connected: AtomicI64,
     push_time_total_micros: AtomicU64,
+    /// Pushes per bucket of [`CONVERGENCE_BUCKETS`] (not cumulative), the last for `+Inf`.
+    convergence: [AtomicU64; CONVERGENCE_BUCKETS.len() + 1],
     recent_rejections: Mutex<VecDeque<Rejection>>,
 }
 
@@ -111,6 +121,18 @@ impl XdsCounters {
     /// Sum of all push latencies (`pilot_xds_push_time` sum).
     pub fn push_time_total(&self) -> Duration {
         Duration::from_micros(self.push_time_total_micros.load(Ordering::Relaxed))
+    }
+
+    /// Pushes by [`CONVERGENCE_BUCKETS`] of their latency: `(upper bound, pushes in this
+    /// bucket alone)`, the last with `f64::INFINITY` for the slower ones.
+    pub fn convergence_buckets(&self) -> Vec<(f64, u64)> {
+        CONVERGENCE_BUCKETS
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .zip(&self.convergence)
+            .map(|(bound, count)| (bound, count.load(Ordering::Relaxed)))
+            .collect()
     }
 
     /// The most recent rejections, oldest first.
@@ -136,6 +158,12 @@ impl XdsMetrics for XdsCounters {
         let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
         self.push_time_total_micros
             .fetch_add(micros, Ordering::Relaxed);
+        let seconds = latency.as_secs_f64();
+        let bucket = CONVERGENCE_BUCKETS
+            .iter()
+            .position(|&bound| seconds <= bound)
+            .unwrap_or(CONVERGENCE_BUCKETS.len());
+        self.convergence[bucket].fetch_add(1, Ordering::Relaxed);
     }
 
     fn rejected(&self, rejection: &Rejection) {

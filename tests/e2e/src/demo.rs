@@ -25,8 +25,8 @@ use serde::{Deserialize, Serialize};
 use weft_testbed::Testbed;
 
 use crate::{
-    CurlResult, PodSpec, binary, curl, observability::Observability, scenarios::SCENARIOS,
-    session::Session,
+    CurlResult, MeshOptions, PodSpec, binary, curl, observability::Observability,
+    scenarios::SCENARIOS, session::Session,
 };
 
 pub mod edge;
@@ -144,6 +144,15 @@ pub trait Cluster {
     fn set_outbound_traffic_policy(&self, mode: &str) -> anyhow::Result<()> {
         bail!("this runtime cannot set the outbound traffic policy to {mode}")
     }
+    /// Kills the node agent of `node` (its enrolled pods lose the mesh until one serves them
+    /// again), as a crashed agent would leave them.
+    fn kill_agent(&mut self, node: &str) -> anyhow::Result<()> {
+        bail!("this runtime cannot kill the agent of {node}")
+    }
+    /// Stops the controller: proxies keep their configuration, nothing is pushed or signed.
+    fn stop_controller(&mut self) -> anyhow::Result<()> {
+        bail!("this runtime cannot stop the controller")
+    }
 }
 
 /// A running demo: the cluster and what the scenarios know of bookinfo.
@@ -165,9 +174,35 @@ impl Demo {
     pub fn start(runtime: Runtime, examples: &Examples) -> anyhow::Result<Self> {
         let pods = examples::pods(examples)?;
         let cluster: Box<dyn Cluster> = match runtime {
-            Runtime::Testbed => Box::new(on_testbed::start(examples, &pods)?),
+            Runtime::Testbed => {
+                Box::new(on_testbed::start(examples, &pods, MeshOptions::default())?)
+            }
             Runtime::Containerd => Box::new(on_containerd::start(examples, &pods)?),
         };
+        Self::run(cluster, pods, examples)
+    }
+
+    /// Starts bookinfo on the testbed with agents asking for workload certificates of
+    /// `certificate_ttl` (an hour in [`Demo::start`]), so that a test sees them renewed, or
+    /// not renewed, within its time.
+    pub fn on_testbed_with_certificate_ttl(
+        examples: &Examples,
+        certificate_ttl: std::time::Duration,
+    ) -> anyhow::Result<Self> {
+        let pods = examples::pods(examples)?;
+        let options = MeshOptions {
+            certificate_ttl,
+            ..MeshOptions::default()
+        };
+        let cluster = Box::new(on_testbed::start(examples, &pods, options)?);
+        Self::run(cluster, pods, examples)
+    }
+
+    fn run(
+        cluster: Box<dyn Cluster>,
+        pods: Vec<PodSpec>,
+        examples: &Examples,
+    ) -> anyhow::Result<Self> {
         let observability = cluster.start_observability()?;
         let demo = Self {
             observability,

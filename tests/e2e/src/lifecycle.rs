@@ -371,6 +371,11 @@ impl Mesh {
         process.signal_terminate()
     }
 
+    /// Whether an agent of this mesh runs on `node`.
+    pub fn runs_agent(&self, node: &str) -> bool {
+        self.agents.contains_key(node)
+    }
+
     /// Kills the agent of `node` abruptly (SIGKILL): nothing is cleaned up.
     pub fn kill_agent(&mut self, node: &str) {
         if let Some(mut agent) = self.agents.remove(node) {

@@ -9,14 +9,19 @@
 //! same Prometheus, must answer at least one series; so must the series every alert judges
 //! (its expression without its comparison), every rule must evaluate without error
 //! (`/api/v1/rules` health `ok`), and the denied-requests alert must fire for reviews
-//! (`/api/v1/alerts`). Needs root.
+//! (`/api/v1/alerts`). Every agent, waypoint and the controller report their process figures
+//! and `istio_build`, and the controller its push-time histogram. Then the test breaks the mesh
+//! as the availability and certificate alerts describe: it kills one node agent (the agent-down
+//! alert fires for that agent alone), then stops the controller, so that the agents, asking for
+//! certificates of [`CERTIFICATE_TTL`], can renew none (the controller-down alert fires, and the
+//! certificate-expiry alert once a quarter of a lifetime is left). Needs root.
 
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use serde_json::Value;
 use weft_e2e::{
     dashboards::{self, Dashboard, Variable},
-    demo::{CLIENT, Demo, Runtime, eventually, examples},
+    demo::{CLIENT, Demo, eventually, examples},
     observability::Observability,
 };
 
@@ -51,6 +56,20 @@ spec:
 /// How many of the client's calls to reviews the waypoint denies once their series exists:
 /// against the 60 pages' calls, well over the alert's tenth.
 const DENIED_REVIEWS: u32 = 20;
+
+/// The workload certificates' lifetime the agents ask for. The CA starts each certificate a
+/// minute in the past (peers' clock skew), so the lifetime the alert judges is 3 minutes: the
+/// agents renew with a third of it left (at half of what they asked for) while the CA answers;
+/// once it stops, a quarter is left at most 75 s after the last renewal.
+const CERTIFICATE_TTL: Duration = Duration::from_secs(120);
+
+/// How long an alert may take to fire once its condition holds: the test copy's `for:` and
+/// evaluation interval are a second, scrapes every second, a rate needs two samples in its
+/// window; the certificate alert waits for three quarters of [`CERTIFICATE_TTL`] on top.
+const ALERT_FIRES_WITHIN: Duration = Duration::from_secs(60);
+
+/// The certificate-expiry alert.
+const EXPIRING_SOON: &str = "WeftWorkloadCertificateExpiringSoon";
 
 /// The series a query answers, or why it answers none.
 fn answer(observability: &Observability, expr: &str) -> Result<usize, String> {
@@ -109,7 +128,8 @@ fn variable_values(
 fn every_dashboard_query_and_alert_rule_answers_from_prometheus_scraping_bookinfo() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy/examples/bookinfo");
     let examples = examples::load(&dir).expect("the bookinfo examples");
-    let demo = Demo::start(Runtime::Testbed, &examples).expect("bookinfo starts");
+    let mut demo =
+        Demo::on_testbed_with_certificate_ttl(&examples, CERTIFICATE_TTL).expect("bookinfo starts");
     let observability = demo
         .observability
         .as_ref()
@@ -213,7 +233,7 @@ fn every_dashboard_query_and_alert_rule_answers_from_prometheus_scraping_bookinf
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");
-    assert!(answered >= 60, "only {answered} panel queries");
+    assert!(answered >= 100, "only {answered} panel queries");
     // The check tells a mistyped label from a real one.
     let mistyped = "sum(rate(istio_requests_total{reporter=\"waypoint\",destination_servce=~\"reviews.bookinfo.svc.cluster.local\"}[1m]))";
     assert!(answer(observability, mistyped).is_err());
@@ -245,8 +265,81 @@ fn every_dashboard_query_and_alert_rule_answers_from_prometheus_scraping_bookinf
     assert!(failures.is_empty(), "{failures:#?}");
 
     // The denied-requests alert fires for reviews; no agent is down, no certificate is late.
+    let firing = wait_firing(observability, ALERT_FIRES_WITHIN, |alerts| {
+        alerts.iter().any(|a| {
+            a["labels"]["alertname"] == "WeftRequestsDenied"
+                && a["labels"]["destination_service_name"] == "reviews"
+        })
+    });
+    assert!(
+        firing.iter().all(|a| !matches!(
+            a["labels"]["alertname"].as_str(),
+            Some("WeftNodeAgentDown" | "WeftWaypointDown" | "WeftControllerDown" | EXPIRING_SOON)
+        )),
+        "{firing:#?}"
+    );
+
+    process_figures_and_builds(observability);
+
+    // An agent killed: its alert fires, naming it, and no other agent's.
+    let node = demo.node_of(CLIENT).to_owned();
+    let (_, node_ip) = demo.cluster.agent(&node);
+    let instance = format!("{node_ip}:15020");
+    demo.cluster.kill_agent(&node).expect("the agent killed");
+    let agent_down = |alert: &Value| alert["labels"]["alertname"] == "WeftNodeAgentDown";
+    let firing = wait_firing(observability, ALERT_FIRES_WITHIN, |alerts| {
+        alerts
+            .iter()
+            .any(|a| agent_down(a) && a["labels"]["instance"] == instance.as_str())
+    });
+    let down: Vec<&Value> = firing.iter().filter(|a| agent_down(a)).collect();
+    assert_eq!(down.len(), 1, "only {instance}'s agent is down: {down:#?}");
+
+    // The controller stopped: no certificate is renewed, so the agents' certificates reach
+    // their last quarter.
+    let held = observability
+        .query("weft_workload_certificate_expiry_timestamp_seconds{job=\"weft-node-agent\"}")
+        .expect("the certificates held");
+    let identities: Vec<&str> = held
+        .iter()
+        .filter_map(|s| s["metric"]["identity"].as_str())
+        .collect();
+    assert!(!identities.is_empty(), "the agents hold no certificate");
+    // Renewed in time so far: no certificate is in its last quarter.
+    let condition = &rules
+        .iter()
+        .find(|r| r.name == EXPIRING_SOON)
+        .expect("the shipped certificate alert")
+        .expr;
+    let renewed = observability
+        .query(condition)
+        .expect("the certificate alert's expression");
+    assert!(renewed.is_empty(), "{renewed:#?}");
+    demo.cluster
+        .stop_controller()
+        .expect("the controller stopped");
+    let expiring = |alert: &Value| alert["labels"]["alertname"] == EXPIRING_SOON;
+    let within = ALERT_FIRES_WITHIN + CERTIFICATE_TTL * 3 / 4;
+    let firing = wait_firing(observability, within, |alerts| {
+        alerts.iter().any(expiring)
+            && alerts
+                .iter()
+                .any(|a| a["labels"]["alertname"] == "WeftControllerDown")
+    });
+    for alert in firing.iter().filter(|a| expiring(a)) {
+        let identity = alert["labels"]["identity"].as_str().unwrap_or_default();
+        assert!(identities.contains(&identity), "{alert:#}");
+    }
+}
+
+/// Waits (for up to `within`) until `fired` holds of the firing alerts; returns them.
+fn wait_firing(
+    observability: &Observability,
+    within: Duration,
+    fired: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
     let mut firing = Vec::new();
-    let fired = eventually(Duration::from_secs(60), || {
+    let done = eventually(within, || {
         let alerts = observability.api("/api/v1/alerts").expect("the alerts");
         firing = alerts["alerts"]
             .as_array()
@@ -255,17 +348,100 @@ fn every_dashboard_query_and_alert_rule_answers_from_prometheus_scraping_bookinf
             .filter(|a| a["state"] == "firing")
             .cloned()
             .collect();
-        firing.iter().any(|a| {
-            a["labels"]["alertname"] == "WeftRequestsDenied"
-                && a["labels"]["destination_service_name"] == "reviews"
-        })
+        fired(&firing)
     });
-    assert!(fired, "WeftRequestsDenied does not fire: {firing:#?}");
+    assert!(done, "not fired within {within:?}: {firing:#?}");
+    firing
+}
+
+/// Every agent, waypoint and the controller report the process collector's figures and
+/// `istio_build` with their Istio component and version; the controller its push-time
+/// histogram in istiod's buckets, with the pushes that configured the mesh counted.
+fn process_figures_and_builds(observability: &Observability) {
+    let by_job = |query: &str| -> BTreeMap<String, f64> {
+        observability
+            .query(query)
+            .unwrap_or_else(|e| panic!("{query}: {e:#}"))
+            .iter()
+            .map(|s| {
+                let job = s["metric"]["job"].as_str().unwrap_or_default().to_owned();
+                let value = s["value"][1].as_str().and_then(|v| v.parse().ok());
+                (job, value.unwrap_or(f64::NAN))
+            })
+            .collect()
+    };
+    let targets = by_job("count by (job) (up == 1)");
+    assert_eq!(targets.len(), 3, "{targets:?}");
+    for metric in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_virtual_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_start_time_seconds",
+    ] {
+        assert_eq!(
+            by_job(&format!("count by (job) ({metric} > 0)")),
+            targets,
+            "{metric} from every target"
+        );
+    }
+    // Each process's figures are its own: a start time within the last hours, descriptors
+    // below their limit, some CPU used.
+    assert_eq!(
+        by_job("count by (job) (time() - process_start_time_seconds < 3600)"),
+        targets
+    );
+    assert_eq!(
+        by_job("count by (job) (process_open_fds < process_max_fds)"),
+        targets
+    );
+    assert_eq!(
+        by_job("count by (job) (rate(process_cpu_seconds_total[1m]) >= 0)"),
+        targets
+    );
+    let version = env!("CARGO_PKG_VERSION");
+    for (job, component) in [
+        ("weft-node-agent", "ztunnel"),
+        ("weft-waypoint", "proxy"),
+        ("weft-controller", "pilot"),
+    ] {
+        let query = format!(
+            "count(istio_build{{job=\"{job}\",component=\"{component}\",tag=\"{version}\"}} == 1)"
+        );
+        let count = observability.value(&query).expect("istio_build");
+        assert_eq!(Some(&count), targets.get(job), "{query}");
+    }
+    let buckets = observability
+        .query("pilot_proxy_convergence_time_bucket{job=\"weft-controller\"}")
+        .expect("the convergence buckets");
+    let mut bounds: Vec<&str> = buckets
+        .iter()
+        .filter_map(|s| s["metric"]["le"].as_str())
+        .collect();
+    bounds.sort_by(|a, b| {
+        let bound = |s: &str| s.parse::<f64>().unwrap_or(f64::INFINITY);
+        bound(a).total_cmp(&bound(b))
+    });
+    assert_eq!(
+        bounds,
+        [
+            "0.1", "0.5", "1.0", "3.0", "5.0", "10.0", "20.0", "30.0", "+Inf"
+        ]
+    );
+    // One query, so both series come from the same scrape.
+    let untimed = observability
+        .query("pilot_xds_pushes{job=\"weft-controller\"} - pilot_proxy_convergence_time_count{job=\"weft-controller\"}")
+        .expect("the pushes");
+    assert_eq!(untimed.len(), 1, "{untimed:#?}");
+    assert_eq!(
+        untimed[0]["value"][1], "0",
+        "pushes not timed: {untimed:#?}"
+    );
     assert!(
-        firing.iter().all(|a| !matches!(
-            a["labels"]["alertname"].as_str(),
-            Some("WeftNodeAgentDown" | "WeftWorkloadCertificateExpiringSoon")
-        )),
-        "{firing:#?}"
+        observability
+            .value("pilot_proxy_convergence_time_count{job=\"weft-controller\"}")
+            .expect("the pushes timed")
+            > 0.0
     );
 }

@@ -56,6 +56,21 @@ fn an_ingress_gateway_gets_a_service_account_deployment_and_load_balancer() {
         "edge"
     );
     assert_eq!(pod["metadata"]["labels"]["istio.io/dataplane-mode"], "none");
+    // Scraped where its metrics are served, as Istio's gateway pods are.
+    assert_eq!(
+        pod["metadata"]["annotations"],
+        json!({
+            "prometheus.io/scrape": "true",
+            "prometheus.io/port": "15020",
+            "prometheus.io/path": "/stats/prometheus",
+        })
+    );
+    assert!(
+        pod["spec"]["containers"][0]["ports"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"name": "http-metrics", "containerPort": 15020}))
+    );
     assert_eq!(pod["spec"]["serviceAccountName"], "edge-istio");
     let container = &pod["spec"]["containers"][0];
     assert_eq!(container["image"], "example.com/weft/waypoint:1");

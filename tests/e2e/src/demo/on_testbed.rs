@@ -22,7 +22,13 @@ pub struct OnTestbed {
     mesh: Mesh,
 }
 
-pub fn start(examples: &Examples, pods: &[PodSpec]) -> anyhow::Result<OnTestbed> {
+/// Starts the mesh with `options` (the examples' files in place of its `config_files`) and
+/// its edge.
+pub fn start(
+    examples: &Examples,
+    pods: &[PodSpec],
+    options: MeshOptions,
+) -> anyhow::Result<OnTestbed> {
     let (held_back, files): (Vec<_>, Vec<_>) = examples
         .files
         .iter()
@@ -32,7 +38,7 @@ pub fn start(examples: &Examples, pods: &[PodSpec]) -> anyhow::Result<OnTestbed>
         pods.to_vec(),
         MeshOptions {
             config_files: files,
-            ..MeshOptions::default()
+            ..options
         },
     )
     .context("starting the mesh")?;
@@ -85,6 +91,17 @@ impl Cluster for OnTestbed {
     fn set_outbound_traffic_policy(&self, mode: &str) -> anyhow::Result<()> {
         self.set_mesh_config(&format!("outboundTrafficPolicy:\n  mode: {mode}\n"))?;
         self.await_agents(mode, |state| state["outbound_traffic_policy"] == mode)
+    }
+
+    fn kill_agent(&mut self, node: &str) -> anyhow::Result<()> {
+        anyhow::ensure!(self.mesh.runs_agent(node), "no agent runs on {node}");
+        self.mesh.kill_agent(node);
+        Ok(())
+    }
+
+    fn stop_controller(&mut self) -> anyhow::Result<()> {
+        self.mesh.stop_controller();
+        Ok(())
     }
 
     fn capture_scope(&self) -> CaptureScope {
