@@ -265,7 +265,7 @@ pub const CATALOG: &[NotApplied] = &[
         K::ServiceEntry,
         "spec.resolution",
         Equals(&["DYNAMIC_DNS"]),
-        "the hosts get no endpoints: connections to them fail",
+        "applied at waypoints to HTTP ports only (each request's Host resolved); TLS ports (SNI) and TLS origination are not: their connections fail",
     ),
     entry(
         K::ServiceEntry,
