@@ -449,7 +449,8 @@ pub struct MeshOptions {
     pub log_requests: bool,
     /// Further environment for every agent (`WORKER_THREADS`, ...), after the harness's own.
     pub agent_env: Vec<(String, String)>,
-    /// Further environment for every waypoint (`DNS_RESOLV_CONF`, ...), after the harness's own.
+    /// Further environment for every waypoint (`DNS_RESOLV_CONF`, ...), after the harness's own;
+    /// `{dir}` in a value stands for the mesh's directory.
     pub waypoint_env: Vec<(String, String)>,
     /// Istio's mesh config (YAML) the controller starts with (`--mesh-config`); Istio's
     /// defaults when empty. [`Mesh::set_mesh_config`] changes it later.

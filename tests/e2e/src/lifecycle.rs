@@ -567,7 +567,11 @@ impl Mesh {
             .env("SERVICE_ACCOUNT", &spec.service_account)
             .env("CREDENTIALS_DIR", self.waypoint_credentials(name))
             .env("RUST_LOG", "info")
-            .envs(self.waypoint_env.iter().map(|(k, v)| (k, v)));
+            .envs(
+                self.waypoint_env
+                    .iter()
+                    .map(|(k, v)| (k, v.replace("{dir}", &self.dir.to_string_lossy()))),
+            );
         let log = self.dir.join(format!("waypoint-{name}.log"));
         let process = Process::spawn(&format!("waypoint {name}"), command, log)?;
         self.waypoints.insert(name.to_string(), process);
