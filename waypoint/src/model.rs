@@ -205,6 +205,15 @@ impl Target<'_> {
         }
     }
 
+    /// The wildcard host of a `DYNAMIC_DNS` service: its connections name their endpoint (the
+    /// request's Host, a TLS connection's SNI), which must fall under it.
+    pub fn dynamic_dns_wildcard(&self) -> Option<&str> {
+        match self {
+            Target::Service(t) if t.service.dynamic_dns => Some(&t.service.hostname),
+            _ => None,
+        }
+    }
+
     pub fn protocol(&self) -> Protocol {
         match self {
             Target::Service(t) => t.port.protocol,

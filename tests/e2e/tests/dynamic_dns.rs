@@ -27,6 +27,7 @@ spec:
   resolution: DYNAMIC_DNS
   ports:
   - {number: 8080, name: http, protocol: HTTP}
+  - {number: 8443, name: tls, protocol: TLS}
 "#;
 
 /// A route on the wildcard host: a header, and a fault on one path.
@@ -196,4 +197,65 @@ fn names_under_a_dynamic_dns_wildcard_reach_their_own_servers_through_the_waypoi
         &["response_code=\"404\"", "response_flags=\"NR\""],
     );
     assert!(refused.is_some_and(|n| n >= 1), "{metrics}");
+
+    // TLS passed through: the ClientHello's SNI names the server. Each server holds a
+    // certificate for its own name only, which the client verifies.
+    let mut servers = Vec::new();
+    for (pod, name) in [("alpha", "a.wild.example"), ("beta", "b.wild.example")] {
+        let (ca, cert, key) = weft_e2e::server_certificate(name);
+        let file = |kind: &str, text: &str| {
+            let path = mesh.dir().join(format!("{name}-{kind}.pem"));
+            std::fs::write(&path, text).unwrap();
+            path.to_str().unwrap().to_owned()
+        };
+        let (cert, key) = (file("cert", &cert), file("key", &key));
+        file("ca", &ca);
+        let args = [
+            "s_server", "-quiet", "-accept", "8443", "-cert", &cert, "-key", &key, "-www",
+        ];
+        servers.push(
+            mesh.spawn_in_pod(pod, "openssl", &args)
+                .expect("start openssl s_server"),
+        );
+        mesh.wait_listening(pod, 8443).unwrap();
+    }
+    let ca = |name: &str| {
+        mesh.dir()
+            .join(format!("{name}-ca.pem"))
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    for name in ["a.wild.example", "b.wild.example"] {
+        let answer = mesh.curl_resolving(
+            "client",
+            &resolv,
+            &["--cacert", &ca(name), &format!("https://{name}:8443/")],
+        );
+        assert_eq!(
+            answer.status,
+            200,
+            "{name}: {}\n{}",
+            answer.body,
+            mesh.logs()
+        );
+        assert!(answer.body.contains("Cipher"), "{}", answer.body);
+    }
+    // A server name outside the wildcard, on the wildcard's address: no connection, no query.
+    let outside = mesh.curl_resolving(
+        "client",
+        &resolv,
+        &[
+            "-k",
+            "--resolve",
+            &format!("elsewhere.example.org:8443:{vip}"),
+            "https://elsewhere.example.org:8443/",
+        ],
+    );
+    assert_eq!(outside.status, 0, "{}", outside.body);
+    assert!(!resolver.asked("elsewhere.example.org"));
+    for server in &mut servers {
+        let _ = server.kill();
+        let _ = server.wait();
+    }
 }
