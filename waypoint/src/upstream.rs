@@ -84,6 +84,7 @@ static OUTSIDE_THE_MESH: std::sync::LazyLock<Arc<crate::model::WorkloadInfo>> =
     std::sync::LazyLock::new(|| {
         Arc::new(crate::model::WorkloadInfo {
             uid: String::new(),
+            name: String::new(),
             labels: Default::default(),
             identity: None,
         })
