@@ -38,6 +38,9 @@ pub const POD_NAME: &str = "POD_NAME";
 /// Local mode's credentials: `<dir>/<credentialName>/tls.crt`, `tls.key`, `ca.crt`. Unset
 /// (Kubernetes mode), a gateway has only the credentials the controller serves.
 pub const CREDENTIALS_DIR: &str = "CREDENTIALS_DIR";
+/// The resolver configuration ServiceEntry names are resolved with (default the system's
+/// `/etc/resolv.conf`), as the node agent's variable of the same name.
+pub const DNS_RESOLV_CONF: &str = "DNS_RESOLV_CONF";
 /// The address a gateway's ports are opened on.
 pub const GATEWAY_ADDRESS: &str = "GATEWAY_ADDRESS";
 pub const DEFAULT_GATEWAY_ADDRESS: &str = "0.0.0.0";
@@ -112,6 +115,8 @@ pub struct Config {
     /// [`CREDENTIALS_DIR`], for either role: where the credentials a DestinationRule's
     /// `credentialName` names for TLS origination are read (local mode).
     pub origination_credentials: Option<PathBuf>,
+    /// [`DNS_RESOLV_CONF`]; `None`: `/etc/resolv.conf`.
+    pub dns_resolv_conf: Option<PathBuf>,
 }
 
 /// One worker thread per CPU the process may run on.
@@ -167,6 +172,7 @@ impl Config {
             role,
             gateway_address: settings.parse_or(GATEWAY_ADDRESS, DEFAULT_GATEWAY_ADDRESS)?,
             origination_credentials: settings.path(CREDENTIALS_DIR),
+            dns_resolv_conf: settings.path(DNS_RESOLV_CONF),
             upgrades: match settings.string(UPGRADES) {
                 None => crate::conformance::DEFAULT_UPGRADES
                     .iter()

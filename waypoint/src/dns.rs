@@ -59,11 +59,11 @@ impl NameTable for Names {
 
 /// Resolves the names of `store`'s clusters until the task is dropped: at once when a
 /// configuration brings names, and again as their answers expire.
-pub async fn run(store: ConfigStore) {
+pub async fn run(store: ConfigStore, resolv_conf: Option<std::path::PathBuf>) {
     let changes = store.version();
     let names = Names {
         store,
         round: Mutex::default(),
     };
-    weft_proxy_core::dns::run(names, changes).await;
+    weft_proxy_core::dns::run_configured(names, changes, resolv_conf).await;
 }

@@ -295,7 +295,7 @@ async fn forward<IO>(
 {
     // Bytes are carried until either side closes or the drain's deadline ends the process.
     let _drain = drain;
-    let Ok(mut upstream) = open_tcp_upstream(shared, context).await else {
+    let Ok(mut upstream) = open_tcp_upstream(shared, context, None).await else {
         let _ = io.shutdown().await;
         return;
     };

@@ -87,6 +87,9 @@ pub struct WaypointOptions {
     /// Where TLS origination credentials named by a DestinationRule's `credentialName` are
     /// read (local mode's `CREDENTIALS_DIR`); `None`: such a cluster fails closed.
     pub origination_credentials: Option<std::path::PathBuf>,
+    /// The resolver configuration `DYNAMIC_DNS` hosts are resolved with; `None`: the
+    /// system's (`/etc/resolv.conf`).
+    pub dns_resolv_conf: Option<std::path::PathBuf>,
 }
 
 impl WaypointOptions {
@@ -106,6 +109,7 @@ impl WaypointOptions {
             drain: DrainStatus::default(),
             node_id: String::new(),
             origination_credentials: None,
+            dns_resolv_conf: None,
         }
     }
 }
@@ -140,6 +144,7 @@ impl Waypoint {
             Arc::clone(&options.certificates),
             options.hbone_address,
             options.workers.as_ref().map_or(1, Workers::len),
+            upstream::dynamic_dns::DynamicDnsCache::system(options.dns_resolv_conf.clone()),
         );
         weft_proxy_core::metrics::register_process_metrics(
             &mut registry,

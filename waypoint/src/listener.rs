@@ -259,12 +259,12 @@ impl ConnectHandler for TunnelHandler {
         // Whether the tunnel carries HTTP or bytes is decided once, as the bytes start to flow;
         // everything else about its destination is looked up again per request (HTTP) or on
         // every configuration change (TCP).
-        let Some(protocol) = self
+        let Some((protocol, by_server_name)) = self
             .shared
             .store
             .snapshot()
             .target_for(request.authority)
-            .map(|target| target.protocol())
+            .map(|target| (target.protocol(), target.dynamic_dns_wildcard().is_some()))
         else {
             debug!(authority = %request.authority, "tunnel for a destination this waypoint does not serve");
             return Err(Refusal::BadRequest);
@@ -279,8 +279,23 @@ impl ConnectHandler for TunnelHandler {
             destination: request.authority,
             edge: None,
         });
+        if protocol.is_opaque() && by_server_name {
+            // A DYNAMIC_DNS host's TLS: the ClientHello names the endpoint, so the tunnel is
+            // accepted first and the upstream chosen once the hello is read.
+            let (inside, outside) = tokio::io::duplex(TUNNEL_BUFFER);
+            let shared = Arc::clone(&self.shared);
+            let drain = self.drain.clone();
+            tokio::spawn(
+                async move {
+                    let _drain = drain;
+                    crate::tcp::carry_by_server_name(&shared, &context, inside).await;
+                }
+                .instrument(debug_span!("tls_by_server_name")),
+            );
+            return Ok(Box::new(outside));
+        }
         if protocol.is_opaque() {
-            return open_tcp_upstream(&self.shared, &context).await;
+            return open_tcp_upstream(&self.shared, &context, None).await;
         }
         let (inside, outside) = tokio::io::duplex(TUNNEL_BUFFER);
         let shared = Arc::clone(&self.shared);
@@ -300,7 +315,8 @@ impl ConnectHandler for TunnelHandler {
                         // Bytes are carried until either side closes or the drain's deadline
                         // ends the process, as ztunnel carries TCP.
                         let _drain = drain;
-                        let Ok(mut upstream) = open_tcp_upstream(&shared, &context).await else {
+                        let Ok(mut upstream) = open_tcp_upstream(&shared, &context, None).await
+                        else {
                             return;
                         };
                         let mut inside = inside;

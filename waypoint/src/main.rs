@@ -178,6 +178,7 @@ async fn run(config: Config, workers: Workers) -> anyhow::Result<()> {
         )
         .context("raising RLIMIT_NOFILE")?,
         origination_credentials: config.origination_credentials.clone(),
+        dns_resolv_conf: config.dns_resolv_conf.clone(),
         ..WaypointOptions::new(identity, certificates.clone())
     });
     if let Some(file) = &config.config_file {
@@ -257,7 +258,7 @@ async fn run(config: Config, workers: Workers) -> anyhow::Result<()> {
     tokio::spawn(readiness.run());
     tokio::spawn(admin.run());
     tokio::spawn(
-        waypoint::dns::run(waypoint.store().clone())
+        waypoint::dns::run(waypoint.store().clone(), config.dns_resolv_conf.clone())
             .instrument(tracing::info_span!("endpoint_names")),
     );
     match (hbone, &config.role) {

@@ -182,6 +182,7 @@ impl WorkloadTarget<'_> {
             destination_rule: String::new(),
             hostnames: Vec::new(),
             tls: None,
+            dynamic_dns: false,
         }
     }
 }
@@ -201,6 +202,15 @@ impl Target<'_> {
         match self {
             Target::Service(t) => t.port.port,
             Target::Workload(t) => t.port,
+        }
+    }
+
+    /// The wildcard host of a `DYNAMIC_DNS` service: its connections name their endpoint (the
+    /// request's Host, a TLS connection's SNI), which must fall under it.
+    pub fn dynamic_dns_wildcard(&self) -> Option<&str> {
+        match self {
+            Target::Service(t) if t.service.dynamic_dns => Some(&t.service.hostname),
+            _ => None,
         }
     }
 
@@ -379,6 +389,22 @@ pub struct Service {
     pub route_matches: Vec<RouteMatches>,
     pub http_routes: Vec<Route>,
     pub tcp_routes: Vec<TcpRoute>,
+    /// A wildcard host with `resolution: DYNAMIC_DNS`: only requests for names under it are
+    /// routed ([`Service::admits_authority`]).
+    pub dynamic_dns: bool,
+}
+
+impl Service {
+    /// Whether a request for `authority` may be routed: always, but for a `DYNAMIC_DNS`
+    /// wildcard, whose requests must name a host under it (Istio gives that virtual host only
+    /// the wildcard as domain; anything else finds no route).
+    pub fn admits_authority(&self, authority: &str) -> bool {
+        !self.dynamic_dns
+            || crate::upstream::dynamic_dns::under_wildcard(
+                &self.hostname,
+                crate::upstream::dynamic_dns::host_and_port(authority).0,
+            )
+    }
 }
 
 /// An L7 policy and the services it is scoped to (empty: all).

@@ -23,6 +23,7 @@ use weft_policy::route::pick_weighted;
 use crate::metrics::{ConnectionInfo, Peer, ResponseFlag};
 use crate::model::{Cluster, Target, WaypointConfig};
 use crate::proxy::{LocalReply, ProxyShared, TunnelContext, rbac_details};
+use crate::upstream::dynamic_dns::under_wildcard;
 use crate::upstream::{BoxedIo, HashInput};
 
 /// The connections the waypoint carries as a stream of bytes, each with the tunnel it arrived
@@ -138,6 +139,7 @@ fn tcp_destination(
 pub async fn open_tcp_upstream(
     shared: &ProxyShared,
     context: &Arc<TunnelContext>,
+    server_name: Option<&str>,
 ) -> Result<BoxedIo, Refusal> {
     // Registered before the decision: a configuration applied meanwhile decides it again.
     let registration = shared
@@ -210,7 +212,25 @@ pub async fn open_tcp_upstream(
         source_ip: context.source_ip,
     };
     let upstream = &shared.upstream;
-    let endpoint = match upstream.choose_endpoint(&cluster, &hash, &[]) {
+    let chosen = if cluster.dynamic_dns {
+        // Only a server name under the service's wildcard is resolved (Istio's SNI dynamic
+        // forward proxy, on the service's port); any other finds no route.
+        let Some(name) = server_name.filter(|name| {
+            target
+                .dynamic_dns_wildcard()
+                .is_some_and(|wildcard| under_wildcard(wildcard, name))
+        }) else {
+            debug!(?server_name, "server name outside the wildcard");
+            info.response_flags = flags_of(LocalReply::RouteNotFound);
+            drop(shared.metrics.connection_opened(info));
+            return Err(Refusal::UpstreamUnavailable);
+        };
+        let authority = format!("{name}:{}", cluster.port);
+        upstream.dynamic_endpoint(&cluster, &authority).await
+    } else {
+        upstream.choose_endpoint(&cluster, &hash, &[])
+    };
+    let endpoint = match chosen {
         Ok(endpoint) => endpoint,
         Err(error) => {
             info.response_flags = flags_of(error.into());
@@ -240,6 +260,34 @@ pub async fn open_tcp_upstream(
             drop(shared.metrics.connection_opened(info));
             Err(Refusal::UpstreamUnavailable)
         }
+    }
+}
+
+/// A TLS connection to a `DYNAMIC_DNS` host, carried on `inside`: the ClientHello's SNI names
+/// the endpoint (read within the ClientHello's bounds, then replayed to it untouched). A hello
+/// that cannot be read, or names no server, closes the connection.
+pub async fn carry_by_server_name(
+    shared: &ProxyShared,
+    context: &Arc<TunnelContext>,
+    mut inside: tokio::io::DuplexStream,
+) {
+    use tokio::io::AsyncWriteExt;
+    let hello = match crate::gateway::client_hello::read_client_hello(&mut inside).await {
+        Ok(hello) => hello,
+        Err(error) => {
+            debug!(%error, "no ClientHello to take the server name from");
+            return;
+        }
+    };
+    let Ok(mut upstream) = open_tcp_upstream(shared, context, hello.sni.as_deref()).await else {
+        return;
+    };
+    if let Err(error) = upstream.write_all(&hello.bytes).await {
+        debug!(%error, "replaying the ClientHello failed");
+        return;
+    }
+    if let Err(error) = tokio::io::copy_bidirectional(&mut inside, &mut upstream).await {
+        debug!(%error, "tls stream ended");
     }
 }
 

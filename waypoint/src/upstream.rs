@@ -53,6 +53,9 @@ pub enum UpstreamError {
         endpoint: SocketAddr,
         reason: String,
     },
+    /// A `DYNAMIC_DNS` cluster's name gave no address, or there was no room to resolve it.
+    #[error(transparent)]
+    Dns(#[from] dynamic_dns::DnsError),
 }
 
 /// Where the waypoint dials an endpoint's HBONE listener. Production: `<endpoint ip>:15008`;
@@ -67,6 +70,7 @@ pub fn default_hbone_address() -> HboneAddressResolver {
 mod balancing;
 mod body;
 mod connections;
+pub mod dynamic_dns;
 mod tls;
 
 use balancing::ClusterRuntime;
@@ -74,6 +78,17 @@ pub use balancing::{Admission, EndpointStatus, HashInput, RetryPermit};
 pub use body::{Ending, Replayable, RequestBody};
 use connections::{EndpointDialer, TunnelKey};
 pub use tls::OriginatedTls;
+
+/// What the waypoint knows of an endpoint found by name at request time: nothing.
+static OUTSIDE_THE_MESH: std::sync::LazyLock<Arc<crate::model::WorkloadInfo>> =
+    std::sync::LazyLock::new(|| {
+        Arc::new(crate::model::WorkloadInfo {
+            uid: String::new(),
+            name: String::new(),
+            labels: Default::default(),
+            identity: None,
+        })
+    });
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
@@ -97,6 +112,8 @@ struct UpstreamInner {
     resolve: HboneAddressResolver,
     clusters: Mutex<HashMap<String, Arc<ClusterRuntime>>>,
     connections: Mutex<HashMap<String, Arc<AtomicUsize>>>,
+    /// The names `DYNAMIC_DNS` clusters resolved.
+    dynamic_dns: dynamic_dns::DynamicDnsCache,
 }
 
 /// The upstream connections of one worker.
@@ -153,7 +170,13 @@ impl Upstream {
         certificates: Arc<dyn CertificateSource>,
         resolve: HboneAddressResolver,
     ) -> Self {
-        Self::with_workers(identity, certificates, resolve, 1)
+        Self::with_workers(
+            identity,
+            certificates,
+            resolve,
+            1,
+            dynamic_dns::DynamicDnsCache::system(None),
+        )
     }
 
     /// An upstream with connection pools for each of `workers` workers; the cluster state
@@ -163,6 +186,7 @@ impl Upstream {
         certificates: Arc<dyn CertificateSource>,
         resolve: HboneAddressResolver,
         workers: usize,
+        dynamic_dns: dynamic_dns::DynamicDnsCache,
     ) -> Self {
         let dialer = HboneDialer::new(certificates);
         let pools = (0..workers.max(1))
@@ -181,8 +205,32 @@ impl Upstream {
                 resolve,
                 clusters: Mutex::new(HashMap::new()),
                 connections: Mutex::new(HashMap::new()),
+                dynamic_dns,
             }),
         }
+    }
+
+    /// The endpoint of a `DYNAMIC_DNS` cluster for a request to `authority`: its host resolved
+    /// ([`dynamic_dns`]), on its port, else 80 (443 when the cluster originates TLS), as
+    /// Envoy's dynamic forward proxy cluster takes it; outside the mesh, reached in plain TCP
+    /// or the cluster's TLS.
+    pub async fn dynamic_endpoint(
+        &self,
+        cluster: &Cluster,
+        authority: &str,
+    ) -> Result<Endpoint, UpstreamError> {
+        let (host, port) = dynamic_dns::host_and_port(authority);
+        let default_port = if cluster.tls.is_some() { 443 } else { 80 };
+        let address = self.inner.dynamic_dns.resolve(host).await?;
+        Ok(Endpoint {
+            address: SocketAddr::new(address, port.unwrap_or(default_port)),
+            identity: None,
+            workload: Arc::clone(&OUTSIDE_THE_MESH),
+            tunnel: crate::model::Tunnel::Plain,
+            tunnel_via: None,
+            healthy: true,
+            weight: 1,
+        })
     }
 
     /// The calling worker's connection pools.

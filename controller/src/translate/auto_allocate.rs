@@ -5,7 +5,8 @@
 //! with and carry like any VIP. Eligible, as Istio's `ShouldV2AutoAllocateIP`: no
 //! `spec.addresses`, `resolution` other than `NONE`, no
 //! `networking.istio.io/enable-autoallocate-ip: "false"` label, and a host without a
-//! wildcard (a wildcard cannot be one DNS answer).
+//! wildcard unless the entry's `resolution` is `DYNAMIC_DNS` (Istio's `keepHost`: then the
+//! wildcard's address answers every name under it, and the waypoint resolves the real one).
 //!
 //! Istio allocates the next free address and keeps it in the entry's `status.addresses`. Here
 //! an allocation is a pure function of the configuration, so that every controller, and the
@@ -93,6 +94,13 @@ pub fn eligible(entry: &ServiceEntry) -> bool {
         && !opted_out
 }
 
+/// Whether `host` of an eligible entry gets addresses (Istio's `keepHost`): a wildcard only
+/// under `resolution: DYNAMIC_DNS`, whose one address stands for every name under it (the
+/// agents' DNS proxy answers those names with it, and the waypoint resolves the real name).
+fn keeps_host(entry: &ServiceEntry, host: &str) -> bool {
+    !host.contains('*') || entry.spec.resolution == Some(ServiceEntryResolution::DynamicDns)
+}
+
 /// Allocates addresses to every eligible host of the index's ServiceEntries.
 pub fn allocate(index: &ConfigIndex) -> Allocation {
     struct Host<'a> {
@@ -105,7 +113,7 @@ pub fn allocate(index: &ConfigIndex) -> Allocation {
     for entry in index.service_entries.values().filter(|e| eligible(e)) {
         let status = status_addresses(entry);
         for (position, host) in entry.spec.hosts.iter().enumerate() {
-            if host.contains('*') {
+            if !keeps_host(entry, host) {
                 continue;
             }
             let kept = status

@@ -265,7 +265,7 @@ pub const CATALOG: &[NotApplied] = &[
         K::ServiceEntry,
         "spec.resolution",
         Equals(&["DYNAMIC_DNS"]),
-        "the hosts get no endpoints: connections to them fail",
+        "applied at waypoints (each request's Host, each TLS connection's SNI resolved); TLS origination to such a host is not: its requests fail (503 UF)",
     ),
     entry(
         K::ServiceEntry,

@@ -64,27 +64,74 @@ pub trait NameTable {
 /// resolve a name, and an unused resolver would cost every one of them its memory (its caches,
 /// the pages of its code).
 pub async fn run<T: NameTable>(table: T, changes: watch::Receiver<u64>) {
-    let resolver: OnceLock<Result<TokioResolver, String>> = OnceLock::new();
+    run_configured(table, changes, None).await;
+}
+
+/// [`run`] with the resolver configuration at `resolv_conf` (`None`: the system's).
+pub async fn run_configured<T: NameTable>(
+    table: T,
+    changes: watch::Receiver<u64>,
+    resolv_conf: Option<std::path::PathBuf>,
+) {
+    let resolver = LazyResolver::new(resolv_conf);
     resolve_with(table, changes, |name| {
         let resolver = &resolver;
-        async move {
-            let resolver = resolver.get_or_init(|| {
-                system_resolver().inspect_err(|error| {
-                    tracing::error!(%error, "no DNS resolver: hostname endpoints stay unresolved");
-                })
-            });
-            match resolver {
-                Ok(resolver) => lookup(resolver, &name).await,
-                Err(error) => Err(format!("no DNS resolver: {error}")),
-            }
-        }
+        async move { resolver.lookup(&name).await }
     })
     .await;
 }
 
+/// A stub resolver built at its first lookup from `resolv_conf` (`None`: the system's), so
+/// that a proxy that never resolves a name pays nothing for it.
+#[derive(Debug, Default)]
+pub struct LazyResolver {
+    resolv_conf: Option<std::path::PathBuf>,
+    built: OnceLock<Result<TokioResolver, String>>,
+}
+
+impl LazyResolver {
+    pub fn new(resolv_conf: Option<std::path::PathBuf>) -> Self {
+        LazyResolver {
+            resolv_conf,
+            built: OnceLock::new(),
+        }
+    }
+
+    /// The addresses of `name`, asked as given (a final dot skips the search domains).
+    pub async fn lookup(&self, name: &str) -> Result<Answer, String> {
+        let built = self.built.get_or_init(|| {
+            resolver_from(self.resolv_conf.as_deref())
+                .inspect_err(|error| tracing::error!(%error, "no DNS resolver"))
+        });
+        match built {
+            Ok(resolver) => lookup(resolver, name).await,
+            Err(error) => Err(format!("no DNS resolver: {error}")),
+        }
+    }
+}
+
 /// The stub resolver of `/etc/resolv.conf` and the hosts file, asking for both families.
 pub fn system_resolver() -> Result<TokioResolver, String> {
-    let mut builder = TokioResolver::builder_tokio().map_err(|e| e.to_string())?;
+    resolver_from(None)
+}
+
+/// The stub resolver of `resolv_conf` (`None`: `/etc/resolv.conf`) and the hosts file, asking
+/// for both families; the file is read once, here.
+pub fn resolver_from(resolv_conf: Option<&std::path::Path>) -> Result<TokioResolver, String> {
+    let mut builder = match resolv_conf {
+        None => TokioResolver::builder_tokio().map_err(|e| e.to_string())?,
+        Some(path) => {
+            let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let (config, options) = hickory_resolver::system_conf::parse_resolv_conf(text)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            let mut builder = TokioResolver::builder_with_config(
+                config,
+                hickory_resolver::net::runtime::TokioRuntimeProvider::default(),
+            );
+            *builder.options_mut() = options;
+            builder
+        }
+    };
     let options = builder.options_mut();
     options.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
     options.timeout = LOOKUP_TIMEOUT;

@@ -109,7 +109,7 @@ pub(super) async fn handle(
             service,
             ..
         } => (
-            Some(destination.clone()),
+            destination.clone(),
             service.clone(),
             SecurityPolicy::MutualTls,
         ),

@@ -39,7 +39,9 @@ pub enum OutboundPlan {
         target: SocketAddr,
         /// The identity the server at `gateway` must prove.
         expected_identity: SpiffeId,
-        destination: Arc<Workload>,
+        /// The endpoint the connection is for; `None` through a waypoint to a service without
+        /// endpoints (a `DYNAMIC_DNS` ServiceEntry's host, which the waypoint resolves).
+        destination: Option<Arc<Workload>>,
         service: Option<Arc<Service>>,
         via_waypoint: bool,
     },
@@ -93,7 +95,14 @@ pub fn plan_outbound(
         if let Some(waypoint) = destination.waypoint.as_ref()
             && !is_waypoint_itself(store, source, waypoint)
         {
-            return plan_waypoint(store, waypoint, original, destination.clone(), None, roll);
+            return plan_waypoint(
+                store,
+                waypoint,
+                original,
+                Some(destination.clone()),
+                None,
+                roll,
+            );
         }
         // An external host is in the registry as its ServiceEntry's host, reached by the
         // host's addresses: its endpoint's own address is not (a sidecar has no listener for it).
@@ -148,12 +157,10 @@ fn plan_service(
     if let Some(waypoint) = service.waypoint.clone()
         && !is_waypoint_itself(store, source, &waypoint)
     {
-        let destination = candidates.first().map(|(w, _)| w.clone()).ok_or_else(|| {
-            OutboundError::NoHealthyEndpoint {
-                service: key.to_string(),
-                port,
-            }
-        })?;
+        // As ztunnel: the waypoint picks the endpoint, so a service without one of its own
+        // (a DYNAMIC_DNS host, whose endpoint is the name each request gives) goes there too;
+        // the first candidate only names the destination in the metrics.
+        let destination = candidates.first().map(|(w, _)| w.clone());
         return plan_waypoint(store, &waypoint, original, destination, Some(service), roll);
     }
     if candidates.is_empty() {
@@ -260,7 +267,7 @@ fn plan_workload(
         gateway: SocketAddr::new(target.ip(), weft_hbone::HBONE_PORT),
         target,
         expected_identity,
-        destination,
+        destination: Some(destination),
         service,
         via_waypoint: false,
     })
@@ -270,7 +277,7 @@ fn plan_waypoint(
     store: &WorkloadStore,
     waypoint: &GatewayAddress,
     original: SocketAddr,
-    destination: Arc<Workload>,
+    destination: Option<Arc<Workload>>,
     service: Option<Arc<Service>>,
     roll: usize,
 ) -> Result<OutboundPlan, OutboundError> {

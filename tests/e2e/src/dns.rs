@@ -8,8 +8,8 @@ use std::{
     path::{Path, PathBuf},
     process::Command,
     sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
     },
     time::Duration,
 };
@@ -67,10 +67,11 @@ impl Mesh {
     }
 }
 
-/// A resolver on UDP port 53 of a test's namespace that knows one name (an A record) and
-/// answers NXDOMAIN to everything else, counting the queries it receives. Stops when dropped.
+/// A resolver on UDP port 53 of a test's namespace that knows some names (A records, TTL
+/// 60 s) and answers NXDOMAIN to everything else, recording the names it is asked. Stops when
+/// dropped.
 pub struct UpstreamResolver {
-    queries: Arc<AtomicUsize>,
+    asked: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -78,6 +79,12 @@ pub struct UpstreamResolver {
 impl UpstreamResolver {
     /// Starts it in `pod`'s network namespace, answering `name` with `address`.
     pub fn start(mesh: &Mesh, pod: &str, name: &str, address: Ipv4Addr) -> Self {
+        Self::with_records(mesh, pod, &[(name, address)])
+    }
+
+    /// Starts it in `pod`'s network namespace, answering each name of `records` with its
+    /// address.
+    pub fn with_records(mesh: &Mesh, pod: &str, records: &[(&str, Ipv4Addr)]) -> Self {
         let socket = mesh
             .pod(pod)
             .netns
@@ -87,25 +94,30 @@ impl UpstreamResolver {
         socket
             .set_read_timeout(Some(Duration::from_millis(100)))
             .unwrap();
-        let (queries, stop) = (
-            Arc::new(AtomicUsize::new(0)),
+        let (asked, stop) = (
+            Arc::new(Mutex::new(Vec::new())),
             Arc::new(AtomicBool::new(false)),
         );
-        let (counted, stopped, name) = (queries.clone(), stop.clone(), name.to_owned());
+        let (recorded, stopped) = (asked.clone(), stop.clone());
+        let records: Vec<(String, Ipv4Addr)> = records
+            .iter()
+            .map(|(name, address)| (name.to_ascii_lowercase(), *address))
+            .collect();
         let thread = std::thread::spawn(move || {
             let mut buffer = [0u8; 1500];
             while !stopped.load(Ordering::SeqCst) {
                 let Ok((length, from)) = socket.recv_from(&mut buffer) else {
                     continue;
                 };
-                counted.fetch_add(1, Ordering::SeqCst);
-                if let Some(answer) = answer(&buffer[..length], &name, address) {
-                    let _ = socket.send_to(&answer, from);
-                }
+                let Some((name, answer)) = answer(&buffer[..length], &records) else {
+                    continue;
+                };
+                recorded.lock().unwrap().push(name);
+                let _ = socket.send_to(&answer, from);
             }
         });
         Self {
-            queries,
+            asked,
             stop,
             thread: Some(thread),
         }
@@ -113,7 +125,16 @@ impl UpstreamResolver {
 
     /// How many queries it received.
     pub fn queries(&self) -> usize {
-        self.queries.load(Ordering::SeqCst)
+        self.asked.lock().unwrap().len()
+    }
+
+    /// Whether it was asked about `name` (any type).
+    pub fn asked(&self, name: &str) -> bool {
+        self.asked
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|n| n.eq_ignore_ascii_case(name))
     }
 }
 
@@ -126,8 +147,9 @@ impl Drop for UpstreamResolver {
     }
 }
 
-/// The response to one query: `address` for an A query of `name`, NXDOMAIN otherwise.
-fn answer(query: &[u8], name: &str, address: Ipv4Addr) -> Option<Vec<u8>> {
+/// The name asked and the response to one query: the address of a known name for an A query,
+/// no record (NOERROR) for its other types, NXDOMAIN for an unknown name.
+fn answer(query: &[u8], records: &[(String, Ipv4Addr)]) -> Option<(String, Vec<u8>)> {
     // The question: labels from offset 12, then type and class.
     let mut at = 12;
     let mut labels = Vec::new();
@@ -142,15 +164,17 @@ fn answer(query: &[u8], name: &str, address: Ipv4Addr) -> Option<Vec<u8>> {
     }
     let question_end = at + 4;
     let record_type = u16::from_be_bytes([*query.get(at)?, *query.get(at + 1)?]);
-    let found = labels.join(".") == name && record_type == 1;
+    let name = labels.join(".");
+    let known = records.iter().find(|(n, _)| *n == name).map(|(_, a)| *a);
+    let address = known.filter(|_| record_type == 1);
     let mut response = query.get(..question_end)?.to_vec();
-    // QR, RD copied, RA; NXDOMAIN when not found; one question, no other section.
+    // QR, RD copied, RA; NXDOMAIN when unknown; one question, no other section.
     response[2] = 0x80 | (query[2] & 0x01);
-    response[3] = if found { 0x80 } else { 0x83 };
-    response[4..12].copy_from_slice(&[0, 1, 0, u8::from(found), 0, 0, 0, 0]);
-    if found {
+    response[3] = if known.is_some() { 0x80 } else { 0x83 };
+    response[4..12].copy_from_slice(&[0, 1, 0, u8::from(address.is_some()), 0, 0, 0, 0]);
+    if let Some(address) = address {
         response.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
         response.extend_from_slice(&address.octets());
     }
-    Some(response)
+    Some((name, response))
 }

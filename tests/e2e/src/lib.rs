@@ -429,6 +429,7 @@ pub struct Mesh {
     acceleration: bool,
     log_requests: bool,
     agent_env: Vec<(String, String)>,
+    waypoint_env: Vec<(String, String)>,
     runtime: tokio::runtime::Runtime,
 }
 
@@ -448,6 +449,9 @@ pub struct MeshOptions {
     pub log_requests: bool,
     /// Further environment for every agent (`WORKER_THREADS`, ...), after the harness's own.
     pub agent_env: Vec<(String, String)>,
+    /// Further environment for every waypoint (`DNS_RESOLV_CONF`, ...), after the harness's own;
+    /// `{dir}` in a value stands for the mesh's directory.
+    pub waypoint_env: Vec<(String, String)>,
     /// Istio's mesh config (YAML) the controller starts with (`--mesh-config`); Istio's
     /// defaults when empty. [`Mesh::set_mesh_config`] changes it later.
     pub mesh_config: String,
@@ -462,6 +466,7 @@ impl Default for MeshOptions {
             acceleration: false,
             log_requests: false,
             agent_env: Vec::new(),
+            waypoint_env: Vec::new(),
             mesh_config: String::new(),
         }
     }

@@ -53,6 +53,7 @@ impl Mesh {
             acceleration: options.acceleration,
             log_requests: options.log_requests,
             agent_env: options.agent_env,
+            waypoint_env: options.waypoint_env,
             runtime,
         };
         let mut declared = declared_namespaces(&options.config)?;
@@ -565,7 +566,12 @@ impl Mesh {
             .env("POD_NAMESPACE", &spec.namespace)
             .env("SERVICE_ACCOUNT", &spec.service_account)
             .env("CREDENTIALS_DIR", self.waypoint_credentials(name))
-            .env("RUST_LOG", "info");
+            .env("RUST_LOG", "info")
+            .envs(
+                self.waypoint_env
+                    .iter()
+                    .map(|(k, v)| (k, v.replace("{dir}", &self.dir.to_string_lossy()))),
+            );
         let log = self.dir.join(format!("waypoint-{name}.log"));
         let process = Process::spawn(&format!("waypoint {name}"), command, log)?;
         self.waypoints.insert(name.to_string(), process);

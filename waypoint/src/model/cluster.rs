@@ -89,6 +89,9 @@ pub struct Cluster {
     pub hostnames: Vec<String>,
     /// TLS originated to endpoints outside the mesh (DestinationRule `tls`); `None`: plain.
     pub tls: Option<OriginatedTls>,
+    /// `resolution: DYNAMIC_DNS`: no endpoints; each request's Host is resolved
+    /// ([`crate::upstream::dynamic_dns`]) and is the endpoint.
+    pub dynamic_dns: bool,
 }
 
 /// Addresses of the endpoint names the waypoint resolved, by name.

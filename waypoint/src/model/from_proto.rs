@@ -198,6 +198,7 @@ pub(super) fn gateway_table(
         ports: Vec::new(),
         http_routes: http_routes.to_vec(),
         tcp_routes: tcp_routes.to_vec(),
+        dynamic_dns: false,
     })
     .map_err(|e| invalid(context, e.to_string()))?;
     Ok((
@@ -328,6 +329,7 @@ fn service(s: &proto::WaypointService) -> Result<Service, ConfigError> {
         route_matches,
         http_routes,
         tcp_routes,
+        dynamic_dns: s.dynamic_dns && s.hostname.starts_with("*."),
     })
 }
 

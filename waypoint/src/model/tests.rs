@@ -52,6 +52,7 @@ fn base() -> proto::WaypointConfig {
                 ..Default::default()
             }],
             tcp_routes: Vec::new(),
+            dynamic_dns: false,
         }],
         clusters: vec![proto::Cluster {
             name: CLUSTER.to_owned(),

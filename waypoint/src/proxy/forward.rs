@@ -349,7 +349,9 @@ fn error_retriable(error: &UpstreamError, policy: &RetryPolicy) -> bool {
         }
         UpstreamError::RefusedStream { .. } => on.refused_stream || on.five_xx || on.reset,
         UpstreamError::Reset { .. } => on.reset || on.five_xx,
-        UpstreamError::NoHealthyUpstream(_) | UpstreamError::Overflow(_) => false,
+        UpstreamError::NoHealthyUpstream(_)
+        | UpstreamError::Overflow(_)
+        | UpstreamError::Dns(_) => false,
     }
 }
 
@@ -371,8 +373,13 @@ async fn send_with_retries(
         .attempt_body()
         .ok_or(LocalReply::DownstreamDisconnect)?;
     loop {
-        let endpoint: Endpoint =
-            upstream.choose_endpoint(cluster, &cx.hash_input(&outgoing.headers), &tried)?;
+        let endpoint: Endpoint = if cluster.dynamic_dns {
+            upstream
+                .dynamic_endpoint(cluster, &outgoing.authority)
+                .await?
+        } else {
+            upstream.choose_endpoint(cluster, &cx.hash_input(&outgoing.headers), &tried)?
+        };
         tried.push(endpoint.address);
         cx.record_endpoint(&endpoint);
         let send = upstream.send(

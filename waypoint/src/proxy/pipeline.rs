@@ -75,7 +75,15 @@ async fn route_request(
     }
 
     let service = match cx.target {
-        Target::Service(target) => target.service,
+        Target::Service(target) => {
+            // A DYNAMIC_DNS wildcard routes only names under it: no client makes the waypoint
+            // resolve anything else.
+            if !target.service.admits_authority(&cx.record.authority) {
+                debug!(authority = %cx.record.authority, host = %target.service.hostname, "host outside the wildcard");
+                return Err(LocalReply::RouteNotFound);
+            }
+            target.service
+        }
         Target::Workload(target) => {
             // Exactly the address the client asked for, as Istio's waypoint carries
             // workload-addressed traffic: no VirtualService, no retries (an inbound route).

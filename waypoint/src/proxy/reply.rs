@@ -18,6 +18,7 @@ use crate::conformance::Nonconforming;
 use crate::metrics::{RequestRecord, ResponseFlag};
 use crate::model::AbortKind;
 use crate::upstream::UpstreamError;
+use crate::upstream::dynamic_dns::DnsError;
 
 static X_ENVOY_RATELIMITED: header::HeaderName =
     header::HeaderName::from_static("x-envoy-ratelimited");
@@ -223,6 +224,16 @@ impl LocalReply {
                         F::UpstreamConnectFailure,
                         "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
                         "upstream_reset_before_response_started{connection_failure}",
+                    ),
+                    // Envoy's dynamic forward proxy: no flag for a full cache.
+                    UpstreamError::Dns(DnsError::Overflow(_)) => {
+                        return Reply::text(StatusCode::SERVICE_UNAVAILABLE, "DNS cache overflow")
+                            .details("dns_cache_overflow");
+                    }
+                    UpstreamError::Dns(DnsError::Failed { .. }) => (
+                        F::DnsResolutionFailed,
+                        "DNS resolution failure",
+                        "dns_resolution_failure",
                     ),
                     UpstreamError::RefusedStream { .. } | UpstreamError::Reset { .. } => (
                         F::UpstreamReset,

@@ -90,6 +90,15 @@ impl OriginatedTls {
         })
     }
 
+    /// Settings no connection can be made with, for `reason`: the cluster fails closed.
+    pub fn refused(reason: &str) -> Self {
+        OriginatedTls {
+            server_name: ServerName::try_from("invalid").expect("a valid DNS name"),
+            connector: Err(Arc::from(reason)),
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+
     /// What tells these settings apart from every other built in this process.
     pub fn id(&self) -> u64 {
         self.id

@@ -111,6 +111,7 @@ pub fn config(
             }],
             http_routes: routes,
             tcp_routes: Vec::new(),
+            dynamic_dns: false,
         }],
         clusters,
         authorization_policies: Vec::new(),

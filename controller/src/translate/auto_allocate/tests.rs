@@ -167,3 +167,25 @@ fn an_address_in_status_is_kept() {
     assert_ne!(vips[0], "10.0.0.1".parse::<IpAddr>().unwrap());
     assert!(slot_of(vips[0]).is_some());
 }
+
+#[test]
+fn a_dynamic_dns_wildcard_gets_addresses_as_istios_keep_host_gives_them() {
+    // Istio's `keepHost`: a wildcard is kept (allocated) only under DYNAMIC_DNS, whose one
+    // address the agents answer every name under it with.
+    let text = [
+        entry("dynamic", &["\"*.dynamic.example.com\""], "")
+            .replace("resolution: DNS", "resolution: DYNAMIC_DNS"),
+        entry(
+            "static",
+            &["\"*.static.example.com\""],
+            "  endpoints: [{address: 10.1.1.1}]\n",
+        )
+        .replace("resolution: DNS", "resolution: STATIC"),
+    ]
+    .concat();
+    let (index, allocation) = allocated(&text);
+    let vips = addresses_of(&index, &allocation, "dynamic", "*.dynamic.example.com");
+    assert_eq!(vips.len(), 2, "{allocation:?}");
+    assert!(matches!(vips[0], IpAddr::V4(v4) if v4.octets()[..2] == [240, 240]));
+    assert!(addresses_of(&index, &allocation, "static", "*.static.example.com").is_empty());
+}

@@ -151,6 +151,7 @@ impl<'a> Compiler<'a, '_> {
         }
         if self.entry_ports(&key.host).is_some() && !self.services.contains_key(&key.host) {
             cluster.endpoints = self.entry_endpoints(&key.host, key.port, &subset_labels);
+            cluster.dynamic_dns = self.entry_dynamic_dns(&key.host);
             cluster.tls = tls.as_ref().and_then(|tls| {
                 let rule = rule.as_ref()?.first;
                 self.upstream_tls(tls, rule)

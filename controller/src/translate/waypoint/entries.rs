@@ -35,6 +35,12 @@ fn endpoint_port(endpoint: Option<&WorkloadEntrySpec>, port: &EntryPort) -> u32 
         .unwrap_or(port.number)
 }
 
+/// Whether `entry` names its endpoints by each request's Host or SNI (`resolution: DYNAMIC_DNS`,
+/// wildcard hosts only, as Istio's validation requires).
+pub(super) fn dynamic_dns(entry: &ServiceEntry) -> bool {
+    entry.spec.resolution == Some(ServiceEntryResolution::DynamicDns)
+}
+
 /// Whether the waypoint can carry an entry's hosts: with endpoints of its own (a
 /// `workloadSelector` picks mesh pods, whose agents expect their own services' waypoints).
 fn servable(entry: &ServiceEntry) -> bool {
@@ -56,7 +62,10 @@ impl<'a> Compiler<'a, '_> {
         let mut out: Vec<(String, &'a ServiceEntry)> = Vec::new();
         for entry in entries {
             for host in &entry.spec.hosts {
-                if !host.starts_with('*') && !out.iter().any(|(h, _)| h == host) {
+                // A wildcard is served only as `DYNAMIC_DNS` names it: the waypoint resolves
+                // each request's name under it (Istio's dynamic forward proxy clusters).
+                let servable = !host.starts_with('*') || dynamic_dns(entry);
+                if servable && !out.iter().any(|(h, _)| h == host) {
                     out.push((host.clone(), entry));
                 }
             }
@@ -123,6 +132,7 @@ impl<'a> Compiler<'a, '_> {
             ports,
             http_routes: Vec::new(),
             tcp_routes: Vec::new(),
+            dynamic_dns: dynamic_dns(entry) && host.starts_with('*'),
         })
     }
 
@@ -132,6 +142,16 @@ impl<'a> Compiler<'a, '_> {
             .iter()
             .find(|(h, _)| h == host)
             .map(|(_, e)| e.spec.ports.iter().map(|p| p.number).collect())
+    }
+
+    /// Whether `host` is a wildcard ServiceEntry host whose endpoints the waypoint resolves per
+    /// request (`resolution: DYNAMIC_DNS`).
+    pub(super) fn entry_dynamic_dns(&self, host: &str) -> bool {
+        host.starts_with('*')
+            && self
+                .entries
+                .iter()
+                .any(|(h, e)| h == host && dynamic_dns(e))
     }
 
     /// The endpoints of a ServiceEntry host's cluster on `port`, outside the mesh: STATIC

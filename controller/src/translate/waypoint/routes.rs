@@ -43,6 +43,7 @@ impl<'a> Compiler<'a, '_> {
             ports,
             http_routes: Vec::new(),
             tcp_routes: Vec::new(),
+            dynamic_dns: false,
         })
     }
 

@@ -278,8 +278,8 @@ fn service_entry_rules() {
             ),
         ),
         warns(
-            "DYNAMIC_DNS not applied",
-            "ServiceEntry (Weft: no endpoints for DYNAMIC_DNS)",
+            "DYNAMIC_DNS partly applied",
+            "ServiceEntry (Weft: TLS origination to DYNAMIC_DNS hosts is not applied)",
             se(
                 "{hosts: ['*.example.com'], ports: [{number: 443, name: https, protocol: TLS}], resolution: DYNAMIC_DNS}",
             ),

@@ -72,6 +72,8 @@ pub enum ResponseFlag {
     UpstreamReset,
     /// Refused by a local rate limit (`RL`).
     RateLimited,
+    /// The destination's name could not be resolved (`DF`, Envoy's dynamic forward proxy).
+    DnsResolutionFailed,
 }
 
 impl ResponseFlag {
@@ -91,6 +93,7 @@ impl ResponseFlag {
             Self::UpstreamConnectFailure => "UF",
             Self::UpstreamReset => "UR",
             Self::RateLimited => "RL",
+            Self::DnsResolutionFailed => "DF",
         }
     }
 }

@@ -630,3 +630,37 @@ fn service_entry_endpoints_are_reached_in_plain_tcp_under_their_host() {
         OutboundPlan::External { target, .. } if target == SocketAddr::new(resolved, 5432)
     ));
 }
+
+#[test]
+fn a_service_without_endpoints_is_carried_to_its_waypoint_as_ztunnel_carries_it() {
+    // A DYNAMIC_DNS ServiceEntry host: no endpoint of its own, the waypoint resolves the name
+    // each request gives.
+    let store = mesh();
+    let mut wild = service("*.wild.example", 3, 80, 80);
+    wild.waypoint = Some(GatewayAddress {
+        destination: GatewayDestination::Address(ip(2, 40)),
+        hbone_port: 15008,
+    });
+    store.insert_service(wild);
+    let wild_vip = SocketAddr::new(vip(3), 80);
+    match plan(&store, "client", wild_vip, 0).unwrap() {
+        OutboundPlan::Hbone {
+            gateway,
+            target,
+            destination,
+            via_waypoint,
+            ..
+        } => {
+            assert_eq!((gateway, target), (addr(2, 40, 15008), wild_vip));
+            assert!(destination.is_none());
+            assert!(via_waypoint);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    // Without a waypoint, no endpoint is still no endpoint.
+    store.insert_service(service("empty", 4, 80, 80));
+    assert!(matches!(
+        plan(&store, "client", SocketAddr::new(vip(4), 80), 0),
+        Err(OutboundError::NoHealthyEndpoint { .. })
+    ));
+}

@@ -198,6 +198,7 @@ pub(super) fn cluster(
         limits: limits(c.connection_pool.as_ref(), context)?,
         outlier: outlier(c.outlier_detection.as_ref(), context)?,
         destination_rule: c.destination_rule.clone(),
+        dynamic_dns: c.dynamic_dns,
     })
 }
 
@@ -209,6 +210,12 @@ fn originated_tls(
     tls: &proto::UpstreamTls,
     credentials: Option<&std::path::Path>,
 ) -> Result<OriginatedTls, String> {
+    if c.dynamic_dns {
+        // The server name would be each request's; not carried yet, so never plain text.
+        let reason = "TLS origination to DYNAMIC_DNS hosts is not supported";
+        tracing::warn!(cluster = %c.name, destination_rule = %c.destination_rule, reason, "cluster fails closed");
+        return Ok(OriginatedTls::refused(reason));
+    }
     let originated = OriginatedTls::new(tls, &c.host, credentials)?;
     if let Some(reason) = originated.unusable() {
         tracing::warn!(

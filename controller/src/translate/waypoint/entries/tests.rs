@@ -313,3 +313,77 @@ spec:
         "credentialName is applied, not reported: {problems:?}"
     );
 }
+
+/// A wildcard entry labelled for the waypoint, without addresses or endpoints.
+fn wildcard_entry(name: &str, host: &str, resolution: &str) -> String {
+    format!(
+        r#"---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {name}, namespace: egress, labels: {{istio.io/use-waypoint: waypoint}}}}
+spec:
+  hosts: ["{host}"]
+  location: MESH_EXTERNAL
+  resolution: {resolution}
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+"#
+    )
+}
+
+/// A VirtualService for `host` setting `x-route: <name>` on every request.
+fn tagging_route(name: &str, host: &str) -> String {
+    format!(
+        r#"---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: {name}, namespace: egress}}
+spec:
+  hosts: ["{host}"]
+  http:
+  - headers: {{request: {{set: {{x-route: {name}}}}}}}
+    route: [{{destination: {{host: "*.wild.example.com"}}}}]
+"#
+    )
+}
+
+#[test]
+fn a_dynamic_dns_wildcard_is_served_with_its_most_specific_routes_and_resolved_per_request() {
+    let text = [
+        WAYPOINT.to_owned(),
+        wildcard_entry("wild", "*.wild.example.com", "DYNAMIC_DNS"),
+        // Not DYNAMIC_DNS: a wildcard has no endpoint the waypoint could reach.
+        wildcard_entry("static", "*.static.example.com", "NONE"),
+        tagging_route("broad", "*.example.com"),
+        tagging_route("narrow", "*.wild.example.com"),
+    ]
+    .concat();
+    let (config, problems) = configs(&text);
+    let hosts: Vec<&str> = config
+        .services
+        .iter()
+        .map(|s| s.hostname.as_str())
+        .collect();
+    assert_eq!(hosts, ["*.wild.example.com"], "{problems:?}");
+    let service = &config.services[0];
+    assert!(service.dynamic_dns);
+    // The address Istio's allocator gives a DYNAMIC_DNS wildcard, which the agents' DNS
+    // proxy answers every name under it with.
+    assert!(
+        service.vips.iter().any(|v| v.starts_with("240.240.")),
+        "{:?}",
+        service.vips
+    );
+    // The most specific VirtualService host wins; the broader one is reported as shadowed.
+    let first = &service.http_routes[0];
+    assert_eq!(first.virtual_service, "egress/narrow");
+    assert!(
+        problems.iter().any(|p| {
+            let text = p.to_string();
+            text.contains("broad") && text.contains("*.wild.example.com")
+        }),
+        "{problems:?}"
+    );
+    let cluster = cluster(&config, "outbound|80||*.wild.example.com");
+    assert!(cluster.dynamic_dns);
+    assert!(cluster.endpoints.is_empty(), "{:?}", cluster.endpoints);
+}

@@ -1,0 +1,261 @@
+//! A wildcard ServiceEntry host with `resolution: DYNAMIC_DNS` at a waypoint, as Istio's
+//! ambient mode serves it: the controller allocates the wildcard one address, the client's
+//! agent answers every name under it with that address and carries the connection to the
+//! waypoint, which routes it by the wildcard's VirtualService and resolves the request's Host
+//! (a resolver the test runs in a namespace of its own) to reach the server that name stands
+//! for. A name outside the wildcard is refused before anything is resolved. Needs root.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use weft_e2e::{Mesh, MeshOptions, PodSpec};
+
+const WAYPOINT: &str = "waypoint";
+/// What the pods' resolver names: a cluster DNS address where nothing answers, so only the
+/// agent (capturing port 53) can answer it.
+const CLUSTER_DNS: &str = "10.96.0.10";
+
+const WILDCARD_ENTRY: &str = r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: wild
+  namespace: shop
+  labels: {istio.io/use-waypoint: waypoint}
+spec:
+  hosts: ["*.wild.example"]
+  location: MESH_EXTERNAL
+  resolution: DYNAMIC_DNS
+  ports:
+  - {number: 8080, name: http, protocol: HTTP}
+  - {number: 8443, name: tls, protocol: TLS}
+"#;
+
+/// A route on the wildcard host: a header, and a fault on one path.
+const WILDCARD_ROUTES: &str = r#"apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: wild, namespace: shop}
+spec:
+  hosts: ["*.wild.example"]
+  http:
+  - match: [{uri: {prefix: /teapot}}]
+    fault: {abort: {httpStatus: 418, percentage: {value: 100}}}
+    route: [{destination: {host: "*.wild.example"}}]
+  - headers: {request: {set: {x-wild: through-waypoint}}}
+    route: [{destination: {host: "*.wild.example"}}]
+"#;
+
+fn mesh() -> Mesh {
+    Mesh::start(
+        vec![
+            PodSpec::client("client", "node1", "shop"),
+            PodSpec::app("alpha", "node2", "shop", "alpha", "v1").outside_cluster(),
+            PodSpec::app("beta", "node2", "shop", "beta", "v1").outside_cluster(),
+            PodSpec::waypoint(WAYPOINT, "node2", "shop"),
+        ],
+        MeshOptions {
+            config: weft_e2e::waypoint_resources("shop"),
+            log_requests: true,
+            // The waypoint resolves with the test's resolver only: no query leaves the machine.
+            waypoint_env: vec![(
+                "DNS_RESOLV_CONF".to_owned(),
+                "{dir}/waypoint-resolv.conf".to_owned(),
+            )],
+            ..MeshOptions::default()
+        },
+    )
+    .expect("start the mesh")
+}
+
+/// The first IPv4 address of the agents' service for `host`.
+fn vip_of(state: &serde_json::Value, host: &str) -> Option<IpAddr> {
+    state["services"]
+        .as_array()?
+        .iter()
+        .find(|s| s["hostname"] == host)?["vips"]
+        .as_array()?
+        .iter()
+        .find_map(|v| v.as_str()?.parse::<Ipv4Addr>().ok().map(IpAddr::V4))
+}
+
+/// The value of the first sample of `family` whose line holds every one of `labels`.
+fn sample(metrics: &str, family: &str, labels: &[&str]) -> Option<u64> {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{family}{{")))
+        .find(|l| labels.iter().all(|label| l.contains(label)))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[test]
+fn names_under_a_dynamic_dns_wildcard_reach_their_own_servers_through_the_waypoint() {
+    let mesh = mesh();
+    let (alpha, beta) = (mesh.pod("alpha").ip, mesh.pod("beta").ip);
+    // The names' real addresses, known only to the test's resolver (in alpha's namespace).
+    let resolver = weft_e2e::dns::UpstreamResolver::with_records(
+        &mesh,
+        "alpha",
+        &[("a.wild.example", alpha), ("b.wild.example", beta)],
+    );
+    std::fs::write(
+        mesh.dir().join("waypoint-resolv.conf"),
+        format!("nameserver {alpha}\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        mesh.dir().join("resolv.conf"),
+        format!("nameserver {alpha}\n"),
+    )
+    .unwrap();
+    let resolv = mesh.pod_resolv_conf("shop", CLUSTER_DNS.parse().unwrap());
+
+    mesh.kubectl_apply(WILDCARD_ENTRY).unwrap();
+    mesh.kubectl_apply(WILDCARD_ROUTES).unwrap();
+    mesh.await_agents("the wildcard's allocated address", |state| {
+        vip_of(state, "*.wild.example").is_some()
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let vip = vip_of(&mesh.config_dump("node1")["state"], "*.wild.example").unwrap();
+    let IpAddr::V4(v4) = vip else { unreachable!() };
+    assert_eq!(v4.octets()[..2], [240, 240], "{vip}");
+
+    // The client's own resolver gets the wildcard's address for every name under it, from
+    // its agent: the real addresses are never the client's to know.
+    for name in ["a.wild.example", "b.wild.example"] {
+        assert_eq!(
+            mesh.resolve("client", &resolv, name),
+            vec![vip],
+            "{name}\n{}",
+            mesh.logs()
+        );
+    }
+    assert!(!resolver.asked("a.wild.example"), "the agent forwarded");
+
+    // Two names, one wildcard, two servers: the waypoint resolves each request's Host.
+    let get = |url: &str| mesh.curl_resolving("client", &resolv, &[url]);
+    let reached = mesh.eventually(Duration::from_secs(20), || {
+        get("http://a.wild.example:8080/one").status == 200
+    });
+    let answer = get("http://a.wild.example:8080/one");
+    assert!(
+        reached,
+        "{} {}\n{}",
+        answer.status,
+        answer.body,
+        mesh.logs()
+    );
+    assert!(answer.body.contains("\"pod\":\"alpha\""), "{}", answer.body);
+    // The wildcard's VirtualService applies to every name under it.
+    assert!(
+        answer.body.contains("\"x-wild\":\"through-waypoint\""),
+        "{}",
+        answer.body
+    );
+    let answer = get("http://b.wild.example:8080/two");
+    assert_eq!(answer.status, 200, "{}\n{}", answer.body, mesh.logs());
+    assert!(answer.body.contains("\"pod\":\"beta\""), "{}", answer.body);
+    assert!(
+        answer.body.contains("\"x-wild\":\"through-waypoint\""),
+        "{}",
+        answer.body
+    );
+    assert_eq!(get("http://b.wild.example:8080/teapot").status, 418);
+    assert!(resolver.asked("a.wild.example") && resolver.asked("b.wild.example"));
+
+    // A Host outside the wildcard, on the wildcard's address: refused before routing (404 NR),
+    // never resolved.
+    let outside = mesh.curl_resolving(
+        "client",
+        &resolv,
+        &[
+            "-H",
+            "Host: elsewhere.example.org:8080",
+            "http://a.wild.example:8080/",
+        ],
+    );
+    assert_eq!(outside.status, 404, "{}", outside.body);
+    assert!(!resolver.asked("elsewhere.example.org"));
+
+    // A name under the wildcard that does not resolve fails closed: 503 with Envoy's flag.
+    let unknown = get("http://c.wild.example:8080/");
+    assert_eq!(unknown.status, 503, "{}", unknown.body);
+    assert!(
+        unknown.body.contains("DNS resolution failure"),
+        "{}",
+        unknown.body
+    );
+    assert!(resolver.asked("c.wild.example"));
+    let metrics = mesh.waypoint_metrics(WAYPOINT);
+    let flagged = sample(
+        &metrics,
+        "istio_requests_total",
+        &["response_code=\"503\"", "response_flags=\"DF\""],
+    );
+    assert!(flagged.is_some_and(|n| n >= 1), "{metrics}");
+    let refused = sample(
+        &metrics,
+        "istio_requests_total",
+        &["response_code=\"404\"", "response_flags=\"NR\""],
+    );
+    assert!(refused.is_some_and(|n| n >= 1), "{metrics}");
+
+    // TLS passed through: the ClientHello's SNI names the server. Each server holds a
+    // certificate for its own name only, which the client verifies.
+    let mut servers = Vec::new();
+    for (pod, name) in [("alpha", "a.wild.example"), ("beta", "b.wild.example")] {
+        let (ca, cert, key) = weft_e2e::server_certificate(name);
+        let file = |kind: &str, text: &str| {
+            let path = mesh.dir().join(format!("{name}-{kind}.pem"));
+            std::fs::write(&path, text).unwrap();
+            path.to_str().unwrap().to_owned()
+        };
+        let (cert, key) = (file("cert", &cert), file("key", &key));
+        file("ca", &ca);
+        let args = [
+            "s_server", "-quiet", "-accept", "8443", "-cert", &cert, "-key", &key, "-www",
+        ];
+        servers.push(
+            mesh.spawn_in_pod(pod, "openssl", &args)
+                .expect("start openssl s_server"),
+        );
+        mesh.wait_listening(pod, 8443).unwrap();
+    }
+    let ca = |name: &str| {
+        mesh.dir()
+            .join(format!("{name}-ca.pem"))
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    for name in ["a.wild.example", "b.wild.example"] {
+        let answer = mesh.curl_resolving(
+            "client",
+            &resolv,
+            &["--cacert", &ca(name), &format!("https://{name}:8443/")],
+        );
+        assert_eq!(
+            answer.status,
+            200,
+            "{name}: {}\n{}",
+            answer.body,
+            mesh.logs()
+        );
+        assert!(answer.body.contains("Cipher"), "{}", answer.body);
+    }
+    // A server name outside the wildcard, on the wildcard's address: no connection, no query.
+    let outside = mesh.curl_resolving(
+        "client",
+        &resolv,
+        &[
+            "-k",
+            "--resolve",
+            &format!("elsewhere.example.org:8443:{vip}"),
+            "https://elsewhere.example.org:8443/",
+        ],
+    );
+    assert_eq!(outside.status, 0, "{}", outside.body);
+    assert!(!resolver.asked("elsewhere.example.org"));
+    for server in &mut servers {
+        let _ = server.kill();
+        let _ = server.wait();
+    }
+}
