@@ -15,7 +15,8 @@
 //! that long without asking again.
 //!
 //! Only names under the service's wildcard reach here ([`under_wildcard`], checked before
-//! routing), and only valid DNS names are looked up.
+//! routing), only valid DNS names are looked up, and no answer points the waypoint at itself
+//! or at a link-local address ([`reachable`]).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -216,9 +217,13 @@ impl DynamicDnsCache {
             _ => None,
         };
         let entry = match answer {
-            Ok(answer) if !answer.addresses.is_empty() => {
-                let addresses: Vec<IpAddr> =
-                    answer.addresses.into_iter().take(MAX_ADDRESSES).collect();
+            Ok(answer) if answer.addresses.iter().any(|a| reachable(*a)) => {
+                let addresses: Vec<IpAddr> = answer
+                    .addresses
+                    .into_iter()
+                    .filter(|a| reachable(*a))
+                    .take(MAX_ADDRESSES)
+                    .collect();
                 Entry::Resolved {
                     addresses: addresses.into(),
                     expires: now + answer.ttl.clamp(MIN_REFRESH, MAX_REFRESH),
@@ -226,7 +231,9 @@ impl DynamicDnsCache {
                 }
             }
             failed => {
-                let reason = failed.err().unwrap_or_else(|| "no address".to_owned());
+                let reason = failed
+                    .err()
+                    .unwrap_or_else(|| "no address outside the proxy's own host".to_owned());
                 tracing::debug!(hostname = %name, %reason, "DYNAMIC_DNS name not resolved");
                 match stale {
                     Some(addresses) => Entry::Resolved {
@@ -242,6 +249,21 @@ impl DynamicDnsCache {
             }
         };
         entries.insert(name.into(), entry);
+    }
+}
+
+/// Whether the waypoint may connect to `address` for a name the outside world's DNS gave:
+/// never to itself (loopback, unspecified) nor to link-local addresses (a cloud's metadata
+/// service, `169.254.169.254`), whatever a record under the wildcard says. Stricter than
+/// Envoy's dynamic forward proxy, which connects to any answer.
+fn reachable(address: IpAddr) -> bool {
+    let address = address.to_canonical();
+    if address.is_loopback() || address.is_unspecified() || address.is_multicast() {
+        return false;
+    }
+    match address {
+        IpAddr::V4(v4) => !v4.is_link_local() && !v4.is_broadcast(),
+        IpAddr::V6(v6) => !v6.is_unicast_link_local(),
     }
 }
 

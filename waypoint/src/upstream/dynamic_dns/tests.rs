@@ -194,3 +194,36 @@ async fn what_is_no_dns_name_is_never_looked_up() {
     assert!(cache.resolve(&long).await.is_err());
     assert_eq!(lookups.load(Ordering::SeqCst), 0);
 }
+
+/// A record under the wildcard cannot point the waypoint at itself or at a link-local service
+/// (a cloud's metadata endpoint): such addresses are dropped, and a name with nothing else
+/// fails closed.
+#[tokio::test(start_paused = true)]
+async fn answers_pointing_at_the_proxy_itself_or_link_local_are_refused() {
+    let (cache, _) = counting_cache(|name| match name {
+        "mixed.example.com" => answer(
+            vec![
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V4(Ipv4Addr::new(169, 254, 169, 254)),
+                v4(7),
+            ],
+            30,
+        ),
+        "metadata.example.com" => answer(
+            vec![
+                IpAddr::V4(Ipv4Addr::new(169, 254, 169, 254)),
+                "::1".parse().unwrap(),
+                "::ffff:127.0.0.1".parse().unwrap(),
+                "fe80::1".parse().unwrap(),
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            ],
+            30,
+        ),
+        _ => answer(vec![], 30),
+    });
+    assert_eq!(cache.resolve("mixed.example.com").await, Ok(v4(7)));
+    assert!(matches!(
+        cache.resolve("metadata.example.com").await,
+        Err(DnsError::Failed { .. })
+    ));
+}
