@@ -17,7 +17,7 @@ use std::{
 };
 
 use serde::Serialize;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use weft_identity::{
     CertificateError, CertificateFuture, CertificateSource, CertificateSummary, SpiffeId,
     TrustRoots, WorkloadCertificate, WorkloadKey,
@@ -78,8 +78,9 @@ struct Inner<C> {
     roots: RwLock<Option<Arc<TrustRoots>>>,
     slots: Mutex<HashMap<SpiffeId, (Slot, tokio::task::JoinHandle<()>)>>,
     last_errors: Mutex<HashMap<SpiffeId, String>>,
-    /// Wakes the identities waiting out a failure's backoff.
-    reconnected: Arc<Notify>,
+    /// Counts the controller's reconnections: an identity whose request failed retries soon
+    /// when it moved since that request began (so one during the request is not missed).
+    reconnected: watch::Sender<u64>,
 }
 
 impl<C> Drop for Inner<C> {
@@ -101,7 +102,7 @@ impl<C: CaClient> CertificateManager<C> {
                 roots: RwLock::new(roots.map(Arc::new)),
                 slots: Mutex::default(),
                 last_errors: Mutex::default(),
-                reconnected: Arc::default(),
+                reconnected: watch::Sender::new(0),
             }),
         }
     }
@@ -211,8 +212,8 @@ async fn renew_forever<C: CaClient>(
         let Some(strong) = manager.upgrade() else {
             return;
         };
+        let mut reconnected = strong.reconnected.subscribe();
         let result = strong.request(&identity).await;
-        let reconnected = Arc::clone(&strong.reconnected);
         let failed = result.is_err();
         let wait = match result {
             Ok(certificate) => {
@@ -239,7 +240,7 @@ async fn renew_forever<C: CaClient>(
         if failed {
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
-                () = reconnected.notified() => {
+                Ok(()) = reconnected.changed() => {
                     retry = RETRY_FIRST;
                     tokio::time::sleep(jitter(RETRY_AFTER_RECONNECT)).await;
                 }
@@ -285,7 +286,7 @@ impl<C: CaClient> CertificateSource for CertificateManager<C> {
     }
 
     fn retry_now(&self) {
-        self.inner.reconnected.notify_waiters();
+        self.inner.reconnected.send_modify(|count| *count += 1);
     }
 
     fn current(&self, identity: &SpiffeId) -> Option<Arc<WorkloadCertificate>> {

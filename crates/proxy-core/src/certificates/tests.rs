@@ -219,7 +219,6 @@ async fn a_reconnected_controller_is_asked_at_once_not_after_the_backoff() {
         requests.load(Ordering::SeqCst) >= 5
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
     failing.store(false, Ordering::SeqCst);
     let reconnected = tokio::time::Instant::now();
     state.send_modify(|state| {
