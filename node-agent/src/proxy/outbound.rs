@@ -19,7 +19,7 @@ use super::{
     context::ProxyContext,
     copy,
     error::ProxyError,
-    plan::{OutboundPlan, authorize_connection, plan_outbound},
+    plan::{OutboundPlan, authorize_connection, inbound_service, plan_outbound},
     pool::PoolKey,
     record::{ConnectionLog, Failed},
     served::ServedPod,
@@ -203,7 +203,10 @@ async fn execute(
         } => {
             // Same node: no TLS, but the destination's inbound rules still apply, with the
             // source identity the agent itself vouches for, and the destination's side is
-            // reported as the HBONE inbound side reports it.
+            // reported as the HBONE inbound side reports it: under the service the client
+            // addressed, else the one the HBONE side would guess from the port.
+            let service =
+                service.or_else(|| inbound_service(&context.store, &destination, target.port()));
             let mut inbound = context.metrics.connection_opened_between(
                 Reporter::Destination,
                 Some(source),
