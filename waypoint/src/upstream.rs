@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -114,6 +114,49 @@ struct UpstreamInner {
     connections: Mutex<HashMap<String, Arc<AtomicUsize>>>,
     /// The names `DYNAMIC_DNS` clusters resolved.
     dynamic_dns: dynamic_dns::DynamicDnsCache,
+    /// What the last configuration keeps pooled ([`Upstream::retain`]); `None` before the
+    /// first: everything.
+    pooled: Mutex<Option<Arc<Pooled>>>,
+    /// Bumped by every [`Upstream::retain`]: a connection that was out of its pool across one
+    /// is checked against [`UpstreamInner::pooled`] before it goes back.
+    generation: AtomicU64,
+}
+
+/// The endpoints whose connections a configuration keeps pooled: its healthy endpoints and the
+/// pods it serves at their own address (unless unhealthy), over the TLS settings it uses.
+struct Pooled {
+    endpoints: HashSet<SocketAddr>,
+    direct: HashSet<IpAddr>,
+    tls: HashSet<u64>,
+}
+
+impl Pooled {
+    fn of(config: &WaypointConfig) -> Self {
+        let (healthy, unhealthy): (Vec<&Endpoint>, Vec<&Endpoint>) = config
+            .clusters
+            .values()
+            .flat_map(|c| c.endpoints.iter())
+            .partition(|e| e.healthy);
+        let unhealthy: HashSet<IpAddr> = unhealthy.iter().map(|e| e.address.ip()).collect();
+        Pooled {
+            endpoints: healthy.iter().map(|e| e.address).collect(),
+            direct: config
+                .direct_workloads()
+                .map(|w| w.address)
+                .filter(|ip| !unhealthy.contains(ip))
+                .collect(),
+            tls: config
+                .clusters
+                .values()
+                .filter_map(|c| c.tls.as_ref().map(OriginatedTls::id))
+                .collect(),
+        }
+    }
+
+    fn keeps(&self, key: &PoolKey) -> bool {
+        (self.endpoints.contains(&key.address) || self.direct.contains(&key.address.ip()))
+            && key.tls.is_none_or(|id| self.tls.contains(&id))
+    }
 }
 
 /// The upstream connections of one worker.
@@ -206,6 +249,8 @@ impl Upstream {
                 clusters: Mutex::new(HashMap::new()),
                 connections: Mutex::new(HashMap::new()),
                 dynamic_dns,
+                pooled: Mutex::new(None),
+                generation: AtomicU64::new(0),
             }),
         }
     }
@@ -241,31 +286,32 @@ impl Upstream {
     /// Forgets the runtime state (counters, ejections) of clusters `config` no longer has and
     /// the idle connections to endpoints it no longer names, so that clusters and pods that
     /// come and go (a pod addressed directly has a cluster of its own) leave nothing behind.
-    /// What is still configured keeps its state.
+    /// What is still configured keeps its state. An endpoint that is no longer healthy (its
+    /// pod terminating or not ready) loses its idle connections too, as Envoy's pool drains a
+    /// host istiod stops sending (istiod leaves unhealthy endpoints out of EDS): its pod can
+    /// end without an idle connection to it racing a request; requests in flight finish.
     pub fn retain(&self, config: &WaypointConfig) {
         let keep_cluster = |name: &str| config.has_cluster(name);
         lock(&self.inner.clusters).retain(|name, _| keep_cluster(name));
         lock(&self.inner.connections)
             .retain(|name, open| keep_cluster(name) || open.load(Ordering::Acquire) > 0);
-        let endpoints: HashSet<SocketAddr> = config
-            .clusters
-            .values()
-            .flat_map(|c| c.endpoints.iter().map(|e| e.address))
-            .collect();
-        let direct: HashSet<IpAddr> = config.direct_workloads().map(|w| w.address).collect();
-        let tls: HashSet<u64> = config
-            .clusters
-            .values()
-            .filter_map(|c| c.tls.as_ref().map(OriginatedTls::id))
-            .collect();
-        let keep = |key: &PoolKey| {
-            (endpoints.contains(&key.address) || direct.contains(&key.address.ip()))
-                && key.tls.is_none_or(|id| tls.contains(&id))
-        };
+        let pooled = Arc::new(Pooled::of(config));
+        *lock(&self.inner.pooled) = Some(Arc::clone(&pooled));
+        self.inner.generation.fetch_add(1, Ordering::AcqRel);
+        let keep = |key: &PoolKey| pooled.keeps(key);
         for pools in &self.inner.pools {
             lock(&pools.http1).retain(|key, _| keep(key));
             lock(&pools.http2).retain(|key, _| keep(key));
         }
+    }
+
+    /// Whether a connection to `key` taken out of its pool at `generation` may go back: yes,
+    /// unless a configuration applied since no longer keeps its endpoint.
+    fn still_pooled(&self, key: &PoolKey, generation: u64) -> bool {
+        self.inner.generation.load(Ordering::Acquire) == generation
+            || lock(&self.inner.pooled)
+                .as_ref()
+                .is_none_or(|pooled| pooled.keeps(key))
     }
 
     fn connection_count(&self, cluster: &Cluster) -> ConnectionCount {
@@ -311,6 +357,7 @@ impl Upstream {
     ) -> Result<Response<Incoming>, UpstreamError> {
         let mut request = request;
         let key = PoolKey::new(cluster, endpoint);
+        let generation = self.inner.generation.load(Ordering::Acquire);
         // A pooled connection the app closed while idle fails before the request is written;
         // the request comes back and goes out again on a fresh connection (bounded: the
         // second pass always opens one).
@@ -348,10 +395,13 @@ impl Upstream {
                     _ => return Err(classify(endpoint, error.error(), fresh)),
                 },
             };
+            // Back to the pool, unless it served its share or its endpoint left meanwhile (a
+            // terminating pod: its connections drain as their requests end).
             let keep = cluster
                 .limits
                 .max_requests_per_connection
-                .is_none_or(|max| connection.uses < max);
+                .is_none_or(|max| connection.uses < max)
+                && self.still_pooled(&key, generation);
             if keep {
                 lock(&self.pools().http1)
                     .entry(key)
@@ -389,6 +439,7 @@ impl Upstream {
         source: IpAddr,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let key = PoolKey::new(cluster, endpoint);
+        let generation = self.inner.generation.load(Ordering::Acquire);
         let existing = lock(&self.pools().http2)
             .get(&key)
             .filter(|s| !s.is_closed())
@@ -408,7 +459,9 @@ impl Upstream {
                     })?
                     .map_err(connect_failure(endpoint))?;
                 self.drive(cluster, endpoint, "http/2", connection);
-                lock(&self.pools().http2).insert(key, sender.clone());
+                if self.still_pooled(&key, generation) {
+                    lock(&self.pools().http2).insert(key, sender.clone());
+                }
                 (sender, true)
             }
         };

@@ -3,6 +3,7 @@
 //! destination that leaves the waypoint drains its connections, and a TCP connection the
 //! policies no longer allow is closed.
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -188,6 +189,71 @@ async fn a_destination_that_leaves_the_waypoint_drains_its_open_connections() {
         .is_err(),
         "a new tunnel for the destination is refused"
     );
+}
+
+#[tokio::test]
+async fn an_endpoint_that_turns_unhealthy_loses_its_idle_upstream_connections() {
+    let (harness, v1, _v2) = routed_to_v1().await;
+    // The pod is also one the waypoint serves at its own address (as every pod using it is).
+    harness.waypoint.apply_config(serving_v1(&v1)).unwrap();
+    let cluster_name = format!("outbound|{PORT}|v1|{HOST}");
+    let mut h1 = harness.http1().await;
+    assert_eq!(send_on(&mut h1, get("/")).await.0, StatusCode::OK);
+    let upstream = harness.waypoint.upstream();
+    assert_eq!(upstream.open_connections(&cluster_name), 1, "pooled, idle");
+
+    // The pod terminates (istiod would stop sending it; ztunnel's view marks it unhealthy):
+    // the idle connection to it is closed, so its end races no request.
+    let mut leaving = cluster("v1", &[&v1]);
+    leaving.endpoints[0].healthy = false;
+    let mut leaving = config(vec![route_to("v1")], vec![leaving]);
+    leaving.workloads = vec![direct_workload(&v1)];
+    harness.waypoint.apply_config(leaving).unwrap();
+    assert!(
+        within(Duration::from_secs(5), || upstream
+            .open_connections(&cluster_name)
+            == 0)
+        .await,
+        "the idle connection to an unhealthy endpoint stays open"
+    );
+
+    // A connection busy with a request when its endpoint turns unhealthy finishes the request
+    // and is closed after it, instead of going back to the pool.
+    harness.waypoint.apply_config(serving_v1(&v1)).unwrap();
+    assert_eq!(send_on(&mut h1, get("/")).await.0, StatusCode::OK);
+    v1.behaviour.delay_ms.store(300, Ordering::Relaxed);
+    let slow = {
+        let mut h1 = harness.http1().await;
+        tokio::spawn(async move { send_on(&mut h1, get("/")).await.0 })
+    };
+    assert!(
+        within(Duration::from_secs(5), || v1.request_count() == 3).await,
+        "the slow request did not arrive"
+    );
+    let mut leaving = cluster("v1", &[&v1]);
+    leaving.endpoints[0].healthy = false;
+    let mut leaving = config(vec![route_to("v1")], vec![leaving]);
+    leaving.workloads = vec![direct_workload(&v1)];
+    harness.waypoint.apply_config(leaving).unwrap();
+    assert_eq!(
+        slow.await.unwrap(),
+        StatusCode::OK,
+        "the request in flight finishes"
+    );
+    assert!(
+        within(Duration::from_secs(5), || upstream
+            .open_connections(&cluster_name)
+            == 0)
+        .await,
+        "the connection of a request in flight went back to the pool of an unhealthy endpoint"
+    );
+}
+
+/// Routes to `v1`, which the waypoint also serves at its own address.
+fn serving_v1(v1: &waypoint::testing::FakeEndpoint) -> proto::WaypointConfig {
+    let mut serving = config(vec![route_to("v1")], vec![cluster("v1", &[v1])]);
+    serving.workloads = vec![direct_workload(v1)];
+    serving
 }
 
 #[tokio::test]
