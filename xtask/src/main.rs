@@ -93,6 +93,10 @@ enum Task {
     },
     /// Run every test: unit tests, then the kernel, netns and end-to-end tests (needs root).
     Test {
+        /// The long forms of the endurance tests: the soak runs 30 minutes instead of 5
+        /// (`WEFT_SOAK_SECONDS`, when set, decides over both).
+        #[arg(long)]
+        long: bool,
         /// Arguments passed on to every `cargo test` run (a test name filter, for example).
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
@@ -128,7 +132,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             setup::ensure()?;
             build_ebpf::run(release)
         }
-        Task::Test { args } => test::run(&args),
+        Task::Test { long, args } => test::run(long, &args),
         Task::Fuzz {
             seconds,
             sanitizer,

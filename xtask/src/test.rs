@@ -5,7 +5,10 @@ use std::process::Command;
 
 use crate::{build_ebpf, images, is_root, run_command, setup, step, workspace_root};
 
-pub fn run(extra: &[String]) -> anyhow::Result<()> {
+/// The soak's length in the long form (`--long`), in seconds; CI's is the test's default.
+const LONG_SOAK_SECONDS: &str = "1800";
+
+pub fn run(long: bool, extra: &[String]) -> anyhow::Result<()> {
     anyhow::ensure!(
         is_root(),
         "the test suite creates network namespaces, cgroups and eBPF programs and needs root: \
@@ -42,13 +45,16 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
     images::package(false)?;
 
     step("test: integration, kernel and end-to-end tests (root)");
-    run_command(
-        Command::new("cargo")
-            .args(["test", "--workspace", "--test", "*"])
-            .arg("--")
-            .args(extra)
-            .current_dir(&root),
-    )?;
+    let mut tests = Command::new("cargo");
+    tests
+        .args(["test", "--workspace", "--test", "*"])
+        .arg("--")
+        .args(extra)
+        .current_dir(&root);
+    if long && std::env::var_os("WEFT_SOAK_SECONDS").is_none() {
+        tests.env("WEFT_SOAK_SECONDS", LONG_SOAK_SECONDS);
+    }
+    run_command(&mut tests)?;
     step("test: all passed");
     Ok(())
 }

@@ -45,6 +45,56 @@ impl Mesh {
         Ok(())
     }
 
+    /// Deletes the pod `name` as Kubernetes does when its owner scales it down: the Pod object
+    /// is marked terminating (`deletionTimestamp`), so the mesh stops sending it new requests;
+    /// `settled` waits for the proxies that route to it; then its app stops and its node's
+    /// agent stops capturing it (the enrollment snapshot without it: the CNI's DEL), and last
+    /// the Pod object leaves the API. Returns its spec, for [`Mesh::create_pod`]. The pod's
+    /// network namespace stays, as a sandbox the testbed reuses.
+    pub fn delete_pod(
+        &mut self,
+        name: &str,
+        settled: impl FnOnce(&Self) -> anyhow::Result<()>,
+    ) -> anyhow::Result<PodSpec> {
+        let index = self
+            .pods
+            .iter()
+            .position(|p| p.name == name)
+            .with_context(|| format!("no pod {name}"))?;
+        self.pods[index].terminating = true;
+        self.write_config("00-pods.yaml", &self.pods_yaml())?;
+        settled(self)?;
+        if let Some(at) = self.apps.iter().position(|p| p.name == name) {
+            self.apps.remove(at).stop();
+        }
+        let mut spec = self.pods.remove(index);
+        if spec.enrolled {
+            self.enroll(&spec.node)?;
+        }
+        self.write_config("00-pods.yaml", &self.pods_yaml())?;
+        spec.terminating = false;
+        Ok(spec)
+    }
+
+    /// Creates the pod `spec` (one [`Mesh::delete_pod`] returned) in its old sandbox, as its
+    /// owner's next replica: its node's agent captures it (the CNI's ADD), its app starts, and
+    /// once the app accepts it enters the API as a ready pod, so its endpoints follow.
+    pub fn create_pod(&mut self, spec: PodSpec) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !self.pods.iter().any(|p| p.name == spec.name),
+            "pod {} exists",
+            spec.name
+        );
+        let (node, enrolled) = (spec.node.clone(), spec.enrolled);
+        self.pods.push(spec.clone());
+        if enrolled {
+            self.enroll(&node)?;
+        }
+        self.spawn_app(&spec)?;
+        self.wait_app(&spec)?;
+        self.write_config("00-pods.yaml", &self.pods_yaml())
+    }
+
     /// What `kubectl apply -f` does with `yaml`: each object it holds replaces the object of
     /// the same kind, namespace and name (one file per object in the watched directory).
     pub fn kubectl_apply(&self, yaml: &str) -> anyhow::Result<()> {

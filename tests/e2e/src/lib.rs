@@ -96,6 +96,9 @@ pub struct PodSpec {
     /// The controller its Pod object names (what the mesh derives the workload name from, as
     /// Istio does); `None`: a bare pod, its workload named after itself.
     pub owner: Option<PodOwner>,
+    /// Being deleted: its Pod object carries a `deletionTimestamp` (Kubernetes' graceful
+    /// termination), so it takes no new traffic while it still runs.
+    pub terminating: bool,
 }
 
 /// What Kubernetes' controllers write on the pods they create: the generated name's prefix and
@@ -139,6 +142,7 @@ impl PodSpec {
             echo_ports: vec![DEFAULT_ECHO_PORT],
             files: Vec::new(),
             owner: None,
+            terminating: false,
         }
         .with_deployment(name)
     }
@@ -163,6 +167,7 @@ impl PodSpec {
             echo_ports: Vec::new(),
             files: Vec::new(),
             owner: None,
+            terminating: false,
         }
         .with_deployment(gateway)
     }
@@ -183,6 +188,7 @@ impl PodSpec {
             echo_ports: Vec::new(),
             files: Vec::new(),
             owner: None,
+            terminating: false,
         }
         .with_deployment(name)
     }
@@ -284,6 +290,8 @@ impl PodSpec {
 
 /// A running process of the mesh, with its log file.
 pub(crate) struct Process {
+    /// What it was started as: the pod's name for a sample app.
+    pub(crate) name: String,
     child: Child,
 }
 
@@ -299,7 +307,10 @@ impl Process {
         let child = command
             .spawn()
             .with_context(|| format!("starting {name} (log {})", log.display()))?;
-        Ok(Self { child })
+        Ok(Self {
+            name: name.to_owned(),
+            child,
+        })
     }
 
     pub(crate) fn stop(&mut self) {
@@ -436,7 +447,7 @@ pub struct Mesh {
 /// Options of a mesh.
 #[derive(Debug, Clone)]
 pub struct MeshOptions {
-    /// Workload certificate lifetime requested by the agents.
+    /// Workload certificate lifetime requested by the agents and the waypoints.
     pub certificate_ttl: Duration,
     /// Extra YAML (services, policies) written next to the generated pods.
     pub config: String,

@@ -155,6 +155,11 @@ impl Mesh {
                     owner.name
                 )
             });
+            let ownership = if pod.terminating {
+                format!("{ownership}  deletionTimestamp: \"2026-01-01T00:00:00Z\"\n")
+            } else {
+                ownership
+            };
             let _ = writeln!(
                 yaml,
                 "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: {}\n  uid: uid-{}\n{ownership}  labels:\n{labels}spec:\n  nodeName: {}\n  serviceAccountName: {}\n  containers:\n{container}status:\n  podIP: {ip}\n---",
@@ -499,35 +504,60 @@ impl Mesh {
     }
 
     pub(crate) fn start_apps(&mut self) -> anyhow::Result<()> {
-        let binary = binary("sample-app")?;
-        let is_app = |p: &PodSpec| matches!(p.workload, Workload::App { .. });
-        for spec in self.pods.clone() {
-            let Workload::App { service, version } = &spec.workload else {
-                continue;
-            };
-            let mut command = self
-                .testbed
-                .pod_command(&spec.name, binary.to_str().unwrap());
-            command.args(spec.sample_app_args(service, version));
-            if self.log_requests {
-                command.arg("--log-requests");
-            }
-            let log = self.dir.join(format!("app-{}.log", spec.name));
-            self.apps.push(Process::spawn(&spec.name, command, log)?);
+        let apps: Vec<PodSpec> = self
+            .pods
+            .iter()
+            .filter(|p| matches!(p.workload, Workload::App { .. }))
+            .cloned()
+            .collect();
+        for spec in &apps {
+            self.spawn_app(spec)?;
         }
-        for spec in self.pods.iter().filter(|p| is_app(p)) {
-            let ip = self.testbed.pod(&spec.name).ip;
-            let port = spec.http_port;
-            self.wait_until(&format!("app {}", spec.name), || {
-                self.testbed
-                    .pod_command(&spec.name, "bash")
-                    .args(["-c", &format!("exec 3<>/dev/tcp/{ip}/{port}")])
-                    .stderr(Stdio::null())
-                    .status()
-                    .is_ok_and(|s| s.success())
-            })?;
+        for spec in &apps {
+            self.wait_app(spec)?;
         }
         Ok(())
+    }
+
+    /// Starts the sample app of pod `spec` in the pod (a pod that is not an app's: nothing).
+    /// Its log is `app-<pod>.log`, then `app-<pod>.2.log` for its next life, and so on.
+    pub(crate) fn spawn_app(&mut self, spec: &PodSpec) -> anyhow::Result<()> {
+        let Workload::App { service, version } = &spec.workload else {
+            return Ok(());
+        };
+        let mut command = self
+            .testbed
+            .pod_command(&spec.name, binary("sample-app")?.to_str().unwrap());
+        command.args(spec.sample_app_args(service, version));
+        if self.log_requests {
+            command.arg("--log-requests");
+        }
+        let mut log = self.dir.join(format!("app-{}.log", spec.name));
+        for life in 2.. {
+            if !log.exists() {
+                break;
+            }
+            log = self.dir.join(format!("app-{}.{life}.log", spec.name));
+        }
+        self.apps.push(Process::spawn(&spec.name, command, log)?);
+        Ok(())
+    }
+
+    /// Waits until the sample app of pod `spec` accepts on its HTTP port.
+    pub(crate) fn wait_app(&self, spec: &PodSpec) -> anyhow::Result<()> {
+        if !matches!(spec.workload, Workload::App { .. }) {
+            return Ok(());
+        }
+        let ip = self.testbed.pod(&spec.name).ip;
+        let port = spec.http_port;
+        self.wait_until(&format!("app {}", spec.name), || {
+            self.testbed
+                .pod_command(&spec.name, "bash")
+                .args(["-c", &format!("exec 3<>/dev/tcp/{ip}/{port}")])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
     }
 
     /// The local-mode credentials directory of the waypoint of pod `name` (Secrets as
@@ -566,6 +596,10 @@ impl Mesh {
             .env("POD_NAMESPACE", &spec.namespace)
             .env("SERVICE_ACCOUNT", &spec.service_account)
             .env("CREDENTIALS_DIR", self.waypoint_credentials(name))
+            .env(
+                "CERTIFICATE_TTL_SECONDS",
+                self.certificate_ttl.as_secs().to_string(),
+            )
             .env("RUST_LOG", "info")
             .envs(
                 self.waypoint_env

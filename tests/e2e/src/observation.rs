@@ -149,6 +149,13 @@ impl Mesh {
         self.testbed.pod(name)
     }
 
+    /// The process id of the controller, while it runs.
+    pub fn controller_pid(&self) -> Option<u32> {
+        self.controller
+            .as_ref()
+            .map(|controller| controller.child.id())
+    }
+
     /// The process id of `node`'s agent, while it runs.
     pub fn agent_pid(&self, node: &str) -> Option<u32> {
         self.agents.get(node).map(|agent| agent.child.id())

@@ -1,12 +1,15 @@
 //! A soak with the real binaries: mixed load from a client pod through the agents and a
 //! waypoint (a new connection per request, keep-alive connections of 50 requests, gRPC calls
-//! on one HTTP/2 channel) while the service's VirtualService changes every 3 s and a pod joins
-//! and leaves the service every 10 s. No request may fail; the resident memory and the open
-//! descriptors of both agents and the waypoint are sampled, and their slope after the warm-up
-//! is reported and bounded; once the load stops and the waypoint exits, every connection the
-//! agents counted opened is counted closed. 60 s by default, `WEFT_SOAK_SECONDS` (1800 for the long form) otherwise.
-//! Needs root.
+//! on one HTTP/2 channel, long-lived bidirectional gRPC streams, WebSocket sessions) while the
+//! service's VirtualService changes every 3 s, a pod of the service changes every 10 s (it
+//! leaves the service by its label, comes back, is deleted, is created again) and every
+//! workload certificate rotates every minute. No request may fail; the resident memory and the
+//! open descriptors of both agents, the waypoint and the controller are sampled, and their
+//! slope after the warm-up is reported and bounded; once the load stops and the waypoint exits,
+//! every connection the agents counted opened is counted closed. Five minutes by default (CI's
+//! form), `WEFT_SOAK_SECONDS` otherwise (`cargo xtask test --long`: 1800). Needs root.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use weft_e2e::fixtures::{REVIEWS_VIP as VIP, reviews_behind_waypoint};
@@ -19,6 +22,11 @@ const WAYPOINT: &str = "waypoint";
 const WARM_UP: Duration = Duration::from_secs(15);
 /// How often a proxy's memory and descriptors are sampled.
 const SAMPLE_EVERY: Duration = Duration::from_secs(2);
+/// Workload certificates live this long; renewed at half life, they rotate every minute.
+const CERTIFICATE_TTL: Duration = Duration::from_secs(120);
+/// A gRPC stream carries this many messages, this far apart (5 s a stream).
+const STREAM_MESSAGES: u32 = 50;
+const STREAM_INTERVAL_MS: u32 = 100;
 /// The VirtualService changes this often, and a pod joins or leaves the service this often.
 const EDIT_EVERY: Duration = Duration::from_secs(3);
 const POD_EVERY: Duration = Duration::from_secs(10);
@@ -54,7 +62,7 @@ fn duration() -> Duration {
             s.parse::<u64>()
                 .expect("WEFT_SOAK_SECONDS is a number of seconds")
         })
-        .unwrap_or(60);
+        .unwrap_or(300);
     assert!(
         seconds >= 2 * WARM_UP.as_secs(),
         "WEFT_SOAK_SECONDS must leave time after the {WARM_UP:?} warm-up"
@@ -102,6 +110,28 @@ impl Samples {
     }
 }
 
+/// The expiry of every workload certificate a proxy's `/metrics` shows, by identity.
+fn certificate_expiries(metrics: &str) -> Vec<(String, u64)> {
+    Exposition::parse(metrics)
+        .matching("weft_workload_certificate_expiry_timestamp_seconds", &[])
+        .into_iter()
+        .filter_map(|s| Some((s.label("identity")?.to_owned(), s.value as u64)))
+        .collect()
+}
+
+/// The connections to the workload `workload` (on node2) its agent counted opened and closed.
+fn connections_to(mesh: &Mesh, workload: &str) -> (f64, f64) {
+    let metrics = Exposition::parse(&mesh.metrics("node2"));
+    let labels = [
+        ("reporter", "destination"),
+        ("destination_workload", workload),
+    ];
+    (
+        metrics.sum("istio_tcp_connections_opened_total", &labels),
+        metrics.sum("istio_tcp_connections_closed_total", &labels),
+    )
+}
+
 /// Each agent's connections counted opened and closed (every reporter).
 fn connections(mesh: &Mesh, node: &str) -> (f64, f64) {
     let metrics = Exposition::parse(&mesh.metrics(node));
@@ -125,6 +155,7 @@ fn mixed_load_through_edits_and_pod_changes_fails_nothing_and_leaks_nothing() {
         MeshOptions {
             config: reviews_behind_waypoint(true, &["v1", "v2"]),
             config_files: vec![("20-reviews-vs.yaml".to_owned(), routes(0))],
+            certificate_ttl: CERTIFICATE_TTL,
             ..MeshOptions::default()
         },
     )
@@ -149,10 +180,35 @@ fn mixed_load_through_edits_and_pod_changes_fails_nothing_and_leaks_nothing() {
          for _ in r[\"errors\"]: print(\"0 0\")' || echo '0 0'",
         binary("mesh-client").expect("mesh-client").display()
     );
+    // One outcome per stream or session: 200 when every message came back in order and the
+    // stream ended cleanly, else 0 (the client's report goes to the load's errors file).
+    let session = |args: String, done: &str| {
+        format!(
+            "r=$({} {args}); python3 -c '\
+             import json, sys; r = json.loads(sys.argv[1])\n\
+             ok = {done}\n\
+             print(\"200 0\" if ok else \"0 0\")\n\
+             ok or print(sys.argv[1], file=sys.stderr)' \"$r\" || echo '0 0'",
+            binary("mesh-client").expect("mesh-client").display()
+        )
+    };
+    let stream = session(
+        format!(
+            "grpc-stream --target http://{VIP}:9090 --count {STREAM_MESSAGES} \
+             --interval-ms {STREAM_INTERVAL_MS}"
+        ),
+        &format!("r[\"echoed\"] == {STREAM_MESSAGES} and r[\"ended\"]"),
+    );
+    let websocket = session(
+        format!("websocket --url ws://{VIP}/ws --count 20"),
+        "r[\"status\"] == 101 and r[\"echoed\"] == 20",
+    );
     let loads: Vec<(&str, Load)> = [
         ("churn", curl("", &url)),
         ("keep-alive", curl("", &format!("{url}?n=[1-50]"))),
         ("grpc", grpc),
+        ("grpc-stream", stream),
+        ("websocket", websocket),
     ]
     .into_iter()
     .map(|(name, round)| {
@@ -162,9 +218,10 @@ fn mixed_load_through_edits_and_pod_changes_fails_nothing_and_leaks_nothing() {
         (name, load)
     })
     .collect();
+    // Two outcomes each: a stream takes 5 s.
     for (name, load) in &loads {
         assert!(
-            load.progressed(0, 10),
+            load.progressed(0, 2),
             "the {name} load does not run\n{}",
             mesh.logs()
         );
@@ -177,12 +234,37 @@ fn mixed_load_through_edits_and_pod_changes_fails_nothing_and_leaks_nothing() {
             pid: mesh.agent_pid(node).expect("the agent runs"),
             points: Vec::new(),
         })
-        .chain([Samples {
-            name: "waypoint".to_owned(),
-            pid: mesh.waypoint_pid(WAYPOINT).expect("the waypoint runs"),
-            points: Vec::new(),
-        }])
+        .chain([
+            Samples {
+                name: "waypoint".to_owned(),
+                pid: mesh.waypoint_pid(WAYPOINT).expect("the waypoint runs"),
+                points: Vec::new(),
+            },
+            Samples {
+                name: "controller".to_owned(),
+                pid: mesh.controller_pid().expect("the controller runs"),
+                points: Vec::new(),
+            },
+        ])
         .collect();
+    // Every certificate each proxy held during the soak, by proxy and identity.
+    let mut certificates: BTreeMap<(String, String), BTreeSet<u64>> = BTreeMap::new();
+    let mut note_certificates = |mesh: &Mesh| {
+        let proxies = [
+            ("agent node1", mesh.metrics("node1")),
+            ("agent node2", mesh.metrics("node2")),
+            ("waypoint", mesh.waypoint_metrics(WAYPOINT)),
+        ];
+        for (proxy, metrics) in proxies {
+            for (identity, expiry) in certificate_expiries(&metrics) {
+                certificates
+                    .entry((proxy.to_owned(), identity))
+                    .or_default()
+                    .insert(expiry);
+            }
+        }
+    };
+    let mut deleted = None;
     let start = Instant::now();
     let (mut next_sample, mut next_edit, mut next_pod) =
         (start, start + EDIT_EVERY, start + POD_EVERY);
@@ -192,6 +274,7 @@ fn mixed_load_through_edits_and_pod_changes_fails_nothing_and_leaks_nothing() {
         if now >= next_sample {
             let at = start.elapsed().as_secs_f64();
             samples.iter_mut().for_each(|s| s.take(at));
+            note_certificates(&mesh);
             next_sample += SAMPLE_EVERY;
         }
         if now >= next_edit {
@@ -202,16 +285,46 @@ fn mixed_load_through_edits_and_pod_changes_fails_nothing_and_leaks_nothing() {
         }
         if now >= next_pod {
             pod_changes += 1;
-            let app = if pod_changes % 2 == 1 {
-                "parked"
-            } else {
-                "reviews"
-            };
             let before = mesh.waypoint_config_version(WAYPOINT);
-            mesh.update_pod("reviews-v3", |p| {
-                p.labels.insert("app".to_owned(), app.to_owned());
-            })
-            .expect("change the pod");
+            // By turns: reviews-v3 leaves the service (its label), comes back, is deleted
+            // (once the waypoint stopped sending to it) and is created again.
+            match pod_changes % 4 {
+                1 | 2 => {
+                    let app = if pod_changes % 4 == 1 {
+                        "parked"
+                    } else {
+                        "reviews"
+                    };
+                    mesh.update_pod("reviews-v3", |p| {
+                        p.labels.insert("app".to_owned(), app.to_owned());
+                    })
+                    .expect("change the pod");
+                }
+                3 => {
+                    // Terminating, it takes no new request; it stops once the waypoint
+                    // applied that and closed its connections to it (requests in flight
+                    // finished), as a `preStop` hook holds a pod until it is drained.
+                    deleted = Some(
+                        mesh.delete_pod("reviews-v3", |mesh| {
+                            mesh.await_waypoint_since(WAYPOINT, &before, "the pod's deletion")?;
+                            anyhow::ensure!(
+                                mesh.eventually(Duration::from_secs(10), || {
+                                    let (opened, closed) = connections_to(mesh, "reviews-v3");
+                                    opened == closed
+                                }),
+                                "connections to the terminating pod stay open: {:?}\n{}",
+                                connections_to(mesh, "reviews-v3"),
+                                mesh.logs()
+                            );
+                            Ok(())
+                        })
+                        .unwrap_or_else(|e| panic!("{e:#}")),
+                    );
+                }
+                _ => mesh
+                    .create_pod(deleted.take().expect("the deleted pod"))
+                    .unwrap_or_else(|e| panic!("{e:#}")),
+            }
             mesh.await_waypoint_since(WAYPOINT, &before, "a pod change")
                 .unwrap_or_else(|e| panic!("{e:#}"));
             next_pod = Instant::now() + POD_EVERY;
@@ -244,8 +357,33 @@ fn mixed_load_through_edits_and_pod_changes_fails_nothing_and_leaks_nothing() {
         mesh.logs()
     );
     assert!(
-        edits >= 5 && pod_changes >= 2,
+        edits >= 5 && pod_changes >= 4,
         "too few changes during the soak"
+    );
+
+    // Every proxy's certificates rotated about every minute: at least once for each full
+    // minute of the soak but the first (renewal starts at half of the 2 min lifetime).
+    let rotations = (duration.as_secs() / 60).saturating_sub(1).max(1) as usize;
+    let mut too_few = Vec::new();
+    for ((proxy, identity), expiries) in &certificates {
+        eprintln!(
+            "{proxy}: {identity}: {} certificates in the soak",
+            expiries.len()
+        );
+        if expiries.len() < rotations + 1 {
+            too_few.push(format!("{proxy} {identity}: {}", expiries.len()));
+        }
+    }
+    let proxies: BTreeSet<&str> = certificates.keys().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(
+        proxies.len(),
+        3,
+        "not every proxy showed its certificates: {certificates:?}"
+    );
+    assert!(
+        too_few.is_empty(),
+        "certificates did not rotate every minute ({} expected at least): {too_few:?}",
+        rotations + 1
     );
 
     let mut too_steep = Vec::new();

@@ -554,13 +554,10 @@ fn parse_query(query: &str) -> HashMap<&str, &str> {
 
 struct GrpcEcho(Arc<App>);
 
-#[tonic::async_trait]
-impl Echo for GrpcEcho {
-    async fn echo(
-        &self,
-        request: tonic::Request<EchoRequest>,
-    ) -> Result<tonic::Response<EchoResponse>, tonic::Status> {
-        let request = request.into_inner();
+impl GrpcEcho {
+    /// One answer, as `Echo` gives it: after the delay asked for, the failure asked for or the
+    /// message with the serving pod's identity.
+    async fn answer(&self, request: EchoRequest) -> Result<EchoResponse, tonic::Status> {
         if request.delay_ms > 0 {
             tokio::time::sleep(Duration::from_millis(request.delay_ms.into()).min(MAX_DELAY)).await;
         }
@@ -571,12 +568,44 @@ impl Echo for GrpcEcho {
             ));
         }
         let identity = &self.0.identity;
-        Ok(tonic::Response::new(EchoResponse {
+        Ok(EchoResponse {
             message: request.message,
             service: identity.service.clone(),
             version: identity.version.clone(),
             pod: identity.pod.clone(),
-        }))
+        })
+    }
+}
+
+/// The answers of one `EchoStream` call, in the order of its requests.
+type EchoAnswers =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<EchoResponse, tonic::Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Echo for GrpcEcho {
+    async fn echo(
+        &self,
+        request: tonic::Request<EchoRequest>,
+    ) -> Result<tonic::Response<EchoResponse>, tonic::Status> {
+        self.answer(request.into_inner())
+            .await
+            .map(tonic::Response::new)
+    }
+
+    type EchoStreamStream = EchoAnswers;
+
+    async fn echo_stream(
+        &self,
+        requests: tonic::Request<tonic::Streaming<EchoRequest>>,
+    ) -> Result<tonic::Response<EchoAnswers>, tonic::Status> {
+        let echo = GrpcEcho(self.0.clone());
+        // `then` answers one request at a time: the answers keep the requests' order, and a
+        // client that stops reading stops the server reading (no unbounded queue).
+        let answers = requests.into_inner().then(move |request| {
+            let echo = GrpcEcho(echo.0.clone());
+            async move { echo.answer(request?).await }
+        });
+        Ok(tonic::Response::new(Box::pin(answers)))
     }
 }
 

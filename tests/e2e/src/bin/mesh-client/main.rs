@@ -1,6 +1,6 @@
 //! Clients the end-to-end tests and the demo run inside pods (so that the node agent's eBPF
-//! redirection catches their connections like any application's): a tonic gRPC client, a
-//! WebSocket client, an HTTP/2 rapid-reset burst beside a well-behaved connection, a
+//! redirection catches their connections like any application's): a tonic gRPC client (unary
+//! calls on one channel, or one long-lived bidirectional stream), a WebSocket client, an HTTP/2 rapid-reset burst beside a well-behaved connection, a
 //! request-smuggling attempt, hand-written HTTP/1.x bytes, HTTP/2 frame floods, protocol
 //! upgrades used to get past a proxy, and a backend that accepts any upgrade. Each prints one
 //! JSON line saying what happened and exits non-zero only when it could not run at all; the
@@ -40,6 +40,17 @@ enum Command {
         target: String,
         #[arg(long, default_value_t = 10)]
         count: u32,
+    },
+    /// Opens one bidirectional `EchoStream` and sends `count` messages on it, `interval_ms`
+    /// apart, each awaited before the next: the stream stays open for the whole exchange.
+    GrpcStream {
+        /// `http://host:port`
+        #[arg(long)]
+        target: String,
+        #[arg(long, default_value_t = 10)]
+        count: u32,
+        #[arg(long, default_value_t = 0)]
+        interval_ms: u64,
     },
     /// Opens a WebSocket and checks that `count` messages come back unchanged.
     Websocket {
@@ -149,6 +160,11 @@ fn main() -> anyhow::Result<()> {
                 return anyhow::Ok(None);
             }
             Command::Grpc { target, count } => grpc(&target, count).await,
+            Command::GrpcStream {
+                target,
+                count,
+                interval_ms,
+            } => grpc_stream(&target, count, Duration::from_millis(interval_ms)).await,
             Command::Websocket { url, count } => websocket(&url, count).await,
             Command::RapidReset {
                 target,
@@ -215,6 +231,87 @@ async fn grpc(target: &str, count: u32) -> anyhow::Result<serde_json::Value> {
         }
     }
     Ok(serde_json::json!({ "replies": replies, "errors": errors }))
+}
+
+async fn grpc_stream(
+    target: &str,
+    count: u32,
+    interval: Duration,
+) -> anyhow::Result<serde_json::Value> {
+    let channel = tonic::transport::Endpoint::from_shared(target.to_string())?
+        .connect_timeout(TIMEOUT)
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {target}"))?;
+    let mut client = EchoClient::new(channel);
+    // One request at a time: each is sent once the previous answer is in.
+    let (requests, outgoing) = tokio::sync::mpsc::channel::<EchoRequest>(1);
+    let mut answers = tokio::time::timeout(
+        TIMEOUT,
+        client.echo_stream(tokio_stream::wrappers::ReceiverStream::new(outgoing)),
+    )
+    .await
+    .context("opening the stream timed out")?
+    .context("opening the stream")?
+    .into_inner();
+    let (mut echoed, mut pods) = (0u32, std::collections::BTreeSet::new());
+    let mut error = None;
+    for i in 0..count {
+        if i > 0 {
+            tokio::time::sleep(interval).await;
+        }
+        let message = format!("stream-{i}");
+        let request = EchoRequest {
+            message: message.clone(),
+            fail_with_code: 0,
+            delay_ms: 0,
+        };
+        if requests.send(request).await.is_err() {
+            error = Some(format!("message {i}: the stream's sending side closed"));
+            break;
+        }
+        match tokio::time::timeout(TIMEOUT, answers.message()).await {
+            Ok(Ok(Some(reply))) if reply.message == message => {
+                echoed += 1;
+                pods.insert(reply.pod);
+            }
+            Ok(Ok(Some(reply))) => {
+                error = Some(format!("message {i}: answered {:?}", reply.message));
+                break;
+            }
+            Ok(Ok(None)) => {
+                error = Some(format!("message {i}: the stream ended"));
+                break;
+            }
+            Ok(Err(status)) => {
+                error = Some(format!(
+                    "message {i}: {:?}: {}",
+                    status.code(),
+                    status.message()
+                ));
+                break;
+            }
+            Err(_) => {
+                error = Some(format!("message {i}: no answer within {TIMEOUT:?}"));
+                break;
+            }
+        }
+    }
+    drop(requests);
+    // The client's end of the stream closed: the server ends its side with an OK status.
+    let ended = match error {
+        Some(_) => false,
+        None => matches!(
+            tokio::time::timeout(TIMEOUT, answers.message()).await,
+            Ok(Ok(None))
+        ),
+    };
+    Ok(serde_json::json!({
+        "echoed": echoed,
+        "pods": pods,
+        "ended": ended,
+        "error": error,
+    }))
 }
 
 async fn websocket(url: &str, count: u32) -> anyhow::Result<serde_json::Value> {
