@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, debug_span, info, warn};
 use weft_hbone::admission::{Permit, SourceLimit, accept_loop};
 use weft_hbone::{PlainSocketFactory, SocketFactory};
-use weft_proxy_core::drain::DrainWatch;
+use weft_proxy_core::drain::{DrainSource, DrainWatch};
 use weft_workers::Workers;
 
 use crate::listener::{HttpLimits, PrefixedIo, serve_http, spawn_connection};
@@ -83,14 +83,14 @@ impl EdgeListeners {
         }
     }
 
-    /// Opens and closes ports as configurations are applied, until the drain starts; then
-    /// every port closes (connections in flight finish, each holding `drain`).
-    pub async fn run(self, drain: DrainWatch) {
+    /// Opens and closes ports as configurations are applied, for as long as the process
+    /// lives, the drain included: as Envoy's listeners during its graceful drain, the ports
+    /// keep accepting, and every connection, old or new, is told to go away (each holds a
+    /// watch from `drain` until it has finished).
+    pub async fn run(self, drain: DrainSource) {
         let store = self.shared.store.clone();
         let mut versions = store.version();
         let mut open: HashMap<u16, JoinHandle<()>> = HashMap::new();
-        let draining = drain.signaled();
-        tokio::pin!(draining);
         loop {
             let wanted: BTreeSet<u16> = store
                 .snapshot()
@@ -119,18 +119,17 @@ impl EdgeListeners {
                     Err(error) => warn!(port, %error, "cannot open the gateway port"),
                 }
             }
-            tokio::select! {
-                changed = versions.changed() => if changed.is_err() { break },
-                () = &mut draining => break,
+            if versions.changed().await.is_err() {
+                break;
             }
         }
         for (_, task) in open {
             task.abort();
         }
-        info!("gateway ports closed: draining");
+        info!("gateway ports closed");
     }
 
-    fn open(&self, port: u16, drain: DrainWatch) -> std::io::Result<JoinHandle<()>> {
+    fn open(&self, port: u16, drain: DrainSource) -> std::io::Result<JoinHandle<()>> {
         let address = SocketAddr::new(self.address, port);
         let listener = PlainSocketFactory
             .listen(address, false)
@@ -148,7 +147,7 @@ impl EdgeListeners {
                 |peer| sources.admit(peer.ip()),
                 |stream, peer, permit| {
                     let context = context.clone();
-                    let drain = drain.clone();
+                    let drain = drain.watch();
                     spawn_connection(
                         workers.as_ref(),
                         stream,
@@ -159,7 +158,7 @@ impl EdgeListeners {
                         },
                     );
                 },
-                drain.signaled(),
+                std::future::pending(),
             )
             .await;
         }))

@@ -7,18 +7,20 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::pin::Pin;
+
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
-use tracing::{Instrument, debug, debug_span, info, warn};
+use tracing::{Instrument, debug, debug_span, warn};
 use weft_hbone::admission::{Permit, SourceLimit, accept_loop};
 use weft_hbone::{
     ConnectHandler, ConnectRequest, H2Config, HboneAcceptor, PlainSocketFactory, Refusal,
     SocketFactory, TlsError,
 };
 use weft_identity::SpiffeId;
-use weft_proxy_core::drain::DrainWatch;
+use weft_proxy_core::drain::{DrainSource, DrainWatch};
 
 use crate::model::Protocol;
 use crate::proxy::{ProxyShared, TunnelContext, handle};
@@ -132,20 +134,20 @@ impl HboneListener {
             .map_err(ListenerError::LocalAddress)
     }
 
-    /// Accepts connections until the drain starts, then closes the listening socket (new
-    /// connections are refused) and returns; each connection holds a clone of `drain` until it
-    /// has finished draining. A source past its limit, or any past the process's, is closed at
-    /// once.
-    pub async fn run(self, drain: DrainWatch) {
+    /// Accepts connections for as long as the process lives, the drain included, as Envoy's
+    /// listeners accept during its graceful drain: each connection holds a watch from `drain`
+    /// until it has finished draining, and one accepted once the drain started is told to go
+    /// away at once (a GOAWAY after its first tunnels). A source past its limit, or any past
+    /// the process's, is closed at once, draining or not.
+    pub async fn run(self, drain: DrainSource) {
         let sources = Arc::clone(&self.sources);
         accept_loop(
             &self.listener,
             |peer| sources.admit(peer.ip()),
-            |stream, peer, permit| self.dispatch(stream, peer, permit, drain.clone()),
-            drain.signaled(),
+            |stream, peer, permit| self.dispatch(stream, peer, permit, drain.watch()),
+            std::future::pending(),
         )
         .await;
-        info!("hbone listener closed: draining");
     }
 }
 
@@ -345,65 +347,178 @@ pub(crate) async fn serve_http<IO>(
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let store = shared.store.clone();
     let destination = context.destination;
-    let served = Arc::clone(&context);
-    let service = service_fn(move |req| handle(Arc::clone(&shared), Arc::clone(&context), req));
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes.max(8192));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(limits.max_concurrent_streams)
-        .max_pending_accept_reset_streams(limits.max_pending_accept_reset_streams)
-        .max_local_error_reset_streams(limits.max_local_error_reset_streams)
-        .max_header_list_size(limits.max_header_list_size);
-    let activity = crate::idle::Activity::default();
-    let io = TokioIo::new(FramingGuard::new(activity.watch(io)));
-    let connection = builder.serve_connection_with_upgrades(io, service);
-    tokio::pin!(connection);
-    let mut versions = store.version();
-    let draining = drain.signaled();
-    tokio::pin!(draining);
-    let served = loop {
-        tokio::select! {
-            served = connection.as_mut() => break served,
-            () = tokio::time::sleep_until(activity.deadline(limits.idle_timeout)) => {
-                if activity.idle_for(limits.idle_timeout) {
-                    debug!(%destination, "connection idle: closing it");
-                    connection.as_mut().graceful_shutdown();
-                    break connection.await;
-                }
-            }
-            () = &mut draining => {
-                // SIGTERM: the request in flight finishes and its response carries
-                // `Connection: close` (HTTP/1.1; an idle connection closes now), HTTP/2 gets a
-                // GOAWAY, as Envoy drains for Istio's terminationDrainDuration.
-                debug!(%destination, "draining the connection");
-                connection.as_mut().graceful_shutdown();
-                break connection.await;
-            }
-            changed = versions.changed() => {
-                let gone = !served.still_served(&store.snapshot());
-                if changed.is_err() || gone {
-                    // The destination left this waypoint: drain as Envoy drains a removed
-                    // filter chain. Requests in flight finish, an idle HTTP/1.1 connection
-                    // closes now and a busy one after its response, HTTP/2 gets a GOAWAY; the
-                    // client's agent carries the next connection as the mesh now says.
-                    debug!(%destination, "destination no longer served: draining the connection");
-                    connection.as_mut().graceful_shutdown();
-                    break connection.await;
-                }
-            }
+    let (requested, first_request) = tokio::sync::watch::channel(false);
+    let watch = ConnectionWatch {
+        store: shared.store.clone(),
+        served: Arc::clone(&context),
+        activity: crate::idle::Activity::default(),
+        idle_timeout: limits.idle_timeout,
+        drain,
+        first_request,
+    };
+    let io = FramingGuard::new(watch.activity.watch(io));
+    // The version is read before the server starts, so that a connection accepted during the
+    // drain (or whose first bytes come after it started) has its first request served and
+    // answered with `Connection: close` or a GOAWAY: hyper's automatic detection, told to shut
+    // down before it read the preface, drops the connection unanswered.
+    let Some((version, io)) = read_http_version(io, limits.header_read_timeout).await else {
+        debug!(%destination, "no http request on the connection");
+        return;
+    };
+    let service = service_fn(move |req| {
+        requested.send_replace(true);
+        handle(Arc::clone(&shared), Arc::clone(&context), req)
+    });
+    let io = TokioIo::new(io);
+    let served = match version {
+        HttpVersion::Http1 => {
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
+                .max_buf_size(limits.max_header_bytes.max(8192))
+                .serve_connection(io, service)
+                .with_upgrades();
+            tokio::pin!(connection);
+            watch
+                .drive(connection.as_mut(), |c| c.graceful_shutdown())
+                .await
+        }
+        HttpVersion::Http2 => {
+            let connection = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(limits.max_concurrent_streams)
+                .max_pending_accept_reset_streams(limits.max_pending_accept_reset_streams)
+                .max_local_error_reset_streams(limits.max_local_error_reset_streams)
+                .max_header_list_size(limits.max_header_list_size)
+                .serve_connection(io, service);
+            tokio::pin!(connection);
+            watch
+                .drive(connection.as_mut(), |c| c.graceful_shutdown())
+                .await
         }
     };
     if let Err(error) = served {
         debug!(%error, "http connection in tunnel ended with an error");
     }
+}
+
+/// What ends an HTTP connection early: idleness, the drain, the configuration leaving it.
+struct ConnectionWatch {
+    store: crate::store::ConfigStore,
+    served: Arc<TunnelContext>,
+    activity: crate::idle::Activity,
+    idle_timeout: Duration,
+    drain: DrainWatch,
+    /// Turns true when the connection's first request reached the pipeline.
+    first_request: tokio::sync::watch::Receiver<bool>,
+}
+
+impl ConnectionWatch {
+    /// Runs `connection` to its end, shutting it down gracefully with `shut_down` (HTTP/1.1:
+    /// `Connection: close` on the response in flight, an idle connection closed now; HTTP/2:
+    /// a GOAWAY, its streams in flight finishing) once it is idle for its limit, the drain
+    /// started, or its destination is no longer served.
+    async fn drive<C>(
+        self,
+        mut connection: Pin<&mut C>,
+        shut_down: fn(Pin<&mut C>),
+    ) -> hyper::Result<()>
+    where
+        C: Future<Output = hyper::Result<()>>,
+    {
+        let destination = self.served.destination;
+        let mut versions = self.store.version();
+        let draining = self.drain.signaled();
+        tokio::pin!(draining);
+        // hyper closes a connection shut down before it read anything, unanswered: one that
+        // comes during the drain is told to go away with the answer to its first request.
+        let mut first_request = self.first_request.clone();
+        let first_request = first_request.wait_for(|requested| *requested);
+        tokio::pin!(first_request);
+        let mut drain_pending = false;
+        loop {
+            tokio::select! {
+                served = connection.as_mut() => return served,
+                () = tokio::time::sleep_until(self.activity.deadline(self.idle_timeout)) => {
+                    if self.activity.idle_for(self.idle_timeout) {
+                        debug!(%destination, "connection idle: closing it");
+                        break;
+                    }
+                }
+                () = &mut draining, if !drain_pending => {
+                    // SIGTERM: the request in flight finishes and its response carries
+                    // `Connection: close` (HTTP/1.1; an idle connection closes now), HTTP/2 gets
+                    // a GOAWAY, as Envoy drains with `--drain-strategy immediate`. A connection
+                    // accepted during the drain gets the same with its first request.
+                    if *self.first_request.borrow() {
+                        debug!(%destination, "draining the connection");
+                        break;
+                    }
+                    drain_pending = true;
+                }
+                _ = &mut first_request, if drain_pending => {
+                    debug!(%destination, "draining the connection after its first request");
+                    break;
+                }
+                changed = versions.changed() => {
+                    let gone = !self.served.still_served(&self.store.snapshot());
+                    if changed.is_err() || gone {
+                        // The destination left this waypoint: drain as Envoy drains a removed
+                        // filter chain. Requests in flight finish, an idle HTTP/1.1 connection
+                        // closes now and a busy one after its response, HTTP/2 gets a GOAWAY;
+                        // the client's agent carries the next connection as the mesh now says.
+                        debug!(%destination, "destination no longer served: draining the connection");
+                        break;
+                    }
+                }
+            }
+        }
+        shut_down(connection.as_mut());
+        connection.await
+    }
+}
+
+/// The HTTP version of a server connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HttpVersion {
+    Http1,
+    Http2,
+}
+
+/// HTTP/2's connection preface: a connection that starts with it speaks HTTP/2.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The version `bytes` start with: HTTP/2 once they hold its whole preface, HTTP/1.1 at the
+/// first byte that departs from it. `None`: not enough bytes to tell.
+fn version_of(bytes: &[u8]) -> Option<HttpVersion> {
+    let common = bytes.len().min(H2_PREFACE.len());
+    if bytes[..common] != H2_PREFACE[..common] {
+        return Some(HttpVersion::Http1);
+    }
+    (common == H2_PREFACE.len()).then_some(HttpVersion::Http2)
+}
+
+/// Reads the first bytes of a connection (at most HTTP/2's preface, within `limit`) for its
+/// version; the bytes read are replayed. `None`: the client closed or sent nothing in time.
+async fn read_http_version<IO>(mut io: IO, limit: Duration) -> Option<(HttpVersion, PrefixedIo<IO>)>
+where
+    IO: tokio::io::AsyncRead + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+    let mut prefix = [0u8; H2_PREFACE.len()];
+    let mut read = 0;
+    let deadline = tokio::time::Instant::now() + limit;
+    let version = loop {
+        if let Some(version) = version_of(&prefix[..read]) {
+            break version;
+        }
+        match tokio::time::timeout_at(deadline, io.read(&mut prefix[read..])).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return None,
+            Ok(Ok(n)) => read += n,
+        }
+    };
+    Some((version, PrefixedIo::new(prefix[..read].to_vec(), io)))
 }
 
 /// How long a port without a declared protocol waits for the client's first bytes before it
@@ -555,6 +670,77 @@ mod tests {
                 String::from_utf8_lossy(bytes)
             );
         }
+    }
+
+    #[test]
+    fn the_first_bytes_tell_the_http_version() {
+        let cases: [(&[u8], Option<HttpVersion>); 7] = [
+            (b"", None),
+            (b"PRI * HT", None),
+            (
+                b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+                Some(HttpVersion::Http2),
+            ),
+            (b"GET / HTTP/1.1\r\n", Some(HttpVersion::Http1)),
+            (b"G", Some(HttpVersion::Http1)),
+            (b"PRI / HTTP/1.1\r\n", Some(HttpVersion::Http1)),
+            (
+                b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n",
+                Some(HttpVersion::Http1),
+            ),
+        ];
+        for (bytes, expected) in cases {
+            assert_eq!(
+                version_of(bytes),
+                expected,
+                "{}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+    }
+
+    /// The bytes read to tell the version are replayed, whatever pieces they came in.
+    #[tokio::test]
+    async fn the_version_is_read_and_the_bytes_replayed() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        for (pieces, version) in [
+            (
+                vec![&b"PRI * HTTP/2.0\r\n"[..], b"\r\nSM\r\n\r\nmore"],
+                HttpVersion::Http2,
+            ),
+            (vec![&b"P"[..], b"OST / HTTP/1.1\r\n"], HttpVersion::Http1),
+        ] {
+            let (mut client, server) = tokio::io::duplex(1024);
+            let sent: Vec<u8> = pieces.concat();
+            let writer = tokio::spawn(async move {
+                for piece in pieces {
+                    client.write_all(piece).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            });
+            let (read, mut io) = read_http_version(server, Duration::from_secs(5))
+                .await
+                .expect("a version");
+            assert_eq!(read, version);
+            writer.await.unwrap();
+            let mut replayed = vec![0u8; sent.len()];
+            io.read_exact(&mut replayed).await.unwrap();
+            assert_eq!(replayed, sent);
+        }
+        // Nothing sent in time, or a closed connection: no version.
+        let (_client, server) = tokio::io::duplex(1024);
+        assert!(
+            read_http_version(server, Duration::from_millis(50))
+                .await
+                .is_none()
+        );
+        let (client, server) = tokio::io::duplex(1024);
+        drop(client);
+        assert!(
+            read_http_version(server, Duration::from_secs(5))
+                .await
+                .is_none()
+        );
     }
 
     /// Accepted connections are served on the workers, round robin, each wholly on its

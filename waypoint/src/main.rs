@@ -2,9 +2,10 @@
 //! the certificate from the controller's CA (a manager of one identity, as the node agent's
 //! manages many), configuration over delta ADS, then the HBONE
 //! listener (15008), metrics (15020), readiness (15021) and the admin page (127.0.0.1:15000,
-//! `/config_dump`) until SIGTERM or Ctrl-C, then the drain: readiness fails, the HBONE listener
-//! closes, requests in flight finish (HTTP/1.1 responses carry `Connection: close`, HTTP/2 and
-//! the HBONE connections get a GOAWAY) within the termination deadline, and the process exits.
+//! `/config_dump`) until SIGTERM or Ctrl-C, then the drain, as Envoy's under pilot-agent:
+//! readiness fails, the listeners keep accepting while every connection, old and new, is told
+//! to go away (HTTP/1.1 responses carry `Connection: close`, HTTP/2 and the HBONE connections
+//! get a GOAWAY), and the process exits when the termination period has run out.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -166,6 +167,8 @@ async fn run(config: Config, workers: Workers) -> anyhow::Result<()> {
     certificates.fetch(&identity).await?;
     info!(%identity, "waypoint certificate obtained");
     let (trigger, drain) = drain::channel();
+    // The listeners hold no watch: they accept until the process exits.
+    drop(drain);
     let pod_ip = config.pod_ip(&interface_addresses());
     let waypoint = Waypoint::new(WaypointOptions {
         node_id: pod_ip.map(|ip| config.node_id(ip)).unwrap_or_default(),
@@ -263,7 +266,7 @@ async fn run(config: Config, workers: Workers) -> anyhow::Result<()> {
     );
     match (hbone, &config.role) {
         (Some(hbone), _) => {
-            tokio::spawn(hbone.run(drain.clone()));
+            tokio::spawn(hbone.run(trigger.source()));
         }
         (None, Role::Gateway { credentials_dir }) => {
             let edge = waypoint.edge_listeners(
@@ -273,7 +276,7 @@ async fn run(config: Config, workers: Workers) -> anyhow::Result<()> {
                 },
                 config.gateway_address,
             );
-            tokio::spawn(edge.run(drain.clone()));
+            tokio::spawn(edge.run(trigger.source()));
         }
         (None, Role::Waypoint) => {}
     }
@@ -285,19 +288,22 @@ async fn run(config: Config, workers: Workers) -> anyhow::Result<()> {
             }
         });
     }
-    drop(drain);
     shutdown_signal().await;
-    let deadline = config.proxy.termination_deadline;
+    // Envoy under pilot-agent: `drain_listeners?graceful` with `--drain-strategy immediate`,
+    // then the whole `terminationDrainDuration` before the exit. Clients move to the other
+    // replicas while the endpoint's removal reaches every agent; one that has not heard yet
+    // is still served here.
+    let period = config.proxy.termination_deadline;
     info!(
-        ?deadline,
-        "draining: refusing new connections, finishing those in flight"
+        ?period,
+        "draining: still accepting, every connection told to go away"
     );
-    match trigger.drain(deadline).await {
+    match trigger.drain_for(period).await {
         Drained::Complete => info!("drained"),
         Drained::DeadlinePassed { remaining } => {
             warn!(
                 remaining,
-                "termination deadline passed: closing what is left"
+                "termination period over: closing the connections left"
             );
         }
     }

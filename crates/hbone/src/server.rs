@@ -151,7 +151,12 @@ where
 }
 
 /// [`serve_connection`], draining once `drain` completes: the client gets a GOAWAY, so it opens
-/// no more tunnels here, and the connection ends when the tunnels in flight have finished.
+/// no more tunnels here, and the connection ends when the tunnels in flight have finished. A
+/// connection that has carried no tunnel yet (one accepted during a drain) gets its GOAWAY
+/// with its first tunnel, as Envoy answers a new HTTP/2 connection's first request before its
+/// GOAWAY: sent at once, it could overtake the client's first CONNECT (the client's answer to
+/// its PING ends the grace for streams in flight) and leave the client nothing to retry on but
+/// another new connection, which would fare the same.
 pub async fn serve_connection_until<IO, H>(
     io: IO,
     handler: Arc<H>,
@@ -170,16 +175,21 @@ where
     let mut streams = JoinSet::new();
     let mut summary = ConnectionSummary::default();
     let mut drain = std::pin::pin!(drain);
+    // The drain started; and whether the client was told (a GOAWAY sent).
     let mut draining = false;
+    let mut told = false;
+    let mut accepted_any = false;
     let failure = loop {
+        if draining && accepted_any && !told {
+            debug!("draining the hbone connection");
+            told = true;
+            connection.graceful_shutdown();
+        }
         tokio::select! {
-            () = &mut drain, if !draining => {
-                debug!("draining the hbone connection");
-                draining = true;
-                connection.graceful_shutdown();
-            }
+            () = &mut drain, if !draining => draining = true,
             accepted = connection.accept() => match accepted {
                 Some(Ok((request, respond))) => {
+                    accepted_any = true;
                     let span = debug_span!("hbone_stream", stream_id = ?respond.stream_id());
                     streams.spawn(serve_stream(request, respond, Arc::clone(&handler)).instrument(span));
                 }

@@ -155,6 +155,24 @@ impl TestServer {
         tls: Arc<rustls::ServerConfig>,
         config: H2Config,
     ) -> Result<Arc<Self>> {
+        Self::start_serving(handler, tls, config, false).await
+    }
+
+    /// A server whose every connection is served draining from its start, as a waypoint's
+    /// during its graceful drain.
+    async fn start_draining<H: ConnectHandler>(
+        handler: Arc<H>,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> Result<Arc<Self>> {
+        Self::start_serving(handler, tls, H2Config::default(), true).await
+    }
+
+    async fn start_serving<H: ConnectHandler>(
+        handler: Arc<H>,
+        tls: Arc<rustls::ServerConfig>,
+        config: H2Config,
+        draining: bool,
+    ) -> Result<Arc<Self>> {
         let listener = TcpListener::bind((LOCALHOST, 0)).await?;
         let (ended_tx, ended_rx) = mpsc::unbounded_channel();
         let server = Arc::new(TestServer {
@@ -180,8 +198,13 @@ impl TestServer {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
+                    let drain = async move {
+                        if !draining {
+                            std::future::pending::<()>().await;
+                        }
+                    };
                     tokio::select! {
-                        _ = serve_connection(tls, handler, config) => {}
+                        _ = serve_connection_until(tls, handler, config, drain) => {}
                         _ = kill.cancelled() => {}
                     }
                     let _ = ended_tx.send(());
@@ -668,6 +691,43 @@ async fn pool_recovers_after_server_closes_connection() -> Result<()> {
             pool.connection_count(&key),
             1,
             "the dead connection must be dropped"
+        );
+        Ok(())
+    })
+    .await
+}
+
+/// A draining server tells each connection to go away, but only with its first tunnel: every
+/// tunnel the pool opens is carried, each on a new connection once the last one's GOAWAY came.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_server_carries_the_first_tunnel_of_each_new_connection() -> Result<()> {
+    bounded(async {
+        const TUNNELS: usize = 30;
+        let echo = start_echo().await?;
+        let pki = test_pki()?;
+        let server =
+            TestServer::start_draining(Arc::new(ForwardingHandler::default()), server_tls(&pki)?)
+                .await?;
+        let h = Harness {
+            server,
+            client_tls: client_tls(&pki)?,
+        };
+        let pool = h.pool();
+        let key = h.key();
+        for round in 0..TUNNELS {
+            let mut tunnel = pool
+                .connect(&key, &ConnectRequest::new(echo))
+                .await
+                .with_context(|| format!("tunnel {round}"))?;
+            tunnel.write_all(b"draining").await?;
+            tunnel.shutdown().await?;
+            let mut back = Vec::new();
+            tunnel.read_to_end(&mut back).await?;
+            anyhow::ensure!(back == b"draining", "echo mismatch");
+        }
+        assert!(
+            h.server.accepted.load(Ordering::SeqCst) > 1,
+            "the connections were never told to go away"
         );
         Ok(())
     })

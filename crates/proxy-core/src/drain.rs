@@ -2,12 +2,22 @@
 //! `terminationDrainDuration`: one [`DrainTrigger`], and a [`DrainWatch`] held by everything
 //! that must finish before the process may exit (listeners, connections, tunnels).
 //!
-//! Starting the drain tells every watch at once; listeners stop accepting, connections finish
-//! what is in flight (an HTTP/1.1 response carries `Connection: close`, HTTP/2 gets a GOAWAY)
-//! and drop their watch when done. The drain is complete when the last watch is dropped, or
-//! when the deadline passes, whichever comes first; the process then exits and whatever is
-//! still open is closed with it. Readiness reads a [`DrainStatus`], which holds no watch, so
-//! that it can answer "draining" for as long as the process lives.
+//! Starting the drain tells every watch at once; connections finish what is in flight (an
+//! HTTP/1.1 response carries `Connection: close`, HTTP/2 gets a GOAWAY) and drop their watch
+//! when done. Two ways to end it:
+//!
+//! - [`DrainTrigger::drain`] (the node agent, as ztunnel): listeners hold a watch and stop
+//!   accepting at once; the drain is complete when the last watch is dropped, or when the
+//!   deadline passes, whichever comes first.
+//! - [`DrainTrigger::drain_for`] (the waypoint and the gateways, as Envoy under pilot-agent):
+//!   listeners hold a [`DrainSource`], not a watch, and keep accepting for the whole period,
+//!   each new connection told to go away as it comes (Envoy's `drain_listeners?graceful` with
+//!   `--drain-strategy immediate`); the period always runs out, as pilot-agent waits its
+//!   `terminationDrainDuration`.
+//!
+//! The process then exits and whatever is still open is closed with it. Readiness reads a
+//! [`DrainStatus`], which holds no watch, so that it can answer "draining" for as long as the
+//! process lives.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -69,6 +79,19 @@ impl DrainTrigger {
             Err(_) => Drained::DeadlinePassed {
                 remaining: self.sender.receiver_count(),
             },
+        }
+    }
+
+    /// Starts the drain and lets it run for the whole `period`, however early the last watch
+    /// is dropped: a listener that keeps accepting during the drain (holding a
+    /// [`DrainSource`]) may hand out a new watch at any moment until then. How it ended: the
+    /// watches still held when the period ran out.
+    pub async fn drain_for(self, period: Duration) -> Drained {
+        self.start();
+        tokio::time::sleep(period).await;
+        match self.sender.receiver_count() {
+            0 => Drained::Complete,
+            remaining => Drained::DeadlinePassed { remaining },
         }
     }
 }
@@ -194,6 +217,39 @@ mod tests {
         // Started after the drain: draining from the start.
         assert!(source.watch().is_draining());
         assert!(!DrainSource::never().watch().is_draining());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_drain_for_a_period_runs_it_out_while_watches_come_and_go() {
+        let (trigger, watch) = channel();
+        drop(watch);
+        let source = trigger.source();
+        let started = tokio::time::Instant::now();
+        let drained = tokio::spawn(trigger.drain_for(Duration::from_secs(5)));
+        tokio::task::yield_now().await;
+        // No watch is held, and the period goes on: a connection may still come.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(!drained.is_finished());
+        let late = source.watch();
+        assert!(
+            late.is_draining(),
+            "a connection accepted now is told to go away"
+        );
+        drop(late);
+        let held = source.watch();
+        assert_eq!(
+            drained.await.unwrap(),
+            Drained::DeadlinePassed { remaining: 1 }
+        );
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+        drop(held);
+
+        let (trigger, watch) = channel();
+        drop(watch);
+        assert_eq!(
+            trigger.drain_for(Duration::from_secs(5)).await,
+            Drained::Complete
+        );
     }
 
     #[tokio::test]

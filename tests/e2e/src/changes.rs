@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use crate::{Mesh, PodSpec, STARTUP};
+use crate::{Mesh, PodPhase, PodSpec, STARTUP};
 
 impl Mesh {
     /// Waits until `curl` from `pod` gets 200 from `url`: the agents (and the waypoint, where
@@ -47,52 +47,44 @@ impl Mesh {
 
     /// Deletes the pod `name` as Kubernetes does when its owner scales it down: the Pod object
     /// is marked terminating (`deletionTimestamp`), so the mesh stops sending it new requests;
-    /// `settled` waits for the proxies that route to it; then its app stops and its node's
-    /// agent stops capturing it (the enrollment snapshot without it: the CNI's DEL), and last
-    /// the Pod object leaves the API. Returns its spec, for [`Mesh::create_pod`]. The pod's
-    /// network namespace stays, as a sandbox the testbed reuses.
+    /// `settled` waits for the proxies that route to it; then its app stops, its node's agent
+    /// stops capturing it (the enrollment snapshot without it: the CNI's DEL), and last the
+    /// Pod object leaves the API ([`PodPhase::Absent`]). The pod's network namespace stays, as
+    /// a sandbox the testbed reuses for [`Mesh::create_pod`].
     pub fn delete_pod(
         &mut self,
         name: &str,
         settled: impl FnOnce(&Self) -> anyhow::Result<()>,
-    ) -> anyhow::Result<PodSpec> {
-        let index = self
-            .pods
-            .iter()
-            .position(|p| p.name == name)
-            .with_context(|| format!("no pod {name}"))?;
-        self.pods[index].terminating = true;
-        self.write_config("00-pods.yaml", &self.pods_yaml())?;
+    ) -> anyhow::Result<()> {
+        self.set_pod_phase(name, PodPhase::Terminating)?;
         settled(self)?;
         if let Some(at) = self.apps.iter().position(|p| p.name == name) {
             self.apps.remove(at).stop();
         }
-        let mut spec = self.pods.remove(index);
-        if spec.enrolled {
-            self.enroll(&spec.node)?;
-        }
-        self.write_config("00-pods.yaml", &self.pods_yaml())?;
-        spec.terminating = false;
-        Ok(spec)
+        self.set_pod_phase(name, PodPhase::Absent)?;
+        let node = self.pod_spec(name)?.node.clone();
+        self.enroll(&node)
     }
 
-    /// Creates the pod `spec` (one [`Mesh::delete_pod`] returned) in its old sandbox, as its
-    /// owner's next replica: its node's agent captures it (the CNI's ADD), its app starts, and
-    /// once the app accepts it enters the API as a ready pod, so its endpoints follow.
-    pub fn create_pod(&mut self, spec: PodSpec) -> anyhow::Result<()> {
-        anyhow::ensure!(
-            !self.pods.iter().any(|p| p.name == spec.name),
-            "pod {} exists",
-            spec.name
-        );
-        let (node, enrolled) = (spec.node.clone(), spec.enrolled);
-        self.pods.push(spec.clone());
-        if enrolled {
-            self.enroll(&node)?;
-        }
+    /// Creates the pod `name` (one [`Mesh::delete_pod`] deleted) in its old sandbox, as its
+    /// owner's next replica: its Pod object appears not Ready, its node's agent captures it
+    /// (the CNI's ADD), its app starts, and once the app accepts the Pod turns Ready, so its
+    /// endpoints follow.
+    pub fn create_pod(&mut self, name: &str) -> anyhow::Result<()> {
+        let spec = self.pod_spec(name)?.clone();
+        anyhow::ensure!(spec.phase == PodPhase::Absent, "pod {name} exists");
+        self.set_pod_phase(name, PodPhase::Starting)?;
+        self.enroll(&spec.node)?;
         self.spawn_app(&spec)?;
         self.wait_app(&spec)?;
-        self.write_config("00-pods.yaml", &self.pods_yaml())
+        self.set_pod_phase(name, PodPhase::Running)
+    }
+
+    fn pod_spec(&self, name: &str) -> anyhow::Result<&PodSpec> {
+        self.pods
+            .iter()
+            .find(|p| p.name == name)
+            .with_context(|| format!("no pod {name}"))
     }
 
     /// What `kubectl apply -f` does with `yaml`: each object it holds replaces the object of

@@ -96,9 +96,23 @@ pub struct PodSpec {
     /// The controller its Pod object names (what the mesh derives the workload name from, as
     /// Istio does); `None`: a bare pod, its workload named after itself.
     pub owner: Option<PodOwner>,
-    /// Being deleted: its Pod object carries a `deletionTimestamp` (Kubernetes' graceful
-    /// termination), so it takes no new traffic while it still runs.
-    pub terminating: bool,
+    /// Where the Pod object is in its life, as the configuration shows it.
+    pub phase: PodPhase,
+}
+
+/// A Pod object's life as the controller sees it, for a rolling update: created (not Ready
+/// until what runs in it is), Ready, terminating (`deletionTimestamp` set, as when Kubernetes
+/// deletes it and marks its endpoints terminating), deleted. The testbed's network namespaces
+/// are made at start for every pod, whatever its phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PodPhase {
+    /// No Pod object (not created yet, or deleted).
+    Absent,
+    /// Created, its Ready condition false.
+    Starting,
+    Running,
+    /// Being deleted: its endpoints are terminating, no longer healthy.
+    Terminating,
 }
 
 /// What Kubernetes' controllers write on the pods they create: the generated name's prefix and
@@ -142,7 +156,7 @@ impl PodSpec {
             echo_ports: vec![DEFAULT_ECHO_PORT],
             files: Vec::new(),
             owner: None,
-            terminating: false,
+            phase: PodPhase::Running,
         }
         .with_deployment(name)
     }
@@ -151,8 +165,14 @@ impl PodSpec {
     /// its own service account, labelled as Istio labels waypoint pods, and not captured by the
     /// node agent (it speaks HBONE itself).
     pub fn waypoint(gateway: &str, node: &str, namespace: &str) -> Self {
+        Self::waypoint_replica(gateway, gateway, node, namespace)
+    }
+
+    /// Pod `name`, one replica of the waypoint `gateway` ([`PodSpec::waypoint`]): the
+    /// waypoint's Service selects every replica, which share its service account.
+    pub fn waypoint_replica(name: &str, gateway: &str, node: &str, namespace: &str) -> Self {
         Self {
-            name: gateway.into(),
+            name: name.into(),
             node: node.into(),
             namespace: namespace.into(),
             service_account: gateway.into(),
@@ -167,7 +187,7 @@ impl PodSpec {
             echo_ports: Vec::new(),
             files: Vec::new(),
             owner: None,
-            terminating: false,
+            phase: PodPhase::Running,
         }
         .with_deployment(gateway)
     }
@@ -188,7 +208,7 @@ impl PodSpec {
             echo_ports: Vec::new(),
             files: Vec::new(),
             owner: None,
-            terminating: false,
+            phase: PodPhase::Running,
         }
         .with_deployment(name)
     }
@@ -212,6 +232,13 @@ impl PodSpec {
     /// A bare pod: no controller, its workload named after the pod.
     pub fn without_owner(mut self) -> Self {
         self.owner = None;
+        self
+    }
+
+    /// Not created when the mesh starts ([`PodPhase::Absent`]): a replica a rolling update
+    /// adds later ([`Mesh::roll_waypoint`]).
+    pub fn not_created(mut self) -> Self {
+        self.phase = PodPhase::Absent;
         self
     }
 
@@ -520,8 +547,11 @@ fn declared_namespaces(yaml: &str) -> anyhow::Result<std::collections::BTreeSet<
 
 impl Drop for Mesh {
     fn drop(&mut self) {
+        // Killed, not stopped: on SIGTERM a waypoint drains for its whole termination period
+        // (5 s), as Envoy under pilot-agent does, and nothing is left to drain at the end of a
+        // test. The drain itself is `tests/drain.rs`'s.
         for waypoint in self.waypoints.values_mut() {
-            waypoint.stop();
+            waypoint.kill();
         }
         for app in &mut self.apps {
             app.kill();

@@ -99,7 +99,9 @@ impl Mesh {
         }
         mesh.start_apps()?;
         for pod in mesh.pods.clone().iter().filter(|p| p.is_waypoint()) {
-            mesh.start_waypoint(&pod.name)?;
+            if pod.phase != PodPhase::Absent {
+                mesh.start_waypoint(&pod.name)?;
+            }
         }
         mesh.publish_addresses()?;
         Ok(mesh)
@@ -121,7 +123,11 @@ impl Mesh {
                 "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {namespace}\n---"
             );
         }
-        for pod in self.pods.iter().filter(|p| !p.outside_cluster) {
+        for pod in self
+            .pods
+            .iter()
+            .filter(|p| !p.outside_cluster && p.phase != PodPhase::Absent)
+        {
             let ip = self.testbed.pod(&pod.name).ip;
             let mut labels = pod.labels.clone();
             if let Some(owner) = &pod.owner {
@@ -155,14 +161,15 @@ impl Mesh {
                     owner.name
                 )
             });
-            let ownership = if pod.terminating {
-                format!("{ownership}  deletionTimestamp: \"2026-01-01T00:00:00Z\"\n")
-            } else {
-                ownership
+            // What the kubelet and the API server write as the pod starts and is deleted.
+            let (deletion, conditions) = match pod.phase {
+                PodPhase::Starting => ("", "  conditions:\n  - {type: Ready, status: \"False\"}\n"),
+                PodPhase::Terminating => ("  deletionTimestamp: \"2026-01-01T00:00:00Z\"\n", ""),
+                PodPhase::Running | PodPhase::Absent => ("", ""),
             };
             let _ = writeln!(
                 yaml,
-                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: {}\n  uid: uid-{}\n{ownership}  labels:\n{labels}spec:\n  nodeName: {}\n  serviceAccountName: {}\n  containers:\n{container}status:\n  podIP: {ip}\n---",
+                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: {}\n  uid: uid-{}\n{deletion}{ownership}  labels:\n{labels}spec:\n  nodeName: {}\n  serviceAccountName: {}\n  containers:\n{container}status:\n  podIP: {ip}\n{conditions}---",
                 pod.name, pod.namespace, pod.name, pod.node, pod.service_account
             );
         }
@@ -486,7 +493,7 @@ impl Mesh {
         let pods: Vec<EnrolledPod> = self
             .pods
             .iter()
-            .filter(|p| p.node == node && p.enrolled)
+            .filter(|p| p.node == node && p.enrolled && p.phase != PodPhase::Absent)
             .map(|p| {
                 let mut pod = enrolled(self.testbed.pod(&p.name));
                 edit(&mut pod);
@@ -615,6 +622,52 @@ impl Mesh {
             self.node_curl(&node, &format!("http://{ip}:15021/healthz/ready"))
                 .is_ok_and(|(code, _)| code == 200)
         })
+    }
+
+    /// Moves pod `name` to `phase` in the configuration the controller reads (its Pod object
+    /// created, Ready, terminating or deleted).
+    pub fn set_pod_phase(&mut self, name: &str, phase: PodPhase) -> anyhow::Result<()> {
+        let pod = self
+            .pods
+            .iter_mut()
+            .find(|p| p.name == name)
+            .with_context(|| format!("no pod {name}"))?;
+        pod.phase = phase;
+        self.write_config("00-pods.yaml", &self.pods_yaml())
+    }
+
+    /// Replaces the waypoint replica `old` with `next` (a pod declared
+    /// [`PodSpec::not_created`]), as a Deployment's rolling update (`maxSurge`) does: `next`'s
+    /// Pod is created, unready; its waypoint starts, and once it reports ready the Pod is Ready
+    /// and the test waits until every agent holds it as a healthy endpoint. Then `old` gets
+    /// SIGTERM and, at the same moment, its Pod is marked terminating, as Kubernetes deletes
+    /// a pod: the agents learn it a little later, meanwhile still choosing it. Returns `old`'s
+    /// process, to watch its drain; [`Mesh::set_pod_phase`] deletes its Pod once it exited.
+    pub fn roll_waypoint(&mut self, old: &str, next: &str) -> anyhow::Result<Child> {
+        self.set_pod_phase(next, PodPhase::Starting)?;
+        self.start_waypoint(next)?;
+        self.set_pod_phase(next, PodPhase::Running)?;
+        let namespace = self.namespace_of_pod(next)?;
+        self.await_agents(&format!("waypoint {next} as a healthy endpoint"), |state| {
+            state["workloads"].as_array().is_some_and(|workloads| {
+                workloads.iter().any(|w| {
+                    w["name"] == next
+                        && w["namespace"] == namespace.as_str()
+                        && w["healthy"] == true
+                })
+            })
+        })?;
+        let process = self.signal_waypoint(old)?;
+        self.set_pod_phase(old, PodPhase::Terminating)?;
+        Ok(process)
+    }
+
+    fn namespace_of_pod(&self, name: &str) -> anyhow::Result<String> {
+        self.pods
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.namespace.clone())
+            .with_context(|| format!("no pod {name}"))
     }
 
     /// Sends SIGTERM to the waypoint of pod `name` and hands its process over, to watch it

@@ -1,17 +1,21 @@
 //! Graceful shutdown with the real binaries: SIGTERM to the waypoint, then to a node agent,
-//! while a long request is in flight through it. Readiness fails at once, a new connection is
-//! refused, the request in flight completes, and the process exits within its termination
-//! deadline (Istio's `terminationDrainDuration`, 5 s by default). The agent's pods stay
-//! captured (fail closed) until the next agent serves them. And a rolling update of the agents
-//! under load (the next agent beside the old one, then SIGTERM to the old one), in which no
-//! request fails. Needs root.
+//! while a long request is in flight through it. Readiness fails at once and the request in
+//! flight completes. The waypoint drains as Envoy under pilot-agent does: it keeps accepting for
+//! its whole termination period (Istio's `terminationDrainDuration`, 5 s by default), a new
+//! connection served and told to close, then exits; the agent drains as ztunnel does: a new
+//! connection is refused, its pods stay captured (fail closed) until the next agent serves
+//! them, and it exits once its connections finished, within its deadline. And rolling updates
+//! under load, in which no request fails: of both agents (the next agent beside the old one,
+//! then SIGTERM to the old one), and of a waypoint's two replicas (the next replica ready and
+//! known to the agents, then SIGTERM to the old one as its endpoint turns terminating). Needs
+//! root.
 
 use std::io::Read as _;
 use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
 
 use weft_e2e::fixtures::{REVIEWS_VIP as VIP, reviews_behind_waypoint};
-use weft_e2e::{Mesh, MeshOptions, PodSpec};
+use weft_e2e::{Mesh, MeshOptions, PodPhase, PodSpec};
 use weft_test_support::prometheus::Exposition;
 
 const WAYPOINT: &str = "waypoint";
@@ -126,25 +130,22 @@ fn sigterm_drains_the_waypoint_finishing_requests_in_flight() {
         .expect("SIGTERM the waypoint");
     let signalled = Instant::now();
 
-    // Unready at once, and the HBONE port refuses new connections, while the request is in
-    // flight still.
+    // Unready at once, while the request is in flight still.
     assert!(
         mesh.eventually(Duration::from_secs(2), || mesh
             .node_curl("node2", &format!("http://{waypoint}:15021/healthz/ready"))
             .is_ok_and(|(code, _)| code == 503)),
         "the draining waypoint still reports ready"
     );
-    let refused = || {
-        mesh.testbed
-            .node_command("node2", "bash")
-            .args(["-c", &format!("exec 3<>/dev/tcp/{waypoint}/15008")])
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| !s.success())
-    };
+    // A new connection (the agent's endpoint has not changed: nothing told it) is accepted,
+    // served, and told to close.
+    let fresh = mesh.curl_with("client", &["-D", "-", &format!("http://{VIP}/fresh")]);
+    assert_eq!(fresh.status, 200, "{}\n{}", fresh.body, mesh.logs());
+    let head = fresh.body.to_ascii_lowercase();
     assert!(
-        mesh.eventually(Duration::from_secs(2), refused),
-        "the draining waypoint still accepts connections"
+        head.contains("connection: close"),
+        "a new connection during the drain is not told to close: {}",
+        fresh.body
     );
     assert!(
         slow.try_wait().expect("the slow request").is_none(),
@@ -153,35 +154,18 @@ fn sigterm_drains_the_waypoint_finishing_requests_in_flight() {
     );
 
     // The request in flight completes through the draining waypoint.
-    let status = slow.wait().expect("the slow request");
-    let mut output = String::new();
-    slow.stdout
-        .take()
-        .expect("curl's output")
-        .read_to_string(&mut output)
-        .expect("curl's output");
-    assert!(status.success(), "curl failed: {output}");
+    let output = finish(slow);
     assert!(output.ends_with("\n200"), "{output}");
     assert!(
         output.contains("v2"),
         "answered by another version: {output}"
     );
 
-    // Then the waypoint exits on its own, within its deadline.
-    let exit = loop {
-        if let Some(exit) = process.try_wait().expect("the waypoint process") {
-            break exit;
-        }
-        assert!(
-            signalled.elapsed() < DEADLINE + Duration::from_secs(5),
-            "the waypoint did not exit after its drain"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let took = signalled.elapsed();
+    // Then the waypoint exits on its own when its termination period ran out.
+    let (exit, took) = exited(&mut process, signalled);
     assert!(exit.success(), "the waypoint exited with {exit}");
     assert!(
-        took < DEADLINE + Duration::from_secs(1),
+        (DEADLINE..DEADLINE + Duration::from_secs(1)).contains(&took),
         "the waypoint took {took:?} to exit"
     );
 }
@@ -355,4 +339,121 @@ fn a_rolling_update_of_both_agents_under_load_fails_no_request() {
         mesh.logs()
     );
     assert!(outcomes.len() >= 60, "only {} requests ran", outcomes.len());
+}
+
+/// The waypoint's replicas in its rolling update: each that runs at start, and the one that
+/// replaces it, in order.
+const ROLL: [(&str, &str); 2] = [("waypoint-a", "waypoint-c"), ("waypoint-b", "waypoint-d")];
+
+/// Requests the waypoint replica `name` served (counted whatever their outcome).
+fn served(mesh: &Mesh, name: &str) -> f64 {
+    Exposition::parse(&mesh.waypoint_metrics(name)).sum("istio_requests_total", &[])
+}
+
+/// Requests the replicas `names` served together.
+fn served_by(mesh: &Mesh, names: &[&str]) -> f64 {
+    names.iter().map(|name| served(mesh, name)).sum()
+}
+
+#[test]
+fn a_rolling_update_of_a_waypoint_under_load_fails_no_request() {
+    let mut mesh = Mesh::start(
+        vec![
+            PodSpec::client("client", "node1", "shop"),
+            PodSpec::app("reviews-v1", "node2", "shop", "reviews", "v1"),
+            PodSpec::waypoint_replica("waypoint-a", WAYPOINT, "node2", "shop"),
+            PodSpec::waypoint_replica("waypoint-b", WAYPOINT, "node1", "shop"),
+            PodSpec::waypoint_replica("waypoint-c", WAYPOINT, "node2", "shop").not_created(),
+            PodSpec::waypoint_replica("waypoint-d", WAYPOINT, "node1", "shop").not_created(),
+        ],
+        MeshOptions {
+            config: reviews_behind_waypoint(false, &["v1"]),
+            ..MeshOptions::default()
+        },
+    )
+    .expect("start the mesh");
+    let url = format!("http://{VIP}/");
+    assert!(
+        mesh.eventually(Duration::from_secs(10), || mesh
+            .curl_with("client", &["--max-time", "3", &url])
+            .status
+            == 200),
+        "the service is not reachable through the waypoint\n{}",
+        mesh.logs()
+    );
+
+    // A new connection per request, and keep-alive connections of 10 requests each.
+    let fresh = mesh
+        .steady_load("client", &url, 5, "fresh")
+        .expect("start the load on new connections");
+    let keep_alive_round = format!(
+        "curl -s --max-time 10 -w '%{{http_code}} %{{time_total}}\\n' {}",
+        vec![format!("-o /dev/null {url}"); 10].join(" ")
+    );
+    let keep_alive = mesh
+        .repeat_in_pod("client", "keep-alive", &keep_alive_round, 300, 180)
+        .expect("start the load on keep-alive connections");
+    assert!(
+        fresh.progressed(0, 20) && keep_alive.progressed(0, 20),
+        "the load does not run\n{}",
+        mesh.logs()
+    );
+    let finished = || fresh.count() + keep_alive.count();
+
+    let mut running = vec![ROLL[0].0, ROLL[1].0];
+    for (old, next) in ROLL {
+        // The old replica carries its share of the load until its update.
+        assert!(
+            mesh.eventually(Duration::from_secs(10), || served(&mesh, old) > 0.0),
+            "{old} served nothing before its update\n{}",
+            mesh.logs()
+        );
+        let mut process = mesh.roll_waypoint(old, next).expect("roll the waypoint");
+        let signalled = Instant::now();
+        let (exit, took) = exited(&mut process, signalled);
+        assert!(exit.success(), "{old} exited with {exit}");
+        assert!(
+            took < DEADLINE + Duration::from_secs(1),
+            "{old} took {took:?} to exit"
+        );
+        mesh.set_pod_phase(old, PodPhase::Absent)
+            .expect("delete the old replica's pod");
+        running.retain(|name| *name != old);
+        running.push(next);
+
+        // Whatever finishes after its exit was served by the replicas that run. At most one
+        // request per loop is in flight between the two readings.
+        let served_before = served_by(&mesh, &running);
+        let finished_before = finished();
+        assert!(
+            fresh.progressed(fresh.count(), 20) && keep_alive.progressed(keep_alive.count(), 20),
+            "the load stalled after {old}'s update\n{}",
+            mesh.logs()
+        );
+        let finished_after = finished();
+        let served_after = served_by(&mesh, &running);
+        assert!(
+            served_after - served_before + 2.0 >= (finished_after - finished_before) as f64,
+            "{} requests finished after {old} exited, {} served by {running:?}",
+            finished_after - finished_before,
+            served_after - served_before
+        );
+    }
+
+    for (name, load) in [("new connections", fresh), ("keep-alive", keep_alive)] {
+        let outcomes = load.finish().expect("stop the load");
+        let failed: Vec<_> = outcomes.iter().filter(|o| o.status != 200).collect();
+        assert!(
+            failed.is_empty(),
+            "{} of {} requests on {name} failed across the rolling update: {failed:?}\n{}",
+            failed.len(),
+            outcomes.len(),
+            mesh.logs()
+        );
+        assert!(
+            outcomes.len() >= 60,
+            "only {} requests on {name} ran",
+            outcomes.len()
+        );
+    }
 }

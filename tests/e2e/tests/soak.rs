@@ -264,7 +264,6 @@ fn mixed_load_through_edits_and_pod_changes_fails_nothing_and_leaks_nothing() {
             }
         }
     };
-    let mut deleted = None;
     let start = Instant::now();
     let (mut next_sample, mut next_edit, mut next_pod) =
         (start, start + EDIT_EVERY, start + POD_EVERY);
@@ -304,25 +303,23 @@ fn mixed_load_through_edits_and_pod_changes_fails_nothing_and_leaks_nothing() {
                     // Terminating, it takes no new request; it stops once the waypoint
                     // applied that and closed its connections to it (requests in flight
                     // finished), as a `preStop` hook holds a pod until it is drained.
-                    deleted = Some(
-                        mesh.delete_pod("reviews-v3", |mesh| {
-                            mesh.await_waypoint_since(WAYPOINT, &before, "the pod's deletion")?;
-                            anyhow::ensure!(
-                                mesh.eventually(Duration::from_secs(10), || {
-                                    let (opened, closed) = connections_to(mesh, "reviews-v3");
-                                    opened == closed
-                                }),
-                                "connections to the terminating pod stay open: {:?}\n{}",
-                                connections_to(mesh, "reviews-v3"),
-                                mesh.logs()
-                            );
-                            Ok(())
-                        })
-                        .unwrap_or_else(|e| panic!("{e:#}")),
-                    );
+                    mesh.delete_pod("reviews-v3", |mesh| {
+                        mesh.await_waypoint_since(WAYPOINT, &before, "the pod's deletion")?;
+                        anyhow::ensure!(
+                            mesh.eventually(Duration::from_secs(10), || {
+                                let (opened, closed) = connections_to(mesh, "reviews-v3");
+                                opened == closed
+                            }),
+                            "connections to the terminating pod stay open: {:?}\n{}",
+                            connections_to(mesh, "reviews-v3"),
+                            mesh.logs()
+                        );
+                        Ok(())
+                    })
+                    .unwrap_or_else(|e| panic!("{e:#}"));
                 }
                 _ => mesh
-                    .create_pod(deleted.take().expect("the deleted pod"))
+                    .create_pod("reviews-v3")
                     .unwrap_or_else(|e| panic!("{e:#}")),
             }
             mesh.await_waypoint_since(WAYPOINT, &before, "a pod change")

@@ -149,7 +149,9 @@ impl Harness {
         let mut options = WaypointOptions::new(waypoint_identity.clone(), material.source());
         options.limits = limits;
         options.hbone_address = resolver_for(endpoints);
-        let (trigger, drain) = drain::channel();
+        let (trigger, watch) = drain::channel();
+        // The listener holds a source, as the binary's does: it accepts during the drain.
+        drop(watch);
         options.drain = trigger.status();
         let waypoint = Waypoint::new(options);
         let listener = waypoint
@@ -157,7 +159,7 @@ impl Harness {
             .await
             .unwrap();
         let address = listener.address().unwrap();
-        tokio::spawn(listener.run(drain));
+        tokio::spawn(listener.run(trigger.source()));
         let client = mesh.material("default", "sleep");
         Harness {
             _mesh: mesh,
