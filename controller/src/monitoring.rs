@@ -10,8 +10,10 @@
 //! Istio exports `pilot_xds_pushes` and `pilot_total_xds_rejects` under those exact names, and
 //! its dashboards query them so; OpenMetrics counters would be renamed `..._total`, so the
 //! cumulative values are exported untyped (`unknown`), as Prometheus stores untyped samples
-//! under their own names.
+//! under their own names. Those two and `pilot_xds_push_time_sum` carry istiod's `type` label,
+//! the short name of the resource type ([`metric_type`]).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -34,6 +36,34 @@ pub const POLICIES_WITHOUT_HTTP_ATTRIBUTES: &str =
 /// load that refuses it, an object of the API server at each event (the webhook keeps most of
 /// them out). Its increase is how an operator, or a test, sees an edit refused.
 pub const CONFIGURATION_REJECTIONS: &str = "weft_configuration_rejections";
+
+/// The `type` label of the discovery metrics for a type URL: istiod's `GetMetricType` for the
+/// types it knows (`wds` for `istio.workload.Address`, `wads` for
+/// `istio.security.Authorization`, `sds` for Envoy's `Secret`), the message's name in snake
+/// case for the types of our own, and `other` for anything else (istiod would export the type
+/// URL itself; a NACK names its type, so a proxy's strings must not become label values).
+pub fn metric_type(type_url: &str) -> &'static str {
+    match type_url {
+        weft_proto::ADDRESS_TYPE_URL => "wds",
+        weft_proto::AUTHORIZATION_TYPE_URL => "wads",
+        weft_proto::SECRET_TYPE_URL => "sds",
+        weft_proto::WAYPOINT_CONFIG_TYPE_URL => "waypoint_config",
+        weft_proto::MESH_CONFIG_TYPE_URL => "mesh_config",
+        weft_proto::SOURCE_WORKLOAD_TYPE_URL => "source_workload",
+        _ => "other",
+    }
+}
+
+/// The types the controller serves, each exported from the start (at zero until something of
+/// it is pushed), so that `increase()` sees a type's first NACK.
+const SERVED_TYPES: [&str; 6] = [
+    "wds",
+    "wads",
+    "sds",
+    "waypoint_config",
+    "mesh_config",
+    "source_workload",
+];
 
 /// What the last translation found, set by the publisher after each one.
 #[derive(Debug, Default)]
@@ -65,6 +95,56 @@ impl<T: prometheus_client::encoding::EncodeGaugeValue + std::fmt::Debug> EncodeM
 
     fn metric_type(&self) -> MetricType {
         self.0
+    }
+}
+
+/// One value per `type`.
+#[derive(Debug)]
+struct ByType<T>(MetricType, BTreeMap<&'static str, T>);
+
+impl<T: prometheus_client::encoding::EncodeGaugeValue + std::fmt::Debug> EncodeMetric
+    for ByType<T>
+{
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        for (metric_type, value) in &self.1 {
+            encoder
+                .encode_family(&[("type", *metric_type)])?
+                .encode_gauge(value)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        self.0
+    }
+}
+
+/// The counters by `type`: every served type, and any other that counted something.
+#[derive(Debug, Default)]
+struct CountsByType {
+    pushes: BTreeMap<&'static str, u64>,
+    push_time: BTreeMap<&'static str, f64>,
+    rejects: BTreeMap<&'static str, u64>,
+}
+
+impl CountsByType {
+    fn of(counters: &XdsCounters) -> Self {
+        let mut counts = Self::default();
+        for metric_type in SERVED_TYPES {
+            counts.pushes.insert(metric_type, 0);
+            counts.push_time.insert(metric_type, 0.0);
+            counts.rejects.insert(metric_type, 0);
+        }
+        for (type_url, counted) in counters.by_type() {
+            let metric_type = metric_type(&type_url);
+            *counts.pushes.entry(metric_type).or_default() += counted.pushes;
+            *counts.push_time.entry(metric_type).or_default() += counted.push_time.as_secs_f64();
+            *counts.rejects.entry(metric_type).or_default() += counted.rejects;
+        }
+        counts
     }
 }
 
@@ -100,18 +180,19 @@ impl EncodeMetric for Convergence {
 impl Collector for PilotMetrics {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let counters = &self.counters;
+        let by_type = CountsByType::of(counters);
         let mut sample = |name: &str, help: &str, metric: &dyn EncodeMetric| {
             metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
         };
         sample(
             names::PUSHES,
-            "Responses pushed to proxies",
-            &Sample(MetricType::Unknown, counters.pushes()),
+            "Responses pushed to proxies, by resource type",
+            &ByType(MetricType::Unknown, by_type.pushes),
         )?;
         sample(
             names::REJECTS,
-            "Responses rejected (NACKed) by proxies",
-            &Sample(MetricType::Unknown, counters.rejects()),
+            "Responses rejected (NACKed) by proxies, by resource type",
+            &ByType(MetricType::Unknown, by_type.rejects),
         )?;
         sample(
             names::CONNECTED,
@@ -120,11 +201,8 @@ impl Collector for PilotMetrics {
         )?;
         sample(
             &format!("{}_sum", names::PUSH_TIME),
-            "Seconds between configuration changes and their pushes, summed",
-            &Sample(
-                MetricType::Unknown,
-                counters.push_time_total().as_secs_f64(),
-            ),
+            "Seconds between configuration changes and their pushes, summed by resource type",
+            &ByType(MetricType::Unknown, by_type.push_time),
         )?;
         sample(
             names::CONVERGENCE_TIME,
@@ -216,11 +294,15 @@ mod tests {
     fn istio_s_names_and_the_readiness_of_the_grpc_ports() {
         let counters = Arc::new(XdsCounters::default());
         counters.proxy_connected("a");
-        counters.pushed("type", Duration::from_millis(1500));
-        counters.pushed("type", Duration::from_millis(500));
+        counters.pushed(weft_proto::ADDRESS_TYPE_URL, Duration::from_millis(1500));
+        counters.pushed(
+            weft_proto::WAYPOINT_CONFIG_TYPE_URL,
+            Duration::from_millis(500),
+        );
+        counters.pushed("type.googleapis.com/made.Up", Duration::from_millis(250));
         counters.rejected(&Rejection {
             proxy_id: "a".into(),
-            type_url: "type".into(),
+            type_url: weft_proto::AUTHORIZATION_TYPE_URL.into(),
             nonce: "1".into(),
             message: "bad".into(),
         });
@@ -236,22 +318,47 @@ mod tests {
         assert_eq!(status, http::StatusCode::OK);
         let lines: Vec<&str> = text.lines().collect();
         for expected in [
-            "pilot_xds_pushes 2",
-            "pilot_total_xds_rejects 1",
+            "pilot_xds_pushes{type=\"wds\"} 1",
+            "pilot_xds_pushes{type=\"waypoint_config\"} 1",
+            "pilot_xds_pushes{type=\"other\"} 1",
+            "pilot_xds_pushes{type=\"wads\"} 0",
+            "pilot_xds_pushes{type=\"sds\"} 0",
+            "pilot_xds_pushes{type=\"mesh_config\"} 0",
+            "pilot_xds_pushes{type=\"source_workload\"} 0",
+            "pilot_total_xds_rejects{type=\"wads\"} 1",
+            "pilot_total_xds_rejects{type=\"wds\"} 0",
             "pilot_xds 1",
-            "pilot_xds_push_time_sum 2.0",
+            "pilot_xds_push_time_sum{type=\"wds\"} 1.5",
+            "pilot_xds_push_time_sum{type=\"waypoint_config\"} 0.5",
+            "pilot_xds_push_time_sum{type=\"other\"} 0.25",
             "weft_authorization_policies_enforced_without_http_attributes 3",
             "weft_configuration_rejections 2",
             "# TYPE pilot_xds gauge",
             "# TYPE pilot_proxy_convergence_time histogram",
-            "pilot_proxy_convergence_time_count 2",
-            "pilot_proxy_convergence_time_bucket{le=\"0.5\"} 1",
-            "pilot_proxy_convergence_time_bucket{le=\"1.0\"} 1",
-            "pilot_proxy_convergence_time_bucket{le=\"3.0\"} 2",
-            "pilot_proxy_convergence_time_bucket{le=\"+Inf\"} 2",
-            "pilot_proxy_convergence_time_sum 2.0",
+            "pilot_proxy_convergence_time_count 3",
+            "pilot_proxy_convergence_time_bucket{le=\"0.1\"} 0",
+            "pilot_proxy_convergence_time_bucket{le=\"0.5\"} 2",
+            "pilot_proxy_convergence_time_bucket{le=\"1.0\"} 2",
+            "pilot_proxy_convergence_time_bucket{le=\"3.0\"} 3",
+            "pilot_proxy_convergence_time_bucket{le=\"+Inf\"} 3",
+            "pilot_proxy_convergence_time_sum 2.25",
         ] {
             assert!(lines.contains(&expected), "no {expected:?} in\n{text}");
+        }
+        assert!(
+            !text.contains("made.Up"),
+            "a type URL became a label value:\n{text}"
+        );
+        // Every served type maps to its own name, none to `other`.
+        for type_url in [
+            weft_proto::ADDRESS_TYPE_URL,
+            weft_proto::AUTHORIZATION_TYPE_URL,
+            weft_proto::SECRET_TYPE_URL,
+            weft_proto::WAYPOINT_CONFIG_TYPE_URL,
+            weft_proto::MESH_CONFIG_TYPE_URL,
+            weft_proto::SOURCE_WORKLOAD_TYPE_URL,
+        ] {
+            assert!(SERVED_TYPES.contains(&metric_type(type_url)), "{type_url}");
         }
         assert!(
             lines

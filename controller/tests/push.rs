@@ -141,7 +141,7 @@ async fn deltas_follow_edits_nacks_are_survived_and_restarts_resend_everything()
     let monitoring = format!("http://{}/metrics", config.monitoring_address);
     wait_for_text(
         &monitoring,
-        "pilot_total_xds_rejects 1",
+        "pilot_total_xds_rejects{type=\"wads\"} 1",
         Duration::from_secs(3),
     )
     .await;
@@ -332,7 +332,7 @@ async fn a_waypoint_gets_its_config_and_follows_edits_and_agents_get_none() {
     let monitoring = format!("http://{}/metrics", config.monitoring_address);
     wait_for_text(
         &monitoring,
-        "pilot_total_xds_rejects 1",
+        "pilot_total_xds_rejects{type=\"waypoint_config\"} 1",
         Duration::from_secs(3),
     )
     .await;

@@ -1,7 +1,7 @@
 //! The Helm chart (deploy/charts/weft), rendered for real: there is no `helm` binary on these
 //! machines, so the templates go through `gtmpl` (Go's text/template for Rust) with the few
-//! Sprig functions the chart uses (`quote`, `toYaml`, `nindent`) written here with Helm's
-//! semantics, and the values from values.yaml. Every rendered document must parse as YAML, and
+//! Sprig functions the chart uses (`quote`, `toYaml`, `nindent`) and Helm's `.Files.Get`
+//! written here with Helm's semantics, and the values from values.yaml. Every rendered document must parse as YAML, and
 //! what the controller and the agent rely on is checked against the code it must match.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -109,6 +109,19 @@ fn join(args: &[Value]) -> Result<Value, FuncError> {
     Ok(Value::String(items.join(&plain(separator))))
 }
 
+/// Helm's `.Files.Get PATH`: a file of the chart, as text, not rendered. gtmpl calls no method
+/// with arguments, so [`render`] reads the templates' `.Files.Get` as this function. A missing
+/// file is an error here (Helm renders it empty), so that a mistyped path fails the tests.
+fn files_get(args: &[Value]) -> Result<Value, FuncError> {
+    let [path] = args else {
+        return Err(FuncError::ExactlyXArgs("Files.Get".into(), 1));
+    };
+    let path = plain(path);
+    std::fs::read_to_string(chart().join(&path))
+        .map(Value::String)
+        .map_err(|e| FuncError::Generic(format!("Files.Get {path}: {e}")))
+}
+
 fn values(overrides: &[(&str, Json)]) -> Json {
     let text = std::fs::read_to_string(chart().join("values.yaml")).unwrap();
     let mut values: Json = serde_yaml::from_str(&text).expect("values.yaml is YAML");
@@ -134,13 +147,16 @@ fn render(values: &Json) -> BTreeMap<String, Vec<Json>> {
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        let text = std::fs::read_to_string(&path).unwrap();
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace(".Files.Get ", "filesGet ");
         let mut template = Template::default();
         template.add_funcs(&[
             ("quote", quote as gtmpl::Func),
             ("toYaml", to_yaml as gtmpl::Func),
             ("nindent", nindent as gtmpl::Func),
             ("join", join as gtmpl::Func),
+            ("filesGet", files_get as gtmpl::Func),
         ]);
         template
             .parse(text)

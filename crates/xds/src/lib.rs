@@ -15,7 +15,7 @@ pub mod store;
 
 pub use backoff::Backoff;
 pub use client::{ClientError, ConnectionState, DeltaClient, Handler, Target, TokenSource, Update};
-pub use metrics::{NoMetrics, Rejection, StreamEvent, XdsCounters, XdsMetrics};
+pub use metrics::{NoMetrics, Rejection, StreamEvent, TypeCounts, XdsCounters, XdsMetrics};
 pub use server::{
     Admission, DeltaAdsServer, ProxyIdentity, Scope, ServerConfig, StreamError, Unscoped,
 };

@@ -1,8 +1,9 @@
 //! Metrics hooks of the discovery server. The server reports events through [`XdsMetrics`]; the
 //! controller exports them under Istio's metric names (listed once, in [`names`]).
-//! [`XdsCounters`] is a ready-made in-memory implementation, used by tests and admin dumps.
+//! [`XdsCounters`] is a ready-made in-memory implementation, used by tests and admin dumps; it
+//! counts by type URL and leaves naming the types (istiod's `type` label) to its reader.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
@@ -28,6 +29,25 @@ pub mod names {
 /// (`pilot/pkg/xds/monitoring.go`), so that Istio's dashboards and alerts read the same
 /// quantiles. Past the last, a push counts only in `+Inf`.
 pub const CONVERGENCE_BUCKETS: [f64; 8] = [0.1, 0.5, 1.0, 3.0, 5.0, 10.0, 20.0, 30.0];
+
+/// Type URLs [`XdsCounters`] counts apart; pushes and NACKs of any further type URL count under
+/// [`OTHER_TYPE_URL`]. A proxy names the type of what it NACKs, so its strings must not grow
+/// the table without bound.
+pub const MAX_COUNTED_TYPE_URLS: usize = 32;
+
+/// The key under which [`XdsCounters`] counts type URLs past [`MAX_COUNTED_TYPE_URLS`].
+pub const OTHER_TYPE_URL: &str = "other";
+
+/// What [`XdsCounters`] counted of one type URL.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TypeCounts {
+    /// Responses pushed (`pilot_xds_pushes`).
+    pub pushes: u64,
+    /// Their latencies summed (`pilot_xds_push_time` sum).
+    pub push_time: Duration,
+    /// NACKs received (`pilot_total_xds_rejects`).
+    pub rejects: u64,
+}
 
 /// A rejected response, as reported by the proxy in its NACK.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,6 +119,7 @@ pub struct XdsCounters {
     push_time_total_micros: AtomicU64,
     /// Pushes per bucket of [`CONVERGENCE_BUCKETS`] (not cumulative), the last for `+Inf`.
     convergence: [AtomicU64; CONVERGENCE_BUCKETS.len() + 1],
+    by_type: Mutex<BTreeMap<String, TypeCounts>>,
     recent_rejections: Mutex<VecDeque<Rejection>>,
 }
 
@@ -135,6 +156,28 @@ impl XdsCounters {
             .collect()
     }
 
+    /// Pushes, their latency and NACKs by type URL (at most [`MAX_COUNTED_TYPE_URLS`] of them,
+    /// then [`OTHER_TYPE_URL`]); a type appears once something of it was counted.
+    pub fn by_type(&self) -> BTreeMap<String, TypeCounts> {
+        self.by_type
+            .lock()
+            .map(|counts| counts.clone())
+            .unwrap_or_default()
+    }
+
+    fn count(&self, type_url: &str, add: impl FnOnce(&mut TypeCounts)) {
+        let Ok(mut counts) = self.by_type.lock() else {
+            return;
+        };
+        if let Some(found) = counts.get_mut(type_url) {
+            add(found);
+        } else if counts.len() < MAX_COUNTED_TYPE_URLS {
+            add(counts.entry(type_url.to_owned()).or_default());
+        } else {
+            add(counts.entry(OTHER_TYPE_URL.to_owned()).or_default());
+        }
+    }
+
     /// The most recent rejections, oldest first.
     pub fn recent_rejections(&self) -> Vec<Rejection> {
         self.recent_rejections
@@ -153,8 +196,12 @@ impl XdsMetrics for XdsCounters {
         self.connected.fetch_sub(1, Ordering::Relaxed);
     }
 
-    fn pushed(&self, _type_url: &str, latency: Duration) {
+    fn pushed(&self, type_url: &str, latency: Duration) {
         self.pushes.fetch_add(1, Ordering::Relaxed);
+        self.count(type_url, |counts| {
+            counts.pushes += 1;
+            counts.push_time += latency;
+        });
         let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
         self.push_time_total_micros
             .fetch_add(micros, Ordering::Relaxed);
@@ -168,11 +215,62 @@ impl XdsMetrics for XdsCounters {
 
     fn rejected(&self, rejection: &Rejection) {
         self.rejects.fetch_add(1, Ordering::Relaxed);
+        self.count(&rejection.type_url, |counts| counts.rejects += 1);
         if let Ok(mut recent) = self.recent_rejections.lock() {
             if recent.len() == RECENT_REJECTIONS_KEPT {
                 recent.pop_front();
             }
             recent.push_back(rejection.clone());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rejection(type_url: &str) -> Rejection {
+        Rejection {
+            proxy_id: "proxy".into(),
+            type_url: type_url.into(),
+            nonce: "1".into(),
+            message: "bad".into(),
+        }
+    }
+
+    #[test]
+    fn pushes_and_rejects_count_by_type_url_within_a_bound() {
+        let counters = XdsCounters::default();
+        counters.pushed("a", Duration::from_millis(300));
+        counters.pushed("a", Duration::from_millis(200));
+        counters.pushed("b", Duration::from_millis(1));
+        counters.rejected(&rejection("b"));
+        let by_type = counters.by_type();
+        assert_eq!(
+            by_type["a"],
+            TypeCounts {
+                pushes: 2,
+                push_time: Duration::from_millis(500),
+                rejects: 0
+            }
+        );
+        assert_eq!(by_type["b"].pushes, 1);
+        assert_eq!(by_type["b"].rejects, 1);
+        assert_eq!(counters.pushes(), 3);
+
+        // A proxy NACKing under made-up type URLs fills the table once, then counts as other;
+        // the types already counted keep counting apart.
+        for i in 0..100 {
+            counters.rejected(&rejection(&format!("made-up-{i}")));
+        }
+        counters.pushed("a", Duration::ZERO);
+        let by_type = counters.by_type();
+        assert_eq!(by_type.len(), MAX_COUNTED_TYPE_URLS + 1);
+        assert_eq!(by_type["a"].pushes, 3);
+        assert_eq!(
+            by_type[OTHER_TYPE_URL].rejects,
+            100 - (MAX_COUNTED_TYPE_URLS as u64 - 2)
+        );
+        assert_eq!(counters.rejects(), 101);
     }
 }

@@ -16,7 +16,11 @@
 //! certificates of [`CERTIFICATE_TTL`], can renew none (the controller-down alert fires, and the
 //! certificate-expiry alert once a quarter of a lifetime is left). Needs root.
 
-use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
+    time::Duration,
+};
 
 use serde_json::Value;
 use weft_e2e::{
@@ -431,7 +435,7 @@ fn process_figures_and_builds(observability: &Observability) {
     );
     // One query, so both series come from the same scrape.
     let untimed = observability
-        .query("pilot_xds_pushes{job=\"weft-controller\"} - pilot_proxy_convergence_time_count{job=\"weft-controller\"}")
+        .query("sum(pilot_xds_pushes{job=\"weft-controller\"}) - sum(pilot_proxy_convergence_time_count{job=\"weft-controller\"})")
         .expect("the pushes");
     assert_eq!(untimed.len(), 1, "{untimed:#?}");
     assert_eq!(
@@ -444,4 +448,26 @@ fn process_figures_and_builds(observability: &Observability) {
             .expect("the pushes timed")
             > 0.0
     );
+    // Pushes by istiod's `type`: the agents' workloads (`wds`) and the waypoint's configuration
+    // were pushed, and every type is one of the names the controller documents.
+    let pushed = observability
+        .query("pilot_xds_pushes{job=\"weft-controller\"} > 0")
+        .expect("the pushes by type");
+    let types: BTreeSet<&str> = pushed
+        .iter()
+        .filter_map(|s| s["metric"]["type"].as_str())
+        .collect();
+    assert!(
+        types.contains("wds") && types.contains("waypoint_config"),
+        "{pushed:#?}"
+    );
+    let named = [
+        "wds",
+        "wads",
+        "sds",
+        "waypoint_config",
+        "mesh_config",
+        "source_workload",
+    ];
+    assert!(types.iter().all(|t| named.contains(t)), "{pushed:#?}");
 }

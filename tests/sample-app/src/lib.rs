@@ -13,7 +13,8 @@
 //!
 //! A request with `Upgrade: websocket` becomes a WebSocket echo. With upstreams configured
 //! (`--upstream reviews=http://10.96.0.3:9080`), every request also calls each upstream in turn,
-//! passing on `end-user` and `x-request-id`, and reports what each answered and on which of
+//! passing on `end-user`, `x-request-id` and the trace context (`traceparent`, `tracestate`, B3),
+//! as Istio asks of applications, and reports what each answered and on which of
 //! its pooled keep-alive connections: the fan-out of Istio's bookinfo, where productpage calls
 //! details and reviews, and reviews calls ratings.
 //!
@@ -71,8 +72,21 @@ const MAX_BODY: usize = 64 * 1024 * 1024;
 const MAX_TRACKED_REQUESTS: usize = 10_000;
 /// How long one upstream call may take (bookinfo's reviews waits 10 s for ratings).
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(10);
-/// Request headers passed on to upstreams (bookinfo's propagation).
-const PROPAGATED: [&str; 2] = ["end-user", "x-request-id"];
+/// Request headers passed on to upstreams: bookinfo's `end-user`, and what Istio requires of an
+/// application for its proxies' spans to join one trace (the request id, W3C trace context and
+/// B3 in both encodings).
+const PROPAGATED: [&str; 10] = [
+    "end-user",
+    "x-request-id",
+    "traceparent",
+    "tracestate",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "x-b3-flags",
+    "b3",
+];
 /// How much of a non-JSON upstream answer is reported.
 const MAX_REPORTED_BODY: usize = 200;
 

@@ -227,7 +227,22 @@ async fn upstreams_are_called_with_the_propagated_headers() {
     let (status, body) = get_h1(
         http,
         "/productpage",
-        &[("end-user", "jason"), ("x-other", "not passed on")],
+        &[
+            ("end-user", "jason"),
+            ("x-request-id", "3f1c"),
+            (
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
+            ("tracestate", "congo=t61rcWkgMzE"),
+            ("x-b3-traceid", "4bf92f3577b34da6a3ce929d0e0e4736"),
+            ("x-b3-spanid", "00f067aa0ba902b7"),
+            ("x-b3-parentspanid", "b7ad6b7169203331"),
+            ("x-b3-sampled", "1"),
+            ("x-b3-flags", "0"),
+            ("b3", "4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1"),
+            ("x-other", "not passed on"),
+        ],
     )
     .await;
     assert_eq!(status, StatusCode::OK);
@@ -245,10 +260,23 @@ async fn upstreams_are_called_with_the_propagated_headers() {
     assert!(connection.starts_with("127.0.0.1:"), "{body}");
     let (_, again) = get_h1(http, "/productpage", &[]).await;
     assert_eq!(again["upstreams"][0]["connection"], connection.as_str());
-    // What the upstream saw: its own path and the propagated header, nothing else.
+    // What the upstream saw: its own path and the propagated headers, nothing else.
     let head = head.await.unwrap();
     assert!(head.starts_with("get /details/0 http/1.1\r\n"), "{head}");
-    assert!(head.contains("end-user: jason\r\n"), "{head}");
+    for line in [
+        "end-user: jason",
+        "x-request-id: 3f1c",
+        "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "tracestate: congo=t61rcwkgmze",
+        "x-b3-traceid: 4bf92f3577b34da6a3ce929d0e0e4736",
+        "x-b3-spanid: 00f067aa0ba902b7",
+        "x-b3-parentspanid: b7ad6b7169203331",
+        "x-b3-sampled: 1",
+        "x-b3-flags: 0",
+        "b3: 4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1",
+    ] {
+        assert!(head.contains(&format!("{line}\r\n")), "{line:?} in {head}");
+    }
     assert!(!head.contains("x-other"), "{head}");
     assert!("bad".parse::<Upstream>().is_err());
     assert!("x=https://a:1/".parse::<Upstream>().is_err());

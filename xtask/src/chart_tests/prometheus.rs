@@ -4,7 +4,8 @@
 //! scrapes them where they serve their metrics. `promtool check config` accepts the rest of it:
 //! Debian's Prometheus is built without Kubernetes discovery ("Kubernetes support has been
 //! completely removed", its NEWS.Debian), so its promtool checks a copy whose jobs discover
-//! targets from a file in place of the Kubernetes API.
+//! targets from a file in place of the Kubernetes API. The alert rules ship in the same
+//! ConfigMap, the shipped file as it is, and `promtool check rules` accepts them.
 
 use std::collections::BTreeMap;
 
@@ -12,17 +13,37 @@ use serde_json::Value as Json;
 
 use super::{NAMESPACE, find, render, values};
 
-/// The `prometheus.yml` the chart renders, parsed.
-fn scrape_config() -> (String, Json) {
+/// A key of the `weft-prometheus` ConfigMap the chart renders.
+fn prometheus_file(key: &str) -> String {
     let rendered = render(&values(&[]));
     let config_map = find(&rendered, "ConfigMap", "weft-prometheus");
     assert_eq!(config_map["metadata"]["namespace"], NAMESPACE);
-    let text = config_map["data"]["prometheus.yml"]
+    config_map["data"][key]
         .as_str()
-        .expect("prometheus.yml in weft-prometheus")
-        .to_owned();
+        .unwrap_or_else(|| panic!("{key} in weft-prometheus"))
+        .to_owned()
+}
+
+/// The `prometheus.yml` the chart renders, parsed.
+fn scrape_config() -> (String, Json) {
+    let text = prometheus_file("prometheus.yml");
     let parsed = serde_yaml::from_str(&text).expect("prometheus.yml is YAML");
     (text, parsed)
+}
+
+/// Runs `promtool` with `args`, and panics with its output unless it succeeds.
+fn promtool(args: &[&std::ffi::OsStr]) -> String {
+    let output = std::process::Command::new("promtool")
+        .args(args)
+        .output()
+        .expect("promtool, from Debian's prometheus package (`cargo xtask setup`)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "promtool {args:?}: {text}");
+    text
 }
 
 /// The labels Kubernetes pod discovery gives a pod's container port, as Prometheus names them.
@@ -157,7 +178,44 @@ fn the_scrape_jobs_are_the_ones_the_alerts_and_dashboards_name() {
     }
     assert_eq!(
         config["rule_files"],
-        serde_json::json!(["/etc/prometheus/rules/*.yaml"])
+        serde_json::json!(["alerting_rules.yml", "/etc/prometheus/rules/*.yaml"])
+    );
+}
+
+#[test]
+fn the_alert_rules_ship_beside_the_configuration_as_the_one_file_they_are() {
+    let root = crate::workspace_root();
+    let shipped = root.join("deploy/prometheus/alerts.yaml");
+    // One file: deploy/prometheus/alerts.yaml is the chart's, through a link, so the two
+    // cannot drift apart.
+    assert_eq!(
+        std::fs::canonicalize(&shipped).unwrap(),
+        std::fs::canonicalize(root.join("deploy/charts/weft/files/alerts.yaml")).unwrap(),
+        "deploy/prometheus/alerts.yaml must link to the chart's files/alerts.yaml"
+    );
+    let rules = prometheus_file("alerting_rules.yml");
+    assert_eq!(
+        rules,
+        std::fs::read_to_string(&shipped).unwrap(),
+        "the ConfigMap's alerting_rules.yml differs from deploy/prometheus/alerts.yaml"
+    );
+    let dir = std::env::temp_dir().join(format!("weft-chart-rules-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("alerting_rules.yml");
+    std::fs::write(&file, &rules).unwrap();
+    let checked = promtool(&["check".as_ref(), "rules".as_ref(), file.as_os_str()]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    let groups: Json = serde_yaml::from_str(&rules).unwrap();
+    let count: usize = groups["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["rules"].as_array().unwrap().len())
+        .sum();
+    assert!(count > 0);
+    assert!(
+        checked.contains(&format!("SUCCESS: {count} rules found")),
+        "{checked}"
     );
 }
 
@@ -262,16 +320,14 @@ fn promtool_accepts_the_rendered_configuration() {
     }
     let file = dir.join("prometheus.yml");
     std::fs::write(&file, serde_yaml::to_string(&config).unwrap()).unwrap();
-    let output = std::process::Command::new("promtool")
-        .args(["check", "config"])
-        .arg(&file)
-        .output()
-        .expect("promtool, from Debian's prometheus package (`cargo xtask setup`)");
+    // The ConfigMap mounted as one directory: the rules beside the configuration, found
+    // through its relative `rule_files` entry.
+    let rules = dir.join("alerting_rules.yml");
+    std::fs::write(&rules, prometheus_file("alerting_rules.yml")).unwrap();
+    let checked = promtool(&["check".as_ref(), "config".as_ref(), file.as_os_str()]);
     std::fs::remove_dir_all(&dir).unwrap();
     assert!(
-        output.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
+        checked.contains(&format!("Checking {}", rules.display())),
+        "promtool did not load the rules beside the configuration: {checked}"
     );
 }
