@@ -19,7 +19,7 @@ use weft_proto::istio::workload;
 use super::{MeshSettings, TranslateError, TranslateProblem};
 use crate::index::ConfigIndex;
 use crate::model::gateway_api::{RouteNamespaces, RouteNamespacesFrom, WAYPOINT_GATEWAY_CLASS};
-use crate::model::{KubernetesGateway, ResourceKind};
+use crate::model::{KubernetesGateway, ResourceKind, WorkloadEntry};
 
 pub use super::workload_name::workload_name;
 
@@ -212,11 +212,22 @@ pub fn service_ports(service: &Service) -> &[ServicePort] {
 
 /// The service selects the pod: same namespace and a non-empty selector it satisfies.
 pub fn service_selects(service: &Service, pod: &Pod) -> bool {
-    if namespace_of(&service.metadata) != namespace_of(&pod.metadata) {
+    service_selects_labels(service, namespace_of(&pod.metadata), &labels(&pod.metadata))
+}
+
+/// The service selects a workload of `namespace` with `workload_labels` (a pod, a
+/// WorkloadEntry): same namespace and a non-empty selector they satisfy (istiod's
+/// `FilterSelectsNonEmpty`).
+pub fn service_selects_labels(
+    service: &Service,
+    namespace: &str,
+    workload_labels: &BTreeMap<String, String>,
+) -> bool {
+    if namespace_of(&service.metadata) != namespace {
         return false;
     }
     match service.spec.as_ref().and_then(|s| s.selector.as_ref()) {
-        Some(selector) if !selector.is_empty() => selects(selector, &labels(&pod.metadata)),
+        Some(selector) if !selector.is_empty() => selects(selector, workload_labels),
         _ => false,
     }
 }
@@ -551,6 +562,35 @@ pub fn pod_waypoint(index: &ConfigIndex, pod: &Pod) -> Option<WaypointRef> {
         .flatten()
 }
 
+/// A WorkloadEntry's labels as istiod reads them (`ConvertClientWorkloadEntry`, a
+/// `maps.MergeCopy` of `spec.labels` then the object's labels): the object's own labels win over
+/// `spec.labels` of the same key.
+pub fn workload_entry_labels(entry: &WorkloadEntry) -> BTreeMap<String, String> {
+    let mut merged = entry.spec.labels.clone();
+    merged.extend(labels(&entry.metadata));
+    merged
+}
+
+/// The entry's metadata with [`workload_entry_labels`], for the rules that read an object's
+/// labels (waypoints).
+pub fn workload_entry_meta(entry: &WorkloadEntry) -> ObjectMeta {
+    ObjectMeta {
+        labels: Some(workload_entry_labels(entry)),
+        ..entry.metadata.clone()
+    }
+}
+
+/// The waypoint a WorkloadEntry's traffic goes through, as istiod's
+/// `workloadEntryWorkloadBuilder` finds it (`fetchWaypointForWorkload`): the entry's
+/// `istio.io/use-waypoint` label (of `meta`, its labels with `spec.labels` merged in), else its
+/// namespace's, for a waypoint that takes workload traffic; `none` opts out. There is no
+/// enrollment to check: an entry is in the mesh by being declared.
+pub fn workload_entry_waypoint(index: &ConfigIndex, meta: &ObjectMeta) -> Option<WaypointRef> {
+    assigned_waypoint(index, meta, Traffic::Workload)
+        .ok()
+        .flatten()
+}
+
 /// The services selecting `pod` that use a waypoint, in key order, with that waypoint.
 pub fn backing_waypoints<'a>(
     index: &'a ConfigIndex,
@@ -702,6 +742,12 @@ pub fn assignment_problems(index: &ConfigIndex) -> Vec<TranslateError> {
                 &pod.metadata,
                 TranslateProblem::ConflictingWaypoints { services, waypoint },
             );
+        }
+    }
+    for entry in index.workload_entries.values() {
+        let meta = workload_entry_meta(entry);
+        if let Err((by, problem)) = assigned_waypoint(index, &meta, Traffic::Workload) {
+            report(by, ResourceKind::WorkloadEntry, &entry.metadata, problem);
         }
     }
     for gateway in waypoint_gateways(index) {
