@@ -174,14 +174,15 @@ impl TryFrom<proto::Workload> for Workload {
             // ztunnel: unset is 1. Zero would take the endpoint out of every pick; Istio's
             // API rejects it, so it counts as unset.
             capacity: w.capacity.filter(|c| *c > 0).unwrap_or(1),
-            locality: w
-                .locality
-                .map(|l| Locality {
-                    region: l.region,
-                    zone: l.zone,
-                    subzone: l.subzone,
-                })
-                .unwrap_or_default(),
+            locality: Box::new(
+                w.locality
+                    .map(|l| Locality {
+                        region: l.region,
+                        zone: l.zone,
+                        subzone: l.subzone,
+                    })
+                    .unwrap_or_default(),
+            ),
         };
         if tunnel == TunnelProtocol::Hbone {
             workload

@@ -50,7 +50,7 @@ fn workload_converts_with_defaults_and_identity() {
     );
     assert_eq!(w.services[&reviews()][&9080], 9080);
     assert_eq!(
-        w.locality,
+        *w.locality,
         Locality::default(),
         "no locality: every part empty"
     );

@@ -685,13 +685,15 @@ fn routing_preferences_compare_localities() {
     ];
     use LoadBalancingMode::{Failover, Standard, Strict};
     use RoutingPreference::{Region, Subzone, Zone};
-    let cases: Vec<(
-        &str,
+    // (rule, mode, preferences, endpoints left out, last octets of the endpoints picked)
+    type Case = (
+        &'static str,
         LoadBalancingMode,
         Vec<RoutingPreference>,
-        &[&str],
-        &[u8],
-    )> = vec![
+        &'static [&'static str],
+        &'static [u8],
+    );
+    let cases: Vec<Case> = vec![
         (
             "Failover prefers the endpoints sharing region and zone",
             Failover,
@@ -752,14 +754,14 @@ fn routing_preferences_compare_localities() {
     for (rule, mode, preferences, absent, expected) in cases {
         let store = WorkloadStore::new();
         let mut client = workload("client", "client", NODE1, ip(1, 10));
-        client.locality = at("eu", "eu-1");
+        client.locality = Box::new(at("eu", "eu-1"));
         store.insert_workload(client);
         for (name, last, locality) in &endpoints {
             if absent.contains(name) {
                 continue;
             }
             let mut endpoint = backing(workload(name, "near", NODE2, ip(2, *last)), "near", 80, 80);
-            endpoint.locality = locality.clone();
+            endpoint.locality = Box::new(locality.clone());
             store.insert_workload(endpoint);
         }
         let mut near = service("near", 9, 80, 80);
