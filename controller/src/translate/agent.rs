@@ -793,6 +793,7 @@ fn l4_to_proto(policy: &weft_policy::l4::Authorization) -> security::Authorizati
 mod service_entries;
 mod workload_entries;
 pub use service_entries::endpoint_uid;
+pub use workload_entries::workload_entry_uid;
 
 #[cfg(test)]
 mod tests;

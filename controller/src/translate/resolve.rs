@@ -10,8 +10,8 @@ use k8s_openapi::api::core::v1::{Pod, Service, ServicePort};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use weft_istio::labels::{
-    DATAPLANE_MODE, DATAPLANE_MODE_AMBIENT, GATEWAY_NAME, INGRESS_USE_WAYPOINT, USE_WAYPOINT,
-    USE_WAYPOINT_NAMESPACE, WAYPOINT_FOR,
+    AMBIENT_REDIRECTION, DATAPLANE_MODE, DATAPLANE_MODE_AMBIENT, GATEWAY_NAME,
+    INGRESS_USE_WAYPOINT, USE_WAYPOINT, USE_WAYPOINT_NAMESPACE, WAYPOINT_FOR,
 };
 use weft_istio::ports::HBONE_PORT;
 use weft_proto::istio::workload;
@@ -19,6 +19,7 @@ use weft_proto::istio::workload;
 use super::{MeshSettings, TranslateError, TranslateProblem};
 use crate::index::ConfigIndex;
 use crate::model::gateway_api::{RouteNamespaces, RouteNamespacesFrom, WAYPOINT_GATEWAY_CLASS};
+use crate::model::networking::WorkloadEntrySpec;
 use crate::model::{KubernetesGateway, ResourceKind, WorkloadEntry};
 
 pub use super::workload_name::workload_name;
@@ -577,6 +578,38 @@ pub fn workload_entry_meta(entry: &WorkloadEntry) -> ObjectMeta {
     ObjectMeta {
         labels: Some(workload_entry_labels(entry)),
         ..entry.metadata.clone()
+    }
+}
+
+/// Whether a WorkloadEntry is reached over HBONE, and whether as a native tunnel (istiod's
+/// `setTunnelProtocol`): labelled `networking.istio.io/tunnel: http` (native), or annotated
+/// `ambient.istio.io/redirection: enabled`; else plain TCP.
+pub fn workload_entry_tunnel(entry: &WorkloadEntry) -> (bool, bool) {
+    let native = workload_entry_labels(entry)
+        .get(TUNNEL_LABEL.0)
+        .map(String::as_str)
+        == Some(TUNNEL_LABEL.1);
+    let redirected = annotation(&entry.metadata, AMBIENT_REDIRECTION) == Some("enabled");
+    (native || redirected, native)
+}
+
+fn annotation<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
+    meta.annotations.as_ref()?.get(key).map(String::as_str)
+}
+
+/// The label by which a workload outside Kubernetes says it speaks HBONE itself (Istio's
+/// `model.TunnelLabel` with `TunnelHTTP`).
+const TUNNEL_LABEL: (&str, &str) = ("networking.istio.io/tunnel", "http");
+
+/// A Kubernetes Service port's target on a WorkloadEntry (istiod's
+/// `constructServicesFromWorkloadEntry` for a Service): a named `targetPort` is the entry's port
+/// of that name, `None` (the port left out) when the entry has none; a numeric one is taken as
+/// it is (the entry's ports are not consulted, unlike for a ServiceEntry); an absent one is the
+/// service port, as the API server defaults it.
+pub fn workload_entry_target_port(port: &ServicePort, entry: &WorkloadEntrySpec) -> Option<u32> {
+    match &port.target_port {
+        Some(IntOrString::String(name)) => entry.ports.as_ref()?.get(name).copied(),
+        _ => Some(numeric_target_port(port)),
     }
 }
 

@@ -8,8 +8,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use weft_istio::labels::{AMBIENT_REDIRECTION, CANONICAL_NAME_LABELS, CANONICAL_REVISION_LABELS};
+use weft_istio::labels::{CANONICAL_NAME_LABELS, CANONICAL_REVISION_LABELS};
 use weft_proto::istio::workload;
 
 use super::super::resolve::{
@@ -25,10 +24,6 @@ use crate::{index::ConfigIndex, model::networking::WorkloadEntrySpec};
 pub fn workload_entry_uid(cluster_id: &str, namespace: &str, name: &str) -> String {
     format!("{cluster_id}/networking.istio.io/WorkloadEntry/{namespace}/{name}")
 }
-
-/// The label by which a workload outside Kubernetes says it speaks HBONE itself (Istio's
-/// `model.TunnelLabel` with `TunnelHTTP`).
-const TUNNEL_LABEL: (&str, &str) = ("networking.istio.io/tunnel", "http");
 
 /// Every WorkloadEntry's workload. Its labels are the object's with `spec.labels` under them
 /// (istiod's `ConvertClientWorkloadEntry`); they decide which services select it, its waypoint,
@@ -77,10 +72,7 @@ pub(super) fn workload_entry_workloads(
         }
         let annotations = entry.metadata.annotations.clone().unwrap_or_default();
         let workload_name = workload_entry_workload_name(name, &annotations, &entry_labels);
-        let native_tunnel =
-            entry_labels.get(TUNNEL_LABEL.0).map(String::as_str) == Some(TUNNEL_LABEL.1);
-        let redirected =
-            annotations.get(AMBIENT_REDIRECTION).map(String::as_str) == Some("enabled");
+        let (hbone, native_tunnel) = resolve::workload_entry_tunnel(entry);
         let owner = EndpointOwner {
             uid: workload_entry_uid(&settings.cluster_id, namespace, name),
             name,
@@ -97,7 +89,7 @@ pub(super) fn workload_entry_workloads(
                 .cloned()
                 .unwrap_or_else(|| "latest".into()),
             workload_name,
-            tunnel: if native_tunnel || redirected {
+            tunnel: if hbone {
                 workload::TunnelProtocol::Hbone
             } else {
                 workload::TunnelProtocol::None
@@ -114,21 +106,14 @@ pub(super) fn workload_entry_workloads(
 }
 
 /// A Kubernetes Service's ports on a WorkloadEntry (istiod's `constructServicesFromWorkloadEntry`
-/// for a Service): a named `targetPort` is the entry's port of that name, and the service port
-/// is left out when the entry has none; a numeric one is taken as it is (the entry's ports are
-/// not consulted, unlike for a ServiceEntry); an absent one is the service port, as the API
-/// server defaults it.
+/// for a Service, [`resolve::workload_entry_target_port`]).
 fn service_ports_on_entry(service: &Service, entry: &WorkloadEntrySpec) -> workload::PortList {
     let ports = resolve::service_ports(service)
         .iter()
         .filter_map(|port| {
-            let target_port = match &port.target_port {
-                Some(IntOrString::String(name)) => *entry.ports.as_ref()?.get(name)?,
-                _ => resolve::numeric_target_port(port),
-            };
             Some(workload::Port {
                 service_port: u32::try_from(port.port).ok()?,
-                target_port,
+                target_port: resolve::workload_entry_target_port(port, entry)?,
             })
         })
         .collect();
