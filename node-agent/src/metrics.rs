@@ -202,6 +202,7 @@ mod tests {
             authorization_policies: vec![],
             capacity: 1,
             hostname: String::new(),
+            locality: Default::default(),
         })
     }
 

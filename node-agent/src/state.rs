@@ -95,6 +95,18 @@ pub struct Workload {
     /// Its share of a service's connections relative to the other endpoints (Istio's workload
     /// `capacity`, a ServiceEntry endpoint's `weight`; 1 when unset), as ztunnel balances.
     pub capacity: u32,
+    /// Where it runs, for a service's locality preferences (empty parts when unknown); boxed,
+    /// being rarely set, to keep a workload small.
+    pub locality: Box<Locality>,
+}
+
+/// A workload's region, zone and subzone (Istio's `Locality`); an unset part is empty and
+/// matches only another empty one, as in ztunnel.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Locality {
+    pub region: String,
+    pub zone: String,
+    pub subzone: String,
 }
 
 /// What Istio's workload uids of ServiceEntry endpoints hold

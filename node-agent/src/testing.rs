@@ -73,6 +73,7 @@ pub fn workload(
         authorization_policies: vec![],
         capacity: 1,
         hostname: String::new(),
+        locality: Default::default(),
     }
 }
 

@@ -38,6 +38,10 @@ pub fn addresses(
     let entries = service_entries::service_entry_addresses(index, settings, |namespace, labels| {
         policies_selecting(index, settings, namespace, labels)
     });
+    let entry_workloads =
+        workload_entries::workload_entry_workloads(index, settings, |namespace, labels| {
+            policies_selecting(index, settings, namespace, labels)
+        });
     for (key, pod) in &index.pods {
         let ips = pod_ips(pod);
         if ips.is_empty() || resolve::pod_terminated(pod) {
@@ -142,6 +146,7 @@ pub fn addresses(
         .workloads
         .into_iter()
         .chain(entries.workloads)
+        .chain(entry_workloads)
     {
         out.insert(
             workload.uid.clone(),
@@ -786,7 +791,9 @@ fn l4_to_proto(policy: &weft_policy::l4::Authorization) -> security::Authorizati
 }
 
 mod service_entries;
+mod workload_entries;
 pub use service_entries::endpoint_uid;
+pub use workload_entries::workload_entry_uid;
 
 #[cfg(test)]
 mod tests;

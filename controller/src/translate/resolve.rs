@@ -10,8 +10,8 @@ use k8s_openapi::api::core::v1::{Pod, Service, ServicePort};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use weft_istio::labels::{
-    DATAPLANE_MODE, DATAPLANE_MODE_AMBIENT, GATEWAY_NAME, INGRESS_USE_WAYPOINT, USE_WAYPOINT,
-    USE_WAYPOINT_NAMESPACE, WAYPOINT_FOR,
+    AMBIENT_REDIRECTION, DATAPLANE_MODE, DATAPLANE_MODE_AMBIENT, GATEWAY_NAME,
+    INGRESS_USE_WAYPOINT, USE_WAYPOINT, USE_WAYPOINT_NAMESPACE, WAYPOINT_FOR,
 };
 use weft_istio::ports::HBONE_PORT;
 use weft_proto::istio::workload;
@@ -19,7 +19,8 @@ use weft_proto::istio::workload;
 use super::{MeshSettings, TranslateError, TranslateProblem};
 use crate::index::ConfigIndex;
 use crate::model::gateway_api::{RouteNamespaces, RouteNamespacesFrom, WAYPOINT_GATEWAY_CLASS};
-use crate::model::{KubernetesGateway, ResourceKind};
+use crate::model::networking::WorkloadEntrySpec;
+use crate::model::{KubernetesGateway, ResourceKind, WorkloadEntry};
 
 pub use super::workload_name::workload_name;
 
@@ -212,11 +213,22 @@ pub fn service_ports(service: &Service) -> &[ServicePort] {
 
 /// The service selects the pod: same namespace and a non-empty selector it satisfies.
 pub fn service_selects(service: &Service, pod: &Pod) -> bool {
-    if namespace_of(&service.metadata) != namespace_of(&pod.metadata) {
+    service_selects_labels(service, namespace_of(&pod.metadata), &labels(&pod.metadata))
+}
+
+/// The service selects a workload of `namespace` with `workload_labels` (a pod, a
+/// WorkloadEntry): same namespace and a non-empty selector they satisfy (istiod's
+/// `FilterSelectsNonEmpty`).
+pub fn service_selects_labels(
+    service: &Service,
+    namespace: &str,
+    workload_labels: &BTreeMap<String, String>,
+) -> bool {
+    if namespace_of(&service.metadata) != namespace {
         return false;
     }
     match service.spec.as_ref().and_then(|s| s.selector.as_ref()) {
-        Some(selector) if !selector.is_empty() => selects(selector, &labels(&pod.metadata)),
+        Some(selector) if !selector.is_empty() => selects(selector, workload_labels),
         _ => false,
     }
 }
@@ -551,6 +563,67 @@ pub fn pod_waypoint(index: &ConfigIndex, pod: &Pod) -> Option<WaypointRef> {
         .flatten()
 }
 
+/// A WorkloadEntry's labels as istiod reads them (`ConvertClientWorkloadEntry`, a
+/// `maps.MergeCopy` of `spec.labels` then the object's labels): the object's own labels win over
+/// `spec.labels` of the same key.
+pub fn workload_entry_labels(entry: &WorkloadEntry) -> BTreeMap<String, String> {
+    let mut merged = entry.spec.labels.clone();
+    merged.extend(labels(&entry.metadata));
+    merged
+}
+
+/// The entry's metadata with [`workload_entry_labels`], for the rules that read an object's
+/// labels (waypoints).
+pub fn workload_entry_meta(entry: &WorkloadEntry) -> ObjectMeta {
+    ObjectMeta {
+        labels: Some(workload_entry_labels(entry)),
+        ..entry.metadata.clone()
+    }
+}
+
+/// Whether a WorkloadEntry is reached over HBONE, and whether as a native tunnel (istiod's
+/// `setTunnelProtocol`): labelled `networking.istio.io/tunnel: http` (native), or annotated
+/// `ambient.istio.io/redirection: enabled`; else plain TCP.
+pub fn workload_entry_tunnel(entry: &WorkloadEntry) -> (bool, bool) {
+    let native = workload_entry_labels(entry)
+        .get(TUNNEL_LABEL.0)
+        .map(String::as_str)
+        == Some(TUNNEL_LABEL.1);
+    let redirected = annotation(&entry.metadata, AMBIENT_REDIRECTION) == Some("enabled");
+    (native || redirected, native)
+}
+
+fn annotation<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
+    meta.annotations.as_ref()?.get(key).map(String::as_str)
+}
+
+/// The label by which a workload outside Kubernetes says it speaks HBONE itself (Istio's
+/// `model.TunnelLabel` with `TunnelHTTP`).
+const TUNNEL_LABEL: (&str, &str) = ("networking.istio.io/tunnel", "http");
+
+/// A Kubernetes Service port's target on a WorkloadEntry (istiod's
+/// `constructServicesFromWorkloadEntry` for a Service): a named `targetPort` is the entry's port
+/// of that name, `None` (the port left out) when the entry has none; a numeric one is taken as
+/// it is (the entry's ports are not consulted, unlike for a ServiceEntry); an absent one is the
+/// service port, as the API server defaults it.
+pub fn workload_entry_target_port(port: &ServicePort, entry: &WorkloadEntrySpec) -> Option<u32> {
+    match &port.target_port {
+        Some(IntOrString::String(name)) => entry.ports.as_ref()?.get(name).copied(),
+        _ => Some(numeric_target_port(port)),
+    }
+}
+
+/// The waypoint a WorkloadEntry's traffic goes through, as istiod's
+/// `workloadEntryWorkloadBuilder` finds it (`fetchWaypointForWorkload`): the entry's
+/// `istio.io/use-waypoint` label (of `meta`, its labels with `spec.labels` merged in), else its
+/// namespace's, for a waypoint that takes workload traffic; `none` opts out. There is no
+/// enrollment to check: an entry is in the mesh by being declared.
+pub fn workload_entry_waypoint(index: &ConfigIndex, meta: &ObjectMeta) -> Option<WaypointRef> {
+    assigned_waypoint(index, meta, Traffic::Workload)
+        .ok()
+        .flatten()
+}
+
 /// The services selecting `pod` that use a waypoint, in key order, with that waypoint.
 pub fn backing_waypoints<'a>(
     index: &'a ConfigIndex,
@@ -702,6 +775,12 @@ pub fn assignment_problems(index: &ConfigIndex) -> Vec<TranslateError> {
                 &pod.metadata,
                 TranslateProblem::ConflictingWaypoints { services, waypoint },
             );
+        }
+    }
+    for entry in index.workload_entries.values() {
+        let meta = workload_entry_meta(entry);
+        if let Err((by, problem)) = assigned_waypoint(index, &meta, Traffic::Workload) {
+            report(by, ResourceKind::WorkloadEntry, &entry.metadata, problem);
         }
     }
     for gateway in waypoint_gateways(index) {

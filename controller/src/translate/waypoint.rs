@@ -40,7 +40,7 @@ use super::resolve::{
 use super::{MeshSettings, TranslateError, TranslateProblem, auto_allocate, gateway_api};
 use crate::index::ConfigIndex;
 use crate::model::networking::ServiceEntry;
-use crate::model::{DurationString, KubernetesGateway, ResourceKind};
+use crate::model::{DurationString, KubernetesGateway, ResourceKind, WorkloadEntry};
 use authorization::unenforced_policies;
 pub use gateway::{gateway_configs, is_gateway_pod};
 pub use workloads::source_workloads;
@@ -64,10 +64,21 @@ pub fn waypoint_configs(
             direct_pods.entry(waypoint).or_default().push(pod);
         }
     }
+    // WorkloadEntries that name a waypoint: traffic to their address arrives there too.
+    let mut direct_entries: BTreeMap<WaypointRef, Vec<&WorkloadEntry>> = BTreeMap::new();
+    for entry in index.workload_entries.values() {
+        let meta = resolve::workload_entry_meta(entry);
+        if let Some(waypoint) = resolve::workload_entry_waypoint(index, &meta) {
+            direct_entries.entry(waypoint).or_default().push(entry);
+        }
+    }
     let configs = resolve::waypoint_gateways(index)
         .map(|gateway| {
             let waypoint = WaypointRef::of(gateway);
-            let direct = direct_pods.get(&waypoint).map_or(&[][..], Vec::as_slice);
+            let direct = Direct {
+                pods: direct_pods.get(&waypoint).map_or(&[][..], Vec::as_slice),
+                entries: direct_entries.get(&waypoint).map_or(&[][..], Vec::as_slice),
+            };
             (
                 waypoint.to_string(),
                 waypoint_config(index, settings, gateway, direct, problems),
@@ -80,12 +91,20 @@ pub fn waypoint_configs(
     configs
 }
 
-/// One waypoint's configuration; `direct_pods` are the pods whose destination waypoint it is.
+/// The workloads whose traffic a waypoint takes at their own address: the pods whose
+/// destination waypoint it is and the WorkloadEntries that use it.
+#[derive(Clone, Copy)]
+struct Direct<'a> {
+    pods: &'a [&'a Pod],
+    entries: &'a [&'a WorkloadEntry],
+}
+
+/// One waypoint's configuration.
 fn waypoint_config(
     index: &ConfigIndex,
     settings: &MeshSettings,
     gateway: &KubernetesGateway,
-    direct_pods: &[&Pod],
+    direct: Direct<'_>,
     problems: &mut Vec<TranslateError>,
 ) -> wp::WaypointConfig {
     let mut compiler = Compiler::new(index, settings, WaypointRef::of(gateway), problems);
@@ -116,7 +135,8 @@ fn waypoint_config(
         .into_iter()
         .map(|key| compiler.cluster(&key))
         .collect();
-    let workloads = compiler.direct_workloads(direct_pods);
+    let mut workloads = compiler.direct_workloads(direct.pods);
+    workloads.extend(compiler.direct_entries(direct.entries));
     let mut authorization_policies: Vec<wp::L7Authorization> = index
         .authorization_policies
         .values()
@@ -300,6 +320,22 @@ impl<'a, 'p> Compiler<'a, 'p> {
     }
 
     /// The SPIFFE identity a pod's certificate carries.
+    /// A WorkloadEntry's identity, from its service account (`default` when unset, as the
+    /// agents read it).
+    fn entry_identity(&self, entry: &WorkloadEntry) -> String {
+        let account = entry
+            .spec
+            .service_account
+            .as_deref()
+            .filter(|a| !a.is_empty())
+            .unwrap_or("default");
+        resolve::spiffe_id(
+            self.settings,
+            resolve::namespace_of(&entry.metadata),
+            account,
+        )
+    }
+
     fn pod_identity(&self, pod: &Pod) -> String {
         resolve::spiffe_id(
             self.settings,

@@ -3,12 +3,17 @@
 //! (`GetWorkloadMetaFromPod` and `GetDeployMetaFromPod` in istio/istio `pkg/kube/util.go`): the
 //! `service.istio.io/workload-name` label when the pod has it; otherwise, for a pod whose name
 //! was generated, the name of its controller with the suffix its controller adds stripped (a
-//! Deployment's ReplicaSet, a CronJob's Job); otherwise the pod's own name.
+//! Deployment's ReplicaSet, a CronJob's Job); otherwise the pod's own name. A WorkloadEntry's
+//! workload is the WorkloadGroup it was registered from, else the label, else the entry itself
+//! (`WorkloadNameFromWorkloadEntry` in `pkg/kube/labels/labels.go`).
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use std::collections::BTreeMap;
+
 use weft_istio::labels::{
-    DEPLOYMENT_CONFIG, POD_TEMPLATE_HASH, ROLLOUTS_POD_TEMPLATE_HASH, WORKLOAD_NAME,
+    AUTO_REGISTRATION_GROUP, DEPLOYMENT_CONFIG, POD_TEMPLATE_HASH, ROLLOUTS_POD_TEMPLATE_HASH,
+    WORKLOAD_NAME,
 };
 
 use super::resolve::label;
@@ -27,6 +32,21 @@ pub fn workload_name(pod: &Pod) -> String {
         derived
     }
     .to_owned()
+}
+
+/// A WorkloadEntry's workload name (Istio's `WorkloadNameFromWorkloadEntry`): the
+/// `istio.io/autoRegistrationGroup` annotation, else the `service.istio.io/workload-name` label
+/// (of its labels, `spec.labels` merged in), else its own name. Present but empty counts, as in
+/// Istio.
+pub fn workload_entry_workload_name(
+    name: &str,
+    annotations: &BTreeMap<String, String>,
+    labels: &BTreeMap<String, String>,
+) -> String {
+    annotations
+        .get(AUTO_REGISTRATION_GROUP)
+        .or_else(|| labels.get(WORKLOAD_NAME))
+        .map_or_else(|| name.to_owned(), Clone::clone)
 }
 
 /// Istio's `GetDeployMetaFromPod`: only a pod whose name was generated is looked into, and only

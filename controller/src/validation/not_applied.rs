@@ -280,17 +280,10 @@ pub const CATALOG: &[NotApplied] = &[
         "networks are not known to node agents: every endpoint is reached directly",
     ),
     entry(
-        K::ServiceEntry,
-        "spec.endpoints[].locality",
-        Set,
-        "localities are not sent to node agents, which prefer endpoints by node and cluster only",
-    ),
-    // Whole kinds
-    entry(
         K::WorkloadEntry,
-        "",
-        Kind,
-        "WorkloadEntries are not mesh workloads yet",
+        "spec.network",
+        Set,
+        "networks are not known to node agents: every endpoint is reached directly",
     ),
     entry(
         K::Gateway,
@@ -334,6 +327,7 @@ pub const CATALOG: &[NotApplied] = &[
         Set,
         "gateway proxies route by their VirtualServices only",
     ),
+    // Whole kinds
     entry(
         K::GatewayClass,
         "",

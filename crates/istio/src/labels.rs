@@ -25,6 +25,12 @@ pub const CANONICAL_REVISION: &str = "service.istio.io/canonical-revision";
 /// Label naming a pod's workload, in place of the name derived from its controller (Istio's
 /// `label.ServiceWorkloadName`).
 pub const WORKLOAD_NAME: &str = "service.istio.io/workload-name";
+/// Annotation naming the WorkloadGroup a WorkloadEntry was registered from: the entry's
+/// workload name (Istio's `annotation.IoIstioAutoRegistrationGroup`).
+pub const AUTO_REGISTRATION_GROUP: &str = "istio.io/autoRegistrationGroup";
+/// Annotation that puts a workload's traffic through the mesh's tunnel (HBONE) though it has no
+/// enrollment label of its own (Istio's `annotation.AmbientRedirection`), when `enabled`.
+pub const AMBIENT_REDIRECTION: &str = "ambient.istio.io/redirection";
 /// Label the Deployment controller puts on a ReplicaSet's pods: the hash its name ends with.
 pub const POD_TEMPLATE_HASH: &str = "pod-template-hash";
 /// Label Argo Rollouts puts on a ReplicaSet's pods, as [`POD_TEMPLATE_HASH`] for a Rollout.

@@ -201,9 +201,10 @@ fn weighted_pick(candidates: &[(Arc<Workload>, u16)], roll: usize) -> &(Arc<Work
     &candidates[roll % candidates.len()]
 }
 
-/// Applies the service's routing preferences: `Strict` keeps only endpoints matching all of
-/// them, `Failover` keeps the best-matching group. Only `Node` and `Cluster` are known to the
-/// agent; the locality scopes count as matching (the store does not carry localities yet).
+/// Applies the service's routing preferences as ztunnel ranks endpoints: an endpoint's rank is
+/// the number of leading preferences it shares with the client (region, zone, subzone, node,
+/// cluster); `Strict` keeps only endpoints matching all of them, `Failover` keeps the
+/// best-ranked group. Networks are not known to the agent: `Network` counts as matching.
 fn prefer_locality(
     service: &Service,
     source: &Workload,
@@ -222,9 +223,12 @@ fn prefer_locality(
             .routing_preferences
             .iter()
             .take_while(|p| match p {
+                RoutingPreference::Region => w.locality.region == source.locality.region,
+                RoutingPreference::Zone => w.locality.zone == source.locality.zone,
+                RoutingPreference::Subzone => w.locality.subzone == source.locality.subzone,
                 RoutingPreference::Node => w.node == source.node,
                 RoutingPreference::Cluster => w.cluster_id == source.cluster_id,
-                _ => true,
+                RoutingPreference::Network => true,
             })
             .count()
     };

@@ -6,8 +6,8 @@ use std::{collections::BTreeMap, net::IpAddr};
 use weft_proto::istio::workload as proto;
 
 use super::{
-    GatewayAddress, GatewayDestination, HBONE_PORT, LoadBalancingMode, NamespacedHostname,
-    RoutingPreference, Service, TunnelProtocol, Workload,
+    GatewayAddress, GatewayDestination, HBONE_PORT, LoadBalancingMode, Locality,
+    NamespacedHostname, RoutingPreference, Service, TunnelProtocol, Workload,
 };
 
 /// A pushed resource the agent cannot use.
@@ -174,6 +174,15 @@ impl TryFrom<proto::Workload> for Workload {
             // ztunnel: unset is 1. Zero would take the endpoint out of every pick; Istio's
             // API rejects it, so it counts as unset.
             capacity: w.capacity.filter(|c| *c > 0).unwrap_or(1),
+            locality: Box::new(
+                w.locality
+                    .map(|l| Locality {
+                        region: l.region,
+                        zone: l.zone,
+                        subzone: l.subzone,
+                    })
+                    .unwrap_or_default(),
+            ),
         };
         if tunnel == TunnelProtocol::Hbone {
             workload

@@ -49,6 +49,22 @@ fn workload_converts_with_defaults_and_identity() {
         "spiffe://cluster.local/ns/bookinfo/sa/bookinfo-reviews"
     );
     assert_eq!(w.services[&reviews()][&9080], 9080);
+    assert_eq!(
+        *w.locality,
+        Locality::default(),
+        "no locality: every part empty"
+    );
+    let mut located = proto_workload("r2", 11);
+    located.locality = Some(proto::Locality {
+        region: "eu".into(),
+        zone: "eu-1".into(),
+        subzone: String::new(),
+    });
+    let w = Workload::try_from(located).unwrap();
+    assert_eq!(
+        (w.locality.region.as_str(), w.locality.zone.as_str()),
+        ("eu", "eu-1")
+    );
 }
 
 #[test]

@@ -2,15 +2,15 @@
 //! ztunnel: one `istio.workload.Service` per host (named by the ServiceEntry, keyed
 //! `namespace/host`, its VIPs `spec.addresses` or else the addresses allocated to it), one `Workload` per endpoint (`resolution: STATIC` or `DNS`, an implicit
 //! endpoint per host for `DNS` without endpoints), and, with a `workloadSelector`, the host's
-//! ports added to the selected pods' `services` and to the selected WorkloadEntries' (they are
-//! then its endpoints, over HBONE when they are in the mesh). Every WorkloadEntry is a
-//! `Workload` of its own, as istiod sends it. `exportTo` is not applied here, as istiod does not apply it to
-//! ztunnel's view either: every agent sees every ServiceEntry.
+//! ports added to the selected pods' `services` (and to the selected WorkloadEntries', see
+//! `workload_entries.rs`): they are then its endpoints, over HBONE when they are in the mesh.
+//! `exportTo` is not applied here, as istiod does not apply it to ztunnel's view either: every
+//! agent sees every ServiceEntry.
 
 use std::{collections::BTreeMap, net::IpAddr};
 
 use k8s_openapi::api::core::v1::Pod;
-use weft_istio::labels::{CANONICAL_NAME_LABELS, CANONICAL_REVISION_LABELS};
+use weft_istio::labels::CANONICAL_NAME_LABELS;
 use weft_proto::istio::workload;
 
 use super::super::{
@@ -30,7 +30,7 @@ use crate::{
 pub(super) struct ServiceEntryAddresses {
     /// One per host, keyed `namespace/host`.
     pub services: Vec<(String, workload::Service)>,
-    /// One per endpoint (STATIC or DNS), outside the mesh, and one per WorkloadEntry.
+    /// One per endpoint (STATIC or DNS), outside the mesh.
     pub workloads: Vec<workload::Workload>,
     /// For each pod key a `workloadSelector` selects: the hosts it backs, with their ports.
     pub pod_services: BTreeMap<String, Vec<(String, workload::PortList)>>,
@@ -41,15 +41,7 @@ pub fn endpoint_uid(cluster_id: &str, namespace: &str, name: &str, address: &str
     format!("{cluster_id}/networking.istio.io/ServiceEntry/{namespace}/{name}/{address}")
 }
 
-/// Istio's workload uid for a WorkloadEntry (`generateWorkloadEntryUID`).
-pub fn workload_entry_uid(cluster_id: &str, namespace: &str, name: &str) -> String {
-    format!("{cluster_id}/networking.istio.io/WorkloadEntry/{namespace}/{name}")
-}
-
-/// The label by which a workload outside Kubernetes says it speaks HBONE itself (Istio's
-/// `model.TunnelLabel` with `TunnelHTTP`).
-const TUNNEL_LABEL: (&str, &str) = ("networking.istio.io/tunnel", "http");
-
+/// One per endpoint (STATIC or DNS), outside the mesh.
 pub(super) fn service_entry_addresses(
     index: &ConfigIndex,
     settings: &MeshSettings,
@@ -123,8 +115,6 @@ pub(super) fn service_entry_addresses(
             ));
         }
     }
-    out.workloads
-        .extend(workload_entry_workloads(index, settings, &policies_for));
     out
 }
 
@@ -139,7 +129,7 @@ fn selects_pod(selector: &BTreeMap<String, String>, namespace: &str, pod: &Pod) 
     )
 }
 
-fn selects_in(
+pub(super) fn selects_in(
     selector: &BTreeMap<String, String>,
     namespace: &str,
     workload_namespace: &str,
@@ -196,13 +186,14 @@ fn service(
 
 /// Who an endpoint outside Kubernetes belongs to: a ServiceEntry (its inline endpoints) or a
 /// WorkloadEntry.
-struct EndpointOwner<'a> {
-    uid: String,
-    name: &'a str,
-    namespace: &'a str,
-    canonical_name: String,
-    canonical_revision: String,
-    tunnel: workload::TunnelProtocol,
+pub(super) struct EndpointOwner<'a> {
+    pub uid: String,
+    pub name: &'a str,
+    pub namespace: &'a str,
+    pub workload_name: String,
+    pub canonical_name: String,
+    pub canonical_revision: String,
+    pub tunnel: workload::TunnelProtocol,
 }
 
 fn endpoint_workload(
@@ -220,6 +211,8 @@ fn endpoint_workload(
         uid: endpoint_uid(&settings.cluster_id, namespace, name, &address),
         name,
         namespace,
+        // istiod: the ServiceEntry's name, as a pod's (`XXX ... HACK to impersonate pod`).
+        workload_name: name.to_owned(),
         canonical_name: CANONICAL_NAME_LABELS
             .iter()
             .find_map(|k| entry_labels.get(*k))
@@ -233,77 +226,13 @@ fn endpoint_workload(
     outside_workload(settings, &owner, endpoint, services, policies.to_vec())
 }
 
-/// Every WorkloadEntry, as istiod's ambient index sends it: backing the hosts of the
-/// ServiceEntries of its namespace whose `workloadSelector` selects its labels (the object's,
-/// with `spec.labels` over them), in HBONE when it says it speaks it
-/// (`networking.istio.io/tunnel: http`), else in plain TCP.
-fn workload_entry_workloads(
-    index: &ConfigIndex,
-    settings: &MeshSettings,
-    policies_for: impl Fn(&str, &BTreeMap<String, String>) -> Vec<String>,
-) -> Vec<workload::Workload> {
-    let mut out = Vec::new();
-    for entry in index.workload_entries.values() {
-        let namespace = namespace_of(&entry.metadata);
-        let name = name_of(&entry.metadata);
-        let mut entry_labels = labels(&entry.metadata);
-        entry_labels.extend(entry.spec.labels.clone());
-        let mut services = BTreeMap::new();
-        for service_entry in index.service_entries.values() {
-            let Some(selector) = &service_entry.spec.workload_selector else {
-                continue;
-            };
-            let service_namespace = namespace_of(&service_entry.metadata);
-            if !selects_in(
-                &selector.labels,
-                service_namespace,
-                namespace,
-                &entry_labels,
-            ) {
-                continue;
-            }
-            let ports = endpoint_ports(&service_entry.spec.ports, &entry.spec);
-            for host in &service_entry.spec.hosts {
-                services.insert(format!("{service_namespace}/{host}"), ports.clone());
-            }
-        }
-        let owner = EndpointOwner {
-            uid: workload_entry_uid(&settings.cluster_id, namespace, name),
-            name,
-            namespace,
-            canonical_name: CANONICAL_NAME_LABELS
-                .iter()
-                .find_map(|k| entry_labels.get(*k))
-                .cloned()
-                .unwrap_or_else(|| name.to_owned()),
-            canonical_revision: CANONICAL_REVISION_LABELS
-                .iter()
-                .find_map(|k| entry_labels.get(*k))
-                .cloned()
-                .unwrap_or_else(|| "latest".into()),
-            tunnel: if entry_labels.get(TUNNEL_LABEL.0).map(String::as_str) == Some(TUNNEL_LABEL.1)
-            {
-                workload::TunnelProtocol::Hbone
-            } else {
-                workload::TunnelProtocol::None
-            },
-        };
-        let policies = policies_for(namespace, &entry_labels);
-        out.push(outside_workload(
-            settings,
-            &owner,
-            &entry.spec,
-            services,
-            policies,
-        ));
-    }
-    out
-}
-
 /// A ServiceEntry's ports on an endpoint outside Kubernetes: the endpoint's port of the same
 /// name wins, else the `targetPort`, else the number (istiod's
 /// `constructServicesFromWorkloadEntry` for a ServiceEntry).
-fn endpoint_ports(ports: &[ServicePort], endpoint: &WorkloadEntrySpec) -> workload::PortList {
+pub(super) fn endpoint_ports(
+    ports: &[ServicePort],
+    endpoint: &WorkloadEntrySpec,
+) -> workload::PortList {
     workload::PortList {
         ports: ports
             .iter()
@@ -319,7 +248,9 @@ fn endpoint_ports(ports: &[ServicePort], endpoint: &WorkloadEntrySpec) -> worklo
     }
 }
 
-fn outside_workload(
+/// A workload outside Kubernetes (a ServiceEntry endpoint, a WorkloadEntry), healthy as istiod
+/// always sends it.
+pub(super) fn outside_workload(
     settings: &MeshSettings,
     owner: &EndpointOwner<'_>,
     endpoint: &WorkloadEntrySpec,
@@ -343,13 +274,29 @@ fn outside_workload(
         service_account: endpoint.service_account.clone().unwrap_or_default(),
         canonical_name: owner.canonical_name.clone(),
         canonical_revision: owner.canonical_revision.clone(),
+        // istiod sends POD for both kinds (`XXX(shashankram): HACK to impersonate pod`).
         workload_type: workload::WorkloadType::Pod as i32,
-        workload_name: owner.name.to_owned(),
+        workload_name: owner.workload_name.clone(),
         cluster_id: settings.cluster_id.clone(),
         services,
         authorization_policies: policies,
         status: workload::WorkloadStatus::Healthy as i32,
         capacity: endpoint.weight.filter(|w| *w > 0),
+        locality: locality(endpoint.locality.as_deref()),
         ..Default::default()
     }
+}
+
+/// An endpoint's `locality` as istiod sends it (`getWorkloadEntryLocality` over
+/// `SplitLocalityLabel`): `region/zone/subzone`, split at `/`, missing parts empty and parts
+/// after the third dropped; none at all when every part is empty.
+pub(super) fn locality(value: Option<&str>) -> Option<workload::Locality> {
+    let mut parts = value.unwrap_or_default().split('/');
+    let mut next = || parts.next().unwrap_or_default().to_owned();
+    let (region, zone, subzone) = (next(), next(), next());
+    (!region.is_empty() || !zone.is_empty() || !subzone.is_empty()).then_some(workload::Locality {
+        region,
+        zone,
+        subzone,
+    })
 }

@@ -604,3 +604,4 @@ endpoints:
 }
 
 mod service_entries;
+mod workload_entries;

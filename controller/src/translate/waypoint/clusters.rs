@@ -224,8 +224,64 @@ impl<'a> Compiler<'a, '_> {
                 })
                 .flat_map(|pod| self.pod_endpoints(pod, service_port))
                 .collect();
+        endpoints.extend(self.entry_endpoints_of(service, service_port, subset_labels));
         endpoints.sort_by(|a, b| a.address.cmp(&b.address));
         endpoints
+    }
+
+    /// The WorkloadEntries a Service selects, as endpoints next to its pods (the agents list
+    /// them among its endpoints too): at their address (or name, resolved by the waypoint), the
+    /// target port as [`resolve::workload_entry_target_port`] maps it, HBONE or plain TCP as
+    /// the agents reach them, weighted by `weight`.
+    fn entry_endpoints_of(
+        &self,
+        service: &Service,
+        port: &ServicePort,
+        subset_labels: &BTreeMap<String, String>,
+    ) -> Vec<wp::Endpoint> {
+        let namespace = namespace_of(&service.metadata);
+        crate::index::in_namespace(&self.index.workload_entries, namespace)
+            .filter_map(|entry| {
+                let entry_labels = resolve::workload_entry_labels(entry);
+                if !resolve::service_selects_labels(service, namespace, &entry_labels)
+                    || !selects(subset_labels, &entry_labels)
+                {
+                    return None;
+                }
+                let target = resolve::workload_entry_target_port(port, &entry.spec)
+                    .filter(|p| u16::try_from(*p).is_ok_and(|p| p > 0))?;
+                let address = entry.spec.address.clone().filter(|a| !a.is_empty())?;
+                if address.starts_with("unix://") {
+                    return None;
+                }
+                let (address, hostname) = match address.parse::<std::net::IpAddr>() {
+                    Ok(_) => (address, String::new()),
+                    Err(_) => (String::new(), address),
+                };
+                let (hbone, _) = resolve::workload_entry_tunnel(entry);
+                Some(wp::Endpoint {
+                    address,
+                    hostname,
+                    port: target,
+                    identity: self.entry_identity(entry),
+                    workload_uid: crate::translate::agent::workload_entry_uid(
+                        &self.settings.cluster_id,
+                        namespace,
+                        name_of(&entry.metadata),
+                    ),
+                    workload_name: super::workloads::entry_workload_name(entry, &entry_labels),
+                    labels: entry_labels,
+                    tunnel: if hbone {
+                        wp::EndpointTunnel::Hbone
+                    } else {
+                        wp::EndpointTunnel::None
+                    } as i32,
+                    healthy: true,
+                    weight: entry.spec.weight.unwrap_or(0),
+                    tunnel_address: String::new(),
+                })
+            })
+            .collect()
     }
 
     fn pod_endpoints(&self, pod: &Pod, port: &ServicePort) -> Vec<wp::Endpoint> {

@@ -692,3 +692,77 @@ status: {podIP: 10.0.0.50}
     );
     assert_eq!(config(&index).tracing, None);
 }
+
+/// WorkloadEntries at waypoints, as the agents send their traffic there: a Service the waypoint
+/// serves has the entries it selects among its endpoints (the agents list them as its
+/// endpoints), and an entry that uses the waypoint is served at its own address.
+#[test]
+fn workload_entries_are_endpoints_and_direct_workloads_of_their_waypoint() {
+    let index = validated(&format!(
+        r#"{MESH}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: reviews-vm, namespace: shop, labels: {{app: reviews}}}}
+spec: {{address: 192.0.2.80, serviceAccount: reviews-vm, weight: 3, labels: {{version: v2}}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: vm-waypoint, namespace: shop, labels: {{istio.io/waypoint-for: workload}}}}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{{name: mesh, port: 15008, protocol: HBONE}}]
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: db-vm, namespace: shop, labels: {{istio.io/use-waypoint: vm-waypoint, networking.istio.io/tunnel: http}}}}
+spec: {{address: 192.0.2.81, serviceAccount: db}}
+"#
+    ));
+    let reviews = config(&index);
+    let endpoint = reviews
+        .clusters
+        .iter()
+        .flat_map(|c| &c.endpoints)
+        .find(|e| e.address == "192.0.2.80")
+        .unwrap_or_else(|| panic!("no WorkloadEntry endpoint in {:?}", reviews.clusters));
+    assert_eq!(endpoint.port, 9080, "no targetPort: the service port");
+    assert_eq!(endpoint.tunnel, wp::EndpointTunnel::None as i32);
+    assert_eq!(
+        endpoint.identity,
+        "spiffe://cluster.local/ns/shop/sa/reviews-vm"
+    );
+    assert_eq!(
+        (endpoint.workload_name.as_str(), endpoint.weight),
+        ("reviews-vm", 3)
+    );
+    assert_eq!(
+        endpoint.labels.get("version").map(String::as_str),
+        Some("v2")
+    );
+    // Not a workload of the service waypoint: the namespace's waypoint takes no workload traffic.
+    assert!(
+        reviews
+            .workloads
+            .iter()
+            .all(|w| !w.address.starts_with("192.0.2."))
+    );
+
+    let mut problems = Vec::new();
+    let vm_waypoint = waypoint_configs(&index, &MeshSettings::default(), &mut problems)
+        .remove("shop/vm-waypoint")
+        .expect("the workload waypoint's config");
+    let direct: Vec<_> = vm_waypoint
+        .workloads
+        .iter()
+        .map(|w| (w.address.as_str(), w.identity.as_str(), w.tunnel))
+        .collect();
+    assert_eq!(
+        direct,
+        [(
+            "192.0.2.81",
+            "spiffe://cluster.local/ns/shop/sa/db",
+            wp::EndpointTunnel::Hbone as i32
+        )]
+    );
+}

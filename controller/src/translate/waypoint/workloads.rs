@@ -1,16 +1,19 @@
-//! The workloads a waypoint knows besides its clusters' endpoints: pods addressed directly
-//! through it, and every pod in the mesh as a possible source (one `SourceWorkload` resource
+//! The workloads a waypoint knows besides its clusters' endpoints: pods and WorkloadEntries
+//! addressed directly through it, and every pod in the mesh as a possible source (one `SourceWorkload` resource
 //! each, shared by every waypoint).
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use weft_proto::waypoint as wp;
 
 use super::{Compiler, port_protocol, tcp_service_ports};
 use crate::index::ConfigIndex;
+use crate::model::WorkloadEntry;
 use crate::translate::MeshSettings;
+use crate::translate::agent::workload_entry_uid;
 use crate::translate::resolve::{self, labels, namespace_of};
+use crate::translate::workload_name::workload_entry_workload_name;
 
 impl Compiler<'_, '_> {
     /// The pods whose agent accepts only this waypoint (`resolve::destination_waypoint`, the
@@ -72,6 +75,90 @@ impl Compiler<'_, '_> {
         out.dedup_by(|(_, later), (_, first)| later.address == first.address);
         out.into_iter().map(|(_, w)| w).collect()
     }
+}
+
+impl Compiler<'_, '_> {
+    /// The WorkloadEntries that use this waypoint (`resolve::workload_entry_waypoint`, as the
+    /// agents' resources say): traffic addressed to one of them arrives here and goes to exactly
+    /// that entry, in HBONE or plain TCP as the agents would reach it. Each lists the services
+    /// selecting it that use this waypoint and the declared protocols of its target ports. An
+    /// entry known by name only has no address to be addressed at and is left out.
+    pub(super) fn direct_entries(&self, entries: &[&WorkloadEntry]) -> Vec<wp::WaypointWorkload> {
+        let mut out = Vec::new();
+        for &entry in entries {
+            let Some(address) = entry
+                .spec
+                .address
+                .as_deref()
+                .and_then(|a| a.parse::<std::net::IpAddr>().ok())
+            else {
+                continue;
+            };
+            let namespace = namespace_of(&entry.metadata);
+            let entry_labels = resolve::workload_entry_labels(entry);
+            let selecting: Vec<&Service> =
+                crate::index::in_namespace(&self.index.services, namespace)
+                    .filter(|s| resolve::service_selects_labels(s, namespace, &entry_labels))
+                    .collect();
+            let services = selecting
+                .iter()
+                .filter(|s| {
+                    resolve::service_waypoint(self.index, s).as_ref() == Some(&self.waypoint)
+                })
+                .map(|s| resolve::hostname(s, self.settings))
+                .collect();
+            let mut ports: Vec<wp::WorkloadPort> = Vec::new();
+            for service in &selecting {
+                for port in tcp_service_ports(service) {
+                    let Some(target) = resolve::workload_entry_target_port(port, &entry.spec)
+                        .filter(|p| u16::try_from(*p).is_ok_and(|p| p > 0))
+                    else {
+                        continue;
+                    };
+                    if !ports.iter().any(|p| p.port == target) {
+                        ports.push(wp::WorkloadPort {
+                            port: target,
+                            protocol: port_protocol(port) as i32,
+                        });
+                    }
+                }
+            }
+            ports.sort_by_key(|p| p.port);
+            let (hbone, _) = resolve::workload_entry_tunnel(entry);
+            out.push(wp::WaypointWorkload {
+                address: address.to_string(),
+                identity: self.entry_identity(entry),
+                workload_uid: workload_entry_uid(
+                    &self.settings.cluster_id,
+                    namespace,
+                    resolve::name_of(&entry.metadata),
+                ),
+                workload_name: entry_workload_name(entry, &entry_labels),
+                labels: entry_labels,
+                tunnel: if hbone {
+                    wp::EndpointTunnel::Hbone
+                } else {
+                    wp::EndpointTunnel::None
+                } as i32,
+                namespace: namespace.to_owned(),
+                services,
+                ports,
+            });
+        }
+        out
+    }
+}
+
+/// A WorkloadEntry's workload name, as the agents get it.
+pub(super) fn entry_workload_name(
+    entry: &WorkloadEntry,
+    entry_labels: &BTreeMap<String, String>,
+) -> String {
+    workload_entry_workload_name(
+        resolve::name_of(&entry.metadata),
+        &entry.metadata.annotations.clone().unwrap_or_default(),
+        entry_labels,
+    )
 }
 
 /// Every pod in the mesh (enrolled, not terminated, not a waypoint), by address: what a

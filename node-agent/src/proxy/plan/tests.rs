@@ -53,6 +53,7 @@ fn workload(uid: &str, sa: &str, node: &str, address: IpAddr) -> Workload {
         authorization_policies: vec![],
         capacity: 1,
         hostname: String::new(),
+        locality: Default::default(),
     }
 }
 
@@ -663,4 +664,124 @@ fn a_service_without_endpoints_is_carried_to_its_waypoint_as_ztunnel_carries_it(
         plan(&store, "client", SocketAddr::new(vip(4), 80), 0),
         Err(OutboundError::NoHealthyEndpoint { .. })
     ));
+}
+
+/// ztunnel's endpoint ranking with localities (`rank` in its `src/state.rs`): the leading
+/// preferences an endpoint shares with the client, compared part by part (an unset part matches
+/// only an unset one).
+#[test]
+fn routing_preferences_compare_localities() {
+    use crate::state::Locality;
+    let at = |region: &str, zone: &str| Locality {
+        region: region.into(),
+        zone: zone.into(),
+        subzone: String::new(),
+    };
+    let endpoints = [
+        ("same-zone", 21, at("eu", "eu-1")),
+        ("same-region", 22, at("eu", "eu-2")),
+        ("far", 23, at("us", "eu-1")),
+        ("unknown", 24, Locality::default()),
+    ];
+    use LoadBalancingMode::{Failover, Standard, Strict};
+    use RoutingPreference::{Region, Subzone, Zone};
+    // (rule, mode, preferences, endpoints left out, last octets of the endpoints picked)
+    type Case = (
+        &'static str,
+        LoadBalancingMode,
+        Vec<RoutingPreference>,
+        &'static [&'static str],
+        &'static [u8],
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "Failover prefers the endpoints sharing region and zone",
+            Failover,
+            vec![Region, Zone],
+            &[],
+            &[21],
+        ),
+        (
+            "without them, those sharing the region",
+            Failover,
+            vec![Region, Zone],
+            &["same-zone"],
+            &[22],
+        ),
+        (
+            "without any in the region, every endpoint (rank 0 for all)",
+            Failover,
+            vec![Region, Zone],
+            &["same-zone", "same-region"],
+            &[23, 24],
+        ),
+        (
+            "ranks stop at the first preference not shared: zone alone does not count",
+            Failover,
+            vec![Region, Zone],
+            &["same-zone", "same-region", "unknown"],
+            &[23],
+        ),
+        (
+            "a region preference alone takes the whole region",
+            Failover,
+            vec![Region],
+            &[],
+            &[21, 22],
+        ),
+        (
+            "an unset subzone matches an unset subzone",
+            Strict,
+            vec![Region, Zone, Subzone],
+            &[],
+            &[21],
+        ),
+        (
+            "Strict never leaves the client's locality",
+            Strict,
+            vec![Region, Zone],
+            &["same-zone"],
+            &[],
+        ),
+        (
+            "Standard ignores the preferences",
+            Standard,
+            vec![Region, Zone],
+            &[],
+            &[21, 22, 23, 24],
+        ),
+    ];
+    for (rule, mode, preferences, absent, expected) in cases {
+        let store = WorkloadStore::new();
+        let mut client = workload("client", "client", NODE1, ip(1, 10));
+        client.locality = Box::new(at("eu", "eu-1"));
+        store.insert_workload(client);
+        for (name, last, locality) in &endpoints {
+            if absent.contains(name) {
+                continue;
+            }
+            let mut endpoint = backing(workload(name, "near", NODE2, ip(2, *last)), "near", 80, 80);
+            endpoint.locality = Box::new(locality.clone());
+            store.insert_workload(endpoint);
+        }
+        let mut near = service("near", 9, 80, 80);
+        near.load_balancing = mode;
+        near.routing_preferences = preferences;
+        store.insert_service(near);
+        let picked: std::collections::BTreeSet<u8> = (0..16)
+            .filter_map(
+                |roll| match plan(&store, "client", SocketAddr::new(vip(9), 80), roll) {
+                    Ok(OutboundPlan::Hbone { target, .. }) => match target.ip() {
+                        IpAddr::V4(v4) => Some(v4.octets()[3]),
+                        IpAddr::V6(_) => None,
+                    },
+                    Ok(other) => panic!("{rule}: {other:?}"),
+                    Err(OutboundError::NoHealthyEndpoint { .. }) => None,
+                    Err(other) => panic!("{rule}: {other:?}"),
+                },
+            )
+            .collect();
+        let expected: std::collections::BTreeSet<u8> = expected.iter().copied().collect();
+        assert_eq!(picked, expected, "{rule}");
+    }
 }
