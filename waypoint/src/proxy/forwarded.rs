@@ -34,9 +34,20 @@ pub(super) fn trusted_client(headers: &HeaderMap, peer: IpAddr, trusted_proxies:
 
 /// `x-envoy-external-address` set to the trusted client address, whatever the client sent.
 pub(super) fn set_external_address(headers: &mut HeaderMap, client: IpAddr) {
-    if let Ok(value) = HeaderValue::from_str(&client.to_string()) {
+    if let Some(value) = address_value(client) {
         headers.insert(X_ENVOY_EXTERNAL_ADDRESS.clone(), value);
     }
+}
+
+/// An address as a header value, written without a string in between.
+pub(super) fn address_value(address: IpAddr) -> Option<HeaderValue> {
+    use std::io::Write as _;
+    // The longest address text (IPv6 with an IPv4 tail) is 45 bytes.
+    let mut text = [0u8; 64];
+    let mut cursor = std::io::Cursor::new(&mut text[..]);
+    write!(cursor, "{address}").ok()?;
+    let length = usize::try_from(cursor.position()).ok()?;
+    HeaderValue::from_bytes(&text[..length]).ok()
 }
 
 #[cfg(test)]
