@@ -175,8 +175,9 @@ fn authority_text<B>(request: &Request<B>) -> RecordText {
     }
 }
 
-/// A random UUID v4 for `x-request-id`, kept inline (no allocation).
-pub(super) fn request_id() -> RecordText {
+/// A random UUID v4 for `x-request-id`, kept inline (no allocation): as the record keeps it,
+/// and its bytes.
+pub(super) fn request_id() -> (RecordText, [u8; 36]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut bytes: [u8; 16] = rand::random();
     // Version 4, variant 10xx (RFC 9562).
@@ -193,7 +194,7 @@ pub(super) fn request_id() -> RecordText {
         id[at + 1] = HEX[usize::from(byte & 0x0f)];
         at += 2;
     }
-    RecordText::RequestId(id)
+    (RecordText::RequestId(id), id)
 }
 
 /// A response body that counts the bytes sent and releases the request's record (access log
@@ -271,7 +272,7 @@ mod tests {
 
     #[test]
     fn request_ids_are_uuid_v4() {
-        let id = request_id();
+        let (id, _) = request_id();
         let parts: Vec<&str> = id.split('-').collect();
         assert_eq!(
             parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
@@ -282,6 +283,6 @@ mod tests {
             matches!(parts[3].as_bytes()[0], b'8' | b'9' | b'a' | b'b'),
             "{id}"
         );
-        assert_ne!(id, request_id());
+        assert_ne!(id, request_id().0);
     }
 }

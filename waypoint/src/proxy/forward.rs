@@ -193,16 +193,16 @@ const COALESCED_BODY_LIMIT: u64 = 16 * 1024;
 /// and body go downstream in one write (one TLS record, one HTTP/2 flush) instead of the head
 /// alone and the body a wakeup later, as nginx sends a buffered response. Other responses (no
 /// length, larger, empty) stream as they come.
-async fn with_first_frame(response: Response<ProxyBody>) -> Response<ProxyBody> {
+async fn with_first_frame(response: Response<Incoming>) -> Response<ProxyBody> {
     let (parts, mut body) = response.into_parts();
     let small = body
         .size_hint()
         .exact()
         .is_some_and(|length| length <= COALESCED_BODY_LIMIT);
     if !small || body.is_end_stream() {
-        return Response::from_parts(parts, body);
+        return Response::from_parts(parts, body.map_err(BoxError::from).boxed());
     }
-    let first = body.frame().await;
+    let first = body.frame().await.map(|f| f.map_err(BoxError::from));
     let body = Prefetched { first, rest: body };
     Response::from_parts(parts, body.boxed())
 }
@@ -210,7 +210,7 @@ async fn with_first_frame(response: Response<ProxyBody>) -> Response<ProxyBody> 
 /// A body whose first frame was read ahead.
 struct Prefetched {
     first: Option<Result<Frame<Bytes>, BoxError>>,
-    rest: ProxyBody,
+    rest: Incoming,
 }
 
 impl http_body::Body for Prefetched {
@@ -223,7 +223,9 @@ impl http_body::Body for Prefetched {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.first.take() {
             Some(first) => Poll::Ready(Some(first)),
-            None => Pin::new(&mut self.rest).poll_frame(cx),
+            None => Pin::new(&mut self.rest)
+                .poll_frame(cx)
+                .map(|frame| frame.map(|f| f.map_err(BoxError::from))),
         }
     }
 
@@ -407,7 +409,7 @@ async fn send_with_retries(
     outgoing: &Outgoing,
     mut headers: HeaderMap,
     policy: &RetryPolicy,
-) -> Result<Response<ProxyBody>, LocalReply> {
+) -> Result<Response<Incoming>, LocalReply> {
     let shared = cx.shared;
     let upstream = &shared.upstream;
     let source_ip = cx.tunnel.source_ip;
@@ -485,7 +487,7 @@ async fn send_with_retries(
                 drop(retry_permit);
                 let mut response = response;
                 strip_hop_by_hop(response.headers_mut());
-                return Ok(response.map(|b| b.map_err(BoxError::from).boxed()));
+                return Ok(response);
             }
             Some(Err(error)) => {
                 state.record_outcome(cluster, endpoint.address, None);
@@ -556,12 +558,20 @@ static HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Names the loop below removes anyway are not collected (a `Connection: keep-alive` costs
+    // nothing); `te` is, since a `te` the connection lists goes even as `te: trailers`.
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|name| {
+            !HOP_BY_HOP
+                .iter()
+                .any(|h| *h != header::TE && h.as_str().eq_ignore_ascii_case(name))
+        })
+        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .collect();
     for name in listed {
         headers.remove(name);

@@ -7,7 +7,7 @@ use std::borrow::Cow;
 use std::sync::{Arc, LazyLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap};
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use tracing::debug;
@@ -52,8 +52,8 @@ async fn route_request(
         cx.remote_ip = forwarded::trusted_client(request.headers(), cx.tunnel.source_ip, trusted);
     }
     if cx.record.request_id.is_empty() {
-        let id = request_id();
-        if let Ok(value) = HeaderValue::from_str(&id) {
+        let (id, value) = request_id();
+        if let Some(value) = forwarded::shared_value(value) {
             request.headers_mut().insert(X_REQUEST_ID.clone(), value);
         }
         cx.record.request_id = id;
