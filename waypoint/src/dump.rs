@@ -244,7 +244,7 @@ fn route(config: &WaypointConfig, r: &Route, matches: Vec<HttpMatch>) -> RouteDu
     retry_on.extend(on.retriable_status_codes.iter().map(u16::to_string));
     retry_on.extend(on.grpc.iter().map(|code| format!("grpc {code}")));
     RouteDump {
-        name: r.name.clone(),
+        name: r.name.as_deref().map(str::to_owned),
         virtual_service: r.virtual_service.clone(),
         matches,
         action,

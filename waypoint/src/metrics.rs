@@ -7,10 +7,15 @@
 //! [`ConnectionRecord`] per TCP connection counts its bytes as they flow and closes it when
 //! dropped.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
+
+use http::HeaderValue;
+use http::uri::{Authority, PathAndQuery};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::{Family, MetricConstructor};
@@ -25,7 +30,7 @@ use weft_proxy_core::metrics::{
     AccessLog, ConnectionEnd, Peer as PeerView, Service as ServiceView, TcpConnection, TcpMetrics,
 };
 
-use crate::model::WorkloadInfo;
+use crate::model::{Cluster, ServiceName, WorkloadInfo};
 
 /// Istio's buckets for `istio_request_duration_milliseconds`.
 pub const DURATION_BUCKETS_MS: [f64; 19] = [
@@ -193,8 +198,8 @@ impl LabelsView<'_> {
 pub struct Peer {
     pub workload: Option<Arc<WorkloadInfo>>,
     /// `spiffe://...` of the peer.
-    pub principal: Option<String>,
-    pub namespace: Option<String>,
+    pub principal: Option<RecordText>,
+    pub namespace: Option<RecordText>,
 }
 
 impl Peer {
@@ -234,13 +239,11 @@ fn reporter(at_edge: bool) -> Reporter {
     }
 }
 
-fn service_view(service: Option<&(String, String, String)>) -> ServiceView<'_> {
-    service.map_or_else(ServiceView::default, |(hostname, name, namespace)| {
-        ServiceView {
-            hostname,
-            name,
-            namespace,
-        }
+fn service_view(service: Option<&ServiceName>) -> ServiceView<'_> {
+    service.map_or_else(ServiceView::default, |service| ServiceView {
+        hostname: &service.hostname,
+        name: &service.name,
+        namespace: &service.namespace,
     })
 }
 
@@ -250,7 +253,7 @@ fn peer_labels(
     at_edge: bool,
     source: &Peer,
     destination: &Peer,
-    service: Option<&(String, String, String)>,
+    service: Option<&ServiceName>,
 ) -> PeerLabels {
     PeerLabels::new(
         reporter(at_edge),
@@ -268,30 +271,127 @@ fn security(mtls: bool) -> SecurityPolicy {
     }
 }
 
-/// Everything the access log and the metrics say about one request; emitted on drop.
+/// Text a record keeps, shared with where it comes from when it can be (a header value or the
+/// URI of the request, a name in the configuration), so that recording a request copies no
+/// string.
+#[derive(Clone, Default)]
+pub enum RecordText {
+    #[default]
+    Empty,
+    Static(&'static str),
+    Shared(Arc<str>),
+    Owned(String),
+    /// A header value of visible ASCII (checked when made).
+    Header(HeaderValue),
+    PathAndQuery(PathAndQuery),
+    Authority(Authority),
+    /// The name of a cluster of the configuration.
+    Cluster(Arc<Cluster>),
+    /// A generated `x-request-id` (a UUID, ASCII).
+    RequestId([u8; 36]),
+}
+
+impl RecordText {
+    /// A header's value, or nothing when it is not visible ASCII (as `to_str` reads it).
+    pub fn header(value: Option<&HeaderValue>) -> Self {
+        match value {
+            Some(value) if value.to_str().is_ok() => RecordText::Header(value.clone()),
+            _ => RecordText::Empty,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            RecordText::Empty => "",
+            RecordText::Static(text) => text,
+            RecordText::Shared(text) => text,
+            RecordText::Owned(text) => text,
+            RecordText::Header(value) => value.to_str().unwrap_or_default(),
+            RecordText::PathAndQuery(path) => path.as_str(),
+            RecordText::Authority(authority) => authority.as_str(),
+            RecordText::Cluster(cluster) => &cluster.name,
+            RecordText::RequestId(id) => std::str::from_utf8(id).unwrap_or_default(),
+        }
+    }
+}
+
+impl std::ops::Deref for RecordText {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Display for RecordText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for RecordText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl PartialEq for RecordText {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl PartialEq<&str> for RecordText {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl From<&'static str> for RecordText {
+    fn from(text: &'static str) -> Self {
+        RecordText::Static(text)
+    }
+}
+
+impl From<String> for RecordText {
+    fn from(text: String) -> Self {
+        RecordText::Owned(text)
+    }
+}
+
+impl From<Arc<str>> for RecordText {
+    fn from(text: Arc<str>) -> Self {
+        RecordText::Shared(text)
+    }
+}
+
+/// Everything the access log and the metrics say about one request; emitted on drop. What it
+/// holds is shared with the request and the configuration (one `Arc` or buffer reference
+/// each), not copied: a request is recorded without a string allocation of its own.
 pub struct RequestRecord {
     metrics: Arc<Metrics>,
     start: Instant,
     start_time: SystemTime,
-    pub method: String,
-    pub path: String,
+    pub method: http::Method,
+    /// The path as it arrived, with its query.
+    pub path: RecordText,
     pub protocol: &'static str,
-    pub authority: String,
-    pub request_id: String,
-    pub user_agent: String,
-    pub forwarded_for: String,
+    pub authority: RecordText,
+    pub request_id: RecordText,
+    pub user_agent: RecordText,
+    pub forwarded_for: RecordText,
     pub source: Peer,
     pub destination: Peer,
-    pub destination_service: Option<(String, String, String)>,
+    pub destination_service: Option<Arc<ServiceName>>,
     pub status: u16,
     pub grpc_status: Option<String>,
     pub response_flags: ResponseFlag,
-    pub response_code_details: String,
-    pub upstream_host: Option<String>,
-    pub upstream_cluster: Option<String>,
-    pub route_name: Option<String>,
-    pub downstream_local: String,
-    pub downstream_remote: String,
+    pub response_code_details: Cow<'static, str>,
+    pub upstream_host: Option<SocketAddr>,
+    pub upstream_cluster: Option<RecordText>,
+    pub route_name: Option<RecordText>,
+    pub downstream_local: Option<SocketAddr>,
+    pub downstream_remote: Option<SocketAddr>,
     pub bytes_received: u64,
     pub bytes_sent: u64,
     pub mtls: bool,
@@ -319,25 +419,25 @@ impl RequestRecord {
             metrics,
             start: Instant::now(),
             start_time: SystemTime::now(),
-            method: String::new(),
-            path: String::new(),
+            method: http::Method::GET,
+            path: RecordText::Empty,
             protocol: "HTTP/1.1",
-            authority: String::new(),
-            request_id: String::new(),
-            user_agent: String::new(),
-            forwarded_for: String::new(),
+            authority: RecordText::Empty,
+            request_id: RecordText::Empty,
+            user_agent: RecordText::Empty,
+            forwarded_for: RecordText::Empty,
             source: Peer::default(),
             destination: Peer::default(),
             destination_service: None,
             status: 0,
             grpc_status: None,
             response_flags: ResponseFlag::None,
-            response_code_details: "-".to_owned(),
+            response_code_details: Cow::Borrowed("-"),
             upstream_host: None,
             upstream_cluster: None,
             route_name: None,
-            downstream_local: String::new(),
-            downstream_remote: String::new(),
+            downstream_local: None,
+            downstream_remote: None,
             bytes_received: 0,
             bytes_sent: 0,
             mtls: false,
@@ -358,7 +458,7 @@ impl RequestRecord {
         source: &PeerView<'a>,
         destination: &PeerView<'a>,
     ) -> LabelsView<'a> {
-        let service = service_view(self.destination_service.as_ref());
+        let service = service_view(self.destination_service.as_deref());
         LabelsView {
             reporter: reporter(self.at_edge),
             peers: PeerLabels::values_of(source, destination, &service),
@@ -406,12 +506,24 @@ impl std::fmt::Display for AccessLogLine<'_> {
             quoted(&record.user_agent),
             quoted(&record.request_id),
             quoted(&record.authority),
-            record.upstream_host.as_deref().unwrap_or("-"),
+            OrDash(record.upstream_host.as_ref()),
             record.upstream_cluster.as_deref().unwrap_or("-"),
-            quoted(&record.downstream_local),
-            quoted(&record.downstream_remote),
+            OrDash(record.downstream_local.as_ref()),
+            OrDash(record.downstream_remote.as_ref()),
             record.route_name.as_deref().unwrap_or("default"),
         )
+    }
+}
+
+/// A value the access log writes as `-` when it is absent.
+struct OrDash<'a, T>(Option<&'a T>);
+
+impl<T: std::fmt::Display> std::fmt::Display for OrDash<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(value) => value.fmt(f),
+            None => f.write_str("-"),
+        }
     }
 }
 
@@ -421,7 +533,7 @@ pub struct ConnectionInfo {
     pub source: Peer,
     pub destination: Peer,
     /// Hostname, name and namespace of the service the connection was addressed to.
-    pub destination_service: Option<(String, String, String)>,
+    pub destination_service: Option<Arc<ServiceName>>,
     pub mtls: bool,
     /// Envoy's response flag: `-` when the connection was carried, else why not (`UH`, `UF`,
     /// `NC`).
@@ -449,7 +561,7 @@ impl ConnectionInfo {
                     self.at_edge,
                     &self.source,
                     &self.destination,
-                    self.destination_service.as_ref(),
+                    self.destination_service.as_deref(),
                 ),
                 security(self.mtls),
             )
@@ -589,7 +701,7 @@ mod tests {
             let mut registry = Registry::default();
             tracing::subscriber::with_default(capture.subscriber(), || {
                 let mut record = RequestRecord::new(Arc::new(Metrics::new(&mut registry)));
-                record.path = "/logged-or-not".to_owned();
+                record.path = "/logged-or-not".into();
                 record.status = 200;
                 record.access_log_disabled = disabled;
             });
@@ -636,21 +748,20 @@ mod tests {
     fn access_log_line_follows_istio_default_field_order() {
         let mut registry = Registry::default();
         let mut record = RequestRecord::new(Arc::new(Metrics::new(&mut registry)));
-        record.method = "GET".to_owned();
-        record.path = "/reviews/1".to_owned();
+        record.method = http::Method::GET;
+        record.path = "/reviews/1".into();
         record.status = 503;
         record.response_flags = ResponseFlag::UpstreamOverflow;
-        record.response_code_details =
-            "upstream_reset_before_response_started{overflow}".to_owned();
+        record.response_code_details = "upstream_reset_before_response_started{overflow}".into();
         record.bytes_received = 3;
         record.bytes_sent = 81;
-        record.user_agent = "curl/8".to_owned();
-        record.request_id = "abc".to_owned();
-        record.authority = "reviews:9080".to_owned();
-        record.upstream_host = Some("10.0.0.5:9080".to_owned());
-        record.upstream_cluster = Some("outbound|9080|v1|reviews".to_owned());
-        record.downstream_local = "10.96.0.10:9080".to_owned();
-        record.downstream_remote = "10.0.0.7:40000".to_owned();
+        record.user_agent = "curl/8".into();
+        record.request_id = "abc".into();
+        record.authority = "reviews:9080".into();
+        record.upstream_host = Some("10.0.0.5:9080".parse().unwrap());
+        record.upstream_cluster = Some("outbound|9080|v1|reviews".into());
+        record.downstream_local = Some("10.96.0.10:9080".parse().unwrap());
+        record.downstream_remote = Some("10.0.0.7:40000".parse().unwrap());
         let line = record.access_log_line();
         let after_time = line.split_once("] ").unwrap().1;
         assert!(after_time.starts_with(

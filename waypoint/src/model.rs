@@ -162,9 +162,11 @@ impl WorkloadTarget<'_> {
     /// Envoy's original-destination clusters do).
     pub fn cluster(&self) -> Cluster {
         let workload = &self.workload;
+        let host = workload.address.to_string();
         Cluster {
             name: format!("inbound-pod|{}||{}", self.port, workload.address),
-            host: workload.address.to_string(),
+            service: Arc::new(service_of_host(&host)),
+            host,
             subset: String::new(),
             port: self.port,
             endpoints: vec![Endpoint {
@@ -339,15 +341,31 @@ impl<'a> Target<'a> {
     }
 }
 
+/// How request metrics and access logs name a service: its hostname, name and namespace.
+/// Made once per configuration and shared by the requests that name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceName {
+    pub hostname: Arc<str>,
+    pub name: Arc<str>,
+    pub namespace: Arc<str>,
+}
+
 /// The hostname, name and namespace request metrics give a service known by its hostname
 /// (`name.namespace.svc.<domain>`; another hostname is its own name, namespace unknown).
-pub fn service_of_host(host: &str) -> (String, String, String) {
+pub fn service_of_host(host: &str) -> ServiceName {
     let mut parts = host.splitn(3, '.');
+    let hostname: Arc<str> = Arc::from(host);
     match (parts.next(), parts.next(), parts.next()) {
-        (Some(name), Some(namespace), Some(rest)) if rest.starts_with("svc.") => {
-            (host.to_owned(), name.to_owned(), namespace.to_owned())
-        }
-        _ => (host.to_owned(), host.to_owned(), String::new()),
+        (Some(name), Some(namespace), Some(rest)) if rest.starts_with("svc.") => ServiceName {
+            hostname,
+            name: Arc::from(name),
+            namespace: Arc::from(namespace),
+        },
+        _ => ServiceName {
+            name: Arc::clone(&hostname),
+            hostname,
+            namespace: Arc::from(""),
+        },
     }
 }
 
@@ -383,6 +401,8 @@ pub struct Service {
     pub hostname: String,
     pub name: String,
     pub namespace: String,
+    /// The same three names, as the records of its requests share them.
+    pub names: Arc<ServiceName>,
     pub vips: Vec<IpAddr>,
     pub ports: Vec<ServicePort>,
     /// Match conditions of `http_routes`, same indexes, in weft-policy's form.

@@ -33,7 +33,7 @@ use hyper::body::Incoming;
 use tracing::{Instrument, debug_span};
 use weft_identity::SpiffeId;
 
-use crate::metrics::{Metrics, RequestRecord};
+use crate::metrics::{Metrics, RecordText, RequestRecord};
 use crate::model::gateway::EdgeBinding;
 use crate::model::{Target, WaypointConfig};
 use crate::store::ConfigStore;
@@ -118,10 +118,14 @@ impl TunnelContext {
 
     /// The gateway proxy as the source of what it sends into the mesh.
     pub fn edge_source(config: &WaypointConfig) -> crate::metrics::Peer {
+        let namespace = match &config.gateway {
+            Some(gateway) => RecordText::Shared(Arc::clone(&gateway.namespace)),
+            None => RecordText::Owned(config.namespace.clone()),
+        };
         crate::metrics::Peer {
             workload: config.gateway.as_ref().and_then(|g| g.workload.clone()),
             principal: None,
-            namespace: Some(config.namespace.clone()),
+            namespace: Some(namespace),
         }
     }
 }

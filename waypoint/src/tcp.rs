@@ -20,7 +20,7 @@ use weft_policy::Decision;
 use weft_policy::l7::{TcpAuthzRequest, evaluate_tcp};
 use weft_policy::route::pick_weighted;
 
-use crate::metrics::{ConnectionInfo, Peer, ResponseFlag};
+use crate::metrics::{ConnectionInfo, Peer, RecordText, ResponseFlag};
 use crate::model::{Cluster, Target, WaypointConfig};
 use crate::proxy::{LocalReply, ProxyShared, TunnelContext, rbac_details};
 use crate::upstream::dynamic_dns::under_wildcard;
@@ -153,19 +153,21 @@ pub async fn open_tcp_upstream(
     let mut info = ConnectionInfo {
         source: Peer {
             workload: config.workload(context.source_ip),
-            principal: context.peer.as_ref().map(ToString::to_string),
-            namespace: context.peer.as_ref().map(|p| p.namespace().to_owned()),
+            principal: context
+                .peer
+                .as_ref()
+                .map(|p| RecordText::Owned(p.to_string())),
+            namespace: context
+                .peer
+                .as_ref()
+                .map(|p| RecordText::Owned(p.namespace().to_owned())),
         },
         destination: Peer {
-            namespace: Some(target.namespace().to_owned()),
+            namespace: Some(RecordText::Owned(target.namespace().to_owned())),
             ..Peer::default()
         },
         destination_service: match target {
-            Target::Service(t) => Some((
-                t.service.hostname.clone(),
-                t.service.name.clone(),
-                t.service.namespace.clone(),
-            )),
+            Target::Service(t) => Some(Arc::clone(&t.service.names)),
             Target::Workload(_) => None,
         },
         mtls: context.peer.is_some(),
@@ -203,7 +205,7 @@ pub async fn open_tcp_upstream(
     };
     info.upstream_cluster = Some(cluster.name.clone());
     if context.edge.is_some() {
-        info.destination_service = Some(crate::model::service_of_host(&cluster.host));
+        info.destination_service = Some(Arc::clone(&cluster.service));
     }
     let headers = http::HeaderMap::new();
     let hash = HashInput {
@@ -226,9 +228,14 @@ pub async fn open_tcp_upstream(
             return Err(Refusal::UpstreamUnavailable);
         };
         let authority = format!("{name}:{}", cluster.port);
-        upstream.dynamic_endpoint(&cluster, &authority).await
+        upstream
+            .dynamic_endpoint(&cluster, &authority)
+            .await
+            .map(std::borrow::Cow::Owned)
     } else {
-        upstream.choose_endpoint(&cluster, &hash, &[])
+        upstream
+            .choose_endpoint(&cluster, &hash, &[])
+            .map(std::borrow::Cow::Borrowed)
     };
     let endpoint = match chosen {
         Ok(endpoint) => endpoint,
@@ -240,7 +247,10 @@ pub async fn open_tcp_upstream(
     };
     info.upstream_host = Some(endpoint.address.to_string());
     info.destination.workload = Some(Arc::clone(&endpoint.workload));
-    info.destination.principal = endpoint.identity.as_ref().map(ToString::to_string);
+    info.destination.principal = endpoint
+        .identity
+        .as_ref()
+        .map(|p| RecordText::Owned(p.to_string()));
     match upstream
         .open_stream(&cluster, &endpoint, context.source_ip)
         .await

@@ -202,17 +202,14 @@ fn build_span(
     let host = record
         .destination_service
         .as_ref()
-        .map(|(hostname, _, _)| hostname.as_str())
+        .map(|service| &*service.hostname)
         .unwrap_or_else(|| {
             record
                 .authority
                 .rsplit_once(':')
                 .map_or(record.authority.as_str(), |(h, _)| h)
         });
-    let port = record
-        .downstream_local
-        .parse::<SocketAddr>()
-        .map_or(0, |a| a.port());
+    let port = record.downstream_local.map_or(0, |a| a.port());
     let dash = |v: &str| {
         if v.is_empty() {
             "-".to_owned()
@@ -237,8 +234,7 @@ fn build_span(
             "peer.address",
             record
                 .downstream_remote
-                .parse::<SocketAddr>()
-                .map_or_else(|_| record.downstream_remote.clone(), |a| a.ip().to_string()),
+                .map_or_else(String::new, |a| a.ip().to_string()),
         ),
         attribute("request_size", record.bytes_received.to_string()),
         attribute("response_size", record.bytes_sent.to_string()),
@@ -253,7 +249,9 @@ fn build_span(
         ),
         attribute(
             "upstream_address",
-            record.upstream_host.as_deref().unwrap_or("-"),
+            record
+                .upstream_host
+                .map_or_else(|| "-".to_owned(), |a| a.to_string()),
         ),
         attribute("istio.canonical_service", report.canonical_service.as_str()),
         attribute("istio.canonical_revision", "latest"),

@@ -74,7 +74,7 @@ pub mod dynamic_dns;
 mod tls;
 
 use balancing::ClusterRuntime;
-pub use balancing::{Admission, EndpointStatus, HashInput, RetryPermit};
+pub use balancing::{Admission, ClusterState, EndpointStatus, HashInput, RetryPermit};
 pub use body::{Ending, Replayable, RequestBody};
 use connections::{EndpointDialer, TunnelKey};
 pub use tls::OriginatedTls;
@@ -340,7 +340,22 @@ impl Upstream {
         http2: bool,
         source: IpAddr,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let _active = self.track_request(cluster, endpoint.address);
+        let state = self.state(cluster);
+        self.send_on(&state, cluster, endpoint, request, http2, source)
+            .await
+    }
+
+    /// [`Self::send`] with the cluster's state already looked up (the request's admission).
+    pub async fn send_on(
+        &self,
+        state: &ClusterState,
+        cluster: &Cluster,
+        endpoint: &Endpoint,
+        request: Request<RequestBody>,
+        http2: bool,
+        source: IpAddr,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let _active = state.track_request(endpoint.address);
         if http2 {
             self.send_http2(cluster, endpoint, request, source).await
         } else {

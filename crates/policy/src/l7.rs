@@ -30,6 +30,7 @@
 //!   and a DENY rule is applied without its HTTP-only attributes, so it denies more rather than
 //!   less.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -38,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use crate::decision::{Decision, DenyReason, PolicyAction, PolicyRef};
 use crate::error::PolicyError;
 use crate::l4::positive_and_negative;
-use crate::path::normalize_path;
+use crate::path::{is_normalized, normalize_path};
 use crate::request_auth::{RequestAuth, parse_claim_path};
 use crate::route::RequestView;
 use crate::string_match::WildcardMatch;
@@ -580,8 +581,14 @@ pub fn evaluate_http<'a>(
     policies: impl IntoIterator<Item = &'a HttpAuthorization>,
     req: &HttpAuthzRequest<'_>,
 ) -> Decision {
-    let Ok(path) = normalize_path(req.request.path) else {
-        return Decision::Deny(DenyReason::InvalidPath);
+    // The waypoint passes the path it normalized already: then it is used as it is.
+    let path = if is_normalized(req.request.path) {
+        Cow::Borrowed(req.request.path)
+    } else {
+        match normalize_path(req.request.path) {
+            Ok(path) => Cow::Owned(path),
+            Err(_) => return Decision::Deny(DenyReason::InvalidPath),
+        }
     };
     let mut any_allow = false;
     let mut allowed = false;

@@ -78,6 +78,8 @@ pub use weft_istio::defaults::{
 pub struct Cluster {
     pub name: String,
     pub host: String,
+    /// How metrics name the service `host` is ([`super::service_of_host`]), made once.
+    pub service: Arc<super::ServiceName>,
     pub subset: String,
     pub port: u16,
     pub endpoints: Vec<Endpoint>,

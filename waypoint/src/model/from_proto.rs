@@ -320,6 +320,11 @@ fn service(s: &proto::WaypointService) -> Result<Service, ConfigError> {
         hostname: s.hostname.clone(),
         name: s.name.clone(),
         namespace: s.namespace.clone(),
+        names: Arc::new(crate::model::ServiceName {
+            hostname: Arc::from(s.hostname.as_str()),
+            name: Arc::from(s.name.as_str()),
+            namespace: Arc::from(s.namespace.as_str()),
+        }),
         vips: s
             .vips
             .iter()

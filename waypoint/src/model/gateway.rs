@@ -20,6 +20,8 @@ pub struct Gateway {
     /// Proxies in front of the gateway whose `x-forwarded-for` entries are trusted (Istio's
     /// `gatewayTopology.numTrustedProxies`).
     pub num_trusted_proxies: u32,
+    /// The gateway proxy's namespace, as the records of its requests name their source's.
+    pub namespace: Arc<str>,
 }
 
 /// One port and its servers.
@@ -395,6 +397,7 @@ pub(super) fn gateway(g: &proto::GatewayConfig, namespace: &str) -> Result<Gatew
         listeners,
         workload,
         num_trusted_proxies: g.num_trusted_proxies,
+        namespace: Arc::from(namespace),
     })
 }
 

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,7 +23,8 @@ pub enum RouteAction {
 
 #[derive(Debug, Clone)]
 pub struct Route {
-    pub name: Option<String>,
+    /// Shared with the records of the requests it routes.
+    pub name: Option<Arc<str>>,
     pub action: RouteAction,
     pub rewrite: Option<Rewrite>,
     pub timeout: Option<Duration>,

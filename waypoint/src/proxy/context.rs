@@ -14,12 +14,14 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use super::{BoxError, ProxyBody, ProxyShared, TunnelContext, full};
-use crate::metrics::{Peer, RequestRecord};
+use super::forwarded::X_FORWARDED_FOR;
+use super::{BoxError, ProxyBody, ProxyShared, TunnelContext};
+use crate::metrics::{Peer, RecordText, RequestRecord};
 use crate::model::{Endpoint, Target, WaypointConfig};
 use crate::upstream::HashInput;
 
 pub(super) static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+pub(super) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// One request on its way through the pipeline.
 pub(super) struct RequestContext<'a> {
@@ -74,9 +76,12 @@ impl<'a> RequestContext<'a> {
 
     /// Records the endpoint an attempt goes to.
     pub fn record_endpoint(&mut self, endpoint: &Endpoint) {
-        self.record.upstream_host = Some(endpoint.address.to_string());
+        self.record.upstream_host = Some(endpoint.address);
         self.record.destination.workload = Some(Arc::clone(&endpoint.workload));
-        self.record.destination.principal = endpoint.identity.as_ref().map(ToString::to_string);
+        self.record.destination.principal = endpoint
+            .identity
+            .as_ref()
+            .map(|identity| RecordText::Owned(identity.to_string()));
     }
 
     /// Hands the record over to the response, which writes it once its body ends.
@@ -85,7 +90,8 @@ impl<'a> RequestContext<'a> {
     }
 }
 
-/// Fills what the record knows before the pipeline runs.
+/// Fills what the record knows before the pipeline runs. The record shares what it keeps
+/// with the request (header values, the URI) and the configuration (names): nothing is copied.
 pub(super) fn describe_request(
     record: &mut RequestRecord,
     config: &WaypointConfig,
@@ -93,49 +99,52 @@ pub(super) fn describe_request(
     target: Option<&Target<'_>>,
     request: &Request<Incoming>,
 ) {
-    let header = |name: &str| {
-        request
-            .headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned()
+    let headers = request.headers();
+    record.method = request.method().clone();
+    record.path = match request.uri().path_and_query() {
+        Some(path) => RecordText::PathAndQuery(path.clone()),
+        None => RecordText::Static("/"),
     };
-    record.method = request.method().to_string();
-    record.path = request
-        .uri()
-        .path_and_query()
-        .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
     record.protocol = match request.version() {
         Version::HTTP_2 => "HTTP/2",
         Version::HTTP_10 => "HTTP/1.0",
         _ => "HTTP/1.1",
     };
-    record.authority = authority_of(request).to_owned();
-    record.request_id = header("x-request-id");
-    record.user_agent = header("user-agent");
-    record.forwarded_for = header("x-forwarded-for");
+    record.authority = authority_text(request);
+    record.request_id = RecordText::header(headers.get(&X_REQUEST_ID));
+    record.user_agent = RecordText::header(headers.get(header::USER_AGENT));
+    record.forwarded_for = RecordText::header(headers.get(&X_FORWARDED_FOR));
     record.mtls = tunnel.peer.is_some();
     record.source = Peer {
-        workload: config.workload(tunnel.source_ip),
-        principal: tunnel.peer.as_ref().map(ToString::to_string),
-        namespace: tunnel.peer.as_ref().map(|p| p.namespace().to_owned()),
+        // At the edge the source is the gateway itself (see `super::handle`).
+        workload: if tunnel.edge.is_none() {
+            config.workload(tunnel.source_ip)
+        } else {
+            None
+        },
+        principal: tunnel
+            .peer
+            .as_ref()
+            .map(|p| RecordText::Owned(p.to_string())),
+        namespace: tunnel
+            .peer
+            .as_ref()
+            .map(|p| RecordText::Owned(p.namespace().to_owned())),
     };
     // A workload addressed directly was not addressed through a service: its service labels
     // stay unknown, its workload labels come from the endpoint.
-    if let Some(Target::Service(target)) = target {
-        let service = target.service;
-        record.destination_service = Some((
-            service.hostname.clone(),
-            service.name.clone(),
-            service.namespace.clone(),
-        ));
-    }
-    record.destination.namespace = target.map(|t| t.namespace().to_owned());
-    record.downstream_local = tunnel.destination.to_string();
-    record.downstream_remote = tunnel.peer_address.to_string();
-    if let Some(length) = request
-        .headers()
+    record.destination.namespace = match target {
+        Some(Target::Service(target)) => {
+            let names = &target.service.names;
+            record.destination_service = Some(Arc::clone(names));
+            Some(RecordText::Shared(Arc::clone(&names.namespace)))
+        }
+        Some(target) => Some(RecordText::Owned(target.namespace().to_owned())),
+        None => None,
+    };
+    record.downstream_local = Some(tunnel.destination);
+    record.downstream_remote = Some(tunnel.peer_address);
+    if let Some(length) = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
@@ -158,22 +167,34 @@ pub(super) fn authority_of<B>(request: &Request<B>) -> &str {
         .unwrap_or_default()
 }
 
-/// A random UUID v4 for `x-request-id`.
-pub(super) fn request_id() -> String {
+/// [`authority_of`], shared with the request.
+fn authority_text<B>(request: &Request<B>) -> RecordText {
+    match request.uri().authority() {
+        Some(authority) => RecordText::Authority(authority.clone()),
+        None => RecordText::header(request.headers().get(header::HOST)),
+    }
+}
+
+/// A random UUID v4 for `x-request-id`, kept inline (no allocation): as the record keeps it,
+/// and its bytes.
+pub(super) fn request_id() -> (RecordText, [u8; 36]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut bytes: [u8; 16] = rand::random();
     // Version 4, variant 10xx (RFC 9562).
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let mut id = String::with_capacity(36);
+    let mut id = [0u8; 36];
+    let mut at = 0;
     for (index, byte) in bytes.iter().enumerate() {
         if matches!(index, 4 | 6 | 8 | 10) {
-            id.push('-');
+            id[at] = b'-';
+            at += 1;
         }
-        id.push(char::from(HEX[usize::from(byte >> 4)]));
-        id.push(char::from(HEX[usize::from(byte & 0x0f)]));
+        id[at] = HEX[usize::from(byte >> 4)];
+        id[at + 1] = HEX[usize::from(byte & 0x0f)];
+        at += 2;
     }
-    id
+    (RecordText::RequestId(id), id)
 }
 
 /// A response body that counts the bytes sent and releases the request's record (access log
@@ -222,7 +243,7 @@ impl Body for RecordedBody {
 
 /// Writes the response's status into `record`, which is emitted when the body ends.
 pub(super) fn finish(
-    mut response: Response<ProxyBody>,
+    response: Response<ProxyBody>,
     mut record: RequestRecord,
 ) -> Response<ProxyBody> {
     record.status = response.status().as_u16();
@@ -233,18 +254,16 @@ pub(super) fn finish(
     {
         record.grpc_status = Some(grpc.to_owned());
     }
-    let body = std::mem::replace(response.body_mut(), full(Bytes::new()));
+    let (parts, body) = response.into_parts();
     if body.is_end_stream() {
         drop(record);
-        *response.body_mut() = body;
-        return response;
+        return Response::from_parts(parts, body);
     }
-    *response.body_mut() = RecordedBody {
+    let body = RecordedBody {
         inner: body,
         record: Some(record),
-    }
-    .boxed();
-    response
+    };
+    Response::from_parts(parts, body.boxed())
 }
 
 #[cfg(test)]
@@ -253,7 +272,7 @@ mod tests {
 
     #[test]
     fn request_ids_are_uuid_v4() {
-        let id = request_id();
+        let (id, _) = request_id();
         let parts: Vec<&str> = id.split('-').collect();
         assert_eq!(
             parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
@@ -264,6 +283,6 @@ mod tests {
             matches!(parts[3].as_bytes()[0], b'8' | b'9' | b'a' | b'b'),
             "{id}"
         );
-        assert_ne!(id, request_id());
+        assert_ne!(id, request_id().0);
     }
 }

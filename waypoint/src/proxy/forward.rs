@@ -11,6 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, Uri, Version};
 use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::BodyExt;
@@ -20,8 +21,9 @@ use weft_policy::StringMatch;
 use weft_policy::route::{percentage_hit, pick_weighted};
 
 use super::context::{GRPC_STATUS, RequestContext};
-use super::forwarded::{X_FORWARDED_FOR, set_external_address};
+use super::forwarded::{X_FORWARDED_FOR, address_value, set_external_address};
 use super::{BoxError, LocalReply, ProxyBody, actions, upgrade};
+use crate::metrics::RecordText;
 use crate::model::{
     Cluster, Endpoint, Headers, Mirror, Protocol, RetryPolicy, Route, WeightedDestination,
 };
@@ -50,10 +52,15 @@ pub(super) async fn forward(
     destinations: &[WeightedDestination],
     matched_uri: Option<&StringMatch>,
 ) -> Result<Response<ProxyBody>, LocalReply> {
-    let weights: Vec<u32> = destinations.iter().map(|d| d.weight).collect();
-    let destination = pick_weighted(&weights, rand::random())
-        .and_then(|i| destinations.get(i))
-        .ok_or(LocalReply::NoDestination)?;
+    let destination = match destinations {
+        // One destination takes every request, whatever its weight (as `pick_weighted` has it).
+        [only] => Some(only),
+        _ => {
+            let weights: Vec<u32> = destinations.iter().map(|d| d.weight).collect();
+            pick_weighted(&weights, rand::random()).and_then(|i| destinations.get(i))
+        }
+    }
+    .ok_or(LocalReply::NoDestination)?;
     let cluster = cx
         .config
         .cluster(&destination.cluster)
@@ -75,9 +82,9 @@ pub(super) async fn forward_to(
     request: Request<Incoming>,
     to: Forwarding<'_>,
 ) -> Result<Response<ProxyBody>, LocalReply> {
-    cx.record.upstream_cluster = Some(to.cluster.name.clone());
+    cx.record.upstream_cluster = Some(RecordText::Cluster(Arc::clone(&to.cluster)));
     if cx.tunnel.edge.is_some() {
-        cx.record.destination_service = Some(crate::model::service_of_host(&to.cluster.host));
+        cx.record.destination_service = Some(Arc::clone(&to.cluster.service));
     }
     let upgrade = upgrade::requested(&request);
     let http2 = !upgrade
@@ -108,17 +115,18 @@ pub(super) async fn forward_to(
     to.route.headers.request.apply(&mut headers);
     to.destination.request.apply(&mut headers);
     let mut authority = cx.record.authority.clone();
-    let mut path = cx.path.clone();
+    let mut rewritten = None;
     if let Some(rewrite) = &to.route.rewrite {
-        path = actions::rewrite_path(rewrite, to.matched_uri, &path);
+        rewritten = Some(actions::rewrite_path(rewrite, to.matched_uri, &cx.path));
         if let Some(new_authority) = rewrite.authority.as_ref().and_then(|a| a.to_str().ok()) {
-            authority = new_authority.to_owned();
+            authority = RecordText::Owned(new_authority.to_owned());
         }
     }
-    let path_and_query = match &cx.query {
-        Some(q) => format!("{path}?{q}"),
-        None => path,
-    };
+    let path_and_query = upstream_path(
+        rewritten.as_deref().unwrap_or(&cx.path),
+        cx.query.as_deref(),
+        parts.uri.path_and_query(),
+    );
 
     if let Some((connection, upgrade_value)) = upgrade_headers {
         if let Some(v) = connection {
@@ -149,7 +157,7 @@ pub(super) async fn forward_to(
     // The body streams upstream as it arrives; what has passed is kept for a retry or a mirror
     // while it fits in the limit (Envoy's retry and shadow buffer).
     let body = (!body.is_end_stream()).then(|| Replayable::new(body, cx.shared.retry_buffer_limit));
-    let outgoing = Outgoing {
+    let mut outgoing = Outgoing {
         method: parts.method,
         path_and_query,
         authority,
@@ -158,7 +166,9 @@ pub(super) async fn forward_to(
         http2,
     };
     send_mirrors(cx, &to.route.mirrors, &outgoing);
-    let attempts = send_with_retries(cx, &to.cluster, &outgoing, &to.route.retries);
+    // The attempts own the headers from here: the last one takes them, others send copies.
+    let headers = std::mem::take(&mut outgoing.headers);
+    let attempts = send_with_retries(cx, &to.cluster, &outgoing, headers, &to.route.retries);
     let result = match to.route.timeout {
         // As Envoy's, the route's timeout starts once the downstream request has ended.
         Some(limit) => tokio::select! {
@@ -183,16 +193,16 @@ const COALESCED_BODY_LIMIT: u64 = 16 * 1024;
 /// and body go downstream in one write (one TLS record, one HTTP/2 flush) instead of the head
 /// alone and the body a wakeup later, as nginx sends a buffered response. Other responses (no
 /// length, larger, empty) stream as they come.
-async fn with_first_frame(response: Response<ProxyBody>) -> Response<ProxyBody> {
+async fn with_first_frame(response: Response<Incoming>) -> Response<ProxyBody> {
     let (parts, mut body) = response.into_parts();
     let small = body
         .size_hint()
         .exact()
         .is_some_and(|length| length <= COALESCED_BODY_LIMIT);
     if !small || body.is_end_stream() {
-        return Response::from_parts(parts, body);
+        return Response::from_parts(parts, body.map_err(BoxError::from).boxed());
     }
-    let first = body.frame().await;
+    let first = body.frame().await.map(|f| f.map_err(BoxError::from));
     let body = Prefetched { first, rest: body };
     Response::from_parts(parts, body.boxed())
 }
@@ -200,7 +210,7 @@ async fn with_first_frame(response: Response<ProxyBody>) -> Response<ProxyBody> 
 /// A body whose first frame was read ahead.
 struct Prefetched {
     first: Option<Result<Frame<Bytes>, BoxError>>,
-    rest: ProxyBody,
+    rest: Incoming,
 }
 
 impl http_body::Body for Prefetched {
@@ -213,7 +223,9 @@ impl http_body::Body for Prefetched {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.first.take() {
             Some(first) => Poll::Ready(Some(first)),
-            None => Pin::new(&mut self.rest).poll_frame(cx),
+            None => Pin::new(&mut self.rest)
+                .poll_frame(cx)
+                .map(|frame| frame.map(|f| f.map_err(BoxError::from))),
         }
     }
 
@@ -239,8 +251,8 @@ impl http_body::Body for Prefetched {
 /// The request sent upstream, before per-attempt details.
 pub(super) struct Outgoing {
     pub method: Method,
-    pub path_and_query: String,
-    pub authority: String,
+    pub path_and_query: PathAndQuery,
+    pub authority: RecordText,
     pub headers: HeaderMap,
     /// The downstream body, `None` when it is empty.
     pub body: Option<Replayable>,
@@ -262,31 +274,64 @@ impl Outgoing {
         self.body.as_ref().is_none_or(Replayable::replayable)
     }
 
+    /// The request with a copy of the headers (a mirror, an upgrade).
     pub fn build<B>(&self, authority_suffix: &str, body: B) -> Request<B> {
-        let authority = format!("{}{authority_suffix}", self.authority);
-        let uri = if self.http2 {
-            Uri::builder()
-                .scheme("http")
-                .authority(authority.as_str())
-                .path_and_query(self.path_and_query.as_str())
-                .build()
-        } else {
-            Uri::builder()
-                .path_and_query(self.path_and_query.as_str())
-                .build()
-        };
+        self.build_with(authority_suffix, body, self.headers.clone())
+    }
+
+    /// The request with `headers`, which are the outgoing headers or a copy of them.
+    fn build_with<B>(&self, authority_suffix: &str, body: B, headers: HeaderMap) -> Request<B> {
         let mut request = Request::new(body);
         *request.method_mut() = self.method.clone();
-        *request.uri_mut() = uri.unwrap_or_else(|_| Uri::from_static("/"));
-        *request.headers_mut() = self.headers.clone();
+        *request.headers_mut() = headers;
         if self.http2 {
+            let authority = format!("{}{authority_suffix}", self.authority);
+            let uri = Uri::builder()
+                .scheme("http")
+                .authority(authority.as_str())
+                .path_and_query(self.path_and_query.clone())
+                .build();
+            *request.uri_mut() = uri.unwrap_or_else(|_| Uri::from_static("/"));
             *request.version_mut() = Version::HTTP_2;
             request.headers_mut().remove(header::HOST);
-        } else if let Ok(host) = HeaderValue::from_str(&authority) {
-            request.headers_mut().insert(header::HOST, host);
+        } else {
+            let uri = Uri::builder()
+                .path_and_query(self.path_and_query.clone())
+                .build();
+            *request.uri_mut() = uri.unwrap_or_else(|_| Uri::from_static("/"));
+            if let Some(host) = self.host(authority_suffix) {
+                request.headers_mut().insert(header::HOST, host);
+            }
         }
         request
     }
+
+    /// The `Host` of an HTTP/1.1 request: the downstream one itself (shared, not copied) when
+    /// the authority is still the one it gave.
+    fn host(&self, authority_suffix: &str) -> Option<HeaderValue> {
+        match (&self.authority, authority_suffix) {
+            (RecordText::Header(host), "") => Some(host.clone()),
+            (authority, "") => HeaderValue::from_str(authority).ok(),
+            (authority, suffix) => HeaderValue::from_str(&format!("{authority}{suffix}")).ok(),
+        }
+    }
+}
+
+/// The path and query sent upstream: the request's own (shared, not copied) when
+/// normalization and rewrites left them as they arrived.
+fn upstream_path(path: &str, query: Option<&str>, arrived: Option<&PathAndQuery>) -> PathAndQuery {
+    if let Some(arrived) = arrived
+        && arrived.path() == path
+        && arrived.query() == query
+    {
+        return arrived.clone();
+    }
+    let text = match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    PathAndQuery::from_maybe_shared(Bytes::from(text))
+        .unwrap_or_else(|_| PathAndQuery::from_static("/"))
 }
 
 /// Sends a copy of the request to each mirror whose percentage hits, once its body has been read
@@ -328,7 +373,7 @@ fn send_mirrors(cx: &RequestContext<'_>, mirrors: &[Mirror], outgoing: &Outgoing
                     return;
                 };
                 match upstream
-                    .send(&mirror_cluster, &endpoint, request, http2, source)
+                    .send(&mirror_cluster, endpoint, request, http2, source)
                     .await
                 {
                     // The mirror's answer is read and discarded so the connection is reusable.
@@ -355,17 +400,22 @@ fn error_retriable(error: &UpstreamError, policy: &RetryPolicy) -> bool {
     }
 }
 
-/// Tries the request up to `1 + attempts` times, each on a fresh endpoint choice.
+/// Tries the request up to `1 + attempts` times, each on a fresh endpoint choice. The
+/// cluster's state is looked up once, when the request is admitted; `headers` go to the last
+/// attempt there can be, and an attempt that a retry may follow sends a copy.
 async fn send_with_retries(
     cx: &mut RequestContext<'_>,
     cluster: &Arc<Cluster>,
     outgoing: &Outgoing,
+    mut headers: HeaderMap,
     policy: &RetryPolicy,
-) -> Result<Response<ProxyBody>, LocalReply> {
+) -> Result<Response<Incoming>, LocalReply> {
     let shared = cx.shared;
     let upstream = &shared.upstream;
     let source_ip = cx.tunnel.source_ip;
-    let _admission = upstream.admit(cluster).await?;
+    let admission = upstream.admit(cluster).await?;
+    let state = admission.state();
+    // Endpoints tried by attempts a retry followed.
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut attempt: u32 = 0;
     let mut retry_permit = None;
@@ -373,19 +423,29 @@ async fn send_with_retries(
         .attempt_body()
         .ok_or(LocalReply::DownstreamDisconnect)?;
     loop {
-        let endpoint: Endpoint = if cluster.dynamic_dns {
-            upstream
+        let resolved;
+        let endpoint: &Endpoint = if cluster.dynamic_dns {
+            resolved = upstream
                 .dynamic_endpoint(cluster, &outgoing.authority)
-                .await?
+                .await?;
+            &resolved
         } else {
-            upstream.choose_endpoint(cluster, &cx.hash_input(&outgoing.headers), &tried)?
+            state.choose_endpoint(cluster, &cx.hash_input(&headers), &tried)?
         };
-        tried.push(endpoint.address);
-        cx.record_endpoint(&endpoint);
-        let send = upstream.send(
+        cx.record_endpoint(endpoint);
+        // No retry follows the last attempt the policy allows, nor a body that can no longer
+        // be sent whole (it never can again).
+        let last = attempt >= policy.attempts || !outgoing.replayable();
+        let attempt_headers = if last {
+            std::mem::take(&mut headers)
+        } else {
+            headers.clone()
+        };
+        let send = upstream.send_on(
+            state,
             cluster,
-            &endpoint,
-            outgoing.build("", body),
+            endpoint,
+            outgoing.build_with("", body, attempt_headers),
             outgoing.http2,
             source_ip,
         );
@@ -404,7 +464,7 @@ async fn send_with_retries(
         match outcome {
             Some(Ok(response)) => {
                 let status = response.status().as_u16();
-                upstream.record_outcome(cluster, endpoint.address, Some(status));
+                state.record_outcome(cluster, endpoint.address, Some(status));
                 let grpc = response
                     .headers()
                     .get(&GRPC_STATUS)
@@ -412,9 +472,10 @@ async fn send_with_retries(
                     .and_then(|v| v.parse().ok());
                 if can_retry
                     && policy.on.status_retriable(status, grpc)
-                    && let Some(permit) = upstream.retry_permit(cluster)
+                    && let Some(permit) = state.retry_permit(cluster)
                     && let Some(next) = outgoing.attempt_body()
                 {
+                    tried.push(endpoint.address);
                     body = next;
                     retry_permit = Some(permit);
                     debug!(status, attempt, "retrying after a retriable status");
@@ -426,16 +487,17 @@ async fn send_with_retries(
                 drop(retry_permit);
                 let mut response = response;
                 strip_hop_by_hop(response.headers_mut());
-                return Ok(response.map(|b| b.map_err(BoxError::from).boxed()));
+                return Ok(response);
             }
             Some(Err(error)) => {
-                upstream.record_outcome(cluster, endpoint.address, None);
+                state.record_outcome(cluster, endpoint.address, None);
                 warn!(%error, attempt, "upstream attempt failed");
                 if can_retry
                     && error_retriable(&error, policy)
-                    && let Some(permit) = upstream.retry_permit(cluster)
+                    && let Some(permit) = state.retry_permit(cluster)
                     && let Some(next) = outgoing.attempt_body()
                 {
+                    tried.push(endpoint.address);
                     body = next;
                     retry_permit = Some(permit);
                     attempt += 1;
@@ -445,15 +507,16 @@ async fn send_with_retries(
                 return Err(error.into());
             }
             None => {
-                upstream.record_outcome(cluster, endpoint.address, Some(504));
+                state.record_outcome(cluster, endpoint.address, Some(504));
                 let retriable = policy.on.five_xx
                     || policy.on.gateway_error
                     || policy.on.retriable_status_codes.contains(&504);
                 if can_retry
                     && retriable
-                    && let Some(permit) = upstream.retry_permit(cluster)
+                    && let Some(permit) = state.retry_permit(cluster)
                     && let Some(next) = outgoing.attempt_body()
                 {
+                    tried.push(endpoint.address);
                     body = next;
                     retry_permit = Some(permit);
                     attempt += 1;
@@ -483,31 +546,39 @@ async fn backoff(attempt: u32) {
     tokio::time::sleep(Duration::from_millis(rand::random_range(0..millis))).await;
 }
 
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "te",
-    "trailer",
-    "upgrade",
-    "http2-settings",
+static HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TRANSFER_ENCODING,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+    HeaderName::from_static("http2-settings"),
 ];
 
 pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Names the loop below removes anyway are not collected (a `Connection: keep-alive` costs
+    // nothing); `te` is, since a `te` the connection lists goes even as `te: trailers`.
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|name| {
+            !HOP_BY_HOP
+                .iter()
+                .any(|h| *h != header::TE && h.as_str().eq_ignore_ascii_case(name))
+        })
+        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .collect();
     for name in listed {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         // `te: trailers` is allowed (and needed by gRPC) over HTTP/2.
-        if name == "te"
+        if name == header::TE
             && headers
                 .get(header::TE)
                 .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"))
@@ -520,10 +591,10 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 fn append_forwarded_for(headers: &mut HeaderMap, source: IpAddr) {
     let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(existing) => format!("{existing}, {source}"),
-        None => source.to_string(),
+        Some(existing) => HeaderValue::from_str(&format!("{existing}, {source}")).ok(),
+        None => address_value(source),
     };
-    if let Ok(v) = HeaderValue::from_str(&value) {
+    if let Some(v) = value {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
 }

@@ -8,6 +8,7 @@
 
 use std::net::IpAddr;
 
+use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 pub(super) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -34,9 +35,41 @@ pub(super) fn trusted_client(headers: &HeaderMap, peer: IpAddr, trusted_proxies:
 
 /// `x-envoy-external-address` set to the trusted client address, whatever the client sent.
 pub(super) fn set_external_address(headers: &mut HeaderMap, client: IpAddr) {
-    if let Ok(value) = HeaderValue::from_str(&client.to_string()) {
+    if let Some(value) = address_value(client) {
         headers.insert(X_ENVOY_EXTERNAL_ADDRESS.clone(), value);
     }
+}
+
+/// An address as a header value, written without a string in between.
+pub(super) fn address_value(address: IpAddr) -> Option<HeaderValue> {
+    use std::io::Write as _;
+    // The longest address text (IPv6 with an IPv4 tail) is 45 bytes.
+    let mut text = AddressText {
+        bytes: [0; 48],
+        length: 0,
+    };
+    let mut cursor = std::io::Cursor::new(&mut text.bytes[..]);
+    write!(cursor, "{address}").ok()?;
+    text.length = usize::try_from(cursor.position()).ok()?;
+    shared_value(text)
+}
+
+struct AddressText {
+    bytes: [u8; 48],
+    length: usize,
+}
+
+impl AsRef<[u8]> for AddressText {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes[..self.length]
+    }
+}
+
+/// A header value over bytes of its own that copies of the request's headers (one for each
+/// attempt a retry may follow) share: a value made from a `Vec` would allocate again on its
+/// first clone.
+pub(super) fn shared_value<T: AsRef<[u8]> + Send + 'static>(bytes: T) -> Option<HeaderValue> {
+    HeaderValue::from_maybe_shared(Bytes::from_owner(bytes)).ok()
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::borrow::Cow;
 use std::sync::{Arc, LazyLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap};
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use tracing::debug;
@@ -18,12 +18,11 @@ use weft_policy::request_auth::RequestAuth;
 use weft_policy::route::{HeaderSource, RequestView, RouteSelection, select_route};
 use weft_policy::{Decision, StringMatch};
 
-use super::context::{RequestContext, request_id};
+use super::context::{RequestContext, X_REQUEST_ID, request_id};
 use super::forward::{self, Forwarding};
 use super::{LocalReply, ProxyBody, actions, forwarded};
+use crate::metrics::RecordText;
 use crate::model::{HeaderOps, Headers, RetryOn, RetryPolicy, Route, RouteAction, Target};
-
-static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Serves the request; every refusal or failure becomes its local reply.
 pub(super) async fn run(
@@ -53,14 +52,15 @@ async fn route_request(
         cx.remote_ip = forwarded::trusted_client(request.headers(), cx.tunnel.source_ip, trusted);
     }
     if cx.record.request_id.is_empty() {
-        cx.record.request_id = request_id();
-        if let Ok(value) = HeaderValue::from_str(&cx.record.request_id) {
+        let (id, value) = request_id();
+        if let Some(value) = forwarded::shared_value(value) {
             request.headers_mut().insert(X_REQUEST_ID.clone(), value);
         }
+        cx.record.request_id = id;
     }
     // The record holds the path as it arrived (with the query): policies and routes see the
     // normalized path, redirects the original.
-    let raw_path = &cx.record.path;
+    let raw_path = cx.record.path.as_str();
     let normalized = normalize_path(raw_path).map_err(|_| LocalReply::InvalidPath)?;
     cx.query = raw_path
         .split_once('?')
@@ -116,7 +116,7 @@ async fn route_request(
             .uri
             .as_ref()
     });
-    cx.record.route_name = route.name.clone();
+    cx.record.route_name = route.name.clone().map(RecordText::Shared);
     Ok(follow_route(cx, request, route, matched_uri).await)
 }
 
@@ -253,7 +253,7 @@ async fn follow_route(
 /// The route of a request no route matched: to the service's default cluster, with Istio's
 /// default retries.
 static DEFAULT_ROUTE: LazyLock<Route> = LazyLock::new(|| Route {
-    name: Some("default".to_owned()),
+    name: Some(Arc::from("default")),
     retries: RetryPolicy::mesh_default(),
     ..forward_only_route()
 });

@@ -255,7 +255,7 @@ impl LocalReply {
             record.response_flags = flags;
         }
         if let Some(details) = reply.details {
-            record.response_code_details = details.into_owned();
+            record.response_code_details = details;
         }
         let mut response = Response::new(full(reply.body));
         *response.status_mut() = reply.status;

@@ -53,11 +53,11 @@ pub(super) async fn forward(
         source_ip,
     };
     let endpoint = upstream.choose_endpoint(cluster, &hash, &[])?;
-    cx.record_endpoint(&endpoint);
+    cx.record_endpoint(endpoint);
     let mut upstream_response = upstream
         .send_upgrade(
             cluster,
-            &endpoint,
+            endpoint,
             outgoing.build("", Full::new(Bytes::new())),
             source_ip,
         )

@@ -127,18 +127,18 @@ fn spans_carry_envoys_and_istios_tags() {
     let exporter = exporter();
     let mut registry = Registry::default();
     let mut record = RequestRecord::new(Arc::new(crate::metrics::Metrics::new(&mut registry)));
-    record.method = "GET".into();
+    record.method = http::Method::GET;
     record.path = "/reviews/1".into();
     record.authority = "reviews:9080".into();
     record.status = 503;
     record.upstream_cluster = Some("outbound|9080|v1|reviews.shop.svc.cluster.local".into());
-    record.downstream_local = "10.96.0.20:9080".into();
-    record.downstream_remote = "10.0.0.7:40000".into();
-    record.destination_service = Some((
-        "reviews.shop.svc.cluster.local".into(),
-        "reviews".into(),
-        "shop".into(),
-    ));
+    record.downstream_local = Some("10.96.0.20:9080".parse().unwrap());
+    record.downstream_remote = Some("10.0.0.7:40000".parse().unwrap());
+    record.destination_service = Some(Arc::new(crate::model::ServiceName {
+        hostname: "reviews.shop.svc.cluster.local".into(),
+        name: "reviews".into(),
+        namespace: "shop".into(),
+    }));
     let span = RequestSpan::start(&config(100.0), &traceparent("01"), &exporter, 0.0);
     let report = span.report.as_ref().unwrap();
     let built: Span = build_span(

@@ -49,15 +49,29 @@ pub(super) struct ClusterRuntime {
     endpoints: Mutex<HashMap<SocketAddr, EndpointState>>,
 }
 
-/// Holds one admitted request's place in the cluster's counters.
+/// A cluster's runtime state, looked up once (under the lock every worker shares) and then
+/// used for each decision about a request: endpoint choice, requests in flight, outcomes and
+/// retries.
+#[derive(Clone)]
+pub struct ClusterState(Arc<ClusterRuntime>);
+
+/// Holds one admitted request's place in the cluster's counters, and the cluster's state for
+/// the rest of the request.
 pub struct Admission {
-    runtime: Arc<ClusterRuntime>,
+    state: ClusterState,
     _slot: Option<OwnedSemaphorePermit>,
+}
+
+impl Admission {
+    /// The state of the cluster the request was admitted to.
+    pub fn state(&self) -> &ClusterState {
+        &self.state
+    }
 }
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        self.runtime.active_requests.fetch_sub(1, Ordering::AcqRel);
+        self.state.0.active_requests.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -72,12 +86,12 @@ impl Drop for RetryPermit {
     }
 }
 
-pub(super) struct ActiveRequest {
-    runtime: Arc<ClusterRuntime>,
+pub(super) struct ActiveRequest<'s> {
+    runtime: &'s ClusterRuntime,
     endpoint: SocketAddr,
 }
 
-impl Drop for ActiveRequest {
+impl Drop for ActiveRequest<'_> {
     fn drop(&mut self) {
         if let Some(state) = lock(&self.runtime.endpoints).get_mut(&self.endpoint) {
             state.active = state.active.saturating_sub(1);
@@ -120,168 +134,74 @@ impl Upstream {
         runtime
     }
 
+    /// The runtime state of `cluster`, for a request's decisions ([`ClusterState`]).
+    pub fn state(&self, cluster: &Cluster) -> ClusterState {
+        ClusterState(self.runtime(cluster))
+    }
+
     /// Admits a request to `cluster` under its limits: `http2MaxRequests` caps concurrent
     /// requests; `maxConnections` bounds requests in flight (one per HTTP/1.1 connection), the
     /// others wait, at most `http1MaxPendingRequests` of them.
     pub async fn admit(&self, cluster: &Cluster) -> Result<Admission, UpstreamError> {
         let runtime = self.runtime(cluster);
         let active = runtime.active_requests.fetch_add(1, Ordering::AcqRel);
-        let admission = |slot| Admission {
-            runtime: Arc::clone(&runtime),
-            _slot: slot,
+        let slots = runtime.connection_slots.clone();
+        let mut admission = Admission {
+            state: ClusterState(runtime),
+            _slot: None,
         };
         if cluster.limits.max_requests.is_some_and(|max| active >= max) {
-            drop(admission(None));
             return Err(UpstreamError::Overflow(cluster.name.clone()));
         }
-        let Some(slots) = runtime.connection_slots.clone() else {
-            return Ok(admission(None));
+        let Some(slots) = slots else {
+            return Ok(admission);
         };
         if let Ok(slot) = Arc::clone(&slots).try_acquire_owned() {
-            return Ok(admission(Some(slot)));
+            admission._slot = Some(slot);
+            return Ok(admission);
         }
-        let pending = runtime.pending.fetch_add(1, Ordering::AcqRel);
+        let pending = &admission.state.0.pending;
+        let waiting = pending.fetch_add(1, Ordering::AcqRel);
         // Envoy's default for an unset http1MaxPendingRequests is 1024 (2^32-1 in Istio);
         // unset here means no bound beyond memory.
         if cluster
             .limits
             .max_pending_requests
-            .is_some_and(|max| pending >= max)
+            .is_some_and(|max| waiting >= max)
         {
-            runtime.pending.fetch_sub(1, Ordering::AcqRel);
-            drop(admission(None));
+            pending.fetch_sub(1, Ordering::AcqRel);
             return Err(UpstreamError::Overflow(cluster.name.clone()));
         }
         let slot = slots.acquire_owned().await;
-        runtime.pending.fetch_sub(1, Ordering::AcqRel);
+        pending.fetch_sub(1, Ordering::AcqRel);
         match slot {
-            Ok(slot) => Ok(admission(Some(slot))),
+            Ok(slot) => {
+                admission._slot = Some(slot);
+                Ok(admission)
+            }
             Err(_) => Err(UpstreamError::Overflow(cluster.name.clone())),
         }
     }
 
     /// Takes a place in the cluster's retry budget, or `None` when `maxRetries` is reached.
     pub fn retry_permit(&self, cluster: &Cluster) -> Option<RetryPermit> {
-        let runtime = self.runtime(cluster);
-        let active = runtime.active_retries.fetch_add(1, Ordering::AcqRel);
-        let permit = RetryPermit {
-            runtime: Arc::clone(&runtime),
-        };
-        if cluster.limits.max_retries.is_some_and(|max| active >= max) {
-            drop(permit);
-            return None;
-        }
-        Some(permit)
+        self.state(cluster).retry_permit(cluster)
     }
 
-    /// Chooses an endpoint: healthy and not ejected (all healthy ones when every one is
-    /// ejected, as Envoy's panic mode does), then by the cluster's load balancer. `exclude`
-    /// holds endpoints already tried by earlier attempts, avoided when others remain.
-    pub fn choose_endpoint(
+    /// [`ClusterState::choose_endpoint`], for one decision about `cluster`.
+    pub fn choose_endpoint<'c>(
         &self,
-        cluster: &Cluster,
+        cluster: &'c Cluster,
         hash: &HashInput<'_>,
         exclude: &[SocketAddr],
-    ) -> Result<Endpoint, UpstreamError> {
-        let runtime = self.runtime(cluster);
-        let now = Instant::now();
-        let healthy: Vec<&Endpoint> = cluster.endpoints.iter().filter(|e| e.healthy).collect();
-        if healthy.is_empty() {
-            return Err(UpstreamError::NoHealthyUpstream(cluster.name.clone()));
-        }
-        let states = lock(&runtime.endpoints);
-        let mut candidates: Vec<&Endpoint> = healthy
-            .iter()
-            .copied()
-            .filter(|e| {
-                states
-                    .get(&e.address)
-                    .and_then(|s| s.ejected_until)
-                    .is_none_or(|until| until <= now)
-            })
-            .collect();
-        // Below minHealthPercent (or with every endpoint ejected) outlier detection stands
-        // aside and all healthy endpoints take traffic, as Envoy's panic mode does.
-        let min_health = cluster
-            .outlier
-            .as_ref()
-            .map_or(0, |o| o.min_health_percent as usize);
-        if candidates.is_empty() || candidates.len() * 100 < healthy.len() * min_health {
-            candidates = healthy;
-        }
-        if candidates.len() > 1 && !exclude.is_empty() {
-            let fresh: Vec<&Endpoint> = candidates
-                .iter()
-                .copied()
-                .filter(|e| !exclude.contains(&e.address))
-                .collect();
-            if !fresh.is_empty() {
-                candidates = fresh;
-            }
-        }
-        let active = |e: &Endpoint| states.get(&e.address).map_or(0, |s| s.active);
-        let chosen = match &cluster.load_balancer {
-            LoadBalancer::RoundRobin => {
-                candidates[runtime.next.fetch_add(1, Ordering::Relaxed) % candidates.len()]
-            }
-            LoadBalancer::Random => candidates[rand::random_range(0..candidates.len())],
-            LoadBalancer::LeastRequest => {
-                let a = candidates[rand::random_range(0..candidates.len())];
-                let b = candidates[rand::random_range(0..candidates.len())];
-                if active(b) < active(a) { b } else { a }
-            }
-            LoadBalancer::ConsistentHash(key) => match hash_key(key, hash) {
-                Some(key) => rendezvous(&candidates, &key),
-                None => candidates[rand::random_range(0..candidates.len())],
-            },
-        };
-        Ok(chosen.clone())
+    ) -> Result<&'c Endpoint, UpstreamError> {
+        self.state(cluster).choose_endpoint(cluster, hash, exclude)
     }
 
-    /// Records an attempt's outcome for outlier detection: `Some(status)` for a response,
-    /// `None` for a connect failure, reset or timeout.
+    /// [`ClusterState::record_outcome`], for one outcome at `cluster`.
     pub fn record_outcome(&self, cluster: &Cluster, endpoint: SocketAddr, status: Option<u16>) {
-        let Some(policy) = &cluster.outlier else {
-            return;
-        };
-        let runtime = self.runtime(cluster);
-        let mut states = lock(&runtime.endpoints);
-        let now = Instant::now();
-        let total = cluster.endpoints.len();
-        let ejected = states
-            .values()
-            .filter(|s| s.ejected_until.is_some_and(|u| u > now))
-            .count();
-        let state = states.entry(endpoint).or_default();
-        let is_5xx = status.is_none_or(|s| s >= 500);
-        let is_gateway = status.is_none_or(|s| matches!(s, 502..=504));
-        if !is_5xx {
-            state.consecutive_5xx = 0;
-            state.consecutive_gateway = 0;
-            // Envoy forgets the ejection multiplier once an endpoint has been healthy a while.
-            return;
-        }
-        state.consecutive_5xx += 1;
-        if is_gateway {
-            state.consecutive_gateway += 1;
-        } else {
-            state.consecutive_gateway = 0;
-        }
-        let tripped = policy
-            .consecutive_5xx
-            .is_some_and(|n| state.consecutive_5xx >= n)
-            || policy
-                .consecutive_gateway_errors
-                .is_some_and(|n| state.consecutive_gateway >= n);
-        let already = state.ejected_until.is_some_and(|u| u > now);
-        if tripped && !already && ejection_allowed(policy, ejected, total) {
-            state.ejections += 1;
-            let time = policy.base_ejection_time * state.ejections;
-            state.ejected_until = Some(now + time);
-            state.consecutive_5xx = 0;
-            state.consecutive_gateway = 0;
-            info!(cluster = %cluster.name, %endpoint, ejection_ms = time.as_millis() as u64, "endpoint ejected");
-        }
+        self.state(cluster)
+            .record_outcome(cluster, endpoint, status);
     }
 
     /// The runtime state of each endpoint of the cluster named `cluster` that has any (load,
@@ -323,12 +243,153 @@ impl Upstream {
             .and_then(|s| s.ejected_until)
             .is_some_and(|u| u > now)
     }
+}
+
+impl ClusterState {
+    /// Takes a place in the cluster's retry budget, or `None` when `maxRetries` is reached.
+    pub fn retry_permit(&self, cluster: &Cluster) -> Option<RetryPermit> {
+        let active = self.0.active_retries.fetch_add(1, Ordering::AcqRel);
+        let permit = RetryPermit {
+            runtime: Arc::clone(&self.0),
+        };
+        if cluster.limits.max_retries.is_some_and(|max| active >= max) {
+            drop(permit);
+            return None;
+        }
+        Some(permit)
+    }
+
+    /// Chooses an endpoint of `cluster` (whose state this is): healthy and not ejected (all
+    /// healthy ones when every one is ejected, as Envoy's panic mode does), then by the
+    /// cluster's load balancer. `exclude` holds endpoints already tried by earlier attempts,
+    /// avoided when others remain. The candidates are counted and walked in the cluster's
+    /// order rather than collected, so that a choice allocates nothing (but a consistent hash).
+    pub fn choose_endpoint<'c>(
+        &self,
+        cluster: &'c Cluster,
+        hash: &HashInput<'_>,
+        exclude: &[SocketAddr],
+    ) -> Result<&'c Endpoint, UpstreamError> {
+        let now = Instant::now();
+        let healthy = cluster.endpoints.iter().filter(|e| e.healthy).count();
+        if healthy == 0 {
+            return Err(UpstreamError::NoHealthyUpstream(cluster.name.clone()));
+        }
+        let states = lock(&self.0.endpoints);
+        let not_ejected = |e: &Endpoint| {
+            states
+                .get(&e.address)
+                .and_then(|s| s.ejected_until)
+                .is_none_or(|until| until <= now)
+        };
+        let available = cluster
+            .endpoints
+            .iter()
+            .filter(|e| e.healthy && not_ejected(e))
+            .count();
+        // Below minHealthPercent (or with every endpoint ejected) outlier detection stands
+        // aside and all healthy endpoints take traffic, as Envoy's panic mode does.
+        let min_health = cluster
+            .outlier
+            .as_ref()
+            .map_or(0, |o| o.min_health_percent as usize);
+        let panic = available == 0 || available * 100 < healthy * min_health;
+        let in_pool = |e: &Endpoint| e.healthy && (panic || not_ejected(e));
+        let pooled = if panic { healthy } else { available };
+        let untried = |e: &Endpoint| !exclude.contains(&e.address);
+        let fresh = if pooled > 1 && !exclude.is_empty() {
+            cluster
+                .endpoints
+                .iter()
+                .filter(|e| in_pool(e) && untried(e))
+                .count()
+        } else {
+            0
+        };
+        let (count, skip_tried) = if fresh > 0 {
+            (fresh, true)
+        } else {
+            (pooled, false)
+        };
+        let candidates = || {
+            cluster
+                .endpoints
+                .iter()
+                .filter(move |e| in_pool(e) && (!skip_tried || untried(e)))
+        };
+        let nth = |index: usize| {
+            candidates()
+                .nth(index)
+                .ok_or_else(|| UpstreamError::NoHealthyUpstream(cluster.name.clone()))
+        };
+        let active = |e: &Endpoint| states.get(&e.address).map_or(0, |s| s.active);
+        match &cluster.load_balancer {
+            LoadBalancer::RoundRobin => nth(self.0.next.fetch_add(1, Ordering::Relaxed) % count),
+            LoadBalancer::Random => nth(rand::random_range(0..count)),
+            LoadBalancer::LeastRequest => {
+                let a = nth(rand::random_range(0..count))?;
+                let b = nth(rand::random_range(0..count))?;
+                Ok(if active(b) < active(a) { b } else { a })
+            }
+            LoadBalancer::ConsistentHash(key) => match hash_key(key, hash) {
+                Some(key) => Ok(rendezvous(&candidates().collect::<Vec<_>>(), &key)),
+                None => nth(rand::random_range(0..count)),
+            },
+        }
+    }
+
+    /// Records an attempt's outcome for outlier detection: `Some(status)` for a response,
+    /// `None` for a connect failure, reset or timeout.
+    pub fn record_outcome(&self, cluster: &Cluster, endpoint: SocketAddr, status: Option<u16>) {
+        let Some(policy) = &cluster.outlier else {
+            return;
+        };
+        let mut states = lock(&self.0.endpoints);
+        let now = Instant::now();
+        let total = cluster.endpoints.len();
+        let ejected = states
+            .values()
+            .filter(|s| s.ejected_until.is_some_and(|u| u > now))
+            .count();
+        let state = states.entry(endpoint).or_default();
+        let is_5xx = status.is_none_or(|s| s >= 500);
+        let is_gateway = status.is_none_or(|s| matches!(s, 502..=504));
+        if !is_5xx {
+            state.consecutive_5xx = 0;
+            state.consecutive_gateway = 0;
+            // Envoy forgets the ejection multiplier once an endpoint has been healthy a while.
+            return;
+        }
+        state.consecutive_5xx += 1;
+        if is_gateway {
+            state.consecutive_gateway += 1;
+        } else {
+            state.consecutive_gateway = 0;
+        }
+        let tripped = policy
+            .consecutive_5xx
+            .is_some_and(|n| state.consecutive_5xx >= n)
+            || policy
+                .consecutive_gateway_errors
+                .is_some_and(|n| state.consecutive_gateway >= n);
+        let already = state.ejected_until.is_some_and(|u| u > now);
+        if tripped && !already && ejection_allowed(policy, ejected, total) {
+            state.ejections += 1;
+            let time = policy.base_ejection_time * state.ejections;
+            state.ejected_until = Some(now + time);
+            state.consecutive_5xx = 0;
+            state.consecutive_gateway = 0;
+            info!(cluster = %cluster.name, %endpoint, ejection_ms = time.as_millis() as u64, "endpoint ejected");
+        }
+    }
 
     /// Counts a request in flight to `endpoint` (least-request balancing) while the guard lives.
-    pub(super) fn track_request(&self, cluster: &Cluster, endpoint: SocketAddr) -> ActiveRequest {
-        let runtime = self.runtime(cluster);
-        lock(&runtime.endpoints).entry(endpoint).or_default().active += 1;
-        ActiveRequest { runtime, endpoint }
+    pub(super) fn track_request(&self, endpoint: SocketAddr) -> ActiveRequest<'_> {
+        lock(&self.0.endpoints).entry(endpoint).or_default().active += 1;
+        ActiveRequest {
+            runtime: &self.0,
+            endpoint,
+        }
     }
 }
 

@@ -173,6 +173,7 @@ pub(super) fn cluster(
     Ok(Cluster {
         name: c.name.clone(),
         host: c.host.clone(),
+        service: Arc::new(crate::model::service_of_host(&c.host)),
         subset: c.subset.clone(),
         port: port(c.port, context)?,
         endpoints: c

@@ -2,6 +2,7 @@
 //! operations, retries, faults, mirrors and CORS.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::StatusCode;
@@ -368,7 +369,7 @@ pub(super) fn route(
             matches,
         },
         Route {
-            name: (!r.name.is_empty()).then(|| r.name.clone()),
+            name: (!r.name.is_empty()).then(|| Arc::from(r.name.as_str())),
             action,
             rewrite,
             timeout: optional_duration(r.timeout.as_ref(), context)?.filter(|d| !d.is_zero()),
