@@ -129,7 +129,7 @@ async fn translated_routes_and_policies_drive_the_waypoint() {
         .await
         .unwrap();
     let address = listener.address().unwrap();
-    tokio::spawn(listener.run(weft_proxy_core::drain::DrainWatch::never()));
+    tokio::spawn(listener.run(weft_proxy_core::drain::DrainSource::never()));
     let client = mesh.material("shop", "productpage");
 
     let get = |path: &str, user: Option<&str>| {
