@@ -1,10 +1,10 @@
 //! The workloads a waypoint knows besides its clusters' endpoints: pods and WorkloadEntries
-//! addressed directly through it, and every pod in the mesh as a possible source (one `SourceWorkload` resource
-//! each, shared by every waypoint).
+//! addressed directly through it, and every pod in the mesh as a possible source (one
+//! `SourceWorkload` resource each, shared by every waypoint).
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Pod, Service, ServicePort};
 use weft_proto::waypoint as wp;
 
 use super::{Compiler, port_protocol, tcp_service_ports};
@@ -30,24 +30,9 @@ impl Compiler<'_, '_> {
                 .filter(|(_, waypoint)| waypoint.as_ref() == Some(&self.waypoint))
                 .map(|(service, _)| resolve::hostname(service, self.settings))
                 .collect();
-            let mut ports: Vec<wp::WorkloadPort> = Vec::new();
-            for (service, _) in &backing {
-                for port in tcp_service_ports(service) {
-                    let Some(target) = resolve::target_port(port, pod)
-                        .filter(|p| u16::try_from(*p).is_ok_and(|p| p > 0))
-                    else {
-                        continue;
-                    };
-                    // The first service (in key order) declaring a port says what it carries.
-                    if !ports.iter().any(|p| p.port == target) {
-                        ports.push(wp::WorkloadPort {
-                            port: target,
-                            protocol: port_protocol(port) as i32,
-                        });
-                    }
-                }
-            }
-            ports.sort_by_key(|p| p.port);
+            let ports = workload_ports(backing.iter().map(|(service, _)| *service), |port| {
+                resolve::target_port(port, pod)
+            });
             let namespace = namespace_of(&pod.metadata);
             let healthy = resolve::pod_healthy(pod);
             for ip in resolve::pod_ips(pod) {
@@ -107,23 +92,9 @@ impl Compiler<'_, '_> {
                 })
                 .map(|s| resolve::hostname(s, self.settings))
                 .collect();
-            let mut ports: Vec<wp::WorkloadPort> = Vec::new();
-            for service in &selecting {
-                for port in tcp_service_ports(service) {
-                    let Some(target) = resolve::workload_entry_target_port(port, &entry.spec)
-                        .filter(|p| u16::try_from(*p).is_ok_and(|p| p > 0))
-                    else {
-                        continue;
-                    };
-                    if !ports.iter().any(|p| p.port == target) {
-                        ports.push(wp::WorkloadPort {
-                            port: target,
-                            protocol: port_protocol(port) as i32,
-                        });
-                    }
-                }
-            }
-            ports.sort_by_key(|p| p.port);
+            let ports = workload_ports(selecting.iter().copied(), |port| {
+                resolve::workload_entry_target_port(port, &entry.spec)
+            });
             let (hbone, _) = resolve::workload_entry_tunnel(entry);
             out.push(wp::WaypointWorkload {
                 address: address.to_string(),
@@ -193,4 +164,30 @@ pub fn source_workloads(
         }
     }
     out
+}
+
+/// The target ports of a workload behind `services`, each with the protocol the first service
+/// (in the order given) declaring it says it carries, in port order; `target` maps a service
+/// port to the workload's, if it has one.
+fn workload_ports<'s>(
+    services: impl Iterator<Item = &'s Service>,
+    target: impl Fn(&ServicePort) -> Option<u32>,
+) -> Vec<wp::WorkloadPort> {
+    let mut ports: Vec<wp::WorkloadPort> = Vec::new();
+    for service in services {
+        for port in tcp_service_ports(service) {
+            let Some(target) = target(port).filter(|p| u16::try_from(*p).is_ok_and(|p| p > 0))
+            else {
+                continue;
+            };
+            if !ports.iter().any(|p| p.port == target) {
+                ports.push(wp::WorkloadPort {
+                    port: target,
+                    protocol: port_protocol(port) as i32,
+                });
+            }
+        }
+    }
+    ports.sort_by_key(|p| p.port);
+    ports
 }
