@@ -382,16 +382,26 @@ fn a_rolling_update_of_a_waypoint_under_load_fails_no_request() {
         mesh.logs()
     );
 
-    // A new connection per request, and keep-alive connections of 10 requests each.
+    // A new connection per request, and keep-alive connections of 10 requests each, for as
+    // long as the test runs: bounded by 3 minutes, and by counts no quiet machine reaches in
+    // that time (a request takes about 3 ms; the two updates take 15 s and more).
     let fresh = mesh
-        .steady_load("client", &url, 5, "fresh")
+        .repeat_in_pod(
+            "client",
+            "fresh",
+            &format!(
+                "curl -s -o /dev/null --max-time 5 -w '%{{http_code}} %{{time_total}}\\n' {url}"
+            ),
+            60_000,
+            180,
+        )
         .expect("start the load on new connections");
     let keep_alive_round = format!(
         "curl -s --max-time 10 -w '%{{http_code}} %{{time_total}}\\n' {}",
         vec![format!("-o /dev/null {url}"); 10].join(" ")
     );
     let keep_alive = mesh
-        .repeat_in_pod("client", "keep-alive", &keep_alive_round, 300, 180)
+        .repeat_in_pod("client", "keep-alive", &keep_alive_round, 6_000, 180)
         .expect("start the load on keep-alive connections");
     assert!(
         fresh.progressed(0, 20) && keep_alive.progressed(0, 20),
