@@ -514,7 +514,7 @@ impl Mesh {
         let apps: Vec<PodSpec> = self
             .pods
             .iter()
-            .filter(|p| matches!(p.workload, Workload::App { .. }))
+            .filter(|p| matches!(p.workload, Workload::App { .. }) && p.phase != PodPhase::Absent)
             .cloned()
             .collect();
         for spec in &apps {
