@@ -217,6 +217,15 @@ pub enum TranslateProblem {
         resource: String,
         reason: String,
     },
+    #[error(
+        "spec.trafficPolicy.tls.credentialName: credential {resource} for proxy {proxy}: {reason}; its connections to {host} fail (503 UF)"
+    )]
+    OriginationCredential {
+        proxy: String,
+        host: String,
+        resource: String,
+        reason: String,
+    },
 }
 
 /// Everything the controller serves, and what could not be translated.
@@ -244,7 +253,8 @@ pub fn translate(index: &ConfigIndex, settings: &MeshSettings) -> Translation {
     problems.extend(agent::authorization_problems(index));
     let mut waypoints = waypoint::waypoint_configs(index, settings, &mut problems);
     let gateways = waypoint::gateway_configs(index, settings, &mut problems);
-    let credentials = credentials::gateway_credentials(index, settings, &gateways, &mut problems);
+    let mut credentials =
+        credentials::gateway_credentials(index, settings, &gateways, &mut problems);
     for (name, config) in gateways {
         // A gateway's pod named as a waypoint of its namespace: the waypoint keeps its name.
         if waypoints.contains_key(&name) {
@@ -261,6 +271,13 @@ pub fn translate(index: &ConfigIndex, settings: &MeshSettings) -> Translation {
         }
         waypoints.insert(name, config);
     }
+    credentials::origination_credentials(
+        index,
+        settings,
+        &mut waypoints,
+        &mut credentials,
+        &mut problems,
+    );
     problems.sort();
     problems.dedup();
     Translation {

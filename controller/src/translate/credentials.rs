@@ -19,6 +19,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use k8s_openapi::api::core::v1::Pod;
 use weft_identity::SpiffeId;
 use weft_proto::envoy::config::core::v3::{DataSource, data_source::Specifier};
 use weft_proto::envoy::extensions::transport_sockets::tls::v3::{
@@ -28,9 +29,9 @@ use weft_proto::waypoint as wp;
 
 use crate::index::ConfigIndex;
 use crate::model::ResourceKind;
-use crate::model::networking::ServerTlsMode;
+use crate::model::networking::{DestinationRuleSpec, ServerTlsMode};
 use crate::translate::gateway_api::ingress::{ListenerTls, ingress_gateways};
-use crate::translate::resolve::{self, namespace_of};
+use crate::translate::resolve::{self, WaypointRef, namespace_of};
 use crate::translate::{MeshSettings, TranslateError, TranslateProblem};
 
 /// istiod's resource name prefixes (`pilot/pkg/model/credentials`).
@@ -98,10 +99,24 @@ pub fn referenced_secrets(index: &ConfigIndex) -> BTreeSet<String> {
         names.insert(format!("{namespace}/{name}"));
         names.insert(format!("{namespace}/{name}{CA_SUFFIX}"));
     };
+    // The namespaces of proxies that may originate TLS with a DestinationRule's credential.
+    let mut proxy_namespaces: BTreeSet<&str> = resolve::waypoint_gateways(index)
+        .map(|gateway| namespace_of(&gateway.metadata))
+        .collect();
     for gateway in index.istio_gateways.values() {
         if gateway.spec.selector.is_empty() {
             continue;
         }
+        proxy_namespaces.extend(
+            index
+                .pods
+                .values()
+                .filter(|p| !resolve::pod_terminated(p))
+                .filter(|p| {
+                    resolve::selects(&gateway.spec.selector, &resolve::labels(&p.metadata))
+                })
+                .map(|p| namespace_of(&p.metadata)),
+        );
         let credentials: Vec<&str> = gateway
             .spec
             .servers
@@ -139,6 +154,7 @@ pub fn referenced_secrets(index: &ConfigIndex) -> BTreeSet<String> {
         }
     }
     for gateway in ingress_gateways(index, &[]) {
+        proxy_namespaces.insert(namespace_of(&gateway.gateway.metadata));
         for listener in &gateway.listeners {
             if let ListenerTls::Terminate {
                 secret: Some((namespace, name)),
@@ -148,7 +164,36 @@ pub fn referenced_secrets(index: &ConfigIndex) -> BTreeSet<String> {
             }
         }
     }
+    for rule in index.destination_rules.values() {
+        for credential in origination_credential_names(&rule.spec) {
+            for namespace in &proxy_namespaces {
+                if let Some((_, ns, name)) = parse_resource(&istio_resource(namespace, credential))
+                    && ns == *namespace
+                {
+                    add(ns, name);
+                }
+            }
+        }
+    }
     names
+}
+
+/// Every `tls.credentialName` of a DestinationRule: its traffic policy's, its ports', its
+/// subsets'.
+fn origination_credential_names(spec: &DestinationRuleSpec) -> impl Iterator<Item = &str> {
+    let policies = spec
+        .traffic_policy
+        .iter()
+        .chain(spec.subsets.iter().filter_map(|s| s.traffic_policy.as_ref()));
+    policies
+        .flat_map(|policy| {
+            policy
+                .tls
+                .iter()
+                .chain(policy.port_level_settings.iter().filter_map(|p| p.tls.as_ref()))
+        })
+        .filter_map(|tls| tls.credential_name.as_deref())
+        .filter(|name| !name.is_empty())
 }
 
 fn inline(bytes: &[u8]) -> Option<DataSource> {
@@ -157,12 +202,18 @@ fn inline(bytes: &[u8]) -> Option<DataSource> {
     })
 }
 
-/// What a server needs of one resource.
+/// What a proxy needs of one resource.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Need {
     CertificateAndKey,
-    Ca,
+    /// A CA, and what it is for (said when there is none).
+    Ca(&'static str),
 }
+
+/// The CA of a MUTUAL server, which verifies its clients.
+const CLIENT_CA: Need = Need::Ca("MUTUAL needs a CA");
+/// The CA verifying the server TLS is originated to.
+const SERVER_CA: Need = Need::Ca("no CA to verify the server");
 
 /// The Envoy `Secret` of `resource` from the index's Secrets, or why there is none.
 fn build(index: &ConfigIndex, resource: &str, need: Need) -> Result<Secret, String> {
@@ -183,7 +234,7 @@ fn build(index: &ConfigIndex, resource: &str, need: Need) -> Result<Secret, Stri
                 private_key: inline(key),
             })
         }
-        Need::Ca => {
+        Need::Ca(why) => {
             // `name` ends with the suffix: its own Secret first, else the credential's keys.
             let base = name.strip_suffix(CA_SUFFIX).unwrap_or(name);
             let (from, ca) = match secret(name) {
@@ -192,13 +243,12 @@ fn build(index: &ConfigIndex, resource: &str, need: Need) -> Result<Secret, Stri
                     Some(credential) => (base, credential.ca()),
                     None => {
                         return Err(format!(
-                            "MUTUAL needs a CA: neither Secret {namespace}/{name} nor {namespace}/{base} exists"
+                            "{why}: neither Secret {namespace}/{name} nor {namespace}/{base} exists"
                         ));
                     }
                 },
             };
-            let ca =
-                ca.map_err(|e| format!("Secret {namespace}/{from}: MUTUAL needs a CA: {e}"))?;
+            let ca = ca.map_err(|e| format!("Secret {namespace}/{from}: {why}: {e}"))?;
             check_pem(ca, "CERTIFICATE")
                 .map_err(|e| format!("Secret {namespace}/{from}: CA: {e}"))?;
             secret::Type::ValidationContext(CertificateValidationContext {
@@ -308,7 +358,7 @@ pub fn gateway_credentials(
             {
                 vec![
                     (tls.credential_resource.clone(), Need::CertificateAndKey),
-                    (format!("{}{CA_SUFFIX}", tls.credential_resource), Need::Ca),
+                    (format!("{}{CA_SUFFIX}", tls.credential_resource), CLIENT_CA),
                 ]
             } else {
                 continue;
@@ -322,22 +372,17 @@ pub fn gateway_credentials(
                     Err(format!(
                         "credentialName names a Secret of namespace {namespace}; the gateway's pod {key} may use only Secrets of its own namespace"
                     ))
-                } else if let Some(existing) = served.get_mut(&resource) {
-                    existing.audience.insert(identity.clone());
-                    continue;
                 } else {
-                    build(index, &resource, need)
+                    serve(
+                        index,
+                        &mut served,
+                        &resource,
+                        need,
+                        std::slice::from_ref(&identity),
+                    )
                 };
                 match result {
-                    Ok(secret) => {
-                        served.insert(
-                            resource,
-                            GatewayCredential {
-                                secret,
-                                audience: BTreeSet::from([identity.clone()]),
-                            },
-                        );
-                    }
+                    Ok(()) => {}
                     Err(reason) => {
                         if refused.insert(format!("{}|{}|{resource}", server.gateway, server.name))
                         {
@@ -362,6 +407,129 @@ pub fn gateway_credentials(
         }
     }
     served
+}
+
+/// Serves `resource` to `audience` as well: built from its Secret the first time, or why it
+/// cannot be.
+fn serve(
+    index: &ConfigIndex,
+    served: &mut BTreeMap<String, GatewayCredential>,
+    resource: &str,
+    need: Need,
+    audience: &[SpiffeId],
+) -> Result<(), String> {
+    if let Some(existing) = served.get_mut(resource) {
+        existing.audience.extend(audience.iter().cloned());
+        return Ok(());
+    }
+    let secret = build(index, resource, need)?;
+    served.insert(
+        resource.to_owned(),
+        GatewayCredential {
+            secret,
+            audience: audience.iter().cloned().collect(),
+        },
+    );
+    Ok(())
+}
+
+/// The TLS origination credentials (a DestinationRule's `credentialName`) of the proxies of
+/// `configs` (waypoints by `namespace/name`, gateways by `namespace/pod`), served as istiod
+/// serves a proxy the credentials its clusters name: `kubernetes://<namespace>/<name>` in the
+/// proxy's own namespace (a name in another namespace is refused, Istio's rule), the client
+/// certificate and key for MUTUAL, and always the CA that verifies the server as
+/// `<resource>-cacert` (the proxies always verify the server). Each cluster's settings get the
+/// resource (`credential_resource`), whose audience is the identities of the proxy's pods. A
+/// Secret that cannot serve is reported once per DestinationRule, proxy and resource, and the
+/// cluster's connections fail at the proxy. Kubernetes mode only: in local mode the proxies
+/// read their credentials directory.
+pub fn origination_credentials(
+    index: &ConfigIndex,
+    settings: &MeshSettings,
+    configs: &mut BTreeMap<String, wp::WaypointConfig>,
+    served: &mut BTreeMap<String, GatewayCredential>,
+    problems: &mut Vec<TranslateError>,
+) {
+    if !index.secrets_watched {
+        return;
+    }
+    let mut reported: BTreeSet<(String, String, String)> = BTreeSet::new();
+    for (key, config) in configs.iter_mut() {
+        let Some((namespace, name)) = key.split_once('/') else {
+            continue;
+        };
+        if !config
+            .clusters
+            .iter()
+            .any(|c| c.tls.as_ref().is_some_and(|t| !t.credential_name.is_empty()))
+        {
+            continue;
+        }
+        let waypoint = WaypointRef {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        };
+        let pods: Vec<&Pod> = if config.gateway.is_some() {
+            index.pods.get(key).into_iter().collect()
+        } else {
+            resolve::waypoint_pods(index, &waypoint)
+                .filter(|p| !resolve::pod_terminated(p))
+                .collect()
+        };
+        let audience: Vec<SpiffeId> = pods
+            .iter()
+            .filter_map(|pod| {
+                SpiffeId::new(
+                    settings.trust_domain.clone(),
+                    namespace,
+                    resolve::service_account(pod),
+                )
+                .ok()
+            })
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        for cluster in &mut config.clusters {
+            let Some(tls) = cluster.tls.as_mut() else {
+                continue;
+            };
+            if tls.credential_name.is_empty() {
+                continue;
+            }
+            let resource = istio_resource(namespace, &tls.credential_name);
+            tls.credential_resource = resource.clone();
+            let mut needs = vec![(format!("{resource}{CA_SUFFIX}"), SERVER_CA)];
+            if tls.mutual {
+                needs.insert(0, (resource.clone(), Need::CertificateAndKey));
+            }
+            for (resource, need) in needs {
+                let result = match parse_resource(&resource) {
+                    None => Err(format!("{resource:?} is not a Secret")),
+                    Some((_, ns, _)) if ns != namespace => Err(format!(
+                        "credentialName names a Secret of namespace {ns}; the proxy {key} may use only Secrets of its own namespace"
+                    )),
+                    Some(_) => serve(index, served, &resource, need, &audience),
+                };
+                let Err(reason) = result else { continue };
+                let rule = cluster.destination_rule.clone();
+                if reported.insert((rule.clone(), key.clone(), resource.clone())) {
+                    let (rule_namespace, rule_name) =
+                        rule.split_once('/').unwrap_or((namespace, rule.as_str()));
+                    problems.push(TranslateError {
+                        kind: ResourceKind::DestinationRule,
+                        namespace: rule_namespace.to_owned(),
+                        name: rule_name.to_owned(),
+                        problem: TranslateProblem::OriginationCredential {
+                            proxy: key.clone(),
+                            host: cluster.host.clone(),
+                            resource,
+                            reason,
+                        },
+                    });
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

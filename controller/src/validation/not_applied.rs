@@ -226,12 +226,6 @@ pub const CATALOG: &[NotApplied] = &[
     ),
     entry(
         K::DestinationRule,
-        "spec.**.tls.credentialName",
-        Set,
-        "waypoints read the credential from their local credentials directory only; in Kubernetes mode the Secret is not delivered to them, and the host's connections fail (503 UF)",
-    ),
-    entry(
-        K::DestinationRule,
         "spec.**.tls.insecureSkipVerify",
         Set,
         "waypoints always verify the server's certificate",

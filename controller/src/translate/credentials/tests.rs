@@ -265,3 +265,203 @@ fn local_mode_reports_no_secret_missing() {
     assert_eq!(credential_problems, Vec::<String>::new());
     assert!(translation.credentials.is_empty());
 }
+
+/// A waypoint (two pods, one service account) serving two external hosts whose
+/// DestinationRules originate TLS with credentials, and one naming another namespace's.
+const ORIGINATION: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: egress, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: egress, labels: {istio.io/waypoint-for: service}}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: waypoint-0, namespace: egress, labels: {gateway.networking.k8s.io/gateway-name: waypoint}}
+spec: {nodeName: n1, serviceAccountName: waypoint, containers: [{name: w, image: w}]}
+status: {podIP: 10.0.0.7}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: waypoint-1, namespace: egress, labels: {gateway.networking.k8s.io/gateway-name: waypoint}}
+spec: {nodeName: n2, serviceAccountName: waypoint, containers: [{name: w, image: w}]}
+status: {podIP: 10.0.0.8}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: app-0, namespace: egress}
+spec: {nodeName: n1, serviceAccountName: app, containers: [{name: a, image: a}]}
+status: {podIP: 10.0.0.9}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api, namespace: egress, labels: {istio.io/use-waypoint: waypoint}}
+spec:
+  hosts: [api.example.com]
+  addresses: [240.0.0.1]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  endpoints: [{address: 192.0.2.10, ports: {http: 8443}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: pay, namespace: egress, labels: {istio.io/use-waypoint: waypoint}}
+spec:
+  hosts: [pay.example.com]
+  addresses: [240.0.0.2]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  endpoints: [{address: 192.0.2.11, ports: {http: 8443}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: far, namespace: egress, labels: {istio.io/use-waypoint: waypoint}}
+spec:
+  hosts: [far.example.com]
+  addresses: [240.0.0.3]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  endpoints: [{address: 192.0.2.12, ports: {http: 8443}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: api, namespace: egress}
+spec:
+  host: api.example.com
+  trafficPolicy:
+    tls: {mode: SIMPLE, credentialName: api-ca}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: pay, namespace: egress}
+spec:
+  host: pay.example.com
+  trafficPolicy:
+    portLevelSettings:
+    - port: {number: 80}
+      tls: {mode: MUTUAL, credentialName: pay-client}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: far, namespace: egress}
+spec:
+  host: far.example.com
+  trafficPolicy:
+    tls: {mode: SIMPLE, credentialName: "kubernetes://certs/far-ca"}
+"#;
+
+fn origination_index() -> ConfigIndex {
+    let mut index = validated(ORIGINATION);
+    for (key, credential) in [
+        ("egress/api-ca", secret(&[("ca.crt", CERT)])),
+        (
+            "egress/pay-client",
+            secret(&[("tls.crt", CERT), ("tls.key", KEY)]),
+        ),
+        ("egress/pay-client-cacert", secret(&[("ca.crt", CERT)])),
+        ("certs/far-ca", secret(&[("ca.crt", CERT)])),
+    ] {
+        index.secrets.insert(key.to_owned(), credential);
+    }
+    index.secrets_watched = true;
+    index
+}
+
+#[test]
+fn destination_rule_credentials_go_to_the_identities_of_the_waypoints_pods() {
+    let index = origination_index();
+    let wanted = referenced_secrets(&index);
+    for kept in ["egress/api-ca-cacert", "egress/pay-client", "egress/pay-client-cacert"] {
+        assert!(wanted.contains(kept), "{kept} is kept: {wanted:?}");
+    }
+    assert!(
+        !wanted.contains("certs/far-ca"),
+        "another namespace's Secret is never kept for the waypoint: {wanted:?}"
+    );
+    let translation = translate(&index, &MeshSettings::default());
+    let waypoint = BTreeSet::from([spiffe("egress", "waypoint")]);
+    // SIMPLE: the CA only, from the credential's own `ca.crt` (istiod's `GetCaCert`).
+    let api = &translation.credentials["kubernetes://egress/api-ca-cacert"];
+    assert_eq!(api.audience, waypoint, "the waypoint's pods, never the app's");
+    assert!(matches!(api.secret.r#type, Some(Type::ValidationContext(_))));
+    assert!(
+        !translation.credentials.contains_key("kubernetes://egress/api-ca"),
+        "SIMPLE presents no client certificate"
+    );
+    // MUTUAL: the client pair and the CA from the `-cacert` Secret.
+    let pair = &translation.credentials["kubernetes://egress/pay-client"];
+    assert_eq!(pair.audience, waypoint);
+    assert!(matches!(pair.secret.r#type, Some(Type::TlsCertificate(_))));
+    assert!(translation.credentials.contains_key("kubernetes://egress/pay-client-cacert"));
+    assert!(
+        !translation.credentials.keys().any(|k| k.contains("far-ca")),
+        "{:?}",
+        translation.credentials.keys()
+    );
+    // Each cluster names the resource it reads.
+    let config = &translation.waypoints["egress/waypoint"];
+    let resource = |host: &str| {
+        config
+            .clusters
+            .iter()
+            .find(|c| c.host == host)
+            .and_then(|c| c.tls.as_ref())
+            .map(|t| t.credential_resource.clone())
+            .unwrap_or_else(|| panic!("TLS for {host}"))
+    };
+    assert_eq!(resource("api.example.com"), "kubernetes://egress/api-ca");
+    assert_eq!(resource("pay.example.com"), "kubernetes://egress/pay-client");
+    assert_eq!(resource("far.example.com"), "kubernetes://certs/far-ca");
+    let reported: Vec<String> = translation
+        .problems
+        .iter()
+        .filter(|p| matches!(p.problem, TranslateProblem::OriginationCredential { .. }))
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(reported.len(), 1, "{reported:?}");
+    assert!(
+        reported[0].contains("egress/far")
+            && reported[0].contains("spec.trafficPolicy.tls.credentialName")
+            && reported[0].contains("kubernetes://certs/far-ca-cacert")
+            && reported[0].contains("only Secrets of its own namespace"),
+        "{}",
+        reported[0]
+    );
+}
+
+#[test]
+fn a_missing_destination_rule_credential_is_reported_and_local_mode_serves_none() {
+    let mut index = origination_index();
+    index.secrets.remove("egress/api-ca");
+    let translation = translate(&index, &MeshSettings::default());
+    assert!(!translation.credentials.contains_key("kubernetes://egress/api-ca-cacert"));
+    assert!(
+        translation.problems.iter().any(|p| {
+            let text = p.to_string();
+            text.starts_with("DestinationRule egress/api: ")
+                && text.contains("no CA to verify the server: neither Secret egress/api-ca-cacert nor egress/api-ca exists")
+                && text.contains("api.example.com")
+        }),
+        "{:?}",
+        translation.problems
+    );
+    index.secrets_watched = false;
+    let local = translate(&index, &MeshSettings::default());
+    assert!(local.credentials.is_empty());
+    assert!(
+        local.waypoints["egress/waypoint"]
+            .clusters
+            .iter()
+            .filter_map(|c| c.tls.as_ref())
+            .all(|t| t.credential_resource.is_empty()),
+        "local mode: the waypoint reads its credentials directory"
+    );
+}

@@ -132,6 +132,7 @@ impl<'a> Compiler<'a, '_> {
         });
         let subset_labels = subset.map(|s| s.labels.clone()).unwrap_or_default();
         let mut tls = None;
+        let external = self.entry_ports(&key.host).is_some() && !self.services.contains_key(&key.host);
         if let Some(rule) = &rule {
             cluster.destination_rule = rule.key();
             let effective = effective_policy(
@@ -139,7 +140,7 @@ impl<'a> Compiler<'a, '_> {
                 subset.and_then(|s| s.traffic_policy.as_ref()),
                 key.port,
             );
-            let (policy, notes) = effective.compile();
+            let (policy, notes) = effective.compile(external);
             tls = effective.tls;
             cluster.load_balancer = policy.0;
             cluster.connection_pool = policy.1;
@@ -149,7 +150,7 @@ impl<'a> Compiler<'a, '_> {
                 self.report(ResourceKind::DestinationRule, &meta, note);
             }
         }
-        if self.entry_ports(&key.host).is_some() && !self.services.contains_key(&key.host) {
+        if external {
             cluster.endpoints = self.entry_endpoints(&key.host, key.port, &subset_labels);
             cluster.dynamic_dns = self.entry_dynamic_dns(&key.host);
             cluster.tls = tls.as_ref().and_then(|tls| {
@@ -390,8 +391,9 @@ type CompiledPolicy = (
 );
 
 impl EffectivePolicy {
-    /// The proto form, with notes on what waypoints leave out.
-    pub(super) fn compile(&self) -> (CompiledPolicy, Vec<TranslateProblem>) {
+    /// The proto form, with notes on what waypoints leave out. `originates`: the host is
+    /// outside the mesh, where SIMPLE and MUTUAL TLS are originated (`entries::upstream_tls`).
+    pub(super) fn compile(&self, originates: bool) -> (CompiledPolicy, Vec<TranslateProblem>) {
         let mut notes = Vec::new();
         let mut note = |path: &str, reason: &str| {
             notes.push(TranslateProblem::Unsupported {
@@ -499,6 +501,7 @@ impl EffectivePolicy {
             );
         }
         if let Some(tls) = &self.tls
+            && !originates
             && matches!(
                 tls.mode,
                 Some(net::ClientTlsMode::Simple | net::ClientTlsMode::Mutual)

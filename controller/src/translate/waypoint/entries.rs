@@ -267,6 +267,8 @@ impl Compiler<'_, '_> {
             },
             credential_name: tls.credential_name.clone().unwrap_or_default(),
             mutual: mode == ClientTlsMode::Mutual,
+            // Set with the proxy's namespace when the credentials are served (Kubernetes mode).
+            credential_resource: String::new(),
         })
     }
 }

@@ -237,7 +237,7 @@ fn traffic_policies_merge_as_istio_merges_them() {
 fn outlier_thresholds_follow_istio_and_envoy_defaults() {
     let compile = |yaml: &str| {
         let p = EffectivePolicy::of(&policy(yaml));
-        let ((_, _, outlier), _) = p.compile();
+        let ((_, _, outlier), _) = p.compile(false);
         let o = outlier.unwrap();
         (o.consecutive_5xx_errors, o.consecutive_gateway_errors)
     };
