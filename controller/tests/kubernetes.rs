@@ -746,3 +746,156 @@ async fn a_gateways_credentials_go_to_its_identity_only_and_follow_its_secrets()
     gateway_task.abort();
     neighbour_task.abort();
 }
+
+/// Every update of one type a stream receives, as `(name, resource bytes)`.
+type Received = Arc<Mutex<Vec<Vec<(String, Vec<u8>)>>>>;
+
+/// A stream as the waypoint pod `egress/waypoint-0` builds it, with `token`, subscribed to
+/// its own `WaypointConfig` and to every credential it may have.
+fn waypoint_stream(
+    channel: Channel,
+    token: &'static str,
+) -> (
+    Received,
+    Received,
+    tokio::task::JoinHandle<Result<(), weft_xds::ClientError>>,
+) {
+    let node = Node {
+        id: "waypoint~10.0.0.7~waypoint.egress~egress.svc.cluster.local".to_owned(),
+        ..Default::default()
+    };
+    let recorder = |seen: &Received| {
+        let seen = seen.clone();
+        move |update: Update| -> Result<(), String> {
+            let received = update
+                .added
+                .iter()
+                .map(|r| (r.name.clone(), r.resource.as_ref().unwrap().value.clone()))
+                .collect();
+            seen.lock().unwrap().push(received);
+            Ok(())
+        }
+    };
+    let (configs, secrets): (Received, Received) = (Arc::default(), Arc::default());
+    let client = DeltaClient::new(Target::Channel(channel), node)
+        .with_bearer_token(Arc::new(move || Ok(token.to_string())))
+        .subscribe_names(
+            weft_proto::WAYPOINT_CONFIG_TYPE_URL,
+            vec!["egress/waypoint".to_owned()],
+            recorder(&configs),
+        )
+        .subscribe(weft_proto::SECRET_TYPE_URL, recorder(&secrets));
+    (
+        configs,
+        secrets,
+        tokio::spawn(client.run_until(std::future::pending::<()>())),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_rules_credential_goes_to_the_waypoint_that_originates_tls_with_it() {
+    use base64::Engine;
+    use prost::Message;
+    use weft_proto::envoy::extensions::transport_sockets::tls::v3::{Secret, secret};
+    let fake = FakeApiServer::start().await.unwrap();
+    fake.create(json!({"apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": "egress", "labels": {"istio.io/dataplane-mode": "ambient"}}}))
+        .unwrap();
+    fake.create(json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+        "metadata": {"name": "waypoint", "namespace": "egress"},
+        "spec": {"gatewayClassName": "istio-waypoint",
+                 "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]}}))
+        .unwrap();
+    fake.create(json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "waypoint-0", "namespace": "egress",
+                     "labels": {"gateway.networking.k8s.io/gateway-name": "waypoint"}},
+        "spec": {"nodeName": "node1", "serviceAccountName": "waypoint",
+                 "containers": [{"name": "istio-proxy", "image": "weft"}]},
+        "status": {"podIP": "10.0.0.7"}}))
+        .unwrap();
+    fake.create(json!({"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+        "metadata": {"name": "api", "namespace": "egress", "labels": {"istio.io/use-waypoint": "waypoint"}},
+        "spec": {"hosts": ["api.example.com"], "addresses": ["240.0.0.1"],
+                 "location": "MESH_EXTERNAL", "resolution": "STATIC",
+                 "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}],
+                 "endpoints": [{"address": "192.0.2.10", "ports": {"http": 8443}}]}}))
+        .unwrap();
+    fake.create(json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+        "metadata": {"name": "api", "namespace": "egress"},
+        "spec": {"host": "api.example.com",
+                 "trafficPolicy": {"tls": {"mode": "SIMPLE", "credentialName": "api-ca"}}}}))
+        .unwrap();
+    let waypoint_uid = uid(&fake, "Pod", "egress", "waypoint-0");
+    fake.add_token(
+        "waypoint-token",
+        TokenIdentity::bound(
+            "egress",
+            "waypoint",
+            ("waypoint-0", &waypoint_uid),
+            None,
+            "istio-ca",
+        ),
+    );
+    let (_dir, kubeconfig) = write_kubeconfig(&fake, "kube-origination");
+    let tls = free_port();
+    let monitoring = free_port();
+    let _controller = start_controller(&kubeconfig, tls, monitoring);
+    let root = ready_with_root(&fake, monitoring).await;
+
+    let (configs, secrets, task) = waypoint_stream(tls_channel(tls, &root), "waypoint-token");
+    // The cluster names the resource, in the waypoint's namespace.
+    let config = eventually("the waypoint's config", Duration::from_secs(20), || {
+        configs.lock().unwrap().iter().flatten().last().cloned()
+    })
+    .await;
+    let config = weft_proto::waypoint::WaypointConfig::decode(config.1.as_slice()).unwrap();
+    let tls_of = config
+        .clusters
+        .iter()
+        .find(|c| c.host == "api.example.com")
+        .and_then(|c| c.tls.clone())
+        .expect("TLS origination to the entry's host");
+    assert_eq!(tls_of.credential_resource, "kubernetes://egress/api-ca");
+
+    // The Secret appears after the controller started (read once, then watched): the waypoint
+    // receives the CA it verifies the server with, and then its rotation.
+    let generic = |ca: &str| {
+        let encode = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
+        json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+               "metadata": {"name": "api-ca", "namespace": "egress"},
+               "data": {"ca.crt": encode(ca)}})
+    };
+    let trusted_ca = |delivered: &[(String, Vec<u8>)]| -> Option<Vec<u8>> {
+        let (name, bytes) = delivered.last()?;
+        assert_eq!(name, "kubernetes://egress/api-ca-cacert");
+        match Secret::decode(bytes.as_slice()).unwrap().r#type {
+            Some(secret::Type::ValidationContext(context)) => {
+                match context.trusted_ca.and_then(|d| d.specifier) {
+                    Some(weft_proto::envoy::config::core::v3::data_source::Specifier::InlineBytes(b)) => Some(b),
+                    other => panic!("not inline: {other:?}"),
+                }
+            }
+            other => panic!("not a CA: {other:?}"),
+        }
+    };
+    let first = weft_identity::CertificateAuthority::generate().unwrap();
+    fake.create(generic(first.root_cert_pem())).unwrap();
+    let received = eventually("the waypoint's CA", Duration::from_secs(20), || {
+        secrets.lock().unwrap().iter().rev().find_map(|u| trusted_ca(u))
+    })
+    .await;
+    assert_eq!(received, first.root_cert_pem().as_bytes());
+    let rotated = weft_identity::CertificateAuthority::generate().unwrap();
+    fake.update(generic(rotated.root_cert_pem())).unwrap();
+    eventually("the rotated CA", Duration::from_secs(10), || {
+        secrets
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find_map(|u| trusted_ca(u))
+            .filter(|ca| ca == rotated.root_cert_pem().as_bytes())
+    })
+    .await;
+    task.abort();
+}

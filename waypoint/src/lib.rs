@@ -85,8 +85,9 @@ pub struct WaypointOptions {
     /// The xDS node id, a tag on every span (`node_id`).
     pub node_id: String,
     /// Where TLS origination credentials named by a DestinationRule's `credentialName` are
-    /// read (local mode's `CREDENTIALS_DIR`); `None`: such a cluster fails closed.
-    pub origination_credentials: Option<std::path::PathBuf>,
+    /// found: local mode's `CREDENTIALS_DIR`, and what the controller delivers over xDS
+    /// (Kubernetes mode); neither: such a cluster fails closed.
+    pub origination_credentials: upstream::OriginationCredentials,
     /// The resolver configuration `DYNAMIC_DNS` hosts are resolved with; `None`: the
     /// system's (`/etc/resolv.conf`).
     pub dns_resolv_conf: Option<std::path::PathBuf>,
@@ -108,7 +109,7 @@ impl WaypointOptions {
             connection_limits: ConnectionLimits::for_open_files_limit(),
             drain: DrainStatus::default(),
             node_id: String::new(),
-            origination_credentials: None,
+            origination_credentials: upstream::OriginationCredentials::default(),
             dns_resolv_conf: None,
         }
     }

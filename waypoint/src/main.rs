@@ -17,6 +17,7 @@ use tracing::{Instrument as _, info, warn};
 use waypoint::config::{self, CertificateSettings, Config, Environment, Layered, Role};
 use waypoint::gateway::credentials::CredentialSource;
 use waypoint::gateway::credentials::xds::XdsCredentials;
+use waypoint::upstream::OriginationCredentials;
 use waypoint::{Waypoint, WaypointOptions, Workers};
 use weft_hbone::admission::ConnectionLimits;
 use weft_identity::{CertificateAuthority, CertificateSource, SpiffeId};
@@ -170,6 +171,9 @@ async fn run(config: Config, workers: Workers) -> anyhow::Result<()> {
     // The listeners hold no watch: they accept until the process exits.
     drop(drain);
     let pod_ip = config.pod_ip(&interface_addresses());
+    // Credentials the controller serves (Kubernetes mode): a gateway's servers', and the TLS
+    // origination credentials of a proxy's DestinationRules.
+    let delivered_credentials = XdsCredentials::default();
     let waypoint = Waypoint::new(WaypointOptions {
         node_id: pod_ip.map(|ip| config.node_id(ip)).unwrap_or_default(),
         workers: Some(workers),
@@ -180,7 +184,10 @@ async fn run(config: Config, workers: Workers) -> anyhow::Result<()> {
             proxy.max_connections_per_source,
         )
         .context("raising RLIMIT_NOFILE")?,
-        origination_credentials: config.origination_credentials.clone(),
+        origination_credentials: OriginationCredentials {
+            directory: config.origination_credentials.as_deref().map(Arc::from),
+            delivered: delivered_credentials.clone(),
+        },
         dns_resolv_conf: config.dns_resolv_conf.clone(),
         ..WaypointOptions::new(identity, certificates.clone())
     });
@@ -192,8 +199,6 @@ async fn run(config: Config, workers: Workers) -> anyhow::Result<()> {
             .apply_config(initial)
             .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     }
-    // Gateway credentials the controller serves (Kubernetes mode).
-    let delivered_credentials = XdsCredentials::default();
     let client = match config.controller() {
         Some(address) => {
             let pod_ip = pod_ip
@@ -218,14 +223,10 @@ async fn run(config: Config, workers: Workers) -> anyhow::Result<()> {
                     weft_proto::WAYPOINT_CONFIG_TYPE_URL,
                     vec![config.resource_name()],
                     waypoint.store().xds_handler(),
-                );
-            // A gateway takes every credential the controller lets it have: its own servers'.
-            let client = match &config.role {
-                Role::Gateway { .. } => {
-                    client.subscribe(weft_proto::SECRET_TYPE_URL, delivered_credentials.handler())
-                }
-                Role::Waypoint => client,
-            };
+                )
+                // Every credential the controller lets the proxy have: a gateway's servers',
+                // and the credentials its clusters originate TLS with.
+                .subscribe(weft_proto::SECRET_TYPE_URL, delivered_credentials.handler());
             Some(match &controller {
                 Some(controller) => client.with_bearer_token(controller.bearer_token()),
                 None => client,

@@ -2,6 +2,7 @@
 //! request and never hold the lock across an await; the only writer is [`ConfigStore::apply`].
 //! The xDS handler also records which version it applied or rejected last, for the admin page.
 
+use crate::upstream::OriginationCredentials;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
@@ -57,8 +58,8 @@ pub struct ConfigStore {
     /// The mesh's workloads as request sources (`SourceWorkload` resources), shared by every
     /// configuration put in force.
     sources: SourceTable,
-    /// Where `credentialName` credentials for TLS origination are read.
-    origination_credentials: Option<Arc<std::path::Path>>,
+    /// Where `credentialName` credentials for TLS origination are found.
+    origination_credentials: OriginationCredentials,
 }
 
 #[derive(Debug, Default)]
@@ -88,15 +89,15 @@ impl Default for ConfigStore {
             observers: Arc::default(),
             names: Arc::default(),
             sources,
-            origination_credentials: None,
+            origination_credentials: OriginationCredentials::default(),
         }
     }
 }
 
 impl ConfigStore {
-    /// The store, reading TLS origination credentials (`credentialName`) from `directory`.
-    pub fn with_origination_credentials(mut self, directory: Option<std::path::PathBuf>) -> Self {
-        self.origination_credentials = directory.map(Arc::from);
+    /// The store, finding TLS origination credentials (`credentialName`) in `credentials`.
+    pub fn with_origination_credentials(mut self, credentials: OriginationCredentials) -> Self {
+        self.origination_credentials = credentials;
         self
     }
 
@@ -105,7 +106,7 @@ impl ConfigStore {
         config: proto::WaypointConfig,
         names: &ResolvedNames,
     ) -> Result<WaypointConfig, ConfigError> {
-        WaypointConfig::from_proto_with(config, names, self.origination_credentials.as_deref())
+        WaypointConfig::from_proto_with(config, names, &self.origination_credentials)
     }
 
     /// The configuration now in force.

@@ -77,7 +77,7 @@ use balancing::ClusterRuntime;
 pub use balancing::{Admission, ClusterState, EndpointStatus, HashInput, RetryPermit};
 pub use body::{Ending, Replayable, RequestBody};
 use connections::{EndpointDialer, TunnelKey};
-pub use tls::OriginatedTls;
+pub use tls::{OriginatedTls, OriginationCredentials};
 
 /// What the waypoint knows of an endpoint found by name at request time: nothing.
 static OUTSIDE_THE_MESH: std::sync::LazyLock<Arc<crate::model::WorkloadInfo>> =
@@ -578,7 +578,8 @@ mod pool_tests {
                 sni: sni.to_owned(),
                 ..Default::default()
             };
-            OriginatedTls::new(&settings, "api.example.com", None).unwrap()
+            OriginatedTls::new(&settings, "api.example.com", &OriginationCredentials::default())
+                .unwrap()
         };
         let (a, b) = (tls("a.example.com"), tls("b.example.com"));
         assert_eq!(

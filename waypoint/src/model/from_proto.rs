@@ -6,6 +6,7 @@ mod authorization;
 mod cluster;
 mod route;
 
+use crate::upstream::OriginationCredentials;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -352,15 +353,15 @@ impl WaypointConfig {
         config: proto::WaypointConfig,
         names: &ResolvedNames,
     ) -> Result<Self, ConfigError> {
-        Self::from_proto_with(config, names, None)
+        Self::from_proto_with(config, names, &OriginationCredentials::default())
     }
 
     /// [`WaypointConfig::from_proto`], TLS origination credentials named by `credentialName`
-    /// read from `credentials` (none: such clusters fail closed).
+    /// found in `credentials` (none: such clusters fail closed).
     pub fn from_proto_with(
         config: proto::WaypointConfig,
         names: &ResolvedNames,
-        credentials: Option<&std::path::Path>,
+        credentials: &OriginationCredentials,
     ) -> Result<Self, ConfigError> {
         let mut workloads = HashMap::new();
         let mut clusters = HashMap::with_capacity(config.clusters.len());

@@ -3,11 +3,12 @@
 //! out encrypted, with the configured SNI, the server verified against the configured CAs (else
 //! the Mozilla root set) and names (`subjectAltNames`, else the SNI), and for MUTUAL the
 //! configured client certificate, or those of the credential a `credentialName` names. Built
-//! once per configuration; files are read then.
+//! once per configuration, files read then; a credential the controller delivers over xDS
+//! (Kubernetes mode) is read when a connection is made, and built again when it changes.
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -19,19 +20,129 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use weft_proto::waypoint as proto;
 
+use crate::gateway::credentials::xds::{Delivered, Material, XdsCredentials};
 use crate::gateway::credentials::{CA_FILE, CA_SECRET_SUFFIX, CERTIFICATE_FILE, KEY_FILE};
+
+/// Where the credentials a DestinationRule's `credentialName` names are found.
+#[derive(Clone, Default)]
+pub struct OriginationCredentials {
+    /// Local mode: the credentials directory (`CREDENTIALS_DIR`).
+    pub directory: Option<Arc<Path>>,
+    /// Kubernetes mode: what the controller delivered (SDS `Secret` resources), used for
+    /// settings that name a `credential_resource`.
+    pub delivered: XdsCredentials,
+}
+
+impl OriginationCredentials {
+    /// Credentials read from `directory` only.
+    pub fn directory(directory: Option<&Path>) -> Self {
+        OriginationCredentials {
+            directory: directory.map(Arc::from),
+            delivered: XdsCredentials::default(),
+        }
+    }
+}
 
 /// How the waypoint speaks TLS to a cluster's endpoints.
 #[derive(Clone)]
 pub struct OriginatedTls {
     server_name: ServerName<'static>,
-    /// The connector, or why the cluster's `credentialName` cannot be used (its connections
-    /// then fail).
-    connector: Result<TlsConnector, Arc<str>>,
+    connector: Connector,
     /// Unique to these settings as built: pooled connections made with them are kept apart
     /// from those of other settings to the same address (two hosts behind one CDN address,
     /// a CA that changed).
     id: u64,
+}
+
+#[derive(Clone)]
+enum Connector {
+    /// Built with the settings: the connector, or why the cluster's `credentialName` cannot
+    /// be used (its connections then fail).
+    Built(Result<TlsConnector, Arc<str>>),
+    /// From a credential the controller delivers, built when a connection needs it.
+    Delivered(Arc<DeliveredConnector>),
+}
+
+/// A connector from a delivered credential: the server's CA (`<resource>-cacert`) and, for
+/// MUTUAL, the client pair (`<resource>`), as they are now. Built again when either changes,
+/// so that the next connection uses a rotated credential; until both are delivered (or when
+/// one is withdrawn) connections fail, as Envoy's do while a cluster's SDS secret is missing.
+struct DeliveredConnector {
+    resource: String,
+    mutual: bool,
+    subject_alt_names: Vec<String>,
+    credentials: XdsCredentials,
+    /// The credentials the last connector was built from (CA, client pair), and it.
+    built: Mutex<Option<BuiltFrom>>,
+}
+
+struct BuiltFrom {
+    ca: Arc<Delivered>,
+    client: Option<Arc<Delivered>>,
+    connector: Result<TlsConnector, Arc<str>>,
+}
+
+impl DeliveredConnector {
+    fn current(&self) -> Result<TlsConnector, Arc<str>> {
+        let missing = |name: &str| -> Arc<str> {
+            Arc::from(format!(
+                "credential {name} not delivered by the controller (missing Secret?)"
+            ))
+        };
+        let ca_name = format!("{}{CA_SECRET_SUFFIX}", self.resource);
+        let ca = self.credentials.get(&ca_name).ok_or_else(|| missing(&ca_name))?;
+        let client = if self.mutual {
+            Some(
+                self.credentials
+                    .get(&self.resource)
+                    .ok_or_else(|| missing(&self.resource))?,
+            )
+        } else {
+            None
+        };
+        let mut built = self.built.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(last) = &*built
+            && Arc::ptr_eq(&last.ca, &ca)
+            && match (&last.client, &client) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            }
+        {
+            return last.connector.clone();
+        }
+        let connector = self
+            .material(&ca, client.as_deref())
+            .and_then(|material| connector(&material, &self.subject_alt_names))
+            .map_err(|e| Arc::from(format!("credential {}: {e}", self.resource)));
+        if let Err(reason) = &connector {
+            tracing::warn!(credential = %self.resource, %reason, "tls origination credential unusable: the cluster's connections fail");
+        }
+        *built = Some(BuiltFrom {
+            ca,
+            client,
+            connector: connector.clone(),
+        });
+        connector
+    }
+
+    fn material(&self, ca: &Delivered, client: Option<&Delivered>) -> Result<TlsMaterial, String> {
+        let Material::Ca(ca) = &ca.material else {
+            return Err(format!("{}{CA_SECRET_SUFFIX} holds no CA", self.resource));
+        };
+        let client = match client.map(|c| &c.material) {
+            None => None,
+            Some(Material::Certificate { chain, key }) => Some((
+                pem_certificates(chain, "certificate_chain")?,
+                PrivateKeyDer::from_pem_slice(key).map_err(|e| format!("private key: {e}"))?,
+            )),
+            Some(Material::Ca(_)) => return Err("holds no client certificate".to_owned()),
+        };
+        Ok(TlsMaterial {
+            ca: Some(pem_certificates(ca, "trusted_ca")?),
+            client,
+        })
+    }
 }
 
 /// The next [`OriginatedTls::id`].
@@ -54,16 +165,48 @@ struct TlsFiles {
     client: Option<(PathBuf, PathBuf)>,
 }
 
+impl TlsFiles {
+    fn read(&self) -> Result<TlsMaterial, String> {
+        let client = match &self.client {
+            None => None,
+            Some((certificate, key)) => Some((
+                certificates(certificate)
+                    .map_err(|e| format!("clientCertificate {e}"))?,
+                PrivateKeyDer::from_pem_file(key)
+                    .map_err(|e| format!("privateKey {}: {e}", key.display()))?,
+            )),
+        };
+        Ok(TlsMaterial {
+            ca: self
+                .ca
+                .as_ref()
+                .map(|ca| certificates(ca).map_err(|e| format!("caCertificates {e}")))
+                .transpose()?,
+            client,
+        })
+    }
+}
+
+/// What a client configuration is built from.
+struct TlsMaterial {
+    /// The CAs that verify the server; `None`: the Mozilla root set.
+    ca: Option<Vec<CertificateDer<'static>>>,
+    /// MUTUAL: the client certificate chain and its key.
+    client: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+}
+
 impl OriginatedTls {
     /// The TLS of `settings` for the cluster of `host`; an error names the file or value. A
-    /// `credentialName` is read from `credentials` (`<dir>/<name>/ca.crt`, or Istio's separate
-    /// CA Secret `<dir>/<name>-cacert/ca.crt`; for MUTUAL `tls.crt` and `tls.key`), in place of
-    /// the file settings, as Istio takes it; a credential that cannot be used is no error
-    /// here: the settings are built [`unusable`](Self::unusable) and their connections fail.
+    /// `credentialName` is read from `credentials`: the credential the controller delivers as
+    /// the settings' `credential_resource` when they name one (read at each connection), else
+    /// the credentials directory (`<dir>/<name>/ca.crt`, or Istio's separate CA Secret
+    /// `<dir>/<name>-cacert/ca.crt`; for MUTUAL `tls.crt` and `tls.key`), in place of the file
+    /// settings, as Istio takes it; a credential that cannot be used is no error here: the
+    /// settings are built [`unusable`](Self::unusable) and their connections fail.
     pub fn new(
         settings: &proto::UpstreamTls,
         host: &str,
-        credentials: Option<&Path>,
+        credentials: &OriginationCredentials,
     ) -> Result<Self, String> {
         let name = if settings.sni.is_empty() {
             host
@@ -77,12 +220,27 @@ impl OriginatedTls {
                 client: non_empty(&settings.client_certificate)
                     .map(|c| (c, PathBuf::from(&settings.private_key))),
             };
-            Ok(connector(&files, &settings.subject_alt_names)?)
+            Connector::Built(Ok(connector(&files.read()?, &settings.subject_alt_names)?))
+        } else if !settings.credential_resource.is_empty() {
+            Connector::Delivered(Arc::new(DeliveredConnector {
+                resource: settings.credential_resource.clone(),
+                mutual: settings.mutual,
+                subject_alt_names: settings.subject_alt_names.clone(),
+                credentials: credentials.delivered.clone(),
+                built: Mutex::new(None),
+            }))
         } else {
-            credential_files(settings, credentials)
-                .and_then(|files| connector(&files, &settings.subject_alt_names))
-                .map_err(|e| Arc::from(format!("credential {}: {e}", settings.credential_name)))
+            Connector::Built(
+                credential_files(settings, credentials.directory.as_deref())
+                    .and_then(|files| files.read())
+                    .and_then(|material| connector(&material, &settings.subject_alt_names))
+                    .map_err(|e| Arc::from(format!("credential {}: {e}", settings.credential_name))),
+            )
         };
+        // Server names are checked now, whatever the credential.
+        for name in &settings.subject_alt_names {
+            server_name(name)?;
+        }
         Ok(OriginatedTls {
             server_name: sni,
             connector,
@@ -94,7 +252,7 @@ impl OriginatedTls {
     pub fn refused(reason: &str) -> Self {
         OriginatedTls {
             server_name: ServerName::try_from("invalid").expect("a valid DNS name"),
-            connector: Err(Arc::from(reason)),
+            connector: Connector::Built(Err(Arc::from(reason))),
             id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         }
     }
@@ -104,14 +262,28 @@ impl OriginatedTls {
         self.id
     }
 
-    /// Why no connection can be made with these settings (their credential cannot be used).
-    pub fn unusable(&self) -> Option<&str> {
-        self.connector.as_ref().err().map(|e| &**e)
+    /// Why no connection can be made with these settings now (their credential cannot be
+    /// used, or has not been delivered).
+    pub fn unusable(&self) -> Option<Arc<str>> {
+        self.connector().err()
+    }
+
+    /// Whether the credential comes from the controller, read at each connection (then a
+    /// credential not delivered yet is no problem of the configuration).
+    pub fn is_delivered(&self) -> bool {
+        matches!(self.connector, Connector::Delivered(_))
+    }
+
+    fn connector(&self) -> Result<TlsConnector, Arc<str>> {
+        match &self.connector {
+            Connector::Built(built) => built.clone(),
+            Connector::Delivered(delivered) => delivered.current(),
+        }
     }
 
     /// The handshake over `tcp`.
     pub async fn connect(&self, tcp: TcpStream) -> io::Result<TlsStream<TcpStream>> {
-        match &self.connector {
+        match self.connector() {
             Ok(connector) => connector.connect(self.server_name.clone(), tcp).await,
             Err(reason) => Err(io::Error::other(reason.to_string())),
         }
@@ -164,18 +336,18 @@ fn credential_files(
     })
 }
 
-/// A client configuration verifying the server against `files.ca` (else the Mozilla roots)
-/// for one of `subject_alt_names` (else the SNI), presenting `files.client` if any.
-fn connector(files: &TlsFiles, subject_alt_names: &[String]) -> Result<TlsConnector, String> {
+/// A client configuration verifying the server against `material.ca` (else the Mozilla
+/// roots) for one of `subject_alt_names` (else the SNI), presenting `material.client` if any.
+fn connector(material: &TlsMaterial, subject_alt_names: &[String]) -> Result<TlsConnector, String> {
     let provider = weft_identity::crypto_provider();
     let mut roots = RootCertStore::empty();
-    match &files.ca {
+    match &material.ca {
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
         Some(ca) => {
-            for certificate in certificates(ca)? {
+            for certificate in ca {
                 roots
-                    .add(certificate)
-                    .map_err(|e| format!("caCertificates {}: {e}", ca.display()))?;
+                    .add(certificate.clone())
+                    .map_err(|e| format!("caCertificates: {e}"))?;
             }
         }
     }
@@ -191,22 +363,28 @@ fn connector(files: &TlsFiles, subject_alt_names: &[String]) -> Result<TlsConnec
         .map_err(|e| e.to_string())?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AnyOfNames { webpki, names }));
-    let config = match &files.client {
+    let config = match &material.client {
         None => builder.with_no_client_auth(),
-        Some((certificate, key)) => {
-            let chain = certificates(certificate)?;
-            let key = PrivateKeyDer::from_pem_file(key)
-                .map_err(|e| format!("privateKey {}: {e}", key.display()))?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| format!("clientCertificate {}: {e}", certificate.display()))?
-        }
+        Some((chain, key)) => builder
+            .with_client_auth_cert(chain.clone(), key.clone_key())
+            .map_err(|e| format!("clientCertificate: {e}"))?,
     };
     Ok(TlsConnector::from(Arc::new(config)))
 }
 
 fn server_name(name: &str) -> Result<ServerName<'static>, String> {
     ServerName::try_from(name.to_owned()).map_err(|e| format!("server name {name:?}: {e}"))
+}
+
+/// The PEM certificates of `pem`, at least one; `field` names it in an error.
+fn pem_certificates(pem: &[u8], field: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certificates = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{field}: {e}"))?;
+    if certificates.is_empty() {
+        return Err(format!("{field}: no certificate"));
+    }
+    Ok(certificates)
 }
 
 fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
@@ -275,3 +453,6 @@ impl ServerCertVerifier for AnyOfNames {
         self.webpki.supported_verify_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -12,7 +12,7 @@ use crate::model::{
     DEFAULT_MAX_EJECTION_PERCENT, DEFAULT_OUTLIER_INTERVAL, Endpoint, HashKey, LoadBalancer,
     OutlierPolicy, ResolvedNames, WorkloadInfo, invalid,
 };
-use crate::upstream::OriginatedTls;
+use crate::upstream::{OriginatedTls, OriginationCredentials};
 
 fn load_balancer(
     lb: Option<&proto::LoadBalancerSettings>,
@@ -163,7 +163,7 @@ pub(super) fn cluster(
     c: &proto::Cluster,
     workloads: &mut HashMap<IpAddr, Arc<WorkloadInfo>>,
     names: &ResolvedNames,
-    credentials: Option<&std::path::Path>,
+    credentials: &OriginationCredentials,
 ) -> Result<Cluster, ConfigError> {
     let context = format!("cluster {}", c.name);
     let context = context.as_str();
@@ -209,7 +209,7 @@ pub(super) fn cluster(
 fn originated_tls(
     c: &proto::Cluster,
     tls: &proto::UpstreamTls,
-    credentials: Option<&std::path::Path>,
+    credentials: &OriginationCredentials,
 ) -> Result<OriginatedTls, String> {
     if c.dynamic_dns {
         // The server name would be each request's; not carried yet, so never plain text.
@@ -218,7 +218,11 @@ fn originated_tls(
         return Ok(OriginatedTls::refused(reason));
     }
     let originated = OriginatedTls::new(tls, &c.host, credentials)?;
-    if let Some(reason) = originated.unusable() {
+    // A delivered credential may arrive after the configuration: it is checked when used.
+    if let Some(reason) = originated
+        .unusable()
+        .filter(|_| !originated.is_delivered())
+    {
         tracing::warn!(
             destination_rule = %c.destination_rule,
             field = "spec.trafficPolicy.tls.credentialName",

@@ -1,0 +1,209 @@
+//! TLS origination with a credential the controller delivers: real handshakes with a TLS
+//! server on loopback that requires a client certificate.
+
+use std::sync::Arc;
+
+use rustls::RootCertStore;
+use rustls::server::WebPkiClientVerifier;
+use tokio::net::{TcpListener, TcpStream};
+use weft_proto::envoy::config::core::v3::{DataSource, data_source::Specifier};
+use weft_proto::envoy::extensions::transport_sockets::tls::v3::{
+    CertificateValidationContext, Secret, TlsCertificate, secret,
+};
+use weft_proto::envoy::service::discovery::v3::Resource;
+use weft_xds::{Handler, Update};
+
+use super::*;
+
+const RESOURCE: &str = "kubernetes://egress/api-client";
+const CA_RESOURCE: &str = "kubernetes://egress/api-client-cacert";
+const HOST: &str = "api.example.com";
+
+fn certificate(host: &str) -> (String, String) {
+    let certified = rcgen::generate_simple_self_signed(vec![host.to_owned()]).unwrap();
+    (certified.cert.pem(), certified.signing_key.serialize_pem())
+}
+
+fn bytes(pem: &str) -> Option<DataSource> {
+    Some(DataSource {
+        specifier: Some(Specifier::InlineBytes(pem.as_bytes().to_vec())),
+    })
+}
+
+fn resource(name: &str, version: &str, kind: secret::Type) -> Resource {
+    let secret = Secret {
+        name: name.to_owned(),
+        r#type: Some(kind),
+    };
+    Resource {
+        name: name.to_owned(),
+        version: version.to_owned(),
+        resource: Some(prost_types::Any::from_msg(&secret).unwrap()),
+        ..Default::default()
+    }
+}
+
+fn deliver(credentials: &XdsCredentials, added: Vec<Resource>, removed: &[&str]) {
+    credentials
+        .handler()
+        .apply(Update {
+            added,
+            removed: removed.iter().map(|r| (*r).to_owned()).collect(),
+            full_state: false,
+        })
+        .unwrap();
+}
+
+fn ca(version: &str, pem: &str) -> Resource {
+    resource(
+        CA_RESOURCE,
+        version,
+        secret::Type::ValidationContext(CertificateValidationContext {
+            trusted_ca: bytes(pem),
+            crl: None,
+        }),
+    )
+}
+
+fn pair(version: &str, (cert, key): &(String, String)) -> Resource {
+    resource(
+        RESOURCE,
+        version,
+        secret::Type::TlsCertificate(TlsCertificate {
+            certificate_chain: bytes(cert),
+            private_key: bytes(key),
+        }),
+    )
+}
+
+/// A TLS server on loopback presenting `server` for [`HOST`] and requiring a client
+/// certificate `client_ca` signed; each handshake's outcome is sent on the channel.
+async fn server(
+    server: &(String, String),
+    client_ca: &str,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<bool>,
+) {
+    let mut roots = RootCertStore::empty();
+    for certificate in CertificateDer::pem_slice_iter(client_ca.as_bytes()) {
+        roots.add(certificate.unwrap()).unwrap();
+    }
+    let provider = weft_identity::crypto_provider();
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .unwrap();
+    let chain = CertificateDer::pem_slice_iter(server.0.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(server.1.as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (outcomes, received) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let outcome = acceptor.accept(tcp).await.is_ok();
+            if outcomes.send(outcome).is_err() {
+                return;
+            }
+        }
+    });
+    (address, received)
+}
+
+#[tokio::test]
+async fn a_delivered_credential_is_used_when_it_arrives_and_again_when_it_changes() {
+    let server_cert = certificate(HOST);
+    let client_cert = certificate("client.egress");
+    let (address, mut accepted) = server(&server_cert, &client_cert.0).await;
+    let delivered = XdsCredentials::default();
+    let credentials = OriginationCredentials {
+        // A directory holding nothing: a delivered credential is never looked for there.
+        directory: Some(Arc::from(std::path::Path::new("/nonexistent"))),
+        delivered: delivered.clone(),
+    };
+    let settings = proto::UpstreamTls {
+        credential_name: "api-client".to_owned(),
+        credential_resource: RESOURCE.to_owned(),
+        mutual: true,
+        ..Default::default()
+    };
+    let tls = OriginatedTls::new(&settings, HOST, &credentials).expect("settings");
+    assert!(tls.is_delivered());
+    let connect = || async {
+        let tcp = TcpStream::connect(address).await.unwrap();
+        tls.connect(tcp).await
+    };
+
+    // Before the controller delivers the credential: no connection.
+    let why = tls.unusable().expect("not delivered yet").to_string();
+    assert!(
+        why.contains(CA_RESOURCE) && why.contains("not delivered"),
+        "{why}"
+    );
+    assert!(connect().await.is_err());
+    assert_eq!(accepted.recv().await, Some(false), "no handshake was attempted");
+
+    // Delivered: the server is verified with the CA, and the client pair is presented.
+    deliver(
+        &delivered,
+        vec![ca("1", &server_cert.0), pair("1", &client_cert)],
+        &[],
+    );
+    assert_eq!(tls.unusable(), None);
+    let mut stream = connect().await.expect("handshake with the delivered credential");
+    // TLS 1.3: the server's verdict on the client certificate comes after the client's
+    // handshake; it is read from the server.
+    assert_eq!(accepted.recv().await, Some(true), "the client pair was presented");
+    tokio::io::AsyncWriteExt::shutdown(&mut stream).await.ok();
+
+    // The CA rotated to one that did not sign the server: the next connection fails.
+    let unrelated = certificate(HOST);
+    deliver(&delivered, vec![ca("2", &unrelated.0)], &[]);
+    let error = connect().await.expect_err("the server is verified with the new CA");
+    assert!(error.to_string().contains("certificate"), "{error}");
+    assert_eq!(accepted.recv().await, Some(false));
+
+    // Back to the right CA, with a client pair the server does not accept.
+    let stranger = certificate("stranger.egress");
+    deliver(&delivered, vec![ca("3", &server_cert.0), pair("2", &stranger)], &[]);
+    let _ = connect().await;
+    assert_eq!(
+        accepted.recv().await,
+        Some(false),
+        "the rotated client pair is presented"
+    );
+
+    // Withdrawn: connections fail again, before any is opened.
+    deliver(&delivered, Vec::new(), &[RESOURCE]);
+    let why = tls.unusable().expect("withdrawn").to_string();
+    assert!(why.contains(RESOURCE) && why.contains("not delivered"), "{why}");
+}
+
+#[tokio::test]
+async fn a_delivered_credential_that_is_not_a_ca_fails_its_connections() {
+    let delivered = XdsCredentials::default();
+    let credentials = OriginationCredentials {
+        directory: None,
+        delivered: delivered.clone(),
+    };
+    let settings = proto::UpstreamTls {
+        credential_name: "api-client".to_owned(),
+        credential_resource: RESOURCE.to_owned(),
+        ..Default::default()
+    };
+    let tls = OriginatedTls::new(&settings, HOST, &credentials).unwrap();
+    // SIMPLE: only the CA is needed, and a resource under its name that holds a pair is no CA.
+    let mut pair_as_ca = pair("1", &certificate(HOST));
+    pair_as_ca.name = CA_RESOURCE.to_owned();
+    deliver(&delivered, vec![pair_as_ca], &[]);
+    let why = tls.unusable().expect("no CA").to_string();
+    assert!(why.contains("holds no CA"), "{why}");
+}
