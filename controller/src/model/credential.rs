@@ -11,18 +11,22 @@ use k8s_openapi::api::core::v1::Secret;
 pub const GENERIC_CERT: &str = "cert";
 pub const GENERIC_KEY: &str = "key";
 pub const GENERIC_CA: &str = "cacert";
+pub const GENERIC_CRL: &str = "crl";
 /// The `kubernetes.io/tls` layout (and its conventional CA key).
 pub const TLS_CERT: &str = "tls.crt";
 pub const TLS_KEY: &str = "tls.key";
 pub const TLS_CA: &str = "ca.crt";
+pub const TLS_CRL: &str = "ca.crl";
 
-const KEPT: [&str; 6] = [
+const KEPT: [&str; 8] = [
     GENERIC_CERT,
     GENERIC_KEY,
     GENERIC_CA,
+    GENERIC_CRL,
     TLS_CERT,
     TLS_KEY,
     TLS_CA,
+    TLS_CRL,
 ];
 
 /// The credential keys of one Secret. Its `Debug` names the keys, never their values.
@@ -88,6 +92,16 @@ impl CredentialSecret {
             .ok_or_else(|| format!("no {GENERIC_CA:?} nor {TLS_CA:?} (found: {})", self.found()))
     }
 
+    /// The certificate revocation list beside the CA [`ca`](Self::ca) returns, if any: `crl`
+    /// with `cacert`, `ca.crl` with `ca.crt`, as istiod's `extractRoot` pairs them.
+    pub fn crl(&self) -> Option<&[u8]> {
+        if self.value(GENERIC_CA).is_some() {
+            self.value(GENERIC_CRL)
+        } else {
+            self.value(TLS_CRL)
+        }
+    }
+
     fn found(&self) -> String {
         if self.data.is_empty() {
             return "no credential key".to_owned();
@@ -112,6 +126,26 @@ mod tests {
             ),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_revocation_list_goes_with_the_ca_of_its_layout() {
+        let read = |pairs: &[(&str, &str)]| {
+            let credential = CredentialSecret::from_secret(&secret(pairs));
+            (
+                credential.ca().ok().map(|c| String::from_utf8(c.to_vec()).unwrap()),
+                credential.crl().map(|c| String::from_utf8(c.to_vec()).unwrap()),
+            )
+        };
+        let some = |s: &str| Some(s.to_owned());
+        assert_eq!(read(&[("ca.crt", "A"), ("ca.crl", "R")]), (some("A"), some("R")));
+        assert_eq!(read(&[("cacert", "A"), ("crl", "R")]), (some("A"), some("R")));
+        // The generic CA wins, and with it the generic list only.
+        assert_eq!(
+            read(&[("cacert", "A"), ("ca.crt", "B"), ("ca.crl", "R")]),
+            (some("A"), None)
+        );
+        assert_eq!(read(&[("ca.crt", "A")]), (some("A"), None));
     }
 
     #[test]

@@ -237,10 +237,10 @@ fn build(index: &ConfigIndex, resource: &str, need: Need) -> Result<Secret, Stri
         Need::Ca(why) => {
             // `name` ends with the suffix: its own Secret first, else the credential's keys.
             let base = name.strip_suffix(CA_SUFFIX).unwrap_or(name);
-            let (from, ca) = match secret(name) {
-                Some(own) => (name, own.ca()),
+            let (from, ca, crl) = match secret(name) {
+                Some(own) => (name, own.ca(), own.crl()),
                 None => match secret(base) {
-                    Some(credential) => (base, credential.ca()),
+                    Some(credential) => (base, credential.ca(), credential.crl()),
                     None => {
                         return Err(format!(
                             "{why}: neither Secret {namespace}/{name} nor {namespace}/{base} exists"
@@ -251,9 +251,13 @@ fn build(index: &ConfigIndex, resource: &str, need: Need) -> Result<Secret, Stri
             let ca = ca.map_err(|e| format!("Secret {namespace}/{from}: {why}: {e}"))?;
             check_pem(ca, "CERTIFICATE")
                 .map_err(|e| format!("Secret {namespace}/{from}: CA: {e}"))?;
+            if let Some(crl) = crl {
+                check_pem(crl, "X509 CRL")
+                    .map_err(|e| format!("Secret {namespace}/{from}: CRL: {e}"))?;
+            }
             secret::Type::ValidationContext(CertificateValidationContext {
                 trusted_ca: inline(ca),
-                crl: None,
+                crl: crl.and_then(inline),
             })
         }
     };

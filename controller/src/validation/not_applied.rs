@@ -220,12 +220,6 @@ pub const CATALOG: &[NotApplied] = &[
     ),
     entry(
         K::DestinationRule,
-        "spec.**.tls.caCrl",
-        Set,
-        "certificate revocation lists are not checked",
-    ),
-    entry(
-        K::DestinationRule,
         "spec.**.tls.insecureSkipVerify",
         Set,
         "waypoints always verify the server's certificate",

@@ -3,8 +3,10 @@
 //! `credential_resource`), built from the Kubernetes Secrets the Gateways name. In local mode a
 //! credential is a directory named after its `credentialName` under the credentials directory,
 //! holding the keys of Istio's Secrets as files: `tls.crt` (the chain, leaf first), `tls.key`,
-//! and for MUTUAL `ca.crt` (or, as Istio's separate CA Secret, `<name>-cacert/ca.crt`). A
-//! server uses the controller's credential when one was delivered, else the directory's.
+//! and for MUTUAL `ca.crt` (or, as Istio's separate CA Secret, `<name>-cacert/ca.crt`), with
+//! `ca.crl` beside it when client certificates are revoked (the controller serves it as the CA
+//! resource's `crl`). A server uses the controller's credential when one was delivered, else
+//! the directory's.
 //!
 //! A credential is read when a handshake first needs it and again whenever it changed (a new
 //! version from the controller; a file's size or modification time, a few `stat` calls per
@@ -27,7 +29,7 @@ use std::time::SystemTime;
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig, SupportedProtocolVersion};
@@ -41,6 +43,8 @@ use xds::{Material, XdsCredentials};
 pub const CERTIFICATE_FILE: &str = "tls.crt";
 pub const KEY_FILE: &str = "tls.key";
 pub const CA_FILE: &str = "ca.crt";
+/// Revocation lists beside the CA (Istio's `ca.crl`).
+pub const CRL_FILE: &str = "ca.crl";
 /// Istio's separate CA Secret for MUTUAL: `<credentialName>-cacert` (and the SDS resource of
 /// the CA: `<credential resource>-cacert`).
 pub const CA_SECRET_SUFFIX: &str = "-cacert";
@@ -113,6 +117,8 @@ struct Credential {
     certificate: Pem,
     key: Pem,
     ca: Option<Pem>,
+    /// Revocation lists checked with the CA (Istio's `ca.crl` beside `ca.crt`).
+    crl: Option<Pem>,
 }
 
 /// Reads a credential's material when its configuration must be built.
@@ -257,13 +263,16 @@ impl CredentialStore {
         self.server_config(server)
     }
 
-    fn paths(dir: &Path, name: &str) -> [PathBuf; 4] {
+    fn paths(dir: &Path, name: &str) -> [PathBuf; 6] {
         let own = dir.join(name);
+        let ca_secret = dir.join(format!("{name}{CA_SECRET_SUFFIX}"));
         [
             own.join(CERTIFICATE_FILE),
             own.join(KEY_FILE),
             own.join(CA_FILE),
-            dir.join(format!("{name}{CA_SECRET_SUFFIX}")).join(CA_FILE),
+            own.join(CRL_FILE),
+            ca_secret.join(CA_FILE),
+            ca_secret.join(CRL_FILE),
         ]
     }
 
@@ -360,12 +369,18 @@ fn delivered_credential(
             "holds a CA, not a certificate and key".to_owned(),
         ));
     };
-    let ca = match ca {
-        None => None,
-        Some((name, Material::Ca(bytes))) => Some(Pem {
-            origin: name.clone(),
-            bytes: bytes.clone(),
-        }),
+    let (ca, crl) = match ca {
+        None => (None, None),
+        Some((name, Material::Ca { ca, crl })) => (
+            Some(Pem {
+                origin: name.clone(),
+                bytes: ca.clone(),
+            }),
+            crl.as_ref().map(|crl| Pem {
+                origin: name.clone(),
+                bytes: crl.clone(),
+            }),
+        ),
         Some((name, Material::Certificate { .. })) => {
             return Err(CredentialError::Invalid(
                 name.clone(),
@@ -383,22 +398,29 @@ fn delivered_credential(
             bytes: key.clone(),
         },
         ca,
+        crl,
     })
 }
 
 /// A credential directory's files.
-fn file_credential(paths: &[PathBuf; 4]) -> Result<Credential, CredentialError> {
-    let [certificate, key, ca, ca_secret] = paths;
-    let ca = if ca.exists() {
-        Some(read(ca)?)
+fn file_credential(paths: &[PathBuf; 6]) -> Result<Credential, CredentialError> {
+    let [certificate, key, ca, crl, ca_secret, crl_secret] = paths;
+    // A revocation list goes with the CA beside it.
+    let (ca, crl) = if ca.exists() {
+        (Some(read(ca)?), crl)
     } else if ca_secret.exists() {
-        Some(read(ca_secret)?)
+        (Some(read(ca_secret)?), crl_secret)
     } else {
-        None
+        (None, crl)
     };
     Ok(Credential {
         certificate: read(certificate)?,
         key: read(key)?,
+        crl: if ca.is_some() && crl.exists() {
+            Some(read(crl)?)
+        } else {
+            None
+        },
         ca,
     })
 }
@@ -543,7 +565,15 @@ fn build(
                 .add(certificate)
                 .map_err(|e| CredentialError::Invalid(ca.origin.clone(), e.to_string()))?;
         }
-        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+        let crls = match &credential.crl {
+            None => Vec::new(),
+            Some(crl) => CertificateRevocationListDer::pem_slice_iter(&crl.bytes)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| CredentialError::Invalid(crl.origin.clone(), e.to_string()))?,
+        };
+        // As Envoy's `crl`: a client certificate a list revokes is refused.
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            .with_crls(crls);
         // OPTIONAL_MUTUAL: a client without a certificate is let through; one presented must
         // still verify.
         let verifier = if tls.mode == ServerTlsMode::OptionalMutual {

@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex};
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
+};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -21,7 +23,9 @@ use tokio_rustls::client::TlsStream;
 use weft_proto::waypoint as proto;
 
 use crate::gateway::credentials::xds::{Delivered, Material, XdsCredentials};
-use crate::gateway::credentials::{CA_FILE, CA_SECRET_SUFFIX, CERTIFICATE_FILE, KEY_FILE};
+use crate::gateway::credentials::{
+    CA_FILE, CA_SECRET_SUFFIX, CERTIFICATE_FILE, CRL_FILE, KEY_FILE,
+};
 
 /// Where the credentials a DestinationRule's `credentialName` names are found.
 #[derive(Clone, Default)]
@@ -127,7 +131,7 @@ impl DeliveredConnector {
     }
 
     fn material(&self, ca: &Delivered, client: Option<&Delivered>) -> Result<TlsMaterial, String> {
-        let Material::Ca(ca) = &ca.material else {
+        let Material::Ca { ca, crl } = &ca.material else {
             return Err(format!("{}{CA_SECRET_SUFFIX} holds no CA", self.resource));
         };
         let client = match client.map(|c| &c.material) {
@@ -136,10 +140,15 @@ impl DeliveredConnector {
                 pem_certificates(chain, "certificate_chain")?,
                 PrivateKeyDer::from_pem_slice(key).map_err(|e| format!("private key: {e}"))?,
             )),
-            Some(Material::Ca(_)) => return Err("holds no client certificate".to_owned()),
+            Some(Material::Ca { .. }) => return Err("holds no client certificate".to_owned()),
         };
         Ok(TlsMaterial {
             ca: Some(pem_certificates(ca, "trusted_ca")?),
+            crls: crl
+                .as_deref()
+                .map(|crl| pem_crls(crl, "crl"))
+                .transpose()?
+                .unwrap_or_default(),
             client,
         })
     }
@@ -161,6 +170,8 @@ impl std::fmt::Debug for OriginatedTls {
 struct TlsFiles {
     /// The CAs that verify the server; `None`: the Mozilla root set.
     ca: Option<PathBuf>,
+    /// Revocation lists checked with the CAs.
+    crl: Option<PathBuf>,
     /// MUTUAL: the client certificate chain and its key.
     client: Option<(PathBuf, PathBuf)>,
 }
@@ -176,12 +187,21 @@ impl TlsFiles {
                     .map_err(|e| format!("privateKey {}: {e}", key.display()))?,
             )),
         };
+        let crls = match &self.crl {
+            None => Vec::new(),
+            Some(path) => {
+                let pem = std::fs::read(path)
+                    .map_err(|e| format!("caCrl {}: {e}", path.display()))?;
+                pem_crls(&pem, &format!("caCrl {}", path.display()))?
+            }
+        };
         Ok(TlsMaterial {
             ca: self
                 .ca
                 .as_ref()
                 .map(|ca| certificates(ca).map_err(|e| format!("caCertificates {e}")))
                 .transpose()?,
+            crls,
             client,
         })
     }
@@ -191,6 +211,9 @@ impl TlsFiles {
 struct TlsMaterial {
     /// The CAs that verify the server; `None`: the Mozilla root set.
     ca: Option<Vec<CertificateDer<'static>>>,
+    /// Revocation lists: a server certificate they revoke is refused. As Envoy's `crl`, a CA
+    /// of the server's chain without a list of its own then fails the verification too.
+    crls: Vec<CertificateRevocationListDer<'static>>,
     /// MUTUAL: the client certificate chain and its key.
     client: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
 }
@@ -217,6 +240,7 @@ impl OriginatedTls {
         let connector = if settings.credential_name.is_empty() {
             let files = TlsFiles {
                 ca: non_empty(&settings.ca_certificates),
+                crl: non_empty(&settings.ca_crl),
                 client: non_empty(&settings.client_certificate)
                     .map(|c| (c, PathBuf::from(&settings.private_key))),
             };
@@ -315,23 +339,25 @@ fn credential_files(
         ));
     };
     let own = dir.join(name);
-    let ca = [
-        own.join(CA_FILE),
-        dir.join(format!("{name}{CA_SECRET_SUFFIX}")).join(CA_FILE),
-    ]
-    .into_iter()
-    .find(|p| p.is_file())
-    .ok_or_else(|| {
-        format!(
-            "no {CA_FILE} in {} nor in {name}{CA_SECRET_SUFFIX} (missing Secret?)",
-            own.display()
-        )
-    })?;
+    // The CA's directory: the credential's own, else its `-cacert` companion; a revocation
+    // list beside it goes with it, as Istio pairs `ca.crt` and `ca.crl`.
+    let ca_dir = [own.clone(), dir.join(format!("{name}{CA_SECRET_SUFFIX}"))]
+        .into_iter()
+        .find(|d| d.join(CA_FILE).is_file())
+        .ok_or_else(|| {
+            format!(
+                "no {CA_FILE} in {} nor in {name}{CA_SECRET_SUFFIX} (missing Secret?)",
+                own.display()
+            )
+        })?;
+    let crl = Some(ca_dir.join(CRL_FILE)).filter(|p| p.is_file());
+    let ca = ca_dir.join(CA_FILE);
     let client = settings
         .mutual
         .then(|| (own.join(CERTIFICATE_FILE), own.join(KEY_FILE)));
     Ok(TlsFiles {
         ca: Some(ca),
+        crl,
         client,
     })
 }
@@ -352,6 +378,7 @@ fn connector(material: &TlsMaterial, subject_alt_names: &[String]) -> Result<Tls
         }
     }
     let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .with_crls(material.crls.iter().cloned())
         .build()
         .map_err(|e| format!("caCertificates: {e}"))?;
     let names = subject_alt_names
@@ -385,6 +412,17 @@ fn pem_certificates(pem: &[u8], field: &str) -> Result<Vec<CertificateDer<'stati
         return Err(format!("{field}: no certificate"));
     }
     Ok(certificates)
+}
+
+/// The PEM revocation lists of `pem`, at least one; `field` names it in an error.
+fn pem_crls(pem: &[u8], field: &str) -> Result<Vec<CertificateRevocationListDer<'static>>, String> {
+    let crls = CertificateRevocationListDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{field}: {e}"))?;
+    if crls.is_empty() {
+        return Err(format!("{field}: no PEM X509 CRL"));
+    }
+    Ok(crls)
 }
 
 fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {

@@ -60,6 +60,7 @@ spec:
 
 const CERT: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
 const KEY: &str = "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n";
+const CRL: &str = "-----BEGIN X509 CRL-----\nMIIB\n-----END X509 CRL-----\n";
 
 fn secret(pairs: &[(&str, &str)]) -> CredentialSecret {
     CredentialSecret {
@@ -361,7 +362,10 @@ spec:
 fn origination_index() -> ConfigIndex {
     let mut index = validated(ORIGINATION);
     for (key, credential) in [
-        ("egress/api-ca", secret(&[("ca.crt", CERT)])),
+        (
+            "egress/api-ca",
+            secret(&[("ca.crt", CERT), ("ca.crl", CRL)]),
+        ),
         (
             "egress/pay-client",
             secret(&[("tls.crt", CERT), ("tls.key", KEY)]),
@@ -391,7 +395,13 @@ fn destination_rule_credentials_go_to_the_identities_of_the_waypoints_pods() {
     // SIMPLE: the CA only, from the credential's own `ca.crt` (istiod's `GetCaCert`).
     let api = &translation.credentials["kubernetes://egress/api-ca-cacert"];
     assert_eq!(api.audience, waypoint, "the waypoint's pods, never the app's");
-    assert!(matches!(api.secret.r#type, Some(Type::ValidationContext(_))));
+    let Some(Type::ValidationContext(context)) = &api.secret.r#type else {
+        panic!("not a CA: {api:?}");
+    };
+    assert!(
+        context.crl.is_some(),
+        "the Secret's `ca.crl` goes with its CA, as istiod serves it"
+    );
     assert!(
         !translation.credentials.contains_key("kubernetes://egress/api-ca"),
         "SIMPLE presents no client certificate"

@@ -266,6 +266,7 @@ impl Compiler<'_, '_> {
                 String::new()
             },
             credential_name: tls.credential_name.clone().unwrap_or_default(),
+            ca_crl: tls.ca_crl.clone().unwrap_or_default(),
             mutual: mode == ClientTlsMode::Mutual,
             // Set with the proxy's namespace when the credentials are served (Kubernetes mode).
             credential_resource: String::new(),

@@ -101,6 +101,14 @@ fn handshake(
     None
 }
 
+/// The PEM of `issuer`'s own certificate.
+fn client_ca_pem(issuer: &Issuer<'static, KeyPair>) -> String {
+    let mut params = CertificateParams::default();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params.self_signed(issuer.key()).unwrap().pem()
+}
+
 /// A CA for client certificates: its PEM and its issuer.
 fn client_ca() -> (String, Issuer<'static, KeyPair>) {
     let key = KeyPair::generate().unwrap();
@@ -113,8 +121,18 @@ fn client_ca() -> (String, Issuer<'static, KeyPair>) {
 
 /// A client certificate `issuer` signs, with `uri` as its URI SAN when given.
 fn client_certificate(issuer: &Issuer<'static, KeyPair>, uri: Option<&str>) -> ClientCertificate {
+    serial_client_certificate(issuer, uri, None)
+}
+
+/// [`client_certificate`] with serial number `serial` when given.
+fn serial_client_certificate(
+    issuer: &Issuer<'static, KeyPair>,
+    uri: Option<&str>,
+    serial: Option<u64>,
+) -> ClientCertificate {
     let key = KeyPair::generate().unwrap();
     let mut params = CertificateParams::new(vec!["client.example.com".to_owned()]).unwrap();
+    params.serial_number = serial.map(rcgen::SerialNumber::from);
     if let Some(uri) = uri {
         params
             .subject_alt_names
@@ -263,4 +281,119 @@ async fn istio_mutual_without_a_mesh_identity_refuses_the_server() {
         store.terminating_config(&server).await,
         Err(CredentialError::MeshCertificate(_))
     ));
+}
+
+/// A list `issuer` signs revoking the certificates of `serials`.
+fn revocation_list(issuer: &Issuer<'static, KeyPair>, serials: &[u64]) -> String {
+    let params = rcgen::CertificateRevocationListParams {
+        this_update: rcgen::date_time_ymd(2020, 1, 1),
+        next_update: rcgen::date_time_ymd(2100, 1, 1),
+        crl_number: rcgen::SerialNumber::from(1u64),
+        issuing_distribution_point: None,
+        revoked_certs: serials
+            .iter()
+            .map(|serial| rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from(*serial),
+                revocation_time: rcgen::date_time_ymd(2020, 1, 1),
+                reason_code: None,
+                invalidity_date: None,
+            })
+            .collect(),
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    };
+    params.signed_by(issuer).unwrap().pem().unwrap()
+}
+
+#[test]
+fn a_mutual_servers_revocation_list_refuses_the_client_certificates_it_revokes() {
+    let dir = std::env::temp_dir().join(format!("weft-mutual-crl-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let own = dir.join("shop-cert");
+    std::fs::create_dir_all(&own).unwrap();
+    let server_certificate = rcgen::generate_simple_self_signed(vec!["shop".to_owned()]).unwrap();
+    std::fs::write(own.join(CERTIFICATE_FILE), server_certificate.cert.pem()).unwrap();
+    std::fs::write(
+        own.join(KEY_FILE),
+        server_certificate.signing_key.serialize_pem(),
+    )
+    .unwrap();
+    let (ca, issuer) = client_ca();
+    std::fs::write(own.join(CA_FILE), ca).unwrap();
+    let store = CredentialStore::new(CredentialSource::directory(dir.clone()));
+    let mutual = edge_server(ServerTlsMode::Mutual, "shop-cert");
+    let revoked = || serial_client_certificate(&issuer, None, Some(7));
+    let valid = || serial_client_certificate(&issuer, None, Some(8));
+    let config = store.server_config(&mutual).unwrap();
+    assert!(handshake(config, Some(revoked())).is_some(), "no list yet");
+
+    // `ca.crl` beside `ca.crt`, Istio's key: read with the credential's next change.
+    std::fs::write(own.join(CRL_FILE), revocation_list(&issuer, &[7])).unwrap();
+    let config = store.server_config(&mutual).unwrap();
+    assert!(
+        handshake(Arc::clone(&config), Some(revoked())).is_none(),
+        "the list revokes the client's certificate"
+    );
+    assert!(handshake(config, Some(valid())).is_some());
+
+    // Delivered by the controller: the CA resource's `crl`.
+    let delivered = xds::XdsCredentials::default();
+    let resource = "kubernetes://shop/shop-cert";
+    let data = |text: String| {
+        Some(weft_proto::envoy::config::core::v3::DataSource {
+            specifier: Some(
+                weft_proto::envoy::config::core::v3::data_source::Specifier::InlineBytes(
+                    text.into_bytes(),
+                ),
+            ),
+        })
+    };
+    use weft_proto::envoy::extensions::transport_sockets::tls::v3::{
+        CertificateValidationContext, Secret, TlsCertificate, secret,
+    };
+    use weft_xds::Handler;
+    let any = |name: &str, kind: secret::Type| weft_proto::envoy::service::discovery::v3::Resource {
+        name: name.to_owned(),
+        version: "1".to_owned(),
+        resource: Some(
+            prost_types::Any::from_msg(&Secret {
+                name: name.to_owned(),
+                r#type: Some(kind),
+            })
+            .unwrap(),
+        ),
+        ..Default::default()
+    };
+    delivered
+        .handler()
+        .apply(weft_xds::Update {
+            added: vec![
+                any(
+                    resource,
+                    secret::Type::TlsCertificate(TlsCertificate {
+                        certificate_chain: data(server_certificate.cert.pem()),
+                        private_key: data(server_certificate.signing_key.serialize_pem()),
+                    }),
+                ),
+                any(
+                    &format!("{resource}{CA_SECRET_SUFFIX}"),
+                    secret::Type::ValidationContext(CertificateValidationContext {
+                        trusted_ca: data(client_ca_pem(&issuer)),
+                        crl: data(revocation_list(&issuer, &[7])),
+                    }),
+                ),
+            ],
+            removed: Vec::new(),
+            full_state: false,
+        })
+        .unwrap();
+    let store = CredentialStore::new(CredentialSource {
+        directory: None,
+        xds: delivered,
+    });
+    let mut from_controller = edge_server(ServerTlsMode::Mutual, "shop-cert");
+    from_controller.tls.as_mut().unwrap().credential_resource = resource.to_owned();
+    let config = store.server_config(&from_controller).unwrap();
+    assert!(handshake(Arc::clone(&config), Some(revoked())).is_none());
+    assert!(handshake(config, Some(valid())).is_some());
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -21,15 +21,16 @@ use weft_xds::{Handler, Update};
 pub enum Material {
     /// A certificate chain (PEM, leaf first) and its private key (PEM).
     Certificate { chain: Vec<u8>, key: Vec<u8> },
-    /// CA certificates (PEM) that verify clients (MUTUAL).
-    Ca(Vec<u8>),
+    /// CA certificates (PEM) that verify the peer (a MUTUAL server's clients, the server TLS
+    /// is originated to), and the revocation lists (PEM) that go with them, if any.
+    Ca { ca: Vec<u8>, crl: Option<Vec<u8>> },
 }
 
 impl std::fmt::Debug for Material {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Material::Certificate { .. } => "Certificate",
-            Material::Ca(_) => "Ca",
+            Material::Ca { .. } => "Ca",
         })
     }
 }
@@ -60,10 +61,14 @@ impl TryFrom<&Secret> for Material {
                 chain: inline(tls.certificate_chain.as_ref(), "certificate_chain")?,
                 key: inline(tls.private_key.as_ref(), "private_key")?,
             }),
-            Some(secret::Type::ValidationContext(context)) => Ok(Material::Ca(inline(
-                context.trusted_ca.as_ref(),
-                "trusted_ca",
-            )?)),
+            Some(secret::Type::ValidationContext(context)) => Ok(Material::Ca {
+                ca: inline(context.trusted_ca.as_ref(), "trusted_ca")?,
+                crl: context
+                    .crl
+                    .as_ref()
+                    .map(|crl| inline(Some(crl), "crl"))
+                    .transpose()?,
+            }),
             None => Err("neither a certificate nor a validation context".to_owned()),
         }
     }

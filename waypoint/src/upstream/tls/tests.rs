@@ -77,32 +77,37 @@ fn pair(version: &str, (cert, key): &(String, String)) -> Resource {
 }
 
 /// A TLS server on loopback presenting `server` for [`HOST`] and requiring a client
-/// certificate `client_ca` signed; each handshake's outcome is sent on the channel.
+/// certificate `client_ca` signed, if any; each handshake's outcome is sent on the channel.
 async fn server(
     server: &(String, String),
-    client_ca: &str,
+    client_ca: Option<&str>,
 ) -> (
     std::net::SocketAddr,
     tokio::sync::mpsc::UnboundedReceiver<bool>,
 ) {
-    let mut roots = RootCertStore::empty();
-    for certificate in CertificateDer::pem_slice_iter(client_ca.as_bytes()) {
-        roots.add(certificate.unwrap()).unwrap();
-    }
     let provider = weft_identity::crypto_provider();
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
         .unwrap();
+    let builder = match client_ca {
+        Some(client_ca) => {
+            let mut roots = RootCertStore::empty();
+            for certificate in CertificateDer::pem_slice_iter(client_ca.as_bytes()) {
+                roots.add(certificate.unwrap()).unwrap();
+            }
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                    .build()
+                    .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
     let chain = CertificateDer::pem_slice_iter(server.0.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .unwrap();
     let key = PrivateKeyDer::from_pem_slice(server.1.as_bytes()).unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .unwrap();
+    let config = builder.with_single_cert(chain, key).unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
@@ -122,7 +127,7 @@ async fn server(
 async fn a_delivered_credential_is_used_when_it_arrives_and_again_when_it_changes() {
     let server_cert = certificate(HOST);
     let client_cert = certificate("client.egress");
-    let (address, mut accepted) = server(&server_cert, &client_cert.0).await;
+    let (address, mut accepted) = server(&server_cert, Some(&client_cert.0)).await;
     let delivered = XdsCredentials::default();
     let credentials = OriginationCredentials {
         // A directory holding nothing: a delivered credential is never looked for there.
@@ -206,4 +211,146 @@ async fn a_delivered_credential_that_is_not_a_ca_fails_its_connections() {
     deliver(&delivered, vec![pair_as_ca], &[]);
     let why = tls.unusable().expect("no CA").to_string();
     assert!(why.contains("holds no CA"), "{why}");
+}
+
+/// A CA that signs [`HOST`]'s certificate with serial number 7, and revocation lists it signs.
+struct RevokingCa {
+    ca: String,
+    server: (String, String),
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl RevokingCa {
+    fn new() -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca = params.self_signed(&key).unwrap().pem();
+        let issuer = Issuer::new(params, key);
+        let leaf_key = KeyPair::generate().unwrap();
+        let mut leaf = CertificateParams::new(vec![HOST.to_owned()]).unwrap();
+        leaf.serial_number = Some(rcgen::SerialNumber::from(7u64));
+        let server = (
+            leaf.signed_by(&leaf_key, &issuer).unwrap().pem(),
+            leaf_key.serialize_pem(),
+        );
+        RevokingCa { ca, server, issuer }
+    }
+
+    /// A list revoking the certificates of `serials`.
+    fn crl(&self, serials: &[u64]) -> String {
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2020, 1, 1),
+            next_update: rcgen::date_time_ymd(2100, 1, 1),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|serial| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from(*serial),
+                    revocation_time: rcgen::date_time_ymd(2020, 1, 1),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        params.signed_by(&self.issuer).unwrap().pem().unwrap()
+    }
+}
+
+#[tokio::test]
+async fn a_revocation_list_refuses_the_server_certificates_it_revokes() {
+    let authority = RevokingCa::new();
+    let (address, _accepted) = server(&authority.server, None).await;
+    let connects = |tls: OriginatedTls| async move {
+        let tcp = TcpStream::connect(address).await.unwrap();
+        tls.connect(tcp).await.map(|_| ()).map_err(|e| e.to_string())
+    };
+    let dir = std::env::temp_dir().join(format!("weft-crl-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let write = |path: &str, text: &str| {
+        let path = dir.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    };
+    write("files/ca.pem", &authority.ca);
+    write("files/revoked.crl", &authority.crl(&[7]));
+    write("files/other.crl", &authority.crl(&[8]));
+    // DestinationRule `caCertificates` and `caCrl` files.
+    let files = |crl: &str| proto::UpstreamTls {
+        ca_certificates: dir.join("files/ca.pem").display().to_string(),
+        ca_crl: if crl.is_empty() {
+            String::new()
+        } else {
+            dir.join("files").join(crl).display().to_string()
+        },
+        ..Default::default()
+    };
+    let none = OriginationCredentials::default();
+    let tls = |settings: &proto::UpstreamTls, credentials: &OriginationCredentials| {
+        OriginatedTls::new(settings, HOST, credentials).expect("settings")
+    };
+    connects(tls(&files(""), &none)).await.expect("no list");
+    connects(tls(&files("other.crl"), &none))
+        .await
+        .expect("a list revoking another certificate");
+    let refused = connects(tls(&files("revoked.crl"), &none))
+        .await
+        .expect_err("the list revokes the server's certificate");
+    assert!(refused.contains("Revoked"), "{refused}");
+
+    // A credential directory: `ca.crl` beside the CA, in the credential or its `-cacert`.
+    write("credentials/own/ca.crt", &authority.ca);
+    write("credentials/own/ca.crl", &authority.crl(&[7]));
+    write("credentials/split-cacert/ca.crt", &authority.ca);
+    write("credentials/split-cacert/ca.crl", &authority.crl(&[7]));
+    write("credentials/clean/ca.crt", &authority.ca);
+    let directory = OriginationCredentials::directory(Some(&dir.join("credentials")));
+    let credential = |name: &str| proto::UpstreamTls {
+        credential_name: name.to_owned(),
+        ..Default::default()
+    };
+    connects(tls(&credential("clean"), &directory))
+        .await
+        .expect("no list in the credential");
+    for name in ["own", "split"] {
+        let refused = connects(tls(&credential(name), &directory))
+            .await
+            .expect_err(name);
+        assert!(refused.contains("Revoked"), "{name}: {refused}");
+    }
+
+    // Delivered by the controller: the CA resource's `crl`.
+    let delivered = XdsCredentials::default();
+    let credentials = OriginationCredentials {
+        directory: None,
+        delivered: delivered.clone(),
+    };
+    let settings = proto::UpstreamTls {
+        credential_name: "api-client".to_owned(),
+        credential_resource: RESOURCE.to_owned(),
+        ..Default::default()
+    };
+    let from_controller = tls(&settings, &credentials);
+    let with_crl = |version: &str, crl: Option<String>| {
+        resource(
+            CA_RESOURCE,
+            version,
+            secret::Type::ValidationContext(CertificateValidationContext {
+                trusted_ca: bytes(&authority.ca),
+                crl: crl.as_deref().and_then(bytes),
+            }),
+        )
+    };
+    deliver(&delivered, vec![with_crl("1", None)], &[]);
+    connects(from_controller.clone()).await.expect("no list delivered");
+    deliver(&delivered, vec![with_crl("2", Some(authority.crl(&[7])))], &[]);
+    let refused = connects(from_controller.clone())
+        .await
+        .expect_err("the delivered list revokes the server's certificate");
+    assert!(refused.contains("Revoked"), "{refused}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

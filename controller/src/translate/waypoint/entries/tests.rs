@@ -209,7 +209,7 @@ spec:
   trafficPolicy:
     portLevelSettings:
     - port: {{number: 80}}
-      tls: {{mode: SIMPLE, sni: api.example.com, caCertificates: /etc/egress/ca.pem}}
+      tls: {{mode: SIMPLE, sni: api.example.com, caCertificates: /etc/egress/ca.pem, caCrl: /etc/egress/ca.crl}}
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -256,6 +256,7 @@ spec:
         .expect("TLS origination on port 80");
     assert_eq!(tls.sni, "api.example.com");
     assert_eq!(tls.ca_certificates, "/etc/egress/ca.pem");
+    assert_eq!(tls.ca_crl, "/etc/egress/ca.crl");
     assert!(tls.client_certificate.is_empty());
     assert!(
         cluster(&config, "outbound|443||api.example.com")
