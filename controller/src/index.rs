@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::{
@@ -29,6 +29,8 @@ pub struct ConfigIndex {
     /// Endpoints of Services, as the EndpointSlice controller (or an operator, for Services
     /// without a selector) writes them.
     pub endpoint_slices: BTreeMap<Key, EndpointSlice>,
+    /// Nodes, by name, with only their name and labels: a pod's locality is its node's.
+    pub nodes: BTreeMap<Key, Node>,
     pub authorization_policies: BTreeMap<Key, AuthorizationPolicy>,
     pub peer_authentications: BTreeMap<Key, PeerAuthentication>,
     pub request_authentications: BTreeMap<Key, RequestAuthentication>,
@@ -107,6 +109,7 @@ macro_rules! with_map {
             ResourceKind::Pod => { let $map = $($borrow)* $index.pods; $body }
             ResourceKind::Service => { let $map = $($borrow)* $index.services; $body }
             ResourceKind::EndpointSlice => { let $map = $($borrow)* $index.endpoint_slices; $body }
+            ResourceKind::Node => { let $map = $($borrow)* $index.nodes; $body }
             ResourceKind::AuthorizationPolicy => { let $map = $($borrow)* $index.authorization_policies; $body }
             ResourceKind::PeerAuthentication => { let $map = $($borrow)* $index.peer_authentications; $body }
             ResourceKind::RequestAuthentication => { let $map = $($borrow)* $index.request_authentications; $body }
@@ -157,6 +160,7 @@ entries!(
     Pod: Pod,
     Service: Service,
     EndpointSlice: EndpointSlice,
+    Node: Node,
     AuthorizationPolicy: AuthorizationPolicy,
     PeerAuthentication: PeerAuthentication,
     RequestAuthentication: RequestAuthentication,

@@ -90,6 +90,7 @@ pub fn decode<'de, D: Deserializer<'de>>(
         ResourceKind::Service => parse!(Service),
         ResourceKind::ServiceAccount => parse!(ServiceAccount),
         ResourceKind::EndpointSlice => parse!(EndpointSlice),
+        ResourceKind::Node => Resource::Node(node_labels_only(parse(deserializer, unknown)?)),
     };
     // The type fields are read by whoever chose `kind`; a Kubernetes object's own status is
     // not ours to judge.
@@ -98,6 +99,22 @@ pub fn decode<'de, D: Deserializer<'de>>(
         resource,
         unknown_fields,
     })
+}
+
+/// A Node as the mesh keeps it: its name and labels (a pod's locality is read from its node's
+/// topology labels), nothing of its status. A node's status changes at every heartbeat; kept
+/// whole, each would look like a change of the mesh's configuration (istiod keeps only the
+/// locality of a node for the same reason: `NodesCollection`).
+fn node_labels_only(node: k8s_openapi::api::core::v1::Node) -> k8s_openapi::api::core::v1::Node {
+    k8s_openapi::api::core::v1::Node {
+        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: node.metadata.name,
+            labels: node.metadata.labels,
+            ..Default::default()
+        },
+        spec: None,
+        status: None,
+    }
 }
 
 /// What a field the model does not know means to a caller.

@@ -13,7 +13,7 @@ pub mod schema;
 pub mod security;
 pub mod telemetry;
 
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -58,10 +58,11 @@ pub enum ResourceKind {
     Service,
     ServiceAccount,
     EndpointSlice,
+    Node,
 }
 
 impl ResourceKind {
-    pub const ALL: [ResourceKind; 21] = [
+    pub const ALL: [ResourceKind; 22] = [
         Self::VirtualService,
         Self::DestinationRule,
         Self::ServiceEntry,
@@ -83,6 +84,7 @@ impl ResourceKind {
         Self::Service,
         Self::ServiceAccount,
         Self::EndpointSlice,
+        Self::Node,
     ];
 
     /// API group (`""` for the core group).
@@ -104,7 +106,7 @@ impl ResourceKind {
             | Self::TCPRoute
             | Self::TLSRoute
             | Self::ReferenceGrant => GATEWAY_API_GROUP,
-            Self::Namespace | Self::Pod | Self::Service | Self::ServiceAccount => "",
+            Self::Namespace | Self::Pod | Self::Service | Self::ServiceAccount | Self::Node => "",
             Self::EndpointSlice => "discovery.k8s.io",
         }
     }
@@ -132,6 +134,7 @@ impl ResourceKind {
             Self::Service => "Service",
             Self::ServiceAccount => "ServiceAccount",
             Self::EndpointSlice => "EndpointSlice",
+            Self::Node => "Node",
         }
     }
 
@@ -156,13 +159,15 @@ impl ResourceKind {
             // Istio serves v1alpha2; the Gateway API's newer CRDs add v1alpha3 with the same shape.
             Self::TLSRoute => &["v1alpha2", "v1alpha3"],
             Self::ReferenceGrant => &["v1beta1", "v1alpha2"],
-            Self::Namespace | Self::Pod | Self::Service | Self::ServiceAccount => &["v1"],
+            Self::Namespace | Self::Pod | Self::Service | Self::ServiceAccount | Self::Node => {
+                &["v1"]
+            }
             Self::EndpointSlice => &["v1"],
         }
     }
 
     pub fn namespaced(self) -> bool {
-        !matches!(self, Self::Namespace | Self::GatewayClass)
+        !matches!(self, Self::Namespace | Self::GatewayClass | Self::Node)
     }
 
     /// Istio's own kinds (`*.istio.io`), whose documents Istio's rules validate.
@@ -242,6 +247,8 @@ pub enum Resource {
     Service(Service),
     ServiceAccount(ServiceAccount),
     EndpointSlice(EndpointSlice),
+    /// Only its name and labels: see [`decode::decode`].
+    Node(Node),
 }
 
 impl Resource {
@@ -268,6 +275,7 @@ impl Resource {
             Self::Service(_) => ResourceKind::Service,
             Self::ServiceAccount(_) => ResourceKind::ServiceAccount,
             Self::EndpointSlice(_) => ResourceKind::EndpointSlice,
+            Self::Node(_) => ResourceKind::Node,
         }
     }
 
@@ -294,6 +302,7 @@ impl Resource {
             Self::Service(r) => &r.metadata,
             Self::ServiceAccount(r) => &r.metadata,
             Self::EndpointSlice(r) => &r.metadata,
+            Self::Node(r) => &r.metadata,
         }
     }
 
@@ -320,6 +329,7 @@ impl Resource {
             Self::Service(r) => &mut r.metadata,
             Self::ServiceAccount(r) => &mut r.metadata,
             Self::EndpointSlice(r) => &mut r.metadata,
+            Self::Node(r) => &mut r.metadata,
         }
     }
 

@@ -1,5 +1,5 @@
 //! The Kubernetes source: one `kube` watcher per kind the mesh reads (Namespace, Pod, Service,
-//! ServiceAccount, EndpointSlice, the Istio kinds and the Gateway API kinds), feeding a
+//! ServiceAccount, EndpointSlice, Node, the Istio kinds and the Gateway API kinds), feeding a
 //! [`ResourceSink`]. Every object is decoded and validated before it reaches the sink; a refused
 //! object is logged (kind, namespace, name, field path, reason), reported to the sink, and the
 //! previous good version of it stays in place. A (re)list replaces the kind's whole set at once.
@@ -56,6 +56,17 @@ pub trait ResourceSink: Send + Sync {
 /// The controller's index, fed object by object.
 impl ResourceSink for LiveIndex {
     fn apply(&self, resource: Resource, warnings: Vec<FieldWarning>) {
+        // A Node is kept as its name and labels: an update of anything else (its status, at
+        // every heartbeat) is no change of the mesh and must not start a translation.
+        if let Resource::Node(node) = &resource
+            && self
+                .snapshot()
+                .nodes
+                .get(node.metadata.name.as_deref().unwrap_or_default())
+                == Some(node)
+        {
+            return;
+        }
         self.change(|index| index.insert(resource, warnings));
     }
 
@@ -145,6 +156,7 @@ fn plural(kind: ResourceKind) -> &'static str {
         ResourceKind::Service => "services",
         ResourceKind::ServiceAccount => "serviceaccounts",
         ResourceKind::EndpointSlice => "endpointslices",
+        ResourceKind::Node => "nodes",
     }
 }
 

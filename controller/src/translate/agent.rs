@@ -133,6 +133,7 @@ pub fn addresses(
             } else {
                 workload::WorkloadStatus::Unhealthy as i32
             },
+            locality: locality::pod_locality(index, pod),
             ..Default::default()
         };
         out.insert(
@@ -181,6 +182,7 @@ pub fn addresses(
                 .collect(),
             waypoint: service_waypoint(index, service)
                 .map(|waypoint| waypoint_address(index, settings, &waypoint)),
+            load_balancing: locality::service_load_balancing(index, service),
             ..Default::default()
         };
         out.insert(
@@ -790,6 +792,7 @@ fn l4_to_proto(policy: &weft_policy::l4::Authorization) -> security::Authorizati
     }
 }
 
+pub mod locality;
 mod service_entries;
 mod workload_entries;
 pub use service_entries::endpoint_uid;

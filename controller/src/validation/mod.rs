@@ -172,7 +172,7 @@ pub fn validate(resource: &Resource) -> Validation {
         Resource::Namespace(_) => {}
         Resource::Pod(r) => kubernetes::pod(r, &mut findings),
         Resource::Service(r) => kubernetes::service(r, &mut findings),
-        Resource::ServiceAccount(_) => {}
+        Resource::ServiceAccount(_) | Resource::Node(_) => {}
         Resource::EndpointSlice(r) => kubernetes::endpoint_slice(r, &mut findings),
     }
     metadata::validate(resource, &mut findings);

@@ -349,6 +349,11 @@ metadata: {name: from-shop, namespace: bookinfo}
 spec:
   from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: shop}]
   to: [{group: "", kind: Service}]
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node1, labels: {topology.kubernetes.io/zone: eu-1}}
+status: {conditions: [{type: Ready, status: "True"}]}
 "#;
 
 #[tokio::test]
@@ -882,3 +887,5 @@ async fn both_sources_feed_the_same_index_and_translate_identically() {
     );
     task.abort();
 }
+
+mod nodes;

@@ -158,12 +158,21 @@ fn service(
     let resolution = spec.resolution.unwrap_or(ServiceEntryResolution::None);
     // NONE without a selector has no endpoints to choose from: the connection goes where the
     // application sent it, as a sidecar's ORIGINAL_DST cluster does.
-    let load_balancing = (resolution == ServiceEntryResolution::None
-        && spec.workload_selector.is_none())
-    .then(|| workload::LoadBalancing {
-        mode: workload::load_balancing::Mode::Passthrough as i32,
-        ..Default::default()
-    });
+    let load_balancing =
+        if resolution == ServiceEntryResolution::None && spec.workload_selector.is_none() {
+            Some(workload::LoadBalancing {
+                mode: workload::load_balancing::Mode::Passthrough as i32,
+                ..Default::default()
+            })
+        } else {
+            // As istiod's `constructServiceEntries`: a ServiceEntry has no `trafficDistribution`
+            // field, only the annotation (its own, else its namespace's).
+            super::locality::distribution_load_balancing(super::locality::traffic_distribution(
+                None,
+                entry.metadata.annotations.as_ref(),
+                super::locality::namespace_annotations(index, &entry.metadata),
+            ))
+        };
     workload::Service {
         name: name_of(&entry.metadata).to_owned(),
         namespace: namespace_of(&entry.metadata).to_owned(),

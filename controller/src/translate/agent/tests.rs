@@ -603,5 +603,6 @@ endpoints:
     assert!(!addresses.keys().any(|k| k.contains("cart-xyz")));
 }
 
+mod locality;
 mod service_entries;
 mod workload_entries;

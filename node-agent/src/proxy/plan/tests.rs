@@ -785,3 +785,45 @@ fn routing_preferences_compare_localities() {
         assert_eq!(picked, expected, "{rule}");
     }
 }
+
+/// `internalTrafficPolicy: Local` as istiod sends it (`[NODE]`, `STRICT`): only endpoints on
+/// the client's node, and none there fails the connection, as ztunnel does, rather than
+/// leaving the node.
+#[test]
+fn node_strict_keeps_traffic_on_the_clients_node_or_fails() {
+    let store = WorkloadStore::new();
+    store.insert_workload(workload("client", "client", NODE1, ip(1, 10)));
+    store.insert_workload(backing(
+        workload("remote", "near", NODE2, ip(2, 21)),
+        "near",
+        80,
+        80,
+    ));
+    let mut near = service("near", 9, 80, 80);
+    near.load_balancing = LoadBalancingMode::Strict;
+    near.routing_preferences = vec![RoutingPreference::Node];
+    store.insert_service(near);
+    let near_vip = SocketAddr::new(vip(9), 80);
+    assert!(
+        matches!(
+            plan(&store, "client", near_vip, 0),
+            Err(OutboundError::NoHealthyEndpoint { .. })
+        ),
+        "no endpoint on the client's node: no connection"
+    );
+    store.insert_workload(backing(
+        workload("neighbor", "near", NODE1, ip(1, 21)),
+        "near",
+        80,
+        80,
+    ));
+    for roll in 0..4 {
+        assert!(
+            matches!(
+                plan(&store, "client", near_vip, roll).unwrap(),
+                OutboundPlan::Local { target, .. } if target == SocketAddr::new(ip(1, 21), 80)
+            ),
+            "only the endpoint on the client's node"
+        );
+    }
+}

@@ -1,0 +1,184 @@
+//! Locality-aware load balancing end to end: the controller gives each pod its node's locality
+//! and each Service istiod's routing preferences, and the client's agent keeps traffic close.
+//! Also a Kubernetes Service (a selector) backed by a WorkloadEntry. Needs root.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use weft_e2e::{Mesh, MeshOptions, PodSpec};
+
+/// Three nodes: the client's (`node1`) and `node2` in zone `eu-1`, `node3` in `eu-2`.
+const NODES: &str = r#"
+apiVersion: v1
+kind: Node
+metadata: {name: node1, labels: {topology.kubernetes.io/region: eu, topology.kubernetes.io/zone: eu-1}}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node2, labels: {topology.kubernetes.io/region: eu, topology.kubernetes.io/zone: eu-1}}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node3, labels: {topology.kubernetes.io/region: eu, topology.kubernetes.io/zone: eu-2}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: cart, namespace: shop}
+spec:
+  clusterIP: 10.96.0.10
+  selector: {app: cart}
+  ports: [{name: http, port: 80, targetPort: http}]
+  trafficDistribution: PreferClose
+---
+apiVersion: v1
+kind: Service
+metadata: {name: cart-local, namespace: shop}
+spec:
+  clusterIP: 10.96.0.11
+  selector: {app: cart}
+  ports: [{name: http, port: 80, targetPort: http}]
+  internalTrafficPolicy: Local
+"#;
+
+/// The pods that answered, by the sample app's `pod` field; every answer must be a 200.
+fn answering_pods(answers: &[(u16, String)]) -> BTreeSet<String> {
+    answers
+        .iter()
+        .map(|(status, body)| {
+            assert_eq!(*status, 200, "{body}");
+            let reply: serde_json::Value = serde_json::from_str(body).expect("a JSON reply");
+            reply["pod"].as_str().unwrap_or_default().to_owned()
+        })
+        .collect()
+}
+
+fn pods(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|n| (*n).to_owned()).collect()
+}
+
+#[test]
+fn prefer_close_keeps_traffic_in_the_clients_zone_and_fails_over_when_it_empties() {
+    let mut mesh = Mesh::start(
+        vec![
+            PodSpec::client("client", "node1", "shop"),
+            PodSpec::app("cart-1", "node2", "shop", "cart", "v1"),
+            PodSpec::app("cart-2", "node3", "shop", "cart", "v2"),
+        ],
+        MeshOptions {
+            config: NODES.to_owned(),
+            ..MeshOptions::default()
+        },
+    )
+    .expect("start the mesh");
+    let close = ["-H", "Connection: close"];
+
+    // Each request on its own connection (the agent picks an endpoint per connection): only the
+    // endpoint in the client's zone answers, though it is on another node.
+    let answers = mesh
+        .curl_bodies("client", "http://10.96.0.10/", 12, &close)
+        .unwrap();
+    assert_eq!(
+        answering_pods(&answers),
+        pods(&["cart-1"]),
+        "{answers:?}\n{}",
+        mesh.logs()
+    );
+
+    // internalTrafficPolicy Local: no endpoint on the client's node, so no connection, as
+    // ztunnel refuses it (it never leaves the node).
+    let refused = mesh
+        .curl_bodies("client", "http://10.96.0.11/", 2, &close)
+        .unwrap();
+    assert!(
+        refused.iter().all(|(status, _)| *status != 200),
+        "a node-local service answered from another node: {refused:?}"
+    );
+
+    // The zone's endpoint goes away: the next connections fail over to the other zone.
+    mesh.delete_pod("cart-1", |mesh| {
+        if !mesh.eventually(Duration::from_secs(20), || {
+            mesh.curl_bodies("client", "http://10.96.0.10/", 1, &close)
+                .is_ok_and(|a| {
+                    a.iter()
+                        .all(|(s, b)| *s == 200 && b.contains("\"pod\":\"cart-2\""))
+                })
+        }) {
+            anyhow::bail!("no failover to cart-2\n{}", mesh.logs());
+        }
+        Ok(())
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let answers = mesh
+        .curl_bodies("client", "http://10.96.0.10/", 8, &close)
+        .unwrap();
+    assert_eq!(answering_pods(&answers), pods(&["cart-2"]), "{answers:?}");
+
+    // It comes back: traffic returns to the client's zone.
+    mesh.create_pod("cart-1").unwrap();
+    assert!(
+        mesh.eventually(Duration::from_secs(20), || {
+            mesh.curl_bodies("client", "http://10.96.0.10/", 1, &close)
+                .is_ok_and(|a| {
+                    a.iter()
+                        .all(|(s, b)| *s == 200 && b.contains("\"pod\":\"cart-1\""))
+                })
+        }),
+        "traffic did not return to the client's zone\n{}",
+        mesh.logs()
+    );
+    let answers = mesh
+        .curl_bodies("client", "http://10.96.0.10/", 8, &close)
+        .unwrap();
+    assert_eq!(answering_pods(&answers), pods(&["cart-1"]), "{answers:?}");
+}
+
+/// A WorkloadEntry selected by a Kubernetes Service's selector is one of its endpoints (istiod's
+/// `ENABLE_K8S_SERVICE_SELECT_WORKLOAD_ENTRIES`): a VM outside the mesh, reached in plain TCP
+/// next to the Service's pod.
+#[test]
+fn a_kubernetes_service_selects_a_workload_entry() {
+    let mesh = Mesh::start(
+        vec![
+            PodSpec::client("client", "node1", "shop"),
+            PodSpec::app("cart-1", "node2", "shop", "cart", "v1"),
+            PodSpec::app("cart-vm", "node2", "shop", "cart-vm", "v1").outside_cluster(),
+        ],
+        MeshOptions::default(),
+    )
+    .expect("start the mesh");
+    let vm = mesh.pod("cart-vm").ip;
+    mesh.kubectl_apply(&format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: cart-vm, namespace: shop}}
+spec: {{address: "{vm}", labels: {{app: cart}}, serviceAccount: cart}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: cart, namespace: shop}}
+spec:
+  clusterIP: 10.96.0.10
+  selector: {{app: cart}}
+  ports: [{{name: http, port: 80, targetPort: 8080}}]
+"#
+    ))
+    .unwrap();
+    mesh.await_agents("the WorkloadEntry backing the Service", |state| {
+        state["workloads"].as_array().is_some_and(|w| {
+            w.iter().any(|w| {
+                w["name"] == "cart-vm" && w["services"].to_string().contains("cart.shop.svc")
+            })
+        })
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let close = ["-H", "Connection: close"];
+    let answers = mesh
+        .curl_bodies("client", "http://10.96.0.10/", 12, &close)
+        .unwrap();
+    assert_eq!(
+        answering_pods(&answers),
+        pods(&["cart-1", "cart-vm"]),
+        "{answers:?}\n{}",
+        mesh.logs()
+    );
+}
