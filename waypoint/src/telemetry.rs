@@ -38,13 +38,18 @@ pub struct TracingConfig {
     /// The waypoint itself, as Istio's custom tags name the proxy.
     pub canonical_service: String,
     pub namespace: String,
+    /// SERVER at a waypoint; CLIENT at a gateway, whose listeners Istio marks outbound so that
+    /// Envoy's tracer reports its spans as egress.
+    pub span_kind: span::SpanKind,
 }
 
-/// Checks and converts the tracing section; `waypoint` and `namespace` name the proxy.
+/// Checks and converts the tracing section; `waypoint` and `namespace` name the proxy, `edge`
+/// says it is a gateway.
 pub(crate) fn tracing_config(
     tracing: &proto::Tracing,
     waypoint: &str,
     namespace: &str,
+    edge: bool,
 ) -> Result<TracingConfig, ConfigError> {
     let percentage = tracing.random_sampling_percentage;
     if !(0.0..=100.0).contains(&percentage) {
@@ -86,8 +91,17 @@ pub(crate) fn tracing_config(
     Ok(TracingConfig {
         collector,
         sampling_percentage: percentage,
-        canonical_service: waypoint.to_owned(),
+        canonical_service: if tracing.canonical_service.is_empty() {
+            waypoint.to_owned()
+        } else {
+            tracing.canonical_service.clone()
+        },
         namespace: namespace.to_owned(),
+        span_kind: if edge {
+            span::SpanKind::Client
+        } else {
+            span::SpanKind::Server
+        },
     })
 }
 
@@ -106,6 +120,7 @@ struct Report {
     collector: Arc<Collector>,
     canonical_service: String,
     namespace: String,
+    kind: span::SpanKind,
 }
 
 impl RequestSpan {
@@ -133,6 +148,7 @@ impl RequestSpan {
                 collector: Arc::clone(collector),
                 canonical_service: config.canonical_service.clone(),
                 namespace: config.namespace.clone(),
+                kind: config.span_kind,
             }),
             _ => None,
         };
@@ -276,7 +292,7 @@ fn build_span(
         // Sampled (bit 0 of the W3C flags).
         flags: 1,
         name: format!("{host}:{port}/*"),
-        kind: span::SpanKind::Server as i32,
+        kind: report.kind as i32,
         start_time_unix_nano: nanos(start),
         end_time_unix_nano: nanos(SystemTime::now()),
         attributes,

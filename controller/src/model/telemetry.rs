@@ -74,6 +74,12 @@ impl WorkloadMode {
     pub fn covers_server(mode: Option<WorkloadMode>) -> bool {
         mode != Some(WorkloadMode::Client)
     }
+
+    /// Whether an entry with this mode (absent: both) applies to a proxy's client side, the
+    /// side a gateway's spans and access log are on (istiod's gateway listener class).
+    pub fn covers_client(mode: Option<WorkloadMode>) -> bool {
+        mode != Some(WorkloadMode::Server)
+    }
 }
 
 /// `ProviderRef`: an `extensionProviders[].name` of the mesh config.

@@ -43,6 +43,7 @@ use crate::model::networking::ServiceEntry;
 use crate::model::{DurationString, KubernetesGateway, ResourceKind, WorkloadEntry};
 use authorization::unenforced_policies;
 pub use gateway::{gateway_configs, is_gateway_pod};
+use telemetry::TelemetryProxy;
 pub use workloads::source_workloads;
 
 /// Every waypoint's configuration, by resource name `namespace/name`.
@@ -160,8 +161,8 @@ fn waypoint_config(
         workloads,
         request_authentications,
         gateway: None,
-        tracing: compiler.tracing(),
-        access_log_disabled: compiler.access_log_disabled(),
+        tracing: compiler.tracing(TelemetryProxy::Waypoint),
+        access_log_disabled: compiler.access_log_disabled(TelemetryProxy::Waypoint),
     }
 }
 

@@ -396,7 +396,7 @@ pub const CATALOG: &[NotApplied] = &[
         K::Telemetry,
         "spec.selector",
         Set,
-        "a selector never binds a waypoint (as in Istio's ambient mode) and Weft runs no sidecars: only namespace-wide Telemetry and targetRefs apply",
+        "a selector binds a gateway's pod only: never a waypoint (as in Istio's ambient mode), and Weft runs no sidecars",
     ),
     entry(
         K::Telemetry,

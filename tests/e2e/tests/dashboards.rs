@@ -19,6 +19,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, Ipv4Addr},
     path::PathBuf,
     time::Duration,
 };
@@ -86,6 +87,32 @@ fn answer(observability: &Observability, expr: &str) -> Result<usize, String> {
         Ok(series) => Ok(series.len()),
         Err(error) => Err(format!("{error:#}")),
     }
+}
+
+/// The IPv4 addresses `name` resolves to in the client pod through the C library's resolver,
+/// whose `/etc/resolv.conf` (bind-mounted in a mount namespace of its own) names `nameserver`.
+fn resolve_in_client(demo: &Demo, nameserver: Ipv4Addr, name: &str) -> Vec<IpAddr> {
+    let resolv_conf = demo.cluster.dir().join("client-resolv.conf");
+    std::fs::write(&resolv_conf, format!("nameserver {nameserver}\n")).unwrap();
+    let output = demo
+        .cluster
+        .pod_command(CLIENT, "unshare")
+        .args([
+            "--mount",
+            "sh",
+            "-c",
+            r#"mount --bind "$0" /etc/resolv.conf && exec getent ahostsv4 "$1""#,
+        ])
+        .arg(&resolv_conf)
+        .arg(name)
+        .output()
+        .expect("run getent");
+    let mut addresses: Vec<IpAddr> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect();
+    addresses.dedup();
+    addresses
 }
 
 /// Grafana's values for `dashboard`'s variables, each from its own query on Prometheus.
@@ -204,7 +231,23 @@ fn every_dashboard_query_and_alert_rule_answers_from_prometheus_scraping_bookinf
     for _ in 0..3 {
         assert_ne!(demo.curl_with(CLIENT, &[&details]).status, 200);
     }
+    // DNS: the client's nameserver is another pod of the mesh, which serves no DNS; the
+    // client's agent captures the queries before they reach it.
+    let nameserver = demo.cluster.pod_ip(&demo.pod_of("details").name);
+    let (reviews_vip, _) = demo.services["reviews"];
+    assert_eq!(
+        resolve_in_client(&demo, nameserver, "reviews.bookinfo.svc.cluster.local."),
+        vec![IpAddr::V4(reviews_vip)],
+        "the client's agent does not answer for reviews\n{}",
+        demo.cluster.logs()
+    );
+    assert!(resolve_in_client(&demo, nameserver, "partner.example.org.").is_empty());
     scraped(DENIED, 1 + DENIED_REVIEWS);
+    scraped("istio_dns_requests_total{job=\"weft-node-agent\"}", 2);
+    scraped(
+        "istio_dns_upstream_failures_total{job=\"weft-node-agent\"}",
+        1,
+    );
     scraped(
         "istio_requests_total{reporter=\"waypoint\",response_flags=\"FI\"}",
         1,

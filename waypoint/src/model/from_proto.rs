@@ -420,7 +420,9 @@ impl WaypointConfig {
             .tracing
             .as_ref()
             .map(|t| {
-                crate::telemetry::tracing_config(t, &config.name, &config.namespace).map(Arc::new)
+                let edge = config.gateway.is_some();
+                crate::telemetry::tracing_config(t, &config.name, &config.namespace, edge)
+                    .map(Arc::new)
             })
             .transpose()?;
         Ok(WaypointConfig {

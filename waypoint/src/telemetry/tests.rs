@@ -17,9 +17,11 @@ fn config(percentage: f64) -> TracingConfig {
             random_sampling_percentage: percentage,
             disable_span_reporting: false,
             service_name: String::new(),
+            canonical_service: String::new(),
         },
         "waypoint",
         "shop",
+        false,
     )
     .unwrap()
 }
@@ -90,12 +92,12 @@ fn disabled_reporting_still_propagates() {
         disable_span_reporting: true,
         ..Default::default()
     };
-    let config = tracing_config(&tracing, "waypoint", "shop").unwrap();
+    let config = tracing_config(&tracing, "waypoint", "shop", false).unwrap();
     let span = RequestSpan::start(&config, &HeaderMap::new(), &exporter(), 0.0);
     assert!(span.context.sampled);
     assert!(span.report.is_none());
     tracing.disable_span_reporting = false;
-    let error = tracing_config(&tracing, "waypoint", "shop").unwrap_err();
+    let error = tracing_config(&tracing, "waypoint", "shop", false).unwrap_err();
     assert!(error.to_string().contains("no collector"), "{error}");
 }
 
@@ -116,6 +118,7 @@ fn bad_settings_are_refused_with_their_field() {
             },
             "waypoint",
             "shop",
+            false,
         )
         .unwrap_err();
         assert!(error.to_string().contains(field), "{error}");
@@ -180,6 +183,51 @@ fn spans_carry_envoys_and_istios_tags() {
         built.parent_span_id,
         propagation::unhex_for_tests("00f067aa0ba902b7")
     );
+}
+
+#[test]
+fn a_gateways_span_is_a_client_span_named_by_its_canonical_service() {
+    let tracing = proto::Tracing {
+        provider: "otel".into(),
+        collector: vec!["127.0.0.1:4317".into()],
+        random_sampling_percentage: 100.0,
+        service_name: "istio-ingressgateway.edge".into(),
+        canonical_service: "istio-ingressgateway".into(),
+        ..Default::default()
+    };
+    let gateway = tracing_config(&tracing, "ingress-7d9f", "edge", true).unwrap();
+    assert_eq!(gateway.canonical_service, "istio-ingressgateway");
+    assert_eq!(gateway.span_kind, span::SpanKind::Client);
+    let exporter = exporter();
+    let mut registry = Registry::default();
+    let record = RequestRecord::new(Arc::new(crate::metrics::Metrics::new(&mut registry)));
+    let span = RequestSpan::start(&gateway, &HeaderMap::new(), &exporter, 0.0);
+    let built = build_span(
+        &span.context,
+        span.start,
+        &record,
+        span.report.as_ref().unwrap(),
+        exporter.node_id(),
+    );
+    drop(record);
+    assert_eq!(built.kind, span::SpanKind::Client as i32);
+    let canonical = built
+        .attributes
+        .iter()
+        .find(|kv| kv.key == "istio.canonical_service")
+        .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+            any_value::Value::StringValue(s) => Some(s.clone()),
+            _ => None,
+        });
+    assert_eq!(canonical.as_deref(), Some("istio-ingressgateway"));
+    // Without a canonical service the configuration's name stands in, as for a waypoint.
+    let unnamed = proto::Tracing {
+        canonical_service: String::new(),
+        ..tracing
+    };
+    let waypoint = tracing_config(&unnamed, "waypoint", "shop", false).unwrap();
+    assert_eq!(waypoint.canonical_service, "waypoint");
+    assert_eq!(waypoint.span_kind, span::SpanKind::Server);
 }
 
 #[test]

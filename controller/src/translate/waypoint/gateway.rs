@@ -18,6 +18,7 @@ use k8s_openapi::api::core::v1::Pod;
 use weft_proto::waypoint as wp;
 
 use super::route::{Binding, PortContext, RouteContext, Served};
+use super::telemetry::TelemetryProxy;
 use super::{ClusterKey, Compiler, age_key, exported_to};
 use crate::index::ConfigIndex;
 use crate::model::ResourceKind;
@@ -153,6 +154,8 @@ pub fn gateway_config<'a>(
             workload,
             num_trusted_proxies: trusted_proxies(&mut compiler, settings, pod),
         }),
+        tracing: compiler.tracing(TelemetryProxy::Gateway(pod)),
+        access_log_disabled: compiler.access_log_disabled(TelemetryProxy::Gateway(pod)),
         ..Default::default()
     }
 }

@@ -1,12 +1,17 @@
-//! A waypoint's tracing and access logging: the mesh config's default OpenTelemetry provider
-//! and sampling (`defaultProviders.tracing`, `defaultConfig.tracing.sampling`), overridden by
-//! the Telemetry resources that apply to the waypoint in Istio's order (istiod's
+//! A proxy's tracing and access logging: the mesh config's default OpenTelemetry provider and
+//! sampling (`defaultProviders.tracing`, `defaultConfig.tracing.sampling`), overridden by the
+//! Telemetry resources that apply to the proxy in Istio's order (istiod's
 //! `Telemetries.applicableTelemetries`): the root namespace's namespace-wide one (mesh-wide),
-//! then the waypoint's namespace's, then those of its namespace whose targetRefs name the
-//! waypoint, each by creation time. A selector never binds a waypoint (as in Istio), and a
-//! Telemetry attached to a Service is not applied (`validation::not_applied`). The provider's
-//! `service` is resolved to the endpoints of that Service as Envoy's cluster for it would be.
+//! then the proxy's namespace's, then those of its namespace that bind it, each by creation
+//! time. A waypoint is bound by targetRefs naming it (a selector never binds a waypoint, as in
+//! Istio) and reads the server side's entries; a gateway's pod by a selector matching its
+//! labels or a targetRef to the Gateway API Gateway it serves, and reads the client side's, as
+//! istiod configures a gateway's listeners. A Telemetry attached to a Service is not applied
+//! (`validation::not_applied`). The provider's `service` is resolved to the endpoints of that
+//! Service as Envoy's cluster for it would be.
 
+use k8s_openapi::api::core::v1::Pod;
+use weft_istio::labels::{CANONICAL_NAME_LABELS, GATEWAY_NAME};
 use weft_proto::waypoint as wp;
 
 use super::super::resolve::{self, namespace_of};
@@ -15,10 +20,30 @@ use crate::mesh_config::{MeshTracing, TracingProvider};
 use crate::model::Telemetry;
 use crate::model::telemetry::{AccessLogging, Tracing, WorkloadMode};
 
+/// The proxy Telemetry is applied to.
+#[derive(Clone, Copy)]
+pub(super) enum TelemetryProxy<'p> {
+    /// The waypoint being compiled: its spans and access log are the server side's.
+    Waypoint,
+    /// A gateway's pod: its spans and access log are the client side's (istiod's gateway
+    /// listener class takes the client spec).
+    Gateway(&'p Pod),
+}
+
+impl TelemetryProxy<'_> {
+    /// Whether an entry of this `match.mode` (absent: both sides) applies to this proxy.
+    fn covers(self, mode: Option<WorkloadMode>) -> bool {
+        match self {
+            TelemetryProxy::Waypoint => WorkloadMode::covers_server(mode),
+            TelemetryProxy::Gateway(_) => WorkloadMode::covers_client(mode),
+        }
+    }
+}
+
 impl<'a> Compiler<'a, '_> {
-    /// The Telemetry resources that apply to this waypoint, the weakest first: each overrides
-    /// what comes before it.
-    fn applicable_telemetries(&self) -> Vec<&'a Telemetry> {
+    /// The Telemetry resources that apply to `proxy`, the weakest first: each overrides what
+    /// comes before it.
+    fn applicable_telemetries(&self, proxy: TelemetryProxy<'_>) -> Vec<&'a Telemetry> {
         let root = self.settings.root_namespace.as_str();
         let own = self.waypoint.namespace.as_str();
         let in_namespace = |namespace: &str| {
@@ -43,39 +68,91 @@ impl<'a> Compiler<'a, '_> {
         if own != root {
             applicable.extend(namespace_wide(&own_telemetries));
         }
-        // Attached to the whole waypoint (its Gateway, or the waypoint GatewayClass from the
-        // root namespace): `bound_services` answers an empty list for those.
-        applicable.extend(own_telemetries.into_iter().filter(|t| {
-            !t.spec.is_namespace_wide()
-                && self
-                    .bound_services(t.spec.targets(), own, &[])
-                    .is_some_and(|services| services.is_empty())
-        }));
+        applicable.extend(
+            own_telemetries
+                .into_iter()
+                .filter(|t| !t.spec.is_namespace_wide() && self.binds(t, proxy)),
+        );
         applicable
     }
 
-    /// The tracing section of this waypoint's configuration; `None` when no provider applies
+    /// Whether a Telemetry that is not namespace-wide, in the proxy's namespace, binds it.
+    fn binds(&self, telemetry: &Telemetry, proxy: TelemetryProxy<'_>) -> bool {
+        let own = self.waypoint.namespace.as_str();
+        match proxy {
+            // Attached to the whole waypoint (its Gateway, or the waypoint GatewayClass from
+            // the root namespace): `bound_services` answers an empty list for those.
+            TelemetryProxy::Waypoint => self
+                .bound_services(telemetry.spec.targets(), own, &[])
+                .is_some_and(|services| services.is_empty()),
+            // Istio's policy matcher for a proxy that is no waypoint: targetRefs, when given,
+            // decide alone (a Gateway API Gateway, by the gateway-name label of its pod);
+            // otherwise the selector's labels must all be the pod's.
+            TelemetryProxy::Gateway(pod) => {
+                if telemetry.spec.targets().next().is_some() {
+                    let Some(gateway) = resolve::label(&pod.metadata, GATEWAY_NAME) else {
+                        return false;
+                    };
+                    telemetry.spec.targets().any(|target| {
+                        target.kind == "Gateway"
+                            && target.group.as_deref() == Some("gateway.networking.k8s.io")
+                            && target.name == gateway
+                            && target.namespace.as_deref().is_none_or(|ns| ns == own)
+                    })
+                } else {
+                    telemetry.spec.selector.as_ref().is_some_and(|selector| {
+                        !selector.match_labels.is_empty()
+                            && resolve::selects(
+                                &selector.match_labels,
+                                &resolve::labels(&pod.metadata),
+                            )
+                    })
+                }
+            }
+        }
+    }
+
+    /// The tracing section of the proxy's configuration; `None` when no provider applies
     /// (trace headers then pass untouched, as Envoy without a tracer leaves them).
-    pub(super) fn tracing(&self) -> Option<wp::Tracing> {
+    pub(super) fn tracing(&self, proxy: TelemetryProxy<'_>) -> Option<wp::Tracing> {
         let mesh = self.settings.mesh.tracing();
-        let telemetries = self.applicable_telemetries();
-        let entries = telemetries.iter().flat_map(|t| &t.spec.tracing);
+        let telemetries = self.applicable_telemetries(proxy);
+        let entries = telemetries
+            .iter()
+            .flat_map(|t| &t.spec.tracing)
+            .filter(|e| proxy.covers(e.match_.as_ref().and_then(|m| m.mode)));
         let merged = merge_tracing(&mesh, entries);
         let provider = merged.provider?;
+        // Istio's service name for a proxy: `<canonical service>.<namespace>`; a waypoint's
+        // canonical service is its Gateway's name, a gateway's comes from its pod's labels.
+        let canonical_service = match proxy {
+            TelemetryProxy::Waypoint => String::new(),
+            TelemetryProxy::Gateway(pod) => canonical_service(pod),
+        };
+        let shown = if canonical_service.is_empty() {
+            self.waypoint.name.as_str()
+        } else {
+            canonical_service.as_str()
+        };
         Some(wp::Tracing {
             provider: provider.name.clone(),
             collector: self.collector_endpoints(provider),
             random_sampling_percentage: merged.sampling,
             disable_span_reporting: merged.disabled,
-            // Istio's service name for a proxy: `<canonical service>.<namespace>`.
-            service_name: format!("{}.{}", self.waypoint.name, self.waypoint.namespace),
+            service_name: format!("{shown}.{}", self.waypoint.namespace),
+            canonical_service,
         })
     }
 
-    /// Whether the applicable Telemetry resources turn this waypoint's access log off.
-    pub(super) fn access_log_disabled(&self) -> bool {
-        let telemetries = self.applicable_telemetries();
-        access_log_disabled(telemetries.iter().flat_map(|t| &t.spec.access_logging))
+    /// Whether the applicable Telemetry resources turn the proxy's access log off.
+    pub(super) fn access_log_disabled(&self, proxy: TelemetryProxy<'_>) -> bool {
+        let telemetries = self.applicable_telemetries(proxy);
+        access_log_disabled(
+            telemetries
+                .iter()
+                .flat_map(|t| &t.spec.access_logging)
+                .filter(|e| proxy.covers(e.match_.as_ref().and_then(|m| m.mode))),
+        )
     }
 
     /// `ip:port` of each ready pod behind the provider's Service, or `host:port` for the
@@ -113,8 +190,8 @@ impl<'a> Compiler<'a, '_> {
     }
 }
 
-/// The server side's tracing after every applicable entry, as istiod's `Telemetries.Tracing`
-/// merges them (a waypoint's spans are server spans).
+/// The proxy's side's tracing after every applicable entry (already filtered by `match.mode`),
+/// as istiod's `Telemetries.Tracing` merges them.
 #[derive(Debug, PartialEq)]
 struct MergedTracing<'m> {
     provider: Option<&'m TracingProvider>,
@@ -122,8 +199,7 @@ struct MergedTracing<'m> {
     disabled: bool,
 }
 
-/// Starts from the mesh's default provider and sampling; each entry for the server side
-/// replaces what it sets: its first provider (one the mesh does not declare as OpenTelemetry
+/// Starts from the mesh's default provider and sampling; each entry replaces what it sets: its first provider (one the mesh does not declare as OpenTelemetry
 /// leaves none: no spans, as istiod disables a tracer it cannot find),
 /// `randomSamplingPercentage`, `disableSpanReporting`.
 fn merge_tracing<'m, 't>(
@@ -136,9 +212,6 @@ fn merge_tracing<'m, 't>(
         disabled: false,
     };
     for entry in entries {
-        if !WorkloadMode::covers_server(entry.match_.as_ref().and_then(|m| m.mode)) {
-            continue;
-        }
         if let Some(first) = entry.providers.first() {
             merged.provider = mesh.provider_named(&first.name);
         }
@@ -152,13 +225,22 @@ fn merge_tracing<'m, 't>(
     merged
 }
 
-/// The last entry for the server side decides, as istiod's `mergeLogs` lets a narrower
-/// Telemetry turn a wider one's logging off (`disabled: true`) or back on (any other entry).
+/// The last entry for the proxy's side (already filtered by `match.mode`) decides, as
+/// istiod's `mergeLogs` lets a narrower Telemetry turn a wider one's logging off
+/// (`disabled: true`) or back on (any other entry).
 fn access_log_disabled<'t>(entries: impl Iterator<Item = &'t AccessLogging>) -> bool {
-    entries
-        .filter(|e| WorkloadMode::covers_server(e.match_.as_ref().and_then(|m| m.mode)))
-        .last()
-        .is_some_and(|e| e.disabled == Some(true))
+    entries.last().is_some_and(|e| e.disabled == Some(true))
+}
+
+/// Istio's `CanonicalService(labels, workloadName)` for a gateway's pod: the first canonical
+/// name label, else its workload's name.
+fn canonical_service(pod: &Pod) -> String {
+    let labels = resolve::labels(&pod.metadata);
+    CANONICAL_NAME_LABELS
+        .iter()
+        .find_map(|k| labels.get(*k))
+        .cloned()
+        .unwrap_or_else(|| resolve::workload_name(pod))
 }
 
 #[cfg(test)]
