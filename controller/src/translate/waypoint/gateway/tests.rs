@@ -466,7 +466,7 @@ fn edge_limits_reach_every_server_of_their_gateway_and_connection_limits_the_l4_
     let http = &listener(&config, 80).servers[0];
     let tcp = &listener(&config, 31400).servers[0];
     for server in [http, &https[0], &https[1], tcp] {
-        let limits = server.limits.clone().expect("limits");
+        let limits = server.limits.expect("limits");
         assert_eq!(limits.max_request_headers_kb, 8, "{}", server.name);
         assert_eq!(limits.idle_timeout.unwrap().seconds, 90);
         assert_eq!(limits.http2_max_concurrent_streams, 7);
