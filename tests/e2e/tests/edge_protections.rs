@@ -12,8 +12,9 @@
 //! - a Gateway's `weft.dev/edge-limits` sets its servers' header limit and idle timeout, a
 //!   change reaches the client's established connection with its next request, and a bad value
 //!   is refused while the last good limits keep applying;
-//! - its `connectionRateLimit` closes TCP connections past the server's budget at once (counted
-//!   and logged with `RL`), and with `per: client` one client's budget is not another's.
+//! - its `connectionRateLimit` closes TCP and TLS passthrough connections past the server's
+//!   budget at once (counted and logged with `RL`), each server with its own bucket, and with
+//!   `per: client` one client's budget is not another's.
 //!
 //! Needs root.
 
@@ -413,6 +414,9 @@ spec:
   gateways: [tcp-edge]
   tcp:
   - route: [{destination: {host: echo, port: {number: 9000}}}]
+  tls:
+  - match: [{sniHosts: [secure.internal]}]
+    route: [{destination: {host: echo, port: {number: 9000}}}]
 "#;
 
 /// The TCP Gateway with `weft.dev/edge-limits` set to `limits`.
@@ -431,6 +435,9 @@ spec:
   servers:
   - port: {{number: 31400, name: tcp, protocol: TCP}}
     hosts: ["*"]
+  - port: {{number: 443, name: tls, protocol: TLS}}
+    hosts: [secure.internal]
+    tls: {{mode: PASSTHROUGH}}
 "#
     )
 }
@@ -504,6 +511,47 @@ fn connection_rate_limits_close_tcp_connections_past_the_budget_per_server_and_p
     );
     let log = mesh.log_of("gateway-ingress");
     assert!(log.contains(" RL - local_rate_limited "), "{log}");
+
+    // The PASSTHROUGH server has a bucket of its own, drawn once the ClientHello names it: three
+    // connections are carried (to the echo, which is no TLS server: the client gives up), the
+    // fourth is closed at once.
+    let secure = format!("secure.internal:443:{}", mesh.pod(&gateway.pod).ip);
+    let tls_lines = |what: &str| {
+        mesh.log_of("gateway-ingress")
+            .lines()
+            .filter(|l| l.contains(" INFO access:") && l.contains(":443 ") && l.contains(what))
+            .count()
+    };
+    let tls = || {
+        mesh.curl_with(
+            "outside",
+            &[
+                "--resolve",
+                &secure,
+                "--max-time",
+                "3",
+                "https://secure.internal/",
+            ],
+        )
+    };
+    assert_eq!(tls_lines(" RL "), 0);
+    for _ in 0..3 {
+        tls();
+    }
+    assert!(
+        mesh.eventually(Duration::from_secs(10), || tls_lines("outbound|9000|") == 3),
+        "three TLS connections were not carried:\n{}",
+        mesh.log_of("gateway-ingress")
+    );
+    assert_eq!(tls_lines(" RL "), 0);
+    tls();
+    assert!(
+        mesh.eventually(Duration::from_secs(10), || tls_lines(
+            " RL - local_rate_limited "
+        ) == 1),
+        "the fourth TLS connection was not refused:\n{}",
+        mesh.log_of("gateway-ingress")
+    );
 
     // One bucket per client address: one client's spent budget is not the other's.
     mesh.await_waypoint(&gateway.pod, "the per-client budget", || {
