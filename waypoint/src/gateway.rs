@@ -206,7 +206,11 @@ async fn serve_connection(
         };
         let context = tunnel(&stream, peer, binding);
         let http = first.carries_http();
+        let admitted = admit_connection(&cx.shared, first, &context);
         drop(config);
+        if !admitted {
+            return;
+        }
         if http {
             serve_http(cx.shared, context, cx.limits, stream, drain).await;
         } else {
@@ -232,6 +236,9 @@ async fn serve_connection(
         sni: hello.sni.clone(),
     };
     let context = tunnel(&stream, peer, binding);
+    if !admit_connection(&cx.shared, &server, &context) {
+        return;
+    }
     let io = PrefixedIo::new(hello.bytes, stream);
     if !server.terminates_tls() {
         // PASSTHROUGH: the client's TLS goes to the route's endpoint untouched.
@@ -239,6 +246,24 @@ async fn serve_connection(
         return;
     }
     terminate(cx, &server, context, io, drain).await;
+}
+
+/// Whether the server's connection rate limit (Envoy's network `local_ratelimit`, before any
+/// other filter: ahead of the TLS handshake, routing and authorization) lets the connection in;
+/// one it refuses is counted and logged with `RL`, and closed at once.
+fn admit_connection(shared: &ProxyShared, server: &EdgeServer, context: &TunnelContext) -> bool {
+    let Some(limit) = &server.connection_rate_limit else {
+        return true;
+    };
+    if shared
+        .rate_limiter
+        .admit(limit, context.source_ip, std::time::Instant::now())
+    {
+        return true;
+    }
+    debug!(server = %server.name, "connection rate limited: closing it");
+    crate::tcp::rate_limited(shared, context);
+    false
 }
 
 /// TLS terminated with the server's credential, then HTTP or TCP as the server carries.

@@ -22,7 +22,8 @@ use weft_hbone::{
 use weft_identity::SpiffeId;
 use weft_proxy_core::drain::{DrainSource, DrainWatch};
 
-use crate::model::Protocol;
+use crate::model::gateway::EdgeLimits;
+use crate::model::{Protocol, WaypointConfig};
 use crate::proxy::{ProxyShared, TunnelContext, handle};
 use crate::smuggling::FramingGuard;
 use crate::tcp::open_tcp_upstream;
@@ -71,6 +72,37 @@ impl Default for HttpLimits {
             max_header_list_size: 60 * 1024,
             header_read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl HttpLimits {
+    /// These limits with a gateway server's own (its Gateway's `weft.dev/edge-limits`).
+    pub fn with(self, edge: &EdgeLimits) -> HttpLimits {
+        HttpLimits {
+            max_header_bytes: edge
+                .max_request_header_bytes
+                .unwrap_or(self.max_header_bytes),
+            max_header_list_size: edge
+                .max_request_header_bytes
+                .and_then(|b| u32::try_from(b).ok())
+                .unwrap_or(self.max_header_list_size),
+            max_concurrent_streams: edge
+                .http2_max_concurrent_streams
+                .unwrap_or(self.max_concurrent_streams),
+            header_read_timeout: edge
+                .request_headers_timeout
+                .unwrap_or(self.header_read_timeout),
+            idle_timeout: edge.idle_timeout.unwrap_or(self.idle_timeout),
+            ..self
+        }
+    }
+
+    /// The limits in force for a connection under `config`: at the edge, with its server's.
+    pub(crate) fn for_connection(self, context: &TunnelContext, config: &WaypointConfig) -> Self {
+        match context.edge_limits(config) {
+            Some(edge) => self.with(edge),
+            None => self,
         }
     }
 }
@@ -349,10 +381,16 @@ pub(crate) async fn serve_http<IO>(
 {
     let destination = context.destination;
     let (requested, first_request) = tokio::sync::watch::channel(false);
+    // `limits` are the listener's; at the edge, the server's own apply from the configuration
+    // in force now (what is fixed per connection: buffers, HTTP/2 settings) and as it changes
+    // (the idle timeout here, the header size per request).
+    let base = limits;
+    let limits = base.for_connection(&context, &shared.store.snapshot());
     let watch = ConnectionWatch {
         store: shared.store.clone(),
         served: Arc::clone(&context),
         activity: crate::idle::Activity::default(),
+        base,
         idle_timeout: limits.idle_timeout,
         drain,
         first_request,
@@ -408,6 +446,10 @@ struct ConnectionWatch {
     store: crate::store::ConfigStore,
     served: Arc<TunnelContext>,
     activity: crate::idle::Activity,
+    /// The listener's limits, before a gateway server's own.
+    base: HttpLimits,
+    /// Followed as the configuration changes: a changed limit applies to a kept-alive
+    /// connection.
     idle_timeout: Duration,
     drain: DrainWatch,
     /// Turns true when the connection's first request reached the pipeline.
@@ -420,7 +462,7 @@ impl ConnectionWatch {
     /// a GOAWAY, its streams in flight finishing) once it is idle for its limit, the drain
     /// started, or its destination is no longer served.
     async fn drive<C>(
-        self,
+        mut self,
         mut connection: Pin<&mut C>,
         shut_down: fn(Pin<&mut C>),
     ) -> hyper::Result<()>
@@ -462,7 +504,10 @@ impl ConnectionWatch {
                     break;
                 }
                 changed = versions.changed() => {
-                    let gone = !self.served.still_served(&self.store.snapshot());
+                    let config = self.store.snapshot();
+                    let gone = !self.served.still_served(&config);
+                    self.idle_timeout = self.base.for_connection(&self.served, &config).idle_timeout;
+                    drop(config);
                     if changed.is_err() || gone {
                         // The destination left this waypoint: drain as Envoy drains a removed
                         // filter chain. Requests in flight finish, an idle HTTP/1.1 connection
@@ -648,6 +693,33 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for PrefixedIo<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_servers_limits_replace_the_listeners_where_set() {
+        let base = HttpLimits::default();
+        assert_eq!(
+            format!("{:?}", base.with(&EdgeLimits::default())),
+            format!("{base:?}")
+        );
+        let edge = EdgeLimits {
+            max_request_header_bytes: Some(4096),
+            request_headers_timeout: Some(Duration::from_secs(2)),
+            idle_timeout: Some(Duration::from_secs(7)),
+            http2_max_concurrent_streams: Some(3),
+            per_connection_buffer_limit_bytes: Some(10),
+        };
+        let limits = base.with(&edge);
+        assert_eq!(limits.max_header_bytes, 4096);
+        assert_eq!(limits.max_header_list_size, 4096);
+        assert_eq!(limits.header_read_timeout, Duration::from_secs(2));
+        assert_eq!(limits.idle_timeout, Duration::from_secs(7));
+        assert_eq!(limits.max_concurrent_streams, 3);
+        // What no field names stays the listener's.
+        assert_eq!(
+            limits.max_pending_accept_reset_streams,
+            base.max_pending_accept_reset_streams
+        );
+    }
 
     #[test]
     fn first_bytes_tell_http_from_tcp() {

@@ -105,6 +105,15 @@ impl TunnelContext {
         }
     }
 
+    /// At the edge, the limits of the connection's server in `config`.
+    pub fn edge_limits<'c>(
+        &self,
+        config: &'c WaypointConfig,
+    ) -> Option<&'c crate::model::gateway::EdgeLimits> {
+        let edge = self.edge.as_ref()?;
+        Some(&config.gateway.as_deref()?.server(edge)?.limits)
+    }
+
     /// Whether `config` still serves this connection: its destination, or its edge server.
     pub fn still_served(&self, config: &WaypointConfig) -> bool {
         match &self.edge {

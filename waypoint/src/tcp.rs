@@ -133,23 +133,12 @@ fn tcp_destination(
     }
 }
 
-/// Authorizes the connection, picks its endpoint and opens the stream to it. Every outcome is
-/// one connection in the metrics and one access-log line; a carried connection stays
-/// registered in `shared.tcp_connections` while it lives.
-pub async fn open_tcp_upstream(
-    shared: &ProxyShared,
-    context: &Arc<TunnelContext>,
-    server_name: Option<&str>,
-) -> Result<BoxedIo, Refusal> {
-    // Registered before the decision: a configuration applied meanwhile decides it again.
-    let registration = shared
-        .tcp_connections
-        .register(Carried::Tcp, Arc::clone(context));
-    let config = shared.store.snapshot();
-    let Some(target) = context.target(&config, None) else {
-        debug!(authority = %context.destination, "tcp connection for a destination this waypoint does not serve");
-        return Err(Refusal::BadRequest);
-    };
+/// What the metrics and the access log say about a connection to `target`, as it opens.
+fn connection_info(
+    config: &WaypointConfig,
+    context: &TunnelContext,
+    target: &Target<'_>,
+) -> ConnectionInfo {
     let mut info = ConnectionInfo {
         source: Peer {
             workload: config.workload(context.source_ip),
@@ -179,9 +168,43 @@ pub async fn open_tcp_upstream(
     };
     if context.edge.is_some() {
         info.at_edge = true;
-        info.source = TunnelContext::edge_source(&config);
+        info.source = TunnelContext::edge_source(config);
         info.destination_service = None;
     }
+    info
+}
+
+/// A connection a gateway server's connection rate limit closed before anything else: counted
+/// (`response_flags="RL"`) and logged as it closes.
+pub fn rate_limited(shared: &ProxyShared, context: &TunnelContext) {
+    let config = shared.store.snapshot();
+    let Some(target) = context.target(&config, None) else {
+        return;
+    };
+    let mut info = connection_info(&config, context, &target);
+    info.response_flags = ResponseFlag::RateLimited;
+    info.termination_details = Some("local_rate_limited".to_owned());
+    drop(shared.metrics.connection_opened(info));
+}
+
+/// Authorizes the connection, picks its endpoint and opens the stream to it. Every outcome is
+/// one connection in the metrics and one access-log line; a carried connection stays
+/// registered in `shared.tcp_connections` while it lives.
+pub async fn open_tcp_upstream(
+    shared: &ProxyShared,
+    context: &Arc<TunnelContext>,
+    server_name: Option<&str>,
+) -> Result<BoxedIo, Refusal> {
+    // Registered before the decision: a configuration applied meanwhile decides it again.
+    let registration = shared
+        .tcp_connections
+        .register(Carried::Tcp, Arc::clone(context));
+    let config = shared.store.snapshot();
+    let Some(target) = context.target(&config, None) else {
+        debug!(authority = %context.destination, "tcp connection for a destination this waypoint does not serve");
+        return Err(Refusal::BadRequest);
+    };
+    let mut info = connection_info(&config, context, &target);
     if let Err(details) = authorize(&config, context) {
         info.termination_details = Some(details);
         drop(shared.metrics.connection_opened(info));

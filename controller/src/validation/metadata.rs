@@ -36,12 +36,29 @@ pub fn validate(resource: &Resource, findings: &mut Findings) {
 }
 
 /// The annotations of [`crate::model::edge`]: a local rate limit on the resources whose HTTP
-/// routes it limits (an error: the resource is refused, the last good one keeps serving), and
-/// Istio's `proxy.istio.io/config` on a pod (a warning: the pod stays in the mesh and its
-/// gateway, if it is one, takes the mesh default).
+/// routes it limits and edge limits on a Gateway (errors: the resource is refused, the last
+/// good one keeps serving), and Istio's `proxy.istio.io/config` on a pod (a warning: the pod
+/// stays in the mesh and its gateway, if it is one, takes the mesh default).
 fn edge_annotations(resource: &Resource, findings: &mut Findings) {
-    use crate::model::edge::{LOCAL_RATE_LIMIT, local_rate_limit, pod_num_trusted_proxies};
+    use crate::model::edge::{
+        EDGE_LIMITS, LOCAL_RATE_LIMIT, edge_limits, local_rate_limit, pod_num_trusted_proxies,
+    };
     let annotations = resource.metadata().annotations.as_ref();
+    match resource {
+        Resource::Gateway(_) | Resource::KubernetesGateway(_) => {
+            if let Some(Err(error)) = edge_limits(annotations) {
+                findings.error(error.path, error.reason);
+            }
+        }
+        _ => {
+            if annotations.is_some_and(|a| a.contains_key(EDGE_LIMITS)) {
+                findings.error(
+                    format!("metadata.annotations.{EDGE_LIMITS}"),
+                    "edge limits apply to the servers of an Istio Gateway or the listeners of a Gateway API Gateway only",
+                );
+            }
+        }
+    }
     match resource {
         Resource::VirtualService(_) | Resource::HTTPRoute(_) | Resource::GRPCRoute(_) => {
             if let Some(Err(error)) = local_rate_limit(annotations) {

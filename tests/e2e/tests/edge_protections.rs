@@ -8,7 +8,13 @@
 //!   spoofed `x-forwarded-for` does not get past a `remoteIpBlocks` DENY; with 1, the entry the
 //!   trusted proxy appended is the client's;
 //! - an oversize header gets `431`, as Envoy answers, and a body larger than what the gateway
-//!   keeps for retries streams through to the app, as Envoy streams it.
+//!   keeps for retries streams through to the app, as Envoy streams it;
+//! - a Gateway's `weft.dev/edge-limits` sets its servers' header limit and idle timeout, a
+//!   change reaches the client's established connection with its next request, and a bad value
+//!   is refused while the last good limits keep applying;
+//! - its `connectionRateLimit` closes TCP and TLS passthrough connections past the server's
+//!   budget at once (counted and logged with `RL`), each server with its own bucket, and with
+//!   `per: client` one client's budget is not another's.
 //!
 //! Needs root.
 
@@ -260,6 +266,304 @@ fn the_edge_limits_rates_trusts_forwarded_for_as_configured_and_refuses_oversize
         200,
         "the gateway keeps serving"
     );
+
+    drop(gateway);
+}
+
+/// The gateway pod: Istio's ingress gateway labels, outside the mesh's enrollment.
+fn ingress_pod() -> PodSpec {
+    let mut gateway_pod = PodSpec::client("ingress", "node1", "edge")
+        .not_enrolled()
+        .with_service_account("ingress");
+    gateway_pod.labels = [("istio".to_string(), "ingressgateway".to_string())].into();
+    gateway_pod
+}
+
+/// The Gateway of [`CONFIG`] with `weft.dev/edge-limits` set to `limits`.
+fn limited_gateway(limits: &str) -> String {
+    format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata:
+  name: edge
+  namespace: shop
+  annotations:
+    weft.dev/edge-limits: "{limits}"
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 80, name: http, protocol: HTTP}}
+    hosts: ["*"]
+"#
+    )
+}
+
+#[test]
+fn a_gateways_edge_limits_apply_follow_changes_on_open_connections_and_refuse_bad_values() {
+    let config = CONFIG.replacen(
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: edge, namespace: shop}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: [\"*\"]\n---\n",
+        "",
+        1,
+    );
+    assert_ne!(config, CONFIG, "the Gateway is replaced");
+    let mesh = Mesh::start(
+        vec![
+            PodSpec::app("reviews-v1", "node1", "shop", "reviews", "v1"),
+            ingress_pod(),
+            PodSpec::client("outside", "node2", "outside").not_enrolled(),
+        ],
+        MeshOptions {
+            config,
+            // The file `kubectl_apply` replaces: one Gateway `shop/edge` at a time.
+            config_files: vec![(
+                "50-gateway-shop-edge.yaml".to_owned(),
+                limited_gateway("{maxRequestHeadersKb: 4}"),
+            )],
+            ..MeshOptions::default()
+        },
+    )
+    .expect("start the mesh");
+    let credentials = mesh.dir().join("credentials");
+    std::fs::create_dir_all(&credentials).unwrap();
+    let gateway = mesh
+        .start_gateway("ingress", &credentials)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let gw = mesh.pod(&gateway.pod).ip.to_string();
+    let shop_resolve = format!("shop.example.com:80:{gw}");
+    let shop = |extra: &[&str]| {
+        let mut args = vec!["--resolve", shop_resolve.as_str(), "--http1.1"];
+        args.extend_from_slice(extra);
+        args.push("http://shop.example.com/reviews");
+        mesh.curl_with("outside", &args)
+    };
+    assert!(
+        mesh.eventually(Duration::from_secs(15), || shop(&[]).status == 200),
+        "the gateway never served shop.example.com: {:?}\n{}",
+        shop(&[]),
+        mesh.logs()
+    );
+    let header = |kib: usize| "a".repeat(kib * 1024);
+    let (three, six) = (header(3), header(6));
+
+    // 4 KiB of headers, not Envoy's 60: 6 KiB is refused as Envoy refuses it, 3 KiB passes.
+    let x_big = |value: &str| format!("x-big: {value}");
+    let refused = shop(&["-H", &x_big(&six)]);
+    assert_eq!(refused.status, 431, "{refused:?}");
+    assert_eq!(shop(&["-H", &x_big(&three)]).status, 200);
+
+    // A kept-alive connection: 3 KiB passes, then the limit drops to 2 KiB and the idle timeout
+    // to 2s; the same connection's next request is refused, and it is closed once idle.
+    let mut session = mesh
+        .http_session("outside", &format!("{gw}:80"), "shop.example.com")
+        .expect("a session to the gateway");
+    let before = session.get("/reviews", &[("x-big", three.as_str())], 1);
+    assert_eq!(statuses(&before), [200], "{before}");
+    mesh.await_waypoint(&gateway.pod, "the lower limits", || {
+        mesh.kubectl_apply(&limited_gateway(
+            "{maxRequestHeadersKb: 2, idleTimeout: 2s}",
+        ))
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let after = session.get("/reviews", &[("x-big", three.as_str())], 1);
+    assert_eq!(after["connection"], before["connection"], "{after}");
+    assert_eq!(statuses(&after), [431], "{after}");
+    assert!(
+        session.closed_within(Duration::from_secs(15)),
+        "the idle connection was not closed by the new idle timeout"
+    );
+    drop(session);
+
+    // A bad value is refused, naming the field; the last good limits keep applying.
+    let rejections = mesh.controller_rejections();
+    let version = mesh.waypoint_config_version(&gateway.pod);
+    mesh.kubectl_apply(&limited_gateway("{maxRequestHeadersKb: 0}"))
+        .unwrap();
+    assert!(
+        mesh.eventually(Duration::from_secs(10), || mesh.controller_rejections()
+            > rejections),
+        "the controller never refused maxRequestHeadersKb: 0\n{}",
+        mesh.logs()
+    );
+    let log = mesh.log_of("controller");
+    assert!(
+        log.contains("weft.dev/edge-limits.maxRequestHeadersKb"),
+        "the refusal does not name the field:\n{log}"
+    );
+    assert_eq!(mesh.waypoint_config_version(&gateway.pod), version);
+    assert_eq!(shop(&["-H", &x_big(&three)]).status, 431);
+    assert_eq!(shop(&["-H", "x-small: a"]).status, 200);
+
+    drop(gateway);
+}
+
+const TCP_CONFIG: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: echo, namespace: shop}
+spec:
+  clusterIP: 10.96.0.21
+  selector: {app: echo}
+  ports: [{name: tcp, port: 9000, targetPort: 9000}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: echo, namespace: shop}
+spec:
+  hosts: ["*"]
+  gateways: [tcp-edge]
+  tcp:
+  - route: [{destination: {host: echo, port: {number: 9000}}}]
+  tls:
+  - match: [{sniHosts: [secure.internal]}]
+    route: [{destination: {host: echo, port: {number: 9000}}}]
+"#;
+
+/// The TCP Gateway with `weft.dev/edge-limits` set to `limits`.
+fn tcp_gateway(limits: &str) -> String {
+    format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata:
+  name: tcp-edge
+  namespace: shop
+  annotations:
+    weft.dev/edge-limits: "{limits}"
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 31400, name: tcp, protocol: TCP}}
+    hosts: ["*"]
+  - port: {{number: 443, name: tls, protocol: TLS}}
+    hosts: [secure.internal]
+    tls: {{mode: PASSTHROUGH}}
+"#
+    )
+}
+
+#[test]
+fn connection_rate_limits_close_tcp_connections_past_the_budget_per_server_and_per_client() {
+    let mesh = Mesh::start(
+        vec![
+            PodSpec::app("echo-v1", "node1", "shop", "echo", "v1").with_echo_ports(&[9000]),
+            ingress_pod(),
+            PodSpec::client("outside", "node2", "outside").not_enrolled(),
+            PodSpec::client("outside-b", "node2", "outside").not_enrolled(),
+        ],
+        MeshOptions {
+            config: TCP_CONFIG.to_owned(),
+            // The file `kubectl_apply` replaces: one Gateway `shop/tcp-edge` at a time.
+            config_files: vec![(
+                "50-gateway-shop-tcp-edge.yaml".to_owned(),
+                tcp_gateway("{}"),
+            )],
+            ..MeshOptions::default()
+        },
+    )
+    .expect("start the mesh");
+    let credentials = mesh.dir().join("credentials");
+    std::fs::create_dir_all(&credentials).unwrap();
+    let gateway = mesh
+        .start_gateway("ingress", &credentials)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let target = format!("{}:31400", mesh.pod(&gateway.pod).ip);
+    let connect = |pod: &str| {
+        mesh.tcp_session(pod, &target)
+            .expect("a session client")
+            .echo("hello")
+    };
+    assert!(
+        mesh.eventually(Duration::from_secs(15), || connect("outside").is_ok()),
+        "the gateway never carried TCP: {:?}\n{}",
+        connect("outside"),
+        mesh.logs()
+    );
+    mesh.await_waypoint(&gateway.pod, "the server's budget", || {
+        mesh.kubectl_apply(&tcp_gateway(
+            "{connectionRateLimit: {maxTokens: 3, fillInterval: 1h}}",
+        ))
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    // Three tokens for the server, whoever connects, then closed at once.
+    assert_eq!(connect("outside"), Ok("hello".to_owned()));
+    assert_eq!(connect("outside-b"), Ok("hello".to_owned()));
+    assert_eq!(connect("outside"), Ok("hello".to_owned()));
+    let refused = connect("outside-b");
+    assert!(
+        refused.is_err(),
+        "a fourth connection was carried: {refused:?}"
+    );
+    assert!(connect("outside").is_err());
+
+    // Counted and logged as refused by a local rate limit.
+    let rate_limited_counted = || {
+        mesh.waypoint_metrics(&gateway.pod).lines().any(|l| {
+            l.starts_with("istio_tcp_connections_opened_total{")
+                && l.contains("reporter=\"source\"")
+                && l.contains("response_flags=\"RL\"")
+        })
+    };
+    assert!(
+        mesh.eventually(Duration::from_secs(5), rate_limited_counted),
+        "no RL connection counted:\n{}",
+        mesh.waypoint_metrics(&gateway.pod)
+    );
+    let log = mesh.log_of("gateway-ingress");
+    assert!(log.contains(" RL - local_rate_limited "), "{log}");
+
+    // The PASSTHROUGH server has a bucket of its own, drawn once the ClientHello names it: three
+    // connections are carried (to the echo, which is no TLS server: the client gives up), the
+    // fourth is closed at once.
+    let secure = format!("secure.internal:443:{}", mesh.pod(&gateway.pod).ip);
+    let tls_lines = |what: &str| {
+        mesh.log_of("gateway-ingress")
+            .lines()
+            .filter(|l| l.contains(" INFO access:") && l.contains(":443 ") && l.contains(what))
+            .count()
+    };
+    let tls = || {
+        mesh.curl_with(
+            "outside",
+            &[
+                "--resolve",
+                &secure,
+                "--max-time",
+                "3",
+                "https://secure.internal/",
+            ],
+        )
+    };
+    assert_eq!(tls_lines(" RL "), 0);
+    for _ in 0..3 {
+        tls();
+    }
+    assert!(
+        mesh.eventually(Duration::from_secs(10), || tls_lines("outbound|9000|") == 3),
+        "three TLS connections were not carried:\n{}",
+        mesh.log_of("gateway-ingress")
+    );
+    assert_eq!(tls_lines(" RL "), 0);
+    tls();
+    assert!(
+        mesh.eventually(Duration::from_secs(10), || tls_lines(
+            " RL - local_rate_limited "
+        ) == 1),
+        "the fourth TLS connection was not refused:\n{}",
+        mesh.log_of("gateway-ingress")
+    );
+
+    // One bucket per client address: one client's spent budget is not the other's.
+    mesh.await_waypoint(&gateway.pod, "the per-client budget", || {
+        mesh.kubectl_apply(&tcp_gateway(
+            "{connectionRateLimit: {maxTokens: 1, fillInterval: 1h, per: client}}",
+        ))
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(connect("outside"), Ok("hello".to_owned()));
+    assert!(connect("outside").is_err());
+    assert_eq!(connect("outside-b"), Ok("hello".to_owned()));
+    assert!(connect("outside-b").is_err());
 
     drop(gateway);
 }

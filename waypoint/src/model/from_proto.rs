@@ -6,6 +6,8 @@ mod authorization;
 mod cluster;
 mod route;
 
+pub(super) use route::local_rate_limit;
+
 use crate::upstream::OriginationCredentials;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -46,6 +48,37 @@ fn port(value: u32, context: &str) -> Result<u16, ConfigError> {
     u16::try_from(value).map_err(|_| ConfigError::Port {
         context: context.to_owned(),
         value,
+    })
+}
+
+/// A gateway server's limits: positive durations, counts within Envoy's bounds.
+pub(super) fn edge_limits(
+    l: &proto::EdgeLimits,
+    context: &str,
+) -> Result<gateway::EdgeLimits, ConfigError> {
+    let context = format!("{context} limits");
+    let timeout = |d: Option<&prost_types::Duration>| {
+        optional_duration(d, &context)?
+            .map(|d| {
+                (!d.is_zero())
+                    .then_some(d)
+                    .ok_or_else(|| invalid(&context, "a timeout must be positive"))
+            })
+            .transpose()
+    };
+    if l.max_request_headers_kb > gateway::MAX_REQUEST_HEADERS_KB {
+        return Err(invalid(&context, "max_request_headers_kb over 8192"));
+    }
+    let streams = i32::try_from(l.http2_max_concurrent_streams)
+        .map_err(|_| invalid(&context, "http2_max_concurrent_streams over 2^31-1"))?;
+    let set = |v: u32| (v > 0).then_some(v);
+    Ok(gateway::EdgeLimits {
+        max_request_header_bytes: set(l.max_request_headers_kb).map(|kb| kb as usize * 1024),
+        request_headers_timeout: timeout(l.request_headers_timeout.as_ref())?,
+        idle_timeout: timeout(l.idle_timeout.as_ref())?,
+        http2_max_concurrent_streams: set(streams.unsigned_abs()),
+        per_connection_buffer_limit_bytes: set(l.per_connection_buffer_limit_bytes)
+            .map(|b| b as usize),
     })
 }
 

@@ -5,11 +5,15 @@
 //! retries, timeouts, faults, CORS, authorization, metrics) serves it unchanged.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use weft_proto::waypoint as proto;
 
-use super::from_proto::{gateway_table, nonzero_port, source_workload_info};
+use super::from_proto::{
+    edge_limits, gateway_table, local_rate_limit, nonzero_port, source_workload_info,
+};
 use super::{ConfigError, Protocol, Service, ServicePort, ServiceTarget, Target, WorkloadInfo};
+use crate::rate_limit::LocalRateLimit;
 
 /// What a gateway proxy serves at the edge.
 #[derive(Debug, Default)]
@@ -112,6 +116,22 @@ pub struct SniRoute {
     pub table: EdgeTable,
 }
 
+/// Envoy's largest `max_request_headers_kb`.
+pub const MAX_REQUEST_HEADERS_KB: u32 = 8192;
+
+/// A server's limits, from its Gateway's `weft.dev/edge-limits`: `None` keeps the proxy's
+/// default (`crate::HttpLimits`, the retry buffer).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EdgeLimits {
+    /// Request head or header list, in bytes (Envoy's `max_request_headers_kb`).
+    pub max_request_header_bytes: Option<usize>,
+    pub request_headers_timeout: Option<Duration>,
+    pub idle_timeout: Option<Duration>,
+    pub http2_max_concurrent_streams: Option<u32>,
+    /// Request body kept for retries and mirrors.
+    pub per_connection_buffer_limit_bytes: Option<usize>,
+}
+
 /// One server of an Istio Gateway.
 #[derive(Debug)]
 pub struct EdgeServer {
@@ -125,6 +145,9 @@ pub struct EdgeServer {
     pub virtual_hosts: Vec<VirtualHost>,
     pub sni_routes: Vec<SniRoute>,
     pub tcp: Option<EdgeTable>,
+    pub limits: EdgeLimits,
+    /// The token bucket(s) each new connection draws one token from (TCP and TLS servers).
+    pub connection_rate_limit: Option<LocalRateLimit>,
 }
 
 impl EdgeServer {
@@ -368,6 +391,17 @@ fn server(s: &proto::GatewayServer, port: u16, namespace: &str) -> Result<EdgeSe
         virtual_hosts,
         sni_routes,
         tcp,
+        limits: s
+            .limits
+            .as_ref()
+            .map(|l| edge_limits(l, context))
+            .transpose()?
+            .unwrap_or_default(),
+        connection_rate_limit: s
+            .connection_rate_limit
+            .as_ref()
+            .map(|l| local_rate_limit(l, context))
+            .transpose()?,
     })
 }
 

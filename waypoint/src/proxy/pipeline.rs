@@ -35,6 +35,18 @@ pub(super) async fn run(
     }
 }
 
+/// A request's header bytes as Envoy counts them against `max_request_headers_kb`: names and
+/// values, the request line's method, path and authority included.
+fn header_bytes<B>(request: &Request<B>) -> usize {
+    let uri = request.uri();
+    let line = request.method().as_str().len()
+        + uri.path_and_query().map_or(0, |p| p.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len());
+    request.headers().iter().fold(line, |sum, (name, value)| {
+        sum + name.as_str().len() + value.len()
+    })
+}
+
 async fn route_request(
     cx: &mut RequestContext<'_>,
     mut request: Request<Incoming>,
@@ -42,6 +54,14 @@ async fn route_request(
     if let Err(refusal) = crate::conformance::admit(&mut request, &cx.shared.upgrades) {
         debug!(%refusal, "request refused before routing");
         return Err(refusal.into());
+    }
+    if let Some(limit) = cx
+        .tunnel
+        .edge_limits(cx.config)
+        .and_then(|l| l.max_request_header_bytes)
+        && header_bytes(&request) > limit
+    {
+        return Err(LocalReply::HeadersTooLarge);
     }
     if cx.tunnel.edge.is_some() {
         let trusted = cx
@@ -314,5 +334,18 @@ impl HeaderSource for HeaderMapSource<'_> {
             }
             Some(Cow::Owned(joined))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn header_bytes_count_names_values_and_the_request_line_as_envoy_does() {
+        let request = http::Request::get("http://shop.example.com/a?b")
+            .header("x-one", "12345")
+            .body(())
+            .unwrap();
+        // GET + /a?b + shop.example.com + x-one + 12345
+        assert_eq!(super::header_bytes(&request), 3 + 4 + 16 + 5 + 5);
     }
 }

@@ -59,6 +59,10 @@ pub(crate) enum LocalReply {
     },
     /// The route's local rate limit has no token left for the request.
     RateLimited,
+    /// The request's headers are over its gateway server's limit (one lowered while the
+    /// connection was open: the connection's codec refuses what is over the limit it began
+    /// with).
+    HeadersTooLarge,
     /// The client went away or broke the body while it was being read.
     DownstreamDisconnect,
     /// The route's timeout ran out before a response.
@@ -197,6 +201,12 @@ impl LocalReply {
                     X_ENVOY_RATELIMITED.clone(),
                     HeaderValue::from_static("true"),
                 ),
+            // Envoy's HTTP/1 codec's answer and details.
+            L::HeadersTooLarge => Reply::text(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "Request Header Fields Too Large",
+            )
+            .details("http1.headers_too_large"),
             L::DownstreamDisconnect => {
                 Reply::empty(StatusCode::BAD_REQUEST).flags(F::DownstreamTerminated)
             }

@@ -104,3 +104,107 @@ fn the_pod_annotation_sets_trusted_proxies() {
         "metadata.annotations.proxy.istio.io/config.gatewayTopology"
     );
 }
+
+#[test]
+fn edge_limits_parse_by_envoys_names() {
+    assert_eq!(parse_edge_limits("{}").unwrap(), EdgeLimits::default());
+    let limits = parse_edge_limits(
+        "maxRequestHeadersKb: 8\nrequestHeadersTimeout: 2s\nidleTimeout: 90s\n\
+         http2MaxConcurrentStreams: 10\nperConnectionBufferLimitBytes: 4096\n\
+         connectionRateLimit: {maxTokens: 2, fillInterval: 1h, per: client}\n",
+    )
+    .unwrap();
+    assert_eq!(
+        limits,
+        EdgeLimits {
+            max_request_headers_kb: Some(8),
+            request_headers_timeout: Some(Duration::from_secs(2)),
+            idle_timeout: Some(Duration::from_secs(90)),
+            http2_max_concurrent_streams: Some(10),
+            per_connection_buffer_limit_bytes: Some(4096),
+            connection_rate_limit: Some(ConnectionRateLimit {
+                max_tokens: 2,
+                tokens_per_fill: 1,
+                fill_interval: Duration::from_secs(3600),
+                per: ConnectionRateLimitPer::Client,
+            }),
+        }
+    );
+    let per_server = parse_edge_limits("connectionRateLimit: {maxTokens: 1, fillInterval: 1s}")
+        .unwrap()
+        .connection_rate_limit
+        .unwrap();
+    assert_eq!(per_server.per, ConnectionRateLimitPer::Server);
+}
+
+#[test]
+fn bad_edge_limits_name_the_field_and_the_reason() {
+    let base = "metadata.annotations.weft.dev/edge-limits";
+    let cases = [
+        (
+            "maxRequestHeadersKb: 0",
+            format!("{base}.maxRequestHeadersKb"),
+            "from 1 to 8192 KiB, found 0",
+        ),
+        (
+            "maxRequestHeadersKb: 9000",
+            format!("{base}.maxRequestHeadersKb"),
+            "found 9000",
+        ),
+        (
+            "http2MaxConcurrentStreams: -1",
+            format!("{base}.http2MaxConcurrentStreams"),
+            "found -1",
+        ),
+        (
+            "perConnectionBufferLimitBytes: 0",
+            format!("{base}.perConnectionBufferLimitBytes"),
+            "found 0",
+        ),
+        (
+            "idleTimeout: 0s",
+            format!("{base}.idleTimeout"),
+            "cannot be turned off",
+        ),
+        (
+            "requestHeadersTimeout: -1s",
+            format!("{base}.requestHeadersTimeout"),
+            "at least 1ms",
+        ),
+        (
+            "idleTimeout: soon",
+            format!("{base}.idleTimeout"),
+            "invalid duration",
+        ),
+        (
+            "connectionRateLimit: {fillInterval: 1s}",
+            format!("{base}.connectionRateLimit.maxTokens"),
+            "required",
+        ),
+        (
+            "connectionRateLimit: {maxTokens: 1, fillInterval: 1ms}",
+            format!("{base}.connectionRateLimit.fillInterval"),
+            "at least 50ms",
+        ),
+        (
+            "connectionRateLimit: {maxTokens: 1, fillInterval: 1s, per: route}",
+            base.to_owned(),
+            "unknown variant",
+        ),
+        (
+            "maxHeaders: 3",
+            base.to_owned(),
+            "unknown field `maxHeaders`",
+        ),
+        (
+            "[1]",
+            base.to_owned(),
+            "expected YAML with maxRequestHeadersKb",
+        ),
+    ];
+    for (value, path, reason) in cases {
+        let error = parse_edge_limits(value).unwrap_err();
+        assert_eq!(error.path, path, "{value}");
+        assert!(error.reason.contains(reason), "{value}: {}", error.reason);
+    }
+}

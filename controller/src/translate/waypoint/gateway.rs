@@ -104,9 +104,10 @@ pub fn gateway_config<'a>(
     let mut listeners: BTreeMap<u32, wp::GatewayListener> = BTreeMap::new();
     for gateway in gateways.istio {
         for (i, server) in gateway.spec.servers.iter().enumerate() {
-            let Some(compiled) = compiler.server(gateway, server, i) else {
+            let Some(mut compiled) = compiler.server(gateway, server, i) else {
                 continue;
             };
+            edge_limits(ResourceKind::Gateway, &gateway.metadata, &mut compiled.1);
             let origin = (
                 ResourceKind::Gateway,
                 &gateway.metadata,
@@ -117,7 +118,12 @@ pub fn gateway_config<'a>(
     }
     for gateway in gateways.kubernetes {
         let servers = compiler.listener_servers(gateway, gateways.routes);
-        for (i, compiled) in servers.into_iter().enumerate() {
+        for (i, mut compiled) in servers.into_iter().enumerate() {
+            edge_limits(
+                ResourceKind::KubernetesGateway,
+                gateway.meta(),
+                &mut compiled.1,
+            );
             let origin = (
                 ResourceKind::KubernetesGateway,
                 gateway.meta(),
@@ -158,6 +164,51 @@ pub fn gateway_config<'a>(
         access_log_disabled: compiler.access_log_disabled(TelemetryProxy::Gateway(pod)),
         ..Default::default()
     }
+}
+
+/// The Gateway's `weft.dev/edge-limits` on one of its servers; its connection rate limit on
+/// TCP and TLS servers only (HTTP servers limit requests, by route). Validation refuses a
+/// Gateway whose annotation does not parse, so none is left here to report.
+fn edge_limits(
+    kind: ResourceKind,
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    server: &mut wp::GatewayServer,
+) {
+    use crate::model::edge::ConnectionRateLimitPer;
+    let Some(Ok(limits)) = crate::model::edge::edge_limits(meta.annotations.as_ref()) else {
+        return;
+    };
+    let duration =
+        |d: Option<std::time::Duration>| d.and_then(|d| prost_types::Duration::try_from(d).ok());
+    server.limits = Some(wp::EdgeLimits {
+        max_request_headers_kb: limits.max_request_headers_kb.unwrap_or(0),
+        request_headers_timeout: duration(limits.request_headers_timeout),
+        idle_timeout: duration(limits.idle_timeout),
+        http2_max_concurrent_streams: limits.http2_max_concurrent_streams.unwrap_or(0),
+        per_connection_buffer_limit_bytes: limits.per_connection_buffer_limit_bytes.unwrap_or(0),
+    });
+    let carried_at_l4 = server.protocol == wp::GatewayProtocol::Tcp as i32
+        || server.protocol == wp::GatewayProtocol::Tls as i32;
+    let Some(rate) = limits.connection_rate_limit.filter(|_| carried_at_l4) else {
+        return;
+    };
+    let scope = match rate.per {
+        ConnectionRateLimitPer::Server => wp::RateLimitScope::Route,
+        ConnectionRateLimitPer::Client => wp::RateLimitScope::Client,
+    };
+    server.connection_rate_limit = Some(wp::LocalRateLimit {
+        // One bucket (set) per server of one Gateway, as Envoy's filter is per filter chain.
+        key: format!(
+            "{kind:?}/{}/{}/{}",
+            meta.namespace.as_deref().unwrap_or_default(),
+            meta.name.as_deref().unwrap_or_default(),
+            server.name
+        ),
+        max_tokens: rate.max_tokens,
+        tokens_per_fill: rate.tokens_per_fill,
+        fill_interval: duration(Some(rate.fill_interval)),
+        scope: scope as i32,
+    });
 }
 
 /// The pod's `proxy.istio.io/config` `gatewayTopology.numTrustedProxies`, else the mesh

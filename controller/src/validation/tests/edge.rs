@@ -79,3 +79,52 @@ fn a_pods_trusted_proxies_that_do_not_parse_are_warned_about() {
         ),
     ]);
 }
+
+const LIMITS_RULE: &str = "Envoy HttpConnectionManager and network local_ratelimit (no Istio API)";
+
+fn gateway(annotation: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: t, namespace: ns, annotations: {{weft.dev/edge-limits: '{annotation}'}}}}\nspec: {{selector: {{istio: ingressgateway}}, servers: [{{port: {{number: 80, name: http, protocol: HTTP}}, hosts: ['*']}}]}}\n"
+    )
+}
+
+#[test]
+fn edge_limits_are_checked_field_by_field() {
+    let kubernetes = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: t, namespace: ns, annotations: {weft.dev/edge-limits: '{idleTimeout: 0s}'}}\nspec: {gatewayClassName: istio, listeners: [{name: http, port: 80, protocol: HTTP}]}\n";
+    let cases: Vec<Case> = vec![
+        ok(
+            "every field",
+            LIMITS_RULE,
+            gateway("{maxRequestHeadersKb: 8, requestHeadersTimeout: 5s, idleTimeout: 5m, http2MaxConcurrentStreams: 10, perConnectionBufferLimitBytes: 65536, connectionRateLimit: {maxTokens: 5, fillInterval: 1s, per: client}}"),
+        ),
+        bad(
+            "headers over Envoy's bound",
+            LIMITS_RULE,
+            gateway("{maxRequestHeadersKb: 10000}"),
+            "metadata.annotations.weft.dev/edge-limits.maxRequestHeadersKb",
+            "must be from 1 to 8192 KiB, found 10000",
+        ),
+        bad(
+            "a timeout turned off, on a Gateway API Gateway",
+            LIMITS_RULE,
+            kubernetes.to_owned(),
+            "metadata.annotations.weft.dev/edge-limits.idleTimeout",
+            "cannot be turned off",
+        ),
+        bad(
+            "a connection bucket without tokens",
+            LIMITS_RULE,
+            gateway("{connectionRateLimit: {maxTokens: 0, fillInterval: 1s}}"),
+            "metadata.annotations.weft.dev/edge-limits.connectionRateLimit.maxTokens",
+            "must be a positive number of tokens, found 0",
+        ),
+        bad(
+            "on a kind that is not a Gateway",
+            LIMITS_RULE,
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: t, namespace: ns, annotations: {weft.dev/edge-limits: '{idleTimeout: 1s}'}}\nspec: {host: a}\n".to_owned(),
+            "metadata.annotations.weft.dev/edge-limits",
+            "servers of an Istio Gateway or the listeners of a Gateway API Gateway only",
+        ),
+    ];
+    run(&cases);
+}

@@ -163,6 +163,8 @@ fn edge_server(mode: ServerTlsMode, credential: &str) -> EdgeServer {
         virtual_hosts: Vec::new(),
         sni_routes: Vec::new(),
         tcp: None,
+        limits: Default::default(),
+        connection_rate_limit: None,
     }
 }
 

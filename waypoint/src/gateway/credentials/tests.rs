@@ -44,6 +44,8 @@ fn server(credential: &str, mode: ServerTlsMode) -> EdgeServer {
         virtual_hosts: Vec::new(),
         sni_routes: Vec::new(),
         tcp: None,
+        limits: Default::default(),
+        connection_rate_limit: None,
     }
 }
 

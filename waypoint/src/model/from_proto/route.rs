@@ -389,7 +389,7 @@ pub(super) fn route(
     ))
 }
 
-fn local_rate_limit(
+pub(in crate::model) fn local_rate_limit(
     l: &proto::LocalRateLimit,
     context: &str,
 ) -> Result<LocalRateLimit, ConfigError> {

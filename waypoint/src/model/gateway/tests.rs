@@ -145,3 +145,70 @@ fn a_tls_server_without_a_credential_is_refused() {
         "{error}"
     );
 }
+
+fn one_server(server: proto::GatewayServer) -> Result<Gateway, ConfigError> {
+    let config = proto::GatewayConfig {
+        num_trusted_proxies: 0,
+        listeners: vec![proto::GatewayListener {
+            port: 9000,
+            servers: vec![server],
+        }],
+        workload: None,
+    };
+    gateway(&config, "edge")
+}
+
+#[test]
+fn a_servers_limits_and_connection_rate_limit_are_converted_and_checked() {
+    let seconds = |s| prost_types::Duration {
+        seconds: s,
+        nanos: 0,
+    };
+    let mut tcp = server("tcp", &["*"], proto::GatewayProtocol::Tcp);
+    tcp.tls = None;
+    tcp.limits = Some(proto::EdgeLimits {
+        max_request_headers_kb: 2,
+        idle_timeout: Some(seconds(5)),
+        per_connection_buffer_limit_bytes: 100,
+        ..Default::default()
+    });
+    tcp.connection_rate_limit = Some(proto::LocalRateLimit {
+        key: "Gateway/shop/gw/tcp".to_owned(),
+        max_tokens: 2,
+        tokens_per_fill: 1,
+        fill_interval: Some(seconds(60)),
+        scope: proto::RateLimitScope::Client as i32,
+    });
+    let converted = one_server(tcp.clone()).expect("valid limits");
+    let server = &converted.listeners[0].servers[0];
+    assert_eq!(
+        server.limits,
+        EdgeLimits {
+            max_request_header_bytes: Some(2048),
+            request_headers_timeout: None,
+            idle_timeout: Some(Duration::from_secs(5)),
+            http2_max_concurrent_streams: None,
+            per_connection_buffer_limit_bytes: Some(100),
+        }
+    );
+    let limit = server.connection_rate_limit.as_ref().expect("a rate limit");
+    assert_eq!(limit.key, "Gateway/shop/gw/tcp");
+    assert_eq!(limit.scope, crate::rate_limit::RateLimitScope::Client);
+
+    // What the controller never sends is refused with the server it came from.
+    let refused = |edit: &dyn Fn(&mut proto::GatewayServer)| {
+        let mut bad = tcp.clone();
+        edit(&mut bad);
+        one_server(bad).unwrap_err().to_string()
+    };
+    let error = refused(&|s| s.limits.as_mut().unwrap().idle_timeout = Some(seconds(0)));
+    assert!(
+        error.contains("gateway shop/gw server tcp limits"),
+        "{error}"
+    );
+    assert!(error.contains("positive"), "{error}");
+    let error = refused(&|s| s.limits.as_mut().unwrap().max_request_headers_kb = 9000);
+    assert!(error.contains("max_request_headers_kb"), "{error}");
+    let error = refused(&|s| s.connection_rate_limit.as_mut().unwrap().max_tokens = 0);
+    assert!(error.contains("local_rate_limit"), "{error}");
+}

@@ -453,6 +453,61 @@ fn a_rate_limit_annotation_limits_each_route_rule_of_its_virtual_service() {
 }
 
 #[test]
+fn edge_limits_reach_every_server_of_their_gateway_and_connection_limits_the_l4_ones() {
+    let annotated = EDGE.replacen(
+        "metadata: {name: shop-gateway, namespace: shop}",
+        "metadata: {name: shop-gateway, namespace: shop, annotations: {weft.dev/edge-limits: '{maxRequestHeadersKb: 8, idleTimeout: 90s, http2MaxConcurrentStreams: 7, connectionRateLimit: {maxTokens: 3, fillInterval: 1m, per: client}}'}}",
+        1,
+    );
+    assert_ne!(annotated, EDGE);
+    let (config, problems) = edge_config(&annotated);
+    assert!(problems.is_empty(), "{problems:?}");
+    let https = &listener(&config, 443).servers;
+    let http = &listener(&config, 80).servers[0];
+    let tcp = &listener(&config, 31400).servers[0];
+    for server in [http, &https[0], &https[1], tcp] {
+        let limits = server.limits.expect("limits");
+        assert_eq!(limits.max_request_headers_kb, 8, "{}", server.name);
+        assert_eq!(limits.idle_timeout.unwrap().seconds, 90);
+        assert_eq!(limits.http2_max_concurrent_streams, 7);
+        assert_eq!(limits.per_connection_buffer_limit_bytes, 0);
+        assert!(limits.request_headers_timeout.is_none());
+    }
+    // Connections are limited on the TCP and TLS servers, each with its own bucket.
+    assert!(http.connection_rate_limit.is_none());
+    let by_name = |name: &str| {
+        [&https[0], &https[1], tcp]
+            .into_iter()
+            .find(|s| s.name.starts_with(name))
+            .unwrap()
+            .connection_rate_limit
+            .clone()
+    };
+    assert!(by_name("https.").is_none());
+    let passthrough = by_name("tls.").expect("a connection limit");
+    assert_eq!(
+        passthrough.key,
+        "Gateway/shop/shop-gateway/tls.443.passthrough.shop-gateway.shop"
+    );
+    assert_eq!(passthrough.max_tokens, 3);
+    assert_eq!(passthrough.tokens_per_fill, 1);
+    assert_eq!(passthrough.fill_interval.unwrap().seconds, 60);
+    assert_eq!(passthrough.scope, wp::RateLimitScope::Client as i32);
+    assert_eq!(
+        by_name("tcp.").unwrap().key,
+        "Gateway/shop/shop-gateway/tcp.31400.tcp.shop-gateway.shop"
+    );
+    // Without the annotation, the proxy's defaults.
+    let (plain, _) = edge_config(EDGE);
+    assert!(listener(&plain, 31400).servers[0].limits.is_none());
+    assert!(
+        listener(&plain, 31400).servers[0]
+            .connection_rate_limit
+            .is_none()
+    );
+}
+
+#[test]
 fn trusted_proxies_come_from_the_pod_annotation_else_the_mesh_config() {
     let trusted = |yaml: &str, mesh_default: u32| {
         let index = validated(yaml);
