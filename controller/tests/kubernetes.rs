@@ -801,11 +801,13 @@ async fn a_destination_rules_credential_goes_to_the_waypoint_that_originates_tls
     fake.create(json!({"apiVersion": "v1", "kind": "Namespace",
         "metadata": {"name": "egress", "labels": {"istio.io/dataplane-mode": "ambient"}}}))
         .unwrap();
-    fake.create(json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+    fake.create(
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
         "metadata": {"name": "waypoint", "namespace": "egress"},
         "spec": {"gatewayClassName": "istio-waypoint",
-                 "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]}}))
-        .unwrap();
+                 "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]}}),
+    )
+    .unwrap();
     fake.create(json!({"apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": "waypoint-0", "namespace": "egress",
                      "labels": {"gateway.networking.k8s.io/gateway-name": "waypoint"}},
@@ -820,11 +822,13 @@ async fn a_destination_rules_credential_goes_to_the_waypoint_that_originates_tls
                  "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}],
                  "endpoints": [{"address": "192.0.2.10", "ports": {"http": 8443}}]}}))
         .unwrap();
-    fake.create(json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+    fake.create(
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
         "metadata": {"name": "api", "namespace": "egress"},
         "spec": {"host": "api.example.com",
-                 "trafficPolicy": {"tls": {"mode": "SIMPLE", "credentialName": "api-ca"}}}}))
-        .unwrap();
+                 "trafficPolicy": {"tls": {"mode": "SIMPLE", "credentialName": "api-ca"}}}}),
+    )
+    .unwrap();
     let waypoint_uid = uid(&fake, "Pod", "egress", "waypoint-0");
     fake.add_token(
         "waypoint-token",
@@ -871,7 +875,9 @@ async fn a_destination_rules_credential_goes_to_the_waypoint_that_originates_tls
         match Secret::decode(bytes.as_slice()).unwrap().r#type {
             Some(secret::Type::ValidationContext(context)) => {
                 match context.trusted_ca.and_then(|d| d.specifier) {
-                    Some(weft_proto::envoy::config::core::v3::data_source::Specifier::InlineBytes(b)) => Some(b),
+                    Some(
+                        weft_proto::envoy::config::core::v3::data_source::Specifier::InlineBytes(b),
+                    ) => Some(b),
                     other => panic!("not inline: {other:?}"),
                 }
             }
@@ -881,7 +887,12 @@ async fn a_destination_rules_credential_goes_to_the_waypoint_that_originates_tls
     let first = weft_identity::CertificateAuthority::generate().unwrap();
     fake.create(generic(first.root_cert_pem())).unwrap();
     let received = eventually("the waypoint's CA", Duration::from_secs(20), || {
-        secrets.lock().unwrap().iter().rev().find_map(|u| trusted_ca(u))
+        secrets
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find_map(|u| trusted_ca(u))
     })
     .await;
     assert_eq!(received, first.root_cert_pem().as_bytes());

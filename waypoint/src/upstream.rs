@@ -578,8 +578,12 @@ mod pool_tests {
                 sni: sni.to_owned(),
                 ..Default::default()
             };
-            OriginatedTls::new(&settings, "api.example.com", &OriginationCredentials::default())
-                .unwrap()
+            OriginatedTls::new(
+                &settings,
+                "api.example.com",
+                &OriginationCredentials::default(),
+            )
+            .unwrap()
         };
         let (a, b) = (tls("a.example.com"), tls("b.example.com"));
         assert_eq!(

@@ -133,13 +133,24 @@ mod tests {
         let read = |pairs: &[(&str, &str)]| {
             let credential = CredentialSecret::from_secret(&secret(pairs));
             (
-                credential.ca().ok().map(|c| String::from_utf8(c.to_vec()).unwrap()),
-                credential.crl().map(|c| String::from_utf8(c.to_vec()).unwrap()),
+                credential
+                    .ca()
+                    .ok()
+                    .map(|c| String::from_utf8(c.to_vec()).unwrap()),
+                credential
+                    .crl()
+                    .map(|c| String::from_utf8(c.to_vec()).unwrap()),
             )
         };
         let some = |s: &str| Some(s.to_owned());
-        assert_eq!(read(&[("ca.crt", "A"), ("ca.crl", "R")]), (some("A"), some("R")));
-        assert_eq!(read(&[("cacert", "A"), ("crl", "R")]), (some("A"), some("R")));
+        assert_eq!(
+            read(&[("ca.crt", "A"), ("ca.crl", "R")]),
+            (some("A"), some("R"))
+        );
+        assert_eq!(
+            read(&[("cacert", "A"), ("crl", "R")]),
+            (some("A"), some("R"))
+        );
         // The generic CA wins, and with it the generic list only.
         assert_eq!(
             read(&[("cacert", "A"), ("ca.crt", "B"), ("ca.crl", "R")]),

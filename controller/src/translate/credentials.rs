@@ -112,9 +112,7 @@ pub fn referenced_secrets(index: &ConfigIndex) -> BTreeSet<String> {
                 .pods
                 .values()
                 .filter(|p| !resolve::pod_terminated(p))
-                .filter(|p| {
-                    resolve::selects(&gateway.spec.selector, &resolve::labels(&p.metadata))
-                })
+                .filter(|p| resolve::selects(&gateway.spec.selector, &resolve::labels(&p.metadata)))
                 .map(|p| namespace_of(&p.metadata)),
         );
         let credentials: Vec<&str> = gateway
@@ -181,16 +179,19 @@ pub fn referenced_secrets(index: &ConfigIndex) -> BTreeSet<String> {
 /// Every `tls.credentialName` of a DestinationRule: its traffic policy's, its ports', its
 /// subsets'.
 fn origination_credential_names(spec: &DestinationRuleSpec) -> impl Iterator<Item = &str> {
-    let policies = spec
-        .traffic_policy
-        .iter()
-        .chain(spec.subsets.iter().filter_map(|s| s.traffic_policy.as_ref()));
+    let policies = spec.traffic_policy.iter().chain(
+        spec.subsets
+            .iter()
+            .filter_map(|s| s.traffic_policy.as_ref()),
+    );
     policies
         .flat_map(|policy| {
-            policy
-                .tls
-                .iter()
-                .chain(policy.port_level_settings.iter().filter_map(|p| p.tls.as_ref()))
+            policy.tls.iter().chain(
+                policy
+                    .port_level_settings
+                    .iter()
+                    .filter_map(|p| p.tls.as_ref()),
+            )
         })
         .filter_map(|tls| tls.credential_name.as_deref())
         .filter(|name| !name.is_empty())
@@ -462,11 +463,11 @@ pub fn origination_credentials(
         let Some((namespace, name)) = key.split_once('/') else {
             continue;
         };
-        if !config
-            .clusters
-            .iter()
-            .any(|c| c.tls.as_ref().is_some_and(|t| !t.credential_name.is_empty()))
-        {
+        if !config.clusters.iter().any(|c| {
+            c.tls
+                .as_ref()
+                .is_some_and(|t| !t.credential_name.is_empty())
+        }) {
             continue;
         }
         let waypoint = WaypointRef {

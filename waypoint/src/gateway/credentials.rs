@@ -572,8 +572,8 @@ fn build(
                 .map_err(|e| CredentialError::Invalid(crl.origin.clone(), e.to_string()))?,
         };
         // As Envoy's `crl`: a client certificate a list revokes is refused.
-        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-            .with_crls(crls);
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).with_crls(crls);
         // OPTIONAL_MUTUAL: a client without a certificate is let through; one presented must
         // still verify.
         let verifier = if tls.mode == ServerTlsMode::OptionalMutual {

@@ -630,15 +630,19 @@ fn a_tls_credential_name_is_read_from_the_credentials_and_fails_only_its_cluster
         let mut config = by_name("api.example.com");
         config.clusters[0].tls = Some(settings);
         // Never a rejected configuration: the cluster is built, failing closed if it must.
-        let converted =
-            WaypointConfig::from_proto_with(
-                config,
-                &ResolvedNames::default(),
-                &crate::upstream::OriginationCredentials::directory(credentials),
-            )
-            .expect("a credential problem does not reject the configuration");
+        let converted = WaypointConfig::from_proto_with(
+            config,
+            &ResolvedNames::default(),
+            &crate::upstream::OriginationCredentials::directory(credentials),
+        )
+        .expect("a credential problem does not reject the configuration");
         let cluster = converted.cluster(CLUSTER).unwrap();
-        cluster.tls.as_ref().unwrap().unusable().map(|r| r.to_string())
+        cluster
+            .tls
+            .as_ref()
+            .unwrap()
+            .unusable()
+            .map(|r| r.to_string())
     };
     assert_eq!(unusable(tls("full", true), Some(&dir)), None);
     assert_eq!(unusable(tls("full", false), Some(&dir)), None);

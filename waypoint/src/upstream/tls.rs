@@ -94,7 +94,10 @@ impl DeliveredConnector {
             ))
         };
         let ca_name = format!("{}{CA_SECRET_SUFFIX}", self.resource);
-        let ca = self.credentials.get(&ca_name).ok_or_else(|| missing(&ca_name))?;
+        let ca = self
+            .credentials
+            .get(&ca_name)
+            .ok_or_else(|| missing(&ca_name))?;
         let client = if self.mutual {
             Some(
                 self.credentials
@@ -181,8 +184,7 @@ impl TlsFiles {
         let client = match &self.client {
             None => None,
             Some((certificate, key)) => Some((
-                certificates(certificate)
-                    .map_err(|e| format!("clientCertificate {e}"))?,
+                certificates(certificate).map_err(|e| format!("clientCertificate {e}"))?,
                 PrivateKeyDer::from_pem_file(key)
                     .map_err(|e| format!("privateKey {}: {e}", key.display()))?,
             )),
@@ -190,8 +192,8 @@ impl TlsFiles {
         let crls = match &self.crl {
             None => Vec::new(),
             Some(path) => {
-                let pem = std::fs::read(path)
-                    .map_err(|e| format!("caCrl {}: {e}", path.display()))?;
+                let pem =
+                    std::fs::read(path).map_err(|e| format!("caCrl {}: {e}", path.display()))?;
                 pem_crls(&pem, &format!("caCrl {}", path.display()))?
             }
         };
@@ -258,7 +260,9 @@ impl OriginatedTls {
                 credential_files(settings, credentials.directory.as_deref())
                     .and_then(|files| files.read())
                     .and_then(|material| connector(&material, &settings.subject_alt_names))
-                    .map_err(|e| Arc::from(format!("credential {}: {e}", settings.credential_name))),
+                    .map_err(|e| {
+                        Arc::from(format!("credential {}: {e}", settings.credential_name))
+                    }),
             )
         };
         // Server names are checked now, whatever the credential.

@@ -383,7 +383,11 @@ fn origination_index() -> ConfigIndex {
 fn destination_rule_credentials_go_to_the_identities_of_the_waypoints_pods() {
     let index = origination_index();
     let wanted = referenced_secrets(&index);
-    for kept in ["egress/api-ca-cacert", "egress/pay-client", "egress/pay-client-cacert"] {
+    for kept in [
+        "egress/api-ca-cacert",
+        "egress/pay-client",
+        "egress/pay-client-cacert",
+    ] {
         assert!(wanted.contains(kept), "{kept} is kept: {wanted:?}");
     }
     assert!(
@@ -394,7 +398,10 @@ fn destination_rule_credentials_go_to_the_identities_of_the_waypoints_pods() {
     let waypoint = BTreeSet::from([spiffe("egress", "waypoint")]);
     // SIMPLE: the CA only, from the credential's own `ca.crt` (istiod's `GetCaCert`).
     let api = &translation.credentials["kubernetes://egress/api-ca-cacert"];
-    assert_eq!(api.audience, waypoint, "the waypoint's pods, never the app's");
+    assert_eq!(
+        api.audience, waypoint,
+        "the waypoint's pods, never the app's"
+    );
     let Some(Type::ValidationContext(context)) = &api.secret.r#type else {
         panic!("not a CA: {api:?}");
     };
@@ -403,14 +410,20 @@ fn destination_rule_credentials_go_to_the_identities_of_the_waypoints_pods() {
         "the Secret's `ca.crl` goes with its CA, as istiod serves it"
     );
     assert!(
-        !translation.credentials.contains_key("kubernetes://egress/api-ca"),
+        !translation
+            .credentials
+            .contains_key("kubernetes://egress/api-ca"),
         "SIMPLE presents no client certificate"
     );
     // MUTUAL: the client pair and the CA from the `-cacert` Secret.
     let pair = &translation.credentials["kubernetes://egress/pay-client"];
     assert_eq!(pair.audience, waypoint);
     assert!(matches!(pair.secret.r#type, Some(Type::TlsCertificate(_))));
-    assert!(translation.credentials.contains_key("kubernetes://egress/pay-client-cacert"));
+    assert!(
+        translation
+            .credentials
+            .contains_key("kubernetes://egress/pay-client-cacert")
+    );
     assert!(
         !translation.credentials.keys().any(|k| k.contains("far-ca")),
         "{:?}",
@@ -428,7 +441,10 @@ fn destination_rule_credentials_go_to_the_identities_of_the_waypoints_pods() {
             .unwrap_or_else(|| panic!("TLS for {host}"))
     };
     assert_eq!(resource("api.example.com"), "kubernetes://egress/api-ca");
-    assert_eq!(resource("pay.example.com"), "kubernetes://egress/pay-client");
+    assert_eq!(
+        resource("pay.example.com"),
+        "kubernetes://egress/pay-client"
+    );
     assert_eq!(resource("far.example.com"), "kubernetes://certs/far-ca");
     let reported: Vec<String> = translation
         .problems
@@ -452,7 +468,11 @@ fn a_missing_destination_rule_credential_is_reported_and_local_mode_serves_none(
     let mut index = origination_index();
     index.secrets.remove("egress/api-ca");
     let translation = translate(&index, &MeshSettings::default());
-    assert!(!translation.credentials.contains_key("kubernetes://egress/api-ca-cacert"));
+    assert!(
+        !translation
+            .credentials
+            .contains_key("kubernetes://egress/api-ca-cacert")
+    );
     assert!(
         translation.problems.iter().any(|p| {
             let text = p.to_string();

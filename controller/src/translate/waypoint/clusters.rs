@@ -132,7 +132,8 @@ impl<'a> Compiler<'a, '_> {
         });
         let subset_labels = subset.map(|s| s.labels.clone()).unwrap_or_default();
         let mut tls = None;
-        let external = self.entry_ports(&key.host).is_some() && !self.services.contains_key(&key.host);
+        let external =
+            self.entry_ports(&key.host).is_some() && !self.services.contains_key(&key.host);
         if let Some(rule) = &rule {
             cluster.destination_rule = rule.key();
             let effective = effective_policy(

@@ -353,18 +353,19 @@ fn a_mutual_servers_revocation_list_refuses_the_client_certificates_it_revokes()
         CertificateValidationContext, Secret, TlsCertificate, secret,
     };
     use weft_xds::Handler;
-    let any = |name: &str, kind: secret::Type| weft_proto::envoy::service::discovery::v3::Resource {
-        name: name.to_owned(),
-        version: "1".to_owned(),
-        resource: Some(
-            prost_types::Any::from_msg(&Secret {
-                name: name.to_owned(),
-                r#type: Some(kind),
-            })
-            .unwrap(),
-        ),
-        ..Default::default()
-    };
+    let any =
+        |name: &str, kind: secret::Type| weft_proto::envoy::service::discovery::v3::Resource {
+            name: name.to_owned(),
+            version: "1".to_owned(),
+            resource: Some(
+                prost_types::Any::from_msg(&Secret {
+                    name: name.to_owned(),
+                    r#type: Some(kind),
+                })
+                .unwrap(),
+            ),
+            ..Default::default()
+        };
     delivered
         .handler()
         .apply(weft_xds::Update {

@@ -219,10 +219,7 @@ fn originated_tls(
     }
     let originated = OriginatedTls::new(tls, &c.host, credentials)?;
     // A delivered credential may arrive after the configuration: it is checked when used.
-    if let Some(reason) = originated
-        .unusable()
-        .filter(|_| !originated.is_delivered())
-    {
+    if let Some(reason) = originated.unusable().filter(|_| !originated.is_delivered()) {
         tracing::warn!(
             destination_rule = %c.destination_rule,
             field = "spec.trafficPolicy.tls.credentialName",

@@ -154,7 +154,11 @@ async fn a_delivered_credential_is_used_when_it_arrives_and_again_when_it_change
         "{why}"
     );
     assert!(connect().await.is_err());
-    assert_eq!(accepted.recv().await, Some(false), "no handshake was attempted");
+    assert_eq!(
+        accepted.recv().await,
+        Some(false),
+        "no handshake was attempted"
+    );
 
     // Delivered: the server is verified with the CA, and the client pair is presented.
     deliver(
@@ -163,22 +167,34 @@ async fn a_delivered_credential_is_used_when_it_arrives_and_again_when_it_change
         &[],
     );
     assert_eq!(tls.unusable(), None);
-    let mut stream = connect().await.expect("handshake with the delivered credential");
+    let mut stream = connect()
+        .await
+        .expect("handshake with the delivered credential");
     // TLS 1.3: the server's verdict on the client certificate comes after the client's
     // handshake; it is read from the server.
-    assert_eq!(accepted.recv().await, Some(true), "the client pair was presented");
+    assert_eq!(
+        accepted.recv().await,
+        Some(true),
+        "the client pair was presented"
+    );
     tokio::io::AsyncWriteExt::shutdown(&mut stream).await.ok();
 
     // The CA rotated to one that did not sign the server: the next connection fails.
     let unrelated = certificate(HOST);
     deliver(&delivered, vec![ca("2", &unrelated.0)], &[]);
-    let error = connect().await.expect_err("the server is verified with the new CA");
+    let error = connect()
+        .await
+        .expect_err("the server is verified with the new CA");
     assert!(error.to_string().contains("certificate"), "{error}");
     assert_eq!(accepted.recv().await, Some(false));
 
     // Back to the right CA, with a client pair the server does not accept.
     let stranger = certificate("stranger.egress");
-    deliver(&delivered, vec![ca("3", &server_cert.0), pair("2", &stranger)], &[]);
+    deliver(
+        &delivered,
+        vec![ca("3", &server_cert.0), pair("2", &stranger)],
+        &[],
+    );
     let _ = connect().await;
     assert_eq!(
         accepted.recv().await,
@@ -189,7 +205,10 @@ async fn a_delivered_credential_is_used_when_it_arrives_and_again_when_it_change
     // Withdrawn: connections fail again, before any is opened.
     deliver(&delivered, Vec::new(), &[RESOURCE]);
     let why = tls.unusable().expect("withdrawn").to_string();
-    assert!(why.contains(RESOURCE) && why.contains("not delivered"), "{why}");
+    assert!(
+        why.contains(RESOURCE) && why.contains("not delivered"),
+        "{why}"
+    );
 }
 
 #[tokio::test]
@@ -267,7 +286,10 @@ async fn a_revocation_list_refuses_the_server_certificates_it_revokes() {
     let (address, _accepted) = server(&authority.server, None).await;
     let connects = |tls: OriginatedTls| async move {
         let tcp = TcpStream::connect(address).await.unwrap();
-        tls.connect(tcp).await.map(|_| ()).map_err(|e| e.to_string())
+        tls.connect(tcp)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     };
     let dir = std::env::temp_dir().join(format!("weft-crl-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -346,8 +368,14 @@ async fn a_revocation_list_refuses_the_server_certificates_it_revokes() {
         )
     };
     deliver(&delivered, vec![with_crl("1", None)], &[]);
-    connects(from_controller.clone()).await.expect("no list delivered");
-    deliver(&delivered, vec![with_crl("2", Some(authority.crl(&[7])))], &[]);
+    connects(from_controller.clone())
+        .await
+        .expect("no list delivered");
+    deliver(
+        &delivered,
+        vec![with_crl("2", Some(authority.crl(&[7])))],
+        &[],
+    );
     let refused = connects(from_controller.clone())
         .await
         .expect_err("the delivered list revokes the server's certificate");
