@@ -182,6 +182,7 @@ pub fn report(out: &mut String, figures: &Figures) -> std::fmt::Result {
         let rss = column(&|r| r.rss_kib as f64);
         let routed = column(&|r| r.routed_ns);
         let plain = column(&|r| r.plain_ns);
+        let scan = column(&|r| r.plain_scan_ns);
         let rows = vec![
             (
                 "configuration, encoded (KiB)".to_owned(),
@@ -212,6 +213,11 @@ pub fn report(out: &mut String, figures: &Figures) -> std::fmt::Result {
                 "routing decision, plain service (ns)".to_owned(),
                 plain.clone(),
                 ratio(&plain),
+            ),
+            (
+                "the same, clusters scanned as before the index (ns)".to_owned(),
+                scan.clone(),
+                ratio(&scan),
             ),
         ];
         table(out, &sizes, "per service", &rows)?;

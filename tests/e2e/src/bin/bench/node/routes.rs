@@ -49,6 +49,8 @@ pub struct RouteFigures {
     /// Mean time of one routing decision: to a routed service, to a plain one.
     pub routed_ns: f64,
     pub plain_ns: f64,
+    /// The same for a plain service, its cluster found by a scan (the baseline).
+    pub plain_scan_ns: f64,
 }
 
 fn hostname(i: usize) -> String {
@@ -218,9 +220,23 @@ fn requests(services: usize, routed: bool) -> Vec<Request> {
         .collect()
 }
 
+/// How a request no route matches finds its service's cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DefaultLookup {
+    /// `WaypointConfig::default_cluster`, as the pipeline does.
+    Indexed,
+    /// A scan of every cluster for the service's hostname and port: how `default_cluster`
+    /// found it before it was indexed, kept as the baseline measured in the same run.
+    Scan,
+}
+
 /// The routing decision the pipeline takes for `request`: the cluster's name length (so that
 /// nothing is optimized away), or `None` when nothing routes it.
-fn decide(config: &waypoint::WaypointConfig, request: &Request) -> Option<usize> {
+fn decide(
+    config: &waypoint::WaypointConfig,
+    request: &Request,
+    lookup: DefaultLookup,
+) -> Option<usize> {
     let Some(Target::Service(target)) = config.target_for(request.authority) else {
         return None;
     };
@@ -241,17 +257,31 @@ fn decide(config: &waypoint::WaypointConfig, request: &Request) -> Option<usize>
             RouteAction::Forward(destinations) => config.cluster(&destinations.first()?.cluster)?,
             _ => return None,
         },
-        None => config.default_cluster(&target.service.hostname, target.port.port)?,
+        None => {
+            let (host, port) = (&target.service.hostname, target.port.port);
+            match lookup {
+                DefaultLookup::Indexed => config.default_cluster(host, port)?,
+                DefaultLookup::Scan => config
+                    .clusters
+                    .values()
+                    .find(|c| &c.host == host && c.subset.is_empty() && c.port == port)?,
+            }
+        }
     };
     Some(cluster.name.len())
 }
 
 /// Mean nanoseconds per decision over `requests`, bounded by count and time; fails if any
-/// request finds no route (the table would not be measuring what it says).
-fn decision_ns(config: &waypoint::WaypointConfig, requests: &[Request]) -> anyhow::Result<f64> {
+/// request finds no route, or not the cluster a scan finds.
+fn decision_ns(
+    config: &waypoint::WaypointConfig,
+    requests: &[Request],
+    lookup: DefaultLookup,
+) -> anyhow::Result<f64> {
     for request in requests {
         anyhow::ensure!(
-            decide(config, request).is_some(),
+            decide(config, request, lookup) == decide(config, request, DefaultLookup::Scan)
+                && decide(config, request, lookup).is_some(),
             "no route for {} {}",
             request.host,
             request.path
@@ -261,7 +291,7 @@ fn decision_ns(config: &waypoint::WaypointConfig, requests: &[Request]) -> anyho
     let mut done = 0;
     while done < DECISIONS && started.elapsed() < DECISION_BUDGET {
         for request in requests.iter().take(DECISIONS - done) {
-            black_box(decide(config, black_box(request)));
+            black_box(decide(config, black_box(request), lookup));
             done += 1;
         }
     }
@@ -299,8 +329,13 @@ fn measure(services: usize) -> anyhow::Result<RouteFigures> {
         first_apply: median(first),
         replace_apply: median(replace),
         rss_kib: memory_in_child(services)?,
-        routed_ns: decision_ns(&snapshot, &requests(services, true))?,
-        plain_ns: decision_ns(&snapshot, &requests(services, false))?,
+        routed_ns: decision_ns(&snapshot, &requests(services, true), DefaultLookup::Indexed)?,
+        plain_ns: decision_ns(
+            &snapshot,
+            &requests(services, false),
+            DefaultLookup::Indexed,
+        )?,
+        plain_scan_ns: decision_ns(&snapshot, &requests(services, false), DefaultLookup::Scan)?,
     })
 }
 
