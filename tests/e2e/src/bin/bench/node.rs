@@ -94,8 +94,9 @@ pub fn report(out: &mut String, figures: &Figures) -> std::fmt::Result {
             out,
             "\n## Node: one agent and its enrolled pods\n\n\
              A fresh mesh per pod count: every pod on node1 enrolled, each with its own service \
-             account (a certificate of its own), each making {} requests on one connection to a \
-             server on node2 through the mesh before node1's agent is measured. `pod_added`: \
+             account (a certificate of its own), node1's agent measured with every pod enrolled, \
+             then again after each pod made {} requests on one connection to a server on node2 \
+             through the mesh. `pod_added`: \
              each pod removed and added again over the enrollment socket, the others enrolled. \
              Restart: node1's agent killed (SIGKILL), started again, the CNI's snapshot resent, \
              until ready (it serves every pod it adopted); then one request from every pod, \
@@ -106,6 +107,8 @@ pub fn report(out: &mut String, figures: &Figures) -> std::fmt::Result {
         let sizes: Vec<String> = agent.iter().map(|a| format!("{} pods", a.pods)).collect();
         let work: Vec<f64> = agent.iter().map(|a| a.pods as f64).collect();
         let column = |f: &dyn Fn(&AgentFigures) -> f64| agent.iter().map(f).collect::<Vec<_>>();
+        let idle_rss = column(&|a| a.idle_rss_kib as f64);
+        let idle_fds = column(&|a| a.idle_fds as f64);
         let rss = column(&|a| a.rss_kib as f64);
         let peak = column(&|a| a.peak_rss_kib as f64);
         let fds = column(&|a| a.fds as f64);
@@ -115,7 +118,17 @@ pub fn report(out: &mut String, figures: &Figures) -> std::fmt::Result {
         let sweep = column(&|a| a.sweep_after_restart.as_secs_f64() * 1e3);
         let rows = vec![
             (
-                "agent RSS (KiB)".to_owned(),
+                "agent RSS, every pod enrolled, no traffic yet (KiB)".to_owned(),
+                idle_rss.clone(),
+                per_unit(&idle_rss, &work),
+            ),
+            (
+                "agent open file descriptors, no traffic yet".to_owned(),
+                idle_fds.clone(),
+                per_unit(&idle_fds, &work),
+            ),
+            (
+                "agent RSS after every pod's traffic (KiB)".to_owned(),
                 rss.clone(),
                 per_unit(&rss, &work),
             ),
@@ -125,7 +138,7 @@ pub fn report(out: &mut String, figures: &Figures) -> std::fmt::Result {
                 per_unit(&peak, &work),
             ),
             (
-                "agent open file descriptors".to_owned(),
+                "agent open file descriptors after the traffic".to_owned(),
                 fds.clone(),
                 per_unit(&fds, &work),
             ),

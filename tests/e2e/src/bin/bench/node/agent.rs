@@ -1,8 +1,8 @@
 //! One node agent at three pod counts (up to 110, the kubelet's default `maxPods`): a fresh
 //! mesh per count, every pod on node1 enrolled with an identity of its own (its own service
 //! account, so the agent holds a certificate per pod), calling a server on node2 through the
-//! mesh. Per count: the agent's RSS and open file descriptors once every pod has carried
-//! traffic, the `pod_added` latency of each pod with the others enrolled, and the time a
+//! mesh. Per count: the agent's RSS and open file descriptors with every pod enrolled, and
+//! again once every pod has carried traffic, the `pod_added` latency of each pod with the others enrolled, and the time a
 //! killed agent takes, restarted, to serve every pod again (process start to ready, the CNI's
 //! snapshot resent), checked by a request from every pod afterwards.
 
@@ -26,6 +26,9 @@ const SERVER: &str = "server";
 #[derive(Debug)]
 pub struct AgentFigures {
     pub pods: usize,
+    /// The agent's RSS and open file descriptors with every pod enrolled, before any traffic.
+    pub idle_rss_kib: u64,
+    pub idle_fds: usize,
     /// The agent's RSS and peak RSS after every pod's traffic, in KiB.
     pub rss_kib: u64,
     pub peak_rss_kib: u64,
@@ -95,8 +98,10 @@ fn measure(settings: &Settings, pods: usize) -> anyhow::Result<AgentFigures> {
     specs.push(PodSpec::app(SERVER, "node2", NAMESPACE, SERVER, "v1"));
     let mut mesh = Mesh::start(specs, settings.mesh_options())?;
     let added_ms = enrollment_latency(&mesh, pods)?;
-    traffic(&mesh, pods, REQUESTS_PER_POD)?;
     let pid = agent_pid(&mesh, "node1").context("node1's agent")?;
+    let idle_rss_kib = status_kib(pid, "VmRSS").context("the agent's RSS")?;
+    let idle_fds = open_fds(pid)?;
+    traffic(&mesh, pods, REQUESTS_PER_POD)?;
     let rss_kib = status_kib(pid, "VmRSS").context("the agent's RSS")?;
     let peak_rss_kib = status_kib(pid, "VmHWM").context("the agent's peak RSS")?;
     let fds = open_fds(pid)?;
@@ -110,6 +115,8 @@ fn measure(settings: &Settings, pods: usize) -> anyhow::Result<AgentFigures> {
     let sweep_after_restart = started.elapsed();
     Ok(AgentFigures {
         pods,
+        idle_rss_kib,
+        idle_fds,
         rss_kib,
         peak_rss_kib,
         fds,
