@@ -67,7 +67,7 @@ fn cluster_name(i: usize) -> String {
 }
 
 fn is_routed(i: usize) -> bool {
-    i % 2 == 0
+    i.is_multiple_of(2)
 }
 
 fn route_prefix(r: usize) -> String {
