@@ -51,6 +51,10 @@ pub struct RouteFigures {
     pub plain_ns: f64,
     /// The same for a plain service, its cluster found by a scan (the baseline).
     pub plain_scan_ns: f64,
+    /// At the edge, a virtual host per service: the routed requests' choice of virtual host
+    /// and route, by the domain index and by ranking every virtual host (the baseline).
+    pub edge_ns: f64,
+    pub edge_scan_ns: f64,
 }
 
 fn hostname(i: usize) -> String {
@@ -157,6 +161,114 @@ pub fn config(services: usize) -> proto::WaypointConfig {
         });
     }
     config
+}
+
+/// The same services' routes at the edge: one HTTP server on port 80 with a virtual host per
+/// service, named by its hostname (a plain service's a single route to its cluster).
+fn edge_config(services: usize) -> proto::WaypointConfig {
+    let mut mesh = config(services);
+    let virtual_hosts = mesh
+        .services
+        .iter()
+        .map(|s| proto::GatewayVirtualHost {
+            domains: vec![s.hostname.clone()],
+            http_routes: if s.http_routes.is_empty() {
+                vec![proto::HttpRoute {
+                    route: vec![proto::HttpRouteDestination {
+                        destination: Some(proto::Destination {
+                            host: s.hostname.clone(),
+                            subset: String::new(),
+                            port: 80,
+                            cluster: format!("outbound|80||{}", s.hostname),
+                        }),
+                        weight: 0,
+                        headers: None,
+                    }],
+                    ..Default::default()
+                }]
+            } else {
+                s.http_routes.clone()
+            },
+            virtual_service: format!("{}/{}", s.namespace, s.name),
+        })
+        .collect();
+    mesh.services.clear();
+    mesh.gateway = Some(proto::GatewayConfig {
+        listeners: vec![proto::GatewayListener {
+            port: 80,
+            servers: vec![proto::GatewayServer {
+                gateway: "ns-0/edge".to_owned(),
+                name: "http".to_owned(),
+                protocol: proto::GatewayProtocol::Http as i32,
+                hosts: vec!["*".to_owned()],
+                virtual_hosts,
+                ..Default::default()
+            }],
+        }],
+        workload: None,
+        num_trusted_proxies: 0,
+    });
+    mesh
+}
+
+/// The edge's choice for a request: its virtual host (by the server's domain index, or, as the
+/// baseline, by ranking every virtual host as the gateway did before the index), then the
+/// route: the cluster's name length, or `None`.
+fn decide_at_edge(
+    config: &waypoint::WaypointConfig,
+    request: &Request,
+    lookup: DefaultLookup,
+) -> Option<usize> {
+    use waypoint::model::gateway::{EdgeBinding, VirtualHost, host_match_rank};
+    let gateway = config.gateway.as_ref()?;
+    let binding = EdgeBinding {
+        port: 80,
+        server: "http".to_owned(),
+        sni: None,
+    };
+    let service = match lookup {
+        DefaultLookup::Indexed => match gateway.target(&binding, Some(&request.host))? {
+            Target::Service(target) => target.service,
+            Target::Workload(_) => return None,
+        },
+        DefaultLookup::Scan => {
+            let server = gateway.server(&binding)?;
+            let mut chosen: Option<(usize, &VirtualHost)> = None;
+            for v in &server.virtual_hosts {
+                let Some(rank) = v
+                    .domains
+                    .iter()
+                    .filter_map(|d| host_match_rank(d, &request.host))
+                    .max()
+                else {
+                    continue;
+                };
+                if chosen.as_ref().is_none_or(|(r, _)| rank > *r) {
+                    chosen = Some((rank, v));
+                }
+            }
+            &chosen?.1.table.service
+        }
+    };
+    let headers = BTreeMap::new();
+    let view = RequestView {
+        method: "GET",
+        scheme: "http",
+        authority: &request.host,
+        path: &request.path,
+        query: None,
+        headers: &headers,
+        port: 80,
+        source_labels: None,
+        source_namespace: None,
+    };
+    let selection = select_route(&service.route_matches, &view)?;
+    match &service.http_routes[selection.route_index].action {
+        RouteAction::Forward(destinations) => {
+            Some(config.cluster(&destinations.first()?.cluster)?.name.len())
+        }
+        _ => None,
+    }
 }
 
 fn rss_kib() -> anyhow::Result<i64> {
@@ -277,6 +389,7 @@ fn decision_ns(
     config: &waypoint::WaypointConfig,
     requests: &[Request],
     lookup: DefaultLookup,
+    decide: fn(&waypoint::WaypointConfig, &Request, DefaultLookup) -> Option<usize>,
 ) -> anyhow::Result<f64> {
     for request in requests {
         anyhow::ensure!(
@@ -322,6 +435,10 @@ fn measure(services: usize) -> anyhow::Result<RouteFigures> {
     let store = waypoint::ConfigStore::default();
     store.apply(generated)?;
     let snapshot = store.snapshot();
+    let edge_store = waypoint::ConfigStore::default();
+    edge_store.apply(edge_config(services))?;
+    let edge = edge_store.snapshot();
+    let (routed, plain) = (requests(services, true), requests(services, false));
     Ok(RouteFigures {
         services,
         routes,
@@ -329,13 +446,11 @@ fn measure(services: usize) -> anyhow::Result<RouteFigures> {
         first_apply: median(first),
         replace_apply: median(replace),
         rss_kib: memory_in_child(services)?,
-        routed_ns: decision_ns(&snapshot, &requests(services, true), DefaultLookup::Indexed)?,
-        plain_ns: decision_ns(
-            &snapshot,
-            &requests(services, false),
-            DefaultLookup::Indexed,
-        )?,
-        plain_scan_ns: decision_ns(&snapshot, &requests(services, false), DefaultLookup::Scan)?,
+        routed_ns: decision_ns(&snapshot, &routed, DefaultLookup::Indexed, decide)?,
+        plain_ns: decision_ns(&snapshot, &plain, DefaultLookup::Indexed, decide)?,
+        plain_scan_ns: decision_ns(&snapshot, &plain, DefaultLookup::Scan, decide)?,
+        edge_ns: decision_ns(&edge, &routed, DefaultLookup::Indexed, decide_at_edge)?,
+        edge_scan_ns: decision_ns(&edge, &routed, DefaultLookup::Scan, decide_at_edge)?,
     })
 }
 
