@@ -83,6 +83,10 @@ pub struct WaypointConfig {
     pub authentications: Vec<TargetedAuthentication>,
     /// Service by `vip:port`.
     by_vip: HashMap<SocketAddr, (usize, usize)>,
+    /// The cluster of each whole service (no subset), by hostname, then port: where a request
+    /// that no route matches goes. Looked up per request, so by hash, as Envoy finds a virtual
+    /// host, not by a scan that grows with the clusters.
+    default_clusters: HashMap<String, Vec<(u16, Arc<Cluster>)>>,
     /// Workloads reached at their own address (a pod addressed directly), by IP.
     direct: HashMap<IpAddr, Arc<DirectWorkload>>,
     /// Workload facts by IP, from the endpoints, to describe request sources.
@@ -282,9 +286,11 @@ impl WaypointConfig {
 
     /// The cluster serving the whole service on `port` (no subset): the default route.
     pub fn default_cluster(&self, hostname: &str, port: u16) -> Option<&Arc<Cluster>> {
-        self.clusters
-            .values()
-            .find(|c| c.host == hostname && c.subset.is_empty() && c.port == port)
+        self.default_clusters
+            .get(hostname)?
+            .iter()
+            .find(|(p, _)| *p == port)
+            .map(|(_, cluster)| cluster)
     }
 
     /// What is known of the workload at `ip`: from this configuration's endpoints and direct

@@ -21,7 +21,7 @@ use weft_policy::PolicyError;
 use weft_proto::waypoint as proto;
 
 use super::{
-    ConfigError, DirectWorkload, L4Match, Protocol, ResolvedNames, Service, ServicePort,
+    Cluster, ConfigError, DirectWorkload, L4Match, Protocol, ResolvedNames, Service, ServicePort,
     SourceTable, TcpRoute, Tunnel, WaypointConfig, WorkloadInfo, gateway, invalid,
 };
 
@@ -409,6 +409,21 @@ impl WaypointConfig {
                 });
             }
         }
+        // In the configuration's order, so that of two clusters for one service port (which
+        // the controller never sends) the first is the default, whatever the hashing.
+        let mut default_clusters: HashMap<String, Vec<(u16, Arc<Cluster>)>> = HashMap::new();
+        for c in &config.clusters {
+            let Some(cluster) = clusters.get(&c.name) else {
+                continue;
+            };
+            if !cluster.subset.is_empty() {
+                continue;
+            }
+            let ports = default_clusters.entry(cluster.host.clone()).or_default();
+            if ports.iter().all(|(port, _)| *port != cluster.port) {
+                ports.push((cluster.port, Arc::clone(cluster)));
+            }
+        }
         let mut direct = HashMap::with_capacity(config.workloads.len());
         for w in &config.workloads {
             let converted = direct_workload(w, &mut workloads)?;
@@ -469,6 +484,7 @@ impl WaypointConfig {
             policies,
             authentications,
             by_vip,
+            default_clusters,
             direct,
             workloads,
             sources: SourceTable::default(),

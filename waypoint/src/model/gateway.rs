@@ -143,11 +143,59 @@ pub struct EdgeServer {
     pub hosts: Vec<String>,
     pub tls: Option<ServerTls>,
     pub virtual_hosts: Vec<VirtualHost>,
+    /// `virtual_hosts` indexed for the request's Host ([`DomainIndex`]).
+    pub domains: DomainIndex,
     pub sni_routes: Vec<SniRoute>,
     pub tcp: Option<EdgeTable>,
     pub limits: EdgeLimits,
     /// The token bucket(s) each new connection draws one token from (TCP and TLS servers).
     pub connection_rate_limit: Option<LocalRateLimit>,
+}
+
+/// The virtual hosts of a server by domain, as Envoy finds a virtual host: an exact domain in a
+/// hash map (lowercase), then only the wildcard domains, best match first, so that the cost of
+/// choosing one does not grow with the hosts a gateway serves by name.
+#[derive(Debug, Default)]
+pub struct DomainIndex {
+    /// Exact domain (lowercase) -> the first virtual host naming it.
+    exact: std::collections::HashMap<String, usize>,
+    /// Every wildcard domain (`*.suffix`, `*`) and its virtual host, in their order.
+    wildcards: Vec<(String, usize)>,
+}
+
+impl DomainIndex {
+    pub fn new(virtual_hosts: &[VirtualHost]) -> Self {
+        let mut index = Self::default();
+        for (i, v) in virtual_hosts.iter().enumerate() {
+            for domain in &v.domains {
+                if domain.starts_with('*') {
+                    index.wildcards.push((domain.clone(), i));
+                } else {
+                    index.exact.entry(domain.to_ascii_lowercase()).or_insert(i);
+                }
+            }
+        }
+        index
+    }
+
+    /// The index of the virtual host for `host` (without its port): the exact domain, else the
+    /// longest wildcard suffix, else `*`; the first among equals, as [`best`] chooses.
+    pub fn find(&self, host: &str) -> Option<usize> {
+        let lowercase = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            std::borrow::Cow::Owned(host.to_ascii_lowercase())
+        } else {
+            std::borrow::Cow::Borrowed(host)
+        };
+        if let Some(&i) = self.exact.get(lowercase.as_ref()) {
+            return Some(i);
+        }
+        best(
+            self.wildcards
+                .iter()
+                .map(|(domain, i)| (std::slice::from_ref(domain), *i)),
+            host,
+        )
+    }
 }
 
 impl EdgeServer {
@@ -232,14 +280,11 @@ impl Gateway {
         let server = self.server(binding)?;
         if let Some(host) = host {
             let host = strip_port(host);
-            return best(
-                server
-                    .virtual_hosts
-                    .iter()
-                    .map(|v| (v.domains.as_slice(), v)),
-                host,
-            )
-            .map(|v| v.table.target());
+            return server
+                .domains
+                .find(host)
+                .and_then(|i| server.virtual_hosts.get(i))
+                .map(|v| v.table.target());
         }
         if server
             .tls
@@ -388,6 +433,7 @@ fn server(s: &proto::GatewayServer, port: u16, namespace: &str) -> Result<EdgeSe
         protocol,
         hosts: s.hosts.clone(),
         tls,
+        domains: DomainIndex::new(&virtual_hosts),
         virtual_hosts,
         sni_routes,
         tcp,

@@ -135,6 +135,56 @@ fn a_valid_config_is_indexed_by_vip() {
 }
 
 #[test]
+fn a_service_port_without_a_matching_route_goes_to_its_whole_service_cluster() {
+    let mut config = base();
+    let cluster = |name: &str, host: &str, port: u32, subset: &str| proto::Cluster {
+        name: name.to_owned(),
+        host: host.to_owned(),
+        port,
+        subset: subset.to_owned(),
+        endpoints: vec![endpoint()],
+        ..Default::default()
+    };
+    // A subset's cluster first: never the default, wherever it is listed.
+    config.clusters.insert(
+        0,
+        cluster(
+            "outbound|9080|v1|reviews.default.svc.cluster.local",
+            HOST,
+            9080,
+            "v1",
+        ),
+    );
+    config.clusters.extend([
+        cluster(
+            "outbound|9081||reviews.default.svc.cluster.local",
+            HOST,
+            9081,
+            "",
+        ),
+        cluster(
+            "outbound|9080||ratings.default.svc.cluster.local",
+            "ratings.default.svc.cluster.local",
+            9080,
+            "",
+        ),
+    ]);
+    let config = WaypointConfig::try_from(config).unwrap();
+    let default = |host: &str, port| config.default_cluster(host, port).map(|c| c.name.as_str());
+    assert_eq!(default(HOST, 9080), Some(CLUSTER));
+    assert_eq!(
+        default(HOST, 9081),
+        Some("outbound|9081||reviews.default.svc.cluster.local")
+    );
+    assert_eq!(
+        default("ratings.default.svc.cluster.local", 9080),
+        Some("outbound|9080||ratings.default.svc.cluster.local")
+    );
+    assert_eq!(default(HOST, 9082), None);
+    assert_eq!(default("details.default.svc.cluster.local", 9080), None);
+}
+
+#[test]
 fn a_route_may_name_a_cluster_that_does_not_exist() {
     // istiod names the cluster of an undefined subset without defining it; the configuration
     // stands and the route answers 503 NC at request time.

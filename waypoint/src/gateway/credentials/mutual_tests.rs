@@ -161,6 +161,7 @@ fn edge_server(mode: ServerTlsMode, credential: &str) -> EdgeServer {
             cipher_suites: Vec::new(),
         }),
         virtual_hosts: Vec::new(),
+        domains: Default::default(),
         sni_routes: Vec::new(),
         tcp: None,
         limits: Default::default(),

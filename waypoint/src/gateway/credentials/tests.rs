@@ -42,6 +42,7 @@ fn server(credential: &str, mode: ServerTlsMode) -> EdgeServer {
             cipher_suites: Vec::new(),
         }),
         virtual_hosts: Vec::new(),
+        domains: Default::default(),
         sni_routes: Vec::new(),
         tcp: None,
         limits: Default::default(),

@@ -116,6 +116,68 @@ fn the_request_host_chooses_the_most_specific_virtual_host() {
 }
 
 #[test]
+fn the_domain_index_chooses_as_the_ranking_does() {
+    let host = |domains: &[&str]| VirtualHost {
+        domains: domains.iter().map(|d| (*d).to_owned()).collect(),
+        table: EdgeTable {
+            service: Service {
+                hostname: String::new(),
+                name: String::new(),
+                namespace: String::new(),
+                names: Arc::new(super::super::service_of_host("")),
+                vips: Vec::new(),
+                ports: Vec::new(),
+                route_matches: Vec::new(),
+                http_routes: Vec::new(),
+                tcp_routes: Vec::new(),
+                dynamic_dns: false,
+            },
+            port: ServicePort {
+                port: 80,
+                name: String::new(),
+                protocol: Protocol::Http,
+                target_port: 80,
+            },
+        },
+    };
+    let hosts = [
+        host(&["*"]),
+        host(&["*.com"]),
+        host(&["*.example.com", "Shop.Example.com"]),
+        host(&["shop.example.com"]),
+        host(&["*.example.com"]),
+        host(&["cart.example.com", "*.shop.example.com"]),
+    ];
+    let index = DomainIndex::new(&hosts);
+    let cases = [
+        // The first virtual host naming the domain, whatever its case.
+        ("shop.example.com", Some(2)),
+        ("SHOP.example.COM", Some(2)),
+        ("cart.example.com", Some(5)),
+        // The longest suffix, the first among equals.
+        ("a.shop.example.com", Some(5)),
+        ("news.example.com", Some(2)),
+        ("example.com", Some(1)),
+        ("10.0.0.1", Some(0)),
+    ];
+    for (request_host, expected) in cases {
+        let ranked = best(
+            hosts
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (v.domains.as_slice(), i)),
+            request_host,
+        );
+        assert_eq!(ranked, expected, "ranking, {request_host}");
+        assert_eq!(index.find(request_host), expected, "index, {request_host}");
+    }
+    assert_eq!(
+        DomainIndex::new(&hosts[3..4]).find("other.example.com"),
+        None
+    );
+}
+
+#[test]
 fn the_client_hello_chooses_the_server() {
     let edge = edge();
     let listener = edge.listener(443).unwrap();

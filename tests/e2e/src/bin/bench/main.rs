@@ -9,7 +9,9 @@
 //! the ingress section ([`ingress`]): TLS termination by the ingress gateway and by nginx with
 //! the same certificate and routes. Then the capture section ([`capture`]): enrollment latency per pod, and what the programs at the
 //! cgroup root cost a process outside the mesh per connection. Then the scale section
-//! ([`scale`]): the controller and its xDS clients at three cluster sizes. Tools
+//! ([`scale`]): the controller and its xDS clients at three cluster sizes. Then the node section
+//! ([`node`]): one agent with up to 110 pods, and a waypoint's route table up to 2,000
+//! services. Tools
 //! run inside the pods: iperf3 (bulk TCP), wrk (HTTP rps and closed-loop latency) and this
 //! binary's own fixed-rate client (`bench fixed-rate`: latency percentiles at a set request rate
 //! on one keep-alive connection).
@@ -21,6 +23,7 @@ mod ingress;
 mod l7;
 mod load;
 mod nginx;
+mod node;
 mod scale;
 mod tls;
 
@@ -49,9 +52,9 @@ struct Settings {
 }
 
 /// The figure groups `--only` selects from; `waypoint` is the whole L7 section, `scale` the
-/// control plane at cluster sizes, `tls` the TLS providers, `ingress` TLS termination at the
-/// edge.
-const GROUPS: [&str; 10] = [
+/// control plane at cluster sizes, `node` one node's proxies at pod and route counts, `tls` the
+/// TLS providers, `ingress` TLS termination at the edge.
+const GROUPS: [&str; 11] = [
     "throughput",
     "rps1",
     "fixed-rate",
@@ -60,6 +63,7 @@ const GROUPS: [&str; 10] = [
     "waypoint",
     "capture",
     "scale",
+    "node",
     "tls",
     "ingress",
 ];
@@ -495,6 +499,11 @@ fn main() -> anyhow::Result<()> {
     {
         return fixed_rate_client(address, rps.parse()?, seconds.parse()?);
     }
+    if let [_, command, services] = &args[..]
+        && command == node::routes::MEMORY_COMMAND
+    {
+        return node::routes::memory_command(services);
+    }
     if args.get(1).is_some_and(|a| a == "https-load") {
         return https_load::https_load_client(&args[2..]);
     }
@@ -602,6 +611,11 @@ fn main() -> anyhow::Result<()> {
     } else {
         Vec::new()
     };
+    let node = if !settings.cross_node_only && settings.wants("node") {
+        Some(node::run(&settings, quick)?)
+    } else {
+        None
+    };
     let tls = if settings.wants("tls") {
         Some(tls::run(&settings)?)
     } else {
@@ -686,6 +700,9 @@ fn main() -> anyhow::Result<()> {
         capture::report(&mut report, capture)?;
     }
     scale::report(&mut report, &scale)?;
+    if let Some(node) = &node {
+        node::report(&mut report, node)?;
+    }
     if let Some(tls) = &tls {
         tls::report(&mut report, tls)?;
     }
