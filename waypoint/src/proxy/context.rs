@@ -43,6 +43,9 @@ pub(super) struct RequestContext<'a> {
     /// `x-envoy-external-address` see it: the peer's, or at the edge the trusted client
     /// address ([`super::forwarded::trusted_client`]).
     pub remote_ip: IpAddr,
+    /// At the edge, the limits of the connection's server in `config`, found once per request
+    /// (the default elsewhere: no limit of a server's own).
+    pub edge_limits: crate::model::gateway::EdgeLimits,
 }
 
 impl<'a> RequestContext<'a> {
@@ -62,6 +65,7 @@ impl<'a> RequestContext<'a> {
             path: String::new(),
             query: None,
             remote_ip: tunnel.source_ip,
+            edge_limits: tunnel.edge_limits(config).copied().unwrap_or_default(),
         }
     }
 

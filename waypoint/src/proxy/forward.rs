@@ -158,9 +158,8 @@ pub(super) async fn forward_to(
     // while it fits in the limit (Envoy's retry and shadow buffer; at the edge, the server's
     // `perConnectionBufferLimitBytes`, read per request).
     let buffer_limit = cx
-        .tunnel
-        .edge_limits(cx.config)
-        .and_then(|l| l.per_connection_buffer_limit_bytes)
+        .edge_limits
+        .per_connection_buffer_limit_bytes
         .unwrap_or(cx.shared.retry_buffer_limit);
     let body = (!body.is_end_stream()).then(|| Replayable::new(body, buffer_limit));
     let mut outgoing = Outgoing {

@@ -55,10 +55,7 @@ async fn route_request(
         debug!(%refusal, "request refused before routing");
         return Err(refusal.into());
     }
-    if let Some(limit) = cx
-        .tunnel
-        .edge_limits(cx.config)
-        .and_then(|l| l.max_request_header_bytes)
+    if let Some(limit) = cx.edge_limits.max_request_header_bytes
         && header_bytes(&request) > limit
     {
         return Err(LocalReply::HeadersTooLarge);

@@ -73,6 +73,8 @@ enum Connector {
 /// one is withdrawn) connections fail, as Envoy's do while a cluster's SDS secret is missing.
 struct DeliveredConnector {
     resource: String,
+    /// `<resource>-cacert`: the server's CA.
+    ca_resource: String,
     mutual: bool,
     subject_alt_names: Vec<String>,
     credentials: XdsCredentials,
@@ -93,11 +95,10 @@ impl DeliveredConnector {
                 "credential {name} not delivered by the controller (missing Secret?)"
             ))
         };
-        let ca_name = format!("{}{CA_SECRET_SUFFIX}", self.resource);
         let ca = self
             .credentials
-            .get(&ca_name)
-            .ok_or_else(|| missing(&ca_name))?;
+            .get(&self.ca_resource)
+            .ok_or_else(|| missing(&self.ca_resource))?;
         let client = if self.mutual {
             Some(
                 self.credentials
@@ -250,6 +251,7 @@ impl OriginatedTls {
         } else if !settings.credential_resource.is_empty() {
             Connector::Delivered(Arc::new(DeliveredConnector {
                 resource: settings.credential_resource.clone(),
+                ca_resource: format!("{}{CA_SECRET_SUFFIX}", settings.credential_resource),
                 mutual: settings.mutual,
                 subject_alt_names: settings.subject_alt_names.clone(),
                 credentials: credentials.delivered.clone(),
