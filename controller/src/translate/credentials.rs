@@ -107,14 +107,15 @@ pub fn referenced_secrets(index: &ConfigIndex) -> BTreeSet<String> {
         if gateway.spec.selector.is_empty() {
             continue;
         }
-        proxy_namespaces.extend(
-            index
-                .pods
-                .values()
-                .filter(|p| !resolve::pod_terminated(p))
-                .filter(|p| resolve::selects(&gateway.spec.selector, &resolve::labels(&p.metadata)))
-                .map(|p| namespace_of(&p.metadata)),
-        );
+        // The namespaces of the pods the Gateway selects: its proxies'.
+        let namespaces: BTreeSet<&str> = index
+            .pods
+            .values()
+            .filter(|p| !resolve::pod_terminated(p))
+            .filter(|p| resolve::selects(&gateway.spec.selector, &resolve::labels(&p.metadata)))
+            .map(|p| namespace_of(&p.metadata))
+            .collect();
+        proxy_namespaces.extend(namespaces.iter().copied());
         let credentials: Vec<&str> = gateway
             .spec
             .servers
@@ -132,13 +133,6 @@ pub fn referenced_secrets(index: &ConfigIndex) -> BTreeSet<String> {
         if credentials.is_empty() {
             continue;
         }
-        let namespaces: BTreeSet<&str> = index
-            .pods
-            .values()
-            .filter(|p| !resolve::pod_terminated(p))
-            .filter(|p| resolve::selects(&gateway.spec.selector, &resolve::labels(&p.metadata)))
-            .map(|p| namespace_of(&p.metadata))
-            .collect();
         for namespace in namespaces {
             for credential in &credentials {
                 let resource = istio_resource(namespace, credential);
