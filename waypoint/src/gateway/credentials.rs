@@ -94,8 +94,8 @@ impl CredentialSource {
 /// A credential as it was read: read again when this changes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Stamp {
-    /// The files' modification times and sizes.
-    Files(Vec<Option<(SystemTime, u64)>>),
+    /// The files' stamps.
+    Files(Vec<FileStamp>),
     /// The versions of the certificate's and the CA's resources.
     Xds(Option<String>, Option<String>),
 }
@@ -263,19 +263,6 @@ impl CredentialStore {
         self.server_config(server)
     }
 
-    fn paths(dir: &Path, name: &str) -> [PathBuf; 6] {
-        let own = dir.join(name);
-        let ca_secret = dir.join(format!("{name}{CA_SECRET_SUFFIX}"));
-        [
-            own.join(CERTIFICATE_FILE),
-            own.join(KEY_FILE),
-            own.join(CA_FILE),
-            own.join(CRL_FILE),
-            ca_secret.join(CA_FILE),
-            ca_secret.join(CRL_FILE),
-        ]
-    }
-
     /// The TLS configuration `server` terminates with, from its credential as it is now.
     pub fn server_config(&self, server: &EdgeServer) -> Result<Arc<ServerConfig>, CredentialError> {
         let tls = server
@@ -316,7 +303,7 @@ impl CredentialStore {
                         "credentialName {name:?} is not a credential name"
                     )));
                 }
-                let paths = Self::paths(dir, name);
+                let paths = credential_paths(dir, name);
                 let stamp = Stamp::Files(paths.iter().map(|p| file_stamp(p)).collect());
                 (name, stamp, Box::new(move || file_credential(&paths)))
             }
@@ -402,6 +389,21 @@ fn delivered_credential(
     })
 }
 
+/// The files of the credential `name` under `dir`: its certificate, key, CA and revocation
+/// list, then the CA and list of Istio's separate CA Secret (`<name>-cacert`).
+pub(crate) fn credential_paths(dir: &Path, name: &str) -> [PathBuf; 6] {
+    let own = dir.join(name);
+    let ca_secret = dir.join(format!("{name}{CA_SECRET_SUFFIX}"));
+    [
+        own.join(CERTIFICATE_FILE),
+        own.join(KEY_FILE),
+        own.join(CA_FILE),
+        own.join(CRL_FILE),
+        ca_secret.join(CA_FILE),
+        ca_secret.join(CRL_FILE),
+    ]
+}
+
 /// A credential directory's files.
 fn file_credential(paths: &[PathBuf; 6]) -> Result<Credential, CredentialError> {
     let [certificate, key, ca, crl, ca_secret, crl_secret] = paths;
@@ -425,9 +427,16 @@ fn file_credential(paths: &[PathBuf; 6]) -> Result<Credential, CredentialError> 
     })
 }
 
-fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
+/// What tells that a file changed: its inode (a file replaced by a rename, as Kubernetes
+/// updates a mounted Secret, is another), modification time and size; `None` when it cannot
+/// be read.
+pub(crate) type FileStamp = Option<(u64, SystemTime, u64)>;
+
+/// The [`FileStamp`] of `path`, through symbolic links.
+pub(crate) fn file_stamp(path: &Path) -> FileStamp {
+    use std::os::unix::fs::MetadataExt;
     let metadata = std::fs::metadata(path).ok()?;
-    Some((metadata.modified().ok()?, metadata.len()))
+    Some((metadata.ino(), metadata.modified().ok()?, metadata.len()))
 }
 
 fn read(path: &Path) -> Result<Pem, CredentialError> {

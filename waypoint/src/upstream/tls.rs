@@ -3,8 +3,11 @@
 //! out encrypted, with the configured SNI, the server verified against the configured CAs (else
 //! the Mozilla root set) and names (`subjectAltNames`, else the SNI), and for MUTUAL the
 //! configured client certificate, or those of the credential a `credentialName` names. Built
-//! once per configuration, files read then; a credential the controller delivers over xDS
-//! (Kubernetes mode) is read when a connection is made, and built again when it changes.
+//! with the configuration and again when what it was built from changes, so that the next
+//! connection uses a rotated certificate, CA or revocation list without a new configuration:
+//! files (the settings' own, or a credentials directory's in local mode) are looked at before
+//! each connection, as Envoy's file-watched secrets are, and a credential the controller
+//! delivers over xDS (Kubernetes mode) is read when a connection is made.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -24,7 +27,8 @@ use weft_proto::waypoint as proto;
 
 use crate::gateway::credentials::xds::{Delivered, Material, XdsCredentials};
 use crate::gateway::credentials::{
-    CA_FILE, CA_SECRET_SUFFIX, CERTIFICATE_FILE, CRL_FILE, KEY_FILE,
+    CA_FILE, CA_SECRET_SUFFIX, CERTIFICATE_FILE, CRL_FILE, FileStamp, KEY_FILE, credential_paths,
+    file_stamp,
 };
 
 /// Where the credentials a DestinationRule's `credentialName` names are found.
@@ -65,6 +69,116 @@ enum Connector {
     Built(Result<TlsConnector, Arc<str>>),
     /// From a credential the controller delivers, built when a connection needs it.
     Delivered(Arc<DeliveredConnector>),
+    /// From files, built again when one of them changes.
+    Files(Arc<FilesConnector>),
+}
+
+/// A connector from files as they are now: before each connection the files' modification
+/// times and sizes are looked at, and the connector is built again when one changed. A change
+/// that cannot be used (a file missing, a PEM that does not parse) fails the cluster's
+/// connections until the files are fixed: never the old CA or certificate, which a rotation
+/// may have replaced for a reason.
+struct FilesConnector {
+    source: FileSource,
+    subject_alt_names: Vec<String>,
+    built: Mutex<FilesBuilt>,
+}
+
+/// The stamps of the files a connector was built from, and it.
+struct FilesBuilt {
+    stamp: Vec<FileStamp>,
+    connector: Result<TlsConnector, Arc<str>>,
+}
+
+/// Where a [`FilesConnector`]'s files are.
+enum FileSource {
+    /// The settings' `caCertificates`, `caCrl`, `clientCertificate` and `privateKey`.
+    Settings(TlsFiles),
+    /// A `credentialName` under the credentials directory (local mode).
+    Credential {
+        directory: Arc<Path>,
+        name: String,
+        mutual: bool,
+    },
+}
+
+impl FileSource {
+    fn stamp(&self) -> Vec<FileStamp> {
+        match self {
+            FileSource::Settings(files) => files.paths().map(file_stamp).collect(),
+            FileSource::Credential {
+                directory, name, ..
+            } => credential_paths(directory, name)
+                .iter()
+                .map(|p| file_stamp(p))
+                .collect(),
+        }
+    }
+
+    fn build(&self, subject_alt_names: &[String]) -> Result<TlsConnector, String> {
+        match self {
+            FileSource::Settings(files) => {
+                files.read().and_then(|m| connector(&m, subject_alt_names))
+            }
+            FileSource::Credential {
+                directory,
+                name,
+                mutual,
+            } => credential_files(name, *mutual, directory)
+                .and_then(|files| files.read())
+                .and_then(|m| connector(&m, subject_alt_names))
+                .map_err(|e| format!("credential {name}: {e}")),
+        }
+    }
+}
+
+impl FilesConnector {
+    /// Built from the files as they are now; `Err` is why they cannot be used.
+    fn new(source: FileSource, subject_alt_names: Vec<String>) -> Self {
+        // Stamped before reading: a file changing meanwhile is read again at the next look.
+        let stamp = source.stamp();
+        let connector = source.build(&subject_alt_names).map_err(Arc::from);
+        FilesConnector {
+            source,
+            subject_alt_names,
+            built: Mutex::new(FilesBuilt { stamp, connector }),
+        }
+    }
+
+    fn current(&self) -> Result<TlsConnector, Arc<str>> {
+        let stamp = self.source.stamp();
+        let mut built = self.built.lock().unwrap_or_else(|p| p.into_inner());
+        if built.stamp != stamp {
+            let connector = self
+                .source
+                .build(&self.subject_alt_names)
+                .map_err(Arc::from);
+            match &connector {
+                Ok(_) => {
+                    tracing::info!(files = %self.source, "tls origination files changed: new connections use them")
+                }
+                Err(reason) => {
+                    tracing::warn!(files = %self.source, %reason, "tls origination files changed and cannot be used: the cluster's connections fail")
+                }
+            }
+            *built = FilesBuilt { stamp, connector };
+        }
+        built.connector.clone()
+    }
+}
+
+impl std::fmt::Display for FileSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FileSource::Settings(files) => {
+                let paths: Vec<String> = files.paths().map(|p| p.display().to_string()).collect();
+                f.write_str(&paths.join(","))
+            }
+            FileSource::Credential {
+                directory, name, ..
+            } => write!(f, "{}", directory.join(name).display()),
+        }
+    }
 }
 
 /// A connector from a delivered credential: the server's CA (`<resource>-cacert`) and, for
@@ -181,6 +295,17 @@ struct TlsFiles {
 }
 
 impl TlsFiles {
+    /// Every file named.
+    fn paths(&self) -> impl Iterator<Item = &Path> {
+        let client = self.client.as_ref();
+        self.ca
+            .as_deref()
+            .into_iter()
+            .chain(self.crl.as_deref())
+            .chain(client.map(|(certificate, _)| certificate.as_path()))
+            .chain(client.map(|(_, key)| key.as_path()))
+    }
+
     fn read(&self) -> Result<TlsMaterial, String> {
         let client = match &self.client {
             None => None,
@@ -228,7 +353,8 @@ impl OriginatedTls {
     /// the credentials directory (`<dir>/<name>/ca.crt`, or Istio's separate CA Secret
     /// `<dir>/<name>-cacert/ca.crt`; for MUTUAL `tls.crt` and `tls.key`), in place of the file
     /// settings, as Istio takes it; a credential that cannot be used is no error here: the
-    /// settings are built [`unusable`](Self::unusable) and their connections fail.
+    /// settings are built [`unusable`](Self::unusable) and their connections fail. Files are
+    /// read now and again when they change; the settings' own files must be usable now.
     pub fn new(
         settings: &proto::UpstreamTls,
         host: &str,
@@ -247,7 +373,14 @@ impl OriginatedTls {
                 client: non_empty(&settings.client_certificate)
                     .map(|c| (c, PathBuf::from(&settings.private_key))),
             };
-            Connector::Built(Ok(connector(&files.read()?, &settings.subject_alt_names)?))
+            let mut files = FilesConnector::new(
+                FileSource::Settings(files),
+                settings.subject_alt_names.clone(),
+            );
+            if let Err(reason) = &files.built.get_mut().expect("not shared yet").connector {
+                return Err(reason.to_string());
+            }
+            Connector::Files(Arc::new(files))
         } else if !settings.credential_resource.is_empty() {
             Connector::Delivered(Arc::new(DeliveredConnector {
                 resource: settings.credential_resource.clone(),
@@ -258,14 +391,18 @@ impl OriginatedTls {
                 built: Mutex::new(None),
             }))
         } else {
-            Connector::Built(
-                credential_files(settings, credentials.directory.as_deref())
-                    .and_then(|files| files.read())
-                    .and_then(|material| connector(&material, &settings.subject_alt_names))
-                    .map_err(|e| {
-                        Arc::from(format!("credential {}: {e}", settings.credential_name))
-                    }),
-            )
+            let name = &settings.credential_name;
+            match credentials_directory(name, credentials.directory.as_ref()) {
+                Ok(directory) => Connector::Files(Arc::new(FilesConnector::new(
+                    FileSource::Credential {
+                        directory: directory.clone(),
+                        name: name.clone(),
+                        mutual: settings.mutual,
+                    },
+                    settings.subject_alt_names.clone(),
+                ))),
+                Err(e) => Connector::Built(Err(Arc::from(format!("credential {name}: {e}")))),
+            }
         };
         // Server names are checked now, whatever the credential.
         for name in &settings.subject_alt_names {
@@ -308,6 +445,7 @@ impl OriginatedTls {
         match &self.connector {
             Connector::Built(built) => built.clone(),
             Connector::Delivered(delivered) => delivered.current(),
+            Connector::Files(files) => files.current(),
         }
     }
 
@@ -324,13 +462,12 @@ fn non_empty(path: &str) -> Option<PathBuf> {
     (!path.is_empty()).then(|| PathBuf::from(path))
 }
 
-/// The files of the credential `settings` names, under `credentials`; they must exist (the
-/// server cannot be verified without its CA).
-fn credential_files(
-    settings: &proto::UpstreamTls,
-    credentials: Option<&Path>,
-) -> Result<TlsFiles, String> {
-    let name = &settings.credential_name;
+/// The directory the credential `name` is read from: `credentials`, if the name is one path
+/// component (`../x` never leaves the directory).
+fn credentials_directory<'a>(
+    name: &str,
+    credentials: Option<&'a Arc<Path>>,
+) -> Result<&'a Arc<Path>, String> {
     let one_component = Path::new(name).components().count() == 1
         && !name.contains('/')
         && name != "."
@@ -338,12 +475,17 @@ fn credential_files(
     if !one_component {
         return Err("not a credential name (one path component)".to_owned());
     }
-    let Some(dir) = credentials else {
-        return Err(format!(
+    credentials.ok_or_else(|| {
+        format!(
             "this proxy has no credentials (no {} directory): the Secret cannot be read",
             crate::config::CREDENTIALS_DIR
-        ));
-    };
+        )
+    })
+}
+
+/// The files of the credential `name` under `dir`; they must exist (the server cannot be
+/// verified without its CA).
+fn credential_files(name: &str, mutual: bool, dir: &Path) -> Result<TlsFiles, String> {
     let own = dir.join(name);
     // The CA's directory: the credential's own, else its `-cacert` companion; a revocation
     // list beside it goes with it, as Istio pairs `ca.crt` and `ca.crl`.
@@ -358,9 +500,7 @@ fn credential_files(
         })?;
     let crl = Some(ca_dir.join(CRL_FILE)).filter(|p| p.is_file());
     let ca = ca_dir.join(CA_FILE);
-    let client = settings
-        .mutual
-        .then(|| (own.join(CERTIFICATE_FILE), own.join(KEY_FILE)));
+    let client = mutual.then(|| (own.join(CERTIFICATE_FILE), own.join(KEY_FILE)));
     Ok(TlsFiles {
         ca: Some(ca),
         crl,

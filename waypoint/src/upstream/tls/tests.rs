@@ -382,3 +382,80 @@ async fn a_revocation_list_refuses_the_server_certificates_it_revokes() {
     assert!(refused.contains("Revoked"), "{refused}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A file replaced as Kubernetes replaces a mounted Secret's: written beside it, then renamed
+/// over it.
+fn replace(path: &std::path::Path, text: &str) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let staged = path.with_extension("staged");
+    std::fs::write(&staged, text).unwrap();
+    std::fs::rename(&staged, path).unwrap();
+}
+
+#[tokio::test]
+async fn files_that_change_are_used_by_the_next_connection_without_a_new_configuration() {
+    let authority = RevokingCa::new();
+    let other = RevokingCa::new();
+    let (address, _accepted) = server(&authority.server, None).await;
+    let connects = |tls: OriginatedTls| async move {
+        let tcp = TcpStream::connect(address).await.unwrap();
+        tls.connect(tcp)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    let dir = std::env::temp_dir().join(format!("weft-rotate-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // A credential directory (local mode): its CA rotates, a revocation list arrives beside it.
+    let ca = dir.join("credentials/api/ca.crt");
+    let crl = dir.join("credentials/api/ca.crl");
+    replace(&ca, &authority.ca);
+    let directory = OriginationCredentials::directory(Some(&dir.join("credentials")));
+    let settings = proto::UpstreamTls {
+        credential_name: "api".to_owned(),
+        ..Default::default()
+    };
+    let tls = OriginatedTls::new(&settings, HOST, &directory).expect("settings");
+    connects(tls.clone()).await.expect("the CA as configured");
+    replace(&ca, &other.ca);
+    let refused = connects(tls.clone())
+        .await
+        .expect_err("a CA that did not sign the server's certificate");
+    // The other CA bears the same name: the server's signature does not verify with its key.
+    assert!(refused.contains("BadSignature"), "{refused}");
+    replace(&ca, &authority.ca);
+    connects(tls.clone()).await.expect("the CA back");
+    replace(&crl, &authority.crl(&[7]));
+    let refused = connects(tls.clone())
+        .await
+        .expect_err("the list revokes the server's certificate");
+    assert!(refused.contains("Revoked"), "{refused}");
+    std::fs::remove_file(&crl).unwrap();
+    connects(tls.clone()).await.expect("the list withdrawn");
+    // A change that cannot be used fails closed, never falling back to the last good CA.
+    replace(&ca, "not a certificate");
+    assert!(tls.unusable().is_some(), "an unparsable CA is unusable");
+    connects(tls.clone()).await.expect_err("an unparsable CA");
+    std::fs::remove_file(&ca).unwrap();
+    let why = tls.unusable().expect("a missing CA").to_string();
+    assert!(why.contains("ca.crt"), "{why}");
+
+    // The settings' own `caCertificates` file.
+    let file = dir.join("files/ca.pem");
+    replace(&file, &authority.ca);
+    let settings = proto::UpstreamTls {
+        ca_certificates: file.display().to_string(),
+        ..Default::default()
+    };
+    let none = OriginationCredentials::default();
+    let tls = OriginatedTls::new(&settings, HOST, &none).expect("settings");
+    connects(tls.clone()).await.expect("the CA as configured");
+    replace(&file, &other.ca);
+    connects(tls.clone())
+        .await
+        .expect_err("the CA rotated away");
+    replace(&file, &authority.ca);
+    connects(tls).await.expect("the CA back");
+    let _ = std::fs::remove_dir_all(&dir);
+}
