@@ -44,6 +44,14 @@ pub const DNS_RESOLV_CONF: &str = "DNS_RESOLV_CONF";
 /// The address a gateway's ports are opened on.
 pub const GATEWAY_ADDRESS: &str = "GATEWAY_ADDRESS";
 pub const DEFAULT_GATEWAY_ADDRESS: &str = "0.0.0.0";
+/// Istio's pilot-agent switch of the same name: after SIGTERM, exit as soon as no connection
+/// is left (once [`MINIMUM_DRAIN_DURATION`] has run), not at the end of the termination
+/// deadline. A Go boolean (`true`, `1`, `t`, `false`, ...); default `false`.
+pub const EXIT_ON_ZERO_ACTIVE_CONNECTIONS: &str = "EXIT_ON_ZERO_ACTIVE_CONNECTIONS";
+/// How long the drain runs at least under [`EXIT_ON_ZERO_ACTIVE_CONNECTIONS`]; Istio's
+/// default, 5 s.
+pub const MINIMUM_DRAIN_DURATION: &str = "MINIMUM_DRAIN_DURATION";
+pub const DEFAULT_MINIMUM_DRAIN_DURATION: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// [`XDS_ADDRESS`] that runs the waypoint without a controller (a [`CONFIG_FILE`] only).
 pub const NO_CONTROLLER: &str = "none";
@@ -60,6 +68,18 @@ pub enum SettingsError {
     NoCertificateSource,
     #[error("{PROXY_ROLE}: {0:?} is neither waypoint nor gateway")]
     Role(String),
+}
+
+/// How the drain after SIGTERM ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DrainEnd {
+    /// At the termination deadline, however early the connections finished (pilot-agent's
+    /// default, its `terminationDrainDuration`).
+    Deadline,
+    /// As soon as no connection is left once `minimum` has run, else at the deadline
+    /// ([`EXIT_ON_ZERO_ACTIVE_CONNECTIONS`]).
+    NoConnectionLeft { minimum: std::time::Duration },
 }
 
 /// Where the waypoint's certificate comes from.
@@ -117,6 +137,34 @@ pub struct Config {
     pub origination_credentials: Option<PathBuf>,
     /// [`DNS_RESOLV_CONF`]; `None`: `/etc/resolv.conf`.
     pub dns_resolv_conf: Option<PathBuf>,
+    pub drain_end: DrainEnd,
+}
+
+/// [`EXIT_ON_ZERO_ACTIVE_CONNECTIONS`] and [`MINIMUM_DRAIN_DURATION`], as pilot-agent reads
+/// them: the switch is a Go boolean (`strconv.ParseBool`).
+fn drain_end(settings: &Settings<'_>) -> Result<DrainEnd, ConfigError> {
+    let exit_on_zero = match settings.string(EXIT_ON_ZERO_ACTIVE_CONNECTIONS).as_deref() {
+        None => false,
+        Some("1" | "t" | "T" | "TRUE" | "true" | "True") => true,
+        Some("0" | "f" | "F" | "FALSE" | "false" | "False") => false,
+        Some(other) => {
+            return Err(ConfigError::invalid(
+                EXIT_ON_ZERO_ACTIVE_CONNECTIONS,
+                other,
+                "use true or false",
+            ));
+        }
+    };
+    let minimum = match settings.string(MINIMUM_DRAIN_DURATION) {
+        None => DEFAULT_MINIMUM_DRAIN_DURATION,
+        Some(value) => parse_duration(&value)
+            .map_err(|reason| ConfigError::invalid(MINIMUM_DRAIN_DURATION, value, reason))?,
+    };
+    Ok(if exit_on_zero {
+        DrainEnd::NoConnectionLeft { minimum }
+    } else {
+        DrainEnd::Deadline
+    })
 }
 
 /// One worker thread per CPU the process may run on.
@@ -173,6 +221,7 @@ impl Config {
             gateway_address: settings.parse_or(GATEWAY_ADDRESS, DEFAULT_GATEWAY_ADDRESS)?,
             origination_credentials: settings.path(CREDENTIALS_DIR),
             dns_resolv_conf: settings.path(DNS_RESOLV_CONF),
+            drain_end: drain_end(&settings)?,
             upgrades: match settings.string(UPGRADES) {
                 None => crate::conformance::DEFAULT_UPGRADES
                     .iter()
@@ -355,5 +404,53 @@ mod tests {
         for case in cases {
             assert!(Config::from_strings(&strings(&case)).is_err(), "{case:?}");
         }
+    }
+    /// pilot-agent's `EXIT_ON_ZERO_ACTIVE_CONNECTIONS` (a Go boolean, default false) and
+    /// `MINIMUM_DRAIN_DURATION` (default 5 s).
+    #[test]
+    fn the_drain_ends_as_pilot_agent_ends_it() {
+        let drain_end = |pairs: &[(&str, &str)]| {
+            let mut pairs = pairs.to_vec();
+            pairs.push((CA_DIR, "/ca"));
+            Config::from_strings(&strings(&pairs)).map(|c| c.drain_end)
+        };
+        assert_eq!(drain_end(&[]).unwrap(), DrainEnd::Deadline);
+        assert_eq!(
+            drain_end(&[(EXIT_ON_ZERO_ACTIVE_CONNECTIONS, "False")]).unwrap(),
+            DrainEnd::Deadline
+        );
+        for on in ["true", "1", "T", "TRUE"] {
+            assert_eq!(
+                drain_end(&[(EXIT_ON_ZERO_ACTIVE_CONNECTIONS, on)]).unwrap(),
+                DrainEnd::NoConnectionLeft {
+                    minimum: DEFAULT_MINIMUM_DRAIN_DURATION
+                },
+                "{on}"
+            );
+        }
+        assert_eq!(
+            drain_end(&[
+                (EXIT_ON_ZERO_ACTIVE_CONNECTIONS, "true"),
+                (MINIMUM_DRAIN_DURATION, "1500ms")
+            ])
+            .unwrap(),
+            DrainEnd::NoConnectionLeft {
+                minimum: std::time::Duration::from_millis(1500)
+            }
+        );
+        let refused = drain_end(&[(EXIT_ON_ZERO_ACTIVE_CONNECTIONS, "yes")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains(EXIT_ON_ZERO_ACTIVE_CONNECTIONS),
+            "{refused}"
+        );
+        let refused = drain_end(&[
+            (EXIT_ON_ZERO_ACTIVE_CONNECTIONS, "true"),
+            (MINIMUM_DRAIN_DURATION, "5"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(refused.contains(MINIMUM_DRAIN_DURATION), "{refused}");
     }
 }

@@ -14,7 +14,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use prost::Message as _;
 use tracing::{Instrument as _, info, warn};
-use waypoint::config::{self, CertificateSettings, Config, Environment, Layered, Role};
+use waypoint::config::{self, CertificateSettings, Config, DrainEnd, Environment, Layered, Role};
 use waypoint::gateway::credentials::CredentialSource;
 use waypoint::gateway::credentials::xds::XdsCredentials;
 use waypoint::upstream::OriginationCredentials;
@@ -294,12 +294,19 @@ async fn run(config: Config, workers: Workers) -> anyhow::Result<()> {
     // then the whole `terminationDrainDuration` before the exit. Clients move to the other
     // replicas while the endpoint's removal reaches every agent; one that has not heard yet
     // is still served here.
+    // Under `EXIT_ON_ZERO_ACTIVE_CONNECTIONS`, pilot-agent exits once no connection is left
+    // after its `MINIMUM_DRAIN_DURATION`, still within the deadline.
     let period = config.proxy.termination_deadline;
     info!(
         ?period,
+        drain_end = ?config.drain_end,
         "draining: still accepting, every connection told to go away"
     );
-    match trigger.drain_for(period).await {
+    let drained = match config.drain_end {
+        DrainEnd::Deadline => trigger.drain_for(period).await,
+        DrainEnd::NoConnectionLeft { minimum } => trigger.drain_until_idle(minimum, period).await,
+    };
+    match drained {
         Drained::Complete => info!("drained"),
         Drained::DeadlinePassed { remaining } => {
             warn!(

@@ -14,6 +14,9 @@
 //!   each new connection told to go away as it comes (Envoy's `drain_listeners?graceful` with
 //!   `--drain-strategy immediate`); the period always runs out, as pilot-agent waits its
 //!   `terminationDrainDuration`.
+//! - [`DrainTrigger::drain_until_idle`] (the same, under Istio's
+//!   `EXIT_ON_ZERO_ACTIVE_CONNECTIONS`): the drain runs a minimum period, then ends as soon as
+//!   no connection is left, or at the deadline.
 //!
 //! The process then exits and whatever is still open is closed with it. Readiness reads a
 //! [`DrainStatus`], which holds no watch, so that it can answer "draining" for as long as the
@@ -92,6 +95,23 @@ impl DrainTrigger {
         match self.sender.receiver_count() {
             0 => Drained::Complete,
             remaining => Drained::DeadlinePassed { remaining },
+        }
+    }
+
+    /// Starts the drain, lets it run for `minimum` (listeners keep accepting, as in
+    /// [`drain_for`](Self::drain_for)), then ends it as soon as no watch is held, or at
+    /// `deadline` (from the start) with the watches still held: pilot-agent's
+    /// `EXIT_ON_ZERO_ACTIVE_CONNECTIONS` after its `MINIMUM_DRAIN_DURATION`.
+    pub async fn drain_until_idle(self, minimum: Duration, deadline: Duration) -> Drained {
+        self.start();
+        let started = tokio::time::Instant::now();
+        tokio::time::sleep(minimum.min(deadline)).await;
+        let left = deadline.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, self.sender.closed()).await {
+            Ok(()) => Drained::Complete,
+            Err(_) => Drained::DeadlinePassed {
+                remaining: self.sender.receiver_count(),
+            },
         }
     }
 }
@@ -250,6 +270,52 @@ mod tests {
             trigger.drain_for(Duration::from_secs(5)).await,
             Drained::Complete
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_drain_until_idle_runs_its_minimum_then_ends_with_the_last_connection() {
+        // No connection: it ends when the minimum has run out, not at the deadline.
+        let (trigger, watch) = channel();
+        drop(watch);
+        let source = trigger.source();
+        let started = tokio::time::Instant::now();
+        let drained =
+            tokio::spawn(trigger.drain_until_idle(Duration::from_secs(5), Duration::from_secs(25)));
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(!drained.is_finished(), "ended before its minimum");
+        // A connection accepted during the minimum is waited for after it.
+        let held = source.watch();
+        assert!(held.is_draining());
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(!drained.is_finished(), "ended with a connection open");
+        drop(held);
+        assert_eq!(drained.await.unwrap(), Drained::Complete);
+        assert_eq!(started.elapsed(), Duration::from_secs(7));
+
+        // A connection that stays: the deadline ends it.
+        let (trigger, watch) = channel();
+        let started = tokio::time::Instant::now();
+        assert_eq!(
+            trigger
+                .drain_until_idle(Duration::from_secs(5), Duration::from_secs(25))
+                .await,
+            Drained::DeadlinePassed { remaining: 1 }
+        );
+        assert_eq!(started.elapsed(), Duration::from_secs(25));
+        drop(watch);
+
+        // A minimum longer than the deadline: the deadline.
+        let (trigger, watch) = channel();
+        drop(watch);
+        let started = tokio::time::Instant::now();
+        assert_eq!(
+            trigger
+                .drain_until_idle(Duration::from_secs(30), Duration::from_secs(25))
+                .await,
+            Drained::Complete
+        );
+        assert_eq!(started.elapsed(), Duration::from_secs(25));
     }
 
     #[tokio::test]

@@ -170,6 +170,68 @@ fn sigterm_drains_the_waypoint_finishing_requests_in_flight() {
     );
 }
 
+/// Under pilot-agent's `EXIT_ON_ZERO_ACTIVE_CONNECTIONS` the waypoint exits once its last
+/// connection has finished (after `MINIMUM_DRAIN_DURATION`), long before its deadline.
+#[test]
+fn exit_on_zero_active_connections_ends_the_drain_with_the_last_connection() {
+    let mut mesh = Mesh::start(
+        vec![
+            PodSpec::client("client", "node1", "shop"),
+            PodSpec::app("reviews-v1", "node1", "shop", "reviews", "v1"),
+            PodSpec::app("reviews-v2", "node2", "shop", "reviews", "v2"),
+            PodSpec::waypoint(WAYPOINT, "node2", "shop"),
+        ],
+        MeshOptions {
+            config: format!(
+                "{}---\n{ROUTES}",
+                reviews_behind_waypoint(false, &["v1", "v2"])
+            ),
+            waypoint_env: [
+                ("EXIT_ON_ZERO_ACTIVE_CONNECTIONS", "true"),
+                ("MINIMUM_DRAIN_DURATION", "1s"),
+                ("CONNECTION_TERMINATION_DEADLINE", "60s"),
+            ]
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+            ..MeshOptions::default()
+        },
+    )
+    .expect("start the mesh");
+    assert!(
+        mesh.eventually(Duration::from_secs(10), || mesh
+            .curl_with("client", &[&format!("http://{VIP}/ready")])
+            .status
+            == 200),
+        "the service is not reachable through the waypoint\n{}",
+        mesh.logs()
+    );
+    let slow = slow_request(&mesh, "client", &format!("http://{VIP}/slow?delay_ms=3000"));
+    assert!(
+        mesh.eventually(Duration::from_secs(10), || app_connected(
+            &mesh,
+            "reviews-v2"
+        )),
+        "the slow request never reached v2\n{}",
+        mesh.logs()
+    );
+    let mut process = mesh
+        .signal_waypoint(WAYPOINT)
+        .expect("SIGTERM the waypoint");
+    let signalled = Instant::now();
+
+    // The waypoint waits for the request in flight, then exits with its connection.
+    let output = finish(slow);
+    let answered = signalled.elapsed();
+    assert!(output.ends_with("\n200"), "{output}");
+    let (exit, took) = exited(&mut process, signalled);
+    assert!(exit.success(), "the waypoint exited with {exit}");
+    assert!(
+        took >= answered && took < answered + Duration::from_secs(3),
+        "the waypoint exited {took:?} after SIGTERM, its last request answered after {answered:?}"
+    );
+}
+
 #[test]
 fn sigterm_drains_the_agent_and_its_pods_fail_closed_until_the_next_one() {
     let mut mesh = Mesh::start(
