@@ -467,6 +467,7 @@ pub struct Mesh {
     acceleration: bool,
     log_requests: bool,
     agent_env: Vec<(String, String)>,
+    agents_proc_sys_read_only: bool,
     waypoint_env: Vec<(String, String)>,
     runtime: tokio::runtime::Runtime,
 }
@@ -487,6 +488,10 @@ pub struct MeshOptions {
     pub log_requests: bool,
     /// Further environment for every agent (`WORKER_THREADS`, ...), after the harness's own.
     pub agent_env: Vec<(String, String)>,
+    /// The agents see `/proc/sys` read-only, as the runtime mounts it for an unprivileged
+    /// container, and every pod's namespace gets the sysctls the CNI plugin sets at ADD
+    /// (`weft_cni::netns::enable_pod_sysctls`) before its agent enrolls it.
+    pub agents_proc_sys_read_only: bool,
     /// Further environment for every waypoint (`DNS_RESOLV_CONF`, ...), after the harness's own;
     /// `{dir}` in a value stands for the mesh's directory.
     pub waypoint_env: Vec<(String, String)>,
@@ -504,6 +509,7 @@ impl Default for MeshOptions {
             acceleration: false,
             log_requests: false,
             agent_env: Vec::new(),
+            agents_proc_sys_read_only: false,
             waypoint_env: Vec::new(),
             mesh_config: String::new(),
         }

@@ -53,6 +53,7 @@ impl Mesh {
             acceleration: options.acceleration,
             log_requests: options.log_requests,
             agent_env: options.agent_env,
+            agents_proc_sys_read_only: options.agents_proc_sys_read_only,
             waypoint_env: options.waypoint_env,
             runtime,
         };
@@ -89,6 +90,12 @@ impl Mesh {
         }
         std::fs::write(mesh.dir.join("tokens"), tokens)?;
 
+        if mesh.agents_proc_sys_read_only {
+            for pod in mesh.pods.iter().filter(|p| !p.outside_cluster) {
+                weft_cni::netns::enable_pod_sysctls(&mesh.testbed.pod(&pod.name).netns.path())
+                    .map_err(|e| anyhow::anyhow!("pod {}: {e}", pod.name))?;
+            }
+        }
         mesh.start_controller()?;
         for node in nodes.keys() {
             mesh.start_agent(node)?;
@@ -334,7 +341,24 @@ impl Mesh {
         let node = self.testbed.node(node_name);
         // With the soft descriptor limit a service manager usually gives a daemon (1024): the
         // agent raises it to the hard limit itself.
-        let mut command = node.netns.command_in_cgroup(&node.agent_cgroup, "prlimit");
+        let mut command = if self.agents_proc_sys_read_only {
+            // A mount namespace of its own (following the node's mounts: pods' namespaces
+            // appear in it as they are made) where `/proc/sys` is read-only.
+            let mut command = node.netns.command_in_cgroup(&node.agent_cgroup, "unshare");
+            command.args([
+                "--mount",
+                "--propagation",
+                "slave",
+                "sh",
+                "-c",
+                r#"mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && exec "$@""#,
+                "sh",
+                "prlimit",
+            ]);
+            command
+        } else {
+            node.netns.command_in_cgroup(&node.agent_cgroup, "prlimit")
+        };
         command
             .arg("--nofile=1024:")
             .arg(binary("node-agent")?)

@@ -334,6 +334,65 @@ fn the_application_sees_its_clients_address_not_the_pods_own() {
     }
 }
 
+/// An agent in an unprivileged container sees `/proc/sys` read-only and cannot set a pod's
+/// sysctls itself; the CNI plugin, privileged, set them at ADD, so the agent still keeps the
+/// clients' addresses (it writes a sysctl only when it is not 1 already).
+#[test]
+fn an_agent_that_sees_proc_sys_read_only_keeps_the_clients_address_the_plugin_prepared() {
+    let mesh = Mesh::start(
+        vec![
+            PodSpec::client("client", "node1", "shop"),
+            PodSpec::app("cart-1", "node1", "shop", "cart", "v1"),
+            PodSpec::app("cart-2", "node2", "shop", "cart", "v2"),
+        ],
+        MeshOptions {
+            config: CART_SERVICE.to_string(),
+            agents_proc_sys_read_only: true,
+            ..MeshOptions::default()
+        },
+    )
+    .expect("start the mesh");
+    for node in ["node1", "node2"] {
+        let pid = mesh.agent_pid(node).expect("the agent runs");
+        let mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+        // mountinfo: id, parent, device, root, mount point, options, ...
+        let read_only = mounts.lines().any(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            fields.get(4) == Some(&"/proc/sys")
+                && fields
+                    .get(5)
+                    .is_some_and(|options| options.split(',').any(|o| o == "ro"))
+        });
+        assert!(read_only, "{node}'s agent can write /proc/sys:\n{mounts}");
+    }
+    let client = mesh.pod("client").ip;
+    for to in ["cart-1", "cart-2"] {
+        let target = mesh.pod(to).ip;
+        let reply = mesh.curl_with("client", &[&format!("http://{target}:8080/who")]);
+        assert_eq!(reply.status, 200, "{to}: {}\n{}", reply.body, mesh.logs());
+        let peer = reply.json()["peer"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let seen: std::net::SocketAddr = peer
+            .parse()
+            .unwrap_or_else(|_| panic!("{to}: no peer in {}", reply.body));
+        assert_eq!(
+            seen.ip(),
+            client,
+            "{to}: the application saw {seen}\n{}",
+            mesh.logs()
+        );
+    }
+    for node in ["node1", "node2"] {
+        let log = mesh.log_of(&format!("agent-{node}"));
+        assert!(
+            !log.contains("cannot be kept"),
+            "{node}'s agent fell back:\n{log}"
+        );
+    }
+}
+
 /// The sum of `family`'s samples the client's agent reports as the source.
 fn source_total(mesh: &Mesh, family: &str) -> u64 {
     mesh.metrics("node1")
