@@ -190,8 +190,8 @@ pub enum TranslateProblem {
         "waypoint {from} routes to it, but its pods accept only the traffic of its own waypoint {to}: those requests are refused"
     )]
     OtherWaypoint { from: String, to: String },
-    #[error("targets Service {service}, which uses no waypoint: nothing enforces this policy")]
-    UnenforcedPolicy { service: String },
+    #[error("targets {kind} {target}, which uses no waypoint: nothing enforces this policy")]
+    UnenforcedPolicy { kind: &'static str, target: String },
     #[error(
         "{path}: the keys from {url} could not be fetched ({error}); {}",
         if *stale { "the last good keys stay in use" } else { "tokens of this issuer are refused until they are" }

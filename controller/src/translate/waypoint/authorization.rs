@@ -346,7 +346,8 @@ fn l7_condition(c: &crate::model::security::Condition) -> wp::Condition {
     }
 }
 
-/// Policies that target a Service no waypoint serves: Istio enforces them nowhere.
+/// Policies that target a Service or ServiceEntry no waypoint serves: Istio enforces them
+/// nowhere (the node agents see no request, and a ServiceEntry has no pod of its own).
 pub(super) fn unenforced_policies(index: &ConfigIndex) -> Vec<TranslateError> {
     let mut out = Vec::new();
     for policy in index.authorization_policies.values() {
@@ -358,21 +359,31 @@ pub(super) fn unenforced_policies(index: &ConfigIndex) -> Vec<TranslateError> {
             .chain(&policy.spec.target_refs)
         {
             let group = target.group.as_deref().unwrap_or("");
-            if target.kind != "Service" || !(group.is_empty() || group == "core") {
-                continue;
-            }
-            let uses_waypoint = index
-                .services
-                .get(&format!("{namespace}/{}", target.name))
-                .and_then(|s| service_waypoint(index, s))
-                .is_some();
+            let key = format!("{namespace}/{}", target.name);
+            let (kind, uses_waypoint) = match target.kind.as_str() {
+                "Service" if group.is_empty() || group == "core" => (
+                    "Service",
+                    index
+                        .services
+                        .get(&key)
+                        .and_then(|s| service_waypoint(index, s))
+                        .is_some(),
+                ),
+                "ServiceEntry" if group == "networking.istio.io" => (
+                    "ServiceEntry",
+                    index
+                        .service_entries
+                        .get(&key)
+                        .and_then(|e| resolve::service_entry_waypoint(index, &e.metadata))
+                        .is_some(),
+                ),
+                _ => continue,
+            };
             if !uses_waypoint {
                 out.push(TranslateError::new(
                     ResourceKind::AuthorizationPolicy,
                     &policy.metadata,
-                    TranslateProblem::UnenforcedPolicy {
-                        service: format!("{namespace}/{}", target.name),
-                    },
+                    TranslateProblem::UnenforcedPolicy { kind, target: key },
                 ));
             }
         }

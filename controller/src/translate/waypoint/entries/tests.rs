@@ -270,6 +270,20 @@ spec:
         .map(|p| (p.name.as_str(), p.target_services.as_slice()))
         .collect();
     assert_eq!(policies, [("api-get", &["api.example.com".to_owned()][..])]);
+    // A policy on an entry no waypoint serves is enforced nowhere, and said so; the one on
+    // the entry this waypoint serves is not.
+    let unenforced: Vec<String> = problems
+        .iter()
+        .map(|p| p.to_string())
+        .filter(|p| p.contains("uses no waypoint"))
+        .collect();
+    assert_eq!(
+        unenforced,
+        [
+            "AuthorizationPolicy egress/unrelated: targets ServiceEntry egress/elsewhere, which uses no waypoint: nothing enforces this policy"
+        ],
+        "{problems:?}"
+    );
     assert!(
         !problems
             .iter()
