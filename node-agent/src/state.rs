@@ -7,6 +7,7 @@
 //! resource that does not convert is an error the xDS handler turns into a NACK.
 
 mod convert;
+mod policies;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -19,6 +20,7 @@ use weft_identity::SpiffeId;
 use weft_policy::l4::Authorization;
 
 pub use convert::{AddressResource, ConversionError, authorization_from_proto};
+pub use policies::PolicyIndex;
 
 /// Istio's HBONE port, the default for workloads and waypoints.
 pub use weft_hbone::HBONE_PORT;
@@ -208,9 +210,10 @@ struct Indexes {
     /// Addresses of the hostnames of workloads that have none, as last resolved
     /// ([`crate::dns`]).
     resolved: FastMap<String, Arc<[IpAddr]>>,
-    /// `policies` in evaluation order (namespace, name), rebuilt on every policy change so that
-    /// a connection's authorization only takes a reference.
-    sorted_policies: Arc<[Arc<Authorization>]>,
+    /// `policies` in evaluation order (namespace, name) and by what they apply to, rebuilt on
+    /// every policy change so that a connection's authorization only takes a reference and
+    /// reads its destination's policies.
+    policy_index: Arc<PolicyIndex>,
     outbound_traffic_policy: OutboundTrafficPolicy,
 }
 
@@ -350,10 +353,15 @@ impl WorkloadStore {
         self.read().policies.get(key).cloned()
     }
 
-    /// Every policy in evaluation order (namespace, name): the caller filters by scope with
-    /// `Authorization::applies_to`. Shared, not copied.
-    pub fn policies(&self) -> Arc<[Arc<Authorization>]> {
-        self.read().sorted_policies.clone()
+    /// Every policy in evaluation order (namespace, name).
+    pub fn policies(&self) -> Vec<Arc<Authorization>> {
+        self.read().policy_index.all().to_vec()
+    }
+
+    /// The policies indexed by what they apply to, for a connection's authorization
+    /// ([`PolicyIndex::applicable`]). Shared, not copied.
+    pub fn policy_index(&self) -> Arc<PolicyIndex> {
+        self.read().policy_index.clone()
     }
 
     /// The mesh's outbound traffic policy, read for each connection.
@@ -373,7 +381,7 @@ impl WorkloadStore {
         StoreDump {
             workloads,
             services,
-            policies: self.policies().to_vec(),
+            policies: self.policies(),
             outbound_traffic_policy,
         }
     }
@@ -470,9 +478,7 @@ impl WorkloadStore {
 }
 
 fn sort_policies(ix: &mut Indexes) {
-    let mut all: Vec<_> = ix.policies.values().cloned().collect();
-    all.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-    ix.sorted_policies = all.into();
+    ix.policy_index = Arc::new(PolicyIndex::new(ix.policies.values().cloned()));
 }
 
 fn remove_workload(ix: &mut Indexes, uid: &str) {

@@ -468,11 +468,9 @@ fn authorize_policy(
     source_ip: IpAddr,
     target: SocketAddr,
 ) -> Result<(), InboundRefusal> {
-    let policies = store.policies();
-    let applicable = policies
-        .iter()
-        .filter(|p| p.applies_to(&destination.namespace, &destination.authorization_policies))
-        .map(|p| p.as_ref());
+    let policies = store.policy_index();
+    let applicable =
+        policies.applicable(&destination.namespace, &destination.authorization_policies);
     let context = ConnectionContext {
         src_identity: peer.cloned(),
         src_ip: source_ip,

@@ -611,3 +611,32 @@ fn compliance_policy_is_read_as_ztunnel_reads_it() {
     );
     assert_eq!(CompliancePolicy::Pqc.kx_groups().len(), 1);
 }
+
+/// A client configuration keeps no session: the server's tickets, read with the first
+/// connection's data, are not kept, and a second connection with the same configuration is a
+/// full handshake (with rustls's default cache it resumes).
+#[tokio::test]
+async fn the_client_keeps_no_session_to_resume() {
+    let mesh = Mesh::new();
+    let server_cert = mesh.certificate("bookinfo", "reviews");
+    let client_cert = mesh.certificate("bookinfo", "productpage");
+    let server_config = server_config(&server_cert, &mesh.roots).unwrap();
+    let client_config =
+        client_config(&client_cert, &mesh.roots, server_cert.identity().clone()).unwrap();
+    for _ in 0..2 {
+        let (server, client) = handshake(server_config.clone(), client_config.clone()).await;
+        let (mut server, mut client) = (server.unwrap(), client.unwrap());
+        assert_eq!(
+            client.get_ref().1.handshake_kind(),
+            Some(rustls::HandshakeKind::Full)
+        );
+        // The tickets come before this byte: reading it makes the client process them.
+        server.write_all(b"x").await.unwrap();
+        server.flush().await.unwrap();
+        let mut byte = [0u8; 1];
+        timeout(STEP_TIMEOUT, client.read_exact(&mut byte))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}
