@@ -205,6 +205,11 @@ fn server_builder(
 
 fn finish_server(mut config: ServerConfig) -> Arc<ServerConfig> {
     config.alpn_protocols = vec![HBONE_ALPN.to_vec()];
+    // No mesh client resumes (ours keeps no session, nor does ztunnel's): a session stored
+    // or a ticket sent would only cost each handshake its two tickets' bytes and work, and
+    // each configuration room for 256 sessions nobody comes back for.
+    config.send_tls13_tickets = 0;
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     Arc::new(config)
 }
 

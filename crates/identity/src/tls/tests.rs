@@ -616,6 +616,35 @@ fn compliance_policy_is_read_as_ztunnel_reads_it() {
 /// connection's data, are not kept, and a second connection with the same configuration is a
 /// full handshake (with rustls's default cache it resumes).
 #[tokio::test]
+async fn the_server_offers_no_session_to_resume() {
+    let mesh = Mesh::new();
+    let server_cert = mesh.certificate("bookinfo", "reviews");
+    let client_cert = mesh.certificate("bookinfo", "productpage");
+    let server_config = server_config(&server_cert, &mesh.roots).unwrap();
+    // A client that would resume, were it offered a session.
+    let mut resuming = (*client_config(&client_cert, &mesh.roots, server_cert.identity().clone())
+        .unwrap())
+    .clone();
+    resuming.resumption = rustls::client::Resumption::in_memory_sessions(8);
+    let resuming = Arc::new(resuming);
+    for _ in 0..2 {
+        let (server, client) = handshake(server_config.clone(), resuming.clone()).await;
+        let (mut server, mut client) = (server.unwrap(), client.unwrap());
+        assert_eq!(
+            client.get_ref().1.handshake_kind(),
+            Some(rustls::HandshakeKind::Full)
+        );
+        server.write_all(b"x").await.unwrap();
+        server.flush().await.unwrap();
+        let mut byte = [0u8; 1];
+        timeout(STEP_TIMEOUT, client.read_exact(&mut byte))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}
+
+#[tokio::test]
 async fn the_client_keeps_no_session_to_resume() {
     let mesh = Mesh::new();
     let server_cert = mesh.certificate("bookinfo", "reviews");
