@@ -53,6 +53,7 @@ fn base() -> proto::WaypointConfig {
             }],
             tcp_routes: Vec::new(),
             dynamic_dns: false,
+            telemetry: None,
         }],
         clusters: vec![proto::Cluster {
             name: CLUSTER.to_owned(),
