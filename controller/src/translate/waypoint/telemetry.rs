@@ -20,9 +20,9 @@ use weft_proto::waypoint as wp;
 use super::super::resolve::{self, namespace_of};
 use super::{Compiler, age_key};
 use crate::mesh_config::{MeshTracing, TracingProvider};
+use crate::model::Telemetry;
 use crate::model::networking::ServiceEntry;
 use crate::model::security::PolicyTargetReference;
-use crate::model::Telemetry;
 use crate::model::telemetry::{AccessLogging, Tracing, WorkloadMode};
 
 /// A service a waypoint serves as istiod's policy matcher knows it: a Kubernetes Service, or

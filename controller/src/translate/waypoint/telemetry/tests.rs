@@ -465,7 +465,10 @@ fn a_telemetry_attached_to_a_service_applies_to_that_services_traffic_only() {
         1,
         "{targetRef: {kind: Service, name: ratings}, tracing: [{providers: [{name: other}], disableSpanReporting: true}]}",
     )]);
-    assert_eq!(services[RATINGS], Some((traced("other", 25.0, true), false)));
+    assert_eq!(
+        services[RATINGS],
+        Some((traced("other", 25.0, true), false))
+    );
     assert_eq!(services[REVIEWS], None);
     // A Zipkin provider leaves the service without a tracer, the rest traced.
     let services = applied_per_service(&[telemetry(
@@ -521,7 +524,10 @@ fn a_services_telemetry_layers_after_the_namespace_and_among_the_waypoints_by_cr
         for_reviews(5),
     ]);
     assert_eq!(services["*"], Some((traced("otel", 50.0, false), false)));
-    assert_eq!(services[REVIEWS], Some((traced("otel", 40.0, false), false)));
+    assert_eq!(
+        services[REVIEWS],
+        Some((traced("otel", 40.0, false), false))
+    );
     assert_eq!(services[RATINGS], None);
     // Older than the waypoint's: the waypoint's overrides it, so reviews is like the rest.
     let services = applied_per_service(&[root, namespace, for_waypoint, for_reviews(3)]);
@@ -541,7 +547,10 @@ fn a_service_of_another_namespace_takes_its_namespaces_telemetry_not_the_waypoin
     );
     let services = applied_per_service(std::slice::from_ref(&for_waypoint));
     assert_eq!(services["*"], Some((traced("otel", 50.0, false), false)));
-    assert_eq!(services[PAYMENTS], Some((traced("otel", 25.0, false), false)));
+    assert_eq!(
+        services[PAYMENTS],
+        Some((traced("otel", 25.0, false), false))
+    );
     assert_eq!(services[REVIEWS], None);
 
     let billing = telemetry(
