@@ -391,11 +391,14 @@ spec:
   ports: [{number: 80, name: http, protocol: HTTP}]
 "#;
 
+/// (provider, sampling, span reporting disabled) or none, and access log disabled.
+type ServiceApplied = (Option<(String, f64, bool)>, bool);
+
 /// Each served host's own (tracing, access log disabled), `None` for the hosts that keep the
 /// waypoint's, with the waypoint's own as `"*"`.
 fn applied_per_service(
     telemetries: &[String],
-) -> std::collections::BTreeMap<String, Option<(Option<(String, f64, bool)>, bool)>> {
+) -> std::collections::BTreeMap<String, Option<ServiceApplied>> {
     // The waypoint admits services of other namespaces.
     let mesh = MESH.replace(
         "protocol: HBONE}",
