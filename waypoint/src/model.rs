@@ -22,6 +22,7 @@ use weft_policy::l7::HttpAuthorization;
 use weft_policy::route::HttpRoute as RouteMatches;
 
 use crate::authn::{JwtProvider, TargetedAuthentication};
+use crate::telemetry::Telemetry;
 
 pub use cluster::{
     Cluster, ConnectionLimits, DEFAULT_BASE_EJECTION_TIME, DEFAULT_MAX_EJECTION_PERCENT,
@@ -96,10 +97,9 @@ pub struct WaypointConfig {
     pub sources: SourceTable,
     /// Set in the gateway role: the listeners at the edge and their route tables.
     pub gateway: Option<Arc<gateway::Gateway>>,
-    /// Distributed tracing; `None`: trace headers pass untouched.
-    pub tracing: Option<Arc<crate::telemetry::TracingConfig>>,
-    /// Telemetry's `accessLogging[].disabled`: requests and connections write no access log.
-    pub access_log_disabled: bool,
+    /// Distributed tracing and access logging of the traffic addressed to no service with
+    /// settings of its own (see [`WaypointConfig::telemetry_for`]).
+    pub telemetry: Telemetry,
 }
 
 /// What the waypoint knows of a workload from the endpoints it was given.
@@ -255,6 +255,17 @@ impl WaypointConfig {
             workload,
             port: authority.port(),
         }))
+    }
+
+    /// The tracing and access logging of traffic to `target`: the service's own when the
+    /// controller gave it some (istiod builds each service's filter chain at a waypoint with
+    /// the Telemetry that applies with that service), else the waypoint's. A workload
+    /// addressed directly, and a gateway's route tables, take the configuration's.
+    pub fn telemetry_for<'c>(&'c self, target: Option<&Target<'c>>) -> &'c Telemetry {
+        match target {
+            Some(Target::Service(t)) => t.service.telemetry.as_ref().unwrap_or(&self.telemetry),
+            _ => &self.telemetry,
+        }
     }
 
     /// Whether `name` is a cluster of this configuration: a defined one, or the one-endpoint
@@ -418,6 +429,9 @@ pub struct Service {
     /// A wildcard host with `resolution: DYNAMIC_DNS`: only requests for names under it are
     /// routed ([`Service::admits_authority`]).
     pub dynamic_dns: bool,
+    /// The tracing and access logging of the traffic addressed to this service when they are
+    /// not the waypoint's own (a Telemetry attached to the service); `None`: the waypoint's.
+    pub telemetry: Option<Telemetry>,
 }
 
 impl Service {

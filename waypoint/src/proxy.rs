@@ -160,9 +160,12 @@ pub async fn handle(
         .then(|| context::authority_of(&request));
     let target = tunnel.target(&config, host);
     let mut record = RequestRecord::new(Arc::clone(&shared.metrics));
-    record.access_log_disabled = config.access_log_disabled;
+    // The service the request is addressed to decides, with the configuration in force for
+    // this request: a Telemetry change reaches established connections.
+    let telemetry = config.telemetry_for(target.as_ref());
+    record.access_log_disabled = telemetry.access_log_disabled;
     context::describe_request(&mut record, &config, &tunnel, target.as_ref(), &request);
-    if let Some(tracing) = &config.tracing {
+    if let Some(tracing) = &telemetry.tracing {
         record.span = Some(crate::telemetry::RequestSpan::start(
             tracing,
             request.headers(),

@@ -163,7 +163,7 @@ fn connection_info(
         response_flags: ResponseFlag::None,
         downstream_local: context.destination.to_string(),
         downstream_remote: context.peer_address.to_string(),
-        access_log_disabled: config.access_log_disabled,
+        access_log_disabled: config.telemetry_for(Some(target)).access_log_disabled,
         ..ConnectionInfo::default()
     };
     if context.edge.is_some() {

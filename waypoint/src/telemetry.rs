@@ -27,6 +27,18 @@ pub use propagation::{B3Style, IncomingContext, OutgoingContext, SpanId, TraceId
 use crate::metrics::RequestRecord;
 use crate::model::{ConfigError, invalid};
 
+/// The tracing and access logging in force for some traffic: the waypoint's own
+/// (`WaypointConfig.tracing`, `access_log_disabled`) or a service's
+/// (`WaypointService.telemetry`), chosen for each request and connection by where it is
+/// addressed ([`crate::model::WaypointConfig::telemetry_for`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Telemetry {
+    /// `None`: no span, and trace headers pass untouched.
+    pub tracing: Option<Arc<TracingConfig>>,
+    /// Telemetry's `accessLogging[].disabled`: no access-log line (metrics are unchanged).
+    pub access_log_disabled: bool,
+}
+
 /// Where spans go and which requests are sampled (`WaypointConfig.tracing`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TracingConfig {

@@ -43,7 +43,7 @@ use crate::model::networking::ServiceEntry;
 use crate::model::{DurationString, KubernetesGateway, ResourceKind, WorkloadEntry};
 use authorization::unenforced_policies;
 pub use gateway::{gateway_configs, is_gateway_pod};
-use telemetry::TelemetryProxy;
+use telemetry::{ServedObject, TelemetryProxy};
 pub use workloads::source_workloads;
 
 /// Every waypoint's configuration, by resource name `namespace/name`.
@@ -131,6 +131,17 @@ fn waypoint_config(
             .iter()
             .map(|(host, entry)| compiler.entry_service(host, entry)),
     );
+    let tracing = compiler.tracing(TelemetryProxy::Waypoint);
+    let access_log_disabled = compiler.access_log_disabled(TelemetryProxy::Waypoint);
+    let objects = served.iter().map(|s| ServedObject::service(s)).chain(
+        served_entries
+            .iter()
+            .map(|(_, entry)| ServedObject::entry(entry)),
+    );
+    for (service, object) in services.iter_mut().zip(objects) {
+        service.telemetry =
+            compiler.service_telemetry(object, tracing.as_ref(), access_log_disabled);
+    }
     compiler.served_entries = served_entries.iter().map(|(_, e)| *e).collect();
     let clusters: Vec<wp::Cluster> = std::mem::take(&mut compiler.clusters)
         .into_iter()
@@ -161,8 +172,8 @@ fn waypoint_config(
         workloads,
         request_authentications,
         gateway: None,
-        tracing: compiler.tracing(TelemetryProxy::Waypoint),
-        access_log_disabled: compiler.access_log_disabled(TelemetryProxy::Waypoint),
+        tracing,
+        access_log_disabled,
     }
 }
 

@@ -50,8 +50,6 @@ const fn entry(
 use ResourceKind as K;
 use When::{Equals, Kind, Set, StartsWith};
 
-const TELEMETRY_PER_WAYPOINT: &str = "waypoints apply Telemetry per waypoint (root namespace, namespace, their Gateway): a Telemetry attached to a Service is not applied";
-
 /// Every kind and field Weft accepts without applying.
 pub const CATALOG: &[NotApplied] = &[
     // VirtualService
@@ -397,18 +395,6 @@ pub const CATALOG: &[NotApplied] = &[
         "spec.selector",
         Set,
         "a selector binds a gateway's pod only: never a waypoint (as in Istio's ambient mode), and Weft runs no sidecars",
-    ),
-    entry(
-        K::Telemetry,
-        "spec.targetRef.kind",
-        Equals(&["Service", "ServiceEntry"]),
-        TELEMETRY_PER_WAYPOINT,
-    ),
-    entry(
-        K::Telemetry,
-        "spec.targetRefs[].kind",
-        Equals(&["Service", "ServiceEntry"]),
-        TELEMETRY_PER_WAYPOINT,
     ),
     entry(
         K::Telemetry,

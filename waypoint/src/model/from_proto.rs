@@ -8,6 +8,7 @@ mod route;
 
 pub(super) use route::local_rate_limit;
 
+use crate::telemetry::Telemetry;
 use crate::upstream::OriginationCredentials;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -233,6 +234,7 @@ pub(super) fn gateway_table(
         http_routes: http_routes.to_vec(),
         tcp_routes: tcp_routes.to_vec(),
         dynamic_dns: false,
+        telemetry: None,
     })
     .map_err(|e| invalid(context, e.to_string()))?;
     Ok((
@@ -369,7 +371,33 @@ fn service(s: &proto::WaypointService) -> Result<Service, ConfigError> {
         http_routes,
         tcp_routes,
         dynamic_dns: s.dynamic_dns && s.hostname.starts_with("*."),
+        // Converted with the waypoint's names (`service_telemetry`).
+        telemetry: None,
     })
+}
+
+/// A service's own tracing and access logging, its spans reported as the waypoint's.
+fn service_telemetry(
+    s: &proto::WaypointService,
+    waypoint: &str,
+    namespace: &str,
+) -> Result<Option<Telemetry>, ConfigError> {
+    let Some(telemetry) = &s.telemetry else {
+        return Ok(None);
+    };
+    let tracing = telemetry
+        .tracing
+        .as_ref()
+        .map(|t| {
+            crate::telemetry::tracing_config(t, waypoint, namespace, false)
+                .map(Arc::new)
+                .map_err(|e| invalid(&format!("service {}: telemetry", s.hostname), e.to_string()))
+        })
+        .transpose()?;
+    Ok(Some(Telemetry {
+        tracing,
+        access_log_disabled: telemetry.access_log_disabled,
+    }))
 }
 
 impl TryFrom<proto::WaypointConfig> for WaypointConfig {
@@ -439,7 +467,11 @@ impl WaypointConfig {
         let services = config
             .services
             .iter()
-            .map(|s| service(s).map(Arc::new))
+            .map(|s| {
+                let mut converted = service(s)?;
+                converted.telemetry = service_telemetry(s, &config.name, &config.namespace)?;
+                Ok(Arc::new(converted))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let mut by_vip = HashMap::new();
         for (service_index, s) in services.iter().enumerate() {
@@ -475,8 +507,10 @@ impl WaypointConfig {
             .transpose()?;
         Ok(WaypointConfig {
             gateway,
-            tracing,
-            access_log_disabled: config.access_log_disabled,
+            telemetry: Telemetry {
+                tracing,
+                access_log_disabled: config.access_log_disabled,
+            },
             name: config.name,
             namespace: config.namespace,
             services,

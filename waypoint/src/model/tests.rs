@@ -53,6 +53,7 @@ fn base() -> proto::WaypointConfig {
             }],
             tcp_routes: Vec::new(),
             dynamic_dns: false,
+            telemetry: None,
         }],
         clusters: vec![proto::Cluster {
             name: CLUSTER.to_owned(),
@@ -714,4 +715,64 @@ fn a_tls_credential_name_is_read_from_the_credentials_and_fails_only_its_cluster
         assert!(why.contains(reason) && why.contains(&name), "{name}: {why}");
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn tracing_at(percentage: f64) -> proto::Tracing {
+    proto::Tracing {
+        provider: "otel".to_owned(),
+        collector: vec!["10.0.0.99:4317".to_owned()],
+        random_sampling_percentage: percentage,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_services_own_telemetry_decides_its_traffic_and_the_waypoints_the_rest() {
+    let mut proto = base();
+    proto.tracing = Some(tracing_at(100.0));
+    proto.workloads = vec![direct_workload()];
+    proto.services[0].telemetry = Some(proto::ServiceTelemetry {
+        tracing: Some(tracing_at(0.0)),
+        access_log_disabled: true,
+    });
+    let mut other = proto.services[0].clone();
+    other.hostname = "ratings.default.svc.cluster.local".to_owned();
+    other.vips = vec!["10.96.0.11".to_owned()];
+    other.telemetry = None;
+    proto.services.push(other);
+    let config = WaypointConfig::try_from(proto.clone()).unwrap();
+    let telemetry = |authority: &str| {
+        let target = config.target_for(authority.parse().unwrap());
+        assert!(target.is_some(), "{authority}");
+        let telemetry = config.telemetry_for(target.as_ref());
+        (
+            telemetry.tracing.as_ref().map(|t| t.sampling_percentage),
+            telemetry.access_log_disabled,
+        )
+    };
+    assert_eq!(telemetry("10.96.0.10:9080"), (Some(0.0), true));
+    assert_eq!(telemetry("10.96.0.11:9080"), (Some(100.0), false));
+    // A workload addressed directly takes the waypoint's, even one backing the service.
+    assert_eq!(telemetry("10.0.0.5:9080"), (Some(100.0), false));
+    assert!(!config.telemetry_for(None).access_log_disabled);
+
+    // A service's telemetry without tracing: its requests are not traced at all.
+    proto.services[0].telemetry = Some(proto::ServiceTelemetry {
+        tracing: None,
+        access_log_disabled: false,
+    });
+    let config = WaypointConfig::try_from(proto.clone()).unwrap();
+    let target = config.target_for("10.96.0.10:9080".parse().unwrap());
+    assert!(config.telemetry_for(target.as_ref()).tracing.is_none());
+
+    // A bad percentage there rejects the configuration, naming the service.
+    proto.services[0].telemetry = Some(proto::ServiceTelemetry {
+        tracing: Some(tracing_at(101.0)),
+        access_log_disabled: false,
+    });
+    let error = WaypointConfig::try_from(proto).unwrap_err().to_string();
+    assert!(
+        error.contains(HOST) && error.contains("random_sampling_percentage"),
+        "{error}"
+    );
 }

@@ -112,6 +112,7 @@ pub fn config(
             http_routes: routes,
             tcp_routes: Vec::new(),
             dynamic_dns: false,
+            telemetry: None,
         }],
         clusters,
         authorization_policies: Vec::new(),

@@ -357,3 +357,74 @@ async fn an_open_tcp_connection_the_policies_no_longer_allow_is_closed() {
     assert!(exchange(&mut kept).await.starts_with("HTTP/1.1 200"));
     assert_eq!(harness.waypoint.tcp_connections().len(), 1);
 }
+
+/// Tracing that samples `percentage` of the requests without a decision, reporting no span
+/// (the sampling decision is what the app sees on `traceparent`).
+fn tracing_at(percentage: f64) -> proto::Tracing {
+    proto::Tracing {
+        provider: "otel".to_owned(),
+        collector: vec!["127.0.0.1:4317".to_owned()],
+        random_sampling_percentage: percentage,
+        disable_span_reporting: true,
+        ..Default::default()
+    }
+}
+
+/// The sampled flag of the `traceparent` the app saw on its last request.
+fn sampled_flag(endpoint: &waypoint::testing::FakeEndpoint) -> String {
+    let seen = endpoint.last_request().expect("a request reached the app");
+    let traceparent = seen
+        .headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(traceparent.starts_with("00-"), "{traceparent:?}");
+    traceparent
+        .rsplit('-')
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_services_own_tracing_decides_its_requests_and_follows_a_change_on_an_open_connection() {
+    let (mesh, v1, v2) = two_endpoints().await;
+    let harness = Harness::start(mesh, &[&v1, &v2]).await;
+    // reviews samples nothing (a Telemetry attached to it); ratings, behind the same waypoint
+    // and routed to the same app, keeps the waypoint's 100%.
+    let ratings_addr = std::net::SocketAddr::new("10.96.0.11".parse().unwrap(), PORT);
+    let with_reviews_telemetry = |telemetry: Option<proto::ServiceTelemetry>| {
+        let mut config = config(vec![route_to("v1")], vec![cluster("v1", &[&v1])]);
+        config.tracing = Some(tracing_at(100.0));
+        let mut ratings = config.services[0].clone();
+        ratings.hostname = "ratings.default.svc.cluster.local".to_owned();
+        ratings.name = "ratings".to_owned();
+        ratings.vips = vec![ratings_addr.ip().to_string()];
+        config.services[0].telemetry = telemetry;
+        config.services.push(ratings);
+        config
+    };
+    harness
+        .waypoint
+        .apply_config(with_reviews_telemetry(Some(proto::ServiceTelemetry {
+            tracing: Some(tracing_at(0.0)),
+            access_log_disabled: false,
+        })))
+        .unwrap();
+    let mut reviews = harness.http1().await;
+    let mut ratings = harness.http1_to(ratings_addr).await;
+    for _ in 0..3 {
+        assert_eq!(send_on(&mut reviews, get("/")).await.0, StatusCode::OK);
+        assert_eq!(sampled_flag(&v1), "00", "reviews' own 0% decides");
+        assert_eq!(send_on(&mut ratings, get("/")).await.0, StatusCode::OK);
+        assert_eq!(sampled_flag(&v1), "01", "ratings keeps the waypoint's 100%");
+    }
+    // The Telemetry goes: the next request on the same connection is sampled.
+    harness
+        .waypoint
+        .apply_config(with_reviews_telemetry(None))
+        .unwrap();
+    assert_eq!(send_on(&mut reviews, get("/")).await.0, StatusCode::OK);
+    assert_eq!(sampled_flag(&v1), "01");
+}

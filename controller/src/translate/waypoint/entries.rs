@@ -133,6 +133,8 @@ impl<'a> Compiler<'a, '_> {
             http_routes: Vec::new(),
             tcp_routes: Vec::new(),
             dynamic_dns: dynamic_dns(entry) && host.starts_with('*'),
+            // Set once every served service is known (`waypoint_config`).
+            telemetry: None,
         })
     }
 

@@ -44,6 +44,8 @@ impl<'a> Compiler<'a, '_> {
             http_routes: Vec::new(),
             tcp_routes: Vec::new(),
             dynamic_dns: false,
+            // Set once every served service is known (`waypoint_config`).
+            telemetry: None,
         })
     }
 

@@ -6,11 +6,14 @@
 //! time. A waypoint is bound by targetRefs naming it (a selector never binds a waypoint, as in
 //! Istio) and reads the server side's entries; a gateway's pod by a selector matching its
 //! labels or a targetRef to the Gateway API Gateway it serves, and reads the client side's, as
-//! istiod configures a gateway's listeners. A Telemetry attached to a Service is not applied
-//! (`validation::not_applied`). The provider's `service` is resolved to the endpoints of that
-//! Service as Envoy's cluster for it would be.
+//! istiod configures a gateway's listeners. Each service a waypoint serves gets its own result
+//! as istiod computes it for that service's filter chain (`applicableTelemetries(proxy, svc)`):
+//! the service's namespace's namespace-wide Telemetry joins when it is not the waypoint's, and
+//! a Telemetry whose targetRefs name the Service (or ServiceEntry) binds; it is sent with the
+//! service only when it differs from the waypoint's own. The provider's `service` is resolved
+//! to the endpoints of that Service as Envoy's cluster for it would be.
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use weft_istio::labels::{CANONICAL_NAME_LABELS, GATEWAY_NAME};
 use weft_proto::waypoint as wp;
 
@@ -18,13 +21,61 @@ use super::super::resolve::{self, namespace_of};
 use super::{Compiler, age_key};
 use crate::mesh_config::{MeshTracing, TracingProvider};
 use crate::model::Telemetry;
+use crate::model::networking::ServiceEntry;
+use crate::model::security::PolicyTargetReference;
 use crate::model::telemetry::{AccessLogging, Tracing, WorkloadMode};
+
+/// A service a waypoint serves as istiod's policy matcher knows it: a Kubernetes Service, or
+/// a ServiceEntry (each of its hosts), by the object's name and namespace.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct ServedObject<'s> {
+    /// A ServiceEntry (istiod's `External` registry) rather than a Service (`Kubernetes`).
+    pub(super) entry: bool,
+    pub(super) name: &'s str,
+    pub(super) namespace: &'s str,
+}
+
+impl<'s> ServedObject<'s> {
+    pub(super) fn service(service: &'s Service) -> Self {
+        ServedObject {
+            entry: false,
+            name: resolve::name_of(&service.metadata),
+            namespace: namespace_of(&service.metadata),
+        }
+    }
+
+    pub(super) fn entry(entry: &'s ServiceEntry) -> Self {
+        ServedObject {
+            entry: true,
+            name: resolve::name_of(&entry.metadata),
+            namespace: namespace_of(&entry.metadata),
+        }
+    }
+
+    /// Whether `target`, a targetRef of a Telemetry in `namespace`, names this object, as
+    /// istiod's `ShouldAttachPolicy` attaches a Service- or ServiceEntry-targeted policy at a
+    /// waypoint: same name, the policy in the service's namespace, and the kind of its
+    /// registry.
+    fn targeted_by(self, target: &PolicyTargetReference, namespace: &str) -> bool {
+        let group = target.group.as_deref().unwrap_or("");
+        let kind = if self.entry {
+            target.kind == "ServiceEntry" && group == "networking.istio.io"
+        } else {
+            target.kind == "Service" && (group.is_empty() || group == "core")
+        };
+        kind && target.name == self.name && namespace == self.namespace
+    }
+}
 
 /// The proxy Telemetry is applied to.
 #[derive(Clone, Copy)]
 pub(super) enum TelemetryProxy<'p> {
-    /// The waypoint being compiled: its spans and access log are the server side's.
+    /// The waypoint being compiled: its spans and access log are the server side's. This is
+    /// what applies to traffic addressed to no service it serves (a workload's own address).
     Waypoint,
+    /// The waypoint, for the traffic addressed to one service it serves (istiod's filter chain
+    /// of that service at a waypoint, built with the service): the server side's too.
+    WaypointService(ServedObject<'p>),
     /// A gateway's pod: its spans and access log are the client side's (istiod's gateway
     /// listener class takes the client spec).
     Gateway(&'p Pod),
@@ -34,7 +85,9 @@ impl TelemetryProxy<'_> {
     /// Whether an entry of this `match.mode` (absent: both sides) applies to this proxy.
     fn covers(self, mode: Option<WorkloadMode>) -> bool {
         match self {
-            TelemetryProxy::Waypoint => WorkloadMode::covers_server(mode),
+            TelemetryProxy::Waypoint | TelemetryProxy::WaypointService(_) => {
+                WorkloadMode::covers_server(mode)
+            }
             TelemetryProxy::Gateway(_) => WorkloadMode::covers_client(mode),
         }
     }
@@ -42,7 +95,11 @@ impl TelemetryProxy<'_> {
 
 impl<'a> Compiler<'a, '_> {
     /// The Telemetry resources that apply to `proxy`, the weakest first: each overrides what
-    /// comes before it.
+    /// comes before it. For a waypoint's service, istiod's order with a service: the root
+    /// namespace's and the waypoint's namespace-wide ones, then the service's namespace's when
+    /// it is another, and then the binding ones are looked for in the service's namespace (so
+    /// a Telemetry attached to the waypoint's Gateway does not reach a service of another
+    /// namespace, as in istiod).
     fn applicable_telemetries(&self, proxy: TelemetryProxy<'_>) -> Vec<&'a Telemetry> {
         let root = self.settings.root_namespace.as_str();
         let own = self.waypoint.namespace.as_str();
@@ -64,27 +121,42 @@ impl<'a> Compiler<'a, '_> {
         };
         let mut applicable = Vec::new();
         applicable.extend(namespace_wide(&in_namespace(root)));
-        let own_telemetries = in_namespace(own);
+        let mut scope = in_namespace(own);
         if own != root {
-            applicable.extend(namespace_wide(&own_telemetries));
+            applicable.extend(namespace_wide(&scope));
+        }
+        if let TelemetryProxy::WaypointService(service) = proxy
+            && service.namespace != own
+        {
+            // Not compared with the root namespace: istiod layers a root-namespace service's
+            // namespace-wide Telemetry in again here, after the waypoint's.
+            scope = in_namespace(service.namespace);
+            applicable.extend(namespace_wide(&scope));
         }
         applicable.extend(
-            own_telemetries
+            scope
                 .into_iter()
                 .filter(|t| !t.spec.is_namespace_wide() && self.binds(t, proxy)),
         );
         applicable
     }
 
-    /// Whether a Telemetry that is not namespace-wide, in the proxy's namespace, binds it.
+    /// Whether a Telemetry that is not namespace-wide, in the proxy's namespace (for a
+    /// waypoint's service, the service's), binds it.
     fn binds(&self, telemetry: &Telemetry, proxy: TelemetryProxy<'_>) -> bool {
         let own = self.waypoint.namespace.as_str();
         match proxy {
             // Attached to the whole waypoint (its Gateway, or the waypoint GatewayClass from
             // the root namespace): `bound_services` answers an empty list for those.
-            TelemetryProxy::Waypoint => self
-                .bound_services(telemetry.spec.targets(), own, &[])
-                .is_some_and(|services| services.is_empty()),
+            TelemetryProxy::Waypoint => self.binds_whole_waypoint(telemetry),
+            TelemetryProxy::WaypointService(service) => {
+                let namespace = namespace_of(&telemetry.metadata);
+                telemetry
+                    .spec
+                    .targets()
+                    .any(|target| service.targeted_by(target, namespace))
+                    || self.binds_whole_waypoint(telemetry)
+            }
             // Istio's policy matcher for a proxy that is no waypoint: targetRefs, when given,
             // decide alone (a Gateway API Gateway, by the gateway-name label of its pod);
             // otherwise the selector's labels must all be the pod's.
@@ -112,6 +184,38 @@ impl<'a> Compiler<'a, '_> {
         }
     }
 
+    /// Whether a Telemetry's targetRefs attach it to the whole waypoint: its Gateway (from the
+    /// waypoint's namespace) or the waypoint GatewayClass (from the root namespace).
+    fn binds_whole_waypoint(&self, telemetry: &Telemetry) -> bool {
+        self.bound_services(
+            telemetry.spec.targets(),
+            namespace_of(&telemetry.metadata),
+            &[],
+        )
+        .is_some_and(|services| services.is_empty())
+    }
+
+    /// The tracing and access logging of the traffic addressed to `service`, when they are not
+    /// the waypoint's own (`waypoint_tracing`, `waypoint_access_log_disabled`): istiod builds
+    /// each service's filter chain at a waypoint with the Telemetry that applies with the
+    /// service (`Telemetries.Tracing(proxy, svc)`, `AccessLogging(.., svc)`).
+    pub(super) fn service_telemetry(
+        &self,
+        service: ServedObject<'_>,
+        waypoint_tracing: Option<&wp::Tracing>,
+        waypoint_access_log_disabled: bool,
+    ) -> Option<wp::ServiceTelemetry> {
+        let proxy = TelemetryProxy::WaypointService(service);
+        let tracing = self.tracing(proxy);
+        let access_log_disabled = self.access_log_disabled(proxy);
+        (tracing.as_ref() != waypoint_tracing
+            || access_log_disabled != waypoint_access_log_disabled)
+            .then_some(wp::ServiceTelemetry {
+                tracing,
+                access_log_disabled,
+            })
+    }
+
     /// The tracing section of the proxy's configuration; `None` when no provider applies
     /// (trace headers then pass untouched, as Envoy without a tracer leaves them).
     pub(super) fn tracing(&self, proxy: TelemetryProxy<'_>) -> Option<wp::Tracing> {
@@ -126,7 +230,7 @@ impl<'a> Compiler<'a, '_> {
         // Istio's service name for a proxy: `<canonical service>.<namespace>`; a waypoint's
         // canonical service is its Gateway's name, a gateway's comes from its pod's labels.
         let canonical_service = match proxy {
-            TelemetryProxy::Waypoint => String::new(),
+            TelemetryProxy::Waypoint | TelemetryProxy::WaypointService(_) => String::new(),
             TelemetryProxy::Gateway(pod) => canonical_service(pod),
         };
         let shown = if canonical_service.is_empty() {

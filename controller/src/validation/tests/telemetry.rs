@@ -275,14 +275,19 @@ fn telemetry_rules() {
             "spec.selector",
             NOT_APPLIED,
         ),
-        warns(
+        ok(
             "attached to a Service",
             "validatePolicyTargetReference allows Service",
             tel(
                 "{targetRefs: [{kind: Service, name: reviews}], tracing: [{randomSamplingPercentage: 1}]}",
             ),
-            "spec.targetRefs[0].kind",
-            NOT_APPLIED,
+        ),
+        ok(
+            "attached to a ServiceEntry",
+            "validatePolicyTargetReference allows ServiceEntry",
+            tel(
+                "{targetRef: {kind: ServiceEntry, group: networking.istio.io, name: external}, accessLogging: [{disabled: true}]}",
+            ),
         ),
         warns(
             "fields the waypoint does not apply",
@@ -301,4 +306,19 @@ fn telemetry_rules() {
             "",
         ),
     ]);
+}
+
+/// A Telemetry attached to a Service or a ServiceEntry is applied at the waypoint that serves
+/// it (istiod's `ShouldAttachPolicy` for a waypoint with the service): nothing to warn about.
+#[test]
+fn telemetry_attached_to_a_service_is_applied_without_a_warning() {
+    for spec in [
+        "{targetRefs: [{kind: Service, name: reviews}], tracing: [{randomSamplingPercentage: 1}]}",
+        "{targetRef: {kind: Service, name: reviews}, accessLogging: [{disabled: true}]}",
+        "{targetRefs: [{kind: ServiceEntry, group: networking.istio.io, name: external}], tracing: [{randomSamplingPercentage: 1}]}",
+    ] {
+        let (errors, warnings) = findings(&tel(spec));
+        assert!(errors.is_empty(), "{spec}: {errors:?}");
+        assert!(warnings.is_empty(), "{spec}: {warnings:?}");
+    }
 }

@@ -131,6 +131,7 @@ fn the_domain_index_chooses_as_the_ranking_does() {
                 http_routes: Vec::new(),
                 tcp_routes: Vec::new(),
                 dynamic_dns: false,
+                telemetry: None,
             },
             port: ServicePort {
                 port: 80,

@@ -131,6 +131,7 @@ pub fn config(services: usize) -> proto::WaypointConfig {
             http_routes,
             tcp_routes: Vec::new(),
             dynamic_dns: false,
+            telemetry: None,
         });
         config.clusters.push(proto::Cluster {
             name: cluster_name(i),
