@@ -59,7 +59,11 @@ fn the_dump_shows_each_edge_servers_limits() {
     assert_eq!(dump.num_trusted_proxies, 1);
     let server = &dump.listeners[0].servers[0];
     assert_eq!(
-        (dump.listeners[0].port, server.name.as_str(), server.tls_mode),
+        (
+            dump.listeners[0].port,
+            server.name.as_str(),
+            server.tls_mode
+        ),
         (443, "https", Some("SIMPLE"))
     );
     assert_eq!(server.credential_name.as_deref(), Some("shop-cert"));
