@@ -13,6 +13,7 @@ use weft_policy::l7::HttpRule;
 use weft_policy::route::HttpMatch;
 use weft_xds::ConnectionState;
 
+use crate::model::gateway::{EdgeLimits, EdgeProtocol, EdgeServer, Gateway, ServerTlsMode};
 use crate::model::{
     AbortKind, Cluster, HashKey, LoadBalancer, Protocol, RedirectPort, Route, RouteAction,
     TcpRoute, Tunnel, WaypointConfig,
@@ -32,6 +33,8 @@ pub struct ConfigDump {
     pub clusters: Vec<ClusterDump>,
     pub workloads: Vec<WorkloadDump>,
     pub policies: Vec<PolicyDump>,
+    /// In the gateway role: the ports at the edge, their servers and each server's limits.
+    pub gateway: Option<GatewayDump>,
 }
 
 #[derive(Debug, Serialize)]
@@ -156,6 +159,48 @@ pub struct PolicyDump {
     /// Empty: every service of the waypoint.
     pub target_services: Vec<String>,
     pub rules: Vec<HttpRule>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct GatewayDump {
+    pub namespace: String,
+    pub num_trusted_proxies: u32,
+    pub listeners: Vec<EdgeListenerDump>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EdgeListenerDump {
+    pub port: u16,
+    pub servers: Vec<EdgeServerDump>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EdgeServerDump {
+    /// `namespace/name` of the Gateway.
+    pub gateway: String,
+    pub name: String,
+    pub protocol: &'static str,
+    pub hosts: Vec<String>,
+    /// `None`: plain (HTTP, TCP).
+    pub tls_mode: Option<&'static str>,
+    pub https_redirect: bool,
+    pub credential_name: Option<String>,
+    /// The domains of each virtual host, in their order.
+    pub virtual_hosts: Vec<Vec<String>>,
+    /// The SNI names of each PASSTHROUGH route.
+    pub sni_routes: Vec<Vec<String>>,
+    /// From the Gateway's `weft.dev/edge-limits`.
+    pub limits: EdgeLimitsDump,
+}
+
+/// A server's limits in Envoy's names; `None`: the proxy's own (its settings).
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct EdgeLimitsDump {
+    pub max_request_headers_kb: Option<usize>,
+    pub request_headers_timeout_ms: Option<u64>,
+    pub idle_timeout_ms: Option<u64>,
+    pub http2_max_concurrent_streams: Option<u32>,
+    pub per_connection_buffer_limit_bytes: Option<usize>,
 }
 
 fn millis(d: Duration) -> u64 {
@@ -376,6 +421,62 @@ fn cluster(c: &Cluster, upstream: &Upstream) -> ClusterDump {
 /// Everything `/config_dump` answers, from the configuration in force, the upstream's runtime
 /// state, the certificate's summary, the xDS state (when there is a controller) and history,
 /// and the settings.
+fn edge_limits(l: &EdgeLimits) -> EdgeLimitsDump {
+    EdgeLimitsDump {
+        max_request_headers_kb: l.max_request_header_bytes.map(|b| b / 1024),
+        request_headers_timeout_ms: l.request_headers_timeout.map(millis),
+        idle_timeout_ms: l.idle_timeout.map(millis),
+        http2_max_concurrent_streams: l.http2_max_concurrent_streams,
+        per_connection_buffer_limit_bytes: l.per_connection_buffer_limit_bytes,
+    }
+}
+
+fn edge_server(s: &EdgeServer) -> EdgeServerDump {
+    EdgeServerDump {
+        gateway: s.gateway.clone(),
+        name: s.name.clone(),
+        protocol: match s.protocol {
+            EdgeProtocol::Http => "HTTP",
+            EdgeProtocol::Https => "HTTPS",
+            EdgeProtocol::Tls => "TLS",
+            EdgeProtocol::Tcp => "TCP",
+        },
+        hosts: s.hosts.clone(),
+        tls_mode: s.tls.as_ref().filter(|_| s.is_tls()).map(|t| match t.mode {
+            ServerTlsMode::Passthrough => "PASSTHROUGH",
+            ServerTlsMode::Simple => "SIMPLE",
+            ServerTlsMode::Mutual => "MUTUAL",
+            ServerTlsMode::OptionalMutual => "OPTIONAL_MUTUAL",
+            ServerTlsMode::IstioMutual => "ISTIO_MUTUAL",
+        }),
+        https_redirect: s.tls.as_ref().is_some_and(|t| t.https_redirect),
+        credential_name: s
+            .tls
+            .as_ref()
+            .map(|t| t.credential_name.clone())
+            .filter(|name| !name.is_empty()),
+        virtual_hosts: s.virtual_hosts.iter().map(|v| v.domains.clone()).collect(),
+        sni_routes: s.sni_routes.iter().map(|r| r.sni_hosts.clone()).collect(),
+        limits: edge_limits(&s.limits),
+    }
+}
+
+/// What the dump shows of a gateway's configuration.
+pub fn gateway(g: &Gateway) -> GatewayDump {
+    GatewayDump {
+        namespace: g.namespace.to_string(),
+        num_trusted_proxies: g.num_trusted_proxies,
+        listeners: g
+            .listeners
+            .iter()
+            .map(|l| EdgeListenerDump {
+                port: l.port,
+                servers: l.servers.iter().map(|s| edge_server(s)).collect(),
+            })
+            .collect(),
+    }
+}
+
 pub fn config_dump(
     config: &WaypointConfig,
     upstream: &Upstream,
@@ -459,5 +560,9 @@ pub fn config_dump(
                 rules: p.policy.rules.clone(),
             })
             .collect(),
+        gateway: config.gateway.as_deref().map(gateway),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -168,15 +168,10 @@ impl EdgeListeners {
 /// The connection's context: the client as the source, the listener's address as the
 /// destination, the server it is bound to.
 fn tunnel(stream: &TcpStream, peer: SocketAddr, binding: EdgeBinding) -> Arc<TunnelContext> {
-    Arc::new(TunnelContext {
-        peer: None,
-        source_ip: peer.ip(),
-        peer_address: peer,
-        destination: stream
-            .local_addr()
-            .unwrap_or_else(|_| SocketAddr::new(IpAddr::from([0, 0, 0, 0]), binding.port)),
-        edge: Some(binding),
-    })
+    let destination = stream
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::new(IpAddr::from([0, 0, 0, 0]), binding.port));
+    Arc::new(TunnelContext::new(None, peer, destination, Some(binding)))
 }
 
 async fn serve_connection(
@@ -192,18 +187,17 @@ async fn serve_connection(
         debug!(%error, "cannot tune the edge connection");
     }
     let config = cx.shared.store.snapshot();
-    let Some(listener) = config.gateway.as_ref().and_then(|g| g.listener(port)) else {
+    let Some(gateway) = config.gateway.as_ref() else {
+        return;
+    };
+    let Some(listener) = gateway.listener(port) else {
         return;
     };
     let Some(first) = listener.servers.first() else {
         return;
     };
     if !first.is_tls() {
-        let binding = EdgeBinding {
-            port,
-            server: first.name.clone(),
-            sni: None,
-        };
+        let binding = EdgeBinding::new(port, &first.name, None, gateway);
         let context = tunnel(&stream, peer, binding);
         let http = first.carries_http();
         let admitted = admit_connection(&cx.shared, first, &context);
@@ -229,12 +223,8 @@ async fn serve_connection(
         debug!(sni = ?hello.sni, "no server for this server name");
         return;
     };
+    let binding = EdgeBinding::new(port, &server.name, hello.sni.clone(), gateway);
     drop(config);
-    let binding = EdgeBinding {
-        port,
-        server: server.name.clone(),
-        sni: hello.sni.clone(),
-    };
     let context = tunnel(&stream, peer, binding);
     if !admit_connection(&cx.shared, &server, &context) {
         return;
@@ -292,10 +282,7 @@ async fn terminate(
     };
     let context = match cx.credentials.client_identity(server, tls.get_ref().1) {
         Ok(None) => context,
-        Ok(Some(identity)) => Arc::new(TunnelContext {
-            peer: Some(identity),
-            ..TunnelContext::clone(&context)
-        }),
+        Ok(Some(identity)) => Arc::new(context.with_peer(identity)),
         Err(error) => {
             debug!(%error, server = %server.name, "client identity refused");
             return;

@@ -306,13 +306,12 @@ impl ConnectHandler for TunnelHandler {
         // Agents open their tunnels from inside the source pod, so the connection's peer is the
         // client: a `forwarded: for=` claim is never believed (any holder of a mesh
         // certificate could name an address outside an ipBlocks rule).
-        let context = Arc::new(TunnelContext {
-            peer: Some(self.peer.clone()),
-            source_ip: self.peer_address.ip(),
-            peer_address: self.peer_address,
-            destination: request.authority,
-            edge: None,
-        });
+        let context = Arc::new(TunnelContext::new(
+            Some(self.peer.clone()),
+            self.peer_address,
+            request.authority,
+            None,
+        ));
         if protocol.is_opaque() && by_server_name {
             // A DYNAMIC_DNS host's TLS: the ClientHello names the endpoint, so the tunnel is
             // accepted first and the upstream chosen once the hello is read.

@@ -27,7 +27,8 @@ pub use weft_proxy_core::metrics::{
     ResponseFlag, SecurityPolicy, TcpLabels, UNKNOWN,
 };
 use weft_proxy_core::metrics::{
-    AccessLog, ConnectionEnd, Peer as PeerView, Service as ServiceView, TcpConnection, TcpMetrics,
+    AccessLog, ConnectionEnd, LogText, Peer as PeerView, Service as ServiceView, TcpConnection,
+    TcpMetrics,
 };
 
 use crate::model::{Cluster, ServiceName, WorkloadInfo};
@@ -485,20 +486,20 @@ struct AccessLogLine<'a>(&'a RequestRecord);
 
 impl std::fmt::Display for AccessLogLine<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        fn quoted(v: &str) -> &str {
-            if v.is_empty() { "-" } else { v }
+        fn quoted(v: &str) -> LogText<'_> {
+            LogText(if v.is_empty() { "-" } else { v })
         }
         let record = self.0;
         write!(
             f,
             "[{}] \"{} {} {}\" {} {} {} - \"-\" {} {} {} - \"{}\" \"{}\" \"{}\" \"{}\" \"{}\" {} - {} {} - {}",
             UtcTime(record.start_time),
-            record.method,
-            record.path,
+            LogText(record.method.as_str()),
+            LogText(&record.path),
             record.protocol,
             record.status,
             record.response_flags,
-            record.response_code_details,
+            LogText(&record.response_code_details),
             record.bytes_received,
             record.bytes_sent,
             record.start.elapsed().as_millis(),
@@ -507,10 +508,10 @@ impl std::fmt::Display for AccessLogLine<'_> {
             quoted(&record.request_id),
             quoted(&record.authority),
             OrDash(record.upstream_host.as_ref()),
-            record.upstream_cluster.as_deref().unwrap_or("-"),
+            LogText(record.upstream_cluster.as_deref().unwrap_or("-")),
             OrDash(record.downstream_local.as_ref()),
             OrDash(record.downstream_remote.as_ref()),
-            record.route_name.as_deref().unwrap_or("default"),
+            LogText(record.route_name.as_deref().unwrap_or("default")),
         )
     }
 }
@@ -608,12 +609,12 @@ impl TcpAccessLog {
             "[{}] \"- - -\" 0 {} - {} \"-\" {} {} {} - \"-\" \"-\" \"-\" \"-\" \"{}\" {} - {} {} - -",
             humantime_utc(self.start_time),
             end.labels.response_flags,
-            info.termination_details.as_deref().unwrap_or("-"),
+            LogText(info.termination_details.as_deref().unwrap_or("-")),
             end.received,
             end.sent,
             end.duration.as_millis(),
-            info.upstream_host.as_deref().unwrap_or("-"),
-            info.upstream_cluster.as_deref().unwrap_or("-"),
+            LogText(info.upstream_host.as_deref().unwrap_or("-")),
+            LogText(info.upstream_cluster.as_deref().unwrap_or("-")),
             dash(&info.downstream_local),
             dash(&info.downstream_remote),
         )
@@ -774,6 +775,21 @@ mod tests {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         assert!(text.contains("response_flags=\"UO\""), "{text}");
+    }
+
+    #[test]
+    fn access_log_lines_escape_terminal_control_characters() {
+        let mut registry = Registry::default();
+        let mut record = RequestRecord::new(Arc::new(Metrics::new(&mut registry)));
+        record.access_log_disabled = true;
+        // A path may carry bytes above ASCII (C1 controls once decoded); a header the record
+        // keeps is visible ASCII, but any text is escaped when it is not.
+        record.path = RecordText::Owned("/a\u{9b}2J".to_owned());
+        record.authority = RecordText::Owned("shop\u{1b}[31m".to_owned());
+        let line = record.access_log_line();
+        assert!(!line.contains(['\u{9b}', '\u{1b}']), "{line}");
+        assert!(line.contains("/a\\u{9b}2J"), "{line}");
+        assert!(line.contains("\"shop\\u{1b}[31m\""), "{line}");
     }
 
     #[test]

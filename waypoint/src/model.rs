@@ -176,6 +176,7 @@ impl WorkloadTarget<'_> {
             endpoints: vec![Endpoint {
                 address: SocketAddr::new(workload.address, self.port),
                 identity: workload.identity.clone(),
+                principal: workload.identity.as_ref().map(|i| Arc::from(i.to_string())),
                 workload: Arc::clone(&workload.info),
                 tunnel: workload.tunnel,
                 tunnel_via: None,

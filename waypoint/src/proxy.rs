@@ -34,7 +34,7 @@ use tracing::{Instrument, debug_span};
 use weft_identity::SpiffeId;
 
 use crate::metrics::{Metrics, RecordText, RequestRecord};
-use crate::model::gateway::EdgeBinding;
+use crate::model::gateway::{EdgeBinding, EdgeLimits, EdgeServer};
 use crate::model::{Target, WaypointConfig};
 use crate::store::ConfigStore;
 use crate::tcp::TcpConnections;
@@ -82,6 +82,8 @@ impl std::fmt::Debug for ProxyShared {
 pub struct TunnelContext {
     /// Verified SPIFFE identity of the HBONE client.
     pub peer: Option<SpiffeId>,
+    /// `peer` as the records of the connection's requests name it, written once for them all.
+    pub peer_names: Option<PeerNames>,
     /// The client's address: the HBONE peer's (agents connect from inside the client's pod).
     /// A `forwarded: for=` claim is not believed.
     pub source_ip: IpAddr,
@@ -94,34 +96,74 @@ pub struct TunnelContext {
     pub edge: Option<EdgeBinding>,
 }
 
+/// A peer identity's text for records and labels: its `spiffe://` principal and namespace.
+#[derive(Debug, Clone)]
+pub struct PeerNames {
+    pub principal: Arc<str>,
+    pub namespace: Arc<str>,
+}
+
+impl PeerNames {
+    pub fn of(identity: &SpiffeId) -> Self {
+        PeerNames {
+            principal: Arc::from(identity.to_string()),
+            namespace: Arc::from(identity.namespace()),
+        }
+    }
+}
+
 impl TunnelContext {
+    /// A connection from `peer_address`, authenticated as `peer` when it is, to `destination`.
+    pub fn new(
+        peer: Option<SpiffeId>,
+        peer_address: SocketAddr,
+        destination: SocketAddr,
+        edge: Option<EdgeBinding>,
+    ) -> Self {
+        TunnelContext {
+            peer_names: peer.as_ref().map(PeerNames::of),
+            peer,
+            source_ip: peer_address.ip(),
+            peer_address,
+            destination,
+            edge,
+        }
+    }
+
+    /// This connection, its client authenticated as `identity`.
+    pub fn with_peer(&self, identity: SpiffeId) -> Self {
+        TunnelContext {
+            peer_names: Some(PeerNames::of(&identity)),
+            peer: Some(identity),
+            ..self.clone()
+        }
+    }
+
     /// What `config` makes of this connection: the service or workload its `:authority` names
     /// or, at the edge, the route table of its server for `host` (a request's Host; `None` for
     /// a connection carried at L4).
     pub fn target<'c>(&self, config: &'c WaypointConfig, host: Option<&str>) -> Option<Target<'c>> {
         match &self.edge {
             None => config.target_for(self.destination),
-            Some(edge) => config.gateway.as_deref()?.target(edge, host),
+            Some(edge) => self.edge_server(config)?.target(edge.sni.as_deref(), host),
         }
     }
 
+    /// At the edge, the connection's server in `config`.
+    pub fn edge_server<'c>(&self, config: &'c WaypointConfig) -> Option<&'c EdgeServer> {
+        self.edge.as_ref()?.server_in(config.gateway.as_ref()?)
+    }
+
     /// At the edge, the limits of the connection's server in `config`.
-    pub fn edge_limits<'c>(
-        &self,
-        config: &'c WaypointConfig,
-    ) -> Option<&'c crate::model::gateway::EdgeLimits> {
-        let edge = self.edge.as_ref()?;
-        Some(&config.gateway.as_deref()?.server(edge)?.limits)
+    pub fn edge_limits<'c>(&self, config: &'c WaypointConfig) -> Option<&'c EdgeLimits> {
+        self.edge_server(config).map(|server| &server.limits)
     }
 
     /// Whether `config` still serves this connection: its destination, or its edge server.
     pub fn still_served(&self, config: &WaypointConfig) -> bool {
         match &self.edge {
             None => config.target_for(self.destination).is_some(),
-            Some(edge) => config
-                .gateway
-                .as_deref()
-                .is_some_and(|g| g.server(edge).is_some()),
+            Some(_) => self.edge_server(config).is_some(),
         }
     }
 
@@ -154,11 +196,16 @@ pub async fn handle(
     // Configuration is read per request: a route, policy or cluster change reaches the next
     // request of a keep-alive connection, as in Envoy.
     let config = shared.store.snapshot();
-    let host = tunnel
-        .edge
-        .is_some()
-        .then(|| context::authority_of(&request));
-    let target = tunnel.target(&config, host);
+    // At the edge, the connection's server, found once for the request: its routes, its
+    // limits and its redirect.
+    let edge_server = tunnel.edge_server(&config);
+    let target = match (&tunnel.edge, edge_server) {
+        (None, _) => config.target_for(tunnel.destination),
+        (Some(edge), Some(server)) => {
+            server.target(edge.sni.as_deref(), Some(context::authority_of(&request)))
+        }
+        (Some(_), None) => None,
+    };
     let mut record = RequestRecord::new(Arc::clone(&shared.metrics));
     // The service the request is addressed to decides, with the configuration in force for
     // this request: a Telemetry change reaches established connections.
@@ -179,7 +226,8 @@ pub async fn handle(
         record.at_edge = true;
         record.destination_service = None;
         record.source = TunnelContext::edge_source(&config);
-        if let Some(redirect) = edge_https_redirect(&config, &tunnel, &record) {
+        if let Some(redirect) = edge_server.and_then(|server| edge_https_redirect(server, &record))
+        {
             let response = redirect.respond(&mut record);
             return Ok(context::finish(response, record));
         }
@@ -200,18 +248,16 @@ pub async fn handle(
     };
     let span = debug_span!("request", method = %request.method(), path = %record.path, request_id = %record.request_id);
     let mut context = RequestContext::new(&shared, &config, &tunnel, target, record);
+    if let Some(server) = edge_server {
+        context.edge_limits = server.limits;
+    }
     let response = pipeline::run(&mut context, request).instrument(span).await;
     Ok(context.finish(response))
 }
 
 /// A request to an HTTP server with `httpsRedirect`: answered 301 to `https://` with the same
 /// Host and path, as Envoy answers for Istio's `require_tls` virtual hosts, before routing.
-fn edge_https_redirect(
-    config: &WaypointConfig,
-    tunnel: &TunnelContext,
-    record: &RequestRecord,
-) -> Option<LocalReply> {
-    let server = config.gateway.as_ref()?.server(tunnel.edge.as_ref()?)?;
+fn edge_https_redirect(server: &EdgeServer, record: &RequestRecord) -> Option<LocalReply> {
     if server.is_tls() || !server.tls.as_ref().is_some_and(|t| t.https_redirect) {
         return None;
     }

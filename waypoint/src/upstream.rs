@@ -74,7 +74,9 @@ pub mod dynamic_dns;
 mod tls;
 
 use balancing::ClusterRuntime;
-pub use balancing::{Admission, ClusterState, EndpointStatus, HashInput, RetryPermit};
+pub use balancing::{
+    ActiveRequest, Admission, ClusterState, EndpointStatus, HashInput, RetryPermit,
+};
 pub use body::{Ending, Replayable, RequestBody};
 use connections::{EndpointDialer, TunnelKey};
 pub use tls::{OriginatedTls, OriginationCredentials};
@@ -270,6 +272,7 @@ impl Upstream {
         Ok(Endpoint {
             address: SocketAddr::new(address, port.unwrap_or(default_port)),
             identity: None,
+            principal: None,
             workload: Arc::clone(&OUTSIDE_THE_MESH),
             tunnel: crate::model::Tunnel::Plain,
             tunnel_via: None,
@@ -340,22 +343,23 @@ impl Upstream {
         http2: bool,
         source: IpAddr,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let state = self.state(cluster);
-        self.send_on(&state, cluster, endpoint, request, http2, source)
+        let active = self.state(cluster).track_request(endpoint.address);
+        self.send_on(active, cluster, endpoint, request, http2, source)
             .await
     }
 
-    /// [`Self::send`] with the cluster's state already looked up (the request's admission).
+    /// [`Self::send`] for a request already counted in flight to `endpoint` (when it was
+    /// chosen: [`ClusterState::choose_and_track`]).
     pub async fn send_on(
         &self,
-        state: &ClusterState,
+        active: ActiveRequest,
         cluster: &Cluster,
         endpoint: &Endpoint,
         request: Request<RequestBody>,
         http2: bool,
         source: IpAddr,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let _active = state.track_request(endpoint.address);
+        let _active = active;
         if http2 {
             self.send_http2(cluster, endpoint, request, source).await
         } else {

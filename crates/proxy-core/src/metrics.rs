@@ -14,7 +14,7 @@ pub use labels::{
     SecurityPolicy, Service, TcpLabels, UNKNOWN,
 };
 pub use process::{Component, register_process_metrics};
-pub use tcp::{ACCESS_LOG, AccessLog, ConnectionEnd, LabelKey, TcpConnection, TcpMetrics};
+pub use tcp::{ACCESS_LOG, AccessLog, ConnectionEnd, LabelKey, LogText, TcpConnection, TcpMetrics};
 
 #[cfg(test)]
 mod tests;

@@ -23,6 +23,9 @@ pub struct Endpoint {
     /// `ip:target port`: the address the application listens on.
     pub address: SocketAddr,
     pub identity: Option<SpiffeId>,
+    /// `identity`'s `spiffe://` text, written once with the configuration for the records of
+    /// the requests sent to the endpoint.
+    pub principal: Option<Arc<str>>,
     pub workload: Arc<WorkloadInfo>,
     pub tunnel: Tunnel,
     /// Where the HBONE tunnel goes when not to `address` itself: the waypoint a gateway reaches

@@ -4,7 +4,7 @@
 //! Each route table is a [`Service`] without addresses, so that the waypoint's pipeline (routes,
 //! retries, timeouts, faults, CORS, authorization, metrics) serves it unchanged.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use weft_proto::waypoint as proto;
@@ -253,12 +253,82 @@ fn best<'a, T>(items: impl Iterator<Item = (&'a [String], T)>, host: &str) -> Op
 }
 
 /// Where a connection accepted at the edge is bound, fixed while it is open: its listener's
-/// port, the server chosen when it was accepted, and the SNI it asked for.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// port, the server chosen when it was accepted, and the SNI it asked for. The server itself is
+/// configuration, found by name in the configuration each request reads; where it is, is
+/// remembered with the gateway it was found in, so that the requests of a connection find it
+/// without a search until a configuration brings another gateway.
+#[derive(Debug)]
 pub struct EdgeBinding {
     pub port: u16,
     pub server: String,
     pub sni: Option<String>,
+    found: Mutex<Option<FoundServer>>,
+}
+
+/// Where a binding's server is in one gateway.
+#[derive(Debug, Clone)]
+struct FoundServer {
+    /// Compared by address: the `Weak` keeps the allocation, so no later gateway can have
+    /// this address while it is held.
+    gateway: Weak<Gateway>,
+    /// The listener's and the server's index; `None`: that gateway does not serve it.
+    at: Option<(usize, usize)>,
+}
+
+impl Clone for EdgeBinding {
+    fn clone(&self) -> Self {
+        EdgeBinding {
+            port: self.port,
+            server: self.server.clone(),
+            sni: self.sni.clone(),
+            found: Mutex::new(lock(&self.found).clone()),
+        }
+    }
+}
+
+impl EdgeBinding {
+    /// A connection at `port` bound to the server named `server`, found in `gateway` now.
+    pub fn new(port: u16, server: &str, sni: Option<String>, gateway: &Arc<Gateway>) -> Self {
+        let binding = EdgeBinding {
+            port,
+            server: server.to_owned(),
+            sni,
+            found: Mutex::new(None),
+        };
+        binding.server_in(gateway);
+        binding
+    }
+
+    /// The connection's server in `gateway` (the configuration a request reads): found by
+    /// name when `gateway` is not the one it was last found in, else where it was.
+    pub fn server_in<'g>(&self, gateway: &'g Arc<Gateway>) -> Option<&'g EdgeServer> {
+        let mut found = lock(&self.found);
+        let at = match &*found {
+            Some(f) if std::ptr::eq(f.gateway.as_ptr(), Arc::as_ptr(gateway)) => f.at,
+            _ => {
+                let at = gateway.position(self.port, &self.server);
+                *found = Some(FoundServer {
+                    gateway: Arc::downgrade(gateway),
+                    at,
+                });
+                at
+            }
+        };
+        drop(found);
+        let (listener, server) = at?;
+        gateway
+            .listeners
+            .get(listener)?
+            .servers
+            .get(server)
+            .map(Arc::as_ref)
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Gateway {
@@ -266,42 +336,43 @@ impl Gateway {
         self.listeners.iter().find(|l| l.port == port)
     }
 
-    pub fn server(&self, binding: &EdgeBinding) -> Option<&EdgeServer> {
-        self.listener(binding.port)?
+    /// Where the server named `name` of the listener at `port` is: the listener's index and
+    /// the server's.
+    fn position(&self, port: u16, name: &str) -> Option<(usize, usize)> {
+        let listener = self.listeners.iter().position(|l| l.port == port)?;
+        let server = self.listeners[listener]
             .servers
             .iter()
-            .find(|s| s.name == binding.server)
-            .map(Arc::as_ref)
+            .position(|s| s.name == name)?;
+        Some((listener, server))
     }
+}
 
-    /// The route table for what `binding` carries: the virtual host for `host` (a request),
-    /// else the SNI route (PASSTHROUGH) or the TCP routes (a connection).
-    pub fn target(&self, binding: &EdgeBinding, host: Option<&str>) -> Option<Target<'_>> {
-        let server = self.server(binding)?;
+impl EdgeServer {
+    /// The route table for what a connection to this server carries: the virtual host for
+    /// `host` (a request), else the SNI route for `sni` (PASSTHROUGH) or the TCP routes (a
+    /// connection).
+    pub fn target(&self, sni: Option<&str>, host: Option<&str>) -> Option<Target<'_>> {
         if let Some(host) = host {
             let host = strip_port(host);
-            return server
+            return self
                 .domains
                 .find(host)
-                .and_then(|i| server.virtual_hosts.get(i))
+                .and_then(|i| self.virtual_hosts.get(i))
                 .map(|v| v.table.target());
         }
-        if server
+        if self
             .tls
             .as_ref()
             .is_some_and(|t| t.mode == ServerTlsMode::Passthrough)
         {
-            let sni = binding.sni.as_deref()?;
             return best(
-                server
-                    .sni_routes
-                    .iter()
-                    .map(|r| (r.sni_hosts.as_slice(), r)),
-                sni,
+                self.sni_routes.iter().map(|r| (r.sni_hosts.as_slice(), r)),
+                sni?,
             )
             .map(|r| r.table.target());
         }
-        server.tcp.as_ref().map(EdgeTable::target)
+        self.tcp.as_ref().map(EdgeTable::target)
     }
 }
 

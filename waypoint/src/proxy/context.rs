@@ -65,7 +65,8 @@ impl<'a> RequestContext<'a> {
             path: String::new(),
             query: None,
             remote_ip: tunnel.source_ip,
-            edge_limits: tunnel.edge_limits(config).copied().unwrap_or_default(),
+            // Set by the caller at the edge, from the server it found for the request.
+            edge_limits: crate::model::gateway::EdgeLimits::default(),
         }
     }
 
@@ -83,9 +84,9 @@ impl<'a> RequestContext<'a> {
         self.record.upstream_host = Some(endpoint.address);
         self.record.destination.workload = Some(Arc::clone(&endpoint.workload));
         self.record.destination.principal = endpoint
-            .identity
+            .principal
             .as_ref()
-            .map(|identity| RecordText::Owned(identity.to_string()));
+            .map(|principal| RecordText::Shared(Arc::clone(principal)));
     }
 
     /// Hands the record over to the response, which writes it once its body ends.
@@ -127,13 +128,13 @@ pub(super) fn describe_request(
             None
         },
         principal: tunnel
-            .peer
+            .peer_names
             .as_ref()
-            .map(|p| RecordText::Owned(p.to_string())),
+            .map(|p| RecordText::Shared(Arc::clone(&p.principal))),
         namespace: tunnel
-            .peer
+            .peer_names
             .as_ref()
-            .map(|p| RecordText::Owned(p.namespace().to_owned())),
+            .map(|p| RecordText::Shared(Arc::clone(&p.namespace))),
     };
     // A workload addressed directly was not addressed through a service: its service labels
     // stay unknown, its workload labels come from the endpoint.

@@ -429,13 +429,13 @@ async fn send_with_retries(
         .ok_or(LocalReply::DownstreamDisconnect)?;
     loop {
         let resolved;
-        let endpoint: &Endpoint = if cluster.dynamic_dns {
+        let (endpoint, active): (&Endpoint, _) = if cluster.dynamic_dns {
             resolved = upstream
                 .dynamic_endpoint(cluster, &outgoing.authority)
                 .await?;
-            &resolved
+            (&resolved, state.track_request(resolved.address))
         } else {
-            state.choose_endpoint(cluster, &cx.hash_input(&headers), &tried)?
+            state.choose_and_track(cluster, &cx.hash_input(&headers), &tried)?
         };
         cx.record_endpoint(endpoint);
         // No retry follows the last attempt the policy allows, nor a body that can no longer
@@ -447,7 +447,7 @@ async fn send_with_retries(
             headers.clone()
         };
         let send = upstream.send_on(
-            state,
+            active,
             cluster,
             endpoint,
             outgoing.build_with("", body, attempt_headers),

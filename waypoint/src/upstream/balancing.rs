@@ -31,7 +31,8 @@ pub struct EndpointStatus {
 
 #[derive(Debug, Default)]
 struct EndpointState {
-    active: usize,
+    /// Requests in flight, counted down by their [`ActiveRequest`] without the lock.
+    active: Arc<AtomicUsize>,
     consecutive_5xx: u32,
     consecutive_gateway: u32,
     ejected_until: Option<Instant>,
@@ -86,16 +87,22 @@ impl Drop for RetryPermit {
     }
 }
 
-pub(super) struct ActiveRequest<'s> {
-    runtime: &'s ClusterRuntime,
-    endpoint: SocketAddr,
+/// Counts one request in flight to an endpoint (least-request balancing, the admin page)
+/// while it lives. It holds the endpoint's counter itself, which moves with the endpoint's
+/// state to a cluster's next runtime, so that ending the request needs no lock.
+#[derive(Debug)]
+pub struct ActiveRequest(Arc<AtomicUsize>);
+
+impl ActiveRequest {
+    fn new(active: &Arc<AtomicUsize>) -> Self {
+        active.fetch_add(1, Ordering::AcqRel);
+        ActiveRequest(Arc::clone(active))
+    }
 }
 
-impl Drop for ActiveRequest<'_> {
+impl Drop for ActiveRequest {
     fn drop(&mut self) {
-        if let Some(state) = lock(&self.runtime.endpoints).get_mut(&self.endpoint) {
-            state.active = state.active.saturating_sub(1);
-        }
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -221,7 +228,7 @@ impl Upstream {
                 (
                     *address,
                     EndpointStatus {
-                        active_requests: state.active,
+                        active_requests: state.active.load(Ordering::Acquire),
                         consecutive_5xx: state.consecutive_5xx,
                         consecutive_gateway_errors: state.consecutive_gateway,
                         ejected: ejected_for.is_some(),
@@ -270,72 +277,27 @@ impl ClusterState {
         hash: &HashInput<'_>,
         exclude: &[SocketAddr],
     ) -> Result<&'c Endpoint, UpstreamError> {
-        let now = Instant::now();
-        let healthy = cluster.endpoints.iter().filter(|e| e.healthy).count();
-        if healthy == 0 {
-            return Err(UpstreamError::NoHealthyUpstream(cluster.name.clone()));
-        }
-        let states = lock(&self.0.endpoints);
-        let not_ejected = |e: &Endpoint| {
-            states
-                .get(&e.address)
-                .and_then(|s| s.ejected_until)
-                .is_none_or(|until| until <= now)
-        };
-        let available = cluster
-            .endpoints
-            .iter()
-            .filter(|e| e.healthy && not_ejected(e))
-            .count();
-        // Below minHealthPercent (or with every endpoint ejected) outlier detection stands
-        // aside and all healthy endpoints take traffic, as Envoy's panic mode does.
-        let min_health = cluster
-            .outlier
-            .as_ref()
-            .map_or(0, |o| o.min_health_percent as usize);
-        let panic = available == 0 || available * 100 < healthy * min_health;
-        let in_pool = |e: &Endpoint| e.healthy && (panic || not_ejected(e));
-        let pooled = if panic { healthy } else { available };
-        let untried = |e: &Endpoint| !exclude.contains(&e.address);
-        let fresh = if pooled > 1 && !exclude.is_empty() {
-            cluster
-                .endpoints
-                .iter()
-                .filter(|e| in_pool(e) && untried(e))
-                .count()
-        } else {
-            0
-        };
-        let (count, skip_tried) = if fresh > 0 {
-            (fresh, true)
-        } else {
-            (pooled, false)
-        };
-        let candidates = || {
-            cluster
-                .endpoints
-                .iter()
-                .filter(move |e| in_pool(e) && (!skip_tried || untried(e)))
-        };
-        let nth = |index: usize| {
-            candidates()
-                .nth(index)
-                .ok_or_else(|| UpstreamError::NoHealthyUpstream(cluster.name.clone()))
-        };
-        let active = |e: &Endpoint| states.get(&e.address).map_or(0, |s| s.active);
-        match &cluster.load_balancer {
-            LoadBalancer::RoundRobin => nth(self.0.next.fetch_add(1, Ordering::Relaxed) % count),
-            LoadBalancer::Random => nth(rand::random_range(0..count)),
-            LoadBalancer::LeastRequest => {
-                let a = nth(rand::random_range(0..count))?;
-                let b = nth(rand::random_range(0..count))?;
-                Ok(if active(b) < active(a) { b } else { a })
-            }
-            LoadBalancer::ConsistentHash(key) => match hash_key(key, hash) {
-                Some(key) => Ok(rendezvous(&candidates().collect::<Vec<_>>(), &key)),
-                None => nth(rand::random_range(0..count)),
-            },
-        }
+        choose(
+            &lock(&self.0.endpoints),
+            &self.0.next,
+            cluster,
+            hash,
+            exclude,
+        )
+    }
+
+    /// [`Self::choose_endpoint`], and the chosen endpoint's request counted in flight while
+    /// the returned guard lives: one lock for both.
+    pub fn choose_and_track<'c>(
+        &self,
+        cluster: &'c Cluster,
+        hash: &HashInput<'_>,
+        exclude: &[SocketAddr],
+    ) -> Result<(&'c Endpoint, ActiveRequest), UpstreamError> {
+        let mut states = lock(&self.0.endpoints);
+        let endpoint = choose(&states, &self.0.next, cluster, hash, exclude)?;
+        let active = ActiveRequest::new(&states.entry(endpoint.address).or_default().active);
+        Ok((endpoint, active))
     }
 
     /// Records an attempt's outcome for outlier detection: `Some(status)` for a response,
@@ -384,12 +346,87 @@ impl ClusterState {
     }
 
     /// Counts a request in flight to `endpoint` (least-request balancing) while the guard lives.
-    pub(super) fn track_request(&self, endpoint: SocketAddr) -> ActiveRequest<'_> {
-        lock(&self.0.endpoints).entry(endpoint).or_default().active += 1;
-        ActiveRequest {
-            runtime: &self.0,
-            endpoint,
+    pub fn track_request(&self, endpoint: SocketAddr) -> ActiveRequest {
+        ActiveRequest::new(&lock(&self.0.endpoints).entry(endpoint).or_default().active)
+    }
+}
+
+/// The choice [`ClusterState::choose_endpoint`] describes, with the endpoints' states locked.
+fn choose<'c>(
+    states: &HashMap<SocketAddr, EndpointState>,
+    next: &AtomicUsize,
+    cluster: &'c Cluster,
+    hash: &HashInput<'_>,
+    exclude: &[SocketAddr],
+) -> Result<&'c Endpoint, UpstreamError> {
+    let now = Instant::now();
+    let healthy = cluster.endpoints.iter().filter(|e| e.healthy).count();
+    if healthy == 0 {
+        return Err(UpstreamError::NoHealthyUpstream(cluster.name.clone()));
+    }
+    let not_ejected = |e: &Endpoint| {
+        states
+            .get(&e.address)
+            .and_then(|s| s.ejected_until)
+            .is_none_or(|until| until <= now)
+    };
+    let available = cluster
+        .endpoints
+        .iter()
+        .filter(|e| e.healthy && not_ejected(e))
+        .count();
+    // Below minHealthPercent (or with every endpoint ejected) outlier detection stands
+    // aside and all healthy endpoints take traffic, as Envoy's panic mode does.
+    let min_health = cluster
+        .outlier
+        .as_ref()
+        .map_or(0, |o| o.min_health_percent as usize);
+    let panic = available == 0 || available * 100 < healthy * min_health;
+    let in_pool = |e: &Endpoint| e.healthy && (panic || not_ejected(e));
+    let pooled = if panic { healthy } else { available };
+    let untried = |e: &Endpoint| !exclude.contains(&e.address);
+    let fresh = if pooled > 1 && !exclude.is_empty() {
+        cluster
+            .endpoints
+            .iter()
+            .filter(|e| in_pool(e) && untried(e))
+            .count()
+    } else {
+        0
+    };
+    let (count, skip_tried) = if fresh > 0 {
+        (fresh, true)
+    } else {
+        (pooled, false)
+    };
+    let candidates = || {
+        cluster
+            .endpoints
+            .iter()
+            .filter(move |e| in_pool(e) && (!skip_tried || untried(e)))
+    };
+    let nth = |index: usize| {
+        candidates()
+            .nth(index)
+            .ok_or_else(|| UpstreamError::NoHealthyUpstream(cluster.name.clone()))
+    };
+    let active = |e: &Endpoint| {
+        states
+            .get(&e.address)
+            .map_or(0, |s| s.active.load(Ordering::Acquire))
+    };
+    match &cluster.load_balancer {
+        LoadBalancer::RoundRobin => nth(next.fetch_add(1, Ordering::Relaxed) % count),
+        LoadBalancer::Random => nth(rand::random_range(0..count)),
+        LoadBalancer::LeastRequest => {
+            let a = nth(rand::random_range(0..count))?;
+            let b = nth(rand::random_range(0..count))?;
+            Ok(if active(b) < active(a) { b } else { a })
         }
+        LoadBalancer::ConsistentHash(key) => match hash_key(key, hash) {
+            Some(key) => Ok(rendezvous(&candidates().collect::<Vec<_>>(), &key)),
+            None => nth(rand::random_range(0..count)),
+        },
     }
 }
 

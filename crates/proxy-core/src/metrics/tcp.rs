@@ -28,7 +28,32 @@ use prometheus_client::{
 use super::labels::{ResponseFlag, TcpLabels};
 
 /// The tracing target of access-log events, the agents' and the waypoints' alike (ztunnel's).
+/// Their lines are written without the log subscriber's own escaping of terminal control
+/// characters (see `Config::init`), which walks every character of a message: an access line
+/// writes each text that could carry one through [`LogText`] instead.
 pub const ACCESS_LOG: &str = "access";
+
+/// A text of an access-log line, with control characters (C0, DEL, C1: what could drive a
+/// terminal reading the log) escaped as the log subscriber escapes them; a text of visible
+/// ASCII, the usual case, is written as it is after one scan of its bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct LogText<'a>(pub &'a str);
+
+impl std::fmt::Display for LogText<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+            return f.write_str(self.0);
+        }
+        for c in self.0.chars() {
+            if c.is_control() {
+                write!(f, "\\u{{{:x}}}", u32::from(c))?;
+            } else {
+                std::fmt::Write::write_char(f, c)?;
+            }
+        }
+        Ok(())
+    }
+}
 
 /// Label sets kept resolved at most; past it the cache starts over (entries of workloads that
 /// were replaced by a configuration update are never hit again).

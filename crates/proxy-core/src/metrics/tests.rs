@@ -190,3 +190,19 @@ fn typed_labels_print_istio_s_values() {
         assert_eq!(printed, expected);
     }
 }
+
+#[test]
+fn access_log_texts_escape_terminal_control_characters() {
+    let cases = [
+        ("/api/bench?q=1", "/api/bench?q=1"),
+        ("/a\u{1b}[31mred", "/a\\u{1b}[31mred"),
+        ("bell\u{7}", "bell\\u{7}"),
+        ("del\u{7f}", "del\\u{7f}"),
+        ("c1\u{9b}31m", "c1\\u{9b}31m"),
+        ("/caf\u{e9}", "/caf\u{e9}"),
+        ("tab\there", "tab\\u{9}here"),
+    ];
+    for (text, written) in cases {
+        assert_eq!(super::LogText(text).to_string(), written, "{text:?}");
+    }
+}

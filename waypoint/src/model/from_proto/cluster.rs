@@ -114,6 +114,7 @@ fn endpoints(
     context: &str,
 ) -> Result<Vec<Endpoint>, ConfigError> {
     let identity = identity(&e.identity, context)?;
+    let principal: Option<Arc<str>> = identity.as_ref().map(|i| Arc::from(i.to_string()));
     let addresses = if e.hostname.is_empty() {
         vec![ip(&e.address, context)?]
     } else {
@@ -148,6 +149,7 @@ fn endpoints(
             });
             Ok(Endpoint {
                 address: SocketAddr::new(address, port),
+                principal: principal.clone(),
                 identity: identity.clone(),
                 workload,
                 tunnel,

@@ -88,15 +88,47 @@ fn host_patterns_rank_exact_then_longest_suffix_then_any() {
     }
 }
 
+fn target<'g>(edge: &'g Arc<Gateway>, binding: &EdgeBinding, host: &str) -> Option<Target<'g>> {
+    binding.server_in(edge)?.target(None, Some(host))
+}
+
+#[test]
+fn a_binding_finds_its_server_again_in_each_new_gateway() {
+    let first = Arc::new(edge());
+    let binding = EdgeBinding::new(443, "shop", Some("shop.example.com".to_owned()), &first);
+    let found = |gateway: &Arc<Gateway>| binding.server_in(gateway).map(|s| s as *const EdgeServer);
+    let server_of = |gateway: &Gateway, port: u16, name: &str| {
+        let listener = gateway.listener(port).unwrap();
+        let server = listener.servers.iter().find(|s| s.name == name).unwrap();
+        Arc::as_ptr(server)
+    };
+    assert_eq!(found(&first), Some(server_of(&first, 443, "shop")));
+    assert_eq!(
+        found(&first),
+        Some(server_of(&first, 443, "shop")),
+        "remembered"
+    );
+    // A new configuration where the server moved: found where it now is.
+    let mut moved = edge();
+    moved.listeners.reverse();
+    moved.listeners[0].servers.reverse();
+    let moved = Arc::new(moved);
+    assert_eq!(found(&moved), Some(server_of(&moved, 443, "shop")));
+    // One without it: the connection is no longer served; one with it again: served again.
+    let mut without = edge();
+    without.listeners[1].servers.retain(|s| s.name != "shop");
+    let without = Arc::new(without);
+    assert_eq!(found(&without), None);
+    assert_eq!(found(&first), Some(server_of(&first, 443, "shop")));
+    // The configuration each request reads is the one its server is taken from.
+    assert_eq!(found(&moved), Some(server_of(&moved, 443, "shop")));
+}
+
 #[test]
 fn the_request_host_chooses_the_most_specific_virtual_host() {
-    let edge = edge();
-    let binding = EdgeBinding {
-        port: 80,
-        server: "http".to_owned(),
-        sni: None,
-    };
-    let cluster_for = |host: &str| match edge.target(&binding, Some(host)) {
+    let edge = Arc::new(edge());
+    let binding = EdgeBinding::new(80, "http", None, &edge);
+    let cluster_for = |host: &str| match target(&edge, &binding, host) {
         Some(Target::Service(target)) => match &target.service.http_routes[0].action {
             super::super::RouteAction::Forward(destinations) => destinations[0].cluster.clone(),
             other => panic!("{other:?}"),
@@ -108,11 +140,8 @@ fn the_request_host_chooses_the_most_specific_virtual_host() {
     assert_eq!(cluster_for("cart.example.com"), "wildcard");
     assert_eq!(cluster_for("10.0.0.1:80"), "any");
     // A server that is gone serves nothing.
-    let gone = EdgeBinding {
-        server: "removed".to_owned(),
-        ..binding
-    };
-    assert!(edge.target(&gone, Some("shop.example.com")).is_none());
+    let gone = EdgeBinding::new(80, "removed", None, &edge);
+    assert!(target(&edge, &gone, "shop.example.com").is_none());
 }
 
 #[test]

@@ -7,6 +7,7 @@ fn endpoint(last: u8) -> Endpoint {
     Endpoint {
         address: SocketAddr::from(([10, 0, 0, last], 8080)),
         identity: None,
+        principal: None,
         workload: Arc::default(),
         tunnel: Tunnel::Plain,
         tunnel_via: None,
@@ -92,4 +93,68 @@ fn hash_keys_come_from_headers_cookies_query_and_source() {
     for (key, expected) in cases {
         assert_eq!(hash_key(&key, &input).as_deref(), expected, "{key:?}");
     }
+}
+
+fn least_request(endpoints: Vec<Endpoint>) -> Cluster {
+    Cluster {
+        name: "outbound|80||web.shop.svc.cluster.local".to_owned(),
+        host: "web.shop.svc.cluster.local".to_owned(),
+        service: Arc::new(crate::model::service_of_host("web.shop.svc.cluster.local")),
+        subset: String::new(),
+        port: 80,
+        endpoints,
+        load_balancer: LoadBalancer::LeastRequest,
+        limits: crate::model::ConnectionLimits::default(),
+        outlier: None,
+        destination_rule: String::new(),
+        hostnames: Vec::new(),
+        tls: None,
+        dynamic_dns: false,
+    }
+}
+
+fn fresh_state() -> ClusterState {
+    ClusterState(Arc::new(ClusterRuntime {
+        active_requests: AtomicUsize::new(0),
+        pending: AtomicUsize::new(0),
+        active_retries: AtomicUsize::new(0),
+        connection_slots: None,
+        slot_count: None,
+        next: AtomicUsize::new(0),
+        endpoints: Mutex::new(HashMap::new()),
+    }))
+}
+
+fn in_flight(state: &ClusterState) -> HashMap<SocketAddr, usize> {
+    lock(&state.0.endpoints)
+        .iter()
+        .map(|(address, s)| (*address, s.active.load(Ordering::Acquire)))
+        .collect()
+}
+
+#[test]
+fn a_chosen_endpoint_counts_its_request_in_flight_until_the_guard_ends() {
+    let cluster = least_request(vec![endpoint(1)]);
+    let state = fresh_state();
+    let headers = http::HeaderMap::new();
+    let hash = HashInput {
+        headers: &headers,
+        query: None,
+        source_ip: IpAddr::from([10, 0, 0, 9]),
+    };
+    let address = endpoint(1).address;
+    let (chosen, first) = state.choose_and_track(&cluster, &hash, &[]).unwrap();
+    assert_eq!(chosen.address, address);
+    let (_, second) = state.choose_and_track(&cluster, &hash, &[]).unwrap();
+    assert_eq!(in_flight(&state)[&address], 2);
+    drop(first);
+    assert_eq!(in_flight(&state)[&address], 1);
+    // The count moves with the endpoint's state to a cluster's next runtime: a request that
+    // ends after the move is counted down there.
+    let next = fresh_state();
+    *lock(&next.0.endpoints) = std::mem::take(&mut *lock(&state.0.endpoints));
+    drop(second);
+    assert_eq!(in_flight(&next)[&address], 0);
+    drop(state.track_request(address));
+    assert_eq!(in_flight(&state)[&address], 0);
 }

@@ -222,18 +222,14 @@ fn decide_at_edge(
 ) -> Option<usize> {
     use waypoint::model::gateway::{EdgeBinding, VirtualHost, host_match_rank};
     let gateway = config.gateway.as_ref()?;
-    let binding = EdgeBinding {
-        port: 80,
-        server: "http".to_owned(),
-        sni: None,
-    };
+    let binding = EdgeBinding::new(80, "http", None, gateway);
+    let server = binding.server_in(gateway)?;
     let service = match lookup {
-        DefaultLookup::Indexed => match gateway.target(&binding, Some(&request.host))? {
+        DefaultLookup::Indexed => match server.target(None, Some(&request.host))? {
             Target::Service(target) => target.service,
             Target::Workload(_) => return None,
         },
         DefaultLookup::Scan => {
-            let server = gateway.server(&binding)?;
             let mut chosen: Option<(usize, &VirtualHost)> = None;
             for v in &server.virtual_hosts {
                 let Some(rank) = v

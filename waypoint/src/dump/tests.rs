@@ -1,0 +1,100 @@
+//! What the dump shows of the gateway role.
+
+use weft_proto::waypoint as proto;
+
+use super::*;
+
+fn edge_config(limits: Option<proto::EdgeLimits>) -> WaypointConfig {
+    let server = proto::GatewayServer {
+        gateway: "edge/edge-gateway".to_owned(),
+        name: "https".to_owned(),
+        protocol: proto::GatewayProtocol::Https as i32,
+        hosts: vec!["shop.example.com".to_owned()],
+        tls: Some(proto::ServerTls {
+            mode: proto::ServerTlsMode::Simple as i32,
+            credential_name: "shop-cert".to_owned(),
+            ..Default::default()
+        }),
+        virtual_hosts: vec![proto::GatewayVirtualHost {
+            domains: vec!["shop.example.com".to_owned()],
+            http_routes: Vec::new(),
+            virtual_service: "edge/shop".to_owned(),
+        }],
+        limits,
+        ..Default::default()
+    };
+    let config = proto::WaypointConfig {
+        name: "ingress".to_owned(),
+        namespace: "edge".to_owned(),
+        gateway: Some(proto::GatewayConfig {
+            num_trusted_proxies: 1,
+            listeners: vec![proto::GatewayListener {
+                port: 443,
+                servers: vec![server],
+            }],
+            workload: None,
+        }),
+        ..Default::default()
+    };
+    WaypointConfig::try_from(config).expect("a valid gateway configuration")
+}
+
+#[test]
+fn the_dump_shows_each_edge_servers_limits() {
+    let limits = proto::EdgeLimits {
+        max_request_headers_kb: 16,
+        request_headers_timeout: Some(prost_types::Duration {
+            seconds: 5,
+            nanos: 0,
+        }),
+        idle_timeout: Some(prost_types::Duration {
+            seconds: 30,
+            nanos: 0,
+        }),
+        http2_max_concurrent_streams: 50,
+        per_connection_buffer_limit_bytes: 32768,
+    };
+    let config = edge_config(Some(limits));
+    let dump = gateway(config.gateway.as_deref().expect("the gateway role"));
+    assert_eq!(dump.num_trusted_proxies, 1);
+    let server = &dump.listeners[0].servers[0];
+    assert_eq!(
+        (
+            dump.listeners[0].port,
+            server.name.as_str(),
+            server.tls_mode
+        ),
+        (443, "https", Some("SIMPLE"))
+    );
+    assert_eq!(server.credential_name.as_deref(), Some("shop-cert"));
+    assert_eq!(server.virtual_hosts, [["shop.example.com"]]);
+    assert_eq!(
+        server.limits,
+        EdgeLimitsDump {
+            max_request_headers_kb: Some(16),
+            request_headers_timeout_ms: Some(5_000),
+            idle_timeout_ms: Some(30_000),
+            http2_max_concurrent_streams: Some(50),
+            per_connection_buffer_limit_bytes: Some(32768),
+        }
+    );
+    let json = serde_json::to_value(&dump).unwrap();
+    assert_eq!(
+        json["listeners"][0]["servers"][0]["limits"]["idle_timeout_ms"],
+        30_000
+    );
+
+    // Without the annotation every limit is the proxy's own.
+    let config = edge_config(None);
+    let dump = gateway(config.gateway.as_deref().unwrap());
+    assert_eq!(
+        dump.listeners[0].servers[0].limits,
+        EdgeLimitsDump {
+            max_request_headers_kb: None,
+            request_headers_timeout_ms: None,
+            idle_timeout_ms: None,
+            http2_max_concurrent_streams: None,
+            per_connection_buffer_limit_bytes: None,
+        }
+    );
+}
