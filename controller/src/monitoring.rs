@@ -209,7 +209,7 @@ impl Collector for PilotMetrics {
             "Delay in seconds between config change and a proxy receiving all required configuration",
             &Convergence {
                 buckets: counters.convergence_buckets(),
-                sum: counters.push_time_total().as_secs_f64(),
+                sum: counters.convergence_total().as_secs_f64(),
             },
         )?;
         sample(
@@ -300,6 +300,10 @@ mod tests {
             Duration::from_millis(500),
         );
         counters.pushed("type.googleapis.com/made.Up", Duration::from_millis(250));
+        // Three pushes reached proxies (one covered two types: one observation).
+        for latency in [400, 450, 2000] {
+            counters.converged(Duration::from_millis(latency));
+        }
         counters.rejected(&Rejection {
             proxy_id: "a".into(),
             type_url: weft_proto::AUTHORIZATION_TYPE_URL.into(),
@@ -341,7 +345,7 @@ mod tests {
             "pilot_proxy_convergence_time_bucket{le=\"1.0\"} 2",
             "pilot_proxy_convergence_time_bucket{le=\"3.0\"} 3",
             "pilot_proxy_convergence_time_bucket{le=\"+Inf\"} 3",
-            "pilot_proxy_convergence_time_sum 2.25",
+            "pilot_proxy_convergence_time_sum 2.85",
         ] {
             assert!(lines.contains(&expected), "no {expected:?} in\n{text}");
         }

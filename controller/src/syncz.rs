@@ -173,6 +173,10 @@ impl XdsMetrics for SyncStatus {
         self.counters.pushed(type_url, latency);
     }
 
+    fn converged(&self, latency: Duration) {
+        self.counters.converged(latency);
+    }
+
     fn rejected(&self, rejection: &Rejection) {
         self.counters.rejected(rejection);
     }

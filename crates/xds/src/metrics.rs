@@ -72,6 +72,11 @@ pub trait XdsMetrics: Send + Sync + 'static {
     /// One response of `type_url` was sent; `latency` runs from the change (or subscription)
     /// that caused it to the send.
     fn pushed(&self, type_url: &str, latency: Duration);
+    /// A change reached one proxy: every response it caused on the proxy's stream (one per
+    /// type it changed) was sent, the last `latency` after the change. Once per push and
+    /// proxy, as istiod records `pilot_proxy_convergence_time` after `pushConnection`; a
+    /// subscription's first responses are no push.
+    fn converged(&self, _latency: Duration) {}
     /// A proxy NACKed a response.
     fn rejected(&self, rejection: &Rejection);
     /// Per-stream events for a sync-status view (`/debug/syncz`): a stream was admitted, one
@@ -117,6 +122,8 @@ pub struct XdsCounters {
     rejects: AtomicU64,
     connected: AtomicI64,
     push_time_total_micros: AtomicU64,
+    /// Convergence latencies summed (`pilot_proxy_convergence_time_sum`).
+    convergence_total_micros: AtomicU64,
     /// Pushes per bucket of [`CONVERGENCE_BUCKETS`] (not cumulative), the last for `+Inf`.
     convergence: [AtomicU64; CONVERGENCE_BUCKETS.len() + 1],
     by_type: Mutex<BTreeMap<String, TypeCounts>>,
@@ -142,6 +149,11 @@ impl XdsCounters {
     /// Sum of all push latencies (`pilot_xds_push_time` sum).
     pub fn push_time_total(&self) -> Duration {
         Duration::from_micros(self.push_time_total_micros.load(Ordering::Relaxed))
+    }
+
+    /// Sum of every convergence latency (`pilot_proxy_convergence_time_sum`).
+    pub fn convergence_total(&self) -> Duration {
+        Duration::from_micros(self.convergence_total_micros.load(Ordering::Relaxed))
     }
 
     /// Pushes by [`CONVERGENCE_BUCKETS`] of their latency: `(upper bound, pushes in this
@@ -204,6 +216,12 @@ impl XdsMetrics for XdsCounters {
         });
         let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
         self.push_time_total_micros
+            .fetch_add(micros, Ordering::Relaxed);
+    }
+
+    fn converged(&self, latency: Duration) {
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.convergence_total_micros
             .fetch_add(micros, Ordering::Relaxed);
         let seconds = latency.as_secs_f64();
         let bucket = CONVERGENCE_BUCKETS

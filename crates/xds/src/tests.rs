@@ -259,6 +259,63 @@ async fn full_state_then_only_changes() -> Result<()> {
     server.stop().await
 }
 
+/// Convergence, as istiod's `pilot_proxy_convergence_time`: once per push that reached a
+/// proxy, however many types it changed; a subscription's first responses are no push.
+#[tokio::test]
+async fn convergence_is_observed_once_per_push_to_a_proxy() -> Result<()> {
+    let converged = |counters: &XdsCounters| -> u64 {
+        counters.convergence_buckets().iter().map(|(_, n)| n).sum()
+    };
+    let mut store = ResourceStore::new();
+    store.set(THING, "t", thing("t1"));
+    store.set(OTHER, "o", thing("o1"));
+    let counters = Arc::new(XdsCounters::default());
+    let server = RunningServer::bind(
+        DeltaAdsServer::new(store.reader())
+            .with_config(ServerConfig {
+                debounce: Duration::from_millis(100),
+                ..ServerConfig::default()
+            })
+            .with_metrics(counters.clone()),
+    )
+    .await?;
+    let (sender, mut updates) = mpsc::unbounded_channel();
+    let client = DeltaClient::new(server.target()?, node("proxy-1"))
+        .with_backoff(fast_backoff())
+        .subscribe(THING, recording_handler(sender.clone()))
+        .subscribe(OTHER, recording_handler(sender));
+    let task = tokio::spawn(async move {
+        let _ = client.run_until(std::future::pending()).await;
+    });
+    let mut next = async || {
+        tokio::time::timeout(STEP_TIMEOUT, updates.recv())
+            .await
+            .context("no update in time")?
+            .context("client ended")
+    };
+    next().await?;
+    next().await?;
+    wait_until(|| counters.pushes() == 2).await?;
+    assert_eq!(converged(&counters), 0, "subscriptions are no push");
+
+    // One change of both types: two responses, one push.
+    store.set(THING, "t", thing("t2"));
+    store.set(OTHER, "o", thing("o2"));
+    next().await?;
+    next().await?;
+    wait_until(|| counters.pushes() == 4).await?;
+    wait_until(|| converged(&counters) == 1).await?;
+    // One type: one response, one push.
+    store.set(THING, "t", thing("t3"));
+    next().await?;
+    wait_until(|| converged(&counters) == 2).await?;
+    assert_eq!(counters.pushes(), 5);
+    assert!(counters.convergence_total() <= counters.push_time_total());
+    task.abort();
+    drop(store);
+    server.stop().await
+}
+
 #[tokio::test]
 async fn bursts_are_debounced_into_one_push() -> Result<()> {
     let mut store = ResourceStore::new();

@@ -202,6 +202,7 @@ impl ProxyStream {
         let snapshot = self.reader.current();
         self.push_type(&snapshot, &type_url, is_new, Instant::now())
             .await
+            .map(|_| ())
     }
 
     async fn push_changes(
@@ -210,24 +211,29 @@ impl ProxyStream {
         since: Instant,
     ) -> Result<(), StreamError> {
         let type_urls: Vec<String> = self.subscriptions.keys().cloned().collect();
+        let mut sent = false;
         for type_url in type_urls {
-            self.push_type(snapshot, &type_url, false, since).await?;
+            sent |= self.push_type(snapshot, &type_url, false, since).await?;
+        }
+        if sent {
+            self.metrics.converged(since.elapsed());
         }
         Ok(())
     }
 
     /// Diffs one type against what the proxy was sent and sends the difference; with
     /// `respond_if_empty`, sends a response even when there is nothing to say (the first
-    /// response of a subscription, which tells the proxy its full state).
+    /// response of a subscription, which tells the proxy its full state). Whether a response
+    /// was sent.
     async fn push_type(
         &mut self,
         snapshot: &Snapshot,
         type_url: &str,
         respond_if_empty: bool,
         since: Instant,
-    ) -> Result<(), StreamError> {
+    ) -> Result<bool, StreamError> {
         let Some(subscription) = self.subscriptions.get_mut(type_url) else {
-            return Ok(());
+            return Ok(false);
         };
         let empty = Arc::new(TypeResources::new());
         let current = snapshot.resources(type_url).unwrap_or(&empty);
@@ -237,14 +243,14 @@ impl ProxyStream {
                 .as_ref()
                 .is_some_and(|evaluated| Arc::ptr_eq(evaluated, current))
         {
-            return Ok(());
+            return Ok(false);
         }
         let delta = diff_type(subscription, current, |resource| {
             self.scope.visible(&self.proxy, type_url, resource)
         });
         subscription.evaluated = Some(current.clone());
         if delta.is_empty() && !respond_if_empty {
-            return Ok(());
+            return Ok(false);
         }
         for resource in &delta.added {
             subscription
@@ -289,7 +295,7 @@ impl ProxyStream {
             removed,
             "pushed resources"
         );
-        Ok(())
+        Ok(true)
     }
 }
 
