@@ -22,6 +22,7 @@ mod clusters;
 mod entries;
 mod gateway;
 mod gateway_routes;
+mod locality;
 mod route;
 mod routes;
 mod telemetry;
@@ -163,6 +164,7 @@ fn waypoint_config(
         gateway: None,
         tracing: compiler.tracing(TelemetryProxy::Waypoint),
         access_log_disabled: compiler.access_log_disabled(TelemetryProxy::Waypoint),
+        instances: compiler.instances(),
     }
 }
 
