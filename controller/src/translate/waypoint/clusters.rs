@@ -137,6 +137,7 @@ impl<'a> Compiler<'a, '_> {
             self.entry_ports(&key.host).is_some() && !self.services.contains_key(&key.host);
         let mut locality_setting = None;
         let mut outlier_detection = false;
+        let mut zone_aware = false;
         if let Some(rule) = &rule {
             cluster.destination_rule = rule.key();
             let effective = effective_policy(
@@ -149,6 +150,10 @@ impl<'a> Compiler<'a, '_> {
                 .load_balancer
                 .as_ref()
                 .and_then(|lb| lb.locality_lb_setting.clone());
+            zone_aware = effective
+                .load_balancer
+                .as_ref()
+                .is_some_and(|lb| lb.zone_aware_lb_setting.is_some());
             let (policy, notes) = effective.compile(external);
             tls = effective.tls;
             cluster.load_balancer = policy.0;
@@ -183,11 +188,17 @@ impl<'a> Compiler<'a, '_> {
                 }
             }
         }
-        cluster.locality_lb = super::locality::locality_load_balancing(
-            locality_setting.as_ref(),
-            self.host_distribution(&key.host),
-            outlier_detection,
-        );
+        // A zone-aware setting wins over every locality setting (istiod's
+        // `GetEffectiveLbSetting`), and istiod's waypoints skip it: no priorities at all.
+        cluster.locality_lb = (!zone_aware)
+            .then(|| {
+                super::locality::locality_load_balancing(
+                    locality_setting.as_ref(),
+                    self.host_distribution(&key.host),
+                    outlier_detection,
+                )
+            })
+            .flatten();
         cluster.subset_labels = subset_labels;
         cluster
     }
