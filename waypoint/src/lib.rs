@@ -84,6 +84,9 @@ pub struct WaypointOptions {
     pub drain: DrainStatus,
     /// The xDS node id, a tag on every span (`node_id`).
     pub node_id: String,
+    /// The pod's IP: the instance of the configuration this proxy is, whose locality its
+    /// clusters' locality priorities are relative to. `None`: no locality.
+    pub instance_ip: Option<std::net::IpAddr>,
     /// Where TLS origination credentials named by a DestinationRule's `credentialName` are
     /// found: local mode's `CREDENTIALS_DIR`, and what the controller delivers over xDS
     /// (Kubernetes mode); neither: such a cluster fails closed.
@@ -109,6 +112,7 @@ impl WaypointOptions {
             connection_limits: ConnectionLimits::for_open_files_limit(),
             drain: DrainStatus::default(),
             node_id: String::new(),
+            instance_ip: None,
             origination_credentials: upstream::OriginationCredentials::default(),
             dns_resolv_conf: None,
         }
@@ -160,8 +164,9 @@ impl Waypoint {
         if tokio::runtime::Handle::try_current().is_ok() {
             spans.spawn();
         }
-        let store =
-            ConfigStore::default().with_origination_credentials(options.origination_credentials);
+        let store = ConfigStore::default()
+            .with_origination_credentials(options.origination_credentials)
+            .with_instance(options.instance_ip);
         let pruned = upstream.clone();
         store.on_apply(Arc::new(move |config| pruned.retain(config)));
         let tcp_connections = tcp::TcpConnections::default();

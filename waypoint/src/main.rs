@@ -176,6 +176,7 @@ async fn run(config: Config, workers: Workers) -> anyhow::Result<()> {
     let delivered_credentials = XdsCredentials::default();
     let waypoint = Waypoint::new(WaypointOptions {
         node_id: pod_ip.map(|ip| config.node_id(ip)).unwrap_or_default(),
+        instance_ip: pod_ip,
         workers: Some(workers),
         drain: trigger.status(),
         upgrades: config.upgrades.clone(),

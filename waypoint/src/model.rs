@@ -8,6 +8,7 @@
 
 mod cluster;
 mod from_proto;
+pub use from_proto::LocalInstance;
 pub mod gateway;
 mod route;
 mod sources;
@@ -182,7 +183,9 @@ impl WorkloadTarget<'_> {
                 tunnel_via: None,
                 healthy: true,
                 weight: 1,
+                priority: 0,
             }],
+            priorities: 1,
             load_balancer: LoadBalancer::RoundRobin,
             limits: ConnectionLimits::default(),
             outlier: None,

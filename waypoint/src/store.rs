@@ -60,6 +60,8 @@ pub struct ConfigStore {
     sources: SourceTable,
     /// Where `credentialName` credentials for TLS origination are found.
     origination_credentials: OriginationCredentials,
+    /// This pod's IP: which of the configuration's instances it is, for locality priorities.
+    instance: Option<std::net::IpAddr>,
 }
 
 #[derive(Debug, Default)]
@@ -90,6 +92,7 @@ impl Default for ConfigStore {
             names: Arc::default(),
             sources,
             origination_credentials: OriginationCredentials::default(),
+            instance: None,
         }
     }
 }
@@ -101,12 +104,19 @@ impl ConfigStore {
         self
     }
 
+    /// The store of the proxy whose pod has the IP `instance`: clusters with locality load
+    /// balancing rank their endpoints relative to that pod.
+    pub fn with_instance(mut self, instance: Option<std::net::IpAddr>) -> Self {
+        self.instance = instance;
+        self
+    }
+
     fn convert(
         &self,
         config: proto::WaypointConfig,
         names: &ResolvedNames,
     ) -> Result<WaypointConfig, ConfigError> {
-        WaypointConfig::from_proto_with(config, names, &self.origination_credentials)
+        WaypointConfig::from_proto_at(config, names, &self.origination_credentials, self.instance)
     }
 
     /// The configuration now in force.

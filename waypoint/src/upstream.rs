@@ -278,6 +278,7 @@ impl Upstream {
             tunnel_via: None,
             healthy: true,
             weight: 1,
+            priority: 0,
         })
     }
 

@@ -22,6 +22,7 @@ mod clusters;
 mod entries;
 mod gateway;
 mod gateway_routes;
+mod locality;
 mod route;
 mod routes;
 mod telemetry;
@@ -174,6 +175,7 @@ fn waypoint_config(
         gateway: None,
         tracing,
         access_log_disabled,
+        instances: compiler.instances(),
     }
 }
 

@@ -75,7 +75,7 @@ pub const CATALOG: &[NotApplied] = &[
         K::VirtualService,
         "spec.http[].retries.retryRemoteLocalities",
         Set,
-        "localities are not known to waypoints",
+        "retries go by the same locality priorities as first attempts",
     ),
     entry(
         K::VirtualService,
@@ -122,15 +122,15 @@ pub const CATALOG: &[NotApplied] = &[
     ),
     entry(
         K::DestinationRule,
-        "spec.**.loadBalancer.localityLbSetting",
+        "spec.**.loadBalancer.localityLbSetting.distribute",
         Set,
-        "localities are not known to waypoints",
+        "waypoints do not weigh localities; with it set, no locality failover applies either (as in Istio)",
     ),
     entry(
         K::DestinationRule,
         "spec.**.loadBalancer.zoneAwareLbSetting",
         Set,
-        "localities are not known to waypoints",
+        "zone-aware routing is not applied at waypoints (Istio's waypoints skip it too); no locality load balancing applies",
     ),
     entry(
         K::DestinationRule,

@@ -97,6 +97,7 @@ pub fn plan_outbound(
         {
             return plan_waypoint(
                 store,
+                source,
                 waypoint,
                 original,
                 Some(destination.clone()),
@@ -153,7 +154,7 @@ fn plan_service(
             Some((w, target))
         })
         .collect();
-    let candidates = prefer_locality(&service, source, candidates);
+    let candidates = prefer_locality(&service, source, candidates, |(w, _)| w);
     if let Some(waypoint) = service.waypoint.clone()
         && !is_waypoint_itself(store, source, &waypoint)
     {
@@ -161,7 +162,15 @@ fn plan_service(
         // (a DYNAMIC_DNS host, whose endpoint is the name each request gives) goes there too;
         // the first candidate only names the destination in the metrics.
         let destination = candidates.first().map(|(w, _)| w.clone());
-        return plan_waypoint(store, &waypoint, original, destination, Some(service), roll);
+        return plan_waypoint(
+            store,
+            source,
+            &waypoint,
+            original,
+            destination,
+            Some(service),
+            roll,
+        );
     }
     if candidates.is_empty() {
         return Err(OutboundError::NoHealthyEndpoint {
@@ -205,11 +214,12 @@ fn weighted_pick(candidates: &[(Arc<Workload>, u16)], roll: usize) -> &(Arc<Work
 /// the number of leading preferences it shares with the client (region, zone, subzone, node,
 /// cluster); `Strict` keeps only endpoints matching all of them, `Failover` keeps the
 /// best-ranked group. Networks are not known to the agent: `Network` counts as matching.
-fn prefer_locality(
+fn prefer_locality<T>(
     service: &Service,
     source: &Workload,
-    candidates: Vec<(Arc<Workload>, u16)>,
-) -> Vec<(Arc<Workload>, u16)> {
+    candidates: Vec<T>,
+    workload: impl Fn(&T) -> &Workload,
+) -> Vec<T> {
     if service.routing_preferences.is_empty()
         || !matches!(
             service.load_balancing,
@@ -235,11 +245,15 @@ fn prefer_locality(
     let full = service.routing_preferences.len();
     let best = match service.load_balancing {
         LoadBalancingMode::Strict => full,
-        _ => candidates.iter().map(|(w, _)| rank(w)).max().unwrap_or(0),
+        _ => candidates
+            .iter()
+            .map(|c| rank(workload(c)))
+            .max()
+            .unwrap_or(0),
     };
     candidates
         .into_iter()
-        .filter(|(w, _)| rank(w) == best)
+        .filter(|c| rank(workload(c)) == best)
         .collect()
 }
 
@@ -279,13 +293,14 @@ fn plan_workload(
 
 fn plan_waypoint(
     store: &WorkloadStore,
+    source: &Workload,
     waypoint: &GatewayAddress,
     original: SocketAddr,
     destination: Option<Arc<Workload>>,
     service: Option<Arc<Service>>,
     roll: usize,
 ) -> Result<OutboundPlan, OutboundError> {
-    let waypoint_workload = resolve_waypoint(store, waypoint, roll)?;
+    let waypoint_workload = resolve_waypoint(store, source, waypoint, roll)?;
     let ip = waypoint_workload
         .addresses
         .first()
@@ -301,9 +316,13 @@ fn plan_waypoint(
     })
 }
 
-/// The waypoint's workload: by address, or one of its service's endpoints.
+/// The waypoint's workload for `source`: by address, or one of its service's endpoints. The
+/// waypoint is a service like any other (ztunnel's `load_balance`): its routing preferences
+/// (its `trafficDistribution`, its `networking.istio.io/traffic-distribution` annotation) rank
+/// its pods for the client, so that `PreferClose` keeps a client on a replica in its zone.
 pub fn resolve_waypoint(
     store: &WorkloadStore,
+    source: &Workload,
     waypoint: &GatewayAddress,
     roll: usize,
 ) -> Result<Arc<Workload>, OutboundError> {
@@ -317,6 +336,10 @@ pub fn resolve_waypoint(
                 .into_iter()
                 .filter(|w| w.healthy)
                 .collect();
+            let endpoints = match store.service(key) {
+                Some(service) => prefer_locality(&service, source, endpoints, |w| w),
+                None => endpoints,
+            };
             if endpoints.is_empty() {
                 return Err(OutboundError::UnknownWaypoint(key.to_string()));
             }

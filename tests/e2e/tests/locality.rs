@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use weft_e2e::{Mesh, MeshOptions, PodSpec};
+use weft_test_support::prometheus::Exposition;
 
 /// Three nodes: the client's (`node1`) and `node2` in zone `eu-1`, `node3` in `eu-2`.
 const NODES: &str = r#"
@@ -181,4 +182,145 @@ spec:
         "{answers:?}\n{}",
         mesh.logs()
     );
+}
+
+/// The nodes, and a `PreferClose` Service `cart` behind a waypoint with a replica in each
+/// zone, whose own Service prefers the close replica too.
+const BEHIND_A_WAYPOINT: &str = r#"
+apiVersion: v1
+kind: Node
+metadata: {name: node1, labels: {topology.kubernetes.io/region: eu, topology.kubernetes.io/zone: eu-1}}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node2, labels: {topology.kubernetes.io/region: eu, topology.kubernetes.io/zone: eu-1}}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node3, labels: {topology.kubernetes.io/region: eu, topology.kubernetes.io/zone: eu-2}}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: waypoint
+  namespace: shop
+  labels: {gateway.networking.k8s.io/gateway-name: waypoint}
+spec:
+  clusterIP: 10.96.0.2
+  selector: {gateway.networking.k8s.io/gateway-name: waypoint}
+  ports: [{name: mesh, port: 15008}]
+  trafficDistribution: PreferClose
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: waypoint
+  namespace: shop
+  labels: {istio.io/waypoint-for: service}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: cart
+  namespace: shop
+  labels: {istio.io/use-waypoint: waypoint}
+spec:
+  clusterIP: 10.96.0.10
+  selector: {app: cart}
+  ports: [{name: http, port: 80, targetPort: http}]
+  trafficDistribution: PreferClose
+"#;
+
+/// Requests the waypoint replica `name` served.
+fn served(mesh: &Mesh, name: &str) -> f64 {
+    Exposition::parse(&mesh.waypoint_metrics(name)).sum("istio_requests_total", &[])
+}
+
+/// Istio's locality load balancing at the waypoint: the client's agent sends to the waypoint
+/// replica in its zone (the waypoint's Service prefers it, as ztunnel balances a waypoint),
+/// that replica, knowing its own zone and its endpoints', sends every request to the endpoint
+/// in its zone (istiod's PreferClose failoverPriority), and fails over to the other zone when
+/// that endpoint goes away, coming back when it returns.
+#[test]
+fn prefer_close_behind_a_waypoint_keeps_traffic_in_the_clients_zone_and_fails_over() {
+    let mut mesh = Mesh::start(
+        vec![
+            PodSpec::client("client", "node1", "shop"),
+            PodSpec::waypoint_replica("waypoint-near", "waypoint", "node1", "shop"),
+            PodSpec::waypoint_replica("waypoint-far", "waypoint", "node3", "shop"),
+            PodSpec::app("cart-1", "node2", "shop", "cart", "v1"),
+            PodSpec::app("cart-2", "node3", "shop", "cart", "v2"),
+        ],
+        MeshOptions {
+            config: BEHIND_A_WAYPOINT.to_owned(),
+            ..MeshOptions::default()
+        },
+    )
+    .expect("start the mesh");
+    let close = ["-H", "Connection: close"];
+    let url = "http://10.96.0.10/";
+    assert!(
+        mesh.eventually(Duration::from_secs(20), || {
+            mesh.curl_bodies("client", url, 1, &close)
+                .is_ok_and(|a| a.iter().all(|(s, _)| *s == 200))
+        }),
+        "the service is not reachable through its waypoint\n{}",
+        mesh.logs()
+    );
+
+    // Each request on its own connection: every one through the near waypoint, and from there
+    // to the endpoint in the zone, though both endpoints are on other nodes.
+    let before = (
+        served(&mesh, "waypoint-near"),
+        served(&mesh, "waypoint-far"),
+    );
+    let answers = mesh.curl_bodies("client", url, 12, &close).unwrap();
+    assert_eq!(
+        answering_pods(&answers),
+        pods(&["cart-1"]),
+        "{answers:?}\n{}",
+        mesh.logs()
+    );
+    assert_eq!(
+        (
+            served(&mesh, "waypoint-near") - before.0,
+            served(&mesh, "waypoint-far") - before.1
+        ),
+        (12.0, 0.0),
+        "requests by waypoint replica"
+    );
+
+    // The zone's endpoint goes away: the waypoint fails over to the other zone.
+    mesh.delete_pod("cart-1", |mesh| {
+        if !mesh.eventually(Duration::from_secs(20), || {
+            mesh.curl_bodies("client", url, 1, &close).is_ok_and(|a| {
+                a.iter()
+                    .all(|(s, b)| *s == 200 && b.contains("\"pod\":\"cart-2\""))
+            })
+        }) {
+            anyhow::bail!("no failover to cart-2\n{}", mesh.logs());
+        }
+        Ok(())
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let answers = mesh.curl_bodies("client", url, 8, &close).unwrap();
+    assert_eq!(answering_pods(&answers), pods(&["cart-2"]), "{answers:?}");
+
+    // It comes back: traffic returns to the zone.
+    mesh.create_pod("cart-1").unwrap();
+    assert!(
+        mesh.eventually(Duration::from_secs(20), || {
+            mesh.curl_bodies("client", url, 1, &close).is_ok_and(|a| {
+                a.iter()
+                    .all(|(s, b)| *s == 200 && b.contains("\"pod\":\"cart-1\""))
+            })
+        }),
+        "traffic did not return to the client's zone\n{}",
+        mesh.logs()
+    );
+    let answers = mesh.curl_bodies("client", url, 8, &close).unwrap();
+    assert_eq!(answering_pods(&answers), pods(&["cart-1"]), "{answers:?}");
 }

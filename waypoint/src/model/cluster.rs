@@ -33,6 +33,9 @@ pub struct Endpoint {
     pub tunnel_via: Option<IpAddr>,
     pub healthy: bool,
     pub weight: u32,
+    /// Its locality priority relative to this proxy's pod: 0 is the closest; the balancer
+    /// sends to a priority only as far as the closer ones lack healthy endpoints.
+    pub priority: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,6 +89,8 @@ pub struct Cluster {
     pub subset: String,
     pub port: u16,
     pub endpoints: Vec<Endpoint>,
+    /// How many locality priorities its endpoints fall in (1: locality plays no part).
+    pub priorities: u32,
     pub load_balancer: LoadBalancer,
     pub limits: ConnectionLimits,
     pub outlier: Option<OutlierPolicy>,

@@ -4,6 +4,9 @@
 
 mod authorization;
 mod cluster;
+mod locality;
+
+pub use locality::LocalInstance;
 mod route;
 
 pub(super) use route::local_rate_limit;
@@ -424,10 +427,24 @@ impl WaypointConfig {
         names: &ResolvedNames,
         credentials: &OriginationCredentials,
     ) -> Result<Self, ConfigError> {
+        Self::from_proto_at(config, names, credentials, None)
+    }
+
+    /// [`WaypointConfig::from_proto_with`] for the pod at `instance` (its IP): clusters with
+    /// locality load balancing rank their endpoints relative to that pod's entry in the
+    /// configuration's `instances`.
+    pub fn from_proto_at(
+        config: proto::WaypointConfig,
+        names: &ResolvedNames,
+        credentials: &OriginationCredentials,
+        instance: Option<IpAddr>,
+    ) -> Result<Self, ConfigError> {
+        let local = instance.and_then(|ip| LocalInstance::find(&config.instances, ip));
         let mut workloads = HashMap::new();
         let mut clusters = HashMap::with_capacity(config.clusters.len());
         for c in &config.clusters {
-            let converted = cluster::cluster(c, &mut workloads, names, credentials)?;
+            let converted =
+                cluster::cluster(c, &mut workloads, names, credentials, local.as_ref())?;
             if clusters
                 .insert(converted.name.clone(), Arc::new(converted))
                 .is_some()

@@ -20,6 +20,8 @@ fn endpoint() -> proto::Endpoint {
         weight: 0,
         hostname: String::new(),
         tunnel_address: String::new(),
+        locality: None,
+        topology_labels: Default::default(),
     }
 }
 
@@ -69,6 +71,7 @@ fn base() -> proto::WaypointConfig {
         gateway: None,
         tracing: None,
         access_log_disabled: false,
+        instances: Vec::new(),
     }
 }
 

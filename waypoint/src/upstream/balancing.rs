@@ -266,11 +266,13 @@ impl ClusterState {
         Some(permit)
     }
 
-    /// Chooses an endpoint of `cluster` (whose state this is): healthy and not ejected (all
-    /// healthy ones when every one is ejected, as Envoy's panic mode does), then by the
+    /// Chooses an endpoint of `cluster` (whose state this is): in one locality priority
+    /// ([`priority_level`]), healthy and not ejected (all healthy ones of that priority when
+    /// every one is ejected, as Envoy's panic mode does), then by the
     /// cluster's load balancer. `exclude` holds endpoints already tried by earlier attempts,
     /// avoided when others remain. The candidates are counted and walked in the cluster's
-    /// order rather than collected, so that a choice allocates nothing (but a consistent hash).
+    /// order rather than collected, so that a choice allocates nothing (but a consistent hash,
+    /// and the per-priority counts of a cluster with locality priorities).
     pub fn choose_endpoint<'c>(
         &self,
         cluster: &'c Cluster,
@@ -360,8 +362,7 @@ fn choose<'c>(
     exclude: &[SocketAddr],
 ) -> Result<&'c Endpoint, UpstreamError> {
     let now = Instant::now();
-    let healthy = cluster.endpoints.iter().filter(|e| e.healthy).count();
-    if healthy == 0 {
+    if !cluster.endpoints.iter().any(|e| e.healthy) {
         return Err(UpstreamError::NoHealthyUpstream(cluster.name.clone()));
     }
     let not_ejected = |e: &Endpoint| {
@@ -370,10 +371,24 @@ fn choose<'c>(
             .and_then(|s| s.ejected_until)
             .is_none_or(|until| until <= now)
     };
+    // Locality priorities: the choice is made within one, drawn by Envoy's priority load.
+    let level = (cluster.priorities > 1).then(|| {
+        priority_level(
+            cluster,
+            |e| e.healthy && not_ejected(e),
+            rand::random_range(0..100),
+        )
+    });
+    let in_level = |e: &Endpoint| level.is_none_or(|level| e.priority == level);
+    let healthy = cluster
+        .endpoints
+        .iter()
+        .filter(|e| e.healthy && in_level(e))
+        .count();
     let available = cluster
         .endpoints
         .iter()
-        .filter(|e| e.healthy && not_ejected(e))
+        .filter(|e| e.healthy && in_level(e) && not_ejected(e))
         .count();
     // Below minHealthPercent (or with every endpoint ejected) outlier detection stands
     // aside and all healthy endpoints take traffic, as Envoy's panic mode does.
@@ -382,7 +397,7 @@ fn choose<'c>(
         .as_ref()
         .map_or(0, |o| o.min_health_percent as usize);
     let panic = available == 0 || available * 100 < healthy * min_health;
-    let in_pool = |e: &Endpoint| e.healthy && (panic || not_ejected(e));
+    let in_pool = |e: &Endpoint| e.healthy && in_level(e) && (panic || not_ejected(e));
     let pooled = if panic { healthy } else { available };
     let untried = |e: &Endpoint| !exclude.contains(&e.address);
     let fresh = if pooled > 1 && !exclude.is_empty() {
@@ -428,6 +443,57 @@ fn choose<'c>(
             None => nth(rand::random_range(0..count)),
         },
     }
+}
+
+/// Envoy's overprovisioning factor (its default, which Istio keeps): a priority whose healthy
+/// share is at least 1/1.4 of its endpoints takes all the load it is offered.
+const OVERPROVISIONING_PERCENT: usize = 140;
+
+/// The locality priority a request goes to, as Envoy spreads load over priorities
+/// (`LoadBalancerBase::recalculatePerPriorityState`): each priority's health is the share of
+/// its endpoints that are `available`, times the overprovisioning factor, at most 100%; the
+/// closest priority takes as much of the load as its health, the next the rest up to its own,
+/// and so on, scaled up when their health together is under 100%. `roll` (0 to 99) draws the
+/// priority from that load. With no available endpoint anywhere, the closest priority that has
+/// healthy ones takes everything (Envoy's panic routing happens within it).
+fn priority_level(cluster: &Cluster, available: impl Fn(&Endpoint) -> bool, roll: usize) -> u32 {
+    let levels = cluster.priorities as usize;
+    // (endpoints, available, healthy) per priority: a few levels, counted once per choice.
+    let mut counts = vec![(0usize, 0usize, 0usize); levels];
+    for e in &cluster.endpoints {
+        if let Some(level) = counts.get_mut(e.priority as usize) {
+            level.0 += 1;
+            level.1 += usize::from(available(e));
+            level.2 += usize::from(e.healthy);
+        }
+    }
+    let health: Vec<usize> = counts
+        .iter()
+        .map(|(total, up, _)| {
+            if *total == 0 {
+                0
+            } else {
+                (OVERPROVISIONING_PERCENT * up / total).min(100)
+            }
+        })
+        .collect();
+    let total_health = health.iter().sum::<usize>().min(100);
+    if total_health == 0 {
+        let first = counts.iter().position(|(_, _, healthy)| *healthy > 0);
+        return first.unwrap_or(0) as u32;
+    }
+    let mut remaining = 100usize;
+    let mut point = roll;
+    for (level, h) in health.iter().enumerate() {
+        let load = (h * 100 / total_health).min(remaining);
+        remaining -= load;
+        if point < load {
+            return level as u32;
+        }
+        point -= load;
+    }
+    // Rounding left some load unassigned: it goes to the closest priority with health.
+    health.iter().position(|h| *h > 0).unwrap_or(0) as u32
 }
 
 fn ejection_allowed(policy: &OutlierPolicy, ejected: usize, total: usize) -> bool {

@@ -51,6 +51,8 @@ pub fn proto_endpoint(e: &FakeEndpoint) -> proto::Endpoint {
         weight: 1,
         hostname: String::new(),
         tunnel_address: String::new(),
+        locality: None,
+        topology_labels: Default::default(),
     }
 }
 
@@ -121,6 +123,7 @@ pub fn config(
         gateway: None,
         tracing: None,
         access_log_disabled: false,
+        instances: Vec::new(),
         request_authentications: Vec::new(),
     }
 }

@@ -16,6 +16,12 @@ pub const REGION_LABEL: &str = "topology.kubernetes.io/region";
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 /// A node's subzone, as Istio labels it (Kubernetes has no such level).
 pub const SUBZONE_LABEL: &str = "topology.istio.io/subzone";
+/// The cluster a workload runs in, as Istio labels it.
+pub const CLUSTER_LABEL: &str = "topology.istio.io/cluster";
+/// The network a workload is on, as Istio labels it.
+pub const NETWORK_LABEL: &str = "topology.istio.io/network";
+/// The node a pod runs on, as Kubernetes labels a node (and istiod a pod's endpoint).
+pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
 /// Istio's annotation asking for a traffic distribution, on a Service, a ServiceEntry or their
 /// namespace; the older way of saying `spec.trafficDistribution`.
 pub const TRAFFIC_DISTRIBUTION_ANNOTATION: &str = "networking.istio.io/traffic-distribution";
@@ -39,6 +45,44 @@ pub fn node_locality(node: &Node) -> Option<workload::Locality> {
 pub fn pod_locality(index: &ConfigIndex, pod: &Pod) -> Option<workload::Locality> {
     let node = pod.spec.as_ref()?.node_name.as_deref()?;
     node_locality(index.nodes.get(node)?)
+}
+
+/// istiod's `SplitLocalityLabel` as it reads a WorkloadEntry's or ServiceEntry endpoint's
+/// `locality` (`getWorkloadEntryLocality`): `region/zone/subzone`, split at `/`, missing parts
+/// empty and parts after the third dropped; none at all when every part is empty.
+pub fn split_locality(value: Option<&str>) -> Option<workload::Locality> {
+    let mut parts = value.unwrap_or_default().split('/');
+    let mut next = || parts.next().unwrap_or_default().to_owned();
+    let (region, zone, subzone) = (next(), next(), next());
+    (!region.is_empty() || !zone.is_empty() || !subzone.is_empty()).then_some(workload::Locality {
+        region,
+        zone,
+        subzone,
+    })
+}
+
+/// The labels istiod adds to a workload's own (`AugmentLabels`), which `failoverPriority`
+/// compares: its locality's non-empty parts, its cluster, its node. No network label: the
+/// mesh is one network, which istiod leaves unlabelled too.
+pub fn topology_labels(
+    locality: Option<&workload::Locality>,
+    cluster_id: &str,
+    node: Option<&str>,
+) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::new();
+    let mut add = |key: &str, value: &str| {
+        if !value.is_empty() {
+            labels.insert(key.to_owned(), value.to_owned());
+        }
+    };
+    if let Some(locality) = locality {
+        add(REGION_LABEL, &locality.region);
+        add(ZONE_LABEL, &locality.zone);
+        add(SUBZONE_LABEL, &locality.subzone);
+    }
+    add(CLUSTER_LABEL, cluster_id);
+    add(HOSTNAME_LABEL, node.unwrap_or_default());
+    labels
 }
 
 /// The traffic distributions istiod tells apart (`model.TrafficDistribution`).

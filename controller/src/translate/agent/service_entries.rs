@@ -20,6 +20,7 @@ use super::super::{
     },
 };
 use super::MeshSettings;
+use super::locality::split_locality as locality;
 use crate::{
     index::ConfigIndex,
     model::networking::{ServiceEntry, ServiceEntryResolution, ServicePort, WorkloadEntrySpec},
@@ -294,18 +295,4 @@ pub(super) fn outside_workload(
         locality: locality(endpoint.locality.as_deref()),
         ..Default::default()
     }
-}
-
-/// An endpoint's `locality` as istiod sends it (`getWorkloadEntryLocality` over
-/// `SplitLocalityLabel`): `region/zone/subzone`, split at `/`, missing parts empty and parts
-/// after the third dropped; none at all when every part is empty.
-pub(super) fn locality(value: Option<&str>) -> Option<workload::Locality> {
-    let mut parts = value.unwrap_or_default().split('/');
-    let mut next = || parts.next().unwrap_or_default().to_owned();
-    let (region, zone, subzone) = (next(), next(), next());
-    (!region.is_empty() || !zone.is_empty() || !subzone.is_empty()).then_some(workload::Locality {
-        region,
-        zone,
-        subzone,
-    })
 }

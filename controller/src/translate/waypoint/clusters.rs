@@ -17,6 +17,7 @@ use crate::model::networking::{
 };
 use crate::model::{DurationString, ResourceKind};
 use crate::translate::TranslateProblem;
+use crate::translate::agent::locality::{split_locality, topology_labels};
 use crate::translate::resolve::{
     self, host_covers, labels, name_of, namespace_of, qualify_host, selects, service_selects,
     service_waypoint,
@@ -134,6 +135,9 @@ impl<'a> Compiler<'a, '_> {
         let mut tls = None;
         let external =
             self.entry_ports(&key.host).is_some() && !self.services.contains_key(&key.host);
+        let mut locality_setting = None;
+        let mut outlier_detection = false;
+        let mut zone_aware = false;
         if let Some(rule) = &rule {
             cluster.destination_rule = rule.key();
             let effective = effective_policy(
@@ -141,6 +145,15 @@ impl<'a> Compiler<'a, '_> {
                 subset.and_then(|s| s.traffic_policy.as_ref()),
                 key.port,
             );
+            outlier_detection = effective.outlier_detection.is_some();
+            locality_setting = effective
+                .load_balancer
+                .as_ref()
+                .and_then(|lb| lb.locality_lb_setting.clone());
+            zone_aware = effective
+                .load_balancer
+                .as_ref()
+                .is_some_and(|lb| lb.zone_aware_lb_setting.is_some());
             let (policy, notes) = effective.compile(external);
             tls = effective.tls;
             cluster.load_balancer = policy.0;
@@ -175,6 +188,17 @@ impl<'a> Compiler<'a, '_> {
                 }
             }
         }
+        // A zone-aware setting wins over every locality setting (istiod's
+        // `GetEffectiveLbSetting`), and istiod's waypoints skip it: no priorities at all.
+        cluster.locality_lb = (!zone_aware)
+            .then(|| {
+                super::locality::locality_load_balancing(
+                    locality_setting.as_ref(),
+                    self.host_distribution(&key.host),
+                    outlier_detection,
+                )
+            })
+            .flatten();
         cluster.subset_labels = subset_labels;
         cluster
     }
@@ -195,6 +219,8 @@ impl<'a> Compiler<'a, '_> {
             .filter(|pod| !resolve::pod_terminated(pod))
             .filter_map(|pod| {
                 let ip = resolve::pod_ips(pod).into_iter().next()?;
+                let (locality, topology_labels) =
+                    super::locality::pod_topology(self.index, &self.settings.cluster_id, pod);
                 Some(wp::Endpoint {
                     address: vip.to_string(),
                     port,
@@ -202,6 +228,8 @@ impl<'a> Compiler<'a, '_> {
                     tunnel: wp::EndpointTunnel::Hbone as i32,
                     healthy: resolve::pod_healthy(pod),
                     tunnel_address: ip.to_string(),
+                    locality,
+                    topology_labels,
                     ..Default::default()
                 })
             })
@@ -261,7 +289,12 @@ impl<'a> Compiler<'a, '_> {
                     Err(_) => (String::new(), address),
                 };
                 let (hbone, _) = resolve::workload_entry_tunnel(entry);
+                let locality = split_locality(entry.spec.locality.as_deref());
+                let topology_labels =
+                    topology_labels(locality.as_ref(), &self.settings.cluster_id, None);
                 Some(wp::Endpoint {
+                    locality: super::locality::to_proto(locality),
+                    topology_labels,
                     address,
                     hostname,
                     port: target,
@@ -297,9 +330,13 @@ impl<'a> Compiler<'a, '_> {
         } else {
             wp::EndpointTunnel::None
         };
+        let (locality, topology_labels) =
+            super::locality::pod_topology(self.index, &self.settings.cluster_id, pod);
         resolve::pod_ips(pod)
             .into_iter()
             .map(|ip| wp::Endpoint {
+                locality: locality.clone(),
+                topology_labels: topology_labels.clone(),
                 address: ip.to_string(),
                 port: target,
                 identity: self.pod_identity(pod),
@@ -525,10 +562,14 @@ fn load_balancer(
         ConsistentHashLb, LbPolicy, SimpleLb,
         consistent_hash_lb::{HashKey, HttpCookie},
     };
-    if lb.locality_lb_setting.is_some() {
+    if lb
+        .locality_lb_setting
+        .as_ref()
+        .is_some_and(|l| !l.distribute.is_empty() && l.enabled != Some(false))
+    {
         note(
-            "loadBalancer.localityLbSetting",
-            "localities are not known to waypoints; ignored",
+            "loadBalancer.localityLbSetting.distribute",
+            "waypoints do not weigh localities; ignored (and with it, as in Istio, no locality failover applies)",
         );
     }
     if lb.warmup_duration_secs.is_some() {

@@ -16,6 +16,7 @@ use crate::model::networking::{
     ServicePort as EntryPort, WorkloadEntrySpec,
 };
 use crate::translate::agent::endpoint_uid;
+use crate::translate::agent::locality::{split_locality, topology_labels};
 use crate::translate::resolve::{self, labels, name_of, namespace_of};
 use crate::translate::{TranslateProblem, auto_allocate};
 
@@ -211,7 +212,12 @@ impl<'a> Compiler<'a, '_> {
                     Ok(_) => (address, String::new()),
                     Err(_) => (String::new(), address),
                 };
+                let locality = split_locality(e.locality.as_deref());
+                let topology_labels =
+                    topology_labels(locality.as_ref(), &self.settings.cluster_id, None);
                 Some(wp::Endpoint {
+                    locality: super::locality::to_proto(locality),
+                    topology_labels,
                     workload_uid,
                     // As the agents' Workload for the entry's endpoint names it.
                     workload_name: name.to_owned(),

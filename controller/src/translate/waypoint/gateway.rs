@@ -162,6 +162,9 @@ pub fn gateway_config<'a>(
         }),
         tracing: compiler.tracing(TelemetryProxy::Gateway(pod)),
         access_log_disabled: compiler.access_log_disabled(TelemetryProxy::Gateway(pod)),
+        instances: super::locality::proxy_instance(index, &settings.cluster_id, pod)
+            .into_iter()
+            .collect(),
         ..Default::default()
     }
 }

@@ -354,7 +354,7 @@ impl RouteContext<'_, '_, '_> {
                 if retry.retry_remote_localities.is_some() {
                     self.note(
                         format!("{path}.retries.retryRemoteLocalities"),
-                        "localities are not known to waypoints; ignored",
+                        "retries go by the same locality priorities as first attempts; ignored",
                     );
                 }
                 if retry.backoff.is_some() {

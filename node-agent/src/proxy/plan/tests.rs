@@ -827,3 +827,71 @@ fn node_strict_keeps_traffic_on_the_clients_node_or_fails() {
         );
     }
 }
+
+/// The waypoint is a service like any other (ztunnel's `load_balance` for a waypoint's
+/// service): its routing preferences rank its replicas for the client, so a `PreferClose`
+/// waypoint Service sends a client to the replica in its zone, and to another only when that
+/// one is gone; without preferences, every replica takes its turn.
+#[test]
+fn a_waypoints_routing_preferences_pick_the_replica_close_to_the_client() {
+    use crate::state::Locality;
+    let at = |zone: &str| Locality {
+        region: "eu".into(),
+        zone: zone.into(),
+        subzone: String::new(),
+    };
+    let mesh = |preferences: bool, close_replica: bool| {
+        let store = WorkloadStore::new();
+        let mut client = workload("client", "client", NODE1, ip(1, 10));
+        client.locality = Box::new(at("eu-1"));
+        store.insert_workload(client);
+        for (name, last, zone) in [("waypoint-near", 40, "eu-1"), ("waypoint-far", 41, "eu-2")] {
+            if name == "waypoint-near" && !close_replica {
+                continue;
+            }
+            let mut replica = backing(
+                workload(name, "waypoint", NODE2, ip(2, last)),
+                "waypoint",
+                15008,
+                15008,
+            );
+            replica.locality = Box::new(at(zone));
+            store.insert_workload(replica);
+        }
+        let mut waypoint = service("waypoint", 2, 15008, 15008);
+        if preferences {
+            waypoint.load_balancing = LoadBalancingMode::Failover;
+            waypoint.routing_preferences = vec![RoutingPreference::Region, RoutingPreference::Zone];
+        }
+        store.insert_service(waypoint);
+        let mut cart = service("cart", 9, 80, 80);
+        cart.waypoint = Some(GatewayAddress {
+            destination: GatewayDestination::Service(key("waypoint")),
+            hbone_port: 15008,
+        });
+        store.insert_service(cart);
+        let gateways: std::collections::BTreeSet<u8> = (0..8)
+            .map(
+                |roll| match plan(&store, "client", SocketAddr::new(vip(9), 80), roll) {
+                    Ok(OutboundPlan::Hbone { gateway, .. }) => match gateway.ip() {
+                        IpAddr::V4(v4) => v4.octets()[3],
+                        IpAddr::V6(_) => panic!("{gateway}"),
+                    },
+                    other => panic!("{other:?}"),
+                },
+            )
+            .collect();
+        gateways
+    };
+    assert_eq!(
+        mesh(true, true),
+        [40].into(),
+        "the replica in the client's zone"
+    );
+    assert_eq!(mesh(true, false), [41].into(), "failover to the other zone");
+    assert_eq!(
+        mesh(false, true),
+        [40, 41].into(),
+        "no preference: every replica"
+    );
+}

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use weft_proto::waypoint as proto;
 
+use super::locality::LocalInstance;
 use super::{header_name, identity, ip, optional_duration, port, tunnel, workload_info};
 use crate::model::{
     Cluster, ConfigError, ConnectionLimits, DEFAULT_BASE_EJECTION_TIME,
@@ -156,6 +157,7 @@ fn endpoints(
                 tunnel_via,
                 healthy: e.healthy,
                 weight: e.weight.max(1),
+                priority: 0,
             })
         })
         .collect()
@@ -166,26 +168,40 @@ pub(super) fn cluster(
     workloads: &mut HashMap<IpAddr, Arc<WorkloadInfo>>,
     names: &ResolvedNames,
     credentials: &OriginationCredentials,
+    local: Option<&LocalInstance>,
 ) -> Result<Cluster, ConfigError> {
     let context = format!("cluster {}", c.name);
     let context = context.as_str();
     if c.name.is_empty() {
         return Err(invalid("cluster", "empty name"));
     }
+    let priorities = match &c.locality_lb {
+        Some(lb) => super::locality::priorities(lb, local, &c.endpoints),
+        None => vec![0; c.endpoints.len()],
+    };
+    let endpoints = c
+        .endpoints
+        .iter()
+        .zip(&priorities)
+        .map(|(e, priority)| {
+            let mut expanded = endpoints(e, workloads, names, context)?;
+            for endpoint in &mut expanded {
+                endpoint.priority = *priority;
+            }
+            Ok(expanded)
+        })
+        .collect::<Result<Vec<_>, ConfigError>>()?
+        .into_iter()
+        .flatten()
+        .collect();
     Ok(Cluster {
+        priorities: priorities.iter().max().map_or(1, |p| p + 1),
         name: c.name.clone(),
         host: c.host.clone(),
         service: Arc::new(crate::model::service_of_host(&c.host)),
         subset: c.subset.clone(),
         port: port(c.port, context)?,
-        endpoints: c
-            .endpoints
-            .iter()
-            .map(|e| endpoints(e, workloads, names, context))
-            .collect::<Result<Vec<_>, _>>()?
-            .into_iter()
-            .flatten()
-            .collect(),
+        endpoints,
         hostnames: c
             .endpoints
             .iter()

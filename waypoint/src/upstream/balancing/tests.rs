@@ -13,6 +13,7 @@ fn endpoint(last: u8) -> Endpoint {
         tunnel_via: None,
         healthy: true,
         weight: 1,
+        priority: 0,
     }
 }
 
@@ -103,6 +104,7 @@ fn least_request(endpoints: Vec<Endpoint>) -> Cluster {
         subset: String::new(),
         port: 80,
         endpoints,
+        priorities: 1,
         load_balancer: LoadBalancer::LeastRequest,
         limits: crate::model::ConnectionLimits::default(),
         outlier: None,
@@ -157,4 +159,139 @@ fn a_chosen_endpoint_counts_its_request_in_flight_until_the_guard_ends() {
     assert_eq!(in_flight(&next)[&address], 0);
     drop(state.track_request(address));
     assert_eq!(in_flight(&state)[&address], 0);
+}
+
+/// A cluster whose endpoints `10.0.0.<last>` are in the given locality priorities.
+fn ranked_cluster(endpoints: &[(u8, u32)], outlier: Option<OutlierPolicy>) -> Cluster {
+    let host = "reviews.shop.svc.cluster.local".to_owned();
+    Cluster {
+        name: format!("outbound|80||{host}"),
+        service: Arc::new(crate::model::service_of_host(&host)),
+        host,
+        subset: String::new(),
+        port: 80,
+        endpoints: endpoints
+            .iter()
+            .map(|(last, priority)| Endpoint {
+                priority: *priority,
+                ..endpoint(*last)
+            })
+            .collect(),
+        priorities: endpoints.iter().map(|(_, p)| p + 1).max().unwrap_or(1),
+        load_balancer: LoadBalancer::RoundRobin,
+        limits: Default::default(),
+        outlier,
+        destination_rule: String::new(),
+        hostnames: Vec::new(),
+        tls: None,
+        dynamic_dns: false,
+    }
+}
+
+/// Envoy's priority load, with its overprovisioning factor of 1.4: a priority takes load up
+/// to its health (available share x 1.4, at most 100%), the next ones the rest; below 100% in
+/// all, the loads are scaled up; with nothing available, the closest priority with healthy
+/// endpoints takes it all.
+#[test]
+fn priority_load_is_envoys() {
+    // Endpoints (last byte, priority, available), and (roll, expected priority).
+    type Case<'a> = (&'a [(u8, u32, bool)], &'a [(usize, u32)]);
+    let cases: &[Case<'_>] = &[
+        // All up: the closest priority takes everything.
+        (&[(1, 0, true), (2, 1, true)], &[(0, 0), (99, 0)]),
+        // The closest has none available: all to the next.
+        (&[(1, 0, false), (2, 1, true)], &[(0, 1), (99, 1)]),
+        // Half of it available: health 70%, the next takes the other 30%.
+        (
+            &[(1, 0, true), (2, 0, false), (3, 1, true)],
+            &[(0, 0), (69, 0), (70, 1), (99, 1)],
+        ),
+        // 5 of 7 up is 100% healthy after overprovisioning: no spill.
+        (
+            &[
+                (1, 0, true),
+                (2, 0, true),
+                (3, 0, true),
+                (4, 0, true),
+                (5, 0, true),
+                (6, 0, false),
+                (7, 0, false),
+                (8, 1, true),
+            ],
+            &[(0, 0), (99, 0)],
+        ),
+        // Both at 35%: together 70%, scaled to 50% each.
+        (
+            &[
+                (1, 0, true),
+                (2, 0, false),
+                (3, 0, false),
+                (4, 0, false),
+                (5, 1, true),
+                (6, 1, false),
+                (7, 1, false),
+                (8, 1, false),
+            ],
+            &[(0, 0), (49, 0), (50, 1), (99, 1)],
+        ),
+        // Nothing available anywhere: the closest priority.
+        (&[(1, 0, false), (2, 1, false)], &[(0, 0), (99, 0)]),
+    ];
+    for (endpoints, rolls) in cases {
+        let ranked: Vec<(u8, u32)> = endpoints.iter().map(|(l, p, _)| (*l, *p)).collect();
+        let cluster = ranked_cluster(&ranked, None);
+        let up = |e: &Endpoint| {
+            endpoints
+                .iter()
+                .any(|(l, _, up)| *up && e.address.ip() == IpAddr::from([10, 0, 0, *l]))
+        };
+        for (roll, expected) in *rolls {
+            assert_eq!(
+                priority_level(&cluster, up, *roll),
+                *expected,
+                "{endpoints:?} roll {roll}"
+            );
+        }
+    }
+}
+
+/// The closest priority takes every request while it has an endpoint; when outlier detection
+/// ejects it, requests fail over to the next priority, and retries stay within a priority.
+#[test]
+fn requests_stay_in_the_closest_priority_and_fail_over_when_it_is_ejected() {
+    let cluster = ranked_cluster(&[(1, 0), (2, 1), (3, 1)], Some(policy(100)));
+    let state = fresh_state();
+    let headers = http::HeaderMap::new();
+    let hash = HashInput {
+        headers: &headers,
+        query: None,
+        source_ip: IpAddr::from([10, 0, 0, 100]),
+    };
+    let chosen = |exclude: &[SocketAddr]| -> std::collections::BTreeSet<SocketAddr> {
+        (0..40)
+            .map(|_| {
+                state
+                    .choose_endpoint(&cluster, &hash, exclude)
+                    .unwrap()
+                    .address
+            })
+            .collect()
+    };
+    let local = cluster.endpoints[0].address;
+    assert_eq!(chosen(&[]), [local].into());
+    // A retry after the local endpoint failed has nowhere else to go in its priority.
+    assert_eq!(chosen(&[local]), [local].into());
+    state.record_outcome(&cluster, local, Some(503));
+    let remote: std::collections::BTreeSet<_> =
+        [cluster.endpoints[1].address, cluster.endpoints[2].address].into();
+    assert_eq!(chosen(&[]), remote, "ejected: over to the next priority");
+    // A cluster without priorities spreads over all of them.
+    let flat = ranked_cluster(&[(1, 0), (2, 0), (3, 0)], None);
+    let spread: std::collections::BTreeSet<_> = {
+        let state = fresh_state();
+        (0..30)
+            .map(|_| state.choose_endpoint(&flat, &hash, &[]).unwrap().address)
+            .collect()
+    };
+    assert_eq!(spread.len(), 3);
 }

@@ -336,7 +336,7 @@ fn localities_are_split_as_istiod_splits_them() {
     ];
     for (rule, value, expected) in cases {
         assert_eq!(
-            super::super::service_entries::locality(value),
+            super::super::locality::split_locality(value),
             expected,
             "{rule}"
         );

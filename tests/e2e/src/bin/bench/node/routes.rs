@@ -156,6 +156,8 @@ pub fn config(services: usize) -> proto::WaypointConfig {
                     weight: 0,
                     hostname: String::new(),
                     tunnel_address: String::new(),
+                    locality: None,
+                    topology_labels: Default::default(),
                 })
                 .collect(),
             ..Default::default()
