@@ -84,9 +84,10 @@ fn exited(process: &mut Child, signalled: Instant) -> (ExitStatus, Duration) {
     }
 }
 
-#[test]
-fn sigterm_drains_the_waypoint_finishing_requests_in_flight() {
-    let mut mesh = Mesh::start(
+/// Reviews v1 and v2 behind one waypoint (with `waypoint_env`), reachable from the client, and a
+/// request that takes 3 s on its way to v2: the mesh and that request's `curl`.
+fn slow_request_through_the_waypoint(waypoint_env: &[(&str, &str)]) -> (Mesh, Child) {
+    let mesh = Mesh::start(
         vec![
             PodSpec::client("client", "node1", "shop"),
             PodSpec::app("reviews-v1", "node1", "shop", "reviews", "v1"),
@@ -98,6 +99,10 @@ fn sigterm_drains_the_waypoint_finishing_requests_in_flight() {
                 "{}---\n{ROUTES}",
                 reviews_behind_waypoint(false, &["v1", "v2"])
             ),
+            waypoint_env: waypoint_env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
             ..MeshOptions::default()
         },
     )
@@ -112,9 +117,7 @@ fn sigterm_drains_the_waypoint_finishing_requests_in_flight() {
         mesh.logs()
     );
     assert!(!app_connected(&mesh, "reviews-v2"), "v2 served already");
-
-    // A request that takes 3 s, on its way to v2 when the waypoint is told to stop.
-    let mut slow = slow_request(&mesh, "client", &format!("http://{VIP}/slow?delay_ms=3000"));
+    let slow = slow_request(&mesh, "client", &format!("http://{VIP}/slow?delay_ms=3000"));
     assert!(
         mesh.eventually(Duration::from_secs(10), || app_connected(
             &mesh,
@@ -123,6 +126,13 @@ fn sigterm_drains_the_waypoint_finishing_requests_in_flight() {
         "the slow request never reached v2\n{}",
         mesh.logs()
     );
+    (mesh, slow)
+}
+
+#[test]
+fn sigterm_drains_the_waypoint_finishing_requests_in_flight() {
+    // A request that takes 3 s, on its way to v2 when the waypoint is told to stop.
+    let (mut mesh, mut slow) = slow_request_through_the_waypoint(&[]);
 
     let waypoint = mesh.testbed.pod(WAYPOINT).ip;
     let mut process = mesh
@@ -174,47 +184,11 @@ fn sigterm_drains_the_waypoint_finishing_requests_in_flight() {
 /// connection has finished (after `MINIMUM_DRAIN_DURATION`), long before its deadline.
 #[test]
 fn exit_on_zero_active_connections_ends_the_drain_with_the_last_connection() {
-    let mut mesh = Mesh::start(
-        vec![
-            PodSpec::client("client", "node1", "shop"),
-            PodSpec::app("reviews-v1", "node1", "shop", "reviews", "v1"),
-            PodSpec::app("reviews-v2", "node2", "shop", "reviews", "v2"),
-            PodSpec::waypoint(WAYPOINT, "node2", "shop"),
-        ],
-        MeshOptions {
-            config: format!(
-                "{}---\n{ROUTES}",
-                reviews_behind_waypoint(false, &["v1", "v2"])
-            ),
-            waypoint_env: [
-                ("EXIT_ON_ZERO_ACTIVE_CONNECTIONS", "true"),
-                ("MINIMUM_DRAIN_DURATION", "1s"),
-                ("CONNECTION_TERMINATION_DEADLINE", "60s"),
-            ]
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect(),
-            ..MeshOptions::default()
-        },
-    )
-    .expect("start the mesh");
-    assert!(
-        mesh.eventually(Duration::from_secs(10), || mesh
-            .curl_with("client", &[&format!("http://{VIP}/ready")])
-            .status
-            == 200),
-        "the service is not reachable through the waypoint\n{}",
-        mesh.logs()
-    );
-    let slow = slow_request(&mesh, "client", &format!("http://{VIP}/slow?delay_ms=3000"));
-    assert!(
-        mesh.eventually(Duration::from_secs(10), || app_connected(
-            &mesh,
-            "reviews-v2"
-        )),
-        "the slow request never reached v2\n{}",
-        mesh.logs()
-    );
+    let (mut mesh, slow) = slow_request_through_the_waypoint(&[
+        ("EXIT_ON_ZERO_ACTIVE_CONNECTIONS", "true"),
+        ("MINIMUM_DRAIN_DURATION", "1s"),
+        ("CONNECTION_TERMINATION_DEADLINE", "60s"),
+    ]);
     let mut process = mesh
         .signal_waypoint(WAYPOINT)
         .expect("SIGTERM the waypoint");

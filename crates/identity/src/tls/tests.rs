@@ -612,60 +612,62 @@ fn compliance_policy_is_read_as_ztunnel_reads_it() {
     assert_eq!(CompliancePolicy::Pqc.kx_groups().len(), 1);
 }
 
-/// A client configuration keeps no session: the server's tickets, read with the first
-/// connection's data, are not kept, and a second connection with the same configuration is a
-/// full handshake (with rustls's default cache it resumes).
+/// Two connections with the same configurations, each reading a byte after its handshake (a
+/// server's tickets come before it: reading it makes the client process them): the kind of
+/// the second handshake.
+async fn second_handshake(
+    server_config: Arc<ServerConfig>,
+    client_config: Arc<ClientConfig>,
+) -> Option<rustls::HandshakeKind> {
+    let mut kind = None;
+    for _ in 0..2 {
+        let (server, client) = handshake(server_config.clone(), client_config.clone()).await;
+        let (mut server, mut client) = (server.unwrap(), client.unwrap());
+        kind = client.get_ref().1.handshake_kind();
+        server.write_all(b"x").await.unwrap();
+        server.flush().await.unwrap();
+        let mut byte = [0u8; 1];
+        timeout(STEP_TIMEOUT, client.read_exact(&mut byte))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    kind
+}
+
+/// The server sends no ticket and keeps no session: a client that would resume makes a full
+/// handshake again.
 #[tokio::test]
 async fn the_server_offers_no_session_to_resume() {
     let mesh = Mesh::new();
     let server_cert = mesh.certificate("bookinfo", "reviews");
     let client_cert = mesh.certificate("bookinfo", "productpage");
     let server_config = server_config(&server_cert, &mesh.roots).unwrap();
-    // A client that would resume, were it offered a session.
     let mut resuming = (*client_config(&client_cert, &mesh.roots, server_cert.identity().clone())
         .unwrap())
     .clone();
     resuming.resumption = rustls::client::Resumption::in_memory_sessions(8);
-    let resuming = Arc::new(resuming);
-    for _ in 0..2 {
-        let (server, client) = handshake(server_config.clone(), resuming.clone()).await;
-        let (mut server, mut client) = (server.unwrap(), client.unwrap());
-        assert_eq!(
-            client.get_ref().1.handshake_kind(),
-            Some(rustls::HandshakeKind::Full)
-        );
-        server.write_all(b"x").await.unwrap();
-        server.flush().await.unwrap();
-        let mut byte = [0u8; 1];
-        timeout(STEP_TIMEOUT, client.read_exact(&mut byte))
-            .await
-            .unwrap()
-            .unwrap();
-    }
+    assert_eq!(
+        second_handshake(server_config, Arc::new(resuming)).await,
+        Some(rustls::HandshakeKind::Full)
+    );
 }
 
+/// A client configuration keeps no session: a second connection with the same configuration
+/// is a full handshake, even to a server that offers tickets (with rustls's default cache it
+/// resumes).
 #[tokio::test]
 async fn the_client_keeps_no_session_to_resume() {
     let mesh = Mesh::new();
     let server_cert = mesh.certificate("bookinfo", "reviews");
     let client_cert = mesh.certificate("bookinfo", "productpage");
-    let server_config = server_config(&server_cert, &mesh.roots).unwrap();
+    let mut offering = (*server_config(&server_cert, &mesh.roots).unwrap()).clone();
+    offering.send_tls13_tickets = 2;
+    offering.session_storage = rustls::server::ServerSessionMemoryCache::new(8);
     let client_config =
         client_config(&client_cert, &mesh.roots, server_cert.identity().clone()).unwrap();
-    for _ in 0..2 {
-        let (server, client) = handshake(server_config.clone(), client_config.clone()).await;
-        let (mut server, mut client) = (server.unwrap(), client.unwrap());
-        assert_eq!(
-            client.get_ref().1.handshake_kind(),
-            Some(rustls::HandshakeKind::Full)
-        );
-        // The tickets come before this byte: reading it makes the client process them.
-        server.write_all(b"x").await.unwrap();
-        server.flush().await.unwrap();
-        let mut byte = [0u8; 1];
-        timeout(STEP_TIMEOUT, client.read_exact(&mut byte))
-            .await
-            .unwrap()
-            .unwrap();
-    }
+    assert_eq!(
+        second_handshake(Arc::new(offering), client_config).await,
+        Some(rustls::HandshakeKind::Full)
+    );
 }
