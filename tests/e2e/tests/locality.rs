@@ -9,7 +9,7 @@ use weft_e2e::{Mesh, MeshOptions, PodSpec};
 use weft_test_support::prometheus::Exposition;
 
 /// Three nodes: the client's (`node1`) and `node2` in zone `eu-1`, `node3` in `eu-2`.
-const NODES: &str = r#"
+const ZONED_NODES: &str = r#"
 apiVersion: v1
 kind: Node
 metadata: {name: node1, labels: {topology.kubernetes.io/region: eu, topology.kubernetes.io/zone: eu-1}}
@@ -22,6 +22,10 @@ apiVersion: v1
 kind: Node
 metadata: {name: node3, labels: {topology.kubernetes.io/region: eu, topology.kubernetes.io/zone: eu-2}}
 ---
+"#;
+
+/// `cart`, `PreferClose`, and `cart-local`, node-local.
+const CART_SERVICES: &str = r#"
 apiVersion: v1
 kind: Service
 metadata: {name: cart, namespace: shop}
@@ -66,7 +70,7 @@ fn prefer_close_keeps_traffic_in_the_clients_zone_and_fails_over_when_it_empties
             PodSpec::app("cart-2", "node3", "shop", "cart", "v2"),
         ],
         MeshOptions {
-            config: NODES.to_owned(),
+            config: format!("{ZONED_NODES}{CART_SERVICES}"),
             ..MeshOptions::default()
         },
     )
@@ -184,21 +188,9 @@ spec:
     );
 }
 
-/// The nodes, and a `PreferClose` Service `cart` behind a waypoint with a replica in each
-/// zone, whose own Service prefers the close replica too.
+/// A `PreferClose` Service `cart` behind a waypoint with a replica in each zone, whose own
+/// Service prefers the close replica too.
 const BEHIND_A_WAYPOINT: &str = r#"
-apiVersion: v1
-kind: Node
-metadata: {name: node1, labels: {topology.kubernetes.io/region: eu, topology.kubernetes.io/zone: eu-1}}
----
-apiVersion: v1
-kind: Node
-metadata: {name: node2, labels: {topology.kubernetes.io/region: eu, topology.kubernetes.io/zone: eu-1}}
----
-apiVersion: v1
-kind: Node
-metadata: {name: node3, labels: {topology.kubernetes.io/region: eu, topology.kubernetes.io/zone: eu-2}}
----
 apiVersion: v1
 kind: Service
 metadata:
@@ -255,7 +247,7 @@ fn prefer_close_behind_a_waypoint_keeps_traffic_in_the_clients_zone_and_fails_ov
             PodSpec::app("cart-2", "node3", "shop", "cart", "v2"),
         ],
         MeshOptions {
-            config: BEHIND_A_WAYPOINT.to_owned(),
+            config: format!("{ZONED_NODES}{BEHIND_A_WAYPOINT}"),
             ..MeshOptions::default()
         },
     )
