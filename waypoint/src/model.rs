@@ -181,6 +181,7 @@ impl WorkloadTarget<'_> {
                 workload: Arc::clone(&workload.info),
                 tunnel: workload.tunnel,
                 tunnel_via: None,
+                host: None,
                 healthy: true,
                 weight: 1,
                 priority: 0,

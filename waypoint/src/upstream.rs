@@ -168,24 +168,30 @@ struct WorkerPools {
     http2: Mutex<HashMap<PoolKey, http2::SendRequest<RequestBody>>>,
 }
 
-/// What a pooled application connection goes to: the endpoint, and the TLS settings this
-/// proxy wrapped it in, if any ([`OriginatedTls::id`]), so that a connection made for one
-/// host's SNI and CA never carries another's requests to the same address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// What a pooled application connection goes to: the endpoint, the TLS settings this proxy
+/// wrapped it in, if any ([`OriginatedTls::id`]), and the host it presented when that is the
+/// endpoint's own (`DYNAMIC_DNS`), so that a connection made for one host's SNI and CA never
+/// carries another's requests to the same address.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct PoolKey {
     address: SocketAddr,
     tls: Option<u64>,
+    host: Option<Arc<str>>,
 }
 
 impl PoolKey {
     fn new(cluster: &Cluster, endpoint: &Endpoint) -> Self {
-        Self::of(endpoint.address, cluster.tls.as_ref())
+        Self::of(endpoint, cluster.tls.as_ref())
     }
 
-    fn of(address: SocketAddr, tls: Option<&OriginatedTls>) -> Self {
+    fn of(endpoint: &Endpoint, tls: Option<&OriginatedTls>) -> Self {
         PoolKey {
-            address,
+            address: endpoint.address,
             tls: tls.map(OriginatedTls::id),
+            host: endpoint
+                .host
+                .clone()
+                .filter(|_| tls.is_some_and(OriginatedTls::names_endpoint_hosts)),
         }
     }
 }
@@ -269,6 +275,8 @@ impl Upstream {
         let (host, port) = dynamic_dns::host_and_port(authority);
         let default_port = if cluster.tls.is_some() { 443 } else { 80 };
         let address = self.inner.dynamic_dns.resolve(host).await?;
+        // The name as resolved (case and a final dot do not make another server).
+        let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
         Ok(Endpoint {
             address: SocketAddr::new(address, port.unwrap_or(default_port)),
             identity: None,
@@ -276,6 +284,7 @@ impl Upstream {
             workload: Arc::clone(&OUTSIDE_THE_MESH),
             tunnel: crate::model::Tunnel::Plain,
             tunnel_via: None,
+            host: Some(Arc::from(host)),
             healthy: true,
             weight: 1,
             priority: 0,
@@ -384,7 +393,7 @@ impl Upstream {
         for pass in 0..2 {
             let reused = if pass == 0 {
                 let mut idle = lock(&self.pools().http1);
-                let list = idle.entry(key).or_default();
+                let list = idle.entry(key.clone()).or_default();
                 list.retain(|c| !c.sender.is_closed());
                 list.iter()
                     .position(|c| c.sender.is_ready())
@@ -577,7 +586,18 @@ mod pool_tests {
 
     #[test]
     fn connections_in_other_tls_settings_to_one_address_are_pooled_apart() {
-        let address: SocketAddr = "192.0.2.1:443".parse().unwrap();
+        let endpoint = |host: Option<&str>| Endpoint {
+            address: "192.0.2.1:443".parse().unwrap(),
+            identity: None,
+            principal: None,
+            workload: Arc::clone(&OUTSIDE_THE_MESH),
+            tunnel: crate::model::Tunnel::Plain,
+            tunnel_via: None,
+            host: host.map(Arc::from),
+            healthy: true,
+            weight: 1,
+            priority: 0,
+        };
         let tls = |sni: &str| {
             let settings = weft_proto::waypoint::UpstreamTls {
                 sni: sni.to_owned(),
@@ -590,20 +610,40 @@ mod pool_tests {
             )
             .unwrap()
         };
+        let address = endpoint(None);
         let (a, b) = (tls("a.example.com"), tls("b.example.com"));
         assert_eq!(
-            PoolKey::of(address, Some(&a)),
-            PoolKey::of(address, Some(&a.clone()))
+            PoolKey::of(&address, Some(&a)),
+            PoolKey::of(&address, Some(&a.clone()))
         );
         assert_ne!(
-            PoolKey::of(address, Some(&a)),
-            PoolKey::of(address, Some(&b))
+            PoolKey::of(&address, Some(&a)),
+            PoolKey::of(&address, Some(&b))
         );
-        assert_ne!(PoolKey::of(address, Some(&a)), PoolKey::of(address, None));
+        assert_ne!(PoolKey::of(&address, Some(&a)), PoolKey::of(&address, None));
         // The same settings built again (a configuration update) do not reuse the old ones'.
         assert_ne!(
-            PoolKey::of(address, Some(&a)),
-            PoolKey::of(address, Some(&tls("a.example.com")))
+            PoolKey::of(&address, Some(&a)),
+            PoolKey::of(&address, Some(&tls("a.example.com")))
         );
+
+        // Two names of a wildcard at one address: apart when each presents its own name, as
+        // when the settings name none; one pool when the settings' name is every connection's.
+        let (one, two) = (
+            endpoint(Some("a.wild.example")),
+            endpoint(Some("b.wild.example")),
+        );
+        let auto = tls("");
+        assert_ne!(
+            PoolKey::of(&one, Some(&auto)),
+            PoolKey::of(&two, Some(&auto))
+        );
+        assert_eq!(
+            PoolKey::of(&one, Some(&auto)),
+            PoolKey::of(&endpoint(Some("a.wild.example")), Some(&auto))
+        );
+        assert_eq!(PoolKey::of(&one, Some(&a)), PoolKey::of(&two, Some(&a)));
+        // Plain text presents no name.
+        assert_eq!(PoolKey::of(&one, None), PoolKey::of(&two, None));
     }
 }

@@ -251,7 +251,7 @@ pub const CATALOG: &[NotApplied] = &[
         K::ServiceEntry,
         "spec.resolution",
         Equals(&["DYNAMIC_DNS"]),
-        "applied at waypoints (each request's Host, each TLS connection's SNI resolved); TLS origination to such a host is not: its requests fail (503 UF)",
+        "applied at waypoints (each request's Host, each TLS connection's SNI resolved, TLS originated to each request's host); mirrors to such a host are dropped",
     ),
     entry(
         K::ServiceEntry,

@@ -28,6 +28,21 @@ spec:
   ports:
   - {number: 8080, name: http, protocol: HTTP}
   - {number: 8443, name: tls, protocol: TLS}
+  - {number: 9443, name: http-origination, protocol: HTTP}
+"#;
+
+/// TLS originated by the waypoint on port 9443, verified with the test's CA bundle (`{ca}`);
+/// no `sni`: each request's host is presented and verified, as Envoy's `auto_sni` and
+/// `auto_san_validation`.
+const WILDCARD_ORIGINATION: &str = r#"apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: wild-origination, namespace: shop}
+spec:
+  host: "*.wild.example"
+  trafficPolicy:
+    portLevelSettings:
+    - port: {number: 9443}
+      tls: {mode: SIMPLE, caCertificates: "{ca}"}
 "#;
 
 /// A route on the wildcard host: a header, and a fault on one path.
@@ -94,7 +109,11 @@ fn names_under_a_dynamic_dns_wildcard_reach_their_own_servers_through_the_waypoi
     let resolver = weft_e2e::dns::UpstreamResolver::with_records(
         &mesh,
         "alpha",
-        &[("a.wild.example", alpha), ("b.wild.example", beta)],
+        &[
+            ("a.wild.example", alpha),
+            ("b.wild.example", beta),
+            ("stranger.wild.example", beta),
+        ],
     );
     std::fs::write(
         mesh.dir().join("waypoint-resolv.conf"),
@@ -254,6 +273,74 @@ fn names_under_a_dynamic_dns_wildcard_reach_their_own_servers_through_the_waypoi
     );
     assert_eq!(outside.status, 0, "{}", outside.body);
     assert!(!resolver.asked("elsewhere.example.org"));
+
+    // TLS originated by the waypoint to each name's own server: alpha's server refuses any
+    // other SNI than its name (a fatal alert), beta's presents b.wild.example's certificate
+    // to any SNI, which the waypoint verifies against the request's host.
+    let (a_cert, a_key) = (
+        mesh.dir().join("a.wild.example-cert.pem"),
+        mesh.dir().join("a.wild.example-key.pem"),
+    );
+    let (a_cert, a_key) = (a_cert.to_str().unwrap(), a_key.to_str().unwrap());
+    let strict = [
+        "s_server",
+        "-quiet",
+        "-accept",
+        "9443",
+        "-cert",
+        a_cert,
+        "-key",
+        a_key,
+        "-servername",
+        "a.wild.example",
+        "-servername_fatal",
+        "-cert2",
+        a_cert,
+        "-key2",
+        a_key,
+        "-www",
+    ];
+    servers.push(mesh.spawn_in_pod("alpha", "openssl", &strict).unwrap());
+    mesh.wait_listening("alpha", 9443).unwrap();
+    let (beta_server, beta_ca) = mesh
+        .start_tls_server("beta", 9443, "b.wild.example")
+        .unwrap();
+    servers.push(beta_server);
+    let bundle = mesh.dir().join("wild-ca-bundle.pem");
+    std::fs::write(
+        &bundle,
+        std::fs::read_to_string(ca("a.wild.example")).unwrap()
+            + &std::fs::read_to_string(beta_ca).unwrap(),
+    )
+    .unwrap();
+    mesh.kubectl_apply(&WILDCARD_ORIGINATION.replace("{ca}", bundle.to_str().unwrap()))
+        .unwrap();
+    let originated = |name: &str| get(&format!("http://{name}:9443/"));
+    assert!(
+        mesh.eventually(Duration::from_secs(20), || originated("a.wild.example")
+            .status
+            == 200),
+        "{:?}\n{}",
+        originated("a.wild.example"),
+        mesh.logs()
+    );
+    let answer = originated("a.wild.example");
+    assert!(answer.body.contains("Cipher"), "{}", answer.body);
+    let answer = originated("b.wild.example");
+    assert_eq!(answer.status, 200, "{}\n{}", answer.body, mesh.logs());
+    assert!(answer.body.contains("Cipher"), "{}", answer.body);
+    // A name whose server holds another name's certificate: refused by the waypoint.
+    let stranger = originated("stranger.wild.example");
+    assert_eq!(stranger.status, 503, "{}\n{}", stranger.body, mesh.logs());
+    assert!(resolver.asked("stranger.wild.example"));
+    let metrics = mesh.waypoint_metrics(WAYPOINT);
+    let failed = sample(
+        &metrics,
+        "istio_requests_total",
+        &["response_code=\"503\"", "response_flags=\"UF\""],
+    );
+    assert!(failed.is_some_and(|n| n >= 1), "{metrics}");
+
     for server in &mut servers {
         let _ = server.kill();
         let _ = server.wait();

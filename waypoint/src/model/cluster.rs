@@ -31,6 +31,9 @@ pub struct Endpoint {
     /// Where the HBONE tunnel goes when not to `address` itself: the waypoint a gateway reaches
     /// a service's VIP through.
     pub tunnel_via: Option<IpAddr>,
+    /// The host this endpoint was resolved from, when it stands for one name of its own (a
+    /// `DYNAMIC_DNS` request's host): the name TLS origination presents and verifies.
+    pub host: Option<Arc<str>>,
     pub healthy: bool,
     pub weight: u32,
     /// Its locality priority relative to this proxy's pod: 0 is the closest; the balancer

@@ -87,7 +87,7 @@ impl Upstream {
                     weft_hbone::tune_tcp(&tcp).map_err(|e| failure(e.to_string()))?;
                     match &cluster.tls {
                         Some(tls) => tls
-                            .connect(tcp)
+                            .connect(tcp, endpoint.host.as_deref())
                             .await
                             .map(|s| Box::new(s) as BoxedIo)
                             .map_err(|e| failure(format!("tls: {e}"))),

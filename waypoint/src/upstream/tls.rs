@@ -54,7 +54,13 @@ impl OriginationCredentials {
 /// How the waypoint speaks TLS to a cluster's endpoints.
 #[derive(Clone)]
 pub struct OriginatedTls {
-    server_name: ServerName<'static>,
+    /// The SNI the settings give (their `sni`, else the cluster's host); `None` for a wildcard
+    /// host without an `sni`, whose connections name their endpoint's host.
+    server_name: Option<ServerName<'static>>,
+    /// Whether the settings name the SNI themselves; if not, a connection to an endpoint with
+    /// a host of its own (`DYNAMIC_DNS`) presents and verifies that host (Envoy's `auto_sni`
+    /// and `auto_san_validation`, which istiod sets when `tls.sni` is empty).
+    sni_given: bool,
     connector: Connector,
     /// Unique to these settings as built: pooled connections made with them are kept apart
     /// from those of other settings to the same address (two hosts behind one CDN address,
@@ -360,12 +366,14 @@ impl OriginatedTls {
         host: &str,
         credentials: &OriginationCredentials,
     ) -> Result<Self, String> {
-        let name = if settings.sni.is_empty() {
-            host
+        let sni_given = !settings.sni.is_empty();
+        let sni = if sni_given {
+            Some(server_name(&settings.sni)?)
+        } else if host.starts_with("*.") {
+            None
         } else {
-            &settings.sni
+            Some(server_name(host)?)
         };
-        let sni = server_name(name)?;
         let connector = if settings.credential_name.is_empty() {
             let files = TlsFiles {
                 ca: non_empty(&settings.ca_certificates),
@@ -410,6 +418,7 @@ impl OriginatedTls {
         }
         Ok(OriginatedTls {
             server_name: sni,
+            sni_given,
             connector,
             id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         })
@@ -418,7 +427,8 @@ impl OriginatedTls {
     /// Settings no connection can be made with, for `reason`: the cluster fails closed.
     pub fn refused(reason: &str) -> Self {
         OriginatedTls {
-            server_name: ServerName::try_from("invalid").expect("a valid DNS name"),
+            server_name: None,
+            sni_given: false,
             connector: Connector::Built(Err(Arc::from(reason))),
             id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         }
@@ -449,12 +459,32 @@ impl OriginatedTls {
         }
     }
 
-    /// The handshake over `tcp`.
-    pub async fn connect(&self, tcp: TcpStream) -> io::Result<TlsStream<TcpStream>> {
-        match self.connector() {
-            Ok(connector) => connector.connect(self.server_name.clone(), tcp).await,
-            Err(reason) => Err(io::Error::other(reason.to_string())),
-        }
+    /// Whether connections to an endpoint with a host of its own present that host, so that
+    /// pooled connections must be told apart by it.
+    pub fn names_endpoint_hosts(&self) -> bool {
+        !self.sni_given
+    }
+
+    /// The handshake over `tcp` to an endpoint whose host, if it has one of its own (a
+    /// `DYNAMIC_DNS` request's host), is `endpoint_host`: the SNI is the settings' `sni`, else
+    /// that host, else the cluster's; without `subjectAltNames` the server's certificate must
+    /// be valid for the SNI sent.
+    pub async fn connect(
+        &self,
+        tcp: TcpStream,
+        endpoint_host: Option<&str>,
+    ) -> io::Result<TlsStream<TcpStream>> {
+        let connector = self
+            .connector()
+            .map_err(|reason| io::Error::other(reason.to_string()))?;
+        let name = match endpoint_host.filter(|_| !self.sni_given) {
+            Some(host) => server_name(host).map_err(io::Error::other)?,
+            None => self
+                .server_name
+                .clone()
+                .ok_or_else(|| io::Error::other("no server name for a wildcard host"))?,
+        };
+        connector.connect(name, tcp).await
     }
 }
 

@@ -279,7 +279,7 @@ fn service_entry_rules() {
         ),
         warns(
             "DYNAMIC_DNS partly applied",
-            "ServiceEntry (Weft: TLS origination to DYNAMIC_DNS hosts is not applied)",
+            "ServiceEntry (Weft: mirrors to DYNAMIC_DNS hosts are not applied)",
             se(
                 "{hosts: ['*.example.com'], ports: [{number: 443, name: https, protocol: TLS}], resolution: DYNAMIC_DNS}",
             ),

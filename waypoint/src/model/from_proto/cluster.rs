@@ -155,6 +155,7 @@ fn endpoints(
                 workload,
                 tunnel,
                 tunnel_via,
+                host: None,
                 healthy: e.healthy,
                 weight: e.weight.max(1),
                 priority: 0,
@@ -229,12 +230,6 @@ fn originated_tls(
     tls: &proto::UpstreamTls,
     credentials: &OriginationCredentials,
 ) -> Result<OriginatedTls, String> {
-    if c.dynamic_dns {
-        // The server name would be each request's; not carried yet, so never plain text.
-        let reason = "TLS origination to DYNAMIC_DNS hosts is not supported";
-        tracing::warn!(cluster = %c.name, destination_rule = %c.destination_rule, reason, "cluster fails closed");
-        return Ok(OriginatedTls::refused(reason));
-    }
     let originated = OriginatedTls::new(tls, &c.host, credentials)?;
     // A delivered credential may arrive after the configuration: it is checked when used.
     if let Some(reason) = originated.unusable().filter(|_| !originated.is_delivered()) {

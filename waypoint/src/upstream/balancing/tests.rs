@@ -11,6 +11,7 @@ fn endpoint(last: u8) -> Endpoint {
         workload: Arc::default(),
         tunnel: Tunnel::Plain,
         tunnel_via: None,
+        host: None,
         healthy: true,
         weight: 1,
         priority: 0,

@@ -144,7 +144,7 @@ async fn a_delivered_credential_is_used_when_it_arrives_and_again_when_it_change
     assert!(tls.is_delivered());
     let connect = || async {
         let tcp = TcpStream::connect(address).await.unwrap();
-        tls.connect(tcp).await
+        tls.connect(tcp, None).await
     };
 
     // Before the controller delivers the credential: no connection.
@@ -286,7 +286,7 @@ async fn a_revocation_list_refuses_the_server_certificates_it_revokes() {
     let (address, _accepted) = server(&authority.server, None).await;
     let connects = |tls: OriginatedTls| async move {
         let tcp = TcpStream::connect(address).await.unwrap();
-        tls.connect(tcp)
+        tls.connect(tcp, None)
             .await
             .map(|_| ())
             .map_err(|e| e.to_string())
@@ -399,7 +399,7 @@ async fn files_that_change_are_used_by_the_next_connection_without_a_new_configu
     let (address, _accepted) = server(&authority.server, None).await;
     let connects = |tls: OriginatedTls| async move {
         let tcp = TcpStream::connect(address).await.unwrap();
-        tls.connect(tcp)
+        tls.connect(tcp, None)
             .await
             .map(|_| ())
             .map_err(|e| e.to_string())
@@ -457,5 +457,103 @@ async fn files_that_change_are_used_by_the_next_connection_without_a_new_configu
         .expect_err("the CA rotated away");
     replace(&file, &authority.ca);
     connects(tls).await.expect("the CA back");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A TLS server on loopback presenting `server`, which sends the SNI of each handshake it
+/// completes (`None`: the handshake failed).
+async fn naming_server(
+    server: &(String, String),
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<Option<String>>,
+) {
+    let chain = CertificateDer::pem_slice_iter(server.0.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(server.1.as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(weft_identity::crypto_provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (names, received) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let name = match acceptor.accept(tcp).await {
+                Ok(tls) => Some(tls.get_ref().1.server_name().unwrap_or("").to_owned()),
+                Err(_) => None,
+            };
+            if names.send(name).is_err() {
+                return;
+            }
+        }
+    });
+    (address, received)
+}
+
+#[tokio::test]
+async fn a_wildcard_host_presents_and_verifies_each_endpoint_host_unless_the_settings_name_one() {
+    let served = certificate("a.wild.example");
+    let (address, mut seen) = naming_server(&served).await;
+    let dir = std::env::temp_dir().join(format!("weft-auto-sni-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, &served.0).unwrap();
+    let none = OriginationCredentials::default();
+    let settings = |sni: &str, subject_alt_names: &[&str]| proto::UpstreamTls {
+        ca_certificates: ca.display().to_string(),
+        sni: sni.to_owned(),
+        subject_alt_names: subject_alt_names.iter().map(|n| (*n).to_owned()).collect(),
+        ..Default::default()
+    };
+    let connect = |tls: OriginatedTls, host: Option<&'static str>| async move {
+        let tcp = TcpStream::connect(address).await.unwrap();
+        tls.connect(tcp, host)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+
+    // No `sni`: each endpoint's host is sent and the certificate must be valid for it.
+    let auto = OriginatedTls::new(&settings("", &[]), "*.wild.example", &none).unwrap();
+    assert!(auto.names_endpoint_hosts());
+    connect(auto.clone(), Some("a.wild.example"))
+        .await
+        .expect("the certificate is a.wild.example's");
+    assert_eq!(seen.recv().await, Some(Some("a.wild.example".to_owned())));
+    let refused = connect(auto.clone(), Some("b.wild.example"))
+        .await
+        .expect_err("the certificate is not b.wild.example's");
+    assert!(
+        refused.contains("not valid for name \"b.wild.example\""),
+        "{refused}"
+    );
+    assert_eq!(seen.recv().await, Some(None));
+    // A wildcard names no server of its own: without an endpoint host, no connection.
+    let refused = connect(auto, None).await.expect_err("no name");
+    assert!(refused.contains("no server name"), "{refused}");
+    assert_eq!(seen.recv().await, Some(None), "no handshake");
+
+    // `subjectAltNames` are verified in place of the host, which is still sent.
+    let pinned =
+        OriginatedTls::new(&settings("", &["a.wild.example"]), "*.wild.example", &none).unwrap();
+    connect(pinned, Some("b.wild.example"))
+        .await
+        .expect("the certificate holds a subject alt name");
+    assert_eq!(seen.recv().await, Some(Some("b.wild.example".to_owned())));
+
+    // An `sni` of the settings is every connection's, whatever the endpoint's host.
+    let named =
+        OriginatedTls::new(&settings("a.wild.example", &[]), "*.wild.example", &none).unwrap();
+    assert!(!named.names_endpoint_hosts());
+    connect(named, Some("b.wild.example"))
+        .await
+        .expect("the settings' name");
+    assert_eq!(seen.recv().await, Some(Some("a.wild.example".to_owned())));
     let _ = std::fs::remove_dir_all(&dir);
 }
