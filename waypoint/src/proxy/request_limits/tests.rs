@@ -7,12 +7,10 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use super::*;
 
 type Feed = mpsc::UnboundedSender<Result<Frame<Bytes>, BoxError>>;
+type Fed = StreamBody<UnboundedReceiverStream<Result<Frame<Bytes>, BoxError>>>;
 
 /// A request body fed piece by piece.
-fn downstream() -> (
-    Feed,
-    StreamBody<UnboundedReceiverStream<Result<Frame<Bytes>, BoxError>>>,
-) {
+fn downstream() -> (Feed, Fed) {
     let (feed, frames) = mpsc::unbounded_channel();
     (feed, StreamBody::new(UnboundedReceiverStream::new(frames)))
 }
