@@ -201,6 +201,8 @@ pub struct EdgeLimitsDump {
     pub idle_timeout_ms: Option<u64>,
     pub http2_max_concurrent_streams: Option<u32>,
     pub per_connection_buffer_limit_bytes: Option<usize>,
+    pub request_timeout_ms: Option<u64>,
+    pub max_request_bytes: Option<u64>,
 }
 
 fn millis(d: Duration) -> u64 {
@@ -428,6 +430,8 @@ fn edge_limits(l: &EdgeLimits) -> EdgeLimitsDump {
         idle_timeout_ms: l.idle_timeout.map(millis),
         http2_max_concurrent_streams: l.http2_max_concurrent_streams,
         per_connection_buffer_limit_bytes: l.per_connection_buffer_limit_bytes,
+        request_timeout_ms: l.request_timeout.map(millis),
+        max_request_bytes: l.max_request_bytes,
     }
 }
 

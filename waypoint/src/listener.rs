@@ -706,6 +706,8 @@ mod tests {
             idle_timeout: Some(Duration::from_secs(7)),
             http2_max_concurrent_streams: Some(3),
             per_connection_buffer_limit_bytes: Some(10),
+            request_timeout: Some(Duration::from_secs(9)),
+            max_request_bytes: Some(11),
         };
         let limits = base.with(&edge);
         assert_eq!(limits.max_header_bytes, 4096);

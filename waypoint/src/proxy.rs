@@ -8,6 +8,7 @@
 //!   redirects, rewrites);
 //! - `forward`: the upstream exchange (header operations, mirrors, retries, timeouts);
 //! - `upgrade`: protocol upgrades (WebSocket) carried after a `101`;
+//! - `request_limits`: at the edge, the whole request's deadline and its body's cap;
 //! - `reply`: every answer the waypoint gives itself, typed, and the one function that turns it
 //!   into status, body, `response_flags` and details.
 //!
@@ -19,6 +20,7 @@ mod forward;
 mod forwarded;
 mod pipeline;
 mod reply;
+mod request_limits;
 mod upgrade;
 
 use std::convert::Infallible;

@@ -203,6 +203,10 @@ pub struct EdgeLimits {
     pub idle_timeout: Option<Duration>,
     pub http2_max_concurrent_streams: Option<u32>,
     pub per_connection_buffer_limit_bytes: Option<u32>,
+    /// The whole request, head and body (Envoy's HCM `request_timeout`).
+    pub request_timeout: Option<Duration>,
+    /// The largest request body (Envoy's buffer filter `max_request_bytes`).
+    pub max_request_bytes: Option<u32>,
     pub connection_rate_limit: Option<ConnectionRateLimit>,
 }
 
@@ -214,6 +218,8 @@ struct EdgeLimitsYaml {
     idle_timeout: Option<String>,
     http2_max_concurrent_streams: Option<i64>,
     per_connection_buffer_limit_bytes: Option<i64>,
+    request_timeout: Option<String>,
+    max_request_bytes: Option<i64>,
     connection_rate_limit: Option<ConnectionRateLimitYaml>,
 }
 
@@ -276,7 +282,7 @@ pub fn parse_edge_limits(value: &str) -> Result<EdgeLimits, AnnotationError> {
         error(
             EDGE_LIMITS,
             None,
-            format!("not edge limits ({e}); expected YAML with maxRequestHeadersKb, requestHeadersTimeout, idleTimeout, http2MaxConcurrentStreams, perConnectionBufferLimitBytes and connectionRateLimit"),
+            format!("not edge limits ({e}); expected YAML with maxRequestHeadersKb, requestHeadersTimeout, idleTimeout, http2MaxConcurrentStreams, perConnectionBufferLimitBytes, requestTimeout, maxRequestBytes and connectionRateLimit"),
         )
     })?;
     let connection_rate_limit = match yaml.connection_rate_limit {
@@ -321,6 +327,9 @@ pub fn parse_edge_limits(value: &str) -> Result<EdgeLimits, AnnotationError> {
             u32::MAX,
             "bytes",
         )?,
+        request_timeout: timeout(yaml.request_timeout, "requestTimeout")?,
+        // Envoy's bounds: a positive 32-bit count.
+        max_request_bytes: bounded(yaml.max_request_bytes, "maxRequestBytes", u32::MAX, "bytes")?,
         connection_rate_limit,
     })
 }

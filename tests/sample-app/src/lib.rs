@@ -9,7 +9,12 @@
 //!   with 503, then succeeds (a retry policy must recover);
 //! - `?body_bytes=N` answers with N bytes (throughput);
 //! - `POST /control/fail?status=500` makes every later request answer that status until
-//!   `POST /control/recover` (an endpoint that fails until told otherwise, for outlier detection).
+//!   `POST /control/recover` (an endpoint that fails until told otherwise, for outlier detection);
+//! - `GET /control/requests` answers how many requests it read whole (`completed`), how many
+//!   broke off in their body (`broken`), and the most body bytes one of them delivered
+//!   (`largest_body`): what a proxy in front let through.
+//!
+//! Every answer says how many body bytes the request carried (`body_bytes`, when any).
 //!
 //! A request with `Upgrade: websocket` becomes a WebSocket echo. With upstreams configured
 //! (`--upstream reviews=http://10.96.0.3:9080`), every request also calls each upstream in turn,
@@ -175,6 +180,18 @@ pub struct App {
     client: Client<HttpConnector, Empty<Bytes>>,
     log_requests: bool,
     files: Vec<StaticFile>,
+    tally: Mutex<Tally>,
+}
+
+/// The requests the app has read (`GET /control/requests`).
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+struct Tally {
+    /// Read to the end of their body.
+    completed: u64,
+    /// Whose body broke off before its end.
+    broken: u64,
+    /// The most body bytes one request delivered, whole or not.
+    largest_body: u64,
 }
 
 /// What the app answers (JSON).
@@ -193,6 +210,12 @@ struct Reply<'a> {
     peer: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     upstreams: Vec<UpstreamReply>,
+    #[serde(skip_serializing_if = "is_zero")]
+    body_bytes: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The TCP peer of the connection a request arrived on (a request extension).
@@ -232,6 +255,7 @@ impl App {
             client: Client::builder(TokioExecutor::new()).build(connector),
             log_requests,
             files,
+            tally: Mutex::default(),
         })
     }
 
@@ -298,7 +322,8 @@ impl App {
         if let Some(file) = self.files.iter().find(|f| f.path == request.uri().path()) {
             return serve_file(file).await;
         }
-        let query = parse_query(request.uri().query().unwrap_or(""));
+        let uri = request.uri().clone();
+        let query = parse_query(uri.query().unwrap_or(""));
         let path = request.uri().path().to_string();
         let mut status = query
             .get("status")
@@ -323,6 +348,17 @@ impl App {
             status = forced;
         }
         let upstreams = self.call_upstreams(&request).await;
+        // The request body is read whole before answering (keep-alive connections stay
+        // usable); one that breaks off is counted, not answered.
+        let body_bytes = match self.read_body(request.body_mut()).await {
+            Ok(length) => length,
+            Err(()) => {
+                return Response::builder()
+                    .status(StatusCode::BAD_REQUEST)
+                    .body(Full::new(Bytes::new()))
+                    .expect("a valid response");
+            }
+        };
         let body = match query
             .get("body_bytes")
             .and_then(|n| n.parse::<usize>().ok())
@@ -342,14 +378,13 @@ impl App {
                     attempt,
                     peer: request.extensions().get::<Peer>().map(|p| p.0.to_string()),
                     upstreams,
+                    body_bytes,
                 };
                 let mut json = serde_json::to_vec(&reply).expect("replies serialize");
                 json.push(b'\n');
                 Bytes::from(json)
             }
         };
-        // Drain the request body so keep-alive connections stay usable.
-        let _ = request.into_body().collect().await;
         Response::builder()
             .status(status)
             .header(header::CONTENT_TYPE, "application/json")
@@ -360,8 +395,39 @@ impl App {
             .expect("a valid response")
     }
 
-    /// `POST /control/fail?status=N` and `POST /control/recover`.
+    /// Reads a request body to its end, counting it: its length, or `Err` if it broke off.
+    async fn read_body(&self, body: &mut Incoming) -> Result<u64, ()> {
+        let mut length = 0u64;
+        let outcome = loop {
+            match body.frame().await {
+                None => break Ok(length),
+                Some(Ok(frame)) => {
+                    length += frame.data_ref().map_or(0, |d| d.len() as u64);
+                }
+                Some(Err(_)) => break Err(()),
+            }
+        };
+        let mut tally = self.tally.lock().unwrap_or_else(|p| p.into_inner());
+        tally.largest_body = tally.largest_body.max(length);
+        match outcome {
+            Ok(_) => tally.completed += 1,
+            Err(()) => tally.broken += 1,
+        }
+        outcome
+    }
+
+    /// `POST /control/fail?status=N`, `POST /control/recover` and `GET /control/requests`.
     fn control(&self, request: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
+        if request.method() == Method::GET && request.uri().path() == "/control/requests" {
+            let tally = *self.tally.lock().unwrap_or_else(|p| p.into_inner());
+            let json = serde_json::to_vec(&tally).expect("a tally serializes");
+            return Some(
+                Response::builder()
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(Full::new(Bytes::from(json)))
+                    .expect("a valid response"),
+            );
+        }
         if request.method() != Method::POST {
             return None;
         }

@@ -321,3 +321,50 @@ async fn files_are_served_as_they_are_now() {
     assert_eq!(get_h1(http, "/other", &[]).await.1["service"], "jwks");
     std::fs::remove_file(&file).unwrap();
 }
+
+#[tokio::test]
+async fn requests_read_whole_and_broken_off_are_counted() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (http, _) = app().await;
+    let tally = || async { get_h1(http, "/control/requests", &[]).await.1 };
+    assert_eq!(
+        tally().await,
+        serde_json::json!({"completed": 0, "broken": 0, "largest_body": 0})
+    );
+    // A whole body: counted, and its length answered.
+    let stream = tokio::net::TcpStream::connect(http).await.unwrap();
+    let (mut sender, connection) = http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(connection);
+    let response = sender
+        .send_request(
+            Request::post("/upload")
+                .header("host", "reviews")
+                .body(Full::new(Bytes::from_static(b"0123456789")))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["body_bytes"], 10);
+    // A chunked body that breaks off after 4 bytes.
+    let mut raw = tokio::net::TcpStream::connect(http).await.unwrap();
+    raw.write_all(
+        b"POST /upload HTTP/1.1\r\nhost: reviews\r\ntransfer-encoding: chunked\r\n\r\n4\r\nabcd\r\n",
+    )
+    .await
+    .unwrap();
+    raw.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    let _ = raw.read_to_end(&mut rest).await;
+    let expected = serde_json::json!({"completed": 1, "broken": 1, "largest_body": 10});
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tally().await != expected {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} != {expected}",
+            tally().await
+        );
+        tokio::task::yield_now().await;
+    }
+}

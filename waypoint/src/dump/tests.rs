@@ -53,6 +53,11 @@ fn the_dump_shows_each_edge_servers_limits() {
         }),
         http2_max_concurrent_streams: 50,
         per_connection_buffer_limit_bytes: 32768,
+        request_timeout: Some(prost_types::Duration {
+            seconds: 60,
+            nanos: 0,
+        }),
+        max_request_bytes: 1 << 20,
     };
     let config = edge_config(Some(limits));
     let dump = gateway(config.gateway.as_deref().expect("the gateway role"));
@@ -76,6 +81,8 @@ fn the_dump_shows_each_edge_servers_limits() {
             idle_timeout_ms: Some(30_000),
             http2_max_concurrent_streams: Some(50),
             per_connection_buffer_limit_bytes: Some(32768),
+            request_timeout_ms: Some(60_000),
+            max_request_bytes: Some(1 << 20),
         }
     );
     let json = serde_json::to_value(&dump).unwrap();
@@ -95,6 +102,8 @@ fn the_dump_shows_each_edge_servers_limits() {
             idle_timeout_ms: None,
             http2_max_concurrent_streams: None,
             per_connection_buffer_limit_bytes: None,
+            request_timeout_ms: None,
+            max_request_bytes: None,
         }
     );
 }

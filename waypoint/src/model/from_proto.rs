@@ -83,6 +83,8 @@ pub(super) fn edge_limits(
         http2_max_concurrent_streams: set(streams.unsigned_abs()),
         per_connection_buffer_limit_bytes: set(l.per_connection_buffer_limit_bytes)
             .map(|b| b as usize),
+        request_timeout: timeout(l.request_timeout.as_ref())?,
+        max_request_bytes: set(l.max_request_bytes).map(u64::from),
     })
 }
 

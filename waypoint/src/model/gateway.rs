@@ -130,6 +130,10 @@ pub struct EdgeLimits {
     pub http2_max_concurrent_streams: Option<u32>,
     /// Request body kept for retries and mirrors.
     pub per_connection_buffer_limit_bytes: Option<usize>,
+    /// Time for the whole request, head and body (Envoy's `request_timeout`).
+    pub request_timeout: Option<Duration>,
+    /// Largest request body (Envoy's buffer filter `max_request_bytes`).
+    pub max_request_bytes: Option<u64>,
 }
 
 /// One server of an Istio Gateway.

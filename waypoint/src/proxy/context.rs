@@ -46,6 +46,8 @@ pub(super) struct RequestContext<'a> {
     /// At the edge, the limits of the connection's server in `config`, found once per request
     /// (the default elsewhere: no limit of a server's own).
     pub edge_limits: crate::model::gateway::EdgeLimits,
+    /// When the request's head had arrived: its `request_timeout` counts from here.
+    pub arrived: tokio::time::Instant,
 }
 
 impl<'a> RequestContext<'a> {
@@ -67,6 +69,7 @@ impl<'a> RequestContext<'a> {
             remote_ip: tunnel.source_ip,
             // Set by the caller at the edge, from the server it found for the request.
             edge_limits: crate::model::gateway::EdgeLimits::default(),
+            arrived: tokio::time::Instant::now(),
         }
     }
 
@@ -229,7 +232,18 @@ impl Body for RecordedBody {
                     record.grpc_status = Some(status.to_owned());
                 }
             }
-            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
+            Poll::Ready(Some(Err(error))) => {
+                // A breach of the request's limits after the response began: the stream is
+                // reset, and the record says why, as Envoy's does.
+                if let (Some(breach), Some(record)) = (
+                    error.downcast_ref::<super::request_limits::BreachError>(),
+                    self.record.as_mut(),
+                ) {
+                    record.response_code_details = breach.0.details().into();
+                }
+                self.record = None;
+            }
+            Poll::Ready(None) => {
                 self.record = None;
             }
             Poll::Pending => {}

@@ -22,6 +22,7 @@ use weft_policy::route::{percentage_hit, pick_weighted};
 
 use super::context::{GRPC_STATUS, RequestContext};
 use super::forwarded::{X_FORWARDED_FOR, address_value, set_external_address};
+use super::request_limits::{Breach, RequestLimits, ResponseGuard};
 use super::{BoxError, LocalReply, ProxyBody, actions, upgrade};
 use crate::metrics::RecordText;
 use crate::model::{
@@ -161,7 +162,18 @@ pub(super) async fn forward_to(
         .edge_limits
         .per_connection_buffer_limit_bytes
         .unwrap_or(cx.shared.retry_buffer_limit);
-    let body = (!body.is_end_stream()).then(|| Replayable::new(body, buffer_limit));
+    // At the edge, the whole request's deadline and its body's cap watch the body as it passes.
+    let close_connection = parts.version < Version::HTTP_2;
+    let limits = if body.is_end_stream() {
+        None
+    } else {
+        let deadline = cx.edge_limits.request_timeout.map(|t| cx.arrived + t);
+        RequestLimits::new(deadline, cx.edge_limits.max_request_bytes)
+    };
+    let body = (!body.is_end_stream()).then(|| match &limits {
+        Some(limits) => Replayable::new(limits.guard(body), buffer_limit),
+        None => Replayable::new(body, buffer_limit),
+    });
     let mut outgoing = Outgoing {
         method: parts.method,
         path_and_query,
@@ -174,20 +186,45 @@ pub(super) async fn forward_to(
     // The attempts own the headers from here: the last one takes them, others send copies.
     let headers = std::mem::take(&mut outgoing.headers);
     let attempts = send_with_retries(cx, &to.cluster, &outgoing, headers, &to.route.retries);
-    let result = match to.route.timeout {
-        // As Envoy's, the route's timeout starts once the downstream request has ended.
-        Some(limit) => tokio::select! {
-            result = attempts => result,
-            () = after_request(&outgoing, limit) => Err(LocalReply::RouteTimeout),
+    let timed = async {
+        match to.route.timeout {
+            // As Envoy's, the route's timeout starts once the downstream request has ended.
+            Some(limit) => tokio::select! {
+                result = attempts => result,
+                () = after_request(&outgoing, limit) => Err(LocalReply::RouteTimeout),
+            },
+            None => attempts.await,
+        }
+    };
+    let result = match &limits {
+        // A breach before the response answers the client and abandons the attempt; the
+        // guarded body has already failed upstream. Checked first: the attempt's own failure
+        // is the breach's consequence.
+        Some(limits) => tokio::select! {
+            biased;
+            breach = limits.breach() => Err(breach_reply(breach, close_connection)),
+            result = timed => result,
         },
-        None => attempts.await,
+        None => timed.await,
     };
     if let Some(body) = &outgoing.body {
         cx.record.bytes_received = cx.record.bytes_received.max(body.received());
     }
     let mut response = with_first_frame(result?).await;
     to.destination.response.apply(response.headers_mut());
+    // Once the response has begun, a breach resets the stream (its body fails).
+    if let Some(limits) = limits.filter(RequestLimits::running) {
+        response = response.map(|body| ResponseGuard::new(body, &limits).boxed());
+    }
     Ok(response)
+}
+
+/// The local reply to a breach of the request's limits before the response began.
+fn breach_reply(breach: Breach, close_connection: bool) -> LocalReply {
+    match breach {
+        Breach::Timeout => LocalReply::RequestTimeout { close_connection },
+        Breach::TooLarge => LocalReply::PayloadTooLarge { close_connection },
+    }
 }
 
 /// Largest response body [`with_first_frame`] waits for.

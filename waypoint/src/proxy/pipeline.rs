@@ -47,6 +47,17 @@ fn header_bytes<B>(request: &Request<B>) -> usize {
     })
 }
 
+/// The request's `content-length` (the codecs have checked it is one number).
+fn declared_length<B>(request: &Request<B>) -> Option<u64> {
+    request
+        .headers()
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
 async fn route_request(
     cx: &mut RequestContext<'_>,
     mut request: Request<Incoming>,
@@ -59,6 +70,14 @@ async fn route_request(
         && header_bytes(&request) > limit
     {
         return Err(LocalReply::HeadersTooLarge);
+    }
+    // Envoy's buffer filter refuses a declared length over its cap before reading any of it.
+    if let Some(max) = cx.edge_limits.max_request_bytes
+        && declared_length(&request).is_some_and(|length| length > max)
+    {
+        return Err(LocalReply::PayloadTooLarge {
+            close_connection: request.version() < http::Version::HTTP_2,
+        });
     }
     if cx.tunnel.edge.is_some() {
         let trusted = cx
@@ -344,5 +363,19 @@ mod tests {
             .unwrap();
         // GET + /a?b + shop.example.com + x-one + 12345
         assert_eq!(super::header_bytes(&request), 3 + 4 + 16 + 5 + 5);
+    }
+
+    #[test]
+    fn the_declared_length_is_the_content_length() {
+        let with = |length: &str| {
+            http::Request::post("/")
+                .header(http::header::CONTENT_LENGTH, length)
+                .body(())
+                .unwrap()
+        };
+        assert_eq!(super::declared_length(&with("65537")), Some(65537));
+        assert_eq!(super::declared_length(&with("x")), None);
+        let chunked = http::Request::post("/").body(()).unwrap();
+        assert_eq!(super::declared_length(&chunked), None);
     }
 }

@@ -63,6 +63,13 @@ pub(crate) enum LocalReply {
     /// connection was open: the connection's codec refuses what is over the limit it began
     /// with).
     HeadersTooLarge,
+    /// The request's body is over its gateway server's `maxRequestBytes`: declared so, or
+    /// grown so before the response began. An HTTP/1 connection closes after the answer (the
+    /// rest of the body is not read).
+    PayloadTooLarge { close_connection: bool },
+    /// The request had not arrived whole within its gateway server's `requestTimeout` when
+    /// the response had not begun yet.
+    RequestTimeout { close_connection: bool },
     /// The client went away or broke the body while it was being read.
     DownstreamDisconnect,
     /// The route's timeout ran out before a response.
@@ -207,6 +214,18 @@ impl LocalReply {
                 "Request Header Fields Too Large",
             )
             .details("http1.headers_too_large"),
+            // Envoy's local replies (no response flag): the buffer filter's and the connection
+            // manager's `request_timeout`.
+            L::PayloadTooLarge { close_connection } => {
+                Reply::text(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large")
+                    .details("request_payload_too_large")
+                    .closing(close_connection)
+            }
+            L::RequestTimeout { close_connection } => {
+                Reply::text(StatusCode::REQUEST_TIMEOUT, "request timeout")
+                    .details("request_overall_timeout")
+                    .closing(close_connection)
+            }
             L::DownstreamDisconnect => {
                 Reply::empty(StatusCode::BAD_REQUEST).flags(F::DownstreamTerminated)
             }
@@ -312,6 +331,16 @@ impl Reply {
     fn header(mut self, name: http::HeaderName, value: HeaderValue) -> Self {
         self.headers.insert(name, value);
         self
+    }
+
+    /// With `connection: close` when `close` (an HTTP/1 connection whose request was not read
+    /// to its end cannot carry another).
+    fn closing(self, close: bool) -> Self {
+        if close {
+            self.header(header::CONNECTION, HeaderValue::from_static("close"))
+        } else {
+            self
+        }
     }
 }
 

@@ -111,6 +111,7 @@ fn edge_limits_parse_by_envoys_names() {
     let limits = parse_edge_limits(
         "maxRequestHeadersKb: 8\nrequestHeadersTimeout: 2s\nidleTimeout: 90s\n\
          http2MaxConcurrentStreams: 10\nperConnectionBufferLimitBytes: 4096\n\
+         requestTimeout: 30s\nmaxRequestBytes: 1048576\n\
          connectionRateLimit: {maxTokens: 2, fillInterval: 1h, per: client}\n",
     )
     .unwrap();
@@ -122,6 +123,8 @@ fn edge_limits_parse_by_envoys_names() {
             idle_timeout: Some(Duration::from_secs(90)),
             http2_max_concurrent_streams: Some(10),
             per_connection_buffer_limit_bytes: Some(4096),
+            request_timeout: Some(Duration::from_secs(30)),
+            max_request_bytes: Some(1_048_576),
             connection_rate_limit: Some(ConnectionRateLimit {
                 max_tokens: 2,
                 tokens_per_fill: 1,
@@ -160,6 +163,36 @@ fn bad_edge_limits_name_the_field_and_the_reason() {
             "perConnectionBufferLimitBytes: 0",
             format!("{base}.perConnectionBufferLimitBytes"),
             "found 0",
+        ),
+        (
+            "maxRequestBytes: 0",
+            format!("{base}.maxRequestBytes"),
+            "must be from 1 to 4294967295 bytes, found 0",
+        ),
+        (
+            "maxRequestBytes: 4294967296",
+            format!("{base}.maxRequestBytes"),
+            "found 4294967296",
+        ),
+        (
+            "maxRequestBytes: 1MiB",
+            base.to_owned(),
+            "expected YAML with",
+        ),
+        (
+            "requestTimeout: 0s",
+            format!("{base}.requestTimeout"),
+            "cannot be turned off",
+        ),
+        (
+            "requestTimeout: -5s",
+            format!("{base}.requestTimeout"),
+            "at least 1ms",
+        ),
+        (
+            "requestTimeout: 10",
+            format!("{base}.requestTimeout"),
+            "invalid duration",
         ),
         (
             "idleTimeout: 0s",

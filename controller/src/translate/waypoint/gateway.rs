@@ -189,6 +189,8 @@ fn edge_limits(
         idle_timeout: duration(limits.idle_timeout),
         http2_max_concurrent_streams: limits.http2_max_concurrent_streams.unwrap_or(0),
         per_connection_buffer_limit_bytes: limits.per_connection_buffer_limit_bytes.unwrap_or(0),
+        request_timeout: duration(limits.request_timeout),
+        max_request_bytes: limits.max_request_bytes.unwrap_or(0),
     });
     let carried_at_l4 = server.protocol == wp::GatewayProtocol::Tcp as i32
         || server.protocol == wp::GatewayProtocol::Tls as i32;

@@ -95,7 +95,7 @@ fn edge_limits_are_checked_field_by_field() {
         ok(
             "every field",
             LIMITS_RULE,
-            gateway("{maxRequestHeadersKb: 8, requestHeadersTimeout: 5s, idleTimeout: 5m, http2MaxConcurrentStreams: 10, perConnectionBufferLimitBytes: 65536, connectionRateLimit: {maxTokens: 5, fillInterval: 1s, per: client}}"),
+            gateway("{maxRequestHeadersKb: 8, requestHeadersTimeout: 5s, idleTimeout: 5m, http2MaxConcurrentStreams: 10, perConnectionBufferLimitBytes: 65536, requestTimeout: 1m, maxRequestBytes: 1048576, connectionRateLimit: {maxTokens: 5, fillInterval: 1s, per: client}}"),
         ),
         bad(
             "headers over Envoy's bound",
@@ -103,6 +103,20 @@ fn edge_limits_are_checked_field_by_field() {
             gateway("{maxRequestHeadersKb: 10000}"),
             "metadata.annotations.weft.dev/edge-limits.maxRequestHeadersKb",
             "must be from 1 to 8192 KiB, found 10000",
+        ),
+        bad(
+            "a request body cap of nothing",
+            LIMITS_RULE,
+            gateway("{maxRequestBytes: 0}"),
+            "metadata.annotations.weft.dev/edge-limits.maxRequestBytes",
+            "must be from 1 to 4294967295 bytes, found 0",
+        ),
+        bad(
+            "a request timeout turned off",
+            LIMITS_RULE,
+            gateway("{requestTimeout: 0s}"),
+            "metadata.annotations.weft.dev/edge-limits.requestTimeout",
+            "cannot be turned off",
         ),
         bad(
             "a timeout turned off, on a Gateway API Gateway",

@@ -262,6 +262,8 @@ fn a_servers_limits_and_connection_rate_limit_are_converted_and_checked() {
         max_request_headers_kb: 2,
         idle_timeout: Some(seconds(5)),
         per_connection_buffer_limit_bytes: 100,
+        request_timeout: Some(seconds(20)),
+        max_request_bytes: 4096,
         ..Default::default()
     });
     tcp.connection_rate_limit = Some(proto::LocalRateLimit {
@@ -281,6 +283,8 @@ fn a_servers_limits_and_connection_rate_limit_are_converted_and_checked() {
             idle_timeout: Some(Duration::from_secs(5)),
             http2_max_concurrent_streams: None,
             per_connection_buffer_limit_bytes: Some(100),
+            request_timeout: Some(Duration::from_secs(20)),
+            max_request_bytes: Some(4096),
         }
     );
     let limit = server.connection_rate_limit.as_ref().expect("a rate limit");
@@ -299,6 +303,8 @@ fn a_servers_limits_and_connection_rate_limit_are_converted_and_checked() {
         "{error}"
     );
     assert!(error.contains("positive"), "{error}");
+    let error = refused(&|s| s.limits.as_mut().unwrap().request_timeout = Some(seconds(0)));
+    assert!(error.contains("a timeout must be positive"), "{error}");
     let error = refused(&|s| s.limits.as_mut().unwrap().max_request_headers_kb = 9000);
     assert!(error.contains("max_request_headers_kb"), "{error}");
     let error = refused(&|s| s.connection_rate_limit.as_mut().unwrap().max_tokens = 0);

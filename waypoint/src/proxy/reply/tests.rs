@@ -196,6 +196,30 @@ fn local_replies_are_what_envoy_answers_in_the_same_case() {
             (400, "", None, Some("DC"), None),
         ),
         (
+            LocalReply::PayloadTooLarge {
+                close_connection: false,
+            },
+            (
+                413,
+                "Payload Too Large",
+                Some("text/plain"),
+                None,
+                Some("request_payload_too_large"),
+            ),
+        ),
+        (
+            LocalReply::RequestTimeout {
+                close_connection: false,
+            },
+            (
+                408,
+                "request timeout",
+                Some("text/plain"),
+                None,
+                Some("request_overall_timeout"),
+            ),
+        ),
+        (
             LocalReply::RouteTimeout,
             (
                 504,
@@ -319,6 +343,20 @@ fn replies_carry_their_own_headers() {
 
     let reply = LocalReply::RateLimited.reply();
     assert_eq!(reply.headers["x-envoy-ratelimited"], "true");
+
+    // An HTTP/1 request whose body was left unread ends its connection.
+    for close_connection in [true, false] {
+        for reply in [
+            LocalReply::PayloadTooLarge { close_connection },
+            LocalReply::RequestTimeout { close_connection },
+        ] {
+            let reply = reply.reply();
+            assert_eq!(
+                reply.headers.get(header::CONNECTION).is_some(),
+                close_connection
+            );
+        }
+    }
 }
 
 /// A reply that sets no flag keeps the one a fault delay set before it; one that sets a flag

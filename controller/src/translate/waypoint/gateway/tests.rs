@@ -456,7 +456,7 @@ fn a_rate_limit_annotation_limits_each_route_rule_of_its_virtual_service() {
 fn edge_limits_reach_every_server_of_their_gateway_and_connection_limits_the_l4_ones() {
     let annotated = EDGE.replacen(
         "metadata: {name: shop-gateway, namespace: shop}",
-        "metadata: {name: shop-gateway, namespace: shop, annotations: {weft.dev/edge-limits: '{maxRequestHeadersKb: 8, idleTimeout: 90s, http2MaxConcurrentStreams: 7, connectionRateLimit: {maxTokens: 3, fillInterval: 1m, per: client}}'}}",
+        "metadata: {name: shop-gateway, namespace: shop, annotations: {weft.dev/edge-limits: '{maxRequestHeadersKb: 8, idleTimeout: 90s, http2MaxConcurrentStreams: 7, requestTimeout: 1m30s, maxRequestBytes: 65536, connectionRateLimit: {maxTokens: 3, fillInterval: 1m, per: client}}'}}",
         1,
     );
     assert_ne!(annotated, EDGE);
@@ -472,6 +472,8 @@ fn edge_limits_reach_every_server_of_their_gateway_and_connection_limits_the_l4_
         assert_eq!(limits.http2_max_concurrent_streams, 7);
         assert_eq!(limits.per_connection_buffer_limit_bytes, 0);
         assert!(limits.request_headers_timeout.is_none());
+        assert_eq!(limits.request_timeout.unwrap().seconds, 90);
+        assert_eq!(limits.max_request_bytes, 65536);
     }
     // Connections are limited on the TCP and TLS servers, each with its own bucket.
     assert!(http.connection_rate_limit.is_none());

@@ -2,7 +2,8 @@
 //! redirection catches their connections like any application's): a tonic gRPC client (unary
 //! calls on one channel, or one long-lived bidirectional stream), a WebSocket client, an HTTP/2 rapid-reset burst beside a well-behaved connection, a
 //! request-smuggling attempt, hand-written HTTP/1.x bytes, HTTP/2 frame floods, protocol
-//! upgrades used to get past a proxy, and a backend that accepts any upgrade. Each prints one
+//! upgrades used to get past a proxy, a backend that accepts any upgrade, and HTTP/2 uploads sent
+//! piece by piece. Each prints one
 //! JSON line saying what happened and exits non-zero only when it could not run at all; the
 //! caller judges the result. The sessions (`http-session`, `tcp-session`) instead keep one
 //! connection open and answer commands from stdin for as long as the test needs them
@@ -11,6 +12,7 @@
 mod flood;
 mod raw;
 mod upgrade;
+mod upload;
 
 use std::time::{Duration, Instant};
 
@@ -129,6 +131,26 @@ enum Command {
         #[arg(long, default_value = "0.0.0.0:8080")]
         listen: std::net::SocketAddr,
     },
+    /// POSTs a body over HTTP/2 (prior knowledge) in `pieces` of `piece_bytes`, `interval_ms`
+    /// apart, declaring `content_length` if given, and reports the answer.
+    H2Upload {
+        /// `host:port`
+        #[arg(long)]
+        target: String,
+        /// `:authority` of the request.
+        #[arg(long)]
+        authority: String,
+        #[arg(long, default_value = "/")]
+        path: String,
+        #[arg(long)]
+        content_length: Option<u64>,
+        #[arg(long, default_value_t = 16 * 1024)]
+        piece_bytes: usize,
+        #[arg(long, default_value_t = 1)]
+        pieces: u32,
+        #[arg(long, default_value_t = 0)]
+        interval_ms: u64,
+    },
     /// Floods an HTTP/2 server (prior knowledge) with hand-made frames.
     H2Flood {
         /// `host:port`
@@ -184,6 +206,26 @@ fn main() -> anyhow::Result<()> {
                 hidden_path,
             } => upgrade::attempt(&target, &host, &protocol, &hidden_path).await,
             Command::UpgradeServer { listen } => upgrade::serve(listen).await,
+            Command::H2Upload {
+                target,
+                authority,
+                path,
+                content_length,
+                piece_bytes,
+                pieces,
+                interval_ms,
+            } => {
+                upload::h2_upload(upload::Upload {
+                    target: &target,
+                    authority: &authority,
+                    path: &path,
+                    content_length,
+                    piece_bytes,
+                    pieces,
+                    interval: Duration::from_millis(interval_ms),
+                })
+                .await
+            }
             Command::H2Flood {
                 target,
                 authority,
