@@ -122,12 +122,6 @@ pub const CATALOG: &[NotApplied] = &[
     ),
     entry(
         K::DestinationRule,
-        "spec.**.loadBalancer.localityLbSetting.distribute",
-        Set,
-        "waypoints do not weigh localities; with it set, no locality failover applies either (as in Istio)",
-    ),
-    entry(
-        K::DestinationRule,
         "spec.**.loadBalancer.zoneAwareLbSetting",
         Set,
         "zone-aware routing is not applied at waypoints (Istio's waypoints skip it too); no locality load balancing applies",
