@@ -257,13 +257,13 @@ pub const CATALOG: &[NotApplied] = &[
         K::ServiceEntry,
         "spec.endpoints[].network",
         Set,
-        "networks are not known to node agents: every endpoint is reached directly",
+        "networks are not known to node agents: every endpoint is reached directly (waypoints' `failoverPriority` ranks by it)",
     ),
     entry(
         K::WorkloadEntry,
         "spec.network",
         Set,
-        "networks are not known to node agents: every endpoint is reached directly",
+        "networks are not known to node agents: every endpoint is reached directly (waypoints' `failoverPriority` ranks by it)",
     ),
     entry(
         K::Gateway,
