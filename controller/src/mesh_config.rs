@@ -5,7 +5,9 @@
 //! `weft.mesh.v1.MeshConfig`, and the default tracing ([`trace`]: `defaultProviders.tracing`,
 //! `extensionProviders[].opentelemetry`, `defaultConfig.tracing.sampling`), pushed to every
 //! waypoint in its `WaypointConfig`, and the gateways' default
-//! `defaultConfig.gatewayTopology.numTrustedProxies`, in every gateway's. The file is read at
+//! `defaultConfig.gatewayTopology.numTrustedProxies`, in every gateway's, and the default
+//! locality load balancing, `localityLbSetting`, which a cluster without a DestinationRule
+//! setting of its own (nor a traffic distribution) follows. The file is read at
 //! start (an invalid one stops the start) and again whenever its content changes; an invalid
 //! change is logged naming the file, the field and the reason, and the last good configuration
 //! stays in force.
@@ -18,6 +20,8 @@ use std::{
 
 use tokio::sync::watch;
 use weft_proto::mesh::{MeshConfig, OutboundTrafficPolicy};
+
+use crate::model::networking::LocalityLbSetting;
 
 mod trace;
 
@@ -51,6 +55,9 @@ pub struct Mesh {
     /// `defaultConfig.gatewayTopology.numTrustedProxies`: the gateways' default, which a
     /// gateway pod's `proxy.istio.io/config` annotation overrides.
     pub gateway_trusted_proxies: u32,
+    /// `localityLbSetting`: the locality load balancing of a cluster whose DestinationRule sets
+    /// none (istiod's `GetEffectiveLbSetting`); unset, Istio's default (enabled, nothing set).
+    pub locality_lb: Option<LocalityLbSetting>,
 }
 
 impl From<MeshConfig> for Mesh {
@@ -123,10 +130,21 @@ pub fn parse(path: &str, text: &str) -> Result<Mesh, MeshConfigError> {
         // Another shape is refused by the tracing section.
         _ => 0,
     };
+    let locality_lb = match mesh.get("localityLbSetting") {
+        None | Some(serde_yaml::Value::Null) => None,
+        Some(setting) => {
+            let setting: LocalityLbSetting = serde_yaml::from_value(setting.clone())
+                .map_err(|e| field("localityLbSetting", e.to_string()))?;
+            crate::validation::mesh_locality_lb_setting(&setting)
+                .map_err(|e| field(&e.path, e.reason))?;
+            Some(setting)
+        }
+    };
     Ok(Mesh {
         agents: config,
         tracing,
         gateway_trusted_proxies,
+        locality_lb,
     })
 }
 
@@ -184,6 +202,11 @@ impl MeshConfigWatch {
     /// The gateways' default `numTrustedProxies`.
     pub fn gateway_trusted_proxies(&self) -> u32 {
         self.current.borrow().0.gateway_trusted_proxies
+    }
+
+    /// The mesh's default locality load balancing (`localityLbSetting`).
+    pub fn locality_lb_setting(&self) -> Option<LocalityLbSetting> {
+        self.current.borrow().0.locality_lb.clone()
     }
 
     /// Changes when the configuration in force changes.

@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 /// Lowest first. ARCHITECTURE.md ("The controller's modules") says what each layer is.
 const LAYERS: &[&str] = &[
     "model",
-    "mesh_config",
     "crd",
     "validation",
+    "mesh_config",
     "loader",
     "index",
     "jwks",

@@ -288,6 +288,7 @@ impl Upstream {
             healthy: true,
             weight: 1,
             priority: 0,
+            locality: 0,
         })
     }
 

@@ -226,3 +226,41 @@ fn reads_the_gateways_trusted_proxies() {
         assert_eq!(got, expected.map_err(str::to_owned), "{text:?}");
     }
 }
+
+/// `localityLbSetting`, the mesh's default locality load balancing, is read and validated as
+/// istiod's `ValidateMeshConfig` validates it (`ValidateLocalityLbSetting`).
+#[test]
+fn the_default_locality_load_balancing_is_read_and_validated() {
+    let mesh = parse(
+        "mesh",
+        "localityLbSetting:\n  distribute:\n  - from: eu/*\n    to: {eu/eu-1: 80, eu/eu-2: 20}\n",
+    )
+    .unwrap();
+    let setting = mesh.locality_lb.expect("read");
+    assert_eq!(setting.distribute[0].from, "eu/*");
+    assert_eq!(setting.distribute[0].to.get("eu/eu-1"), Some(&80));
+    let off = parse("mesh", "localityLbSetting: {enabled: false}\n").unwrap();
+    assert_eq!(off.locality_lb.and_then(|s| s.enabled), Some(false));
+    assert_eq!(parse("mesh", "").unwrap().locality_lb, None);
+    let cases = [
+        (
+            "localityLbSetting:\n  distribute:\n  - from: eu/*\n    to: {eu/eu-1: 80, eu/eu-2: 10}\n",
+            "mesh: localityLbSetting.distribute[0].to: total locality weight 90 != 100",
+        ),
+        (
+            "localityLbSetting:\n  distribute:\n  - {from: eu, to: {us: 100}}\n  failover:\n  - {from: eu, to: us}\n",
+            "mesh: localityLbSetting: can not simultaneously specify 'distribute' and 'failover'",
+        ),
+        (
+            "localityLbSetting: [eu]\n",
+            "mesh: localityLbSetting: invalid type: sequence, expected struct LocalityLbSetting",
+        ),
+    ];
+    for (text, expected) in cases {
+        assert_eq!(
+            parse("mesh", text).map(|_| ()).map_err(|e| e.to_string()),
+            Err(expected.to_owned()),
+            "{text:?}"
+        );
+    }
+}

@@ -474,7 +474,7 @@ fn consistent_hash(findings: &mut Findings, path: &str, hash: &ConsistentHashLb)
 }
 
 /// Istio's `ValidateLocalityLbSetting`.
-fn locality_lb_setting(
+pub(super) fn locality_lb_setting(
     findings: &mut Findings,
     path: &str,
     lb: &LocalityLbSetting,

@@ -183,6 +183,25 @@ pub fn validate(resource: &Resource) -> Validation {
     }
 }
 
+/// Istio's `ValidateLocalityLbSetting` as its `ValidateMeshConfig` applies it to the mesh's
+/// default, `meshConfig.localityLbSetting` (with outlier detection taken as given: that is a
+/// DestinationRule's). The first error, its path under `localityLbSetting`.
+pub fn mesh_locality_lb_setting(
+    lb: &crate::model::networking::LocalityLbSetting,
+) -> Result<(), FieldError> {
+    let mut findings = Findings::default();
+    destination_rule::locality_lb_setting(
+        &mut findings,
+        "localityLbSetting",
+        lb,
+        Some(&Default::default()),
+    );
+    match findings.errors.into_iter().next() {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}
+
 /// Collects errors and warnings as the validators walk a resource.
 #[derive(Debug, Default)]
 pub struct Findings {

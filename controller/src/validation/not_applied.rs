@@ -122,12 +122,6 @@ pub const CATALOG: &[NotApplied] = &[
     ),
     entry(
         K::DestinationRule,
-        "spec.**.loadBalancer.localityLbSetting.distribute",
-        Set,
-        "waypoints do not weigh localities; with it set, no locality failover applies either (as in Istio)",
-    ),
-    entry(
-        K::DestinationRule,
         "spec.**.loadBalancer.zoneAwareLbSetting",
         Set,
         "zone-aware routing is not applied at waypoints (Istio's waypoints skip it too); no locality load balancing applies",
@@ -263,13 +257,13 @@ pub const CATALOG: &[NotApplied] = &[
         K::ServiceEntry,
         "spec.endpoints[].network",
         Set,
-        "networks are not known to node agents: every endpoint is reached directly",
+        "networks are not known to node agents: every endpoint is reached directly (waypoints' `failoverPriority` ranks by it)",
     ),
     entry(
         K::WorkloadEntry,
         "spec.network",
         Set,
-        "networks are not known to node agents: every endpoint is reached directly",
+        "networks are not known to node agents: every endpoint is reached directly (waypoints' `failoverPriority` ranks by it)",
     ),
     entry(
         K::Gateway,

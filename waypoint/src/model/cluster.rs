@@ -39,6 +39,8 @@ pub struct Endpoint {
     /// Its locality priority relative to this proxy's pod: 0 is the closest; the balancer
     /// sends to a priority only as far as the closer ones lack healthy endpoints.
     pub priority: u32,
+    /// Its locality, an index into the cluster's `locality_weights` (0 when there are none).
+    pub locality: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,6 +96,9 @@ pub struct Cluster {
     pub endpoints: Vec<Endpoint>,
     /// How many locality priorities its endpoints fall in (1: locality plays no part).
     pub priorities: u32,
+    /// The weight of each locality its endpoints are in (`distribute`), for Envoy's
+    /// locality-weighted load balancing; empty: localities are not weighed.
+    pub locality_weights: Vec<u32>,
     pub load_balancer: LoadBalancer,
     pub limits: ConnectionLimits,
     pub outlier: Option<OutlierPolicy>,

@@ -433,7 +433,7 @@ impl WaypointConfig {
     }
 
     /// [`WaypointConfig::from_proto_with`] for the pod at `instance` (its IP): clusters with
-    /// locality load balancing rank their endpoints relative to that pod's entry in the
+    /// locality load balancing rank (or weigh) their endpoints relative to that pod's entry in the
     /// configuration's `instances`.
     pub fn from_proto_at(
         config: proto::WaypointConfig,

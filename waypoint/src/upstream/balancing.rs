@@ -267,7 +267,8 @@ impl ClusterState {
     }
 
     /// Chooses an endpoint of `cluster` (whose state this is): in one locality priority
-    /// ([`priority_level`]), healthy and not ejected (all healthy ones of that priority when
+    /// ([`priority_level`]) and, when localities are weighed, one locality
+    /// ([`weighted_locality`]), healthy and not ejected (all healthy ones of that priority when
     /// every one is ejected, as Envoy's panic mode does), then by the
     /// cluster's load balancer. `exclude` holds endpoints already tried by earlier attempts,
     /// avoided when others remain. The candidates are counted and walked in the cluster's
@@ -397,8 +398,26 @@ fn choose<'c>(
         .as_ref()
         .map_or(0, |o| o.min_health_percent as usize);
     let panic = available == 0 || available * 100 < healthy * min_health;
-    let in_pool = |e: &Endpoint| e.healthy && in_level(e) && (panic || not_ejected(e));
-    let pooled = if panic { healthy } else { available };
+    // Weighed localities (`distribute`): out of panic, one is drawn by Envoy's effective
+    // locality weights, and the endpoint is chosen within it.
+    let locality = (!cluster.locality_weights.is_empty() && !panic)
+        .then(|| {
+            weighted_locality(
+                cluster,
+                in_level,
+                |e| e.healthy && not_ejected(e),
+                rand::random::<f64>(),
+            )
+        })
+        .flatten();
+    let in_locality = |e: &Endpoint| locality.is_none_or(|l| e.locality == l);
+    let in_pool =
+        |e: &Endpoint| e.healthy && in_level(e) && in_locality(e) && (panic || not_ejected(e));
+    let pooled = match locality {
+        Some(_) => cluster.endpoints.iter().filter(|e| in_pool(e)).count(),
+        None if panic => healthy,
+        None => available,
+    };
     let untried = |e: &Endpoint| !exclude.contains(&e.address);
     let fresh = if pooled > 1 && !exclude.is_empty() {
         cluster
@@ -494,6 +513,59 @@ fn priority_level(cluster: &Cluster, available: impl Fn(&Endpoint) -> bool, roll
     }
     // Rounding left some load unassigned: it goes to the closest priority with health.
     health.iter().position(|h| *h > 0).unwrap_or(0) as u32
+}
+
+/// The locality a request goes to within a priority (`in_level`), as Envoy's locality-weighted
+/// load balancing chooses it (`HostSetImpl::chooseLocality` over `effectiveLocalityWeight`):
+/// each locality's weight times its `available` share of endpoints times the
+/// overprovisioning factor, at most its weight, so a locality keeps its whole share while at
+/// least 1/1.4 of it is available and loses it in proportion below. `roll` (0 to 1) draws a
+/// locality in proportion to those weights, where Envoy walks an EDF schedule of the same
+/// weights: the same shares, drawn at random rather than in a fixed order. `None` when no
+/// locality has an available endpoint (Envoy then chooses among the priority's hosts).
+fn weighted_locality(
+    cluster: &Cluster,
+    in_level: impl Fn(&Endpoint) -> bool,
+    available: impl Fn(&Endpoint) -> bool,
+    roll: f64,
+) -> Option<u32> {
+    // (endpoints, available) per locality.
+    let mut counts = vec![(0usize, 0usize); cluster.locality_weights.len()];
+    for e in cluster.endpoints.iter().filter(|e| in_level(e)) {
+        if let Some(locality) = counts.get_mut(e.locality as usize) {
+            locality.0 += 1;
+            locality.1 += usize::from(available(e));
+        }
+    }
+    let effective: Vec<f64> = counts
+        .iter()
+        .zip(&cluster.locality_weights)
+        .map(|((total, up), weight)| {
+            if *total == 0 {
+                return 0.0;
+            }
+            let ratio = (OVERPROVISIONING_PERCENT as f64 / 100.0) * (*up as f64 / *total as f64);
+            f64::from(*weight) * ratio.min(1.0)
+        })
+        .collect();
+    let sum: f64 = effective.iter().sum();
+    if sum <= 0.0 {
+        return None;
+    }
+    let mut point = roll.clamp(0.0, 1.0) * sum;
+    let mut last = None;
+    for (locality, weight) in effective.iter().enumerate() {
+        if *weight <= 0.0 {
+            continue;
+        }
+        last = u32::try_from(locality).ok();
+        if point < *weight {
+            return last;
+        }
+        point -= weight;
+    }
+    // `roll` at 1, or rounding: the last locality with weight.
+    last
 }
 
 fn ejection_allowed(policy: &OutlierPolicy, ejected: usize, total: usize) -> bool {

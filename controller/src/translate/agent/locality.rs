@@ -62,12 +62,13 @@ pub fn split_locality(value: Option<&str>) -> Option<workload::Locality> {
 }
 
 /// The labels istiod adds to a workload's own (`AugmentLabels`), which `failoverPriority`
-/// compares: its locality's non-empty parts, its cluster, its node. No network label: the
-/// mesh is one network, which istiod leaves unlabelled too.
+/// compares: its locality's non-empty parts, its cluster, its node and its network (none when
+/// the mesh is one network, as istiod leaves it unlabelled then).
 pub fn topology_labels(
     locality: Option<&workload::Locality>,
     cluster_id: &str,
     node: Option<&str>,
+    network: Option<&str>,
 ) -> BTreeMap<String, String> {
     let mut labels = BTreeMap::new();
     let mut add = |key: &str, value: &str| {
@@ -82,7 +83,31 @@ pub fn topology_labels(
     }
     add(CLUSTER_LABEL, cluster_id);
     add(HOSTNAME_LABEL, node.unwrap_or_default());
+    add(NETWORK_LABEL, network.unwrap_or_default());
     labels
+}
+
+/// The network of a workload, in istiod's order (`Network`, `networkFromSystemNamespace`):
+/// `own` (a WorkloadEntry's or ServiceEntry endpoint's `network`), else the object's
+/// `topology.istio.io/network` label, else its namespace's, else the root namespace's (the
+/// cluster's network); none when none is set.
+pub fn workload_network<'a>(
+    index: &'a ConfigIndex,
+    root_namespace: &str,
+    metadata: &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    own: Option<&'a str>,
+) -> Option<&'a str> {
+    let label = |labels: Option<&'a BTreeMap<String, String>>| {
+        labels
+            .and_then(|l| l.get(NETWORK_LABEL))
+            .map(String::as_str)
+            .filter(|n| !n.is_empty())
+    };
+    let namespace = |name: &str| index.namespaces.get(name).map(|n| &n.metadata);
+    own.filter(|n| !n.is_empty())
+        .or_else(|| label(metadata.labels.as_ref()))
+        .or_else(|| label(namespace(super::namespace_of(metadata))?.labels.as_ref()))
+        .or_else(|| label(namespace(root_namespace)?.labels.as_ref()))
 }
 
 /// The traffic distributions istiod tells apart (`model.TrafficDistribution`).

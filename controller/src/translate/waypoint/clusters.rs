@@ -17,7 +17,7 @@ use crate::model::networking::{
 };
 use crate::model::{DurationString, ResourceKind};
 use crate::translate::TranslateProblem;
-use crate::translate::agent::locality::{split_locality, topology_labels};
+use crate::translate::agent::locality::{split_locality, topology_labels, workload_network};
 use crate::translate::resolve::{
     self, host_covers, labels, name_of, namespace_of, qualify_host, selects, service_selects,
     service_waypoint,
@@ -195,6 +195,7 @@ impl<'a> Compiler<'a, '_> {
                 super::locality::locality_load_balancing(
                     locality_setting.as_ref(),
                     self.host_distribution(&key.host),
+                    self.settings.mesh.locality_lb_setting().as_ref(),
                     outlier_detection,
                 )
             })
@@ -220,7 +221,7 @@ impl<'a> Compiler<'a, '_> {
             .filter_map(|pod| {
                 let ip = resolve::pod_ips(pod).into_iter().next()?;
                 let (locality, topology_labels) =
-                    super::locality::pod_topology(self.index, &self.settings.cluster_id, pod);
+                    super::locality::pod_topology(self.index, self.settings, pod);
                 Some(wp::Endpoint {
                     address: vip.to_string(),
                     port,
@@ -290,8 +291,14 @@ impl<'a> Compiler<'a, '_> {
                 };
                 let (hbone, _) = resolve::workload_entry_tunnel(entry);
                 let locality = split_locality(entry.spec.locality.as_deref());
+                let network = workload_network(
+                    self.index,
+                    &self.settings.root_namespace,
+                    &entry.metadata,
+                    entry.spec.network.as_deref(),
+                );
                 let topology_labels =
-                    topology_labels(locality.as_ref(), &self.settings.cluster_id, None);
+                    topology_labels(locality.as_ref(), &self.settings.cluster_id, None, network);
                 Some(wp::Endpoint {
                     locality: super::locality::to_proto(locality),
                     topology_labels,
@@ -331,7 +338,7 @@ impl<'a> Compiler<'a, '_> {
             wp::EndpointTunnel::None
         };
         let (locality, topology_labels) =
-            super::locality::pod_topology(self.index, &self.settings.cluster_id, pod);
+            super::locality::pod_topology(self.index, self.settings, pod);
         resolve::pod_ips(pod)
             .into_iter()
             .map(|ip| wp::Endpoint {
@@ -562,16 +569,6 @@ fn load_balancer(
         ConsistentHashLb, LbPolicy, SimpleLb,
         consistent_hash_lb::{HashKey, HttpCookie},
     };
-    if lb
-        .locality_lb_setting
-        .as_ref()
-        .is_some_and(|l| !l.distribute.is_empty() && l.enabled != Some(false))
-    {
-        note(
-            "loadBalancer.localityLbSetting.distribute",
-            "waypoints do not weigh localities; ignored (and with it, as in Istio, no locality failover applies)",
-        );
-    }
     if lb.warmup_duration_secs.is_some() {
         note(
             "loadBalancer.warmupDurationSecs",

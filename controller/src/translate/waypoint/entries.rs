@@ -16,7 +16,7 @@ use crate::model::networking::{
     ServicePort as EntryPort, WorkloadEntrySpec,
 };
 use crate::translate::agent::endpoint_uid;
-use crate::translate::agent::locality::{split_locality, topology_labels};
+use crate::translate::agent::locality::{split_locality, topology_labels, workload_network};
 use crate::translate::resolve::{self, labels, name_of, namespace_of};
 use crate::translate::{TranslateProblem, auto_allocate};
 
@@ -213,8 +213,14 @@ impl<'a> Compiler<'a, '_> {
                     Err(_) => (String::new(), address),
                 };
                 let locality = split_locality(e.locality.as_deref());
+                let network = workload_network(
+                    self.index,
+                    &self.settings.root_namespace,
+                    &entry.metadata,
+                    e.network.as_deref(),
+                );
                 let topology_labels =
-                    topology_labels(locality.as_ref(), &self.settings.cluster_id, None);
+                    topology_labels(locality.as_ref(), &self.settings.cluster_id, None, network);
                 Some(wp::Endpoint {
                     locality: super::locality::to_proto(locality),
                     topology_labels,

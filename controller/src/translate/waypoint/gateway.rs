@@ -162,7 +162,7 @@ pub fn gateway_config<'a>(
         }),
         tracing: compiler.tracing(TelemetryProxy::Gateway(pod)),
         access_log_disabled: compiler.access_log_disabled(TelemetryProxy::Gateway(pod)),
-        instances: super::locality::proxy_instance(index, &settings.cluster_id, pod)
+        instances: super::locality::proxy_instance(index, settings, pod)
             .into_iter()
             .collect(),
         ..Default::default()

@@ -3,8 +3,8 @@
 //! node's locality, and per cluster the locality load balancing in force, resolved as
 //! istiod's `GetEffectiveLbSetting` resolves it (`pilot/pkg/networking/core/loadbalancer`):
 //! the DestinationRule's `localityLbSetting` first, then the service's traffic distribution,
-//! then the mesh's default (enabled, nothing configured). The waypoint ranks the endpoints
-//! relative to its own pod (`ApplyLocalityLoadBalancer`).
+//! then the mesh's `localityLbSetting` (unset: enabled, nothing configured). The waypoint ranks
+//! or weighs the endpoints relative to its own pod (`ApplyLocalityLoadBalancer`).
 
 use k8s_openapi::api::core::v1::Pod;
 use weft_proto::istio::workload;
@@ -13,9 +13,10 @@ use weft_proto::waypoint as wp;
 use super::Compiler;
 use crate::index::ConfigIndex;
 use crate::model::networking::LocalityLbSetting;
+use crate::translate::MeshSettings;
 use crate::translate::agent::locality::{
     HOSTNAME_LABEL, NETWORK_LABEL, REGION_LABEL, SUBZONE_LABEL, TrafficDistribution, ZONE_LABEL,
-    namespace_annotations, pod_locality, topology_labels, traffic_distribution,
+    namespace_annotations, pod_locality, topology_labels, traffic_distribution, workload_network,
 };
 use crate::translate::resolve;
 
@@ -34,37 +35,58 @@ const PREFER_SAME_NODE: &[&str] = &[
 /// A cluster's locality load balancing, or `None` when it changes nothing:
 /// - istiod's `GetEffectiveLbSetting`: the DestinationRule's `localityLbSetting` (none at all
 ///   when it says `enabled: false`), else the service's traffic distribution as a
-///   `failoverPriority` that is always applied (`Force`), else the mesh's default;
-/// - `ApplyLocalityLoadBalancer`: `distribute` excludes failover; failover (by
-///   `failoverPriority`, `failover` or the default region/zone/subzone ranking) needs outlier
-///   detection ("otherwise Envoy will never drop down to a lower priority") unless forced.
-///
-/// `distribute` is not carried (the waypoint does not weigh localities): it is reported, and
-/// with it set no failover applies, as in istiod.
+///   `failoverPriority` that is always applied (`Force`), else the mesh's
+///   `meshConfig.localityLbSetting` (none when it says `enabled: false`; unset, Istio's default:
+///   enabled, nothing configured);
+/// - `ApplyLocalityLoadBalancer`: `distribute` is carried alone (it excludes failover) and
+///   needs no outlier detection; failover (by `failoverPriority`, `failover` or the default
+///   region/zone/subzone ranking) needs outlier detection ("otherwise Envoy will never drop
+///   down to a lower priority") unless forced.
 pub(super) fn locality_load_balancing(
     setting: Option<&LocalityLbSetting>,
     distribution: TrafficDistribution,
+    mesh: Option<&LocalityLbSetting>,
     outlier_detection: bool,
 ) -> Option<wp::LocalityLoadBalancing> {
     let owned;
     let (setting, force) = match setting {
         Some(setting) if setting.enabled == Some(false) => return None,
         Some(setting) => (setting, false),
-        None => {
+        None if distribution != TrafficDistribution::Any => {
             let labels = match distribution {
-                TrafficDistribution::PreferSameZone => PREFER_SAME_ZONE,
                 TrafficDistribution::PreferSameNode => PREFER_SAME_NODE,
-                TrafficDistribution::Any => &[][..],
+                _ => PREFER_SAME_ZONE,
             };
             owned = LocalityLbSetting {
                 failover_priority: labels.iter().map(|l| (*l).to_owned()).collect(),
                 enabled: Some(true),
                 ..Default::default()
             };
-            (&owned, !labels.is_empty())
+            (&owned, true)
         }
+        None => match mesh {
+            Some(mesh) if mesh.enabled == Some(false) => return None,
+            Some(mesh) => (mesh, false),
+            None => {
+                owned = LocalityLbSetting::default();
+                (&owned, false)
+            }
+        },
     };
-    if !setting.distribute.is_empty() || !(outlier_detection || force) {
+    if !setting.distribute.is_empty() {
+        return Some(wp::LocalityLoadBalancing {
+            distribute: setting
+                .distribute
+                .iter()
+                .map(|d| wp::locality_load_balancing::Distribute {
+                    from: d.from.clone(),
+                    to: d.to.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+                })
+                .collect(),
+            ..Default::default()
+        });
+    }
+    if !(outlier_detection || force) {
         return None;
     }
     Some(wp::LocalityLoadBalancing {
@@ -93,7 +115,7 @@ pub(super) fn to_proto(locality: Option<workload::Locality>) -> Option<wp::Local
 /// A pod's locality (its node's) and its topology labels, as its endpoint carries them.
 pub(super) fn pod_topology(
     index: &ConfigIndex,
-    cluster_id: &str,
+    settings: &MeshSettings,
     pod: &Pod,
 ) -> (
     Option<wp::Locality>,
@@ -101,20 +123,22 @@ pub(super) fn pod_topology(
 ) {
     let locality = pod_locality(index, pod);
     let node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
-    let labels = topology_labels(locality.as_ref(), cluster_id, node);
+    let network = workload_network(index, &settings.root_namespace, &pod.metadata, None);
+    let labels = topology_labels(locality.as_ref(), &settings.cluster_id, node, network);
     (to_proto(locality), labels)
 }
 
 /// One of the proxy's own pods: its address, its node's locality, and its labels with the
 /// topology labels over them (istiod's proxy labels, which `failoverPriority` compares
-/// endpoints with).
+/// endpoints with; as in istiod, the network label is the proxy's network, whatever its pod's
+/// labels say).
 pub(super) fn proxy_instance(
     index: &ConfigIndex,
-    cluster_id: &str,
+    settings: &MeshSettings,
     pod: &Pod,
 ) -> Option<wp::ProxyInstance> {
     let address = resolve::pod_ips(pod).into_iter().next()?;
-    let (locality, topology) = pod_topology(index, cluster_id, pod);
+    let (locality, topology) = pod_topology(index, settings, pod);
     let mut labels = resolve::labels(&pod.metadata);
     labels.extend(topology);
     Some(wp::ProxyInstance {
@@ -152,7 +176,7 @@ impl Compiler<'_, '_> {
     pub(super) fn instances(&self) -> Vec<wp::ProxyInstance> {
         resolve::waypoint_pods(self.index, &self.waypoint)
             .filter(|pod| !resolve::pod_terminated(pod))
-            .filter_map(|pod| proxy_instance(self.index, &self.settings.cluster_id, pod))
+            .filter_map(|pod| proxy_instance(self.index, self.settings, pod))
             .collect()
     }
 }

@@ -159,6 +159,7 @@ fn endpoints(
                 healthy: e.healthy,
                 weight: e.weight.max(1),
                 priority: 0,
+                locality: 0,
             })
         })
         .collect()
@@ -180,14 +181,26 @@ pub(super) fn cluster(
         Some(lb) => super::locality::priorities(lb, local, &c.endpoints),
         None => vec![0; c.endpoints.len()],
     };
+    let weighed = c
+        .locality_lb
+        .as_ref()
+        .and_then(|lb| super::locality::locality_weights(lb, local, &c.endpoints));
+    let localities: Vec<Option<u32>> = match &weighed {
+        Some(weighed) => weighed.of_endpoint.clone(),
+        None => vec![Some(0); c.endpoints.len()],
+    };
     let endpoints = c
         .endpoints
         .iter()
         .zip(&priorities)
-        .map(|(e, priority)| {
+        .zip(&localities)
+        // An endpoint in a locality `distribute` gives no weight is left out, as istiod does.
+        .filter_map(|((e, priority), locality)| Some((e, priority, (*locality)?)))
+        .map(|(e, priority, locality)| {
             let mut expanded = endpoints(e, workloads, names, context)?;
             for endpoint in &mut expanded {
                 endpoint.priority = *priority;
+                endpoint.locality = locality;
             }
             Ok(expanded)
         })
@@ -197,6 +210,7 @@ pub(super) fn cluster(
         .collect();
     Ok(Cluster {
         priorities: priorities.iter().max().map_or(1, |p| p + 1),
+        locality_weights: weighed.map(|w| w.weights).unwrap_or_default(),
         name: c.name.clone(),
         host: c.host.clone(),
         service: Arc::new(crate::model::service_of_host(&c.host)),

@@ -1,8 +1,9 @@
-//! Endpoint priorities by locality, relative to the pod this proxy runs in, as istiod computes
-//! them for each Envoy (`ApplyLocalityLoadBalancer` in
-//! `pilot/pkg/networking/core/loadbalancer/loadbalancer.go`): 0 is the closest, and the
-//! balancer sends to a priority only as far as the closer ones lack healthy endpoints
-//! ([`crate::upstream`]).
+//! Endpoint priorities and locality weights, relative to the pod this proxy runs in, as istiod
+//! computes them for each Envoy (`ApplyLocalityLoadBalancer` in
+//! `pilot/pkg/networking/core/loadbalancer/loadbalancer.go`): with `distribute`, a weight for
+//! each locality and no endpoint in a locality it does not name (`applyLocalityWeights`);
+//! otherwise a priority for each endpoint, 0 the closest, and the balancer sends to a priority
+//! only as far as the closer ones lack healthy endpoints ([`crate::upstream`]).
 
 use std::collections::HashMap;
 
@@ -49,6 +50,10 @@ pub fn priorities(
     local: Option<&LocalInstance>,
     endpoints: &[proto::Endpoint],
 ) -> Vec<u32> {
+    // `distribute` excludes failover: every endpoint is in one priority, weighed instead.
+    if !lb.distribute.is_empty() {
+        return vec![0; endpoints.len()];
+    }
     let unknown = LocalInstance::default();
     let local = local.unwrap_or(&unknown);
     // istiod's `applyFailoverPriorities` does nothing for a proxy without labels.
@@ -80,6 +85,96 @@ pub fn priorities(
     raw.iter()
         .map(|p| u32::try_from(levels.partition_point(|l| l < p)).unwrap_or(u32::MAX))
         .collect()
+}
+
+/// The localities of a cluster's endpoints and the share of traffic each is given, as istiod's
+/// `applyLocalityWeights` leaves them for Envoy's locality-weighted load balancing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalityWeights {
+    /// The weight of each locality (in the order their first endpoint comes).
+    pub weights: Vec<u32>,
+    /// Each endpoint's locality, an index into `weights`; `None`: in a locality `to` does not
+    /// name, so left out of the cluster (istiod removes its endpoints).
+    pub of_endpoint: Vec<Option<u32>>,
+}
+
+/// istiod's `applyLocalityWeights` for this proxy: the first `distribute` entry whose `from`
+/// matches the proxy's locality decides; `None` when there is no `distribute` or no entry
+/// matches (then nothing changes: no weights, and no failover either). The endpoints are
+/// grouped by locality (region, zone and subzone alike), each group weighing the sum of its
+/// endpoints' weights, as istiod's `LocalityLbEndpoints`. Each `to` pattern, in the order of
+/// the map (istiod's is Go's map order, unspecified), takes the groups it matches that no
+/// earlier pattern took and shares its weight among them in proportion to their own weights,
+/// rounded up; groups no pattern takes are left out.
+pub fn locality_weights(
+    lb: &proto::LocalityLoadBalancing,
+    local: Option<&LocalInstance>,
+    endpoints: &[proto::Endpoint],
+) -> Option<LocalityWeights> {
+    let unknown = LocalInstance::default();
+    let local = local.unwrap_or(&unknown);
+    let rule = lb
+        .distribute
+        .iter()
+        .find(|d| locality_match(&local.locality, &d.from))?;
+    let empty = proto::Locality::default();
+    let mut groups: Vec<(&proto::Locality, u64)> = Vec::new();
+    let mut of_endpoint = Vec::with_capacity(endpoints.len());
+    for endpoint in endpoints {
+        let locality = endpoint.locality.as_ref().unwrap_or(&empty);
+        let weight = u64::from(endpoint.weight.max(1));
+        let index = match groups.iter().position(|(l, _)| *l == locality) {
+            Some(index) => {
+                groups[index].1 += weight;
+                index
+            }
+            None => {
+                groups.push((locality, weight));
+                groups.len() - 1
+            }
+        };
+        of_endpoint.push(index);
+    }
+    let mut assigned: Vec<Option<u32>> = vec![None; groups.len()];
+    for (pattern, weight) in &rule.to {
+        let matched: Vec<usize> = (0..groups.len())
+            .filter(|i| assigned[*i].is_none() && locality_match(groups[*i].0, pattern))
+            .collect();
+        let total: u64 = matched.iter().map(|i| groups[*i].1).sum();
+        for i in matched {
+            // ceil(original × weight / total), as istiod rounds it.
+            let share = (groups[i].1 * u64::from(*weight)).div_ceil(total);
+            assigned[i] = Some(u32::try_from(share).unwrap_or(u32::MAX));
+        }
+    }
+    // Only the localities that keep endpoints are numbered.
+    let mut weights = Vec::new();
+    let mut renumbered: Vec<Option<u32>> = vec![None; groups.len()];
+    for (i, weight) in assigned.iter().enumerate() {
+        if let Some(weight) = weight {
+            renumbered[i] = u32::try_from(weights.len()).ok();
+            weights.push(*weight);
+        }
+    }
+    Some(LocalityWeights {
+        weights,
+        of_endpoint: of_endpoint.into_iter().map(|i| renumbered[i]).collect(),
+    })
+}
+
+/// istiod's `LocalityMatch`: a `region/zone/subzone` pattern against a locality; `*` matches
+/// any part, and a part the pattern leaves out matches anything (`us` matches every zone of
+/// `us`); the region must be given.
+fn locality_match(locality: &proto::Locality, pattern: &str) -> bool {
+    let mut parts = pattern.split('/');
+    let (region, zone, subzone) = (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+    );
+    (region == "*" || region == locality.region)
+        && (zone.is_empty() || zone == "*" || zone == locality.zone)
+        && (subzone.is_empty() || subzone == "*" || subzone == locality.subzone)
 }
 
 /// istiod's `applyFailoverPriorityPerLocality`: 0 when the endpoint has the proxy's value of

@@ -15,6 +15,7 @@ fn endpoint(last: u8) -> Endpoint {
         healthy: true,
         weight: 1,
         priority: 0,
+        locality: 0,
     }
 }
 
@@ -106,6 +107,7 @@ fn least_request(endpoints: Vec<Endpoint>) -> Cluster {
         port: 80,
         endpoints,
         priorities: 1,
+        locality_weights: Vec::new(),
         load_balancer: LoadBalancer::LeastRequest,
         limits: crate::model::ConnectionLimits::default(),
         outlier: None,
@@ -179,6 +181,7 @@ fn ranked_cluster(endpoints: &[(u8, u32)], outlier: Option<OutlierPolicy>) -> Cl
             })
             .collect(),
         priorities: endpoints.iter().map(|(_, p)| p + 1).max().unwrap_or(1),
+        locality_weights: Vec::new(),
         load_balancer: LoadBalancer::RoundRobin,
         limits: Default::default(),
         outlier,
@@ -295,4 +298,122 @@ fn requests_stay_in_the_closest_priority_and_fail_over_when_it_is_ejected() {
             .collect()
     };
     assert_eq!(spread.len(), 3);
+}
+
+/// A cluster whose endpoints `10.0.0.<last>` are in the given weighed localities.
+fn weighed_cluster(endpoints: &[(u8, u32)], weights: &[u32]) -> Cluster {
+    let mut cluster = ranked_cluster(
+        &endpoints.iter().map(|(l, _)| (*l, 0)).collect::<Vec<_>>(),
+        Some(policy(100)),
+    );
+    for (endpoint, (_, locality)) in cluster.endpoints.iter_mut().zip(endpoints) {
+        endpoint.locality = *locality;
+    }
+    cluster.locality_weights = weights.to_vec();
+    cluster
+}
+
+/// Envoy's effective locality weight: the weight times the available share times 1.4, at
+/// most the weight; a locality with nothing available is never drawn, and with none available
+/// anywhere no locality is chosen.
+#[test]
+fn locality_weights_are_envoys_effective_weights() {
+    // Endpoints (last byte, locality, available), weights, and (roll, expected locality).
+    type Case<'a> = (&'a [(u8, u32, bool)], &'a [u32], &'a [(f64, Option<u32>)]);
+    let cases: &[Case<'_>] = &[
+        // 80/20, all up.
+        (
+            &[(1, 0, true), (2, 1, true)],
+            &[80, 20],
+            &[
+                (0.0, Some(0)),
+                (0.79, Some(0)),
+                (0.80, Some(1)),
+                (0.99, Some(1)),
+            ],
+        ),
+        // Half of locality 0 up: 80 x 0.7 = 56 against 20.
+        (
+            &[(1, 0, true), (2, 0, false), (3, 1, true)],
+            &[80, 20],
+            &[(0.73, Some(0)), (0.74, Some(1))],
+        ),
+        // 5 of 7 up is still the whole weight after overprovisioning.
+        (
+            &[
+                (1, 0, true),
+                (2, 0, true),
+                (3, 0, true),
+                (4, 0, true),
+                (5, 0, true),
+                (6, 0, false),
+                (7, 0, false),
+                (8, 1, true),
+            ],
+            &[80, 20],
+            &[(0.79, Some(0)), (0.80, Some(1))],
+        ),
+        // Locality 0 down: everything to 1.
+        (
+            &[(1, 0, false), (2, 1, true)],
+            &[80, 20],
+            &[(0.0, Some(1)), (0.99, Some(1))],
+        ),
+        // Nothing up: no locality.
+        (&[(1, 0, false), (2, 1, false)], &[80, 20], &[(0.5, None)]),
+    ];
+    for (endpoints, weights, rolls) in cases {
+        let layout: Vec<(u8, u32)> = endpoints.iter().map(|(l, g, _)| (*l, *g)).collect();
+        let cluster = weighed_cluster(&layout, weights);
+        let up = |e: &Endpoint| {
+            endpoints
+                .iter()
+                .any(|(l, _, up)| *up && e.address.ip() == IpAddr::from([10, 0, 0, *l]))
+        };
+        for (roll, expected) in *rolls {
+            assert_eq!(
+                weighted_locality(&cluster, |_| true, up, *roll),
+                *expected,
+                "{endpoints:?} roll {roll}"
+            );
+        }
+    }
+}
+
+/// Requests split between localities by their weights, the endpoint chosen within the drawn
+/// locality; an ejected locality's share goes to the others.
+#[test]
+fn requests_split_by_locality_weights() {
+    // Locality 0 has two endpoints, locality 1 one: 80/20 by locality, not by endpoint.
+    let cluster = weighed_cluster(&[(1, 0), (2, 0), (3, 1)], &[80, 20]);
+    let state = fresh_state();
+    let headers = http::HeaderMap::new();
+    let hash = HashInput {
+        headers: &headers,
+        query: None,
+        source_ip: IpAddr::from([10, 0, 0, 100]),
+    };
+    let requests = 2000;
+    let mut counts: HashMap<u8, usize> = HashMap::new();
+    for _ in 0..requests {
+        let chosen = state.choose_endpoint(&cluster, &hash, &[]).unwrap();
+        let IpAddr::V4(ip) = chosen.address.ip() else {
+            unreachable!()
+        };
+        *counts.entry(ip.octets()[3]).or_default() += 1;
+    }
+    let zone_0 = counts.get(&1).copied().unwrap_or(0) + counts.get(&2).copied().unwrap_or(0);
+    // 80% of 2000 is 1600, with a standard deviation of about 18: 1500 to 1700 is over 5 of
+    // them either way.
+    assert!((1500..=1700).contains(&zone_0), "{counts:?}");
+    assert!(
+        counts.contains_key(&1) && counts.contains_key(&2),
+        "{counts:?}"
+    );
+    // The lone endpoint of locality 1 ejected: all to locality 0.
+    state.record_outcome(&cluster, cluster.endpoints[2].address, Some(503));
+    for _ in 0..200 {
+        let chosen = state.choose_endpoint(&cluster, &hash, &[]).unwrap();
+        assert_ne!(chosen.address, cluster.endpoints[2].address);
+    }
 }

@@ -184,3 +184,135 @@ fn the_local_instance_is_found_by_address() {
     assert_eq!(found.locality.zone, "eu-2");
     assert!(LocalInstance::find(&instances, "10.0.0.9".parse().unwrap()).is_none());
 }
+
+fn distribute(from: &str, to: &[(&str, u32)]) -> proto::LocalityLoadBalancing {
+    proto::LocalityLoadBalancing {
+        distribute: vec![proto::locality_load_balancing::Distribute {
+            from: from.to_owned(),
+            to: to.iter().map(|(l, w)| ((*l).to_owned(), *w)).collect(),
+        }],
+        ..Default::default()
+    }
+}
+
+/// istiod's "distribution between subzones" case (`TestApplyLocalitySetting`): from
+/// `region1/zone1/subzone1`, 80% stays in it, 15% and 5% go to two other subzones, and the
+/// localities not named are left out. istiod keeps two `LocalityLbEndpoints` of the same
+/// locality apart (40 and 40); grouped by locality here they are one of 80, whose two
+/// endpoints share it alike.
+#[test]
+fn distribute_weighs_localities_as_istiod_does() {
+    let endpoints = [
+        endpoint("region1/zone1/subzone1", &[]),
+        endpoint("region1/zone1/subzone1", &[]),
+        endpoint("region1/zone1/subzone2", &[]),
+        endpoint("region1/zone1/subzone3", &[]),
+        endpoint("region1/zone2", &[]),
+        endpoint("region2", &[]),
+        endpoint("region3", &[]),
+    ];
+    let me = local("region1/zone1/subzone1", &[]);
+    let lb = distribute(
+        "region1/zone1/subzone1",
+        &[
+            ("region1/zone1/subzone1", 80),
+            ("region1/zone1/subzone2", 15),
+            ("region1/zone1/subzone3", 5),
+        ],
+    );
+    let weighed = locality_weights(&lb, Some(&me), &endpoints).expect("from matches");
+    assert_eq!(weighed.weights, [80, 15, 5]);
+    assert_eq!(
+        weighed.of_endpoint,
+        [Some(0), Some(0), Some(1), Some(2), None, None, None]
+    );
+    // `distribute` excludes failover: one priority for all.
+    assert_eq!(priorities(&lb, Some(&me), &endpoints), [0; 7]);
+}
+
+/// `from` is matched against the proxy's locality with `*` wildcards and missing parts
+/// matching anything; no matching entry changes nothing (no weights, nobody left out).
+#[test]
+fn distribute_applies_from_the_matching_locality_only() {
+    let endpoints = [endpoint("eu/eu-1", &[]), endpoint("eu/eu-2", &[])];
+    let lb = distribute("eu/eu-1/*", &[("eu/eu-1", 80), ("eu/eu-2", 20)]);
+    for (me, matches) in [
+        ("eu/eu-1/rack-1", true),
+        ("eu/eu-1", true),
+        ("eu/eu-2", false),
+        ("us/eu-1", false),
+    ] {
+        let got = locality_weights(&lb, Some(&local(me, &[])), &endpoints);
+        assert_eq!(got.is_some(), matches, "{me}");
+    }
+    let region = distribute("eu", &[("eu/eu-1", 80), ("eu/eu-2", 20)]);
+    assert!(locality_weights(&region, Some(&local("eu/eu-9/x", &[])), &endpoints).is_some());
+    let any = distribute("*", &[("eu/eu-1", 80), ("eu/eu-2", 20)]);
+    assert!(locality_weights(&any, None, &endpoints).is_some());
+    // A proxy of no known locality matches only `*`.
+    assert_eq!(locality_weights(&region, None, &endpoints), None);
+    // The first entry whose `from` matches decides.
+    let mut two = distribute("us", &[("eu/eu-2", 100)]);
+    two.distribute
+        .extend(distribute("eu/*", &[("eu/eu-1", 100)]).distribute);
+    let got = locality_weights(&two, Some(&local("eu/eu-2", &[])), &endpoints).unwrap();
+    assert_eq!(got.weights, [100]);
+    assert_eq!(got.of_endpoint, [Some(0), None]);
+}
+
+/// A wildcard `to` shares its weight among the localities it matches in proportion to their
+/// own weights (their endpoints' weights summed), rounded up; a locality an earlier pattern
+/// took is not taken again.
+#[test]
+fn a_wildcard_destination_shares_its_weight_by_the_localities_weights() {
+    let weighted = |l: &str, weight: u32| proto::Endpoint {
+        weight,
+        ..endpoint(l, &[])
+    };
+    let endpoints = [
+        weighted("eu/eu-1/a", 1),
+        weighted("eu/eu-1/b", 2),
+        weighted("eu/eu-1/b", 1),
+        weighted("us/us-1", 1),
+    ];
+    let lb = distribute("eu", &[("eu/eu-1/*", 50), ("us", 50)]);
+    let got = locality_weights(&lb, Some(&local("eu/eu-1/a", &[])), &endpoints).unwrap();
+    // eu-1/a weighs 1 and eu-1/b 3 of 4: ceil(50 / 4) and ceil(150 / 4).
+    assert_eq!(got.weights, [13, 38, 50]);
+    assert_eq!(got.of_endpoint, [Some(0), Some(1), Some(1), Some(2)]);
+    // Overlapping patterns (in the map's order, `*` first): `*` takes all five weights, and
+    // nothing is left for `us`.
+    let overlap = distribute("eu", &[("*", 60), ("us", 40)]);
+    let got = locality_weights(&overlap, Some(&local("eu", &[])), &endpoints).unwrap();
+    assert_eq!(got.weights, [12, 36, 12]);
+}
+
+/// istiod's "match network label" case: with `failoverPriority` naming the network, the
+/// endpoints on the proxy's network (their topology labels, as the controller sends them)
+/// come first, the others next, whatever their locality.
+#[test]
+fn failover_priority_ranks_by_network() {
+    let on = |l: &str, network: &str| proto::Endpoint {
+        topology_labels: [("topology.istio.io/network".to_owned(), network.to_owned())].into(),
+        ..endpoint(l, &[])
+    };
+    let endpoints = [
+        on("region1/zone1/subzone1", "n1"),
+        on("region1/zone1/subzone1", "n2"),
+        on("region2/zone2/subzone2", "n1"),
+        on("region2/zone2/subzone2", "n2"),
+        endpoint("region3/zone3/subzone3", &[]),
+    ];
+    let me = local(
+        "region1/zone1/subzone1",
+        &[
+            ("topology.istio.io/network", "n1"),
+            ("topology.istio.io/cluster", "test"),
+        ],
+    );
+    let lb = lb(
+        &["topology.istio.io/network", "topology.istio.io/cluster"],
+        &[],
+    );
+    assert_eq!(priorities(&lb, Some(&me), &endpoints), [0, 1, 0, 1, 1]);
+}
