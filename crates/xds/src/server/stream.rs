@@ -245,9 +245,14 @@ impl ProxyStream {
         {
             return Ok(false);
         }
-        let delta = diff_type(subscription, current, |resource| {
-            self.scope.visible(&self.proxy, type_url, resource)
-        });
+        let visible =
+            |resource: &StoredResource| self.scope.visible(&self.proxy, type_url, resource);
+        let delta = match &subscription.evaluated {
+            // What was sent is what `previous` called for: only the entries that differ
+            // between the two maps can change it.
+            Some(previous) => diff_changes(subscription, previous, current, visible),
+            None => diff_type(subscription, current, visible),
+        };
         subscription.evaluated = Some(current.clone());
         if delta.is_empty() && !respond_if_empty {
             return Ok(false);
@@ -342,6 +347,64 @@ pub(super) fn diff_type(
         .collect();
     removed.sort();
     delta.removed = removed;
+    delta
+}
+
+/// [`diff_type`] for a subscription that was last evaluated against `previous` (and has not
+/// changed since), walking the two maps side by side: entries the store kept (the same `Arc`)
+/// are skipped without looking at them, so a push to one proxy costs a pointer comparison per
+/// resource plus the work of what changed, not a lookup and a version comparison per resource.
+pub(super) fn diff_changes(
+    subscription: &TypeSubscription,
+    previous: &TypeResources,
+    current: &TypeResources,
+    visible: impl Fn(&StoredResource) -> bool,
+) -> TypeDelta {
+    let mut delta = TypeDelta::default();
+    let mut consider = |name: &String, now: Option<&Arc<StoredResource>>| match now
+        .filter(|r| subscription.wants(name) && visible(r))
+    {
+        Some(resource) => {
+            if subscription.sent.get(name) != Some(&resource.version) {
+                delta.added.push(Resource {
+                    name: name.clone(),
+                    version: resource.version.clone(),
+                    resource: Some(resource.body.clone()),
+                    ..Resource::default()
+                });
+            }
+        }
+        None => {
+            if subscription.sent.contains_key(name) {
+                delta.removed.push(name.clone());
+            }
+        }
+    };
+    let (mut before, mut now) = (previous.iter().peekable(), current.iter().peekable());
+    loop {
+        match (before.peek(), now.peek()) {
+            (None, None) => break,
+            (Some((old_name, _)), Some((new_name, _))) if old_name == new_name => {
+                let (name, old) = before.next().expect("peeked");
+                let (_, new) = now.next().expect("peeked");
+                if !Arc::ptr_eq(old, new) {
+                    consider(name, Some(new));
+                }
+            }
+            (Some((old_name, _)), Some((new_name, _))) if old_name < new_name => {
+                let (name, _) = before.next().expect("peeked");
+                consider(name, None);
+            }
+            (Some(_), None) => {
+                let (name, _) = before.next().expect("peeked");
+                consider(name, None);
+            }
+            (_, Some(_)) => {
+                let (name, new) = now.next().expect("peeked");
+                consider(name, Some(new));
+            }
+        }
+    }
     delta
 }
 

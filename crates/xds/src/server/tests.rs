@@ -3,7 +3,7 @@
 use prost_types::Any;
 use tokio::time::Instant;
 
-use super::stream::{PendingPush, TypeSubscription, diff_type};
+use super::stream::{PendingPush, TypeSubscription, diff_changes, diff_type};
 use super::*;
 use crate::store::TypeResources;
 
@@ -169,5 +169,67 @@ fn diff_sends_only_what_changed_for_what_is_wanted() {
         let added: Vec<&str> = delta.added.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(added, case.added, "{}: added", case.name);
         assert_eq!(delta.removed, case.removed, "{}: removed", case.name);
+    }
+}
+
+#[test]
+fn the_diff_from_the_last_evaluation_equals_the_full_diff() {
+    // A small deterministic generator: the same sequence on every run.
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move |bound: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % bound
+    };
+    let names: Vec<String> = (0..40).map(|i| format!("r{i:02}")).collect();
+    for wildcard in [true, false] {
+        let mut incremental = subscription(wildcard, &[], &[]);
+        let mut full = subscription(wildcard, &[], &[]);
+        for name in names.iter().step_by(3) {
+            incremental.names.insert(name.clone());
+            full.names.insert(name.clone());
+        }
+        // Hidden by the scope: a pure function of the resource.
+        let visible = |r: &StoredResource| !r.body.value.ends_with(b"hidden");
+        let mut current = TypeResources::new();
+        for round in 0..200 {
+            // The next map shares every entry it keeps, as the store's does.
+            let mut changed = current.clone();
+            for _ in 0..next(6) {
+                let name = &names[next(names.len() as u64) as usize];
+                match next(4) {
+                    0 => {
+                        changed.remove(name);
+                    }
+                    1 => {
+                        changed.insert(name.clone(), resource(name, b"hidden"));
+                    }
+                    _ => {
+                        let value = format!("v{round}-{}", next(3));
+                        changed.insert(name.clone(), resource(name, value.as_bytes()));
+                    }
+                }
+            }
+            let expected = diff_type(&full, &changed, visible);
+            let delta = match &incremental.evaluated {
+                Some(previous) => diff_changes(&incremental, previous, &changed, visible),
+                None => diff_type(&incremental, &changed, visible),
+            };
+            assert_eq!(delta, expected, "round {round}, wildcard {wildcard}");
+            let changed = Arc::new(changed);
+            for subscription in [&mut incremental, &mut full] {
+                for resource in &expected.added {
+                    subscription
+                        .sent
+                        .insert(resource.name.clone(), resource.version.clone());
+                }
+                for name in &expected.removed {
+                    subscription.sent.remove(name);
+                }
+            }
+            incremental.evaluated = Some(Arc::clone(&changed));
+            current = (*changed).clone();
+        }
     }
 }
