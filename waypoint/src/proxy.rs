@@ -191,7 +191,7 @@ fn full(body: impl Into<Bytes>) -> ProxyBody {
 pub async fn handle(
     shared: Arc<ProxyShared>,
     tunnel: Arc<TunnelContext>,
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     // Configuration is read per request: a route, policy or cluster change reaches the next
     // request of a keep-alive connection, as in Envoy.
@@ -215,7 +215,7 @@ pub async fn handle(
     if let Some(tracing) = &telemetry.tracing {
         record.span = Some(crate::telemetry::RequestSpan::start(
             tracing,
-            request.headers(),
+            request.headers_mut(),
             &shared.spans,
             rand::random(),
         ));
