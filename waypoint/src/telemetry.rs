@@ -1,9 +1,10 @@
 //! Distributed tracing at the waypoint, as Envoy's OpenTelemetry tracer does it under Istio: one
 //! server span per request, joined to the trace the request carries (W3C `traceparent`, else
 //! B3) or starting one, sampled by the caller's decision when it made one and otherwise by the
-//! configured percentage, tagged with Envoy's and Istio's span attributes and exported over
-//! OTLP/gRPC by [`export`]. The context of the waypoint's span is written on what goes upstream,
-//! so the next hop's span is its child.
+//! configured percentage, named after the route's decorator operation (compiled by the
+//! controller as istiod writes it), tagged with Envoy's and Istio's span attributes and
+//! Telemetry's custom tags, and exported over OTLP/gRPC by [`export`]. The context of the
+//! waypoint's span is written on what goes upstream, so the next hop's span is its child.
 //!
 //! The settings ([`TracingConfig`]) are part of the configuration snapshot, read per request: a
 //! Telemetry change applies to the next request. Without them the waypoint leaves trace headers
