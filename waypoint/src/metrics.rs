@@ -391,6 +391,9 @@ pub struct RequestRecord {
     pub upstream_host: Option<SocketAddr>,
     pub upstream_cluster: Option<RecordText>,
     pub route_name: Option<RecordText>,
+    /// The span's name: the matched route's operation, or the one the request named
+    /// (`x-envoy-decorator-operation`, at a waypoint).
+    pub operation: Option<RecordText>,
     pub downstream_local: Option<SocketAddr>,
     pub downstream_remote: Option<SocketAddr>,
     pub bytes_received: u64,
@@ -437,6 +440,7 @@ impl RequestRecord {
             upstream_host: None,
             upstream_cluster: None,
             route_name: None,
+            operation: None,
             downstream_local: None,
             downstream_remote: None,
             bytes_received: 0,

@@ -193,7 +193,7 @@ fn full(body: impl Into<Bytes>) -> ProxyBody {
 pub async fn handle(
     shared: Arc<ProxyShared>,
     tunnel: Arc<TunnelContext>,
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     // Configuration is read per request: a route, policy or cluster change reaches the next
     // request of a keep-alive connection, as in Envoy.
@@ -217,7 +217,7 @@ pub async fn handle(
     if let Some(tracing) = &telemetry.tracing {
         record.span = Some(crate::telemetry::RequestSpan::start(
             tracing,
-            request.headers(),
+            request.headers_mut(),
             &shared.spans,
             rand::random(),
         ));

@@ -1,9 +1,10 @@
 //! Distributed tracing at the waypoint, as Envoy's OpenTelemetry tracer does it under Istio: one
 //! server span per request, joined to the trace the request carries (W3C `traceparent`, else
 //! B3) or starting one, sampled by the caller's decision when it made one and otherwise by the
-//! configured percentage, tagged with Envoy's and Istio's span attributes and exported over
-//! OTLP/gRPC by [`export`]. The context of the waypoint's span is written on what goes upstream,
-//! so the next hop's span is its child.
+//! configured percentage, named after the route's decorator operation (compiled by the
+//! controller as istiod writes it), tagged with Envoy's and Istio's span attributes and
+//! Telemetry's custom tags, and exported over OTLP/gRPC by [`export`]. The context of the
+//! waypoint's span is written on what goes upstream, so the next hop's span is its child.
 //!
 //! The settings ([`TracingConfig`]) are part of the configuration snapshot, read per request: a
 //! Telemetry change applies to the next request. Without them the waypoint leaves trace headers
@@ -24,7 +25,7 @@ use weft_proto::waypoint as proto;
 pub use export::{Collector, SpanExporter};
 pub use propagation::{B3Style, IncomingContext, OutgoingContext, SpanId, TraceId};
 
-use crate::metrics::RequestRecord;
+use crate::metrics::{RequestRecord, ResponseFlag};
 use crate::model::{ConfigError, invalid};
 
 /// The tracing and access logging in force for some traffic: the waypoint's own
@@ -53,15 +54,43 @@ pub struct TracingConfig {
     /// SERVER at a waypoint; CLIENT at a gateway, whose listeners Istio marks outbound so that
     /// Envoy's tracer reports its spans as egress.
     pub span_kind: span::SpanKind,
+    /// Telemetry's `customTags`, added to every span.
+    pub custom_tags: Vec<SpanTag>,
 }
 
+/// One custom tag (Telemetry `customTags`): a literal (environment variables are read when
+/// the configuration is applied, as Envoy reads them when it loads its own), or a request
+/// header's value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpanTag {
+    pub tag: String,
+    pub value: SpanTagValue,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum SpanTagValue {
+    Literal(String),
+    /// The request's header, else the default; neither: no tag.
+    Header {
+        name: http::HeaderName,
+        default: Option<String>,
+    },
+}
+
+/// The request header with which a proxy names the span of the next one (Envoy's
+/// `x-envoy-decorator-operation`): a gateway sends its route's operation, a waypoint names
+/// its span with what it receives and does not pass it on.
+pub const DECORATOR_OPERATION: http::HeaderName =
+    http::HeaderName::from_static("x-envoy-decorator-operation");
+
 /// Checks and converts the tracing section; `waypoint` and `namespace` name the proxy, `edge`
-/// says it is a gateway.
+/// says it is a gateway, `environment` reads the proxy's environment variables.
 pub(crate) fn tracing_config(
     tracing: &proto::Tracing,
     waypoint: &str,
     namespace: &str,
     edge: bool,
+    environment: &dyn Fn(&str) -> Option<String>,
 ) -> Result<TracingConfig, ConfigError> {
     let percentage = tracing.random_sampling_percentage;
     if !(0.0..=100.0).contains(&percentage) {
@@ -100,7 +129,16 @@ pub(crate) fn tracing_config(
             },
         }))
     };
+    let custom_tags = tracing
+        .custom_tags
+        .iter()
+        .map(|t| span_tag(t, environment))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .flatten()
+        .collect();
     Ok(TracingConfig {
+        custom_tags,
         collector,
         sampling_percentage: percentage,
         canonical_service: if tracing.canonical_service.is_empty() {
@@ -115,6 +153,42 @@ pub(crate) fn tracing_config(
             span::SpanKind::Server
         },
     })
+}
+
+/// One custom tag as the spans carry it; `None` for an environment variable that is not set
+/// and has no default (Envoy then adds no tag).
+fn span_tag(
+    tag: &proto::CustomTag,
+    environment: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<SpanTag>, ConfigError> {
+    use proto::custom_tag::Type;
+    let field = format!("tracing.custom_tags[{}]", tag.tag);
+    if tag.tag.is_empty() {
+        return Err(invalid("tracing.custom_tags", "a tag has no name"));
+    }
+    let value = match &tag.r#type {
+        None => return Err(invalid(&field, "no literal, environment or header")),
+        Some(Type::Literal(value)) => SpanTagValue::Literal(value.clone()),
+        Some(Type::Environment(env)) => {
+            match environment(&env.name).or_else(|| env.default_value.clone()) {
+                Some(value) => SpanTagValue::Literal(value),
+                None => return Ok(None),
+            }
+        }
+        Some(Type::Header(header)) => SpanTagValue::Header {
+            name: http::HeaderName::from_bytes(header.name.as_bytes()).map_err(|_| {
+                invalid(
+                    &format!("{field}.header.name"),
+                    format!("{:?} is not a header name", header.name),
+                )
+            })?,
+            default: header.default_value.clone(),
+        },
+    };
+    Ok(Some(SpanTag {
+        tag: tag.tag.clone(),
+        value,
+    }))
 }
 
 /// The waypoint's span of one request: its context (propagated upstream whether sampled or
@@ -133,17 +207,32 @@ struct Report {
     canonical_service: String,
     namespace: String,
     kind: span::SpanKind,
+    /// The custom tags' values for this request.
+    tags: Vec<(String, String)>,
+    /// The name the request gave the span (`x-envoy-decorator-operation`, at a waypoint).
+    operation: Option<String>,
 }
 
 impl RequestSpan {
     /// Starts the span of a request with `headers` under `config`. `roll` is a uniform draw in
-    /// [0, 1) deciding random sampling when the caller made no decision.
+    /// [0, 1) deciding random sampling when the caller made no decision. At a waypoint (Envoy's
+    /// ingress), a non-empty `x-envoy-decorator-operation` names the span and is taken off the
+    /// request, as Envoy does; a gateway (egress) leaves it to be overwritten.
     pub fn start(
         config: &TracingConfig,
-        headers: &HeaderMap,
+        headers: &mut HeaderMap,
         exporter: &Arc<SpanExporter>,
         roll: f64,
     ) -> Self {
+        let operation = if config.span_kind == span::SpanKind::Server {
+            headers
+                .remove(DECORATOR_OPERATION)
+                .and_then(|v| v.to_str().ok().map(str::to_owned))
+                .filter(|v| !v.is_empty())
+        } else {
+            None
+        };
+        let headers = &*headers;
         let incoming = IncomingContext::read(headers);
         // A caller's decision is honoured either way (Envoy keeps the parent's sampled flag);
         // without one, the configured percentage decides.
@@ -161,6 +250,8 @@ impl RequestSpan {
                 canonical_service: config.canonical_service.clone(),
                 namespace: config.namespace.clone(),
                 kind: config.span_kind,
+                tags: tag_values(&config.custom_tags, headers),
+                operation,
             }),
             _ => None,
         };
@@ -191,6 +282,43 @@ impl RequestSpan {
         );
         report.exporter.submit(report.collector, span);
     }
+}
+
+/// The custom tags' values for a request with `headers`: a header's first value, else its
+/// default, else no tag.
+fn tag_values(tags: &[SpanTag], headers: &HeaderMap) -> Vec<(String, String)> {
+    tags.iter()
+        .filter_map(|t| {
+            let value = match &t.value {
+                SpanTagValue::Literal(value) => value.clone(),
+                SpanTagValue::Header { name, default } => headers
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+                    .or_else(|| default.clone())?,
+            };
+            Some((t.tag.clone(), value))
+        })
+        .collect()
+}
+
+/// The span's name: the one the request gave it at a waypoint, else its route's operation;
+/// a request no route took has Envoy's name for a span without a decorator, `ingress` at a
+/// waypoint and `egress <authority>` at a gateway; else `<service host>:<port>/*`.
+fn span_name(record: &RequestRecord, report: &Report, host: &str, port: u16) -> String {
+    if let Some(operation) = &report.operation {
+        return operation.clone();
+    }
+    if let Some(operation) = &record.operation {
+        return operation.to_string();
+    }
+    if record.response_flags == ResponseFlag::NoRoute && record.upstream_cluster.is_none() {
+        return match report.kind {
+            span::SpanKind::Client => format!("egress {}", record.authority),
+            _ => "ingress".to_owned(),
+        };
+    }
+    format!("{host}:{port}/*")
 }
 
 fn random_id<const N: usize>() -> [u8; N] {
@@ -287,6 +415,9 @@ fn build_span(
         attribute("istio.mesh_id", weft_istio::defaults::DEFAULT_TRUST_DOMAIN),
         attribute("istio.cluster_id", weft_istio::defaults::DEFAULT_CLUSTER_ID),
     ];
+    for (tag, value) in &report.tags {
+        attributes.push(attribute(tag, value.as_str()));
+    }
     if let Some(principal) = &record.source.principal {
         attributes.push(attribute("source.principal", principal.as_str()));
     }
@@ -303,7 +434,7 @@ fn build_span(
         parent_span_id: context.parent_span_id.map_or_else(Vec::new, |p| p.to_vec()),
         // Sampled (bit 0 of the W3C flags).
         flags: 1,
-        name: format!("{host}:{port}/*"),
+        name: span_name(record, report, host, port),
         kind: report.kind as i32,
         start_time_unix_nano: nanos(start),
         end_time_unix_nano: nanos(SystemTime::now()),

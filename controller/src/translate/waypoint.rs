@@ -23,6 +23,7 @@ mod entries;
 mod gateway;
 mod gateway_routes;
 mod locality;
+mod operation;
 mod route;
 mod routes;
 mod telemetry;

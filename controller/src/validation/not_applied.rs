@@ -398,9 +398,9 @@ pub const CATALOG: &[NotApplied] = &[
     ),
     entry(
         K::Telemetry,
-        "spec.tracing[].customTags",
+        "spec.tracing[].customTags.**.formatter",
         Set,
-        "spans carry Envoy's and Istio's standard tags only",
+        "a formatter tag (Envoy's substitution format) is not evaluated: spans carry no such tag",
     ),
     entry(
         K::Telemetry,

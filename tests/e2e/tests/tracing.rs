@@ -529,10 +529,46 @@ spec:
   hosts:
   - reviews
   http:
-  - route:
+  - name: reviews-v2
+    match:
+    - uri: {prefix: /reviews/}
+    route:
     - destination:
         host: reviews
         subset: v2
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: ratings-split
+spec:
+  hosts:
+  - ratings
+  http:
+  - route:
+    - destination: {host: ratings}
+      weight: 100
+    - destination: {host: ratings}
+      weight: 0
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: mesh-default, namespace: istio-system}
+spec:
+  tracing:
+  - customTags:
+      mesh: {literal: {value: root}}
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: bookinfo-tags, namespace: default}
+spec:
+  tracing:
+  - customTags:
+      team: {literal: {value: bookinfo}}
+      user: {header: {name: end-user, defaultValue: anonymous}}
+      plan: {header: {name: x-plan, defaultValue: free}}
+      rack: {environment: {name: WEFT_E2E_UNSET_RACK, defaultValue: no-rack}}
 "#;
 
 const BOOKINFO_MESH_CONFIG: &str = r#"
@@ -577,7 +613,7 @@ fn a_bookinfo_request_yields_one_trace_whose_spans_nest_call_by_call() {
     // One request from the client, with no trace context: the waypoint starts the trace at
     // productpage, and each app passes on what it received.
     let traced_url = format!("http://{PRODUCTPAGE}/productpage?trace=bookinfo");
-    let page = mesh.curl_with("curl", &[&traced_url]);
+    let page = mesh.curl_with("curl", &["-H", "end-user: jason", &traced_url]);
     assert_eq!(page.status, 200, "{}", page.body);
     let reply = page.json();
     assert_eq!(ratings(&reply).status, 200, "{reply}");
@@ -639,6 +675,31 @@ fn a_bookinfo_request_yields_one_trace_whose_spans_nest_call_by_call() {
 
     // Istio's tags: who called whom, by identity, and one request id through the trace (the
     // waypoint made it at productpage; the apps passed it on).
+    // Span names as istiod's route decorators give them: a service's default route
+    // (`host:port/*`), the one destination of a route and its match's prefix (not the
+    // route's name), and a VirtualService's name for a route of several destinations.
+    for (span, name) in [
+        (
+            &productpage_span,
+            "productpage.default.svc.cluster.local:9080/*",
+        ),
+        (&details, "details.default.svc.cluster.local:9080/*"),
+        (&reviews, "reviews.default.svc.cluster.local:9080/reviews/*"),
+        (&ratings_span, "ratings-split:9080/*"),
+    ] {
+        assert_eq!(span.name, name, "{span:?}");
+        // Telemetry's custom tags: the default namespace's replace the root namespace's
+        // whole; a header the apps pass on, a header's default, an unset variable's default.
+        for (key, value) in [
+            ("team", Some("bookinfo")),
+            ("user", Some("jason")),
+            ("plan", Some("free")),
+            ("rack", Some("no-rack")),
+            ("mesh", None),
+        ] {
+            assert_eq!(tag(span, key).as_deref(), value, "{key}: {span:?}");
+        }
+    }
     for (span, source, destination, url) in [
         (
             &productpage_span,
@@ -725,7 +786,9 @@ spec:
   hosts: [shop.example.com]
   gateways: [shop-gateway]
   http:
-  - route: [{destination: {host: reviews.shop.svc.cluster.local, port: {number: 80}}}]
+  - name: to-reviews
+    match: [{uri: {prefix: /from}}, {uri: {prefix: /}}]
+    route: [{destination: {host: reviews.shop.svc.cluster.local, port: {number: 80}}}]
 "#;
 
 /// Istio's Telemetry for the gateway's pod alone, by selector in its namespace: sample nothing.
@@ -822,7 +885,8 @@ fn a_request_through_the_ingress_gateway_is_a_trace_rooted_at_the_gateway() {
         opentelemetry_proto::tonic::trace::v1::span::SpanKind::Client as i32,
         "a gateway's span is a CLIENT span, as Envoy reports an outbound listener's"
     );
-    assert_eq!(root.name, "reviews.shop.svc.cluster.local:80/*");
+    // Named by the match that took it, as istiod's decorator names the route.
+    assert_eq!(root.name, "reviews.shop.svc.cluster.local:80/from*");
     for (key, value) in [
         ("istio.canonical_service", "istio-ingressgateway"),
         ("istio.namespace", "edge"),
@@ -839,6 +903,9 @@ fn a_request_through_the_ingress_gateway_is_a_trace_rooted_at_the_gateway() {
         .find(|(service, _)| service != "istio-ingressgateway.edge")
         .unwrap();
     assert_eq!(service, "waypoint.shop");
+    // Envoy's egress side sends its operation on (`x-envoy-decorator-operation`) and the
+    // ingress side names its span with it, without passing it to the app.
+    assert_eq!(waypoint_span.name, root.name, "{waypoint_span:?}");
     assert_eq!(
         waypoint_span.parent_span_id, root.span_id,
         "the waypoint's span is the gateway's child"
@@ -849,6 +916,10 @@ fn a_request_through_the_ingress_gateway_is_a_trace_rooted_at_the_gateway() {
         "{waypoint_span:?}"
     );
     let forwarded: serde_json::Value = serde_json::from_str(&response.body).unwrap();
+    assert!(
+        forwarded["headers"]["x-envoy-decorator-operation"].is_null(),
+        "{forwarded}"
+    );
     assert_eq!(
         forwarded["headers"]["traceparent"],
         format!("00-{trace}-{}-01", hex(&waypoint_span.span_id)).as_str(),

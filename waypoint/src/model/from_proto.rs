@@ -394,7 +394,7 @@ fn service_telemetry(
         .tracing
         .as_ref()
         .map(|t| {
-            crate::telemetry::tracing_config(t, waypoint, namespace, false)
+            crate::telemetry::tracing_config(t, waypoint, namespace, false, &process_environment)
                 .map(Arc::new)
                 .map_err(|e| invalid(&format!("service {}: telemetry", s.hostname), e.to_string()))
         })
@@ -520,8 +520,14 @@ impl WaypointConfig {
             .as_ref()
             .map(|t| {
                 let edge = config.gateway.is_some();
-                crate::telemetry::tracing_config(t, &config.name, &config.namespace, edge)
-                    .map(Arc::new)
+                crate::telemetry::tracing_config(
+                    t,
+                    &config.name,
+                    &config.namespace,
+                    edge,
+                    &process_environment,
+                )
+                .map(Arc::new)
             })
             .transpose()?;
         Ok(WaypointConfig {
@@ -543,4 +549,9 @@ impl WaypointConfig {
             sources: SourceTable::default(),
         })
     }
+}
+
+/// The proxy's own environment, which Telemetry's `environment` custom tags read.
+fn process_environment(name: &str) -> Option<String> {
+    std::env::var(name).ok()
 }

@@ -39,6 +39,16 @@ pub struct Route {
     pub cluster_not_found: StatusCode,
     /// The token bucket the route's requests draw on.
     pub rate_limit: Option<crate::rate_limit::LocalRateLimit>,
+    /// The name of its requests' spans, per match (one for a route without matches); empty:
+    /// `<service host>:<port>/*`. Shared with the records of the requests it routes.
+    pub operations: Vec<Arc<str>>,
+}
+
+impl Route {
+    /// The span name of a request it routed through its match `match_index`.
+    pub fn operation(&self, match_index: Option<usize>) -> Option<&Arc<str>> {
+        self.operations.get(match_index.unwrap_or(0))
+    }
 }
 
 #[derive(Debug, Clone)]

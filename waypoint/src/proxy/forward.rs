@@ -109,6 +109,16 @@ pub(super) async fn forward_to(
     // The next hop's span is a child of the waypoint's.
     if let Some(span) = &cx.record.span {
         span.context.inject(&mut headers);
+        // Envoy's egress side (a gateway) names the next proxy's span after its route.
+        if cx.tunnel.edge.is_some()
+            && let Some(value) = cx
+                .record
+                .operation
+                .as_deref()
+                .and_then(|o| HeaderValue::from_str(o).ok())
+        {
+            headers.insert(crate::telemetry::DECORATOR_OPERATION, value);
+        }
     }
     if !headers.contains_key(&X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));

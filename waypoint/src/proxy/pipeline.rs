@@ -153,6 +153,10 @@ async fn route_request(
             .as_ref()
     });
     cx.record.route_name = route.name.clone().map(RecordText::Shared);
+    cx.record.operation = route
+        .operation(selection.match_index)
+        .cloned()
+        .map(RecordText::Shared);
     Ok(follow_route(cx, request, route, matched_uri).await)
 }
 
@@ -319,6 +323,7 @@ fn forward_only_route() -> Route {
         virtual_service: String::new(),
         cluster_not_found: http::StatusCode::SERVICE_UNAVAILABLE,
         rate_limit: None,
+        operations: Vec::new(),
     }
 }
 

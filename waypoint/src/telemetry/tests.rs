@@ -18,12 +18,18 @@ fn config(percentage: f64) -> TracingConfig {
             disable_span_reporting: false,
             service_name: String::new(),
             canonical_service: String::new(),
+            custom_tags: Vec::new(),
         },
         "waypoint",
         "shop",
         false,
+        &no_environment,
     )
     .unwrap()
+}
+
+fn no_environment(_: &str) -> Option<String> {
+    None
 }
 
 fn exporter() -> Arc<SpanExporter> {
@@ -59,7 +65,7 @@ fn the_percentage_decides_only_without_an_incoming_decision() {
         (100.0, 0.5, traceparent("00"), false),
     ];
     for (percentage, roll, headers, sampled) in cases {
-        let span = RequestSpan::start(&config(percentage), &headers, &exporter, roll);
+        let span = RequestSpan::start(&config(percentage), &mut headers.clone(), &exporter, roll);
         assert_eq!(
             span.context.sampled, sampled,
             "{percentage}% roll {roll} {headers:?}"
@@ -70,7 +76,7 @@ fn the_percentage_decides_only_without_an_incoming_decision() {
 
 #[test]
 fn a_span_joins_the_incoming_trace_as_a_child() {
-    let span = RequestSpan::start(&config(0.0), &traceparent("01"), &exporter(), 0.5);
+    let span = RequestSpan::start(&config(0.0), &mut traceparent("01"), &exporter(), 0.5);
     assert_eq!(
         propagation::hex(&span.context.trace_id),
         "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -80,7 +86,7 @@ fn a_span_joins_the_incoming_trace_as_a_child() {
         Some("00f067aa0ba902b7".to_owned())
     );
     assert_ne!(propagation::hex(&span.context.span_id), "00f067aa0ba902b7");
-    let fresh = RequestSpan::start(&config(100.0), &HeaderMap::new(), &exporter(), 0.5);
+    let fresh = RequestSpan::start(&config(100.0), &mut HeaderMap::new(), &exporter(), 0.5);
     assert_eq!(fresh.context.parent_span_id, None);
     assert!(fresh.context.trace_id.iter().any(|b| *b != 0));
 }
@@ -92,12 +98,12 @@ fn disabled_reporting_still_propagates() {
         disable_span_reporting: true,
         ..Default::default()
     };
-    let config = tracing_config(&tracing, "waypoint", "shop", false).unwrap();
-    let span = RequestSpan::start(&config, &HeaderMap::new(), &exporter(), 0.0);
+    let config = tracing_config(&tracing, "waypoint", "shop", false, &no_environment).unwrap();
+    let span = RequestSpan::start(&config, &mut HeaderMap::new(), &exporter(), 0.0);
     assert!(span.context.sampled);
     assert!(span.report.is_none());
     tracing.disable_span_reporting = false;
-    let error = tracing_config(&tracing, "waypoint", "shop", false).unwrap_err();
+    let error = tracing_config(&tracing, "waypoint", "shop", false, &no_environment).unwrap_err();
     assert!(error.to_string().contains("no collector"), "{error}");
 }
 
@@ -119,6 +125,7 @@ fn bad_settings_are_refused_with_their_field() {
             "waypoint",
             "shop",
             false,
+            &no_environment,
         )
         .unwrap_err();
         assert!(error.to_string().contains(field), "{error}");
@@ -142,7 +149,7 @@ fn spans_carry_envoys_and_istios_tags() {
         name: "reviews".into(),
         namespace: "shop".into(),
     }));
-    let span = RequestSpan::start(&config(100.0), &traceparent("01"), &exporter, 0.0);
+    let span = RequestSpan::start(&config(100.0), &mut traceparent("01"), &exporter, 0.0);
     let report = span.report.as_ref().unwrap();
     let built: Span = build_span(
         &span.context,
@@ -195,13 +202,13 @@ fn a_gateways_span_is_a_client_span_named_by_its_canonical_service() {
         canonical_service: "istio-ingressgateway".into(),
         ..Default::default()
     };
-    let gateway = tracing_config(&tracing, "ingress-7d9f", "edge", true).unwrap();
+    let gateway = tracing_config(&tracing, "ingress-7d9f", "edge", true, &no_environment).unwrap();
     assert_eq!(gateway.canonical_service, "istio-ingressgateway");
     assert_eq!(gateway.span_kind, span::SpanKind::Client);
     let exporter = exporter();
     let mut registry = Registry::default();
     let record = RequestRecord::new(Arc::new(crate::metrics::Metrics::new(&mut registry)));
-    let span = RequestSpan::start(&gateway, &HeaderMap::new(), &exporter, 0.0);
+    let span = RequestSpan::start(&gateway, &mut HeaderMap::new(), &exporter, 0.0);
     let built = build_span(
         &span.context,
         span.start,
@@ -225,7 +232,7 @@ fn a_gateways_span_is_a_client_span_named_by_its_canonical_service() {
         canonical_service: String::new(),
         ..tracing
     };
-    let waypoint = tracing_config(&unnamed, "waypoint", "shop", false).unwrap();
+    let waypoint = tracing_config(&unnamed, "waypoint", "shop", false, &no_environment).unwrap();
     assert_eq!(waypoint.canonical_service, "waypoint");
     assert_eq!(waypoint.span_kind, span::SpanKind::Server);
 }
@@ -239,4 +246,164 @@ fn a_full_queue_drops_and_counts_instead_of_waiting() {
         exporter.submit(Arc::clone(&collector), Span::default());
     }
     assert_eq!(exporter.dropped(), 10);
+}
+
+fn string_tag(span: &Span, key: &str) -> Option<String> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+            any_value::Value::StringValue(s) => Some(s.clone()),
+            _ => None,
+        })
+}
+
+fn custom(tag: &str, r#type: proto::custom_tag::Type) -> proto::CustomTag {
+    proto::CustomTag {
+        tag: tag.into(),
+        r#type: Some(r#type),
+    }
+}
+
+fn from(name: &str, default: Option<&str>) -> proto::TagFromName {
+    proto::TagFromName {
+        name: name.into(),
+        default_value: default.map(str::to_owned),
+    }
+}
+
+/// Telemetry's custom tags: a literal, environment variables (set, unset with a default,
+/// unset without one: no tag), request headers (present, absent with a default, absent
+/// without one: no tag); and a header tag with a name no header can have is refused.
+#[test]
+fn custom_tags_are_literals_environment_variables_and_request_headers() {
+    use proto::custom_tag::Type;
+    let tracing = proto::Tracing {
+        provider: "otel".into(),
+        collector: vec!["127.0.0.1:4317".into()],
+        random_sampling_percentage: 100.0,
+        custom_tags: vec![
+            custom("team", Type::Literal("checkout".into())),
+            custom("zone", Type::Environment(from("ZONE", None))),
+            custom("region", Type::Environment(from("REGION", Some("eu")))),
+            custom("rack", Type::Environment(from("RACK", None))),
+            custom("user", Type::Header(from("x-user", None))),
+            custom("tier", Type::Header(from("x-tier", Some("free")))),
+            custom("plan", Type::Header(from("x-plan", None))),
+        ],
+        ..Default::default()
+    };
+    let environment = |name: &str| (name == "ZONE").then(|| "zone-a".to_owned());
+    let config = tracing_config(&tracing, "waypoint", "shop", false, &environment).unwrap();
+    let exporter = exporter();
+    let mut headers = HeaderMap::new();
+    headers.insert("x-user", HeaderValue::from_static("alice"));
+    let span = RequestSpan::start(&config, &mut headers, &exporter, 0.0);
+    let mut registry = Registry::default();
+    let record = RequestRecord::new(Arc::new(crate::metrics::Metrics::new(&mut registry)));
+    let built = build_span(
+        &span.context,
+        span.start,
+        &record,
+        span.report.as_ref().unwrap(),
+        exporter.node_id(),
+    );
+    drop(record);
+    for (key, value) in [
+        ("team", Some("checkout")),
+        ("zone", Some("zone-a")),
+        ("region", Some("eu")),
+        ("rack", None),
+        ("user", Some("alice")),
+        ("tier", Some("free")),
+        ("plan", None),
+    ] {
+        assert_eq!(string_tag(&built, key).as_deref(), value, "{key}");
+    }
+
+    let bad = proto::Tracing {
+        custom_tags: vec![custom("user", Type::Header(from("x user", None)))],
+        ..tracing
+    };
+    let error = tracing_config(&bad, "waypoint", "shop", false, &environment).unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("tracing.custom_tags[user].header.name"),
+        "{error}"
+    );
+}
+
+/// The span's name: the route's operation; at a waypoint, the one an upstream gateway named
+/// in `x-envoy-decorator-operation` (taken off the request); Envoy's `ingress` and
+/// `egress <authority>` for a request no route took; else the service's `host:port/*`.
+#[test]
+fn spans_are_named_after_the_route_or_the_callers_decorator() {
+    let exporter = exporter();
+    let mut registry = Registry::default();
+    let metrics = Arc::new(crate::metrics::Metrics::new(&mut registry));
+    let name_of = |config: &TracingConfig, headers: &mut HeaderMap, record: &RequestRecord| {
+        let span = RequestSpan::start(config, headers, &exporter, 0.0);
+        build_span(
+            &span.context,
+            span.start,
+            record,
+            span.report.as_ref().unwrap(),
+            exporter.node_id(),
+        )
+        .name
+    };
+    let waypoint = config(100.0);
+    let gateway = TracingConfig {
+        span_kind: span::SpanKind::Client,
+        ..config(100.0)
+    };
+    let mut record = RequestRecord::new(Arc::clone(&metrics));
+    record.authority = "reviews:9080".into();
+    record.downstream_local = Some("10.96.0.20:9080".parse().unwrap());
+    record.destination_service = Some(Arc::new(crate::model::ServiceName {
+        hostname: "reviews.shop.svc.cluster.local".into(),
+        name: "reviews".into(),
+        namespace: "shop".into(),
+    }));
+    assert_eq!(
+        name_of(&waypoint, &mut HeaderMap::new(), &record),
+        "reviews.shop.svc.cluster.local:9080/*"
+    );
+    record.operation = Some("reviews-vs:9080/api*".into());
+    assert_eq!(
+        name_of(&waypoint, &mut HeaderMap::new(), &record),
+        "reviews-vs:9080/api*"
+    );
+    let decorated = || {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            DECORATOR_OPERATION,
+            HeaderValue::from_static("shop.example.com:80/*"),
+        );
+        headers
+    };
+    let mut headers = decorated();
+    assert_eq!(
+        name_of(&waypoint, &mut headers, &record),
+        "shop.example.com:80/*"
+    );
+    assert!(!headers.contains_key(DECORATOR_OPERATION));
+    // A gateway (egress) does not read it.
+    let mut headers = decorated();
+    assert_eq!(
+        name_of(&gateway, &mut headers, &record),
+        "reviews-vs:9080/api*"
+    );
+    record.operation = None;
+    record.response_flags = ResponseFlag::NoRoute;
+    assert_eq!(
+        name_of(&waypoint, &mut HeaderMap::new(), &record),
+        "ingress"
+    );
+    assert_eq!(
+        name_of(&gateway, &mut HeaderMap::new(), &record),
+        "egress reviews:9080"
+    );
+    drop(record);
 }

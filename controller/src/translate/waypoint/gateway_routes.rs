@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 
 use weft_proto::waypoint as wp;
 
+use super::operation;
 use super::route::{PortContext, Served, default_retries, retry_conditions};
 use super::routes::contexts;
 use super::{ClusterKey, Compiler, duration, port_number, tcp_service_ports};
@@ -508,6 +509,17 @@ impl<'a> Compiler<'a, '_> {
                 matched.port = context.port;
             }
             let mut compiled = self.http_rule(served, route, rule, &path, form);
+            // istiod names the spans before it splits a segment prefix in two: `/*`.
+            let span_path = match form {
+                PrefixForm::None => operation::operation_path(matched.uri.as_ref(), true),
+                PrefixForm::Bare | PrefixForm::Slash => "/*".to_owned(),
+            };
+            compiled.operations = vec![operation::operation(
+                &compiled,
+                &span_path,
+                &operation::gateway_api_route_set(name_of(route.meta)),
+                context.port,
+            )];
             compiled.r#match = if matched == wp::HttpMatchRequest::default() {
                 Vec::new()
             } else {

@@ -13,7 +13,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use crate::model::networking::{self as net, HttpRoute, MESH_GATEWAY, VirtualService};
 use crate::model::{DurationString, ResourceKind};
 use crate::translate::TranslateProblem;
-use crate::translate::resolve::{namespace_of, qualify_host};
+use crate::translate::resolve::{name_of, namespace_of, qualify_host};
 
 /// A service the waypoint serves, as routes see it.
 pub(super) struct Served {
@@ -427,6 +427,16 @@ impl RouteContext<'_, '_, '_> {
                 &self.vs.metadata,
                 &path,
             ),
+            operations: Vec::new(),
+        })
+        .map(|mut compiled| {
+            compiled.operations = super::operation::route_operations(
+                &compiled,
+                name_of(&self.vs.metadata),
+                self.context.port,
+                false,
+            );
+            compiled
         }))
     }
 

@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::Service;
 use weft_proto::waypoint as wp;
 
 use super::gateway_routes::RouteGroup;
+use super::operation::default_operation;
 use super::route::{Binding, PortContext, RouteContext, Served, default_retries};
 use super::{
     ClusterKey, Compiler, age_key, exported_to, is_opaque, port_number, port_protocol, specificity,
@@ -90,6 +91,7 @@ impl<'a> Compiler<'a, '_> {
                     headers: None,
                 }],
                 retries: Some(default_retries()),
+                operations: vec![default_operation(&hostname, context.port)],
                 ..Default::default()
             });
         }

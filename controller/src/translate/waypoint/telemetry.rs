@@ -13,6 +13,8 @@
 //! service only when it differs from the waypoint's own. The provider's `service` is resolved
 //! to the endpoints of that Service as Envoy's cluster for it would be.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::core::v1::{Pod, Service};
 use weft_istio::labels::{CANONICAL_NAME_LABELS, GATEWAY_NAME};
 use weft_proto::waypoint as wp;
@@ -23,7 +25,7 @@ use crate::mesh_config::{MeshTracing, TracingProvider};
 use crate::model::Telemetry;
 use crate::model::networking::ServiceEntry;
 use crate::model::security::PolicyTargetReference;
-use crate::model::telemetry::{AccessLogging, Tracing, WorkloadMode};
+use crate::model::telemetry::{AccessLogging, CustomTag, TagSource, Tracing, WorkloadMode};
 
 /// A service a waypoint serves as istiod's policy matcher knows it: a Kubernetes Service, or
 /// a ServiceEntry (each of its hosts), by the object's name and namespace.
@@ -245,6 +247,7 @@ impl<'a> Compiler<'a, '_> {
             disable_span_reporting: merged.disabled,
             service_name: format!("{shown}.{}", self.waypoint.namespace),
             canonical_service,
+            custom_tags: custom_tags(merged.custom_tags),
         })
     }
 
@@ -297,23 +300,28 @@ impl<'a> Compiler<'a, '_> {
 /// The proxy's side's tracing after every applicable entry (already filtered by `match.mode`),
 /// as istiod's `Telemetries.Tracing` merges them.
 #[derive(Debug, PartialEq)]
-struct MergedTracing<'m> {
+struct MergedTracing<'m, 't> {
     provider: Option<&'m TracingProvider>,
     sampling: f64,
     disabled: bool,
+    /// The `customTags` of the last entry that sets any.
+    custom_tags: Option<&'t BTreeMap<String, Option<CustomTag>>>,
 }
 
-/// Starts from the mesh's default provider and sampling; each entry replaces what it sets: its first provider (one the mesh does not declare as OpenTelemetry
-/// leaves none: no spans, as istiod disables a tracer it cannot find),
-/// `randomSamplingPercentage`, `disableSpanReporting`.
+/// Starts from the mesh's default provider and sampling; each entry replaces what it sets: its
+/// first provider (one the mesh does not declare as OpenTelemetry leaves none: no spans, as
+/// istiod disables a tracer it cannot find), `randomSamplingPercentage`,
+/// `disableSpanReporting`, and `customTags` whole (istiod's shallow merge: a narrower
+/// Telemetry's tags replace a wider one's, they are not added to them).
 fn merge_tracing<'m, 't>(
     mesh: &'m MeshTracing,
     entries: impl Iterator<Item = &'t Tracing>,
-) -> MergedTracing<'m> {
+) -> MergedTracing<'m, 't> {
     let mut merged = MergedTracing {
         provider: mesh.provider.as_ref(),
         sampling: mesh.sampling,
         disabled: false,
+        custom_tags: None,
     };
     for entry in entries {
         if let Some(first) = entry.providers.first() {
@@ -325,8 +333,41 @@ fn merge_tracing<'m, 't>(
         if let Some(percentage) = entry.random_sampling_percentage {
             merged.sampling = percentage;
         }
+        // An empty map is no map: YAML cannot tell `customTags: {}` from its absence here.
+        if !entry.custom_tags.is_empty() {
+            merged.custom_tags = Some(&entry.custom_tags);
+        }
     }
     merged
+}
+
+/// The merged `customTags` as the waypoint applies them, by name. Validation has refused a
+/// null tag or one with two sources; a `formatter` tag (Envoy's substitution format) is not
+/// applied and was reported as such.
+fn custom_tags(tags: Option<&BTreeMap<String, Option<CustomTag>>>) -> Vec<wp::CustomTag> {
+    let source = |s: &TagSource| wp::TagFromName {
+        name: s.name.clone(),
+        default_value: s.default_value.clone(),
+    };
+    tags.into_iter()
+        .flatten()
+        .filter_map(|(name, tag)| {
+            let tag = tag.as_ref()?;
+            let r#type = if let Some(literal) = &tag.literal {
+                wp::custom_tag::Type::Literal(literal.value.clone())
+            } else if let Some(environment) = &tag.environment {
+                wp::custom_tag::Type::Environment(source(environment))
+            } else if let Some(header) = &tag.header {
+                wp::custom_tag::Type::Header(source(header))
+            } else {
+                return None;
+            };
+            Some(wp::CustomTag {
+                tag: name.clone(),
+                r#type: Some(r#type),
+            })
+        })
+        .collect()
 }
 
 /// The last entry for the proxy's side (already filtered by `match.mode`) decides, as

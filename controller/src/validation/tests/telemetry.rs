@@ -60,11 +60,18 @@ fn telemetry_rules() {
             "spec.tracing[0].randomSamplingPercentage",
             "randomSamplingPercentage must be in range [0.0, 100.0]",
         ),
-        warns(
-            "a good custom tag",
+        ok(
+            "good custom tags are applied",
             "TestValidateTelemetry: tracing with a good custom tag",
-            tel("{tracing: [{customTags: {clusterID: {environment: {name: FOO}}}}]}"),
-            "spec.tracing[0].customTags",
+            tel(
+                "{tracing: [{customTags: {clusterID: {environment: {name: FOO}}, team: {literal: {value: checkout}}, user: {header: {name: x-user, defaultValue: anonymous}}}}]}",
+            ),
+        ),
+        warns(
+            "a formatter tag",
+            "Istio's Tracing.CustomTag.formatter: not evaluated here",
+            tel("{tracing: [{customTags: {route: {formatter: {value: '%ROUTE_NAME%'}}}}]}"),
+            "spec.tracing[0].customTags.route.formatter",
             NOT_APPLIED,
         ),
         bad(

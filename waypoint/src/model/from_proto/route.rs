@@ -223,6 +223,16 @@ pub(super) fn route(
         .iter()
         .map(|m| http_match(m, context))
         .collect::<Result<Vec<_>, _>>()?;
+    if !r.operations.is_empty() && r.operations.len() != r.r#match.len().max(1) {
+        return Err(invalid(
+            &format!("{context} operations"),
+            format!(
+                "{} operations for {} matches: one per match, or one without matches",
+                r.operations.len(),
+                r.r#match.len()
+            ),
+        ));
+    }
     let set_count = usize::from(!r.route.is_empty())
         + usize::from(r.redirect.is_some())
         + usize::from(r.direct_response.is_some());
@@ -385,6 +395,7 @@ pub(super) fn route(
                 .as_ref()
                 .map(|l| local_rate_limit(l, context))
                 .transpose()?,
+            operations: r.operations.iter().map(|o| Arc::from(o.as_str())).collect(),
         },
     ))
 }

@@ -622,3 +622,66 @@ fn a_services_client_side_entries_do_not_apply_at_the_waypoint() {
     )]);
     assert_eq!(services[REVIEWS], None);
 }
+
+/// The waypoint's custom tags, by name: `tag=literal:value`, `tag=env:NAME|default`,
+/// `tag=header:name|default`.
+fn custom_tags(telemetries: &[String]) -> Vec<String> {
+    use weft_proto::waypoint::custom_tag::Type;
+    let index = validated(&format!("{MESH}{}", telemetries.concat()));
+    let settings = MeshSettings {
+        mesh: Arc::new(MeshConfigWatch::fixed(parse("mesh", MESH_CONFIG).unwrap())),
+        ..Default::default()
+    };
+    let config = waypoint_configs(&index, &settings, &mut Vec::new())
+        .remove("shop/waypoint")
+        .expect("the waypoint's config");
+    let tracing = config.tracing.expect("tracing");
+    tracing
+        .custom_tags
+        .iter()
+        .map(|t| {
+            let source = |s: &weft_proto::waypoint::TagFromName| {
+                format!("{}|{}", s.name, s.default_value.as_deref().unwrap_or("-"))
+            };
+            let value = match t.r#type.as_ref().expect("a source") {
+                Type::Literal(v) => format!("literal:{v}"),
+                Type::Environment(s) => format!("env:{}", source(s)),
+                Type::Header(s) => format!("header:{}", source(s)),
+            };
+            format!("{}={value}", t.tag)
+        })
+        .collect()
+}
+
+/// istiod's `Telemetries.Tracing`: the last applicable entry (root namespace, then the
+/// proxy's namespace, then those binding it) that sets `customTags` replaces the whole set, a
+/// shallow merge; an entry that sets none, or one for the other side, leaves them.
+#[test]
+fn custom_tags_of_the_narrowest_telemetry_replace_the_wider_ones_whole() {
+    let root = telemetry(
+        "mesh-default",
+        "istio-system",
+        1,
+        "{tracing: [{customTags: {mesh: {literal: {value: root}}, cluster: {environment: {name: CLUSTER, defaultValue: c1}}}}]}",
+    );
+    let namespace = telemetry(
+        "shop",
+        "shop",
+        2,
+        "{tracing: [{customTags: {team: {literal: {value: shop}}, user: {header: {name: x-user}}}}]}",
+    );
+    let sampling_only = telemetry(
+        "for-waypoint",
+        "shop",
+        3,
+        "{targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}], tracing: [{randomSamplingPercentage: 50}, {match: {mode: CLIENT}, customTags: {client: {literal: {value: side}}}}]}",
+    );
+    assert_eq!(
+        custom_tags(std::slice::from_ref(&root)),
+        ["cluster=env:CLUSTER|c1", "mesh=literal:root"]
+    );
+    let narrower = ["team=literal:shop", "user=header:x-user|-"];
+    assert_eq!(custom_tags(&[root.clone(), namespace.clone()]), narrower);
+    assert_eq!(custom_tags(&[root, namespace, sampling_only]), narrower);
+    assert!(custom_tags(&[]).is_empty());
+}
