@@ -598,6 +598,7 @@ mod pool_tests {
             healthy: true,
             weight: 1,
             priority: 0,
+            locality: 0,
         };
         let tls = |sni: &str| {
             let settings = weft_proto::waypoint::UpstreamTls {
