@@ -20,6 +20,7 @@ pub mod conformance;
 pub mod dns;
 pub mod dump;
 pub mod gateway;
+mod head;
 mod idle;
 pub mod listener;
 pub mod metrics;

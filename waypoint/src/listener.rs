@@ -22,6 +22,7 @@ use weft_hbone::{
 use weft_identity::SpiffeId;
 use weft_proxy_core::drain::{DrainSource, DrainWatch};
 
+use crate::head::{HeadAlarm, HeadClock};
 use crate::model::gateway::EdgeLimits;
 use crate::model::{Protocol, WaypointConfig};
 use crate::proxy::{ProxyShared, TunnelContext, handle};
@@ -410,15 +411,19 @@ pub(crate) async fn serve_http<IO>(
     let io = TokioIo::new(io);
     let served = match version {
         HttpVersion::Http1 => {
+            // hyper's header read timeout, kept by the connection's loop (`head`).
+            let clock = HeadClock::default();
             let connection = http1::Builder::new()
-                .timer(TokioTimer::new())
+                .timer(clock.timer())
                 .header_read_timeout(limits.header_read_timeout)
                 .max_buf_size(limits.max_header_bytes.max(8192))
                 .serve_connection(io, service)
                 .with_upgrades();
             tokio::pin!(connection);
             watch
-                .drive(connection.as_mut(), |c| c.graceful_shutdown())
+                .drive(connection.as_mut(), clock.alarm(), |c| {
+                    c.graceful_shutdown()
+                })
                 .await
         }
         HttpVersion::Http2 => {
@@ -431,7 +436,9 @@ pub(crate) async fn serve_http<IO>(
                 .serve_connection(io, service);
             tokio::pin!(connection);
             watch
-                .drive(connection.as_mut(), |c| c.graceful_shutdown())
+                .drive(connection.as_mut(), HeadAlarm::none(), |c| {
+                    c.graceful_shutdown()
+                })
                 .await
         }
     };
@@ -459,10 +466,12 @@ impl ConnectionWatch {
     /// Runs `connection` to its end, shutting it down gracefully with `shut_down` (HTTP/1.1:
     /// `Connection: close` on the response in flight, an idle connection closed now; HTTP/2:
     /// a GOAWAY, its streams in flight finishing) once it is idle for its limit, the drain
-    /// started, or its destination is no longer served.
+    /// started, or its destination is no longer served; and closes it at once, unanswered (as
+    /// hyper's own header read timeout), when `head` says a request head is late.
     async fn drive<C>(
         mut self,
         mut connection: Pin<&mut C>,
+        mut head: HeadAlarm,
         shut_down: fn(Pin<&mut C>),
     ) -> hyper::Result<()>
     where
@@ -480,7 +489,13 @@ impl ConnectionWatch {
         let mut drain_pending = false;
         loop {
             tokio::select! {
+                // The connection first: the head alarm sees a head it started to await.
+                biased;
                 served = connection.as_mut() => return served,
+                () = std::future::poll_fn(|cx| head.poll_late(cx)) => {
+                    debug!(%destination, "request head not complete in time: closing the connection");
+                    return Ok(());
+                }
                 () = tokio::time::sleep_until(self.activity.deadline(self.idle_timeout)) => {
                     if self.activity.idle_for(self.idle_timeout) {
                         debug!(%destination, "connection idle: closing it");

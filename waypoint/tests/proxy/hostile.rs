@@ -117,3 +117,55 @@ async fn an_idle_connection_is_closed_after_the_idle_timeout() {
     assert!(ended, "the idle connection was not closed: {answer}");
     assert_eq!(v1.request_count(), 1);
 }
+
+/// A client has `header_read_timeout` to send a request head, counted from when the waypoint
+/// waits for it (after the previous response on a kept-alive connection): a head left unfinished
+/// closes the connection unanswered, and so does a kept-alive connection whose next head does
+/// not come; a response slower than the limit is not cut, the clock stops while a request is
+/// served.
+#[tokio::test]
+async fn a_request_head_not_sent_in_time_closes_the_connection() {
+    use std::sync::atomic::Ordering;
+    use std::time::Instant;
+
+    let (mesh, v1, _v2) = two_endpoints().await;
+    let limits = waypoint::HttpLimits {
+        header_read_timeout: Duration::from_millis(300),
+        ..waypoint::HttpLimits::default()
+    };
+    let harness = Harness::start_with_limits(mesh, &[&v1], limits).await;
+    harness
+        .waypoint
+        .apply_config(config(vec![route_to("v1")], vec![cluster("v1", &[&v1])]))
+        .unwrap();
+
+    // Half a head, then nothing: closed unanswered (the idle timeout is an hour).
+    let mut tunnel = harness.tunnel().await;
+    let started = Instant::now();
+    let (answer, ended) = exchange_raw(
+        &mut tunnel,
+        format!("GET / HTTP/1.1\r\nHost: {HOST}\r\n").as_bytes(),
+    )
+    .await;
+    assert!(
+        ended,
+        "a half-sent head kept the connection open: {answer:?}"
+    );
+    assert!(answer.is_empty(), "{answer}");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(v1.request_count(), 0);
+
+    // A response twice as slow as the limit is answered whole; the next head, which does not
+    // come, closes the connection.
+    v1.behaviour.delay_ms.store(600, Ordering::Relaxed);
+    let mut tunnel = harness.tunnel().await;
+    let request = format!("GET / HTTP/1.1\r\nHost: {HOST}\r\n\r\n");
+    let (answer, ended) = exchange_raw(&mut tunnel, request.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.ends_with(&format!("\r\n\r\n{}", v1.name)) && !answer.contains("connection: close"),
+        "the slow response was cut short: {answer}"
+    );
+    assert!(ended, "the connection outlived the head timeout: {answer}");
+    assert_eq!(v1.request_count(), 1);
+}
