@@ -24,6 +24,7 @@
 
 use std::time::Duration;
 
+use weft_e2e::gateway::GatewayProcess;
 use weft_e2e::session::Session;
 use weft_e2e::{Mesh, MeshOptions, PodSpec};
 
@@ -303,8 +304,10 @@ spec:
     )
 }
 
-#[test]
-fn a_gateways_edge_limits_apply_follow_changes_on_open_connections_and_refuse_bad_values() {
+/// The mesh of [`CONFIG`] with its Gateway `shop/edge` as [`limited_gateway`] writes it with
+/// `limits`, in the file `kubectl_apply` replaces (one Gateway `shop/edge` at a time), the
+/// ingress gateway running, and its address.
+fn mesh_with_limited_gateway(limits: &str) -> (Mesh, GatewayProcess, String) {
     let config = CONFIG.replacen(
         "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: edge, namespace: shop}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: [\"*\"]\n---\n",
         "",
@@ -319,10 +322,9 @@ fn a_gateways_edge_limits_apply_follow_changes_on_open_connections_and_refuse_ba
         ],
         MeshOptions {
             config,
-            // The file `kubectl_apply` replaces: one Gateway `shop/edge` at a time.
             config_files: vec![(
                 "50-gateway-shop-edge.yaml".to_owned(),
-                limited_gateway("{maxRequestHeadersKb: 4}"),
+                limited_gateway(limits),
             )],
             ..MeshOptions::default()
         },
@@ -334,6 +336,12 @@ fn a_gateways_edge_limits_apply_follow_changes_on_open_connections_and_refuse_ba
         .start_gateway("ingress", &credentials)
         .unwrap_or_else(|e| panic!("{e:#}"));
     let gw = mesh.pod(&gateway.pod).ip.to_string();
+    (mesh, gateway, gw)
+}
+
+#[test]
+fn a_gateways_edge_limits_apply_follow_changes_on_open_connections_and_refuse_bad_values() {
+    let (mesh, gateway, gw) = mesh_with_limited_gateway("{maxRequestHeadersKb: 4}");
     let shop_resolve = format!("shop.example.com:80:{gw}");
     let shop = |extra: &[&str]| {
         let mut args = vec!["--resolve", shop_resolve.as_str(), "--http1.1"];
@@ -590,34 +598,8 @@ fn app_tally(mesh: &Mesh, shop_resolve: &str) -> serde_json::Value {
 fn the_whole_request_is_bounded_in_time_and_size_over_http1_and_http2() {
     // One MiB of body, two seconds for the whole request.
     const CAP: u64 = 1024 * 1024;
-    let config = CONFIG.replacen(
-        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: edge, namespace: shop}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: [\"*\"]\n---\n",
-        "",
-        1,
-    );
-    assert_ne!(config, CONFIG, "the Gateway is replaced");
-    let mesh = Mesh::start(
-        vec![
-            PodSpec::app("reviews-v1", "node1", "shop", "reviews", "v1"),
-            ingress_pod(),
-            PodSpec::client("outside", "node2", "outside").not_enrolled(),
-        ],
-        MeshOptions {
-            config,
-            config_files: vec![(
-                "50-gateway-shop-edge.yaml".to_owned(),
-                limited_gateway(&format!("{{requestTimeout: 2s, maxRequestBytes: {CAP}}}")),
-            )],
-            ..MeshOptions::default()
-        },
-    )
-    .expect("start the mesh");
-    let credentials = mesh.dir().join("credentials");
-    std::fs::create_dir_all(&credentials).unwrap();
-    let gateway = mesh
-        .start_gateway("ingress", &credentials)
-        .unwrap_or_else(|e| panic!("{e:#}"));
-    let gw = mesh.pod(&gateway.pod).ip.to_string();
+    let (mesh, gateway, gw) =
+        mesh_with_limited_gateway(&format!("{{requestTimeout: 2s, maxRequestBytes: {CAP}}}"));
     let shop_resolve = format!("shop.example.com:80:{gw}");
     let post = |version: &str, extra: &[&str]| {
         let mut args = vec!["--resolve", shop_resolve.as_str(), version, "-X", "POST"];
