@@ -418,6 +418,11 @@ impl std::fmt::Debug for RequestRecord {
 }
 
 impl RequestRecord {
+    /// When the request began: its head had arrived.
+    pub fn started(&self) -> Instant {
+        self.start
+    }
+
     pub fn new(metrics: Arc<Metrics>) -> Self {
         RequestRecord {
             metrics,

@@ -46,8 +46,6 @@ pub(super) struct RequestContext<'a> {
     /// At the edge, the limits of the connection's server in `config`, found once per request
     /// (the default elsewhere: no limit of a server's own).
     pub edge_limits: crate::model::gateway::EdgeLimits,
-    /// When the request's head had arrived: its `request_timeout` counts from here.
-    pub arrived: tokio::time::Instant,
 }
 
 impl<'a> RequestContext<'a> {
@@ -69,7 +67,6 @@ impl<'a> RequestContext<'a> {
             remote_ip: tunnel.source_ip,
             // Set by the caller at the edge, from the server it found for the request.
             edge_limits: crate::model::gateway::EdgeLimits::default(),
-            arrived: tokio::time::Instant::now(),
         }
     }
 

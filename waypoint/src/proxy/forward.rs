@@ -177,7 +177,9 @@ pub(super) async fn forward_to(
     let limits = if body.is_end_stream() {
         None
     } else {
-        let deadline = cx.edge_limits.request_timeout.map(|t| cx.arrived + t);
+        // Counted from the request's start, when its head had arrived.
+        let started = tokio::time::Instant::from_std(cx.record.started());
+        let deadline = cx.edge_limits.request_timeout.map(|t| started + t);
         RequestLimits::new(deadline, cx.edge_limits.max_request_bytes)
     };
     let body = (!body.is_end_stream()).then(|| match &limits {
