@@ -11,6 +11,7 @@ pub mod gateway_api;
 pub mod networking;
 pub mod schema;
 pub mod security;
+pub mod tag_expression;
 pub mod telemetry;
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service, ServiceAccount};

@@ -133,16 +133,14 @@ fn waypoint_config(
             .iter()
             .map(|(host, entry)| compiler.entry_service(host, entry)),
     );
-    let tracing = compiler.tracing(TelemetryProxy::Waypoint);
-    let access_log_disabled = compiler.access_log_disabled(TelemetryProxy::Waypoint);
+    let telemetry = compiler.telemetry(TelemetryProxy::Waypoint);
     let objects = served.iter().map(|s| ServedObject::service(s)).chain(
         served_entries
             .iter()
             .map(|(_, entry)| ServedObject::entry(entry)),
     );
     for (service, object) in services.iter_mut().zip(objects) {
-        service.telemetry =
-            compiler.service_telemetry(object, tracing.as_ref(), access_log_disabled);
+        service.telemetry = compiler.service_telemetry(object, &telemetry);
     }
     compiler.served_entries = served_entries.iter().map(|(_, e)| *e).collect();
     let clusters: Vec<wp::Cluster> = std::mem::take(&mut compiler.clusters)
@@ -174,8 +172,9 @@ fn waypoint_config(
         workloads,
         request_authentications,
         gateway: None,
-        tracing,
-        access_log_disabled,
+        tracing: telemetry.tracing,
+        access_log_disabled: telemetry.access_log_disabled,
+        metric_overrides: telemetry.metric_overrides,
         instances: compiler.instances(),
     }
 }

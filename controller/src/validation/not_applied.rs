@@ -392,9 +392,32 @@ pub const CATALOG: &[NotApplied] = &[
     ),
     entry(
         K::Telemetry,
-        "spec.metrics",
+        "spec.metrics[].reportingInterval",
         Set,
-        "waypoints and node agents report Istio's standard metrics to Prometheus, unchanged",
+        "TCP metrics are counted as the bytes flow: there is no reporting interval",
+    ),
+    entry(
+        K::Telemetry,
+        "spec.metrics[].overrides[].match.customMetric",
+        Set,
+        "Weft defines no custom metrics: the override matches none",
+    ),
+    entry(
+        K::Telemetry,
+        "spec.metrics[].overrides[].match.metric",
+        Equals(&[
+            "TCP_OPENED_CONNECTIONS",
+            "TCP_CLOSED_CONNECTIONS",
+            "TCP_SENT_BYTES",
+            "TCP_RECEIVED_BYTES",
+        ]),
+        "the TCP metrics (istio_tcp_*) keep Istio's labels and are always recorded",
+    ),
+    entry(
+        K::Telemetry,
+        "spec.metrics[].overrides[].match.metric",
+        Equals(&["GRPC_REQUEST_MESSAGES", "GRPC_RESPONSE_MESSAGES"]),
+        "Weft does not report gRPC message counts",
     ),
     entry(
         K::Telemetry,

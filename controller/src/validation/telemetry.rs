@@ -5,11 +5,17 @@
 
 use std::time::Duration;
 
+use weft_proxy_core::metrics::is_label_name;
+
 use super::Findings;
 use super::cel::check_expression;
 use super::common::check_policy_selection;
 use crate::model::schema::DURATION_MESSAGE;
+use crate::model::tag_expression;
 use crate::model::telemetry::*;
+
+/// The one metrics provider Weft reports to (Istio's default `defaultProviders.metrics`).
+const PROMETHEUS: &str = "prometheus";
 
 pub fn validate(spec: &TelemetrySpec, findings: &mut Findings) {
     check_policy_selection(
@@ -22,7 +28,9 @@ pub fn validate(spec: &TelemetrySpec, findings: &mut Findings) {
         findings.error("spec.targetRefs", "must have at most 16 items");
     }
     for (i, metrics) in spec.metrics.iter().enumerate() {
-        check_metrics(findings, &format!("spec.metrics[{i}]"), metrics);
+        let path = format!("spec.metrics[{i}]");
+        check_metrics(findings, &path, metrics);
+        check_metrics_applied(findings, &path, metrics);
     }
     if spec.tracing.len() > 1 {
         findings.warn(
@@ -166,6 +174,58 @@ fn check_metrics(findings: &mut Findings, path: &str, metrics: &Metrics) {
             .is_ok_and(|d| !d.negative && d.magnitude >= Duration::from_millis(1));
         if !valid {
             findings.error(format!("{path}.reportingInterval"), DURATION_MESSAGE);
+        }
+    }
+}
+
+/// What of a `metrics` entry Weft does not apply, with the reason: a provider other than
+/// Prometheus, a tag name Prometheus refuses, a value expression outside the subset the
+/// proxies evaluate, and the TCP metrics an override for all metrics leaves as they are.
+fn check_metrics_applied(findings: &mut Findings, path: &str, metrics: &Metrics) {
+    for (i, provider) in metrics.providers.iter().enumerate() {
+        if !provider.name.is_empty() && !provider.name.eq_ignore_ascii_case(PROMETHEUS) {
+            findings.not_applied(
+                format!("{path}.providers[{i}]"),
+                format!(
+                    "Weft reports metrics to Prometheus only: {:?} gets none, and an entry naming no Prometheus provider changes nothing",
+                    provider.name
+                ),
+            );
+        }
+    }
+    for (i, entry) in metrics.overrides.iter().enumerate() {
+        let override_path = format!("{path}.overrides[{i}]");
+        let metric = entry.match_.as_ref().and_then(|m| m.metric);
+        let custom = entry
+            .match_
+            .as_ref()
+            .is_some_and(|m| m.custom_metric.is_some());
+        if !custom && metric.is_none_or(|m| m == IstioMetric::AllMetrics) {
+            findings.not_applied(
+                &override_path,
+                "applied to the request metrics; the TCP metrics (istio_tcp_*) keep Istio's labels and are always recorded",
+            );
+        }
+        for (name, tag) in &entry.tag_overrides {
+            let tag_path = format!("{override_path}.tagOverrides.{name}");
+            if !name.is_empty() && !is_label_name(name) {
+                findings.not_applied(
+                    &tag_path,
+                    format!("{name:?} is not a Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*, not `le`, not `__`-prefixed): the tag is not changed"),
+                );
+                continue;
+            }
+            if tag.operation.unwrap_or(TagOperation::Upsert) != TagOperation::Upsert {
+                continue;
+            }
+            if let Some(value) = tag.value.as_deref().filter(|v| !v.is_empty())
+                && let Err(reason) = tag_expression::parse(value)
+            {
+                findings.not_applied(
+                    format!("{tag_path}.value"),
+                    format!("the expression {value:?} is not one Weft evaluates ({reason}): the tag is not changed"),
+                );
+            }
         }
     }
 }

@@ -11,7 +11,7 @@ pub mod tcp;
 pub use certificates::{CERTIFICATE_EXPIRY, CERTIFICATE_ISSUE, register_certificate_expiry};
 pub use labels::{
     PEER_LABEL_VALUES, Peer, PeerLabels, Reporter, RequestLabels, RequestProtocol, ResponseFlag,
-    SecurityPolicy, Service, TcpLabels, UNKNOWN,
+    SecurityPolicy, Service, TcpLabels, UNKNOWN, is_label_name,
 };
 pub use process::{Component, register_process_metrics};
 pub use tcp::{ACCESS_LOG, AccessLog, ConnectionEnd, LabelKey, LogText, TcpConnection, TcpMetrics};

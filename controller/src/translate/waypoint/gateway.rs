@@ -150,6 +150,7 @@ pub fn gateway_config<'a>(
         workload_uid: resolve::pod_uid(&settings.cluster_id, pod),
         workload_name: resolve::workload_name(pod),
     });
+    let telemetry = compiler.telemetry(TelemetryProxy::Gateway(pod));
     wp::WaypointConfig {
         name: compiler.waypoint.name.clone(),
         namespace: compiler.waypoint.namespace.clone(),
@@ -160,8 +161,9 @@ pub fn gateway_config<'a>(
             workload,
             num_trusted_proxies: trusted_proxies(&mut compiler, settings, pod),
         }),
-        tracing: compiler.tracing(TelemetryProxy::Gateway(pod)),
-        access_log_disabled: compiler.access_log_disabled(TelemetryProxy::Gateway(pod)),
+        tracing: telemetry.tracing,
+        access_log_disabled: telemetry.access_log_disabled,
+        metric_overrides: telemetry.metric_overrides,
         instances: super::locality::proxy_instance(index, settings, pod)
             .into_iter()
             .collect(),

@@ -1,4 +1,5 @@
-//! A proxy's tracing and access logging: the mesh config's default OpenTelemetry provider and
+//! A proxy's tracing, access logging and metric overrides ([`metrics`]): the mesh config's
+//! default OpenTelemetry provider and
 //! sampling (`defaultProviders.tracing`, `defaultConfig.tracing.sampling`), overridden by the
 //! Telemetry resources that apply to the proxy in Istio's order (istiod's
 //! `Telemetries.applicableTelemetries`): the root namespace's namespace-wide one (mesh-wide),
@@ -197,25 +198,37 @@ impl<'a> Compiler<'a, '_> {
         .is_some_and(|services| services.is_empty())
     }
 
-    /// The tracing and access logging of the traffic addressed to `service`, when they are not
-    /// the waypoint's own (`waypoint_tracing`, `waypoint_access_log_disabled`): istiod builds
-    /// each service's filter chain at a waypoint with the Telemetry that applies with the
-    /// service (`Telemetries.Tracing(proxy, svc)`, `AccessLogging(.., svc)`).
+    /// The tracing, access logging and metric overrides of the traffic addressed to
+    /// `service`, when they are not the `waypoint`'s own: istiod builds each service's filter
+    /// chain at a waypoint with the Telemetry that applies with the service
+    /// (`Telemetries.Tracing(proxy, svc)`, `AccessLogging(.., svc)`, `HTTPFilters(.., svc)`).
     pub(super) fn service_telemetry(
         &self,
         service: ServedObject<'_>,
-        waypoint_tracing: Option<&wp::Tracing>,
-        waypoint_access_log_disabled: bool,
+        waypoint: &wp::ServiceTelemetry,
     ) -> Option<wp::ServiceTelemetry> {
-        let proxy = TelemetryProxy::WaypointService(service);
-        let tracing = self.tracing(proxy);
-        let access_log_disabled = self.access_log_disabled(proxy);
-        (tracing.as_ref() != waypoint_tracing
-            || access_log_disabled != waypoint_access_log_disabled)
-            .then_some(wp::ServiceTelemetry {
-                tracing,
-                access_log_disabled,
-            })
+        let telemetry = self.telemetry(TelemetryProxy::WaypointService(service));
+        (telemetry != *waypoint).then_some(telemetry)
+    }
+
+    /// Everything the applicable Telemetry resources set for `proxy`: its tracing, access
+    /// logging and metric overrides.
+    pub(super) fn telemetry(&self, proxy: TelemetryProxy<'_>) -> wp::ServiceTelemetry {
+        wp::ServiceTelemetry {
+            tracing: self.tracing(proxy),
+            access_log_disabled: self.access_log_disabled(proxy),
+            metric_overrides: self.metric_overrides(proxy),
+        }
+    }
+
+    /// The overrides of Istio's request metrics for the proxy's side (istiod's
+    /// `mergeMetrics`, then the side the proxy's listeners report: a waypoint's server side,
+    /// a gateway's client side).
+    pub(super) fn metric_overrides(&self, proxy: TelemetryProxy<'_>) -> Vec<wp::MetricOverride> {
+        let telemetries = self.applicable_telemetries(proxy);
+        metrics::merge_metrics(telemetries.iter().flat_map(|t| &t.spec.metrics), |mode| {
+            proxy.covers(mode)
+        })
     }
 
     /// The tracing section of the proxy's configuration; `None` when no provider applies
@@ -387,6 +400,8 @@ fn canonical_service(pod: &Pod) -> String {
         .cloned()
         .unwrap_or_else(|| resolve::workload_name(pod))
 }
+
+mod metrics;
 
 #[cfg(test)]
 mod tests;

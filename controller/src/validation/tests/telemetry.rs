@@ -154,7 +154,7 @@ fn telemetry_rules() {
             tel(
                 "{metrics: [{overrides: [{match: {metric: REQUEST_COUNT, mode: CLIENT}, tagOverrides: {my-tag: {operation: UPSERT, value: some-cel-expression}}}], reportingInterval: 15s}]}",
             ),
-            "spec.metrics",
+            "spec.metrics[0].reportingInterval",
             NOT_APPLIED,
         ),
         warns(
@@ -327,5 +327,62 @@ fn telemetry_attached_to_a_service_is_applied_without_a_warning() {
         let (errors, warnings) = findings(&tel(spec));
         assert!(errors.is_empty(), "{spec}: {errors:?}");
         assert!(warnings.is_empty(), "{spec}: {warnings:?}");
+    }
+}
+
+/// Metric overrides Weft applies need no warning; what it does not apply is reported with the
+/// Telemetry's field and, for a value expression, the expression.
+#[test]
+fn metric_overrides_report_what_is_not_applied() {
+    let applied = [
+        "{metrics: [{providers: [{name: prometheus}], overrides: [{match: {metric: REQUEST_COUNT, mode: SERVER}, disabled: true}]}]}",
+        "{metrics: [{overrides: [{match: {metric: REQUEST_DURATION}, tagOverrides: {request_protocol: {operation: REMOVE}, request_host: {value: request.host}, user: {value: \"has(request.headers['x-user']) ? request.headers['x-user'] : 'anonymous'\"}}}]}]}",
+    ];
+    for spec in applied {
+        let (errors, warnings) = findings(&tel(spec));
+        assert!(errors.is_empty(), "{spec}: {errors:?}");
+        assert!(warnings.is_empty(), "{spec}: {warnings:?}");
+    }
+    let not_applied = [
+        (
+            "{metrics: [{overrides: [{match: {metric: REQUEST_COUNT}, tagOverrides: {peer: {value: upstream_peer.istio_version}}}]}]}",
+            "spec.metrics[0].overrides[0].tagOverrides.peer.value",
+            "\"upstream_peer.istio_version\"",
+        ),
+        (
+            "{metrics: [{overrides: [{match: {metric: REQUEST_COUNT}, tagOverrides: {my-tag: {value: request.host}}}]}]}",
+            "spec.metrics[0].overrides[0].tagOverrides.my-tag",
+            "not a Prometheus label name",
+        ),
+        (
+            "{metrics: [{providers: [{name: stackdriver}]}]}",
+            "spec.metrics[0].providers[0]",
+            "Prometheus only",
+        ),
+        (
+            "{metrics: [{overrides: [{disabled: true}]}]}",
+            "spec.metrics[0].overrides[0]",
+            "istio_tcp_",
+        ),
+        (
+            "{metrics: [{overrides: [{match: {metric: TCP_SENT_BYTES}, disabled: true}]}]}",
+            "spec.metrics[0].overrides[0].match.metric",
+            "istio_tcp_",
+        ),
+        (
+            "{metrics: [{overrides: [{match: {customMetric: my_metric}, disabled: true}]}]}",
+            "spec.metrics[0].overrides[0].match.customMetric",
+            "no custom metrics",
+        ),
+    ];
+    for (spec, path, reason) in not_applied {
+        let (errors, warnings) = findings(&tel(spec));
+        assert!(errors.is_empty(), "{spec}: {errors:?}");
+        assert!(
+            warnings
+                .iter()
+                .any(|(p, r)| p == path && r.starts_with(NOT_APPLIED) && r.contains(reason)),
+            "{spec}: {warnings:?}"
+        );
     }
 }

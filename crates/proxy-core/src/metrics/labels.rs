@@ -364,3 +364,68 @@ pub struct RequestLabels {
     pub response_flags: ResponseFlag,
     pub connection_security_policy: SecurityPolicy,
 }
+
+impl PeerLabels {
+    /// The label names of [`Self::values`], in its order.
+    pub const NAMES: [&'static str; PEER_LABEL_VALUES] = [
+        "source_workload",
+        "source_canonical_service",
+        "source_canonical_revision",
+        "source_workload_namespace",
+        "source_principal",
+        "source_app",
+        "source_version",
+        "source_cluster",
+        "destination_service",
+        "destination_service_namespace",
+        "destination_service_name",
+        "destination_workload",
+        "destination_canonical_service",
+        "destination_canonical_revision",
+        "destination_workload_namespace",
+        "destination_principal",
+        "destination_app",
+        "destination_version",
+        "destination_cluster",
+    ];
+}
+
+impl RequestLabels {
+    /// Each label's name and value, in the order they are exposed: what Telemetry's tag
+    /// overrides rewrite.
+    pub fn pairs(&self) -> Vec<(&'static str, String)> {
+        let mut pairs = Vec::with_capacity(PEER_LABEL_VALUES + 6);
+        pairs.push(("reporter", self.peers.reporter.as_str().to_owned()));
+        pairs.extend(
+            PeerLabels::NAMES
+                .into_iter()
+                .zip(self.peers.values().map(str::to_owned)),
+        );
+        pairs.extend([
+            (
+                "request_protocol",
+                self.request_protocol.as_str().to_owned(),
+            ),
+            ("response_code", self.response_code.to_string()),
+            ("grpc_response_status", self.grpc_response_status.clone()),
+            ("response_flags", self.response_flags.as_str().to_owned()),
+            (
+                "connection_security_policy",
+                self.connection_security_policy.as_str().to_owned(),
+            ),
+        ]);
+        pairs
+    }
+}
+
+/// Whether `name` can name a label of Istio's metrics in Prometheus' text format:
+/// `[a-zA-Z_][a-zA-Z0-9_]*`, not reserved (`__` prefix) and not the histograms' `le`.
+pub fn is_label_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !name.starts_with("__")
+        && name != "le"
+}

@@ -206,3 +206,60 @@ fn access_log_texts_escape_terminal_control_characters() {
         assert_eq!(super::LogText(text).to_string(), written, "{text:?}");
     }
 }
+
+/// The pairs Telemetry overrides rewrite are the labels the derived encoding writes, in its
+/// order: an override that changes nothing exposes the same series.
+#[test]
+fn request_label_pairs_encode_as_the_label_set_does() {
+    use prometheus_client::metrics::{counter::Counter, family::Family};
+    let labels = RequestLabels {
+        peers: PeerLabels::new(
+            Reporter::Waypoint,
+            &Peer {
+                workload: "reviews-v1",
+                principal: "spiffe://cluster.local/ns/shop/sa/reviews",
+                ..Peer::default()
+            },
+            &Peer::default(),
+            &Service {
+                hostname: "reviews.shop.svc.cluster.local",
+                ..Service::default()
+            },
+        ),
+        request_protocol: RequestProtocol::Http,
+        response_code: 503,
+        grpc_response_status: String::new(),
+        response_flags: ResponseFlag::UpstreamOverflow,
+        connection_security_policy: SecurityPolicy::MutualTls,
+    };
+    let exposed = |register: &dyn Fn(&mut Registry)| {
+        let mut registry = Registry::default();
+        register(&mut registry);
+        line(&text(&registry), "requests_total{")
+    };
+    let derived = exposed(&|registry| {
+        let family = Family::<RequestLabels, Counter>::default();
+        family.get_or_create(&labels).inc();
+        registry.register("requests", "", family);
+    });
+    let paired = exposed(&|registry| {
+        let family = Family::<Vec<(&'static str, String)>, Counter>::default();
+        family.get_or_create(&labels.pairs()).inc();
+        registry.register("requests", "", family);
+    });
+    assert_eq!(derived, paired);
+    assert!(
+        derived.contains("source_workload=\"reviews-v1\""),
+        "{derived}"
+    );
+}
+
+#[test]
+fn label_names_are_those_prometheus_accepts_and_istio_does_not_reserve() {
+    for good in ["request_host", "_x", "A9"] {
+        assert!(is_label_name(good), "{good}");
+    }
+    for bad in ["", "9a", "my-tag", "le", "__name__", "a.b"] {
+        assert!(!is_label_name(bad), "{bad}");
+    }
+}
