@@ -5,10 +5,12 @@
 //! Istio's default text format. One [`RequestRecord`] per request records both when it is
 //! dropped, that is when the response body has been sent or the client went away; one
 //! [`ConnectionRecord`] per TCP connection counts its bytes as they flow and closes it when
-//! dropped.
+//! dropped. Telemetry's metric overrides change the request metrics' series ([`overrides`]).
+
+mod overrides;
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -33,6 +35,9 @@ use weft_proxy_core::metrics::{
 
 use crate::model::{Cluster, ServiceName, WorkloadInfo};
 
+pub(crate) use overrides::metric_overrides;
+pub use overrides::{MetricOverrides, RequestMetric, RequestSeries};
+
 /// Istio's buckets for `istio_request_duration_milliseconds`.
 pub const DURATION_BUCKETS_MS: [f64; 19] = [
     0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
@@ -55,15 +60,18 @@ const CACHED_LABEL_SETS: usize = 4096;
 
 /// The waypoint's request and connection metrics.
 pub struct Metrics {
-    requests: Family<RequestLabels, Counter>,
-    duration: Family<RequestLabels, Histogram, Buckets>,
-    request_bytes: Family<RequestLabels, Histogram, Buckets>,
-    response_bytes: Family<RequestLabels, Histogram, Buckets>,
+    requests: Family<RequestSeries, Counter>,
+    duration: Family<RequestSeries, Histogram, Buckets>,
+    request_bytes: Family<RequestSeries, Histogram, Buckets>,
+    response_bytes: Family<RequestSeries, Histogram, Buckets>,
     tcp: TcpMetrics,
     /// The four request metrics of each label set seen, by the hash of its values: a request
     /// whose labels were seen before counts without building (allocating) its label set or
     /// looking it up in each family.
     resolved: Mutex<HashMap<u64, Arc<RequestCounters>, foldhash::fast::RandomState>>,
+    /// The label sets Telemetry overrides made, by hash: at most
+    /// [`overrides::MAX_OVERRIDDEN_SERIES`].
+    overridden: Mutex<HashSet<u64, foldhash::fast::RandomState>>,
     hasher: foldhash::fast::RandomState,
 }
 
@@ -93,6 +101,7 @@ impl Metrics {
             response_bytes: Family::new_with_constructor(Buckets(&BYTES_BUCKETS)),
             tcp: TcpMetrics::new(registry),
             resolved: Mutex::default(),
+            overridden: Mutex::default(),
             hasher: foldhash::fast::RandomState::default(),
         };
         registry.register(
@@ -120,7 +129,58 @@ impl Metrics {
 
     /// Count of requests with exactly these labels (for tests and the admin page).
     pub fn requests_with(&self, labels: &RequestLabels) -> u64 {
-        self.requests.get_or_create(labels).get()
+        self.requests
+            .get_or_create(&RequestSeries::Standard(labels.clone()))
+            .get()
+    }
+
+    /// Records a request under Telemetry's `overrides`: each metric not disabled, in the
+    /// series the overrides make of its labels. Uncached: every such request builds its label
+    /// sets.
+    fn record_overridden(&self, record: &RequestRecord, overrides: &MetricOverrides) {
+        let labels = record.labels();
+        let elapsed_ms = record.start.elapsed().as_secs_f64() * 1000.0;
+        for metric in RequestMetric::ALL {
+            if overrides.disabled(metric) {
+                continue;
+            }
+            let mut series = overrides.series(metric, &labels, record, false);
+            if !self.admit(&series) {
+                series = overrides.series(metric, &labels, record, true);
+            }
+            match metric {
+                RequestMetric::Count => {
+                    self.requests.get_or_create(&series).inc();
+                }
+                RequestMetric::Duration => self.duration.get_or_create(&series).observe(elapsed_ms),
+                RequestMetric::RequestSize => self
+                    .request_bytes
+                    .get_or_create(&series)
+                    .observe(record.bytes_received as f64),
+                RequestMetric::ResponseSize => self
+                    .response_bytes
+                    .get_or_create(&series)
+                    .observe(record.bytes_sent as f64),
+            };
+        }
+    }
+
+    /// Whether `series` may be recorded: a standard one always; an overridden one when it was
+    /// seen before or while fewer than [`overrides::MAX_OVERRIDDEN_SERIES`] were.
+    fn admit(&self, series: &RequestSeries) -> bool {
+        if matches!(series, RequestSeries::Standard(_)) {
+            return true;
+        }
+        let hash = self.hasher.hash_one(series);
+        let mut seen = self.overridden.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.contains(&hash) {
+            return true;
+        }
+        if seen.len() >= overrides::MAX_OVERRIDDEN_SERIES {
+            return false;
+        }
+        seen.insert(hash);
+        true
     }
 
     /// The metrics of the label set `view` describes: resolved once per distinct label set
@@ -148,11 +208,12 @@ impl Metrics {
     }
 
     fn resolve(&self, labels: RequestLabels) -> RequestCounters {
+        let series = RequestSeries::Standard(labels.clone());
         RequestCounters {
-            requests: self.requests.get_or_create(&labels).clone(),
-            duration: self.duration.get_or_create(&labels).clone(),
-            request_bytes: self.request_bytes.get_or_create(&labels).clone(),
-            response_bytes: self.response_bytes.get_or_create(&labels).clone(),
+            requests: self.requests.get_or_create(&series).clone(),
+            duration: self.duration.get_or_create(&series).clone(),
+            request_bytes: self.request_bytes.get_or_create(&series).clone(),
+            response_bytes: self.response_bytes.get_or_create(&series).clone(),
             labels,
         }
     }
@@ -405,6 +466,10 @@ pub struct RequestRecord {
     pub span: Option<crate::telemetry::RequestSpan>,
     /// Telemetry turned the access log off: no line is written.
     pub access_log_disabled: bool,
+    /// Telemetry's metric overrides in force for the request, if any.
+    pub metric_overrides: Option<Arc<MetricOverrides>>,
+    /// The request headers the overrides' tags read ([`MetricOverrides::capture`]).
+    pub metric_headers: Vec<Option<HeaderValue>>,
 }
 
 impl std::fmt::Debug for RequestRecord {
@@ -454,6 +519,27 @@ impl RequestRecord {
             at_edge: false,
             span: None,
             access_log_disabled: false,
+            metric_overrides: None,
+            metric_headers: Vec::new(),
+        }
+    }
+
+    /// Records the request under Telemetry's `overrides`, with the request `headers` they
+    /// read as they are now.
+    pub fn set_metric_overrides(
+        &mut self,
+        overrides: &Arc<MetricOverrides>,
+        headers: &http::HeaderMap,
+    ) {
+        self.metric_headers = overrides.capture(headers);
+        self.metric_overrides = Some(Arc::clone(overrides));
+    }
+
+    /// The request headers the metric overrides read, taken again from `headers` (the
+    /// request as it is forwarded, after the route's header operations).
+    pub fn recapture_metric_headers(&mut self, headers: &http::HeaderMap) {
+        if let Some(overrides) = &self.metric_overrides {
+            self.metric_headers = overrides.capture(headers);
         }
     }
 
@@ -682,15 +768,19 @@ impl std::fmt::Display for UtcTime {
 
 impl Drop for RequestRecord {
     fn drop(&mut self) {
-        let (source, destination) = (self.source.view(), self.destination.view());
-        let counters = self
-            .metrics
-            .counters(&self.labels_view(&source, &destination));
-        let elapsed_ms = self.start.elapsed().as_secs_f64() * 1000.0;
-        counters.requests.inc();
-        counters.duration.observe(elapsed_ms);
-        counters.request_bytes.observe(self.bytes_received as f64);
-        counters.response_bytes.observe(self.bytes_sent as f64);
+        if let Some(overrides) = self.metric_overrides.take() {
+            self.metrics.record_overridden(self, &overrides);
+        } else {
+            let (source, destination) = (self.source.view(), self.destination.view());
+            let counters = self
+                .metrics
+                .counters(&self.labels_view(&source, &destination));
+            let elapsed_ms = self.start.elapsed().as_secs_f64() * 1000.0;
+            counters.requests.inc();
+            counters.duration.observe(elapsed_ms);
+            counters.request_bytes.observe(self.bytes_received as f64);
+            counters.response_bytes.observe(self.bytes_sent as f64);
+        }
         if !self.access_log_disabled {
             info!(target: ACCESS_LOG, "{}", AccessLogLine(self));
         }
@@ -701,116 +791,4 @@ impl Drop for RequestRecord {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn telemetry_can_turn_the_access_log_off_but_not_the_metrics() {
-        let logged = |disabled: bool| {
-            let capture = weft_test_support::logs::LogCapture::new();
-            let mut registry = Registry::default();
-            tracing::subscriber::with_default(capture.subscriber(), || {
-                let mut record = RequestRecord::new(Arc::new(Metrics::new(&mut registry)));
-                record.path = "/logged-or-not".into();
-                record.status = 200;
-                record.access_log_disabled = disabled;
-            });
-            let mut text = String::new();
-            prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
-            assert!(text.contains("response_code=\"200\""), "{text}");
-            capture.text().contains("/logged-or-not")
-        };
-        assert!(logged(false));
-        assert!(!logged(true));
-    }
-
-    /// Label sets resolved once and reused count each request under its own labels.
-    #[test]
-    fn requests_count_under_their_own_labels_when_label_sets_are_reused() {
-        let mut registry = Registry::default();
-        let metrics = Arc::new(Metrics::new(&mut registry));
-        let record = |status: u16, flags: ResponseFlag, at_edge: bool| {
-            let mut record = RequestRecord::new(Arc::clone(&metrics));
-            record.status = status;
-            record.response_flags = flags;
-            record.at_edge = at_edge;
-            record.access_log_disabled = true;
-            record
-        };
-        let mut expected = Vec::new();
-        for (status, flags, at_edge, times) in [
-            (200, ResponseFlag::None, false, 3),
-            (503, ResponseFlag::UpstreamOverflow, false, 2),
-            (200, ResponseFlag::None, true, 1),
-        ] {
-            for _ in 0..times {
-                let one = record(status, flags, at_edge);
-                expected.push((one.labels(), times));
-            }
-        }
-        assert_eq!(metrics.resolved.lock().unwrap().len(), 3);
-        for (labels, times) in expected {
-            assert_eq!(metrics.requests_with(&labels), times, "{labels:?}");
-        }
-    }
-
-    #[test]
-    fn access_log_line_follows_istio_default_field_order() {
-        let mut registry = Registry::default();
-        let mut record = RequestRecord::new(Arc::new(Metrics::new(&mut registry)));
-        record.method = http::Method::GET;
-        record.path = "/reviews/1".into();
-        record.status = 503;
-        record.response_flags = ResponseFlag::UpstreamOverflow;
-        record.response_code_details = "upstream_reset_before_response_started{overflow}".into();
-        record.bytes_received = 3;
-        record.bytes_sent = 81;
-        record.user_agent = "curl/8".into();
-        record.request_id = "abc".into();
-        record.authority = "reviews:9080".into();
-        record.upstream_host = Some("10.0.0.5:9080".parse().unwrap());
-        record.upstream_cluster = Some("outbound|9080|v1|reviews".into());
-        record.downstream_local = Some("10.96.0.10:9080".parse().unwrap());
-        record.downstream_remote = Some("10.0.0.7:40000".parse().unwrap());
-        let line = record.access_log_line();
-        let after_time = line.split_once("] ").unwrap().1;
-        assert!(after_time.starts_with(
-            "\"GET /reviews/1 HTTP/1.1\" 503 UO upstream_reset_before_response_started{overflow} - \"-\" 3 81 "
-        ), "{line}");
-        assert!(line.ends_with(
-            "\"-\" \"curl/8\" \"abc\" \"reviews:9080\" \"10.0.0.5:9080\" outbound|9080|v1|reviews - 10.96.0.10:9080 10.0.0.7:40000 - default"
-        ), "{line}");
-        drop(record);
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
-        assert!(text.contains("response_flags=\"UO\""), "{text}");
-    }
-
-    #[test]
-    fn access_log_lines_escape_terminal_control_characters() {
-        let mut registry = Registry::default();
-        let mut record = RequestRecord::new(Arc::new(Metrics::new(&mut registry)));
-        record.access_log_disabled = true;
-        // A path may carry bytes above ASCII (C1 controls once decoded); a header the record
-        // keeps is visible ASCII, but any text is escaped when it is not.
-        record.path = RecordText::Owned("/a\u{9b}2J".to_owned());
-        record.authority = RecordText::Owned("shop\u{1b}[31m".to_owned());
-        let line = record.access_log_line();
-        assert!(!line.contains(['\u{9b}', '\u{1b}']), "{line}");
-        assert!(line.contains("/a\\u{9b}2J"), "{line}");
-        assert!(line.contains("\"shop\\u{1b}[31m\""), "{line}");
-    }
-
-    #[test]
-    fn start_time_is_rfc3339_utc() {
-        let cases = [
-            (0u64, "1970-01-01T00:00:00.000Z"),
-            (951_782_400, "2000-02-29T00:00:00.000Z"),
-            (1_700_000_000, "2023-11-14T22:13:20.000Z"),
-        ];
-        for (secs, expected) in cases {
-            let time = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs);
-            assert_eq!(humantime_utc(time), expected);
-        }
-    }
-}
+mod tests;

@@ -40,6 +40,7 @@ use crate::model::gateway::{EdgeBinding, EdgeLimits, EdgeServer};
 use crate::model::{Target, WaypointConfig};
 use crate::store::ConfigStore;
 use crate::tcp::TcpConnections;
+use crate::telemetry::DECORATOR_OPERATION;
 use crate::upstream::Upstream;
 
 pub(crate) use reply::{LocalReply, rbac_details};
@@ -209,10 +210,18 @@ pub async fn handle(
         (Some(_), None) => None,
     };
     let mut record = RequestRecord::new(Arc::clone(&shared.metrics));
+    if tunnel.edge.is_some() {
+        // A client's name for the next proxy's span never passes the edge, traced or not:
+        // Envoy cleans `x-envoy-*` headers off a request from an external client.
+        request.headers_mut().remove(DECORATOR_OPERATION);
+    }
     // The service the request is addressed to decides, with the configuration in force for
     // this request: a Telemetry change reaches established connections.
     let telemetry = config.telemetry_for(target.as_ref());
     record.access_log_disabled = telemetry.access_log_disabled;
+    if let Some(overrides) = &telemetry.metrics {
+        record.set_metric_overrides(overrides, request.headers());
+    }
     context::describe_request(&mut record, &config, &tunnel, target.as_ref(), &request);
     if let Some(tracing) = &telemetry.tracing {
         record.span = Some(crate::telemetry::RequestSpan::start(

@@ -28,8 +28,8 @@ pub use propagation::{B3Style, IncomingContext, OutgoingContext, SpanId, TraceId
 use crate::metrics::{RequestRecord, ResponseFlag};
 use crate::model::{ConfigError, invalid};
 
-/// The tracing and access logging in force for some traffic: the waypoint's own
-/// (`WaypointConfig.tracing`, `access_log_disabled`) or a service's
+/// The tracing, access logging and metric overrides in force for some traffic: the waypoint's
+/// own (`WaypointConfig.tracing`, `access_log_disabled`, `metric_overrides`) or a service's
 /// (`WaypointService.telemetry`), chosen for each request and connection by where it is
 /// addressed ([`crate::model::WaypointConfig::telemetry_for`]).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -38,6 +38,9 @@ pub struct Telemetry {
     pub tracing: Option<Arc<TracingConfig>>,
     /// Telemetry's `accessLogging[].disabled`: no access-log line (metrics are unchanged).
     pub access_log_disabled: bool,
+    /// Telemetry's `metrics[].overrides` of the request metrics; `None`: Istio's standard
+    /// metrics.
+    pub metrics: Option<Arc<crate::metrics::MetricOverrides>>,
 }
 
 /// Where spans go and which requests are sampled (`WaypointConfig.tracing`).
@@ -209,6 +212,9 @@ struct Report {
     kind: span::SpanKind,
     /// The custom tags' values for this request.
     tags: Vec<(String, String)>,
+    /// The custom tags taken from request headers, read again from the request as it is
+    /// forwarded ([`RequestSpan::retag`]).
+    header_tags: Vec<SpanTag>,
     /// The name the request gave the span (`x-envoy-decorator-operation`, at a waypoint).
     operation: Option<String>,
 }
@@ -251,6 +257,12 @@ impl RequestSpan {
                 namespace: config.namespace.clone(),
                 kind: config.span_kind,
                 tags: tag_values(&config.custom_tags, headers),
+                header_tags: config
+                    .custom_tags
+                    .iter()
+                    .filter(|t| matches!(t.value, SpanTagValue::Header { .. }))
+                    .cloned()
+                    .collect(),
                 operation,
             }),
             _ => None,
@@ -266,6 +278,25 @@ impl RequestSpan {
             start: SystemTime::now(),
             report,
         }
+    }
+
+    /// Reads the custom tags taken from request headers again from `headers`, the request as
+    /// it is forwarded: Envoy's tracer tags the span when the stream ends, from the request
+    /// headers its router changed (the route's and the destination's header operations). A
+    /// request answered without being forwarded keeps the values it arrived with.
+    pub fn retag(&mut self, headers: &HeaderMap) {
+        let Some(report) = &mut self.report else {
+            return;
+        };
+        if report.header_tags.is_empty() {
+            return;
+        }
+        let fresh = tag_values(&report.header_tags, headers);
+        let header_tags = &report.header_tags;
+        report
+            .tags
+            .retain(|(tag, _)| !header_tags.iter().any(|t| t.tag == *tag));
+        report.tags.extend(fresh);
     }
 
     /// Sends the span, described by the request's `record`, if it is sampled and reported.

@@ -399,9 +399,14 @@ fn service_telemetry(
                 .map_err(|e| invalid(&format!("service {}: telemetry", s.hostname), e.to_string()))
         })
         .transpose()?;
+    let metrics = crate::metrics::metric_overrides(
+        &telemetry.metric_overrides,
+        &format!("service {}: telemetry.metric_overrides", s.hostname),
+    )?;
     Ok(Some(Telemetry {
         tracing,
         access_log_disabled: telemetry.access_log_disabled,
+        metrics,
     }))
 }
 
@@ -530,11 +535,14 @@ impl WaypointConfig {
                 .map(Arc::new)
             })
             .transpose()?;
+        let metrics =
+            crate::metrics::metric_overrides(&config.metric_overrides, "metric_overrides")?;
         Ok(WaypointConfig {
             gateway,
             telemetry: Telemetry {
                 tracing,
                 access_log_disabled: config.access_log_disabled,
+                metrics,
             },
             name: config.name,
             namespace: config.namespace,

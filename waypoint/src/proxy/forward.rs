@@ -125,6 +125,12 @@ pub(super) async fn forward_to(
     }
     to.route.headers.request.apply(&mut headers);
     to.destination.request.apply(&mut headers);
+    // Envoy's router changes the request its log and span read (the stats filter's and the
+    // tracer's header attributes see the route's header operations).
+    cx.record.recapture_metric_headers(&headers);
+    if let Some(span) = &mut cx.record.span {
+        span.retag(&headers);
+    }
     let mut authority = cx.record.authority.clone();
     let mut rewritten = None;
     if let Some(rewrite) = &to.route.rewrite {

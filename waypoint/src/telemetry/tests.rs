@@ -321,6 +321,36 @@ fn custom_tags_are_literals_environment_variables_and_request_headers() {
         assert_eq!(string_tag(&built, key).as_deref(), value, "{key}");
     }
 
+    // Read again from the request as it is forwarded, after the route's header operations
+    // (as Envoy's tracer reads the request its router changed): a header the route set or
+    // removed, a default when it is gone; the other tags are kept.
+    let mut span = span;
+    let mut forwarded = HeaderMap::new();
+    forwarded.insert("x-plan", HeaderValue::from_static("gold"));
+    span.retag(&forwarded);
+    let record = RequestRecord::new(Arc::new(crate::metrics::Metrics::new(&mut registry)));
+    let built = build_span(
+        &span.context,
+        span.start,
+        &record,
+        span.report.as_ref().unwrap(),
+        exporter.node_id(),
+    );
+    drop(record);
+    for (key, value) in [
+        ("team", Some("checkout")),
+        ("zone", Some("zone-a")),
+        ("user", None),
+        ("tier", Some("free")),
+        ("plan", Some("gold")),
+    ] {
+        assert_eq!(
+            string_tag(&built, key).as_deref(),
+            value,
+            "after the route: {key}"
+        );
+    }
+
     let bad = proto::Tracing {
         custom_tags: vec![custom("user", Type::Header(from("x user", None)))],
         ..tracing

@@ -123,6 +123,7 @@ pub fn config(
         gateway: None,
         tracing: None,
         access_log_disabled: false,
+        metric_overrides: Vec::new(),
         instances: Vec::new(),
         request_authentications: Vec::new(),
     }
