@@ -74,6 +74,10 @@ enum Source {
 
 /// A series' labels: Istio's standard set, or the set a Telemetry override made of it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "the standard set is the usual key, kept inline in the families' maps"
+)]
 pub enum RequestSeries {
     Standard(RequestLabels),
     Overridden(Vec<(Cow<'static, str>, String)>),

@@ -121,14 +121,14 @@ pub(super) fn merge_metrics<'t>(
                     }
                 }
             }
-            (disabled || !removed_tags.is_empty() || !upserted_tags.is_empty()).then(|| {
+            (disabled || !removed_tags.is_empty() || !upserted_tags.is_empty()).then_some(
                 wp::MetricOverride {
                     metric: *metric as i32,
                     disabled,
                     removed_tags,
                     upserted_tags,
-                }
-            })
+                },
+            )
         })
         .collect()
 }
