@@ -231,6 +231,15 @@ fn an_outside_client_reaches_the_mesh_through_the_ingress_gateway() {
     wait_for_shop_https(&mesh, &ca_file, &shop_resolve, "the gateway");
     let plain = https(&[]);
     assert_eq!(plain.json()["version"], "v1", "{}", plain.body);
+    // Without tracing, a client's `x-envoy-decorator-operation` is dropped at the edge all
+    // the same: it never reaches the app.
+    let decorated = https(&["-H", "x-envoy-decorator-operation: chosen-by-the-client"]);
+    assert_eq!(decorated.status, 200, "{decorated:?}");
+    assert!(
+        decorated.json()["headers"]["x-envoy-decorator-operation"].is_null(),
+        "{}",
+        decorated.body
+    );
     // The header route applies at the edge, over HTTP/2 as over HTTP/1.1.
     for version in ["--http1.1", "--http2"] {
         let jason = https(&["-H", "end-user: jason", version]);

@@ -838,12 +838,16 @@ fn a_request_through_the_ingress_gateway_is_a_trace_rooted_at_the_gateway() {
         .start_gateway("ingress", &credentials)
         .unwrap_or_else(|e| panic!("{e:#}"));
     let resolve = format!("shop.example.com:80:{}", mesh.pod(&gateway.pod).ip);
+    // Each request also names the next proxy's span itself (`x-envoy-decorator-operation`),
+    // as no client may: the gateway drops it at the edge.
     let outside = |path: &str| {
         mesh.curl_with(
             "outside",
             &[
                 "--resolve",
                 &resolve,
+                "-H",
+                "x-envoy-decorator-operation: chosen-by-the-client",
                 &format!("http://shop.example.com{path}"),
             ],
         )
@@ -904,7 +908,8 @@ fn a_request_through_the_ingress_gateway_is_a_trace_rooted_at_the_gateway() {
         .unwrap();
     assert_eq!(service, "waypoint.shop");
     // Envoy's egress side sends its operation on (`x-envoy-decorator-operation`) and the
-    // ingress side names its span with it, without passing it to the app.
+    // ingress side names its span with it, without passing it to the app; the client's own
+    // value never got past the gateway.
     assert_eq!(waypoint_span.name, root.name, "{waypoint_span:?}");
     assert_eq!(
         waypoint_span.parent_span_id, root.span_id,

@@ -31,6 +31,11 @@ fn mesh() -> Mesh {
 
 /// [`mesh`] with more configuration (YAML documents, each starting with `---`).
 fn mesh_with(extra: &str) -> Mesh {
+    mesh_with_files(extra, Vec::new())
+}
+
+/// [`mesh_with`] and configuration files of their own, which a test may replace or remove.
+fn mesh_with_files(extra: &str, config_files: Vec<(String, String)>) -> Mesh {
     let mesh = Mesh::start(
         vec![
             PodSpec::client("client", "node1", "shop"),
@@ -46,6 +51,7 @@ fn mesh_with(extra: &str) -> Mesh {
                 waypoint_resources("shop"),
                 reviews_subsets(VERSIONS, "")
             ),
+            config_files,
             log_requests: true,
             ..MeshOptions::default()
         },
@@ -781,4 +787,115 @@ spec:
         ),
         "the refusal was not logged:\n{log}"
     );
+}
+
+/// Istio's Telemetry for the waypoint's namespace with these `metrics`.
+fn metrics_telemetry(metrics: &str) -> String {
+    format!(
+        "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{name: metrics, namespace: shop}}\nspec:\n  metrics:\n{metrics}"
+    )
+}
+
+const COUNT_DISABLED: &str = r#"
+  - overrides:
+    - match: {metric: REQUEST_COUNT, mode: SERVER}
+      disabled: true
+"#;
+
+const COUNT_RETAGGED: &str = r#"
+  - providers: [{name: prometheus}]
+    overrides:
+    - match: {metric: REQUEST_COUNT}
+      tagOverrides:
+        request_protocol: {operation: REMOVE}
+        request_host: {value: request.host}
+        user: {value: "has(request.headers['x-user']) ? request.headers['x-user'] : 'anonymous'"}
+    - match: {metric: REQUEST_DURATION, mode: CLIENT_AND_SERVER}
+      disabled: true
+"#;
+
+#[test]
+fn telemetry_metric_overrides_change_the_waypoints_metrics_live() {
+    const COUNT: &str = "istio_requests_total";
+    const DURATION: &str = "istio_request_duration_milliseconds_count";
+    let to_reviews = [("destination_service", HOST)];
+    let mesh = mesh_with_files(
+        "",
+        vec![("metrics.yaml".to_owned(), metrics_telemetry(COUNT_DISABLED))],
+    );
+    let exposed = || Exposition::parse(&mesh.waypoint_metrics(WAYPOINT));
+    // Disabled from the start: the waypoint records the other request metrics, never the
+    // request count (the requests that found the service reachable included).
+    for _ in 0..3 {
+        assert_eq!(
+            mesh.curl_with("client", &[&format!("http://{VIP}/counted")])
+                .status,
+            200
+        );
+    }
+    let metrics = exposed();
+    assert!(
+        metrics.matching(COUNT, &[]).is_empty(),
+        "{:?}",
+        metrics.matching(COUNT, &[])
+    );
+    let durations = metrics.count(DURATION, &to_reviews);
+    assert!(durations >= 3, "{durations}");
+
+    // A live edit: the request count back with one label removed and two computed per
+    // request, the duration disabled. It reaches the waypoint without a restart, and the
+    // agents' pooled connections to it carry the next requests under the new configuration.
+    apply(&mesh, "metrics.yaml", &metrics_telemetry(COUNT_RETAGGED));
+    for user in ["jason", "jason", "jason", "", ""] {
+        let mut args = vec![];
+        let header = format!("x-user: {user}");
+        if !user.is_empty() {
+            args.extend(["-H", header.as_str()]);
+        }
+        let url = format!("http://{VIP}/retagged");
+        args.push(&url);
+        assert_eq!(mesh.curl_with("client", &args).status, 200);
+    }
+    let metrics = exposed();
+    let counted = metrics.matching(COUNT, &to_reviews);
+    assert!(!counted.is_empty(), "{:?}", metrics.samples());
+    for sample in &counted {
+        assert_eq!(sample.label("request_protocol"), None, "{}", sample.line);
+        assert_eq!(sample.label("request_host"), Some(VIP), "{}", sample.line);
+        assert_eq!(
+            sample.label("reporter"),
+            Some("waypoint"),
+            "{}",
+            sample.line
+        );
+    }
+    assert_eq!(metrics.count(COUNT, &[("user", "jason")]), 3);
+    assert_eq!(metrics.count(COUNT, &[("user", "anonymous")]), 2);
+    assert_eq!(
+        metrics.count(DURATION, &to_reviews),
+        durations,
+        "the duration was recorded while disabled"
+    );
+
+    // The Telemetry deleted: Istio's standard labels again, and the duration recorded.
+    mesh.await_waypoint(WAYPOINT, "the Telemetry deleted", || {
+        mesh.remove_config("metrics.yaml")
+    })
+    .expect("the waypoint follows the deletion");
+    assert_eq!(
+        mesh.curl_with("client", &[&format!("http://{VIP}/standard")])
+            .status,
+        200
+    );
+    let metrics = exposed();
+    assert_eq!(
+        metrics.count(
+            COUNT,
+            &[("destination_service", HOST), ("request_protocol", "http")]
+        ),
+        1,
+        "{:?}",
+        metrics.matching(COUNT, &[])
+    );
+    assert!(metrics.count(DURATION, &to_reviews) > durations);
 }
