@@ -390,20 +390,7 @@ impl WorkloadStore {
 
     /// Adds or replaces a workload.
     pub fn insert_workload(&self, workload: Workload) {
-        self.write(|ix| {
-            remove_workload(ix, &workload.uid);
-            let workload = Arc::new(workload);
-            for ip in &workload.addresses {
-                ix.workloads_by_ip.insert(*ip, workload.clone());
-            }
-            for service in workload.services.keys() {
-                ix.endpoints
-                    .entry(service.clone())
-                    .or_default()
-                    .push(workload.uid.clone());
-            }
-            ix.workloads_by_uid.insert(workload.uid.clone(), workload);
-        });
+        self.write(|ix| insert_workload(ix, workload));
     }
 
     pub fn remove_workload(&self, uid: &str) {
@@ -412,23 +399,43 @@ impl WorkloadStore {
 
     /// Adds or replaces a service.
     pub fn insert_service(&self, service: Service) {
-        self.write(|ix| {
-            let key = service.key();
-            remove_service(ix, &key);
-            let service = Arc::new(service);
-            for vip in &service.vips {
-                ix.services_by_vip.insert(*vip, service.clone());
-            }
-            ix.services_by_hostname
-                .entry(service.hostname.to_ascii_lowercase())
-                .or_default()
-                .push(service.clone());
-            ix.services_by_key.insert(key, service);
-        });
+        self.write(|ix| insert_service(ix, service));
     }
 
     pub fn remove_service(&self, key: &NamespacedHostname) {
         self.write(|ix| remove_service(ix, key));
+    }
+
+    /// Applies one address update as one change: removes `removed` (workload uids, service keys
+    /// `namespace/hostname`), then adds or replaces `added`, under one write and with one
+    /// wake-up of whoever waits for a change, not one per resource (a first update carries
+    /// every address of the mesh).
+    pub fn apply_addresses(&self, removed: &[String], added: Vec<AddressResource>) {
+        if removed.is_empty() && added.is_empty() {
+            return;
+        }
+        self.write(|ix| {
+            for name in removed {
+                // A name with a slash is a service (`namespace/hostname`); uids carry none in
+                // practice but both are removed to be safe.
+                if let Some((namespace, hostname)) = name.split_once('/') {
+                    remove_service(
+                        ix,
+                        &NamespacedHostname {
+                            namespace: namespace.to_string(),
+                            hostname: hostname.to_string(),
+                        },
+                    );
+                }
+                remove_workload(ix, name);
+            }
+            for address in added {
+                match address {
+                    AddressResource::Workload(workload) => insert_workload(ix, workload),
+                    AddressResource::Service(service) => insert_service(ix, service),
+                }
+            }
+        });
     }
 
     /// Records what `hostname` resolved to; a name no workload holds any more is forgotten.
@@ -459,26 +466,70 @@ impl WorkloadStore {
 
     /// Adds or replaces a policy (keyed `namespace/name`).
     pub fn insert_policy(&self, policy: Authorization) {
-        self.write(|ix| {
-            ix.policies.insert(
-                format!("{}/{}", policy.namespace, policy.name),
-                Arc::new(policy),
-            );
-            sort_policies(ix);
-        });
+        self.apply_policies(&[], vec![policy]);
     }
 
     pub fn remove_policy(&self, key: &str) {
+        self.apply_policies(&[key.to_string()], Vec::new());
+    }
+
+    /// Applies one policy update as one change: removes the policies keyed `removed`, then adds
+    /// or replaces `added`, and indexes the result once. An index built per policy would cost
+    /// the square of the mesh's policies on an agent's first update, which carries them all.
+    pub fn apply_policies(&self, removed: &[String], added: Vec<Authorization>) {
+        let known = {
+            let ix = self.read();
+            removed.iter().any(|key| ix.policies.contains_key(key))
+        };
+        if !known && added.is_empty() {
+            return;
+        }
         self.write(|ix| {
-            if ix.policies.remove(key).is_some() {
-                sort_policies(ix);
+            for key in removed {
+                ix.policies.remove(key);
             }
+            for policy in added {
+                ix.policies.insert(
+                    format!("{}/{}", policy.namespace, policy.name),
+                    Arc::new(policy),
+                );
+            }
+            sort_policies(ix);
         });
     }
 }
 
 fn sort_policies(ix: &mut Indexes) {
     ix.policy_index = Arc::new(PolicyIndex::new(ix.policies.values().cloned()));
+}
+
+fn insert_workload(ix: &mut Indexes, workload: Workload) {
+    remove_workload(ix, &workload.uid);
+    let workload = Arc::new(workload);
+    for ip in &workload.addresses {
+        ix.workloads_by_ip.insert(*ip, workload.clone());
+    }
+    for service in workload.services.keys() {
+        ix.endpoints
+            .entry(service.clone())
+            .or_default()
+            .push(workload.uid.clone());
+    }
+    ix.workloads_by_uid.insert(workload.uid.clone(), workload);
+}
+
+fn insert_service(ix: &mut Indexes, service: Service) {
+    let key = service.key();
+    remove_service(ix, &key);
+    let service = Arc::new(service);
+    for vip in &service.vips {
+        ix.services_by_vip.insert(*vip, service.clone());
+    }
+    ix.services_by_hostname
+        .entry(service.hostname.to_ascii_lowercase())
+        .or_default()
+        .push(service.clone());
+    ix.services_by_key.insert(key, service);
 }
 
 fn remove_workload(ix: &mut Indexes, uid: &str) {

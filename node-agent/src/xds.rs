@@ -15,8 +15,7 @@ use weft_proto::{
 use weft_xds::{DeltaClient, Handler, Target, Update};
 
 use crate::state::{
-    AddressResource, NamespacedHostname, OutboundTrafficPolicy, WorkloadStore,
-    authorization_from_proto,
+    AddressResource, OutboundTrafficPolicy, WorkloadStore, authorization_from_proto,
 };
 
 /// Applies `istio.workload.Address` updates. Resource names: a workload's uid, or
@@ -59,18 +58,6 @@ fn named_as_keyed(name: &str, key: &str) -> Result<(), String> {
     }
 }
 
-fn remove_address(store: &WorkloadStore, name: &str) {
-    // A name with a slash is a service (`namespace/hostname`); uids carry none in practice but
-    // both are removed to be safe.
-    if let Some((namespace, hostname)) = name.split_once('/') {
-        store.remove_service(&NamespacedHostname {
-            namespace: namespace.to_string(),
-            hostname: hostname.to_string(),
-        });
-    }
-    store.remove_workload(name);
-}
-
 impl Handler for AddressHandler {
     fn apply(&mut self, update: Update) -> Result<(), String> {
         let mut converted = Vec::with_capacity(update.added.len());
@@ -80,7 +67,7 @@ impl Handler for AddressHandler {
                 .and_then(|a| AddressResource::try_from(a).map_err(|e| e.to_string()))
                 .and_then(|a| named_as_keyed(&resource.name, &address_key(&a)).map(|()| a))
             {
-                Ok(address) => converted.push((resource.name.clone(), address)),
+                Ok(address) => converted.push(address),
                 Err(error) => errors.push(error),
             }
         }
@@ -88,15 +75,8 @@ impl Handler for AddressHandler {
             tracing::warn!(errors = %errors.join("; "), "rejecting address update");
             return Err(errors.join("; "));
         }
-        for name in &update.removed {
-            remove_address(&self.store, name);
-        }
-        for (_, address) in converted {
-            match address {
-                AddressResource::Workload(w) => self.store.insert_workload(w),
-                AddressResource::Service(s) => self.store.insert_service(s),
-            }
-        }
+        // One change for the whole update: each connection sees all of it or none of it.
+        self.store.apply_addresses(&update.removed, converted);
         tracing::debug!(
             added = update.added.len(),
             removed = update.removed.len(),
@@ -135,12 +115,8 @@ impl Handler for AuthorizationHandler {
             tracing::warn!(errors = %errors.join("; "), "rejecting authorization update");
             return Err(errors.join("; "));
         }
-        for name in &update.removed {
-            self.store.remove_policy(name);
-        }
-        for policy in converted {
-            self.store.insert_policy(policy);
-        }
+        // Indexed once for the whole update, not once per policy.
+        self.store.apply_policies(&update.removed, converted);
         Ok(())
     }
 }

@@ -263,6 +263,79 @@ fn resources_must_be_named_by_their_key() {
     );
 }
 
+/// An update is one change of the store, however many resources it carries: watchers wake
+/// once, and the policies are indexed once (a first update carries the mesh's every address and
+/// policy; a change per resource made the agent's first sync cost the square of its policies).
+#[test]
+fn an_update_is_one_change_of_the_store() {
+    let store = WorkloadStore::new();
+    let changes = store.subscribe();
+    let generation = || *changes.borrow();
+    let mut addresses = AddressHandler::new(store.clone());
+    let mut policies = AuthorizationHandler::new(store.clone());
+    let hostname = "cart.shop.svc.cluster.local";
+    let service = format!("shop/{hostname}");
+
+    let before = generation();
+    addresses
+        .apply(update(
+            vec![
+                resource("w1", &workload_address("w1", [10, 0, 0, 1])),
+                resource("w2", &workload_address("w2", [10, 0, 0, 2])),
+                resource(&service, &service_address("shop", hostname, [10, 96, 0, 1])),
+            ],
+            vec![],
+        ))
+        .unwrap();
+    assert_eq!(generation(), before + 1, "three addresses, one change");
+    assert!(store.workload_by_uid("w2").is_some());
+
+    let named = |name: String| resource(&format!("shop/{name}"), &named_policy("shop", &name));
+    policies
+        .apply(update(
+            (0..40).map(|i| named(format!("p{i:02}"))).collect(),
+            vec![],
+        ))
+        .unwrap();
+    assert_eq!(generation(), before + 2, "forty policies, one change");
+    let keys = |store: &WorkloadStore| -> Vec<String> {
+        store
+            .policies()
+            .iter()
+            .map(|p| format!("{}/{}", p.namespace, p.name))
+            .collect()
+    };
+    let expected: Vec<String> = (0..40).map(|i| format!("shop/p{i:02}")).collect();
+    assert_eq!(keys(&store), expected, "indexed in evaluation order");
+
+    // Removals and additions of one update land together.
+    policies
+        .apply(update(
+            vec![named("a".into())],
+            vec!["shop/p00", "shop/p01"],
+        ))
+        .unwrap();
+    assert_eq!(generation(), before + 3);
+    assert_eq!(keys(&store).len(), 39);
+    assert_eq!(keys(&store)[0], "shop/a");
+    assert!(store.policy("shop/p00").is_none());
+
+    addresses
+        .apply(update(
+            vec![resource("w3", &workload_address("w3", [10, 0, 0, 3]))],
+            vec!["w1", &service],
+        ))
+        .unwrap();
+    assert_eq!(generation(), before + 4);
+    assert!(store.workload_by_uid("w1").is_none());
+    assert!(store.workload_by_uid("w3").is_some());
+    assert!(store.service_by_vip([10, 96, 0, 1].into()).is_none());
+
+    // Removing what is not there changes nothing and wakes nobody.
+    policies.apply(update(vec![], vec!["shop/gone"])).unwrap();
+    assert_eq!(generation(), before + 4);
+}
+
 #[test]
 fn the_mesh_configuration_sets_the_outbound_traffic_policy_and_its_removal_restores_allow_any() {
     let store = WorkloadStore::new();
