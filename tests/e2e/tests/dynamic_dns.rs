@@ -412,7 +412,8 @@ fn names_under_a_dynamic_dns_wildcard_reach_their_own_servers_through_the_waypoi
     // A VirtualService naming one name under the wildcard, the wildcard's own gone: bound to
     // the wildcard's service, its routes apply to every name under it (Istio's waypoint), and
     // a destination naming the one name is no cluster (503 `NC`, as istiod's).
-    mesh.kubectl_delete("VirtualService", "shop", "wild").unwrap();
+    mesh.kubectl_delete("VirtualService", "shop", "wild")
+        .unwrap();
     mesh.kubectl_apply(CONCRETE_ROUTES).unwrap();
     assert!(
         mesh.eventually(Duration::from_secs(20), || {

@@ -448,8 +448,7 @@ fn send_mirrors(cx: &RequestContext<'_>, mirrors: &[Mirror], outgoing: &Outgoing
                 let request = request.map(|()| body);
                 let resolved;
                 let endpoint = if mirror_cluster.dynamic_dns {
-                    resolved = match upstream.dynamic_endpoint(&mirror_cluster, &authority).await
-                    {
+                    resolved = match upstream.dynamic_endpoint(&mirror_cluster, &authority).await {
                         Ok(endpoint) => endpoint,
                         Err(error) => {
                             debug!(%error, "mirror host not resolved");
@@ -463,8 +462,7 @@ fn send_mirrors(cx: &RequestContext<'_>, mirrors: &[Mirror], outgoing: &Outgoing
                         query: query.as_deref(),
                         source_ip: source,
                     };
-                    let Ok(endpoint) = upstream.choose_endpoint(&mirror_cluster, &hash, &[])
-                    else {
+                    let Ok(endpoint) = upstream.choose_endpoint(&mirror_cluster, &hash, &[]) else {
                         return;
                     };
                     endpoint

@@ -446,7 +446,10 @@ spec:
     let destination = to_one.destination.as_ref().unwrap();
     assert_eq!(destination.host, "a.wild.example.com");
     assert!(
-        !config.clusters.iter().any(|c| c.name == destination.cluster),
+        !config
+            .clusters
+            .iter()
+            .any(|c| c.name == destination.cluster),
         "{:?}",
         config.clusters
     );
