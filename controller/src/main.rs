@@ -118,6 +118,15 @@ struct RunArgs {
     /// policy and the default tracing provider and sampling [default: none: Istio's defaults].
     #[arg(long, alias = "meshConfig", env = "WEFT_MESH_CONFIG")]
     mesh_config: Option<std::path::PathBuf>,
+    /// Mirrored requests keep their Host, as istiod's `DISABLE_SHADOW_HOST_SUFFIX` (true
+    /// since Istio 1.28); `false`: `-shadow` is appended to the host, as before 1.28.
+    #[arg(
+        long,
+        env = "DISABLE_SHADOW_HOST_SUFFIX",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    disable_shadow_host_suffix: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -245,6 +254,7 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
                 ),
                 None => Default::default(),
             },
+            disable_shadow_host_suffix: args.disable_shadow_host_suffix,
             ..Default::default()
         };
         let mut serving_names = if args.serving_names.is_empty() {

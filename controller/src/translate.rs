@@ -49,6 +49,9 @@ pub struct MeshSettings {
     pub jwks: std::sync::Arc<crate::jwks::JwksResolver>,
     /// Istio's `MeshConfig` in force, followed by [`crate::mesh_config::MeshConfigWatch::run`].
     pub mesh: std::sync::Arc<crate::mesh_config::MeshConfigWatch>,
+    /// Mirrored requests keep their Host (istiod's `DISABLE_SHADOW_HOST_SUFFIX`, true by
+    /// default since Istio 1.28); false: `-shadow` is appended to it, as before 1.28.
+    pub disable_shadow_host_suffix: bool,
 }
 
 impl Default for MeshSettings {
@@ -60,6 +63,7 @@ impl Default for MeshSettings {
             domain_suffix: DEFAULT_DOMAIN_SUFFIX.into(),
             jwks: Default::default(),
             mesh: Default::default(),
+            disable_shadow_host_suffix: true,
         }
     }
 }

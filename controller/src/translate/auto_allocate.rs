@@ -16,7 +16,9 @@
 //! order), so a new entry never moves an older one. Addresses an entry already carries in
 //! `status.addresses` (Istio's, or written back by a controller in Kubernetes mode) are kept
 //! first when they are in range and free, so an address once given stays while its entry
-//! lives, whatever else changes.
+//! lives, whatever else changes, but for an address some entry declares in `spec.addresses`:
+//! as Istio's allocator resolves that conflict, the declared address wins and the host gets
+//! another.
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -149,7 +151,15 @@ pub fn allocate(index: &ConfigIndex) -> Allocation {
                 b.position,
             ))
     });
-    let mut used: HashSet<u32> = HashSet::new();
+    // Addresses declared in any entry's `spec.addresses` inside the ranges are never
+    // allocated, and an allocated one they equal is given up for another (Istio's allocator
+    // reassigns every auto-allocated address a declared one conflicts with).
+    let mut used: HashSet<u32> = index
+        .service_entries
+        .values()
+        .flat_map(|e| &e.spec.addresses)
+        .filter_map(|a| slot_of(a.split('/').next()?.parse().ok()?))
+        .collect();
     let mut slots: Vec<Option<u32>> = hosts
         .iter()
         .map(|h| h.kept.filter(|slot| used.insert(*slot)))

@@ -245,7 +245,7 @@ pub const CATALOG: &[NotApplied] = &[
         K::ServiceEntry,
         "spec.resolution",
         Equals(&["DYNAMIC_DNS"]),
-        "applied at waypoints (each request's Host, each TLS connection's SNI resolved, TLS originated to each request's host); mirrors to such a host are dropped",
+        "applied at waypoints (each request's Host, each TLS connection's SNI resolved, TLS originated to each request's host, mirrored copies sent where their own host resolves)",
     ),
     entry(
         K::ServiceEntry,

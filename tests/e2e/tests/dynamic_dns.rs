@@ -3,7 +3,9 @@
 //! agent answers every name under it with that address and carries the connection to the
 //! waypoint, which routes it by the wildcard's VirtualService and resolves the request's Host
 //! (a resolver the test runs in a namespace of its own) to reach the server that name stands
-//! for. A name outside the wildcard is refused before anything is resolved. Needs root.
+//! for. A name outside the wildcard is refused before anything is resolved. Mirrors to the
+//! wildcard go where each copy's host resolves; a VirtualService naming one name under the
+//! wildcard binds to it as Istio's waypoint binds it. Needs root.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
@@ -56,6 +58,36 @@ spec:
     fault: {abort: {httpStatus: 418, percentage: {value: 100}}}
     route: [{destination: {host: "*.wild.example"}}]
   - headers: {request: {set: {x-wild: through-waypoint}}}
+    route: [{destination: {host: "*.wild.example"}}]
+"#;
+
+/// Mirrors to the wildcard: a copy of each request goes to what its own host resolves to (a
+/// route's answer comes from there too, so that name's server sees the request twice), with
+/// its Host kept, as istiod sets `disable_shadow_host_suffix_append` by default.
+const WILDCARD_MIRRORED: &str = r#"apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: wild, namespace: shop}
+spec:
+  hosts: ["*.wild.example"]
+  http:
+  - match: [{uri: {prefix: /mirrored}}]
+    route: [{destination: {host: "*.wild.example"}}]
+    mirror: {host: "*.wild.example"}
+  - route: [{destination: {host: "*.wild.example"}}]
+"#;
+
+/// A VirtualService naming one name under the wildcard: Istio's waypoint binds it to the
+/// wildcard's service (the names overlap) and its routes apply to every name under it; a
+/// destination naming that one name is no cluster (503 `NC`).
+const CONCRETE_ROUTES: &str = r#"apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: only-a, namespace: shop}
+spec:
+  hosts: [a.wild.example]
+  http:
+  - match: [{uri: {prefix: /concrete-destination}}]
+    route: [{destination: {host: a.wild.example}}]
+  - headers: {request: {set: {x-concrete: bound}}}
     route: [{destination: {host: "*.wild.example"}}]
 "#;
 
@@ -340,6 +372,70 @@ fn names_under_a_dynamic_dns_wildcard_reach_their_own_servers_through_the_waypoi
         &["response_code=\"503\"", "response_flags=\"UF\""],
     );
     assert!(failed.is_some_and(|n| n >= 1), "{metrics}");
+
+    // Mirrors to the wildcard: the copy goes where its own host resolves, so b's server sees
+    // the request twice (the route's and the copy, its Host kept) and a's never.
+    mesh.kubectl_apply(WILDCARD_MIRRORED).unwrap();
+    assert!(
+        mesh.eventually(Duration::from_secs(20), || {
+            let answer = get("http://a.wild.example:8080/probe");
+            answer.status == 200 && !answer.body.contains("x-wild")
+        }),
+        "the mirrored routes never applied\n{}",
+        mesh.logs()
+    );
+    let answer = get("http://b.wild.example:8080/mirrored-once");
+    assert_eq!(answer.status, 200, "{}\n{}", answer.body, mesh.logs());
+    assert!(answer.body.contains("\"pod\":\"beta\""), "{}", answer.body);
+    let seen = |pod: &str| {
+        mesh.log_of(&format!("app-{pod}"))
+            .lines()
+            .filter(|l| l.contains("/mirrored-once"))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        mesh.eventually(Duration::from_secs(10), || seen("beta").len() == 2),
+        "{:?}\n{}",
+        seen("beta"),
+        mesh.logs()
+    );
+    assert!(
+        seen("beta")
+            .iter()
+            .all(|l| l.contains("b.wild.example:8080") && !l.contains("-shadow")),
+        "{:?}",
+        seen("beta")
+    );
+    assert!(seen("alpha").is_empty(), "{:?}", seen("alpha"));
+
+    // A VirtualService naming one name under the wildcard, the wildcard's own gone: bound to
+    // the wildcard's service, its routes apply to every name under it (Istio's waypoint), and
+    // a destination naming the one name is no cluster (503 `NC`, as istiod's).
+    mesh.kubectl_delete("VirtualService", "shop", "wild")
+        .unwrap();
+    mesh.kubectl_apply(CONCRETE_ROUTES).unwrap();
+    assert!(
+        mesh.eventually(Duration::from_secs(20), || {
+            get("http://b.wild.example:8080/other")
+                .body
+                .contains("\"x-concrete\":\"bound\"")
+        }),
+        "{:?}\n{}",
+        get("http://b.wild.example:8080/other"),
+        mesh.logs()
+    );
+    let answer = get("http://b.wild.example:8080/other");
+    assert!(answer.body.contains("\"pod\":\"beta\""), "{}", answer.body);
+    let answer = get("http://a.wild.example:8080/concrete-destination");
+    assert_eq!(answer.status, 503, "{}", answer.body);
+    let metrics = mesh.waypoint_metrics(WAYPOINT);
+    let not_found = sample(
+        &metrics,
+        "istio_requests_total",
+        &["response_code=\"503\"", "response_flags=\"NC\""],
+    );
+    assert!(not_found.is_some_and(|n| n >= 1), "{metrics}");
 
     for server in &mut servers {
         let _ = server.kill();

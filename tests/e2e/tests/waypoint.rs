@@ -254,7 +254,8 @@ fn routing_splits_faults_retries_timeouts_and_mirrors_through_the_waypoint() {
         timed_out.seconds
     );
 
-    // Mirror: v1 answers, and v3 receives a copy (host with Istio's -shadow suffix).
+    // Mirror: v1 answers, and v3 receives a copy, its Host kept (istiod's
+    // DISABLE_SHADOW_HOST_SUFFIX, true by default since 1.28).
     let mirrored = mesh.curl_with(
         "client",
         &[
@@ -269,7 +270,7 @@ fn routing_splits_faults_retries_timeouts_and_mirrors_through_the_waypoint() {
         mesh.eventually(Duration::from_secs(5), || {
             mesh.log_of("app-reviews-v3")
                 .lines()
-                .any(|l| l.contains("/mirror-check-42") && l.contains("-shadow"))
+                .any(|l| l.contains("/mirror-check-42") && !l.contains("-shadow"))
         }),
         "the mirror target got no copy:\n{}",
         mesh.log_of("app-reviews-v3")

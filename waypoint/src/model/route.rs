@@ -223,6 +223,8 @@ pub struct Mirror {
     pub cluster: String,
     pub host: String,
     pub percent: f64,
+    /// Copies keep the request's Host; false: Envoy's `-shadow` suffix.
+    pub keep_host: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -28,7 +28,7 @@ use crate::metrics::RecordText;
 use crate::model::{
     Cluster, Endpoint, Headers, Mirror, Protocol, RetryPolicy, Route, WeightedDestination,
 };
-use crate::upstream::{Ending, Replayable, RequestBody, UpstreamError};
+use crate::upstream::{Ending, Replayable, RequestBody, UpstreamError, dynamic_dns};
 
 /// Envoy's default base interval between retries.
 const RETRY_BASE_INTERVAL: Duration = Duration::from_millis(25);
@@ -334,21 +334,21 @@ impl Outgoing {
         self.body.as_ref().is_none_or(Replayable::replayable)
     }
 
-    /// The request with a copy of the headers (a mirror, an upgrade).
-    pub fn build<B>(&self, authority_suffix: &str, body: B) -> Request<B> {
-        self.build_with(authority_suffix, body, self.headers.clone())
+    /// The request with a copy of the headers, to `authority` (a mirror's) or, `None`, to the
+    /// request's own (an upgrade).
+    pub fn build<B>(&self, authority: Option<&str>, body: B) -> Request<B> {
+        self.build_with(authority, body, self.headers.clone())
     }
 
     /// The request with `headers`, which are the outgoing headers or a copy of them.
-    fn build_with<B>(&self, authority_suffix: &str, body: B, headers: HeaderMap) -> Request<B> {
+    fn build_with<B>(&self, authority: Option<&str>, body: B, headers: HeaderMap) -> Request<B> {
         let mut request = Request::new(body);
         *request.method_mut() = self.method.clone();
         *request.headers_mut() = headers;
         if self.http2 {
-            let authority = format!("{}{authority_suffix}", self.authority);
             let uri = Uri::builder()
                 .scheme("http")
-                .authority(authority.as_str())
+                .authority(authority.unwrap_or(self.authority.as_str()))
                 .path_and_query(self.path_and_query.clone())
                 .build();
             *request.uri_mut() = uri.unwrap_or_else(|_| Uri::from_static("/"));
@@ -359,7 +359,7 @@ impl Outgoing {
                 .path_and_query(self.path_and_query.clone())
                 .build();
             *request.uri_mut() = uri.unwrap_or_else(|_| Uri::from_static("/"));
-            if let Some(host) = self.host(authority_suffix) {
+            if let Some(host) = self.host(authority) {
                 request.headers_mut().insert(header::HOST, host);
             }
         }
@@ -368,12 +368,27 @@ impl Outgoing {
 
     /// The `Host` of an HTTP/1.1 request: the downstream one itself (shared, not copied) when
     /// the authority is still the one it gave.
-    fn host(&self, authority_suffix: &str) -> Option<HeaderValue> {
-        match (&self.authority, authority_suffix) {
-            (RecordText::Header(host), "") => Some(host.clone()),
-            (authority, "") => HeaderValue::from_str(authority).ok(),
-            (authority, suffix) => HeaderValue::from_str(&format!("{authority}{suffix}")).ok(),
+    fn host(&self, authority: Option<&str>) -> Option<HeaderValue> {
+        match (authority, &self.authority) {
+            (Some(authority), _) => HeaderValue::from_str(authority).ok(),
+            (None, RecordText::Header(host)) => Some(host.clone()),
+            (None, authority) => HeaderValue::from_str(authority).ok(),
         }
+    }
+}
+
+/// The authority of a mirrored request: the request's own when the mirror keeps it (istiod's
+/// default since 1.28), else with Envoy's shadow suffix after the host and before a port
+/// (`a:8080` becomes `a-shadow:8080`); an authority that does not split into one host and one
+/// port at its `:` takes the suffix at its end, as Envoy's shadow writer has it.
+fn shadow_authority(authority: &str, keep_host: bool) -> String {
+    if keep_host {
+        return authority.to_owned();
+    }
+    let parts: Vec<&str> = authority.split(':').filter(|p| !p.is_empty()).collect();
+    match parts.as_slice() {
+        [host, port] => format!("{host}-shadow:{port}"),
+        _ => format!("{authority}-shadow"),
     }
 }
 
@@ -396,7 +411,10 @@ fn upstream_path(path: &str, query: Option<&str>, arrived: Option<&PathAndQuery>
 
 /// Sends a copy of the request to each mirror whose percentage hits, once its body has been read
 /// whole; their answers are read and dropped. A mirror to a cluster that does not exist is not
-/// sent, nor one whose body outgrew what is kept (as Envoy abandons its shadows).
+/// sent, nor one whose body outgrew what is kept (as Envoy abandons its shadows). A mirror to a
+/// `DYNAMIC_DNS` cluster goes where the copy's own host resolves to, as Envoy's dynamic forward
+/// proxy cluster picks the host of a shadow by its Host; only a host under the cluster's
+/// wildcard is resolved (else the copy is not sent), as for every request the waypoint routes.
 fn send_mirrors(cx: &RequestContext<'_>, mirrors: &[Mirror], outgoing: &Outgoing) {
     for mirror in mirrors {
         if !percentage_hit(mirror.percent, rand::random()) {
@@ -405,7 +423,17 @@ fn send_mirrors(cx: &RequestContext<'_>, mirrors: &[Mirror], outgoing: &Outgoing
         let Some(mirror_cluster) = cx.config.cluster(&mirror.cluster).cloned() else {
             continue;
         };
-        let request = outgoing.build("-shadow", ());
+        let authority = shadow_authority(&outgoing.authority, mirror.keep_host);
+        if mirror_cluster.dynamic_dns
+            && !dynamic_dns::under_wildcard(
+                &mirror_cluster.host,
+                dynamic_dns::host_and_port(&authority).0,
+            )
+        {
+            debug!(cluster = %mirror.cluster, %authority, "mirror host outside the wildcard: not sent");
+            continue;
+        }
+        let request = outgoing.build(Some(&authority), ());
         let copy = outgoing.body.as_ref().map(|body| body.finished(true));
         let upstream = cx.shared.upstream.clone();
         let headers = outgoing.headers.clone();
@@ -424,13 +452,26 @@ fn send_mirrors(cx: &RequestContext<'_>, mirrors: &[Mirror], outgoing: &Outgoing
                     }
                 };
                 let request = request.map(|()| body);
-                let hash = crate::upstream::HashInput {
-                    headers: &headers,
-                    query: query.as_deref(),
-                    source_ip: source,
-                };
-                let Ok(endpoint) = upstream.choose_endpoint(&mirror_cluster, &hash, &[]) else {
-                    return;
+                let resolved;
+                let endpoint = if mirror_cluster.dynamic_dns {
+                    resolved = match upstream.dynamic_endpoint(&mirror_cluster, &authority).await {
+                        Ok(endpoint) => endpoint,
+                        Err(error) => {
+                            debug!(%error, "mirror host not resolved");
+                            return;
+                        }
+                    };
+                    &resolved
+                } else {
+                    let hash = crate::upstream::HashInput {
+                        headers: &headers,
+                        query: query.as_deref(),
+                        source_ip: source,
+                    };
+                    let Ok(endpoint) = upstream.choose_endpoint(&mirror_cluster, &hash, &[]) else {
+                        return;
+                    };
+                    endpoint
                 };
                 match upstream
                     .send(&mirror_cluster, endpoint, request, http2, source)
@@ -505,7 +546,7 @@ async fn send_with_retries(
             active,
             cluster,
             endpoint,
-            outgoing.build_with("", body, attempt_headers),
+            outgoing.build_with(None, body, attempt_headers),
             outgoing.http2,
             source_ip,
         );
@@ -677,5 +718,23 @@ mod tests {
         assert!(!headers.contains_key("keep-alive"));
         assert_eq!(headers[header::TE], "trailers");
         assert_eq!(headers["traceparent"], "00-abc-def-01");
+    }
+
+    #[test]
+    fn a_mirror_keeps_the_host_or_takes_envoys_shadow_suffix_before_the_port() {
+        let cases = [
+            ("reviews", true, "reviews"),
+            ("a.wild.example:8080", true, "a.wild.example:8080"),
+            ("reviews", false, "reviews-shadow"),
+            ("a.wild.example:8080", false, "a.wild.example-shadow:8080"),
+            ("[::1]:8080", false, "[::1]:8080-shadow"),
+        ];
+        for (authority, keep_host, expected) in cases {
+            assert_eq!(
+                shadow_authority(authority, keep_host),
+                expected,
+                "{authority} {keep_host}"
+            );
+        }
     }
 }

@@ -58,7 +58,7 @@ pub(super) async fn forward(
         .send_upgrade(
             cluster,
             endpoint,
-            outgoing.build("", Full::new(Bytes::new())),
+            outgoing.build(None, Full::new(Bytes::new())),
             source_ip,
         )
         .await?;

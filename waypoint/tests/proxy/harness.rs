@@ -383,6 +383,7 @@ pub fn mirrored_route_to(subset: &str, mirror: &str) -> proto::HttpRoute {
         mirrors: vec![proto::HttpMirrorPolicy {
             destination: destination(mirror, 0).destination,
             percentage: None,
+            disable_shadow_host_suffix: false,
         }],
         ..route_to(subset)
     }

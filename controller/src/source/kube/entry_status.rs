@@ -2,8 +2,9 @@
 //! entry's `status.addresses` (Kubernetes mode), as Istio's IP auto-allocation controller
 //! does: `[{host, value}]`, IPv4 then IPv6 per host. An entry whose status already says so is
 //! left alone (the controller's own write comes back through the watch and finds nothing to
-//! do); since the allocation keeps what a status names, what is written once stays. A failed
-//! write is retried at the next change of the index.
+//! do); since the allocation keeps what a status names, what is written once stays. An entry
+//! that no longer gets addresses has those in its status cleared. A failed write is retried at
+//! the next change of the index.
 
 use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
@@ -56,14 +57,19 @@ pub fn pending(index: &ConfigIndex) -> BTreeMap<(String, String), Value> {
             entry.metadata.namespace.clone().unwrap_or_default(),
             entry.metadata.name.clone().unwrap_or_default(),
         );
-        let Some(hosts) = allocated.get(&key) else {
-            continue;
-        };
-        let wanted = addresses_json(hosts);
         let current = entry
             .status
             .as_ref()
             .map_or(&Value::Null, |s| &s.0["addresses"]);
+        let Some(hosts) = allocated.get(&key) else {
+            // No longer allocated (opted out, declared addresses, resolution NONE): addresses
+            // left in its status are cleared, as Istio's `clearStaleAddresses` does.
+            if current.as_array().is_some_and(|a| !a.is_empty()) {
+                out.insert(key, Value::Array(Vec::new()));
+            }
+            continue;
+        };
+        let wanted = addresses_json(hosts);
         if *current != wanted {
             out.insert(key, wanted);
         }

@@ -189,3 +189,51 @@ fn a_dynamic_dns_wildcard_gets_addresses_as_istios_keep_host_gives_them() {
     assert!(matches!(vips[0], IpAddr::V4(v4) if v4.octets()[..2] == [240, 240]));
     assert!(addresses_of(&index, &allocation, "static", "*.static.example.com").is_empty());
 }
+
+#[test]
+fn an_address_an_entry_declares_in_the_range_is_never_allocated_and_wins_a_conflict() {
+    // As Istio's allocator: a declared address inside the range marks it used, and an
+    // auto-allocated address it equals is reassigned (the declared one wins, whichever came
+    // first).
+    let claimed = entry("claimed", &["claimed.example.com"], "")
+        + "status: {addresses: [{host: claimed.example.com, value: 240.240.7.7}, {host: claimed.example.com, value: \"2001:2::707\"}]}\n";
+    let declaring = entry(
+        "declaring",
+        &["declaring.example.com"],
+        "  addresses: [240.240.7.7]\n",
+    );
+    let (index, allocation) = allocated(&format!("{claimed}{declaring}"));
+    let claimed_vips = addresses_of(&index, &allocation, "claimed", "claimed.example.com");
+    assert_eq!(claimed_vips.len(), 2, "{claimed_vips:?}");
+    assert!(
+        !claimed_vips.contains(&"240.240.7.7".parse().unwrap()),
+        "{claimed_vips:?}"
+    );
+    assert_eq!(
+        addresses_of(&index, &allocation, "declaring", "declaring.example.com"),
+        vec!["240.240.7.7".parse::<IpAddr>().unwrap()]
+    );
+    // Without the declaring entry, the status address is kept.
+    let (index, allocation) = allocated(&claimed);
+    assert_eq!(
+        addresses_of(&index, &allocation, "claimed", "claimed.example.com")[0],
+        "240.240.7.7".parse::<IpAddr>().unwrap()
+    );
+    // Every slot hashing would pick is declared: the allocation steps past all of them.
+    let hosts = entry("h", &["h.example.com"], "");
+    let (index, first) = allocated(&hosts);
+    let IpAddr::V4(v4) = addresses_of(&index, &first, "h", "h.example.com")[0] else {
+        panic!("IPv4 first")
+    };
+    let declared = entry(
+        "d",
+        &["d.example.com"],
+        &format!("  addresses: [{v4}]\n  endpoints: [{{address: 10.0.0.1}}]\n"),
+    )
+    .replace("resolution: DNS", "resolution: STATIC");
+    let (index, second) = allocated(&format!("{hosts}{declared}"));
+    assert_ne!(
+        addresses_of(&index, &second, "h", "h.example.com")[0],
+        IpAddr::V4(v4)
+    );
+}

@@ -693,6 +693,7 @@ impl<'a> Compiler<'a, '_> {
                         &served.hostname,
                     )),
                     percentage: Some(wp::Percent { value }),
+                    disable_shadow_host_suffix: self.settings.disable_shadow_host_suffix,
                 });
             }
             if let Some(filter) = &filter.url_rewrite {

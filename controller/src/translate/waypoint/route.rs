@@ -328,6 +328,7 @@ impl RouteContext<'_, '_, '_> {
             mirrors.push(wp::HttpMirrorPolicy {
                 destination: Some(self.destination(mirror, format!("{path}.mirror"))),
                 percentage: Some(wp::Percent { value }),
+                disable_shadow_host_suffix: self.compiler.settings.disable_shadow_host_suffix,
             });
         }
         for (j, mirror) in route.mirrors.iter().enumerate() {
@@ -341,6 +342,7 @@ impl RouteContext<'_, '_, '_> {
                 percentage: Some(wp::Percent {
                     value: mirror.percentage.as_ref().map_or(100.0, |p| p.value),
                 }),
+                disable_shadow_host_suffix: self.compiler.settings.disable_shadow_host_suffix,
             });
         }
         let timeout = match &route.timeout {

@@ -169,6 +169,7 @@ impl<'a> Compiler<'a, '_> {
         groups: Vec<RouteGroup<'r, 'a>>,
     ) -> Option<RouteSource<'r, 'a>> {
         let viewer = self.waypoint.namespace.clone();
+        let dynamic_dns = self.entry_dynamic_dns(&served.hostname);
         let virtual_services = self
             .index
             .virtual_services
@@ -183,7 +184,17 @@ impl<'a> Compiler<'a, '_> {
                     .hosts
                     .iter()
                     .filter_map(|h| {
-                        specificity(&qualify_host(self.settings, h, namespace), &served.hostname)
+                        let host = qualify_host(self.settings, h, namespace);
+                        specificity(&host, &served.hostname).or_else(|| {
+                            // A name under a `DYNAMIC_DNS` wildcard overlaps it: Istio's
+                            // waypoint binds the VirtualService to the wildcard's service
+                            // (`host.Name.Matches`), and its routes apply to every name under
+                            // the wildcard. Any host covering the wildcard comes first.
+                            (dynamic_dns
+                                && !host.starts_with('*')
+                                && resolve::host_covers(&served.hostname, &host))
+                            .then_some((false, 0))
+                        })
                     })
                     .max()
                     .map(|s| (RouteSource::VirtualService(vs), (1u8, Reverse(s))))

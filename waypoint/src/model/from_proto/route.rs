@@ -352,6 +352,7 @@ pub(super) fn route(
                 cluster,
                 host,
                 percent: percent(m.percentage.as_ref(), context)?,
+                keep_host: m.disable_shadow_host_suffix,
             })
         })
         .collect::<Result<Vec<_>, ConfigError>>()?;

@@ -87,3 +87,42 @@ async fn allocated_addresses_are_written_to_status_and_kept() {
     .await;
     started.stop().await;
 }
+
+#[test]
+fn addresses_of_an_entry_no_longer_allocated_are_cleared_from_its_status() {
+    // Istio's `clearStaleAddresses`: an entry that now declares addresses (or opted out, or
+    // resolves NONE) has the allocated ones in its status replaced by none.
+    let stale = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: now-declared, namespace: shop}
+spec:
+  hosts: [api.example.com]
+  addresses: [10.9.9.9]
+  location: MESH_EXTERNAL
+  resolution: DNS
+  ports: [{number: 443, name: https, protocol: TLS}]
+status:
+  addresses:
+  - {host: api.example.com, value: 240.240.9.9}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: never-allocated, namespace: shop}
+spec:
+  hosts: [other.example.com]
+  location: MESH_EXTERNAL
+  resolution: NONE
+  ports: [{number: 443, name: https, protocol: TLS}]
+status:
+  addresses: []
+"#;
+    let index = crate::translate::waypoint::tests::validated(stale);
+    let pending = pending(&index);
+    assert_eq!(
+        pending.get(&("shop".to_owned(), "now-declared".to_owned())),
+        Some(&json!([]))
+    );
+    // Nothing to clear: left alone.
+    assert_eq!(pending.len(), 1, "{pending:?}");
+}

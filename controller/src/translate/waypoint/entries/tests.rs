@@ -402,3 +402,76 @@ fn a_dynamic_dns_wildcard_is_served_with_its_most_specific_routes_and_resolved_p
     assert!(cluster.dynamic_dns);
     assert!(cluster.endpoints.is_empty(), "{:?}", cluster.endpoints);
 }
+
+#[test]
+fn a_virtual_service_naming_one_name_under_a_dynamic_dns_wildcard_binds_to_it_as_istio_does() {
+    // Istio's waypoint binds a VirtualService whose host overlaps the wildcard
+    // (`host.Name.Matches`) and gives the virtual host only the wildcard as domain: the routes
+    // apply to every name under it. A destination naming the one name is no cluster of its
+    // own (istiod looks services up by exact name), as here: reported, 503 `NC`.
+    let concrete = r#"---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: concrete, namespace: egress}
+spec:
+  hosts: [a.wild.example.com]
+  http:
+  - match: [{uri: {prefix: /one}}]
+    route: [{destination: {host: a.wild.example.com}}]
+  - route: [{destination: {host: "*.wild.example.com"}}]
+"#;
+    let text = [
+        WAYPOINT.to_owned(),
+        wildcard_entry("wild", "*.wild.example.com", "DYNAMIC_DNS"),
+        wildcard_entry("static", "*.static.example.com", "NONE"),
+        concrete.to_owned(),
+        // Under no DYNAMIC_DNS wildcard: binds to nothing.
+        tagging_route("elsewhere", "a.static.example.com"),
+    ]
+    .concat();
+    let (config, problems) = configs(&text);
+    let service = &config.services[0];
+    assert_eq!(service.hostname, "*.wild.example.com");
+    let bound: Vec<&str> = service
+        .http_routes
+        .iter()
+        .map(|r| r.virtual_service.as_str())
+        .collect();
+    assert_eq!(
+        bound,
+        ["egress/concrete", "egress/concrete", ""],
+        "{problems:?}"
+    );
+    let to_one = &service.http_routes[0].route[0];
+    let destination = to_one.destination.as_ref().unwrap();
+    assert_eq!(destination.host, "a.wild.example.com");
+    assert!(
+        !config
+            .clusters
+            .iter()
+            .any(|c| c.name == destination.cluster),
+        "{:?}",
+        config.clusters
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.to_string().contains("a.wild.example.com")),
+        "{problems:?}"
+    );
+
+    // A VirtualService naming the wildcard itself (or covering it) wins over it.
+    let text = [text, tagging_route("narrow", "*.wild.example.com")].concat();
+    let (config, problems) = configs(&text);
+    assert_eq!(
+        config.services[0].http_routes[0].virtual_service, "egress/narrow",
+        "{problems:?}"
+    );
+    assert!(
+        problems.iter().any(|p| {
+            let text = p.to_string();
+            text.contains("concrete") && text.contains("*.wild.example.com")
+        }),
+        "{problems:?}"
+    );
+}
