@@ -455,13 +455,15 @@ impl ProxyConfig {
                 let access = |m: &tracing::Metadata<'_>| m.target() == crate::metrics::ACCESS_LOG;
                 // Access lines escape their own texts (`metrics::LogText`): the subscriber's
                 // escaping walks each character of a line, a fifth of the instructions of a
-                // request at the gateway. Every other event keeps it.
+                // request at the gateway. Every other event keeps it. They are written without
+                // the stdout lock the workers would queue on (`access_writer`).
                 tracing_subscriber::registry()
                     .with(filter)
                     .with(
                         tracing_subscriber::fmt::layer()
                             .with_ansi(ansi)
                             .with_ansi_sanitization(false)
+                            .with_writer(access_writer::AccessWriter::stdout())
                             .with_filter(filter_fn(access)),
                     )
                     .with(
@@ -537,5 +539,6 @@ pub async fn shutdown_signal() {
     }
 }
 
+mod access_writer;
 #[cfg(test)]
 mod tests;
