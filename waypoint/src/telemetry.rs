@@ -57,8 +57,9 @@ pub struct TracingConfig {
     /// SERVER at a waypoint; CLIENT at a gateway, whose listeners Istio marks outbound so that
     /// Envoy's tracer reports its spans as egress.
     pub span_kind: span::SpanKind,
-    /// Telemetry's `customTags`, added to every span.
-    pub custom_tags: Vec<SpanTag>,
+    /// Telemetry's `customTags`, added to every span (shared with each sampled span, which
+    /// reads its header tags again as the request is forwarded).
+    pub custom_tags: Arc<[SpanTag]>,
 }
 
 /// One custom tag (Telemetry `customTags`): a literal (environment variables are read when
@@ -212,9 +213,9 @@ struct Report {
     kind: span::SpanKind,
     /// The custom tags' values for this request.
     tags: Vec<(String, String)>,
-    /// The custom tags taken from request headers, read again from the request as it is
-    /// forwarded ([`RequestSpan::retag`]).
-    header_tags: Vec<SpanTag>,
+    /// The configuration's custom tags: those taken from request headers are read again from
+    /// the request as it is forwarded ([`RequestSpan::retag`]).
+    custom_tags: Arc<[SpanTag]>,
     /// The name the request gave the span (`x-envoy-decorator-operation`, at a waypoint).
     operation: Option<String>,
 }
@@ -256,13 +257,8 @@ impl RequestSpan {
                 canonical_service: config.canonical_service.clone(),
                 namespace: config.namespace.clone(),
                 kind: config.span_kind,
-                tags: tag_values(&config.custom_tags, headers),
-                header_tags: config
-                    .custom_tags
-                    .iter()
-                    .filter(|t| matches!(t.value, SpanTagValue::Header { .. }))
-                    .cloned()
-                    .collect(),
+                tags: tag_values(config.custom_tags.iter(), headers),
+                custom_tags: Arc::clone(&config.custom_tags),
                 operation,
             }),
             _ => None,
@@ -288,14 +284,17 @@ impl RequestSpan {
         let Some(report) = &mut self.report else {
             return;
         };
-        if report.header_tags.is_empty() {
+        let from_headers = |t: &&SpanTag| matches!(t.value, SpanTagValue::Header { .. });
+        if !report.custom_tags.iter().any(|t| from_headers(&t)) {
             return;
         }
-        let fresh = tag_values(&report.header_tags, headers);
-        let header_tags = &report.header_tags;
-        report
-            .tags
-            .retain(|(tag, _)| !header_tags.iter().any(|t| t.tag == *tag));
+        let fresh = tag_values(report.custom_tags.iter().filter(from_headers), headers);
+        let custom_tags = &report.custom_tags;
+        report.tags.retain(|(tag, _)| {
+            !custom_tags
+                .iter()
+                .any(|t| from_headers(&t) && t.tag == *tag)
+        });
         report.tags.extend(fresh);
     }
 
@@ -317,8 +316,11 @@ impl RequestSpan {
 
 /// The custom tags' values for a request with `headers`: a header's first value, else its
 /// default, else no tag.
-fn tag_values(tags: &[SpanTag], headers: &HeaderMap) -> Vec<(String, String)> {
-    tags.iter()
+fn tag_values<'a>(
+    tags: impl IntoIterator<Item = &'a SpanTag>,
+    headers: &HeaderMap,
+) -> Vec<(String, String)> {
+    tags.into_iter()
         .filter_map(|t| {
             let value = match &t.value {
                 SpanTagValue::Literal(value) => value.clone(),
