@@ -176,17 +176,13 @@ pub enum TranslateProblem {
         reason: String,
         service: String,
     },
-    #[error("{path}: {host} is already routed by VirtualService {by}; this one is ignored for it")]
-    ShadowedVirtualService {
+    #[error(
+        "{path}: {host} is served by waypoint {waypoint}, which applies only the routes of its own namespace and of the service's; this one is ignored there"
+    )]
+    OutsideWaypointNamespaces {
         path: String,
         host: String,
-        by: String,
-    },
-    #[error("{path}: {host} is already routed by {by}; this one is ignored for it")]
-    ShadowedBy {
-        path: String,
-        host: String,
-        by: String,
+        waypoint: String,
     },
     #[error("{path}: {reason}")]
     Unsupported { path: String, reason: String },

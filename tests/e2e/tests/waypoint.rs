@@ -295,6 +295,30 @@ fn routing_splits_faults_retries_timeouts_and_mirrors_through_the_waypoint() {
     println!("80/20 split over 2000 requests: v1 {v1}, v2 {v2}");
     assert_eq!(v1 + v2, 2000, "{split:?}");
     assert!((1500..=1700).contains(&v1), "v1 {v1} of 2000: {split:?}");
+
+    // Two VirtualServices for the same host: the waypoint applies both, their rules in order
+    // (Istio's waypoints merge them), and the service itself takes what neither matches.
+    apply(
+        &mesh,
+        "20-reviews-vs.yaml",
+        &virtual_service(
+            r#"
+  - match: [{uri: {prefix: /route-a}}]
+    route: [{destination: {host: reviews, subset: v2}}]
+"#,
+        ),
+    );
+    apply(
+        &mesh,
+        "21-reviews-b.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews-b, namespace: shop}\nspec:\n  hosts: [reviews]\n  http:\n  - match: [{uri: {prefix: /route-b}}]\n    route: [{destination: {host: reviews, subset: v3}}]\n",
+    );
+    let a = versions(&mesh, "/route-a", 10, &[]);
+    assert_eq!(a, BTreeMap::from([("200 v2".to_string(), 10)]));
+    let b = versions(&mesh, "/route-b", 10, &[]);
+    assert_eq!(b, BTreeMap::from([("200 v3".to_string(), 10)]));
+    let neither = versions(&mesh, "/neither", 30, &[]);
+    assert!(neither.len() > 1, "the default route spreads: {neither:?}");
 }
 
 #[test]

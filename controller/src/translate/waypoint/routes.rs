@@ -1,7 +1,6 @@
-//! A served service's route tables: the VirtualService that routes it, its routes compiled
+//! A served service's route tables: the VirtualServices and routes that route it, compiled
 //! once per port, and the default route to the service itself.
 
-use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 
@@ -14,7 +13,7 @@ use super::gateway_routes::RouteGroup;
 use super::operation::default_operation;
 use super::route::{Binding, PortContext, RouteContext, Served, default_retries};
 use super::{
-    ClusterKey, Compiler, age_key, exported_to, is_opaque, port_number, port_protocol, specificity,
+    ClusterKey, Compiler, age_key, exported_to, is_opaque, port_number, port_protocol,
     tcp_service_ports,
 };
 use crate::model::ResourceKind;
@@ -75,11 +74,17 @@ impl<'a> Compiler<'a, '_> {
         };
         let mesh_routes = Rc::clone(&self.mesh_routes);
         let groups = self.route_groups(&mesh_routes, &served);
-        let (mut http_routes, mut tcp_routes) = match self.route_source(&served, groups) {
-            Some(RouteSource::VirtualService(vs)) => self.routes_from(&served, vs),
-            Some(RouteSource::Gateway(group)) => self.gateway_routes(&served, &group),
-            None => (Vec::new(), Vec::new()),
-        };
+        // Every source's routes, in order: the first that matches a request routes it.
+        let mut http_routes = Vec::new();
+        let mut tcp_routes = Vec::new();
+        for source in self.route_sources(&served, &host.namespace, groups) {
+            let (http, tcp) = match source {
+                RouteSource::VirtualService(vs) => self.routes_from(&served, vs),
+                RouteSource::Gateway(group) => self.gateway_routes(&served, &group),
+            };
+            http_routes.extend(http);
+            tcp_routes.extend(tcp);
+        }
         // The default: the service itself, for whatever no route matched.
         for context in contexts(&served.http_ports) {
             http_routes.push(wp::HttpRoute {
@@ -157,17 +162,22 @@ impl<'a> Compiler<'a, '_> {
             .collect()
     }
 
-    /// What routes `served`, as Istio picks among VirtualServices for a waypoint: the
-    /// Gateway API routes of the waypoint's own namespace first (Istio's consumer override for
-    /// routes with Gateway semantics), then the VirtualService or route group naming the host
-    /// most specifically (Gateway API routes always name it exactly; VirtualServices visible
-    /// to the waypoint by `exportTo` and bound to the mesh), the oldest among equals (a group
-    /// is as old as its oldest route). The others naming it are reported as ignored for it.
-    fn route_source<'r>(
+    /// What routes `served`, in order, as Istio's waypoints take them since
+    /// istio/istio#59484 (`buildWaypointInboundHTTPRouteConfig`): every VirtualService and
+    /// Gateway API route group naming the host (Gateway API routes always name it exactly; a
+    /// VirtualService bound to the mesh, visible to the waypoint by `exportTo`) whose namespace
+    /// is the waypoint's or the service's (`getVirtualServiceForWaypoint`), their rules
+    /// concatenated. The order is Istio's `VirtualServicesForGateway` for the waypoint's
+    /// namespace: VirtualServices private to that namespace, then those exported to it by name,
+    /// then the public ones with the Gateway API routes of the waypoint's own namespace first
+    /// (the "consumer override"), each list by age (a group is as old as its oldest route).
+    /// Routes of other namespaces naming the host are reported as ignored for it.
+    fn route_sources<'r>(
         &mut self,
         served: &Served,
+        service_namespace: &str,
         groups: Vec<RouteGroup<'r, 'a>>,
-    ) -> Option<RouteSource<'r, 'a>> {
+    ) -> Vec<RouteSource<'r, 'a>> {
         let viewer = self.waypoint.namespace.clone();
         let dynamic_dns = self.entry_dynamic_dns(&served.hostname);
         let virtual_services = self
@@ -178,76 +188,63 @@ impl<'a> Compiler<'a, '_> {
                 exported_to(&vs.spec.export_to, namespace_of(&vs.metadata), &viewer)
                     && binds_mesh(vs)
             })
-            .filter_map(|vs| {
+            .filter(|vs| {
                 let namespace = namespace_of(&vs.metadata);
-                vs.spec
-                    .hosts
-                    .iter()
-                    .filter_map(|h| {
-                        let host = qualify_host(self.settings, h, namespace);
-                        specificity(&host, &served.hostname).or_else(|| {
-                            // A name under a `DYNAMIC_DNS` wildcard overlaps it: Istio's
-                            // waypoint binds the VirtualService to the wildcard's service
-                            // (`host.Name.Matches`), and its routes apply to every name under
-                            // the wildcard. Any host covering the wildcard comes first.
-                            (dynamic_dns
-                                && !host.starts_with('*')
-                                && resolve::host_covers(&served.hostname, &host))
-                            .then_some((false, 0))
-                        })
-                    })
-                    .max()
-                    .map(|s| (RouteSource::VirtualService(vs), (1u8, Reverse(s))))
+                vs.spec.hosts.iter().any(|h| {
+                    let host = qualify_host(self.settings, h, namespace);
+                    // A name under a `DYNAMIC_DNS` wildcard overlaps it: Istio's waypoint
+                    // binds the VirtualService to the wildcard's service
+                    // (`host.Name.Matches`), and its routes apply to every name under it.
+                    resolve::host_covers(&host, &served.hostname)
+                        || (dynamic_dns
+                            && !host.starts_with('*')
+                            && resolve::host_covers(&served.hostname, &host))
+                })
+            })
+            .map(|vs| {
+                let list = visibility_list(&vs.spec.export_to, namespace_of(&vs.metadata), &viewer);
+                (RouteSource::VirtualService(vs), (list, 1u8))
             });
-        let exact = (true, served.hostname.len());
         let gateway = groups.into_iter().map(|group| {
             let own = u8::from(group.namespace != viewer);
-            (RouteSource::Gateway(group), (own, Reverse(exact)))
+            (RouteSource::Gateway(group), (2u8, own))
         });
         let mut candidates: Vec<_> = virtual_services.chain(gateway).collect();
         candidates.sort_by(|(a, ka), (b, kb)| {
             ka.cmp(kb)
                 .then_with(|| age_key(a.meta()).cmp(&age_key(b.meta())))
         });
-        let mut candidates = candidates.into_iter().map(|(source, _)| source);
-        let chosen = candidates.next()?;
-        let by = chosen.describe();
-        for shadowed in candidates {
-            match (&chosen, &shadowed) {
-                (RouteSource::VirtualService(_), RouteSource::VirtualService(vs)) => self.report(
+        let waypoint = format!("{viewer}/{}", self.waypoint.name);
+        let mut sources = Vec::new();
+        for (source, _) in candidates {
+            let namespace = source.namespace();
+            if namespace == viewer || namespace == service_namespace {
+                sources.push(source);
+                continue;
+            }
+            let outside = |path: &str| TranslateProblem::OutsideWaypointNamespaces {
+                path: path.to_owned(),
+                host: served.hostname.clone(),
+                waypoint: waypoint.clone(),
+            };
+            match &source {
+                RouteSource::VirtualService(vs) => self.report(
                     ResourceKind::VirtualService,
                     &vs.metadata,
-                    TranslateProblem::ShadowedVirtualService {
-                        path: "spec.hosts".to_owned(),
-                        host: served.hostname.clone(),
-                        by: by.clone(),
-                    },
+                    outside("spec.hosts"),
                 ),
-                (_, RouteSource::VirtualService(vs)) => self.report(
-                    ResourceKind::VirtualService,
-                    &vs.metadata,
-                    TranslateProblem::ShadowedBy {
-                        path: "spec.hosts".to_owned(),
-                        host: served.hostname.clone(),
-                        by: by.clone(),
-                    },
-                ),
-                (_, RouteSource::Gateway(group)) => {
+                RouteSource::Gateway(group) => {
                     for (route, _) in &group.routes {
                         self.report(
                             route.kind.resource_kind(),
                             route.meta,
-                            TranslateProblem::ShadowedBy {
-                                path: "spec.parentRefs".to_owned(),
-                                host: served.hostname.clone(),
-                                by: by.clone(),
-                            },
+                            outside("spec.parentRefs"),
                         );
                     }
                 }
             }
         }
-        Some(chosen)
+        sources
     }
 
     /// Compiles one VirtualService for one service. A value that cannot be translated (a
@@ -372,13 +369,24 @@ impl RouteSource<'_, '_> {
         }
     }
 
-    fn describe(&self) -> String {
+    fn namespace(&self) -> &str {
         match self {
-            RouteSource::VirtualService(vs) => {
-                format!("{}/{}", namespace_of(&vs.metadata), name_of(&vs.metadata))
-            }
-            RouteSource::Gateway(group) => group.describe(),
+            RouteSource::VirtualService(vs) => namespace_of(&vs.metadata),
+            RouteSource::Gateway(group) => &group.namespace,
         }
+    }
+}
+
+/// Which of Istio's lists of VirtualServices visible to `viewer`'s namespace holds one with
+/// `export_to` in `own` namespace (`initVirtualServices`): 0 private (exported to its own
+/// namespace, the viewer's), 1 exported to the viewer by name, 2 public (`*`, or no `exportTo`).
+fn visibility_list(export_to: &[String], own: &str, viewer: &str) -> u8 {
+    if export_to.is_empty() || export_to.iter().any(|e| e == "*") {
+        2
+    } else if own == viewer {
+        0
+    } else {
+        1
     }
 }
 

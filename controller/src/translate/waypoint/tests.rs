@@ -257,7 +257,10 @@ fn outlier_thresholds_follow_istio_and_envoy_defaults() {
 }
 
 #[test]
-fn virtual_services_are_chosen_by_visibility_binding_and_specificity() {
+fn virtual_services_for_a_host_merge_in_istio_order() {
+    // Istio's waypoints concatenate every VirtualService for the host (istio/istio#59484) in
+    // `VirtualServicesForGateway` order, keeping those of the waypoint's or the service's
+    // namespace (`getVirtualServiceForWaypoint`).
     let index = validated(&format!(
         r#"{MESH}
 ---
@@ -274,15 +277,43 @@ spec:
   exportTo: ["."]
   http: [{{name: private, route: [{{destination: {{host: reviews.shop.svc.cluster.local}}}}]}}]
 ---
-# A wildcard loses to any exact host.
+# Public, a wildcard: merged in creation order with the other public ones.
 apiVersion: networking.istio.io/v1
 kind: VirtualService
-metadata: {{name: wildcard, namespace: shop}}
+metadata: {{name: wildcard, namespace: shop, creationTimestamp: "2030-01-02T00:00:00Z"}}
 spec:
   hosts: ["*.shop.svc.cluster.local"]
   http: [{{name: wildcard, route: [{{destination: {{host: reviews}}}}]}}]
 ---
-# Exported to shop explicitly; exact host.
+# Public and older: before the wildcard.
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: older, namespace: shop, creationTimestamp: "2030-01-01T00:00:00Z"}}
+spec:
+  hosts: [reviews]
+  http:
+  - {{name: older, match: [{{uri: {{prefix: /older}}}}], route: [{{destination: {{host: reviews}}}}]}}
+---
+# Private to the waypoint's namespace: Istio's first list, however young.
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: own, namespace: shop, creationTimestamp: "2030-01-03T00:00:00Z"}}
+spec:
+  hosts: [reviews]
+  exportTo: ["."]
+  http:
+  - {{name: own, match: [{{uri: {{prefix: /own}}}}], route: [{{destination: {{host: reviews}}}}]}}
+---
+# Bound to a gateway only: not the mesh's.
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: edge, namespace: shop}}
+spec:
+  hosts: [reviews]
+  gateways: [shop/ingress]
+  http: [{{name: edge, route: [{{destination: {{host: reviews}}}}]}}]
+---
+# Exported to shop, but of neither the waypoint's namespace nor the service's: ignored there.
 apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {{name: exported, namespace: other}}
@@ -295,18 +326,39 @@ spec:
     let mut problems = Vec::new();
     let configs = waypoint_configs(&index, &MeshSettings::default(), &mut problems);
     let reviews = &configs["shop/waypoint"].services[0];
-    let names: Vec<&str> = reviews
+    let names: Vec<(&str, &str)> = reviews
         .http_routes
         .iter()
-        .map(|r| r.name.as_str())
+        .map(|r| (r.name.as_str(), r.virtual_service.as_str()))
         .collect();
-    assert_eq!(names, ["exported", "default"]);
-    let shadowed: Vec<&str> = problems
+    assert_eq!(
+        names,
+        [
+            ("own", "shop/own"),
+            ("older", "shop/older"),
+            ("wildcard", "shop/wildcard"),
+            ("default", "")
+        ]
+    );
+    let outside: Vec<String> = problems
         .iter()
-        .filter(|p| matches!(p.problem, TranslateProblem::ShadowedVirtualService { .. }))
-        .map(|p| p.name.as_str())
+        .filter(|p| {
+            matches!(
+                p.problem,
+                TranslateProblem::OutsideWaypointNamespaces { .. }
+            )
+        })
+        .map(|p| format!("{}: {}", p.name, p.problem))
         .collect();
-    assert_eq!(shadowed, ["wildcard"], "{problems:#?}");
+    assert_eq!(
+        outside,
+        [
+            "exported: spec.hosts: reviews.shop.svc.cluster.local is served by waypoint \
+          shop/waypoint, which applies only the routes of its own namespace and of the \
+          service's; this one is ignored there"
+        ],
+        "{problems:#?}"
+    );
 }
 
 #[test]
