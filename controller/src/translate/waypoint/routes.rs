@@ -171,7 +171,7 @@ impl<'a> Compiler<'a, '_> {
     /// namespace: VirtualServices private to that namespace, then those exported to it by name,
     /// then the public ones with the Gateway API routes of the waypoint's own namespace first
     /// (the "consumer override"), each list by age (a group is as old as its oldest route).
-    /// Routes of other namespaces naming the host are reported as ignored for it.
+    /// Routes of other namespaces naming the host are left out and reported.
     fn route_sources<'r>(
         &mut self,
         served: &Served,
