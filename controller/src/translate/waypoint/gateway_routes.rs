@@ -24,7 +24,7 @@ use crate::translate::gateway_api::{
     self as gw, BackendRef, Filter, HeaderModifier, Match, MeshRoute, MethodMatch, PathModifier,
     RouteKind, Rule,
 };
-use crate::translate::resolve::name_of;
+use crate::translate::resolve::{name_of, namespace_of};
 
 /// The Gateway API routes of one namespace attached to one served Service: what Istio merges
 /// into one VirtualService for it.
@@ -32,6 +32,10 @@ pub(super) struct RouteGroup<'r, 'a> {
     pub(super) namespace: String,
     /// Each route with the port its parentRef names (if any), oldest first.
     pub(super) routes: Vec<(&'r MeshRoute<'a>, Option<u32>)>,
+    /// The name of the VirtualService istiod makes of them on a Gateway's listener
+    /// ([`operation::listener_route_set`]); `None` for routes attached to a Service, whose
+    /// name depends on each route's parentRef port ([`operation::mesh_route_set`]).
+    pub(super) route_set: Option<String>,
 }
 
 impl<'r, 'a> RouteGroup<'r, 'a> {
@@ -448,7 +452,14 @@ impl<'a> Compiler<'a, '_> {
         let mut http_routes = Vec::new();
         for entry in &entries {
             for context in route_contexts(&served.http_ports, entry.parent_port) {
-                http_routes.extend(self.http_entry(served, entry, context));
+                let route_set = group.route_set.clone().unwrap_or_else(|| {
+                    operation::mesh_route_set(
+                        namespace_of(entry.route.meta),
+                        entry.parent_port,
+                        &served.hostname,
+                    )
+                });
+                http_routes.extend(self.http_entry(served, entry, context, &route_set));
             }
         }
         (http_routes, tcp_routes)
@@ -492,6 +503,7 @@ impl<'a> Compiler<'a, '_> {
         served: &Served,
         entry: &Entry<'_, 'a>,
         context: PortContext,
+        route_set: &str,
     ) -> Vec<wp::HttpRoute> {
         let route = entry.route;
         let rule = entry.rule;
@@ -517,7 +529,7 @@ impl<'a> Compiler<'a, '_> {
             compiled.operations = vec![operation::operation(
                 &compiled,
                 &span_path,
-                &operation::gateway_api_route_set(name_of(route.meta)),
+                route_set,
                 context.port,
             )];
             compiled.r#match = if matched == wp::HttpMatchRequest::default() {

@@ -157,7 +157,11 @@ impl<'a> Compiler<'a, '_> {
             .into_iter()
             .map(|(namespace, mut routes)| {
                 routes.sort_by(|(a, _), (b, _)| age_key(a.meta).cmp(&age_key(b.meta)));
-                RouteGroup { namespace, routes }
+                RouteGroup {
+                    namespace,
+                    routes,
+                    route_set: None,
+                }
             })
             .collect()
     }

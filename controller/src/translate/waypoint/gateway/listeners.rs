@@ -13,6 +13,7 @@ use k8s_openapi::api::core::v1::Pod;
 use weft_proto::waypoint as wp;
 
 use super::super::gateway_routes::{RouteGroup, weighted};
+use super::super::operation;
 use super::super::route::Served;
 use super::super::{Compiler, age_key};
 use crate::index::ConfigIndex;
@@ -172,6 +173,12 @@ impl<'a> Compiler<'a, '_> {
                     let group = RouteGroup {
                         namespace: namespace.to_owned(),
                         routes,
+                        route_set: Some(operation::listener_route_set(
+                            namespace,
+                            name_of(gateway.meta()),
+                            &listener.name,
+                            host,
+                        )),
                     };
                     let (http_routes, _) = self.gateway_routes(&served, &group);
                     if http_routes.is_empty() {

@@ -788,3 +788,31 @@ spec:
     assert_eq!(routes.len(), 1);
     assert_eq!(routes[0].name, "default");
 }
+
+#[test]
+fn a_split_routes_span_is_named_after_the_virtual_service_istiod_makes_for_the_service() {
+    // istiod (1.27 and later) names the VirtualService it makes of a namespace's routes for a
+    // Service by their merge key: namespace, the parentRef's port if any, host. A route to
+    // several backends takes it as its span's operation (`GetRouteOperation`).
+    let split = |parent: &str| {
+        format!(
+            r#"apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: split, namespace: shop}}
+spec:
+  parentRefs: [{parent}]
+  rules:
+  - backendRefs: [{{name: reviews, port: 9080, weight: 90}}, {{name: reviews-v2, port: 9080, weight: 10}}]
+"#
+        )
+    };
+    let routes = routes_of(&split(r#"{group: "", kind: Service, name: reviews}"#));
+    assert_eq!(routes[0].operations, [format!("shop~{REVIEWS}:9080/*")]);
+    let routes = routes_of(&split(
+        r#"{group: "", kind: Service, name: reviews, port: 9080}"#,
+    ));
+    assert_eq!(
+        routes[0].operations,
+        [format!("shop~9080~{REVIEWS}:9080/*")]
+    );
+}
