@@ -176,7 +176,7 @@ impl<'a> Compiler<'a, '_> {
                         route_set: Some(operation::listener_route_set(
                             namespace,
                             name_of(gateway.meta()),
-                            &listener.name,
+                            listener.name,
                             host,
                         )),
                     };
