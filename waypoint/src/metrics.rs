@@ -5,12 +5,13 @@
 //! Istio's default text format. One [`RequestRecord`] per request records both when it is
 //! dropped, that is when the response body has been sent or the client went away; one
 //! [`ConnectionRecord`] per TCP connection counts its bytes as they flow and closes it when
-//! dropped. Telemetry's metric overrides change the request metrics' series ([`overrides`]).
+//! dropped. Telemetry's metric overrides change the request and TCP metrics' series
+//! ([`overrides`]).
 
 mod overrides;
 
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -69,9 +70,8 @@ pub struct Metrics {
     /// whose labels were seen before counts without building (allocating) its label set or
     /// looking it up in each family.
     resolved: Mutex<HashMap<u64, Arc<RequestCounters>, foldhash::fast::RandomState>>,
-    /// The label sets Telemetry overrides made, by hash: at most
-    /// [`overrides::MAX_OVERRIDDEN_SERIES`].
-    overridden: Mutex<HashSet<u64, foldhash::fast::RandomState>>,
+    /// The label sets Telemetry overrides made (requests' and connections'), bounded.
+    overridden: Arc<overrides::OverriddenSeries>,
     hasher: foldhash::fast::RandomState,
 }
 
@@ -101,7 +101,7 @@ impl Metrics {
             response_bytes: Family::new_with_constructor(Buckets(&BYTES_BUCKETS)),
             tcp: TcpMetrics::new(registry),
             resolved: Mutex::default(),
-            overridden: Mutex::default(),
+            overridden: Arc::default(),
             hasher: foldhash::fast::RandomState::default(),
         };
         registry.register(
@@ -145,7 +145,7 @@ impl Metrics {
                 continue;
             }
             let mut series = overrides.series(metric, &labels, record, false);
-            if !self.admit(&series) {
+            if !self.overridden.admit(&series) {
                 series = overrides.series(metric, &labels, record, true);
             }
             match metric {
@@ -163,24 +163,6 @@ impl Metrics {
                     .observe(record.bytes_sent as f64),
             };
         }
-    }
-
-    /// Whether `series` may be recorded: a standard one always; an overridden one when it was
-    /// seen before or while fewer than [`overrides::MAX_OVERRIDDEN_SERIES`] were.
-    fn admit(&self, series: &RequestSeries) -> bool {
-        if matches!(series, RequestSeries::Standard(_)) {
-            return true;
-        }
-        let hash = self.hasher.hash_one(series);
-        let mut seen = self.overridden.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.contains(&hash) {
-            return true;
-        }
-        if seen.len() >= overrides::MAX_OVERRIDDEN_SERIES {
-            return false;
-        }
-        seen.insert(hash);
-        true
     }
 
     /// The metrics of the label set `view` describes: resolved once per distinct label set
@@ -645,6 +627,8 @@ pub struct ConnectionInfo {
     pub at_edge: bool,
     /// Telemetry turned the access log off: no line is written.
     pub access_log_disabled: bool,
+    /// Telemetry's metric overrides in force when the connection opened, if any.
+    pub metric_overrides: Option<Arc<MetricOverrides>>,
 }
 
 impl ConnectionInfo {
@@ -720,13 +704,22 @@ impl Metrics {
     /// Counts a TCP connection as opened and returns its record, which counts its bytes and
     /// closes it when dropped.
     pub fn connection_opened(&self, info: ConnectionInfo) -> ConnectionRecord {
-        self.tcp.open(
-            info.labels(),
-            TcpAccessLog {
-                info,
-                start_time: SystemTime::now(),
-            },
-        )
+        let labels = info.labels();
+        let overrides = info
+            .metric_overrides
+            .as_ref()
+            .filter(|o| o.changes_tcp())
+            .map(|o| {
+                overrides::TcpOverride::new(Arc::clone(o), &info, Arc::clone(&self.overridden))
+            });
+        let log = TcpAccessLog {
+            info,
+            start_time: SystemTime::now(),
+        };
+        match overrides {
+            Some(overrides) => self.tcp.open_overridden(labels, Box::new(overrides), log),
+            None => self.tcp.open(labels, log),
+        }
     }
 }
 

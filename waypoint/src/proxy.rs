@@ -219,7 +219,7 @@ pub async fn handle(
     // this request: a Telemetry change reaches established connections.
     let telemetry = config.telemetry_for(target.as_ref());
     record.access_log_disabled = telemetry.access_log_disabled;
-    if let Some(overrides) = &telemetry.metrics {
+    if let Some(overrides) = telemetry.metrics.as_ref().filter(|o| o.changes_requests()) {
         record.set_metric_overrides(overrides, request.headers());
     }
     context::describe_request(&mut record, &config, &tunnel, target.as_ref(), &request);

@@ -139,6 +139,7 @@ fn connection_info(
     context: &TunnelContext,
     target: &Target<'_>,
 ) -> ConnectionInfo {
+    let telemetry = config.telemetry_for(Some(target));
     let mut info = ConnectionInfo {
         source: Peer {
             workload: config.workload(context.source_ip),
@@ -163,7 +164,8 @@ fn connection_info(
         response_flags: ResponseFlag::None,
         downstream_local: context.destination.to_string(),
         downstream_remote: context.peer_address.to_string(),
-        access_log_disabled: config.telemetry_for(Some(target)).access_log_disabled,
+        access_log_disabled: telemetry.access_log_disabled,
+        metric_overrides: telemetry.metrics.clone(),
         ..ConnectionInfo::default()
     };
     if context.edge.is_some() {

@@ -38,8 +38,8 @@ pub struct Telemetry {
     pub tracing: Option<Arc<TracingConfig>>,
     /// Telemetry's `accessLogging[].disabled`: no access-log line (metrics are unchanged).
     pub access_log_disabled: bool,
-    /// Telemetry's `metrics[].overrides` of the request metrics; `None`: Istio's standard
-    /// metrics.
+    /// Telemetry's `metrics[].overrides` of the request and TCP metrics; `None`: Istio's
+    /// standard metrics.
     pub metrics: Option<Arc<crate::metrics::MetricOverrides>>,
 }
 

@@ -405,17 +405,6 @@ pub const CATALOG: &[NotApplied] = &[
     entry(
         K::Telemetry,
         "spec.metrics[].overrides[].match.metric",
-        Equals(&[
-            "TCP_OPENED_CONNECTIONS",
-            "TCP_CLOSED_CONNECTIONS",
-            "TCP_SENT_BYTES",
-            "TCP_RECEIVED_BYTES",
-        ]),
-        "the TCP metrics (istio_tcp_*) keep Istio's labels and are always recorded",
-    ),
-    entry(
-        K::Telemetry,
-        "spec.metrics[].overrides[].match.metric",
         Equals(&["GRPC_REQUEST_MESSAGES", "GRPC_RESPONSE_MESSAGES"]),
         "Weft does not report gRPC message counts",
     ),

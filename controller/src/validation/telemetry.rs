@@ -179,8 +179,8 @@ fn check_metrics(findings: &mut Findings, path: &str, metrics: &Metrics) {
 }
 
 /// What of a `metrics` entry Weft does not apply, with the reason: a provider other than
-/// Prometheus, a tag name Prometheus refuses, a value expression outside the subset the
-/// proxies evaluate, and the TCP metrics an override for all metrics leaves as they are.
+/// Prometheus, a tag name Prometheus refuses, and a value expression outside the subset the
+/// proxies evaluate.
 fn check_metrics_applied(findings: &mut Findings, path: &str, metrics: &Metrics) {
     for (i, provider) in metrics.providers.iter().enumerate() {
         if !provider.name.is_empty() && !provider.name.eq_ignore_ascii_case(PROMETHEUS) {
@@ -195,17 +195,6 @@ fn check_metrics_applied(findings: &mut Findings, path: &str, metrics: &Metrics)
     }
     for (i, entry) in metrics.overrides.iter().enumerate() {
         let override_path = format!("{path}.overrides[{i}]");
-        let metric = entry.match_.as_ref().and_then(|m| m.metric);
-        let custom = entry
-            .match_
-            .as_ref()
-            .is_some_and(|m| m.custom_metric.is_some());
-        if !custom && metric.is_none_or(|m| m == IstioMetric::AllMetrics) {
-            findings.not_applied(
-                &override_path,
-                "applied to the request metrics; the TCP metrics (istio_tcp_*) keep Istio's labels and are always recorded",
-            );
-        }
         for (name, tag) in &entry.tag_overrides {
             let tag_path = format!("{override_path}.tagOverrides.{name}");
             if !name.is_empty() && !is_label_name(name) {

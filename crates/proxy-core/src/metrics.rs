@@ -10,11 +10,14 @@ pub mod tcp;
 
 pub use certificates::{CERTIFICATE_EXPIRY, CERTIFICATE_ISSUE, register_certificate_expiry};
 pub use labels::{
-    PEER_LABEL_VALUES, Peer, PeerLabels, Reporter, RequestLabels, RequestProtocol, ResponseFlag,
-    SecurityPolicy, Service, TcpLabels, UNKNOWN, is_label_name,
+    LabelPairs, PEER_LABEL_VALUES, Peer, PeerLabels, Reporter, RequestLabels, RequestProtocol,
+    ResponseFlag, SecurityPolicy, Series, Service, TcpLabels, UNKNOWN, is_label_name,
 };
 pub use process::{Component, register_process_metrics};
-pub use tcp::{ACCESS_LOG, AccessLog, ConnectionEnd, LabelKey, LogText, TcpConnection, TcpMetrics};
+pub use tcp::{
+    ACCESS_LOG, AccessLog, ConnectionEnd, LabelKey, LogText, TcpConnection, TcpMetric, TcpMetrics,
+    TcpSeriesOverride,
+};
 
 #[cfg(test)]
 mod tests;

@@ -825,6 +825,13 @@ const COUNT_DISABLED: &str = r#"
   - overrides:
     - match: {metric: REQUEST_COUNT, mode: SERVER}
       disabled: true
+    - match: {metric: TCP_SENT_BYTES}
+      disabled: true
+    - match: {metric: TCP_OPENED_CONNECTIONS, mode: CLIENT_AND_SERVER}
+      tagOverrides:
+        destination_principal: {operation: REMOVE}
+        cluster: {value: xds.cluster_name}
+        host: {value: "has(request.host) ? request.host : 'no-request'"}
 "#;
 
 const COUNT_RETAGGED: &str = r#"
@@ -845,10 +852,43 @@ fn telemetry_metric_overrides_change_the_waypoints_metrics_live() {
     const DURATION: &str = "istio_request_duration_milliseconds_count";
     let to_reviews = [("destination_service", HOST)];
     let mesh = mesh_with_files(
-        "",
+        ECHO,
         vec![("metrics.yaml".to_owned(), metrics_telemetry(COUNT_DISABLED))],
     );
     let exposed = || Exposition::parse(&mesh.waypoint_metrics(WAYPOINT));
+    let to_echo = [("destination_service", ECHO_HOST)];
+    let echo_cluster = format!("outbound|7000||{ECHO_HOST}");
+    // The TCP metrics under their overrides from the start: the sent bytes not recorded, the
+    // opened count without the destination's principal and with the connection's cluster
+    // (a connection has no request: the request's host falls back to the literal).
+    assert!(
+        mesh.eventually(Duration::from_secs(10), || tcp_echo(
+            &mesh,
+            ECHO_VIP,
+            "tcp-overridden"
+        ) == "tcp-overridden"),
+        "no echo through the waypoint\n{}",
+        mesh.logs()
+    );
+    let metrics = exposed();
+    let opened = metrics.matching("istio_tcp_connections_opened_total", &to_echo);
+    assert!(!opened.is_empty(), "{:?}", metrics.samples());
+    let expected = [
+        ("destination_principal", None),
+        ("cluster", Some(echo_cluster.as_str())),
+        ("host", Some("no-request")),
+    ];
+    for (sample, (label, value)) in opened.iter().flat_map(|s| expected.map(|e| (s, e))) {
+        assert_eq!(sample.label(label), value, "{}", sample.line);
+    }
+    assert!(
+        metrics
+            .matching("istio_tcp_sent_bytes_total", &to_echo)
+            .is_empty(),
+        "{:?}",
+        metrics.matching("istio_tcp_sent_bytes_total", &[])
+    );
+    assert!(metrics.count("istio_tcp_received_bytes_total", &to_echo) >= 15);
     // Disabled from the start: the waypoint records the other request metrics, never the
     // request count (the requests that found the service reachable included).
     for _ in 0..3 {
@@ -901,6 +941,23 @@ fn telemetry_metric_overrides_change_the_waypoints_metrics_live() {
         durations,
         "the duration was recorded while disabled"
     );
+    // The TCP overrides are gone with the edit: the next connection is counted under Istio's
+    // labels, its sent bytes recorded.
+    assert_eq!(tcp_echo(&mesh, ECHO_VIP, "tcp-standard"), "tcp-standard");
+    let metrics = exposed();
+    let standard = [
+        ("destination_service", ECHO_HOST),
+        (
+            "destination_principal",
+            "spiffe://cluster.local/ns/shop/sa/reviews",
+        ),
+    ];
+    assert!(
+        metrics.count("istio_tcp_connections_opened_total", &standard) >= 1,
+        "{:?}",
+        metrics.matching("istio_tcp_connections_opened_total", &[])
+    );
+    assert!(metrics.count("istio_tcp_sent_bytes_total", &standard) >= 13);
 
     // The Telemetry deleted: Istio's standard labels again, and the duration recorded.
     mesh.await_waypoint(WAYPOINT, "the Telemetry deleted", || {

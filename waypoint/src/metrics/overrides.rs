@@ -1,10 +1,13 @@
-//! Telemetry's `metrics[].overrides` for the request metrics, as Istio's stats filter applies
-//! them: a metric `disabled` is not recorded; a tag removed is absent from that metric's
-//! series; a tag upserted replaces a standard label's value or adds a label, its value
-//! computed per request from the sources the controller parsed out of the CEL expression
-//! (the first with a value gives it; none: `unknown`). The controller sends only what differs
-//! from Istio's standard metrics, for the proxy's side; a request records which overrides were
-//! in force when it arrived, with the request headers they read.
+//! Telemetry's `metrics[].overrides` for the request and TCP metrics, as Istio's stats filter
+//! applies them: a metric `disabled` is not recorded; a tag removed is absent from that
+//! metric's series; a tag upserted replaces a standard label's value or adds a label, its value
+//! computed per request (per connection for a TCP metric) from the sources the controller
+//! parsed out of the CEL expression (the first with a value gives it; none: `unknown`). The
+//! controller sends only what differs from Istio's standard metrics, for the proxy's side; a
+//! request records which overrides were in force when it arrived, with the request headers
+//! they read, a connection those in force when it opened. A connection has no request: its
+//! request headers and request and response attributes have no value, as in Envoy, where
+//! they are absent from a TCP stream's attributes.
 //!
 //! Every series of one metric under one configuration has the same label names; the label
 //! values a request brings (a header, its path) are bounded in length, and past
@@ -12,14 +15,19 @@
 //! can grow the metrics without bound.
 
 use std::borrow::Cow;
-use std::fmt;
+use std::collections::HashSet;
+use std::hash::BuildHasher;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
-use prometheus_client::encoding::{EncodeLabelSet, LabelSetEncoder};
 use weft_proto::waypoint as proto;
-use weft_proxy_core::metrics::{RequestLabels, UNKNOWN, is_label_name};
+use weft_proxy_core::metrics::{
+    LabelPairs, RequestLabels, Series, TcpLabels, TcpMetric, TcpSeriesOverride, UNKNOWN,
+    is_label_name,
+};
 
-use super::RequestRecord;
+use super::{ConnectionInfo, RequestRecord};
 use crate::model::{ConfigError, invalid};
 
 /// Label sets with overridden labels kept at most, across the request metrics.
@@ -53,6 +61,8 @@ impl RequestMetric {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct MetricOverrides {
     metrics: [Option<MetricOverride>; 4],
+    /// The TCP metrics', by [`TcpMetric`].
+    tcp: [Option<MetricOverride>; 4],
     /// Every request header a tag reads, once: what a request keeps for its record.
     headers: Vec<HeaderName>,
 }
@@ -72,25 +82,8 @@ enum Source {
     Header(usize),
 }
 
-/// A series' labels: Istio's standard set, or the set a Telemetry override made of it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-#[allow(
-    clippy::large_enum_variant,
-    reason = "the standard set is the usual key, kept inline in the families' maps"
-)]
-pub enum RequestSeries {
-    Standard(RequestLabels),
-    Overridden(Vec<(Cow<'static, str>, String)>),
-}
-
-impl EncodeLabelSet for RequestSeries {
-    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), fmt::Error> {
-        match self {
-            RequestSeries::Standard(labels) => labels.encode(encoder),
-            RequestSeries::Overridden(pairs) => pairs.encode(encoder),
-        }
-    }
-}
+/// A request metric's series: Istio's standard labels, or those an override made of them.
+pub type RequestSeries = Series<RequestLabels>;
 
 /// Checks and converts the overrides of `field` (`metric_overrides`, or a service's); `None`
 /// when there are none.
@@ -104,19 +97,24 @@ pub(crate) fn metric_overrides(
     let mut converted = MetricOverrides::default();
     for (i, o) in overrides.iter().enumerate() {
         let path = format!("{field}[{i}]");
-        let index = match proto::RequestMetric::try_from(o.metric) {
-            Ok(proto::RequestMetric::RequestCount) => RequestMetric::Count,
-            Ok(proto::RequestMetric::RequestDuration) => RequestMetric::Duration,
-            Ok(proto::RequestMetric::RequestSize) => RequestMetric::RequestSize,
-            Ok(proto::RequestMetric::ResponseSize) => RequestMetric::ResponseSize,
-            _ => {
+        use proto::RequestMetric as P;
+        let slot = match P::try_from(o.metric) {
+            Ok(P::RequestCount) => &mut converted.metrics[RequestMetric::Count as usize],
+            Ok(P::RequestDuration) => &mut converted.metrics[RequestMetric::Duration as usize],
+            Ok(P::RequestSize) => &mut converted.metrics[RequestMetric::RequestSize as usize],
+            Ok(P::ResponseSize) => &mut converted.metrics[RequestMetric::ResponseSize as usize],
+            Ok(P::TcpOpenedConnections) => &mut converted.tcp[TcpMetric::Opened as usize],
+            Ok(P::TcpClosedConnections) => &mut converted.tcp[TcpMetric::Closed as usize],
+            Ok(P::TcpSentBytes) => &mut converted.tcp[TcpMetric::Sent as usize],
+            Ok(P::TcpReceivedBytes) => &mut converted.tcp[TcpMetric::Received as usize],
+            Ok(P::Unspecified) | Err(_) => {
                 return Err(invalid(
                     &format!("{path}.metric"),
-                    format!("{} is not a request metric", o.metric),
+                    format!("{} is not a request or TCP metric", o.metric),
                 ));
             }
-        } as usize;
-        if converted.metrics[index].is_some() {
+        };
+        if slot.is_some() {
             return Err(invalid(&format!("{path}.metric"), "given twice"));
         }
         let mut upserted = Vec::new();
@@ -171,7 +169,7 @@ pub(crate) fn metric_overrides(
                 ));
             }
         }
-        converted.metrics[index] = Some(MetricOverride {
+        *slot = Some(MetricOverride {
             disabled: o.disabled,
             removed: o.removed_tags.clone(),
             upserted,
@@ -186,6 +184,16 @@ impl MetricOverrides {
         self.metrics[metric as usize]
             .as_ref()
             .is_some_and(|o| o.disabled)
+    }
+
+    /// Whether any request metric differs from Istio's standard one.
+    pub fn changes_requests(&self) -> bool {
+        self.metrics.iter().any(Option::is_some)
+    }
+
+    /// Whether any TCP metric differs from Istio's standard one.
+    pub fn changes_tcp(&self) -> bool {
+        self.tcp.iter().any(Option::is_some)
     }
 
     /// The request headers the tags read, as `headers` has them.
@@ -205,80 +213,230 @@ impl MetricOverrides {
         record: &RequestRecord,
         overflow: bool,
     ) -> RequestSeries {
-        let Some(o) = &self.metrics[metric as usize] else {
-            return RequestSeries::Standard(labels.clone());
+        overridden_series(
+            self.metrics[metric as usize].as_ref(),
+            labels,
+            record,
+            overflow,
+        )
+    }
+}
+
+/// The series `o` makes of `labels`, its upserted values taken from `attributes`; `overflow`
+/// makes every upserted value `unknown`.
+fn overridden_series<L: LabelPairs + Clone>(
+    o: Option<&MetricOverride>,
+    labels: &L,
+    attributes: &dyn MetricAttributes,
+    overflow: bool,
+) -> Series<L> {
+    let Some(o) = o.filter(|o| !o.removed.is_empty() || !o.upserted.is_empty()) else {
+        return Series::Standard(labels.clone());
+    };
+    let mut pairs: Vec<(Cow<'static, str>, String)> = labels
+        .pairs()
+        .into_iter()
+        .filter(|(name, _)| !o.removed.iter().any(|r| r == name))
+        .map(|(name, value)| (Cow::Borrowed(name), value))
+        .collect();
+    for (name, sources) in &o.upserted {
+        if o.removed.contains(name) {
+            continue;
+        }
+        let value = if overflow {
+            UNKNOWN.to_owned()
+        } else {
+            sources
+                .iter()
+                .find_map(|s| source_value(s, attributes))
+                .map_or_else(|| UNKNOWN.to_owned(), |v| label_value(&v))
         };
-        if o.removed.is_empty() && o.upserted.is_empty() {
-            return RequestSeries::Standard(labels.clone());
+        match pairs.iter_mut().find(|(n, _)| n == name) {
+            Some(pair) => pair.1 = value,
+            None => pairs.push((Cow::Owned(name.clone()), value)),
         }
-        let mut pairs: Vec<(Cow<'static, str>, String)> = labels
-            .pairs()
-            .into_iter()
-            .filter(|(name, _)| !o.removed.iter().any(|r| r == name))
-            .map(|(name, value)| (Cow::Borrowed(name), value))
-            .collect();
-        for (name, sources) in &o.upserted {
-            if o.removed.contains(name) {
-                continue;
+    }
+    Series::Overridden(pairs)
+}
+
+/// A source's value; `None` when it has none (an absent header, an empty attribute).
+fn source_value<'r>(
+    source: &'r Source,
+    attributes: &'r dyn MetricAttributes,
+) -> Option<Cow<'r, str>> {
+    match source {
+        Source::Literal(literal) => Some(Cow::Borrowed(literal)),
+        Source::Header(i) => attributes.header(*i).map(Cow::Borrowed),
+        Source::Attribute(attribute) => attributes.attribute(*attribute),
+    }
+}
+
+/// What a tag's sources read: Envoy's attributes and the captured request headers of a
+/// request, or of a connection.
+trait MetricAttributes {
+    /// The attribute's value; `None` when it has none.
+    fn attribute(&self, attribute: proto::RequestAttribute) -> Option<Cow<'_, str>>;
+    /// The request header captured at `index` ([`MetricOverrides::capture`]).
+    fn header(&self, index: usize) -> Option<&str>;
+}
+
+fn non_empty(text: &str) -> Option<Cow<'_, str>> {
+    (!text.is_empty()).then_some(Cow::Borrowed(text))
+}
+
+fn shown(value: Option<impl ToString>) -> Option<Cow<'static, str>> {
+    value.map(|v| Cow::Owned(v.to_string()))
+}
+
+impl MetricAttributes for RequestRecord {
+    fn attribute(&self, attribute: proto::RequestAttribute) -> Option<Cow<'_, str>> {
+        use proto::RequestAttribute as A;
+        match attribute {
+            A::Unspecified => None,
+            A::RequestHost => non_empty(self.authority.as_str()),
+            A::RequestMethod => non_empty(self.method.as_str()),
+            A::RequestPath => non_empty(self.path.as_str()),
+            A::RequestUrlPath => {
+                non_empty(self.path.as_str().split('?').next().unwrap_or_default())
             }
-            let value = if overflow {
-                UNKNOWN.to_owned()
-            } else {
-                sources
-                    .iter()
-                    .find_map(|s| self.value(s, record))
-                    .map_or_else(|| UNKNOWN.to_owned(), |v| label_value(&v))
-            };
-            match pairs.iter_mut().find(|(n, _)| n == name) {
-                Some(pair) => pair.1 = value,
-                None => pairs.push((Cow::Owned(name.clone()), value)),
-            }
+            A::RequestProtocol => non_empty(self.protocol),
+            A::RequestId => non_empty(self.request_id.as_str()),
+            A::RequestUserAgent => non_empty(self.user_agent.as_str()),
+            A::ResponseCode => (self.status != 0).then(|| Cow::Owned(self.status.to_string())),
+            A::SourceAddress => shown(self.downstream_remote),
+            A::SourcePort => shown(self.downstream_remote.map(|a| a.port())),
+            A::DestinationAddress => shown(self.downstream_local),
+            A::DestinationPort => shown(self.downstream_local.map(|a| a.port())),
+            A::ConnectionMtls => Some(Cow::Borrowed(if self.mtls { "true" } else { "false" })),
+            A::ConnectionPeerPrincipal => self.source.principal.as_deref().and_then(non_empty),
+            A::UpstreamAddress => shown(self.upstream_host),
+            A::ClusterName => self.upstream_cluster.as_deref().and_then(non_empty),
+            A::RouteName => self.route_name.as_deref().and_then(non_empty),
         }
-        RequestSeries::Overridden(pairs)
     }
 
-    /// A source's value for `record`; `None` when it has none (an absent header, an empty
-    /// attribute).
-    fn value<'r>(&self, source: &'r Source, record: &'r RequestRecord) -> Option<Cow<'r, str>> {
-        use proto::RequestAttribute as A;
-        let text = |t: &'r str| (!t.is_empty()).then_some(Cow::Borrowed(t));
-        let shown = |v: Option<String>| v.map(Cow::Owned);
-        match source {
-            Source::Literal(literal) => Some(Cow::Borrowed(literal)),
-            Source::Header(i) => record
-                .metric_headers
-                .get(*i)?
-                .as_ref()?
-                .to_str()
-                .ok()
-                .map(Cow::Borrowed),
-            Source::Attribute(attribute) => match attribute {
-                A::Unspecified => None,
-                A::RequestHost => text(record.authority.as_str()),
-                A::RequestMethod => text(record.method.as_str()),
-                A::RequestPath => text(record.path.as_str()),
-                A::RequestUrlPath => {
-                    text(record.path.as_str().split('?').next().unwrap_or_default())
-                }
-                A::RequestProtocol => text(record.protocol),
-                A::RequestId => text(record.request_id.as_str()),
-                A::RequestUserAgent => text(record.user_agent.as_str()),
-                A::ResponseCode => {
-                    (record.status != 0).then(|| Cow::Owned(record.status.to_string()))
-                }
-                A::SourceAddress => shown(record.downstream_remote.map(|a| a.to_string())),
-                A::SourcePort => shown(record.downstream_remote.map(|a| a.port().to_string())),
-                A::DestinationAddress => shown(record.downstream_local.map(|a| a.to_string())),
-                A::DestinationPort => shown(record.downstream_local.map(|a| a.port().to_string())),
-                A::ConnectionMtls => {
-                    Some(Cow::Borrowed(if record.mtls { "true" } else { "false" }))
-                }
-                A::ConnectionPeerPrincipal => record.source.principal.as_deref().and_then(text),
-                A::UpstreamAddress => shown(record.upstream_host.map(|a| a.to_string())),
-                A::ClusterName => record.upstream_cluster.as_deref().and_then(text),
-                A::RouteName => record.route_name.as_deref().and_then(text),
-            },
+    fn header(&self, index: usize) -> Option<&str> {
+        self.metric_headers.get(index)?.as_ref()?.to_str().ok()
+    }
+}
+
+/// What a TCP connection's tags can read, fixed when it opens: the attributes Envoy gives a
+/// TCP stream (`source.*`, `destination.*`, `connection.*`, `upstream.address`,
+/// `xds.cluster_name`). A connection has no request, response or route.
+#[derive(Debug)]
+struct ConnectionAttributes {
+    source: Option<SocketAddr>,
+    destination: Option<SocketAddr>,
+    mtls: bool,
+    principal: Option<String>,
+    upstream: Option<String>,
+    cluster: Option<String>,
+}
+
+impl ConnectionAttributes {
+    fn of(info: &ConnectionInfo) -> Self {
+        ConnectionAttributes {
+            source: info.downstream_remote.parse().ok(),
+            destination: info.downstream_local.parse().ok(),
+            mtls: info.mtls,
+            principal: info.source.principal.as_deref().map(str::to_owned),
+            upstream: info.upstream_host.clone(),
+            cluster: info.upstream_cluster.clone(),
         }
+    }
+}
+
+impl MetricAttributes for ConnectionAttributes {
+    fn attribute(&self, attribute: proto::RequestAttribute) -> Option<Cow<'_, str>> {
+        use proto::RequestAttribute as A;
+        match attribute {
+            A::SourceAddress => shown(self.source),
+            A::SourcePort => shown(self.source.map(|a| a.port())),
+            A::DestinationAddress => shown(self.destination),
+            A::DestinationPort => shown(self.destination.map(|a| a.port())),
+            A::ConnectionMtls => Some(Cow::Borrowed(if self.mtls { "true" } else { "false" })),
+            A::ConnectionPeerPrincipal => self.principal.as_deref().and_then(non_empty),
+            A::UpstreamAddress => self.upstream.as_deref().and_then(non_empty),
+            A::ClusterName => self.cluster.as_deref().and_then(non_empty),
+            A::Unspecified
+            | A::RequestHost
+            | A::RequestMethod
+            | A::RequestPath
+            | A::RequestUrlPath
+            | A::RequestProtocol
+            | A::RequestId
+            | A::RequestUserAgent
+            | A::ResponseCode
+            | A::RouteName => None,
+        }
+    }
+
+    fn header(&self, _: usize) -> Option<&str> {
+        None
+    }
+}
+
+/// The overridden label sets recorded so far, by hash: at most [`MAX_OVERRIDDEN_SERIES`]
+/// across the request and TCP metrics.
+#[derive(Debug, Default)]
+pub(super) struct OverriddenSeries {
+    seen: Mutex<HashSet<u64, foldhash::fast::RandomState>>,
+    hasher: foldhash::fast::RandomState,
+}
+
+impl OverriddenSeries {
+    /// Whether `series` may be recorded: a standard one always; an overridden one when it was
+    /// seen before or while fewer than [`MAX_OVERRIDDEN_SERIES`] were.
+    pub(super) fn admit<L: std::hash::Hash>(&self, series: &Series<L>) -> bool {
+        if matches!(series, Series::Standard(_)) {
+            return true;
+        }
+        let hash = self.hasher.hash_one(series);
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.contains(&hash) {
+            return true;
+        }
+        if seen.len() >= MAX_OVERRIDDEN_SERIES {
+            return false;
+        }
+        seen.insert(hash);
+        true
+    }
+}
+
+/// Telemetry's overrides of one TCP connection's metrics.
+#[derive(Debug)]
+pub(super) struct TcpOverride {
+    overrides: Arc<MetricOverrides>,
+    attributes: ConnectionAttributes,
+    bound: Arc<OverriddenSeries>,
+}
+
+impl TcpOverride {
+    pub(super) fn new(
+        overrides: Arc<MetricOverrides>,
+        info: &ConnectionInfo,
+        bound: Arc<OverriddenSeries>,
+    ) -> Self {
+        TcpOverride {
+            overrides,
+            attributes: ConnectionAttributes::of(info),
+            bound,
+        }
+    }
+}
+
+impl TcpSeriesOverride for TcpOverride {
+    fn series(&self, metric: TcpMetric, labels: &TcpLabels) -> Option<Series<TcpLabels>> {
+        let o = self.overrides.tcp[metric as usize].as_ref();
+        if o.is_some_and(|o| o.disabled) {
+            return None;
+        }
+        let series = overridden_series(o, labels, &self.attributes, false);
+        if self.bound.admit(&series) {
+            return Some(series);
+        }
+        Some(overridden_series(o, labels, &self.attributes, true))
     }
 }
 

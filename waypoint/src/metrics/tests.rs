@@ -298,4 +298,206 @@ mod overrides {
         );
         assert_eq!(metric_overrides(&[], "metric_overrides").unwrap(), None);
     }
+
+    /// The TCP metrics retagged and one disabled, as a Telemetry at the waypoint sends them.
+    fn tcp_retagged() -> Arc<MetricOverrides> {
+        let list = [
+            proto::MetricOverride {
+                metric: proto::RequestMetric::TcpOpenedConnections as i32,
+                removed_tags: vec!["destination_principal".into()],
+                upserted_tags: vec![
+                    tag(
+                        "peer_port",
+                        vec![attribute(proto::RequestAttribute::SourcePort)],
+                    ),
+                    tag(
+                        "cluster",
+                        vec![attribute(proto::RequestAttribute::ClusterName)],
+                    ),
+                    // A connection has no request: the header and the request attribute have
+                    // no value, the literal after them gives it.
+                    tag(
+                        "host",
+                        vec![
+                            Source::RequestHeader("x-user".into()),
+                            attribute(proto::RequestAttribute::RequestHost),
+                            Source::Literal("none".into()),
+                        ],
+                    ),
+                    tag(
+                        "code",
+                        vec![attribute(proto::RequestAttribute::ResponseCode)],
+                    ),
+                    tag(
+                        "mtls",
+                        vec![attribute(proto::RequestAttribute::ConnectionMtls)],
+                    ),
+                ],
+                ..Default::default()
+            },
+            proto::MetricOverride {
+                metric: proto::RequestMetric::TcpSentBytes as i32,
+                disabled: true,
+                ..Default::default()
+            },
+            proto::MetricOverride {
+                metric: proto::RequestMetric::TcpClosedConnections as i32,
+                removed_tags: vec!["response_flags".into()],
+                ..Default::default()
+            },
+        ];
+        metric_overrides(&list, "metric_overrides")
+            .unwrap()
+            .expect("overrides")
+    }
+
+    fn connection(metrics: &Metrics, overrides: Option<&Arc<MetricOverrides>>, port: u16) {
+        let info = ConnectionInfo {
+            mtls: true,
+            downstream_local: "10.96.0.10:9080".into(),
+            downstream_remote: format!("10.0.0.7:{port}"),
+            upstream_cluster: Some("outbound|9080||reviews".into()),
+            access_log_disabled: true,
+            metric_overrides: overrides.cloned(),
+            ..ConnectionInfo::default()
+        };
+        let record = metrics.connection_opened(info);
+        record.add_sent(10);
+        record.add_received(5);
+    }
+
+    #[test]
+    fn tcp_metrics_are_disabled_retagged_or_left_standard_by_their_overrides() {
+        let mut registry = Registry::default();
+        let metrics = Metrics::new(&mut registry);
+        let overrides = tcp_retagged();
+        connection(&metrics, Some(&overrides), 40000);
+        connection(&metrics, Some(&overrides), 40001);
+        let exposition = exposed(&registry);
+        let opened = exposition.matching("istio_tcp_connections_opened_total", &[]);
+        assert_eq!(opened.len(), 2, "{opened:#?}");
+        for sample in &opened {
+            assert_eq!(
+                sample.label("destination_principal"),
+                None,
+                "{}",
+                sample.line
+            );
+            assert_eq!(sample.label("cluster"), Some("outbound|9080||reviews"));
+            assert_eq!(sample.label("host"), Some("none"));
+            assert_eq!(sample.label("code"), Some("unknown"));
+            assert_eq!(sample.label("mtls"), Some("true"));
+            assert_eq!(sample.label("reporter"), Some("waypoint"));
+            assert_eq!(sample.label("request_protocol"), Some("tcp"));
+        }
+        for port in ["40000", "40001"] {
+            assert_eq!(
+                exposition.count("istio_tcp_connections_opened_total", &[("peer_port", port)]),
+                1
+            );
+        }
+        // Disabled: not recorded at all.
+        assert!(
+            exposition
+                .matching("istio_tcp_sent_bytes_total", &[])
+                .is_empty()
+        );
+        // Closed with its override, as it ends; the received bytes keep Istio's labels.
+        let closed = exposition.matching("istio_tcp_connections_closed_total", &[]);
+        assert_eq!(closed.len(), 1, "{closed:#?}");
+        assert_eq!(closed[0].label("response_flags"), None);
+        assert_eq!(
+            exposition.count("istio_tcp_connections_closed_total", &[]),
+            2
+        );
+        assert_eq!(
+            exposition.count(
+                "istio_tcp_received_bytes_total",
+                &[
+                    ("response_flags", "-"),
+                    ("destination_principal", "unknown")
+                ]
+            ),
+            10
+        );
+    }
+
+    #[test]
+    fn tcp_connections_without_tcp_overrides_keep_istios_metrics() {
+        let mut registry = Registry::default();
+        let metrics = Metrics::new(&mut registry);
+        // Request overrides only: the connection is counted as Istio counts it.
+        connection(&metrics, Some(&retagged()), 40000);
+        connection(&metrics, None, 40001);
+        let exposition = exposed(&registry);
+        assert_eq!(
+            exposition.count(
+                "istio_tcp_connections_opened_total",
+                &[
+                    ("destination_principal", "unknown"),
+                    ("response_flags", "-")
+                ]
+            ),
+            2
+        );
+        assert_eq!(exposition.count("istio_tcp_sent_bytes_total", &[]), 20);
+        assert!(
+            exposition
+                .matching(
+                    "istio_tcp_connections_opened_total",
+                    &[("peer_port", "40000")]
+                )
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn tcp_values_a_connection_brings_are_bounded_in_series() {
+        let mut registry = Registry::default();
+        let metrics = Metrics::new(&mut registry);
+        let overrides = tcp_retagged();
+        let total = super::super::overrides::MAX_OVERRIDDEN_SERIES + 5;
+        for i in 0..total {
+            connection(&metrics, Some(&overrides), (i % 60_000) as u16 + 1024);
+        }
+        let exposition = exposed(&registry);
+        // One series for the closed count (no per-connection value), the first label sets
+        // for the opened count, then `unknown`.
+        assert!(
+            exposition
+                .matching("istio_tcp_connections_opened_total", &[])
+                .len()
+                <= super::super::overrides::MAX_OVERRIDDEN_SERIES
+        );
+        assert!(
+            exposition.count(
+                "istio_tcp_connections_opened_total",
+                &[("peer_port", "unknown")]
+            ) >= 5
+        );
+        assert_eq!(
+            exposition.count("istio_tcp_connections_opened_total", &[]),
+            total as u64
+        );
+    }
+
+    #[test]
+    fn tcp_metrics_given_twice_or_unknown_are_refused() {
+        let tcp = |metric: i32| proto::MetricOverride {
+            metric,
+            disabled: true,
+            ..Default::default()
+        };
+        let sent = proto::RequestMetric::TcpSentBytes as i32;
+        assert!(metric_overrides(&[tcp(sent), tcp(sent)], "metric_overrides").is_err());
+        let error = metric_overrides(&[tcp(99)], "metric_overrides").unwrap_err();
+        assert!(
+            error.to_string().contains("metric_overrides[0].metric"),
+            "{error}"
+        );
+        let only_tcp = metric_overrides(&[tcp(sent)], "metric_overrides")
+            .unwrap()
+            .unwrap();
+        assert!(only_tcp.changes_tcp() && !only_tcp.changes_requests());
+    }
 }

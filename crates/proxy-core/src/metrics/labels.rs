@@ -2,9 +2,12 @@
 //! known) and, as types, what takes a fixed set of values: who reports, the response flags, the
 //! connection's security policy and the protocol.
 
+use std::borrow::Cow;
 use std::fmt;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::encoding::{
+    EncodeLabelSet, EncodeLabelValue, LabelSetEncoder, LabelValueEncoder,
+};
 
 /// The value of a label nothing is known about.
 pub const UNKNOWN: &str = "unknown";
@@ -394,13 +397,7 @@ impl RequestLabels {
     /// Each label's name and value, in the order they are exposed: what Telemetry's tag
     /// overrides rewrite.
     pub fn pairs(&self) -> Vec<(&'static str, String)> {
-        let mut pairs = Vec::with_capacity(PEER_LABEL_VALUES + 6);
-        pairs.push(("reporter", self.peers.reporter.as_str().to_owned()));
-        pairs.extend(
-            PeerLabels::NAMES
-                .into_iter()
-                .zip(self.peers.values().map(str::to_owned)),
-        );
+        let mut pairs = self.peers.pairs(6);
         pairs.extend([
             (
                 "request_protocol",
@@ -415,6 +412,66 @@ impl RequestLabels {
             ),
         ]);
         pairs
+    }
+}
+
+impl PeerLabels {
+    /// `reporter` and the peers' labels by name, with room for `more`.
+    fn pairs(&self, more: usize) -> Vec<(&'static str, String)> {
+        let mut pairs = Vec::with_capacity(1 + PEER_LABEL_VALUES + more);
+        pairs.push(("reporter", self.reporter.as_str().to_owned()));
+        pairs.extend(
+            PeerLabels::NAMES
+                .into_iter()
+                .zip(self.values().map(str::to_owned)),
+        );
+        pairs
+    }
+}
+
+/// A label set a Telemetry override can rewrite: its labels by name, in exposition order.
+pub trait LabelPairs {
+    fn pairs(&self) -> Vec<(&'static str, String)>;
+}
+
+impl LabelPairs for TcpLabels {
+    fn pairs(&self) -> Vec<(&'static str, String)> {
+        let mut pairs = self.peers.pairs(4);
+        pairs.extend([
+            (
+                "request_protocol",
+                self.request_protocol.as_str().to_owned(),
+            ),
+            ("response_flags", self.response_flags.as_str().to_owned()),
+            (
+                "connection_security_policy",
+                self.connection_security_policy.as_str().to_owned(),
+            ),
+        ]);
+        pairs
+    }
+}
+
+impl LabelPairs for RequestLabels {
+    fn pairs(&self) -> Vec<(&'static str, String)> {
+        RequestLabels::pairs(self)
+    }
+}
+
+/// A series' labels: Istio's standard set, or the set a Telemetry override made of it (labels
+/// removed, values replaced or added).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Series<L> {
+    Standard(L),
+    Overridden(Vec<(Cow<'static, str>, String)>),
+}
+
+impl<L: EncodeLabelSet> EncodeLabelSet for Series<L> {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), fmt::Error> {
+        match self {
+            Series::Standard(labels) => labels.encode(encoder),
+            Series::Overridden(pairs) => pairs.encode(encoder),
+        }
     }
 }
 

@@ -25,7 +25,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use super::labels::{ResponseFlag, TcpLabels};
+use super::labels::{ResponseFlag, Series, TcpLabels};
 
 /// The tracing target of access-log events, the agents' and the waypoints' alike (ztunnel's).
 /// Their lines are written without the log subscriber's own escaping of terminal control
@@ -68,25 +68,56 @@ pub struct LabelKey {
     pub discriminant: u64,
 }
 
-/// One resolved label set and its counters.
+/// One of Istio's four TCP metrics (Telemetry's `TCP_*` metric selectors).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcpMetric {
+    /// `istio_tcp_connections_opened_total` (`TCP_OPENED_CONNECTIONS`).
+    Opened = 0,
+    /// `istio_tcp_connections_closed_total` (`TCP_CLOSED_CONNECTIONS`).
+    Closed = 1,
+    /// `istio_tcp_sent_bytes_total` (`TCP_SENT_BYTES`).
+    Sent = 2,
+    /// `istio_tcp_received_bytes_total` (`TCP_RECEIVED_BYTES`).
+    Received = 3,
+}
+
+impl TcpMetric {
+    pub const ALL: [TcpMetric; 4] = [
+        TcpMetric::Opened,
+        TcpMetric::Closed,
+        TcpMetric::Sent,
+        TcpMetric::Received,
+    ];
+}
+
+/// How Telemetry's metric overrides change one connection's TCP metrics.
+pub trait TcpSeriesOverride: std::fmt::Debug + Send + Sync + 'static {
+    /// The series `metric` counts a connection labelled `labels` in; `None`: the metric is
+    /// not recorded.
+    fn series(&self, metric: TcpMetric, labels: &TcpLabels) -> Option<Series<TcpLabels>>;
+}
+
+/// One resolved label set and its counters (`None`: a metric Telemetry disabled).
 #[derive(Debug)]
 struct LabelCounters {
     labels: TcpLabels,
-    opened: Counter,
+    opened: Option<Counter>,
     /// Resolved on the first close, so that no closed count shows before a connection ended.
     closed: OnceLock<Counter>,
-    sent: Counter,
-    received: Counter,
+    sent: Option<Counter>,
+    received: Option<Counter>,
     _records: Option<Box<dyn Any + Send + Sync>>,
 }
+
+type TcpFamily = Family<Series<TcpLabels>, Counter>;
 
 /// The four `istio_tcp_*` families.
 #[derive(Debug, Default)]
 pub struct TcpMetrics {
-    opened: Family<TcpLabels, Counter>,
-    closed: Family<TcpLabels, Counter>,
-    sent: Family<TcpLabels, Counter>,
-    received: Family<TcpLabels, Counter>,
+    opened: TcpFamily,
+    closed: TcpFamily,
+    sent: TcpFamily,
+    received: TcpFamily,
     resolved: Mutex<HashMap<LabelKey, Arc<LabelCounters>, foldhash::fast::RandomState>>,
 }
 
@@ -120,7 +151,32 @@ impl TcpMetrics {
 
     /// Counts a connection with `labels` as opened; `log` writes its access-log event.
     pub fn open<L: AccessLog>(&self, labels: TcpLabels, log: L) -> TcpConnection<L> {
-        self.record(Arc::new(self.resolve(labels, None)), log)
+        self.record(Arc::new(self.resolve(labels, None)), None, log)
+    }
+
+    /// [`Self::open`] under Telemetry's metric overrides: each metric is counted in the series
+    /// `overrides` makes of `labels`, or not at all. Uncached: every such connection resolves
+    /// its series.
+    pub fn open_overridden<L: AccessLog>(
+        &self,
+        labels: TcpLabels,
+        overrides: Box<dyn TcpSeriesOverride>,
+        log: L,
+    ) -> TcpConnection<L> {
+        let counter = |family: &TcpFamily, metric| {
+            overrides
+                .series(metric, &labels)
+                .map(|series| family.get_or_create(&series).clone())
+        };
+        let counters = LabelCounters {
+            opened: counter(&self.opened, TcpMetric::Opened),
+            closed: OnceLock::new(),
+            sent: counter(&self.sent, TcpMetric::Sent),
+            received: counter(&self.received, TcpMetric::Received),
+            labels,
+            _records: None,
+        };
+        self.record(Arc::new(counters), Some(overrides), log)
     }
 
     /// [`Self::open`] with the labels `labels` builds, built once per distinct `key`. `records`
@@ -145,7 +201,7 @@ impl TcpMetrics {
                 counters
             }
         };
-        self.record(counters, log)
+        self.record(counters, None, log)
     }
 
     /// Label sets resolved and kept.
@@ -168,20 +224,29 @@ impl TcpMetrics {
     ) -> LabelCounters {
         // Counters share their atomic with the family: cloned once here, they count bytes live
         // (a long connection shows up before it ends) without a lock per write.
+        let series = Series::Standard(labels.clone());
         LabelCounters {
-            opened: self.opened.get_or_create(&labels).clone(),
+            opened: Some(self.opened.get_or_create(&series).clone()),
             closed: OnceLock::new(),
-            sent: self.sent.get_or_create(&labels).clone(),
-            received: self.received.get_or_create(&labels).clone(),
+            sent: Some(self.sent.get_or_create(&series).clone()),
+            received: Some(self.received.get_or_create(&series).clone()),
             labels,
             _records: records,
         }
     }
 
-    fn record<L: AccessLog>(&self, counters: Arc<LabelCounters>, log: L) -> TcpConnection<L> {
-        counters.opened.inc();
+    fn record<L: AccessLog>(
+        &self,
+        counters: Arc<LabelCounters>,
+        overrides: Option<Box<dyn TcpSeriesOverride>>,
+        log: L,
+    ) -> TcpConnection<L> {
+        if let Some(opened) = &counters.opened {
+            opened.inc();
+        }
         TcpConnection {
             counters,
+            overrides,
             closed: self.closed.clone(),
             flagged: None,
             bytes: [AtomicU64::new(0), AtomicU64::new(0)],
@@ -218,7 +283,9 @@ pub struct ConnectionEnd<'a> {
 #[derive(Debug)]
 pub struct TcpConnection<L: AccessLog> {
     counters: Arc<LabelCounters>,
-    closed: Family<TcpLabels, Counter>,
+    /// Telemetry's metric overrides in force when the connection opened.
+    overrides: Option<Box<dyn TcpSeriesOverride>>,
+    closed: TcpFamily,
     /// The labels with the response flags the connection closes with, once they are not `-`.
     flagged: Option<TcpLabels>,
     /// Bytes sent to the client, bytes received from it.
@@ -231,13 +298,17 @@ impl<L: AccessLog> TcpConnection<L> {
     /// Bytes sent toward the client (the response direction).
     pub fn add_sent(&self, bytes: u64) {
         self.bytes[0].fetch_add(bytes, Ordering::Relaxed);
-        self.counters.sent.inc_by(bytes);
+        if let Some(sent) = &self.counters.sent {
+            sent.inc_by(bytes);
+        }
     }
 
     /// Bytes received from the client (the request direction).
     pub fn add_received(&self, bytes: u64) {
         self.bytes[1].fetch_add(bytes, Ordering::Relaxed);
-        self.counters.received.inc_by(bytes);
+        if let Some(received) = &self.counters.received {
+            received.inc_by(bytes);
+        }
     }
 
     /// The response flag the connection closes with (`-` when it ends well).
@@ -267,14 +338,28 @@ impl<L: AccessLog> TcpConnection<L> {
 
 impl<L: AccessLog> Drop for TcpConnection<L> {
     fn drop(&mut self) {
-        match &self.flagged {
-            None => self
-                .counters
-                .closed
-                .get_or_init(|| self.closed.get_or_create(&self.counters.labels).clone())
-                .inc(),
-            Some(labels) => self.closed.get_or_create(labels).inc(),
-        };
+        match (&self.overrides, &self.flagged) {
+            (Some(overrides), _) => {
+                if let Some(series) = overrides.series(TcpMetric::Closed, self.labels()) {
+                    self.closed.get_or_create(&series).inc();
+                }
+            }
+            (None, None) => {
+                self.counters
+                    .closed
+                    .get_or_init(|| {
+                        self.closed
+                            .get_or_create(&Series::Standard(self.counters.labels.clone()))
+                            .clone()
+                    })
+                    .inc();
+            }
+            (None, Some(labels)) => {
+                self.closed
+                    .get_or_create(&Series::Standard(labels.clone()))
+                    .inc();
+            }
+        }
         self.log.write(&ConnectionEnd {
             labels: self.labels(),
             sent: self.bytes[0].load(Ordering::Relaxed),

@@ -263,3 +263,53 @@ fn label_names_are_those_prometheus_accepts_and_istio_does_not_reserve() {
         assert!(!is_label_name(bad), "{bad}");
     }
 }
+
+/// Keeps only `reporter` and `response_flags` of every metric but the sent bytes, which it
+/// disables.
+#[derive(Debug)]
+struct FlagsOnly;
+
+impl TcpSeriesOverride for FlagsOnly {
+    fn series(&self, metric: TcpMetric, labels: &TcpLabels) -> Option<Series<TcpLabels>> {
+        (metric != TcpMetric::Sent).then(|| {
+            Series::Overridden(
+                labels
+                    .pairs()
+                    .into_iter()
+                    .filter(|(name, _)| matches!(*name, "reporter" | "response_flags"))
+                    .map(|(name, value)| (name.into(), value))
+                    .collect(),
+            )
+        })
+    }
+}
+
+#[test]
+fn an_overridden_connection_counts_in_its_series_and_closes_with_its_flag() {
+    let mut registry = Registry::default();
+    let metrics = TcpMetrics::new(&mut registry);
+    let mut connection = metrics.open_overridden(
+        labels(Reporter::Waypoint, "spiffe://x"),
+        Box::new(FlagsOnly),
+        Logged::default(),
+    );
+    connection.add_sent(7);
+    connection.add_received(3);
+    weft_hbone::ByteMeter::revoked(&mut connection, "policy");
+    drop(connection);
+    let text = text(&registry);
+    assert_eq!(
+        line(&text, "istio_tcp_connections_opened_total{"),
+        "istio_tcp_connections_opened_total{reporter=\"waypoint\",response_flags=\"-\"} 1"
+    );
+    assert_eq!(
+        line(&text, "istio_tcp_received_bytes_total{"),
+        "istio_tcp_received_bytes_total{reporter=\"waypoint\",response_flags=\"-\"} 3"
+    );
+    // Its series made again as it closes, with the flag it closed with.
+    assert_eq!(
+        line(&text, "istio_tcp_connections_closed_total{"),
+        "istio_tcp_connections_closed_total{reporter=\"waypoint\",response_flags=\"DENY\"} 1"
+    );
+    assert!(!text.contains("istio_tcp_sent_bytes_total{"), "{text}");
+}

@@ -1,4 +1,5 @@
-//! Telemetry's `metrics`: the overrides of Istio's request metrics for one side of a proxy, as
+//! Telemetry's `metrics`: the overrides of Istio's request and TCP metrics for one side of a
+//! proxy (the TCP metrics a waypoint or gateway records for what it forwards at L4), as
 //! istiod's `mergeMetrics` normalizes them for the Prometheus provider (the mesh's default
 //! metrics provider, `prometheus`, as in Istio's default mesh config). Entries are applied in
 //! order, each over the last: an entry naming providers replaces the inherited ones, and the
@@ -20,9 +21,8 @@ use crate::model::telemetry::{
 /// The one metrics provider Weft reports to.
 pub(super) const PROMETHEUS: &str = "prometheus";
 
-/// The request metrics a proxy records, in the order of Istio's `allMetrics` that applies to
-/// them.
-const REQUEST_METRICS: [(IstioMetric, wp::RequestMetric); 4] = [
+/// The metrics a proxy records, in the order of Istio's `allMetrics` that applies to them.
+const METRICS: [(IstioMetric, wp::RequestMetric); 8] = [
     (IstioMetric::RequestCount, wp::RequestMetric::RequestCount),
     (
         IstioMetric::RequestDuration,
@@ -30,6 +30,19 @@ const REQUEST_METRICS: [(IstioMetric, wp::RequestMetric); 4] = [
     ),
     (IstioMetric::RequestSize, wp::RequestMetric::RequestSize),
     (IstioMetric::ResponseSize, wp::RequestMetric::ResponseSize),
+    (
+        IstioMetric::TcpOpenedConnections,
+        wp::RequestMetric::TcpOpenedConnections,
+    ),
+    (
+        IstioMetric::TcpClosedConnections,
+        wp::RequestMetric::TcpClosedConnections,
+    ),
+    (IstioMetric::TcpSentBytes, wp::RequestMetric::TcpSentBytes),
+    (
+        IstioMetric::TcpReceivedBytes,
+        wp::RequestMetric::TcpReceivedBytes,
+    ),
 ];
 
 /// One metric's merged override.
@@ -39,7 +52,7 @@ struct Merged<'t> {
     tags: BTreeMap<&'t str, &'t TagOverride>,
 }
 
-/// The request metric overrides of the side `covers` selects (by `match.mode`), from the
+/// The request and TCP metric overrides of the side `covers` selects (by `match.mode`), from the
 /// applicable `metrics` entries, weakest first.
 pub(super) fn merge_metrics<'t>(
     entries: impl Iterator<Item = &'t Metrics> + Clone,
@@ -59,7 +72,7 @@ pub(super) fn merge_metrics<'t>(
         .last()
         .is_none_or(|names| names.iter().any(|n| n == PROMETHEUS));
     let mut all_disabled = !in_scope;
-    let mut merged: [Merged<'t>; 4] = Default::default();
+    let mut merged: [Merged<'t>; 8] = Default::default();
     let mut parent = vec![PROMETHEUS.to_owned()];
     for entry in entries {
         if let Some(names) = named(entry) {
@@ -78,7 +91,7 @@ pub(super) fn merge_metrics<'t>(
                 continue;
             }
             all_disabled = false;
-            for (i, (metric, _)) in REQUEST_METRICS.iter().enumerate() {
+            for (i, (metric, _)) in METRICS.iter().enumerate() {
                 if !matches_metric(o, *metric) {
                     continue;
                 }
@@ -92,7 +105,7 @@ pub(super) fn merge_metrics<'t>(
             }
         }
     }
-    REQUEST_METRICS
+    METRICS
         .iter()
         .zip(merged)
         .filter_map(|((_, metric), merged)| {

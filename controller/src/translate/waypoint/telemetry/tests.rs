@@ -759,6 +759,10 @@ fn metric_overrides_merge_by_metric_and_tag_narrowest_last() {
             "REQUEST_DURATION:false:-grpc_response_status".to_owned(),
             "REQUEST_SIZE:false:-grpc_response_status".to_owned(),
             "RESPONSE_SIZE:false:-grpc_response_status".to_owned(),
+            "TCP_OPENED_CONNECTIONS:false:-grpc_response_status".to_owned(),
+            "TCP_CLOSED_CONNECTIONS:false:-grpc_response_status".to_owned(),
+            "TCP_SENT_BYTES:false:-grpc_response_status".to_owned(),
+            "TCP_RECEIVED_BYTES:false:-grpc_response_status".to_owned(),
         ])
     );
     assert_eq!(
@@ -768,6 +772,10 @@ fn metric_overrides_merge_by_metric_and_tag_narrowest_last() {
             "REQUEST_DURATION:true:".to_owned(),
             "REQUEST_SIZE:false:-grpc_response_status".to_owned(),
             "RESPONSE_SIZE:false:-grpc_response_status".to_owned(),
+            "TCP_OPENED_CONNECTIONS:false:-grpc_response_status".to_owned(),
+            "TCP_CLOSED_CONNECTIONS:false:-grpc_response_status".to_owned(),
+            "TCP_SENT_BYTES:false:-grpc_response_status".to_owned(),
+            "TCP_RECEIVED_BYTES:false:-grpc_response_status".to_owned(),
         ])
     );
     assert_eq!(services[RATINGS], None);
@@ -792,6 +800,10 @@ fn metric_overrides_follow_the_side_all_metrics_and_the_providers() {
         "REQUEST_DURATION",
         "REQUEST_SIZE",
         "RESPONSE_SIZE",
+        "TCP_OPENED_CONNECTIONS",
+        "TCP_CLOSED_CONNECTIONS",
+        "TCP_SENT_BYTES",
+        "TCP_RECEIVED_BYTES",
     ]
     .iter()
     .map(|m| format!("{m}:true:"))
@@ -823,5 +835,41 @@ fn metric_overrides_follow_the_side_all_metrics_and_the_providers() {
             "{metrics: [{overrides: [{match: {metric: REQUEST_COUNT}, tagOverrides: {peer: {value: upstream_peer.istio_version}, bad-name: {value: request.host}, ok: {value: response.code}}}]}]}"
         ),
         ["REQUEST_COUNT:false:+ok"]
+    );
+}
+
+#[test]
+fn tcp_metric_overrides_follow_the_side_and_merge_as_the_request_ones() {
+    let waypoint = |specs: &[&str]| {
+        let telemetries: Vec<String> = specs
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| telemetry(&format!("t{i}"), "shop", i as u32 + 1, spec))
+            .collect();
+        metric_overrides(&telemetries).remove("*").unwrap().unwrap()
+    };
+    // The client side is a gateway's: nothing changes at a waypoint.
+    assert!(
+        waypoint(&[
+            "{metrics: [{overrides: [{match: {metric: TCP_SENT_BYTES, mode: CLIENT}, disabled: true}]}]}"
+        ])
+        .is_empty()
+    );
+    assert_eq!(
+        waypoint(&[
+            "{metrics: [{overrides: [{match: {metric: TCP_SENT_BYTES, mode: CLIENT_AND_SERVER}, disabled: true}, {match: {metric: TCP_OPENED_CONNECTIONS, mode: SERVER}, tagOverrides: {destination_principal: {operation: REMOVE}, peer_port: {value: source.port}}}]}]}"
+        ]),
+        [
+            "TCP_OPENED_CONNECTIONS:false:-destination_principal,+peer_port",
+            "TCP_SENT_BYTES:true:",
+        ]
+    );
+    // A narrower Telemetry turns the metric back on and keeps the wider one's tags.
+    assert_eq!(
+        waypoint(&[
+            "{metrics: [{overrides: [{match: {metric: TCP_RECEIVED_BYTES}, disabled: true, tagOverrides: {cluster: {value: xds.cluster_name}}}]}]}",
+            "{targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}], metrics: [{overrides: [{match: {metric: TCP_RECEIVED_BYTES}, disabled: false}]}]}",
+        ]),
+        ["TCP_RECEIVED_BYTES:false:+cluster"]
     );
 }
