@@ -79,12 +79,6 @@ pub const CATALOG: &[NotApplied] = &[
     ),
     entry(
         K::VirtualService,
-        "spec.http[].retries.retryIgnorePreviousHosts",
-        Set,
-        "waypoints may retry on the same endpoint",
-    ),
-    entry(
-        K::VirtualService,
         "spec.http[].redirect.prefixRewrite",
         Set,
         "the redirect keeps the request's path",

@@ -193,6 +193,9 @@ pub struct RetryPolicy {
     pub attempts: u32,
     pub per_try_timeout: Option<Duration>,
     pub on: RetryOn,
+    /// Istio's `retryIgnorePreviousHosts`; `None`: its default, true except for a cluster that
+    /// hashes requests to endpoints ([`RetryPolicy::avoids_tried_endpoints`]).
+    pub ignore_previous_hosts: Option<bool>,
 }
 
 impl RetryPolicy {
@@ -201,7 +204,16 @@ impl RetryPolicy {
             attempts: DEFAULT_RETRY_ATTEMPTS,
             per_try_timeout: None,
             on: RetryOn::parse(DEFAULT_RETRY_ON, "default retry policy").unwrap_or_default(),
+            ignore_previous_hosts: None,
         }
+    }
+
+    /// Whether a retry goes to an endpoint no earlier attempt went to, when there is one
+    /// (Envoy's `previous_hosts` predicate). Unset, as Istio has it: yes, except where requests
+    /// are hashed to endpoints (Istio's `DefaultConsistentHashPolicy`), whose retries keep to
+    /// the endpoint the key maps to.
+    pub fn avoids_tried_endpoints(&self, hashed: bool) -> bool {
+        self.ignore_previous_hosts.unwrap_or(!hashed)
     }
 }
 

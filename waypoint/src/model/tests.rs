@@ -415,6 +415,7 @@ fn invalid_configs_are_rejected_with_context() {
                     attempts: 1,
                     per_try_timeout: None,
                     retry_on: "sometimes".to_owned(),
+                    ..Default::default()
                 })
             },
             "unknown retryOn",
@@ -782,4 +783,27 @@ fn a_services_own_telemetry_decides_its_traffic_and_the_waypoints_the_rest() {
         error.contains(HOST) && error.contains("random_sampling_percentage"),
         "{error}"
     );
+}
+
+#[test]
+fn retries_avoid_tried_endpoints_as_istio_defaults_it() {
+    // (retryIgnorePreviousHosts, the cluster hashes requests) -> a retry avoids tried endpoints
+    let cases = [
+        (None, false, true),
+        // Istio's consistent-hash default has no previous-hosts predicate.
+        (None, true, false),
+        (Some(true), true, true),
+        (Some(false), false, false),
+    ];
+    for (ignore_previous_hosts, hashed, expected) in cases {
+        let policy = RetryPolicy {
+            ignore_previous_hosts,
+            ..RetryPolicy::mesh_default()
+        };
+        assert_eq!(
+            policy.avoids_tried_endpoints(hashed),
+            expected,
+            "{ignore_previous_hosts:?}, hashed {hashed}"
+        );
+    }
 }

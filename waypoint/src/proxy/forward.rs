@@ -26,7 +26,8 @@ use super::request_limits::{Breach, RequestLimits, ResponseGuard};
 use super::{BoxError, LocalReply, ProxyBody, actions, upgrade};
 use crate::metrics::RecordText;
 use crate::model::{
-    Cluster, Endpoint, Headers, Mirror, Protocol, RetryPolicy, Route, WeightedDestination,
+    Cluster, Endpoint, Headers, LoadBalancer, Mirror, Protocol, RetryPolicy, Route,
+    WeightedDestination,
 };
 use crate::upstream::{Ending, Replayable, RequestBody, UpstreamError, dynamic_dns};
 
@@ -516,7 +517,11 @@ async fn send_with_retries(
     let source_ip = cx.tunnel.source_ip;
     let admission = upstream.admit(cluster).await?;
     let state = admission.state();
-    // Endpoints tried by attempts a retry followed.
+    // Endpoints tried by attempts a retry followed, which retries avoid unless told otherwise.
+    let avoid_tried = policy.avoids_tried_endpoints(matches!(
+        cluster.load_balancer,
+        LoadBalancer::ConsistentHash(_)
+    ));
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut attempt: u32 = 0;
     let mut retry_permit = None;
@@ -531,7 +536,8 @@ async fn send_with_retries(
                 .await?;
             (&resolved, state.track_request(resolved.address))
         } else {
-            state.choose_and_track(cluster, &cx.hash_input(&headers), &tried)?
+            let exclude: &[SocketAddr] = if avoid_tried { &tried } else { &[] };
+            state.choose_and_track(cluster, &cx.hash_input(&headers), exclude)?
         };
         cx.record_endpoint(endpoint);
         // No retry follows the last attempt the policy allows, nor a body that can no longer

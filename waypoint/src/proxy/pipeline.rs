@@ -303,6 +303,7 @@ static DIRECT_ROUTE: LazyLock<Route> = LazyLock::new(|| Route {
     retries: RetryPolicy {
         attempts: 0,
         per_try_timeout: None,
+        ignore_previous_hosts: None,
         on: RetryOn::default(),
     },
     ..forward_only_route()

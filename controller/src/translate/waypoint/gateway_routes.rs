@@ -802,6 +802,8 @@ impl<'a> Compiler<'a, '_> {
             } else {
                 retry_conditions(&conditions).unwrap_or_default()
             },
+            // Istio's conversion sets no host predicate of its own: the mesh default.
+            retry_ignore_previous_hosts: None,
         });
     }
 }

@@ -383,6 +383,7 @@ impl RouteContext<'_, '_, '_> {
                         .map(|t| self.duration(format!("{path}.retries.perTryTimeout"), t))
                         .transpose()?,
                     retry_on: retry_on.unwrap_or_default(),
+                    retry_ignore_previous_hosts: retry.retry_ignore_previous_hosts,
                 }
             }
         };
@@ -618,6 +619,7 @@ pub(super) fn default_retries() -> wp::HttpRetry {
         attempts: DEFAULT_RETRY_ATTEMPTS as i32,
         per_try_timeout: None,
         retry_on: DEFAULT_RETRY_ON.to_owned(),
+        retry_ignore_previous_hosts: None,
     }
 }
 

@@ -766,3 +766,43 @@ spec: {{address: 192.0.2.81, serviceAccount: db}}
         )]
     );
 }
+
+/// The retry policy of each HTTP route (in order, the default route last) of a VirtualService
+/// for `reviews` with these `http` routes.
+fn vs_retries(http: &str) -> Vec<Option<wp::HttpRetry>> {
+    let index = validated(&format!(
+        "{MESH}---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews, namespace: shop}}\nspec:\n  hosts: [reviews]\n  http:\n{http}"
+    ));
+    let config = config(&index);
+    let service = config
+        .services
+        .iter()
+        .find(|s| s.name == "reviews")
+        .expect("reviews is served");
+    service
+        .http_routes
+        .iter()
+        .map(|r| r.retries.clone())
+        .collect()
+}
+
+#[test]
+fn retry_host_and_backoff_settings_reach_the_waypoint_as_istio_sets_them() {
+    let retries = vs_retries(
+        r#"  - match: [{uri: {prefix: /a}}]
+    route: [{destination: {host: reviews}}]
+    retries: {attempts: 2, retryIgnorePreviousHosts: false}
+  - match: [{uri: {prefix: /b}}]
+    route: [{destination: {host: reviews}}]
+    retries: {attempts: 2, retryIgnorePreviousHosts: true}
+  - route: [{destination: {host: reviews}}]
+    retries: {attempts: 2}
+"#,
+    );
+    let ignore: Vec<_> = retries
+        .iter()
+        .map(|r| r.as_ref().and_then(|r| r.retry_ignore_previous_hosts))
+        .collect();
+    // Unset stays unset: the waypoint applies Istio's default, which depends on the cluster.
+    assert_eq!(ignore[..3], [Some(false), Some(true), None], "{retries:?}");
+}

@@ -341,6 +341,7 @@ pub(super) fn route(
             } else {
                 RetryOn::parse(&retry.retry_on, context)?
             },
+            ignore_previous_hosts: retry.retry_ignore_previous_hosts,
         },
     };
     let mirrors = r
