@@ -110,6 +110,7 @@ pub struct RetryDump {
     pub per_try_timeout_ms: Option<u64>,
     pub retry_on: String,
     pub retry_ignore_previous_hosts: Option<bool>,
+    pub backoff_ms: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -302,6 +303,7 @@ fn route(config: &WaypointConfig, r: &Route, matches: Vec<HttpMatch>) -> RouteDu
             per_try_timeout_ms: r.retries.per_try_timeout.map(millis),
             retry_on: retry_on.join(","),
             retry_ignore_previous_hosts: r.retries.ignore_previous_hosts,
+            backoff_ms: r.retries.backoff.map(millis),
         },
         fault: r.fault.as_ref().map(|f| {
             let delay = f

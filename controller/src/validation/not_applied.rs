@@ -67,12 +67,6 @@ pub const CATALOG: &[NotApplied] = &[
     ),
     entry(
         K::VirtualService,
-        "spec.http[].retries.backoff",
-        Set,
-        "waypoints retry without a backoff interval of their own",
-    ),
-    entry(
-        K::VirtualService,
         "spec.http[].retries.retryRemoteLocalities",
         Set,
         "retries go by the same locality priorities as first attempts",
@@ -333,12 +327,6 @@ pub const CATALOG: &[NotApplied] = &[
         "spec.rules[].filters[].requestRedirect.path.replacePrefixMatch",
         Set,
         "a request for the prefix itself is redirected to the replacement; longer paths keep their path",
-    ),
-    entry(
-        K::HTTPRoute,
-        "spec.rules[].retry.backoff",
-        Set,
-        "waypoints retry without a backoff interval of their own",
     ),
     entry(
         K::HTTPRoute,

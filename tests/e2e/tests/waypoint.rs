@@ -306,7 +306,7 @@ fn retrying_once(fields: &str) -> String {
 
 /// The VirtualService's `retries` fields that choose where and when a retry goes: with
 /// `retryIgnorePreviousHosts` (Istio's default) a retry goes to another pod than the one that
-/// failed, without it the retry may meet the same pod again.
+/// failed, without it the retry may meet the same pod again; `backoff` spaces the retries.
 #[test]
 fn retries_go_where_and_when_the_route_says() {
     let mesh = mesh();
@@ -351,6 +351,28 @@ fn retries_go_where_and_when_the_route_says() {
     assert!(
         anywhere.keys().any(|k| k.starts_with("503")),
         "no retry met v1 again: {anywhere:?}"
+    );
+
+    // A `backoff` holds each retry, within the route's timeout: to v1 alone, three retries
+    // waiting below 60, 120 and 240 s end in the route's 504 at 300 ms, where Envoy's default
+    // 25 ms base would let all four attempts fail with 503 first.
+    apply(
+        &mesh,
+        "20-reviews-vs.yaml",
+        &virtual_service(
+            r#"
+  - route: [{destination: {host: reviews, subset: v1}}]
+    timeout: 300ms
+    retries: {attempts: 3, retryOn: '503', backoff: 60s}
+"#,
+        ),
+    );
+    let held = mesh.curl_with("client", &[&format!("http://{VIP}/backoff")]);
+    assert_eq!(held.status, 504, "{}", held.body);
+    assert!(
+        held.seconds >= 0.3 && held.seconds < 2.0,
+        "the timeout answered after {} s",
+        held.seconds
     );
 }
 

@@ -137,6 +137,10 @@ pub struct RetryOn {
     pub grpc: Vec<u32>,
 }
 
+/// Envoy's default base interval of the retries' back-off, which Istio keeps when a route sets
+/// no `backoff`.
+pub const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_millis(25);
+
 pub use weft_istio::defaults::{
     DEFAULT_RETRIABLE_STATUS_CODES, DEFAULT_RETRY_ATTEMPTS, DEFAULT_RETRY_ON,
 };
@@ -196,6 +200,8 @@ pub struct RetryPolicy {
     /// Istio's `retryIgnorePreviousHosts`; `None`: its default, true except for a cluster that
     /// hashes requests to endpoints ([`RetryPolicy::avoids_tried_endpoints`]).
     pub ignore_previous_hosts: Option<bool>,
+    /// Base interval of the back-off before each retry; `None`: Envoy's default.
+    pub backoff: Option<Duration>,
 }
 
 impl RetryPolicy {
@@ -205,7 +211,18 @@ impl RetryPolicy {
             per_try_timeout: None,
             on: RetryOn::parse(DEFAULT_RETRY_ON, "default retry policy").unwrap_or_default(),
             ignore_previous_hosts: None,
+            backoff: None,
         }
+    }
+
+    /// The longest wait before retry `retry` (1 for the first), as Envoy's fully jittered
+    /// exponential back-off has it (`JitteredExponentialBackOffStrategy`): the base interval
+    /// (the route's `backoff`, else 25 ms), doubled for each retry before, at most ten times the
+    /// base; the wait is drawn uniformly below it.
+    pub fn backoff_ceiling(&self, retry: u32) -> Duration {
+        let base = self.backoff.unwrap_or(DEFAULT_RETRY_BACKOFF);
+        let doubled = base.saturating_mul(2u32.saturating_pow(retry.saturating_sub(1).min(4)));
+        doubled.min(base.saturating_mul(10))
     }
 
     /// Whether a retry goes to an endpoint no earlier attempt went to, when there is one

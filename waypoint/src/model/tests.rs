@@ -1,4 +1,5 @@
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use weft_proto::waypoint as proto;
 
@@ -783,6 +784,35 @@ fn a_services_own_telemetry_decides_its_traffic_and_the_waypoints_the_rest() {
         error.contains(HOST) && error.contains("random_sampling_percentage"),
         "{error}"
     );
+}
+
+#[test]
+fn retry_backoff_doubles_from_its_base_up_to_ten_times_it() {
+    let ms = Duration::from_millis;
+    // (backoff, retry) -> the longest wait before it
+    let cases = [
+        (None, 1, ms(25)),
+        (None, 2, ms(50)),
+        (None, 4, ms(200)),
+        (None, 5, ms(250)),
+        (None, 100, ms(250)),
+        (Some(ms(100)), 1, ms(100)),
+        (Some(ms(100)), 3, ms(400)),
+        (Some(ms(100)), 9, ms(1000)),
+        // No overflow, however long the base.
+        (Some(Duration::from_secs(u64::MAX / 2)), 3, Duration::MAX),
+    ];
+    for (backoff, retry, expected) in cases {
+        let policy = RetryPolicy {
+            backoff,
+            ..RetryPolicy::mesh_default()
+        };
+        assert_eq!(
+            policy.backoff_ceiling(retry),
+            expected,
+            "{backoff:?}, retry {retry}"
+        );
+    }
 }
 
 #[test]

@@ -31,9 +31,6 @@ use crate::model::{
 };
 use crate::upstream::{Ending, Replayable, RequestBody, UpstreamError, dynamic_dns};
 
-/// Envoy's default base interval between retries.
-const RETRY_BASE_INTERVAL: Duration = Duration::from_millis(25);
-
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// Where a request goes: its route, the header operations of the destination the route picked,
@@ -588,7 +585,7 @@ async fn send_with_retries(
                     debug!(status, attempt, "retrying after a retriable status");
                     drop(response);
                     attempt += 1;
-                    backoff(attempt).await;
+                    backoff(policy, attempt).await;
                     continue;
                 }
                 drop(retry_permit);
@@ -608,7 +605,7 @@ async fn send_with_retries(
                     body = next;
                     retry_permit = Some(permit);
                     attempt += 1;
-                    backoff(attempt).await;
+                    backoff(policy, attempt).await;
                     continue;
                 }
                 return Err(error.into());
@@ -627,6 +624,7 @@ async fn send_with_retries(
                     body = next;
                     retry_permit = Some(permit);
                     attempt += 1;
+                    backoff(policy, attempt).await;
                     continue;
                 }
                 return Err(LocalReply::PerTryTimeout);
@@ -645,12 +643,13 @@ async fn after_request(outgoing: &Outgoing, limit: Duration) {
     tokio::time::sleep(limit).await;
 }
 
-/// Envoy's retry back-off: a random time below `base * 2^(n-1)`, capped at ten times the base.
-async fn backoff(attempt: u32) {
-    let ceiling = RETRY_BASE_INTERVAL * 2u32.saturating_pow(attempt.saturating_sub(1).min(4));
-    let ceiling = ceiling.min(RETRY_BASE_INTERVAL * 10);
-    let millis = u64::try_from(ceiling.as_millis()).unwrap_or(250).max(1);
-    tokio::time::sleep(Duration::from_millis(rand::random_range(0..millis))).await;
+/// Waits before retry `retry` a random time below the policy's back-off ceiling
+/// ([`RetryPolicy::backoff_ceiling`]). The route's timeout runs over the wait, as over the
+/// attempts: a long back-off ends in the route's 504, never past it.
+async fn backoff(policy: &RetryPolicy, retry: u32) {
+    let ceiling = u64::try_from(policy.backoff_ceiling(retry).as_micros()).unwrap_or(u64::MAX);
+    let wait = Duration::from_micros(rand::random_range(0..ceiling.max(1)));
+    tokio::time::sleep(wait).await;
 }
 
 static HOP_BY_HOP: [HeaderName; 8] = [

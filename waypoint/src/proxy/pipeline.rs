@@ -304,6 +304,7 @@ static DIRECT_ROUTE: LazyLock<Route> = LazyLock::new(|| Route {
         attempts: 0,
         per_try_timeout: None,
         ignore_previous_hosts: None,
+        backoff: None,
         on: RetryOn::default(),
     },
     ..forward_only_route()

@@ -156,6 +156,53 @@ async fn retries_avoid_the_endpoint_that_failed_unless_told_not_to() {
     assert!(failed > 0, "no retry went back to the failing endpoint");
 }
 
+/// A route's `backoff` holds each retry (a random time below the base, doubling), and the
+/// route's timeout runs over the wait: a long back-off ends in the route's 504 at its time,
+/// where Envoy's default 25 ms lets every retry through at once.
+#[tokio::test]
+async fn retries_back_off_from_the_routes_base_within_its_timeout() {
+    let (mesh, v1, _v2) = two_endpoints().await;
+    let harness = Harness::start(mesh, &[&v1]).await;
+    v1.behaviour.status.store(503, Ordering::Relaxed);
+    let route = |backoff: Option<Duration>| {
+        let mut route = retrying_5xx(3);
+        route.timeout = Some(duration(Duration::from_millis(300)));
+        if let Some(retries) = &mut route.retries {
+            retries.backoff = backoff.map(duration);
+        }
+        route
+    };
+    harness
+        .waypoint
+        .apply_config(config(vec![route(None)], vec![cluster("v1", &[&v1])]))
+        .unwrap();
+    let (status, _, _) = harness.get("/").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(v1.request_count(), 4, "every retry went within the timeout");
+
+    // Three waits below 60 s, 120 s and 240 s add up to less than 300 ms once in 10^8 or so.
+    harness
+        .waypoint
+        .apply_config(config(
+            vec![route(Some(Duration::from_secs(60)))],
+            vec![cluster("v1", &[&v1])],
+        ))
+        .unwrap();
+    let started = Instant::now();
+    let (status, _, _) = harness.get("/").await;
+    let took = started.elapsed();
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(2),
+        "answered after {took:?}"
+    );
+    assert!(
+        v1.request_count() < 8,
+        "{} attempts: the back-off held none",
+        v1.request_count() - 4
+    );
+}
+
 /// A request body is retried whole while it fits in what the waypoint keeps (1 MiB, Envoy's
 /// retry buffer); a larger one streams to the endpoint and its failure is not retried (Envoy's
 /// "retry or shadow abandoned"), where a store-and-forward proxy would refuse it.

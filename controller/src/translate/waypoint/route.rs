@@ -359,12 +359,6 @@ impl RouteContext<'_, '_, '_> {
                         "retries go by the same locality priorities as first attempts; ignored",
                     );
                 }
-                if retry.backoff.is_some() {
-                    self.note(
-                        format!("{path}.retries.backoff"),
-                        "waypoints retry with their own backoff; ignored",
-                    );
-                }
                 let retry_on = match retry.retry_on.as_deref() {
                     None | Some("") => Some(DEFAULT_RETRY_ON.to_owned()),
                     Some(on) => retry_conditions(on),
@@ -384,6 +378,11 @@ impl RouteContext<'_, '_, '_> {
                         .transpose()?,
                     retry_on: retry_on.unwrap_or_default(),
                     retry_ignore_previous_hosts: retry.retry_ignore_previous_hosts,
+                    backoff: retry
+                        .backoff
+                        .as_ref()
+                        .map(|b| self.duration(format!("{path}.retries.backoff"), b))
+                        .transpose()?,
                 }
             }
         };
@@ -620,6 +619,7 @@ pub(super) fn default_retries() -> wp::HttpRetry {
         per_try_timeout: None,
         retry_on: DEFAULT_RETRY_ON.to_owned(),
         retry_ignore_previous_hosts: None,
+        backoff: None,
     }
 }
 

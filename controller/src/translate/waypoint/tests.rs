@@ -794,7 +794,7 @@ fn retry_host_and_backoff_settings_reach_the_waypoint_as_istio_sets_them() {
     retries: {attempts: 2, retryIgnorePreviousHosts: false}
   - match: [{uri: {prefix: /b}}]
     route: [{destination: {host: reviews}}]
-    retries: {attempts: 2, retryIgnorePreviousHosts: true}
+    retries: {attempts: 2, retryIgnorePreviousHosts: true, backoff: 250ms}
   - route: [{destination: {host: reviews}}]
     retries: {attempts: 2}
 "#,
@@ -805,4 +805,14 @@ fn retry_host_and_backoff_settings_reach_the_waypoint_as_istio_sets_them() {
         .collect();
     // Unset stays unset: the waypoint applies Istio's default, which depends on the cluster.
     assert_eq!(ignore[..3], [Some(false), Some(true), None], "{retries:?}");
+    let backoff: Vec<_> = retries
+        .iter()
+        .map(|r| r.as_ref().and_then(|r| r.backoff))
+        .collect();
+    // Unset: the waypoint's (Envoy's) 25 ms, as Istio leaves it.
+    let quarter = prost_types::Duration {
+        seconds: 0,
+        nanos: 250_000_000,
+    };
+    assert_eq!(backoff[..3], [None, Some(quarter), None], "{retries:?}");
 }

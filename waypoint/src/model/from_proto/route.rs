@@ -342,6 +342,7 @@ pub(super) fn route(
                 RetryOn::parse(&retry.retry_on, context)?
             },
             ignore_previous_hosts: retry.retry_ignore_previous_hosts,
+            backoff: optional_duration(retry.backoff.as_ref(), context)?.filter(|b| !b.is_zero()),
         },
     };
     let mirrors = r
