@@ -75,7 +75,7 @@ mod tls;
 
 use balancing::ClusterRuntime;
 pub use balancing::{
-    ActiveRequest, Admission, ClusterState, EndpointStatus, HashInput, RetryPermit,
+    ActiveRequest, Admission, ClusterState, EndpointStatus, HashInput, RetryPermit, Tried,
 };
 pub use body::{Ending, Replayable, RequestBody};
 use connections::{EndpointDialer, TunnelKey};

@@ -67,12 +67,6 @@ pub const CATALOG: &[NotApplied] = &[
     ),
     entry(
         K::VirtualService,
-        "spec.http[].retries.retryRemoteLocalities",
-        Set,
-        "retries go by the same locality priorities as first attempts",
-    ),
-    entry(
-        K::VirtualService,
         "spec.http[].redirect.prefixRewrite",
         Set,
         "the redirect keeps the request's path",

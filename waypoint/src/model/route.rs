@@ -137,6 +137,10 @@ pub struct RetryOn {
     pub grpc: Vec<u32>,
 }
 
+/// How often Istio has Envoy's `previous_priorities` recompute the priority load (its
+/// `update_frequency`), in attempts.
+const PREVIOUS_PRIORITIES_UPDATE_FREQUENCY: usize = 2;
+
 /// Envoy's default base interval of the retries' back-off, which Istio keeps when a route sets
 /// no `backoff`.
 pub const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_millis(25);
@@ -202,6 +206,8 @@ pub struct RetryPolicy {
     pub ignore_previous_hosts: Option<bool>,
     /// Base interval of the back-off before each retry; `None`: Envoy's default.
     pub backoff: Option<Duration>,
+    /// Istio's `retryRemoteLocalities` ([`RetryPolicy::skipped_priorities`]).
+    pub retry_remote_localities: bool,
 }
 
 impl RetryPolicy {
@@ -212,6 +218,20 @@ impl RetryPolicy {
             on: RetryOn::parse(DEFAULT_RETRY_ON, "default retry policy").unwrap_or_default(),
             ignore_previous_hosts: None,
             backoff: None,
+            retry_remote_localities: false,
+        }
+    }
+
+    /// How many of the earlier attempts' locality priorities attempt `attempt` (0 for the
+    /// first) leaves out of the priority load: none without `retryRemoteLocalities`, else
+    /// those of the attempts before the last multiple of 2 (Envoy's `previous_priorities`
+    /// with Istio's `update_frequency` 2: the first retry keeps the priority load, the next two
+    /// leave out where the first two went, and so on).
+    pub fn skipped_priorities(&self, attempt: usize) -> usize {
+        if self.retry_remote_localities {
+            attempt - attempt % PREVIOUS_PRIORITIES_UPDATE_FREQUENCY
+        } else {
+            0
         }
     }
 

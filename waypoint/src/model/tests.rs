@@ -816,6 +816,19 @@ fn retry_backoff_doubles_from_its_base_up_to_ten_times_it() {
 }
 
 #[test]
+fn remote_localities_are_retried_every_second_attempt_as_istio_configures_envoy() {
+    let remote = RetryPolicy {
+        retry_remote_localities: true,
+        ..RetryPolicy::mesh_default()
+    };
+    // attempt (0: the first) -> earlier attempts whose priorities it leaves out
+    let skipped: Vec<usize> = (0..6).map(|a| remote.skipped_priorities(a)).collect();
+    assert_eq!(skipped, [0, 0, 2, 2, 4, 4]);
+    let local = RetryPolicy::mesh_default();
+    assert!((0..6).all(|a| local.skipped_priorities(a) == 0));
+}
+
+#[test]
 fn retries_avoid_tried_endpoints_as_istio_defaults_it() {
     // (retryIgnorePreviousHosts, the cluster hashes requests) -> a retry avoids tried endpoints
     let cases = [

@@ -29,7 +29,7 @@ use crate::model::{
     Cluster, Endpoint, Headers, LoadBalancer, Mirror, Protocol, RetryPolicy, Route,
     WeightedDestination,
 };
-use crate::upstream::{Ending, Replayable, RequestBody, UpstreamError, dynamic_dns};
+use crate::upstream::{Ending, Replayable, RequestBody, Tried, UpstreamError, dynamic_dns};
 
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
@@ -520,6 +520,8 @@ async fn send_with_retries(
         LoadBalancer::ConsistentHash(_)
     ));
     let mut tried: Vec<SocketAddr> = Vec::new();
+    // The locality priority of each attempt, for `retryRemoteLocalities`.
+    let mut tried_priorities: Vec<u32> = Vec::new();
     let mut attempt: u32 = 0;
     let mut retry_permit = None;
     let mut body = outgoing
@@ -533,10 +535,15 @@ async fn send_with_retries(
                 .await?;
             (&resolved, state.track_request(resolved.address))
         } else {
-            let exclude: &[SocketAddr] = if avoid_tried { &tried } else { &[] };
-            state.choose_and_track(cluster, &cx.hash_input(&headers), exclude)?
+            let skipped = policy.skipped_priorities(tried_priorities.len());
+            let avoid = Tried {
+                endpoints: if avoid_tried { &tried } else { &[] },
+                priorities: &tried_priorities[..skipped],
+            };
+            state.choose_and_track(cluster, &cx.hash_input(&headers), &avoid)?
         };
         cx.record_endpoint(endpoint);
+        tried_priorities.push(endpoint.priority);
         // No retry follows the last attempt the policy allows, nor a body that can no longer
         // be sent whole (it never can again).
         let last = attempt >= policy.attempts || !outgoing.replayable();

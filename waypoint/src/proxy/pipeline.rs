@@ -305,6 +305,7 @@ static DIRECT_ROUTE: LazyLock<Route> = LazyLock::new(|| Route {
         per_try_timeout: None,
         ignore_previous_hosts: None,
         backoff: None,
+        retry_remote_localities: false,
         on: RetryOn::default(),
     },
     ..forward_only_route()

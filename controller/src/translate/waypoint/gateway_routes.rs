@@ -801,6 +801,7 @@ impl<'a> Compiler<'a, '_> {
             // Istio's conversion sets no host predicate of its own: the mesh default.
             retry_ignore_previous_hosts: None,
             backoff,
+            retry_remote_localities: false,
         });
     }
 }

@@ -353,12 +353,6 @@ impl RouteContext<'_, '_, '_> {
         let retries = match &route.retries {
             None => default_retries(),
             Some(retry) => {
-                if retry.retry_remote_localities.is_some() {
-                    self.note(
-                        format!("{path}.retries.retryRemoteLocalities"),
-                        "retries go by the same locality priorities as first attempts; ignored",
-                    );
-                }
                 let retry_on = match retry.retry_on.as_deref() {
                     None | Some("") => Some(DEFAULT_RETRY_ON.to_owned()),
                     Some(on) => retry_conditions(on),
@@ -383,6 +377,7 @@ impl RouteContext<'_, '_, '_> {
                         .as_ref()
                         .map(|b| self.duration(format!("{path}.retries.backoff"), b))
                         .transpose()?,
+                    retry_remote_localities: retry.retry_remote_localities.unwrap_or(false),
                 }
             }
         };
@@ -620,6 +615,7 @@ pub(super) fn default_retries() -> wp::HttpRetry {
         retry_on: DEFAULT_RETRY_ON.to_owned(),
         retry_ignore_previous_hosts: None,
         backoff: None,
+        retry_remote_localities: false,
     }
 }
 

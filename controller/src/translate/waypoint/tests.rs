@@ -794,7 +794,7 @@ fn retry_host_and_backoff_settings_reach_the_waypoint_as_istio_sets_them() {
     retries: {attempts: 2, retryIgnorePreviousHosts: false}
   - match: [{uri: {prefix: /b}}]
     route: [{destination: {host: reviews}}]
-    retries: {attempts: 2, retryIgnorePreviousHosts: true, backoff: 250ms}
+    retries: {attempts: 2, retryIgnorePreviousHosts: true, backoff: 250ms, retryRemoteLocalities: true}
   - route: [{destination: {host: reviews}}]
     retries: {attempts: 2}
 "#,
@@ -815,4 +815,9 @@ fn retry_host_and_backoff_settings_reach_the_waypoint_as_istio_sets_them() {
         nanos: 250_000_000,
     };
     assert_eq!(backoff[..3], [None, Some(quarter), None], "{retries:?}");
+    let remote: Vec<_> = retries
+        .iter()
+        .map(|r| r.as_ref().is_some_and(|r| r.retry_remote_localities))
+        .collect();
+    assert_eq!(remote[..3], [false, true, false], "{retries:?}");
 }
