@@ -146,12 +146,6 @@ pub const CATALOG: &[NotApplied] = &[
     ),
     entry(
         K::DestinationRule,
-        "spec.**.connectionPool.tcp.tcpKeepalive",
-        Set,
-        "waypoints set no TCP keepalive on upstream connections",
-    ),
-    entry(
-        K::DestinationRule,
         "spec.**.connectionPool.http.h2UpgradePolicy",
         Set,
         "waypoints keep the client's protocol",
@@ -161,12 +155,6 @@ pub const CATALOG: &[NotApplied] = &[
         "spec.**.connectionPool.http.useClientProtocol",
         Set,
         "waypoints keep the client's protocol",
-    ),
-    entry(
-        K::DestinationRule,
-        "spec.**.connectionPool.http.http2KeepAlive",
-        Set,
-        "waypoints send no HTTP/2 keepalive pings upstream",
     ),
     entry(
         K::DestinationRule,

@@ -387,6 +387,25 @@ fn invalid_configs_are_rejected_with_context() {
             "invalid SPIFFE identity",
         ),
         (
+            "http2 keepalive without a timeout",
+            |c| {
+                c.clusters[0].connection_pool = Some(proto::ConnectionPoolSettings {
+                    http: Some(proto::connection_pool_settings::HttpSettings {
+                        http2_keep_alive: Some(proto::connection_pool_settings::Http2KeepAlive {
+                            interval: Some(prost_types::Duration {
+                                seconds: 10,
+                                nanos: 0,
+                            }),
+                            timeout: None,
+                        }),
+                        ..Default::default()
+                    }),
+                    tcp: None,
+                })
+            },
+            "http2 keepalive without a timeout",
+        ),
+        (
             "hbone endpoint without identity",
             |c| c.clusters[0].endpoints[0].identity.clear(),
             "has no identity",
@@ -849,4 +868,42 @@ fn retries_avoid_tried_endpoints_as_istio_defaults_it() {
             "{ignore_previous_hosts:?}, hashed {hashed}"
         );
     }
+}
+
+#[test]
+fn connection_pool_keepalives_are_read_for_the_upstream() {
+    let secs = |seconds| Some(prost_types::Duration { seconds, nanos: 0 });
+    let mut config = base();
+    config.clusters[0].connection_pool = Some(proto::ConnectionPoolSettings {
+        tcp: Some(proto::connection_pool_settings::TcpSettings {
+            tcp_keepalive: Some(proto::connection_pool_settings::TcpKeepalive {
+                probes: 0,
+                time: secs(60),
+                interval: None,
+            }),
+            ..Default::default()
+        }),
+        http: Some(proto::connection_pool_settings::HttpSettings {
+            http2_keep_alive: Some(proto::connection_pool_settings::Http2KeepAlive {
+                interval: secs(10),
+                timeout: secs(2),
+            }),
+            ..Default::default()
+        }),
+    });
+    let name = config.clusters[0].name.clone();
+    let config = WaypointConfig::try_from(config).unwrap();
+    let limits = &config.cluster(&name).unwrap().limits;
+    assert_eq!(
+        limits.tcp_keepalive,
+        Some(weft_hbone::Keepalive {
+            time: Some(Duration::from_secs(60)),
+            interval: None,
+            probes: None,
+        })
+    );
+    assert_eq!(
+        limits.http2_keepalive,
+        Some((Duration::from_secs(10), Duration::from_secs(2)))
+    );
 }

@@ -821,3 +821,43 @@ fn retry_host_and_backoff_settings_reach_the_waypoint_as_istio_sets_them() {
         .collect();
     assert_eq!(remote[..3], [false, true, false], "{retries:?}");
 }
+
+#[test]
+fn keepalives_of_the_connection_pool_reach_the_waypoint() {
+    let index = validated(&format!(
+        r#"{MESH}---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: reviews, namespace: shop}}
+spec:
+  host: reviews
+  trafficPolicy:
+    connectionPool:
+      tcp: {{tcpKeepalive: {{time: 60s, interval: 5s, probes: 3}}}}
+      http: {{http2KeepAlive: {{interval: 10s, timeout: 2s}}}}
+"#
+    ));
+    let config = config(&index);
+    let pool = config
+        .clusters
+        .iter()
+        .find(|c| c.host == "reviews.shop.svc.cluster.local")
+        .and_then(|c| c.connection_pool)
+        .expect("the service's cluster has the rule's pool");
+    let secs = |seconds| Some(prost_types::Duration { seconds, nanos: 0 });
+    assert_eq!(
+        pool.tcp.and_then(|t| t.tcp_keepalive),
+        Some(wp::connection_pool_settings::TcpKeepalive {
+            probes: 3,
+            time: secs(60),
+            interval: secs(5),
+        })
+    );
+    assert_eq!(
+        pool.http.and_then(|h| h.http2_keep_alive),
+        Some(wp::connection_pool_settings::Http2KeepAlive {
+            interval: secs(10),
+            timeout: secs(2),
+        })
+    );
+}
