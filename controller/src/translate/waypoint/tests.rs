@@ -829,12 +829,9 @@ fn keepalives_of_the_connection_pool_reach_the_waypoint() {
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {{name: reviews, namespace: shop}}
-spec:
-  host: reviews
-  trafficPolicy:
-    connectionPool:
-      tcp: {{tcpKeepalive: {{time: 60s, interval: 5s, probes: 3}}}}
-      http: {{http2KeepAlive: {{interval: 10s, timeout: 2s}}}}
+spec: {{host: reviews, trafficPolicy: {{connectionPool: {{
+  tcp: {{tcpKeepalive: {{time: 60s, interval: 5s, probes: 3}}}},
+  http: {{http2KeepAlive: {{interval: 10s, timeout: 2s}}}}}}}}}}
 "#
     ));
     let config = config(&index);
