@@ -109,6 +109,8 @@ pub struct RetryDump {
     pub attempts: u32,
     pub per_try_timeout_ms: Option<u64>,
     pub retry_on: String,
+    pub retry_ignore_previous_hosts: Option<bool>,
+    pub backoff_ms: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -300,6 +302,8 @@ fn route(config: &WaypointConfig, r: &Route, matches: Vec<HttpMatch>) -> RouteDu
             attempts: r.retries.attempts,
             per_try_timeout_ms: r.retries.per_try_timeout.map(millis),
             retry_on: retry_on.join(","),
+            retry_ignore_previous_hosts: r.retries.ignore_previous_hosts,
+            backoff_ms: r.retries.backoff.map(millis),
         },
         fault: r.fault.as_ref().map(|f| {
             let delay = f

@@ -19,7 +19,7 @@ use http::{Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{Instrument, debug, debug_span};
 use weft_hbone::{HboneDialer, Pool, PoolConfig};
@@ -75,7 +75,7 @@ mod tls;
 
 use balancing::ClusterRuntime;
 pub use balancing::{
-    ActiveRequest, Admission, ClusterState, EndpointStatus, HashInput, RetryPermit,
+    ActiveRequest, Admission, ClusterState, EndpointStatus, HashInput, RetryPermit, Tried,
 };
 pub use body::{Ending, Replayable, RequestBody};
 use connections::{EndpointDialer, TunnelKey};
@@ -478,9 +478,17 @@ impl Upstream {
             Some(s) => (s, false),
             None => {
                 let io = self.open_stream(cluster, endpoint, source).await?;
-                let handshake = http2::Builder::new(TokioExecutor::new())
-                    .max_concurrent_reset_streams(64)
-                    .handshake(TokioIo::new(io));
+                let mut builder = http2::Builder::new(TokioExecutor::new());
+                builder.max_concurrent_reset_streams(64);
+                if let Some((interval, timeout)) = cluster.limits.http2_keepalive {
+                    // Envoy's `connection_keepalive`: pings on busy and idle connections alike.
+                    builder
+                        .timer(TokioTimer::new())
+                        .keep_alive_interval(interval)
+                        .keep_alive_timeout(timeout)
+                        .keep_alive_while_idle(true);
+                }
+                let handshake = builder.handshake(TokioIo::new(io));
                 let (sender, connection) = tokio::time::timeout(DEFAULT_CONNECT_TIMEOUT, handshake)
                     .await
                     .map_err(|_| UpstreamError::ConnectFailure {

@@ -257,6 +257,11 @@ fn the_chart_renders_to_valid_manifests_of_every_component() {
         controller["volumeMounts"][0]["mountPath"],
         "/etc/istio/config"
     );
+    // Istio's default: mirrors keep the request's Host.
+    assert_eq!(
+        env(controller, "DISABLE_SHADOW_HOST_SUFFIX").as_deref(),
+        Some("true")
+    );
     let mesh: serde_yaml::Value = serde_yaml::from_str(
         find(&rendered, "ConfigMap", "istio")["data"]["mesh"]
             .as_str()
@@ -417,6 +422,18 @@ fn the_chart_renders_to_valid_manifests_of_every_component() {
     assert_eq!(
         env(controller, "WEFT_GRPC_ADDRESS").as_deref(),
         Some("0.0.0.0:15010")
+    );
+
+    // Istio's older mirror Host, `-shadow` appended, when asked for.
+    let rendered = render(&values(&[(
+        "controller.disableShadowHostSuffix",
+        Json::Bool(false),
+    )]));
+    let deployment = find(&rendered, "Deployment", "weft-controller");
+    let controller = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        env(controller, "DISABLE_SHADOW_HOST_SUFFIX").as_deref(),
+        Some("false")
     );
 }
 

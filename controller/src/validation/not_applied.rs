@@ -67,24 +67,6 @@ pub const CATALOG: &[NotApplied] = &[
     ),
     entry(
         K::VirtualService,
-        "spec.http[].retries.backoff",
-        Set,
-        "waypoints retry without a backoff interval of their own",
-    ),
-    entry(
-        K::VirtualService,
-        "spec.http[].retries.retryRemoteLocalities",
-        Set,
-        "retries go by the same locality priorities as first attempts",
-    ),
-    entry(
-        K::VirtualService,
-        "spec.http[].retries.retryIgnorePreviousHosts",
-        Set,
-        "waypoints may retry on the same endpoint",
-    ),
-    entry(
-        K::VirtualService,
         "spec.http[].redirect.prefixRewrite",
         Set,
         "the redirect keeps the request's path",
@@ -164,12 +146,6 @@ pub const CATALOG: &[NotApplied] = &[
     ),
     entry(
         K::DestinationRule,
-        "spec.**.connectionPool.tcp.tcpKeepalive",
-        Set,
-        "waypoints set no TCP keepalive on upstream connections",
-    ),
-    entry(
-        K::DestinationRule,
         "spec.**.connectionPool.http.h2UpgradePolicy",
         Set,
         "waypoints keep the client's protocol",
@@ -179,12 +155,6 @@ pub const CATALOG: &[NotApplied] = &[
         "spec.**.connectionPool.http.useClientProtocol",
         Set,
         "waypoints keep the client's protocol",
-    ),
-    entry(
-        K::DestinationRule,
-        "spec.**.connectionPool.http.http2KeepAlive",
-        Set,
-        "waypoints send no HTTP/2 keepalive pings upstream",
     ),
     entry(
         K::DestinationRule,
@@ -339,12 +309,6 @@ pub const CATALOG: &[NotApplied] = &[
         "spec.rules[].filters[].requestRedirect.path.replacePrefixMatch",
         Set,
         "a request for the prefix itself is redirected to the replacement; longer paths keep their path",
-    ),
-    entry(
-        K::HTTPRoute,
-        "spec.rules[].retry.backoff",
-        Set,
-        "waypoints retry without a backoff interval of their own",
     ),
     entry(
         K::HTTPRoute,

@@ -45,8 +45,8 @@ pub use server::{
     serve_connection_until,
 };
 pub use socket::{
-    PlainSocketFactory, SocketFactory, TLS_READ_BUFFER, connect as connect_tcp, listen_socket,
-    new_tcp_socket, read_buffered, tune_tcp,
+    Keepalive, PlainSocketFactory, SocketFactory, TLS_READ_BUFFER, connect as connect_tcp,
+    listen_socket, new_tcp_socket, read_buffered, tune_tcp, tune_tcp_with,
 };
 pub use stream::HboneStream;
 pub use tls::{Accepted, ClientTls, HboneAcceptor, HboneDialer, ServerTls, TlsError};

@@ -88,6 +88,101 @@ const KEEPALIVE_IDLE: Duration = Duration::from_secs(180);
 /// interactive protocols, and h2 already writes in large batches, so Nagle only adds latency)
 /// and TCP keepalive.
 pub fn tune_tcp(stream: &TcpStream) -> io::Result<()> {
+    tune_tcp_with(stream, &Keepalive::default())
+}
+
+/// TCP keepalive as a DestinationRule's `connectionPool.tcp.tcpKeepalive` sets it on upstream
+/// connections (Envoy's `upstream_connection_options.tcp_keepalive`): each field given replaces
+/// the default (idle time [`KEEPALIVE_IDLE`], the kernel's interval and probe count).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Keepalive {
+    /// Silence before the first probe (`TCP_KEEPIDLE`).
+    pub time: Option<Duration>,
+    /// Between probes (`TCP_KEEPINTVL`).
+    pub interval: Option<Duration>,
+    /// Unanswered probes before the connection is dropped (`TCP_KEEPCNT`).
+    pub probes: Option<u32>,
+}
+
+/// [`tune_tcp`] with `keepalive`'s settings. The kernel counts in whole seconds: a time or
+/// interval is rounded up to one (Envoy's fields are seconds too).
+pub fn tune_tcp_with(stream: &TcpStream, keepalive: &Keepalive) -> io::Result<()> {
     stream.set_nodelay(true)?;
-    SockRef::from(stream).set_tcp_keepalive(&TcpKeepalive::new().with_time(KEEPALIVE_IDLE))
+    let seconds =
+        |d: Duration| Duration::from_secs((d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1));
+    let mut settings =
+        TcpKeepalive::new().with_time(keepalive.time.map_or(KEEPALIVE_IDLE, seconds));
+    if let Some(interval) = keepalive.interval {
+        settings = settings.with_interval(seconds(interval));
+    }
+    if let Some(probes) = keepalive.probes.filter(|p| *p > 0) {
+        settings = settings.with_retries(probes);
+    }
+    SockRef::from(stream).set_tcp_keepalive(&settings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The options read back from a connected socket are the ones asked for.
+    #[tokio::test]
+    async fn keepalive_settings_reach_the_socket() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let read = |stream: &TcpStream| {
+            let socket = SockRef::from(stream);
+            (
+                socket.keepalive().unwrap(),
+                socket.tcp_keepalive_time().unwrap(),
+                socket.tcp_keepalive_interval().unwrap(),
+                socket.tcp_keepalive_retries().unwrap(),
+            )
+        };
+        tune_tcp(&stream).unwrap();
+        let (on, time, default_interval, default_probes) = read(&stream);
+        assert!(on);
+        assert_eq!(time, KEEPALIVE_IDLE);
+        tune_tcp_with(
+            &stream,
+            &Keepalive {
+                time: Some(Duration::from_secs(45)),
+                interval: Some(Duration::from_millis(2500)),
+                probes: Some(4),
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            read(&stream),
+            (true, Duration::from_secs(45), Duration::from_secs(3), 4)
+        );
+        assert_ne!(
+            (default_interval, default_probes),
+            (Duration::from_secs(3), 4),
+            "the kernel's defaults differ from what was set"
+        );
+        // Only the time given: the interval and probes stay as they were.
+        let fresh = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        tune_tcp_with(
+            &fresh,
+            &Keepalive {
+                time: Some(Duration::from_millis(10)),
+                ..Keepalive::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            read(&fresh),
+            (
+                true,
+                Duration::from_secs(1),
+                default_interval,
+                default_probes
+            )
+        );
+    }
 }

@@ -321,6 +321,85 @@ fn routing_splits_faults_retries_timeouts_and_mirrors_through_the_waypoint() {
     assert!(neither.len() > 1, "the default route spreads: {neither:?}");
 }
 
+/// A route to the whole service retrying a 503 once, with these more `retries` fields.
+fn retrying_once(fields: &str) -> String {
+    virtual_service(&format!(
+        "  - route: [{{destination: {{host: reviews}}}}]\n    retries: {{attempts: 1, retryOn: '503', {fields}}}\n"
+    ))
+}
+
+/// The VirtualService's `retries` fields that choose where and when a retry goes: with
+/// `retryIgnorePreviousHosts` (Istio's default) a retry goes to another pod than the one that
+/// failed, without it the retry may meet the same pod again; `backoff` spaces the retries.
+#[test]
+fn retries_go_where_and_when_the_route_says() {
+    let mesh = mesh();
+    apply(
+        &mesh,
+        "10-dr.yaml",
+        &reviews_subsets(
+            VERSIONS,
+            "  trafficPolicy:\n    loadBalancer: {simple: RANDOM}",
+        ),
+    );
+    apply(
+        &mesh,
+        "20-reviews-vs.yaml",
+        &retrying_once("retryIgnorePreviousHosts: true"),
+    );
+    // v1 answers 503 to everything; told by pod IP, through the waypoint to exactly that pod.
+    let v1 = mesh.pod("reviews-v1").ip;
+    let failing = mesh.curl_with(
+        "client",
+        &[
+            "-X",
+            "POST",
+            &format!("http://{v1}:8080/control/fail?status=503"),
+        ],
+    );
+    assert_eq!(failing.json()["forced_status"], 503, "{}", failing.body);
+    let elsewhere = versions(&mesh, "/retry-elsewhere", 60, &[]);
+    assert!(
+        elsewhere.keys().all(|k| k == "200 v2" || k == "200 v3"),
+        "a retry met v1 again: {elsewhere:?}"
+    );
+    assert_eq!(elsewhere.values().sum::<u32>(), 60, "{elsewhere:?}");
+    // Allowed back to the pod tried, a request whose two random draws both meet v1 fails: one
+    // in nine, and none of 90 has odds of 3 in 100,000.
+    apply(
+        &mesh,
+        "20-reviews-vs.yaml",
+        &retrying_once("retryIgnorePreviousHosts: false"),
+    );
+    let anywhere = versions(&mesh, "/retry-anywhere", 90, &[]);
+    assert!(
+        anywhere.keys().any(|k| k.starts_with("503")),
+        "no retry met v1 again: {anywhere:?}"
+    );
+
+    // A `backoff` holds each retry, within the route's timeout: to v1 alone, three retries
+    // waiting below 60, 120 and 240 s end in the route's 504 at 300 ms, where Envoy's default
+    // 25 ms base would let all four attempts fail with 503 first.
+    apply(
+        &mesh,
+        "20-reviews-vs.yaml",
+        &virtual_service(
+            r#"
+  - route: [{destination: {host: reviews, subset: v1}}]
+    timeout: 300ms
+    retries: {attempts: 3, retryOn: '503', backoff: 60s}
+"#,
+        ),
+    );
+    let held = mesh.curl_with("client", &[&format!("http://{VIP}/backoff")]);
+    assert_eq!(held.status, 504, "{}", held.body);
+    assert!(
+        held.seconds >= 0.3 && held.seconds < 2.0,
+        "the timeout answered after {} s",
+        held.seconds
+    );
+}
+
 #[test]
 fn l7_deny_outlier_detection_and_metrics_at_the_waypoint() {
     let mesh = mesh();

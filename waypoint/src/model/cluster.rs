@@ -69,6 +69,10 @@ pub struct ConnectionLimits {
     pub max_requests_per_connection: Option<usize>,
     pub max_retries: Option<usize>,
     pub idle_timeout: Option<Duration>,
+    /// `tcp.tcpKeepalive`, on TCP connections to endpoints outside the mesh.
+    pub tcp_keepalive: Option<weft_hbone::Keepalive>,
+    /// `http.http2KeepAlive`: (interval, timeout) of PINGs on upstream HTTP/2 connections.
+    pub http2_keepalive: Option<(Duration, Duration)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -137,6 +137,14 @@ pub struct RetryOn {
     pub grpc: Vec<u32>,
 }
 
+/// How often Istio has Envoy's `previous_priorities` recompute the priority load (its
+/// `update_frequency`), in attempts.
+const PREVIOUS_PRIORITIES_UPDATE_FREQUENCY: usize = 2;
+
+/// Envoy's default base interval of the retries' back-off, which Istio keeps when a route sets
+/// no `backoff`.
+pub const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_millis(25);
+
 pub use weft_istio::defaults::{
     DEFAULT_RETRIABLE_STATUS_CODES, DEFAULT_RETRY_ATTEMPTS, DEFAULT_RETRY_ON,
 };
@@ -193,6 +201,13 @@ pub struct RetryPolicy {
     pub attempts: u32,
     pub per_try_timeout: Option<Duration>,
     pub on: RetryOn,
+    /// Istio's `retryIgnorePreviousHosts`; `None`: its default, true except for a cluster that
+    /// hashes requests to endpoints ([`RetryPolicy::avoids_tried_endpoints`]).
+    pub ignore_previous_hosts: Option<bool>,
+    /// Base interval of the back-off before each retry; `None`: Envoy's default.
+    pub backoff: Option<Duration>,
+    /// Istio's `retryRemoteLocalities` ([`RetryPolicy::skipped_priorities`]).
+    pub retry_remote_localities: bool,
 }
 
 impl RetryPolicy {
@@ -201,7 +216,41 @@ impl RetryPolicy {
             attempts: DEFAULT_RETRY_ATTEMPTS,
             per_try_timeout: None,
             on: RetryOn::parse(DEFAULT_RETRY_ON, "default retry policy").unwrap_or_default(),
+            ignore_previous_hosts: None,
+            backoff: None,
+            retry_remote_localities: false,
         }
+    }
+
+    /// How many of the earlier attempts' locality priorities attempt `attempt` (0 for the
+    /// first) leaves out of the priority load: none without `retryRemoteLocalities`, else
+    /// those of the attempts before the last multiple of 2 (Envoy's `previous_priorities`
+    /// with Istio's `update_frequency` 2: the first retry keeps the priority load, the next two
+    /// leave out where the first two went, and so on).
+    pub fn skipped_priorities(&self, attempt: usize) -> usize {
+        if self.retry_remote_localities {
+            attempt - attempt % PREVIOUS_PRIORITIES_UPDATE_FREQUENCY
+        } else {
+            0
+        }
+    }
+
+    /// The longest wait before retry `retry` (1 for the first), as Envoy's fully jittered
+    /// exponential back-off has it (`JitteredExponentialBackOffStrategy`): the base interval
+    /// (the route's `backoff`, else 25 ms), doubled for each retry before, at most ten times the
+    /// base; the wait is drawn uniformly below it.
+    pub fn backoff_ceiling(&self, retry: u32) -> Duration {
+        let base = self.backoff.unwrap_or(DEFAULT_RETRY_BACKOFF);
+        let doubled = base.saturating_mul(2u32.saturating_pow(retry.saturating_sub(1).min(4)));
+        doubled.min(base.saturating_mul(10))
+    }
+
+    /// Whether a retry goes to an endpoint no earlier attempt went to, when there is one
+    /// (Envoy's `previous_hosts` predicate). Unset, as Istio has it: yes, except where requests
+    /// are hashed to endpoints (Istio's `DefaultConsistentHashPolicy`), whose retries keep to
+    /// the endpoint the key maps to.
+    pub fn avoids_tried_endpoints(&self, hashed: bool) -> bool {
+        self.ignore_previous_hosts.unwrap_or(!hashed)
     }
 }
 

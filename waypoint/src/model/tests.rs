@@ -1,4 +1,5 @@
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use weft_proto::waypoint as proto;
 
@@ -386,6 +387,25 @@ fn invalid_configs_are_rejected_with_context() {
             "invalid SPIFFE identity",
         ),
         (
+            "http2 keepalive without a timeout",
+            |c| {
+                c.clusters[0].connection_pool = Some(proto::ConnectionPoolSettings {
+                    http: Some(proto::connection_pool_settings::HttpSettings {
+                        http2_keep_alive: Some(proto::connection_pool_settings::Http2KeepAlive {
+                            interval: Some(prost_types::Duration {
+                                seconds: 10,
+                                nanos: 0,
+                            }),
+                            timeout: None,
+                        }),
+                        ..Default::default()
+                    }),
+                    tcp: None,
+                })
+            },
+            "http2 keepalive without a timeout",
+        ),
+        (
             "hbone endpoint without identity",
             |c| c.clusters[0].endpoints[0].identity.clear(),
             "has no identity",
@@ -415,6 +435,7 @@ fn invalid_configs_are_rejected_with_context() {
                     attempts: 1,
                     per_try_timeout: None,
                     retry_on: "sometimes".to_owned(),
+                    ..Default::default()
                 })
             },
             "unknown retryOn",
@@ -781,5 +802,99 @@ fn a_services_own_telemetry_decides_its_traffic_and_the_waypoints_the_rest() {
     assert!(
         error.contains(HOST) && error.contains("random_sampling_percentage"),
         "{error}"
+    );
+}
+
+#[test]
+fn retry_backoff_doubles_from_its_base_up_to_ten_times_it() {
+    let ms = Duration::from_millis;
+    // (backoff, retry) -> the longest wait before it
+    let cases = [
+        (None, 1, ms(25)),
+        (None, 2, ms(50)),
+        (None, 4, ms(200)),
+        (None, 5, ms(250)),
+        (None, 100, ms(250)),
+        (Some(ms(100)), 1, ms(100)),
+        (Some(ms(100)), 3, ms(400)),
+        (Some(ms(100)), 9, ms(1000)),
+        // No overflow, however long the base.
+        (Some(Duration::from_secs(u64::MAX / 2)), 3, Duration::MAX),
+    ];
+    for (backoff, retry, expected) in cases {
+        let policy = RetryPolicy {
+            backoff,
+            ..RetryPolicy::mesh_default()
+        };
+        assert_eq!(
+            policy.backoff_ceiling(retry),
+            expected,
+            "{backoff:?}, retry {retry}"
+        );
+    }
+}
+
+#[test]
+fn remote_localities_are_retried_every_second_attempt_as_istio_configures_envoy() {
+    let remote = RetryPolicy {
+        retry_remote_localities: true,
+        ..RetryPolicy::mesh_default()
+    };
+    // attempt (0: the first) -> earlier attempts whose priorities it leaves out
+    let skipped: Vec<usize> = (0..6).map(|a| remote.skipped_priorities(a)).collect();
+    assert_eq!(skipped, [0, 0, 2, 2, 4, 4]);
+    let local = RetryPolicy::mesh_default();
+    assert!((0..6).all(|a| local.skipped_priorities(a) == 0));
+}
+
+#[test]
+fn retries_avoid_tried_endpoints_as_istio_defaults_it() {
+    let with = |ignore_previous_hosts| RetryPolicy {
+        ignore_previous_hosts,
+        ..RetryPolicy::mesh_default()
+    };
+    // avoids_tried_endpoints(the cluster hashes requests)
+    assert!(with(None).avoids_tried_endpoints(false));
+    // Istio's consistent-hash default has no previous-hosts predicate.
+    assert!(!with(None).avoids_tried_endpoints(true));
+    assert!(with(Some(true)).avoids_tried_endpoints(true));
+    assert!(!with(Some(false)).avoids_tried_endpoints(false));
+}
+
+#[test]
+fn connection_pool_keepalives_are_read_for_the_upstream() {
+    let secs = |seconds| Some(prost_types::Duration { seconds, nanos: 0 });
+    let mut config = base();
+    config.clusters[0].connection_pool = Some(proto::ConnectionPoolSettings {
+        tcp: Some(proto::connection_pool_settings::TcpSettings {
+            tcp_keepalive: Some(proto::connection_pool_settings::TcpKeepalive {
+                probes: 0,
+                time: secs(60),
+                interval: None,
+            }),
+            ..Default::default()
+        }),
+        http: Some(proto::connection_pool_settings::HttpSettings {
+            http2_keep_alive: Some(proto::connection_pool_settings::Http2KeepAlive {
+                interval: secs(10),
+                timeout: secs(2),
+            }),
+            ..Default::default()
+        }),
+    });
+    let name = config.clusters[0].name.clone();
+    let config = WaypointConfig::try_from(config).unwrap();
+    let limits = &config.cluster(&name).unwrap().limits;
+    assert_eq!(
+        limits.tcp_keepalive,
+        Some(weft_hbone::Keepalive {
+            time: Some(Duration::from_secs(60)),
+            interval: None,
+            probes: None,
+        })
+    );
+    assert_eq!(
+        limits.http2_keepalive,
+        Some((Duration::from_secs(10), Duration::from_secs(2)))
     );
 }

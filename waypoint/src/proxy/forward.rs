@@ -26,12 +26,10 @@ use super::request_limits::{Breach, RequestLimits, ResponseGuard};
 use super::{BoxError, LocalReply, ProxyBody, actions, upgrade};
 use crate::metrics::RecordText;
 use crate::model::{
-    Cluster, Endpoint, Headers, Mirror, Protocol, RetryPolicy, Route, WeightedDestination,
+    Cluster, Endpoint, Headers, LoadBalancer, Mirror, Protocol, RetryPolicy, Route,
+    WeightedDestination,
 };
-use crate::upstream::{Ending, Replayable, RequestBody, UpstreamError, dynamic_dns};
-
-/// Envoy's default base interval between retries.
-const RETRY_BASE_INTERVAL: Duration = Duration::from_millis(25);
+use crate::upstream::{Ending, Replayable, RequestBody, Tried, UpstreamError, dynamic_dns};
 
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
@@ -516,8 +514,14 @@ async fn send_with_retries(
     let source_ip = cx.tunnel.source_ip;
     let admission = upstream.admit(cluster).await?;
     let state = admission.state();
-    // Endpoints tried by attempts a retry followed.
+    // Endpoints tried by attempts a retry followed, which retries avoid unless told otherwise.
+    let avoid_tried = policy.avoids_tried_endpoints(matches!(
+        cluster.load_balancer,
+        LoadBalancer::ConsistentHash(_)
+    ));
     let mut tried: Vec<SocketAddr> = Vec::new();
+    // The locality priority of each attempt, for `retryRemoteLocalities`.
+    let mut tried_priorities: Vec<u32> = Vec::new();
     let mut attempt: u32 = 0;
     let mut retry_permit = None;
     let mut body = outgoing
@@ -531,9 +535,15 @@ async fn send_with_retries(
                 .await?;
             (&resolved, state.track_request(resolved.address))
         } else {
-            state.choose_and_track(cluster, &cx.hash_input(&headers), &tried)?
+            let skipped = policy.skipped_priorities(tried_priorities.len());
+            let avoid = Tried {
+                endpoints: if avoid_tried { &tried } else { &[] },
+                priorities: &tried_priorities[..skipped],
+            };
+            state.choose_and_track(cluster, &cx.hash_input(&headers), &avoid)?
         };
         cx.record_endpoint(endpoint);
+        tried_priorities.push(endpoint.priority);
         // No retry follows the last attempt the policy allows, nor a body that can no longer
         // be sent whole (it never can again).
         let last = attempt >= policy.attempts || !outgoing.replayable();
@@ -582,7 +592,7 @@ async fn send_with_retries(
                     debug!(status, attempt, "retrying after a retriable status");
                     drop(response);
                     attempt += 1;
-                    backoff(attempt).await;
+                    backoff(policy, attempt).await;
                     continue;
                 }
                 drop(retry_permit);
@@ -602,7 +612,7 @@ async fn send_with_retries(
                     body = next;
                     retry_permit = Some(permit);
                     attempt += 1;
-                    backoff(attempt).await;
+                    backoff(policy, attempt).await;
                     continue;
                 }
                 return Err(error.into());
@@ -621,6 +631,7 @@ async fn send_with_retries(
                     body = next;
                     retry_permit = Some(permit);
                     attempt += 1;
+                    backoff(policy, attempt).await;
                     continue;
                 }
                 return Err(LocalReply::PerTryTimeout);
@@ -639,12 +650,13 @@ async fn after_request(outgoing: &Outgoing, limit: Duration) {
     tokio::time::sleep(limit).await;
 }
 
-/// Envoy's retry back-off: a random time below `base * 2^(n-1)`, capped at ten times the base.
-async fn backoff(attempt: u32) {
-    let ceiling = RETRY_BASE_INTERVAL * 2u32.saturating_pow(attempt.saturating_sub(1).min(4));
-    let ceiling = ceiling.min(RETRY_BASE_INTERVAL * 10);
-    let millis = u64::try_from(ceiling.as_millis()).unwrap_or(250).max(1);
-    tokio::time::sleep(Duration::from_millis(rand::random_range(0..millis))).await;
+/// Waits before retry `retry` a random time below the policy's back-off ceiling
+/// ([`RetryPolicy::backoff_ceiling`]). The route's timeout runs over the wait, as over the
+/// attempts: a long back-off ends in the route's 504, never past it.
+async fn backoff(policy: &RetryPolicy, retry: u32) {
+    let ceiling = u64::try_from(policy.backoff_ceiling(retry).as_micros()).unwrap_or(u64::MAX);
+    let wait = Duration::from_micros(rand::random_range(0..ceiling.max(1)));
+    tokio::time::sleep(wait).await;
 }
 
 static HOP_BY_HOP: [HeaderName; 8] = [

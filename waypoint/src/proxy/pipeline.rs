@@ -303,6 +303,9 @@ static DIRECT_ROUTE: LazyLock<Route> = LazyLock::new(|| Route {
     retries: RetryPolicy {
         attempts: 0,
         per_try_timeout: None,
+        ignore_previous_hosts: None,
+        backoff: None,
+        retry_remote_localities: false,
         on: RetryOn::default(),
     },
     ..forward_only_route()

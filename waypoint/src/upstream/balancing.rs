@@ -280,25 +280,29 @@ impl ClusterState {
         hash: &HashInput<'_>,
         exclude: &[SocketAddr],
     ) -> Result<&'c Endpoint, UpstreamError> {
+        let tried = Tried {
+            endpoints: exclude,
+            priorities: &[],
+        };
         choose(
             &lock(&self.0.endpoints),
             &self.0.next,
             cluster,
             hash,
-            exclude,
+            &tried,
         )
     }
 
-    /// [`Self::choose_endpoint`], and the chosen endpoint's request counted in flight while
-    /// the returned guard lives: one lock for both.
+    /// [`Self::choose_endpoint`] for an attempt after those in `tried`, and the chosen
+    /// endpoint's request counted in flight while the returned guard lives: one lock for both.
     pub fn choose_and_track<'c>(
         &self,
         cluster: &'c Cluster,
         hash: &HashInput<'_>,
-        exclude: &[SocketAddr],
+        tried: &Tried<'_>,
     ) -> Result<(&'c Endpoint, ActiveRequest), UpstreamError> {
         let mut states = lock(&self.0.endpoints);
-        let endpoint = choose(&states, &self.0.next, cluster, hash, exclude)?;
+        let endpoint = choose(&states, &self.0.next, cluster, hash, tried)?;
         let active = ActiveRequest::new(&states.entry(endpoint.address).or_default().active);
         Ok((endpoint, active))
     }
@@ -354,14 +358,25 @@ impl ClusterState {
     }
 }
 
+/// What the earlier attempts of a request leave its next one to avoid.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tried<'a> {
+    /// Endpoints avoided while others remain in the chosen pool (Envoy's `previous_hosts`).
+    pub endpoints: &'a [SocketAddr],
+    /// Locality priorities left out of the priority load while others have available
+    /// endpoints (Envoy's `previous_priorities`).
+    pub priorities: &'a [u32],
+}
+
 /// The choice [`ClusterState::choose_endpoint`] describes, with the endpoints' states locked.
 fn choose<'c>(
     states: &HashMap<SocketAddr, EndpointState>,
     next: &AtomicUsize,
     cluster: &'c Cluster,
     hash: &HashInput<'_>,
-    exclude: &[SocketAddr],
+    tried: &Tried<'_>,
 ) -> Result<&'c Endpoint, UpstreamError> {
+    let exclude = tried.endpoints;
     let now = Instant::now();
     if !cluster.endpoints.iter().any(|e| e.healthy) {
         return Err(UpstreamError::NoHealthyUpstream(cluster.name.clone()));
@@ -377,6 +392,7 @@ fn choose<'c>(
         priority_level(
             cluster,
             |e| e.healthy && not_ejected(e),
+            tried.priorities,
             rand::random_range(0..100),
         )
     });
@@ -474,8 +490,15 @@ const OVERPROVISIONING_PERCENT: usize = 140;
 /// closest priority takes as much of the load as its health, the next the rest up to its own,
 /// and so on, scaled up when their health together is under 100%. `roll` (0 to 99) draws the
 /// priority from that load. With no available endpoint anywhere, the closest priority that has
-/// healthy ones takes everything (Envoy's panic routing happens within it).
-fn priority_level(cluster: &Cluster, available: impl Fn(&Endpoint) -> bool, roll: usize) -> u32 {
+/// healthy ones takes everything (Envoy's panic routing happens within it). The priorities in
+/// `skipped` count as without health, unless no other priority has any (then none is skipped,
+/// as Envoy's `previous_priorities` starts over).
+fn priority_level(
+    cluster: &Cluster,
+    available: impl Fn(&Endpoint) -> bool,
+    skipped: &[u32],
+    roll: usize,
+) -> u32 {
     let levels = cluster.priorities as usize;
     // (endpoints, available, healthy) per priority: a few levels, counted once per choice.
     let mut counts = vec![(0usize, 0usize, 0usize); levels];
@@ -486,7 +509,7 @@ fn priority_level(cluster: &Cluster, available: impl Fn(&Endpoint) -> bool, roll
             level.2 += usize::from(e.healthy);
         }
     }
-    let health: Vec<usize> = counts
+    let mut health: Vec<usize> = counts
         .iter()
         .map(|(total, up, _)| {
             if *total == 0 {
@@ -496,6 +519,17 @@ fn priority_level(cluster: &Cluster, available: impl Fn(&Endpoint) -> bool, roll
             }
         })
         .collect();
+    let others_have_health = health
+        .iter()
+        .enumerate()
+        .any(|(level, h)| *h > 0 && !skipped.contains(&(level as u32)));
+    if others_have_health {
+        for &level in skipped {
+            if let Some(h) = health.get_mut(level as usize) {
+                *h = 0;
+            }
+        }
+    }
     let total_health = health.iter().sum::<usize>().min(100);
     if total_health == 0 {
         let first = counts.iter().position(|(_, _, healthy)| *healthy > 0);

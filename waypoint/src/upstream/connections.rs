@@ -84,7 +84,11 @@ impl Upstream {
                         .await
                         .map_err(|e| failure(e.to_string()))?;
                     // Kept-alive connections carry one request after another: no Nagle delay.
-                    weft_hbone::tune_tcp(&tcp).map_err(|e| failure(e.to_string()))?;
+                    // HBONE tunnels are shared by every service, so only these take the
+                    // cluster's keepalive.
+                    let keepalive = cluster.limits.tcp_keepalive.unwrap_or_default();
+                    weft_hbone::tune_tcp_with(&tcp, &keepalive)
+                        .map_err(|e| failure(e.to_string()))?;
                     match &cluster.tls {
                         Some(tls) => tls
                             .connect(tcp, endpoint.host.as_deref())

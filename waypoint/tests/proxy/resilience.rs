@@ -19,8 +19,23 @@ fn retrying_5xx(attempts: i32) -> proto::HttpRoute {
             attempts,
             per_try_timeout: None,
             retry_on: "5xx".to_owned(),
+            ..Default::default()
         }),
         ..route_to("v1")
+    }
+}
+
+/// A route to the whole service (`v1` and `v2`, in turn) retrying a 5xx once, with
+/// `retryIgnorePreviousHosts` as given.
+fn retrying_once(ignore_previous_hosts: Option<bool>) -> proto::HttpRoute {
+    proto::HttpRoute {
+        retries: Some(proto::HttpRetry {
+            attempts: 1,
+            retry_on: "5xx".to_owned(),
+            retry_ignore_previous_hosts: ignore_previous_hosts,
+            ..Default::default()
+        }),
+        ..route_to("")
     }
 }
 
@@ -94,6 +109,98 @@ async fn retries_recover_from_an_endpoint_failing_twice() {
     v1.behaviour.fail_first.store(1, Ordering::Relaxed);
     let (status, _, _) = harness.get("/").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+/// A retry goes to the endpoint no attempt has tried (Istio's default, and
+/// `retryIgnorePreviousHosts: true`); with `false` it may land on the failing one again.
+#[tokio::test]
+async fn retries_avoid_the_endpoint_that_failed_unless_told_not_to() {
+    let (mesh, v1, v2) = two_endpoints().await;
+    let harness = Harness::start(mesh, &[&v1, &v2]).await;
+    v1.behaviour.status.store(503, Ordering::Relaxed);
+    let mut random = cluster("", &[&v1, &v2]);
+    random.load_balancer = Some(proto::LoadBalancerSettings {
+        lb_policy: Some(proto::load_balancer_settings::LbPolicy::Simple(
+            proto::load_balancer_settings::SimpleLb::Random as i32,
+        )),
+    });
+    for ignore in [None, Some(true)] {
+        harness
+            .waypoint
+            .apply_config(config(vec![retrying_once(ignore)], vec![random.clone()]))
+            .unwrap();
+        let mut sender = harness.http1().await;
+        for _ in 0..40 {
+            let (status, _, body) = send_on(&mut sender, get("/")).await;
+            assert_eq!(
+                (status, body.as_ref()),
+                (StatusCode::OK, b"v2".as_ref()),
+                "retryIgnorePreviousHosts {ignore:?}"
+            );
+        }
+    }
+    // Allowed back to the endpoint tried: a request whose two random draws both meet v1 fails
+    // (a quarter of them; none in 60 has odds of 3 in 10^8).
+    harness
+        .waypoint
+        .apply_config(config(vec![retrying_once(Some(false))], vec![random]))
+        .unwrap();
+    let mut sender = harness.http1().await;
+    let mut failed = 0;
+    for _ in 0..60 {
+        let (status, _, _) = send_on(&mut sender, get("/")).await;
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            failed += 1;
+        }
+    }
+    assert!(failed > 0, "no retry went back to the failing endpoint");
+}
+
+/// A route's `backoff` holds each retry (a random time below the base, doubling), and the
+/// route's timeout runs over the wait: a long back-off ends in the route's 504 at its time,
+/// where Envoy's default 25 ms lets every retry through at once.
+#[tokio::test]
+async fn retries_back_off_from_the_routes_base_within_its_timeout() {
+    let (mesh, v1, _v2) = two_endpoints().await;
+    let harness = Harness::start(mesh, &[&v1]).await;
+    v1.behaviour.status.store(503, Ordering::Relaxed);
+    let route = |backoff: Option<Duration>| {
+        let mut route = retrying_5xx(3);
+        route.timeout = Some(duration(Duration::from_millis(300)));
+        if let Some(retries) = &mut route.retries {
+            retries.backoff = backoff.map(duration);
+        }
+        route
+    };
+    harness
+        .waypoint
+        .apply_config(config(vec![route(None)], vec![cluster("v1", &[&v1])]))
+        .unwrap();
+    let (status, _, _) = harness.get("/").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(v1.request_count(), 4, "every retry went within the timeout");
+
+    // Three waits below 60 s, 120 s and 240 s add up to less than 300 ms once in 10^8 or so.
+    harness
+        .waypoint
+        .apply_config(config(
+            vec![route(Some(Duration::from_secs(60)))],
+            vec![cluster("v1", &[&v1])],
+        ))
+        .unwrap();
+    let started = Instant::now();
+    let (status, _, _) = harness.get("/").await;
+    let took = started.elapsed();
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(2),
+        "answered after {took:?}"
+    );
+    assert!(
+        v1.request_count() < 8,
+        "{} attempts: the back-off held none",
+        v1.request_count() - 4
+    );
 }
 
 /// A request body is retried whole while it fits in what the waypoint keeps (1 MiB, Envoy's

@@ -476,6 +476,19 @@ impl EffectivePolicy {
                             &tcp.idle_timeout,
                             "connectionPool.tcp.idleTimeout",
                         ),
+                        tcp_keepalive: tcp.tcp_keepalive.as_ref().map(|k| {
+                            wp::connection_pool_settings::TcpKeepalive {
+                                probes: k.probes.unwrap_or(0),
+                                time: optional_duration(
+                                    &k.time,
+                                    "connectionPool.tcp.tcpKeepalive.time",
+                                ),
+                                interval: optional_duration(
+                                    &k.interval,
+                                    "connectionPool.tcp.tcpKeepalive.interval",
+                                ),
+                            }
+                        }),
                     }),
                 http: pool
                     .http
@@ -490,6 +503,21 @@ impl EffectivePolicy {
                             "connectionPool.http.idleTimeout",
                         ),
                         max_concurrent_streams: http.max_concurrent_streams.unwrap_or(0),
+                        http2_keep_alive: http.http2_keep_alive.as_ref().and_then(|k| {
+                            // Istio requires both; without either the rule sets no pings.
+                            let interval = optional_duration(
+                                &k.interval,
+                                "connectionPool.http.http2KeepAlive.interval",
+                            )?;
+                            let timeout = optional_duration(
+                                &k.timeout,
+                                "connectionPool.http.http2KeepAlive.timeout",
+                            )?;
+                            Some(wp::connection_pool_settings::Http2KeepAlive {
+                                interval: Some(interval),
+                                timeout: Some(timeout),
+                            })
+                        }),
                     }),
             });
         let outlier = self.outlier_detection.as_ref().map(|o| {
@@ -520,21 +548,13 @@ impl EffectivePolicy {
             .load_balancer
             .as_ref()
             .and_then(|lb| load_balancer(lb, &mut note));
-        if let Some(pool) = &self.connection_pool {
-            if pool.tcp.as_ref().is_some_and(|t| t.tcp_keepalive.is_some()) {
-                note(
-                    "connectionPool.tcp.tcpKeepalive",
-                    "not supported by waypoints; ignored",
-                );
-            }
-            if let Some(http) = &pool.http
-                && (http.h2_upgrade_policy.is_some() || http.use_client_protocol.is_some())
-            {
-                note(
-                    "connectionPool.http",
-                    "h2UpgradePolicy and useClientProtocol are not supported by waypoints (they keep the client's protocol); ignored",
-                );
-            }
+        if let Some(http) = self.connection_pool.as_ref().and_then(|p| p.http.as_ref())
+            && (http.h2_upgrade_policy.is_some() || http.use_client_protocol.is_some())
+        {
+            note(
+                "connectionPool.http",
+                "h2UpgradePolicy and useClientProtocol are not supported by waypoints (they keep the client's protocol); ignored",
+            );
         }
         if let Some(o) = &self.outlier_detection
             && (o.split_external_local_origin_errors.is_some()

@@ -408,7 +408,7 @@ impl<'a> Compiler<'a, '_> {
                     TranslateProblem::Unsupported {
                         path,
                         reason: format!(
-                            "{value:?} is not a duration ({reason}); no timeout is set"
+                            "{value:?} is not a duration ({reason}); the field is not applied"
                         ),
                     },
                 );
@@ -790,15 +790,11 @@ impl<'a> Compiler<'a, '_> {
             }
             return;
         };
-        if retry.backoff.is_some() {
-            self.report_route(
-                route,
-                TranslateProblem::Unsupported {
-                    path: format!("{path}.retry.backoff"),
-                    reason: "waypoints retry with their own backoff; ignored".to_owned(),
-                },
-            );
-        }
+        // Istio's conversion carries `backoff` over as the retries' base interval.
+        let backoff = retry
+            .backoff
+            .as_deref()
+            .and_then(|b| self.gateway_duration(route, format!("{path}.retry.backoff"), b));
         let attempts = i32::try_from(retry.attempts.unwrap_or(2))
             .unwrap_or(i32::MAX)
             .max(0);
@@ -814,6 +810,10 @@ impl<'a> Compiler<'a, '_> {
             } else {
                 retry_conditions(&conditions).unwrap_or_default()
             },
+            // Istio's conversion sets no host predicate of its own: the mesh default.
+            retry_ignore_previous_hosts: None,
+            backoff,
+            retry_remote_localities: false,
         });
     }
 }

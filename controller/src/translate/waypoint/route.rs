@@ -353,18 +353,6 @@ impl RouteContext<'_, '_, '_> {
         let retries = match &route.retries {
             None => default_retries(),
             Some(retry) => {
-                if retry.retry_remote_localities.is_some() {
-                    self.note(
-                        format!("{path}.retries.retryRemoteLocalities"),
-                        "retries go by the same locality priorities as first attempts; ignored",
-                    );
-                }
-                if retry.backoff.is_some() {
-                    self.note(
-                        format!("{path}.retries.backoff"),
-                        "waypoints retry with their own backoff; ignored",
-                    );
-                }
                 let retry_on = match retry.retry_on.as_deref() {
                     None | Some("") => Some(DEFAULT_RETRY_ON.to_owned()),
                     Some(on) => retry_conditions(on),
@@ -383,6 +371,13 @@ impl RouteContext<'_, '_, '_> {
                         .map(|t| self.duration(format!("{path}.retries.perTryTimeout"), t))
                         .transpose()?,
                     retry_on: retry_on.unwrap_or_default(),
+                    retry_ignore_previous_hosts: retry.retry_ignore_previous_hosts,
+                    backoff: retry
+                        .backoff
+                        .as_ref()
+                        .map(|b| self.duration(format!("{path}.retries.backoff"), b))
+                        .transpose()?,
+                    retry_remote_localities: retry.retry_remote_localities.unwrap_or(false),
                 }
             }
         };
@@ -618,6 +613,9 @@ pub(super) fn default_retries() -> wp::HttpRetry {
         attempts: DEFAULT_RETRY_ATTEMPTS as i32,
         per_try_timeout: None,
         retry_on: DEFAULT_RETRY_ON.to_owned(),
+        retry_ignore_previous_hosts: None,
+        backoff: None,
+        retry_remote_localities: false,
     }
 }
 

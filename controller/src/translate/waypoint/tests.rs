@@ -818,3 +818,95 @@ spec: {{address: 192.0.2.81, serviceAccount: db}}
         )]
     );
 }
+
+/// The retry policy of each HTTP route (in order, the default route last) of a VirtualService
+/// for `reviews` with these `http` routes.
+fn vs_retries(http: &str) -> Vec<Option<wp::HttpRetry>> {
+    let index = validated(&format!(
+        "{MESH}---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews, namespace: shop}}\nspec:\n  hosts: [reviews]\n  http:\n{http}"
+    ));
+    let config = config(&index);
+    let service = config
+        .services
+        .iter()
+        .find(|s| s.name == "reviews")
+        .expect("reviews is served");
+    service
+        .http_routes
+        .iter()
+        .map(|r| r.retries.clone())
+        .collect()
+}
+
+#[test]
+fn retry_host_and_backoff_settings_reach_the_waypoint_as_istio_sets_them() {
+    let retries = vs_retries(
+        r#"  - match: [{uri: {prefix: /a}}]
+    route: [{destination: {host: reviews}}]
+    retries: {attempts: 2, retryIgnorePreviousHosts: false}
+  - match: [{uri: {prefix: /b}}]
+    route: [{destination: {host: reviews}}]
+    retries: {attempts: 2, retryIgnorePreviousHosts: true, backoff: 250ms, retryRemoteLocalities: true}
+  - route: [{destination: {host: reviews}}]
+    retries: {attempts: 2}
+"#,
+    );
+    let ignore: Vec<_> = retries
+        .iter()
+        .map(|r| r.as_ref().and_then(|r| r.retry_ignore_previous_hosts))
+        .collect();
+    // Unset stays unset: the waypoint applies Istio's default, which depends on the cluster.
+    assert_eq!(ignore[..3], [Some(false), Some(true), None], "{retries:?}");
+    let backoff: Vec<_> = retries
+        .iter()
+        .map(|r| r.as_ref().and_then(|r| r.backoff))
+        .collect();
+    // Unset: the waypoint's (Envoy's) 25 ms, as Istio leaves it.
+    let quarter = prost_types::Duration {
+        seconds: 0,
+        nanos: 250_000_000,
+    };
+    assert_eq!(backoff[..3], [None, Some(quarter), None], "{retries:?}");
+    let remote: Vec<_> = retries
+        .iter()
+        .map(|r| r.as_ref().is_some_and(|r| r.retry_remote_localities))
+        .collect();
+    assert_eq!(remote[..3], [false, true, false], "{retries:?}");
+}
+
+#[test]
+fn keepalives_of_the_connection_pool_reach_the_waypoint() {
+    let index = validated(&format!(
+        r#"{MESH}---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: reviews, namespace: shop}}
+spec: {{host: reviews, trafficPolicy: {{connectionPool: {{
+  tcp: {{tcpKeepalive: {{time: 60s, interval: 5s, probes: 3}}}},
+  http: {{http2KeepAlive: {{interval: 10s, timeout: 2s}}}}}}}}}}
+"#
+    ));
+    let config = config(&index);
+    let pool = config
+        .clusters
+        .iter()
+        .find(|c| c.host == "reviews.shop.svc.cluster.local")
+        .and_then(|c| c.connection_pool)
+        .expect("the service's cluster has the rule's pool");
+    let secs = |seconds| Some(prost_types::Duration { seconds, nanos: 0 });
+    assert_eq!(
+        pool.tcp.and_then(|t| t.tcp_keepalive),
+        Some(wp::connection_pool_settings::TcpKeepalive {
+            probes: 3,
+            time: secs(60),
+            interval: secs(5),
+        })
+    );
+    assert_eq!(
+        pool.http.and_then(|h| h.http2_keep_alive),
+        Some(wp::connection_pool_settings::Http2KeepAlive {
+            interval: secs(10),
+            timeout: secs(2),
+        })
+    );
+}

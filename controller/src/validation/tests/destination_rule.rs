@@ -106,12 +106,10 @@ fn destination_rule_rules() {
             "spec.trafficPolicy.loadBalancer",
             "only one of localityLbSetting and zoneAwareLbSetting",
         ),
-        warns(
+        ok(
             "http2 keepalive",
             "ConnectionPoolSettings.HTTPSettings.http2KeepAlive",
             policy("{connectionPool: {http: {http2KeepAlive: {interval: 10s, timeout: 5s}}}}"),
-            "spec.trafficPolicy.connectionPool.http.http2KeepAlive",
-            NOT_APPLIED,
         ),
         bad(
             "http2 keepalive without timeout",

@@ -288,12 +288,10 @@ fn virtual_service_rules() {
             "spec.http[0].retries.retryOn",
             "not a valid retryOn policy",
         ),
-        warns(
+        ok(
             "retryIgnorePreviousHosts",
             "HTTPRetry.retryIgnorePreviousHosts",
-            route("retries: {attempts: 2, retryIgnorePreviousHosts: true}"),
-            "spec.http[0].retries.retryIgnorePreviousHosts",
-            NOT_APPLIED,
+            route("retries: {attempts: 2, retryIgnorePreviousHosts: false}"),
         ),
         bad(
             "fault without delay or abort",

@@ -65,6 +65,13 @@ fn limits(
     if let Some(tcp) = &p.tcp {
         limits.max_connections = limit(tcp.max_connections);
         limits.connect_timeout = optional_duration(tcp.connect_timeout.as_ref(), context)?;
+        if let Some(k) = &tcp.tcp_keepalive {
+            limits.tcp_keepalive = Some(weft_hbone::Keepalive {
+                time: optional_duration(k.time.as_ref(), context)?.filter(|d| !d.is_zero()),
+                interval: optional_duration(k.interval.as_ref(), context)?.filter(|d| !d.is_zero()),
+                probes: (k.probes > 0).then_some(k.probes),
+            });
+        }
     }
     if let Some(http) = &p.http {
         limits.max_pending_requests = limit(http.http1_max_pending_requests);
@@ -72,6 +79,15 @@ fn limits(
         limits.max_requests_per_connection = limit(http.max_requests_per_connection);
         limits.max_retries = limit(http.max_retries);
         limits.idle_timeout = optional_duration(http.idle_timeout.as_ref(), context)?;
+        if let Some(k) = &http.http2_keep_alive {
+            let interval = optional_duration(k.interval.as_ref(), context)?
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| invalid(context, "http2 keepalive without an interval"))?;
+            let timeout = optional_duration(k.timeout.as_ref(), context)?
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| invalid(context, "http2 keepalive without a timeout"))?;
+            limits.http2_keepalive = Some((interval, timeout));
+        }
     }
     Ok(limits)
 }

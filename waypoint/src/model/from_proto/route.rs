@@ -341,6 +341,9 @@ pub(super) fn route(
             } else {
                 RetryOn::parse(&retry.retry_on, context)?
             },
+            ignore_previous_hosts: retry.retry_ignore_previous_hosts,
+            backoff: optional_duration(retry.backoff.as_ref(), context)?.filter(|b| !b.is_zero()),
+            retry_remote_localities: retry.retry_remote_localities,
         },
     };
     let mirrors = r

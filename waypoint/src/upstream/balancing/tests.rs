@@ -148,9 +148,13 @@ fn a_chosen_endpoint_counts_its_request_in_flight_until_the_guard_ends() {
         source_ip: IpAddr::from([10, 0, 0, 9]),
     };
     let address = endpoint(1).address;
-    let (chosen, first) = state.choose_and_track(&cluster, &hash, &[]).unwrap();
+    let (chosen, first) = state
+        .choose_and_track(&cluster, &hash, &Tried::default())
+        .unwrap();
     assert_eq!(chosen.address, address);
-    let (_, second) = state.choose_and_track(&cluster, &hash, &[]).unwrap();
+    let (_, second) = state
+        .choose_and_track(&cluster, &hash, &Tried::default())
+        .unwrap();
     assert_eq!(in_flight(&state)[&address], 2);
     drop(first);
     assert_eq!(in_flight(&state)[&address], 1);
@@ -251,7 +255,7 @@ fn priority_load_is_envoys() {
         };
         for (roll, expected) in *rolls {
             assert_eq!(
-                priority_level(&cluster, up, *roll),
+                priority_level(&cluster, up, &[], *roll),
                 *expected,
                 "{endpoints:?} roll {roll}"
             );
@@ -285,6 +289,27 @@ fn requests_stay_in_the_closest_priority_and_fail_over_when_it_is_ejected() {
     assert_eq!(chosen(&[]), [local].into());
     // A retry after the local endpoint failed has nowhere else to go in its priority.
     assert_eq!(chosen(&[local]), [local].into());
+    // Unless its priority is left out (retryRemoteLocalities): then the next one takes it; with
+    // every priority that has health left out, none is.
+    let retried = |priorities: &[u32]| -> std::collections::BTreeSet<SocketAddr> {
+        let tried = Tried {
+            endpoints: &[local],
+            priorities,
+        };
+        (0..40)
+            .map(|_| {
+                state
+                    .choose_and_track(&cluster, &hash, &tried)
+                    .unwrap()
+                    .0
+                    .address
+            })
+            .collect()
+    };
+    let remote_pair: std::collections::BTreeSet<_> =
+        [cluster.endpoints[1].address, cluster.endpoints[2].address].into();
+    assert_eq!(retried(&[0]), remote_pair);
+    assert_eq!(retried(&[0, 1]), [local].into());
     state.record_outcome(&cluster, local, Some(503));
     let remote: std::collections::BTreeSet<_> =
         [cluster.endpoints[1].address, cluster.endpoints[2].address].into();

@@ -568,7 +568,7 @@ fn timeouts_and_retries_convert_as_istio_converts_them() {
         &format!(
             r#"  - matches: [{{path: {{type: Exact, value: /a}}}}]
     timeouts: {{request: 10s, backendRequest: 2s}}
-    retry: {{attempts: 3, codes: [503, 504]}}
+    retry: {{attempts: 3, codes: [503, 504], backoff: 2s}}
 {TO_REVIEWS}
   - matches: [{{path: {{type: Exact, value: /b}}}}]
     timeouts: {{request: 10s, backendRequest: 2s}}
@@ -588,6 +588,7 @@ fn timeouts_and_retries_convert_as_istio_converts_them() {
     let retry = routes[0].retries.as_ref().unwrap();
     assert_eq!(retry.attempts, 3);
     assert_eq!(retry.per_try_timeout, secs(2));
+    assert_eq!(retry.backoff, secs(2));
     assert_eq!(
         retry.retry_on,
         "connect-failure,refused-stream,unavailable,cancelled,503,504"
