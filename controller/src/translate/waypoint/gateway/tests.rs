@@ -559,3 +559,61 @@ fn trusted_proxies_come_from_the_pod_annotation_else_the_mesh_config() {
         "{problems:?}"
     );
 }
+
+#[test]
+fn registry_only_changes_nothing_a_gateway_or_waypoint_receives() {
+    // istiod gives gateways no PassthroughCluster in any mode ("they do not have original dst
+    // listeners") and waypoints none either: a route to a host outside the registry names a
+    // cluster that is never built, answered 503 `NC`, whatever `outboundTrafficPolicy` says.
+    let index = validated(&format!(
+        r#"{EDGE}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: unregistered, namespace: shop}}
+spec:
+  hosts: [out.example.com]
+  gateways: [shop-gateway]
+  http:
+  - route: [{{destination: {{host: api.unregistered.test, port: {{number: 443}}}}}}]
+"#
+    ));
+    let translated = |mode: weft_proto::mesh::OutboundTrafficPolicy| {
+        let mut mesh = weft_proto::mesh::MeshConfig::default();
+        mesh.set_outbound_traffic_policy(mode);
+        let settings = MeshSettings {
+            mesh: std::sync::Arc::new(crate::mesh_config::MeshConfigWatch::fixed(mesh)),
+            ..MeshSettings::default()
+        };
+        let mut problems = Vec::new();
+        let mut configs = gateway_configs(&index, &settings, &mut problems);
+        configs.extend(super::super::waypoint_configs(
+            &index,
+            &settings,
+            &mut problems,
+        ));
+        configs
+    };
+    let allow_any = translated(weft_proto::mesh::OutboundTrafficPolicy::AllowAny);
+    let registry_only = translated(weft_proto::mesh::OutboundTrafficPolicy::RegistryOnly);
+    assert_eq!(allow_any, registry_only);
+    let gateway = &registry_only["edge/ingress-0"];
+    let missing = "outbound|443||api.unregistered.test";
+    let routed = gateway
+        .gateway
+        .iter()
+        .flat_map(|g| &g.listeners)
+        .flat_map(|l| &l.servers)
+        .flat_map(|s| &s.virtual_hosts)
+        .flat_map(|h| &h.http_routes)
+        .filter(|r| {
+            r.route
+                .iter()
+                .any(|d| d.destination.as_ref().is_some_and(|d| d.cluster == missing))
+        })
+        .collect::<Vec<_>>();
+    assert!(!routed.is_empty(), "{gateway:#?}");
+    assert!(routed.iter().all(|r| r.cluster_not_found_response_code
+        == wp::ClusterNotFoundResponseCode::ServiceUnavailable as i32));
+    assert!(gateway.clusters.iter().all(|c| c.name != missing));
+}
