@@ -453,10 +453,10 @@ fn a_rate_limit_annotation_limits_each_route_rule_of_its_virtual_service() {
 }
 
 #[test]
-fn edge_limits_reach_every_server_of_their_gateway_and_connection_limits_the_l4_ones() {
+fn edge_limits_and_connection_limits_reach_every_server_of_their_gateway() {
     let annotated = EDGE.replacen(
         "metadata: {name: shop-gateway, namespace: shop}",
-        "metadata: {name: shop-gateway, namespace: shop, annotations: {weft.dev/edge-limits: '{maxRequestHeadersKb: 8, idleTimeout: 90s, http2MaxConcurrentStreams: 7, requestTimeout: 1m30s, maxRequestBytes: 65536, connectionRateLimit: {maxTokens: 3, fillInterval: 1m, per: client}}'}}",
+        "metadata: {name: shop-gateway, namespace: shop, annotations: {weft.dev/edge-limits: '{maxRequestHeadersKb: 8, idleTimeout: 90s, http2MaxConcurrentStreams: 7, requestTimeout: 1m30s, maxRequestBytes: 65536, maxConnections: 1000, connectionRateLimit: {maxTokens: 3, fillInterval: 1m, per: client}}'}}",
         1,
     );
     assert_ne!(annotated, EDGE);
@@ -474,18 +474,25 @@ fn edge_limits_reach_every_server_of_their_gateway_and_connection_limits_the_l4_
         assert!(limits.request_headers_timeout.is_none());
         assert_eq!(limits.request_timeout.unwrap().seconds, 90);
         assert_eq!(limits.max_request_bytes, 65536);
+        assert_eq!(limits.max_connections, 1000);
     }
-    // Connections are limited on the TCP and TLS servers, each with its own bucket.
-    assert!(http.connection_rate_limit.is_none());
+    // Connections are limited on every server, each with its own bucket.
     let by_name = |name: &str| {
-        [&https[0], &https[1], tcp]
+        [http, &https[0], &https[1], tcp]
             .into_iter()
             .find(|s| s.name.starts_with(name))
             .unwrap()
             .connection_rate_limit
             .clone()
     };
-    assert!(by_name("https.").is_none());
+    assert_eq!(
+        by_name("http.").expect("a connection limit").key,
+        "Gateway/shop/shop-gateway/http.80.http.shop-gateway.shop"
+    );
+    assert_eq!(
+        by_name("https.").expect("a connection limit").scope,
+        wp::RateLimitScope::Client as i32
+    );
     let passthrough = by_name("tls.").expect("a connection limit");
     assert_eq!(
         passthrough.key,
