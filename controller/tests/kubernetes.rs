@@ -136,6 +136,26 @@ fn uid(fake: &FakeApiServer, kind: &str, namespace: &str, name: &str) -> String 
         .to_owned()
 }
 
+/// The node agent's pod on node1 and its token, `node1-agent-token`.
+fn add_node_agent(fake: &FakeApiServer) {
+    fake.create(json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "weft-node-agent-x", "namespace": "istio-system"},
+        "spec": {"nodeName": "node1", "serviceAccountName": "weft-node-agent",
+                 "containers": [{"name": "agent", "image": "weft"}]}}))
+        .unwrap();
+    let agent_uid = uid(fake, "Pod", "istio-system", "weft-node-agent-x");
+    fake.add_token(
+        "node1-agent-token",
+        TokenIdentity::bound(
+            "istio-system",
+            "weft-node-agent",
+            ("weft-node-agent-x", &agent_uid),
+            None,
+            "istio-ca",
+        ),
+    );
+}
+
 fn tls_channel(address: SocketAddr, root_pem: &str) -> Channel {
     weft_identity::install_default_provider();
     Endpoint::from_shared(format!("https://{address}"))
@@ -235,22 +255,7 @@ async fn kubernetes_mode_serves_the_cluster_over_tls_and_follows_its_changes() {
     let fake = FakeApiServer::start().await.unwrap();
     fake.create(namespace()).unwrap();
     fake.create(pod("a", "10.0.0.1", "node1")).unwrap();
-    fake.create(json!({"apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "weft-node-agent-x", "namespace": "istio-system"},
-        "spec": {"nodeName": "node1", "serviceAccountName": "weft-node-agent",
-                 "containers": [{"name": "agent", "image": "weft"}]}}))
-        .unwrap();
-    let agent_uid = uid(&fake, "Pod", "istio-system", "weft-node-agent-x");
-    fake.add_token(
-        "node1-agent-token",
-        TokenIdentity::bound(
-            "istio-system",
-            "weft-node-agent",
-            ("weft-node-agent-x", &agent_uid),
-            None,
-            "istio-ca",
-        ),
-    );
+    add_node_agent(&fake);
 
     let (_dir, kubeconfig) = write_kubeconfig(&fake, "kube-mode");
     let tls = free_port();
@@ -928,22 +933,7 @@ async fn kubernetes_mode_follows_the_istio_config_map_and_keeps_the_last_good_me
     use weft_proto::mesh::{MeshConfig, OutboundTrafficPolicy};
 
     let fake = FakeApiServer::start().await.unwrap();
-    fake.create(json!({"apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "weft-node-agent-x", "namespace": "istio-system"},
-        "spec": {"nodeName": "node1", "serviceAccountName": "weft-node-agent",
-                 "containers": [{"name": "agent", "image": "weft"}]}}))
-        .unwrap();
-    let agent_uid = uid(&fake, "Pod", "istio-system", "weft-node-agent-x");
-    fake.add_token(
-        "node1-agent-token",
-        TokenIdentity::bound(
-            "istio-system",
-            "weft-node-agent",
-            ("weft-node-agent-x", &agent_uid),
-            None,
-            "istio-ca",
-        ),
-    );
+    add_node_agent(&fake);
     // Read at start: the first push already carries REGISTRY_ONLY.
     fake.create(mesh_config_map(&outbound_mode("REGISTRY_ONLY")))
         .unwrap();
