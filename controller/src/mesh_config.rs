@@ -10,7 +10,10 @@
 //! setting of its own (nor a traffic distribution) follows. The file is read at
 //! start (an invalid one stops the start) and again whenever its content changes; an invalid
 //! change is logged naming the file, the field and the reason, and the last good configuration
-//! stays in force.
+//! stays in force. In Kubernetes mode without a file, the same document comes from the
+//! ConfigMap `istio`, key `mesh`, of the controller's namespace, as istiod reads it when no
+//! mesh file is mounted (`crate::source::kube::mesh_config` watches it and hands each
+//! content to [`MeshConfigWatch::apply`]), with the same rules.
 
 use std::{
     path::{Path, PathBuf},
@@ -214,6 +217,12 @@ impl MeshConfigWatch {
         self.current.subscribe()
     }
 
+    /// Whether the configuration follows a file (`--mesh-config`), which then wins over the
+    /// `istio` ConfigMap, as istiod's mounted file does.
+    pub fn follows_file(&self) -> bool {
+        self.path.is_some()
+    }
+
     /// Reads the file again; a changed, valid content replaces the configuration in force.
     /// Returns the error of an unreadable or invalid file, which changes nothing.
     pub fn reload(&self) -> Result<bool, MeshConfigError> {
@@ -221,13 +230,37 @@ impl MeshConfigWatch {
             return Ok(false);
         };
         let text = read(path)?;
+        self.apply(&path.display().to_string(), text)
+    }
+
+    /// Makes `text`, the document read from `origin` (named in errors), the configuration in
+    /// force if it differs from the one in force and is valid; returns whether it changed.
+    /// An invalid document changes nothing and is returned as the error.
+    pub fn apply(&self, origin: &str, text: String) -> Result<bool, MeshConfigError> {
         if self.current.borrow().1.as_deref() == Some(text.as_str()) {
             return Ok(false);
         }
-        let config = parse(&path.display().to_string(), &text)?;
-        self.current
-            .send_modify(|current| *current = (config, Some(text)));
-        Ok(true)
+        let config = parse(origin, &text)?;
+        let changed = self.current.borrow().0 != config;
+        self.current.send_if_modified(|current| {
+            *current = (config, Some(text));
+            changed
+        });
+        if changed {
+            self.log_changed();
+        }
+        Ok(changed)
+    }
+
+    fn log_changed(&self) {
+        let tracing = self.tracing();
+        tracing::info!(
+            outbound_traffic_policy = self.current().outbound_traffic_policy().as_str_name(),
+            tracing_provider = tracing.provider.as_ref().map(|p| p.name.as_str()),
+            tracing_sampling = tracing.sampling,
+            gateway_trusted_proxies = self.gateway_trusted_proxies(),
+            "mesh configuration changed"
+        );
     }
 
     /// Follows the file until shutdown; each problem is logged once until the file changes.
@@ -241,28 +274,23 @@ impl MeshConfigWatch {
                 () = tokio::time::sleep(POLL_INTERVAL) => {}
                 _ = shutdown.wait_for(|s| *s) => return,
             }
-            match self.reload() {
-                Ok(changed) => {
-                    last_error = None;
-                    if changed {
-                        let tracing = self.tracing();
-                        tracing::info!(
-                            outbound_traffic_policy =
-                                self.current().outbound_traffic_policy().as_str_name(),
-                            tracing_provider = tracing.provider.as_ref().map(|p| p.name.as_str()),
-                            tracing_sampling = tracing.sampling,
-                            gateway_trusted_proxies = self.gateway_trusted_proxies(),
-                            "mesh configuration changed"
-                        );
-                    }
-                }
-                Err(error) if last_error.as_ref() != Some(&error) => {
-                    tracing::error!(%error, "mesh configuration refused; the last good one stays in force");
-                    last_error = Some(error);
-                }
-                Err(_) => {}
-            }
+            report_refusal(self.reload(), &mut last_error);
         }
+    }
+}
+
+/// Logs a refused configuration once until the outcome changes.
+pub fn report_refusal(
+    outcome: Result<bool, MeshConfigError>,
+    last_error: &mut Option<MeshConfigError>,
+) {
+    match outcome {
+        Ok(_) => *last_error = None,
+        Err(error) if last_error.as_ref() != Some(&error) => {
+            tracing::error!(%error, "mesh configuration refused; the last good one stays in force");
+            *last_error = Some(error);
+        }
+        Err(_) => {}
     }
 }
 

@@ -131,6 +131,8 @@ pub enum ServerError {
     Bind(SocketAddr, #[source] std::io::Error),
     #[error("grpc server on {0}: {1}")]
     Grpc(SocketAddr, #[source] tonic::transport::Error),
+    #[error("mesh configuration: {0}")]
+    MeshConfig(#[from] crate::mesh_config::MeshConfigError),
 }
 
 /// The CA's view of which identities run on which node: pods scheduled there.
@@ -378,6 +380,19 @@ pub async fn run(config: ServerConfig, shutdown: watch::Receiver<bool>) -> Resul
                     kube.client.clone(),
                     name.clone(),
                     ca.root_cert_pem().to_owned(),
+                    shutdown.clone(),
+                ));
+            }
+            // Without a mesh file, the `istio` ConfigMap, read before the first push so that
+            // it already carries the mesh's outbound traffic policy.
+            if !config.settings.mesh.follows_file() {
+                use crate::source::kube::mesh_config;
+                mesh_config::load(kube.client.clone(), &kube.namespace, &config.settings.mesh)
+                    .await?;
+                tokio::spawn(mesh_config::keep_mesh_config(
+                    kube.client.clone(),
+                    kube.namespace.clone(),
+                    config.settings.mesh.clone(),
                     shutdown.clone(),
                 ));
             }

@@ -136,6 +136,26 @@ fn uid(fake: &FakeApiServer, kind: &str, namespace: &str, name: &str) -> String 
         .to_owned()
 }
 
+/// The node agent's pod on node1 and its token, `node1-agent-token`.
+fn add_node_agent(fake: &FakeApiServer) {
+    fake.create(json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "weft-node-agent-x", "namespace": "istio-system"},
+        "spec": {"nodeName": "node1", "serviceAccountName": "weft-node-agent",
+                 "containers": [{"name": "agent", "image": "weft"}]}}))
+        .unwrap();
+    let agent_uid = uid(fake, "Pod", "istio-system", "weft-node-agent-x");
+    fake.add_token(
+        "node1-agent-token",
+        TokenIdentity::bound(
+            "istio-system",
+            "weft-node-agent",
+            ("weft-node-agent-x", &agent_uid),
+            None,
+            "istio-ca",
+        ),
+    );
+}
+
 fn tls_channel(address: SocketAddr, root_pem: &str) -> Channel {
     weft_identity::install_default_provider();
     Endpoint::from_shared(format!("https://{address}"))
@@ -235,22 +255,7 @@ async fn kubernetes_mode_serves_the_cluster_over_tls_and_follows_its_changes() {
     let fake = FakeApiServer::start().await.unwrap();
     fake.create(namespace()).unwrap();
     fake.create(pod("a", "10.0.0.1", "node1")).unwrap();
-    fake.create(json!({"apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "weft-node-agent-x", "namespace": "istio-system"},
-        "spec": {"nodeName": "node1", "serviceAccountName": "weft-node-agent",
-                 "containers": [{"name": "agent", "image": "weft"}]}}))
-        .unwrap();
-    let agent_uid = uid(&fake, "Pod", "istio-system", "weft-node-agent-x");
-    fake.add_token(
-        "node1-agent-token",
-        TokenIdentity::bound(
-            "istio-system",
-            "weft-node-agent",
-            ("weft-node-agent-x", &agent_uid),
-            None,
-            "istio-ca",
-        ),
-    );
+    add_node_agent(&fake);
 
     let (_dir, kubeconfig) = write_kubeconfig(&fake, "kube-mode");
     let tls = free_port();
@@ -908,5 +913,124 @@ async fn a_destination_rules_credential_goes_to_the_waypoint_that_originates_tls
             .filter(|ca| ca == rotated.root_cert_pem().as_bytes())
     })
     .await;
+    task.abort();
+}
+
+/// The `istio` ConfigMap with `mesh` as its mesh configuration.
+fn mesh_config_map(mesh: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "ConfigMap",
+           "metadata": {"name": "istio", "namespace": "istio-system"},
+           "data": {"mesh": mesh, "meshNetworks": "networks: {}"}})
+}
+
+fn outbound_mode(mode: &str) -> String {
+    format!("outboundTrafficPolicy:\n  mode: {mode}\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_mode_follows_the_istio_config_map_and_keeps_the_last_good_mesh_config() {
+    use prost::Message;
+    use weft_proto::mesh::{MeshConfig, OutboundTrafficPolicy};
+
+    let fake = FakeApiServer::start().await.unwrap();
+    add_node_agent(&fake);
+    // Read at start: the first push already carries REGISTRY_ONLY.
+    fake.create(mesh_config_map(&outbound_mode("REGISTRY_ONLY")))
+        .unwrap();
+
+    let (dir, kubeconfig) = write_kubeconfig(&fake, "kube-mesh-config");
+    let log = dir.join("controller.log");
+    let (tls, monitoring) = (free_port(), free_port());
+    let child = Command::new(env!("CARGO_BIN_EXE_controller"))
+        .arg("run")
+        .args(["--tls-address", &tls.to_string()])
+        .args(["--monitoring-address", &monitoring.to_string()])
+        .args(["--webhook-address", &free_port().to_string()])
+        .args(["--namespace", "istio-system"])
+        .env("KUBECONFIG", &kubeconfig)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("WEFT_CONFIG_DIR")
+        .env_remove("WEFT_MESH_CONFIG")
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("the controller binary starts");
+    let _controller = Controller(child);
+    let root = ready_with_root(&fake, monitoring).await;
+
+    let modes: Arc<Mutex<Vec<OutboundTrafficPolicy>>> = Arc::default();
+    let recorder = modes.clone();
+    let client = DeltaClient::new(
+        Target::Channel(tls_channel(tls, &root)),
+        agent_node("node1"),
+    )
+    .with_bearer_token(Arc::new(|| Ok("node1-agent-token".to_string())))
+    .subscribe(
+        weft_proto::MESH_CONFIG_TYPE_URL,
+        move |update: Update| -> Result<(), String> {
+            for resource in &update.added {
+                let body = resource.resource.as_ref().ok_or("no body")?;
+                let config =
+                    MeshConfig::decode(body.value.as_slice()).map_err(|e| e.to_string())?;
+                recorder
+                    .lock()
+                    .unwrap()
+                    .push(config.outbound_traffic_policy());
+            }
+            Ok(())
+        },
+    );
+    let task = tokio::spawn(client.run_until(std::future::pending::<()>()));
+    let received = |count: usize| {
+        let modes = modes.clone();
+        move || {
+            let modes = modes.lock().unwrap();
+            (modes.len() >= count).then(|| modes.clone())
+        }
+    };
+    let first = eventually(
+        "the first mesh config",
+        Duration::from_secs(20),
+        received(1),
+    )
+    .await;
+    assert_eq!(first, [OutboundTrafficPolicy::RegistryOnly]);
+
+    // A change of the ConfigMap reaches the agents.
+    fake.update(mesh_config_map(&outbound_mode("ALLOW_ANY")))
+        .unwrap();
+    let seen = eventually("ALLOW_ANY pushed", Duration::from_secs(10), received(2)).await;
+    assert_eq!(seen[1], OutboundTrafficPolicy::AllowAny);
+
+    // A bad one is refused, and nothing is pushed for it: the next push is the next good one.
+    fake.update(mesh_config_map(&outbound_mode("registry_only")))
+        .unwrap();
+    fake.update(mesh_config_map(&outbound_mode("REGISTRY_ONLY")))
+        .unwrap();
+    let seen = eventually("REGISTRY_ONLY pushed", Duration::from_secs(10), received(3)).await;
+    assert_eq!(
+        seen,
+        [
+            OutboundTrafficPolicy::RegistryOnly,
+            OutboundTrafficPolicy::AllowAny,
+            OutboundTrafficPolicy::RegistryOnly
+        ]
+    );
+    // Events are handled in order: the refusal was logged before that last push.
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains(
+            "ConfigMap istio-system/istio (key mesh): outboundTrafficPolicy.mode: unknown value \"registry_only\""
+        ),
+        "{logged}"
+    );
+
+    // Deleting the ConfigMap restores Istio's defaults.
+    fake.delete("v1", "ConfigMap", "istio-system", "istio")
+        .unwrap();
+    let seen = eventually("the defaults pushed", Duration::from_secs(10), received(4)).await;
+    assert_eq!(seen[3], OutboundTrafficPolicy::AllowAny);
     task.abort();
 }

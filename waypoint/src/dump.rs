@@ -205,6 +205,7 @@ pub struct EdgeLimitsDump {
     pub per_connection_buffer_limit_bytes: Option<usize>,
     pub request_timeout_ms: Option<u64>,
     pub max_request_bytes: Option<u64>,
+    pub max_connections: Option<u32>,
 }
 
 fn millis(d: Duration) -> u64 {
@@ -436,6 +437,7 @@ fn edge_limits(l: &EdgeLimits) -> EdgeLimitsDump {
         per_connection_buffer_limit_bytes: l.per_connection_buffer_limit_bytes,
         request_timeout_ms: l.request_timeout.map(millis),
         max_request_bytes: l.max_request_bytes,
+        max_connections: l.max_connections,
     }
 }
 

@@ -14,6 +14,7 @@ pub mod credentials;
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
@@ -26,14 +27,78 @@ use weft_proxy_core::drain::{DrainSource, DrainWatch};
 use weft_workers::Workers;
 
 use crate::listener::{HttpLimits, PrefixedIo, serve_http, spawn_connection};
-use crate::model::gateway::{EdgeBinding, EdgeServer};
+use crate::model::gateway::{EdgeBinding, EdgeServer, Gateway};
 use crate::proxy::{ProxyShared, TunnelContext};
+use crate::rate_limit::{LocalRateLimit, RateLimitScope};
 use crate::tcp::open_tcp_upstream;
 use client_hello::read_client_hello;
 use credentials::CredentialStore;
 
 /// How long a client has to complete the TLS handshake after its ClientHello.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connections one gateway port holds open at once unless its servers set a smaller
+/// `maxConnections`: far above what the process's descriptors usually allow, so that the
+/// default changes nothing a client saw before; a Gateway lowers it.
+pub const DEFAULT_MAX_CONNECTIONS_PER_LISTENER: u32 = 65_536;
+
+/// New connections one client address may open per second on a gateway port whose server sets
+/// no `connectionRateLimit` (a burst of as many): generous (a single client doing a full TLS
+/// handshake per request stays under it), it still bounds how fast one address can churn
+/// connections.
+pub const DEFAULT_CONNECTIONS_PER_CLIENT_PER_SECOND: u32 = 10_000;
+
+/// The connection rate limit of a server on `port` that sets none.
+pub fn default_connection_rate_limit(port: u16) -> LocalRateLimit {
+    LocalRateLimit {
+        key: format!("gateway-default/{port}"),
+        max_tokens: DEFAULT_CONNECTIONS_PER_CLIENT_PER_SECOND,
+        tokens_per_fill: DEFAULT_CONNECTIONS_PER_CLIENT_PER_SECOND,
+        fill_interval: Duration::from_secs(1),
+        scope: RateLimitScope::Client,
+    }
+}
+
+/// The cap on the connections `port` holds open at once: the smallest its servers set, else
+/// [`DEFAULT_MAX_CONNECTIONS_PER_LISTENER`]. Read from the configuration in force at each
+/// accept, so a change applies to the next connection.
+pub fn listener_connection_cap(gateway: &Gateway, port: u16) -> usize {
+    let cap = gateway
+        .listener(port)
+        .into_iter()
+        .flat_map(|l| &l.servers)
+        .filter_map(|s| s.limits.max_connections)
+        .min()
+        .unwrap_or(DEFAULT_MAX_CONNECTIONS_PER_LISTENER);
+    usize::try_from(cap).unwrap_or(usize::MAX)
+}
+
+/// The connections one gateway port holds open.
+#[derive(Debug, Default)]
+struct ListenerConnections {
+    open: AtomicUsize,
+}
+
+/// A place among a port's open connections, given back when dropped.
+struct ListenerPermit(Arc<ListenerConnections>);
+
+impl ListenerConnections {
+    /// A place for one more connection if fewer than `cap` are open.
+    fn admit(self: &Arc<Self>, cap: usize) -> Option<ListenerPermit> {
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < cap).then_some(open + 1)
+            })
+            .ok()
+            .map(|_| ListenerPermit(Arc::clone(self)))
+    }
+}
+
+impl Drop for ListenerPermit {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// The ports a gateway proxy listens on, following its configuration.
 pub struct EdgeListeners {
@@ -62,6 +127,8 @@ struct EdgeContext {
     shared: Arc<ProxyShared>,
     credentials: Arc<CredentialStore>,
     limits: HttpLimits,
+    /// The connection rate limit of the port's servers that set none.
+    default_rate_limit: Arc<LocalRateLimit>,
 }
 
 impl EdgeListeners {
@@ -140,12 +207,27 @@ impl EdgeListeners {
             shared: Arc::clone(&self.shared),
             credentials: Arc::clone(&self.credentials),
             limits: self.limits,
+            default_rate_limit: Arc::new(default_connection_rate_limit(port)),
         };
+        let connections = Arc::new(ListenerConnections::default());
         Ok(tokio::spawn(async move {
             accept_loop(
                 &listener,
                 |peer| sources.admit(peer.ip()),
                 |stream, peer, permit| {
+                    let cap = context
+                        .shared
+                        .store
+                        .snapshot()
+                        .gateway
+                        .as_ref()
+                        .map_or(usize::MAX, |g| listener_connection_cap(g, port));
+                    let Some(listener_permit) = connections.admit(cap) else {
+                        // Closed at once (dropped): its descriptor is freed now.
+                        debug!(%peer, port, cap, "gateway port at its connection cap: closing the connection");
+                        context.shared.metrics.connection_over_listener_cap(port);
+                        return;
+                    };
                     let context = context.clone();
                     let drain = drain.watch();
                     spawn_connection(
@@ -155,6 +237,7 @@ impl EdgeListeners {
                         move |stream| async move {
                             serve_connection(context, stream, peer, port, drain).await;
                             drop::<Permit>(permit);
+                            drop(listener_permit);
                         },
                     );
                 },
@@ -200,7 +283,7 @@ async fn serve_connection(
         let binding = EdgeBinding::new(port, &first.name, None, gateway);
         let context = tunnel(&stream, peer, binding);
         let http = first.carries_http();
-        let admitted = admit_connection(&cx.shared, first, &context);
+        let admitted = admit_connection(&cx, first, &context);
         drop(config);
         if !admitted {
             return;
@@ -226,7 +309,7 @@ async fn serve_connection(
     let binding = EdgeBinding::new(port, &server.name, hello.sni.clone(), gateway);
     drop(config);
     let context = tunnel(&stream, peer, binding);
-    if !admit_connection(&cx.shared, &server, &context) {
+    if !admit_connection(&cx, &server, &context) {
         return;
     }
     let io = PrefixedIo::new(hello.bytes, stream);
@@ -238,13 +321,16 @@ async fn serve_connection(
     terminate(cx, &server, context, io, drain).await;
 }
 
-/// Whether the server's connection rate limit (Envoy's network `local_ratelimit`, before any
-/// other filter: ahead of the TLS handshake, routing and authorization) lets the connection in;
-/// one it refuses is counted and logged with `RL`, and closed at once.
-fn admit_connection(shared: &ProxyShared, server: &EdgeServer, context: &TunnelContext) -> bool {
-    let Some(limit) = &server.connection_rate_limit else {
-        return true;
-    };
+/// Whether the server's connection rate limit, else the gateway's default one (Envoy's network
+/// `local_ratelimit`, before any other filter: ahead of the TLS handshake, routing and
+/// authorization) lets the connection in; one it refuses is counted and logged with `RL`, and
+/// closed at once.
+fn admit_connection(cx: &EdgeContext, server: &EdgeServer, context: &TunnelContext) -> bool {
+    let shared = &cx.shared;
+    let limit = server
+        .connection_rate_limit
+        .as_ref()
+        .unwrap_or(&cx.default_rate_limit);
     if shared
         .rate_limiter
         .admit(limit, context.source_ip, std::time::Instant::now())
@@ -314,3 +400,6 @@ async fn forward<IO>(
         debug!(%error, "edge tcp stream ended");
     }
 }
+
+#[cfg(test)]
+mod tests;

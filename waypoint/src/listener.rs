@@ -723,6 +723,7 @@ mod tests {
             per_connection_buffer_limit_bytes: Some(10),
             request_timeout: Some(Duration::from_secs(9)),
             max_request_bytes: Some(11),
+            max_connections: None,
         };
         let limits = base.with(&edge);
         assert_eq!(limits.max_header_bytes, 4096);

@@ -66,6 +66,8 @@ pub struct Metrics {
     request_bytes: Family<RequestSeries, Histogram, Buckets>,
     response_bytes: Family<RequestSeries, Histogram, Buckets>,
     tcp: TcpMetrics,
+    /// Connections a gateway port closed at accept because it held its cap of open ones.
+    over_listener_cap: Family<GatewayPortLabels, Counter>,
     /// The four request metrics of each label set seen, by the hash of its values: a request
     /// whose labels were seen before counts without building (allocating) its label set or
     /// looking it up in each family.
@@ -73,6 +75,12 @@ pub struct Metrics {
     /// The label sets Telemetry overrides made (requests' and connections'), bounded.
     overridden: Arc<overrides::OverriddenSeries>,
     hasher: foldhash::fast::RandomState,
+}
+
+/// The gateway port a connection arrived on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, prometheus_client::encoding::EncodeLabelSet)]
+pub struct GatewayPortLabels {
+    pub port: u16,
 }
 
 /// One label set's request metrics, shared with their families.
@@ -100,6 +108,7 @@ impl Metrics {
             request_bytes: Family::new_with_constructor(Buckets(&BYTES_BUCKETS)),
             response_bytes: Family::new_with_constructor(Buckets(&BYTES_BUCKETS)),
             tcp: TcpMetrics::new(registry),
+            over_listener_cap: Family::default(),
             resolved: Mutex::default(),
             overridden: Arc::default(),
             hasher: foldhash::fast::RandomState::default(),
@@ -124,7 +133,19 @@ impl Metrics {
             "Response body sizes",
             metrics.response_bytes.clone(),
         );
+        registry.register(
+            "weft_gateway_connections_over_limit",
+            "Connections a gateway port closed at accept: it held its cap of open connections",
+            metrics.over_listener_cap.clone(),
+        );
         metrics
+    }
+
+    /// Counts a connection `port` closed at accept, over its cap.
+    pub fn connection_over_listener_cap(&self, port: u16) {
+        self.over_listener_cap
+            .get_or_create(&GatewayPortLabels { port })
+            .inc();
     }
 
     /// Count of requests with exactly these labels (for tests and the admin page).

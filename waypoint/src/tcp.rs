@@ -134,12 +134,14 @@ fn tcp_destination(
 }
 
 /// What the metrics and the access log say about a connection to `target`, as it opens.
+/// `target`: the connection's route table; `None` for a connection closed before one is known
+/// (an HTTP server's, whose table comes with each request's Host).
 fn connection_info(
     config: &WaypointConfig,
     context: &TunnelContext,
-    target: &Target<'_>,
+    target: Option<&Target<'_>>,
 ) -> ConnectionInfo {
-    let telemetry = config.telemetry_for(Some(target));
+    let telemetry = config.telemetry_for(target);
     let mut info = ConnectionInfo {
         source: Peer {
             workload: config.workload(context.source_ip),
@@ -153,12 +155,12 @@ fn connection_info(
                 .map(|p| RecordText::Owned(p.namespace().to_owned())),
         },
         destination: Peer {
-            namespace: Some(RecordText::Owned(target.namespace().to_owned())),
+            namespace: target.map(|t| RecordText::Owned(t.namespace().to_owned())),
             ..Peer::default()
         },
         destination_service: match target {
-            Target::Service(t) => Some(Arc::clone(&t.service.names)),
-            Target::Workload(_) => None,
+            Some(Target::Service(t)) => Some(Arc::clone(&t.service.names)),
+            Some(Target::Workload(_)) | None => None,
         },
         mtls: context.peer.is_some(),
         response_flags: ResponseFlag::None,
@@ -180,10 +182,8 @@ fn connection_info(
 /// (`response_flags="RL"`) and logged as it closes.
 pub fn rate_limited(shared: &ProxyShared, context: &TunnelContext) {
     let config = shared.store.snapshot();
-    let Some(target) = context.target(&config, None) else {
-        return;
-    };
-    let mut info = connection_info(&config, context, &target);
+    let target = context.target(&config, None);
+    let mut info = connection_info(&config, context, target.as_ref());
     info.response_flags = ResponseFlag::RateLimited;
     info.termination_details = Some("local_rate_limited".to_owned());
     drop(shared.metrics.connection_opened(info));
@@ -206,7 +206,7 @@ pub async fn open_tcp_upstream(
         debug!(authority = %context.destination, "tcp connection for a destination this waypoint does not serve");
         return Err(Refusal::BadRequest);
     };
-    let mut info = connection_info(&config, context, &target);
+    let mut info = connection_info(&config, context, Some(&target));
     if let Err(details) = authorize(&config, context) {
         info.termination_details = Some(details);
         drop(shared.metrics.connection_opened(info));

@@ -207,6 +207,8 @@ pub struct EdgeLimits {
     pub request_timeout: Option<Duration>,
     /// The largest request body (Envoy's buffer filter `max_request_bytes`).
     pub max_request_bytes: Option<u32>,
+    /// Connections the server's port holds open at once (Envoy's `connection_limit` filter).
+    pub max_connections: Option<u32>,
     pub connection_rate_limit: Option<ConnectionRateLimit>,
 }
 
@@ -220,6 +222,7 @@ struct EdgeLimitsYaml {
     per_connection_buffer_limit_bytes: Option<i64>,
     request_timeout: Option<String>,
     max_request_bytes: Option<i64>,
+    max_connections: Option<i64>,
     connection_rate_limit: Option<ConnectionRateLimitYaml>,
 }
 
@@ -282,7 +285,7 @@ pub fn parse_edge_limits(value: &str) -> Result<EdgeLimits, AnnotationError> {
         error(
             EDGE_LIMITS,
             None,
-            format!("not edge limits ({e}); expected YAML with maxRequestHeadersKb, requestHeadersTimeout, idleTimeout, http2MaxConcurrentStreams, perConnectionBufferLimitBytes, requestTimeout, maxRequestBytes and connectionRateLimit"),
+            format!("not edge limits ({e}); expected YAML with maxRequestHeadersKb, requestHeadersTimeout, idleTimeout, http2MaxConcurrentStreams, perConnectionBufferLimitBytes, requestTimeout, maxRequestBytes, maxConnections and connectionRateLimit"),
         )
     })?;
     let connection_rate_limit = match yaml.connection_rate_limit {
@@ -330,6 +333,13 @@ pub fn parse_edge_limits(value: &str) -> Result<EdgeLimits, AnnotationError> {
         request_timeout: timeout(yaml.request_timeout, "requestTimeout")?,
         // Envoy's bounds: a positive 32-bit count.
         max_request_bytes: bounded(yaml.max_request_bytes, "maxRequestBytes", u32::MAX, "bytes")?,
+        // Envoy's `connection_limit` filter: a positive 64-bit count; the proto carries 32.
+        max_connections: bounded(
+            yaml.max_connections,
+            "maxConnections",
+            u32::MAX,
+            "connections",
+        )?,
         connection_rate_limit,
     })
 }

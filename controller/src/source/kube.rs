@@ -11,6 +11,7 @@
 //! CRDs serve several versions of one schema, so any one returns every object).
 
 pub mod entry_status;
+pub mod mesh_config;
 pub mod provision;
 pub mod route_status;
 pub mod secrets;

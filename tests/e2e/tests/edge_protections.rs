@@ -15,6 +15,9 @@
 //! - its `connectionRateLimit` closes TCP and TLS passthrough connections past the server's
 //!   budget at once (counted and logged with `RL`), each server with its own bucket, and with
 //!   `per: client` one client's budget is not another's;
+//! - on its HTTP server, its `maxConnections` closes a connection past the port's cap at
+//!   accept (counted in `weft_gateway_connections_over_limit_total`) until an open one closes,
+//!   and its `connectionRateLimit` closes new connections past a client's budget (`RL`);
 //! - its `requestTimeout` answers `408` to a client trickling its body past it, and its
 //!   `maxRequestBytes` answers `413` to a declared length over it without contacting the app and
 //!   cuts an endless body at the cap, over HTTP/1.1 and HTTP/2, while a request within both is
@@ -576,6 +579,81 @@ fn connection_rate_limits_close_tcp_connections_past_the_budget_per_server_and_p
     assert!(connect("outside").is_err());
     assert_eq!(connect("outside-b"), Ok("hello".to_owned()));
     assert!(connect("outside-b").is_err());
+
+    drop(gateway);
+}
+
+#[test]
+fn an_http_servers_connections_are_capped_per_port_and_rate_limited_per_client() {
+    let (mesh, gateway, gw) = mesh_with_limited_gateway("{maxConnections: 2}");
+    let shop_resolve = format!("shop.example.com:80:{gw}");
+    let shop = || {
+        mesh.curl_with(
+            "outside",
+            &[
+                "--resolve",
+                shop_resolve.as_str(),
+                "--max-time",
+                "5",
+                "http://shop.example.com/reviews",
+            ],
+        )
+    };
+    assert!(
+        mesh.eventually(Duration::from_secs(15), || shop().status == 200),
+        "the gateway never served shop.example.com: {:?}\n{}",
+        shop(),
+        mesh.logs()
+    );
+    // Two kept-alive connections fill the port; a third is closed at accept and counted.
+    let session = || {
+        let mut session = mesh
+            .http_session("outside", &format!("{gw}:80"), "shop.example.com")
+            .expect("a session to the gateway");
+        let answer = session.get("/reviews", &[], 1);
+        assert_eq!(statuses(&answer), [200], "{answer}");
+        session
+    };
+    let first = session();
+    let second = session();
+    let over = shop();
+    assert_eq!(over.status, 0, "a third connection was served: {over:?}");
+    let over_cap = || {
+        weft_test_support::prometheus::Exposition::parse(&mesh.waypoint_metrics(&gateway.pod))
+            .count(
+                "weft_gateway_connections_over_limit_total",
+                &[("port", "80")],
+            )
+    };
+    assert!(
+        over_cap() >= 1,
+        "not counted:\n{}",
+        mesh.waypoint_metrics(&gateway.pod)
+    );
+    // The open ones keep being served, and a closed one frees its place.
+    drop(first);
+    assert!(
+        mesh.eventually(Duration::from_secs(10), || shop().status == 200),
+        "a closed connection did not free its place"
+    );
+    drop(second);
+
+    // A client's budget of new connections on the HTTP server: two, then closed at once.
+    mesh.await_waypoint(&gateway.pod, "the per-client connection budget", || {
+        mesh.kubectl_apply(&limited_gateway(
+            "{maxConnections: 2, connectionRateLimit: {maxTokens: 2, fillInterval: 1h, per: client}}",
+        ))
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(shop().status, 200);
+    assert_eq!(shop().status, 200);
+    let limited = shop();
+    assert_eq!(
+        limited.status, 0,
+        "a third connection was served: {limited:?}"
+    );
+    let log = mesh.log_of("gateway-ingress");
+    assert!(log.contains(" RL - local_rate_limited "), "{log}");
 
     drop(gateway);
 }

@@ -58,6 +58,7 @@ fn the_dump_shows_each_edge_servers_limits() {
             nanos: 0,
         }),
         max_request_bytes: 1 << 20,
+        max_connections: 1000,
     };
     let config = edge_config(Some(limits));
     let dump = gateway(config.gateway.as_deref().expect("the gateway role"));
@@ -83,6 +84,7 @@ fn the_dump_shows_each_edge_servers_limits() {
             per_connection_buffer_limit_bytes: Some(32768),
             request_timeout_ms: Some(60_000),
             max_request_bytes: Some(1 << 20),
+            max_connections: Some(1000),
         }
     );
     let json = serde_json::to_value(&dump).unwrap();
@@ -104,6 +106,7 @@ fn the_dump_shows_each_edge_servers_limits() {
             per_connection_buffer_limit_bytes: None,
             request_timeout_ms: None,
             max_request_bytes: None,
+            max_connections: None,
         }
     );
 }

@@ -85,6 +85,7 @@ pub(super) fn edge_limits(
             .map(|b| b as usize),
         request_timeout: timeout(l.request_timeout.as_ref())?,
         max_request_bytes: set(l.max_request_bytes).map(u64::from),
+        max_connections: set(l.max_connections),
     })
 }
 

@@ -134,6 +134,8 @@ pub struct EdgeLimits {
     pub request_timeout: Option<Duration>,
     /// Largest request body (Envoy's buffer filter `max_request_bytes`).
     pub max_request_bytes: Option<u64>,
+    /// Connections the server's port holds open at once (Envoy's `connection_limit` filter).
+    pub max_connections: Option<u32>,
 }
 
 /// One server of an Istio Gateway.
@@ -152,7 +154,8 @@ pub struct EdgeServer {
     pub sni_routes: Vec<SniRoute>,
     pub tcp: Option<EdgeTable>,
     pub limits: EdgeLimits,
-    /// The token bucket(s) each new connection draws one token from (TCP and TLS servers).
+    /// The token bucket(s) each new connection draws one token from; `None`: the gateway's
+    /// default, per client address (`crate::gateway::DEFAULT_CONNECTION_RATE_LIMIT`).
     pub connection_rate_limit: Option<LocalRateLimit>,
 }
 
@@ -527,7 +530,7 @@ fn server(s: &proto::GatewayServer, port: u16, namespace: &str) -> Result<EdgeSe
 }
 
 /// Converts the gateway section; `namespace` is the gateway proxy's.
-pub(super) fn gateway(g: &proto::GatewayConfig, namespace: &str) -> Result<Gateway, ConfigError> {
+pub(crate) fn gateway(g: &proto::GatewayConfig, namespace: &str) -> Result<Gateway, ConfigError> {
     let listeners = g
         .listeners
         .iter()

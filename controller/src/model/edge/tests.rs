@@ -111,7 +111,7 @@ fn edge_limits_parse_by_envoys_names() {
     let limits = parse_edge_limits(
         "maxRequestHeadersKb: 8\nrequestHeadersTimeout: 2s\nidleTimeout: 90s\n\
          http2MaxConcurrentStreams: 10\nperConnectionBufferLimitBytes: 4096\n\
-         requestTimeout: 30s\nmaxRequestBytes: 1048576\n\
+         requestTimeout: 30s\nmaxRequestBytes: 1048576\nmaxConnections: 500\n\
          connectionRateLimit: {maxTokens: 2, fillInterval: 1h, per: client}\n",
     )
     .unwrap();
@@ -125,6 +125,7 @@ fn edge_limits_parse_by_envoys_names() {
             per_connection_buffer_limit_bytes: Some(4096),
             request_timeout: Some(Duration::from_secs(30)),
             max_request_bytes: Some(1_048_576),
+            max_connections: Some(500),
             connection_rate_limit: Some(ConnectionRateLimit {
                 max_tokens: 2,
                 tokens_per_fill: 1,

@@ -171,9 +171,10 @@ pub fn gateway_config<'a>(
     }
 }
 
-/// The Gateway's `weft.dev/edge-limits` on one of its servers; its connection rate limit on
-/// TCP and TLS servers only (HTTP servers limit requests, by route). Validation refuses a
-/// Gateway whose annotation does not parse, so none is left here to report.
+/// The Gateway's `weft.dev/edge-limits` on one of its servers, its connection rate limit and
+/// connection cap on every kind of server (HTTP ones limit requests by route as well).
+/// Validation refuses a Gateway whose annotation does not parse, so none is left here to
+/// report.
 fn edge_limits(
     kind: ResourceKind,
     meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
@@ -193,10 +194,9 @@ fn edge_limits(
         per_connection_buffer_limit_bytes: limits.per_connection_buffer_limit_bytes.unwrap_or(0),
         request_timeout: duration(limits.request_timeout),
         max_request_bytes: limits.max_request_bytes.unwrap_or(0),
+        max_connections: limits.max_connections.unwrap_or(0),
     });
-    let carried_at_l4 = server.protocol == wp::GatewayProtocol::Tcp as i32
-        || server.protocol == wp::GatewayProtocol::Tls as i32;
-    let Some(rate) = limits.connection_rate_limit.filter(|_| carried_at_l4) else {
+    let Some(rate) = limits.connection_rate_limit else {
         return;
     };
     let scope = match rate.per {

@@ -264,6 +264,7 @@ fn a_servers_limits_and_connection_rate_limit_are_converted_and_checked() {
         per_connection_buffer_limit_bytes: 100,
         request_timeout: Some(seconds(20)),
         max_request_bytes: 4096,
+        max_connections: 64,
         ..Default::default()
     });
     tcp.connection_rate_limit = Some(proto::LocalRateLimit {
@@ -285,6 +286,7 @@ fn a_servers_limits_and_connection_rate_limit_are_converted_and_checked() {
             per_connection_buffer_limit_bytes: Some(100),
             request_timeout: Some(Duration::from_secs(20)),
             max_request_bytes: Some(4096),
+            max_connections: Some(64),
         }
     );
     let limit = server.connection_rate_limit.as_ref().expect("a rate limit");

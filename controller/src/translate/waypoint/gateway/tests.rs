@@ -453,10 +453,10 @@ fn a_rate_limit_annotation_limits_each_route_rule_of_its_virtual_service() {
 }
 
 #[test]
-fn edge_limits_reach_every_server_of_their_gateway_and_connection_limits_the_l4_ones() {
+fn edge_limits_and_connection_limits_reach_every_server_of_their_gateway() {
     let annotated = EDGE.replacen(
         "metadata: {name: shop-gateway, namespace: shop}",
-        "metadata: {name: shop-gateway, namespace: shop, annotations: {weft.dev/edge-limits: '{maxRequestHeadersKb: 8, idleTimeout: 90s, http2MaxConcurrentStreams: 7, requestTimeout: 1m30s, maxRequestBytes: 65536, connectionRateLimit: {maxTokens: 3, fillInterval: 1m, per: client}}'}}",
+        "metadata: {name: shop-gateway, namespace: shop, annotations: {weft.dev/edge-limits: '{maxRequestHeadersKb: 8, idleTimeout: 90s, http2MaxConcurrentStreams: 7, requestTimeout: 1m30s, maxRequestBytes: 65536, maxConnections: 1000, connectionRateLimit: {maxTokens: 3, fillInterval: 1m, per: client}}'}}",
         1,
     );
     assert_ne!(annotated, EDGE);
@@ -474,18 +474,25 @@ fn edge_limits_reach_every_server_of_their_gateway_and_connection_limits_the_l4_
         assert!(limits.request_headers_timeout.is_none());
         assert_eq!(limits.request_timeout.unwrap().seconds, 90);
         assert_eq!(limits.max_request_bytes, 65536);
+        assert_eq!(limits.max_connections, 1000);
     }
-    // Connections are limited on the TCP and TLS servers, each with its own bucket.
-    assert!(http.connection_rate_limit.is_none());
+    // Connections are limited on every server, each with its own bucket.
     let by_name = |name: &str| {
-        [&https[0], &https[1], tcp]
+        [http, &https[0], &https[1], tcp]
             .into_iter()
             .find(|s| s.name.starts_with(name))
             .unwrap()
             .connection_rate_limit
             .clone()
     };
-    assert!(by_name("https.").is_none());
+    assert_eq!(
+        by_name("http.").expect("a connection limit").key,
+        "Gateway/shop/shop-gateway/http.80.http.shop-gateway.shop"
+    );
+    assert_eq!(
+        by_name("https.").expect("a connection limit").scope,
+        wp::RateLimitScope::Client as i32
+    );
     let passthrough = by_name("tls.").expect("a connection limit");
     assert_eq!(
         passthrough.key,
@@ -558,4 +565,62 @@ fn trusted_proxies_come_from_the_pod_annotation_else_the_mesh_config() {
             && problems[0].contains("the mesh default (2) applies"),
         "{problems:?}"
     );
+}
+
+#[test]
+fn registry_only_changes_nothing_a_gateway_or_waypoint_receives() {
+    // istiod gives gateways no PassthroughCluster in any mode ("they do not have original dst
+    // listeners") and waypoints none either: a route to a host outside the registry names a
+    // cluster that is never built, answered 503 `NC`, whatever `outboundTrafficPolicy` says.
+    let index = validated(&format!(
+        r#"{EDGE}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: unregistered, namespace: shop}}
+spec:
+  hosts: [out.example.com]
+  gateways: [shop-gateway]
+  http:
+  - route: [{{destination: {{host: api.unregistered.test, port: {{number: 443}}}}}}]
+"#
+    ));
+    let translated = |mode: weft_proto::mesh::OutboundTrafficPolicy| {
+        let mut mesh = weft_proto::mesh::MeshConfig::default();
+        mesh.set_outbound_traffic_policy(mode);
+        let settings = MeshSettings {
+            mesh: std::sync::Arc::new(crate::mesh_config::MeshConfigWatch::fixed(mesh)),
+            ..MeshSettings::default()
+        };
+        let mut problems = Vec::new();
+        let mut configs = gateway_configs(&index, &settings, &mut problems);
+        configs.extend(super::super::waypoint_configs(
+            &index,
+            &settings,
+            &mut problems,
+        ));
+        configs
+    };
+    let allow_any = translated(weft_proto::mesh::OutboundTrafficPolicy::AllowAny);
+    let registry_only = translated(weft_proto::mesh::OutboundTrafficPolicy::RegistryOnly);
+    assert_eq!(allow_any, registry_only);
+    let gateway = &registry_only["edge/ingress-0"];
+    let missing = "outbound|443||api.unregistered.test";
+    let routed = gateway
+        .gateway
+        .iter()
+        .flat_map(|g| &g.listeners)
+        .flat_map(|l| &l.servers)
+        .flat_map(|s| &s.virtual_hosts)
+        .flat_map(|h| &h.http_routes)
+        .filter(|r| {
+            r.route
+                .iter()
+                .any(|d| d.destination.as_ref().is_some_and(|d| d.cluster == missing))
+        })
+        .collect::<Vec<_>>();
+    assert!(!routed.is_empty(), "{gateway:#?}");
+    assert!(routed.iter().all(|r| r.cluster_not_found_response_code
+        == wp::ClusterNotFoundResponseCode::ServiceUnavailable as i32));
+    assert!(gateway.clusters.iter().all(|c| c.name != missing));
 }
