@@ -1,9 +1,10 @@
 //! The names an on-demand node agent finds an `istio.workload.Address` by, as istiod's
 //! `Lookup` resolves a subscription: the workload at an IP (`<network>/<ip>`), the service
 //! whose VIP it is together with the service's endpoints (which go by the VIP and by the
-//! service's `namespace/hostname` too), and the workloads of a node (`node:<name>`).
+//! service's `namespace/hostname` too), and the workloads of a node with the services they
+//! back (`node:<name>`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use weft_proto::istio::workload::{self, Address, address::Type};
@@ -11,12 +12,28 @@ use weft_proto::{address_subscription, node_subscription};
 
 /// Every address's aliases, by resource name.
 pub fn address_aliases(addresses: &BTreeMap<String, workload::Address>) -> AliasIndex<'_> {
-    AliasIndex { addresses }
+    let mut endpoint_nodes: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for address in addresses.values() {
+        if let Some(Type::Workload(w)) = &address.r#type
+            && !w.node.is_empty()
+        {
+            for service in w.services.keys() {
+                endpoint_nodes.entry(service).or_default().insert(&w.node);
+            }
+        }
+    }
+    AliasIndex {
+        addresses,
+        endpoint_nodes,
+    }
 }
 
-/// Computes aliases over the whole set of addresses (a workload's depend on its services').
+/// Computes aliases over the whole set of addresses (a workload's depend on its services', a
+/// service's on its endpoints').
 pub struct AliasIndex<'a> {
     addresses: &'a BTreeMap<String, workload::Address>,
+    /// The nodes each service (`namespace/hostname`) has endpoints on.
+    endpoint_nodes: BTreeMap<&'a str, BTreeSet<&'a str>>,
 }
 
 impl AliasIndex<'_> {
@@ -44,7 +61,17 @@ impl AliasIndex<'_> {
                 }
                 aliases
             }
-            Some(Type::Service(s)) => service_vips(s).collect(),
+            // The agent of a node with one of its endpoints holds it up front: inbound
+            // connections are reported with the service they came through.
+            Some(Type::Service(s)) => service_vips(s)
+                .chain(
+                    self.endpoint_nodes
+                        .get(format!("{}/{}", s.namespace, s.hostname).as_str())
+                        .into_iter()
+                        .flatten()
+                        .map(|node| node_subscription(node)),
+                )
+                .collect(),
             None => Vec::new(),
         }
     }
@@ -103,7 +130,7 @@ mod tests {
         );
         assert_eq!(
             alias_of("bookinfo/productpage.bookinfo.svc.cluster.local"),
-            ["/10.96.10.10"]
+            ["/10.96.10.10", "node:node-a"]
         );
     }
 }
