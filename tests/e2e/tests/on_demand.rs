@@ -4,17 +4,8 @@
 
 use std::time::Duration;
 
+use weft_e2e::fixtures::{CART_SERVICE, DENY_CLIENT};
 use weft_e2e::{Mesh, MeshOptions, PodSpec};
-
-const CART_SERVICE: &str = r#"
-apiVersion: v1
-kind: Service
-metadata: {name: cart, namespace: shop}
-spec:
-  clusterIP: 10.96.0.10
-  selector: {app: cart}
-  ports: [{name: http, port: 80, targetPort: http}]
-"#;
 
 const CART_KEY: &str = "shop/cart.shop.svc.cluster.local";
 
@@ -99,18 +90,7 @@ fn a_service_on_another_node_is_fetched_at_the_first_connection_and_policies_sti
 
     // What was fetched stays subscribed: a policy denying the client applies to it, and its
     // removal lets it through again.
-    mesh.write_config(
-        "20-deny.yaml",
-        r#"
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: deny-client, namespace: shop}
-spec:
-  action: DENY
-  rules: [{from: [{source: {principals: ["cluster.local/ns/shop/sa/client"]}}]}]
-"#,
-    )
-    .unwrap();
+    mesh.write_config("20-deny.yaml", DENY_CLIENT).unwrap();
     assert!(
         mesh.eventually(Duration::from_secs(5), || mesh
             .curl("client", "http://10.96.0.10/")

@@ -22,6 +22,18 @@ fn addresses(store: &mut ResourceStore, endpoints: &[(&str, &str)]) {
     store.replace_type(THING, resources);
 }
 
+/// Subscribes `name` on an open stream and returns the answer.
+async fn ask(stream: &mut RawStream, name: &str) -> Result<DeltaDiscoveryResponse> {
+    stream
+        .send(DeltaDiscoveryRequest {
+            type_url: THING.to_string(),
+            resource_names_subscribe: vec![name.to_string()],
+            ..DeltaDiscoveryRequest::default()
+        })
+        .await?;
+    stream.next().await
+}
+
 #[tokio::test]
 async fn a_name_covers_what_goes_by_it_and_a_name_covering_nothing_is_answered_removed()
 -> Result<()> {
@@ -49,27 +61,13 @@ async fn a_name_covers_what_goes_by_it_and_a_name_covering_nothing_is_answered_r
     stream.ack(&first).await?;
 
     // The service's address: the service and its endpoint.
-    stream
-        .send(DeltaDiscoveryRequest {
-            type_url: THING.to_string(),
-            resource_names_subscribe: vec!["/10.0.0.1".to_string()],
-            ..DeltaDiscoveryRequest::default()
-        })
-        .await?;
-    let answer = stream.next().await?;
+    let answer = ask(&mut stream, "/10.0.0.1").await?;
     assert_eq!(response_names(&answer), ["ep1", "ns/svc"]);
     assert!(answer.resources.iter().all(|r| r.aliases == ["/10.0.0.1"]));
     stream.ack(&answer).await?;
 
     // Nothing at this address: answered, with the name as removed.
-    stream
-        .send(DeltaDiscoveryRequest {
-            type_url: THING.to_string(),
-            resource_names_subscribe: vec!["/10.9.9.9".to_string()],
-            ..DeltaDiscoveryRequest::default()
-        })
-        .await?;
-    let nothing = stream.next().await?;
+    let nothing = ask(&mut stream, "/10.9.9.9").await?;
     assert!(nothing.resources.is_empty());
     assert_eq!(nothing.removed_resources, ["/10.9.9.9"]);
     stream.ack(&nothing).await?;
@@ -83,15 +81,8 @@ async fn a_name_covers_what_goes_by_it_and_a_name_covering_nothing_is_answered_r
     stream.expect_quiet().await?;
 
     // Asked again (a proxy that lost track), the answer is sent again.
-    stream
-        .send(DeltaDiscoveryRequest {
-            type_url: THING.to_string(),
-            resource_names_subscribe: vec!["/10.0.0.1".to_string()],
-            ..DeltaDiscoveryRequest::default()
-        })
-        .await?;
     assert_eq!(
-        response_names(&stream.next().await?),
+        response_names(&ask(&mut stream, "/10.0.0.1").await?),
         ["ep1", "ep2", "ns/svc"]
     );
     drop(store);
