@@ -86,3 +86,6 @@ async fn ask(demand: &Demand, name: String) {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests;
