@@ -11,6 +11,7 @@
 //! A resource that cannot be translated (fully) is reported as a [`TranslateError`] naming it;
 //! what cannot be translated is skipped, translation never fails as a whole and never panics.
 
+pub mod address_aliases;
 pub mod agent;
 pub mod auto_allocate;
 pub mod credentials;
@@ -320,8 +321,17 @@ impl Translation {
                     .with_audience(std::sync::Arc::new(credential.audience.clone()))
             })
             .collect();
+        let aliases = address_aliases::address_aliases(&self.addresses);
+        let addresses = self
+            .addresses
+            .iter()
+            .map(|(name, address)| {
+                weft_xds::StoredResource::new(name.clone(), any(address))
+                    .with_aliases(aliases.of(address))
+            })
+            .collect();
         vec![
-            (ADDRESS_TYPE_URL.to_owned(), packed(&self.addresses)),
+            (ADDRESS_TYPE_URL.to_owned(), addresses),
             (
                 AUTHORIZATION_TYPE_URL.to_owned(),
                 packed(&self.authorizations),

@@ -20,6 +20,9 @@ pub const CLUSTER_DOMAIN: &str = "CLUSTER_DOMAIN";
 /// The resolver configuration whose nameservers receive the pods' queries for names outside
 /// the mesh.
 pub const DNS_RESOLV_CONF: &str = "DNS_RESOLV_CONF";
+/// Only the node's own workloads up front, other addresses at the first connection to them
+/// (ztunnel's `XDS_ON_DEMAND`).
+pub const XDS_ON_DEMAND: &str = "XDS_ON_DEMAND";
 
 /// Two workers: a connection and the HBONE connection it rides stay on one thread, and two
 /// serve a node's pods without taking every core from them.
@@ -58,6 +61,9 @@ pub struct Config {
     pub cluster_domain: String,
     /// Where the DNS proxy finds its upstream nameservers.
     pub dns_resolv_conf: PathBuf,
+    /// Receive only this node's workloads up front and ask for any other address at the
+    /// first connection to it (off: every address of the mesh).
+    pub xds_on_demand: bool,
 }
 
 impl Config {
@@ -95,6 +101,7 @@ impl Config {
             dns_resolv_conf: settings
                 .path(DNS_RESOLV_CONF)
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DNS_RESOLV_CONF)),
+            xds_on_demand: settings.switch(XDS_ON_DEMAND, false)?,
         })
     }
 
@@ -124,6 +131,7 @@ mod tests {
         assert_eq!(config.proxy.ca_address, config.proxy.xds_address);
         assert_eq!(config.proxy.admin_address.to_string(), "127.0.0.1:15000");
         assert!(!config.acceleration, "acceleration is opt-in");
+        assert!(!config.xds_on_demand, "every address by default");
         assert_eq!(config.proxy.xds_backoff(), weft_xds::Backoff::default());
         assert_eq!(config.proxy.log_level, "info");
         assert_eq!(config.proxy.log_format, LogFormat::Text);
@@ -149,8 +157,10 @@ mod tests {
             (NODE_NETNS, "/host/node-netns"),
             (CLUSTER_DOMAIN, "corp.example"),
             (DNS_RESOLV_CONF, "/run/dns/resolv.conf"),
+            (XDS_ON_DEMAND, "true"),
         ]))
         .unwrap();
+        assert!(config.xds_on_demand);
         assert_eq!(config.cluster_domain, "corp.example");
         assert_eq!(
             config.dns_resolv_conf,

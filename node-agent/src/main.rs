@@ -111,6 +111,10 @@ struct Args {
     /// [MAX_CONNECTIONS_PER_SOURCE]
     #[arg(long)]
     max_connections_per_source: Option<String>,
+    /// Receive only this node's workloads up front, other addresses at the first connection
+    /// to them (true or false) [XDS_ON_DEMAND]
+    #[arg(long)]
+    xds_on_demand: Option<String>,
 }
 
 impl Args {
@@ -147,6 +151,7 @@ impl Args {
                     config::MAX_CONNECTIONS_PER_SOURCE,
                     self.max_connections_per_source,
                 ),
+                (config::XDS_ON_DEMAND, self.xds_on_demand),
             ],
             Environment,
         )
@@ -261,6 +266,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         config.node_name(),
         &proxy.cluster_id,
         &store,
+        config.xds_on_demand,
     )
     .with_backoff(proxy.xds_backoff())
     .with_bearer_token(controller.bearer_token());

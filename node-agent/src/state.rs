@@ -7,12 +7,13 @@
 //! resource that does not convert is an error the xDS handler turns into a NACK.
 
 mod convert;
+mod on_demand;
 mod policies;
 
 use std::{
     collections::{BTreeMap, HashMap},
     net::IpAddr,
-    sync::{Arc, RwLock},
+    sync::{Arc, OnceLock, RwLock},
 };
 
 use serde::Serialize;
@@ -20,6 +21,7 @@ use weft_identity::SpiffeId;
 use weft_policy::l4::Authorization;
 
 pub use convert::{AddressResource, ConversionError, authorization_from_proto};
+pub use on_demand::ON_DEMAND_WAIT;
 pub use policies::PolicyIndex;
 
 /// Istio's HBONE port, the default for workloads and waypoints.
@@ -222,6 +224,8 @@ struct Indexes {
 pub struct WorkloadStore {
     indexes: Arc<RwLock<Indexes>>,
     generation: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Asks the controller for an address the store lacks (on-demand mode only).
+    demand: Arc<OnceLock<weft_xds::Demand>>,
 }
 
 impl Default for WorkloadStore {
@@ -235,6 +239,7 @@ impl WorkloadStore {
         Self {
             indexes: Arc::default(),
             generation: Arc::new(tokio::sync::watch::channel(0).0),
+            demand: Arc::default(),
         }
     }
 

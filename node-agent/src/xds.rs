@@ -165,12 +165,16 @@ impl Handler for MeshConfigHandler {
     }
 }
 
-/// The agent's ADS client: identifies as `node` and subscribes to both resource types.
+/// The agent's ADS client: identifies as `node` and subscribes to its resource types. Every
+/// address of the mesh, or `on_demand` (ztunnel's `XDS_ON_DEMAND`) only the workloads of its
+/// node up front and any other address at the first connection to it (the store asks through
+/// the client's [`weft_xds::Demand`]); policies and the mesh configuration always whole.
 pub fn client(
     target: Target,
     node_name: &str,
     cluster: &str,
     store: &WorkloadStore,
+    on_demand: bool,
 ) -> DeltaClient {
     let node = Node {
         id: format!("node-agent~{node_name}"),
@@ -190,13 +194,26 @@ pub fn client(
         }),
         ..Default::default()
     };
-    DeltaClient::new(target, node)
-        .subscribe(ADDRESS_TYPE_URL, AddressHandler::new(store.clone()))
+    let addresses = if on_demand {
+        vec![weft_proto::node_subscription(node_name)]
+    } else {
+        Vec::new()
+    };
+    let client = DeltaClient::new(target, node)
+        .subscribe_names(
+            ADDRESS_TYPE_URL,
+            addresses,
+            AddressHandler::new(store.clone()),
+        )
         .subscribe(
             AUTHORIZATION_TYPE_URL,
             AuthorizationHandler::new(store.clone()),
         )
-        .subscribe(MESH_CONFIG_TYPE_URL, MeshConfigHandler::new(store.clone()))
+        .subscribe(MESH_CONFIG_TYPE_URL, MeshConfigHandler::new(store.clone()));
+    if on_demand {
+        store.set_demand(client.demand());
+    }
+    client
 }
 
 #[cfg(test)]

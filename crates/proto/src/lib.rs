@@ -148,6 +148,20 @@ pub mod cri {
 /// Type URL of `istio.workload.Address` resources (workloads and services) on the ADS stream.
 pub const ADDRESS_TYPE_URL: &str = "type.googleapis.com/istio.workload.Address";
 
+/// The name an on-demand proxy subscribes to whatever is at `ip` by: istiod's
+/// `<network>/<ip>`. The workload at that address, or the service whose VIP it is together
+/// with the service's endpoints, go by it.
+pub fn address_subscription(network: &str, ip: std::net::IpAddr) -> String {
+    format!("{network}/{ip}")
+}
+
+/// The name an on-demand node agent subscribes to the workloads of its node by
+/// (`node:<name>`; istiod sends an on-demand ztunnel its node's workloads unasked, from the
+/// node its stream names). No workload uid or `namespace/hostname` has this form.
+pub fn node_subscription(node: &str) -> String {
+    format!("node:{node}")
+}
+
 /// Type URL of `istio.security.Authorization` resources (L4 policies) on the ADS stream.
 pub const AUTHORIZATION_TYPE_URL: &str = "type.googleapis.com/istio.security.Authorization";
 

@@ -5,12 +5,12 @@
 //! then tells the handler, in [`Update::removed`], which resources it had accepted before but the
 //! server no longer has, so the handler never keeps a resource that vanished while disconnected.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, info, warn};
@@ -28,6 +28,14 @@ const NACK_CODE: i32 = 3;
 
 /// Bound on establishing the TCP/HTTP/2 connection of one attempt.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Demands waiting for the client's task; beyond that, a demand fails at once.
+const DEMAND_QUEUE: usize = 256;
+
+/// Names subscribed on demand per type, at most: each is a resource the proxy keeps receiving,
+/// and whoever makes the proxy ask (an application connecting anywhere) must not grow it
+/// without bound.
+pub const MAX_DEMANDED_NAMES: usize = 16_384;
 
 /// HTTP/2 pings detect a control plane that vanished without closing the connection.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
@@ -192,6 +200,80 @@ pub enum ClientError {
 /// rotates in place (a projected service-account token) is read fresh.
 pub type TokenSource = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
 
+/// Why a demand was not answered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DemandError {
+    /// Too many demands are already waiting for the client.
+    #[error("too many demands waiting")]
+    Busy,
+    /// The type was not subscribed by name, or holds [`MAX_DEMANDED_NAMES`] names already.
+    #[error("{type_url} takes no more names on demand")]
+    Refused {
+        /// The type asked for.
+        type_url: String,
+    },
+    /// The client is gone.
+    #[error("discovery client stopped")]
+    Stopped,
+}
+
+struct DemandRequest {
+    type_url: String,
+    name: String,
+    answered: oneshot::Sender<Result<(), DemandError>>,
+}
+
+/// Asks a running [`DeltaClient`] for resources by name (Envoy's on-demand delta xDS, as
+/// ztunnel's `XDS_ON_DEMAND`): the name is added to the type's subscription (and stays, so a
+/// reconnect asks again) and [`Demand::request`] returns once the server has answered it,
+/// with the resources it covers or with the name as removed (nothing there). Concurrent
+/// demands for one name share one request. Cheap to clone; usable from any runtime.
+#[derive(Debug, Clone)]
+pub struct Demand {
+    requests: mpsc::Sender<DemandRequest>,
+}
+
+impl Demand {
+    /// Subscribes to `name` of `type_url` and waits for the server's answer (callers bound
+    /// the wait).
+    pub async fn request(&self, type_url: &str, name: &str) -> Result<(), DemandError> {
+        let (answered, answer) = oneshot::channel();
+        self.requests
+            .try_send(DemandRequest {
+                type_url: type_url.to_string(),
+                name: name.to_string(),
+                answered,
+            })
+            .map_err(|error| match error {
+                mpsc::error::TrySendError::Full(_) => DemandError::Busy,
+                mpsc::error::TrySendError::Closed(_) => DemandError::Stopped,
+            })?;
+        answer.await.unwrap_or(Err(DemandError::Stopped))
+    }
+}
+
+/// The names a response answers: those it carries (as names or aliases), those it removes.
+struct Answers {
+    found: Vec<String>,
+    removed: Vec<String>,
+}
+
+impl Answers {
+    fn of(resources: &[Resource], removed: &[String]) -> Self {
+        Self {
+            found: resources
+                .iter()
+                .flat_map(|r| std::iter::once(&r.name).chain(&r.aliases))
+                .cloned()
+                .collect(),
+            removed: removed.to_vec(),
+        }
+    }
+}
+
+/// Demands sent and not yet answered, by type and name: their waiters.
+type PendingDemands = HashMap<(String, String), Vec<oneshot::Sender<Result<(), DemandError>>>>;
+
 /// One type URL's subscription and the handler state the client tracks for it.
 struct TypeSubscription {
     type_url: String,
@@ -210,6 +292,9 @@ pub struct DeltaClient {
     subscriptions: Vec<TypeSubscription>,
     token: Option<TokenSource>,
     state: watch::Sender<ConnectionState>,
+    demands: mpsc::Receiver<DemandRequest>,
+    demand_sender: mpsc::Sender<DemandRequest>,
+    pending: PendingDemands,
 }
 
 impl std::fmt::Debug for DeltaClient {
@@ -226,6 +311,7 @@ impl DeltaClient {
     /// A client identifying itself as `node`, with no subscriptions yet.
     pub fn new(target: Target, node: Node) -> Self {
         let (state, _) = watch::channel(ConnectionState::default());
+        let (demand_sender, demands) = mpsc::channel(DEMAND_QUEUE);
         Self {
             target,
             node,
@@ -233,6 +319,17 @@ impl DeltaClient {
             subscriptions: Vec::new(),
             token: None,
             state,
+            demands,
+            demand_sender,
+            pending: HashMap::new(),
+        }
+    }
+
+    /// A handle to ask for resources by name on the types subscribed by name
+    /// ([`Self::subscribe_names`]).
+    pub fn demand(&self) -> Demand {
+        Demand {
+            requests: self.demand_sender.clone(),
         }
     }
 
@@ -387,29 +484,130 @@ impl DeltaClient {
 
         let mut connection = ConnectionTypes::new(&self.subscriptions);
         loop {
-            let response = responses
-                .message()
-                .await
-                .map_err(ClientError::Stream)?
-                .ok_or(ClientError::StreamClosed)?;
+            let response = tokio::select! {
+                response = responses.message() => response
+                    .map_err(ClientError::Stream)?
+                    .ok_or(ClientError::StreamClosed)?,
+                Some(demand) = self.demands.recv() => {
+                    if let Some(request) = self.take_demand(demand) {
+                        requests
+                            .send(request)
+                            .await
+                            .map_err(|_| ClientError::RequestsClosed)?;
+                    }
+                    continue;
+                }
+            };
             *received_response = true;
-            let reply = self.handle_response(&mut connection, response);
+            let (reply, unresolved) = self.handle_response(&mut connection, response);
             requests
                 .send(reply)
                 .await
                 .map_err(|_| ClientError::RequestsClosed)?;
+            if let Some(unresolved) = unresolved {
+                requests
+                    .send(unresolved)
+                    .await
+                    .map_err(|_| ClientError::RequestsClosed)?;
+            }
             if connection.all_synced() && !self.state.borrow().synced {
                 self.state.send_modify(|state| state.synced = true);
             }
         }
     }
 
-    /// Applies one response and returns its ACK or NACK.
+    /// Records a demand; the subscription request to send, unless the name is already asked
+    /// for on this connection (its waiter then shares that request's answer).
+    fn take_demand(&mut self, demand: DemandRequest) -> Option<DeltaDiscoveryRequest> {
+        let DemandRequest {
+            type_url,
+            name,
+            answered,
+        } = demand;
+        let key = (type_url, name);
+        if let Some(waiters) = self.pending.get_mut(&key) {
+            waiters.push(answered);
+            return None;
+        }
+        let (type_url, name) = key;
+        let Some(subscription) = self
+            .subscriptions
+            .iter_mut()
+            .find(|s| s.type_url == type_url && !s.names.is_empty())
+        else {
+            let _ = answered.send(Err(DemandError::Refused { type_url }));
+            return None;
+        };
+        if !subscription.names.contains(&name) {
+            if subscription.names.len() >= MAX_DEMANDED_NAMES {
+                warn!(type_url = %type_url, %name, "too many names subscribed on demand");
+                let _ = answered.send(Err(DemandError::Refused { type_url }));
+                return None;
+            }
+            subscription.names.push(name.clone());
+        }
+        debug!(type_url = %type_url, %name, "subscribing on demand");
+        let request = DeltaDiscoveryRequest {
+            type_url: type_url.clone(),
+            resource_names_subscribe: vec![name.clone()],
+            ..DeltaDiscoveryRequest::default()
+        };
+        self.pending.insert((type_url, name), vec![answered]);
+        Some(request)
+    }
+
+    /// Answers the demands a response settles (a name it carries, as a resource or an alias,
+    /// or lists as removed); names that covered nothing are unsubscribed (the request doing
+    /// so is returned), so a name asked for in vain holds no place.
+    fn settle_demands(
+        &mut self,
+        type_url: &str,
+        answers: Answers,
+    ) -> Option<DeltaDiscoveryRequest> {
+        let mut unresolved = Vec::new();
+        let mut settle = |name: &str, found: bool| {
+            if let Some(waiters) = self
+                .pending
+                .remove(&(type_url.to_string(), name.to_string()))
+            {
+                for waiter in waiters {
+                    let _ = waiter.send(Ok(()));
+                }
+                if !found {
+                    unresolved.push(name.to_string());
+                }
+            }
+        };
+        for name in &answers.found {
+            settle(name, true);
+        }
+        for name in &answers.removed {
+            settle(name, false);
+        }
+        if unresolved.is_empty() {
+            return None;
+        }
+        if let Some(subscription) = self
+            .subscriptions
+            .iter_mut()
+            .find(|s| s.type_url == type_url)
+        {
+            subscription.names.retain(|name| !unresolved.contains(name));
+        }
+        Some(DeltaDiscoveryRequest {
+            type_url: type_url.to_string(),
+            resource_names_unsubscribe: unresolved,
+            ..DeltaDiscoveryRequest::default()
+        })
+    }
+
+    /// Applies one response and returns its ACK or NACK, and the request unsubscribing the
+    /// demanded names it found nothing for.
     fn handle_response(
         &mut self,
         connection: &mut ConnectionTypes,
         response: DeltaDiscoveryResponse,
-    ) -> DeltaDiscoveryRequest {
+    ) -> (DeltaDiscoveryRequest, Option<DeltaDiscoveryRequest>) {
         let DeltaDiscoveryResponse {
             resources,
             type_url,
@@ -423,7 +621,10 @@ impl DeltaClient {
             .position(|subscription| subscription.type_url == type_url)
         else {
             warn!(type_url = %type_url, nonce = %nonce, "response for a type not subscribed");
-            return nack(type_url, nonce, "type not subscribed".to_string());
+            return (
+                nack(type_url, nonce, "type not subscribed".to_string()),
+                None,
+            );
         };
         let subscription = &mut self.subscriptions[index];
         let per_type = &mut connection.types[index];
@@ -448,12 +649,17 @@ impl DeltaClient {
         }
         let added_names: Vec<String> = resources.iter().map(|r| r.name.clone()).collect();
         let (added_count, removed_count) = (added_names.len(), removed.len());
+        // What this response answers, settled once it is applied (or refused: the waiter
+        // then finds nothing, as without an answer).
+        let answers = (!self.pending.is_empty()).then(|| Answers::of(&resources, &removed));
+        let answered_type = type_url.clone();
+        let subscription = &mut self.subscriptions[index];
         let update = Update {
             added: resources,
             removed: removed.clone(),
             full_state,
         };
-        match subscription.handler.apply(update) {
+        let reply = match subscription.handler.apply(update) {
             Ok(()) => {
                 for name in &removed {
                     subscription.accepted.remove(name);
@@ -478,7 +684,9 @@ impl DeltaClient {
                 warn!(type_url = %type_url, nonce = %nonce, error = %message, "rejected resources");
                 nack(type_url, nonce, message)
             }
-        }
+        };
+        let unresolved = answers.and_then(|answers| self.settle_demands(&answered_type, answers));
+        (reply, unresolved)
     }
 }
 

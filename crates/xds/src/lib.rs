@@ -14,7 +14,10 @@ pub mod server;
 pub mod store;
 
 pub use backoff::Backoff;
-pub use client::{ClientError, ConnectionState, DeltaClient, Handler, Target, TokenSource, Update};
+pub use client::{
+    ClientError, ConnectionState, DeltaClient, Demand, DemandError, Handler, MAX_DEMANDED_NAMES,
+    Target, TokenSource, Update,
+};
 pub use metrics::{NoMetrics, Rejection, StreamEvent, TypeCounts, XdsCounters, XdsMetrics};
 pub use server::{
     Admission, DeltaAdsServer, ProxyIdentity, Scope, ServerConfig, StreamError, Unscoped,

@@ -28,6 +28,11 @@ pub struct StoredResource {
     /// Who may receive it, when the writer restricts it (gateway credentials); `None`: the
     /// scope decides from the proxy and the name alone. Never sent.
     pub audience: Option<Audience>,
+    /// Other names the resource goes by (Envoy's `Resource.aliases`): a subscription by name
+    /// covers every resource named or aliased by it (istiod's `Address` answers a subscription
+    /// to an IP with the workload or service at it). Sent only to proxies that subscribed by
+    /// one of them, and then only those.
+    pub aliases: Vec<String>,
 }
 
 impl StoredResource {
@@ -38,7 +43,26 @@ impl StoredResource {
             version: content_version(&body),
             body,
             audience: None,
+            aliases: Vec::new(),
         }
+    }
+
+    /// The same resource, also going by `aliases` (sorted, without repeats). A change of
+    /// aliases alone keeps the version.
+    pub fn with_aliases(mut self, mut aliases: Vec<String>) -> Self {
+        aliases.sort();
+        aliases.dedup();
+        self.aliases = aliases;
+        self
+    }
+
+    /// Whether a subscription to `name` covers this resource.
+    pub fn goes_by(&self, name: &str) -> bool {
+        self.name == name
+            || self
+                .aliases
+                .binary_search_by(|a| a.as_str().cmp(name))
+                .is_ok()
     }
 
     /// The same resource, for `audience` only. A change of audience alone keeps the version:
@@ -49,7 +73,9 @@ impl StoredResource {
     }
 
     fn same_as(&self, other: &StoredResource) -> bool {
-        self.version == other.version && self.audience == other.audience
+        self.version == other.version
+            && self.audience == other.audience
+            && self.aliases == other.aliases
     }
 }
 

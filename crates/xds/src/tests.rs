@@ -832,3 +832,5 @@ async fn admission_refuses_streams_before_sending_anything() -> Result<()> {
     drop(store);
     server.stop().await
 }
+
+mod on_demand;

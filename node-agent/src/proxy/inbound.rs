@@ -180,6 +180,8 @@ impl ConnectHandler for InboundTunnels {
                 self.peer_address.ip(),
             )
         });
+        // On-demand mode: a source of another node is asked for first.
+        context.store.fetch_address(source_ip).await;
         let source = context.store.workload_by_ip(source_ip);
         let service = workload
             .as_ref()

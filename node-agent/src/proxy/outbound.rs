@@ -47,25 +47,32 @@ pub(super) async fn handle(
         .store
         .wait_for_workload_by_uid(&pod.uid, super::WAIT_FOR_WORKLOAD)
         .await;
-    let planned = match &source {
+    let original = match &source {
         None => Err(ProxyError::UnknownPod(pod.uid.clone())),
-        Some(source) => context
+        Some(_) => context
             .original_destination
             .take_original_dst(pod.netns_cookie, peer)
             .map_err(|e| ProxyError::OriginalDestination(e.to_string()))
-            .and_then(|found| found.ok_or(ProxyError::NoOriginalDestination(peer)))
-            .and_then(|original| {
-                let roll = context.round_robin.fetch_add(1, Ordering::Relaxed);
-                plan_outbound(
-                    &context.store,
-                    source,
-                    original,
-                    |uid| context.pods.contains(uid),
-                    roll,
-                )
-                .map_err(ProxyError::from)
-                .map(|plan| (original, plan))
-            }),
+            .and_then(|found| found.ok_or(ProxyError::NoOriginalDestination(peer))),
+    };
+    if let Ok(original) = &original {
+        // On-demand mode: a destination the agent does not know yet is asked for first.
+        context.store.fetch_destination(original.ip()).await;
+    }
+    let planned = match &source {
+        None => Err(ProxyError::UnknownPod(pod.uid.clone())),
+        Some(source) => original.and_then(|original| {
+            let roll = context.round_robin.fetch_add(1, Ordering::Relaxed);
+            plan_outbound(
+                &context.store,
+                source,
+                original,
+                |uid| context.pods.contains(uid),
+                roll,
+            )
+            .map_err(ProxyError::from)
+            .map(|plan| (original, plan))
+        }),
     };
     let (original, plan) = match planned {
         Ok(planned) => planned,

@@ -58,3 +58,25 @@ pub fn reviews_behind_waypoint(grpc: bool, versions: &[&str]) -> String {
         crate::waypoint_resources("shop")
     )
 }
+
+/// The `cart` Service of `shop` at 10.96.0.10, no waypoint: `http` 80 to the pods' `http`
+/// port.
+pub const CART_SERVICE: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: cart, namespace: shop}
+spec:
+  clusterIP: 10.96.0.10
+  selector: {app: cart}
+  ports: [{name: http, port: 80, targetPort: http}]
+"#;
+
+/// A DENY in `shop` of everything from the `client` service account.
+pub const DENY_CLIENT: &str = r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-client, namespace: shop}
+spec:
+  action: DENY
+  rules: [{from: [{source: {principals: ["cluster.local/ns/shop/sa/client"]}}]}]
+"#;

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use weft_e2e::fixtures::{CART_SERVICE, DENY_CLIENT};
 use weft_e2e::{Mesh, MeshOptions, PodSpec};
 use weft_test_support::prometheus::Exposition;
 use weft_testbed::FabricCapture;
@@ -31,16 +32,6 @@ fn two_nodes(config: &str) -> Mesh {
     )
     .expect("start the mesh")
 }
-
-const CART_SERVICE: &str = r#"
-apiVersion: v1
-kind: Service
-metadata: {name: cart, namespace: shop}
-spec:
-  clusterIP: 10.96.0.10
-  selector: {app: cart}
-  ports: [{name: http, port: 80, targetPort: http}]
-"#;
 
 #[test]
 fn pods_reach_each_other_over_mutual_tls_through_both_agents() {
@@ -227,18 +218,7 @@ spec:
     );
 
     // A DENY on the client's identity: refused within seconds of the edit.
-    mesh.write_config(
-        "20-deny.yaml",
-        r#"
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: deny-client, namespace: shop}
-spec:
-  action: DENY
-  rules: [{from: [{source: {principals: ["cluster.local/ns/shop/sa/client"]}}]}]
-"#,
-    )
-    .unwrap();
+    mesh.write_config("20-deny.yaml", DENY_CLIENT).unwrap();
     assert!(
         mesh.eventually(Duration::from_secs(5), || mesh.curl("client", &url).0 == 0),
         "the DENY policy never applied\n{}",

@@ -52,8 +52,37 @@ pub(super) struct TypeSubscription {
 }
 
 impl TypeSubscription {
-    fn wants(&self, name: &str) -> bool {
-        self.wildcard || self.names.contains(name)
+    /// Whether the subscription covers `resource`: a wildcard covers all; a name, the resource
+    /// of that name and every resource going by it as an alias.
+    fn wants(&self, resource: &StoredResource) -> bool {
+        self.wildcard
+            || self.names.contains(&resource.name)
+            || resource
+                .aliases
+                .iter()
+                .any(|alias| self.names.contains(alias))
+    }
+
+    /// `resource` as sent on this subscription: with the aliases it was subscribed by (none on
+    /// a wildcard subscription, which asked by no name).
+    fn to_send(&self, resource: &StoredResource) -> Resource {
+        let aliases = if self.wildcard {
+            Vec::new()
+        } else {
+            resource
+                .aliases
+                .iter()
+                .filter(|alias| self.names.contains(*alias))
+                .cloned()
+                .collect()
+        };
+        Resource {
+            name: resource.name.clone(),
+            version: resource.version.clone(),
+            resource: Some(resource.body.clone()),
+            aliases,
+            ..Resource::default()
+        }
     }
 }
 
@@ -175,11 +204,13 @@ impl ProxyStream {
             subscription.wildcard = request.resource_names_subscribe.is_empty();
             subscription.sent = request.initial_resource_versions;
         }
+        let mut asked = Vec::new();
         for name in request.resource_names_subscribe {
             if name == WILDCARD {
                 subscription.wildcard = true;
             } else {
-                subscription.names.insert(name);
+                subscription.names.insert(name.clone());
+                asked.push(name);
             }
         }
         for name in request.resource_names_unsubscribe {
@@ -200,7 +231,34 @@ impl ProxyStream {
         );
         // `current`, not `latest`: a change not yet pushed must still wake the debounce loop.
         let snapshot = self.reader.current();
-        self.push_type(&snapshot, &type_url, is_new, Instant::now())
+        // Names asked for are answered as istiod answers them: with what they cover, sent
+        // again even if the proxy had it (it asks because it does not hold it, or no longer
+        // knows that it does), and a name covering nothing as removed, so the proxy knows its
+        // question was answered.
+        let mut unresolved = Vec::new();
+        if !subscription.wildcard && !asked.is_empty() {
+            let empty = TypeResources::new();
+            let resources = snapshot.resources(&type_url).map_or(&empty, |r| r.as_ref());
+            for name in &asked {
+                let mut covered = false;
+                for resource in resources.values() {
+                    if resource.goes_by(name)
+                        && self.scope.visible(&self.proxy, &type_url, resource)
+                    {
+                        covered = true;
+                        subscription.sent.remove(&resource.name);
+                    }
+                }
+                if !covered {
+                    unresolved.push(name.clone());
+                }
+            }
+        }
+        let answer = Answer {
+            respond_if_empty: is_new || !asked.is_empty(),
+            unresolved,
+        };
+        self.push_type(&snapshot, &type_url, answer, Instant::now())
             .await
             .map(|_| ())
     }
@@ -213,7 +271,9 @@ impl ProxyStream {
         let type_urls: Vec<String> = self.subscriptions.keys().cloned().collect();
         let mut sent = false;
         for type_url in type_urls {
-            sent |= self.push_type(snapshot, &type_url, false, since).await?;
+            sent |= self
+                .push_type(snapshot, &type_url, Answer::default(), since)
+                .await?;
         }
         if sent {
             self.metrics.converged(since.elapsed());
@@ -229,9 +289,10 @@ impl ProxyStream {
         &mut self,
         snapshot: &Snapshot,
         type_url: &str,
-        respond_if_empty: bool,
+        answer: Answer,
         since: Instant,
     ) -> Result<bool, StreamError> {
+        let respond_if_empty = answer.respond_if_empty;
         let Some(subscription) = self.subscriptions.get_mut(type_url) else {
             return Ok(false);
         };
@@ -247,12 +308,13 @@ impl ProxyStream {
         }
         let visible =
             |resource: &StoredResource| self.scope.visible(&self.proxy, type_url, resource);
-        let delta = match &subscription.evaluated {
+        let mut delta = match &subscription.evaluated {
             // What was sent is what `previous` called for: only the entries that differ
             // between the two maps can change it.
             Some(previous) => diff_changes(subscription, previous, current, visible),
             None => diff_type(subscription, current, visible),
         };
+        delta.removed.extend(answer.unresolved);
         subscription.evaluated = Some(current.clone());
         if delta.is_empty() && !respond_if_empty {
             return Ok(false);
@@ -304,6 +366,15 @@ impl ProxyStream {
     }
 }
 
+/// What a response owes the request it answers, beyond the diff.
+#[derive(Debug, Default)]
+pub(super) struct Answer {
+    /// Respond even with nothing to say (a subscription is always answered).
+    respond_if_empty: bool,
+    /// Names subscribed that cover no resource: listed as removed.
+    unresolved: Vec<String>,
+}
+
 /// What one type's next response carries.
 #[derive(Debug, Default, PartialEq)]
 pub(super) struct TypeDelta {
@@ -326,17 +397,12 @@ pub(super) fn diff_type(
     let mut delta = TypeDelta::default();
     let mut should_have = BTreeSet::new();
     for (name, resource) in current {
-        if !subscription.wants(name) || !visible(resource) {
+        if !subscription.wants(resource) || !visible(resource) {
             continue;
         }
         should_have.insert(name.as_str());
         if subscription.sent.get(name) != Some(&resource.version) {
-            delta.added.push(Resource {
-                name: name.clone(),
-                version: resource.version.clone(),
-                resource: Some(resource.body.clone()),
-                ..Resource::default()
-            });
+            delta.added.push(subscription.to_send(resource));
         }
     }
     let mut removed: Vec<String> = subscription
@@ -362,16 +428,11 @@ pub(super) fn diff_changes(
 ) -> TypeDelta {
     let mut delta = TypeDelta::default();
     let mut consider = |name: &String, now: Option<&Arc<StoredResource>>| match now
-        .filter(|r| subscription.wants(name) && visible(r))
+        .filter(|r| subscription.wants(r) && visible(r))
     {
         Some(resource) => {
             if subscription.sent.get(name) != Some(&resource.version) {
-                delta.added.push(Resource {
-                    name: name.clone(),
-                    version: resource.version.clone(),
-                    resource: Some(resource.body.clone()),
-                    ..Resource::default()
-                });
+                delta.added.push(subscription.to_send(resource));
             }
         }
         None => {

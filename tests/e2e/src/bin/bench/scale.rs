@@ -8,6 +8,7 @@
 
 mod cluster;
 mod edits;
+mod on_demand;
 mod proxies;
 mod report;
 
@@ -25,7 +26,7 @@ pub use cluster::Size;
 pub use report::report;
 
 /// How long the controller may take to list the cluster and serve, and the proxies to sync.
-const START_DEADLINE: Duration = Duration::from_secs(300);
+pub(crate) const START_DEADLINE: Duration = Duration::from_secs(300);
 
 /// Everything measured at one size.
 #[derive(Debug)]
@@ -49,6 +50,8 @@ pub struct SizeFigures {
     pub edits: Vec<edits::EditFigures>,
     /// Controller CPU time per edit over the edit phase, in ms.
     pub cpu_per_edit_ms: f64,
+    /// The same agents again, in on-demand mode, after the edits.
+    pub on_demand: on_demand::OnDemandFigures,
 }
 
 /// Runs the section at the sizes asked for.
@@ -206,6 +209,7 @@ async fn measure(size: &Size, edits_per_kind: usize) -> anyhow::Result<SizeFigur
     while let Some(ended) = tasks.join_next().await {
         ended??;
     }
+    let on_demand = on_demand::run(size, &api, &format!("https://{tls}"), &root).await?;
     drop(controller);
     Ok(SizeFigures {
         size: *size,
@@ -219,5 +223,6 @@ async fn measure(size: &Size, edits_per_kind: usize) -> anyhow::Result<SizeFigur
         waypoint_initial_bytes: initial.waypoint_bytes,
         edits,
         cpu_per_edit_ms: 1e3 * (cpu_after - cpu_before) / edit_count.max(1) as f64,
+        on_demand,
     })
 }

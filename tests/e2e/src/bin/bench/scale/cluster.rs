@@ -161,6 +161,11 @@ pub fn virtual_service(route: &str) -> Value {
 }
 
 /// The waypoint pod's address in namespace `index`.
+/// Service `index`'s cluster IP, in 10.96.0.0/16.
+pub fn service_vip(index: usize) -> String {
+    format!("10.96.{}.{}", index >> 8, index & 0xff)
+}
+
 pub fn waypoint_ip(index: usize) -> String {
     format!("10.32.{}.{}", index >> 8, index & 0xff)
 }
@@ -202,7 +207,7 @@ pub fn objects(size: &Size) -> Vec<Value> {
         objects.push(json!({
             "apiVersion": "v1", "kind": "Service",
             "metadata": {"name": format!("svc-{s}"), "namespace": service_namespace(size, s)},
-            "spec": {"clusterIP": format!("10.96.{}.{}", s >> 8, s & 0xff),
+            "spec": {"clusterIP": service_vip(s),
                      "selector": {"app": format!("svc-{s}")},
                      "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
         }));

@@ -150,6 +150,75 @@ fn bearer(token: String) -> weft_xds::TokenSource {
     Arc::new(move || Ok(token.clone()))
 }
 
+/// Node agent `a`'s client (its token registered with the API server, as a projected token
+/// bound to its pod and node), recording into `fleet` as proxy `index`: every address of the
+/// mesh, or `on_demand` only its node's (it asks for others through the client's `Demand`).
+pub fn agent(
+    api: &FakeApiServer,
+    xds_uri: &str,
+    root_pem: &str,
+    (a, fleet): (usize, &Arc<Fleet>),
+    on_demand: bool,
+) -> anyhow::Result<DeltaClient> {
+    let recording = |proxy| Recorder {
+        proxy,
+        fleet: fleet.clone(),
+    };
+    let node = cluster::node_name(a);
+    let token = format!("agent-token-{node}");
+    let pod = format!("{AGENT_ACCOUNT}-{node}");
+    api.add_token(
+        &token,
+        TokenIdentity::bound(
+            SYSTEM_NAMESPACE,
+            AGENT_ACCOUNT,
+            (&pod, &format!("uid-{pod}")),
+            Some(&node),
+            AUDIENCE,
+        ),
+    );
+    let addresses = if on_demand {
+        vec![weft_proto::node_subscription(&node)]
+    } else {
+        Vec::new()
+    };
+    // The agent's node and handlers, as `node_agent::xds::client` builds them.
+    let store = node_agent::state::WorkloadStore::new();
+    Ok(DeltaClient::new(
+        Target::tls(xds_uri, root_pem)?,
+        Node {
+            id: format!("node-agent~{node}"),
+            cluster: "Kubernetes".to_owned(),
+            metadata: Some(prost_types::Struct {
+                fields: [
+                    ("NODE_NAME".to_owned(), string_value(&node)),
+                    ("PROXY_KIND".to_owned(), string_value("node-agent")),
+                ]
+                .into(),
+            }),
+            ..Default::default()
+        },
+    )
+    .with_bearer_token(bearer(token))
+    .subscribe_names(
+        ADDRESS_TYPE_URL,
+        addresses,
+        recording(a).wrap(node_agent::xds::AddressHandler::new(store.clone())),
+    )
+    .subscribe(
+        AUTHORIZATION_TYPE_URL,
+        recording(a).wrap(node_agent::xds::AuthorizationHandler::new(store)),
+    ))
+}
+
+/// A fleet of `agents` node agents only.
+pub fn agent_fleet(agents: usize) -> Arc<Fleet> {
+    Arc::new(Fleet {
+        logs: Mutex::new((0..agents).map(|_| ProxyLog::default()).collect()),
+        kinds: vec![Kind::Agent; agents],
+    })
+}
+
 /// Builds the clients of `size`'s agents and waypoints (their tokens registered with the API
 /// server, as projected tokens bound to their pods and nodes), ready to run.
 pub fn build(
@@ -170,46 +239,7 @@ pub fn build(
     };
     let mut clients = Vec::new();
     for a in 0..size.agents {
-        let node = cluster::node_name(a);
-        let token = format!("agent-token-{node}");
-        let pod = format!("{AGENT_ACCOUNT}-{node}");
-        api.add_token(
-            &token,
-            TokenIdentity::bound(
-                SYSTEM_NAMESPACE,
-                AGENT_ACCOUNT,
-                (&pod, &format!("uid-{pod}")),
-                Some(&node),
-                AUDIENCE,
-            ),
-        );
-        // The agent's node and handlers, as `node_agent::xds::client` builds them.
-        let store = node_agent::state::WorkloadStore::new();
-        let client = DeltaClient::new(
-            Target::tls(xds_uri, root_pem)?,
-            Node {
-                id: format!("node-agent~{node}"),
-                cluster: "Kubernetes".to_owned(),
-                metadata: Some(prost_types::Struct {
-                    fields: [
-                        ("NODE_NAME".to_owned(), string_value(&node)),
-                        ("PROXY_KIND".to_owned(), string_value("node-agent")),
-                    ]
-                    .into(),
-                }),
-                ..Default::default()
-            },
-        )
-        .with_bearer_token(bearer(token))
-        .subscribe(
-            ADDRESS_TYPE_URL,
-            recording(a).wrap(node_agent::xds::AddressHandler::new(store.clone())),
-        )
-        .subscribe(
-            AUTHORIZATION_TYPE_URL,
-            recording(a).wrap(node_agent::xds::AuthorizationHandler::new(store)),
-        );
-        clients.push(client);
+        clients.push(agent(api, xds_uri, root_pem, (a, &fleet), false)?);
     }
     for w in 0..size.waypoints {
         let namespace = cluster::namespace_name(w);

@@ -72,6 +72,39 @@ fn lines(figures: &[SizeFigures]) -> Vec<Line> {
             f.waypoint_initial_bytes / 1024.0
         }),
         line("controller CPU per edit (ms)", true, &|f| f.cpu_per_edit_ms),
+        line(
+            "on demand: agents started to every agent synced (ms)",
+            true,
+            &|f| ms(f.on_demand.synced),
+        ),
+        line("on demand: one node agent's first push (KiB)", true, &|f| {
+            f.on_demand.initial_bytes / 1024.0
+        }),
+        line(
+            "on demand: one node agent's first push (resources)",
+            true,
+            &|f| f.on_demand.initial_resources,
+        ),
+        line(
+            "on demand: one service fetched, per agent (KiB)",
+            false,
+            &|f| f.on_demand.fetch_bytes / 1024.0,
+        ),
+        line(
+            "on demand: one service fetched, per agent (resources)",
+            false,
+            &|f| f.on_demand.fetch_resources,
+        ),
+        line(
+            "on demand: one service fetched, every agent at once, p50 (ms)",
+            false,
+            &|f| ms(quantile(&f.on_demand.fetch_latency, 0.5)),
+        ),
+        line(
+            "on demand: one service fetched, every agent at once, p99 (ms)",
+            false,
+            &|f| ms(quantile(&f.on_demand.fetch_latency, 0.99)),
+        ),
     ];
     for (k, edit) in figures[0].edits.iter().enumerate() {
         let name = edit.kind.describe();

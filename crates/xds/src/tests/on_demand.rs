@@ -1,0 +1,170 @@
+//! Subscriptions by name and alias, and the client's demands: what an on-demand proxy asks
+//! for and what it is answered.
+
+use super::*;
+use crate::DemandError;
+
+/// A service at `/10.0.0.1` with one endpoint, and a workload elsewhere, each going by its
+/// addresses as the controller names them.
+fn addresses(store: &mut ResourceStore, endpoints: &[(&str, &str)]) {
+    let mut resources = vec![
+        StoredResource::new("ns/svc", thing("svc")).with_aliases(vec!["/10.0.0.1".to_string()]),
+        StoredResource::new("far", thing("far")).with_aliases(vec!["/10.1.0.9".to_string()]),
+        StoredResource::new("local", thing("local"))
+            .with_aliases(vec!["node:n1".to_string(), "/10.1.0.5".to_string()]),
+    ];
+    for (name, value) in endpoints {
+        resources.push(
+            StoredResource::new(*name, thing(value))
+                .with_aliases(vec!["/10.0.0.1".to_string(), format!("/{name}")]),
+        );
+    }
+    store.replace_type(THING, resources);
+}
+
+/// Subscribes `name` on an open stream and returns the answer.
+async fn ask(stream: &mut RawStream, name: &str) -> Result<DeltaDiscoveryResponse> {
+    stream
+        .send(DeltaDiscoveryRequest {
+            type_url: THING.to_string(),
+            resource_names_subscribe: vec![name.to_string()],
+            ..DeltaDiscoveryRequest::default()
+        })
+        .await?;
+    stream.next().await
+}
+
+#[tokio::test]
+async fn a_name_covers_what_goes_by_it_and_a_name_covering_nothing_is_answered_removed()
+-> Result<()> {
+    let mut store = ResourceStore::new();
+    addresses(&mut store, &[("ep1", "1")]);
+    let server =
+        RunningServer::bind(DeltaAdsServer::new(store.reader()).with_config(fast_config())).await?;
+    let mut stream = RawStream::open(
+        server.address,
+        DeltaDiscoveryRequest {
+            node: Some(node("on-demand")),
+            type_url: THING.to_string(),
+            resource_names_subscribe: vec!["node:n1".to_string()],
+            ..DeltaDiscoveryRequest::default()
+        },
+    )
+    .await?;
+    let first = stream.next().await?;
+    assert_eq!(response_names(&first), ["local"]);
+    assert_eq!(
+        first.resources[0].aliases,
+        ["node:n1"],
+        "only the alias asked by"
+    );
+    stream.ack(&first).await?;
+
+    // The service's address: the service and its endpoint.
+    let answer = ask(&mut stream, "/10.0.0.1").await?;
+    assert_eq!(response_names(&answer), ["ep1", "ns/svc"]);
+    assert!(answer.resources.iter().all(|r| r.aliases == ["/10.0.0.1"]));
+    stream.ack(&answer).await?;
+
+    // Nothing at this address: answered, with the name as removed.
+    let nothing = ask(&mut stream, "/10.9.9.9").await?;
+    assert!(nothing.resources.is_empty());
+    assert_eq!(nothing.removed_resources, ["/10.9.9.9"]);
+    stream.ack(&nothing).await?;
+
+    // A new endpoint of the service follows; the workload nobody asked for does not.
+    addresses(&mut store, &[("ep1", "1"), ("ep2", "1")]);
+    let pushed = stream.next().await?;
+    assert_eq!(response_names(&pushed), ["ep2"]);
+    stream.ack(&pushed).await?;
+    store.set(THING, "far", thing("changed"));
+    stream.expect_quiet().await?;
+
+    // Asked again (a proxy that lost track), the answer is sent again.
+    assert_eq!(
+        response_names(&ask(&mut stream, "/10.0.0.1").await?),
+        ["ep1", "ep2", "ns/svc"]
+    );
+    drop(store);
+    drop(stream);
+    server.stop().await
+}
+
+#[tokio::test]
+async fn demands_share_one_request_and_settle_on_the_answer() -> Result<()> {
+    let mut store = ResourceStore::new();
+    addresses(&mut store, &[("ep1", "1")]);
+    let server =
+        RunningServer::bind(DeltaAdsServer::new(store.reader()).with_config(fast_config())).await?;
+    let (sender, mut updates) = mpsc::unbounded_channel();
+    let client = DeltaClient::new(server.target()?, node("on-demand"))
+        .with_backoff(fast_backoff())
+        .subscribe_names(
+            THING,
+            vec!["node:n1".to_string()],
+            recording_handler(sender),
+        );
+    let demand = client.demand();
+    let mut state = client.state();
+    let task = tokio::spawn(async move {
+        let _ = client.run_until(std::future::pending()).await;
+    });
+    tokio::time::timeout(STEP_TIMEOUT, state.wait_for(|s| s.synced)).await??;
+    let first = updates.recv().await.context("client ended")?;
+    assert_eq!(names(&first), ["local"]);
+
+    // Two connections to the same address at once: one request, one answer, both settled
+    // only after it is applied.
+    let (a, b) = tokio::time::timeout(STEP_TIMEOUT, async {
+        tokio::join!(
+            demand.request(THING, "/10.0.0.1"),
+            demand.request(THING, "/10.0.0.1")
+        )
+    })
+    .await?;
+    assert_eq!((a, b), (Ok(()), Ok(())));
+    let answer = updates
+        .try_recv()
+        .context("settled before it was applied")?;
+    assert_eq!(names(&answer), ["ep1", "ns/svc"]);
+    if let Ok(Some(again)) = tokio::time::timeout(QUIET_PERIOD, updates.recv()).await {
+        bail!("the second demand was sent on its own: {again:?}");
+    }
+
+    // An address nothing holds is answered too, and not kept subscribed: what appears there
+    // later is not pushed.
+    tokio::time::timeout(STEP_TIMEOUT, demand.request(THING, "/10.9.9.9")).await??;
+    let nothing = updates.recv().await.context("client ended")?;
+    assert_eq!(nothing.removed, ["/10.9.9.9"]);
+    let mut later =
+        vec![StoredResource::new("new", thing("new")).with_aliases(vec!["/10.9.9.9".to_string()])];
+    later.extend(
+        store
+            .snapshot()
+            .resources(THING)
+            .into_iter()
+            .flat_map(|r| r.values().map(|r| r.as_ref().clone())),
+    );
+    store.replace_type(THING, later);
+    if let Ok(Some(pushed)) = tokio::time::timeout(QUIET_PERIOD, updates.recv()).await {
+        bail!("an address asked for in vain stayed subscribed: {pushed:?}");
+    }
+
+    // Only types subscribed by name take demands.
+    let wildcard =
+        DeltaClient::new(server.target()?, node("wildcard")).subscribe(OTHER, |_: Update| Ok(()));
+    let refused = wildcard.demand();
+    let wildcard_task = tokio::spawn(async move {
+        let _ = wildcard.run_until(std::future::pending()).await;
+    });
+    assert_eq!(
+        tokio::time::timeout(STEP_TIMEOUT, refused.request(OTHER, "x")).await?,
+        Err(DemandError::Refused {
+            type_url: OTHER.to_string()
+        })
+    );
+    wildcard_task.abort();
+    task.abort();
+    drop(store);
+    server.stop().await
+}
