@@ -6,18 +6,8 @@ use std::process::Output;
 use std::time::Duration;
 
 use serde_json::Value;
+use weft_e2e::fixtures::CART_SERVICE;
 use weft_e2e::{Mesh, MeshOptions, PodSpec, binary, waypoint_resources};
-
-const CONFIG: &str = r#"
-apiVersion: v1
-kind: Service
-metadata: {name: cart, namespace: shop}
-spec:
-  clusterIP: 10.96.0.10
-  selector: {app: cart}
-  ports: [{name: http, port: 80, targetPort: http}]
----
-"#;
 
 /// A VirtualService Istio refuses (a negative weight) next to one that routes through a
 /// Gateway that does not exist.
@@ -89,7 +79,7 @@ fn weftctl_reads_a_running_mesh() {
             PodSpec::waypoint("waypoint", "node2", "shop"),
         ],
         MeshOptions {
-            config: format!("{CONFIG}{}", waypoint_resources("shop")),
+            config: format!("{CART_SERVICE}---\n{}", waypoint_resources("shop")),
             ..MeshOptions::default()
         },
     )
