@@ -5,10 +5,9 @@
 //! back (`node:<name>`).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
 
 use weft_proto::istio::workload::{self, Address, address::Type};
-use weft_proto::{address_subscription, node_subscription};
+use weft_proto::{address_subscription, ip_from_bytes, node_subscription};
 
 /// Every address's aliases, by resource name.
 pub fn address_aliases(addresses: &BTreeMap<String, workload::Address>) -> AliasIndex<'_> {
@@ -44,7 +43,7 @@ impl AliasIndex<'_> {
                 let mut aliases: Vec<String> = w
                     .addresses
                     .iter()
-                    .filter_map(|bytes| ip(bytes))
+                    .filter_map(|bytes| ip_from_bytes(bytes))
                     .map(|ip| address_subscription(&w.network, ip))
                     .collect();
                 if !w.node.is_empty() {
@@ -81,15 +80,7 @@ fn service_vips(service: &workload::Service) -> impl Iterator<Item = String> + '
     service
         .addresses
         .iter()
-        .filter_map(|a| ip(&a.address).map(|ip| address_subscription(&a.network, ip)))
-}
-
-fn ip(bytes: &[u8]) -> Option<IpAddr> {
-    match bytes.len() {
-        4 => <[u8; 4]>::try_from(bytes).ok().map(IpAddr::from),
-        16 => <[u8; 16]>::try_from(bytes).ok().map(IpAddr::from),
-        _ => None,
-    }
+        .filter_map(|a| ip_from_bytes(&a.address).map(|ip| address_subscription(&a.network, ip)))
 }
 
 #[cfg(test)]

@@ -148,6 +148,15 @@ pub mod cri {
 /// Type URL of `istio.workload.Address` resources (workloads and services) on the ADS stream.
 pub const ADDRESS_TYPE_URL: &str = "type.googleapis.com/istio.workload.Address";
 
+/// An address as `istio.workload` carries it (4 or 16 bytes); `None` for any other length.
+pub fn ip_from_bytes(bytes: &[u8]) -> Option<std::net::IpAddr> {
+    match bytes.len() {
+        4 => <[u8; 4]>::try_from(bytes).ok().map(std::net::IpAddr::from),
+        16 => <[u8; 16]>::try_from(bytes).ok().map(std::net::IpAddr::from),
+        _ => None,
+    }
+}
+
 /// The name an on-demand proxy subscribes to whatever is at `ip` by: istiod's
 /// `<network>/<ip>`. The workload at that address, or the service whose VIP it is together
 /// with the service's endpoints, go by it.

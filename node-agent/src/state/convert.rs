@@ -1,8 +1,9 @@
 //! `TryFrom` the pushed protobuf resources into the store's types. Anything malformed is a
 //! typed error naming the field, which the xDS handler sends back as a NACK.
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::collections::BTreeMap;
 
+use weft_proto::ip_from_bytes;
 use weft_proto::istio::workload as proto;
 
 use super::{
@@ -28,14 +29,6 @@ fn field_error(resource: &str, field: &'static str, reason: impl Into<String>) -
         resource: resource.to_string(),
         field,
         reason: reason.into(),
-    }
-}
-
-fn ip_from_bytes(bytes: &[u8]) -> Option<IpAddr> {
-    match bytes.len() {
-        4 => Some(IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?)),
-        16 => Some(IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?)),
-        _ => None,
     }
 }
 
