@@ -32,6 +32,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Demands waiting for the client's task; beyond that, a demand fails at once.
 const DEMAND_QUEUE: usize = 256;
 
+/// Callers waiting at once for the answer to one name, at most; beyond that a demand fails at
+/// once ([`DemandError::Busy`]). Callers that gave up are forgotten first, so the waiters of a
+/// name the server is slow to answer do not pile up.
+const MAX_WAITERS_PER_NAME: usize = 1_024;
+
 /// Names subscribed on demand per type, at most: each is a resource the proxy keeps receiving,
 /// and whoever makes the proxy ask (an application connecting anywhere) must not grow it
 /// without bound.
@@ -203,7 +208,7 @@ pub type TokenSource = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
 /// Why a demand was not answered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DemandError {
-    /// Too many demands are already waiting for the client.
+    /// Too many demands are already waiting for the client, or for this name.
     #[error("too many demands waiting")]
     Busy,
     /// The type was not subscribed by name, or holds [`MAX_DEMANDED_NAMES`] names already.
@@ -526,7 +531,12 @@ impl DeltaClient {
         } = demand;
         let key = (type_url, name);
         if let Some(waiters) = self.pending.get_mut(&key) {
-            waiters.push(answered);
+            waiters.retain(|waiter| !waiter.is_closed());
+            if waiters.len() >= MAX_WAITERS_PER_NAME {
+                let _ = answered.send(Err(DemandError::Busy));
+            } else {
+                waiters.push(answered);
+            }
             return None;
         }
         let (type_url, name) = key;
@@ -740,3 +750,6 @@ impl ConnectionTypes {
         self.types.iter().all(|per_type| per_type.synced)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -20,9 +20,12 @@ pub use client::{
 };
 pub use metrics::{NoMetrics, Rejection, StreamEvent, TypeCounts, XdsCounters, XdsMetrics};
 pub use server::{
-    Admission, DeltaAdsServer, ProxyIdentity, Scope, ServerConfig, StreamError, Unscoped,
+    Admission, DeltaAdsServer, Exceeded, MAX_NAMES, MAX_TYPES, ProxyIdentity, Scope, ServerConfig,
+    StreamError, Unscoped,
 };
-pub use store::{Audience, ChangeSummary, ResourceStore, Snapshot, SnapshotReader, StoredResource};
+pub use store::{
+    AliasIndex, Audience, ChangeSummary, ResourceStore, Snapshot, SnapshotReader, StoredResource,
+};
 
 #[cfg(test)]
 mod tests;

@@ -41,6 +41,15 @@ pub const WILDCARD: &str = "*";
 /// Responses buffered per stream before the stream task waits for the proxy to read.
 const RESPONSE_BUFFER: usize = 16;
 
+/// Names one stream may hold subscribed per type, and name one request may carry: each is
+/// kept for the stream's life, so whoever holds a stream must not grow it without bound. Twice
+/// what a client subscribes on demand ([`crate::MAX_DEMANDED_NAMES`]), so a reconnecting proxy's
+/// first request (all its names at once) always fits.
+pub const MAX_NAMES: usize = 2 * crate::client::MAX_DEMANDED_NAMES;
+
+/// Type URLs one stream may subscribe: each holds a subscription for the stream's life.
+pub const MAX_TYPES: usize = 64;
+
 /// Who is on the other end of a stream, from the `Node` of its first request.
 #[derive(Debug, Clone)]
 pub struct ProxyIdentity {
@@ -150,11 +159,53 @@ pub enum StreamError {
         /// What the proxy was told.
         status: Status,
     },
+    /// A request would take the stream past one of its bounds; the stream was ended.
+    #[error("stream of proxy {proxy_id} ended: {exceeded}")]
+    Exceeded {
+        /// The proxy's node id.
+        proxy_id: String,
+        /// Which bound, and by how much.
+        exceeded: Exceeded,
+    },
     /// The proxy stopped reading responses (the stream is gone).
     #[error("proxy {proxy_id} is no longer reading responses")]
     ResponsesClosed {
         /// The proxy's node id.
         proxy_id: String,
+    },
+}
+
+/// A bound of a stream that a request would exceed (told to the proxy as the status ending
+/// its stream, `RESOURCE_EXHAUSTED`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Exceeded {
+    /// Too many type URLs subscribed.
+    #[error("subscribing {type_url} would exceed {limit} type URLs on one stream")]
+    Types {
+        /// The type asked for.
+        type_url: String,
+        /// [`MAX_TYPES`].
+        limit: usize,
+    },
+    /// Too many names in one request.
+    #[error("a request for {type_url} names {names} resources, more than {limit}")]
+    NamesInRequest {
+        /// The type of the request.
+        type_url: String,
+        /// Names subscribed and unsubscribed in it.
+        names: usize,
+        /// [`MAX_NAMES`].
+        limit: usize,
+    },
+    /// Too many names subscribed.
+    #[error("the subscription to {type_url} would hold {names} names, more than {limit}")]
+    NamesSubscribed {
+        /// The type of the subscription.
+        type_url: String,
+        /// Names it would hold.
+        names: usize,
+        /// [`MAX_NAMES`].
+        limit: usize,
     },
 }
 

@@ -4,6 +4,11 @@
 //! Resources are opaque: a type URL, a name, a version and the packed message. The version is a
 //! stable hash of the packed bytes, so setting an identical resource again changes nothing and
 //! wakes nobody.
+//!
+//! Next to each type's resources the store keeps an [`AliasIndex`] (alias to the resources going
+//! by it), updated by the same writes, so a subscription by name is resolved by lookups.
+
+mod alias_index;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -11,6 +16,8 @@ use std::sync::Arc;
 use prost_types::Any;
 use tokio::sync::watch;
 use weft_identity::SpiffeId;
+
+pub use alias_index::AliasIndex;
 
 /// The identities a resource may be sent to, for the server's [`crate::Scope`] to check; the
 /// store only keeps it with the resource (and republishes when it changes).
@@ -93,6 +100,8 @@ pub type TypeResources = BTreeMap<String, Arc<StoredResource>>;
 pub struct Snapshot {
     generation: u64,
     types: BTreeMap<String, Arc<TypeResources>>,
+    /// Per type, which resources go by each alias: always the index of `types`.
+    aliases: BTreeMap<String, AliasIndex>,
 }
 
 impl Snapshot {
@@ -109,6 +118,29 @@ impl Snapshot {
     /// One resource.
     pub fn get(&self, type_url: &str, name: &str) -> Option<&Arc<StoredResource>> {
         self.types.get(type_url)?.get(name)
+    }
+
+    /// The resources of `type_url` a subscription to `name` covers: the one named `name` and
+    /// every one going by it as an alias (each once, in name order). A lookup in the type's
+    /// index: the cost is that of what it finds, not of the type's size.
+    pub fn covering(&self, type_url: &str, name: &str) -> Vec<&Arc<StoredResource>> {
+        let Some(resources) = self.types.get(type_url) else {
+            return Vec::new();
+        };
+        let aliased = self
+            .aliases
+            .get(type_url)
+            .map_or(&[][..], |index| index.named_by(name));
+        let mut covered: Vec<&Arc<StoredResource>> = aliased
+            .iter()
+            .filter(|aliased| aliased.as_str() != name)
+            .filter_map(|aliased| resources.get(aliased))
+            .collect();
+        if let Some(named) = resources.get(name) {
+            let at = covered.partition_point(|r| r.name.as_str() < name);
+            covered.insert(at, named);
+        }
+        covered
     }
 
     /// Type URLs that have (or had) resources.
@@ -183,7 +215,10 @@ impl ResourceStore {
             None => summary.added = 1,
         }
         let mut resources = self.type_resources(type_url);
-        resources.insert(resource.name.clone(), Arc::new(resource));
+        let resource = Arc::new(resource);
+        let previous = resources.insert(resource.name.clone(), resource.clone());
+        self.index_mut(type_url)
+            .replace(previous.as_deref(), Some(&resource));
         self.current
             .types
             .insert(type_url.to_string(), Arc::new(resources));
@@ -197,7 +232,8 @@ impl ResourceStore {
             return ChangeSummary::default();
         }
         let mut resources = self.type_resources(type_url);
-        resources.remove(name);
+        let previous = resources.remove(name);
+        self.index_mut(type_url).replace(previous.as_deref(), None);
         self.current
             .types
             .insert(type_url.to_string(), Arc::new(resources));
@@ -220,13 +256,20 @@ impl ResourceStore {
             .resources(type_url)
             .cloned()
             .unwrap_or_default();
-        let (next, summary) = merge_type(&previous, resources);
+        let mut index = self
+            .current
+            .aliases
+            .get(type_url)
+            .cloned()
+            .unwrap_or_default();
+        let (next, summary) = merge_type(&previous, resources, &mut index);
         if summary.is_empty() {
             return summary;
         }
         self.current
             .types
             .insert(type_url.to_string(), Arc::new(next));
+        self.current.aliases.insert(type_url.to_string(), index);
         self.publish();
         summary
     }
@@ -239,13 +282,20 @@ impl ResourceStore {
     ) -> ChangeSummary {
         let mut total = ChangeSummary::default();
         let mut next_types = BTreeMap::new();
+        let mut next_aliases = BTreeMap::new();
         for (type_url, resources) in types {
             let previous = self
                 .current
                 .resources(&type_url)
                 .cloned()
                 .unwrap_or_default();
-            let (next, summary) = merge_type(&previous, resources);
+            let mut index = self
+                .current
+                .aliases
+                .get(&type_url)
+                .cloned()
+                .unwrap_or_default();
+            let (next, summary) = merge_type(&previous, resources, &mut index);
             total.added += summary.added;
             total.updated += summary.updated;
             total.removed += summary.removed;
@@ -254,18 +304,21 @@ impl ResourceStore {
             } else {
                 Arc::new(next)
             };
+            next_aliases.insert(type_url.clone(), index);
             next_types.insert(type_url, next);
         }
         for (type_url, previous) in &self.current.types {
             if !next_types.contains_key(type_url) {
                 total.removed += previous.len();
                 next_types.insert(type_url.clone(), Arc::new(TypeResources::new()));
+                next_aliases.insert(type_url.clone(), AliasIndex::default());
             }
         }
         if total.is_empty() {
             return total;
         }
         self.current.types = next_types;
+        self.current.aliases = next_aliases;
         self.publish();
         total
     }
@@ -277,6 +330,13 @@ impl ResourceStore {
             .unwrap_or_default()
     }
 
+    fn index_mut(&mut self, type_url: &str) -> &mut AliasIndex {
+        self.current
+            .aliases
+            .entry(type_url.to_string())
+            .or_default()
+    }
+
     fn publish(&mut self) {
         self.current.generation += 1;
         self.publisher.send_replace(Arc::new(self.current.clone()));
@@ -284,10 +344,11 @@ impl ResourceStore {
 }
 
 /// Builds the next map of one type from the full list of its resources, sharing unchanged
-/// entries with `previous`.
+/// entries with `previous`, and brings `index` (that of `previous`) along.
 fn merge_type<R: Into<StoredResource>>(
     previous: &TypeResources,
     resources: impl IntoIterator<Item = R>,
+    index: &mut AliasIndex,
 ) -> (TypeResources, ChangeSummary) {
     let mut summary = ChangeSummary::default();
     let mut next = TypeResources::new();
@@ -305,12 +366,18 @@ fn merge_type<R: Into<StoredResource>>(
             }
         };
         // A duplicate name in the input keeps the last entry, like repeated `set`s would.
-        next.insert(entry.name.clone(), entry);
+        let replaced = next.insert(entry.name.clone(), entry.clone());
+        let before = replaced.as_ref().or_else(|| previous.get(&entry.name));
+        if !before.is_some_and(|before| Arc::ptr_eq(before, &entry)) {
+            index.replace(before.map(AsRef::as_ref), Some(&entry));
+        }
     }
-    summary.removed = previous
-        .keys()
-        .filter(|name| !next.contains_key(*name))
-        .count();
+    for (name, gone) in previous {
+        if !next.contains_key(name) {
+            summary.removed += 1;
+            index.replace(Some(gone), None);
+        }
+    }
     (next, summary)
 }
 
@@ -549,6 +616,103 @@ mod tests {
         let snapshot = store.snapshot();
         assert!(snapshot.get("a", "1").is_some());
         assert!(snapshot.resources("b").unwrap().is_empty());
+    }
+
+    /// The index a snapshot carries must be that of its resources after every kind of write,
+    /// and a write must not change the index of a snapshot already published (shards shared
+    /// between the two are copied before they are written).
+    #[test]
+    fn the_alias_index_follows_every_write_and_published_snapshots_keep_theirs() {
+        // A small deterministic generator: the same sequence on every run.
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move |bound: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % bound
+        };
+        let t = "type.googleapis.com/test.Thing";
+        let aliases = ["node:a", "node:b", "/10.0.0.1", "/10.0.0.2", "svc", "r3"];
+        let mut store = ResourceStore::new();
+        type Entries = BTreeMap<String, Vec<String>>;
+        let mut published: Vec<(Arc<Snapshot>, Entries)> = Vec::new();
+        let owned = |index: &AliasIndex| -> Entries {
+            index
+                .entries()
+                .into_iter()
+                .map(|(alias, names)| (alias.to_string(), names.to_vec()))
+                .collect()
+        };
+        for round in 0..300 {
+            let random = |next: &mut dyn FnMut(u64) -> u64| {
+                let name = format!("r{}", next(12));
+                let chosen = (0..next(4))
+                    .map(|_| aliases[next(aliases.len() as u64) as usize].to_string())
+                    .collect();
+                StoredResource::new(name, any(format!("{round}-{}", next(3)).as_bytes()))
+                    .with_aliases(chosen)
+            };
+            match round % 4 {
+                0 => {
+                    let resource = random(&mut next);
+                    let mut all: Vec<StoredResource> = store
+                        .snapshot()
+                        .resources(t)
+                        .into_iter()
+                        .flat_map(|r| r.values().map(|r| r.as_ref().clone()))
+                        .collect();
+                    // Same name, new aliases or body: a write that keeps most entries.
+                    all.retain(|r| r.name != resource.name);
+                    all.push(resource);
+                    store.replace_type(t, all);
+                }
+                1 => {
+                    let count = next(8);
+                    let resources: Vec<StoredResource> =
+                        (0..count).map(|_| random(&mut next)).collect();
+                    store.replace_all([(t.to_string(), resources)]);
+                }
+                2 => {
+                    let name = format!("r{}", next(12));
+                    store.remove(t, &name);
+                }
+                _ => {
+                    // `set` takes no aliases: a resource that had some loses them.
+                    let name = format!("r{}", next(12));
+                    store.set(t, name, any(b"plain"));
+                }
+            }
+            let snapshot = store.snapshot();
+            let resources = snapshot.resources(t).cloned().unwrap_or_default();
+            let expected = AliasIndex::of(resources.values().map(AsRef::as_ref));
+            let index = snapshot.aliases.get(t).cloned().unwrap_or_default();
+            assert_eq!(owned(&index), owned(&expected), "round {round}: index");
+            for name in aliases.iter().copied().chain(["r1", "r3", "nothing"]) {
+                let covered: Vec<&str> = snapshot
+                    .covering(t, name)
+                    .iter()
+                    .map(|r| r.name.as_str())
+                    .collect();
+                let brute: Vec<&str> = resources
+                    .values()
+                    .filter(|r| r.goes_by(name))
+                    .map(|r| r.name.as_str())
+                    .collect();
+                assert_eq!(covered, brute, "round {round}: covering {name}");
+            }
+            for (earlier, entries) in &published {
+                let index = earlier.aliases.get(t).cloned().unwrap_or_default();
+                assert_eq!(
+                    &owned(&index),
+                    entries,
+                    "round {round}: an older snapshot changed"
+                );
+            }
+            published.push((snapshot.clone(), owned(&index)));
+            if published.len() > 5 {
+                published.remove(0);
+            }
+        }
     }
 
     #[tokio::test]

@@ -14,7 +14,10 @@ use weft_proto::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
 };
 
-use super::{ProxyIdentity, ResponseSender, Scope, ServerConfig, StreamError, WILDCARD};
+use super::{
+    Exceeded, MAX_NAMES, MAX_TYPES, ProxyIdentity, ResponseSender, Scope, ServerConfig,
+    StreamError, WILDCARD,
+};
 use crate::metrics::{Rejection, StreamEvent, XdsMetrics};
 use crate::store::{Snapshot, SnapshotReader, StoredResource, TypeResources};
 /// Keeps the connected-proxies gauge right however the stream task ends.
@@ -199,7 +202,25 @@ impl ProxyStream {
         if !changes_subscription {
             return Ok(());
         }
+        if let Err(exceeded) = self.check_bounds(
+            &type_url,
+            is_new,
+            &request.resource_names_subscribe,
+            &request.resource_names_unsubscribe,
+        ) {
+            warn!(proxy = %self.proxy.id, %exceeded, "refused a subscription");
+            // Best effort: the proxy learns why before the stream closes.
+            let _ = self
+                .responses
+                .send(Err(tonic::Status::resource_exhausted(exceeded.to_string())))
+                .await;
+            return Err(StreamError::Exceeded {
+                proxy_id: self.proxy.id.clone(),
+                exceeded,
+            });
+        }
         let subscription = self.subscriptions.entry(type_url.clone()).or_default();
+        let was_wildcard = subscription.wildcard;
         if is_new {
             subscription.wildcard = request.resource_names_subscribe.is_empty();
             subscription.sent = request.initial_resource_versions;
@@ -213,15 +234,16 @@ impl ProxyStream {
                 asked.push(name);
             }
         }
+        let mut dropped = Vec::new();
         for name in request.resource_names_unsubscribe {
             if name == WILDCARD {
                 subscription.wildcard = false;
             } else {
                 subscription.names.remove(&name);
                 subscription.sent.remove(&name);
+                dropped.push(name);
             }
         }
-        subscription.evaluated = None;
         debug!(
             proxy = %self.proxy.id,
             type_url = %type_url,
@@ -231,36 +253,81 @@ impl ProxyStream {
         );
         // `current`, not `latest`: a change not yet pushed must still wake the debounce loop.
         let snapshot = self.reader.current();
-        // Names asked for are answered as istiod answers them: with what they cover, sent
-        // again even if the proxy had it (it asks because it does not hold it, or no longer
-        // knows that it does), and a name covering nothing as removed, so the proxy knows its
-        // question was answered.
-        let mut unresolved = Vec::new();
-        if !subscription.wildcard && !asked.is_empty() {
-            let empty = TypeResources::new();
-            let resources = snapshot.resources(&type_url).map_or(&empty, |r| r.as_ref());
-            for name in &asked {
-                let mut covered = false;
-                for resource in resources.values() {
-                    if resource.goes_by(name)
-                        && self.scope.visible(&self.proxy, &type_url, resource)
-                    {
-                        covered = true;
-                        subscription.sent.remove(&resource.name);
-                    }
-                }
-                if !covered {
-                    unresolved.push(name.clone());
-                }
+        let empty = Arc::new(TypeResources::new());
+        let current = snapshot.resources(&type_url).unwrap_or(&empty);
+        let visible =
+            |resource: &StoredResource| self.scope.visible(&self.proxy, &type_url, resource);
+        let change = NameChange {
+            asked: &asked,
+            dropped: &dropped,
+            wildcard_changed: subscription.wildcard != was_wildcard,
+        };
+        let delta =
+            diff_subscription_change(subscription, &snapshot, &type_url, current, change, visible);
+        let respond_if_empty = is_new || !asked.is_empty();
+        self.send_delta(
+            &snapshot,
+            &type_url,
+            delta,
+            respond_if_empty,
+            Instant::now(),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Whether `request` keeps this stream within its bounds: a type subscribed anew fits
+    /// under [`MAX_TYPES`], and its names under [`MAX_NAMES`], in the request and in the
+    /// subscription it grows.
+    fn check_bounds(
+        &self,
+        type_url: &str,
+        is_new: bool,
+        subscribe: &[String],
+        unsubscribe: &[String],
+    ) -> Result<(), Exceeded> {
+        if is_new && self.subscriptions.len() >= MAX_TYPES {
+            return Err(Exceeded::Types {
+                type_url: type_url.to_string(),
+                limit: MAX_TYPES,
+            });
+        }
+        let in_request = subscribe.len() + unsubscribe.len();
+        if in_request > MAX_NAMES {
+            return Err(Exceeded::NamesInRequest {
+                type_url: type_url.to_string(),
+                names: in_request,
+                limit: MAX_NAMES,
+            });
+        }
+        let held = self
+            .subscriptions
+            .get(type_url)
+            .map_or(0, |s| s.names.len());
+        if held + subscribe.len() > MAX_NAMES {
+            let subscribed = self.subscriptions.get(type_url);
+            let new: BTreeSet<&str> = subscribe
+                .iter()
+                .map(String::as_str)
+                .filter(|name| {
+                    *name != WILDCARD && !subscribed.is_some_and(|s| s.names.contains(*name))
+                })
+                .collect();
+            let unsubscribed = unsubscribe
+                .iter()
+                .filter(|name| subscribed.is_some_and(|s| s.names.contains(*name)))
+                .filter(|name| !new.contains(name.as_str()))
+                .count();
+            let names = (held + new.len()).saturating_sub(unsubscribed);
+            if names > MAX_NAMES {
+                return Err(Exceeded::NamesSubscribed {
+                    type_url: type_url.to_string(),
+                    names,
+                    limit: MAX_NAMES,
+                });
             }
         }
-        let answer = Answer {
-            respond_if_empty: is_new || !asked.is_empty(),
-            unresolved,
-        };
-        self.push_type(&snapshot, &type_url, answer, Instant::now())
-            .await
-            .map(|_| ())
+        Ok(())
     }
 
     async fn push_changes(
@@ -271,9 +338,7 @@ impl ProxyStream {
         let type_urls: Vec<String> = self.subscriptions.keys().cloned().collect();
         let mut sent = false;
         for type_url in type_urls {
-            sent |= self
-                .push_type(snapshot, &type_url, Answer::default(), since)
-                .await?;
+            sent |= self.push_type(snapshot, &type_url, since).await?;
         }
         if sent {
             self.metrics.converged(since.elapsed());
@@ -281,41 +346,54 @@ impl ProxyStream {
         Ok(())
     }
 
-    /// Diffs one type against what the proxy was sent and sends the difference; with
-    /// `respond_if_empty`, sends a response even when there is nothing to say (the first
-    /// response of a subscription, which tells the proxy its full state). Whether a response
-    /// was sent.
+    /// Diffs one type against what the proxy was sent and sends the difference, if any.
+    /// Whether a response was sent.
     async fn push_type(
         &mut self,
         snapshot: &Snapshot,
         type_url: &str,
-        answer: Answer,
         since: Instant,
     ) -> Result<bool, StreamError> {
-        let respond_if_empty = answer.respond_if_empty;
-        let Some(subscription) = self.subscriptions.get_mut(type_url) else {
+        let Some(subscription) = self.subscriptions.get(type_url) else {
             return Ok(false);
         };
         let empty = Arc::new(TypeResources::new());
         let current = snapshot.resources(type_url).unwrap_or(&empty);
-        if !respond_if_empty
-            && subscription
-                .evaluated
-                .as_ref()
-                .is_some_and(|evaluated| Arc::ptr_eq(evaluated, current))
+        if subscription
+            .evaluated
+            .as_ref()
+            .is_some_and(|evaluated| Arc::ptr_eq(evaluated, current))
         {
             return Ok(false);
         }
         let visible =
             |resource: &StoredResource| self.scope.visible(&self.proxy, type_url, resource);
-        let mut delta = match &subscription.evaluated {
+        let delta = match &subscription.evaluated {
             // What was sent is what `previous` called for: only the entries that differ
             // between the two maps can change it.
             Some(previous) => diff_changes(subscription, previous, current, visible),
             None => diff_type(subscription, current, visible),
         };
-        delta.removed.extend(answer.unresolved);
-        subscription.evaluated = Some(current.clone());
+        self.send_delta(snapshot, type_url, delta, false, since)
+            .await
+    }
+
+    /// Records `delta` as sent (the subscription now stands evaluated against `snapshot`) and
+    /// sends it; with `respond_if_empty`, even when there is nothing to say (the answer to a
+    /// subscription). Whether a response was sent.
+    async fn send_delta(
+        &mut self,
+        snapshot: &Snapshot,
+        type_url: &str,
+        delta: TypeDelta,
+        respond_if_empty: bool,
+        since: Instant,
+    ) -> Result<bool, StreamError> {
+        let Some(subscription) = self.subscriptions.get_mut(type_url) else {
+            return Ok(false);
+        };
+        let empty = Arc::new(TypeResources::new());
+        subscription.evaluated = Some(snapshot.resources(type_url).unwrap_or(&empty).clone());
         if delta.is_empty() && !respond_if_empty {
             return Ok(false);
         }
@@ -366,13 +444,86 @@ impl ProxyStream {
     }
 }
 
-/// What a response owes the request it answers, beyond the diff.
-#[derive(Debug, Default)]
-pub(super) struct Answer {
-    /// Respond even with nothing to say (a subscription is always answered).
-    respond_if_empty: bool,
-    /// Names subscribed that cover no resource: listed as removed.
-    unresolved: Vec<String>,
+/// How one request changed a subscription: the names it subscribed (`asked`) and
+/// unsubscribed (`dropped`), and whether it turned the wildcard on or off.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct NameChange<'a> {
+    pub(super) asked: &'a [String],
+    pub(super) dropped: &'a [String],
+    pub(super) wildcard_changed: bool,
+}
+
+/// The response to a change of a subscription by name, already applied to `subscription`
+/// (its names; `sent` less the names dropped), without a pass over the type: only the
+/// resources whose answer can differ are looked at, found in the snapshot's alias index.
+///
+/// Those are the resources the asked and dropped names cover, and the ones that changed since
+/// the subscription was last evaluated (a push still pending, which this response carries, as
+/// a full diff would). A resource a name asked covers is sent again even if the proxy had it,
+/// and a name covering nothing is listed as removed: istiod answers every name it is asked
+/// (`pilot/pkg/xds/delta.go`, `shouldRespondDelta`), and the proxy asks because it does not
+/// hold it. On a subscription never evaluated (the stream's first request of the type), what
+/// the proxy said it has (`initial_resource_versions`) is looked at too. Turning the wildcard
+/// on or off changes what every resource's answer is: that alone takes the full diff.
+pub(super) fn diff_subscription_change(
+    subscription: &mut TypeSubscription,
+    snapshot: &Snapshot,
+    type_url: &str,
+    current: &Arc<TypeResources>,
+    change: NameChange<'_>,
+    visible: impl Fn(&StoredResource) -> bool,
+) -> TypeDelta {
+    let mut candidates: BTreeSet<String> = BTreeSet::new();
+    match &subscription.evaluated {
+        _ if change.wildcard_changed => {}
+        Some(previous) if Arc::ptr_eq(previous, current) => {}
+        Some(previous) => {
+            candidates.extend(changed_names(previous, current).into_iter().cloned());
+        }
+        None => {
+            candidates.extend(subscription.sent.keys().cloned());
+            for name in &subscription.names {
+                candidates.extend(
+                    snapshot
+                        .covering(type_url, name)
+                        .iter()
+                        .map(|r| r.name.clone()),
+                );
+            }
+        }
+    }
+    let mut unresolved = Vec::new();
+    // A wildcard subscription wants everything already: a name changes nothing it is sent.
+    if !subscription.wildcard {
+        for name in change.asked {
+            let mut covered = false;
+            for resource in snapshot.covering(type_url, name) {
+                if visible(resource) {
+                    covered = true;
+                    subscription.sent.remove(&resource.name);
+                    candidates.insert(resource.name.clone());
+                }
+            }
+            if !covered {
+                unresolved.push(name.clone());
+            }
+        }
+    }
+    for name in change.dropped {
+        candidates.extend(
+            snapshot
+                .covering(type_url, name)
+                .iter()
+                .map(|r| r.name.clone()),
+        );
+    }
+    let mut delta = if change.wildcard_changed {
+        diff_type(subscription, current, visible)
+    } else {
+        diff_names(subscription, current, &candidates, visible)
+    };
+    delta.removed.extend(unresolved);
+    delta
 }
 
 /// What one type's next response carries.
@@ -426,10 +577,38 @@ pub(super) fn diff_changes(
     current: &TypeResources,
     visible: impl Fn(&StoredResource) -> bool,
 ) -> TypeDelta {
+    let changed = changed_names(previous, current);
     let mut delta = TypeDelta::default();
-    let mut consider = |name: &String, now: Option<&Arc<StoredResource>>| match now
-        .filter(|r| subscription.wants(r) && visible(r))
-    {
+    for name in changed {
+        consider(subscription, &mut delta, name, current.get(name), &visible);
+    }
+    delta
+}
+
+/// [`diff_type`] restricted to the resources named in `candidates`: right when every other
+/// resource's answer is what the proxy was sent already.
+pub(super) fn diff_names(
+    subscription: &TypeSubscription,
+    current: &TypeResources,
+    candidates: &BTreeSet<String>,
+    visible: impl Fn(&StoredResource) -> bool,
+) -> TypeDelta {
+    let mut delta = TypeDelta::default();
+    for name in candidates {
+        consider(subscription, &mut delta, name, current.get(name), &visible);
+    }
+    delta
+}
+
+/// Adds to `delta` what the proxy is owed for the resource `name`, now `now`.
+fn consider(
+    subscription: &TypeSubscription,
+    delta: &mut TypeDelta,
+    name: &String,
+    now: Option<&Arc<StoredResource>>,
+    visible: impl Fn(&StoredResource) -> bool,
+) {
+    match now.filter(|r| subscription.wants(r) && visible(r)) {
         Some(resource) => {
             if subscription.sent.get(name) != Some(&resource.version) {
                 delta.added.push(subscription.to_send(resource));
@@ -440,7 +619,13 @@ pub(super) fn diff_changes(
                 delta.removed.push(name.clone());
             }
         }
-    };
+    }
+}
+
+/// Names of the entries that differ between the two maps (in name order), walking them side
+/// by side: entries the store kept (the same `Arc`) are skipped with a pointer comparison.
+fn changed_names<'a>(previous: &'a TypeResources, current: &'a TypeResources) -> Vec<&'a String> {
+    let mut changed = Vec::new();
     let (mut before, mut now) = (previous.iter().peekable(), current.iter().peekable());
     loop {
         match (before.peek(), now.peek()) {
@@ -449,24 +634,17 @@ pub(super) fn diff_changes(
                 let (name, old) = before.next().expect("peeked");
                 let (_, new) = now.next().expect("peeked");
                 if !Arc::ptr_eq(old, new) {
-                    consider(name, Some(new));
+                    changed.push(name);
                 }
             }
             (Some((old_name, _)), Some((new_name, _))) if old_name < new_name => {
-                let (name, _) = before.next().expect("peeked");
-                consider(name, None);
+                changed.push(before.next().expect("peeked").0);
             }
-            (Some(_), None) => {
-                let (name, _) = before.next().expect("peeked");
-                consider(name, None);
-            }
-            (_, Some(_)) => {
-                let (name, new) = now.next().expect("peeked");
-                consider(name, Some(new));
-            }
+            (Some(_), None) => changed.push(before.next().expect("peeked").0),
+            (_, Some(_)) => changed.push(now.next().expect("peeked").0),
         }
     }
-    delta
+    changed
 }
 
 async fn sleep_until_or_forever(deadline: Option<Instant>) {

@@ -168,3 +168,135 @@ async fn demands_share_one_request_and_settle_on_the_answer() -> Result<()> {
     drop(store);
     server.stop().await
 }
+
+/// A name is resolved from the store's alias index as it is when the name is asked: an alias
+/// that came, moved or went between two requests is answered as the store holds it then.
+#[tokio::test]
+async fn an_alias_moved_between_requests_is_answered_where_it_is_now() -> Result<()> {
+    let mut store = ResourceStore::new();
+    addresses(&mut store, &[("ep1", "1")]);
+    let server =
+        RunningServer::bind(DeltaAdsServer::new(store.reader()).with_config(fast_config())).await?;
+    let mut stream = RawStream::open(
+        server.address,
+        DeltaDiscoveryRequest {
+            node: Some(node("on-demand")),
+            type_url: THING.to_string(),
+            resource_names_subscribe: vec!["node:n1".to_string()],
+            ..DeltaDiscoveryRequest::default()
+        },
+    )
+    .await?;
+    let first = stream.next().await?;
+    assert_eq!(response_names(&first), ["local"]);
+    stream.ack(&first).await?;
+
+    // The address is given to the endpoint after the index was first built.
+    let moved = |store: &mut ResourceStore, holder: &str| {
+        let mut resources: Vec<StoredResource> = store
+            .snapshot()
+            .resources(THING)
+            .into_iter()
+            .flat_map(|r| r.values().map(|r| r.as_ref().clone()))
+            .collect();
+        for resource in &mut resources {
+            let mut aliases = resource.aliases.clone();
+            aliases.retain(|a| a != "/10.7.7.7");
+            if resource.name == holder {
+                aliases.push("/10.7.7.7".to_string());
+            }
+            *resource = resource.clone().with_aliases(aliases);
+        }
+        store.replace_type(THING, resources);
+    };
+    moved(&mut store, "ep1");
+    let answer = ask(&mut stream, "/10.7.7.7").await?;
+    assert_eq!(response_names(&answer), ["ep1"]);
+    assert_eq!(answer.resources[0].aliases, ["/10.7.7.7"]);
+    stream.ack(&answer).await?;
+
+    // Moved to the far workload: pushed as what changed (the far workload now covered, the
+    // endpoint no longer), then asked by another stream, answered where it is now.
+    moved(&mut store, "far");
+    let pushed = stream.next().await?;
+    assert_eq!(response_names(&pushed), ["far"]);
+    assert_eq!(pushed.removed_resources, ["ep1"]);
+    stream.ack(&pushed).await?;
+    let mut other = RawStream::open(
+        server.address,
+        DeltaDiscoveryRequest {
+            node: Some(node("other")),
+            type_url: THING.to_string(),
+            resource_names_subscribe: vec!["/10.7.7.7".to_string()],
+            ..DeltaDiscoveryRequest::default()
+        },
+    )
+    .await?;
+    assert_eq!(response_names(&other.next().await?), ["far"]);
+
+    // Gone from every resource: a request for it covers nothing.
+    moved(&mut store, "none");
+    assert_eq!(stream.next().await?.removed_resources, ["far"]);
+    let mut third = RawStream::open(
+        server.address,
+        DeltaDiscoveryRequest {
+            node: Some(node("third")),
+            type_url: THING.to_string(),
+            resource_names_subscribe: vec!["/10.7.7.7".to_string()],
+            ..DeltaDiscoveryRequest::default()
+        },
+    )
+    .await?;
+    let nothing = third.next().await?;
+    assert!(nothing.resources.is_empty());
+    assert_eq!(nothing.removed_resources, ["/10.7.7.7"]);
+    drop((stream, other, third, store));
+    server.stop().await
+}
+
+/// What one stream makes the server hold is bounded: a subscription of `MAX_NAMES` names is
+/// served, one more name ends the stream with `RESOURCE_EXHAUSTED` naming the type and bound.
+#[tokio::test]
+async fn a_stream_subscribing_past_its_bound_of_names_is_ended_with_the_reason() -> Result<()> {
+    let mut store = ResourceStore::new();
+    addresses(&mut store, &[("ep1", "1")]);
+    let server =
+        RunningServer::bind(DeltaAdsServer::new(store.reader()).with_config(fast_config())).await?;
+    let names: Vec<String> = (0..crate::MAX_NAMES).map(|i| format!("/10.{i}")).collect();
+    let mut stream = RawStream::open(
+        server.address,
+        DeltaDiscoveryRequest {
+            node: Some(node("greedy")),
+            type_url: THING.to_string(),
+            resource_names_subscribe: names,
+            ..DeltaDiscoveryRequest::default()
+        },
+    )
+    .await?;
+    let full = stream.next().await?;
+    assert_eq!(full.removed_resources.len(), crate::MAX_NAMES);
+    stream.ack(&full).await?;
+    stream
+        .send(DeltaDiscoveryRequest {
+            type_url: THING.to_string(),
+            resource_names_subscribe: vec!["/10.1".to_string(), "one-more".to_string()],
+            ..DeltaDiscoveryRequest::default()
+        })
+        .await?;
+    let ended = tokio::time::timeout(STEP_TIMEOUT, stream.responses.message())
+        .await
+        .context("no answer in time")?;
+    let status = match ended {
+        Err(status) => status,
+        Ok(response) => bail!("the stream went on: {response:?}"),
+    };
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    let expected = format!(
+        "the subscription to {THING} would hold {} names, more than {}",
+        crate::MAX_NAMES + 1,
+        crate::MAX_NAMES
+    );
+    assert_eq!(status.message(), expected);
+    drop(store);
+    server.stop().await
+}
