@@ -209,7 +209,7 @@ async fn measure(size: &Size, edits_per_kind: usize) -> anyhow::Result<SizeFigur
     while let Some(ended) = tasks.join_next().await {
         ended??;
     }
-    let on_demand = on_demand::run(size, &api, &format!("https://{tls}"), &root).await?;
+    let on_demand = on_demand::run(size, &api, &format!("https://{tls}"), &root, pid).await?;
     drop(controller);
     Ok(SizeFigures {
         size: *size,

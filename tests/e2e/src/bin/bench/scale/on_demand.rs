@@ -12,6 +12,11 @@ use weft_proto::{ADDRESS_TYPE_URL, address_subscription};
 
 use super::cluster::{self, Size};
 use super::{START_DEADLINE, edits, eventually, proxies};
+use crate::host::process_cpu_seconds;
+
+/// Bursts of demands the controller's CPU time is measured over (the process's clock counts in
+/// 10 ms ticks: one burst at the smallest size is about one tick).
+const CPU_ROUNDS: usize = 8;
 
 /// What the on-demand agents received, at one size.
 #[derive(Debug)]
@@ -26,6 +31,9 @@ pub struct OnDemandFigures {
     pub fetch_resources: f64,
     /// From the demand to its answer applied, one per agent (all at once).
     pub fetch_latency: Vec<Duration>,
+    /// The controller's CPU time per demand answered, in ms, over that burst and
+    /// [`CPU_ROUNDS`] more like it (each agent asking for another service of the next node).
+    pub fetch_cpu_ms: f64,
 }
 
 pub async fn run(
@@ -33,6 +41,7 @@ pub async fn run(
     api: &FakeApiServer,
     xds_uri: &str,
     root_pem: &str,
+    controller_pid: u32,
 ) -> anyhow::Result<OnDemandFigures> {
     let fleet = proxies::agent_fleet(size.agents);
     let mut demands = Vec::new();
@@ -56,25 +65,8 @@ pub async fn run(
 
     // Service `(a + 1) mod agents` has its pods on the next node (pod k backs service
     // k mod services and runs on node k mod agents; services are a multiple of agents).
-    let mut fetches = tokio::task::JoinSet::new();
-    for (a, demand) in demands.into_iter().enumerate() {
-        let vip: IpAddr = cluster::service_vip((a + 1) % size.agents).parse()?;
-        fetches.spawn(async move {
-            let asked = Instant::now();
-            tokio::time::timeout(
-                START_DEADLINE,
-                demand.request(ADDRESS_TYPE_URL, &address_subscription("", vip)),
-            )
-            .await
-            .context("no answer to a demand")?
-            .context("a demand failed")?;
-            anyhow::Ok(asked.elapsed())
-        });
-    }
-    let mut fetch_latency = Vec::new();
-    while let Some(fetched) = fetches.join_next().await {
-        fetch_latency.push(fetched??);
-    }
+    let cpu_before = process_cpu_seconds(controller_pid).context("the controller's CPU time")?;
+    let fetch_latency = burst(size, &demands, 0).await?;
     let (mut fetch_bytes, mut fetch_resources) = (0, 0);
     for (log, before) in fleet.logs().iter().zip(&applied_before) {
         for applied in &log.applied[*before..] {
@@ -82,6 +74,13 @@ pub async fn run(
             fetch_resources += applied.resources;
         }
     }
+    // Service `(a + 1) mod agents + r * agents` is on the same next node, another one each
+    // round (as many rounds as the cluster has services per node).
+    let rounds = CPU_ROUNDS.min(size.services / size.agents.max(1) - 1);
+    for round in 1..=rounds {
+        burst(size, &demands, round).await?;
+    }
+    let cpu_after = process_cpu_seconds(controller_pid).context("the controller's CPU time")?;
     anyhow::ensure!(
         fleet.refused() == 0,
         "{} on-demand updates were refused (NACKed)",
@@ -99,5 +98,37 @@ pub async fn run(
         fetch_bytes: fetch_bytes as f64 / agents,
         fetch_resources: fetch_resources as f64 / agents,
         fetch_latency,
+        fetch_cpu_ms: 1e3 * (cpu_after - cpu_before) / ((rounds + 1) as f64 * agents),
     })
+}
+
+/// Every agent asks at once for service `(a + 1) mod agents + round * agents` (on the next
+/// node) by its VIP, as its first connection there would; the time each waited.
+async fn burst(
+    size: &Size,
+    demands: &[weft_xds::Demand],
+    round: usize,
+) -> anyhow::Result<Vec<Duration>> {
+    let mut fetches = tokio::task::JoinSet::new();
+    for (a, demand) in demands.iter().enumerate() {
+        let service = (a + 1) % size.agents + round * size.agents;
+        let vip: IpAddr = cluster::service_vip(service).parse()?;
+        let demand = demand.clone();
+        fetches.spawn(async move {
+            let asked = Instant::now();
+            tokio::time::timeout(
+                START_DEADLINE,
+                demand.request(ADDRESS_TYPE_URL, &address_subscription("", vip)),
+            )
+            .await
+            .context("no answer to a demand")?
+            .context("a demand failed")?;
+            anyhow::Ok(asked.elapsed())
+        });
+    }
+    let mut latency = Vec::new();
+    while let Some(fetched) = fetches.join_next().await {
+        latency.push(fetched??);
+    }
+    Ok(latency)
 }

@@ -105,6 +105,11 @@ fn lines(figures: &[SizeFigures]) -> Vec<Line> {
             false,
             &|f| ms(quantile(&f.on_demand.fetch_latency, 0.99)),
         ),
+        line(
+            "on demand: controller CPU per demand answered (ms)",
+            false,
+            &|f| f.on_demand.fetch_cpu_ms,
+        ),
     ];
     for (k, edit) in figures[0].edits.iter().enumerate() {
         let name = edit.kind.describe();
