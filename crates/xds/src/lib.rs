@@ -28,4 +28,6 @@ pub use store::{
 };
 
 #[cfg(test)]
+mod test_support;
+#[cfg(test)]
 mod tests;

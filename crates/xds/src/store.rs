@@ -623,14 +623,7 @@ mod tests {
     /// between the two are copied before they are written).
     #[test]
     fn the_alias_index_follows_every_write_and_published_snapshots_keep_theirs() {
-        // A small deterministic generator: the same sequence on every run.
-        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut next = move |bound: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % bound
-        };
+        let mut next = crate::test_support::sequence(0x9e37_79b9_7f4a_7c15);
         let t = "type.googleapis.com/test.Thing";
         let aliases = ["node:a", "node:b", "/10.0.0.1", "/10.0.0.2", "svc", "r3"];
         let mut store = ResourceStore::new();
@@ -655,12 +648,7 @@ mod tests {
             match round % 4 {
                 0 => {
                     let resource = random(&mut next);
-                    let mut all: Vec<StoredResource> = store
-                        .snapshot()
-                        .resources(t)
-                        .into_iter()
-                        .flat_map(|r| r.values().map(|r| r.as_ref().clone()))
-                        .collect();
+                    let mut all = crate::test_support::stored(&store, t);
                     // Same name, new aliases or body: a write that keeps most entries.
                     all.retain(|r| r.name != resource.name);
                     all.push(resource);

@@ -66,6 +66,17 @@ impl TypeSubscription {
                 .any(|alias| self.names.contains(alias))
     }
 
+    /// Records what `delta` sends as what the proxy has.
+    pub(super) fn record_sent(&mut self, delta: &TypeDelta) {
+        for resource in &delta.added {
+            self.sent
+                .insert(resource.name.clone(), resource.version.clone());
+        }
+        for name in &delta.removed {
+            self.sent.remove(name);
+        }
+    }
+
     /// `resource` as sent on this subscription: with the aliases it was subscribed by (none on
     /// a wildcard subscription, which asked by no name).
     fn to_send(&self, resource: &StoredResource) -> Resource {
@@ -397,14 +408,7 @@ impl ProxyStream {
         if delta.is_empty() && !respond_if_empty {
             return Ok(false);
         }
-        for resource in &delta.added {
-            subscription
-                .sent
-                .insert(resource.name.clone(), resource.version.clone());
-        }
-        for name in &delta.removed {
-            subscription.sent.remove(name);
-        }
+        subscription.record_sent(&delta);
 
         self.next_nonce += 1;
         let nonce = self.next_nonce.to_string();

@@ -11,6 +11,7 @@ use super::stream::{
 use super::*;
 use crate::ResourceStore;
 use crate::store::TypeResources;
+use crate::test_support::{sequence, stored};
 
 fn resource(name: &str, value: &[u8]) -> Arc<StoredResource> {
     Arc::new(StoredResource::new(
@@ -179,14 +180,7 @@ fn diff_sends_only_what_changed_for_what_is_wanted() {
 
 #[test]
 fn the_diff_from_the_last_evaluation_equals_the_full_diff() {
-    // A small deterministic generator: the same sequence on every run.
-    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
-    let mut next = move |bound: u64| {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed % bound
-    };
+    let mut next = sequence(0x2545_f491_4f6c_dd1d);
     let names: Vec<String> = (0..40).map(|i| format!("r{i:02}")).collect();
     for wildcard in [true, false] {
         let mut incremental = subscription(wildcard, &[], &[]);
@@ -223,16 +217,8 @@ fn the_diff_from_the_last_evaluation_equals_the_full_diff() {
             };
             assert_eq!(delta, expected, "round {round}, wildcard {wildcard}");
             let changed = Arc::new(changed);
-            for subscription in [&mut incremental, &mut full] {
-                for resource in &expected.added {
-                    subscription
-                        .sent
-                        .insert(resource.name.clone(), resource.version.clone());
-                }
-                for name in &expected.removed {
-                    subscription.sent.remove(name);
-                }
-            }
+            incremental.record_sent(&expected);
+            full.record_sent(&expected);
             incremental.evaluated = Some(Arc::clone(&changed));
             current = (*changed).clone();
         }
@@ -248,35 +234,25 @@ fn answer_from_scratch(
     asked: &[String],
     visible: impl Fn(&StoredResource) -> bool,
 ) -> TypeDelta {
-    let mut unresolved = Vec::new();
-    if !subscription.wildcard {
-        for name in asked {
-            let mut covered = false;
-            for resource in current.values() {
-                if resource.goes_by(name) && visible(resource) {
-                    covered = true;
-                    subscription.sent.remove(&resource.name);
-                }
-            }
-            if !covered {
-                unresolved.push(name.clone());
-            }
-        }
+    let asked: &[String] = if subscription.wildcard { &[] } else { asked };
+    let unresolved: Vec<String> = asked
+        .iter()
+        .filter(|name| {
+            !current
+                .values()
+                .any(|resource| resource.goes_by(name) && visible(resource))
+        })
+        .cloned()
+        .collect();
+    let covered = current
+        .values()
+        .filter(|r| visible(r) && asked.iter().any(|name| r.goes_by(name)));
+    for resource in covered {
+        subscription.sent.remove(&resource.name);
     }
     let mut delta = diff_type(subscription, current, visible);
     delta.removed.extend(unresolved);
     delta
-}
-
-fn record_sent(subscription: &mut TypeSubscription, delta: &TypeDelta) {
-    for resource in &delta.added {
-        subscription
-            .sent
-            .insert(resource.name.clone(), resource.version.clone());
-    }
-    for name in &delta.removed {
-        subscription.sent.remove(name);
-    }
 }
 
 /// A subscribe or unsubscribe by name is answered from the store's alias index and what the
@@ -289,13 +265,7 @@ fn record_sent(subscription: &mut TypeSubscription, delta: &TypeDelta) {
 #[test]
 fn a_subscription_change_is_answered_from_the_index_as_from_scratch() {
     const T: &str = "type.googleapis.com/test.Thing";
-    let mut seed: u64 = 0x51_7cc1_b727_220a;
-    let mut next = move |bound: u64| {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed % bound
-    };
+    let mut next = sequence(0x51_7cc1_b727_220a);
     let aliases = [
         "node:a",
         "node:b",
@@ -320,12 +290,7 @@ fn a_subscription_change_is_answered_from_the_index_as_from_scratch() {
         match next(10) {
             // A write, pushed or not before the next step.
             0..=3 => {
-                let mut all: Vec<StoredResource> = store
-                    .snapshot()
-                    .resources(T)
-                    .into_iter()
-                    .flat_map(|r| r.values().map(|r| r.as_ref().clone()))
-                    .collect();
+                let mut all = stored(&store, T);
                 for _ in 0..=next(3) {
                     let name = format!("r{:02}", next(16));
                     all.retain(|r| r.name != name);
@@ -356,8 +321,8 @@ fn a_subscription_change_is_answered_from_the_index_as_from_scratch() {
                 let delta = diff_changes(&indexed, &previous, &current, visible);
                 let expected = diff_type(&reference, &current, visible);
                 assert_eq!(delta, expected, "round {round}: push");
-                record_sent(&mut indexed, &delta);
-                record_sent(&mut reference, &expected);
+                indexed.record_sent(&delta);
+                reference.record_sent(&expected);
                 indexed.evaluated = Some(current);
             }
             // A request changing the subscription.
@@ -405,8 +370,8 @@ fn a_subscription_change_is_answered_from_the_index_as_from_scratch() {
                 );
                 checked.0 += 1;
                 checked.1 += usize::from(!delta.added.is_empty());
-                record_sent(&mut indexed, &delta);
-                record_sent(&mut reference, &expected);
+                indexed.record_sent(&delta);
+                reference.record_sent(&expected);
                 indexed.evaluated = Some(current);
             }
         }
@@ -449,7 +414,7 @@ fn a_name_subscribed_later_is_answered_with_only_what_it_covers() {
             wildcard_changed: false,
         };
         let delta = diff_subscription_change(stream, &snapshot, T, &current, change, visible);
-        record_sent(stream, &delta);
+        stream.record_sent(&delta);
         stream.evaluated = Some(current);
         delta
     };

@@ -22,6 +22,37 @@ fn addresses(store: &mut ResourceStore, endpoints: &[(&str, &str)]) {
     store.replace_type(THING, resources);
 }
 
+/// A store holding [`addresses`] with one endpoint, and a server of it.
+async fn serve_addresses() -> Result<(ResourceStore, RunningServer)> {
+    let mut store = ResourceStore::new();
+    addresses(&mut store, &[("ep1", "1")]);
+    let server =
+        RunningServer::bind(DeltaAdsServer::new(store.reader()).with_config(fast_config())).await?;
+    Ok((store, server))
+}
+
+/// A stream of `node_id` subscribing `name` on its first request.
+async fn open_named(server: &RunningServer, node_id: &str, name: &str) -> Result<RawStream> {
+    open_with_names(server, node_id, vec![name.to_string()]).await
+}
+
+async fn open_with_names(
+    server: &RunningServer,
+    node_id: &str,
+    names: Vec<String>,
+) -> Result<RawStream> {
+    RawStream::open(
+        server.address,
+        DeltaDiscoveryRequest {
+            node: Some(node(node_id)),
+            type_url: THING.to_string(),
+            resource_names_subscribe: names,
+            ..DeltaDiscoveryRequest::default()
+        },
+    )
+    .await
+}
+
 /// Subscribes `name` on an open stream and returns the answer.
 async fn ask(stream: &mut RawStream, name: &str) -> Result<DeltaDiscoveryResponse> {
     stream
@@ -37,20 +68,8 @@ async fn ask(stream: &mut RawStream, name: &str) -> Result<DeltaDiscoveryRespons
 #[tokio::test]
 async fn a_name_covers_what_goes_by_it_and_a_name_covering_nothing_is_answered_removed()
 -> Result<()> {
-    let mut store = ResourceStore::new();
-    addresses(&mut store, &[("ep1", "1")]);
-    let server =
-        RunningServer::bind(DeltaAdsServer::new(store.reader()).with_config(fast_config())).await?;
-    let mut stream = RawStream::open(
-        server.address,
-        DeltaDiscoveryRequest {
-            node: Some(node("on-demand")),
-            type_url: THING.to_string(),
-            resource_names_subscribe: vec!["node:n1".to_string()],
-            ..DeltaDiscoveryRequest::default()
-        },
-    )
-    .await?;
+    let (mut store, server) = serve_addresses().await?;
+    let mut stream = open_named(&server, "on-demand", "node:n1").await?;
     let first = stream.next().await?;
     assert_eq!(response_names(&first), ["local"]);
     assert_eq!(
@@ -92,10 +111,7 @@ async fn a_name_covers_what_goes_by_it_and_a_name_covering_nothing_is_answered_r
 
 #[tokio::test]
 async fn demands_share_one_request_and_settle_on_the_answer() -> Result<()> {
-    let mut store = ResourceStore::new();
-    addresses(&mut store, &[("ep1", "1")]);
-    let server =
-        RunningServer::bind(DeltaAdsServer::new(store.reader()).with_config(fast_config())).await?;
+    let (mut store, server) = serve_addresses().await?;
     let (sender, mut updates) = mpsc::unbounded_channel();
     let client = DeltaClient::new(server.target()?, node("on-demand"))
         .with_backoff(fast_backoff())
@@ -138,13 +154,7 @@ async fn demands_share_one_request_and_settle_on_the_answer() -> Result<()> {
     assert_eq!(nothing.removed, ["/10.9.9.9"]);
     let mut later =
         vec![StoredResource::new("new", thing("new")).with_aliases(vec!["/10.9.9.9".to_string()])];
-    later.extend(
-        store
-            .snapshot()
-            .resources(THING)
-            .into_iter()
-            .flat_map(|r| r.values().map(|r| r.as_ref().clone())),
-    );
+    later.extend(crate::test_support::stored(&store, THING));
     store.replace_type(THING, later);
     if let Ok(Some(pushed)) = tokio::time::timeout(QUIET_PERIOD, updates.recv()).await {
         bail!("an address asked for in vain stayed subscribed: {pushed:?}");
@@ -173,32 +183,15 @@ async fn demands_share_one_request_and_settle_on_the_answer() -> Result<()> {
 /// that came, moved or went between two requests is answered as the store holds it then.
 #[tokio::test]
 async fn an_alias_moved_between_requests_is_answered_where_it_is_now() -> Result<()> {
-    let mut store = ResourceStore::new();
-    addresses(&mut store, &[("ep1", "1")]);
-    let server =
-        RunningServer::bind(DeltaAdsServer::new(store.reader()).with_config(fast_config())).await?;
-    let mut stream = RawStream::open(
-        server.address,
-        DeltaDiscoveryRequest {
-            node: Some(node("on-demand")),
-            type_url: THING.to_string(),
-            resource_names_subscribe: vec!["node:n1".to_string()],
-            ..DeltaDiscoveryRequest::default()
-        },
-    )
-    .await?;
+    let (mut store, server) = serve_addresses().await?;
+    let mut stream = open_named(&server, "on-demand", "node:n1").await?;
     let first = stream.next().await?;
     assert_eq!(response_names(&first), ["local"]);
     stream.ack(&first).await?;
 
     // The address is given to the endpoint after the index was first built.
     let moved = |store: &mut ResourceStore, holder: &str| {
-        let mut resources: Vec<StoredResource> = store
-            .snapshot()
-            .resources(THING)
-            .into_iter()
-            .flat_map(|r| r.values().map(|r| r.as_ref().clone()))
-            .collect();
+        let mut resources = crate::test_support::stored(store, THING);
         for resource in &mut resources {
             let mut aliases = resource.aliases.clone();
             aliases.retain(|a| a != "/10.7.7.7");
@@ -222,31 +215,13 @@ async fn an_alias_moved_between_requests_is_answered_where_it_is_now() -> Result
     assert_eq!(response_names(&pushed), ["far"]);
     assert_eq!(pushed.removed_resources, ["ep1"]);
     stream.ack(&pushed).await?;
-    let mut other = RawStream::open(
-        server.address,
-        DeltaDiscoveryRequest {
-            node: Some(node("other")),
-            type_url: THING.to_string(),
-            resource_names_subscribe: vec!["/10.7.7.7".to_string()],
-            ..DeltaDiscoveryRequest::default()
-        },
-    )
-    .await?;
+    let mut other = open_named(&server, "other", "/10.7.7.7").await?;
     assert_eq!(response_names(&other.next().await?), ["far"]);
 
     // Gone from every resource: a request for it covers nothing.
     moved(&mut store, "none");
     assert_eq!(stream.next().await?.removed_resources, ["far"]);
-    let mut third = RawStream::open(
-        server.address,
-        DeltaDiscoveryRequest {
-            node: Some(node("third")),
-            type_url: THING.to_string(),
-            resource_names_subscribe: vec!["/10.7.7.7".to_string()],
-            ..DeltaDiscoveryRequest::default()
-        },
-    )
-    .await?;
+    let mut third = open_named(&server, "third", "/10.7.7.7").await?;
     let nothing = third.next().await?;
     assert!(nothing.resources.is_empty());
     assert_eq!(nothing.removed_resources, ["/10.7.7.7"]);
@@ -258,21 +233,9 @@ async fn an_alias_moved_between_requests_is_answered_where_it_is_now() -> Result
 /// served, one more name ends the stream with `RESOURCE_EXHAUSTED` naming the type and bound.
 #[tokio::test]
 async fn a_stream_subscribing_past_its_bound_of_names_is_ended_with_the_reason() -> Result<()> {
-    let mut store = ResourceStore::new();
-    addresses(&mut store, &[("ep1", "1")]);
-    let server =
-        RunningServer::bind(DeltaAdsServer::new(store.reader()).with_config(fast_config())).await?;
+    let (store, server) = serve_addresses().await?;
     let names: Vec<String> = (0..crate::MAX_NAMES).map(|i| format!("/10.{i}")).collect();
-    let mut stream = RawStream::open(
-        server.address,
-        DeltaDiscoveryRequest {
-            node: Some(node("greedy")),
-            type_url: THING.to_string(),
-            resource_names_subscribe: names,
-            ..DeltaDiscoveryRequest::default()
-        },
-    )
-    .await?;
+    let mut stream = open_with_names(&server, "greedy", names).await?;
     let full = stream.next().await?;
     assert_eq!(full.removed_resources.len(), crate::MAX_NAMES);
     stream.ack(&full).await?;
