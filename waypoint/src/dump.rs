@@ -16,7 +16,7 @@ use weft_xds::ConnectionState;
 use crate::model::gateway::{EdgeLimits, EdgeProtocol, EdgeServer, Gateway, ServerTlsMode};
 use crate::model::{
     AbortKind, Cluster, HashKey, LoadBalancer, Protocol, RedirectPort, Route, RouteAction,
-    TcpRoute, Tunnel, WaypointConfig,
+    SlowStart, TcpRoute, Tunnel, WaypointConfig,
 };
 use crate::store::XdsHistory;
 use crate::upstream::{EndpointStatus, Upstream};
@@ -230,7 +230,20 @@ fn tunnel(t: Tunnel) -> &'static str {
     }
 }
 
-fn load_balancer(lb: &LoadBalancer) -> String {
+fn load_balancer(lb: &LoadBalancer, slow_start: Option<&SlowStart>) -> String {
+    let name = load_balancer_name(lb);
+    match slow_start {
+        Some(s) => format!(
+            "{name}, warmup {} ms (minimumPercent {}, aggression {})",
+            millis(s.window),
+            s.min_weight * 100.0,
+            s.aggression
+        ),
+        None => name,
+    }
+}
+
+fn load_balancer_name(lb: &LoadBalancer) -> String {
     match lb {
         LoadBalancer::RoundRobin => "ROUND_ROBIN".to_owned(),
         LoadBalancer::LeastRequest => "LEAST_REQUEST".to_owned(),
@@ -374,7 +387,7 @@ fn cluster(c: &Cluster, upstream: &Upstream) -> ClusterDump {
     ClusterDump {
         name: c.name.clone(),
         destination_rule: c.destination_rule.clone(),
-        load_balancer: load_balancer(&c.load_balancer),
+        load_balancer: load_balancer(&c.load_balancer, c.slow_start.as_ref()),
         limits: [
             limit("maxConnections", limits.max_connections),
             duration("connectTimeout", limits.connect_timeout),
