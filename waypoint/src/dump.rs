@@ -131,6 +131,9 @@ pub struct EndpointDump {
     pub weight: u32,
     /// Load, consecutive failures and ejection, once the endpoint has seen traffic.
     pub outlier: EndpointStatus,
+    /// With slow start: the share of its weight the endpoint has now, in percent (100 once
+    /// its window is over).
+    pub slow_start_weight_percent: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -380,6 +383,7 @@ fn tcp_route(config: &WaypointConfig, r: &TcpRoute) -> TcpRouteDump {
 
 fn cluster(c: &Cluster, upstream: &Upstream) -> ClusterDump {
     let mut status = upstream.endpoint_status(&c.name);
+    let now = std::time::Instant::now();
     let limits = &c.limits;
     let limit = |name: &str, value: Option<usize>| value.map(|v| format!("{name} {v}"));
     let duration =
@@ -432,6 +436,10 @@ fn cluster(c: &Cluster, upstream: &Upstream) -> ClusterDump {
                 tunnel: tunnel(e.tunnel),
                 healthy: e.healthy,
                 weight: e.weight,
+                slow_start_weight_percent: c.slow_start.as_ref().map(|slow| {
+                    let since = status.get(&e.address).and_then(|s| s.warming_since);
+                    crate::upstream::slow_start_factor(slow, since, now) * 100.0
+                }),
                 outlier: status.remove(&e.address).unwrap_or_default(),
             })
             .collect(),

@@ -27,6 +27,10 @@ pub struct EndpointStatus {
     pub ejection_remaining_ms: Option<u64>,
     /// Times ejected so far (each ejection lasts this many base ejection times).
     pub ejections: u32,
+    /// When it joined the cluster ready, while slow start keeps its clock (the dump shows the
+    /// weight that gives, [`slow_start_factor`]).
+    #[serde(skip)]
+    pub warming_since: Option<Instant>,
 }
 
 #[derive(Debug, Default)]
@@ -238,6 +242,7 @@ impl Upstream {
                         ejection_remaining_ms: ejected_for
                             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
                         ejections: state.ejections,
+                        warming_since: state.warming_since,
                     },
                 )
             })
@@ -695,5 +700,6 @@ fn rendezvous<'a>(candidates: &[&'a Endpoint], key: &str) -> &'a Endpoint {
 }
 
 mod slow_start;
+pub use slow_start::factor as slow_start_factor;
 #[cfg(test)]
 mod tests;

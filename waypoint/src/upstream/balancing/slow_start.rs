@@ -14,7 +14,7 @@ use crate::model::{Cluster, Endpoint, SlowStart};
 /// The factor an endpoint's weight is scaled by, `since` it joined the cluster healthy
 /// (`None`: not tracked, full weight): Envoy's `max(min_weight, time_factor^(1/aggression))`
 /// with `time_factor = max(elapsed, 1ms) / window`, and 1 from the end of the window.
-pub(super) fn factor(slow: &SlowStart, since: Option<Instant>, now: Instant) -> f64 {
+pub fn factor(slow: &SlowStart, since: Option<Instant>, now: Instant) -> f64 {
     let Some(since) = since else {
         return 1.0;
     };
