@@ -4,6 +4,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use controller::loader::{self, LoadError};
 use controller::server::{KubernetesMode, LocalMode, Mode, ServerConfig};
+use controller::translate::auto_allocate;
 use controller::validation;
 use weft_istio::defaults::{
     DEFAULT_ROOT_NAMESPACE, DEFAULT_SYSTEM_NAMESPACE, DEFAULT_TRUST_DOMAIN,
@@ -127,6 +128,13 @@ struct RunArgs {
         action = clap::ArgAction::Set
     )]
     disable_shadow_host_suffix: bool,
+    /// The range ServiceEntry hosts without addresses get an IPv4 address from, as istiod's
+    /// variable of the same name.
+    #[arg(long, env = auto_allocate::IPV4_PREFIX_ENV, default_value = auto_allocate::DEFAULT_IPV4_PREFIX)]
+    ip_autoallocate_ipv4_prefix: String,
+    /// The range they get an IPv6 address from, as istiod's variable of the same name.
+    #[arg(long, env = auto_allocate::IPV6_PREFIX_ENV, default_value = auto_allocate::DEFAULT_IPV6_PREFIX)]
+    ip_autoallocate_ipv6_prefix: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -214,6 +222,11 @@ async fn mode(args: &RunArgs) -> anyhow::Result<Mode> {
 }
 
 fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    // Refused before anything starts, as istiod's bootstrap refuses a prefix it cannot parse.
+    let auto_allocate = auto_allocate::Ranges::parse(
+        &args.ip_autoallocate_ipv4_prefix,
+        &args.ip_autoallocate_ipv6_prefix,
+    )?;
     let policy: weft_identity::CompliancePolicy = args.compliance_policy.parse()?;
     policy
         .install()
@@ -255,6 +268,7 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
                 None => Default::default(),
             },
             disable_shadow_host_suffix: args.disable_shadow_host_suffix,
+            auto_allocate,
             ..Default::default()
         };
         let mut serving_names = if args.serving_names.is_empty() {

@@ -413,6 +413,7 @@ pub async fn run(config: ServerConfig, shutdown: watch::Receiver<bool>) -> Resul
             tokio::spawn(crate::source::kube::entry_status::keep_entry_addresses(
                 kube.client.clone(),
                 index.clone(),
+                config.settings.auto_allocate,
                 shutdown.clone(),
             ));
             if let Some(provision) = &kube.provision {

@@ -53,6 +53,9 @@ pub struct MeshSettings {
     /// Mirrored requests keep their Host (istiod's `DISABLE_SHADOW_HOST_SUFFIX`, true by
     /// default since Istio 1.28); false: `-shadow` is appended to it, as before 1.28.
     pub disable_shadow_host_suffix: bool,
+    /// Where ServiceEntry addresses are allocated (istiod's `PILOT_IP_AUTOALLOCATE_IPV4_PREFIX`
+    /// and `PILOT_IP_AUTOALLOCATE_IPV6_PREFIX`).
+    pub auto_allocate: auto_allocate::Ranges,
 }
 
 impl Default for MeshSettings {
@@ -65,6 +68,7 @@ impl Default for MeshSettings {
             jwks: Default::default(),
             mesh: Default::default(),
             disable_shadow_host_suffix: true,
+            auto_allocate: Default::default(),
         }
     }
 }

@@ -16,7 +16,7 @@ use weft_xds::ConnectionState;
 use crate::model::gateway::{EdgeLimits, EdgeProtocol, EdgeServer, Gateway, ServerTlsMode};
 use crate::model::{
     AbortKind, Cluster, HashKey, LoadBalancer, Protocol, RedirectPort, Route, RouteAction,
-    TcpRoute, Tunnel, WaypointConfig,
+    SlowStart, TcpRoute, Tunnel, WaypointConfig,
 };
 use crate::store::XdsHistory;
 use crate::upstream::{EndpointStatus, Upstream};
@@ -131,6 +131,9 @@ pub struct EndpointDump {
     pub weight: u32,
     /// Load, consecutive failures and ejection, once the endpoint has seen traffic.
     pub outlier: EndpointStatus,
+    /// With slow start: the share of its weight the endpoint has now, in percent (100 once
+    /// its window is over).
+    pub slow_start_weight_percent: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -230,7 +233,20 @@ fn tunnel(t: Tunnel) -> &'static str {
     }
 }
 
-fn load_balancer(lb: &LoadBalancer) -> String {
+fn load_balancer(lb: &LoadBalancer, slow_start: Option<&SlowStart>) -> String {
+    let name = load_balancer_name(lb);
+    match slow_start {
+        Some(s) => format!(
+            "{name}, warmup {} ms (minimumPercent {}, aggression {})",
+            millis(s.window),
+            s.min_weight * 100.0,
+            s.aggression
+        ),
+        None => name,
+    }
+}
+
+fn load_balancer_name(lb: &LoadBalancer) -> String {
     match lb {
         LoadBalancer::RoundRobin => "ROUND_ROBIN".to_owned(),
         LoadBalancer::LeastRequest => "LEAST_REQUEST".to_owned(),
@@ -367,6 +383,7 @@ fn tcp_route(config: &WaypointConfig, r: &TcpRoute) -> TcpRouteDump {
 
 fn cluster(c: &Cluster, upstream: &Upstream) -> ClusterDump {
     let mut status = upstream.endpoint_status(&c.name);
+    let now = std::time::Instant::now();
     let limits = &c.limits;
     let limit = |name: &str, value: Option<usize>| value.map(|v| format!("{name} {v}"));
     let duration =
@@ -374,7 +391,7 @@ fn cluster(c: &Cluster, upstream: &Upstream) -> ClusterDump {
     ClusterDump {
         name: c.name.clone(),
         destination_rule: c.destination_rule.clone(),
-        load_balancer: load_balancer(&c.load_balancer),
+        load_balancer: load_balancer(&c.load_balancer, c.slow_start.as_ref()),
         limits: [
             limit("maxConnections", limits.max_connections),
             duration("connectTimeout", limits.connect_timeout),
@@ -419,6 +436,10 @@ fn cluster(c: &Cluster, upstream: &Upstream) -> ClusterDump {
                 tunnel: tunnel(e.tunnel),
                 healthy: e.healthy,
                 weight: e.weight,
+                slow_start_weight_percent: c.slow_start.as_ref().map(|slow| {
+                    let since = status.get(&e.address).and_then(|s| s.warming_since);
+                    crate::upstream::slow_start_factor(slow, since, now) * 100.0
+                }),
                 outlier: status.remove(&e.address).unwrap_or_default(),
             })
             .collect(),

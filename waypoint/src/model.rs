@@ -28,7 +28,7 @@ use crate::telemetry::Telemetry;
 pub use cluster::{
     Cluster, ConnectionLimits, DEFAULT_BASE_EJECTION_TIME, DEFAULT_MAX_EJECTION_PERCENT,
     DEFAULT_OUTLIER_INTERVAL, Endpoint, HashKey, LoadBalancer, OutlierPolicy, ResolvedNames,
-    Tunnel,
+    SlowStart, Tunnel,
 };
 pub use route::{
     AbortKind, CorsPolicy, DEFAULT_RETRIABLE_STATUS_CODES, DEFAULT_RETRY_ATTEMPTS,
@@ -190,6 +190,7 @@ impl WorkloadTarget<'_> {
             priorities: 1,
             locality_weights: Vec::new(),
             load_balancer: LoadBalancer::RoundRobin,
+            slow_start: None,
             limits: ConnectionLimits::default(),
             outlier: None,
             destination_rule: String::new(),

@@ -4,9 +4,10 @@
 //! here, the HTTP/1.1 or HTTP/2 client connections over those streams, pooled per endpoint and
 //! worker.
 //!
-//! Runtime state (counters, ejections, connections) is keyed by cluster name and endpoint
-//! address and survives configuration pushes, so an ejected endpoint stays ejected when an
-//! unrelated resource changes; what a push removes is forgotten ([`Upstream::retain`]).
+//! Runtime state (counters, ejections, slow-start clocks, connections) is keyed by cluster name
+//! and endpoint address and survives configuration pushes, so an ejected endpoint stays ejected
+//! and a warming one keeps warming when an unrelated resource changes; what a push removes is
+//! forgotten ([`Upstream::retain`]).
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -76,6 +77,7 @@ mod tls;
 use balancing::ClusterRuntime;
 pub use balancing::{
     ActiveRequest, Admission, ClusterState, EndpointStatus, HashInput, RetryPermit, Tried,
+    slow_start_factor,
 };
 pub use body::{Ending, Replayable, RequestBody};
 use connections::{EndpointDialer, TunnelKey};
@@ -300,13 +302,15 @@ impl Upstream {
     /// Forgets the runtime state (counters, ejections) of clusters `config` no longer has and
     /// the idle connections to endpoints it no longer names, so that clusters and pods that
     /// come and go (a pod addressed directly has a cluster of its own) leave nothing behind.
-    /// What is still configured keeps its state. An endpoint that is no longer healthy (its
+    /// What is still configured keeps its state; an endpoint a push adds to a cluster with slow
+    /// start starts warming up now ([`Upstream::track_warm_up`]). An endpoint that is no longer healthy (its
     /// pod terminating or not ready) loses its idle connections too, as Envoy's pool drains a
     /// host istiod stops sending (istiod leaves unhealthy endpoints out of EDS): its pod can
     /// end without an idle connection to it racing a request; requests in flight finish.
     pub fn retain(&self, config: &WaypointConfig) {
         let keep_cluster = |name: &str| config.has_cluster(name);
         lock(&self.inner.clusters).retain(|name, _| keep_cluster(name));
+        self.track_warm_up(config);
         lock(&self.inner.connections)
             .retain(|name, open| keep_cluster(name) || open.load(Ordering::Acquire) > 0);
         let pooled = Arc::new(Pooled::of(config));

@@ -262,6 +262,15 @@ fn the_chart_renders_to_valid_manifests_of_every_component() {
         env(controller, "DISABLE_SHADOW_HOST_SUFFIX").as_deref(),
         Some("true")
     );
+    // istiod's default ServiceEntry address ranges.
+    assert_eq!(
+        env(controller, "PILOT_IP_AUTOALLOCATE_IPV4_PREFIX").as_deref(),
+        Some("240.240.0.0/16")
+    );
+    assert_eq!(
+        env(controller, "PILOT_IP_AUTOALLOCATE_IPV6_PREFIX").as_deref(),
+        Some("2001:2::/48")
+    );
     let mesh: serde_yaml::Value = serde_yaml::from_str(
         find(&rendered, "ConfigMap", "istio")["data"]["mesh"]
             .as_str()
@@ -434,6 +443,28 @@ fn the_chart_renders_to_valid_manifests_of_every_component() {
     assert_eq!(
         env(controller, "DISABLE_SHADOW_HOST_SUFFIX").as_deref(),
         Some("false")
+    );
+
+    // Other address ranges, as istiod's variables set them.
+    let rendered = render(&values(&[
+        (
+            "controller.ipAutoallocate.ipv4Prefix",
+            Json::String("10.250.0.0/16".to_owned()),
+        ),
+        (
+            "controller.ipAutoallocate.ipv6Prefix",
+            Json::String("fd00:250::/64".to_owned()),
+        ),
+    ]));
+    let deployment = find(&rendered, "Deployment", "weft-controller");
+    let controller = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        env(controller, "PILOT_IP_AUTOALLOCATE_IPV4_PREFIX").as_deref(),
+        Some("10.250.0.0/16")
+    );
+    assert_eq!(
+        env(controller, "PILOT_IP_AUTOALLOCATE_IPV6_PREFIX").as_deref(),
+        Some("fd00:250::/64")
     );
 }
 

@@ -1,8 +1,9 @@
 //! Addresses for ServiceEntry hosts that declare none, as Istio's IP auto-allocation
 //! controller gives them (`pilot/pkg/controllers/ipallocate`, on by default since 1.25): one
 //! IPv4 address of `240.240.0.0/16` (class E, never routed) and one IPv6 address of
-//! `2001:2::/48` (RFC 5180's benchmarking range) per host, which the agents answer DNS queries
-//! with and carry like any VIP. Eligible, as Istio's `ShouldV2AutoAllocateIP`: no
+//! `2001:2::/48` (RFC 5180's benchmarking range) per host, or of the ranges istiod's
+//! `PILOT_IP_AUTOALLOCATE_IPV4_PREFIX` and `PILOT_IP_AUTOALLOCATE_IPV6_PREFIX` set ([`Ranges`]),
+//! which the agents answer DNS queries with and carry like any VIP. Eligible, as Istio's `ShouldV2AutoAllocateIP`: no
 //! `spec.addresses`, `resolution` other than `NONE`, no
 //! `networking.istio.io/enable-autoallocate-ip: "false"` label, and a host without a
 //! wildcard unless the entry's `resolution` is `DYNAMIC_DNS` (Istio's `keepHost`: then the
@@ -35,12 +36,132 @@ use crate::{
 
 /// Istio's label to opt an entry out (`label.NetworkingEnableAutoallocateIp`).
 pub const ENABLE_LABEL: &str = "networking.istio.io/enable-autoallocate-ip";
-/// The IPv4 range (Istio's default `PILOT_IP_AUTOALLOCATE_IPV4_PREFIX`), a /16.
-pub const IPV4_BASE: Ipv4Addr = Ipv4Addr::new(240, 240, 0, 0);
-/// The IPv6 range (Istio's default `PILOT_IP_AUTOALLOCATE_IPV6_PREFIX`), a /48.
-pub const IPV6_BASE: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 0);
-/// Slots 1..=65534 of the /16: neither its first nor its last address.
-const SLOTS: u32 = 65534;
+/// istiod's variable setting the IPv4 range, and its default (`pilot/pkg/features`).
+pub const IPV4_PREFIX_ENV: &str = "PILOT_IP_AUTOALLOCATE_IPV4_PREFIX";
+pub const DEFAULT_IPV4_PREFIX: &str = "240.240.0.0/16";
+/// istiod's variable setting the IPv6 range, and its default.
+pub const IPV6_PREFIX_ENV: &str = "PILOT_IP_AUTOALLOCATE_IPV6_PREFIX";
+pub const DEFAULT_IPV6_PREFIX: &str = "2001:2::/48";
+
+/// A prefix that cannot be a range to allocate from, named by its variable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{variable}={value:?}: {reason}")]
+pub struct RangeError {
+    pub variable: &'static str,
+    pub value: String,
+    pub reason: String,
+}
+
+/// The ranges addresses are allocated from: one IPv4 and one IPv6 prefix (istiod's
+/// `PILOT_IP_AUTOALLOCATE_IPV4_PREFIX` and `PILOT_IP_AUTOALLOCATE_IPV6_PREFIX`). A host's two
+/// addresses are the same slot (offset) in each; the slots are those both prefixes hold, but
+/// their first and last addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ranges {
+    v4: (Ipv4Addr, u8),
+    v6: (Ipv6Addr, u8),
+}
+
+impl Default for Ranges {
+    /// Istio's: `240.240.0.0/16` and `2001:2::/48`.
+    fn default() -> Self {
+        Self {
+            v4: (Ipv4Addr::new(240, 240, 0, 0), 16),
+            v6: (Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 0), 48),
+        }
+    }
+}
+
+impl Ranges {
+    /// The ranges of the two variables' values, checked as istiod's bootstrap checks them
+    /// (`netip.ParsePrefix`), and further: each of its own family, and wide enough to hold an
+    /// address that is neither its first nor its last.
+    pub fn parse(v4: &str, v6: &str) -> Result<Self, RangeError> {
+        let (v4_address, v4_length) = prefix(IPV4_PREFIX_ENV, v4, 32)?;
+        let (v6_address, v6_length) = prefix(IPV6_PREFIX_ENV, v6, 128)?;
+        let (IpAddr::V4(v4_address), IpAddr::V6(v6_address)) = (v4_address, v6_address) else {
+            let (variable, value, family) = if v4_address.is_ipv4() {
+                (IPV6_PREFIX_ENV, v6, "an IPv6")
+            } else {
+                (IPV4_PREFIX_ENV, v4, "an IPv4")
+            };
+            return Err(RangeError {
+                variable,
+                value: value.to_owned(),
+                reason: format!("not {family} prefix"),
+            });
+        };
+        let mask4 = u32::MAX.checked_shl(32 - u32::from(v4_length)).unwrap_or(0);
+        let mask6 = u128::MAX
+            .checked_shl(128 - u32::from(v6_length))
+            .unwrap_or(0);
+        Ok(Self {
+            v4: (Ipv4Addr::from(u32::from(v4_address) & mask4), v4_length),
+            v6: (Ipv6Addr::from(u128::from(v6_address) & mask6), v6_length),
+        })
+    }
+
+    /// How many slots both ranges hold (numbered from 1).
+    fn slots(&self) -> u32 {
+        let usable = |host_bits: u32| {
+            1u128
+                .checked_shl(host_bits)
+                .map_or(u128::MAX, |size| size - 2)
+        };
+        let slots = usable(32 - u32::from(self.v4.1)).min(usable(128 - u32::from(self.v6.1)));
+        u32::try_from(slots).unwrap_or(u32::MAX - 1)
+    }
+
+    /// The IPv4 and IPv6 addresses of a slot.
+    fn addresses(&self, slot: u32) -> [IpAddr; 2] {
+        [
+            IpAddr::V4(Ipv4Addr::from(u32::from(self.v4.0) + slot)),
+            IpAddr::V6(Ipv6Addr::from(u128::from(self.v6.0) + u128::from(slot))),
+        ]
+    }
+
+    /// The slot of an address of either range, if it is one.
+    fn slot_of(&self, address: IpAddr) -> Option<u32> {
+        let offset = match address {
+            IpAddr::V4(v4) => u128::from(u32::from(v4).checked_sub(u32::from(self.v4.0))?),
+            IpAddr::V6(v6) => u128::from(v6).checked_sub(u128::from(self.v6.0))?,
+        };
+        u32::try_from(offset)
+            .ok()
+            .filter(|slot| (1..=self.slots()).contains(slot))
+    }
+}
+
+/// `address/length` of one family (`bits` long), with room for one slot.
+fn prefix(variable: &'static str, value: &str, bits: u8) -> Result<(IpAddr, u8), RangeError> {
+    let error = |reason: String| RangeError {
+        variable,
+        value: value.to_owned(),
+        reason,
+    };
+    let family = if bits == 32 { "an IPv4" } else { "an IPv6" };
+    let (address, length) = value
+        .split_once('/')
+        .ok_or_else(|| error(format!("not {family} prefix (address/length)")))?;
+    let address: IpAddr = address
+        .parse()
+        .map_err(|_| error(format!("{address:?} is not an IP address")))?;
+    if address.is_ipv4() != (bits == 32) {
+        return Err(error(format!("not {family} prefix")));
+    }
+    let length: u8 = length
+        .parse()
+        .ok()
+        .filter(|l| *l <= bits)
+        .ok_or_else(|| error(format!("the length {length:?} is not 0 to {bits}")))?;
+    if length > bits - 2 {
+        return Err(error(format!(
+            "a /{length} leaves no address to allocate (at most /{})",
+            bits - 2
+        )));
+    }
+    Ok((address, length))
+}
 
 /// The addresses allocated to each eligible host, by (namespace, name, host).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -103,8 +224,8 @@ fn keeps_host(entry: &ServiceEntry, host: &str) -> bool {
     !host.contains('*') || entry.spec.resolution == Some(ServiceEntryResolution::DynamicDns)
 }
 
-/// Allocates addresses to every eligible host of the index's ServiceEntries.
-pub fn allocate(index: &ConfigIndex) -> Allocation {
+/// Allocates addresses from `ranges` to every eligible host of the index's ServiceEntries.
+pub fn allocate(index: &ConfigIndex, ranges: &Ranges) -> Allocation {
     struct Host<'a> {
         created: Option<&'a Time>,
         key: (String, String, String),
@@ -121,7 +242,7 @@ pub fn allocate(index: &ConfigIndex) -> Allocation {
             let kept = status
                 .iter()
                 .find(|(h, _)| h == host)
-                .and_then(|(_, ip)| slot_of(*ip));
+                .and_then(|(_, ip)| ranges.slot_of(*ip));
             hosts.push(Host {
                 created: entry.metadata.creation_timestamp.as_ref(),
                 key: (
@@ -158,8 +279,9 @@ pub fn allocate(index: &ConfigIndex) -> Allocation {
         .service_entries
         .values()
         .flat_map(|e| &e.spec.addresses)
-        .filter_map(|a| slot_of(a.split('/').next()?.parse().ok()?))
+        .filter_map(|a| ranges.slot_of(a.split('/').next()?.parse().ok()?))
         .collect();
+    let slots_in = ranges.slots();
     let mut slots: Vec<Option<u32>> = hosts
         .iter()
         .map(|h| h.kept.filter(|slot| used.insert(*slot)))
@@ -168,9 +290,9 @@ pub fn allocate(index: &ConfigIndex) -> Allocation {
         if slot.is_some() {
             continue;
         }
-        let start = fnv1a(&format!("{}/{}/{}", host.key.0, host.key.1, host.key.2)) % SLOTS;
-        *slot = (0..SLOTS)
-            .map(|step| (start + step) % SLOTS + 1)
+        let start = fnv1a(&format!("{}/{}/{}", host.key.0, host.key.1, host.key.2)) % slots_in;
+        *slot = (0..slots_in)
+            .map(|step| (start + step) % slots_in + 1)
             .find(|candidate| used.insert(*candidate));
         if slot.is_none() {
             tracing::warn!(
@@ -185,36 +307,9 @@ pub fn allocate(index: &ConfigIndex) -> Allocation {
         hosts
             .into_iter()
             .zip(slots)
-            .filter_map(|(host, slot)| Some((host.key, addresses(slot?))))
+            .filter_map(|(host, slot)| Some((host.key, ranges.addresses(slot?))))
             .collect(),
     )
-}
-
-/// The IPv4 and IPv6 addresses of a slot.
-fn addresses(slot: u32) -> [IpAddr; 2] {
-    let v4 = u32::from(IPV4_BASE) | slot;
-    let v6 = u128::from(IPV6_BASE) | u128::from(slot);
-    [
-        IpAddr::V4(Ipv4Addr::from(v4)),
-        IpAddr::V6(Ipv6Addr::from(v6)),
-    ]
-}
-
-/// The slot of an address of either range, if it is one.
-fn slot_of(address: IpAddr) -> Option<u32> {
-    let slot = match address {
-        IpAddr::V4(v4) => {
-            let bits = u32::from(v4);
-            (bits & 0xffff_0000 == u32::from(IPV4_BASE)).then_some(bits & 0xffff)?
-        }
-        IpAddr::V6(v6) => {
-            let bits = u128::from(v6);
-            let in_range = bits >> 80 == u128::from(IPV6_BASE) >> 80
-                && bits >> 16 & 0xffff_ffff_ffff_ffff == 0;
-            u32::try_from(bits & 0xffff).ok().filter(|_| in_range)?
-        }
-    };
-    (1..=SLOTS).contains(&slot).then_some(slot)
 }
 
 /// `status.addresses` as Istio writes it: `[{host, value}]`.

@@ -318,7 +318,7 @@ impl<'a, 'p> Compiler<'a, 'p> {
             gateway: false,
         };
         if index.service_entries.values().any(auto_allocate::eligible) {
-            compiler.allocation = auto_allocate::allocate(index);
+            compiler.allocation = auto_allocate::allocate(index, &settings.auto_allocate);
         }
         compiler.entries = compiler.visible_entries();
         compiler

@@ -110,18 +110,6 @@ pub const CATALOG: &[NotApplied] = &[
     ),
     entry(
         K::DestinationRule,
-        "spec.**.loadBalancer.warmupDurationSecs",
-        Set,
-        "waypoints do no slow start",
-    ),
-    entry(
-        K::DestinationRule,
-        "spec.**.loadBalancer.warmup",
-        Set,
-        "waypoints do no slow start",
-    ),
-    entry(
-        K::DestinationRule,
         "spec.**.loadBalancer.consistentHash.ringHash",
         Set,
         "waypoints hash with their own table",

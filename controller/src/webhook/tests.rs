@@ -118,7 +118,7 @@ fn an_invalid_resource_is_refused_with_the_messages_of_controller_validate() {
 fn fields_not_applied_come_back_as_warnings() {
     let policy = json!({"apiVersion": "networking.istio.io/v1beta1", "kind": "DestinationRule",
         "metadata": {"name": "reviews", "namespace": "shop"},
-        "spec": {"host": "reviews", "trafficPolicy": {"loadBalancer": {"simple": "ROUND_ROBIN", "warmup": {"duration": "60s"}}}}});
+        "spec": {"host": "reviews", "workloadSelector": {"matchLabels": {"app": "reviews"}}}});
     let (allowed, _, warnings, _) = answer(&request(
         "UPDATE",
         "networking.istio.io",
@@ -130,7 +130,7 @@ fn fields_not_applied_come_back_as_warnings() {
     let expected = validate_lines(&serde_yaml::to_string(&policy).unwrap());
     assert_eq!(warnings, expected);
     assert!(
-        warnings[0].contains("spec.trafficPolicy.loadBalancer.warmup"),
+        warnings[0].contains("spec.workloadSelector"),
         "{warnings:?}"
     );
 }

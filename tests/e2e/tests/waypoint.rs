@@ -11,7 +11,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use weft_e2e::fixtures::{REVIEWS_VIP as VIP, reviews_service, reviews_subsets};
-use weft_e2e::{Mesh, MeshOptions, PodSpec, waypoint_resources};
+use weft_e2e::{Mesh, MeshOptions, PodPhase, PodSpec, waypoint_resources};
 use weft_test_support::prometheus::Exposition;
 
 const WAYPOINT: &str = "waypoint";
@@ -322,6 +322,85 @@ fn routing_splits_faults_retries_timeouts_and_mirrors_through_the_waypoint() {
 }
 
 /// A route to the whole service retrying a 503 once, with these more `retries` fields.
+/// The slow-start weight (percent) the waypoint's admin page shows for `pod`'s endpoint of the
+/// service's cluster; `None` while it is not an endpoint there.
+fn slow_start_weight(mesh: &Mesh, pod: &str) -> Option<f64> {
+    let address = format!("{}:8080", mesh.pod(pod).ip);
+    let dump = mesh.waypoint_config_dump(WAYPOINT).ok()?;
+    let cluster = dump["clusters"]
+        .as_array()?
+        .iter()
+        .find(|c| c["name"] == format!("outbound|80||{HOST}"))?;
+    cluster["endpoints"]
+        .as_array()?
+        .iter()
+        .find(|e| e["address"] == address)?["slow_start_weight_percent"]
+        .as_f64()
+}
+
+#[test]
+fn a_pod_that_joins_takes_a_small_share_while_it_warms_up() {
+    let mut mesh = mesh();
+    // DestinationRule `warmup` (Istio's `setWarmup`, its 10% minimum): a 20 s window with an
+    // aggression of 0.1, so that a newcomer's weight, `(t / 20 s)^10`, stays at the minimum for
+    // its first 15.8 s.
+    apply(
+        &mesh,
+        "10-dr.yaml",
+        &reviews_subsets(
+            VERSIONS,
+            "  trafficPolicy:\n    loadBalancer: {simple: ROUND_ROBIN, warmup: {duration: 20s, aggression: 0.1}}",
+        ),
+    );
+    // The pods there from the start warm up together; wait (bounded) until the admin page
+    // shows every one warm.
+    assert!(
+        mesh.eventually(Duration::from_secs(60), || VERSIONS.iter().all(|v| {
+            slow_start_weight(&mesh, &format!("reviews-{v}")) == Some(100.0)
+        })),
+        "the endpoints never warmed up: {:?}",
+        mesh.waypoint_config_dump(WAYPOINT)
+    );
+    // v3's pod goes away and comes back: a new endpoint, at its minimum weight.
+    mesh.set_pod_phase("reviews-v3", PodPhase::Absent)
+        .expect("delete v3's pod");
+    assert!(
+        mesh.eventually(Duration::from_secs(15), || slow_start_weight(
+            &mesh,
+            "reviews-v3"
+        )
+        .is_none()),
+        "v3 never left the cluster"
+    );
+    mesh.set_pod_phase("reviews-v3", PodPhase::Running)
+        .expect("create v3's pod");
+    assert!(
+        mesh.eventually(Duration::from_secs(10), || slow_start_weight(
+            &mesh,
+            "reviews-v3"
+        ) == Some(10.0)),
+        "v3 did not come back at its minimum weight: {:?}",
+        slow_start_weight(&mesh, "reviews-v3")
+    );
+    let requests = 60;
+    let served = versions(&mesh, "/warmup", requests, &[]);
+    assert_eq!(
+        slow_start_weight(&mesh, "reviews-v3"),
+        Some(10.0),
+        "the requests outlasted v3's time at its minimum weight"
+    );
+    assert_eq!(served.values().sum::<u32>(), requests, "{served:?}");
+    let to_v3 = served.get("200 v3").copied().unwrap_or(0);
+    // Weights 1, 1 and 0.1: v3's expected share is 1/21, 2.9 of 60 (a standard deviation of
+    // 1.6); round robin without slow start gives it 20.
+    assert!(to_v3 <= 10, "v3 served {to_v3} of {requests}: {served:?}");
+    assert!(
+        served.get("200 v1").is_some_and(|n| *n >= 20)
+            && served.get("200 v2").is_some_and(|n| *n >= 20),
+        "{served:?}"
+    );
+}
+
 fn retrying_once(fields: &str) -> String {
     virtual_service(&format!(
         "  - route: [{{destination: {{host: reviews}}}}]\n    retries: {{attempts: 1, retryOn: '503', {fields}}}\n"

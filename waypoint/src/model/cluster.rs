@@ -59,6 +59,18 @@ pub enum LoadBalancer {
     ConsistentHash(HashKey),
 }
 
+/// Slow start (DestinationRule `warmup`): Envoy's `slow_start_config`, as Istio sets it for
+/// round robin and least request. An endpoint within `window` of joining the cluster has its
+/// weight scaled by `max(min_weight, (time in window / window)^(1 / aggression))`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SlowStart {
+    pub window: Duration,
+    /// The least share of its weight an endpoint gets in the window, as a fraction (0 to 1).
+    pub min_weight: f64,
+    /// Greater than 0; 1 ramps linearly.
+    pub aggression: f64,
+}
+
 /// DestinationRule `connectionPool`; `None` means unlimited.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ConnectionLimits {
@@ -104,6 +116,8 @@ pub struct Cluster {
     /// locality-weighted load balancing; empty: localities are not weighed.
     pub locality_weights: Vec<u32>,
     pub load_balancer: LoadBalancer,
+    /// Set only with round robin and least request, the balancers it applies to.
+    pub slow_start: Option<SlowStart>,
     pub limits: ConnectionLimits,
     pub outlier: Option<OutlierPolicy>,
     pub destination_rule: String,

@@ -27,6 +27,10 @@ pub struct EndpointStatus {
     pub ejection_remaining_ms: Option<u64>,
     /// Times ejected so far (each ejection lasts this many base ejection times).
     pub ejections: u32,
+    /// When it joined the cluster ready, while slow start keeps its clock (the dump shows the
+    /// weight that gives, [`slow_start_factor`]).
+    #[serde(skip)]
+    pub warming_since: Option<Instant>,
 }
 
 #[derive(Debug, Default)]
@@ -37,6 +41,9 @@ struct EndpointState {
     consecutive_gateway: u32,
     ejected_until: Option<Instant>,
     ejections: u32,
+    /// When the endpoint joined the cluster healthy, for slow start ([`slow_start`]); `None`
+    /// when the cluster has none.
+    warming_since: Option<Instant>,
 }
 
 /// Per-cluster runtime state.
@@ -235,10 +242,28 @@ impl Upstream {
                         ejection_remaining_ms: ejected_for
                             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
                         ejections: state.ejections,
+                        warming_since: state.warming_since,
                     },
                 )
             })
             .collect()
+    }
+
+    /// Starts the slow-start clocks of the endpoints that `config` adds to its clusters and
+    /// stops those of the endpoints it removes ([`slow_start::track`]); endpoints it keeps
+    /// keep warming from when they joined.
+    pub(super) fn track_warm_up(&self, config: &crate::model::WaypointConfig) {
+        let now = Instant::now();
+        for cluster in config.clusters.values() {
+            let runtime = if cluster.slow_start.is_some() {
+                Some(self.runtime(cluster))
+            } else {
+                lock(&self.inner.clusters).get(&cluster.name).cloned()
+            };
+            if let Some(runtime) = runtime {
+                slow_start::track(&mut lock(&runtime.endpoints), cluster, now);
+            }
+        }
     }
 
     /// Whether `endpoint` of `cluster` is ejected now.
@@ -465,6 +490,27 @@ fn choose<'c>(
             .get(&e.address)
             .map_or(0, |s| s.active.load(Ordering::Acquire))
     };
+    // Slow start: while an endpoint of the pool warms up, the choice is weighted (Envoy then
+    // balances by weight): its slow-start factor, over the requests in flight plus one for
+    // least request (Envoy's `active_request_bias` of 1).
+    if let Some(slow) = &cluster.slow_start {
+        let factor = |e: &Endpoint| {
+            let since = states.get(&e.address).and_then(|s| s.warming_since);
+            slow_start::factor(slow, since, now)
+        };
+        if candidates().any(|e| factor(e) < 1.0) {
+            let least_request = cluster.load_balancer == LoadBalancer::LeastRequest;
+            let weight = |e: &Endpoint| {
+                if least_request {
+                    factor(e) / (active(e) + 1) as f64
+                } else {
+                    factor(e)
+                }
+            };
+            return slow_start::weighted(candidates, weight, rand::random::<f64>())
+                .ok_or_else(|| UpstreamError::NoHealthyUpstream(cluster.name.clone()));
+        }
+    }
     match &cluster.load_balancer {
         LoadBalancer::RoundRobin => nth(next.fetch_add(1, Ordering::Relaxed) % count),
         LoadBalancer::Random => nth(rand::random_range(0..count)),
@@ -653,5 +699,7 @@ fn rendezvous<'a>(candidates: &[&'a Endpoint], key: &str) -> &'a Endpoint {
         .unwrap_or(candidates[0])
 }
 
+mod slow_start;
+pub use slow_start::factor as slow_start_factor;
 #[cfg(test)]
 mod tests;

@@ -67,6 +67,7 @@ pub fn cluster(subset: &str, endpoints: &[&FakeEndpoint]) -> proto::Cluster {
             lb_policy: Some(proto::load_balancer_settings::LbPolicy::Simple(
                 proto::load_balancer_settings::SimpleLb::RoundRobin as i32,
             )),
+            slow_start: None,
         }),
         ..Default::default()
     }

@@ -13,4 +13,5 @@ mod live;
 mod policy;
 mod resilience;
 mod routing;
+mod slow_start;
 mod tcp;

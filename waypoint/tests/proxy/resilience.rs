@@ -123,6 +123,7 @@ async fn retries_avoid_the_endpoint_that_failed_unless_told_not_to() {
         lb_policy: Some(proto::load_balancer_settings::LbPolicy::Simple(
             proto::load_balancer_settings::SimpleLb::Random as i32,
         )),
+        slow_start: None,
     });
     for ignore in [None, Some(true)] {
         harness

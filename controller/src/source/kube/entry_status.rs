@@ -26,13 +26,14 @@ use crate::{
 pub async fn keep_entry_addresses(
     client: Client,
     index: Arc<LiveIndex>,
+    ranges: auto_allocate::Ranges,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut changes = index.subscribe();
     changes.borrow_and_update();
     loop {
         let snapshot = index.snapshot();
-        for ((namespace, name), addresses) in pending(&snapshot) {
+        for ((namespace, name), addresses) in pending(&snapshot, &ranges) {
             match write(&client, &namespace, &name, &addresses).await {
                 Ok(()) => {
                     tracing::info!(%namespace, %name, "ServiceEntry addresses written to its status");
@@ -49,8 +50,11 @@ pub async fn keep_entry_addresses(
 }
 
 /// The entries whose `status.addresses` differ from their allocation, with the value to write.
-pub fn pending(index: &ConfigIndex) -> BTreeMap<(String, String), Value> {
-    let allocated = auto_allocate::allocate(index).by_entry();
+pub fn pending(
+    index: &ConfigIndex,
+    ranges: &auto_allocate::Ranges,
+) -> BTreeMap<(String, String), Value> {
+    let allocated = auto_allocate::allocate(index, ranges).by_entry();
     let mut out = BTreeMap::new();
     for entry in index.service_entries.values() {
         let key = (

@@ -16,7 +16,7 @@ fn entry(name: &str, hosts: &[&str], extra: &str) -> String {
 
 fn allocated(text: &str) -> (ConfigIndex, Allocation) {
     let index = validated(text);
-    let allocation = allocate(&index);
+    let allocation = allocate(&index, &Ranges::default());
     (index, allocation)
 }
 
@@ -92,7 +92,7 @@ fn addresses_are_stable_across_restarts_and_unrelated_edits() {
     let first = entry("api", &["api.example.com", "www.example.com"], "");
     let (index, before) = allocated(&first);
     // A restart computes the same from the same configuration.
-    assert_eq!(allocate(&validated(&first)), before);
+    assert_eq!(allocate(&validated(&first), &Ranges::default()), before);
     // Others come and go, and the entry gets another port: its hosts keep their addresses.
     let others: String = (0..50)
         .map(|i| entry(&format!("other-{i}"), &[&format!("h{i}.example.net")], ""))
@@ -165,7 +165,7 @@ fn an_address_in_status_is_kept() {
     let (index, allocation) = allocated(&foreign);
     let vips = addresses_of(&index, &allocation, "api", "api.example.com");
     assert_ne!(vips[0], "10.0.0.1".parse::<IpAddr>().unwrap());
-    assert!(slot_of(vips[0]).is_some());
+    assert!(Ranges::default().slot_of(vips[0]).is_some());
 }
 
 #[test]
@@ -236,4 +236,136 @@ fn an_address_an_entry_declares_in_the_range_is_never_allocated_and_wins_a_confl
         addresses_of(&index, &second, "h", "h.example.com")[0],
         IpAddr::V4(v4)
     );
+}
+
+#[test]
+fn the_ranges_are_istiods_variables_checked_at_startup() {
+    // Istio's defaults (`pilot/pkg/features`: PILOT_IP_AUTOALLOCATE_IPV4_PREFIX and
+    // PILOT_IP_AUTOALLOCATE_IPV6_PREFIX).
+    assert_eq!(
+        Ranges::parse(DEFAULT_IPV4_PREFIX, DEFAULT_IPV6_PREFIX),
+        Ok(Ranges::default())
+    );
+    // A prefix whose address has host bits set stands for its network (`netip.ParsePrefix`
+    // accepts it).
+    assert_eq!(
+        Ranges::parse("10.250.3.7/16", "fd00:250::9/64"),
+        Ranges::parse("10.250.0.0/16", "fd00:250::/64")
+    );
+    // istiod's bootstrap refuses a prefix `netip.ParsePrefix` refuses; here also one of the
+    // other family, or one without an address between its first and last.
+    let cases = [
+        (
+            "240.240.0.0",
+            DEFAULT_IPV6_PREFIX,
+            IPV4_PREFIX_ENV,
+            "address/length",
+        ),
+        (
+            "240.240.0/16",
+            DEFAULT_IPV6_PREFIX,
+            IPV4_PREFIX_ENV,
+            "not an IP address",
+        ),
+        (
+            "240.240.0.0/33",
+            DEFAULT_IPV6_PREFIX,
+            IPV4_PREFIX_ENV,
+            "0 to 32",
+        ),
+        (
+            "240.240.0.0/-1",
+            DEFAULT_IPV6_PREFIX,
+            IPV4_PREFIX_ENV,
+            "0 to 32",
+        ),
+        (
+            "2001:2::/48",
+            DEFAULT_IPV6_PREFIX,
+            IPV4_PREFIX_ENV,
+            "not an IPv4 prefix",
+        ),
+        (
+            "240.240.0.0/31",
+            DEFAULT_IPV6_PREFIX,
+            IPV4_PREFIX_ENV,
+            "no address to allocate",
+        ),
+        (
+            DEFAULT_IPV4_PREFIX,
+            "240.240.0.0/16",
+            IPV6_PREFIX_ENV,
+            "not an IPv6 prefix",
+        ),
+        (
+            DEFAULT_IPV4_PREFIX,
+            "2001:2::/129",
+            IPV6_PREFIX_ENV,
+            "0 to 128",
+        ),
+        (
+            DEFAULT_IPV4_PREFIX,
+            "2001:2::/127",
+            IPV6_PREFIX_ENV,
+            "no address to allocate",
+        ),
+        (DEFAULT_IPV4_PREFIX, "", IPV6_PREFIX_ENV, "address/length"),
+    ];
+    for (v4, v6, variable, reason) in cases {
+        let error = Ranges::parse(v4, v6).unwrap_err();
+        let message = error.to_string();
+        assert_eq!(error.variable, variable, "{message}");
+        assert!(
+            message.starts_with(&format!("{variable}=")) && message.contains(reason),
+            "{v4} {v6}: {message}"
+        );
+    }
+}
+
+#[test]
+fn addresses_come_from_the_configured_ranges() {
+    // A /24 and a /64: 254 slots, the smaller range's, each host one address of each.
+    let ranges = Ranges::parse("10.250.7.0/24", "fd00:250::/64").unwrap();
+    let hosts: Vec<String> = (0..40).map(|i| format!("h{i}.example.com")).collect();
+    let names: Vec<&str> = hosts.iter().map(String::as_str).collect();
+    let index = validated(&entry("many", &names, ""));
+    let allocation = allocate(&index, &ranges);
+    let mut seen = std::collections::HashSet::new();
+    for host in &hosts {
+        let vips = addresses_of(&index, &allocation, "many", host);
+        let [IpAddr::V4(v4), IpAddr::V6(v6)] = vips[..] else {
+            panic!("{host}: {vips:?}")
+        };
+        assert_eq!(v4.octets()[..3], [10, 250, 7], "{v4}");
+        assert!((1..=254).contains(&v4.octets()[3]), "{v4}");
+        assert_eq!(v6.segments()[..4], [0xfd00, 0x250, 0, 0], "{v6}");
+        assert_eq!(
+            u128::from(v6) & 0xffff_ffff_ffff_ffff,
+            u128::from(v4.octets()[3])
+        );
+        assert!(seen.insert(v4), "{v4} given twice");
+    }
+    // An address in `status` from another range (istiod's defaults, before the change) is not
+    // kept: the host gets one of the configured ranges.
+    let moved = entry("moved", &["moved.example.com"], "")
+        + "status:\n  addresses:\n  - {host: moved.example.com, value: 240.240.9.9}\n";
+    let index = validated(&moved);
+    let vips = addresses_of(
+        &index,
+        &allocate(&index, &ranges),
+        "moved",
+        "moved.example.com",
+    );
+    let IpAddr::V4(v4) = vips[0] else {
+        panic!("{vips:?}")
+    };
+    assert_eq!(v4.octets()[..3], [10, 250, 7], "{vips:?}");
+    // And kept under the defaults.
+    let vips = addresses_of(
+        &index,
+        &allocate(&index, &Ranges::default()),
+        "moved",
+        "moved.example.com",
+    );
+    assert_eq!(vips[0], "240.240.9.9".parse::<IpAddr>().unwrap());
 }

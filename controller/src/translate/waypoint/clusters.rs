@@ -589,13 +589,22 @@ fn load_balancer(
         ConsistentHashLb, LbPolicy, SimpleLb,
         consistent_hash_lb::{HashKey, HttpCookie},
     };
-    if lb.warmup_duration_secs.is_some() {
-        note(
-            "loadBalancer.warmupDurationSecs",
-            "slow start is not supported by waypoints; ignored",
-        );
-    }
+    let slow_start = slow_start(lb, note);
+    // Istio gives Envoy slow start only with round robin and least request
+    // (`applyRoundRobinLoadBalancer`, `applyLeastRequestLoadBalancer`); a hash policy replaces
+    // the load balancer config (`ApplyRingHashLoadBalancer`), RANDOM and PASSTHROUGH have none.
+    let ignore_slow_start = |policy: &str, note: &mut dyn FnMut(&str, &str)| {
+        if let Some((path, _)) = &slow_start {
+            note(
+                path,
+                &format!(
+                    "slow start applies to ROUND_ROBIN and LEAST_REQUEST only (as in Istio); ignored with {policy}"
+                ),
+            );
+        }
+    };
     if let Some(hash) = &lb.consistent_hash {
+        ignore_slow_start("consistentHash", note);
         if hash.ring_hash.is_some() || hash.maglev.is_some() || hash.minimum_ring_size.is_some() {
             note(
                 "loadBalancer.consistentHash",
@@ -625,15 +634,27 @@ fn load_balancer(
             lb_policy: Some(LbPolicy::ConsistentHash(ConsistentHashLb {
                 hash_key: Some(key),
             })),
+            slow_start: None,
         });
     }
-    let simple = match lb.simple? {
-        net::SimpleLb::Unspecified => SimpleLb::Unspecified,
-        net::SimpleLb::LeastConn => SimpleLb::LeastConn,
-        net::SimpleLb::Random => SimpleLb::Random,
-        net::SimpleLb::RoundRobin => SimpleLb::RoundRobin,
-        net::SimpleLb::LeastRequest => SimpleLb::LeastRequest,
-        net::SimpleLb::Passthrough => {
+    let simple = match lb.simple {
+        // Istio's default (`applySimpleDefaultLoadBalancer`) is least request, slow start
+        // included.
+        None if slow_start.is_some() => SimpleLb::Unspecified,
+        None => return None,
+        Some(net::SimpleLb::Unspecified) => SimpleLb::Unspecified,
+        Some(net::SimpleLb::LeastConn) => SimpleLb::LeastConn,
+        Some(net::SimpleLb::RoundRobin) => SimpleLb::RoundRobin,
+        Some(net::SimpleLb::LeastRequest) => SimpleLb::LeastRequest,
+        Some(net::SimpleLb::Random) => {
+            ignore_slow_start("RANDOM", note);
+            return Some(wp::LoadBalancerSettings {
+                lb_policy: Some(LbPolicy::Simple(SimpleLb::Random as i32)),
+                slow_start: None,
+            });
+        }
+        Some(net::SimpleLb::Passthrough) => {
+            ignore_slow_start("PASSTHROUGH", note);
             note(
                 "loadBalancer.simple",
                 "PASSTHROUGH needs the original destination, which waypoints do not route to; the default load balancer is used",
@@ -643,5 +664,52 @@ fn load_balancer(
     };
     Some(wp::LoadBalancerSettings {
         lb_policy: Some(LbPolicy::Simple(simple as i32)),
+        slow_start: slow_start.map(|(_, s)| s),
     })
 }
+
+/// Istio's `setWarmup` (`warmup`, defaults: 10% minimum weight, aggression 1: a linear ramp),
+/// else `setSlowStartConfig` (the deprecated `warmupDurationSecs`: a window alone, Envoy's
+/// same defaults) (`cluster_traffic_policy.go`); with the path of the field it came from.
+fn slow_start(
+    lb: &LoadBalancerSettings,
+    note: &mut impl FnMut(&str, &str),
+) -> Option<(&'static str, wp::load_balancer_settings::SlowStart)> {
+    let (path, window, min_weight_percent, aggression) =
+        match (&lb.warmup, &lb.warmup_duration_secs) {
+            (Some(warmup), _) => (
+                "loadBalancer.warmup",
+                warmup.duration.as_ref()?,
+                warmup.minimum_percent,
+                warmup.aggression,
+            ),
+            (None, Some(window)) => ("loadBalancer.warmupDurationSecs", window, None, None),
+            (None, None) => return None,
+        };
+    let window = match duration(window) {
+        Ok(window) if window.seconds > 0 || window.nanos > 0 => window,
+        Ok(_) => {
+            note(path, "a zero window is no slow start; ignored");
+            return None;
+        }
+        Err(reason) => {
+            note(path, &format!("{:?}: {reason}; ignored", window.0));
+            return None;
+        }
+    };
+    Some((
+        path,
+        wp::load_balancer_settings::SlowStart {
+            window: Some(window),
+            min_weight_percent: min_weight_percent.unwrap_or(DEFAULT_SLOW_START_MIN_WEIGHT_PERCENT),
+            aggression: aggression.unwrap_or(DEFAULT_SLOW_START_AGGRESSION),
+        },
+    ))
+}
+
+/// Istio's `setWarmup` defaults, which are Envoy's.
+const DEFAULT_SLOW_START_MIN_WEIGHT_PERCENT: f64 = 10.0;
+const DEFAULT_SLOW_START_AGGRESSION: f64 = 1.0;
+
+#[cfg(test)]
+mod tests;

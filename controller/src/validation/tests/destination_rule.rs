@@ -58,14 +58,43 @@ fn destination_rule_rules() {
             "spec.trafficPolicy.connectionPool.http.idleTimeout",
             "greater than 1ms",
         ),
-        warns(
+        ok(
             "warmup",
-            "LoadBalancerSettings.warmup",
+            "LoadBalancerSettings.warmup: applied as slow start",
             policy(
                 "{loadBalancer: {simple: ROUND_ROBIN, warmup: {duration: 60s, minimumPercent: 10, aggression: 1.5}}}",
             ),
-            "spec.trafficPolicy.loadBalancer.warmup",
-            NOT_APPLIED,
+        ),
+        ok(
+            "warmup with its defaults, without simple",
+            "validateLoadBalancer: only duration is required",
+            policy("{loadBalancer: {warmup: {duration: 1ms}}}"),
+        ),
+        ok(
+            "warmup aggression below 1",
+            "validateLoadBalancer: aggression > 0 (not >= 1)",
+            policy("{loadBalancer: {warmup: {duration: 10s, aggression: 0.5, minimumPercent: 0}}}"),
+        ),
+        ok(
+            "deprecated warmupDurationSecs",
+            "LoadBalancerSettings.warmupDurationSecs: applied as slow start",
+            policy("{loadBalancer: {simple: LEAST_REQUEST, warmupDurationSecs: 30s}}"),
+        ),
+        bad(
+            "warmup duration under 1ms",
+            "validateLoadBalancer: agent.ValidateDuration",
+            policy("{loadBalancer: {warmup: {duration: 0.0005s}}}"),
+            "spec.trafficPolicy.loadBalancer.warmup.duration",
+            "1ms",
+        ),
+        bad(
+            "warmup in a subset",
+            "validateSubset: validateTrafficPolicy: aggression > 0",
+            dr(
+                "{host: reviews, subsets: [{name: v1, labels: {version: v1}, trafficPolicy: {loadBalancer: {warmup: {duration: 10s, aggression: 0}}}}]}",
+            ),
+            "spec.subsets[0].trafficPolicy.loadBalancer.warmup.aggression",
+            "greater than 0",
         ),
         bad(
             "warmup without duration",

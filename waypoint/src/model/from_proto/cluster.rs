@@ -11,7 +11,7 @@ use super::{header_name, identity, ip, optional_duration, port, tunnel, workload
 use crate::model::{
     Cluster, ConfigError, ConnectionLimits, DEFAULT_BASE_EJECTION_TIME,
     DEFAULT_MAX_EJECTION_PERCENT, DEFAULT_OUTLIER_INTERVAL, Endpoint, HashKey, LoadBalancer,
-    OutlierPolicy, ResolvedNames, WorkloadInfo, invalid,
+    OutlierPolicy, ResolvedNames, SlowStart, WorkloadInfo, invalid,
 };
 use crate::upstream::{OriginatedTls, OriginationCredentials};
 
@@ -47,6 +47,37 @@ fn load_balancer(
                 }
             })
         }
+    })
+}
+
+/// Envoy's bounds (`SlowStartConfig`): a window, a percentage, and an aggression above 0 (Envoy
+/// falls back to 1 at run time for a bad one; here it is refused with the configuration).
+fn slow_start(
+    s: &proto::load_balancer_settings::SlowStart,
+    context: &str,
+) -> Result<SlowStart, ConfigError> {
+    let window = optional_duration(s.window.as_ref(), context)?
+        .filter(|w| !w.is_zero())
+        .ok_or_else(|| invalid(context, "slow start without a window"))?;
+    if !(0.0..=100.0).contains(&s.min_weight_percent) {
+        return Err(invalid(
+            context,
+            format!(
+                "slow start minimum weight {}% is not between 0 and 100",
+                s.min_weight_percent
+            ),
+        ));
+    }
+    if !(s.aggression.is_finite() && s.aggression > 0.0) {
+        return Err(invalid(
+            context,
+            format!("slow start aggression {} is not above 0", s.aggression),
+        ));
+    }
+    Ok(SlowStart {
+        window,
+        min_weight: s.min_weight_percent / 100.0,
+        aggression: s.aggression,
     })
 }
 
@@ -224,6 +255,16 @@ pub(super) fn cluster(
         .into_iter()
         .flatten()
         .collect();
+    let load_balancer = load_balancer(c.load_balancer.as_ref(), context)?;
+    let slow_start = match load_balancer {
+        LoadBalancer::RoundRobin | LoadBalancer::LeastRequest => c
+            .load_balancer
+            .as_ref()
+            .and_then(|lb| lb.slow_start.as_ref())
+            .map(|s| slow_start(s, context))
+            .transpose()?,
+        LoadBalancer::Random | LoadBalancer::ConsistentHash(_) => None,
+    };
     Ok(Cluster {
         priorities: priorities.iter().max().map_or(1, |p| p + 1),
         locality_weights: weighed.map(|w| w.weights).unwrap_or_default(),
@@ -244,7 +285,8 @@ pub(super) fn cluster(
             .as_ref()
             .map(|tls| originated_tls(c, tls, credentials).map_err(|e| invalid(context, e)))
             .transpose()?,
-        load_balancer: load_balancer(c.load_balancer.as_ref(), context)?,
+        load_balancer,
+        slow_start,
         limits: limits(c.connection_pool.as_ref(), context)?,
         outlier: outlier(c.outlier_detection.as_ref(), context)?,
         destination_rule: c.destination_rule.clone(),
@@ -274,3 +316,6 @@ fn originated_tls(
     }
     Ok(originated)
 }
+
+#[cfg(test)]
+mod tests;

@@ -3,7 +3,7 @@ use std::time::Duration;
 use super::*;
 use crate::model::Tunnel;
 
-fn endpoint(last: u8) -> Endpoint {
+pub(super) fn endpoint(last: u8) -> Endpoint {
     Endpoint {
         address: SocketAddr::from(([10, 0, 0, last], 8080)),
         identity: None,
@@ -98,7 +98,7 @@ fn hash_keys_come_from_headers_cookies_query_and_source() {
     }
 }
 
-fn least_request(endpoints: Vec<Endpoint>) -> Cluster {
+pub(super) fn least_request(endpoints: Vec<Endpoint>) -> Cluster {
     Cluster {
         name: "outbound|80||web.shop.svc.cluster.local".to_owned(),
         host: "web.shop.svc.cluster.local".to_owned(),
@@ -109,6 +109,7 @@ fn least_request(endpoints: Vec<Endpoint>) -> Cluster {
         priorities: 1,
         locality_weights: Vec::new(),
         load_balancer: LoadBalancer::LeastRequest,
+        slow_start: None,
         limits: crate::model::ConnectionLimits::default(),
         outlier: None,
         destination_rule: String::new(),
@@ -118,7 +119,7 @@ fn least_request(endpoints: Vec<Endpoint>) -> Cluster {
     }
 }
 
-fn fresh_state() -> ClusterState {
+pub(super) fn fresh_state() -> ClusterState {
     ClusterState(Arc::new(ClusterRuntime {
         active_requests: AtomicUsize::new(0),
         pending: AtomicUsize::new(0),
@@ -187,6 +188,7 @@ fn ranked_cluster(endpoints: &[(u8, u32)], outlier: Option<OutlierPolicy>) -> Cl
         priorities: endpoints.iter().map(|(_, p)| p + 1).max().unwrap_or(1),
         locality_weights: Vec::new(),
         load_balancer: LoadBalancer::RoundRobin,
+        slow_start: None,
         limits: Default::default(),
         outlier,
         destination_rule: String::new(),

@@ -49,7 +49,9 @@ fn status_addresses(started: &Started, name: &str) -> Value {
 #[tokio::test]
 async fn allocated_addresses_are_written_to_status_and_kept() {
     let mut started = Started::with(ENTRIES).await;
-    started.run(keep_entry_addresses);
+    started.run(|client, index, shutdown| {
+        keep_entry_addresses(client, index, auto_allocate::Ranges::default(), shutdown)
+    });
     eventually("the allocated addresses in api's status", || {
         status_addresses(&started, "api")
             .as_array()
@@ -82,7 +84,7 @@ async fn allocated_addresses_are_written_to_status_and_kept() {
     assert_eq!(status_addresses(&started, "declared"), Value::Null);
     // Once written and read back, nothing is left to write.
     eventually("the index to hold the written status", || {
-        pending(&started.index.snapshot()).is_empty()
+        pending(&started.index.snapshot(), &auto_allocate::Ranges::default()).is_empty()
     })
     .await;
     started.stop().await;
@@ -118,11 +120,38 @@ status:
   addresses: []
 "#;
     let index = crate::translate::waypoint::tests::validated(stale);
-    let pending = pending(&index);
+    let pending = pending(&index, &auto_allocate::Ranges::default());
     assert_eq!(
         pending.get(&("shop".to_owned(), "now-declared".to_owned())),
         Some(&json!([]))
     );
     // Nothing to clear: left alone.
     assert_eq!(pending.len(), 1, "{pending:?}");
+}
+
+#[tokio::test]
+async fn addresses_are_written_from_the_configured_ranges() {
+    // istiod's PILOT_IP_AUTOALLOCATE_IPV4_PREFIX and PILOT_IP_AUTOALLOCATE_IPV6_PREFIX: the
+    // allocation moves to those ranges, an address of the defaults in a status included.
+    let ranges = auto_allocate::Ranges::parse("10.250.0.0/16", "fd00:250::/64").unwrap();
+    let mut started = Started::with(ENTRIES).await;
+    started
+        .run(move |client, index, shutdown| keep_entry_addresses(client, index, ranges, shutdown));
+    for name in ["api", "migrated"] {
+        eventually("addresses of the configured ranges in the status", || {
+            let written = status_addresses(&started, name);
+            written[0]["value"]
+                .as_str()
+                .is_some_and(|v| v.starts_with("10.250."))
+                && written[1]["value"]
+                    .as_str()
+                    .is_some_and(|v| v.starts_with("fd00:250::"))
+        })
+        .await;
+    }
+    eventually("the index to hold the written status", || {
+        pending(&started.index.snapshot(), &ranges).is_empty()
+    })
+    .await;
+    started.stop().await;
 }

@@ -1,0 +1,135 @@
+//! Slow start as Istio translates it (`cluster_traffic_policy.go`): `setWarmup` with its
+//! defaults, the deprecated `setSlowStartConfig`, only for round robin and least request.
+
+use super::*;
+use wp::load_balancer_settings::{LbPolicy, SimpleLb, SlowStart};
+
+/// The waypoint's load balancer for `yaml` (a trafficPolicy), and the paths of the notes.
+fn compile(yaml: &str) -> (Option<wp::LoadBalancerSettings>, Vec<String>) {
+    let policy: TrafficPolicy = serde_yaml::from_str(yaml).unwrap();
+    let ((lb, _, _), notes) = EffectivePolicy::of(&policy).compile(false);
+    let notes = notes
+        .into_iter()
+        .map(|n| match n {
+            TranslateProblem::Unsupported { path, .. } => path,
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    (lb, notes)
+}
+
+fn slow_start(seconds: i64, min_weight_percent: f64, aggression: f64) -> Option<SlowStart> {
+    Some(SlowStart {
+        window: Some(prost_types::Duration { seconds, nanos: 0 }),
+        min_weight_percent,
+        aggression,
+    })
+}
+
+fn simple(lb: &Option<wp::LoadBalancerSettings>) -> Option<SimpleLb> {
+    match lb.as_ref()?.lb_policy.as_ref()? {
+        LbPolicy::Simple(s) => SimpleLb::try_from(*s).ok(),
+        LbPolicy::ConsistentHash(_) => None,
+    }
+}
+
+#[test]
+fn warmup_becomes_slow_start_as_istio_sets_it() {
+    // (trafficPolicy, balancer, slow start): Istio's `applyRoundRobinLoadBalancer`,
+    // `applyLeastRequestLoadBalancer` and `applySimpleDefaultLoadBalancer`.
+    let cases = [
+        (
+            "{loadBalancer: {simple: ROUND_ROBIN, warmup: {duration: 60s, minimumPercent: 20, aggression: 1.5}}}",
+            SimpleLb::RoundRobin,
+            slow_start(60, 20.0, 1.5),
+        ),
+        // `setWarmup`'s defaults: a 10% minimum, aggression 1.
+        (
+            "{loadBalancer: {simple: LEAST_REQUEST, warmup: {duration: 30s}}}",
+            SimpleLb::LeastRequest,
+            slow_start(30, 10.0, 1.0),
+        ),
+        (
+            "{loadBalancer: {simple: LEAST_CONN, warmup: {duration: 30s}}}",
+            SimpleLb::LeastConn,
+            slow_start(30, 10.0, 1.0),
+        ),
+        // No `simple`: Istio's default, least request, with slow start.
+        (
+            "{loadBalancer: {warmup: {duration: 45s, aggression: 2}}}",
+            SimpleLb::Unspecified,
+            slow_start(45, 10.0, 2.0),
+        ),
+        // The deprecated `warmupDurationSecs` (`setSlowStartConfig`): a window, Envoy's defaults.
+        (
+            "{loadBalancer: {warmupDurationSecs: 90s}}",
+            SimpleLb::Unspecified,
+            slow_start(90, 10.0, 1.0),
+        ),
+        // `warmup` takes precedence over it.
+        (
+            "{loadBalancer: {simple: ROUND_ROBIN, warmupDurationSecs: 90s, warmup: {duration: 15s, minimumPercent: 0}}}",
+            SimpleLb::RoundRobin,
+            slow_start(15, 0.0, 1.0),
+        ),
+        (
+            "{loadBalancer: {simple: ROUND_ROBIN}}",
+            SimpleLb::RoundRobin,
+            None,
+        ),
+    ];
+    for (yaml, balancer, expected) in cases {
+        let (lb, notes) = compile(yaml);
+        assert_eq!(simple(&lb), Some(balancer), "{yaml}");
+        assert_eq!(lb.unwrap().slow_start, expected, "{yaml}");
+        assert_eq!(notes, Vec::<String>::new(), "{yaml}");
+    }
+}
+
+#[test]
+fn warmup_with_other_balancers_is_reported_ignored() {
+    // Istio gives Envoy no slow start with RANDOM, PASSTHROUGH or a consistent hash.
+    for (yaml, note) in [
+        (
+            "{loadBalancer: {simple: RANDOM, warmup: {duration: 60s}}}",
+            "spec.trafficPolicy.loadBalancer.warmup",
+        ),
+        (
+            "{loadBalancer: {consistentHash: {useSourceIp: true}, warmupDurationSecs: 60s}}",
+            "spec.trafficPolicy.loadBalancer.warmupDurationSecs",
+        ),
+    ] {
+        let (lb, notes) = compile(yaml);
+        assert_eq!(lb.unwrap().slow_start, None, "{yaml}");
+        assert_eq!(notes, [note], "{yaml}");
+    }
+    let (lb, notes) = compile("{loadBalancer: {simple: PASSTHROUGH, warmup: {duration: 60s}}}");
+    assert!(lb.is_none());
+    assert_eq!(
+        notes,
+        [
+            "spec.trafficPolicy.loadBalancer.warmup",
+            "spec.trafficPolicy.loadBalancer.simple"
+        ]
+    );
+}
+
+#[test]
+fn port_level_and_subset_warmup_reach_their_clusters() {
+    let top: TrafficPolicy = serde_yaml::from_str(
+        "{loadBalancer: {simple: ROUND_ROBIN}, portLevelSettings: [{port: {number: 8080}, loadBalancer: {simple: ROUND_ROBIN, warmup: {duration: 20s}}}]}",
+    )
+    .unwrap();
+    let subset: TrafficPolicy =
+        serde_yaml::from_str("{loadBalancer: {warmup: {duration: 40s}}}").unwrap();
+    let slow = |p: EffectivePolicy| p.compile(false).0.0.and_then(|lb| lb.slow_start);
+    assert_eq!(slow(effective_policy(Some(&top), None, 80)), None);
+    assert_eq!(
+        slow(effective_policy(Some(&top), None, 8080)),
+        slow_start(20, 10.0, 1.0)
+    );
+    assert_eq!(
+        slow(effective_policy(Some(&top), Some(&subset), 80)),
+        slow_start(40, 10.0, 1.0)
+    );
+}

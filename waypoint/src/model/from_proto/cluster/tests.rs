@@ -1,0 +1,87 @@
+//! Slow start from the proto: kept only with the balancers Envoy applies it to, within
+//! Envoy's bounds.
+
+use std::time::Duration;
+
+use weft_proto::waypoint as proto;
+
+use super::*;
+
+fn settings(simple: proto::load_balancer_settings::SimpleLb, window_ms: i32) -> proto::Cluster {
+    proto::Cluster {
+        name: "outbound|80||web.shop.svc.cluster.local".to_owned(),
+        host: "web.shop.svc.cluster.local".to_owned(),
+        port: 80,
+        load_balancer: Some(proto::LoadBalancerSettings {
+            lb_policy: Some(proto::load_balancer_settings::LbPolicy::Simple(
+                simple as i32,
+            )),
+            slow_start: Some(proto::load_balancer_settings::SlowStart {
+                window: Some(prost_types::Duration {
+                    seconds: 0,
+                    nanos: window_ms * 1_000_000,
+                }),
+                min_weight_percent: 25.0,
+                aggression: 2.0,
+            }),
+        }),
+        ..Default::default()
+    }
+}
+
+fn convert(c: &proto::Cluster) -> Result<Cluster, ConfigError> {
+    cluster(
+        c,
+        &mut HashMap::new(),
+        &ResolvedNames::default(),
+        &OriginationCredentials::default(),
+        None,
+    )
+}
+
+#[test]
+fn slow_start_is_kept_with_round_robin_and_least_request_only() {
+    use proto::load_balancer_settings::SimpleLb as S;
+    let expected = Some(SlowStart {
+        window: Duration::from_millis(500),
+        min_weight: 0.25,
+        aggression: 2.0,
+    });
+    for (simple, kept) in [
+        (S::RoundRobin, true),
+        (S::LeastRequest, true),
+        (S::LeastConn, true),
+        (S::Unspecified, true),
+        (S::Random, false),
+    ] {
+        let cluster = convert(&settings(simple, 500)).unwrap();
+        assert_eq!(
+            cluster.slow_start,
+            if kept { expected } else { None },
+            "{simple:?}"
+        );
+    }
+}
+
+#[test]
+fn slow_start_outside_envoys_bounds_is_refused() {
+    type Mutation = fn(&mut proto::load_balancer_settings::SlowStart);
+    let cases: [(Mutation, &str); 5] = [
+        (|s| s.window = None, "without a window"),
+        (|s| s.min_weight_percent = 101.0, "not between 0 and 100"),
+        (|s| s.min_weight_percent = f64::NAN, "not between 0 and 100"),
+        (|s| s.aggression = 0.0, "not above 0"),
+        (|s| s.aggression = f64::INFINITY, "not above 0"),
+    ];
+    for (mutate, expected) in cases {
+        let mut c = settings(proto::load_balancer_settings::SimpleLb::RoundRobin, 500);
+        let slow = c
+            .load_balancer
+            .as_mut()
+            .and_then(|lb| lb.slow_start.as_mut())
+            .unwrap();
+        mutate(slow);
+        let error = convert(&c).unwrap_err().to_string();
+        assert!(error.contains(expected), "{error}");
+    }
+}
