@@ -65,7 +65,11 @@ fn a_waypoint_logs_only_failing_requests_to_the_selected_json_file() {
             PodSpec::waypoint("waypoint", "node2", "shop"),
         ],
         MeshOptions {
-            config: format!("{}---\n{}", reviews_service(false), waypoint_resources("shop")),
+            config: format!(
+                "{}---\n{}",
+                reviews_service(false),
+                waypoint_resources("shop")
+            ),
             mesh_config: mesh_config(path.to_str().unwrap()),
             ..MeshOptions::default()
         },
@@ -84,11 +88,18 @@ fn a_waypoint_logs_only_failing_requests_to_the_selected_json_file() {
     })
     .expect("the waypoint applies the Telemetry");
 
-    let ok = mesh.curl_with("client", &["-H", "x-tenant: blue", &format!("http://{VIP}/fine")]);
+    let ok = mesh.curl_with(
+        "client",
+        &["-H", "x-tenant: blue", &format!("http://{VIP}/fine")],
+    );
     assert_eq!(ok.status, 200, "{}", ok.body);
     let failed = mesh.curl_with(
         "client",
-        &["-H", "x-tenant: blue", &format!("http://{VIP}/broken?status=503")],
+        &[
+            "-H",
+            "x-tenant: blue",
+            &format!("http://{VIP}/broken?status=503"),
+        ],
     );
     assert_eq!(failed.status, 503, "{}", failed.body);
     assert!(
