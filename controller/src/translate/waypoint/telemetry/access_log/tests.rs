@@ -7,29 +7,11 @@ use weft_proto::waypoint as wp;
 
 use super::super::super::tests::validated;
 use super::super::super::waypoint_configs;
+use super::super::tests::{MESH, telemetry};
 use crate::mesh_config::{MeshConfigWatch, parse};
 use crate::translate::MeshSettings;
 
-const MESH: &str = r#"
-apiVersion: v1
-kind: Namespace
-metadata: {name: shop, labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: waypoint}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: waypoint, namespace: shop}
-spec:
-  gatewayClassName: istio-waypoint
-  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
-"#;
-
 const PROVIDERS: &str = "extensionProviders: [{name: json-file, envoyFileAccessLog: {path: /var/log/access.json, logFormat: {labels: {code: '%RESPONSE_CODE%', path: '%REQ(:PATH)%'}}}}, {name: text-file, envoyFileAccessLog: {path: /var/log/access.log, logFormat: {text: '%REQ(:METHOD)% %RESPONSE_CODE%'}}}, {name: plain, envoyFileAccessLog: {}}, {name: otel, opentelemetry: {service: otel.example.com, port: 4317}}]";
-
-fn telemetry(name: &str, namespace: &str, created: u32, spec: &str) -> String {
-    format!(
-        "---\napiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{name: {name}, namespace: {namespace}, creationTimestamp: '2026-01-01T00:00:{created:02}Z'}}\nspec: {spec}\n"
-    )
-}
 
 /// The waypoint's access logs under `mesh_config`: whether none is written, and each as
 /// (provider, path, format summary, filter).
