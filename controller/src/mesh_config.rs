@@ -4,7 +4,9 @@
 //! apply elsewhere: `outboundTrafficPolicy.mode`, served to node agents as
 //! `weft.mesh.v1.MeshConfig`, and the default tracing ([`trace`]: `defaultProviders.tracing`,
 //! `extensionProviders[].opentelemetry`, `defaultConfig.tracing.sampling`), pushed to every
-//! waypoint in its `WaypointConfig`, and the gateways' default
+//! waypoint in its `WaypointConfig`, the access logs ([`access_log`]: `accessLogFile`,
+//! `accessLogFormat`, `accessLogEncoding`, `defaultProviders.accessLogging`,
+//! `extensionProviders[].envoyFileAccessLog`), which Telemetry resources select from, and the gateways' default
 //! `defaultConfig.gatewayTopology.numTrustedProxies`, in every gateway's, and the default
 //! locality load balancing, `localityLbSetting`, which a cluster without a DestinationRule
 //! setting of its own (nor a traffic distribution) follows. The file is read at
@@ -26,8 +28,12 @@ use weft_proto::mesh::{MeshConfig, OutboundTrafficPolicy};
 
 use crate::model::networking::LocalityLbSetting;
 
+mod access_log;
 mod trace;
 
+pub use self::access_log::{
+    AccessLogProvider, BUILTIN_PROVIDER, DEV_STDOUT, FileProvider, LogFormat, MeshAccessLogging,
+};
 pub use self::trace::{DEFAULT_TRACE_SAMPLING, MeshTracing, TracingProvider};
 
 /// How often the file is read again: the configuration directory's own pace.
@@ -55,6 +61,8 @@ pub struct Mesh {
     pub agents: MeshConfig,
     /// The default tracing, in every waypoint's configuration.
     pub tracing: MeshTracing,
+    /// The access logs and their providers, which Telemetry resources select from.
+    pub access_logging: MeshAccessLogging,
     /// `defaultConfig.gatewayTopology.numTrustedProxies`: the gateways' default, which a
     /// gateway pod's `proxy.istio.io/config` annotation overrides.
     pub gateway_trusted_proxies: u32,
@@ -124,6 +132,7 @@ pub fn parse(path: &str, text: &str) -> Result<Mesh, MeshConfigError> {
     };
     config.set_outbound_traffic_policy(mode);
     let tracing = trace::parse(mesh, &field)?;
+    let access_logging = access_log::parse(mesh, &field)?;
     let gateway_trusted_proxies = match mesh.get("defaultConfig") {
         Some(proxy @ serde_yaml::Value::Mapping(_)) => {
             crate::model::edge::num_trusted_proxies(proxy)
@@ -146,6 +155,7 @@ pub fn parse(path: &str, text: &str) -> Result<Mesh, MeshConfigError> {
     Ok(Mesh {
         agents: config,
         tracing,
+        access_logging,
         gateway_trusted_proxies,
         locality_lb,
     })
@@ -200,6 +210,11 @@ impl MeshConfigWatch {
     /// The default tracing in force.
     pub fn tracing(&self) -> MeshTracing {
         self.current.borrow().0.tracing.clone()
+    }
+
+    /// The access logging in force.
+    pub fn access_logging(&self) -> MeshAccessLogging {
+        self.current.borrow().0.access_logging.clone()
     }
 
     /// The gateways' default `numTrustedProxies`.

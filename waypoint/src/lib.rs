@@ -14,6 +14,7 @@
 //! [`metrics`] and [`dump`] report (on `weft_proxy_core::admin`'s server). In the gateway
 //! role ([`gateway`]) the same engine serves clients outside the mesh on plain ports.
 
+pub mod access_log;
 pub mod authn;
 pub mod config;
 pub mod conformance;

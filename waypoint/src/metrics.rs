@@ -17,6 +17,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
+use crate::access_log::{AccessLogs, Captured};
+
 use http::HeaderValue;
 use http::uri::{Authority, PathAndQuery};
 
@@ -469,6 +471,9 @@ pub struct RequestRecord {
     pub span: Option<crate::telemetry::RequestSpan>,
     /// Telemetry turned the access log off: no line is written.
     pub access_log_disabled: bool,
+    /// The access logs Telemetry selects, when not the default line, and what the request's
+    /// and response's headers hold for them.
+    pub access_logs: Option<(Arc<AccessLogs>, Captured)>,
     /// Telemetry's metric overrides in force for the request, if any.
     pub metric_overrides: Option<Arc<MetricOverrides>>,
     /// The request headers the overrides' tags read ([`MetricOverrides::capture`]).
@@ -522,9 +527,29 @@ impl RequestRecord {
             at_edge: false,
             span: None,
             access_log_disabled: false,
+            access_logs: None,
             metric_overrides: None,
             metric_headers: Vec::new(),
         }
+    }
+
+    /// Writes the request's lines to `logs` instead of the default line, keeping what they
+    /// read of the request's `headers`.
+    pub fn set_access_logs(&mut self, logs: &Arc<AccessLogs>, headers: &http::HeaderMap) {
+        let captured = logs.capture_request(headers);
+        self.access_logs = Some((Arc::clone(logs), captured));
+    }
+
+    /// Keeps what the access logs read of the response's `headers`.
+    pub fn capture_response_headers(&mut self, headers: &http::HeaderMap) {
+        if let Some((logs, captured)) = &mut self.access_logs {
+            logs.capture_response(captured, headers);
+        }
+    }
+
+    /// `%START_TIME%`: when the request began, as Envoy writes it.
+    pub(crate) fn start_time_text(&self) -> impl std::fmt::Display + use<> {
+        UtcTime(self.start_time)
     }
 
     /// Records the request under Telemetry's `overrides`, with the request `headers` they
@@ -648,6 +673,8 @@ pub struct ConnectionInfo {
     pub at_edge: bool,
     /// Telemetry turned the access log off: no line is written.
     pub access_log_disabled: bool,
+    /// The access logs Telemetry selects, when not the default line.
+    pub access_logs: Option<Arc<AccessLogs>>,
     /// Telemetry's metric overrides in force when the connection opened, if any.
     pub metric_overrides: Option<Arc<MetricOverrides>>,
 }
@@ -688,8 +715,16 @@ impl AccessLog for TcpAccessLog {
     }
 
     fn write(&self, end: &ConnectionEnd<'_>) {
-        if !self.info.access_log_disabled {
-            info!(target: ACCESS_LOG, "{}", self.line(end));
+        if self.info.access_log_disabled {
+            return;
+        }
+        match &self.info.access_logs {
+            None => info!(target: ACCESS_LOG, "{}", self.line(end)),
+            Some(logs) => logs.write(&crate::access_log::ConnectionEntry {
+                info: &self.info,
+                end,
+                start_time: UtcTime(self.start_time),
+            }),
         }
     }
 }
@@ -750,7 +785,8 @@ pub(crate) fn humantime_utc(time: SystemTime) -> String {
 }
 
 /// A time as [`humantime_utc`] writes it.
-struct UtcTime(SystemTime);
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct UtcTime(pub(crate) SystemTime);
 
 impl std::fmt::Display for UtcTime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -796,7 +832,14 @@ impl Drop for RequestRecord {
             counters.response_bytes.observe(self.bytes_sent as f64);
         }
         if !self.access_log_disabled {
-            info!(target: ACCESS_LOG, "{}", AccessLogLine(self));
+            match &self.access_logs {
+                None => info!(target: ACCESS_LOG, "{}", AccessLogLine(self)),
+                Some((logs, captured)) => logs.write(&crate::access_log::RequestEntry {
+                    logs,
+                    captured,
+                    record: self,
+                }),
+            }
         }
         if let Some(span) = self.span.take() {
             span.finish(self);

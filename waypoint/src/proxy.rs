@@ -219,6 +219,13 @@ pub async fn handle(
     // this request: a Telemetry change reaches established connections.
     let telemetry = config.telemetry_for(target.as_ref());
     record.access_log_disabled = telemetry.access_log_disabled;
+    if let Some(logs) = telemetry
+        .access_logs
+        .as_ref()
+        .filter(|_| !record.access_log_disabled)
+    {
+        record.set_access_logs(logs, request.headers());
+    }
     if let Some(overrides) = telemetry.metrics.as_ref().filter(|o| o.changes_requests()) {
         record.set_metric_overrides(overrides, request.headers());
     }

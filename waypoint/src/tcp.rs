@@ -167,6 +167,7 @@ fn connection_info(
         downstream_local: context.destination.to_string(),
         downstream_remote: context.peer_address.to_string(),
         access_log_disabled: telemetry.access_log_disabled,
+        access_logs: telemetry.access_logs.clone(),
         metric_overrides: telemetry.metrics.clone(),
         ..ConnectionInfo::default()
     };

@@ -38,6 +38,8 @@ pub struct Telemetry {
     pub tracing: Option<Arc<TracingConfig>>,
     /// Telemetry's `accessLogging[].disabled`: no access-log line (metrics are unchanged).
     pub access_log_disabled: bool,
+    /// The access logs Telemetry and the mesh config select; `None`: the default line.
+    pub access_logs: Option<Arc<crate::access_log::AccessLogs>>,
     /// Telemetry's `metrics[].overrides` of the request and TCP metrics; `None`: Istio's
     /// standard metrics.
     pub metrics: Option<Arc<crate::metrics::MetricOverrides>>,

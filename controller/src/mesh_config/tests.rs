@@ -264,3 +264,87 @@ fn the_default_locality_load_balancing_is_read_and_validated() {
         );
     }
 }
+
+/// The access-log providers: `envoyFileAccessLog` ones with their formats, Istio's built-in
+/// `envoy` (which a declared one replaces), `defaultProviders.accessLogging`, and
+/// `accessLogFile` with the mesh's format and encoding.
+#[test]
+fn access_log_providers_and_the_mesh_file_are_read() {
+    let mesh = parse(
+        "mesh",
+        "accessLogFile: /var/log/a.log\naccessLogFormat: '%REQ(:PATH)% %RESPONSE_CODE%'\ndefaultProviders: {accessLogging: [file]}\nextensionProviders: [{name: file, envoyFileAccessLog: {path: /tmp/x.log, logFormat: {labels: {code: '%RESPONSE_CODE%'}}}}, {name: otel, opentelemetry: {service: otel.example.com, port: 4317}}]",
+    )
+    .unwrap()
+    .access_logging;
+    assert_eq!(mesh.file.as_deref(), Some("/var/log/a.log"));
+    assert_eq!(
+        mesh.format,
+        LogFormat::Text("%REQ(:PATH)% %RESPONSE_CODE%".into())
+    );
+    assert_eq!(mesh.defaults(), ["file"]);
+    let file = mesh.provider_named("FILE").unwrap().file.as_ref().unwrap();
+    assert_eq!(file.path, "/tmp/x.log");
+    assert_eq!(
+        file.format,
+        LogFormat::Json([("code".to_owned(), "%RESPONSE_CODE%".to_owned())].into())
+    );
+    assert!(mesh.provider_named("otel").unwrap().file.is_none());
+    // The built-in provider: standard output, in the mesh's format.
+    let envoy = mesh.provider_named("envoy").unwrap().file.as_ref().unwrap();
+    assert_eq!(
+        (envoy.path.as_str(), &envoy.format),
+        (DEV_STDOUT, &mesh.format)
+    );
+    let unset = parse("mesh", "").unwrap().access_logging;
+    assert!(unset.is_unset());
+    assert_eq!(unset.defaults(), ["envoy"]);
+    let replaced = parse(
+        "mesh",
+        "extensionProviders: [{name: envoy, envoyFileAccessLog: {path: /tmp/e.log}}]",
+    )
+    .unwrap()
+    .access_logging;
+    assert_eq!(replaced.providers.len(), 1);
+    assert_eq!(
+        replaced
+            .provider_named("envoy")
+            .unwrap()
+            .file
+            .as_ref()
+            .unwrap()
+            .path,
+        "/tmp/e.log"
+    );
+}
+
+/// A format Envoy would refuse refuses the document, naming the field, as does an unknown
+/// encoding; the message is Envoy's.
+#[test]
+fn access_log_formats_envoy_refuses_are_refused_naming_the_field() {
+    let cases = [
+        (
+            "accessLogFormat: '%BOGUS%'",
+            "mesh: accessLogFormat: Not supported field in StreamInfo: BOGUS",
+        ),
+        (
+            "accessLogEncoding: XML",
+            "mesh: accessLogEncoding: unknown value \"XML\" (TEXT or JSON)",
+        ),
+        (
+            "extensionProviders: [{name: f, envoyFileAccessLog: {logFormat: {text: '50% off'}}}]",
+            "mesh: extensionProviders[0].envoyFileAccessLog.logFormat.text: Incorrect configuration: 50% off. Couldn't find valid command at position 2",
+        ),
+        (
+            "extensionProviders: [{name: f, envoyFileAccessLog: {logFormat: {labels: {a: '%NOPE%'}}}}]",
+            "mesh: extensionProviders[0].envoyFileAccessLog.logFormat.labels: JSON label \"a\": Not supported field in StreamInfo: NOPE",
+        ),
+        (
+            "accessLogEncoding: JSON\naccessLogFormat: 'not json'",
+            "mesh: accessLogFormat: not a JSON object",
+        ),
+    ];
+    for (text, expected) in cases {
+        let error = parse("mesh", text).unwrap_err().to_string();
+        assert!(error.starts_with(expected), "{text}: {error}");
+    }
+}

@@ -80,7 +80,7 @@ struct OpenTelemetryProvider {
 }
 
 /// `value` read as a `T` (absent or null: the default); a wrong shape names `field`.
-fn section<T: serde::de::DeserializeOwned + Default>(
+pub(super) fn section<T: serde::de::DeserializeOwned + Default>(
     value: Option<&serde_yaml::Value>,
     name: &str,
     field: &impl Fn(&str, String) -> MeshConfigError,

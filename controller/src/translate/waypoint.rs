@@ -175,6 +175,7 @@ fn waypoint_config(
         tracing: telemetry.tracing,
         access_log_disabled: telemetry.access_log_disabled,
         metric_overrides: telemetry.metric_overrides,
+        access_logs: telemetry.access_logs,
         instances: compiler.instances(),
     }
 }

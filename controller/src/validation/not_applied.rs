@@ -384,18 +384,6 @@ pub const CATALOG: &[NotApplied] = &[
         Set,
         "trace context is always propagated",
     ),
-    entry(
-        K::Telemetry,
-        "spec.accessLogging[].providers",
-        Set,
-        "waypoints write their one access log (the `access` log target); disabled applies to it",
-    ),
-    entry(
-        K::Telemetry,
-        "spec.accessLogging[].filter",
-        Set,
-        "every request is logged unless access logging is disabled",
-    ),
     // AuthorizationPolicy (fail closed: an ALLOW rule that needs what is not applied never
     // matches; a DENY rule applies without it)
     entry(

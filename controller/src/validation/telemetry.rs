@@ -44,10 +44,18 @@ pub fn validate(spec: &TelemetrySpec, findings: &mut Findings) {
     for (i, logging) in spec.access_logging.iter().enumerate() {
         let path = format!("spec.accessLogging[{i}]");
         if let Some(expression) = logging.filter.as_ref().and_then(|f| f.expression.as_ref()) {
-            findings.check(
-                format!("{path}.filter.expression"),
-                cel_expression(expression),
-            );
+            let field = format!("{path}.filter.expression");
+            match cel_expression(expression) {
+                Err(reason) => findings.error(field, reason),
+                Ok(None) => {}
+                Ok(Some(unknown)) => findings.warn(
+                    field,
+                    format!(
+                        "'{unknown}' is none of the attributes the proxies offer ({}): evaluating it fails and no line is written",
+                        weft_access_log::ATTRIBUTES.join(", ")
+                    ),
+                ),
+            }
         }
         check_providers(findings, &path, &logging.providers);
     }
@@ -220,6 +228,12 @@ fn check_metrics_applied(findings: &mut Findings, path: &str, metrics: &Metrics)
 }
 
 /// Istio's `validateTelemetryFilter`: the access-log filter parses as a CEL expression.
-fn cel_expression(expression: &str) -> Result<(), String> {
-    check_expression(expression).map_err(|e| format!("must be a valid CEL expression, {e}"))
+/// Istio's check (cel-go's parser), then the waypoint's own compilation of the filter, so that
+/// a filter the waypoint could not evaluate is refused here rather than NACKed there. Returns
+/// a variable the filter reads that the proxies do not offer, if any.
+fn cel_expression(expression: &str) -> Result<Option<String>, String> {
+    check_expression(expression).map_err(|e| format!("must be a valid CEL expression, {e}"))?;
+    weft_access_log::Filter::compile(expression)
+        .map(|filter| filter.unknown_attribute())
+        .map_err(|e| format!("must be a valid CEL expression, {e}"))
 }

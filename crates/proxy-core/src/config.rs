@@ -539,6 +539,6 @@ pub async fn shutdown_signal() {
     }
 }
 
-mod access_writer;
+pub mod access_writer;
 #[cfg(test)]
 mod tests;

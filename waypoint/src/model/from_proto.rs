@@ -404,9 +404,14 @@ fn service_telemetry(
         &telemetry.metric_overrides,
         &format!("service {}: telemetry.metric_overrides", s.hostname),
     )?;
+    let access_logs = crate::access_log::AccessLogs::compile(
+        &telemetry.access_logs,
+        &format!("service {}: telemetry.access_logs", s.hostname),
+    )?;
     Ok(Some(Telemetry {
         tracing,
         access_log_disabled: telemetry.access_log_disabled,
+        access_logs,
         metrics,
     }))
 }
@@ -538,11 +543,14 @@ impl WaypointConfig {
             .transpose()?;
         let metrics =
             crate::metrics::metric_overrides(&config.metric_overrides, "metric_overrides")?;
+        let access_logs =
+            crate::access_log::AccessLogs::compile(&config.access_logs, "access_logs")?;
         Ok(WaypointConfig {
             gateway,
             telemetry: Telemetry {
                 tracing,
                 access_log_disabled: config.access_log_disabled,
+                access_logs,
                 metrics,
             },
             name: config.name,

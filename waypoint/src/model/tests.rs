@@ -74,6 +74,7 @@ fn base() -> proto::WaypointConfig {
         access_log_disabled: false,
         metric_overrides: Vec::new(),
         instances: Vec::new(),
+        access_logs: Vec::new(),
     }
 }
 
@@ -760,6 +761,7 @@ fn a_services_own_telemetry_decides_its_traffic_and_the_waypoints_the_rest() {
         tracing: Some(tracing_at(0.0)),
         access_log_disabled: true,
         metric_overrides: Vec::new(),
+        access_logs: Vec::new(),
     });
     let mut other = proto.services[0].clone();
     other.hostname = "ratings.default.svc.cluster.local".to_owned();
@@ -787,6 +789,7 @@ fn a_services_own_telemetry_decides_its_traffic_and_the_waypoints_the_rest() {
         tracing: None,
         access_log_disabled: false,
         metric_overrides: Vec::new(),
+        access_logs: Vec::new(),
     });
     let config = WaypointConfig::try_from(proto.clone()).unwrap();
     let target = config.target_for("10.96.0.10:9080".parse().unwrap());
@@ -797,6 +800,7 @@ fn a_services_own_telemetry_decides_its_traffic_and_the_waypoints_the_rest() {
         tracing: Some(tracing_at(101.0)),
         access_log_disabled: false,
         metric_overrides: Vec::new(),
+        access_logs: Vec::new(),
     });
     let error = WaypointConfig::try_from(proto).unwrap_err().to_string();
     assert!(

@@ -263,6 +263,7 @@ pub(super) fn finish(
     mut record: RequestRecord,
 ) -> Response<ProxyBody> {
     record.status = response.status().as_u16();
+    record.capture_response_headers(response.headers());
     if let Some(grpc) = response
         .headers()
         .get(&GRPC_STATUS)

@@ -127,6 +127,7 @@ pub fn config(
         metric_overrides: Vec::new(),
         instances: Vec::new(),
         request_authentications: Vec::new(),
+        access_logs: Vec::new(),
     }
 }
 

@@ -411,6 +411,7 @@ async fn a_services_own_tracing_decides_its_requests_and_follows_a_change_on_an_
             tracing: Some(tracing_at(0.0)),
             access_log_disabled: false,
             metric_overrides: Vec::new(),
+            access_logs: Vec::new(),
         })))
         .unwrap();
     let mut reviews = harness.http1().await;

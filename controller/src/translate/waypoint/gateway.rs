@@ -164,6 +164,7 @@ pub fn gateway_config<'a>(
         tracing: telemetry.tracing,
         access_log_disabled: telemetry.access_log_disabled,
         metric_overrides: telemetry.metric_overrides,
+        access_logs: telemetry.access_logs,
         instances: super::locality::proxy_instance(index, settings, pod)
             .into_iter()
             .collect(),

@@ -214,10 +214,12 @@ impl<'a> Compiler<'a, '_> {
     /// Everything the applicable Telemetry resources set for `proxy`: its tracing, access
     /// logging and metric overrides.
     pub(super) fn telemetry(&self, proxy: TelemetryProxy<'_>) -> wp::ServiceTelemetry {
+        let (access_log_disabled, access_logs) = self.access_logs(proxy);
         wp::ServiceTelemetry {
             tracing: self.tracing(proxy),
-            access_log_disabled: self.access_log_disabled(proxy),
+            access_log_disabled,
             metric_overrides: self.metric_overrides(proxy),
+            access_logs,
         }
     }
 
@@ -264,15 +266,17 @@ impl<'a> Compiler<'a, '_> {
         })
     }
 
-    /// Whether the applicable Telemetry resources turn the proxy's access log off.
-    pub(super) fn access_log_disabled(&self, proxy: TelemetryProxy<'_>) -> bool {
+    /// The proxy's access logs: whether none is written, and those written when not Weft's
+    /// default line ([`access_log::access_logs`]).
+    pub(super) fn access_logs(&self, proxy: TelemetryProxy<'_>) -> (bool, Vec<wp::AccessLog>) {
+        let mesh = self.settings.mesh.access_logging();
         let telemetries = self.applicable_telemetries(proxy);
-        access_log_disabled(
-            telemetries
-                .iter()
-                .flat_map(|t| &t.spec.access_logging)
-                .filter(|e| proxy.covers(e.match_.as_ref().and_then(|m| m.mode))),
-        )
+        let entries: Vec<&[AccessLogging]> = telemetries
+            .iter()
+            .map(|t| t.spec.access_logging.as_slice())
+            .filter(|entries| !entries.is_empty())
+            .collect();
+        access_log::access_logs(&mesh, &entries, |mode| proxy.covers(mode))
     }
 
     /// `ip:port` of each ready pod behind the provider's Service, or `host:port` for the
@@ -383,13 +387,6 @@ fn custom_tags(tags: Option<&BTreeMap<String, Option<CustomTag>>>) -> Vec<wp::Cu
         .collect()
 }
 
-/// The last entry for the proxy's side (already filtered by `match.mode`) decides, as
-/// istiod's `mergeLogs` lets a narrower Telemetry turn a wider one's logging off
-/// (`disabled: true`) or back on (any other entry).
-fn access_log_disabled<'t>(entries: impl Iterator<Item = &'t AccessLogging>) -> bool {
-    entries.last().is_some_and(|e| e.disabled == Some(true))
-}
-
 /// Istio's `CanonicalService(labels, workloadName)` for a gateway's pod: the first canonical
 /// name label, else its workload's name.
 fn canonical_service(pod: &Pod) -> String {
@@ -401,6 +398,7 @@ fn canonical_service(pod: &Pod) -> String {
         .unwrap_or_else(|| resolve::workload_name(pod))
 }
 
+mod access_log;
 mod metrics;
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use super::super::waypoint_configs;
 use crate::mesh_config::{MeshConfigWatch, parse};
 use crate::translate::MeshSettings;
 
-const MESH: &str = r#"
+pub(super) const MESH: &str = r#"
 apiVersion: v1
 kind: Namespace
 metadata: {name: shop, labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: waypoint}}
@@ -31,7 +31,7 @@ spec:
 const MESH_CONFIG: &str = "defaultConfig: {tracing: {sampling: 25}}\ndefaultProviders: {tracing: [otel]}\nextensionProviders: [{name: otel, opentelemetry: {service: otel.example.com, port: 4317}}, {name: other, opentelemetry: {service: other.example.com, port: 4317}}, {name: zipkin, zipkin: {service: zipkin.example.com, port: 9411}}]";
 
 /// A Telemetry document in `namespace`, created at second `created` of the day.
-fn telemetry(name: &str, namespace: &str, created: u32, spec: &str) -> String {
+pub(super) fn telemetry(name: &str, namespace: &str, created: u32, spec: &str) -> String {
     format!(
         "---\napiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{name: {name}, namespace: {namespace}, creationTimestamp: '2026-01-01T00:00:{created:02}Z'}}\nspec: {spec}\n"
     )

@@ -1,0 +1,173 @@
+//! Which access logs a proxy writes: the providers the applicable Telemetry resources'
+//! `accessLogging[]` entries select, merged as istiod's `mergeLogs` merges them
+//! (istio/istio `pilot/pkg/model/telemetry.go`), resolved against the mesh's providers
+//! (`Telemetries.AccessLogging`), with the mesh's `accessLogFile` when nothing selects any
+//! (`pilot/pkg/networking/core/accesslog.go`: "fall back to legacy mesh config setting").
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use weft_proto::waypoint as wp;
+
+use crate::mesh_config::{BUILTIN_PROVIDER, LogFormat, MeshAccessLogging};
+use crate::model::telemetry::{AccessLogging, WorkloadMode};
+
+/// What one provider does after the merge (istiod's `loggingSpec`).
+#[derive(Debug, Clone, Default, PartialEq)]
+struct LoggingSpec {
+    filter: Option<String>,
+    disabled: bool,
+}
+
+/// The access logs of the proxy: `(access_log_disabled, access_logs)` of its configuration.
+/// `telemetries` holds the entries of each applicable Telemetry that has any, the weakest
+/// first; `covers` says
+/// whether an entry's `match.mode` applies to the proxy's side.
+pub(super) fn access_logs(
+    mesh: &MeshAccessLogging,
+    telemetries: &[&[AccessLogging]],
+    covers: impl Fn(Option<WorkloadMode>) -> bool,
+) -> (bool, Vec<wp::AccessLog>) {
+    let defaults = mesh.defaults();
+    // Istio writes nothing here without an `accessLogFile`; Weft, with a mesh config silent
+    // on access logs, its default line.
+    let legacy = || match &mesh.file {
+        Some(path) => (
+            false,
+            vec![access_log(String::new(), path.clone(), &mesh.format, None)],
+        ),
+        None => (!mesh.is_unset(), Vec::new()),
+    };
+    if telemetries.is_empty() && defaults.is_empty() {
+        return legacy();
+    }
+    let merged = merge_logs(telemetries, &defaults, covers);
+    let mut found: Vec<_> = merged
+        .iter()
+        .filter_map(|(name, spec)| Some((mesh.provider_named(name)?, spec)))
+        .collect();
+    if found.is_empty() {
+        return legacy();
+    }
+    found.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+    let logs: Vec<wp::AccessLog> = found
+        .into_iter()
+        .filter(|(_, spec)| !spec.disabled)
+        .filter_map(|(provider, spec)| {
+            let file = provider.file.as_ref()?;
+            Some(access_log(
+                provider.name.clone(),
+                file.path.clone(),
+                &file.format,
+                spec.filter.clone(),
+            ))
+        })
+        .collect();
+    if logs.is_empty() {
+        return (true, logs);
+    }
+    // Weft's own default: with a mesh config silent on access logs, the built-in provider
+    // unchanged is the proxy's default line on its process log.
+    let builtin_default = mesh.is_unset()
+        && matches!(logs.as_slice(), [only] if only.provider == BUILTIN_PROVIDER
+            && only.filter.is_empty()
+            && only.format == Some(wp::access_log::Format::Text(
+                weft_access_log::DEFAULT_TEXT_FORMAT.to_owned())));
+    if builtin_default {
+        return (false, Vec::new());
+    }
+    (false, logs)
+}
+
+fn access_log(
+    provider: String,
+    path: String,
+    format: &LogFormat,
+    filter: Option<String>,
+) -> wp::AccessLog {
+    wp::AccessLog {
+        provider,
+        path,
+        format: Some(match format {
+            LogFormat::Text(text) => wp::access_log::Format::Text(text.clone()),
+            LogFormat::Json(labels) => wp::access_log::Format::Json(wp::JsonLogFormat {
+                labels: labels.clone(),
+            }),
+        }),
+        filter: filter.unwrap_or_default(),
+    }
+}
+
+/// istiod's `mergeLogs`, line by line: the providers in scope are the last Telemetry's that
+/// names any (else the defaults); each entry then sets what its providers (or, naming none,
+/// the previous entry's, first the defaults) do: off with `disabled: true`, else on with the
+/// filter last given with that provider's name.
+fn merge_logs(
+    telemetries: &[&[AccessLogging]],
+    defaults: &[String],
+    covers: impl Fn(Option<WorkloadMode>) -> bool,
+) -> BTreeMap<String, LoggingSpec> {
+    let mut providers = BTreeMap::new();
+    if telemetries.is_empty() {
+        for name in defaults {
+            providers.insert(name.clone(), LoggingSpec::default());
+        }
+        return providers;
+    }
+    let names_of = |entry: &AccessLogging| -> Vec<String> {
+        entry.providers.iter().map(|p| p.name.clone()).collect()
+    };
+    let mode = |entry: &AccessLogging| entry.match_.as_ref().and_then(|m| m.mode);
+    let mut in_scope: BTreeSet<String> = defaults.iter().cloned().collect();
+    let mut filters: BTreeMap<String, LoggingSpec> = BTreeMap::new();
+    for entries in telemetries {
+        let mut names = BTreeSet::new();
+        for entry in entries.iter().filter(|e| covers(mode(e))) {
+            for name in names_of(entry) {
+                let filter = entry
+                    .filter
+                    .as_ref()
+                    .and_then(|f| f.expression.clone())
+                    .filter(|e| !e.is_empty());
+                filters.insert(
+                    name.clone(),
+                    LoggingSpec {
+                        filter,
+                        disabled: false,
+                    },
+                );
+                names.insert(name);
+            }
+        }
+        if !names.is_empty() {
+            in_scope = names;
+        }
+    }
+    let mut parent: Vec<String> = defaults.to_vec();
+    for entries in telemetries {
+        for entry in entries.iter() {
+            let mut names = names_of(entry);
+            if names.is_empty() {
+                names = parent.clone();
+            }
+            parent = names.clone();
+            for name in names {
+                if !in_scope.contains(&name) || !covers(mode(entry)) {
+                    continue;
+                }
+                let spec = if entry.disabled == Some(true) {
+                    LoggingSpec {
+                        filter: None,
+                        disabled: true,
+                    }
+                } else {
+                    filters.get(&name).cloned().unwrap_or_default()
+                };
+                providers.insert(name, spec);
+            }
+        }
+    }
+    providers
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,202 @@
+//! Which access logs a waypoint writes: the providers Telemetry selects (istiod's `mergeLogs`),
+//! resolved against the mesh config's providers, and the mesh's `accessLogFile` otherwise.
+
+use std::sync::Arc;
+
+use weft_proto::waypoint as wp;
+
+use super::super::super::tests::validated;
+use super::super::super::waypoint_configs;
+use super::super::tests::{MESH, telemetry};
+use crate::mesh_config::{MeshConfigWatch, parse};
+use crate::translate::MeshSettings;
+
+const PROVIDERS: &str = "extensionProviders: [{name: json-file, envoyFileAccessLog: {path: /var/log/access.json, logFormat: {labels: {code: '%RESPONSE_CODE%', path: '%REQ(:PATH)%'}}}}, {name: text-file, envoyFileAccessLog: {path: /var/log/access.log, logFormat: {text: '%REQ(:METHOD)% %RESPONSE_CODE%'}}}, {name: plain, envoyFileAccessLog: {}}, {name: otel, opentelemetry: {service: otel.example.com, port: 4317}}]";
+
+/// The waypoint's access logs under `mesh_config`: whether none is written, and each as
+/// (provider, path, format summary, filter).
+fn applied(
+    mesh_config: &str,
+    telemetries: &[String],
+) -> (bool, Vec<(String, String, String, String)>) {
+    let index = validated(&format!("{MESH}{}", telemetries.concat()));
+    let settings = MeshSettings {
+        mesh: Arc::new(MeshConfigWatch::fixed(parse("mesh", mesh_config).unwrap())),
+        ..Default::default()
+    };
+    let config = waypoint_configs(&index, &settings, &mut Vec::new())
+        .remove("shop/waypoint")
+        .expect("the waypoint's config");
+    let logs = config
+        .access_logs
+        .into_iter()
+        .map(|l| {
+            let format = match l.format {
+                Some(wp::access_log::Format::Text(text)) => format!("text {text}"),
+                Some(wp::access_log::Format::Json(json)) => {
+                    format!(
+                        "json {}",
+                        json.labels.keys().cloned().collect::<Vec<_>>().join(",")
+                    )
+                }
+                None => "none".to_owned(),
+            };
+            (l.provider, l.path, format, l.filter)
+        })
+        .collect();
+    (config.access_log_disabled, logs)
+}
+
+fn log(provider: &str, path: &str, format: &str, filter: &str) -> (String, String, String, String) {
+    (provider.into(), path.into(), format.into(), filter.into())
+}
+
+/// Nothing configured: Weft's default line on the process log (no explicit log, not
+/// disabled); the built-in `envoy` provider selected as it is, the same.
+#[test]
+fn with_nothing_configured_the_default_line_is_written() {
+    assert_eq!(applied("", &[]), (false, vec![]));
+    let envoy = telemetry(
+        "logs",
+        "shop",
+        1,
+        "{accessLogging: [{providers: [{name: envoy}]}]}",
+    );
+    assert_eq!(applied("", &[envoy]), (false, vec![]));
+    let off = telemetry("logs", "shop", 1, "{accessLogging: [{disabled: true}]}");
+    assert_eq!(applied("", &[off]), (true, vec![]));
+}
+
+/// A Telemetry selecting a file provider with a filter: that provider alone, with its path,
+/// format and filter; the providers named are those of the last Telemetry naming any.
+#[test]
+fn telemetry_selects_providers_with_their_filters() {
+    let root = telemetry(
+        "mesh",
+        "istio-system",
+        1,
+        "{accessLogging: [{providers: [{name: text-file}]}]}",
+    );
+    let waypoint = telemetry(
+        "waypoint",
+        "shop",
+        2,
+        "{targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: waypoint}], accessLogging: [{providers: [{name: json-file}, {name: Plain}], filter: {expression: 'response.code >= 400'}}]}",
+    );
+    assert_eq!(
+        applied(PROVIDERS, std::slice::from_ref(&root)),
+        (
+            false,
+            vec![log(
+                "text-file",
+                "/var/log/access.log",
+                "text %REQ(:METHOD)% %RESPONSE_CODE%",
+                ""
+            )]
+        )
+    );
+    let default_text = format!("text {}", weft_access_log::DEFAULT_TEXT_FORMAT);
+    assert_eq!(
+        applied(PROVIDERS, &[root, waypoint]),
+        (
+            false,
+            vec![
+                log(
+                    "json-file",
+                    "/var/log/access.json",
+                    "json code,path",
+                    "response.code >= 400"
+                ),
+                // Named without case, as istiod's `fetchProvider` finds it; no format: Istio's.
+                log(
+                    "plain",
+                    "/dev/stdout",
+                    &default_text,
+                    "response.code >= 400"
+                ),
+            ]
+        )
+    );
+}
+
+/// istiod's `mergeLogs`: `disabled: true` turns off the providers in scope (the previous
+/// entry's, or the defaults); a provider the mesh does not declare, or one that writes no
+/// file (OpenTelemetry), writes nothing; `match.mode: CLIENT` is not a waypoint's side.
+#[test]
+fn disabled_unknown_and_other_side_entries() {
+    let mesh = format!("{PROVIDERS}\ndefaultProviders: {{accessLogging: [text-file, json-file]}}");
+    assert_eq!(applied(&mesh, &[]).1.len(), 2);
+    let off = telemetry(
+        "off",
+        "shop",
+        1,
+        "{accessLogging: [{providers: [{name: json-file}]}, {disabled: true}]}",
+    );
+    assert_eq!(applied(&mesh, &[off]), (true, vec![]));
+    let client = telemetry(
+        "client",
+        "shop",
+        1,
+        "{accessLogging: [{match: {mode: CLIENT}, disabled: true}]}",
+    );
+    // Istio's quirk, kept: an entry for the other side only leaves `mergeLogs` with no
+    // provider, and istiod then falls back to `accessLogFile` (unset here: no log).
+    assert_eq!(applied(&mesh, &[client]), (true, vec![]));
+    let client_and_server = telemetry(
+        "both",
+        "shop",
+        1,
+        "{accessLogging: [{match: {mode: CLIENT}, disabled: true}, {match: {mode: SERVER}, providers: [{name: text-file}]}]}",
+    );
+    assert_eq!(
+        applied(&mesh, &[client_and_server]).1,
+        [log(
+            "text-file",
+            "/var/log/access.log",
+            "text %REQ(:METHOD)% %RESPONSE_CODE%",
+            ""
+        )]
+    );
+    let otel = telemetry(
+        "otel",
+        "shop",
+        1,
+        "{accessLogging: [{providers: [{name: otel}]}]}",
+    );
+    assert_eq!(applied(&mesh, &[otel]), (true, vec![]));
+    // Unknown providers only: as if no Telemetry applied (the mesh's accessLogFile, none).
+    let unknown = telemetry(
+        "unknown",
+        "shop",
+        1,
+        "{accessLogging: [{providers: [{name: nope}]}]}",
+    );
+    assert_eq!(applied(PROVIDERS, &[unknown]), (false, vec![]));
+}
+
+/// The mesh's `accessLogFile` when no Telemetry entry or default provider applies, in the
+/// mesh's format and encoding; the built-in `envoy` provider follows that format too.
+#[test]
+fn the_mesh_access_log_file_and_the_builtin_provider_follow_the_mesh_format() {
+    let mesh = "accessLogFile: /var/log/mesh.log\naccessLogEncoding: JSON\naccessLogFormat: '{\"status\": \"%RESPONSE_CODE%\"}'";
+    assert_eq!(
+        applied(mesh, &[]),
+        (false, vec![log("", "/var/log/mesh.log", "json status", "")])
+    );
+    let envoy = telemetry(
+        "logs",
+        "shop",
+        1,
+        "{accessLogging: [{providers: [{name: envoy}]}]}",
+    );
+    assert_eq!(
+        applied(mesh, &[envoy]),
+        (false, vec![log("envoy", "/dev/stdout", "json status", "")])
+    );
+    let istio_json = "accessLogFile: /dev/stdout\naccessLogEncoding: JSON";
+    let (_, logs) = applied(istio_json, &[]);
+    assert!(
+        logs[0].2.starts_with("json authority,bytes_received,"),
+        "{logs:?}"
+    );
+}

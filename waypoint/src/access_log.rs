@@ -1,0 +1,442 @@
+//! The access logs Telemetry and the mesh config select (`WaypointConfig.access_logs`): each
+//! writes one line per request or TCP connection, in its own format, where its filter holds.
+//! Formats and filters are compiled when a configuration arrives, never per request; a file
+//! is opened (for appending) when the configuration that names it arrives, so a new
+//! configuration opens it anew (a rotated file is followed). A line is formatted in a buffer
+//! of its own and written with one `write`, never queued: memory stays bounded by one line
+//! per request being logged.
+
+use std::collections::HashMap;
+use std::fs::OpenOptions;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use cel::Value;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use tracing::{info, warn};
+use weft_access_log::{Attributes, Filter, Format, HeaderChoice, Kind, Operator, Record};
+use weft_proto::waypoint as proto;
+use weft_proxy_core::config::access_writer::AccessWriter;
+use weft_proxy_core::metrics::{ACCESS_LOG, LogText};
+
+use crate::model::{ConfigError, invalid};
+
+/// Where one access log's lines go.
+enum Output {
+    /// The process log: the `access` log target.
+    ProcessLog,
+    /// Standard output or a file, one `write` per line.
+    Writer(AccessWriter),
+}
+
+/// One access log, compiled.
+struct AccessLog {
+    output: Output,
+    format: Format,
+    filter: Option<Filter>,
+}
+
+/// The access logs in force for some traffic, with the headers their formats and filters
+/// read beyond what a request's record holds anyway.
+pub struct AccessLogs {
+    logs: Vec<AccessLog>,
+    /// Request headers named by `REQ` operators, captured when the request arrives.
+    request_headers: Vec<HeaderName>,
+    /// Response headers named by `RESP` operators, captured when the response starts.
+    response_headers: Vec<HeaderName>,
+    /// A filter reads `request`: the request's headers are kept for `request.headers`.
+    keeps_request_headers: bool,
+    /// The configuration they were built from (what a new configuration is compared with).
+    source: Vec<proto::AccessLog>,
+}
+
+impl std::fmt::Debug for AccessLogs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(&self.source).finish()
+    }
+}
+
+impl PartialEq for AccessLogs {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+/// The request headers a record holds already; `REQ` of these needs no capture.
+const RECORDED: &[&str] = &[
+    ":method",
+    ":path",
+    ":authority",
+    "host",
+    "user-agent",
+    "x-request-id",
+    "x-forwarded-for",
+];
+
+impl AccessLogs {
+    /// Compiles `logs`; `context` names them in errors. `None` when there are none.
+    pub fn compile(
+        logs: &[proto::AccessLog],
+        context: &str,
+    ) -> Result<Option<Arc<AccessLogs>>, ConfigError> {
+        if logs.is_empty() {
+            return Ok(None);
+        }
+        let mut compiled = Vec::with_capacity(logs.len());
+        let mut request_headers = Vec::new();
+        let mut response_headers = Vec::new();
+        let mut keeps_request_headers = false;
+        for (i, log) in logs.iter().enumerate() {
+            let context = format!("{context}[{i}] (provider {:?})", log.provider);
+            let format = match &log.format {
+                Some(proto::access_log::Format::Text(text)) => Format::text(text),
+                Some(proto::access_log::Format::Json(json)) => {
+                    Format::json(json.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                }
+                None => return Err(invalid(&context, "format: must be set")),
+            }
+            .map_err(|e| invalid(&context, format!("format: {e}")))?;
+            for operator in format.operators() {
+                let (choice, into) = match operator {
+                    Operator::Request(choice) => (choice, &mut request_headers),
+                    Operator::Response(choice) => (choice, &mut response_headers),
+                    _ => continue,
+                };
+                for name in header_names(choice) {
+                    if matches!(operator, Operator::Request(_)) && RECORDED.contains(&name) {
+                        continue;
+                    }
+                    let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
+                        continue;
+                    };
+                    if !into.contains(&name) {
+                        into.push(name);
+                    }
+                }
+            }
+            let filter = match log.filter.as_str() {
+                "" => None,
+                expression => Some(
+                    Filter::compile(expression)
+                        .map_err(|e| invalid(&context, format!("filter: {e}")))?,
+                ),
+            };
+            keeps_request_headers |= filter.as_ref().is_some_and(|f| f.reads("request"));
+            compiled.push(AccessLog {
+                output: output(&log.path).map_err(|e| invalid(&context, e))?,
+                format,
+                filter,
+            });
+        }
+        Ok(Some(Arc::new(AccessLogs {
+            logs: compiled,
+            request_headers,
+            response_headers,
+            keeps_request_headers,
+            source: logs.to_vec(),
+        })))
+    }
+
+    /// The request's headers these logs read: those `REQ` names, in order.
+    pub fn capture_request(&self, headers: &HeaderMap) -> Captured {
+        Captured {
+            request: capture(&self.request_headers, headers),
+            response: Vec::new(),
+            request_headers: self
+                .keeps_request_headers
+                .then(|| Box::new(headers.clone())),
+        }
+    }
+
+    /// The response's headers these logs read, added to what was captured of the request.
+    pub fn capture_response(&self, captured: &mut Captured, headers: &HeaderMap) {
+        captured.response = capture(&self.response_headers, headers);
+    }
+
+    /// Writes a line to each log whose filter admits `entry`.
+    pub fn write(&self, entry: &(impl Record + Attributes)) {
+        for log in &self.logs {
+            if log.filter.as_ref().is_some_and(|f| !f.admits(entry)) {
+                continue;
+            }
+            let mut line = String::with_capacity(256);
+            log.format.render(entry, &mut line);
+            match &log.output {
+                Output::ProcessLog => {
+                    info!(target: ACCESS_LOG, "{}", line.trim_end_matches('\n'));
+                }
+                Output::Writer(writer) => {
+                    if let Err(error) = writer.write_line(line.as_bytes()) {
+                        warn!(%error, "access log line not written");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The value of `REQ(name)` among the captured headers.
+    fn request_header<'c>(&self, captured: &'c Captured, name: &str) -> Option<&'c HeaderValue> {
+        let i = self.request_headers.iter().position(|h| h == name)?;
+        captured.request.get(i)?.as_ref()
+    }
+
+    fn response_header<'c>(&self, captured: &'c Captured, name: &str) -> Option<&'c HeaderValue> {
+        let i = self.response_headers.iter().position(|h| h == name)?;
+        captured.response.get(i)?.as_ref()
+    }
+}
+
+fn header_names(choice: &HeaderChoice) -> impl Iterator<Item = &str> {
+    std::iter::once(choice.name.as_str()).chain(choice.alternative.as_deref())
+}
+
+fn capture(names: &[HeaderName], headers: &HeaderMap) -> Vec<Option<HeaderValue>> {
+    names.iter().map(|n| headers.get(n).cloned()).collect()
+}
+
+fn output(path: &str) -> Result<Output, String> {
+    match path {
+        "" => Ok(Output::ProcessLog),
+        "/dev/stdout" => Ok(Output::Writer(AccessWriter::stdout())),
+        path => OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map(|file| Output::Writer(AccessWriter::to(file)))
+            .map_err(|e| format!("path {path:?}: cannot open for appending: {e}")),
+    }
+}
+
+/// What a request's record keeps of its headers for its access logs.
+#[derive(Debug, Default)]
+pub struct Captured {
+    request: Vec<Option<HeaderValue>>,
+    response: Vec<Option<HeaderValue>>,
+    request_headers: Option<Box<HeaderMap>>,
+}
+
+/// One request's values, as the access logs' operators and filters read them.
+pub(crate) struct RequestEntry<'r> {
+    pub(crate) logs: &'r AccessLogs,
+    pub(crate) captured: &'r Captured,
+    pub(crate) record: &'r crate::metrics::RequestRecord,
+}
+
+fn text(out: &mut String, value: &str) -> Kind {
+    if value.is_empty() {
+        return Kind::Absent;
+    }
+    use std::fmt::Write as _;
+    let _ = write!(out, "{}", LogText(value));
+    Kind::Text
+}
+
+fn shown(out: &mut String, value: impl std::fmt::Display, kind: Kind) -> Kind {
+    use std::fmt::Write as _;
+    let _ = write!(out, "{value}");
+    kind
+}
+
+fn address(out: &mut String, address: Option<&SocketAddr>, with_port: bool) -> Kind {
+    match address {
+        None => Kind::Absent,
+        Some(a) if with_port => shown(out, a, Kind::Text),
+        Some(a) => shown(out, a.ip(), Kind::Text),
+    }
+}
+
+impl Record for RequestEntry<'_> {
+    fn write(&self, operator: &Operator, out: &mut String) -> Kind {
+        let record = self.record;
+        match operator {
+            Operator::StartTime => shown(out, record.start_time_text(), Kind::Text),
+            Operator::Protocol => text(out, record.protocol),
+            Operator::ResponseCode => shown(out, record.status, Kind::Number),
+            Operator::ResponseFlags => shown(out, record.response_flags, Kind::Text),
+            Operator::ResponseCodeDetails => text(out, &record.response_code_details),
+            Operator::BytesReceived => shown(out, record.bytes_received, Kind::Number),
+            Operator::BytesSent => shown(out, record.bytes_sent, Kind::Number),
+            Operator::Duration => shown(out, record.started().elapsed().as_millis(), Kind::Number),
+            Operator::UpstreamHost => address(out, record.upstream_host.as_ref(), true),
+            Operator::UpstreamCluster => {
+                text(out, record.upstream_cluster.as_deref().unwrap_or(""))
+            }
+            Operator::DownstreamLocalAddress => {
+                address(out, record.downstream_local.as_ref(), true)
+            }
+            Operator::DownstreamLocalAddressWithoutPort => {
+                address(out, record.downstream_local.as_ref(), false)
+            }
+            Operator::DownstreamRemoteAddress => {
+                address(out, record.downstream_remote.as_ref(), true)
+            }
+            Operator::DownstreamRemoteAddressWithoutPort => {
+                address(out, record.downstream_remote.as_ref(), false)
+            }
+            Operator::DownstreamPeerUriSan => {
+                text(out, record.source.principal.as_deref().unwrap_or(""))
+            }
+            // Istio's route name for a route without one.
+            Operator::RouteName => text(out, record.route_name.as_deref().unwrap_or("default")),
+            Operator::Request(_)
+            | Operator::Response(_)
+            | Operator::ConnectionTerminationDetails
+            | Operator::UpstreamTransportFailureReason
+            | Operator::UpstreamLocalAddress
+            | Operator::RequestedServerName => Kind::Absent,
+        }
+    }
+
+    fn request_header(&self, name: &str, out: &mut String) -> Kind {
+        let record = self.record;
+        match name {
+            ":method" => text(out, record.method.as_str()),
+            ":path" => text(out, &record.path),
+            ":authority" | "host" => text(out, &record.authority),
+            "user-agent" => text(out, &record.user_agent),
+            "x-request-id" => text(out, &record.request_id),
+            "x-forwarded-for" => text(out, &record.forwarded_for),
+            name => header_text(out, self.logs.request_header(self.captured, name)),
+        }
+    }
+
+    fn response_header(&self, name: &str, out: &mut String) -> Kind {
+        header_text(out, self.logs.response_header(self.captured, name))
+    }
+}
+
+fn header_text(out: &mut String, value: Option<&HeaderValue>) -> Kind {
+    match value {
+        Some(value) => text(out, &String::from_utf8_lossy(value.as_bytes())),
+        None => Kind::Absent,
+    }
+}
+
+fn string(value: &str) -> Value {
+    Value::String(Arc::new(value.to_owned()))
+}
+
+fn int(value: impl TryInto<i64>) -> Value {
+    Value::Int(value.try_into().unwrap_or(i64::MAX))
+}
+
+/// `address` and `port` of an endpoint, Envoy's `source`/`destination`/`upstream` attributes.
+fn endpoint(address: Option<&SocketAddr>) -> Option<Value> {
+    let address = address?;
+    Some(
+        HashMap::from([
+            ("address", string(&address.ip().to_string())),
+            ("port", int(address.port())),
+        ])
+        .into(),
+    )
+}
+
+/// Envoy's attributes (its `request`, `response`, `source`, `destination`, `connection` and
+/// `upstream` vocabulary) as far as a request's record holds them.
+impl Attributes for RequestEntry<'_> {
+    fn attribute(&self, name: &str) -> Option<Value> {
+        let record = self.record;
+        match name {
+            "request" => {
+                let path = record.path.as_ref();
+                let mut request = HashMap::from([
+                    ("path", string(path)),
+                    ("url_path", string(path.split('?').next().unwrap_or(path))),
+                    ("host", string(&record.authority)),
+                    ("method", string(record.method.as_str())),
+                    ("protocol", string(record.protocol)),
+                    ("id", string(&record.request_id)),
+                    ("useragent", string(&record.user_agent)),
+                    ("size", int(record.bytes_received)),
+                ]);
+                if let Some(headers) = &self.captured.request_headers {
+                    let mut map: HashMap<String, Value> = HashMap::new();
+                    for (name, value) in headers.iter() {
+                        map.entry(name.as_str().to_owned())
+                            .or_insert_with(|| string(&String::from_utf8_lossy(value.as_bytes())));
+                    }
+                    request.insert("headers", map.into());
+                }
+                Some(request.into())
+            }
+            "response" => Some(
+                HashMap::from([
+                    ("code", int(record.status)),
+                    ("code_details", string(&record.response_code_details)),
+                    ("size", int(record.bytes_sent)),
+                ])
+                .into(),
+            ),
+            "source" => endpoint(record.downstream_remote.as_ref()),
+            "destination" => endpoint(record.downstream_local.as_ref()),
+            "upstream" => endpoint(record.upstream_host.as_ref()),
+            "connection" => Some(HashMap::from([("mtls", Value::Bool(record.mtls))]).into()),
+            _ => None,
+        }
+    }
+}
+
+/// One TCP connection's values: what a request has and a connection lacks (headers, a
+/// status) is absent, as in Envoy's TCP proxy's log.
+pub(crate) struct ConnectionEntry<'c> {
+    pub(crate) info: &'c crate::metrics::ConnectionInfo,
+    pub end: &'c weft_proxy_core::metrics::ConnectionEnd<'c>,
+    pub start_time: crate::metrics::UtcTime,
+}
+
+impl Record for ConnectionEntry<'_> {
+    fn write(&self, operator: &Operator, out: &mut String) -> Kind {
+        let info = self.info;
+        match operator {
+            Operator::StartTime => shown(out, self.start_time, Kind::Text),
+            Operator::ResponseCode => shown(out, 0, Kind::Number),
+            Operator::ResponseFlags => shown(out, self.end.labels.response_flags, Kind::Text),
+            Operator::ConnectionTerminationDetails => {
+                text(out, info.termination_details.as_deref().unwrap_or(""))
+            }
+            Operator::BytesReceived => shown(out, self.end.received, Kind::Number),
+            Operator::BytesSent => shown(out, self.end.sent, Kind::Number),
+            Operator::Duration => shown(out, self.end.duration.as_millis(), Kind::Number),
+            Operator::UpstreamHost => text(out, info.upstream_host.as_deref().unwrap_or("")),
+            Operator::UpstreamCluster => text(out, info.upstream_cluster.as_deref().unwrap_or("")),
+            Operator::DownstreamLocalAddress => text(out, &info.downstream_local),
+            Operator::DownstreamRemoteAddress => text(out, &info.downstream_remote),
+            Operator::DownstreamLocalAddressWithoutPort => {
+                address(out, info.downstream_local.parse().ok().as_ref(), false)
+            }
+            Operator::DownstreamRemoteAddressWithoutPort => {
+                address(out, info.downstream_remote.parse().ok().as_ref(), false)
+            }
+            Operator::DownstreamPeerUriSan => {
+                text(out, info.source.principal.as_deref().unwrap_or(""))
+            }
+            _ => Kind::Absent,
+        }
+    }
+
+    fn request_header(&self, _: &str, _: &mut String) -> Kind {
+        Kind::Absent
+    }
+
+    fn response_header(&self, _: &str, _: &mut String) -> Kind {
+        Kind::Absent
+    }
+}
+
+impl Attributes for ConnectionEntry<'_> {
+    fn attribute(&self, name: &str) -> Option<Value> {
+        let info = self.info;
+        let parsed = |a: &str| a.parse::<SocketAddr>().ok();
+        match name {
+            "source" => endpoint(parsed(&info.downstream_remote).as_ref()),
+            "destination" => endpoint(parsed(&info.downstream_local).as_ref()),
+            "upstream" => endpoint(info.upstream_host.as_deref().and_then(parsed).as_ref()),
+            "connection" => Some(HashMap::from([("mtls", Value::Bool(info.mtls))]).into()),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
