@@ -37,6 +37,12 @@ const DEMAND_QUEUE: usize = 256;
 /// without bound.
 pub const MAX_DEMANDED_NAMES: usize = 16_384;
 
+/// Demands waiting for the answer for one name, at most: each is a connection the proxy holds
+/// open while it waits, and one application opening thousands of connections to one unknown
+/// address must not grow the list without bound. Beyond it a demand fails at once
+/// ([`DemandError::Crowded`]).
+pub const MAX_WAITERS_PER_NAME: usize = 1_024;
+
 /// HTTP/2 pings detect a control plane that vanished without closing the connection.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -212,15 +218,27 @@ pub enum DemandError {
         /// The type asked for.
         type_url: String,
     },
+    /// [`MAX_WAITERS_PER_NAME`] demands already wait for the answer for this name.
+    #[error("too many demands waiting for {name}")]
+    Crowded {
+        /// The name asked for.
+        name: String,
+    },
     /// The client is gone.
     #[error("discovery client stopped")]
     Stopped,
 }
 
-struct DemandRequest {
-    type_url: String,
-    name: String,
-    answered: oneshot::Sender<Result<(), DemandError>>,
+/// What a [`Demand`] hands the client's task.
+enum DemandMessage {
+    /// Subscribe to a name and answer once the server has.
+    Subscribe {
+        type_url: String,
+        name: String,
+        answered: oneshot::Sender<Result<(), DemandError>>,
+    },
+    /// Unsubscribe names asked for earlier.
+    Release { type_url: String, names: Vec<String> },
 }
 
 /// Asks a running [`DeltaClient`] for resources by name (Envoy's on-demand delta xDS, as
@@ -230,7 +248,7 @@ struct DemandRequest {
 /// demands for one name share one request. Cheap to clone; usable from any runtime.
 #[derive(Debug, Clone)]
 pub struct Demand {
-    requests: mpsc::Sender<DemandRequest>,
+    requests: mpsc::Sender<DemandMessage>,
 }
 
 impl Demand {
@@ -238,17 +256,31 @@ impl Demand {
     /// the wait).
     pub async fn request(&self, type_url: &str, name: &str) -> Result<(), DemandError> {
         let (answered, answer) = oneshot::channel();
-        self.requests
-            .try_send(DemandRequest {
-                type_url: type_url.to_string(),
-                name: name.to_string(),
-                answered,
-            })
-            .map_err(|error| match error {
-                mpsc::error::TrySendError::Full(_) => DemandError::Busy,
-                mpsc::error::TrySendError::Closed(_) => DemandError::Stopped,
-            })?;
+        self.send(DemandMessage::Subscribe {
+            type_url: type_url.to_string(),
+            name: name.to_string(),
+            answered,
+        })?;
         answer.await.unwrap_or(Err(DemandError::Stopped))
+    }
+
+    /// Unsubscribes `names` of `type_url` asked for earlier (the delta protocol's
+    /// `resource_names_unsubscribe`): the server then removes what no other name of the
+    /// subscription covers. Names the subscription was built with, and names still waiting
+    /// for an answer, stay. Queued like a demand; fails when the queue is full (try again
+    /// later).
+    pub fn release(&self, type_url: &str, names: Vec<String>) -> Result<(), DemandError> {
+        self.send(DemandMessage::Release {
+            type_url: type_url.to_string(),
+            names,
+        })
+    }
+
+    fn send(&self, message: DemandMessage) -> Result<(), DemandError> {
+        self.requests.try_send(message).map_err(|error| match error {
+            mpsc::error::TrySendError::Full(_) => DemandError::Busy,
+            mpsc::error::TrySendError::Closed(_) => DemandError::Stopped,
+        })
     }
 }
 
@@ -279,6 +311,8 @@ struct TypeSubscription {
     type_url: String,
     /// Empty for a wildcard subscription.
     names: Vec<String>,
+    /// The names it was built with: never released.
+    initial: BTreeSet<String>,
     handler: Box<dyn Handler>,
     /// Names the handler accepted and still holds.
     accepted: BTreeSet<String>,
@@ -292,8 +326,8 @@ pub struct DeltaClient {
     subscriptions: Vec<TypeSubscription>,
     token: Option<TokenSource>,
     state: watch::Sender<ConnectionState>,
-    demands: mpsc::Receiver<DemandRequest>,
-    demand_sender: mpsc::Sender<DemandRequest>,
+    demands: mpsc::Receiver<DemandMessage>,
+    demand_sender: mpsc::Sender<DemandMessage>,
     pending: PendingDemands,
 }
 
@@ -347,6 +381,7 @@ impl DeltaClient {
     ) -> Self {
         self.subscriptions.push(TypeSubscription {
             type_url: type_url.into(),
+            initial: names.iter().cloned().collect(),
             names,
             handler: Box::new(handler),
             accepted: BTreeSet::new(),
@@ -518,14 +553,23 @@ impl DeltaClient {
 
     /// Records a demand; the subscription request to send, unless the name is already asked
     /// for on this connection (its waiter then shares that request's answer).
-    fn take_demand(&mut self, demand: DemandRequest) -> Option<DeltaDiscoveryRequest> {
-        let DemandRequest {
-            type_url,
-            name,
-            answered,
-        } = demand;
+    fn take_demand(&mut self, demand: DemandMessage) -> Option<DeltaDiscoveryRequest> {
+        let (type_url, name, answered) = match demand {
+            DemandMessage::Subscribe {
+                type_url,
+                name,
+                answered,
+            } => (type_url, name, answered),
+            DemandMessage::Release { type_url, names } => return self.release(type_url, names),
+        };
         let key = (type_url, name);
         if let Some(waiters) = self.pending.get_mut(&key) {
+            // Waiters that gave up (their connection waited out its bound) hold no place.
+            waiters.retain(|waiter| !waiter.is_closed());
+            if waiters.len() >= MAX_WAITERS_PER_NAME {
+                let _ = answered.send(Err(DemandError::Crowded { name: key.1 }));
+                return None;
+            }
             waiters.push(answered);
             return None;
         }
@@ -554,6 +598,40 @@ impl DeltaClient {
         };
         self.pending.insert((type_url, name), vec![answered]);
         Some(request)
+    }
+
+    /// Drops `names` from the type's subscription, except those it was built with and those
+    /// still waiting for an answer; the unsubscribe request to send, if any name goes.
+    fn release(&mut self, type_url: String, names: Vec<String>) -> Option<DeltaDiscoveryRequest> {
+        let subscription = self
+            .subscriptions
+            .iter_mut()
+            .find(|s| s.type_url == type_url && !s.names.is_empty())?;
+        let pending = &self.pending;
+        let mut asked: std::collections::HashSet<String> = names
+            .into_iter()
+            .filter(|name| {
+                !subscription.initial.contains(name)
+                    && !pending.contains_key(&(type_url.clone(), name.clone()))
+            })
+            .collect();
+        let mut released = Vec::new();
+        subscription.names.retain(|name| {
+            let goes = asked.remove(name);
+            if goes {
+                released.push(name.clone());
+            }
+            !goes
+        });
+        if released.is_empty() {
+            return None;
+        }
+        debug!(type_url = %type_url, names = released.len(), "unsubscribing on demand");
+        Some(DeltaDiscoveryRequest {
+            type_url,
+            resource_names_unsubscribe: released,
+            ..DeltaDiscoveryRequest::default()
+        })
     }
 
     /// Answers the demands a response settles (a name it carries, as a resource or an alias,
@@ -740,3 +818,6 @@ impl ConnectionTypes {
         self.types.iter().all(|per_type| per_type.synced)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,6 +1,8 @@
 //! Subscriptions by name and alias, and the client's demands: what an on-demand proxy asks
 //! for and what it is answered.
 
+use std::collections::BTreeSet;
+
 use super::*;
 use crate::DemandError;
 
@@ -164,6 +166,57 @@ async fn demands_share_one_request_and_settle_on_the_answer() -> Result<()> {
         })
     );
     wildcard_task.abort();
+    task.abort();
+    drop(store);
+    server.stop().await
+}
+
+#[tokio::test]
+async fn a_released_name_is_unsubscribed_and_what_only_it_covered_is_removed() -> Result<()> {
+    let mut store = ResourceStore::new();
+    addresses(&mut store, &[("ep1", "1")]);
+    let server =
+        RunningServer::bind(DeltaAdsServer::new(store.reader()).with_config(fast_config())).await?;
+    let (sender, mut updates) = mpsc::unbounded_channel();
+    let client = DeltaClient::new(server.target()?, node("on-demand"))
+        .with_backoff(fast_backoff())
+        .subscribe_names(
+            THING,
+            vec!["node:n1".to_string()],
+            recording_handler(sender),
+        );
+    let demand = client.demand();
+    let mut state = client.state();
+    let task = tokio::spawn(async move {
+        let _ = client.run_until(std::future::pending()).await;
+    });
+    tokio::time::timeout(STEP_TIMEOUT, state.wait_for(|s| s.synced)).await??;
+    let first = updates.recv().await.context("client ended")?;
+    assert_eq!(names(&first), ["local"]);
+    tokio::time::timeout(STEP_TIMEOUT, demand.request(THING, "/10.0.0.1")).await??;
+    tokio::time::timeout(STEP_TIMEOUT, demand.request(THING, "/10.1.0.9")).await??;
+    let mut held = BTreeSet::new();
+    while held.len() < 3 {
+        let update = tokio::time::timeout(STEP_TIMEOUT, updates.recv())
+            .await?
+            .context("client ended")?;
+        held.extend(names(&update).into_iter().map(String::from));
+    }
+    assert_eq!(held, BTreeSet::from(["ep1", "far", "ns/svc"].map(String::from)));
+
+    // Releasing the VIP removes the service and its endpoint; the node's own name cannot be
+    // released, and the other name stays.
+    demand.release(THING, vec!["/10.0.0.1".to_string(), "node:n1".to_string()])?;
+    let removal = tokio::time::timeout(STEP_TIMEOUT, updates.recv())
+        .await?
+        .context("client ended")?;
+    let mut removed = removal.removed.clone();
+    removed.sort();
+    assert_eq!(removed, ["ep1", "ns/svc"]);
+    assert!(removal.added.is_empty());
+    if let Ok(Some(more)) = tokio::time::timeout(QUIET_PERIOD, updates.recv()).await {
+        bail!("more than the released name's resources changed: {more:?}");
+    }
     task.abort();
     drop(store);
     server.stop().await
