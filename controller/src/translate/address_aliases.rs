@@ -9,9 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use weft_proto::istio::workload::{self, Address, address::Type};
-use weft_proto::{
-    address_subscription, hostname_subscription, ip_from_bytes, node_subscription,
-};
+use weft_proto::{address_subscription, hostname_subscription, ip_from_bytes, node_subscription};
 
 /// Every address's aliases, by resource name.
 pub fn address_aliases(addresses: &BTreeMap<String, workload::Address>) -> AliasIndex<'_> {

@@ -238,7 +238,10 @@ enum DemandMessage {
         answered: oneshot::Sender<Result<(), DemandError>>,
     },
     /// Unsubscribe names asked for earlier.
-    Release { type_url: String, names: Vec<String> },
+    Release {
+        type_url: String,
+        names: Vec<String>,
+    },
 }
 
 /// Asks a running [`DeltaClient`] for resources by name (Envoy's on-demand delta xDS, as
@@ -277,10 +280,12 @@ impl Demand {
     }
 
     fn send(&self, message: DemandMessage) -> Result<(), DemandError> {
-        self.requests.try_send(message).map_err(|error| match error {
-            mpsc::error::TrySendError::Full(_) => DemandError::Busy,
-            mpsc::error::TrySendError::Closed(_) => DemandError::Stopped,
-        })
+        self.requests
+            .try_send(message)
+            .map_err(|error| match error {
+                mpsc::error::TrySendError::Full(_) => DemandError::Busy,
+                mpsc::error::TrySendError::Closed(_) => DemandError::Stopped,
+            })
     }
 }
 
@@ -601,7 +606,8 @@ impl DeltaClient {
     }
 
     /// Drops `names` from the type's subscription, except those it was built with and those
-    /// still waiting for an answer; the unsubscribe request to send, if any name goes.
+    /// still waiting for an answer, and the resources named by them; the unsubscribe request
+    /// to send, if any name goes.
     fn release(&mut self, type_url: String, names: Vec<String>) -> Option<DeltaDiscoveryRequest> {
         let subscription = self
             .subscriptions
@@ -625,6 +631,29 @@ impl DeltaClient {
         });
         if released.is_empty() {
             return None;
+        }
+        // A resource unsubscribed by its own name is the client's to drop (the server forgets
+        // having sent it, and sends it again if another name still covers it); what the
+        // released names covered as aliases, the server removes.
+        let dropped: Vec<String> = released
+            .iter()
+            .filter(|name| subscription.accepted.contains(*name))
+            .cloned()
+            .collect();
+        if !dropped.is_empty() {
+            let update = Update {
+                added: Vec::new(),
+                removed: dropped.clone(),
+                full_state: false,
+            };
+            match subscription.handler.apply(update) {
+                Ok(()) => {
+                    for name in &dropped {
+                        subscription.accepted.remove(name);
+                    }
+                }
+                Err(error) => warn!(type_url = %type_url, %error, "dropping released resources"),
+            }
         }
         debug!(type_url = %type_url, names = released.len(), "unsubscribing on demand");
         Some(DeltaDiscoveryRequest {

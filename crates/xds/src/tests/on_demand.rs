@@ -202,7 +202,10 @@ async fn a_released_name_is_unsubscribed_and_what_only_it_covered_is_removed() -
             .context("client ended")?;
         held.extend(names(&update).into_iter().map(String::from));
     }
-    assert_eq!(held, BTreeSet::from(["ep1", "far", "ns/svc"].map(String::from)));
+    assert_eq!(
+        held,
+        BTreeSet::from(["ep1", "far", "ns/svc"].map(String::from))
+    );
 
     // Releasing the VIP removes the service and its endpoint; the node's own name cannot be
     // released, and the other name stays.
@@ -216,6 +219,21 @@ async fn a_released_name_is_unsubscribed_and_what_only_it_covered_is_removed() -
     assert!(removal.added.is_empty());
     if let Ok(Some(more)) = tokio::time::timeout(QUIET_PERIOD, updates.recv()).await {
         bail!("more than the released name's resources changed: {more:?}");
+    }
+
+    // A resource released by its own name is dropped by the client (the server forgets it).
+    tokio::time::timeout(STEP_TIMEOUT, demand.request(THING, "ns/svc")).await??;
+    let fetched = tokio::time::timeout(STEP_TIMEOUT, updates.recv())
+        .await?
+        .context("client ended")?;
+    assert_eq!(names(&fetched), ["ns/svc"]);
+    demand.release(THING, vec!["ns/svc".to_string()])?;
+    let dropped = tokio::time::timeout(STEP_TIMEOUT, updates.recv())
+        .await?
+        .context("client ended")?;
+    assert_eq!(dropped.removed, ["ns/svc"]);
+    if let Ok(Some(more)) = tokio::time::timeout(QUIET_PERIOD, updates.recv()).await {
+        bail!("the released service came back: {more:?}");
     }
     task.abort();
     drop(store);
