@@ -92,12 +92,15 @@ async fn a_name_covers_what_goes_by_it_and_a_name_covering_nothing_is_answered_r
     server.stop().await
 }
 
-#[tokio::test]
-async fn demands_share_one_request_and_settle_on_the_answer() -> Result<()> {
-    let mut store = ResourceStore::new();
-    addresses(&mut store, &[("ep1", "1")]);
-    let server =
-        RunningServer::bind(DeltaAdsServer::new(store.reader()).with_config(fast_config())).await?;
+/// A client of node n1 subscribed to its node's things, synced (holding `local`): its
+/// demands, its updates, its task.
+async fn on_demand_client(
+    server: &RunningServer,
+) -> Result<(
+    crate::Demand,
+    mpsc::UnboundedReceiver<Update>,
+    tokio::task::JoinHandle<()>,
+)> {
     let (sender, mut updates) = mpsc::unbounded_channel();
     let client = DeltaClient::new(server.target()?, node("on-demand"))
         .with_backoff(fast_backoff())
@@ -114,6 +117,16 @@ async fn demands_share_one_request_and_settle_on_the_answer() -> Result<()> {
     tokio::time::timeout(STEP_TIMEOUT, state.wait_for(|s| s.synced)).await??;
     let first = updates.recv().await.context("client ended")?;
     assert_eq!(names(&first), ["local"]);
+    Ok((demand, updates, task))
+}
+
+#[tokio::test]
+async fn demands_share_one_request_and_settle_on_the_answer() -> Result<()> {
+    let mut store = ResourceStore::new();
+    addresses(&mut store, &[("ep1", "1")]);
+    let server =
+        RunningServer::bind(DeltaAdsServer::new(store.reader()).with_config(fast_config())).await?;
+    let (demand, mut updates, task) = on_demand_client(&server).await?;
 
     // Two connections to the same address at once: one request, one answer, both settled
     // only after it is applied.
@@ -177,22 +190,7 @@ async fn a_released_name_is_unsubscribed_and_what_only_it_covered_is_removed() -
     addresses(&mut store, &[("ep1", "1")]);
     let server =
         RunningServer::bind(DeltaAdsServer::new(store.reader()).with_config(fast_config())).await?;
-    let (sender, mut updates) = mpsc::unbounded_channel();
-    let client = DeltaClient::new(server.target()?, node("on-demand"))
-        .with_backoff(fast_backoff())
-        .subscribe_names(
-            THING,
-            vec!["node:n1".to_string()],
-            recording_handler(sender),
-        );
-    let demand = client.demand();
-    let mut state = client.state();
-    let task = tokio::spawn(async move {
-        let _ = client.run_until(std::future::pending()).await;
-    });
-    tokio::time::timeout(STEP_TIMEOUT, state.wait_for(|s| s.synced)).await??;
-    let first = updates.recv().await.context("client ended")?;
-    assert_eq!(names(&first), ["local"]);
+    let (demand, mut updates, task) = on_demand_client(&server).await?;
     tokio::time::timeout(STEP_TIMEOUT, demand.request(THING, "/10.0.0.1")).await??;
     tokio::time::timeout(STEP_TIMEOUT, demand.request(THING, "/10.1.0.9")).await??;
     let mut held = BTreeSet::new();

@@ -116,6 +116,12 @@ async fn on_demand_store(resources: &ResourceStore) -> (WorkloadStore, [JoinHand
             .serve_with_incoming(TcpListenerStream::new(listener))
             .await;
     });
+    let (store, agent) = agent_of(address);
+    (store, [server, agent])
+}
+
+/// An on-demand store of node n1 and its client's task, asking the server at `address`.
+fn agent_of(address: std::net::SocketAddr) -> (WorkloadStore, JoinHandle<()>) {
     let store = WorkloadStore::new();
     let client = crate::xds::client(
         Target::address(&format!("http://{address}")).unwrap(),
@@ -127,7 +133,7 @@ async fn on_demand_store(resources: &ResourceStore) -> (WorkloadStore, [JoinHand
     let agent = tokio::spawn(async move {
         let _ = client.run_until(std::future::pending()).await;
     });
-    (store, [server, agent])
+    (store, agent)
 }
 
 /// Waits, bounded, until `check` holds of the store (woken by its changes).
@@ -364,17 +370,7 @@ async fn connections_beyond_the_waiters_bound_for_one_name_are_refused_and_count
             .serve_with_incoming(TcpListenerStream::new(listener))
             .await;
     });
-    let store = WorkloadStore::new();
-    let client = crate::xds::client(
-        Target::address(&format!("http://{address}")).unwrap(),
-        "n1",
-        "Kubernetes",
-        &store,
-        true,
-    );
-    let agent = tokio::spawn(async move {
-        let _ = client.run_until(std::future::pending()).await;
-    });
+    let (store, agent) = agent_of(address);
     assert!(
         saw(&mut names, "node:n1".to_string()).await,
         "the stream opened"
