@@ -110,6 +110,7 @@ impl AgentBuilder {
     pub fn start(self) -> std::io::Result<Agent> {
         let mut registry = Registry::default();
         let metrics = Arc::new(Metrics::new(&mut registry));
+        self.store.register_on_demand_metrics(&mut registry);
         weft_proxy_core::metrics::register_process_metrics(
             &mut registry,
             weft_proxy_core::metrics::Component::NodeAgent,

@@ -6,6 +6,7 @@
 //! admin port.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Serialize;
 pub use weft_proxy_core::config::*;
@@ -23,6 +24,9 @@ pub const DNS_RESOLV_CONF: &str = "DNS_RESOLV_CONF";
 /// Only the node's own workloads up front, other addresses at the first connection to them
 /// (ztunnel's `XDS_ON_DEMAND`).
 pub const XDS_ON_DEMAND: &str = "XDS_ON_DEMAND";
+/// How long a name fetched on demand stays subscribed unused (`30m`, `90s`; `0s` keeps every
+/// name while the agent runs, as ztunnel does).
+pub const XDS_ON_DEMAND_IDLE: &str = "XDS_ON_DEMAND_IDLE";
 
 /// Two workers: a connection and the HBONE connection it rides stay on one thread, and two
 /// serve a node's pods without taking every core from them.
@@ -64,6 +68,25 @@ pub struct Config {
     /// Receive only this node's workloads up front and ask for any other address at the
     /// first connection to it (off: every address of the mesh).
     pub xds_on_demand: bool,
+    /// In on-demand mode, how long a fetched name stays subscribed with no connection open
+    /// to what it covers and no DNS answer from it; `None` keeps it while the agent runs.
+    #[serde(with = "idle_seconds")]
+    pub xds_on_demand_idle: Option<Duration>,
+}
+
+/// The idle period in a dump: seconds, or null for never.
+mod idle_seconds {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(
+        idle: &Option<Duration>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match idle {
+            Some(idle) => serializer.serialize_some(&idle.as_secs_f64()),
+            None => serializer.serialize_none(),
+        }
+    }
 }
 
 impl Config {
@@ -102,6 +125,15 @@ impl Config {
                 .path(DNS_RESOLV_CONF)
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DNS_RESOLV_CONF)),
             xds_on_demand: settings.switch(XDS_ON_DEMAND, false)?,
+            xds_on_demand_idle: match settings.string(XDS_ON_DEMAND_IDLE) {
+                None => Some(crate::state::DEFAULT_ON_DEMAND_IDLE),
+                Some(value) => {
+                    let idle = parse_duration(&value).map_err(|reason| {
+                        ConfigError::invalid(XDS_ON_DEMAND_IDLE, value, reason)
+                    })?;
+                    (!idle.is_zero()).then_some(idle)
+                }
+            },
         })
     }
 
@@ -132,6 +164,7 @@ mod tests {
         assert_eq!(config.proxy.admin_address.to_string(), "127.0.0.1:15000");
         assert!(!config.acceleration, "acceleration is opt-in");
         assert!(!config.xds_on_demand, "every address by default");
+        assert_eq!(config.xds_on_demand_idle, Some(Duration::from_secs(1800)));
         assert_eq!(config.proxy.xds_backoff(), weft_xds::Backoff::default());
         assert_eq!(config.proxy.log_level, "info");
         assert_eq!(config.proxy.log_format, LogFormat::Text);
@@ -158,9 +191,21 @@ mod tests {
             (CLUSTER_DOMAIN, "corp.example"),
             (DNS_RESOLV_CONF, "/run/dns/resolv.conf"),
             (XDS_ON_DEMAND, "true"),
+            (XDS_ON_DEMAND_IDLE, "90s"),
         ]))
         .unwrap();
         assert!(config.xds_on_demand);
+        assert_eq!(config.xds_on_demand_idle, Some(Duration::from_secs(90)));
+        let never = Config::from_strings(&strings(&[(NODE_NAME, "n"), (XDS_ON_DEMAND_IDLE, "0s")]));
+        assert_eq!(never.unwrap().xds_on_demand_idle, None);
+        let error =
+            Config::from_strings(&strings(&[(NODE_NAME, "n"), (XDS_ON_DEMAND_IDLE, "soon")]))
+                .unwrap_err()
+                .to_string();
+        assert!(
+            error.contains(XDS_ON_DEMAND_IDLE) && error.contains("soon"),
+            "{error}"
+        );
         assert_eq!(config.cluster_domain, "corp.example");
         assert_eq!(
             config.dns_resolv_conf,

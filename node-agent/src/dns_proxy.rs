@@ -51,23 +51,12 @@ pub enum Reply {
 
 /// The reply to `packet`, a query from a pod of `namespace`, for a cluster of `domain`.
 pub fn reply(store: &WorkloadStore, namespace: &str, domain: &str, packet: &[u8]) -> Reply {
-    let Ok(query) = Message::from_vec(packet) else {
+    let Some(query) = address_query(packet) else {
         return Reply::Forward;
     };
     let header = &query.metadata;
-    if header.message_type != MessageType::Query
-        || header.op_code != OpCode::Query
-        || query.queries.len() != 1
-    {
-        return Reply::Forward;
-    }
     let question = &query.queries[0];
     let record_type = question.query_type();
-    if !matches!(record_type, RecordType::A | RecordType::AAAA)
-        || question.query_class() != DNSClass::IN
-    {
-        return Reply::Forward;
-    }
     let requested = normalized(question.name());
     let Some(found) = find(store, namespace, domain, &requested) else {
         return Reply::Forward;
@@ -102,6 +91,72 @@ pub fn reply(store: &WorkloadStore, namespace: &str, domain: &str, packet: &[u8]
         Ok(bytes) => Reply::Answer(bytes),
         Err(_) => Reply::Forward,
     }
+}
+
+/// The query in `packet` if it is what the proxy answers: one plain A or AAAA question of
+/// class IN (anything else goes upstream unchanged).
+fn address_query(packet: &[u8]) -> Option<Message> {
+    let query = Message::from_vec(packet).ok()?;
+    let header = &query.metadata;
+    if header.message_type != MessageType::Query
+        || header.op_code != OpCode::Query
+        || query.queries.len() != 1
+    {
+        return None;
+    }
+    let question = &query.queries[0];
+    (matches!(question.query_type(), RecordType::A | RecordType::AAAA)
+        && question.query_class() == DNSClass::IN)
+        .then_some(query)
+}
+
+/// Names asked for on demand per query, at most.
+const MAX_DEMAND_NAMES: usize = 4;
+
+/// What an on-demand agent asks the controller for to answer `packet` from a pod of
+/// `namespace` when the store holds none of the names it may mean: the name as asked and,
+/// for a partial Kubernetes name, its completions to a service from the client's namespace
+/// (as [`reply`] tries them; the forms a resolver made with the wrong search domain, and
+/// partial names of headless pods, are not asked for: the resolver asks the full name next). A Kubernetes name goes by istiod's key,
+/// `namespace/hostname` (`name.ns.svc.<domain>`; a headless service's pod
+/// `pod.name.ns.svc.<domain>`, by its service); another name with a dot by
+/// `host:<name>` (a ServiceEntry host, whose namespace the query does not tell); names
+/// under the cluster domain in no Kubernetes form, and single labels, are not asked for.
+/// At most [`MAX_DEMAND_NAMES`]; none for a query [`reply`] forwards unread.
+pub fn demand_names(packet: &[u8], namespace: &str, domain: &str) -> Vec<String> {
+    let Some(query) = address_query(packet) else {
+        return Vec::new();
+    };
+    let requested = normalized(query.queries[0].name());
+    let candidates = std::iter::once(requested.clone()).chain(
+        kubernetes_names(&requested, namespace, domain)
+            .into_iter()
+            .filter(|(_, pod)| !pod)
+            .map(|(name, _)| name),
+    );
+    let mut names: Vec<String> = Vec::new();
+    for name in candidates.filter_map(|name| demand_name(&name, domain)) {
+        if !names.contains(&name) && names.len() < MAX_DEMAND_NAMES {
+            names.push(name);
+        }
+    }
+    names
+}
+
+/// The name the controller knows what `name` means by, if it may mean a service.
+fn demand_name(name: &str, domain: &str) -> Option<String> {
+    let kubernetes = format!(".svc.{domain}");
+    if let Some(rest) = name.strip_suffix(&kubernetes) {
+        return match rest.split('.').collect::<Vec<_>>().as_slice() {
+            [_, service_namespace] => Some(format!("{service_namespace}/{name}")),
+            [_, service, service_namespace] => Some(format!(
+                "{service_namespace}/{service}.{service_namespace}{kubernetes}"
+            )),
+            _ => None,
+        };
+    }
+    let under_domain = name == domain || name.ends_with(&format!(".{domain}"));
+    (name.contains('.') && !under_domain).then(|| weft_proto::hostname_subscription(name))
 }
 
 /// A SERVFAIL for `packet` (when the query cannot be served at all), if it has a header.

@@ -115,6 +115,10 @@ struct Args {
     /// to them (true or false) [XDS_ON_DEMAND]
     #[arg(long)]
     xds_on_demand: Option<String>,
+    /// In on-demand mode, how long a fetched name stays subscribed unused (30m; 0s: while
+    /// the agent runs) [XDS_ON_DEMAND_IDLE]
+    #[arg(long)]
+    xds_on_demand_idle: Option<String>,
 }
 
 impl Args {
@@ -152,6 +156,7 @@ impl Args {
                     self.max_connections_per_source,
                 ),
                 (config::XDS_ON_DEMAND, self.xds_on_demand),
+                (config::XDS_ON_DEMAND_IDLE, self.xds_on_demand_idle),
             ],
             Environment,
         )
@@ -284,6 +289,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
             })
             .await;
     });
+
+    // On-demand mode: names unused for their idle period are unsubscribed.
+    if let (true, Some(idle)) = (config.xds_on_demand, config.xds_on_demand_idle) {
+        tokio::spawn(store.clone().release_idle_forever(idle));
+    }
 
     // ServiceEntry endpoints given by name: resolved off the connection path.
     tokio::spawn(node_agent::dns::run(store.clone()));

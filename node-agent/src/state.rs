@@ -21,7 +21,9 @@ use weft_identity::SpiffeId;
 use weft_policy::l4::Authorization;
 
 pub use convert::{AddressResource, ConversionError, authorization_from_proto};
-pub use on_demand::ON_DEMAND_WAIT;
+pub use on_demand::{
+    Crowded, DEFAULT_ON_DEMAND_IDLE, DemandLease, ON_DEMAND_WAIT, OnDemandMetrics,
+};
 pub use policies::PolicyIndex;
 
 /// Istio's HBONE port, the default for workloads and waypoints.
@@ -224,8 +226,10 @@ struct Indexes {
 pub struct WorkloadStore {
     indexes: Arc<RwLock<Indexes>>,
     generation: Arc<tokio::sync::watch::Sender<u64>>,
-    /// Asks the controller for an address the store lacks (on-demand mode only).
-    demand: Arc<OnceLock<weft_xds::Demand>>,
+    /// Asks the controller for an address the store lacks (on-demand mode only), and what
+    /// it fetched so, for idle eviction.
+    demand: Arc<OnceLock<on_demand::OnDemand>>,
+    on_demand_metrics: Arc<OnDemandMetrics>,
 }
 
 impl Default for WorkloadStore {
@@ -240,6 +244,7 @@ impl WorkloadStore {
             indexes: Arc::default(),
             generation: Arc::new(tokio::sync::watch::channel(0).0),
             demand: Arc::default(),
+            on_demand_metrics: Arc::default(),
         }
     }
 

@@ -2,12 +2,14 @@
 //! `Lookup` resolves a subscription: the workload at an IP (`<network>/<ip>`), the service
 //! whose VIP it is together with the service's endpoints (which go by the VIP and by the
 //! service's `namespace/hostname` too), and the workloads of a node with the services they
-//! back (`node:<name>`).
+//! back (`node:<name>`). A service and its endpoints also go by the service's hostname alone
+//! (`host:<hostname>`), which the agent's DNS proxy asks for a name whose namespace it cannot
+//! tell (a ServiceEntry host).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use weft_proto::istio::workload::{self, Address, address::Type};
-use weft_proto::{address_subscription, ip_from_bytes, node_subscription};
+use weft_proto::{address_subscription, hostname_subscription, ip_from_bytes, node_subscription};
 
 /// Every address's aliases, by resource name.
 pub fn address_aliases(addresses: &BTreeMap<String, workload::Address>) -> AliasIndex<'_> {
@@ -56,6 +58,7 @@ impl AliasIndex<'_> {
                     }) = self.addresses.get(service)
                     {
                         aliases.extend(service_vips(s));
+                        aliases.push(hostname_subscription(&s.hostname));
                     }
                 }
                 aliases
@@ -63,6 +66,7 @@ impl AliasIndex<'_> {
             // The agent of a node with one of its endpoints holds it up front: inbound
             // connections are reported with the service they came through.
             Some(Type::Service(s)) => service_vips(s)
+                .chain(std::iter::once(hostname_subscription(&s.hostname)))
                 .chain(
                     self.endpoint_nodes
                         .get(format!("{}/{}", s.namespace, s.hostname).as_str())
@@ -91,7 +95,7 @@ mod tests {
     use crate::translate::{MeshSettings, translate};
 
     #[test]
-    fn workloads_go_by_their_ips_node_and_services_and_services_by_their_vips() {
+    fn workloads_go_by_their_ips_node_and_services_and_services_by_their_vips_and_hostname() {
         let index = crate::translate::tests::load(
             &Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/bookinfo"),
         );
@@ -116,12 +120,17 @@ mod tests {
                 "/10.244.1.10",
                 "/10.96.10.10",
                 "bookinfo/productpage.bookinfo.svc.cluster.local",
+                "host:productpage.bookinfo.svc.cluster.local",
                 "node:node-a",
             ]
         );
         assert_eq!(
             alias_of("bookinfo/productpage.bookinfo.svc.cluster.local"),
-            ["/10.96.10.10", "node:node-a"]
+            [
+                "/10.96.10.10",
+                "host:productpage.bookinfo.svc.cluster.local",
+                "node:node-a"
+            ]
         );
     }
 }

@@ -171,6 +171,15 @@ pub fn node_subscription(node: &str) -> String {
     format!("node:{node}")
 }
 
+/// The name an on-demand node agent subscribes to a service by its hostname alone
+/// (`host:<hostname>`), whatever its namespace: its DNS proxy asked for a name such as a
+/// ServiceEntry host, whose namespace the query does not tell (a Kubernetes Service's name
+/// does: it asks istiod's `namespace/hostname` for that). The service and its endpoints go
+/// by it. No `<network>/<ip>`, workload uid or `namespace/hostname` has this form.
+pub fn hostname_subscription(hostname: &str) -> String {
+    format!("host:{hostname}")
+}
+
 /// Type URL of `istio.security.Authorization` resources (L4 policies) on the ADS stream.
 pub const AUTHORIZATION_TYPE_URL: &str = "type.googleapis.com/istio.security.Authorization";
 

@@ -32,15 +32,16 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Demands waiting for the client's task; beyond that, a demand fails at once.
 const DEMAND_QUEUE: usize = 256;
 
-/// Callers waiting at once for the answer to one name, at most; beyond that a demand fails at
-/// once ([`DemandError::Busy`]). Callers that gave up are forgotten first, so the waiters of a
-/// name the server is slow to answer do not pile up.
-const MAX_WAITERS_PER_NAME: usize = 1_024;
-
 /// Names subscribed on demand per type, at most: each is a resource the proxy keeps receiving,
 /// and whoever makes the proxy ask (an application connecting anywhere) must not grow it
 /// without bound.
 pub const MAX_DEMANDED_NAMES: usize = 16_384;
+
+/// Demands waiting for the answer for one name, at most: each is a connection the proxy holds
+/// open while it waits, and one application opening thousands of connections to one unknown
+/// address must not grow the list without bound. Beyond it a demand fails at once
+/// ([`DemandError::Crowded`]).
+pub const MAX_WAITERS_PER_NAME: usize = 1_024;
 
 /// HTTP/2 pings detect a control plane that vanished without closing the connection.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
@@ -208,7 +209,7 @@ pub type TokenSource = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
 /// Why a demand was not answered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DemandError {
-    /// Too many demands are already waiting for the client, or for this name.
+    /// Too many demands are already waiting for the client.
     #[error("too many demands waiting")]
     Busy,
     /// The type was not subscribed by name, or holds [`MAX_DEMANDED_NAMES`] names already.
@@ -217,15 +218,30 @@ pub enum DemandError {
         /// The type asked for.
         type_url: String,
     },
+    /// [`MAX_WAITERS_PER_NAME`] demands already wait for the answer for this name.
+    #[error("too many demands waiting for {name}")]
+    Crowded {
+        /// The name asked for.
+        name: String,
+    },
     /// The client is gone.
     #[error("discovery client stopped")]
     Stopped,
 }
 
-struct DemandRequest {
-    type_url: String,
-    name: String,
-    answered: oneshot::Sender<Result<(), DemandError>>,
+/// What a [`Demand`] hands the client's task.
+enum DemandMessage {
+    /// Subscribe to a name and answer once the server has.
+    Subscribe {
+        type_url: String,
+        name: String,
+        answered: oneshot::Sender<Result<(), DemandError>>,
+    },
+    /// Unsubscribe names asked for earlier.
+    Release {
+        type_url: String,
+        names: Vec<String>,
+    },
 }
 
 /// Asks a running [`DeltaClient`] for resources by name (Envoy's on-demand delta xDS, as
@@ -235,7 +251,7 @@ struct DemandRequest {
 /// demands for one name share one request. Cheap to clone; usable from any runtime.
 #[derive(Debug, Clone)]
 pub struct Demand {
-    requests: mpsc::Sender<DemandRequest>,
+    requests: mpsc::Sender<DemandMessage>,
 }
 
 impl Demand {
@@ -243,17 +259,33 @@ impl Demand {
     /// the wait).
     pub async fn request(&self, type_url: &str, name: &str) -> Result<(), DemandError> {
         let (answered, answer) = oneshot::channel();
+        self.send(DemandMessage::Subscribe {
+            type_url: type_url.to_string(),
+            name: name.to_string(),
+            answered,
+        })?;
+        answer.await.unwrap_or(Err(DemandError::Stopped))
+    }
+
+    /// Unsubscribes `names` of `type_url` asked for earlier (the delta protocol's
+    /// `resource_names_unsubscribe`): the server then removes what no other name of the
+    /// subscription covers. Names the subscription was built with, and names still waiting
+    /// for an answer, stay. Queued like a demand; fails when the queue is full (try again
+    /// later).
+    pub fn release(&self, type_url: &str, names: Vec<String>) -> Result<(), DemandError> {
+        self.send(DemandMessage::Release {
+            type_url: type_url.to_string(),
+            names,
+        })
+    }
+
+    fn send(&self, message: DemandMessage) -> Result<(), DemandError> {
         self.requests
-            .try_send(DemandRequest {
-                type_url: type_url.to_string(),
-                name: name.to_string(),
-                answered,
-            })
+            .try_send(message)
             .map_err(|error| match error {
                 mpsc::error::TrySendError::Full(_) => DemandError::Busy,
                 mpsc::error::TrySendError::Closed(_) => DemandError::Stopped,
-            })?;
-        answer.await.unwrap_or(Err(DemandError::Stopped))
+            })
     }
 }
 
@@ -284,6 +316,8 @@ struct TypeSubscription {
     type_url: String,
     /// Empty for a wildcard subscription.
     names: Vec<String>,
+    /// The names it was built with: never released.
+    initial: BTreeSet<String>,
     handler: Box<dyn Handler>,
     /// Names the handler accepted and still holds.
     accepted: BTreeSet<String>,
@@ -297,8 +331,8 @@ pub struct DeltaClient {
     subscriptions: Vec<TypeSubscription>,
     token: Option<TokenSource>,
     state: watch::Sender<ConnectionState>,
-    demands: mpsc::Receiver<DemandRequest>,
-    demand_sender: mpsc::Sender<DemandRequest>,
+    demands: mpsc::Receiver<DemandMessage>,
+    demand_sender: mpsc::Sender<DemandMessage>,
     pending: PendingDemands,
 }
 
@@ -352,6 +386,7 @@ impl DeltaClient {
     ) -> Self {
         self.subscriptions.push(TypeSubscription {
             type_url: type_url.into(),
+            initial: names.iter().cloned().collect(),
             names,
             handler: Box::new(handler),
             accepted: BTreeSet::new(),
@@ -523,20 +558,24 @@ impl DeltaClient {
 
     /// Records a demand; the subscription request to send, unless the name is already asked
     /// for on this connection (its waiter then shares that request's answer).
-    fn take_demand(&mut self, demand: DemandRequest) -> Option<DeltaDiscoveryRequest> {
-        let DemandRequest {
-            type_url,
-            name,
-            answered,
-        } = demand;
+    fn take_demand(&mut self, demand: DemandMessage) -> Option<DeltaDiscoveryRequest> {
+        let (type_url, name, answered) = match demand {
+            DemandMessage::Subscribe {
+                type_url,
+                name,
+                answered,
+            } => (type_url, name, answered),
+            DemandMessage::Release { type_url, names } => return self.release(type_url, names),
+        };
         let key = (type_url, name);
         if let Some(waiters) = self.pending.get_mut(&key) {
+            // Waiters that gave up (their connection waited out its bound) hold no place.
             waiters.retain(|waiter| !waiter.is_closed());
             if waiters.len() >= MAX_WAITERS_PER_NAME {
-                let _ = answered.send(Err(DemandError::Busy));
-            } else {
-                waiters.push(answered);
+                let _ = answered.send(Err(DemandError::Crowded { name: key.1 }));
+                return None;
             }
+            waiters.push(answered);
             return None;
         }
         let (type_url, name) = key;
@@ -564,6 +603,64 @@ impl DeltaClient {
         };
         self.pending.insert((type_url, name), vec![answered]);
         Some(request)
+    }
+
+    /// Drops `names` from the type's subscription, except those it was built with and those
+    /// still waiting for an answer, and the resources named by them; the unsubscribe request
+    /// to send, if any name goes.
+    fn release(&mut self, type_url: String, names: Vec<String>) -> Option<DeltaDiscoveryRequest> {
+        let subscription = self
+            .subscriptions
+            .iter_mut()
+            .find(|s| s.type_url == type_url && !s.names.is_empty())?;
+        let pending = &self.pending;
+        let mut asked: std::collections::HashSet<String> = names
+            .into_iter()
+            .filter(|name| {
+                !subscription.initial.contains(name)
+                    && !pending.contains_key(&(type_url.clone(), name.clone()))
+            })
+            .collect();
+        let mut released = Vec::new();
+        subscription.names.retain(|name| {
+            let goes = asked.remove(name);
+            if goes {
+                released.push(name.clone());
+            }
+            !goes
+        });
+        if released.is_empty() {
+            return None;
+        }
+        // A resource unsubscribed by its own name is the client's to drop (the server forgets
+        // having sent it, and sends it again if another name still covers it); what the
+        // released names covered as aliases, the server removes.
+        let dropped: Vec<String> = released
+            .iter()
+            .filter(|name| subscription.accepted.contains(*name))
+            .cloned()
+            .collect();
+        if !dropped.is_empty() {
+            let update = Update {
+                added: Vec::new(),
+                removed: dropped.clone(),
+                full_state: false,
+            };
+            match subscription.handler.apply(update) {
+                Ok(()) => {
+                    for name in &dropped {
+                        subscription.accepted.remove(name);
+                    }
+                }
+                Err(error) => warn!(type_url = %type_url, %error, "dropping released resources"),
+            }
+        }
+        debug!(type_url = %type_url, names = released.len(), "unsubscribing on demand");
+        Some(DeltaDiscoveryRequest {
+            type_url,
+            resource_names_unsubscribe: released,
+            ..DeltaDiscoveryRequest::default()
+        })
     }
 
     /// Answers the demands a response settles (a name it carries, as a resource or an alias,

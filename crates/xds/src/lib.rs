@@ -16,7 +16,7 @@ pub mod store;
 pub use backoff::Backoff;
 pub use client::{
     ClientError, ConnectionState, DeltaClient, Demand, DemandError, Handler, MAX_DEMANDED_NAMES,
-    Target, TokenSource, Update,
+    MAX_WAITERS_PER_NAME, Target, TokenSource, Update,
 };
 pub use metrics::{NoMetrics, Rejection, StreamEvent, TypeCounts, XdsCounters, XdsMetrics};
 pub use server::{

@@ -32,7 +32,7 @@ use weft_ebpf_common::{AGENT_SOCKET_MARK, ports::DNS};
 use weft_hbone::SocketFactory;
 
 use super::{
-    Reply,
+    Reply, demand_names,
     metrics::{DnsLabels, Protocol},
     reply, server_failure,
 };
@@ -165,15 +165,34 @@ impl PodContext {
         let Some(namespace) = self.namespace() else {
             return server_failure(packet);
         };
-        match reply(
-            &self.store,
-            &namespace,
-            &self.settings.cluster_domain,
-            packet,
-        ) {
-            Reply::Answer(answer) => Some(answer),
+        let domain = &self.settings.cluster_domain;
+        match reply(&self.store, &namespace, domain, packet) {
+            Reply::Answer(answer) => {
+                // An answer from names fetched on demand keeps them subscribed.
+                if self.store.on_demand() {
+                    let names = demand_names(packet, &namespace, domain);
+                    self.store.touch_demanded(&names);
+                }
+                Some(answer)
+            }
             Reply::Forward => None,
         }
+    }
+
+    /// In on-demand mode, the reply to `packet` (which the store alone could not answer)
+    /// once the services it may name were asked for, waiting up to `ON_DEMAND_WAIT`; `None`
+    /// to forward it, as any name outside the mesh.
+    async fn reply_on_demand(&self, packet: &[u8]) -> Option<Vec<u8>> {
+        if !self.store.on_demand() {
+            return None;
+        }
+        let namespace = self.namespace()?;
+        let names = demand_names(packet, &namespace, &self.settings.cluster_domain);
+        if names.is_empty() {
+            return None;
+        }
+        self.store.fetch_hostnames(&names).await;
+        self.local_reply(packet)
     }
 }
 
@@ -287,6 +306,10 @@ async fn serve_udp(context: Arc<PodContext>, socket: Arc<UdpSocket>) {
         let (context, socket, query) = (context.clone(), socket.clone(), packet.to_vec());
         tokio::spawn(
             async move {
+                if let Some(answer) = context.reply_on_demand(&query).await {
+                    let _ = socket.send_to(&answer, client).await;
+                    return;
+                }
                 let started = Instant::now();
                 let answer = forward_udp(&context, &query).await;
                 let metrics = context.metrics.dns();
@@ -388,13 +411,16 @@ async fn serve_tcp_connection(context: &PodContext, mut stream: TcpStream) {
         let answer = match context.local_reply(&query) {
             Some(answer) => Some(answer),
             None => match context.forwards.try_acquire() {
-                Ok(_permit) => {
-                    let started = Instant::now();
-                    let answer = forward_tcp(context, &query).await;
-                    let metrics = context.metrics.dns();
-                    metrics.forwarded(&labels, started.elapsed(), answer.is_some());
-                    answer
-                }
+                Ok(_permit) => match context.reply_on_demand(&query).await {
+                    Some(answer) => Some(answer),
+                    None => {
+                        let started = Instant::now();
+                        let answer = forward_tcp(context, &query).await;
+                        let metrics = context.metrics.dns();
+                        metrics.forwarded(&labels, started.elapsed(), answer.is_some());
+                        answer
+                    }
+                },
                 Err(_) => None,
             },
         };

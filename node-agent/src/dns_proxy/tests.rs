@@ -317,6 +317,50 @@ fn anything_but_one_plain_question_is_forwarded() {
 }
 
 #[test]
+fn an_on_demand_agent_asks_for_the_names_a_query_may_mean() {
+    let names = |name: &str, record_type: RecordType| {
+        demand_names(&query(name, record_type), "shop", "cluster.local")
+    };
+    let cases: [(&str, RecordType, &[&str]); 10] = [
+        // A Kubernetes Service by istiod's key, however completed.
+        (
+            "cart.shop.svc.cluster.local",
+            RecordType::A,
+            &["shop/cart.shop.svc.cluster.local"],
+        ),
+        (
+            "ledger.bank.svc.cluster.local.",
+            RecordType::AAAA,
+            &["bank/ledger.bank.svc.cluster.local"],
+        ),
+        ("cart", RecordType::A, &["shop/cart.shop.svc.cluster.local"]),
+        (
+            "ledger.bank",
+            RecordType::A,
+            &["host:ledger.bank", "bank/ledger.bank.svc.cluster.local"],
+        ),
+        // A headless service's pod: its service.
+        (
+            "db-0.db.bank.svc.cluster.local",
+            RecordType::A,
+            &["bank/db.bank.svc.cluster.local"],
+        ),
+        // Any other name by its hostname (a ServiceEntry host, of any namespace).
+        ("api.example.com", RecordType::A, &["host:api.example.com"]),
+        // Under the cluster domain in no Kubernetes form, a single label with no
+        // completion, another type: nothing to ask.
+        ("www.example.com.shop.svc.cluster.local", RecordType::A, &[]),
+        ("node1.cluster.local", RecordType::A, &[]),
+        ("api.example.com", RecordType::MX, &[]),
+        ("api.example.com", RecordType::TXT, &[]),
+    ];
+    for (name, record_type, expected) in cases {
+        assert_eq!(names(name, record_type), expected, "{name} {record_type}");
+    }
+    assert!(demand_names(b"not dns", "shop", "cluster.local").is_empty());
+}
+
+#[test]
 fn a_removed_service_is_no_longer_answered() {
     let store = store();
     store.remove_service(&crate::state::NamespacedHostname {

@@ -47,6 +47,9 @@ pub enum ProxyError {
     PolicyChanged(String),
     #[error("connection closed: {POD_LEFT}")]
     PodLeft,
+    /// Too many connections already wait for the destination to be fetched on demand.
+    #[error(transparent)]
+    Crowded(#[from] crate::state::Crowded),
 }
 
 impl ProxyError {

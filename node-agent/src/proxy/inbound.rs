@@ -180,8 +180,11 @@ impl ConnectHandler for InboundTunnels {
                 self.peer_address.ip(),
             )
         });
-        // On-demand mode: a source of another node is asked for first.
-        context.store.fetch_address(source_ip).await;
+        // On-demand mode: a source of another node is asked for first. Only the connection's
+        // labels, resolved here once, use it: used now, it need not stay held. A crowded
+        // source is not asked for and the connection goes on with it unknown (it is
+        // authenticated; only its labels would be missing).
+        let _ = context.store.fetch_address(source_ip).await;
         let source = context.store.workload_by_ip(source_ip);
         let service = workload
             .as_ref()

@@ -55,10 +55,20 @@ pub(super) async fn handle(
             .map_err(|e| ProxyError::OriginalDestination(e.to_string()))
             .and_then(|found| found.ok_or(ProxyError::NoOriginalDestination(peer))),
     };
-    if let Ok(original) = &original {
-        // On-demand mode: a destination the agent does not know yet is asked for first.
-        context.store.fetch_destination(original.ip()).await;
-    }
+    // On-demand mode: a destination the agent does not know yet is asked for first, and
+    // what it is known by stays subscribed while the connection is open.
+    let fetched = match &original {
+        Ok(original) => context
+            .store
+            .fetch_destination(original.ip())
+            .await
+            .map_err(ProxyError::from),
+        Err(_) => Ok(Default::default()),
+    };
+    let (original, _lease) = match (original, fetched) {
+        (Ok(original), Ok(lease)) => (Ok(original), lease),
+        (Err(error), _) | (_, Err(error)) => (Err(error), Default::default()),
+    };
     let planned = match &source {
         None => Err(ProxyError::UnknownPod(pod.uid.clone())),
         Some(source) => original.and_then(|original| {

@@ -1,9 +1,12 @@
 //! Agents in on-demand mode (`XDS_ON_DEMAND`, ztunnel's): each receives only its own node's
 //! workloads up front and asks the controller for any other address at the first connection
-//! to it. With the real binaries on the netns testbed. Needs root.
+//! to it, or at a pod's DNS query for its name; what it fetched is unsubscribed once idle.
+//! With the real binaries on the netns testbed. Needs root.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
+use weft_e2e::dns::UpstreamResolver;
 use weft_e2e::fixtures::{CART_SERVICE, DENY_CLIENT};
 use weft_e2e::{Mesh, MeshOptions, PodSpec};
 
@@ -105,4 +108,115 @@ fn a_service_on_another_node_is_fetched_at_the_first_connection_and_policies_sti
         Duration::from_secs(5),
         || mesh.curl("client", "http://10.96.0.10/").0 == 200
     ));
+}
+
+/// The value of the counter `name` in an agent's metrics text, 0 when absent.
+fn counter(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_pods_dns_query_fetches_a_service_of_another_node_and_an_idle_name_is_fetched_again() {
+    let mesh = Mesh::start(
+        vec![
+            PodSpec::client("client", "node1", "shop"),
+            PodSpec::app("cart-2", "node2", "shop", "cart", "v2"),
+            PodSpec::app("resolver", "node2", "shop", "resolver", "v1").outside_cluster(),
+        ],
+        MeshOptions {
+            config: CART_SERVICE.to_string(),
+            agent_env: vec![
+                ("XDS_ON_DEMAND".into(), "true".into()),
+                // Short, so that the test sees a name go idle.
+                ("XDS_ON_DEMAND_IDLE".into(), "1s".into()),
+            ],
+            ..MeshOptions::default()
+        },
+    )
+    .expect("start the mesh");
+    assert_eq!(
+        mesh.config_dump("node1")["config"]["xds_on_demand_idle"],
+        1.0
+    );
+    // The pod's nameserver, outside the mesh: knows one external name, nothing of the mesh.
+    let partner = Ipv4Addr::new(192, 0, 2, 77);
+    let upstream = UpstreamResolver::start(&mesh, "resolver", "partner.example.org", partner);
+    let nameserver = mesh.pod("resolver").ip;
+    // The agents' own configuration (where they forward), and the pods'.
+    std::fs::write(
+        mesh.dir().join("resolv.conf"),
+        format!("nameserver {nameserver}\n"),
+    )
+    .unwrap();
+    let resolv = mesh.pod_resolv_conf("shop", IpAddr::V4(nameserver));
+    let (_, services) = held(&mesh, "node1");
+    assert!(services.is_empty(), "sent up front: {services:?}");
+
+    // The service's short name, completed by the pod's resolver: the agent fetches the
+    // service and answers its VIP; the nameserver is never asked.
+    let vip: IpAddr = "10.96.0.10".parse().unwrap();
+    assert_eq!(
+        mesh.resolve("client", &resolv, "cart"),
+        vec![vip],
+        "{}",
+        mesh.logs()
+    );
+    assert!(
+        !upstream.asked("cart.shop.svc.cluster.local"),
+        "the mesh name went upstream"
+    );
+    let (workloads, services) = held(&mesh, "node1");
+    assert_eq!(services, [CART_KEY]);
+    assert!(
+        workloads.iter().any(|uid| uid.contains("cart-2")),
+        "the service's endpoint was not fetched: {workloads:?}"
+    );
+    // A name the mesh does not have is forwarded as before, and answered upstream.
+    assert_eq!(
+        mesh.resolve("client", &resolv, "partner.example.org"),
+        vec![IpAddr::V4(partner)],
+        "{}",
+        mesh.logs()
+    );
+    assert!(
+        mesh.resolve("client", &resolv, "nowhere.example.org")
+            .is_empty()
+    );
+
+    // Unused for its idle period, the name is unsubscribed and the service dropped.
+    assert!(
+        mesh.eventually(Duration::from_secs(10), || held(&mesh, "node1")
+            .1
+            .is_empty()),
+        "the idle service stayed: {:?}",
+        held(&mesh, "node1")
+    );
+    assert!(
+        counter(
+            &mesh.metrics("node1"),
+            "weft_on_demand_released_names_total"
+        ) >= 1
+    );
+
+    // The next use fetches it again: a connection to the VIP reaches node2's pod.
+    let (status, body) = mesh.curl("client", "http://10.96.0.10/");
+    assert_eq!(status, 200, "{body}\n{}", mesh.logs());
+    assert!(body.contains("\"pod\":\"cart-2\""), "{body}");
+    assert_eq!(held(&mesh, "node1").1, [CART_KEY]);
+    // And by name again.
+    assert!(mesh.eventually(Duration::from_secs(10), || {
+        held(&mesh, "node1").1.is_empty()
+    }));
+    assert_eq!(mesh.resolve("client", &resolv, "cart.shop"), vec![vip]);
+    assert_eq!(held(&mesh, "node1").1, [CART_KEY]);
+    assert_eq!(
+        counter(
+            &mesh.metrics("node1"),
+            "weft_on_demand_refused_connections_total"
+        ),
+        0
+    );
 }

@@ -1,11 +1,12 @@
-//! The client's bookkeeping of demands, driven directly (no server needed).
+//! The client's bookkeeping of demands, without a stream: how many wait for one name, and
+//! which names a release drops.
 
 use super::*;
 
 const THING: &str = "type.googleapis.com/test.Thing";
 
-fn on_demand_client() -> DeltaClient {
-    let target = Target::address("http://127.0.0.1:1").expect("a valid address");
+fn client() -> DeltaClient {
+    let target = Target::address("http://127.0.0.1:1").expect("a valid uri");
     DeltaClient::new(target, Node::default()).subscribe_names(
         THING,
         vec!["node:n1".to_string()],
@@ -13,60 +14,80 @@ fn on_demand_client() -> DeltaClient {
     )
 }
 
-fn demand(name: &str) -> (DemandRequest, oneshot::Receiver<Result<(), DemandError>>) {
+fn subscribe(name: &str) -> (DemandMessage, oneshot::Receiver<Result<(), DemandError>>) {
     let (answered, answer) = oneshot::channel();
-    let request = DemandRequest {
+    let message = DemandMessage::Subscribe {
         type_url: THING.to_string(),
         name: name.to_string(),
         answered,
     };
-    (request, answer)
+    (message, answer)
 }
 
-/// The callers waiting for one name are bounded: those that gave up (a connection past its
-/// wait) are forgotten as new ones come, and beyond `MAX_WAITERS_PER_NAME` live ones a demand
-/// is refused at once instead of queued.
 #[test]
-fn waiters_for_one_name_are_bounded_and_those_that_gave_up_are_dropped() {
-    let mut client = on_demand_client();
-    let (first, _first_answer) = demand("/10.0.0.1");
-    assert!(
-        client.take_demand(first).is_some(),
-        "the first demand is sent"
-    );
-    let key = (THING.to_string(), "/10.0.0.1".to_string());
-
-    // Many callers that gave up: none is kept beyond the next demand.
-    for _ in 0..10 * MAX_WAITERS_PER_NAME {
-        let (request, answer) = demand("/10.0.0.1");
-        drop(answer);
-        assert!(
-            client.take_demand(request).is_none(),
-            "one request per name"
-        );
-    }
-    let (live, mut live_answer) = demand("/10.0.0.1");
-    assert!(client.take_demand(live).is_none());
-    assert_eq!(
-        client.pending[&key].len(),
-        2,
-        "the first caller and the live one"
-    );
-
-    // Live callers up to the bound wait; the next one is told at once.
+fn waiters_for_one_unanswered_name_are_bounded_and_those_that_gave_up_hold_no_place() {
+    let mut client = client();
+    let (first, _first_answer) = subscribe("/10.0.0.1");
+    assert!(client.take_demand(first).is_some(), "the first demand asks");
     let mut waiting = Vec::new();
-    while client.pending[&key].len() < MAX_WAITERS_PER_NAME {
-        let (request, answer) = demand("/10.0.0.1");
-        assert!(client.take_demand(request).is_none());
+    for _ in 1..MAX_WAITERS_PER_NAME {
+        let (message, answer) = subscribe("/10.0.0.1");
+        assert!(client.take_demand(message).is_none(), "shares the request");
         waiting.push(answer);
     }
-    let (over, mut over_answer) = demand("/10.0.0.1");
-    assert!(client.take_demand(over).is_none());
-    assert_eq!(over_answer.try_recv(), Ok(Err(DemandError::Busy)));
-    assert_eq!(client.pending[&key].len(), MAX_WAITERS_PER_NAME);
-    assert!(
-        live_answer.try_recv().is_err(),
-        "the waiting ones still wait"
+    let (crowded, mut refused) = subscribe("/10.0.0.1");
+    assert!(client.take_demand(crowded).is_none());
+    assert_eq!(
+        refused.try_recv(),
+        Ok(Err(DemandError::Crowded {
+            name: "/10.0.0.1".to_string()
+        }))
     );
-    assert_eq!(client.pending.len(), 1, "one entry per name");
+    // Another name is not crowded out.
+    let (other, mut other_answer) = subscribe("/10.0.0.2");
+    assert!(client.take_demand(other).is_some());
+    assert!(other_answer.try_recv().is_err(), "still waiting");
+
+    // Waiters that gave up make room.
+    waiting.truncate(10);
+    let (late, mut late_answer) = subscribe("/10.0.0.1");
+    assert!(client.take_demand(late).is_none());
+    assert!(late_answer.try_recv().is_err(), "waits, not refused");
+    assert_eq!(
+        client.pending[&(THING.to_string(), "/10.0.0.1".to_string())].len(),
+        12
+    );
+}
+
+#[test]
+fn a_release_drops_names_asked_for_but_not_initial_or_unanswered_ones() {
+    let mut client = client();
+    let (asked, _answer) = subscribe("/10.0.0.1");
+    client.take_demand(asked);
+    let answers = Answers {
+        found: vec!["/10.0.0.1".to_string()],
+        removed: Vec::new(),
+    };
+    assert!(client.settle_demands(THING, answers).is_none());
+    let (unanswered, _waiting) = subscribe("/10.0.0.2");
+    client.take_demand(unanswered);
+
+    let release = DemandMessage::Release {
+        type_url: THING.to_string(),
+        names: ["node:n1", "/10.0.0.1", "/10.0.0.2", "/10.0.0.3"]
+            .map(String::from)
+            .to_vec(),
+    };
+    let request = client.take_demand(release).expect("an unsubscribe request");
+    assert_eq!(request.type_url, THING);
+    assert_eq!(request.resource_names_unsubscribe, ["/10.0.0.1"]);
+    assert!(request.resource_names_subscribe.is_empty());
+    assert_eq!(client.subscriptions[0].names, ["node:n1", "/10.0.0.2"]);
+
+    // Nothing left to release: no request.
+    let again = DemandMessage::Release {
+        type_url: THING.to_string(),
+        names: vec!["/10.0.0.1".to_string(), "node:n1".to_string()],
+    };
+    assert!(client.take_demand(again).is_none());
 }

@@ -1,6 +1,8 @@
 //! Subscriptions by name and alias, and the client's demands: what an on-demand proxy asks
 //! for and what it is answered.
 
+use std::collections::BTreeSet;
+
 use super::*;
 use crate::DemandError;
 
@@ -109,9 +111,15 @@ async fn a_name_covers_what_goes_by_it_and_a_name_covering_nothing_is_answered_r
     server.stop().await
 }
 
-#[tokio::test]
-async fn demands_share_one_request_and_settle_on_the_answer() -> Result<()> {
-    let (mut store, server) = serve_addresses().await?;
+/// A client of node n1 subscribed to its node's things, synced (holding `local`): its
+/// demands, its updates, its task.
+async fn on_demand_client(
+    server: &RunningServer,
+) -> Result<(
+    crate::Demand,
+    mpsc::UnboundedReceiver<Update>,
+    tokio::task::JoinHandle<()>,
+)> {
     let (sender, mut updates) = mpsc::unbounded_channel();
     let client = DeltaClient::new(server.target()?, node("on-demand"))
         .with_backoff(fast_backoff())
@@ -128,6 +136,16 @@ async fn demands_share_one_request_and_settle_on_the_answer() -> Result<()> {
     tokio::time::timeout(STEP_TIMEOUT, state.wait_for(|s| s.synced)).await??;
     let first = updates.recv().await.context("client ended")?;
     assert_eq!(names(&first), ["local"]);
+    Ok((demand, updates, task))
+}
+
+#[tokio::test]
+async fn demands_share_one_request_and_settle_on_the_answer() -> Result<()> {
+    let mut store = ResourceStore::new();
+    addresses(&mut store, &[("ep1", "1")]);
+    let server =
+        RunningServer::bind(DeltaAdsServer::new(store.reader()).with_config(fast_config())).await?;
+    let (demand, mut updates, task) = on_demand_client(&server).await?;
 
     // Two connections to the same address at once: one request, one answer, both settled
     // only after it is applied.
@@ -260,6 +278,60 @@ async fn a_stream_subscribing_past_its_bound_of_names_is_ended_with_the_reason()
         crate::MAX_NAMES
     );
     assert_eq!(status.message(), expected);
+    drop(store);
+    server.stop().await
+}
+
+#[tokio::test]
+async fn a_released_name_is_unsubscribed_and_what_only_it_covered_is_removed() -> Result<()> {
+    let mut store = ResourceStore::new();
+    addresses(&mut store, &[("ep1", "1")]);
+    let server =
+        RunningServer::bind(DeltaAdsServer::new(store.reader()).with_config(fast_config())).await?;
+    let (demand, mut updates, task) = on_demand_client(&server).await?;
+    tokio::time::timeout(STEP_TIMEOUT, demand.request(THING, "/10.0.0.1")).await??;
+    tokio::time::timeout(STEP_TIMEOUT, demand.request(THING, "/10.1.0.9")).await??;
+    let mut held = BTreeSet::new();
+    while held.len() < 3 {
+        let update = tokio::time::timeout(STEP_TIMEOUT, updates.recv())
+            .await?
+            .context("client ended")?;
+        held.extend(names(&update).into_iter().map(String::from));
+    }
+    assert_eq!(
+        held,
+        BTreeSet::from(["ep1", "far", "ns/svc"].map(String::from))
+    );
+
+    // Releasing the VIP removes the service and its endpoint; the node's own name cannot be
+    // released, and the other name stays.
+    demand.release(THING, vec!["/10.0.0.1".to_string(), "node:n1".to_string()])?;
+    let removal = tokio::time::timeout(STEP_TIMEOUT, updates.recv())
+        .await?
+        .context("client ended")?;
+    let mut removed = removal.removed.clone();
+    removed.sort();
+    assert_eq!(removed, ["ep1", "ns/svc"]);
+    assert!(removal.added.is_empty());
+    if let Ok(Some(more)) = tokio::time::timeout(QUIET_PERIOD, updates.recv()).await {
+        bail!("more than the released name's resources changed: {more:?}");
+    }
+
+    // A resource released by its own name is dropped by the client (the server forgets it).
+    tokio::time::timeout(STEP_TIMEOUT, demand.request(THING, "ns/svc")).await??;
+    let fetched = tokio::time::timeout(STEP_TIMEOUT, updates.recv())
+        .await?
+        .context("client ended")?;
+    assert_eq!(names(&fetched), ["ns/svc"]);
+    demand.release(THING, vec!["ns/svc".to_string()])?;
+    let dropped = tokio::time::timeout(STEP_TIMEOUT, updates.recv())
+        .await?
+        .context("client ended")?;
+    assert_eq!(dropped.removed, ["ns/svc"]);
+    if let Ok(Some(more)) = tokio::time::timeout(QUIET_PERIOD, updates.recv()).await {
+        bail!("the released service came back: {more:?}");
+    }
+    task.abort();
     drop(store);
     server.stop().await
 }

@@ -6,13 +6,19 @@ use std::time::Duration;
 
 use prost::Message;
 use prost_types::Any;
+use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
+use weft_proto::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use weft_proto::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
 use weft_proto::istio::workload::{
     self, GatewayAddress, NetworkAddress, address::Type, gateway_address::Destination,
 };
 use weft_xds::{DeltaAdsServer, ResourceStore, StoredResource, Target};
 
 use super::super::WorkloadStore;
+use super::Crowded;
 
 /// Well under [`super::ON_DEMAND_WAIT`]: an answer, not the bound, ends each wait.
 const ANSWERED_WITHIN: Duration = Duration::from_secs(3);
@@ -66,30 +72,56 @@ fn mesh() -> Vec<StoredResource> {
             ..Default::default()
         })),
     };
+    let external = workload::Address {
+        r#type: Some(Type::Service(workload::Service {
+            name: "api.example.com".into(),
+            namespace: "egress".into(),
+            hostname: "api.example.com".into(),
+            addresses: vec![NetworkAddress {
+                network: String::new(),
+                address: vec![240, 240, 0, 1],
+            }],
+            ..Default::default()
+        })),
+    };
     vec![
+        StoredResource::new("egress/api.example.com", packed(&external))
+            .with_aliases(vec!["/240.240.0.1".into(), "host:api.example.com".into()]),
         StoredResource::new("shop/cart.shop.svc.cluster.local", packed(&service))
             .with_aliases(vec!["/10.96.0.10".into(), "node:n2".into()]),
         workload(
             "cart-1",
             [10, 0, 1, 1],
-            &["/10.0.1.1", "/10.96.0.10", "node:n2"],
+            &[
+                "/10.0.1.1",
+                "/10.96.0.10",
+                "shop/cart.shop.svc.cluster.local",
+                "host:cart.shop.svc.cluster.local",
+                "node:n2",
+            ],
         ),
         workload("waypoint", [10, 0, 9, 9], &["/10.0.9.9", "node:n2"]),
         workload("client", [10, 0, 0, 1], &["/10.0.0.1", "node:n1"]),
     ]
 }
 
-#[tokio::test]
-async fn a_first_connection_fetches_the_destination_and_its_waypoint() {
-    let mut resources = ResourceStore::new();
-    resources.replace_type(weft_proto::ADDRESS_TYPE_URL, mesh());
+/// An on-demand store of node n1 fed by a real server of `resources`; the tasks to abort.
+async fn on_demand_store(resources: &ResourceStore) -> (WorkloadStore, [JoinHandle<()>; 2]) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(DeltaAdsServer::new(resources.reader()).into_service())
-            .serve_with_incoming(TcpListenerStream::new(listener)),
-    );
+    let reader = resources.reader();
+    let server = tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(DeltaAdsServer::new(reader).into_service())
+            .serve_with_incoming(TcpListenerStream::new(listener))
+            .await;
+    });
+    let (store, agent) = agent_of(address);
+    (store, [server, agent])
+}
+
+/// An on-demand store of node n1 and its client's task, asking the server at `address`.
+fn agent_of(address: std::net::SocketAddr) -> (WorkloadStore, JoinHandle<()>) {
     let store = WorkloadStore::new();
     let client = crate::xds::client(
         Target::address(&format!("http://{address}")).unwrap(),
@@ -98,7 +130,32 @@ async fn a_first_connection_fetches_the_destination_and_its_waypoint() {
         &store,
         true,
     );
-    let agent = tokio::spawn(client.run_until(std::future::pending()));
+    let agent = tokio::spawn(async move {
+        let _ = client.run_until(std::future::pending()).await;
+    });
+    (store, agent)
+}
+
+/// Waits, bounded, until `check` holds of the store (woken by its changes).
+async fn until(store: &WorkloadStore, check: impl Fn(&WorkloadStore) -> bool) -> bool {
+    let mut changes = store.subscribe();
+    tokio::time::timeout(ANSWERED_WITHIN, async {
+        while !check(store) {
+            if changes.changed().await.is_err() {
+                return false;
+            }
+        }
+        true
+    })
+    .await
+    .unwrap_or(false)
+}
+
+#[tokio::test]
+async fn a_first_connection_fetches_the_destination_and_its_waypoint() {
+    let mut resources = ResourceStore::new();
+    resources.replace_type(weft_proto::ADDRESS_TYPE_URL, mesh());
+    let (store, tasks) = on_demand_store(&resources).await;
 
     // Up front: the node's own pod, nothing of node n2.
     assert!(
@@ -112,21 +169,249 @@ async fn a_first_connection_fetches_the_destination_and_its_waypoint() {
     assert!(store.workload_by_ip(ip([10, 0, 9, 9])).is_none());
 
     // The service's VIP: the service, its endpoint and its waypoint.
-    tokio::time::timeout(
+    let _lease = tokio::time::timeout(
         ANSWERED_WITHIN,
         store.fetch_destination(ip([10, 96, 0, 10])),
     )
     .await
-    .expect("answered, not waited out");
+    .expect("answered, not waited out")
+    .expect("not crowded");
     assert!(store.service_by_vip(ip([10, 96, 0, 10])).is_some());
     assert!(store.workload_by_uid("cart-1").is_some());
     assert!(store.workload_by_ip(ip([10, 0, 9, 9])).is_some());
 
     // An address nobody holds is answered as such, and stays unknown.
-    tokio::time::timeout(ANSWERED_WITHIN, store.fetch_destination(ip([10, 9, 9, 9])))
+    let _nothing =
+        tokio::time::timeout(ANSWERED_WITHIN, store.fetch_destination(ip([10, 9, 9, 9])))
+            .await
+            .expect("answered, not waited out")
+            .expect("not crowded");
+    assert!(store.workload_by_ip(ip([10, 9, 9, 9])).is_none());
+    tasks.iter().for_each(JoinHandle::abort);
+}
+
+#[tokio::test]
+async fn a_fetched_name_is_released_once_idle_and_never_while_a_connection_holds_it() {
+    let mut resources = ResourceStore::new();
+    resources.replace_type(weft_proto::ADDRESS_TYPE_URL, mesh());
+    let (store, tasks) = on_demand_store(&resources).await;
+    assert!(until(&store, |s| s.workload_by_uid("client").is_some()).await);
+    let vip = ip([10, 96, 0, 10]);
+    let lease = tokio::time::timeout(ANSWERED_WITHIN, store.fetch_destination(vip))
+        .await
+        .expect("answered")
+        .expect("not crowded");
+    assert!(store.service_by_vip(vip).is_some());
+
+    // An open connection holds what it uses, however long idle.
+    assert_eq!(store.release_idle(Duration::ZERO), 0);
+    drop(lease);
+    // Closed, it is used now: not idle for an hour yet.
+    assert_eq!(store.release_idle(Duration::from_secs(3600)), 0);
+    // Idle for its period: unsubscribed (the VIP and the waypoint's address), and the
+    // controller removes what only they covered.
+    assert_eq!(store.release_idle(Duration::ZERO), 2);
+    assert_eq!(store.on_demand_metrics.released_names.get(), 2);
+    assert!(
+        until(&store, |s| s.service_by_vip(vip).is_none()
+            && s.workload_by_uid("cart-1").is_none()
+            && s.workload_by_ip(ip([10, 0, 9, 9])).is_none())
+        .await,
+        "the released names' resources stayed"
+    );
+    assert!(
+        store.workload_by_uid("client").is_some(),
+        "the node's own stay"
+    );
+
+    // The next connection fetches it again.
+    let _lease = tokio::time::timeout(ANSWERED_WITHIN, store.fetch_destination(vip))
+        .await
+        .expect("answered")
+        .expect("not crowded");
+    assert!(store.service_by_vip(vip).is_some());
+    assert!(store.workload_by_uid("cart-1").is_some());
+    tasks.iter().for_each(JoinHandle::abort);
+}
+
+#[tokio::test]
+async fn a_dns_name_is_fetched_by_namespace_and_hostname_or_by_hostname_and_misses_remembered() {
+    let mut resources = ResourceStore::new();
+    resources.replace_type(weft_proto::ADDRESS_TYPE_URL, mesh());
+    let (store, tasks) = on_demand_store(&resources).await;
+    assert!(until(&store, |s| s.workload_by_uid("client").is_some()).await);
+    assert!(
+        store
+            .services_by_hostname("cart.shop.svc.cluster.local")
+            .is_empty()
+    );
+
+    let names = [
+        "shop/cart.shop.svc.cluster.local".to_string(),
+        "host:api.example.com".to_string(),
+        "host:nothing.example.com".to_string(),
+    ];
+    tokio::time::timeout(ANSWERED_WITHIN, store.fetch_hostnames(&names))
         .await
         .expect("answered, not waited out");
-    assert!(store.workload_by_ip(ip([10, 9, 9, 9])).is_none());
+    assert_eq!(
+        store
+            .services_by_hostname("cart.shop.svc.cluster.local")
+            .len(),
+        1
+    );
+    assert!(
+        store.workload_by_uid("cart-1").is_some(),
+        "with its endpoints"
+    );
+    assert_eq!(store.services_by_hostname("api.example.com").len(), 1);
+
+    let on_demand = store.demand.get().expect("on demand");
+    let used: Vec<String> = {
+        let mut used: Vec<String> = on_demand.used.lock().unwrap().keys().cloned().collect();
+        used.sort();
+        used
+    };
+    assert_eq!(
+        used,
+        ["host:api.example.com", "shop/cart.shop.svc.cluster.local"]
+    );
+    let misses: Vec<String> = on_demand.misses.lock().unwrap().keys().cloned().collect();
+    assert_eq!(misses, ["host:nothing.example.com"]);
+
+    // A connection to the VIP of a service fetched by name holds that name.
+    let lease = store
+        .fetch_destination(ip([10, 96, 0, 10]))
+        .await
+        .expect("not crowded");
+    assert!(
+        lease
+            .names
+            .contains(&"shop/cart.shop.svc.cluster.local".to_string())
+    );
+    assert_eq!(
+        store.release_idle(Duration::ZERO),
+        1,
+        "all but the held ones"
+    );
+    assert!(
+        until(&store, |s| s
+            .services_by_hostname("api.example.com")
+            .is_empty())
+        .await,
+        "the idle hostname stayed"
+    );
+    assert_eq!(
+        store
+            .services_by_hostname("cart.shop.svc.cluster.local")
+            .len(),
+        1
+    );
+    drop(lease);
+    tasks.iter().for_each(JoinHandle::abort);
+}
+
+/// A discovery server that takes every request and answers none, reporting each name
+/// subscribed: demands for one name pile up behind the first.
+struct SilentAds {
+    subscribed: tokio::sync::mpsc::UnboundedSender<String>,
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for SilentAds {
+    type DeltaAggregatedResourcesStream =
+        tokio_stream::wrappers::ReceiverStream<Result<DeltaDiscoveryResponse, tonic::Status>>;
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: tonic::Request<tonic::Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<tonic::Response<Self::DeltaAggregatedResourcesStream>, tonic::Status> {
+        let mut requests = request.into_inner();
+        let (responses, stream) = tokio::sync::mpsc::channel(1);
+        let subscribed = self.subscribed.clone();
+        tokio::spawn(async move {
+            let _responses = responses;
+            while let Ok(Some(request)) = requests.message().await {
+                for name in request.resource_names_subscribe {
+                    let _ = subscribed.send(name);
+                }
+            }
+        });
+        Ok(tonic::Response::new(
+            tokio_stream::wrappers::ReceiverStream::new(stream),
+        ))
+    }
+}
+
+/// Whether the silent server is asked for `wanted` within the bound.
+async fn saw(names: &mut tokio::sync::mpsc::UnboundedReceiver<String>, wanted: String) -> bool {
+    tokio::time::timeout(ANSWERED_WITHIN, async {
+        while let Some(name) = names.recv().await {
+            if name == wanted {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false)
+}
+
+#[tokio::test]
+async fn connections_beyond_the_waiters_bound_for_one_name_are_refused_and_counted() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (subscribed, mut names) = tokio::sync::mpsc::unbounded_channel();
+    let server = tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(AggregatedDiscoveryServiceServer::new(SilentAds {
+                subscribed,
+            }))
+            .serve_with_incoming(TcpListenerStream::new(listener))
+            .await;
+    });
+    let (store, agent) = agent_of(address);
+    assert!(
+        saw(&mut names, "node:n1".to_string()).await,
+        "the stream opened"
+    );
+
+    // Connections to one unknown address, in batches the demand queue takes whole; each
+    // batch is followed by a connection to another address, whose request reaching the
+    // server shows the client took the batch (the queue is in order).
+    let unknown = ip([10, 9, 9, 9]);
+    let mut waiting = Vec::new();
+    let (mut marker, mut waiters) = (0u8, 0);
+    while waiters < weft_xds::MAX_WAITERS_PER_NAME {
+        let batch = (weft_xds::MAX_WAITERS_PER_NAME - waiters).min(200);
+        waiters += batch;
+        for _ in 0..batch {
+            let store = store.clone();
+            waiting.push(tokio::spawn(async move {
+                store.fetch_destination(unknown).await.map(drop)
+            }));
+        }
+        marker += 1;
+        let other = ip([10, 8, 0, marker]);
+        let store = store.clone();
+        waiting.push(tokio::spawn(async move {
+            store.fetch_destination(other).await.map(drop)
+        }));
+        assert!(
+            saw(&mut names, weft_proto::address_subscription("", other)).await,
+            "batch {marker} was not taken"
+        );
+    }
+    // Markers wait for their own names: the unknown address has its full count of waiters.
+    let refused = tokio::time::timeout(ANSWERED_WITHIN, store.fetch_destination(unknown))
+        .await
+        .expect("refused at once, not after the wait");
+    assert_eq!(refused.err(), Some(Crowded("/10.9.9.9".to_string())));
+    assert_eq!(store.on_demand_metrics.refused_connections.get(), 1);
+    for task in waiting {
+        assert!(!task.is_finished(), "a waiter was refused or answered");
+        task.abort();
+    }
     agent.abort();
     server.abort();
 }
