@@ -75,14 +75,8 @@ fn a_waypoint_logs_only_failing_requests_to_the_selected_json_file() {
         },
     )
     .expect("start the mesh");
-    assert!(
-        mesh.eventually(Duration::from_secs(10), || mesh
-            .curl_with("client", &[&format!("http://{VIP}/ready")])
-            .status
-            == 200),
-        "the service is not reachable through the waypoint\n{}",
-        mesh.logs()
-    );
+    mesh.await_reachable("client", &format!("http://{VIP}/ready"))
+        .expect("the service is reachable through the waypoint");
     mesh.await_waypoint("waypoint", "a Telemetry selecting the JSON file", || {
         mesh.write_config("telemetry.yaml", FAILURES_ONLY)
     })

@@ -108,14 +108,8 @@ fn slow_request_through_the_waypoint(waypoint_env: &[(&str, &str)]) -> (Mesh, Ch
     )
     .expect("start the mesh");
     // The agents learn the service's waypoint from the controller.
-    assert!(
-        mesh.eventually(Duration::from_secs(10), || mesh
-            .curl_with("client", &[&format!("http://{VIP}/ready")])
-            .status
-            == 200),
-        "the service is not reachable through the waypoint\n{}",
-        mesh.logs()
-    );
+    mesh.await_reachable("client", &format!("http://{VIP}/ready"))
+        .expect("the service is reachable through the waypoint");
     assert!(!app_connected(&mesh, "reviews-v2"), "v2 served already");
     let slow = slow_request(&mesh, "client", &format!("http://{VIP}/slow?delay_ms=3000"));
     assert!(

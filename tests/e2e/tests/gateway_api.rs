@@ -75,14 +75,8 @@ fn an_http_route_attached_to_a_service_routes_through_the_waypoint() {
         },
     )
     .expect("start the mesh");
-    assert!(
-        mesh.eventually(Duration::from_secs(10), || mesh
-            .curl_with("client", &[&format!("http://{VIP}/ready")])
-            .status
-            == 200),
-        "the service is not reachable through the waypoint\n{}",
-        mesh.logs()
-    );
+    mesh.await_reachable("client", &format!("http://{VIP}/ready"))
+        .expect("the service is reachable through the waypoint");
     // Before the route, every version answers (the service's own balancing).
     let before = versions(&mesh, "/before", 60, &["-H", "end-user: jason"]);
     assert!(

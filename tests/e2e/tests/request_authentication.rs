@@ -94,14 +94,8 @@ fn tokens_are_checked_against_inline_keys_and_keys_a_pod_serves() {
     )
     .expect("start the mesh");
     let url = format!("http://{VIP}/jwt");
-    assert!(
-        mesh.eventually(Duration::from_secs(10), || mesh
-            .curl_with("client", &[&url])
-            .status
-            == 200),
-        "the service is not reachable through the waypoint\n{}",
-        mesh.logs()
-    );
+    mesh.await_reachable("client", &url)
+        .expect("the service is reachable through the waypoint");
 
     // Inline keys, and a claim condition.
     require_jwt(

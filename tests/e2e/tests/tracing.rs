@@ -179,14 +179,8 @@ fn the_waypoint_exports_a_span_per_sampled_request_and_propagates_its_context() 
     )
     .expect("start the mesh");
     let (receiver, _runtime) = start_receiver(&mesh, "otel-collector");
-    assert!(
-        mesh.eventually(Duration::from_secs(10), || mesh
-            .curl_with("client", &[&format!("http://{VIP}/ready")])
-            .status
-            == 200),
-        "the service is not reachable through the waypoint\n{}",
-        mesh.logs()
-    );
+    mesh.await_reachable("client", &format!("http://{VIP}/ready"))
+        .expect("the service is reachable through the waypoint");
 
     // An incoming sampled traceparent: the waypoint's span joins that trace as the caller's
     // child, and the app sees the waypoint's span as its parent.
@@ -412,14 +406,8 @@ fn a_telemetry_attached_to_a_service_samples_that_service_only_at_the_waypoint()
     .expect("start the mesh");
     let (receiver, _runtime) = start_receiver(&mesh, "otel-collector");
     for vip in [VIP, RATINGS_VIP] {
-        assert!(
-            mesh.eventually(Duration::from_secs(10), || mesh
-                .curl_with("client", &[&format!("http://{vip}/ready")])
-                .status
-                == 200),
-            "{vip} is not reachable through the waypoint\n{}",
-            mesh.logs()
-        );
+        mesh.await_reachable("client", &format!("http://{vip}/ready"))
+            .expect("the service is reachable through the waypoint");
     }
     mesh.await_waypoint("waypoint", "a Telemetry attached to reviews", || {
         mesh.write_config("reviews-telemetry.yaml", REVIEWS_NO_SAMPLING)

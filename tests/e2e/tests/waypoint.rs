@@ -59,14 +59,8 @@ fn mesh_with_files(extra: &str, config_files: Vec<(String, String)>) -> Mesh {
     .expect("start the mesh");
     // The agents learn the service's waypoint from the controller; wait until traffic to the
     // service reaches a pod through it.
-    assert!(
-        mesh.eventually(Duration::from_secs(10), || mesh
-            .curl_with("client", &[&format!("http://{VIP}/ready")])
-            .status
-            == 200),
-        "the service is not reachable through the waypoint\n{}",
-        mesh.logs()
-    );
+    mesh.await_reachable("client", &format!("http://{VIP}/ready"))
+        .expect("the service is reachable through the waypoint");
     mesh
 }
 
