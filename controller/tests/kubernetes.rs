@@ -523,7 +523,7 @@ async fn the_webhook_refuses_bad_configuration_over_tls_trusted_through_the_bund
     // A good one with a field Weft does not apply: allowed, with that warning.
     let good = json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
         "metadata": {"name": "reviews", "namespace": "shop"},
-        "spec": {"host": "reviews", "trafficPolicy": {"loadBalancer": {"simple": "ROUND_ROBIN", "warmupDurationSecs": "60s"}}}});
+        "spec": {"host": "reviews", "trafficPolicy": {"connectionPool": {"http": {"h2UpgradePolicy": "UPGRADE"}}}}});
     let answer = post_review(
         webhook,
         &bundle_pem,
@@ -534,7 +534,7 @@ async fn the_webhook_refuses_bad_configuration_over_tls_trusted_through_the_bund
     let warnings = answer["response"]["warnings"].as_array().unwrap();
     assert!(
         warnings[0].as_str().unwrap().starts_with(
-            "DestinationRule shop/reviews: spec.trafficPolicy.loadBalancer.warmupDurationSecs: accepted but not applied"
+            "DestinationRule shop/reviews: spec.trafficPolicy.connectionPool.http.h2UpgradePolicy: accepted but not applied"
         ),
         "{warnings:?}"
     );
