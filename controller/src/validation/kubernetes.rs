@@ -15,6 +15,24 @@ pub fn pod(pod: &Pod, findings: &mut Findings) {
         findings.error("spec", "pod spec is required");
         return;
     };
+    // Kubernetes' `ValidateServiceAccountName`: the account names the workload's SPIFFE
+    // identity, so a name Kubernetes itself would refuse never reaches a proxy.
+    for (field, account) in [
+        ("spec.serviceAccountName", &spec.service_account_name),
+        ("spec.serviceAccount", &spec.service_account),
+    ] {
+        if let Some(account) = account
+            && !account.is_empty()
+            && !is_dns1123_subdomain(account)
+        {
+            findings.error(
+                field,
+                format!(
+                    "invalid service account name {account:?}: it must be a lower-case RFC 1123 subdomain"
+                ),
+            );
+        }
+    }
     if spec.containers.is_empty() {
         findings.error("spec.containers", "a pod must have at least one container");
     }
