@@ -16,20 +16,6 @@ use crate::{build_ebpf, images, is_root, run_command, setup, step, workspace_roo
 #[path = "../../tests/e2e/src/scenarios.rs"]
 mod scenarios;
 
-/// The binaries the demo runs (the `dev` profile, shared with `cargo xtask test`).
-const BINARIES: &[&str] = &[
-    "demo",
-    "controller",
-    "node-agent",
-    "waypoint",
-    "sample-app",
-    "mesh-client",
-];
-
-/// The further binaries the containerd runtime runs from images (the node agent's image carries
-/// the CNI plugin and its node daemon; every sandbox runs the pause image).
-const IMAGE_BINARIES: &[&str] = &["weft-cni", "weft-cni-node", "pause"];
-
 /// Where the demo's pods run (the demo binary's `--runtime`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Runtime {
@@ -75,14 +61,16 @@ pub fn run(runtime: Runtime, scenario: Option<&str>, no_wait: bool) -> anyhow::R
     step(
         "demo: building the controller, node agent, waypoint and sample app (first time: several minutes)",
     );
-    let mut build = Command::new("cargo");
-    build.arg("build").current_dir(&root);
+    // Every binary of the workspace, exactly as `cargo xtask test` builds them: a narrower
+    // selection unifies the dependencies' features differently and rebuilds half the tree
+    // beside the test build (the demo runs the controller, node agent, waypoint, sample app
+    // and mesh client; containerd also the CNI plugin, its node daemon and the pause image).
+    run_command(
+        Command::new("cargo")
+            .args(["build", "--workspace", "--bins"])
+            .current_dir(&root),
+    )?;
     let images = runtime == Runtime::Containerd;
-    let extra = if images { IMAGE_BINARIES } else { &[] };
-    for binary in BINARIES.iter().chain(extra) {
-        build.args(["--bin", binary]);
-    }
-    run_command(&mut build)?;
     if images {
         step("demo: container images of the debug binaries");
         images::package(false)?;
