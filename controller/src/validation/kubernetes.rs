@@ -8,29 +8,23 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::Findings;
 use super::common::check_port;
-use super::names::{is_dns1123_subdomain, is_ip, is_k8s_dns1123_label};
+use super::names::{is_dns1123_subdomain, is_ip, is_k8s_dns1123_label, validate_service_account};
 
 pub fn pod(pod: &Pod, findings: &mut Findings) {
     let Some(spec) = &pod.spec else {
         findings.error("spec", "pod spec is required");
         return;
     };
-    // Kubernetes' `ValidateServiceAccountName`: the account names the workload's SPIFFE
-    // identity, so a name Kubernetes itself would refuse never reaches a proxy.
+    // The account names the workload's SPIFFE identity: a name Kubernetes itself would refuse
+    // never reaches a proxy.
     for (field, account) in [
         ("spec.serviceAccountName", &spec.service_account_name),
         ("spec.serviceAccount", &spec.service_account),
     ] {
         if let Some(account) = account
             && !account.is_empty()
-            && !is_dns1123_subdomain(account)
         {
-            findings.error(
-                field,
-                format!(
-                    "invalid service account name {account:?}: it must be a lower-case RFC 1123 subdomain"
-                ),
-            );
+            findings.check(field, validate_service_account(account));
         }
     }
     if spec.containers.is_empty() {

@@ -32,6 +32,18 @@ pub fn is_dns1123_subdomain(value: &str) -> bool {
     value.len() <= DNS1123_SUBDOMAIN_MAX && value.split('.').all(is_k8s_dns1123_label)
 }
 
+/// Kubernetes' `ValidateServiceAccountName`: a service account is a Kubernetes object, so its
+/// name is an RFC 1123 subdomain. The name becomes a segment of the workload's SPIFFE identity.
+pub fn validate_service_account(name: &str) -> Result<(), String> {
+    if is_dns1123_subdomain(name) {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid service account name {name:?}: it must be a lower-case RFC 1123 subdomain"
+        ))
+    }
+}
+
 /// Istio's `labels.IsWildcardDNS1123Label`: `*`, or a label optionally prefixed with `*` or
 /// `*-` (`*foo`, `*-foo`).
 pub fn is_wildcard_dns1123_label(value: &str) -> bool {

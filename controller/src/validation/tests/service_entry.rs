@@ -86,6 +86,15 @@ fn service_entry_rules() {
             "endpoint port 5432 is not defined by the service entry",
         ),
         bad(
+            "endpoint service account no Kubernetes ServiceAccount can have",
+            "stricter than Istio: the account is a segment of the SPIFFE identity",
+            se(
+                "{hosts: [db.internal], addresses: [10.1.0.0/16], ports: [{number: 5432, name: tcp, protocol: TCP}], resolution: STATIC, endpoints: [{address: 10.1.2.3, serviceAccount: 'Db'}]}",
+            ),
+            "spec.endpoints[0].serviceAccount",
+            "invalid service account name",
+        ),
+        bad(
             "dns endpoint port not declared",
             "ValidateServiceEntry: DNS endpoints",
             se(
@@ -315,6 +324,13 @@ fn workload_entry_rules() {
             we("{network: remote}"),
             "spec.address",
             "address is unset with network",
+        ),
+        bad(
+            "service account no Kubernetes ServiceAccount can have",
+            "stricter than Istio: the account is a segment of the SPIFFE identity",
+            we("{address: 10.0.0.5, serviceAccount: 'db{'}"),
+            "spec.serviceAccount",
+            "invalid service account name",
         ),
         bad(
             "nothing",
