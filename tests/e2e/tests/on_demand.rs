@@ -220,3 +220,91 @@ fn a_pods_dns_query_fetches_a_service_of_another_node_and_an_idle_name_is_fetche
         0
     );
 }
+
+/// A ServiceEntry whose VIP nothing holds before it is written.
+const EXTERNAL_VIP: &str = "10.96.200.10";
+const EXTERNAL_HOST: &str = "api.payments.example";
+
+fn external_service_entry(endpoint: &str) -> String {
+    format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: payments-api, namespace: shop}}
+spec:
+  hosts: [{EXTERNAL_HOST}]
+  addresses: [{EXTERNAL_VIP}]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports:
+  - {{number: 80, name: http, protocol: HTTP}}
+  endpoints:
+  - {{address: {endpoint}, ports: {{http: 8080}}}}
+"#
+    )
+}
+
+#[test]
+fn connections_to_an_unknown_address_ask_once_and_a_service_entry_created_there_is_reached_at_once()
+{
+    let mesh = Mesh::start(
+        vec![
+            PodSpec::client("client", "node1", "shop"),
+            PodSpec::app("payments", "node2", "shop", "payments", "v1").outside_cluster(),
+        ],
+        MeshOptions {
+            agent_env: vec![("XDS_ON_DEMAND".into(), "true".into())],
+            ..MeshOptions::default()
+        },
+    )
+    .expect("start the mesh");
+    // Refused at once while the address is unknown (not a passthrough into nowhere).
+    mesh.set_mesh_config("outboundTrafficPolicy:\n  mode: REGISTRY_ONLY\n")
+        .unwrap();
+    mesh.await_agents("REGISTRY_ONLY", |state| {
+        state["outbound_traffic_policy"] == "REGISTRY_ONLY"
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
+
+    // The first connection asks the controller, which holds nothing there; the next ones
+    // are refused from the remembered miss, without asking.
+    const CONNECTIONS: u64 = 5;
+    let url = format!("http://{EXTERNAL_VIP}/egress");
+    for _ in 0..CONNECTIONS {
+        let (status, body) = mesh.curl("client", &url);
+        assert_eq!(status, 0, "an unknown address was reached: {body}");
+    }
+    assert_eq!(
+        counter(
+            &mesh.metrics("node1"),
+            "weft_on_demand_address_miss_hits_total"
+        ),
+        CONNECTIONS - 1,
+        "every connection but the first was to be served from the miss"
+    );
+
+    // A ServiceEntry created at the address is pushed to the agent (the miss stayed
+    // subscribed) with no connection asking, well before the miss's 30 s run out, and the
+    // next connection reaches its endpoint.
+    let endpoint = mesh.pod("payments").ip.to_string();
+    mesh.write_config("30-payments.yaml", &external_service_entry(&endpoint))
+        .unwrap();
+    assert!(
+        mesh.eventually(Duration::from_secs(10), || held(&mesh, "node1")
+            .1
+            .contains(&format!("shop/{EXTERNAL_HOST}"))),
+        "the ServiceEntry was not pushed to the remembered miss: {:?}\n{}",
+        held(&mesh, "node1"),
+        mesh.logs()
+    );
+    let (status, body) = mesh.curl("client", &url);
+    assert_eq!(status, 200, "{body}\n{}", mesh.logs());
+    assert!(body.contains("\"pod\":\"payments\""), "{body}");
+    assert_eq!(
+        counter(
+            &mesh.metrics("node1"),
+            "weft_on_demand_address_miss_hits_total"
+        ),
+        CONNECTIONS - 1,
+        "the held address was served from the store"
+    );
+}

@@ -4,6 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
+use futures::FutureExt;
 use prost::Message;
 use prost_types::Any;
 use tokio::task::JoinHandle;
@@ -308,6 +309,143 @@ async fn a_dns_name_is_fetched_by_namespace_and_hostname_or_by_hostname_and_miss
         1
     );
     drop(lease);
+    tasks.iter().for_each(JoinHandle::abort);
+}
+
+/// A ServiceEntry-like service `hostname` in namespace `egress` at `vip`, going by it.
+fn external_service(hostname: &str, vip: [u8; 4]) -> StoredResource {
+    let message = workload::Address {
+        r#type: Some(Type::Service(workload::Service {
+            name: hostname.into(),
+            namespace: "egress".into(),
+            hostname: hostname.into(),
+            addresses: vec![NetworkAddress {
+                network: String::new(),
+                address: vip.to_vec(),
+            }],
+            ..Default::default()
+        })),
+    };
+    let vip = ip(vip);
+    StoredResource::new(format!("egress/{hostname}"), packed(&message)).with_aliases(vec![
+        weft_proto::address_subscription("", vip),
+        format!("host:{hostname}"),
+    ])
+}
+
+#[tokio::test]
+async fn an_address_answered_absent_is_not_asked_again_until_the_controller_pushes_it() {
+    let mut resources = ResourceStore::new();
+    resources.replace_type(weft_proto::ADDRESS_TYPE_URL, mesh());
+    let (store, tasks) = on_demand_store(&resources).await;
+    assert!(until(&store, |s| s.workload_by_uid("client").is_some()).await);
+    let on_demand = store.demand.get().expect("on demand");
+    let unknown = ip([203, 0, 113, 7]);
+    let name = weft_proto::address_subscription("", unknown);
+
+    // The first connection asks and is answered "nothing there": remembered.
+    let _lease = tokio::time::timeout(ANSWERED_WITHIN, store.fetch_destination(unknown))
+        .await
+        .expect("answered")
+        .expect("not crowded");
+    assert!(on_demand.remembers_miss(&name));
+    assert_eq!(store.on_demand_metrics.address_miss_hits.get(), 0);
+    // The next ones do not ask (each returns at once, counted).
+    for _ in 0..10 {
+        let _lease = store
+            .fetch_destination(unknown)
+            .now_or_never()
+            .expect("served from the miss, not asked")
+            .expect("not crowded");
+    }
+    assert_eq!(store.on_demand_metrics.address_miss_hits.get(), 10);
+
+    // A ServiceEntry created at the address is pushed (the miss stayed subscribed) and
+    // served at once, not after the miss's memory.
+    let mut later = mesh();
+    later.push(external_service("new.example.com", [203, 0, 113, 7]));
+    resources.replace_type(weft_proto::ADDRESS_TYPE_URL, later);
+    assert!(
+        until(&store, |s| s.service_by_vip(unknown).is_some()).await,
+        "the new service was not pushed to the remembered miss"
+    );
+    let _lease = store
+        .fetch_destination(unknown)
+        .now_or_never()
+        .expect("held, not asked")
+        .expect("not crowded");
+    assert_eq!(store.on_demand_metrics.address_miss_hits.get(), 10);
+    // The sweep turns it into a fetched name, idling out like any.
+    assert_eq!(store.release_idle(Duration::from_secs(3600)), 0);
+    assert!(!on_demand.misses.lock().unwrap().contains_key(&name));
+    assert!(on_demand.used.lock().unwrap().contains_key(&name));
+    tasks.iter().for_each(JoinHandle::abort);
+}
+
+#[tokio::test]
+async fn misses_are_bounded_and_unsubscribed_once_their_memory_runs_out() {
+    let mut resources = ResourceStore::new();
+    resources.replace_type(weft_proto::ADDRESS_TYPE_URL, mesh());
+    let (store, tasks) = on_demand_store(&resources).await;
+    assert!(until(&store, |s| s.workload_by_uid("client").is_some()).await);
+    let on_demand = store.demand.get().expect("on demand");
+    let unknown = ip([203, 0, 113, 8]);
+    let name = weft_proto::address_subscription("", unknown);
+    let _lease = tokio::time::timeout(ANSWERED_WITHIN, store.fetch_destination(unknown))
+        .await
+        .expect("answered")
+        .expect("not crowded");
+    assert!(on_demand.remembers_miss(&name));
+
+    // Its memory ran out: the sweep unsubscribes it, and what appears there later is not
+    // pushed; the next connection asks again.
+    on_demand
+        .misses
+        .lock()
+        .unwrap()
+        .insert(name.clone(), tokio::time::Instant::now());
+    assert!(!on_demand.remembers_miss(&name));
+    store.release_idle(Duration::from_secs(3600));
+    assert!(on_demand.misses.lock().unwrap().is_empty());
+    // A demand after the release is answered after the server took the release (one
+    // stream, in order).
+    let _barrier = tokio::time::timeout(
+        ANSWERED_WITHIN,
+        store.fetch_destination(ip([10, 96, 0, 10])),
+    )
+    .await
+    .expect("answered")
+    .expect("not crowded");
+    assert!(store.service_by_vip(ip([10, 96, 0, 10])).is_some());
+    let mut later = mesh();
+    later.push(external_service("late.example.com", [203, 0, 113, 8]));
+    resources.replace_type(weft_proto::ADDRESS_TYPE_URL, later);
+    assert!(
+        !until(&store, |s| s.service_by_vip(unknown).is_some()).await,
+        "an expired miss stayed subscribed"
+    );
+    let _lease = tokio::time::timeout(ANSWERED_WITHIN, store.fetch_destination(unknown))
+        .await
+        .expect("answered")
+        .expect("not crowded");
+    assert!(store.service_by_vip(unknown).is_some(), "asked again");
+    assert_eq!(store.on_demand_metrics.address_miss_hits.get(), 0);
+
+    // At the bound, a new miss is not remembered (and not kept subscribed).
+    {
+        let far = tokio::time::Instant::now() + Duration::from_secs(3600);
+        let mut misses = on_demand.misses.lock().unwrap();
+        for n in 0..super::MAX_MISSES {
+            misses.insert(format!("host:filler{n}.example.com"), far);
+        }
+    }
+    let other = ip([203, 0, 113, 9]);
+    let _lease = tokio::time::timeout(ANSWERED_WITHIN, store.fetch_destination(other))
+        .await
+        .expect("answered")
+        .expect("not crowded");
+    assert!(!on_demand.remembers_miss(&weft_proto::address_subscription("", other)));
+    assert_eq!(on_demand.misses.lock().unwrap().len(), super::MAX_MISSES);
     tasks.iter().for_each(JoinHandle::abort);
 }
 
