@@ -110,8 +110,13 @@ fn address_query(packet: &[u8]) -> Option<Message> {
         .then_some(query)
 }
 
-/// Names asked for on demand per query, at most.
+/// Names asked for on demand per query, at most, besides the wildcards.
 const MAX_DEMAND_NAMES: usize = 4;
+
+/// Wildcard hosts asked for on demand per query, at most: those of the name's parents of 2 to
+/// 5 labels (`*.example.com` up to `*.a.b.c.example.com`). A wildcard ServiceEntry host with
+/// a longer suffix is answered only once the agent holds it.
+const MAX_WILDCARD_DEMANDS: usize = 4;
 
 /// What an on-demand agent asks the controller for to answer `packet` from a pod of
 /// `namespace` when the store holds none of the names it may mean: the name as asked and,
@@ -122,7 +127,11 @@ const MAX_DEMAND_NAMES: usize = 4;
 /// `pod.name.ns.svc.<domain>`, by its service); another name with a dot by
 /// `host:<name>` (a ServiceEntry host, whose namespace the query does not tell); names
 /// under the cluster domain in no Kubernetes form, and single labels, are not asked for.
-/// At most [`MAX_DEMAND_NAMES`]; none for a query [`reply`] forwards unread.
+/// At most [`MAX_DEMAND_NAMES`]; none for a query [`reply`] forwards unread. A name asked by
+/// its hostname is asked for with the wildcard hosts that may cover it too (`host:*.<parent>`,
+/// the controller's `host:` alias of a wildcard ServiceEntry host, as Istio's DNS proxy looks
+/// up `*.<parent>` for each parent of a name it does not hold, `pkg/dns/client/dns.go`
+/// `lookupHost`), at most [`MAX_WILDCARD_DEMANDS`].
 pub fn demand_names(packet: &[u8], namespace: &str, domain: &str) -> Vec<String> {
     let Some(query) = address_query(packet) else {
         return Vec::new();
@@ -140,7 +149,25 @@ pub fn demand_names(packet: &[u8], namespace: &str, domain: &str) -> Vec<String>
             names.push(name);
         }
     }
+    if names.contains(&weft_proto::hostname_subscription(&requested)) {
+        names.extend(wildcard_demand_names(&requested, domain));
+    }
     names
+}
+
+/// The wildcard hosts that may cover `name` and the controller may hold, by their `host:`
+/// names, most specific first: those of its parents of 2 to [`MAX_WILDCARD_DEMANDS`] + 1
+/// labels, outside the cluster domain.
+fn wildcard_demand_names(name: &str, domain: &str) -> Vec<String> {
+    let labels = name.split('.').count();
+    with_wildcards(name)
+        .into_iter()
+        .enumerate()
+        .skip(1)
+        // The wildcard after the n-th label covers a parent of `labels - n` labels.
+        .filter(|(n, _)| (2..=MAX_WILDCARD_DEMANDS + 1).contains(&(labels - n)))
+        .filter_map(|(_, (wildcard, _))| demand_name(&wildcard, domain))
+        .collect()
 }
 
 /// The name the controller knows what `name` means by, if it may mean a service.

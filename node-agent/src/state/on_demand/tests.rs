@@ -449,6 +449,59 @@ async fn misses_are_bounded_and_unsubscribed_once_their_memory_runs_out() {
     tasks.iter().for_each(JoinHandle::abort);
 }
 
+#[tokio::test]
+async fn a_dns_query_fetches_the_wildcard_service_entry_host_covering_it() {
+    use hickory_proto::op::{Message as DnsMessage, Query};
+    use hickory_proto::rr::{Name, RData, RecordType};
+    use std::str::FromStr;
+
+    let mut resources = ResourceStore::new();
+    let mut mesh_with_wildcard = mesh();
+    // As the controller names a wildcard ServiceEntry host: by `host:*.<suffix>`.
+    mesh_with_wildcard.push(external_service("*.wild.example", [240, 240, 0, 9]));
+    resources.replace_type(weft_proto::ADDRESS_TYPE_URL, mesh_with_wildcard);
+    let (store, tasks) = on_demand_store(&resources).await;
+    assert!(until(&store, |s| s.workload_by_uid("client").is_some()).await);
+
+    let mut message = DnsMessage::query();
+    message.add_query(Query::query(
+        Name::from_str("api.wild.example.").unwrap(),
+        RecordType::A,
+    ));
+    let packet = message.to_vec().unwrap();
+    let reply = || crate::dns_proxy::reply(&store, "shop", "cluster.local", &packet);
+    assert_eq!(reply(), crate::dns_proxy::Reply::Forward, "held up front");
+
+    let names = crate::dns_proxy::demand_names(&packet, "shop", "cluster.local");
+    assert!(
+        names.contains(&"host:*.wild.example".to_string()),
+        "{names:?}"
+    );
+    tokio::time::timeout(ANSWERED_WITHIN, store.fetch_hostnames(&names))
+        .await
+        .expect("answered, not waited out");
+    let crate::dns_proxy::Reply::Answer(answer) = reply() else {
+        panic!("the wildcard host was not fetched");
+    };
+    let answer = DnsMessage::from_vec(&answer).unwrap();
+    assert_eq!(answer.answers.len(), 1);
+    assert!(
+        matches!(&answer.answers[0].data, RData::A(a) if a.0 == Ipv4Addr::new(240, 240, 0, 9)),
+        "{answer:?}"
+    );
+    let on_demand = store.demand.get().expect("on demand");
+    assert!(
+        on_demand
+            .used
+            .lock()
+            .unwrap()
+            .contains_key("host:*.wild.example")
+    );
+    // The literal name was a miss.
+    assert!(on_demand.remembers_miss("host:api.wild.example"));
+    tasks.iter().for_each(JoinHandle::abort);
+}
+
 /// A discovery server that takes every request and answers none, reporting each name
 /// subscribed: demands for one name pile up behind the first.
 struct SilentAds {
