@@ -373,13 +373,12 @@ impl WorkloadStore {
     fn settle(&self, on_demand: &OnDemand, name: &str) {
         if self.holds_name(name) {
             on_demand.record(name);
-        } else if !on_demand.missed(name, Instant::now() + MISS_MEMORY) {
-            if let Err(error) = on_demand
+        } else if !on_demand.missed(name, Instant::now() + MISS_MEMORY)
+            && let Err(error) = on_demand
                 .demand
                 .release(ADDRESS_TYPE_URL, vec![name.to_owned()])
-            {
-                tracing::debug!(%name, %error, "a miss left subscribed");
-            }
+        {
+            tracing::debug!(%name, %error, "a miss left subscribed");
         }
     }
 
