@@ -322,28 +322,29 @@ fn an_on_demand_agent_asks_for_the_names_a_query_may_mean() {
         demand_names(&query(name, record_type), "shop", "cluster.local")
     };
     let cases: [(&str, RecordType, &[&str]); 12] = [
-        // A Kubernetes Service by istiod's key, however completed.
+        // A Kubernetes Service by its hostname (covering a ServiceEntry declaring it in
+        // any namespace), however completed.
         (
             "cart.shop.svc.cluster.local",
             RecordType::A,
-            &["shop/cart.shop.svc.cluster.local"],
+            &["host:cart.shop.svc.cluster.local"],
         ),
         (
             "ledger.bank.svc.cluster.local.",
             RecordType::AAAA,
-            &["bank/ledger.bank.svc.cluster.local"],
+            &["host:ledger.bank.svc.cluster.local"],
         ),
-        ("cart", RecordType::A, &["shop/cart.shop.svc.cluster.local"]),
+        ("cart", RecordType::A, &["host:cart.shop.svc.cluster.local"]),
         (
             "ledger.bank",
             RecordType::A,
-            &["host:ledger.bank", "bank/ledger.bank.svc.cluster.local"],
+            &["host:ledger.bank", "host:ledger.bank.svc.cluster.local"],
         ),
         // A headless service's pod: its service.
         (
             "db-0.db.bank.svc.cluster.local",
             RecordType::A,
-            &["bank/db.bank.svc.cluster.local"],
+            &["host:db.bank.svc.cluster.local"],
         ),
         // Any other name by its hostname (a ServiceEntry host, of any namespace), with the
         // wildcard hosts that may cover it, of 2 to 5 labels after the `*`.
@@ -367,7 +368,7 @@ fn an_on_demand_agent_asks_for_the_names_a_query_may_mean() {
         (
             "example.com",
             RecordType::A,
-            &["host:example.com", "com/example.com.svc.cluster.local"],
+            &["host:example.com", "host:example.com.svc.cluster.local"],
         ),
         // Under the cluster domain in no Kubernetes form, a single label with no
         // completion, another type: nothing to ask.

@@ -502,6 +502,47 @@ async fn a_dns_query_fetches_the_wildcard_service_entry_host_covering_it() {
     tasks.iter().for_each(JoinHandle::abort);
 }
 
+#[tokio::test]
+async fn a_dns_query_fetches_a_service_entry_declaring_a_kubernetes_host_of_another_namespace() {
+    use hickory_proto::op::{Message as DnsMessage, Query};
+    use hickory_proto::rr::{Name, RData, RecordType};
+    use std::str::FromStr;
+
+    // Declared in namespace `egress`, its host names namespace `b`.
+    let mut resources = ResourceStore::new();
+    let mut with_entry = mesh();
+    with_entry.push(external_service(
+        "foo.b.svc.cluster.local",
+        [240, 240, 0, 10],
+    ));
+    resources.replace_type(weft_proto::ADDRESS_TYPE_URL, with_entry);
+    let (store, tasks) = on_demand_store(&resources).await;
+    assert!(until(&store, |s| s.workload_by_uid("client").is_some()).await);
+
+    let mut message = DnsMessage::query();
+    message.add_query(Query::query(
+        Name::from_str("foo.b.svc.cluster.local.").unwrap(),
+        RecordType::A,
+    ));
+    let packet = message.to_vec().unwrap();
+    let names = crate::dns_proxy::demand_names(&packet, "shop", "cluster.local");
+    tokio::time::timeout(ANSWERED_WITHIN, store.fetch_hostnames(&names))
+        .await
+        .expect("answered, not waited out");
+    let crate::dns_proxy::Reply::Answer(answer) =
+        crate::dns_proxy::reply(&store, "shop", "cluster.local", &packet)
+    else {
+        panic!("the ServiceEntry was not fetched by {names:?}");
+    };
+    let answer = DnsMessage::from_vec(&answer).unwrap();
+    assert!(
+        matches!(&answer.answers[..], [record] if matches!(&record.data,
+            RData::A(a) if a.0 == Ipv4Addr::new(240, 240, 0, 10))),
+        "{answer:?}"
+    );
+    tasks.iter().for_each(JoinHandle::abort);
+}
+
 /// A discovery server that takes every request and answers none, reporting each name
 /// subscribed: demands for one name pile up behind the first.
 struct SilentAds {
