@@ -118,6 +118,29 @@ fn counter(metrics: &str, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// A wildcard host, and a Kubernetes host declared in namespace `egress` for namespace
+/// `bank`.
+const ENTRIES: &str = r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: payments-wildcard, namespace: egress}
+spec:
+  hosts: ["*.payments.example"]
+  addresses: [10.96.200.20]
+  location: MESH_EXTERNAL
+  resolution: NONE
+  ports: [{number: 80, name: http, protocol: HTTP}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ledger, namespace: egress}
+spec:
+  hosts: [ledger.bank.svc.cluster.local]
+  addresses: [10.96.200.21]
+  location: MESH_EXTERNAL
+  resolution: NONE
+  ports: [{number: 80, name: http, protocol: HTTP}]
+"#;
+
 #[test]
 fn a_pods_dns_query_fetches_a_service_of_another_node_and_an_idle_name_is_fetched_again() {
     let mesh = Mesh::start(
@@ -212,6 +235,33 @@ fn a_pods_dns_query_fetches_a_service_of_another_node_and_an_idle_name_is_fetche
     }));
     assert_eq!(mesh.resolve("client", &resolv, "cart.shop"), vec![vip]);
     assert_eq!(held(&mesh, "node1").1, [CART_KEY]);
+
+    // A wildcard ServiceEntry host answers a name under it, and a ServiceEntry declaring a
+    // Kubernetes host of another namespace answers that host: both fetched at the query
+    // (the upstream resolver knows neither; a query before the controller loaded them is a
+    // miss, kept subscribed, so the entries are pushed as they appear).
+    mesh.write_config("30-entries.yaml", ENTRIES).unwrap();
+    let wildcard_vip: IpAddr = "10.96.200.20".parse().unwrap();
+    let ledger_vip: IpAddr = "10.96.200.21".parse().unwrap();
+    assert!(
+        mesh.eventually(Duration::from_secs(10), || mesh.resolve(
+            "client",
+            &resolv,
+            "api.payments.example"
+        ) == [wildcard_vip]),
+        "the wildcard host was not fetched\n{}",
+        mesh.logs()
+    );
+    assert!(
+        mesh.eventually(Duration::from_secs(10), || mesh.resolve(
+            "client",
+            &resolv,
+            "ledger.bank.svc.cluster.local"
+        ) == [ledger_vip]),
+        "the ServiceEntry of another namespace was not fetched\n{}",
+        mesh.logs()
+    );
+
     assert_eq!(
         counter(
             &mesh.metrics("node1"),
