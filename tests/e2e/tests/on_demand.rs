@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use weft_e2e::dns::UpstreamResolver;
-use weft_e2e::fixtures::{CART_SERVICE, DENY_CLIENT};
+use weft_e2e::fixtures::{CART_SERVICE, DENY_CLIENT, payments_service_entry};
 use weft_e2e::{Mesh, MeshOptions, PodSpec};
 
 const CART_KEY: &str = "shop/cart.shop.svc.cluster.local";
@@ -241,26 +241,19 @@ fn a_pods_dns_query_fetches_a_service_of_another_node_and_an_idle_name_is_fetche
     // (the upstream resolver knows neither; a query before the controller loaded them is a
     // miss, kept subscribed, so the entries are pushed as they appear).
     mesh.write_config("30-entries.yaml", ENTRIES).unwrap();
-    let wildcard_vip: IpAddr = "10.96.200.20".parse().unwrap();
-    let ledger_vip: IpAddr = "10.96.200.21".parse().unwrap();
-    assert!(
-        mesh.eventually(Duration::from_secs(10), || mesh.resolve(
-            "client",
-            &resolv,
-            "api.payments.example"
-        ) == [wildcard_vip]),
-        "the wildcard host was not fetched\n{}",
-        mesh.logs()
-    );
-    assert!(
-        mesh.eventually(Duration::from_secs(10), || mesh.resolve(
-            "client",
-            &resolv,
-            "ledger.bank.svc.cluster.local"
-        ) == [ledger_vip]),
-        "the ServiceEntry of another namespace was not fetched\n{}",
-        mesh.logs()
-    );
+    for (name, entry_vip) in [
+        ("api.payments.example", "10.96.200.20"),
+        ("ledger.bank.svc.cluster.local", "10.96.200.21"),
+    ] {
+        let entry_vip: IpAddr = entry_vip.parse().unwrap();
+        assert!(
+            mesh.eventually(Duration::from_secs(10), || mesh
+                .resolve("client", &resolv, name)
+                == [entry_vip]),
+            "{name} was not answered from its ServiceEntry\n{}",
+            mesh.logs()
+        );
+    }
 
     assert_eq!(
         counter(
@@ -274,24 +267,6 @@ fn a_pods_dns_query_fetches_a_service_of_another_node_and_an_idle_name_is_fetche
 /// A ServiceEntry whose VIP nothing holds before it is written.
 const EXTERNAL_VIP: &str = "10.96.200.10";
 const EXTERNAL_HOST: &str = "api.payments.example";
-
-fn external_service_entry(endpoint: &str) -> String {
-    format!(
-        r#"apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: payments-api, namespace: shop}}
-spec:
-  hosts: [{EXTERNAL_HOST}]
-  addresses: [{EXTERNAL_VIP}]
-  location: MESH_EXTERNAL
-  resolution: STATIC
-  ports:
-  - {{number: 80, name: http, protocol: HTTP}}
-  endpoints:
-  - {{address: {endpoint}, ports: {{http: 8080}}}}
-"#
-    )
-}
 
 #[test]
 fn connections_to_an_unknown_address_ask_once_and_a_service_entry_created_there_is_reached_at_once()
@@ -336,8 +311,11 @@ fn connections_to_an_unknown_address_ask_once_and_a_service_entry_created_there_
     // subscribed) with no connection asking, well before the miss's 30 s run out, and the
     // next connection reaches its endpoint.
     let endpoint = mesh.pod("payments").ip.to_string();
-    mesh.write_config("30-payments.yaml", &external_service_entry(&endpoint))
-        .unwrap();
+    mesh.write_config(
+        "30-payments.yaml",
+        &payments_service_entry(EXTERNAL_HOST, EXTERNAL_VIP, &endpoint),
+    )
+    .unwrap();
     assert!(
         mesh.eventually(Duration::from_secs(10), || held(&mesh, "node1")
             .1

@@ -333,22 +333,43 @@ fn external_service(hostname: &str, vip: [u8; 4]) -> StoredResource {
     ])
 }
 
-#[tokio::test]
-async fn an_address_answered_absent_is_not_asked_again_until_the_controller_pushes_it() {
+/// A connection to `ip` that waited for the controller's answer.
+async fn connect(store: &WorkloadStore, ip: IpAddr) -> super::DemandLease {
+    tokio::time::timeout(ANSWERED_WITHIN, store.fetch_destination(ip))
+        .await
+        .expect("answered, not waited out")
+        .expect("not crowded")
+}
+
+/// A server of [`mesh`] and an on-demand store of node n1 whose first connection to
+/// 203.0.113.`last` found nothing there: the server's resources, the store, the address
+/// and its demand name, the tasks.
+async fn store_with_a_miss(
+    last: u8,
+) -> (
+    ResourceStore,
+    WorkloadStore,
+    IpAddr,
+    String,
+    [JoinHandle<()>; 2],
+) {
     let mut resources = ResourceStore::new();
     resources.replace_type(weft_proto::ADDRESS_TYPE_URL, mesh());
     let (store, tasks) = on_demand_store(&resources).await;
     assert!(until(&store, |s| s.workload_by_uid("client").is_some()).await);
-    let on_demand = store.demand.get().expect("on demand");
-    let unknown = ip([203, 0, 113, 7]);
+    let unknown = ip([203, 0, 113, last]);
     let name = weft_proto::address_subscription("", unknown);
+    let _lease = connect(&store, unknown).await;
+    let on_demand = store.demand.get().expect("on demand");
+    assert!(on_demand.remembers_miss(&name), "not remembered");
+    (resources, store, unknown, name, tasks)
+}
 
-    // The first connection asks and is answered "nothing there": remembered.
-    let _lease = tokio::time::timeout(ANSWERED_WITHIN, store.fetch_destination(unknown))
-        .await
-        .expect("answered")
-        .expect("not crowded");
-    assert!(on_demand.remembers_miss(&name));
+#[tokio::test]
+async fn an_address_answered_absent_is_not_asked_again_until_the_controller_pushes_it() {
+    // The first connection asked and was answered "nothing there": remembered.
+    let (mut resources, store, unknown, name, tasks) = store_with_a_miss(7).await;
+    let on_demand = store.demand.get().expect("on demand");
     assert_eq!(store.on_demand_metrics.address_miss_hits.get(), 0);
     // The next ones do not ask (each returns at once, counted).
     for _ in 0..10 {
@@ -384,18 +405,8 @@ async fn an_address_answered_absent_is_not_asked_again_until_the_controller_push
 
 #[tokio::test]
 async fn misses_are_bounded_and_unsubscribed_once_their_memory_runs_out() {
-    let mut resources = ResourceStore::new();
-    resources.replace_type(weft_proto::ADDRESS_TYPE_URL, mesh());
-    let (store, tasks) = on_demand_store(&resources).await;
-    assert!(until(&store, |s| s.workload_by_uid("client").is_some()).await);
+    let (mut resources, store, unknown, name, tasks) = store_with_a_miss(8).await;
     let on_demand = store.demand.get().expect("on demand");
-    let unknown = ip([203, 0, 113, 8]);
-    let name = weft_proto::address_subscription("", unknown);
-    let _lease = tokio::time::timeout(ANSWERED_WITHIN, store.fetch_destination(unknown))
-        .await
-        .expect("answered")
-        .expect("not crowded");
-    assert!(on_demand.remembers_miss(&name));
 
     // Its memory ran out: the sweep unsubscribes it, and what appears there later is not
     // pushed; the next connection asks again.
@@ -409,13 +420,7 @@ async fn misses_are_bounded_and_unsubscribed_once_their_memory_runs_out() {
     assert!(on_demand.misses.lock().unwrap().is_empty());
     // A demand after the release is answered after the server took the release (one
     // stream, in order).
-    let _barrier = tokio::time::timeout(
-        ANSWERED_WITHIN,
-        store.fetch_destination(ip([10, 96, 0, 10])),
-    )
-    .await
-    .expect("answered")
-    .expect("not crowded");
+    let _barrier = connect(&store, ip([10, 96, 0, 10])).await;
     assert!(store.service_by_vip(ip([10, 96, 0, 10])).is_some());
     let mut later = mesh();
     later.push(external_service("late.example.com", [203, 0, 113, 8]));
@@ -424,10 +429,7 @@ async fn misses_are_bounded_and_unsubscribed_once_their_memory_runs_out() {
         !until(&store, |s| s.service_by_vip(unknown).is_some()).await,
         "an expired miss stayed subscribed"
     );
-    let _lease = tokio::time::timeout(ANSWERED_WITHIN, store.fetch_destination(unknown))
-        .await
-        .expect("answered")
-        .expect("not crowded");
+    let _lease = connect(&store, unknown).await;
     assert!(store.service_by_vip(unknown).is_some(), "asked again");
     assert_eq!(store.on_demand_metrics.address_miss_hits.get(), 0);
 
@@ -440,55 +442,73 @@ async fn misses_are_bounded_and_unsubscribed_once_their_memory_runs_out() {
         }
     }
     let other = ip([203, 0, 113, 9]);
-    let _lease = tokio::time::timeout(ANSWERED_WITHIN, store.fetch_destination(other))
-        .await
-        .expect("answered")
-        .expect("not crowded");
+    let _lease = connect(&store, other).await;
     assert!(!on_demand.remembers_miss(&weft_proto::address_subscription("", other)));
     assert_eq!(on_demand.misses.lock().unwrap().len(), super::MAX_MISSES);
     tasks.iter().for_each(JoinHandle::abort);
 }
 
-#[tokio::test]
-async fn a_dns_query_fetches_the_wildcard_service_entry_host_covering_it() {
+/// A server of [`mesh`] and `entry`, and an on-demand store of node n1 that asked for what a
+/// query for `name` from `shop` may mean: the store, the names asked, and the IPv4 address
+/// answered, if the query is answered from the store.
+async fn dns_fetch(
+    entry: StoredResource,
+    name: &str,
+) -> (
+    WorkloadStore,
+    Vec<String>,
+    Option<Ipv4Addr>,
+    [JoinHandle<()>; 2],
+) {
     use hickory_proto::op::{Message as DnsMessage, Query};
     use hickory_proto::rr::{Name, RData, RecordType};
     use std::str::FromStr;
 
     let mut resources = ResourceStore::new();
-    let mut mesh_with_wildcard = mesh();
-    // As the controller names a wildcard ServiceEntry host: by `host:*.<suffix>`.
-    mesh_with_wildcard.push(external_service("*.wild.example", [240, 240, 0, 9]));
-    resources.replace_type(weft_proto::ADDRESS_TYPE_URL, mesh_with_wildcard);
+    let mut with_entry = mesh();
+    with_entry.push(entry);
+    resources.replace_type(weft_proto::ADDRESS_TYPE_URL, with_entry);
     let (store, tasks) = on_demand_store(&resources).await;
     assert!(until(&store, |s| s.workload_by_uid("client").is_some()).await);
 
     let mut message = DnsMessage::query();
     message.add_query(Query::query(
-        Name::from_str("api.wild.example.").unwrap(),
+        Name::from_str(&format!("{name}.")).unwrap(),
         RecordType::A,
     ));
     let packet = message.to_vec().unwrap();
     let reply = || crate::dns_proxy::reply(&store, "shop", "cluster.local", &packet);
     assert_eq!(reply(), crate::dns_proxy::Reply::Forward, "held up front");
-
     let names = crate::dns_proxy::demand_names(&packet, "shop", "cluster.local");
+    tokio::time::timeout(ANSWERED_WITHIN, store.fetch_hostnames(&names))
+        .await
+        .expect("answered, not waited out");
+    let answered = match reply() {
+        crate::dns_proxy::Reply::Answer(bytes) => {
+            let answer = DnsMessage::from_vec(&bytes).unwrap();
+            match &answer.answers[..] {
+                [record] => match &record.data {
+                    RData::A(a) => Some(a.0),
+                    other => panic!("not an A record: {other:?}"),
+                },
+                records => panic!("not one record: {records:?}"),
+            }
+        }
+        crate::dns_proxy::Reply::Forward => None,
+    };
+    (store, names, answered, tasks)
+}
+
+#[tokio::test]
+async fn a_dns_query_fetches_the_wildcard_service_entry_host_covering_it() {
+    // As the controller names a wildcard ServiceEntry host: by `host:*.<suffix>`.
+    let entry = external_service("*.wild.example", [240, 240, 0, 9]);
+    let (store, names, answered, tasks) = dns_fetch(entry, "api.wild.example").await;
     assert!(
         names.contains(&"host:*.wild.example".to_string()),
         "{names:?}"
     );
-    tokio::time::timeout(ANSWERED_WITHIN, store.fetch_hostnames(&names))
-        .await
-        .expect("answered, not waited out");
-    let crate::dns_proxy::Reply::Answer(answer) = reply() else {
-        panic!("the wildcard host was not fetched");
-    };
-    let answer = DnsMessage::from_vec(&answer).unwrap();
-    assert_eq!(answer.answers.len(), 1);
-    assert!(
-        matches!(&answer.answers[0].data, RData::A(a) if a.0 == Ipv4Addr::new(240, 240, 0, 9)),
-        "{answer:?}"
-    );
+    assert_eq!(answered, Some(Ipv4Addr::new(240, 240, 0, 9)));
     let on_demand = store.demand.get().expect("on demand");
     assert!(
         on_demand
@@ -504,41 +524,13 @@ async fn a_dns_query_fetches_the_wildcard_service_entry_host_covering_it() {
 
 #[tokio::test]
 async fn a_dns_query_fetches_a_service_entry_declaring_a_kubernetes_host_of_another_namespace() {
-    use hickory_proto::op::{Message as DnsMessage, Query};
-    use hickory_proto::rr::{Name, RData, RecordType};
-    use std::str::FromStr;
-
     // Declared in namespace `egress`, its host names namespace `b`.
-    let mut resources = ResourceStore::new();
-    let mut with_entry = mesh();
-    with_entry.push(external_service(
-        "foo.b.svc.cluster.local",
-        [240, 240, 0, 10],
-    ));
-    resources.replace_type(weft_proto::ADDRESS_TYPE_URL, with_entry);
-    let (store, tasks) = on_demand_store(&resources).await;
-    assert!(until(&store, |s| s.workload_by_uid("client").is_some()).await);
-
-    let mut message = DnsMessage::query();
-    message.add_query(Query::query(
-        Name::from_str("foo.b.svc.cluster.local.").unwrap(),
-        RecordType::A,
-    ));
-    let packet = message.to_vec().unwrap();
-    let names = crate::dns_proxy::demand_names(&packet, "shop", "cluster.local");
-    tokio::time::timeout(ANSWERED_WITHIN, store.fetch_hostnames(&names))
-        .await
-        .expect("answered, not waited out");
-    let crate::dns_proxy::Reply::Answer(answer) =
-        crate::dns_proxy::reply(&store, "shop", "cluster.local", &packet)
-    else {
-        panic!("the ServiceEntry was not fetched by {names:?}");
-    };
-    let answer = DnsMessage::from_vec(&answer).unwrap();
-    assert!(
-        matches!(&answer.answers[..], [record] if matches!(&record.data,
-            RData::A(a) if a.0 == Ipv4Addr::new(240, 240, 0, 10))),
-        "{answer:?}"
+    let entry = external_service("foo.b.svc.cluster.local", [240, 240, 0, 10]);
+    let (_store, names, answered, tasks) = dns_fetch(entry, "foo.b.svc.cluster.local").await;
+    assert_eq!(
+        answered,
+        Some(Ipv4Addr::new(240, 240, 0, 10)),
+        "not fetched by {names:?}"
     );
     tasks.iter().for_each(JoinHandle::abort);
 }
