@@ -110,19 +110,29 @@ fn address_query(packet: &[u8]) -> Option<Message> {
         .then_some(query)
 }
 
-/// Names asked for on demand per query, at most.
+/// Names asked for on demand per query, at most, besides the wildcards.
 const MAX_DEMAND_NAMES: usize = 4;
+
+/// Wildcard hosts asked for on demand per query, at most: those of the name's parents of 2 to
+/// 5 labels (`*.example.com` up to `*.a.b.c.example.com`). A wildcard ServiceEntry host with
+/// a longer suffix is answered only once the agent holds it.
+const MAX_WILDCARD_DEMANDS: usize = 4;
 
 /// What an on-demand agent asks the controller for to answer `packet` from a pod of
 /// `namespace` when the store holds none of the names it may mean: the name as asked and,
 /// for a partial Kubernetes name, its completions to a service from the client's namespace
 /// (as [`reply`] tries them; the forms a resolver made with the wrong search domain, and
-/// partial names of headless pods, are not asked for: the resolver asks the full name next). A Kubernetes name goes by istiod's key,
-/// `namespace/hostname` (`name.ns.svc.<domain>`; a headless service's pod
-/// `pod.name.ns.svc.<domain>`, by its service); another name with a dot by
-/// `host:<name>` (a ServiceEntry host, whose namespace the query does not tell); names
-/// under the cluster domain in no Kubernetes form, and single labels, are not asked for.
-/// At most [`MAX_DEMAND_NAMES`]; none for a query [`reply`] forwards unread.
+/// partial names of headless pods, are not asked for: the resolver asks the full name
+/// next). Each goes by `host:<hostname>` ([`demand_name`]): a Kubernetes name
+/// (`name.ns.svc.<domain>`; a headless service's pod `pod.name.ns.svc.<domain>`, by its
+/// service), and another name with a dot (a ServiceEntry host, whose namespace the query
+/// does not tell); names under the cluster domain in no Kubernetes form, and single labels,
+/// are not asked for. At most [`MAX_DEMAND_NAMES`]; none for a query [`reply`] forwards
+/// unread. A name outside the cluster domain is asked for with the wildcard hosts that may
+/// cover it too (`host:*.<parent>`,
+/// the controller's `host:` alias of a wildcard ServiceEntry host, as Istio's DNS proxy looks
+/// up `*.<parent>` for each parent of a name it does not hold, `pkg/dns/client/dns.go`
+/// `lookupHost`), at most [`MAX_WILDCARD_DEMANDS`].
 pub fn demand_names(packet: &[u8], namespace: &str, domain: &str) -> Vec<String> {
     let Some(query) = address_query(packet) else {
         return Vec::new();
@@ -140,23 +150,49 @@ pub fn demand_names(packet: &[u8], namespace: &str, domain: &str) -> Vec<String>
             names.push(name);
         }
     }
+    if requested.contains('.') && !under_domain(&requested, domain) {
+        names.extend(wildcard_demand_names(&requested, domain));
+    }
     names
 }
 
-/// The name the controller knows what `name` means by, if it may mean a service.
+/// The wildcard hosts that may cover `name` and the controller may hold, by their `host:`
+/// names, most specific first: those of its parents of 2 to [`MAX_WILDCARD_DEMANDS`] + 1
+/// labels, outside the cluster domain.
+fn wildcard_demand_names(name: &str, domain: &str) -> Vec<String> {
+    let labels = name.split('.').count();
+    with_wildcards(name)
+        .into_iter()
+        .enumerate()
+        .skip(1)
+        // The wildcard after the n-th label covers a parent of `labels - n` labels.
+        .filter(|(n, _)| (2..=MAX_WILDCARD_DEMANDS + 1).contains(&(labels - n)))
+        .filter_map(|(_, (wildcard, _))| demand_name(&wildcard, domain))
+        .collect()
+}
+
+/// The name the controller knows what `name` means by, if it may mean a service: its
+/// hostname (`host:`), which covers the Kubernetes Service of that name and any
+/// ServiceEntry declaring it as a host, whatever the ServiceEntry's namespace (a host
+/// `foo.b.svc.<domain>` may be declared in namespace `a`, which istiod's
+/// `namespace/hostname` key would miss).
 fn demand_name(name: &str, domain: &str) -> Option<String> {
     let kubernetes = format!(".svc.{domain}");
     if let Some(rest) = name.strip_suffix(&kubernetes) {
         return match rest.split('.').collect::<Vec<_>>().as_slice() {
-            [_, service_namespace] => Some(format!("{service_namespace}/{name}")),
-            [_, service, service_namespace] => Some(format!(
-                "{service_namespace}/{service}.{service_namespace}{kubernetes}"
-            )),
+            [_, _] => Some(weft_proto::hostname_subscription(name)),
+            [_, service, service_namespace] => Some(weft_proto::hostname_subscription(&format!(
+                "{service}.{service_namespace}{kubernetes}"
+            ))),
             _ => None,
         };
     }
-    let under_domain = name == domain || name.ends_with(&format!(".{domain}"));
-    (name.contains('.') && !under_domain).then(|| weft_proto::hostname_subscription(name))
+    (name.contains('.') && !under_domain(name, domain))
+        .then(|| weft_proto::hostname_subscription(name))
+}
+
+fn under_domain(name: &str, domain: &str) -> bool {
+    name == domain || name.ends_with(&format!(".{domain}"))
 }
 
 /// A SERVFAIL for `packet` (when the query cannot be served at all), if it has a header.

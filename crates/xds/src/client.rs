@@ -5,7 +5,7 @@
 //! then tells the handler, in [`Update::removed`], which resources it had accepted before but the
 //! server no longer has, so the handler never keeps a resource that vanished while disconnected.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -236,6 +236,8 @@ enum DemandMessage {
         type_url: String,
         name: String,
         answered: oneshot::Sender<Result<(), DemandError>>,
+        /// Whether the name stays subscribed when the server finds nothing for it.
+        watch_absent: bool,
     },
     /// Unsubscribe names asked for earlier.
     Release {
@@ -258,11 +260,33 @@ impl Demand {
     /// Subscribes to `name` of `type_url` and waits for the server's answer (callers bound
     /// the wait).
     pub async fn request(&self, type_url: &str, name: &str) -> Result<(), DemandError> {
+        self.subscribe(type_url, name, false).await
+    }
+
+    /// As [`Demand::request`], but a name the server found nothing for stays subscribed, so
+    /// what later appears under it is pushed at once; the caller [`Demand::release`]s it
+    /// when it no longer cares (a cache of misses that expire). A demand given up before
+    /// the answer (its future dropped) does not keep the name.
+    pub async fn request_watching_absent(
+        &self,
+        type_url: &str,
+        name: &str,
+    ) -> Result<(), DemandError> {
+        self.subscribe(type_url, name, true).await
+    }
+
+    async fn subscribe(
+        &self,
+        type_url: &str,
+        name: &str,
+        watch_absent: bool,
+    ) -> Result<(), DemandError> {
         let (answered, answer) = oneshot::channel();
         self.send(DemandMessage::Subscribe {
             type_url: type_url.to_string(),
             name: name.to_string(),
             answered,
+            watch_absent,
         })?;
         answer.await.unwrap_or(Err(DemandError::Stopped))
     }
@@ -334,6 +358,8 @@ pub struct DeltaClient {
     demands: mpsc::Receiver<DemandMessage>,
     demand_sender: mpsc::Sender<DemandMessage>,
     pending: PendingDemands,
+    /// Pending names to keep subscribed if the server finds nothing for them.
+    watching_absent: HashSet<(String, String)>,
 }
 
 impl std::fmt::Debug for DeltaClient {
@@ -361,6 +387,7 @@ impl DeltaClient {
             demands,
             demand_sender,
             pending: HashMap::new(),
+            watching_absent: HashSet::new(),
         }
     }
 
@@ -559,12 +586,13 @@ impl DeltaClient {
     /// Records a demand; the subscription request to send, unless the name is already asked
     /// for on this connection (its waiter then shares that request's answer).
     fn take_demand(&mut self, demand: DemandMessage) -> Option<DeltaDiscoveryRequest> {
-        let (type_url, name, answered) = match demand {
+        let (type_url, name, answered, watch_absent) = match demand {
             DemandMessage::Subscribe {
                 type_url,
                 name,
                 answered,
-            } => (type_url, name, answered),
+                watch_absent,
+            } => (type_url, name, answered, watch_absent),
             DemandMessage::Release { type_url, names } => return self.release(type_url, names),
         };
         let key = (type_url, name);
@@ -576,6 +604,9 @@ impl DeltaClient {
                 return None;
             }
             waiters.push(answered);
+            if watch_absent {
+                self.watching_absent.insert(key);
+            }
             return None;
         }
         let (type_url, name) = key;
@@ -601,6 +632,10 @@ impl DeltaClient {
             resource_names_subscribe: vec![name.clone()],
             ..DeltaDiscoveryRequest::default()
         };
+        if watch_absent {
+            self.watching_absent
+                .insert((type_url.clone(), name.clone()));
+        }
         self.pending.insert((type_url, name), vec![answered]);
         Some(request)
     }
@@ -673,14 +708,16 @@ impl DeltaClient {
     ) -> Option<DeltaDiscoveryRequest> {
         let mut unresolved = Vec::new();
         let mut settle = |name: &str, found: bool| {
-            if let Some(waiters) = self
-                .pending
-                .remove(&(type_url.to_string(), name.to_string()))
-            {
+            let key = (type_url.to_string(), name.to_string());
+            if let Some(waiters) = self.pending.remove(&key) {
+                // Kept only while someone waits for the answer: a watcher that gave up
+                // would never release it.
+                let waited = waiters.iter().any(|waiter| !waiter.is_closed());
                 for waiter in waiters {
                     let _ = waiter.send(Ok(()));
                 }
-                if !found {
+                let watched = self.watching_absent.remove(&key) && waited;
+                if !found && !watched {
                     unresolved.push(name.to_string());
                 }
             }

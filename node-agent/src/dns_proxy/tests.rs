@@ -321,32 +321,55 @@ fn an_on_demand_agent_asks_for_the_names_a_query_may_mean() {
     let names = |name: &str, record_type: RecordType| {
         demand_names(&query(name, record_type), "shop", "cluster.local")
     };
-    let cases: [(&str, RecordType, &[&str]); 10] = [
-        // A Kubernetes Service by istiod's key, however completed.
+    let cases: [(&str, RecordType, &[&str]); 12] = [
+        // A Kubernetes Service by its hostname (covering a ServiceEntry declaring it in
+        // any namespace), however completed.
         (
             "cart.shop.svc.cluster.local",
             RecordType::A,
-            &["shop/cart.shop.svc.cluster.local"],
+            &["host:cart.shop.svc.cluster.local"],
         ),
         (
             "ledger.bank.svc.cluster.local.",
             RecordType::AAAA,
-            &["bank/ledger.bank.svc.cluster.local"],
+            &["host:ledger.bank.svc.cluster.local"],
         ),
-        ("cart", RecordType::A, &["shop/cart.shop.svc.cluster.local"]),
+        ("cart", RecordType::A, &["host:cart.shop.svc.cluster.local"]),
         (
             "ledger.bank",
             RecordType::A,
-            &["host:ledger.bank", "bank/ledger.bank.svc.cluster.local"],
+            &["host:ledger.bank", "host:ledger.bank.svc.cluster.local"],
         ),
         // A headless service's pod: its service.
         (
             "db-0.db.bank.svc.cluster.local",
             RecordType::A,
-            &["bank/db.bank.svc.cluster.local"],
+            &["host:db.bank.svc.cluster.local"],
         ),
-        // Any other name by its hostname (a ServiceEntry host, of any namespace).
-        ("api.example.com", RecordType::A, &["host:api.example.com"]),
+        // Any other name by its hostname (a ServiceEntry host, of any namespace), with the
+        // wildcard hosts that may cover it, of 2 to 5 labels after the `*`.
+        (
+            "api.example.com",
+            RecordType::A,
+            &["host:api.example.com", "host:*.example.com"],
+        ),
+        (
+            "a.b.c.d.e.example.com",
+            RecordType::A,
+            &[
+                "host:a.b.c.d.e.example.com",
+                "host:*.c.d.e.example.com",
+                "host:*.d.e.example.com",
+                "host:*.e.example.com",
+                "host:*.example.com",
+            ],
+        ),
+        // No wildcard of one label (`*.com`).
+        (
+            "example.com",
+            RecordType::A,
+            &["host:example.com", "host:example.com.svc.cluster.local"],
+        ),
         // Under the cluster domain in no Kubernetes form, a single label with no
         // completion, another type: nothing to ask.
         ("www.example.com.shop.svc.cluster.local", RecordType::A, &[]),

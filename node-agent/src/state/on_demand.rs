@@ -32,12 +32,16 @@ pub const DEFAULT_ON_DEMAND_IDLE: Duration = Duration::from_secs(30 * 60);
 /// Names unsubscribed per sweep, at most: one request to the controller, bounded in size.
 const MAX_RELEASED_PER_SWEEP: usize = 256;
 
-/// How long a DNS name the controller found nothing for is not asked for again: the TTL of
-/// the mesh's answers, so a pod resolving external names does not make the agent ask the
-/// controller at every query (in vain, the upstream resolver answers those).
+/// How long a name the controller found nothing for (a DNS name, a destination address) is
+/// not asked for again: the TTL of the mesh's answers, so a pod resolving external names or
+/// connecting to an address outside the mesh does not make the agent ask the controller at
+/// every query or connection (in vain: the upstream resolver answers those, and such a
+/// connection is passthrough or refused). The name stays subscribed meanwhile, so what the
+/// controller later holds under it (a new Service or ServiceEntry) is pushed at once and
+/// served from the store, not after this period.
 const MISS_MEMORY: Duration = Duration::from_secs(crate::dns_proxy::TTL_SECONDS as u64);
 
-/// DNS names remembered as misses, at most.
+/// Names remembered as misses, at most (each one subscribed at the controller meanwhile).
 const MAX_MISSES: usize = 4_096;
 
 /// The network of every address the controller serves (a single network).
@@ -56,6 +60,10 @@ pub struct OnDemandMetrics {
     refused_connections: Counter,
     /// Names unsubscribed after their idle period.
     released_names: Counter,
+    /// Connections to an address remembered as a miss, not asked for again.
+    address_miss_hits: Counter,
+    /// DNS demand names remembered as misses, not asked for again.
+    hostname_miss_hits: Counter,
 }
 
 impl OnDemandMetrics {
@@ -69,6 +77,16 @@ impl OnDemandMetrics {
             "weft_on_demand_released_names",
             "Names fetched on demand and unsubscribed after their idle period",
             self.released_names.clone(),
+        );
+        registry.register(
+            "weft_on_demand_address_miss_hits",
+            "Connections to an address the controller recently answered it does not hold, not asked for again",
+            self.address_miss_hits.clone(),
+        );
+        registry.register(
+            "weft_on_demand_hostname_miss_hits",
+            "DNS names the controller recently answered it does not hold, not asked for again",
+            self.hostname_miss_hits.clone(),
         );
     }
 }
@@ -146,9 +164,7 @@ impl WorkloadStore {
         let Some(on_demand) = self.demand.get() else {
             return Ok(DemandLease::default());
         };
-        if !self.knows_address(ip) {
-            self.ask_for_address(on_demand, ip).await?;
-        }
+        self.ask_for_address(on_demand, ip).await?;
         let waypoint = self
             .service_by_vip(ip)
             .and_then(|s| s.waypoint.clone())
@@ -157,18 +173,14 @@ impl WorkloadStore {
             Some(GatewayAddress {
                 destination: GatewayDestination::Address(waypoint),
                 ..
-            }) if !self.knows_address(waypoint) => {
-                self.ask_for_address(on_demand, waypoint).await?;
-            }
+            }) => self.ask_for_address(on_demand, waypoint).await?,
             Some(GatewayAddress {
                 destination: GatewayDestination::Service(key),
                 ..
             }) if self.service(&key).is_none() => {
-                let name = key.to_string();
-                self.ask(on_demand, &name).await?;
-                if self.service(&key).is_some() {
-                    on_demand.record(&name);
-                }
+                let hits = &self.on_demand_metrics.address_miss_hits;
+                self.ask_unless_missed(on_demand, &key.to_string(), hits)
+                    .await?;
             }
             _ => {}
         }
@@ -182,28 +194,29 @@ impl WorkloadStore {
         let Some(on_demand) = self.demand.get() else {
             return Ok(DemandLease::default());
         };
-        if !self.knows_address(ip) {
-            self.ask_for_address(on_demand, ip).await?;
-        }
+        self.ask_for_address(on_demand, ip).await?;
         Ok(self.hold(on_demand, self.names_covering(ip)))
     }
 
     /// Asks for the services a DNS query may name, by the names the controller knows them
     /// by (`namespace/hostname`, `host:<hostname>`, see `dns_proxy::demand_names`), all at
     /// once and waited for up to [`ON_DEMAND_WAIT`] together. Names the store already
-    /// answers, or asked for in vain within the last TTL, are not asked again.
+    /// answers, or asked for in vain within the last TTL, are not asked again (the latter
+    /// counted).
     pub async fn fetch_hostnames(&self, names: &[String]) {
         let Some(on_demand) = self.demand.get() else {
             return;
         };
-        let now = Instant::now();
-        let unheld = names.iter().filter(|name| !self.holds_hostname_name(name));
-        let wanted: Vec<&String> = {
-            let misses = on_demand.misses.lock().unwrap_or_else(|p| p.into_inner());
-            unheld
-                .filter(|name| misses.get(*name).is_none_or(|until| *until <= now))
-                .collect()
-        };
+        let unheld = names.iter().filter(|name| !self.holds_name(name));
+        let wanted: Vec<&String> = unheld
+            .filter(|name| {
+                let missed = on_demand.remembers_miss(name);
+                if missed {
+                    self.on_demand_metrics.hostname_miss_hits.inc();
+                }
+                !missed
+            })
+            .collect();
         if wanted.is_empty() {
             return;
         }
@@ -216,16 +229,9 @@ impl WorkloadStore {
                 (name, answered)
             });
         }
-        let mut answers = Vec::new();
         while let Some(answer) = asks.join_next().await {
-            answers.extend(answer.ok());
-        }
-        let now = Instant::now();
-        for (name, answered) in answers {
-            if self.holds_hostname_name(&name) {
-                on_demand.record(&name);
-            } else if answered {
-                on_demand.missed(&name, now + MISS_MEMORY);
+            if let Ok((name, true)) = answer {
+                self.settle(on_demand, &name);
             }
         }
     }
@@ -246,17 +252,13 @@ impl WorkloadStore {
 
     /// Unsubscribes names fetched on demand that no open connection uses and nothing used
     /// for `idle`, at most [`MAX_RELEASED_PER_SWEEP`] of them (the rest at the next sweep);
-    /// forgets DNS misses whose memory ran out. How many names it released.
+    /// settles misses ([`Self::sweep_misses`]). How many idle names it released.
     pub fn release_idle(&self, idle: Duration) -> usize {
         let Some(on_demand) = self.demand.get() else {
             return 0;
         };
+        self.sweep_misses(on_demand);
         let now = Instant::now();
-        on_demand
-            .misses
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|_, until| *until > now);
         let mut used = on_demand.used.lock().unwrap_or_else(|p| p.into_inner());
         let idle_names: Vec<String> = used
             .iter()
@@ -299,23 +301,97 @@ impl WorkloadStore {
         }
     }
 
+    /// Misses the controller has since pushed something for are recorded as fetched (to
+    /// idle out like any); misses whose memory ran out are unsubscribed (up to
+    /// [`MAX_RELEASED_PER_SWEEP`], the rest at the next sweep).
+    fn sweep_misses(&self, on_demand: &OnDemand) {
+        let now = Instant::now();
+        let mut misses = on_demand.misses.lock().unwrap_or_else(|p| p.into_inner());
+        let found: Vec<String> = misses
+            .keys()
+            .filter(|name| self.holds_name(name))
+            .cloned()
+            .collect();
+        for name in &found {
+            misses.remove(name);
+        }
+        let expired: Vec<String> = misses
+            .iter()
+            .filter(|(_, until)| **until <= now)
+            .map(|(name, _)| name.clone())
+            .take(MAX_RELEASED_PER_SWEEP)
+            .collect();
+        // Queued behind demands; a full queue leaves them for the next sweep.
+        if !expired.is_empty()
+            && on_demand
+                .demand
+                .release(ADDRESS_TYPE_URL, expired.clone())
+                .is_ok()
+        {
+            for name in &expired {
+                misses.remove(name);
+            }
+        }
+        drop(misses);
+        for name in &found {
+            on_demand.record(name);
+        }
+    }
+
+    /// Makes sure the store holds what is at `ip`: asked for unless held or remembered as a
+    /// miss (counted).
     async fn ask_for_address(&self, on_demand: &OnDemand, ip: IpAddr) -> Result<(), Crowded> {
-        let name = address_subscription(NETWORK, ip);
-        self.ask(on_demand, &name).await?;
         if self.knows_address(ip) {
-            on_demand.record(&name);
+            return Ok(());
+        }
+        let name = address_subscription(NETWORK, ip);
+        let hits = &self.on_demand_metrics.address_miss_hits;
+        self.ask_unless_missed(on_demand, &name, hits).await
+    }
+
+    /// Asks for `name` unless it is remembered as a miss (counted in `hits`), and settles
+    /// the answer.
+    async fn ask_unless_missed(
+        &self,
+        on_demand: &OnDemand,
+        name: &str,
+        hits: &Counter,
+    ) -> Result<(), Crowded> {
+        if on_demand.remembers_miss(name) {
+            hits.inc();
+            return Ok(());
+        }
+        if self.ask(on_demand, name).await? {
+            self.settle(on_demand, name);
         }
         Ok(())
     }
 
-    /// Asks for `name` with the bounded wait; only a crowded name fails (counted).
-    async fn ask(&self, on_demand: &OnDemand, name: &str) -> Result<(), Crowded> {
+    /// After the controller answered `name`: recorded as fetched if the store now holds
+    /// what it names, else remembered as a miss (kept subscribed), or unsubscribed at once
+    /// when no more misses fit.
+    fn settle(&self, on_demand: &OnDemand, name: &str) {
+        if self.holds_name(name) {
+            on_demand.record(name);
+        } else if !on_demand.missed(name, Instant::now() + MISS_MEMORY)
+            && let Err(error) = on_demand
+                .demand
+                .release(ADDRESS_TYPE_URL, vec![name.to_owned()])
+        {
+            tracing::debug!(%name, %error, "a miss left subscribed");
+        }
+    }
+
+    /// Asks for `name` with the bounded wait: whether the controller answered; only a
+    /// crowded name fails (counted).
+    async fn ask(&self, on_demand: &OnDemand, name: &str) -> Result<bool, Crowded> {
         match ask(&on_demand.demand, name).await {
             Answer::Crowded(name) => {
                 self.on_demand_metrics.refused_connections.inc();
                 Err(Crowded(name))
             }
-            Answer::Answered | Answer::Unanswered => Ok(()),
+            Answer::Answered => Ok(true),
+            Answer::Unanswered => Ok(false),
         }
     }
 
@@ -369,9 +445,16 @@ impl WorkloadStore {
         }
     }
 
-    /// Whether the store answers a hostname demand (`namespace/hostname` or
-    /// `host:<hostname>`).
-    fn holds_hostname_name(&self, name: &str) -> bool {
+    /// Whether the store holds what a demand name names: an address (`<network>/<ip>`), a
+    /// service (`namespace/hostname`) or a hostname (`host:<hostname>`).
+    fn holds_name(&self, name: &str) -> bool {
+        if let Some(ip) = name
+            .strip_prefix(NETWORK)
+            .and_then(|rest| rest.strip_prefix('/'))
+            .and_then(|ip| ip.parse::<IpAddr>().ok())
+        {
+            return self.knows_address(ip);
+        }
         if let Some(hostname) = name.strip_prefix("host:") {
             return !self.services_by_hostname(hostname).is_empty();
         }
@@ -408,15 +491,23 @@ impl OnDemand {
         }
     }
 
-    /// Remembers `name` as asked in vain until `until`.
-    fn missed(&self, name: &str, until: Instant) {
+    /// Remembers `name` as asked in vain until `until`; whether it fit (an expired miss
+    /// holds its place until a sweep unsubscribes it).
+    fn missed(&self, name: &str, until: Instant) -> bool {
         let mut misses = self.misses.lock().unwrap_or_else(|p| p.into_inner());
-        if misses.len() >= MAX_MISSES {
-            misses.retain(|_, remembered| *remembered > Instant::now());
+        if misses.len() >= MAX_MISSES && !misses.contains_key(name) {
+            return false;
         }
-        if misses.len() < MAX_MISSES {
-            misses.insert(name.to_owned(), until);
-        }
+        misses.insert(name.to_owned(), until);
+        true
+    }
+
+    /// Whether `name` was asked in vain within its memory.
+    fn remembers_miss(&self, name: &str) -> bool {
+        let misses = self.misses.lock().unwrap_or_else(|p| p.into_inner());
+        misses
+            .get(name)
+            .is_some_and(|until| *until > Instant::now())
     }
 }
 
@@ -432,7 +523,8 @@ enum Answer {
 }
 
 async fn ask(demand: &Demand, name: &str) -> Answer {
-    match tokio::time::timeout(ON_DEMAND_WAIT, demand.request(ADDRESS_TYPE_URL, name)).await {
+    let answer = demand.request_watching_absent(ADDRESS_TYPE_URL, name);
+    match tokio::time::timeout(ON_DEMAND_WAIT, answer).await {
         Ok(Ok(())) => {
             tracing::debug!(%name, "fetched on demand");
             Answer::Answered

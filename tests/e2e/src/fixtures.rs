@@ -71,6 +71,29 @@ spec:
   ports: [{name: http, port: 80, targetPort: http}]
 "#;
 
+/// A ServiceEntry `payments-api` of `shop` (labelled `app: payments-api`) for the external
+/// `host` at `vip`, `http` 80 to port 8080 of the STATIC `endpoint`.
+pub fn payments_service_entry(host: &str, vip: &str, endpoint: &str) -> String {
+    format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: payments-api
+  namespace: shop
+  labels: {{app: payments-api}}
+spec:
+  hosts: [{host}]
+  addresses: [{vip}]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports:
+  - {{number: 80, name: http, protocol: HTTP}}
+  endpoints:
+  - {{address: {endpoint}, ports: {{http: 8080}}}}
+"#
+    )
+}
+
 /// A DENY in `shop` of everything from the `client` service account.
 pub const DENY_CLIENT: &str = r#"
 apiVersion: security.istio.io/v1

@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use weft_e2e::dns::UpstreamResolver;
-use weft_e2e::fixtures::{CART_SERVICE, DENY_CLIENT};
+use weft_e2e::fixtures::{CART_SERVICE, DENY_CLIENT, payments_service_entry};
 use weft_e2e::{Mesh, MeshOptions, PodSpec};
 
 const CART_KEY: &str = "shop/cart.shop.svc.cluster.local";
@@ -118,6 +118,29 @@ fn counter(metrics: &str, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// A wildcard host, and a Kubernetes host declared in namespace `egress` for namespace
+/// `bank`.
+const ENTRIES: &str = r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: payments-wildcard, namespace: egress}
+spec:
+  hosts: ["*.payments.example"]
+  addresses: [10.96.200.20]
+  location: MESH_EXTERNAL
+  resolution: NONE
+  ports: [{number: 80, name: http, protocol: HTTP}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ledger, namespace: egress}
+spec:
+  hosts: [ledger.bank.svc.cluster.local]
+  addresses: [10.96.200.21]
+  location: MESH_EXTERNAL
+  resolution: NONE
+  ports: [{number: 80, name: http, protocol: HTTP}]
+"#;
+
 #[test]
 fn a_pods_dns_query_fetches_a_service_of_another_node_and_an_idle_name_is_fetched_again() {
     let mesh = Mesh::start(
@@ -212,11 +235,104 @@ fn a_pods_dns_query_fetches_a_service_of_another_node_and_an_idle_name_is_fetche
     }));
     assert_eq!(mesh.resolve("client", &resolv, "cart.shop"), vec![vip]);
     assert_eq!(held(&mesh, "node1").1, [CART_KEY]);
+
+    // A wildcard ServiceEntry host answers a name under it, and a ServiceEntry declaring a
+    // Kubernetes host of another namespace answers that host: both fetched at the query
+    // (the upstream resolver knows neither; a query before the controller loaded them is a
+    // miss, kept subscribed, so the entries are pushed as they appear).
+    mesh.write_config("30-entries.yaml", ENTRIES).unwrap();
+    for (name, entry_vip) in [
+        ("api.payments.example", "10.96.200.20"),
+        ("ledger.bank.svc.cluster.local", "10.96.200.21"),
+    ] {
+        let entry_vip: IpAddr = entry_vip.parse().unwrap();
+        assert!(
+            mesh.eventually(Duration::from_secs(10), || mesh
+                .resolve("client", &resolv, name)
+                == [entry_vip]),
+            "{name} was not answered from its ServiceEntry\n{}",
+            mesh.logs()
+        );
+    }
+
     assert_eq!(
         counter(
             &mesh.metrics("node1"),
             "weft_on_demand_refused_connections_total"
         ),
         0
+    );
+}
+
+/// A ServiceEntry whose VIP nothing holds before it is written.
+const EXTERNAL_VIP: &str = "10.96.200.10";
+const EXTERNAL_HOST: &str = "api.payments.example";
+
+#[test]
+fn connections_to_an_unknown_address_ask_once_and_a_service_entry_created_there_is_reached_at_once()
+{
+    let mesh = Mesh::start(
+        vec![
+            PodSpec::client("client", "node1", "shop"),
+            PodSpec::app("payments", "node2", "shop", "payments", "v1").outside_cluster(),
+        ],
+        MeshOptions {
+            agent_env: vec![("XDS_ON_DEMAND".into(), "true".into())],
+            ..MeshOptions::default()
+        },
+    )
+    .expect("start the mesh");
+    // Refused at once while the address is unknown (not a passthrough into nowhere).
+    mesh.set_mesh_config("outboundTrafficPolicy:\n  mode: REGISTRY_ONLY\n")
+        .unwrap();
+    mesh.await_agents("REGISTRY_ONLY", |state| {
+        state["outbound_traffic_policy"] == "REGISTRY_ONLY"
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
+
+    // The first connection asks the controller, which holds nothing there; the next ones
+    // are refused from the remembered miss, without asking.
+    const CONNECTIONS: u64 = 5;
+    let url = format!("http://{EXTERNAL_VIP}/egress");
+    for _ in 0..CONNECTIONS {
+        let (status, body) = mesh.curl("client", &url);
+        assert_eq!(status, 0, "an unknown address was reached: {body}");
+    }
+    assert_eq!(
+        counter(
+            &mesh.metrics("node1"),
+            "weft_on_demand_address_miss_hits_total"
+        ),
+        CONNECTIONS - 1,
+        "every connection but the first was to be served from the miss"
+    );
+
+    // A ServiceEntry created at the address is pushed to the agent (the miss stayed
+    // subscribed) with no connection asking, well before the miss's 30 s run out, and the
+    // next connection reaches its endpoint.
+    let endpoint = mesh.pod("payments").ip.to_string();
+    mesh.write_config(
+        "30-payments.yaml",
+        &payments_service_entry(EXTERNAL_HOST, EXTERNAL_VIP, &endpoint),
+    )
+    .unwrap();
+    assert!(
+        mesh.eventually(Duration::from_secs(10), || held(&mesh, "node1")
+            .1
+            .contains(&format!("shop/{EXTERNAL_HOST}"))),
+        "the ServiceEntry was not pushed to the remembered miss: {:?}\n{}",
+        held(&mesh, "node1"),
+        mesh.logs()
+    );
+    let (status, body) = mesh.curl("client", &url);
+    assert_eq!(status, 200, "{body}\n{}", mesh.logs());
+    assert!(body.contains("\"pod\":\"payments\""), "{body}");
+    assert_eq!(
+        counter(
+            &mesh.metrics("node1"),
+            "weft_on_demand_address_miss_hits_total"
+        ),
+        CONNECTIONS - 1,
+        "the held address was served from the store"
     );
 }

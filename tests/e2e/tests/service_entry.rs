@@ -25,24 +25,7 @@ fn mesh() -> Mesh {
 }
 
 fn service_entry(endpoint: &str) -> String {
-    format!(
-        r#"apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata:
-  name: payments-api
-  namespace: shop
-  labels: {{app: payments-api}}
-spec:
-  hosts: [{HOST}]
-  addresses: [{VIP}]
-  location: MESH_EXTERNAL
-  resolution: STATIC
-  ports:
-  - {{number: 80, name: http, protocol: HTTP}}
-  endpoints:
-  - {{address: {endpoint}, ports: {{http: 8080}}}}
-"#
-    )
+    weft_e2e::fixtures::payments_service_entry(HOST, VIP, endpoint)
 }
 
 /// A DENY for the client, selecting the ServiceEntry's endpoints by the ServiceEntry's labels

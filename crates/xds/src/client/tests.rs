@@ -20,6 +20,7 @@ fn subscribe(name: &str) -> (DemandMessage, oneshot::Receiver<Result<(), DemandE
         type_url: THING.to_string(),
         name: name.to_string(),
         answered,
+        watch_absent: false,
     };
     (message, answer)
 }

@@ -197,6 +197,50 @@ async fn demands_share_one_request_and_settle_on_the_answer() -> Result<()> {
     server.stop().await
 }
 
+#[tokio::test]
+async fn a_name_found_absent_while_watched_stays_subscribed_until_released() -> Result<()> {
+    let mut store = ResourceStore::new();
+    addresses(&mut store, &[("ep1", "1")]);
+    let server =
+        RunningServer::bind(DeltaAdsServer::new(store.reader()).with_config(fast_config())).await?;
+    let (demand, mut updates, task) = on_demand_client(&server).await?;
+
+    // Nothing there: answered as removed, and kept subscribed.
+    tokio::time::timeout(
+        STEP_TIMEOUT,
+        demand.request_watching_absent(THING, "/10.9.9.9"),
+    )
+    .await??;
+    let nothing = updates.recv().await.context("client ended")?;
+    assert_eq!(nothing.removed, ["/10.9.9.9"]);
+
+    // What appears there later is pushed without being asked again.
+    let mut later =
+        vec![StoredResource::new("new", thing("new")).with_aliases(vec!["/10.9.9.9".to_string()])];
+    later.extend(crate::test_support::stored(&store, THING));
+    store.replace_type(THING, later.clone());
+    let pushed = tokio::time::timeout(STEP_TIMEOUT, updates.recv())
+        .await?
+        .context("client ended")?;
+    assert_eq!(names(&pushed), ["new"]);
+
+    // Released, it goes; what appears under it after that is not pushed.
+    demand.release(THING, vec!["/10.9.9.9".to_string()])?;
+    let dropped = tokio::time::timeout(STEP_TIMEOUT, updates.recv())
+        .await?
+        .context("client ended")?;
+    assert_eq!(dropped.removed, ["new"]);
+    later[0] =
+        StoredResource::new("new", thing("newer")).with_aliases(vec!["/10.9.9.9".to_string()]);
+    store.replace_type(THING, later);
+    if let Ok(Some(pushed)) = tokio::time::timeout(QUIET_PERIOD, updates.recv()).await {
+        bail!("a released name stayed subscribed: {pushed:?}");
+    }
+    task.abort();
+    drop(store);
+    server.stop().await
+}
+
 /// A name is resolved from the store's alias index as it is when the name is asked: an alias
 /// that came, moved or went between two requests is answered as the store holds it then.
 #[tokio::test]

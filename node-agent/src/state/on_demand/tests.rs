@@ -4,6 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
+use futures::FutureExt;
 use prost::Message;
 use prost_types::Any;
 use tokio::task::JoinHandle;
@@ -308,6 +309,229 @@ async fn a_dns_name_is_fetched_by_namespace_and_hostname_or_by_hostname_and_miss
         1
     );
     drop(lease);
+    tasks.iter().for_each(JoinHandle::abort);
+}
+
+/// A ServiceEntry-like service `hostname` in namespace `egress` at `vip`, going by it.
+fn external_service(hostname: &str, vip: [u8; 4]) -> StoredResource {
+    let message = workload::Address {
+        r#type: Some(Type::Service(workload::Service {
+            name: hostname.into(),
+            namespace: "egress".into(),
+            hostname: hostname.into(),
+            addresses: vec![NetworkAddress {
+                network: String::new(),
+                address: vip.to_vec(),
+            }],
+            ..Default::default()
+        })),
+    };
+    let vip = ip(vip);
+    StoredResource::new(format!("egress/{hostname}"), packed(&message)).with_aliases(vec![
+        weft_proto::address_subscription("", vip),
+        format!("host:{hostname}"),
+    ])
+}
+
+/// A connection to `ip` that waited for the controller's answer.
+async fn connect(store: &WorkloadStore, ip: IpAddr) -> super::DemandLease {
+    tokio::time::timeout(ANSWERED_WITHIN, store.fetch_destination(ip))
+        .await
+        .expect("answered, not waited out")
+        .expect("not crowded")
+}
+
+/// A server of [`mesh`] and an on-demand store of node n1 whose first connection to
+/// 203.0.113.`last` found nothing there: the server's resources, the store, the address
+/// and its demand name, the tasks.
+async fn store_with_a_miss(
+    last: u8,
+) -> (
+    ResourceStore,
+    WorkloadStore,
+    IpAddr,
+    String,
+    [JoinHandle<()>; 2],
+) {
+    let mut resources = ResourceStore::new();
+    resources.replace_type(weft_proto::ADDRESS_TYPE_URL, mesh());
+    let (store, tasks) = on_demand_store(&resources).await;
+    assert!(until(&store, |s| s.workload_by_uid("client").is_some()).await);
+    let unknown = ip([203, 0, 113, last]);
+    let name = weft_proto::address_subscription("", unknown);
+    let _lease = connect(&store, unknown).await;
+    let on_demand = store.demand.get().expect("on demand");
+    assert!(on_demand.remembers_miss(&name), "not remembered");
+    (resources, store, unknown, name, tasks)
+}
+
+#[tokio::test]
+async fn an_address_answered_absent_is_not_asked_again_until_the_controller_pushes_it() {
+    // The first connection asked and was answered "nothing there": remembered.
+    let (mut resources, store, unknown, name, tasks) = store_with_a_miss(7).await;
+    let on_demand = store.demand.get().expect("on demand");
+    assert_eq!(store.on_demand_metrics.address_miss_hits.get(), 0);
+    // The next ones do not ask (each returns at once, counted).
+    for _ in 0..10 {
+        let _lease = store
+            .fetch_destination(unknown)
+            .now_or_never()
+            .expect("served from the miss, not asked")
+            .expect("not crowded");
+    }
+    assert_eq!(store.on_demand_metrics.address_miss_hits.get(), 10);
+
+    // A ServiceEntry created at the address is pushed (the miss stayed subscribed) and
+    // served at once, not after the miss's memory.
+    let mut later = mesh();
+    later.push(external_service("new.example.com", [203, 0, 113, 7]));
+    resources.replace_type(weft_proto::ADDRESS_TYPE_URL, later);
+    assert!(
+        until(&store, |s| s.service_by_vip(unknown).is_some()).await,
+        "the new service was not pushed to the remembered miss"
+    );
+    let _lease = store
+        .fetch_destination(unknown)
+        .now_or_never()
+        .expect("held, not asked")
+        .expect("not crowded");
+    assert_eq!(store.on_demand_metrics.address_miss_hits.get(), 10);
+    // The sweep turns it into a fetched name, idling out like any.
+    assert_eq!(store.release_idle(Duration::from_secs(3600)), 0);
+    assert!(!on_demand.misses.lock().unwrap().contains_key(&name));
+    assert!(on_demand.used.lock().unwrap().contains_key(&name));
+    tasks.iter().for_each(JoinHandle::abort);
+}
+
+#[tokio::test]
+async fn misses_are_bounded_and_unsubscribed_once_their_memory_runs_out() {
+    let (mut resources, store, unknown, name, tasks) = store_with_a_miss(8).await;
+    let on_demand = store.demand.get().expect("on demand");
+
+    // Its memory ran out: the sweep unsubscribes it, and what appears there later is not
+    // pushed; the next connection asks again.
+    on_demand
+        .misses
+        .lock()
+        .unwrap()
+        .insert(name.clone(), tokio::time::Instant::now());
+    assert!(!on_demand.remembers_miss(&name));
+    store.release_idle(Duration::from_secs(3600));
+    assert!(on_demand.misses.lock().unwrap().is_empty());
+    // A demand after the release is answered after the server took the release (one
+    // stream, in order).
+    let _barrier = connect(&store, ip([10, 96, 0, 10])).await;
+    assert!(store.service_by_vip(ip([10, 96, 0, 10])).is_some());
+    let mut later = mesh();
+    later.push(external_service("late.example.com", [203, 0, 113, 8]));
+    resources.replace_type(weft_proto::ADDRESS_TYPE_URL, later);
+    assert!(
+        !until(&store, |s| s.service_by_vip(unknown).is_some()).await,
+        "an expired miss stayed subscribed"
+    );
+    let _lease = connect(&store, unknown).await;
+    assert!(store.service_by_vip(unknown).is_some(), "asked again");
+    assert_eq!(store.on_demand_metrics.address_miss_hits.get(), 0);
+
+    // At the bound, a new miss is not remembered (and not kept subscribed).
+    {
+        let far = tokio::time::Instant::now() + Duration::from_secs(3600);
+        let mut misses = on_demand.misses.lock().unwrap();
+        for n in 0..super::MAX_MISSES {
+            misses.insert(format!("host:filler{n}.example.com"), far);
+        }
+    }
+    let other = ip([203, 0, 113, 9]);
+    let _lease = connect(&store, other).await;
+    assert!(!on_demand.remembers_miss(&weft_proto::address_subscription("", other)));
+    assert_eq!(on_demand.misses.lock().unwrap().len(), super::MAX_MISSES);
+    tasks.iter().for_each(JoinHandle::abort);
+}
+
+/// A server of [`mesh`] and `entry`, and an on-demand store of node n1 that asked for what a
+/// query for `name` from `shop` may mean: the store, the names asked, and the IPv4 address
+/// answered, if the query is answered from the store.
+async fn dns_fetch(
+    entry: StoredResource,
+    name: &str,
+) -> (
+    WorkloadStore,
+    Vec<String>,
+    Option<Ipv4Addr>,
+    [JoinHandle<()>; 2],
+) {
+    use hickory_proto::op::{Message as DnsMessage, Query};
+    use hickory_proto::rr::{Name, RData, RecordType};
+    use std::str::FromStr;
+
+    let mut resources = ResourceStore::new();
+    let mut with_entry = mesh();
+    with_entry.push(entry);
+    resources.replace_type(weft_proto::ADDRESS_TYPE_URL, with_entry);
+    let (store, tasks) = on_demand_store(&resources).await;
+    assert!(until(&store, |s| s.workload_by_uid("client").is_some()).await);
+
+    let mut message = DnsMessage::query();
+    message.add_query(Query::query(
+        Name::from_str(&format!("{name}.")).unwrap(),
+        RecordType::A,
+    ));
+    let packet = message.to_vec().unwrap();
+    let reply = || crate::dns_proxy::reply(&store, "shop", "cluster.local", &packet);
+    assert_eq!(reply(), crate::dns_proxy::Reply::Forward, "held up front");
+    let names = crate::dns_proxy::demand_names(&packet, "shop", "cluster.local");
+    tokio::time::timeout(ANSWERED_WITHIN, store.fetch_hostnames(&names))
+        .await
+        .expect("answered, not waited out");
+    let answered = match reply() {
+        crate::dns_proxy::Reply::Answer(bytes) => {
+            let answer = DnsMessage::from_vec(&bytes).unwrap();
+            match &answer.answers[..] {
+                [record] => match &record.data {
+                    RData::A(a) => Some(a.0),
+                    other => panic!("not an A record: {other:?}"),
+                },
+                records => panic!("not one record: {records:?}"),
+            }
+        }
+        crate::dns_proxy::Reply::Forward => None,
+    };
+    (store, names, answered, tasks)
+}
+
+#[tokio::test]
+async fn a_dns_query_fetches_the_wildcard_service_entry_host_covering_it() {
+    // As the controller names a wildcard ServiceEntry host: by `host:*.<suffix>`.
+    let entry = external_service("*.wild.example", [240, 240, 0, 9]);
+    let (store, names, answered, tasks) = dns_fetch(entry, "api.wild.example").await;
+    assert!(
+        names.contains(&"host:*.wild.example".to_string()),
+        "{names:?}"
+    );
+    assert_eq!(answered, Some(Ipv4Addr::new(240, 240, 0, 9)));
+    let on_demand = store.demand.get().expect("on demand");
+    assert!(
+        on_demand
+            .used
+            .lock()
+            .unwrap()
+            .contains_key("host:*.wild.example")
+    );
+    // The literal name was a miss.
+    assert!(on_demand.remembers_miss("host:api.wild.example"));
+    tasks.iter().for_each(JoinHandle::abort);
+}
+
+#[tokio::test]
+async fn a_dns_query_fetches_a_service_entry_declaring_a_kubernetes_host_of_another_namespace() {
+    // Declared in namespace `egress`, its host names namespace `b`.
+    let entry = external_service("foo.b.svc.cluster.local", [240, 240, 0, 10]);
+    let (_store, names, answered, tasks) = dns_fetch(entry, "foo.b.svc.cluster.local").await;
+    assert_eq!(
+        answered,
+        Some(Ipv4Addr::new(240, 240, 0, 10)),
+        "not fetched by {names:?}"
+    );
     tasks.iter().for_each(JoinHandle::abort);
 }
 
