@@ -128,6 +128,16 @@ struct RunArgs {
         action = clap::ArgAction::Set
     )]
     disable_shadow_host_suffix: bool,
+    /// Whether ServiceEntry hosts without addresses get some, as istiod's variable of the same
+    /// name (on by default); off, they have none and the two ranges below are not read.
+    #[arg(
+        long,
+        env = auto_allocate::ENABLE_ENV,
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    enable_ip_autoallocate: bool,
     /// The range ServiceEntry hosts without addresses get an IPv4 address from, as istiod's
     /// variable of the same name.
     #[arg(long, env = auto_allocate::IPV4_PREFIX_ENV, default_value = auto_allocate::DEFAULT_IPV4_PREFIX)]
@@ -222,11 +232,16 @@ async fn mode(args: &RunArgs) -> anyhow::Result<Mode> {
 }
 
 fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
-    // Refused before anything starts, as istiod's bootstrap refuses a prefix it cannot parse.
-    let auto_allocate = auto_allocate::Ranges::parse(
-        &args.ip_autoallocate_ipv4_prefix,
-        &args.ip_autoallocate_ipv6_prefix,
-    )?;
+    // Refused before anything starts, as istiod's bootstrap refuses a prefix it cannot parse
+    // (and, as there, only with allocation on).
+    let auto_allocate = if args.enable_ip_autoallocate {
+        Some(auto_allocate::Ranges::parse(
+            &args.ip_autoallocate_ipv4_prefix,
+            &args.ip_autoallocate_ipv6_prefix,
+        )?)
+    } else {
+        None
+    };
     let policy: weft_identity::CompliancePolicy = args.compliance_policy.parse()?;
     policy
         .install()

@@ -410,12 +410,16 @@ pub async fn run(config: ServerConfig, shutdown: watch::Receiver<bool>) -> Resul
                 config.settings.clone(),
                 shutdown.clone(),
             ));
-            tokio::spawn(crate::source::kube::entry_status::keep_entry_addresses(
-                kube.client.clone(),
-                index.clone(),
-                config.settings.auto_allocate,
-                shutdown.clone(),
-            ));
+            // With allocation off, istiod runs no allocation controller: entries' statuses are
+            // left as they are (and their addresses unused).
+            if let Some(ranges) = config.settings.auto_allocate {
+                tokio::spawn(crate::source::kube::entry_status::keep_entry_addresses(
+                    kube.client.clone(),
+                    index.clone(),
+                    ranges,
+                    shutdown.clone(),
+                ));
+            }
             if let Some(provision) = &kube.provision {
                 tokio::spawn(crate::source::kube::provision::keep_provisioned(
                     kube.client.clone(),

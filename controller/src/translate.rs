@@ -54,8 +54,9 @@ pub struct MeshSettings {
     /// default since Istio 1.28); false: `-shadow` is appended to it, as before 1.28.
     pub disable_shadow_host_suffix: bool,
     /// Where ServiceEntry addresses are allocated (istiod's `PILOT_IP_AUTOALLOCATE_IPV4_PREFIX`
-    /// and `PILOT_IP_AUTOALLOCATE_IPV6_PREFIX`).
-    pub auto_allocate: auto_allocate::Ranges,
+    /// and `PILOT_IP_AUTOALLOCATE_IPV6_PREFIX`); `None` when allocation is off (istiod's
+    /// `PILOT_ENABLE_IP_AUTOALLOCATE=false`): no host gets an address it does not declare.
+    pub auto_allocate: Option<auto_allocate::Ranges>,
 }
 
 impl Default for MeshSettings {
@@ -68,7 +69,7 @@ impl Default for MeshSettings {
             jwks: Default::default(),
             mesh: Default::default(),
             disable_shadow_host_suffix: true,
-            auto_allocate: Default::default(),
+            auto_allocate: Some(Default::default()),
         }
     }
 }

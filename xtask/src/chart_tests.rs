@@ -262,7 +262,11 @@ fn the_chart_renders_to_valid_manifests_of_every_component() {
         env(controller, "DISABLE_SHADOW_HOST_SUFFIX").as_deref(),
         Some("true")
     );
-    // istiod's default ServiceEntry address ranges.
+    // istiod's default: ServiceEntry addresses are allocated, from its ranges.
+    assert_eq!(
+        env(controller, "PILOT_ENABLE_IP_AUTOALLOCATE").as_deref(),
+        Some("true")
+    );
     assert_eq!(
         env(controller, "PILOT_IP_AUTOALLOCATE_IPV4_PREFIX").as_deref(),
         Some("240.240.0.0/16")
@@ -465,6 +469,18 @@ fn the_chart_renders_to_valid_manifests_of_every_component() {
     assert_eq!(
         env(controller, "PILOT_IP_AUTOALLOCATE_IPV6_PREFIX").as_deref(),
         Some("fd00:250::/64")
+    );
+
+    // Allocation switched off, as istiod's variable does.
+    let rendered = render(&values(&[(
+        "controller.ipAutoallocate.enabled",
+        Json::Bool(false),
+    )]));
+    let deployment = find(&rendered, "Deployment", "weft-controller");
+    let controller = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        env(controller, "PILOT_ENABLE_IP_AUTOALLOCATE").as_deref(),
+        Some("false")
     );
 }
 

@@ -36,6 +36,8 @@ use crate::{
 
 /// Istio's label to opt an entry out (`label.NetworkingEnableAutoallocateIp`).
 pub const ENABLE_LABEL: &str = "networking.istio.io/enable-autoallocate-ip";
+/// istiod's switch for allocation, and its default (`pilot/pkg/features/pilot.go`: on).
+pub const ENABLE_ENV: &str = "PILOT_ENABLE_IP_AUTOALLOCATE";
 /// istiod's variable setting the IPv4 range, and its default (`pilot/pkg/features`).
 pub const IPV4_PREFIX_ENV: &str = "PILOT_IP_AUTOALLOCATE_IPV4_PREFIX";
 pub const DEFAULT_IPV4_PREFIX: &str = "240.240.0.0/16";
@@ -222,6 +224,14 @@ pub fn eligible(entry: &ServiceEntry) -> bool {
 /// agents' DNS proxy answers those names with it, and the waypoint resolves the real name).
 fn keeps_host(entry: &ServiceEntry, host: &str) -> bool {
     !host.contains('*') || entry.spec.resolution == Some(ServiceEntryResolution::DynamicDns)
+}
+
+/// [`allocate`] from `ranges` when allocation is on; with it off (istiod's
+/// `PILOT_ENABLE_IP_AUTOALLOCATE=false`), nothing, not even the addresses an entry already
+/// carries in `status.addresses`, as Istio's `shouldV2AutoAllocateIPFromPieces` then neither
+/// assigns nor uses them.
+pub fn allocate_if_enabled(index: &ConfigIndex, ranges: Option<&Ranges>) -> Allocation {
+    ranges.map_or_else(Allocation::default, |ranges| allocate(index, ranges))
 }
 
 /// Allocates addresses from `ranges` to every eligible host of the index's ServiceEntries.

@@ -319,7 +319,8 @@ impl<'a, 'p> Compiler<'a, 'p> {
             gateway: false,
         };
         if index.service_entries.values().any(auto_allocate::eligible) {
-            compiler.allocation = auto_allocate::allocate(index, &settings.auto_allocate);
+            compiler.allocation =
+                auto_allocate::allocate_if_enabled(index, settings.auto_allocate.as_ref());
         }
         compiler.entries = compiler.visible_entries();
         compiler

@@ -490,26 +490,49 @@ fn choose<'c>(
             .get(&e.address)
             .map_or(0, |s| s.active.load(Ordering::Acquire))
     };
-    // Slow start: while an endpoint of the pool warms up, the choice is weighted (Envoy then
-    // balances by weight): its slow-start factor, over the requests in flight plus one for
-    // least request (Envoy's `active_request_bias` of 1).
-    if let Some(slow) = &cluster.slow_start {
-        let factor = |e: &Endpoint| {
+    // Endpoint weights (Envoy's `load_balancing_weight`, which istiod takes from a
+    // WorkloadEntry's or ServiceEntry endpoint's `weight`: `LbWeight` in
+    // pilot/pkg/serviceregistry/serviceentry/conversion.go) and slow start: round robin and
+    // least request balance by weight once the pool's weights differ, or while an endpoint of
+    // it warms up (Envoy's `EdfLoadBalancerBase`); with equal weights they keep their plain
+    // algorithms. Random ignores endpoint weights, as Envoy's `RandomLoadBalancer` does.
+    let factor = |e: &Endpoint| {
+        cluster.slow_start.as_ref().map_or(1.0, |slow| {
             let since = states.get(&e.address).and_then(|s| s.warming_since);
             slow_start::factor(slow, since, now)
-        };
-        if candidates().any(|e| factor(e) < 1.0) {
-            let least_request = cluster.load_balancer == LoadBalancer::LeastRequest;
-            let weight = |e: &Endpoint| {
-                if least_request {
-                    factor(e) / (active(e) + 1) as f64
-                } else {
-                    factor(e)
-                }
+        })
+    };
+    let warming = cluster.slow_start.is_some() && candidates().any(|e| factor(e) < 1.0);
+    let weighs_endpoints = matches!(
+        cluster.load_balancer,
+        LoadBalancer::RoundRobin | LoadBalancer::LeastRequest
+    );
+    if warming || (weighs_endpoints && !equal_weights(candidates())) {
+        let least_request = cluster.load_balancer == LoadBalancer::LeastRequest;
+        let weight = |e: &Endpoint| {
+            let capacity = if weighs_endpoints {
+                f64::from(e.weight.max(1))
+            } else {
+                1.0
             };
-            return slow_start::weighted(candidates, weight, rand::random::<f64>())
-                .ok_or_else(|| UpstreamError::NoHealthyUpstream(cluster.name.clone()));
-        }
+            // Least request: the weight over the requests in flight plus one (Envoy's
+            // `active_request_bias` of 1).
+            let load = if least_request {
+                (active(e) + 1) as f64
+            } else {
+                1.0
+            };
+            capacity * factor(e) / load
+        };
+        // Round robin walks the weights in a fixed low-discrepancy order (each endpoint's
+        // share exact within a few requests, as Envoy's EDF schedule keeps it); the others draw.
+        let roll = if cluster.load_balancer == LoadBalancer::RoundRobin {
+            round_robin_roll(next.fetch_add(1, Ordering::Relaxed))
+        } else {
+            rand::random::<f64>()
+        };
+        return slow_start::weighted(candidates, weight, roll)
+            .ok_or_else(|| UpstreamError::NoHealthyUpstream(cluster.name.clone()));
     }
     match &cluster.load_balancer {
         LoadBalancer::RoundRobin => nth(next.fetch_add(1, Ordering::Relaxed) % count),
@@ -524,6 +547,24 @@ fn choose<'c>(
             None => nth(rand::random_range(0..count)),
         },
     }
+}
+
+/// Whether every endpoint has the same weight (0 counts as 1, as the model reads it), the case
+/// where Envoy keeps plain round robin and least request's power of two choices.
+fn equal_weights<'c>(mut endpoints: impl Iterator<Item = &'c Endpoint>) -> bool {
+    let Some(first) = endpoints.next().map(|e| e.weight.max(1)) else {
+        return true;
+    };
+    endpoints.all(|e| e.weight.max(1) == first)
+}
+
+/// The `turn`th point (0 to 1) of the golden-ratio sequence: consecutive points spread evenly
+/// over the interval, so that weighted round robin gives each endpoint its share in every
+/// short run of requests, in an order that interleaves the endpoints.
+fn round_robin_roll(turn: usize) -> f64 {
+    const GOLDEN_RATIO_CONJUGATE: f64 = 0.618_033_988_749_894_9;
+    // The turn modulo 2^32 keeps the product exact enough in an f64.
+    ((turn as u32) as f64 * GOLDEN_RATIO_CONJUGATE).fract()
 }
 
 /// Envoy's overprovisioning factor (its default, which Istio keeps): a priority whose healthy

@@ -7,6 +7,7 @@ mod harness;
 mod certificate;
 mod configuration;
 mod drain;
+mod endpoint_weights;
 mod hostile;
 mod jwt;
 mod live;

@@ -49,7 +49,7 @@ pub(super) fn service_entry_addresses(
     policies_for: impl Fn(&str, &BTreeMap<String, String>) -> Vec<String>,
 ) -> ServiceEntryAddresses {
     let mut out = ServiceEntryAddresses::default();
-    let allocation = auto_allocate::allocate(index, &settings.auto_allocate);
+    let allocation = auto_allocate::allocate_if_enabled(index, settings.auto_allocate.as_ref());
     for entry in index.service_entries.values() {
         let namespace = namespace_of(&entry.metadata);
         let keys: Vec<String> = entry

@@ -13,7 +13,7 @@ use super::{
 };
 use crate::model::networking::{
     self as net, ConnectionPoolSettings, DestinationRule, LoadBalancerSettings, OutlierDetection,
-    Subset, TrafficPolicy,
+    Subset, TrafficPolicy, WorkloadEntry,
 };
 use crate::model::{DurationString, ResourceKind};
 use crate::translate::TranslateProblem;
@@ -279,59 +279,78 @@ impl<'a> Compiler<'a, '_> {
                 {
                     return None;
                 }
-                let target = resolve::workload_entry_target_port(port, &entry.spec)
-                    .filter(|p| u16::try_from(*p).is_ok_and(|p| p > 0))?;
-                let address = entry.spec.address.clone().filter(|a| !a.is_empty())?;
-                if address.starts_with("unix://") {
-                    return None;
-                }
-                let (address, hostname) = match address.parse::<std::net::IpAddr>() {
-                    Ok(_) => (address, String::new()),
-                    Err(_) => (String::new(), address),
-                };
-                let (hbone, _) = resolve::workload_entry_tunnel(entry);
-                let locality = split_locality(entry.spec.locality.as_deref());
-                let network = workload_network(
-                    self.index,
-                    &self.settings.root_namespace,
-                    &entry.metadata,
-                    entry.spec.network.as_deref(),
-                );
-                let topology_labels =
-                    topology_labels(locality.as_ref(), &self.settings.cluster_id, None, network);
-                Some(wp::Endpoint {
-                    locality: super::locality::to_proto(locality),
-                    topology_labels,
-                    address,
-                    hostname,
-                    port: target,
-                    identity: self.entry_identity(entry),
-                    workload_uid: crate::translate::agent::workload_entry_uid(
-                        &self.settings.cluster_id,
-                        namespace,
-                        name_of(&entry.metadata),
-                    ),
-                    workload_name: super::workloads::entry_workload_name(entry, &entry_labels),
-                    labels: entry_labels,
-                    tunnel: if hbone {
-                        wp::EndpointTunnel::Hbone
-                    } else {
-                        wp::EndpointTunnel::None
-                    } as i32,
-                    healthy: true,
-                    weight: entry.spec.weight.unwrap_or(0),
-                    tunnel_address: String::new(),
-                })
+                let target = resolve::workload_entry_target_port(port, &entry.spec)?;
+                self.workload_entry_endpoint(entry, entry_labels, target)
             })
             .collect()
     }
 
-    fn pod_endpoints(&self, pod: &Pod, port: &ServicePort) -> Vec<wp::Endpoint> {
-        let Some(target) =
-            resolve::target_port(port, pod).filter(|p| u16::try_from(*p).is_ok_and(|p| p > 0))
-        else {
-            return Vec::new();
+    /// A WorkloadEntry as an endpoint on port `target`: at its address (or name, resolved by
+    /// the waypoint), HBONE or plain TCP as the agents reach it, weighted by `weight`. `None`
+    /// without an address the waypoint can reach, or with a port that is none.
+    pub(super) fn workload_entry_endpoint(
+        &self,
+        entry: &WorkloadEntry,
+        entry_labels: BTreeMap<String, String>,
+        target: u32,
+    ) -> Option<wp::Endpoint> {
+        u16::try_from(target).ok().filter(|p| *p > 0)?;
+        let namespace = namespace_of(&entry.metadata);
+        let address = entry.spec.address.clone().filter(|a| !a.is_empty())?;
+        if address.starts_with("unix://") {
+            return None;
+        }
+        let (address, hostname) = match address.parse::<std::net::IpAddr>() {
+            Ok(_) => (address, String::new()),
+            Err(_) => (String::new(), address),
         };
+        let (hbone, _) = resolve::workload_entry_tunnel(entry);
+        let locality = split_locality(entry.spec.locality.as_deref());
+        let network = workload_network(
+            self.index,
+            &self.settings.root_namespace,
+            &entry.metadata,
+            entry.spec.network.as_deref(),
+        );
+        let topology_labels =
+            topology_labels(locality.as_ref(), &self.settings.cluster_id, None, network);
+        Some(wp::Endpoint {
+            locality: super::locality::to_proto(locality),
+            topology_labels,
+            address,
+            hostname,
+            port: target,
+            identity: self.entry_identity(entry),
+            workload_uid: crate::translate::agent::workload_entry_uid(
+                &self.settings.cluster_id,
+                namespace,
+                name_of(&entry.metadata),
+            ),
+            workload_name: super::workloads::entry_workload_name(entry, &entry_labels),
+            labels: entry_labels,
+            tunnel: if hbone {
+                wp::EndpointTunnel::Hbone
+            } else {
+                wp::EndpointTunnel::None
+            } as i32,
+            healthy: true,
+            weight: entry.spec.weight.unwrap_or(0),
+            tunnel_address: String::new(),
+        })
+    }
+
+    fn pod_endpoints(&self, pod: &Pod, port: &ServicePort) -> Vec<wp::Endpoint> {
+        match resolve::target_port(port, pod) {
+            Some(target) => self.pod_endpoints_on(pod, target),
+            None => Vec::new(),
+        }
+    }
+
+    /// A pod's endpoints (one per address) on port `target`; none for a port that is none.
+    pub(super) fn pod_endpoints_on(&self, pod: &Pod, target: u32) -> Vec<wp::Endpoint> {
+        if !u16::try_from(target).is_ok_and(|p| p > 0) {
+            return Vec::new();
+        }
         let tunnel = if resolve::enrolled(self.index, pod) {
             wp::EndpointTunnel::Hbone
         } else {

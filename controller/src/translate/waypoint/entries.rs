@@ -42,12 +42,6 @@ pub(super) fn dynamic_dns(entry: &ServiceEntry) -> bool {
     entry.spec.resolution == Some(ServiceEntryResolution::DynamicDns)
 }
 
-/// Whether the waypoint can carry an entry's hosts: with endpoints of its own (a
-/// `workloadSelector` picks mesh pods, whose agents expect their own services' waypoints).
-fn servable(entry: &ServiceEntry) -> bool {
-    entry.spec.workload_selector.is_none()
-}
-
 impl<'a> Compiler<'a, '_> {
     /// Every ServiceEntry host visible to this waypoint (`exportTo`), by host: the oldest
     /// entry naming a host declares it, as Istio merges them.
@@ -84,19 +78,6 @@ impl<'a> Compiler<'a, '_> {
                     != Some(&self.waypoint)
             {
                 continue;
-            }
-            if !servable(entry) {
-                self.report(
-                    ResourceKind::ServiceEntry,
-                    &entry.metadata,
-                    TranslateProblem::Unsupported {
-                        path: "spec.workloadSelector".to_owned(),
-                        reason: format!(
-                            "waypoints serve ServiceEntry hosts with endpoints of their own; {host} has no endpoints at waypoint {}",
-                            self.waypoint
-                        ),
-                    },
-                );
             }
             served.push((host, entry));
         }
@@ -172,6 +153,9 @@ impl<'a> Compiler<'a, '_> {
         let Some(entry_port) = entry.spec.ports.iter().find(|p| p.number == port) else {
             return Vec::new();
         };
+        if let Some(selector) = &entry.spec.workload_selector {
+            return self.selected_endpoints(entry, &selector.labels, entry_port, subset_labels);
+        }
         let resolution = entry
             .spec
             .resolution
@@ -243,6 +227,46 @@ impl<'a> Compiler<'a, '_> {
 }
 
 impl Compiler<'_, '_> {
+    /// The endpoints of an entry with a `workloadSelector`: the pods and WorkloadEntries of
+    /// its namespace it selects (an empty selector selects none, as istiod's
+    /// `FilterSelectsNonEmpty`), as Istio's service registry makes them the entry's instances
+    /// (`serviceentry/conversion.go`): a pod on the port's `targetPort`, else its number; a
+    /// WorkloadEntry on its port of the port's name, else the same; each reached as the agents
+    /// reach it (HBONE when enrolled), a WorkloadEntry weighted by its `weight`.
+    fn selected_endpoints(
+        &self,
+        entry: &ServiceEntry,
+        selector: &std::collections::BTreeMap<String, String>,
+        port: &EntryPort,
+        subset_labels: &std::collections::BTreeMap<String, String>,
+    ) -> Vec<wp::Endpoint> {
+        let namespace = namespace_of(&entry.metadata);
+        let picks = |workload_labels: &std::collections::BTreeMap<String, String>| {
+            !selector.is_empty()
+                && resolve::selects(selector, workload_labels)
+                && resolve::selects(subset_labels, workload_labels)
+        };
+        let mut endpoints: Vec<wp::Endpoint> =
+            crate::index::in_namespace(&self.index.pods, namespace)
+                .filter(|pod| !resolve::pod_terminated(pod) && picks(&labels(&pod.metadata)))
+                .flat_map(|pod| self.pod_endpoints_on(pod, endpoint_port(None, port)))
+                .collect();
+        endpoints.extend(
+            crate::index::in_namespace(&self.index.workload_entries, namespace).filter_map(
+                |workload| {
+                    let workload_labels = resolve::workload_entry_labels(workload);
+                    if !picks(&workload_labels) {
+                        return None;
+                    }
+                    let target = endpoint_port(Some(&workload.spec), port);
+                    self.workload_entry_endpoint(workload, workload_labels, target)
+                },
+            ),
+        );
+        endpoints.sort_by(|a, b| a.address.cmp(&b.address));
+        endpoints
+    }
+
     /// TLS the waypoint originates to a ServiceEntry host's endpoints, from the DestinationRule
     /// `tls` (SIMPLE or MUTUAL, as Envoy originates it for a sidecar); other modes: plain TCP
     /// (ISTIO_MUTUAL means HBONE-style mesh TLS, which endpoints outside the mesh do not speak).

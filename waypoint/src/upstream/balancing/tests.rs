@@ -444,3 +444,128 @@ fn requests_split_by_locality_weights() {
         assert_ne!(chosen.address, cluster.endpoints[2].address);
     }
 }
+
+/// How many of `picks` choices from a fresh state go to each endpoint `10.0.0.<last>` of
+/// `cluster` (each request ends before the next is chosen).
+fn choice_counts(cluster: &Cluster, picks: usize) -> HashMap<u8, usize> {
+    let state = fresh_state();
+    let mut counts = HashMap::new();
+    for _ in 0..picks {
+        let IpAddr::V4(ip) = pick(&state, cluster).ip() else {
+            unreachable!()
+        };
+        *counts.entry(ip.octets()[3]).or_default() += 1;
+    }
+    counts
+}
+
+/// The endpoint `state` chooses for a request with nothing to hash on.
+fn pick(state: &ClusterState, cluster: &Cluster) -> SocketAddr {
+    let headers = http::HeaderMap::new();
+    let hash = HashInput {
+        headers: &headers,
+        query: None,
+        source_ip: IpAddr::from([10, 0, 0, 100]),
+    };
+    state.choose_endpoint(cluster, &hash, &[]).unwrap().address
+}
+
+/// `10.0.0.1` with weight 1 and `10.0.0.2` with weight 3, balanced by `balancer`.
+fn one_to_three(balancer: LoadBalancer) -> Cluster {
+    Cluster {
+        load_balancer: balancer,
+        ..least_request(vec![
+            endpoint(1),
+            Endpoint {
+                weight: 3,
+                ..endpoint(2)
+            },
+        ])
+    }
+}
+
+/// Envoy's weighted round robin: an endpoint of weight 3 beside one of weight 1 takes three
+/// requests of four, in every short run of them (Envoy's EDF schedule is exact per cycle);
+/// plain round robin would give each half.
+#[test]
+fn round_robin_follows_endpoint_weights() {
+    let cluster = one_to_three(LoadBalancer::RoundRobin);
+    for picks in [40, 400, 4_000] {
+        let counts = choice_counts(&cluster, picks);
+        let heavy = counts.get(&2).copied().unwrap_or(0);
+        // The golden-ratio walk strays from the exact share by a few requests at most.
+        let expected = picks * 3 / 4;
+        assert!(
+            heavy.abs_diff(expected) <= 2,
+            "{picks} picks: {counts:?}, expected {expected} to the weight-3 endpoint"
+        );
+    }
+    // Interleaved, not in blocks: no run of four choices goes to one endpoint only.
+    let state = fresh_state();
+    let order: Vec<SocketAddr> = (0..100).map(|_| pick(&state, &cluster)).collect();
+    assert!(
+        order
+            .windows(5)
+            .all(|run| run.contains(&endpoint(1).address)),
+        "the weight-1 endpoint waits more than four turns: {order:?}"
+    );
+}
+
+/// Envoy's weighted least request: with weights that differ, each endpoint weighs
+/// `weight / (requests in flight + 1)`. Idle, the split is the weights' (power of two choices
+/// would give each half); with requests in flight on the heavy endpoint, it takes less.
+#[test]
+fn least_request_follows_endpoint_weights_over_requests_in_flight() {
+    let cluster = one_to_three(LoadBalancer::LeastRequest);
+    // 3 of 4 of 8000 is 6000, a standard deviation of 39: 5800 to 6200 is over 5 of them.
+    let picks = 8_000;
+    let counts = choice_counts(&cluster, picks);
+    let heavy = counts.get(&2).copied().unwrap_or(0);
+    assert!((5_800..=6_200).contains(&heavy), "{counts:?}");
+
+    // Five requests held on the weight-3 endpoint: 3 / 6 against 1 / 1, a third of the new
+    // ones (2667 of 8000, a standard deviation of 42).
+    let state = fresh_state();
+    let _held: Vec<ActiveRequest> = (0..5)
+        .map(|_| state.track_request(endpoint(2).address))
+        .collect();
+    let heavy = (0..picks)
+        .filter(|_| pick(&state, &cluster) == endpoint(2).address)
+        .count();
+    assert!((2_450..=2_900).contains(&heavy), "{heavy} of {picks}");
+}
+
+/// Envoy's random balancer picks among the hosts uniformly (`RandomLoadBalancer::peekOrChoose`
+/// indexes the host list by a random number), whatever their weights.
+#[test]
+fn random_ignores_endpoint_weights_as_envoy_does() {
+    let picks = 8_000;
+    let counts = choice_counts(&one_to_three(LoadBalancer::Random), picks);
+    // Half of 8000, a standard deviation of 45: 3750 to 4250 is over 5 of them.
+    let heavy = counts.get(&2).copied().unwrap_or(0);
+    assert!((3_750..=4_250).contains(&heavy), "{counts:?}");
+}
+
+/// Slow start applies on top of the endpoint's weight: a weight-3 endpoint at 10% of its
+/// weight counts 0.3 beside a warm weight-1 endpoint.
+#[test]
+fn slow_start_scales_the_endpoint_weight() {
+    let cluster = Cluster {
+        slow_start: Some(crate::model::SlowStart {
+            window: Duration::from_secs(100),
+            min_weight: 0.1,
+            aggression: 1.0,
+        }),
+        ..one_to_three(LoadBalancer::RoundRobin)
+    };
+    let state = fresh_state();
+    {
+        let mut states = lock(&state.0.endpoints);
+        states.entry(endpoint(2).address).or_default().warming_since = Some(Instant::now());
+    }
+    // 0.3 / 1.3 of 1300 is 300.
+    let heavy = (0..1_300)
+        .filter(|_| pick(&state, &cluster) == endpoint(2).address)
+        .count();
+    assert!(heavy.abs_diff(300) <= 3, "{heavy} of 1300");
+}

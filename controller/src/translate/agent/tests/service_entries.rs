@@ -265,3 +265,56 @@ status: {podIP: 10.251.2.12}
     // With a selector, the host balances over its endpoints (not a passthrough).
     assert!(service_of(&addresses, host).load_balancing.is_none());
 }
+
+/// istiod's `PILOT_ENABLE_IP_AUTOALLOCATE` (on by default): off, a host that declares no
+/// address gets none, not even one its entry carries in `status.addresses`
+/// (`shouldV2AutoAllocateIPFromPieces` in pilot/pkg/networking/serviceentry); declared
+/// addresses are unaffected.
+#[test]
+fn auto_allocation_switched_off_gives_no_addresses() {
+    let index = index(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api, namespace: shop}
+spec:
+  hosts: [api.example.com]
+  location: MESH_EXTERNAL
+  resolution: DNS
+  ports: [{number: 80, name: http}]
+status: {addresses: [{host: api.example.com, value: 240.240.3.4}]}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: declared, namespace: shop}
+spec:
+  hosts: [declared.example.com]
+  addresses: [192.0.2.80]
+  location: MESH_EXTERNAL
+  resolution: DNS
+  ports: [{number: 80, name: http}]
+"#,
+    );
+    let vips = |settings: &MeshSettings, host: &str| -> Vec<Vec<u8>> {
+        service_of(&addresses(&index, settings), &format!("shop/{host}"))
+            .addresses
+            .into_iter()
+            .map(|a| a.address)
+            .collect()
+    };
+    let on = MeshSettings::default();
+    assert_eq!(
+        vips(&on, "api.example.com")[0],
+        vec![240, 240, 3, 4],
+        "on by default, the address in status kept"
+    );
+    let off = MeshSettings {
+        auto_allocate: None,
+        ..MeshSettings::default()
+    };
+    assert!(vips(&off, "api.example.com").is_empty());
+    assert_eq!(
+        vips(&off, "declared.example.com"),
+        vec![vec![192, 0, 2, 80]]
+    );
+}

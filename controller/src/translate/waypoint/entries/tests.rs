@@ -471,3 +471,113 @@ spec:
         "{problems:?}"
     );
 }
+
+/// A ServiceEntry with a `workloadSelector` that uses the waypoint: its endpoints are the pods
+/// and WorkloadEntries of its namespace it selects, as Istio's service registry makes them its
+/// instances (`serviceentry/conversion.go`: a pod on the port's `targetPort`, a WorkloadEntry
+/// on its port of the port's name, weighted by `weight`), so its routes and subsets apply.
+#[test]
+fn an_entry_selecting_workloads_is_served_with_them_as_endpoints() {
+    let text = WAYPOINT.to_owned()
+        + r#"---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api, namespace: egress, labels: {istio.io/use-waypoint: waypoint}}
+spec:
+  hosts: [api.internal]
+  addresses: [240.0.1.1]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 80, name: http, protocol: HTTP, targetPort: 8080}]
+  workloadSelector: {labels: {app: api}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: api-0, namespace: egress, labels: {app: api, version: v1}}
+spec: {nodeName: n1, serviceAccountName: api, containers: [{name: a, image: a}]}
+status: {podIP: 10.0.0.30}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: other-0, namespace: egress, labels: {app: other, version: v2}}
+spec: {nodeName: n1, serviceAccountName: other, containers: [{name: o, image: o}]}
+status: {podIP: 10.0.0.31}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: api-vm, namespace: egress}
+spec: {address: 192.0.2.9, labels: {app: api, version: v2}, ports: {http: 9090}, weight: 3, serviceAccount: api}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: api, namespace: egress}
+spec:
+  host: api.internal
+  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: api, namespace: egress}
+spec:
+  hosts: [api.internal]
+  http: [{route: [{destination: {host: api.internal, subset: v2}}]}]
+"#;
+    let (config, problems) = configs(&text);
+    assert!(
+        problems
+            .iter()
+            .all(|p| !p.to_string().contains("workloadSelector")),
+        "{problems:?}"
+    );
+    let endpoints = |name: &str| -> Vec<(String, u32, i32, u32, String)> {
+        cluster(&config, name)
+            .endpoints
+            .iter()
+            .map(|e| {
+                (
+                    e.address.clone(),
+                    e.port,
+                    e.tunnel,
+                    e.weight,
+                    e.identity.clone(),
+                )
+            })
+            .collect()
+    };
+    let hbone = wp::EndpointTunnel::Hbone as i32;
+    let pod = (
+        "10.0.0.30".to_owned(),
+        8080,
+        hbone,
+        0,
+        "spiffe://cluster.local/ns/egress/sa/api".to_owned(),
+    );
+    let vm = (
+        "192.0.2.9".to_owned(),
+        9090,
+        wp::EndpointTunnel::None as i32,
+        3,
+        "spiffe://cluster.local/ns/egress/sa/api".to_owned(),
+    );
+    assert_eq!(endpoints("outbound|80||api.internal"), [pod, vm.clone()]);
+    assert_eq!(endpoints("outbound|80|v2|api.internal"), [vm]);
+    // The VirtualService's route to the subset applies at the waypoint (first, before the
+    // default route), whose cluster holds the WorkloadEntry only.
+    let service = config
+        .services
+        .iter()
+        .find(|s| s.hostname == "api.internal")
+        .expect("the entry's host is served");
+    let routed: Vec<&str> = service
+        .http_routes
+        .iter()
+        .flat_map(|r| &r.route)
+        .filter_map(|d| d.destination.as_ref())
+        .map(|d| d.cluster.as_str())
+        .collect();
+    assert_eq!(
+        routed.first(),
+        Some(&"outbound|80|v2|api.internal"),
+        "{routed:?}"
+    );
+}
