@@ -120,27 +120,9 @@ impl Receiver {
 /// Serves the collector's TraceService on `COLLECTOR_PORT` in the pod's network namespace, on a
 /// runtime of its own that lives as long as the test.
 fn start_receiver(mesh: &Mesh, pod: &str) -> (Receiver, tokio::runtime::Runtime) {
-    let listener = mesh
-        .pod(pod)
-        .netns
-        .run(|| std::net::TcpListener::bind(("0.0.0.0", COLLECTOR_PORT)))
-        .expect("enter the collector's namespace")
-        .expect("bind the collector's port");
-    listener.set_nonblocking(true).unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
     let receiver = Receiver::default();
-    let service = TraceServiceServer::new(receiver.clone());
-    runtime.spawn(async move {
-        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-            .await
-    });
+    let routes = tonic::service::Routes::new(TraceServiceServer::new(receiver.clone()));
+    let runtime = mesh.serve_grpc(pod, COLLECTOR_PORT, routes);
     (receiver, runtime)
 }
 

@@ -145,3 +145,21 @@ fn a_bad_otel_provider_refuses_the_mesh_config_naming_the_field() {
     }
     assert!(refused("{service: c.example.com, port: 70000}").contains("70000 is not a port"));
 }
+
+/// A refused change leaves the last good provider in force (what the waypoints are sent).
+#[test]
+fn a_refused_otel_provider_keeps_the_last_good_one() {
+    let good = "extensionProviders: [{name: otel, envoyOtelAls: {service: c.example.com, port: 4317}}]";
+    let watch = MeshConfigWatch::fixed(parse("mesh", good).unwrap());
+    let bad = "extensionProviders: [{name: otel, envoyOtelAls: {service: c.example.com, port: 70000}}]";
+    let error = watch.apply("mesh", bad.to_owned()).unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("extensionProviders[0].envoyOtelAls.port: 70000 is not a port"),
+        "{error}"
+    );
+    let mesh = watch.access_logging();
+    let otel = mesh.provider_named("otel").unwrap().otel.as_ref().unwrap();
+    assert_eq!((otel.service.as_str(), otel.port), ("c.example.com", 4317));
+}
