@@ -125,10 +125,12 @@ impl AccessLogs {
             };
             keeps_request_headers |= filter.as_ref().is_some_and(|f| f.reads("request"));
             let output = match (&log.otel, &log.format) {
-                (Some(sink), Some(proto::access_log::Format::Text(text))) => {
-                    Output::Otel(otel::OtelSink::compile(sink, text).map_err(|e| invalid(&context, e))?)
+                (Some(sink), Some(proto::access_log::Format::Text(text))) => Output::Otel(
+                    otel::OtelSink::compile(sink, text).map_err(|e| invalid(&context, e))?,
+                ),
+                (Some(_), _) => {
+                    return Err(invalid(&context, "otel: the body must be a text format"));
                 }
-                (Some(_), _) => return Err(invalid(&context, "otel: the body must be a text format")),
                 (None, _) => output(&log.path).map_err(|e| invalid(&context, e))?,
             };
             compiled.push(AccessLog {

@@ -61,23 +61,14 @@ impl EnvoyOtelAls {
                 format!("{:?} is not a service: [namespace/]hostname", self.service),
             ));
         }
-        let port = u16::try_from(self.port)
-            .ok()
-            .filter(|p| *p > 0)
-            .ok_or_else(|| {
-                field(
-                    &format!("{path}.port"),
-                    format!("{} is not a port (1 to 65535)", self.port),
-                )
-            })?;
+        let port = super::trace::port(self.port, &format!("{path}.port"), field)?;
         let log_format = self.log_format.unwrap_or_default();
         let body = if log_format.text.is_empty() {
             format!("{DEFAULT_TEXT_FORMAT}\n")
         } else {
             log_format.text
         };
-        Format::text(&body)
-            .map_err(|e| field(&format!("{path}.logFormat.text"), e.to_string()))?;
+        Format::text(&body).map_err(|e| field(&format!("{path}.logFormat.text"), e.to_string()))?;
         let mut attributes = BTreeMap::new();
         for (name, value) in log_format.labels.unwrap_or_default() {
             let label = format!("{path}.logFormat.labels.{name}");

@@ -1,34 +1,16 @@
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use http::HeaderMap;
-use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
-    LogsService, LogsServiceServer,
-};
-use opentelemetry_proto::tonic::collector::logs::v1::{
-    ExportLogsServiceRequest, ExportLogsServiceResponse,
-};
 use prometheus_client::registry::Registry;
 
 use super::*;
 use crate::access_log::AccessLogs;
 use crate::metrics::{Metrics, RequestRecord};
 use crate::telemetry::export::QUEUE_CAPACITY;
-
-fn text(value: Option<&AnyValue>) -> Option<&str> {
-    match value?.value.as_ref()? {
-        any_value::Value::StringValue(s) => Some(s),
-        _ => None,
-    }
-}
-
-fn attribute<'r>(record: &'r LogRecord, key: &str) -> Option<&'r str> {
-    record
-        .attributes
-        .iter()
-        .find(|kv| kv.key == key)
-        .and_then(|kv| text(kv.value.as_ref()))
-}
+use crate::testing::otlp_logs::{
+    LogsReceiver, record_attribute as attribute, string_value as text,
+};
 
 /// Envoy's LogRecord: a string body, string attributes in the labels' order, the time in
 /// nanoseconds since the epoch; nothing else set.
@@ -99,7 +81,9 @@ fn otel_log(collector: &str, text: &str, filter: &str) -> proto::AccessLog {
 #[test]
 fn bad_otel_logs_are_refused_naming_the_log() {
     let mut json = otel_log("127.0.0.1:4317", "%RESPONSE_CODE%", "");
-    json.format = Some(proto::access_log::Format::Json(proto::JsonLogFormat::default()));
+    json.format = Some(proto::access_log::Format::Json(
+        proto::JsonLogFormat::default(),
+    ));
     let mut no_collector = otel_log("127.0.0.1:4317", "%RESPONSE_CODE%", "");
     no_collector.otel.as_mut().unwrap().collector.clear();
     let mut bad_label = otel_log("127.0.0.1:4317", "%RESPONSE_CODE%", "");
@@ -124,36 +108,6 @@ fn bad_otel_logs_are_refused_naming_the_log() {
     }
 }
 
-/// The LogRecords a collector received.
-#[derive(Clone, Default)]
-struct Receiver {
-    requests: Arc<Mutex<Vec<ExportLogsServiceRequest>>>,
-}
-
-#[tonic::async_trait]
-impl LogsService for Receiver {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportLogsServiceRequest>,
-    ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
-        self.requests.lock().unwrap().push(request.into_inner());
-        Ok(tonic::Response::new(ExportLogsServiceResponse::default()))
-    }
-}
-
-impl Receiver {
-    fn records(&self) -> Vec<LogRecord> {
-        self.requests
-            .lock()
-            .unwrap()
-            .iter()
-            .flat_map(|r| &r.resource_logs)
-            .flat_map(|r| &r.scope_logs)
-            .flat_map(|s| s.log_records.clone())
-            .collect()
-    }
-}
-
 /// Through the waypoint's exporter to a real LogsService: only the request the filter
 /// admits is exported, its body the text format with its newline, its attributes the
 /// labels; the resource carries no built-in labels (Istio's `disable_builtin_labels`).
@@ -161,8 +115,8 @@ impl Receiver {
 async fn records_reach_the_collector_where_the_filter_admits_them() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
-    let receiver = Receiver::default();
-    let service = LogsServiceServer::new(receiver.clone());
+    let receiver = LogsReceiver::default();
+    let service = receiver.service();
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(service)
@@ -198,7 +152,7 @@ async fn records_reach_the_collector_where_the_filter_admits_them() {
     assert_eq!(attribute(record, "code"), Some("503"));
     assert_eq!(attribute(record, "path"), Some("/fails"));
     assert_eq!(attribute(record, "upstream"), Some("-"));
-    let requests = receiver.requests.lock().unwrap();
+    let requests = receiver.requests();
     let resource = requests[0].resource_logs[0].resource.as_ref().unwrap();
     assert!(resource.attributes.is_empty(), "{resource:?}");
 }

@@ -54,7 +54,11 @@ pub(super) fn access_logs(
         .filter(|(_, spec)| !spec.disabled)
         .filter_map(|(provider, spec)| {
             if let Some(otel) = &provider.otel {
-                return Some(super::otel_als::access_log(provider, otel, spec.filter.clone()));
+                return Some(super::otel_als::access_log(
+                    provider,
+                    otel,
+                    spec.filter.clone(),
+                ));
             }
             let file = provider.file.as_ref()?;
             Some(access_log(

@@ -5,29 +5,11 @@ use std::sync::Arc;
 
 use weft_proto::waypoint as wp;
 
-use super::super::super::tests::validated;
+use super::super::super::tests::{OTEL_COLLECTOR as COLLECTOR, validated};
 use super::super::super::waypoint_configs;
 use super::super::tests::{MESH, telemetry};
 use crate::mesh_config::{DEFAULT_LOG_NAME, MeshConfigError, MeshConfigWatch, parse};
 use crate::translate::MeshSettings;
-
-/// The collector's Service and its one ready pod, in `observability`.
-const COLLECTOR: &str = r#"
----
-apiVersion: v1
-kind: Service
-metadata: {name: otel-collector, namespace: observability}
-spec:
-  clusterIP: 10.96.0.77
-  selector: {app: otel-collector}
-  ports: [{name: grpc-otlp, port: 4317, targetPort: 14317}]
----
-apiVersion: v1
-kind: Pod
-metadata: {name: otel-collector-0, namespace: observability, labels: {app: otel-collector}}
-spec: {nodeName: n1, containers: [{name: c, image: c}]}
-status: {podIP: 10.0.0.9, conditions: [{type: Ready, status: "True"}]}
-"#;
 
 /// The waypoint's access logs under `mesh_config`, with the collector in the cluster.
 fn access_logs(mesh_config: &str, telemetries: &[String]) -> Vec<wp::AccessLog> {
@@ -65,7 +47,7 @@ fn a_default_otel_provider_sends_istios_text_format_to_the_collectors_pods() {
     assert_eq!(otel.log_name, DEFAULT_LOG_NAME);
     assert_eq!(otel.log_name, "otel_envoy_accesslog");
     assert!(otel.attributes.is_empty());
-    assert_eq!(otel.collector, ["10.0.0.9:14317"]);
+    assert_eq!(otel.collector, ["10.0.0.50:14317"]);
 }
 
 /// Telemetry selects the provider with a filter; `logName`, `logFormat.text` and
@@ -109,7 +91,9 @@ fn a_telemetry_selected_otel_provider_carries_its_format_labels_and_filter() {
 #[test]
 fn a_bad_otel_provider_refuses_the_mesh_config_naming_the_field() {
     let refused = |provider: &str| -> String {
-        let document = format!("extensionProviders: [{{name: ok, envoyFileAccessLog: {{}}}}, {{name: otel, envoyOtelAls: {provider}}}]");
+        let document = format!(
+            "extensionProviders: [{{name: ok, envoyFileAccessLog: {{}}}}, {{name: otel, envoyOtelAls: {provider}}}]"
+        );
         match parse("mesh", &document) {
             Err(MeshConfigError::Field { field, reason, .. }) => format!("{field}: {reason}"),
             other => panic!("{provider} was not refused: {other:?}"),
@@ -149,9 +133,11 @@ fn a_bad_otel_provider_refuses_the_mesh_config_naming_the_field() {
 /// A refused change leaves the last good provider in force (what the waypoints are sent).
 #[test]
 fn a_refused_otel_provider_keeps_the_last_good_one() {
-    let good = "extensionProviders: [{name: otel, envoyOtelAls: {service: c.example.com, port: 4317}}]";
+    let good =
+        "extensionProviders: [{name: otel, envoyOtelAls: {service: c.example.com, port: 4317}}]";
     let watch = MeshConfigWatch::fixed(parse("mesh", good).unwrap());
-    let bad = "extensionProviders: [{name: otel, envoyOtelAls: {service: c.example.com, port: 70000}}]";
+    let bad =
+        "extensionProviders: [{name: otel, envoyOtelAls: {service: c.example.com, port: 70000}}]";
     let error = watch.apply("mesh", bad.to_owned()).unwrap_err();
     assert!(
         error
