@@ -6,7 +6,7 @@
 //! `extensionProviders[].opentelemetry`, `defaultConfig.tracing.sampling`), pushed to every
 //! waypoint in its `WaypointConfig`, the access logs ([`access_log`]: `accessLogFile`,
 //! `accessLogFormat`, `accessLogEncoding`, `defaultProviders.accessLogging`,
-//! `extensionProviders[].envoyFileAccessLog`), which Telemetry resources select from, and the gateways' default
+//! `extensionProviders[].envoyFileAccessLog`, `extensionProviders[].envoyOtelAls`: [`otel_als`]), which Telemetry resources select from, and the gateways' default
 //! `defaultConfig.gatewayTopology.numTrustedProxies`, in every gateway's, and the default
 //! locality load balancing, `localityLbSetting`, which a cluster without a DestinationRule
 //! setting of its own (nor a traffic distribution) follows. The file is read at
@@ -29,11 +29,13 @@ use weft_proto::mesh::{MeshConfig, OutboundTrafficPolicy};
 use crate::model::networking::LocalityLbSetting;
 
 mod access_log;
+mod otel_als;
 mod trace;
 
 pub use self::access_log::{
     AccessLogProvider, BUILTIN_PROVIDER, DEV_STDOUT, FileProvider, LogFormat, MeshAccessLogging,
 };
+pub use self::otel_als::{DEFAULT_LOG_NAME, OtelAlsProvider};
 pub use self::trace::{DEFAULT_TRACE_SAMPLING, MeshTracing, TracingProvider};
 
 /// How often the file is read again: the configuration directory's own pace.

@@ -27,6 +27,8 @@ enum Output {
     ProcessLog,
     /// Standard output or a file, one `write` per line.
     Writer(AccessWriter),
+    /// An OpenTelemetry collector, a LogRecord per line ([`otel`]).
+    Otel(otel::OtelSink),
 }
 
 /// One access log, compiled.
@@ -122,8 +124,17 @@ impl AccessLogs {
                 ),
             };
             keeps_request_headers |= filter.as_ref().is_some_and(|f| f.reads("request"));
+            let output = match (&log.otel, &log.format) {
+                (Some(sink), Some(proto::access_log::Format::Text(text))) => Output::Otel(
+                    otel::OtelSink::compile(sink, text).map_err(|e| invalid(&context, e))?,
+                ),
+                (Some(_), _) => {
+                    return Err(invalid(&context, "otel: the body must be a text format"));
+                }
+                (None, _) => output(&log.path).map_err(|e| invalid(&context, e))?,
+            };
             compiled.push(AccessLog {
-                output: output(&log.path).map_err(|e| invalid(&context, e))?,
+                output,
                 format,
                 filter,
             });
@@ -170,6 +181,7 @@ impl AccessLogs {
                         warn!(%error, "access log line not written");
                     }
                 }
+                Output::Otel(sink) => sink.submit(line, entry),
             }
         }
     }
@@ -438,5 +450,6 @@ impl Attributes for ConnectionEntry<'_> {
     }
 }
 
+pub mod otel;
 #[cfg(test)]
 mod tests;

@@ -163,8 +163,11 @@ impl Waypoint {
         );
         let spans = telemetry::SpanExporter::new(options.node_id, &mut registry);
         // Spans queue until a runtime sends them; the waypoint is built on one in practice.
+        let access_log_records = access_log::otel::exporter();
+        access_log_records.register(&mut registry);
         if tokio::runtime::Handle::try_current().is_ok() {
             spans.spawn();
+            access_log_records.spawn();
         }
         let store = ConfigStore::default()
             .with_origination_credentials(options.origination_credentials)

@@ -25,6 +25,7 @@ use weft_identity::{CertificateAuthority, CertificateSource, SpiffeId};
 use weft_proxy_core::certificates::{CertificateManager, LocalCa};
 
 mod jwt;
+pub mod otlp_logs;
 pub use jwt::TestIssuer;
 
 /// Trust domain of test identities.

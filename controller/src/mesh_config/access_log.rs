@@ -12,6 +12,7 @@ use serde::Deserialize;
 use weft_access_log::{DEFAULT_JSON_LABELS, DEFAULT_TEXT_FORMAT, Format};
 
 use super::MeshConfigError;
+use super::otel_als::{EnvoyOtelAls, OtelAlsProvider};
 use super::trace::section;
 
 /// The name of Istio's built-in file provider.
@@ -81,6 +82,8 @@ pub struct AccessLogProvider {
     /// Its `envoyFileAccessLog`; `None` for a provider of another kind (a metrics, tracing or
     /// gRPC access-log service provider), which writes no line here.
     pub file: Option<FileProvider>,
+    /// Its `envoyOtelAls`: records exported to an OpenTelemetry collector.
+    pub otel: Option<OtelAlsProvider>,
 }
 
 /// An `envoyFileAccessLog` provider.
@@ -147,6 +150,7 @@ fn builtin(format: LogFormat) -> AccessLogProvider {
             path: DEV_STDOUT.to_owned(),
             format,
         }),
+        otel: None,
     }
 }
 
@@ -161,6 +165,7 @@ struct DefaultProviders {
 struct ExtensionProvider {
     name: String,
     envoy_file_access_log: Option<EnvoyFileAccessLog>,
+    envoy_otel_als: Option<EnvoyOtelAls>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -270,9 +275,14 @@ pub(super) fn parse(
                 })
             }
         };
+        let otel = provider
+            .envoy_otel_als
+            .map(|otel| otel.resolve(&format!("extensionProviders[{i}].envoyOtelAls"), field))
+            .transpose()?;
         providers.push(AccessLogProvider {
             name: provider.name,
             file,
+            otel,
         });
     }
     // A declared `envoy` replaces the built-in one, as istiod merges the mesh config.

@@ -79,6 +79,19 @@ struct OpenTelemetryProvider {
     http: Option<serde_yaml::Value>,
 }
 
+/// A provider's `port`, 1 to 65535; another value names `name`.
+pub(super) fn port(
+    value: impl Into<i64>,
+    name: &str,
+    field: &impl Fn(&str, String) -> MeshConfigError,
+) -> Result<u16, MeshConfigError> {
+    let value = value.into();
+    u16::try_from(value)
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| field(name, format!("{value} is not a port (1 to 65535)")))
+}
+
 /// `value` read as a `T` (absent or null: the default); a wrong shape names `field`.
 pub(super) fn section<T: serde::de::DeserializeOwned + Default>(
     value: Option<&serde_yaml::Value>,
@@ -131,15 +144,7 @@ pub(super) fn parse(
                 "must be set".into(),
             ));
         }
-        let port = u16::try_from(otel.port)
-            .ok()
-            .filter(|p| *p > 0)
-            .ok_or_else(|| {
-                field(
-                    &format!("{path}.opentelemetry.port"),
-                    format!("{} is not a port", otel.port),
-                )
-            })?;
+        let port = port(otel.port, &format!("{path}.opentelemetry.port"), field)?;
         if otel.http.is_some() {
             return Err(field(
                 &format!("{path}.opentelemetry.http"),

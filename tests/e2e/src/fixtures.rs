@@ -29,6 +29,42 @@ spec:
     )
 }
 
+/// An OpenTelemetry collector's Service in `shop` (OTLP/gRPC on 4317), selecting the pods
+/// labelled `app: otel-collector` (a client pod of that name, not enrolled).
+pub const OTEL_COLLECTOR: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: otel-collector, namespace: shop}
+spec:
+  clusterIP: 10.96.0.77
+  selector: {app: otel-collector}
+  ports:
+  - {name: grpc-otlp, port: 4317}
+"#;
+
+/// `client` and `reviews-v1` on node1, `reviews` behind the waypoint of `shop` on node2, and
+/// the pod behind [`OTEL_COLLECTOR`] (not enrolled) on node2, under `mesh_config`.
+pub fn reviews_with_collector(mesh_config: &str) -> (Vec<crate::PodSpec>, crate::MeshOptions) {
+    use crate::PodSpec;
+    (
+        vec![
+            PodSpec::client("client", "node1", "shop"),
+            PodSpec::app("reviews-v1", "node1", "shop", "reviews", "v1"),
+            PodSpec::waypoint("waypoint", "node2", "shop"),
+            PodSpec::client("otel-collector", "node2", "shop").not_enrolled(),
+        ],
+        crate::MeshOptions {
+            config: format!(
+                "{}---\n{OTEL_COLLECTOR}---\n{}",
+                reviews_service(false),
+                crate::waypoint_resources("shop")
+            ),
+            mesh_config: mesh_config.to_owned(),
+            ..crate::MeshOptions::default()
+        },
+    )
+}
+
 /// The `reviews` DestinationRule: one subset per version of `versions`, selected by the
 /// `version` label, after `traffic_policy` (YAML indented under `spec`, or empty).
 pub fn reviews_subsets(versions: &[&str], traffic_policy: &str) -> String {

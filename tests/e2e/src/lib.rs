@@ -29,6 +29,7 @@ pub mod demo;
 pub mod dns;
 pub mod fixtures;
 pub mod gateway;
+mod grpc_receiver;
 pub mod h2flood;
 pub mod kube_cluster;
 mod lifecycle;

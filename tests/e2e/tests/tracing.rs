@@ -27,21 +27,12 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::common::v1::any_value;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use weft_e2e::bookinfo::{self, PRODUCTPAGE, ratings};
-use weft_e2e::fixtures::{REVIEWS_VIP as VIP, reviews_service};
+use weft_e2e::fixtures::{
+    OTEL_COLLECTOR, REVIEWS_VIP as VIP, reviews_service, reviews_with_collector,
+};
 use weft_e2e::{Mesh, MeshOptions, PodSpec, waypoint_resources};
 
 const COLLECTOR_PORT: u16 = 4317;
-
-const OTEL_COLLECTOR: &str = r#"
-apiVersion: v1
-kind: Service
-metadata: {name: otel-collector, namespace: shop}
-spec:
-  clusterIP: 10.96.0.77
-  selector: {app: otel-collector}
-  ports:
-  - {name: grpc-otlp, port: 4317}
-"#;
 
 const MESH_CONFIG: &str = r#"
 enableTracing: true
@@ -120,27 +111,9 @@ impl Receiver {
 /// Serves the collector's TraceService on `COLLECTOR_PORT` in the pod's network namespace, on a
 /// runtime of its own that lives as long as the test.
 fn start_receiver(mesh: &Mesh, pod: &str) -> (Receiver, tokio::runtime::Runtime) {
-    let listener = mesh
-        .pod(pod)
-        .netns
-        .run(|| std::net::TcpListener::bind(("0.0.0.0", COLLECTOR_PORT)))
-        .expect("enter the collector's namespace")
-        .expect("bind the collector's port");
-    listener.set_nonblocking(true).unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
     let receiver = Receiver::default();
-    let service = TraceServiceServer::new(receiver.clone());
-    runtime.spawn(async move {
-        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-            .await
-    });
+    let routes = tonic::service::Routes::new(TraceServiceServer::new(receiver.clone()));
+    let runtime = mesh.serve_grpc(pod, COLLECTOR_PORT, routes);
     (receiver, runtime)
 }
 
@@ -160,24 +133,8 @@ const UNSAMPLED_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
 
 #[test]
 fn the_waypoint_exports_a_span_per_sampled_request_and_propagates_its_context() {
-    let mesh = Mesh::start(
-        vec![
-            PodSpec::client("client", "node1", "shop"),
-            PodSpec::app("reviews-v1", "node1", "shop", "reviews", "v1"),
-            PodSpec::waypoint("waypoint", "node2", "shop"),
-            PodSpec::client("otel-collector", "node2", "shop").not_enrolled(),
-        ],
-        MeshOptions {
-            config: format!(
-                "{}---\n{OTEL_COLLECTOR}---\n{}",
-                reviews_service(false),
-                waypoint_resources("shop")
-            ),
-            mesh_config: MESH_CONFIG.to_owned(),
-            ..MeshOptions::default()
-        },
-    )
-    .expect("start the mesh");
+    let (pods, options) = reviews_with_collector(MESH_CONFIG);
+    let mesh = Mesh::start(pods, options).expect("start the mesh");
     let (receiver, _runtime) = start_receiver(&mesh, "otel-collector");
     mesh.await_reachable("client", &format!("http://{VIP}/ready"))
         .expect("the service is reachable through the waypoint");

@@ -17,6 +17,7 @@ fn json_file_log(path: &str, labels: &[(&str, &str)], filter: &str) -> proto::Ac
                 .collect::<BTreeMap<_, _>>(),
         })),
         filter: filter.to_owned(),
+        otel: None,
     }
 }
 
@@ -79,6 +80,7 @@ fn each_provider_writes_its_own_line_and_files_are_appended_to() {
         path: path.to_str().unwrap().to_owned(),
         format: Some(proto::access_log::Format::Text(format.to_owned())),
         filter: String::new(),
+        otel: None,
     };
     let logs = AccessLogs::compile(
         &[

@@ -1,13 +1,16 @@
-//! The span exporter: a bounded queue between the request path and one task that sends
-//! batches over OTLP/gRPC (`opentelemetry.proto.collector.trace.v1.TraceService/Export`).
+//! The OTLP exporters: a bounded queue between the request path and one task that sends
+//! batches over OTLP/gRPC, for spans (`opentelemetry.proto.collector.trace.v1.TraceService/
+//! Export`, [`SpanExporter`]) and for access-log records (`LogsService/Export`, the
+//! [`Signal`] of `crate::access_log::otel`).
 //!
-//! Requests never wait for it: a span that finds the queue full is dropped and counted
-//! (`weft_tracing_spans_dropped_total`), so a slow or dead collector costs at most the queue's
-//! memory and never delays traffic. A batch that fails to send is dropped and counted too
-//! (`weft_tracing_spans_failed_total`); there is no retry, as a collector that is down would
-//! only fill the queue again.
+//! Requests never wait for it: an item that finds the queue full is dropped and counted
+//! (`weft_tracing_spans_dropped_total`, `weft_access_log_records_dropped_total`), so a slow or
+//! dead collector costs at most the queue's memory and never delays traffic. A batch that
+//! fails to send is dropped and counted too (`..._failed_total`); there is no retry, as a
+//! collector that is down would only fill the queue again.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -24,11 +27,11 @@ use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{Instrument, debug, info_span};
 
-/// Spans waiting to be sent, at most (Envoy's batch limit is of the same order).
+/// Items waiting to be sent, at most (Envoy's batch limit is of the same order).
 pub const QUEUE_CAPACITY: usize = 2048;
-/// Spans in one export request, at most.
+/// Items in one export request, at most.
 pub const MAX_BATCH: usize = 512;
-/// How long the first span of a batch waits for others.
+/// How long the first item of a batch waits for others.
 pub const BATCH_DELAY: Duration = Duration::from_millis(200);
 /// One export's deadline, connecting included.
 pub const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -36,18 +39,34 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Collectors the exporter keeps a channel to (configuration rarely names more than one).
 const MAX_CHANNELS: usize = 16;
 
-/// An OTLP collector and the resource the waypoint's spans are reported as there.
+/// An OTLP collector and the resource the waypoint's items are reported as there.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Collector {
     /// `ip:port` or `host:port` of each endpoint; exports go round the list.
     pub endpoints: Vec<String>,
-    /// The resource's `service.name`.
+    /// The resource's `service.name`; empty: none.
     pub service_name: String,
 }
 
-struct Queued {
+/// What an exporter sends: the queued item and the RPC that sends a batch of them.
+pub trait Signal: Send + Sync + 'static {
+    type Item: Send + 'static;
+    /// Names the exporter's task and counters (`weft_{NAME}_exported_total`, ...).
+    const NAME: &'static str;
+    /// What the counters count, for their help text.
+    const ITEMS: &'static str;
+
+    /// One export request of `items`, all for `collector`, on `channel`.
+    fn export(
+        channel: Channel,
+        collector: &Collector,
+        items: Vec<Self::Item>,
+    ) -> impl Future<Output = Result<(), tonic::Status>> + Send;
+}
+
+struct Queued<T> {
     collector: Arc<Collector>,
-    span: Span,
+    item: T,
 }
 
 #[derive(Clone, Default)]
@@ -57,12 +76,196 @@ struct ExportMetrics {
     failed: Counter,
 }
 
+/// The queue and sending task of one [`Signal`].
+pub struct BatchExporter<S: Signal> {
+    queue: mpsc::Sender<Queued<S::Item>>,
+    /// Taken by the task that sends.
+    pending: Mutex<Option<mpsc::Receiver<Queued<S::Item>>>>,
+    metrics: ExportMetrics,
+}
+
+impl<S: Signal> Default for BatchExporter<S> {
+    fn default() -> Self {
+        let (queue, pending) = mpsc::channel(QUEUE_CAPACITY);
+        BatchExporter {
+            queue,
+            pending: Mutex::new(Some(pending)),
+            metrics: ExportMetrics::default(),
+        }
+    }
+}
+
+impl<S: Signal> BatchExporter<S> {
+    /// Registers the exporter's counters in `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        let name = S::NAME;
+        let items = S::ITEMS;
+        registry.register(
+            format!("weft_{name}_exported"),
+            format!("{items} the collector accepted"),
+            self.metrics.exported.clone(),
+        );
+        registry.register(
+            format!("weft_{name}_dropped"),
+            format!("{items} dropped because the export queue was full"),
+            self.metrics.dropped.clone(),
+        );
+        registry.register(
+            format!("weft_{name}_failed"),
+            format!("{items} dropped because their export failed"),
+            self.metrics.failed.clone(),
+        );
+    }
+
+    /// Starts the sending task on the current runtime (once; later calls do nothing). Items
+    /// submitted before wait in the queue.
+    pub fn spawn(&self) {
+        let Some(receiver) = self.pending.lock().unwrap().take() else {
+            return;
+        };
+        tokio::spawn(
+            run::<S>(receiver, self.metrics.clone())
+                .instrument(info_span!("otlp_exporter", signal = S::NAME)),
+        );
+    }
+
+    /// Queues `item` for `collector`, or drops and counts it when the queue is full.
+    pub fn submit(&self, collector: Arc<Collector>, item: S::Item) {
+        if self.queue.try_send(Queued { collector, item }).is_err() {
+            self.metrics.dropped.inc();
+        }
+    }
+
+    pub fn exported(&self) -> u64 {
+        self.metrics.exported.get()
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.metrics.dropped.get()
+    }
+
+    pub fn failed(&self) -> u64 {
+        self.metrics.failed.get()
+    }
+}
+
+async fn run<S: Signal>(mut receiver: mpsc::Receiver<Queued<S::Item>>, metrics: ExportMetrics) {
+    let mut channels: HashMap<String, Channel> = HashMap::new();
+    let turn = AtomicUsize::new(0);
+    while let Some(first) = receiver.recv().await {
+        let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + BATCH_DELAY;
+        while batch.len() < MAX_BATCH {
+            match tokio::time::timeout_at(deadline, receiver.recv()).await {
+                Ok(Some(queued)) => batch.push(queued),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let mut by_collector: HashMap<Arc<Collector>, Vec<S::Item>> = HashMap::new();
+        for queued in batch {
+            by_collector
+                .entry(queued.collector)
+                .or_default()
+                .push(queued.item);
+        }
+        for (collector, items) in by_collector {
+            let count = items.len() as u64;
+            let index = turn.fetch_add(1, Ordering::Relaxed) % collector.endpoints.len().max(1);
+            let Some(endpoint) = collector.endpoints.get(index) else {
+                metrics.failed.inc_by(count);
+                continue;
+            };
+            if channels.len() >= MAX_CHANNELS && !channels.contains_key(endpoint) {
+                channels.clear();
+            }
+            let channel = match channels.get(endpoint) {
+                Some(channel) => channel.clone(),
+                None => match connect(endpoint) {
+                    Ok(channel) => {
+                        channels.insert(endpoint.clone(), channel.clone());
+                        channel
+                    }
+                    Err(error) => {
+                        debug!(%endpoint, %error, "invalid collector address");
+                        metrics.failed.inc_by(count);
+                        continue;
+                    }
+                },
+            };
+            let sent = tokio::time::timeout(EXPORT_TIMEOUT, S::export(channel, &collector, items))
+                .await
+                .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("export timed out")));
+            match sent {
+                Ok(()) => {
+                    metrics.exported.inc_by(count);
+                }
+                Err(error) => {
+                    debug!(%endpoint, %error, count, signal = S::NAME, "export failed");
+                    metrics.failed.inc_by(count);
+                }
+            }
+        }
+    }
+}
+
+fn connect(endpoint: &str) -> Result<Channel, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(format!("http://{endpoint}"))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(EXPORT_TIMEOUT)
+        .connect_lazy())
+}
+
+/// The scope every item is reported under.
+pub fn scope() -> InstrumentationScope {
+    InstrumentationScope {
+        name: "weft-waypoint".to_owned(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        ..Default::default()
+    }
+}
+
+/// Spans, over `TraceService/Export`.
+pub struct Spans;
+
+impl Signal for Spans {
+    type Item = Span;
+    const NAME: &'static str = "tracing_spans";
+    const ITEMS: &'static str = "Spans";
+
+    fn export(
+        channel: Channel,
+        collector: &Collector,
+        spans: Vec<Span>,
+    ) -> impl Future<Output = Result<(), tonic::Status>> + Send {
+        let request = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(Resource {
+                    attributes: vec![super::attribute(
+                        "service.name",
+                        collector.service_name.as_str(),
+                    )],
+                    ..Default::default()
+                }),
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(scope()),
+                    spans,
+                    schema_url: String::new(),
+                }],
+                schema_url: String::new(),
+            }],
+        };
+        async move {
+            TraceServiceClient::new(channel)
+                .export(request)
+                .await
+                .map(drop)
+        }
+    }
+}
+
 /// The waypoint's span exporter (one per process).
 pub struct SpanExporter {
-    queue: mpsc::Sender<Queued>,
-    /// Taken by the task that sends.
-    pending: Mutex<Option<mpsc::Receiver<Queued>>>,
-    metrics: ExportMetrics,
+    batches: BatchExporter<Spans>,
     node_id: String,
 }
 
@@ -78,38 +281,14 @@ impl SpanExporter {
     /// An exporter whose counters are registered in `registry`; [`SpanExporter::spawn`] starts
     /// its sending task. `node_id` is the proxy's xDS node id, a tag on every span.
     pub fn new(node_id: String, registry: &mut Registry) -> Arc<Self> {
-        let (queue, pending) = mpsc::channel(QUEUE_CAPACITY);
-        let metrics = ExportMetrics::default();
-        registry.register(
-            "weft_tracing_spans_exported",
-            "Spans the collector accepted",
-            metrics.exported.clone(),
-        );
-        registry.register(
-            "weft_tracing_spans_dropped",
-            "Spans dropped because the export queue was full",
-            metrics.dropped.clone(),
-        );
-        registry.register(
-            "weft_tracing_spans_failed",
-            "Spans dropped because their export failed",
-            metrics.failed.clone(),
-        );
-        Arc::new(SpanExporter {
-            queue,
-            pending: Mutex::new(Some(pending)),
-            metrics,
-            node_id,
-        })
+        let batches = BatchExporter::default();
+        batches.register(registry);
+        Arc::new(SpanExporter { batches, node_id })
     }
 
-    /// Starts the sending task on the current runtime (once; later calls do nothing). Spans
-    /// submitted before wait in the queue.
+    /// Starts the sending task on the current runtime (once).
     pub fn spawn(&self) {
-        let Some(receiver) = self.pending.lock().unwrap().take() else {
-            return;
-        };
-        tokio::spawn(run(receiver, self.metrics.clone()).instrument(info_span!("span_exporter")));
+        self.batches.spawn();
     }
 
     pub fn node_id(&self) -> &str {
@@ -118,112 +297,14 @@ impl SpanExporter {
 
     /// Queues `span` for `collector`, or drops and counts it when the queue is full.
     pub fn submit(&self, collector: Arc<Collector>, span: Span) {
-        if self.queue.try_send(Queued { collector, span }).is_err() {
-            self.metrics.dropped.inc();
-        }
+        self.batches.submit(collector, span);
     }
 
     pub fn exported(&self) -> u64 {
-        self.metrics.exported.get()
+        self.batches.exported()
     }
 
     pub fn dropped(&self) -> u64 {
-        self.metrics.dropped.get()
-    }
-}
-
-async fn run(mut receiver: mpsc::Receiver<Queued>, metrics: ExportMetrics) {
-    let mut channels: HashMap<String, TraceServiceClient<Channel>> = HashMap::new();
-    let turn = AtomicUsize::new(0);
-    while let Some(first) = receiver.recv().await {
-        let mut batch = vec![first];
-        let deadline = tokio::time::Instant::now() + BATCH_DELAY;
-        while batch.len() < MAX_BATCH {
-            match tokio::time::timeout_at(deadline, receiver.recv()).await {
-                Ok(Some(queued)) => batch.push(queued),
-                Ok(None) | Err(_) => break,
-            }
-        }
-        let mut by_collector: HashMap<Arc<Collector>, Vec<Span>> = HashMap::new();
-        for queued in batch {
-            by_collector
-                .entry(queued.collector)
-                .or_default()
-                .push(queued.span);
-        }
-        for (collector, spans) in by_collector {
-            let count = spans.len() as u64;
-            let index = turn.fetch_add(1, Ordering::Relaxed) % collector.endpoints.len().max(1);
-            let Some(endpoint) = collector.endpoints.get(index) else {
-                metrics.failed.inc_by(count);
-                continue;
-            };
-            if channels.len() >= MAX_CHANNELS && !channels.contains_key(endpoint) {
-                channels.clear();
-            }
-            let client = match channels.get(endpoint) {
-                Some(client) => client.clone(),
-                None => match connect(endpoint) {
-                    Ok(client) => {
-                        channels.insert(endpoint.clone(), client.clone());
-                        client
-                    }
-                    Err(error) => {
-                        debug!(%endpoint, %error, "invalid collector address");
-                        metrics.failed.inc_by(count);
-                        continue;
-                    }
-                },
-            };
-            match export(client, &collector, spans).await {
-                Ok(()) => {
-                    metrics.exported.inc_by(count);
-                }
-                Err(error) => {
-                    debug!(%endpoint, %error, spans = count, "span export failed");
-                    metrics.failed.inc_by(count);
-                }
-            }
-        }
-    }
-}
-
-fn connect(endpoint: &str) -> Result<TraceServiceClient<Channel>, tonic::transport::Error> {
-    let channel = Endpoint::from_shared(format!("http://{endpoint}"))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(EXPORT_TIMEOUT)
-        .connect_lazy();
-    Ok(TraceServiceClient::new(channel))
-}
-
-async fn export(
-    mut client: TraceServiceClient<Channel>,
-    collector: &Collector,
-    spans: Vec<Span>,
-) -> Result<(), tonic::Status> {
-    let request = ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(Resource {
-                attributes: vec![super::attribute(
-                    "service.name",
-                    collector.service_name.as_str(),
-                )],
-                ..Default::default()
-            }),
-            scope_spans: vec![ScopeSpans {
-                scope: Some(InstrumentationScope {
-                    name: "weft-waypoint".to_owned(),
-                    version: env!("CARGO_PKG_VERSION").to_owned(),
-                    ..Default::default()
-                }),
-                spans,
-                schema_url: String::new(),
-            }],
-            schema_url: String::new(),
-        }],
-    };
-    match tokio::time::timeout(EXPORT_TIMEOUT, client.export(request)).await {
-        Ok(result) => result.map(|_| ()),
-        Err(_) => Err(tonic::Status::deadline_exceeded("export timed out")),
+        self.batches.dropped()
     }
 }

@@ -257,7 +257,7 @@ impl<'a> Compiler<'a, '_> {
         };
         Some(wp::Tracing {
             provider: provider.name.clone(),
-            collector: self.collector_endpoints(provider),
+            collector: self.collector_endpoints(&provider.service, provider.port),
             random_sampling_percentage: merged.sampling,
             disable_span_reporting: merged.disabled,
             service_name: format!("{shown}.{}", self.waypoint.namespace),
@@ -276,24 +276,24 @@ impl<'a> Compiler<'a, '_> {
             .map(|t| t.spec.access_logging.as_slice())
             .filter(|entries| !entries.is_empty())
             .collect();
-        access_log::access_logs(&mesh, &entries, |mode| proxy.covers(mode))
+        let (disabled, mut logs) =
+            access_log::access_logs(&mesh, &entries, |mode| proxy.covers(mode));
+        self.resolve_otel_collectors(&mesh, &mut logs);
+        (disabled, logs)
     }
 
     /// `ip:port` of each ready pod behind the provider's Service, or `host:port` for the
     /// waypoint to resolve when no Service of that name is known.
-    fn collector_endpoints(&self, provider: &TracingProvider) -> Vec<String> {
-        let host = provider
-            .service
-            .split_once('/')
-            .map_or(provider.service.as_str(), |(_, host)| host);
+    fn collector_endpoints(&self, service: &str, port: u16) -> Vec<String> {
+        let host = service.split_once('/').map_or(service, |(_, host)| host);
         let Some(service) = self.services.get(host) else {
-            return vec![format!("{host}:{}", provider.port)];
+            return vec![format!("{host}:{port}")];
         };
-        let Some(port) = resolve::service_ports(service)
+        let Some(service_port) = resolve::service_ports(service)
             .iter()
-            .find(|p| i64::from(p.port) == i64::from(provider.port))
+            .find(|p| i64::from(p.port) == i64::from(port))
         else {
-            return vec![format!("{host}:{}", provider.port)];
+            return vec![format!("{host}:{port}")];
         };
         let mut endpoints: Vec<String> = self
             .index
@@ -301,14 +301,14 @@ impl<'a> Compiler<'a, '_> {
             .values()
             .filter(|pod| resolve::service_selects(service, pod) && resolve::pod_healthy(pod))
             .filter_map(|pod| {
-                let target = resolve::target_port(port, pod)?;
+                let target = resolve::target_port(service_port, pod)?;
                 let ip = resolve::pod_ips(pod).into_iter().next()?;
                 Some(std::net::SocketAddr::new(ip, u16::try_from(target).ok()?).to_string())
             })
             .collect();
         endpoints.sort();
         if endpoints.is_empty() {
-            endpoints.push(format!("{host}:{}", provider.port));
+            endpoints.push(format!("{host}:{port}"));
         }
         endpoints
     }
@@ -400,6 +400,7 @@ fn canonical_service(pod: &Pod) -> String {
 
 mod access_log;
 mod metrics;
+mod otel_als;
 
 #[cfg(test)]
 mod tests;

@@ -691,9 +691,9 @@ fn waypoints_admit_namespaces_by_their_listeners_allowed_routes() {
     }
 }
 
-#[test]
-fn the_mesh_default_tracing_provider_reaches_waypoints_at_its_endpoints() {
-    let collector = r#"
+/// An OpenTelemetry collector's Service in `observability` and its one pod (10.0.0.50,
+/// target port 14317).
+pub(crate) const OTEL_COLLECTOR: &str = r#"
 ---
 apiVersion: v1
 kind: Service
@@ -709,7 +709,10 @@ metadata: {name: otel-collector-0, namespace: observability, labels: {app: otel-
 spec: {nodeName: n1, containers: [{name: c, image: c}]}
 status: {podIP: 10.0.0.50}
 "#;
-    let index = validated(&format!("{MESH}{collector}"));
+
+#[test]
+fn the_mesh_default_tracing_provider_reaches_waypoints_at_its_endpoints() {
+    let index = validated(&format!("{MESH}{OTEL_COLLECTOR}"));
     let translate = |mesh_config: &str| {
         let mesh = crate::mesh_config::parse("mesh", mesh_config).unwrap();
         let settings = MeshSettings {

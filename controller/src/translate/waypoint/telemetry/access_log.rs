@@ -53,6 +53,13 @@ pub(super) fn access_logs(
         .into_iter()
         .filter(|(_, spec)| !spec.disabled)
         .filter_map(|(provider, spec)| {
+            if let Some(otel) = &provider.otel {
+                return Some(super::otel_als::access_log(
+                    provider,
+                    otel,
+                    spec.filter.clone(),
+                ));
+            }
             let file = provider.file.as_ref()?;
             Some(access_log(
                 provider.name.clone(),
@@ -94,6 +101,7 @@ fn access_log(
             }),
         }),
         filter: filter.unwrap_or_default(),
+        otel: None,
     }
 }
 

@@ -1,0 +1,116 @@
+//! Istio's OpenTelemetry access-log provider end to end: the mesh config declares an
+//! `envoyOtelAls` provider (Istio's `EnvoyOpenTelemetryLogProvider`) whose collector is a
+//! Service of the testbed, and a Telemetry attached to the waypoint selects it with the filter
+//! `response.code >= 400`. The waypoint exports each admitted request as an OTLP LogRecord
+//! over gRPC (`LogsService/Export`) to a real receiver this test serves in the collector's
+//! pod: a request answered 503 arrives with the provider's text format as its body and its
+//! labels as attributes; one answered 200 never does. Needs root.
+
+use std::time::Duration;
+
+use waypoint::testing::otlp_logs::{
+    LogsReceiver, record_attribute as attribute, string_value as text,
+};
+use weft_e2e::Mesh;
+use weft_e2e::fixtures::{REVIEWS_VIP as VIP, reviews_with_collector};
+
+const COLLECTOR_PORT: u16 = 4317;
+
+/// Istio's Telemetry attached to the waypoint: the OpenTelemetry provider, failures only.
+const FAILURES_TO_OTEL: &str = r#"
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: failures, namespace: shop}
+spec:
+  targetRefs:
+  - {group: gateway.networking.k8s.io, kind: Gateway, name: waypoint}
+  accessLogging:
+  - providers: [{name: otel-logs}]
+    filter: {expression: "response.code >= 400"}
+"#;
+
+const MESH_CONFIG: &str = r#"
+extensionProviders:
+- name: otel-logs
+  envoyOtelAls:
+    service: otel-collector.shop.svc.cluster.local
+    port: 4317
+    logName: shop-access
+    logFormat:
+      text: "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %RESPONSE_CODE% %UPSTREAM_CLUSTER%"
+      labels:
+        code: "%RESPONSE_CODE%"
+        path: "%REQ(:PATH)%"
+        upstream: "%UPSTREAM_HOST%"
+        flags: "%RESPONSE_FLAGS%"
+"#;
+
+#[test]
+fn a_waypoint_exports_only_failing_requests_as_otlp_log_records() {
+    let (pods, options) = reviews_with_collector(MESH_CONFIG);
+    let mesh = Mesh::start(pods, options).expect("start the mesh");
+    let receiver = LogsReceiver::default();
+    let _collector = mesh.serve_grpc(
+        "otel-collector",
+        COLLECTOR_PORT,
+        tonic::service::Routes::new(receiver.service()),
+    );
+    mesh.await_reachable("client", &format!("http://{VIP}/ready"))
+        .expect("the service is reachable through the waypoint");
+    mesh.await_waypoint(
+        "waypoint",
+        "a Telemetry selecting the OpenTelemetry provider",
+        || mesh.write_config("telemetry.yaml", FAILURES_TO_OTEL),
+    )
+    .expect("the waypoint applies the Telemetry");
+
+    let ok = mesh.curl_with("client", &[&format!("http://{VIP}/fine")]);
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    let failed = mesh.curl_with("client", &[&format!("http://{VIP}/broken?status=503")]);
+    assert_eq!(failed.status, 503, "{}", failed.body);
+    assert!(
+        mesh.eventually(Duration::from_secs(15), || !receiver.records().is_empty()),
+        "no LogRecord reached the collector\n{}\n{}",
+        mesh.waypoint_metrics("waypoint"),
+        mesh.log_of("waypoint-waypoint")
+    );
+    // Records leave in the order their requests end: the 200, had it been admitted, would
+    // have been exported with the 503 or before it.
+    let records = receiver.records();
+    assert_eq!(records.len(), 1, "{records:#?}");
+    let record = &records[0];
+    let cluster = "outbound|80||reviews.shop.svc.cluster.local";
+    assert_eq!(
+        text(record.body.as_ref()),
+        Some(format!("GET /broken?status=503 503 {cluster}").as_str()),
+        "{record:?}"
+    );
+    assert_eq!(attribute(record, "code"), Some("503"));
+    assert_eq!(attribute(record, "path"), Some("/broken?status=503"));
+    assert_eq!(attribute(record, "flags"), Some("-"));
+    let upstream = attribute(record, "upstream").unwrap_or_default();
+    assert_eq!(
+        upstream
+            .parse::<std::net::SocketAddr>()
+            .ok()
+            .map(|a| a.ip()),
+        Some(mesh.pod("reviews-v1").ip.into()),
+        "the upstream is the reviews pod: {record:?}"
+    );
+    assert!(record.time_unix_nano > 0, "{record:?}");
+    // Istio sets Envoy's `disable_builtin_labels`: no `log_name` or node labels.
+    let requests = receiver.requests();
+    let resource = requests[0].resource_logs[0]
+        .resource
+        .clone()
+        .unwrap_or_default();
+    assert!(resource.attributes.is_empty(), "{resource:?}");
+    let metrics = mesh.waypoint_metrics("waypoint");
+    for sample in [
+        "weft_access_log_records_exported_total 1",
+        "weft_access_log_records_dropped_total 0",
+        "weft_access_log_records_failed_total 0",
+    ] {
+        assert!(metrics.contains(sample), "{sample}: {metrics}");
+    }
+}
