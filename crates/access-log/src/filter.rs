@@ -228,10 +228,10 @@ impl Walk {
     fn visit(&mut self, expr: &IdedExpr) {
         match &expr.expr {
             Expr::Ident(name) => {
-                if let Some(attribute) = attribute(name) {
-                    if !self.whole.contains(&attribute) {
-                        self.whole.push(attribute);
-                    }
+                if let Some(attribute) = attribute(name)
+                    && !self.whole.contains(&attribute)
+                {
+                    self.whole.push(attribute);
                 }
             }
             Expr::Select(select) => match selection(&expr.expr) {
@@ -250,12 +250,12 @@ impl Walk {
                     || call.func_name == operators::OPT_INDEX)
                     && call.args.len() == 2
                     && selection(&call.args[0].expr) == Some(("request", "headers"));
-                if indexed_header {
-                    if let Expr::Literal(LiteralValue::String(name)) = &call.args[1].expr {
-                        self.selected.push(("request", "headers"));
-                        self.header_names.push(name.inner().to_ascii_lowercase());
-                        return;
-                    }
+                if indexed_header
+                    && let Expr::Literal(LiteralValue::String(name)) = &call.args[1].expr
+                {
+                    self.selected.push(("request", "headers"));
+                    self.header_names.push(name.inner().to_ascii_lowercase());
+                    return;
                 }
                 if let Some(target) = &call.target {
                     self.visit(target);
