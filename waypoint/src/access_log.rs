@@ -14,7 +14,9 @@ use std::sync::Arc;
 use cel::Value;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use tracing::{info, warn};
-use weft_access_log::{Attributes, Filter, Format, HeaderChoice, Kind, Operator, Record};
+use weft_access_log::{
+    Attributes, Filter, Format, HeaderChoice, HeaderReads, Kind, Operator, Record,
+};
 use weft_proto::waypoint as proto;
 use weft_proxy_core::config::access_writer::AccessWriter;
 use weft_proxy_core::metrics::{ACCESS_LOG, LogText};
@@ -46,8 +48,8 @@ pub struct AccessLogs {
     request_headers: Vec<HeaderName>,
     /// Response headers named by `RESP` operators, captured when the response starts.
     response_headers: Vec<HeaderName>,
-    /// A filter reads `request`: the request's headers are kept for `request.headers`.
-    keeps_request_headers: bool,
+    /// The request headers filters read (`request.headers`): none, some, or all of them.
+    filter_headers: Option<HeaderReads>,
     /// The configuration they were built from (what a new configuration is compared with).
     source: Vec<proto::AccessLog>,
 }
@@ -87,7 +89,7 @@ impl AccessLogs {
         let mut compiled = Vec::with_capacity(logs.len());
         let mut request_headers = Vec::new();
         let mut response_headers = Vec::new();
-        let mut keeps_request_headers = false;
+        let mut filter_headers: Option<HeaderReads> = None;
         for (i, log) in logs.iter().enumerate() {
             let context = format!("{context}[{i}] (provider {:?})", log.provider);
             let format = match &log.format {
@@ -123,7 +125,16 @@ impl AccessLogs {
                         .map_err(|e| invalid(&context, format!("filter: {e}")))?,
                 ),
             };
-            keeps_request_headers |= filter.as_ref().is_some_and(|f| f.reads("request"));
+            if let Some(reads) = filter.as_ref().and_then(Filter::request_headers) {
+                filter_headers = Some(match (filter_headers.take(), reads) {
+                    (None, reads) => reads.clone(),
+                    (Some(HeaderReads::Named(mut names)), HeaderReads::Named(more)) => {
+                        names.extend(more.iter().cloned());
+                        HeaderReads::Named(names)
+                    }
+                    _ => HeaderReads::All,
+                });
+            }
             let output = match (&log.otel, &log.format) {
                 (Some(sink), Some(proto::access_log::Format::Text(text))) => Output::Otel(
                     otel::OtelSink::compile(sink, text).map_err(|e| invalid(&context, e))?,
@@ -143,7 +154,7 @@ impl AccessLogs {
             logs: compiled,
             request_headers,
             response_headers,
-            keeps_request_headers,
+            filter_headers,
             source: logs.to_vec(),
         })))
     }
@@ -153,9 +164,20 @@ impl AccessLogs {
         Captured {
             request: capture(&self.request_headers, headers),
             response: Vec::new(),
-            request_headers: self
-                .keeps_request_headers
-                .then(|| Box::new(headers.clone())),
+            request_headers: self.filter_headers.as_ref().map(|reads| match reads {
+                HeaderReads::All => Box::new(headers.clone()),
+                HeaderReads::Named(names) => {
+                    let mut kept = HeaderMap::new();
+                    for name in names {
+                        for value in headers.get_all(name.as_str()) {
+                            if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
+                                kept.append(name, value.clone());
+                            }
+                        }
+                    }
+                    Box::new(kept)
+                }
+            }),
         }
     }
 
@@ -332,58 +354,49 @@ fn int(value: impl TryInto<i64>) -> Value {
     Value::Int(value.try_into().unwrap_or(i64::MAX))
 }
 
-/// `address` and `port` of an endpoint, Envoy's `source`/`destination`/`upstream` attributes.
-fn endpoint(address: Option<&SocketAddr>) -> Option<Value> {
+/// `address` or `port` of an endpoint, Envoy's `source`/`destination`/`upstream` attributes.
+fn endpoint(address: Option<&SocketAddr>, field: &str) -> Option<Value> {
     let address = address?;
-    Some(
-        HashMap::from([
-            ("address", string(&address.ip().to_string())),
-            ("port", int(address.port())),
-        ])
-        .into(),
-    )
+    match field {
+        "address" => Some(string(&address.ip().to_string())),
+        "port" => Some(int(address.port())),
+        _ => None,
+    }
 }
 
 /// Envoy's attributes (its `request`, `response`, `source`, `destination`, `connection` and
 /// `upstream` vocabulary) as far as a request's record holds them.
 impl Attributes for RequestEntry<'_> {
-    fn attribute(&self, name: &str) -> Option<Value> {
+    fn field(&self, attribute: &str, field: &str) -> Option<Value> {
         let record = self.record;
-        match name {
-            "request" => {
-                let path = record.path.as_ref();
-                let mut request = HashMap::from([
-                    ("path", string(path)),
-                    ("url_path", string(path.split('?').next().unwrap_or(path))),
-                    ("host", string(&record.authority)),
-                    ("method", string(record.method.as_str())),
-                    ("protocol", string(record.protocol)),
-                    ("id", string(&record.request_id)),
-                    ("useragent", string(&record.user_agent)),
-                    ("size", int(record.bytes_received)),
-                ]);
-                if let Some(headers) = &self.captured.request_headers {
-                    let mut map: HashMap<String, Value> = HashMap::new();
-                    for (name, value) in headers.iter() {
-                        map.entry(name.as_str().to_owned())
-                            .or_insert_with(|| string(&String::from_utf8_lossy(value.as_bytes())));
-                    }
-                    request.insert("headers", map.into());
-                }
-                Some(request.into())
+        match (attribute, field) {
+            ("request", "path") => Some(string(&record.path)),
+            ("request", "url_path") => {
+                let path: &str = record.path.as_ref();
+                Some(string(path.split('?').next().unwrap_or(path)))
             }
-            "response" => Some(
-                HashMap::from([
-                    ("code", int(record.status)),
-                    ("code_details", string(&record.response_code_details)),
-                    ("size", int(record.bytes_sent)),
-                ])
-                .into(),
-            ),
-            "source" => endpoint(record.downstream_remote.as_ref()),
-            "destination" => endpoint(record.downstream_local.as_ref()),
-            "upstream" => endpoint(record.upstream_host.as_ref()),
-            "connection" => Some(HashMap::from([("mtls", Value::Bool(record.mtls))]).into()),
+            ("request", "host") => Some(string(&record.authority)),
+            ("request", "method") => Some(string(record.method.as_str())),
+            ("request", "protocol") => Some(string(record.protocol)),
+            ("request", "id") => Some(string(&record.request_id)),
+            ("request", "useragent") => Some(string(&record.user_agent)),
+            ("request", "size") => Some(int(record.bytes_received)),
+            ("request", "headers") => {
+                let headers = self.captured.request_headers.as_ref()?;
+                let mut map: HashMap<String, Value> = HashMap::new();
+                for (name, value) in headers.iter() {
+                    map.entry(name.as_str().to_owned())
+                        .or_insert_with(|| string(&String::from_utf8_lossy(value.as_bytes())));
+                }
+                Some(map.into())
+            }
+            ("response", "code") => Some(int(record.status)),
+            ("response", "code_details") => Some(string(&record.response_code_details)),
+            ("response", "size") => Some(int(record.bytes_sent)),
+            ("source", field) => endpoint(record.downstream_remote.as_ref(), field),
+            ("destination", field) => endpoint(record.downstream_local.as_ref(), field),
+            ("upstream", field) => endpoint(record.upstream_host.as_ref(), field),
+            ("connection", "mtls") => Some(Value::Bool(record.mtls)),
             _ => None,
         }
     }
@@ -437,14 +450,17 @@ impl Record for ConnectionEntry<'_> {
 }
 
 impl Attributes for ConnectionEntry<'_> {
-    fn attribute(&self, name: &str) -> Option<Value> {
+    fn field(&self, attribute: &str, field: &str) -> Option<Value> {
         let info = self.info;
         let parsed = |a: &str| a.parse::<SocketAddr>().ok();
-        match name {
-            "source" => endpoint(parsed(&info.downstream_remote).as_ref()),
-            "destination" => endpoint(parsed(&info.downstream_local).as_ref()),
-            "upstream" => endpoint(info.upstream_host.as_deref().and_then(parsed).as_ref()),
-            "connection" => Some(HashMap::from([("mtls", Value::Bool(info.mtls))]).into()),
+        match attribute {
+            "source" => endpoint(parsed(&info.downstream_remote).as_ref(), field),
+            "destination" => endpoint(parsed(&info.downstream_local).as_ref(), field),
+            "upstream" => endpoint(
+                info.upstream_host.as_deref().and_then(parsed).as_ref(),
+                field,
+            ),
+            "connection" if field == "mtls" => Some(Value::Bool(info.mtls)),
             _ => None,
         }
     }

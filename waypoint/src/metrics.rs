@@ -818,6 +818,18 @@ impl std::fmt::Display for UtcTime {
 
 impl Drop for RequestRecord {
     fn drop(&mut self) {
+        // The line is written before the request is counted: a request in the metrics has
+        // its line written already, which is what a reader of both may wait on.
+        if !self.access_log_disabled {
+            match &self.access_logs {
+                None => info!(target: ACCESS_LOG, "{}", AccessLogLine(self)),
+                Some((logs, captured)) => logs.write(&crate::access_log::RequestEntry {
+                    logs,
+                    captured,
+                    record: self,
+                }),
+            }
+        }
         if let Some(overrides) = self.metric_overrides.take() {
             self.metrics.record_overridden(self, &overrides);
         } else {
@@ -830,16 +842,6 @@ impl Drop for RequestRecord {
             counters.duration.observe(elapsed_ms);
             counters.request_bytes.observe(self.bytes_received as f64);
             counters.response_bytes.observe(self.bytes_sent as f64);
-        }
-        if !self.access_log_disabled {
-            match &self.access_logs {
-                None => info!(target: ACCESS_LOG, "{}", AccessLogLine(self)),
-                Some((logs, captured)) => logs.write(&crate::access_log::RequestEntry {
-                    logs,
-                    captured,
-                    record: self,
-                }),
-            }
         }
         if let Some(span) = self.span.take() {
             span.finish(self);

@@ -3,7 +3,6 @@
 //! [`Format`], and a filter (`response.code >= 400`) evaluated per request. Run with
 //! `cargo run --release -p weft-access-log --example cost` (under the bench lock).
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::hint::black_box;
 use std::time::Instant;
@@ -98,15 +97,13 @@ impl Record for Request {
 }
 
 impl Attributes for Request {
-    fn attribute(&self, name: &str) -> Option<Value> {
-        match name {
-            "response" => Some(
-                HashMap::from([
-                    ("code", Value::Int(i64::from(self.status))),
-                    ("size", Value::Int(self.bytes_sent as i64)),
-                ])
-                .into(),
-            ),
+    fn field(&self, attribute: &str, field: &str) -> Option<Value> {
+        match (attribute, field) {
+            ("response", "code") => Some(Value::Int(i64::from(self.status))),
+            ("response", "size") => Some(Value::Int(self.bytes_sent as i64)),
+            ("response", "code_details") => Some(Value::from("via_upstream")),
+            ("request", "method") => Some(Value::from(self.method)),
+            ("request", "path") => Some(Value::from(self.path)),
             _ => None,
         }
     }

@@ -10,7 +10,7 @@
 mod filter;
 mod format;
 
-pub use filter::{ATTRIBUTES, Attributes, Filter, FilterError};
+pub use filter::{ATTRIBUTES, Attributes, FIELDS, Filter, FilterError, HeaderReads};
 pub use format::{
     DEFAULT_JSON_LABELS, DEFAULT_TEXT_FORMAT, Format, FormatError, HeaderChoice, Kind, Operator,
     Record,

@@ -3,12 +3,18 @@
 //! attached to the waypoint selects it with the filter `response.code >= 400`. Through the
 //! waypoint, a request answered 200 and one answered 503: only the failing one is written to
 //! the file, one JSON object with the fields its labels name. Removing the Telemetry brings
-//! the waypoint's default line back and the file receives nothing more. Needs root.
+//! the waypoint's default line back and the file receives nothing more. A logging change
+//! reaches the next request of a connection open across it. Needs root.
+//!
+//! A request's line is written before the waypoint counts it in `istio_requests_total`: the
+//! tests wait on that count (and on the waypoint's applied configuration version), then read
+//! the files.
 
 use std::time::Duration;
 
 use weft_e2e::fixtures::{REVIEWS_VIP as VIP, reviews_service};
 use weft_e2e::{Mesh, MeshOptions, PodSpec, waypoint_resources};
+use weft_test_support::prometheus::Exposition;
 use weft_test_support::temp::TempDir;
 
 /// Istio's Telemetry attached to the waypoint: the JSON file provider, failing requests only.
@@ -54,6 +60,21 @@ fn lines(path: &std::path::Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The requests the waypoint counted (every line of them written already).
+fn counted(mesh: &Mesh) -> f64 {
+    Exposition::parse(&mesh.waypoint_metrics("waypoint")).sum("istio_requests_total", &[])
+}
+
+/// Waits until the waypoint counted `count` requests more than `before`.
+fn await_counted(mesh: &Mesh, before: f64, count: u32) {
+    assert!(
+        mesh.eventually(Duration::from_secs(10), || counted(mesh)
+            >= before + f64::from(count)),
+        "the waypoint did not count {count} more requests than {before}\n{}",
+        mesh.waypoint_metrics("waypoint")
+    );
+}
+
 #[test]
 fn a_waypoint_logs_only_failing_requests_to_the_selected_json_file() {
     let dir = TempDir::new("e2e-access-log");
@@ -82,6 +103,7 @@ fn a_waypoint_logs_only_failing_requests_to_the_selected_json_file() {
     })
     .expect("the waypoint applies the Telemetry");
 
+    let before = counted(&mesh);
     let ok = mesh.curl_with(
         "client",
         &["-H", "x-tenant: blue", &format!("http://{VIP}/fine")],
@@ -96,13 +118,7 @@ fn a_waypoint_logs_only_failing_requests_to_the_selected_json_file() {
         ],
     );
     assert_eq!(failed.status, 503, "{}", failed.body);
-    assert!(
-        mesh.eventually(Duration::from_secs(10), || !lines(&path).is_empty()),
-        "nothing written to {}\n{}",
-        path.display(),
-        mesh.log_of("waypoint-waypoint")
-    );
-    // The 200 ended before the 503 was sent: had it been logged, it would be there already.
+    await_counted(&mesh, before, 2);
     let logged = lines(&path);
     assert_eq!(logged.len(), 1, "{logged:?}");
     let line = &logged[0];
@@ -131,14 +147,118 @@ fn a_waypoint_logs_only_failing_requests_to_the_selected_json_file() {
         mesh.remove_config("telemetry.yaml")
     })
     .expect("the waypoint follows the removal");
+    let before = counted(&mesh);
     let again = mesh.curl_with("client", &[&format!("http://{VIP}/after?status=503")]);
     assert_eq!(again.status, 503, "{}", again.body);
+    await_counted(&mesh, before, 1);
     assert!(
-        mesh.eventually(Duration::from_secs(10), || mesh
-            .log_of("waypoint-waypoint")
-            .contains("/after?status=503")),
+        mesh.log_of("waypoint-waypoint")
+            .contains("/after?status=503"),
         "no default line for the request\n{}",
         mesh.log_of("waypoint-waypoint")
     );
     assert_eq!(lines(&path).len(), 1, "{:?}", lines(&path));
+}
+
+/// Telemetry selecting the provider `name`, for every request.
+fn selecting(name: &str) -> String {
+    format!(
+        r#"
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {{name: logging, namespace: shop}}
+spec:
+  targetRefs:
+  - {{group: gateway.networking.k8s.io, kind: Gateway, name: waypoint}}
+  accessLogging:
+  - providers: [{{name: {name}}}]
+"#
+    )
+}
+
+/// Istio's Telemetry is read per request by Envoy (its access loggers are part of the
+/// listener's filter chain, replaced on change): a client holding one keep-alive connection
+/// across two logging changes finds each in force on its next request.
+#[test]
+fn a_logging_change_reaches_the_next_request_of_an_established_connection() {
+    let dir = TempDir::new("e2e-access-log-live");
+    let (json_path, text_path) = (dir.join("a.json"), dir.join("b.log"));
+    let mesh = Mesh::start(
+        vec![
+            PodSpec::client("client", "node1", "shop"),
+            PodSpec::app("reviews-v1", "node1", "shop", "reviews", "v1"),
+            PodSpec::waypoint("waypoint", "node2", "shop"),
+        ],
+        MeshOptions {
+            config: format!(
+                "{}---\n{}",
+                reviews_service(false),
+                waypoint_resources("shop")
+            ),
+            mesh_config: format!(
+                r#"
+extensionProviders:
+- name: format-a
+  envoyFileAccessLog:
+    path: {}
+    logFormat:
+      labels:
+        path: "%REQ(:PATH)%"
+- name: format-b
+  envoyFileAccessLog:
+    path: {}
+    logFormat:
+      text: "b %REQ(:PATH)% %RESPONSE_CODE%\n"
+"#,
+                json_path.display(),
+                text_path.display()
+            ),
+            ..MeshOptions::default()
+        },
+    )
+    .expect("start the mesh");
+    mesh.await_reachable("client", &format!("http://{VIP}/ready"))
+        .expect("the service is reachable through the waypoint");
+    let mut session = mesh
+        .http_session("client", &format!("{VIP}:80"), VIP)
+        .expect("open a keep-alive connection");
+    let mut connection = None;
+    let mut get = |path: &str| {
+        let before = counted(&mesh);
+        let answer = session.get(path, &[], 1);
+        assert_eq!(answer["answers"][0]["status"], 200, "{answer}");
+        assert_eq!(answer["closed"], false, "{answer}");
+        let on = answer["connection"].as_str().unwrap_or_default().to_owned();
+        assert_eq!(
+            connection.get_or_insert_with(|| on.clone()),
+            &on,
+            "the client's connection was replaced"
+        );
+        await_counted(&mesh, before, 1);
+    };
+    let text = || std::fs::read_to_string(&text_path).unwrap_or_default();
+
+    get("/one");
+    assert!(lines(&json_path).is_empty(), "{:?}", lines(&json_path));
+    assert_eq!(text(), "");
+
+    mesh.await_waypoint("waypoint", "a Telemetry selecting format A", || {
+        mesh.write_config("telemetry.yaml", &selecting("format-a"))
+    })
+    .expect("the waypoint applies the Telemetry");
+    get("/two");
+    assert_eq!(
+        lines(&json_path),
+        vec![serde_json::json!({"path": "/two"})],
+        "format A, from the request after the change on"
+    );
+    assert_eq!(text(), "");
+
+    mesh.await_waypoint("waypoint", "the Telemetry switched to format B", || {
+        mesh.write_config("telemetry.yaml", &selecting("format-b"))
+    })
+    .expect("the waypoint applies the change");
+    get("/three");
+    assert_eq!(text(), "b /three 200\n");
+    assert_eq!(lines(&json_path).len(), 1, "{:?}", lines(&json_path));
 }
