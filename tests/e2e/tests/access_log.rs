@@ -75,10 +75,9 @@ fn await_counted(mesh: &Mesh, before: f64, count: u32) {
     );
 }
 
-#[test]
-fn a_waypoint_logs_only_failing_requests_to_the_selected_json_file() {
-    let dir = TempDir::new("e2e-access-log");
-    let path = dir.join("waypoint.json");
+/// Client, reviews and the namespace's waypoint under `mesh_config`, once the service answers
+/// through the waypoint.
+fn start(mesh_config: String) -> Mesh {
     let mesh = Mesh::start(
         vec![
             PodSpec::client("client", "node1", "shop"),
@@ -91,13 +90,21 @@ fn a_waypoint_logs_only_failing_requests_to_the_selected_json_file() {
                 reviews_service(false),
                 waypoint_resources("shop")
             ),
-            mesh_config: mesh_config(path.to_str().unwrap()),
+            mesh_config,
             ..MeshOptions::default()
         },
     )
     .expect("start the mesh");
     mesh.await_reachable("client", &format!("http://{VIP}/ready"))
         .expect("the service is reachable through the waypoint");
+    mesh
+}
+
+#[test]
+fn a_waypoint_logs_only_failing_requests_to_the_selected_json_file() {
+    let dir = TempDir::new("e2e-access-log");
+    let path = dir.join("waypoint.json");
+    let mesh = start(mesh_config(path.to_str().unwrap()));
     mesh.await_waypoint("waypoint", "a Telemetry selecting the JSON file", || {
         mesh.write_config("telemetry.yaml", FAILURES_ONLY)
     })
@@ -183,20 +190,8 @@ spec:
 fn a_logging_change_reaches_the_next_request_of_an_established_connection() {
     let dir = TempDir::new("e2e-access-log-live");
     let (json_path, text_path) = (dir.join("a.json"), dir.join("b.log"));
-    let mesh = Mesh::start(
-        vec![
-            PodSpec::client("client", "node1", "shop"),
-            PodSpec::app("reviews-v1", "node1", "shop", "reviews", "v1"),
-            PodSpec::waypoint("waypoint", "node2", "shop"),
-        ],
-        MeshOptions {
-            config: format!(
-                "{}---\n{}",
-                reviews_service(false),
-                waypoint_resources("shop")
-            ),
-            mesh_config: format!(
-                r#"
+    let mesh = start(format!(
+        r#"
 extensionProviders:
 - name: format-a
   envoyFileAccessLog:
@@ -210,15 +205,9 @@ extensionProviders:
     logFormat:
       text: "b %REQ(:PATH)% %RESPONSE_CODE%\n"
 "#,
-                json_path.display(),
-                text_path.display()
-            ),
-            ..MeshOptions::default()
-        },
-    )
-    .expect("start the mesh");
-    mesh.await_reachable("client", &format!("http://{VIP}/ready"))
-        .expect("the service is reachable through the waypoint");
+        json_path.display(),
+        text_path.display()
+    ));
     let mut session = mesh
         .http_session("client", &format!("{VIP}:80"), VIP)
         .expect("open a keep-alive connection");

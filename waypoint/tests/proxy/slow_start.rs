@@ -11,18 +11,18 @@ use weft_proto::waypoint as proto;
 
 use crate::harness::*;
 
-/// The whole service's cluster, round robin with slow start: a 5 s window and an aggression of
-/// 0.1, so that a newcomer's weight, `(t / 5 s)^10`, stays at the 10% minimum for its first
-/// 3.9 s.
+/// The whole service's cluster, round robin with slow start: a 6 s window and an aggression of
+/// 0.02, so that a newcomer's weight, `(t / 6 s)^50`, stays at the 10% minimum for its first
+/// 5.7 s (room for the 100 requests below on a loaded machine).
 fn warming(endpoints: &[&FakeEndpoint]) -> proto::Cluster {
     use proto::load_balancer_settings::{LbPolicy, SimpleLb, SlowStart};
     proto::Cluster {
         load_balancer: Some(proto::LoadBalancerSettings {
             lb_policy: Some(LbPolicy::Simple(SimpleLb::RoundRobin as i32)),
             slow_start: Some(SlowStart {
-                window: Some(duration(Duration::from_secs(5))),
+                window: Some(duration(Duration::from_secs(6))),
                 min_weight_percent: 10.0,
-                aggression: 0.1,
+                aggression: 0.02,
             }),
         }),
         ..cluster("", endpoints)
