@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use crate::{build_ebpf, is_root, run_command, setup, step, workspace_root};
+use crate::{build_ebpf, cargo, is_root, run_command, setup, step, workspace_root};
 
 pub fn run(quick: bool, args: &[String]) -> anyhow::Result<()> {
     anyhow::ensure!(
@@ -16,11 +16,7 @@ pub fn run(quick: bool, args: &[String]) -> anyhow::Result<()> {
     build_ebpf::run(true)?;
     let root = workspace_root();
     step("bench: building release binaries");
-    run_command(
-        Command::new("cargo")
-            .args(["build", "--release", "--workspace", "--bins"])
-            .current_dir(&root),
-    )?;
+    run_command(cargo().args(["build", "--release", "--workspace", "--bins"]))?;
     step(if quick {
         "bench: quick run (1 s per figure, one round)"
     } else {

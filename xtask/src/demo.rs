@@ -9,7 +9,7 @@ use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
 use std::process::Command;
 
-use crate::{build_ebpf, images, is_root, run_command, setup, step, workspace_root};
+use crate::{build_ebpf, cargo, images, is_root, run_command, setup, step, workspace_root};
 
 /// The demo's own list of scenarios, shared as a source file: this crate must build before the
 /// eBPF object exists, so it cannot depend on the end-to-end crate.
@@ -61,15 +61,10 @@ pub fn run(runtime: Runtime, scenario: Option<&str>, no_wait: bool) -> anyhow::R
     step(
         "demo: building the controller, node agent, waypoint and sample app (first time: several minutes)",
     );
-    // Every binary of the workspace, exactly as `cargo xtask test` builds them: a narrower
-    // selection unifies the dependencies' features differently and rebuilds half the tree
-    // beside the test build (the demo runs the controller, node agent, waypoint, sample app
-    // and mesh client; containerd also the CNI plugin, its node daemon and the pause image).
-    run_command(
-        Command::new("cargo")
-            .args(["build", "--workspace", "--bins"])
-            .current_dir(&root),
-    )?;
+    // Every binary of the workspace, the build `cargo xtask test` makes, so that one serves
+    // both (the demo runs the controller, node agent, waypoint, sample app and mesh client;
+    // containerd also the CNI plugin, its node daemon and the pause image).
+    run_command(cargo().args(["build", "--workspace", "--bins"]))?;
     let images = runtime == Runtime::Containerd;
     if images {
         step("demo: container images of the debug binaries");

@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::Context;
 
-use crate::{build_ebpf, run_command, setup, step, workspace_root};
+use crate::{build_ebpf, cargo, run_command, setup, step, workspace_root};
 
 /// One image: the binaries it carries and the one it runs.
 pub struct ImageSpec {
@@ -75,8 +75,8 @@ pub fn run(release: bool) -> anyhow::Result<()> {
     } else {
         "images: building debug binaries"
     });
-    let mut build = Command::new("cargo");
-    build.arg("build").current_dir(workspace_root());
+    let mut build = cargo();
+    build.arg("build");
     if release {
         build.arg("--release");
     }

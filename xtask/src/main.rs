@@ -12,6 +12,7 @@ mod setup;
 mod test;
 
 use std::path::PathBuf;
+use std::process::Command;
 
 use clap::{Parser, Subcommand};
 
@@ -202,6 +203,44 @@ fn crdgen() -> anyhow::Result<()> {
 /// The workspace root (the parent of this crate). `cargo xtask` runs through `cargo run`, which
 /// sets the manifest directory of this checkout; the compiled-in one is only the fallback (a
 /// build directory copied from another checkout keeps a binary that would point back there).
+/// The variables `cargo run` sets for the binary it runs (this one), naming the xtask
+/// package. Some build scripts (ring's, through `cc`) declare `rerun-if-env-changed` on
+/// them, so a cargo started from here with them set would rebuild those crates and everything
+/// above them each time a cargo started from a shell had built them, and back.
+const PACKAGE_VARIABLES: &[&str] = &[
+    "CARGO_MANIFEST_DIR",
+    "CARGO_MANIFEST_PATH",
+    "CARGO_MANIFEST_LINKS",
+    "CARGO_PKG_NAME",
+    "CARGO_PKG_VERSION",
+    "CARGO_PKG_VERSION_MAJOR",
+    "CARGO_PKG_VERSION_MINOR",
+    "CARGO_PKG_VERSION_PATCH",
+    "CARGO_PKG_VERSION_PRE",
+    "CARGO_PKG_AUTHORS",
+    "CARGO_PKG_DESCRIPTION",
+    "CARGO_PKG_HOMEPAGE",
+    "CARGO_PKG_REPOSITORY",
+    "CARGO_PKG_LICENSE",
+    "CARGO_PKG_LICENSE_FILE",
+    "CARGO_PKG_README",
+    "CARGO_PKG_RUST_VERSION",
+    "CARGO_CRATE_NAME",
+    "CARGO_BIN_NAME",
+    "CARGO_PRIMARY_PACKAGE",
+];
+
+/// `cargo` in the workspace's root with the environment of a shell: the builds it makes are
+/// the ones a developer's own `cargo build` / `cargo test` reuse, and the other way round.
+pub fn cargo() -> Command {
+    let mut command = Command::new("cargo");
+    command.current_dir(workspace_root());
+    for variable in PACKAGE_VARIABLES {
+        command.env_remove(variable);
+    }
+    command
+}
+
 pub fn workspace_root() -> PathBuf {
     std::env::var_os("CARGO_MANIFEST_DIR")
         .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)

@@ -1,9 +1,7 @@
 //! `cargo xtask test`: the whole test suite. Unit tests first (fast feedback), then the tests
 //! that need root and the kernel: the testbed, eBPF and end-to-end tests. Nothing is skipped.
 
-use std::process::Command;
-
-use crate::{build_ebpf, images, is_root, run_command, setup, step, workspace_root};
+use crate::{build_ebpf, cargo, images, is_root, run_command, setup, step};
 
 /// The soak's length in the long form (`--long`), in seconds; CI's is the test's default.
 const LONG_SOAK_SECONDS: &str = "1800";
@@ -16,41 +14,30 @@ pub fn run(long: bool, extra: &[String]) -> anyhow::Result<()> {
     );
     setup::ensure()?;
     build_ebpf::run(true)?;
-    let root = workspace_root();
 
     step("test: formatting");
-    run_command(
-        Command::new("cargo")
-            .args(["fmt", "--all", "--", "--check"])
-            .current_dir(&root),
-    )?;
+    run_command(cargo().args(["fmt", "--all", "--", "--check"]))?;
 
     step("test: unit tests");
     run_command(
-        Command::new("cargo")
+        cargo()
             .args(["test", "--workspace", "--lib", "--bins"])
             .arg("--")
-            .args(extra)
-            .current_dir(&root),
+            .args(extra),
     )?;
 
     step("test: building the binaries the end-to-end tests run");
-    run_command(
-        Command::new("cargo")
-            .args(["build", "--workspace", "--bins"])
-            .current_dir(&root),
-    )?;
+    run_command(cargo().args(["build", "--workspace", "--bins"]))?;
 
     step("test: container images of the debug binaries (the container runtime tests run them)");
     images::package(false)?;
 
     step("test: integration, kernel and end-to-end tests (root)");
-    let mut tests = Command::new("cargo");
+    let mut tests = cargo();
     tests
         .args(["test", "--workspace", "--test", "*"])
         .arg("--")
-        .args(extra)
-        .current_dir(&root);
+        .args(extra);
     if long && std::env::var_os("WEFT_SOAK_SECONDS").is_none() {
         tests.env("WEFT_SOAK_SECONDS", LONG_SOAK_SECONDS);
     }
