@@ -1,7 +1,10 @@
 //! The client's bookkeeping of demands, without a stream: how many wait for one name, and
 //! which names a release drops.
 
+use weft_proto::envoy::config::core::v3::Node;
+
 use super::*;
+use crate::client::Target;
 
 const THING: &str = "type.googleapis.com/test.Thing";
 
