@@ -10,7 +10,6 @@
 //! `/foo/`, so that `/foobar` does not match and `ReplacePrefixMatch` keeps the separator.
 
 use std::cmp::Reverse;
-use std::collections::BTreeMap;
 
 use weft_proto::waypoint as wp;
 
@@ -21,10 +20,16 @@ use super::{ClusterKey, Compiler, duration, port_number, tcp_service_ports};
 use crate::model::DurationString;
 use crate::translate::TranslateProblem;
 use crate::translate::gateway_api::{
-    self as gw, BackendRef, Filter, HeaderModifier, Match, MeshRoute, MethodMatch, PathModifier,
-    RouteKind, Rule,
+    self as gw, BackendRef, Match, MeshRoute, MethodMatch, RouteKind, Rule,
 };
 use crate::translate::resolve::{name_of, namespace_of};
+
+mod filters;
+
+use filters::{
+    APPLIED_BACKEND_FILTERS, APPLIED_FILTERS, filter_headers, internal_error, key_matches,
+    redirect, rewrite,
+};
 
 /// The Gateway API routes of one namespace attached to one served Service: what Istio merges
 /// into one VirtualService for it.
@@ -157,132 +162,6 @@ fn uri_match(kind: RouteKind, m: &Match) -> Result<Option<(wp::StringMatch, bool
     })
 }
 
-fn key_match(m: &gw::KeyMatch) -> wp::StringMatch {
-    use wp::string_match::MatchType;
-    let value = m.value.clone();
-    wp::StringMatch {
-        match_type: Some(if m.match_type.as_deref() == Some("RegularExpression") {
-            MatchType::Regex(value)
-        } else {
-            MatchType::Exact(value)
-        }),
-    }
-}
-
-/// The first entry per name counts (the Gateway API's rule for repeated names).
-fn key_matches(
-    matches: &[gw::KeyMatch],
-    name: impl Fn(&str) -> String,
-) -> BTreeMap<String, wp::StringMatch> {
-    let mut out = BTreeMap::new();
-    for m in matches {
-        out.entry(name(&m.name)).or_insert_with(|| key_match(m));
-    }
-    out
-}
-
-fn header_operations(modifier: &HeaderModifier) -> wp::HeaderOperations {
-    wp::HeaderOperations {
-        set: modifier
-            .set
-            .iter()
-            .map(|h| (h.name.to_ascii_lowercase(), h.value.clone()))
-            .collect(),
-        add: modifier
-            .add
-            .iter()
-            .map(|h| (h.name.to_ascii_lowercase(), h.value.clone()))
-            .collect(),
-        remove: modifier
-            .remove
-            .iter()
-            .map(|h| h.to_ascii_lowercase())
-            .collect(),
-    }
-}
-
-/// The header operations of `filters` (route or backend level), `None` when there are none.
-fn filter_headers(filters: &[Filter]) -> Option<wp::Headers> {
-    let request = filters
-        .iter()
-        .find_map(|f| f.request_header_modifier.as_ref())
-        .map(header_operations);
-    let response = filters
-        .iter()
-        .find_map(|f| f.response_header_modifier.as_ref())
-        .map(header_operations);
-    (request.is_some() || response.is_some()).then_some(wp::Headers { request, response })
-}
-
-/// A `ReplacePrefixMatch` value as Istio writes it (`/` removes the prefix), for the form of
-/// the match it rewrites.
-fn prefix_replacement(replacement: &str, form: PrefixForm) -> String {
-    let trimmed = replacement.trim_end_matches('/');
-    match form {
-        PrefixForm::Slash => format!("{trimmed}/"),
-        PrefixForm::None | PrefixForm::Bare if trimmed.is_empty() => "/".to_owned(),
-        PrefixForm::None | PrefixForm::Bare => trimmed.to_owned(),
-    }
-}
-
-fn rewrite(filter: &gw::UrlRewrite, form: PrefixForm) -> wp::HttpRewrite {
-    let mut out = wp::HttpRewrite {
-        authority: filter.hostname.clone().unwrap_or_default(),
-        ..Default::default()
-    };
-    match filter.path.as_ref() {
-        Some(PathModifier {
-            replace_full_path: Some(full),
-            ..
-        }) => {
-            out.uri_regex_rewrite = Some(wp::RegexRewrite {
-                r#match: "/.*".to_owned(),
-                rewrite: full.clone(),
-            });
-        }
-        Some(PathModifier {
-            replace_prefix_match: Some(prefix),
-            ..
-        }) => out.uri = prefix_replacement(prefix, form),
-        _ => {}
-    }
-    out
-}
-
-const REQUEST_PORT: i32 = wp::http_redirect::RedirectPortSelection::FromRequestPort as i32;
-const SCHEME_PORT: i32 = wp::http_redirect::RedirectPortSelection::FromProtocolDefault as i32;
-
-/// Istio's `createRedirectFilter`: without a port, the scheme's default port when the scheme
-/// changes, else the request's port; without a status, Istio's (and Envoy's) 301.
-fn redirect(filter: &gw::Redirect, form: PrefixForm) -> wp::HttpRedirect {
-    use wp::http_redirect::RedirectPort;
-    let uri = match filter.path.as_ref() {
-        Some(PathModifier {
-            replace_full_path: Some(full),
-            ..
-        }) => full.clone(),
-        Some(PathModifier {
-            replace_prefix_match: Some(prefix),
-            ..
-        }) if form != PrefixForm::Slash => prefix_replacement(prefix, form),
-        _ => String::new(),
-    };
-    wp::HttpRedirect {
-        uri,
-        authority: filter.hostname.clone().unwrap_or_default(),
-        redirect_port: Some(match (filter.port, &filter.scheme) {
-            (Some(port), _) => RedirectPort::Port(u32::try_from(port).unwrap_or(0)),
-            (None, Some(_)) => RedirectPort::DerivePort(SCHEME_PORT),
-            (None, None) => RedirectPort::DerivePort(REQUEST_PORT),
-        }),
-        scheme: filter.scheme.clone().unwrap_or_default(),
-        redirect_code: filter
-            .status_code
-            .and_then(|c| u32::try_from(c).ok())
-            .unwrap_or(0),
-    }
-}
-
 /// A backend's share as Istio gives it: weight 1 by default, zero weights dropped, a single
 /// destination unweighted.
 pub(super) fn weighted(backends: &[BackendRef]) -> Vec<(&BackendRef, i32)> {
@@ -295,26 +174,6 @@ pub(super) fn weighted(backends: &[BackendRef]) -> Vec<(&BackendRef, i32)> {
         return vec![(kept[0].0, 0)];
     }
     kept
-}
-
-/// The route filter types the waypoint applies; any other (CORS, ExtensionRef, ExternalAuth)
-/// makes the rule answer 500, as the Gateway API requires of a filter that is not applied.
-const APPLIED_FILTERS: &[&str] = &[
-    "RequestHeaderModifier",
-    "ResponseHeaderModifier",
-    "RequestMirror",
-    "RequestRedirect",
-    "URLRewrite",
-];
-
-/// Backend filters the waypoint applies: header modifiers, per destination.
-const APPLIED_BACKEND_FILTERS: &[&str] = &["RequestHeaderModifier", "ResponseHeaderModifier"];
-
-fn internal_error() -> wp::HttpDirectResponse {
-    wp::HttpDirectResponse {
-        status: 500,
-        body: None,
-    }
 }
 
 impl<'a> Compiler<'a, '_> {
