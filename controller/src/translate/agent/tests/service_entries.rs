@@ -342,6 +342,23 @@ fn apply(index: &mut ConfigIndex, yaml: &str) {
     }
 }
 
+/// The ServiceEntry `shop/api` for `svc.example.internal`, selecting `app: <app>`.
+fn api_entry(app: &str) -> String {
+    format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: api, namespace: shop}}
+spec:
+  hosts: [svc.example.internal]
+  addresses: [240.0.4.1]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 80, name: http, targetPort: 8080}}]
+  workloadSelector: {{labels: {{app: {app}}}}}
+"#
+    )
+}
+
 /// A WorkloadEntry backs a ServiceEntry's host while the entry's `workloadSelector` selects
 /// its labels, and only then: istiod's `workloadEntryWorkloadBuilder`
 /// (pilot/pkg/serviceregistry/ambient/workloads.go) fetches the services of the entry's own
@@ -350,19 +367,7 @@ fn apply(index: &mut ConfigIndex, yaml: &str) {
 /// drops it, and an entry of another namespace is never picked, whatever its labels.
 #[test]
 fn a_workload_entry_backs_a_selecting_service_entry_only_while_selected() {
-    let mut index = index(
-        r#"
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: api, namespace: shop}
-spec:
-  hosts: [svc.example.internal]
-  addresses: [240.0.4.1]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{number: 80, name: http, targetPort: 8080}]
-  workloadSelector: {labels: {app: api}}
----
+    let workload_entries = r#"
 apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
 metadata: {name: api-vm, namespace: shop, labels: {app: api}}
@@ -377,8 +382,8 @@ apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
 metadata: {name: api-vm-elsewhere, namespace: legacy, labels: {app: api}}
 spec: {address: 192.0.2.62}
-"#,
-    );
+"#;
+    let mut index = index(&format!("{}---{workload_entries}", api_entry("api")));
     let settings = MeshSettings::default();
     let key = "shop/svc.example.internal";
 
@@ -414,21 +419,7 @@ spec: {address: 192.0.2.60}
     assert!(relabelled.contains_key(key));
 
     // The selector changes: the entry that matched the old one leaves too.
-    apply(
-        &mut index,
-        r#"
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: api, namespace: shop}
-spec:
-  hosts: [svc.example.internal]
-  addresses: [240.0.4.1]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{number: 80, name: http, targetPort: 8080}]
-  workloadSelector: {labels: {app: retired}}
-"#,
-    );
+    apply(&mut index, &api_entry("retired"));
     assert_eq!(
         endpoints_of(&addresses(&index, &settings), key),
         vec!["api-vm"]
