@@ -14,6 +14,19 @@ pub struct CurlResult {
     pub seconds: f64,
 }
 
+/// The pods that answered `answers` (as [`bodies`] returns them), by the sample app's `pod`
+/// field; every answer must be a 200.
+pub fn answering_pods(answers: &[(u16, String)]) -> std::collections::BTreeSet<String> {
+    answers
+        .iter()
+        .map(|(status, body)| {
+            assert_eq!(*status, 200, "{body}");
+            let reply: serde_json::Value = serde_json::from_str(body).expect("a JSON reply");
+            reply["pod"].as_str().unwrap_or_default().to_owned()
+        })
+        .collect()
+}
+
 impl CurlResult {
     /// The body as the sample app's JSON (Null when it is not).
     pub fn json(&self) -> serde_json::Value {

@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use weft_e2e::{Mesh, MeshOptions, PodSpec};
+use weft_e2e::{Mesh, MeshOptions, PodSpec, curl::answering_pods};
 use weft_test_support::prometheus::Exposition;
 
 /// Three nodes: the client's (`node1`) and `node2` in zone `eu-1`, `node3` in `eu-2`.
@@ -45,18 +45,6 @@ spec:
   ports: [{name: http, port: 80, targetPort: http}]
   internalTrafficPolicy: Local
 "#;
-
-/// The pods that answered, by the sample app's `pod` field; every answer must be a 200.
-fn answering_pods(answers: &[(u16, String)]) -> BTreeSet<String> {
-    answers
-        .iter()
-        .map(|(status, body)| {
-            assert_eq!(*status, 200, "{body}");
-            let reply: serde_json::Value = serde_json::from_str(body).expect("a JSON reply");
-            reply["pod"].as_str().unwrap_or_default().to_owned()
-        })
-        .collect()
-}
 
 fn pods(names: &[&str]) -> BTreeSet<String> {
     names.iter().map(|n| (*n).to_owned()).collect()

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use weft_e2e::{Mesh, MeshOptions, PodSpec};
+use weft_e2e::{Mesh, MeshOptions, PodSpec, curl::answering_pods};
 
 /// The ServiceEntry's VIP: nothing answers there, the agent resolves it.
 const VIP: &str = "10.96.200.10";
@@ -171,18 +171,6 @@ spec:
   ports: [{number: 80, name: http, protocol: HTTP, targetPort: 8080}]
   workloadSelector: {labels: {app: cart}}
 "#;
-
-/// The pods that answered `answers`, by the sample app's `pod` field.
-fn answering_pods(answers: &[(u16, String)]) -> std::collections::BTreeSet<String> {
-    answers
-        .iter()
-        .map(|(status, body)| {
-            assert_eq!(*status, 200, "{body}");
-            let reply: serde_json::Value = serde_json::from_str(body).expect("a JSON reply");
-            reply["pod"].as_str().unwrap_or_default().to_owned()
-        })
-        .collect()
-}
 
 #[test]
 fn a_workload_selector_makes_the_selected_pods_the_endpoints_and_follows_them() {

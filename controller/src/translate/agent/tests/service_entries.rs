@@ -318,3 +318,110 @@ spec:
         vec![vec![192, 0, 2, 80]]
     );
 }
+
+/// The names of the workloads backing the service `key`: the endpoints an agent finds for it
+/// (a workload backs the services its `services` names).
+fn endpoints_of(addresses: &BTreeMap<String, workload::Address>, key: &str) -> Vec<String> {
+    addresses
+        .values()
+        .filter_map(|a| match &a.r#type {
+            Some(workload::address::Type::Workload(w)) if w.services.contains_key(key) => {
+                Some(w.name.clone())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Replaces (or adds) the objects of `yaml` in `index`, as a watch event does.
+fn apply(index: &mut ConfigIndex, yaml: &str) {
+    let report = loader::load_str(Path::new("change.yaml"), yaml);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    for resource in report.resources {
+        index.insert(resource.resource, Vec::new());
+    }
+}
+
+/// The ServiceEntry `shop/api` for `svc.example.internal`, selecting `app: <app>`.
+fn api_entry(app: &str) -> String {
+    format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: api, namespace: shop}}
+spec:
+  hosts: [svc.example.internal]
+  addresses: [240.0.4.1]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 80, name: http, targetPort: 8080}}]
+  workloadSelector: {{labels: {{app: {app}}}}}
+"#
+    )
+}
+
+/// A WorkloadEntry backs a ServiceEntry's host while the entry's `workloadSelector` selects
+/// its labels, and only then: istiod's `workloadEntryWorkloadBuilder`
+/// (pilot/pkg/serviceregistry/ambient/workloads.go) fetches the services of the entry's own
+/// namespace that select its labels at every change (`FilterIndex` by namespace,
+/// `FilterSelectsNonEmpty`), so a relabelled entry leaves the host, a selector that changes
+/// drops it, and an entry of another namespace is never picked, whatever its labels.
+#[test]
+fn a_workload_entry_backs_a_selecting_service_entry_only_while_selected() {
+    let workload_entries = r#"
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: api-vm, namespace: shop, labels: {app: api}}
+spec: {address: 192.0.2.60}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: api-vm-labels-in-spec, namespace: shop}
+spec: {address: 192.0.2.61, labels: {app: api}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: api-vm-elsewhere, namespace: legacy, labels: {app: api}}
+spec: {address: 192.0.2.62}
+"#;
+    let mut index = index(&format!("{}---{workload_entries}", api_entry("api")));
+    let settings = MeshSettings::default();
+    let key = "shop/svc.example.internal";
+
+    // Selected by either set of labels: both entries are endpoints of the host, on the port's
+    // targetPort; the other namespace's entry is not.
+    let before = addresses(&index, &settings);
+    assert_eq!(
+        endpoints_of(&before, key),
+        vec!["api-vm", "api-vm-labels-in-spec"]
+    );
+    let vm = workload_of(&before, "api-vm");
+    let ports = &vm.services[key].ports;
+    assert_eq!((ports[0].service_port, ports[0].target_port), (80, 8080));
+    assert!(workload_of(&before, "api-vm-elsewhere").services.is_empty());
+
+    // Relabelled, `api-vm` is still a workload, without the host; the service stays with the
+    // entry still selected.
+    apply(
+        &mut index,
+        r#"
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: api-vm, namespace: shop, labels: {app: retired}}
+spec: {address: 192.0.2.60}
+"#,
+    );
+    let relabelled = addresses(&index, &settings);
+    assert_eq!(
+        endpoints_of(&relabelled, key),
+        vec!["api-vm-labels-in-spec"]
+    );
+    assert!(workload_of(&relabelled, "api-vm").services.is_empty());
+    assert!(relabelled.contains_key(key));
+
+    // The selector changes: the entry that matched the old one leaves too.
+    apply(&mut index, &api_entry("retired"));
+    assert_eq!(
+        endpoints_of(&addresses(&index, &settings), key),
+        vec!["api-vm"]
+    );
+}
