@@ -91,7 +91,10 @@ fn hash_table(
 }
 
 fn is_prime(n: u64) -> bool {
-    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+    n >= 2
+        && (2..)
+            .take_while(|d| d * d <= n)
+            .all(|d| !n.is_multiple_of(d))
 }
 
 /// Envoy's bounds (`SlowStartConfig`): a window, a percentage, and an aggression above 0 (Envoy

@@ -116,7 +116,7 @@ fn consistent_hash_tables_take_envoys_defaults_and_bounds() {
         (maglev(251), HashTable::Maglev { table_size: 251 }),
     ];
     for (table, expected) in cases {
-        let cluster = convert(&with(table.clone())).unwrap();
+        let cluster = convert(&with(table)).unwrap();
         assert_eq!(
             cluster.load_balancer,
             LoadBalancer::ConsistentHash(HashKey::SourceIp, expected),
@@ -137,7 +137,7 @@ fn consistent_hash_tables_take_envoys_defaults_and_bounds() {
             "ringHash.minimumRingSize 8388609 is above the maximum ring size 8388608",
         ),
     ] {
-        let error = convert(&with(table.clone())).unwrap_err().to_string();
+        let error = convert(&with(table)).unwrap_err().to_string();
         assert!(error.ends_with(reason), "{table:?}: {error}");
     }
 }
