@@ -251,7 +251,7 @@ fn load_balancer_name(lb: &LoadBalancer) -> String {
         LoadBalancer::RoundRobin => "ROUND_ROBIN".to_owned(),
         LoadBalancer::LeastRequest => "LEAST_REQUEST".to_owned(),
         LoadBalancer::Random => "RANDOM".to_owned(),
-        LoadBalancer::ConsistentHash(key) => match key {
+        LoadBalancer::ConsistentHash(key, _) => match key {
             HashKey::Header(name) => format!("consistentHash httpHeaderName {name}"),
             HashKey::Cookie(name) => format!("consistentHash httpCookie {name}"),
             HashKey::SourceIp => "consistentHash useSourceIp".to_owned(),

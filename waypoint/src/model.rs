@@ -26,9 +26,10 @@ use crate::authn::{JwtProvider, TargetedAuthentication};
 use crate::telemetry::Telemetry;
 
 pub use cluster::{
-    Cluster, ConnectionLimits, DEFAULT_BASE_EJECTION_TIME, DEFAULT_MAX_EJECTION_PERCENT,
-    DEFAULT_OUTLIER_INTERVAL, Endpoint, HashKey, LoadBalancer, OutlierPolicy, ResolvedNames,
-    SlowStart, Tunnel,
+    Cluster, ConnectionLimits, DEFAULT_BASE_EJECTION_TIME, DEFAULT_MAGLEV_TABLE_SIZE,
+    DEFAULT_MAX_EJECTION_PERCENT, DEFAULT_MINIMUM_RING_SIZE, DEFAULT_OUTLIER_INTERVAL, Endpoint,
+    HashKey, HashTable, LoadBalancer, MAGLEV_TABLE_LIMIT, MAXIMUM_RING_SIZE, OutlierPolicy,
+    ResolvedNames, SlowStart, Tunnel,
 };
 pub use route::{
     AbortKind, CorsPolicy, DEFAULT_RETRIABLE_STATUS_CODES, DEFAULT_RETRY_ATTEMPTS,
@@ -197,6 +198,7 @@ impl WorkloadTarget<'_> {
             hostnames: Vec::new(),
             tls: None,
             dynamic_dns: false,
+            plan: std::sync::OnceLock::new(),
         }
     }
 }

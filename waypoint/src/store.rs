@@ -165,6 +165,11 @@ impl ConfigStore {
     fn publish(&self, mut converted: WaypointConfig) {
         converted.sources = self.sources.clone();
         let name = format!("{}/{}", converted.namespace, converted.name);
+        // Balancing plans (hash tables included) are built before the configuration is in
+        // force, so that no request waits for one.
+        for cluster in converted.clusters.values() {
+            cluster.plan();
+        }
         let converted = Arc::new(converted);
         let services = converted.services.len();
         let clusters = converted.clusters.len();

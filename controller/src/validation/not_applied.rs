@@ -110,24 +110,6 @@ pub const CATALOG: &[NotApplied] = &[
     ),
     entry(
         K::DestinationRule,
-        "spec.**.loadBalancer.consistentHash.ringHash",
-        Set,
-        "waypoints hash with their own table",
-    ),
-    entry(
-        K::DestinationRule,
-        "spec.**.loadBalancer.consistentHash.maglev",
-        Set,
-        "waypoints hash with their own table",
-    ),
-    entry(
-        K::DestinationRule,
-        "spec.**.loadBalancer.consistentHash.minimumRingSize",
-        Set,
-        "waypoints hash with their own table",
-    ),
-    entry(
-        K::DestinationRule,
         "spec.**.loadBalancer.consistentHash.httpCookie.attributes",
         Set,
         "the cookie is set without these attributes",

@@ -2,14 +2,14 @@
 //! connection limits, outlier detection) the DestinationRule gives them.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http::HeaderName;
 use weft_identity::SpiffeId;
 
 use super::WorkloadInfo;
-use crate::upstream::OriginatedTls;
+use crate::upstream::{BalancingPlan, OriginatedTls};
 
 /// How the waypoint reaches an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,12 +51,32 @@ pub enum HashKey {
     QueryParameter(String),
 }
 
+/// The table a consistent hash looks keys up in, as Envoy builds it for Istio's
+/// `consistentHash` (`ApplyRingHashLoadBalancer`): either gives each endpoint a share of the
+/// keys in proportion to its weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HashTable {
+    /// Envoy's `RING_HASH`, with at least `minimum_size` points.
+    Ring { minimum_size: u64 },
+    /// Envoy's `MAGLEV`, a lookup table of `table_size` (a prime) entries.
+    Maglev { table_size: u64 },
+}
+
+/// Envoy's `RingHashLbConfig` default, which Istio sets when nothing else is given.
+pub const DEFAULT_MINIMUM_RING_SIZE: u64 = 1024;
+/// Envoy's `MaglevLbConfig` default.
+pub const DEFAULT_MAGLEV_TABLE_SIZE: u64 = 65537;
+/// Envoy's `RingHashLbConfig` `maximum_ring_size` default; Istio never sets it.
+pub const MAXIMUM_RING_SIZE: u64 = 8 * 1024 * 1024;
+/// Istio's bound on a Maglev table (`validateLoadBalancer`).
+pub const MAGLEV_TABLE_LIMIT: u64 = 5_000_011;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LoadBalancer {
     RoundRobin,
     LeastRequest,
     Random,
-    ConsistentHash(HashKey),
+    ConsistentHash(HashKey, HashTable),
 }
 
 /// Slow start (DestinationRule `warmup`): Envoy's `slow_start_config`, as Istio sets it for
@@ -128,6 +148,19 @@ pub struct Cluster {
     /// `resolution: DYNAMIC_DNS`: no endpoints; each request's Host is resolved
     /// ([`crate::upstream::dynamic_dns`]) and is the endpoint.
     pub dynamic_dns: bool,
+    /// What endpoint choice needs that depends only on this configuration ([`Self::plan`]).
+    pub plan: OnceLock<BalancingPlan>,
+}
+
+impl Cluster {
+    /// What endpoint choice needs that depends only on this configuration (the healthy
+    /// endpoints, their weights, the hash table), built once, when first asked for: the
+    /// configuration store asks before it puts a configuration in force, so that no request
+    /// pays for it.
+    pub fn plan(&self) -> &BalancingPlan {
+        self.plan
+            .get_or_init(|| BalancingPlan::new(&self.endpoints, &self.load_balancer))
+    }
 }
 
 /// Addresses of the endpoint names the waypoint resolved, by name.

@@ -517,7 +517,7 @@ async fn send_with_retries(
     // Endpoints tried by attempts a retry followed, which retries avoid unless told otherwise.
     let avoid_tried = policy.avoids_tried_endpoints(matches!(
         cluster.load_balancer,
-        LoadBalancer::ConsistentHash(_)
+        LoadBalancer::ConsistentHash(..)
     ));
     let mut tried: Vec<SocketAddr> = Vec::new();
     // The locality priority of each attempt, for `retryRemoteLocalities`.

@@ -4,8 +4,8 @@
 //! and endpoint address, so it survives configuration pushes (see [`Upstream::retain`]).
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
+use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -46,6 +46,32 @@ struct EndpointState {
     warming_since: Option<Instant>,
 }
 
+/// The runtime states of a cluster's endpoints, by address, and what the choice of an endpoint
+/// needs to know of them at once, without looking at each.
+#[derive(Debug, Default)]
+struct EndpointStates {
+    by_address: HashMap<SocketAddr, EndpointState>,
+    /// When the last ejection so far ends: from then on, no endpoint is ejected.
+    ejections_end: Option<Instant>,
+    /// When the last warm-up ends, as [`Upstream::track_warm_up`] last worked it out (from then
+    /// on, no endpoint warms up); `None`: not known.
+    warm_from: Option<Instant>,
+}
+
+impl Deref for EndpointStates {
+    type Target = HashMap<SocketAddr, EndpointState>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.by_address
+    }
+}
+
+impl DerefMut for EndpointStates {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.by_address
+    }
+}
+
 /// Per-cluster runtime state.
 pub(super) struct ClusterRuntime {
     active_requests: AtomicUsize,
@@ -54,7 +80,7 @@ pub(super) struct ClusterRuntime {
     connection_slots: Option<Arc<Semaphore>>,
     slot_count: Option<usize>,
     next: AtomicUsize,
-    endpoints: Mutex<HashMap<SocketAddr, EndpointState>>,
+    endpoints: Mutex<EndpointStates>,
 }
 
 /// A cluster's runtime state, looked up once (under the lock every worker shares) and then
@@ -261,7 +287,15 @@ impl Upstream {
                 lock(&self.inner.clusters).get(&cluster.name).cloned()
             };
             if let Some(runtime) = runtime {
-                slow_start::track(&mut lock(&runtime.endpoints), cluster, now);
+                let mut states = lock(&runtime.endpoints);
+                slow_start::track(&mut states, cluster, now);
+                states.warm_from = cluster.slow_start.map(|slow| {
+                    states
+                        .values()
+                        .filter_map(|s| s.warming_since)
+                        .max()
+                        .map_or(now, |latest| latest + slow.window)
+                });
             }
         }
     }
@@ -296,9 +330,12 @@ impl ClusterState {
     /// ([`weighted_locality`]), healthy and not ejected (all healthy ones of that priority when
     /// every one is ejected, as Envoy's panic mode does), then by the
     /// cluster's load balancer. `exclude` holds endpoints already tried by earlier attempts,
-    /// avoided when others remain. The candidates are counted and walked in the cluster's
-    /// order rather than collected, so that a choice allocates nothing (but a consistent hash,
-    /// and the per-priority counts of a cluster with locality priorities).
+    /// avoided when others remain. While nothing of the moment narrows the pool, the choice
+    /// reads the cluster's [`BalancingPlan`] and costs the same whatever the number of
+    /// endpoints; otherwise the candidates are counted and walked in the cluster's order rather
+    /// than collected. Past the plan's building (once per configuration, or per request for a
+    /// workload's own one-endpoint cluster), a choice allocates nothing but the per-priority
+    /// counts of a cluster with locality priorities.
     pub fn choose_endpoint<'c>(
         &self,
         cluster: &'c Cluster,
@@ -370,9 +407,11 @@ impl ClusterState {
         if tripped && !already && ejection_allowed(policy, ejected, total) {
             state.ejections += 1;
             let time = policy.base_ejection_time * state.ejections;
-            state.ejected_until = Some(now + time);
+            let until = now + time;
+            state.ejected_until = Some(until);
             state.consecutive_5xx = 0;
             state.consecutive_gateway = 0;
+            states.ejections_end = states.ejections_end.max(Some(until));
             info!(cluster = %cluster.name, %endpoint, ejection_ms = time.as_millis() as u64, "endpoint ejected");
         }
     }
@@ -393,9 +432,68 @@ pub struct Tried<'a> {
     pub priorities: &'a [u32],
 }
 
+/// The choice when nothing of the moment narrows the pool (one locality priority, localities
+/// not weighed, a first attempt, no endpoint ejected or warming up): the pool is the cluster's
+/// healthy endpoints, known from its [`BalancingPlan`], and a choice costs the same whatever
+/// their number (but least request over unequal weights, which weighs the requests in flight
+/// of each). The same choices as [`choose`] makes of that pool. `None`: the pool must be worked
+/// out.
+fn plain_choice<'c>(
+    states: &EndpointStates,
+    next: &AtomicUsize,
+    cluster: &'c Cluster,
+    hash: &HashInput<'_>,
+    tried: &Tried<'_>,
+    now: Instant,
+) -> Option<Result<&'c Endpoint, UpstreamError>> {
+    let plain = cluster.priorities <= 1
+        && cluster.locality_weights.is_empty()
+        && tried.endpoints.is_empty()
+        && states.ejections_end.is_none_or(|end| end <= now)
+        && (cluster.slow_start.is_none() || states.warm_from.is_some_and(|from| from <= now));
+    if !plain {
+        return None;
+    }
+    let plan = cluster.plan();
+    let healthy = plan.healthy();
+    if healthy.is_empty() {
+        return Some(Err(UpstreamError::NoHealthyUpstream(cluster.name.clone())));
+    }
+    let at = |n: usize| &cluster.endpoints[healthy[n]];
+    let count = healthy.len();
+    let active = |e: &Endpoint| {
+        states
+            .get(&e.address)
+            .map_or(0, |s| s.active.load(Ordering::Acquire))
+    };
+    let endpoint = match &cluster.load_balancer {
+        LoadBalancer::RoundRobin if plan.equal_weights() => {
+            at(next.fetch_add(1, Ordering::Relaxed) % count)
+        }
+        // The roll the weighted walk of `choose` takes, found by binary search of the running
+        // weights.
+        LoadBalancer::RoundRobin => {
+            let roll = round_robin_roll(next.fetch_add(1, Ordering::Relaxed));
+            &cluster.endpoints[plan.weighted(roll)?]
+        }
+        LoadBalancer::LeastRequest if plan.equal_weights() => {
+            let a = at(rand::random_range(0..count));
+            let b = at(rand::random_range(0..count));
+            if active(b) < active(a) { b } else { a }
+        }
+        LoadBalancer::LeastRequest => return None,
+        LoadBalancer::Random => at(rand::random_range(0..count)),
+        LoadBalancer::ConsistentHash(key, _) => match hash_key(key, hash) {
+            Some(key) => &cluster.endpoints[plan.hashed(&key, |_| true)?],
+            None => at(rand::random_range(0..count)),
+        },
+    };
+    Some(Ok(endpoint))
+}
+
 /// The choice [`ClusterState::choose_endpoint`] describes, with the endpoints' states locked.
 fn choose<'c>(
-    states: &HashMap<SocketAddr, EndpointState>,
+    states: &EndpointStates,
     next: &AtomicUsize,
     cluster: &'c Cluster,
     hash: &HashInput<'_>,
@@ -403,6 +501,9 @@ fn choose<'c>(
 ) -> Result<&'c Endpoint, UpstreamError> {
     let exclude = tried.endpoints;
     let now = Instant::now();
+    if let Some(choice) = plain_choice(states, next, cluster, hash, tried, now) {
+        return choice;
+    }
     if !cluster.endpoints.iter().any(|e| e.healthy) {
         return Err(UpstreamError::NoHealthyUpstream(cluster.name.clone()));
     }
@@ -474,12 +575,8 @@ fn choose<'c>(
     } else {
         (pooled, false)
     };
-    let candidates = || {
-        cluster
-            .endpoints
-            .iter()
-            .filter(move |e| in_pool(e) && (!skip_tried || untried(e)))
-    };
+    let candidate = |e: &Endpoint| in_pool(e) && (!skip_tried || untried(e));
+    let candidates = || cluster.endpoints.iter().filter(move |e| candidate(e));
     let nth = |index: usize| {
         candidates()
             .nth(index)
@@ -507,7 +604,8 @@ fn choose<'c>(
         cluster.load_balancer,
         LoadBalancer::RoundRobin | LoadBalancer::LeastRequest
     );
-    if warming || (weighs_endpoints && !equal_weights(candidates())) {
+    let equal = cluster.plan().equal_weights() || equal_weights(candidates());
+    if warming || (weighs_endpoints && !equal) {
         let least_request = cluster.load_balancer == LoadBalancer::LeastRequest;
         let weight = |e: &Endpoint| {
             let capacity = if weighs_endpoints {
@@ -542,15 +640,23 @@ fn choose<'c>(
             let b = nth(rand::random_range(0..count))?;
             Ok(if active(b) < active(a) { b } else { a })
         }
-        LoadBalancer::ConsistentHash(key) => match hash_key(key, hash) {
-            Some(key) => Ok(rendezvous(&candidates().collect::<Vec<_>>(), &key)),
+        // The table holds every healthy endpoint; those outside the pool are passed over.
+        LoadBalancer::ConsistentHash(key, _) => match hash_key(key, hash) {
+            Some(key) => match cluster
+                .plan()
+                .hashed(&key, |i| candidate(&cluster.endpoints[i]))
+            {
+                Some(i) => Ok(&cluster.endpoints[i]),
+                None => nth(rand::random_range(0..count)),
+            },
             None => nth(rand::random_range(0..count)),
         },
     }
 }
 
 /// Whether every endpoint has the same weight (0 counts as 1, as the model reads it), the case
-/// where Envoy keeps plain round robin and least request's power of two choices.
+/// where Envoy keeps plain round robin and least request's power of two choices. For a pool
+/// narrower than the healthy endpoints, whose weights differ ([`BalancingPlan::equal_weights`]).
 fn equal_weights<'c>(mut endpoints: impl Iterator<Item = &'c Endpoint>) -> bool {
     let Some(first) = endpoints.next().map(|e| e.weight.max(1)) else {
         return true;
@@ -565,128 +671,6 @@ fn round_robin_roll(turn: usize) -> f64 {
     const GOLDEN_RATIO_CONJUGATE: f64 = 0.618_033_988_749_894_9;
     // The turn modulo 2^32 keeps the product exact enough in an f64.
     ((turn as u32) as f64 * GOLDEN_RATIO_CONJUGATE).fract()
-}
-
-/// Envoy's overprovisioning factor (its default, which Istio keeps): a priority whose healthy
-/// share is at least 1/1.4 of its endpoints takes all the load it is offered.
-const OVERPROVISIONING_PERCENT: usize = 140;
-
-/// The locality priority a request goes to, as Envoy spreads load over priorities
-/// (`LoadBalancerBase::recalculatePerPriorityState`): each priority's health is the share of
-/// its endpoints that are `available`, times the overprovisioning factor, at most 100%; the
-/// closest priority takes as much of the load as its health, the next the rest up to its own,
-/// and so on, scaled up when their health together is under 100%. `roll` (0 to 99) draws the
-/// priority from that load. With no available endpoint anywhere, the closest priority that has
-/// healthy ones takes everything (Envoy's panic routing happens within it). The priorities in
-/// `skipped` count as without health, unless no other priority has any (then none is skipped,
-/// as Envoy's `previous_priorities` starts over).
-fn priority_level(
-    cluster: &Cluster,
-    available: impl Fn(&Endpoint) -> bool,
-    skipped: &[u32],
-    roll: usize,
-) -> u32 {
-    let levels = cluster.priorities as usize;
-    // (endpoints, available, healthy) per priority: a few levels, counted once per choice.
-    let mut counts = vec![(0usize, 0usize, 0usize); levels];
-    for e in &cluster.endpoints {
-        if let Some(level) = counts.get_mut(e.priority as usize) {
-            level.0 += 1;
-            level.1 += usize::from(available(e));
-            level.2 += usize::from(e.healthy);
-        }
-    }
-    let mut health: Vec<usize> = counts
-        .iter()
-        .map(|(total, up, _)| {
-            if *total == 0 {
-                0
-            } else {
-                (OVERPROVISIONING_PERCENT * up / total).min(100)
-            }
-        })
-        .collect();
-    let others_have_health = health
-        .iter()
-        .enumerate()
-        .any(|(level, h)| *h > 0 && !skipped.contains(&(level as u32)));
-    if others_have_health {
-        for &level in skipped {
-            if let Some(h) = health.get_mut(level as usize) {
-                *h = 0;
-            }
-        }
-    }
-    let total_health = health.iter().sum::<usize>().min(100);
-    if total_health == 0 {
-        let first = counts.iter().position(|(_, _, healthy)| *healthy > 0);
-        return first.unwrap_or(0) as u32;
-    }
-    let mut remaining = 100usize;
-    let mut point = roll;
-    for (level, h) in health.iter().enumerate() {
-        let load = (h * 100 / total_health).min(remaining);
-        remaining -= load;
-        if point < load {
-            return level as u32;
-        }
-        point -= load;
-    }
-    // Rounding left some load unassigned: it goes to the closest priority with health.
-    health.iter().position(|h| *h > 0).unwrap_or(0) as u32
-}
-
-/// The locality a request goes to within a priority (`in_level`), as Envoy's locality-weighted
-/// load balancing chooses it (`HostSetImpl::chooseLocality` over `effectiveLocalityWeight`):
-/// each locality's weight times its `available` share of endpoints times the
-/// overprovisioning factor, at most its weight, so a locality keeps its whole share while at
-/// least 1/1.4 of it is available and loses it in proportion below. `roll` (0 to 1) draws a
-/// locality in proportion to those weights, where Envoy walks an EDF schedule of the same
-/// weights: the same shares, drawn at random rather than in a fixed order. `None` when no
-/// locality has an available endpoint (Envoy then chooses among the priority's hosts).
-fn weighted_locality(
-    cluster: &Cluster,
-    in_level: impl Fn(&Endpoint) -> bool,
-    available: impl Fn(&Endpoint) -> bool,
-    roll: f64,
-) -> Option<u32> {
-    // (endpoints, available) per locality.
-    let mut counts = vec![(0usize, 0usize); cluster.locality_weights.len()];
-    for e in cluster.endpoints.iter().filter(|e| in_level(e)) {
-        if let Some(locality) = counts.get_mut(e.locality as usize) {
-            locality.0 += 1;
-            locality.1 += usize::from(available(e));
-        }
-    }
-    let effective: Vec<f64> = counts
-        .iter()
-        .zip(&cluster.locality_weights)
-        .map(|((total, up), weight)| {
-            if *total == 0 {
-                return 0.0;
-            }
-            let ratio = (OVERPROVISIONING_PERCENT as f64 / 100.0) * (*up as f64 / *total as f64);
-            f64::from(*weight) * ratio.min(1.0)
-        })
-        .collect();
-    let sum: f64 = effective.iter().sum();
-    if sum <= 0.0 {
-        return None;
-    }
-    let mut point = roll.clamp(0.0, 1.0) * sum;
-    let mut last = None;
-    for (locality, weight) in effective.iter().enumerate() {
-        if *weight <= 0.0 {
-            continue;
-        }
-        last = u32::try_from(locality).ok();
-        if point < *weight {
-            return last;
-        }
-        point -= weight;
-    }
-    // `roll` at 1, or rounding: the last locality with weight.
-    last
 }
 
 fn ejection_allowed(policy: &OutlierPolicy, ejected: usize, total: usize) -> bool {
@@ -724,23 +708,11 @@ fn hash_key(key: &HashKey, input: &HashInput<'_>) -> Option<String> {
     }
 }
 
-/// Highest-random-weight choice: stable for a key, and only the keys of a removed endpoint
-/// move when the set changes.
-fn rendezvous<'a>(candidates: &[&'a Endpoint], key: &str) -> &'a Endpoint {
-    let score = |e: &Endpoint| {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        key.hash(&mut hasher);
-        e.address.hash(&mut hasher);
-        hasher.finish()
-    };
-    candidates
-        .iter()
-        .copied()
-        .max_by_key(|e| score(e))
-        .unwrap_or(candidates[0])
-}
-
+mod locality;
+mod plan;
 mod slow_start;
+use locality::{priority_level, weighted_locality};
+pub use plan::BalancingPlan;
 pub use slow_start::factor as slow_start_factor;
 #[cfg(test)]
 mod tests;

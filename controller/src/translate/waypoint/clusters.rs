@@ -606,7 +606,7 @@ fn load_balancer(
 ) -> Option<wp::LoadBalancerSettings> {
     use wp::load_balancer_settings::{
         ConsistentHashLb, LbPolicy, SimpleLb,
-        consistent_hash_lb::{HashKey, HttpCookie},
+        consistent_hash_lb::{HashKey, HttpCookie, Maglev, RingHash, Table},
     };
     let slow_start = slow_start(lb, note);
     // Istio gives Envoy slow start only with round robin and least request
@@ -624,12 +624,20 @@ fn load_balancer(
     };
     if let Some(hash) = &lb.consistent_hash {
         ignore_slow_start("consistentHash", note);
-        if hash.ring_hash.is_some() || hash.maglev.is_some() || hash.minimum_ring_size.is_some() {
-            note(
-                "loadBalancer.consistentHash",
-                "waypoints hash with their own table; ringHash, maglev and minimumRingSize are ignored",
-            );
-        }
+        // Istio's `ApplyRingHashLoadBalancer`: Maglev when set, else a ring whose minimum
+        // size comes from `ringHash`, else the deprecated `minimumRingSize` (0 is unset in
+        // both), the waypoint's default (1024) otherwise.
+        let table = if let Some(maglev) = &hash.maglev {
+            Table::Maglev(Maglev {
+                table_size: maglev.table_size.unwrap_or(0),
+            })
+        } else {
+            let minimum_ring_size = match &hash.ring_hash {
+                Some(ring) => ring.minimum_ring_size.unwrap_or(0),
+                None => hash.minimum_ring_size.unwrap_or(0),
+            };
+            Table::RingHash(RingHash { minimum_ring_size })
+        };
         let key = if let Some(header) = &hash.http_header_name {
             HashKey::HttpHeaderName(header.clone())
         } else if let Some(cookie) = &hash.http_cookie {
@@ -652,6 +660,7 @@ fn load_balancer(
         return Some(wp::LoadBalancerSettings {
             lb_policy: Some(LbPolicy::ConsistentHash(ConsistentHashLb {
                 hash_key: Some(key),
+                table: Some(table),
             })),
             slow_start: None,
         });

@@ -172,14 +172,19 @@ fn destination_rule_rules() {
             "spec.trafficPolicy.loadBalancer.consistentHash.maglev.tableSize",
             "must be less than 5000011",
         ),
-        warns(
+        ok(
             "maglev prime table",
-            "validateLoadBalancer",
+            "validateLoadBalancer; applied at waypoints",
             policy(
                 "{loadBalancer: {consistentHash: {useSourceIp: true, maglev: {tableSize: 65537}}}}",
             ),
-            "spec.trafficPolicy.loadBalancer.consistentHash.maglev",
-            NOT_APPLIED,
+        ),
+        ok(
+            "ring hash size",
+            "validateLoadBalancer; applied at waypoints",
+            policy(
+                "{loadBalancer: {consistentHash: {useSourceIp: true, ringHash: {minimumRingSize: 2048}}}}",
+            ),
         ),
         warns(
             "deprecated minimum ring size",

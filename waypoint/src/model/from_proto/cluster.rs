@@ -9,9 +9,10 @@ use weft_proto::waypoint as proto;
 use super::locality::LocalInstance;
 use super::{header_name, identity, ip, optional_duration, port, tunnel, workload_info};
 use crate::model::{
-    Cluster, ConfigError, ConnectionLimits, DEFAULT_BASE_EJECTION_TIME,
-    DEFAULT_MAX_EJECTION_PERCENT, DEFAULT_OUTLIER_INTERVAL, Endpoint, HashKey, LoadBalancer,
-    OutlierPolicy, ResolvedNames, SlowStart, WorkloadInfo, invalid,
+    Cluster, ConfigError, ConnectionLimits, DEFAULT_BASE_EJECTION_TIME, DEFAULT_MAGLEV_TABLE_SIZE,
+    DEFAULT_MAX_EJECTION_PERCENT, DEFAULT_MINIMUM_RING_SIZE, DEFAULT_OUTLIER_INTERVAL, Endpoint,
+    HashKey, HashTable, LoadBalancer, MAGLEV_TABLE_LIMIT, MAXIMUM_RING_SIZE, OutlierPolicy,
+    ResolvedNames, SlowStart, WorkloadInfo, invalid,
 };
 use crate::upstream::{OriginatedTls, OriginationCredentials};
 
@@ -36,8 +37,8 @@ fn load_balancer(
                 ));
             }
         },
-        Some(LbPolicy::ConsistentHash(hash)) => {
-            LoadBalancer::ConsistentHash(match &hash.hash_key {
+        Some(LbPolicy::ConsistentHash(hash)) => LoadBalancer::ConsistentHash(
+            match &hash.hash_key {
                 Some(H::HttpHeaderName(name)) => HashKey::Header(header_name(name, context)?),
                 Some(H::HttpCookie(cookie)) => HashKey::Cookie(cookie.name.clone()),
                 Some(H::UseSourceIp(true)) => HashKey::SourceIp,
@@ -45,9 +46,55 @@ fn load_balancer(
                 Some(H::UseSourceIp(false)) | None => {
                     return Err(invalid(context, "consistentHash without a hash key"));
                 }
-            })
-        }
+            },
+            hash_table(hash.table.as_ref(), context)?,
+        ),
     })
+}
+
+/// The consistent hash's table, with Envoy's defaults for sizes left 0, and refused where
+/// Envoy refuses the cluster: a Maglev table whose size is not a prime (below Istio's bound),
+/// a ring whose minimum size is above the maximum.
+fn hash_table(
+    table: Option<&proto::load_balancer_settings::consistent_hash_lb::Table>,
+    context: &str,
+) -> Result<HashTable, ConfigError> {
+    use proto::load_balancer_settings::consistent_hash_lb::Table;
+    let or_default = |size: u64, default: u64| if size == 0 { default } else { size };
+    match table {
+        Some(Table::Maglev(maglev)) => {
+            let table_size = or_default(maglev.table_size, DEFAULT_MAGLEV_TABLE_SIZE);
+            if table_size >= MAGLEV_TABLE_LIMIT || !is_prime(table_size) {
+                return Err(invalid(
+                    context,
+                    format!(
+                        "maglev.tableSize {table_size} must be a prime number below {MAGLEV_TABLE_LIMIT}"
+                    ),
+                ));
+            }
+            Ok(HashTable::Maglev { table_size })
+        }
+        Some(Table::RingHash(ring)) if ring.minimum_ring_size > MAXIMUM_RING_SIZE => Err(invalid(
+            context,
+            format!(
+                "ringHash.minimumRingSize {} is above the maximum ring size {MAXIMUM_RING_SIZE}",
+                ring.minimum_ring_size
+            ),
+        )),
+        Some(Table::RingHash(ring)) => Ok(HashTable::Ring {
+            minimum_size: or_default(ring.minimum_ring_size, DEFAULT_MINIMUM_RING_SIZE),
+        }),
+        None => Ok(HashTable::Ring {
+            minimum_size: DEFAULT_MINIMUM_RING_SIZE,
+        }),
+    }
+}
+
+fn is_prime(n: u64) -> bool {
+    n >= 2
+        && (2..)
+            .take_while(|d| d * d <= n)
+            .all(|d| !n.is_multiple_of(d))
 }
 
 /// Envoy's bounds (`SlowStartConfig`): a window, a percentage, and an aggression above 0 (Envoy
@@ -263,7 +310,7 @@ pub(super) fn cluster(
             .and_then(|lb| lb.slow_start.as_ref())
             .map(|s| slow_start(s, context))
             .transpose()?,
-        LoadBalancer::Random | LoadBalancer::ConsistentHash(_) => None,
+        LoadBalancer::Random | LoadBalancer::ConsistentHash(..) => None,
     };
     Ok(Cluster {
         priorities: priorities.iter().max().map_or(1, |p| p + 1),
@@ -291,6 +338,7 @@ pub(super) fn cluster(
         outlier: outlier(c.outlier_detection.as_ref(), context)?,
         destination_rule: c.destination_rule.clone(),
         dynamic_dns: c.dynamic_dns,
+        plan: std::sync::OnceLock::new(),
     })
 }
 

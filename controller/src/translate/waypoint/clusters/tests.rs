@@ -133,3 +133,42 @@ fn port_level_and_subset_warmup_reach_their_clusters() {
         slow_start(40, 10.0, 1.0)
     );
 }
+
+#[test]
+fn consistent_hash_tables_are_chosen_as_istio_chooses_them() {
+    use wp::load_balancer_settings::consistent_hash_lb::{Maglev, RingHash, Table};
+    // Istio's `ApplyRingHashLoadBalancer`: maglev first, then ringHash, then the deprecated
+    // minimumRingSize; 0 stands for the waypoint's defaults (1024 points, 65537 entries).
+    let cases = [
+        (
+            "{loadBalancer: {consistentHash: {useSourceIp: true}}}",
+            Table::RingHash(RingHash {
+                minimum_ring_size: 0,
+            }),
+        ),
+        (
+            "{loadBalancer: {consistentHash: {useSourceIp: true, minimumRingSize: 64}}}",
+            Table::RingHash(RingHash {
+                minimum_ring_size: 64,
+            }),
+        ),
+        (
+            "{loadBalancer: {consistentHash: {useSourceIp: true, ringHash: {minimumRingSize: 2048}}}}",
+            Table::RingHash(RingHash {
+                minimum_ring_size: 2048,
+            }),
+        ),
+        (
+            "{loadBalancer: {consistentHash: {useSourceIp: true, maglev: {tableSize: 251}}}}",
+            Table::Maglev(Maglev { table_size: 251 }),
+        ),
+    ];
+    for (yaml, expected) in cases {
+        let (lb, notes) = compile(yaml);
+        let Some(LbPolicy::ConsistentHash(hash)) = lb.and_then(|lb| lb.lb_policy) else {
+            panic!("no consistent hash for {yaml}");
+        };
+        assert_eq!(hash.table, Some(expected), "{yaml}");
+        assert_eq!(notes, Vec::<String>::new(), "{yaml}");
+    }
+}

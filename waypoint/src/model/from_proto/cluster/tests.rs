@@ -85,3 +85,59 @@ fn slow_start_outside_envoys_bounds_is_refused() {
         assert!(error.contains(expected), "{error}");
     }
 }
+
+/// The consistent hash's table (`ConsistentHashLB.table`), with Envoy's defaults for sizes
+/// left 0 and refused where Envoy refuses the cluster (`MaglevLoadBalancer`: the table size
+/// must be prime; `RingHashLoadBalancer`: minimum above maximum).
+#[test]
+fn consistent_hash_tables_take_envoys_defaults_and_bounds() {
+    use proto::load_balancer_settings::consistent_hash_lb::{
+        HashKey as H, Maglev, RingHash, Table,
+    };
+    let with = |table: Option<Table>| proto::Cluster {
+        load_balancer: Some(proto::LoadBalancerSettings {
+            lb_policy: Some(proto::load_balancer_settings::LbPolicy::ConsistentHash(
+                proto::load_balancer_settings::ConsistentHashLb {
+                    hash_key: Some(H::UseSourceIp(true)),
+                    table,
+                },
+            )),
+            slow_start: None,
+        }),
+        ..settings(proto::load_balancer_settings::SimpleLb::RoundRobin, 0)
+    };
+    let ring = |minimum_ring_size| Some(Table::RingHash(RingHash { minimum_ring_size }));
+    let maglev = |table_size| Some(Table::Maglev(Maglev { table_size }));
+    let cases = [
+        (None, HashTable::Ring { minimum_size: 1024 }),
+        (ring(0), HashTable::Ring { minimum_size: 1024 }),
+        (ring(64), HashTable::Ring { minimum_size: 64 }),
+        (maglev(0), HashTable::Maglev { table_size: 65537 }),
+        (maglev(251), HashTable::Maglev { table_size: 251 }),
+    ];
+    for (table, expected) in cases {
+        let cluster = convert(&with(table)).unwrap();
+        assert_eq!(
+            cluster.load_balancer,
+            LoadBalancer::ConsistentHash(HashKey::SourceIp, expected),
+            "{table:?}"
+        );
+    }
+    for (table, reason) in [
+        (
+            maglev(1000),
+            "maglev.tableSize 1000 must be a prime number below 5000011",
+        ),
+        (
+            maglev(5_000_011),
+            "maglev.tableSize 5000011 must be a prime number below 5000011",
+        ),
+        (
+            ring(MAXIMUM_RING_SIZE + 1),
+            "ringHash.minimumRingSize 8388609 is above the maximum ring size 8388608",
+        ),
+    ] {
+        let error = convert(&with(table)).unwrap_err().to_string();
+        assert!(error.ends_with(reason), "{table:?}: {error}");
+    }
+}

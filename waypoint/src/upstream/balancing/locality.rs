@@ -1,0 +1,127 @@
+//! Where locality decides a request's endpoint before the load balancer does: the locality
+//! priority (Envoy's priority load) and, when localities are weighed, the locality (Envoy's
+//! locality-weighted load balancing).
+
+use crate::model::{Cluster, Endpoint};
+
+/// Envoy's overprovisioning factor (its default, which Istio keeps): a priority whose healthy
+/// share is at least 1/1.4 of its endpoints takes all the load it is offered.
+const OVERPROVISIONING_PERCENT: usize = 140;
+
+/// The locality priority a request goes to, as Envoy spreads load over priorities
+/// (`LoadBalancerBase::recalculatePerPriorityState`): each priority's health is the share of
+/// its endpoints that are `available`, times the overprovisioning factor, at most 100%; the
+/// closest priority takes as much of the load as its health, the next the rest up to its own,
+/// and so on, scaled up when their health together is under 100%. `roll` (0 to 99) draws the
+/// priority from that load. With no available endpoint anywhere, the closest priority that has
+/// healthy ones takes everything (Envoy's panic routing happens within it). The priorities in
+/// `skipped` count as without health, unless no other priority has any (then none is skipped,
+/// as Envoy's `previous_priorities` starts over).
+pub(super) fn priority_level(
+    cluster: &Cluster,
+    available: impl Fn(&Endpoint) -> bool,
+    skipped: &[u32],
+    roll: usize,
+) -> u32 {
+    let levels = cluster.priorities as usize;
+    // (endpoints, available, healthy) per priority: a few levels, counted once per choice.
+    let mut counts = vec![(0usize, 0usize, 0usize); levels];
+    for e in &cluster.endpoints {
+        if let Some(level) = counts.get_mut(e.priority as usize) {
+            level.0 += 1;
+            level.1 += usize::from(available(e));
+            level.2 += usize::from(e.healthy);
+        }
+    }
+    let mut health: Vec<usize> = counts
+        .iter()
+        .map(|(total, up, _)| {
+            if *total == 0 {
+                0
+            } else {
+                (OVERPROVISIONING_PERCENT * up / total).min(100)
+            }
+        })
+        .collect();
+    let others_have_health = health
+        .iter()
+        .enumerate()
+        .any(|(level, h)| *h > 0 && !skipped.contains(&(level as u32)));
+    if others_have_health {
+        for &level in skipped {
+            if let Some(h) = health.get_mut(level as usize) {
+                *h = 0;
+            }
+        }
+    }
+    let total_health = health.iter().sum::<usize>().min(100);
+    if total_health == 0 {
+        let first = counts.iter().position(|(_, _, healthy)| *healthy > 0);
+        return first.unwrap_or(0) as u32;
+    }
+    let mut remaining = 100usize;
+    let mut point = roll;
+    for (level, h) in health.iter().enumerate() {
+        let load = (h * 100 / total_health).min(remaining);
+        remaining -= load;
+        if point < load {
+            return level as u32;
+        }
+        point -= load;
+    }
+    // Rounding left some load unassigned: it goes to the closest priority with health.
+    health.iter().position(|h| *h > 0).unwrap_or(0) as u32
+}
+
+/// The locality a request goes to within a priority (`in_level`), as Envoy's locality-weighted
+/// load balancing chooses it (`HostSetImpl::chooseLocality` over `effectiveLocalityWeight`):
+/// each locality's weight times its `available` share of endpoints times the
+/// overprovisioning factor, at most its weight, so a locality keeps its whole share while at
+/// least 1/1.4 of it is available and loses it in proportion below. `roll` (0 to 1) draws a
+/// locality in proportion to those weights, where Envoy walks an EDF schedule of the same
+/// weights: the same shares, drawn at random rather than in a fixed order. `None` when no
+/// locality has an available endpoint (Envoy then chooses among the priority's hosts).
+pub(super) fn weighted_locality(
+    cluster: &Cluster,
+    in_level: impl Fn(&Endpoint) -> bool,
+    available: impl Fn(&Endpoint) -> bool,
+    roll: f64,
+) -> Option<u32> {
+    // (endpoints, available) per locality.
+    let mut counts = vec![(0usize, 0usize); cluster.locality_weights.len()];
+    for e in cluster.endpoints.iter().filter(|e| in_level(e)) {
+        if let Some(locality) = counts.get_mut(e.locality as usize) {
+            locality.0 += 1;
+            locality.1 += usize::from(available(e));
+        }
+    }
+    let effective: Vec<f64> = counts
+        .iter()
+        .zip(&cluster.locality_weights)
+        .map(|((total, up), weight)| {
+            if *total == 0 {
+                return 0.0;
+            }
+            let ratio = (OVERPROVISIONING_PERCENT as f64 / 100.0) * (*up as f64 / *total as f64);
+            f64::from(*weight) * ratio.min(1.0)
+        })
+        .collect();
+    let sum: f64 = effective.iter().sum();
+    if sum <= 0.0 {
+        return None;
+    }
+    let mut point = roll.clamp(0.0, 1.0) * sum;
+    let mut last = None;
+    for (locality, weight) in effective.iter().enumerate() {
+        if *weight <= 0.0 {
+            continue;
+        }
+        last = u32::try_from(locality).ok();
+        if point < *weight {
+            return last;
+        }
+        point -= weight;
+    }
+    // `roll` at 1, or rounding: the last locality with weight.
+    last
+}

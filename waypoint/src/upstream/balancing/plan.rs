@@ -1,0 +1,259 @@
+//! What a cluster's endpoint choice needs that depends only on its configuration, worked out
+//! once per applied configuration rather than on every request: the healthy endpoints and
+//! whether their weights are equal, the running total of their weights (weighted round robin),
+//! and the consistent-hash table (Envoy's ring hash or Maglev), weighted as Envoy weights it.
+
+use std::hash::Hasher;
+
+use crate::model::{Endpoint, HashTable, LoadBalancer, MAXIMUM_RING_SIZE};
+
+/// A cluster's balancing plan (see the module comment), built from its endpoints by
+/// [`BalancingPlan::new`].
+#[derive(Default)]
+pub struct BalancingPlan {
+    /// Indices (into the cluster's endpoints) of the healthy ones, in the cluster's order.
+    healthy: Vec<usize>,
+    /// Whether the healthy endpoints have the same weight (0 counts as 1, as the model reads
+    /// it).
+    equal_weights: bool,
+    /// The running sum of the healthy endpoints' weights, in `healthy`'s order.
+    cumulative_weights: Vec<u64>,
+    table: Option<Table>,
+}
+
+/// A built consistent-hash table, holding endpoint indices.
+enum Table {
+    /// `(hash, endpoint)` points sorted by hash: a key goes to the first point at or after its
+    /// hash, wrapping round.
+    Ring(Vec<(u64, usize)>),
+    /// Maglev's lookup table: a key goes to the entry at its hash modulo the table's size.
+    Maglev(Vec<usize>),
+}
+
+impl BalancingPlan {
+    /// The plan of a cluster with these `endpoints` balanced by `balancer`.
+    pub fn new(endpoints: &[Endpoint], balancer: &LoadBalancer) -> Self {
+        let weight = |e: &Endpoint| u64::from(e.weight.max(1));
+        let healthy: Vec<usize> = (0..endpoints.len())
+            .filter(|i| endpoints[*i].healthy)
+            .collect();
+        let equal_weights = healthy.first().is_none_or(|first| {
+            healthy
+                .iter()
+                .all(|i| weight(&endpoints[*i]) == weight(&endpoints[*first]))
+        });
+        let cumulative_weights = healthy
+            .iter()
+            .scan(0u64, |sum, i| {
+                *sum += weight(&endpoints[*i]);
+                Some(*sum)
+            })
+            .collect();
+        let table = match balancer {
+            LoadBalancer::ConsistentHash(_, table) if !healthy.is_empty() => {
+                let hosts: Vec<Host> = healthy
+                    .iter()
+                    .map(|i| Host {
+                        index: *i,
+                        key: endpoints[*i].address.to_string(),
+                        weight: weight(&endpoints[*i]),
+                    })
+                    .collect();
+                Some(match *table {
+                    HashTable::Ring { minimum_size } => Table::Ring(ring(&hosts, minimum_size)),
+                    HashTable::Maglev { table_size } => Table::Maglev(maglev(hosts, table_size)),
+                })
+            }
+            _ => None,
+        };
+        BalancingPlan {
+            healthy,
+            equal_weights,
+            cumulative_weights,
+            table,
+        }
+    }
+
+    /// Indices of the healthy endpoints, in the cluster's order.
+    pub fn healthy(&self) -> &[usize] {
+        &self.healthy
+    }
+
+    /// Whether the healthy endpoints have the same weight: then every pool drawn from them has
+    /// too, and round robin and least request keep their plain algorithms.
+    pub fn equal_weights(&self) -> bool {
+        self.equal_weights
+    }
+
+    /// The healthy endpoint `roll` (0 to 1) draws in proportion to the weights, by binary
+    /// search of the running sum: the same choice as walking the weights in order.
+    pub fn weighted(&self, roll: f64) -> Option<usize> {
+        let total = *self.cumulative_weights.last()?;
+        let point = (roll.clamp(0.0, 1.0) * total as f64) as u64;
+        let at = self.cumulative_weights.partition_point(|sum| *sum <= point);
+        self.healthy.get(at.min(self.healthy.len() - 1)).copied()
+    }
+
+    /// The endpoint the consistent-hash table gives `key`, the first `accept`s (endpoints
+    /// outside the request's pool, tried or ejected, are passed over as Envoy passes over a
+    /// host its retry predicate rejects). `None`: no table, or no entry accepted.
+    pub fn hashed(&self, key: &str, accept: impl Fn(usize) -> bool) -> Option<usize> {
+        let hash = hash64(0, key.as_bytes());
+        match self.table.as_ref()? {
+            // Envoy's `RingHashLoadBalancer::Ring::chooseHost`: the first point whose hash is
+            // at least the key's, wrapping to the first; a retry moves along the ring.
+            Table::Ring(points) => {
+                let start = points.partition_point(|(h, _)| *h < hash) % points.len();
+                (0..points.len())
+                    .map(|step| points[(start + step) % points.len()].1)
+                    .find(|i| accept(*i))
+            }
+            // Envoy's `MaglevTable::chooseHost`: the entry at the hash; a retry flips the hash
+            // with `~0 - attempt + 1` to reach another. Past a few flips, the table is walked
+            // from the key's entry, so that any accepted endpoint in it is found.
+            Table::Maglev(entries) => {
+                let size = entries.len() as u64;
+                let flipped = (1..=8u64).map(|attempt| hash ^ (!0u64 - attempt + 1));
+                std::iter::once(hash)
+                    .chain(flipped)
+                    .map(|h| entries[(h % size) as usize])
+                    .find(|i| accept(*i))
+                    .or_else(|| {
+                        let start = (hash % size) as usize;
+                        (0..entries.len())
+                            .map(|step| entries[(start + step) % entries.len()])
+                            .find(|i| accept(*i))
+                    })
+            }
+        }
+    }
+}
+
+/// One endpoint as a hash table holds it: the address text it is hashed by (Envoy hashes a
+/// host's address), and its weight.
+struct Host {
+    index: usize,
+    key: String,
+    weight: u64,
+}
+
+/// A 64-bit hash of `bytes` under `seed`, the same for the life of the process (every
+/// `DefaultHasher::new` hashes alike), so that the same endpoints give the same table in every
+/// configuration.
+fn hash64(seed: u64, bytes: &[u8]) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    hasher.write_u64(seed);
+    hasher.write(bytes);
+    hasher.finish()
+}
+
+impl std::fmt::Debug for BalancingPlan {
+    /// A summary: a table has up to millions of entries.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let table = match &self.table {
+            None => "none".to_owned(),
+            Some(Table::Ring(points)) => format!("ring of {}", points.len()),
+            Some(Table::Maglev(entries)) => format!("maglev of {}", entries.len()),
+        };
+        f.debug_struct("BalancingPlan")
+            .field("healthy", &self.healthy.len())
+            .field("equal_weights", &self.equal_weights)
+            .field("table", &table)
+            .finish()
+    }
+}
+
+/// Envoy's ring (`RingHashLoadBalancer::Ring::Ring`, ring_hash_lb.cc): weights are normalised
+/// to sum to 1; the scale is set so that the lightest host gets a whole number of points, at
+/// least `minimum_size` in all (`ceil(min_weight * min_ring_size) / min_weight`, at most the
+/// maximum ring size); each host then gets `scale * weight` points, kept as running sums so
+/// that fractional shares add up, each point the hash of `"<address>_<n>"`.
+fn ring(hosts: &[Host], minimum_size: u64) -> Vec<(u64, usize)> {
+    let total: u64 = hosts.iter().map(|h| h.weight).sum();
+    let normalised = |h: &Host| h.weight as f64 / total as f64;
+    let lightest = hosts.iter().map(normalised).fold(f64::INFINITY, f64::min);
+    let scale = ((lightest * minimum_size as f64).ceil() / lightest).min(MAXIMUM_RING_SIZE as f64);
+    let mut points = Vec::with_capacity(scale.ceil() as usize);
+    let (mut current, mut target) = (0.0f64, 0.0f64);
+    for host in hosts {
+        target += scale * normalised(host);
+        let mut n = 0u64;
+        while current < target {
+            points.push((
+                hash64(0, format!("{}_{n}", host.key).as_bytes()),
+                host.index,
+            ));
+            n += 1;
+            current += 1.0;
+        }
+    }
+    points.sort_unstable();
+    points
+}
+
+/// Envoy's weighted Maglev table (`OriginalMaglevTable::constructImplementationInternals`,
+/// maglev_lb.cc, after the Maglev paper's listing 1): hosts in the order of their address
+/// text, each with an offset and a skip hashed from it; in each round every host whose weight
+/// has earned an entry (a host of the greatest weight on every round, one of a third of it on
+/// every third) takes the next free slot of its permutation, until the table is full.
+fn maglev(mut hosts: Vec<Host>, table_size: u64) -> Vec<usize> {
+    hosts.sort_by(|a, b| a.key.cmp(&b.key));
+    let size = table_size.max(2);
+    let heaviest = hosts.iter().map(|h| h.weight).max().unwrap_or(1);
+    struct Entry {
+        index: usize,
+        offset: u64,
+        skip: u64,
+        weight: u64,
+        target: u64,
+        next: u64,
+    }
+    // Integer weights stand for Envoy's normalised ones: the rounds a host is picked on only
+    // depend on the ratios.
+    let mut entries: Vec<Entry> = hosts
+        .iter()
+        .map(|h| Entry {
+            index: h.index,
+            offset: hash64(0, h.key.as_bytes()) % size,
+            skip: hash64(1, h.key.as_bytes()) % (size - 1) + 1,
+            weight: h.weight,
+            target: 0,
+            next: 0,
+        })
+        .collect();
+    let mut table: Vec<Option<usize>> = vec![None; size as usize];
+    let mut filled = 0u64;
+    let mut round = 1u64;
+    while filled < size {
+        for entry in entries.iter_mut() {
+            if filled == size {
+                break;
+            }
+            if round * entry.weight < entry.target {
+                continue;
+            }
+            entry.target += heaviest;
+            let mut slot = (entry.offset + entry.skip * entry.next) % size;
+            let mut probes = 0u64;
+            while table[slot as usize].is_some() {
+                entry.next += 1;
+                probes += 1;
+                // A prime size makes each permutation visit every slot; past `size` probes
+                // (a size that is not prime), the next free slot is taken.
+                slot = if probes < size {
+                    (entry.offset + entry.skip * entry.next) % size
+                } else {
+                    (slot + 1) % size
+                };
+            }
+            table[slot as usize] = Some(entry.index);
+            entry.next += 1;
+            filled += 1;
+        }
+        round += 1;
+    }
+    table.into_iter().flatten().collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,226 @@
+//! Consistent hashing over Envoy's weighted tables, through the balancer's choice.
+
+use std::net::SocketAddr;
+
+use super::super::tests::{endpoint, fresh_state, least_request};
+use super::super::{ClusterState, HashInput, Tried};
+use crate::model::{Cluster, Endpoint, HashKey, HashTable, LoadBalancer};
+
+const RING: HashTable = HashTable::Ring {
+    minimum_size: crate::model::DEFAULT_MINIMUM_RING_SIZE,
+};
+const MAGLEV: HashTable = HashTable::Maglev {
+    table_size: crate::model::DEFAULT_MAGLEV_TABLE_SIZE,
+};
+
+fn hashed(endpoints: Vec<Endpoint>, table: HashTable) -> Cluster {
+    Cluster {
+        load_balancer: LoadBalancer::ConsistentHash(
+            HashKey::Header(http::HeaderName::from_static("x-user")),
+            table,
+        ),
+        ..least_request(endpoints)
+    }
+}
+
+fn weighted(last: u8, weight: u32) -> Endpoint {
+    Endpoint {
+        weight,
+        ..endpoint(last)
+    }
+}
+
+/// The endpoint each of `keys` goes to, avoiding `tried`.
+fn choices(
+    state: &ClusterState,
+    cluster: &Cluster,
+    keys: &[String],
+    tried: &[SocketAddr],
+) -> Vec<SocketAddr> {
+    keys.iter()
+        .map(|key| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert("x-user", key.parse().unwrap());
+            let input = HashInput {
+                headers: &headers,
+                query: None,
+                source_ip: std::net::IpAddr::from([10, 9, 0, 1]),
+            };
+            let tried = Tried {
+                endpoints: tried,
+                priorities: &[],
+            };
+            state
+                .choose_and_track(cluster, &input, &tried)
+                .unwrap()
+                .0
+                .address
+        })
+        .collect()
+}
+
+fn keys(count: usize) -> Vec<String> {
+    (0..count).map(|i| format!("user-{i}")).collect()
+}
+
+/// Envoy's ring hash gives a host points in proportion to its normalised weight
+/// (`RingHashLoadBalancer::Ring::Ring`) and Maglev table entries likewise
+/// (`MaglevTable::constructMaglevTableInternal`): with weights 1 and 3, the heavy endpoint
+/// takes three keys in four. Ignoring weights would give it half.
+#[test]
+fn ring_hash_and_maglev_share_keys_by_endpoint_weight() {
+    let keys = keys(10_000);
+    for table in [RING, MAGLEV] {
+        let cluster = hashed(vec![weighted(1, 1), weighted(2, 3)], table);
+        let chosen = choices(&fresh_state(), &cluster, &keys, &[]);
+        let heavy = chosen.iter().filter(|a| **a == endpoint(2).address).count();
+        let share = heavy as f64 / keys.len() as f64;
+        assert!(
+            (0.70..=0.80).contains(&share),
+            "{table:?}: the weight-3 endpoint took {share} of the keys"
+        );
+        // Three endpoints, weights 1:2:5: each within 5 points of its share.
+        let cluster = hashed(vec![weighted(1, 1), weighted(2, 2), weighted(3, 5)], table);
+        let chosen = choices(&fresh_state(), &cluster, &keys, &[]);
+        for (last, expected) in [(1, 0.125), (2, 0.25), (3, 0.625)] {
+            let share = chosen
+                .iter()
+                .filter(|a| **a == endpoint(last).address)
+                .count() as f64
+                / keys.len() as f64;
+            assert!(
+                (share - expected).abs() <= 0.05,
+                "{table:?}: 10.0.0.{last} took {share} of the keys, not about {expected}"
+            );
+        }
+    }
+}
+
+/// A configuration applied again with the same endpoints (in any order) builds the same
+/// table: every key keeps its endpoint, whatever the state the balancer kept.
+#[test]
+fn a_key_keeps_its_endpoint_across_a_configuration_applied_again() {
+    let keys = keys(2_000);
+    for table in [RING, MAGLEV] {
+        let endpoints = || {
+            vec![
+                weighted(1, 1),
+                weighted(2, 3),
+                weighted(3, 2),
+                weighted(4, 1),
+            ]
+        };
+        let state = fresh_state();
+        let first = hashed(endpoints(), table);
+        let before = choices(&state, &first, &keys, &[]);
+        let mut reordered = endpoints();
+        reordered.reverse();
+        let again = hashed(reordered, table);
+        assert_eq!(before, choices(&state, &again, &keys, &[]), "{table:?}");
+        assert_eq!(
+            before,
+            choices(&fresh_state(), &again, &keys, &[]),
+            "{table:?}"
+        );
+        let distinct: std::collections::HashSet<_> = before.iter().collect();
+        assert_eq!(
+            distinct.len(),
+            4,
+            "{table:?}: keys spread over every endpoint"
+        );
+    }
+}
+
+/// An endpoint a retry avoids is passed over as Envoy's retry predicate passes over it: its
+/// keys go elsewhere, and every other key keeps its endpoint.
+#[test]
+fn an_avoided_endpoint_moves_only_its_own_keys() {
+    let keys = keys(2_000);
+    for table in [RING, MAGLEV] {
+        let cluster = hashed((1..=5).map(endpoint).collect(), table);
+        let state = fresh_state();
+        let before = choices(&state, &cluster, &keys, &[]);
+        let avoided = endpoint(3).address;
+        let after = choices(&state, &cluster, &keys, &[avoided]);
+        for ((key, was), now) in keys.iter().zip(&before).zip(&after) {
+            assert_ne!(
+                *now, avoided,
+                "{table:?}: {key} went to the avoided endpoint"
+            );
+            if *was != avoided {
+                assert_eq!(
+                    now, was,
+                    "{table:?}: {key} moved although its endpoint stayed"
+                );
+            }
+        }
+    }
+}
+
+/// With an endpoint removed from the configuration, the keys of the others mostly stay (all
+/// of them stay with neither table in general: the remaining hosts' shares grow).
+#[test]
+fn removing_an_endpoint_keeps_most_other_keys_in_place() {
+    let keys = keys(5_000);
+    for table in [RING, MAGLEV] {
+        let before = choices(
+            &fresh_state(),
+            &hashed((1..=5).map(endpoint).collect(), table),
+            &keys,
+            &[],
+        );
+        let after = choices(
+            &fresh_state(),
+            &hashed([1, 2, 4, 5].map(endpoint).to_vec(), table),
+            &keys,
+            &[],
+        );
+        let removed = endpoint(3).address;
+        let others: Vec<_> = before
+            .iter()
+            .zip(&after)
+            .filter(|(was, _)| **was != removed)
+            .collect();
+        let stayed = others.iter().filter(|(was, now)| was == now).count();
+        let share = stayed as f64 / others.len() as f64;
+        assert!(
+            share >= 0.8,
+            "{table:?}: only {share} of the other keys stayed"
+        );
+    }
+}
+
+/// The plan's weighted draw is the walk over the weights it replaces: the endpoint whose
+/// range of the running total holds the point.
+#[test]
+fn the_weighted_draw_follows_the_running_weights() {
+    let endpoints = vec![
+        weighted(1, 1),
+        Endpoint {
+            healthy: false,
+            ..weighted(2, 7)
+        },
+        weighted(3, 3),
+    ];
+    let plan = super::BalancingPlan::new(&endpoints, &LoadBalancer::RoundRobin);
+    assert_eq!(plan.healthy(), &[0, 2]);
+    assert!(!plan.equal_weights());
+    // Total 4: [0, 1) is the first, [1, 4) the third.
+    let cases = [(0.0, 0), (0.2, 0), (0.25, 2), (0.5, 2), (0.99, 2), (1.0, 2)];
+    for (roll, expected) in cases {
+        assert_eq!(plan.weighted(roll), Some(expected), "roll {roll}");
+    }
+    // Unequal weights only among the unhealthy: the pool's weights are equal.
+    let plan = super::BalancingPlan::new(
+        &[
+            weighted(1, 2),
+            Endpoint {
+                healthy: false,
+                ..weighted(2, 5)
+            },
+            weighted(3, 2),
+        ],
+        &LoadBalancer::RoundRobin,
+    );
+    assert!(plan.equal_weights());
+}
