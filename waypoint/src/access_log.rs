@@ -101,7 +101,8 @@ impl AccessLogs {
                 }
                 None => return Err(invalid(&context, "format: must be set")),
             }
-            .map_err(|e| invalid(&context, format!("format: {e}")))?;
+            .map_err(|e| invalid(&context, format!("format: {e}")))?
+            .omit_empty_values(log.omit_empty_values);
             for operator in format.operators() {
                 let (choice, into) = match operator {
                     Operator::Request(choice) => (choice, &mut request_headers),

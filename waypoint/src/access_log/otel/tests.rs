@@ -85,6 +85,7 @@ fn otel_log(collector: &str, text: &str, filter: &str) -> proto::AccessLog {
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect(),
         }),
+        omit_empty_values: false,
     }
 }
 

@@ -200,3 +200,35 @@ fn the_mesh_access_log_file_and_the_builtin_provider_follow_the_mesh_format() {
         "{logs:?}"
     );
 }
+
+/// `omitEmptyValues` reaches the waypoint with its provider's log; the built-in `envoy`
+/// provider setting it is no longer Weft's default line (which writes `-`s), so it is sent.
+#[test]
+fn omit_empty_values_is_sent_with_the_provider_log() {
+    let index = validated(MESH);
+    let mesh = "extensionProviders: [{name: envoy, envoyFileAccessLog: {path: /dev/stdout, omitEmptyValues: true}}]";
+    let settings = MeshSettings {
+        mesh: Arc::new(MeshConfigWatch::fixed(parse("mesh", mesh).unwrap())),
+        ..Default::default()
+    };
+    let config = waypoint_configs(&index, &settings, &mut Vec::new())
+        .remove("shop/waypoint")
+        .expect("the waypoint's config");
+    let [log] = config.access_logs.as_slice() else {
+        panic!("one log: {:?}", config.access_logs);
+    };
+    assert_eq!(
+        (
+            log.provider.as_str(),
+            log.path.as_str(),
+            log.omit_empty_values
+        ),
+        ("envoy", "/dev/stdout", true)
+    );
+    assert_eq!(
+        log.format,
+        Some(wp::access_log::Format::Text(
+            weft_access_log::DEFAULT_TEXT_FORMAT.to_owned()
+        ))
+    );
+}
