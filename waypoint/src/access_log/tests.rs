@@ -22,6 +22,17 @@ fn json_file_log(path: &str, labels: &[(&str, &str)], filter: &str) -> proto::Ac
     }
 }
 
+fn text_file_log(path: &std::path::Path, format: &str) -> proto::AccessLog {
+    proto::AccessLog {
+        provider: "p".to_owned(),
+        path: path.to_str().unwrap().to_owned(),
+        format: Some(proto::access_log::Format::Text(format.to_owned())),
+        filter: String::new(),
+        otel: None,
+        omit_empty_values: false,
+    }
+}
+
 /// A request through a waypoint, recorded and dropped (which writes its lines).
 fn request(metrics: &Arc<Metrics>, logs: &Arc<AccessLogs>, path: &str, status: u16) {
     let mut record = RequestRecord::new(Arc::clone(metrics));
@@ -76,18 +87,10 @@ fn each_provider_writes_its_own_line_and_files_are_appended_to() {
     let dir = TempDir::new("access-log");
     let (a, b) = (dir.join("a.log"), dir.join("b.log"));
     std::fs::write(&a, "earlier\n").unwrap();
-    let text_log = |path: &std::path::Path, format: &str| proto::AccessLog {
-        provider: "p".to_owned(),
-        path: path.to_str().unwrap().to_owned(),
-        format: Some(proto::access_log::Format::Text(format.to_owned())),
-        filter: String::new(),
-        otel: None,
-        omit_empty_values: false,
-    };
     let logs = AccessLogs::compile(
         &[
-            text_log(&a, "%REQ(:AUTHORITY)% %RESPONSE_CODE%"),
-            text_log(&b, "%REQ(:PATH)% %UPSTREAM_CLUSTER%"),
+            text_file_log(&a, "%REQ(:AUTHORITY)% %RESPONSE_CODE%"),
+            text_file_log(&b, "%REQ(:PATH)% %UPSTREAM_CLUSTER%"),
         ],
         "access_logs",
     )
@@ -146,16 +149,8 @@ fn a_log_omitting_empty_values_writes_no_dash_and_no_null() {
         "",
     );
     json.omit_empty_values = true;
-    let text = proto::AccessLog {
-        provider: "text".to_owned(),
-        path: text_path.to_str().unwrap().to_owned(),
-        format: Some(proto::access_log::Format::Text(
-            "%RESPONSE_CODE% [%UPSTREAM_HOST%]".to_owned(),
-        )),
-        filter: String::new(),
-        otel: None,
-        omit_empty_values: true,
-    };
+    let mut text = text_file_log(&text_path, "%RESPONSE_CODE% [%UPSTREAM_HOST%]");
+    text.omit_empty_values = true;
     let logs = AccessLogs::compile(&[json, text], "access_logs")
         .unwrap()
         .unwrap();

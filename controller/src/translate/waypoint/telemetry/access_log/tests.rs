@@ -19,14 +19,7 @@ fn applied(
     mesh_config: &str,
     telemetries: &[String],
 ) -> (bool, Vec<(String, String, String, String)>) {
-    let index = validated(&format!("{MESH}{}", telemetries.concat()));
-    let settings = MeshSettings {
-        mesh: Arc::new(MeshConfigWatch::fixed(parse("mesh", mesh_config).unwrap())),
-        ..Default::default()
-    };
-    let config = waypoint_configs(&index, &settings, &mut Vec::new())
-        .remove("shop/waypoint")
-        .expect("the waypoint's config");
+    let config = waypoint_config(mesh_config, telemetries);
     let logs = config
         .access_logs
         .into_iter()
@@ -45,6 +38,18 @@ fn applied(
         })
         .collect();
     (config.access_log_disabled, logs)
+}
+
+/// The waypoint's configuration under `mesh_config` and `telemetries`.
+fn waypoint_config(mesh_config: &str, telemetries: &[String]) -> wp::WaypointConfig {
+    let index = validated(&format!("{MESH}{}", telemetries.concat()));
+    let settings = MeshSettings {
+        mesh: Arc::new(MeshConfigWatch::fixed(parse("mesh", mesh_config).unwrap())),
+        ..Default::default()
+    };
+    waypoint_configs(&index, &settings, &mut Vec::new())
+        .remove("shop/waypoint")
+        .expect("the waypoint's config")
 }
 
 fn log(provider: &str, path: &str, format: &str, filter: &str) -> (String, String, String, String) {
@@ -205,15 +210,10 @@ fn the_mesh_access_log_file_and_the_builtin_provider_follow_the_mesh_format() {
 /// provider setting it is no longer Weft's default line (which writes `-`s), so it is sent.
 #[test]
 fn omit_empty_values_is_sent_with_the_provider_log() {
-    let index = validated(MESH);
-    let mesh = "extensionProviders: [{name: envoy, envoyFileAccessLog: {path: /dev/stdout, omitEmptyValues: true}}]";
-    let settings = MeshSettings {
-        mesh: Arc::new(MeshConfigWatch::fixed(parse("mesh", mesh).unwrap())),
-        ..Default::default()
-    };
-    let config = waypoint_configs(&index, &settings, &mut Vec::new())
-        .remove("shop/waypoint")
-        .expect("the waypoint's config");
+    let config = waypoint_config(
+        "extensionProviders: [{name: envoy, envoyFileAccessLog: {path: /dev/stdout, omitEmptyValues: true}}]",
+        &[],
+    );
     let [log] = config.access_logs.as_slice() else {
         panic!("one log: {:?}", config.access_logs);
     };
