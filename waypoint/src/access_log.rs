@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use cel::Value;
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -22,6 +23,7 @@ use weft_proxy_core::config::access_writer::AccessWriter;
 use weft_proxy_core::metrics::{ACCESS_LOG, LogText};
 
 use crate::model::{ConfigError, invalid};
+use crate::telemetry::{SpanId, TraceId};
 
 /// Where one access log's lines go.
 enum Output {
@@ -99,7 +101,8 @@ impl AccessLogs {
                 }
                 None => return Err(invalid(&context, "format: must be set")),
             }
-            .map_err(|e| invalid(&context, format!("format: {e}")))?;
+            .map_err(|e| invalid(&context, format!("format: {e}")))?
+            .omit_empty_values(log.omit_empty_values);
             for operator in format.operators() {
                 let (choice, into) = match operator {
                     Operator::Request(choice) => (choice, &mut request_headers),
@@ -187,7 +190,7 @@ impl AccessLogs {
     }
 
     /// Writes a line to each log whose filter admits `entry`.
-    pub fn write(&self, entry: &(impl Record + Attributes)) {
+    pub(crate) fn write(&self, entry: &(impl Record + Attributes + LogContext)) {
         for log in &self.logs {
             if log.filter.as_ref().is_some_and(|f| !f.admits(entry)) {
                 continue;
@@ -239,6 +242,15 @@ fn output(path: &str) -> Result<Output, String> {
             .map(|file| Output::Writer(AccessWriter::to(file)))
             .map_err(|e| format!("path {path:?}: cannot open for appending: {e}")),
     }
+}
+
+/// What a record says of its entry beyond its operators: an OpenTelemetry record's time and
+/// trace context.
+pub(crate) trait LogContext {
+    /// When the request's head arrived, or the connection was accepted.
+    fn start_time(&self) -> SystemTime;
+    /// The trace and span ids of the waypoint's span of the entry, if tracing gave it one.
+    fn span(&self) -> Option<(TraceId, SpanId)>;
 }
 
 /// What a request's record keeps of its headers for its access logs.
@@ -364,6 +376,17 @@ fn endpoint(address: Option<&SocketAddr>, field: &str) -> Option<Value> {
     }
 }
 
+impl LogContext for RequestEntry<'_> {
+    fn start_time(&self) -> SystemTime {
+        self.record.start_time()
+    }
+
+    fn span(&self) -> Option<(TraceId, SpanId)> {
+        let context = &self.record.span.as_ref()?.context;
+        Some((context.trace_id, context.span_id))
+    }
+}
+
 /// Envoy's attributes (its `request`, `response`, `source`, `destination`, `connection` and
 /// `upstream` vocabulary) as far as a request's record holds them.
 impl Attributes for RequestEntry<'_> {
@@ -446,6 +469,17 @@ impl Record for ConnectionEntry<'_> {
 
     fn response_header(&self, _: &str, _: &mut String) -> Kind {
         Kind::Absent
+    }
+}
+
+/// A TCP connection has no span (Envoy's TCP proxy traces nothing).
+impl LogContext for ConnectionEntry<'_> {
+    fn start_time(&self) -> SystemTime {
+        self.start_time.0
+    }
+
+    fn span(&self) -> Option<(TraceId, SpanId)> {
+        None
     }
 }
 

@@ -547,6 +547,11 @@ impl RequestRecord {
         }
     }
 
+    /// When the request began, on the wall clock.
+    pub(crate) fn start_time(&self) -> SystemTime {
+        self.start_time
+    }
+
     /// `%START_TIME%`: when the request began, as Envoy writes it.
     pub(crate) fn start_time_text(&self) -> impl std::fmt::Display + use<> {
         UtcTime(self.start_time)

@@ -92,6 +92,8 @@ pub struct FileProvider {
     /// `/dev/stdout` when unset, as Istio's `fileAccessLogFromTelemetry` sets it.
     pub path: String,
     pub format: LogFormat,
+    /// `omitEmptyValues`: Envoy's `omit_empty_values` on the format.
+    pub omit_empty_values: bool,
 }
 
 /// The access logging the mesh config asks of every proxy.
@@ -149,6 +151,7 @@ fn builtin(format: LogFormat) -> AccessLogProvider {
         file: Some(FileProvider {
             path: DEV_STDOUT.to_owned(),
             format,
+            omit_empty_values: false,
         }),
         otel: None,
     }
@@ -173,6 +176,7 @@ struct ExtensionProvider {
 struct EnvoyFileAccessLog {
     path: String,
     log_format: Option<FileLogFormat>,
+    omit_empty_values: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -233,8 +237,12 @@ pub(super) fn parse(
             None => None,
             Some(log) => {
                 let log_format = match log.log_format {
-                    // Istio's built-in provider without a format of its own follows the mesh's.
-                    None if provider.name == BUILTIN_PROVIDER => format.clone(),
+                    // Istio's built-in provider without a format of its own follows the
+                    // mesh's, unless it sets `omitEmptyValues` (istiod's `telemetryAccessLog`
+                    // then takes `fileAccessLogFromTelemetry`: Istio's default TEXT format).
+                    None if provider.name == BUILTIN_PROVIDER && !log.omit_empty_values => {
+                        format.clone()
+                    }
                     None => LogFormat::istio_text(),
                     Some(FileLogFormat {
                         text: Some(text),
@@ -272,6 +280,7 @@ pub(super) fn parse(
                         log.path
                     },
                     format: log_format,
+                    omit_empty_values: log.omit_empty_values,
                 })
             }
         };

@@ -317,6 +317,28 @@ fn access_log_providers_and_the_mesh_file_are_read() {
     );
 }
 
+/// `omitEmptyValues` of an `envoyFileAccessLog` provider is read; Istio's built-in `envoy`
+/// setting it without a format takes Istio's default TEXT format rather than the mesh's
+/// (istio/istio `telemetry_logging.go` `telemetryAccessLog`, test `enable-omit-empty-values`).
+#[test]
+fn omit_empty_values_of_file_providers_is_read() {
+    let mesh = parse(
+        "mesh",
+        "accessLogEncoding: JSON\nextensionProviders: [{name: envoy, envoyFileAccessLog: {path: /dev/stdout, omitEmptyValues: true}}, {name: json, envoyFileAccessLog: {logFormat: {labels: {}}, omitEmptyValues: true}}, {name: plain, envoyFileAccessLog: {}}]",
+    )
+    .unwrap()
+    .access_logging;
+    let file = |name: &str| mesh.provider_named(name).unwrap().file.clone().unwrap();
+    let envoy = file("envoy");
+    assert!(envoy.omit_empty_values);
+    assert_eq!(envoy.format, LogFormat::istio_text());
+    assert_ne!(mesh.format, LogFormat::istio_text());
+    let json = file("json");
+    assert!(json.omit_empty_values);
+    assert_eq!(json.format, LogFormat::istio_json());
+    assert!(!file("plain").omit_empty_values);
+}
+
 /// A format Envoy would refuse refuses the document, naming the field, as does an unknown
 /// encoding; the message is Envoy's.
 #[test]

@@ -200,7 +200,11 @@ enum Segment {
 
 /// A parsed format: render with [`Format::render`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Format(Shape);
+pub struct Format {
+    shape: Shape,
+    /// Envoy's `omit_empty_values` ([`Format::omit_empty_values`]).
+    omit_empty: bool,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Shape {
@@ -213,7 +217,24 @@ impl Format {
     /// A text format; the newline Istio appends to a format that lacks one is the line's end.
     pub fn text(format: &str) -> Result<Format, FormatError> {
         let format = format.strip_suffix('\n').unwrap_or(format);
-        parse(format).map(|s| Format(Shape::Text(s)))
+        parse(format).map(|s| Format::of(Shape::Text(s)))
+    }
+
+    fn of(shape: Shape) -> Format {
+        Format {
+            shape,
+            omit_empty: false,
+        }
+    }
+
+    /// Envoy's `SubstitutionFormatString.omit_empty_values` (Istio's `omitEmptyValues` of an
+    /// `envoyFileAccessLog` provider): an absent value is written as nothing instead of `-`,
+    /// and a JSON label whose value is one absent operator is left out instead of `null`
+    /// (envoy `substitution_formatter.cc`: `empty_value_string_`, and `StructFormatter`
+    /// dropping null fields).
+    pub fn omit_empty_values(mut self, omit: bool) -> Format {
+        self.omit_empty = omit;
+        self
     }
 
     /// JSON labels, each value a format string.
@@ -229,7 +250,7 @@ impl Format {
             })
             .collect::<Result<Vec<_>, _>>()?;
         parsed.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(Format(Shape::Json(parsed)))
+        Ok(Format::of(Shape::Json(parsed)))
     }
 
     /// Istio's default text format.
@@ -244,7 +265,7 @@ impl Format {
 
     /// Every operator the format reads (a proxy captures the headers they name).
     pub fn operators(&self) -> impl Iterator<Item = &Operator> {
-        let segments: Vec<&Segment> = match &self.0 {
+        let segments: Vec<&Segment> = match &self.shape {
             Shape::Text(segments) => segments.iter().collect(),
             Shape::Json(labels) => labels.iter().flat_map(|(_, s)| s).collect(),
         };
@@ -256,13 +277,17 @@ impl Format {
 
     /// Appends `record`'s line, ending with a newline, to `line`.
     pub fn render(&self, record: &impl Record, line: &mut String) {
-        match &self.0 {
-            Shape::Text(segments) => render_text(segments, record, line),
+        let absent = if self.omit_empty { "" } else { "-" };
+        match &self.shape {
+            Shape::Text(segments) => render_text(segments, record, line, absent),
             Shape::Json(labels) => {
                 line.push('{');
                 let mut buffer = String::new();
-                for (i, (name, segments)) in labels.iter().enumerate() {
-                    if i > 0 {
+                let mut first = true;
+                for (name, segments) in labels {
+                    // Where the label starts, should it be left out.
+                    let start = line.len();
+                    if !first {
                         line.push(',');
                     }
                     json_string(name, line);
@@ -276,6 +301,10 @@ impl Format {
                         ] => {
                             buffer.clear();
                             match value(record, operator, &mut buffer) {
+                                Kind::Absent if self.omit_empty => {
+                                    line.truncate(start);
+                                    continue;
+                                }
                                 Kind::Absent => line.push_str("null"),
                                 Kind::Number if max_length.is_none() => line.push_str(&buffer),
                                 Kind::Number | Kind::Text => {
@@ -286,10 +315,11 @@ impl Format {
                         }
                         segments => {
                             buffer.clear();
-                            render_text(segments, record, &mut buffer);
+                            render_text(segments, record, &mut buffer, absent);
                             json_string(&buffer, line);
                         }
                     }
+                    first = false;
                 }
                 line.push('}');
             }
@@ -298,7 +328,8 @@ impl Format {
     }
 }
 
-fn render_text(segments: &[Segment], record: &impl Record, line: &mut String) {
+/// The segments as text, `absent` written for a value that is absent.
+fn render_text(segments: &[Segment], record: &impl Record, line: &mut String, absent: &str) {
     for segment in segments {
         match segment {
             Segment::Literal(text) => line.push_str(text),
@@ -308,7 +339,7 @@ fn render_text(segments: &[Segment], record: &impl Record, line: &mut String) {
             } => {
                 let start = line.len();
                 if value(record, operator, line) == Kind::Absent {
-                    line.push('-');
+                    line.push_str(absent);
                 }
                 truncate(line, start, *max_length);
             }

@@ -4,9 +4,13 @@
 //! `response.code >= 400`. The waypoint exports each admitted request as an OTLP LogRecord
 //! over gRPC (`LogsService/Export`) to a real receiver this test serves in the collector's
 //! pod: a request answered 503 arrives with the provider's text format as its body and its
-//! labels as attributes; one answered 200 never does. Needs root.
+//! labels as attributes; one answered 200 never does. With tracing on (an OpenTelemetry
+//! tracing provider, 0% sampling), the record carries the trace id of the `traceparent` the
+//! request came with and the id of the waypoint's span (the parent the app saw), as Envoy's
+//! OpenTelemetry access logger takes them from the active span; its time is the request's
+//! start, before the app's delay, not when the record was written. Needs root.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use waypoint::testing::otlp_logs::{
     LogsReceiver, record_attribute as attribute, string_value as text,
@@ -29,8 +33,20 @@ spec:
     filter: {expression: "response.code >= 400"}
 "#;
 
+/// The caller's trace, not sampled (so no span is exported), and its span.
+const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CALLER_SPAN: &str = "00f067aa0ba902b7";
+/// What the app waits before answering the failing request.
+const DELAY: Duration = Duration::from_millis(400);
+
 const MESH_CONFIG: &str = r#"
+defaultConfig:
+  tracing: {sampling: 0}
+defaultProviders:
+  tracing: [otel-traces]
 extensionProviders:
+- name: otel-traces
+  opentelemetry: {service: otel-collector.shop.svc.cluster.local, port: 4317}
 - name: otel-logs
   envoyOtelAls:
     service: otel-collector.shop.svc.cluster.local
@@ -66,8 +82,23 @@ fn a_waypoint_exports_only_failing_requests_as_otlp_log_records() {
 
     let ok = mesh.curl_with("client", &[&format!("http://{VIP}/fine")]);
     assert_eq!(ok.status, 200, "{}", ok.body);
-    let failed = mesh.curl_with("client", &[&format!("http://{VIP}/broken?status=503")]);
+    let path = format!("/broken?status=503&delay_ms={}", DELAY.as_millis());
+    let sent = SystemTime::now();
+    let failed = mesh.curl_with(
+        "client",
+        &[
+            "-H",
+            &format!("traceparent: 00-{TRACE}-{CALLER_SPAN}-00"),
+            &format!("http://{VIP}{path}"),
+        ],
+    );
+    let returned = SystemTime::now();
     assert_eq!(failed.status, 503, "{}", failed.body);
+    let forwarded: serde_json::Value = serde_json::from_str(&failed.body).unwrap();
+    let parent = forwarded["headers"]["traceparent"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     assert!(
         mesh.eventually(Duration::from_secs(15), || !receiver.records().is_empty()),
         "no LogRecord reached the collector\n{}\n{}",
@@ -82,11 +113,11 @@ fn a_waypoint_exports_only_failing_requests_as_otlp_log_records() {
     let cluster = "outbound|80||reviews.shop.svc.cluster.local";
     assert_eq!(
         text(record.body.as_ref()),
-        Some(format!("GET /broken?status=503 503 {cluster}").as_str()),
+        Some(format!("GET {path} 503 {cluster}").as_str()),
         "{record:?}"
     );
     assert_eq!(attribute(record, "code"), Some("503"));
-    assert_eq!(attribute(record, "path"), Some("/broken?status=503"));
+    assert_eq!(attribute(record, "path"), Some(path.as_str()));
     assert_eq!(attribute(record, "flags"), Some("-"));
     let upstream = attribute(record, "upstream").unwrap_or_default();
     assert_eq!(
@@ -97,7 +128,25 @@ fn a_waypoint_exports_only_failing_requests_as_otlp_log_records() {
         Some(mesh.pod("reviews-v1").ip.into()),
         "the upstream is the reviews pod: {record:?}"
     );
-    assert!(record.time_unix_nano > 0, "{record:?}");
+    // The active span's ids (envoy `access_log_impl.cc` `emitLog`): the caller's trace, and
+    // the waypoint's span, which the app saw as its parent.
+    assert_eq!(hex(&record.trace_id), TRACE, "{record:?}");
+    assert_eq!(
+        parent,
+        format!("00-{TRACE}-{}-00", hex(&record.span_id)),
+        "the record's span is the waypoint's, the app's parent: {record:?}"
+    );
+    // Envoy's time is the request's start (`stream_info.startTime()`): after the request was
+    // sent, and at least the app's delay before its answer returned.
+    let nanos = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64;
+    assert!(
+        nanos(sent) <= record.time_unix_nano
+            && record.time_unix_nano + DELAY.as_nanos() as u64 <= nanos(returned),
+        "record time {} not within [{}, {} - {DELAY:?}]",
+        record.time_unix_nano,
+        nanos(sent),
+        nanos(returned)
+    );
     // Istio sets Envoy's `disable_builtin_labels`: no `log_name` or node labels.
     let requests = receiver.requests();
     let resource = requests[0].resource_logs[0]
@@ -113,4 +162,8 @@ fn a_waypoint_exports_only_failing_requests_as_otlp_log_records() {
     ] {
         assert!(metrics.contains(sample), "{sample}: {metrics}");
     }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

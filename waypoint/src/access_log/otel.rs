@@ -6,8 +6,11 @@
 //! The record is Envoy's OpenTelemetry access logger's as istiod configures it (istio/istio
 //! `pilot/pkg/model/telemetry_logging.go` `buildOpenTelemetryAccessLogConfig`): the body is
 //! the text format (Istio's default TEXT format, newline included, when none is given), the
-//! attributes are `logFormat.labels`, each a format rendered as text, and the time is the
-//! record's. Istio sets `disable_builtin_labels`, so the resource carries none of Envoy's
+//! attributes are `logFormat.labels`, each a format rendered as text, the time is when the
+//! request (or connection) started, and the trace and span ids are those of the waypoint's
+//! span of the request, when tracing gave it one (envoy `access_loggers/open_telemetry/
+//! access_log_impl.cc` `emitLog`: `stream_info.startTime()` and the active span's ids; a TCP
+//! connection, or a request with tracing off, has no span and no ids). Istio sets `disable_builtin_labels`, so the resource carries none of Envoy's
 //! `log_name`, `zone_name`, `cluster_name`, `node_name` (envoy `access_loggers/open_telemetry/
 //! otlp_log_utils.cc` `initOtlpMessageRoot`): the request's resource is empty, as there.
 
@@ -24,7 +27,9 @@ use tonic::transport::Channel;
 use weft_access_log::{Format, Record};
 use weft_proto::waypoint as proto;
 
+use super::LogContext;
 use crate::telemetry::export::{BatchExporter, Collector, Signal};
+use crate::telemetry::{SpanId, TraceId};
 
 /// Access-log records, over `LogsService/Export`.
 pub struct Logs;
@@ -101,7 +106,7 @@ impl OtelSink {
     }
 
     /// Queues the record whose body `line` is (the text format, rendered).
-    pub(super) fn submit(&self, mut line: String, entry: &impl Record) {
+    pub(super) fn submit(&self, mut line: String, entry: &(impl Record + LogContext)) {
         line.truncate(line.trim_end_matches('\n').len());
         if self.newline {
             line.push('\n');
@@ -117,19 +122,26 @@ impl OtelSink {
                 (name.as_str(), value)
             })
             .collect::<Vec<_>>();
-        let record = log_record(line, attributes, SystemTime::now());
+        let record = log_record(line, attributes, entry.start_time(), entry.span());
         exporter().submit(Arc::clone(&self.collector), record);
     }
 }
 
-/// The LogRecord of one access-log entry: `body` and `attributes` already rendered.
+/// The LogRecord of one access-log entry: `body` and `attributes` already rendered, `start`
+/// the entry's start, `span` the ids of the span it was served under.
 pub(super) fn log_record<'a>(
     body: String,
     attributes: impl IntoIterator<Item = (&'a str, String)>,
-    time: SystemTime,
+    start: SystemTime,
+    span: Option<(TraceId, SpanId)>,
 ) -> LogRecord {
+    let (trace_id, span_id) = span.map_or_else(Default::default, |(trace, span)| {
+        (trace.to_vec(), span.to_vec())
+    });
     LogRecord {
-        time_unix_nano: crate::telemetry::nanos(time),
+        time_unix_nano: crate::telemetry::nanos(start),
+        trace_id,
+        span_id,
         body: Some(string(body)),
         attributes: attributes
             .into_iter()

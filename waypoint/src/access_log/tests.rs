@@ -18,6 +18,18 @@ fn json_file_log(path: &str, labels: &[(&str, &str)], filter: &str) -> proto::Ac
         })),
         filter: filter.to_owned(),
         otel: None,
+        omit_empty_values: false,
+    }
+}
+
+fn text_file_log(path: &std::path::Path, format: &str) -> proto::AccessLog {
+    proto::AccessLog {
+        provider: "p".to_owned(),
+        path: path.to_str().unwrap().to_owned(),
+        format: Some(proto::access_log::Format::Text(format.to_owned())),
+        filter: String::new(),
+        otel: None,
+        omit_empty_values: false,
     }
 }
 
@@ -75,17 +87,10 @@ fn each_provider_writes_its_own_line_and_files_are_appended_to() {
     let dir = TempDir::new("access-log");
     let (a, b) = (dir.join("a.log"), dir.join("b.log"));
     std::fs::write(&a, "earlier\n").unwrap();
-    let text_log = |path: &std::path::Path, format: &str| proto::AccessLog {
-        provider: "p".to_owned(),
-        path: path.to_str().unwrap().to_owned(),
-        format: Some(proto::access_log::Format::Text(format.to_owned())),
-        filter: String::new(),
-        otel: None,
-    };
     let logs = AccessLogs::compile(
         &[
-            text_log(&a, "%REQ(:AUTHORITY)% %RESPONSE_CODE%"),
-            text_log(&b, "%REQ(:PATH)% %UPSTREAM_CLUSTER%"),
+            text_file_log(&a, "%REQ(:AUTHORITY)% %RESPONSE_CODE%"),
+            text_file_log(&b, "%REQ(:PATH)% %UPSTREAM_CLUSTER%"),
         ],
         "access_logs",
     )
@@ -130,4 +135,30 @@ fn bad_formats_filters_and_paths_are_refused_naming_the_log() {
         );
         assert!(message.contains(expected), "{message}");
     }
+}
+
+/// A log sent with `omit_empty_values` (Istio's `omitEmptyValues`) writes nothing for what
+/// is absent: its JSON has no `null` label, its text no `-`.
+#[test]
+fn a_log_omitting_empty_values_writes_no_dash_and_no_null() {
+    let dir = TempDir::new("access-log");
+    let (json_path, text_path) = (dir.join("a.json"), dir.join("a.log"));
+    let mut json = json_file_log(
+        json_path.to_str().unwrap(),
+        &[("code", "%RESPONSE_CODE%"), ("upstream", "%UPSTREAM_HOST%")],
+        "",
+    );
+    json.omit_empty_values = true;
+    let mut text = text_file_log(&text_path, "%RESPONSE_CODE% [%UPSTREAM_HOST%]");
+    text.omit_empty_values = true;
+    let logs = AccessLogs::compile(&[json, text], "access_logs")
+        .unwrap()
+        .unwrap();
+    let metrics = Arc::new(Metrics::new(&mut Registry::default()));
+    request(&metrics, &logs, "/", 200);
+    assert_eq!(
+        std::fs::read_to_string(&json_path).unwrap(),
+        "{\"code\":200}\n"
+    );
+    assert_eq!(std::fs::read_to_string(&text_path).unwrap(), "200 []\n");
 }

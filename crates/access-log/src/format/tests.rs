@@ -87,6 +87,42 @@ fn json_keeps_numbers_writes_null_for_absent_and_escapes_text() {
     assert!(istio.contains("\"response_code\":503,"), "{istio}");
 }
 
+/// Envoy's `omit_empty_values` (Istio's `omitEmptyValues`, istio/istio
+/// `telemetry_logging_test.go` `enable-omit-empty-values`): text writes nothing for an absent
+/// value; JSON leaves out a label whose lone operator is absent (the first or the last one
+/// too, the commas still right) and writes nothing for an absent part of a longer label.
+#[test]
+fn omit_empty_values_writes_nothing_for_what_is_absent() {
+    let text = Format::text("%REQ(:METHOD)% [%UPSTREAM_HOST%] %RESPONSE_CODE%")
+        .unwrap()
+        .omit_empty_values(true);
+    assert_eq!(line(&text), "GET [] 503\n");
+    let json = Format::json([
+        ("a_absent", "%UPSTREAM_HOST%"),
+        ("both", "%REQ(:METHOD)% %UPSTREAM_HOST%"),
+        ("code", "%RESPONSE_CODE%"),
+        ("path", "%REQ(:PATH)%"),
+        ("z_absent", "%REQ(X-MISSING)%"),
+    ])
+    .unwrap();
+    assert_eq!(
+        line(&json),
+        "{\"a_absent\":null,\"both\":\"GET -\",\"code\":503,\"path\":\"/api \\\"v1\\\"\",\"z_absent\":null}\n"
+    );
+    assert_eq!(
+        line(&json.omit_empty_values(true)),
+        "{\"both\":\"GET \",\"code\":503,\"path\":\"/api \\\"v1\\\"\"}\n"
+    );
+    let nothing = Format::json([("host", "%UPSTREAM_HOST%")])
+        .unwrap()
+        .omit_empty_values(true);
+    assert_eq!(line(&nothing), "{}\n");
+    assert_eq!(
+        line(&Format::istio_json().omit_empty_values(true)),
+        "{\"method\":\"GET\",\"path\":\"/api \\\"v1\\\"\",\"protocol\":\"HTTP/1.1\",\"response_code\":503,\"user_agent\":\"curl/8\"}\n"
+    );
+}
+
 /// Envoy refuses a format naming a command it does not know, or a `%` that opens none.
 #[test]
 fn unknown_commands_and_stray_percent_signs_are_refused() {

@@ -33,7 +33,13 @@ pub(super) fn access_logs(
     let legacy = || match &mesh.file {
         Some(path) => (
             false,
-            vec![access_log(String::new(), path.clone(), &mesh.format, None)],
+            vec![access_log(
+                String::new(),
+                path.clone(),
+                &mesh.format,
+                false,
+                None,
+            )],
         ),
         None => (!mesh.is_unset(), Vec::new()),
     };
@@ -65,6 +71,7 @@ pub(super) fn access_logs(
                 provider.name.clone(),
                 file.path.clone(),
                 &file.format,
+                file.omit_empty_values,
                 spec.filter.clone(),
             ))
         })
@@ -77,6 +84,7 @@ pub(super) fn access_logs(
     let builtin_default = mesh.is_unset()
         && matches!(logs.as_slice(), [only] if only.provider == BUILTIN_PROVIDER
             && only.filter.is_empty()
+            && !only.omit_empty_values
             && only.format == Some(wp::access_log::Format::Text(
                 weft_access_log::DEFAULT_TEXT_FORMAT.to_owned())));
     if builtin_default {
@@ -89,6 +97,7 @@ fn access_log(
     provider: String,
     path: String,
     format: &LogFormat,
+    omit_empty_values: bool,
     filter: Option<String>,
 ) -> wp::AccessLog {
     wp::AccessLog {
@@ -102,6 +111,7 @@ fn access_log(
         }),
         filter: filter.unwrap_or_default(),
         otel: None,
+        omit_empty_values,
     }
 }
 

@@ -24,6 +24,9 @@ pub(super) fn access_log(
             log_name: otel.log_name.clone(),
             attributes: otel.attributes.clone(),
         }),
+        // Istio's OpenTelemetry provider has no `omitEmptyValues` (istiod's
+        // `openTelemetryLog` sets none).
+        omit_empty_values: false,
     }
 }
 

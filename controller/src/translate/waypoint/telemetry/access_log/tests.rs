@@ -19,14 +19,7 @@ fn applied(
     mesh_config: &str,
     telemetries: &[String],
 ) -> (bool, Vec<(String, String, String, String)>) {
-    let index = validated(&format!("{MESH}{}", telemetries.concat()));
-    let settings = MeshSettings {
-        mesh: Arc::new(MeshConfigWatch::fixed(parse("mesh", mesh_config).unwrap())),
-        ..Default::default()
-    };
-    let config = waypoint_configs(&index, &settings, &mut Vec::new())
-        .remove("shop/waypoint")
-        .expect("the waypoint's config");
+    let config = waypoint_config(mesh_config, telemetries);
     let logs = config
         .access_logs
         .into_iter()
@@ -45,6 +38,18 @@ fn applied(
         })
         .collect();
     (config.access_log_disabled, logs)
+}
+
+/// The waypoint's configuration under `mesh_config` and `telemetries`.
+fn waypoint_config(mesh_config: &str, telemetries: &[String]) -> wp::WaypointConfig {
+    let index = validated(&format!("{MESH}{}", telemetries.concat()));
+    let settings = MeshSettings {
+        mesh: Arc::new(MeshConfigWatch::fixed(parse("mesh", mesh_config).unwrap())),
+        ..Default::default()
+    };
+    waypoint_configs(&index, &settings, &mut Vec::new())
+        .remove("shop/waypoint")
+        .expect("the waypoint's config")
 }
 
 fn log(provider: &str, path: &str, format: &str, filter: &str) -> (String, String, String, String) {
@@ -198,5 +203,32 @@ fn the_mesh_access_log_file_and_the_builtin_provider_follow_the_mesh_format() {
     assert!(
         logs[0].2.starts_with("json authority,bytes_received,"),
         "{logs:?}"
+    );
+}
+
+/// `omitEmptyValues` reaches the waypoint with its provider's log; the built-in `envoy`
+/// provider setting it is no longer Weft's default line (which writes `-`s), so it is sent.
+#[test]
+fn omit_empty_values_is_sent_with_the_provider_log() {
+    let config = waypoint_config(
+        "extensionProviders: [{name: envoy, envoyFileAccessLog: {path: /dev/stdout, omitEmptyValues: true}}]",
+        &[],
+    );
+    let [log] = config.access_logs.as_slice() else {
+        panic!("one log: {:?}", config.access_logs);
+    };
+    assert_eq!(
+        (
+            log.provider.as_str(),
+            log.path.as_str(),
+            log.omit_empty_values
+        ),
+        ("envoy", "/dev/stdout", true)
+    );
+    assert_eq!(
+        log.format,
+        Some(wp::access_log::Format::Text(
+            weft_access_log::DEFAULT_TEXT_FORMAT.to_owned()
+        ))
     );
 }
