@@ -2,8 +2,8 @@
 //! `envoyFileAccessLog` provider writing Envoy's JSON format to a file, and a Telemetry
 //! attached to the waypoint selects it with the filter `response.code >= 400`. Through the
 //! waypoint, a request answered 200 and one answered 503: only the failing one is written to
-//! the file, one JSON object with the fields its labels name. Removing the Telemetry brings
-//! the waypoint's default line back and the file receives nothing more. A logging change
+//! the file, one JSON object with the fields its labels name. Removing the Telemetry leaves
+//! no access log at all, Istio's default without `accessLogFile`. A logging change
 //! reaches the next request of a connection open across it. Needs root.
 //!
 //! A request's line is written before the waypoint counts it in `istio_requests_total`: the
@@ -148,8 +148,8 @@ fn a_waypoint_logs_only_failing_requests_to_the_selected_json_file() {
     // What the waypoint does not know is `null`, as Envoy writes it in JSON.
     assert!(line["sni"].is_null(), "{line}");
 
-    // Without the Telemetry the waypoint writes its default line again: a failing request
-    // reaches the process log and not the file.
+    // Without the Telemetry nothing is written, neither to the file nor to the process log:
+    // Istio writes no access log unless asked (`pilot/pkg/networking/core/accesslog.go`).
     mesh.await_waypoint("waypoint", "the Telemetry removed", || {
         mesh.remove_config("telemetry.yaml")
     })
@@ -158,13 +158,29 @@ fn a_waypoint_logs_only_failing_requests_to_the_selected_json_file() {
     let again = mesh.curl_with("client", &[&format!("http://{VIP}/after?status=503")]);
     assert_eq!(again.status, 503, "{}", again.body);
     await_counted(&mesh, before, 1);
-    assert!(
-        mesh.log_of("waypoint-waypoint")
-            .contains("/after?status=503"),
-        "no default line for the request\n{}",
-        mesh.log_of("waypoint-waypoint")
-    );
+    let log = mesh.log_of("waypoint-waypoint");
+    assert!(!log.contains("/after?status=503"), "{log}");
     assert_eq!(lines(&path).len(), 1, "{:?}", lines(&path));
+
+    // `accessLogFile` turns the mesh's log on: Istio's default TEXT line on standard output.
+    let config = format!(
+        "accessLogFile: /dev/stdout\n{}",
+        mesh_config(path.to_str().unwrap())
+    );
+    mesh.await_waypoint("waypoint", "accessLogFile set", || {
+        mesh.set_mesh_config(&config)
+    })
+    .expect("the waypoint applies the mesh config");
+    let before = counted(&mesh);
+    let logged = mesh.curl_with("client", &[&format!("http://{VIP}/stdout?status=503")]);
+    assert_eq!(logged.status, 503, "{}", logged.body);
+    await_counted(&mesh, before, 1);
+    let log = mesh.log_of("waypoint-waypoint");
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with('[') && l.contains("\"GET /stdout?status=503 HTTP/1.1\" 503 ")),
+        "{log}"
+    );
 }
 
 /// Telemetry selecting the provider `name`, for every request.

@@ -28,7 +28,9 @@ spec:
   ports: [{name: http, port: 9080}]
 "#;
 
-const MESH_CONFIG: &str = "defaultConfig: {tracing: {sampling: 25}}\ndefaultProviders: {tracing: [otel]}\nextensionProviders: [{name: otel, opentelemetry: {service: otel.example.com, port: 4317}}, {name: other, opentelemetry: {service: other.example.com, port: 4317}}, {name: zipkin, zipkin: {service: zipkin.example.com, port: 9411}}]";
+/// The access log on (the built-in provider by default, so that `disabled` entries show, and
+/// the mesh file where no entry applies).
+const MESH_CONFIG: &str = "defaultConfig: {tracing: {sampling: 25}}\naccessLogFile: /dev/stdout\ndefaultProviders: {tracing: [otel], accessLogging: [envoy]}\nextensionProviders: [{name: otel, opentelemetry: {service: otel.example.com, port: 4317}}, {name: other, opentelemetry: {service: other.example.com, port: 4317}}, {name: zipkin, zipkin: {service: zipkin.example.com, port: 9411}}]";
 
 /// A Telemetry document in `namespace`, created at second `created` of the day.
 pub(super) fn telemetry(name: &str, namespace: &str, created: u32, spec: &str) -> String {

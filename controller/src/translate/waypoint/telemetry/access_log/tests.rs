@@ -51,20 +51,46 @@ fn log(provider: &str, path: &str, format: &str, filter: &str) -> (String, Strin
     (provider.into(), path.into(), format.into(), filter.into())
 }
 
-/// Nothing configured: Weft's default line on the process log (no explicit log, not
-/// disabled); the built-in `envoy` provider selected as it is, the same.
+/// Nothing configured: no access log at all, as Istio's proxies write none without an
+/// `accessLogFile`, a default provider or a Telemetry (istio/istio
+/// `pilot/pkg/networking/core/accesslog.go`); the built-in `envoy` provider selected by a
+/// Telemetry writes Istio's default TEXT format to standard output.
 #[test]
-fn with_nothing_configured_the_default_line_is_written() {
-    assert_eq!(applied("", &[]), (false, vec![]));
+fn with_nothing_configured_no_access_log_is_written() {
+    assert_eq!(applied("", &[]), (true, vec![]));
     let envoy = telemetry(
         "logs",
         "shop",
         1,
         "{accessLogging: [{providers: [{name: envoy}]}]}",
     );
-    assert_eq!(applied("", &[envoy]), (false, vec![]));
+    assert_eq!(
+        applied("", &[envoy]),
+        (
+            false,
+            vec![log(
+                "envoy",
+                "/dev/stdout",
+                &format!("text {}", weft_access_log::DEFAULT_TEXT_FORMAT),
+                ""
+            )]
+        )
+    );
     let off = telemetry("logs", "shop", 1, "{accessLogging: [{disabled: true}]}");
     assert_eq!(applied("", &[off]), (true, vec![]));
+    // `accessLogFile` alone turns the log on, in the mesh's format.
+    assert_eq!(
+        applied("accessLogFile: /dev/stdout", &[]),
+        (
+            false,
+            vec![log(
+                "",
+                "/dev/stdout",
+                &format!("text {}", weft_access_log::DEFAULT_TEXT_FORMAT),
+                ""
+            )]
+        )
+    );
 }
 
 /// A Telemetry selecting a file provider with a filter: that provider alone, with its path,
@@ -171,7 +197,7 @@ fn disabled_unknown_and_other_side_entries() {
         1,
         "{accessLogging: [{providers: [{name: nope}]}]}",
     );
-    assert_eq!(applied(PROVIDERS, &[unknown]), (false, vec![]));
+    assert_eq!(applied(PROVIDERS, &[unknown]), (true, vec![]));
 }
 
 /// The mesh's `accessLogFile` when no Telemetry entry or default provider applies, in the
