@@ -167,7 +167,19 @@ fn disabled_unknown_and_other_side_entries() {
     );
     // Istio's quirk, kept: an entry for the other side only leaves `mergeLogs` with no
     // provider, and istiod then falls back to `accessLogFile` (unset here: no log).
-    assert_eq!(applied(&mesh, &[client]), (true, vec![]));
+    assert_eq!(applied(&mesh, &[client.clone()]), (true, vec![]));
+    // With an `accessLogFile` that fallback writes: the mesh file in place of the default
+    // provider the entry dropped (the same line to the same file, another source).
+    let with_file = "accessLogFile: /dev/stdout\ndefaultProviders: {accessLogging: [envoy]}";
+    let default_text = format!("text {}", weft_access_log::DEFAULT_TEXT_FORMAT);
+    assert_eq!(
+        applied(with_file, &[]),
+        (false, vec![log("envoy", "/dev/stdout", &default_text, "")])
+    );
+    assert_eq!(
+        applied(with_file, &[client]),
+        (false, vec![log("", "/dev/stdout", &default_text, "")])
+    );
     let client_and_server = telemetry(
         "both",
         "shop",
