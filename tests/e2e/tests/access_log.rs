@@ -4,7 +4,8 @@
 //! waypoint, a request answered 200 and one answered 503: only the failing one is written to
 //! the file, one JSON object with the fields its labels name. Removing the Telemetry leaves
 //! no access log at all, Istio's default without `accessLogFile`. A logging change
-//! reaches the next request of a connection open across it. Needs root.
+//! reaches the next request of a connection open across it. With an empty mesh config no
+//! line is written at all; `accessLogFile` turns Istio's default line on. Needs root.
 //!
 //! A request's line is written before the waypoint counts it in `istio_requests_total`: the
 //! tests wait on that count (and on the waypoint's applied configuration version), then read
@@ -181,6 +182,44 @@ fn a_waypoint_logs_only_failing_requests_to_the_selected_json_file() {
             .any(|l| l.starts_with('[') && l.contains("\"GET /stdout?status=503 HTTP/1.1\" 503 ")),
         "{log}"
     );
+}
+
+/// Istio writes no access log by default (`pilot/pkg/networking/core/accesslog.go`: without a
+/// Telemetry provider, the mesh file only `if mesh.AccessLogFile != ""`): under an empty mesh
+/// config and no Telemetry a request through the waypoint leaves no line, neither on its
+/// standard output nor on its process log; `accessLogFile: /dev/stdout`, as Istio's `demo`
+/// profile sets it, writes Istio's default TEXT line for the next one.
+#[test]
+fn without_access_log_file_nothing_is_logged_and_setting_it_writes_the_line() {
+    let mesh = start(String::new());
+    let before = counted(&mesh);
+    for path in ["/quiet", "/quiet?status=503"] {
+        let answer = mesh.curl_with("client", &[&format!("http://{VIP}{path}")]);
+        assert!(
+            answer.status == 200 || answer.status == 503,
+            "{}",
+            answer.body
+        );
+    }
+    await_counted(&mesh, before, 2);
+    let log = mesh.log_of("waypoint-waypoint");
+    assert!(!log.contains("/quiet"), "an access line by default\n{log}");
+
+    mesh.await_waypoint("waypoint", "accessLogFile set", || {
+        mesh.set_mesh_config("accessLogFile: /dev/stdout\n")
+    })
+    .expect("the waypoint applies the mesh config");
+    let before = counted(&mesh);
+    let answer = mesh.curl_with("client", &[&format!("http://{VIP}/loud")]);
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    await_counted(&mesh, before, 1);
+    let log = mesh.log_of("waypoint-waypoint");
+    let written: Vec<&str> = log
+        .lines()
+        .filter(|l| l.starts_with('[') && l.contains("\"GET /loud HTTP/1.1\" 200 "))
+        .collect();
+    assert_eq!(written.len(), 1, "{log}");
+    assert!(!log.contains("/quiet"), "{log}");
 }
 
 /// Telemetry selecting the provider `name`, for every request.
