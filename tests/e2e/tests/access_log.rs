@@ -76,6 +76,16 @@ fn await_counted(mesh: &Mesh, before: f64, count: u32) {
     );
 }
 
+/// Sends `path` through the waypoint, asserts its status, and answers the waypoint's log once
+/// the request is counted (its line, if any, written).
+fn logged_after(mesh: &Mesh, path: &str, status: u16) -> String {
+    let before = counted(mesh);
+    let answer = mesh.curl_with("client", &[&format!("http://{VIP}{path}")]);
+    assert_eq!(answer.status, status, "{}", answer.body);
+    await_counted(mesh, before, 1);
+    mesh.log_of("waypoint-waypoint")
+}
+
 /// Client, reviews and the namespace's waypoint under `mesh_config`, once the service answers
 /// through the waypoint.
 fn start(mesh_config: String) -> Mesh {
@@ -155,11 +165,7 @@ fn a_waypoint_logs_only_failing_requests_to_the_selected_json_file() {
         mesh.remove_config("telemetry.yaml")
     })
     .expect("the waypoint follows the removal");
-    let before = counted(&mesh);
-    let again = mesh.curl_with("client", &[&format!("http://{VIP}/after?status=503")]);
-    assert_eq!(again.status, 503, "{}", again.body);
-    await_counted(&mesh, before, 1);
-    let log = mesh.log_of("waypoint-waypoint");
+    let log = logged_after(&mesh, "/after?status=503", 503);
     assert!(!log.contains("/after?status=503"), "{log}");
     assert_eq!(lines(&path).len(), 1, "{:?}", lines(&path));
 
@@ -172,11 +178,7 @@ fn a_waypoint_logs_only_failing_requests_to_the_selected_json_file() {
         mesh.set_mesh_config(&config)
     })
     .expect("the waypoint applies the mesh config");
-    let before = counted(&mesh);
-    let logged = mesh.curl_with("client", &[&format!("http://{VIP}/stdout?status=503")]);
-    assert_eq!(logged.status, 503, "{}", logged.body);
-    await_counted(&mesh, before, 1);
-    let log = mesh.log_of("waypoint-waypoint");
+    let log = logged_after(&mesh, "/stdout?status=503", 503);
     assert!(
         log.lines()
             .any(|l| l.starts_with('[') && l.contains("\"GET /stdout?status=503 HTTP/1.1\" 503 ")),
@@ -192,28 +194,15 @@ fn a_waypoint_logs_only_failing_requests_to_the_selected_json_file() {
 #[test]
 fn without_access_log_file_nothing_is_logged_and_setting_it_writes_the_line() {
     let mesh = start(String::new());
-    let before = counted(&mesh);
-    for path in ["/quiet", "/quiet?status=503"] {
-        let answer = mesh.curl_with("client", &[&format!("http://{VIP}{path}")]);
-        assert!(
-            answer.status == 200 || answer.status == 503,
-            "{}",
-            answer.body
-        );
-    }
-    await_counted(&mesh, before, 2);
-    let log = mesh.log_of("waypoint-waypoint");
+    logged_after(&mesh, "/quiet", 200);
+    let log = logged_after(&mesh, "/quiet?status=503", 503);
     assert!(!log.contains("/quiet"), "an access line by default\n{log}");
 
     mesh.await_waypoint("waypoint", "accessLogFile set", || {
         mesh.set_mesh_config("accessLogFile: /dev/stdout\n")
     })
     .expect("the waypoint applies the mesh config");
-    let before = counted(&mesh);
-    let answer = mesh.curl_with("client", &[&format!("http://{VIP}/loud")]);
-    assert_eq!(answer.status, 200, "{}", answer.body);
-    await_counted(&mesh, before, 1);
-    let log = mesh.log_of("waypoint-waypoint");
+    let log = logged_after(&mesh, "/loud", 200);
     let written: Vec<&str> = log
         .lines()
         .filter(|l| l.starts_with('[') && l.contains("\"GET /loud HTTP/1.1\" 200 "))

@@ -167,7 +167,10 @@ fn disabled_unknown_and_other_side_entries() {
     );
     // Istio's quirk, kept: an entry for the other side only leaves `mergeLogs` with no
     // provider, and istiod then falls back to `accessLogFile` (unset here: no log).
-    assert_eq!(applied(&mesh, &[client.clone()]), (true, vec![]));
+    assert_eq!(
+        applied(&mesh, std::slice::from_ref(&client)),
+        (true, vec![])
+    );
     // With an `accessLogFile` that fallback writes: the mesh file in place of the default
     // provider the entry dropped (the same line to the same file, another source).
     let with_file = "accessLogFile: /dev/stdout\ndefaultProviders: {accessLogging: [envoy]}";
