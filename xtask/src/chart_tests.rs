@@ -282,6 +282,9 @@ fn the_chart_renders_to_valid_manifests_of_every_component() {
     )
     .expect("mesh configuration YAML");
     assert_eq!(mesh["outboundTrafficPolicy"]["mode"], "ALLOW_ANY");
+    // No access log by default, as Istio's default profile (its demo profile sets the file).
+    assert!(mesh.get("accessLogFile").is_none(), "{mesh:?}");
+    assert!(mesh.get("defaultProviders").is_none(), "{mesh:?}");
     assert_eq!(
         ports(find(&rendered, "Service", "istiod")),
         [443, 15012, 15014]

@@ -128,20 +128,9 @@ impl MeshAccessLogging {
             .find(|p| p.name.eq_ignore_ascii_case(name))
     }
 
-    /// Whether the mesh config says nothing of access logs: neither `accessLogFile` nor
-    /// `defaultProviders.accessLogging`. Weft's proxies then write Istio's default text line
-    /// on their process log as if `envoy` were the default provider (Istio's write none).
-    pub fn is_unset(&self) -> bool {
-        self.file.is_none() && self.default_providers.is_none()
-    }
-
-    /// The default providers in force: Weft's implicit `envoy` when [`Self::is_unset`].
+    /// The default providers in force: `defaultProviders.accessLogging`, none when unset.
     pub fn defaults(&self) -> Vec<String> {
-        match &self.default_providers {
-            Some(defaults) => defaults.clone(),
-            None if self.file.is_none() => vec![BUILTIN_PROVIDER.to_owned()],
-            None => Vec::new(),
-        }
+        self.default_providers.clone().unwrap_or_default()
     }
 }
 

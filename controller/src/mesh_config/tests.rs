@@ -296,8 +296,9 @@ fn access_log_providers_and_the_mesh_file_are_read() {
         (DEV_STDOUT, &mesh.format)
     );
     let unset = parse("mesh", "").unwrap().access_logging;
-    assert!(unset.is_unset());
-    assert_eq!(unset.defaults(), ["envoy"]);
+    // Istio's defaults: no default provider, no `accessLogFile` (no log at all).
+    assert_eq!(unset.defaults(), Vec::<String>::new());
+    assert_eq!(unset.file, None);
     let replaced = parse(
         "mesh",
         "extensionProviders: [{name: envoy, envoyFileAccessLog: {path: /tmp/e.log}}]",

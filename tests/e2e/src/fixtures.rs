@@ -139,3 +139,7 @@ spec:
   action: DENY
   rules: [{from: [{source: {principals: ["cluster.local/ns/shop/sa/client"]}}]}]
 "#;
+
+/// A mesh config that turns the access log on, Istio's default TEXT line on standard output
+/// (the proxies' process log), as Istio's `demo` profile sets it: Istio writes none by default.
+pub const STDOUT_ACCESS_LOG: &str = "accessLogFile: /dev/stdout\n";

@@ -133,6 +133,16 @@ pub struct KubeCluster {
 impl KubeCluster {
     /// Starts the control plane and a containerd node with its node agent for each of `nodes`.
     pub fn start(nodes: &[&str], namespaces: &[(&str, &[(&str, &str)])]) -> anyhow::Result<Self> {
+        Self::start_with_mesh_config(nodes, namespaces, "")
+    }
+
+    /// [`KubeCluster::start`] with the controller following `mesh_config` (Istio's MeshConfig
+    /// YAML, the chart's `meshConfig`); Istio's defaults when empty.
+    pub fn start_with_mesh_config(
+        nodes: &[&str],
+        namespaces: &[(&str, &[(&str, &str)])],
+        mesh_config: &str,
+    ) -> anyhow::Result<Self> {
         let mut topology = Topology::new().control_plane();
         for node in nodes {
             topology = topology.node(node, &[]);
@@ -174,7 +184,7 @@ impl KubeCluster {
         for (name, labels) in namespaces {
             cluster.put_namespace(name, labels)?;
         }
-        cluster.start_controller()?;
+        cluster.start_controller(mesh_config)?;
         let archives: Vec<PathBuf> = images()?
             .as_object()
             .context("the images listing is a map")?
@@ -201,7 +211,7 @@ impl KubeCluster {
         Ok(())
     }
 
-    fn start_controller(&mut self) -> anyhow::Result<()> {
+    fn start_controller(&mut self, mesh_config: &str) -> anyhow::Result<()> {
         let control_plane = self
             .testbed
             .control_plane()
@@ -227,6 +237,11 @@ impl KubeCluster {
             .env("KUBECONFIG", self.dir.join("kubeconfig"))
             .env_remove("KUBERNETES_SERVICE_HOST")
             .env("RUST_LOG", "info");
+        if !mesh_config.is_empty() {
+            let path = self.dir.join("mesh-config.yaml");
+            std::fs::write(&path, mesh_config)?;
+            command.arg("--mesh-config").arg(path);
+        }
         self.controller = Some(Process::spawn(
             "controller",
             command,

@@ -2,9 +2,10 @@
 //! `envoyFileAccessLog` provider writing Envoy's JSON format to a file, and a Telemetry
 //! attached to the waypoint selects it with the filter `response.code >= 400`. Through the
 //! waypoint, a request answered 200 and one answered 503: only the failing one is written to
-//! the file, one JSON object with the fields its labels name. Removing the Telemetry brings
-//! the waypoint's default line back and the file receives nothing more. A logging change
-//! reaches the next request of a connection open across it. Needs root.
+//! the file, one JSON object with the fields its labels name. Removing the Telemetry leaves
+//! no access log at all, Istio's default without `accessLogFile`. A logging change
+//! reaches the next request of a connection open across it. With an empty mesh config no
+//! line is written at all; `accessLogFile` turns Istio's default line on. Needs root.
 //!
 //! A request's line is written before the waypoint counts it in `istio_requests_total`: the
 //! tests wait on that count (and on the waypoint's applied configuration version), then read
@@ -73,6 +74,16 @@ fn await_counted(mesh: &Mesh, before: f64, count: u32) {
         "the waypoint did not count {count} more requests than {before}\n{}",
         mesh.waypoint_metrics("waypoint")
     );
+}
+
+/// Sends `path` through the waypoint, asserts its status, and answers the waypoint's log once
+/// the request is counted (its line, if any, written).
+fn logged_after(mesh: &Mesh, path: &str, status: u16) -> String {
+    let before = counted(mesh);
+    let answer = mesh.curl_with("client", &[&format!("http://{VIP}{path}")]);
+    assert_eq!(answer.status, status, "{}", answer.body);
+    await_counted(mesh, before, 1);
+    mesh.log_of("waypoint-waypoint")
 }
 
 /// Client, reviews and the namespace's waypoint under `mesh_config`, once the service answers
@@ -148,23 +159,56 @@ fn a_waypoint_logs_only_failing_requests_to_the_selected_json_file() {
     // What the waypoint does not know is `null`, as Envoy writes it in JSON.
     assert!(line["sni"].is_null(), "{line}");
 
-    // Without the Telemetry the waypoint writes its default line again: a failing request
-    // reaches the process log and not the file.
+    // Without the Telemetry nothing is written, neither to the file nor to the process log:
+    // Istio writes no access log unless asked (`pilot/pkg/networking/core/accesslog.go`).
     mesh.await_waypoint("waypoint", "the Telemetry removed", || {
         mesh.remove_config("telemetry.yaml")
     })
     .expect("the waypoint follows the removal");
-    let before = counted(&mesh);
-    let again = mesh.curl_with("client", &[&format!("http://{VIP}/after?status=503")]);
-    assert_eq!(again.status, 503, "{}", again.body);
-    await_counted(&mesh, before, 1);
-    assert!(
-        mesh.log_of("waypoint-waypoint")
-            .contains("/after?status=503"),
-        "no default line for the request\n{}",
-        mesh.log_of("waypoint-waypoint")
-    );
+    let log = logged_after(&mesh, "/after?status=503", 503);
+    assert!(!log.contains("/after?status=503"), "{log}");
     assert_eq!(lines(&path).len(), 1, "{:?}", lines(&path));
+
+    // `accessLogFile` turns the mesh's log on: Istio's default TEXT line on standard output.
+    let config = format!(
+        "accessLogFile: /dev/stdout\n{}",
+        mesh_config(path.to_str().unwrap())
+    );
+    mesh.await_waypoint("waypoint", "accessLogFile set", || {
+        mesh.set_mesh_config(&config)
+    })
+    .expect("the waypoint applies the mesh config");
+    let log = logged_after(&mesh, "/stdout?status=503", 503);
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with('[') && l.contains("\"GET /stdout?status=503 HTTP/1.1\" 503 ")),
+        "{log}"
+    );
+}
+
+/// Istio writes no access log by default (`pilot/pkg/networking/core/accesslog.go`: without a
+/// Telemetry provider, the mesh file only `if mesh.AccessLogFile != ""`): under an empty mesh
+/// config and no Telemetry a request through the waypoint leaves no line, neither on its
+/// standard output nor on its process log; `accessLogFile: /dev/stdout`, as Istio's `demo`
+/// profile sets it, writes Istio's default TEXT line for the next one.
+#[test]
+fn without_access_log_file_nothing_is_logged_and_setting_it_writes_the_line() {
+    let mesh = start(String::new());
+    logged_after(&mesh, "/quiet", 200);
+    let log = logged_after(&mesh, "/quiet?status=503", 503);
+    assert!(!log.contains("/quiet"), "an access line by default\n{log}");
+
+    mesh.await_waypoint("waypoint", "accessLogFile set", || {
+        mesh.set_mesh_config("accessLogFile: /dev/stdout\n")
+    })
+    .expect("the waypoint applies the mesh config");
+    let log = logged_after(&mesh, "/loud", 200);
+    let written: Vec<&str> = log
+        .lines()
+        .filter(|l| l.starts_with('[') && l.contains("\"GET /loud HTTP/1.1\" 200 "))
+        .collect();
+    assert_eq!(written.len(), 1, "{log}");
+    assert!(!log.contains("/quiet"), "{log}");
 }
 
 /// Telemetry selecting the provider `name`, for every request.

@@ -27,6 +27,7 @@
 
 use std::time::Duration;
 
+use weft_e2e::fixtures::STDOUT_ACCESS_LOG;
 use weft_e2e::gateway::GatewayProcess;
 use weft_e2e::session::Session;
 use weft_e2e::{Mesh, MeshOptions, PodSpec};
@@ -122,6 +123,7 @@ fn the_edge_limits_rates_trusts_forwarded_for_as_configured_and_refuses_oversize
         ],
         MeshOptions {
             config: format!("{CONFIG}---{}", limited(3)),
+            mesh_config: STDOUT_ACCESS_LOG.to_owned(),
             ..MeshOptions::default()
         },
     )
@@ -329,6 +331,7 @@ fn mesh_with_limited_gateway(limits: &str) -> (Mesh, GatewayProcess, String) {
                 "50-gateway-shop-edge.yaml".to_owned(),
                 limited_gateway(limits),
             )],
+            mesh_config: STDOUT_ACCESS_LOG.to_owned(),
             ..MeshOptions::default()
         },
     )
@@ -473,6 +476,7 @@ fn connection_rate_limits_close_tcp_connections_past_the_budget_per_server_and_p
                 "50-gateway-shop-tcp-edge.yaml".to_owned(),
                 tcp_gateway("{}"),
             )],
+            mesh_config: STDOUT_ACCESS_LOG.to_owned(),
             ..MeshOptions::default()
         },
     )
@@ -534,7 +538,7 @@ fn connection_rate_limits_close_tcp_connections_past_the_budget_per_server_and_p
     let tls_lines = |what: &str| {
         mesh.log_of("gateway-ingress")
             .lines()
-            .filter(|l| l.contains(" INFO access:") && l.contains(":443 ") && l.contains(what))
+            .filter(|l| l.starts_with('[') && l.contains(":443 ") && l.contains(what))
             .count()
     };
     let tls = || {

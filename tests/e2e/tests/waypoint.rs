@@ -10,7 +10,7 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use weft_e2e::fixtures::{REVIEWS_VIP as VIP, reviews_service, reviews_subsets};
+use weft_e2e::fixtures::{REVIEWS_VIP as VIP, STDOUT_ACCESS_LOG, reviews_service, reviews_subsets};
 use weft_e2e::{Mesh, MeshOptions, PodPhase, PodSpec, waypoint_resources};
 use weft_test_support::prometheus::Exposition;
 
@@ -53,6 +53,7 @@ fn mesh_with_files(extra: &str, config_files: Vec<(String, String)>) -> Mesh {
             ),
             config_files,
             log_requests: true,
+            mesh_config: STDOUT_ACCESS_LOG.to_owned(),
             ..MeshOptions::default()
         },
     )

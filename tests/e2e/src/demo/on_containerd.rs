@@ -26,6 +26,7 @@ use super::{
     edge::names_external,
     examples::{TLS_SERVER_APP, is_gateway, text},
 };
+use crate::fixtures::STDOUT_ACCESS_LOG;
 use crate::{
     PodSpec, Workload,
     cri::{ContainerSpec, mount},
@@ -47,7 +48,9 @@ pub struct OnContainerd {
 
 pub fn start(examples: &Examples, pods: &[PodSpec]) -> anyhow::Result<OnContainerd> {
     let mut on = OnContainerd {
-        cluster: KubeCluster::start(&NODES, &[]).context("starting the containerd nodes")?,
+        // The access log on, as Istio's `demo` profile sets it (its default writes none).
+        cluster: KubeCluster::start_with_mesh_config(&NODES, &[], STDOUT_ACCESS_LOG)
+            .context("starting the containerd nodes")?,
     };
     // Not the files naming the external server, which runs on the testbed only.
     for (file, yaml) in examples.files.iter().filter(|(_, y)| !names_external(y)) {

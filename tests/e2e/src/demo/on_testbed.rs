@@ -13,6 +13,7 @@ use super::{
     CaptureScope, Cluster, Examples, Place,
     edge::{self, Edge, RunningEdge},
 };
+use crate::fixtures::STDOUT_ACCESS_LOG;
 use crate::{Mesh, MeshOptions, PodSpec};
 
 /// The mesh and its edge.
@@ -34,10 +35,16 @@ pub fn start(
         .iter()
         .cloned()
         .partition(|(_, yaml)| edge::names_external(yaml));
+    let mesh_config = if options.mesh_config.is_empty() {
+        STDOUT_ACCESS_LOG.to_owned()
+    } else {
+        options.mesh_config.clone()
+    };
     let mesh = Mesh::start(
         pods.to_vec(),
         MeshOptions {
             config_files: files,
+            mesh_config,
             ..options
         },
     )
@@ -89,7 +96,9 @@ impl Cluster for OnTestbed {
     }
 
     fn set_outbound_traffic_policy(&self, mode: &str) -> anyhow::Result<()> {
-        self.set_mesh_config(&format!("outboundTrafficPolicy:\n  mode: {mode}\n"))?;
+        self.set_mesh_config(&format!(
+            "{STDOUT_ACCESS_LOG}outboundTrafficPolicy:\n  mode: {mode}\n"
+        ))?;
         self.await_agents(mode, |state| state["outbound_traffic_policy"] == mode)
     }
 

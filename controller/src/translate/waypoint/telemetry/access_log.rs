@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use weft_proto::waypoint as wp;
 
-use crate::mesh_config::{BUILTIN_PROVIDER, LogFormat, MeshAccessLogging};
+use crate::mesh_config::{LogFormat, MeshAccessLogging};
 use crate::model::telemetry::{AccessLogging, WorkloadMode};
 
 /// What one provider does after the merge (istiod's `loggingSpec`).
@@ -28,8 +28,9 @@ pub(super) fn access_logs(
     covers: impl Fn(Option<WorkloadMode>) -> bool,
 ) -> (bool, Vec<wp::AccessLog>) {
     let defaults = mesh.defaults();
-    // Istio writes nothing here without an `accessLogFile`; Weft, with a mesh config silent
-    // on access logs, its default line.
+    // Without an `accessLogFile` nothing is written: Istio's proxies write no access log
+    // unless the mesh config or a Telemetry asks for one (istio/istio
+    // `pilot/pkg/networking/core/accesslog.go`: `if mesh.AccessLogFile != ""`).
     let legacy = || match &mesh.file {
         Some(path) => (
             false,
@@ -41,7 +42,7 @@ pub(super) fn access_logs(
                 None,
             )],
         ),
-        None => (!mesh.is_unset(), Vec::new()),
+        None => (true, Vec::new()),
     };
     if telemetries.is_empty() && defaults.is_empty() {
         return legacy();
@@ -76,21 +77,7 @@ pub(super) fn access_logs(
             ))
         })
         .collect();
-    if logs.is_empty() {
-        return (true, logs);
-    }
-    // Weft's own default: with a mesh config silent on access logs, the built-in provider
-    // unchanged is the proxy's default line on its process log.
-    let builtin_default = mesh.is_unset()
-        && matches!(logs.as_slice(), [only] if only.provider == BUILTIN_PROVIDER
-            && only.filter.is_empty()
-            && !only.omit_empty_values
-            && only.format == Some(wp::access_log::Format::Text(
-                weft_access_log::DEFAULT_TEXT_FORMAT.to_owned())));
-    if builtin_default {
-        return (false, Vec::new());
-    }
-    (false, logs)
+    (logs.is_empty(), logs)
 }
 
 fn access_log(

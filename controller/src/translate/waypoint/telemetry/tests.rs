@@ -28,7 +28,9 @@ spec:
   ports: [{name: http, port: 9080}]
 "#;
 
-const MESH_CONFIG: &str = "defaultConfig: {tracing: {sampling: 25}}\ndefaultProviders: {tracing: [otel]}\nextensionProviders: [{name: otel, opentelemetry: {service: otel.example.com, port: 4317}}, {name: other, opentelemetry: {service: other.example.com, port: 4317}}, {name: zipkin, zipkin: {service: zipkin.example.com, port: 9411}}]";
+/// The access log on (the built-in provider by default, so that `disabled` entries show, and
+/// the mesh file where no entry applies).
+const MESH_CONFIG: &str = "defaultConfig: {tracing: {sampling: 25}}\naccessLogFile: /dev/stdout\ndefaultProviders: {tracing: [otel], accessLogging: [envoy]}\nextensionProviders: [{name: otel, opentelemetry: {service: otel.example.com, port: 4317}}, {name: other, opentelemetry: {service: other.example.com, port: 4317}}, {name: zipkin, zipkin: {service: zipkin.example.com, port: 9411}}]";
 
 /// A Telemetry document in `namespace`, created at second `created` of the day.
 pub(super) fn telemetry(name: &str, namespace: &str, created: u32, spec: &str) -> String {
@@ -612,6 +614,13 @@ fn a_telemetry_attached_to_a_service_entry_applies_to_each_of_its_hosts() {
     assert_eq!(services[REVIEWS], None);
 }
 
+/// A service's Telemetry whose entries are all for the client side leaves the waypoint's
+/// tracing, and its access log on. Not the waypoint's own log, though: with every entry for
+/// the other side istiod's `mergeLogs` (`pilot/pkg/model/telemetry.go`) keeps no provider, not
+/// even the default `envoy`, so `AccessLogging` answers nothing and the service's chain falls
+/// back to the mesh's `accessLogFile` (`pilot/pkg/networking/core/accesslog.go`), where the
+/// waypoint's own chain has the default provider: the same line to the same file here, from
+/// another source, so the service carries its own entry.
 #[test]
 fn a_services_client_side_entries_do_not_apply_at_the_waypoint() {
     let services = applied_per_service(&[telemetry(
@@ -620,7 +629,11 @@ fn a_services_client_side_entries_do_not_apply_at_the_waypoint() {
         1,
         "{targetRefs: [{kind: Service, name: reviews}], tracing: [{match: {mode: CLIENT}, randomSamplingPercentage: 0}], accessLogging: [{match: {mode: CLIENT}, disabled: true}]}",
     )]);
-    assert_eq!(services[REVIEWS], None);
+    assert_eq!(services["*"], Some((traced("otel", 25.0, false), false)));
+    assert_eq!(
+        services[REVIEWS],
+        Some((traced("otel", 25.0, false), false))
+    );
 }
 
 /// The waypoint's custom tags, by name: `tag=literal:value`, `tag=env:NAME|default`,

@@ -91,6 +91,8 @@ impl Settings {
     fn mesh_options(&self) -> MeshOptions {
         MeshOptions {
             agent_env: self.agent_env.clone(),
+            // The access log stays on, as nginx's `access_log` in the comparison.
+            mesh_config: weft_e2e::fixtures::STDOUT_ACCESS_LOG.to_owned(),
             ..MeshOptions::default()
         }
     }

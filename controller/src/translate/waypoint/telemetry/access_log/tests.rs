@@ -56,20 +56,46 @@ fn log(provider: &str, path: &str, format: &str, filter: &str) -> (String, Strin
     (provider.into(), path.into(), format.into(), filter.into())
 }
 
-/// Nothing configured: Weft's default line on the process log (no explicit log, not
-/// disabled); the built-in `envoy` provider selected as it is, the same.
+/// Nothing configured: no access log at all, as Istio's proxies write none without an
+/// `accessLogFile`, a default provider or a Telemetry (istio/istio
+/// `pilot/pkg/networking/core/accesslog.go`); the built-in `envoy` provider selected by a
+/// Telemetry writes Istio's default TEXT format to standard output.
 #[test]
-fn with_nothing_configured_the_default_line_is_written() {
-    assert_eq!(applied("", &[]), (false, vec![]));
+fn with_nothing_configured_no_access_log_is_written() {
+    assert_eq!(applied("", &[]), (true, vec![]));
     let envoy = telemetry(
         "logs",
         "shop",
         1,
         "{accessLogging: [{providers: [{name: envoy}]}]}",
     );
-    assert_eq!(applied("", &[envoy]), (false, vec![]));
+    assert_eq!(
+        applied("", &[envoy]),
+        (
+            false,
+            vec![log(
+                "envoy",
+                "/dev/stdout",
+                &format!("text {}", weft_access_log::DEFAULT_TEXT_FORMAT),
+                ""
+            )]
+        )
+    );
     let off = telemetry("logs", "shop", 1, "{accessLogging: [{disabled: true}]}");
     assert_eq!(applied("", &[off]), (true, vec![]));
+    // `accessLogFile` alone turns the log on, in the mesh's format.
+    assert_eq!(
+        applied("accessLogFile: /dev/stdout", &[]),
+        (
+            false,
+            vec![log(
+                "",
+                "/dev/stdout",
+                &format!("text {}", weft_access_log::DEFAULT_TEXT_FORMAT),
+                ""
+            )]
+        )
+    );
 }
 
 /// A Telemetry selecting a file provider with a filter: that provider alone, with its path,
@@ -146,7 +172,22 @@ fn disabled_unknown_and_other_side_entries() {
     );
     // Istio's quirk, kept: an entry for the other side only leaves `mergeLogs` with no
     // provider, and istiod then falls back to `accessLogFile` (unset here: no log).
-    assert_eq!(applied(&mesh, &[client]), (true, vec![]));
+    assert_eq!(
+        applied(&mesh, std::slice::from_ref(&client)),
+        (true, vec![])
+    );
+    // With an `accessLogFile` that fallback writes: the mesh file in place of the default
+    // provider the entry dropped (the same line to the same file, another source).
+    let with_file = "accessLogFile: /dev/stdout\ndefaultProviders: {accessLogging: [envoy]}";
+    let default_text = format!("text {}", weft_access_log::DEFAULT_TEXT_FORMAT);
+    assert_eq!(
+        applied(with_file, &[]),
+        (false, vec![log("envoy", "/dev/stdout", &default_text, "")])
+    );
+    assert_eq!(
+        applied(with_file, &[client]),
+        (false, vec![log("", "/dev/stdout", &default_text, "")])
+    );
     let client_and_server = telemetry(
         "both",
         "shop",
@@ -176,7 +217,7 @@ fn disabled_unknown_and_other_side_entries() {
         1,
         "{accessLogging: [{providers: [{name: nope}]}]}",
     );
-    assert_eq!(applied(PROVIDERS, &[unknown]), (false, vec![]));
+    assert_eq!(applied(PROVIDERS, &[unknown]), (true, vec![]));
 }
 
 /// The mesh's `accessLogFile` when no Telemetry entry or default provider applies, in the
