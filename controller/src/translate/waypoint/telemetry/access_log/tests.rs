@@ -247,12 +247,13 @@ fn the_mesh_access_log_file_and_the_builtin_provider_follow_the_mesh_format() {
     );
 }
 
-/// `omitEmptyValues` reaches the waypoint with its provider's log; the built-in `envoy`
-/// provider setting it is no longer Weft's default line (which writes `-`s), so it is sent.
+/// `omitEmptyValues` reaches the waypoint with its provider's log (here the built-in `envoy`
+/// provider redefined with it and made the mesh's default).
 #[test]
 fn omit_empty_values_is_sent_with_the_provider_log() {
     let config = waypoint_config(
-        "extensionProviders: [{name: envoy, envoyFileAccessLog: {path: /dev/stdout, omitEmptyValues: true}}]",
+        "extensionProviders: [{name: envoy, envoyFileAccessLog: {path: /dev/stdout, omitEmptyValues: true}}]\n\
+         defaultProviders: {accessLogging: [envoy]}",
         &[],
     );
     let [log] = config.access_logs.as_slice() else {
