@@ -154,9 +154,18 @@ fn a_waypoint_exports_only_failing_requests_as_otlp_log_records() {
         .clone()
         .unwrap_or_default();
     assert!(resource.attributes.is_empty(), "{resource:?}");
+    // The collector holds the record before its answer reaches the exporter, which counts
+    // the record exported only then.
+    let exported = "weft_access_log_records_exported_total 1";
+    assert!(
+        mesh.eventually(Duration::from_secs(10), || mesh
+            .waypoint_metrics("waypoint")
+            .contains(exported)),
+        "{exported}: {}",
+        mesh.waypoint_metrics("waypoint")
+    );
     let metrics = mesh.waypoint_metrics("waypoint");
     for sample in [
-        "weft_access_log_records_exported_total 1",
         "weft_access_log_records_dropped_total 0",
         "weft_access_log_records_failed_total 0",
     ] {
