@@ -333,9 +333,9 @@ impl ClusterState {
     /// avoided when others remain. While nothing of the moment narrows the pool, the choice
     /// reads the cluster's [`BalancingPlan`] and costs the same whatever the number of
     /// endpoints; otherwise the candidates are counted and walked in the cluster's order rather
-    /// than collected. Past the plan's building (once per configuration, or per request for a
-    /// workload's own one-endpoint cluster), a choice allocates nothing but the per-priority
-    /// counts of a cluster with locality priorities.
+    /// than collected. Past the plan's building (once per configuration), a choice allocates
+    /// nothing but the per-priority counts of a cluster with locality priorities. A cluster of
+    /// one endpoint (a workload's own, built for each request to it) needs no plan at all.
     pub fn choose_endpoint<'c>(
         &self,
         cluster: &'c Cluster,
@@ -499,6 +499,16 @@ fn choose<'c>(
     hash: &HashInput<'_>,
     tried: &Tried<'_>,
 ) -> Result<&'c Endpoint, UpstreamError> {
+    // One endpoint: every balancer, priority, locality, panic mode and retry comes to it
+    // when it is healthy, and to nothing otherwise; answered without the plan, which a
+    // workload's own cluster would otherwise build for each request.
+    if let [only] = cluster.endpoints.as_slice() {
+        return if only.healthy {
+            Ok(only)
+        } else {
+            Err(UpstreamError::NoHealthyUpstream(cluster.name.clone()))
+        };
+    }
     let exclude = tried.endpoints;
     let now = Instant::now();
     if let Some(choice) = plain_choice(states, next, cluster, hash, tried, now) {

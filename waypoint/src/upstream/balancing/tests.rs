@@ -606,3 +606,74 @@ fn pick_cost_does_not_grow_with_the_endpoints() {
         );
     }
 }
+
+/// A workload addressed directly goes through a one-endpoint cluster built for each request
+/// ([`crate::model::WorkloadTarget::cluster`]): its choice must not build the cluster's
+/// balancing plan (two vectors, and a hash table for a consistent hash), and must still be
+/// the choice every balancer makes of one endpoint: it when healthy, even when tried before
+/// or ejected (Envoy's panic mode), and none when not.
+#[test]
+fn a_one_endpoint_cluster_is_chosen_without_building_a_plan() {
+    let workload = Arc::new(crate::model::DirectWorkload {
+        address: IpAddr::from([10, 0, 0, 7]),
+        namespace: "shop".to_owned(),
+        identity: None,
+        tunnel: Tunnel::Hbone,
+        info: Arc::default(),
+        services: Vec::new(),
+        ports: HashMap::new(),
+    });
+    let target = crate::model::WorkloadTarget {
+        workload: &workload,
+        port: 8080,
+        protocol: crate::model::Protocol::Http,
+    };
+    let mut headers = http::HeaderMap::new();
+    headers.insert("x-user", "alice".parse().unwrap());
+    let input = HashInput {
+        headers: &headers,
+        query: None,
+        source_ip: IpAddr::from([10, 9, 0, 1]),
+    };
+    let address = SocketAddr::from(([10, 0, 0, 7], 8080));
+    let hashed = LoadBalancer::ConsistentHash(
+        HashKey::Header(http::HeaderName::from_static("x-user")),
+        crate::model::HashTable::Maglev { table_size: 65537 },
+    );
+    let balancers = [
+        LoadBalancer::RoundRobin,
+        LoadBalancer::LeastRequest,
+        LoadBalancer::Random,
+        hashed,
+    ];
+    for balancer in balancers {
+        let cluster = Cluster {
+            load_balancer: balancer.clone(),
+            outlier: Some(policy(100)),
+            ..target.cluster()
+        };
+        let state = fresh_state();
+        let first = state.choose_endpoint(&cluster, &input, &[]).unwrap();
+        assert_eq!(first.address, address, "{balancer:?}");
+        // A retry after it, and after its ejection: still it.
+        state.record_outcome(&cluster, address, Some(503));
+        assert!(lock(&state.0.endpoints)[&address].ejected_until.is_some());
+        let tried = Tried {
+            endpoints: &[address],
+            priorities: &[0],
+        };
+        let (retry, _active) = state.choose_and_track(&cluster, &input, &tried).unwrap();
+        assert_eq!(retry.address, address, "{balancer:?}");
+        assert!(
+            cluster.plan.get().is_none(),
+            "{balancer:?}: a one-endpoint choice built the balancing plan"
+        );
+    }
+    let mut cluster = target.cluster();
+    cluster.endpoints[0].healthy = false;
+    assert!(matches!(
+        fresh_state().choose_endpoint(&cluster, &input, &[]),
+        Err(UpstreamError::NoHealthyUpstream(name)) if name == "inbound-pod|8080||10.0.0.7"
+    ));
+    assert!(cluster.plan.get().is_none());
+}
