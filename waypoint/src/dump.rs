@@ -19,7 +19,7 @@ use crate::model::{
     SlowStart, TcpRoute, Tunnel, WaypointConfig,
 };
 use crate::store::XdsHistory;
-use crate::upstream::{EndpointStatus, Upstream};
+use crate::upstream::{BuiltTable, EndpointStatus, Upstream};
 
 /// The whole dump.
 #[derive(Debug, Serialize)]
@@ -141,9 +141,31 @@ pub struct ClusterDump {
     pub name: String,
     pub destination_rule: String,
     pub load_balancer: String,
+    /// The consistent-hash table the balancer built for the configuration in force.
+    pub hash_table: HashTableDump,
     pub limits: String,
     pub outlier_detection: Option<String>,
     pub endpoints: Vec<EndpointDump>,
+}
+
+/// A cluster's consistent-hash table as built: `kind` is `ring_hash`, `maglev` or `none` (no
+/// consistent hash, or no healthy endpoint to build one over); `size` the ring's points or the
+/// Maglev table's entries (0 for none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct HashTableDump {
+    pub kind: &'static str,
+    pub size: usize,
+}
+
+impl HashTableDump {
+    fn of(table: Option<BuiltTable>) -> Self {
+        let (kind, size) = match table {
+            None => ("none", 0),
+            Some(BuiltTable::Ring { points }) => ("ring_hash", points),
+            Some(BuiltTable::Maglev { entries }) => ("maglev", entries),
+        };
+        HashTableDump { kind, size }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -392,6 +414,8 @@ fn cluster(c: &Cluster, upstream: &Upstream) -> ClusterDump {
         name: c.name.clone(),
         destination_rule: c.destination_rule.clone(),
         load_balancer: load_balancer(&c.load_balancer, c.slow_start.as_ref()),
+        // Built by the store before the configuration went in force: reading it costs nothing.
+        hash_table: HashTableDump::of(c.plan().built_table()),
         limits: [
             limit("maxConnections", limits.max_connections),
             duration("connectTimeout", limits.connect_timeout),

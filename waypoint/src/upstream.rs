@@ -76,8 +76,8 @@ mod tls;
 
 use balancing::ClusterRuntime;
 pub use balancing::{
-    ActiveRequest, Admission, BalancingPlan, ClusterState, EndpointStatus, HashInput, RetryPermit,
-    Tried, slow_start_factor,
+    ActiveRequest, Admission, BalancingPlan, BuiltTable, ClusterState, EndpointStatus, HashInput,
+    RetryPermit, Tried, slow_start_factor,
 };
 pub use body::{Ending, Replayable, RequestBody};
 use connections::{EndpointDialer, TunnelKey};

@@ -110,3 +110,101 @@ fn the_dump_shows_each_edge_servers_limits() {
         }
     );
 }
+
+/// A cluster of `web.shop` with two healthy endpoints (weights 1 and 3) and one unhealthy,
+/// balanced by `lb_policy`.
+fn balanced_cluster(
+    name: &str,
+    lb_policy: proto::load_balancer_settings::LbPolicy,
+) -> proto::Cluster {
+    let endpoint = |last: u8, weight: u32, healthy: bool| proto::Endpoint {
+        address: format!("10.0.0.{last}"),
+        port: 8080,
+        identity: "spiffe://cluster.local/ns/shop/sa/web".to_owned(),
+        workload_uid: format!("uid-{last}"),
+        workload_name: format!("web-{last}"),
+        tunnel: proto::EndpointTunnel::Hbone as i32,
+        healthy,
+        weight,
+        ..Default::default()
+    };
+    proto::Cluster {
+        name: name.to_owned(),
+        host: "web.shop.svc.cluster.local".to_owned(),
+        port: 80,
+        endpoints: vec![
+            endpoint(1, 1, true),
+            endpoint(2, 3, true),
+            endpoint(3, 1, false),
+        ],
+        load_balancer: Some(proto::LoadBalancerSettings {
+            lb_policy: Some(lb_policy),
+            slow_start: None,
+        }),
+        ..Default::default()
+    }
+}
+
+/// The admin page shows the consistent-hash table each cluster's balancer built, as built: a
+/// ring's points (Envoy's scaling of weights 1 and 3 over a minimum of 100: the light endpoint
+/// gets 25 points, the heavy 75), a Maglev table's entries, none for the other balancers.
+#[test]
+fn the_dump_shows_the_hash_table_each_cluster_built() {
+    use proto::load_balancer_settings::consistent_hash_lb::{HashKey, Maglev, RingHash, Table};
+    use proto::load_balancer_settings::{ConsistentHashLb, LbPolicy, SimpleLb};
+    let hashed = |table| {
+        LbPolicy::ConsistentHash(ConsistentHashLb {
+            hash_key: Some(HashKey::UseSourceIp(true)),
+            table: Some(table),
+        })
+    };
+    let config = proto::WaypointConfig {
+        name: "waypoint".to_owned(),
+        namespace: "shop".to_owned(),
+        clusters: vec![
+            balanced_cluster(
+                "ring",
+                hashed(Table::RingHash(RingHash {
+                    minimum_ring_size: 100,
+                })),
+            ),
+            balanced_cluster("maglev", hashed(Table::Maglev(Maglev { table_size: 251 }))),
+            balanced_cluster("plain", LbPolicy::Simple(SimpleLb::RoundRobin as i32)),
+        ],
+        ..Default::default()
+    };
+    let config = WaypointConfig::try_from(config).expect("a valid configuration");
+    let mesh = crate::testing::TestMesh::new();
+    let upstream = Upstream::new(
+        crate::testing::TestMesh::spiffe("shop", "waypoint"),
+        mesh.material("shop", "waypoint").source(),
+        crate::upstream::default_hbone_address(),
+    );
+    let table = |name: &str| cluster(&config.clusters[name], &upstream).hash_table;
+    assert_eq!(
+        table("ring"),
+        HashTableDump {
+            kind: "ring_hash",
+            size: 100
+        }
+    );
+    assert_eq!(
+        table("maglev"),
+        HashTableDump {
+            kind: "maglev",
+            size: 251
+        }
+    );
+    assert_eq!(
+        table("plain"),
+        HashTableDump {
+            kind: "none",
+            size: 0
+        }
+    );
+    let json = serde_json::to_value(cluster(&config.clusters["ring"], &upstream)).unwrap();
+    assert_eq!(
+        json["hash_table"],
+        serde_json::json!({"kind": "ring_hash", "size": 100})
+    );
+}

@@ -722,7 +722,7 @@ mod locality;
 mod plan;
 mod slow_start;
 use locality::{priority_level, weighted_locality};
-pub use plan::BalancingPlan;
+pub use plan::{BalancingPlan, BuiltTable};
 pub use slow_start::factor as slow_start_factor;
 #[cfg(test)]
 mod tests;

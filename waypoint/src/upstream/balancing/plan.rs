@@ -21,6 +21,15 @@ pub struct BalancingPlan {
     table: Option<Table>,
 }
 
+/// The consistent-hash table a plan built, for the admin page: its kind and its size as
+/// built (a ring's points, which Envoy's scaling may put above the minimum; a Maglev
+/// table's entries).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BuiltTable {
+    Ring { points: usize },
+    Maglev { entries: usize },
+}
+
 /// A built consistent-hash table, holding endpoint indices.
 enum Table {
     /// `(hash, endpoint)` points sorted by hash: a key goes to the first point at or after its
@@ -71,6 +80,19 @@ impl BalancingPlan {
             equal_weights,
             cumulative_weights,
             table,
+        }
+    }
+
+    /// The hash table built, `None` without a consistent hash (or without a healthy endpoint
+    /// to put in one).
+    pub fn built_table(&self) -> Option<BuiltTable> {
+        match self.table.as_ref()? {
+            Table::Ring(points) => Some(BuiltTable::Ring {
+                points: points.len(),
+            }),
+            Table::Maglev(entries) => Some(BuiltTable::Maglev {
+                entries: entries.len(),
+            }),
         }
     }
 
@@ -150,10 +172,10 @@ fn hash64(seed: u64, bytes: &[u8]) -> u64 {
 impl std::fmt::Debug for BalancingPlan {
     /// A summary: a table has up to millions of entries.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let table = match &self.table {
+        let table = match self.built_table() {
             None => "none".to_owned(),
-            Some(Table::Ring(points)) => format!("ring of {}", points.len()),
-            Some(Table::Maglev(entries)) => format!("maglev of {}", entries.len()),
+            Some(BuiltTable::Ring { points }) => format!("ring of {points}"),
+            Some(BuiltTable::Maglev { entries }) => format!("maglev of {entries}"),
         };
         f.debug_struct("BalancingPlan")
             .field("healthy", &self.healthy.len())
