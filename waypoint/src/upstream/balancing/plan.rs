@@ -3,8 +3,6 @@
 //! whether their weights are equal, the running total of their weights (weighted round robin),
 //! and the consistent-hash table (Envoy's ring hash or Maglev), weighted as Envoy weights it.
 
-use std::hash::Hasher;
-
 use crate::model::{Endpoint, HashTable, LoadBalancer, MAXIMUM_RING_SIZE};
 
 /// A cluster's balancing plan (see the module comment), built from its endpoints by
@@ -152,21 +150,20 @@ impl BalancingPlan {
 }
 
 /// One endpoint as a hash table holds it: the address text it is hashed by (Envoy hashes a
-/// host's address), and its weight.
+/// host's `address()->asString()`, `ip:port` with IPv6 in brackets, as `SocketAddr` writes
+/// it; Istio never sets `use_hostname_for_hashing`), and its weight.
 struct Host {
     index: usize,
     key: String,
     weight: u64,
 }
 
-/// A 64-bit hash of `bytes` under `seed`, the same for the life of the process (every
-/// `DefaultHasher::new` hashes alike), so that the same endpoints give the same table in every
-/// configuration.
-fn hash64(seed: u64, bytes: &[u8]) -> u64 {
-    let mut hasher = std::hash::DefaultHasher::new();
-    hasher.write_u64(seed);
-    hasher.write(bytes);
-    hasher.finish()
+/// Envoy's consistent-hash function (`HashUtil::xxHash64`, source/common/common/hash.h):
+/// xxHash64 of `bytes` under `seed` (0 but for a Maglev skip). Both the request's key and the
+/// endpoints' table entries are hashed with it, so a key goes to the endpoint Envoy's table of
+/// the same endpoints gives it, in every process and build.
+pub(super) fn hash64(seed: u64, bytes: &[u8]) -> u64 {
+    xxhash_rust::xxh64::xxh64(bytes, seed)
 }
 
 impl std::fmt::Debug for BalancingPlan {

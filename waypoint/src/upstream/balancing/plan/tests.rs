@@ -224,3 +224,45 @@ fn the_weighted_draw_follows_the_running_weights() {
     );
     assert!(plan.equal_weights());
 }
+
+/// The hash is Envoy's, `HashUtil::xxHash64` (xxHash64, seed 0): pinned values of the
+/// reference implementation (libxxhash 0.8).
+#[test]
+fn the_hash_is_xxhash64_as_envoys() {
+    use super::hash64;
+    assert_eq!(hash64(0, b""), 0xef46_db37_51d8_e999);
+    assert_eq!(hash64(0, b"abc"), 0x44bc_2cf5_ad77_0999);
+    assert_eq!(hash64(0, b"alice"), 0x73a3_ea48_5f2e_6049);
+}
+
+/// A key goes to the endpoint Envoy's table of the same endpoints gives it. The expected
+/// endpoints come from Envoy's ring (`"<address>_<n>"` points, ring_hash_lb.cc) and Maglev
+/// table (offset and skip from the address under seeds 0 and 1, maglev_lb.cc) built outside
+/// this code, with libxxhash, for `10.0.0.1:8080` (weight 1), `10.0.0.2:8080` (3) and
+/// `10.0.0.3:8080` (2): a ring of 1,026 points over a minimum of 1,024, a table of 65,537.
+#[test]
+fn a_key_goes_to_the_endpoint_envoys_table_gives_it() {
+    let endpoints = || vec![weighted(1, 1), weighted(2, 3), weighted(3, 2)];
+    let keys: Vec<String> = ["alice", "bob", "carol", "dave", "user-1", "user-2"]
+        .map(str::to_owned)
+        .to_vec();
+    let expected = |lasts: [u8; 6]| -> Vec<SocketAddr> {
+        lasts.iter().map(|last| endpoint(*last).address).collect()
+    };
+    let ring = hashed(endpoints(), RING);
+    assert_eq!(
+        ring.plan().built_table(),
+        Some(super::BuiltTable::Ring { points: 1026 })
+    );
+    assert_eq!(
+        choices(&fresh_state(), &ring, &keys, &[]),
+        expected([3, 3, 2, 2, 2, 3]),
+        "ring hash"
+    );
+    let maglev = hashed(endpoints(), MAGLEV);
+    assert_eq!(
+        choices(&fresh_state(), &maglev, &keys, &[]),
+        expected([2, 3, 1, 2, 2, 1]),
+        "maglev"
+    );
+}
