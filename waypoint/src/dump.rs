@@ -141,16 +141,18 @@ pub struct ClusterDump {
     pub name: String,
     pub destination_rule: String,
     pub load_balancer: String,
-    /// The consistent-hash table the balancer built for the configuration in force.
-    pub hash_table: HashTableDump,
+    /// The consistent-hash tables the balancer built for the configuration in force, one per
+    /// locality priority (index 0 the closest), as Envoy builds them; empty without a
+    /// consistent hash.
+    pub hash_tables: Vec<HashTableDump>,
     pub limits: String,
     pub outlier_detection: Option<String>,
     pub endpoints: Vec<EndpointDump>,
 }
 
-/// A cluster's consistent-hash table as built: `kind` is `ring_hash`, `maglev` or `none` (no
-/// consistent hash, or no healthy endpoint to build one over); `size` the ring's points or the
-/// Maglev table's entries (0 for none).
+/// A consistent-hash table as built for one locality priority: `kind` is `ring_hash`, `maglev`
+/// or `none` (no healthy endpoint in the priority to build one over); `size` the ring's points
+/// or the Maglev table's entries (0 for none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct HashTableDump {
     pub kind: &'static str,
@@ -415,7 +417,7 @@ fn cluster(c: &Cluster, upstream: &Upstream) -> ClusterDump {
         destination_rule: c.destination_rule.clone(),
         load_balancer: load_balancer(&c.load_balancer, c.slow_start.as_ref()),
         // Built by the store before the configuration went in force: reading it costs nothing.
-        hash_table: HashTableDump::of(c.plan().built_table()),
+        hash_tables: c.plan().built_tables().map(HashTableDump::of).collect(),
         limits: [
             limit("maxConnections", limits.max_connections),
             duration("connectTimeout", limits.connect_timeout),

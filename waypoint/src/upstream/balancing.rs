@@ -484,7 +484,7 @@ fn plain_choice<'c>(
         LoadBalancer::LeastRequest => return None,
         LoadBalancer::Random => at(rand::random_range(0..count)),
         LoadBalancer::ConsistentHash(key, _) => match hash_key(key, hash) {
-            Some(key) => &cluster.endpoints[plan.hashed(&key, |_| true)?],
+            Some(key) => &cluster.endpoints[plan.hashed(plan::key_hash(&key), 0, |_| true)?],
             None => at(rand::random_range(0..count)),
         },
     };
@@ -523,13 +523,19 @@ fn choose<'c>(
             .and_then(|s| s.ejected_until)
             .is_none_or(|until| until <= now)
     };
-    // Locality priorities: the choice is made within one, drawn by Envoy's priority load.
+    let key_hash = match &cluster.load_balancer {
+        LoadBalancer::ConsistentHash(key, _) => hash_key(key, hash).map(|k| plan::key_hash(&k)),
+        _ => None,
+    };
+    // Locality priorities: the choice is made within one, drawn by Envoy's priority load; a
+    // consistent hash draws it with the key's hash, as Envoy's hashing balancers do
+    // (`ThreadAwareLoadBalancerBase`: `choosePriority(hash)`), so a key keeps its priority.
     let level = (cluster.priorities > 1).then(|| {
         priority_level(
             cluster,
             |e| e.healthy && not_ejected(e),
             tried.priorities,
-            rand::random_range(0..100),
+            key_hash.map_or_else(|| rand::random_range(0..100), |h| (h % 100) as usize),
         )
     });
     let in_level = |e: &Endpoint| level.is_none_or(|level| e.priority == level);
@@ -650,11 +656,12 @@ fn choose<'c>(
             let b = nth(rand::random_range(0..count))?;
             Ok(if active(b) < active(a) { b } else { a })
         }
-        // The table holds every healthy endpoint; those outside the pool are passed over.
-        LoadBalancer::ConsistentHash(key, _) => match hash_key(key, hash) {
-            Some(key) => match cluster
+        // The priority's table holds its healthy endpoints; those outside the pool are passed
+        // over.
+        LoadBalancer::ConsistentHash(..) => match key_hash {
+            Some(h) => match cluster
                 .plan()
-                .hashed(&key, |i| candidate(&cluster.endpoints[i]))
+                .hashed(h, level.unwrap_or(0), |i| candidate(&cluster.endpoints[i]))
             {
                 Some(i) => Ok(&cluster.endpoints[i]),
                 None => nth(rand::random_range(0..count)),

@@ -1,7 +1,8 @@
 //! What a cluster's endpoint choice needs that depends only on its configuration, worked out
 //! once per applied configuration rather than on every request: the healthy endpoints and
 //! whether their weights are equal, the running total of their weights (weighted round robin),
-//! and the consistent-hash table (Envoy's ring hash or Maglev), weighted as Envoy weights it.
+//! and the consistent-hash tables (Envoy's ring hash or Maglev), one per locality priority as
+//! Envoy builds them, weighted as Envoy weights them.
 
 use crate::model::{Endpoint, HashTable, LoadBalancer, MAXIMUM_RING_SIZE};
 
@@ -16,12 +17,15 @@ pub struct BalancingPlan {
     equal_weights: bool,
     /// The running sum of the healthy endpoints' weights, in `healthy`'s order.
     cumulative_weights: Vec<u64>,
-    table: Option<Table>,
+    /// The consistent-hash table of each locality priority, over its healthy endpoints, by
+    /// priority (Envoy's `ThreadAwareLoadBalancerBase` builds one per priority): `None` for a
+    /// priority without a healthy endpoint; empty without a consistent hash.
+    tables: Vec<Option<Table>>,
 }
 
-/// The consistent-hash table a plan built, for the admin page: its kind and its size as
-/// built (a ring's points, which Envoy's scaling may put above the minimum; a Maglev
-/// table's entries).
+/// A consistent-hash table a plan built, for the admin page: its kind and its size as built
+/// (a ring's points, which Envoy's scaling may put above the minimum; a Maglev table's
+/// entries).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BuiltTable {
     Ring { points: usize },
@@ -56,42 +60,52 @@ impl BalancingPlan {
                 Some(*sum)
             })
             .collect();
-        let table = match balancer {
-            LoadBalancer::ConsistentHash(_, table) if !healthy.is_empty() => {
-                let hosts: Vec<Host> = healthy
-                    .iter()
-                    .map(|i| Host {
-                        index: *i,
-                        key: endpoints[*i].address.to_string(),
-                        weight: weight(&endpoints[*i]),
+        let tables = match balancer {
+            LoadBalancer::ConsistentHash(_, table) => {
+                let levels = healthy.iter().map(|i| endpoints[*i].priority + 1).max();
+                (0..levels.unwrap_or(0))
+                    .map(|level| {
+                        let hosts: Vec<Host> = healthy
+                            .iter()
+                            .filter(|i| endpoints[**i].priority == level)
+                            .map(|i| Host {
+                                index: *i,
+                                key: endpoints[*i].address.to_string(),
+                                weight: weight(&endpoints[*i]),
+                            })
+                            .collect();
+                        (!hosts.is_empty()).then(|| match *table {
+                            HashTable::Ring { minimum_size } => {
+                                Table::Ring(ring(&hosts, minimum_size))
+                            }
+                            HashTable::Maglev { table_size } => {
+                                Table::Maglev(maglev(hosts, table_size))
+                            }
+                        })
                     })
-                    .collect();
-                Some(match *table {
-                    HashTable::Ring { minimum_size } => Table::Ring(ring(&hosts, minimum_size)),
-                    HashTable::Maglev { table_size } => Table::Maglev(maglev(hosts, table_size)),
-                })
+                    .collect()
             }
-            _ => None,
+            _ => Vec::new(),
         };
         BalancingPlan {
             healthy,
             equal_weights,
             cumulative_weights,
-            table,
+            tables,
         }
     }
 
-    /// The hash table built, `None` without a consistent hash (or without a healthy endpoint
-    /// to put in one).
-    pub fn built_table(&self) -> Option<BuiltTable> {
-        match self.table.as_ref()? {
+    /// The hash table built for each locality priority, by priority (`None`: no healthy
+    /// endpoint there); empty without a consistent hash.
+    pub fn built_tables(&self) -> impl Iterator<Item = Option<BuiltTable>> + '_ {
+        self.tables.iter().map(|table| match table.as_ref()? {
             Table::Ring(points) => Some(BuiltTable::Ring {
                 points: points.len(),
             }),
             Table::Maglev(entries) => Some(BuiltTable::Maglev {
                 entries: entries.len(),
             }),
-        }
+        })
     }
 
     /// Indices of the healthy endpoints, in the cluster's order.
@@ -114,12 +128,13 @@ impl BalancingPlan {
         self.healthy.get(at.min(self.healthy.len() - 1)).copied()
     }
 
-    /// The endpoint the consistent-hash table gives `key`, the first `accept`s (endpoints
-    /// outside the request's pool, tried or ejected, are passed over as Envoy passes over a
-    /// host its retry predicate rejects). `None`: no table, or no entry accepted.
-    pub fn hashed(&self, key: &str, accept: impl Fn(usize) -> bool) -> Option<usize> {
-        let hash = hash64(0, key.as_bytes());
-        match self.table.as_ref()? {
+    /// The endpoint the consistent-hash table of locality priority `level` gives a key of
+    /// hash `hash` ([`key_hash`]), the first `accept`s (endpoints outside the request's pool,
+    /// tried or ejected, are passed over as Envoy passes over a host its retry predicate
+    /// rejects). `None`: no table there, or no entry accepted.
+    pub fn hashed(&self, hash: u64, level: u32, accept: impl Fn(usize) -> bool) -> Option<usize> {
+        let table = self.tables.get(usize::try_from(level).ok()?)?;
+        match table.as_ref()? {
             // Envoy's `RingHashLoadBalancer::Ring::chooseHost`: the first point whose hash is
             // at least the key's, wrapping to the first; a retry moves along the ring.
             Table::Ring(points) => {
@@ -166,18 +181,28 @@ pub(super) fn hash64(seed: u64, bytes: &[u8]) -> u64 {
     xxhash_rust::xxh64::xxh64(bytes, seed)
 }
 
+/// The hash of a request's key, as Envoy's hash policy gives it to the load balancer: it
+/// draws the locality priority (Envoy's `choosePriority(hash)`) and finds the endpoint in
+/// that priority's table ([`BalancingPlan::hashed`]).
+pub fn key_hash(key: &str) -> u64 {
+    hash64(0, key.as_bytes())
+}
+
 impl std::fmt::Debug for BalancingPlan {
     /// A summary: a table has up to millions of entries.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let table = match self.built_table() {
-            None => "none".to_owned(),
-            Some(BuiltTable::Ring { points }) => format!("ring of {points}"),
-            Some(BuiltTable::Maglev { entries }) => format!("maglev of {entries}"),
-        };
+        let table: Vec<String> = self
+            .built_tables()
+            .map(|table| match table {
+                None => "none".to_owned(),
+                Some(BuiltTable::Ring { points }) => format!("ring of {points}"),
+                Some(BuiltTable::Maglev { entries }) => format!("maglev of {entries}"),
+            })
+            .collect();
         f.debug_struct("BalancingPlan")
             .field("healthy", &self.healthy.len())
             .field("equal_weights", &self.equal_weights)
-            .field("table", &table)
+            .field("tables", &table)
             .finish()
     }
 }

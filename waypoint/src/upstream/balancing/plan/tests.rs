@@ -251,8 +251,8 @@ fn a_key_goes_to_the_endpoint_envoys_table_gives_it() {
     };
     let ring = hashed(endpoints(), RING);
     assert_eq!(
-        ring.plan().built_table(),
-        Some(super::BuiltTable::Ring { points: 1026 })
+        ring.plan().built_tables().collect::<Vec<_>>(),
+        [Some(super::BuiltTable::Ring { points: 1026 })]
     );
     assert_eq!(
         choices(&fresh_state(), &ring, &keys, &[]),
@@ -265,4 +265,129 @@ fn a_key_goes_to_the_endpoint_envoys_table_gives_it() {
         expected([2, 3, 1, 2, 2, 1]),
         "maglev"
     );
+}
+
+/// Envoy builds a hash table per locality priority (`ThreadAwareLoadBalancerBase::refresh`),
+/// over that priority's hosts alone, and draws the priority with the key's hash: the keys
+/// of a priority go where a cluster of its endpoints alone sends them, and with no healthy
+/// endpoint in the closest priority, where one of the next priority's endpoints alone does.
+/// One table over the whole cluster, passing over the other priorities' entries, sends many
+/// keys elsewhere (the ring gives each endpoint fewer points, Maglev other slots).
+#[test]
+fn each_locality_priority_has_its_own_table() {
+    let keys = keys(2_000);
+    let ranked = |healthy_closest: bool| -> Vec<Endpoint> {
+        let closest = (1..=3).map(|last| Endpoint {
+            healthy: healthy_closest,
+            ..weighted(last, u32::from(last))
+        });
+        let next = (4..=5).map(|last| Endpoint {
+            priority: 1,
+            ..endpoint(last)
+        });
+        closest.chain(next).collect()
+    };
+    let alone = |endpoints: Vec<Endpoint>| -> Vec<Endpoint> {
+        endpoints
+            .into_iter()
+            .filter(|e| e.healthy)
+            .map(|e| Endpoint { priority: 0, ..e })
+            .collect()
+    };
+    for table in [RING, MAGLEV] {
+        let cluster = Cluster {
+            priorities: 2,
+            ..hashed(ranked(true), table)
+        };
+        let tables: Vec<_> = cluster.plan().built_tables().collect();
+        let expected = match table {
+            // Weights 1:2:3 over a minimum of 1,024: 171 points for the lightest, 1,026 in
+            // all; weights 1:1, 512 each.
+            HashTable::Ring { .. } => [
+                super::BuiltTable::Ring { points: 1026 },
+                super::BuiltTable::Ring { points: 1024 },
+            ],
+            HashTable::Maglev { table_size } => [
+                super::BuiltTable::Maglev {
+                    entries: table_size as usize,
+                },
+                super::BuiltTable::Maglev {
+                    entries: table_size as usize,
+                },
+            ],
+        };
+        assert_eq!(tables, expected.map(Some), "{table:?}");
+        // Every priority healthy: the closest takes every key (its health is 100%).
+        let closest_alone = hashed(alone(ranked(true)[..3].to_vec()), table);
+        assert_eq!(
+            choices(&fresh_state(), &cluster, &keys, &[]),
+            choices(&fresh_state(), &closest_alone, &keys, &[]),
+            "{table:?}: the closest priority's keys"
+        );
+        // The closest priority without a healthy endpoint: the next takes every key.
+        let failed_over = Cluster {
+            priorities: 2,
+            ..hashed(ranked(false), table)
+        };
+        let next_alone = hashed(alone(ranked(false)), table);
+        assert_eq!(
+            choices(&fresh_state(), &failed_over, &keys, &[]),
+            choices(&fresh_state(), &next_alone, &keys, &[]),
+            "{table:?}: the next priority's keys"
+        );
+        assert_eq!(
+            failed_over.plan().built_tables().next(),
+            Some(None),
+            "{table:?}: no table for a priority without a healthy endpoint"
+        );
+    }
+}
+
+/// With a consistent hash, the key's hash draws the locality priority (Envoy's
+/// `choosePriority(hash)` in `ThreadAwareLoadBalancerBase`), not a random roll: a key keeps
+/// its endpoint when the load is split between priorities, and the keys split as the load.
+#[test]
+fn the_key_draws_the_locality_priority() {
+    let keys = keys(2_000);
+    // The closest priority has 1 of 3 endpoints healthy: health 140% x 1/3 = 46%, the
+    // next takes the other 54%.
+    let endpoints = vec![
+        endpoint(1),
+        Endpoint {
+            healthy: false,
+            ..endpoint(2)
+        },
+        Endpoint {
+            healthy: false,
+            ..endpoint(3)
+        },
+        Endpoint {
+            priority: 1,
+            ..endpoint(4)
+        },
+        Endpoint {
+            priority: 1,
+            ..endpoint(5)
+        },
+    ];
+    for table in [RING, MAGLEV] {
+        let cluster = Cluster {
+            priorities: 2,
+            ..hashed(endpoints.clone(), table)
+        };
+        let first = choices(&fresh_state(), &cluster, &keys, &[]);
+        for _ in 0..3 {
+            assert_eq!(
+                first,
+                choices(&fresh_state(), &cluster, &keys, &[]),
+                "{table:?}"
+            );
+        }
+        let closest = first.iter().filter(|a| **a == endpoint(1).address).count();
+        let share = closest as f64 / keys.len() as f64;
+        assert!(
+            (0.40..=0.52).contains(&share),
+            "{table:?}: the closest priority took {share} of the keys, not about 0.46"
+        );
+    }
 }
