@@ -548,18 +548,29 @@ fn slow_start_scales_the_endpoint_weight() {
     assert!(heavy.abs_diff(300) <= 3, "{heavy} of 1300");
 }
 
+/// Headers whose `x-user` is `alice`, a key for the consistent hashes here.
+fn alice() -> http::HeaderMap {
+    let mut headers = http::HeaderMap::new();
+    headers.insert("x-user", "alice".parse().unwrap());
+    headers
+}
+
+/// A request with `headers`, from `10.9.0.1`.
+fn keyed(headers: &http::HeaderMap) -> HashInput<'_> {
+    HashInput {
+        headers,
+        query: None,
+        source_ip: IpAddr::from([10, 9, 0, 1]),
+    }
+}
+
 /// A choice among 1,000 healthy endpoints of equal weight costs about what one among 10
 /// does, by balancer (the balancing plan makes it O(1); a walk of the endpoints per choice
 /// made it 100 times dearer). The best of three rounds each, so a busy machine does not decide.
 #[test]
 fn pick_cost_does_not_grow_with_the_endpoints() {
-    let mut headers = http::HeaderMap::new();
-    headers.insert("x-user", "alice".parse().unwrap());
-    let input = HashInput {
-        headers: &headers,
-        query: None,
-        source_ip: IpAddr::from([10, 9, 0, 1]),
-    };
+    let headers = alice();
+    let input = keyed(&headers);
     let balancers = [
         ("round robin", LoadBalancer::RoundRobin),
         ("least request", LoadBalancer::LeastRequest),
@@ -628,13 +639,8 @@ fn a_one_endpoint_cluster_is_chosen_without_building_a_plan() {
         port: 8080,
         protocol: crate::model::Protocol::Http,
     };
-    let mut headers = http::HeaderMap::new();
-    headers.insert("x-user", "alice".parse().unwrap());
-    let input = HashInput {
-        headers: &headers,
-        query: None,
-        source_ip: IpAddr::from([10, 9, 0, 1]),
-    };
+    let headers = alice();
+    let input = keyed(&headers);
     let address = SocketAddr::from(([10, 0, 0, 7], 8080));
     let hashed = LoadBalancer::ConsistentHash(
         HashKey::Header(http::HeaderName::from_static("x-user")),
