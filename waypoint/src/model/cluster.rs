@@ -154,7 +154,7 @@ pub struct Cluster {
 
 impl Cluster {
     /// What endpoint choice needs that depends only on this configuration (the healthy
-    /// endpoints, their weights, the hash table), built once, when first asked for: the
+    /// endpoints, their weights, the hash tables), built once, when first asked for: the
     /// configuration store asks before it puts a configuration in force, so that no request
     /// pays for it.
     pub fn plan(&self) -> &BalancingPlan {
