@@ -40,36 +40,19 @@ const ATTEMPTS: u64 = 3;
 /// (18), or reset while receiving (56).
 const CUT_SHORT: [i32; 2] = [18, 56];
 
+/// A Service `name` of `shop` at `vip`, `http` 80 to its pods' 8080, selecting `app: name`,
+/// with `labels`.
+fn service(name: &str, vip: &str, labels: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: shop, labels: {{{labels}}}}}\nspec:\n  clusterIP: {vip}\n  selector: {{app: {name}}}\n  ports: [{{name: http, port: 80, targetPort: 8080}}]\n"
+    )
+}
+
 fn config() -> String {
     format!(
-        r#"
-apiVersion: v1
-kind: Service
-metadata: {{name: reviews, namespace: shop}}
-spec:
-  clusterIP: 10.96.0.20
-  selector: {{app: reviews}}
-  ports: [{{name: http, port: 80, targetPort: 8080}}]
----
-apiVersion: v1
-kind: Service
-metadata: {{name: brittle, namespace: shop}}
-spec:
-  clusterIP: 10.96.0.40
-  selector: {{app: brittle}}
-  ports: [{{name: http, port: 80, targetPort: 8080}}]
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: brittle-mesh
-  namespace: shop
-  labels: {{istio.io/use-waypoint: waypoint}}
-spec:
-  clusterIP: {MESH_VIP}
-  selector: {{app: brittle-mesh}}
-  ports: [{{name: http, port: 80, targetPort: 8080}}]
----
+        r#"{}---
+{}---
+{}---
 {}---
 apiVersion: networking.istio.io/v1
 kind: Gateway
@@ -101,6 +84,9 @@ spec:
   - retries: {{attempts: {ATTEMPTS}, retryOn: reset}}
     route: [{{destination: {{host: brittle-mesh}}}}]
 "#,
+        service("reviews", "10.96.0.20", ""),
+        service("brittle", "10.96.0.40", ""),
+        service("brittle-mesh", MESH_VIP, "istio.io/use-waypoint: waypoint"),
         waypoint_resources("shop")
     )
 }
