@@ -230,13 +230,17 @@ impl Body for RecordedBody {
                 }
             }
             Poll::Ready(Some(Err(error))) => {
-                // A breach of the request's limits after the response began: the stream is
-                // reset, and the record says why, as Envoy's does.
-                if let (Some(breach), Some(record)) = (
-                    error.downcast_ref::<super::request_limits::BreachError>(),
-                    self.record.as_mut(),
-                ) {
-                    record.response_code_details = breach.0.details().into();
+                // The stream is reset after the response began: by a breach of the request's
+                // limits, or by the upstream. The record says why, as Envoy's does.
+                if let Some(record) = self.record.as_mut() {
+                    match error.downcast_ref::<super::request_limits::BreachError>() {
+                        Some(breach) => record.response_code_details = breach.0.details().into(),
+                        None => {
+                            let (flags, details) = super::reply::late_upstream_reset(&**error);
+                            record.response_flags = flags;
+                            record.response_code_details = details.into();
+                        }
+                    }
                 }
                 self.record = None;
             }

@@ -344,6 +344,36 @@ impl Reply {
     }
 }
 
+/// The `response_flags` and `response_code_details` of a response whose body failed upstream
+/// after its head went downstream. The stream is reset and the status stays the upstream's,
+/// as Envoy's router does (`Filter::onUpstreamReset` once `downstream_response_started_`: the
+/// `upstream_reset_after_response_started` details and the flag of the reset's reason). An
+/// HTTP/2 upstream's RST_STREAM is a remote reset (`UR`), the end of its connection a
+/// termination (`UC`); an HTTP/1 body cut short, however its connection ended, is a protocol
+/// error (`UPE`): Envoy's HTTP/1 codec reads the close as the message ending early.
+pub(crate) fn late_upstream_reset(
+    error: &(dyn std::error::Error + 'static),
+) -> (ResponseFlag, &'static str) {
+    let h2 = error
+        .downcast_ref::<hyper::Error>()
+        .and_then(std::error::Error::source)
+        .and_then(|source| source.downcast_ref::<h2::Error>());
+    match h2 {
+        Some(h2) if h2.is_reset() && h2.is_remote() => (
+            ResponseFlag::UpstreamReset,
+            "upstream_reset_after_response_started{remote_reset}",
+        ),
+        Some(_) => (
+            ResponseFlag::UpstreamConnectionTermination,
+            "upstream_reset_after_response_started{connection_termination}",
+        ),
+        None => (
+            ResponseFlag::UpstreamProtocolError,
+            "upstream_reset_after_response_started{protocol_error}",
+        ),
+    }
+}
+
 /// Envoy's RBAC details for a refusal: the request's `response_code_details`, a refused L4
 /// connection's termination details.
 pub(crate) fn rbac_details(reason: &DenyReason) -> String {

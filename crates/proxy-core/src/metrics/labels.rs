@@ -73,6 +73,10 @@ pub enum ResponseFlag {
     UpstreamConnectFailure,
     /// The endpoint reset the request (`UR`).
     UpstreamReset,
+    /// The upstream connection ended under the request (`UC`).
+    UpstreamConnectionTermination,
+    /// The upstream broke its protocol, a response body cut short included (`UPE`).
+    UpstreamProtocolError,
     /// Refused by a local rate limit (`RL`).
     RateLimited,
     /// The destination's name could not be resolved (`DF`, Envoy's dynamic forward proxy).
@@ -95,6 +99,8 @@ impl ResponseFlag {
             Self::UpstreamOverflow => "UO",
             Self::UpstreamConnectFailure => "UF",
             Self::UpstreamReset => "UR",
+            Self::UpstreamConnectionTermination => "UC",
+            Self::UpstreamProtocolError => "UPE",
             Self::RateLimited => "RL",
             Self::DnsResolutionFailed => "DF",
         }

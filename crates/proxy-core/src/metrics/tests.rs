@@ -178,6 +178,8 @@ fn typed_labels_print_istio_s_values() {
         (ResponseFlag::UpstreamOverflow.as_str(), "UO"),
         (ResponseFlag::UpstreamConnectFailure.as_str(), "UF"),
         (ResponseFlag::UpstreamReset.as_str(), "UR"),
+        (ResponseFlag::UpstreamConnectionTermination.as_str(), "UC"),
+        (ResponseFlag::UpstreamProtocolError.as_str(), "UPE"),
         (ResponseFlag::RateLimited.as_str(), "RL"),
         (SecurityPolicy::MutualTls.as_str(), "mutual_tls"),
         (SecurityPolicy::None.as_str(), "none"),

@@ -379,3 +379,115 @@ fn a_delay_flag_stays_unless_the_reply_sets_its_own() {
     assert_eq!(record.response_flags, ResponseFlag::UpstreamTimeout);
     assert_eq!(record.response_code_details, "upstream_response_timeout");
 }
+
+/// The error a hyper client's response body ends with when `server` answers its request on
+/// the other end of an in-memory connection (HTTP/2 when `http2`); the server is told once
+/// the client has the response's head.
+async fn body_error<F, Fut>(http2: bool, server: F) -> Box<dyn std::error::Error + Send + Sync>
+where
+    F: FnOnce(tokio::io::DuplexStream, tokio::sync::oneshot::Receiver<()>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    use http_body_util::BodyExt;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+    let (head_received, head) = tokio::sync::oneshot::channel();
+    tokio::spawn(server(server_io, head));
+    let request = http::Request::get("http://upstream/")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let response = if http2 {
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(client_io))
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        sender.send_request(request).await.unwrap()
+    } else {
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(client_io))
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        sender.send_request(request).await.unwrap()
+    };
+    assert_eq!(response.status(), 200);
+    let _ = head_received.send(());
+    response
+        .into_body()
+        .collect()
+        .await
+        .map(|_| ())
+        .unwrap_err()
+        .into()
+}
+
+/// A response cut short after its head: Envoy's flag and details for each way an upstream
+/// can end it (its router's `onUpstreamReset` once the response started).
+#[tokio::test]
+async fn a_body_cut_short_upstream_is_flagged_as_envoy_flags_it() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // HTTP/1: the connection closes 100 bytes into a body of 1,000.
+    let cut = body_error(false, |mut io, _| async move {
+        let mut request = [0u8; 1024];
+        let _ = io.read(&mut request).await;
+        let head = "HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n";
+        io.write_all(format!("{head}{}", "x".repeat(100)).as_bytes())
+            .await
+            .unwrap();
+        drop(io);
+    })
+    .await;
+    // HTTP/2: the stream is reset after its head and a first piece of body...
+    let reset = body_error(true, |io, head| async move {
+        let mut connection = h2::server::handshake(io).await.unwrap();
+        let (_, mut respond) = connection.accept().await.unwrap().unwrap();
+        let mut body = respond
+            .send_response(http::Response::new(()), false)
+            .unwrap();
+        body.send_data(Bytes::from_static(b"part"), false).unwrap();
+        tokio::select! {
+            _ = futures::future::poll_fn(|cx| connection.poll_closed(cx)) => {
+                panic!("the connection ended on its own")
+            }
+            _ = head => body.send_reset(h2::Reason::INTERNAL_ERROR),
+        }
+        let _ = futures::future::poll_fn(|cx| connection.poll_closed(cx)).await;
+    })
+    .await;
+    // ... or its whole connection ends under it.
+    let terminated = body_error(true, |io, head| async move {
+        let mut connection = h2::server::handshake(io).await.unwrap();
+        let (_, mut respond) = connection.accept().await.unwrap().unwrap();
+        let _body = respond
+            .send_response(http::Response::new(()), false)
+            .unwrap();
+        tokio::select! {
+            _ = futures::future::poll_fn(|cx| connection.poll_closed(cx)) => {
+                panic!("the connection ended on its own")
+            }
+            _ = head => drop(connection),
+        }
+    })
+    .await;
+    for (error, flags, details) in [
+        (
+            cut,
+            "UPE",
+            "upstream_reset_after_response_started{protocol_error}",
+        ),
+        (
+            reset,
+            "UR",
+            "upstream_reset_after_response_started{remote_reset}",
+        ),
+        (
+            terminated,
+            "UC",
+            "upstream_reset_after_response_started{connection_termination}",
+        ),
+    ] {
+        let (flag, detail) = late_upstream_reset(&*error);
+        assert_eq!((flag.as_str(), detail), (flags, details), "{error:?}");
+    }
+}

@@ -2,8 +2,9 @@
 //! redirection catches their connections like any application's): a tonic gRPC client (unary
 //! calls on one channel, or one long-lived bidirectional stream), a WebSocket client, an HTTP/2 rapid-reset burst beside a well-behaved connection, a
 //! request-smuggling attempt, hand-written HTTP/1.x bytes, HTTP/2 frame floods, protocol
-//! upgrades used to get past a proxy, a backend that accepts any upgrade, and HTTP/2 uploads sent
-//! piece by piece. Each prints one
+//! upgrades used to get past a proxy, a backend that accepts any upgrade, HTTP/2 uploads sent
+//! piece by piece, and an upstream that breaks off its answers with a TCP reset beside an HTTP/2
+//! client watching one such answer. Each prints one
 //! JSON line saying what happened and exits non-zero only when it could not run at all; the
 //! caller judges the result. The sessions (`http-session`, `tcp-session`) instead keep one
 //! connection open and answer commands from stdin for as long as the test needs them
@@ -11,6 +12,7 @@
 
 mod flood;
 mod raw;
+mod reset;
 mod upgrade;
 mod upload;
 
@@ -131,6 +133,24 @@ enum Command {
         #[arg(long, default_value = "0.0.0.0:8080")]
         listen: std::net::SocketAddr,
     },
+    /// An upstream that breaks off its answers with a TCP reset (runs until killed; see
+    /// `reset.rs` for what each path gets).
+    ResetServer {
+        #[arg(long, default_value = "0.0.0.0:8080")]
+        listen: std::net::SocketAddr,
+    },
+    /// HTTP/2 (prior knowledge) to `target`: one request whose answer breaks off, beside a
+    /// slow one sent before it and one sent after, all on one connection, under `prefix`.
+    H2Reset {
+        /// `host:port`
+        #[arg(long)]
+        target: String,
+        /// `:authority` of the requests.
+        #[arg(long)]
+        authority: String,
+        #[arg(long, default_value = "")]
+        prefix: String,
+    },
     /// POSTs a body over HTTP/2 (prior knowledge) in `pieces` of `piece_bytes`, `interval_ms`
     /// apart, declaring `content_length` if given, and reports the answer.
     H2Upload {
@@ -206,6 +226,12 @@ fn main() -> anyhow::Result<()> {
                 hidden_path,
             } => upgrade::attempt(&target, &host, &protocol, &hidden_path).await,
             Command::UpgradeServer { listen } => upgrade::serve(listen).await,
+            Command::ResetServer { listen } => reset::serve(listen).await,
+            Command::H2Reset {
+                target,
+                authority,
+                prefix,
+            } => reset::h2_reset(&target, &authority, &prefix).await,
             Command::H2Upload {
                 target,
                 authority,
