@@ -33,7 +33,8 @@ mod otel_als;
 mod trace;
 
 pub use self::access_log::{
-    AccessLogProvider, BUILTIN_PROVIDER, DEV_STDOUT, FileProvider, LogFormat, MeshAccessLogging,
+    AccessLogProvider, BUILTIN_PROVIDER, DEV_STDOUT, FileProvider, GrpcAls, LogFormat,
+    MeshAccessLogging,
 };
 pub use self::otel_als::{DEFAULT_LOG_NAME, OtelAlsProvider};
 pub use self::trace::{DEFAULT_TRACE_SAMPLING, MeshTracing, TracingProvider};

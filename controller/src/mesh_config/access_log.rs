@@ -84,6 +84,37 @@ pub struct AccessLogProvider {
     pub file: Option<FileProvider>,
     /// Its `envoyOtelAls`: records exported to an OpenTelemetry collector.
     pub otel: Option<OtelAlsProvider>,
+    /// Its `envoyHttpAls` or `envoyTcpAls`: Envoy's gRPC access-log service, accepted but not
+    /// applied (Weft sends no record to it). Selected, it still takes the place of the mesh's
+    /// `accessLogFile`, as istiod builds an access log for it.
+    pub grpc_als: Option<GrpcAls>,
+}
+
+/// The kind of a gRPC access-log service provider, by its field in the mesh config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrpcAls {
+    Http,
+    Tcp,
+}
+
+impl GrpcAls {
+    /// The provider's field in `extensionProviders[]`.
+    pub fn field(self) -> &'static str {
+        match self {
+            GrpcAls::Http => "envoyHttpAls",
+            GrpcAls::Tcp => "envoyTcpAls",
+        }
+    }
+}
+
+impl AccessLogProvider {
+    /// Whether selecting this provider configures an access log, as istiod's
+    /// `telemetryAccessLog` (`pilot/pkg/model/telemetry_logging.go`) builds one for the file,
+    /// gRPC and OpenTelemetry access-log providers and none for the others (tracing, metrics,
+    /// ext-authz): a Telemetry selecting only those leaves the mesh's `accessLogFile` in force.
+    pub fn writes_access_log(&self) -> bool {
+        self.file.is_some() || self.otel.is_some() || self.grpc_als.is_some()
+    }
 }
 
 /// An `envoyFileAccessLog` provider.
@@ -143,6 +174,7 @@ fn builtin(format: LogFormat) -> AccessLogProvider {
             omit_empty_values: false,
         }),
         otel: None,
+        grpc_als: None,
     }
 }
 
@@ -158,6 +190,9 @@ struct ExtensionProvider {
     name: String,
     envoy_file_access_log: Option<EnvoyFileAccessLog>,
     envoy_otel_als: Option<EnvoyOtelAls>,
+    /// Read only for its presence: not applied.
+    envoy_http_als: Option<serde_yaml::Value>,
+    envoy_tcp_als: Option<serde_yaml::Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -277,10 +312,16 @@ pub(super) fn parse(
             .envoy_otel_als
             .map(|otel| otel.resolve(&format!("extensionProviders[{i}].envoyOtelAls"), field))
             .transpose()?;
+        let grpc_als = if provider.envoy_http_als.is_some() {
+            Some(GrpcAls::Http)
+        } else {
+            provider.envoy_tcp_als.map(|_| GrpcAls::Tcp)
+        };
         providers.push(AccessLogProvider {
             name: provider.name,
             file,
             otel,
+            grpc_als,
         });
     }
     // A declared `envoy` replaces the built-in one, as istiod merges the mesh config.
