@@ -116,10 +116,6 @@ fn a_bad_otel_provider_refuses_the_mesh_config_naming_the_field() {
             "{service: c.example.com, port: 4317, logFormat: {labels: {code: '%NOPE%'}}}",
             "logFormat.labels.code",
         ),
-        (
-            "{service: c.example.com, port: 4317, logFormat: {labels: {nested: {a: b}}}}",
-            "logFormat.labels.nested",
-        ),
     ] {
         let message = refused(provider);
         assert!(
@@ -128,6 +124,33 @@ fn a_bad_otel_provider_refuses_the_mesh_config_naming_the_field() {
         );
     }
     assert!(refused("{service: c.example.com, port: 70000}").contains("70000 is not a port"));
+}
+
+/// Labels that are not text (a number, a boolean, null, a map, a list) are sent as empty
+/// strings, as istiod's `ConvertStructToAttributeKeyValues`
+/// (`pilot/pkg/model/telemetry_logging.go`) takes each label's `GetStringValue()`: accepted,
+/// neither refused nor written as their text.
+#[test]
+fn labels_that_are_not_text_are_empty_attributes_as_istio_sends_them() {
+    let logs = access_logs(
+        "defaultProviders: {accessLogging: [otel]}\nextensionProviders: [{name: otel, envoyOtelAls: {service: c.example.com, port: 4317, logFormat: {labels: {code: '%RESPONSE_CODE%', count: 3, ratio: 0.5, on: true, none: null, nested: {a: b}, list: [a, 1]}}}}]",
+        &[],
+    );
+    assert_eq!(logs.len(), 1, "{logs:?}");
+    let attributes = &logs[0].otel.as_ref().unwrap().attributes;
+    let expected: std::collections::BTreeMap<String, String> = [
+        ("code", "%RESPONSE_CODE%"),
+        ("count", ""),
+        ("ratio", ""),
+        ("on", ""),
+        ("none", ""),
+        ("nested", ""),
+        ("list", ""),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    assert_eq!(attributes, &expected);
 }
 
 /// A refused change leaves the last good provider in force (what the waypoints are sent).
