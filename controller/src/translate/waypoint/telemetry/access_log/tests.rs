@@ -1,15 +1,9 @@
 //! Which access logs a waypoint writes: the providers Telemetry selects (istiod's `mergeLogs`),
 //! resolved against the mesh config's providers, and the mesh's `accessLogFile` otherwise.
 
-use std::sync::Arc;
-
 use weft_proto::waypoint as wp;
 
-use super::super::super::tests::validated;
-use super::super::super::waypoint_configs;
-use super::super::tests::{MESH, telemetry};
-use crate::mesh_config::{MeshConfigWatch, parse};
-use crate::translate::MeshSettings;
+use super::super::tests::{telemetry, waypoint_config};
 
 const PROVIDERS: &str = "extensionProviders: [{name: json-file, envoyFileAccessLog: {path: /var/log/access.json, logFormat: {labels: {code: '%RESPONSE_CODE%', path: '%REQ(:PATH)%'}}}}, {name: text-file, envoyFileAccessLog: {path: /var/log/access.log, logFormat: {text: '%REQ(:METHOD)% %RESPONSE_CODE%'}}}, {name: plain, envoyFileAccessLog: {}}, {name: otel, opentelemetry: {service: otel.example.com, port: 4317}}]";
 
@@ -19,7 +13,7 @@ fn applied(
     mesh_config: &str,
     telemetries: &[String],
 ) -> (bool, Vec<(String, String, String, String)>) {
-    let config = waypoint_config(mesh_config, telemetries);
+    let config = waypoint_config(mesh_config, &telemetries.concat());
     let logs = config
         .access_logs
         .into_iter()
@@ -38,18 +32,6 @@ fn applied(
         })
         .collect();
     (config.access_log_disabled, logs)
-}
-
-/// The waypoint's configuration under `mesh_config` and `telemetries`.
-fn waypoint_config(mesh_config: &str, telemetries: &[String]) -> wp::WaypointConfig {
-    let index = validated(&format!("{MESH}{}", telemetries.concat()));
-    let settings = MeshSettings {
-        mesh: Arc::new(MeshConfigWatch::fixed(parse("mesh", mesh_config).unwrap())),
-        ..Default::default()
-    };
-    waypoint_configs(&index, &settings, &mut Vec::new())
-        .remove("shop/waypoint")
-        .expect("the waypoint's config")
 }
 
 fn log(provider: &str, path: &str, format: &str, filter: &str) -> (String, String, String, String) {
@@ -329,7 +311,7 @@ fn omit_empty_values_is_sent_with_the_provider_log() {
     let config = waypoint_config(
         "extensionProviders: [{name: envoy, envoyFileAccessLog: {path: /dev/stdout, omitEmptyValues: true}}]\n\
          defaultProviders: {accessLogging: [envoy]}",
-        &[],
+        "",
     );
     let [log] = config.access_logs.as_slice() else {
         panic!("one log: {:?}", config.access_logs);

@@ -1,27 +1,15 @@
 //! `envoyOtelAls` providers: read from the mesh config (istiod's defaults, Istio's validation)
 //! and sent to the waypoint with their collector resolved.
 
-use std::sync::Arc;
-
 use weft_proto::waypoint as wp;
 
-use super::super::super::tests::{OTEL_COLLECTOR as COLLECTOR, validated};
-use super::super::super::waypoint_configs;
-use super::super::tests::{MESH, telemetry};
+use super::super::super::tests::OTEL_COLLECTOR as COLLECTOR;
+use super::super::tests::{telemetry, waypoint_config};
 use crate::mesh_config::{DEFAULT_LOG_NAME, MeshConfigError, MeshConfigWatch, parse};
-use crate::translate::MeshSettings;
 
 /// The waypoint's access logs under `mesh_config`, with the collector in the cluster.
 fn access_logs(mesh_config: &str, telemetries: &[String]) -> Vec<wp::AccessLog> {
-    let index = validated(&format!("{MESH}{COLLECTOR}{}", telemetries.concat()));
-    let settings = MeshSettings {
-        mesh: Arc::new(MeshConfigWatch::fixed(parse("mesh", mesh_config).unwrap())),
-        ..Default::default()
-    };
-    waypoint_configs(&index, &settings, &mut Vec::new())
-        .remove("shop/waypoint")
-        .expect("the waypoint's config")
-        .access_logs
+    waypoint_config(mesh_config, &format!("{COLLECTOR}{}", telemetries.concat())).access_logs
 }
 
 /// A provider with nothing but its collector: istiod's log name, Istio's default TEXT format
