@@ -90,6 +90,10 @@ pub struct AccessLogProvider {
     pub grpc_als: Option<GrpcAls>,
 }
 
+/// Why an `envoyHttpAls` or `envoyTcpAls` provider is accepted but not applied (the reason of
+/// its warning, and of its row in ARCHITECTURE.md's table).
+pub const GRPC_ALS_NOT_APPLIED: &str = "no record is sent to a gRPC access-log service: a Telemetry selecting the provider writes nothing (and, as in Istio, the mesh's accessLogFile is not written in its place)";
+
 /// The kind of a gRPC access-log service provider, by its field in the mesh config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GrpcAls {
@@ -138,6 +142,9 @@ pub struct MeshAccessLogging {
     pub default_providers: Option<Vec<String>>,
     /// Every declared provider, the built-in `envoy` one included.
     pub providers: Vec<AccessLogProvider>,
+    /// What the document declares that is accepted but not applied, each a warning naming
+    /// the field and the provider.
+    pub not_applied: Vec<String>,
 }
 
 impl Default for MeshAccessLogging {
@@ -147,6 +154,7 @@ impl Default for MeshAccessLogging {
             format: LogFormat::istio_text(),
             default_providers: None,
             providers: vec![builtin(LogFormat::istio_text())],
+            not_applied: Vec::new(),
         }
     }
 }
@@ -255,6 +263,7 @@ pub(super) fn parse(
     let declared: Vec<ExtensionProvider> =
         section(mesh.get("extensionProviders"), "extensionProviders", field)?;
     let mut providers = Vec::new();
+    let mut not_applied = Vec::new();
     for (i, provider) in declared.into_iter().enumerate() {
         let path = format!("extensionProviders[{i}].envoyFileAccessLog");
         let file = match provider.envoy_file_access_log {
@@ -317,6 +326,14 @@ pub(super) fn parse(
         } else {
             provider.envoy_tcp_als.map(|_| GrpcAls::Tcp)
         };
+        if let Some(kind) = grpc_als {
+            not_applied.push(format!(
+                "extensionProviders[{i}].{} (provider {:?}): {}: {GRPC_ALS_NOT_APPLIED}",
+                kind.field(),
+                provider.name,
+                crate::validation::NOT_APPLIED,
+            ));
+        }
         providers.push(AccessLogProvider {
             name: provider.name,
             file,
@@ -333,6 +350,7 @@ pub(super) fn parse(
         format,
         default_providers: defaults.access_logging,
         providers,
+        not_applied,
     })
 }
 
