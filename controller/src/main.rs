@@ -158,6 +158,10 @@ enum Command {
         /// Files or directories (walked recursively for .yaml/.yml files).
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        /// A MeshConfig document (istiod's `--meshConfig`): its errors and what it declares
+        /// without Weft applying it are reported, and the cross-resource checks read it.
+        #[arg(long)]
+        mesh_config: Option<PathBuf>,
     },
     /// Write the CustomResourceDefinitions of the Istio kinds into a directory.
     Crdgen {
@@ -331,7 +335,7 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn validate(paths: &[PathBuf]) -> ExitCode {
+fn validate(paths: &[PathBuf], mesh_config: Option<&std::path::Path>) -> ExitCode {
     let report = loader::load_paths(paths);
     let files = report.files;
     let documents = report.documents;
@@ -384,9 +388,32 @@ fn validate(paths: &[PathBuf]) -> ExitCode {
             );
         }
     }
+    let mut settings = controller::translate::MeshSettings::default();
+    if let Some(path) = mesh_config {
+        let origin = path.display().to_string();
+        match std::fs::read_to_string(path)
+            .map_err(|e| controller::mesh_config::MeshConfigError::Read {
+                path: origin.clone(),
+                reason: e.to_string(),
+            })
+            .and_then(|text| controller::mesh_config::parse(&origin, &text))
+        {
+            Ok(mesh) => {
+                for warning in mesh.not_applied() {
+                    warnings += 1;
+                    println!("{origin} MeshConfig: warning: {warning}");
+                }
+                settings.mesh =
+                    std::sync::Arc::new(controller::mesh_config::MeshConfigWatch::fixed(mesh));
+            }
+            Err(error) => {
+                errors += 1;
+                println!("{error}");
+            }
+        }
+    }
     let valid = report.resources.len() - refused;
     let (index, _) = controller::index::ConfigIndex::from_report(report, None);
-    let settings = controller::translate::MeshSettings::default();
     for message in controller::analysis::analyze(&index, &settings) {
         warnings += 1;
         let key = controller::index::key_of(message.kind, &message.namespace, &message.name);
@@ -429,7 +456,9 @@ fn main() -> anyhow::Result<ExitCode> {
     match &args.command {
         None => run(&args.run),
         Some(Command::Run(run_args)) => run(run_args),
-        Some(Command::Validate { paths }) => Ok(validate(paths)),
+        Some(Command::Validate { paths, mesh_config }) => {
+            Ok(validate(paths, mesh_config.as_deref()))
+        }
         Some(Command::Crdgen { out }) => crdgen(out),
     }
 }

@@ -6,7 +6,7 @@
 //! `extensionProviders[].opentelemetry`, `defaultConfig.tracing.sampling`), pushed to every
 //! waypoint in its `WaypointConfig`, the access logs ([`access_log`]: `accessLogFile`,
 //! `accessLogFormat`, `accessLogEncoding`, `defaultProviders.accessLogging`,
-//! `extensionProviders[].envoyFileAccessLog`, `extensionProviders[].envoyOtelAls`: [`otel_als`]), which Telemetry resources select from, and the gateways' default
+//! `extensionProviders[].envoyFileAccessLog`, `extensionProviders[].envoyOtelAls`: [`otel_als`]; `envoyHttpAls` and `envoyTcpAls` accepted but not applied, [`Mesh::not_applied`]), which Telemetry resources select from, and the gateways' default
 //! `defaultConfig.gatewayTopology.numTrustedProxies`, in every gateway's, and the default
 //! locality load balancing, `localityLbSetting`, which a cluster without a DestinationRule
 //! setting of its own (nor a traffic distribution) follows. The file is read at
@@ -33,7 +33,8 @@ mod otel_als;
 mod trace;
 
 pub use self::access_log::{
-    AccessLogProvider, BUILTIN_PROVIDER, DEV_STDOUT, FileProvider, LogFormat, MeshAccessLogging,
+    AccessLogProvider, BUILTIN_PROVIDER, DEV_STDOUT, FileProvider, GRPC_ALS_NOT_APPLIED, GrpcAls,
+    LogFormat, MeshAccessLogging,
 };
 pub use self::otel_als::{DEFAULT_LOG_NAME, OtelAlsProvider};
 pub use self::trace::{DEFAULT_TRACE_SAMPLING, MeshTracing, TracingProvider};
@@ -71,6 +72,21 @@ pub struct Mesh {
     /// `localityLbSetting`: the locality load balancing of a cluster whose DestinationRule sets
     /// none (istiod's `GetEffectiveLbSetting`); unset, Istio's default (enabled, nothing set).
     pub locality_lb: Option<LocalityLbSetting>,
+}
+
+impl Mesh {
+    /// What the document declares that is accepted but not applied, each a warning naming
+    /// the field.
+    pub fn not_applied(&self) -> &[String] {
+        &self.access_logging.not_applied
+    }
+
+    /// Logs each of [`Mesh::not_applied`], `origin` naming the document.
+    fn warn_not_applied(&self, origin: &str) {
+        for warning in self.not_applied() {
+            tracing::warn!(mesh_config = origin, "{warning}");
+        }
+    }
 }
 
 impl From<MeshConfig> for Mesh {
@@ -198,6 +214,7 @@ impl MeshConfigWatch {
     pub fn load(path: PathBuf) -> Result<Self, MeshConfigError> {
         let text = read(&path)?;
         let config = parse(&path.display().to_string(), &text)?;
+        config.warn_not_applied(&path.display().to_string());
         Ok(Self {
             path: Some(path),
             current: watch::channel((config, Some(text))).0,
@@ -259,6 +276,9 @@ impl MeshConfigWatch {
         }
         let config = parse(origin, &text)?;
         let changed = self.current.borrow().0 != config;
+        if changed {
+            config.warn_not_applied(origin);
+        }
         self.current.send_if_modified(|current| {
             *current = (config, Some(text));
             changed

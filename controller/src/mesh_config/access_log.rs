@@ -84,6 +84,41 @@ pub struct AccessLogProvider {
     pub file: Option<FileProvider>,
     /// Its `envoyOtelAls`: records exported to an OpenTelemetry collector.
     pub otel: Option<OtelAlsProvider>,
+    /// Its `envoyHttpAls` or `envoyTcpAls`: Envoy's gRPC access-log service, accepted but not
+    /// applied (Weft sends no record to it). Selected, it still takes the place of the mesh's
+    /// `accessLogFile`, as istiod builds an access log for it.
+    pub grpc_als: Option<GrpcAls>,
+}
+
+/// Why an `envoyHttpAls` or `envoyTcpAls` provider is accepted but not applied (the reason of
+/// its warning, and of its row in ARCHITECTURE.md's table).
+pub const GRPC_ALS_NOT_APPLIED: &str = "no record is sent to a gRPC access-log service: a Telemetry selecting the provider writes nothing (and, as in Istio, the mesh's accessLogFile is not written in its place)";
+
+/// The kind of a gRPC access-log service provider, by its field in the mesh config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrpcAls {
+    Http,
+    Tcp,
+}
+
+impl GrpcAls {
+    /// The provider's field in `extensionProviders[]`.
+    pub fn field(self) -> &'static str {
+        match self {
+            GrpcAls::Http => "envoyHttpAls",
+            GrpcAls::Tcp => "envoyTcpAls",
+        }
+    }
+}
+
+impl AccessLogProvider {
+    /// Whether selecting this provider configures an access log, as istiod's
+    /// `telemetryAccessLog` (`pilot/pkg/model/telemetry_logging.go`) builds one for the file,
+    /// gRPC and OpenTelemetry access-log providers and none for the others (tracing, metrics,
+    /// ext-authz): a Telemetry selecting only those leaves the mesh's `accessLogFile` in force.
+    pub fn writes_access_log(&self) -> bool {
+        self.file.is_some() || self.otel.is_some() || self.grpc_als.is_some()
+    }
 }
 
 /// An `envoyFileAccessLog` provider.
@@ -107,6 +142,9 @@ pub struct MeshAccessLogging {
     pub default_providers: Option<Vec<String>>,
     /// Every declared provider, the built-in `envoy` one included.
     pub providers: Vec<AccessLogProvider>,
+    /// What the document declares that is accepted but not applied, each a warning naming
+    /// the field and the provider.
+    pub not_applied: Vec<String>,
 }
 
 impl Default for MeshAccessLogging {
@@ -116,6 +154,7 @@ impl Default for MeshAccessLogging {
             format: LogFormat::istio_text(),
             default_providers: None,
             providers: vec![builtin(LogFormat::istio_text())],
+            not_applied: Vec::new(),
         }
     }
 }
@@ -143,6 +182,7 @@ fn builtin(format: LogFormat) -> AccessLogProvider {
             omit_empty_values: false,
         }),
         otel: None,
+        grpc_als: None,
     }
 }
 
@@ -158,6 +198,9 @@ struct ExtensionProvider {
     name: String,
     envoy_file_access_log: Option<EnvoyFileAccessLog>,
     envoy_otel_als: Option<EnvoyOtelAls>,
+    /// Read only for its presence: not applied.
+    envoy_http_als: Option<serde_yaml::Value>,
+    envoy_tcp_als: Option<serde_yaml::Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -220,6 +263,7 @@ pub(super) fn parse(
     let declared: Vec<ExtensionProvider> =
         section(mesh.get("extensionProviders"), "extensionProviders", field)?;
     let mut providers = Vec::new();
+    let mut not_applied = Vec::new();
     for (i, provider) in declared.into_iter().enumerate() {
         let path = format!("extensionProviders[{i}].envoyFileAccessLog");
         let file = match provider.envoy_file_access_log {
@@ -277,10 +321,24 @@ pub(super) fn parse(
             .envoy_otel_als
             .map(|otel| otel.resolve(&format!("extensionProviders[{i}].envoyOtelAls"), field))
             .transpose()?;
+        let grpc_als = if provider.envoy_http_als.is_some() {
+            Some(GrpcAls::Http)
+        } else {
+            provider.envoy_tcp_als.map(|_| GrpcAls::Tcp)
+        };
+        if let Some(kind) = grpc_als {
+            not_applied.push(format!(
+                "extensionProviders[{i}].{} (provider {:?}): {}: {GRPC_ALS_NOT_APPLIED}",
+                kind.field(),
+                provider.name,
+                crate::validation::NOT_APPLIED,
+            ));
+        }
         providers.push(AccessLogProvider {
             name: provider.name,
             file,
             otel,
+            grpc_als,
         });
     }
     // A declared `envoy` replaces the built-in one, as istiod merges the mesh config.
@@ -292,6 +350,7 @@ pub(super) fn parse(
         format,
         default_providers: defaults.access_logging,
         providers,
+        not_applied,
     })
 }
 

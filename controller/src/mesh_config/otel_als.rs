@@ -3,7 +3,8 @@
 //! `logName`, `logFormat.text` and `logFormat.labels`), resolved as istiod's
 //! `openTelemetryLog` resolves it (istio/istio `pilot/pkg/model/telemetry_logging.go`): no
 //! `logName` is `otel_envoy_accesslog`, no text is Istio's default TEXT format (its trailing
-//! newline included), and the labels are the record's attributes. Validated as
+//! newline included), and the labels are the record's attributes (a label that is not text is
+//! an empty string, as istiod sends it). Validated as
 //! `ValidateExtensionProviderEnvoyOtelAls` validates it (a port, a service), and each format
 //! parsed as Envoy would parse it.
 
@@ -72,11 +73,12 @@ impl EnvoyOtelAls {
         let mut attributes = BTreeMap::new();
         for (name, value) in log_format.labels.unwrap_or_default() {
             let label = format!("{path}.logFormat.labels.{name}");
+            // istiod's `ConvertStructToAttributeKeyValues` sends each label as
+            // `value.GetStringValue()`: a number, a boolean, null, a map or a list is an empty
+            // string, not refused and not written as text.
             let text = match value {
                 serde_yaml::Value::String(s) => s,
-                serde_yaml::Value::Number(n) => n.to_string(),
-                serde_yaml::Value::Bool(b) => b.to_string(),
-                _ => return Err(field(&label, "only text values are supported".to_owned())),
+                _ => String::new(),
             };
             Format::text(&text).map_err(|e| field(&label, e.to_string()))?;
             attributes.insert(name, text);

@@ -371,3 +371,40 @@ fn access_log_formats_envoy_refuses_are_refused_naming_the_field() {
         assert!(error.starts_with(expected), "{text}: {error}");
     }
 }
+
+/// Istio's gRPC access-log service providers are read as such (istiod builds an access log
+/// for them in `telemetryAccessLog`) and reported as accepted but not applied, each naming its
+/// field and provider; the other providers are not reported.
+#[test]
+fn grpc_access_log_service_providers_are_read_and_reported_as_not_applied() {
+    let mesh = parse(
+        "mesh",
+        "extensionProviders: [{name: file, envoyFileAccessLog: {}}, {name: als, envoyHttpAls: {service: als.example.com, port: 9000}}, {name: zipkin, zipkin: {service: z.example.com, port: 9411}}, {name: tcp-als, envoyTcpAls: {service: als.example.com, port: 9000}}]",
+    )
+    .unwrap();
+    let logging = &mesh.access_logging;
+    let kind = |name: &str| logging.provider_named(name).unwrap().grpc_als;
+    assert_eq!(kind("als"), Some(GrpcAls::Http));
+    assert_eq!(kind("tcp-als"), Some(GrpcAls::Tcp));
+    assert_eq!(kind("file"), None);
+    let writes = |name: &str| logging.provider_named(name).unwrap().writes_access_log();
+    assert!(writes("als") && writes("tcp-als") && writes("file"));
+    assert!(!writes("zipkin"));
+    assert_eq!(
+        mesh.not_applied(),
+        [
+            format!(
+                "extensionProviders[1].envoyHttpAls (provider \"als\"): accepted but not applied by Weft: {GRPC_ALS_NOT_APPLIED}"
+            ),
+            format!(
+                "extensionProviders[3].envoyTcpAls (provider \"tcp-als\"): accepted but not applied by Weft: {GRPC_ALS_NOT_APPLIED}"
+            ),
+        ]
+    );
+    assert!(
+        parse("mesh", "accessLogFile: /dev/stdout")
+            .unwrap()
+            .not_applied()
+            .is_empty()
+    );
+}

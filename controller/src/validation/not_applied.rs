@@ -631,6 +631,13 @@ mod tests {
             &format!("not `{WAYPOINT_GATEWAY_CLASS}`"),
             NOT_A_WAYPOINT,
         );
+        // The mesh config's, reported when it is read (`Mesh::not_applied`).
+        row(
+            "MeshConfig",
+            "`extensionProviders[].envoyHttpAls`, `extensionProviders[].envoyTcpAls`",
+            "set",
+            crate::mesh_config::GRPC_ALS_NOT_APPLIED,
+        );
         let unread = page
             .lines()
             .find(|l| l.starts_with("| Sidecar,"))

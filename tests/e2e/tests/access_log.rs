@@ -3,8 +3,9 @@
 //! attached to the waypoint selects it with the filter `response.code >= 400`. Through the
 //! waypoint, a request answered 200 and one answered 503: only the failing one is written to
 //! the file, one JSON object with the fields its labels name. Removing the Telemetry leaves
-//! no access log at all, Istio's default without `accessLogFile`. A logging change
-//! reaches the next request of a connection open across it. With an empty mesh config no
+//! no access log at all, Istio's default without `accessLogFile`; with it, a Telemetry naming
+//! only a tracing provider leaves the mesh's line written, as istiod falls back to it. A
+//! logging change reaches the next request of a connection open across it. With an empty mesh config no
 //! line is written at all; `accessLogFile` turns Istio's default line on. Needs root.
 //!
 //! A request's line is written before the waypoint counts it in `istio_requests_total`: the
@@ -171,19 +172,36 @@ fn a_waypoint_logs_only_failing_requests_to_the_selected_json_file() {
 
     // `accessLogFile` turns the mesh's log on: Istio's default TEXT line on standard output.
     let config = format!(
-        "accessLogFile: /dev/stdout\n{}",
+        "accessLogFile: /dev/stdout\n{}- name: zipkin\n  zipkin: {{service: zipkin.example.com, port: 9411}}\n",
         mesh_config(path.to_str().unwrap())
     );
     mesh.await_waypoint("waypoint", "accessLogFile set", || {
         mesh.set_mesh_config(&config)
     })
     .expect("the waypoint applies the mesh config");
-    let log = logged_after(&mesh, "/stdout?status=503", 503);
-    assert!(
+    let written = |log: &str, path: &str| {
         log.lines()
-            .any(|l| l.starts_with('[') && l.contains("\"GET /stdout?status=503 HTTP/1.1\" 503 ")),
-        "{log}"
-    );
+            .filter(|l| l.starts_with('[') && l.contains(&format!("\"GET {path} HTTP/1.1\" 503 ")))
+            .count()
+    };
+    let log = logged_after(&mesh, "/stdout?status=503", 503);
+    assert_eq!(written(&log, "/stdout?status=503"), 1, "{log}");
+
+    // A Telemetry naming only a tracing provider (zipkin writes no access log) leaves the
+    // mesh's file in force, as istiod's `telemetryAccessLog` builds no log for it and
+    // `setHTTPAccessLog` falls back to `accessLogFile`. Reached from the JSON file's Telemetry
+    // so that each step is a new configuration the waypoint applies.
+    mesh.await_waypoint("waypoint", "the JSON file selected again", || {
+        mesh.write_config("telemetry.yaml", FAILURES_ONLY)
+    })
+    .expect("the waypoint applies the Telemetry");
+    mesh.await_waypoint("waypoint", "a Telemetry naming zipkin", || {
+        mesh.write_config("telemetry.yaml", &selecting("zipkin"))
+    })
+    .expect("the waypoint applies the Telemetry");
+    let log = logged_after(&mesh, "/fallback?status=503", 503);
+    assert_eq!(written(&log, "/fallback?status=503"), 1, "{log}");
+    assert_eq!(lines(&path).len(), 1, "{:?}", lines(&path));
 }
 
 /// Istio writes no access log by default (`pilot/pkg/networking/core/accesslog.go`: without a

@@ -4,11 +4,12 @@
 //! `response.code >= 400`. The waypoint exports each admitted request as an OTLP LogRecord
 //! over gRPC (`LogsService/Export`) to a real receiver this test serves in the collector's
 //! pod: a request answered 503 arrives with the provider's text format as its body and its
-//! labels as attributes; one answered 200 never does. With tracing on (an OpenTelemetry
-//! tracing provider, 0% sampling), the record carries the trace id of the `traceparent` the
-//! request came with and the id of the waypoint's span (the parent the app saw), as Envoy's
-//! OpenTelemetry access logger takes them from the active span; its time is the request's
-//! start, before the app's delay, not when the record was written. Needs root.
+//! labels as attributes (those that are not text as empty strings, as istiod sends them); one
+//! answered 200 never does. With tracing on (an OpenTelemetry tracing provider, 0% sampling),
+//! the record carries the trace id of the `traceparent` the request came with and the id of
+//! the waypoint's span (the parent the app saw), as Envoy's OpenTelemetry access logger takes
+//! them from the active span; its time is the request's start, before the app's delay, not
+//! when the record was written. Needs root.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -59,6 +60,8 @@ extensionProviders:
         path: "%REQ(:PATH)%"
         upstream: "%UPSTREAM_HOST%"
         flags: "%RESPONSE_FLAGS%"
+        retries: 3
+        nested: {a: b}
 "#;
 
 #[test]
@@ -119,6 +122,10 @@ fn a_waypoint_exports_only_failing_requests_as_otlp_log_records() {
     assert_eq!(attribute(record, "code"), Some("503"));
     assert_eq!(attribute(record, "path"), Some(path.as_str()));
     assert_eq!(attribute(record, "flags"), Some("-"));
+    // Labels that are not text are empty strings, as istiod sends them
+    // (`ConvertStructToAttributeKeyValues`: `GetStringValue()`).
+    assert_eq!(attribute(record, "retries"), Some(""));
+    assert_eq!(attribute(record, "nested"), Some(""));
     let upstream = attribute(record, "upstream").unwrap_or_default();
     assert_eq!(
         upstream

@@ -80,6 +80,8 @@ fn otel_log(collector: &str, text: &str, filter: &str) -> proto::AccessLog {
                 ("code", "%RESPONSE_CODE%"),
                 ("path", "%REQ(:PATH)%"),
                 ("upstream", "%UPSTREAM_HOST%"),
+                // A label that is not text in the mesh config, as istiod sends it.
+                ("count", ""),
             ]
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -198,6 +200,7 @@ async fn records_reach_the_collector_where_the_filter_admits_them() {
     assert_eq!(attribute(record, "code"), Some("503"));
     assert_eq!(attribute(record, "path"), Some("/fails"));
     assert_eq!(attribute(record, "upstream"), Some("-"));
+    assert_eq!(attribute(record, "count"), Some(""));
     // Envoy's record time is the request's start, not when it is written.
     assert_eq!(
         record.time_unix_nano,

@@ -1,8 +1,11 @@
 //! Which access logs a proxy writes: the providers the applicable Telemetry resources'
 //! `accessLogging[]` entries select, merged as istiod's `mergeLogs` merges them
 //! (istio/istio `pilot/pkg/model/telemetry.go`), resolved against the mesh's providers
-//! (`Telemetries.AccessLogging`), with the mesh's `accessLogFile` when nothing selects any
-//! (`pilot/pkg/networking/core/accesslog.go`: "fall back to legacy mesh config setting").
+//! (`Telemetries.AccessLogging`), with the mesh's `accessLogFile` when nothing selects a
+//! provider that writes an access log (`pilot/pkg/networking/core/accesslog.go`: "fall back
+//! to legacy mesh config setting"). A selected gRPC access-log service provider
+//! (`envoyHttpAls`, `envoyTcpAls`) counts as one, as in istiod, but writes nothing here: it is
+//! accepted but not applied.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -48,9 +51,14 @@ pub(super) fn access_logs(
         return legacy();
     }
     let merged = merge_logs(telemetries, &defaults, covers);
+    // istiod's `Telemetries.AccessLogging` keeps only the providers it finds and builds an
+    // access log for (`telemetryAccessLog`: none for a tracing or metrics provider); with none
+    // kept, `setHTTPAccessLog` falls back to the mesh's `accessLogFile`. A disabled provider
+    // is kept: it writes nothing and the file is not written either.
     let mut found: Vec<_> = merged
         .iter()
         .filter_map(|(name, spec)| Some((mesh.provider_named(name)?, spec)))
+        .filter(|(provider, _)| provider.writes_access_log())
         .collect();
     if found.is_empty() {
         return legacy();

@@ -4,6 +4,8 @@ use std::sync::Arc;
 
 use super::super::tests::validated;
 use super::super::waypoint_configs;
+use weft_proto::waypoint as wp;
+
 use crate::mesh_config::{MeshConfigWatch, parse};
 use crate::translate::MeshSettings;
 
@@ -39,17 +41,23 @@ pub(super) fn telemetry(name: &str, namespace: &str, created: u32, spec: &str) -
     )
 }
 
+/// The configuration of the waypoint `shop/waypoint` under the mesh config `mesh_config`, with
+/// `resources` (documents, each opening with `---`) added to [`MESH`].
+pub(super) fn waypoint_config(mesh_config: &str, resources: &str) -> wp::WaypointConfig {
+    let index = validated(&format!("{MESH}{resources}"));
+    let settings = MeshSettings {
+        mesh: Arc::new(MeshConfigWatch::fixed(parse("mesh", mesh_config).unwrap())),
+        ..Default::default()
+    };
+    waypoint_configs(&index, &settings, &mut Vec::new())
+        .remove("shop/waypoint")
+        .expect("the waypoint's config")
+}
+
 /// The waypoint's (provider, sampling, span reporting disabled, access log disabled), `None`
 /// for the tracing part when it has none.
 fn applied(telemetries: &[String]) -> (Option<(String, f64, bool)>, bool) {
-    let index = validated(&format!("{MESH}{}", telemetries.concat()));
-    let settings = MeshSettings {
-        mesh: Arc::new(MeshConfigWatch::fixed(parse("mesh", MESH_CONFIG).unwrap())),
-        ..Default::default()
-    };
-    let config = waypoint_configs(&index, &settings, &mut Vec::new())
-        .remove("shop/waypoint")
-        .expect("the waypoint's config");
+    let config = waypoint_config(MESH_CONFIG, &telemetries.concat());
     let tracing = config.tracing.map(|t| {
         (
             t.provider,

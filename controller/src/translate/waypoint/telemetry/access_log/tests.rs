@@ -1,15 +1,9 @@
 //! Which access logs a waypoint writes: the providers Telemetry selects (istiod's `mergeLogs`),
 //! resolved against the mesh config's providers, and the mesh's `accessLogFile` otherwise.
 
-use std::sync::Arc;
-
 use weft_proto::waypoint as wp;
 
-use super::super::super::tests::validated;
-use super::super::super::waypoint_configs;
-use super::super::tests::{MESH, telemetry};
-use crate::mesh_config::{MeshConfigWatch, parse};
-use crate::translate::MeshSettings;
+use super::super::tests::{telemetry, waypoint_config};
 
 const PROVIDERS: &str = "extensionProviders: [{name: json-file, envoyFileAccessLog: {path: /var/log/access.json, logFormat: {labels: {code: '%RESPONSE_CODE%', path: '%REQ(:PATH)%'}}}}, {name: text-file, envoyFileAccessLog: {path: /var/log/access.log, logFormat: {text: '%REQ(:METHOD)% %RESPONSE_CODE%'}}}, {name: plain, envoyFileAccessLog: {}}, {name: otel, opentelemetry: {service: otel.example.com, port: 4317}}]";
 
@@ -19,7 +13,7 @@ fn applied(
     mesh_config: &str,
     telemetries: &[String],
 ) -> (bool, Vec<(String, String, String, String)>) {
-    let config = waypoint_config(mesh_config, telemetries);
+    let config = waypoint_config(mesh_config, &telemetries.concat());
     let logs = config
         .access_logs
         .into_iter()
@@ -38,18 +32,6 @@ fn applied(
         })
         .collect();
     (config.access_log_disabled, logs)
-}
-
-/// The waypoint's configuration under `mesh_config` and `telemetries`.
-fn waypoint_config(mesh_config: &str, telemetries: &[String]) -> wp::WaypointConfig {
-    let index = validated(&format!("{MESH}{}", telemetries.concat()));
-    let settings = MeshSettings {
-        mesh: Arc::new(MeshConfigWatch::fixed(parse("mesh", mesh_config).unwrap())),
-        ..Default::default()
-    };
-    waypoint_configs(&index, &settings, &mut Vec::new())
-        .remove("shop/waypoint")
-        .expect("the waypoint's config")
 }
 
 fn log(provider: &str, path: &str, format: &str, filter: &str) -> (String, String, String, String) {
@@ -220,6 +202,81 @@ fn disabled_unknown_and_other_side_entries() {
     assert_eq!(applied(PROVIDERS, &[unknown]), (true, vec![]));
 }
 
+/// istiod's `telemetryAccessLog` (`pilot/pkg/model/telemetry_logging.go`) builds no access
+/// log for a tracing or metrics provider, so `Telemetries.AccessLogging` keeps none for it and
+/// `setHTTPAccessLog` (`pilot/pkg/networking/core/accesslog.go`) falls back to the mesh's
+/// `accessLogFile`: a Telemetry (or default provider) naming only such providers leaves the
+/// mesh's line written. A provider that does log, selected with them, is written alone; one
+/// selected and disabled keeps the file off; a gRPC access-log service provider counts as a
+/// log (istiod builds one), though Weft sends it nothing.
+#[test]
+fn selecting_only_providers_that_write_no_access_log_falls_back_to_the_access_log_file() {
+    let mesh = format!(
+        "accessLogFile: /dev/stdout\n{}, {{name: zipkin, zipkin: {{service: zipkin.example.com, port: 9411}}}}, {{name: prometheus, prometheus: {{}}}}, {{name: als, envoyHttpAls: {{service: als.example.com, port: 9000}}}}]",
+        PROVIDERS.strip_suffix(']').unwrap()
+    );
+    let mesh_line = log(
+        "",
+        "/dev/stdout",
+        &format!("text {}", weft_access_log::DEFAULT_TEXT_FORMAT),
+        "",
+    );
+    let naming = |providers: &str| {
+        telemetry(
+            "logs",
+            "shop",
+            1,
+            &format!("{{accessLogging: [{{providers: [{providers}]}}]}}"),
+        )
+    };
+    for providers in [
+        "{name: zipkin}",
+        "{name: otel}",
+        "{name: prometheus}",
+        "{name: zipkin}, {name: Prometheus}, {name: nope}",
+    ] {
+        assert_eq!(
+            applied(&mesh, &[naming(providers)]),
+            (false, vec![mesh_line.clone()]),
+            "{providers}"
+        );
+    }
+    // The same as the mesh's default providers, with no Telemetry.
+    assert_eq!(
+        applied(
+            &format!("{mesh}\ndefaultProviders: {{accessLogging: [zipkin]}}"),
+            &[]
+        ),
+        (false, vec![mesh_line.clone()])
+    );
+    // A provider that writes a log, named with them: that log alone, no fallback.
+    assert_eq!(
+        applied(&mesh, &[naming("{name: zipkin}, {name: text-file}")]),
+        (
+            false,
+            vec![log(
+                "text-file",
+                "/var/log/access.log",
+                "text %REQ(:METHOD)% %RESPONSE_CODE%",
+                ""
+            )]
+        )
+    );
+    let text_file_off = telemetry(
+        "logs",
+        "shop",
+        1,
+        "{accessLogging: [{providers: [{name: zipkin}, {name: text-file}], disabled: true}]}",
+    );
+    assert_eq!(applied(&mesh, &[text_file_off]), (true, vec![]));
+    assert_eq!(applied(&mesh, &[naming("{name: als}")]), (true, vec![]));
+    // Without an `accessLogFile` there is nothing to fall back to.
+    assert_eq!(
+        applied(PROVIDERS, &[naming("{name: otel}")]),
+        (true, vec![])
+    );
+}
+
 /// The mesh's `accessLogFile` when no Telemetry entry or default provider applies, in the
 /// mesh's format and encoding; the built-in `envoy` provider follows that format too.
 #[test]
@@ -254,7 +311,7 @@ fn omit_empty_values_is_sent_with_the_provider_log() {
     let config = waypoint_config(
         "extensionProviders: [{name: envoy, envoyFileAccessLog: {path: /dev/stdout, omitEmptyValues: true}}]\n\
          defaultProviders: {accessLogging: [envoy]}",
-        &[],
+        "",
     );
     let [log] = config.access_logs.as_slice() else {
         panic!("one log: {:?}", config.access_logs);

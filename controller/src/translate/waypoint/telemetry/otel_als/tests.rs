@@ -1,27 +1,15 @@
 //! `envoyOtelAls` providers: read from the mesh config (istiod's defaults, Istio's validation)
 //! and sent to the waypoint with their collector resolved.
 
-use std::sync::Arc;
-
 use weft_proto::waypoint as wp;
 
-use super::super::super::tests::{OTEL_COLLECTOR as COLLECTOR, validated};
-use super::super::super::waypoint_configs;
-use super::super::tests::{MESH, telemetry};
+use super::super::super::tests::OTEL_COLLECTOR as COLLECTOR;
+use super::super::tests::{telemetry, waypoint_config};
 use crate::mesh_config::{DEFAULT_LOG_NAME, MeshConfigError, MeshConfigWatch, parse};
-use crate::translate::MeshSettings;
 
 /// The waypoint's access logs under `mesh_config`, with the collector in the cluster.
 fn access_logs(mesh_config: &str, telemetries: &[String]) -> Vec<wp::AccessLog> {
-    let index = validated(&format!("{MESH}{COLLECTOR}{}", telemetries.concat()));
-    let settings = MeshSettings {
-        mesh: Arc::new(MeshConfigWatch::fixed(parse("mesh", mesh_config).unwrap())),
-        ..Default::default()
-    };
-    waypoint_configs(&index, &settings, &mut Vec::new())
-        .remove("shop/waypoint")
-        .expect("the waypoint's config")
-        .access_logs
+    waypoint_config(mesh_config, &format!("{COLLECTOR}{}", telemetries.concat())).access_logs
 }
 
 /// A provider with nothing but its collector: istiod's log name, Istio's default TEXT format
@@ -116,10 +104,6 @@ fn a_bad_otel_provider_refuses_the_mesh_config_naming_the_field() {
             "{service: c.example.com, port: 4317, logFormat: {labels: {code: '%NOPE%'}}}",
             "logFormat.labels.code",
         ),
-        (
-            "{service: c.example.com, port: 4317, logFormat: {labels: {nested: {a: b}}}}",
-            "logFormat.labels.nested",
-        ),
     ] {
         let message = refused(provider);
         assert!(
@@ -128,6 +112,33 @@ fn a_bad_otel_provider_refuses_the_mesh_config_naming_the_field() {
         );
     }
     assert!(refused("{service: c.example.com, port: 70000}").contains("70000 is not a port"));
+}
+
+/// Labels that are not text (a number, a boolean, null, a map, a list) are sent as empty
+/// strings, as istiod's `ConvertStructToAttributeKeyValues`
+/// (`pilot/pkg/model/telemetry_logging.go`) takes each label's `GetStringValue()`: accepted,
+/// neither refused nor written as their text.
+#[test]
+fn labels_that_are_not_text_are_empty_attributes_as_istio_sends_them() {
+    let logs = access_logs(
+        "defaultProviders: {accessLogging: [otel]}\nextensionProviders: [{name: otel, envoyOtelAls: {service: c.example.com, port: 4317, logFormat: {labels: {code: '%RESPONSE_CODE%', count: 3, ratio: 0.5, on: true, none: null, nested: {a: b}, list: [a, 1]}}}}]",
+        &[],
+    );
+    assert_eq!(logs.len(), 1, "{logs:?}");
+    let attributes = &logs[0].otel.as_ref().unwrap().attributes;
+    let expected: std::collections::BTreeMap<String, String> = [
+        ("code", "%RESPONSE_CODE%"),
+        ("count", ""),
+        ("ratio", ""),
+        ("on", ""),
+        ("none", ""),
+        ("nested", ""),
+        ("list", ""),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    assert_eq!(attributes, &expected);
 }
 
 /// A refused change leaves the last good provider in force (what the waypoints are sent).
