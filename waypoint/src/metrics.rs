@@ -9,6 +9,8 @@
 //! ([`overrides`]).
 
 mod overrides;
+mod record_text;
+mod tcp;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -20,7 +22,6 @@ use std::time::{Instant, SystemTime};
 use crate::access_log::{AccessLogs, Captured};
 
 use http::HeaderValue;
-use http::uri::{Authority, PathAndQuery};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::{Family, MetricConstructor};
@@ -31,15 +32,14 @@ pub use weft_proxy_core::metrics::{
     ACCESS_LOG, PEER_LABEL_VALUES, PeerLabels, Reporter, RequestLabels, RequestProtocol,
     ResponseFlag, SecurityPolicy, TcpLabels, UNKNOWN,
 };
-use weft_proxy_core::metrics::{
-    AccessLog, ConnectionEnd, LogText, Peer as PeerView, Service as ServiceView, TcpConnection,
-    TcpMetrics,
-};
+use weft_proxy_core::metrics::{LogText, Peer as PeerView, Service as ServiceView, TcpMetrics};
 
-use crate::model::{Cluster, ServiceName, WorkloadInfo};
+use crate::model::{ServiceName, WorkloadInfo};
 
 pub(crate) use overrides::metric_overrides;
 pub use overrides::{MetricOverrides, RequestMetric, RequestSeries};
+pub use record_text::RecordText;
+pub use tcp::{ConnectionInfo, ConnectionRecord, TcpAccessLog};
 
 /// Istio's buckets for `istio_request_duration_milliseconds`.
 pub const DURATION_BUCKETS_MS: [f64; 19] = [
@@ -338,100 +338,6 @@ fn security(mtls: bool) -> SecurityPolicy {
     }
 }
 
-/// Text a record keeps, shared with where it comes from when it can be (a header value or the
-/// URI of the request, a name in the configuration), so that recording a request copies no
-/// string.
-#[derive(Clone, Default)]
-pub enum RecordText {
-    #[default]
-    Empty,
-    Static(&'static str),
-    Shared(Arc<str>),
-    Owned(String),
-    /// A header value of visible ASCII (checked when made).
-    Header(HeaderValue),
-    PathAndQuery(PathAndQuery),
-    Authority(Authority),
-    /// The name of a cluster of the configuration.
-    Cluster(Arc<Cluster>),
-    /// A generated `x-request-id` (a UUID, ASCII).
-    RequestId([u8; 36]),
-}
-
-impl RecordText {
-    /// A header's value, or nothing when it is not visible ASCII (as `to_str` reads it).
-    pub fn header(value: Option<&HeaderValue>) -> Self {
-        match value {
-            Some(value) if value.to_str().is_ok() => RecordText::Header(value.clone()),
-            _ => RecordText::Empty,
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        match self {
-            RecordText::Empty => "",
-            RecordText::Static(text) => text,
-            RecordText::Shared(text) => text,
-            RecordText::Owned(text) => text,
-            RecordText::Header(value) => value.to_str().unwrap_or_default(),
-            RecordText::PathAndQuery(path) => path.as_str(),
-            RecordText::Authority(authority) => authority.as_str(),
-            RecordText::Cluster(cluster) => &cluster.name,
-            RecordText::RequestId(id) => std::str::from_utf8(id).unwrap_or_default(),
-        }
-    }
-}
-
-impl std::ops::Deref for RecordText {
-    type Target = str;
-
-    fn deref(&self) -> &str {
-        self.as_str()
-    }
-}
-
-impl std::fmt::Display for RecordText {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::fmt::Debug for RecordText {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(self.as_str(), f)
-    }
-}
-
-impl PartialEq for RecordText {
-    fn eq(&self, other: &Self) -> bool {
-        self.as_str() == other.as_str()
-    }
-}
-
-impl PartialEq<&str> for RecordText {
-    fn eq(&self, other: &&str) -> bool {
-        self.as_str() == *other
-    }
-}
-
-impl From<&'static str> for RecordText {
-    fn from(text: &'static str) -> Self {
-        RecordText::Static(text)
-    }
-}
-
-impl From<String> for RecordText {
-    fn from(text: String) -> Self {
-        RecordText::Owned(text)
-    }
-}
-
-impl From<Arc<str>> for RecordText {
-    fn from(text: Arc<str>) -> Self {
-        RecordText::Shared(text)
-    }
-}
-
 /// Everything the access log and the metrics say about one request; emitted on drop. What it
 /// holds is shared with the request and the configuration (one `Arc` or buffer reference
 /// each), not copied: a request is recorded without a string allocation of its own.
@@ -652,134 +558,6 @@ impl<T: std::fmt::Display> std::fmt::Display for OrDash<'_, T> {
         match self.0 {
             Some(value) => value.fmt(f),
             None => f.write_str("-"),
-        }
-    }
-}
-
-/// What the metrics and the access log say about one TCP connection, fixed when it opens.
-#[derive(Debug, Clone, Default)]
-pub struct ConnectionInfo {
-    pub source: Peer,
-    pub destination: Peer,
-    /// Hostname, name and namespace of the service the connection was addressed to.
-    pub destination_service: Option<Arc<ServiceName>>,
-    pub mtls: bool,
-    /// Envoy's response flag: `-` when the connection was carried, else why not (`UH`, `UF`,
-    /// `NC`).
-    pub response_flags: ResponseFlag,
-    /// Why the connection was refused (`rbac_access_denied_matched_policy[...]`), or ended
-    /// early (a policy that no longer allows it), if it was.
-    pub termination_details: Option<String>,
-    pub upstream_host: Option<String>,
-    pub upstream_cluster: Option<String>,
-    pub downstream_local: String,
-    pub downstream_remote: String,
-    /// Accepted by a gateway listener: reported as the source.
-    pub at_edge: bool,
-    /// Telemetry turned the access log off: no line is written.
-    pub access_log_disabled: bool,
-    /// The access logs Telemetry selects, when not the default line.
-    pub access_logs: Option<Arc<AccessLogs>>,
-    /// Telemetry's metric overrides in force when the connection opened, if any.
-    pub metric_overrides: Option<Arc<MetricOverrides>>,
-}
-
-impl ConnectionInfo {
-    /// Istio's TCP label set for this connection.
-    pub fn labels(&self) -> TcpLabels {
-        TcpLabels {
-            response_flags: self.response_flags,
-            ..TcpLabels::new(
-                peer_labels(
-                    self.at_edge,
-                    &self.source,
-                    &self.destination,
-                    self.destination_service.as_deref(),
-                ),
-                security(self.mtls),
-            )
-        }
-    }
-}
-
-/// One TCP connection through the waypoint: Istio's TCP metrics, and one access-log line in
-/// Istio's default TCP format when it ends.
-pub type ConnectionRecord = TcpConnection<TcpAccessLog>;
-
-/// What a TCP connection's access-log line says besides its labels and bytes.
-#[derive(Debug)]
-pub struct TcpAccessLog {
-    info: ConnectionInfo,
-    start_time: SystemTime,
-}
-
-impl AccessLog for TcpAccessLog {
-    fn revoked(&mut self, reason: &str) -> Option<ResponseFlag> {
-        self.info.termination_details = Some(reason.to_owned());
-        None
-    }
-
-    fn write(&self, end: &ConnectionEnd<'_>) {
-        if self.info.access_log_disabled {
-            return;
-        }
-        match &self.info.access_logs {
-            None => info!(target: ACCESS_LOG, "{}", self.line(end)),
-            Some(logs) => logs.write(&crate::access_log::ConnectionEntry {
-                info: &self.info,
-                end,
-                start_time: UtcTime(self.start_time),
-            }),
-        }
-    }
-}
-
-impl TcpAccessLog {
-    /// The access-log line, in the field order of Istio's default text format for TCP.
-    pub fn line(&self, end: &ConnectionEnd<'_>) -> String {
-        let info = &self.info;
-        let dash = |v: &str| {
-            if v.is_empty() {
-                "-".to_owned()
-            } else {
-                v.to_owned()
-            }
-        };
-        format!(
-            "[{}] \"- - -\" 0 {} - {} \"-\" {} {} {} - \"-\" \"-\" \"-\" \"-\" \"{}\" {} - {} {} - -",
-            humantime_utc(self.start_time),
-            end.labels.response_flags,
-            LogText(info.termination_details.as_deref().unwrap_or("-")),
-            end.received,
-            end.sent,
-            end.duration.as_millis(),
-            LogText(info.upstream_host.as_deref().unwrap_or("-")),
-            LogText(info.upstream_cluster.as_deref().unwrap_or("-")),
-            dash(&info.downstream_local),
-            dash(&info.downstream_remote),
-        )
-    }
-}
-
-impl Metrics {
-    /// Counts a TCP connection as opened and returns its record, which counts its bytes and
-    /// closes it when dropped.
-    pub fn connection_opened(&self, info: ConnectionInfo) -> ConnectionRecord {
-        let labels = info.labels();
-        let overrides = info
-            .metric_overrides
-            .as_ref()
-            .filter(|o| o.changes_tcp())
-            .map(|o| {
-                overrides::TcpOverride::new(Arc::clone(o), &info, Arc::clone(&self.overridden))
-            });
-        let log = TcpAccessLog {
-            info,
-            start_time: SystemTime::now(),
-        };
-        match overrides {
-            Some(overrides) => self.tcp.open_overridden(labels, Box::new(overrides), log),
-            None => self.tcp.open(labels, log),
         }
     }
 }

@@ -517,32 +517,6 @@ fn invalid_configs_are_rejected_with_context() {
 }
 
 #[test]
-fn retry_conditions_parse_as_envoy_names_them() {
-    let cases: [(&str, u16, Option<u32>, bool); 9] = [
-        ("5xx", 500, None, true),
-        ("5xx", 404, None, false),
-        ("gateway-error", 503, None, true),
-        ("gateway-error", 500, None, false),
-        ("retriable-4xx", 409, None, true),
-        ("retriable-status-codes", 503, None, true),
-        ("retriable-status-codes,418", 418, None, true),
-        ("unavailable", 200, Some(14), true),
-        (DEFAULT_RETRY_ON, 500, None, false),
-    ];
-    for (text, status, grpc, expected) in cases {
-        let on = RetryOn::parse(text, "test").unwrap();
-        assert_eq!(
-            on.status_retriable(status, grpc),
-            expected,
-            "{text} {status}"
-        );
-    }
-    let default = RetryOn::parse(DEFAULT_RETRY_ON, "test").unwrap();
-    assert!(default.connect_failure && default.refused_stream);
-    assert_eq!(default.retriable_status_codes, vec![503]);
-}
-
-#[test]
 fn spiffe_uris_parse_only_in_the_istio_shape() {
     assert!(
         "spiffe://cluster.local/ns/a/sa/b"
@@ -642,107 +616,6 @@ fn endpoints_by_name_take_the_addresses_last_resolved() {
     assert!(WaypointConfig::from_proto(hbone, &names).is_err());
 }
 
-#[test]
-fn tls_origination_settings_are_checked_when_the_configuration_arrives() {
-    let mut config = by_name("api.example.com");
-    config.clusters[0].tls = Some(proto::UpstreamTls::default());
-    // The Mozilla roots, the host as SNI.
-    let converted = WaypointConfig::try_from(config.clone()).unwrap();
-    assert!(converted.cluster(CLUSTER).unwrap().tls.is_some());
-
-    let cases = [
-        (
-            proto::UpstreamTls {
-                ca_certificates: "/nonexistent/ca.pem".to_owned(),
-                ..Default::default()
-            },
-            "/nonexistent/ca.pem",
-        ),
-        (
-            proto::UpstreamTls {
-                sni: "not a name".to_owned(),
-                ..Default::default()
-            },
-            "not a name",
-        ),
-        (
-            proto::UpstreamTls {
-                client_certificate: "/nonexistent/cert.pem".to_owned(),
-                ..Default::default()
-            },
-            "/nonexistent/cert.pem",
-        ),
-    ];
-    for (tls, named) in cases {
-        config.clusters[0].tls = Some(tls);
-        let error = WaypointConfig::try_from(config.clone())
-            .unwrap_err()
-            .to_string();
-        assert!(error.contains(CLUSTER) && error.contains(named), "{error}");
-    }
-}
-
-#[test]
-fn a_tls_credential_name_is_read_from_the_credentials_and_fails_only_its_cluster() {
-    let dir = std::env::temp_dir().join(format!("weft-origination-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let certified = rcgen::generate_simple_self_signed(vec!["api.example.com".to_owned()]).unwrap();
-    let (cert, key) = (certified.cert.pem(), certified.signing_key.serialize_pem());
-    // Istio's layouts: the CA in the credential, or in its `-cacert` companion; a client pair.
-    std::fs::create_dir_all(dir.join("full")).unwrap();
-    for (file, text) in [("ca.crt", &cert), ("tls.crt", &cert), ("tls.key", &key)] {
-        std::fs::write(dir.join("full").join(file), text).unwrap();
-    }
-    std::fs::create_dir_all(dir.join("split-cacert")).unwrap();
-    std::fs::write(dir.join("split-cacert").join("ca.crt"), &cert).unwrap();
-
-    let tls = |name: &str, mutual: bool| proto::UpstreamTls {
-        credential_name: name.to_owned(),
-        mutual,
-        // Ignored with a credential, as Istio ignores them.
-        ca_certificates: "/nonexistent/ca.pem".to_owned(),
-        ..Default::default()
-    };
-    let unusable = |settings: proto::UpstreamTls, credentials: Option<&std::path::Path>| {
-        let mut config = by_name("api.example.com");
-        config.clusters[0].tls = Some(settings);
-        // Never a rejected configuration: the cluster is built, failing closed if it must.
-        let converted = WaypointConfig::from_proto_with(
-            config,
-            &ResolvedNames::default(),
-            &crate::upstream::OriginationCredentials::directory(credentials),
-        )
-        .expect("a credential problem does not reject the configuration");
-        let cluster = converted.cluster(CLUSTER).unwrap();
-        cluster
-            .tls
-            .as_ref()
-            .unwrap()
-            .unusable()
-            .map(|r| r.to_string())
-    };
-    assert_eq!(unusable(tls("full", true), Some(&dir)), None);
-    assert_eq!(unusable(tls("full", false), Some(&dir)), None);
-    assert_eq!(unusable(tls("split", false), Some(&dir)), None);
-    let cases = [
-        (tls("missing", false), Some(dir.as_path()), "missing Secret"),
-        // MUTUAL needs the client pair: `split` has only a CA.
-        (tls("split", true), Some(dir.as_path()), "tls.crt"),
-        (
-            tls("../full", false),
-            Some(dir.as_path()),
-            "one path component",
-        ),
-        (tls("full", false), None, "CREDENTIALS_DIR"),
-    ];
-    for (settings, credentials, reason) in cases {
-        let name = settings.credential_name.clone();
-        let why = unusable(settings, credentials).unwrap_or_else(|| panic!("{name} is usable"));
-        assert!(why.contains(reason) && why.contains(&name), "{name}: {why}");
-    }
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
 fn tracing_at(percentage: f64) -> proto::Tracing {
     proto::Tracing {
         provider: "otel".to_owned(),
@@ -810,62 +683,6 @@ fn a_services_own_telemetry_decides_its_traffic_and_the_waypoints_the_rest() {
 }
 
 #[test]
-fn retry_backoff_doubles_from_its_base_up_to_ten_times_it() {
-    let ms = Duration::from_millis;
-    // (backoff, retry) -> the longest wait before it
-    let cases = [
-        (None, 1, ms(25)),
-        (None, 2, ms(50)),
-        (None, 4, ms(200)),
-        (None, 5, ms(250)),
-        (None, 100, ms(250)),
-        (Some(ms(100)), 1, ms(100)),
-        (Some(ms(100)), 3, ms(400)),
-        (Some(ms(100)), 9, ms(1000)),
-        // No overflow, however long the base.
-        (Some(Duration::from_secs(u64::MAX / 2)), 3, Duration::MAX),
-    ];
-    for (backoff, retry, expected) in cases {
-        let policy = RetryPolicy {
-            backoff,
-            ..RetryPolicy::mesh_default()
-        };
-        assert_eq!(
-            policy.backoff_ceiling(retry),
-            expected,
-            "{backoff:?}, retry {retry}"
-        );
-    }
-}
-
-#[test]
-fn remote_localities_are_retried_every_second_attempt_as_istio_configures_envoy() {
-    let remote = RetryPolicy {
-        retry_remote_localities: true,
-        ..RetryPolicy::mesh_default()
-    };
-    // attempt (0: the first) -> earlier attempts whose priorities it leaves out
-    let skipped: Vec<usize> = (0..6).map(|a| remote.skipped_priorities(a)).collect();
-    assert_eq!(skipped, [0, 0, 2, 2, 4, 4]);
-    let local = RetryPolicy::mesh_default();
-    assert!((0..6).all(|a| local.skipped_priorities(a) == 0));
-}
-
-#[test]
-fn retries_avoid_tried_endpoints_as_istio_defaults_it() {
-    let with = |ignore_previous_hosts| RetryPolicy {
-        ignore_previous_hosts,
-        ..RetryPolicy::mesh_default()
-    };
-    // avoids_tried_endpoints(the cluster hashes requests)
-    assert!(with(None).avoids_tried_endpoints(false));
-    // Istio's consistent-hash default has no previous-hosts predicate.
-    assert!(!with(None).avoids_tried_endpoints(true));
-    assert!(with(Some(true)).avoids_tried_endpoints(true));
-    assert!(!with(Some(false)).avoids_tried_endpoints(false));
-}
-
-#[test]
 fn connection_pool_keepalives_are_read_for_the_upstream() {
     let secs = |seconds| Some(prost_types::Duration { seconds, nanos: 0 });
     let mut config = base();
@@ -902,3 +719,6 @@ fn connection_pool_keepalives_are_read_for_the_upstream() {
         Some((Duration::from_secs(10), Duration::from_secs(2)))
     );
 }
+
+mod retries;
+mod upstream_tls;

@@ -4,6 +4,8 @@
 //! `getWorkloadEntryLocality`, `podWorkloadBuilder`).
 
 use super::*;
+use crate::model::ResourceKind;
+use crate::translate::TranslateProblem;
 use crate::translate::resolve;
 
 const ENTRIES: &str = r#"

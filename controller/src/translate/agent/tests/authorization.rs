@@ -1,0 +1,268 @@
+//! AuthorizationPolicy and PeerAuthentication as the agents receive them.
+
+use super::*;
+
+fn policy(
+    authorizations: &BTreeMap<String, security::Authorization>,
+    key: &str,
+) -> security::Authorization {
+    authorizations
+        .get(key)
+        .cloned()
+        .unwrap_or_else(|| panic!("no policy {key}: {:?}", authorizations.keys()))
+}
+
+#[test]
+fn authorization_policies_keep_their_l4_meaning() {
+    let index = index(
+        r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin-from-legacy, namespace: shop}
+spec:
+  action: DENY
+  rules:
+  - from: [{source: {namespaces: [legacy]}}]
+    to: [{operation: {paths: ["/admin"], ports: ["8080"]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-get, namespace: shop}
+spec:
+  selector: {matchLabels: {app: cart}}
+  action: ALLOW
+  rules:
+  - to: [{operation: {methods: [GET]}}]
+  - from: [{source: {principals: ["cluster.local/ns/shop/sa/pay"]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-all, namespace: legacy}
+spec: {}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: mesh-wide, namespace: istio-system}
+spec:
+  action: DENY
+  rules: [{when: [{key: source.ip, values: [192.0.2.0/24]}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: for-the-waypoint, namespace: shop}
+spec:
+  targetRefs: [{kind: Service, group: "", name: pay}]
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/x"]}}]}]
+"#,
+    );
+    let settings = MeshSettings::default();
+    let authorizations = authorizations(&index, &settings);
+
+    // DENY with L7 parts keeps its L4 part: the namespace and the port still deny.
+    let deny = policy(&authorizations, "shop/deny-admin-from-legacy");
+    assert_eq!(deny.action, security::Action::Deny as i32);
+    assert_eq!(deny.scope, security::Scope::Namespace as i32);
+    let clauses = &deny.rules[0].clauses;
+    assert_eq!(clauses.len(), 2);
+    assert_eq!(clauses[1].matches[0].destination_ports, vec![8080]);
+
+    // ALLOW: the L7-only rule is dropped (it must never allow at L4); the L4 rule stays.
+    let allow = policy(&authorizations, "shop/allow-get");
+    assert_eq!(allow.scope, security::Scope::WorkloadSelector as i32);
+    assert_eq!(allow.rules.len(), 1);
+    assert_eq!(
+        allow.rules[0].clauses[0].matches[0].principals[0].match_type,
+        Some(security::string_match::MatchType::Exact(
+            "cluster.local/ns/shop/sa/pay".into()
+        ))
+    );
+    // The selected workload lists it.
+    let addresses = addresses(&index, &settings);
+    assert!(
+        workload_of(&addresses, "cart-1")
+            .authorization_policies
+            .contains(&"shop/allow-get".to_string())
+    );
+    assert!(
+        workload_of(&addresses, "pay-1")
+            .authorization_policies
+            .is_empty()
+    );
+
+    // `spec: {}` is an ALLOW with no rules: denies everything in its namespace.
+    let deny_all = policy(&authorizations, "legacy/deny-all");
+    assert_eq!(
+        (deny_all.action, deny_all.rules.len()),
+        (security::Action::Allow as i32, 0)
+    );
+
+    // Root namespace without selector: mesh-wide.
+    assert_eq!(
+        policy(&authorizations, "istio-system/mesh-wide").scope,
+        security::Scope::Global as i32
+    );
+    // targetRefs policies are for the waypoint only.
+    assert!(!authorizations.contains_key("shop/for-the-waypoint"));
+}
+
+#[test]
+fn a_deny_on_http_attributes_fails_safe_at_the_agents_and_is_reported() {
+    let index = index(
+        r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin, namespace: shop}
+spec:
+  selector: {matchLabels: {app: cart}}
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/admin"]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin-or-port, namespace: shop}
+spec:
+  selector: {matchLabels: {app: cart}}
+  action: DENY
+  rules:
+  - to: [{operation: {ports: ["9000"]}}, {operation: {methods: [DELETE]}}]
+    from: [{source: {namespaces: [legacy]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-jwt-on-a-port, namespace: shop}
+spec:
+  selector: {matchLabels: {app: cart}}
+  action: DENY
+  rules:
+  - from: [{source: {requestPrincipals: ["*"]}}]
+    to: [{operation: {ports: ["8080"]}}]
+    when: [{key: "request.headers[x-debug]", values: ["1"]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-l4-only, namespace: shop}
+spec:
+  selector: {matchLabels: {app: cart}}
+  action: DENY
+  rules: [{from: [{source: {namespaces: [legacy]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-get, namespace: shop}
+spec:
+  selector: {matchLabels: {app: cart}}
+  rules: [{to: [{operation: {methods: [GET]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: at-the-waypoint, namespace: shop}
+spec:
+  targetRefs: [{kind: Service, group: "", name: pay}]
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/x"]}}]}]
+"#,
+    );
+    let authorizations = authorizations(&index, &MeshSettings::default());
+    let rules = |key: &str| policy(&authorizations, key).rules;
+    let matches_everything =
+        |rules: &[security::Rule]| rules.len() == 1 && rules[0].clauses.is_empty();
+    // A path alone: at L4 the DENY covers every connection (a rule without conditions).
+    assert!(matches_everything(&rules("shop/deny-admin")));
+    // A `to` clause ORs a port with a method: the method entry alone matches everything, so
+    // the clause does; the `from` clause still narrows the rule.
+    let or_port = rules("shop/deny-admin-or-port");
+    assert_eq!(or_port[0].clauses.len(), 1, "{or_port:?}");
+    assert_eq!(or_port[0].clauses[0].matches[0].namespaces.len(), 1);
+    // A request principal and a header condition dropped: the port alone remains.
+    let jwt = rules("shop/deny-jwt-on-a-port");
+    assert_eq!(jwt[0].clauses.len(), 1, "{jwt:?}");
+    assert_eq!(jwt[0].clauses[0].matches[0].destination_ports, vec![8080]);
+    // Without HTTP attributes nothing changes.
+    assert_eq!(rules("shop/deny-l4-only")[0].clauses.len(), 1);
+    // An ALLOW rule on a method allows nothing.
+    assert!(rules("shop/allow-get").is_empty());
+
+    // Each policy enforced without some of its attributes is reported once, naming them; the
+    // waypoint's and the L4-only one are not.
+    let problems: Vec<String> = authorization_problems(&index)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(problems.len(), 4, "{problems:#?}");
+    let about = |name: &str| {
+        problems
+            .iter()
+            .find(|p| p.contains(&format!("shop/{name}:")))
+            .unwrap_or_else(|| panic!("{name} not reported: {problems:#?}"))
+            .clone()
+    };
+    let deny = about("deny-admin");
+    assert!(
+        deny.contains("spec.rules[0].to[0].operation.paths"),
+        "{deny}"
+    );
+    assert!(deny.contains("refuses every connection"), "{deny}");
+    let jwt = about("deny-jwt-on-a-port");
+    assert!(
+        jwt.contains("spec.rules[0].from[0].source.requestPrincipals")
+            && jwt.contains("spec.rules[0].when[0] (request.headers[x-debug])"),
+        "{jwt}"
+    );
+    assert!(about("allow-get").contains("allow nothing"));
+}
+
+#[test]
+fn peer_authentication_strict_becomes_a_deny_on_plaintext() {
+    let index = index(
+        r#"
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: shop}
+spec: {mtls: {mode: STRICT}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: cart-metrics, namespace: shop}
+spec:
+  selector: {matchLabels: {app: cart}}
+  mtls: {mode: STRICT}
+  portLevelMtls: {"9090": {mode: PERMISSIVE}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: permissive, namespace: legacy}
+spec: {mtls: {mode: PERMISSIVE}}
+"#,
+    );
+    let settings = MeshSettings::default();
+    let authorizations = authorizations(&index, &settings);
+    let prefix = weft_policy::l4::PEER_AUTHENTICATION_POLICY_PREFIX;
+    let strict = policy(&authorizations, &format!("shop/{prefix}default"));
+    assert_eq!(
+        (strict.action, strict.scope),
+        (
+            security::Action::Deny as i32,
+            security::Scope::Namespace as i32
+        )
+    );
+    let selected = policy(&authorizations, &format!("shop/{prefix}cart-metrics"));
+    assert_eq!(selected.scope, security::Scope::WorkloadSelector as i32);
+    let exempt: Vec<u32> = selected.rules[0]
+        .clauses
+        .iter()
+        .flat_map(|c| {
+            c.matches
+                .iter()
+                .flat_map(|m| m.not_destination_ports.clone())
+        })
+        .collect();
+    assert_eq!(exempt, vec![9090], "the PERMISSIVE port is exempt");
+    assert!(!authorizations.contains_key(&format!("legacy/{prefix}permissive")));
+    let addresses = addresses(&index, &settings);
+    assert!(
+        workload_of(&addresses, "cart-1")
+            .authorization_policies
+            .contains(&format!("shop/{prefix}cart-metrics"))
+    );
+}

@@ -1,0 +1,169 @@
+//! DestinationRule traffic policies: how they merge and which one applies, as in Istio.
+
+use super::*;
+use crate::model::networking::{self as net, TrafficPolicy};
+use crate::translate::waypoint::clusters::{EffectivePolicy, effective_policy};
+
+fn policy(yaml: &str) -> TrafficPolicy {
+    serde_yaml::from_str(yaml).unwrap()
+}
+
+#[test]
+fn traffic_policies_merge_as_istio_merges_them() {
+    let top = policy(
+        "loadBalancer: {simple: RANDOM}\nconnectionPool: {tcp: {maxConnections: 5}}\noutlierDetection: {consecutive5xxErrors: 2}\nportLevelSettings:\n- port: {number: 8080}\n  connectionPool: {tcp: {maxConnections: 9}}\n",
+    );
+    let subset = policy(
+        "loadBalancer: {simple: ROUND_ROBIN}\nportLevelSettings:\n- port: {number: 9090}\n  outlierDetection: {consecutive5xxErrors: 4}\n",
+    );
+    let max_connections = |p: &EffectivePolicy| {
+        p.connection_pool
+            .as_ref()
+            .and_then(|c| c.tcp.as_ref()?.max_connections)
+    };
+    let simple = |p: &EffectivePolicy| p.load_balancer.as_ref().and_then(|l| l.simple);
+    let consecutive = |p: &EffectivePolicy| {
+        p.outlier_detection
+            .as_ref()
+            .and_then(|o| o.consecutive5xx_errors)
+    };
+
+    // The rule alone.
+    let plain = effective_policy(Some(&top), None, 80);
+    assert_eq!(
+        (simple(&plain), max_connections(&plain), consecutive(&plain)),
+        (Some(net::SimpleLb::Random), Some(5), Some(2))
+    );
+    // A port-level entry replaces everything: the load balancer and outlier detection it does
+    // not set go back to the defaults.
+    let port_level = effective_policy(Some(&top), None, 8080);
+    assert_eq!(
+        (
+            simple(&port_level),
+            max_connections(&port_level),
+            consecutive(&port_level)
+        ),
+        (None, Some(9), None)
+    );
+    // A subset overrides field by field...
+    let with_subset = effective_policy(Some(&top), Some(&subset), 80);
+    assert_eq!(
+        (
+            simple(&with_subset),
+            max_connections(&with_subset),
+            consecutive(&with_subset)
+        ),
+        (Some(net::SimpleLb::RoundRobin), Some(5), Some(2))
+    );
+    // ...on top of the rule's port-level settings...
+    let subset_on_port = effective_policy(Some(&top), Some(&subset), 8080);
+    assert_eq!(
+        (
+            simple(&subset_on_port),
+            max_connections(&subset_on_port),
+            consecutive(&subset_on_port)
+        ),
+        (Some(net::SimpleLb::RoundRobin), Some(9), None)
+    );
+    // ...and its own port-level settings replace everything again.
+    let subset_port_level = effective_policy(Some(&top), Some(&subset), 9090);
+    assert_eq!(
+        (
+            simple(&subset_port_level),
+            max_connections(&subset_port_level),
+            consecutive(&subset_port_level)
+        ),
+        (None, None, Some(4))
+    );
+}
+
+#[test]
+fn outlier_thresholds_follow_istio_and_envoy_defaults() {
+    let compile = |yaml: &str| {
+        let p = EffectivePolicy::of(&policy(yaml));
+        let ((_, _, outlier), _) = p.compile(false);
+        let o = outlier.unwrap();
+        (o.consecutive_5xx_errors, o.consecutive_gateway_errors)
+    };
+    assert_eq!(compile("outlierDetection: {interval: 1s}"), (Some(5), None));
+    assert_eq!(
+        compile("outlierDetection: {consecutive5xxErrors: 0}"),
+        (Some(0), None)
+    );
+    assert_eq!(
+        compile("outlierDetection: {consecutiveErrors: 3}"),
+        (Some(0), Some(3))
+    );
+    assert_eq!(
+        compile("outlierDetection: {consecutiveGatewayErrors: 2, consecutive5xxErrors: 6}"),
+        (Some(6), Some(2))
+    );
+}
+
+#[test]
+fn destination_rules_follow_istio_precedence_and_merge() {
+    let index = validated(&format!(
+        r#"{MESH}
+---
+# In the root namespace: used only when neither the waypoint's nor the service's has one.
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: mesh-default, namespace: istio-system}}
+spec:
+  host: "*.svc.cluster.local"
+  trafficPolicy: {{loadBalancer: {{simple: RANDOM}}}}
+---
+# Two rules for the same host in one namespace: merged, the older policy first.
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: a-first, namespace: shop, creationTimestamp: "2030-01-01T00:00:00Z"}}
+spec:
+  host: reviews
+  trafficPolicy: {{loadBalancer: {{simple: ROUND_ROBIN}}}}
+  subsets: [{{name: v1, labels: {{version: v1}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: b-second, namespace: shop, creationTimestamp: "2030-01-02T00:00:00Z"}}
+spec:
+  host: reviews
+  trafficPolicy: {{loadBalancer: {{simple: LEAST_REQUEST}}}}
+  subsets:
+  - {{name: v1, labels: {{version: ignored}}}}
+  - {{name: v2, labels: {{version: v2}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews, namespace: shop}}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - {{destination: {{host: reviews, subset: v1}}, weight: 50}}
+    - {{destination: {{host: reviews, subset: v2}}, weight: 50}}
+"#
+    ));
+    let config = config(&index);
+    let cluster = |name: &str| {
+        config
+            .clusters
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("no cluster {name}"))
+    };
+    use wp::load_balancer_settings::{LbPolicy, SimpleLb};
+    let v1 = cluster("outbound|9080|v1|reviews.shop.svc.cluster.local");
+    assert_eq!(v1.destination_rule, "shop/a-first");
+    assert_eq!(
+        v1.subset_labels["version"], "v1",
+        "the first definition wins"
+    );
+    assert_eq!(v1.endpoints.len(), 1);
+    assert_eq!(
+        v1.load_balancer.as_ref().unwrap().lb_policy,
+        Some(LbPolicy::Simple(SimpleLb::RoundRobin as i32))
+    );
+    let v2 = cluster("outbound|9080|v2|reviews.shop.svc.cluster.local");
+    assert_eq!(v2.subset_labels["version"], "v2", "subsets of both rules");
+    assert!(v2.endpoints.is_empty(), "no v2 pod");
+}
