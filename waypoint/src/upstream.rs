@@ -52,6 +52,8 @@ pub enum UpstreamError {
     #[error("{endpoint} reset the request: {reason}")]
     Reset {
         endpoint: SocketAddr,
+        /// What the response flag and details are drawn from.
+        cause: ResetReason,
         reason: String,
     },
     /// A `DYNAMIC_DNS` cluster's name gave no address, or there was no room to resolve it.
@@ -72,6 +74,7 @@ mod balancing;
 mod body;
 mod connections;
 pub mod dynamic_dns;
+mod reset;
 mod tls;
 
 use balancing::ClusterRuntime;
@@ -81,6 +84,7 @@ pub use balancing::{
 };
 pub use body::{Ending, Replayable, RequestBody};
 use connections::{EndpointDialer, TunnelKey};
+pub use reset::ResetReason;
 pub use tls::{OriginatedTls, OriginationCredentials};
 
 /// What the waypoint knows of an endpoint found by name at request time: nothing.
@@ -446,6 +450,7 @@ impl Upstream {
         }
         Err(UpstreamError::Reset {
             endpoint: endpoint.address,
+            cause: ResetReason::ConnectionTermination,
             reason: "connection closed before the request was sent".to_owned(),
         })
     }
@@ -568,6 +573,7 @@ fn connect_failure(endpoint: &Endpoint) -> impl Fn(hyper::Error) -> UpstreamErro
 fn reset(endpoint: &Endpoint, error: &hyper::Error) -> UpstreamError {
     UpstreamError::Reset {
         endpoint: endpoint.address,
+        cause: ResetReason::of(error, false),
         reason: error.to_string(),
     }
 }

@@ -12,7 +12,9 @@
 //!   retry a reset before any answer);
 //! - `istio_requests_total` and the access log record the upstream's `200` with
 //!   `response_flags="UPE"` and `upstream_reset_after_response_started{protocol_error}` for the
-//!   HTTP/1.1 upstream cut short, `UR` and `{remote_reset}` for the HTTP/2 stream reset;
+//!   HTTP/1.1 upstream cut short, `UR` and `{remote_reset}` for the HTTP/2 stream reset; a
+//!   connection reset before any answer, `503` with `UC` and
+//!   `upstream_reset_before_response_started{connection_termination}` (the flag of its reason);
 //! - the gateway holds no connection of the client's afterwards, nor a file it did not hold
 //!   before.
 //!
@@ -332,6 +334,11 @@ fn an_upstream_reset_after_the_response_began_reaches_clients_as_envoy_passes_it
         (
             "/reset/length HTTP/2",
             "200 UR upstream_reset_after_response_started{remote_reset}",
+        ),
+        // Before any answer, the flag of the reason: the connection ended (Envoy's `UC`).
+        (
+            "/reset/early HTTP/1.1",
+            "503 UC upstream_reset_before_response_started{connection_termination}",
         ),
     ] {
         assert!(

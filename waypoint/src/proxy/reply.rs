@@ -17,8 +17,8 @@ use crate::authn::JwtError;
 use crate::conformance::Nonconforming;
 use crate::metrics::{RequestRecord, ResponseFlag};
 use crate::model::AbortKind;
-use crate::upstream::UpstreamError;
 use crate::upstream::dynamic_dns::DnsError;
+use crate::upstream::{ResetReason, UpstreamError};
 
 static X_ENVOY_RATELIMITED: header::HeaderName =
     header::HeaderName::from_static("x-envoy-ratelimited");
@@ -237,43 +237,7 @@ impl LocalReply {
                     .flags(F::UpstreamTimeout)
                     .details("upstream_per_try_timeout")
             }
-            L::Upstream(error) => {
-                let (flags, body, details) = match error {
-                    UpstreamError::NoHealthyUpstream(_) => (
-                        F::NoHealthyUpstream,
-                        "no healthy upstream",
-                        "no_healthy_upstream",
-                    ),
-                    UpstreamError::Overflow(_) => (
-                        F::UpstreamOverflow,
-                        "upstream connect error or disconnect/reset before headers. reset reason: overflow",
-                        "upstream_reset_before_response_started{overflow}",
-                    ),
-                    UpstreamError::ConnectFailure { .. } => (
-                        F::UpstreamConnectFailure,
-                        "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
-                        "upstream_reset_before_response_started{connection_failure}",
-                    ),
-                    // Envoy's dynamic forward proxy: no flag for a full cache.
-                    UpstreamError::Dns(DnsError::Overflow(_)) => {
-                        return Reply::text(StatusCode::SERVICE_UNAVAILABLE, "DNS cache overflow")
-                            .details("dns_cache_overflow");
-                    }
-                    UpstreamError::Dns(DnsError::Failed { .. }) => (
-                        F::DnsResolutionFailed,
-                        "DNS resolution failure",
-                        "dns_resolution_failure",
-                    ),
-                    UpstreamError::RefusedStream { .. } | UpstreamError::Reset { .. } => (
-                        F::UpstreamReset,
-                        "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
-                        "upstream_reset_before_response_started{connection_termination}",
-                    ),
-                };
-                Reply::text(StatusCode::SERVICE_UNAVAILABLE, body)
-                    .flags(flags)
-                    .details(details)
-            }
+            L::Upstream(error) => upstream_failure(error),
         }
     }
 
@@ -344,30 +308,90 @@ impl Reply {
     }
 }
 
+/// The reply to a request whose last attempt failed before any response head: Envoy's router's
+/// local reply for the failure (`Filter::onUpstreamReset` before `downstream_response_started_`:
+/// the flag of the reset's reason, `upstream_reset_before_response_started{reason}`, and 502
+/// for a protocol error, 503 otherwise).
+fn upstream_failure(error: UpstreamError) -> Reply {
+    use ResponseFlag as F;
+    let (status, flags, body, details) = match error {
+        UpstreamError::NoHealthyUpstream(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            F::NoHealthyUpstream,
+            "no healthy upstream",
+            "no_healthy_upstream",
+        ),
+        UpstreamError::Overflow(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            F::UpstreamOverflow,
+            "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+            "upstream_reset_before_response_started{overflow}",
+        ),
+        UpstreamError::ConnectFailure { .. } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            F::UpstreamConnectFailure,
+            "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+            "upstream_reset_before_response_started{connection_failure}",
+        ),
+        // Envoy's dynamic forward proxy: no flag for a full cache.
+        UpstreamError::Dns(DnsError::Overflow(_)) => {
+            return Reply::text(StatusCode::SERVICE_UNAVAILABLE, "DNS cache overflow")
+                .details("dns_cache_overflow");
+        }
+        UpstreamError::Dns(DnsError::Failed { .. }) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            F::DnsResolutionFailed,
+            "DNS resolution failure",
+            "dns_resolution_failure",
+        ),
+        UpstreamError::RefusedStream { .. } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            F::UpstreamReset,
+            "upstream connect error or disconnect/reset before headers. reset reason: remote refused stream reset",
+            "upstream_reset_before_response_started{remote_refused_stream_reset}",
+        ),
+        UpstreamError::Reset { cause, .. } => match cause {
+            ResetReason::RemoteReset => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                F::UpstreamReset,
+                "upstream connect error or disconnect/reset before headers. reset reason: remote reset",
+                "upstream_reset_before_response_started{remote_reset}",
+            ),
+            ResetReason::ConnectionTermination => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                F::UpstreamConnectionTermination,
+                "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
+                "upstream_reset_before_response_started{connection_termination}",
+            ),
+            ResetReason::ProtocolError => (
+                StatusCode::BAD_GATEWAY,
+                F::UpstreamProtocolError,
+                "upstream connect error or disconnect/reset before headers. reset reason: protocol error",
+                "upstream_reset_before_response_started{protocol_error}",
+            ),
+        },
+    };
+    Reply::text(status, body).flags(flags).details(details)
+}
+
 /// The `response_flags` and `response_code_details` of a response whose body failed upstream
 /// after its head went downstream. The stream is reset and the status stays the upstream's,
 /// as Envoy's router does (`Filter::onUpstreamReset` once `downstream_response_started_`: the
-/// `upstream_reset_after_response_started` details and the flag of the reset's reason). An
-/// HTTP/2 upstream's RST_STREAM is a remote reset (`UR`), the end of its connection a
-/// termination (`UC`); an HTTP/1 body cut short, however its connection ended, is a protocol
-/// error (`UPE`): Envoy's HTTP/1 codec reads the close as the message ending early.
+/// `upstream_reset_after_response_started` details and the flag of the reset's reason, the
+/// reason as [`ResetReason::of`] tells it).
 pub(crate) fn late_upstream_reset(
     error: &(dyn std::error::Error + 'static),
 ) -> (ResponseFlag, &'static str) {
-    let h2 = error
-        .downcast_ref::<hyper::Error>()
-        .and_then(std::error::Error::source)
-        .and_then(|source| source.downcast_ref::<h2::Error>());
-    match h2 {
-        Some(h2) if h2.is_reset() && h2.is_remote() => (
+    match ResetReason::of(error, true) {
+        ResetReason::RemoteReset => (
             ResponseFlag::UpstreamReset,
             "upstream_reset_after_response_started{remote_reset}",
         ),
-        Some(_) => (
+        ResetReason::ConnectionTermination => (
             ResponseFlag::UpstreamConnectionTermination,
             "upstream_reset_after_response_started{connection_termination}",
         ),
-        None => (
+        ResetReason::ProtocolError => (
             ResponseFlag::UpstreamProtocolError,
             "upstream_reset_after_response_started{protocol_error}",
         ),

@@ -274,27 +274,57 @@ fn local_replies_are_what_envoy_answers_in_the_same_case() {
             ),
         ),
     ];
-    // A refused stream and a reset are the same termination to the client.
-    for terminated in [
-        UpstreamError::RefusedStream {
-            endpoint: endpoint(),
-        },
-        UpstreamError::Reset {
-            endpoint: endpoint(),
-            reason: "reset".to_owned(),
-        },
-    ] {
-        cases.push((
-            terminated.into(),
+    // Before any head, the flag of the reset's reason (Envoy's `streamResetReasonToResponseFlag`).
+    let reset = |cause| UpstreamError::Reset {
+        endpoint: endpoint(),
+        cause,
+        reason: "reset".to_owned(),
+    };
+    cases.extend([
+        (
+            UpstreamError::RefusedStream {
+                endpoint: endpoint(),
+            }
+            .into(),
+            (
+                503,
+                "upstream connect error or disconnect/reset before headers. reset reason: remote refused stream reset",
+                Some("text/plain"),
+                Some("UR"),
+                Some("upstream_reset_before_response_started{remote_refused_stream_reset}"),
+            ),
+        ),
+        (
+            reset(ResetReason::RemoteReset).into(),
+            (
+                503,
+                "upstream connect error or disconnect/reset before headers. reset reason: remote reset",
+                Some("text/plain"),
+                Some("UR"),
+                Some("upstream_reset_before_response_started{remote_reset}"),
+            ),
+        ),
+        (
+            reset(ResetReason::ConnectionTermination).into(),
             (
                 503,
                 "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
                 Some("text/plain"),
-                Some("UR"),
+                Some("UC"),
                 Some("upstream_reset_before_response_started{connection_termination}"),
             ),
-        ));
-    }
+        ),
+        (
+            reset(ResetReason::ProtocolError).into(),
+            (
+                502,
+                "upstream connect error or disconnect/reset before headers. reset reason: protocol error",
+                Some("text/plain"),
+                Some("UPE"),
+                Some("upstream_reset_before_response_started{protocol_error}"),
+            ),
+        ),
+    ]);
     for (local, (status, body, content_type, flags, details)) in cases {
         let name = format!("{local:?}");
         let reply = local.reply();
@@ -380,37 +410,46 @@ fn a_delay_flag_stays_unless_the_reply_sets_its_own() {
     assert_eq!(record.response_code_details, "upstream_response_timeout");
 }
 
-/// The error a hyper client's response body ends with when `server` answers its request on
-/// the other end of an in-memory connection (HTTP/2 when `http2`); the server is told once
-/// the client has the response's head.
-async fn body_error<F, Fut>(http2: bool, server: F) -> Box<dyn std::error::Error + Send + Sync>
+/// A GET sent by a hyper client (HTTP/2 when `http2`) over an in-memory connection whose
+/// other end `server` holds; what the client's `send_request` gave.
+async fn send_to<F, Fut>(http2: bool, server: F) -> hyper::Result<Response<hyper::body::Incoming>>
 where
-    F: FnOnce(tokio::io::DuplexStream, tokio::sync::oneshot::Receiver<()>) -> Fut,
+    F: FnOnce(tokio::io::DuplexStream) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    use http_body_util::BodyExt;
     use hyper_util::rt::{TokioExecutor, TokioIo};
     let (client_io, server_io) = tokio::io::duplex(64 * 1024);
-    let (head_received, head) = tokio::sync::oneshot::channel();
-    tokio::spawn(server(server_io, head));
+    tokio::spawn(server(server_io));
     let request = http::Request::get("http://upstream/")
         .body(http_body_util::Empty::<Bytes>::new())
         .unwrap();
-    let response = if http2 {
+    if http2 {
         let (mut sender, connection) =
             hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(client_io))
                 .await
                 .unwrap();
         tokio::spawn(connection);
-        sender.send_request(request).await.unwrap()
+        sender.send_request(request).await
     } else {
         let (mut sender, connection) =
             hyper::client::conn::http1::handshake(TokioIo::new(client_io))
                 .await
                 .unwrap();
         tokio::spawn(connection);
-        sender.send_request(request).await.unwrap()
-    };
+        sender.send_request(request).await
+    }
+}
+
+/// The error a hyper client's response body ends with when `server` answers its request
+/// ([`send_to`]); the server is told once the client has the response's head.
+async fn body_error<F, Fut>(http2: bool, server: F) -> Box<dyn std::error::Error + Send + Sync>
+where
+    F: FnOnce(tokio::io::DuplexStream, tokio::sync::oneshot::Receiver<()>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    use http_body_util::BodyExt;
+    let (head_received, head) = tokio::sync::oneshot::channel();
+    let response = send_to(http2, |io| server(io, head)).await.unwrap();
     assert_eq!(response.status(), 200);
     let _ = head_received.send(());
     response
@@ -489,5 +528,95 @@ async fn a_body_cut_short_upstream_is_flagged_as_envoy_flags_it() {
     ] {
         let (flag, detail) = late_upstream_reset(&*error);
         assert_eq!((flag.as_str(), detail), (flags, details), "{error:?}");
+    }
+}
+
+/// A request failed before any response head: Envoy's status, flag and details for each way
+/// an upstream can fail it (its router's `onUpstreamReset` before the response started, the
+/// flag from `streamResetReasonToResponseFlag`).
+#[tokio::test]
+async fn an_upstream_failing_before_its_answer_is_flagged_as_envoy_flags_it() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // HTTP/1: the connection closes once the request is read.
+    let closed = send_to(false, |mut io| async move {
+        let mut request = [0u8; 1024];
+        let _ = io.read(&mut request).await;
+        drop(io);
+    })
+    .await;
+    // HTTP/1: an answer that is not HTTP.
+    let garbled = send_to(false, |mut io| async move {
+        let mut request = [0u8; 1024];
+        let _ = io.read(&mut request).await;
+        io.write_all(b"SMTP ready\r\n\r\n").await.unwrap();
+        let _ = io.read(&mut request).await;
+    })
+    .await;
+    // HTTP/2: the stream is reset (RST_STREAM) before its head...
+    let reset = send_to(true, |io| async move {
+        let mut connection = h2::server::handshake(io).await.unwrap();
+        let (_, mut respond) = connection.accept().await.unwrap().unwrap();
+        respond.send_reset(h2::Reason::INTERNAL_ERROR);
+        let _ = futures::future::poll_fn(|cx| connection.poll_closed(cx)).await;
+    })
+    .await;
+    // ... or its whole connection ends under it.
+    let terminated = send_to(true, |io| async move {
+        let mut connection = h2::server::handshake(io).await.unwrap();
+        let _stream = connection.accept().await.unwrap().unwrap();
+        drop(connection);
+    })
+    .await;
+    for (answered, expected) in [
+        (
+            closed,
+            (
+                503,
+                "UC",
+                "upstream_reset_before_response_started{connection_termination}",
+            ),
+        ),
+        (
+            garbled,
+            (
+                502,
+                "UPE",
+                "upstream_reset_before_response_started{protocol_error}",
+            ),
+        ),
+        (
+            reset,
+            (
+                503,
+                "UR",
+                "upstream_reset_before_response_started{remote_reset}",
+            ),
+        ),
+        (
+            terminated,
+            (
+                503,
+                "UC",
+                "upstream_reset_before_response_started{connection_termination}",
+            ),
+        ),
+    ] {
+        let error = answered.expect_err("the upstream failed the request");
+        let name = format!("{error:?}");
+        let reply = LocalReply::from(UpstreamError::Reset {
+            endpoint: endpoint(),
+            cause: ResetReason::of(&error, false),
+            reason: error.to_string(),
+        })
+        .reply();
+        assert_eq!(
+            (
+                reply.status.as_u16(),
+                reply.response_flags.map(ResponseFlag::as_str).unwrap(),
+                reply.details.as_deref().unwrap(),
+            ),
+            expected,
+            "{name}"
+        );
     }
 }
