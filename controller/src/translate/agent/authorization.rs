@@ -3,6 +3,7 @@
 
 use std::{collections::BTreeMap, net::IpAddr};
 
+use weft_policy::WildcardMatch;
 use weft_policy::l4::{
     EffectivePeerAuthentication, MtlsMode as PolicyMtlsMode, PolicyScope,
     peer_authentication_policy,
@@ -20,19 +21,21 @@ use crate::{
     },
 };
 
+/// An authorization value in Istio's syntax (`exact`, `prefix*`, `*suffix`, `*`) as the agents
+/// receive it.
 fn string_match(value: &str) -> security::StringMatch {
+    wildcard_to_proto(&WildcardMatch::parse_istio(value))
+}
+
+fn wildcard_to_proto(wildcard: &WildcardMatch) -> security::StringMatch {
     use security::string_match::MatchType;
-    let match_type = if value == "*" {
-        MatchType::Presence(())
-    } else if let Some(suffix) = value.strip_prefix('*') {
-        MatchType::Suffix(suffix.to_string())
-    } else if let Some(prefix) = value.strip_suffix('*') {
-        MatchType::Prefix(prefix.to_string())
-    } else {
-        MatchType::Exact(value.to_string())
-    };
     security::StringMatch {
-        match_type: Some(match_type),
+        match_type: Some(match wildcard {
+            WildcardMatch::Exact(s) => MatchType::Exact(s.clone()),
+            WildcardMatch::Prefix(s) => MatchType::Prefix(s.clone()),
+            WildcardMatch::Suffix(s) => MatchType::Suffix(s.clone()),
+            WildcardMatch::Presence => MatchType::Presence(()),
+        }),
     }
 }
 
@@ -331,21 +334,8 @@ fn authorization(
 
 /// The proto form of a policy built by the policy crate (PeerAuthentication's DENY rule).
 fn l4_to_proto(policy: &weft_policy::l4::Authorization) -> security::Authorization {
-    use weft_policy::WildcardMatch;
     let strings = |list: &[WildcardMatch]| -> Vec<security::StringMatch> {
-        list.iter()
-            .map(|m| {
-                use security::string_match::MatchType;
-                security::StringMatch {
-                    match_type: Some(match m {
-                        WildcardMatch::Exact(s) => MatchType::Exact(s.clone()),
-                        WildcardMatch::Prefix(s) => MatchType::Prefix(s.clone()),
-                        WildcardMatch::Suffix(s) => MatchType::Suffix(s.clone()),
-                        WildcardMatch::Presence => MatchType::Presence(()),
-                    }),
-                }
-            })
-            .collect()
+        list.iter().map(wildcard_to_proto).collect()
     };
     security::Authorization {
         name: policy.name.clone(),

@@ -266,3 +266,73 @@ spec: {mtls: {mode: PERMISSIVE}}
             .contains(&format!("shop/{prefix}cart-metrics"))
     );
 }
+
+/// Istio's value syntax for principals and namespaces (`*` any non-empty value, `*suffix`,
+/// `prefix*`, anything else exact; `security/v1beta1/authorization.proto`), in `source` and
+/// in `when` conditions alike, as the agents receive it.
+#[test]
+fn authorization_values_keep_their_wildcards() {
+    use security::string_match::MatchType;
+    let index = index(
+        r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: wildcards, namespace: shop}
+spec:
+  action: DENY
+  rules:
+  - from:
+    - source:
+        namespaces: ["*", "*-prod", "team-*", "legacy", "*a*"]
+        notNamespaces: ["kube-*"]
+        principals: ["spiffe://cluster.local/ns/shop/*", "*/sa/pay", "cluster.local/ns/a/sa/b"]
+        notPrincipals: ["*"]
+    when:
+    - key: source.namespace
+      values: ["*-dev"]
+      notValues: ["ops*"]
+    - key: source.principal
+      values: ["spiffe://cluster.local/ns/x/sa/y"]
+      notValues: ["*/sa/admin"]
+"#,
+    );
+    let authorizations = authorizations(&index, &MeshSettings::default());
+    let rule = &policy(&authorizations, "shop/wildcards").rules[0];
+    let types = |list: &[security::StringMatch]| -> Vec<MatchType> {
+        list.iter().map(|m| m.match_type.clone().unwrap()).collect()
+    };
+    let exact = |s: &str| MatchType::Exact(s.into());
+    let prefix = |s: &str| MatchType::Prefix(s.into());
+    let suffix = |s: &str| MatchType::Suffix(s.into());
+    let source = &rule.clauses[0].matches[0];
+    assert_eq!(
+        types(&source.namespaces),
+        vec![
+            MatchType::Presence(()),
+            suffix("-prod"),
+            prefix("team-"),
+            exact("legacy"),
+            // A leading `*` is read first: a suffix that keeps the trailing one.
+            suffix("a*"),
+        ]
+    );
+    assert_eq!(types(&source.not_namespaces), vec![prefix("kube-")]);
+    assert_eq!(
+        types(&source.principals),
+        vec![
+            prefix("cluster.local/ns/shop/"),
+            suffix("/sa/pay"),
+            exact("cluster.local/ns/a/sa/b"),
+        ]
+    );
+    assert_eq!(types(&source.not_principals), vec![MatchType::Presence(())]);
+    let namespace = &rule.clauses[1].matches[0];
+    assert_eq!(types(&namespace.namespaces), vec![suffix("-dev")]);
+    assert_eq!(types(&namespace.not_namespaces), vec![prefix("ops")]);
+    let principal = &rule.clauses[2].matches[0];
+    assert_eq!(
+        types(&principal.principals),
+        vec![exact("cluster.local/ns/x/sa/y")]
+    );
+    assert_eq!(types(&principal.not_principals), vec![suffix("/sa/admin")]);
+}
