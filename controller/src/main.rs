@@ -391,13 +391,7 @@ fn validate(paths: &[PathBuf], mesh_config: Option<&std::path::Path>) -> ExitCod
     let mut settings = controller::translate::MeshSettings::default();
     if let Some(path) = mesh_config {
         let origin = path.display().to_string();
-        match std::fs::read_to_string(path)
-            .map_err(|e| controller::mesh_config::MeshConfigError::Read {
-                path: origin.clone(),
-                reason: e.to_string(),
-            })
-            .and_then(|text| controller::mesh_config::parse(&origin, &text))
-        {
+        match controller::mesh_config::read_file(path) {
             Ok(mesh) => {
                 for warning in mesh.not_applied() {
                     warnings += 1;

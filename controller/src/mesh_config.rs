@@ -6,7 +6,9 @@
 //! `extensionProviders[].opentelemetry`, `defaultConfig.tracing.sampling`), pushed to every
 //! waypoint in its `WaypointConfig`, the access logs ([`access_log`]: `accessLogFile`,
 //! `accessLogFormat`, `accessLogEncoding`, `defaultProviders.accessLogging`,
-//! `extensionProviders[].envoyFileAccessLog`, `extensionProviders[].envoyOtelAls`: [`otel_als`]; `envoyHttpAls` and `envoyTcpAls` accepted but not applied, [`Mesh::not_applied`]), which Telemetry resources select from, and the gateways' default
+//! `extensionProviders[].envoyFileAccessLog`, `extensionProviders[].envoyOtelAls`:
+//! [`otel_als`]; `envoyHttpAls` and `envoyTcpAls` accepted but not applied,
+//! [`Mesh::not_applied`]), which Telemetry resources select from, and the gateways' default
 //! `defaultConfig.gatewayTopology.numTrustedProxies`, in every gateway's, and the default
 //! locality load balancing, `localityLbSetting`, which a cluster without a DestinationRule
 //! setting of its own (nor a traffic distribution) follows. The file is read at
@@ -198,6 +200,11 @@ fn read(path: &Path) -> Result<String, MeshConfigError> {
         path: path.display().to_string(),
         reason: e.to_string(),
     })
+}
+
+/// The document in the file at `path`, read once (`controller validate --mesh-config`).
+pub fn read_file(path: &Path) -> Result<Mesh, MeshConfigError> {
+    parse(&path.display().to_string(), &read(path)?)
 }
 
 impl MeshConfigWatch {
