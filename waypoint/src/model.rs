@@ -152,6 +152,31 @@ pub struct DirectWorkload {
     pub services: Vec<String>,
     /// Declared protocols by port; other ports are sniffed.
     pub ports: HashMap<u16, Protocol>,
+    /// Its one-endpoint clusters by port, built on first use and kept with this configuration
+    /// (see [`WorkloadTarget::cluster`]).
+    pub clusters: PortClusters,
+}
+
+/// How many clusters of ports no service declares a workload keeps: a client picks the port,
+/// so what is kept is bounded by the configuration (its workloads, their declared ports and
+/// this many more each), never by the requests.
+pub const UNDECLARED_PORT_CLUSTERS: usize = 8;
+
+/// A workload's one-endpoint clusters by port, built when a request first needs one and then
+/// shared by every request to that port while the configuration is in force (a new
+/// configuration has new workloads, so new clusters).
+#[derive(Debug, Default)]
+pub struct PortClusters(std::sync::RwLock<HashMap<u16, Arc<Cluster>>>);
+
+impl PortClusters {
+    /// How many clusters are kept.
+    pub fn len(&self) -> usize {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// A workload addressed directly, on one port: what the request goes to, exactly.
@@ -165,8 +190,35 @@ pub struct WorkloadTarget<'a> {
 impl WorkloadTarget<'_> {
     /// The one-endpoint cluster that carries this traffic, `inbound-pod|<port>||<ip>`: no load
     /// balancing, no traffic policy, and no health filtering (the client chose this pod, as
-    /// Envoy's original-destination clusters do).
-    pub fn cluster(&self) -> Cluster {
+    /// Envoy's original-destination clusters do). Built once per port and configuration
+    /// ([`PortClusters`]), so that a request only looks it up; a port no service declares,
+    /// past [`UNDECLARED_PORT_CLUSTERS`] of them, has its cluster built for each request.
+    pub fn cluster(&self) -> Arc<Cluster> {
+        let kept = &self.workload.clusters.0;
+        if let Some(cluster) = kept
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&self.port)
+        {
+            return Arc::clone(cluster);
+        }
+        let cluster = Arc::new(self.build_cluster());
+        let mut kept = kept.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(built) = kept.get(&self.port) {
+            // Built meanwhile by a concurrent request: one cluster per port.
+            return Arc::clone(built);
+        }
+        let declared = |port: &u16| self.workload.ports.contains_key(port);
+        let room = declared(&self.port)
+            || kept.keys().filter(|p| !declared(p)).count() < UNDECLARED_PORT_CLUSTERS;
+        if room {
+            kept.insert(self.port, Arc::clone(&cluster));
+        }
+        cluster
+    }
+
+    /// A new cluster for this traffic ([`Self::cluster`] keeps it).
+    pub(crate) fn build_cluster(&self) -> Cluster {
         let workload = &self.workload;
         let host = workload.address.to_string();
         Cluster {

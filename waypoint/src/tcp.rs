@@ -98,7 +98,7 @@ fn tcp_destination(
     context: &TunnelContext,
 ) -> TcpDestination {
     let target = match target {
-        Target::Workload(target) => return TcpDestination::Cluster(Arc::new(target.cluster())),
+        Target::Workload(target) => return TcpDestination::Cluster(target.cluster()),
         Target::Service(target) => target,
     };
     let service = target.service;

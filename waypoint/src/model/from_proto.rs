@@ -284,6 +284,7 @@ fn direct_workload(
         info,
         services: w.services.clone(),
         ports,
+        clusters: Default::default(),
     })
 }
 

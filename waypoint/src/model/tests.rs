@@ -212,6 +212,68 @@ fn a_route_may_name_a_cluster_that_does_not_exist() {
     assert!(config.cluster(&destinations[0].cluster).is_none());
 }
 
+/// A workload's own cluster is built once per port and configuration, not per request: two
+/// requests to one port share it, a new configuration builds it anew (with what changed), and
+/// ports no service declares are kept only up to a bound, past which each request builds its
+/// own (correct, but never kept).
+#[test]
+fn a_workloads_cluster_is_built_once_per_port_and_configuration() {
+    let workload_target = |config: &WaypointConfig, authority: &str| match config
+        .target_for(authority.parse().unwrap())
+    {
+        Some(Target::Workload(target)) => target.cluster(),
+        other => panic!("{authority}: expected a workload target, got {other:?}"),
+    };
+    let mut c = base();
+    c.workloads = vec![direct_workload()];
+    let config = WaypointConfig::try_from(c.clone()).unwrap();
+    let first = workload_target(&config, "10.0.0.5:9080");
+    let second = workload_target(&config, "10.0.0.5:9080");
+    assert!(
+        Arc::ptr_eq(&first, &second),
+        "two requests to one port built two clusters"
+    );
+    let other_port = workload_target(&config, "10.0.0.5:9999");
+    assert_eq!(other_port.name, "inbound-pod|9999||10.0.0.5");
+    assert!(Arc::ptr_eq(
+        &other_port,
+        &workload_target(&config, "10.0.0.5:9999")
+    ));
+
+    // A new configuration: a new cluster, with the workload's new identity.
+    c.workloads[0].identity = "spiffe://cluster.local/ns/default/sa/reviews-v2".to_owned();
+    let changed = WaypointConfig::try_from(c).unwrap();
+    let rebuilt = workload_target(&changed, "10.0.0.5:9080");
+    assert!(!Arc::ptr_eq(&first, &rebuilt));
+    assert_eq!(
+        rebuilt.endpoints[0].principal.as_deref(),
+        Some("spiffe://cluster.local/ns/default/sa/reviews-v2")
+    );
+    assert_eq!(
+        first.endpoints[0].principal.as_deref(),
+        Some("spiffe://cluster.local/ns/default/sa/reviews")
+    );
+
+    // Undeclared ports are kept up to the bound (9999 is one already); the declared port
+    // always is.
+    let workload = config.direct_workloads().next().unwrap();
+    for port in 20_000..20_000 + UNDECLARED_PORT_CLUSTERS as u16 + 5 {
+        let authority = format!("10.0.0.5:{port}");
+        let cluster = workload_target(&config, &authority);
+        assert_eq!(cluster.endpoints[0].address, authority.parse().unwrap());
+    }
+    assert_eq!(workload.clusters.len(), 1 + UNDECLARED_PORT_CLUSTERS);
+    let past = workload_target(&config, "10.0.0.5:20012");
+    assert!(!Arc::ptr_eq(
+        &past,
+        &workload_target(&config, "10.0.0.5:20012")
+    ));
+    assert!(Arc::ptr_eq(
+        &first,
+        &workload_target(&config, "10.0.0.5:9080")
+    ));
+}
+
 #[test]
 fn workloads_addressed_directly_are_targets_of_their_own() {
     let mut c = base();

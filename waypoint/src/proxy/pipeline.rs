@@ -126,7 +126,7 @@ async fn route_request(
             let to = Forwarding {
                 route: &DIRECT_ROUTE,
                 destination: &NO_HEADERS,
-                cluster: Arc::new(target.cluster()),
+                cluster: target.cluster(),
                 matched_uri: None,
             };
             return forward::forward_to(cx, request, to).await;

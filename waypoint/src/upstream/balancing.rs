@@ -501,7 +501,7 @@ fn choose<'c>(
 ) -> Result<&'c Endpoint, UpstreamError> {
     // One endpoint: every balancer, priority, locality, panic mode and retry comes to it
     // when it is healthy, and to nothing otherwise; answered without the plan, which a
-    // workload's own cluster would otherwise build for each request.
+    // workload's own cluster (one per port it is addressed at) would otherwise build.
     if let [only] = cluster.endpoints.as_slice() {
         return if only.healthy {
             Ok(only)

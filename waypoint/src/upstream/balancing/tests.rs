@@ -618,7 +618,7 @@ fn pick_cost_does_not_grow_with_the_endpoints() {
     }
 }
 
-/// A workload addressed directly goes through a one-endpoint cluster built for each request
+/// A workload addressed directly goes through a one-endpoint cluster
 /// ([`crate::model::WorkloadTarget::cluster`]): its choice must not build the cluster's
 /// balancing plan (two vectors, and a hash table for a consistent hash), and must still be
 /// the choice every balancer makes of one endpoint: it when healthy, even when tried before
@@ -633,6 +633,7 @@ fn a_one_endpoint_cluster_is_chosen_without_building_a_plan() {
         info: Arc::default(),
         services: Vec::new(),
         ports: HashMap::new(),
+        clusters: Default::default(),
     });
     let target = crate::model::WorkloadTarget {
         workload: &workload,
@@ -656,7 +657,7 @@ fn a_one_endpoint_cluster_is_chosen_without_building_a_plan() {
         let cluster = Cluster {
             load_balancer: balancer.clone(),
             outlier: Some(policy(100)),
-            ..target.cluster()
+            ..target.build_cluster()
         };
         let state = fresh_state();
         let first = state.choose_endpoint(&cluster, &input, &[]).unwrap();
@@ -675,7 +676,7 @@ fn a_one_endpoint_cluster_is_chosen_without_building_a_plan() {
             "{balancer:?}: a one-endpoint choice built the balancing plan"
         );
     }
-    let mut cluster = target.cluster();
+    let mut cluster = target.build_cluster();
     cluster.endpoints[0].healthy = false;
     assert!(matches!(
         fresh_state().choose_endpoint(&cluster, &input, &[]),
