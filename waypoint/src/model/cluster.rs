@@ -158,8 +158,9 @@ impl Cluster {
     /// configuration store asks before it puts a configuration in force, so that no request
     /// pays for it.
     pub fn plan(&self) -> &BalancingPlan {
-        self.plan
-            .get_or_init(|| BalancingPlan::new(&self.endpoints, &self.load_balancer))
+        self.plan.get_or_init(|| {
+            BalancingPlan::new(&self.endpoints, &self.load_balancer, &self.locality_weights)
+        })
     }
 }
 

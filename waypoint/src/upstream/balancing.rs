@@ -446,8 +446,10 @@ fn plain_choice<'c>(
     tried: &Tried<'_>,
     now: Instant,
 ) -> Option<Result<&'c Endpoint, UpstreamError>> {
+    let hashing = matches!(cluster.load_balancer, LoadBalancer::ConsistentHash(..));
+    // A consistent hash weighs localities inside its table (see `choose`).
     let plain = cluster.priorities <= 1
-        && cluster.locality_weights.is_empty()
+        && (cluster.locality_weights.is_empty() || hashing)
         && tried.endpoints.is_empty()
         && states.ejections_end.is_none_or(|end| end <= now)
         && (cluster.slow_start.is_none() || states.warm_from.is_some_and(|from| from <= now));
@@ -557,8 +559,11 @@ fn choose<'c>(
         .map_or(0, |o| o.min_health_percent as usize);
     let panic = available == 0 || available * 100 < healthy * min_health;
     // Weighed localities (`distribute`): out of panic, one is drawn by Envoy's effective
-    // locality weights, and the endpoint is chosen within it.
-    let locality = (!cluster.locality_weights.is_empty() && !panic)
+    // locality weights, and the endpoint is chosen within it. Not under a consistent hash:
+    // Envoy's hashing balancers draw no locality, their tables weigh the localities
+    // (`normalizeLocalityWeights`, [`BalancingPlan`]), so that a key keeps its endpoint.
+    let hashing = matches!(cluster.load_balancer, LoadBalancer::ConsistentHash(..));
+    let locality = (!cluster.locality_weights.is_empty() && !panic && !hashing)
         .then(|| {
             weighted_locality(
                 cluster,

@@ -17,8 +17,9 @@ pub struct BalancingPlan {
     equal_weights: bool,
     /// The running sum of the healthy endpoints' weights, in `healthy`'s order.
     cumulative_weights: Vec<u64>,
-    /// The consistent-hash table of each locality priority, over its healthy endpoints, by
-    /// priority (Envoy's `ThreadAwareLoadBalancerBase` builds one per priority): `None` for a
+    /// The consistent-hash table of each locality priority, over its ready endpoints (ejected
+    /// or not: see [`table_hosts`]), by priority (Envoy's `ThreadAwareLoadBalancerBase` builds
+    /// one per priority): `None` for a
     /// priority without a healthy endpoint; empty without a consistent hash.
     tables: Vec<Option<Table>>,
 }
@@ -42,8 +43,9 @@ enum Table {
 }
 
 impl BalancingPlan {
-    /// The plan of a cluster with these `endpoints` balanced by `balancer`.
-    pub fn new(endpoints: &[Endpoint], balancer: &LoadBalancer) -> Self {
+    /// The plan of a cluster with these `endpoints` balanced by `balancer`, in localities
+    /// weighed by `locality_weights` (by the endpoints' `locality`; empty: not weighed).
+    pub fn new(endpoints: &[Endpoint], balancer: &LoadBalancer, locality_weights: &[u32]) -> Self {
         let weight = |e: &Endpoint| u64::from(e.weight.max(1));
         let healthy: Vec<usize> = (0..endpoints.len())
             .filter(|i| endpoints[*i].healthy)
@@ -65,15 +67,12 @@ impl BalancingPlan {
                 let levels = healthy.iter().map(|i| endpoints[*i].priority + 1).max();
                 (0..levels.unwrap_or(0))
                     .map(|level| {
-                        let hosts: Vec<Host> = healthy
+                        let members: Vec<usize> = healthy
                             .iter()
-                            .filter(|i| endpoints[**i].priority == level)
-                            .map(|i| Host {
-                                index: *i,
-                                key: endpoints[*i].address.to_string(),
-                                weight: weight(&endpoints[*i]),
-                            })
+                            .copied()
+                            .filter(|i| endpoints[*i].priority == level)
                             .collect();
+                        let hosts = table_hosts(endpoints, &members, locality_weights);
                         (!hosts.is_empty()).then(|| match *table {
                             HashTable::Ring { minimum_size } => {
                                 Table::Ring(ring(&hosts, minimum_size))
@@ -166,11 +165,79 @@ impl BalancingPlan {
 
 /// One endpoint as a hash table holds it: the address text it is hashed by (Envoy hashes a
 /// host's `address()->asString()`, `ip:port` with IPv6 in brackets, as `SocketAddr` writes
-/// it; Istio never sets `use_hostname_for_hashing`), and its weight.
+/// it; Istio never sets `use_hostname_for_hashing`), and its normalised weight.
 struct Host {
     index: usize,
     key: String,
-    weight: u64,
+    /// Envoy's normalised host weight (`normalizeWeights`, thread_aware_lb_impl.cc).
+    weight: f64,
+}
+
+/// The hosts of one locality priority's table, `members` (indices into `endpoints`), with
+/// Envoy's normalised weights (`ThreadAwareLoadBalancerBase::refresh`, `normalizeWeights`,
+/// source/extensions/load_balancing_policies/common/thread_aware_lb_impl.cc): each endpoint's
+/// weight over the sum of them all; with locality weights (Istio's `distribute`, for which it
+/// sets `locality_weighted_lb_config`), each locality's weight over the sum of the localities'
+/// weights, shared among its endpoints by their weights, and the endpoints of a locality of
+/// weight 0 left out. Envoy weighs the localities inside the table (as configured: not the
+/// effective weights the other balancers draw by), so a key keeps its endpoint; no locality
+/// is drawn first. `members` are the priority's ready endpoints whether ejected or not: those
+/// are the hosts Envoy builds a priority's table over in panic (`hostsPerLocality()` rather
+/// than `healthyHostsPerLocality()`), and out of panic an ejected endpoint is passed over at
+/// lookup ([`BalancingPlan::hashed`]); istiod sends Envoy no unready endpoint, so those are
+/// never hosts at all.
+fn table_hosts(endpoints: &[Endpoint], members: &[usize], locality_weights: &[u32]) -> Vec<Host> {
+    let weight = |i: usize| f64::from(endpoints[i].weight.max(1));
+    let host = |i: usize, weight: f64| Host {
+        index: i,
+        key: endpoints[i].address.to_string(),
+        weight,
+    };
+    if locality_weights.is_empty() {
+        let sum: f64 = members.iter().map(|i| weight(*i)).sum();
+        return members
+            .iter()
+            .map(|i| host(*i, weight(*i) * 1.0 / sum))
+            .collect();
+    }
+    let locality_weight = |i: usize| {
+        usize::try_from(endpoints[i].locality)
+            .ok()
+            .and_then(|l| locality_weights.get(l))
+            .copied()
+            .unwrap_or(0)
+    };
+    // Envoy's host set lists the priority's localities, each once, with its weight.
+    let mut localities: Vec<u32> = members.iter().map(|i| endpoints[*i].locality).collect();
+    localities.sort_unstable();
+    localities.dedup();
+    let locality_sum: u64 = localities
+        .iter()
+        .filter_map(|l| locality_weights.get(usize::try_from(*l).ok()?))
+        .map(|w| u64::from(*w))
+        .sum();
+    if locality_sum == 0 {
+        return Vec::new();
+    }
+    let mut hosts = Vec::with_capacity(members.len());
+    for locality in localities {
+        let in_locality = || {
+            members
+                .iter()
+                .copied()
+                .filter(move |i| endpoints[*i].locality == locality)
+        };
+        let Some(first) = in_locality().next() else {
+            continue;
+        };
+        if locality_weight(first) == 0 {
+            continue;
+        }
+        let share = f64::from(locality_weight(first)) / locality_sum as f64;
+        let sum: f64 = in_locality().map(weight).sum();
+        hosts.extend(in_locality().map(|i| host(i, weight(i) * share / sum)));
+    }
+    hosts
 }
 
 /// Envoy's consistent-hash function (`HashUtil::xxHash64`, source/common/common/hash.h):
@@ -207,20 +274,19 @@ impl std::fmt::Debug for BalancingPlan {
     }
 }
 
-/// Envoy's ring (`RingHashLoadBalancer::Ring::Ring`, ring_hash_lb.cc): weights are normalised
-/// to sum to 1; the scale is set so that the lightest host gets a whole number of points, at
+/// Envoy's ring (`RingHashLoadBalancer::Ring::Ring`, ring_hash_lb.cc), over the normalised
+/// weights of [`table_hosts`] (which sum to 1, or less where a weighed locality has no
+/// endpoint in the table); the scale is set so that the lightest host gets a whole number of points, at
 /// least `minimum_size` in all (`ceil(min_weight * min_ring_size) / min_weight`, at most the
 /// maximum ring size); each host then gets `scale * weight` points, kept as running sums so
 /// that fractional shares add up, each point the hash of `"<address>_<n>"`.
 fn ring(hosts: &[Host], minimum_size: u64) -> Vec<(u64, usize)> {
-    let total: u64 = hosts.iter().map(|h| h.weight).sum();
-    let normalised = |h: &Host| h.weight as f64 / total as f64;
-    let lightest = hosts.iter().map(normalised).fold(f64::INFINITY, f64::min);
+    let lightest = hosts.iter().map(|h| h.weight).fold(1.0, f64::min);
     let scale = ((lightest * minimum_size as f64).ceil() / lightest).min(MAXIMUM_RING_SIZE as f64);
     let mut points = Vec::with_capacity(scale.ceil() as usize);
     let (mut current, mut target) = (0.0f64, 0.0f64);
     for host in hosts {
-        target += scale * normalised(host);
+        target += scale * host.weight;
         let mut n = 0u64;
         while current < target {
             points.push((
@@ -243,17 +309,17 @@ fn ring(hosts: &[Host], minimum_size: u64) -> Vec<(u64, usize)> {
 fn maglev(mut hosts: Vec<Host>, table_size: u64) -> Vec<usize> {
     hosts.sort_by(|a, b| a.key.cmp(&b.key));
     let size = table_size.max(2);
-    let heaviest = hosts.iter().map(|h| h.weight).max().unwrap_or(1);
+    let heaviest = hosts.iter().map(|h| h.weight).fold(0.0, f64::max);
     struct Entry {
         index: usize,
         offset: u64,
         skip: u64,
-        weight: u64,
-        target: u64,
+        weight: f64,
+        target: f64,
         next: u64,
     }
-    // Integer weights stand for Envoy's normalised ones: the rounds a host is picked on only
-    // depend on the ratios.
+    // Envoy's normalised weights and its floating-point test, so that a host is picked on the
+    // rounds Envoy picks it even where the ratios are not whole.
     let mut entries: Vec<Entry> = hosts
         .iter()
         .map(|h| Entry {
@@ -261,7 +327,7 @@ fn maglev(mut hosts: Vec<Host>, table_size: u64) -> Vec<usize> {
             offset: hash64(0, h.key.as_bytes()) % size,
             skip: hash64(1, h.key.as_bytes()) % (size - 1) + 1,
             weight: h.weight,
-            target: 0,
+            target: 0.0,
             next: 0,
         })
         .collect();
@@ -273,7 +339,7 @@ fn maglev(mut hosts: Vec<Host>, table_size: u64) -> Vec<usize> {
             if filled == size {
                 break;
             }
-            if round * entry.weight < entry.target {
+            if round as f64 * entry.weight < entry.target {
                 continue;
             }
             entry.target += heaviest;

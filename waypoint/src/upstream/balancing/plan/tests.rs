@@ -59,6 +59,22 @@ fn choices(
         .collect()
 }
 
+/// Each endpoint `10.0.0.<last>` took its `expected` share of the keys `chosen` went to,
+/// within 0.05.
+fn assert_shares(table: HashTable, chosen: &[SocketAddr], expected: &[(u8, f64)]) {
+    for (last, expected) in expected {
+        let share = chosen
+            .iter()
+            .filter(|a| **a == endpoint(*last).address)
+            .count() as f64
+            / chosen.len() as f64;
+        assert!(
+            (share - expected).abs() <= 0.05,
+            "{table:?}: 10.0.0.{last} took {share} of the keys, not about {expected}"
+        );
+    }
+}
+
 fn keys(count: usize) -> Vec<String> {
     (0..count).map(|i| format!("user-{i}")).collect()
 }
@@ -82,17 +98,7 @@ fn ring_hash_and_maglev_share_keys_by_endpoint_weight() {
         // Three endpoints, weights 1:2:5: each within 5 points of its share.
         let cluster = hashed(vec![weighted(1, 1), weighted(2, 2), weighted(3, 5)], table);
         let chosen = choices(&fresh_state(), &cluster, &keys, &[]);
-        for (last, expected) in [(1, 0.125), (2, 0.25), (3, 0.625)] {
-            let share = chosen
-                .iter()
-                .filter(|a| **a == endpoint(last).address)
-                .count() as f64
-                / keys.len() as f64;
-            assert!(
-                (share - expected).abs() <= 0.05,
-                "{table:?}: 10.0.0.{last} took {share} of the keys, not about {expected}"
-            );
-        }
+        assert_shares(table, &chosen, &[(1, 0.125), (2, 0.25), (3, 0.625)]);
     }
 }
 
@@ -202,7 +208,7 @@ fn the_weighted_draw_follows_the_running_weights() {
         },
         weighted(3, 3),
     ];
-    let plan = super::BalancingPlan::new(&endpoints, &LoadBalancer::RoundRobin);
+    let plan = super::BalancingPlan::new(&endpoints, &LoadBalancer::RoundRobin, &[]);
     assert_eq!(plan.healthy(), &[0, 2]);
     assert!(!plan.equal_weights());
     // Total 4: [0, 1) is the first, [1, 4) the third.
@@ -221,6 +227,7 @@ fn the_weighted_draw_follows_the_running_weights() {
             weighted(3, 2),
         ],
         &LoadBalancer::RoundRobin,
+        &[],
     );
     assert!(plan.equal_weights());
 }
@@ -390,4 +397,92 @@ fn the_key_draws_the_locality_priority() {
             "{table:?}: the closest priority took {share} of the keys, not about 0.46"
         );
     }
+}
+
+/// A cluster hashed by `x-user` over endpoints `10.0.0.1` to `10.0.0.4`, ejecting on one 5xx,
+/// with outlier detection's `minHealthPercent` (Envoy's `healthy_panic_threshold`).
+fn ejecting(table: HashTable, min_health_percent: u32) -> Cluster {
+    Cluster {
+        outlier: Some(crate::model::OutlierPolicy {
+            consecutive_gateway_errors: None,
+            consecutive_5xx: Some(1),
+            interval: std::time::Duration::from_secs(1),
+            base_ejection_time: std::time::Duration::from_secs(30),
+            max_ejection_percent: 100,
+            min_health_percent,
+        }),
+        ..hashed((1..=4).map(endpoint).collect(), table)
+    }
+}
+
+/// In panic (two of four endpoints ejected: 50% healthy, under a `minHealthPercent` of 60)
+/// Envoy builds the priority's table over all its hosts, ejected ones included
+/// (`ThreadAwareLoadBalancerBase::refresh`: `global_panic_` chooses `hostsPerLocality()` over
+/// `healthyHostsPerLocality()`), so every key goes where it went before the ejections, to an
+/// ejected endpoint too. Out of panic (`minHealthPercent` 0) no key goes to an ejected
+/// endpoint and the others' keys stay.
+#[test]
+fn in_panic_a_key_goes_to_its_endpoint_in_the_table_of_all_hosts() {
+    let keys = keys(1_000);
+    let ejected = [endpoint(1).address, endpoint(2).address];
+    for table in [RING, MAGLEV] {
+        for (min_health_percent, panic) in [(60, true), (0, false)] {
+            let cluster = ejecting(table, min_health_percent);
+            let state = fresh_state();
+            let before = choices(&state, &cluster, &keys, &[]);
+            assert!(
+                ejected.iter().all(|e| before.contains(e)),
+                "{table:?}: the ejected endpoints had keys"
+            );
+            for address in ejected {
+                state.record_outcome(&cluster, address, Some(503));
+            }
+            let after = choices(&state, &cluster, &keys, &[]);
+            for ((key, was), now) in keys.iter().zip(&before).zip(&after) {
+                if panic || !ejected.contains(was) {
+                    assert_eq!(now, was, "{table:?}, panic {panic}: {key} moved");
+                } else {
+                    assert!(
+                        !ejected.contains(now),
+                        "{table:?}: {key} went to an ejected endpoint out of panic"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// With weighed localities (`distribute`, for which Istio sets `locality_weighted_lb_config`)
+/// Envoy weighs them inside the hash table (`normalizeLocalityWeights`): a locality's weight
+/// over the sum, shared among its endpoints by their weights, and draws no locality first.
+/// Localities 80 (`10.0.0.1`, `10.0.0.2`) and 20 (`10.0.0.3`): 0.4, 0.4 and 0.2 of the keys
+/// within 0.05, as the other shares here (a third each with the localities ignored), and a key goes to the same endpoint every time
+/// (a locality drawn per request would move it).
+#[test]
+fn a_consistent_hash_weighs_localities_inside_its_table() {
+    let keys = keys(10_000);
+    for table in [RING, MAGLEV] {
+        let mut cluster = hashed((1..=3).map(endpoint).collect(), table);
+        cluster.endpoints[2].locality = 1;
+        cluster.locality_weights = vec![80, 20];
+        let state = fresh_state();
+        let first = choices(&state, &cluster, &keys, &[]);
+        assert_eq!(
+            first,
+            choices(&state, &cluster, &keys, &[]),
+            "{table:?}: keys moved between two rounds"
+        );
+        assert_shares(table, &first, &[(1, 0.4), (2, 0.4), (3, 0.2)]);
+    }
+    // Envoy's normalised weights make the ring: the lightest host (0.2) gets a whole number of
+    // points, at least the minimum in all.
+    let mut cluster = hashed((1..=3).map(endpoint).collect(), RING);
+    cluster.endpoints[2].locality = 1;
+    cluster.locality_weights = vec![80, 20];
+    let built: Vec<_> = cluster.plan().built_tables().collect();
+    assert_eq!(
+        built,
+        [Some(super::BuiltTable::Ring { points: 1025 })],
+        "ceil(0.2 x 1024) / 0.2 = 1025 points"
+    );
 }
