@@ -298,7 +298,7 @@ impl Record for RequestEntry<'_> {
             Operator::StartTime => shown(out, record.start_time_text(), Kind::Text),
             Operator::Protocol => text(out, record.protocol),
             Operator::ResponseCode => shown(out, record.status, Kind::Number),
-            Operator::ResponseFlags => shown(out, record.response_flags, Kind::Text),
+            Operator::ResponseFlags => shown(out, record.flags(), Kind::Text),
             Operator::ResponseCodeDetails => text(out, &record.response_code_details),
             Operator::BytesReceived => shown(out, record.bytes_received, Kind::Number),
             Operator::BytesSent => shown(out, record.bytes_sent, Kind::Number),

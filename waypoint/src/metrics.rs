@@ -30,7 +30,7 @@ use prometheus_client::registry::Registry;
 use tracing::info;
 pub use weft_proxy_core::metrics::{
     ACCESS_LOG, PEER_LABEL_VALUES, PeerLabels, Reporter, RequestLabels, RequestProtocol,
-    ResponseFlag, SecurityPolicy, TcpLabels, UNKNOWN,
+    ResponseFlag, ResponseFlags, SecurityPolicy, TcpLabels, UNKNOWN,
 };
 use weft_proxy_core::metrics::{LogText, Peer as PeerView, Service as ServiceView, TcpMetrics};
 
@@ -233,7 +233,7 @@ struct LabelsView<'a> {
     request_protocol: RequestProtocol,
     response_code: u16,
     grpc_response_status: &'a str,
-    response_flags: ResponseFlag,
+    response_flags: ResponseFlags,
     connection_security_policy: SecurityPolicy,
 }
 
@@ -358,7 +358,10 @@ pub struct RequestRecord {
     pub destination_service: Option<Arc<ServiceName>>,
     pub status: u16,
     pub grpc_status: Option<String>,
+    /// Why the request did not end well; a later reason takes the place of an earlier one.
     pub response_flags: ResponseFlag,
+    /// The retries ran out on a failure they would have retried (`URX`, beside the flag).
+    pub retry_limit_exceeded: bool,
     pub response_code_details: Cow<'static, str>,
     pub upstream_host: Option<SocketAddr>,
     pub upstream_cluster: Option<RecordText>,
@@ -402,6 +405,14 @@ impl RequestRecord {
         self.start
     }
 
+    /// The flags the metrics, the access log and the span say (`%RESPONSE_FLAGS%`).
+    pub fn flags(&self) -> ResponseFlags {
+        ResponseFlags {
+            flag: self.response_flags,
+            retry_limit_exceeded: self.retry_limit_exceeded,
+        }
+    }
+
     pub fn new(metrics: Arc<Metrics>) -> Self {
         RequestRecord {
             metrics,
@@ -420,6 +431,7 @@ impl RequestRecord {
             status: 0,
             grpc_status: None,
             response_flags: ResponseFlag::None,
+            retry_limit_exceeded: false,
             response_code_details: Cow::Borrowed("-"),
             upstream_host: None,
             upstream_cluster: None,
@@ -504,7 +516,7 @@ impl RequestRecord {
             },
             response_code: self.status,
             grpc_response_status: self.grpc_status.as_deref().unwrap_or_default(),
-            response_flags: self.response_flags,
+            response_flags: self.flags(),
             connection_security_policy: security(self.mtls),
         }
     }
@@ -532,7 +544,7 @@ impl std::fmt::Display for AccessLogLine<'_> {
             LogText(&record.path),
             record.protocol,
             record.status,
-            record.response_flags,
+            record.flags(),
             LogText(&record.response_code_details),
             record.bytes_received,
             record.bytes_sent,

@@ -429,7 +429,7 @@ fn build_span(
         ),
         attribute("request_size", record.bytes_received.to_string()),
         attribute("response_size", record.bytes_sent.to_string()),
-        attribute("response_flags", record.response_flags.to_string()),
+        attribute("response_flags", record.flags().to_string()),
         attribute(
             "upstream_cluster",
             record.upstream_cluster.as_deref().unwrap_or("-"),

@@ -11,7 +11,8 @@ pub mod tcp;
 pub use certificates::{CERTIFICATE_EXPIRY, CERTIFICATE_ISSUE, register_certificate_expiry};
 pub use labels::{
     LabelPairs, PEER_LABEL_VALUES, Peer, PeerLabels, Reporter, RequestLabels, RequestProtocol,
-    ResponseFlag, SecurityPolicy, Series, Service, TcpLabels, UNKNOWN, is_label_name,
+    ResponseFlag, ResponseFlags, SecurityPolicy, Series, Service, TcpLabels, UNKNOWN,
+    is_label_name,
 };
 pub use process::{Component, register_process_metrics};
 pub use tcp::{

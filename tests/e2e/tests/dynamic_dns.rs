@@ -369,7 +369,9 @@ fn names_under_a_dynamic_dns_wildcard_reach_their_own_servers_through_the_waypoi
     let failed = sample(
         &metrics,
         "istio_requests_total",
-        &["response_code=\"503\"", "response_flags=\"UF\""],
+        // Refused at each of the default policy's attempts (connect-failure is retried):
+        // Envoy's `UF,URX`.
+        &["response_code=\"503\"", "response_flags=\"UF,URX\""],
     );
     assert!(failed.is_some_and(|n| n >= 1), "{metrics}");
 

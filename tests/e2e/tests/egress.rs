@@ -293,7 +293,8 @@ fn tls_origination_takes_its_ca_from_a_credential_and_a_missing_one_fails_only_i
     let flagged = [
         ("destination_service", "missing.external.example"),
         ("response_code", "503"),
-        ("response_flags", "UF"),
+        // Failed at each of the default policy's attempts: Envoy's `UF,URX`.
+        ("response_flags", "UF,URX"),
     ];
     assert!(
         metrics.count("istio_requests_total", &flagged) >= 1,

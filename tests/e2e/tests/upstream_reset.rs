@@ -14,7 +14,14 @@
 //!   `response_flags="UPE"` and `upstream_reset_after_response_started{protocol_error}` for the
 //!   HTTP/1.1 upstream cut short, `UR` and `{remote_reset}` for the HTTP/2 stream reset; a
 //!   connection reset before any answer, `503` with `UC` and
-//!   `upstream_reset_before_response_started{connection_termination}` (the flag of its reason);
+//!   `upstream_reset_before_response_started{connection_termination}` (the flag of its reason),
+//!   and `URX` beside it once the route's retries are spent (Envoy's
+//!   `UpstreamRetryLimitExceeded`, set by its router's `maybeRetryReset`, printed after `UC` as
+//!   `source/common/stream_info/utility.h` orders its flags), but not when a retry succeeded;
+//! - an HTTP/2 upstream whose whole connection ends (a `GOAWAY` and the TCP close) under the
+//!   stream: `UC` with `upstream_reset_after_response_started{connection_termination}` once the
+//!   response began (the `200` cut short), `503` with `UC,URX` and
+//!   `upstream_reset_before_response_started{connection_termination}` before it;
 //! - the gateway holds no connection of the client's afterwards, nor a file it did not hold
 //!   before.
 //!
@@ -303,22 +310,55 @@ fn an_upstream_reset_after_the_response_began_reaches_clients_as_envoy_passes_it
     let early = mesh.curl_with("outside", &["--resolve", &resolve, &url("/reset/early")]);
     assert_eq!(early.status, 503, "{early:?}");
     assert_eq!(edge_count(), 3 + 1 + ATTEMPTS);
+    // A reset the retry recovers from: the client sees the answer.
+    let once = mesh.curl_with("outside", &["--resolve", &resolve, &url("/reset/once")]);
+    assert_eq!(once.status, 200, "{once:?}");
+    assert_eq!(edge_count(), 3 + 1 + ATTEMPTS + 1);
+
+    // HTTP/2, the upstream's whole connection ending under the stream: once the answer began,
+    // it is cut short (not retried); before, it is retried until the retries are spent.
+    let h2 = |path: &str| {
+        transfer(
+            &mesh,
+            "outside",
+            &["--http2-prior-knowledge", "--resolve", &resolve, &url(path)],
+        )
+    };
+    let cut = h2("/reset/goaway");
+    assert!(
+        cut.status == 200 && cut.bytes == SENT_BYTES && cut.exit != 0 && cut.version == "2",
+        "HTTP/2 connection ended after the head: {cut:?}\n{}",
+        mesh.logs()
+    );
+    let refused = h2("/reset/goaway/early");
+    assert_eq!(
+        (refused.status, refused.version.as_str()),
+        (503, "2"),
+        "{refused:?}"
+    );
+    assert_eq!(edge_count(), 3 + 1 + ATTEMPTS + 1 + 1 + 1 + ATTEMPTS);
 
     // Counted and logged with the upstream's status and Envoy's flag and details.
     let metrics = mesh.waypoint_metrics(&gateway.pod);
-    for (flags, count) in [("UPE", 2), ("UR", 1)] {
+    for (code, flags, count) in [
+        ("200", "UPE", 2),
+        ("200", "UR", 1),
+        ("200", "UC", 1),
+        ("503", "UC,URX", 2),
+        ("503", "UC", 0),
+    ] {
         assert_eq!(
             requests_to(
                 &metrics,
                 BRITTLE_HOST,
                 &[
                     ("reporter", "source"),
-                    ("response_code", "200"),
+                    ("response_code", code),
                     ("response_flags", flags)
                 ]
             ),
             count,
-            "{flags}: {metrics}"
+            "{code} {flags}: {metrics}"
         );
     }
     let log = mesh.log_of("gateway-ingress");
@@ -335,10 +375,22 @@ fn an_upstream_reset_after_the_response_began_reaches_clients_as_envoy_passes_it
             "/reset/length HTTP/2",
             "200 UR upstream_reset_after_response_started{remote_reset}",
         ),
-        // Before any answer, the flag of the reason: the connection ended (Envoy's `UC`).
+        // Before any answer, the flag of the reason: the connection ended (Envoy's `UC`), with
+        // `URX` once every retry failed so.
         (
             "/reset/early HTTP/1.1",
-            "503 UC upstream_reset_before_response_started{connection_termination}",
+            "503 UC,URX upstream_reset_before_response_started{connection_termination}",
+        ),
+        // A retry that succeeded: the upstream's answer, no flag.
+        ("/reset/once HTTP/1.1", "200 - -"),
+        // The HTTP/2 connection ended under the stream: `UC`, before and after the head.
+        (
+            "/reset/goaway HTTP/2",
+            "200 UC upstream_reset_after_response_started{connection_termination}",
+        ),
+        (
+            "/reset/goaway/early HTTP/2",
+            "503 UC,URX upstream_reset_before_response_started{connection_termination}",
         ),
     ] {
         assert!(

@@ -581,8 +581,9 @@ async fn send_with_retries(
                     .get(&GRPC_STATUS)
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse().ok());
+                let retriable = policy.on.status_retriable(status, grpc);
                 if can_retry
-                    && policy.on.status_retriable(status, grpc)
+                    && retriable
                     && let Some(permit) = state.retry_permit(cluster)
                     && let Some(next) = outgoing.attempt_body()
                 {
@@ -596,6 +597,8 @@ async fn send_with_retries(
                     continue;
                 }
                 drop(retry_permit);
+                cx.record.retry_limit_exceeded =
+                    retriable && retries_exhausted(policy, attempt, outgoing.replayable());
                 let mut response = response;
                 strip_hop_by_hop(response.headers_mut());
                 return Ok(response);
@@ -603,8 +606,9 @@ async fn send_with_retries(
             Some(Err(error)) => {
                 state.record_outcome(cluster, endpoint.address, None);
                 warn!(%error, attempt, "upstream attempt failed");
+                let retriable = error_retriable(&error, policy);
                 if can_retry
-                    && error_retriable(&error, policy)
+                    && retriable
                     && let Some(permit) = state.retry_permit(cluster)
                     && let Some(next) = outgoing.attempt_body()
                 {
@@ -615,6 +619,8 @@ async fn send_with_retries(
                     backoff(policy, attempt).await;
                     continue;
                 }
+                cx.record.retry_limit_exceeded =
+                    retriable && retries_exhausted(policy, attempt, outgoing.replayable());
                 return Err(error.into());
             }
             None => {
@@ -634,10 +640,25 @@ async fn send_with_retries(
                     backoff(policy, attempt).await;
                     continue;
                 }
+                cx.record.retry_limit_exceeded =
+                    retriable && retries_exhausted(policy, attempt, outgoing.replayable());
                 return Err(LocalReply::PerTryTimeout);
             }
         }
     }
+}
+
+/// Whether a failure the policy would retry, after `retries` retries, ends the request flagged
+/// `URX` (Envoy's `UpstreamRetryLimitExceeded`): the policy's retries are all spent. Envoy's
+/// retry state answers `NoRetryLimitExceeded` to a retriable failure once no retry remains
+/// (`RetryStateImpl::shouldRetry`), and its router then sets the flag beside the failure's own
+/// (`Filter::maybeRetryReset` for a reset or a per-try timeout, `Filter::onUpstreamHeaders` for
+/// a retriable status; `source/common/router/router.cc`). A policy of no retries is no retry
+/// state at all (Istio sends none for `attempts: 0`), and a body that can no longer be sent
+/// whole drops it (Envoy's "retry or shadow abandoned"): no `URX` then. A retry refused by the
+/// cluster's retry budget is not the limit either (Envoy's `NoOverflow`).
+fn retries_exhausted(policy: &RetryPolicy, retries: u32, replayable: bool) -> bool {
+    policy.attempts > 0 && retries >= policy.attempts && replayable
 }
 
 /// Resolves `limit` after the downstream request has ended (at once for a body-less request).
@@ -730,6 +751,33 @@ mod tests {
         assert!(!headers.contains_key("keep-alive"));
         assert_eq!(headers[header::TE], "trailers");
         assert_eq!(headers["traceparent"], "00-abc-def-01");
+    }
+
+    /// Envoy's `RetryStateImpl::shouldRetry`: `NoRetryLimitExceeded` only once every retry
+    /// the policy allows was made, never without a policy, never once the body was abandoned.
+    #[test]
+    fn only_spent_retries_are_the_retry_limit() {
+        let policy = |attempts| RetryPolicy {
+            attempts,
+            ..RetryPolicy::mesh_default()
+        };
+        let cases = [
+            (2, 0, true, false),
+            (2, 1, true, false),
+            (2, 2, true, true),
+            (1, 1, true, true),
+            // `attempts: 0`: no retry policy.
+            (0, 0, true, false),
+            // The body outgrew the retry buffer: retries abandoned.
+            (2, 2, false, false),
+        ];
+        for (attempts, retries, replayable, exceeded) in cases {
+            assert_eq!(
+                retries_exhausted(&policy(attempts), retries, replayable),
+                exceeded,
+                "{attempts} {retries} {replayable}"
+            );
+        }
     }
 
     #[test]

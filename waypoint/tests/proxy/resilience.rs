@@ -111,6 +111,83 @@ async fn retries_recover_from_an_endpoint_failing_twice() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
 }
 
+/// Requests counted with `response_code` and `response_flags`.
+fn requests_flagged(metrics: &str, code: &str, flags: &str) -> u64 {
+    weft_test_support::prometheus::Exposition::parse(metrics).count(
+        "istio_requests_total",
+        &[("response_code", code), ("response_flags", flags)],
+    )
+}
+
+/// Retries that run out on a failure they would have retried flag the request `URX` beside the
+/// last attempt's own flag, as Envoy's router does on `RetryStatus::NoRetryLimitExceeded`
+/// (`Filter::onUpstreamHeaders` for a retriable status, `Filter::maybeRetryReset` for a per-try
+/// timeout; `source/common/router/router.cc`, printed by `ResponseFlagUtils::toShortString`,
+/// `source/common/stream_info/utility.cc`). A retry that succeeds, and a route without
+/// retries, leave no `URX`.
+#[tokio::test]
+async fn retries_that_run_out_flag_the_request_urx() {
+    let (mesh, v1, _v2) = two_endpoints().await;
+    let harness = Harness::start(mesh, &[&v1]).await;
+    let apply = |route| {
+        harness
+            .waypoint
+            .apply_config(config(vec![route], vec![cluster("v1", &[&v1])]))
+            .unwrap();
+    };
+
+    // Two retries, three 503s: the last 503 goes to the client, flagged URX alone.
+    apply(retrying_5xx(2));
+    v1.behaviour.fail_first.store(3, Ordering::Relaxed);
+    let (status, _, _) = harness.get("/").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(v1.request_count(), 3);
+    // A retry that succeeds: no flag.
+    v1.behaviour.fail_first.store(1, Ordering::Relaxed);
+    let (status, _, _) = harness.get("/").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(v1.request_count(), 5);
+    // No retry policy: the 503 has no URX.
+    apply(retrying_5xx(0));
+    v1.behaviour.fail_first.store(1, Ordering::Relaxed);
+    let (status, _, _) = harness.get("/").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+
+    // Per-try timeouts on every attempt: Envoy's `UT` and `URX`, in its flag order.
+    apply(proto::HttpRoute {
+        retries: Some(proto::HttpRetry {
+            attempts: 1,
+            per_try_timeout: Some(duration(Duration::from_millis(100))),
+            retry_on: "5xx".to_owned(),
+            ..Default::default()
+        }),
+        ..route_to("v1")
+    });
+    v1.behaviour.delay_ms.store(2000, Ordering::Relaxed);
+    let (status, _, body) = harness.get("/").await;
+    assert_eq!(
+        (status, body.as_ref()),
+        (
+            StatusCode::GATEWAY_TIMEOUT,
+            b"upstream request timeout".as_ref()
+        )
+    );
+
+    let metrics = harness.metrics().await;
+    for (code, flags, count) in [
+        ("503", "URX", 1),
+        ("200", "-", 1),
+        ("503", "-", 1),
+        ("504", "UT,URX", 1),
+    ] {
+        assert_eq!(
+            requests_flagged(&metrics, code, flags),
+            count,
+            "{code} {flags}:\n{metrics}"
+        );
+    }
+}
+
 /// A retry goes to the endpoint no attempt has tried (Istio's default, and
 /// `retryIgnorePreviousHosts: true`); with `false` it may land on the failing one again.
 #[tokio::test]

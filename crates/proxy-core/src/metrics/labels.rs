@@ -107,6 +107,56 @@ impl ResponseFlag {
     }
 }
 
+/// A request's `response_flags` as Envoy prints them (`%RESPONSE_FLAGS%`, Istio's
+/// `response_flags` label): the flag of why it ended and `URX` beside it when its retries ran
+/// out on a failure they would have retried, comma separated in the order of Envoy's flag table
+/// (`ALL_RESPONSE_STRINGS_FLAGS` in `source/common/stream_info/utility.h`, which
+/// `ResponseFlagUtils::toShortString` walks): `UF,URX`, `UC,URX`, `UT,URX`, but `URX,UPE`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct ResponseFlags {
+    pub flag: ResponseFlag,
+    /// Envoy's `UpstreamRetryLimitExceeded` (`URX`).
+    pub retry_limit_exceeded: bool,
+}
+
+impl ResponseFlags {
+    pub const fn as_str(self) -> &'static str {
+        use ResponseFlag as F;
+        if !self.retry_limit_exceeded {
+            return self.flag.as_str();
+        }
+        match self.flag {
+            F::None => "URX",
+            // ztunnel's own, never beside a retry.
+            F::Denied => "DENY,URX",
+            F::ConnectFailure => "CONNECT,URX",
+            F::NoHealthyUpstream => "UH,URX",
+            F::UpstreamTimeout => "UT,URX",
+            F::UpstreamReset => "UR,URX",
+            F::UpstreamConnectFailure => "UF,URX",
+            F::UpstreamConnectionTermination => "UC,URX",
+            F::UpstreamOverflow => "UO,URX",
+            F::NoRoute => "NR,URX",
+            F::DelayInjected => "DI,URX",
+            F::FaultInjected => "FI,URX",
+            F::RateLimited => "RL,URX",
+            F::DownstreamTerminated => "DC,URX",
+            F::UpstreamProtocolError => "URX,UPE",
+            F::NoCluster => "URX,NC",
+            F::DnsResolutionFailed => "URX,DF",
+        }
+    }
+}
+
+impl From<ResponseFlag> for ResponseFlags {
+    fn from(flag: ResponseFlag) -> Self {
+        Self {
+            flag,
+            retry_limit_exceeded: false,
+        }
+    }
+}
+
 /// Whether the connection was mutual TLS (Istio's `connection_security_policy`). The node
 /// agents report plaintext as `unknown`, as ztunnel does; the waypoint as `none`, as Envoy does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -160,7 +210,13 @@ macro_rules! label_value {
     )*};
 }
 
-label_value!(Reporter, ResponseFlag, SecurityPolicy, RequestProtocol);
+label_value!(
+    Reporter,
+    ResponseFlag,
+    ResponseFlags,
+    SecurityPolicy,
+    RequestProtocol
+);
 
 /// One side of a connection or request, as each proxy knows it; an empty value is `unknown`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -370,7 +426,7 @@ pub struct RequestLabels {
     pub response_code: u16,
     /// The gRPC status, empty for other requests.
     pub grpc_response_status: String,
-    pub response_flags: ResponseFlag,
+    pub response_flags: ResponseFlags,
     pub connection_security_policy: SecurityPolicy,
 }
 

@@ -231,7 +231,10 @@ fn request_label_pairs_encode_as_the_label_set_does() {
         request_protocol: RequestProtocol::Http,
         response_code: 503,
         grpc_response_status: String::new(),
-        response_flags: ResponseFlag::UpstreamOverflow,
+        response_flags: ResponseFlags {
+            flag: ResponseFlag::UpstreamOverflow,
+            retry_limit_exceeded: true,
+        },
         connection_security_policy: SecurityPolicy::MutualTls,
     };
     let exposed = |register: &dyn Fn(&mut Registry)| {
@@ -253,6 +256,50 @@ fn request_label_pairs_encode_as_the_label_set_does() {
     assert!(
         derived.contains("source_workload=\"reviews-v1\""),
         "{derived}"
+    );
+    assert!(derived.contains("response_flags=\"UO,URX\""), "{derived}");
+}
+
+/// `URX` joins the flag of the last attempt's failure in the order of Envoy's flag table
+/// (`ALL_RESPONSE_STRINGS_FLAGS`, `source/common/stream_info/utility.h`): after the flags that
+/// come before it there (`UF`, `UC`, `UT`, ...), before those that come after (`UPE`, `NC`,
+/// `DF`); alone when the last attempt's answer was the upstream's own.
+#[test]
+fn retry_limit_exceeded_is_printed_in_envoys_flag_order() {
+    use ResponseFlag as F;
+    let cases = [
+        (F::None, false, "-"),
+        (F::UpstreamConnectFailure, false, "UF"),
+        (F::None, true, "URX"),
+        (F::NoHealthyUpstream, true, "UH,URX"),
+        (F::UpstreamTimeout, true, "UT,URX"),
+        (F::UpstreamReset, true, "UR,URX"),
+        (F::UpstreamConnectFailure, true, "UF,URX"),
+        (F::UpstreamConnectionTermination, true, "UC,URX"),
+        (F::UpstreamOverflow, true, "UO,URX"),
+        (F::NoRoute, true, "NR,URX"),
+        (F::DelayInjected, true, "DI,URX"),
+        (F::FaultInjected, true, "FI,URX"),
+        (F::RateLimited, true, "RL,URX"),
+        (F::DownstreamTerminated, true, "DC,URX"),
+        (F::UpstreamProtocolError, true, "URX,UPE"),
+        (F::NoCluster, true, "URX,NC"),
+        (F::DnsResolutionFailed, true, "URX,DF"),
+    ];
+    for (flag, retry_limit_exceeded, printed) in cases {
+        let flags = ResponseFlags {
+            flag,
+            retry_limit_exceeded,
+        };
+        assert_eq!(flags.as_str(), printed, "{flag:?}");
+        assert_eq!(flags.to_string(), printed, "{flag:?}");
+    }
+    assert_eq!(
+        ResponseFlags::from(F::UpstreamReset),
+        ResponseFlags {
+            flag: F::UpstreamReset,
+            retry_limit_exceeded: false
+        }
     );
 }
 

@@ -5,8 +5,13 @@
 //! proxy that keeps its client's protocol talks to it), and answers by the request's path:
 //! - `/count`: `200` with how many requests it has broken off so far (`{"broken": N}`);
 //! - a path holding `ok`: a complete `200` (after 300 ms when it also holds `slow`);
+//! - a path holding `once`: the first such request reset before any byte of the answer (as
+//!   `early`), every later one answered whole;
 //! - a path holding `early`: the connection reset before any byte of the answer;
 //! - a path holding `chunked`: the head of a chunked `200` and one chunk, then a reset;
+//! - over HTTP/2, a path holding `goaway`: the whole connection ends under the stream, a
+//!   `GOAWAY` (`INTERNAL_ERROR`) and the TCP close, before any answer when the path also holds
+//!   `early`, else after the head and 100 bytes of the answer below;
 //! - any other path: the head of a `200` of `Content-Length: 1000` and 100 bytes of it, then a
 //!   reset.
 //!
@@ -16,13 +21,14 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 
 use super::{TIMEOUT, h2_connect};
 
@@ -37,41 +43,59 @@ const BEFORE_RESET: Duration = Duration::from_millis(50);
 /// How long a `slow` answer waits.
 const SLOW: Duration = Duration::from_millis(300);
 
+/// What the server keeps across connections.
+#[derive(Default)]
+struct Served {
+    /// Answers broken off (or reset before any byte) so far.
+    broken: AtomicU64,
+    /// Whether the one `once` request to fail has been failed.
+    once_failed: AtomicBool,
+}
+
+impl Served {
+    /// Whether the request for `path` is answered whole: `ok`, or `once` after the first.
+    fn answers_whole(&self, path: &str) -> bool {
+        path.contains("ok")
+            || (path.contains("once") && self.once_failed.swap(true, Ordering::SeqCst))
+    }
+}
+
 /// Serves on `listen` until killed.
 pub async fn serve(listen: SocketAddr) -> anyhow::Result<serde_json::Value> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
-    let broken = Arc::new(AtomicU64::new(0));
+    let served = Arc::new(Served::default());
     loop {
         let (stream, _) = listener.accept().await?;
-        let broken = Arc::clone(&broken);
+        let served = Arc::clone(&served);
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(TIMEOUT, answer(stream, &broken)).await;
+            let _ = tokio::time::timeout(TIMEOUT, answer(stream, &served)).await;
         });
     }
 }
 
-async fn answer(mut stream: TcpStream, broken: &AtomicU64) -> std::io::Result<()> {
+async fn answer(mut stream: TcpStream, served: &Served) -> std::io::Result<()> {
     let mut start = [0u8; 3];
     if stream.peek(&mut start).await? == start.len() && &start == b"PRI" {
-        return answer_h2(stream, broken).await;
+        return answer_h2(stream, served).await;
     }
     let Some(path) = read_path(&mut stream).await? else {
         return Ok(());
     };
+    let broken = &served.broken;
     if path == "/count" || path.ends_with("/count") {
         let body = serde_json::json!({ "broken": broken.load(Ordering::SeqCst) }).to_string();
         return complete(stream, &body).await;
     }
-    if path.contains("ok") {
+    if served.answers_whole(&path) {
         if path.contains("slow") {
             tokio::time::sleep(SLOW).await;
         }
         return complete(stream, &format!("{{\"path\":\"{path}\"}}")).await;
     }
     broken.fetch_add(1, Ordering::SeqCst);
-    if !path.contains("early") {
+    if !path.contains("early") && !path.contains("once") {
         let part = "x".repeat(SENT_BYTES);
         let answer = if path.contains("chunked") {
             format!(
@@ -92,20 +116,30 @@ async fn answer(mut stream: TcpStream, broken: &AtomicU64) -> std::io::Result<()
     Ok(())
 }
 
-/// Serves the HTTP/2 connection on `stream` until its client closes it.
-async fn answer_h2(stream: TcpStream, broken: &AtomicU64) -> std::io::Result<()> {
+/// Serves the HTTP/2 connection on `stream` until its client closes it, or until a `goaway`
+/// stream ends it.
+async fn answer_h2(stream: TcpStream, served: &Served) -> std::io::Result<()> {
+    let end_connection = Notify::new();
     let mut connection = h2::server::handshake(stream).await.map_err(h2_io)?;
     let mut streams = futures::stream::FuturesUnordered::new();
     loop {
         tokio::select! {
             accepted = connection.accept() => match accepted {
                 Some(Ok((request, respond))) => {
-                    streams.push(answer_h2_stream(request.uri().path().to_owned(), respond, broken));
+                    let path = request.uri().path().to_owned();
+                    streams.push(answer_h2_stream(path, respond, served, &end_connection));
                 }
                 Some(Err(error)) => return Err(h2_io(error)),
                 None => return Ok(()),
             },
             Some(()) = futures::StreamExt::next(&mut streams) => {}
+            () = end_connection.notified() => {
+                // The GOAWAY goes out as the connection is driven to its end; the socket
+                // closes when it is dropped.
+                connection.abrupt_shutdown(h2::Reason::INTERNAL_ERROR);
+                while let Some(Ok(_)) = connection.accept().await {}
+                return Ok(());
+            }
         }
     }
 }
@@ -113,7 +147,8 @@ async fn answer_h2(stream: TcpStream, broken: &AtomicU64) -> std::io::Result<()>
 async fn answer_h2_stream(
     path: String,
     mut respond: h2::server::SendResponse<Bytes>,
-    broken: &AtomicU64,
+    served: &Served,
+    end_connection: &Notify,
 ) {
     let whole = |respond: &mut h2::server::SendResponse<Bytes>, body: String| {
         let response = http::Response::builder()
@@ -124,18 +159,26 @@ async fn answer_h2_stream(
             let _ = stream.send_data(Bytes::from(body), true);
         }
     };
+    let broken = &served.broken;
     if path == "/count" || path.ends_with("/count") {
         let body = serde_json::json!({ "broken": broken.load(Ordering::SeqCst) }).to_string();
         return whole(&mut respond, body);
     }
-    if path.contains("ok") {
+    if served.answers_whole(&path) {
         if path.contains("slow") {
             tokio::time::sleep(SLOW).await;
         }
         return whole(&mut respond, format!("{{\"path\":\"{path}\"}}"));
     }
     broken.fetch_add(1, Ordering::SeqCst);
-    if path.contains("early") {
+    let goaway = path.contains("goaway");
+    if path.contains("early") || path.contains("once") {
+        if goaway {
+            // The stream stays open (a dropped one would be reset) until the connection ends
+            // under it.
+            end_connection.notify_one();
+            return std::future::pending().await;
+        }
         return respond.send_reset(h2::Reason::INTERNAL_ERROR);
     }
     let response = http::Response::builder()
@@ -147,6 +190,10 @@ async fn answer_h2_stream(
     };
     let _ = stream.send_data(Bytes::from("x".repeat(SENT_BYTES)), false);
     tokio::time::sleep(BEFORE_RESET).await;
+    if goaway {
+        end_connection.notify_one();
+        return std::future::pending().await;
+    }
     stream.send_reset(h2::Reason::INTERNAL_ERROR);
 }
 
