@@ -9,6 +9,7 @@
 
 pub mod backoff;
 pub mod client;
+mod cost;
 pub mod metrics;
 pub mod server;
 pub mod store;

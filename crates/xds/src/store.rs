@@ -131,6 +131,7 @@ impl Snapshot {
             .aliases
             .get(type_url)
             .map_or(&[][..], |index| index.named_by(name));
+        crate::cost::looked_at(aliased.len() + 1);
         let mut covered: Vec<&Arc<StoredResource>> = aliased
             .iter()
             .filter(|aliased| aliased.as_str() != name)

@@ -549,6 +549,7 @@ pub(super) fn diff_type(
     current: &TypeResources,
     visible: impl Fn(&StoredResource) -> bool,
 ) -> TypeDelta {
+    crate::cost::looked_at(current.len() + subscription.sent.len());
     let mut delta = TypeDelta::default();
     let mut should_have = BTreeSet::new();
     for (name, resource) in current {
@@ -612,6 +613,7 @@ fn consider(
     now: Option<&Arc<StoredResource>>,
     visible: impl Fn(&StoredResource) -> bool,
 ) {
+    crate::cost::looked_at(1);
     match now.filter(|r| subscription.wants(r) && visible(r)) {
         Some(resource) => {
             if subscription.sent.get(name) != Some(&resource.version) {
@@ -631,7 +633,9 @@ fn consider(
 fn changed_names<'a>(previous: &'a TypeResources, current: &'a TypeResources) -> Vec<&'a String> {
     let mut changed = Vec::new();
     let (mut before, mut now) = (previous.iter().peekable(), current.iter().peekable());
+    let mut steps = 0;
     loop {
+        steps += 1;
         match (before.peek(), now.peek()) {
             (None, None) => break,
             (Some((old_name, _)), Some((new_name, _))) if old_name == new_name => {
@@ -648,6 +652,7 @@ fn changed_names<'a>(previous: &'a TypeResources, current: &'a TypeResources) ->
             (_, Some(_)) => changed.push(now.next().expect("peeked").0),
         }
     }
+    crate::cost::looked_at(steps);
     changed
 }
 

@@ -466,3 +466,90 @@ fn a_name_subscribed_later_is_answered_with_only_what_it_covers() {
     );
     assert!(pushed.removed.is_empty());
 }
+
+/// A subscription change costs what its names cover, not the type's size (a burst of on-demand
+/// agents' first connections, `docs/benchmarks.md`): the same requests against a store with 100
+/// and with 10,000 resources that no name of the stream covers look at the same number of
+/// resources and get the same answers, each looking at a few times what it answers. Answered by
+/// a pass over the type per name, or by diffing the whole subscription again (as before the
+/// alias index), the count would grow with the store.
+#[test]
+fn a_subscription_change_looks_at_what_its_names_cover_not_at_the_whole_type() {
+    const T: &str = "type.googleapis.com/test.Thing";
+    let address = |name: String, aliases: Vec<String>| {
+        StoredResource::new(name.as_str(), resource(&name, b"1").body.clone()).with_aliases(aliases)
+    };
+    // Per request: resources looked at, added, removed.
+    let answers = |unrelated: usize| -> Vec<(usize, usize, usize)> {
+        let mut all: Vec<StoredResource> = (0..5)
+            .map(|i| address(format!("local{i}"), vec!["node:n1".into()]))
+            .collect();
+        all.push(address(
+            "ns/svc".into(),
+            vec!["/10.0.0.1".into(), "host:svc.ns.svc.cluster.local".into()],
+        ));
+        all.extend((0..10).map(|i| {
+            let aliases = vec!["/10.0.0.1".into(), format!("/10.1.0.{i}"), "node:n2".into()];
+            address(format!("ep{i}"), aliases)
+        }));
+        all.extend((0..unrelated).map(|i| {
+            let aliases = vec![
+                format!("/10.2.{}.{}", i >> 8, i & 0xff),
+                format!("node:n{}", 3 + i % 50),
+            ];
+            address(format!("far{i:05}"), aliases)
+        }));
+        let mut store = ResourceStore::new();
+        store.replace_type(T, all);
+        let snapshot = store.snapshot();
+        let current = snapshot.resources(T).unwrap().clone();
+        let mut stream = subscription(false, &[], &[]);
+        let mut request = |asked: &[&str], dropped: &[&str]| {
+            let asked: Vec<String> = asked.iter().map(|n| n.to_string()).collect();
+            let dropped: Vec<String> = dropped.iter().map(|n| n.to_string()).collect();
+            stream.names.extend(asked.iter().cloned());
+            for name in &dropped {
+                stream.names.remove(name);
+                stream.sent.remove(name);
+            }
+            let change = NameChange {
+                asked: &asked,
+                dropped: &dropped,
+                wildcard_changed: false,
+            };
+            crate::cost::take_looked_at();
+            let delta =
+                diff_subscription_change(&mut stream, &snapshot, T, &current, change, |_| true);
+            let looked_at = crate::cost::take_looked_at();
+            stream.record_sent(&delta);
+            stream.evaluated = Some(current.clone());
+            (looked_at, delta.added.len(), delta.removed.len())
+        };
+        vec![
+            // The agent's first request: its node.
+            request(&["node:n1"], &[]),
+            // A first connection to a service: its VIP, the service and its endpoints.
+            request(&["/10.0.0.1"], &[]),
+            // One endpoint's own address: sent again, by both names.
+            request(&["/10.1.0.3"], &[]),
+            // A name covering nothing: listed as removed.
+            request(&["/10.9.9.9"], &[]),
+            // The VIP released: what only it covered is removed.
+            request(&[], &["/10.0.0.1"]),
+        ]
+    };
+    let small = answers(100);
+    let large = answers(10_000);
+    assert_eq!(
+        small, large,
+        "resources looked at, added, removed per request"
+    );
+    let answered: Vec<(usize, usize)> = small.iter().map(|&(_, a, r)| (a, r)).collect();
+    assert_eq!(answered, [(5, 0), (11, 0), (1, 0), (0, 1), (0, 10)]);
+    for (looked_at, added, removed) in small {
+        assert!(
+            looked_at <= 4 * (added + removed) + 4,
+            "{looked_at} resources looked at to answer {added} added and {removed} removed"
+        );
+    }
+}

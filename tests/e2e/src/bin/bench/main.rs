@@ -49,6 +49,9 @@ struct Settings {
     only: Option<Vec<String>>,
     /// Pin each node of the cross-node run to a CPU of its own (`--pin-nodes`).
     pin_nodes: bool,
+    /// How many sizes of the scale section's curve to run, smallest first (`--scale-sizes N`,
+    /// 1 to 3; by default 1 in a quick run, all 3 otherwise).
+    scale_sizes: Option<usize>,
 }
 
 /// The figure groups `--only` selects from; `waypoint` is the whole L7 section, `scale` the
@@ -518,6 +521,7 @@ fn main() -> anyhow::Result<()> {
             agent_env: Vec::new(),
             only: None,
             pin_nodes: false,
+            scale_sizes: None,
         }
     } else {
         Settings {
@@ -527,6 +531,7 @@ fn main() -> anyhow::Result<()> {
             agent_env: Vec::new(),
             only: None,
             pin_nodes: false,
+            scale_sizes: None,
         }
     };
     let mut rest = args.iter().skip(1);
@@ -546,6 +551,15 @@ fn main() -> anyhow::Result<()> {
             "--pin-nodes" => settings.pin_nodes = true,
             "--seconds" => settings.seconds = value("--seconds")?.parse()?,
             "--rounds" => settings.rounds = value("--rounds")?.parse()?,
+            "--scale-sizes" => {
+                let sizes: usize = value("--scale-sizes")?.parse()?;
+                anyhow::ensure!(
+                    (1..=scale::Size::CURVE.len()).contains(&sizes),
+                    "--scale-sizes {sizes}: expected 1 to {}",
+                    scale::Size::CURVE.len()
+                );
+                settings.scale_sizes = Some(sizes);
+            }
             "--only" => {
                 let groups: Vec<String> = value("--only")?.split(',').map(str::to_string).collect();
                 if let Some(unknown) = groups.iter().find(|g| !GROUPS.contains(&g.as_str())) {
@@ -562,7 +576,7 @@ fn main() -> anyhow::Result<()> {
             }
             other => anyhow::bail!(
                 "unknown argument {other:?}; expected --quick, --hold, --hold-waypoint, --cross-node-only, \
-                 --pin-nodes, --seconds N, --rounds N, --only GROUPS, --agent-env NAME=VALUE"
+                 --pin-nodes, --seconds N, --rounds N, --scale-sizes N, --only GROUPS, --agent-env NAME=VALUE"
             ),
         }
     }
@@ -609,7 +623,7 @@ fn main() -> anyhow::Result<()> {
         None
     };
     let scale = if !settings.cross_node_only && settings.wants("scale") {
-        scale::run(quick)?
+        scale::run(quick, settings.scale_sizes)?
     } else {
         Vec::new()
     };

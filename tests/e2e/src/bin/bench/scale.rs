@@ -54,13 +54,11 @@ pub struct SizeFigures {
     pub on_demand: on_demand::OnDemandFigures,
 }
 
-/// Runs the section at the sizes asked for.
-pub fn run(quick: bool) -> anyhow::Result<Vec<SizeFigures>> {
-    let sizes: &[Size] = if quick {
-        &Size::CURVE[..1]
-    } else {
-        &Size::CURVE
-    };
+/// Runs the section at the first `sizes` of the curve (by default the smallest in a quick run,
+/// all of them otherwise).
+pub fn run(quick: bool, sizes: Option<usize>) -> anyhow::Result<Vec<SizeFigures>> {
+    let count = sizes.unwrap_or(if quick { 1 } else { Size::CURVE.len() });
+    let sizes = &Size::CURVE[..count.min(Size::CURVE.len())];
     let edits_per_kind = if quick { 5 } else { 20 };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
