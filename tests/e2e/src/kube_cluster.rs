@@ -23,6 +23,7 @@ use crate::{
     Process, binary,
     containerd::Containerd,
     cri::{ContainerSpec, CriClient, mount, mount_following_host, sandbox_netns},
+    observability,
 };
 
 /// The mesh's namespace, as the chart installs it.
@@ -34,6 +35,12 @@ pub const AUDIENCE: &str = "istio-ca";
 /// The controller's address as the chart's agents name it (resolved through the pods' hosts
 /// file, as a cluster's DNS would).
 pub const ISTIOD: &str = "istiod.istio-system.svc";
+/// The controller's monitoring address, on the control-plane host's loopback (where
+/// Prometheus runs beside it).
+pub const CONTROLLER_MONITORING: SocketAddr = SocketAddr::new(
+    std::net::IpAddr::V4(Ipv4Addr::LOCALHOST),
+    observability::CONTROLLER_MONITORING_PORT,
+);
 
 /// The reference of image `name`, from `cargo xtask images`.
 pub fn image_reference(name: &str) -> anyhow::Result<String> {
@@ -232,7 +239,14 @@ impl KubeCluster {
                 "--tls-address",
                 "0.0.0.0:15012",
                 "--monitoring-address",
-                "127.0.0.1:15014",
+                &CONTROLLER_MONITORING.to_string(),
+            ])
+            // The console reads the Prometheus that the demo runs beside it.
+            .args([
+                "--console-address",
+                &format!("0.0.0.0:{}", observability::CONSOLE_PORT),
+                "--prometheus-url",
+                &format!("http://{}", observability::PROMETHEUS_ADDRESS),
             ])
             .env("KUBECONFIG", self.dir.join("kubeconfig"))
             .env_remove("KUBERNETES_SERVICE_HOST")

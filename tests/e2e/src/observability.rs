@@ -1,6 +1,7 @@
 //! Prometheus and the console beside a mesh, as Istio's Prometheus addon and Kiali run beside
 //! istiod: Debian's `prometheus` runs on the control-plane host with a generated configuration
-//! scraping every node agent, waypoint and the controller, its storage in the mesh's directory;
+//! scraping every node agent, waypoint and the controller (each runtime says at which addresses:
+//! [`Scraped`]), its storage in the mesh's directory;
 //! the controller serves the console ([`CONSOLE_PORT`]) from it. Prometheus evaluates the
 //! shipped alerting rules (`deploy/prometheus/alerts.yaml`), copied into its rules directory
 //! ([`Observability::replace_rules`] puts another copy in their place). Both are reached from the
@@ -11,7 +12,7 @@ use std::{
     fmt::Write as _,
     io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -20,7 +21,7 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use weft_testbed::Netns;
+use weft_testbed::{Host, Netns};
 
 use crate::{Mesh, Process, STARTUP, WAYPOINT_METRICS_PORT};
 
@@ -32,8 +33,12 @@ pub const CONSOLE_PORT: u16 = 20001;
 /// How often Prometheus scrapes (short, so tests and the demo see traffic within seconds).
 const SCRAPE_INTERVAL: &str = "1s";
 /// The agents' and the controller's metrics ports.
-const AGENT_METRICS_PORT: u16 = 15020;
-const CONTROLLER_MONITORING_PORT: u16 = 15014;
+pub const AGENT_METRICS_PORT: u16 = 15020;
+pub const CONTROLLER_MONITORING_PORT: u16 = 15014;
+/// Prometheus' job names for the agents, the waypoints and the controller.
+pub const AGENT_JOB: &str = "weft-node-agent";
+pub const WAYPOINT_JOB: &str = "weft-waypoint";
+pub const CONTROLLER_JOB: &str = "weft-controller";
 /// Connections a forward carries at once; more are refused.
 const MAX_FORWARDED: usize = 32;
 
@@ -134,6 +139,18 @@ impl Observability {
             .unwrap_or(0.0))
     }
 
+    /// The targets whose last scrape succeeded (`up == 1`), as (job, instance).
+    pub fn targets_up(&self) -> anyhow::Result<std::collections::BTreeSet<(String, String)>> {
+        Ok(self
+            .query("up == 1")?
+            .iter()
+            .map(|series| {
+                let label = |name: &str| series["metric"][name].as_str().unwrap_or_default();
+                (label("job").to_string(), label("instance").to_string())
+            })
+            .collect())
+    }
+
     /// Waits until Prometheus has a sample of every target up.
     fn wait_targets_up(&self) -> anyhow::Result<()> {
         let deadline = Instant::now() + STARTUP;
@@ -156,31 +173,33 @@ impl Drop for Observability {
     }
 }
 
-impl Mesh {
-    /// The Prometheus configuration: every agent, waypoint and the controller.
+/// What Prometheus scrapes and where it runs: the runtime's part of [`Observability::start`].
+pub struct Scraped<'a> {
+    /// The control-plane host, where Prometheus and the controller's console run.
+    pub host: &'a Host,
+    /// The mesh's directory: Prometheus' configuration, storage, rules, log and
+    /// [`CONSOLE_FILE`].
+    pub dir: &'a Path,
+    /// Every node agent's metrics address.
+    pub agents: Vec<SocketAddr>,
+    /// Every waypoint's metrics address.
+    pub waypoints: Vec<SocketAddr>,
+    /// The controller's monitoring address, as reached from the control-plane host.
+    pub controller: SocketAddr,
+}
+
+impl Scraped<'_> {
+    /// The Prometheus configuration, and how many targets it scrapes.
     pub fn prometheus_config(&self) -> (String, usize) {
-        let host = self.testbed.control_plane().expect("a control plane host");
-        let agents: Vec<String> = self
-            .testbed
-            .nodes()
-            .iter()
-            .map(|n| format!("{}:{AGENT_METRICS_PORT}", n.ip))
-            .collect();
-        let waypoints: Vec<String> = self
-            .pods
-            .iter()
-            .filter(|p| p.is_waypoint())
-            .map(|p| format!("{}:{WAYPOINT_METRICS_PORT}", self.testbed.pod(&p.name).ip))
-            .collect();
-        let controller = vec![format!("{}:{CONTROLLER_MONITORING_PORT}", host.ip)];
+        let controller = [self.controller];
         let mut yaml = format!(
             "global:\n  scrape_interval: {SCRAPE_INTERVAL}\n  evaluation_interval: {SCRAPE_INTERVAL}\nrule_files: ['{}/*.yaml']\nscrape_configs:\n",
             self.rules_dir().display()
         );
-        let jobs = [
-            ("weft-node-agent", &agents),
-            ("weft-waypoint", &waypoints),
-            ("weft-controller", &controller),
+        let jobs: [(&str, &[SocketAddr]); 3] = [
+            (AGENT_JOB, &self.agents),
+            (WAYPOINT_JOB, &self.waypoints),
+            (CONTROLLER_JOB, &controller),
         ];
         for (job, targets) in jobs {
             if targets.is_empty() {
@@ -193,25 +212,25 @@ impl Mesh {
                 list.join(", ")
             );
         }
-        (yaml, agents.len() + waypoints.len() + controller.len())
+        (yaml, self.agents.len() + self.waypoints.len() + 1)
     }
 
     /// Where Prometheus' rule files are.
     fn rules_dir(&self) -> PathBuf {
-        self.dir().join("prometheus-rules")
+        self.dir.join("prometheus-rules")
     }
+}
 
-    /// Starts Prometheus on the control-plane host and forwards it and the console to the
-    /// machine's loopback; returns once every target has been scraped.
-    pub fn start_observability(&self) -> anyhow::Result<Observability> {
-        let host = self
-            .testbed
-            .control_plane()
-            .context("a control plane host")?;
-        let (config, targets) = self.prometheus_config();
-        let config_file = self.dir().join("prometheus.yml");
+impl Observability {
+    /// Starts Prometheus on the control-plane host scraping `scraped`, and forwards it and the
+    /// console to the machine's loopback; returns once every target has been scraped (`logs`
+    /// says why not).
+    pub fn start(scraped: &Scraped, logs: impl FnOnce() -> String) -> anyhow::Result<Self> {
+        let (host, dir) = (scraped.host, scraped.dir);
+        let (config, targets) = scraped.prometheus_config();
+        let config_file = dir.join("prometheus.yml");
         std::fs::write(&config_file, config)?;
-        let rules_dir = self.rules_dir();
+        let rules_dir = scraped.rules_dir();
         std::fs::create_dir_all(&rules_dir)?;
         let shipped = crate::dashboards::alert_rules_file();
         std::fs::copy(&shipped, rules_dir.join("alerts.yaml"))
@@ -221,11 +240,11 @@ impl Mesh {
             .arg(format!("--config.file={}", config_file.display()))
             .arg(format!(
                 "--storage.tsdb.path={}",
-                self.dir().join("prometheus").display()
+                dir.join("prometheus").display()
             ))
             .arg(format!("--web.listen-address={PROMETHEUS_ADDRESS}"))
             .arg("--storage.tsdb.retention.time=2h");
-        let prometheus = Process::spawn("prometheus", command, self.dir().join("prometheus.log"))
+        let prometheus = Process::spawn("prometheus", command, dir.join("prometheus.log"))
             .context(
             "starting Debian's prometheus (`apt-get install prometheus`, or `cargo xtask setup`)",
         )?;
@@ -241,17 +260,45 @@ impl Mesh {
             console_forward,
             targets,
         };
-        observability
-            .wait_targets_up()
-            .with_context(|| self.logs())?;
+        observability.wait_targets_up().with_context(logs)?;
         std::fs::write(
-            self.dir().join(CONSOLE_FILE),
+            dir.join(CONSOLE_FILE),
             serde_json::to_string_pretty(&serde_json::json!({
                 "console": format!("http://{}/", observability.console()),
                 "prometheus": format!("http://{}/", observability.prometheus()),
             }))?,
         )?;
         Ok(observability)
+    }
+}
+
+impl Mesh {
+    /// What Prometheus scrapes on the testbed: every node's agent, every waypoint pod and the
+    /// controller on the control-plane host.
+    pub fn scraped(&self) -> Scraped<'_> {
+        let host = self.testbed.control_plane().expect("a control plane host");
+        Scraped {
+            host,
+            dir: self.dir(),
+            agents: self
+                .testbed
+                .nodes()
+                .iter()
+                .map(|n| SocketAddr::from((n.ip, AGENT_METRICS_PORT)))
+                .collect(),
+            waypoints: self
+                .pods
+                .iter()
+                .filter(|p| p.is_waypoint())
+                .map(|p| SocketAddr::from((self.testbed.pod(&p.name).ip, WAYPOINT_METRICS_PORT)))
+                .collect(),
+            controller: SocketAddr::from((host.ip, CONTROLLER_MONITORING_PORT)),
+        }
+    }
+
+    /// Starts Prometheus scraping the mesh, and the loopback forwards ([`Observability::start`]).
+    pub fn start_observability(&self) -> anyhow::Result<Observability> {
+        Observability::start(&self.scraped(), || self.logs())
     }
 }
 

@@ -6,11 +6,15 @@
 //! testbed (CI plays every scenario there with `cargo xtask demo --no-wait`).
 //! Needs root and the images of `cargo xtask images --debug` (`cargo xtask test` builds them).
 
-use std::{path::PathBuf, sync::atomic::AtomicBool};
+use std::{
+    collections::BTreeSet, net::SocketAddr, path::PathBuf, sync::atomic::AtomicBool, time::Duration,
+};
 
 use weft_e2e::{
-    demo::{Demo, EDGE_SCENARIOS, Runtime, examples},
-    kube_cluster::PIN_BASE,
+    WAYPOINT_METRICS_PORT,
+    demo::{Demo, EDGE_SCENARIOS, NODES, Runtime, eventually, examples},
+    kube_cluster::{CONTROLLER_MONITORING, PIN_BASE},
+    observability::{AGENT_JOB, AGENT_METRICS_PORT, CONTROLLER_JOB, WAYPOINT_JOB, http_request},
     scenarios::SCENARIOS,
 };
 
@@ -41,6 +45,7 @@ fn the_demo_plays_every_scenario_on_containerd_and_leaves_nothing() {
     );
     // Every scenario but the edge's, which need the gateways this runtime does not run.
     assert_eq!(played, SCENARIOS.len() - EDGE_SCENARIOS.len());
+    prometheus_scrapes_every_target_and_the_console_draws_from_it(&demo);
 
     // What the run created, to check it is gone once the demo is dropped: the pods' network
     // namespaces (made by containerd's CNI chain), the runtime's state, the agents' pins, the
@@ -59,4 +64,50 @@ fn the_demo_plays_every_scenario_on_containerd_and_leaves_nothing() {
     drop(demo);
     let remaining: Vec<&PathBuf> = left.iter().filter(|path| path.exists()).collect();
     assert!(remaining.is_empty(), "left behind: {remaining:?}");
+}
+
+/// Prometheus, started by the demo on containerd, scrapes each node agent's DaemonSet pod, the
+/// waypoint's pod and the controller (every target `up`, by Prometheus' HTTP API), and the
+/// console draws bookinfo's graph from it after the scenarios' traffic.
+fn prometheus_scrapes_every_target_and_the_console_draws_from_it(demo: &Demo) {
+    let observability = demo
+        .observability
+        .as_ref()
+        .expect("the containerd demo runs Prometheus");
+    let target = |job: &str, address: SocketAddr| (job.to_string(), address.to_string());
+    let mut expected: BTreeSet<(String, String)> = NODES
+        .iter()
+        .map(|node| {
+            let (_, ip) = demo.cluster.agent(node);
+            target(AGENT_JOB, (ip, AGENT_METRICS_PORT).into())
+        })
+        .collect();
+    let waypoint = demo.cluster.pod_ip(&demo.waypoint);
+    expected.insert(target(
+        WAYPOINT_JOB,
+        (waypoint, WAYPOINT_METRICS_PORT).into(),
+    ));
+    expected.insert(target(CONTROLLER_JOB, CONTROLLER_MONITORING));
+    let mut up = BTreeSet::new();
+    let all_up = eventually(Duration::from_secs(30), || {
+        up = observability.targets_up().unwrap_or_default();
+        up == expected
+    });
+    assert!(
+        all_up,
+        "Prometheus has up {up:?}, expected {expected:?}\n{}",
+        demo.cluster.logs()
+    );
+
+    let path = format!("/api/graph?namespace={}", demo.namespace);
+    let (status, body) = http_request(observability.console(), "GET", &path, None).expect(&path);
+    assert_eq!(status, 200, "{path}: {body}");
+    let graph: serde_json::Value = serde_json::from_str(&body).expect("the graph as JSON");
+    assert!(
+        graph["edges"]
+            .as_array()
+            .is_some_and(|edges| !edges.is_empty()),
+        "the console draws no edge of {} from Prometheus: {graph:#}",
+        demo.namespace
+    );
 }

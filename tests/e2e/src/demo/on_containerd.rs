@@ -28,11 +28,13 @@ use super::{
 };
 use crate::fixtures::STDOUT_ACCESS_LOG;
 use crate::{
-    PodSpec, Workload,
+    PodSpec, WAYPOINT_METRICS_PORT, Workload,
     cri::{ContainerSpec, mount},
     kube_cluster::{
-        AUDIENCE, ISTIOD, KubeCluster, KubePod, RunningPod, image_reference, sample_app_container,
+        AUDIENCE, CONTROLLER_MONITORING, ISTIOD, KubeCluster, KubePod, RunningPod, image_reference,
+        sample_app_container,
     },
+    observability::{AGENT_METRICS_PORT, Observability, Scraped},
 };
 
 /// How long a pod may take to listen once started.
@@ -44,6 +46,8 @@ const ROOT_CERT_DIR: &str = "/var/run/secrets/istio";
 /// A running cluster on containerd and the demo's pods in it.
 pub struct OnContainerd {
     cluster: KubeCluster,
+    /// The waypoints' pods.
+    waypoints: Vec<String>,
 }
 
 pub fn start(examples: &Examples, pods: &[PodSpec]) -> anyhow::Result<OnContainerd> {
@@ -51,6 +55,11 @@ pub fn start(examples: &Examples, pods: &[PodSpec]) -> anyhow::Result<OnContaine
         // The access log on, as Istio's `demo` profile sets it (its default writes none).
         cluster: KubeCluster::start_with_mesh_config(&NODES, &[], STDOUT_ACCESS_LOG)
             .context("starting the containerd nodes")?,
+        waypoints: pods
+            .iter()
+            .filter(|p| p.is_waypoint())
+            .map(|p| p.name.clone())
+            .collect(),
     };
     // Not the files naming the external server, which runs on the testbed only.
     for (file, yaml) in examples.files.iter().filter(|(_, y)| !names_external(y)) {
@@ -277,6 +286,33 @@ impl Cluster for OnContainerd {
 
     fn logs(&self) -> String {
         self.cluster.logs()
+    }
+
+    /// Prometheus on the control-plane host, scraping the agents' DaemonSet pods, the waypoint's
+    /// pod (their pod addresses, routed to each node's pod network) and the controller on the
+    /// host's loopback.
+    fn start_observability(&self) -> anyhow::Result<Option<Observability>> {
+        let scraped = Scraped {
+            host: self
+                .cluster
+                .testbed
+                .control_plane()
+                .context("a control-plane host")?,
+            dir: &self.cluster.dir,
+            agents: self
+                .cluster
+                .nodes
+                .values()
+                .map(|n| SocketAddr::from((n.agent_pod.ip, AGENT_METRICS_PORT)))
+                .collect(),
+            waypoints: self
+                .waypoints
+                .iter()
+                .map(|w| SocketAddr::from((self.pod_ip(w), WAYPOINT_METRICS_PORT)))
+                .collect(),
+            controller: CONTROLLER_MONITORING,
+        };
+        Observability::start(&scraped, || self.logs()).map(Some)
     }
 
     fn limits(&self) -> &'static [&'static str] {
