@@ -5,13 +5,14 @@
 //! provider that writes an access log (`pilot/pkg/networking/core/accesslog.go`: "fall back
 //! to legacy mesh config setting"). A selected gRPC access-log service provider
 //! (`envoyHttpAls`, `envoyTcpAls`) counts as one, as in istiod, but writes nothing here: it is
-//! accepted but not applied.
+//! accepted but not applied. A selected `envoyOtelAls` provider whose collector's service is
+//! not in the registry is dropped as istiod drops it ([`super::collector`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use weft_proto::waypoint as wp;
 
-use crate::mesh_config::{LogFormat, MeshAccessLogging};
+use crate::mesh_config::{LogFormat, MeshAccessLogging, OtelAlsProvider};
 use crate::model::telemetry::{AccessLogging, WorkloadMode};
 
 /// What one provider does after the merge (istiod's `loggingSpec`).
@@ -24,11 +25,13 @@ struct LoggingSpec {
 /// The access logs of the proxy: `(access_log_disabled, access_logs)` of its configuration.
 /// `telemetries` holds the entries of each applicable Telemetry that has any, the weakest
 /// first; `covers` says
-/// whether an entry's `match.mode` applies to the proxy's side.
+/// whether an entry's `match.mode` applies to the proxy's side; `collector` finds an
+/// OpenTelemetry provider's collector, `None` when the registry does not have its service.
 pub(super) fn access_logs(
     mesh: &MeshAccessLogging,
     telemetries: &[&[AccessLogging]],
     covers: impl Fn(Option<WorkloadMode>) -> bool,
+    collector: impl Fn(&OtelAlsProvider) -> Option<Vec<String>>,
 ) -> (bool, Vec<wp::AccessLog>) {
     let defaults = mesh.defaults();
     // Without an `accessLogFile` nothing is written: Istio's proxies write no access log
@@ -54,11 +57,20 @@ pub(super) fn access_logs(
     // istiod's `Telemetries.AccessLogging` keeps only the providers it finds and builds an
     // access log for (`telemetryAccessLog`: none for a tracing or metrics provider); with none
     // kept, `setHTTPAccessLog` falls back to the mesh's `accessLogFile`. A disabled provider
-    // is kept: it writes nothing and the file is not written either.
+    // is kept: it writes nothing and the file is not written either. An OpenTelemetry
+    // provider whose collector is not found is not kept (istiod's `openTelemetryLog` returns
+    // nil for it), disabled or not.
     let mut found: Vec<_> = merged
         .iter()
         .filter_map(|(name, spec)| Some((mesh.provider_named(name)?, spec)))
         .filter(|(provider, _)| provider.writes_access_log())
+        .filter_map(|(provider, spec)| {
+            let collector = match &provider.otel {
+                Some(otel) => Some(collector(otel)?),
+                None => None,
+            };
+            Some((provider, spec, collector))
+        })
         .collect();
     if found.is_empty() {
         return legacy();
@@ -66,13 +78,14 @@ pub(super) fn access_logs(
     found.sort_by(|a, b| a.0.name.cmp(&b.0.name));
     let logs: Vec<wp::AccessLog> = found
         .into_iter()
-        .filter(|(_, spec)| !spec.disabled)
-        .filter_map(|(provider, spec)| {
-            if let Some(otel) = &provider.otel {
+        .filter(|(_, spec, _)| !spec.disabled)
+        .filter_map(|(provider, spec, collector)| {
+            if let (Some(otel), Some(collector)) = (&provider.otel, collector) {
                 return Some(super::otel_als::access_log(
                     provider,
                     otel,
                     spec.filter.clone(),
+                    collector,
                 ));
             }
             let file = provider.file.as_ref()?;
