@@ -191,19 +191,11 @@ fn the_waypoint_exports_a_span_per_sampled_request_and_propagates_its_context() 
     );
 
     // An incoming decision not to sample is honoured even at 100%, and still propagated.
-    let unsampled = mesh.curl_with(
-        "client",
-        &[
-            "-H",
-            &format!("traceparent: 00-{UNSAMPLED_TRACE}-{PARENT}-00"),
-            &format!("http://{VIP}/unsampled"),
-        ],
+    let traceparent = forwarded_traceparent(
+        &mesh,
+        &format!("00-{UNSAMPLED_TRACE}-{PARENT}-00"),
+        "/unsampled",
     );
-    assert_eq!(unsampled.status, 200, "{}", unsampled.body);
-    let forwarded: serde_json::Value = serde_json::from_str(&unsampled.body).unwrap();
-    let traceparent = forwarded["headers"]["traceparent"]
-        .as_str()
-        .unwrap_or_default();
     assert!(
         traceparent.starts_with(&format!("00-{UNSAMPLED_TRACE}-")) && traceparent.ends_with("-00"),
         "{traceparent}"
@@ -296,21 +288,30 @@ fn the_waypoint_exports_a_span_per_sampled_request_and_propagates_its_context() 
     })
     .expect("the waypoint follows the mesh config");
     let incoming = format!("00-{TRACE}-{PARENT}-01");
-    let untraced = mesh.curl_with(
+    assert_eq!(
+        forwarded_traceparent(&mesh, &incoming, "/untraced"),
+        incoming,
+        "tracing turned off in the mesh config still traces"
+    );
+}
+
+/// The `traceparent` the app saw on a request from `client` to `path` of the service that
+/// carried `traceparent`.
+fn forwarded_traceparent(mesh: &Mesh, traceparent: &str, path: &str) -> String {
+    let response = mesh.curl_with(
         "client",
         &[
             "-H",
-            &format!("traceparent: {incoming}"),
-            &format!("http://{VIP}/untraced"),
+            &format!("traceparent: {traceparent}"),
+            &format!("http://{VIP}{path}"),
         ],
     );
-    assert_eq!(untraced.status, 200, "{}", untraced.body);
-    let forwarded: serde_json::Value = serde_json::from_str(&untraced.body).unwrap();
-    assert_eq!(
-        forwarded["headers"]["traceparent"],
-        incoming.as_str(),
-        "tracing turned off in the mesh config still traces"
-    );
+    assert_eq!(response.status, 200, "{}", response.body);
+    let forwarded: serde_json::Value = serde_json::from_str(&response.body).unwrap();
+    forwarded["headers"]["traceparent"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// istiod skips a tracing provider whose collector's service is not in the registry
@@ -331,31 +332,15 @@ fn a_provider_takes_effect_once_its_collector_service_is_added() {
     mesh.await_reachable("client", &format!("http://{VIP}/ready"))
         .expect("the service is reachable through the waypoint");
     let incoming = format!("00-{TRACE}-{PARENT}-01");
-    let forwarded_traceparent = |path: &str| {
-        let response = mesh.curl_with(
-            "client",
-            &[
-                "-H",
-                &format!("traceparent: {incoming}"),
-                &format!("http://{VIP}{path}"),
-            ],
-        );
-        assert_eq!(response.status, 200, "{}", response.body);
-        let forwarded: serde_json::Value = serde_json::from_str(&response.body).unwrap();
-        forwarded["headers"]["traceparent"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
-    };
     assert_eq!(
-        forwarded_traceparent("/no-collector"),
+        forwarded_traceparent(&mesh, &incoming, "/no-collector"),
         incoming,
         "a provider without its collector's Service still traces"
     );
 
     mesh.write_waypoint_config("waypoint", "collector.yaml", OTEL_COLLECTOR)
         .expect("the waypoint applies the configuration with the collector's Service");
-    let traceparent = forwarded_traceparent("/with-collector");
+    let traceparent = forwarded_traceparent(&mesh, &incoming, "/with-collector");
     assert!(
         traceparent.starts_with(&format!("00-{TRACE}-")) && traceparent != incoming,
         "the waypoint's span must be the app's parent: {traceparent}"

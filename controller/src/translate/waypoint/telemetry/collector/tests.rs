@@ -107,8 +107,8 @@ fn an_otel_access_log_without_its_collector_service_leaves_the_others_or_the_mes
         vec!["10.0.0.50:14317".to_owned()],
     );
     assert_eq!(logs("otel", ""), mesh_file);
-    assert_eq!(logs("otel, file", ""), [file.clone()]);
-    assert_eq!(logs("otel", OTEL_COLLECTOR), [otel.clone()]);
+    assert_eq!(logs("otel, file", ""), std::slice::from_ref(&file));
+    assert_eq!(logs("otel", OTEL_COLLECTOR), std::slice::from_ref(&otel));
     assert_eq!(logs("otel, file", OTEL_COLLECTOR), [file, otel]);
 }
 
