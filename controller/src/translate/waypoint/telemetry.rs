@@ -286,7 +286,7 @@ impl<'a> Compiler<'a, '_> {
             &mesh,
             &entries,
             |mode| proxy.covers(mode),
-            |otel| self.collector(&otel.service, otel.port).ok(),
+            |service, port| self.collector(service, port).ok(),
         )
     }
 

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use weft_proto::waypoint as wp;
 
-use crate::mesh_config::{LogFormat, MeshAccessLogging, OtelAlsProvider};
+use crate::mesh_config::{LogFormat, MeshAccessLogging};
 use crate::model::telemetry::{AccessLogging, WorkloadMode};
 
 /// What one provider does after the merge (istiod's `loggingSpec`).
@@ -26,12 +26,13 @@ struct LoggingSpec {
 /// `telemetries` holds the entries of each applicable Telemetry that has any, the weakest
 /// first; `covers` says
 /// whether an entry's `match.mode` applies to the proxy's side; `collector` finds an
-/// OpenTelemetry provider's collector, `None` when the registry does not have its service.
+/// provider's collector by its `service` and `port`, `None` when the registry does not have
+/// the service.
 pub(super) fn access_logs(
     mesh: &MeshAccessLogging,
     telemetries: &[&[AccessLogging]],
     covers: impl Fn(Option<WorkloadMode>) -> bool,
-    collector: impl Fn(&OtelAlsProvider) -> Option<Vec<String>>,
+    collector: impl Fn(&str, u16) -> Option<Vec<String>>,
 ) -> (bool, Vec<wp::AccessLog>) {
     let defaults = mesh.defaults();
     // Without an `accessLogFile` nothing is written: Istio's proxies write no access log
@@ -57,19 +58,23 @@ pub(super) fn access_logs(
     // istiod's `Telemetries.AccessLogging` keeps only the providers it finds and builds an
     // access log for (`telemetryAccessLog`: none for a tracing or metrics provider); with none
     // kept, `setHTTPAccessLog` falls back to the mesh's `accessLogFile`. A disabled provider
-    // is kept: it writes nothing and the file is not written either. An OpenTelemetry
-    // provider whose collector is not found is not kept (istiod's `openTelemetryLog` returns
-    // nil for it), disabled or not.
+    // is kept: it writes nothing and the file is not written either. An OpenTelemetry or gRPC
+    // access-log service provider whose service is not found is not kept (istiod's
+    // `openTelemetryLog` and `httpGrpcAccessLogFromTelemetry` return nil for it), disabled
+    // or not.
     let mut found: Vec<_> = merged
         .iter()
         .filter_map(|(name, spec)| Some((mesh.provider_named(name)?, spec)))
         .filter(|(provider, _)| provider.writes_access_log())
         .filter_map(|(provider, spec)| {
-            let collector = match &provider.otel {
-                Some(otel) => Some(collector(otel)?),
+            if provider.grpc_als.is_some() {
+                collector(&provider.grpc_als_service, 0)?;
+            }
+            let endpoints = match &provider.otel {
+                Some(otel) => Some(collector(&otel.service, otel.port)?),
                 None => None,
             };
-            Some((provider, spec, collector))
+            Some((provider, spec, endpoints))
         })
         .collect();
     if found.is_empty() {

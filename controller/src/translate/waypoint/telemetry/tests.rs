@@ -33,7 +33,7 @@ apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {name: example-collectors, namespace: observability}
 spec:
-  hosts: [otel.example.com, other.example.com, collector.example.com, c.example.com]
+  hosts: [otel.example.com, other.example.com, collector.example.com, c.example.com, als.example.com]
   ports: [{number: 4317, name: grpc-otlp, protocol: GRPC}]
   resolution: DNS
 "#;

@@ -143,3 +143,26 @@ fn a_missing_collector_is_a_warning_naming_the_provider_and_its_service() {
     let found = validated(&format!("{MESH}{OTEL_COLLECTOR}"));
     assert_eq!(collector_warnings(&found, &settings), Vec::<String>::new());
 }
+
+/// A gRPC access-log service provider (accepted, not applied: it writes nothing) whose service
+/// is not in the registry is dropped as istiod's `httpGrpcAccessLogFromTelemetry` drops it, so
+/// the mesh's `accessLogFile` is written in its place; found, it keeps the file off, as in
+/// Istio.
+#[test]
+fn a_grpc_access_log_service_without_its_service_leaves_the_mesh_file() {
+    let applied = |service: &str| {
+        let config = waypoint_config(
+            &format!(
+                "accessLogFile: /tmp/mesh.log\ndefaultProviders: {{accessLogging: [als]}}\nextensionProviders: [{{name: als, envoyHttpAls: {{service: {service}, port: 9000}}}}]"
+            ),
+            "",
+        );
+        let paths: Vec<String> = config.access_logs.into_iter().map(|l| l.path).collect();
+        (config.access_log_disabled, paths)
+    };
+    assert_eq!(
+        applied("als.missing.example"),
+        (false, vec!["/tmp/mesh.log".to_owned()])
+    );
+    assert_eq!(applied("als.example.com"), (true, vec![]));
+}
