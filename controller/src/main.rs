@@ -408,6 +408,12 @@ fn validate(paths: &[PathBuf], mesh_config: Option<&std::path::Path>) -> ExitCod
     }
     let valid = report.resources.len() - refused;
     let (index, _) = controller::index::ConfigIndex::from_report(report, None);
+    if let Some(path) = mesh_config {
+        for warning in controller::translate::waypoint::collector_warnings(&index, &settings) {
+            warnings += 1;
+            println!("{} MeshConfig: warning: {warning}", path.display());
+        }
+    }
     for message in controller::analysis::analyze(&index, &settings) {
         warnings += 1;
         let key = controller::index::key_of(message.kind, &message.namespace, &message.name);

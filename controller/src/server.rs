@@ -170,8 +170,10 @@ impl Reported {
     }
 }
 
-/// Every warning of the index, as logged, and the cross-resource findings `controller validate`
-/// prints (`istioctl analyze`'s codes), as istiod reports them with `PILOT_ENABLE_ANALYSIS`.
+/// Every warning of the index, as logged, the cross-resource findings `controller validate`
+/// prints (`istioctl analyze`'s codes), as istiod reports them with `PILOT_ENABLE_ANALYSIS`,
+/// and the mesh config's extension providers whose collector is not in the registry (logged
+/// again as resolved once it appears).
 fn warning_lines(
     index: &ConfigIndex,
     settings: &MeshSettings,
@@ -182,6 +184,9 @@ fn warning_lines(
             let key = crate::index::key_of(m.kind, &m.namespace, &m.name);
             format!("{} {key}: {}", m.kind, m.warning)
         });
+    let collectors = crate::translate::waypoint::collector_warnings(index, settings)
+        .into_iter()
+        .map(|w| format!("MeshConfig: {w}"));
     index
         .warnings
         .iter()
@@ -189,6 +194,7 @@ fn warning_lines(
             warnings.iter().map(move |w| format!("{kind} {key}: {w}"))
         })
         .chain(analysis)
+        .chain(collectors)
         .collect()
 }
 

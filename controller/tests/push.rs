@@ -507,6 +507,12 @@ async fn a_changed_mesh_config_file_changes_the_waypoints_tracing() {
     let dir = TempDir::new("push-mesh-tracing");
     let mut config = local_config(dir.path(), "node1 node1-token-0123456789\n");
     write(&dir.join("config"), "mesh.yaml", WAYPOINT_MESH);
+    // The collectors' hosts are in the registry: a provider whose service is not is skipped.
+    write(
+        &dir.join("config"),
+        "collectors.yaml",
+        "{apiVersion: networking.istio.io/v1, kind: ServiceEntry, metadata: {name: collectors, namespace: observability}, spec: {hosts: [collector.example.com, traces.example.com], ports: [{number: 4317, name: grpc, protocol: GRPC}], resolution: DNS}}",
+    );
     write(
         dir.path(),
         "mesh-config.yaml",

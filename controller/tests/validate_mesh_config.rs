@@ -1,7 +1,9 @@
 //! `controller validate --mesh-config`: the mesh config is read with the resources. A gRPC
 //! access-log service provider (`envoyHttpAls`, `envoyTcpAls`) is reported as accepted but not
 //! applied, naming the field and the provider, without failing; a mesh config Istio would
-//! refuse is an error naming the field.
+//! refuse is an error naming the field. An OpenTelemetry provider whose collector's service
+//! is not among the resources is a warning naming the provider and the service (istiod skips
+//! such a provider), gone once the Service is there.
 
 use std::path::Path;
 use std::process::Command;
@@ -64,4 +66,56 @@ fn grpc_access_log_service_providers_are_reported_as_not_applied() {
         stdout.contains("extensionProviders[0].envoyOtelAls.port: 70000 is not a port"),
         "{stdout}"
     );
+}
+
+/// The collector's Service of `shop`.
+const COLLECTOR: &str = "{apiVersion: v1, kind: Service, metadata: {name: otel-collector, namespace: shop}, spec: {ports: [{name: grpc, port: 4317}], selector: {app: otel-collector}}}";
+
+#[test]
+fn a_provider_whose_collector_service_is_missing_is_a_warning_naming_it() {
+    let dir = TempDir::new("validate-mesh-config-collector");
+    let mesh = dir.join("mesh.yaml");
+    let resources = dir.join("resources");
+    std::fs::create_dir(&resources).unwrap();
+    std::fs::write(
+        resources.join("namespace.yaml"),
+        "{apiVersion: v1, kind: Namespace, metadata: {name: shop}}",
+    )
+    .unwrap();
+    std::fs::write(
+        &mesh,
+        "defaultProviders: {tracing: [traces]}\nextensionProviders:\n- name: traces\n  opentelemetry: {service: otel-collector.shop.svc.cluster.local, port: 4317}\n- name: logs\n  envoyOtelAls: {service: shop/otel-collector.shop.svc.cluster.local, port: 4317}\n",
+    )
+    .unwrap();
+    let (ok, stdout) = validate(&mesh, &resources);
+    assert!(
+        ok,
+        "a missing collector is a warning, not an error: {stdout}"
+    );
+    for (field, provider, service) in [
+        (
+            "extensionProviders[0].opentelemetry",
+            "traces",
+            "otel-collector.shop.svc.cluster.local",
+        ),
+        (
+            "extensionProviders[1].envoyOtelAls",
+            "logs",
+            "shop/otel-collector.shop.svc.cluster.local",
+        ),
+    ] {
+        let expected = format!(
+            "MeshConfig: warning: {field} (provider {provider:?}): service {service:?} is not in the service registry"
+        );
+        assert_eq!(
+            stdout.lines().filter(|l| l.contains(&expected)).count(),
+            1,
+            "{expected}\n{stdout}"
+        );
+    }
+    std::fs::write(resources.join("collector.yaml"), COLLECTOR).unwrap();
+    let (ok, stdout) = validate(&mesh, &resources);
+    assert!(ok, "{stdout}");
+    assert!(!stdout.contains("service registry"), "{stdout}");
+    assert!(stdout.contains("; 0 error(s), 0 warning(s)"), "{stdout}");
 }

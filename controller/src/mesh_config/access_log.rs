@@ -88,6 +88,10 @@ pub struct AccessLogProvider {
     /// applied (Weft sends no record to it). Selected, it still takes the place of the mesh's
     /// `accessLogFile`, as istiod builds an access log for it.
     pub grpc_als: Option<GrpcAls>,
+    /// The gRPC access-log service's `service`, looked up as a collector's is: a provider
+    /// whose service the registry does not have is skipped, as istiod's
+    /// `httpGrpcAccessLogFromTelemetry` returns no log for it.
+    pub grpc_als_service: String,
 }
 
 /// Why an `envoyHttpAls` or `envoyTcpAls` provider is accepted but not applied (the reason of
@@ -183,6 +187,7 @@ fn builtin(format: LogFormat) -> AccessLogProvider {
         }),
         otel: None,
         grpc_als: None,
+        grpc_als_service: String::new(),
     }
 }
 
@@ -321,11 +326,17 @@ pub(super) fn parse(
             .envoy_otel_als
             .map(|otel| otel.resolve(&format!("extensionProviders[{i}].envoyOtelAls"), field))
             .transpose()?;
-        let grpc_als = if provider.envoy_http_als.is_some() {
-            Some(GrpcAls::Http)
-        } else {
-            provider.envoy_tcp_als.map(|_| GrpcAls::Tcp)
+        let (grpc_als, grpc_als_value) = match (provider.envoy_http_als, provider.envoy_tcp_als) {
+            (Some(value), _) => (Some(GrpcAls::Http), Some(value)),
+            (None, Some(value)) => (Some(GrpcAls::Tcp), Some(value)),
+            (None, None) => (None, None),
         };
+        let grpc_als_service = grpc_als_value
+            .as_ref()
+            .and_then(|v| v.get("service"))
+            .and_then(serde_yaml::Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
         if let Some(kind) = grpc_als {
             not_applied.push(format!(
                 "extensionProviders[{i}].{} (provider {:?}): {}: {GRPC_ALS_NOT_APPLIED}",
@@ -339,6 +350,7 @@ pub(super) fn parse(
             file,
             otel,
             grpc_als,
+            grpc_als_service,
         });
     }
     // A declared `envoy` replaces the built-in one, as istiod merges the mesh config.

@@ -21,6 +21,8 @@ pub const DEFAULT_LOG_NAME: &str = "otel_envoy_accesslog";
 /// An `envoyOtelAls` provider, resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OtelAlsProvider {
+    /// Where it is declared (`extensionProviders[i].envoyOtelAls`), for warnings.
+    pub field: String,
     /// `[namespace/]hostname` of the collector's service.
     pub service: String,
     pub port: u16,
@@ -84,6 +86,7 @@ impl EnvoyOtelAls {
             attributes.insert(name, text);
         }
         Ok(OtelAlsProvider {
+            field: path.to_owned(),
             service: service.to_owned(),
             port,
             log_name: if self.log_name.is_empty() {

@@ -149,6 +149,7 @@ fn the_default_opentelemetry_provider_and_sampling_are_read() {
         tracing.provider,
         Some(TracingProvider {
             name: "otel".into(),
+            field: "extensionProviders[0].opentelemetry".into(),
             service: "opentelemetry-collector.observability.svc.cluster.local".into(),
             port: 4317,
         })

@@ -43,6 +43,8 @@ impl Default for MeshTracing {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TracingProvider {
     pub name: String,
+    /// Where it is declared (`extensionProviders[i].opentelemetry`), for warnings.
+    pub field: String,
     /// `hostname`, or `namespace/hostname` as Istio allows.
     pub service: String,
     pub port: u16,
@@ -153,6 +155,7 @@ pub(super) fn parse(
         }
         providers.push(TracingProvider {
             name: provider.name.clone(),
+            field: format!("{path}.opentelemetry"),
             service: otel.service.clone(),
             port,
         });

@@ -45,6 +45,7 @@ use crate::model::networking::ServiceEntry;
 use crate::model::{DurationString, KubernetesGateway, ResourceKind, WorkloadEntry};
 use authorization::unenforced_policies;
 pub use gateway::{gateway_configs, is_gateway_pod};
+pub use telemetry::collector_warnings;
 use telemetry::{ServedObject, TelemetryProxy};
 pub use workloads::source_workloads;
 

@@ -13,7 +13,9 @@
 //! root is the gateway's span (a CLIENT span named as Istio names the gateway), the waypoint's
 //! its child; a Telemetry selecting the gateway's pod samples 0% there, and the waypoint keeps
 //! that decision. A Telemetry attached to one Service samples 0% for that service's requests
-//! at the waypoint while another service behind it is still traced. Needs root.
+//! at the waypoint while another service behind it is still traced. A provider whose
+//! collector's Service does not exist yet configures no tracer, and takes effect once the
+//! Service is added. Needs root.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -189,19 +191,11 @@ fn the_waypoint_exports_a_span_per_sampled_request_and_propagates_its_context() 
     );
 
     // An incoming decision not to sample is honoured even at 100%, and still propagated.
-    let unsampled = mesh.curl_with(
-        "client",
-        &[
-            "-H",
-            &format!("traceparent: 00-{UNSAMPLED_TRACE}-{PARENT}-00"),
-            &format!("http://{VIP}/unsampled"),
-        ],
+    let traceparent = forwarded_traceparent(
+        &mesh,
+        &format!("00-{UNSAMPLED_TRACE}-{PARENT}-00"),
+        "/unsampled",
     );
-    assert_eq!(unsampled.status, 200, "{}", unsampled.body);
-    let forwarded: serde_json::Value = serde_json::from_str(&unsampled.body).unwrap();
-    let traceparent = forwarded["headers"]["traceparent"]
-        .as_str()
-        .unwrap_or_default();
     assert!(
         traceparent.starts_with(&format!("00-{UNSAMPLED_TRACE}-")) && traceparent.ends_with("-00"),
         "{traceparent}"
@@ -294,20 +288,82 @@ fn the_waypoint_exports_a_span_per_sampled_request_and_propagates_its_context() 
     })
     .expect("the waypoint follows the mesh config");
     let incoming = format!("00-{TRACE}-{PARENT}-01");
-    let untraced = mesh.curl_with(
+    assert_eq!(
+        forwarded_traceparent(&mesh, &incoming, "/untraced"),
+        incoming,
+        "tracing turned off in the mesh config still traces"
+    );
+}
+
+/// The `traceparent` the app saw on a request from `client` to `path` of the service that
+/// carried `traceparent`.
+fn forwarded_traceparent(mesh: &Mesh, traceparent: &str, path: &str) -> String {
+    let response = mesh.curl_with(
         "client",
         &[
             "-H",
-            &format!("traceparent: {incoming}"),
-            &format!("http://{VIP}/untraced"),
+            &format!("traceparent: {traceparent}"),
+            &format!("http://{VIP}{path}"),
         ],
     );
-    assert_eq!(untraced.status, 200, "{}", untraced.body);
-    let forwarded: serde_json::Value = serde_json::from_str(&untraced.body).unwrap();
+    assert_eq!(response.status, 200, "{}", response.body);
+    let forwarded: serde_json::Value = serde_json::from_str(&response.body).unwrap();
+    forwarded["headers"]["traceparent"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// istiod skips a tracing provider whose collector's service is not in the registry
+/// (`LookupCluster` fails in `pilot/pkg/networking/core/tracing.go`): the waypoint gets no
+/// tracer and passes the caller's context on untouched. The collector's Service added to the
+/// configuration, the same mesh config takes effect without a restart: the waypoint joins the
+/// caller's trace and its span reaches the collector.
+#[test]
+fn a_provider_takes_effect_once_its_collector_service_is_added() {
+    let (pods, mut options) = reviews_with_collector(MESH_CONFIG);
+    options.config = format!(
+        "{}---\n{}",
+        reviews_service(false),
+        waypoint_resources("shop")
+    );
+    let mesh = Mesh::start(pods, options).expect("start the mesh");
+    let (receiver, _runtime) = start_receiver(&mesh, "otel-collector");
+    mesh.await_reachable("client", &format!("http://{VIP}/ready"))
+        .expect("the service is reachable through the waypoint");
+    let incoming = format!("00-{TRACE}-{PARENT}-01");
     assert_eq!(
-        forwarded["headers"]["traceparent"],
-        incoming.as_str(),
-        "tracing turned off in the mesh config still traces"
+        forwarded_traceparent(&mesh, &incoming, "/no-collector"),
+        incoming,
+        "a provider without its collector's Service still traces"
+    );
+
+    mesh.write_waypoint_config("waypoint", "collector.yaml", OTEL_COLLECTOR)
+        .expect("the waypoint applies the configuration with the collector's Service");
+    let traceparent = forwarded_traceparent(&mesh, &incoming, "/with-collector");
+    assert!(
+        traceparent.starts_with(&format!("00-{TRACE}-")) && traceparent != incoming,
+        "the waypoint's span must be the app's parent: {traceparent}"
+    );
+    let has_span = || {
+        receiver
+            .all()
+            .iter()
+            .any(|(_, s)| tag(s, "http.url").is_some_and(|u| u.ends_with("/with-collector")))
+    };
+    assert!(
+        mesh.eventually(Duration::from_secs(15), has_span),
+        "no span reached the collector once its Service was added: {:?}\n{}",
+        receiver.all(),
+        mesh.log_of("waypoint-waypoint")
+    );
+    assert!(
+        !receiver
+            .all()
+            .iter()
+            .any(|(_, s)| tag(s, "http.url").is_some_and(|u| u.ends_with("/no-collector"))),
+        "{:?}",
+        receiver.all()
     );
 }
 

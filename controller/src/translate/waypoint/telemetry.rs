@@ -12,7 +12,10 @@
 //! the service's namespace's namespace-wide Telemetry joins when it is not the waypoint's, and
 //! a Telemetry whose targetRefs name the Service (or ServiceEntry) binds; it is sent with the
 //! service only when it differs from the waypoint's own. The provider's `service` is resolved
-//! to the endpoints of that Service as Envoy's cluster for it would be.
+//! to the endpoints of that Service as Envoy's cluster for it would be; a provider whose
+//! service the registry does not have is skipped ([`collector`]).
+
+pub use self::collector::collector_warnings;
 
 use std::collections::BTreeMap;
 
@@ -244,6 +247,9 @@ impl<'a> Compiler<'a, '_> {
             .filter(|e| proxy.covers(e.match_.as_ref().and_then(|m| m.mode)));
         let merged = merge_tracing(&mesh, entries);
         let provider = merged.provider?;
+        // A provider whose collector is not in the registry configures no tracer, as istiod's
+        // `configureFromProviderConfig` fails for it (`pilot/pkg/networking/core/tracing.go`).
+        let collector = self.collector(&provider.service, provider.port).ok()?;
         // Istio's service name for a proxy: `<canonical service>.<namespace>`; a waypoint's
         // canonical service is its Gateway's name, a gateway's comes from its pod's labels.
         let canonical_service = match proxy {
@@ -257,7 +263,7 @@ impl<'a> Compiler<'a, '_> {
         };
         Some(wp::Tracing {
             provider: provider.name.clone(),
-            collector: self.collector_endpoints(&provider.service, provider.port),
+            collector,
             random_sampling_percentage: merged.sampling,
             disable_span_reporting: merged.disabled,
             service_name: format!("{shown}.{}", self.waypoint.namespace),
@@ -276,24 +282,35 @@ impl<'a> Compiler<'a, '_> {
             .map(|t| t.spec.access_logging.as_slice())
             .filter(|entries| !entries.is_empty())
             .collect();
-        let (disabled, mut logs) =
-            access_log::access_logs(&mesh, &entries, |mode| proxy.covers(mode));
-        self.resolve_otel_collectors(&mesh, &mut logs);
-        (disabled, logs)
+        access_log::access_logs(
+            &mesh,
+            &entries,
+            |mode| proxy.covers(mode),
+            |service, port| self.collector(service, port).ok(),
+        )
     }
 
-    /// `ip:port` of each ready pod behind the provider's Service, or `host:port` for the
-    /// waypoint to resolve when no Service of that name is known.
-    fn collector_endpoints(&self, service: &str, port: u16) -> Vec<String> {
-        let host = service.split_once('/').map_or(service, |(_, host)| host);
-        let Some(service) = self.services.get(host) else {
-            return vec![format!("{host}:{port}")];
+    /// The collector of a provider's `service` ([`collector::lookup`]): `ip:port` of each
+    /// ready pod behind its Service, or `host:port` for the waypoint to resolve (a
+    /// ServiceEntry host, a Service port not declared or no ready pod); an error when the
+    /// registry has no such service, and the provider is then skipped.
+    fn collector(
+        &self,
+        service: &str,
+        port: u16,
+    ) -> Result<Vec<String>, collector::CollectorLookupError> {
+        let found =
+            collector::lookup(&self.services, self.index.service_entries.values(), service)?;
+        let service = match found {
+            collector::CollectorHost::Service(service) => service,
+            collector::CollectorHost::Entry(host) => return Ok(vec![format!("{host}:{port}")]),
         };
+        let host = resolve::hostname(service, self.settings);
         let Some(service_port) = resolve::service_ports(service)
             .iter()
             .find(|p| i64::from(p.port) == i64::from(port))
         else {
-            return vec![format!("{host}:{port}")];
+            return Ok(vec![format!("{host}:{port}")]);
         };
         let mut endpoints: Vec<String> = self
             .index
@@ -310,7 +327,7 @@ impl<'a> Compiler<'a, '_> {
         if endpoints.is_empty() {
             endpoints.push(format!("{host}:{port}"));
         }
-        endpoints
+        Ok(endpoints)
     }
 }
 
@@ -399,6 +416,7 @@ fn canonical_service(pod: &Pod) -> String {
 }
 
 mod access_log;
+mod collector;
 mod metrics;
 mod otel_als;
 

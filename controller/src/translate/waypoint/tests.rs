@@ -547,9 +547,9 @@ fn the_mesh_default_tracing_provider_reaches_waypoints_at_its_endpoints() {
     assert_eq!(tracing.collector, ["10.0.0.50:14317"]);
     assert_eq!(tracing.random_sampling_percentage, 25.0);
     assert_eq!(tracing.service_name, "waypoint.shop");
-    // A host the mesh does not know is left for the waypoint to resolve.
-    let tracing = translate(&provider("collector.example.com")).unwrap();
-    assert_eq!(tracing.collector, ["collector.example.com:4317"]);
+    // A host the registry does not have configures no tracer, as istiod's `LookupCluster`
+    // failing does (`pilot/pkg/networking/core/tracing.go`).
+    assert_eq!(translate(&provider("collector.example.com")), None);
     // Providers declared but none the default: no tracing, as in Istio without Telemetry.
     assert_eq!(
         translate("extensionProviders: [{name: otel, opentelemetry: {service: c, port: 4317}}]"),

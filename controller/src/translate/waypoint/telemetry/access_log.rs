@@ -5,7 +5,8 @@
 //! provider that writes an access log (`pilot/pkg/networking/core/accesslog.go`: "fall back
 //! to legacy mesh config setting"). A selected gRPC access-log service provider
 //! (`envoyHttpAls`, `envoyTcpAls`) counts as one, as in istiod, but writes nothing here: it is
-//! accepted but not applied.
+//! accepted but not applied. A selected `envoyOtelAls` provider whose collector's service is
+//! not in the registry is dropped as istiod drops it ([`super::collector`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -24,11 +25,14 @@ struct LoggingSpec {
 /// The access logs of the proxy: `(access_log_disabled, access_logs)` of its configuration.
 /// `telemetries` holds the entries of each applicable Telemetry that has any, the weakest
 /// first; `covers` says
-/// whether an entry's `match.mode` applies to the proxy's side.
+/// whether an entry's `match.mode` applies to the proxy's side; `collector` finds an
+/// provider's collector by its `service` and `port`, `None` when the registry does not have
+/// the service.
 pub(super) fn access_logs(
     mesh: &MeshAccessLogging,
     telemetries: &[&[AccessLogging]],
     covers: impl Fn(Option<WorkloadMode>) -> bool,
+    collector: impl Fn(&str, u16) -> Option<Vec<String>>,
 ) -> (bool, Vec<wp::AccessLog>) {
     let defaults = mesh.defaults();
     // Without an `accessLogFile` nothing is written: Istio's proxies write no access log
@@ -54,11 +58,24 @@ pub(super) fn access_logs(
     // istiod's `Telemetries.AccessLogging` keeps only the providers it finds and builds an
     // access log for (`telemetryAccessLog`: none for a tracing or metrics provider); with none
     // kept, `setHTTPAccessLog` falls back to the mesh's `accessLogFile`. A disabled provider
-    // is kept: it writes nothing and the file is not written either.
+    // is kept: it writes nothing and the file is not written either. An OpenTelemetry or gRPC
+    // access-log service provider whose service is not found is not kept (istiod's
+    // `openTelemetryLog` and `httpGrpcAccessLogFromTelemetry` return nil for it), disabled
+    // or not.
     let mut found: Vec<_> = merged
         .iter()
         .filter_map(|(name, spec)| Some((mesh.provider_named(name)?, spec)))
         .filter(|(provider, _)| provider.writes_access_log())
+        .filter_map(|(provider, spec)| {
+            if provider.grpc_als.is_some() {
+                collector(&provider.grpc_als_service, 0)?;
+            }
+            let endpoints = match &provider.otel {
+                Some(otel) => Some(collector(&otel.service, otel.port)?),
+                None => None,
+            };
+            Some((provider, spec, endpoints))
+        })
         .collect();
     if found.is_empty() {
         return legacy();
@@ -66,13 +83,14 @@ pub(super) fn access_logs(
     found.sort_by(|a, b| a.0.name.cmp(&b.0.name));
     let logs: Vec<wp::AccessLog> = found
         .into_iter()
-        .filter(|(_, spec)| !spec.disabled)
-        .filter_map(|(provider, spec)| {
-            if let Some(otel) = &provider.otel {
+        .filter(|(_, spec, _)| !spec.disabled)
+        .filter_map(|(provider, spec, collector)| {
+            if let (Some(otel), Some(collector)) = (&provider.otel, collector) {
                 return Some(super::otel_als::access_log(
                     provider,
                     otel,
                     spec.filter.clone(),
+                    collector,
                 ));
             }
             let file = provider.file.as_ref()?;

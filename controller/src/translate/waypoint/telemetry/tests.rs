@@ -28,6 +28,14 @@ spec:
   clusterIP: 10.96.0.20
   selector: {app: reviews}
   ports: [{name: http, port: 9080}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: example-collectors, namespace: observability}
+spec:
+  hosts: [otel.example.com, other.example.com, collector.example.com, c.example.com, als.example.com]
+  ports: [{number: 4317, name: grpc-otlp, protocol: GRPC}]
+  resolution: DNS
 "#;
 
 /// The access log on (the built-in provider by default, so that `disabled` entries show, and
