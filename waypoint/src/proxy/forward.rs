@@ -2,6 +2,7 @@
 //! it goes upstream (hop-by-hop headers removed, `x-forwarded-*`, header operations, rewrites),
 //! mirrors, and the attempts under the route's retries, per-try timeout and timeout.
 
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -23,7 +24,7 @@ use weft_policy::route::{percentage_hit, pick_weighted};
 use super::context::{GRPC_STATUS, RequestContext};
 use super::forwarded::{X_FORWARDED_FOR, address_value, set_external_address};
 use super::request_limits::{Breach, RequestLimits, ResponseGuard};
-use super::{BoxError, LocalReply, ProxyBody, actions, upgrade};
+use super::{BoxError, LocalReply, ProxyBody, VIA_UPSTREAM, actions, upgrade};
 use crate::metrics::RecordText;
 use crate::model::{
     Cluster, Endpoint, Headers, LoadBalancer, Mirror, Protocol, RetryPolicy, Route,
@@ -227,6 +228,7 @@ pub(super) async fn forward_to(
         cx.record.bytes_received = cx.record.bytes_received.max(body.received());
     }
     let mut response = with_first_frame(result?).await;
+    cx.record.response_code_details = Cow::Borrowed(VIA_UPSTREAM);
     to.destination.response.apply(response.headers_mut());
     // Once the response has begun, a breach resets the stream (its body fails).
     if let Some(limits) = limits.filter(RequestLimits::running) {

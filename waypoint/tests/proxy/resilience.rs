@@ -547,3 +547,58 @@ async fn upstream_connections_are_reused_up_to_max_requests_per_connection() {
         "a new connection every two requests"
     );
 }
+
+/// The access log's `%RESPONSE_CODE_DETAILS%`: Envoy's `via_upstream` for every answer the
+/// upstream gave, first try or after retries, and a failed one that ran out of retries
+/// (`ResponseCodeDetailValues::ViaUpstream`, `envoy/stream_info/stream_info.h`, set by the
+/// router in `Filter::onUpstreamHeaders`); a local reply keeps its own details.
+#[tokio::test]
+async fn upstream_answers_are_logged_via_upstream_and_local_replies_keep_their_details() {
+    let (mesh, v1, _v2) = two_endpoints().await;
+    let harness = Harness::start(mesh, &[&v1]).await;
+    let path = std::env::temp_dir().join(format!("weft-details-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let apply = |route| {
+        let mut config = config(vec![route], vec![cluster("v1", &[&v1])]);
+        config.access_logs = vec![proto::AccessLog {
+            provider: "details".to_owned(),
+            path: path.display().to_string(),
+            format: Some(proto::access_log::Format::Text(
+                "%REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS%\n"
+                    .to_owned(),
+            )),
+            ..Default::default()
+        }];
+        harness.waypoint.apply_config(config).unwrap();
+    };
+
+    apply(retrying_5xx(2));
+    assert_eq!(harness.get("/first").await.0, StatusCode::OK);
+    v1.behaviour.fail_first.store(1, Ordering::Relaxed);
+    assert_eq!(harness.get("/retried").await.0, StatusCode::OK);
+    v1.behaviour.fail_first.store(3, Ordering::Relaxed);
+    assert_eq!(
+        harness.get("/exhausted").await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    apply(aborted_route_to("v1", 418));
+    assert_eq!(harness.get("/aborted").await.0, StatusCode::IM_A_TEAPOT);
+
+    let expected = [
+        "/first 200 - via_upstream",
+        "/retried 200 - via_upstream",
+        "/exhausted 503 URX via_upstream",
+        "/aborted 418 FI fault_filter_abort",
+    ];
+    // Each line is written once its response has ended; bounded wait for the four.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let logged = loop {
+        let logged = std::fs::read_to_string(&path).unwrap_or_default();
+        if logged.lines().count() >= expected.len() || Instant::now() > deadline {
+            break logged;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(logged.lines().collect::<Vec<_>>(), expected, "{logged}");
+}
