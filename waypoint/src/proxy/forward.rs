@@ -25,12 +25,14 @@ use super::context::{GRPC_STATUS, RequestContext};
 use super::forwarded::{X_FORWARDED_FOR, address_value, set_external_address};
 use super::request_limits::{Breach, RequestLimits, ResponseGuard};
 use super::{BoxError, LocalReply, ProxyBody, VIA_UPSTREAM, actions, upgrade};
-use crate::metrics::RecordText;
+use crate::metrics::{RecordText, RequestRecord};
 use crate::model::{
     Cluster, Endpoint, Headers, LoadBalancer, Mirror, Protocol, RetryPolicy, Route,
     WeightedDestination,
 };
-use crate::upstream::{Ending, Replayable, RequestBody, Tried, UpstreamError, dynamic_dns};
+use crate::upstream::{
+    ClusterState, Ending, Replayable, RequestBody, RetryPermit, Tried, UpstreamError, dynamic_dns,
+};
 
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
@@ -586,7 +588,7 @@ async fn send_with_retries(
                 let retriable = policy.on.status_retriable(status, grpc);
                 if can_retry
                     && retriable
-                    && let Some(permit) = state.retry_permit(cluster)
+                    && let Some(permit) = admit_retry(state, cluster, &mut cx.record)
                     && let Some(next) = outgoing.attempt_body()
                 {
                     tried.push(endpoint.address);
@@ -611,7 +613,7 @@ async fn send_with_retries(
                 let retriable = error_retriable(&error, policy);
                 if can_retry
                     && retriable
-                    && let Some(permit) = state.retry_permit(cluster)
+                    && let Some(permit) = admit_retry(state, cluster, &mut cx.record)
                     && let Some(next) = outgoing.attempt_body()
                 {
                     tried.push(endpoint.address);
@@ -632,7 +634,7 @@ async fn send_with_retries(
                     || policy.on.retriable_status_codes.contains(&504);
                 if can_retry
                     && retriable
-                    && let Some(permit) = state.retry_permit(cluster)
+                    && let Some(permit) = admit_retry(state, cluster, &mut cx.record)
                     && let Some(next) = outgoing.attempt_body()
                 {
                     tried.push(endpoint.address);
@@ -648,6 +650,22 @@ async fn send_with_retries(
             }
         }
     }
+}
+
+/// A retry's place in the cluster's `maxRetries` (Istio's `connectionPool.http.maxRetries`),
+/// asked only for a retry the policy would make. A refusal flags the request `UO` beside the
+/// failure's own flag, as Envoy's router does on `RetryStatus::NoOverflow` (the retry state
+/// answers it when the cluster's retry resource is full, `RetryStateImpl::shouldRetry` in
+/// `source/common/router/retry_state_impl.cc`; `Filter::onUpstreamHeaders` and
+/// `Filter::maybeRetryReset` set `UpstreamOverflow`, `source/common/router/router.cc`).
+fn admit_retry(
+    state: &ClusterState,
+    cluster: &Cluster,
+    record: &mut RequestRecord,
+) -> Option<RetryPermit> {
+    let permit = state.retry_permit(cluster);
+    record.retry_overflow |= permit.is_none();
+    permit
 }
 
 /// Whether a failure the policy would retry, after `retries` retries, ends the request flagged

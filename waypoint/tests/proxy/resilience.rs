@@ -602,3 +602,46 @@ async fn upstream_answers_are_logged_via_upstream_and_local_replies_keep_their_d
     let _ = std::fs::remove_file(&path);
     assert_eq!(logged.lines().collect::<Vec<_>>(), expected, "{logged}");
 }
+
+/// A retry the cluster's `maxRetries` refuses (Istio's `connectionPool.http.maxRetries`) ends
+/// the request with the failure it would have retried, flagged `UO`, as Envoy's router does on
+/// `RetryStatus::NoOverflow` (`Filter::onUpstreamHeaders`, `source/common/router/router.cc`);
+/// the request whose retry was admitted and failed again is `URX`.
+#[tokio::test]
+async fn a_retry_refused_by_max_retries_is_flagged_uo() {
+    let (mesh, v1, _v2) = two_endpoints().await;
+    let harness = Arc::new(Harness::start(mesh, &[&v1]).await);
+    let mut limited = cluster("v1", &[&v1]);
+    limited.connection_pool = Some(proto::ConnectionPoolSettings {
+        tcp: None,
+        http: Some(proto::connection_pool_settings::HttpSettings {
+            max_retries: 1,
+            ..Default::default()
+        }),
+    });
+    harness
+        .waypoint
+        .apply_config(config(vec![retrying_5xx(1)], vec![limited]))
+        .unwrap();
+    // Every answer a slow 503: both requests fail together, one retry fits in the budget.
+    v1.behaviour.status.store(503, Ordering::Relaxed);
+    v1.behaviour.delay_ms.store(300, Ordering::Relaxed);
+    let tasks: Vec<_> = (0..2)
+        .map(|_| {
+            let harness = Arc::clone(&harness);
+            tokio::spawn(async move { harness.get("/").await.0 })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+    assert_eq!(v1.request_count(), 3, "two tries and one retry");
+    let metrics = harness.metrics().await;
+    for (flags, count) in [("UO", 1), ("URX", 1)] {
+        assert_eq!(
+            requests_flagged(&metrics, "503", flags),
+            count,
+            "{flags}:\n{metrics}"
+        );
+    }
+}
