@@ -576,6 +576,11 @@ async fn send_with_retries(
         // abandoned"); a retry takes the body over from the try before at once, so that try's
         // connection reads no more of it.
         let can_retry = attempt < policy.attempts && outgoing.replayable();
+        // The retry this attempt was gives its `maxRetries` place back once its outcome is
+        // known, before the next retry asks for one: one retry of a request holds a place at
+        // a time (Envoy's `RetryStateImpl::shouldRetry` calls `resetRetry` first,
+        // `source/common/router/retry_state_impl.cc`).
+        drop(retry_permit.take());
         match outcome {
             Some(Ok(response)) => {
                 let status = response.status().as_u16();
@@ -600,7 +605,6 @@ async fn send_with_retries(
                     backoff(policy, attempt).await;
                     continue;
                 }
-                drop(retry_permit);
                 cx.record.retry_limit_exceeded =
                     retriable && retries_exhausted(policy, attempt, outgoing.replayable());
                 let mut response = response;

@@ -607,6 +607,34 @@ async fn upstream_answers_are_logged_via_upstream_and_local_replies_keep_their_d
 /// the request with the failure it would have retried, flagged `UO`, as Envoy's router does on
 /// `RetryStatus::NoOverflow` (`Filter::onUpstreamHeaders`, `source/common/router/router.cc`);
 /// the request whose retry was admitted and failed again is `URX`.
+/// One request's retries take a `maxRetries` place one at a time: each retry gives its place
+/// back when its outcome is known, so a lone request retries as often as its policy says under
+/// `maxRetries: 1` (Envoy's `RetryStateImpl::shouldRetry` releases the last retry's place
+/// before it asks for the next).
+#[tokio::test]
+async fn a_lone_requests_retries_hold_one_max_retries_place_at_a_time() {
+    let (mesh, v1, _v2) = two_endpoints().await;
+    let harness = Harness::start(mesh, &[&v1]).await;
+    let mut limited = cluster("v1", &[&v1]);
+    limited.connection_pool = Some(proto::ConnectionPoolSettings {
+        tcp: None,
+        http: Some(proto::connection_pool_settings::HttpSettings {
+            max_retries: 1,
+            ..Default::default()
+        }),
+    });
+    harness
+        .waypoint
+        .apply_config(config(vec![retrying_5xx(2)], vec![limited]))
+        .unwrap();
+    v1.behaviour.status.store(503, Ordering::Relaxed);
+    assert_eq!(harness.get("/").await.0, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(v1.request_count(), 3, "the try and both retries");
+    let metrics = harness.metrics().await;
+    assert_eq!(requests_flagged(&metrics, "503", "URX"), 1, "{metrics}");
+    assert_eq!(requests_flagged(&metrics, "503", "UO"), 0, "{metrics}");
+}
+
 #[tokio::test]
 async fn a_retry_refused_by_max_retries_is_flagged_uo() {
     let (mesh, v1, _v2) = two_endpoints().await;
