@@ -362,6 +362,8 @@ pub struct RequestRecord {
     pub response_flags: ResponseFlag,
     /// The retries ran out on a failure they would have retried (`URX`, beside the flag).
     pub retry_limit_exceeded: bool,
+    /// A retry was refused by the cluster's `maxRetries` (`UO`, beside the flag).
+    pub retry_overflow: bool,
     pub response_code_details: Cow<'static, str>,
     pub upstream_host: Option<SocketAddr>,
     pub upstream_cluster: Option<RecordText>,
@@ -410,6 +412,7 @@ impl RequestRecord {
         ResponseFlags {
             flag: self.response_flags,
             retry_limit_exceeded: self.retry_limit_exceeded,
+            retry_overflow: self.retry_overflow,
         }
     }
 
@@ -432,6 +435,7 @@ impl RequestRecord {
             grpc_status: None,
             response_flags: ResponseFlag::None,
             retry_limit_exceeded: false,
+            retry_overflow: false,
             response_code_details: Cow::Borrowed("-"),
             upstream_host: None,
             upstream_cluster: None,

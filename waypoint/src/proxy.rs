@@ -43,7 +43,7 @@ use crate::tcp::TcpConnections;
 use crate::telemetry::DECORATOR_OPERATION;
 use crate::upstream::Upstream;
 
-pub(crate) use reply::{LocalReply, rbac_details};
+pub(crate) use reply::{LocalReply, VIA_UPSTREAM, rbac_details};
 
 use context::RequestContext;
 

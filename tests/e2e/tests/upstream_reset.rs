@@ -381,8 +381,8 @@ fn an_upstream_reset_after_the_response_began_reaches_clients_as_envoy_passes_it
             "/reset/early HTTP/1.1",
             "503 UC,URX upstream_reset_before_response_started{connection_termination}",
         ),
-        // A retry that succeeded: the upstream's answer, no flag.
-        ("/reset/once HTTP/1.1", "200 - -"),
+        // A retry that succeeded: the upstream's answer, no flag, Envoy's `via_upstream`.
+        ("/reset/once HTTP/1.1", "200 - via_upstream"),
         // The HTTP/2 connection ended under the stream: `UC`, before and after the head.
         (
             "/reset/goaway HTTP/2",

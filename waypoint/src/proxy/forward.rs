@@ -2,6 +2,7 @@
 //! it goes upstream (hop-by-hop headers removed, `x-forwarded-*`, header operations, rewrites),
 //! mirrors, and the attempts under the route's retries, per-try timeout and timeout.
 
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -23,13 +24,15 @@ use weft_policy::route::{percentage_hit, pick_weighted};
 use super::context::{GRPC_STATUS, RequestContext};
 use super::forwarded::{X_FORWARDED_FOR, address_value, set_external_address};
 use super::request_limits::{Breach, RequestLimits, ResponseGuard};
-use super::{BoxError, LocalReply, ProxyBody, actions, upgrade};
-use crate::metrics::RecordText;
+use super::{BoxError, LocalReply, ProxyBody, VIA_UPSTREAM, actions, upgrade};
+use crate::metrics::{RecordText, RequestRecord};
 use crate::model::{
     Cluster, Endpoint, Headers, LoadBalancer, Mirror, Protocol, RetryPolicy, Route,
     WeightedDestination,
 };
-use crate::upstream::{Ending, Replayable, RequestBody, Tried, UpstreamError, dynamic_dns};
+use crate::upstream::{
+    ClusterState, Ending, Replayable, RequestBody, RetryPermit, Tried, UpstreamError, dynamic_dns,
+};
 
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
@@ -227,6 +230,7 @@ pub(super) async fn forward_to(
         cx.record.bytes_received = cx.record.bytes_received.max(body.received());
     }
     let mut response = with_first_frame(result?).await;
+    cx.record.response_code_details = Cow::Borrowed(VIA_UPSTREAM);
     to.destination.response.apply(response.headers_mut());
     // Once the response has begun, a breach resets the stream (its body fails).
     if let Some(limits) = limits.filter(RequestLimits::running) {
@@ -572,6 +576,11 @@ async fn send_with_retries(
         // abandoned"); a retry takes the body over from the try before at once, so that try's
         // connection reads no more of it.
         let can_retry = attempt < policy.attempts && outgoing.replayable();
+        // The retry this attempt was gives its `maxRetries` place back once its outcome is
+        // known, before the next retry asks for one: one retry of a request holds a place at
+        // a time (Envoy's `RetryStateImpl::shouldRetry` calls `resetRetry` first,
+        // `source/common/router/retry_state_impl.cc`).
+        drop(retry_permit.take());
         match outcome {
             Some(Ok(response)) => {
                 let status = response.status().as_u16();
@@ -584,7 +593,7 @@ async fn send_with_retries(
                 let retriable = policy.on.status_retriable(status, grpc);
                 if can_retry
                     && retriable
-                    && let Some(permit) = state.retry_permit(cluster)
+                    && let Some(permit) = admit_retry(state, cluster, &mut cx.record)
                     && let Some(next) = outgoing.attempt_body()
                 {
                     tried.push(endpoint.address);
@@ -596,7 +605,6 @@ async fn send_with_retries(
                     backoff(policy, attempt).await;
                     continue;
                 }
-                drop(retry_permit);
                 cx.record.retry_limit_exceeded =
                     retriable && retries_exhausted(policy, attempt, outgoing.replayable());
                 let mut response = response;
@@ -609,7 +617,7 @@ async fn send_with_retries(
                 let retriable = error_retriable(&error, policy);
                 if can_retry
                     && retriable
-                    && let Some(permit) = state.retry_permit(cluster)
+                    && let Some(permit) = admit_retry(state, cluster, &mut cx.record)
                     && let Some(next) = outgoing.attempt_body()
                 {
                     tried.push(endpoint.address);
@@ -630,7 +638,7 @@ async fn send_with_retries(
                     || policy.on.retriable_status_codes.contains(&504);
                 if can_retry
                     && retriable
-                    && let Some(permit) = state.retry_permit(cluster)
+                    && let Some(permit) = admit_retry(state, cluster, &mut cx.record)
                     && let Some(next) = outgoing.attempt_body()
                 {
                     tried.push(endpoint.address);
@@ -646,6 +654,22 @@ async fn send_with_retries(
             }
         }
     }
+}
+
+/// A retry's place in the cluster's `maxRetries` (Istio's `connectionPool.http.maxRetries`),
+/// asked only for a retry the policy would make. A refusal flags the request `UO` beside the
+/// failure's own flag, as Envoy's router does on `RetryStatus::NoOverflow` (the retry state
+/// answers it when the cluster's retry resource is full, `RetryStateImpl::shouldRetry` in
+/// `source/common/router/retry_state_impl.cc`; `Filter::onUpstreamHeaders` and
+/// `Filter::maybeRetryReset` set `UpstreamOverflow`, `source/common/router/router.cc`).
+fn admit_retry(
+    state: &ClusterState,
+    cluster: &Cluster,
+    record: &mut RequestRecord,
+) -> Option<RetryPermit> {
+    let permit = state.retry_permit(cluster);
+    record.retry_overflow |= permit.is_none();
+    permit
 }
 
 /// Whether a failure the policy would retry, after `retries` retries, ends the request flagged

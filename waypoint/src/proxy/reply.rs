@@ -308,6 +308,11 @@ impl Reply {
     }
 }
 
+/// The `response_code_details` of a response the upstream produced, retried or not: Envoy's
+/// router records `ResponseCodeDetailValues::ViaUpstream` when the upstream's response head
+/// arrives (`envoy/stream_info/stream_info.h`, set in `Filter::onUpstreamHeaders`).
+pub(crate) const VIA_UPSTREAM: &str = "via_upstream";
+
 /// The reply to a request whose last attempt failed before any response head: Envoy's router's
 /// local reply for the failure (`Filter::onUpstreamReset` before `downstream_response_started_`:
 /// the flag of the reset's reason, `upstream_reset_before_response_started{reason}`, and 502

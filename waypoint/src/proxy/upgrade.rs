@@ -3,6 +3,7 @@
 //! headers, and after the endpoint's `101` the bytes are copied both ways, the connection
 //! registered with the L4 ones so that a configuration change can end it.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -14,7 +15,7 @@ use tracing::{Instrument, debug, debug_span};
 
 use super::context::RequestContext;
 use super::forward::Outgoing;
-use super::{BoxError, LocalReply, ProxyBody, full};
+use super::{BoxError, LocalReply, ProxyBody, VIA_UPSTREAM, full};
 use crate::model::{Cluster, HeaderOps};
 use crate::tcp::Carried;
 use crate::upstream::HashInput;
@@ -62,6 +63,7 @@ pub(super) async fn forward(
             source_ip,
         )
         .await?;
+    cx.record.response_code_details = Cow::Borrowed(VIA_UPSTREAM);
     if upstream_response.status() != StatusCode::SWITCHING_PROTOCOLS {
         let mut response = upstream_response.map(|b| b.map_err(BoxError::from).boxed());
         response_ops.apply(response.headers_mut());

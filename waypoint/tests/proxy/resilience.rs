@@ -547,3 +547,129 @@ async fn upstream_connections_are_reused_up_to_max_requests_per_connection() {
         "a new connection every two requests"
     );
 }
+
+/// The access log's `%RESPONSE_CODE_DETAILS%`: Envoy's `via_upstream` for every answer the
+/// upstream gave, first try or after retries, and a failed one that ran out of retries
+/// (`ResponseCodeDetailValues::ViaUpstream`, `envoy/stream_info/stream_info.h`, set by the
+/// router in `Filter::onUpstreamHeaders`); a local reply keeps its own details.
+#[tokio::test]
+async fn upstream_answers_are_logged_via_upstream_and_local_replies_keep_their_details() {
+    let (mesh, v1, _v2) = two_endpoints().await;
+    let harness = Harness::start(mesh, &[&v1]).await;
+    let path = std::env::temp_dir().join(format!("weft-details-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let apply = |route| {
+        let mut config = config(vec![route], vec![cluster("v1", &[&v1])]);
+        config.access_logs = vec![proto::AccessLog {
+            provider: "details".to_owned(),
+            path: path.display().to_string(),
+            format: Some(proto::access_log::Format::Text(
+                "%REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS%\n"
+                    .to_owned(),
+            )),
+            ..Default::default()
+        }];
+        harness.waypoint.apply_config(config).unwrap();
+    };
+
+    apply(retrying_5xx(2));
+    assert_eq!(harness.get("/first").await.0, StatusCode::OK);
+    v1.behaviour.fail_first.store(1, Ordering::Relaxed);
+    assert_eq!(harness.get("/retried").await.0, StatusCode::OK);
+    v1.behaviour.fail_first.store(3, Ordering::Relaxed);
+    assert_eq!(
+        harness.get("/exhausted").await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    apply(aborted_route_to("v1", 418));
+    assert_eq!(harness.get("/aborted").await.0, StatusCode::IM_A_TEAPOT);
+
+    let expected = [
+        "/first 200 - via_upstream",
+        "/retried 200 - via_upstream",
+        "/exhausted 503 URX via_upstream",
+        "/aborted 418 FI fault_filter_abort",
+    ];
+    // Each line is written once its response has ended; bounded wait for the four.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let logged = loop {
+        let logged = std::fs::read_to_string(&path).unwrap_or_default();
+        if logged.lines().count() >= expected.len() || Instant::now() > deadline {
+            break logged;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(logged.lines().collect::<Vec<_>>(), expected, "{logged}");
+}
+
+/// A retry the cluster's `maxRetries` refuses (Istio's `connectionPool.http.maxRetries`) ends
+/// the request with the failure it would have retried, flagged `UO`, as Envoy's router does on
+/// `RetryStatus::NoOverflow` (`Filter::onUpstreamHeaders`, `source/common/router/router.cc`);
+/// the request whose retry was admitted and failed again is `URX`.
+/// One request's retries take a `maxRetries` place one at a time: each retry gives its place
+/// back when its outcome is known, so a lone request retries as often as its policy says under
+/// `maxRetries: 1` (Envoy's `RetryStateImpl::shouldRetry` releases the last retry's place
+/// before it asks for the next).
+#[tokio::test]
+async fn a_lone_requests_retries_hold_one_max_retries_place_at_a_time() {
+    let (mesh, v1, _v2) = two_endpoints().await;
+    let harness = Harness::start(mesh, &[&v1]).await;
+    let mut limited = cluster("v1", &[&v1]);
+    limited.connection_pool = Some(proto::ConnectionPoolSettings {
+        tcp: None,
+        http: Some(proto::connection_pool_settings::HttpSettings {
+            max_retries: 1,
+            ..Default::default()
+        }),
+    });
+    harness
+        .waypoint
+        .apply_config(config(vec![retrying_5xx(2)], vec![limited]))
+        .unwrap();
+    v1.behaviour.status.store(503, Ordering::Relaxed);
+    assert_eq!(harness.get("/").await.0, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(v1.request_count(), 3, "the try and both retries");
+    let metrics = harness.metrics().await;
+    assert_eq!(requests_flagged(&metrics, "503", "URX"), 1, "{metrics}");
+    assert_eq!(requests_flagged(&metrics, "503", "UO"), 0, "{metrics}");
+}
+
+#[tokio::test]
+async fn a_retry_refused_by_max_retries_is_flagged_uo() {
+    let (mesh, v1, _v2) = two_endpoints().await;
+    let harness = Arc::new(Harness::start(mesh, &[&v1]).await);
+    let mut limited = cluster("v1", &[&v1]);
+    limited.connection_pool = Some(proto::ConnectionPoolSettings {
+        tcp: None,
+        http: Some(proto::connection_pool_settings::HttpSettings {
+            max_retries: 1,
+            ..Default::default()
+        }),
+    });
+    harness
+        .waypoint
+        .apply_config(config(vec![retrying_5xx(1)], vec![limited]))
+        .unwrap();
+    // Every answer a slow 503: both requests fail together, one retry fits in the budget.
+    v1.behaviour.status.store(503, Ordering::Relaxed);
+    v1.behaviour.delay_ms.store(300, Ordering::Relaxed);
+    let tasks: Vec<_> = (0..2)
+        .map(|_| {
+            let harness = Arc::clone(&harness);
+            tokio::spawn(async move { harness.get("/").await.0 })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+    assert_eq!(v1.request_count(), 3, "two tries and one retry");
+    let metrics = harness.metrics().await;
+    for (flags, count) in [("UO", 1), ("URX", 1)] {
+        assert_eq!(
+            requests_flagged(&metrics, "503", flags),
+            count,
+            "{flags}:\n{metrics}"
+        );
+    }
+}

@@ -117,11 +117,25 @@ pub struct ResponseFlags {
     pub flag: ResponseFlag,
     /// Envoy's `UpstreamRetryLimitExceeded` (`URX`).
     pub retry_limit_exceeded: bool,
+    /// Envoy's `UpstreamOverflow` (`UO`) beside the flag: a retry the cluster's `maxRetries`
+    /// refused (never with `URX`: Envoy's retry state answers one or the other).
+    pub retry_overflow: bool,
 }
 
 impl ResponseFlags {
     pub const fn as_str(self) -> &'static str {
         use ResponseFlag as F;
+        if self.retry_overflow {
+            // After a retriable failure: a status (no flag of its own) or an upstream one.
+            return match self.flag {
+                F::UpstreamTimeout => "UT,UO",
+                F::UpstreamReset => "UR,UO",
+                F::UpstreamConnectFailure => "UF,UO",
+                F::UpstreamConnectionTermination => "UC,UO",
+                F::UpstreamProtocolError => "UO,UPE",
+                _ => "UO",
+            };
+        }
         if !self.retry_limit_exceeded {
             return self.flag.as_str();
         }
@@ -153,6 +167,7 @@ impl From<ResponseFlag> for ResponseFlags {
         Self {
             flag,
             retry_limit_exceeded: false,
+            retry_overflow: false,
         }
     }
 }

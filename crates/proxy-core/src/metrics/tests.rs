@@ -234,6 +234,7 @@ fn request_label_pairs_encode_as_the_label_set_does() {
         response_flags: ResponseFlags {
             flag: ResponseFlag::UpstreamOverflow,
             retry_limit_exceeded: true,
+            retry_overflow: false,
         },
         connection_security_policy: SecurityPolicy::MutualTls,
     };
@@ -290,6 +291,7 @@ fn retry_limit_exceeded_is_printed_in_envoys_flag_order() {
         let flags = ResponseFlags {
             flag,
             retry_limit_exceeded,
+            retry_overflow: false,
         };
         assert_eq!(flags.as_str(), printed, "{flag:?}");
         assert_eq!(flags.to_string(), printed, "{flag:?}");
@@ -298,9 +300,35 @@ fn retry_limit_exceeded_is_printed_in_envoys_flag_order() {
         ResponseFlags::from(F::UpstreamReset),
         ResponseFlags {
             flag: F::UpstreamReset,
-            retry_limit_exceeded: false
+            retry_limit_exceeded: false,
+            retry_overflow: false,
         }
     );
+}
+
+/// A retry refused by the cluster's `maxRetries` adds Envoy's `UO` (`UpstreamOverflow`) to the
+/// failure's own flag, in the order of Envoy's flag table (`ALL_RESPONSE_STRINGS_FLAGS`,
+/// `source/common/stream_info/utility.h`): after `UT`, `UR`, `UF`, `UC`, before `UPE`; alone
+/// after a retriable status.
+#[test]
+fn a_refused_retry_is_printed_uo_in_envoys_flag_order() {
+    use ResponseFlag as F;
+    let cases = [
+        (F::None, "UO"),
+        (F::UpstreamTimeout, "UT,UO"),
+        (F::UpstreamReset, "UR,UO"),
+        (F::UpstreamConnectFailure, "UF,UO"),
+        (F::UpstreamConnectionTermination, "UC,UO"),
+        (F::UpstreamProtocolError, "UO,UPE"),
+    ];
+    for (flag, printed) in cases {
+        let flags = ResponseFlags {
+            flag,
+            retry_limit_exceeded: false,
+            retry_overflow: true,
+        };
+        assert_eq!(flags.as_str(), printed, "{flag:?}");
+    }
 }
 
 #[test]
