@@ -603,10 +603,19 @@ async fn upstream_answers_are_logged_via_upstream_and_local_replies_keep_their_d
     assert_eq!(logged.lines().collect::<Vec<_>>(), expected, "{logged}");
 }
 
-/// A retry the cluster's `maxRetries` refuses (Istio's `connectionPool.http.maxRetries`) ends
-/// the request with the failure it would have retried, flagged `UO`, as Envoy's router does on
-/// `RetryStatus::NoOverflow` (`Filter::onUpstreamHeaders`, `source/common/router/router.cc`);
-/// the request whose retry was admitted and failed again is `URX`.
+/// The `v1` cluster over `endpoint` with `connectionPool.http.maxRetries: 1`.
+fn one_retry_at_a_time(endpoint: &waypoint::testing::FakeEndpoint) -> proto::Cluster {
+    let mut limited = cluster("v1", &[endpoint]);
+    limited.connection_pool = Some(proto::ConnectionPoolSettings {
+        tcp: None,
+        http: Some(proto::connection_pool_settings::HttpSettings {
+            max_retries: 1,
+            ..Default::default()
+        }),
+    });
+    limited
+}
+
 /// One request's retries take a `maxRetries` place one at a time: each retry gives its place
 /// back when its outcome is known, so a lone request retries as often as its policy says under
 /// `maxRetries: 1` (Envoy's `RetryStateImpl::shouldRetry` releases the last retry's place
@@ -615,17 +624,12 @@ async fn upstream_answers_are_logged_via_upstream_and_local_replies_keep_their_d
 async fn a_lone_requests_retries_hold_one_max_retries_place_at_a_time() {
     let (mesh, v1, _v2) = two_endpoints().await;
     let harness = Harness::start(mesh, &[&v1]).await;
-    let mut limited = cluster("v1", &[&v1]);
-    limited.connection_pool = Some(proto::ConnectionPoolSettings {
-        tcp: None,
-        http: Some(proto::connection_pool_settings::HttpSettings {
-            max_retries: 1,
-            ..Default::default()
-        }),
-    });
     harness
         .waypoint
-        .apply_config(config(vec![retrying_5xx(2)], vec![limited]))
+        .apply_config(config(
+            vec![retrying_5xx(2)],
+            vec![one_retry_at_a_time(&v1)],
+        ))
         .unwrap();
     v1.behaviour.status.store(503, Ordering::Relaxed);
     assert_eq!(harness.get("/").await.0, StatusCode::SERVICE_UNAVAILABLE);
@@ -635,21 +639,20 @@ async fn a_lone_requests_retries_hold_one_max_retries_place_at_a_time() {
     assert_eq!(requests_flagged(&metrics, "503", "UO"), 0, "{metrics}");
 }
 
+/// A retry the cluster's `maxRetries` refuses (Istio's `connectionPool.http.maxRetries`) ends
+/// the request with the failure it would have retried, flagged `UO`, as Envoy's router does on
+/// `RetryStatus::NoOverflow` (`Filter::onUpstreamHeaders`, `source/common/router/router.cc`);
+/// the request whose retry was admitted and failed again is `URX`.
 #[tokio::test]
 async fn a_retry_refused_by_max_retries_is_flagged_uo() {
     let (mesh, v1, _v2) = two_endpoints().await;
     let harness = Arc::new(Harness::start(mesh, &[&v1]).await);
-    let mut limited = cluster("v1", &[&v1]);
-    limited.connection_pool = Some(proto::ConnectionPoolSettings {
-        tcp: None,
-        http: Some(proto::connection_pool_settings::HttpSettings {
-            max_retries: 1,
-            ..Default::default()
-        }),
-    });
     harness
         .waypoint
-        .apply_config(config(vec![retrying_5xx(1)], vec![limited]))
+        .apply_config(config(
+            vec![retrying_5xx(1)],
+            vec![one_retry_at_a_time(&v1)],
+        ))
         .unwrap();
     // Every answer a slow 503: both requests fail together, one retry fits in the budget.
     v1.behaviour.status.store(503, Ordering::Relaxed);
