@@ -46,10 +46,8 @@ struct AccessLog {
 /// read beyond what a request's record holds anyway.
 pub struct AccessLogs {
     logs: Vec<AccessLog>,
-    /// Request headers named by `REQ` operators, captured when the request arrives.
-    request_headers: Vec<HeaderName>,
-    /// Response headers named by `RESP` operators, captured when the response starts.
-    response_headers: Vec<HeaderName>,
+    /// The headers their `REQ` and `RESP` operators read.
+    headers: HeaderCapture,
     /// The request headers filters read (`request.headers`): none, some, or all of them.
     filter_headers: Option<HeaderReads>,
     /// The configuration they were built from (what a new configuration is compared with).
@@ -89,8 +87,7 @@ impl AccessLogs {
             return Ok(None);
         }
         let mut compiled = Vec::with_capacity(logs.len());
-        let mut request_headers = Vec::new();
-        let mut response_headers = Vec::new();
+        let mut headers = HeaderCapture::default();
         let mut filter_headers: Option<HeaderReads> = None;
         for (i, log) in logs.iter().enumerate() {
             let context = format!("{context}[{i}] (provider {:?})", log.provider);
@@ -103,24 +100,7 @@ impl AccessLogs {
             }
             .map_err(|e| invalid(&context, format!("format: {e}")))?
             .omit_empty_values(log.omit_empty_values);
-            for operator in format.operators() {
-                let (choice, into) = match operator {
-                    Operator::Request(choice) => (choice, &mut request_headers),
-                    Operator::Response(choice) => (choice, &mut response_headers),
-                    _ => continue,
-                };
-                for name in header_names(choice) {
-                    if matches!(operator, Operator::Request(_)) && RECORDED.contains(&name) {
-                        continue;
-                    }
-                    let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
-                        continue;
-                    };
-                    if !into.contains(&name) {
-                        into.push(name);
-                    }
-                }
-            }
+            headers.read_by(&format);
             let filter = match log.filter.as_str() {
                 "" => None,
                 expression => Some(
@@ -155,8 +135,7 @@ impl AccessLogs {
         }
         Ok(Some(Arc::new(AccessLogs {
             logs: compiled,
-            request_headers,
-            response_headers,
+            headers,
             filter_headers,
             source: logs.to_vec(),
         })))
@@ -165,7 +144,7 @@ impl AccessLogs {
     /// The request's headers these logs read: those `REQ` names, in order.
     pub fn capture_request(&self, headers: &HeaderMap) -> Captured {
         Captured {
-            request: capture(&self.request_headers, headers),
+            request: capture(&self.headers.request, headers),
             response: Vec::new(),
             request_headers: self.filter_headers.as_ref().map(|reads| match reads {
                 HeaderReads::All => Box::new(headers.clone()),
@@ -186,7 +165,7 @@ impl AccessLogs {
 
     /// The response's headers these logs read, added to what was captured of the request.
     pub fn capture_response(&self, captured: &mut Captured, headers: &HeaderMap) {
-        captured.response = capture(&self.response_headers, headers);
+        self.headers.capture_response(captured, headers);
     }
 
     /// Writes a line to each log whose filter admits `entry`.
@@ -211,14 +190,71 @@ impl AccessLogs {
         }
     }
 
+    /// The headers the logs' operators read.
+    pub(crate) fn headers(&self) -> &HeaderCapture {
+        &self.headers
+    }
+}
+
+/// The request and response headers some formats' `REQ` and `RESP` operators read beyond
+/// what a request's record holds, kept by position in a [`Captured`].
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct HeaderCapture {
+    /// Named by `REQ` operators, captured when the request arrives.
+    request: Vec<HeaderName>,
+    /// Named by `RESP` operators, captured when the response starts.
+    response: Vec<HeaderName>,
+}
+
+impl HeaderCapture {
+    /// Adds the headers `format` reads.
+    pub(crate) fn read_by(&mut self, format: &Format) {
+        for operator in format.operators() {
+            let (choice, into) = match operator {
+                Operator::Request(choice) => (choice, &mut self.request),
+                Operator::Response(choice) => (choice, &mut self.response),
+                _ => continue,
+            };
+            for name in header_names(choice) {
+                if matches!(operator, Operator::Request(_)) && RECORDED.contains(&name) {
+                    continue;
+                }
+                let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
+                    continue;
+                };
+                if !into.contains(&name) {
+                    into.push(name);
+                }
+            }
+        }
+    }
+
+    /// No header to capture.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.request.is_empty() && self.response.is_empty()
+    }
+
+    /// The request's headers these formats read.
+    pub(crate) fn capture_request(&self, headers: &HeaderMap) -> Captured {
+        Captured {
+            request: capture(&self.request, headers),
+            ..Captured::default()
+        }
+    }
+
+    /// The response's headers these formats read, added to what was captured of the request.
+    pub(crate) fn capture_response(&self, captured: &mut Captured, headers: &HeaderMap) {
+        captured.response = capture(&self.response, headers);
+    }
+
     /// The value of `REQ(name)` among the captured headers.
     fn request_header<'c>(&self, captured: &'c Captured, name: &str) -> Option<&'c HeaderValue> {
-        let i = self.request_headers.iter().position(|h| h == name)?;
+        let i = self.request.iter().position(|h| h == name)?;
         captured.request.get(i)?.as_ref()
     }
 
     fn response_header<'c>(&self, captured: &'c Captured, name: &str) -> Option<&'c HeaderValue> {
-        let i = self.response_headers.iter().position(|h| h == name)?;
+        let i = self.response.iter().position(|h| h == name)?;
         captured.response.get(i)?.as_ref()
     }
 }
@@ -263,7 +299,7 @@ pub struct Captured {
 
 /// One request's values, as the access logs' operators and filters read them.
 pub(crate) struct RequestEntry<'r> {
-    pub(crate) logs: &'r AccessLogs,
+    pub(crate) headers: &'r HeaderCapture,
     pub(crate) captured: &'r Captured,
     pub(crate) record: &'r crate::metrics::RequestRecord,
 }
@@ -342,12 +378,12 @@ impl Record for RequestEntry<'_> {
             "user-agent" => text(out, &record.user_agent),
             "x-request-id" => text(out, &record.request_id),
             "x-forwarded-for" => text(out, &record.forwarded_for),
-            name => header_text(out, self.logs.request_header(self.captured, name)),
+            name => header_text(out, self.headers.request_header(self.captured, name)),
         }
     }
 
     fn response_header(&self, name: &str, out: &mut String) -> Kind {
-        header_text(out, self.logs.response_header(self.captured, name))
+        header_text(out, self.headers.response_header(self.captured, name))
     }
 }
 

@@ -462,10 +462,14 @@ impl RequestRecord {
         self.access_logs = Some((Arc::clone(logs), captured));
     }
 
-    /// Keeps what the access logs read of the response's `headers`.
+    /// Keeps what the access logs and the span's formatter tags read of the response's
+    /// `headers`.
     pub fn capture_response_headers(&mut self, headers: &http::HeaderMap) {
         if let Some((logs, captured)) = &mut self.access_logs {
             logs.capture_response(captured, headers);
+        }
+        if let Some(span) = &mut self.span {
+            span.capture_response(headers);
         }
     }
 
@@ -623,7 +627,7 @@ impl Drop for RequestRecord {
             match &self.access_logs {
                 None => info!(target: ACCESS_LOG, "{}", AccessLogLine(self)),
                 Some((logs, captured)) => logs.write(&crate::access_log::RequestEntry {
-                    logs,
+                    headers: logs.headers(),
                     captured,
                     record: self,
                 }),

@@ -25,6 +25,7 @@ use weft_proto::waypoint as proto;
 pub use export::{Collector, SpanExporter};
 pub use propagation::{B3Style, IncomingContext, OutgoingContext, SpanId, TraceId};
 
+use crate::access_log::{Captured, HeaderCapture, RequestEntry};
 use crate::metrics::{RequestRecord, ResponseFlag};
 use crate::model::{ConfigError, invalid};
 
@@ -62,11 +63,13 @@ pub struct TracingConfig {
     /// Telemetry's `customTags`, added to every span (shared with each sampled span, which
     /// reads its header tags again as the request is forwarded).
     pub custom_tags: Arc<[SpanTag]>,
+    /// The request and response headers the formatter tags read beyond the request's record.
+    pub format_headers: Arc<HeaderCapture>,
 }
 
 /// One custom tag (Telemetry `customTags`): a literal (environment variables are read when
-/// the configuration is applied, as Envoy reads them when it loads its own), or a request
-/// header's value.
+/// the configuration is applied, as Envoy reads them when it loads its own), a request
+/// header's value, or a substitution format evaluated when the span ends.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SpanTag {
     pub tag: String,
@@ -81,6 +84,10 @@ pub enum SpanTagValue {
         name: http::HeaderName,
         default: Option<String>,
     },
+    /// Istio's `formatter` (Envoy's `CustomTag.value`): the access log's substitution format,
+    /// parsed when the configuration is applied and evaluated on the request's record when
+    /// the span ends. An absent operator reads `-`, as in a text access log.
+    Format(weft_access_log::Format),
 }
 
 /// The request header with which a proxy names the span of the next one (Envoy's
@@ -142,9 +149,16 @@ pub(crate) fn tracing_config(
         .collect::<Result<Vec<_>, _>>()?
         .into_iter()
         .flatten()
-        .collect();
+        .collect::<Arc<[SpanTag]>>();
+    let mut format_headers = HeaderCapture::default();
+    for tag in custom_tags.iter() {
+        if let SpanTagValue::Format(format) = &tag.value {
+            format_headers.read_by(format);
+        }
+    }
     Ok(TracingConfig {
         custom_tags,
+        format_headers: Arc::new(format_headers),
         collector,
         sampling_percentage: percentage,
         canonical_service: if tracing.canonical_service.is_empty() {
@@ -173,7 +187,12 @@ fn span_tag(
         return Err(invalid("tracing.custom_tags", "a tag has no name"));
     }
     let value = match &tag.r#type {
-        None => return Err(invalid(&field, "no literal, environment or header")),
+        None => {
+            return Err(invalid(
+                &field,
+                "no literal, environment, header or formatter",
+            ));
+        }
         Some(Type::Literal(value)) => SpanTagValue::Literal(value.clone()),
         Some(Type::Environment(env)) => {
             match environment(&env.name).or_else(|| env.default_value.clone()) {
@@ -190,6 +209,10 @@ fn span_tag(
             })?,
             default: header.default_value.clone(),
         },
+        Some(Type::Formatter(format)) => SpanTagValue::Format(
+            weft_access_log::Format::text(format)
+                .map_err(|e| invalid(&format!("{field}.formatter"), format!("{format:?}: {e}")))?,
+        ),
     };
     Ok(Some(SpanTag {
         tag: tag.tag.clone(),
@@ -216,8 +239,12 @@ struct Report {
     /// The custom tags' values for this request.
     tags: Vec<(String, String)>,
     /// The configuration's custom tags: those taken from request headers are read again from
-    /// the request as it is forwarded ([`RequestSpan::retag`]).
+    /// the request as it is forwarded ([`RequestSpan::retag`]); formatter tags are evaluated
+    /// when the span ends.
     custom_tags: Arc<[SpanTag]>,
+    /// The headers the formatter tags read, and what was captured of them.
+    format_headers: Arc<HeaderCapture>,
+    captured: Captured,
     /// The name the request gave the span (`x-envoy-decorator-operation`, at a waypoint).
     operation: Option<String>,
 }
@@ -261,6 +288,12 @@ impl RequestSpan {
                 kind: config.span_kind,
                 tags: tag_values(config.custom_tags.iter(), headers),
                 custom_tags: Arc::clone(&config.custom_tags),
+                format_headers: Arc::clone(&config.format_headers),
+                captured: if config.format_headers.is_empty() {
+                    Captured::default()
+                } else {
+                    config.format_headers.capture_request(headers)
+                },
                 operation,
             }),
             _ => None,
@@ -300,11 +333,48 @@ impl RequestSpan {
         report.tags.extend(fresh);
     }
 
+    /// Keeps what the formatter tags read of the response's `headers`.
+    pub fn capture_response(&mut self, headers: &HeaderMap) {
+        if let Some(report) = &mut self.report
+            && !report.format_headers.is_empty()
+        {
+            report
+                .format_headers
+                .capture_response(&mut report.captured, headers);
+        }
+    }
+
     /// Sends the span, described by the request's `record`, if it is sampled and reported.
     pub fn finish(self, record: &RequestRecord) {
-        let Some(report) = self.report else {
-            return;
+        if let Some((report, span)) = self.end(record) {
+            report.exporter.submit(report.collector, span);
+        }
+    }
+
+    /// The span as it is sent, if it is sampled and reported. The formatter tags are
+    /// evaluated now, on the record the access log reads (Envoy's tracer applies its custom
+    /// tags when the stream ends).
+    fn end(self, record: &RequestRecord) -> Option<(Report, Span)> {
+        let mut report = self.report?;
+        let entry = RequestEntry {
+            headers: &report.format_headers,
+            captured: &report.captured,
+            record,
         };
+        let formatted: Vec<(String, String)> = report
+            .custom_tags
+            .iter()
+            .filter_map(|t| match &t.value {
+                SpanTagValue::Format(format) => {
+                    let mut value = String::new();
+                    format.render(&entry, &mut value);
+                    value.truncate(value.trim_end_matches('\n').len());
+                    Some((t.tag.clone(), value))
+                }
+                _ => None,
+            })
+            .collect();
+        report.tags.extend(formatted);
         let span = build_span(
             &self.context,
             self.start,
@@ -312,7 +382,7 @@ impl RequestSpan {
             &report,
             report.exporter.node_id(),
         );
-        report.exporter.submit(report.collector, span);
+        Some((report, span))
     }
 }
 
@@ -326,6 +396,8 @@ fn tag_values<'a>(
         .filter_map(|t| {
             let value = match &t.value {
                 SpanTagValue::Literal(value) => value.clone(),
+                // Evaluated when the span ends ([`RequestSpan::finish`]).
+                SpanTagValue::Format(_) => return None,
                 SpanTagValue::Header { name, default } => headers
                     .get(name)
                     .and_then(|v| v.to_str().ok())

@@ -344,12 +344,6 @@ pub const CATALOG: &[NotApplied] = &[
     ),
     entry(
         K::Telemetry,
-        "spec.tracing[].customTags.**.formatter",
-        Set,
-        "a formatter tag (Envoy's substitution format) is not evaluated: spans carry no such tag",
-    ),
-    entry(
-        K::Telemetry,
         "spec.tracing[].useRequestIdForTraceSampling",
         Set,
         "the sampling decision is random per request",

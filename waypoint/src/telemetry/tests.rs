@@ -364,6 +364,71 @@ fn custom_tags_are_literals_environment_variables_and_request_headers() {
     );
 }
 
+/// Istio's `formatter` custom tag (Envoy's `CustomTag.value`, istiod's
+/// `buildCustomTagsFromProvider`): the access log's substitution format, evaluated when the
+/// span ends on the request's record, with the request and response headers it names
+/// captured; an absent operator reads `-`. A format that does not parse is refused, naming
+/// the tag.
+#[test]
+fn formatter_tags_are_evaluated_on_the_request_record_when_the_span_ends() {
+    use proto::custom_tag::Type;
+    let tracing = proto::Tracing {
+        provider: "otel".into(),
+        collector: vec!["127.0.0.1:4317".into()],
+        random_sampling_percentage: 100.0,
+        custom_tags: vec![
+            custom(
+                "call",
+                Type::Formatter("%REQ(:METHOD)% %RESPONSE_CODE%".into()),
+            ),
+            custom("route", Type::Formatter("%ROUTE_NAME%".into())),
+            custom(
+                "tenant",
+                Type::Formatter("tenant=%REQ(X-TENANT)% shard=%RESP(X-SHARD)%".into()),
+            ),
+            custom("missing", Type::Formatter("%REQ(X-ABSENT)%".into())),
+            custom("team", Type::Literal("checkout".into())),
+        ],
+        ..Default::default()
+    };
+    let config = tracing_config(&tracing, "waypoint", "shop", false, &no_environment).unwrap();
+    let exporter = exporter();
+    let mut headers = HeaderMap::new();
+    headers.insert("x-tenant", HeaderValue::from_static("acme"));
+    let mut span = RequestSpan::start(&config, &mut headers, &exporter, 0.0);
+    let mut response = HeaderMap::new();
+    response.insert("x-shard", HeaderValue::from_static("7"));
+    span.capture_response(&response);
+    let mut registry = Registry::default();
+    let mut record = RequestRecord::new(Arc::new(crate::metrics::Metrics::new(&mut registry)));
+    record.method = http::Method::POST;
+    record.status = 503;
+    record.route_name = Some("reviews-v2".into());
+    let (_, built) = span.end(&record).expect("a sampled, reported span");
+    drop(record);
+    for (key, value) in [
+        ("call", "POST 503"),
+        ("route", "reviews-v2"),
+        ("tenant", "tenant=acme shard=7"),
+        ("missing", "-"),
+        ("team", "checkout"),
+    ] {
+        assert_eq!(string_tag(&built, key).as_deref(), Some(value), "{key}");
+    }
+
+    let bad = proto::Tracing {
+        custom_tags: vec![custom("route", Type::Formatter("%NO_SUCH_COMMAND%".into()))],
+        ..tracing
+    };
+    let error = tracing_config(&bad, "waypoint", "shop", false, &no_environment).unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("tracing.custom_tags[route].formatter"),
+        "{error}"
+    );
+}
+
 /// The span's name: the route's operation; at a waypoint, the one an upstream gateway named
 /// in `x-envoy-decorator-operation` (taken off the request); Envoy's `ingress` and
 /// `egress <authority>` for a request no route took; else the service's `host:port/*`.

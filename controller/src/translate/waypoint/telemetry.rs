@@ -376,8 +376,8 @@ fn merge_tracing<'m, 't>(
 }
 
 /// The merged `customTags` as the waypoint applies them, by name. Validation has refused a
-/// null tag or one with two sources; a `formatter` tag (Envoy's substitution format) is not
-/// applied and was reported as such.
+/// null tag or one with two sources; a `formatter` tag carries its substitution format, which
+/// the waypoint parses (refusing one it cannot) as Envoy does.
 fn custom_tags(tags: Option<&BTreeMap<String, Option<CustomTag>>>) -> Vec<wp::CustomTag> {
     let source = |s: &TagSource| wp::TagFromName {
         name: s.name.clone(),
@@ -393,6 +393,9 @@ fn custom_tags(tags: Option<&BTreeMap<String, Option<CustomTag>>>) -> Vec<wp::Cu
                 wp::custom_tag::Type::Environment(source(environment))
             } else if let Some(header) = &tag.header {
                 wp::custom_tag::Type::Header(source(header))
+            } else if let Some(formatter) = &tag.formatter {
+                // istiod's `buildCustomTagsFromProvider`: Envoy's `CustomTag.value`.
+                wp::custom_tag::Type::Formatter(formatter.value.clone())
             } else {
                 return None;
             };

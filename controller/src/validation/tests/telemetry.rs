@@ -67,12 +67,10 @@ fn telemetry_rules() {
                 "{tracing: [{customTags: {clusterID: {environment: {name: FOO}}, team: {literal: {value: checkout}}, user: {header: {name: x-user, defaultValue: anonymous}}}}]}",
             ),
         ),
-        warns(
-            "a formatter tag",
-            "Istio's Tracing.CustomTag.formatter: not evaluated here",
+        ok(
+            "a formatter tag is applied",
+            "Istio's Tracing.CustomTag.formatter (CRD: value minLength 1; no other check)",
             tel("{tracing: [{customTags: {route: {formatter: {value: '%ROUTE_NAME%'}}}}]}"),
-            "spec.tracing[0].customTags.route.formatter",
-            NOT_APPLIED,
         ),
         bad(
             "a nil custom tag",

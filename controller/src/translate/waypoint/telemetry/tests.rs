@@ -653,7 +653,7 @@ fn a_services_client_side_entries_do_not_apply_at_the_waypoint() {
 }
 
 /// The waypoint's custom tags, by name: `tag=literal:value`, `tag=env:NAME|default`,
-/// `tag=header:name|default`.
+/// `tag=header:name|default`, `tag=formatter:format`.
 fn custom_tags(telemetries: &[String]) -> Vec<String> {
     use weft_proto::waypoint::custom_tag::Type;
     let index = validated(&format!("{MESH}{}", telemetries.concat()));
@@ -676,6 +676,7 @@ fn custom_tags(telemetries: &[String]) -> Vec<String> {
                 Type::Literal(v) => format!("literal:{v}"),
                 Type::Environment(s) => format!("env:{}", source(s)),
                 Type::Header(s) => format!("header:{}", source(s)),
+                Type::Formatter(v) => format!("formatter:{v}"),
             };
             format!("{}={value}", t.tag)
         })
@@ -713,6 +714,26 @@ fn custom_tags_of_the_narrowest_telemetry_replace_the_wider_ones_whole() {
     assert_eq!(custom_tags(&[root.clone(), namespace.clone()]), narrower);
     assert_eq!(custom_tags(&[root, namespace, sampling_only]), narrower);
     assert!(custom_tags(&[]).is_empty());
+}
+
+/// istiod's `buildCustomTagsFromProvider`: a `formatter` tag becomes Envoy's `value` tag, its
+/// substitution format carried as written, beside the tags of the other sources.
+#[test]
+fn a_formatter_tag_carries_its_substitution_format_to_the_waypoint() {
+    let namespace = telemetry(
+        "shop",
+        "shop",
+        1,
+        "{tracing: [{customTags: {call: {formatter: {value: '%REQ(:METHOD)% %RESPONSE_CODE%'}}, route: {formatter: {value: '%ROUTE_NAME%'}}, team: {literal: {value: shop}}}}]}",
+    );
+    assert_eq!(
+        custom_tags(&[namespace]),
+        [
+            "call=formatter:%REQ(:METHOD)% %RESPONSE_CODE%",
+            "route=formatter:%ROUTE_NAME%",
+            "team=literal:shop",
+        ]
+    );
 }
 
 /// The waypoint's metric overrides and each served host's own (`None`: the waypoint's), as
