@@ -327,8 +327,9 @@ impl ClusterState {
 
     /// Chooses an endpoint of `cluster` (whose state this is): in one locality priority
     /// ([`priority_level`]) and, when localities are weighed, one locality
-    /// ([`weighted_locality`]), healthy and not ejected (all healthy ones of that priority when
-    /// every one is ejected, as Envoy's panic mode does), then by the
+    /// ([`weighted_locality`]), healthy and not ejected (all healthy ones of that priority below
+    /// `minHealthPercent`, as Envoy's panic mode does; none, `NoHealthyUpstream`, when every
+    /// one is ejected and there is no such threshold), then by the
     /// cluster's load balancer. `exclude` holds endpoints already tried by earlier attempts,
     /// avoided when others remain. While nothing of the moment narrows the pool, the choice
     /// reads the cluster's [`BalancingPlan`] and costs the same whatever the number of
@@ -493,6 +494,16 @@ fn plain_choice<'c>(
     Some(Ok(endpoint))
 }
 
+/// The cluster's panic threshold, Envoy's `healthy_panic_threshold`: Istio sets it from the
+/// DestinationRule's `outlierDetection.minHealthPercent` (0 when not given; Istio's
+/// `applyOutlierDetection`). Without outlier detection nothing is ejected, so it never matters.
+fn min_health_percent(cluster: &Cluster) -> usize {
+    cluster
+        .outlier
+        .as_ref()
+        .map_or(0, |o| o.min_health_percent as usize)
+}
+
 /// The choice [`ClusterState::choose_endpoint`] describes, with the endpoints' states locked.
 fn choose<'c>(
     states: &EndpointStates,
@@ -501,18 +512,27 @@ fn choose<'c>(
     hash: &HashInput<'_>,
     tried: &Tried<'_>,
 ) -> Result<&'c Endpoint, UpstreamError> {
+    let now = Instant::now();
+    let min_health = min_health_percent(cluster);
     // One endpoint: every balancer, priority, locality, panic mode and retry comes to it
-    // when it is healthy, and to nothing otherwise; answered without the plan, which a
-    // workload's own cluster (one per port it is addressed at) would otherwise build.
+    // when it is healthy and not ejected, or ejected with a panic threshold (where Envoy's
+    // panic mode takes it anyway), and to nothing otherwise; answered without the plan, which
+    // a workload's own cluster (one per port it is addressed at) would otherwise build.
     if let [only] = cluster.endpoints.as_slice() {
-        return if only.healthy {
+        let ejected = || {
+            states.ejections_end.is_some_and(|end| end > now)
+                && states
+                    .get(&only.address)
+                    .and_then(|s| s.ejected_until)
+                    .is_some_and(|until| until > now)
+        };
+        return if only.healthy && (min_health > 0 || !ejected()) {
             Ok(only)
         } else {
             Err(UpstreamError::NoHealthyUpstream(cluster.name.clone()))
         };
     }
     let exclude = tried.endpoints;
-    let now = Instant::now();
     if let Some(choice) = plain_choice(states, next, cluster, hash, tried, now) {
         return choice;
     }
@@ -551,13 +571,17 @@ fn choose<'c>(
         .iter()
         .filter(|e| e.healthy && in_level(e) && not_ejected(e))
         .count();
-    // Below minHealthPercent (or with every endpoint ejected) outlier detection stands
-    // aside and all healthy endpoints take traffic, as Envoy's panic mode does.
-    let min_health = cluster
-        .outlier
-        .as_ref()
-        .map_or(0, |o| o.min_health_percent as usize);
-    let panic = available == 0 || available * 100 < healthy * min_health;
+    // Below minHealthPercent outlier detection stands aside and all healthy endpoints take
+    // traffic, as Envoy's panic mode does. With no threshold (Istio's default: it sets
+    // Envoy's `healthy_panic_threshold` to `minHealthPercent`, 0 unless given) there is no
+    // panic mode, and with every endpoint ejected nothing is chosen: 503 `UH`, "no healthy
+    // upstream" (`LoadBalancerBase::recalculatePerPriorityPanic`: "panic is disabled and
+    // there is no hosts available ... no traffic will be routed",
+    // source/common/upstream/load_balancer_impl.cc).
+    if available == 0 && min_health == 0 {
+        return Err(UpstreamError::NoHealthyUpstream(cluster.name.clone()));
+    }
+    let panic = available * 100 < healthy * min_health;
     // Weighed localities (`distribute`): out of panic, one is drawn by Envoy's effective
     // locality weights, and the endpoint is chosen within it. Not under a consistent hash:
     // Envoy's hashing balancers draw no locality, their tables weigh the localities

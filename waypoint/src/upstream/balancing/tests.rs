@@ -621,8 +621,8 @@ fn pick_cost_does_not_grow_with_the_endpoints() {
 /// A workload addressed directly goes through a one-endpoint cluster
 /// ([`crate::model::WorkloadTarget::cluster`]): its choice must not build the cluster's
 /// balancing plan (two vectors, and a hash table for a consistent hash), and must still be
-/// the choice every balancer makes of one endpoint: it when healthy, even when tried before
-/// or ejected (Envoy's panic mode), and none when not.
+/// the choice every balancer makes of one endpoint: it when healthy, even when tried before,
+/// and when ejected only under a panic threshold (Envoy's panic mode); none otherwise.
 #[test]
 fn a_one_endpoint_cluster_is_chosen_without_building_a_plan() {
     let workload = Arc::new(crate::model::DirectWorkload {
@@ -653,24 +653,38 @@ fn a_one_endpoint_cluster_is_chosen_without_building_a_plan() {
         LoadBalancer::Random,
         hashed,
     ];
-    for balancer in balancers {
+    for (balancer, min_health_percent) in balancers
+        .into_iter()
+        .flat_map(|b| [(b.clone(), 50), (b, 0)])
+    {
         let cluster = Cluster {
             load_balancer: balancer.clone(),
-            outlier: Some(policy(100)),
+            outlier: Some(OutlierPolicy {
+                min_health_percent,
+                ..policy(100)
+            }),
             ..target.build_cluster()
         };
         let state = fresh_state();
         let first = state.choose_endpoint(&cluster, &input, &[]).unwrap();
         assert_eq!(first.address, address, "{balancer:?}");
-        // A retry after it, and after its ejection: still it.
+        // A retry after it, and after its ejection: still it in panic mode, nothing without.
         state.record_outcome(&cluster, address, Some(503));
         assert!(lock(&state.0.endpoints)[&address].ejected_until.is_some());
         let tried = Tried {
             endpoints: &[address],
             priorities: &[0],
         };
-        let (retry, _active) = state.choose_and_track(&cluster, &input, &tried).unwrap();
-        assert_eq!(retry.address, address, "{balancer:?}");
+        match state.choose_and_track(&cluster, &input, &tried) {
+            Ok((retry, _active)) if min_health_percent > 0 => {
+                assert_eq!(retry.address, address, "{balancer:?}")
+            }
+            Err(UpstreamError::NoHealthyUpstream(_)) if min_health_percent == 0 => {}
+            other => panic!(
+                "{balancer:?} at minHealthPercent {min_health_percent}: {:?}",
+                other.map(|(e, _)| e.address)
+            ),
+        }
         assert!(
             cluster.plan.get().is_none(),
             "{balancer:?}: a one-endpoint choice built the balancing plan"
@@ -683,4 +697,42 @@ fn a_one_endpoint_cluster_is_chosen_without_building_a_plan() {
         Err(UpstreamError::NoHealthyUpstream(name)) if name == "inbound-pod|8080||10.0.0.7"
     ));
     assert!(cluster.plan.get().is_none());
+}
+
+/// With every endpoint ejected, Envoy's panic mode sends to them all only under a panic
+/// threshold; without one (Istio's default `minHealthPercent` 0, which it passes as Envoy's
+/// `healthy_panic_threshold`) nothing is chosen and the request gets 503 `UH`
+/// (`LoadBalancerBase::recalculatePerPriorityPanic`).
+#[test]
+fn every_endpoint_ejected_is_no_healthy_upstream_without_a_panic_threshold() {
+    for min_health_percent in [0, 50] {
+        let cluster = Cluster {
+            outlier: Some(OutlierPolicy {
+                min_health_percent,
+                ..policy(100)
+            }),
+            ..one_to_three(LoadBalancer::RoundRobin)
+        };
+        let state = fresh_state();
+        let addresses: Vec<SocketAddr> = cluster.endpoints.iter().map(|e| e.address).collect();
+        for address in &addresses {
+            state.record_outcome(&cluster, *address, Some(503));
+        }
+        assert!(
+            addresses
+                .iter()
+                .all(|a| lock(&state.0.endpoints)[a].ejected_until.is_some()),
+            "every endpoint ejected"
+        );
+        let headers = http::HeaderMap::new();
+        let chosen = state.choose_endpoint(&cluster, &keyed(&headers), &[]);
+        match (min_health_percent, chosen) {
+            (0, Err(UpstreamError::NoHealthyUpstream(name))) => assert_eq!(name, cluster.name),
+            (50, Ok(endpoint)) => assert!(addresses.contains(&endpoint.address)),
+            (_, other) => panic!(
+                "minHealthPercent {min_health_percent}: {:?}",
+                other.map(|e| e.address)
+            ),
+        }
+    }
 }
