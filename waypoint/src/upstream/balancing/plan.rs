@@ -19,8 +19,8 @@ pub struct BalancingPlan {
     cumulative_weights: Vec<u64>,
     /// The consistent-hash table of each locality priority, over its ready endpoints (ejected
     /// or not: see [`table_hosts`]), by priority (Envoy's `ThreadAwareLoadBalancerBase` builds
-    /// one per priority): `None` for a
-    /// priority without a healthy endpoint; empty without a consistent hash.
+    /// one per priority): `None` for a priority without a healthy endpoint; empty without a
+    /// consistent hash.
     tables: Vec<Option<Table>>,
 }
 
@@ -195,10 +195,7 @@ fn table_hosts(endpoints: &[Endpoint], members: &[usize], locality_weights: &[u3
     };
     if locality_weights.is_empty() {
         let sum: f64 = members.iter().map(|i| weight(*i)).sum();
-        return members
-            .iter()
-            .map(|i| host(*i, weight(*i) * 1.0 / sum))
-            .collect();
+        return members.iter().map(|i| host(*i, weight(*i) / sum)).collect();
     }
     let locality_weight = |i: usize| {
         usize::try_from(endpoints[i].locality)
@@ -276,10 +273,10 @@ impl std::fmt::Debug for BalancingPlan {
 
 /// Envoy's ring (`RingHashLoadBalancer::Ring::Ring`, ring_hash_lb.cc), over the normalised
 /// weights of [`table_hosts`] (which sum to 1, or less where a weighed locality has no
-/// endpoint in the table); the scale is set so that the lightest host gets a whole number of points, at
-/// least `minimum_size` in all (`ceil(min_weight * min_ring_size) / min_weight`, at most the
-/// maximum ring size); each host then gets `scale * weight` points, kept as running sums so
-/// that fractional shares add up, each point the hash of `"<address>_<n>"`.
+/// endpoint in the table); the scale is set so that the lightest host gets a whole number of
+/// points, at least `minimum_size` in all (`ceil(min_weight * min_ring_size) / min_weight`, at
+/// most the maximum ring size); each host then gets `scale * weight` points, kept as running
+/// sums so that fractional shares add up, each point the hash of `"<address>_<n>"`.
 fn ring(hosts: &[Host], minimum_size: u64) -> Vec<(u64, usize)> {
     let lightest = hosts.iter().map(|h| h.weight).fold(1.0, f64::min);
     let scale = ((lightest * minimum_size as f64).ceil() / lightest).min(MAXIMUM_RING_SIZE as f64);
