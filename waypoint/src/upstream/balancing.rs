@@ -56,6 +56,10 @@ struct EndpointStates {
     /// When the last warm-up ends, as [`Upstream::track_warm_up`] last worked it out (from then
     /// on, no endpoint warms up); `None`: not known.
     warm_from: Option<Instant>,
+    /// The stamp of the last ejection ([`plan::next_ejection_stamp`]; 0: none yet), by which a
+    /// consistent hash knows its tables over the endpoints not ejected are still those of the
+    /// ejected set ([`BalancingPlan::hashed_available`]).
+    ejection_stamp: u64,
 }
 
 impl Deref for EndpointStates {
@@ -413,6 +417,7 @@ impl ClusterState {
             state.consecutive_5xx = 0;
             state.consecutive_gateway = 0;
             states.ejections_end = states.ejections_end.max(Some(until));
+            states.ejection_stamp = plan::next_ejection_stamp();
             info!(cluster = %cluster.name, %endpoint, ejection_ms = time.as_millis() as u64, "endpoint ejected");
         }
     }
@@ -685,18 +690,37 @@ fn choose<'c>(
             let b = nth(rand::random_range(0..count))?;
             Ok(if active(b) < active(a) { b } else { a })
         }
-        // The priority's table holds its healthy endpoints; those outside the pool are passed
-        // over.
-        LoadBalancer::ConsistentHash(..) => match key_hash {
-            Some(h) => match cluster
-                .plan()
-                .hashed(h, level.unwrap_or(0), |i| candidate(&cluster.endpoints[i]))
-            {
+        // In panic, the priority's table over its healthy endpoints, ejected or not; out of
+        // it, the table over those not ejected, as Envoy rebuilds its tables over the healthy
+        // hosts when outlier detection ejects one or lets it back. Endpoints outside the pool
+        // (tried before) are passed over.
+        LoadBalancer::ConsistentHash(..) => {
+            let accept = |i: usize| candidate(&cluster.endpoints[i]);
+            let level = level.unwrap_or(0);
+            let plan = cluster.plan();
+            let found = match key_hash {
+                Some(h) if panic => plan.hashed(h, level, accept),
+                Some(h) => {
+                    let ejected_until = |i: usize| {
+                        states
+                            .get(&cluster.endpoints[i].address)
+                            .and_then(|s| s.ejected_until)
+                            .filter(|until| *until > now)
+                    };
+                    let ejections = plan::Ejections {
+                        stamp: states.ejection_stamp,
+                        now,
+                        ejected_until: &ejected_until,
+                    };
+                    plan.hashed_available(&cluster.endpoints, &ejections, h, level, accept)
+                }
+                None => None,
+            };
+            match found {
                 Some(i) => Ok(&cluster.endpoints[i]),
                 None => nth(rand::random_range(0..count)),
-            },
-            None => nth(rand::random_range(0..count)),
-        },
+            }
+        }
     }
 }
 
