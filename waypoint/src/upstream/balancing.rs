@@ -562,6 +562,7 @@ fn choose<'c>(
             cluster,
             |e| e.healthy && not_ejected(e),
             tried.priorities,
+            min_health,
             key_hash.map_or_else(|| rand::random_range(0..100), |h| (h % 100) as usize),
         )
     });
@@ -586,7 +587,15 @@ fn choose<'c>(
     if available == 0 && min_health == 0 {
         return Err(UpstreamError::NoHealthyUpstream(cluster.name.clone()));
     }
-    let panic = available * 100 < healthy * min_health;
+    // The priority's panic, unless the cluster's normalised total availability is 100%, where
+    // Envoy puts no priority in panic (`recalculatePerPriorityPanic`).
+    let panic = min_health > 0
+        && locality::in_panic(
+            available,
+            healthy,
+            min_health,
+            locality::total_availability(cluster, |e| e.healthy && not_ejected(e)),
+        );
     // Weighed localities (`distribute`): out of panic, one is drawn by Envoy's effective
     // locality weights, and the endpoint is chosen within it. Not under a consistent hash:
     // Envoy's hashing balancers draw no locality, their tables weigh the localities

@@ -19,7 +19,7 @@ pub(super) fn endpoint(last: u8) -> Endpoint {
     }
 }
 
-fn policy(max_ejection_percent: u32) -> OutlierPolicy {
+pub(super) fn policy(max_ejection_percent: u32) -> OutlierPolicy {
     OutlierPolicy {
         consecutive_gateway_errors: None,
         consecutive_5xx: Some(1),
@@ -147,7 +147,7 @@ fn a_chosen_endpoint_counts_its_request_in_flight_until_the_guard_ends() {
 }
 
 /// A cluster whose endpoints `10.0.0.<last>` are in the given locality priorities.
-fn ranked_cluster(endpoints: &[(u8, u32)], outlier: Option<OutlierPolicy>) -> Cluster {
+pub(super) fn ranked_cluster(endpoints: &[(u8, u32)], outlier: Option<OutlierPolicy>) -> Cluster {
     let host = "reviews.shop.svc.cluster.local".to_owned();
     Cluster {
         name: format!("outbound|80||{host}"),
@@ -235,7 +235,7 @@ fn priority_load_is_envoys() {
         };
         for (roll, expected) in *rolls {
             assert_eq!(
-                priority_level(&cluster, up, &[], *roll),
+                priority_level(&cluster, up, &[], 0, *roll),
                 *expected,
                 "{endpoints:?} roll {roll}"
             );
