@@ -14,7 +14,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::info;
 
 use super::{Upstream, UpstreamError, lock};
-use crate::model::{Cluster, Endpoint, HashKey, LoadBalancer, OutlierPolicy};
+use crate::model::{Cluster, Endpoint, LoadBalancer, OutlierPolicy};
 
 /// What the admin page shows of an endpoint's runtime state.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -441,9 +441,10 @@ pub struct Tried<'a> {
 /// The choice when nothing of the moment narrows the pool (one locality priority, localities
 /// not weighed, a first attempt, no endpoint ejected or warming up): the pool is the cluster's
 /// healthy endpoints, known from its [`BalancingPlan`], and a choice costs the same whatever
-/// their number (but least request over unequal weights, which weighs the requests in flight
-/// of each). The same choices as [`choose`] makes of that pool. `None`: the pool must be worked
-/// out.
+/// their number (but least request over unequal weights: O(log n)). The same choices as
+/// [`choose`] makes of that pool, but for least request over unequal weights, which walks
+/// Envoy's EDF schedule here and draws in the same proportions there. `None`: the pool must be
+/// worked out.
 fn plain_choice<'c>(
     states: &EndpointStates,
     next: &AtomicUsize,
@@ -489,7 +490,12 @@ fn plain_choice<'c>(
             let b = at(rand::random_range(0..count));
             if active(b) < active(a) { b } else { a }
         }
-        LoadBalancer::LeastRequest => return None,
+        LoadBalancer::LeastRequest => {
+            &cluster.endpoints[plan.scheduled(|i| {
+                let e = &cluster.endpoints[i];
+                f64::from(e.weight.max(1)) / (active(e) + 1) as f64
+            })?]
+        }
         LoadBalancer::Random => at(rand::random_range(0..count)),
         LoadBalancer::ConsistentHash(key, _) => match hash_key(key, hash) {
             Some(key) => &cluster.endpoints[plan.hashed(plan::key_hash(&key), 0, |_| true)?],
@@ -762,35 +768,12 @@ fn ejection_allowed(policy: &OutlierPolicy, ejected: usize, total: usize) -> boo
     ejected == 0 || after * 100 <= total * policy.max_ejection_percent as usize
 }
 
-fn hash_key(key: &HashKey, input: &HashInput<'_>) -> Option<String> {
-    match key {
-        HashKey::Header(name) => input
-            .headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned),
-        HashKey::Cookie(name) => input
-            .headers
-            .get_all(http::header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .find_map(|pair| {
-                let (k, v) = pair.trim().split_once('=')?;
-                (k == name).then(|| v.to_owned())
-            }),
-        HashKey::SourceIp => Some(input.source_ip.to_string()),
-        HashKey::QueryParameter(name) => input
-            .query
-            .and_then(|q| weft_policy::route::first_query_value(q, name))
-            .map(|v| v.into_owned()),
-    }
-}
-
+mod edf;
 mod locality;
 mod plan;
 mod slow_start;
 use locality::{priority_level, weighted_locality};
+use plan::hash_key;
 pub use plan::{BalancingPlan, BuiltTable};
 pub use slow_start::factor as slow_start_factor;
 #[cfg(test)]

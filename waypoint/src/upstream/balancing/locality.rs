@@ -44,7 +44,10 @@ fn health_of(counts: &[(usize, usize, usize)]) -> Vec<usize> {
 /// the priorities' health, at most 100%. At 100% no priority is in panic, whatever its own
 /// healthy share (`recalculatePerPriorityPanic`), so that a priority at 3 of 4 available
 /// (105% after overprovisioning) stays out of a `minHealthPercent` of 80.
-pub(super) fn total_availability(cluster: &Cluster, available: impl Fn(&Endpoint) -> bool) -> usize {
+pub(super) fn total_availability(
+    cluster: &Cluster,
+    available: impl Fn(&Endpoint) -> bool,
+) -> usize {
     health_of(&priority_counts(cluster, available))
         .iter()
         .sum::<usize>()
@@ -98,7 +101,10 @@ pub(super) fn priority_level(
             }
             point -= load;
         }
-        return counts.iter().position(|(_, _, healthy)| *healthy > 0).unwrap_or(0) as u32;
+        return counts
+            .iter()
+            .position(|(_, _, healthy)| *healthy > 0)
+            .unwrap_or(0) as u32;
     }
     let others_have_health = health
         .iter()

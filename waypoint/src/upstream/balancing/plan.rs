@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::model::{Endpoint, HashTable, LoadBalancer, MAXIMUM_RING_SIZE};
+use super::HashInput;
+use super::edf::EdfSchedule;
+use crate::model::{Endpoint, HashKey, HashTable, LoadBalancer, MAXIMUM_RING_SIZE};
 
 /// A cluster's balancing plan (see the module comment), built from its endpoints by
 /// [`BalancingPlan::new`].
@@ -36,6 +38,8 @@ pub struct BalancingPlan {
     available: Mutex<Option<Arc<AvailableTables>>>,
     /// How many priority tables have been built over the endpoints not ejected.
     available_builds: AtomicUsize,
+    /// Weighted least request's schedule of the healthy endpoints, made on its first pick.
+    schedule: Mutex<Option<EdfSchedule>>,
 }
 
 /// The ejections a choice sees: which endpoints are ejected now, and a stamp that changes
@@ -123,9 +127,14 @@ impl BalancingPlan {
             locality_weights: locality_weights.to_vec(),
             available: Mutex::new(None),
             available_builds: AtomicUsize::new(0),
+            schedule: Mutex::new(None),
         };
         if hash_table.is_some() {
-            let levels = plan.healthy.iter().map(|i| endpoints[*i].priority + 1).max();
+            let levels = plan
+                .healthy
+                .iter()
+                .map(|i| endpoints[*i].priority + 1)
+                .max();
             plan.tables = (0..levels.unwrap_or(0))
                 .map(|level| plan.build_table(endpoints, level, &[]).map(Arc::new))
                 .collect();
@@ -182,6 +191,24 @@ impl BalancingPlan {
         let point = (roll.clamp(0.0, 1.0) * total as f64) as u64;
         let at = self.cumulative_weights.partition_point(|sum| *sum <= point);
         self.healthy.get(at.min(self.healthy.len() - 1)).copied()
+    }
+
+    /// The healthy endpoint Envoy's weighted least request picks next: the one due first on an
+    /// EDF schedule of the endpoints' `weight`s (`LeastRequestLoadBalancer::hostWeight`, the
+    /// endpoint's weight over its requests in flight plus one), put back with its weight now;
+    /// O(log n) in the endpoints. The others keep the weight they went in with until their
+    /// turn, as under Envoy.
+    pub fn scheduled(&self, weight: impl Fn(usize) -> f64) -> Option<usize> {
+        let mut schedule = self
+            .schedule
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        schedule
+            .get_or_insert_with(|| {
+                let picks = rand::random_range(0..self.healthy.len().max(1));
+                EdfSchedule::new(&self.healthy, &weight, picks)
+            })
+            .pick_and_add(weight)
     }
 
     /// The endpoint the consistent-hash table of locality priority `level` gives a key of
@@ -394,6 +421,34 @@ fn table_hosts(
 /// the same endpoints gives it, in every process and build.
 pub(super) fn hash64(seed: u64, bytes: &[u8]) -> u64 {
     xxhash_rust::xxh64::xxh64(bytes, seed)
+}
+
+/// A request's key under `key`, Envoy's hash policy: a header's or cookie's value, the source
+/// IP's text, a query parameter's value; `None` when the request has none (the choice is then
+/// random, as Envoy's hashing balancers choose without a hash).
+pub(super) fn hash_key(key: &HashKey, input: &HashInput<'_>) -> Option<String> {
+    match key {
+        HashKey::Header(name) => input
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        HashKey::Cookie(name) => input
+            .headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|pair| {
+                let (k, v) = pair.trim().split_once('=')?;
+                (k == name).then(|| v.to_owned())
+            }),
+        HashKey::SourceIp => Some(input.source_ip.to_string()),
+        HashKey::QueryParameter(name) => input
+            .query
+            .and_then(|q| weft_policy::route::first_query_value(q, name))
+            .map(|v| v.into_owned()),
+    }
 }
 
 /// The hash of a request's key, as Envoy's hash policy gives it to the load balancer: it

@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use super::*;
-use crate::model::Tunnel;
+use crate::model::{HashKey, Tunnel};
 
 pub(super) fn endpoint(last: u8) -> Endpoint {
     Endpoint {
@@ -574,6 +574,7 @@ fn pick_cost_does_not_grow_with_the_endpoints() {
     let balancers = [
         ("round robin", LoadBalancer::RoundRobin),
         ("least request", LoadBalancer::LeastRequest),
+        ("weighted least request", LoadBalancer::LeastRequest),
         (
             "consistent hash",
             LoadBalancer::ConsistentHash(
@@ -587,9 +588,13 @@ fn pick_cost_does_not_grow_with_the_endpoints() {
     let picks = 20_000u32;
     for (name, balancer) in balancers {
         let cost = |count: u16| {
+            // Weighted least request: weights 1 and 2 in turn (Envoy's EDF schedule, O(log n);
+            // a weighted draw over the endpoints was O(n)).
+            let weighted = name == "weighted least request";
             let endpoints: Vec<Endpoint> = (0..count)
                 .map(|i| Endpoint {
                     address: SocketAddr::from(([10, 0, (i >> 8) as u8, i as u8], 8080)),
+                    weight: if weighted { 1 + u32::from(i % 2) } else { 1 },
                     ..endpoint(0)
                 })
                 .collect();

@@ -135,7 +135,11 @@ fn no_priority_is_in_panic_at_full_total_availability() {
     for balancer in balancers() {
         let (cluster, state) = ejected(&ranked, balancer.clone(), 80, &[1]);
         let counts = chosen(&cluster, &state, 400, &Tried::default()).unwrap();
-        assert_eq!(counts.get(&1), None, "{balancer:?}: the ejected endpoint took requests");
+        assert_eq!(
+            counts.get(&1),
+            None,
+            "{balancer:?}: the ejected endpoint took requests"
+        );
         assert_eq!(counts.len(), 3, "{balancer:?}: {counts:?}");
     }
     // Two of four available (70%) is in panic under 80: the ejected ones take requests too.

@@ -509,7 +509,10 @@ fn an_ejection_rebuilds_the_table_over_the_endpoints_left_and_a_return_restores_
         let after = choices(&state, &cluster, &keys, &[]);
         let left = hashed(vec![endpoint(1), endpoint(3)], table);
         let expected = choices(&fresh_state(), &left, &keys, &[]);
-        assert_eq!(after, expected, "{table:?}: not the table over the two left");
+        assert_eq!(
+            after, expected,
+            "{table:?}: not the table over the two left"
+        );
         let stayed_put = before
             .iter()
             .zip(&after)
@@ -529,7 +532,10 @@ fn an_ejection_rebuilds_the_table_over_the_endpoints_left_and_a_return_restores_
         // choice made then reads it (nothing ejected), under the same last ejection.
         let (stamp, until) = {
             let states = state.0.endpoints.lock().unwrap();
-            (states.ejection_stamp, states[&ejected].ejected_until.unwrap())
+            (
+                states.ejection_stamp,
+                states[&ejected].ejected_until.unwrap(),
+            )
         };
         let not_ejected = |_: usize| None;
         let returned = super::Ejections {
@@ -542,25 +548,43 @@ fn an_ejection_rebuilds_the_table_over_the_endpoints_left_and_a_return_restores_
             .iter()
             .map(|key| {
                 let i = plan
-                    .hashed_available(&cluster.endpoints, &returned, super::key_hash(key), 0, |_| {
-                        true
-                    })
+                    .hashed_available(
+                        &cluster.endpoints,
+                        &returned,
+                        super::key_hash(key),
+                        0,
+                        |_| true,
+                    )
                     .unwrap();
                 cluster.endpoints[i].address
             })
             .collect();
-        assert_eq!(restored, before, "{table:?}: the return did not restore the keys");
-        assert_eq!(plan.available_builds(), 1, "{table:?}: a return builds nothing");
+        assert_eq!(
+            restored, before,
+            "{table:?}: the return did not restore the keys"
+        );
+        assert_eq!(
+            plan.available_builds(),
+            1,
+            "{table:?}: a return builds nothing"
+        );
         // Ejected again: one more build.
-        let ejected_again = |i: usize| (i == 1).then_some(until + std::time::Duration::from_secs(60));
+        let ejected_again =
+            |i: usize| (i == 1).then_some(until + std::time::Duration::from_secs(60));
         let again = super::Ejections {
             stamp: super::next_ejection_stamp(),
             now: until,
             ejected_until: &ejected_again,
         };
         for key in &keys {
-            plan.hashed_available(&cluster.endpoints, &again, super::key_hash(key), 0, |_| true);
+            plan.hashed_available(&cluster.endpoints, &again, super::key_hash(key), 0, |_| {
+                true
+            });
         }
-        assert_eq!(plan.available_builds(), 2, "{table:?}: one build per ejection");
+        assert_eq!(
+            plan.available_builds(),
+            2,
+            "{table:?}: one build per ejection"
+        );
     }
 }
