@@ -581,7 +581,9 @@ async fn send_with_retries(
         // a time (Envoy's `RetryStateImpl::shouldRetry` calls `resetRetry` first,
         // `source/common/router/retry_state_impl.cc`).
         drop(retry_permit.take());
-        match outcome {
+        // The attempt's result as the request would end with it, and whether the policy
+        // retries it; the outcome goes to outlier detection first (a per-try timeout as a 504).
+        let (result, retriable) = match outcome {
             Some(Ok(response)) => {
                 let status = response.status().as_u16();
                 state.record_outcome(cluster, endpoint.address, Some(status));
@@ -591,68 +593,45 @@ async fn send_with_retries(
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse().ok());
                 let retriable = policy.on.status_retriable(status, grpc);
-                if can_retry
-                    && retriable
-                    && let Some(permit) = admit_retry(state, cluster, &mut cx.record)
-                    && let Some(next) = outgoing.attempt_body()
-                {
-                    tried.push(endpoint.address);
-                    body = next;
-                    retry_permit = Some(permit);
-                    debug!(status, attempt, "retrying after a retriable status");
-                    drop(response);
-                    attempt += 1;
-                    backoff(policy, attempt).await;
-                    continue;
-                }
-                cx.record.retry_limit_exceeded =
-                    retriable && retries_exhausted(policy, attempt, outgoing.replayable());
-                let mut response = response;
-                strip_hop_by_hop(response.headers_mut());
-                return Ok(response);
+                (Ok(response), retriable)
             }
             Some(Err(error)) => {
                 state.record_outcome(cluster, endpoint.address, None);
                 warn!(%error, attempt, "upstream attempt failed");
                 let retriable = error_retriable(&error, policy);
-                if can_retry
-                    && retriable
-                    && let Some(permit) = admit_retry(state, cluster, &mut cx.record)
-                    && let Some(next) = outgoing.attempt_body()
-                {
-                    tried.push(endpoint.address);
-                    body = next;
-                    retry_permit = Some(permit);
-                    attempt += 1;
-                    backoff(policy, attempt).await;
-                    continue;
-                }
-                cx.record.retry_limit_exceeded =
-                    retriable && retries_exhausted(policy, attempt, outgoing.replayable());
-                return Err(error.into());
+                (Err(LocalReply::from(error)), retriable)
             }
             None => {
                 state.record_outcome(cluster, endpoint.address, Some(504));
                 let retriable = policy.on.five_xx
                     || policy.on.gateway_error
                     || policy.on.retriable_status_codes.contains(&504);
-                if can_retry
-                    && retriable
-                    && let Some(permit) = admit_retry(state, cluster, &mut cx.record)
-                    && let Some(next) = outgoing.attempt_body()
-                {
-                    tried.push(endpoint.address);
-                    body = next;
-                    retry_permit = Some(permit);
-                    attempt += 1;
-                    backoff(policy, attempt).await;
-                    continue;
-                }
-                cx.record.retry_limit_exceeded =
-                    retriable && retries_exhausted(policy, attempt, outgoing.replayable());
-                return Err(LocalReply::PerTryTimeout);
+                (Err(LocalReply::PerTryTimeout), retriable)
             }
+        };
+        if can_retry
+            && retriable
+            && let Some(permit) = admit_retry(state, cluster, &mut cx.record)
+            && let Some(next) = outgoing.attempt_body()
+        {
+            tried.push(endpoint.address);
+            body = next;
+            retry_permit = Some(permit);
+            if let Ok(response) = &result {
+                let status = response.status().as_u16();
+                debug!(status, attempt, "retrying after a retriable status");
+            }
+            drop(result);
+            attempt += 1;
+            backoff(policy, attempt).await;
+            continue;
         }
+        cx.record.retry_limit_exceeded =
+            retriable && retries_exhausted(policy, attempt, outgoing.replayable());
+        return result.map(|mut response| {
+            strip_hop_by_hop(response.headers_mut());
+            response
+        });
     }
 }
 

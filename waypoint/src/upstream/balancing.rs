@@ -14,7 +14,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::info;
 
 use super::{Upstream, UpstreamError, lock};
-use crate::model::{Cluster, Endpoint, HashKey, LoadBalancer, OutlierPolicy};
+use crate::model::{Cluster, Endpoint, LoadBalancer, OutlierPolicy};
 
 /// What the admin page shows of an endpoint's runtime state.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -56,6 +56,10 @@ struct EndpointStates {
     /// When the last warm-up ends, as [`Upstream::track_warm_up`] last worked it out (from then
     /// on, no endpoint warms up); `None`: not known.
     warm_from: Option<Instant>,
+    /// The stamp of the last ejection ([`plan::next_ejection_stamp`]; 0: none yet), by which a
+    /// consistent hash knows its tables over the endpoints not ejected are still those of the
+    /// ejected set ([`BalancingPlan::hashed_available`]).
+    ejection_stamp: u64,
 }
 
 impl Deref for EndpointStates {
@@ -413,6 +417,7 @@ impl ClusterState {
             state.consecutive_5xx = 0;
             state.consecutive_gateway = 0;
             states.ejections_end = states.ejections_end.max(Some(until));
+            states.ejection_stamp = plan::next_ejection_stamp();
             info!(cluster = %cluster.name, %endpoint, ejection_ms = time.as_millis() as u64, "endpoint ejected");
         }
     }
@@ -436,9 +441,10 @@ pub struct Tried<'a> {
 /// The choice when nothing of the moment narrows the pool (one locality priority, localities
 /// not weighed, a first attempt, no endpoint ejected or warming up): the pool is the cluster's
 /// healthy endpoints, known from its [`BalancingPlan`], and a choice costs the same whatever
-/// their number (but least request over unequal weights, which weighs the requests in flight
-/// of each). The same choices as [`choose`] makes of that pool. `None`: the pool must be worked
-/// out.
+/// their number (but least request over unequal weights: O(log n)). The same choices as
+/// [`choose`] makes of that pool, but for least request over unequal weights, which walks
+/// Envoy's EDF schedule here and draws in the same proportions there. `None`: the pool must be
+/// worked out.
 fn plain_choice<'c>(
     states: &EndpointStates,
     next: &AtomicUsize,
@@ -484,7 +490,12 @@ fn plain_choice<'c>(
             let b = at(rand::random_range(0..count));
             if active(b) < active(a) { b } else { a }
         }
-        LoadBalancer::LeastRequest => return None,
+        LoadBalancer::LeastRequest => {
+            &cluster.endpoints[plan.scheduled(|i| {
+                let e = &cluster.endpoints[i];
+                f64::from(e.weight.max(1)) / (active(e) + 1) as f64
+            })?]
+        }
         LoadBalancer::Random => at(rand::random_range(0..count)),
         LoadBalancer::ConsistentHash(key, _) => match hash_key(key, hash) {
             Some(key) => &cluster.endpoints[plan.hashed(plan::key_hash(&key), 0, |_| true)?],
@@ -557,6 +568,7 @@ fn choose<'c>(
             cluster,
             |e| e.healthy && not_ejected(e),
             tried.priorities,
+            min_health,
             key_hash.map_or_else(|| rand::random_range(0..100), |h| (h % 100) as usize),
         )
     });
@@ -581,7 +593,15 @@ fn choose<'c>(
     if available == 0 && min_health == 0 {
         return Err(UpstreamError::NoHealthyUpstream(cluster.name.clone()));
     }
-    let panic = available * 100 < healthy * min_health;
+    // The priority's panic, unless the cluster's normalised total availability is 100%, where
+    // Envoy puts no priority in panic (`recalculatePerPriorityPanic`).
+    let panic = min_health > 0
+        && locality::in_panic(
+            available,
+            healthy,
+            min_health,
+            locality::total_availability(cluster, |e| e.healthy && not_ejected(e)),
+        );
     // Weighed localities (`distribute`): out of panic, one is drawn by Envoy's effective
     // locality weights, and the endpoint is chosen within it. Not under a consistent hash:
     // Envoy's hashing balancers draw no locality, their tables weigh the localities
@@ -685,18 +705,37 @@ fn choose<'c>(
             let b = nth(rand::random_range(0..count))?;
             Ok(if active(b) < active(a) { b } else { a })
         }
-        // The priority's table holds its healthy endpoints; those outside the pool are passed
-        // over.
-        LoadBalancer::ConsistentHash(..) => match key_hash {
-            Some(h) => match cluster
-                .plan()
-                .hashed(h, level.unwrap_or(0), |i| candidate(&cluster.endpoints[i]))
-            {
+        // In panic, the priority's table over its healthy endpoints, ejected or not; out of
+        // it, the table over those not ejected, as Envoy rebuilds its tables over the healthy
+        // hosts when outlier detection ejects one or lets it back. Endpoints outside the pool
+        // (tried before) are passed over.
+        LoadBalancer::ConsistentHash(..) => {
+            let accept = |i: usize| candidate(&cluster.endpoints[i]);
+            let level = level.unwrap_or(0);
+            let plan = cluster.plan();
+            let found = match key_hash {
+                Some(h) if panic => plan.hashed(h, level, accept),
+                Some(h) => {
+                    let ejected_until = |i: usize| {
+                        states
+                            .get(&cluster.endpoints[i].address)
+                            .and_then(|s| s.ejected_until)
+                            .filter(|until| *until > now)
+                    };
+                    let ejections = plan::Ejections {
+                        stamp: states.ejection_stamp,
+                        now,
+                        ejected_until: &ejected_until,
+                    };
+                    plan.hashed_available(&cluster.endpoints, &ejections, h, level, accept)
+                }
+                None => None,
+            };
+            match found {
                 Some(i) => Ok(&cluster.endpoints[i]),
                 None => nth(rand::random_range(0..count)),
-            },
-            None => nth(rand::random_range(0..count)),
-        },
+            }
+        }
     }
 }
 
@@ -729,35 +768,12 @@ fn ejection_allowed(policy: &OutlierPolicy, ejected: usize, total: usize) -> boo
     ejected == 0 || after * 100 <= total * policy.max_ejection_percent as usize
 }
 
-fn hash_key(key: &HashKey, input: &HashInput<'_>) -> Option<String> {
-    match key {
-        HashKey::Header(name) => input
-            .headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned),
-        HashKey::Cookie(name) => input
-            .headers
-            .get_all(http::header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .find_map(|pair| {
-                let (k, v) = pair.trim().split_once('=')?;
-                (k == name).then(|| v.to_owned())
-            }),
-        HashKey::SourceIp => Some(input.source_ip.to_string()),
-        HashKey::QueryParameter(name) => input
-            .query
-            .and_then(|q| weft_policy::route::first_query_value(q, name))
-            .map(|v| v.into_owned()),
-    }
-}
-
+mod edf;
 mod locality;
 mod plan;
 mod slow_start;
 use locality::{priority_level, weighted_locality};
+use plan::hash_key;
 pub use plan::{BalancingPlan, BuiltTable};
 pub use slow_start::factor as slow_start_factor;
 #[cfg(test)]

@@ -8,24 +8,13 @@ use crate::model::{Cluster, Endpoint};
 /// share is at least 1/1.4 of its endpoints takes all the load it is offered.
 const OVERPROVISIONING_PERCENT: usize = 140;
 
-/// The locality priority a request goes to, as Envoy spreads load over priorities
-/// (`LoadBalancerBase::recalculatePerPriorityState`): each priority's health is the share of
-/// its endpoints that are `available`, times the overprovisioning factor, at most 100%; the
-/// closest priority takes as much of the load as its health, the next the rest up to its own,
-/// and so on, scaled up when their health together is under 100%. `roll` (0 to 99) draws the
-/// priority from that load. With no available endpoint anywhere, the closest priority that has
-/// healthy ones takes everything (Envoy's panic routing happens within it). The priorities in
-/// `skipped` count as without health, unless no other priority has any (then none is skipped,
-/// as Envoy's `previous_priorities` starts over).
-pub(super) fn priority_level(
+/// (endpoints, available, healthy) per locality priority: a few levels, counted once per
+/// choice.
+fn priority_counts(
     cluster: &Cluster,
     available: impl Fn(&Endpoint) -> bool,
-    skipped: &[u32],
-    roll: usize,
-) -> u32 {
-    let levels = cluster.priorities as usize;
-    // (endpoints, available, healthy) per priority: a few levels, counted once per choice.
-    let mut counts = vec![(0usize, 0usize, 0usize); levels];
+) -> Vec<(usize, usize, usize)> {
+    let mut counts = vec![(0usize, 0usize, 0usize); cluster.priorities as usize];
     for e in &cluster.endpoints {
         if let Some(level) = counts.get_mut(e.priority as usize) {
             level.0 += 1;
@@ -33,7 +22,13 @@ pub(super) fn priority_level(
             level.2 += usize::from(e.healthy);
         }
     }
-    let mut health: Vec<usize> = counts
+    counts
+}
+
+/// Each priority's health: its `available` share of endpoints times the overprovisioning
+/// factor, at most 100%.
+fn health_of(counts: &[(usize, usize, usize)]) -> Vec<usize> {
+    counts
         .iter()
         .map(|(total, up, _)| {
             if *total == 0 {
@@ -42,7 +37,75 @@ pub(super) fn priority_level(
                 (OVERPROVISIONING_PERCENT * up / total).min(100)
             }
         })
-        .collect();
+        .collect()
+}
+
+/// Envoy's normalised total availability (`calculateNormalizedTotalAvailability`): the sum of
+/// the priorities' health, at most 100%. At 100% no priority is in panic, whatever its own
+/// healthy share (`recalculatePerPriorityPanic`), so that a priority at 3 of 4 available
+/// (105% after overprovisioning) stays out of a `minHealthPercent` of 80.
+pub(super) fn total_availability(
+    cluster: &Cluster,
+    available: impl Fn(&Endpoint) -> bool,
+) -> usize {
+    health_of(&priority_counts(cluster, available))
+        .iter()
+        .sum::<usize>()
+        .min(100)
+}
+
+/// Whether a priority of `healthy` endpoints, `available` of them, is in panic below
+/// `min_health` percent (Envoy's `isHostSetInPanic`; a priority without healthy endpoints is,
+/// as Envoy's host set without hosts is), given the cluster's [`total_availability`] (at
+/// 100%, none is).
+pub(super) fn in_panic(available: usize, healthy: usize, min_health: usize, total: usize) -> bool {
+    total < 100 && (healthy == 0 || available * 100 < healthy * min_health)
+}
+
+/// The locality priority a request goes to, as Envoy spreads load over priorities
+/// (`LoadBalancerBase::recalculatePerPriorityState`): each priority's health is the share of
+/// its endpoints that are `available`, times the overprovisioning factor, at most 100%; the
+/// closest priority takes as much of the load as its health, the next the rest up to its own,
+/// and so on, scaled up when their health together is under 100%. `roll` (0 to 99) draws the
+/// priority from that load. When every priority is in panic below `min_health` percent
+/// (Envoy's total panic, `recalculateLoadInTotalPanic`), the load is spread by the priorities'
+/// numbers of healthy endpoints instead, whatever their availability, the rounding left to the
+/// closest one with any. With no available endpoint anywhere and no panic threshold, the closest
+/// priority that has healthy ones takes everything (where nothing is chosen: Envoy gives the
+/// load to the first priority and finds no host). The priorities in `skipped` count as
+/// without health, unless no other priority has any (then none is skipped, as Envoy's
+/// `previous_priorities` starts over).
+pub(super) fn priority_level(
+    cluster: &Cluster,
+    available: impl Fn(&Endpoint) -> bool,
+    skipped: &[u32],
+    min_health: usize,
+    roll: usize,
+) -> u32 {
+    let counts = priority_counts(cluster, available);
+    let mut health = health_of(&counts);
+    let total = health.iter().sum::<usize>().min(100);
+    let total_panic = min_health > 0
+        && counts
+            .iter()
+            .all(|(_, up, healthy)| in_panic(*up, *healthy, min_health, total));
+    if total_panic {
+        // Envoy counts a priority's hosts; unready endpoints are never hosts here (istiod
+        // sends Envoy none), so the healthy ones are counted.
+        let hosts: usize = counts.iter().map(|(_, _, healthy)| healthy).sum();
+        let mut point = roll;
+        for (level, (_, _, healthy)) in counts.iter().enumerate() {
+            let load = 100 * healthy / hosts.max(1);
+            if point < load {
+                return level as u32;
+            }
+            point -= load;
+        }
+        return counts
+            .iter()
+            .position(|(_, _, healthy)| *healthy > 0)
+            .unwrap_or(0) as u32;
+    }
     let others_have_health = health
         .iter()
         .enumerate()
@@ -125,3 +188,6 @@ pub(super) fn weighted_locality(
     // `roll` at 1, or rounding: the last locality with weight.
     last
 }
+
+#[cfg(test)]
+mod tests;

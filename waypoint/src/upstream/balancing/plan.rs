@@ -2,9 +2,17 @@
 //! once per applied configuration rather than on every request: the healthy endpoints and
 //! whether their weights are equal, the running total of their weights (weighted round robin),
 //! and the consistent-hash tables (Envoy's ring hash or Maglev), one per locality priority as
-//! Envoy builds them, weighted as Envoy weights them.
+//! Envoy builds them, weighted as Envoy weights them. While outlier detection ejects endpoints,
+//! the tables over the others, rebuilt once each time the ejected set changes
+//! ([`BalancingPlan::hashed_available`]).
 
-use crate::model::{Endpoint, HashTable, LoadBalancer, MAXIMUM_RING_SIZE};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use super::HashInput;
+use super::edf::EdfSchedule;
+use crate::model::{Endpoint, HashKey, HashTable, LoadBalancer, MAXIMUM_RING_SIZE};
 
 /// A cluster's balancing plan (see the module comment), built from its endpoints by
 /// [`BalancingPlan::new`].
@@ -18,10 +26,54 @@ pub struct BalancingPlan {
     /// The running sum of the healthy endpoints' weights, in `healthy`'s order.
     cumulative_weights: Vec<u64>,
     /// The consistent-hash table of each locality priority, over its ready endpoints (ejected
-    /// or not: see [`table_hosts`]), by priority (Envoy's `ThreadAwareLoadBalancerBase` builds
-    /// one per priority): `None` for a priority without a healthy endpoint; empty without a
-    /// consistent hash.
-    tables: Vec<Option<Table>>,
+    /// or not: the table Envoy builds in panic, see [`table_hosts`]), by priority (Envoy's
+    /// `ThreadAwareLoadBalancerBase` builds one per priority): `None` for a priority without a
+    /// healthy endpoint; empty without a consistent hash.
+    tables: Vec<Option<Arc<Table>>>,
+    /// What [`Self::tables`] needs to be rebuilt: the table kind and the locality weights.
+    hash_table: Option<HashTable>,
+    locality_weights: Vec<u32>,
+    /// The tables over the endpoints not ejected, for the ejected set last seen; `None` until
+    /// an ejection is first seen.
+    available: Mutex<Option<Arc<AvailableTables>>>,
+    /// How many priority tables have been built over the endpoints not ejected.
+    available_builds: AtomicUsize,
+    /// Weighted least request's schedule of the healthy endpoints, made on its first pick.
+    schedule: Mutex<Option<EdfSchedule>>,
+}
+
+/// The ejections a choice sees: which endpoints are ejected now, and a stamp that changes
+/// with every ejection ([`next_ejection_stamp`]), so that the tables over the others are
+/// looked up without looking at each endpoint.
+pub struct Ejections<'a> {
+    pub stamp: u64,
+    pub now: Instant,
+    /// When the ejection of the endpoint at this index ends, if it is ejected at `now`.
+    pub ejected_until: &'a dyn Fn(usize) -> Option<Instant>,
+}
+
+/// A stamp for an ejection, distinct from every other in the process: the tables over the
+/// endpoints not ejected ([`BalancingPlan::hashed_available`]) are out of date once the stamp
+/// of a cluster's last ejection differs from theirs, whichever runtime state it came from.
+pub fn next_ejection_stamp() -> u64 {
+    static STAMPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    STAMPS.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The consistent-hash tables of a plan over the endpoints not ejected, for one ejected set:
+/// the tables Envoy builds out of panic over each priority's healthy hosts
+/// (`healthyHostsPerLocality()`), where outlier detection has marked the ejected ones
+/// unhealthy.
+struct AvailableTables {
+    /// The stamp of the last ejection when the set was read.
+    stamp: u64,
+    /// When the first of `ejected` returns: from then on the set is out of date.
+    until: Option<Instant>,
+    /// Indices of the ejected healthy endpoints, in the cluster's order.
+    ejected: Vec<usize>,
+    /// By priority, as [`BalancingPlan::tables`]; a priority none of whose endpoints is
+    /// ejected shares the plan's table.
+    tables: Vec<Option<Arc<Table>>>,
 }
 
 /// A consistent-hash table a plan built, for the admin page: its kind and its size as built
@@ -62,42 +114,56 @@ impl BalancingPlan {
                 Some(*sum)
             })
             .collect();
-        let tables = match balancer {
-            LoadBalancer::ConsistentHash(_, table) => {
-                let levels = healthy.iter().map(|i| endpoints[*i].priority + 1).max();
-                (0..levels.unwrap_or(0))
-                    .map(|level| {
-                        let members: Vec<usize> = healthy
-                            .iter()
-                            .copied()
-                            .filter(|i| endpoints[*i].priority == level)
-                            .collect();
-                        let hosts = table_hosts(endpoints, &members, locality_weights);
-                        (!hosts.is_empty()).then(|| match *table {
-                            HashTable::Ring { minimum_size } => {
-                                Table::Ring(ring(&hosts, minimum_size))
-                            }
-                            HashTable::Maglev { table_size } => {
-                                Table::Maglev(maglev(hosts, table_size))
-                            }
-                        })
-                    })
-                    .collect()
-            }
-            _ => Vec::new(),
+        let hash_table = match balancer {
+            LoadBalancer::ConsistentHash(_, table) => Some(*table),
+            _ => None,
         };
-        BalancingPlan {
+        let mut plan = BalancingPlan {
             healthy,
             equal_weights,
             cumulative_weights,
-            tables,
+            tables: Vec::new(),
+            hash_table,
+            locality_weights: locality_weights.to_vec(),
+            available: Mutex::new(None),
+            available_builds: AtomicUsize::new(0),
+            schedule: Mutex::new(None),
+        };
+        if hash_table.is_some() {
+            let levels = plan
+                .healthy
+                .iter()
+                .map(|i| endpoints[*i].priority + 1)
+                .max();
+            plan.tables = (0..levels.unwrap_or(0))
+                .map(|level| plan.build_table(endpoints, level, &[]).map(Arc::new))
+                .collect();
         }
+        plan
+    }
+
+    /// The table of locality priority `level` over its healthy endpoints but the `ejected`
+    /// ones; `None` when no host is left (or without a consistent hash).
+    fn build_table(&self, endpoints: &[Endpoint], level: u32, ejected: &[usize]) -> Option<Table> {
+        let kind = self.hash_table?;
+        let in_level = |i: &usize| endpoints[*i].priority == level;
+        let ready: Vec<usize> = self.healthy.iter().copied().filter(in_level).collect();
+        let members: Vec<usize> = ready
+            .iter()
+            .copied()
+            .filter(|i| !ejected.contains(i))
+            .collect();
+        let hosts = table_hosts(endpoints, &ready, &members, &self.locality_weights);
+        (!hosts.is_empty()).then(|| match kind {
+            HashTable::Ring { minimum_size } => Table::Ring(ring(&hosts, minimum_size)),
+            HashTable::Maglev { table_size } => Table::Maglev(maglev(hosts, table_size)),
+        })
     }
 
     /// The hash table built for each locality priority, by priority (`None`: no healthy
     /// endpoint there); empty without a consistent hash.
     pub fn built_tables(&self) -> impl Iterator<Item = Option<BuiltTable>> + '_ {
-        self.tables.iter().map(|table| match table.as_ref()? {
+        self.tables.iter().map(|table| match table.as_deref()? {
             Table::Ring(points) => Some(BuiltTable::Ring {
                 points: points.len(),
             }),
@@ -127,13 +193,118 @@ impl BalancingPlan {
         self.healthy.get(at.min(self.healthy.len() - 1)).copied()
     }
 
+    /// The healthy endpoint Envoy's weighted least request picks next: the one due first on an
+    /// EDF schedule of the endpoints' `weight`s (`LeastRequestLoadBalancer::hostWeight`, the
+    /// endpoint's weight over its requests in flight plus one), put back with its weight now;
+    /// O(log n) in the endpoints. The others keep the weight they went in with until their
+    /// turn, as under Envoy.
+    pub fn scheduled(&self, weight: impl Fn(usize) -> f64) -> Option<usize> {
+        let mut schedule = self
+            .schedule
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        schedule
+            .get_or_insert_with(|| {
+                let picks = rand::random_range(0..self.healthy.len().max(1));
+                EdfSchedule::new(&self.healthy, &weight, picks)
+            })
+            .pick_and_add(weight)
+    }
+
     /// The endpoint the consistent-hash table of locality priority `level` gives a key of
     /// hash `hash` ([`key_hash`]), the first `accept`s (endpoints outside the request's pool,
-    /// tried or ejected, are passed over as Envoy passes over a host its retry predicate
-    /// rejects). `None`: no table there, or no entry accepted.
+    /// tried before, are passed over as Envoy passes over a host its retry predicate
+    /// rejects): the table Envoy builds in panic, over healthy endpoints ejected or not. `None`: no table there, or no entry accepted.
     pub fn hashed(&self, hash: u64, level: u32, accept: impl Fn(usize) -> bool) -> Option<usize> {
         let table = self.tables.get(usize::try_from(level).ok()?)?;
-        match table.as_ref()? {
+        table.as_deref()?.lookup(hash, accept)
+    }
+
+    /// [`Self::hashed`] in the table of locality priority `level` over its endpoints not
+    /// ejected, as Envoy's `ThreadAwareLoadBalancerBase::refresh` rebuilds its tables over the
+    /// healthy hosts whenever their health changes (outlier detection marks an ejected host
+    /// unhealthy): a key whose endpoint is ejected goes where that table puts it, and with
+    /// Maglev (whose table is filled anew) or a ring (whose scale follows the lightest host)
+    /// some keys of other endpoints move too; they come back when the endpoint returns. The
+    /// tables are built once per change of the ejected set of `endpoints` (the cluster's, this
+    /// plan's), each in time proportional to its size, and shared until the next ejection or
+    /// return; a choice reads them at the cost of a lock and a comparison. `None`: no host left
+    /// there, or none accepted.
+    pub fn hashed_available(
+        &self,
+        endpoints: &[Endpoint],
+        ejections: &Ejections<'_>,
+        hash: u64,
+        level: u32,
+        accept: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
+        let tables = self.available_tables(endpoints, ejections);
+        let table = tables.tables.get(usize::try_from(level).ok()?)?;
+        table.as_deref()?.lookup(hash, accept)
+    }
+
+    /// The tables over the endpoints not ejected (see [`Self::hashed_available`]), built when
+    /// the ejected set has changed since they last were.
+    fn available_tables(
+        &self,
+        endpoints: &[Endpoint],
+        ejections: &Ejections<'_>,
+    ) -> Arc<AvailableTables> {
+        let mut cached = self
+            .available
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(tables) = cached.as_ref()
+            && tables.stamp == ejections.stamp
+            && tables.until.is_none_or(|until| until > ejections.now)
+        {
+            return Arc::clone(tables);
+        }
+        let mut ejected = Vec::new();
+        let mut until: Option<Instant> = None;
+        for i in &self.healthy {
+            if let Some(end) = (ejections.ejected_until)(*i) {
+                ejected.push(*i);
+                until = Some(until.map_or(end, |u| u.min(end)));
+            }
+        }
+        let tables = match cached.as_ref() {
+            Some(previous) if previous.ejected == ejected => previous.tables.clone(),
+            _ => (0..self.tables.len())
+                .map(|level| {
+                    let affected = ejected
+                        .iter()
+                        .any(|i| endpoints[*i].priority as usize == level);
+                    if !affected {
+                        return self.tables[level].clone();
+                    }
+                    self.available_builds.fetch_add(1, Ordering::Relaxed);
+                    self.build_table(endpoints, level as u32, &ejected)
+                        .map(Arc::new)
+                })
+                .collect(),
+        };
+        let fresh = Arc::new(AvailableTables {
+            stamp: ejections.stamp,
+            until,
+            ejected,
+            tables,
+        });
+        *cached = Some(Arc::clone(&fresh));
+        fresh
+    }
+
+    /// How many priority tables have been built over the endpoints not ejected since the
+    /// plan was: one per affected priority for each change of the ejected set.
+    pub fn available_builds(&self) -> usize {
+        self.available_builds.load(Ordering::Relaxed)
+    }
+}
+
+impl Table {
+    /// The first endpoint `accept`ed, looking from the entry of a key of hash `hash`.
+    fn lookup(&self, hash: u64, accept: impl Fn(usize) -> bool) -> Option<usize> {
+        match self {
             // Envoy's `RingHashLoadBalancer::Ring::chooseHost`: the first point whose hash is
             // at least the key's, wrapping to the first; a retry moves along the ring.
             Table::Ring(points) => {
@@ -181,12 +352,19 @@ struct Host {
 /// weights, shared among its endpoints by their weights, and the endpoints of a locality of
 /// weight 0 left out. Envoy weighs the localities inside the table (as configured: not the
 /// effective weights the other balancers draw by), so a key keeps its endpoint; no locality
-/// is drawn first. `members` are the priority's ready endpoints whether ejected or not: those
-/// are the hosts Envoy builds a priority's table over in panic (`hostsPerLocality()` rather
-/// than `healthyHostsPerLocality()`), and out of panic an ejected endpoint is passed over at
-/// lookup ([`BalancingPlan::hashed`]); istiod sends Envoy no unready endpoint, so those are
-/// never hosts at all.
-fn table_hosts(endpoints: &[Endpoint], members: &[usize], locality_weights: &[u32]) -> Vec<Host> {
+/// is drawn first. `ready` are the priority's ready endpoints, whose localities are those of
+/// Envoy's host set (their weights make the sum whatever hosts are left); `members`, the hosts
+/// of the table: all of `ready` for the table Envoy builds in panic (`hostsPerLocality()`),
+/// those not ejected for the one it builds otherwise (`healthyHostsPerLocality()`, where a
+/// locality with every endpoint ejected keeps its weight in the sum and has no host, so the
+/// weights sum to less than 1). istiod sends Envoy no unready endpoint, so those are never
+/// hosts at all.
+fn table_hosts(
+    endpoints: &[Endpoint],
+    ready: &[usize],
+    members: &[usize],
+    locality_weights: &[u32],
+) -> Vec<Host> {
     let weight = |i: usize| f64::from(endpoints[i].weight.max(1));
     let host = |i: usize, weight: f64| Host {
         index: i,
@@ -205,7 +383,7 @@ fn table_hosts(endpoints: &[Endpoint], members: &[usize], locality_weights: &[u3
             .unwrap_or(0)
     };
     // Envoy's host set lists the priority's localities, each once, with its weight.
-    let mut localities: Vec<u32> = members.iter().map(|i| endpoints[*i].locality).collect();
+    let mut localities: Vec<u32> = ready.iter().map(|i| endpoints[*i].locality).collect();
     localities.sort_unstable();
     localities.dedup();
     let locality_sum: u64 = localities
@@ -243,6 +421,34 @@ fn table_hosts(endpoints: &[Endpoint], members: &[usize], locality_weights: &[u3
 /// the same endpoints gives it, in every process and build.
 pub(super) fn hash64(seed: u64, bytes: &[u8]) -> u64 {
     xxhash_rust::xxh64::xxh64(bytes, seed)
+}
+
+/// A request's key under `key`, Envoy's hash policy: a header's or cookie's value, the source
+/// IP's text, a query parameter's value; `None` when the request has none (the choice is then
+/// random, as Envoy's hashing balancers choose without a hash).
+pub(super) fn hash_key(key: &HashKey, input: &HashInput<'_>) -> Option<String> {
+    match key {
+        HashKey::Header(name) => input
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        HashKey::Cookie(name) => input
+            .headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|pair| {
+                let (k, v) = pair.trim().split_once('=')?;
+                (k == name).then(|| v.to_owned())
+            }),
+        HashKey::SourceIp => Some(input.source_ip.to_string()),
+        HashKey::QueryParameter(name) => input
+            .query
+            .and_then(|q| weft_policy::route::first_query_value(q, name))
+            .map(|v| v.into_owned()),
+    }
 }
 
 /// The hash of a request's key, as Envoy's hash policy gives it to the load balancer: it

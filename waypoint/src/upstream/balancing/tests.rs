@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use super::*;
-use crate::model::Tunnel;
+use crate::model::{HashKey, Tunnel};
 
 pub(super) fn endpoint(last: u8) -> Endpoint {
     Endpoint {
@@ -19,7 +19,7 @@ pub(super) fn endpoint(last: u8) -> Endpoint {
     }
 }
 
-fn policy(max_ejection_percent: u32) -> OutlierPolicy {
+pub(super) fn policy(max_ejection_percent: u32) -> OutlierPolicy {
     OutlierPolicy {
         consecutive_gateway_errors: None,
         consecutive_5xx: Some(1),
@@ -147,7 +147,7 @@ fn a_chosen_endpoint_counts_its_request_in_flight_until_the_guard_ends() {
 }
 
 /// A cluster whose endpoints `10.0.0.<last>` are in the given locality priorities.
-fn ranked_cluster(endpoints: &[(u8, u32)], outlier: Option<OutlierPolicy>) -> Cluster {
+pub(super) fn ranked_cluster(endpoints: &[(u8, u32)], outlier: Option<OutlierPolicy>) -> Cluster {
     let host = "reviews.shop.svc.cluster.local".to_owned();
     Cluster {
         name: format!("outbound|80||{host}"),
@@ -235,7 +235,7 @@ fn priority_load_is_envoys() {
         };
         for (roll, expected) in *rolls {
             assert_eq!(
-                priority_level(&cluster, up, &[], *roll),
+                priority_level(&cluster, up, &[], 0, *roll),
                 *expected,
                 "{endpoints:?} roll {roll}"
             );
@@ -574,6 +574,7 @@ fn pick_cost_does_not_grow_with_the_endpoints() {
     let balancers = [
         ("round robin", LoadBalancer::RoundRobin),
         ("least request", LoadBalancer::LeastRequest),
+        ("weighted least request", LoadBalancer::LeastRequest),
         (
             "consistent hash",
             LoadBalancer::ConsistentHash(
@@ -587,9 +588,13 @@ fn pick_cost_does_not_grow_with_the_endpoints() {
     let picks = 20_000u32;
     for (name, balancer) in balancers {
         let cost = |count: u16| {
+            // Weighted least request: weights 1 and 2 in turn (Envoy's EDF schedule, O(log n);
+            // a weighted draw over the endpoints was O(n)).
+            let weighted = name == "weighted least request";
             let endpoints: Vec<Endpoint> = (0..count)
                 .map(|i| Endpoint {
                     address: SocketAddr::from(([10, 0, (i >> 8) as u8, i as u8], 8080)),
+                    weight: if weighted { 1 + u32::from(i % 2) } else { 1 },
                     ..endpoint(0)
                 })
                 .collect();
