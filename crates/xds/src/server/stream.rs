@@ -273,13 +273,13 @@ impl ProxyStream {
             dropped: &dropped,
             wildcard_changed: subscription.wildcard != was_wildcard,
         };
-        let delta =
+        let answer =
             diff_subscription_change(subscription, &snapshot, &type_url, current, change, visible);
         let respond_if_empty = is_new || !asked.is_empty();
         self.send_delta(
             &snapshot,
             &type_url,
-            delta,
+            answer,
             respond_if_empty,
             Instant::now(),
         )
@@ -385,26 +385,30 @@ impl ProxyStream {
             Some(previous) => diff_changes(subscription, previous, current, visible),
             None => diff_type(subscription, current, visible),
         };
-        self.send_delta(snapshot, type_url, delta, false, since)
+        let answer = Answer {
+            delta,
+            evaluated: current.clone(),
+        };
+        self.send_delta(snapshot, type_url, answer, false, since)
             .await
     }
 
-    /// Records `delta` as sent (the subscription now stands evaluated against `snapshot`) and
-    /// sends it; with `respond_if_empty`, even when there is nothing to say (the answer to a
-    /// subscription). Whether a response was sent.
+    /// Records `answer`'s delta as sent (the subscription now stands evaluated against
+    /// `answer.evaluated`) and sends it; with `respond_if_empty`, even when there is nothing to
+    /// say (the answer to a subscription). Whether a response was sent.
     async fn send_delta(
         &mut self,
         snapshot: &Snapshot,
         type_url: &str,
-        delta: TypeDelta,
+        answer: Answer,
         respond_if_empty: bool,
         since: Instant,
     ) -> Result<bool, StreamError> {
         let Some(subscription) = self.subscriptions.get_mut(type_url) else {
             return Ok(false);
         };
-        let empty = Arc::new(TypeResources::new());
-        subscription.evaluated = Some(snapshot.resources(type_url).unwrap_or(&empty).clone());
+        let Answer { delta, evaluated } = answer;
+        subscription.evaluated = Some(evaluated);
         if delta.is_empty() && !respond_if_empty {
             return Ok(false);
         }
@@ -461,14 +465,18 @@ pub(super) struct NameChange<'a> {
 /// (its names; `sent` less the names dropped), without a pass over the type: only the
 /// resources whose answer can differ are looked at, found in the snapshot's alias index.
 ///
-/// Those are the resources the asked and dropped names cover, and the ones that changed since
-/// the subscription was last evaluated (a push still pending, which this response carries, as
-/// a full diff would). A resource a name asked covers is sent again even if the proxy had it,
-/// and a name covering nothing is listed as removed: istiod answers every name it is asked
-/// (`pilot/pkg/xds/delta.go`, `shouldRespondDelta`), and the proxy asks because it does not
-/// hold it. On a subscription never evaluated (the stream's first request of the type), what
-/// the proxy said it has (`initial_resource_versions`) is looked at too. Turning the wildcard
-/// on or off changes what every resource's answer is: that alone takes the full diff.
+/// Those are the resources the asked and dropped names cover. A resource a name asked covers
+/// is sent again even if the proxy had it, and a name covering nothing is listed as removed:
+/// istiod answers every name it is asked (`pilot/pkg/xds/delta.go`, `shouldRespondDelta`),
+/// and the proxy asks because it does not hold it. What changed in the store since the
+/// subscription was last evaluated and the names do not cover (a push still pending) is left
+/// to that push, as istiod answers a subscribe with the names subscribed alone: the answer's
+/// `evaluated` stays the previous map, so the push diffs from it and finds those changes
+/// (what this answer sent at its current version is not sent twice). Finding them here would
+/// walk the type. On a subscription never evaluated (the stream's first request of the type),
+/// what the proxy said it has (`initial_resource_versions`) and what every name covers are
+/// looked at, and the answer stands evaluated against `current`. Turning the wildcard on or
+/// off changes what every resource's answer is: that alone takes the full diff.
 pub(super) fn diff_subscription_change(
     subscription: &mut TypeSubscription,
     snapshot: &Snapshot,
@@ -476,26 +484,26 @@ pub(super) fn diff_subscription_change(
     current: &Arc<TypeResources>,
     change: NameChange<'_>,
     visible: impl Fn(&StoredResource) -> bool,
-) -> TypeDelta {
+) -> Answer {
     let mut candidates: BTreeSet<String> = BTreeSet::new();
-    match &subscription.evaluated {
-        _ if change.wildcard_changed => {}
-        Some(previous) if Arc::ptr_eq(previous, current) => {}
-        Some(previous) => {
-            candidates.extend(changed_names(previous, current).into_iter().cloned());
-        }
+    let evaluated = match &subscription.evaluated {
+        Some(previous) if !change.wildcard_changed => previous.clone(),
+        Some(_) => current.clone(),
         None => {
-            candidates.extend(subscription.sent.keys().cloned());
-            for name in &subscription.names {
-                candidates.extend(
-                    snapshot
-                        .covering(type_url, name)
-                        .iter()
-                        .map(|r| r.name.clone()),
-                );
+            if !change.wildcard_changed {
+                candidates.extend(subscription.sent.keys().cloned());
+                for name in &subscription.names {
+                    candidates.extend(
+                        snapshot
+                            .covering(type_url, name)
+                            .iter()
+                            .map(|r| r.name.clone()),
+                    );
+                }
             }
+            current.clone()
         }
-    }
+    };
     let mut unresolved = Vec::new();
     // A wildcard subscription wants everything already: a name changes nothing it is sent.
     if !subscription.wildcard {
@@ -527,7 +535,15 @@ pub(super) fn diff_subscription_change(
         diff_names(subscription, current, &candidates, visible)
     };
     delta.removed.extend(unresolved);
-    delta
+    Answer { delta, evaluated }
+}
+
+/// A response to send on one type, and the map of the type the subscription stands evaluated
+/// against once it is sent (what a later push diffs from).
+#[derive(Debug)]
+pub(super) struct Answer {
+    pub(super) delta: TypeDelta,
+    pub(super) evaluated: Arc<TypeResources>,
 }
 
 /// What one type's next response carries.
