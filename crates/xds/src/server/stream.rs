@@ -3,6 +3,7 @@
 //! pure diff between what was sent and what the proxy should now have.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
 use std::sync::Arc;
 
 use tokio::time::Instant;
@@ -19,7 +20,7 @@ use super::{
     StreamError, WILDCARD,
 };
 use crate::metrics::{Rejection, StreamEvent, XdsMetrics};
-use crate::store::{Snapshot, SnapshotReader, StoredResource, TypeResources};
+use crate::store::{HOSTNAME_PREFIX, Snapshot, SnapshotReader, StoredResource, TypeResources};
 /// Keeps the connected-proxies gauge right however the stream task ends.
 pub(super) struct ConnectedGuard {
     metrics: Arc<dyn XdsMetrics>,
@@ -52,6 +53,11 @@ pub(super) struct TypeSubscription {
     pub(super) sent: HashMap<String, String>,
     /// The type's resources at the last evaluation; an identical map needs no new diff.
     pub(super) evaluated: Option<Arc<TypeResources>>,
+    /// Hostname names that nothing goes by, and the wildcard alias standing in for each
+    /// (`Snapshot::stand_in`), as of the last evaluation.
+    pub(super) stand_ins: BTreeMap<String, String>,
+    /// The same, by wildcard alias: the names each stands in for.
+    pub(super) standing_for: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl TypeSubscription {
@@ -63,7 +69,34 @@ impl TypeSubscription {
             || resource
                 .aliases
                 .iter()
-                .any(|alias| self.names.contains(alias))
+                .any(|alias| self.names.contains(alias) || self.standing_for.contains_key(alias))
+    }
+
+    /// Records `stand_in` as the alias standing in for `name` (none: no longer any); the
+    /// alias it replaces, if it changed.
+    fn set_stand_in(&mut self, name: &str, stand_in: Option<String>) -> Option<String> {
+        let before = match &stand_in {
+            Some(alias) => self.stand_ins.insert(name.to_string(), alias.clone()),
+            None => self.stand_ins.remove(name),
+        };
+        if before == stand_in {
+            return None;
+        }
+        if let Some(old) = &before
+            && let Some(names) = self.standing_for.get_mut(old)
+        {
+            names.remove(name);
+            if names.is_empty() {
+                self.standing_for.remove(old);
+            }
+        }
+        if let Some(alias) = stand_in {
+            self.standing_for
+                .entry(alias)
+                .or_default()
+                .insert(name.to_string());
+        }
+        before
     }
 
     /// Records what `delta` sends as what the proxy has.
@@ -83,12 +116,20 @@ impl TypeSubscription {
         let aliases = if self.wildcard {
             Vec::new()
         } else {
-            resource
+            // A wildcard alias standing in for names is sent as those names, which the
+            // proxy asked for.
+            let mut aliases: Vec<String> = resource
                 .aliases
                 .iter()
                 .filter(|alias| self.names.contains(*alias))
                 .cloned()
-                .collect()
+                .collect();
+            for alias in &resource.aliases {
+                if let Some(names) = self.standing_for.get(alias) {
+                    aliases.extend(names.iter().cloned());
+                }
+            }
+            aliases
         };
         Resource {
             name: resource.name.clone(),
@@ -379,10 +420,21 @@ impl ProxyStream {
         }
         let visible =
             |resource: &StoredResource| self.scope.visible(&self.proxy, type_url, resource);
+        let Some(subscription) = self.subscriptions.get_mut(type_url) else {
+            return Ok(false);
+        };
+        let moved = refresh_stand_ins(subscription, snapshot, type_url, visible);
         let delta = match &subscription.evaluated {
             // What was sent is what `previous` called for: only the entries that differ
-            // between the two maps can change it.
-            Some(previous) => diff_changes(subscription, previous, current, visible),
+            // between the two maps can change it, and those a stand-in moved from or to.
+            Some(previous) if moved.is_empty() => {
+                diff_changes(subscription, previous, current, visible)
+            }
+            Some(previous) => {
+                let mut candidates = moved;
+                candidates.extend(changed_names(previous, current).into_iter().cloned());
+                diff_names(subscription, current, &candidates, visible)
+            }
             None => diff_type(subscription, current, visible),
         };
         let answer = Answer {
@@ -508,12 +560,24 @@ pub(super) fn diff_subscription_change(
     // A wildcard subscription wants everything already: a name changes nothing it is sent.
     if !subscription.wildcard {
         for name in change.asked {
+            // A hostname nothing goes by is answered with the wildcard host covering it.
+            let stand_in = snapshot.stand_in(type_url, name, &visible);
+            if let Some(replaced) = subscription.set_stand_in(name, stand_in.clone()) {
+                candidates.extend(
+                    snapshot
+                        .covering(type_url, &replaced)
+                        .iter()
+                        .map(|r| r.name.clone()),
+                );
+            }
             let mut covered = false;
-            for resource in snapshot.covering(type_url, name) {
-                if visible(resource) {
-                    covered = true;
-                    subscription.sent.remove(&resource.name);
-                    candidates.insert(resource.name.clone());
+            for alias in std::iter::once(name).chain(stand_in.as_ref()) {
+                for resource in snapshot.covering(type_url, alias) {
+                    if visible(resource) {
+                        covered = true;
+                        subscription.sent.remove(&resource.name);
+                        candidates.insert(resource.name.clone());
+                    }
                 }
             }
             if !covered {
@@ -522,12 +586,15 @@ pub(super) fn diff_subscription_change(
         }
     }
     for name in change.dropped {
-        candidates.extend(
-            snapshot
-                .covering(type_url, name)
-                .iter()
-                .map(|r| r.name.clone()),
-        );
+        let stand_in = subscription.set_stand_in(name, None);
+        for alias in std::iter::once(name).chain(stand_in.as_ref()) {
+            candidates.extend(
+                snapshot
+                    .covering(type_url, alias)
+                    .iter()
+                    .map(|r| r.name.clone()),
+            );
+        }
     }
     let mut delta = if change.wildcard_changed {
         diff_type(subscription, current, visible)
@@ -536,6 +603,42 @@ pub(super) fn diff_subscription_change(
     };
     delta.removed.extend(unresolved);
     Answer { delta, evaluated }
+}
+
+/// Finds again the alias standing in for each hostname name of `subscription` nothing goes
+/// by (a store change may have brought the name itself, a more specific wildcard host, or
+/// taken the one standing in away): the names of the resources covered by a stand-in that
+/// came or went, whose answer may have changed although they did not. The work is one index
+/// lookup per label of each hostname name the subscription holds, whatever the type's size.
+pub(super) fn refresh_stand_ins(
+    subscription: &mut TypeSubscription,
+    snapshot: &Snapshot,
+    type_url: &str,
+    visible: impl Fn(&StoredResource) -> bool,
+) -> BTreeSet<String> {
+    let mut moved = BTreeSet::new();
+    if subscription.wildcard {
+        return moved;
+    }
+    let hostnames: Vec<String> = subscription
+        .names
+        .range::<str, _>((Bound::Included(HOSTNAME_PREFIX), Bound::Unbounded))
+        .take_while(|name| name.starts_with(HOSTNAME_PREFIX))
+        .cloned()
+        .collect();
+    for name in hostnames {
+        let stand_in = snapshot.stand_in(type_url, &name, &visible);
+        let before = subscription.stand_ins.get(&name).cloned();
+        if before == stand_in {
+            continue;
+        }
+        subscription.set_stand_in(&name, stand_in.clone());
+        for alias in before.iter().chain(stand_in.as_ref()) {
+            let covered = snapshot.covering(type_url, alias);
+            moved.extend(covered.iter().map(|r| r.name.clone()));
+        }
+    }
+    moved
 }
 
 /// A response to send on one type, and the map of the type the subscription stands evaluated

@@ -39,6 +39,7 @@ fn subscription(wildcard: bool, names: &[&str], sent: &[(&str, &[u8])]) -> TypeS
             .map(|(name, value)| (name.to_string(), resource(name, value).version.clone()))
             .collect(),
         evaluated: None,
+        ..TypeSubscription::default()
     }
 }
 
