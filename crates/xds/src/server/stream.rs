@@ -3,7 +3,6 @@
 //! pure diff between what was sent and what the proxy should now have.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::ops::Bound;
 use std::sync::Arc;
 
 use tokio::time::Instant;
@@ -15,12 +14,13 @@ use weft_proto::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
 };
 
+use super::stand_ins::{moved_hostnames, refresh_stand_ins};
 use super::{
     Exceeded, MAX_NAMES, MAX_TYPES, ProxyIdentity, ResponseSender, Scope, ServerConfig,
     StreamError, WILDCARD,
 };
 use crate::metrics::{Rejection, StreamEvent, XdsMetrics};
-use crate::store::{HOSTNAME_PREFIX, Snapshot, SnapshotReader, StoredResource, TypeResources};
+use crate::store::{Snapshot, SnapshotReader, StoredResource, TypeResources};
 /// Keeps the connected-proxies gauge right however the stream task ends.
 pub(super) struct ConnectedGuard {
     metrics: Arc<dyn XdsMetrics>,
@@ -74,7 +74,7 @@ impl TypeSubscription {
 
     /// Records `stand_in` as the alias standing in for `name` (none: no longer any); the
     /// alias it replaces, if it changed.
-    fn set_stand_in(&mut self, name: &str, stand_in: Option<String>) -> Option<String> {
+    pub(super) fn set_stand_in(&mut self, name: &str, stand_in: Option<String>) -> Option<String> {
         let before = match &stand_in {
             Some(alias) => self.stand_ins.insert(name.to_string(), alias.clone()),
             None => self.stand_ins.remove(name),
@@ -423,18 +423,22 @@ impl ProxyStream {
         let Some(subscription) = self.subscriptions.get_mut(type_url) else {
             return Ok(false);
         };
-        let moved = refresh_stand_ins(subscription, snapshot, type_url, visible);
-        let delta = match &subscription.evaluated {
+        let delta = match subscription.evaluated.clone() {
             // What was sent is what `previous` called for: only the entries that differ
             // between the two maps can change it, and those a stand-in moved from or to.
-            Some(previous) if moved.is_empty() => {
-                diff_changes(subscription, previous, current, visible)
-            }
             Some(previous) => {
-                let mut candidates = moved;
-                candidates.extend(changed_names(previous, current).into_iter().cloned());
+                let changed = changed_names(&previous, current);
+                let mut candidates: BTreeSet<String> =
+                    changed.iter().map(|name| (*name).clone()).collect();
+                let hostnames = moved_hostnames(subscription, &previous, current, &changed);
+                if !hostnames.is_empty() {
+                    let moved =
+                        refresh_stand_ins(subscription, hostnames, snapshot, type_url, visible);
+                    candidates.extend(moved);
+                }
                 diff_names(subscription, current, &candidates, visible)
             }
+            // Never answered yet: no stand-in found either.
             None => diff_type(subscription, current, visible),
         };
         let answer = Answer {
@@ -605,42 +609,6 @@ pub(super) fn diff_subscription_change(
     Answer { delta, evaluated }
 }
 
-/// Finds again the alias standing in for each hostname name of `subscription` nothing goes
-/// by (a store change may have brought the name itself, a more specific wildcard host, or
-/// taken the one standing in away): the names of the resources covered by a stand-in that
-/// came or went, whose answer may have changed although they did not. The work is one index
-/// lookup per label of each hostname name the subscription holds, whatever the type's size.
-pub(super) fn refresh_stand_ins(
-    subscription: &mut TypeSubscription,
-    snapshot: &Snapshot,
-    type_url: &str,
-    visible: impl Fn(&StoredResource) -> bool,
-) -> BTreeSet<String> {
-    let mut moved = BTreeSet::new();
-    if subscription.wildcard {
-        return moved;
-    }
-    let hostnames: Vec<String> = subscription
-        .names
-        .range::<str, _>((Bound::Included(HOSTNAME_PREFIX), Bound::Unbounded))
-        .take_while(|name| name.starts_with(HOSTNAME_PREFIX))
-        .cloned()
-        .collect();
-    for name in hostnames {
-        let stand_in = snapshot.stand_in(type_url, &name, &visible);
-        let before = subscription.stand_ins.get(&name).cloned();
-        if before == stand_in {
-            continue;
-        }
-        subscription.set_stand_in(&name, stand_in.clone());
-        for alias in before.iter().chain(stand_in.as_ref()) {
-            let covered = snapshot.covering(type_url, alias);
-            moved.extend(covered.iter().map(|r| r.name.clone()));
-        }
-    }
-    moved
-}
-
 /// A response to send on one type, and the map of the type the subscription stands evaluated
 /// against once it is sent (what a later push diffs from).
 #[derive(Debug)]
@@ -695,6 +663,8 @@ pub(super) fn diff_type(
 /// changed since), walking the two maps side by side: entries the store kept (the same `Arc`)
 /// are skipped without looking at them, so a push to one proxy costs a pointer comparison per
 /// resource plus the work of what changed, not a lookup and a version comparison per resource.
+/// (The push does the same with the stand-ins' moves added, `ProxyStream::push_type`.)
+#[cfg(test)]
 pub(super) fn diff_changes(
     subscription: &TypeSubscription,
     previous: &TypeResources,

@@ -84,6 +84,28 @@ async fn a_hostname_is_answered_with_the_most_specific_wildcard_host_covering_it
     assert_eq!(back.removed_resources, ["ns/*.d.e.f.example.com"]);
     stream.ack(&back).await?;
 
+    // The name itself appears: it covers itself, the wildcard goes.
+    hosts(
+        &mut store,
+        &[
+            "*.example.com",
+            "*.other.com",
+            "api.example.com",
+            "a.b.c.d.e.f.example.com",
+        ],
+    );
+    let own = stream.next().await?;
+    assert_eq!(response_names(&own), ["ns/a.b.c.d.e.f.example.com"]);
+    assert_eq!(own.removed_resources, ["ns/*.example.com"]);
+    stream.ack(&own).await?;
+    hosts(
+        &mut store,
+        &["*.example.com", "*.other.com", "api.example.com"],
+    );
+    let gone = stream.next().await?;
+    assert_eq!(response_names(&gone), ["ns/*.example.com"]);
+    stream.ack(&gone).await?;
+
     // A name no wildcard covers is answered removed; one that later appears is pushed.
     let none = ask(&mut stream, "host:x.nowhere.org").await?;
     assert!(none.resources.is_empty());

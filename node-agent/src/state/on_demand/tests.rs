@@ -511,7 +511,10 @@ async fn a_dns_query_fetches_the_wildcard_service_entry_host_covering_it() {
         assert_eq!(names, [asked.clone()], "one name asked");
         assert_eq!(answered, Some(Ipv4Addr::new(240, 240, 0, 9)), "{name}");
         let on_demand = store.demand.get().expect("on demand");
-        assert!(on_demand.used.lock().unwrap().contains_key(&asked), "{name}");
+        assert!(
+            on_demand.used.lock().unwrap().contains_key(&asked),
+            "{name}"
+        );
         assert!(!on_demand.remembers_miss(&asked), "{name}: not a miss");
         tasks.iter().for_each(JoinHandle::abort);
     }
