@@ -508,7 +508,7 @@ async fn a_dns_query_fetches_the_wildcard_service_entry_host_covering_it() {
         let entry = external_service("*.wild.example", [240, 240, 0, 9]);
         let (store, names, answered, tasks) = dns_fetch(entry, name).await;
         let asked = format!("host:{name}");
-        assert_eq!(names, [asked.clone()], "one name asked");
+        assert_eq!(names, std::slice::from_ref(&asked), "one name asked");
         assert_eq!(answered, Some(Ipv4Addr::new(240, 240, 0, 9)), "{name}");
         let on_demand = store.demand.get().expect("on demand");
         assert!(
