@@ -110,13 +110,8 @@ fn address_query(packet: &[u8]) -> Option<Message> {
         .then_some(query)
 }
 
-/// Names asked for on demand per query, at most, besides the wildcards.
+/// Names asked for on demand per query, at most.
 const MAX_DEMAND_NAMES: usize = 4;
-
-/// Wildcard hosts asked for on demand per query, at most: those of the name's parents of 2 to
-/// 5 labels (`*.example.com` up to `*.a.b.c.example.com`). A wildcard ServiceEntry host with
-/// a longer suffix is answered only once the agent holds it.
-const MAX_WILDCARD_DEMANDS: usize = 4;
 
 /// What an on-demand agent asks the controller for to answer `packet` from a pod of
 /// `namespace` when the store holds none of the names it may mean: the name as asked and,
@@ -128,11 +123,11 @@ const MAX_WILDCARD_DEMANDS: usize = 4;
 /// service), and another name with a dot (a ServiceEntry host, whose namespace the query
 /// does not tell); names under the cluster domain in no Kubernetes form, and single labels,
 /// are not asked for. At most [`MAX_DEMAND_NAMES`]; none for a query [`reply`] forwards
-/// unread. A name outside the cluster domain is asked for with the wildcard hosts that may
-/// cover it too (`host:*.<parent>`,
-/// the controller's `host:` alias of a wildcard ServiceEntry host, as Istio's DNS proxy looks
-/// up `*.<parent>` for each parent of a name it does not hold, `pkg/dns/client/dns.go`
-/// `lookupHost`), at most [`MAX_WILDCARD_DEMANDS`].
+/// unread. The wildcard hosts that may cover a name are not asked for one by one: the
+/// controller answers a `host:` name nothing goes by with the most specific wildcard
+/// ServiceEntry host covering it (as Istio's DNS proxy looks up `*.<parent>` for each parent
+/// of a name it does not hold, `pkg/dns/client/dns.go` `lookupHost`), so one name costs one
+/// request whatever its depth.
 pub fn demand_names(packet: &[u8], namespace: &str, domain: &str) -> Vec<String> {
     let Some(query) = address_query(packet) else {
         return Vec::new();
@@ -150,25 +145,7 @@ pub fn demand_names(packet: &[u8], namespace: &str, domain: &str) -> Vec<String>
             names.push(name);
         }
     }
-    if requested.contains('.') && !under_domain(&requested, domain) {
-        names.extend(wildcard_demand_names(&requested, domain));
-    }
     names
-}
-
-/// The wildcard hosts that may cover `name` and the controller may hold, by their `host:`
-/// names, most specific first: those of its parents of 2 to [`MAX_WILDCARD_DEMANDS`] + 1
-/// labels, outside the cluster domain.
-fn wildcard_demand_names(name: &str, domain: &str) -> Vec<String> {
-    let labels = name.split('.').count();
-    with_wildcards(name)
-        .into_iter()
-        .enumerate()
-        .skip(1)
-        // The wildcard after the n-th label covers a parent of `labels - n` labels.
-        .filter(|(n, _)| (2..=MAX_WILDCARD_DEMANDS + 1).contains(&(labels - n)))
-        .filter_map(|(_, (wildcard, _))| demand_name(&wildcard, domain))
-        .collect()
 }
 
 /// The name the controller knows what `name` means by, if it may mean a service: its
@@ -380,7 +357,7 @@ fn kubernetes_names(name: &str, namespace: &str, domain: &str) -> Vec<(String, b
 
 /// `name`, then the wildcards that cover it, most specific first (`a.b.c`, `*.b.c`, `*.c`),
 /// each marked whether it is a wildcard.
-fn with_wildcards(name: &str) -> Vec<(String, bool)> {
+pub(crate) fn with_wildcards(name: &str) -> Vec<(String, bool)> {
     let mut out = vec![(name.to_owned(), false)];
     let mut rest = name;
     while let Some((_, parent)) = rest.split_once('.') {

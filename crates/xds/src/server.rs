@@ -10,6 +10,7 @@
 //! This file is the gRPC service and what happens before a stream is served (its first request,
 //! admission, shutdown); `stream` is the stream once served.
 
+mod stand_ins;
 mod stream;
 
 use std::collections::BTreeMap;

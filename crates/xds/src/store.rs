@@ -9,6 +9,7 @@
 //! by it), updated by the same writes, so a subscription by name is resolved by lookups.
 
 mod alias_index;
+mod hostnames;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use tokio::sync::watch;
 use weft_identity::SpiffeId;
 
 pub use alias_index::AliasIndex;
+pub use hostnames::{HOSTNAME_PREFIX, MAX_HOSTNAME_LABELS, MAX_HOSTNAME_LEN, wildcard_aliases};
 
 /// The identities a resource may be sent to, for the server's [`crate::Scope`] to check; the
 /// store only keeps it with the resource (and republishes when it changes).

@@ -661,3 +661,4 @@ fn response_names(response: &DeltaDiscoveryResponse) -> Vec<&str> {
 mod admission;
 mod on_demand;
 mod subscriptions;
+mod wildcard_hosts;

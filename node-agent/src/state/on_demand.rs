@@ -446,7 +446,8 @@ impl WorkloadStore {
     }
 
     /// Whether the store holds what a demand name names: an address (`<network>/<ip>`), a
-    /// service (`namespace/hostname`) or a hostname (`host:<hostname>`).
+    /// service (`namespace/hostname`) or a hostname (`host:<hostname>`, or a wildcard host
+    /// covering it).
     fn holds_name(&self, name: &str) -> bool {
         if let Some(ip) = name
             .strip_prefix(NETWORK)
@@ -455,8 +456,12 @@ impl WorkloadStore {
         {
             return self.knows_address(ip);
         }
+        // The controller answers a hostname nothing goes by with the wildcard host covering
+        // it: that host holds the name.
         if let Some(hostname) = name.strip_prefix("host:") {
-            return !self.services_by_hostname(hostname).is_empty();
+            return crate::dns_proxy::with_wildcards(hostname)
+                .iter()
+                .any(|(candidate, _)| !self.services_by_hostname(candidate).is_empty());
         }
         name.split_once('/').is_some_and(|(namespace, hostname)| {
             self.service(&NamespacedHostname {

@@ -118,14 +118,24 @@ fn counter(metrics: &str, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// A wildcard host, and a Kubernetes host declared in namespace `egress` for namespace
-/// `bank`.
+/// A wildcard host, one whose parent has 7 labels, and a Kubernetes host declared in
+/// namespace `egress` for namespace `bank`.
 const ENTRIES: &str = r#"apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {name: payments-wildcard, namespace: egress}
 spec:
   hosts: ["*.payments.example"]
   addresses: [10.96.200.20]
+  location: MESH_EXTERNAL
+  resolution: NONE
+  ports: [{number: 80, name: http, protocol: HTTP}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: deep-wildcard, namespace: egress}
+spec:
+  hosts: ["*.a.b.c.d.e.deep.example"]
+  addresses: [10.96.200.22]
   location: MESH_EXTERNAL
   resolution: NONE
   ports: [{number: 80, name: http, protocol: HTTP}]
@@ -236,13 +246,15 @@ fn a_pods_dns_query_fetches_a_service_of_another_node_and_an_idle_name_is_fetche
     assert_eq!(mesh.resolve("client", &resolv, "cart.shop"), vec![vip]);
     assert_eq!(held(&mesh, "node1").1, [CART_KEY]);
 
-    // A wildcard ServiceEntry host answers a name under it, and a ServiceEntry declaring a
-    // Kubernetes host of another namespace answers that host: both fetched at the query
-    // (the upstream resolver knows neither; a query before the controller loaded them is a
-    // miss, kept subscribed, so the entries are pushed as they appear).
+    // A wildcard ServiceEntry host answers a name under it, whatever the wildcard's depth,
+    // and a ServiceEntry declaring a Kubernetes host of another namespace answers that host:
+    // each fetched at the query by the name asked alone (the upstream resolver knows none; a
+    // query before the controller loaded them is a miss, kept subscribed, so the entries are
+    // pushed as they appear).
     mesh.write_config("30-entries.yaml", ENTRIES).unwrap();
     for (name, entry_vip) in [
         ("api.payments.example", "10.96.200.20"),
+        ("x.a.b.c.d.e.deep.example", "10.96.200.22"),
         ("ledger.bank.svc.cluster.local", "10.96.200.21"),
     ] {
         let entry_vip: IpAddr = entry_vip.parse().unwrap();

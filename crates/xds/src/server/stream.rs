@@ -14,6 +14,7 @@ use weft_proto::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
 };
 
+use super::stand_ins::{moved_hostnames, refresh_stand_ins};
 use super::{
     Exceeded, MAX_NAMES, MAX_TYPES, ProxyIdentity, ResponseSender, Scope, ServerConfig,
     StreamError, WILDCARD,
@@ -52,6 +53,11 @@ pub(super) struct TypeSubscription {
     pub(super) sent: HashMap<String, String>,
     /// The type's resources at the last evaluation; an identical map needs no new diff.
     pub(super) evaluated: Option<Arc<TypeResources>>,
+    /// Hostname names that nothing goes by, and the wildcard alias standing in for each
+    /// (`Snapshot::stand_in`), as of the last evaluation.
+    pub(super) stand_ins: BTreeMap<String, String>,
+    /// The same, by wildcard alias: the names each stands in for.
+    pub(super) standing_for: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl TypeSubscription {
@@ -63,7 +69,34 @@ impl TypeSubscription {
             || resource
                 .aliases
                 .iter()
-                .any(|alias| self.names.contains(alias))
+                .any(|alias| self.names.contains(alias) || self.standing_for.contains_key(alias))
+    }
+
+    /// Records `stand_in` as the alias standing in for `name` (none: no longer any); the
+    /// alias it replaces, if it changed.
+    pub(super) fn set_stand_in(&mut self, name: &str, stand_in: Option<String>) -> Option<String> {
+        let before = match &stand_in {
+            Some(alias) => self.stand_ins.insert(name.to_string(), alias.clone()),
+            None => self.stand_ins.remove(name),
+        };
+        if before == stand_in {
+            return None;
+        }
+        if let Some(old) = &before
+            && let Some(names) = self.standing_for.get_mut(old)
+        {
+            names.remove(name);
+            if names.is_empty() {
+                self.standing_for.remove(old);
+            }
+        }
+        if let Some(alias) = stand_in {
+            self.standing_for
+                .entry(alias)
+                .or_default()
+                .insert(name.to_string());
+        }
+        before
     }
 
     /// Records what `delta` sends as what the proxy has.
@@ -83,12 +116,20 @@ impl TypeSubscription {
         let aliases = if self.wildcard {
             Vec::new()
         } else {
-            resource
+            // A wildcard alias standing in for names is sent as those names, which the
+            // proxy asked for.
+            let mut aliases: Vec<String> = resource
                 .aliases
                 .iter()
                 .filter(|alias| self.names.contains(*alias))
                 .cloned()
-                .collect()
+                .collect();
+            for alias in &resource.aliases {
+                if let Some(names) = self.standing_for.get(alias) {
+                    aliases.extend(names.iter().cloned());
+                }
+            }
+            aliases
         };
         Resource {
             name: resource.name.clone(),
@@ -273,13 +314,13 @@ impl ProxyStream {
             dropped: &dropped,
             wildcard_changed: subscription.wildcard != was_wildcard,
         };
-        let delta =
+        let answer =
             diff_subscription_change(subscription, &snapshot, &type_url, current, change, visible);
         let respond_if_empty = is_new || !asked.is_empty();
         self.send_delta(
             &snapshot,
             &type_url,
-            delta,
+            answer,
             respond_if_empty,
             Instant::now(),
         )
@@ -379,32 +420,51 @@ impl ProxyStream {
         }
         let visible =
             |resource: &StoredResource| self.scope.visible(&self.proxy, type_url, resource);
-        let delta = match &subscription.evaluated {
+        let Some(subscription) = self.subscriptions.get_mut(type_url) else {
+            return Ok(false);
+        };
+        let delta = match subscription.evaluated.clone() {
             // What was sent is what `previous` called for: only the entries that differ
-            // between the two maps can change it.
-            Some(previous) => diff_changes(subscription, previous, current, visible),
+            // between the two maps can change it, and those a stand-in moved from or to.
+            Some(previous) => {
+                let changed = changed_names(&previous, current);
+                let mut candidates: BTreeSet<String> =
+                    changed.iter().map(|name| (*name).clone()).collect();
+                let hostnames = moved_hostnames(subscription, &previous, current, &changed);
+                if !hostnames.is_empty() {
+                    let moved =
+                        refresh_stand_ins(subscription, hostnames, snapshot, type_url, visible);
+                    candidates.extend(moved);
+                }
+                diff_names(subscription, current, &candidates, visible)
+            }
+            // Never answered yet: no stand-in found either.
             None => diff_type(subscription, current, visible),
         };
-        self.send_delta(snapshot, type_url, delta, false, since)
+        let answer = Answer {
+            delta,
+            evaluated: current.clone(),
+        };
+        self.send_delta(snapshot, type_url, answer, false, since)
             .await
     }
 
-    /// Records `delta` as sent (the subscription now stands evaluated against `snapshot`) and
-    /// sends it; with `respond_if_empty`, even when there is nothing to say (the answer to a
-    /// subscription). Whether a response was sent.
+    /// Records `answer`'s delta as sent (the subscription now stands evaluated against
+    /// `answer.evaluated`) and sends it; with `respond_if_empty`, even when there is nothing to
+    /// say (the answer to a subscription). Whether a response was sent.
     async fn send_delta(
         &mut self,
         snapshot: &Snapshot,
         type_url: &str,
-        delta: TypeDelta,
+        answer: Answer,
         respond_if_empty: bool,
         since: Instant,
     ) -> Result<bool, StreamError> {
         let Some(subscription) = self.subscriptions.get_mut(type_url) else {
             return Ok(false);
         };
-        let empty = Arc::new(TypeResources::new());
-        subscription.evaluated = Some(snapshot.resources(type_url).unwrap_or(&empty).clone());
+        let Answer { delta, evaluated } = answer;
+        subscription.evaluated = Some(evaluated);
         if delta.is_empty() && !respond_if_empty {
             return Ok(false);
         }
@@ -461,14 +521,18 @@ pub(super) struct NameChange<'a> {
 /// (its names; `sent` less the names dropped), without a pass over the type: only the
 /// resources whose answer can differ are looked at, found in the snapshot's alias index.
 ///
-/// Those are the resources the asked and dropped names cover, and the ones that changed since
-/// the subscription was last evaluated (a push still pending, which this response carries, as
-/// a full diff would). A resource a name asked covers is sent again even if the proxy had it,
-/// and a name covering nothing is listed as removed: istiod answers every name it is asked
-/// (`pilot/pkg/xds/delta.go`, `shouldRespondDelta`), and the proxy asks because it does not
-/// hold it. On a subscription never evaluated (the stream's first request of the type), what
-/// the proxy said it has (`initial_resource_versions`) is looked at too. Turning the wildcard
-/// on or off changes what every resource's answer is: that alone takes the full diff.
+/// Those are the resources the asked and dropped names cover. A resource a name asked covers
+/// is sent again even if the proxy had it, and a name covering nothing is listed as removed:
+/// istiod answers every name it is asked (`pilot/pkg/xds/delta.go`, `shouldRespondDelta`),
+/// and the proxy asks because it does not hold it. What changed in the store since the
+/// subscription was last evaluated and the names do not cover (a push still pending) is left
+/// to that push, as istiod answers a subscribe with the names subscribed alone: the answer's
+/// `evaluated` stays the previous map, so the push diffs from it and finds those changes
+/// (what this answer sent at its current version is not sent twice). Finding them here would
+/// walk the type. On a subscription never evaluated (the stream's first request of the type),
+/// what the proxy said it has (`initial_resource_versions`) and what every name covers are
+/// looked at, and the answer stands evaluated against `current`. Turning the wildcard on or
+/// off changes what every resource's answer is: that alone takes the full diff.
 pub(super) fn diff_subscription_change(
     subscription: &mut TypeSubscription,
     snapshot: &Snapshot,
@@ -476,36 +540,48 @@ pub(super) fn diff_subscription_change(
     current: &Arc<TypeResources>,
     change: NameChange<'_>,
     visible: impl Fn(&StoredResource) -> bool,
-) -> TypeDelta {
+) -> Answer {
     let mut candidates: BTreeSet<String> = BTreeSet::new();
-    match &subscription.evaluated {
-        _ if change.wildcard_changed => {}
-        Some(previous) if Arc::ptr_eq(previous, current) => {}
-        Some(previous) => {
-            candidates.extend(changed_names(previous, current).into_iter().cloned());
-        }
+    let evaluated = match &subscription.evaluated {
+        Some(previous) if !change.wildcard_changed => previous.clone(),
+        Some(_) => current.clone(),
         None => {
-            candidates.extend(subscription.sent.keys().cloned());
-            for name in &subscription.names {
-                candidates.extend(
-                    snapshot
-                        .covering(type_url, name)
-                        .iter()
-                        .map(|r| r.name.clone()),
-                );
+            if !change.wildcard_changed {
+                candidates.extend(subscription.sent.keys().cloned());
+                for name in &subscription.names {
+                    candidates.extend(
+                        snapshot
+                            .covering(type_url, name)
+                            .iter()
+                            .map(|r| r.name.clone()),
+                    );
+                }
             }
+            current.clone()
         }
-    }
+    };
     let mut unresolved = Vec::new();
     // A wildcard subscription wants everything already: a name changes nothing it is sent.
     if !subscription.wildcard {
         for name in change.asked {
+            // A hostname nothing goes by is answered with the wildcard host covering it.
+            let stand_in = snapshot.stand_in(type_url, name, &visible);
+            if let Some(replaced) = subscription.set_stand_in(name, stand_in.clone()) {
+                candidates.extend(
+                    snapshot
+                        .covering(type_url, &replaced)
+                        .iter()
+                        .map(|r| r.name.clone()),
+                );
+            }
             let mut covered = false;
-            for resource in snapshot.covering(type_url, name) {
-                if visible(resource) {
-                    covered = true;
-                    subscription.sent.remove(&resource.name);
-                    candidates.insert(resource.name.clone());
+            for alias in std::iter::once(name).chain(stand_in.as_ref()) {
+                for resource in snapshot.covering(type_url, alias) {
+                    if visible(resource) {
+                        covered = true;
+                        subscription.sent.remove(&resource.name);
+                        candidates.insert(resource.name.clone());
+                    }
                 }
             }
             if !covered {
@@ -514,12 +590,15 @@ pub(super) fn diff_subscription_change(
         }
     }
     for name in change.dropped {
-        candidates.extend(
-            snapshot
-                .covering(type_url, name)
-                .iter()
-                .map(|r| r.name.clone()),
-        );
+        let stand_in = subscription.set_stand_in(name, None);
+        for alias in std::iter::once(name).chain(stand_in.as_ref()) {
+            candidates.extend(
+                snapshot
+                    .covering(type_url, alias)
+                    .iter()
+                    .map(|r| r.name.clone()),
+            );
+        }
     }
     let mut delta = if change.wildcard_changed {
         diff_type(subscription, current, visible)
@@ -527,7 +606,15 @@ pub(super) fn diff_subscription_change(
         diff_names(subscription, current, &candidates, visible)
     };
     delta.removed.extend(unresolved);
-    delta
+    Answer { delta, evaluated }
+}
+
+/// A response to send on one type, and the map of the type the subscription stands evaluated
+/// against once it is sent (what a later push diffs from).
+#[derive(Debug)]
+pub(super) struct Answer {
+    pub(super) delta: TypeDelta,
+    pub(super) evaluated: Arc<TypeResources>,
 }
 
 /// What one type's next response carries.
@@ -576,6 +663,8 @@ pub(super) fn diff_type(
 /// changed since), walking the two maps side by side: entries the store kept (the same `Arc`)
 /// are skipped without looking at them, so a push to one proxy costs a pointer comparison per
 /// resource plus the work of what changed, not a lookup and a version comparison per resource.
+/// (The push does the same with the stand-ins' moves added, `ProxyStream::push_type`.)
+#[cfg(test)]
 pub(super) fn diff_changes(
     subscription: &TypeSubscription,
     previous: &TypeResources,

@@ -39,6 +39,7 @@ fn subscription(wildcard: bool, names: &[&str], sent: &[(&str, &[u8])]) -> TypeS
             .map(|(name, value)| (name.to_string(), resource(name, value).version.clone()))
             .collect(),
         evaluated: None,
+        ..TypeSubscription::default()
     }
 }
 
@@ -282,6 +283,7 @@ fn a_subscription_change_is_answered_from_the_index_as_from_scratch() {
     let visible = |r: &StoredResource| !r.body.value.ends_with(b"hidden");
     let mut store = ResourceStore::new();
     let mut checked = (0, 0);
+    let mut pending_answers = 0;
     // The proxy says it has two resources, one of them gone by the time it connects.
     let initial = [("r01", b"0".as_slice()), ("r15", b"gone".as_slice())];
     let mut indexed = subscription(false, &[], &initial);
@@ -361,24 +363,50 @@ fn a_subscription_change_is_answered_from_the_index_as_from_scratch() {
                     dropped: &dropped,
                     wildcard_changed: wildcard != was_wildcard,
                 };
-                let delta =
+                let answer =
                     diff_subscription_change(&mut indexed, &snapshot, T, &current, change, visible);
-                let expected = answer_from_scratch(&mut reference, &current, &asked, visible);
+                indexed.record_sent(&answer.delta);
+                indexed.evaluated = Some(answer.evaluated);
+                // The answer leaves a write not yet pushed to the push: the two together are
+                // what the answer from scratch carries at once.
+                let mut delta = answer.delta;
+                if let Some(previous) = indexed.evaluated.clone()
+                    && !Arc::ptr_eq(&previous, &current)
+                {
+                    pending_answers += 1;
+                    let pushed = diff_changes(&indexed, &previous, &current, visible);
+                    indexed.record_sent(&pushed);
+                    indexed.evaluated = Some(current.clone());
+                    delta.added.extend(pushed.added);
+                    delta.removed.extend(pushed.removed);
+                }
+                let mut expected = answer_from_scratch(&mut reference, &current, &asked, visible);
+                reference.record_sent(&expected);
+                // (A resource gone in the pending write that the proxy held and asked again
+                // is removed once; the answer from scratch lists it twice, as the resource
+                // and as the name covering nothing.)
+                for answer in [&mut delta, &mut expected] {
+                    answer.added.sort_by(|a, b| a.name.cmp(&b.name));
+                    answer.removed.sort();
+                    answer.removed.dedup();
+                }
                 assert_eq!(
                     delta, expected,
                     "round {round}: answer to {asked:?} - {dropped:?}"
                 );
                 checked.0 += 1;
                 checked.1 += usize::from(!delta.added.is_empty());
-                indexed.record_sent(&delta);
-                reference.record_sent(&expected);
-                indexed.evaluated = Some(current);
             }
         }
         assert_eq!(indexed.sent, reference.sent, "round {round}: sent");
     }
-    // The run exercised what it claims to: many answers, most of them carrying resources.
+    // The run exercised what it claims to: many answers, most of them carrying resources,
+    // many with a write pending.
     assert!(checked.0 > 500 && checked.1 > checked.0 / 3, "{checked:?}");
+    assert!(
+        pending_answers > 100,
+        "{pending_answers} answers with a write pending"
+    );
 }
 
 /// A name subscribed after others is answered with what it covers and nothing the stream was
@@ -413,10 +441,10 @@ fn a_name_subscribed_later_is_answered_with_only_what_it_covers() {
             dropped: &[],
             wildcard_changed: false,
         };
-        let delta = diff_subscription_change(stream, &snapshot, T, &current, change, visible);
-        stream.record_sent(&delta);
-        stream.evaluated = Some(current);
-        delta
+        let answer = diff_subscription_change(stream, &snapshot, T, &current, change, visible);
+        stream.record_sent(&answer.delta);
+        stream.evaluated = Some(answer.evaluated);
+        answer.delta
     };
     let added = |delta: &TypeDelta| -> Vec<(String, Vec<String>)> {
         delta
@@ -518,11 +546,12 @@ fn a_subscription_change_looks_at_what_its_names_cover_not_at_the_whole_type() {
                 wildcard_changed: false,
             };
             crate::cost::take_looked_at();
-            let delta =
+            let answer =
                 diff_subscription_change(&mut stream, &snapshot, T, &current, change, |_| true);
             let looked_at = crate::cost::take_looked_at();
-            stream.record_sent(&delta);
-            stream.evaluated = Some(current.clone());
+            stream.record_sent(&answer.delta);
+            stream.evaluated = Some(answer.evaluated);
+            let delta = answer.delta;
             (looked_at, delta.added.len(), delta.removed.len())
         };
         vec![
@@ -552,4 +581,85 @@ fn a_subscription_change_looks_at_what_its_names_cover_not_at_the_whole_type() {
             "{looked_at} resources looked at to answer {added} added and {removed} removed"
         );
     }
+}
+
+/// A subscription change arriving while a write is not yet pushed to the stream costs what its
+/// names cover too: against 100 and against 10,000 resources no name covers, with a write
+/// pending that changed one of them and one the stream holds, the request looks at the same
+/// number of resources and is answered with what its name covers alone; the pending change
+/// reaches the proxy with the push that follows. Finding the pending changes in the answer
+/// (walking the type's two maps side by side, as before) grows with the store: 10,000 against
+/// 100 steps.
+#[test]
+fn a_subscription_change_with_a_write_pending_looks_at_what_its_names_cover() {
+    const T: &str = "type.googleapis.com/test.Thing";
+    let address = |name: String, value: &[u8], aliases: Vec<String>| {
+        StoredResource::new(name.as_str(), resource(&name, value).body.clone())
+            .with_aliases(aliases)
+    };
+    let everything = |unrelated: usize, version: &[u8]| -> Vec<StoredResource> {
+        let mut all = vec![address("local0".into(), version, vec!["node:n1".into()])];
+        all.push(address("ns/svc".into(), b"1", vec!["/10.0.0.1".into()]));
+        all.extend((0..10).map(|i| {
+            address(
+                format!("ep{i}"),
+                b"1",
+                vec!["/10.0.0.1".into(), "node:n2".into()],
+            )
+        }));
+        all.extend((0..unrelated).map(|i| {
+            let value = if i == 0 { version } else { b"1" };
+            let aliases = vec![format!("/10.2.{}.{}", i >> 8, i & 0xff)];
+            address(format!("far{i:05}"), value, aliases)
+        }));
+        all
+    };
+    // Per size: resources looked at by the request, its answer, and the push after it.
+    let run = |unrelated: usize| -> (usize, Vec<String>, Vec<String>) {
+        let mut store = ResourceStore::new();
+        store.replace_type(T, everything(unrelated, b"1"));
+        let mut stream = subscription(false, &["node:n1"], &[]);
+        let first = store.snapshot();
+        let change = NameChange {
+            asked: &["node:n1".to_string()],
+            dropped: &[],
+            wildcard_changed: false,
+        };
+        let before = first.resources(T).unwrap().clone();
+        let answer = diff_subscription_change(&mut stream, &first, T, &before, change, |_| true);
+        stream.record_sent(&answer.delta);
+        stream.evaluated = Some(answer.evaluated);
+        // A write the stream has not pushed yet: the node's workload and an unrelated one.
+        store.replace_type(T, everything(unrelated, b"2"));
+        let snapshot = store.snapshot();
+        let current = snapshot.resources(T).unwrap().clone();
+        let asked = ["/10.0.0.1".to_string()];
+        stream.names.insert(asked[0].clone());
+        let change = NameChange {
+            asked: &asked,
+            dropped: &[],
+            wildcard_changed: false,
+        };
+        crate::cost::take_looked_at();
+        let answer =
+            diff_subscription_change(&mut stream, &snapshot, T, &current, change, |_| true);
+        let looked_at = crate::cost::take_looked_at();
+        let names = |delta: &TypeDelta| -> Vec<String> {
+            delta.added.iter().map(|r| r.name.clone()).collect()
+        };
+        let answered = names(&answer.delta);
+        stream.record_sent(&answer.delta);
+        stream.evaluated = Some(answer.evaluated);
+        let previous = stream.evaluated.clone().unwrap();
+        let pushed = diff_changes(&stream, &previous, &current, |_| true);
+        (looked_at, answered, names(&pushed))
+    };
+    let (small, large) = (run(100), run(10_000));
+    assert_eq!(small, large, "looked at, answered and pushed");
+    let (looked_at, answered, pushed) = small;
+    let mut covered: Vec<String> = (0..10).map(|i| format!("ep{i}")).collect();
+    covered.push("ns/svc".to_string());
+    assert_eq!(answered, covered, "the answer carries what the name covers");
+    assert_eq!(pushed, ["local0"], "the pending change comes with the push");
+    assert!(looked_at <= 4 * answered.len() + 4, "{looked_at} looked at");
 }

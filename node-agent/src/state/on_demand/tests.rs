@@ -499,27 +499,25 @@ async fn dns_fetch(
     (store, names, answered, tasks)
 }
 
+/// A name under a wildcard ServiceEntry host is asked for once, by itself, at any depth: the
+/// controller answers it with the wildcard host, which the agent then holds it by.
 #[tokio::test]
 async fn a_dns_query_fetches_the_wildcard_service_entry_host_covering_it() {
-    // As the controller names a wildcard ServiceEntry host: by `host:*.<suffix>`.
-    let entry = external_service("*.wild.example", [240, 240, 0, 9]);
-    let (store, names, answered, tasks) = dns_fetch(entry, "api.wild.example").await;
-    assert!(
-        names.contains(&"host:*.wild.example".to_string()),
-        "{names:?}"
-    );
-    assert_eq!(answered, Some(Ipv4Addr::new(240, 240, 0, 9)));
-    let on_demand = store.demand.get().expect("on demand");
-    assert!(
-        on_demand
-            .used
-            .lock()
-            .unwrap()
-            .contains_key("host:*.wild.example")
-    );
-    // The literal name was a miss.
-    assert!(on_demand.remembers_miss("host:api.wild.example"));
-    tasks.iter().for_each(JoinHandle::abort);
+    for name in ["api.wild.example", "a.b.c.d.e.f.wild.example"] {
+        // As the controller names a wildcard ServiceEntry host: by `host:*.<suffix>`.
+        let entry = external_service("*.wild.example", [240, 240, 0, 9]);
+        let (store, names, answered, tasks) = dns_fetch(entry, name).await;
+        let asked = format!("host:{name}");
+        assert_eq!(names, std::slice::from_ref(&asked), "one name asked");
+        assert_eq!(answered, Some(Ipv4Addr::new(240, 240, 0, 9)), "{name}");
+        let on_demand = store.demand.get().expect("on demand");
+        assert!(
+            on_demand.used.lock().unwrap().contains_key(&asked),
+            "{name}"
+        );
+        assert!(!on_demand.remembers_miss(&asked), "{name}: not a miss");
+        tasks.iter().for_each(JoinHandle::abort);
+    }
 }
 
 #[tokio::test]
