@@ -95,46 +95,23 @@ impl AccessLogs {
         let mut filter_headers: Option<HeaderReads> = None;
         for (i, log) in logs.iter().enumerate() {
             let context = format!("{context}[{i}] (provider {:?})", log.provider);
-            if let Some(grpc) = &log.grpc {
-                let sink = grpc::GrpcSink::compile(grpc).map_err(|e| invalid(&context, e))?;
-                headers.read_by_names(sink.header_names());
-                compiled.push(AccessLog {
-                    output: Output::Grpc(sink),
-                    // The service receives entries, not lines: nothing is formatted.
-                    format: Format::text("").map_err(|e| invalid(&context, e.to_string()))?,
-                    filter: compile_filter(&log.filter, &context)?,
-                });
-                if let Some(reads) = compiled
-                    .last()
-                    .and_then(|l| l.filter.as_ref())
-                    .and_then(Filter::request_headers)
-                {
-                    filter_headers = Some(merge_reads(filter_headers.take(), reads));
-                }
-                continue;
-            }
-            let format = match &log.format {
-                Some(proto::access_log::Format::Text(text)) => Format::text(text),
-                Some(proto::access_log::Format::Json(json)) => {
-                    Format::json(json.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-                }
-                None => return Err(invalid(&context, "format: must be set")),
-            }
-            .map_err(|e| invalid(&context, format!("format: {e}")))?
-            .omit_empty_values(log.omit_empty_values);
-            headers.read_by(&format);
             let filter = compile_filter(&log.filter, &context)?;
             if let Some(reads) = filter.as_ref().and_then(Filter::request_headers) {
                 filter_headers = Some(merge_reads(filter_headers.take(), reads));
             }
-            let output = match (&log.otel, &log.format) {
-                (Some(sink), Some(proto::access_log::Format::Text(text))) => Output::Otel(
-                    otel::OtelSink::compile(sink, text).map_err(|e| invalid(&context, e))?,
-                ),
-                (Some(_), _) => {
-                    return Err(invalid(&context, "otel: the body must be a text format"));
+            let (output, format) = match &log.grpc {
+                Some(grpc) => {
+                    let sink = grpc::GrpcSink::compile(grpc).map_err(|e| invalid(&context, e))?;
+                    headers.read_by_names(sink.header_names());
+                    // The service receives entries, not lines: nothing is formatted.
+                    let nothing = Format::text("").map_err(|e| invalid(&context, e.to_string()))?;
+                    (Output::Grpc(sink), nothing)
                 }
-                (None, _) => output(&log.path).map_err(|e| invalid(&context, e))?,
+                None => {
+                    let format = line_format(log).map_err(|e| invalid(&context, e))?;
+                    headers.read_by(&format);
+                    (line_output(log).map_err(|e| invalid(&context, e))?, format)
+                }
             };
             compiled.push(AccessLog {
                 output,
@@ -314,6 +291,30 @@ impl HeaderCapture {
     fn response_trailer<'c>(&self, captured: &'c Captured, name: &str) -> Option<&'c HeaderValue> {
         let i = self.trailers.iter().position(|h| h == name)?;
         captured.trailers.get(i)?.as_ref()
+    }
+}
+
+/// The format of a log written as lines.
+fn line_format(log: &proto::AccessLog) -> Result<Format, String> {
+    match &log.format {
+        Some(proto::access_log::Format::Text(text)) => Format::text(text),
+        Some(proto::access_log::Format::Json(json)) => {
+            Format::json(json.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        }
+        None => return Err("format: must be set".to_owned()),
+    }
+    .map(|f| f.omit_empty_values(log.omit_empty_values))
+    .map_err(|e| format!("format: {e}"))
+}
+
+/// Where a log written as lines goes: a collector, the process log, standard output or a file.
+fn line_output(log: &proto::AccessLog) -> Result<Output, String> {
+    match (&log.otel, &log.format) {
+        (Some(sink), Some(proto::access_log::Format::Text(text))) => {
+            otel::OtelSink::compile(sink, text).map(Output::Otel)
+        }
+        (Some(_), _) => Err("otel: the body must be a text format".to_owned()),
+        (None, _) => output(&log.path),
     }
 }
 

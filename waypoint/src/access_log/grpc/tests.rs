@@ -322,3 +322,72 @@ async fn a_service_that_never_reads_costs_a_bounded_buffer_and_drops_are_counted
         submitted
     );
 }
+
+/// Envoy's TCP gRPC access logger's entry of a connection: the common properties (addresses,
+/// start, duration to the last byte, cluster, the flag as Envoy's field, why it ended) and the
+/// bytes each way; an HTTP provider logs the same connection as an HTTP entry of the common
+/// properties alone.
+#[test]
+fn a_connection_record_becomes_envoys_tcp_entry() {
+    let info = crate::metrics::ConnectionInfo {
+        downstream_local: "10.96.0.10:9080".into(),
+        downstream_remote: "10.0.0.7:40000".into(),
+        upstream_host: Some("10.0.1.5:9080".into()),
+        upstream_cluster: Some("outbound|9080||reviews".into()),
+        response_flags: ResponseFlag::NoHealthyUpstream,
+        termination_details: Some("rbac_access_denied_matched_policy[none]".into()),
+        ..Default::default()
+    };
+    let labels = info.labels();
+    let end = weft_proxy_core::metrics::ConnectionEnd {
+        labels: &labels,
+        sent: 40,
+        received: 30,
+        duration: Duration::from_millis(1500),
+    };
+    let started = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    let entry = ConnectionEntry {
+        info: &info,
+        end: &end,
+        start_time: crate::metrics::UtcTime(started),
+    };
+    let Entry::Tcp(tcp) = connection_entry(Kind::Tcp, &entry) else {
+        panic!("a TCP provider writes TCP entries");
+    };
+    let common = tcp.common_properties.as_ref().unwrap();
+    assert_eq!(
+        socket(common.downstream_remote_address.as_ref()),
+        Some(("10.0.0.7".into(), 40000))
+    );
+    assert_eq!(
+        socket(common.upstream_remote_address.as_ref()),
+        Some(("10.0.1.5".into(), 9080))
+    );
+    assert_eq!(common.start_time, Some(timestamp(started)));
+    assert_eq!(
+        common.time_to_last_downstream_tx_byte,
+        Some(prost_types::Duration {
+            seconds: 1,
+            nanos: 500_000_000
+        })
+    );
+    assert_eq!(common.upstream_cluster, "outbound|9080||reviews");
+    assert_eq!(
+        common.response_flags,
+        Some(data::ResponseFlags {
+            no_healthy_upstream: true,
+            ..Default::default()
+        })
+    );
+    assert_eq!(
+        common.connection_termination_details,
+        "rbac_access_denied_matched_policy[none]"
+    );
+    let bytes = tcp.connection_properties.unwrap();
+    assert_eq!((bytes.received_bytes, bytes.sent_bytes), (30, 40));
+    let Entry::Http(http) = connection_entry(Kind::Http, &entry) else {
+        panic!("an HTTP provider writes HTTP entries");
+    };
+    assert_eq!(http.common_properties.as_ref(), Some(common));
+    assert!(http.request.is_none() && http.response.is_none());
+}
