@@ -57,10 +57,8 @@ pub(super) struct EnvoyGrpcAls {
     service: String,
     port: i64,
     log_name: String,
-    /// Istio's default filter state objects are the Wasm peer metadata, which Weft's
-    /// waypoint has none of: read and not sent.
-    #[allow(dead_code)]
-    filter_state_objects_to_log: Vec<String>,
+    // `filterStateObjectsToLog` is not read: Istio's default objects are the Wasm peer
+    // metadata, which Weft's waypoint has none of, so nothing would be sent.
     additional_request_headers_to_log: Vec<String>,
     additional_response_headers_to_log: Vec<String>,
     additional_response_trailers_to_log: Vec<String>,

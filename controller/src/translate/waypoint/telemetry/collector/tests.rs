@@ -165,3 +165,27 @@ fn a_grpc_access_log_service_without_its_service_leaves_the_mesh_file() {
     );
     assert_eq!(applied("als.example.com"), (false, vec![String::new()]));
 }
+
+/// A gRPC access-log service provider whose service is missing is warned of as an
+/// OpenTelemetry one is, naming its field, the provider and the service; none once it exists.
+#[test]
+fn a_missing_access_log_service_is_a_warning_naming_the_provider() {
+    let mesh_config = format!(
+        "extensionProviders: [{{name: file, envoyFileAccessLog: {{}}}}, {{name: als, envoyTcpAls: {{service: {SERVICE}, port: 4317}}}}]"
+    );
+    let settings = MeshSettings {
+        mesh: Arc::new(MeshConfigWatch::fixed(parse("mesh", &mesh_config).unwrap())),
+        ..Default::default()
+    };
+    let warnings = collector_warnings(&validated(MESH), &settings);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with(&format!(
+            "extensionProviders[1].envoyTcpAls (provider \"als\"): service \"{SERVICE}\" is not in the service registry"
+        )),
+        "{}",
+        warnings[0]
+    );
+    let found = validated(&format!("{MESH}{OTEL_COLLECTOR}"));
+    assert_eq!(collector_warnings(&found, &settings), Vec::<String>::new());
+}
