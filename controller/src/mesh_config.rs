@@ -7,8 +7,7 @@
 //! waypoint in its `WaypointConfig`, the access logs ([`access_log`]: `accessLogFile`,
 //! `accessLogFormat`, `accessLogEncoding`, `defaultProviders.accessLogging`,
 //! `extensionProviders[].envoyFileAccessLog`, `extensionProviders[].envoyOtelAls`:
-//! [`otel_als`]; `envoyHttpAls` and `envoyTcpAls` accepted but not applied,
-//! [`Mesh::not_applied`]), which Telemetry resources select from, and the gateways' default
+//! [`otel_als`]; `envoyHttpAls` and `envoyTcpAls`: [`grpc_als`]), which Telemetry resources select from, and the gateways' default
 //! `defaultConfig.gatewayTopology.numTrustedProxies`, in every gateway's, and the default
 //! locality load balancing, `localityLbSetting`, which a cluster without a DestinationRule
 //! setting of its own (nor a traffic distribution) follows. The file is read at
@@ -31,13 +30,14 @@ use weft_proto::mesh::{MeshConfig, OutboundTrafficPolicy};
 use crate::model::networking::LocalityLbSetting;
 
 mod access_log;
+mod grpc_als;
 mod otel_als;
 mod trace;
 
 pub use self::access_log::{
-    AccessLogProvider, BUILTIN_PROVIDER, DEV_STDOUT, FileProvider, GRPC_ALS_NOT_APPLIED, GrpcAls,
-    LogFormat, MeshAccessLogging,
+    AccessLogProvider, BUILTIN_PROVIDER, DEV_STDOUT, FileProvider, LogFormat, MeshAccessLogging,
 };
+pub use self::grpc_als::{GrpcAls, GrpcAlsProvider, HTTP_LOG_NAME, TCP_LOG_NAME};
 pub use self::otel_als::{DEFAULT_LOG_NAME, OtelAlsProvider};
 pub use self::trace::{DEFAULT_TRACE_SAMPLING, MeshTracing, TracingProvider};
 

@@ -6,6 +6,9 @@ use std::io;
 const PROTO_FILES: &[&str] = &[
     "proto/google/rpc/status.proto",
     "proto/envoy/config/core/v3/base.proto",
+    "proto/envoy/config/core/v3/address.proto",
+    "proto/envoy/data/accesslog/v3/accesslog.proto",
+    "proto/envoy/service/accesslog/v3/als.proto",
     "proto/envoy/extensions/transport_sockets/tls/v3/secret.proto",
     "proto/envoy/service/discovery/v3/discovery.proto",
     "proto/envoy/service/discovery/v3/ads.proto",

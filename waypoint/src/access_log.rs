@@ -4,7 +4,9 @@
 //! is opened (for appending) when the configuration that names it arrives, so a new
 //! configuration opens it anew (a rotated file is followed). A line is formatted in a buffer
 //! of its own and written with one `write`, never queued: memory stays bounded by one line
-//! per request being logged.
+//! per request being logged. The OpenTelemetry ([`otel`]) and gRPC access-log service
+//! ([`grpc`]) providers send the same record to a collector through a bounded queue that
+//! drops, and counts, what it cannot hold.
 
 use std::collections::HashMap;
 use std::fs::OpenOptions;
@@ -33,6 +35,8 @@ enum Output {
     Writer(AccessWriter),
     /// An OpenTelemetry collector, a LogRecord per line ([`otel`]).
     Otel(otel::OtelSink),
+    /// Envoy's gRPC access-log service, an entry per request or connection ([`grpc`]).
+    Grpc(grpc::GrpcSink),
 }
 
 /// One access log, compiled.
@@ -91,41 +95,23 @@ impl AccessLogs {
         let mut filter_headers: Option<HeaderReads> = None;
         for (i, log) in logs.iter().enumerate() {
             let context = format!("{context}[{i}] (provider {:?})", log.provider);
-            let format = match &log.format {
-                Some(proto::access_log::Format::Text(text)) => Format::text(text),
-                Some(proto::access_log::Format::Json(json)) => {
-                    Format::json(json.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-                }
-                None => return Err(invalid(&context, "format: must be set")),
-            }
-            .map_err(|e| invalid(&context, format!("format: {e}")))?
-            .omit_empty_values(log.omit_empty_values);
-            headers.read_by(&format);
-            let filter = match log.filter.as_str() {
-                "" => None,
-                expression => Some(
-                    Filter::compile(expression)
-                        .map_err(|e| invalid(&context, format!("filter: {e}")))?,
-                ),
-            };
+            let filter = compile_filter(&log.filter, &context)?;
             if let Some(reads) = filter.as_ref().and_then(Filter::request_headers) {
-                filter_headers = Some(match (filter_headers.take(), reads) {
-                    (None, reads) => reads.clone(),
-                    (Some(HeaderReads::Named(mut names)), HeaderReads::Named(more)) => {
-                        names.extend(more.iter().cloned());
-                        HeaderReads::Named(names)
-                    }
-                    _ => HeaderReads::All,
-                });
+                filter_headers = Some(merge_reads(filter_headers.take(), reads));
             }
-            let output = match (&log.otel, &log.format) {
-                (Some(sink), Some(proto::access_log::Format::Text(text))) => Output::Otel(
-                    otel::OtelSink::compile(sink, text).map_err(|e| invalid(&context, e))?,
-                ),
-                (Some(_), _) => {
-                    return Err(invalid(&context, "otel: the body must be a text format"));
+            let (output, format) = match &log.grpc {
+                Some(grpc) => {
+                    let sink = grpc::GrpcSink::compile(grpc).map_err(|e| invalid(&context, e))?;
+                    headers.read_by_names(sink.header_names());
+                    // The service receives entries, not lines: nothing is formatted.
+                    let nothing = Format::text("").map_err(|e| invalid(&context, e.to_string()))?;
+                    (Output::Grpc(sink), nothing)
                 }
-                (None, _) => output(&log.path).map_err(|e| invalid(&context, e))?,
+                None => {
+                    let format = line_format(log).map_err(|e| invalid(&context, e))?;
+                    headers.read_by(&format);
+                    (line_output(log).map_err(|e| invalid(&context, e))?, format)
+                }
             };
             compiled.push(AccessLog {
                 output,
@@ -146,6 +132,7 @@ impl AccessLogs {
         Captured {
             request: capture(&self.headers.request, headers),
             response: Vec::new(),
+            trailers: Vec::new(),
             request_headers: self.filter_headers.as_ref().map(|reads| match reads {
                 HeaderReads::All => Box::new(headers.clone()),
                 HeaderReads::Named(names) => {
@@ -168,10 +155,19 @@ impl AccessLogs {
         self.headers.capture_response(captured, headers);
     }
 
+    /// The response's trailers these logs read.
+    pub fn capture_trailers(&self, captured: &mut Captured, trailers: &HeaderMap) {
+        self.headers.capture_trailers(captured, trailers);
+    }
+
     /// Writes a line to each log whose filter admits `entry`.
     pub(crate) fn write(&self, entry: &(impl Record + Attributes + LogContext)) {
         for log in &self.logs {
             if log.filter.as_ref().is_some_and(|f| !f.admits(entry)) {
+                continue;
+            }
+            if let Output::Grpc(sink) = &log.output {
+                entry.submit_to(sink);
                 continue;
             }
             let mut line = String::with_capacity(256);
@@ -186,6 +182,7 @@ impl AccessLogs {
                     }
                 }
                 Output::Otel(sink) => sink.submit(line, entry),
+                Output::Grpc(_) => {}
             }
         }
     }
@@ -204,6 +201,8 @@ pub struct HeaderCapture {
     request: Vec<HeaderName>,
     /// Named by `RESP` operators, captured when the response starts.
     response: Vec<HeaderName>,
+    /// Response trailers a gRPC access-log service provider logs, captured when they arrive.
+    trailers: Vec<HeaderName>,
 }
 
 impl HeaderCapture {
@@ -229,9 +228,40 @@ impl HeaderCapture {
         }
     }
 
+    /// Adds the headers and trailers a gRPC access-log service provider logs, by name:
+    /// `(request, response, trailers)`.
+    pub(crate) fn read_by_names(
+        &mut self,
+        (request, response, trailers): (&[String], &[String], &[String]),
+    ) {
+        let add = |names: &[String], into: &mut Vec<HeaderName>, skip_recorded: bool| {
+            for name in names {
+                if skip_recorded && RECORDED.contains(&name.as_str()) {
+                    continue;
+                }
+                let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
+                    continue;
+                };
+                if !into.contains(&name) {
+                    into.push(name);
+                }
+            }
+        };
+        add(request, &mut self.request, true);
+        add(response, &mut self.response, false);
+        add(trailers, &mut self.trailers, false);
+    }
+
     /// No header to capture.
     pub(crate) fn is_empty(&self) -> bool {
-        self.request.is_empty() && self.response.is_empty()
+        self.request.is_empty() && self.response.is_empty() && self.trailers.is_empty()
+    }
+
+    /// The response's trailers these logs read, added to what was captured.
+    pub(crate) fn capture_trailers(&self, captured: &mut Captured, trailers: &HeaderMap) {
+        if !self.trailers.is_empty() {
+            captured.trailers = capture(&self.trailers, trailers);
+        }
     }
 
     /// The request's headers these formats read.
@@ -256,6 +286,56 @@ impl HeaderCapture {
     fn response_header<'c>(&self, captured: &'c Captured, name: &str) -> Option<&'c HeaderValue> {
         let i = self.response.iter().position(|h| h == name)?;
         captured.response.get(i)?.as_ref()
+    }
+
+    fn response_trailer<'c>(&self, captured: &'c Captured, name: &str) -> Option<&'c HeaderValue> {
+        let i = self.trailers.iter().position(|h| h == name)?;
+        captured.trailers.get(i)?.as_ref()
+    }
+}
+
+/// The format of a log written as lines.
+fn line_format(log: &proto::AccessLog) -> Result<Format, String> {
+    match &log.format {
+        Some(proto::access_log::Format::Text(text)) => Format::text(text),
+        Some(proto::access_log::Format::Json(json)) => {
+            Format::json(json.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        }
+        None => return Err("format: must be set".to_owned()),
+    }
+    .map(|f| f.omit_empty_values(log.omit_empty_values))
+    .map_err(|e| format!("format: {e}"))
+}
+
+/// Where a log written as lines goes: a collector, the process log, standard output or a file.
+fn line_output(log: &proto::AccessLog) -> Result<Output, String> {
+    match (&log.otel, &log.format) {
+        (Some(sink), Some(proto::access_log::Format::Text(text))) => {
+            otel::OtelSink::compile(sink, text).map(Output::Otel)
+        }
+        (Some(_), _) => Err("otel: the body must be a text format".to_owned()),
+        (None, _) => output(&log.path),
+    }
+}
+
+fn compile_filter(expression: &str, context: &str) -> Result<Option<Filter>, ConfigError> {
+    match expression {
+        "" => Ok(None),
+        expression => Filter::compile(expression)
+            .map(Some)
+            .map_err(|e| invalid(context, format!("filter: {e}"))),
+    }
+}
+
+/// The request headers two sets of filters read.
+fn merge_reads(reads: Option<HeaderReads>, more: &HeaderReads) -> HeaderReads {
+    match (reads, more) {
+        (None, more) => more.clone(),
+        (Some(HeaderReads::Named(mut names)), HeaderReads::Named(more)) => {
+            names.extend(more.iter().cloned());
+            HeaderReads::Named(names)
+        }
+        _ => HeaderReads::All,
     }
 }
 
@@ -287,6 +367,8 @@ pub(crate) trait LogContext {
     fn start_time(&self) -> SystemTime;
     /// The trace and span ids of the waypoint's span of the entry, if tracing gave it one.
     fn span(&self) -> Option<(TraceId, SpanId)>;
+    /// Hands the entry to a gRPC access-log service provider.
+    fn submit_to(&self, sink: &grpc::GrpcSink);
 }
 
 /// What a request's record keeps of its headers for its access logs.
@@ -294,6 +376,7 @@ pub(crate) trait LogContext {
 pub struct Captured {
     request: Vec<Option<HeaderValue>>,
     response: Vec<Option<HeaderValue>>,
+    trailers: Vec<Option<HeaderValue>>,
     request_headers: Option<Box<HeaderMap>>,
 }
 
@@ -421,6 +504,10 @@ impl LogContext for RequestEntry<'_> {
         let context = &self.record.span.as_ref()?.context;
         Some((context.trace_id, context.span_id))
     }
+
+    fn submit_to(&self, sink: &grpc::GrpcSink) {
+        sink.submit_request(self);
+    }
 }
 
 /// Envoy's attributes (its `request`, `response`, `source`, `destination`, `connection` and
@@ -517,6 +604,10 @@ impl LogContext for ConnectionEntry<'_> {
     fn span(&self) -> Option<(TraceId, SpanId)> {
         None
     }
+
+    fn submit_to(&self, sink: &grpc::GrpcSink) {
+        sink.submit_connection(self);
+    }
 }
 
 impl Attributes for ConnectionEntry<'_> {
@@ -536,6 +627,7 @@ impl Attributes for ConnectionEntry<'_> {
     }
 }
 
+pub mod grpc;
 pub mod otel;
 #[cfg(test)]
 mod tests;

@@ -161,6 +161,8 @@ impl Waypoint {
             &mut registry,
             Arc::clone(&options.certificates),
         );
+        access_log::grpc::stream::set_node_id(options.node_id.clone());
+        access_log::grpc::stream::register(&mut registry);
         let spans = telemetry::SpanExporter::new(options.node_id, &mut registry);
         // Spans queue until a runtime sends them; the waypoint is built on one in practice.
         let access_log_records = access_log::otel::exporter();

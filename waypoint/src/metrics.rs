@@ -473,6 +473,13 @@ impl RequestRecord {
         }
     }
 
+    /// Keeps what the access logs read of the response's `trailers`.
+    pub fn capture_response_trailers(&mut self, trailers: &http::HeaderMap) {
+        if let Some((logs, captured)) = &mut self.access_logs {
+            logs.capture_trailers(captured, trailers);
+        }
+    }
+
     /// When the request began, on the wall clock.
     pub(crate) fn start_time(&self) -> SystemTime {
         self.start_time

@@ -24,6 +24,7 @@ use weft_hbone::{
 use weft_identity::{CertificateAuthority, CertificateSource, SpiffeId};
 use weft_proxy_core::certificates::{CertificateManager, LocalCa};
 
+pub mod als;
 mod jwt;
 pub mod otlp_logs;
 pub use jwt::TestIssuer;

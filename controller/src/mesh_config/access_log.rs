@@ -12,6 +12,7 @@ use serde::Deserialize;
 use weft_access_log::{DEFAULT_JSON_LABELS, DEFAULT_TEXT_FORMAT, Format};
 
 use super::MeshConfigError;
+use super::grpc_als::{EnvoyGrpcAls, GrpcAls, GrpcAlsProvider};
 use super::otel_als::{EnvoyOtelAls, OtelAlsProvider};
 use super::trace::section;
 
@@ -84,35 +85,9 @@ pub struct AccessLogProvider {
     pub file: Option<FileProvider>,
     /// Its `envoyOtelAls`: records exported to an OpenTelemetry collector.
     pub otel: Option<OtelAlsProvider>,
-    /// Its `envoyHttpAls` or `envoyTcpAls`: Envoy's gRPC access-log service, accepted but not
-    /// applied (Weft sends no record to it). Selected, it still takes the place of the mesh's
-    /// `accessLogFile`, as istiod builds an access log for it.
-    pub grpc_als: Option<GrpcAls>,
-    /// The gRPC access-log service's `service`, looked up as a collector's is: a provider
-    /// whose service the registry does not have is skipped, as istiod's
-    /// `httpGrpcAccessLogFromTelemetry` returns no log for it.
-    pub grpc_als_service: String,
-}
-
-/// Why an `envoyHttpAls` or `envoyTcpAls` provider is accepted but not applied (the reason of
-/// its warning, and of its row in ARCHITECTURE.md's table).
-pub const GRPC_ALS_NOT_APPLIED: &str = "no record is sent to a gRPC access-log service: a Telemetry selecting the provider writes nothing (and, as in Istio, the mesh's accessLogFile is not written in its place)";
-
-/// The kind of a gRPC access-log service provider, by its field in the mesh config.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GrpcAls {
-    Http,
-    Tcp,
-}
-
-impl GrpcAls {
-    /// The provider's field in `extensionProviders[]`.
-    pub fn field(self) -> &'static str {
-        match self {
-            GrpcAls::Http => "envoyHttpAls",
-            GrpcAls::Tcp => "envoyTcpAls",
-        }
-    }
+    /// Its `envoyHttpAls` or `envoyTcpAls`: entries streamed to Envoy's gRPC access-log
+    /// service.
+    pub grpc_als: Option<GrpcAlsProvider>,
 }
 
 impl AccessLogProvider {
@@ -187,7 +162,6 @@ fn builtin(format: LogFormat) -> AccessLogProvider {
         }),
         otel: None,
         grpc_als: None,
-        grpc_als_service: String::new(),
     }
 }
 
@@ -203,9 +177,8 @@ struct ExtensionProvider {
     name: String,
     envoy_file_access_log: Option<EnvoyFileAccessLog>,
     envoy_otel_als: Option<EnvoyOtelAls>,
-    /// Read only for its presence: not applied.
-    envoy_http_als: Option<serde_yaml::Value>,
-    envoy_tcp_als: Option<serde_yaml::Value>,
+    envoy_http_als: Option<EnvoyGrpcAls>,
+    envoy_tcp_als: Option<EnvoyGrpcAls>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -268,7 +241,7 @@ pub(super) fn parse(
     let declared: Vec<ExtensionProvider> =
         section(mesh.get("extensionProviders"), "extensionProviders", field)?;
     let mut providers = Vec::new();
-    let mut not_applied = Vec::new();
+    let not_applied = Vec::new();
     for (i, provider) in declared.into_iter().enumerate() {
         let path = format!("extensionProviders[{i}].envoyFileAccessLog");
         let file = match provider.envoy_file_access_log {
@@ -326,31 +299,24 @@ pub(super) fn parse(
             .envoy_otel_als
             .map(|otel| otel.resolve(&format!("extensionProviders[{i}].envoyOtelAls"), field))
             .transpose()?;
-        let (grpc_als, grpc_als_value) = match (provider.envoy_http_als, provider.envoy_tcp_als) {
-            (Some(value), _) => (Some(GrpcAls::Http), Some(value)),
-            (None, Some(value)) => (Some(GrpcAls::Tcp), Some(value)),
-            (None, None) => (None, None),
-        };
-        let grpc_als_service = grpc_als_value
-            .as_ref()
-            .and_then(|v| v.get("service"))
-            .and_then(serde_yaml::Value::as_str)
-            .unwrap_or_default()
-            .to_owned();
-        if let Some(kind) = grpc_als {
-            not_applied.push(format!(
-                "extensionProviders[{i}].{} (provider {:?}): {}: {GRPC_ALS_NOT_APPLIED}",
-                kind.field(),
-                provider.name,
-                crate::validation::NOT_APPLIED,
-            ));
+        let grpc_als = match (provider.envoy_http_als, provider.envoy_tcp_als) {
+            (Some(als), _) => Some((GrpcAls::Http, als)),
+            (None, Some(als)) => Some((GrpcAls::Tcp, als)),
+            (None, None) => None,
         }
+        .map(|(kind, als)| {
+            als.resolve(
+                kind,
+                &format!("extensionProviders[{i}].{}", kind.field()),
+                field,
+            )
+        })
+        .transpose()?;
         providers.push(AccessLogProvider {
             name: provider.name,
             file,
             otel,
             grpc_als,
-            grpc_als_service,
         });
     }
     // A declared `envoy` replaces the built-in one, as istiod merges the mesh config.

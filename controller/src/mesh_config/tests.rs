@@ -374,34 +374,86 @@ fn access_log_formats_envoy_refuses_are_refused_naming_the_field() {
 }
 
 /// Istio's gRPC access-log service providers are read as such (istiod builds an access log
-/// for them in `telemetryAccessLog`) and reported as accepted but not applied, each naming its
-/// field and provider; the other providers are not reported.
+/// for them in `telemetryAccessLog`) with istiod's defaults (`http_envoy_accesslog`,
+/// `tcp_envoy_accesslog`) and the headers to log, lowercase as Envoy looks them up; they are
+/// applied, so nothing is reported as not applied.
 #[test]
-fn grpc_access_log_service_providers_are_read_and_reported_as_not_applied() {
+fn grpc_access_log_service_providers_are_read_and_applied() {
     let mesh = parse(
         "mesh",
-        "extensionProviders: [{name: file, envoyFileAccessLog: {}}, {name: als, envoyHttpAls: {service: als.example.com, port: 9000}}, {name: zipkin, zipkin: {service: z.example.com, port: 9411}}, {name: tcp-als, envoyTcpAls: {service: als.example.com, port: 9000}}]",
+        "extensionProviders: [{name: file, envoyFileAccessLog: {}}, {name: als, envoyHttpAls: {service: als.example.com, port: 9000, additionalRequestHeadersToLog: [X-Tenant], additionalResponseHeadersToLog: [x-cache], additionalResponseTrailersToLog: [grpc-message]}}, {name: zipkin, zipkin: {service: z.example.com, port: 9411}}, {name: tcp-als, envoyTcpAls: {service: ns/als.example.com, port: 9001, logName: conns}}]",
     )
     .unwrap();
     let logging = &mesh.access_logging;
-    let kind = |name: &str| logging.provider_named(name).unwrap().grpc_als;
-    assert_eq!(kind("als"), Some(GrpcAls::Http));
-    assert_eq!(kind("tcp-als"), Some(GrpcAls::Tcp));
-    assert_eq!(kind("file"), None);
+    let als = |name: &str| logging.provider_named(name).unwrap().grpc_als.clone();
+    let http = als("als").unwrap();
+    assert_eq!(http.kind, GrpcAls::Http);
+    assert_eq!(
+        (http.service.as_str(), http.port),
+        ("als.example.com", 9000)
+    );
+    assert_eq!(http.log_name, "http_envoy_accesslog");
+    assert_eq!(http.request_headers, ["x-tenant"]);
+    assert_eq!(http.response_headers, ["x-cache"]);
+    assert_eq!(http.response_trailers, ["grpc-message"]);
+    assert_eq!(http.field, "extensionProviders[1].envoyHttpAls");
+    let tcp = als("tcp-als").unwrap();
+    assert_eq!(tcp.kind, GrpcAls::Tcp);
+    assert_eq!(
+        (tcp.service.as_str(), tcp.port),
+        ("ns/als.example.com", 9001)
+    );
+    assert_eq!(tcp.log_name, "conns");
+    assert_eq!(als("file"), None);
     let writes = |name: &str| logging.provider_named(name).unwrap().writes_access_log();
     assert!(writes("als") && writes("tcp-als") && writes("file"));
     assert!(!writes("zipkin"));
+    assert!(mesh.not_applied().is_empty(), "{:?}", mesh.not_applied());
+    let tcp_default = parse(
+        "mesh",
+        "extensionProviders: [{name: t, envoyTcpAls: {service: als.example.com, port: 9000}}]",
+    )
+    .unwrap();
     assert_eq!(
-        mesh.not_applied(),
-        [
-            format!(
-                "extensionProviders[1].envoyHttpAls (provider \"als\"): accepted but not applied by Weft: {GRPC_ALS_NOT_APPLIED}"
-            ),
-            format!(
-                "extensionProviders[3].envoyTcpAls (provider \"tcp-als\"): accepted but not applied by Weft: {GRPC_ALS_NOT_APPLIED}"
-            ),
-        ]
+        tcp_default.access_logging.providers[0]
+            .grpc_als
+            .as_ref()
+            .unwrap()
+            .log_name,
+        "tcp_envoy_accesslog"
     );
+}
+
+/// Istio's `ValidateExtensionProviderEnvoyHttpAls` and `...TcpAls`: a service and a port, or
+/// the document is refused naming the field.
+#[test]
+fn a_bad_grpc_access_log_service_provider_refuses_the_mesh_config() {
+    for (provider, field) in [
+        (
+            "envoyHttpAls: {port: 9000}",
+            "extensionProviders[0].envoyHttpAls.service",
+        ),
+        (
+            "envoyTcpAls: {service: als.example.com}",
+            "extensionProviders[0].envoyTcpAls.port",
+        ),
+        (
+            "envoyHttpAls: {service: 'ns/', port: 9000}",
+            "extensionProviders[0].envoyHttpAls.service",
+        ),
+    ] {
+        let document = format!("extensionProviders: [{{name: als, {provider}}}]");
+        match parse("mesh", &document) {
+            Err(MeshConfigError::Field { field: named, .. }) => {
+                assert_eq!(named, field, "{provider}")
+            }
+            other => panic!("{provider} was not refused: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_mesh_config_without_providers_reports_nothing_not_applied() {
     assert!(
         parse("mesh", "accessLogFile: /dev/stdout")
             .unwrap()

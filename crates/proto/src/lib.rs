@@ -13,7 +13,7 @@
 //! Modules follow the protobuf packages, with three shorter names: [`istio::ca`] for
 //! `istio.v1.auth`, [`waypoint`] for `weft.waypoint.v1` and [`cri`] for `runtime.v1`.
 
-/// Envoy's xDS API, reduced to what the delta ADS stream uses.
+/// Envoy's xDS API, reduced to what the delta ADS stream and the gRPC access-log service use.
 pub mod envoy {
     /// `envoy.config.*`
     pub mod config {
@@ -23,6 +23,19 @@ pub mod envoy {
             #[allow(clippy::all, clippy::pedantic, rustdoc::all)]
             pub mod v3 {
                 include!(concat!(env!("OUT_DIR"), "/envoy.config.core.v3.rs"));
+            }
+        }
+    }
+
+    /// `envoy.data.*`
+    pub mod data {
+        /// `envoy.data.accesslog.*`
+        pub mod accesslog {
+            /// `envoy.data.accesslog.v3`: the HTTP and TCP entries sent to a gRPC access-log
+            /// service.
+            #[allow(clippy::all, clippy::pedantic, rustdoc::all)]
+            pub mod v3 {
+                include!(concat!(env!("OUT_DIR"), "/envoy.data.accesslog.v3.rs"));
             }
         }
     }
@@ -48,6 +61,15 @@ pub mod envoy {
 
     /// `envoy.service.*`
     pub mod service {
+        /// `envoy.service.accesslog.*`
+        pub mod accesslog {
+            /// `envoy.service.accesslog.v3`: the `AccessLogService` stream client and server.
+            #[allow(clippy::all, clippy::pedantic, rustdoc::all)]
+            pub mod v3 {
+                include!(concat!(env!("OUT_DIR"), "/envoy.service.accesslog.v3.rs"));
+            }
+        }
+
         /// `envoy.service.discovery.*`
         pub mod discovery {
             /// `envoy.service.discovery.v3`: delta discovery messages and the

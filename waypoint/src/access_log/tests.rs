@@ -19,6 +19,7 @@ fn json_file_log(path: &str, labels: &[(&str, &str)], filter: &str) -> proto::Ac
         filter: filter.to_owned(),
         otel: None,
         omit_empty_values: false,
+        grpc: None,
     }
 }
 
@@ -30,6 +31,7 @@ fn text_file_log(path: &std::path::Path, format: &str) -> proto::AccessLog {
         filter: String::new(),
         otel: None,
         omit_empty_values: false,
+        grpc: None,
     }
 }
 

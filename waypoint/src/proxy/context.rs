@@ -224,9 +224,11 @@ impl Body for RecordedBody {
                     record.bytes_sent += data.len() as u64;
                 }
                 if let (Some(trailers), Some(record)) = (frame.trailers_ref(), self.record.as_mut())
-                    && let Some(status) = trailers.get(&GRPC_STATUS).and_then(|v| v.to_str().ok())
                 {
-                    record.grpc_status = Some(status.to_owned());
+                    record.capture_response_trailers(trailers);
+                    if let Some(status) = trailers.get(&GRPC_STATUS).and_then(|v| v.to_str().ok()) {
+                        record.grpc_status = Some(status.to_owned());
+                    }
                 }
             }
             Poll::Ready(Some(Err(error))) => {

@@ -4,6 +4,8 @@
 
 mod harness;
 
+mod access_log;
+
 mod certificate;
 mod configuration;
 mod drain;

@@ -420,6 +420,7 @@ fn canonical_service(pod: &Pod) -> String {
 
 mod access_log;
 mod collector;
+mod grpc_als;
 mod metrics;
 mod otel_als;
 

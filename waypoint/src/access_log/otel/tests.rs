@@ -88,6 +88,7 @@ fn otel_log(collector: &str, text: &str, filter: &str) -> proto::AccessLog {
             .collect(),
         }),
         omit_empty_values: false,
+        grpc: None,
     }
 }
 

@@ -3,10 +3,9 @@
 //! (istio/istio `pilot/pkg/model/telemetry.go`), resolved against the mesh's providers
 //! (`Telemetries.AccessLogging`), with the mesh's `accessLogFile` when nothing selects a
 //! provider that writes an access log (`pilot/pkg/networking/core/accesslog.go`: "fall back
-//! to legacy mesh config setting"). A selected gRPC access-log service provider
-//! (`envoyHttpAls`, `envoyTcpAls`) counts as one, as in istiod, but writes nothing here: it is
-//! accepted but not applied. A selected `envoyOtelAls` provider whose collector's service is
-//! not in the registry is dropped as istiod drops it ([`super::collector`]).
+//! to legacy mesh config setting"). A selected `envoyOtelAls`, `envoyHttpAls` or `envoyTcpAls`
+//! provider whose collector's service is not in the registry is dropped as istiod drops it
+//! ([`super::collector`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -67,12 +66,10 @@ pub(super) fn access_logs(
         .filter_map(|(name, spec)| Some((mesh.provider_named(name)?, spec)))
         .filter(|(provider, _)| provider.writes_access_log())
         .filter_map(|(provider, spec)| {
-            if provider.grpc_als.is_some() {
-                collector(&provider.grpc_als_service, 0)?;
-            }
-            let endpoints = match &provider.otel {
-                Some(otel) => Some(collector(&otel.service, otel.port)?),
-                None => None,
+            let endpoints = match (&provider.otel, &provider.grpc_als) {
+                (Some(otel), _) => Some(collector(&otel.service, otel.port)?),
+                (None, Some(als)) => Some(collector(&als.service, als.port)?),
+                (None, None) => None,
             };
             Some((provider, spec, endpoints))
         })
@@ -85,13 +82,24 @@ pub(super) fn access_logs(
         .into_iter()
         .filter(|(_, spec, _)| !spec.disabled)
         .filter_map(|(provider, spec, collector)| {
-            if let (Some(otel), Some(collector)) = (&provider.otel, collector) {
-                return Some(super::otel_als::access_log(
-                    provider,
-                    otel,
-                    spec.filter.clone(),
-                    collector,
-                ));
+            match (&provider.otel, &provider.grpc_als, collector) {
+                (Some(otel), _, Some(collector)) => {
+                    return Some(super::otel_als::access_log(
+                        provider,
+                        otel,
+                        spec.filter.clone(),
+                        collector,
+                    ));
+                }
+                (None, Some(als), Some(collector)) => {
+                    return Some(super::grpc_als::access_log(
+                        provider,
+                        als,
+                        spec.filter.clone(),
+                        collector,
+                    ));
+                }
+                _ => {}
             }
             let file = provider.file.as_ref()?;
             Some(access_log(
@@ -124,6 +132,7 @@ fn access_log(
         }),
         filter: filter.unwrap_or_default(),
         otel: None,
+        grpc: None,
         omit_empty_values,
     }
 }

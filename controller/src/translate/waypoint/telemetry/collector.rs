@@ -97,13 +97,15 @@ pub fn collector_warnings(index: &ConfigIndex, settings: &MeshSettings) -> Vec<S
         }
     }
     for provider in settings.mesh.access_logging().providers {
-        let Some(otel) = &provider.otel else {
-            continue;
+        let declared = match (&provider.otel, &provider.grpc_als) {
+            (Some(otel), _) => (&otel.field, &otel.service),
+            (None, Some(als)) => (&als.field, &als.service),
+            (None, None) => continue,
         };
-        if let Some(error) = missing(&otel.service) {
+        if let Some(error) = missing(declared.1) {
             warnings.push(format!(
                 "{} (provider {:?}): {error}: proxies selecting it write no access log for it (the mesh's accessLogFile applies where no other provider is left) until it exists",
-                otel.field, provider.name
+                declared.0, provider.name
             ));
         }
     }

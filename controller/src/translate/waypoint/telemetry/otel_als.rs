@@ -27,6 +27,7 @@ pub(super) fn access_log(
         // Istio's OpenTelemetry provider has no `omitEmptyValues` (istiod's
         // `openTelemetryLog` sets none).
         omit_empty_values: false,
+        grpc: None,
     }
 }
 

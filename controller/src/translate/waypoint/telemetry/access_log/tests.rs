@@ -207,8 +207,8 @@ fn disabled_unknown_and_other_side_entries() {
 /// `setHTTPAccessLog` (`pilot/pkg/networking/core/accesslog.go`) falls back to the mesh's
 /// `accessLogFile`: a Telemetry (or default provider) naming only such providers leaves the
 /// mesh's line written. A provider that does log, selected with them, is written alone; one
-/// selected and disabled keeps the file off; a gRPC access-log service provider counts as a
-/// log (istiod builds one), though Weft sends it nothing.
+/// selected and disabled keeps the file off; a gRPC access-log service provider is a log
+/// (istiod builds one), streamed to its service.
 #[test]
 fn selecting_only_providers_that_write_no_access_log_falls_back_to_the_access_log_file() {
     let mesh = format!(
@@ -269,7 +269,10 @@ fn selecting_only_providers_that_write_no_access_log_falls_back_to_the_access_lo
         "{accessLogging: [{providers: [{name: zipkin}, {name: text-file}], disabled: true}]}",
     );
     assert_eq!(applied(&mesh, &[text_file_off]), (true, vec![]));
-    assert_eq!(applied(&mesh, &[naming("{name: als}")]), (true, vec![]));
+    assert_eq!(
+        applied(&mesh, &[naming("{name: als}")]),
+        (false, vec![log("als", "", "none", "")])
+    );
     // Without an `accessLogFile` there is nothing to fall back to.
     assert_eq!(
         applied(PROVIDERS, &[naming("{name: otel}")]),

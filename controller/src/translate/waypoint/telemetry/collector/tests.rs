@@ -144,10 +144,9 @@ fn a_missing_collector_is_a_warning_naming_the_provider_and_its_service() {
     assert_eq!(collector_warnings(&found, &settings), Vec::<String>::new());
 }
 
-/// A gRPC access-log service provider (accepted, not applied: it writes nothing) whose service
-/// is not in the registry is dropped as istiod's `httpGrpcAccessLogFromTelemetry` drops it, so
-/// the mesh's `accessLogFile` is written in its place; found, it keeps the file off, as in
-/// Istio.
+/// A gRPC access-log service provider whose service is not in the registry is dropped as
+/// istiod's `httpGrpcAccessLogFromTelemetry` drops it, so the mesh's `accessLogFile` is
+/// written in its place; found, it is the log, streamed to its service, in place of the file.
 #[test]
 fn a_grpc_access_log_service_without_its_service_leaves_the_mesh_file() {
     let applied = |service: &str| {
@@ -164,5 +163,29 @@ fn a_grpc_access_log_service_without_its_service_leaves_the_mesh_file() {
         applied("als.missing.example"),
         (false, vec!["/tmp/mesh.log".to_owned()])
     );
-    assert_eq!(applied("als.example.com"), (true, vec![]));
+    assert_eq!(applied("als.example.com"), (false, vec![String::new()]));
+}
+
+/// A gRPC access-log service provider whose service is missing is warned of as an
+/// OpenTelemetry one is, naming its field, the provider and the service; none once it exists.
+#[test]
+fn a_missing_access_log_service_is_a_warning_naming_the_provider() {
+    let mesh_config = format!(
+        "extensionProviders: [{{name: file, envoyFileAccessLog: {{}}}}, {{name: als, envoyTcpAls: {{service: {SERVICE}, port: 4317}}}}]"
+    );
+    let settings = MeshSettings {
+        mesh: Arc::new(MeshConfigWatch::fixed(parse("mesh", &mesh_config).unwrap())),
+        ..Default::default()
+    };
+    let warnings = collector_warnings(&validated(MESH), &settings);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with(&format!(
+            "extensionProviders[1].envoyTcpAls (provider \"als\"): service \"{SERVICE}\" is not in the service registry"
+        )),
+        "{}",
+        warnings[0]
+    );
+    let found = validated(&format!("{MESH}{OTEL_COLLECTOR}"));
+    assert_eq!(collector_warnings(&found, &settings), Vec::<String>::new());
 }
