@@ -32,10 +32,21 @@ pub(crate) const PROTOCOL: &str = "v4.channel.k8s.io";
 
 /// The namespace and pod of a port-forward path.
 pub(crate) fn target(path: &str) -> Option<(String, String)> {
-    match path.trim_matches('/').split('/').collect::<Vec<_>>().as_slice() {
-        ["api", "v1", "namespaces", namespace, "pods", pod, "portforward"] => {
-            Some(((*namespace).to_owned(), (*pod).to_owned()))
-        }
+    match path
+        .trim_matches('/')
+        .split('/')
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        [
+            "api",
+            "v1",
+            "namespaces",
+            namespace,
+            "pods",
+            pod,
+            "portforward",
+        ] => Some(((*namespace).to_owned(), (*pod).to_owned())),
         _ => None,
     }
 }
@@ -134,9 +145,7 @@ pub(crate) fn serve(
             Err(error) => tracing::debug!(%error, "port-forward upgrade failed"),
         }
     });
-    let mut response = Response::new(http_body_util::BodyExt::boxed(
-        http_body_util::Empty::new(),
-    ));
+    let mut response = Response::new(http_body_util::BodyExt::boxed(http_body_util::Empty::new()));
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
     headers.insert(
@@ -172,11 +181,8 @@ fn frame(channel: u8, payload: &[u8]) -> Message {
 
 /// Carries bytes between the WebSocket and each port's TCP connection until every port's
 /// connection has ended or the client goes away.
-async fn forward<S>(
-    socket: WebSocketStream<S>,
-    pod: &str,
-    targets: Vec<(u16, Option<SocketAddr>)>,
-) where
+async fn forward<S>(socket: WebSocketStream<S>, pod: &str, targets: Vec<(u16, Option<SocketAddr>)>)
+where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let (mut sink, mut stream) = socket.split();
@@ -198,7 +204,9 @@ async fn forward<S>(
             Some(address) => TcpStream::connect(address)
                 .await
                 .map_err(|e| format!("dial tcp4 {address}: {e}")),
-            None => Err(format!("dial tcp4 127.0.0.1:{port}: connect: connection refused")),
+            None => Err(format!(
+                "dial tcp4 127.0.0.1:{port}: connect: connection refused"
+            )),
         };
         match connected {
             Ok(connection) => {

@@ -229,7 +229,10 @@ async fn port_forward_carries_bytes_to_the_registered_address_and_reports_refusa
 
     let mut forwarder = pods.portforward("echo", &[8080]).await.unwrap();
     let mut stream = forwarder.take_stream(8080).unwrap();
-    stream.write_all(b"ping through the API server").await.unwrap();
+    stream
+        .write_all(b"ping through the API server")
+        .await
+        .unwrap();
     let mut answer = Vec::new();
     stream.read_to_end(&mut answer).await.unwrap();
     assert_eq!(answer, b"ping through the API server");
