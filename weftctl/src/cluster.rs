@@ -225,6 +225,16 @@ impl Cluster {
     pub fn forward(&self, pod: &str, port: u16, local: SocketAddr) -> anyhow::Result<SocketAddr> {
         let listener = std::net::TcpListener::bind(local)
             .with_context(|| format!("listening on {local} for the port-forward"))?;
+        self.forward_from(listener, pod, port)
+    }
+
+    /// As [`Cluster::forward`], from a bound listener.
+    pub fn forward_from(
+        &self,
+        listener: std::net::TcpListener,
+        pod: &str,
+        port: u16,
+    ) -> anyhow::Result<SocketAddr> {
         let bound = listener.local_addr()?;
         listener.set_nonblocking(true)?;
         let pods = self.pods();

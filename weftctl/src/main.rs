@@ -13,7 +13,8 @@ use clap::{Parser, Subcommand};
 use weftctl::output::Format;
 use weftctl::{analyze, cluster, dashboard, mesh, node_config, precheck, status, waypoint};
 
-/// The mesh's command line (istioctl's verbs).
+/// The mesh's command line (istioctl's verbs), against a local mesh (--demo, --mesh-dir), given
+/// addresses, or a cluster (its kubeconfig: pods found and port-forwarded through the API server).
 #[derive(Debug, Parser)]
 #[command(name = "weftctl", version, about, long_about = None)]
 struct Cli {
@@ -105,9 +106,13 @@ enum Command {
         /// Hand the page to the desktop's browser (xdg-open).
         #[arg(long)]
         open: bool,
-        /// Cluster mode: the local port forwarded to the console (0: any free port).
+        /// Cluster mode: the local port forwarded to the console [default: the console's
+        /// port, else any free port] (0: any free port).
+        #[arg(short, long)]
+        port: Option<u16>,
+        /// Cluster mode: the controller's console port (its --console-address).
         #[arg(long, default_value_t = cluster::CONSOLE_PORT)]
-        port: u16,
+        ui_port: u16,
         /// Cluster mode: the local address the forward listens on.
         #[arg(long, default_value = "localhost")]
         address: String,
@@ -268,17 +273,16 @@ fn run(mut cli: Cli) -> anyhow::Result<u8> {
             ref console,
             open,
             port,
+            ui_port,
             ref address,
         } => {
             if let Some(cluster) = &cluster {
-                return dashboard_forward(
-                    cluster,
+                let target = ConsoleForward {
                     address,
                     port,
-                    namespace.as_deref(),
-                    open,
-                    format,
-                );
+                    ui_port,
+                };
+                return dashboard_forward(cluster, &target, namespace.as_deref(), open, format);
             }
             let addresses = match local_dir(&cli)? {
                 Some(dir) => dashboard::load(&dir)?,
@@ -336,23 +340,47 @@ fn run(mut cli: Cli) -> anyhow::Result<u8> {
     }
 }
 
-/// `dashboard` on a cluster: forwards `address:port` to the controller's console port, prints
-/// the local address, and keeps forwarding until interrupted.
+/// Where `dashboard` listens on a cluster, and the console port it forwards to.
+struct ConsoleForward<'a> {
+    address: &'a str,
+    port: Option<u16>,
+    ui_port: u16,
+}
+
+/// `dashboard` on a cluster: forwards a local port (`--port`; else the console's own port,
+/// else any free one, as istioctl dashboard) to the controller's console port, prints the local
+/// address, and keeps forwarding until interrupted.
 fn dashboard_forward(
     cluster: &cluster::Cluster,
-    address: &str,
-    port: u16,
+    target: &ConsoleForward,
     namespace: Option<&str>,
     open: bool,
     format: Format,
 ) -> anyhow::Result<u8> {
-    let local = (address, port)
-        .to_socket_addrs()
-        .with_context(|| format!("--address {address} --port {port} is not a local address"))?
-        .next()
-        .with_context(|| format!("{address} resolves to no address"))?;
+    let address = target.address;
+    let preferences = match target.port {
+        Some(port) => vec![port],
+        None => vec![target.ui_port, 0],
+    };
+    let mut listener = None;
+    let mut failure = None;
+    for port in preferences {
+        let local = (address, port)
+            .to_socket_addrs()
+            .with_context(|| format!("--address {address} is not a local address"))?
+            .next()
+            .with_context(|| format!("{address} resolves to no address"))?;
+        match std::net::TcpListener::bind(local) {
+            Ok(bound) => {
+                listener = Some(bound);
+                break;
+            }
+            Err(error) => failure = Some(format!("listening on {local}: {error}")),
+        }
+    }
+    let listener = listener.with_context(|| failure.unwrap_or_default())?;
     let pod = cluster.controller_pod()?;
-    let bound = cluster.forward(&pod.name, cluster::CONSOLE_PORT, local)?;
+    let bound = cluster.forward_from(listener, &pod.name, target.ui_port)?;
     let console = format!("http://{address}:{}/", bound.port());
     let shown = dashboard::Dashboard {
         console,
@@ -364,7 +392,7 @@ fn dashboard_forward(
          with --console-address); Ctrl-C stops.",
         cluster.namespace(),
         pod.name,
-        cluster::CONSOLE_PORT
+        target.ui_port
     );
     cluster.wait_for_interrupt()?;
     Ok(0)
