@@ -174,17 +174,21 @@ impl Cluster {
 
     /// The first running controller pod.
     pub fn controller_pod(&self) -> anyhow::Result<FoundPod> {
-        self.running(CONTROLLER_LABELS, None)?
-            .into_iter()
-            .next()
-            .with_context(|| {
-                format!(
-                    "no controller pod found in namespace {} with labels {CONTROLLER_LABELS}: \
-                     pass -i/--istio-namespace with the namespace the weft chart was installed \
-                     into (or --controller HOST:PORT to reach a controller directly)",
-                    self.namespace
-                )
-            })
+        Ok(self.controller_pods()?.remove(0))
+    }
+
+    /// Every running controller pod (at least one).
+    pub fn controller_pods(&self) -> anyhow::Result<Vec<FoundPod>> {
+        let pods = self.running(CONTROLLER_LABELS, None)?;
+        if !pods.is_empty() {
+            return Ok(pods);
+        }
+        anyhow::bail!(
+            "no controller pod found in namespace {} with labels {CONTROLLER_LABELS}: pass \
+             -i/--istio-namespace with the namespace the weft chart was installed into (or \
+             --controller HOST:PORT to reach a controller directly)",
+            self.namespace
+        )
     }
 
     /// The running node agent of `node` (the only one when `node` is `None`).

@@ -205,6 +205,7 @@ fn run(mut cli: Cli) -> anyhow::Result<u8> {
     let reads_console = matches!(cli.command, Command::Dashboard { console: None, .. });
     // The cluster's forwards run as long as it is kept.
     let mut cluster = None;
+    let mut controller_shown = None;
     if let Some(local) = &local {
         if reads_controller {
             mesh::enter_netns(&local.controller.netns)?;
@@ -227,9 +228,16 @@ fn run(mut cli: Cli) -> anyhow::Result<u8> {
         )?;
         let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
         if reads_controller && cli.controller.is_none() {
-            let pod = connected.controller_pod()?;
-            let local = connected.forward(&pod.name, cluster::MONITORING_PORT, any_port)?;
-            cli.controller = Some(local.to_string());
+            // Every replica: each holds the streams of the proxies connected to it.
+            let mut forwards = Vec::new();
+            let mut names = Vec::new();
+            for pod in connected.controller_pods()? {
+                let local = connected.forward(&pod.name, cluster::MONITORING_PORT, any_port)?;
+                forwards.push(local.to_string());
+                names.push(format!("{}/{}", connected.namespace(), pod.name));
+            }
+            cli.controller = Some(forwards.join(","));
+            controller_shown = Some(names.join(","));
         }
         if let Command::NodeConfig { node, .. } = &cli.command
             && cli.agents.is_empty()
@@ -295,7 +303,10 @@ fn run(mut cli: Cli) -> anyhow::Result<u8> {
             };
             dashboard::run(&addresses, namespace.as_deref(), open, format)
         }
-        Command::Version { short } => status::version(&controller, short, format),
+        Command::Version { short } => {
+            let shown = controller_shown.as_deref().unwrap_or(&controller);
+            status::version(&controller, shown, short, format)
+        }
         Command::Waypoint { command } => match command {
             WaypointCommand::Generate(target) => {
                 print!(

@@ -17,6 +17,8 @@ use weft_fake_apiserver::FakeApiServer;
 
 const NAMESPACE: &str = "istio-system";
 const CONTROLLER_POD: &str = "weft-controller-7d9f";
+/// A second replica, with its own connected proxy.
+const REPLICA_POD: &str = "weft-controller-8e2a";
 
 /// An HTTP/1.1 server answering GETs of `pages` (path, body), 404 otherwise, one request per
 /// connection.
@@ -67,7 +69,7 @@ fn pod(name: &str, component: &str, node: &str) -> serde_json::Value {
     })
 }
 
-fn syncz() -> String {
+fn syncz(replica: bool) -> String {
     let synced = |type_url: &str| TypeSync {
         type_url: type_url.into(),
         sent: Some("7".into()),
@@ -83,12 +85,21 @@ fn syncz() -> String {
         connection: 1,
         types: vec![synced("type.googleapis.com/istio.workload.Address")],
     };
-    serde_json::to_string(&Syncz {
-        controller_version: "9.8.7-forwarded".into(),
-        proxies: vec![
+    let proxies = if replica {
+        vec![proxy(
+            "waypoint~10.0.0.9~shop",
+            "waypoint",
+            "9.8.4-waypoint",
+        )]
+    } else {
+        vec![
             proxy("node-agent~10.0.0.1~node-a", "node-agent", "9.8.6-agent-a"),
             proxy("node-agent~10.0.0.2~node-b", "node-agent", "9.8.5-agent-b"),
-        ],
+        ]
+    };
+    serde_json::to_string(&Syncz {
+        controller_version: "9.8.7-forwarded".into(),
+        proxies,
     })
     .unwrap()
 }
@@ -120,7 +131,11 @@ struct Cluster {
 impl Cluster {
     async fn start(name: &str) -> Self {
         let fake = FakeApiServer::start().await.unwrap();
-        let monitoring = serve(vec![("/debug/syncz", syncz())]).await;
+        let monitoring = serve(vec![("/debug/syncz", syncz(false))]).await;
+        let replica = serve(vec![("/debug/syncz", syncz(true))]).await;
+        fake.create(pod(REPLICA_POD, "weft-controller", "node-b"))
+            .unwrap();
+        fake.forward_pod_port(NAMESPACE, REPLICA_POD, 15014, replica);
         let console = serve(vec![("/", "<title>weft console, forwarded</title>".into())]).await;
         fake.create(pod(CONTROLLER_POD, "weft-controller", "node-a"))
             .unwrap();
@@ -187,7 +202,10 @@ async fn proxy_status_and_version_read_the_controller_through_the_forward() {
     assert!(stdout.contains("node-agent~10.0.0.1~node-a"), "{stdout}");
     assert!(stdout.contains("node-agent~10.0.0.2~node-b"), "{stdout}");
     assert!(stdout.contains("SYNCED"), "{stdout}");
-    assert!(cluster.forwards_of(CONTROLLER_POD) >= 1);
+    // The proxies of every replica, as istioctl asks every istiod.
+    assert!(stdout.contains("waypoint~10.0.0.9~shop"), "{stdout}");
+    assert_eq!(cluster.forwards_of(CONTROLLER_POD), 1);
+    assert_eq!(cluster.forwards_of(REPLICA_POD), 1);
     // The pods were found by the chart's labels in its namespace.
     assert!(cluster.fake.requests().iter().any(|r| {
         r.path == format!("/api/v1/namespaces/{NAMESPACE}/pods")
@@ -197,7 +215,16 @@ async fn proxy_status_and_version_read_the_controller_through_the_forward() {
 
     let (ok, stdout, stderr) = cluster.run(&["version"]).await;
     assert!(ok, "{stderr}");
-    for version in ["9.8.7-forwarded", "9.8.6-agent-a", "9.8.5-agent-b"] {
+    assert!(
+        stdout.contains("istio-system/weft-controller-7d9f,istio-system/weft-controller-8e2a"),
+        "{stdout}"
+    );
+    for version in [
+        "9.8.7-forwarded",
+        "9.8.6-agent-a",
+        "9.8.5-agent-b",
+        "9.8.4-waypoint",
+    ] {
         assert!(stdout.contains(version), "{version} in {stdout}");
     }
 }
