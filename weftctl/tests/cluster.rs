@@ -2,7 +2,8 @@
 //! controller's and the node agents' pods by the chart's labels and forwards their ports (the
 //! WebSocket port-forward) to HTTP servers standing in for the controller's monitoring and
 //! console ports and each agent's admin port. Everything weftctl prints of them crossed the
-//! forward: the servers listen on ports weftctl is never told.
+//! forward: the servers listen on ports weftctl is never told. The agents' admin ports are the
+//! node agent's own endpoints; the controller's answers are its `/debug/syncz` type.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -104,22 +105,55 @@ fn syncz(replica: bool) -> String {
     .unwrap()
 }
 
-fn config_dump(node: &str, workload: &str) -> String {
-    json!({
-        "config": {"node_name": node},
-        "state": {"workloads": [{
-            "namespace": "bookinfo",
-            "name": format!("{workload}-5c7d"),
-            "workload_name": workload,
-            "addresses": ["10.1.0.7"],
-            "node": node,
-            "trust_domain": "cluster.local",
-            "service_account": "bookinfo",
-            "waypoint": null,
-            "tunnel": "HBONE",
-        }]},
-    })
-    .to_string()
+/// A node agent's admin port as the agent serves it (`node_agent::admin::endpoints` on
+/// `weft_proxy_core`'s server), its store holding one workload.
+async fn agent_admin(node: &str, workload: &str) -> SocketAddr {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use node_agent::config::Config;
+    use node_agent::state::WorkloadStore;
+    use weft_proto::istio::workload as proto;
+
+    let settings: BTreeMap<String, String> = [("NODE_NAME".to_owned(), node.to_owned())].into();
+    let config = Config::from_strings(&settings).unwrap();
+    let store = WorkloadStore::new();
+    store.insert_workload(
+        proto::Workload {
+            uid: format!("Kubernetes//Pod/bookinfo/{workload}-5c7d"),
+            name: format!("{workload}-5c7d"),
+            namespace: "bookinfo".into(),
+            workload_name: workload.into(),
+            node: node.into(),
+            addresses: vec![vec![10, 1, 0, 7]],
+            service_account: "bookinfo".into(),
+            tunnel_protocol: proto::TunnelProtocol::Hbone as i32,
+            ..Default::default()
+        }
+        .try_into()
+        .unwrap(),
+    );
+    let (_xds, xds_state) = tokio::sync::watch::channel(weft_xds::ConnectionState::default());
+    let (drain, _watch) = weft_proxy_core::drain::channel();
+    let [dump, _, _] = node_agent::admin::endpoints(
+        config,
+        store,
+        Arc::new(Vec::new),
+        xds_state,
+        Arc::new(prometheus_client::registry::Registry::default()),
+        drain.status(),
+        Arc::new(|| 0),
+    );
+    let server = weft_proxy_core::admin::AdminServer::bind(([127, 0, 0, 1], 0).into(), dump)
+        .await
+        .unwrap();
+    let address = server.address().unwrap();
+    tokio::spawn(async move {
+        // Held for the server's life: a dropped trigger would start the drain.
+        let _drain = drain;
+        server.run().await;
+    });
+    address
 }
 
 /// The fake cluster: a controller pod on node-a, an agent on node-a and on node-b.
@@ -143,7 +177,7 @@ impl Cluster {
         fake.forward_pod_port(NAMESPACE, CONTROLLER_POD, 20001, console);
         for (node, workload) in [("node-a", "productpage-v1"), ("node-b", "reviews-v2")] {
             let agent = format!("weft-node-agent-{node}");
-            let admin = serve(vec![("/config_dump", config_dump(node, workload))]).await;
+            let admin = agent_admin(node, workload).await;
             fake.create(pod(&agent, "weft-node-agent", node)).unwrap();
             fake.forward_pod_port(NAMESPACE, &agent, 15000, admin);
         }
