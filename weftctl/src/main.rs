@@ -1,37 +1,38 @@
 //! `weftctl`: operate a running mesh as `istioctl` does: analyze configuration, see what every
 //! proxy was sent and answered, read a node agent's state, manage waypoints, check a node's
-//! kernel, and report versions.
+//! kernel, and report versions; against a local mesh (`--demo`, `--mesh-dir`), given addresses,
+//! or a cluster (its kubeconfig; pods reached through the API server's port-forward).
 
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use weftctl::output::Format;
-use weftctl::{analyze, dashboard, mesh, node_config, precheck, status, waypoint};
+use weftctl::{analyze, cluster, dashboard, mesh, node_config, precheck, status, waypoint};
 
-/// The mesh's command line (istioctl's verbs).
+/// The mesh's command line (istioctl's verbs), against a local mesh (--demo, --mesh-dir), given
+/// addresses, or a cluster (its kubeconfig: pods found and port-forwarded through the API server).
 #[derive(Debug, Parser)]
 #[command(name = "weftctl", version, about, long_about = None)]
 struct Cli {
     /// Output format.
     #[arg(short, long, global = true, value_enum, default_value = "table")]
     output: Format,
-    /// The controller's monitoring address (its port 15014: /debug/syncz, /version).
-    #[arg(
-        long,
-        global = true,
-        env = "WEFT_CONTROLLER",
-        default_value = "127.0.0.1:15014"
-    )]
-    controller: String,
-    /// Node agents' admin addresses (port 15000, the node's loopback), comma-separated.
+    /// The controller's monitoring address (its port 15014: /debug/syncz, /version)
+    /// [default: a local mesh's, else the cluster's through a port-forward, else
+    /// 127.0.0.1:15014].
+    #[arg(long, global = true, env = "WEFT_CONTROLLER")]
+    controller: Option<String>,
+    /// Node agents' admin addresses (port 15000, the node's loopback), comma-separated
+    /// [default: as --controller, else 127.0.0.1:15000].
     #[arg(
         long = "agent",
         global = true,
         env = "WEFT_AGENT_ADMIN",
-        value_delimiter = ',',
-        default_value = "127.0.0.1:15000"
+        value_delimiter = ','
     )]
     agents: Vec<String>,
     /// A local mesh's directory (its addresses.json names the controller, the agents and the
@@ -41,6 +42,18 @@ struct Cli {
     /// The running demo (`cargo xtask demo`): as --mesh-dir with the demo's directory.
     #[arg(long, global = true)]
     demo: bool,
+    /// Cluster mode: the kubeconfig [default: KUBECONFIG, else ~/.kube/config]. Without
+    /// --demo, --mesh-dir or an address given, a command that reads the controller or an agent
+    /// uses the cluster when a kubeconfig exists: it finds their pods and port-forwards to them
+    /// through the API server, as istioctl does.
+    #[arg(long, global = true)]
+    kubeconfig: Option<PathBuf>,
+    /// The kubeconfig's context [default: its current context].
+    #[arg(long, global = true)]
+    context: Option<String>,
+    /// The namespace the weft chart is installed into (its controller's and node agents' pods).
+    #[arg(short = 'i', long, global = true, default_value = cluster::DEFAULT_NAMESPACE)]
+    istio_namespace: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -79,18 +92,30 @@ enum Command {
         #[arg(long, default_value = "/etc/cni/net.d")]
         cni_dir: PathBuf,
     },
-    /// The service-graph console's address (and Prometheus'); `--open` opens it.
+    /// The service-graph console's address (and Prometheus'); `--open` opens it. On a cluster,
+    /// forwards a local port to the controller's console port and keeps forwarding until
+    /// interrupted (istioctl dashboard kiali).
     Dashboard {
         /// Open the graph of this namespace.
         #[arg(short, long)]
         namespace: Option<String>,
-        /// The console's address when no local mesh is named (the controller's
-        /// --console-address).
-        #[arg(long, env = "WEFT_CONSOLE", default_value = "http://127.0.0.1:20001/")]
-        console: String,
+        /// The console's address [default: a local mesh's, else the cluster's through a
+        /// port-forward, else http://127.0.0.1:20001/] (the controller's --console-address).
+        #[arg(long, env = "WEFT_CONSOLE")]
+        console: Option<String>,
         /// Hand the page to the desktop's browser (xdg-open).
         #[arg(long)]
         open: bool,
+        /// Cluster mode: the local port forwarded to the console [default: the console's
+        /// port, else any free port] (0: any free port).
+        #[arg(short, long)]
+        port: Option<u16>,
+        /// Cluster mode: the controller's console port (its --console-address).
+        #[arg(long, default_value_t = cluster::CONSOLE_PORT)]
+        ui_port: u16,
+        /// Cluster mode: the local address the forward listens on.
+        #[arg(long, default_value = "localhost")]
+        address: String,
     },
     /// Versions of weftctl, the controller and every connected proxy.
     Version {
@@ -176,16 +201,59 @@ fn run(mut cli: Cli) -> anyhow::Result<u8> {
         Command::Waypoint { command } => matches!(command, WaypointCommand::Status { .. }),
         _ => false,
     };
+    let reads_agent = matches!(cli.command, Command::NodeConfig { .. });
+    let reads_console = matches!(cli.command, Command::Dashboard { console: None, .. });
+    // The cluster's forwards run as long as it is kept.
+    let mut cluster = None;
+    let mut controller_shown = None;
     if let Some(local) = &local {
         if reads_controller {
             mesh::enter_netns(&local.controller.netns)?;
-            cli.controller = local.controller.monitoring.clone();
+            cli.controller = Some(local.controller.monitoring.clone());
         }
         if let Command::NodeConfig { node, .. } = &cli.command {
             let agent = local.agent(node.as_deref())?;
             mesh::enter_netns(&agent.netns)?;
             cli.agents = vec![agent.admin.clone()];
         }
+    } else if ((reads_controller && cli.controller.is_none())
+        || (reads_agent && cli.agents.is_empty())
+        || reads_console)
+        && cluster::kubeconfig_path(cli.kubeconfig.as_deref()).is_some()
+    {
+        let connected = cluster::Cluster::connect(
+            cli.kubeconfig.as_deref(),
+            cli.context.as_deref(),
+            &cli.istio_namespace,
+        )?;
+        let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+        if reads_controller && cli.controller.is_none() {
+            // Every replica: each holds the streams of the proxies connected to it.
+            let mut forwards = Vec::new();
+            let mut names = Vec::new();
+            for pod in connected.controller_pods()? {
+                let local = connected.forward(&pod.name, cluster::MONITORING_PORT, any_port)?;
+                forwards.push(local.to_string());
+                names.push(format!("{}/{}", connected.namespace(), pod.name));
+            }
+            cli.controller = Some(forwards.join(","));
+            controller_shown = Some(names.join(","));
+        }
+        if let Command::NodeConfig { node, .. } = &cli.command
+            && cli.agents.is_empty()
+        {
+            let pod = connected.agent_pod(node.as_deref())?;
+            let local = connected.forward(&pod.name, cluster::ADMIN_PORT, any_port)?;
+            cli.agents = vec![local.to_string()];
+        }
+        cluster = Some(connected);
+    }
+    let controller = cli
+        .controller
+        .clone()
+        .unwrap_or_else(|| "127.0.0.1:15014".to_owned());
+    if cli.agents.is_empty() {
+        cli.agents = vec!["127.0.0.1:15000".to_owned()];
     }
     let config_dir =
         |given: Option<PathBuf>| given.or_else(|| local.as_ref().map(|l| l.config_dir.clone()));
@@ -202,7 +270,7 @@ fn run(mut cli: Cli) -> anyhow::Result<u8> {
             analyze::run(&paths, namespace.as_deref(), format)
         }
         Command::ProxyStatus { proxy } => {
-            status::proxy_status(&cli.controller, proxy.as_deref(), format)
+            status::proxy_status(&controller, proxy.as_deref(), format)
         }
         Command::NodeConfig { section, node } => {
             node_config::run(&cli.agents, section, node.as_deref(), format)
@@ -212,17 +280,33 @@ fn run(mut cli: Cli) -> anyhow::Result<u8> {
             ref namespace,
             ref console,
             open,
+            port,
+            ui_port,
+            ref address,
         } => {
+            if let Some(cluster) = &cluster {
+                let target = ConsoleForward {
+                    address,
+                    port,
+                    ui_port,
+                };
+                return dashboard_forward(cluster, &target, namespace.as_deref(), open, format);
+            }
             let addresses = match local_dir(&cli)? {
                 Some(dir) => dashboard::load(&dir)?,
                 None => dashboard::Dashboard {
-                    console: console.clone(),
+                    console: console
+                        .clone()
+                        .unwrap_or_else(|| "http://127.0.0.1:20001/".to_owned()),
                     prometheus: String::new(),
                 },
             };
             dashboard::run(&addresses, namespace.as_deref(), open, format)
         }
-        Command::Version { short } => status::version(&cli.controller, short, format),
+        Command::Version { short } => {
+            let shown = controller_shown.as_deref().unwrap_or(&controller);
+            status::version(&controller, shown, short, format)
+        }
         Command::Waypoint { command } => match command {
             WaypointCommand::Generate(target) => {
                 print!(
@@ -255,7 +339,7 @@ fn run(mut cli: Cli) -> anyhow::Result<u8> {
             } => waypoint::list(
                 &waypoint::require_dir(config_dir(dir))?,
                 namespace.as_deref(),
-                Some(&cli.controller),
+                Some(&controller),
                 format,
             ),
             WaypointCommand::Delete {
@@ -265,6 +349,64 @@ fn run(mut cli: Cli) -> anyhow::Result<u8> {
             } => waypoint::delete(&namespace, &names, &waypoint::require_dir(config_dir(dir))?),
         },
     }
+}
+
+/// Where `dashboard` listens on a cluster, and the console port it forwards to.
+struct ConsoleForward<'a> {
+    address: &'a str,
+    port: Option<u16>,
+    ui_port: u16,
+}
+
+/// `dashboard` on a cluster: forwards a local port (`--port`; else the console's own port,
+/// else any free one, as istioctl dashboard) to the controller's console port, prints the local
+/// address, and keeps forwarding until interrupted.
+fn dashboard_forward(
+    cluster: &cluster::Cluster,
+    target: &ConsoleForward,
+    namespace: Option<&str>,
+    open: bool,
+    format: Format,
+) -> anyhow::Result<u8> {
+    let address = target.address;
+    let preferences = match target.port {
+        Some(port) => vec![port],
+        None => vec![target.ui_port, 0],
+    };
+    let mut listener = None;
+    let mut failure = None;
+    for port in preferences {
+        let local = (address, port)
+            .to_socket_addrs()
+            .with_context(|| format!("--address {address} is not a local address"))?
+            .next()
+            .with_context(|| format!("{address} resolves to no address"))?;
+        match std::net::TcpListener::bind(local) {
+            Ok(bound) => {
+                listener = Some(bound);
+                break;
+            }
+            Err(error) => failure = Some(format!("listening on {local}: {error}")),
+        }
+    }
+    let listener = listener.with_context(|| failure.unwrap_or_default())?;
+    let pod = cluster.controller_pod()?;
+    let bound = cluster.forward_from(listener, &pod.name, target.ui_port)?;
+    let console = format!("http://{address}:{}/", bound.port());
+    let shown = dashboard::Dashboard {
+        console,
+        prometheus: String::new(),
+    };
+    dashboard::run(&shown, namespace, open, format)?;
+    eprintln!(
+        "Forwarding {bound} to pod {}/{} port {} (the controller's console, on when it runs \
+         with --console-address); Ctrl-C stops.",
+        cluster.namespace(),
+        pod.name,
+        target.ui_port
+    );
+    cluster.wait_for_interrupt()?;
+    Ok(0)
 }
 
 fn main() -> ExitCode {

@@ -7,8 +7,34 @@ use serde::Serialize;
 use crate::http;
 use crate::output::{self, Format, Table};
 
-/// The controller's sync view, with a hint on what to do when it cannot be read.
-pub fn syncz(controller: &str) -> anyhow::Result<Syncz> {
+/// The controller's sync view, with a hint on what to do when it cannot be read. `controllers`
+/// is one address or several, comma-separated (a cluster's replicas, each holding the streams
+/// of the proxies connected to it, as istioctl asks every istiod): their proxies are merged.
+pub fn syncz(controllers: &str) -> anyhow::Result<Syncz> {
+    let mut merged: Option<Syncz> = None;
+    for controller in controllers.split(',').filter(|c| !c.is_empty()) {
+        let one = syncz_of(controller)?;
+        merged = Some(match merged {
+            None => one,
+            Some(mut merged) => {
+                if !merged
+                    .controller_version
+                    .split(", ")
+                    .any(|v| v == one.controller_version)
+                {
+                    merged.controller_version =
+                        format!("{}, {}", merged.controller_version, one.controller_version);
+                }
+                merged.proxies.extend(one.proxies);
+                merged
+            }
+        });
+    }
+    merged
+        .ok_or_else(|| anyhow::anyhow!("no controller address given: pass --controller HOST:PORT"))
+}
+
+fn syncz_of(controller: &str) -> anyhow::Result<Syncz> {
     let body = http::get(controller, "/debug/syncz").map_err(|error| {
         anyhow::anyhow!(
             "{error:#}\nThe controller's monitoring port (15014) must be reachable: pass \
@@ -134,7 +160,13 @@ pub struct ProxyVersion {
     pub version: Option<String>,
 }
 
-pub fn version(controller: &str, client_only: bool, format: Format) -> anyhow::Result<u8> {
+/// Versions of weftctl, the controller (shown as `shown_as`) and its proxies.
+pub fn version(
+    controller: &str,
+    shown_as: &str,
+    client_only: bool,
+    format: Format,
+) -> anyhow::Result<u8> {
     let client = env!("CARGO_PKG_VERSION").to_owned();
     let mut versions = Versions {
         client,
@@ -168,7 +200,7 @@ pub fn version(controller: &str, client_only: bool, format: Format) -> anyhow::R
         ]);
         if let Some(controller_version) = &versions.controller {
             table.row(vec![
-                controller.to_owned(),
+                shown_as.to_owned(),
                 "controller".into(),
                 controller_version.clone(),
             ]);

@@ -9,7 +9,9 @@
 //! its CA Secret and root ConfigMap (and the Deployments, Services and ServiceAccounts of
 //! Gateways), merge patches (PATCH) of an object's `status` subresource,
 //! as the controller writes Gateway API route status, and answers TokenReviews for tokens registered with
-//! [`FakeApiServer::add_token`]. Every change takes the next value of one global
+//! [`FakeApiServer::add_token`]. It serves pods' port-forward subresource over a WebSocket
+//! (`v4.channel.k8s.io`, as `kubectl port-forward` uses it) to the TCP addresses registered with
+//! [`FakeApiServer::forward_pod_port`]. Every change takes the next value of one global
 //! resourceVersion counter and is kept in a history that watches replay.
 //! [`FakeApiServer::expire`] makes older versions "too old" (410 Gone, forcing a relist),
 //! [`FakeApiServer::fail_next`] answers the next requests with an error status, and every request
@@ -18,6 +20,7 @@
 //! It knows the mesh's kinds from the controller (their API coordinates) and nothing else of it;
 //! it is a test fixture, never linked into a binary that ships.
 
+mod portforward;
 mod request;
 mod serve;
 #[cfg(test)]
@@ -220,6 +223,8 @@ struct Store {
     log: Vec<LoggedRequest>,
     /// What TokenReview knows, by token.
     tokens: BTreeMap<String, TokenIdentity>,
+    /// Where a pod's port is reached through port-forward, by (namespace, pod, port).
+    pod_ports: BTreeMap<(String, String, u16), SocketAddr>,
 }
 
 /// Who a token belongs to, as TokenReview reports it.
@@ -379,7 +384,8 @@ impl FakeApiServer {
                         async move { Ok::<_, Infallible>(serve::handle(shared, request).await) }
                     });
                     let connection = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service);
+                        .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades();
                     if let Err(error) = connection.await {
                         tracing::debug!(%error, "fake api server connection ended");
                     }
@@ -533,6 +539,16 @@ impl FakeApiServer {
             .map(|(version, _)| version)
     }
 
+    /// Makes port `port` of pod `namespace/pod` reach `target` through the port-forward
+    /// endpoint (the pod itself must be stored, as the API server looks it up first). A port
+    /// forwarded without a registration gets "connection refused" on its error channel.
+    pub fn forward_pod_port(&self, namespace: &str, pod: &str, port: u16, target: SocketAddr) {
+        self.shared
+            .store()
+            .pod_ports
+            .insert((namespace.to_owned(), pod.to_owned(), port), target);
+    }
+
     /// Makes `token` known to TokenReview as `identity`'s.
     pub fn add_token(&self, token: &str, identity: TokenIdentity) {
         self.shared
@@ -543,6 +559,17 @@ impl FakeApiServer {
 }
 
 impl Shared {
+    /// The status of the next injected failure for `path`, if one is pending (and counts it).
+    fn take_failure(&self, path: &str) -> Option<u16> {
+        let mut store = self.store();
+        let failure = store
+            .failures
+            .iter_mut()
+            .find(|f| f.remaining > 0 && path.starts_with(&f.path_prefix))?;
+        failure.remaining -= 1;
+        Some(failure.status)
+    }
+
     fn kind_index(&self, api_version: &str, kind: &str) -> Result<usize, FakeApiError> {
         self.kinds
             .iter()

@@ -1,4 +1,4 @@
-//! Serving: failures injected, writes, status merge patches, TokenReview, gets, paginated lists and watches.
+//! Serving: port-forwards (in [`crate::portforward`]), failures injected, writes, status merge patches, TokenReview, gets, paginated lists and watches.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -26,6 +26,20 @@ pub(crate) async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> R
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let query = parse_query(request.uri().query());
+    if let Some((namespace, pod)) = crate::portforward::target(&path) {
+        let response = if method == Method::GET || method == Method::POST {
+            crate::portforward::serve(&shared, request, &namespace, &pod, query.get("ports"))
+        } else {
+            status_response(405, "MethodNotAllowed", &format!("{method} {path}"))
+        };
+        shared.store().log.push(LoggedRequest {
+            method: method.to_string(),
+            path,
+            query,
+            status: response.status().as_u16(),
+        });
+        return response;
+    }
     let body = http_body_util::Limited::new(request.into_body(), MAX_BODY)
         .collect()
         .await
@@ -50,17 +64,8 @@ fn respond(
     query: &BTreeMap<String, String>,
     body: &[u8],
 ) -> Response<Body> {
-    {
-        let mut store = shared.store();
-        let injected = store
-            .failures
-            .iter_mut()
-            .find(|f| f.remaining > 0 && path.starts_with(&f.path_prefix));
-        if let Some(failure) = injected {
-            failure.remaining -= 1;
-            let status = failure.status;
-            return status_response(status, "InternalError", "injected failure");
-        }
+    if let Some(status) = shared.take_failure(path) {
+        return status_response(status, "InternalError", "injected failure");
     }
     if path == TOKEN_REVIEWS {
         return match *method {

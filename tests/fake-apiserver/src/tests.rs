@@ -204,3 +204,55 @@ async fn streaming_lists_end_with_the_initial_events_bookmark() {
         Some("true")
     );
 }
+
+#[tokio::test]
+async fn port_forward_carries_bytes_to_the_registered_address_and_reports_refusals() {
+    use k8s_openapi::api::core::v1::Pod;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let fake = FakeApiServer::start().await.unwrap();
+    fake.create(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "echo", "namespace": "a"},
+    }))
+    .unwrap();
+    // An echo server standing in for the pod's port 8080.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    fake.forward_pod_port("a", "echo", 8080, listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let (mut connection, _) = listener.accept().await.unwrap();
+        let mut buffer = [0u8; 64];
+        let read = connection.read(&mut buffer).await.unwrap();
+        connection.write_all(&buffer[..read]).await.unwrap();
+    });
+    let pods: ::kube::Api<Pod> = ::kube::Api::namespaced(fake.client().unwrap(), "a");
+
+    let mut forwarder = pods.portforward("echo", &[8080]).await.unwrap();
+    let mut stream = forwarder.take_stream(8080).unwrap();
+    stream
+        .write_all(b"ping through the API server")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    assert_eq!(answer, b"ping through the API server");
+
+    // A port nothing listens on: the refusal comes on the port's error channel.
+    let mut forwarder = pods.portforward("echo", &[9090]).await.unwrap();
+    let error = forwarder.take_error(9090).unwrap().await.unwrap();
+    assert!(
+        error.contains("error forwarding port 9090 to pod a/echo"),
+        "{error}"
+    );
+    // A pod that does not exist, and a refusal (RBAC) are answered before the upgrade.
+    assert!(pods.portforward("gone", &[8080]).await.is_err());
+    fake.fail_next("/api/v1/namespaces/a/pods/echo/portforward", 1, 403);
+    let refused = pods.portforward("echo", &[8080]).await.err().unwrap();
+    assert!(refused.to_string().contains("403"), "{refused}");
+    let upgraded = fake
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/api/v1/namespaces/a/pods/echo/portforward" && r.status == 101)
+        .count();
+    assert_eq!(upgraded, 2);
+}
