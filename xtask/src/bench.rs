@@ -28,7 +28,9 @@ pub fn run(quick: bool, args: &[String]) -> anyhow::Result<()> {
     build_ebpf::run(true)?;
     let root = workspace_root();
     let profile = if quick { "bench-quick" } else { "release" };
-    step(&format!("bench: building the binaries it runs ({profile} profile)"));
+    step(&format!(
+        "bench: building the binaries it runs ({profile} profile)"
+    ));
     let mut build = cargo();
     build.args(["build", "--profile", profile]);
     // The benchmark and what it starts: the proxies, the controller, the sample application
