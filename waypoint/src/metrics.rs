@@ -358,12 +358,9 @@ pub struct RequestRecord {
     pub destination_service: Option<Arc<ServiceName>>,
     pub status: u16,
     pub grpc_status: Option<String>,
-    /// Why the request did not end well; a later reason takes the place of an earlier one.
-    pub response_flags: ResponseFlag,
-    /// The retries ran out on a failure they would have retried (`URX`, beside the flag).
-    pub retry_limit_exceeded: bool,
-    /// A retry was refused by the cluster's `maxRetries` (`UO`, beside the flag).
-    pub retry_overflow: bool,
+    /// Why the request did not end well: every flag set while it was handled, as Envoy's
+    /// stream info keeps them (an injected delay and the timeout that followed: `UT,DI`).
+    pub response_flags: ResponseFlags,
     pub response_code_details: Cow<'static, str>,
     pub upstream_host: Option<SocketAddr>,
     pub upstream_cluster: Option<RecordText>,
@@ -409,11 +406,7 @@ impl RequestRecord {
 
     /// The flags the metrics, the access log and the span say (`%RESPONSE_FLAGS%`).
     pub fn flags(&self) -> ResponseFlags {
-        ResponseFlags {
-            flag: self.response_flags,
-            retry_limit_exceeded: self.retry_limit_exceeded,
-            retry_overflow: self.retry_overflow,
-        }
+        self.response_flags
     }
 
     pub fn new(metrics: Arc<Metrics>) -> Self {
@@ -433,9 +426,7 @@ impl RequestRecord {
             destination_service: None,
             status: 0,
             grpc_status: None,
-            response_flags: ResponseFlag::None,
-            retry_limit_exceeded: false,
-            retry_overflow: false,
+            response_flags: ResponseFlags::NONE,
             response_code_details: Cow::Borrowed("-"),
             upstream_host: None,
             upstream_cluster: None,

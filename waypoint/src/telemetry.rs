@@ -419,7 +419,7 @@ fn span_name(record: &RequestRecord, report: &Report, host: &str, port: u16) -> 
     if let Some(operation) = &record.operation {
         return operation.to_string();
     }
-    if record.response_flags == ResponseFlag::NoRoute && record.upstream_cluster.is_none() {
+    if record.response_flags.contains(ResponseFlag::NoRoute) && record.upstream_cluster.is_none() {
         return match report.kind {
             span::SpanKind::Client => format!("egress {}", record.authority),
             _ => "ingress".to_owned(),

@@ -177,11 +177,7 @@ pub(crate) fn connection_entry(kind: Kind, entry: &ConnectionEntry<'_>) -> Entry
         time_to_last_downstream_tx_byte: Some(duration(entry.end.duration)),
         upstream_remote_address: info.upstream_host.as_deref().and_then(parsed),
         upstream_cluster: info.upstream_cluster.clone().unwrap_or_default(),
-        response_flags: response_flags(ResponseFlags {
-            flag: entry.end.labels.response_flags,
-            retry_limit_exceeded: false,
-            retry_overflow: false,
-        }),
+        response_flags: response_flags(entry.end.labels.response_flags.into()),
         route_name: String::new(),
         connection_termination_details: info.termination_details.clone().unwrap_or_default(),
     };
@@ -283,25 +279,26 @@ fn protocol(protocol: &str) -> data::http_access_log_entry::HttpVersion {
 fn response_flags(flags: ResponseFlags) -> Option<data::ResponseFlags> {
     use ResponseFlag as F;
     let mut out = data::ResponseFlags::default();
-    match flags.flag {
-        F::None | F::Denied => {}
-        F::ConnectFailure | F::UpstreamConnectFailure => out.upstream_connection_failure = true,
-        F::NoRoute => out.no_route_found = true,
-        F::NoCluster => out.no_cluster_found = true,
-        F::DelayInjected => out.delay_injected = true,
-        F::FaultInjected => out.fault_injected = true,
-        F::DownstreamTerminated => out.downstream_connection_termination = true,
-        F::UpstreamTimeout => out.upstream_request_timeout = true,
-        F::NoHealthyUpstream => out.no_healthy_upstream = true,
-        F::UpstreamOverflow => out.upstream_overflow = true,
-        F::UpstreamReset => out.upstream_remote_reset = true,
-        F::UpstreamConnectionTermination => out.upstream_connection_termination = true,
-        F::UpstreamProtocolError => out.upstream_protocol_error = true,
-        F::RateLimited => out.rate_limited = true,
-        F::DnsResolutionFailed => out.dns_resolution_failure = true,
+    for flag in flags.iter() {
+        match flag {
+            F::None | F::Denied => {}
+            F::ConnectFailure | F::UpstreamConnectFailure => out.upstream_connection_failure = true,
+            F::NoRoute => out.no_route_found = true,
+            F::NoCluster => out.no_cluster_found = true,
+            F::DelayInjected => out.delay_injected = true,
+            F::FaultInjected => out.fault_injected = true,
+            F::DownstreamTerminated => out.downstream_connection_termination = true,
+            F::UpstreamTimeout => out.upstream_request_timeout = true,
+            F::NoHealthyUpstream => out.no_healthy_upstream = true,
+            F::UpstreamOverflow => out.upstream_overflow = true,
+            F::UpstreamReset => out.upstream_remote_reset = true,
+            F::UpstreamConnectionTermination => out.upstream_connection_termination = true,
+            F::UpstreamProtocolError => out.upstream_protocol_error = true,
+            F::RateLimited => out.rate_limited = true,
+            F::DnsResolutionFailed => out.dns_resolution_failure = true,
+            F::UpstreamRetryLimitExceeded => out.upstream_retry_limit_exceeded = true,
+        }
     }
-    out.upstream_retry_limit_exceeded = flags.retry_limit_exceeded;
-    out.upstream_overflow |= flags.retry_overflow;
     (out != data::ResponseFlags::default()).then_some(out)
 }
 

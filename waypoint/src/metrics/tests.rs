@@ -28,7 +28,7 @@ fn requests_count_under_their_own_labels_when_label_sets_are_reused() {
     let record = |status: u16, flags: ResponseFlag, at_edge: bool| {
         let mut record = RequestRecord::new(Arc::clone(&metrics));
         record.status = status;
-        record.response_flags = flags;
+        record.response_flags = flags.into();
         record.at_edge = at_edge;
         record.access_log_disabled = true;
         record
@@ -57,7 +57,7 @@ fn access_log_line_follows_istio_default_field_order() {
     record.method = http::Method::GET;
     record.path = "/reviews/1".into();
     record.status = 503;
-    record.response_flags = ResponseFlag::UpstreamOverflow;
+    record.response_flags = ResponseFlag::UpstreamOverflow.into();
     record.response_code_details = "upstream_reset_before_response_started{overflow}".into();
     record.bytes_received = 3;
     record.bytes_sent = 81;

@@ -57,7 +57,7 @@ pub(super) async fn apply_fault(fault: &Fault, record: &mut RequestRecord) -> Op
     if let Some((delay, percent)) = fault.delay
         && percentage_hit(percent, rand::random())
     {
-        record.response_flags = ResponseFlag::DelayInjected;
+        record.response_flags.insert(ResponseFlag::DelayInjected);
         tokio::time::sleep(delay).await;
     }
     let (kind, percent) = fault.abort.as_ref()?;

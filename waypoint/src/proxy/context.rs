@@ -239,7 +239,7 @@ impl Body for RecordedBody {
                         Some(breach) => record.response_code_details = breach.0.details().into(),
                         None => {
                             let (flags, details) = super::reply::late_upstream_reset(&**error);
-                            record.response_flags = flags;
+                            record.response_flags.insert(flags);
                             record.response_code_details = details.into();
                         }
                     }

@@ -25,7 +25,7 @@ use super::context::{GRPC_STATUS, RequestContext};
 use super::forwarded::{X_FORWARDED_FOR, address_value, set_external_address};
 use super::request_limits::{Breach, RequestLimits, ResponseGuard};
 use super::{BoxError, LocalReply, ProxyBody, VIA_UPSTREAM, actions, upgrade};
-use crate::metrics::{RecordText, RequestRecord};
+use crate::metrics::{RecordText, RequestRecord, ResponseFlag};
 use crate::model::{
     Cluster, Endpoint, Headers, LoadBalancer, Mirror, Protocol, RetryPolicy, Route,
     WeightedDestination,
@@ -626,8 +626,10 @@ async fn send_with_retries(
             backoff(policy, attempt).await;
             continue;
         }
-        cx.record.retry_limit_exceeded =
-            retriable && retries_exhausted(policy, attempt, outgoing.replayable());
+        cx.record.response_flags.set(
+            ResponseFlag::UpstreamRetryLimitExceeded,
+            retriable && retries_exhausted(policy, attempt, outgoing.replayable()),
+        );
         return result.map(|mut response| {
             strip_hop_by_hop(response.headers_mut());
             response
@@ -647,7 +649,9 @@ fn admit_retry(
     record: &mut RequestRecord,
 ) -> Option<RetryPermit> {
     let permit = state.retry_permit(cluster);
-    record.retry_overflow |= permit.is_none();
+    record
+        .response_flags
+        .set(ResponseFlag::UpstreamOverflow, permit.is_none());
     permit
 }
 

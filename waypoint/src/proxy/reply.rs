@@ -245,7 +245,7 @@ impl LocalReply {
     pub(crate) fn respond(self, record: &mut RequestRecord) -> Response<ProxyBody> {
         let reply = self.reply();
         if let Some(flags) = reply.response_flags {
-            record.response_flags = flags;
+            record.response_flags.insert(flags);
         }
         if let Some(details) = reply.details {
             record.response_code_details = details;

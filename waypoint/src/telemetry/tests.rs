@@ -491,7 +491,7 @@ fn spans_are_named_after_the_route_or_the_callers_decorator() {
         "reviews-vs:9080/api*"
     );
     record.operation = None;
-    record.response_flags = ResponseFlag::NoRoute;
+    record.response_flags = ResponseFlag::NoRoute.into();
     assert_eq!(
         name_of(&waypoint, &mut HeaderMap::new(), &record),
         "ingress"

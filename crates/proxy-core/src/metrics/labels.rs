@@ -81,6 +81,8 @@ pub enum ResponseFlag {
     RateLimited,
     /// The destination's name could not be resolved (`DF`, Envoy's dynamic forward proxy).
     DnsResolutionFailed,
+    /// The retries ran out on a failure they would have retried (`URX`).
+    UpstreamRetryLimitExceeded,
 }
 
 impl ResponseFlag {
@@ -103,72 +105,126 @@ impl ResponseFlag {
             Self::UpstreamProtocolError => "UPE",
             Self::RateLimited => "RL",
             Self::DnsResolutionFailed => "DF",
+            Self::UpstreamRetryLimitExceeded => "URX",
         }
     }
 }
 
-/// A request's `response_flags` as Envoy prints them (`%RESPONSE_FLAGS%`, Istio's
-/// `response_flags` label): the flag of why it ended and `URX` beside it when its retries ran
-/// out on a failure they would have retried, comma separated in the order of Envoy's flag table
-/// (`ALL_RESPONSE_STRINGS_FLAGS` in `source/common/stream_info/utility.h`, which
-/// `ResponseFlagUtils::toShortString` walks): `UF,URX`, `UC,URX`, `UT,URX`, but `URX,UPE`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub struct ResponseFlags {
-    pub flag: ResponseFlag,
-    /// Envoy's `UpstreamRetryLimitExceeded` (`URX`).
-    pub retry_limit_exceeded: bool,
-    /// Envoy's `UpstreamOverflow` (`UO`) beside the flag: a retry the cluster's `maxRetries`
-    /// refused (never with `URX`: Envoy's retry state answers one or the other).
-    pub retry_overflow: bool,
+/// The flags in the order Envoy prints them: its flag table (`ALL_RESPONSE_STRINGS_FLAGS` in
+/// `source/common/stream_info/utility.h`, which `ResponseFlagUtils::toShortString` walks), after
+/// ztunnel's two of its own (never set beside another). A flag's bit is its place here.
+const PRINT_ORDER: [ResponseFlag; 18] = [
+    ResponseFlag::Denied,
+    ResponseFlag::ConnectFailure,
+    ResponseFlag::NoHealthyUpstream,
+    ResponseFlag::UpstreamTimeout,
+    ResponseFlag::UpstreamReset,
+    ResponseFlag::UpstreamConnectFailure,
+    ResponseFlag::UpstreamConnectionTermination,
+    ResponseFlag::UpstreamOverflow,
+    ResponseFlag::NoRoute,
+    ResponseFlag::DelayInjected,
+    ResponseFlag::FaultInjected,
+    ResponseFlag::RateLimited,
+    ResponseFlag::DownstreamTerminated,
+    ResponseFlag::UpstreamRetryLimitExceeded,
+    ResponseFlag::UpstreamProtocolError,
+    ResponseFlag::NoCluster,
+    ResponseFlag::DnsResolutionFailed,
+    // Not a flag: `-`, the absence of any. Last, so that every flag's place is its bit.
+    ResponseFlag::None,
+];
+
+impl ResponseFlag {
+    /// The flag's bit in [`ResponseFlags`]; none for [`ResponseFlag::None`].
+    const fn bit(self) -> u32 {
+        let mut place = 0;
+        while place < PRINT_ORDER.len() - 1 {
+            if PRINT_ORDER[place] as u8 == self as u8 {
+                return 1 << place;
+            }
+            place += 1;
+        }
+        0
+    }
 }
+
+/// A request's `response_flags`, every flag set while it was handled, as Envoy keeps them (a
+/// set: `setResponseFlag` adds one) and prints them (`%RESPONSE_FLAGS%`, Istio's
+/// `response_flags` label): comma separated in the order of its flag table, `-` when none, so
+/// `UF,URX`, `UT,DI`, `DI,FI`, `URX,UPE`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct ResponseFlags(u32);
 
 impl ResponseFlags {
-    pub const fn as_str(self) -> &'static str {
-        use ResponseFlag as F;
-        if self.retry_overflow {
-            // After a retriable failure: a status (no flag of its own) or an upstream one.
-            return match self.flag {
-                F::UpstreamTimeout => "UT,UO",
-                F::UpstreamReset => "UR,UO",
-                F::UpstreamConnectFailure => "UF,UO",
-                F::UpstreamConnectionTermination => "UC,UO",
-                F::UpstreamProtocolError => "UO,UPE",
-                _ => "UO",
-            };
-        }
-        if !self.retry_limit_exceeded {
-            return self.flag.as_str();
-        }
-        match self.flag {
-            F::None => "URX",
-            // ztunnel's own, never beside a retry.
-            F::Denied => "DENY,URX",
-            F::ConnectFailure => "CONNECT,URX",
-            F::NoHealthyUpstream => "UH,URX",
-            F::UpstreamTimeout => "UT,URX",
-            F::UpstreamReset => "UR,URX",
-            F::UpstreamConnectFailure => "UF,URX",
-            F::UpstreamConnectionTermination => "UC,URX",
-            F::UpstreamOverflow => "UO,URX",
-            F::NoRoute => "NR,URX",
-            F::DelayInjected => "DI,URX",
-            F::FaultInjected => "FI,URX",
-            F::RateLimited => "RL,URX",
-            F::DownstreamTerminated => "DC,URX",
-            F::UpstreamProtocolError => "URX,UPE",
-            F::NoCluster => "URX,NC",
-            F::DnsResolutionFailed => "URX,DF",
+    /// No flag (`-`).
+    pub const NONE: ResponseFlags = ResponseFlags(0);
+
+    /// Adds `flag` (nothing for [`ResponseFlag::None`]).
+    pub fn insert(&mut self, flag: ResponseFlag) {
+        self.0 |= flag.bit();
+    }
+
+    /// Adds `flag` when `on`.
+    pub fn set(&mut self, flag: ResponseFlag, on: bool) {
+        if on {
+            self.insert(flag);
         }
     }
+
+    pub const fn contains(self, flag: ResponseFlag) -> bool {
+        let bit = flag.bit();
+        bit != 0 && self.0 & bit == bit
+    }
+
+    pub const fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The flags set, in the order they are printed.
+    pub fn iter(self) -> impl Iterator<Item = ResponseFlag> {
+        PRINT_ORDER
+            .into_iter()
+            .filter(move |flag| self.contains(*flag))
+    }
+
+    /// The printed form. One flag or none is its static name; a combination is joined once and
+    /// kept for the life of the process (at most one string per combination the code sets,
+    /// a handful in practice, and bounded by the 2^17 combinations in any case), so that the
+    /// metrics' label sets stay free of per-request allocation.
+    pub fn as_str(self) -> &'static str {
+        let mut flags = self.iter();
+        match (flags.next(), flags.next()) {
+            (None, _) => ResponseFlag::None.as_str(),
+            (Some(flag), None) => flag.as_str(),
+            _ => joined(self),
+        }
+    }
+}
+
+/// The names of the combinations of flags printed so far.
+fn joined(flags: ResponseFlags) -> &'static str {
+    use std::collections::HashMap;
+    use std::sync::{OnceLock, RwLock};
+    static JOINED: OnceLock<RwLock<HashMap<u32, &'static str>>> = OnceLock::new();
+    let table = JOINED.get_or_init(Default::default);
+    if let Some(name) = table
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&flags.0)
+    {
+        return name;
+    }
+    let mut table = table.write().unwrap_or_else(|e| e.into_inner());
+    table.entry(flags.0).or_insert_with(|| {
+        let names: Vec<&str> = flags.iter().map(ResponseFlag::as_str).collect();
+        Box::leak(names.join(",").into_boxed_str())
+    })
 }
 
 impl From<ResponseFlag> for ResponseFlags {
     fn from(flag: ResponseFlag) -> Self {
-        Self {
-            flag,
-            retry_limit_exceeded: false,
-            retry_overflow: false,
-        }
+        ResponseFlags(flag.bit())
     }
 }
 

@@ -231,11 +231,10 @@ fn request_label_pairs_encode_as_the_label_set_does() {
         request_protocol: RequestProtocol::Http,
         response_code: 503,
         grpc_response_status: String::new(),
-        response_flags: ResponseFlags {
-            flag: ResponseFlag::UpstreamOverflow,
-            retry_limit_exceeded: true,
-            retry_overflow: false,
-        },
+        response_flags: flags(&[
+            ResponseFlag::UpstreamOverflow,
+            ResponseFlag::UpstreamRetryLimitExceeded,
+        ]),
         connection_security_policy: SecurityPolicy::MutualTls,
     };
     let exposed = |register: &dyn Fn(&mut Registry)| {
@@ -261,74 +260,102 @@ fn request_label_pairs_encode_as_the_label_set_does() {
     assert!(derived.contains("response_flags=\"UO,URX\""), "{derived}");
 }
 
-/// `URX` joins the flag of the last attempt's failure in the order of Envoy's flag table
-/// (`ALL_RESPONSE_STRINGS_FLAGS`, `source/common/stream_info/utility.h`): after the flags that
-/// come before it there (`UF`, `UC`, `UT`, ...), before those that come after (`UPE`, `NC`,
-/// `DF`); alone when the last attempt's answer was the upstream's own.
-#[test]
-fn retry_limit_exceeded_is_printed_in_envoys_flag_order() {
-    use ResponseFlag as F;
-    let cases = [
-        (F::None, false, "-"),
-        (F::UpstreamConnectFailure, false, "UF"),
-        (F::None, true, "URX"),
-        (F::NoHealthyUpstream, true, "UH,URX"),
-        (F::UpstreamTimeout, true, "UT,URX"),
-        (F::UpstreamReset, true, "UR,URX"),
-        (F::UpstreamConnectFailure, true, "UF,URX"),
-        (F::UpstreamConnectionTermination, true, "UC,URX"),
-        (F::UpstreamOverflow, true, "UO,URX"),
-        (F::NoRoute, true, "NR,URX"),
-        (F::DelayInjected, true, "DI,URX"),
-        (F::FaultInjected, true, "FI,URX"),
-        (F::RateLimited, true, "RL,URX"),
-        (F::DownstreamTerminated, true, "DC,URX"),
-        (F::UpstreamProtocolError, true, "URX,UPE"),
-        (F::NoCluster, true, "URX,NC"),
-        (F::DnsResolutionFailed, true, "URX,DF"),
-    ];
-    for (flag, retry_limit_exceeded, printed) in cases {
-        let flags = ResponseFlags {
-            flag,
-            retry_limit_exceeded,
-            retry_overflow: false,
-        };
-        assert_eq!(flags.as_str(), printed, "{flag:?}");
-        assert_eq!(flags.to_string(), printed, "{flag:?}");
+/// A set of flags.
+fn flags(set: &[ResponseFlag]) -> ResponseFlags {
+    let mut flags = ResponseFlags::NONE;
+    for flag in set {
+        flags.insert(*flag);
     }
-    assert_eq!(
-        ResponseFlags::from(F::UpstreamReset),
-        ResponseFlags {
-            flag: F::UpstreamReset,
-            retry_limit_exceeded: false,
-            retry_overflow: false,
-        }
-    );
+    flags
 }
 
-/// A retry refused by the cluster's `maxRetries` adds Envoy's `UO` (`UpstreamOverflow`) to the
-/// failure's own flag, in the order of Envoy's flag table (`ALL_RESPONSE_STRINGS_FLAGS`,
-/// `source/common/stream_info/utility.h`): after `UT`, `UR`, `UF`, `UC`, before `UPE`; alone
-/// after a retriable status.
+/// Every flag set is printed, comma separated, in the order of Envoy's flag table
+/// (`ALL_RESPONSE_STRINGS_FLAGS`, `source/common/stream_info/utility.h`), whatever the order
+/// they were set in: `URX` after `UF`, `UC`, `UT`, ... and before `UPE`, `NC`, `DF`; `UO` of a
+/// refused retry after `UT`, `UR`, `UF`, `UC`; an injected delay after the failure that
+/// followed it (`UT,DI`) and before an abort (`DI,FI`).
 #[test]
-fn a_refused_retry_is_printed_uo_in_envoys_flag_order() {
+fn flags_are_printed_in_envoys_flag_order() {
     use ResponseFlag as F;
-    let cases = [
-        (F::None, "UO"),
-        (F::UpstreamTimeout, "UT,UO"),
-        (F::UpstreamReset, "UR,UO"),
-        (F::UpstreamConnectFailure, "UF,UO"),
-        (F::UpstreamConnectionTermination, "UC,UO"),
-        (F::UpstreamProtocolError, "UO,UPE"),
+    let cases: &[(&[F], &str)] = &[
+        (&[], "-"),
+        (&[F::None], "-"),
+        (&[F::UpstreamConnectFailure], "UF"),
+        (&[F::UpstreamRetryLimitExceeded], "URX"),
+        (
+            &[F::UpstreamRetryLimitExceeded, F::NoHealthyUpstream],
+            "UH,URX",
+        ),
+        (
+            &[F::UpstreamTimeout, F::UpstreamRetryLimitExceeded],
+            "UT,URX",
+        ),
+        (&[F::UpstreamReset, F::UpstreamRetryLimitExceeded], "UR,URX"),
+        (
+            &[F::UpstreamConnectFailure, F::UpstreamRetryLimitExceeded],
+            "UF,URX",
+        ),
+        (
+            &[
+                F::UpstreamConnectionTermination,
+                F::UpstreamRetryLimitExceeded,
+            ],
+            "UC,URX",
+        ),
+        (
+            &[F::UpstreamRetryLimitExceeded, F::DownstreamTerminated],
+            "DC,URX",
+        ),
+        (
+            &[F::UpstreamProtocolError, F::UpstreamRetryLimitExceeded],
+            "URX,UPE",
+        ),
+        (&[F::NoCluster, F::UpstreamRetryLimitExceeded], "URX,NC"),
+        (
+            &[F::DnsResolutionFailed, F::UpstreamRetryLimitExceeded],
+            "URX,DF",
+        ),
+        (&[F::UpstreamOverflow], "UO"),
+        (&[F::UpstreamTimeout, F::UpstreamOverflow], "UT,UO"),
+        (&[F::UpstreamOverflow, F::UpstreamReset], "UR,UO"),
+        (&[F::UpstreamConnectFailure, F::UpstreamOverflow], "UF,UO"),
+        (
+            &[F::UpstreamConnectionTermination, F::UpstreamOverflow],
+            "UC,UO",
+        ),
+        (&[F::UpstreamProtocolError, F::UpstreamOverflow], "UO,UPE"),
+        (&[F::DelayInjected, F::UpstreamTimeout], "UT,DI"),
+        (&[F::DelayInjected, F::FaultInjected], "DI,FI"),
+        (
+            &[F::FaultInjected, F::DelayInjected, F::DownstreamTerminated],
+            "DI,FI,DC",
+        ),
     ];
-    for (flag, printed) in cases {
-        let flags = ResponseFlags {
-            flag,
-            retry_limit_exceeded: false,
-            retry_overflow: true,
-        };
-        assert_eq!(flags.as_str(), printed, "{flag:?}");
+    for (set, printed) in cases {
+        let flags = flags(set);
+        assert_eq!(flags.as_str(), *printed, "{set:?}");
+        assert_eq!(flags.to_string(), *printed, "{set:?}");
+        // The joined name is kept: the same string each time.
+        assert!(std::ptr::eq(flags.as_str(), flags.as_str()), "{set:?}");
     }
+}
+
+/// The set holds what was inserted and nothing else; `set` adds only when asked.
+#[test]
+fn a_set_of_flags_holds_what_was_inserted() {
+    use ResponseFlag as F;
+    let mut flags = ResponseFlags::from(F::UpstreamReset);
+    assert!(flags.contains(F::UpstreamReset) && !flags.contains(F::UpstreamTimeout));
+    assert!(!flags.contains(F::None) && !flags.is_empty());
+    flags.set(F::UpstreamRetryLimitExceeded, false);
+    assert_eq!(flags, ResponseFlags::from(F::UpstreamReset));
+    flags.set(F::UpstreamRetryLimitExceeded, true);
+    assert_eq!(
+        flags.iter().collect::<Vec<_>>(),
+        [F::UpstreamReset, F::UpstreamRetryLimitExceeded]
+    );
+    assert!(ResponseFlags::from(F::None).is_empty());
+    assert_eq!(ResponseFlags::default(), ResponseFlags::NONE);
 }
 
 #[test]

@@ -57,8 +57,10 @@ fn recorded(metrics: &Arc<Metrics>, logs: &Arc<AccessLogs>) -> RequestRecord {
     trailers.insert("grpc-message", HeaderValue::from_static("done"));
     record.capture_response_trailers(&trailers);
     record.status = 503;
-    record.response_flags = ResponseFlag::UpstreamConnectFailure;
-    record.retry_limit_exceeded = true;
+    record.response_flags = ResponseFlag::UpstreamConnectFailure.into();
+    record
+        .response_flags
+        .insert(ResponseFlag::UpstreamRetryLimitExceeded);
     record.response_code_details = "upstream_reset_before_response_started".into();
     record.bytes_received = 12;
     record.bytes_sent = 34;

@@ -390,23 +390,23 @@ fn replies_carry_their_own_headers() {
 }
 
 /// A reply that sets no flag keeps the one a fault delay set before it; one that sets a flag
-/// replaces it.
+/// adds it beside the delay's, as Envoy's stream info keeps every flag set (`UT,DI`).
 #[test]
-fn a_delay_flag_stays_unless_the_reply_sets_its_own() {
+fn a_delay_flag_stays_beside_the_replys_own() {
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::new(&mut registry));
     let mut record = RequestRecord::new(std::sync::Arc::clone(&metrics));
-    record.response_flags = ResponseFlag::DelayInjected;
+    record.response_flags = ResponseFlag::DelayInjected.into();
     let response = LocalReply::DirectResponse {
         status: StatusCode::IM_A_TEAPOT,
         body: bytes::Bytes::new(),
     }
     .respond(&mut record);
     assert_eq!(response.status(), StatusCode::IM_A_TEAPOT);
-    assert_eq!(record.response_flags, ResponseFlag::DelayInjected);
+    assert_eq!(record.response_flags, ResponseFlag::DelayInjected.into());
     assert_eq!(record.response_code_details, "direct_response");
     LocalReply::RouteTimeout.respond(&mut record);
-    assert_eq!(record.response_flags, ResponseFlag::UpstreamTimeout);
+    assert_eq!(record.response_flags.as_str(), "UT,DI");
     assert_eq!(record.response_code_details, "upstream_response_timeout");
 }
 
