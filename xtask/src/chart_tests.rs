@@ -194,6 +194,15 @@ fn env(container: &Json, name: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
+fn container_ports(container: &Json) -> Vec<i64> {
+    container["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["containerPort"].as_i64().unwrap())
+        .collect()
+}
+
 fn ports(service: &Json) -> Vec<i64> {
     service["spec"]["ports"]
         .as_array()
@@ -473,6 +482,28 @@ fn the_chart_renders_to_valid_manifests_of_every_component() {
         env(controller, "PILOT_IP_AUTOALLOCATE_IPV6_PREFIX").as_deref(),
         Some("fd00:250::/64")
     );
+
+    // The console on 20001 of the pod's loopback (where `weftctl dashboard` forwards; no peer
+    // in the cluster reaches it), reading the Prometheus it is given; off, nothing of it.
+    let rendered = render(&values(&[]));
+    let deployment = find(&rendered, "Deployment", "weft-controller");
+    let controller = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        env(controller, "WEFT_CONSOLE_ADDRESS").as_deref(),
+        Some("127.0.0.1:20001")
+    );
+    assert_eq!(
+        env(controller, "WEFT_PROMETHEUS_URL").as_deref(),
+        Some("http://prometheus.istio-system:9090")
+    );
+    assert!(!container_ports(controller).contains(&20001));
+    let rendered = render(&values(&[(
+        "controller.console.enabled",
+        Json::Bool(false),
+    )]));
+    let deployment = find(&rendered, "Deployment", "weft-controller");
+    let controller = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(env(controller, "WEFT_CONSOLE_ADDRESS"), None);
 
     // Allocation switched off, as istiod's variable does.
     let rendered = render(&values(&[(
