@@ -1,9 +1,9 @@
 //! `controller validate --mesh-config`: the mesh config is read with the resources. A gRPC
-//! access-log service provider (`envoyHttpAls`, `envoyTcpAls`) is reported as accepted but not
-//! applied, naming the field and the provider, without failing; a mesh config Istio would
-//! refuse is an error naming the field. An OpenTelemetry provider whose collector's service
-//! is not among the resources is a warning naming the provider and the service (istiod skips
-//! such a provider), gone once the Service is there.
+//! access-log service provider (`envoyHttpAls`, `envoyTcpAls`) is applied: no "not applied"
+//! warning, but a warning naming the field, the provider and the service while that service
+//! is not among the resources (istiod skips such a provider), gone once the Service is there;
+//! a mesh config Istio would refuse is an error naming the field. An OpenTelemetry provider
+//! whose collector's service is missing is likewise a warning, gone once the Service is there.
 
 use std::path::Path;
 use std::process::Command;
@@ -26,25 +26,29 @@ fn validate(mesh: &Path, resources: &Path) -> (bool, String) {
     (output.status.success(), stdout)
 }
 
+/// The Service `als` of `shop`, the access-log service the providers name.
+const ALS_SERVICE: &str = "{apiVersion: v1, kind: Service, metadata: {name: als, namespace: shop}, spec: {ports: [{name: grpc, port: 9000}], selector: {app: als}}}";
+
 #[test]
-fn grpc_access_log_service_providers_are_reported_as_not_applied() {
+fn grpc_access_log_service_providers_are_applied_and_warned_of_while_their_service_is_missing() {
     let dir = TempDir::new("validate-mesh-config");
     let mesh = dir.join("mesh.yaml");
     let resources = dir.join("telemetry.yaml");
     std::fs::write(&resources, TELEMETRY).unwrap();
     std::fs::write(
         &mesh,
-        "accessLogFile: /dev/stdout\nextensionProviders:\n- name: als\n  envoyHttpAls: {service: als.example.com, port: 9000}\n- name: tcp-als\n  envoyTcpAls: {service: als.example.com, port: 9000}\n- name: file\n  envoyFileAccessLog: {}\n",
+        "accessLogFile: /dev/stdout\nextensionProviders:\n- name: als\n  envoyHttpAls: {service: als.shop.svc.cluster.local, port: 9000}\n- name: tcp-als\n  envoyTcpAls: {service: als.shop.svc.cluster.local, port: 9000}\n- name: file\n  envoyFileAccessLog: {}\n",
     )
     .unwrap();
     let (ok, stdout) = validate(&mesh, &resources);
     assert!(ok, "{stdout}");
+    assert!(!stdout.contains("not applied"), "{stdout}");
     for (field, provider) in [
         ("extensionProviders[0].envoyHttpAls", "als"),
         ("extensionProviders[1].envoyTcpAls", "tcp-als"),
     ] {
         let expected = format!(
-            "MeshConfig: warning: {field} (provider {provider:?}): accepted but not applied by Weft: "
+            "MeshConfig: warning: {field} (provider {provider:?}): service \"als.shop.svc.cluster.local\" is not in the service registry"
         );
         assert_eq!(
             stdout.lines().filter(|l| l.contains(&expected)).count(),
@@ -53,7 +57,13 @@ fn grpc_access_log_service_providers_are_reported_as_not_applied() {
         );
     }
     assert!(!stdout.contains("extensionProviders[2]"), "{stdout}");
-    assert!(stdout.contains("; 0 error(s), "), "{stdout}");
+    assert!(stdout.contains("; 0 error(s), 2 warning(s)"), "{stdout}");
+
+    // With the Service among the resources: nothing to say.
+    std::fs::write(&resources, format!("{TELEMETRY}\n---\n{ALS_SERVICE}\n")).unwrap();
+    let (ok, stdout) = validate(&mesh, &resources);
+    assert!(ok, "{stdout}");
+    assert!(stdout.contains("; 0 error(s), 0 warning(s)"), "{stdout}");
 
     std::fs::write(
         &mesh,
