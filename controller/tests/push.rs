@@ -542,16 +542,17 @@ async fn a_changed_mesh_config_file_changes_the_waypoints_tracing() {
     assert_eq!(tracing.collector, ["traces.example.com:4317"]);
     assert_eq!(tracing.random_sampling_percentage, 50.0);
 
-    // An invalid change (OTLP over HTTP) is refused and pushes nothing: the next update the
-    // waypoint sees is the valid change after it, which turns tracing off.
+    // An invalid change (an OTLP/HTTP header no HTTP request can carry) is refused and pushes
+    // nothing: the next update the waypoint sees is the valid change after it, which turns
+    // tracing off.
     write(
         dir.path(),
         "mesh-config.yaml",
-        "defaultProviders: {tracing: [otel]}\nextensionProviders: [{name: otel, opentelemetry: {service: c, port: 4318, http: {path: /v1/traces}}}]\n",
+        "defaultProviders: {tracing: [otel]}\nextensionProviders: [{name: otel, opentelemetry: {service: c, port: 4318, http: {path: /v1/traces, headers: [{name: 'bad name', value: x}]}}}]\n",
     );
     let error = config.settings.mesh.reload().unwrap_err().to_string();
     assert!(
-        error.contains("extensionProviders[0].opentelemetry.http"),
+        error.contains("extensionProviders[0].opentelemetry.http.headers[0].name"),
         "{error}"
     );
     assert_eq!(config.settings.mesh.tracing().sampling, 50.0);

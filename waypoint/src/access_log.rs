@@ -277,18 +277,26 @@ impl HeaderCapture {
         captured.response = capture(&self.response, headers);
     }
 
-    /// The value of `REQ(name)` among the captured headers.
-    fn request_header<'c>(&self, captured: &'c Captured, name: &str) -> Option<&'c HeaderValue> {
+    /// The captured request header `name` (`REQ(name)` reads its first value).
+    fn request_header<'c>(&self, captured: &'c Captured, name: &str) -> Option<&'c CapturedHeader> {
         let i = self.request.iter().position(|h| h == name)?;
         captured.request.get(i)?.as_ref()
     }
 
-    fn response_header<'c>(&self, captured: &'c Captured, name: &str) -> Option<&'c HeaderValue> {
+    fn response_header<'c>(
+        &self,
+        captured: &'c Captured,
+        name: &str,
+    ) -> Option<&'c CapturedHeader> {
         let i = self.response.iter().position(|h| h == name)?;
         captured.response.get(i)?.as_ref()
     }
 
-    fn response_trailer<'c>(&self, captured: &'c Captured, name: &str) -> Option<&'c HeaderValue> {
+    fn response_trailer<'c>(
+        &self,
+        captured: &'c Captured,
+        name: &str,
+    ) -> Option<&'c CapturedHeader> {
         let i = self.trailers.iter().position(|h| h == name)?;
         captured.trailers.get(i)?.as_ref()
     }
@@ -343,8 +351,43 @@ fn header_names(choice: &HeaderChoice) -> impl Iterator<Item = &str> {
     std::iter::once(choice.name.as_str()).chain(choice.alternative.as_deref())
 }
 
-fn capture(names: &[HeaderName], headers: &HeaderMap) -> Vec<Option<HeaderValue>> {
-    names.iter().map(|n| headers.get(n).cloned()).collect()
+fn capture(names: &[HeaderName], headers: &HeaderMap) -> Vec<Option<CapturedHeader>> {
+    names
+        .iter()
+        .map(|name| {
+            let mut values = headers.get_all(name).iter();
+            let first = values.next()?.clone();
+            let mut joined: Option<Vec<u8>> = None;
+            for value in values {
+                let bytes = joined.get_or_insert_with(|| first.as_bytes().to_vec());
+                bytes.push(b',');
+                bytes.extend_from_slice(value.as_bytes());
+            }
+            let joined = joined.and_then(|bytes| HeaderValue::from_bytes(&bytes).ok());
+            Some(CapturedHeader { first, joined })
+        })
+        .collect()
+}
+
+/// A header a log reads, as the request or response carried it.
+#[derive(Debug, Clone)]
+pub(crate) struct CapturedHeader {
+    /// The first value: what `%REQ()%` and `%RESP()%` write, as Envoy's formatter does.
+    first: HeaderValue,
+    /// Every value joined with `,` when it came more than once: what a gRPC access-log
+    /// service logs, as Envoy's `getAllOfHeaderAsString` does.
+    joined: Option<HeaderValue>,
+}
+
+impl CapturedHeader {
+    pub(crate) fn first(&self) -> &HeaderValue {
+        &self.first
+    }
+
+    /// Every value, joined with `,`.
+    pub(crate) fn all(&self) -> &HeaderValue {
+        self.joined.as_ref().unwrap_or(&self.first)
+    }
 }
 
 fn output(path: &str) -> Result<Output, String> {
@@ -374,9 +417,9 @@ pub(crate) trait LogContext {
 /// What a request's record keeps of its headers for its access logs.
 #[derive(Debug, Default)]
 pub struct Captured {
-    request: Vec<Option<HeaderValue>>,
-    response: Vec<Option<HeaderValue>>,
-    trailers: Vec<Option<HeaderValue>>,
+    request: Vec<Option<CapturedHeader>>,
+    response: Vec<Option<CapturedHeader>>,
+    trailers: Vec<Option<CapturedHeader>>,
     request_headers: Option<Box<HeaderMap>>,
 }
 
@@ -461,12 +504,22 @@ impl Record for RequestEntry<'_> {
             "user-agent" => text(out, &record.user_agent),
             "x-request-id" => text(out, &record.request_id),
             "x-forwarded-for" => text(out, &record.forwarded_for),
-            name => header_text(out, self.headers.request_header(self.captured, name)),
+            name => header_text(
+                out,
+                self.headers
+                    .request_header(self.captured, name)
+                    .map(CapturedHeader::first),
+            ),
         }
     }
 
     fn response_header(&self, name: &str, out: &mut String) -> Kind {
-        header_text(out, self.headers.response_header(self.captured, name))
+        header_text(
+            out,
+            self.headers
+                .response_header(self.captured, name)
+                .map(CapturedHeader::first),
+        )
     }
 }
 

@@ -3,7 +3,7 @@
 //! B3) or starting one, sampled by the caller's decision when it made one and otherwise by the
 //! configured percentage, named after the route's decorator operation (compiled by the
 //! controller as istiod writes it), tagged with Envoy's and Istio's span attributes and
-//! Telemetry's custom tags, and exported over OTLP/gRPC by [`export`]. The context of the
+//! Telemetry's custom tags, and exported over OTLP/gRPC or OTLP/HTTP by [`export`]. The context of the
 //! waypoint's span is written on what goes upstream, so the next hop's span is its child.
 //!
 //! The settings ([`TracingConfig`]) are part of the configuration snapshot, read per request: a
@@ -22,7 +22,7 @@ use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::trace::v1::{Span, Status, span, status};
 use weft_proto::waypoint as proto;
 
-pub use export::{Collector, SpanExporter};
+pub use export::{Collector, HttpExport, SpanExporter};
 pub use propagation::{B3Style, IncomingContext, OutgoingContext, SpanId, TraceId};
 
 use crate::access_log::{Captured, HeaderCapture, RequestEntry};
@@ -140,6 +140,7 @@ pub(crate) fn tracing_config(
             } else {
                 tracing.service_name.clone()
             },
+            http: tracing.http.as_ref().map(http_export).transpose()?,
         }))
     };
     let custom_tags = tracing
@@ -172,6 +173,46 @@ pub(crate) fn tracing_config(
         } else {
             span::SpanKind::Server
         },
+    })
+}
+
+/// `tracing.http` checked: a `/`-rooted path, a positive timeout and valid headers.
+fn http_export(http: &proto::OtlpHttp) -> Result<HttpExport, ConfigError> {
+    if !http.path.starts_with('/') || http.path.parse::<http::uri::PathAndQuery>().is_err() {
+        return Err(invalid(
+            "tracing.http.path",
+            format!("{:?} is not a /-rooted path", http.path),
+        ));
+    }
+    let timeout = http
+        .timeout
+        .and_then(|t| std::time::Duration::try_from(t).ok())
+        .filter(|t| !t.is_zero())
+        .ok_or_else(|| invalid("tracing.http.timeout", "must be a positive duration"))?;
+    let headers = http
+        .headers
+        .iter()
+        .enumerate()
+        .map(|(i, header)| {
+            let name = http::HeaderName::from_bytes(header.name.as_bytes()).map_err(|_| {
+                invalid(
+                    &format!("tracing.http.headers[{i}].name"),
+                    format!("{:?} is not an HTTP header name", header.name),
+                )
+            })?;
+            let value = http::HeaderValue::from_str(&header.value).map_err(|_| {
+                invalid(
+                    &format!("tracing.http.headers[{i}].value"),
+                    format!("the value of {:?} is not an HTTP header value", header.name),
+                )
+            })?;
+            Ok((name, value))
+        })
+        .collect::<Result<_, ConfigError>>()?;
+    Ok(HttpExport {
+        path: http.path.clone(),
+        timeout,
+        headers,
     })
 }
 

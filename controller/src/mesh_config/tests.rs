@@ -152,9 +152,50 @@ fn the_default_opentelemetry_provider_and_sampling_are_read() {
             field: "extensionProviders[0].opentelemetry".into(),
             service: "opentelemetry-collector.observability.svc.cluster.local".into(),
             port: 4317,
+            http: None,
         })
     );
     assert_eq!(tracing.sampling, 100.0);
+}
+
+#[test]
+fn an_opentelemetry_provider_over_http_keeps_its_path_timeout_and_headers() {
+    let yaml = r#"
+defaultProviders: {tracing: [otlp-http]}
+extensionProviders:
+- name: otlp-http
+  opentelemetry:
+    service: collector.observability.svc.cluster.local
+    port: 4318
+    http:
+      path: v1/traces
+      timeout: 10s
+      headers:
+      - {name: X-Tenant, value: team-a}
+      - {name: authorization, value: Bearer t}
+- name: defaults
+  opentelemetry: {service: c, port: 4318, http: {}}
+"#;
+    let tracing = parse("mesh", yaml).unwrap().tracing;
+    assert_eq!(
+        tracing.provider.as_ref().unwrap().http,
+        Some(OtlpHttp {
+            path: "/v1/traces".into(),
+            timeout: std::time::Duration::from_secs(10),
+            headers: vec![
+                ("x-tenant".into(), "team-a".into()),
+                ("authorization".into(), "Bearer t".into()),
+            ],
+        })
+    );
+    assert_eq!(
+        tracing.provider_named("defaults").unwrap().http,
+        Some(OtlpHttp {
+            path: "/".into(),
+            timeout: DEFAULT_OTLP_HTTP_TIMEOUT,
+            headers: Vec::new(),
+        })
+    );
 }
 
 #[test]
@@ -187,8 +228,24 @@ fn bad_providers_are_refused_with_their_field() {
             "extensionProviders[0].opentelemetry.service",
         ),
         (
-            "extensionProviders: [{name: a, opentelemetry: {service: c, port: 4318, http: {path: /v1/traces}}}]",
-            "extensionProviders[0].opentelemetry.http",
+            "extensionProviders: [{name: a, opentelemetry: {service: c, port: 4318, http: {timeout: ten}}}]",
+            "extensionProviders[0].opentelemetry.http.timeout",
+        ),
+        (
+            "extensionProviders: [{name: a, opentelemetry: {service: c, port: 4318, http: {timeout: -1s}}}]",
+            "extensionProviders[0].opentelemetry.http.timeout",
+        ),
+        (
+            "extensionProviders: [{name: a, opentelemetry: {service: c, port: 4318, http: {headers: [{name: x, value: y}, {name: 'bad name', value: y}]}}}]",
+            "extensionProviders[0].opentelemetry.http.headers[1].name",
+        ),
+        (
+            "extensionProviders: [{name: a, opentelemetry: {service: c, port: 4318, http: {headers: [{name: x, value: \"a\\nb\"}]}}}]",
+            "extensionProviders[0].opentelemetry.http.headers[0].value",
+        ),
+        (
+            "extensionProviders: [{name: a, opentelemetry: {service: c, port: 4318, http: {path: '/v1/traces?x=1'}}}]",
+            "extensionProviders[0].opentelemetry.http.path",
         ),
         (
             "extensionProviders: [{name: a, prometheus: {}}, {name: a, prometheus: {}}]",

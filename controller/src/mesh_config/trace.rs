@@ -1,9 +1,16 @@
 //! The mesh config's tracing: `extensionProviders[].opentelemetry`, the default
 //! tracing provider (`defaultProviders.tracing`) and sampling (`defaultConfig.tracing.sampling`).
 
+use std::time::Duration;
+
 use serde::Deserialize;
 
 use super::MeshConfigError;
+use crate::validation::duration_at_least_ms;
+
+/// An OTLP/HTTP export's deadline when `http.timeout` is unset (Istio's `HttpService.timeout`
+/// default).
+pub const DEFAULT_OTLP_HTTP_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Istio's sampling when the mesh config sets none (`PILOT_TRACE_SAMPLING`'s default): 1%.
 pub const DEFAULT_TRACE_SAMPLING: f64 = 1.0;
@@ -48,6 +55,22 @@ pub struct TracingProvider {
     /// `hostname`, or `namespace/hostname` as Istio allows.
     pub service: String,
     pub port: u16,
+    /// `http`: spans go over OTLP/HTTP; `None`: over OTLP/gRPC.
+    pub http: Option<OtlpHttp>,
+}
+
+/// `extensionProviders[].opentelemetry.http`, resolved: how istiod fills Envoy's
+/// `OpenTelemetryConfig.http_service`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtlpHttp {
+    /// The request path, `/`-rooted (Istio joins `path` to the host: `v1/traces` and
+    /// `/v1/traces` are the same, an empty one is `/`).
+    pub path: String,
+    /// `timeout`, else [`DEFAULT_OTLP_HTTP_TIMEOUT`].
+    pub timeout: Duration,
+    /// `headers`, each value resolved (`envName` read from the controller's environment, as
+    /// istiod reads its own; unset reads as empty).
+    pub headers: Vec<(String, String)>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -77,8 +100,80 @@ struct OpenTelemetryProvider {
     /// `[namespace/]hostname` of the collector's service.
     service: String,
     port: u32,
-    /// Set for OTLP over HTTP, which the waypoint does not speak (it exports over gRPC).
-    http: Option<serde_yaml::Value>,
+    /// Set for OTLP over HTTP; absent: OTLP over gRPC.
+    http: Option<HttpService>,
+}
+
+/// Istio's `ExtensionProvider.HttpService`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+struct HttpService {
+    path: String,
+    /// A duration as Istio writes one (`10s`, `500ms`).
+    timeout: Option<String>,
+    headers: Vec<HttpHeader>,
+}
+
+/// Istio's `ExtensionProvider.HttpHeader`: a name and a value or an environment variable.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+struct HttpHeader {
+    name: String,
+    value: Option<String>,
+    env_name: Option<String>,
+}
+
+/// `http` of the provider at `path` checked and resolved; an error names the field.
+fn otlp_http(
+    http: &HttpService,
+    path: &str,
+    field: &impl Fn(&str, String) -> MeshConfigError,
+) -> Result<OtlpHttp, MeshConfigError> {
+    let timeout = match &http.timeout {
+        None => DEFAULT_OTLP_HTTP_TIMEOUT,
+        Some(timeout) => duration_at_least_ms(&timeout.as_str().into())
+            .map_err(|reason| field(&format!("{path}.timeout"), reason))?,
+    };
+    if http
+        .path
+        .chars()
+        .any(|c| c.is_ascii_control() || c == ' ' || c == '?' || c == '#')
+    {
+        return Err(field(
+            &format!("{path}.path"),
+            format!("{:?} is not a URL path", http.path),
+        ));
+    }
+    let mut headers = Vec::with_capacity(http.headers.len());
+    for (i, header) in http.headers.iter().enumerate() {
+        let at = format!("{path}.headers[{i}]");
+        if http::HeaderName::from_bytes(header.name.as_bytes()).is_err() {
+            return Err(field(
+                &format!("{at}.name"),
+                format!("{:?} is not an HTTP header name", header.name),
+            ));
+        }
+        let value = match (&header.value, &header.env_name) {
+            (Some(_), Some(_)) => {
+                return Err(field(&at, "sets both value and envName".into()));
+            }
+            (Some(value), None) => value.clone(),
+            (None, Some(name)) => std::env::var(name).unwrap_or_default(),
+            (None, None) => String::new(),
+        };
+        if http::HeaderValue::from_str(&value).is_err() {
+            return Err(field(
+                &format!("{at}.value"),
+                format!("the value of {:?} is not an HTTP header value", header.name),
+            ));
+        }
+        headers.push((header.name.to_ascii_lowercase(), value));
+    }
+    Ok(OtlpHttp {
+        path: format!("/{}", http.path.trim_start_matches('/')),
+        timeout,
+        headers,
+    })
 }
 
 /// A provider's `port`, 1 to 65535; another value names `name`.
@@ -147,17 +242,17 @@ pub(super) fn parse(
             ));
         }
         let port = port(otel.port, &format!("{path}.opentelemetry.port"), field)?;
-        if otel.http.is_some() {
-            return Err(field(
-                &format!("{path}.opentelemetry.http"),
-                "OTLP over HTTP is not supported: the waypoint exports over gRPC".into(),
-            ));
-        }
+        let http = otel
+            .http
+            .as_ref()
+            .map(|http| otlp_http(http, &format!("{path}.opentelemetry.http"), field))
+            .transpose()?;
         providers.push(TracingProvider {
             name: provider.name.clone(),
             field: format!("{path}.opentelemetry"),
             service: otel.service.clone(),
             port,
+            http,
         });
     }
     let provider = match defaults.tracing.first() {

@@ -28,7 +28,7 @@ use std::fmt;
 
 use crate::model::Resource;
 
-pub use common::{MAX_REGEX_LENGTH, MAX_REGEX_PROGRAM_BYTES, compile_regex};
+pub use common::{MAX_REGEX_LENGTH, MAX_REGEX_PROGRAM_BYTES, compile_regex, duration_at_least_ms};
 
 // Defined beside the model, whose decoding reports schema errors the same way.
 pub use crate::model::FieldError;

@@ -145,7 +145,7 @@ pub(crate) fn request_entry(kind: Kind, entry: &RequestEntry<'_>, sink: &GrpcSin
             .iter()
             .filter_map(|name| {
                 let value = entry.headers.response_header(entry.captured, name)?;
-                Some((name.clone(), text(value)))
+                Some((name.clone(), text(value.all())))
             })
             .collect(),
         response_trailers: sink
@@ -153,7 +153,7 @@ pub(crate) fn request_entry(kind: Kind, entry: &RequestEntry<'_>, sink: &GrpcSin
             .iter()
             .filter_map(|name| {
                 let value = entry.headers.response_trailer(entry.captured, name)?;
-                Some((name.clone(), text(value)))
+                Some((name.clone(), text(value.all())))
             })
             .collect(),
         response_code_details: record.response_code_details.to_string(),
@@ -197,7 +197,7 @@ pub(crate) fn connection_entry(kind: Kind, entry: &ConnectionEntry<'_>) -> Entry
 }
 
 /// A request header's value for `request_headers`: what the record holds, else what was
-/// captured for the provider.
+/// captured for the provider (every value, joined with `,`, as Envoy logs a repeated header).
 fn request_header(entry: &RequestEntry<'_>, name: &str) -> Option<String> {
     let record = entry.record;
     let recorded = match name {
@@ -207,7 +207,12 @@ fn request_header(entry: &RequestEntry<'_>, name: &str) -> Option<String> {
         "user-agent" => &record.user_agent,
         "x-request-id" => &record.request_id,
         "x-forwarded-for" => &record.forwarded_for,
-        name => return entry.headers.request_header(entry.captured, name).map(text),
+        name => {
+            return entry
+                .headers
+                .request_header(entry.captured, name)
+                .map(|value| text(value.all()));
+        }
     };
     let value = recorded.to_string();
     (!value.is_empty()).then_some(value)

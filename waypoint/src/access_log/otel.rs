@@ -14,7 +14,6 @@
 //! `log_name`, `zone_name`, `cluster_name`, `node_name` (envoy `access_loggers/open_telemetry/
 //! otlp_log_utils.cc` `initOtlpMessageRoot`): the request's resource is empty, as there.
 
-use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
@@ -36,15 +35,12 @@ pub struct Logs;
 
 impl Signal for Logs {
     type Item = LogRecord;
+    type Request = ExportLogsServiceRequest;
     const NAME: &'static str = "access_log_records";
     const ITEMS: &'static str = "Access-log records sent to an OpenTelemetry collector";
 
-    fn export(
-        channel: Channel,
-        _: &Collector,
-        records: Vec<LogRecord>,
-    ) -> impl Future<Output = Result<(), tonic::Status>> + Send {
-        let request = ExportLogsServiceRequest {
+    fn request(_: &Collector, records: Vec<LogRecord>) -> ExportLogsServiceRequest {
+        ExportLogsServiceRequest {
             resource_logs: vec![ResourceLogs {
                 resource: Some(Resource::default()),
                 scope_logs: vec![ScopeLogs {
@@ -53,13 +49,17 @@ impl Signal for Logs {
                 }],
                 schema_url: String::new(),
             }],
-        };
-        async move {
-            LogsServiceClient::new(channel)
-                .export(request)
-                .await
-                .map(drop)
         }
+    }
+
+    async fn export(
+        channel: Channel,
+        request: ExportLogsServiceRequest,
+    ) -> Result<(), tonic::Status> {
+        LogsServiceClient::new(channel)
+            .export(request)
+            .await
+            .map(drop)
     }
 }
 
@@ -99,6 +99,7 @@ impl OtelSink {
             collector: Arc::new(Collector {
                 endpoints: otel.collector.clone(),
                 service_name: String::new(),
+                http: None,
             }),
             attributes,
             newline: text.ends_with('\n'),

@@ -1,7 +1,9 @@
 //! The OTLP exporters: a bounded queue between the request path and one task that sends
 //! batches over OTLP/gRPC, for spans (`opentelemetry.proto.collector.trace.v1.TraceService/
 //! Export`, [`SpanExporter`]) and for access-log records (`LogsService/Export`, the
-//! [`Signal`] of `crate::access_log::otel`).
+//! [`Signal`] of `crate::access_log::otel`), or over OTLP/HTTP when the collector says so
+//! ([`HttpExport`]: the same request, protobuf-encoded, in a `POST`, as Envoy's
+//! `OpenTelemetryConfig.http_service` sends it).
 //!
 //! Requests never wait for it: an item that finds the queue full is dropped and counted
 //! (`weft_tracing_spans_dropped_total`, `weft_access_log_records_dropped_total`), so a slow or
@@ -15,6 +17,12 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
@@ -22,6 +30,7 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
+use prost::Message;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
@@ -46,21 +55,57 @@ pub struct Collector {
     pub endpoints: Vec<String>,
     /// The resource's `service.name`; empty: none.
     pub service_name: String,
+    /// `Some`: export over OTLP/HTTP; `None`: over OTLP/gRPC.
+    pub http: Option<HttpExport>,
 }
 
-/// What an exporter sends: the queued item and the RPC that sends a batch of them.
+/// How a collector takes OTLP/HTTP (Istio's `opentelemetry.http`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HttpExport {
+    /// The request's path, `/`-rooted (`/v1/traces` for a standard collector).
+    pub path: String,
+    /// One export's deadline, connecting and reading the answer included.
+    pub timeout: Duration,
+    /// Set on each request after `content-type`, in order, each replacing one of its name.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// Why one export failed (the batch is then dropped and counted).
+#[derive(Debug, thiserror::Error)]
+enum ExportError {
+    #[error("invalid collector address {0:?}")]
+    Address(String),
+    #[error(transparent)]
+    Grpc(#[from] tonic::Status),
+    #[error(transparent)]
+    Http(#[from] hyper_util::client::legacy::Error),
+    #[error("reading the answer: {0}")]
+    Body(#[from] hyper::Error),
+    #[error("the collector answered {0}")]
+    Status(StatusCode),
+    #[error("export timed out")]
+    Timeout,
+}
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// What an exporter sends: the queued item, the export request of a batch of them and the RPC
+/// that sends it over gRPC (over HTTP, the request is `POST`ed, protobuf-encoded).
 pub trait Signal: Send + Sync + 'static {
     type Item: Send + 'static;
+    type Request: prost::Message + Send + 'static;
     /// Names the exporter's task and counters (`weft_{NAME}_exported_total`, ...).
     const NAME: &'static str;
     /// What the counters count, for their help text.
     const ITEMS: &'static str;
 
-    /// One export request of `items`, all for `collector`, on `channel`.
+    /// One export request of `items`, all for `collector`.
+    fn request(collector: &Collector, items: Vec<Self::Item>) -> Self::Request;
+
+    /// Sends `request` on `channel`.
     fn export(
         channel: Channel,
-        collector: &Collector,
-        items: Vec<Self::Item>,
+        request: Self::Request,
     ) -> impl Future<Output = Result<(), tonic::Status>> + Send;
 }
 
@@ -151,6 +196,7 @@ impl<S: Signal> BatchExporter<S> {
 
 async fn run<S: Signal>(mut receiver: mpsc::Receiver<Queued<S::Item>>, metrics: ExportMetrics) {
     let mut channels: HashMap<String, Channel> = HashMap::new();
+    let client = http_client();
     let turn = AtomicUsize::new(0);
     while let Some(first) = receiver.recv().await {
         let mut batch = vec![first];
@@ -175,26 +221,11 @@ async fn run<S: Signal>(mut receiver: mpsc::Receiver<Queued<S::Item>>, metrics: 
                 metrics.failed.inc_by(count);
                 continue;
             };
-            if channels.len() >= MAX_CHANNELS && !channels.contains_key(endpoint) {
-                channels.clear();
-            }
-            let channel = match channels.get(endpoint) {
-                Some(channel) => channel.clone(),
-                None => match connect(endpoint) {
-                    Ok(channel) => {
-                        channels.insert(endpoint.clone(), channel.clone());
-                        channel
-                    }
-                    Err(error) => {
-                        debug!(%endpoint, %error, "invalid collector address");
-                        metrics.failed.inc_by(count);
-                        continue;
-                    }
-                },
+            let request = S::request(&collector, items);
+            let sent = match &collector.http {
+                Some(http) => post(&client, endpoint, http, request.encode_to_vec()).await,
+                None => grpc::<S>(&mut channels, endpoint, request).await,
             };
-            let sent = tokio::time::timeout(EXPORT_TIMEOUT, S::export(channel, &collector, items))
-                .await
-                .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("export timed out")));
             match sent {
                 Ok(()) => {
                     metrics.exported.inc_by(count);
@@ -206,6 +237,69 @@ async fn run<S: Signal>(mut receiver: mpsc::Receiver<Queued<S::Item>>, metrics: 
             }
         }
     }
+}
+
+/// Sends `request` over gRPC on the channel to `endpoint`, opened on first use.
+async fn grpc<S: Signal>(
+    channels: &mut HashMap<String, Channel>,
+    endpoint: &str,
+    request: S::Request,
+) -> Result<(), ExportError> {
+    if channels.len() >= MAX_CHANNELS && !channels.contains_key(endpoint) {
+        channels.clear();
+    }
+    let channel = match channels.get(endpoint) {
+        Some(channel) => channel.clone(),
+        None => {
+            let channel =
+                connect(endpoint).map_err(|_| ExportError::Address(endpoint.to_owned()))?;
+            channels.insert(endpoint.to_owned(), channel.clone());
+            channel
+        }
+    };
+    tokio::time::timeout(EXPORT_TIMEOUT, S::export(channel, request))
+        .await
+        .map_err(|_| ExportError::Timeout)?
+        .map_err(ExportError::from)
+}
+
+/// The client of every OTLP/HTTP export (it keeps connections to each collector).
+fn http_client() -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new()).build(connector)
+}
+
+/// `POST`s `body` (a protobuf export request) to `endpoint` as `http` says; any 2xx answer is
+/// success, as for Envoy's OTLP/HTTP exporter. The answer is read to its end so that the
+/// connection is kept for the next export.
+async fn post(
+    client: &HttpClient,
+    endpoint: &str,
+    http: &HttpExport,
+    body: Vec<u8>,
+) -> Result<(), ExportError> {
+    let mut request = http::Request::post(format!("http://{endpoint}{}", http.path))
+        .header(http::header::CONTENT_TYPE, "application/x-protobuf")
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|_| ExportError::Address(endpoint.to_owned()))?;
+    for (name, value) in &http.headers {
+        request.headers_mut().insert(name.clone(), value.clone());
+    }
+    let exchange = async {
+        let response = client.request(request).await?;
+        let status = response.status();
+        response.into_body().collect().await?;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(ExportError::Status(status))
+        }
+    };
+    tokio::time::timeout(http.timeout, exchange)
+        .await
+        .map_err(|_| ExportError::Timeout)?
 }
 
 fn connect(endpoint: &str) -> Result<Channel, tonic::transport::Error> {
@@ -229,15 +323,12 @@ pub struct Spans;
 
 impl Signal for Spans {
     type Item = Span;
+    type Request = ExportTraceServiceRequest;
     const NAME: &'static str = "tracing_spans";
     const ITEMS: &'static str = "Spans";
 
-    fn export(
-        channel: Channel,
-        collector: &Collector,
-        spans: Vec<Span>,
-    ) -> impl Future<Output = Result<(), tonic::Status>> + Send {
-        let request = ExportTraceServiceRequest {
+    fn request(collector: &Collector, spans: Vec<Span>) -> ExportTraceServiceRequest {
+        ExportTraceServiceRequest {
             resource_spans: vec![ResourceSpans {
                 resource: Some(Resource {
                     attributes: vec![super::attribute(
@@ -253,13 +344,17 @@ impl Signal for Spans {
                 }],
                 schema_url: String::new(),
             }],
-        };
-        async move {
-            TraceServiceClient::new(channel)
-                .export(request)
-                .await
-                .map(drop)
         }
+    }
+
+    async fn export(
+        channel: Channel,
+        request: ExportTraceServiceRequest,
+    ) -> Result<(), tonic::Status> {
+        TraceServiceClient::new(channel)
+            .export(request)
+            .await
+            .map(drop)
     }
 }
 

@@ -19,6 +19,7 @@ fn config(percentage: f64) -> TracingConfig {
             service_name: String::new(),
             canonical_service: String::new(),
             custom_tags: Vec::new(),
+            http: None,
         },
         "waypoint",
         "shop",
@@ -129,6 +130,83 @@ fn bad_settings_are_refused_with_their_field() {
         )
         .unwrap_err();
         assert!(error.to_string().contains(field), "{error}");
+    }
+}
+
+#[test]
+fn otlp_http_settings_are_checked_and_kept_with_the_collector() {
+    let with_http = |http: proto::OtlpHttp| {
+        tracing_config(
+            &proto::Tracing {
+                collector: vec!["127.0.0.1:4318".into()],
+                http: Some(http),
+                ..Default::default()
+            },
+            "waypoint",
+            "shop",
+            false,
+            &no_environment,
+        )
+    };
+    let good = proto::OtlpHttp {
+        path: "/v1/traces".into(),
+        timeout: Some(prost_types::Duration {
+            seconds: 2,
+            nanos: 0,
+        }),
+        headers: vec![proto::OtlpHttpHeader {
+            name: "x-tenant".into(),
+            value: "a".into(),
+        }],
+    };
+    let collector = with_http(good.clone()).unwrap().collector.unwrap();
+    assert_eq!(
+        collector.http,
+        Some(HttpExport {
+            path: "/v1/traces".into(),
+            timeout: std::time::Duration::from_secs(2),
+            headers: vec![(
+                http::HeaderName::from_static("x-tenant"),
+                HeaderValue::from_static("a")
+            )],
+        })
+    );
+    let header = |name: &str, value: &str| proto::OtlpHttpHeader {
+        name: name.into(),
+        value: value.into(),
+    };
+    for (http, field) in [
+        (
+            proto::OtlpHttp {
+                path: "v1/traces".into(),
+                ..good.clone()
+            },
+            "tracing.http.path",
+        ),
+        (
+            proto::OtlpHttp {
+                timeout: None,
+                ..good.clone()
+            },
+            "tracing.http.timeout",
+        ),
+        (
+            proto::OtlpHttp {
+                headers: vec![header("x-a", "1"), header("bad name", "1")],
+                ..good.clone()
+            },
+            "tracing.http.headers[1].name",
+        ),
+        (
+            proto::OtlpHttp {
+                headers: vec![header("x-a", "a\nb")],
+                ..good.clone()
+            },
+            "tracing.http.headers[0].value",
+        ),
+    ] {
+        let error = with_http(http).unwrap_err();
+        assert!(error.to_string().contains(field), "{field}: {error}");
     }
 }
 

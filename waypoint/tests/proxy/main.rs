@@ -13,6 +13,7 @@ mod endpoint_weights;
 mod hostile;
 mod jwt;
 mod live;
+mod otlp_http;
 mod policy;
 mod resilience;
 mod routing;

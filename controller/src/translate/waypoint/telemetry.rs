@@ -25,7 +25,7 @@ use weft_proto::waypoint as wp;
 
 use super::super::resolve::{self, namespace_of};
 use super::{Compiler, age_key};
-use crate::mesh_config::{MeshTracing, TracingProvider};
+use crate::mesh_config::{MeshTracing, OtlpHttp, TracingProvider};
 use crate::model::Telemetry;
 use crate::model::networking::ServiceEntry;
 use crate::model::security::PolicyTargetReference;
@@ -269,6 +269,7 @@ impl<'a> Compiler<'a, '_> {
             service_name: format!("{shown}.{}", self.waypoint.namespace),
             canonical_service,
             custom_tags: custom_tags(merged.custom_tags),
+            http: provider.http.as_ref().map(otlp_http),
         })
     }
 
@@ -328,6 +329,25 @@ impl<'a> Compiler<'a, '_> {
             endpoints.push(format!("{host}:{port}"));
         }
         Ok(endpoints)
+    }
+}
+
+/// A provider's `http`, as istiod writes Envoy's `OpenTelemetryConfig.http_service`.
+fn otlp_http(http: &OtlpHttp) -> wp::OtlpHttp {
+    wp::OtlpHttp {
+        path: http.path.clone(),
+        timeout: Some(prost_types::Duration {
+            seconds: i64::try_from(http.timeout.as_secs()).unwrap_or(i64::MAX),
+            nanos: i32::try_from(http.timeout.subsec_nanos()).unwrap_or(0),
+        }),
+        headers: http
+            .headers
+            .iter()
+            .map(|(name, value)| wp::OtlpHttpHeader {
+                name: name.clone(),
+                value: value.clone(),
+            })
+            .collect(),
     }
 }
 

@@ -547,6 +547,28 @@ fn the_mesh_default_tracing_provider_reaches_waypoints_at_its_endpoints() {
     assert_eq!(tracing.collector, ["10.0.0.50:14317"]);
     assert_eq!(tracing.random_sampling_percentage, 25.0);
     assert_eq!(tracing.service_name, "waypoint.shop");
+    assert_eq!(tracing.http, None, "without `http`, spans go over gRPC");
+    // `http`: OTLP/HTTP with the provider's path, timeout and headers, as istiod fills
+    // Envoy's `http_service`.
+    let over_http = translate(
+        "defaultProviders: {tracing: [otel]}\nextensionProviders: [{name: otel, opentelemetry: {service: observability/otel-collector.observability.svc.cluster.local, port: 4317, http: {path: /v1/traces, timeout: 1500ms, headers: [{name: x-tenant, value: team-a}]}}}]",
+    )
+    .expect("tracing over HTTP");
+    assert_eq!(over_http.collector, ["10.0.0.50:14317"]);
+    assert_eq!(
+        over_http.http,
+        Some(wp::OtlpHttp {
+            path: "/v1/traces".into(),
+            timeout: Some(prost_types::Duration {
+                seconds: 1,
+                nanos: 500_000_000
+            }),
+            headers: vec![wp::OtlpHttpHeader {
+                name: "x-tenant".into(),
+                value: "team-a".into()
+            }],
+        })
+    );
     // A host the registry does not have configures no tracer, as istiod's `LookupCluster`
     // failing does (`pilot/pkg/networking/core/tracing.go`).
     assert_eq!(translate(&provider("collector.example.com")), None);

@@ -172,6 +172,41 @@ fn a_request_record_becomes_envoys_http_entry() {
     assert_eq!((bytes.received_bytes, bytes.sent_bytes), (12, 34));
 }
 
+/// A header that came several times is logged with its values joined by `,`, as Envoy's
+/// gRPC logger logs it (`getAllOfHeaderAsString`), where `%REQ()%` keeps the first value.
+#[test]
+fn a_repeated_header_is_logged_with_its_values_joined() {
+    let log = als_log("127.0.0.1:9", proto::grpc_access_log::Kind::Http, "");
+    let logs = AccessLogs::compile(std::slice::from_ref(&log), "access_logs")
+        .unwrap()
+        .unwrap();
+    let sink = GrpcSink::compile(log.grpc.as_ref().unwrap()).unwrap();
+    let metrics = Arc::new(Metrics::new(&mut Registry::default()));
+    let mut record = recorded(&metrics, &logs);
+    record.access_log_disabled = true;
+    let mut headers = HeaderMap::new();
+    headers.append("x-tenant", HeaderValue::from_static("blue"));
+    headers.append("x-tenant", HeaderValue::from_static("green"));
+    record.set_access_logs(&logs, &headers);
+    let mut response = HeaderMap::new();
+    response.append("x-cache", HeaderValue::from_static("miss"));
+    response.append("x-cache", HeaderValue::from_static("stale"));
+    record.capture_response_headers(&response);
+    let mut trailers = HeaderMap::new();
+    trailers.append("grpc-message", HeaderValue::from_static("a"));
+    trailers.append("grpc-message", HeaderValue::from_static("b"));
+    record.capture_response_trailers(&trailers);
+
+    let Entry::Http(entry) = request_entry(Kind::Http, &entry_of(&record), &sink) else {
+        panic!("an HTTP provider writes HTTP entries");
+    };
+    let request = entry.request.as_ref().unwrap();
+    assert_eq!(request.request_headers["x-tenant"], "blue,green");
+    let response = entry.response.as_ref().unwrap();
+    assert_eq!(response.response_headers["x-cache"], "miss,stale");
+    assert_eq!(response.response_trailers["grpc-message"], "a,b");
+}
+
 fn entry_of(record: &RequestRecord) -> RequestEntry<'_> {
     let (logs, captured) = record.access_logs.as_ref().unwrap();
     RequestEntry {

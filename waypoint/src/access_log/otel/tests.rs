@@ -54,6 +54,7 @@ fn a_full_queue_drops_and_counts_records() {
     let collector = Arc::new(Collector {
         endpoints: vec!["127.0.0.1:9".to_owned()],
         service_name: String::new(),
+        http: None,
     });
     for _ in 0..QUEUE_CAPACITY + 7 {
         exporter.submit(Arc::clone(&collector), LogRecord::default());
