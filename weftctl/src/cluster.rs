@@ -24,7 +24,8 @@ pub const AGENT_LABELS: &str = "app.kubernetes.io/name=weft-node-agent";
 pub const MONITORING_PORT: u16 = 15014;
 /// A node agent's admin port (/config_dump), on the pod's loopback.
 pub const ADMIN_PORT: u16 = 15000;
-/// The controller's console port when its console is on (`--console-address 0.0.0.0:20001`).
+/// The controller's console port when its console is on (the chart's `controller.console`:
+/// `--console-address 127.0.0.1:20001`, the pod's loopback, which a port-forward reaches).
 pub const CONSOLE_PORT: u16 = 20001;
 
 /// The kubeconfig weftctl would use: the given file, else `KUBECONFIG`, else `~/.kube/config`

@@ -72,14 +72,7 @@ impl EnvoyGrpcAls {
         path: &str,
         field: &impl Fn(&str, String) -> MeshConfigError,
     ) -> Result<GrpcAlsProvider, MeshConfigError> {
-        let service = self.service.trim();
-        if service.is_empty() || service.split('/').any(str::is_empty) {
-            return Err(field(
-                &format!("{path}.service"),
-                format!("{:?} is not a service: [namespace/]hostname", self.service),
-            ));
-        }
-        let port = super::trace::port(self.port, &format!("{path}.port"), field)?;
+        let (service, port) = super::trace::service_port(&self.service, self.port, path, field)?;
         // Envoy looks each header up by its lowercase name (`Http::LowerCaseString`).
         let lower = |names: Vec<String>| -> Vec<String> {
             names.iter().map(|n| n.to_ascii_lowercase()).collect()

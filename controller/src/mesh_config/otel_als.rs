@@ -57,14 +57,7 @@ impl EnvoyOtelAls {
         path: &str,
         field: &impl Fn(&str, String) -> MeshConfigError,
     ) -> Result<OtelAlsProvider, MeshConfigError> {
-        let service = self.service.trim();
-        if service.is_empty() || service.split('/').any(str::is_empty) {
-            return Err(field(
-                &format!("{path}.service"),
-                format!("{:?} is not a service: [namespace/]hostname", self.service),
-            ));
-        }
-        let port = super::trace::port(self.port, &format!("{path}.port"), field)?;
+        let (service, port) = super::trace::service_port(&self.service, self.port, path, field)?;
         let log_format = self.log_format.unwrap_or_default();
         let body = if log_format.text.is_empty() {
             format!("{DEFAULT_TEXT_FORMAT}\n")

@@ -177,6 +177,24 @@ fn otlp_http(
 }
 
 /// A provider's `port`, 1 to 65535; another value names `name`.
+/// A provider's `service` (`[namespace/]hostname`, trimmed) and `port`, each checked as
+/// Istio's `ValidateExtensionProvider*` checks them; `path` is the provider's field.
+pub(super) fn service_port<'s>(
+    service: &'s str,
+    port_value: impl Into<i64>,
+    path: &str,
+    field: &impl Fn(&str, String) -> MeshConfigError,
+) -> Result<(&'s str, u16), MeshConfigError> {
+    let trimmed = service.trim();
+    if trimmed.is_empty() || trimmed.split('/').any(str::is_empty) {
+        return Err(field(
+            &format!("{path}.service"),
+            format!("{service:?} is not a service: [namespace/]hostname"),
+        ));
+    }
+    Ok((trimmed, port(port_value, &format!("{path}.port"), field)?))
+}
+
 pub(super) fn port(
     value: impl Into<i64>,
     name: &str,
