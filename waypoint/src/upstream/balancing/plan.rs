@@ -238,6 +238,11 @@ impl BalancingPlan {
         level: u32,
         accept: impl Fn(usize) -> bool,
     ) -> Option<usize> {
+        // No endpoint of the cluster was ever ejected: the plan's tables are those over the
+        // available endpoints, read without the lock the cache of rebuilt tables takes.
+        if ejections.stamp == 0 {
+            return self.hashed(hash, level, accept);
+        }
         let tables = self.available_tables(endpoints, ejections);
         let table = tables.tables.get(usize::try_from(level).ok()?)?;
         table.as_deref()?.lookup(hash, accept)
