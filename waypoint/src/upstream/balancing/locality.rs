@@ -9,8 +9,8 @@ use crate::model::{Cluster, Endpoint};
 const OVERPROVISIONING_PERCENT: usize = 140;
 
 /// (endpoints, available, healthy) per locality priority: a few levels, counted once per
-/// choice.
-fn priority_counts(
+/// choice of the walk, or once per change of the ejected set ([`super::pools::Pools`]).
+pub(super) fn priority_counts(
     cluster: &Cluster,
     available: impl Fn(&Endpoint) -> bool,
 ) -> Vec<(usize, usize, usize)> {
@@ -48,10 +48,12 @@ pub(super) fn total_availability(
     cluster: &Cluster,
     available: impl Fn(&Endpoint) -> bool,
 ) -> usize {
-    health_of(&priority_counts(cluster, available))
-        .iter()
-        .sum::<usize>()
-        .min(100)
+    total_availability_of(&priority_counts(cluster, available))
+}
+
+/// [`total_availability`] from the [`priority_counts`].
+pub(super) fn total_availability_of(counts: &[(usize, usize, usize)]) -> usize {
+    health_of(counts).iter().sum::<usize>().min(100)
 }
 
 /// Whether a priority of `healthy` endpoints, `available` of them, is in panic below
@@ -82,8 +84,22 @@ pub(super) fn priority_level(
     min_health: usize,
     roll: usize,
 ) -> u32 {
-    let counts = priority_counts(cluster, available);
-    let mut health = health_of(&counts);
+    level_of(
+        &priority_counts(cluster, available),
+        skipped,
+        min_health,
+        roll,
+    )
+}
+
+/// [`priority_level`] from the [`priority_counts`].
+pub(super) fn level_of(
+    counts: &[(usize, usize, usize)],
+    skipped: &[u32],
+    min_health: usize,
+    roll: usize,
+) -> u32 {
+    let mut health = health_of(counts);
     let total = health.iter().sum::<usize>().min(100);
     let total_panic = min_health > 0
         && counts
@@ -150,7 +166,16 @@ pub(super) fn weighted_locality(
     available: impl Fn(&Endpoint) -> bool,
     roll: f64,
 ) -> Option<u32> {
-    // (endpoints, available) per locality.
+    let counts = locality_counts(cluster, in_level, available);
+    locality_of(&counts, &cluster.locality_weights, roll)
+}
+
+/// (endpoints, available) per weighed locality, of the endpoints `in_level`.
+pub(super) fn locality_counts(
+    cluster: &Cluster,
+    in_level: impl Fn(&Endpoint) -> bool,
+    available: impl Fn(&Endpoint) -> bool,
+) -> Vec<(usize, usize)> {
     let mut counts = vec![(0usize, 0usize); cluster.locality_weights.len()];
     for e in cluster.endpoints.iter().filter(|e| in_level(e)) {
         if let Some(locality) = counts.get_mut(e.locality as usize) {
@@ -158,9 +183,14 @@ pub(super) fn weighted_locality(
             locality.1 += usize::from(available(e));
         }
     }
+    counts
+}
+
+/// [`weighted_locality`] from the [`locality_counts`] and the localities' `weights`.
+pub(super) fn locality_of(counts: &[(usize, usize)], weights: &[u32], roll: f64) -> Option<u32> {
     let effective: Vec<f64> = counts
         .iter()
-        .zip(&cluster.locality_weights)
+        .zip(weights)
         .map(|((total, up), weight)| {
             if *total == 0 {
                 return 0.0;

@@ -7,12 +7,12 @@
 //! ([`BalancingPlan::hashed_available`]).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
-use super::HashInput;
-use super::edf::EdfSchedule;
-use crate::model::{Endpoint, HashKey, HashTable, LoadBalancer, MAXIMUM_RING_SIZE};
+use super::pools::{self, Pools};
+use super::{HashInput, worker};
+use crate::model::{Cluster, Endpoint, HashKey, HashTable, LoadBalancer, MAXIMUM_RING_SIZE};
 
 /// A cluster's balancing plan (see the module comment), built from its endpoints by
 /// [`BalancingPlan::new`].
@@ -34,12 +34,19 @@ pub struct BalancingPlan {
     hash_table: Option<HashTable>,
     locality_weights: Vec<u32>,
     /// The tables over the endpoints not ejected, for the ejected set last seen; `None` until
-    /// an ejection is first seen.
+    /// an ejection is first seen. Workers take them from here when theirs are out of date
+    /// ([`worker::with_available`]); a choice reads its worker's.
     available: Mutex<Option<Arc<AvailableTables>>>,
     /// How many priority tables have been built over the endpoints not ejected.
     available_builds: AtomicUsize,
-    /// Weighted least request's schedule of the healthy endpoints, made on its first pick.
-    schedule: Mutex<Option<EdfSchedule>>,
+    /// The pools with no endpoint ejected, made on the first choice that needs them (one the
+    /// plan alone does not answer: locality priorities, weighed localities, a retry).
+    pools: OnceLock<Pools>,
+    /// Distinct in the process: the workers' copies of [`Self::available`] and their EDF
+    /// schedules of the healthy endpoints (weighted least request) are kept under it.
+    id: u64,
+    /// Lives as long as the plan, so that workers drop what they keep of a plan gone.
+    alive: Arc<()>,
 }
 
 /// The ejections a choice sees: which endpoints are ejected now, and a stamp that changes
@@ -63,8 +70,9 @@ pub fn next_ejection_stamp() -> u64 {
 /// The consistent-hash tables of a plan over the endpoints not ejected, for one ejected set:
 /// the tables Envoy builds out of panic over each priority's healthy hosts
 /// (`healthyHostsPerLocality()`), where outlier detection has marked the ejected ones
-/// unhealthy.
-struct AvailableTables {
+/// unhealthy; and the pools of that set ([`Pools`]). Immutable once built: the plan and each
+/// worker hold it until the ejected set changes.
+pub(super) struct AvailableTables {
     /// The stamp of the last ejection when the set was read.
     stamp: u64,
     /// When the first of `ejected` returns: from then on the set is out of date.
@@ -74,6 +82,35 @@ struct AvailableTables {
     /// By priority, as [`BalancingPlan::tables`]; a priority none of whose endpoints is
     /// ejected shares the plan's table.
     tables: Vec<Option<Arc<Table>>>,
+    /// The pools of this ejected set, made on the first choice that needs them; shared with
+    /// the next tables while the ejected set is the same.
+    pools: Arc<OnceLock<Pools>>,
+}
+
+impl AvailableTables {
+    /// Whether these are the tables for `ejections`: no ejection since they were built, and
+    /// no return.
+    pub(super) fn serves(&self, ejections: &Ejections<'_>) -> bool {
+        self.stamp == ejections.stamp && self.until.is_none_or(|until| until > ejections.now)
+    }
+
+    /// The pools of `cluster` (this plan's) for this ejected set.
+    pub(super) fn pools(&self, cluster: &Cluster) -> &Pools {
+        self.pools
+            .get_or_init(|| Pools::new(cluster, &self.ejected))
+    }
+
+    /// [`BalancingPlan::hashed`] in the table of locality priority `level` over its endpoints
+    /// not ejected.
+    pub(super) fn hashed(
+        &self,
+        hash: u64,
+        level: u32,
+        accept: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
+        let table = self.tables.get(usize::try_from(level).ok()?)?;
+        table.as_deref()?.lookup(hash, accept)
+    }
 }
 
 /// A consistent-hash table a plan built, for the admin page: its kind and its size as built
@@ -127,7 +164,9 @@ impl BalancingPlan {
             locality_weights: locality_weights.to_vec(),
             available: Mutex::new(None),
             available_builds: AtomicUsize::new(0),
-            schedule: Mutex::new(None),
+            pools: OnceLock::new(),
+            id: pools::next_id(),
+            alive: Arc::new(()),
         };
         if hash_table.is_some() {
             let levels = plan
@@ -198,17 +237,24 @@ impl BalancingPlan {
     /// endpoint's weight over its requests in flight plus one), put back with its weight now;
     /// O(log n) in the endpoints. The others keep the weight they went in with until their
     /// turn, as under Envoy.
+    /// The schedule is the worker's own ([`worker::scheduled`]), read without a lock.
     pub fn scheduled(&self, weight: impl Fn(usize) -> f64) -> Option<usize> {
-        let mut schedule = self
-            .schedule
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        schedule
-            .get_or_insert_with(|| {
-                let picks = rand::random_range(0..self.healthy.len().max(1));
-                EdfSchedule::new(&self.healthy, &weight, picks)
-            })
-            .pick_and_add(weight)
+        worker::scheduled(self.id, &self.alive, &self.healthy, weight)
+    }
+
+    /// The plan's id ([`Self::id`]).
+    pub(super) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The token that lives as long as the plan.
+    pub(super) fn alive(&self) -> &Arc<()> {
+        &self.alive
+    }
+
+    /// The pools of `cluster` (this plan's) with no endpoint ejected.
+    pub(super) fn pools(&self, cluster: &Cluster) -> &Pools {
+        self.pools.get_or_init(|| Pools::new(cluster, &[]))
     }
 
     /// The endpoint the consistent-hash table of locality priority `level` gives a key of
@@ -228,8 +274,8 @@ impl BalancingPlan {
     /// some keys of other endpoints move too; they come back when the endpoint returns. The
     /// tables are built once per change of the ejected set of `endpoints` (the cluster's, this
     /// plan's), each in time proportional to its size, and shared until the next ejection or
-    /// return; a choice reads them at the cost of a lock and a comparison. `None`: no host left
-    /// there, or none accepted.
+    /// return; a choice reads its worker's copy ([`worker::with_available`]) at the cost of a
+    /// comparison, without a lock. `None`: no host left there, or none accepted.
     pub fn hashed_available(
         &self,
         endpoints: &[Endpoint],
@@ -243,14 +289,14 @@ impl BalancingPlan {
         if ejections.stamp == 0 {
             return self.hashed(hash, level, accept);
         }
-        let tables = self.available_tables(endpoints, ejections);
-        let table = tables.tables.get(usize::try_from(level).ok()?)?;
-        table.as_deref()?.lookup(hash, accept)
+        worker::with_available(self, endpoints, ejections, |tables| {
+            tables.hashed(hash, level, accept)
+        })
     }
 
     /// The tables over the endpoints not ejected (see [`Self::hashed_available`]), built when
     /// the ejected set has changed since they last were.
-    fn available_tables(
+    pub(super) fn available_tables(
         &self,
         endpoints: &[Endpoint],
         ejections: &Ejections<'_>,
@@ -260,8 +306,7 @@ impl BalancingPlan {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(tables) = cached.as_ref()
-            && tables.stamp == ejections.stamp
-            && tables.until.is_none_or(|until| until > ejections.now)
+            && tables.serves(ejections)
         {
             return Arc::clone(tables);
         }
@@ -273,27 +318,33 @@ impl BalancingPlan {
                 until = Some(until.map_or(end, |u| u.min(end)));
             }
         }
-        let tables = match cached.as_ref() {
-            Some(previous) if previous.ejected == ejected => previous.tables.clone(),
-            _ => (0..self.tables.len())
-                .map(|level| {
-                    let affected = ejected
-                        .iter()
-                        .any(|i| endpoints[*i].priority as usize == level);
-                    if !affected {
-                        return self.tables[level].clone();
-                    }
-                    self.available_builds.fetch_add(1, Ordering::Relaxed);
-                    self.build_table(endpoints, level as u32, &ejected)
-                        .map(Arc::new)
-                })
-                .collect(),
+        let (tables, pools) = match cached.as_ref() {
+            Some(previous) if previous.ejected == ejected => {
+                (previous.tables.clone(), Arc::clone(&previous.pools))
+            }
+            _ => {
+                let tables = (0..self.tables.len())
+                    .map(|level| {
+                        let affected = ejected
+                            .iter()
+                            .any(|i| endpoints[*i].priority as usize == level);
+                        if !affected {
+                            return self.tables[level].clone();
+                        }
+                        self.available_builds.fetch_add(1, Ordering::Relaxed);
+                        self.build_table(endpoints, level as u32, &ejected)
+                            .map(Arc::new)
+                    })
+                    .collect();
+                (tables, Arc::default())
+            }
         };
         let fresh = Arc::new(AvailableTables {
             stamp: ejections.stamp,
             until,
             ejected,
             tables,
+            pools,
         });
         *cached = Some(Arc::clone(&fresh));
         fresh
