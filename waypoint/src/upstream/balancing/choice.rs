@@ -192,14 +192,15 @@ fn from_pools<'c>(
 /// [`choose`] makes of that pool, but for least request over unequal weights, which walks
 /// Envoy's EDF schedule here and draws in the same proportions there. `None`: the pool must be
 /// worked out.
-fn plain_choice<'c>(
-    states: &EndpointStates,
-    next: &AtomicUsize,
-    cluster: &'c Cluster,
-    hash: &HashInput<'_>,
-    tried: &Tried<'_>,
-    now: Instant,
-) -> Option<Result<&'c Endpoint, UpstreamError>> {
+fn plain_choice<'c>(request: &Request<'_, 'c>) -> Option<Result<&'c Endpoint, UpstreamError>> {
+    let Request {
+        states,
+        next,
+        cluster,
+        hash,
+        tried,
+        now,
+    } = *request;
     let hashing = matches!(cluster.load_balancer, LoadBalancer::ConsistentHash(..));
     // A consistent hash weighs localities inside its table (see `choose`).
     let plain = cluster.priorities <= 1
@@ -290,9 +291,6 @@ pub(super) fn choose<'c>(
             Err(UpstreamError::NoHealthyUpstream(cluster.name.clone()))
         };
     }
-    if let Some(choice) = plain_choice(states, next, cluster, hash, tried, now) {
-        return choice;
-    }
     let request = Request {
         states,
         next,
@@ -301,6 +299,9 @@ pub(super) fn choose<'c>(
         tried,
         now,
     };
+    if let Some(choice) = plain_choice(&request) {
+        return choice;
+    }
     if cluster.plan().healthy().is_empty() {
         return Err(UpstreamError::NoHealthyUpstream(cluster.name.clone()));
     }

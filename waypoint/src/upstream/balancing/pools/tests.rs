@@ -158,41 +158,6 @@ fn narrowed_pick_cost_does_not_grow_with_the_endpoints() {
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
-/// Picks per second in narrowed pools of 1,000 endpoints, by balancer and narrowing, for
-/// docs/benchmarks.md (`cargo test -p waypoint --lib narrowed_picks_per_second -- --ignored
-/// --nocapture`).
-#[test]
-#[ignore]
-fn narrowed_picks_per_second() {
-    let headers = alice();
-    let input = keyed(&headers);
-    let picks = 20_000u32;
-    for (name, balancer) in balancers() {
-        for narrowing in NARROWINGS {
-            let weighted = name == "weighted least request";
-            let cluster = cluster(1_000, &balancer, weighted, narrowing);
-            let (state, tried) = narrowed(&cluster, narrowing);
-            std::hint::black_box(state.choose_endpoint(&cluster, &input, &tried).unwrap());
-            let best = (0..3)
-                .map(|_| {
-                    let start = Instant::now();
-                    for _ in 0..picks {
-                        std::hint::black_box(
-                            state.choose_endpoint(&cluster, &input, &tried).unwrap(),
-                        );
-                    }
-                    start.elapsed()
-                })
-                .min()
-                .unwrap();
-            println!(
-                "{name}, {narrowing:?}: {:.0} picks/s",
-                f64::from(picks) / best.as_secs_f64()
-            );
-        }
-    }
-}
-
 /// The endpoints (by index) `picks` choices of `cluster` go to, for a request that tried
 /// `tried`, each with its own key.
 fn choices(
