@@ -4,7 +4,8 @@
 //! and the consistent-hash tables (Envoy's ring hash or Maglev), one per locality priority as
 //! Envoy builds them, weighted as Envoy weights them. While outlier detection ejects endpoints,
 //! the tables over the others, rebuilt once each time the ejected set changes
-//! ([`BalancingPlan::hashed_available`]).
+//! ([`BalancingPlan::hashed_available`]), with the pools a narrowed choice draws from
+//! ([`super::pools`]).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -236,8 +237,8 @@ impl BalancingPlan {
     /// EDF schedule of the endpoints' `weight`s (`LeastRequestLoadBalancer::hostWeight`, the
     /// endpoint's weight over its requests in flight plus one), put back with its weight now;
     /// O(log n) in the endpoints. The others keep the weight they went in with until their
-    /// turn, as under Envoy.
-    /// The schedule is the worker's own ([`worker::scheduled`]), read without a lock.
+    /// turn, as under Envoy. The schedule is this worker thread's own ([`worker::scheduled`]),
+    /// read without a lock.
     pub fn scheduled(&self, weight: impl Fn(usize) -> f64) -> Option<usize> {
         worker::scheduled(self.id, &self.alive, &self.healthy, weight)
     }
@@ -260,7 +261,8 @@ impl BalancingPlan {
     /// The endpoint the consistent-hash table of locality priority `level` gives a key of
     /// hash `hash` ([`key_hash`]), the first `accept`s (endpoints outside the request's pool,
     /// tried before, are passed over as Envoy passes over a host its retry predicate
-    /// rejects): the table Envoy builds in panic, over healthy endpoints ejected or not. `None`: no table there, or no entry accepted.
+    /// rejects): the table Envoy builds in panic, over healthy endpoints ejected or not.
+    /// `None`: no table there, or no entry accepted.
     pub fn hashed(&self, hash: u64, level: u32, accept: impl Fn(usize) -> bool) -> Option<usize> {
         let table = self.tables.get(usize::try_from(level).ok()?)?;
         table.as_deref()?.lookup(hash, accept)
