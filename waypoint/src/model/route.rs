@@ -108,7 +108,11 @@ pub enum RedirectPort {
 
 #[derive(Debug, Clone)]
 pub struct Redirect {
+    /// The whole path (the query dropped) in the location.
     pub uri: Option<String>,
+    /// The replacement of the part of the path the route's uri match matched (Envoy's
+    /// `prefix_rewrite`); at most one of `uri` and `prefix_rewrite`.
+    pub prefix_rewrite: Option<String>,
     pub authority: Option<String>,
     pub scheme: Option<String>,
     pub port: RedirectPort,

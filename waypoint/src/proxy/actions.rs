@@ -64,12 +64,22 @@ pub(super) async fn apply_fault(fault: &Fault, record: &mut RequestRecord) -> Op
     percentage_hit(*percent, rand::random()).then(|| LocalReply::FaultAbort(kind.clone()))
 }
 
-/// The redirect of a request for `authority` and `raw_path` (as it arrived, with its query),
-/// received on `request_port`.
+/// The path a redirect names: the request's as it arrived (`raw_path`, with its query), or
+/// the route's `uri`, or the route's `prefix_rewrite` in place of what `matched_uri` (the uri
+/// match that selected the route) matched of the routed path (`path`, normalized), the query
+/// kept.
+pub(super) struct RedirectPath<'a> {
+    pub raw_path: &'a str,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub matched_uri: Option<&'a StringMatch>,
+}
+
+/// The redirect of a request for `authority` and `path`, received on `request_port`.
 pub(super) fn redirect(
     redirect: &Redirect,
     authority: &str,
-    raw_path: &str,
+    path: &RedirectPath<'_>,
     request_port: u16,
 ) -> LocalReply {
     let scheme = redirect.scheme.as_deref().unwrap_or("http");
@@ -87,7 +97,11 @@ pub(super) fn redirect(
         }
         RedirectPort::SchemeDefault => None,
     };
-    let path = redirect.uri.clone().unwrap_or_else(|| raw_path.to_owned());
+    let path = match (&redirect.uri, &redirect.prefix_rewrite) {
+        (Some(uri), _) => uri.clone(),
+        (None, Some(replacement)) => prefix_redirect_path(replacement, path),
+        (None, None) => path.raw_path.to_owned(),
+    };
     let location = match port {
         Some(p) => format!("{scheme}://{host}:{p}{path}"),
         None => format!("{scheme}://{host}{path}"),
@@ -95,6 +109,30 @@ pub(super) fn redirect(
     LocalReply::Redirect {
         status: redirect.status,
         location: HeaderValue::from_str(&location).ok(),
+    }
+}
+
+/// Envoy's `prefix_rewrite` of a redirect: the matched part of the path replaced, the rest and
+/// the query kept. Envoy matched the path against the route's own matcher: a prefix or exact
+/// path is what it strips (compared without case, as an `ignoreUriCase` match is), a regex
+/// the whole path, and a route without a uri match is Istio's prefix `/`.
+fn prefix_redirect_path(replacement: &str, request: &RedirectPath<'_>) -> String {
+    let path = request.path;
+    let matched = match request.matched_uri {
+        Some(StringMatch::Prefix(p) | StringMatch::Exact(p)) => p.as_str(),
+        Some(StringMatch::Regex(_)) => path,
+        None => "/",
+    };
+    let new_path = match path.get(..matched.len()) {
+        Some(head) if head.eq_ignore_ascii_case(matched) => {
+            format!("{replacement}{}", &path[matched.len()..])
+        }
+        // Not what the route matched: nothing to replace.
+        _ => path.to_owned(),
+    };
+    match request.query {
+        Some(query) => format!("{new_path}?{query}"),
+        None => new_path,
     }
 }
 
@@ -171,6 +209,7 @@ mod tests {
     fn redirects_build_their_location() {
         let rule = |uri: Option<&str>, authority: Option<&str>, port| Redirect {
             uri: uri.map(str::to_owned),
+            prefix_rewrite: None,
             authority: authority.map(str::to_owned),
             scheme: None,
             port,
@@ -197,9 +236,61 @@ mod tests {
             ),
         ];
         for (rule, authority, path, expected) in cases {
-            let reply = redirect(&rule, authority, path, 9080).reply();
+            let request = RedirectPath {
+                raw_path: path,
+                path: path.split('?').next().unwrap(),
+                query: path.split_once('?').map(|(_, q)| q),
+                matched_uri: None,
+            };
+            let reply = redirect(&rule, authority, &request, 9080).reply();
             assert_eq!(reply.status, StatusCode::MOVED_PERMANENTLY);
             assert_eq!(reply.headers[header::LOCATION], expected);
+        }
+    }
+
+    #[test]
+    fn prefix_redirects_replace_what_the_route_matched() {
+        let rule = Redirect {
+            uri: None,
+            prefix_rewrite: Some("/new".to_owned()),
+            authority: None,
+            scheme: None,
+            port: RedirectPort::SchemeDefault,
+            status: StatusCode::FOUND,
+        };
+        let prefix = StringMatch::Prefix("/old".to_owned());
+        let slash = StringMatch::Prefix("/old/".to_owned());
+        let exact = StringMatch::Exact("/old".to_owned());
+        let regex = StringMatch::regex("/o.*").unwrap();
+        let cases = [
+            // (matched, routed path, query, location's path)
+            (Some(&prefix), "/old/page", None, "/new/page"),
+            (Some(&prefix), "/old/page", Some("a=1&b"), "/new/page?a=1&b"),
+            (Some(&prefix), "/old", None, "/new"),
+            (Some(&prefix), "/oldest", None, "/newest"),
+            // Envoy strips the prefix as long as it is: `/new` and `/old/` leave no separator.
+            (Some(&slash), "/old/x", None, "/newx"),
+            (Some(&exact), "/old", Some("q"), "/new?q"),
+            // An ignoreUriCase match holds its prefix in lower case.
+            (Some(&prefix), "/OLD/Page", None, "/new/Page"),
+            (Some(&regex), "/other/x", Some("q"), "/new?q"),
+            // No uri match: Istio's prefix `/`.
+            (None, "/x/y", None, "/newx/y"),
+        ];
+        for (matched, path, query, expected) in cases {
+            let request = RedirectPath {
+                raw_path: "/raw/is/not/used",
+                path,
+                query,
+                matched_uri: matched,
+            };
+            let reply = redirect(&rule, "a.b", &request, 80).reply();
+            assert_eq!(reply.status, StatusCode::FOUND);
+            assert_eq!(
+                reply.headers[header::LOCATION],
+                format!("http://a.b{expected}").as_str(),
+                "{path}"
+            );
         }
     }
 }

@@ -273,7 +273,12 @@ async fn follow_route(
         RouteAction::Redirect(redirect) => Err(actions::redirect(
             redirect,
             &cx.record.authority,
-            &cx.record.path,
+            &actions::RedirectPath {
+                raw_path: &cx.record.path,
+                path: &cx.path,
+                query: cx.query.as_deref(),
+                matched_uri,
+            },
             cx.target.port(),
         )),
         RouteAction::Forward(destinations) => {

@@ -229,6 +229,49 @@ async fn weighted_split_follows_the_weights() {
 }
 
 #[tokio::test]
+async fn a_prefix_redirect_replaces_the_matched_prefix_and_keeps_the_rest() {
+    let (harness, v1, _v2) = routed_to_v1().await;
+    let moved = proto::HttpRoute {
+        r#match: vec![proto::HttpMatchRequest {
+            uri: Some(proto::StringMatch {
+                match_type: Some(proto::string_match::MatchType::Prefix("/old".to_owned())),
+            }),
+            ..Default::default()
+        }],
+        redirect: Some(proto::HttpRedirect {
+            prefix_rewrite: "/new".to_owned(),
+            redirect_code: 302,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    harness
+        .waypoint
+        .apply_config(config(
+            vec![moved, route_to("v1")],
+            vec![cluster("v1", &[&v1])],
+        ))
+        .unwrap();
+    let mut sender = harness.http1().await;
+    for (path, location) in [
+        ("/old/page?a=1&b=2", "/new/page?a=1&b=2"),
+        ("/old", "/new"),
+        ("/older/x", "/newer/x"),
+    ] {
+        let (status, headers, _) = send_on(&mut sender, get(path)).await;
+        assert_eq!(status, StatusCode::FOUND, "{path}");
+        assert_eq!(
+            headers["location"],
+            format!("http://{HOST}{location}").as_str(),
+            "{path}"
+        );
+    }
+    let (status, _, body) = send_on(&mut sender, get("/other/old")).await;
+    assert_eq!((status, body.as_ref()), (StatusCode::OK, b"v1".as_ref()));
+    assert_eq!(v1.request_count(), 1, "a redirected request reached v1");
+}
+
+#[tokio::test]
 async fn a_gateway_api_routes_invalid_backend_gets_its_share_answered_500() {
     // What the controller sends for an HTTPRoute whose second backend does not resolve: its
     // weight stays on a cluster nothing serves, and the route says 500 for it, as Istio's

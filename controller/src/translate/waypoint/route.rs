@@ -692,5 +692,6 @@ fn redirect(r: &net::HttpRedirect) -> wp::HttpRedirect {
         redirect_port,
         scheme: r.scheme.clone().unwrap_or_default(),
         redirect_code: r.redirect_code.unwrap_or(0),
+        prefix_rewrite: r.prefix_rewrite.clone().unwrap_or_default(),
     }
 }

@@ -263,9 +263,16 @@ pub(super) fn route(
         if !code.is_redirection() {
             return Err(invalid(context, format!("redirect code {code} is not 3xx")));
         }
+        if !redirect.uri.is_empty() && !redirect.prefix_rewrite.is_empty() {
+            return Err(invalid(
+                context,
+                "redirect may set only one of uri and prefixRewrite",
+            ));
+        }
         let nonempty = |s: &String| (!s.is_empty()).then(|| s.clone());
         RouteAction::Redirect(Redirect {
             uri: nonempty(&redirect.uri),
+            prefix_rewrite: nonempty(&redirect.prefix_rewrite),
             authority: nonempty(&redirect.authority),
             scheme: nonempty(&redirect.scheme),
             port,
