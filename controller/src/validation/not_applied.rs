@@ -73,12 +73,6 @@ pub const CATALOG: &[NotApplied] = &[
     ),
     entry(
         K::VirtualService,
-        "spec.http[].corsPolicy.unmatchedPreflights",
-        Equals(&["IGNORE"]),
-        "unmatched preflight requests are forwarded",
-    ),
-    entry(
-        K::VirtualService,
         "spec.tcp[].match[].sourceSubnet",
         Set,
         "deprecated, and never implemented by Istio either",

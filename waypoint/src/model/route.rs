@@ -288,6 +288,8 @@ pub struct CorsPolicy {
     pub expose_headers: String,
     pub max_age: Option<Duration>,
     pub allow_credentials: bool,
+    /// A preflight from an origin not allowed goes upstream; else the waypoint answers it.
+    pub forward_unmatched_preflights: bool,
 }
 
 impl CorsPolicy {

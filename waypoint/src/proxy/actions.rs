@@ -10,10 +10,22 @@ use super::LocalReply;
 use crate::metrics::{RequestRecord, ResponseFlag};
 use crate::model::{CorsPolicy, Fault, Redirect, RedirectPort, Rewrite};
 
-/// The answer to a preflight the policy allows for `origin`.
-pub(super) fn cors_preflight(cors: &CorsPolicy, origin: &str) -> LocalReply {
+/// The answer to a preflight: from an `origin` the policy allows, or (`None`) from one it does
+/// not when the policy answers those (`unmatchedPreflights: IGNORE`), as Envoy's CORS filter
+/// does: without `Access-Control-Allow-Origin` or the exposed headers, which it gives allowed
+/// origins only, so the browser refuses the request it was asked about.
+pub(super) fn cors_preflight(cors: &CorsPolicy, origin: Option<&str>) -> LocalReply {
     let mut headers = HeaderMap::new();
-    add_cors_headers(cors, origin, &mut headers);
+    match origin {
+        Some(origin) => add_cors_headers(cors, origin, &mut headers),
+        None if cors.allow_credentials => {
+            headers.insert(
+                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
+        }
+        None => {}
+    }
     let mut set = |name: HeaderName, value: &str| {
         if !value.is_empty()
             && let Ok(v) = HeaderValue::from_str(value)
@@ -246,6 +258,55 @@ mod tests {
             assert_eq!(reply.status, StatusCode::MOVED_PERMANENTLY);
             assert_eq!(reply.headers[header::LOCATION], expected);
         }
+    }
+
+    #[test]
+    fn preflights_from_origins_not_allowed_are_answered_without_allowing_them() {
+        let cors = CorsPolicy {
+            allow_origins: vec![StringMatch::Exact("https://a.example".to_owned())],
+            allow_methods: "GET,POST".to_owned(),
+            allow_headers: "x-token".to_owned(),
+            expose_headers: "x-served-by".to_owned(),
+            max_age: Some(std::time::Duration::from_secs(600)),
+            allow_credentials: true,
+            forward_unmatched_preflights: false,
+        };
+        let allowed = cors_preflight(&cors, Some("https://a.example")).reply();
+        let refused = cors_preflight(&cors, None).reply();
+        for reply in [&allowed, &refused] {
+            assert_eq!(reply.status, StatusCode::OK);
+            assert_eq!(
+                reply.headers[header::ACCESS_CONTROL_ALLOW_METHODS],
+                "GET,POST"
+            );
+            assert_eq!(
+                reply.headers[header::ACCESS_CONTROL_ALLOW_HEADERS],
+                "x-token"
+            );
+            assert_eq!(reply.headers[header::ACCESS_CONTROL_MAX_AGE], "600");
+            assert_eq!(
+                reply.headers[header::ACCESS_CONTROL_ALLOW_CREDENTIALS],
+                "true"
+            );
+        }
+        assert_eq!(
+            allowed.headers[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+            "https://a.example"
+        );
+        assert_eq!(
+            allowed.headers[header::ACCESS_CONTROL_EXPOSE_HEADERS],
+            "x-served-by"
+        );
+        assert!(
+            !refused
+                .headers
+                .contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+        );
+        assert!(
+            !refused
+                .headers
+                .contains_key(header::ACCESS_CONTROL_EXPOSE_HEADERS)
+        );
     }
 
     #[test]

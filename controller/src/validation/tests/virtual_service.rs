@@ -509,6 +509,20 @@ fn virtual_service_rules() {
             "CRD enum UNSPECIFIED, FORWARD, IGNORE",
             route("corsPolicy: {unmatchedPreflights: UNSPECIFIED}"),
         ),
+        ok(
+            "unmatched preflights answered",
+            "CorsPolicy_IGNORE: forwardNotMatchingPreflights false",
+            route(
+                "corsPolicy: {allowOrigins: [{exact: 'https://a.example'}], unmatchedPreflights: IGNORE}",
+            ),
+        ),
+        bad(
+            "unmatched preflights misspelled",
+            "CRD enum UNSPECIFIED, FORWARD, IGNORE",
+            route("corsPolicy: {unmatchedPreflights: DROP}"),
+            "spec.http[0].corsPolicy.unmatchedPreflights",
+            "unknown variant",
+        ),
         bad(
             "bad gateway name",
             "validateGatewayNames",

@@ -381,6 +381,7 @@ pub(super) fn route(
                 expose_headers: c.expose_headers.join(","),
                 max_age: optional_duration(c.max_age.as_ref(), context)?,
                 allow_credentials: c.allow_credentials.unwrap_or(false),
+                forward_unmatched_preflights: c.forward_not_matching_preflights.unwrap_or(true),
             })
         })
         .transpose()?;
