@@ -80,6 +80,7 @@ pub enum ActionDump {
     Forward(Vec<DestinationDump>),
     Redirect {
         uri: Option<String>,
+        prefix_rewrite: Option<String>,
         authority: Option<String>,
         scheme: Option<String>,
         port: String,
@@ -304,6 +305,7 @@ fn route(config: &WaypointConfig, r: &Route, matches: Vec<HttpMatch>) -> RouteDu
         ),
         RouteAction::Redirect(redirect) => ActionDump::Redirect {
             uri: redirect.uri.clone(),
+            prefix_rewrite: redirect.prefix_rewrite.clone(),
             authority: redirect.authority.clone(),
             scheme: redirect.scheme.clone(),
             port: match redirect.port {

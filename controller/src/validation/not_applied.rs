@@ -67,21 +67,9 @@ pub const CATALOG: &[NotApplied] = &[
     ),
     entry(
         K::VirtualService,
-        "spec.http[].redirect.prefixRewrite",
-        Set,
-        "the redirect keeps the request's path",
-    ),
-    entry(
-        K::VirtualService,
         "spec.http[].match[].statPrefix",
         Set,
         "waypoints keep no per-match statistics",
-    ),
-    entry(
-        K::VirtualService,
-        "spec.http[].corsPolicy.unmatchedPreflights",
-        Equals(&["IGNORE"]),
-        "unmatched preflight requests are forwarded",
     ),
     entry(
         K::VirtualService,
@@ -273,12 +261,6 @@ pub const CATALOG: &[NotApplied] = &[
             "ExternalAuth",
         ]),
         "waypoints apply only header modifiers per backend: requests the rule matches are answered 500",
-    ),
-    entry(
-        K::HTTPRoute,
-        "spec.rules[].filters[].requestRedirect.path.replacePrefixMatch",
-        Set,
-        "a request for the prefix itself is redirected to the replacement; longer paths keep their path",
     ),
     entry(
         K::HTTPRoute,

@@ -108,7 +108,11 @@ pub enum RedirectPort {
 
 #[derive(Debug, Clone)]
 pub struct Redirect {
+    /// The whole path (the query dropped) in the location.
     pub uri: Option<String>,
+    /// The replacement of the part of the path the route's uri match matched (Envoy's
+    /// `prefix_rewrite`); at most one of `uri` and `prefix_rewrite`.
+    pub prefix_rewrite: Option<String>,
     pub authority: Option<String>,
     pub scheme: Option<String>,
     pub port: RedirectPort,
@@ -284,6 +288,8 @@ pub struct CorsPolicy {
     pub expose_headers: String,
     pub max_age: Option<Duration>,
     pub allow_credentials: bool,
+    /// A preflight from an origin not allowed goes upstream; else the waypoint answers it.
+    pub forward_unmatched_preflights: bool,
 }
 
 impl CorsPolicy {

@@ -509,6 +509,19 @@ fn invalid_configs_are_rejected_with_context() {
             "exactly one of",
         ),
         (
+            "redirect with uri and prefix rewrite",
+            |c| {
+                let route = &mut c.services[0].http_routes[0];
+                route.route.clear();
+                route.redirect = Some(proto::HttpRedirect {
+                    uri: "/a".to_owned(),
+                    prefix_rewrite: "/b".to_owned(),
+                    ..Default::default()
+                });
+            },
+            "only one of uri and prefixRewrite",
+        ),
+        (
             "fault percentage",
             |c| {
                 c.services[0].http_routes[0].fault = Some(proto::HttpFaultInjection {

@@ -10,10 +10,22 @@ use super::LocalReply;
 use crate::metrics::{RequestRecord, ResponseFlag};
 use crate::model::{CorsPolicy, Fault, Redirect, RedirectPort, Rewrite};
 
-/// The answer to a preflight the policy allows for `origin`.
-pub(super) fn cors_preflight(cors: &CorsPolicy, origin: &str) -> LocalReply {
+/// The answer to a preflight: from an `origin` the policy allows, or (`None`) from one it does
+/// not when the policy answers those (`unmatchedPreflights: IGNORE`), as Envoy's CORS filter
+/// does: without `Access-Control-Allow-Origin` or the exposed headers, which it gives allowed
+/// origins only, so the browser refuses the request it was asked about.
+pub(super) fn cors_preflight(cors: &CorsPolicy, origin: Option<&str>) -> LocalReply {
     let mut headers = HeaderMap::new();
-    add_cors_headers(cors, origin, &mut headers);
+    match origin {
+        Some(origin) => add_cors_headers(cors, origin, &mut headers),
+        None if cors.allow_credentials => {
+            headers.insert(
+                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
+        }
+        None => {}
+    }
     let mut set = |name: HeaderName, value: &str| {
         if !value.is_empty()
             && let Ok(v) = HeaderValue::from_str(value)
@@ -64,12 +76,22 @@ pub(super) async fn apply_fault(fault: &Fault, record: &mut RequestRecord) -> Op
     percentage_hit(*percent, rand::random()).then(|| LocalReply::FaultAbort(kind.clone()))
 }
 
-/// The redirect of a request for `authority` and `raw_path` (as it arrived, with its query),
-/// received on `request_port`.
+/// The path a redirect names: the request's as it arrived (`raw_path`, with its query), or
+/// the route's `uri`, or the route's `prefix_rewrite` in place of what `matched_uri` (the uri
+/// match that selected the route) matched of the routed path (`path`, normalized), the query
+/// kept.
+pub(super) struct RedirectPath<'a> {
+    pub raw_path: &'a str,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub matched_uri: Option<&'a StringMatch>,
+}
+
+/// The redirect of a request for `authority` and `path`, received on `request_port`.
 pub(super) fn redirect(
     redirect: &Redirect,
     authority: &str,
-    raw_path: &str,
+    path: &RedirectPath<'_>,
     request_port: u16,
 ) -> LocalReply {
     let scheme = redirect.scheme.as_deref().unwrap_or("http");
@@ -87,7 +109,11 @@ pub(super) fn redirect(
         }
         RedirectPort::SchemeDefault => None,
     };
-    let path = redirect.uri.clone().unwrap_or_else(|| raw_path.to_owned());
+    let path = match (&redirect.uri, &redirect.prefix_rewrite) {
+        (Some(uri), _) => uri.clone(),
+        (None, Some(replacement)) => prefix_redirect_path(replacement, path),
+        (None, None) => path.raw_path.to_owned(),
+    };
     let location = match port {
         Some(p) => format!("{scheme}://{host}:{p}{path}"),
         None => format!("{scheme}://{host}{path}"),
@@ -95,6 +121,30 @@ pub(super) fn redirect(
     LocalReply::Redirect {
         status: redirect.status,
         location: HeaderValue::from_str(&location).ok(),
+    }
+}
+
+/// Envoy's `prefix_rewrite` of a redirect: the matched part of the path replaced, the rest and
+/// the query kept. Envoy matched the path against the route's own matcher: a prefix or exact
+/// path is what it strips (compared without case, as an `ignoreUriCase` match is), a regex
+/// the whole path, and a route without a uri match is Istio's prefix `/`.
+fn prefix_redirect_path(replacement: &str, request: &RedirectPath<'_>) -> String {
+    let path = request.path;
+    let matched = match request.matched_uri {
+        Some(StringMatch::Prefix(p) | StringMatch::Exact(p)) => p.as_str(),
+        Some(StringMatch::Regex(_)) => path,
+        None => "/",
+    };
+    let new_path = match path.get(..matched.len()) {
+        Some(head) if head.eq_ignore_ascii_case(matched) => {
+            format!("{replacement}{}", &path[matched.len()..])
+        }
+        // Not what the route matched: nothing to replace.
+        _ => path.to_owned(),
+    };
+    match request.query {
+        Some(query) => format!("{new_path}?{query}"),
+        None => new_path,
     }
 }
 
@@ -171,6 +221,7 @@ mod tests {
     fn redirects_build_their_location() {
         let rule = |uri: Option<&str>, authority: Option<&str>, port| Redirect {
             uri: uri.map(str::to_owned),
+            prefix_rewrite: None,
             authority: authority.map(str::to_owned),
             scheme: None,
             port,
@@ -197,9 +248,110 @@ mod tests {
             ),
         ];
         for (rule, authority, path, expected) in cases {
-            let reply = redirect(&rule, authority, path, 9080).reply();
+            let request = RedirectPath {
+                raw_path: path,
+                path: path.split('?').next().unwrap(),
+                query: path.split_once('?').map(|(_, q)| q),
+                matched_uri: None,
+            };
+            let reply = redirect(&rule, authority, &request, 9080).reply();
             assert_eq!(reply.status, StatusCode::MOVED_PERMANENTLY);
             assert_eq!(reply.headers[header::LOCATION], expected);
+        }
+    }
+
+    #[test]
+    fn preflights_from_origins_not_allowed_are_answered_without_allowing_them() {
+        let cors = CorsPolicy {
+            allow_origins: vec![StringMatch::Exact("https://a.example".to_owned())],
+            allow_methods: "GET,POST".to_owned(),
+            allow_headers: "x-token".to_owned(),
+            expose_headers: "x-served-by".to_owned(),
+            max_age: Some(std::time::Duration::from_secs(600)),
+            allow_credentials: true,
+            forward_unmatched_preflights: false,
+        };
+        let allowed = cors_preflight(&cors, Some("https://a.example")).reply();
+        let refused = cors_preflight(&cors, None).reply();
+        for reply in [&allowed, &refused] {
+            assert_eq!(reply.status, StatusCode::OK);
+            assert_eq!(
+                reply.headers[header::ACCESS_CONTROL_ALLOW_METHODS],
+                "GET,POST"
+            );
+            assert_eq!(
+                reply.headers[header::ACCESS_CONTROL_ALLOW_HEADERS],
+                "x-token"
+            );
+            assert_eq!(reply.headers[header::ACCESS_CONTROL_MAX_AGE], "600");
+            assert_eq!(
+                reply.headers[header::ACCESS_CONTROL_ALLOW_CREDENTIALS],
+                "true"
+            );
+        }
+        assert_eq!(
+            allowed.headers[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+            "https://a.example"
+        );
+        assert_eq!(
+            allowed.headers[header::ACCESS_CONTROL_EXPOSE_HEADERS],
+            "x-served-by"
+        );
+        assert!(
+            !refused
+                .headers
+                .contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+        );
+        assert!(
+            !refused
+                .headers
+                .contains_key(header::ACCESS_CONTROL_EXPOSE_HEADERS)
+        );
+    }
+
+    #[test]
+    fn prefix_redirects_replace_what_the_route_matched() {
+        let rule = Redirect {
+            uri: None,
+            prefix_rewrite: Some("/new".to_owned()),
+            authority: None,
+            scheme: None,
+            port: RedirectPort::SchemeDefault,
+            status: StatusCode::FOUND,
+        };
+        let prefix = StringMatch::Prefix("/old".to_owned());
+        let slash = StringMatch::Prefix("/old/".to_owned());
+        let exact = StringMatch::Exact("/old".to_owned());
+        let regex = StringMatch::regex("/o.*").unwrap();
+        let cases = [
+            // (matched, routed path, query, location's path)
+            (Some(&prefix), "/old/page", None, "/new/page"),
+            (Some(&prefix), "/old/page", Some("a=1&b"), "/new/page?a=1&b"),
+            (Some(&prefix), "/old", None, "/new"),
+            (Some(&prefix), "/oldest", None, "/newest"),
+            // Envoy strips the prefix as long as it is: `/new` and `/old/` leave no separator.
+            (Some(&slash), "/old/x", None, "/newx"),
+            (Some(&exact), "/old", Some("q"), "/new?q"),
+            // An ignoreUriCase match holds its prefix in lower case.
+            (Some(&prefix), "/OLD/Page", None, "/new/Page"),
+            (Some(&regex), "/other/x", Some("q"), "/new?q"),
+            // No uri match: Istio's prefix `/`.
+            (None, "/x/y", None, "/newx/y"),
+        ];
+        for (matched, path, query, expected) in cases {
+            let request = RedirectPath {
+                raw_path: "/raw/is/not/used",
+                path,
+                query,
+                matched_uri: matched,
+            };
+            let reply = redirect(&rule, "a.b", &request, 80).reply();
+            assert_eq!(reply.status, StatusCode::FOUND);
+            assert_eq!(
+                reply.headers[header::LOCATION],
+                format!("http://a.b{expected}").as_str(),
+                "{path}"
+            );
         }
     }
 }

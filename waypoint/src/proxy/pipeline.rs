@@ -235,19 +235,27 @@ async fn follow_route(
     route: &Route,
     matched_uri: Option<&StringMatch>,
 ) -> Response<ProxyBody> {
+    // Envoy's CORS filter: an empty Origin is no CORS request, and a preflight is an OPTIONS
+    // with a non-empty Access-Control-Request-Method.
     let origin = request
         .headers()
         .get(header::ORIGIN)
         .and_then(|v| v.to_str().ok())
+        .filter(|o| !o.is_empty())
         .map(str::to_owned);
     if let (Some(cors), Some(origin)) = (&route.cors, &origin)
         && request.method() == Method::OPTIONS
         && request
             .headers()
-            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
-        && cors.origin_allowed(origin)
+            .get(header::ACCESS_CONTROL_REQUEST_METHOD)
+            .is_some_and(|m| !m.is_empty())
     {
-        return actions::cors_preflight(cors, origin).respond(&mut cx.record);
+        if cors.origin_allowed(origin) {
+            return actions::cors_preflight(cors, Some(origin)).respond(&mut cx.record);
+        }
+        if !cors.forward_unmatched_preflights {
+            return actions::cors_preflight(cors, None).respond(&mut cx.record);
+        }
     }
     if let Some(fault) = &route.fault
         && let Some(abort) = actions::apply_fault(fault, &mut cx.record).await
@@ -273,7 +281,12 @@ async fn follow_route(
         RouteAction::Redirect(redirect) => Err(actions::redirect(
             redirect,
             &cx.record.authority,
-            &cx.record.path,
+            &actions::RedirectPath {
+                raw_path: &cx.record.path,
+                path: &cx.path,
+                query: cx.query.as_deref(),
+                matched_uri,
+            },
             cx.target.port(),
         )),
         RouteAction::Forward(destinations) => {

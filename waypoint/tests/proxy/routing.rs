@@ -1,5 +1,6 @@
-//! Routing: header matches, weighted splits, undefined subsets, pods addressed directly,
-//! HTTP/2 and WebSocket clients, and a real client (curl) over a local bridge.
+//! Routing: header matches, weighted splits, prefix redirects, CORS preflights, undefined
+//! subsets, pods addressed directly, HTTP/2 and WebSocket clients, and a real client (curl)
+//! over a local bridge.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -226,6 +227,123 @@ async fn weighted_split_follows_the_weights() {
         "v1 got {v1_count} of 2000"
     );
     assert_eq!(v1.request_count() + v2.request_count(), 2000);
+}
+
+#[tokio::test]
+async fn a_prefix_redirect_replaces_the_matched_prefix_and_keeps_the_rest() {
+    let (harness, v1, _v2) = routed_to_v1().await;
+    let moved = proto::HttpRoute {
+        r#match: vec![proto::HttpMatchRequest {
+            uri: Some(proto::StringMatch {
+                match_type: Some(proto::string_match::MatchType::Prefix("/old".to_owned())),
+            }),
+            ..Default::default()
+        }],
+        redirect: Some(proto::HttpRedirect {
+            prefix_rewrite: "/new".to_owned(),
+            redirect_code: 302,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    harness
+        .waypoint
+        .apply_config(config(
+            vec![moved, route_to("v1")],
+            vec![cluster("v1", &[&v1])],
+        ))
+        .unwrap();
+    let mut sender = harness.http1().await;
+    for (path, location) in [
+        ("/old/page?a=1&b=2", "/new/page?a=1&b=2"),
+        ("/old", "/new"),
+        ("/older/x", "/newer/x"),
+    ] {
+        let (status, headers, _) = send_on(&mut sender, get(path)).await;
+        assert_eq!(status, StatusCode::FOUND, "{path}");
+        assert_eq!(
+            headers["location"],
+            format!("http://{HOST}{location}").as_str(),
+            "{path}"
+        );
+    }
+    let (status, _, body) = send_on(&mut sender, get("/other/old")).await;
+    assert_eq!((status, body.as_ref()), (StatusCode::OK, b"v1".as_ref()));
+    assert_eq!(v1.request_count(), 1, "a redirected request reached v1");
+}
+
+#[tokio::test]
+async fn an_ignored_unmatched_preflight_is_answered_by_the_waypoint() {
+    let (harness, v1, _v2) = routed_to_v1().await;
+    let cors = |forward: Option<bool>| proto::CorsPolicy {
+        allow_origins: vec![proto::StringMatch {
+            match_type: Some(proto::string_match::MatchType::Exact(
+                "https://a.example".to_owned(),
+            )),
+        }],
+        allow_methods: vec!["GET".to_owned(), "POST".to_owned()],
+        forward_not_matching_preflights: forward,
+        ..Default::default()
+    };
+    let forwarding = proto::HttpRoute {
+        r#match: vec![proto::HttpMatchRequest {
+            uri: Some(proto::StringMatch {
+                match_type: Some(proto::string_match::MatchType::Prefix(
+                    "/forwarded".to_owned(),
+                )),
+            }),
+            ..Default::default()
+        }],
+        cors_policy: Some(cors(None)),
+        ..route_to("v1")
+    };
+    let ignoring = proto::HttpRoute {
+        cors_policy: Some(cors(Some(false))),
+        ..route_to("v1")
+    };
+    harness
+        .waypoint
+        .apply_config(config(
+            vec![forwarding, ignoring],
+            vec![cluster("v1", &[&v1])],
+        ))
+        .unwrap();
+    let preflight = |path: &str, origin: &str| {
+        Request::builder()
+            .method(http::Method::OPTIONS)
+            .uri(path)
+            .header("host", HOST)
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let mut sender = harness.http1().await;
+
+    // Not allowed, IGNORE: answered here, with nothing that allows the origin.
+    let (status, headers, _) =
+        send_on(&mut sender, preflight("/items", "https://evil.example")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        !headers.contains_key("access-control-allow-origin"),
+        "{headers:?}"
+    );
+    assert_eq!(headers["access-control-allow-methods"], "GET,POST");
+    assert!(!headers.contains_key("x-served-by"), "{headers:?}");
+    assert_eq!(v1.request_count(), 0, "an ignored preflight reached v1");
+
+    // Allowed: answered here and allowed.
+    let (status, headers, _) = send_on(&mut sender, preflight("/items", "https://a.example")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["access-control-allow-origin"], "https://a.example");
+    assert_eq!(v1.request_count(), 0);
+
+    // Not allowed, without IGNORE: forwarded, as Envoy does by default.
+    let (status, headers, body) =
+        send_on(&mut sender, preflight("/forwarded", "https://evil.example")).await;
+    assert_eq!((status, body.as_ref()), (StatusCode::OK, b"v1".as_ref()));
+    assert_eq!(headers["x-served-by"], "v1");
+    assert_eq!(v1.request_count(), 1);
 }
 
 #[tokio::test]

@@ -571,20 +571,6 @@ impl<'a> Compiler<'a, '_> {
                 compiled.rewrite = Some(rewrite(filter, form));
             }
             if let Some(filter) = &filter.request_redirect {
-                if form == PrefixForm::Slash
-                    && filter
-                        .path
-                        .as_ref()
-                        .is_some_and(|p| p.replace_prefix_match.is_some())
-                {
-                    self.report_route(
-                        route,
-                        TranslateProblem::Unsupported {
-                            path: format!("{path}.filters[{i}].requestRedirect.path.replacePrefixMatch"),
-                            reason: "waypoints redirect only the prefix itself to the replacement; longer paths keep their path".to_owned(),
-                        },
-                    );
-                }
                 compiled.redirect = Some(redirect(filter, form));
             }
         }

@@ -523,12 +523,6 @@ impl RouteContext<'_, '_, '_> {
     fn cors(&mut self, cors: &net::CorsPolicy) -> Result<wp::CorsPolicy, TranslateProblem> {
         use wp::string_match::MatchType;
         let path = format!("{}.corsPolicy", self.path);
-        if cors.unmatched_preflights == Some(net::UnmatchedPreflights::Ignore) {
-            self.note(
-                format!("{path}.unmatchedPreflights"),
-                "waypoints forward unmatched preflight requests; IGNORE is not supported",
-            );
-        }
         let mut allow_origins: Vec<wp::StringMatch> =
             cors.allow_origins.iter().map(string_match).collect();
         // `allowOrigin` is the deprecated exact-match list.
@@ -546,6 +540,11 @@ impl RouteContext<'_, '_, '_> {
                 .map(|m| self.duration(format!("{path}.maxAge"), m))
                 .transpose()?,
             allow_credentials: cors.allow_credentials,
+            // Istio's `forwardNotMatchingPreflights`: false for IGNORE only; unset is Envoy's
+            // true.
+            forward_not_matching_preflights: (cors.unmatched_preflights
+                == Some(net::UnmatchedPreflights::Ignore))
+            .then_some(false),
         })
     }
 
@@ -692,5 +691,6 @@ fn redirect(r: &net::HttpRedirect) -> wp::HttpRedirect {
         redirect_port,
         scheme: r.scheme.clone().unwrap_or_default(),
         redirect_code: r.redirect_code.unwrap_or(0),
+        prefix_rewrite: r.prefix_rewrite.clone().unwrap_or_default(),
     }
 }

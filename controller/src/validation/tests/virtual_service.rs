@@ -77,14 +77,12 @@ fn virtual_service_rules() {
             "validateHTTPRedirect",
             vs("{hosts: [reviews], http: [{redirect: {uri: /v2, redirectCode: 301}}]}"),
         ),
-        warns(
+        ok(
             "redirect prefixRewrite",
             "validateHTTPRedirect: prefix_rewrite",
             vs(
                 "{hosts: [reviews], http: [{match: [{uri: {prefix: /old}}], redirect: {prefixRewrite: /new}}]}",
             ),
-            "spec.http[0].redirect.prefixRewrite",
-            NOT_APPLIED,
         ),
         bad(
             "redirect prefixRewrite with exact match",
@@ -510,6 +508,20 @@ fn virtual_service_rules() {
             "unmatched preflights spelling",
             "CRD enum UNSPECIFIED, FORWARD, IGNORE",
             route("corsPolicy: {unmatchedPreflights: UNSPECIFIED}"),
+        ),
+        ok(
+            "unmatched preflights answered",
+            "CorsPolicy_IGNORE: forwardNotMatchingPreflights false",
+            route(
+                "corsPolicy: {allowOrigins: [{exact: 'https://a.example'}], unmatchedPreflights: IGNORE}",
+            ),
+        ),
+        bad(
+            "unmatched preflights misspelled",
+            "CRD enum UNSPECIFIED, FORWARD, IGNORE",
+            route("corsPolicy: {unmatchedPreflights: DROP}"),
+            "spec.http[0].corsPolicy.unmatchedPreflights",
+            "unknown variant",
         ),
         bad(
             "bad gateway name",

@@ -263,9 +263,16 @@ pub(super) fn route(
         if !code.is_redirection() {
             return Err(invalid(context, format!("redirect code {code} is not 3xx")));
         }
+        if !redirect.uri.is_empty() && !redirect.prefix_rewrite.is_empty() {
+            return Err(invalid(
+                context,
+                "redirect may set only one of uri and prefixRewrite",
+            ));
+        }
         let nonempty = |s: &String| (!s.is_empty()).then(|| s.clone());
         RouteAction::Redirect(Redirect {
             uri: nonempty(&redirect.uri),
+            prefix_rewrite: nonempty(&redirect.prefix_rewrite),
             authority: nonempty(&redirect.authority),
             scheme: nonempty(&redirect.scheme),
             port,
@@ -374,6 +381,7 @@ pub(super) fn route(
                 expose_headers: c.expose_headers.join(","),
                 max_age: optional_duration(c.max_age.as_ref(), context)?,
                 allow_credentials: c.allow_credentials.unwrap_or(false),
+                forward_unmatched_preflights: c.forward_not_matching_preflights.unwrap_or(true),
             })
         })
         .transpose()?;

@@ -105,21 +105,28 @@ const SCHEME_PORT: i32 = wp::http_redirect::RedirectPortSelection::FromProtocolD
 
 /// Istio's `createRedirectFilter`: without a port, the scheme's default port when the scheme
 /// changes, else the request's port; without a status, Istio's (and Envoy's) 301.
+/// `ReplacePrefixMatch` is Istio's `prefixRewrite`, as written (a redirect's is not trimmed),
+/// in place of Envoy's path-separated prefix: the segment-prefix form matched the separator
+/// too, so it is put back after the replacement.
 pub(super) fn redirect(filter: &gw::Redirect, form: PrefixForm) -> wp::HttpRedirect {
     use wp::http_redirect::RedirectPort;
-    let uri = match filter.path.as_ref() {
+    let (uri, prefix_rewrite) = match filter.path.as_ref() {
         Some(PathModifier {
             replace_full_path: Some(full),
             ..
-        }) => full.clone(),
+        }) => (full.clone(), String::new()),
         Some(PathModifier {
             replace_prefix_match: Some(prefix),
             ..
-        }) if form != PrefixForm::Slash => prefix_replacement(prefix, form),
-        _ => String::new(),
+        }) if !prefix.is_empty() => match form {
+            PrefixForm::Slash => (String::new(), format!("{prefix}/")),
+            PrefixForm::None | PrefixForm::Bare => (String::new(), prefix.clone()),
+        },
+        _ => (String::new(), String::new()),
     };
     wp::HttpRedirect {
         uri,
+        prefix_rewrite,
         authority: filter.hostname.clone().unwrap_or_default(),
         redirect_port: Some(match (filter.port, &filter.scheme) {
             (Some(port), _) => RedirectPort::Port(u32::try_from(port).unwrap_or(0)),

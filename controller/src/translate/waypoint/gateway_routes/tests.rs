@@ -349,6 +349,7 @@ fn redirects_follow_istio_port_and_status_rules() {
                 )),
                 scheme: "https".to_owned(),
                 redirect_code: 302,
+                prefix_rewrite: String::new(),
             },
             wp::HttpRedirect {
                 uri: "/c".to_owned(),
@@ -356,6 +357,7 @@ fn redirects_follow_istio_port_and_status_rules() {
                 redirect_port: Some(RedirectPort::Port(8443)),
                 scheme: String::new(),
                 redirect_code: 0,
+                prefix_rewrite: String::new(),
             },
             wp::HttpRedirect {
                 uri: String::new(),
@@ -365,6 +367,7 @@ fn redirects_follow_istio_port_and_status_rules() {
                 )),
                 scheme: String::new(),
                 redirect_code: 0,
+                prefix_rewrite: String::new(),
             },
         ]
     );
@@ -372,6 +375,39 @@ fn redirects_follow_istio_port_and_status_rules() {
         routes[..3]
             .iter()
             .all(|r| r.route.is_empty() && r.retries.is_none())
+    );
+}
+
+#[test]
+fn prefix_redirects_replace_the_matched_segments() {
+    // No problem reported (routes_of asserts it): the filter is applied.
+    let routes = routes_of(&http_route(
+        "moved",
+        r#"  - matches: [{path: {type: PathPrefix, value: /old}}]
+    filters: [{type: RequestRedirect, requestRedirect: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /new}}}]
+  - matches: [{path: {type: PathPrefix, value: /}}]
+    filters: [{type: RequestRedirect, requestRedirect: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /root}}}]"#,
+    ));
+    let redirects: Vec<(Option<wp::StringMatch>, String, String)> = routes
+        .iter()
+        .filter_map(|r| {
+            let redirect = r.redirect.as_ref()?;
+            Some((
+                r.r#match.first()?.uri.clone(),
+                redirect.uri.clone(),
+                redirect.prefix_rewrite.clone(),
+            ))
+        })
+        .collect();
+    // Envoy's path-separated prefix `/old` with `prefix_rewrite: /new`: `/old` becomes `/new`
+    // and `/old/page` becomes `/new/page`; the segment-prefix form matched the `/` too.
+    assert_eq!(
+        redirects,
+        vec![
+            (exact("/old"), String::new(), "/new".to_owned()),
+            (prefix("/old/"), String::new(), "/new/".to_owned()),
+            (prefix("/"), String::new(), "/root".to_owned()),
+        ]
     );
 }
 
