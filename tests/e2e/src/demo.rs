@@ -90,8 +90,8 @@ pub fn host_places(testbed: &Testbed) -> BTreeMap<String, Place> {
     places
 }
 
-/// The scenarios at the mesh's edge, played where the runtime runs the gateways
-/// ([`Cluster::edge`]).
+/// The scenarios at the mesh's edge (the gateways, the in-mesh TLS server, the hosts outside the
+/// cluster: [`Cluster::edge`]), which every runtime plays.
 pub const EDGE_SCENARIOS: [&str; 2] = ["ingress", "egress"];
 
 /// Which packets of the fabric capture the `mtls` scenario judges, and the ports they may use.
@@ -134,11 +134,8 @@ pub trait Cluster {
     fn limits(&self) -> &'static [&'static str] {
         &[]
     }
-    /// The mesh's edge (gateways, the external server); `None` where the runtime does not run
-    /// it, and the `ingress` and `egress` scenarios are not played.
-    fn edge(&self) -> Option<&edge::Edge> {
-        None
-    }
+    /// The mesh's edge (the gateways, the in-mesh TLS server, the external server).
+    fn edge(&self) -> &edge::Edge;
     /// Sets the mesh configuration's `outboundTrafficPolicy.mode` (the controller's
     /// `--mesh-config` file) and waits until every agent applied it.
     fn set_outbound_traffic_policy(&self, mode: &str) -> anyhow::Result<()> {
@@ -372,10 +369,6 @@ impl Demo {
                 index + 1,
                 SCENARIOS.len()
             )));
-            if EDGE_SCENARIOS.contains(name) && self.cluster.edge().is_none() {
-                say("NOT PLAYED: this runtime runs no gateways (see \"on this runtime\" above)");
-                continue;
-            }
             played += 1;
             let outcome = match *name {
                 "mtls" => mtls::mtls(self),

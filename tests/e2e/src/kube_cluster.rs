@@ -77,6 +77,8 @@ pub struct KubePod {
     pub service_account: String,
     /// The sample app's arguments (`--upstream ...`) in [`KubeCluster::run_pod`].
     pub args: Vec<String>,
+    /// The Pod's metadata beyond its name, namespace and labels (what its controller writes).
+    pub metadata: Value,
 }
 
 impl KubePod {
@@ -88,6 +90,7 @@ impl KubePod {
             labels: BTreeMap::from([("app".to_string(), name.to_string())]),
             service_account: name.into(),
             args: Vec::new(),
+            metadata: Value::Null,
         }
     }
 
@@ -140,19 +143,21 @@ pub struct KubeCluster {
 impl KubeCluster {
     /// Starts the control plane and a containerd node with its node agent for each of `nodes`.
     pub fn start(nodes: &[&str], namespaces: &[(&str, &[(&str, &str)])]) -> anyhow::Result<Self> {
-        Self::start_with_mesh_config(nodes, namespaces, "")
+        let nodes: Vec<(&str, &[&str])> = nodes.iter().map(|n| (*n, &[][..])).collect();
+        Self::start_with_mesh_config(&nodes, namespaces, "")
     }
 
     /// [`KubeCluster::start`] with the controller following `mesh_config` (Istio's MeshConfig
-    /// YAML, the chart's `meshConfig`); Istio's defaults when empty.
+    /// YAML, the chart's `meshConfig`; Istio's defaults when empty), and on each node the hosts
+    /// outside the cluster it names: namespaces on its pod bridge no runtime made or enrolled.
     pub fn start_with_mesh_config(
-        nodes: &[&str],
+        nodes: &[(&str, &[&str])],
         namespaces: &[(&str, &[(&str, &str)])],
         mesh_config: &str,
     ) -> anyhow::Result<Self> {
         let mut topology = Topology::new().control_plane();
-        for node in nodes {
-            topology = topology.node(node, &[]);
+        for (node, hosts) in nodes {
+            topology = topology.node(node, hosts);
         }
         let testbed = topology.build()?;
         let dir = std::env::temp_dir().join(format!("{}-cri", testbed.prefix()));
@@ -198,7 +203,7 @@ impl KubeCluster {
             .values()
             .filter_map(|image| image["archive"].as_str().map(PathBuf::from))
             .collect();
-        for name in nodes {
+        for (name, _) in nodes {
             let node = cluster.testbed.node(name);
             let containerd = Containerd::start(&cluster.testbed, node, &cluster.dir, &archives)?;
             cluster.start_node(name, containerd)?;
@@ -568,9 +573,12 @@ impl KubeCluster {
         pod: &KubePod,
         service_account: &str,
     ) -> anyhow::Result<RunningPod> {
+        let mut metadata = pod.metadata.clone();
+        metadata["name"] = json!(pod.name);
+        metadata["namespace"] = json!(pod.namespace);
+        metadata["labels"] = json!(pod.labels);
         self.api.create(json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": pod.name, "namespace": pod.namespace, "labels": pod.labels},
+            "apiVersion": "v1", "kind": "Pod", "metadata": metadata,
             "spec": {"nodeName": pod.node, "serviceAccountName": service_account,
                      "containers": [{"name": "app", "image": "sample-app"}]},
             "status": {"phase": "Pending"}

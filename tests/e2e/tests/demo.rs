@@ -1,9 +1,10 @@
 //! The demo's scenarios on containerd, as `cargo xtask demo --runtime containerd` plays them:
 //! bookinfo's pods, the client and the waypoint created through the CRI from the images and
 //! enrolled by weft-cni, the node agents as their DaemonSet's pods, the controller in
-//! Kubernetes mode. Every scenario must pass, and nothing the run created may outlive it.
-//! The scenarios at the mesh's edge (the gateways), which only the testbed runtime plays, on the
-//! testbed (CI plays every scenario there with `cargo xtask demo --no-wait`).
+//! Kubernetes mode, the gateways as pods from the waypoint image with their Secrets in the API
+//! server. Every scenario must pass, and nothing the run created may outlive it. The scenarios
+//! at the mesh's edge are also played on the testbed (CI plays every scenario there with
+//! `cargo xtask demo --no-wait`).
 //! Needs root and the images of `cargo xtask images --debug` (`cargo xtask test` builds them).
 
 use std::{
@@ -43,8 +44,8 @@ fn the_demo_plays_every_scenario_on_containerd_and_leaves_nothing() {
         "scenarios failed: {failed:?}\n{}",
         demo.cluster.logs()
     );
-    // Every scenario but the edge's, which need the gateways this runtime does not run.
-    assert_eq!(played, SCENARIOS.len() - EDGE_SCENARIOS.len());
+    // Every scenario, the edge's included.
+    assert_eq!(played, SCENARIOS.len());
     prometheus_scrapes_every_target_and_the_console_draws_from_it(&demo);
 
     // What the run created, to check it is gone once the demo is dropped: the pods' network

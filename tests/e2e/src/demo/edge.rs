@@ -1,12 +1,15 @@
-//! What the `ingress` and `egress` scenarios need of the mesh's edge, and how the testbed runs
-//! it: the gateways' pods (the waypoint binary in the gateway role, credentials from files laid
-//! out as Istio's Secrets), the in-mesh TLS server behind the PASSTHROUGH server, and the
-//! external server outside the cluster, whose address and CA the examples leave to the demo.
+//! What the `ingress` and `egress` scenarios need of the mesh's edge, and how it starts on
+//! either runtime ([`Site`]): the external server outside the cluster, whose address and CA the
+//! examples leave to the demo, the in-mesh TLS server behind the PASSTHROUGH server, and the
+//! gateways' credentials, a certificate per `credentialName`. The gateways themselves (the
+//! waypoint binary in the gateway role) run as the runtime runs proxies: on the testbed as
+//! processes reading the credentials from files laid out as Istio's Secrets ([`start`]), on
+//! containerd as pods whose credentials the controller serves from the Secrets.
 
 use std::{
     net::Ipv4Addr,
     path::{Path, PathBuf},
-    process::Child,
+    process::{Child, Command, Stdio},
 };
 
 use anyhow::Context;
@@ -22,6 +25,8 @@ pub const EXTERNAL_PLACEHOLDER: &str = "203.0.113.10";
 pub const EXTERNAL_HOST: &str = "catalogue.external.example";
 pub const EXTERNAL_VIP: &str = "10.96.20.10";
 pub const EXTERNAL_TLS_PORT: u16 = 8443;
+/// The external server's files, under the run's directory.
+pub const EXTERNAL_DIR: &str = "external";
 /// The ingress gateway's hosts, as `70-gateway.yaml` declares them.
 pub const INGRESS_HOST: &str = "bookinfo.example.com";
 pub const PASSTHROUGH_HOST: &str = "secure.bookinfo.example.com";
@@ -39,7 +44,7 @@ pub struct Edge {
 }
 
 /// A process in a pod, stopped when dropped.
-struct Server(Child);
+pub struct Server(Child);
 
 impl Drop for Server {
     fn drop(&mut self) {
@@ -111,14 +116,66 @@ fn set_ca(value: &mut serde_yaml::Value, ca: &Path) {
     }
 }
 
+/// What starting the edge needs of the runtime: the run's directory, a command in a pod's (or
+/// an outside host's) network namespace, a pod's address, and `kubectl apply`.
+pub trait Site {
+    fn dir(&self) -> &Path;
+    fn command(&self, pod: &str, program: &str) -> Command;
+    fn ip(&self, pod: &str) -> Ipv4Addr;
+    fn apply(&self, file: &str, yaml: &str) -> anyhow::Result<()>;
+}
+
+impl Site for Mesh {
+    fn dir(&self) -> &Path {
+        Mesh::dir(self)
+    }
+
+    fn command(&self, pod: &str, program: &str) -> Command {
+        self.testbed.pod_command(pod, program)
+    }
+
+    fn ip(&self, pod: &str) -> Ipv4Addr {
+        self.pod(pod).ip
+    }
+
+    fn apply(&self, file: &str, yaml: &str) -> anyhow::Result<()> {
+        self.write_config(file, yaml)
+    }
+}
+
+/// The edge's servers and what the gateways' pods need to start.
+pub struct Servers {
+    pub external: Ipv4Addr,
+    /// The CA of the external server (the egress DestinationRule's `caCertificates`).
+    pub external_ca: PathBuf,
+    pub passthrough_ca: PathBuf,
+    servers: Vec<Server>,
+}
+
+/// A gateway's credential: the certificate for the first host of the server naming it, from a
+/// CA of its own.
+pub struct Credential {
+    pub name: String,
+    pub ca: String,
+    pub cert: String,
+    pub key: String,
+}
+
+/// The `(ingress, egress)` gateways' pods: the pods labelled `istio: ingressgateway` and
+/// `istio: egressgateway`.
+pub fn gateways(pods: &[PodSpec]) -> anyhow::Result<(&PodSpec, &PodSpec)> {
+    let gateway = |role: &str| {
+        pods.iter()
+            .find(|p| is_gateway(p) && p.labels.get("istio").map(String::as_str) == Some(role))
+            .with_context(|| format!("no pod labelled istio: {role}"))
+    };
+    Ok((gateway("ingressgateway")?, gateway("egressgateway")?))
+}
+
 /// The credentials the Istio Gateways of `files` name, each a certificate for the server's first
-/// host from a CA of its own, written as Istio's Secret keys (`<dir>/<name>/tls.crt`,
-/// `tls.key`); returns `(credential, CA file)`.
-fn write_credentials(
-    files: &[(String, String)],
-    dir: &Path,
-) -> anyhow::Result<Vec<(String, PathBuf)>> {
-    let mut written = Vec::new();
+/// host from a CA of its own.
+pub fn credentials(files: &[(String, String)]) -> anyhow::Result<Vec<Credential>> {
+    let mut made = Vec::new();
     for (_, yaml) in files {
         for document in crate::split_documents(yaml) {
             let value: serde_yaml::Value = serde_yaml::from_str(&document)?;
@@ -140,113 +197,194 @@ fn write_credentials(
                 };
                 let host = host.rsplit('/').next().unwrap_or(host);
                 let (ca, cert, key) = crate::server_certificate(host);
-                std::fs::create_dir_all(dir.join(&name))?;
-                std::fs::write(dir.join(&name).join("tls.crt"), cert)?;
-                std::fs::write(dir.join(&name).join("tls.key"), key)?;
-                let ca_file = dir.join(format!("{name}-ca.pem"));
-                std::fs::write(&ca_file, ca)?;
-                written.push((name, ca_file));
+                made.push(Credential {
+                    name,
+                    ca,
+                    cert,
+                    key,
+                });
             }
         }
     }
-    Ok(written)
+    Ok(made)
+}
+
+/// The CA file of the ingress gateway's credential (the first one), written under `dir` for
+/// the outside client to verify the gateway against.
+pub fn ingress_ca(credentials: &[Credential], dir: &Path) -> anyhow::Result<PathBuf> {
+    let credential = credentials
+        .first()
+        .context("no Gateway names a credential")?;
+    let file = dir.join(format!("{}-ca.pem", credential.name));
+    std::fs::write(&file, &credential.ca)?;
+    Ok(file)
+}
+
+/// The credentials written as Istio's Secret keys (`<dir>/<name>/tls.crt`, `tls.key`), as the
+/// gateways read them in local mode.
+fn write_credentials(credentials: &[Credential], dir: &Path) -> anyhow::Result<()> {
+    for credential in credentials {
+        std::fs::create_dir_all(dir.join(&credential.name))?;
+        std::fs::write(dir.join(&credential.name).join("tls.crt"), &credential.cert)?;
+        std::fs::write(dir.join(&credential.name).join("tls.key"), &credential.key)?;
+    }
+    Ok(())
+}
+
+/// `openssl s_server -quiet -www` in `pod` on `port` with `args`, once it listens.
+fn s_server(site: &dyn Site, pod: &str, port: u16, args: &[String]) -> anyhow::Result<Server> {
+    let server = site
+        .command(pod, "openssl")
+        .args(["s_server", "-quiet", "-www", "-accept", &port.to_string()])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("openssl s_server in {pod}"))?;
+    let server = Server(server);
+    // The pod's socket table (`ss`): no probe connection reaches a server that counts clients.
+    let listening = super::eventually(crate::STARTUP, || {
+        site.command(pod, "ss")
+            .args(["-Hltn", &format!("sport = :{port}")])
+            .output()
+            .is_ok_and(|o| o.status.success() && !o.stdout.trim_ascii().is_empty())
+    });
+    anyhow::ensure!(listening, "nothing listens on {pod}:{port}");
+    Ok(server)
+}
+
+/// Writes `files` (name, PEM) under `dir`.
+fn pem_files(dir: &Path, files: &[(&str, &str)]) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for (file, content) in files {
+        std::fs::write(dir.join(file), content)?;
+    }
+    Ok(())
 }
 
 /// The external server: `openssl s_server -www` on [`EXTERNAL_TLS_PORT`] that presents the
 /// certificate its CA signed for [`EXTERNAL_HOST`] only to a client whose SNI names that host
 /// (`-servername`, with a fatal alert for another name); without SNI it presents a decoy from
 /// another CA, which the CA does not verify. Returns the server and its CA's file.
-fn start_external(mesh: &Mesh) -> anyhow::Result<(Server, PathBuf)> {
-    let dir = mesh.dir().join("external");
-    std::fs::create_dir_all(&dir)?;
+fn start_external(site: &dyn Site) -> anyhow::Result<(Server, PathBuf)> {
+    let dir = site.dir().join(EXTERNAL_DIR);
     let (ca, cert, key) = crate::server_certificate(EXTERNAL_HOST);
     let (_, decoy_cert, decoy_key) = crate::server_certificate("no-sni.invalid");
-    for (file, content) in [
-        ("ca.pem", &ca),
-        ("cert.pem", &cert),
-        ("key.pem", &key),
-        ("decoy-cert.pem", &decoy_cert),
-        ("decoy-key.pem", &decoy_key),
-    ] {
-        std::fs::write(dir.join(file), content)?;
-    }
-    let path = |file: &str| dir.join(file).display().to_string();
-    let port = EXTERNAL_TLS_PORT.to_string();
-    let server = mesh.spawn_in_pod(
-        EXTERNAL,
-        "openssl",
+    pem_files(
+        &dir,
         &[
-            "s_server",
-            "-quiet",
-            "-accept",
-            &port,
-            "-cert",
-            &path("decoy-cert.pem"),
-            "-key",
-            &path("decoy-key.pem"),
-            "-servername",
-            EXTERNAL_HOST,
-            "-servername_fatal",
-            "-cert2",
-            &path("cert.pem"),
-            "-key2",
-            &path("key.pem"),
-            "-www",
+            ("ca.pem", &ca),
+            ("cert.pem", &cert),
+            ("key.pem", &key),
+            ("decoy-cert.pem", &decoy_cert),
+            ("decoy-key.pem", &decoy_key),
         ],
     )?;
-    let server = Server(server);
-    mesh.wait_listening(EXTERNAL, EXTERNAL_TLS_PORT)?;
+    let path = |file: &str| dir.join(file).display().to_string();
+    let args = [
+        "-cert".into(),
+        path("decoy-cert.pem"),
+        "-key".into(),
+        path("decoy-key.pem"),
+        "-servername".into(),
+        EXTERNAL_HOST.into(),
+        "-servername_fatal".into(),
+        "-cert2".into(),
+        path("cert.pem"),
+        "-key2".into(),
+        path("key.pem"),
+    ];
+    let server = s_server(site, EXTERNAL, EXTERNAL_TLS_PORT, &args)?;
     Ok((server, dir.join("ca.pem")))
 }
 
-/// Starts the edge on a started mesh: the external server, then the held-back files of the
-/// examples with its address and CA in place, the in-mesh TLS server, the gateways.
+/// The in-mesh TLS server behind the PASSTHROUGH server: `openssl s_server -www` in `pod` on
+/// `port` with a certificate for [`PASSTHROUGH_HOST`] from a CA of its own; returns it and the
+/// CA's file.
+fn start_passthrough(site: &dyn Site, pod: &str, port: u16) -> anyhow::Result<(Server, PathBuf)> {
+    let dir = site.dir().join(format!("tls-{pod}-{port}"));
+    let (ca, cert, key) = crate::server_certificate(PASSTHROUGH_HOST);
+    pem_files(
+        &dir,
+        &[("ca.pem", &ca), ("cert.pem", &cert), ("key.pem", &key)],
+    )?;
+    let path = |file: &str| dir.join(file).display().to_string();
+    let args = [
+        "-cert".into(),
+        path("cert.pem"),
+        "-key".into(),
+        path("key.pem"),
+    ];
+    let server = s_server(site, pod, port, &args)?;
+    Ok((server, dir.join("ca.pem")))
+}
+
+/// Starts the edge's servers once the mesh runs: the external server, then the held-back files
+/// of the examples with its address and CA in place, then the in-mesh TLS server (its pod must
+/// run).
+pub fn start_servers(
+    site: &dyn Site,
+    pods: &[PodSpec],
+    held_back: &[(String, String)],
+) -> anyhow::Result<Servers> {
+    let (external_server, external_ca) = start_external(site).context("the external server")?;
+    let external = site.ip(EXTERNAL);
+    for (file, yaml) in held_back {
+        site.apply(file, &place_external(yaml, external, &external_ca)?)?;
+    }
+    let tls_server = pods
+        .iter()
+        .find(|p| p.labels.get("app").map(String::as_str) == Some(TLS_SERVER_APP))
+        .context("no in-mesh TLS server")?;
+    let (passthrough, passthrough_ca) =
+        start_passthrough(site, &tls_server.name, tls_server.http_port)
+            .context("the in-mesh TLS server")?;
+    Ok(Servers {
+        external,
+        external_ca,
+        passthrough_ca,
+        servers: vec![external_server, passthrough],
+    })
+}
+
+impl Servers {
+    /// The edge once the gateways' pods run; the servers stopped when the result is dropped.
+    pub fn edge(self, ingress: &str, egress: &str, ingress_ca: PathBuf) -> (Edge, Vec<Server>) {
+        let edge = Edge {
+            ingress: ingress.to_owned(),
+            egress: egress.to_owned(),
+            ingress_ca,
+            passthrough_ca: self.passthrough_ca,
+            external: self.external,
+        };
+        (edge, self.servers)
+    }
+}
+
+/// Starts the edge on a started mesh: its servers, then the gateways with their credentials as
+/// files.
 pub fn start(
     mesh: &Mesh,
     pods: &[PodSpec],
     files: &[(String, String)],
     held_back: &[(String, String)],
 ) -> anyhow::Result<RunningEdge> {
-    let (external_server, external_ca) = start_external(mesh).context("the external server")?;
-    let external = mesh.pod(EXTERNAL).ip;
-    for (file, yaml) in held_back {
-        mesh.write_config(file, &place_external(yaml, external, &external_ca)?)?;
-    }
-    let tls_server = pods
-        .iter()
-        .find(|p| p.labels.get("app").map(String::as_str) == Some(TLS_SERVER_APP))
-        .context("no in-mesh TLS server")?;
-    let (passthrough, passthrough_ca) = mesh
-        .start_tls_server(&tls_server.name, tls_server.http_port, PASSTHROUGH_HOST)
-        .context("the in-mesh TLS server")?;
-    let credentials = mesh.dir().join("credentials");
-    std::fs::create_dir_all(&credentials)?;
-    let written = write_credentials(files, &credentials)?;
-    let ingress_ca = written
-        .first()
-        .map(|(_, ca)| ca.clone())
-        .context("no Gateway names a credential")?;
-    let gateway = |role: &str| {
-        pods.iter()
-            .find(|p| is_gateway(p) && p.labels.get("istio").map(String::as_str) == Some(role))
-            .map(|p| p.name.clone())
-            .with_context(|| format!("no pod labelled istio: {role}"))
-    };
-    let (ingress, egress) = (gateway("ingressgateway")?, gateway("egressgateway")?);
+    let servers = start_servers(mesh, pods, held_back)?;
+    let dir = mesh.dir().join("credentials");
+    std::fs::create_dir_all(&dir)?;
+    let credentials = credentials(files)?;
+    write_credentials(&credentials, &dir)?;
+    let ingress_ca = ingress_ca(&credentials, &dir)?;
+    let (ingress, egress) = gateways(pods)?;
     let mut gateways = Vec::new();
-    for pod in [&ingress, &egress] {
-        gateways.push(mesh.start_gateway(pod, &credentials)?);
+    for pod in [ingress, egress] {
+        gateways.push(mesh.start_gateway(&pod.name, &dir)?);
     }
+    let (edge, servers) = servers.edge(&ingress.name, &egress.name, ingress_ca);
     Ok(RunningEdge {
-        edge: Edge {
-            ingress,
-            egress,
-            ingress_ca,
-            passthrough_ca,
-            external,
-        },
+        edge,
         _gateways: gateways,
-        _servers: vec![external_server, Server(passthrough)],
+        _servers: servers,
     })
 }
 

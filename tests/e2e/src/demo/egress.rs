@@ -8,7 +8,6 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
 use weft_test_support::prometheus::Exposition;
 
 use super::{
@@ -29,7 +28,7 @@ fn black_holed(demo: &Demo) -> u64 {
 }
 
 pub fn egress(demo: &Demo) -> anyhow::Result<()> {
-    let edge = demo.cluster.edge().context("no gateways on this runtime")?;
+    let edge = demo.cluster.edge();
     // The ServiceEntry's host resolves to its VIP, as a DNS proxy would answer.
     let resolve = format!("{EXTERNAL_HOST}:80:{EXTERNAL_VIP}");
     let url = format!("http://{EXTERNAL_HOST}/books");

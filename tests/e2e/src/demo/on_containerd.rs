@@ -7,6 +7,15 @@
 //! `weft-cni` enrolls the pod before any of its containers runs), CreateContainer,
 //! StartContainer. The waypoint runs from its image with its service account's token, as
 //! Istio's gateway controller would deploy it.
+//!
+//! The mesh's edge: the ingress and egress gateways run as pods from the waypoint image in the
+//! gateway role, their certificates from the controller, which serves them from the Secrets
+//! their Gateways name (`credentialName`), held by the API server. The in-mesh TLS server's pod
+//! is created through the CRI like bookinfo's (enrolled by `weft-cni`); its server,
+//! `openssl s_server`, runs in the pod's network namespace with the host's tools, as on the
+//! testbed (the images carry none). The outside client and the external server are network
+//! namespaces the demo creates on the nodes' pod bridges, enrolled by nothing and with no route
+//! out of the machine.
 
 use std::{
     collections::BTreeMap,
@@ -23,7 +32,7 @@ use weft_testbed::Testbed;
 
 use super::{
     CaptureScope, Cluster, Examples, NODES, Place,
-    edge::names_external,
+    edge::{self, Credential, EXTERNAL_DIR, Edge, Server, Site, names_external},
     examples::{TLS_SERVER_APP, is_gateway, text},
 };
 use crate::fixtures::STDOUT_ACCESS_LOG;
@@ -45,15 +54,30 @@ const ROOT_CERT_DIR: &str = "/var/run/secrets/istio";
 
 /// A running cluster on containerd and the demo's pods in it.
 pub struct OnContainerd {
+    /// The edge's servers; declared first: stopped before their pods go.
+    _servers: Vec<Server>,
+    /// Set once the gateways run, before the cluster is handed out.
+    edge: Option<Edge>,
     cluster: KubeCluster,
     /// The waypoints' pods.
     waypoints: Vec<String>,
 }
 
 pub fn start(examples: &Examples, pods: &[PodSpec]) -> anyhow::Result<OnContainerd> {
+    // The hosts outside the cluster, each on its node's pod bridge.
+    let outside: Vec<(&str, Vec<&str>)> = NODES
+        .iter()
+        .map(|node| {
+            let hosts = pods.iter().filter(|p| p.outside_cluster && p.node == *node);
+            (*node, hosts.map(|p| p.name.as_str()).collect())
+        })
+        .collect();
+    let nodes: Vec<(&str, &[&str])> = outside.iter().map(|(n, h)| (*n, h.as_slice())).collect();
     let mut on = OnContainerd {
+        _servers: Vec::new(),
+        edge: None,
         // The access log on, as Istio's `demo` profile sets it (its default writes none).
-        cluster: KubeCluster::start_with_mesh_config(&NODES, &[], STDOUT_ACCESS_LOG)
+        cluster: KubeCluster::start_with_mesh_config(&nodes, &[], STDOUT_ACCESS_LOG)
             .context("starting the containerd nodes")?,
         waypoints: pods
             .iter()
@@ -61,31 +85,83 @@ pub fn start(examples: &Examples, pods: &[PodSpec]) -> anyhow::Result<OnContaine
             .map(|p| p.name.clone())
             .collect(),
     };
-    // Not the files naming the external server, which runs on the testbed only.
-    for (file, yaml) in examples.files.iter().filter(|(_, y)| !names_external(y)) {
-        on.apply(file, yaml)?;
-    }
-    // The mesh's edge (the gateways, the in-mesh TLS server, the hosts outside the cluster)
-    // runs on the testbed only.
-    let pods: Vec<&PodSpec> = pods
+    // The files naming the external server wait for its address.
+    let (held_back, files): (Vec<_>, Vec<_>) = examples
+        .files
         .iter()
-        .filter(|p| {
-            !p.outside_cluster
-                && !is_gateway(p)
-                && p.labels.get("app").map(String::as_str) != Some(TLS_SERVER_APP)
-        })
+        .cloned()
+        .partition(|(_, yaml)| names_external(yaml));
+    for (file, yaml) in &files {
+        Cluster::apply(&on, file, yaml)?;
+    }
+    // The proxies mount the external server's CA (the DestinationRule's `caCertificates`).
+    std::fs::create_dir_all(on.cluster.dir.join(EXTERNAL_DIR))?;
+    let in_cluster: Vec<&PodSpec> = pods
+        .iter()
+        .filter(|p| !p.outside_cluster && !is_gateway(p))
         .collect();
-    for spec in &pods {
+    for spec in &in_cluster {
         on.run(spec)
             .with_context(|| format!("starting pod {}", spec.name))?;
     }
-    for spec in &pods {
+    for spec in &in_cluster {
         on.await_listening(spec)?;
     }
+    on.start_edge(pods, &examples.files, &held_back)
+        .context("starting the edge")?;
     Ok(on)
 }
 
 impl OnContainerd {
+    /// The edge on the running mesh: its servers, the gateways' Secrets, then their pods.
+    fn start_edge(
+        &mut self,
+        pods: &[PodSpec],
+        files: &[(String, String)],
+        held_back: &[(String, String)],
+    ) -> anyhow::Result<()> {
+        let servers = edge::start_servers(self, pods, held_back)?;
+        let (ingress, egress) = edge::gateways(pods)?;
+        let credentials = edge::credentials(files)?;
+        for credential in &credentials {
+            self.put_secret(&ingress.namespace, credential)?;
+        }
+        let ingress_ca = edge::ingress_ca(&credentials, &self.cluster.dir)?;
+        for spec in [ingress, egress] {
+            self.run(spec)
+                .with_context(|| format!("starting pod {}", spec.name))?;
+        }
+        for spec in [ingress, egress] {
+            self.await_listening(spec)?;
+        }
+        let (edge, servers) = servers.edge(&ingress.name, &egress.name, ingress_ca);
+        self.edge = Some(edge);
+        self._servers = servers;
+        Ok(())
+    }
+
+    /// A gateway's credential as the Secret its `credentialName` names (`kubernetes.io/tls`),
+    /// in the namespace of the gateway's pod.
+    fn put_secret(&self, namespace: &str, credential: &Credential) -> anyhow::Result<()> {
+        use base64::Engine;
+        let encode = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
+        let secret = serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+            "metadata": {"name": credential.name, "namespace": namespace},
+            "data": {"tls.crt": encode(&credential.cert), "tls.key": encode(&credential.key)},
+        });
+        self.cluster
+            .api
+            .create(secret)
+            .with_context(|| format!("Secret {namespace}/{}", credential.name))?;
+        Ok(())
+    }
+
+    /// A host outside the cluster (a namespace of the testbed).
+    fn outside_host(&self, name: &str) -> Option<&weft_testbed::Pod> {
+        self.cluster.testbed.pods().iter().find(|p| p.name == name)
+    }
+
     fn running(&self, pod: &str) -> &RunningPod {
         self.cluster
             .pods
@@ -100,12 +176,23 @@ impl OnContainerd {
             .unwrap_or_else(|| panic!("no pod {pod} in the demo"))
     }
 
-    /// Creates `spec`'s pod through the CRI: the sample app for bookinfo's pods and the client,
-    /// the waypoint for the waypoint's.
+    /// Creates `spec`'s pod through the CRI: the sample app for bookinfo's pods, the client and
+    /// the in-mesh TLS server's pod (on the app's own port: the TLS server takes the pod's),
+    /// the waypoint image for the waypoint's and the gateways'.
     fn run(&mut self, spec: &PodSpec) -> anyhow::Result<RunningPod> {
         let mut labels = spec.labels.clone();
         if !spec.enrolled {
             labels.insert("istio.io/dataplane-mode".into(), "none".into());
+        }
+        // What the pod's controller writes, from which the mesh names its workload.
+        let mut metadata = Value::Null;
+        if let Some(owner) = &spec.owner {
+            labels.extend(owner.labels.clone());
+            metadata = serde_json::json!({
+                "generateName": owner.generate_name,
+                "ownerReferences": [{"apiVersion": owner.api_version, "kind": owner.kind,
+                    "name": owner.name, "uid": format!("uid-{}", owner.name), "controller": true}],
+            });
         }
         let pod = KubePod {
             name: spec.name.clone(),
@@ -114,14 +201,27 @@ impl OnContainerd {
             labels,
             service_account: spec.service_account.clone(),
             args: Vec::new(),
+            metadata,
         };
-        match &spec.workload {
-            Workload::Waypoint { gateway } => self.cluster.run_pod_with(pod, |cluster, running| {
-                waypoint_container(cluster, running, spec, gateway)
+        let role = match &spec.workload {
+            Workload::Waypoint { gateway } => Some(vec![("WAYPOINT_NAME", gateway.as_str())]),
+            _ if is_gateway(spec) => {
+                Some(vec![("PROXY_ROLE", "gateway"), ("POD_NAME", &spec.name)])
+            }
+            _ => None,
+        };
+        match (role, &spec.workload) {
+            (Some(role), _) => self.cluster.run_pod_with(pod, |cluster, running| {
+                proxy_container(cluster, running, spec, &role)
             }),
-            workload => {
+            (None, workload) => {
                 let args = match workload {
                     Workload::App { service, version } => spec.sample_app_args(service, version),
+                    _ if is_tls_server(spec) => {
+                        let mut app = spec.clone();
+                        app.http_port = crate::DEFAULT_HTTP_PORT;
+                        app.sample_app_args(&spec.name, "v1")
+                    }
                     _ => spec.sample_app_args(&spec.name, "v1"),
                 };
                 let container = sample_app_container(&spec.name, args)?;
@@ -130,10 +230,21 @@ impl OnContainerd {
         }
     }
 
-    /// Waits until the pod's port accepts connections from its node (the kubelet's probe).
+    /// Waits until the pod's port accepts connections from its node (the kubelet's probe); a
+    /// gateway until it is ready (its certificate and configuration applied).
     fn await_listening(&self, spec: &PodSpec) -> anyhow::Result<()> {
+        if is_gateway(spec) {
+            let url = format!("http://{}:15021/healthz/ready", self.pod_ip(&spec.name));
+            self.cluster
+                .wait_for(&format!("{} to be ready", spec.name), PATIENCE, |c| {
+                    (c.node_http(&spec.node, &url).ok()?.0 == 200).then_some(())
+                })?;
+            return Ok(());
+        }
         let port = if spec.is_waypoint() {
             15021
+        } else if is_tls_server(spec) {
+            crate::DEFAULT_HTTP_PORT
         } else {
             spec.http_port
         };
@@ -152,14 +263,21 @@ impl OnContainerd {
     }
 }
 
-/// The waypoint's container: its image, configured as Istio's gateway controller configures
-/// a waypoint's pod (its Gateway, its service account's token bound to this pod, the mesh's
-/// root certificate, the controller's address).
-fn waypoint_container(
+/// The in-mesh TLS server's pod.
+fn is_tls_server(spec: &PodSpec) -> bool {
+    spec.labels.get("app").map(String::as_str) == Some(TLS_SERVER_APP)
+}
+
+/// A proxy's container from the waypoint image, with `role`'s variables: a waypoint's as
+/// Istio's gateway controller configures a waypoint's pod (its Gateway), a gateway's as the
+/// istio-ingressgateway Deployment does (its role and pod name; its credentials come from the
+/// controller); both with their service account's token bound to this pod, the mesh's root
+/// certificate, the controller's address, and the external server's CA.
+fn proxy_container(
     cluster: &KubeCluster,
     running: &RunningPod,
     spec: &PodSpec,
-    gateway: &str,
+    role: &[(&str, &str)],
 ) -> anyhow::Result<ContainerSpec> {
     let token = format!("waypoint-token-{}-{}", cluster.testbed.prefix(), spec.name);
     cluster.api.add_token(
@@ -176,6 +294,7 @@ fn waypoint_container(
     std::fs::create_dir_all(&tokens)?;
     std::fs::write(tokens.join("istio-token"), &token)?;
     let controller = format!("https://{ISTIOD}:15012");
+    let external = cluster.dir.join(EXTERNAL_DIR);
     Ok(ContainerSpec {
         name: "istio-proxy".into(),
         image: image_reference("waypoint")?,
@@ -185,16 +304,18 @@ fn waypoint_container(
             ("BOOTSTRAP_TOKEN_FILE", &format!("{TOKEN_DIR}/istio-token")),
             ("ROOT_CERT_FILE", &format!("{ROOT_CERT_DIR}/root-cert.pem")),
             ("NODE_NAME", &spec.node),
-            ("WAYPOINT_NAME", gateway),
             ("POD_NAMESPACE", &spec.namespace),
             ("SERVICE_ACCOUNT", &spec.service_account),
             ("LOG_LEVEL", "info"),
         ]
         .into_iter()
+        .chain(role.iter().copied())
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect(),
         mounts: vec![
             mount(&tokens, TOKEN_DIR, true),
+            // Where the DestinationRule names it: the path is the run's on both sides.
+            mount(&external, &external.to_string_lossy(), true),
             mount(cluster.dir.join("secrets/istio"), ROOT_CERT_DIR, true),
             mount(cluster.dir.join("hosts"), "/etc/hosts", true),
         ],
@@ -216,11 +337,17 @@ impl Cluster for OnContainerd {
     }
 
     fn pod_ip(&self, pod: &str) -> Ipv4Addr {
-        self.running(pod).ip
+        match self.outside_host(pod) {
+            Some(host) => host.ip,
+            None => self.running(pod).ip,
+        }
     }
 
     fn pod_command(&self, pod: &str, program: &str) -> Command {
-        self.running(pod).netns.command(program)
+        match self.outside_host(pod) {
+            Some(_) => self.cluster.testbed.pod_command(pod, program),
+            None => self.running(pod).netns.command(program),
+        }
     }
 
     fn agent(&self, node: &str) -> (String, Ipv4Addr) {
@@ -276,6 +403,12 @@ impl Cluster for OnContainerd {
                 },
             );
         }
+        for host in self.cluster.testbed.pods() {
+            places.insert(
+                host.name.clone(),
+                Place::of(&host.netns, &host.cgroup, host.ip),
+            );
+        }
         places.extend(super::host_places(&self.cluster.testbed));
         places
     }
@@ -318,8 +451,56 @@ impl Cluster for OnContainerd {
     fn limits(&self) -> &'static [&'static str] {
         &[
             "the fabric capture judges pod-to-pod packets only: the node daemon's watch of the (fake, plain HTTP) API server and the agents' TLS to the controller on 15012 cross the same wire",
-            "`demo exec` enters a pod's network namespace with the host's tools (the images carry no shell), as `kubectl debug` brings its own",
-            "no gateways run here (their pods, the in-mesh TLS server and the hosts outside the cluster run on the testbed runtime only): the ingress and egress scenarios are not played",
+            "`demo exec` enters a pod's network namespace with the host's tools (the images carry no shell), as `kubectl debug` brings its own; the in-mesh TLS server's openssl runs there the same way",
         ]
+    }
+
+    fn edge(&self) -> &Edge {
+        self.edge
+            .as_ref()
+            .expect("the edge starts with the cluster")
+    }
+
+    /// Rewrites the mesh configuration file the controller follows (the chart's `meshConfig`,
+    /// mounted) and waits until every node agent's `/config_dump` shows `mode`.
+    fn set_outbound_traffic_policy(&self, mode: &str) -> anyhow::Result<()> {
+        let path = self.cluster.dir.join("mesh-config.yaml");
+        let temporary = path.with_extension("tmp");
+        std::fs::write(
+            &temporary,
+            format!("{STDOUT_ACCESS_LOG}outboundTrafficPolicy:\n  mode: {mode}\n"),
+        )?;
+        std::fs::rename(&temporary, &path)?;
+        self.cluster.wait_for(
+            &format!("every agent to apply outboundTrafficPolicy {mode}"),
+            crate::STARTUP,
+            |c| {
+                NODES
+                    .iter()
+                    .all(|node| {
+                        c.agent_config_dump(node)
+                            .is_ok_and(|dump| dump["state"]["outbound_traffic_policy"] == mode)
+                    })
+                    .then_some(())
+            },
+        )
+    }
+}
+
+impl Site for OnContainerd {
+    fn dir(&self) -> &Path {
+        &self.cluster.dir
+    }
+
+    fn command(&self, pod: &str, program: &str) -> Command {
+        self.pod_command(pod, program)
+    }
+
+    fn ip(&self, pod: &str) -> Ipv4Addr {
+        self.pod_ip(pod)
+    }
+
+    fn apply(&self, file: &str, yaml: &str) -> anyhow::Result<()> {
+        Cluster::apply(self, file, yaml)
     }
 }

@@ -91,8 +91,8 @@ impl Cluster for OnTestbed {
         Mesh::start_observability(&self.mesh).map(Some)
     }
 
-    fn edge(&self) -> Option<&Edge> {
-        Some(&self.edge.edge)
+    fn edge(&self) -> &Edge {
+        &self.edge.edge
     }
 
     fn set_outbound_traffic_policy(&self, mode: &str) -> anyhow::Result<()> {
