@@ -45,6 +45,11 @@ pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
 pub enum Reply {
     /// Send this response to the client.
     Answer(Vec<u8>),
+    /// This response, found by a wildcard host covering the name asked (not by the name
+    /// itself): an on-demand agent holds only what it fetched, so the controller may hold a
+    /// more specific wildcard host for the name, which Istio answers with
+    /// ([`server`] asks it once per name before answering).
+    Wildcard(Vec<u8>),
     /// Not a mesh name: ask the upstream resolver.
     Forward,
 }
@@ -88,6 +93,7 @@ pub fn reply(store: &WorkloadStore, namespace: &str, domain: &str, packet: &[u8]
         response.add_answer(Record::from_rdata(owner.clone(), TTL_SECONDS, rdata));
     }
     match response.to_vec() {
+        Ok(bytes) if found.wildcard => Reply::Wildcard(bytes),
         Ok(bytes) => Reply::Answer(bytes),
         Err(_) => Reply::Forward,
     }
@@ -186,6 +192,8 @@ pub fn server_failure(packet: &[u8]) -> Option<Vec<u8>> {
 struct Found {
     target: Target,
     stripped: Option<String>,
+    /// Found by a wildcard host covering the name.
+    wildcard: bool,
 }
 
 /// A service (its VIPs; a headless one, its endpoints' addresses) or one pod of a headless
@@ -239,6 +247,7 @@ fn find(store: &WorkloadStore, namespace: &str, domain: &str, requested: &str) -
                     target: Target::Service(service),
                     // A wildcard answers the name as asked.
                     stripped: alias.stripped.filter(|_| !wildcard),
+                    wildcard,
                 });
             }
         }
@@ -248,6 +257,7 @@ fn find(store: &WorkloadStore, namespace: &str, domain: &str, requested: &str) -
             return Some(Found {
                 target: Target::Pod(pod),
                 stripped: alias.stripped,
+                wildcard: false,
             });
         }
     }

@@ -26,6 +26,7 @@ pub use server::{
 };
 pub use store::{
     AliasIndex, Audience, ChangeSummary, ResourceStore, Snapshot, SnapshotReader, StoredResource,
+    TypeChange,
 };
 
 #[cfg(test)]

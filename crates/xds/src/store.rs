@@ -104,6 +104,20 @@ pub struct Snapshot {
     types: BTreeMap<String, Arc<TypeResources>>,
     /// Per type, which resources go by each alias: always the index of `types`.
     aliases: BTreeMap<String, AliasIndex>,
+    /// Per type this snapshot's write changed, the map it changed and the names it changed.
+    changes: BTreeMap<String, Arc<TypeChange>>,
+}
+
+/// What one published write changed in one type: the map before it and the names whose entry
+/// differs (added, replaced or removed), in name order. Found once by the writer, so that every
+/// stream that last evaluated `before` takes the change from here instead of walking the two
+/// maps, which costs each stream the type's size at every push.
+#[derive(Debug)]
+pub struct TypeChange {
+    /// The type's resources before the write.
+    pub before: Arc<TypeResources>,
+    /// The names whose entry the write changed.
+    pub names: Vec<String>,
 }
 
 impl Snapshot {
@@ -144,6 +158,11 @@ impl Snapshot {
             covered.insert(at, named);
         }
         covered
+    }
+
+    /// What this snapshot's write changed in `type_url`, if it changed it.
+    pub fn change(&self, type_url: &str) -> Option<&Arc<TypeChange>> {
+        self.changes.get(type_url)
     }
 
     /// Type URLs that have (or had) resources.
@@ -217,7 +236,8 @@ impl ResourceStore {
             Some(_) => summary.updated = 1,
             None => summary.added = 1,
         }
-        let mut resources = self.type_resources(type_url);
+        let before = self.type_map(type_url);
+        let mut resources = before.as_ref().clone();
         let resource = Arc::new(resource);
         let previous = resources.insert(resource.name.clone(), resource.clone());
         self.index_mut(type_url)
@@ -225,6 +245,7 @@ impl ResourceStore {
         self.current
             .types
             .insert(type_url.to_string(), Arc::new(resources));
+        self.current.changes = changed_one(type_url, before, &resource.name);
         self.publish();
         summary
     }
@@ -234,12 +255,14 @@ impl ResourceStore {
         if self.current.get(type_url, name).is_none() {
             return ChangeSummary::default();
         }
-        let mut resources = self.type_resources(type_url);
+        let before = self.type_map(type_url);
+        let mut resources = before.as_ref().clone();
         let previous = resources.remove(name);
         self.index_mut(type_url).replace(previous.as_deref(), None);
         self.current
             .types
             .insert(type_url.to_string(), Arc::new(resources));
+        self.current.changes = changed_one(type_url, before, name);
         self.publish();
         ChangeSummary {
             removed: 1,
@@ -265,7 +288,7 @@ impl ResourceStore {
             .get(type_url)
             .cloned()
             .unwrap_or_default();
-        let (next, summary) = merge_type(&previous, resources, &mut index);
+        let (next, summary, names) = merge_type(&previous, resources, &mut index);
         if summary.is_empty() {
             return summary;
         }
@@ -273,6 +296,13 @@ impl ResourceStore {
             .types
             .insert(type_url.to_string(), Arc::new(next));
         self.current.aliases.insert(type_url.to_string(), index);
+        self.current.changes = BTreeMap::from([(
+            type_url.to_string(),
+            Arc::new(TypeChange {
+                before: previous,
+                names,
+            }),
+        )]);
         self.publish();
         summary
     }
@@ -286,6 +316,7 @@ impl ResourceStore {
         let mut total = ChangeSummary::default();
         let mut next_types = BTreeMap::new();
         let mut next_aliases = BTreeMap::new();
+        let mut changes = BTreeMap::new();
         for (type_url, resources) in types {
             let previous = self
                 .current
@@ -298,13 +329,15 @@ impl ResourceStore {
                 .get(&type_url)
                 .cloned()
                 .unwrap_or_default();
-            let (next, summary) = merge_type(&previous, resources, &mut index);
+            let (next, summary, names) = merge_type(&previous, resources, &mut index);
             total.added += summary.added;
             total.updated += summary.updated;
             total.removed += summary.removed;
             let next = if summary.is_empty() {
                 previous
             } else {
+                let before = previous;
+                changes.insert(type_url.clone(), Arc::new(TypeChange { before, names }));
                 Arc::new(next)
             };
             next_aliases.insert(type_url.clone(), index);
@@ -313,6 +346,11 @@ impl ResourceStore {
         for (type_url, previous) in &self.current.types {
             if !next_types.contains_key(type_url) {
                 total.removed += previous.len();
+                if !previous.is_empty() {
+                    let names = previous.keys().cloned().collect();
+                    let before = previous.clone();
+                    changes.insert(type_url.clone(), Arc::new(TypeChange { before, names }));
+                }
                 next_types.insert(type_url.clone(), Arc::new(TypeResources::new()));
                 next_aliases.insert(type_url.clone(), AliasIndex::default());
             }
@@ -322,14 +360,15 @@ impl ResourceStore {
         }
         self.current.types = next_types;
         self.current.aliases = next_aliases;
+        self.current.changes = changes;
         self.publish();
         total
     }
 
-    fn type_resources(&self, type_url: &str) -> TypeResources {
+    fn type_map(&self, type_url: &str) -> Arc<TypeResources> {
         self.current
             .resources(type_url)
-            .map(|resources| resources.as_ref().clone())
+            .cloned()
             .unwrap_or_default()
     }
 
@@ -343,18 +382,32 @@ impl ResourceStore {
     fn publish(&mut self) {
         self.current.generation += 1;
         self.publisher.send_replace(Arc::new(self.current.clone()));
+        // A change belongs to the snapshot of its write alone.
+        self.current.changes.clear();
     }
 }
 
+/// The change of a write of one resource of `type_url`.
+fn changed_one(
+    type_url: &str,
+    before: Arc<TypeResources>,
+    name: &str,
+) -> BTreeMap<String, Arc<TypeChange>> {
+    let names = vec![name.to_string()];
+    BTreeMap::from([(type_url.to_string(), Arc::new(TypeChange { before, names }))])
+}
+
 /// Builds the next map of one type from the full list of its resources, sharing unchanged
-/// entries with `previous`, and brings `index` (that of `previous`) along.
+/// entries with `previous`, and brings `index` (that of `previous`) along; the names whose
+/// entry changed, in name order.
 fn merge_type<R: Into<StoredResource>>(
     previous: &TypeResources,
     resources: impl IntoIterator<Item = R>,
     index: &mut AliasIndex,
-) -> (TypeResources, ChangeSummary) {
+) -> (TypeResources, ChangeSummary, Vec<String>) {
     let mut summary = ChangeSummary::default();
     let mut next = TypeResources::new();
+    let mut names = Vec::new();
     for resource in resources {
         let resource: StoredResource = resource.into();
         let entry = match previous.get(&resource.name) {
@@ -379,9 +432,17 @@ fn merge_type<R: Into<StoredResource>>(
         if !next.contains_key(name) {
             summary.removed += 1;
             index.replace(Some(gone), None);
+            names.push(name.clone());
         }
     }
-    (next, summary)
+    // Replaced and added entries: those not shared with `previous`.
+    names.extend(
+        next.iter()
+            .filter(|(name, entry)| !previous.get(*name).is_some_and(|p| Arc::ptr_eq(p, entry)))
+            .map(|(name, _)| name.clone()),
+    );
+    names.sort();
+    (next, summary, names)
 }
 
 /// A reader of the store: the latest snapshot, and a wake-up on each change.

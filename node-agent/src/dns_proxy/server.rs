@@ -158,25 +158,38 @@ impl PodContext {
             .admit(Instant::now())
     }
 
-    /// The local reply to `packet`, `None` to forward it.
+    /// The local reply to `packet`, `None` to forward it (or, in on-demand mode, to ask the
+    /// controller first: [`Self::reply_on_demand`]).
     fn local_reply(&self, packet: &[u8]) -> Option<Vec<u8>> {
+        self.stored_reply(packet, true)
+    }
+
+    /// The reply to `packet` from the store. With `ask_first`, in on-demand mode, an answer
+    /// found only by a wildcard host covering the name is held back (`None`) while a name
+    /// of the query was never asked of the controller: the controller may hold a more
+    /// specific wildcard host for it (Istio answers with the most specific), and answers
+    /// each name once (kept subscribed, the answer then stands for every later query).
+    fn stored_reply(&self, packet: &[u8], ask_first: bool) -> Option<Vec<u8>> {
         // A pod the store does not know yet has no namespace to search: SERVFAIL, as ztunnel
         // answers an unknown source.
         let Some(namespace) = self.namespace() else {
             return server_failure(packet);
         };
         let domain = &self.settings.cluster_domain;
-        match reply(&self.store, &namespace, domain, packet) {
-            Reply::Answer(answer) => {
-                // An answer from names fetched on demand keeps them subscribed.
-                if self.store.on_demand() {
-                    let names = demand_names(packet, &namespace, domain);
-                    self.store.touch_demanded(&names);
-                }
-                Some(answer)
+        let (answer, wildcard) = match reply(&self.store, &namespace, domain, packet) {
+            Reply::Answer(answer) => (answer, false),
+            Reply::Wildcard(answer) => (answer, true),
+            Reply::Forward => return None,
+        };
+        // An answer from names fetched on demand keeps them subscribed.
+        if self.store.on_demand() {
+            let names = demand_names(packet, &namespace, domain);
+            if wildcard && ask_first && self.store.unasked_hostnames(&names) {
+                return None;
             }
-            Reply::Forward => None,
+            self.store.touch_demanded(&names);
         }
+        Some(answer)
     }
 
     /// In on-demand mode, the reply to `packet` (which the store alone could not answer)
@@ -192,7 +205,7 @@ impl PodContext {
             return None;
         }
         self.store.fetch_hostnames(&names).await;
-        self.local_reply(packet)
+        self.stored_reply(packet, false)
     }
 }
 

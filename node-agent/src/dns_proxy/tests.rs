@@ -104,7 +104,8 @@ type Answered = (ResponseCode, Vec<(String, String)>);
 
 /// The answer to `name`, `None` when forwarded.
 fn answered(name: &str, record_type: RecordType) -> Option<Answered> {
-    let Reply::Answer(bytes) = reply(&store(), "shop", "cluster.local", &query(name, record_type))
+    let (Reply::Answer(bytes) | Reply::Wildcard(bytes)) =
+        reply(&store(), "shop", "cluster.local", &query(name, record_type))
     else {
         return None;
     };

@@ -64,6 +64,8 @@ pub struct OnDemandMetrics {
     address_miss_hits: Counter,
     /// DNS demand names remembered as misses, not asked for again.
     hostname_miss_hits: Counter,
+    /// DNS demand names asked of the controller.
+    asked_hostnames: Counter,
 }
 
 impl OnDemandMetrics {
@@ -87,6 +89,11 @@ impl OnDemandMetrics {
             "weft_on_demand_hostname_miss_hits",
             "DNS names the controller recently answered it does not hold, not asked for again",
             self.hostname_miss_hits.clone(),
+        );
+        registry.register(
+            "weft_on_demand_asked_hostnames",
+            "DNS names asked of the controller on demand (each once while it stays subscribed)",
+            self.asked_hostnames.clone(),
         );
     }
 }
@@ -200,14 +207,19 @@ impl WorkloadStore {
 
     /// Asks for the services a DNS query may name, by the names the controller knows them
     /// by (`namespace/hostname`, `host:<hostname>`, see `dns_proxy::demand_names`), all at
-    /// once and waited for up to [`ON_DEMAND_WAIT`] together. Names the store already
-    /// answers, or asked for in vain within the last TTL, are not asked again (the latter
-    /// counted).
+    /// once and waited for up to [`ON_DEMAND_WAIT`] together. Names the store holds by
+    /// themselves, names already answered (kept subscribed: a wildcard host standing in for
+    /// one is followed by the controller), and names asked for in vain within the last TTL
+    /// are not asked again (the latter counted). A name the store holds only by a wildcard
+    /// host covering it, never asked, is asked: the controller answers with the most specific
+    /// wildcard host covering it, which may not be the one held.
     pub async fn fetch_hostnames(&self, names: &[String]) {
         let Some(on_demand) = self.demand.get() else {
             return;
         };
-        let unheld = names.iter().filter(|name| !self.holds_name(name));
+        let unheld = names
+            .iter()
+            .filter(|name| !self.answered_name(on_demand, name));
         let wanted: Vec<&String> = unheld
             .filter(|name| {
                 let missed = on_demand.remembers_miss(name);
@@ -222,6 +234,9 @@ impl WorkloadStore {
         }
         // Each bounded by ON_DEMAND_WAIT, all at once.
         let mut asks = tokio::task::JoinSet::new();
+        self.on_demand_metrics
+            .asked_hostnames
+            .inc_by(wanted.len() as u64);
         for name in wanted {
             let (demand, name) = (on_demand.demand.clone(), name.clone());
             asks.spawn(async move {
@@ -234,6 +249,18 @@ impl WorkloadStore {
                 self.settle(on_demand, &name);
             }
         }
+    }
+
+    /// Whether a DNS query's demand names include one [`Self::fetch_hostnames`] would ask
+    /// for (none outside on-demand mode): the DNS proxy asks before answering from a
+    /// wildcard host covering the name.
+    pub fn unasked_hostnames(&self, names: &[String]) -> bool {
+        let Some(on_demand) = self.demand.get() else {
+            return false;
+        };
+        names
+            .iter()
+            .any(|name| !self.answered_name(on_demand, name) && !on_demand.remembers_miss(name))
     }
 
     /// Marks `names` used now (a DNS answer from what they fetched).
@@ -470,6 +497,21 @@ impl WorkloadStore {
             })
             .is_some()
         })
+    }
+
+    /// Whether the controller's answer for a demand name is in: the store holds what it
+    /// names by itself (a hostname, not a wildcard covering it), or it was asked and
+    /// answered and is kept subscribed (recorded as fetched), whatever stands in for it.
+    fn answered_name(&self, on_demand: &OnDemand, name: &str) -> bool {
+        if let Some(hostname) = name.strip_prefix("host:") {
+            return !self.services_by_hostname(hostname).is_empty()
+                || on_demand
+                    .used
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .contains_key(name);
+        }
+        self.holds_name(name)
     }
 
     fn knows_address(&self, ip: IpAddr) -> bool {

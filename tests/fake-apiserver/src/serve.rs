@@ -1,6 +1,7 @@
 //! Serving: port-forwards (in [`crate::portforward`]), failures injected, writes, status merge patches, TokenReview, gets, paginated lists and watches.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +18,9 @@ use crate::request::{
     Body, Selection, Target, json_response, parse_field_selector, parse_label_selector, parse_path,
     parse_query, status_object, status_response,
 };
-use crate::{EventType, FakeApiError, LoggedRequest, ServedKind, Shared, Store, StoreKey};
+use crate::{
+    EventType, FakeApiError, HistoryEntry, LoggedRequest, ServedKind, Shared, Store, StoreKey,
+};
 
 /// Request bodies above this are refused.
 const MAX_BODY: usize = 1 << 20;
@@ -274,14 +277,25 @@ fn get(shared: &Shared, kind_index: usize, selection: &Selection, name: &str) ->
     }
 }
 
-/// The objects of one kind as they were at `version`, rebuilt from the history.
-fn snapshot_at(store: &Store, kind_index: usize, version: u64) -> BTreeMap<StoreKey, Value> {
+/// The history entries after `version` (the history is in version order).
+fn history_after(store: &Store, version: u64) -> &[HistoryEntry] {
+    let first = store
+        .history
+        .partition_point(|e| e.resource_version <= version);
+    &store.history[first..]
+}
+
+/// The objects of one kind as they were at `version`, rebuilt from the history: only for a
+/// page of a list whose kind changed since the list's first page.
+fn snapshot_at(store: &mut Store, kind_index: usize, version: u64) -> BTreeMap<StoreKey, Value> {
     let mut objects = BTreeMap::new();
+    let mut visited = 0;
     for entry in store
         .history
         .iter()
         .filter(|e| e.kind_index == kind_index && e.resource_version <= version)
     {
+        visited += 1;
         let metadata = &entry.object["metadata"];
         let key = (
             kind_index,
@@ -297,6 +311,7 @@ fn snapshot_at(store: &Store, kind_index: usize, version: u64) -> BTreeMap<Store
             }
         }
     }
+    store.served_work += visited + store.history.len() as u64;
     objects
 }
 
@@ -322,15 +337,27 @@ fn list(
         Some(Ok(limit)) => Some(limit),
         Some(Err(_)) => return status_response(400, "BadRequest", "limit is not a number"),
     };
-    let store = shared.store();
-    // A continue token is "<list version>/<items already returned>".
-    let (version, offset) = match query.get("continue").filter(|c| !c.is_empty()) {
-        None => (store.resource_version, 0),
+    let mut store = shared.store();
+    // A continue token is "<list version>/<items already returned>[/<namespace>/<name> of the
+    // last one]": the next page resumes after that key, as the real server's token resumes
+    // its range read, unless the kind changed since the list's first page.
+    let (version, offset, after) = match query.get("continue").filter(|c| !c.is_empty()) {
+        None => (store.resource_version, 0, None),
         Some(token) => {
-            let parsed = token
-                .split_once('/')
-                .and_then(|(v, o)| Some((v.parse::<u64>().ok()?, o.parse::<usize>().ok()?)));
-            let Some((version, offset)) = parsed else {
+            let mut parts = token.splitn(4, '/');
+            let parsed = (|| {
+                let version = parts.next()?.parse::<u64>().ok()?;
+                let offset = parts.next()?.parse::<usize>().ok()?;
+                let after = match (parts.next(), parts.next()) {
+                    (Some(namespace), Some(name)) => {
+                        Some((kind_index, namespace.to_owned(), name.to_owned()))
+                    }
+                    (None, None) => None,
+                    _ => return None,
+                };
+                Some((version, offset, after))
+            })();
+            let Some((version, offset, after)) = parsed else {
                 return status_response(400, "BadRequest", "malformed continue token");
             };
             if version < store.oldest_served_version {
@@ -340,25 +367,56 @@ fn list(
                     "The provided continue parameter is too old to display a consistent list result.",
                 );
             }
-            (version, offset)
+            (version, offset, after)
         }
     };
-    let matching: Vec<Value> = snapshot_at(&store, kind_index, version)
-        .into_values()
-        .filter(|object| selection.matches(object))
-        .collect();
-    let total = matching.len();
-    let page: Vec<Value> = matching
-        .into_iter()
-        .skip(offset)
-        .take(limit.unwrap_or(usize::MAX))
-        .map(without_type)
-        .collect();
+    let changed_since = history_after(&store, version)
+        .iter()
+        .any(|e| e.kind_index == kind_index);
+    let (page, last, more): (Vec<Value>, Option<StoreKey>, bool) = if changed_since {
+        // Rebuilt from the history: a consistent page of the list's version.
+        let matching: Vec<(StoreKey, Value)> = snapshot_at(&mut store, kind_index, version)
+            .into_iter()
+            .filter(|(_, object)| selection.matches(object))
+            .collect();
+        let total = matching.len();
+        let page: Vec<(StoreKey, Value)> = matching
+            .into_iter()
+            .skip(offset)
+            .take(limit.unwrap_or(usize::MAX))
+            .collect();
+        let more = offset + page.len() < total;
+        let last = page.last().map(|(key, _)| key.clone());
+        (page.into_iter().map(|(_, o)| o).collect(), last, more)
+    } else {
+        // The kind as it is now is the kind at the list's version: the page is read from
+        // where the last one ended, so a list costs its objects once, not once per page.
+        let start = after.map_or(
+            Bound::Included((kind_index, String::new(), String::new())),
+            Bound::Excluded,
+        );
+        let end = Bound::Excluded((kind_index + 1, String::new(), String::new()));
+        let mut visited = 0u64;
+        let mut matching = store
+            .objects
+            .range((start, end))
+            .inspect(|_| visited += 1)
+            .filter(|(_, object)| selection.matches(object));
+        let page: Vec<(StoreKey, Value)> = matching
+            .by_ref()
+            .take(limit.unwrap_or(usize::MAX))
+            .map(|(key, object)| (key.clone(), object.clone()))
+            .collect();
+        let more = matching.next().is_some();
+        store.served_work += visited;
+        let last = page.last().map(|(key, _)| key.clone());
+        (page.into_iter().map(|(_, o)| o).collect(), last, more)
+    };
     let next = offset + page.len();
+    let page: Vec<Value> = page.into_iter().map(without_type).collect();
     let mut metadata = json!({ "resourceVersion": version.to_string() });
-    if next < total {
-        metadata["continue"] = Value::from(format!("{version}/{next}"));
-        metadata["remainingItemCount"] = Value::from(total - next);
+    if more && let Some((_, namespace, name)) = last {
+        metadata["continue"] = Value::from(format!("{version}/{next}/{namespace}/{name}"));
     }
     let body = json!({
         "apiVersion": served.api_version(),
@@ -508,7 +566,7 @@ async fn stream_events(
     }
     loop {
         let pending: Vec<Bytes> = {
-            let store = shared.store();
+            let mut store = shared.store();
             if store.expiry_epoch != epoch {
                 vec![too_old(cursor, store.oldest_served_version), Bytes::new()]
             } else if store.close_epoch != close_epoch {
@@ -516,13 +574,15 @@ async fn stream_events(
             } else if store.watches_held {
                 Vec::new()
             } else {
-                let lines = store
-                    .history
+                let tail = history_after(&store, cursor);
+                let visited = tail.len() as u64;
+                let lines = tail
                     .iter()
-                    .filter(|e| e.resource_version > cursor && e.kind_index == kind_index)
+                    .filter(|e| e.kind_index == kind_index)
                     .filter(|e| selection.matches(&e.object))
                     .map(|e| watch_line(e.event.as_str(), &e.object))
                     .collect();
+                store.served_work += visited;
                 cursor = store.resource_version;
                 lines
             }

@@ -427,7 +427,7 @@ impl ProxyStream {
             // What was sent is what `previous` called for: only the entries that differ
             // between the two maps can change it, and those a stand-in moved from or to.
             Some(previous) => {
-                let changed = changed_names(&previous, current);
+                let changed = changes_since(snapshot, type_url, &previous, current);
                 let mut candidates: BTreeSet<String> =
                     changed.iter().map(|name| (*name).clone()).collect();
                 let hostnames = moved_hostnames(subscription, &previous, current, &changed);
@@ -719,6 +719,29 @@ fn consider(
 
 /// Names of the entries that differ between the two maps (in name order), walking them side
 /// by side: entries the store kept (the same `Arc`) are skipped with a pointer comparison.
+/// The names whose entry differs between `previous` (a map of `type_url` a stream last
+/// evaluated) and `current` (the type's map in `snapshot`): the write's own list when the
+/// stream evaluated the map that write changed (a stream keeping up with the store), the two
+/// maps walked side by side otherwise (a stream that skipped a write). The walk costs each
+/// stream the type's size at every push, so proxies x resources per write.
+pub(super) fn changes_since<'a>(
+    snapshot: &'a Snapshot,
+    type_url: &str,
+    previous: &'a TypeResources,
+    current: &'a TypeResources,
+) -> Vec<&'a String> {
+    if let Some(change) = snapshot.change(type_url)
+        && std::ptr::eq(change.before.as_ref(), previous)
+        && snapshot
+            .resources(type_url)
+            .is_some_and(|map| std::ptr::eq(map.as_ref(), current))
+    {
+        crate::cost::looked_at(change.names.len());
+        return change.names.iter().collect();
+    }
+    changed_names(previous, current)
+}
+
 fn changed_names<'a>(previous: &'a TypeResources, current: &'a TypeResources) -> Vec<&'a String> {
     let mut changed = Vec::new();
     let (mut before, mut now) = (previous.iter().peekable(), current.iter().peekable());

@@ -484,7 +484,7 @@ async fn dns_fetch(
         .await
         .expect("answered, not waited out");
     let answered = match reply() {
-        crate::dns_proxy::Reply::Answer(bytes) => {
+        crate::dns_proxy::Reply::Answer(bytes) | crate::dns_proxy::Reply::Wildcard(bytes) => {
             let answer = DnsMessage::from_vec(&bytes).unwrap();
             match &answer.answers[..] {
                 [record] => match &record.data {
@@ -518,6 +518,103 @@ async fn a_dns_query_fetches_the_wildcard_service_entry_host_covering_it() {
         assert!(!on_demand.remembers_miss(&asked), "{name}: not a miss");
         tasks.iter().for_each(JoinHandle::abort);
     }
+}
+
+/// The A record the store answers a query for `name` from `shop` with, and whether it was
+/// found by a wildcard host covering the name; the query's demand names.
+fn wildcard_answer(store: &WorkloadStore, name: &str) -> (Option<(Ipv4Addr, bool)>, Vec<String>) {
+    use crate::dns_proxy::Reply;
+    use hickory_proto::op::{Message as DnsMessage, Query};
+    use hickory_proto::rr::{Name, RData, RecordType};
+    use std::str::FromStr;
+
+    let mut message = DnsMessage::query();
+    message.add_query(Query::query(
+        Name::from_str(&format!("{name}.")).unwrap(),
+        RecordType::A,
+    ));
+    let packet = message.to_vec().unwrap();
+    let names = crate::dns_proxy::demand_names(&packet, "shop", "cluster.local");
+    let (bytes, wildcard) = match crate::dns_proxy::reply(store, "shop", "cluster.local", &packet) {
+        Reply::Answer(bytes) => (bytes, false),
+        Reply::Wildcard(bytes) => (bytes, true),
+        Reply::Forward => return (None, names),
+    };
+    let answer = DnsMessage::from_vec(&bytes).unwrap();
+    let [record] = &answer.answers[..] else {
+        panic!("not one record: {:?}", answer.answers);
+    };
+    let RData::A(a) = &record.data else {
+        panic!("not an A record: {record:?}");
+    };
+    (Some((a.0, wildcard)), names)
+}
+
+/// An agent already holding a less specific wildcard host (`*.example.com`) asks for a name
+/// under a more specific one (`*.foo.example.com`) before answering from it: Istio answers
+/// with the most specific wildcard host covering a name. The answer stands for later queries
+/// (the name kept subscribed), also when nothing more specific exists: one request per name.
+#[tokio::test]
+async fn a_name_under_a_held_wildcard_is_asked_once_for_the_most_specific_wildcard() {
+    let mut resources = ResourceStore::new();
+    let mut with_entries = mesh();
+    with_entries.push(external_service("*.example.com", [240, 240, 0, 9]));
+    with_entries.push(external_service("*.foo.example.com", [240, 240, 0, 11]));
+    resources.replace_type(weft_proto::ADDRESS_TYPE_URL, with_entries);
+    let (store, tasks) = on_demand_store(&resources).await;
+    assert!(until(&store, |s| s.workload_by_uid("client").is_some()).await);
+    let asked = || store.on_demand_metrics.asked_hostnames.get();
+    let fetch = |names: Vec<String>| {
+        let store = store.clone();
+        async move {
+            tokio::time::timeout(ANSWERED_WITHIN, store.fetch_hostnames(&names))
+                .await
+                .expect("answered, not waited out");
+        }
+    };
+    let (general, specific) = (
+        Ipv4Addr::new(240, 240, 0, 9),
+        Ipv4Addr::new(240, 240, 0, 11),
+    );
+
+    // The less specific wildcard, fetched for a first name.
+    let (_, names) = wildcard_answer(&store, "b.example.com");
+    fetch(names).await;
+    assert_eq!(
+        wildcard_answer(&store, "b.example.com").0,
+        Some((general, true))
+    );
+    assert_eq!(asked(), 1);
+
+    // A name under the more specific one: the store alone would answer the held one.
+    let (held, names) = wildcard_answer(&store, "a.foo.example.com");
+    assert_eq!(held, Some((general, true)));
+    assert!(store.unasked_hostnames(&names), "asked before answering");
+    fetch(names.clone()).await;
+    assert_eq!(asked(), 2);
+    assert_eq!(
+        wildcard_answer(&store, "a.foo.example.com").0,
+        Some((specific, true)),
+        "the most specific wildcard host"
+    );
+    // Answered once: later queries are answered from the store.
+    assert!(!store.unasked_hostnames(&names));
+    fetch(names).await;
+    assert_eq!(asked(), 2, "asked again");
+
+    // Nothing more specific at the controller: the held wildcard stands, asked once.
+    let (_, names) = wildcard_answer(&store, "a.bar.example.com");
+    assert!(store.unasked_hostnames(&names));
+    fetch(names.clone()).await;
+    assert_eq!(asked(), 3);
+    assert_eq!(
+        wildcard_answer(&store, "a.bar.example.com").0,
+        Some((general, true))
+    );
+    assert!(!store.unasked_hostnames(&names));
+    fetch(names).await;
+    assert_eq!(asked(), 3, "asked again");
+    tasks.iter().for_each(JoinHandle::abort);
 }
 
 #[tokio::test]
