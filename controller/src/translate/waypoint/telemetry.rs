@@ -25,7 +25,7 @@ use weft_proto::waypoint as wp;
 
 use super::super::resolve::{self, namespace_of};
 use super::{Compiler, age_key};
-use crate::mesh_config::{MeshTracing, OtlpHttp, TracingProvider};
+use crate::mesh_config::{MeshTracing, OtlpGrpc, OtlpHttp, TracingProvider};
 use crate::model::Telemetry;
 use crate::model::networking::ServiceEntry;
 use crate::model::security::PolicyTargetReference;
@@ -270,6 +270,7 @@ impl<'a> Compiler<'a, '_> {
             canonical_service,
             custom_tags: custom_tags(merged.custom_tags),
             http: provider.http.as_ref().map(otlp_http),
+            grpc: provider.grpc.as_ref().map(otlp_grpc),
         })
     }
 
@@ -336,19 +337,35 @@ impl<'a> Compiler<'a, '_> {
 fn otlp_http(http: &OtlpHttp) -> wp::OtlpHttp {
     wp::OtlpHttp {
         path: http.path.clone(),
-        timeout: Some(prost_types::Duration {
-            seconds: i64::try_from(http.timeout.as_secs()).unwrap_or(i64::MAX),
-            nanos: i32::try_from(http.timeout.subsec_nanos()).unwrap_or(0),
-        }),
-        headers: http
-            .headers
-            .iter()
-            .map(|(name, value)| wp::OtlpHttpHeader {
-                name: name.clone(),
-                value: value.clone(),
-            })
-            .collect(),
+        timeout: Some(proto_duration(http.timeout)),
+        headers: otlp_headers(&http.headers),
     }
+}
+
+/// A provider's `grpc`, as istiod writes Envoy's `OpenTelemetryConfig.grpc_service` `timeout`
+/// and `initial_metadata`.
+fn otlp_grpc(grpc: &OtlpGrpc) -> wp::OtlpGrpc {
+    wp::OtlpGrpc {
+        timeout: grpc.timeout.map(proto_duration),
+        initial_metadata: otlp_headers(&grpc.metadata),
+    }
+}
+
+fn proto_duration(duration: std::time::Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: i64::try_from(duration.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(duration.subsec_nanos()).unwrap_or(0),
+    }
+}
+
+fn otlp_headers(headers: &[(String, String)]) -> Vec<wp::OtlpHttpHeader> {
+    headers
+        .iter()
+        .map(|(name, value)| wp::OtlpHttpHeader {
+            name: name.clone(),
+            value: value.clone(),
+        })
+        .collect()
 }
 
 /// The proxy's side's tracing after every applicable entry (already filtered by `match.mode`),
