@@ -249,7 +249,9 @@ impl<'a> Compiler<'a, '_> {
         let provider = merged.provider?;
         // A provider whose collector is not in the registry configures no tracer, as istiod's
         // `configureFromProviderConfig` fails for it (`pilot/pkg/networking/core/tracing.go`).
-        let collector = self.collector(&provider.service, provider.port).ok()?;
+        let collector = self
+            .collector(collector::OPENTELEMETRY, &provider.service, provider.port)
+            .ok()?;
         // Istio's service name for a proxy: `<canonical service>.<namespace>`; a waypoint's
         // canonical service is its Gateway's name, a gateway's comes from its pod's labels.
         let canonical_service = match proxy {
@@ -288,21 +290,23 @@ impl<'a> Compiler<'a, '_> {
             &mesh,
             &entries,
             |mode| proxy.covers(mode),
-            |service, port| self.collector(service, port).ok(),
+            |kind, service, port| self.collector(kind, service, port).ok(),
         )
     }
 
     /// The collector of a provider's `service` ([`collector::lookup`]): `ip:port` of each
     /// ready pod behind its Service, or `host:port` for the waypoint to resolve (a
     /// ServiceEntry host, a Service port not declared or no ready pod); an error when the
-    /// registry has no such service, and the provider is then skipped.
+    /// registry has no such service, and the provider is then skipped and counted under
+    /// `kind`, istiod's label of its kind (`provider_lookup_cluster_failures`).
     fn collector(
         &self,
+        kind: &'static str,
         service: &str,
         port: u16,
     ) -> Result<Vec<String>, collector::CollectorLookupError> {
-        let found =
-            collector::lookup(&self.services, self.index.service_entries.values(), service)?;
+        let found = collector::lookup(&self.services, self.index.service_entries.values(), service)
+            .inspect_err(|_| self.settings.provider_lookup_failures.failed(kind))?;
         let service = match found {
             collector::CollectorHost::Service(service) => service,
             collector::CollectorHost::Entry(host) => return Ok(vec![format!("{host}:{port}")]),
