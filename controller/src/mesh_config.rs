@@ -40,7 +40,8 @@ pub use self::access_log::{
 pub use self::grpc_als::{GrpcAls, GrpcAlsProvider, HTTP_LOG_NAME, TCP_LOG_NAME};
 pub use self::otel_als::{DEFAULT_LOG_NAME, OtelAlsProvider};
 pub use self::trace::{
-    DEFAULT_OTLP_HTTP_TIMEOUT, DEFAULT_TRACE_SAMPLING, MeshTracing, OtlpHttp, TracingProvider,
+    DEFAULT_OTLP_HTTP_TIMEOUT, DEFAULT_TRACE_SAMPLING, MeshTracing, OtlpGrpc, OtlpHttp,
+    TracingProvider,
 };
 
 /// How often the file is read again: the configuration directory's own pace.

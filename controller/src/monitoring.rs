@@ -12,6 +12,11 @@
 //! cumulative values are exported untyped (`unknown`), as Prometheus stores untyped samples
 //! under their own names. Those two and `pilot_xds_push_time_sum` carry istiod's `type` label,
 //! the short name of the resource type ([`metric_type`]).
+//!
+//! `provider_lookup_cluster_failures{type}` is istiod's counter of the same name (exported by
+//! istiod without a `_total` suffix, so untyped here too): each time a translation finds no
+//! service for an extension provider's `service` and drops the provider
+//! ([`ProviderLookupFailures`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -65,10 +70,36 @@ const SERVED_TYPES: [&str; 6] = [
     "source_workload",
 ];
 
+/// istiod's `provider_lookup_cluster_failures` (`pilot/pkg/model/monitoring.go`).
+pub const PROVIDER_LOOKUP_CLUSTER_FAILURES: &str = "provider_lookup_cluster_failures";
+
 /// What the last translation found, set by the publisher after each one.
 #[derive(Debug, Default)]
 pub struct TranslationGauges {
     pub policies_without_http_attributes: AtomicU64,
+    /// Counted by the translations themselves ([`crate::translate::MeshSettings`] holds the
+    /// same counts).
+    pub provider_lookup_failures: Arc<ProviderLookupFailures>,
+}
+
+/// Extension providers dropped because the service registry has no service for their
+/// `service`, by istiod's `type` label of the provider's kind (`opentelemetry`,
+/// `envoyOtelAls`, `envoyHTTPAls`, `envoyTCPAls`): one count per proxy configuration that
+/// would have used the provider, at each translation, as istiod counts one per proxy push
+/// (`IncLookupClusterFailures`).
+#[derive(Debug, Default)]
+pub struct ProviderLookupFailures(std::sync::Mutex<BTreeMap<&'static str, u64>>);
+
+impl ProviderLookupFailures {
+    /// Counts one failed lookup of a provider of `kind` (istiod's label value).
+    pub fn failed(&self, kind: &'static str) {
+        *self.0.lock().unwrap().entry(kind).or_default() += 1;
+    }
+
+    /// The counts so far, by kind.
+    pub fn counts(&self) -> BTreeMap<&'static str, u64> {
+        self.0.lock().unwrap().clone()
+    }
 }
 
 /// Reads the discovery server's counters and the translation's gauges at each scrape.
@@ -226,6 +257,16 @@ impl Collector for PilotMetrics {
             CONFIGURATION_REJECTIONS,
             "Resources refused by validation",
             &Sample(MetricType::Unknown, self.index.rejections()),
+        )?;
+        let lookup_failures = self.gauges.provider_lookup_failures.counts();
+        if lookup_failures.is_empty() {
+            // istiod exports the sum from its first increment on.
+            return Ok(());
+        }
+        sample(
+            PROVIDER_LOOKUP_CLUSTER_FAILURES,
+            "Number of times a cluster lookup failed",
+            &ByType(MetricType::Unknown, lookup_failures),
         )
     }
 }
@@ -314,6 +355,9 @@ mod tests {
         gauges
             .policies_without_http_attributes
             .store(3, Ordering::Relaxed);
+        gauges.provider_lookup_failures.failed("opentelemetry");
+        gauges.provider_lookup_failures.failed("envoyOtelAls");
+        gauges.provider_lookup_failures.failed("envoyOtelAls");
         let index = Arc::new(LiveIndex::default());
         index.count_rejections(2);
         let (ready, ready_watch) = watch::channel(false);
@@ -337,6 +381,9 @@ mod tests {
             "pilot_xds_push_time_sum{type=\"other\"} 0.25",
             "weft_authorization_policies_enforced_without_http_attributes 3",
             "weft_configuration_rejections 2",
+            "provider_lookup_cluster_failures{type=\"opentelemetry\"} 1",
+            "provider_lookup_cluster_failures{type=\"envoyOtelAls\"} 2",
+            "# TYPE provider_lookup_cluster_failures unknown",
             "# TYPE pilot_xds gauge",
             "# TYPE pilot_proxy_convergence_time histogram",
             "pilot_proxy_convergence_time_count 3",

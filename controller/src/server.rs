@@ -449,7 +449,10 @@ pub async fn run(config: ServerConfig, shutdown: watch::Receiver<bool>) -> Resul
 
     let mut store = ResourceStore::new();
     let mut reported = Reported::default();
-    let gauges = Arc::new(TranslationGauges::default());
+    let gauges = Arc::new(TranslationGauges {
+        provider_lookup_failures: config.settings.provider_lookup_failures.clone(),
+        ..Default::default()
+    });
     publish(
         &index.snapshot(),
         &config.settings,

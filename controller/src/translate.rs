@@ -57,6 +57,9 @@ pub struct MeshSettings {
     /// and `PILOT_IP_AUTOALLOCATE_IPV6_PREFIX`); `None` when allocation is off (istiod's
     /// `PILOT_ENABLE_IP_AUTOALLOCATE=false`): no host gets an address it does not declare.
     pub auto_allocate: Option<auto_allocate::Ranges>,
+    /// Counts the extension providers each translation drops for want of their service
+    /// (istiod's `provider_lookup_cluster_failures`), shared with the monitoring port.
+    pub provider_lookup_failures: std::sync::Arc<crate::monitoring::ProviderLookupFailures>,
 }
 
 impl Default for MeshSettings {
@@ -70,6 +73,7 @@ impl Default for MeshSettings {
             mesh: Default::default(),
             disable_shadow_host_suffix: true,
             auto_allocate: Some(Default::default()),
+            provider_lookup_failures: Default::default(),
         }
     }
 }

@@ -22,7 +22,7 @@ use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::trace::v1::{Span, Status, span, status};
 use weft_proto::waypoint as proto;
 
-pub use export::{Collector, HttpExport, SpanExporter};
+pub use export::{Collector, GrpcExport, HttpExport, SpanExporter};
 pub use propagation::{B3Style, IncomingContext, OutgoingContext, SpanId, TraceId};
 
 use crate::access_log::{Captured, HeaderCapture, RequestEntry};
@@ -141,6 +141,12 @@ pub(crate) fn tracing_config(
                 tracing.service_name.clone()
             },
             http: tracing.http.as_ref().map(http_export).transpose()?,
+            grpc: tracing
+                .grpc
+                .as_ref()
+                .map(grpc_export)
+                .transpose()?
+                .unwrap_or_default(),
         }))
     };
     let custom_tags = tracing
@@ -189,31 +195,55 @@ fn http_export(http: &proto::OtlpHttp) -> Result<HttpExport, ConfigError> {
         .and_then(|t| std::time::Duration::try_from(t).ok())
         .filter(|t| !t.is_zero())
         .ok_or_else(|| invalid("tracing.http.timeout", "must be a positive duration"))?;
-    let headers = http
-        .headers
+    Ok(HttpExport {
+        path: http.path.clone(),
+        timeout,
+        headers: export_headers(&http.headers, "tracing.http.headers")?,
+    })
+}
+
+/// `tracing.grpc` checked: a positive timeout when one is set and valid metadata.
+fn grpc_export(grpc: &proto::OtlpGrpc) -> Result<GrpcExport, ConfigError> {
+    let timeout = grpc
+        .timeout
+        .map(|t| {
+            std::time::Duration::try_from(t)
+                .ok()
+                .filter(|t| !t.is_zero())
+                .ok_or_else(|| invalid("tracing.grpc.timeout", "must be a positive duration"))
+        })
+        .transpose()?;
+    Ok(GrpcExport {
+        timeout,
+        metadata: export_headers(&grpc.initial_metadata, "tracing.grpc.initial_metadata")?,
+    })
+}
+
+/// The headers (or gRPC metadata) of an export, each name and value checked; `field` names
+/// the list.
+fn export_headers(
+    headers: &[proto::OtlpHttpHeader],
+    field: &str,
+) -> Result<Vec<(http::HeaderName, http::HeaderValue)>, ConfigError> {
+    headers
         .iter()
         .enumerate()
         .map(|(i, header)| {
             let name = http::HeaderName::from_bytes(header.name.as_bytes()).map_err(|_| {
                 invalid(
-                    &format!("tracing.http.headers[{i}].name"),
+                    &format!("{field}[{i}].name"),
                     format!("{:?} is not an HTTP header name", header.name),
                 )
             })?;
             let value = http::HeaderValue::from_str(&header.value).map_err(|_| {
                 invalid(
-                    &format!("tracing.http.headers[{i}].value"),
+                    &format!("{field}[{i}].value"),
                     format!("the value of {:?} is not an HTTP header value", header.name),
                 )
             })?;
             Ok((name, value))
         })
-        .collect::<Result<_, ConfigError>>()?;
-    Ok(HttpExport {
-        path: http.path.clone(),
-        timeout,
-        headers,
-    })
+        .collect()
 }
 
 /// One custom tag as the spans carry it; `None` for an environment variable that is not set

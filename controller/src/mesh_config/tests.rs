@@ -153,6 +153,7 @@ fn the_default_opentelemetry_provider_and_sampling_are_read() {
             service: "opentelemetry-collector.observability.svc.cluster.local".into(),
             port: 4317,
             http: None,
+            grpc: None,
         })
     );
     assert_eq!(tracing.sampling, 100.0);
@@ -194,6 +195,45 @@ extensionProviders:
             path: "/".into(),
             timeout: DEFAULT_OTLP_HTTP_TIMEOUT,
             headers: Vec::new(),
+        })
+    );
+}
+
+#[test]
+fn an_opentelemetry_providers_grpc_timeout_and_initial_metadata_are_kept() {
+    let yaml = r#"
+defaultProviders: {tracing: [otlp-grpc]}
+extensionProviders:
+- name: otlp-grpc
+  opentelemetry:
+    service: tracing.example.com
+    port: 8090
+    grpc:
+      timeout: 250ms
+      initialMetadata:
+      - {name: Authentication, value: token-xxxxx}
+      - {name: x-tenant, value: team-a}
+- name: metadata-only
+  opentelemetry: {service: c, port: 4317, grpc: {initialMetadata: [{name: x-a, value: b}]}}
+"#;
+    let tracing = parse("mesh", yaml).unwrap().tracing;
+    let provider = tracing.provider.as_ref().unwrap();
+    assert_eq!(provider.http, None);
+    assert_eq!(
+        provider.grpc,
+        Some(OtlpGrpc {
+            timeout: Some(std::time::Duration::from_millis(250)),
+            metadata: vec![
+                ("authentication".into(), "token-xxxxx".into()),
+                ("x-tenant".into(), "team-a".into()),
+            ],
+        })
+    );
+    assert_eq!(
+        tracing.provider_named("metadata-only").unwrap().grpc,
+        Some(OtlpGrpc {
+            timeout: None,
+            metadata: vec![("x-a".into(), "b".into())],
         })
     );
 }
@@ -246,6 +286,26 @@ fn bad_providers_are_refused_with_their_field() {
         (
             "extensionProviders: [{name: a, opentelemetry: {service: c, port: 4318, http: {path: '/v1/traces?x=1'}}}]",
             "extensionProviders[0].opentelemetry.http.path",
+        ),
+        (
+            "extensionProviders: [{name: a, opentelemetry: {service: c, port: 4317, http: {}, grpc: {}}}]",
+            "extensionProviders[0].opentelemetry: provider \"a\": cannot specify both grpc and http",
+        ),
+        (
+            "extensionProviders: [{name: a, opentelemetry: {service: c, port: 4317, grpc: {timeout: 0s}}}]",
+            "extensionProviders[0].opentelemetry.grpc.timeout",
+        ),
+        (
+            "extensionProviders: [{name: a, opentelemetry: {service: c, port: 4317, grpc: {initialMetadata: [{name: x, value: y}, {name: 'x:y', value: z}]}}}]",
+            "extensionProviders[0].opentelemetry.grpc.initialMetadata[1].name: provider \"a\": \"x:y\" is not an HTTP header name",
+        ),
+        (
+            "extensionProviders: [{name: a, opentelemetry: {service: c, port: 4317, grpc: {initialMetadata: [{name: x, value: \"a\\rb\"}]}}}]",
+            "extensionProviders[0].opentelemetry.grpc.initialMetadata[0].value",
+        ),
+        (
+            "extensionProviders: [{name: a, opentelemetry: {service: c, port: 4317, grpc: {initialMetadata: [{name: x, value: y, envName: Y}]}}}]",
+            "extensionProviders[0].opentelemetry.grpc.initialMetadata[0]: provider \"a\": sets both value and envName",
         ),
         (
             "extensionProviders: [{name: a, prometheus: {}}, {name: a, prometheus: {}}]",

@@ -57,6 +57,19 @@ pub struct TracingProvider {
     pub port: u16,
     /// `http`: spans go over OTLP/HTTP; `None`: over OTLP/gRPC.
     pub http: Option<OtlpHttp>,
+    /// `grpc`: the OTLP/gRPC export's deadline and metadata (unset with `http`, which Istio
+    /// refuses beside it).
+    pub grpc: Option<OtlpGrpc>,
+}
+
+/// `extensionProviders[].opentelemetry.grpc`, resolved: how istiod fills Envoy's
+/// `OpenTelemetryConfig.grpc_service` beyond its cluster (`timeout`, `initial_metadata`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtlpGrpc {
+    /// `timeout`: each export's deadline; `None`: the waypoint's own.
+    pub timeout: Option<Duration>,
+    /// `initialMetadata`, each value resolved as `http.headers` values are, names lowercase.
+    pub metadata: Vec<(String, String)>,
 }
 
 /// `extensionProviders[].opentelemetry.http`, resolved: how istiod fills Envoy's
@@ -102,6 +115,17 @@ struct OpenTelemetryProvider {
     port: u32,
     /// Set for OTLP over HTTP; absent: OTLP over gRPC.
     http: Option<HttpService>,
+    /// The OTLP/gRPC export's settings.
+    grpc: Option<GrpcService>,
+}
+
+/// Istio's `ExtensionProvider.GrpcService`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+struct GrpcService {
+    /// A duration as Istio writes one (`10s`, `500ms`).
+    timeout: Option<String>,
+    initial_metadata: Vec<HttpHeader>,
 }
 
 /// Istio's `ExtensionProvider.HttpService`.
@@ -144,9 +168,50 @@ fn otlp_http(
             format!("{:?} is not a URL path", http.path),
         ));
     }
-    let mut headers = Vec::with_capacity(http.headers.len());
-    for (i, header) in http.headers.iter().enumerate() {
-        let at = format!("{path}.headers[{i}]");
+    let headers = headers(&http.headers, &format!("{path}.headers"), field)?;
+    Ok(OtlpHttp {
+        path: format!("/{}", http.path.trim_start_matches('/')),
+        timeout,
+        headers,
+    })
+}
+
+/// `grpc` of the provider at `path` checked and resolved; an error names the field.
+fn otlp_grpc(
+    grpc: &GrpcService,
+    path: &str,
+    field: &impl Fn(&str, String) -> MeshConfigError,
+) -> Result<OtlpGrpc, MeshConfigError> {
+    let timeout = grpc
+        .timeout
+        .as_ref()
+        .map(|timeout| {
+            duration_at_least_ms(&timeout.as_str().into())
+                .map_err(|reason| field(&format!("{path}.timeout"), reason))
+        })
+        .transpose()?;
+    Ok(OtlpGrpc {
+        timeout,
+        metadata: headers(
+            &grpc.initial_metadata,
+            &format!("{path}.initialMetadata"),
+            field,
+        )?,
+    })
+}
+
+/// Istio's `HttpHeader` list at `path` (`http.headers`, `grpc.initialMetadata`): each name an
+/// HTTP header name (kept lowercase, as Envoy sends it), each value one `value` or the
+/// controller's environment variable `envName` (unset reads as empty, as istiod reads its
+/// own), an HTTP header value.
+fn headers(
+    declared: &[HttpHeader],
+    path: &str,
+    field: &impl Fn(&str, String) -> MeshConfigError,
+) -> Result<Vec<(String, String)>, MeshConfigError> {
+    let mut headers = Vec::with_capacity(declared.len());
+    for (i, header) in declared.iter().enumerate() {
+        let at = format!("{path}[{i}]");
         if http::HeaderName::from_bytes(header.name.as_bytes()).is_err() {
             return Err(field(
                 &format!("{at}.name"),
@@ -169,14 +234,9 @@ fn otlp_http(
         }
         headers.push((header.name.to_ascii_lowercase(), value));
     }
-    Ok(OtlpHttp {
-        path: format!("/{}", http.path.trim_start_matches('/')),
-        timeout,
-        headers,
-    })
+    Ok(headers)
 }
 
-/// A provider's `port`, 1 to 65535; another value names `name`.
 /// A provider's `service` (`[namespace/]hostname`, trimmed) and `port`, each checked as
 /// Istio's `ValidateExtensionProvider*` checks them; `path` is the provider's field.
 pub(super) fn service_port<'s>(
@@ -195,6 +255,7 @@ pub(super) fn service_port<'s>(
     Ok((trimmed, port(port_value, &format!("{path}.port"), field)?))
 }
 
+/// A provider's `port`, 1 to 65535; another value names `name`.
 pub(super) fn port(
     value: impl Into<i64>,
     name: &str,
@@ -260,10 +321,25 @@ pub(super) fn parse(
             ));
         }
         let port = port(otel.port, &format!("{path}.opentelemetry.port"), field)?;
+        // The export's settings name the provider beside the field.
+        let named =
+            |at: &str, reason: String| field(at, format!("provider {:?}: {reason}", provider.name));
+        // Istio's `ValidateExtensionProviderTracingOpentelemetry`.
+        if otel.http.is_some() && otel.grpc.is_some() {
+            return Err(named(
+                &format!("{path}.opentelemetry"),
+                "cannot specify both grpc and http".into(),
+            ));
+        }
         let http = otel
             .http
             .as_ref()
-            .map(|http| otlp_http(http, &format!("{path}.opentelemetry.http"), field))
+            .map(|http| otlp_http(http, &format!("{path}.opentelemetry.http"), &named))
+            .transpose()?;
+        let grpc = otel
+            .grpc
+            .as_ref()
+            .map(|grpc| otlp_grpc(grpc, &format!("{path}.opentelemetry.grpc"), &named))
             .transpose()?;
         providers.push(TracingProvider {
             name: provider.name.clone(),
@@ -271,6 +347,7 @@ pub(super) fn parse(
             service: otel.service.clone(),
             port,
             http,
+            grpc,
         });
     }
     let provider = match defaults.tracing.first() {

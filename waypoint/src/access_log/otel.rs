@@ -54,7 +54,7 @@ impl Signal for Logs {
 
     async fn export(
         channel: Channel,
-        request: ExportLogsServiceRequest,
+        request: tonic::Request<ExportLogsServiceRequest>,
     ) -> Result<(), tonic::Status> {
         LogsServiceClient::new(channel)
             .export(request)
@@ -100,6 +100,7 @@ impl OtelSink {
                 endpoints: otel.collector.clone(),
                 service_name: String::new(),
                 http: None,
+                grpc: Default::default(),
             }),
             attributes,
             newline: text.ends_with('\n'),

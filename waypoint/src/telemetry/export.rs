@@ -3,7 +3,9 @@
 //! Export`, [`SpanExporter`]) and for access-log records (`LogsService/Export`, the
 //! [`Signal`] of `crate::access_log::otel`), or over OTLP/HTTP when the collector says so
 //! ([`HttpExport`]: the same request, protobuf-encoded, in a `POST`, as Envoy's
-//! `OpenTelemetryConfig.http_service` sends it).
+//! `OpenTelemetryConfig.http_service` sends it). A gRPC export carries the collector's
+//! metadata and is bounded by its deadline ([`GrpcExport`], Envoy's `grpc_service.timeout` and
+//! `initial_metadata`).
 //!
 //! Requests never wait for it: an item that finds the queue full is dropped and counted
 //! (`weft_tracing_spans_dropped_total`, `weft_access_log_records_dropped_total`), so a slow or
@@ -42,7 +44,7 @@ pub const QUEUE_CAPACITY: usize = 2048;
 pub const MAX_BATCH: usize = 512;
 /// How long the first item of a batch waits for others.
 pub const BATCH_DELAY: Duration = Duration::from_millis(200);
-/// One export's deadline, connecting included.
+/// One export's deadline, connecting included, when the collector sets none.
 pub const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Collectors the exporter keeps a channel to (configuration rarely names more than one).
@@ -57,6 +59,19 @@ pub struct Collector {
     pub service_name: String,
     /// `Some`: export over OTLP/HTTP; `None`: over OTLP/gRPC.
     pub http: Option<HttpExport>,
+    /// How an OTLP/gRPC export is made (unused over HTTP).
+    pub grpc: GrpcExport,
+}
+
+/// How a collector takes OTLP/gRPC (Istio's `opentelemetry.grpc`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct GrpcExport {
+    /// One export call's deadline, connecting included, also sent as `grpc-timeout`; `None`:
+    /// [`EXPORT_TIMEOUT`].
+    pub timeout: Option<Duration>,
+    /// Sent on each export call, in order (a repeated name is sent as many times, as Envoy
+    /// adds each of its `initial_metadata`).
+    pub metadata: Vec<(HeaderName, HeaderValue)>,
 }
 
 /// How a collector takes OTLP/HTTP (Istio's `opentelemetry.http`).
@@ -102,10 +117,10 @@ pub trait Signal: Send + Sync + 'static {
     /// One export request of `items`, all for `collector`.
     fn request(collector: &Collector, items: Vec<Self::Item>) -> Self::Request;
 
-    /// Sends `request` on `channel`.
+    /// Sends `request` (with its metadata and deadline) on `channel`.
     fn export(
         channel: Channel,
-        request: Self::Request,
+        request: tonic::Request<Self::Request>,
     ) -> impl Future<Output = Result<(), tonic::Status>> + Send;
 }
 
@@ -224,7 +239,7 @@ async fn run<S: Signal>(mut receiver: mpsc::Receiver<Queued<S::Item>>, metrics: 
             let request = S::request(&collector, items);
             let sent = match &collector.http {
                 Some(http) => post(&client, endpoint, http, request.encode_to_vec()).await,
-                None => grpc::<S>(&mut channels, endpoint, request).await,
+                None => grpc::<S>(&mut channels, endpoint, &collector.grpc, request).await,
             };
             match sent {
                 Ok(()) => {
@@ -239,10 +254,13 @@ async fn run<S: Signal>(mut receiver: mpsc::Receiver<Queued<S::Item>>, metrics: 
     }
 }
 
-/// Sends `request` over gRPC on the channel to `endpoint`, opened on first use.
+/// Sends `request` over gRPC on the channel to `endpoint`, opened on first use, with the
+/// collector's metadata; a collector that does not answer within the deadline fails the
+/// export (the waypoint stops waiting whether or not the collector honours `grpc-timeout`).
 async fn grpc<S: Signal>(
     channels: &mut HashMap<String, Channel>,
     endpoint: &str,
+    settings: &GrpcExport,
     request: S::Request,
 ) -> Result<(), ExportError> {
     if channels.len() >= MAX_CHANNELS && !channels.contains_key(endpoint) {
@@ -257,7 +275,15 @@ async fn grpc<S: Signal>(
             channel
         }
     };
-    tokio::time::timeout(EXPORT_TIMEOUT, S::export(channel, request))
+    let timeout = settings.timeout.unwrap_or(EXPORT_TIMEOUT);
+    let mut metadata = http::HeaderMap::with_capacity(settings.metadata.len());
+    for (name, value) in &settings.metadata {
+        metadata.append(name.clone(), value.clone());
+    }
+    let mut call = tonic::Request::new(request);
+    *call.metadata_mut() = tonic::metadata::MetadataMap::from_headers(metadata);
+    call.set_timeout(timeout);
+    tokio::time::timeout(timeout, S::export(channel, call))
         .await
         .map_err(|_| ExportError::Timeout)?
         .map_err(ExportError::from)
@@ -305,7 +331,6 @@ async fn post(
 fn connect(endpoint: &str) -> Result<Channel, tonic::transport::Error> {
     Ok(Endpoint::from_shared(format!("http://{endpoint}"))?
         .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(EXPORT_TIMEOUT)
         .connect_lazy())
 }
 
@@ -349,7 +374,7 @@ impl Signal for Spans {
 
     async fn export(
         channel: Channel,
-        request: ExportTraceServiceRequest,
+        request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<(), tonic::Status> {
         TraceServiceClient::new(channel)
             .export(request)
@@ -403,3 +428,6 @@ impl SpanExporter {
         self.batches.dropped()
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -20,6 +20,7 @@ fn config(percentage: f64) -> TracingConfig {
             canonical_service: String::new(),
             custom_tags: Vec::new(),
             http: None,
+            grpc: None,
         },
         "waypoint",
         "shop",
@@ -206,6 +207,82 @@ fn otlp_http_settings_are_checked_and_kept_with_the_collector() {
         ),
     ] {
         let error = with_http(http).unwrap_err();
+        assert!(error.to_string().contains(field), "{field}: {error}");
+    }
+}
+
+#[test]
+fn otlp_grpc_settings_are_checked_and_kept_with_the_collector() {
+    let with_grpc = |grpc: Option<proto::OtlpGrpc>| {
+        tracing_config(
+            &proto::Tracing {
+                collector: vec!["127.0.0.1:4317".into()],
+                grpc,
+                ..Default::default()
+            },
+            "waypoint",
+            "shop",
+            false,
+            &no_environment,
+        )
+    };
+    let header = |name: &str, value: &str| proto::OtlpHttpHeader {
+        name: name.into(),
+        value: value.into(),
+    };
+    let good = proto::OtlpGrpc {
+        timeout: Some(prost_types::Duration {
+            seconds: 0,
+            nanos: 250_000_000,
+        }),
+        initial_metadata: vec![header("authentication", "token"), header("x-a", "1")],
+    };
+    let collector = with_grpc(Some(good.clone())).unwrap().collector.unwrap();
+    assert_eq!(
+        collector.grpc,
+        GrpcExport {
+            timeout: Some(std::time::Duration::from_millis(250)),
+            metadata: vec![
+                (
+                    http::HeaderName::from_static("authentication"),
+                    HeaderValue::from_static("token")
+                ),
+                (
+                    http::HeaderName::from_static("x-a"),
+                    HeaderValue::from_static("1")
+                ),
+            ],
+        }
+    );
+    assert_eq!(collector.http, None);
+    assert_eq!(
+        with_grpc(None).unwrap().collector.unwrap().grpc,
+        GrpcExport::default()
+    );
+    for (grpc, field) in [
+        (
+            proto::OtlpGrpc {
+                timeout: Some(prost_types::Duration::default()),
+                ..good.clone()
+            },
+            "tracing.grpc.timeout",
+        ),
+        (
+            proto::OtlpGrpc {
+                initial_metadata: vec![header("x-a", "1"), header("bad name", "1")],
+                ..good.clone()
+            },
+            "tracing.grpc.initial_metadata[1].name",
+        ),
+        (
+            proto::OtlpGrpc {
+                initial_metadata: vec![header("x-a", "a\rb")],
+                ..good.clone()
+            },
+            "tracing.grpc.initial_metadata[0].value",
+        ),
+    ] {
+        let error = with_grpc(Some(grpc)).unwrap_err();
         assert!(error.to_string().contains(field), "{field}: {error}");
     }
 }

@@ -25,7 +25,7 @@ use weft_proto::waypoint as wp;
 
 use super::super::resolve::{self, namespace_of};
 use super::{Compiler, age_key};
-use crate::mesh_config::{MeshTracing, OtlpHttp, TracingProvider};
+use crate::mesh_config::{MeshTracing, OtlpGrpc, OtlpHttp, TracingProvider};
 use crate::model::Telemetry;
 use crate::model::networking::ServiceEntry;
 use crate::model::security::PolicyTargetReference;
@@ -249,7 +249,9 @@ impl<'a> Compiler<'a, '_> {
         let provider = merged.provider?;
         // A provider whose collector is not in the registry configures no tracer, as istiod's
         // `configureFromProviderConfig` fails for it (`pilot/pkg/networking/core/tracing.go`).
-        let collector = self.collector(&provider.service, provider.port).ok()?;
+        let collector = self
+            .collector(collector::OPENTELEMETRY, &provider.service, provider.port)
+            .ok()?;
         // Istio's service name for a proxy: `<canonical service>.<namespace>`; a waypoint's
         // canonical service is its Gateway's name, a gateway's comes from its pod's labels.
         let canonical_service = match proxy {
@@ -270,6 +272,7 @@ impl<'a> Compiler<'a, '_> {
             canonical_service,
             custom_tags: custom_tags(merged.custom_tags),
             http: provider.http.as_ref().map(otlp_http),
+            grpc: provider.grpc.as_ref().map(otlp_grpc),
         })
     }
 
@@ -287,21 +290,23 @@ impl<'a> Compiler<'a, '_> {
             &mesh,
             &entries,
             |mode| proxy.covers(mode),
-            |service, port| self.collector(service, port).ok(),
+            |kind, service, port| self.collector(kind, service, port).ok(),
         )
     }
 
     /// The collector of a provider's `service` ([`collector::lookup`]): `ip:port` of each
     /// ready pod behind its Service, or `host:port` for the waypoint to resolve (a
     /// ServiceEntry host, a Service port not declared or no ready pod); an error when the
-    /// registry has no such service, and the provider is then skipped.
+    /// registry has no such service, and the provider is then skipped and counted under
+    /// `kind`, istiod's label of its kind (`provider_lookup_cluster_failures`).
     fn collector(
         &self,
+        kind: &'static str,
         service: &str,
         port: u16,
     ) -> Result<Vec<String>, collector::CollectorLookupError> {
-        let found =
-            collector::lookup(&self.services, self.index.service_entries.values(), service)?;
+        let found = collector::lookup(&self.services, self.index.service_entries.values(), service)
+            .inspect_err(|_| self.settings.provider_lookup_failures.failed(kind))?;
         let service = match found {
             collector::CollectorHost::Service(service) => service,
             collector::CollectorHost::Entry(host) => return Ok(vec![format!("{host}:{port}")]),
@@ -336,19 +341,35 @@ impl<'a> Compiler<'a, '_> {
 fn otlp_http(http: &OtlpHttp) -> wp::OtlpHttp {
     wp::OtlpHttp {
         path: http.path.clone(),
-        timeout: Some(prost_types::Duration {
-            seconds: i64::try_from(http.timeout.as_secs()).unwrap_or(i64::MAX),
-            nanos: i32::try_from(http.timeout.subsec_nanos()).unwrap_or(0),
-        }),
-        headers: http
-            .headers
-            .iter()
-            .map(|(name, value)| wp::OtlpHttpHeader {
-                name: name.clone(),
-                value: value.clone(),
-            })
-            .collect(),
+        timeout: Some(proto_duration(http.timeout)),
+        headers: otlp_headers(&http.headers),
     }
+}
+
+/// A provider's `grpc`, as istiod writes Envoy's `OpenTelemetryConfig.grpc_service` `timeout`
+/// and `initial_metadata`.
+fn otlp_grpc(grpc: &OtlpGrpc) -> wp::OtlpGrpc {
+    wp::OtlpGrpc {
+        timeout: grpc.timeout.map(proto_duration),
+        initial_metadata: otlp_headers(&grpc.metadata),
+    }
+}
+
+fn proto_duration(duration: std::time::Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: i64::try_from(duration.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(duration.subsec_nanos()).unwrap_or(0),
+    }
+}
+
+fn otlp_headers(headers: &[(String, String)]) -> Vec<wp::OtlpHttpHeader> {
+    headers
+        .iter()
+        .map(|(name, value)| wp::OtlpHttpHeader {
+            name: name.clone(),
+            value: value.clone(),
+        })
+        .collect()
 }
 
 /// The proxy's side's tracing after every applicable entry (already filtered by `match.mode`),

@@ -548,6 +548,7 @@ fn the_mesh_default_tracing_provider_reaches_waypoints_at_its_endpoints() {
     assert_eq!(tracing.random_sampling_percentage, 25.0);
     assert_eq!(tracing.service_name, "waypoint.shop");
     assert_eq!(tracing.http, None, "without `http`, spans go over gRPC");
+    assert_eq!(tracing.grpc, None);
     // `http`: OTLP/HTTP with the provider's path, timeout and headers, as istiod fills
     // Envoy's `http_service`.
     let over_http = translate(
@@ -566,6 +567,27 @@ fn the_mesh_default_tracing_provider_reaches_waypoints_at_its_endpoints() {
             headers: vec![wp::OtlpHttpHeader {
                 name: "x-tenant".into(),
                 value: "team-a".into()
+            }],
+        })
+    );
+    assert_eq!(over_http.grpc, None);
+    // `grpc`: the gRPC export's deadline and metadata, as istiod fills Envoy's
+    // `grpc_service.timeout` and `initial_metadata`.
+    let over_grpc = translate(
+        "defaultProviders: {tracing: [otel]}\nextensionProviders: [{name: otel, opentelemetry: {service: observability/otel-collector.observability.svc.cluster.local, port: 4317, grpc: {timeout: 2s, initialMetadata: [{name: Authentication, value: token}]}}}]",
+    )
+    .expect("tracing over gRPC with its settings");
+    assert_eq!(over_grpc.http, None);
+    assert_eq!(
+        over_grpc.grpc,
+        Some(wp::OtlpGrpc {
+            timeout: Some(prost_types::Duration {
+                seconds: 2,
+                nanos: 0
+            }),
+            initial_metadata: vec![wp::OtlpHttpHeader {
+                name: "authentication".into(),
+                value: "token".into()
             }],
         })
     );

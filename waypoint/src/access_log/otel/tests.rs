@@ -55,6 +55,7 @@ fn a_full_queue_drops_and_counts_records() {
         endpoints: vec!["127.0.0.1:9".to_owned()],
         service_name: String::new(),
         http: None,
+        grpc: Default::default(),
     });
     for _ in 0..QUEUE_CAPACITY + 7 {
         exporter.submit(Arc::clone(&collector), LogRecord::default());

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use weft_proto::waypoint as wp;
 
-use crate::mesh_config::{LogFormat, MeshAccessLogging};
+use crate::mesh_config::{GrpcAls, LogFormat, MeshAccessLogging};
 use crate::model::telemetry::{AccessLogging, WorkloadMode};
 
 /// What one provider does after the merge (istiod's `loggingSpec`).
@@ -24,14 +24,14 @@ struct LoggingSpec {
 /// The access logs of the proxy: `(access_log_disabled, access_logs)` of its configuration.
 /// `telemetries` holds the entries of each applicable Telemetry that has any, the weakest
 /// first; `covers` says
-/// whether an entry's `match.mode` applies to the proxy's side; `collector` finds an
-/// provider's collector by its `service` and `port`, `None` when the registry does not have
-/// the service.
+/// whether an entry's `match.mode` applies to the proxy's side; `collector` finds a
+/// provider's collector by istiod's label of its kind, its `service` and its `port`, `None`
+/// when the registry does not have the service.
 pub(super) fn access_logs(
     mesh: &MeshAccessLogging,
     telemetries: &[&[AccessLogging]],
     covers: impl Fn(Option<WorkloadMode>) -> bool,
-    collector: impl Fn(&str, u16) -> Option<Vec<String>>,
+    collector: impl Fn(&'static str, &str, u16) -> Option<Vec<String>>,
 ) -> (bool, Vec<wp::AccessLog>) {
     let defaults = mesh.defaults();
     // Without an `accessLogFile` nothing is written: Istio's proxies write no access log
@@ -67,8 +67,18 @@ pub(super) fn access_logs(
         .filter(|(provider, _)| provider.writes_access_log())
         .filter_map(|(provider, spec)| {
             let endpoints = match (&provider.otel, &provider.grpc_als) {
-                (Some(otel), _) => Some(collector(&otel.service, otel.port)?),
-                (None, Some(als)) => Some(collector(&als.service, als.port)?),
+                (Some(otel), _) => Some(collector(
+                    super::collector::ENVOY_OTEL_ALS,
+                    &otel.service,
+                    otel.port,
+                )?),
+                (None, Some(als)) => {
+                    let kind = match als.kind {
+                        GrpcAls::Http => super::collector::ENVOY_HTTP_ALS,
+                        GrpcAls::Tcp => super::collector::ENVOY_TCP_ALS,
+                    };
+                    Some(collector(kind, &als.service, als.port)?)
+                }
                 (None, None) => None,
             };
             Some((provider, spec, endpoints))

@@ -17,6 +17,14 @@ use crate::index::ConfigIndex;
 use crate::model::networking::ServiceEntry;
 use crate::translate::MeshSettings;
 
+/// istiod's `type` label of a provider's kind when its lookup fails
+/// (`IncLookupClusterFailures` in `pilot/pkg/networking/core/tracing.go` and
+/// `pilot/pkg/model/telemetry_logging.go`).
+pub(super) const OPENTELEMETRY: &str = "opentelemetry";
+pub(super) const ENVOY_OTEL_ALS: &str = "envoyOtelAls";
+pub(super) const ENVOY_HTTP_ALS: &str = "envoyHTTPAls";
+pub(super) const ENVOY_TCP_ALS: &str = "envoyTCPAls";
+
 /// What a provider's `service` names in the registry.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum CollectorHost<'a> {

@@ -189,3 +189,48 @@ fn a_missing_access_log_service_is_a_warning_naming_the_provider() {
     let found = validated(&format!("{MESH}{OTEL_COLLECTOR}"));
     assert_eq!(collector_warnings(&found, &settings), Vec::<String>::new());
 }
+
+/// Each provider dropped for want of its service is counted under istiod's label of its kind
+/// (`provider_lookup_cluster_failures{type}`), again at each translation; once the service
+/// exists, its providers are no longer counted.
+#[test]
+fn a_dropped_provider_is_counted_under_its_kind_at_each_translation() {
+    let mesh_config = format!(
+        "defaultProviders: {{tracing: [otel], accessLogging: [otel-log, http-als, tcp-als]}}\nextensionProviders: [{{name: otel, opentelemetry: {{service: {SERVICE}, port: 4317}}}}, {{name: otel-log, envoyOtelAls: {{service: {SERVICE}, port: 4317}}}}, {{name: http-als, envoyHttpAls: {{service: als.missing.example, port: 9000}}}}, {{name: tcp-als, envoyTcpAls: {{service: als.missing.example, port: 9000}}}}]"
+    );
+    let settings = MeshSettings {
+        mesh: Arc::new(MeshConfigWatch::fixed(parse("mesh", &mesh_config).unwrap())),
+        ..Default::default()
+    };
+    let translate = |resources: &str| {
+        let index = validated(&format!("{MESH}{resources}"));
+        crate::translate::waypoint::waypoint_configs(&index, &settings, &mut Vec::new());
+        settings.provider_lookup_failures.counts()
+    };
+    let once = translate("");
+    let kinds: Vec<&str> = once.keys().copied().collect();
+    assert_eq!(
+        kinds,
+        [
+            "envoyHTTPAls",
+            "envoyOtelAls",
+            "envoyTCPAls",
+            "opentelemetry"
+        ]
+    );
+    // One count per proxy configuration that would use the provider (the waypoint's own and
+    // each service's), the same for every kind here.
+    let per_translation = once["opentelemetry"];
+    assert!(per_translation >= 1);
+    assert!(once.values().all(|n| *n == per_translation), "{once:?}");
+    let twice = translate("");
+    assert!(
+        twice.values().all(|n| *n == 2 * per_translation),
+        "{twice:?}"
+    );
+    let found = translate(OTEL_COLLECTOR);
+    assert_eq!(found["opentelemetry"], 2 * per_translation);
+    assert_eq!(found["envoyOtelAls"], 2 * per_translation);
+    assert_eq!(found["envoyHTTPAls"], 3 * per_translation);
+    assert_eq!(found["envoyTCPAls"], 3 * per_translation);
+}
