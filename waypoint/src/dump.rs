@@ -278,7 +278,7 @@ fn load_balancer_name(lb: &LoadBalancer) -> String {
         LoadBalancer::Random => "RANDOM".to_owned(),
         LoadBalancer::ConsistentHash(key, _) => match key {
             HashKey::Header(name) => format!("consistentHash httpHeaderName {name}"),
-            HashKey::Cookie(name) => format!("consistentHash httpCookie {name}"),
+            HashKey::Cookie(cookie) => format!("consistentHash httpCookie {}", cookie.name),
             HashKey::SourceIp => "consistentHash useSourceIp".to_owned(),
             HashKey::QueryParameter(name) => {
                 format!("consistentHash httpQueryParameterName {name}")

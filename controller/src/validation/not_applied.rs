@@ -98,12 +98,6 @@ pub const CATALOG: &[NotApplied] = &[
     ),
     entry(
         K::DestinationRule,
-        "spec.**.loadBalancer.consistentHash.httpCookie.attributes",
-        Set,
-        "the cookie is set without these attributes",
-    ),
-    entry(
-        K::DestinationRule,
         "spec.**.connectionPool.http.h2UpgradePolicy",
         Set,
         "waypoints keep the client's protocol",

@@ -149,6 +149,9 @@ pub struct HashInput<'a> {
     pub headers: &'a http::HeaderMap,
     pub query: Option<&'a str>,
     pub source_ip: IpAddr,
+    /// The value of the cookie generated for a request without the cluster's hash cookie
+    /// ([`generate_cookie`]).
+    pub generated_cookie: Option<&'a str>,
 }
 
 impl Upstream {
@@ -451,6 +454,7 @@ fn ejection_allowed(policy: &OutlierPolicy, ejected: usize, total: usize) -> boo
 }
 
 mod choice;
+mod cookie;
 mod edf;
 mod locality;
 mod plan;
@@ -458,6 +462,7 @@ mod pools;
 mod slow_start;
 mod worker;
 use choice::choose;
+pub use cookie::{GeneratedCookie, generate_cookie, request_cookie};
 pub use plan::{BalancingPlan, BuiltTable};
 pub use slow_start::factor as slow_start_factor;
 #[cfg(test)]

@@ -606,7 +606,7 @@ fn load_balancer(
 ) -> Option<wp::LoadBalancerSettings> {
     use wp::load_balancer_settings::{
         ConsistentHashLb, LbPolicy, SimpleLb,
-        consistent_hash_lb::{HashKey, HttpCookie, Maglev, RingHash, Table},
+        consistent_hash_lb::{CookieAttribute, HashKey, HttpCookie, Maglev, RingHash, Table},
     };
     let slow_start = slow_start(lb, note);
     // Istio gives Envoy slow start only with round robin and least request
@@ -645,6 +645,16 @@ fn load_balancer(
                 name: cookie.name.clone(),
                 path: cookie.path.clone().unwrap_or_default(),
                 ttl: cookie.ttl.as_ref().and_then(|t| duration(t).ok()),
+                // Istio's `ConsistentHashToHashPolicy` copies them in order, an unset value
+                // as empty (an attribute without `=value`).
+                attributes: cookie
+                    .attributes
+                    .iter()
+                    .map(|a| CookieAttribute {
+                        name: a.name.clone(),
+                        value: a.value.clone().unwrap_or_default(),
+                    })
+                    .collect(),
             })
         } else if hash.use_source_ip == Some(true) {
             HashKey::UseSourceIp(true)
