@@ -430,6 +430,9 @@ fn cluster(c: &Cluster, upstream: &Upstream) -> ClusterDump {
                 limits.max_requests_per_connection,
             ),
             limit("maxRetries", limits.max_retries),
+            limits
+                .retry_budget
+                .map(|b| format!("retryBudget {}% min {}", b.percent, b.min_retry_concurrency)),
             duration("idleTimeout", limits.idle_timeout),
         ]
         .into_iter()

@@ -158,9 +158,9 @@ pub const CATALOG: &[NotApplied] = &[
     ),
     entry(
         K::DestinationRule,
-        "spec.**.retryBudget",
+        "spec.**.retryBudget.budgetInterval",
         Set,
-        "retries are bounded by maxRetries only",
+        "the budget counts the retries in flight; no interval applies",
     ),
     // ServiceEntry
     entry(

@@ -149,11 +149,40 @@ pub struct ConnectionLimits {
     pub max_requests: Option<usize>,
     pub max_requests_per_connection: Option<usize>,
     pub max_retries: Option<usize>,
+    /// DestinationRule `retryBudget`: when set, it bounds retries instead of `max_retries`.
+    pub retry_budget: Option<RetryBudget>,
     pub idle_timeout: Option<Duration>,
     /// `tcp.tcpKeepalive`, on TCP connections to endpoints outside the mesh.
     pub tcp_keepalive: Option<weft_hbone::Keepalive>,
     /// `http.http2KeepAlive`: (interval, timeout) of PINGs on upstream HTTP/2 connections.
     pub http2_keepalive: Option<(Duration, Duration)>,
+}
+
+/// Envoy's circuit-breaker retry budget (`RetryBudgetImpl`,
+/// source/common/upstream/resource_manager_impl.h), as Istio's `applyRetryBudget` sets it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryBudget {
+    /// Percent of the cluster's active and pending requests, in [0, 100] (checked on load).
+    pub percent: f64,
+    pub min_retry_concurrency: usize,
+}
+
+// `percent` is never NaN (refused on load).
+impl Eq for RetryBudget {}
+
+impl RetryBudget {
+    /// How many retries may be in flight with `active` requests admitted to the cluster
+    /// (pending ones included): Envoy's `max()`, `max(percent / 100 * active,
+    /// min_retry_concurrency)`, the product truncated to an integer as Envoy's conversion does.
+    pub fn max_retries(&self, active: usize) -> usize {
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss
+        )]
+        let share = (self.percent / 100.0 * active as f64) as usize;
+        share.max(self.min_retry_concurrency)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -319,13 +319,22 @@ impl Upstream {
 }
 
 impl ClusterState {
-    /// Takes a place in the cluster's retry budget, or `None` when `maxRetries` is reached.
+    /// Takes a place among the cluster's retries in flight, or `None` when they are at the
+    /// limit: the DestinationRule's `retryBudget` when set (Envoy's `RetryBudgetImpl` then
+    /// ignores `maxRetries`), with the cluster's admitted requests (pending ones included) as
+    /// its active requests; else `maxRetries`.
     pub fn retry_permit(&self, cluster: &Cluster) -> Option<RetryPermit> {
         let active = self.0.active_retries.fetch_add(1, Ordering::AcqRel);
         let permit = RetryPermit {
             runtime: Arc::clone(&self.0),
         };
-        if cluster.limits.max_retries.is_some_and(|max| active >= max) {
+        let limit = match &cluster.limits.retry_budget {
+            Some(budget) => {
+                Some(budget.max_retries(self.0.active_requests.load(Ordering::Acquire)))
+            }
+            None => cluster.limits.max_retries,
+        };
+        if limit.is_some_and(|max| active >= max) {
             drop(permit);
             return None;
         }
@@ -471,5 +480,7 @@ use {
     locality::{priority_level, weighted_locality},
     plan::hash_key,
 };
+#[cfg(test)]
+mod retry_tests;
 #[cfg(test)]
 mod tests;

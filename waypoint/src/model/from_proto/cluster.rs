@@ -12,8 +12,8 @@ use crate::model::{
     Cluster, ConfigError, ConnectionLimits, CookieTemplate, DEFAULT_BASE_EJECTION_TIME,
     DEFAULT_MAGLEV_TABLE_SIZE, DEFAULT_MAX_EJECTION_PERCENT, DEFAULT_MINIMUM_RING_SIZE,
     DEFAULT_OUTLIER_INTERVAL, Endpoint, HashCookie, HashKey, HashTable, LoadBalancer,
-    MAGLEV_TABLE_LIMIT, MAXIMUM_RING_SIZE, OutlierPolicy, ResolvedNames, SlowStart, WorkloadInfo,
-    invalid,
+    MAGLEV_TABLE_LIMIT, MAXIMUM_RING_SIZE, OutlierPolicy, ResolvedNames, RetryBudget, SlowStart,
+    WorkloadInfo, invalid,
 };
 use crate::upstream::{OriginatedTls, OriginationCredentials};
 
@@ -372,11 +372,32 @@ pub(super) fn cluster(
             .transpose()?,
         load_balancer,
         slow_start,
-        limits: limits(c.connection_pool.as_ref(), context)?,
+        limits: ConnectionLimits {
+            retry_budget: c
+                .retry_budget
+                .as_ref()
+                .map(|b| retry_budget(b, context))
+                .transpose()?,
+            ..limits(c.connection_pool.as_ref(), context)?
+        },
         outlier: outlier(c.outlier_detection.as_ref(), context)?,
         destination_rule: c.destination_rule.clone(),
         dynamic_dns: c.dynamic_dns,
         plan: std::sync::OnceLock::new(),
+    })
+}
+
+/// The retry budget, its percent within [0, 100].
+fn retry_budget(budget: &proto::RetryBudget, context: &str) -> Result<RetryBudget, ConfigError> {
+    if !(0.0..=100.0).contains(&budget.percent) {
+        return Err(invalid(
+            context,
+            format!("retryBudget percent {} must be in [0, 100]", budget.percent),
+        ));
+    }
+    Ok(RetryBudget {
+        percent: budget.percent,
+        min_retry_concurrency: usize::try_from(budget.min_retry_concurrency).unwrap_or(usize::MAX),
     })
 }
 

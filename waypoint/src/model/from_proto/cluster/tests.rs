@@ -209,3 +209,26 @@ fn a_cookie_key_generates_with_a_ttl_and_its_set_cookie_must_be_a_header() {
         .to_string();
     assert!(error.contains("httpCookie \"session\""), "{error}");
 }
+
+#[test]
+fn a_retry_budget_is_read_within_its_bounds() {
+    let with = |percent| proto::Cluster {
+        retry_budget: Some(proto::RetryBudget {
+            percent,
+            min_retry_concurrency: 3,
+        }),
+        load_balancer: None,
+        ..settings(proto::load_balancer_settings::SimpleLb::RoundRobin, 0)
+    };
+    assert_eq!(
+        convert(&with(20.0)).unwrap().limits.retry_budget,
+        Some(crate::model::RetryBudget {
+            percent: 20.0,
+            min_retry_concurrency: 3,
+        })
+    );
+    for percent in [-1.0, 100.5, f64::NAN] {
+        let error = convert(&with(percent)).unwrap_err().to_string();
+        assert!(error.contains("retryBudget percent"), "{error}");
+    }
+}
