@@ -278,7 +278,7 @@ fn load_balancer_name(lb: &LoadBalancer) -> String {
         LoadBalancer::Random => "RANDOM".to_owned(),
         LoadBalancer::ConsistentHash(key, _) => match key {
             HashKey::Header(name) => format!("consistentHash httpHeaderName {name}"),
-            HashKey::Cookie(name) => format!("consistentHash httpCookie {name}"),
+            HashKey::Cookie(cookie) => format!("consistentHash httpCookie {}", cookie.name),
             HashKey::SourceIp => "consistentHash useSourceIp".to_owned(),
             HashKey::QueryParameter(name) => {
                 format!("consistentHash httpQueryParameterName {name}")
@@ -430,6 +430,9 @@ fn cluster(c: &Cluster, upstream: &Upstream) -> ClusterDump {
                 limits.max_requests_per_connection,
             ),
             limit("maxRetries", limits.max_retries),
+            limits
+                .retry_budget
+                .map(|b| format!("retryBudget {}% min {}", b.percent, b.min_retry_concurrency)),
             duration("idleTimeout", limits.idle_timeout),
         ]
         .into_iter()

@@ -235,6 +235,7 @@ pub async fn open_tcp_upstream(
     }
     let headers = http::HeaderMap::new();
     let hash = HashInput {
+        generated_cookie: None,
         headers: &headers,
         query: None,
         source_ip: context.source_ip,

@@ -79,8 +79,9 @@ mod tls;
 
 use balancing::ClusterRuntime;
 pub use balancing::{
-    ActiveRequest, Admission, BalancingPlan, BuiltTable, ClusterState, EndpointStatus, HashInput,
-    RetryPermit, Tried, slow_start_factor,
+    ActiveRequest, Admission, BalancingPlan, BuiltTable, ClusterState, EndpointStatus,
+    GeneratedCookie, HashInput, RetryPermit, Tried, generate_cookie, request_cookie,
+    slow_start_factor,
 };
 pub use body::{Ending, Replayable, RequestBody};
 use connections::{EndpointDialer, TunnelKey};

@@ -430,6 +430,29 @@ fn consistent_hash(findings: &mut Findings, path: &str, hash: &ConsistentHashLb)
                 "name required for HttpCookie",
             );
         }
+        // Stricter than Istio, for safety: the waypoint writes these into a generated
+        // cookie's `Set-Cookie`, which cannot carry a control character.
+        let mut header_text = |field: String, text: &str| {
+            if text.chars().any(|c| c.is_ascii_control() && c != '\t') {
+                findings.error(
+                    field,
+                    "contains a control character, which a Set-Cookie header cannot carry",
+                );
+            }
+        };
+        header_text(format!("{path}.httpCookie.name"), &cookie.name);
+        if let Some(cookie_path) = &cookie.path {
+            header_text(format!("{path}.httpCookie.path"), cookie_path);
+        }
+        for (i, attribute) in cookie.attributes.iter().enumerate() {
+            header_text(
+                format!("{path}.httpCookie.attributes[{i}].name"),
+                &attribute.name,
+            );
+            if let Some(value) = &attribute.value {
+                header_text(format!("{path}.httpCookie.attributes[{i}].value"), value);
+            }
+        }
         let mut names = BTreeSet::new();
         for (i, attribute) in cookie.attributes.iter().enumerate() {
             let attribute_path = format!("{path}.httpCookie.attributes[{i}].name");

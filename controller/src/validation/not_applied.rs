@@ -98,12 +98,6 @@ pub const CATALOG: &[NotApplied] = &[
     ),
     entry(
         K::DestinationRule,
-        "spec.**.loadBalancer.consistentHash.httpCookie.attributes",
-        Set,
-        "the cookie is set without these attributes",
-    ),
-    entry(
-        K::DestinationRule,
         "spec.**.connectionPool.http.h2UpgradePolicy",
         Set,
         "waypoints keep the client's protocol",
@@ -164,9 +158,9 @@ pub const CATALOG: &[NotApplied] = &[
     ),
     entry(
         K::DestinationRule,
-        "spec.**.retryBudget",
+        "spec.**.retryBudget.budgetInterval",
         Set,
-        "retries are bounded by maxRetries only",
+        "the budget counts the retries in flight; no interval applies",
     ),
     // ServiceEntry
     entry(

@@ -46,9 +46,58 @@ pub struct Endpoint {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HashKey {
     Header(HeaderName),
-    Cookie(String),
+    Cookie(HashCookie),
     SourceIp,
     QueryParameter(String),
+}
+
+/// Envoy's cookie hash policy (`RouteAction.HashPolicy.Cookie`), as Istio's
+/// `consistentHash.httpCookie` sets it (`ConsistentHashToHashPolicy`): the key is the cookie's
+/// value; with a `ttl`, a request without the cookie gets one generated
+/// ([`crate::upstream::generate_cookie`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HashCookie {
+    pub name: String,
+    /// Set when the rule sets `ttl`: how a generated cookie's `Set-Cookie` reads.
+    pub generated: Option<CookieTemplate>,
+}
+
+/// What a generated cookie's `Set-Cookie` carries besides its name and value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CookieTemplate {
+    /// `Max-Age`, the ttl's whole seconds (Envoy reads `ttl().seconds()`); 0: none, a session
+    /// cookie.
+    pub max_age: i64,
+    /// `Path`, when not empty.
+    pub path: String,
+    /// The rule's `attributes` in order: `name=value`, or `name` alone for an empty value.
+    pub attributes: Vec<(String, String)>,
+}
+
+impl CookieTemplate {
+    /// The `Set-Cookie` of cookie `name` with `value`, as Envoy's `makeSetCookieValue` writes
+    /// it (`source/common/http/utility.cc`, called with `httponly` by the router's
+    /// `addDownstreamSetCookie`): `name="value"`, `; Max-Age=` unless 0, `; Path=` unless
+    /// empty, each attribute, then `; HttpOnly`.
+    pub fn set_cookie(&self, name: &str, value: &str) -> String {
+        use std::fmt::Write;
+        let mut out = format!("{name}=\"{value}\"");
+        if self.max_age != 0 {
+            let _ = write!(out, "; Max-Age={}", self.max_age);
+        }
+        if !self.path.is_empty() {
+            let _ = write!(out, "; Path={}", self.path);
+        }
+        for (attribute, value) in &self.attributes {
+            if value.is_empty() {
+                let _ = write!(out, "; {attribute}");
+            } else {
+                let _ = write!(out, "; {attribute}={value}");
+            }
+        }
+        out.push_str("; HttpOnly");
+        out
+    }
 }
 
 /// The table a consistent hash looks keys up in, as Envoy builds it for Istio's
@@ -100,11 +149,40 @@ pub struct ConnectionLimits {
     pub max_requests: Option<usize>,
     pub max_requests_per_connection: Option<usize>,
     pub max_retries: Option<usize>,
+    /// DestinationRule `retryBudget`: when set, it bounds retries instead of `max_retries`.
+    pub retry_budget: Option<RetryBudget>,
     pub idle_timeout: Option<Duration>,
     /// `tcp.tcpKeepalive`, on TCP connections to endpoints outside the mesh.
     pub tcp_keepalive: Option<weft_hbone::Keepalive>,
     /// `http.http2KeepAlive`: (interval, timeout) of PINGs on upstream HTTP/2 connections.
     pub http2_keepalive: Option<(Duration, Duration)>,
+}
+
+/// Envoy's circuit-breaker retry budget (`RetryBudgetImpl`,
+/// source/common/upstream/resource_manager_impl.h), as Istio's `applyRetryBudget` sets it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryBudget {
+    /// Percent of the cluster's active and pending requests, in [0, 100] (checked on load).
+    pub percent: f64,
+    pub min_retry_concurrency: usize,
+}
+
+// `percent` is never NaN (refused on load).
+impl Eq for RetryBudget {}
+
+impl RetryBudget {
+    /// How many retries may be in flight with `active` requests admitted to the cluster
+    /// (pending ones included): Envoy's `max()`, `max(percent / 100 * active,
+    /// min_retry_concurrency)`, the product truncated to an integer as Envoy's conversion does.
+    pub fn max_retries(&self, active: usize) -> usize {
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss
+        )]
+        let share = (self.percent / 100.0 * active as f64) as usize;
+        share.max(self.min_retry_concurrency)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

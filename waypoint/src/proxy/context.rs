@@ -17,8 +17,8 @@ use hyper::body::Incoming;
 use super::forwarded::X_FORWARDED_FOR;
 use super::{BoxError, ProxyBody, ProxyShared, TunnelContext};
 use crate::metrics::{Peer, RecordText, RequestRecord};
-use crate::model::{Endpoint, Target, WaypointConfig};
-use crate::upstream::HashInput;
+use crate::model::{Cluster, Endpoint, Target, WaypointConfig};
+use crate::upstream::{GeneratedCookie, HashInput};
 
 pub(super) static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 pub(super) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -46,6 +46,9 @@ pub(super) struct RequestContext<'a> {
     /// At the edge, the limits of the connection's server in `config`, found once per request
     /// (the default elsewhere: no limit of a server's own).
     pub edge_limits: crate::model::gateway::EdgeLimits,
+    /// The hash cookie generated for this request, which lacked it: consistent hashing reads
+    /// its value and the upstream's response carries its `Set-Cookie`.
+    pub generated_cookie: Option<GeneratedCookie>,
 }
 
 impl<'a> RequestContext<'a> {
@@ -67,6 +70,7 @@ impl<'a> RequestContext<'a> {
             remote_ip: tunnel.source_ip,
             // Set by the caller at the edge, from the server it found for the request.
             edge_limits: crate::model::gateway::EdgeLimits::default(),
+            generated_cookie: None,
         }
     }
 
@@ -76,6 +80,28 @@ impl<'a> RequestContext<'a> {
             headers,
             query: self.query.as_deref(),
             source_ip: self.tunnel.source_ip,
+            generated_cookie: self.generated_cookie.as_ref().map(|c| c.value.as_str()),
+        }
+    }
+
+    /// Generates the hash cookie `cluster` keys on for a request with `headers` that lacks
+    /// it, from the connection's addresses (the peer's and the one it reached), as Envoy's
+    /// router does from the downstream connection's ([`crate::upstream::generate_cookie`]).
+    pub fn generate_cookie(&mut self, cluster: &Cluster, headers: &http::HeaderMap) {
+        self.generated_cookie = crate::upstream::generate_cookie(
+            cluster,
+            headers,
+            self.tunnel.peer_address,
+            self.tunnel.destination,
+        );
+    }
+
+    /// Adds the generated cookie's `Set-Cookie` to the upstream's response headers, beside any
+    /// the upstream set (Envoy's router appends it before the route's response header
+    /// operations).
+    pub fn set_generated_cookie(&self, headers: &mut http::HeaderMap) {
+        if let Some(cookie) = &self.generated_cookie {
+            headers.append(header::SET_COOKIE, cookie.set_cookie.clone());
         }
     }
 

@@ -204,6 +204,7 @@ pub(super) async fn forward_to(
     send_mirrors(cx, &to.route.mirrors, &outgoing);
     // The attempts own the headers from here: the last one takes them, others send copies.
     let headers = std::mem::take(&mut outgoing.headers);
+    cx.generate_cookie(&to.cluster, &headers);
     let attempts = send_with_retries(cx, &to.cluster, &outgoing, headers, &to.route.retries);
     let timed = async {
         match to.route.timeout {
@@ -231,6 +232,7 @@ pub(super) async fn forward_to(
     }
     let mut response = with_first_frame(result?).await;
     cx.record.response_code_details = Cow::Borrowed(VIA_UPSTREAM);
+    cx.set_generated_cookie(response.headers_mut());
     to.destination.response.apply(response.headers_mut());
     // Once the response has begun, a breach resets the stream (its body fails).
     if let Some(limits) = limits.filter(RequestLimits::running) {
@@ -466,6 +468,7 @@ fn send_mirrors(cx: &RequestContext<'_>, mirrors: &[Mirror], outgoing: &Outgoing
                     &resolved
                 } else {
                     let hash = crate::upstream::HashInput {
+                        generated_cookie: None,
                         headers: &headers,
                         query: query.as_deref(),
                         source_ip: source,

@@ -48,7 +48,9 @@ pub(super) async fn forward(
     let shared = cx.shared;
     let upstream = &shared.upstream;
     let source_ip = cx.tunnel.source_ip;
+    cx.generate_cookie(cluster, &outgoing.headers);
     let hash = HashInput {
+        generated_cookie: cx.generated_cookie.as_ref().map(|c| c.value.as_str()),
         headers: &outgoing.headers,
         query: None,
         source_ip,
@@ -66,6 +68,7 @@ pub(super) async fn forward(
     cx.record.response_code_details = Cow::Borrowed(VIA_UPSTREAM);
     if upstream_response.status() != StatusCode::SWITCHING_PROTOCOLS {
         let mut response = upstream_response.map(|b| b.map_err(BoxError::from).boxed());
+        cx.set_generated_cookie(response.headers_mut());
         response_ops.apply(response.headers_mut());
         return Ok(response);
     }
@@ -91,6 +94,7 @@ pub(super) async fn forward(
         }
         .instrument(debug_span!("upgrade")),
     );
+    cx.set_generated_cookie(&mut parts.headers);
     response_ops.apply(&mut parts.headers);
     Ok(Response::from_parts(parts, full(Bytes::new())))
 }

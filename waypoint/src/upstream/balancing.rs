@@ -149,6 +149,9 @@ pub struct HashInput<'a> {
     pub headers: &'a http::HeaderMap,
     pub query: Option<&'a str>,
     pub source_ip: IpAddr,
+    /// The value of the cookie generated for a request without the cluster's hash cookie
+    /// ([`generate_cookie`]).
+    pub generated_cookie: Option<&'a str>,
 }
 
 impl Upstream {
@@ -316,13 +319,22 @@ impl Upstream {
 }
 
 impl ClusterState {
-    /// Takes a place in the cluster's retry budget, or `None` when `maxRetries` is reached.
+    /// Takes a place among the cluster's retries in flight, or `None` when they are at the
+    /// limit: the DestinationRule's `retryBudget` when set (Envoy's `RetryBudgetImpl` then
+    /// ignores `maxRetries`), with the cluster's admitted requests (pending ones included) as
+    /// its active requests; else `maxRetries`.
     pub fn retry_permit(&self, cluster: &Cluster) -> Option<RetryPermit> {
         let active = self.0.active_retries.fetch_add(1, Ordering::AcqRel);
         let permit = RetryPermit {
             runtime: Arc::clone(&self.0),
         };
-        if cluster.limits.max_retries.is_some_and(|max| active >= max) {
+        let limit = match &cluster.limits.retry_budget {
+            Some(budget) => {
+                Some(budget.max_retries(self.0.active_requests.load(Ordering::Acquire)))
+            }
+            None => cluster.limits.max_retries,
+        };
+        if limit.is_some_and(|max| active >= max) {
             drop(permit);
             return None;
         }
@@ -451,6 +463,7 @@ fn ejection_allowed(policy: &OutlierPolicy, ejected: usize, total: usize) -> boo
 }
 
 mod choice;
+mod cookie;
 mod edf;
 mod locality;
 mod plan;
@@ -458,6 +471,7 @@ mod pools;
 mod slow_start;
 mod worker;
 use choice::choose;
+pub use cookie::{GeneratedCookie, generate_cookie, request_cookie};
 pub use plan::{BalancingPlan, BuiltTable};
 pub use slow_start::factor as slow_start_factor;
 #[cfg(test)]
@@ -466,5 +480,7 @@ use {
     locality::{priority_level, weighted_locality},
     plan::hash_key,
 };
+#[cfg(test)]
+mod retry_tests;
 #[cfg(test)]
 mod tests;

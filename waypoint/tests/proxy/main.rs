@@ -10,6 +10,7 @@ mod certificate;
 mod configuration;
 mod drain;
 mod endpoint_weights;
+mod hash_cookie;
 mod hostile;
 mod jwt;
 mod live;

@@ -676,3 +676,44 @@ async fn a_retry_refused_by_max_retries_is_flagged_uo() {
         );
     }
 }
+
+/// Retries bounded by the DestinationRule's `retryBudget` instead of `maxRetries` (Envoy's
+/// `RetryBudgetImpl`, Istio's `applyRetryBudget`): with four requests failing together and a
+/// budget of half the active requests (at least one), two retries are admitted although
+/// `maxRetries` is 1, and the two refused requests end flagged `UO`.
+#[tokio::test]
+async fn a_retry_budget_admits_a_share_of_active_requests() {
+    let (mesh, v1, _v2) = two_endpoints().await;
+    let harness = Arc::new(Harness::start(mesh, &[&v1]).await);
+    let mut budgeted = one_retry_at_a_time(&v1);
+    budgeted.retry_budget = Some(proto::RetryBudget {
+        percent: 50.0,
+        min_retry_concurrency: 1,
+    });
+    harness
+        .waypoint
+        .apply_config(config(vec![retrying_5xx(1)], vec![budgeted]))
+        .unwrap();
+    // Every answer a slow 503: the four tries are in flight together when the first retries
+    // ask, so the budget is half of four.
+    v1.behaviour.status.store(503, Ordering::Relaxed);
+    v1.behaviour.delay_ms.store(500, Ordering::Relaxed);
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            let harness = Arc::clone(&harness);
+            tokio::spawn(async move { harness.get("/").await.0 })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+    assert_eq!(v1.request_count(), 6, "four tries and two retries");
+    let metrics = harness.metrics().await;
+    for (flags, count) in [("UO", 2), ("URX", 2)] {
+        assert_eq!(
+            requests_flagged(&metrics, "503", flags),
+            count,
+            "{flags}:\n{metrics}"
+        );
+    }
+}

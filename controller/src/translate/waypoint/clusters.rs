@@ -159,6 +159,7 @@ impl<'a> Compiler<'a, '_> {
             cluster.load_balancer = policy.0;
             cluster.connection_pool = policy.1;
             cluster.outlier_detection = policy.2;
+            cluster.retry_budget = effective.retry_budget.as_ref().map(retry_budget);
             let meta = rule.first.metadata.clone();
             for note in notes {
                 self.report(ResourceKind::DestinationRule, &meta, note);
@@ -382,6 +383,15 @@ impl<'a> Compiler<'a, '_> {
 // ---------------------------------------------------------------------------------------------
 // Traffic policies.
 
+/// Istio's `applyRetryBudget`: `percent` 20 when unset, `minRetryConcurrency` 3 when unset or
+/// 0 (`budgetInterval` is reported not applied).
+fn retry_budget(budget: &net::RetryBudget) -> wp::RetryBudget {
+    wp::RetryBudget {
+        percent: budget.percent.unwrap_or(20.0),
+        min_retry_concurrency: budget.min_retry_concurrency.filter(|n| *n > 0).unwrap_or(3),
+    }
+}
+
 /// A cluster's settings before translation.
 #[derive(Debug, Default, Clone)]
 pub(super) struct EffectivePolicy {
@@ -389,6 +399,8 @@ pub(super) struct EffectivePolicy {
     pub(super) connection_pool: Option<ConnectionPoolSettings>,
     pub(super) outlier_detection: Option<OutlierDetection>,
     pub(super) tls: Option<net::ClientTlsSettings>,
+    /// Port-level settings have none: the rule's or the subset's stays.
+    pub(super) retry_budget: Option<net::RetryBudget>,
 }
 
 impl EffectivePolicy {
@@ -398,6 +410,7 @@ impl EffectivePolicy {
             connection_pool: policy.connection_pool.clone(),
             outlier_detection: policy.outlier_detection.clone(),
             tls: policy.tls.clone(),
+            retry_budget: policy.retry_budget.clone(),
         }
     }
 
@@ -414,6 +427,7 @@ impl EffectivePolicy {
                 connection_pool: port_level.connection_pool.clone(),
                 outlier_detection: port_level.outlier_detection.clone(),
                 tls: port_level.tls.clone(),
+                retry_budget: self.retry_budget,
             };
         }
         self
@@ -442,6 +456,9 @@ pub(super) fn effective_policy(
         }
         if subset.tls.is_some() {
             merged.tls = subset.tls.clone();
+        }
+        if subset.retry_budget.is_some() {
+            merged.retry_budget = subset.retry_budget.clone();
         }
         merged = merged.with_port_level(subset, port);
     }
@@ -606,7 +623,7 @@ fn load_balancer(
 ) -> Option<wp::LoadBalancerSettings> {
     use wp::load_balancer_settings::{
         ConsistentHashLb, LbPolicy, SimpleLb,
-        consistent_hash_lb::{HashKey, HttpCookie, Maglev, RingHash, Table},
+        consistent_hash_lb::{CookieAttribute, HashKey, HttpCookie, Maglev, RingHash, Table},
     };
     let slow_start = slow_start(lb, note);
     // Istio gives Envoy slow start only with round robin and least request
@@ -645,6 +662,16 @@ fn load_balancer(
                 name: cookie.name.clone(),
                 path: cookie.path.clone().unwrap_or_default(),
                 ttl: cookie.ttl.as_ref().and_then(|t| duration(t).ok()),
+                // Istio's `ConsistentHashToHashPolicy` copies them in order, an unset value
+                // as empty (an attribute without `=value`).
+                attributes: cookie
+                    .attributes
+                    .iter()
+                    .map(|a| CookieAttribute {
+                        name: a.name.clone(),
+                        value: a.value.clone().unwrap_or_default(),
+                    })
+                    .collect(),
             })
         } else if hash.use_source_ip == Some(true) {
             HashKey::UseSourceIp(true)

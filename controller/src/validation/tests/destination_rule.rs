@@ -211,6 +211,15 @@ fn destination_rule_rules() {
             "spec.trafficPolicy.loadBalancer.consistentHash.httpCookie.attributes[1].name",
             "duplicate cookie attribute",
         ),
+        bad(
+            "control character in a cookie attribute",
+            "stricter than Istio: a generated Set-Cookie cannot carry it",
+            policy(
+                "{loadBalancer: {consistentHash: {httpCookie: {name: c, ttl: 10s, attributes: [{name: SameSite, value: \"Lax\\nX: y\"}]}}}}",
+            ),
+            "spec.trafficPolicy.loadBalancer.consistentHash.httpCookie.attributes[0].value",
+            "control character",
+        ),
         warns(
             "deprecated consecutive errors",
             "validateOutlierDetection: consecutiveErrors deprecated",

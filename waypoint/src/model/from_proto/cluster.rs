@@ -9,10 +9,11 @@ use weft_proto::waypoint as proto;
 use super::locality::LocalInstance;
 use super::{header_name, identity, ip, optional_duration, port, tunnel, workload_info};
 use crate::model::{
-    Cluster, ConfigError, ConnectionLimits, DEFAULT_BASE_EJECTION_TIME, DEFAULT_MAGLEV_TABLE_SIZE,
-    DEFAULT_MAX_EJECTION_PERCENT, DEFAULT_MINIMUM_RING_SIZE, DEFAULT_OUTLIER_INTERVAL, Endpoint,
-    HashKey, HashTable, LoadBalancer, MAGLEV_TABLE_LIMIT, MAXIMUM_RING_SIZE, OutlierPolicy,
-    ResolvedNames, SlowStart, WorkloadInfo, invalid,
+    Cluster, ConfigError, ConnectionLimits, CookieTemplate, DEFAULT_BASE_EJECTION_TIME,
+    DEFAULT_MAGLEV_TABLE_SIZE, DEFAULT_MAX_EJECTION_PERCENT, DEFAULT_MINIMUM_RING_SIZE,
+    DEFAULT_OUTLIER_INTERVAL, Endpoint, HashCookie, HashKey, HashTable, LoadBalancer,
+    MAGLEV_TABLE_LIMIT, MAXIMUM_RING_SIZE, OutlierPolicy, ResolvedNames, RetryBudget, SlowStart,
+    WorkloadInfo, invalid,
 };
 use crate::upstream::{OriginatedTls, OriginationCredentials};
 
@@ -40,7 +41,7 @@ fn load_balancer(
         Some(LbPolicy::ConsistentHash(hash)) => LoadBalancer::ConsistentHash(
             match &hash.hash_key {
                 Some(H::HttpHeaderName(name)) => HashKey::Header(header_name(name, context)?),
-                Some(H::HttpCookie(cookie)) => HashKey::Cookie(cookie.name.clone()),
+                Some(H::HttpCookie(cookie)) => HashKey::Cookie(hash_cookie(cookie, context)?),
                 Some(H::UseSourceIp(true)) => HashKey::SourceIp,
                 Some(H::HttpQueryParameterName(name)) => HashKey::QueryParameter(name.clone()),
                 Some(H::UseSourceIp(false)) | None => {
@@ -50,6 +51,43 @@ fn load_balancer(
             hash_table(hash.table.as_ref(), context)?,
         ),
     })
+}
+
+/// A cookie hash key. A `ttl` (any, 0 included) makes a request without the cookie get one, as
+/// Envoy's `HashPolicyImpl` reads `has_ttl()`; a generated cookie's `Set-Cookie` must be a
+/// header value, which is checked here with a value of the generated kind.
+fn hash_cookie(
+    cookie: &proto::load_balancer_settings::consistent_hash_lb::HttpCookie,
+    context: &str,
+) -> Result<HashCookie, ConfigError> {
+    if cookie.name.is_empty() {
+        return Err(invalid(context, "httpCookie without a name"));
+    }
+    let generated = cookie.ttl.as_ref().map(|ttl| CookieTemplate {
+        max_age: ttl.seconds,
+        path: cookie.path.clone(),
+        attributes: cookie
+            .attributes
+            .iter()
+            .map(|a| (a.name.clone(), a.value.clone()))
+            .collect(),
+    });
+    let key = HashCookie {
+        name: cookie.name.clone(),
+        generated,
+    };
+    if let Some(template) = &key.generated
+        && http::HeaderValue::try_from(template.set_cookie(&key.name, "0123456789abcdef")).is_err()
+    {
+        return Err(invalid(
+            context,
+            format!(
+                "httpCookie {:?}: its name, path or attributes cannot be written in a Set-Cookie header",
+                key.name
+            ),
+        ));
+    }
+    Ok(key)
 }
 
 /// The consistent hash's table, with Envoy's defaults for sizes left 0, and refused where
@@ -334,11 +372,32 @@ pub(super) fn cluster(
             .transpose()?,
         load_balancer,
         slow_start,
-        limits: limits(c.connection_pool.as_ref(), context)?,
+        limits: ConnectionLimits {
+            retry_budget: c
+                .retry_budget
+                .as_ref()
+                .map(|b| retry_budget(b, context))
+                .transpose()?,
+            ..limits(c.connection_pool.as_ref(), context)?
+        },
         outlier: outlier(c.outlier_detection.as_ref(), context)?,
         destination_rule: c.destination_rule.clone(),
         dynamic_dns: c.dynamic_dns,
         plan: std::sync::OnceLock::new(),
+    })
+}
+
+/// The retry budget, its percent within [0, 100].
+fn retry_budget(budget: &proto::RetryBudget, context: &str) -> Result<RetryBudget, ConfigError> {
+    if !(0.0..=100.0).contains(&budget.percent) {
+        return Err(invalid(
+            context,
+            format!("retryBudget percent {} must be in [0, 100]", budget.percent),
+        ));
+    }
+    Ok(RetryBudget {
+        percent: budget.percent,
+        min_retry_concurrency: usize::try_from(budget.min_retry_concurrency).unwrap_or(usize::MAX),
     })
 }
 

@@ -481,8 +481,8 @@ pub(super) fn hash64(seed: u64, bytes: &[u8]) -> u64 {
     xxhash_rust::xxh64::xxh64(bytes, seed)
 }
 
-/// A request's key under `key`, Envoy's hash policy: a header's or cookie's value, the source
-/// IP's text, a query parameter's value; `None` when the request has none (the choice is then
+/// A request's key under `key`, Envoy's hash policy: a header's or cookie's value (or the
+/// cookie generated for the request), the source IP's text, a query parameter's value; `None` when the request has none (the choice is then
 /// random, as Envoy's hashing balancers choose without a hash).
 pub(super) fn hash_key(key: &HashKey, input: &HashInput<'_>) -> Option<String> {
     match key {
@@ -491,16 +491,12 @@ pub(super) fn hash_key(key: &HashKey, input: &HashInput<'_>) -> Option<String> {
             .get(name)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned),
-        HashKey::Cookie(name) => input
-            .headers
-            .get_all(http::header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .find_map(|pair| {
-                let (k, v) = pair.trim().split_once('=')?;
-                (k == name).then(|| v.to_owned())
-            }),
+        // An empty value is no key (Envoy's `CookieHashMethod`); a request without the cookie
+        // is hashed on the one generated for it, if any.
+        HashKey::Cookie(cookie) => super::cookie::request_cookie(input.headers, &cookie.name)
+            .filter(|v| !v.is_empty())
+            .or(input.generated_cookie)
+            .map(str::to_owned),
         HashKey::SourceIp => Some(input.source_ip.to_string()),
         HashKey::QueryParameter(name) => input
             .query

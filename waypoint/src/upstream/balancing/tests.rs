@@ -55,6 +55,7 @@ fn hash_keys_come_from_headers_cookies_query_and_source() {
     headers.insert("x-user", "alice".parse().unwrap());
     headers.insert(http::header::COOKIE, "a=1; session=xyz".parse().unwrap());
     let input = HashInput {
+        generated_cookie: None,
         headers: &headers,
         query: Some("shard=7&x=1"),
         source_ip: "10.1.2.3".parse().unwrap(),
@@ -64,8 +65,11 @@ fn hash_keys_come_from_headers_cookies_query_and_source() {
             HashKey::Header(http::HeaderName::from_static("x-user")),
             Some("alice"),
         ),
-        (HashKey::Cookie("session".to_owned()), Some("xyz")),
-        (HashKey::Cookie("missing".to_owned()), None),
+        (
+            HashKey::Cookie(super::cookie::tests::key("session")),
+            Some("xyz"),
+        ),
+        (HashKey::Cookie(super::cookie::tests::key("missing")), None),
         (HashKey::QueryParameter("shard".to_owned()), Some("7")),
         (HashKey::SourceIp, Some("10.1.2.3")),
     ];
@@ -121,6 +125,7 @@ fn a_chosen_endpoint_counts_its_request_in_flight_until_the_guard_ends() {
     let state = fresh_state();
     let headers = http::HeaderMap::new();
     let hash = HashInput {
+        generated_cookie: None,
         headers: &headers,
         query: None,
         source_ip: IpAddr::from([10, 0, 0, 9]),
@@ -251,6 +256,7 @@ fn requests_stay_in_the_closest_priority_and_fail_over_when_it_is_ejected() {
     let state = fresh_state();
     let headers = http::HeaderMap::new();
     let hash = HashInput {
+        generated_cookie: None,
         headers: &headers,
         query: None,
         source_ip: IpAddr::from([10, 0, 0, 100]),
@@ -394,6 +400,7 @@ fn requests_split_by_locality_weights() {
     let state = fresh_state();
     let headers = http::HeaderMap::new();
     let hash = HashInput {
+        generated_cookie: None,
         headers: &headers,
         query: None,
         source_ip: IpAddr::from([10, 0, 0, 100]),
@@ -441,6 +448,7 @@ fn choice_counts(cluster: &Cluster, picks: usize) -> HashMap<u8, usize> {
 fn pick(state: &ClusterState, cluster: &Cluster) -> SocketAddr {
     let headers = http::HeaderMap::new();
     let hash = HashInput {
+        generated_cookie: None,
         headers: &headers,
         query: None,
         source_ip: IpAddr::from([10, 0, 0, 100]),
@@ -558,6 +566,7 @@ fn alice() -> http::HeaderMap {
 /// A request with `headers`, from `10.9.0.1`.
 fn keyed(headers: &http::HeaderMap) -> HashInput<'_> {
     HashInput {
+        generated_cookie: None,
         headers,
         query: None,
         source_ip: IpAddr::from([10, 9, 0, 1]),

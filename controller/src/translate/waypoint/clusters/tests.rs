@@ -172,3 +172,40 @@ fn consistent_hash_tables_are_chosen_as_istio_chooses_them() {
         assert_eq!(notes, Vec::<String>::new(), "{yaml}");
     }
 }
+
+#[test]
+fn retry_budget_takes_istios_defaults_and_survives_port_level_settings() {
+    let parse = |yaml: &str| -> TrafficPolicy { serde_yaml::from_str(yaml).unwrap() };
+    let budget = |p: EffectivePolicy| p.retry_budget.as_ref().map(retry_budget);
+    let expected = |percent, min_retry_concurrency| {
+        Some(wp::RetryBudget {
+            percent,
+            min_retry_concurrency,
+        })
+    };
+    // Istio's `applyRetryBudget`: percent 20 and minRetryConcurrency 3 when unset (or 0).
+    let top = parse(
+        "{retryBudget: {}, portLevelSettings: [{port: {number: 8080}, loadBalancer: {simple: RANDOM}}]}",
+    );
+    assert_eq!(
+        budget(effective_policy(Some(&top), None, 80)),
+        expected(20.0, 3)
+    );
+    // Port-level settings have no retryBudget: the rule's stays (`MergeTrafficPolicy`).
+    assert_eq!(
+        budget(effective_policy(Some(&top), None, 8080)),
+        expected(20.0, 3)
+    );
+    let zero = parse("{retryBudget: {percent: 50, minRetryConcurrency: 0}}");
+    assert_eq!(
+        budget(effective_policy(Some(&zero), None, 80)),
+        expected(50.0, 3)
+    );
+    // A subset's replaces the rule's; none, none.
+    let subset = parse("{retryBudget: {percent: 5, minRetryConcurrency: 1}}");
+    assert_eq!(
+        budget(effective_policy(Some(&top), Some(&subset), 80)),
+        expected(5.0, 1)
+    );
+    assert_eq!(budget(effective_policy(None, None, 80)), None);
+}

@@ -1,5 +1,5 @@
-//! Slow start from the proto: kept only with the balancers Envoy applies it to, within
-//! Envoy's bounds.
+//! Load balancing from the proto: slow start kept only with the balancers Envoy applies it to,
+//! within Envoy's bounds; consistent-hash tables and cookie keys.
 
 use std::time::Duration;
 
@@ -139,5 +139,96 @@ fn consistent_hash_tables_take_envoys_defaults_and_bounds() {
     ] {
         let error = convert(&with(table)).unwrap_err().to_string();
         assert!(error.ends_with(reason), "{table:?}: {error}");
+    }
+}
+
+#[test]
+fn a_cookie_key_generates_with_a_ttl_and_its_set_cookie_must_be_a_header() {
+    use proto::load_balancer_settings::consistent_hash_lb::{CookieAttribute, HashKey as H};
+    let with =
+        |cookie: proto::load_balancer_settings::consistent_hash_lb::HttpCookie| proto::Cluster {
+            load_balancer: Some(proto::LoadBalancerSettings {
+                lb_policy: Some(proto::load_balancer_settings::LbPolicy::ConsistentHash(
+                    proto::load_balancer_settings::ConsistentHashLb {
+                        hash_key: Some(H::HttpCookie(cookie)),
+                        table: None,
+                    },
+                )),
+                slow_start: None,
+            }),
+            ..settings(proto::load_balancer_settings::SimpleLb::RoundRobin, 0)
+        };
+    let cookie = |ttl: Option<prost_types::Duration>, value: &str| {
+        proto::load_balancer_settings::consistent_hash_lb::HttpCookie {
+            name: "session".to_owned(),
+            path: "/".to_owned(),
+            ttl,
+            attributes: vec![
+                CookieAttribute {
+                    name: "SameSite".to_owned(),
+                    value: value.to_owned(),
+                },
+                CookieAttribute {
+                    name: "Secure".to_owned(),
+                    value: String::new(),
+                },
+            ],
+        }
+    };
+    let key = |cluster: Cluster| match cluster.load_balancer {
+        LoadBalancer::ConsistentHash(HashKey::Cookie(cookie), _) => cookie,
+        other => panic!("{other:?}"),
+    };
+    // A ttl, whole seconds kept: a cookie is generated with the rule's path and attributes.
+    let ttl = prost_types::Duration {
+        seconds: 30,
+        nanos: 500_000_000,
+    };
+    let generating = key(convert(&with(cookie(Some(ttl), "Lax"))).unwrap());
+    assert_eq!(
+        generating.generated,
+        Some(crate::model::CookieTemplate {
+            max_age: 30,
+            path: "/".to_owned(),
+            attributes: vec![
+                ("SameSite".to_owned(), "Lax".to_owned()),
+                ("Secure".to_owned(), String::new()),
+            ],
+        })
+    );
+    // A ttl of 0 still generates (a session cookie); none, never.
+    let session = key(convert(&with(cookie(Some(Default::default()), "Lax"))).unwrap());
+    assert_eq!(session.generated.map(|t| t.max_age), Some(0));
+    assert_eq!(
+        key(convert(&with(cookie(None, "Lax"))).unwrap()).generated,
+        None
+    );
+    // A Set-Cookie that cannot be a header is refused, naming the cookie.
+    let error = convert(&with(cookie(Some(ttl), "Lax\r\nX: y")))
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("httpCookie \"session\""), "{error}");
+}
+
+#[test]
+fn a_retry_budget_is_read_within_its_bounds() {
+    let with = |percent| proto::Cluster {
+        retry_budget: Some(proto::RetryBudget {
+            percent,
+            min_retry_concurrency: 3,
+        }),
+        load_balancer: None,
+        ..settings(proto::load_balancer_settings::SimpleLb::RoundRobin, 0)
+    };
+    assert_eq!(
+        convert(&with(20.0)).unwrap().limits.retry_budget,
+        Some(crate::model::RetryBudget {
+            percent: 20.0,
+            min_retry_concurrency: 3,
+        })
+    );
+    for percent in [-1.0, 100.5, f64::NAN] {
+        let error = convert(&with(percent)).unwrap_err().to_string();
+        assert!(error.contains("retryBudget percent"), "{error}");
     }
 }

@@ -52,6 +52,7 @@ fn chosen(
         let mut headers = http::HeaderMap::new();
         headers.insert("x-user", format!("user-{n}").parse().unwrap());
         let input = HashInput {
+            generated_cookie: None,
             headers: &headers,
             query: None,
             source_ip: IpAddr::from([10, 9, 0, 1]),

@@ -42,6 +42,7 @@ fn choices(
             let mut headers = http::HeaderMap::new();
             headers.insert("x-user", key.parse().unwrap());
             let input = HashInput {
+                generated_cookie: None,
                 headers: &headers,
                 query: None,
                 source_ip: std::net::IpAddr::from([10, 9, 0, 1]),

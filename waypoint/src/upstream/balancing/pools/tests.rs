@@ -108,6 +108,7 @@ fn alice() -> http::HeaderMap {
 
 fn keyed(headers: &http::HeaderMap) -> HashInput<'_> {
     HashInput {
+        generated_cookie: None,
         headers,
         query: None,
         source_ip: IpAddr::from([10, 9, 0, 1]),
