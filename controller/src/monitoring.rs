@@ -16,7 +16,7 @@
 //! `provider_lookup_cluster_failures{type}` is istiod's counter of the same name (exported by
 //! istiod without a `_total` suffix, so untyped here too): each time a translation finds no
 //! service for an extension provider's `service` and drops the provider
-//! ([`ProviderLookupFailures`]).
+//! ([`crate::translate::ProviderLookupFailures`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -79,27 +79,7 @@ pub struct TranslationGauges {
     pub policies_without_http_attributes: AtomicU64,
     /// Counted by the translations themselves ([`crate::translate::MeshSettings`] holds the
     /// same counts).
-    pub provider_lookup_failures: Arc<ProviderLookupFailures>,
-}
-
-/// Extension providers dropped because the service registry has no service for their
-/// `service`, by istiod's `type` label of the provider's kind (`opentelemetry`,
-/// `envoyOtelAls`, `envoyHTTPAls`, `envoyTCPAls`): one count per proxy configuration that
-/// would have used the provider, at each translation, as istiod counts one per proxy push
-/// (`IncLookupClusterFailures`).
-#[derive(Debug, Default)]
-pub struct ProviderLookupFailures(std::sync::Mutex<BTreeMap<&'static str, u64>>);
-
-impl ProviderLookupFailures {
-    /// Counts one failed lookup of a provider of `kind` (istiod's label value).
-    pub fn failed(&self, kind: &'static str) {
-        *self.0.lock().unwrap().entry(kind).or_default() += 1;
-    }
-
-    /// The counts so far, by kind.
-    pub fn counts(&self) -> BTreeMap<&'static str, u64> {
-        self.0.lock().unwrap().clone()
-    }
+    pub provider_lookup_failures: Arc<crate::translate::ProviderLookupFailures>,
 }
 
 /// Reads the discovery server's counters and the translation's gauges at each scrape.

@@ -59,7 +59,27 @@ pub struct MeshSettings {
     pub auto_allocate: Option<auto_allocate::Ranges>,
     /// Counts the extension providers each translation drops for want of their service
     /// (istiod's `provider_lookup_cluster_failures`), shared with the monitoring port.
-    pub provider_lookup_failures: std::sync::Arc<crate::monitoring::ProviderLookupFailures>,
+    pub provider_lookup_failures: std::sync::Arc<ProviderLookupFailures>,
+}
+
+/// Extension providers dropped because the service registry has no service for their
+/// `service`, by istiod's `type` label of the provider's kind (`opentelemetry`,
+/// `envoyOtelAls`, `envoyHTTPAls`, `envoyTCPAls`): one count per proxy configuration that
+/// would have used the provider, at each translation, as istiod counts one per proxy push
+/// (`IncLookupClusterFailures`).
+#[derive(Debug, Default)]
+pub struct ProviderLookupFailures(std::sync::Mutex<BTreeMap<&'static str, u64>>);
+
+impl ProviderLookupFailures {
+    /// Counts one failed lookup of a provider of `kind` (istiod's label value).
+    pub fn failed(&self, kind: &'static str) {
+        *self.0.lock().unwrap().entry(kind).or_default() += 1;
+    }
+
+    /// The counts so far, by kind.
+    pub fn counts(&self) -> BTreeMap<&'static str, u64> {
+        self.0.lock().unwrap().clone()
+    }
 }
 
 impl Default for MeshSettings {
