@@ -454,6 +454,9 @@ fn cluster(c: &Cluster, upstream: &Upstream) -> ClusterDump {
             ));
             parts.push(format!("maxEjectionPercent {}", o.max_ejection_percent));
             parts.push(format!("minHealthPercent {}", o.min_health_percent));
+            if let Some(n) = o.local_origin_failures {
+                parts.push(format!("consecutiveLocalOriginFailures {n} (split)"));
+            }
             parts.join(", ")
         }),
         endpoints: c

@@ -110,18 +110,6 @@ pub const CATALOG: &[NotApplied] = &[
     ),
     entry(
         K::DestinationRule,
-        "spec.**.outlierDetection.splitExternalLocalOriginErrors",
-        Set,
-        "local-origin failures are counted with the others",
-    ),
-    entry(
-        K::DestinationRule,
-        "spec.**.outlierDetection.consecutiveLocalOriginFailures",
-        Set,
-        "local-origin failures are counted with the others",
-    ),
-    entry(
-        K::DestinationRule,
         "spec.**.outlierDetection.outlierDetectionHttpErrorCodes",
         Set,
         "5xx responses count as errors",

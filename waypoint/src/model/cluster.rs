@@ -193,10 +193,15 @@ pub struct OutlierPolicy {
     pub base_ejection_time: Duration,
     pub max_ejection_percent: u32,
     pub min_health_percent: u32,
+    /// With `splitExternalLocalOriginErrors`, the consecutive local-origin failures (connect
+    /// failure, reset before a response, a try's timeout) that eject, counted apart from the
+    /// responses; `None`: they count as 503 (a timeout as 504), as Envoy's do unsplit.
+    pub local_origin_failures: Option<u32>,
 }
 
 pub use weft_istio::defaults::{
-    DEFAULT_BASE_EJECTION_TIME, DEFAULT_MAX_EJECTION_PERCENT, DEFAULT_OUTLIER_INTERVAL,
+    DEFAULT_BASE_EJECTION_TIME, DEFAULT_CONSECUTIVE_LOCAL_ORIGIN_FAILURE,
+    DEFAULT_MAX_EJECTION_PERCENT, DEFAULT_OUTLIER_INTERVAL,
 };
 
 #[derive(Debug)]
