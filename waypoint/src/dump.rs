@@ -457,6 +457,13 @@ fn cluster(c: &Cluster, upstream: &Upstream) -> ClusterDump {
             if let Some(n) = o.local_origin_failures {
                 parts.push(format!("consecutiveLocalOriginFailures {n} (split)"));
             }
+            if !o.http_error_codes.is_empty() {
+                let codes: Vec<String> = o.http_error_codes.iter().map(u16::to_string).collect();
+                parts.push(format!(
+                    "outlierDetectionHttpErrorCodes {}",
+                    codes.join(" ")
+                ));
+            }
             parts.join(", ")
         }),
         endpoints: c

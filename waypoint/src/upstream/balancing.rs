@@ -393,8 +393,8 @@ impl ClusterState {
     }
 
     /// Records an attempt's outcome for outlier detection, as Envoy's detector counts it
-    /// (`source/common/upstream/outlier_detection_impl.cc`): a response by its status, a 5xx
-    /// counting toward
+    /// (`source/common/upstream/outlier_detection_impl.cc`): a response by the status
+    /// [`OutlierPolicy::response_as_counted`] makes of it, a 5xx counting toward
     /// `consecutive5xxErrors` and a 502, 503 or 504 toward `consecutiveGatewayErrors`, any
     /// other status resetting both; a local-origin failure as a 503 (a try's timeout as a
     /// 504), or, when the policy splits them, toward its own threshold alone, which any
@@ -420,7 +420,7 @@ impl ClusterState {
                 if split.is_some() {
                     state.consecutive_local_origin = 0;
                 }
-                count_status(policy, state, status)
+                count_status(policy, state, policy.response_as_counted(status))
             }
             (Outcome::ConnectFailed, None) => count_status(policy, state, 503),
             (Outcome::Timeout, None) => count_status(policy, state, 504),

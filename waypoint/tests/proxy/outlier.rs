@@ -1,5 +1,6 @@
 //! What counts toward an outlier ejection: local-origin failures apart from responses
-//! (`splitExternalLocalOriginErrors`, `consecutiveLocalOriginFailures`).
+//! (`splitExternalLocalOriginErrors`, `consecutiveLocalOriginFailures`) and the statuses that
+//! count as errors (`outlierDetectionHttpErrorCodes`).
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -72,4 +73,43 @@ async fn split_local_origin_failures_eject_at_their_own_threshold() {
     }
     assert_eq!(v2.request_count(), before + 6);
     assert_eq!(v1.request_count(), 2, "v1 ejected after two timeouts");
+}
+
+#[tokio::test]
+async fn only_the_listed_error_codes_count_toward_ejection() {
+    let (harness, v1, v2) = ejecting(
+        proto::OutlierDetection {
+            consecutive_5xx_errors: Some(2),
+            http_error_codes: vec![429],
+            ..Default::default()
+        },
+        None,
+    )
+    .await;
+    // A 500 is not listed: a success for outlier detection, however many of them.
+    v1.behaviour.status.store(500, Ordering::Relaxed);
+    let mut sender = harness.http1().await;
+    for _ in 0..8 {
+        send_on(&mut sender, get("/")).await;
+    }
+    assert_eq!(
+        v1.request_count(),
+        4,
+        "v1 kept in rotation through its 500s"
+    );
+    // A 429 is listed: two in a row eject v1.
+    v1.behaviour.status.store(429, Ordering::Relaxed);
+    let mut too_many = 0;
+    for _ in 0..4 {
+        let (status, _, _) = send_on(&mut sender, get("/")).await;
+        too_many += usize::from(status == StatusCode::TOO_MANY_REQUESTS);
+    }
+    assert_eq!((v1.request_count(), too_many), (6, 2));
+    let before = v2.request_count();
+    for _ in 0..6 {
+        let (status, _, body) = send_on(&mut sender, get("/")).await;
+        assert_eq!((status, body.as_ref()), (StatusCode::OK, b"v2".as_ref()));
+    }
+    assert_eq!(v2.request_count(), before + 6);
+    assert_eq!(v1.request_count(), 6, "v1 ejected after two 429s");
 }

@@ -587,6 +587,8 @@ impl EffectivePolicy {
                         .filter(|n| *n > 0)
                         .unwrap_or(DEFAULT_CONSECUTIVE_LOCAL_ORIGIN_FAILURE)
                 }),
+                // Istio's applyOutlierDetectionErrorCodes: only these statuses are errors.
+                http_error_codes: o.outlier_detection_http_error_codes.clone(),
             }
         });
         let lb = self

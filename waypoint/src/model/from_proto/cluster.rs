@@ -240,6 +240,21 @@ fn outlier(
                 .filter(|n| *n > 0)
                 .unwrap_or(DEFAULT_CONSECUTIVE_LOCAL_ORIGIN_FAILURE)
         }),
+        http_error_codes: o
+            .http_error_codes
+            .iter()
+            .map(|code| {
+                u16::try_from(*code)
+                    .ok()
+                    .filter(|c| (100..=599).contains(c))
+                    .ok_or_else(|| {
+                        invalid(
+                            context,
+                            format!("outlierDetectionHttpErrorCodes {code} outside 100..599"),
+                        )
+                    })
+            })
+            .collect::<Result<_, _>>()?,
     }))
 }
 

@@ -1,5 +1,6 @@
 //! How outcomes are counted toward an ejection: local-origin failures apart from responses
-//! (`splitExternalLocalOriginErrors`), as Envoy's router and detector count them.
+//! (`splitExternalLocalOriginErrors`) and the statuses that count as errors
+//! (`outlierDetectionHttpErrorCodes`), as Envoy's router and detector count them.
 
 use std::time::Duration;
 
@@ -22,6 +23,7 @@ fn outlier(consecutive_5xx: Option<u32>, consecutive_gateway: Option<u32>) -> Ou
         max_ejection_percent: 100,
         min_health_percent: 0,
         local_origin_failures: None,
+        http_error_codes: Vec::new(),
     }
 }
 
@@ -108,4 +110,44 @@ fn the_split_count_shows_on_the_admin_page_and_clears_on_ejection() {
     assert_eq!(status(&state), (1, 0, false));
     state.record_outcome(&cluster, address, ConnectFailed);
     assert_eq!(status(&state), (0, 0, true));
+}
+
+#[test]
+fn listed_error_codes_replace_5xx() {
+    let codes = |consecutive_5xx, consecutive_gateway, codes: &[u16]| OutlierPolicy {
+        http_error_codes: codes.to_vec(),
+        ..outlier(consecutive_5xx, consecutive_gateway)
+    };
+    // A listed status under 500 counts as a 500: toward 5xx, not gateway errors.
+    assert!(ejected_after(
+        codes(Some(2), None, &[429]),
+        &[Response(429), Response(429)]
+    ));
+    assert!(!ejected_after(
+        codes(None, Some(2), &[429]),
+        &[Response(429), Response(429)]
+    ));
+    // An unlisted status, a 5xx too, is a success and resets the counts.
+    assert!(!ejected_after(
+        codes(Some(2), None, &[429]),
+        &[Response(500), Response(500)]
+    ));
+    assert!(!ejected_after(
+        codes(Some(2), None, &[429]),
+        &[Response(429), Response(503), Response(429)]
+    ));
+    // A listed 5xx counts as itself: 503 toward gateway errors, 500 not.
+    assert!(ejected_after(
+        codes(None, Some(2), &[500, 503]),
+        &[Response(503), Response(503)]
+    ));
+    assert!(!ejected_after(
+        codes(None, Some(2), &[500, 503]),
+        &[Response(500), Response(500)]
+    ));
+    // Local-origin failures are not matched against the list: still 503s and 504s.
+    assert!(ejected_after(
+        codes(None, Some(2), &[429]),
+        &[ConnectFailed, Timeout]
+    ));
 }

@@ -28,6 +28,7 @@ pub(super) fn policy(max_ejection_percent: u32) -> OutlierPolicy {
         max_ejection_percent,
         min_health_percent: 0,
         local_origin_failures: None,
+        http_error_codes: Vec::new(),
     }
 }
 

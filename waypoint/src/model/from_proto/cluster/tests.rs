@@ -234,7 +234,7 @@ fn a_retry_budget_is_read_within_its_bounds() {
 }
 
 #[test]
-fn outlier_detection_takes_the_split() {
+fn outlier_detection_takes_the_split_and_error_codes() {
     let with = |outlier: proto::OutlierDetection| {
         let c = proto::Cluster {
             name: "outbound|80||web.shop.svc.cluster.local".to_owned(),
@@ -249,7 +249,10 @@ fn outlier_detection_takes_the_split() {
         convert(&c).map(|c| c.outlier.unwrap())
     };
     let plain = with(proto::OutlierDetection::default()).unwrap();
-    assert_eq!(plain.local_origin_failures, None);
+    assert_eq!(
+        (plain.local_origin_failures, plain.http_error_codes),
+        (None, vec![])
+    );
     for (threshold, expected) in [(None, 5), (Some(0), 5), (Some(3), 3)] {
         let split = with(proto::OutlierDetection {
             split_external_local_origin_errors: true,
@@ -259,4 +262,20 @@ fn outlier_detection_takes_the_split() {
         .unwrap();
         assert_eq!(split.local_origin_failures, Some(expected), "{threshold:?}");
     }
+    let codes = with(proto::OutlierDetection {
+        http_error_codes: vec![429, 503],
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(codes.http_error_codes, vec![429, 503]);
+    let error = with(proto::OutlierDetection {
+        http_error_codes: vec![429, 600],
+        ..Default::default()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        error.contains("outlierDetectionHttpErrorCodes 600 outside 100..599"),
+        "{error}"
+    );
 }

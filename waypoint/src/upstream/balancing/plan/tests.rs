@@ -412,6 +412,7 @@ fn ejecting(table: HashTable, min_health_percent: u32) -> Cluster {
             max_ejection_percent: 100,
             min_health_percent,
             local_origin_failures: None,
+            http_error_codes: Vec::new(),
         }),
         ..hashed((1..=4).map(endpoint).collect(), table)
     }
