@@ -454,6 +454,16 @@ fn cluster(c: &Cluster, upstream: &Upstream) -> ClusterDump {
             ));
             parts.push(format!("maxEjectionPercent {}", o.max_ejection_percent));
             parts.push(format!("minHealthPercent {}", o.min_health_percent));
+            if let Some(n) = o.local_origin_failures {
+                parts.push(format!("consecutiveLocalOriginFailures {n} (split)"));
+            }
+            if !o.http_error_codes.is_empty() {
+                let codes: Vec<String> = o.http_error_codes.iter().map(u16::to_string).collect();
+                parts.push(format!(
+                    "outlierDetectionHttpErrorCodes {}",
+                    codes.join(" ")
+                ));
+            }
             parts.join(", ")
         }),
         endpoints: c

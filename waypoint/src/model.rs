@@ -27,10 +27,10 @@ use crate::telemetry::Telemetry;
 
 pub use cluster::{
     Cluster, ConnectionLimits, CookieTemplate, DEFAULT_BASE_EJECTION_TIME,
-    DEFAULT_MAGLEV_TABLE_SIZE, DEFAULT_MAX_EJECTION_PERCENT, DEFAULT_MINIMUM_RING_SIZE,
-    DEFAULT_OUTLIER_INTERVAL, Endpoint, HashCookie, HashKey, HashTable, LoadBalancer,
-    MAGLEV_TABLE_LIMIT, MAXIMUM_RING_SIZE, OutlierPolicy, ResolvedNames, RetryBudget, SlowStart,
-    Tunnel,
+    DEFAULT_CONSECUTIVE_LOCAL_ORIGIN_FAILURE, DEFAULT_MAGLEV_TABLE_SIZE,
+    DEFAULT_MAX_EJECTION_PERCENT, DEFAULT_MINIMUM_RING_SIZE, DEFAULT_OUTLIER_INTERVAL, Endpoint,
+    HashCookie, HashKey, HashTable, LoadBalancer, MAGLEV_TABLE_LIMIT, MAXIMUM_RING_SIZE,
+    OutlierPolicy, ResolvedNames, RetryBudget, SlowStart, Tunnel,
 };
 pub use route::{
     AbortKind, CorsPolicy, DEFAULT_RETRIABLE_STATUS_CODES, DEFAULT_RETRY_ATTEMPTS,

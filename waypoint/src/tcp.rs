@@ -24,7 +24,7 @@ use crate::metrics::{ConnectionInfo, Peer, RecordText, ResponseFlag};
 use crate::model::{Cluster, Target, WaypointConfig};
 use crate::proxy::{LocalReply, ProxyShared, TunnelContext, rbac_details};
 use crate::upstream::dynamic_dns::under_wildcard;
-use crate::upstream::{BoxedIo, HashInput};
+use crate::upstream::{BoxedIo, HashInput, Outcome};
 
 /// The connections the waypoint carries as a stream of bytes, each with the tunnel it arrived
 /// on (what it is decided again on), grouped by what they carry.
@@ -283,7 +283,7 @@ pub async fn open_tcp_upstream(
         .await
     {
         Ok(stream) => {
-            upstream.record_outcome(&cluster, endpoint.address, Some(200));
+            upstream.record_outcome(&cluster, endpoint.address, Outcome::Response(200));
             Ok(Box::new(MeteredStream::new(
                 stream,
                 shared.metrics.connection_opened(info),
@@ -291,7 +291,7 @@ pub async fn open_tcp_upstream(
             )))
         }
         Err(error) => {
-            upstream.record_outcome(&cluster, endpoint.address, None);
+            upstream.record_outcome(&cluster, endpoint.address, Outcome::ConnectFailed);
             debug!(%error, "tcp forward failed");
             info.response_flags = flags_of(error.into());
             drop(shared.metrics.connection_opened(info));

@@ -80,7 +80,7 @@ mod tls;
 use balancing::ClusterRuntime;
 pub use balancing::{
     ActiveRequest, Admission, BalancingPlan, BuiltTable, ClusterState, EndpointStatus,
-    GeneratedCookie, HashInput, RetryPermit, Tried, generate_cookie, request_cookie,
+    GeneratedCookie, HashInput, Outcome, RetryPermit, Tried, generate_cookie, request_cookie,
     slow_start_factor,
 };
 pub use body::{Ending, Replayable, RequestBody};

@@ -110,24 +110,6 @@ pub const CATALOG: &[NotApplied] = &[
     ),
     entry(
         K::DestinationRule,
-        "spec.**.outlierDetection.splitExternalLocalOriginErrors",
-        Set,
-        "local-origin failures are counted with the others",
-    ),
-    entry(
-        K::DestinationRule,
-        "spec.**.outlierDetection.consecutiveLocalOriginFailures",
-        Set,
-        "local-origin failures are counted with the others",
-    ),
-    entry(
-        K::DestinationRule,
-        "spec.**.outlierDetection.outlierDetectionHttpErrorCodes",
-        Set,
-        "5xx responses count as errors",
-    ),
-    entry(
-        K::DestinationRule,
         "spec.**.tls.mode",
         Equals(&["SIMPLE", "MUTUAL"]),
         "waypoints originate TLS only to the endpoints of ServiceEntry hosts they serve (outside the mesh); mesh endpoints are reached over HBONE",

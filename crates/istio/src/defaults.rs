@@ -27,6 +27,9 @@ pub const DEFAULT_RETRIABLE_STATUS_CODES: &[u16] = &[503];
 /// Consecutive 5xx before ejection when `outlierDetection` sets no threshold (Envoy's default,
 /// which Istio leaves in place).
 pub const DEFAULT_CONSECUTIVE_5XX: u32 = 5;
+/// Consecutive local-origin failures before ejection when `splitExternalLocalOriginErrors` is
+/// set and `consecutiveLocalOriginFailures` is not (Envoy's default, which Istio leaves in place).
+pub const DEFAULT_CONSECUTIVE_LOCAL_ORIGIN_FAILURE: u32 = 5;
 /// Outlier detection's sweep interval when unset (Envoy's default).
 pub const DEFAULT_OUTLIER_INTERVAL: Duration = Duration::from_secs(10);
 /// Base ejection time when unset (Envoy's default).

@@ -193,10 +193,33 @@ pub struct OutlierPolicy {
     pub base_ejection_time: Duration,
     pub max_ejection_percent: u32,
     pub min_health_percent: u32,
+    /// With `splitExternalLocalOriginErrors`, the consecutive local-origin failures (connect
+    /// failure, reset before a response, a try's timeout) that eject, counted apart from the
+    /// responses; `None`: they count as 503 (a timeout as 504), as Envoy's do unsplit.
+    pub local_origin_failures: Option<u32>,
+    /// `outlierDetectionHttpErrorCodes`: the response statuses that count as errors (any
+    /// other, a 5xx too, is a success); empty: 5xx. See [`OutlierPolicy::response_as_counted`].
+    pub http_error_codes: Vec<u16>,
+}
+
+impl OutlierPolicy {
+    /// The status a response is counted as: Envoy's router, given Istio's error matcher,
+    /// reports a status in the list as itself when 5xx and as 500 otherwise (so only 502, 503
+    /// and 504 count as gateway errors), and any other status as 200.
+    pub fn response_as_counted(&self, status: u16) -> u16 {
+        if self.http_error_codes.is_empty() {
+            status
+        } else if self.http_error_codes.contains(&status) {
+            if status >= 500 { status } else { 500 }
+        } else {
+            200
+        }
+    }
 }
 
 pub use weft_istio::defaults::{
-    DEFAULT_BASE_EJECTION_TIME, DEFAULT_MAX_EJECTION_PERCENT, DEFAULT_OUTLIER_INTERVAL,
+    DEFAULT_BASE_EJECTION_TIME, DEFAULT_CONSECUTIVE_LOCAL_ORIGIN_FAILURE,
+    DEFAULT_MAX_EJECTION_PERCENT, DEFAULT_OUTLIER_INTERVAL,
 };
 
 #[derive(Debug)]

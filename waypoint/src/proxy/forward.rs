@@ -31,7 +31,8 @@ use crate::model::{
     WeightedDestination,
 };
 use crate::upstream::{
-    ClusterState, Ending, Replayable, RequestBody, RetryPermit, Tried, UpstreamError, dynamic_dns,
+    ClusterState, Ending, Outcome, Replayable, RequestBody, RetryPermit, Tried, UpstreamError,
+    dynamic_dns,
 };
 
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -585,11 +586,12 @@ async fn send_with_retries(
         // `source/common/router/retry_state_impl.cc`).
         drop(retry_permit.take());
         // The attempt's result as the request would end with it, and whether the policy
-        // retries it; the outcome goes to outlier detection first (a per-try timeout as a 504).
+        // retries it; the outcome goes to outlier detection first (a try's timeout as a local-origin
+        // timeout).
         let (result, retriable) = match outcome {
             Some(Ok(response)) => {
                 let status = response.status().as_u16();
-                state.record_outcome(cluster, endpoint.address, Some(status));
+                state.record_outcome(cluster, endpoint.address, Outcome::Response(status));
                 let grpc = response
                     .headers()
                     .get(&GRPC_STATUS)
@@ -599,13 +601,13 @@ async fn send_with_retries(
                 (Ok(response), retriable)
             }
             Some(Err(error)) => {
-                state.record_outcome(cluster, endpoint.address, None);
+                state.record_outcome(cluster, endpoint.address, Outcome::ConnectFailed);
                 warn!(%error, attempt, "upstream attempt failed");
                 let retriable = error_retriable(&error, policy);
                 (Err(LocalReply::from(error)), retriable)
             }
             None => {
-                state.record_outcome(cluster, endpoint.address, Some(504));
+                state.record_outcome(cluster, endpoint.address, Outcome::Timeout);
                 let retriable = policy.on.five_xx
                     || policy.on.gateway_error
                     || policy.on.retriable_status_codes.contains(&504);

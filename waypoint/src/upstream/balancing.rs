@@ -22,6 +22,8 @@ pub struct EndpointStatus {
     pub active_requests: usize,
     pub consecutive_5xx: u32,
     pub consecutive_gateway_errors: u32,
+    /// Consecutive local-origin failures, counted apart when the policy splits them.
+    pub consecutive_local_origin_failures: u32,
     /// Ejected by outlier detection now.
     pub ejected: bool,
     pub ejection_remaining_ms: Option<u64>,
@@ -39,6 +41,7 @@ struct EndpointState {
     active: Arc<AtomicUsize>,
     consecutive_5xx: u32,
     consecutive_gateway: u32,
+    consecutive_local_origin: u32,
     ejected_until: Option<Instant>,
     ejections: u32,
     /// When the endpoint joined the cluster healthy, for slow start ([`slow_start`]); `None`
@@ -246,9 +249,9 @@ impl Upstream {
     }
 
     /// [`ClusterState::record_outcome`], for one outcome at `cluster`.
-    pub fn record_outcome(&self, cluster: &Cluster, endpoint: SocketAddr, status: Option<u16>) {
+    pub fn record_outcome(&self, cluster: &Cluster, endpoint: SocketAddr, outcome: Outcome) {
         self.state(cluster)
-            .record_outcome(cluster, endpoint, status);
+            .record_outcome(cluster, endpoint, outcome);
     }
 
     /// The runtime state of each endpoint of the cluster named `cluster` that has any (load,
@@ -271,6 +274,7 @@ impl Upstream {
                         active_requests: state.active.load(Ordering::Acquire),
                         consecutive_5xx: state.consecutive_5xx,
                         consecutive_gateway_errors: state.consecutive_gateway,
+                        consecutive_local_origin_failures: state.consecutive_local_origin,
                         ejected: ejected_for.is_some(),
                         ejection_remaining_ms: ejected_for
                             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
@@ -388,9 +392,14 @@ impl ClusterState {
         Ok((endpoint, active))
     }
 
-    /// Records an attempt's outcome for outlier detection: `Some(status)` for a response,
-    /// `None` for a connect failure, reset or timeout.
-    pub fn record_outcome(&self, cluster: &Cluster, endpoint: SocketAddr, status: Option<u16>) {
+    /// Records an attempt's outcome for outlier detection, as Envoy's detector counts it
+    /// (`source/common/upstream/outlier_detection_impl.cc`): a response by the status
+    /// [`OutlierPolicy::response_as_counted`] makes of it, a 5xx counting toward
+    /// `consecutive5xxErrors` and a 502, 503 or 504 toward `consecutiveGatewayErrors`, any
+    /// other status resetting both; a local-origin failure as a 503 (a try's timeout as a
+    /// 504), or, when the policy splits them, toward its own threshold alone, which any
+    /// response resets (the connection was made).
+    pub fn record_outcome(&self, cluster: &Cluster, endpoint: SocketAddr, outcome: Outcome) {
         let Some(policy) = &cluster.outlier else {
             return;
         };
@@ -402,26 +411,20 @@ impl ClusterState {
             .filter(|s| s.ejected_until.is_some_and(|u| u > now))
             .count();
         let state = states.entry(endpoint).or_default();
-        let is_5xx = status.is_none_or(|s| s >= 500);
-        let is_gateway = status.is_none_or(|s| matches!(s, 502..=504));
-        if !is_5xx {
-            state.consecutive_5xx = 0;
-            state.consecutive_gateway = 0;
-            // Envoy forgets the ejection multiplier once an endpoint has been healthy a while.
-            return;
-        }
-        state.consecutive_5xx += 1;
-        if is_gateway {
-            state.consecutive_gateway += 1;
-        } else {
-            state.consecutive_gateway = 0;
-        }
-        let tripped = policy
-            .consecutive_5xx
-            .is_some_and(|n| state.consecutive_5xx >= n)
-            || policy
-                .consecutive_gateway_errors
-                .is_some_and(|n| state.consecutive_gateway >= n);
+        let tripped = match (outcome, policy.local_origin_failures) {
+            (Outcome::ConnectFailed | Outcome::Timeout, Some(threshold)) => {
+                state.consecutive_local_origin += 1;
+                state.consecutive_local_origin >= threshold
+            }
+            (Outcome::Response(status), split) => {
+                if split.is_some() {
+                    state.consecutive_local_origin = 0;
+                }
+                count_status(policy, state, policy.response_as_counted(status))
+            }
+            (Outcome::ConnectFailed, None) => count_status(policy, state, 503),
+            (Outcome::Timeout, None) => count_status(policy, state, 504),
+        };
         let already = state.ejected_until.is_some_and(|u| u > now);
         if tripped && !already && ejection_allowed(policy, ejected, total) {
             state.ejections += 1;
@@ -430,6 +433,7 @@ impl ClusterState {
             state.ejected_until = Some(until);
             state.consecutive_5xx = 0;
             state.consecutive_gateway = 0;
+            state.consecutive_local_origin = 0;
             states.ejections_end = states.ejections_end.max(Some(until));
             states.ejection_stamp = plan::next_ejection_stamp();
             info!(cluster = %cluster.name, %endpoint, ejection_ms = time.as_millis() as u64, "endpoint ejected");
@@ -440,6 +444,40 @@ impl ClusterState {
     pub fn track_request(&self, endpoint: SocketAddr) -> ActiveRequest {
         ActiveRequest::new(&lock(&self.0.endpoints).entry(endpoint).or_default().active)
     }
+}
+
+/// What an attempt at an endpoint came to, for outlier detection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A response with this status (a TCP connection opened counts as a 200).
+    Response(u16),
+    /// The connection failed or was reset before a response (Envoy's
+    /// `LocalOriginConnectFailed`).
+    ConnectFailed,
+    /// The try's timeout passed before a response (Envoy's `LocalOriginTimeout`).
+    Timeout,
+}
+
+/// Counts `status` toward the 5xx and gateway thresholds (Envoy's `putHttpResponseCode`);
+/// whether one of them is reached.
+fn count_status(policy: &OutlierPolicy, state: &mut EndpointState, status: u16) -> bool {
+    if status < 500 {
+        state.consecutive_5xx = 0;
+        state.consecutive_gateway = 0;
+        return false;
+    }
+    state.consecutive_5xx += 1;
+    if matches!(status, 502..=504) {
+        state.consecutive_gateway += 1;
+    } else {
+        state.consecutive_gateway = 0;
+    }
+    policy
+        .consecutive_5xx
+        .is_some_and(|n| state.consecutive_5xx >= n)
+        || policy
+            .consecutive_gateway_errors
+            .is_some_and(|n| state.consecutive_gateway >= n)
 }
 
 /// What the earlier attempts of a request leave its next one to avoid.
@@ -480,6 +518,8 @@ use {
     locality::{priority_level, weighted_locality},
     plan::hash_key,
 };
+#[cfg(test)]
+mod outcome_tests;
 #[cfg(test)]
 mod retry_tests;
 #[cfg(test)]

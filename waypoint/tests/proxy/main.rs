@@ -15,6 +15,7 @@ mod hostile;
 mod jwt;
 mod live;
 mod otlp_http;
+mod outlier;
 mod policy;
 mod resilience;
 mod routing;

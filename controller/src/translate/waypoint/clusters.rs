@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Pod, Service, ServicePort};
-use weft_istio::defaults::DEFAULT_CONSECUTIVE_5XX;
+use weft_istio::defaults::{DEFAULT_CONSECUTIVE_5XX, DEFAULT_CONSECUTIVE_LOCAL_ORIGIN_FAILURE};
 use weft_proto::waypoint as wp;
 
 use super::{
@@ -560,6 +560,7 @@ impl EffectivePolicy {
             // Istio: the deprecated `consecutiveErrors` counts gateway errors (502, 503, 504)
             // and turns the 5xx count off; without either, Envoy's default of 5 consecutive
             // 5xx applies.
+            let split = o.split_external_local_origin_errors == Some(true);
             let legacy = o
                 .consecutive_errors
                 .and_then(|n| u32::try_from(n).ok())
@@ -578,6 +579,16 @@ impl EffectivePolicy {
                 ),
                 max_ejection_percent: o.max_ejection_percent.unwrap_or(0),
                 min_health_percent: o.min_health_percent.unwrap_or(0),
+                // Istio's applyOutlierDetection: the local-origin threshold only with the
+                // split, and only when above 0 (else Envoy's default of 5).
+                split_external_local_origin_errors: split,
+                consecutive_local_origin_failures: split.then(|| {
+                    o.consecutive_local_origin_failures
+                        .filter(|n| *n > 0)
+                        .unwrap_or(DEFAULT_CONSECUTIVE_LOCAL_ORIGIN_FAILURE)
+                }),
+                // Istio's applyOutlierDetectionErrorCodes: only these statuses are errors.
+                http_error_codes: o.outlier_detection_http_error_codes.clone(),
             }
         });
         let lb = self
@@ -590,15 +601,6 @@ impl EffectivePolicy {
             note(
                 "connectionPool.http",
                 "h2UpgradePolicy and useClientProtocol are not supported by waypoints (they keep the client's protocol); ignored",
-            );
-        }
-        if let Some(o) = &self.outlier_detection
-            && (o.split_external_local_origin_errors.is_some()
-                || o.consecutive_local_origin_failures.is_some())
-        {
-            note(
-                "outlierDetection",
-                "local-origin failures are counted with the others by waypoints; splitExternalLocalOriginErrors and consecutiveLocalOriginFailures are ignored",
             );
         }
         if let Some(tls) = &self.tls

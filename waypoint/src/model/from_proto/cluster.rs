@@ -10,10 +10,10 @@ use super::locality::LocalInstance;
 use super::{header_name, identity, ip, optional_duration, port, tunnel, workload_info};
 use crate::model::{
     Cluster, ConfigError, ConnectionLimits, CookieTemplate, DEFAULT_BASE_EJECTION_TIME,
-    DEFAULT_MAGLEV_TABLE_SIZE, DEFAULT_MAX_EJECTION_PERCENT, DEFAULT_MINIMUM_RING_SIZE,
-    DEFAULT_OUTLIER_INTERVAL, Endpoint, HashCookie, HashKey, HashTable, LoadBalancer,
-    MAGLEV_TABLE_LIMIT, MAXIMUM_RING_SIZE, OutlierPolicy, ResolvedNames, RetryBudget, SlowStart,
-    WorkloadInfo, invalid,
+    DEFAULT_CONSECUTIVE_LOCAL_ORIGIN_FAILURE, DEFAULT_MAGLEV_TABLE_SIZE,
+    DEFAULT_MAX_EJECTION_PERCENT, DEFAULT_MINIMUM_RING_SIZE, DEFAULT_OUTLIER_INTERVAL, Endpoint,
+    HashCookie, HashKey, HashTable, LoadBalancer, MAGLEV_TABLE_LIMIT, MAXIMUM_RING_SIZE,
+    OutlierPolicy, ResolvedNames, RetryBudget, SlowStart, WorkloadInfo, invalid,
 };
 use crate::upstream::{OriginatedTls, OriginationCredentials};
 
@@ -235,6 +235,26 @@ fn outlier(
             percent(o.max_ejection_percent, "maxEjectionPercent")?
         },
         min_health_percent: percent(o.min_health_percent, "minHealthPercent")?,
+        local_origin_failures: o.split_external_local_origin_errors.then(|| {
+            o.consecutive_local_origin_failures
+                .filter(|n| *n > 0)
+                .unwrap_or(DEFAULT_CONSECUTIVE_LOCAL_ORIGIN_FAILURE)
+        }),
+        http_error_codes: o
+            .http_error_codes
+            .iter()
+            .map(|code| {
+                u16::try_from(*code)
+                    .ok()
+                    .filter(|c| (100..=599).contains(c))
+                    .ok_or_else(|| {
+                        invalid(
+                            context,
+                            format!("outlierDetectionHttpErrorCodes {code} outside 100..599"),
+                        )
+                    })
+            })
+            .collect::<Result<_, _>>()?,
     }))
 }
 

@@ -27,6 +27,8 @@ pub(super) fn policy(max_ejection_percent: u32) -> OutlierPolicy {
         base_ejection_time: Duration::from_secs(30),
         max_ejection_percent,
         min_health_percent: 0,
+        local_origin_failures: None,
+        http_error_codes: Vec::new(),
     }
 }
 
@@ -296,7 +298,7 @@ fn requests_stay_in_the_closest_priority_and_fail_over_when_it_is_ejected() {
         [cluster.endpoints[1].address, cluster.endpoints[2].address].into();
     assert_eq!(retried(&[0]), remote_pair);
     assert_eq!(retried(&[0, 1]), [local].into());
-    state.record_outcome(&cluster, local, Some(503));
+    state.record_outcome(&cluster, local, Outcome::Response(503));
     let remote: std::collections::BTreeSet<_> =
         [cluster.endpoints[1].address, cluster.endpoints[2].address].into();
     assert_eq!(chosen(&[]), remote, "ejected: over to the next priority");
@@ -423,7 +425,11 @@ fn requests_split_by_locality_weights() {
         "{counts:?}"
     );
     // The lone endpoint of locality 1 ejected: all to locality 0.
-    state.record_outcome(&cluster, cluster.endpoints[2].address, Some(503));
+    state.record_outcome(
+        &cluster,
+        cluster.endpoints[2].address,
+        Outcome::Response(503),
+    );
     for _ in 0..200 {
         let chosen = state.choose_endpoint(&cluster, &hash, &[]).unwrap();
         assert_ne!(chosen.address, cluster.endpoints[2].address);
@@ -683,7 +689,7 @@ fn a_one_endpoint_cluster_is_chosen_without_building_a_plan() {
         let first = state.choose_endpoint(&cluster, &input, &[]).unwrap();
         assert_eq!(first.address, address, "{balancer:?}");
         // A retry after it, and after its ejection: still it in panic mode, nothing without.
-        state.record_outcome(&cluster, address, Some(503));
+        state.record_outcome(&cluster, address, Outcome::Response(503));
         assert!(lock(&state.0.endpoints)[&address].ejected_until.is_some());
         let tried = Tried {
             endpoints: &[address],
@@ -730,7 +736,7 @@ fn every_endpoint_ejected_is_no_healthy_upstream_without_a_panic_threshold() {
         let state = fresh_state();
         let addresses: Vec<SocketAddr> = cluster.endpoints.iter().map(|e| e.address).collect();
         for address in &addresses {
-            state.record_outcome(&cluster, *address, Some(503));
+            state.record_outcome(&cluster, *address, Outcome::Response(503));
         }
         assert!(
             addresses

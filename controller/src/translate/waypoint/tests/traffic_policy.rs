@@ -101,6 +101,50 @@ fn outlier_thresholds_follow_istio_and_envoy_defaults() {
 }
 
 #[test]
+fn local_origin_split_and_error_codes_follow_istio() {
+    let compile = |yaml: &str| {
+        let p = EffectivePolicy::of(&policy(yaml));
+        let ((_, _, outlier), notes) = p.compile(false);
+        let o = outlier.unwrap();
+        assert!(notes.is_empty(), "{yaml}: {notes:?}");
+        (
+            o.split_external_local_origin_errors,
+            o.consecutive_local_origin_failures,
+            o.http_error_codes,
+        )
+    };
+    assert_eq!(
+        compile("outlierDetection: {interval: 1s}"),
+        (false, None, vec![])
+    );
+    // applyOutlierDetection: the threshold only above 0, else Envoy's default of 5.
+    assert_eq!(
+        compile("outlierDetection: {splitExternalLocalOriginErrors: true}"),
+        (true, Some(5), vec![])
+    );
+    assert_eq!(
+        compile(
+            "outlierDetection: {splitExternalLocalOriginErrors: true, consecutiveLocalOriginFailures: 0}"
+        ),
+        (true, Some(5), vec![])
+    );
+    assert_eq!(
+        compile(
+            "outlierDetection: {splitExternalLocalOriginErrors: true, consecutiveLocalOriginFailures: 2}"
+        ),
+        (true, Some(2), vec![])
+    );
+    assert_eq!(
+        compile("outlierDetection: {splitExternalLocalOriginErrors: false}"),
+        (false, None, vec![])
+    );
+    assert_eq!(
+        compile("outlierDetection: {outlierDetectionHttpErrorCodes: [429, 503]}"),
+        (false, None, vec![429, 503])
+    );
+}
+
+#[test]
 fn destination_rules_follow_istio_precedence_and_merge() {
     let index = validated(&format!(
         r#"{MESH}

@@ -232,3 +232,50 @@ fn a_retry_budget_is_read_within_its_bounds() {
         assert!(error.contains("retryBudget percent"), "{error}");
     }
 }
+
+#[test]
+fn outlier_detection_takes_the_split_and_error_codes() {
+    let with = |outlier: proto::OutlierDetection| {
+        let c = proto::Cluster {
+            name: "outbound|80||web.shop.svc.cluster.local".to_owned(),
+            host: "web.shop.svc.cluster.local".to_owned(),
+            port: 80,
+            outlier_detection: Some(proto::OutlierDetection {
+                consecutive_5xx_errors: Some(5),
+                ..outlier
+            }),
+            ..Default::default()
+        };
+        convert(&c).map(|c| c.outlier.unwrap())
+    };
+    let plain = with(proto::OutlierDetection::default()).unwrap();
+    assert_eq!(
+        (plain.local_origin_failures, plain.http_error_codes),
+        (None, vec![])
+    );
+    for (threshold, expected) in [(None, 5), (Some(0), 5), (Some(3), 3)] {
+        let split = with(proto::OutlierDetection {
+            split_external_local_origin_errors: true,
+            consecutive_local_origin_failures: threshold,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(split.local_origin_failures, Some(expected), "{threshold:?}");
+    }
+    let codes = with(proto::OutlierDetection {
+        http_error_codes: vec![429, 503],
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(codes.http_error_codes, vec![429, 503]);
+    let error = with(proto::OutlierDetection {
+        http_error_codes: vec![429, 600],
+        ..Default::default()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        error.contains("outlierDetectionHttpErrorCodes 600 outside 100..599"),
+        "{error}"
+    );
+}

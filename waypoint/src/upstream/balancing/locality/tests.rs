@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
 use super::super::tests::{fresh_state, policy, ranked_cluster};
-use super::super::{ClusterState, HashInput, Tried};
+use super::super::{ClusterState, HashInput, Outcome, Tried};
 use crate::model::{Cluster, HashKey, HashTable, LoadBalancer, OutlierPolicy};
 use crate::upstream::UpstreamError;
 
@@ -33,7 +33,7 @@ fn ejected(
         state.record_outcome(
             &cluster,
             SocketAddr::from(([10, 0, 0, *last], 8080)),
-            Some(503),
+            Outcome::Response(503),
         );
     }
     (cluster, state)

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use super::super::tests::{endpoint, fresh_state, least_request};
-use super::super::{ClusterState, HashInput, Tried};
+use super::super::{ClusterState, HashInput, Outcome, Tried};
 use crate::model::{Cluster, Endpoint, HashKey, HashTable, LoadBalancer};
 
 const RING: HashTable = HashTable::Ring {
@@ -411,6 +411,8 @@ fn ejecting(table: HashTable, min_health_percent: u32) -> Cluster {
             base_ejection_time: std::time::Duration::from_secs(30),
             max_ejection_percent: 100,
             min_health_percent,
+            local_origin_failures: None,
+            http_error_codes: Vec::new(),
         }),
         ..hashed((1..=4).map(endpoint).collect(), table)
     }
@@ -436,7 +438,7 @@ fn in_panic_a_key_goes_to_its_endpoint_in_the_table_of_all_hosts() {
                 "{table:?}: the ejected endpoints had keys"
             );
             for address in ejected {
-                state.record_outcome(&cluster, address, Some(503));
+                state.record_outcome(&cluster, address, Outcome::Response(503));
             }
             let after = choices(&state, &cluster, &keys, &[]);
             if panic {
@@ -506,7 +508,7 @@ fn an_ejection_rebuilds_the_table_over_the_endpoints_left_and_a_return_restores_
         let state = fresh_state();
         let before = choices(&state, &cluster, &keys, &[]);
         let ejected = endpoint(2).address;
-        state.record_outcome(&cluster, ejected, Some(503));
+        state.record_outcome(&cluster, ejected, Outcome::Response(503));
         let after = choices(&state, &cluster, &keys, &[]);
         let left = hashed(vec![endpoint(1), endpoint(3)], table);
         let expected = choices(&fresh_state(), &left, &keys, &[]);

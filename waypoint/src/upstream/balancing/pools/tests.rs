@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use super::super::tests::{endpoint, fresh_state, least_request, policy};
-use super::super::{ClusterState, HashInput};
+use super::super::{ClusterState, HashInput, Outcome};
 use crate::model::{Cluster, Endpoint, HashKey, HashTable, LoadBalancer};
 
 /// The balancers a narrowed pool is chosen from by, with names for the messages; weighted
@@ -88,7 +88,7 @@ fn narrowed(cluster: &Cluster, narrowing: Narrowing) -> (ClusterState, Vec<Socke
     let state = fresh_state();
     if matches!(narrowing, Narrowing::Ejected | Narrowing::EjectedAndRetry) {
         for e in &cluster.endpoints[..2] {
-            state.record_outcome(cluster, e.address, Some(503));
+            state.record_outcome(cluster, e.address, Outcome::Response(503));
         }
     }
     let tried = if matches!(narrowing, Narrowing::Retry | Narrowing::EjectedAndRetry) {
