@@ -16,6 +16,7 @@ mod jwt;
 mod live;
 mod otlp_http;
 mod policy;
+mod proxy_protocol;
 mod resilience;
 mod routing;
 mod slow_start;
