@@ -69,6 +69,13 @@ async fn read_v2_header(stream: &mut tokio::net::TcpStream) -> Result<Header, St
 /// An application outside the mesh that takes a PROXY v2 header on each connection, records
 /// it, and serves HTTP/1.1 after it (a connection without a valid header is closed).
 async fn proxy_protocol_app() -> (SocketAddr, mpsc::UnboundedReceiver<Result<Header, String>>) {
+    proxy_protocol_app_with(None).await
+}
+
+/// [`proxy_protocol_app`], serving HTTP under TLS after the header when `tls` is set.
+async fn proxy_protocol_app_with(
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> (SocketAddr, mpsc::UnboundedReceiver<Result<Header, String>>) {
     let listener = TcpListener::bind(SocketAddr::new(LOCALHOST, 0))
         .await
         .unwrap();
@@ -77,6 +84,7 @@ async fn proxy_protocol_app() -> (SocketAddr, mpsc::UnboundedReceiver<Result<Hea
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
             let headers = headers.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
                 let header = read_v2_header(&mut stream).await;
                 let valid = header.is_ok();
@@ -87,9 +95,15 @@ async fn proxy_protocol_app() -> (SocketAddr, mpsc::UnboundedReceiver<Result<Hea
                 let service = service_fn(|_request| async {
                     Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                let server = hyper::server::conn::http1::Builder::new();
+                match tls {
+                    None => drop(server.serve_connection(TokioIo::new(stream), service).await),
+                    Some(tls) => {
+                        if let Ok(stream) = tls.accept(stream).await {
+                            drop(server.serve_connection(TokioIo::new(stream), service).await);
+                        }
+                    }
+                }
             });
         }
     });
@@ -269,6 +283,59 @@ async fn the_header_goes_inside_the_hbone_tunnel_to_a_mesh_endpoint() {
 
     let (mut sender, from) = client(&harness).await;
     let (status, _, body) = send_on(&mut sender, get("/")).await;
+    assert_eq!((status, body.as_ref()), (StatusCode::OK, b"ok".as_ref()));
+    assert_eq!(next(&mut headers).await, Ok((from, service_addr())));
+}
+
+/// With TLS originated too, the header comes first, in the clear, and the handshake after it,
+/// as Envoy's PROXY socket wraps the TLS one.
+#[tokio::test]
+async fn the_header_goes_before_the_tls_the_waypoint_originates() {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    let certified = rcgen::generate_simple_self_signed(vec!["api.example.com".to_owned()]).unwrap();
+    let (certificate, key) = (certified.cert.pem(), certified.signing_key.serialize_pem());
+    let server = rustls::ServerConfig::builder_with_provider(weft_identity::crypto_provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from_pem_slice(certificate.as_bytes()).unwrap()],
+            PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+        )
+        .unwrap();
+    let (app, mut headers) =
+        proxy_protocol_app_with(Some(tokio_rustls::TlsAcceptor::from(Arc::new(server)))).await;
+    let ca = std::env::temp_dir().join(format!("weft-proxy-protocol-{}.pem", std::process::id()));
+    std::fs::write(&ca, &certificate).unwrap();
+    let harness = Harness::start(TestMesh::new(), &[]).await;
+    let endpoint = proto::Endpoint {
+        address: app.ip().to_string(),
+        port: u32::from(app.port()),
+        tunnel: proto::EndpointTunnel::None as i32,
+        healthy: true,
+        weight: 1,
+        ..Default::default()
+    };
+    let cluster = proto::Cluster {
+        endpoints: vec![endpoint],
+        tls: Some(proto::UpstreamTls {
+            sni: "api.example.com".to_owned(),
+            ca_certificates: ca.display().to_string(),
+            ..Default::default()
+        }),
+        proxy_protocol: Some(proto::UpstreamProxyProtocol {
+            version: proto::upstream_proxy_protocol::Version::V2 as i32,
+        }),
+        ..cluster("", &[])
+    };
+    harness
+        .waypoint
+        .apply_config(config(vec![route_to("")], vec![cluster]))
+        .unwrap();
+
+    let (mut sender, from) = client(&harness).await;
+    let (status, _, body) = send_on(&mut sender, get("/")).await;
+    let _ = std::fs::remove_file(&ca);
     assert_eq!((status, body.as_ref()), (StatusCode::OK, b"ok".as_ref()));
     assert_eq!(next(&mut headers).await, Ok((from, service_addr())));
 }
