@@ -2,7 +2,8 @@
 //! (DestinationRule `connectionPool`) in [`balancing`]; HBONE tunnels to endpoints through a
 //! shared [`weft_hbone::Pool`] and plain TCP to endpoints outside the mesh in [`connections`];
 //! here, the HTTP/1.1 or HTTP/2 client connections over those streams, pooled per endpoint and
-//! worker.
+//! worker (and per downstream connection where a cluster writes a PROXY header first:
+//! [`proxy_protocol`]).
 //!
 //! Runtime state (counters, ejections, slow-start clocks, connections) is keyed by cluster name
 //! and endpoint address and survives configuration pushes, so an ejected endpoint stays ejected
@@ -188,9 +189,10 @@ struct WorkerPools {
 
 impl WorkerPools {
     /// Lets go of the idle connections that carry the PROXY header of downstream connections
-    /// that are gone: nothing can use them again. (Envoy keeps them until its upstream idle
-    /// timeout; a connection from the same address and port, the only one that could reuse
-    /// them, is a new connection here.)
+    /// that are gone (each keeps the one that used it last). Envoy keeps them until its
+    /// upstream idle timeout, for a later downstream connection with the same addresses (a
+    /// later tunnel of the same HBONE connection to the same destination); here that one opens
+    /// its own, with the same header.
     fn forget_gone_downstreams(&self) {
         let gone =
             |key: &PoolKey, owner: &Weak<()>| key.downstream.is_some() && owner.strong_count() == 0;
