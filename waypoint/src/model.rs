@@ -251,6 +251,7 @@ impl WorkloadTarget<'_> {
             hostnames: Vec::new(),
             tls: None,
             dynamic_dns: false,
+            proxy_protocol: None,
             plan: std::sync::OnceLock::new(),
         }
     }

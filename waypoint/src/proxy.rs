@@ -94,6 +94,8 @@ pub struct TunnelContext {
     pub peer_address: SocketAddr,
     /// The CONNECT `:authority`; at the edge, the listener's own address.
     pub destination: SocketAddr,
+    /// `peer_address` and `destination` as the upstream takes them (a PROXY header's).
+    pub downstream: crate::upstream::Downstream,
     /// Set for a connection a gateway listener accepted: its port, server and SNI, which name
     /// its route tables instead of `destination`.
     pub edge: Option<EdgeBinding>,
@@ -129,6 +131,7 @@ impl TunnelContext {
             source_ip: peer_address.ip(),
             peer_address,
             destination,
+            downstream: crate::upstream::Downstream::new(peer_address, destination),
             edge,
         }
     }

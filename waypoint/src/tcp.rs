@@ -279,7 +279,7 @@ pub async fn open_tcp_upstream(
         .as_ref()
         .map(|p| RecordText::Owned(p.to_string()));
     match upstream
-        .open_stream(&cluster, &endpoint, context.source_ip)
+        .open_stream(&cluster, &endpoint, &context.downstream)
         .await
     {
         Ok(stream) => {

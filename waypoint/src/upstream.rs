@@ -2,7 +2,8 @@
 //! (DestinationRule `connectionPool`) in [`balancing`]; HBONE tunnels to endpoints through a
 //! shared [`weft_hbone::Pool`] and plain TCP to endpoints outside the mesh in [`connections`];
 //! here, the HTTP/1.1 or HTTP/2 client connections over those streams, pooled per endpoint and
-//! worker.
+//! worker (and per downstream connection where a cluster writes a PROXY header first:
+//! [`proxy_protocol`]).
 //!
 //! Runtime state (counters, ejections, slow-start clocks, connections) is keyed by cluster name
 //! and endpoint address and survives configuration pushes, so an ejected endpoint stays ejected
@@ -12,7 +13,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -74,6 +75,7 @@ mod balancing;
 mod body;
 mod connections;
 pub mod dynamic_dns;
+pub mod proxy_protocol;
 mod reset;
 mod tls;
 
@@ -85,6 +87,8 @@ pub use balancing::{
 };
 pub use body::{Ending, Replayable, RequestBody};
 use connections::{EndpointDialer, TunnelKey};
+use proxy_protocol::DownstreamKey;
+pub use proxy_protocol::{Downstream, ProxyProtocolVersion};
 pub use reset::ResetReason;
 pub use tls::{OriginatedTls, OriginationCredentials};
 
@@ -106,6 +110,14 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 struct H1Connection {
     sender: http1::SendRequest<RequestBody>,
     uses: usize,
+    /// The downstream connection that used it last ([`WorkerPools::forget_gone_downstreams`]).
+    owner: Weak<()>,
+}
+
+struct H2Connection {
+    sender: http2::SendRequest<RequestBody>,
+    /// As [`H1Connection::owner`].
+    owner: Weak<()>,
 }
 
 /// The upstream half of the waypoint. Cheap to clone.
@@ -172,23 +184,46 @@ impl Pooled {
 struct WorkerPools {
     tunnels: Pool<TunnelKey, EndpointDialer>,
     http1: Mutex<HashMap<PoolKey, Vec<H1Connection>>>,
-    http2: Mutex<HashMap<PoolKey, http2::SendRequest<RequestBody>>>,
+    http2: Mutex<HashMap<PoolKey, H2Connection>>,
+}
+
+impl WorkerPools {
+    /// Lets go of the idle connections that carry the PROXY header of downstream connections
+    /// that are gone (each keeps the one that used it last). Envoy keeps them until its
+    /// upstream idle timeout, for a later downstream connection with the same addresses (a
+    /// later tunnel of the same HBONE connection to the same destination); here that one opens
+    /// its own, with the same header.
+    fn forget_gone_downstreams(&self) {
+        let gone =
+            |key: &PoolKey, owner: &Weak<()>| key.downstream.is_some() && owner.strong_count() == 0;
+        lock(&self.http1).retain(|key, list| {
+            list.retain(|c| !gone(key, &c.owner));
+            key.downstream.is_none() || !list.is_empty()
+        });
+        lock(&self.http2).retain(|key, c| !gone(key, &c.owner));
+    }
 }
 
 /// What a pooled application connection goes to: the endpoint, the TLS settings this proxy
 /// wrapped it in, if any ([`OriginatedTls::id`]), and the host it presented when that is the
 /// endpoint's own (`DYNAMIC_DNS`), so that a connection made for one host's SNI and CA never
-/// carries another's requests to the same address.
+/// carries another's requests to the same address; and, when it began with a PROXY header,
+/// the downstream addresses the header carries, so that it carries only their requests (as
+/// Envoy keys its pools by the header's addresses).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct PoolKey {
     address: SocketAddr,
     tls: Option<u64>,
     host: Option<Arc<str>>,
+    downstream: Option<DownstreamKey>,
 }
 
 impl PoolKey {
-    fn new(cluster: &Cluster, endpoint: &Endpoint) -> Self {
-        Self::of(endpoint, cluster.tls.as_ref())
+    fn new(cluster: &Cluster, endpoint: &Endpoint, downstream: &Downstream) -> Self {
+        PoolKey {
+            downstream: cluster.proxy_protocol.map(|_| downstream.key()),
+            ..Self::of(endpoint, cluster.tls.as_ref())
+        }
     }
 
     fn of(endpoint: &Endpoint, tls: Option<&OriginatedTls>) -> Self {
@@ -199,6 +234,7 @@ impl PoolKey {
                 .host
                 .clone()
                 .filter(|_| tls.is_some_and(OriginatedTls::names_endpoint_hosts)),
+            downstream: None,
         }
     }
 }
@@ -325,6 +361,7 @@ impl Upstream {
         for pools in &self.inner.pools {
             lock(&pools.http1).retain(|key, _| keep(key));
             lock(&pools.http2).retain(|key, _| keep(key));
+            pools.forget_gone_downstreams();
         }
     }
 
@@ -361,10 +398,10 @@ impl Upstream {
         endpoint: &Endpoint,
         request: Request<RequestBody>,
         http2: bool,
-        source: IpAddr,
+        downstream: &Downstream,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let active = self.state(cluster).track_request(endpoint.address);
-        self.send_on(active, cluster, endpoint, request, http2, source)
+        self.send_on(active, cluster, endpoint, request, http2, downstream)
             .await
     }
 
@@ -377,13 +414,15 @@ impl Upstream {
         endpoint: &Endpoint,
         request: Request<RequestBody>,
         http2: bool,
-        source: IpAddr,
+        downstream: &Downstream,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let _active = active;
         if http2 {
-            self.send_http2(cluster, endpoint, request, source).await
+            self.send_http2(cluster, endpoint, request, downstream)
+                .await
         } else {
-            self.send_http1(cluster, endpoint, request, source).await
+            self.send_http1(cluster, endpoint, request, downstream)
+                .await
         }
     }
 
@@ -392,10 +431,10 @@ impl Upstream {
         cluster: &Cluster,
         endpoint: &Endpoint,
         request: Request<RequestBody>,
-        source: IpAddr,
+        downstream: &Downstream,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let mut request = request;
-        let key = PoolKey::new(cluster, endpoint);
+        let key = PoolKey::new(cluster, endpoint, downstream);
         let generation = self.inner.generation.load(Ordering::Acquire);
         // A pooled connection the app closed while idle fails before the request is written;
         // the request comes back and goes out again on a fresh connection (bounded: the
@@ -413,8 +452,9 @@ impl Upstream {
             };
             let (mut connection, fresh) = match reused {
                 Some(c) => (c, false),
-                None => (self.open_http1(cluster, endpoint, source).await?, true),
+                None => (self.open_http1(cluster, endpoint, downstream).await?, true),
             };
+            connection.owner = downstream.liveness();
             if fresh {
                 connection
                     .sender
@@ -460,15 +500,19 @@ impl Upstream {
         &self,
         cluster: &Cluster,
         endpoint: &Endpoint,
-        source: IpAddr,
+        downstream: &Downstream,
     ) -> Result<H1Connection, UpstreamError> {
-        let io = self.open_stream(cluster, endpoint, source).await?;
+        let io = self.open_stream(cluster, endpoint, downstream).await?;
         let (sender, connection) = http1::Builder::new()
             .handshake(TokioIo::new(io))
             .await
             .map_err(connect_failure(endpoint))?;
         self.drive(cluster, endpoint, "http/1.1", connection);
-        Ok(H1Connection { sender, uses: 0 })
+        Ok(H1Connection {
+            sender,
+            uses: 0,
+            owner: downstream.liveness(),
+        })
     }
 
     async fn send_http2(
@@ -476,18 +520,21 @@ impl Upstream {
         cluster: &Cluster,
         endpoint: &Endpoint,
         request: Request<RequestBody>,
-        source: IpAddr,
+        downstream: &Downstream,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let key = PoolKey::new(cluster, endpoint);
+        let key = PoolKey::new(cluster, endpoint, downstream);
         let generation = self.inner.generation.load(Ordering::Acquire);
         let existing = lock(&self.pools().http2)
-            .get(&key)
-            .filter(|s| !s.is_closed())
-            .cloned();
+            .get_mut(&key)
+            .filter(|c| !c.sender.is_closed())
+            .map(|c| {
+                c.owner = downstream.liveness();
+                c.sender.clone()
+            });
         let (mut sender, fresh) = match existing {
             Some(s) => (s, false),
             None => {
-                let io = self.open_stream(cluster, endpoint, source).await?;
+                let io = self.open_stream(cluster, endpoint, downstream).await?;
                 let mut builder = http2::Builder::new(TokioExecutor::new());
                 builder.max_concurrent_reset_streams(64);
                 if let Some((interval, timeout)) = cluster.limits.http2_keepalive {
@@ -508,7 +555,11 @@ impl Upstream {
                     .map_err(connect_failure(endpoint))?;
                 self.drive(cluster, endpoint, "http/2", connection);
                 if self.still_pooled(&key, generation) {
-                    lock(&self.pools().http2).insert(key, sender.clone());
+                    let pooled = H2Connection {
+                        sender: sender.clone(),
+                        owner: downstream.liveness(),
+                    };
+                    lock(&self.pools().http2).insert(key, pooled);
                 }
                 (sender, true)
             }
@@ -527,9 +578,9 @@ impl Upstream {
         cluster: &Cluster,
         endpoint: &Endpoint,
         request: Request<Full<Bytes>>,
-        source: IpAddr,
+        downstream: &Downstream,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let io = self.open_stream(cluster, endpoint, source).await?;
+        let io = self.open_stream(cluster, endpoint, downstream).await?;
         let (mut sender, connection) = http1::Builder::new()
             .handshake(TokioIo::new(io))
             .await

@@ -134,12 +134,6 @@ pub const CATALOG: &[NotApplied] = &[
     ),
     entry(
         K::DestinationRule,
-        "spec.**.proxyProtocol",
-        Set,
-        "waypoints send no PROXY protocol header upstream",
-    ),
-    entry(
-        K::DestinationRule,
         "spec.**.retryBudget.budgetInterval",
         Set,
         "the budget counts the retries in flight; no interval applies",

@@ -9,7 +9,7 @@ use http::HeaderName;
 use weft_identity::SpiffeId;
 
 use super::WorkloadInfo;
-use crate::upstream::{BalancingPlan, OriginatedTls};
+use crate::upstream::{BalancingPlan, OriginatedTls, ProxyProtocolVersion};
 
 /// How the waypoint reaches an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -249,6 +249,9 @@ pub struct Cluster {
     /// `resolution: DYNAMIC_DNS`: no endpoints; each request's Host is resolved
     /// ([`crate::upstream::dynamic_dns`]) and is the endpoint.
     pub dynamic_dns: bool,
+    /// DestinationRule `proxyProtocol`: the PROXY header written first on each new connection
+    /// to an endpoint ([`crate::upstream::proxy_protocol`]); `None`: none.
+    pub proxy_protocol: Option<ProxyProtocolVersion>,
     /// What endpoint choice needs that depends only on this configuration ([`Self::plan`]).
     pub plan: OnceLock<BalancingPlan>,
 }

@@ -443,6 +443,8 @@ fn send_mirrors(cx: &RequestContext<'_>, mirrors: &[Mirror], outgoing: &Outgoing
         let upstream = cx.shared.upstream.clone();
         let headers = outgoing.headers.clone();
         let source = cx.tunnel.source_ip;
+        // The mirrored request is the client's too: a PROXY header carries its connection.
+        let downstream = cx.tunnel.downstream.clone();
         let query = cx.query.clone();
         let http2 = outgoing.http2;
         tokio::spawn(
@@ -480,7 +482,7 @@ fn send_mirrors(cx: &RequestContext<'_>, mirrors: &[Mirror], outgoing: &Outgoing
                     endpoint
                 };
                 match upstream
-                    .send(&mirror_cluster, endpoint, request, http2, source)
+                    .send(&mirror_cluster, endpoint, request, http2, &downstream)
                     .await
                 {
                     // The mirror's answer is read and discarded so the connection is reusable.
@@ -519,7 +521,6 @@ async fn send_with_retries(
 ) -> Result<Response<Incoming>, LocalReply> {
     let shared = cx.shared;
     let upstream = &shared.upstream;
-    let source_ip = cx.tunnel.source_ip;
     let admission = upstream.admit(cluster).await?;
     let state = admission.state();
     // Endpoints tried by attempts a retry followed, which retries avoid unless told otherwise.
@@ -566,7 +567,7 @@ async fn send_with_retries(
             endpoint,
             outgoing.build_with(None, body, attempt_headers),
             outgoing.http2,
-            source_ip,
+            &cx.tunnel.downstream,
         );
         // As Envoy's, a try's timeout starts once the downstream request has ended.
         let outcome = match policy.per_try_timeout {

@@ -62,7 +62,7 @@ pub(super) async fn forward(
             cluster,
             endpoint,
             outgoing.build(None, Full::new(Bytes::new())),
-            source_ip,
+            &cx.tunnel.downstream,
         )
         .await?;
     cx.record.response_code_details = Cow::Borrowed(VIA_UPSTREAM);

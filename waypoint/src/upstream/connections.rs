@@ -3,14 +3,21 @@
 //! waypoint's certificate) and plain TCP to endpoints outside the mesh (TLS when the cluster
 //! originates it), under the cluster's
 //! connect timeout. The HTTP client connections over them are pooled in [`super`].
+//!
+//! A cluster with a PROXY protocol setting gets the header first on each stream
+//! ([`super::proxy_protocol`]): inside the HBONE tunnel, where Istio's waypoint writes it (its
+//! PROXY transport socket wraps the internal upstream that the tunnel carries), and on plain TCP
+//! before the TLS the waypoint originates, as Envoy's socket wraps the TLS one.
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use weft_hbone::{ClientTls, ConnectRequest, Connector, HboneDialer, PlainSocketFactory};
 use weft_identity::SpiffeId;
 
+use super::proxy_protocol::{self, Downstream};
 use super::{BoxedIo, OriginatedTls, Upstream, UpstreamError};
 use crate::model::{Cluster, Endpoint, Tunnel};
 
@@ -46,17 +53,24 @@ impl Connector<TunnelKey> for EndpointDialer {
 
 impl Upstream {
     /// Opens a byte stream to `endpoint`'s application: an HBONE tunnel with CONNECT authority
-    /// `ip:port` and `forwarded: for=<source>`, or TCP for endpoints outside the mesh.
+    /// `ip:port` and `forwarded: for=<the downstream's source>`, or TCP for endpoints outside
+    /// the mesh; the cluster's PROXY header first on either.
     pub async fn open_stream(
         &self,
         cluster: &Cluster,
         endpoint: &Endpoint,
-        source: IpAddr,
+        downstream: &Downstream,
     ) -> Result<BoxedIo, UpstreamError> {
         let failure = |reason: String| UpstreamError::ConnectFailure {
             endpoint: endpoint.address,
             reason,
         };
+        let header = cluster.proxy_protocol.map(|version| {
+            // Connections pooled for downstreams that are gone are let go as new ones open.
+            self.pools().forget_gone_downstreams();
+            proxy_protocol::header(version, downstream.source, downstream.destination)
+        });
+        let header = header.as_deref();
         let connect = async {
             match (endpoint.tunnel, &endpoint.identity) {
                 (Tunnel::Hbone, Some(identity)) => {
@@ -68,19 +82,24 @@ impl Upstream {
                         dial: (self.inner.resolve)(tunnel_end),
                         identity: identity.clone(),
                     };
-                    let request = ConnectRequest::new(endpoint.address).with_forwarded_for(source);
-                    self.pools()
+                    let request = ConnectRequest::new(endpoint.address)
+                        .with_forwarded_for(downstream.source.ip());
+                    let mut stream = self
+                        .pools()
                         .tunnels
                         .connect(&key, &request)
                         .await
-                        .map(|s| Box::new(s) as BoxedIo)
-                        .map_err(|e| failure(e.to_string()))
+                        .map_err(|e| failure(e.to_string()))?;
+                    write_header(&mut stream, header)
+                        .await
+                        .map_err(|e| failure(format!("proxy protocol: {e}")))?;
+                    Ok(Box::new(stream) as BoxedIo)
                 }
                 _ => {
                     if let Some(reason) = cluster.tls.as_ref().and_then(OriginatedTls::unusable) {
                         return Err(failure(format!("tls: {reason}")));
                     }
-                    let tcp = TcpStream::connect(endpoint.address)
+                    let mut tcp = TcpStream::connect(endpoint.address)
                         .await
                         .map_err(|e| failure(e.to_string()))?;
                     // Kept-alive connections carry one request after another: no Nagle delay.
@@ -89,6 +108,9 @@ impl Upstream {
                     let keepalive = cluster.limits.tcp_keepalive.unwrap_or_default();
                     weft_hbone::tune_tcp_with(&tcp, &keepalive)
                         .map_err(|e| failure(e.to_string()))?;
+                    write_header(&mut tcp, header)
+                        .await
+                        .map_err(|e| failure(format!("proxy protocol: {e}")))?;
                     match &cluster.tls {
                         Some(tls) => tls
                             .connect(tcp, endpoint.host.as_deref())
@@ -106,5 +128,13 @@ impl Upstream {
                 .map_err(|_| failure("connect timeout".to_owned()))?,
             None => connect.await,
         }
+    }
+}
+
+/// Writes the PROXY header, if any, before anything else goes on `io`.
+async fn write_header(io: &mut (impl AsyncWrite + Unpin), header: Option<&[u8]>) -> io::Result<()> {
+    match header {
+        Some(header) => io.write_all(header).await,
+        None => Ok(()),
     }
 }

@@ -151,11 +151,20 @@ impl Harness {
         endpoints: &[&FakeEndpoint],
         limits: waypoint::HttpLimits,
     ) -> Self {
+        Self::start_resolving(mesh, resolver_for(endpoints), limits).await
+    }
+
+    /// A waypoint that dials endpoints' HBONE servers where `resolve` says.
+    pub async fn start_resolving(
+        mesh: TestMesh,
+        resolve: waypoint::HboneAddressResolver,
+        limits: waypoint::HttpLimits,
+    ) -> Self {
         let material = mesh.material("default", "waypoint");
         let waypoint_identity = material.identity().clone();
         let mut options = WaypointOptions::new(waypoint_identity.clone(), material.source());
         options.limits = limits;
-        options.hbone_address = resolver_for(endpoints);
+        options.hbone_address = resolve;
         let (trigger, watch) = drain::channel();
         // The listener holds a source, as the binary's does: it accepts during the drain.
         drop(watch);

@@ -17,6 +17,7 @@ mod live;
 mod otlp_http;
 mod outlier;
 mod policy;
+mod proxy_protocol;
 mod resilience;
 mod routing;
 mod slow_start;

@@ -160,6 +160,7 @@ impl<'a> Compiler<'a, '_> {
             cluster.connection_pool = policy.1;
             cluster.outlier_detection = policy.2;
             cluster.retry_budget = effective.retry_budget.as_ref().map(retry_budget);
+            cluster.proxy_protocol = effective.proxy_protocol.as_ref().map(proxy_protocol);
             let meta = rule.first.metadata.clone();
             for note in notes {
                 self.report(ResourceKind::DestinationRule, &meta, note);
@@ -392,6 +393,19 @@ fn retry_budget(budget: &net::RetryBudget) -> wp::RetryBudget {
     }
 }
 
+/// Istio's `applyUpstreamProxyProtocol`: the version as Envoy's `ProxyProtocolConfig` takes
+/// it, V1 when unset.
+fn proxy_protocol(setting: &net::ProxyProtocol) -> wp::UpstreamProxyProtocol {
+    use wp::upstream_proxy_protocol::Version;
+    let version = match setting.version {
+        None | Some(net::ProxyProtocolVersion::V1) => Version::V1,
+        Some(net::ProxyProtocolVersion::V2) => Version::V2,
+    };
+    wp::UpstreamProxyProtocol {
+        version: version as i32,
+    }
+}
+
 /// A cluster's settings before translation.
 #[derive(Debug, Default, Clone)]
 pub(super) struct EffectivePolicy {
@@ -401,6 +415,8 @@ pub(super) struct EffectivePolicy {
     pub(super) tls: Option<net::ClientTlsSettings>,
     /// Port-level settings have none: the rule's or the subset's stays.
     pub(super) retry_budget: Option<net::RetryBudget>,
+    /// As `retry_budget`.
+    pub(super) proxy_protocol: Option<net::ProxyProtocol>,
 }
 
 impl EffectivePolicy {
@@ -411,6 +427,7 @@ impl EffectivePolicy {
             outlier_detection: policy.outlier_detection.clone(),
             tls: policy.tls.clone(),
             retry_budget: policy.retry_budget.clone(),
+            proxy_protocol: policy.proxy_protocol.clone(),
         }
     }
 
@@ -428,6 +445,7 @@ impl EffectivePolicy {
                 outlier_detection: port_level.outlier_detection.clone(),
                 tls: port_level.tls.clone(),
                 retry_budget: self.retry_budget,
+                proxy_protocol: self.proxy_protocol,
             };
         }
         self
@@ -459,6 +477,9 @@ pub(super) fn effective_policy(
         }
         if subset.retry_budget.is_some() {
             merged.retry_budget = subset.retry_budget.clone();
+        }
+        if subset.proxy_protocol.is_some() {
+            merged.proxy_protocol = subset.proxy_protocol.clone();
         }
         merged = merged.with_port_level(subset, port);
     }

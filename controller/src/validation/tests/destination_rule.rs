@@ -360,6 +360,30 @@ fn destination_rule_rules() {
             "spec.trafficPolicy",
             "tunnel and proxyProtocol must not be set together",
         ),
+        ok(
+            "proxy protocol v2",
+            "validateProxyProtocol",
+            policy("{proxyProtocol: {version: V2}}"),
+        ),
+        ok(
+            "proxy protocol without a version",
+            "validateProxyProtocol: 0 is V1",
+            dr("{host: reviews, subsets: [{name: v1, trafficPolicy: {proxyProtocol: {}}}]}"),
+        ),
+        bad(
+            "proxy protocol version",
+            "CRD enum (validateProxyProtocol: V1 or V2)",
+            policy("{proxyProtocol: {version: V3}}"),
+            "spec.trafficPolicy.proxyProtocol.version",
+            "unknown variant `V3`",
+        ),
+        bad(
+            "proxy protocol per port",
+            "PortTrafficPolicy has no proxyProtocol",
+            policy("{portLevelSettings: [{port: {number: 80}, proxyProtocol: {version: V2}}]}"),
+            "spec.trafficPolicy.portLevelSettings[0].proxyProtocol",
+            "unknown field",
+        ),
         bad(
             "tunnel protocol",
             "validateTunnelSettings",
@@ -454,4 +478,14 @@ fn destination_rule_rules() {
             "empty domain name",
         ),
     ]);
+}
+
+/// `proxyProtocol` is applied (the waypoint writes the header): nothing reports it otherwise.
+#[test]
+fn proxy_protocol_is_accepted_without_a_warning() {
+    let (errors, warnings) = findings(&dr(
+        "{host: reviews, trafficPolicy: {proxyProtocol: {version: V2}}, subsets: [{name: v1, trafficPolicy: {proxyProtocol: {version: V1}}}]}",
+    ));
+    assert_eq!(errors, Vec::<(String, String)>::new());
+    assert_eq!(warnings, Vec::<(String, String)>::new());
 }

@@ -15,7 +15,7 @@ use crate::model::{
     HashCookie, HashKey, HashTable, LoadBalancer, MAGLEV_TABLE_LIMIT, MAXIMUM_RING_SIZE,
     OutlierPolicy, ResolvedNames, RetryBudget, SlowStart, WorkloadInfo, invalid,
 };
-use crate::upstream::{OriginatedTls, OriginationCredentials};
+use crate::upstream::{OriginatedTls, OriginationCredentials, ProxyProtocolVersion};
 
 fn load_balancer(
     lb: Option<&proto::LoadBalancerSettings>,
@@ -403,8 +403,29 @@ pub(super) fn cluster(
         outlier: outlier(c.outlier_detection.as_ref(), context)?,
         destination_rule: c.destination_rule.clone(),
         dynamic_dns: c.dynamic_dns,
+        proxy_protocol: c
+            .proxy_protocol
+            .as_ref()
+            .map(|p| proxy_protocol(p, context))
+            .transpose()?,
         plan: std::sync::OnceLock::new(),
     })
+}
+
+/// The PROXY protocol version, one Envoy knows.
+fn proxy_protocol(
+    setting: &proto::UpstreamProxyProtocol,
+    context: &str,
+) -> Result<ProxyProtocolVersion, ConfigError> {
+    use proto::upstream_proxy_protocol::Version;
+    match Version::try_from(setting.version) {
+        Ok(Version::V1) => Ok(ProxyProtocolVersion::V1),
+        Ok(Version::V2) => Ok(ProxyProtocolVersion::V2),
+        Err(_) => Err(invalid(
+            context,
+            format!("proxy_protocol version {} is not V1 or V2", setting.version),
+        )),
+    }
 }
 
 /// The retry budget, its percent within [0, 100].

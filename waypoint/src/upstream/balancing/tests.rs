@@ -98,6 +98,7 @@ pub(super) fn least_request(endpoints: Vec<Endpoint>) -> Cluster {
         hostnames: Vec::new(),
         tls: None,
         dynamic_dns: false,
+        proxy_protocol: None,
         plan: std::sync::OnceLock::new(),
     }
 }
@@ -179,6 +180,7 @@ pub(super) fn ranked_cluster(endpoints: &[(u8, u32)], outlier: Option<OutlierPol
         hostnames: Vec::new(),
         tls: None,
         dynamic_dns: false,
+        proxy_protocol: None,
         plan: std::sync::OnceLock::new(),
     }
 }

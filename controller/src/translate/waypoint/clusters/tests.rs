@@ -209,3 +209,38 @@ fn retry_budget_takes_istios_defaults_and_survives_port_level_settings() {
     );
     assert_eq!(budget(effective_policy(None, None, 80)), None);
 }
+
+#[test]
+fn proxy_protocol_merges_as_istio_merges_it() {
+    use wp::upstream_proxy_protocol::Version;
+    let parse = |yaml: &str| -> TrafficPolicy { serde_yaml::from_str(yaml).unwrap() };
+    let version = |p: EffectivePolicy| {
+        p.proxy_protocol
+            .as_ref()
+            .map(|s| proxy_protocol(s).version())
+    };
+    let top = parse(
+        "{proxyProtocol: {version: V2}, portLevelSettings: [{port: {number: 8080}, loadBalancer: {simple: RANDOM}}]}",
+    );
+    assert_eq!(
+        version(effective_policy(Some(&top), None, 80)),
+        Some(Version::V2)
+    );
+    // Port-level settings have no proxyProtocol: the rule's stays (`MergeTrafficPolicy`).
+    assert_eq!(
+        version(effective_policy(Some(&top), None, 8080)),
+        Some(Version::V2)
+    );
+    // A subset's replaces the rule's; unset, the version is V1 (Envoy's default).
+    let subset = parse("{proxyProtocol: {}}");
+    assert_eq!(
+        version(effective_policy(Some(&top), Some(&subset), 80)),
+        Some(Version::V1)
+    );
+    let other = parse("{loadBalancer: {simple: RANDOM}}");
+    assert_eq!(
+        version(effective_policy(Some(&top), Some(&other), 8080)),
+        Some(Version::V2)
+    );
+    assert_eq!(version(effective_policy(None, Some(&other), 80)), None);
+}

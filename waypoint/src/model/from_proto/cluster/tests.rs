@@ -279,3 +279,31 @@ fn outlier_detection_takes_the_split_and_error_codes() {
         "{error}"
     );
 }
+
+#[test]
+fn a_proxy_protocol_version_is_one_envoy_knows() {
+    let with = |version| proto::Cluster {
+        proxy_protocol: Some(proto::UpstreamProxyProtocol { version }),
+        load_balancer: None,
+        ..settings(proto::load_balancer_settings::SimpleLb::RoundRobin, 0)
+    };
+    assert_eq!(
+        convert(&with(0)).unwrap().proxy_protocol,
+        Some(ProxyProtocolVersion::V1)
+    );
+    assert_eq!(
+        convert(&with(1)).unwrap().proxy_protocol,
+        Some(ProxyProtocolVersion::V2)
+    );
+    let unset = proto::Cluster {
+        load_balancer: None,
+        ..settings(proto::load_balancer_settings::SimpleLb::RoundRobin, 0)
+    };
+    assert_eq!(convert(&unset).unwrap().proxy_protocol, None);
+    let error = convert(&with(2)).unwrap_err().to_string();
+    assert!(
+        error.contains("outbound|80||web.shop.svc.cluster.local")
+            && error.contains("proxy_protocol version 2 is not V1 or V2"),
+        "{error}"
+    );
+}
