@@ -86,6 +86,7 @@ fn run(words: &[&str]) -> String {
             let count: u32 = count.parse().unwrap();
             let first_port: u16 = first_port.parse().unwrap();
             let (mut ok, mut failed) = (0, 0);
+            let mut first_error = None;
             for i in 0..count {
                 let port = if first_port == 0 {
                     0
@@ -94,10 +95,17 @@ fn run(words: &[&str]) -> String {
                 };
                 match echo_once(destination, port, i) {
                     Ok(()) => ok += 1,
-                    Err(_) => failed += 1,
+                    Err(e) => {
+                        failed += 1;
+                        first_error.get_or_insert(format!("round {i}, port {port}: {e}"));
+                    }
                 }
             }
-            format!("ok={ok} failed={failed}")
+            // A failure names the first error, so that a failed assertion says what happened.
+            match first_error {
+                None => format!("ok={ok} failed={failed}"),
+                Some(e) => format!("ok={ok} failed={failed} first error: {e}"),
+            }
         }
         ["rtt", destination, rounds] => {
             let rounds: u32 = rounds.parse().unwrap();
