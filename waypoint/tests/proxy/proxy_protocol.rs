@@ -162,20 +162,27 @@ async fn next(
         .ok_or_else(|| "the application stopped".to_owned())?
 }
 
-#[tokio::test]
-async fn each_upstream_connection_begins_with_the_clients_v2_header() {
-    let (app, mut headers) = proxy_protocol_app().await;
-    let harness = Harness::start(TestMesh::new(), &[]).await;
+/// Applies one route to a cluster of one endpoint at `app` (reached through `tunnel`, as
+/// `identity` when tunnelled) with a PROXY protocol v2 header, and `tls` when given.
+fn apply_v2_cluster(
+    harness: &Harness,
+    app: SocketAddr,
+    tunnel: proto::EndpointTunnel,
+    identity: &str,
+    tls: Option<proto::UpstreamTls>,
+) {
     let endpoint = proto::Endpoint {
         address: app.ip().to_string(),
         port: u32::from(app.port()),
-        tunnel: proto::EndpointTunnel::None as i32,
+        identity: identity.to_owned(),
+        tunnel: tunnel as i32,
         healthy: true,
         weight: 1,
         ..Default::default()
     };
     let cluster = proto::Cluster {
         endpoints: vec![endpoint],
+        tls,
         proxy_protocol: Some(proto::UpstreamProxyProtocol {
             version: proto::upstream_proxy_protocol::Version::V2 as i32,
         }),
@@ -185,6 +192,13 @@ async fn each_upstream_connection_begins_with_the_clients_v2_header() {
         .waypoint
         .apply_config(config(vec![route_to("")], vec![cluster]))
         .unwrap();
+}
+
+#[tokio::test]
+async fn each_upstream_connection_begins_with_the_clients_v2_header() {
+    let (app, mut headers) = proxy_protocol_app().await;
+    let harness = Harness::start(TestMesh::new(), &[]).await;
+    apply_v2_cluster(&harness, app, proto::EndpointTunnel::None, "", None);
 
     // Two requests of one client connection: one upstream connection, one header, carrying
     // the client's address and the service address it connected to.
@@ -260,26 +274,8 @@ async fn the_header_goes_inside_the_hbone_tunnel_to_a_mesh_endpoint() {
     });
     let resolve: waypoint::HboneAddressResolver = Arc::new(move |_| hbone_address);
     let harness = Harness::start_resolving(mesh, resolve, waypoint::HttpLimits::default()).await;
-    let endpoint = proto::Endpoint {
-        address: app.ip().to_string(),
-        port: u32::from(app.port()),
-        identity: identity.to_string(),
-        tunnel: proto::EndpointTunnel::Hbone as i32,
-        healthy: true,
-        weight: 1,
-        ..Default::default()
-    };
-    let cluster = proto::Cluster {
-        endpoints: vec![endpoint],
-        proxy_protocol: Some(proto::UpstreamProxyProtocol {
-            version: proto::upstream_proxy_protocol::Version::V2 as i32,
-        }),
-        ..cluster("", &[])
-    };
-    harness
-        .waypoint
-        .apply_config(config(vec![route_to("")], vec![cluster]))
-        .unwrap();
+    let identity = identity.to_string();
+    apply_v2_cluster(&harness, app, proto::EndpointTunnel::Hbone, &identity, None);
 
     let (mut sender, from) = client(&harness).await;
     let (status, _, body) = send_on(&mut sender, get("/")).await;
@@ -308,30 +304,12 @@ async fn the_header_goes_before_the_tls_the_waypoint_originates() {
     let ca = std::env::temp_dir().join(format!("weft-proxy-protocol-{}.pem", std::process::id()));
     std::fs::write(&ca, &certificate).unwrap();
     let harness = Harness::start(TestMesh::new(), &[]).await;
-    let endpoint = proto::Endpoint {
-        address: app.ip().to_string(),
-        port: u32::from(app.port()),
-        tunnel: proto::EndpointTunnel::None as i32,
-        healthy: true,
-        weight: 1,
+    let tls = proto::UpstreamTls {
+        sni: "api.example.com".to_owned(),
+        ca_certificates: ca.display().to_string(),
         ..Default::default()
     };
-    let cluster = proto::Cluster {
-        endpoints: vec![endpoint],
-        tls: Some(proto::UpstreamTls {
-            sni: "api.example.com".to_owned(),
-            ca_certificates: ca.display().to_string(),
-            ..Default::default()
-        }),
-        proxy_protocol: Some(proto::UpstreamProxyProtocol {
-            version: proto::upstream_proxy_protocol::Version::V2 as i32,
-        }),
-        ..cluster("", &[])
-    };
-    harness
-        .waypoint
-        .apply_config(config(vec![route_to("")], vec![cluster]))
-        .unwrap();
+    apply_v2_cluster(&harness, app, proto::EndpointTunnel::None, "", Some(tls));
 
     let (mut sender, from) = client(&harness).await;
     let (status, _, body) = send_on(&mut sender, get("/")).await;
