@@ -38,6 +38,20 @@ struct Request<'r, 'c> {
     now: Instant,
 }
 
+/// When endpoint `i` of `cluster` comes back, if it is ejected at `now`.
+fn ejection_end<'a>(
+    states: &'a EndpointStates,
+    cluster: &'a Cluster,
+    now: Instant,
+) -> impl Fn(usize) -> Option<Instant> + 'a {
+    move |i| {
+        states
+            .get(&cluster.endpoints[i].address)
+            .and_then(|s| s.ejected_until)
+            .filter(|until| *until > now)
+    }
+}
+
 /// The choice in the pools of the ejected set in force (see the module comment): the pools
 /// with nothing ejected, kept with the plan, or the worker's of the ejected set, taken from the
 /// plan when the set changes ([`worker::with_available`]), read without a lock.
@@ -57,12 +71,7 @@ fn pooled_choice<'c>(request: &Request<'_, 'c>) -> Result<&'c Endpoint, Upstream
             .transpose()
             .unwrap_or_else(|| walk(request));
     }
-    let ejected_until = |i: usize| {
-        states
-            .get(&cluster.endpoints[i].address)
-            .and_then(|s| s.ejected_until)
-            .filter(|until| *until > now)
-    };
+    let ejected_until = ejection_end(states, cluster, now);
     let ejections = plan::Ejections {
         stamp: states.ejection_stamp,
         now,
@@ -497,12 +506,7 @@ fn walk<'c>(request: &Request<'_, 'c>) -> Result<&'c Endpoint, UpstreamError> {
             let found = match key_hash {
                 Some(h) if panic => plan.hashed(h, level, accept),
                 Some(h) => {
-                    let ejected_until = |i: usize| {
-                        states
-                            .get(&cluster.endpoints[i].address)
-                            .and_then(|s| s.ejected_until)
-                            .filter(|until| *until > now)
-                    };
+                    let ejected_until = ejection_end(states, cluster, now);
                     let ejections = plan::Ejections {
                         stamp: states.ejection_stamp,
                         now,
