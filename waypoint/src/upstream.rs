@@ -454,7 +454,7 @@ impl Upstream {
                 Some(c) => (c, false),
                 None => (self.open_http1(cluster, endpoint, downstream).await?, true),
             };
-            connection.owner = downstream.liveness();
+            connection.owner = downstream.owner_in(cluster);
             if fresh {
                 connection
                     .sender
@@ -511,7 +511,7 @@ impl Upstream {
         Ok(H1Connection {
             sender,
             uses: 0,
-            owner: downstream.liveness(),
+            owner: downstream.owner_in(cluster),
         })
     }
 
@@ -528,7 +528,7 @@ impl Upstream {
             .get_mut(&key)
             .filter(|c| !c.sender.is_closed())
             .map(|c| {
-                c.owner = downstream.liveness();
+                c.owner = downstream.owner_in(cluster);
                 c.sender.clone()
             });
         let (mut sender, fresh) = match existing {
@@ -557,7 +557,7 @@ impl Upstream {
                 if self.still_pooled(&key, generation) {
                     let pooled = H2Connection {
                         sender: sender.clone(),
-                        owner: downstream.liveness(),
+                        owner: downstream.owner_in(cluster),
                     };
                     lock(&self.pools().http2).insert(key, pooled);
                 }

@@ -59,9 +59,16 @@ impl Downstream {
         }
     }
 
-    /// Alive while some holder of this connection's context is.
-    pub(super) fn liveness(&self) -> Weak<()> {
-        Arc::downgrade(&self.alive)
+    /// What a pooled connection of `cluster` keeps of its last downstream connection: alive
+    /// while some holder of that connection's context is, where the cluster writes a PROXY
+    /// header (its pools are per downstream connection); nothing otherwise, so that the
+    /// requests of other clusters touch no shared count.
+    pub(super) fn owner_in(&self, cluster: &crate::model::Cluster) -> Weak<()> {
+        if cluster.proxy_protocol.is_some() {
+            Arc::downgrade(&self.alive)
+        } else {
+            Weak::new()
+        }
     }
 }
 
