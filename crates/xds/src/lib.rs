@@ -21,8 +21,8 @@ pub use client::{
 };
 pub use metrics::{NoMetrics, Rejection, StreamEvent, TypeCounts, XdsCounters, XdsMetrics};
 pub use server::{
-    Admission, DeltaAdsServer, Exceeded, MAX_NAMES, MAX_TYPES, ProxyIdentity, Scope, ServerConfig,
-    StreamError, Unscoped,
+    Admission, AdsService, DeltaAdsServer, DeltaResponse, Exceeded, MAX_NAMES, MAX_TYPES,
+    ProxyIdentity, Scope, SentResource, ServerConfig, StreamError, Unscoped,
 };
 pub use store::{
     AliasIndex, Audience, ChangeSummary, ResourceStore, Snapshot, SnapshotReader, StoredResource,

@@ -10,8 +10,10 @@
 //! This file is the gRPC service and what happens before a stream is served (its first request,
 //! admission, shutdown); `stream` is the stream once served.
 
+mod service;
 mod stand_ins;
 mod stream;
+mod wire;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -28,13 +30,13 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, info, warn};
 use weft_identity::SpiffeId;
 use weft_proto::envoy::config::core::v3::Node;
-use weft_proto::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
-use weft_proto::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
+use weft_proto::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 
 use crate::metrics::{NoMetrics, XdsMetrics};
 use crate::store::{SnapshotReader, StoredResource};
+
+pub use service::{AdsService, SERVICE_NAME};
+pub use wire::{DeltaResponse, SentResource};
 
 /// The subscription name that means "every resource of the type".
 pub const WILDCARD: &str = "*";
@@ -277,19 +279,16 @@ impl DeltaAdsServer {
     }
 
     /// The tonic service, ready for `Server::builder().add_service(..)`.
-    pub fn into_service(self) -> AggregatedDiscoveryServiceServer<Self> {
-        AggregatedDiscoveryServiceServer::new(self)
+    pub fn into_service(self) -> AdsService {
+        AdsService::new(self)
     }
-}
 
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for DeltaAdsServer {
-    type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
-
-    async fn delta_aggregated_resources(
+    /// Serves one `DeltaAggregatedResources` stream: a task per stream, answering on the
+    /// returned stream of responses.
+    fn delta_aggregated_resources(
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+    ) -> Response<ReceiverStream<Result<DeltaResponse, Status>>> {
         let connection = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
         let peer = request.remote_addr();
         let metadata = request.metadata().clone();
@@ -313,13 +312,13 @@ impl AggregatedDiscoveryService for DeltaAdsServer {
             }
             .instrument(span),
         );
-        Ok(Response::new(ReceiverStream::new(stream)))
+        Response::new(ReceiverStream::new(stream))
     }
 }
 
 use stream::{ConnectedGuard, ProxyStream};
 
-type ResponseSender = mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>;
+type ResponseSender = mpsc::Sender<Result<DeltaResponse, Status>>;
 
 impl DeltaAdsServer {
     async fn serve_stream(

@@ -25,13 +25,16 @@ pub use hostnames::{HOSTNAME_PREFIX, MAX_HOSTNAME_LABELS, MAX_HOSTNAME_LEN, wild
 /// store only keeps it with the resource (and republishes when it changes).
 pub type Audience = Arc<BTreeSet<SpiffeId>>;
 
-/// One resource as served on the stream.
+/// One resource as served on the stream. Held once, by the store: every stream's response
+/// refers to it (`Arc<StoredResource>`) instead of copying its packed message, and what a
+/// stream records as sent shares its name and version.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredResource {
-    /// Name, unique within the resource's type.
-    pub name: String,
+    /// Name, unique within the resource's type. A new version of a resource keeps the
+    /// allocation of the name it replaces, which every stream holds as a key of what it sent.
+    pub name: Arc<str>,
     /// Version: a hash of the packed message.
-    pub version: String,
+    pub version: Arc<str>,
     /// The packed message.
     pub body: Any,
     /// Who may receive it, when the writer restricts it (gateway credentials); `None`: the
@@ -46,10 +49,10 @@ pub struct StoredResource {
 
 impl StoredResource {
     /// Builds a resource, deriving its version from the packed bytes.
-    pub fn new(name: impl Into<String>, body: Any) -> Self {
+    pub fn new(name: impl Into<Arc<str>>, body: Any) -> Self {
         Self {
             name: name.into(),
-            version: content_version(&body),
+            version: content_version(&body).into(),
             body,
             audience: None,
             aliases: Vec::new(),
@@ -67,7 +70,7 @@ impl StoredResource {
 
     /// Whether a subscription to `name` covers this resource.
     pub fn goes_by(&self, name: &str) -> bool {
-        self.name == name
+        &*self.name == name
             || self
                 .aliases
                 .binary_search_by(|a| a.as_str().cmp(name))
@@ -154,7 +157,7 @@ impl Snapshot {
             .filter_map(|aliased| resources.get(aliased))
             .collect();
         if let Some(named) = resources.get(name) {
-            let at = covered.partition_point(|r| r.name.as_str() < name);
+            let at = covered.partition_point(|r| &*r.name < name);
             covered.insert(at, named);
         }
         covered
@@ -227,19 +230,22 @@ impl ResourceStore {
     }
 
     /// Adds or replaces one resource. Publishes only if its content changed.
-    pub fn set(&mut self, type_url: &str, name: impl Into<String>, body: Any) -> ChangeSummary {
-        let resource = StoredResource::new(name, body);
+    pub fn set(&mut self, type_url: &str, name: impl Into<Arc<str>>, body: Any) -> ChangeSummary {
+        let mut resource = StoredResource::new(name, body);
         let mut summary = ChangeSummary::default();
         let existing = self.current.get(type_url, &resource.name);
         match existing {
             Some(existing) if existing.same_as(&resource) => return summary,
-            Some(_) => summary.updated = 1,
+            Some(existing) => {
+                resource.name = existing.name.clone();
+                summary.updated = 1;
+            }
             None => summary.added = 1,
         }
         let before = self.type_map(type_url);
         let mut resources = before.as_ref().clone();
         let resource = Arc::new(resource);
-        let previous = resources.insert(resource.name.clone(), resource.clone());
+        let previous = resources.insert(resource.name.to_string(), resource.clone());
         self.index_mut(type_url)
             .replace(previous.as_deref(), Some(&resource));
         self.current
@@ -409,11 +415,12 @@ fn merge_type<R: Into<StoredResource>>(
     let mut next = TypeResources::new();
     let mut names = Vec::new();
     for resource in resources {
-        let resource: StoredResource = resource.into();
-        let entry = match previous.get(&resource.name) {
+        let mut resource: StoredResource = resource.into();
+        let entry = match previous.get(&*resource.name) {
             Some(existing) if existing.same_as(&resource) => existing.clone(),
-            Some(_) => {
+            Some(existing) => {
                 summary.updated += 1;
+                resource.name = existing.name.clone();
                 Arc::new(resource)
             }
             None => {
@@ -422,8 +429,8 @@ fn merge_type<R: Into<StoredResource>>(
             }
         };
         // A duplicate name in the input keeps the last entry, like repeated `set`s would.
-        let replaced = next.insert(entry.name.clone(), entry.clone());
-        let before = replaced.as_ref().or_else(|| previous.get(&entry.name));
+        let replaced = next.insert(entry.name.to_string(), entry.clone());
+        let before = replaced.as_ref().or_else(|| previous.get(&*entry.name));
         if !before.is_some_and(|before| Arc::ptr_eq(before, &entry)) {
             index.replace(before.map(AsRef::as_ref), Some(&entry));
         }
@@ -743,12 +750,12 @@ mod tests {
                 let covered: Vec<&str> = snapshot
                     .covering(t, name)
                     .iter()
-                    .map(|r| r.name.as_str())
+                    .map(|r| &*r.name)
                     .collect();
                 let brute: Vec<&str> = resources
                     .values()
                     .filter(|r| r.goes_by(name))
-                    .map(|r| r.name.as_str())
+                    .map(|r| &*r.name)
                     .collect();
                 assert_eq!(covered, brute, "round {round}: covering {name}");
             }

@@ -68,7 +68,7 @@ pub(super) fn refresh_stand_ins(
         subscription.set_stand_in(&name, stand_in.clone());
         for alias in before.iter().chain(stand_in.as_ref()) {
             let covered = snapshot.covering(type_url, alias);
-            moved.extend(covered.iter().map(|r| r.name.clone()));
+            moved.extend(covered.iter().map(|r| r.name.to_string()));
         }
     }
     moved

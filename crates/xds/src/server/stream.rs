@@ -10,11 +10,10 @@ use tokio_stream::StreamExt;
 use tonic::Streaming;
 use tracing::{debug, info, warn};
 use weft_proto::envoy::config::core::v3::ControlPlane;
-use weft_proto::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
-};
+use weft_proto::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 
 use super::stand_ins::{moved_hostnames, refresh_stand_ins};
+use super::wire::{DeltaResponse, SentResource};
 use super::{
     Exceeded, MAX_NAMES, MAX_TYPES, ProxyIdentity, ResponseSender, Scope, ServerConfig,
     StreamError, WILDCARD,
@@ -49,8 +48,9 @@ pub(super) struct TypeSubscription {
     pub(super) wildcard: bool,
     pub(super) names: BTreeSet<String>,
     /// What the proxy was last sent (or said it had), by name: the version. A NACKed version stays
-    /// here, so it is not sent again; only a newer one is.
-    pub(super) sent: HashMap<String, String>,
+    /// here, so it is not sent again; only a newer one is. Name and version of a resource sent
+    /// are those of the store's resource, shared (every stream holds the same two strings).
+    pub(super) sent: HashMap<Arc<str>, Arc<str>>,
     /// The type's resources at the last evaluation; an identical map needs no new diff.
     pub(super) evaluated: Option<Arc<TypeResources>>,
     /// Hostname names that nothing goes by, and the wildcard alias standing in for each
@@ -65,7 +65,7 @@ impl TypeSubscription {
     /// of that name and every resource going by it as an alias.
     fn wants(&self, resource: &StoredResource) -> bool {
         self.wildcard
-            || self.names.contains(&resource.name)
+            || self.names.contains(&*resource.name)
             || resource
                 .aliases
                 .iter()
@@ -101,18 +101,19 @@ impl TypeSubscription {
 
     /// Records what `delta` sends as what the proxy has.
     pub(super) fn record_sent(&mut self, delta: &TypeDelta) {
-        for resource in &delta.added {
+        for sent in &delta.added {
+            let resource = &sent.resource;
             self.sent
                 .insert(resource.name.clone(), resource.version.clone());
         }
         for name in &delta.removed {
-            self.sent.remove(name);
+            self.sent.remove(name.as_str());
         }
     }
 
     /// `resource` as sent on this subscription: with the aliases it was subscribed by (none on
     /// a wildcard subscription, which asked by no name).
-    fn to_send(&self, resource: &StoredResource) -> Resource {
+    fn to_send(&self, resource: &Arc<StoredResource>) -> SentResource {
         let aliases = if self.wildcard {
             Vec::new()
         } else {
@@ -131,12 +132,9 @@ impl TypeSubscription {
             }
             aliases
         };
-        Resource {
-            name: resource.name.clone(),
-            version: resource.version.clone(),
-            resource: Some(resource.body.clone()),
+        SentResource {
+            resource: resource.clone(),
             aliases,
-            ..Resource::default()
         }
     }
 }
@@ -210,7 +208,10 @@ impl ProxyStream {
         }
     }
 
-    async fn handle_request(&mut self, request: DeltaDiscoveryRequest) -> Result<(), StreamError> {
+    pub(super) async fn handle_request(
+        &mut self,
+        request: DeltaDiscoveryRequest,
+    ) -> Result<(), StreamError> {
         let type_url = request.type_url;
         if !request.response_nonce.is_empty() {
             self.metrics.stream_event(
@@ -275,7 +276,11 @@ impl ProxyStream {
         let was_wildcard = subscription.wildcard;
         if is_new {
             subscription.wildcard = request.resource_names_subscribe.is_empty();
-            subscription.sent = request.initial_resource_versions;
+            subscription.sent = request
+                .initial_resource_versions
+                .into_iter()
+                .map(|(name, version)| (name.into(), version.into()))
+                .collect();
         }
         let mut asked = Vec::new();
         for name in request.resource_names_subscribe {
@@ -292,7 +297,7 @@ impl ProxyStream {
                 subscription.wildcard = false;
             } else {
                 subscription.names.remove(&name);
-                subscription.sent.remove(&name);
+                subscription.sent.remove(name.as_str());
                 dropped.push(name);
             }
         }
@@ -382,7 +387,7 @@ impl ProxyStream {
         Ok(())
     }
 
-    async fn push_changes(
+    pub(super) async fn push_changes(
         &mut self,
         snapshot: &Snapshot,
         since: Instant,
@@ -473,7 +478,7 @@ impl ProxyStream {
         self.next_nonce += 1;
         let nonce = self.next_nonce.to_string();
         let (added, removed) = (delta.added.len(), delta.removed.len());
-        let response = DeltaDiscoveryResponse {
+        let response = DeltaResponse {
             system_version_info: snapshot.generation().to_string(),
             resources: delta.added,
             type_url: type_url.to_string(),
@@ -547,13 +552,13 @@ pub(super) fn diff_subscription_change(
         Some(_) => current.clone(),
         None => {
             if !change.wildcard_changed {
-                candidates.extend(subscription.sent.keys().cloned());
+                candidates.extend(subscription.sent.keys().map(|name| name.to_string()));
                 for name in &subscription.names {
                     candidates.extend(
                         snapshot
                             .covering(type_url, name)
                             .iter()
-                            .map(|r| r.name.clone()),
+                            .map(|r| r.name.to_string()),
                     );
                 }
             }
@@ -571,7 +576,7 @@ pub(super) fn diff_subscription_change(
                     snapshot
                         .covering(type_url, &replaced)
                         .iter()
-                        .map(|r| r.name.clone()),
+                        .map(|r| r.name.to_string()),
                 );
             }
             let mut covered = false;
@@ -580,7 +585,7 @@ pub(super) fn diff_subscription_change(
                     if visible(resource) {
                         covered = true;
                         subscription.sent.remove(&resource.name);
-                        candidates.insert(resource.name.clone());
+                        candidates.insert(resource.name.to_string());
                     }
                 }
             }
@@ -596,7 +601,7 @@ pub(super) fn diff_subscription_change(
                 snapshot
                     .covering(type_url, alias)
                     .iter()
-                    .map(|r| r.name.clone()),
+                    .map(|r| r.name.to_string()),
             );
         }
     }
@@ -620,7 +625,7 @@ pub(super) struct Answer {
 /// What one type's next response carries.
 #[derive(Debug, Default, PartialEq)]
 pub(super) struct TypeDelta {
-    pub(super) added: Vec<Resource>,
+    pub(super) added: Vec<SentResource>,
     pub(super) removed: Vec<String>,
 }
 
@@ -644,15 +649,15 @@ pub(super) fn diff_type(
             continue;
         }
         should_have.insert(name.as_str());
-        if subscription.sent.get(name) != Some(&resource.version) {
+        if subscription.sent.get(name.as_str()) != Some(&resource.version) {
             delta.added.push(subscription.to_send(resource));
         }
     }
     let mut removed: Vec<String> = subscription
         .sent
         .keys()
-        .filter(|name| !should_have.contains(name.as_str()))
-        .cloned()
+        .filter(|name| !should_have.contains(&***name))
+        .map(|name| name.to_string())
         .collect();
     removed.sort();
     delta.removed = removed;
@@ -698,7 +703,7 @@ pub(super) fn diff_names(
 fn consider(
     subscription: &TypeSubscription,
     delta: &mut TypeDelta,
-    name: &String,
+    name: &str,
     now: Option<&Arc<StoredResource>>,
     visible: impl Fn(&StoredResource) -> bool,
 ) {
@@ -711,7 +716,7 @@ fn consider(
         }
         None => {
             if subscription.sent.contains_key(name) {
-                delta.removed.push(name.clone());
+                delta.removed.push(name.to_string());
             }
         }
     }

@@ -36,7 +36,7 @@ fn subscription(wildcard: bool, names: &[&str], sent: &[(&str, &[u8])]) -> TypeS
         names: names.iter().map(|name| name.to_string()).collect(),
         sent: sent
             .iter()
-            .map(|(name, value)| (name.to_string(), resource(name, value).version.clone()))
+            .map(|(name, value)| (Arc::from(*name), resource(name, value).version.clone()))
             .collect(),
         evaluated: None,
         ..TypeSubscription::default()
@@ -171,9 +171,9 @@ fn diff_sends_only_what_changed_for_what_is_wanted() {
     ];
     for case in cases {
         let delta = diff_type(&case.subscription, &case.current, |resource| {
-            !case.hidden.contains(&resource.name.as_str())
+            !case.hidden.contains(&&*resource.name)
         });
-        let added: Vec<&str> = delta.added.iter().map(|r| r.name.as_str()).collect();
+        let added: Vec<&str> = delta.added.iter().map(|r| r.name()).collect();
         assert_eq!(added, case.added, "{}: added", case.name);
         assert_eq!(delta.removed, case.removed, "{}: removed", case.name);
     }
@@ -352,7 +352,7 @@ fn a_subscription_change_is_answered_from_the_index_as_from_scratch() {
                 let mut all = stored(&store, T);
                 for _ in 0..=next(3) {
                     let name = format!("r{:02}", next(16));
-                    all.retain(|r| r.name != name);
+                    all.retain(|r| *r.name != *name);
                     if next(5) == 0 {
                         continue; // removed
                     }
@@ -408,7 +408,7 @@ fn a_subscription_change_is_answered_from_the_index_as_from_scratch() {
                     }
                     for name in &dropped {
                         subscription.names.remove(name);
-                        subscription.sent.remove(name);
+                        subscription.sent.remove(name.as_str());
                     }
                 }
                 asked.retain(|n| n != WILDCARD);
@@ -443,7 +443,7 @@ fn a_subscription_change_is_answered_from_the_index_as_from_scratch() {
                 // is removed once; the answer from scratch lists it twice, as the resource
                 // and as the name covering nothing.)
                 for answer in [&mut delta, &mut expected] {
-                    answer.added.sort_by(|a, b| a.name.cmp(&b.name));
+                    answer.added.sort_by(|a, b| a.name().cmp(b.name()));
                     answer.removed.sort();
                     answer.removed.dedup();
                 }
@@ -507,7 +507,7 @@ fn a_name_subscribed_later_is_answered_with_only_what_it_covers() {
         delta
             .added
             .iter()
-            .map(|r| (r.name.clone(), r.aliases.clone()))
+            .map(|r| (r.name().to_string(), r.aliases.clone()))
             .collect()
     };
     let first = ask(&mut stream, &store, "node:n1");
@@ -540,7 +540,7 @@ fn a_name_subscribed_later_is_answered_with_only_what_it_covers() {
     // A write moving an alias: the next push has exactly that change.
     let current = store.snapshot().resources(T).unwrap().clone();
     let mut all: Vec<StoredResource> = current.values().map(|r| r.as_ref().clone()).collect();
-    all.retain(|r| r.name != "far");
+    all.retain(|r| &*r.name != "far");
     all.push(address("far", b"1", &["/10.1.0.9", "node:n1"]));
     store.replace_type(T, all);
     let now = store.snapshot().resources(T).unwrap().clone();
@@ -595,7 +595,7 @@ fn a_subscription_change_looks_at_what_its_names_cover_not_at_the_whole_type() {
             stream.names.extend(asked.iter().cloned());
             for name in &dropped {
                 stream.names.remove(name);
-                stream.sent.remove(name);
+                stream.sent.remove(name.as_str());
             }
             let change = NameChange {
                 asked: &asked,
@@ -702,7 +702,7 @@ fn a_subscription_change_with_a_write_pending_looks_at_what_its_names_cover() {
             diff_subscription_change(&mut stream, &snapshot, T, &current, change, |_| true);
         let looked_at = crate::cost::take_looked_at();
         let names = |delta: &TypeDelta| -> Vec<String> {
-            delta.added.iter().map(|r| r.name.clone()).collect()
+            delta.added.iter().map(|r| r.name().to_string()).collect()
         };
         let answered = names(&answer.delta);
         stream.record_sent(&answer.delta);
@@ -720,3 +720,5 @@ fn a_subscription_change_with_a_write_pending_looks_at_what_its_names_cover() {
     assert_eq!(pushed, ["local0"], "the pending change comes with the push");
     assert!(looked_at <= 4 * answered.len() + 4, "{looked_at} looked at");
 }
+
+mod sharing;

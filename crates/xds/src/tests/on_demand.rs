@@ -257,7 +257,7 @@ async fn an_alias_moved_between_requests_is_answered_where_it_is_now() -> Result
         for resource in &mut resources {
             let mut aliases = resource.aliases.clone();
             aliases.retain(|a| a != "/10.7.7.7");
-            if resource.name == holder {
+            if &*resource.name == holder {
                 aliases.push("/10.7.7.7".to_string());
             }
             *resource = resource.clone().with_aliases(aliases);

@@ -55,7 +55,7 @@ async fn initial_resource_versions_skip_what_the_proxy_already_has() -> Result<(
     store.set(THING, "current", thing("1"));
     store.set(THING, "stale", thing("2"));
     let snapshot = store.snapshot();
-    let version_of = |name: &str| snapshot.get(THING, name).map(|r| r.version.clone());
+    let version_of = |name: &str| snapshot.get(THING, name).map(|r| r.version.to_string());
     let server =
         RunningServer::bind(DeltaAdsServer::new(store.reader()).with_config(fast_config())).await?;
     let mut stream = RawStream::open(
