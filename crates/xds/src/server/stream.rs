@@ -139,6 +139,20 @@ impl TypeSubscription {
     }
 }
 
+/// What a proxy says it has (`initial_resource_versions`) as `sent` entries, with the store's
+/// strings wherever it holds the resource (and its version), as a push records them.
+fn said_to_have(
+    initial: HashMap<String, String>,
+    stored: Option<&Arc<TypeResources>>,
+) -> HashMap<Arc<str>, Arc<str>> {
+    let shared = |name: String, version: String| match stored.and_then(|s| s.get(&name)) {
+        Some(r) if *r.version == *version => (r.name.clone(), r.version.clone()),
+        Some(r) => (r.name.clone(), version.into()),
+        None => (name.into(), version.into()),
+    };
+    initial.into_iter().map(|(n, v)| shared(n, v)).collect()
+}
+
 /// A push waiting for the debounce to settle.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct PendingPush {
@@ -276,11 +290,11 @@ impl ProxyStream {
         let was_wildcard = subscription.wildcard;
         if is_new {
             subscription.wildcard = request.resource_names_subscribe.is_empty();
-            subscription.sent = request
-                .initial_resource_versions
-                .into_iter()
-                .map(|(name, version)| (name.into(), version.into()))
-                .collect();
+            let stored = self.reader.current();
+            subscription.sent = said_to_have(
+                request.initial_resource_versions,
+                stored.resources(&type_url),
+            );
         }
         let mut asked = Vec::new();
         for name in request.resource_names_subscribe {

@@ -207,3 +207,49 @@ async fn a_push_to_every_proxy_shares_each_resources_bytes() {
         );
     }
 }
+
+/// A proxy reconnecting with what it has (`initial_resource_versions`) is recorded with the
+/// store's strings too, for the resources it holds at their version (those are not sent again,
+/// so no push would replace the entries).
+#[tokio::test]
+async fn what_a_reconnecting_proxy_has_shares_the_stores_strings() {
+    let mut store = ResourceStore::new();
+    store.replace_type(T, resources(50, 1));
+    let snapshot = store.snapshot();
+    let stored = snapshot.resources(T).expect("stored");
+    let mut initial: std::collections::HashMap<String, String> = stored
+        .values()
+        .map(|r| (r.name.to_string(), r.version.to_string()))
+        .collect();
+    initial.insert("shop/workload-000000".into(), "stale".into());
+    initial.insert("gone".into(), "any".into());
+    let (mut stream, mut received) = stream(&store, 0);
+    let subscribe = DeltaDiscoveryRequest {
+        node: Some(Node::default()),
+        type_url: T.to_string(),
+        initial_resource_versions: initial,
+        ..DeltaDiscoveryRequest::default()
+    };
+    stream.handle_request(subscribe).await.expect("subscribed");
+    let response = received
+        .try_recv()
+        .expect("a response")
+        .expect("not an error");
+    let names: Vec<&str> = response.resources.iter().map(SentResource::name).collect();
+    assert_eq!(
+        names,
+        ["shop/workload-000000"],
+        "only the stale one is sent"
+    );
+    assert_eq!(response.removed_resources, ["gone"]);
+    let sent = &stream.subscriptions[T].sent;
+    assert_eq!(sent.len(), 50);
+    for (name, version) in sent {
+        let stored = &stored[&**name];
+        assert!(Arc::ptr_eq(name, &stored.name), "{name}: name copied");
+        assert!(
+            Arc::ptr_eq(version, &stored.version),
+            "{name}: version copied"
+        );
+    }
+}
