@@ -47,7 +47,7 @@ fn main() -> anyhow::Result<()> {
         let pushed: Vec<Resource> = resources
             .iter()
             .map(|stored| Resource {
-                name: stored.name.clone(),
+                name: stored.name.to_string(),
                 version: "1".into(),
                 resource: Some(stored.body.clone()),
                 ..Default::default()

@@ -111,7 +111,7 @@ fn node_agents_are_served_the_mode_in_force() {
             .expect("the MeshConfig type is served");
         assert_eq!(of_type.len(), 1);
         let served = &of_type[0];
-        assert_eq!(served.name, weft_proto::MESH_CONFIG_NAME);
+        assert_eq!(&*served.name, weft_proto::MESH_CONFIG_NAME);
         MeshConfig::decode(served.body.value.as_slice())
             .unwrap()
             .outbound_traffic_policy()
