@@ -7,7 +7,7 @@
 //! containerd as pods whose credentials the controller serves from the Secrets.
 
 use std::{
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
 };
@@ -15,7 +15,7 @@ use std::{
 use anyhow::Context;
 
 use super::examples::{EXTERNAL, TLS_SERVER_APP, field, is_gateway, text};
-use crate::{Mesh, PodSpec, gateway::GatewayProcess};
+use crate::{Mesh, PodSpec, WAYPOINT_METRICS_PORT, gateway::GatewayProcess};
 
 /// The address the examples give the external server's endpoint (TEST-NET-3, RFC 5737): the
 /// demo puts its external server's address in its place.
@@ -41,6 +41,21 @@ pub struct Edge {
     /// The CA that signed the in-mesh TLS server's own certificate.
     pub passthrough_ca: PathBuf,
     pub external: Ipv4Addr,
+}
+
+impl Edge {
+    /// The gateways' pods, ingress then egress.
+    pub fn gateways(&self) -> [&str; 2] {
+        [&self.ingress, &self.egress]
+    }
+
+    /// Every gateway's metrics address (Istio's 15020 in its pod), as Prometheus scrapes it.
+    pub fn metrics_addresses(&self, pod_ip: impl Fn(&str) -> Ipv4Addr) -> Vec<SocketAddr> {
+        self.gateways()
+            .iter()
+            .map(|pod| SocketAddr::from((pod_ip(pod), WAYPOINT_METRICS_PORT)))
+            .collect()
+    }
 }
 
 /// A process in a pod, stopped when dropped, and killed by the kernel if the thread that
