@@ -35,10 +35,10 @@ const SCRAPE_INTERVAL: &str = "1s";
 /// The agents' and the controller's metrics ports.
 pub const AGENT_METRICS_PORT: u16 = 15020;
 pub const CONTROLLER_MONITORING_PORT: u16 = 15014;
-/// Prometheus' job names for the agents, the waypoints, the gateways and the controller.
+/// Prometheus' job names for the agents, the waypoint binary in either role (waypoints and
+/// gateways, as the chart's `weft-waypoint` job finds both) and the controller.
 pub const AGENT_JOB: &str = "weft-node-agent";
 pub const WAYPOINT_JOB: &str = "weft-waypoint";
-pub const GATEWAY_JOB: &str = "weft-gateway";
 pub const CONTROLLER_JOB: &str = "weft-controller";
 /// Connections a forward carries at once; more are refused.
 const MAX_FORWARDED: usize = 32;
@@ -197,14 +197,19 @@ impl Scraped<'_> {
     /// The Prometheus configuration, and how many targets it scrapes.
     pub fn prometheus_config(&self) -> (String, usize) {
         let controller = [self.controller];
+        let proxies: Vec<SocketAddr> = self
+            .waypoints
+            .iter()
+            .chain(&self.gateways)
+            .copied()
+            .collect();
         let mut yaml = format!(
             "global:\n  scrape_interval: {SCRAPE_INTERVAL}\n  evaluation_interval: {SCRAPE_INTERVAL}\nrule_files: ['{}/*.yaml']\nscrape_configs:\n",
             self.rules_dir().display()
         );
-        let jobs: [(&str, &[SocketAddr]); 4] = [
+        let jobs: [(&str, &[SocketAddr]); 3] = [
             (AGENT_JOB, &self.agents),
-            (WAYPOINT_JOB, &self.waypoints),
-            (GATEWAY_JOB, &self.gateways),
+            (WAYPOINT_JOB, &proxies),
             (CONTROLLER_JOB, &controller),
         ];
         for (job, targets) in jobs {
@@ -218,8 +223,7 @@ impl Scraped<'_> {
                 list.join(", ")
             );
         }
-        let targets = self.agents.len() + self.waypoints.len() + self.gateways.len() + 1;
-        (yaml, targets)
+        (yaml, self.agents.len() + proxies.len() + 1)
     }
 
     /// Where Prometheus' rule files are.
