@@ -1,7 +1,7 @@
 //! Prometheus and the console beside a mesh, as Istio's Prometheus addon and Kiali run beside
 //! istiod: Debian's `prometheus` runs on the control-plane host with a generated configuration
-//! scraping every node agent, waypoint and the controller (each runtime says at which addresses:
-//! [`Scraped`]), its storage in the mesh's directory;
+//! scraping every node agent, waypoint, ingress and egress gateway and the controller (each
+//! runtime says at which addresses: [`Scraped`]), its storage in the mesh's directory;
 //! the controller serves the console ([`CONSOLE_PORT`]) from it. Prometheus evaluates the
 //! shipped alerting rules (`deploy/prometheus/alerts.yaml`), copied into its rules directory
 //! ([`Observability::replace_rules`] puts another copy in their place). Both are reached from the
@@ -35,7 +35,8 @@ const SCRAPE_INTERVAL: &str = "1s";
 /// The agents' and the controller's metrics ports.
 pub const AGENT_METRICS_PORT: u16 = 15020;
 pub const CONTROLLER_MONITORING_PORT: u16 = 15014;
-/// Prometheus' job names for the agents, the waypoints and the controller.
+/// Prometheus' job names for the agents, the waypoint binary in either role (waypoints and
+/// gateways, as the chart's `weft-waypoint` job finds both) and the controller.
 pub const AGENT_JOB: &str = "weft-node-agent";
 pub const WAYPOINT_JOB: &str = "weft-waypoint";
 pub const CONTROLLER_JOB: &str = "weft-controller";
@@ -184,6 +185,10 @@ pub struct Scraped<'a> {
     pub agents: Vec<SocketAddr>,
     /// Every waypoint's metrics address.
     pub waypoints: Vec<SocketAddr>,
+    /// Every ingress and egress gateway's metrics address (the waypoint binary in the gateway
+    /// role serves Istio's metrics on the same port, `reporter="source"` for what it sends into
+    /// the mesh).
+    pub gateways: Vec<SocketAddr>,
     /// The controller's monitoring address, as reached from the control-plane host.
     pub controller: SocketAddr,
 }
@@ -192,13 +197,19 @@ impl Scraped<'_> {
     /// The Prometheus configuration, and how many targets it scrapes.
     pub fn prometheus_config(&self) -> (String, usize) {
         let controller = [self.controller];
+        let proxies: Vec<SocketAddr> = self
+            .waypoints
+            .iter()
+            .chain(&self.gateways)
+            .copied()
+            .collect();
         let mut yaml = format!(
             "global:\n  scrape_interval: {SCRAPE_INTERVAL}\n  evaluation_interval: {SCRAPE_INTERVAL}\nrule_files: ['{}/*.yaml']\nscrape_configs:\n",
             self.rules_dir().display()
         );
         let jobs: [(&str, &[SocketAddr]); 3] = [
             (AGENT_JOB, &self.agents),
-            (WAYPOINT_JOB, &self.waypoints),
+            (WAYPOINT_JOB, &proxies),
             (CONTROLLER_JOB, &controller),
         ];
         for (job, targets) in jobs {
@@ -212,7 +223,7 @@ impl Scraped<'_> {
                 list.join(", ")
             );
         }
-        (yaml, self.agents.len() + self.waypoints.len() + 1)
+        (yaml, self.agents.len() + proxies.len() + 1)
     }
 
     /// Where Prometheus' rule files are.
@@ -274,7 +285,8 @@ impl Observability {
 
 impl Mesh {
     /// What Prometheus scrapes on the testbed: every node's agent, every waypoint pod and the
-    /// controller on the control-plane host.
+    /// controller on the control-plane host; no gateway (a [`Mesh`] starts none of its own: the
+    /// demo adds the ones its edge runs).
     pub fn scraped(&self) -> Scraped<'_> {
         let host = self.testbed.control_plane().expect("a control plane host");
         Scraped {
@@ -292,6 +304,7 @@ impl Mesh {
                 .filter(|p| p.is_waypoint())
                 .map(|p| SocketAddr::from((self.testbed.pod(&p.name).ip, WAYPOINT_METRICS_PORT)))
                 .collect(),
+            gateways: Vec::new(),
             controller: SocketAddr::from((host.ip, CONTROLLER_MONITORING_PORT)),
         }
     }

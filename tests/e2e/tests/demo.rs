@@ -32,6 +32,7 @@ fn the_demo_plays_the_edge_scenarios_on_the_testbed() {
         assert_eq!(played, 1, "{name}");
         assert!(failed.is_empty(), "{name} failed\n{}", demo.cluster.logs());
     }
+    prometheus_sees_the_gateways(&demo);
 }
 
 #[test]
@@ -68,7 +69,7 @@ fn the_demo_plays_every_scenario_on_containerd_and_leaves_nothing() {
 }
 
 /// Prometheus, started by the demo on containerd, scrapes each node agent's DaemonSet pod, the
-/// waypoint's pod and the controller (every target `up`, by Prometheus' HTTP API), and the
+/// waypoint's and the gateways' pods and the controller (every target `up`, by Prometheus' HTTP API), and the
 /// console draws bookinfo's graph from it after the scenarios' traffic.
 fn prometheus_scrapes_every_target_and_the_console_draws_from_it(demo: &Demo) {
     let observability = demo
@@ -89,6 +90,10 @@ fn prometheus_scrapes_every_target_and_the_console_draws_from_it(demo: &Demo) {
         (waypoint, WAYPOINT_METRICS_PORT).into(),
     ));
     expected.insert(target(CONTROLLER_JOB, CONTROLLER_MONITORING));
+    for gateway in demo.cluster.edge().gateways() {
+        let ip = demo.cluster.pod_ip(gateway);
+        expected.insert(target(WAYPOINT_JOB, (ip, WAYPOINT_METRICS_PORT).into()));
+    }
     let mut up = BTreeSet::new();
     let all_up = eventually(Duration::from_secs(30), || {
         up = observability.targets_up().unwrap_or_default();
@@ -110,5 +115,63 @@ fn prometheus_scrapes_every_target_and_the_console_draws_from_it(demo: &Demo) {
             .is_some_and(|edges| !edges.is_empty()),
         "the console draws no edge of {} from Prometheus: {graph:#}",
         demo.namespace
+    );
+    prometheus_sees_the_gateways(demo);
+}
+
+/// The gateway's workload, as the ingress gateway reports itself the source of what it sends
+/// into the mesh (the Deployment `istio-ingressgateway` of `70-gateway.yaml`).
+const INGRESS_WORKLOAD: &str = "istio-ingressgateway";
+
+/// Prometheus' targets (`/api/v1/targets`) show both gateways' metrics endpoints scraped and
+/// up (in the job of the waypoint binary, as the chart's Prometheus configuration has them), and after the `ingress` scenario's pages Prometheus holds the ingress gateway's
+/// `istio_requests_total` reported as the source, as Istio's gateways report it.
+fn prometheus_sees_the_gateways(demo: &Demo) {
+    let observability = demo
+        .observability
+        .as_ref()
+        .expect("the demo runs Prometheus");
+    let expected: BTreeSet<String> = demo
+        .cluster
+        .edge()
+        .gateways()
+        .iter()
+        .map(|pod| SocketAddr::from((demo.cluster.pod_ip(pod), WAYPOINT_METRICS_PORT)).to_string())
+        .collect();
+    let mut targets = serde_json::Value::Null;
+    let proxies_up = |targets: &serde_json::Value| -> BTreeSet<String> {
+        targets["activeTargets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|t| t["labels"]["job"] == WAYPOINT_JOB && t["health"] == "up")
+            .filter_map(|t| t["labels"]["instance"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let up = eventually(Duration::from_secs(30), || {
+        targets = observability.api("/api/v1/targets").unwrap_or_default();
+        expected.is_subset(&proxies_up(&targets))
+    });
+    assert!(
+        up,
+        "Prometheus' targets lack the gateways {expected:?} up: {targets:#}\n{}",
+        demo.cluster.logs()
+    );
+    let query = format!(
+        "sum(istio_requests_total{{reporter=\"source\", source_workload=\"{INGRESS_WORKLOAD}\", destination_service_name=\"productpage\"}})"
+    );
+    let mut series = Vec::new();
+    let seen = eventually(Duration::from_secs(30), || {
+        series = observability.query(&query).unwrap_or_default();
+        series
+            .first()
+            .and_then(|s| s["value"][1].as_str())
+            .and_then(|v| v.parse::<f64>().ok())
+            .is_some_and(|v| v > 0.0)
+    });
+    assert!(
+        seen,
+        "Prometheus has no series for {query}: {series:?}\nthe ingress gateway's metrics:\n{}",
+        demo.proxy_metrics(&demo.cluster.edge().ingress)
     );
 }

@@ -7,7 +7,7 @@
 //! containerd as pods whose credentials the controller serves from the Secrets.
 
 use std::{
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
 };
@@ -15,7 +15,7 @@ use std::{
 use anyhow::Context;
 
 use super::examples::{EXTERNAL, TLS_SERVER_APP, field, is_gateway, text};
-use crate::{Mesh, PodSpec, gateway::GatewayProcess};
+use crate::{Mesh, PodSpec, WAYPOINT_METRICS_PORT, gateway::GatewayProcess};
 
 /// The address the examples give the external server's endpoint (TEST-NET-3, RFC 5737): the
 /// demo puts its external server's address in its place.
@@ -43,8 +43,57 @@ pub struct Edge {
     pub external: Ipv4Addr,
 }
 
-/// A process in a pod, stopped when dropped.
+impl Edge {
+    /// The gateways' pods, ingress then egress.
+    pub fn gateways(&self) -> [&str; 2] {
+        [&self.ingress, &self.egress]
+    }
+
+    /// Every gateway's metrics address (Istio's 15020 in its pod), as Prometheus scrapes it.
+    pub fn metrics_addresses(&self, pod_ip: impl Fn(&str) -> Ipv4Addr) -> Vec<SocketAddr> {
+        self.gateways()
+            .iter()
+            .map(|pod| SocketAddr::from((pod_ip(pod), WAYPOINT_METRICS_PORT)))
+            .collect()
+    }
+}
+
+/// A process in a pod, stopped when dropped, and killed by the kernel if the thread that
+/// started it ends first ([`Server::spawn`]).
 pub struct Server(Child);
+
+impl Server {
+    /// Starts `command` with its output piped, bound to the life of the calling thread: it runs
+    /// under `setpriv --pdeathsig KILL`, which has the kernel send it SIGKILL when its parent
+    /// ends, kept across `exec` (the `sh` and `nsenter` that enter a pod's cgroup and namespace
+    /// exec into the program). A shell between them exits instead of starting the program if
+    /// its parent is no longer this process (it ended before the signal was armed). A demo
+    /// killed before its cleanup (`Drop`) runs leaves no server behind; the demo starts its
+    /// servers on its main thread.
+    pub fn spawn(command: &Command) -> std::io::Result<Self> {
+        let mut bound = Command::new("setpriv");
+        bound
+            .args(["--pdeathsig", "KILL", "--", "sh", "-c"])
+            .arg(r#"[ "$PPID" = "$0" ] && exec "$@""#)
+            .arg(std::process::id().to_string())
+            .arg(command.get_program())
+            .args(command.get_args());
+        for (key, value) in command.get_envs() {
+            match value {
+                Some(value) => bound.env(key, value),
+                None => bound.env_remove(key),
+            };
+        }
+        if let Some(dir) = command.get_current_dir() {
+            bound.current_dir(dir);
+        }
+        bound
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map(Self)
+    }
+}
 
 impl Drop for Server {
     fn drop(&mut self) {
@@ -233,15 +282,11 @@ fn write_credentials(credentials: &[Credential], dir: &Path) -> anyhow::Result<(
 
 /// `openssl s_server -quiet -www` in `pod` on `port` with `args`, once it listens.
 fn s_server(site: &dyn Site, pod: &str, port: u16, args: &[String]) -> anyhow::Result<Server> {
-    let server = site
-        .command(pod, "openssl")
+    let mut command = site.command(pod, "openssl");
+    command
         .args(["s_server", "-quiet", "-www", "-accept", &port.to_string()])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("openssl s_server in {pod}"))?;
-    let server = Server(server);
+        .args(args);
+    let server = Server::spawn(&command).with_context(|| format!("openssl s_server in {pod}"))?;
     // The pod's socket table (`ss`): no probe connection reaches a server that counts clients.
     let listening = super::eventually(crate::STARTUP, || {
         site.command(pod, "ss")
@@ -390,7 +435,74 @@ pub fn start(
 
 #[cfg(test)]
 mod tests {
+    use std::{
+        io::{BufRead as _, BufReader, Read as _},
+        time::{Duration, Instant},
+    };
+
     use super::*;
+
+    /// Set in the environment of the process [`a_server_dies_with_the_demo`] starts and kills.
+    const SERVER_PARENT: &str = "WEFT_TEST_SERVER_PARENT";
+
+    /// In the process [`a_server_dies_with_the_demo`] starts (and only there): starts a server
+    /// as the demo does, says its pid once it runs, and waits on its standard input, which
+    /// never closes.
+    #[test]
+    fn server_parent() {
+        if std::env::var_os(SERVER_PARENT).is_none() {
+            return;
+        }
+        let mut sleep = Command::new("sleep");
+        sleep.arg("600");
+        let server = Server::spawn(&sleep).unwrap();
+        // Once the program runs, as the demo's servers listen before it goes on.
+        let comm = format!("/proc/{}/comm", server.0.id());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::read_to_string(&comm).unwrap().trim() != "sleep" {
+            assert!(Instant::now() < deadline, "the server did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        println!("server pid {}", server.0.id());
+        let _ = std::io::stdin().read(&mut [0]);
+        drop(server);
+    }
+
+    /// Whether `pid` is gone: no such process, or a zombie not yet reaped by its new parent.
+    fn gone(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+            stat.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X']))
+        })
+    }
+
+    /// A server of the edge does not outlive a demo killed with SIGKILL (no `Drop` runs): this
+    /// test binary, rerun as [`server_parent`], starts one, and is killed.
+    #[test]
+    fn a_server_dies_with_the_demo() {
+        let mut parent = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "demo::edge::tests::server_parent", "--nocapture"])
+            .env(SERVER_PARENT, "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(parent.stdout.take().unwrap()).lines();
+        let pid: u32 = lines
+            .find_map(|line| line.ok()?.strip_prefix("server pid ")?.parse().ok())
+            .expect("the parent says its server's pid");
+        assert!(!gone(pid), "the server {pid} runs");
+        parent.kill().unwrap();
+        parent.wait().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !gone(pid) {
+            assert!(
+                Instant::now() < deadline,
+                "the server {pid} outlived its parent killed with SIGKILL"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 
     #[test]
     fn the_external_server_is_put_in_place_of_the_placeholder() {

@@ -422,8 +422,8 @@ impl Cluster for OnContainerd {
     }
 
     /// Prometheus on the control-plane host, scraping the agents' DaemonSet pods, the waypoint's
-    /// pod (their pod addresses, routed to each node's pod network) and the controller on the
-    /// host's loopback.
+    /// and the gateways' pods (their pod addresses, routed to each node's pod network) and the
+    /// controller on the host's loopback.
     fn start_observability(&self) -> anyhow::Result<Option<Observability>> {
         let scraped = Scraped {
             host: self
@@ -443,6 +443,7 @@ impl Cluster for OnContainerd {
                 .iter()
                 .map(|w| SocketAddr::from((self.pod_ip(w), WAYPOINT_METRICS_PORT)))
                 .collect(),
+            gateways: self.edge().metrics_addresses(|pod| self.pod_ip(pod)),
             controller: CONTROLLER_MONITORING,
         };
         Observability::start(&scraped, || self.logs()).map(Some)

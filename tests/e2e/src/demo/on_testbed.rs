@@ -87,8 +87,11 @@ impl Cluster for OnTestbed {
         self.write_config(file, yaml)
     }
 
+    /// Prometheus scraping the mesh ([`Mesh::scraped`]) and the edge's gateways.
     fn start_observability(&self) -> anyhow::Result<Option<crate::observability::Observability>> {
-        Mesh::start_observability(&self.mesh).map(Some)
+        let mut scraped = self.mesh.scraped();
+        scraped.gateways = self.edge.edge.metrics_addresses(|pod| self.pod_ip(pod));
+        crate::observability::Observability::start(&scraped, || self.logs()).map(Some)
     }
 
     fn edge(&self) -> &Edge {
