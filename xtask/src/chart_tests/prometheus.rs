@@ -235,6 +235,24 @@ fn each_job_keeps_its_component_s_pods_and_scrapes_their_metrics_port() {
         },
         "spec": {"containers": [{"ports": [{"containerPort": 15020}, {"containerPort": 15008}]}]},
     });
+    // The chart's classic gateway, for the Istio API (istio: ingressgateway, no Gateway name).
+    let classic = render(&values(&[(
+        "ingressGateway.enabled",
+        serde_json::json!(true),
+    )]));
+    let classic = &find(&classic, "Deployment", "istio-ingressgateway")["spec"]["template"];
+    // Another pod labelled by Istio's `istio` key is not a gateway.
+    let mut not_a_gateway = classic.clone();
+    not_a_gateway["metadata"]["labels"]["istio"] = serde_json::json!("pilot");
+    assert_eq!(
+        scraped(
+            job(&config, "weft-waypoint"),
+            NAMESPACE,
+            &not_a_gateway,
+            15020
+        ),
+        None
+    );
     let cases = [
         (
             "weft-node-agent",
@@ -254,6 +272,13 @@ fn each_job_keeps_its_component_s_pods_and_scrapes_their_metrics_port() {
             "weft-waypoint",
             "bookinfo",
             &waypoint,
+            "10.1.2.3:15020",
+            "/stats/prometheus",
+        ),
+        (
+            "weft-waypoint",
+            NAMESPACE,
+            classic,
             "10.1.2.3:15020",
             "/stats/prometheus",
         ),
