@@ -35,7 +35,7 @@ pub use cluster::{
 pub use route::{
     AbortKind, CorsPolicy, DEFAULT_RETRIABLE_STATUS_CODES, DEFAULT_RETRY_ATTEMPTS,
     DEFAULT_RETRY_ON, Fault, HeaderOps, Headers, L4Match, Mirror, Redirect, RedirectPort, RetryOn,
-    RetryPolicy, Rewrite, Route, RouteAction, TcpRoute, WeightedDestination,
+    RetryPolicy, Rewrite, Route, RouteAction, StatefulSession, TcpRoute, WeightedDestination,
 };
 pub use sources::SourceTable;
 

@@ -235,6 +235,7 @@ pub async fn open_tcp_upstream(
     }
     let headers = http::HeaderMap::new();
     let hash = HashInput {
+        session_endpoint: None,
         generated_cookie: None,
         headers: &headers,
         query: None,

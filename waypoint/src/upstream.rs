@@ -83,7 +83,7 @@ use balancing::ClusterRuntime;
 pub use balancing::{
     ActiveRequest, Admission, BalancingPlan, BuiltTable, ClusterState, EndpointStatus,
     GeneratedCookie, HashInput, Outcome, RetryPermit, Tried, generate_cookie, request_cookie,
-    slow_start_factor,
+    session_endpoint, session_update, slow_start_factor,
 };
 pub use body::{Ending, Replayable, RequestBody};
 use connections::{EndpointDialer, TunnelKey};

@@ -28,8 +28,9 @@ pub use gateway_status::{
     GatewayClassStatus, GatewayStatus, ListenerStatus, gateway_class_statuses, gateway_statuses,
 };
 pub use spec::{
-    BackendRef, Filter, GrpcMethod, HeaderModifier, KeyMatch, Match, MethodMatch, Mirror,
-    ParentRef, PathMatch, PathModifier, Redirect, Retry, RouteSpec, Rule, Timeouts, UrlRewrite,
+    BackendRef, CookieConfig, Cors, Filter, GrpcMethod, HeaderModifier, KeyMatch, Match,
+    MethodMatch, Mirror, ParentRef, PathMatch, PathModifier, Redirect, Retry, RouteSpec, Rule,
+    SessionPersistence, Timeouts, UrlRewrite,
 };
 pub use status::{Condition, MESH_CONTROLLER, ParentStatus, RouteStatus, route_statuses};
 

@@ -216,7 +216,7 @@ pub const CATALOG: &[NotApplied] = &[
     entry(
         K::HTTPRoute,
         "spec.rules[].filters[].type",
-        Equals(&["CORS", "ExtensionRef", "ExternalAuth"]),
+        Equals(&["ExtensionRef", "ExternalAuth"]),
         "this filter is not applied by waypoints: requests the rule matches are answered 500",
     ),
     entry(
@@ -234,9 +234,9 @@ pub const CATALOG: &[NotApplied] = &[
     ),
     entry(
         K::HTTPRoute,
-        "spec.rules[].sessionPersistence",
+        "spec.rules[].sessionPersistence.idleTimeout",
         Set,
-        "waypoints keep no session persistence; requests are balanced as without it",
+        "waypoints keep no idle timeout of a session: the session lasts as its cookie or header does",
     ),
     entry(
         K::GRPCRoute,
@@ -252,9 +252,9 @@ pub const CATALOG: &[NotApplied] = &[
     ),
     entry(
         K::GRPCRoute,
-        "spec.rules[].sessionPersistence",
+        "spec.rules[].sessionPersistence.idleTimeout",
         Set,
-        "waypoints keep no session persistence; requests are balanced as without it",
+        "waypoints keep no idle timeout of a session: the session lasts as its cookie or header does",
     ),
     // RequestAuthentication
     entry(

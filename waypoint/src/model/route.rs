@@ -42,6 +42,23 @@ pub struct Route {
     /// The name of its requests' spans, per match (one for a route without matches); empty:
     /// `<service host>:<port>/*`. Shared with the records of the requests it routes.
     pub operations: Vec<Arc<str>>,
+    /// Keeps a client on one endpoint of the cluster its requests are routed to.
+    pub session: Option<StatefulSession>,
+}
+
+/// Envoy's stateful session filter for a route (a Gateway API rule's `sessionPersistence`):
+/// the chosen endpoint's address travels base64-encoded in a cookie or a header
+/// ([`crate::upstream::session_endpoint`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StatefulSession {
+    /// Envoy's `envoy.http.stateful_session.cookie`: the request's cookie `name`, and the
+    /// response's `Set-Cookie` as `template` writes it.
+    Cookie {
+        name: String,
+        template: super::CookieTemplate,
+    },
+    /// Envoy's `envoy.http.stateful_session.header`: the same header on request and response.
+    Header { name: HeaderName },
 }
 
 impl Route {

@@ -796,4 +796,5 @@ fn connection_pool_keepalives_are_read_for_the_upstream() {
 }
 
 mod retries;
+mod session;
 mod upstream_tls;

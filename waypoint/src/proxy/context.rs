@@ -2,7 +2,7 @@
 //! configuration in force when it arrived makes of it (target, per request), and the record the
 //! access log and metrics are written from.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -17,7 +17,7 @@ use hyper::body::Incoming;
 use super::forwarded::X_FORWARDED_FOR;
 use super::{BoxError, ProxyBody, ProxyShared, TunnelContext};
 use crate::metrics::{Peer, RecordText, RequestRecord};
-use crate::model::{Cluster, Endpoint, Target, WaypointConfig};
+use crate::model::{Cluster, Endpoint, StatefulSession, Target, WaypointConfig};
 use crate::upstream::{GeneratedCookie, HashInput};
 
 pub(super) static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
@@ -49,6 +49,10 @@ pub(super) struct RequestContext<'a> {
     /// The hash cookie generated for this request, which lacked it: consistent hashing reads
     /// its value and the upstream's response carries its `Set-Cookie`.
     pub generated_cookie: Option<GeneratedCookie>,
+    /// The route's stateful session, when it keeps one.
+    pub session: Option<StatefulSession>,
+    /// The endpoint the request's session names, if any ([`Self::read_session`]).
+    pub session_endpoint: Option<SocketAddr>,
 }
 
 impl<'a> RequestContext<'a> {
@@ -71,12 +75,40 @@ impl<'a> RequestContext<'a> {
             // Set by the caller at the edge, from the server it found for the request.
             edge_limits: crate::model::gateway::EdgeLimits::default(),
             generated_cookie: None,
+            session: None,
+            session_endpoint: None,
+        }
+    }
+
+    /// Takes the route's stateful session and the endpoint the request's cookie or header
+    /// names, from the headers as the client sent them (Envoy's filter runs before the
+    /// router's header operations).
+    pub fn read_session(&mut self, session: Option<&StatefulSession>, headers: &http::HeaderMap) {
+        self.session = session.cloned();
+        self.session_endpoint = session.and_then(|s| crate::upstream::session_endpoint(s, headers));
+    }
+
+    /// Adds to the upstream's response the cookie or header naming the endpoint that answered,
+    /// when the request named another or none (Envoy's `onUpdate`).
+    pub fn update_session(&self, headers: &mut http::HeaderMap) {
+        let (Some(session), Some(chosen)) = (&self.session, self.record.upstream_host) else {
+            return;
+        };
+        match crate::upstream::session_update(session, self.session_endpoint, chosen) {
+            Some((name, value)) if name == header::SET_COOKIE => {
+                headers.append(name, value);
+            }
+            Some((name, value)) => {
+                headers.insert(name, value);
+            }
+            None => {}
         }
     }
 
     /// What consistent hashing reads for this request, with `headers` as they go upstream.
     pub fn hash_input<'h>(&'h self, headers: &'h http::HeaderMap) -> HashInput<'h> {
         HashInput {
+            session_endpoint: self.session_endpoint,
             headers,
             query: self.query.as_deref(),
             source_ip: self.tunnel.source_ip,

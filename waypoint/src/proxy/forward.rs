@@ -104,6 +104,7 @@ pub(super) async fn forward_to(
     });
     strip_hop_by_hop(&mut headers);
     headers.remove(header::HOST);
+    cx.read_session(to.route.session.as_ref(), &headers);
     append_forwarded_for(&mut headers, cx.tunnel.source_ip);
     if cx.tunnel.edge.is_some() {
         set_external_address(&mut headers, cx.remote_ip);
@@ -234,6 +235,7 @@ pub(super) async fn forward_to(
     let mut response = with_first_frame(result?).await;
     cx.record.response_code_details = Cow::Borrowed(VIA_UPSTREAM);
     cx.set_generated_cookie(response.headers_mut());
+    cx.update_session(response.headers_mut());
     to.destination.response.apply(response.headers_mut());
     // Once the response has begun, a breach resets the stream (its body fails).
     if let Some(limits) = limits.filter(RequestLimits::running) {
@@ -471,6 +473,7 @@ fn send_mirrors(cx: &RequestContext<'_>, mirrors: &[Mirror], outgoing: &Outgoing
                     &resolved
                 } else {
                     let hash = crate::upstream::HashInput {
+                        session_endpoint: None,
                         generated_cookie: None,
                         headers: &headers,
                         query: query.as_deref(),

@@ -340,6 +340,7 @@ fn forward_only_route() -> Route {
         cluster_not_found: http::StatusCode::SERVICE_UNAVAILABLE,
         rate_limit: None,
         operations: Vec::new(),
+        session: None,
     }
 }
 

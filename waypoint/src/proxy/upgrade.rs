@@ -50,6 +50,7 @@ pub(super) async fn forward(
     let source_ip = cx.tunnel.source_ip;
     cx.generate_cookie(cluster, &outgoing.headers);
     let hash = HashInput {
+        session_endpoint: cx.session_endpoint,
         generated_cookie: cx.generated_cookie.as_ref().map(|c| c.value.as_str()),
         headers: &outgoing.headers,
         query: None,
@@ -69,6 +70,7 @@ pub(super) async fn forward(
     if upstream_response.status() != StatusCode::SWITCHING_PROTOCOLS {
         let mut response = upstream_response.map(|b| b.map_err(BoxError::from).boxed());
         cx.set_generated_cookie(response.headers_mut());
+        cx.update_session(response.headers_mut());
         response_ops.apply(response.headers_mut());
         return Ok(response);
     }
@@ -95,6 +97,7 @@ pub(super) async fn forward(
         .instrument(debug_span!("upgrade")),
     );
     cx.set_generated_cookie(&mut parts.headers);
+    cx.update_session(&mut parts.headers);
     response_ops.apply(&mut parts.headers);
     Ok(Response::from_parts(parts, full(Bytes::new())))
 }

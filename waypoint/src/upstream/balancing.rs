@@ -155,6 +155,9 @@ pub struct HashInput<'a> {
     /// The value of the cookie generated for a request without the cluster's hash cookie
     /// ([`generate_cookie`]).
     pub generated_cookie: Option<&'a str>,
+    /// The endpoint the request's stateful session names, chosen before any balancing when
+    /// the cluster holds it and it may take the request ([`session_endpoint`]).
+    pub session_endpoint: Option<SocketAddr>,
 }
 
 impl Upstream {
@@ -506,11 +509,13 @@ mod edf;
 mod locality;
 mod plan;
 mod pools;
+mod session;
 mod slow_start;
 mod worker;
 use choice::choose;
 pub use cookie::{GeneratedCookie, generate_cookie, request_cookie};
 pub use plan::{BalancingPlan, BuiltTable};
+pub use session::{session_endpoint, session_update};
 pub use slow_start::factor as slow_start_factor;
 #[cfg(test)]
 use {

@@ -49,6 +49,27 @@ pub struct Rule {
     pub backend_refs: Vec<BackendRef>,
     pub timeouts: Option<Timeouts>,
     pub retry: Option<Retry>,
+    pub session_persistence: Option<SessionPersistence>,
+}
+
+/// A rule's `sessionPersistence` (HTTPRoute and GRPCRoute, experimental).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct SessionPersistence {
+    pub session_name: Option<String>,
+    pub absolute_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    /// `Cookie` (the default) or `Header`.
+    #[serde(rename = "type")]
+    pub persistence_type: Option<String>,
+    pub cookie_config: Option<CookieConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct CookieConfig {
+    /// `Session` (the default) or `Permanent`.
+    pub lifetime_type: Option<String>,
 }
 
 /// An HTTPRoute or GRPCRoute match; the two differ only in `method`.
@@ -108,6 +129,20 @@ pub struct Filter {
     pub request_redirect: Option<Redirect>,
     #[serde(rename = "urlRewrite")]
     pub url_rewrite: Option<UrlRewrite>,
+    pub cors: Option<Cors>,
+}
+
+/// The `CORS` filter (HTTPRoute, experimental since v1.2).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Cors {
+    pub allow_origins: Vec<String>,
+    pub allow_credentials: Option<bool>,
+    pub allow_methods: Vec<String>,
+    pub allow_headers: Vec<String>,
+    pub expose_headers: Vec<String>,
+    /// Seconds; the CRD defaults it to 5.
+    pub max_age: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

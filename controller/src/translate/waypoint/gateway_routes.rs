@@ -25,9 +25,10 @@ use crate::translate::gateway_api::{
 use crate::translate::resolve::{name_of, namespace_of};
 
 mod filters;
+mod session;
 
 use filters::{
-    APPLIED_BACKEND_FILTERS, APPLIED_FILTERS, filter_headers, internal_error, key_matches,
+    APPLIED_BACKEND_FILTERS, APPLIED_FILTERS, cors, filter_headers, internal_error, key_matches,
     redirect, rewrite,
 };
 
@@ -573,6 +574,9 @@ impl<'a> Compiler<'a, '_> {
             if let Some(filter) = &filter.request_redirect {
                 compiled.redirect = Some(redirect(filter, form));
             }
+            if let Some(filter) = &filter.cors {
+                compiled.cors_policy = Some(cors(filter));
+            }
         }
         if compiled.redirect.is_some() {
             return compiled;
@@ -607,6 +611,10 @@ impl<'a> Compiler<'a, '_> {
             return compiled;
         }
         self.timeouts_and_retries(route, rule, path, &mut compiled);
+        if let Some(session) = &rule.session_persistence {
+            let name = compiled.name.clone();
+            compiled.stateful_session = self.stateful_session(route, session, path, &name);
+        }
         compiled
     }
 

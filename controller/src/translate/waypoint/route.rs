@@ -425,6 +425,8 @@ impl RouteContext<'_, '_, '_> {
                 &path,
             ),
             operations: Vec::new(),
+            // VirtualServices keep no stateful session (Istio's label on a Service does).
+            stateful_session: None,
         })
         .map(|mut compiled| {
             compiled.operations = super::operation::route_operations(

@@ -14,9 +14,9 @@ use super::{
     duration, header_name, header_value, nonzero_port, optional_duration, policy_error, port,
 };
 use crate::model::{
-    AbortKind, ConfigError, CorsPolicy, DEFAULT_RETRY_ON, Fault, HeaderOps, Headers, Mirror,
-    Redirect, RedirectPort, RetryOn, RetryPolicy, Rewrite, Route, RouteAction, WeightedDestination,
-    invalid,
+    AbortKind, ConfigError, CookieTemplate, CorsPolicy, DEFAULT_RETRY_ON, Fault, HeaderOps,
+    Headers, Mirror, Redirect, RedirectPort, RetryOn, RetryPolicy, Rewrite, Route, RouteAction,
+    StatefulSession, WeightedDestination, invalid,
 };
 use crate::rate_limit::{LocalRateLimit, MIN_FILL_INTERVAL, RateLimitScope};
 
@@ -408,8 +408,56 @@ pub(super) fn route(
                 .map(|l| local_rate_limit(l, context))
                 .transpose()?,
             operations: r.operations.iter().map(|o| Arc::from(o.as_str())).collect(),
+            session: r
+                .stateful_session
+                .as_ref()
+                .map(|s| stateful_session(s, context))
+                .transpose()?,
         },
     ))
+}
+
+/// A route's stateful session; its cookie's `Set-Cookie` must be writable as a header (no
+/// control character, `;` or space in the name or path).
+fn stateful_session(
+    s: &proto::StatefulSession,
+    context: &str,
+) -> Result<StatefulSession, ConfigError> {
+    let context = format!("{context} stateful_session");
+    match proto::StatefulSessionKind::try_from(s.kind) {
+        Ok(proto::StatefulSessionKind::Header) => Ok(StatefulSession::Header {
+            name: header_name(&s.name, &context)?,
+        }),
+        Ok(proto::StatefulSessionKind::Cookie) => {
+            let template = CookieTemplate {
+                max_age: s.cookie_ttl.as_ref().map_or(0, |ttl| ttl.seconds),
+                path: s.cookie_path.clone(),
+                attributes: Vec::new(),
+            };
+            let token = !s.name.is_empty()
+                && s.name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            if !token
+                || s.cookie_path.contains([';', ' '])
+                || http::HeaderValue::try_from(template.set_cookie(&s.name, "MTI3LjAuMC4xOjgw"))
+                    .is_err()
+            {
+                return Err(invalid(
+                    &context,
+                    format!(
+                        "cookie {:?} with path {:?} cannot be written in a Set-Cookie header",
+                        s.name, s.cookie_path
+                    ),
+                ));
+            }
+            Ok(StatefulSession::Cookie {
+                name: s.name.clone(),
+                template,
+            })
+        }
+        Err(_) => Err(invalid(&context, format!("unknown kind {}", s.kind))),
+    }
 }
 
 pub(in crate::model) fn local_rate_limit(

@@ -281,6 +281,11 @@ pub(super) fn choose<'c>(
     tried: &Tried<'_>,
 ) -> Result<&'c Endpoint, UpstreamError> {
     let now = Instant::now();
+    if let Some(address) = hash.session_endpoint
+        && let Some(endpoint) = super::session::session_choice(states, cluster, address, tried, now)
+    {
+        return Ok(endpoint);
+    }
     let min_health = min_health_percent(cluster);
     // One endpoint: every balancer, priority, locality, panic mode and retry comes to it
     // when it is healthy and not ejected, or ejected with a panic threshold (where Envoy's

@@ -57,6 +57,7 @@ fn hash_keys_come_from_headers_cookies_query_and_source() {
     headers.insert("x-user", "alice".parse().unwrap());
     headers.insert(http::header::COOKIE, "a=1; session=xyz".parse().unwrap());
     let input = HashInput {
+        session_endpoint: None,
         generated_cookie: None,
         headers: &headers,
         query: Some("shard=7&x=1"),
@@ -128,6 +129,7 @@ fn a_chosen_endpoint_counts_its_request_in_flight_until_the_guard_ends() {
     let state = fresh_state();
     let headers = http::HeaderMap::new();
     let hash = HashInput {
+        session_endpoint: None,
         generated_cookie: None,
         headers: &headers,
         query: None,
@@ -260,6 +262,7 @@ fn requests_stay_in_the_closest_priority_and_fail_over_when_it_is_ejected() {
     let state = fresh_state();
     let headers = http::HeaderMap::new();
     let hash = HashInput {
+        session_endpoint: None,
         generated_cookie: None,
         headers: &headers,
         query: None,
@@ -404,6 +407,7 @@ fn requests_split_by_locality_weights() {
     let state = fresh_state();
     let headers = http::HeaderMap::new();
     let hash = HashInput {
+        session_endpoint: None,
         generated_cookie: None,
         headers: &headers,
         query: None,
@@ -456,6 +460,7 @@ fn choice_counts(cluster: &Cluster, picks: usize) -> HashMap<u8, usize> {
 fn pick(state: &ClusterState, cluster: &Cluster) -> SocketAddr {
     let headers = http::HeaderMap::new();
     let hash = HashInput {
+        session_endpoint: None,
         generated_cookie: None,
         headers: &headers,
         query: None,
@@ -574,6 +579,7 @@ fn alice() -> http::HeaderMap {
 /// A request with `headers`, from `10.9.0.1`.
 fn keyed(headers: &http::HeaderMap) -> HashInput<'_> {
     HashInput {
+        session_endpoint: None,
         generated_cookie: None,
         headers,
         query: None,

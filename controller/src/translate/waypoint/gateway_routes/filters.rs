@@ -1,4 +1,4 @@
-//! The Gateway API's filters (header modifiers, URL rewrites, redirects) and matches of
+//! The Gateway API's filters (header modifiers, URL rewrites, redirects, CORS) and matches of
 //! headers and query parameters, in the waypoint's route terms.
 
 use std::collections::BTreeMap;
@@ -141,14 +141,59 @@ pub(super) fn redirect(filter: &gw::Redirect, form: PrefixForm) -> wp::HttpRedir
     }
 }
 
-/// The route filter types the waypoint applies; any other (CORS, ExtensionRef, ExternalAuth)
-/// makes the rule answer 500, as the Gateway API requires of a filter that is not applied.
+/// Istio's `createCorsFilter`: the CORS filter as a VirtualService `corsPolicy` with
+/// `unmatchedPreflights: IGNORE`. An origin without `*` matches exactly; `*` alone matches any
+/// well-formed origin (`scheme://host[:port]`); a single trailing `*` is a prefix; any other
+/// `*` stands for any characters, the rest matched literally. `maxAge` is in seconds (the CRD's
+/// default is 5; 0 sets none).
+pub(super) fn cors(filter: &gw::Cors) -> wp::CorsPolicy {
+    use wp::string_match::MatchType;
+    let allow_origins = filter
+        .allow_origins
+        .iter()
+        .filter(|o| !o.is_empty())
+        .map(|origin| {
+            let match_type = if origin == "*" {
+                MatchType::Regex(ANY_ORIGIN.to_owned())
+            } else if !origin.contains('*') {
+                MatchType::Exact(origin.clone())
+            } else if origin.matches('*').count() == 1 && origin.ends_with('*') {
+                MatchType::Prefix(origin.trim_end_matches('*').to_owned())
+            } else {
+                MatchType::Regex(format!("^{}$", regex::escape(origin).replace(r"\*", ".*")))
+            };
+            wp::StringMatch {
+                match_type: Some(match_type),
+            }
+        })
+        .collect();
+    let max_age = filter.max_age.unwrap_or(5);
+    wp::CorsPolicy {
+        allow_origins,
+        allow_methods: filter.allow_methods.clone(),
+        allow_headers: filter.allow_headers.clone(),
+        expose_headers: filter.expose_headers.clone(),
+        max_age: (max_age > 0).then_some(prost_types::Duration {
+            seconds: max_age,
+            nanos: 0,
+        }),
+        allow_credentials: (filter.allow_credentials == Some(true)).then_some(true),
+        forward_not_matching_preflights: Some(false),
+    }
+}
+
+/// Istio's pattern for the origin `*`: a valid origin (RFC 6454), `scheme://host[:port]`.
+const ANY_ORIGIN: &str = r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s?#]+$";
+
+/// The route filter types the waypoint applies; any other (ExtensionRef, ExternalAuth) makes
+/// the rule answer 500, as the Gateway API requires of a filter that is not applied.
 pub(super) const APPLIED_FILTERS: &[&str] = &[
     "RequestHeaderModifier",
     "ResponseHeaderModifier",
     "RequestMirror",
     "RequestRedirect",
     "URLRewrite",
+    "CORS",
 ];
 
 /// Backend filters the waypoint applies: header modifiers, per destination.

@@ -12,6 +12,7 @@ use crate::translate::{MeshSettings, TranslateError, TranslateProblem, translate
 
 mod attachment;
 mod backends;
+mod cors_session;
 
 const MESH: &str = r#"
 apiVersion: v1

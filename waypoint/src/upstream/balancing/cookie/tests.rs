@@ -152,6 +152,7 @@ fn a_cookie_is_generated_only_for_a_request_without_it_and_with_a_ttl() {
 fn the_request_is_hashed_on_its_cookie_else_the_generated_one() {
     let key = HashKey::Cookie(key("session"));
     let input = |headers, generated_cookie| HashInput {
+        session_endpoint: None,
         headers,
         query: None,
         source_ip: "10.0.0.1".parse().unwrap(),

@@ -52,6 +52,7 @@ fn chosen(
         let mut headers = http::HeaderMap::new();
         headers.insert("x-user", format!("user-{n}").parse().unwrap());
         let input = HashInput {
+            session_endpoint: None,
             generated_cookie: None,
             headers: &headers,
             query: None,

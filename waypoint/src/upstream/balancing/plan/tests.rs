@@ -42,6 +42,7 @@ fn choices(
             let mut headers = http::HeaderMap::new();
             headers.insert("x-user", key.parse().unwrap());
             let input = HashInput {
+                session_endpoint: None,
                 generated_cookie: None,
                 headers: &headers,
                 query: None,

@@ -108,6 +108,7 @@ fn alice() -> http::HeaderMap {
 
 fn keyed(headers: &http::HeaderMap) -> HashInput<'_> {
     HashInput {
+        session_endpoint: None,
         generated_cookie: None,
         headers,
         query: None,

@@ -168,6 +168,7 @@ fn an_endpoint_warms_up_from_when_it_joined_across_pushes() {
 fn shares(state: &ClusterState, cluster: &Cluster, picks: usize) -> [usize; 3] {
     let headers = http::HeaderMap::new();
     let hash = HashInput {
+        session_endpoint: None,
         generated_cookie: None,
         headers: &headers,
         query: None,
