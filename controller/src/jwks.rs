@@ -6,8 +6,10 @@
 //! interval. Until a first fetch succeeds a rule has no key, so its tokens are refused (istiod
 //! inlines a key set that validates nothing, with the same effect).
 //!
-//! Every fetch is bounded: [`FETCH_TIMEOUT`] for the whole exchange and [`MAX_JWKS_BYTES`] for
-//! the body. Key sets no translation asked for are forgotten after the next translation.
+//! Every fetch is bounded: the rule's `timeout` ([`DEFAULT_FETCH_TIMEOUT`] when unset, as in
+//! istiod) for the whole exchange and [`MAX_JWKS_BYTES`] for the body. As istiod keeps one entry
+//! per URL, rules naming one URL with different timeouts share it: the last rule a translation
+//! reads sets the timeout. Key sets no translation asked for are forgotten after the next translation.
 //!
 //! Translation reads the store synchronously ([`JwksResolver::keys`]); the fetching runs in
 //! [`JwksResolver::run`], the store's only writer.
@@ -25,8 +27,9 @@ use tokio::time::Instant;
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(20 * 60);
 /// The first retry after a failed fetch; each further failure doubles it.
 pub const FIRST_RETRY: Duration = Duration::from_secs(1);
-/// The whole fetch: connect, TLS, request and body (istiod's default JWKS fetch timeout).
-pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// The whole fetch (connect, TLS, request and body) when the rule sets no `timeout`: istiod's
+/// default (`policy_applier.go`).
+pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// The largest key set or discovery document read.
 pub const MAX_JWKS_BYTES: usize = 1024 * 1024;
 
@@ -70,6 +73,8 @@ struct Entry {
     jwks: Option<String>,
     error: Option<String>,
     next_fetch: Instant,
+    /// The bound of each fetch.
+    timeout: Duration,
     failures: u32,
     /// The translation that last asked for it.
     epoch: u64,
@@ -108,8 +113,9 @@ impl JwksResolver {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// What is known of `source` now, asking for it to be fetched if it is new.
-    pub fn keys(&self, source: &JwksSource) -> Keys {
+    /// What is known of `source` now, asking for it to be fetched (each fetch bounded by
+    /// `timeout`) if it is new.
+    pub fn keys(&self, source: &JwksSource, timeout: Duration) -> Keys {
         let mut state = self.lock();
         let epoch = state.epoch;
         let entry = state.entries.entry(source.clone()).or_insert_with(|| {
@@ -118,11 +124,13 @@ impl JwksResolver {
                 jwks: None,
                 error: None,
                 next_fetch: Instant::now(),
+                timeout,
                 failures: 0,
                 epoch,
             }
         });
         entry.epoch = epoch;
+        entry.timeout = timeout;
         match &entry.jwks {
             Some(jwks) => Keys::Fetched {
                 jwks: jwks.clone(),
@@ -162,15 +170,15 @@ impl JwksResolver {
         };
         loop {
             let now = Instant::now();
-            let due: Vec<JwksSource> = self
+            let due: Vec<(JwksSource, Duration)> = self
                 .lock()
                 .entries
                 .iter()
                 .filter(|(_, e)| e.next_fetch <= now)
-                .map(|(source, _)| source.clone())
+                .map(|(source, e)| (source.clone(), e.timeout))
                 .collect();
-            for source in due {
-                let result = client.jwks(&source).await;
+            for (source, timeout) in due {
+                let result = client.jwks(&source, timeout).await;
                 self.record(&source, result);
             }
             let next = self

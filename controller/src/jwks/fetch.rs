@@ -1,5 +1,7 @@
 //! One bounded fetch of a key set over HTTP or HTTPS (public roots): no redirects, the whole
-//! exchange within [`FETCH_TIMEOUT`], at most [`MAX_JWKS_BYTES`] read.
+//! exchange within the rule's timeout, at most [`MAX_JWKS_BYTES`] read.
+
+use std::time::Duration;
 
 use std::sync::Arc;
 
@@ -13,14 +15,14 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use super::{FETCH_TIMEOUT, JwksSource, MAX_JWKS_BYTES, discovery_url};
+use super::{JwksSource, MAX_JWKS_BYTES, discovery_url};
 
 #[derive(Debug, thiserror::Error)]
 pub(super) enum FetchError {
     #[error("invalid URL {0:?}")]
     Url(String),
-    #[error("no answer within {FETCH_TIMEOUT:?}")]
-    Timeout,
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
     #[error("connecting: {0}")]
     Connect(#[source] std::io::Error),
     #[error("tls: {0}")]
@@ -67,11 +69,11 @@ impl Client {
         })
     }
 
-    /// The key set of `source`, compact JSON `{"keys": [...]}`.
-    pub async fn jwks(&self, source: &JwksSource) -> Result<String, FetchError> {
-        tokio::time::timeout(FETCH_TIMEOUT, self.resolve(source))
+    /// The key set of `source`, compact JSON `{"keys": [...]}`, all of it within `timeout`.
+    pub async fn jwks(&self, source: &JwksSource, timeout: Duration) -> Result<String, FetchError> {
+        tokio::time::timeout(timeout, self.resolve(source))
             .await
-            .map_err(|_| FetchError::Timeout)?
+            .map_err(|_| FetchError::Timeout(timeout))?
     }
 
     async fn resolve(&self, source: &JwksSource) -> Result<String, FetchError> {

@@ -70,16 +70,17 @@ use serde_json::Value;
 const KEYS: &str =
     r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#;
 
-/// Waits (bounded) until `source` is no longer what `now` says.
+/// Waits (bounded) until what is known of `source` (asked for with `timeout`) is `done`.
 async fn wait_for(
     resolver: &JwksResolver,
     source: &JwksSource,
+    timeout: Duration,
     done: impl Fn(&Keys) -> bool,
 ) -> Keys {
     let mut changed = resolver.subscribe();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let keys = resolver.keys(source);
+        let keys = resolver.keys(source, timeout);
         if done(&keys) {
             return keys;
         }
@@ -96,9 +97,15 @@ async fn keys_are_fetched_kept_on_failure_and_refetched() {
     let resolver = Arc::new(JwksResolver::default());
     let (_stop, shutdown) = watch::channel(false);
     let source = JwksSource::Uri(server.url());
-    assert_eq!(resolver.keys(&source), Keys::Missing { error: None });
+    assert_eq!(
+        resolver.keys(&source, DEFAULT_FETCH_TIMEOUT),
+        Keys::Missing { error: None }
+    );
     tokio::spawn(resolver.clone().run(shutdown));
-    let keys = wait_for(&resolver, &source, |k| matches!(k, Keys::Fetched { .. })).await;
+    let keys = wait_for(&resolver, &source, DEFAULT_FETCH_TIMEOUT, |k| {
+        matches!(k, Keys::Fetched { .. })
+    })
+    .await;
     let Keys::Fetched { jwks, stale: None } = keys else {
         panic!("{keys:?}");
     };
@@ -111,7 +118,7 @@ async fn keys_are_fetched_kept_on_failure_and_refetched() {
     server.answer(StatusCode::INTERNAL_SERVER_ERROR, "");
     resolver.lock().entries.get_mut(&source).unwrap().next_fetch = Instant::now();
     resolver.wanted.notify_one();
-    let keys = wait_for(&resolver, &source, |k| {
+    let keys = wait_for(&resolver, &source, DEFAULT_FETCH_TIMEOUT, |k| {
         matches!(k, Keys::Fetched { stale: Some(_), .. })
     })
     .await;
@@ -137,6 +144,7 @@ async fn keys_are_fetched_kept_on_failure_and_refetched() {
     let keys = wait_for(
         &resolver,
         &source,
+        DEFAULT_FETCH_TIMEOUT,
         |k| matches!(k, Keys::Fetched { jwks, stale: None } if jwks == rotated),
     )
     .await;
@@ -151,9 +159,12 @@ async fn discovery_finds_the_key_set_of_an_issuer() {
     let source = JwksSource::Discovery {
         issuer: format!("http://{}/", server.address),
     };
-    resolver.keys(&source);
+    resolver.keys(&source, DEFAULT_FETCH_TIMEOUT);
     tokio::spawn(resolver.clone().run(shutdown));
-    let keys = wait_for(&resolver, &source, |k| matches!(k, Keys::Fetched { .. })).await;
+    let keys = wait_for(&resolver, &source, DEFAULT_FETCH_TIMEOUT, |k| {
+        matches!(k, Keys::Fetched { .. })
+    })
+    .await;
     assert!(
         matches!(keys, Keys::Fetched { stale: None, .. }),
         "{keys:?}"
@@ -174,12 +185,16 @@ async fn bad_answers_are_errors_and_never_keys() {
         (StatusCode::OK, too_large.as_str(), "larger than"),
     ] {
         server.answer(status, body);
-        let error = client.jwks(&source).await.unwrap_err().to_string();
+        let error = client
+            .jwks(&source, DEFAULT_FETCH_TIMEOUT)
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(error.contains(want), "{status} {error}");
     }
     let unsupported = JwksSource::Uri("ftp://example.com/keys".to_owned());
     assert!(matches!(
-        client.jwks(&unsupported).await,
+        client.jwks(&unsupported, DEFAULT_FETCH_TIMEOUT).await,
         Err(fetch::FetchError::Url(_))
     ));
     // Nothing listens on a port just released: a connection error, quickly.
@@ -188,9 +203,50 @@ async fn bad_answers_are_errors_and_never_keys() {
     drop(closed);
     let refused = JwksSource::Uri(format!("http://{address}/keys"));
     assert!(matches!(
-        client.jwks(&refused).await,
+        client.jwks(&refused, DEFAULT_FETCH_TIMEOUT).await,
         Err(fetch::FetchError::Connect(_))
     ));
+}
+
+/// A key server that accepts the connection and never answers: the fetch gives up after the
+/// rule's timeout, not after the default.
+#[tokio::test]
+async fn a_silent_server_fails_the_fetch_after_the_rules_timeout() {
+    // Connections complete in the kernel's backlog; nothing ever reads or answers them.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let source = JwksSource::Uri(format!("http://{}/keys", silent.local_addr().unwrap()));
+    let timeout = Duration::from_millis(300);
+
+    let client = fetch::Client::new().unwrap();
+    let started = Instant::now();
+    // Well under the default: with the default in force, this bound fails the test.
+    let result = tokio::time::timeout(Duration::from_secs(2), client.jwks(&source, timeout))
+        .await
+        .expect("the fetch gave up after the rule's timeout, not the default");
+    let elapsed = started.elapsed();
+    assert!(
+        matches!(result, Err(fetch::FetchError::Timeout(t)) if t == timeout),
+        "{result:?}"
+    );
+    assert!(elapsed >= timeout, "gave up early: {elapsed:?}");
+
+    // Through the resolver: the timeout the translation asked with bounds its fetches.
+    let resolver = Arc::new(JwksResolver::default());
+    let (_stop, shutdown) = watch::channel(false);
+    assert_eq!(
+        resolver.keys(&source, timeout),
+        Keys::Missing { error: None }
+    );
+    tokio::spawn(resolver.clone().run(shutdown));
+    let keys = wait_for(&resolver, &source, timeout, |k| {
+        matches!(k, Keys::Missing { error: Some(_) })
+    })
+    .await;
+    let Keys::Missing { error: Some(error) } = keys else {
+        panic!("{keys:?}");
+    };
+    assert_eq!(error, "no answer within 300ms");
+    drop(silent);
 }
 
 #[test]
@@ -199,12 +255,12 @@ fn sources_no_translation_asks_for_are_forgotten() {
     let kept = JwksSource::Uri("http://a.example/keys".to_owned());
     let dropped = JwksSource::Uri("http://b.example/keys".to_owned());
     let epoch = resolver.begin();
-    resolver.keys(&kept);
-    resolver.keys(&dropped);
+    resolver.keys(&kept, DEFAULT_FETCH_TIMEOUT);
+    resolver.keys(&dropped, DEFAULT_FETCH_TIMEOUT);
     resolver.finish(epoch);
     assert_eq!(resolver.lock().entries.len(), 2);
     let epoch = resolver.begin();
-    resolver.keys(&kept);
+    resolver.keys(&kept, DEFAULT_FETCH_TIMEOUT);
     resolver.finish(epoch);
     let state = resolver.lock();
     assert!(state.entries.contains_key(&kept));

@@ -263,12 +263,6 @@ pub const CATALOG: &[NotApplied] = &[
         Set,
         "a selector never binds a waypoint (as in Istio's ambient mode) and Weft runs no sidecars: only targetRefs apply it",
     ),
-    entry(
-        K::RequestAuthentication,
-        "spec.jwtRules[].timeout",
-        Set,
-        "the controller fetches every jwksUri with its own 5 s timeout",
-    ),
     // Telemetry (what waypoints apply: `translate::waypoint::telemetry`)
     entry(
         K::Telemetry,
@@ -325,18 +319,6 @@ pub const CATALOG: &[NotApplied] = &[
         "spec.action",
         Equals(&["CUSTOM"]),
         "no external authorizer is called: the requests its rules select are denied",
-    ),
-    entry(
-        K::AuthorizationPolicy,
-        "spec.rules[].from[].source.trustDomains",
-        Set,
-        "trust domains are not matched: an ALLOW rule with them never matches, a DENY rule applies to every trust domain",
-    ),
-    entry(
-        K::AuthorizationPolicy,
-        "spec.rules[].from[].source.notTrustDomains",
-        Set,
-        "trust domains are not matched: an ALLOW rule with them never matches, a DENY rule applies to every trust domain",
     ),
     entry(
         K::AuthorizationPolicy,

@@ -9,8 +9,8 @@
 //! - a rule with no clauses, and a clause with no matches, match everything;
 //! - a match with every field empty matches nothing.
 //!
-//! Peers without an identity (plaintext): a positive `principals`, `namespaces` or
-//! `serviceAccounts` list never matches them, while a negative list (`notPrincipals`, ...) always
+//! Peers without an identity (plaintext): a positive `principals`, `namespaces`,
+//! `serviceAccounts` or `trustDomains` list never matches them, while a negative list (`notPrincipals`, ...) always
 //! does, since they hold no principal that could be excluded. This is Envoy's RBAC result too
 //! (`not_id` of an `authenticated` principal is true without a certificate) and is what makes
 //! `notPrincipals: ["*"]` in a DENY policy mean "refuse plaintext", the shape istiod gives a
@@ -86,6 +86,10 @@ pub struct ConnectionMatch {
     /// Principals without the `spiffe://` scheme: `cluster.local/ns/x/sa/y`.
     pub principals: Vec<WildcardMatch>,
     pub not_principals: Vec<WildcardMatch>,
+    /// The trust domain of the peer's identity (`cluster.local` in
+    /// `spiffe://cluster.local/ns/x/sa/y`), in Istio's wildcard syntax.
+    pub trust_domains: Vec<WildcardMatch>,
+    pub not_trust_domains: Vec<WildcardMatch>,
     pub source_ips: Vec<IpNet>,
     pub not_source_ips: Vec<IpNet>,
     pub destination_ips: Vec<IpNet>,
@@ -137,6 +141,8 @@ impl ConnectionMatch {
             principal.is_some_and(|p| m.matches(p))
         }) && positive_and_negative(&self.namespaces, &self.not_namespaces, |m| {
             identity.is_some_and(|id| m.matches(id.namespace()))
+        }) && positive_and_negative(&self.trust_domains, &self.not_trust_domains, |m| {
+            identity.is_some_and(|id| m.matches(id.trust_domain()))
         })
     }
 }

@@ -5,8 +5,10 @@
 //!   none listed), ANY of its `to` operations (or none listed) and ALL of its `when` conditions
 //!   match. A policy without rules matches nothing; a rule `{}` matches everything.
 //! - Within a source, operation or condition, every set field must match, each as "any of the
-//!   values, none of the not-values". Without a peer identity, `principals` and `namespaces`
-//!   never match and `notPrincipals` / `notNamespaces` always do (see [`crate::l4`]).
+//!   values, none of the not-values". Without a peer identity, `principals`, `namespaces` and
+//!   `trustDomains` never match and their `not` forms always do (see [`crate::l4`]).
+//! - `trustDomains` compare with the trust domain of the peer's identity (`cluster.local` in
+//!   `spiffe://cluster.local/ns/x/sa/y`), as Istio's `srcTrustDomainGenerator` does.
 //! - `paths` / `notPaths` compare against the normalized path ([`crate::path`]); a request whose
 //!   path cannot be normalized is denied. Patterns are Istio's `exact`, `prefix*`, `*suffix`, `*`,
 //!   or an Envoy URI template: `{*}` is one non-empty segment, `{**}` the rest of the path (zero
@@ -16,7 +18,8 @@
 //!   `example.com:8080`; list `example.com:*` as well to accept any port.
 //! - `methods` are case-sensitive; `ports` compare with the destination port.
 //! - `when` supports `request.headers[<name>]`, `source.ip`, `remote.ip`, `destination.ip`,
-//!   `destination.port`, `source.namespace`, `source.principal`, `connection.sni` and the JWT
+//!   `destination.port`, `source.namespace`, `source.principal`, `source.trustDomain`,
+//!   `connection.sni` and the JWT
 //!   attributes `request.auth.principal`, `request.auth.audiences`, `request.auth.presenter`
 //!   and `request.auth.claims[<name>]` (nested: `[a][b]`; see [`crate::request_auth`]). Any
 //!   other key is refused: a policy we cannot enforce faithfully is rejected (NACK) rather than
@@ -75,6 +78,9 @@ pub struct Source {
     pub not_request_principals: Vec<WildcardMatch>,
     pub namespaces: Vec<WildcardMatch>,
     pub not_namespaces: Vec<WildcardMatch>,
+    /// Against the trust domain of the peer's identity.
+    pub trust_domains: Vec<WildcardMatch>,
+    pub not_trust_domains: Vec<WildcardMatch>,
     /// Against the direct peer address.
     pub ip_blocks: Vec<IpNet>,
     pub not_ip_blocks: Vec<IpNet>,
@@ -199,6 +205,8 @@ pub enum ConditionKey {
     DestinationPort,
     SourceNamespace,
     SourcePrincipal,
+    /// `source.trustDomain`: the trust domain of the peer's identity.
+    SourceTrustDomain,
     ConnectionSni,
     /// `request.auth.principal`: the JWT's `iss/sub`.
     RequestPrincipal,
@@ -233,6 +241,7 @@ impl ConditionKey {
             "destination.port" => ConditionKey::DestinationPort,
             "source.namespace" => ConditionKey::SourceNamespace,
             "source.principal" => ConditionKey::SourcePrincipal,
+            "source.trustDomain" => ConditionKey::SourceTrustDomain,
             "connection.sni" => ConditionKey::ConnectionSni,
             "request.auth.principal" => ConditionKey::RequestPrincipal,
             "request.auth.audiences" => ConditionKey::RequestAudiences,
@@ -350,6 +359,9 @@ impl Condition {
                 (ConditionKey::SourcePrincipal, ConditionValue::Text(m)) => {
                     principal.is_some_and(|p| m.matches(p))
                 }
+                (ConditionKey::SourceTrustDomain, ConditionValue::Text(m)) => req
+                    .source_identity
+                    .is_some_and(|id| m.matches(id.trust_domain())),
                 (ConditionKey::ConnectionSni, ConditionValue::Text(m)) => {
                     req.sni.is_some_and(|sni| m.matches(sni))
                 }
@@ -408,6 +420,9 @@ impl Source {
         }) && positive_and_negative(&self.namespaces, &self.not_namespaces, |m| {
             req.source_identity
                 .is_some_and(|id| m.matches(id.namespace()))
+        }) && positive_and_negative(&self.trust_domains, &self.not_trust_domains, |m| {
+            req.source_identity
+                .is_some_and(|id| m.matches(id.trust_domain()))
         }) && positive_and_negative(&self.ip_blocks, &self.not_ip_blocks, |net| {
             net.contains(&req.source_ip)
         }) && positive_and_negative(&self.remote_ip_blocks, &self.not_remote_ip_blocks, |net| {

@@ -385,6 +385,11 @@ pub fn authorization_from_proto(
                         "rules.clauses.matches.not_principals",
                         m.not_principals,
                     )?,
+                    trust_domains: strings("rules.clauses.matches.trust_domains", m.trust_domains)?,
+                    not_trust_domains: strings(
+                        "rules.clauses.matches.not_trust_domains",
+                        m.not_trust_domains,
+                    )?,
                     source_ips: networks("rules.clauses.matches.source_ips", m.source_ips)?,
                     not_source_ips: networks(
                         "rules.clauses.matches.not_source_ips",

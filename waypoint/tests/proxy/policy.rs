@@ -1,5 +1,6 @@
 //! Authorization: the client's address is its connection's, other trust domains are refused,
-//! and a path policy covers every form of its path.
+//! trust-domain rules decide by the client's identity, and a path policy covers every form of
+//! its path.
 
 use http::StatusCode;
 use weft_proto::waypoint as proto;
@@ -82,4 +83,87 @@ async fn deny_policy_on_a_path_also_covers_its_encoded_and_doubled_forms() {
     assert_eq!(v1.request_count(), 0);
     let (status, _, _) = harness.get("/productpage").await;
     assert_eq!(status, StatusCode::OK);
+}
+
+/// An ALLOW policy on trust domains lets the mesh's client (`cluster.local`) through when its
+/// trust domain is listed and refuses it when it is not; a DENY on `notTrustDomains` follows.
+#[tokio::test]
+async fn trust_domain_policies_decide_by_the_clients_identity() {
+    let (mesh, v1, _v2) = two_endpoints().await;
+    let harness = Harness::start(mesh, &[&v1]).await;
+    let policy = |name: &str, action: proto::l7_authorization::Action, source: proto::Source| {
+        proto::L7Authorization {
+            name: name.to_owned(),
+            namespace: "default".to_owned(),
+            action: action as i32,
+            rules: vec![proto::Rule {
+                from: vec![proto::rule::From {
+                    source: Some(source),
+                }],
+                to: Vec::new(),
+                when: Vec::new(),
+            }],
+            dry_run: false,
+            target_services: vec![HOST.to_owned()],
+        }
+    };
+    let domains = |values: &[&str]| values.iter().map(|v| (*v).to_owned()).collect::<Vec<_>>();
+    use proto::l7_authorization::Action::{Allow, Deny};
+    let cases = [
+        (
+            "allow the mesh's domain by prefix",
+            policy(
+                "allow",
+                Allow,
+                proto::Source {
+                    trust_domains: domains(&["cluster.*"]),
+                    ..Default::default()
+                },
+            ),
+            StatusCode::OK,
+        ),
+        (
+            "allow another domain only",
+            policy(
+                "allow",
+                Allow,
+                proto::Source {
+                    trust_domains: domains(&["partner.example"]),
+                    ..Default::default()
+                },
+            ),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "deny all but the mesh's domain",
+            policy(
+                "deny",
+                Deny,
+                proto::Source {
+                    not_trust_domains: domains(&["cluster.local"]),
+                    ..Default::default()
+                },
+            ),
+            StatusCode::OK,
+        ),
+        (
+            "deny all but another domain",
+            policy(
+                "deny",
+                Deny,
+                proto::Source {
+                    not_trust_domains: domains(&["*.example"]),
+                    ..Default::default()
+                },
+            ),
+            StatusCode::FORBIDDEN,
+        ),
+    ];
+    for (name, policy, want) in cases {
+        let mut cfg = config(vec![route_to("v1")], vec![cluster("v1", &[&v1])]);
+        cfg.authorization_policies.push(policy);
+        harness.waypoint.apply_config(cfg).unwrap();
+        let (status, _, _) = harness.get("/productpage").await;
+        assert_eq!(status, want, "{name}");
+    }
 }

@@ -137,12 +137,14 @@ pub struct Condition {
 }
 
 /// `when` keys a node agent evaluates; every other key needs the request (Istio's
-/// `l4WhenAttributes`, with `remote.ip`, which is `source.ip` without a proxy in front).
-pub const L4_CONDITION_KEYS: [&str; 6] = [
+/// `l4WhenAttributes`, with `remote.ip`, which is `source.ip` without a proxy in front, and
+/// `source.trustDomain`, which the peer's certificate carries as it carries the principal).
+pub const L4_CONDITION_KEYS: [&str; 7] = [
     "source.ip",
     "remote.ip",
     "source.namespace",
     "source.principal",
+    "source.trustDomain",
     "destination.ip",
     "destination.port",
 ];
@@ -187,12 +189,6 @@ pub fn http_attributes_at_node_agents(action: AuthorizationAction) -> String {
 }
 
 impl Source {
-    /// Whether the source names trust domains, which Weft does not match: an ALLOW rule with
-    /// them allows nothing, a DENY rule applies without them.
-    pub fn names_trust_domains(&self) -> bool {
-        !self.trust_domains.is_empty() || !self.not_trust_domains.is_empty()
-    }
-
     /// The fields set that only a request carries (what a node agent cannot evaluate).
     pub fn http_attributes(&self) -> Vec<&'static str> {
         [
@@ -232,15 +228,6 @@ impl Condition {
 }
 
 impl Rule {
-    /// Whether a source of the rule names trust domains ([`Source::names_trust_domains`]).
-    pub fn names_trust_domains(&self) -> bool {
-        self.from
-            .iter()
-            .flatten()
-            .filter_map(|f| f.source.as_ref())
-            .any(Source::names_trust_domains)
-    }
-
     /// The paths, relative to the rule (`to[0].operation.paths`, `when[1]`), of every
     /// attribute in it that only a request carries.
     pub fn http_attributes(&self) -> Vec<String> {

@@ -62,10 +62,7 @@ fn cidr(value: &str) -> Option<security::Address> {
 ///   (istiod leaves such an entry empty, which ztunnel skips, so that the DENY denies nothing;
 ///   deliberately stricter here.)
 fn rule_to_l4(rule: &Rule, action: AuthorizationAction) -> Option<security::Rule> {
-    // Trust domains are not matched either: they count as an attribute the agent cannot see.
-    if action == AuthorizationAction::Allow
-        && (!rule.http_attributes().is_empty() || rule.names_trust_domains())
-    {
+    if action == AuthorizationAction::Allow && !rule.http_attributes().is_empty() {
         return None;
     }
     let mut clauses = Vec::new();
@@ -83,11 +80,7 @@ fn rule_to_l4(rule: &Rule, action: AuthorizationAction) -> Option<security::Rule
         clause(
             from.iter()
                 .filter_map(|f| f.source.as_ref())
-                .map(|source| {
-                    let unseen =
-                        !source.http_attributes().is_empty() || source.names_trust_domains();
-                    (source_match(source), unseen)
-                })
+                .map(|source| (source_match(source), !source.http_attributes().is_empty()))
                 .collect(),
         );
     }
@@ -125,6 +118,11 @@ fn rule_to_l4(rule: &Rule, action: AuthorizationAction) -> Option<security::Rule
                     .iter()
                     .map(|v| string_match(&principal(v)))
                     .collect(),
+                ..Default::default()
+            },
+            "source.trustDomain" => security::Match {
+                trust_domains: values.iter().map(|v| string_match(v)).collect(),
+                not_trust_domains: not_values.iter().map(|v| string_match(v)).collect(),
                 ..Default::default()
             },
             "destination.ip" => security::Match {
@@ -171,6 +169,16 @@ fn source_match(source: &crate::model::security::Source) -> security::Match {
             .not_namespaces
             .iter()
             .map(|n| string_match(n))
+            .collect(),
+        trust_domains: source
+            .trust_domains
+            .iter()
+            .map(|t| string_match(t))
+            .collect(),
+        not_trust_domains: source
+            .not_trust_domains
+            .iter()
+            .map(|t| string_match(t))
             .collect(),
         service_accounts: service_accounts(&source.service_accounts),
         not_service_accounts: service_accounts(&source.not_service_accounts),

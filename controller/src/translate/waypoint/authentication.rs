@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::Service;
 use weft_proto::waypoint as wp;
 
 use super::Compiler;
-use crate::jwks::{JwksSource, Keys};
+use crate::jwks::{DEFAULT_FETCH_TIMEOUT, JwksSource, Keys};
 use crate::model::ResourceKind;
 use crate::model::security::{JwtRule, RequestAuthentication};
 use crate::translate::TranslateProblem;
@@ -57,7 +57,7 @@ impl Compiler<'_, '_> {
                 issuer: rule.issuer.clone().unwrap_or_default(),
             },
         };
-        let (jwks, error, stale) = match self.settings.jwks.keys(&source) {
+        let (jwks, error, stale) = match self.settings.jwks.keys(&source, fetch_timeout(rule)) {
             Keys::Fetched { jwks, stale } => (jwks, stale, true),
             Keys::Missing { error } => (String::new(), error, false),
         };
@@ -75,6 +75,16 @@ impl Compiler<'_, '_> {
         }
         jwks
     }
+}
+
+/// How long a fetch of the rule's keys may take: its `timeout` (validation admits only positive
+/// durations), else istiod's default.
+pub(crate) fn fetch_timeout(rule: &JwtRule) -> std::time::Duration {
+    rule.timeout
+        .as_ref()
+        .and_then(|timeout| timeout.parse().ok())
+        .filter(|d| !d.negative && !d.magnitude.is_zero())
+        .map_or(DEFAULT_FETCH_TIMEOUT, |d| d.magnitude)
 }
 
 /// An inline `jwks`: a key set, or a single key taken as a set of one (as Istio takes it).

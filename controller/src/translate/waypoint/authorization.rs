@@ -188,19 +188,8 @@ fn l7_rules(
         let mut never = false;
         let mut from = Vec::new();
         if let Some(sources) = &rule.from {
-            for (j, f) in sources.iter().enumerate() {
+            for f in sources {
                 let Some(source) = &f.source else { continue };
-                // Trust domains are not matched: fail closed. An ALLOW source needing one never
-                // matches; a DENY source applies to every trust domain.
-                let trust_domains =
-                    !source.trust_domains.is_empty() || !source.not_trust_domains.is_empty();
-                if trust_domains && action == wp::l7_authorization::Action::Allow {
-                    notes.push(TranslateProblem::Unsupported {
-                        path: format!("{path}.from[{j}].source.trustDomains"),
-                        reason: "trust domains are not matched by waypoints; this ALLOW source never matches".to_owned(),
-                    });
-                    continue;
-                }
                 from.push(wp::rule::From {
                     source: Some(l7_source(source)),
                 });
@@ -311,6 +300,8 @@ fn l7_source(s: &crate::model::security::Source) -> wp::Source {
         not_principals,
         not_request_principals: s.not_request_principals.clone(),
         not_namespaces: s.not_namespaces.clone(),
+        trust_domains: s.trust_domains.clone(),
+        not_trust_domains: s.not_trust_domains.clone(),
         not_ip_blocks: s.not_ip_blocks.clone(),
         remote_ip_blocks: s.remote_ip_blocks.clone(),
         not_remote_ip_blocks: s.not_remote_ip_blocks.clone(),

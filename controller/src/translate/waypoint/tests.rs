@@ -713,5 +713,6 @@ spec: {{host: reviews, trafficPolicy: {{connectionPool: {{
     );
 }
 
+mod authorization;
 mod retries;
 mod traffic_policy;

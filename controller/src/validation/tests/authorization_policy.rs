@@ -54,12 +54,12 @@ fn authorization_policy_rules() {
                 "{action: CUSTOM, provider: {name: ext-authz}, rules: [{to: [{operation: {paths: ['/api/{*}/items/{**}']}}]}]}",
             ),
         ),
-        warns(
+        ok(
             "trust domains",
             "Source.trustDomains; CheckTrustDomainValues",
-            ap("{rules: [{from: [{source: {trustDomains: ['td1', '*.example.com']}}]}]}"),
-            "spec.rules[0].from[0].source.trustDomains",
-            NOT_APPLIED,
+            ap(
+                "{rules: [{from: [{source: {trustDomains: ['td1', '*.example.com', 'cluster.*', '*'], notTrustDomains: [legacy.local]}}]}]}",
+            ),
         ),
         bad(
             "trust domain with a slash",

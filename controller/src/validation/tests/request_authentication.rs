@@ -19,14 +19,12 @@ fn request_authentication_rules() {
             "spec.selector",
             crate::validation::NOT_APPLIED,
         ),
-        warns(
+        ok(
             "fetch timeout",
             "JWTRule.timeout",
             ra(
-                "{targetRefs: [{kind: Service, name: a}], jwtRules: [{issuer: i, jwksUri: 'https://i/jwks', timeout: 5s}]}",
+                "{targetRefs: [{kind: Service, name: a}], jwtRules: [{issuer: i, jwksUri: 'https://i/jwks', timeout: 1500ms}]}",
             ),
-            "spec.jwtRules[0].timeout",
-            crate::validation::NOT_APPLIED,
         ),
         ok(
             "targetRefs and every applied field",
@@ -109,6 +107,13 @@ fn request_authentication_rules() {
             "bad timeout",
             "validateJwtRule: ValidateDuration; CRD rule",
             ra("{jwtRules: [{issuer: i, timeout: 0s}]}"),
+            "spec.jwtRules[0].timeout",
+            "greater than 1ms",
+        ),
+        bad(
+            "negative timeout",
+            "validateJwtRule: ValidateDuration",
+            ra("{jwtRules: [{issuer: i, timeout: -2s}]}"),
             "spec.jwtRules[0].timeout",
             "greater than 1ms",
         ),

@@ -617,3 +617,5 @@ fn authorization_round_trips_through_serde() {
         evaluate([&p], &plaintext(9090))
     );
 }
+
+mod trust_domains;

@@ -256,3 +256,4 @@ fn policies_round_trip_through_serde() {
 mod request_auth;
 mod table;
 mod tcp;
+mod trust_domains;

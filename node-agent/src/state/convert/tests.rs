@@ -110,6 +110,24 @@ fn every_match_field_lands_in_its_own_slot() {
             |m| m.not_principals == [WildcardMatch::Presence],
         ),
         (
+            "trust_domains",
+            sec::Match {
+                trust_domains: vec![exact("cluster.local")],
+                ..Default::default()
+            },
+            |m| m.trust_domains == [WildcardMatch::Exact("cluster.local".into())],
+        ),
+        (
+            "not_trust_domains",
+            sec::Match {
+                not_trust_domains: vec![sec::StringMatch {
+                    match_type: Some(sec::string_match::MatchType::Suffix(".example.com".into())),
+                }],
+                ..Default::default()
+            },
+            |m| m.not_trust_domains == [WildcardMatch::Suffix(".example.com".into())],
+        ),
+        (
             "source_ips",
             sec::Match {
                 source_ips: vec![address(&[10, 1, 0, 0], 16)],
@@ -174,6 +192,8 @@ fn every_match_field_lands_in_its_own_slot() {
             !m.not_service_accounts.is_empty(),
             !m.principals.is_empty(),
             !m.not_principals.is_empty(),
+            !m.trust_domains.is_empty(),
+            !m.not_trust_domains.is_empty(),
             !m.source_ips.is_empty(),
             !m.not_source_ips.is_empty(),
             !m.destination_ips.is_empty(),

@@ -53,6 +53,8 @@ pub(super) fn authorization(
                         not_request_principals: wildcards(&s.not_request_principals),
                         namespaces: wildcards(&s.namespaces),
                         not_namespaces: wildcards(&s.not_namespaces),
+                        trust_domains: wildcards(&s.trust_domains),
+                        not_trust_domains: wildcards(&s.not_trust_domains),
                         ip_blocks: cidrs(&s.ip_blocks, context)?,
                         not_ip_blocks: cidrs(&s.not_ip_blocks, context)?,
                         remote_ip_blocks: cidrs(&s.remote_ip_blocks, context)?,

@@ -336,3 +336,64 @@ spec:
     );
     assert_eq!(types(&principal.not_principals), vec![suffix("/sa/admin")]);
 }
+
+/// Trust domains are matched by the agents: an ALLOW rule with them is sent with them (not
+/// dropped as one the agents cannot evaluate), a DENY rule keeps them, and nothing is reported.
+#[test]
+fn trust_domains_reach_the_agents() {
+    let index = index(
+        r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-domains, namespace: shop}
+spec:
+  selector: {matchLabels: {app: cart}}
+  rules:
+  - from: [{source: {trustDomains: [cluster.local, "*.example.com", "*"]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-foreign, namespace: shop}
+spec:
+  action: DENY
+  rules:
+  - from: [{source: {notTrustDomains: ["cluster.*"]}}]
+  - when: [{key: source.trustDomain, values: [legacy.local]}]
+"#,
+    );
+    let authorizations = authorizations(&index, &MeshSettings::default());
+    use security::string_match::MatchType;
+    let matching = |values: &[security::StringMatch]| -> Vec<Option<MatchType>> {
+        values.iter().map(|m| m.match_type.clone()).collect()
+    };
+
+    let allow = policy(&authorizations, "shop/allow-domains");
+    assert_eq!(allow.rules.len(), 1, "the ALLOW rule is kept: {allow:?}");
+    assert_eq!(
+        matching(&allow.rules[0].clauses[0].matches[0].trust_domains),
+        [
+            Some(MatchType::Exact("cluster.local".into())),
+            Some(MatchType::Suffix(".example.com".into())),
+            Some(MatchType::Presence(())),
+        ]
+    );
+
+    let deny = policy(&authorizations, "shop/deny-foreign");
+    assert_eq!(deny.rules.len(), 2);
+    let from = &deny.rules[0].clauses[0].matches[0];
+    assert_eq!(
+        matching(&from.not_trust_domains),
+        [Some(MatchType::Prefix("cluster.".into()))]
+    );
+    let when = &deny.rules[1].clauses[0].matches[0];
+    assert_eq!(
+        matching(&when.trust_domains),
+        [Some(MatchType::Exact("legacy.local".into()))]
+    );
+
+    assert!(
+        authorization_problems(&index).is_empty(),
+        "{:?}",
+        authorization_problems(&index)
+    );
+}
