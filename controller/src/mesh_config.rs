@@ -10,7 +10,9 @@
 //! [`otel_als`]; `envoyHttpAls` and `envoyTcpAls`: [`grpc_als`]), which Telemetry resources select from, and the gateways' default
 //! `defaultConfig.gatewayTopology.numTrustedProxies`, in every gateway's, and the default
 //! locality load balancing, `localityLbSetting`, which a cluster without a DestinationRule
-//! setting of its own (nor a traffic distribution) follows. The file is read at
+//! setting of its own (nor a traffic distribution) follows, and `h2UpgradePolicy`, which
+//! upgrades to HTTP/2 the clusters of ports declared HTTP whose DestinationRule leaves it to the
+//! mesh (`translate::waypoint`). The file is read at
 //! start (an invalid one stops the start) and again whenever its content changes; an invalid
 //! change is logged naming the file, the field and the reason, and the last good configuration
 //! stays in force. In Kubernetes mode without a file, the same document comes from the
@@ -77,6 +79,8 @@ pub struct Mesh {
     /// `localityLbSetting`: the locality load balancing of a cluster whose DestinationRule sets
     /// none (istiod's `GetEffectiveLbSetting`); unset, Istio's default (enabled, nothing set).
     pub locality_lb: Option<LocalityLbSetting>,
+    /// `h2UpgradePolicy: UPGRADE` (Istio's default is `DO_NOT_UPGRADE`).
+    pub h2_upgrade: bool,
 }
 
 impl Mesh {
@@ -175,12 +179,27 @@ pub fn parse(path: &str, text: &str) -> Result<Mesh, MeshConfigError> {
             Some(setting)
         }
     };
+    let h2_upgrade = match mesh.get("h2UpgradePolicy") {
+        None | Some(serde_yaml::Value::Null) => false,
+        Some(serde_yaml::Value::String(policy)) => match policy.as_str() {
+            "DO_NOT_UPGRADE" => false,
+            "UPGRADE" => true,
+            other => {
+                return Err(field(
+                    "h2UpgradePolicy",
+                    format!("unknown value {other:?} (DO_NOT_UPGRADE or UPGRADE)"),
+                ));
+            }
+        },
+        Some(_) => return Err(field("h2UpgradePolicy", "must be a string".to_owned())),
+    };
     Ok(Mesh {
         agents: config,
         tracing,
         access_logging,
         gateway_trusted_proxies,
         locality_lb,
+        h2_upgrade,
     })
 }
 
@@ -254,6 +273,11 @@ impl MeshConfigWatch {
     /// The mesh's default locality load balancing (`localityLbSetting`).
     pub fn locality_lb_setting(&self) -> Option<LocalityLbSetting> {
         self.current.borrow().0.locality_lb.clone()
+    }
+
+    /// Whether the mesh upgrades HTTP/1.1 to HTTP/2 by default (`h2UpgradePolicy: UPGRADE`).
+    pub fn h2_upgrade(&self) -> bool {
+        self.current.borrow().0.h2_upgrade
     }
 
     /// Changes when the configuration in force changes.

@@ -30,7 +30,7 @@ pub use cluster::{
     DEFAULT_CONSECUTIVE_LOCAL_ORIGIN_FAILURE, DEFAULT_MAGLEV_TABLE_SIZE,
     DEFAULT_MAX_EJECTION_PERCENT, DEFAULT_MINIMUM_RING_SIZE, DEFAULT_OUTLIER_INTERVAL, Endpoint,
     HashCookie, HashKey, HashTable, LoadBalancer, MAGLEV_TABLE_LIMIT, MAXIMUM_RING_SIZE,
-    OutlierPolicy, ResolvedNames, RetryBudget, SlowStart, Tunnel,
+    OutlierPolicy, ResolvedNames, RetryBudget, SlowStart, Tunnel, UpstreamProtocol,
 };
 pub use route::{
     AbortKind, CorsPolicy, DEFAULT_RETRIABLE_STATUS_CODES, DEFAULT_RETRY_ATTEMPTS,
@@ -252,6 +252,7 @@ impl WorkloadTarget<'_> {
             tls: None,
             dynamic_dns: false,
             proxy_protocol: None,
+            upstream_protocol: Default::default(),
             plan: std::sync::OnceLock::new(),
         }
     }

@@ -383,6 +383,38 @@ fn the_default_locality_load_balancing_is_read_and_validated() {
     }
 }
 
+/// `h2UpgradePolicy`, Istio's `MeshConfig.H2UpgradePolicy` (`DO_NOT_UPGRADE` by default); an
+/// unknown value is refused as istiod's protobuf reading refuses it.
+#[test]
+fn the_default_h2_upgrade_policy_is_read() {
+    assert!(!parse("mesh", "").unwrap().h2_upgrade);
+    assert!(
+        !parse("mesh", "h2UpgradePolicy: DO_NOT_UPGRADE\n")
+            .unwrap()
+            .h2_upgrade
+    );
+    assert!(
+        parse("mesh", "h2UpgradePolicy: UPGRADE\n")
+            .unwrap()
+            .h2_upgrade
+    );
+    assert_eq!(
+        parse("mesh", "h2UpgradePolicy: ALWAYS\n")
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        Err(
+            "mesh: h2UpgradePolicy: unknown value \"ALWAYS\" (DO_NOT_UPGRADE or UPGRADE)"
+                .to_owned()
+        )
+    );
+    assert_eq!(
+        parse("mesh", "h2UpgradePolicy: [UPGRADE]\n")
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        Err("mesh: h2UpgradePolicy: must be a string".to_owned())
+    );
+}
+
 /// The access-log providers: `envoyFileAccessLog` ones with their formats, Istio's built-in
 /// `envoy` (which a declared one replaces), `defaultProviders.accessLogging`, and
 /// `accessLogFile` with the mesh's format and encoding.

@@ -98,18 +98,6 @@ pub const CATALOG: &[NotApplied] = &[
     ),
     entry(
         K::DestinationRule,
-        "spec.**.connectionPool.http.h2UpgradePolicy",
-        Set,
-        "waypoints keep the client's protocol",
-    ),
-    entry(
-        K::DestinationRule,
-        "spec.**.connectionPool.http.useClientProtocol",
-        Set,
-        "waypoints keep the client's protocol",
-    ),
-    entry(
-        K::DestinationRule,
         "spec.**.tls.mode",
         Equals(&["SIMPLE", "MUTUAL"]),
         "waypoints originate TLS only to the endpoints of ServiceEntry hosts they serve (outside the mesh); mesh endpoints are reached over HBONE",

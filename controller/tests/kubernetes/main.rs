@@ -525,7 +525,7 @@ async fn the_webhook_refuses_bad_configuration_over_tls_trusted_through_the_bund
     // A good one with a field Weft does not apply: allowed, with that warning.
     let good = json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
         "metadata": {"name": "reviews", "namespace": "shop"},
-        "spec": {"host": "reviews", "trafficPolicy": {"connectionPool": {"http": {"h2UpgradePolicy": "UPGRADE"}}}}});
+        "spec": {"host": "reviews", "trafficPolicy": {"loadBalancer": {"simple": "PASSTHROUGH"}}}});
     let answer = post_review(
         webhook,
         &bundle_pem,
@@ -536,7 +536,7 @@ async fn the_webhook_refuses_bad_configuration_over_tls_trusted_through_the_bund
     let warnings = answer["response"]["warnings"].as_array().unwrap();
     assert!(
         warnings[0].as_str().unwrap().starts_with(
-            "DestinationRule shop/reviews: spec.trafficPolicy.connectionPool.http.h2UpgradePolicy: accepted but not applied"
+            "DestinationRule shop/reviews: spec.trafficPolicy.loadBalancer.simple: accepted but not applied"
         ),
         "{warnings:?}"
     );

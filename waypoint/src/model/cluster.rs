@@ -222,6 +222,33 @@ pub use weft_istio::defaults::{
     DEFAULT_MAX_EJECTION_PERCENT, DEFAULT_OUTLIER_INTERVAL,
 };
 
+/// The HTTP version a cluster's requests go upstream in, as Istio sets a cluster's Envoy
+/// protocol options (`setUpstreamProtocol`, then the DestinationRule's `useClientProtocol` and
+/// `h2UpgradePolicy`). A protocol upgrade (WebSocket) goes over HTTP/1.1 whatever it says.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    /// HTTP/2 for an HTTP/2 client and on a port declared HTTP2 or GRPC, else HTTP/1.1.
+    #[default]
+    Default,
+    /// HTTP/2 for every client (`h2UpgradePolicy: UPGRADE`, Envoy's `http2_protocol_options`).
+    Http2,
+    /// The client's own version, even on a port declared HTTP2 or GRPC (`useClientProtocol`,
+    /// Envoy's `use_downstream_protocol_config`).
+    Client,
+}
+
+impl UpstreamProtocol {
+    /// Whether a request goes upstream over HTTP/2: `client_http2` when its client spoke
+    /// HTTP/2, `port_http2` when the port it arrived for is declared HTTP2 or GRPC.
+    pub fn http2(self, client_http2: bool, port_http2: bool) -> bool {
+        match self {
+            UpstreamProtocol::Default => client_http2 || port_http2,
+            UpstreamProtocol::Http2 => true,
+            UpstreamProtocol::Client => client_http2,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Cluster {
     pub name: String,
@@ -252,6 +279,8 @@ pub struct Cluster {
     /// DestinationRule `proxyProtocol`: the PROXY header written first on each new connection
     /// to an endpoint ([`crate::upstream::proxy_protocol`]); `None`: none.
     pub proxy_protocol: Option<ProxyProtocolVersion>,
+    /// The HTTP version its requests go to its endpoints in.
+    pub upstream_protocol: UpstreamProtocol,
     /// What endpoint choice needs that depends only on this configuration ([`Self::plan`]).
     pub plan: OnceLock<BalancingPlan>,
 }

@@ -90,9 +90,10 @@ pub(super) async fn forward_to(
         cx.record.destination_service = Some(Arc::clone(&to.cluster.service));
     }
     let upgrade = upgrade::requested(&request);
-    let http2 = !upgrade
-        && (request.version() == Version::HTTP_2
-            || matches!(cx.target.protocol(), Protocol::Http2 | Protocol::Grpc));
+    let client_http2 = request.version() == Version::HTTP_2;
+    let port_http2 = matches!(cx.target.protocol(), Protocol::Http2 | Protocol::Grpc);
+    // An upgrade stays on HTTP/1.1, whatever the cluster's protocol.
+    let http2 = !upgrade && to.cluster.upstream_protocol.http2(client_http2, port_http2);
     let (mut parts, body) = request.into_parts();
     // The downstream request keeps only what an upgrade needs of it (its extensions).
     let mut headers = std::mem::take(&mut parts.headers);
@@ -162,6 +163,8 @@ pub(super) async fn forward_to(
             headers,
             body: None,
             http2: false,
+            client_http2,
+            port_http2,
         };
         let downstream = Request::from_parts(parts, body);
         return upgrade::forward(
@@ -202,6 +205,8 @@ pub(super) async fn forward_to(
         headers,
         body,
         http2,
+        client_http2,
+        port_http2,
     };
     send_mirrors(cx, &to.route.mirrors, &outgoing);
     // The attempts own the headers from here: the last one takes them, others send copies.
@@ -323,7 +328,12 @@ pub(super) struct Outgoing {
     pub headers: HeaderMap,
     /// The downstream body, `None` when it is empty.
     pub body: Option<Replayable>,
+    /// Whether it goes upstream over HTTP/2 (its cluster's protocol for its client).
     pub http2: bool,
+    /// Whether its client spoke HTTP/2, and whether the port it arrived for is declared HTTP2
+    /// or GRPC: what a mirror's cluster decides its own version from.
+    pub client_http2: bool,
+    pub port_http2: bool,
 }
 
 impl Outgoing {
@@ -349,10 +359,21 @@ impl Outgoing {
 
     /// The request with `headers`, which are the outgoing headers or a copy of them.
     fn build_with<B>(&self, authority: Option<&str>, body: B, headers: HeaderMap) -> Request<B> {
+        self.build_in(self.http2, authority, body, headers)
+    }
+
+    /// The request with `headers`, in HTTP/2 form when `http2`.
+    fn build_in<B>(
+        &self,
+        http2: bool,
+        authority: Option<&str>,
+        body: B,
+        headers: HeaderMap,
+    ) -> Request<B> {
         let mut request = Request::new(body);
         *request.method_mut() = self.method.clone();
         *request.headers_mut() = headers;
-        if self.http2 {
+        if http2 {
             let uri = Uri::builder()
                 .scheme("http")
                 .authority(authority.unwrap_or(self.authority.as_str()))
@@ -440,7 +461,11 @@ fn send_mirrors(cx: &RequestContext<'_>, mirrors: &[Mirror], outgoing: &Outgoing
             debug!(cluster = %mirror.cluster, %authority, "mirror host outside the wildcard: not sent");
             continue;
         }
-        let request = outgoing.build(Some(&authority), ());
+        // The mirror's cluster decides its own HTTP version.
+        let http2 = mirror_cluster
+            .upstream_protocol
+            .http2(outgoing.client_http2, outgoing.port_http2);
+        let request = outgoing.build_in(http2, Some(&authority), (), outgoing.headers.clone());
         let copy = outgoing.body.as_ref().map(|body| body.finished(true));
         let upstream = cx.shared.upstream.clone();
         let headers = outgoing.headers.clone();
@@ -448,7 +473,6 @@ fn send_mirrors(cx: &RequestContext<'_>, mirrors: &[Mirror], outgoing: &Outgoing
         // The mirrored request is the client's too: a PROXY header carries its connection.
         let downstream = cx.tunnel.downstream.clone();
         let query = cx.query.clone();
-        let http2 = outgoing.http2;
         tokio::spawn(
             async move {
                 let body = match copy {

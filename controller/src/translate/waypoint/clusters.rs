@@ -138,6 +138,7 @@ impl<'a> Compiler<'a, '_> {
         let mut locality_setting = None;
         let mut outlier_detection = false;
         let mut zone_aware = false;
+        let mut http_settings = None;
         if let Some(rule) = &rule {
             cluster.destination_rule = rule.key();
             let effective = effective_policy(
@@ -161,6 +162,7 @@ impl<'a> Compiler<'a, '_> {
             cluster.outlier_detection = policy.2;
             cluster.retry_budget = effective.retry_budget.as_ref().map(retry_budget);
             cluster.proxy_protocol = effective.proxy_protocol.as_ref().map(proxy_protocol);
+            http_settings = effective.connection_pool.and_then(|pool| pool.http);
             let meta = rule.first.metadata.clone();
             for note in notes {
                 self.report(ResourceKind::DestinationRule, &meta, note);
@@ -203,6 +205,12 @@ impl<'a> Compiler<'a, '_> {
             })
             .flatten();
         cluster.subset_labels = subset_labels;
+        cluster.set_upstream_protocol(upstream_protocol::upstream_protocol(
+            http_settings.as_ref(),
+            self.declared_protocol(&key.host, key.port),
+            self.settings.mesh.h2_upgrade(),
+            self.gateway,
+        ));
         cluster
     }
 
@@ -616,14 +624,6 @@ impl EffectivePolicy {
             .load_balancer
             .as_ref()
             .and_then(|lb| load_balancer(lb, &mut note));
-        if let Some(http) = self.connection_pool.as_ref().and_then(|p| p.http.as_ref())
-            && (http.h2_upgrade_policy.is_some() || http.use_client_protocol.is_some())
-        {
-            note(
-                "connectionPool.http",
-                "h2UpgradePolicy and useClientProtocol are not supported by waypoints (they keep the client's protocol); ignored",
-            );
-        }
         if let Some(tls) = &self.tls
             && !originates
             && matches!(
@@ -791,3 +791,4 @@ const DEFAULT_SLOW_START_AGGRESSION: f64 = 1.0;
 
 #[cfg(test)]
 mod tests;
+mod upstream_protocol;

@@ -13,7 +13,7 @@ use crate::model::{
     DEFAULT_CONSECUTIVE_LOCAL_ORIGIN_FAILURE, DEFAULT_MAGLEV_TABLE_SIZE,
     DEFAULT_MAX_EJECTION_PERCENT, DEFAULT_MINIMUM_RING_SIZE, DEFAULT_OUTLIER_INTERVAL, Endpoint,
     HashCookie, HashKey, HashTable, LoadBalancer, MAGLEV_TABLE_LIMIT, MAXIMUM_RING_SIZE,
-    OutlierPolicy, ResolvedNames, RetryBudget, SlowStart, WorkloadInfo, invalid,
+    OutlierPolicy, ResolvedNames, RetryBudget, SlowStart, UpstreamProtocol, WorkloadInfo, invalid,
 };
 use crate::upstream::{OriginatedTls, OriginationCredentials, ProxyProtocolVersion};
 
@@ -408,8 +408,23 @@ pub(super) fn cluster(
             .as_ref()
             .map(|p| proxy_protocol(p, context))
             .transpose()?,
+        upstream_protocol: upstream_protocol(c.upstream_protocol, context)?,
         plan: std::sync::OnceLock::new(),
     })
+}
+
+/// The upstream HTTP version, one the waypoint knows.
+fn upstream_protocol(value: i32, context: &str) -> Result<UpstreamProtocol, ConfigError> {
+    use proto::UpstreamHttpProtocol as P;
+    match P::try_from(value) {
+        Ok(P::Default) => Ok(UpstreamProtocol::Default),
+        Ok(P::Http2) => Ok(UpstreamProtocol::Http2),
+        Ok(P::Client) => Ok(UpstreamProtocol::Client),
+        Err(_) => Err(invalid(
+            context,
+            format!("upstream_protocol {value} is not DEFAULT, HTTP2 or CLIENT"),
+        )),
+    }
 }
 
 /// The PROXY protocol version, one Envoy knows.

@@ -100,6 +100,7 @@ pub(super) fn least_request(endpoints: Vec<Endpoint>) -> Cluster {
         tls: None,
         dynamic_dns: false,
         proxy_protocol: None,
+        upstream_protocol: Default::default(),
         plan: std::sync::OnceLock::new(),
     }
 }
@@ -183,6 +184,7 @@ pub(super) fn ranked_cluster(endpoints: &[(u8, u32)], outlier: Option<OutlierPol
         tls: None,
         dynamic_dns: false,
         proxy_protocol: None,
+        upstream_protocol: Default::default(),
         plan: std::sync::OnceLock::new(),
     }
 }

@@ -211,3 +211,95 @@ spec:
     assert_eq!(v2.subset_labels["version"], "v2", "subsets of both rules");
     assert!(v2.endpoints.is_empty(), "no v2 pod");
 }
+
+/// `h2UpgradePolicy` and `useClientProtocol` set each cluster's upstream HTTP version as
+/// Istio's `applyConnectionPool` and `applyH2Upgrade` set a waypoint cluster's, through
+/// port-level settings and subsets; MeshConfig `h2UpgradePolicy` stands in for a rule that
+/// leaves it to the mesh.
+#[test]
+fn h2_upgrade_and_client_protocol_set_the_upstream_version() {
+    use wp::UpstreamHttpProtocol as U;
+    let ports =
+        "ports: [{name: http, port: 9080}, {name: grpc, port: 9081}, {name: web, port: 9082}]";
+    let service = MESH.replace("ports: [{name: http, port: 9080}]", ports);
+    let rules = r#"---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: shop}
+spec:
+  host: reviews
+  trafficPolicy:
+    connectionPool: {http: {h2UpgradePolicy: UPGRADE}}
+    portLevelSettings:
+    - port: {number: 9081}
+      connectionPool: {http: {useClientProtocol: true}}
+  subsets:
+  - name: v1
+    labels: {version: v1}
+    trafficPolicy: {connectionPool: {http: {h2UpgradePolicy: DO_NOT_UPGRADE}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: shop}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{headers: {x-v1: {exact: "1"}}}]
+    route: [{destination: {host: reviews, subset: v1}}]
+  - route: [{destination: {host: reviews}}]
+"#;
+    let translate = |text: &str, mesh_config: &str| {
+        let mesh = crate::mesh_config::parse("mesh", mesh_config).unwrap();
+        let settings = MeshSettings {
+            mesh: std::sync::Arc::new(crate::mesh_config::MeshConfigWatch::fixed(mesh)),
+            ..Default::default()
+        };
+        let mut problems = Vec::new();
+        let config = waypoint_configs(&validated(text), &settings, &mut problems)
+            .remove("shop/waypoint")
+            .unwrap();
+        assert!(problems.is_empty(), "{problems:?}");
+        config
+    };
+    let protocol = |config: &wp::WaypointConfig, name: &str| {
+        config
+            .clusters
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("no {name} in {:?}", config.clusters))
+            .upstream_protocol()
+    };
+    let host = "reviews.shop.svc.cluster.local";
+    let config = translate(&format!("{service}{rules}"), "");
+    // UPGRADE on the port declared HTTP; the port-level useClientProtocol replaces the rule's
+    // pool on the GRPC port; an undeclared port keeps the client's version at a waypoint; the
+    // subset's DO_NOT_UPGRADE overrides the rule's UPGRADE.
+    for (name, expected) in [
+        (format!("outbound|9080||{host}"), U::Http2),
+        (format!("outbound|9081||{host}"), U::Client),
+        (format!("outbound|9082||{host}"), U::Default),
+        (format!("outbound|9080|v1|{host}"), U::Default),
+        (format!("outbound|9082|v1|{host}"), U::Default),
+    ] {
+        assert_eq!(protocol(&config, &name), expected, "{name}");
+    }
+    // Without a rule, the mesh's policy: UPGRADE upgrades the ports declared HTTP.
+    let upgraded = translate(&service, "h2UpgradePolicy: UPGRADE\n");
+    assert_eq!(
+        protocol(&upgraded, &format!("outbound|9080||{host}")),
+        U::Http2
+    );
+    assert_eq!(
+        protocol(&upgraded, &format!("outbound|9081||{host}")),
+        U::Http2
+    );
+    assert_eq!(
+        protocol(&upgraded, &format!("outbound|9082||{host}")),
+        U::Default
+    );
+    let default = translate(&service, "");
+    assert_eq!(
+        protocol(&default, &format!("outbound|9080||{host}")),
+        U::Default
+    );
+}

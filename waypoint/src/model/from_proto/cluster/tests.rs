@@ -307,3 +307,46 @@ fn a_proxy_protocol_version_is_one_envoy_knows() {
         "{error}"
     );
 }
+
+#[test]
+fn an_upstream_protocol_is_one_the_waypoint_knows() {
+    let with = |upstream_protocol| proto::Cluster {
+        upstream_protocol,
+        load_balancer: None,
+        ..settings(proto::load_balancer_settings::SimpleLb::RoundRobin, 0)
+    };
+    for (value, expected) in [
+        (0, UpstreamProtocol::Default),
+        (1, UpstreamProtocol::Http2),
+        (2, UpstreamProtocol::Client),
+    ] {
+        assert_eq!(convert(&with(value)).unwrap().upstream_protocol, expected);
+    }
+    let error = convert(&with(3)).unwrap_err().to_string();
+    assert!(
+        error.contains("outbound|80||web.shop.svc.cluster.local")
+            && error.contains("upstream_protocol 3 is not DEFAULT, HTTP2 or CLIENT"),
+        "{error}"
+    );
+}
+
+#[test]
+fn an_upstream_protocol_decides_http2_from_the_client_and_the_port() {
+    // (protocol, client over HTTP/2, port declared HTTP2 or GRPC, upstream over HTTP/2)
+    let cases = [
+        (UpstreamProtocol::Default, false, false, false),
+        (UpstreamProtocol::Default, true, false, true),
+        (UpstreamProtocol::Default, false, true, true),
+        (UpstreamProtocol::Http2, false, false, true),
+        (UpstreamProtocol::Http2, true, true, true),
+        (UpstreamProtocol::Client, false, true, false),
+        (UpstreamProtocol::Client, true, false, true),
+    ];
+    for (protocol, client, port, expected) in cases {
+        assert_eq!(
+            protocol.http2(client, port),
+            expected,
+            "{protocol:?} {client} {port}"
+        );
+    }
+}
