@@ -252,6 +252,7 @@ impl WorkloadTarget<'_> {
             tls: None,
             dynamic_dns: false,
             proxy_protocol: None,
+            tcp_tunneling: None,
             plan: std::sync::OnceLock::new(),
         }
     }

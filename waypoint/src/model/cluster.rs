@@ -9,7 +9,7 @@ use http::HeaderName;
 use weft_identity::SpiffeId;
 
 use super::WorkloadInfo;
-use crate::upstream::{BalancingPlan, OriginatedTls, ProxyProtocolVersion};
+use crate::upstream::{BalancingPlan, OriginatedTls, ProxyProtocolVersion, TcpTunneling};
 
 /// How the waypoint reaches an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -252,6 +252,10 @@ pub struct Cluster {
     /// DestinationRule `proxyProtocol`: the PROXY header written first on each new connection
     /// to an endpoint ([`crate::upstream::proxy_protocol`]); `None`: none.
     pub proxy_protocol: Option<ProxyProtocolVersion>,
+    /// DestinationRule `tunnel`: TCP connections carried to this cluster go through the chosen
+    /// endpoint by a CONNECT (or POST) to the target ([`crate::upstream::TcpTunneling`]);
+    /// requests of HTTP routes never do. `None`: none.
+    pub tcp_tunneling: Option<TcpTunneling>,
     /// What endpoint choice needs that depends only on this configuration ([`Self::plan`]).
     pub plan: OnceLock<BalancingPlan>,
 }

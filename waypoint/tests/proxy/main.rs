@@ -22,3 +22,4 @@ mod resilience;
 mod routing;
 mod slow_start;
 mod tcp;
+mod tunneling;

@@ -99,6 +99,7 @@ pub(super) fn least_request(endpoints: Vec<Endpoint>) -> Cluster {
         tls: None,
         dynamic_dns: false,
         proxy_protocol: None,
+        tcp_tunneling: None,
         plan: std::sync::OnceLock::new(),
     }
 }
@@ -181,6 +182,7 @@ pub(super) fn ranked_cluster(endpoints: &[(u8, u32)], outlier: Option<OutlierPol
         tls: None,
         dynamic_dns: false,
         proxy_protocol: None,
+        tcp_tunneling: None,
         plan: std::sync::OnceLock::new(),
     }
 }
