@@ -193,7 +193,7 @@ async fn a_non_2xx_answer_closes_the_downstream_connection() {
         CLIENT_IP,
     )
     .await;
-    let error = tunnel.err().expect("the tunnel is refused");
+    let error = tunnel.expect_err("the tunnel is refused");
     assert!(error.to_string().contains("503"), "{error:#}");
     assert_eq!(
         next(&mut heads).await.line,
