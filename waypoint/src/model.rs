@@ -253,6 +253,7 @@ impl WorkloadTarget<'_> {
             dynamic_dns: false,
             proxy_protocol: None,
             upstream_protocol: Default::default(),
+            tcp_tunneling: None,
             plan: std::sync::OnceLock::new(),
         }
     }

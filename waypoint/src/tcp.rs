@@ -11,6 +11,11 @@
 //! closing at once only what is no longer allowed is what ztunnel does at L4.) The endpoint a
 //! connection was routed to stays its endpoint: TCP routes apply to new connections, as Envoy's
 //! `tcp_proxy` picks its cluster per connection.
+//!
+//! A cluster with DestinationRule `tunnel` settings is reached through its endpoint, a tunnel
+//! proxy, by a CONNECT (or POST) to the target once the stream to it is open
+//! ([`crate::upstream::TcpTunneling`]), as Envoy's `tcp_proxy` does with `tunneling_config`;
+//! a refusal is a connect failure of that endpoint (`UF`, counted by outlier detection).
 
 use std::sync::Arc;
 
@@ -279,10 +284,23 @@ pub async fn open_tcp_upstream(
         .identity
         .as_ref()
         .map(|p| RecordText::Owned(p.to_string()));
-    match upstream
+    let opened = match upstream
         .open_stream(&cluster, &endpoint, &context.downstream)
         .await
     {
+        Ok(stream) => match &cluster.tcp_tunneling {
+            Some(tunneling) => {
+                let timeout = cluster
+                    .limits
+                    .connect_timeout
+                    .unwrap_or(TUNNEL_ANSWER_TIMEOUT);
+                tunneling.establish(stream, endpoint.address, timeout).await
+            }
+            None => Ok(stream),
+        },
+        Err(error) => Err(error),
+    };
+    match opened {
         Ok(stream) => {
             upstream.record_outcome(&cluster, endpoint.address, Outcome::Response(200));
             Ok(Box::new(MeteredStream::new(
@@ -300,6 +318,10 @@ pub async fn open_tcp_upstream(
         }
     }
 }
+
+/// How long a tunnel proxy may take to answer the CONNECT (or POST) when the cluster sets no
+/// connect timeout: Istio's default connect timeout.
+const TUNNEL_ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A TLS connection to a `DYNAMIC_DNS` host, carried on `inside`: the ClientHello's SNI names
 /// the endpoint (read within the ClientHello's bounds, then replayed to it untouched). A hello

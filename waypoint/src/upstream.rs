@@ -78,6 +78,7 @@ pub mod dynamic_dns;
 pub mod proxy_protocol;
 mod reset;
 mod tls;
+mod tunneling;
 
 use balancing::ClusterRuntime;
 pub use balancing::{
@@ -91,6 +92,7 @@ use proxy_protocol::DownstreamKey;
 pub use proxy_protocol::{Downstream, ProxyProtocolVersion};
 pub use reset::ResetReason;
 pub use tls::{OriginatedTls, OriginationCredentials};
+pub use tunneling::TcpTunneling;
 
 /// What the waypoint knows of an endpoint found by name at request time: nothing.
 static OUTSIDE_THE_MESH: std::sync::LazyLock<Arc<crate::model::WorkloadInfo>> =

@@ -104,24 +104,6 @@ pub const CATALOG: &[NotApplied] = &[
     ),
     entry(
         K::DestinationRule,
-        "spec.**.tls.insecureSkipVerify",
-        Set,
-        "waypoints always verify the server's certificate",
-    ),
-    entry(
-        K::DestinationRule,
-        "spec.trafficPolicy.tunnel",
-        Set,
-        "waypoints do not tunnel to the destination",
-    ),
-    entry(
-        K::DestinationRule,
-        "spec.subsets[].trafficPolicy.tunnel",
-        Set,
-        "waypoints do not tunnel to the destination",
-    ),
-    entry(
-        K::DestinationRule,
         "spec.**.retryBudget.budgetInterval",
         Set,
         "the budget counts the retries in flight; no interval applies",

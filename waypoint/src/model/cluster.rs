@@ -9,7 +9,7 @@ use http::HeaderName;
 use weft_identity::SpiffeId;
 
 use super::WorkloadInfo;
-use crate::upstream::{BalancingPlan, OriginatedTls, ProxyProtocolVersion};
+use crate::upstream::{BalancingPlan, OriginatedTls, ProxyProtocolVersion, TcpTunneling};
 
 /// How the waypoint reaches an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -281,6 +281,10 @@ pub struct Cluster {
     pub proxy_protocol: Option<ProxyProtocolVersion>,
     /// The HTTP version its requests go to its endpoints in.
     pub upstream_protocol: UpstreamProtocol,
+    /// DestinationRule `tunnel`: TCP connections carried to this cluster go through the chosen
+    /// endpoint by a CONNECT (or POST) to the target ([`crate::upstream::TcpTunneling`]);
+    /// requests of HTTP routes never do. `None`: none.
+    pub tcp_tunneling: Option<TcpTunneling>,
     /// What endpoint choice needs that depends only on this configuration ([`Self::plan`]).
     pub plan: OnceLock<BalancingPlan>,
 }

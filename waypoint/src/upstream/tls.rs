@@ -14,16 +14,16 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use rustls::client::WebPkiServerVerifier;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::danger::ServerCertVerifier;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{
-    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
-};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, RootCertStore};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use weft_proto::waypoint as proto;
+
+use verify::{AnyOfNames, Unverified};
 
 use crate::gateway::credentials::xds::{Delivered, Material, XdsCredentials};
 use crate::gateway::credentials::{
@@ -86,7 +86,7 @@ enum Connector {
 /// may have replaced for a reason.
 struct FilesConnector {
     source: FileSource,
-    subject_alt_names: Vec<String>,
+    verification: Verification,
     built: Mutex<FilesBuilt>,
 }
 
@@ -121,18 +121,16 @@ impl FileSource {
         }
     }
 
-    fn build(&self, subject_alt_names: &[String]) -> Result<TlsConnector, String> {
+    fn build(&self, verification: &Verification) -> Result<TlsConnector, String> {
         match self {
-            FileSource::Settings(files) => {
-                files.read().and_then(|m| connector(&m, subject_alt_names))
-            }
+            FileSource::Settings(files) => files.read().and_then(|m| connector(&m, verification)),
             FileSource::Credential {
                 directory,
                 name,
                 mutual,
-            } => credential_files(name, *mutual, directory)
+            } => credential_files(name, *mutual, directory, verification.verifies())
                 .and_then(|files| files.read())
-                .and_then(|m| connector(&m, subject_alt_names))
+                .and_then(|m| connector(&m, verification))
                 .map_err(|e| format!("credential {name}: {e}")),
         }
     }
@@ -140,13 +138,13 @@ impl FileSource {
 
 impl FilesConnector {
     /// Built from the files as they are now; `Err` is why they cannot be used.
-    fn new(source: FileSource, subject_alt_names: Vec<String>) -> Self {
+    fn new(source: FileSource, verification: Verification) -> Self {
         // Stamped before reading: a file changing meanwhile is read again at the next look.
         let stamp = source.stamp();
-        let connector = source.build(&subject_alt_names).map_err(Arc::from);
+        let connector = source.build(&verification).map_err(Arc::from);
         FilesConnector {
             source,
-            subject_alt_names,
+            verification,
             built: Mutex::new(FilesBuilt { stamp, connector }),
         }
     }
@@ -155,10 +153,7 @@ impl FilesConnector {
         let stamp = self.source.stamp();
         let mut built = self.built.lock().unwrap_or_else(|p| p.into_inner());
         if built.stamp != stamp {
-            let connector = self
-                .source
-                .build(&self.subject_alt_names)
-                .map_err(Arc::from);
+            let connector = self.source.build(&self.verification).map_err(Arc::from);
             match &connector {
                 Ok(_) => {
                     tracing::info!(files = %self.source, "tls origination files changed: new connections use them")
@@ -196,14 +191,15 @@ struct DeliveredConnector {
     /// `<resource>-cacert`: the server's CA.
     ca_resource: String,
     mutual: bool,
-    subject_alt_names: Vec<String>,
+    verification: Verification,
     credentials: XdsCredentials,
     /// The credentials the last connector was built from (CA, client pair), and it.
     built: Mutex<Option<BuiltFrom>>,
 }
 
 struct BuiltFrom {
-    ca: Arc<Delivered>,
+    /// `None` when the server is not verified: no CA is needed.
+    ca: Option<Arc<Delivered>>,
     client: Option<Arc<Delivered>>,
     connector: Result<TlsConnector, Arc<str>>,
 }
@@ -215,10 +211,15 @@ impl DeliveredConnector {
                 "credential {name} not delivered by the controller (missing Secret?)"
             ))
         };
-        let ca = self
-            .credentials
-            .get(&self.ca_resource)
-            .ok_or_else(|| missing(&self.ca_resource))?;
+        let ca = if self.verification.verifies() {
+            Some(
+                self.credentials
+                    .get(&self.ca_resource)
+                    .ok_or_else(|| missing(&self.ca_resource))?,
+            )
+        } else {
+            None
+        };
         let client = if self.mutual {
             Some(
                 self.credentials
@@ -229,19 +230,20 @@ impl DeliveredConnector {
             None
         };
         let mut built = self.built.lock().unwrap_or_else(|p| p.into_inner());
+        let same = |a: &Option<Arc<Delivered>>, b: &Option<Arc<Delivered>>| match (a, b) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
         if let Some(last) = &*built
-            && Arc::ptr_eq(&last.ca, &ca)
-            && match (&last.client, &client) {
-                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                (None, None) => true,
-                _ => false,
-            }
+            && same(&last.ca, &ca)
+            && same(&last.client, &client)
         {
             return last.connector.clone();
         }
         let connector = self
-            .material(&ca, client.as_deref())
-            .and_then(|material| connector(&material, &self.subject_alt_names))
+            .material(ca.as_deref(), client.as_deref())
+            .and_then(|material| connector(&material, &self.verification))
             .map_err(|e| Arc::from(format!("credential {}: {e}", self.resource)));
         if let Err(reason) = &connector {
             tracing::warn!(credential = %self.resource, %reason, "tls origination credential unusable: the cluster's connections fail");
@@ -254,9 +256,17 @@ impl DeliveredConnector {
         connector
     }
 
-    fn material(&self, ca: &Delivered, client: Option<&Delivered>) -> Result<TlsMaterial, String> {
-        let Material::Ca { ca, crl } = &ca.material else {
-            return Err(format!("{}{CA_SECRET_SUFFIX} holds no CA", self.resource));
+    fn material(
+        &self,
+        ca: Option<&Delivered>,
+        client: Option<&Delivered>,
+    ) -> Result<TlsMaterial, String> {
+        let ca = match ca.map(|c| &c.material) {
+            None => None,
+            Some(Material::Ca { ca, crl }) => Some((ca, crl)),
+            Some(Material::Certificate { .. }) => {
+                return Err(format!("{}{CA_SECRET_SUFFIX} holds no CA", self.resource));
+            }
         };
         let client = match client.map(|c| &c.material) {
             None => None,
@@ -267,9 +277,11 @@ impl DeliveredConnector {
             Some(Material::Ca { .. }) => return Err("holds no client certificate".to_owned()),
         };
         Ok(TlsMaterial {
-            ca: Some(pem_certificates(ca, "trusted_ca")?),
-            crls: crl
-                .as_deref()
+            ca: ca
+                .map(|(ca, _)| pem_certificates(ca, "trusted_ca"))
+                .transpose()?,
+            crls: ca
+                .and_then(|(_, crl)| crl.as_deref())
                 .map(|crl| pem_crls(crl, "crl"))
                 .transpose()?
                 .unwrap_or_default(),
@@ -374,17 +386,22 @@ impl OriginatedTls {
         } else {
             Some(server_name(host)?)
         };
+        let verification = if settings.insecure_skip_verify {
+            Verification::Skip
+        } else {
+            Verification::Names(settings.subject_alt_names.clone())
+        };
+        // Not verifying, Istio gives Envoy no validation context: no CA nor revocation list
+        // is read.
+        let verifies = verification.verifies();
         let connector = if settings.credential_name.is_empty() {
             let files = TlsFiles {
-                ca: non_empty(&settings.ca_certificates),
-                crl: non_empty(&settings.ca_crl),
+                ca: non_empty(&settings.ca_certificates).filter(|_| verifies),
+                crl: non_empty(&settings.ca_crl).filter(|_| verifies),
                 client: non_empty(&settings.client_certificate)
                     .map(|c| (c, PathBuf::from(&settings.private_key))),
             };
-            let mut files = FilesConnector::new(
-                FileSource::Settings(files),
-                settings.subject_alt_names.clone(),
-            );
+            let mut files = FilesConnector::new(FileSource::Settings(files), verification);
             if let Err(reason) = &files.built.get_mut().expect("not shared yet").connector {
                 return Err(reason.to_string());
             }
@@ -394,7 +411,7 @@ impl OriginatedTls {
                 resource: settings.credential_resource.clone(),
                 ca_resource: format!("{}{CA_SECRET_SUFFIX}", settings.credential_resource),
                 mutual: settings.mutual,
-                subject_alt_names: settings.subject_alt_names.clone(),
+                verification,
                 credentials: credentials.delivered.clone(),
                 built: Mutex::new(None),
             }))
@@ -407,7 +424,7 @@ impl OriginatedTls {
                         name: name.clone(),
                         mutual: settings.mutual,
                     },
-                    settings.subject_alt_names.clone(),
+                    verification,
                 ))),
                 Err(e) => Connector::Built(Err(Arc::from(format!("credential {name}: {e}")))),
             }
@@ -514,9 +531,23 @@ fn credentials_directory<'a>(
 }
 
 /// The files of the credential `name` under `dir`; they must exist (the server cannot be
-/// verified without its CA).
-fn credential_files(name: &str, mutual: bool, dir: &Path) -> Result<TlsFiles, String> {
+/// verified without its CA). `verifies`: false when the server is not verified, so no CA is
+/// read.
+fn credential_files(
+    name: &str,
+    mutual: bool,
+    dir: &Path,
+    verifies: bool,
+) -> Result<TlsFiles, String> {
     let own = dir.join(name);
+    let client = mutual.then(|| (own.join(CERTIFICATE_FILE), own.join(KEY_FILE)));
+    if !verifies {
+        return Ok(TlsFiles {
+            ca: None,
+            crl: None,
+            client,
+        });
+    }
     // The CA's directory: the credential's own, else its `-cacert` companion; a revocation
     // list beside it goes with it, as Istio pairs `ca.crt` and `ca.crl`.
     let ca_dir = [own.clone(), dir.join(format!("{name}{CA_SECRET_SUFFIX}"))]
@@ -530,7 +561,6 @@ fn credential_files(name: &str, mutual: bool, dir: &Path) -> Result<TlsFiles, St
         })?;
     let crl = Some(ca_dir.join(CRL_FILE)).filter(|p| p.is_file());
     let ca = ca_dir.join(CA_FILE);
-    let client = mutual.then(|| (own.join(CERTIFICATE_FILE), own.join(KEY_FILE)));
     Ok(TlsFiles {
         ca: Some(ca),
         crl,
@@ -538,10 +568,33 @@ fn credential_files(name: &str, mutual: bool, dir: &Path) -> Result<TlsFiles, St
     })
 }
 
+/// How the server's certificate is checked.
+#[derive(Debug, Clone)]
+enum Verification {
+    /// Against the CAs, for one of these names (none: the SNI).
+    Names(Vec<String>),
+    /// Not at all: DestinationRule `insecureSkipVerify`.
+    Skip,
+}
+
+impl Verification {
+    fn verifies(&self) -> bool {
+        matches!(self, Verification::Names(_))
+    }
+}
+
 /// A client configuration verifying the server against `material.ca` (else the Mozilla
-/// roots) for one of `subject_alt_names` (else the SNI), presenting `material.client` if any.
-fn connector(material: &TlsMaterial, subject_alt_names: &[String]) -> Result<TlsConnector, String> {
+/// roots) for one of the names `verification` gives (else the SNI), or not at all, presenting
+/// `material.client` if any.
+fn connector(material: &TlsMaterial, verification: &Verification) -> Result<TlsConnector, String> {
     let provider = weft_identity::crypto_provider();
+    let subject_alt_names = match verification {
+        Verification::Names(names) => names,
+        Verification::Skip => {
+            let verifier = Arc::new(Unverified(provider.clone()));
+            return client_config(provider, verifier, material);
+        }
+    };
     let mut roots = RootCertStore::empty();
     match &material.ca {
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
@@ -561,11 +614,21 @@ fn connector(material: &TlsMaterial, subject_alt_names: &[String]) -> Result<Tls
         .iter()
         .map(|n| server_name(n))
         .collect::<Result<Vec<_>, _>>()?;
+    client_config(provider, Arc::new(AnyOfNames { webpki, names }), material)
+}
+
+/// A client configuration checking the server with `verifier`, presenting `material.client`
+/// if any.
+fn client_config(
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    verifier: Arc<dyn ServerCertVerifier>,
+    material: &TlsMaterial,
+) -> Result<TlsConnector, String> {
     let builder = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyOfNames { webpki, names }));
+        .with_custom_certificate_verifier(verifier);
     let config = match &material.client {
         None => builder.with_no_client_auth(),
         Some((chain, key)) => builder
@@ -611,62 +674,7 @@ fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     Ok(certificates)
 }
 
-/// Verifies the server's chain as webpki does, for the SNI or, when `subjectAltNames` are
-/// given, for any one of them (Envoy's `match_subject_alt_names`).
-#[derive(Debug)]
-struct AnyOfNames {
-    webpki: Arc<WebPkiServerVerifier>,
-    names: Vec<ServerName<'static>>,
-}
-
-impl ServerCertVerifier for AnyOfNames {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let verify = |name: &ServerName<'_>| {
-            self.webpki
-                .verify_server_cert(end_entity, intermediates, name, ocsp_response, now)
-        };
-        let mut result = Err(rustls::Error::General("no subject alt name".to_owned()));
-        if self.names.is_empty() {
-            return verify(server_name);
-        }
-        for name in &self.names {
-            result = verify(name);
-            if result.is_ok() {
-                break;
-            }
-        }
-        result
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.webpki.supported_verify_schemes()
-    }
-}
+mod verify;
 
 #[cfg(test)]
 mod tests;

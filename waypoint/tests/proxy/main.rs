@@ -23,3 +23,4 @@ mod routing;
 mod slow_start;
 mod tcp;
 mod upstream_protocol;
+mod tunneling;

@@ -163,6 +163,7 @@ impl<'a> Compiler<'a, '_> {
             cluster.retry_budget = effective.retry_budget.as_ref().map(retry_budget);
             cluster.proxy_protocol = effective.proxy_protocol.as_ref().map(proxy_protocol);
             http_settings = effective.connection_pool.and_then(|pool| pool.http);
+            cluster.tcp_tunneling = tunnel::tcp_tunneling(rule, &key.subset);
             let meta = rule.first.metadata.clone();
             for note in notes {
                 self.report(ResourceKind::DestinationRule, &meta, note);
@@ -171,10 +172,7 @@ impl<'a> Compiler<'a, '_> {
         if external {
             cluster.endpoints = self.entry_endpoints(&key.host, key.port, &subset_labels);
             cluster.dynamic_dns = self.entry_dynamic_dns(&key.host);
-            cluster.tls = tls.as_ref().and_then(|tls| {
-                let rule = rule.as_ref()?.first;
-                self.upstream_tls(tls, rule)
-            });
+            cluster.tls = tls.as_ref().and_then(super::entries::upstream_tls);
         }
         if let Some(service) = self.services.get(&key.host).copied() {
             cluster.endpoints = self.endpoints(service, key.port, &subset_labels);
@@ -788,6 +786,8 @@ fn slow_start(
 /// Istio's `setWarmup` defaults, which are Envoy's.
 const DEFAULT_SLOW_START_MIN_WEIGHT_PERCENT: f64 = 10.0;
 const DEFAULT_SLOW_START_AGGRESSION: f64 = 1.0;
+
+mod tunnel;
 
 #[cfg(test)]
 mod tests;

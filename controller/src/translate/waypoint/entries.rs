@@ -10,15 +10,14 @@ use std::net::IpAddr;
 use weft_proto::waypoint as wp;
 
 use super::{Compiler, exported_to};
-use crate::model::ResourceKind;
 use crate::model::networking::{
-    ClientTlsMode, ClientTlsSettings, DestinationRule, ServiceEntry, ServiceEntryResolution,
+    ClientTlsMode, ClientTlsSettings, ServiceEntry, ServiceEntryResolution,
     ServicePort as EntryPort, WorkloadEntrySpec,
 };
 use crate::translate::agent::endpoint_uid;
 use crate::translate::agent::locality::{split_locality, topology_labels, workload_network};
+use crate::translate::auto_allocate;
 use crate::translate::resolve::{self, labels, name_of, namespace_of};
-use crate::translate::{TranslateProblem, auto_allocate};
 
 /// Protocol of a ServiceEntry port, Istio's names (`HTTP`, `HTTP2`, `GRPC`, `TCP`, `TLS`, ...).
 pub(super) fn entry_protocol(port: &EntryPort) -> wp::Protocol {
@@ -266,50 +265,38 @@ impl Compiler<'_, '_> {
         endpoints.sort_by(|a, b| a.address.cmp(&b.address));
         endpoints
     }
+}
 
-    /// TLS the waypoint originates to a ServiceEntry host's endpoints, from the DestinationRule
-    /// `tls` (SIMPLE or MUTUAL, as Envoy originates it for a sidecar); other modes: plain TCP
-    /// (ISTIO_MUTUAL means HBONE-style mesh TLS, which endpoints outside the mesh do not speak).
-    pub(super) fn upstream_tls(
-        &mut self,
-        tls: &ClientTlsSettings,
-        rule: &DestinationRule,
-    ) -> Option<wp::UpstreamTls> {
-        let mode = tls.mode.unwrap_or(ClientTlsMode::Disable);
-        if !matches!(mode, ClientTlsMode::Simple | ClientTlsMode::Mutual) {
-            return None;
-        }
-        if tls.insecure_skip_verify == Some(true) {
-            self.report(
-                ResourceKind::DestinationRule,
-                &rule.metadata,
-                TranslateProblem::Unsupported {
-                    path: "spec.trafficPolicy.tls.insecureSkipVerify".to_owned(),
-                    reason: "waypoints always verify the server's certificate".to_owned(),
-                },
-            );
-        }
-        Some(wp::UpstreamTls {
-            sni: tls.sni.clone().unwrap_or_default(),
-            ca_certificates: tls.ca_certificates.clone().unwrap_or_default(),
-            subject_alt_names: tls.subject_alt_names.clone(),
-            client_certificate: if mode == ClientTlsMode::Mutual {
-                tls.client_certificate.clone().unwrap_or_default()
-            } else {
-                String::new()
-            },
-            private_key: if mode == ClientTlsMode::Mutual {
-                tls.private_key.clone().unwrap_or_default()
-            } else {
-                String::new()
-            },
-            credential_name: tls.credential_name.clone().unwrap_or_default(),
-            ca_crl: tls.ca_crl.clone().unwrap_or_default(),
-            mutual: mode == ClientTlsMode::Mutual,
-            // Set with the proxy's namespace when the credentials are served (Kubernetes mode).
-            credential_resource: String::new(),
-        })
+/// TLS the waypoint originates to a ServiceEntry host's endpoints, from the DestinationRule
+/// `tls` (SIMPLE or MUTUAL, as Envoy originates it for a sidecar); other modes: plain TCP
+/// (ISTIO_MUTUAL means HBONE-style mesh TLS, which endpoints outside the mesh do not speak).
+pub(super) fn upstream_tls(tls: &ClientTlsSettings) -> Option<wp::UpstreamTls> {
+    let mode = tls.mode.unwrap_or(ClientTlsMode::Disable);
+    if !matches!(mode, ClientTlsMode::Simple | ClientTlsMode::Mutual) {
+        return None;
     }
+    Some(wp::UpstreamTls {
+        sni: tls.sni.clone().unwrap_or_default(),
+        ca_certificates: tls.ca_certificates.clone().unwrap_or_default(),
+        subject_alt_names: tls.subject_alt_names.clone(),
+        client_certificate: if mode == ClientTlsMode::Mutual {
+            tls.client_certificate.clone().unwrap_or_default()
+        } else {
+            String::new()
+        },
+        private_key: if mode == ClientTlsMode::Mutual {
+            tls.private_key.clone().unwrap_or_default()
+        } else {
+            String::new()
+        },
+        credential_name: tls.credential_name.clone().unwrap_or_default(),
+        ca_crl: tls.ca_crl.clone().unwrap_or_default(),
+        mutual: mode == ClientTlsMode::Mutual,
+        // Only when the user sets it, as Istio applies it: never a default.
+        insecure_skip_verify: tls.insecure_skip_verify == Some(true),
+        // Set with the proxy's namespace when the credentials are served (Kubernetes mode).
+        credential_resource: String::new(),
+    })
 }
 
 #[cfg(test)]

@@ -392,6 +392,41 @@ fn destination_rule_rules() {
             "must be \"CONNECT\" or \"POST\"",
         ),
         bad(
+            "tunnel without a target host",
+            "validateTunnelSettings (the CRD requires targetHost)",
+            policy("{tunnel: {targetPort: 443}}"),
+            "spec.trafficPolicy.tunnel.targetHost",
+            "tunnel target host must be valid FQDN or IP address",
+        ),
+        bad(
+            "tunnel target host",
+            "validateTunnelSettings",
+            dr(
+                "{host: reviews, subsets: [{name: v1, trafficPolicy: {tunnel: {targetHost: 'a b', targetPort: 443}}}]}",
+            ),
+            "spec.subsets[0].trafficPolicy.tunnel.targetHost",
+            "tunnel target host must be valid FQDN or IP address",
+        ),
+        bad(
+            "tunnel target port zero",
+            "validateTunnelSettings",
+            policy("{tunnel: {targetHost: a.example.com, targetPort: 0}}"),
+            "spec.trafficPolicy.tunnel.targetPort",
+            "must be in the range 1..65535",
+        ),
+        bad(
+            "tunnel target port above the range",
+            "validateTunnelSettings",
+            policy("{tunnel: {targetHost: 10.0.0.9, targetPort: 65536}}"),
+            "spec.trafficPolicy.tunnel.targetPort",
+            "must be in the range 1..65535",
+        ),
+        ok(
+            "tunnel by POST to an address",
+            "validateTunnelSettings",
+            policy("{tunnel: {protocol: POST, targetHost: 10.0.0.9, targetPort: 65535}}"),
+        ),
+        bad(
             "port policy without port",
             "validatePortTrafficPolicies",
             policy("{portLevelSettings: [{loadBalancer: {simple: RANDOM}}]}"),
@@ -488,4 +523,17 @@ fn proxy_protocol_is_accepted_without_a_warning() {
     ));
     assert_eq!(errors, Vec::<(String, String)>::new());
     assert_eq!(warnings, Vec::<(String, String)>::new());
+}
+
+/// `tunnel` and `insecureSkipVerify` are applied (the waypoint tunnels TCP, and skips the
+/// server's verification when the user says so): nothing reports them otherwise.
+#[test]
+fn tunnel_and_insecure_skip_verify_are_accepted_without_a_warning() {
+    let (errors, warnings) = findings(&dr(
+        "{host: db.example.com, trafficPolicy: {tunnel: {targetHost: db.internal, targetPort: 5432}, tls: {mode: SIMPLE, insecureSkipVerify: true}}, subsets: [{name: v1, trafficPolicy: {tunnel: {protocol: POST, targetHost: 10.0.0.9, targetPort: 8443}}}]}",
+    ));
+    assert_eq!(errors, Vec::<(String, String)>::new());
+    // SIMPLE keeps its own note (origination to ServiceEntry hosts only); nothing else.
+    let paths: Vec<&str> = warnings.iter().map(|(path, _)| path.as_str()).collect();
+    assert_eq!(paths, ["spec.trafficPolicy.tls.mode"]);
 }

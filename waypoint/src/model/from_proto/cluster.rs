@@ -15,7 +15,7 @@ use crate::model::{
     HashCookie, HashKey, HashTable, LoadBalancer, MAGLEV_TABLE_LIMIT, MAXIMUM_RING_SIZE,
     OutlierPolicy, ResolvedNames, RetryBudget, SlowStart, UpstreamProtocol, WorkloadInfo, invalid,
 };
-use crate::upstream::{OriginatedTls, OriginationCredentials, ProxyProtocolVersion};
+use crate::upstream::{OriginatedTls, OriginationCredentials, ProxyProtocolVersion, TcpTunneling};
 
 fn load_balancer(
     lb: Option<&proto::LoadBalancerSettings>,
@@ -409,6 +409,11 @@ pub(super) fn cluster(
             .map(|p| proxy_protocol(p, context))
             .transpose()?,
         upstream_protocol: upstream_protocol(c.upstream_protocol, context)?,
+        tcp_tunneling: c
+            .tcp_tunneling
+            .as_ref()
+            .map(|t| tcp_tunneling(t, context))
+            .transpose()?,
         plan: std::sync::OnceLock::new(),
     })
 }
@@ -441,6 +446,29 @@ fn proxy_protocol(
             format!("proxy_protocol version {} is not V1 or V2", setting.version),
         )),
     }
+}
+
+/// The tunnel's target, one that can be sent in a request head, and a method Envoy knows.
+fn tcp_tunneling(
+    setting: &proto::TcpTunneling,
+    context: &str,
+) -> Result<TcpTunneling, ConfigError> {
+    use proto::tcp_tunneling::Method;
+    let use_post = match Method::try_from(setting.method) {
+        Ok(Method::Connect) => false,
+        Ok(Method::Post) => true,
+        Err(_) => {
+            return Err(invalid(
+                context,
+                format!(
+                    "tcp_tunneling method {} is not CONNECT or POST",
+                    setting.method
+                ),
+            ));
+        }
+    };
+    TcpTunneling::new(&setting.target_host, setting.target_port, use_post)
+        .map_err(|e| invalid(context, e))
 }
 
 /// The retry budget, its percent within [0, 100].

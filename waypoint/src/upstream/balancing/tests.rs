@@ -101,6 +101,7 @@ pub(super) fn least_request(endpoints: Vec<Endpoint>) -> Cluster {
         dynamic_dns: false,
         proxy_protocol: None,
         upstream_protocol: Default::default(),
+        tcp_tunneling: None,
         plan: std::sync::OnceLock::new(),
     }
 }
@@ -185,6 +186,7 @@ pub(super) fn ranked_cluster(endpoints: &[(u8, u32)], outlier: Option<OutlierPol
         dynamic_dns: false,
         proxy_protocol: None,
         upstream_protocol: Default::default(),
+        tcp_tunneling: None,
         plan: std::sync::OnceLock::new(),
     }
 }

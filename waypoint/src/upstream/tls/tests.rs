@@ -557,3 +557,67 @@ async fn a_wildcard_host_presents_and_verifies_each_endpoint_host_unless_the_set
     assert_eq!(seen.recv().await, Some(Some("a.wild.example".to_owned())));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `insecureSkipVerify`: a server no CA vouches for, under a name that is not the SNI, is
+/// refused by default and accepted when the settings say so; for MUTUAL the delivered client
+/// pair is still presented, and no CA needs to be delivered.
+#[tokio::test]
+async fn insecure_skip_verify_accepts_a_server_nothing_vouches_for() {
+    let untrusted = certificate("other.example.net");
+    let (address, mut accepted) = server(&untrusted, None).await;
+    let connect = |settings: proto::UpstreamTls, credentials: OriginationCredentials| async move {
+        let tls = OriginatedTls::new(&settings, HOST, &credentials).expect("settings");
+        let tcp = TcpStream::connect(address).await.unwrap();
+        tls.connect(tcp, None).await.map(drop)
+    };
+    let verified = proto::UpstreamTls::default();
+    let error = connect(verified.clone(), OriginationCredentials::default())
+        .await
+        .expect_err("the Mozilla roots do not vouch for it");
+    assert!(error.to_string().contains("certificate"), "{error}");
+    assert_eq!(accepted.recv().await, Some(false));
+    let skipping = proto::UpstreamTls {
+        insecure_skip_verify: true,
+        ..verified
+    };
+    connect(skipping, OriginationCredentials::default())
+        .await
+        .expect("not verified");
+    assert_eq!(accepted.recv().await, Some(true));
+
+    let client_cert = certificate("client.egress");
+    let (address, mut accepted) = server(&untrusted, Some(&client_cert.0)).await;
+    let delivered = XdsCredentials::default();
+    deliver(&delivered, vec![pair("1", &client_cert)], &[]);
+    let credentials = OriginationCredentials {
+        directory: None,
+        delivered,
+    };
+    let mutual = proto::UpstreamTls {
+        credential_name: "api-client".to_owned(),
+        credential_resource: RESOURCE.to_owned(),
+        mutual: true,
+        insecure_skip_verify: true,
+        ..Default::default()
+    };
+    let tls = OriginatedTls::new(&mutual, HOST, &credentials).expect("settings");
+    assert_eq!(tls.unusable(), None, "no CA is needed");
+    let tcp = TcpStream::connect(address).await.unwrap();
+    tls.connect(tcp, None).await.expect("not verified");
+    assert_eq!(
+        accepted.recv().await,
+        Some(true),
+        "the client pair was presented"
+    );
+    // Verifying, the same credential needs its CA.
+    let verifying = OriginatedTls::new(
+        &proto::UpstreamTls {
+            insecure_skip_verify: false,
+            ..mutual
+        },
+        HOST,
+        &credentials,
+    )
+    .expect("settings");
+    assert!(verifying.unusable().is_some());
+}

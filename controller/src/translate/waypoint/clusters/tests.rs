@@ -244,3 +244,34 @@ fn proxy_protocol_merges_as_istio_merges_it() {
     );
     assert_eq!(version(effective_policy(None, Some(&other), 80)), None);
 }
+
+/// Istio's `tunnelingconfig.Apply`: the whole service's cluster takes the rule's tunnel, a
+/// subset's cluster its subset's own only (not the rule's), port-level settings have none.
+#[test]
+fn a_subset_cluster_tunnels_by_its_own_settings_only() {
+    use wp::tcp_tunneling::Method;
+    let rule: DestinationRule = serde_yaml::from_str(
+        "{apiVersion: networking.istio.io/v1, kind: DestinationRule, metadata: {name: db, namespace: shop}, spec: {host: db, trafficPolicy: {tunnel: {targetHost: db.example.com, targetPort: 5432}, portLevelSettings: [{port: {number: 80}, loadBalancer: {simple: RANDOM}}]}, subsets: [{name: post, trafficPolicy: {tunnel: {protocol: POST, targetHost: 10.0.0.9, targetPort: 8443}}}, {name: plain, labels: {version: v1}}]}}",
+    )
+    .unwrap();
+    let merged = MergedRule {
+        first: &rule,
+        traffic_policy: rule.spec.traffic_policy.as_ref(),
+        subsets: rule.spec.subsets.iter().collect(),
+    };
+    let tunnel = |method: Method, host: &str, port| wp::TcpTunneling {
+        method: method as i32,
+        target_host: host.to_owned(),
+        target_port: port,
+    };
+    assert_eq!(
+        tunnel::tcp_tunneling(&merged, ""),
+        Some(tunnel(Method::Connect, "db.example.com", 5432))
+    );
+    assert_eq!(
+        tunnel::tcp_tunneling(&merged, "post"),
+        Some(tunnel(Method::Post, "10.0.0.9", 8443))
+    );
+    assert_eq!(tunnel::tcp_tunneling(&merged, "plain"), None);
+    assert_eq!(tunnel::tcp_tunneling(&merged, "undefined"), None);
+}

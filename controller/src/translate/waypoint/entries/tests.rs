@@ -259,6 +259,10 @@ spec:
     assert_eq!(tls.ca_crl, "/etc/egress/ca.crl");
     assert!(tls.client_certificate.is_empty());
     assert!(
+        !tls.insecure_skip_verify,
+        "verified unless the user says not to"
+    );
+    assert!(
         cluster(&config, "outbound|443||api.example.com")
             .tls
             .is_none(),
@@ -579,5 +583,41 @@ spec:
         routed.first(),
         Some(&"outbound|80|v2|api.internal"),
         "{routed:?}"
+    );
+}
+
+/// `insecureSkipVerify: true`, set by the user, reaches the waypoint (which then does not verify
+/// the server), with no report that it is not applied.
+#[test]
+fn insecure_skip_verify_reaches_the_waypoint_when_set() {
+    let text = format!(
+        r#"{WAYPOINT}{}---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: api, namespace: egress}}
+spec:
+  host: api.example.com
+  trafficPolicy:
+    tls: {{mode: SIMPLE, sni: api.example.com, insecureSkipVerify: true}}
+"#,
+        entry(
+            "istio.io/use-waypoint: waypoint",
+            "api",
+            "api.example.com",
+            "STATIC",
+            "192.0.2.10"
+        )
+    );
+    let (config, problems) = configs(&text);
+    let tls = cluster(&config, "outbound|80||api.example.com")
+        .tls
+        .clone()
+        .expect("TLS origination");
+    assert!(tls.insecure_skip_verify);
+    assert!(
+        !problems
+            .iter()
+            .any(|p| p.to_string().contains("insecureSkipVerify")),
+        "insecureSkipVerify is applied, not reported: {problems:?}"
     );
 }

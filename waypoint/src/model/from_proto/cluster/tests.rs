@@ -350,3 +350,45 @@ fn an_upstream_protocol_decides_http2_from_the_client_and_the_port() {
         );
     }
 }
+
+#[test]
+fn a_tunnel_has_a_target_and_a_method_envoy_knows() {
+    let with = |method, target_host: &str, target_port| proto::Cluster {
+        tcp_tunneling: Some(proto::TcpTunneling {
+            method,
+            target_host: target_host.to_owned(),
+            target_port,
+        }),
+        load_balancer: None,
+        ..settings(proto::load_balancer_settings::SimpleLb::RoundRobin, 0)
+    };
+    let tunneling = |cluster| convert(&cluster).unwrap().tcp_tunneling;
+    assert_eq!(
+        tunneling(with(0, "db.example.com", 5432)),
+        Some(crate::upstream::TcpTunneling {
+            authority: "db.example.com:5432".to_owned(),
+            use_post: false,
+        })
+    );
+    assert_eq!(
+        tunneling(with(1, "10.0.0.1", 443)),
+        Some(crate::upstream::TcpTunneling {
+            authority: "10.0.0.1:443".to_owned(),
+            use_post: true,
+        })
+    );
+    for (cluster, reason) in [
+        (
+            with(2, "db.example.com", 5432),
+            "method 2 is not CONNECT or POST",
+        ),
+        (with(0, "", 5432), "target_host is empty"),
+        (
+            with(0, "db.example.com", 0),
+            "target_port 0 is not in 1..65535",
+        ),
+    ] {
+        let error = convert(&cluster).unwrap_err().to_string();
+        assert!(error.contains(reason), "{error}");
+    }
+}
