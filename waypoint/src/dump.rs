@@ -215,6 +215,15 @@ pub struct EdgeServerDump {
     pub tls_mode: Option<&'static str>,
     pub https_redirect: bool,
     pub credential_name: Option<String>,
+    /// `credentialNames` after the first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub additional_credentials: Vec<String>,
+    /// Istio's file-mounted certificates: each chain's path, then the CA's.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub certificate_files: Vec<String>,
+    /// SANs a client certificate must carry.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub subject_alt_names: Vec<String>,
     /// The domains of each virtual host, in their order.
     pub virtual_hosts: Vec<Vec<String>>,
     /// The SNI names of each PASSTHROUGH route.
@@ -527,6 +536,26 @@ fn edge_server(s: &EdgeServer) -> EdgeServerDump {
             .as_ref()
             .map(|t| t.credential_name.clone())
             .filter(|name| !name.is_empty()),
+        additional_credentials: s.tls.as_ref().map_or_else(Vec::new, |t| {
+            t.additional_credentials
+                .iter()
+                .map(|c| c.name.clone())
+                .collect()
+        }),
+        certificate_files: s.tls.as_ref().and_then(|t| t.files.as_ref()).map_or_else(
+            Vec::new,
+            |f| {
+                f.certificates
+                    .iter()
+                    .map(|c| c.certificate_chain.clone())
+                    .chain(f.ca_certificates.clone())
+                    .collect()
+            },
+        ),
+        subject_alt_names: s
+            .tls
+            .as_ref()
+            .map_or_else(Vec::new, |t| t.subject_alt_names.clone()),
         virtual_hosts: s.virtual_hosts.iter().map(|v| v.domains.clone()).collect(),
         sni_routes: s.sni_routes.iter().map(|r| r.sni_hosts.clone()).collect(),
         limits: edge_limits(&s.limits),

@@ -127,7 +127,12 @@ pub fn referenced_secrets(index: &ConfigIndex) -> BTreeSet<String> {
                     Some(ServerTlsMode::Passthrough | ServerTlsMode::IstioMutual)
                 )
             })
-            .filter_map(|t| t.credential_name.as_deref())
+            .flat_map(|t| {
+                t.credential_name
+                    .as_deref()
+                    .into_iter()
+                    .chain(t.credential_names().iter().map(String::as_str))
+            })
             .filter(|n| !n.is_empty())
             .collect();
         if credentials.is_empty() {
@@ -350,18 +355,21 @@ pub fn gateway_credentials(
         for server in gateway.listeners.iter().flat_map(|l| &l.servers) {
             let Some(tls) = &server.tls else { continue };
             let mode = tls.mode;
-            let needs: Vec<(String, Need)> = if mode == wp::ServerTlsMode::Simple as i32 {
-                vec![(tls.credential_resource.clone(), Need::CertificateAndKey)]
-            } else if mode == wp::ServerTlsMode::Mutual as i32
+            // Every credential's certificate; MUTUAL's CA is the first one's, as in Istio.
+            let mut needs: Vec<(String, Need)> = std::iter::once(&tls.credential_resource)
+                .chain(tls.additional_credentials.iter().map(|c| &c.resource))
+                .filter(|r| !r.is_empty())
+                .map(|r| (r.clone(), Need::CertificateAndKey))
+                .collect();
+            if mode == wp::ServerTlsMode::Mutual as i32
                 || mode == wp::ServerTlsMode::OptionalMutual as i32
             {
-                vec![
-                    (tls.credential_resource.clone(), Need::CertificateAndKey),
-                    (format!("{}{CA_SUFFIX}", tls.credential_resource), CLIENT_CA),
-                ]
-            } else {
+                if !tls.credential_resource.is_empty() {
+                    needs.push((format!("{}{CA_SUFFIX}", tls.credential_resource), CLIENT_CA));
+                }
+            } else if mode != wp::ServerTlsMode::Simple as i32 {
                 continue;
-            };
+            }
             for (resource, need) in needs {
                 let Some((kind, namespace, _)) = parse_resource(&resource) else {
                     continue;

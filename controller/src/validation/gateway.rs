@@ -248,6 +248,27 @@ fn tls_options(findings: &mut Findings, path: &str, tls: &ServerTlsSettings) {
     }
     let credential_names = tls.credential_names();
     let certificates = tls.tls_certificates();
+    // The CRD's bounds (minItems 1, maxItems 2: one RSA and one ECDSA certificate), which the
+    // API server enforces before Istio's webhook sees the document.
+    for (field, items, present) in [
+        (
+            "credentialNames",
+            credential_names.len(),
+            tls.credential_names.is_some(),
+        ),
+        (
+            "tlsCertificates",
+            certificates.len(),
+            tls.tls_certificates.is_some(),
+        ),
+    ] {
+        if present && !(1..=2).contains(&items) {
+            findings.error(
+                format!("{path}.{field}"),
+                format!("{field} holds {items} items; one or two are allowed"),
+            );
+        }
+    }
     if mode == ServerTlsMode::IstioMutual {
         for (field, reason, present) in [
             (

@@ -141,30 +141,6 @@ pub const CATALOG: &[NotApplied] = &[
     ),
     entry(
         K::Gateway,
-        "spec.servers[].tls.serverCertificate",
-        Set,
-        "gateway proxies load certificates by credentialName only; a server without one is ignored",
-    ),
-    entry(
-        K::Gateway,
-        "spec.servers[].tls.credentialNames",
-        Set,
-        "gateway proxies load one certificate per server, by credentialName",
-    ),
-    entry(
-        K::Gateway,
-        "spec.servers[].tls.tlsCertificates",
-        Set,
-        "gateway proxies load certificates by credentialName only",
-    ),
-    entry(
-        K::Gateway,
-        "spec.servers[].tls.subjectAltNames",
-        Set,
-        "client certificates of MUTUAL servers are verified against the credential's CA only",
-    ),
-    entry(
-        K::Gateway,
         "spec.servers[].bind",
         Set,
         "gateway proxies listen on every address of their pod",

@@ -25,8 +25,8 @@ pub use ca::{
 };
 pub use credential::CaToken;
 pub use peer::{
-    PeerIdentityError, identity_from_certificate, peer_identity, peer_identity_in,
-    require_trust_domain,
+    PeerIdentityError, SubjectAltName, identity_from_certificate, peer_identity, peer_identity_in,
+    require_trust_domain, subject_alt_names,
 };
 pub use source::{CertificateError, CertificateFuture, CertificateSource};
 pub use spiffe::{PathSegment, SpiffeId, SpiffeIdError};

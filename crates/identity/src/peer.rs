@@ -89,6 +89,47 @@ pub fn require_trust_domain(
     }
 }
 
+/// One entry of a certificate's subject alternative name extension, of the kinds a SAN match
+/// looks at (Envoy's DNS, URI, email and IP matchers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubjectAltName {
+    Dns(String),
+    Uri(String),
+    Email(String),
+    Ip(std::net::IpAddr),
+}
+
+/// Every DNS, URI, email and IP entry of `der`'s subject alternative name extension.
+pub fn subject_alt_names(der: &CertificateDer<'_>) -> Result<Vec<SubjectAltName>, String> {
+    let (_, certificate) = X509Certificate::from_der(der.as_ref()).map_err(|e| e.to_string())?;
+    let san = certificate
+        .subject_alternative_name()
+        .map_err(|error| format!("bad subject alternative name extension: {error}"))?;
+    let Some(extension) = san else {
+        return Ok(Vec::new());
+    };
+    Ok(extension
+        .value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::DNSName(dns) => Some(SubjectAltName::Dns((*dns).to_owned())),
+            GeneralName::URI(uri) => Some(SubjectAltName::Uri((*uri).to_owned())),
+            GeneralName::RFC822Name(email) => Some(SubjectAltName::Email((*email).to_owned())),
+            GeneralName::IPAddress(bytes) => match bytes.len() {
+                4 => <[u8; 4]>::try_from(*bytes)
+                    .ok()
+                    .map(|b| SubjectAltName::Ip(b.into())),
+                16 => <[u8; 16]>::try_from(*bytes)
+                    .ok()
+                    .map(|b| SubjectAltName::Ip(b.into())),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect())
+}
+
 /// All URI entries of the certificate's subject alternative name extension.
 pub(crate) fn uri_sans(certificate: &X509Certificate<'_>) -> Result<Vec<String>, String> {
     let san = certificate

@@ -14,12 +14,24 @@
 //! missing or broken credential fails only the servers naming it: their handshakes are
 //! refused, reported once per change of the credential, and every other server keeps serving.
 //!
+//! A server names up to two credentials (Istio's `credentialNames`, typically one RSA and one
+//! ECDSA certificate): the one presented suits the client's signature schemes ([`choice`]);
+//! the first one's CA verifies MUTUAL's clients, as in Istio. Without a credential name, a
+//! server reads the files Istio's file-mounted gateways name (`serverCertificate` and
+//! `privateKey` or `tlsCertificates`, `caCertificates`, `caCrl`: paths in the gateway's pod),
+//! checked for changes as a directory's are. `subjectAltNames` restrict the client
+//! certificates MUTUAL and OPTIONAL_MUTUAL accept during the handshake ([`client_sans`]);
+//! ISTIO_MUTUAL checks them once the handshake is done, and closes a connection whose client
+//! carries none.
+//!
 //! ISTIO_MUTUAL servers need no credential: they present the gateway's own mesh certificate
 //! and require a client certificate the mesh's CA issued (verified against the mesh's roots, a
 //! SPIFFE identity of the mesh's trust domain), as Istio's gateways do with their workload
 //! certificate. OPTIONAL_MUTUAL verifies a client certificate with MUTUAL's CA when one is
 //! presented and lets a client without one through.
 
+mod choice;
+mod client_sans;
 pub mod xds;
 
 use std::collections::HashMap;
@@ -36,7 +48,9 @@ use rustls::{RootCertStore, ServerConfig, SupportedProtocolVersion};
 use tracing::warn;
 use weft_identity::{CertificateSource, SpiffeId, WorkloadCertificate};
 
-use crate::model::gateway::{EdgeServer, ServerTls, ServerTlsMode, TlsVersion};
+use crate::model::gateway::{EdgeServer, ServerTls, ServerTlsMode, TlsFiles, TlsVersion};
+use choice::BySignatureScheme;
+use client_sans::{RequireSubjectAltName, carries_allowed_name};
 use xds::{Material, XdsCredentials};
 
 /// Istio's Secret keys, as file names.
@@ -72,6 +86,15 @@ pub enum CredentialError {
     MeshCertificate(String),
 }
 
+/// Why a client that completed the handshake is refused.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum ClientRefused {
+    #[error(transparent)]
+    Identity(#[from] weft_identity::PeerIdentityError),
+    #[error("{0}")]
+    SubjectAltName(String),
+}
+
 /// Where credentials come from: the controller's, and in local mode a directory.
 #[derive(Debug, Clone, Default)]
 pub struct CredentialSource {
@@ -91,7 +114,7 @@ impl CredentialSource {
     }
 }
 
-/// A credential as it was read: read again when this changes.
+/// One credential as it was read: read again when this changes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Stamp {
     /// The files' stamps.
@@ -101,7 +124,8 @@ enum Stamp {
 }
 
 struct Entry {
-    stamp: Stamp,
+    /// The stamps of the server's credentials, in order.
+    stamp: Vec<Stamp>,
     /// The server configurations built from it, by the server's TLS settings.
     configs: HashMap<ServerTls, Result<Arc<ServerConfig>, CredentialError>>,
 }
@@ -114,8 +138,8 @@ struct Pem {
 
 /// What one server's configuration is built from.
 struct Credential {
-    certificate: Pem,
-    key: Pem,
+    /// Each certificate chain and its key: one, or two to choose from by the client.
+    certificates: Vec<(Pem, Pem)>,
     ca: Option<Pem>,
     /// Revocation lists checked with the CA (Istio's `ca.crl` beside `ca.crt`).
     crl: Option<Pem>,
@@ -123,6 +147,14 @@ struct Credential {
 
 /// Reads a credential's material when its configuration must be built.
 type Reader<'a> = Box<dyn Fn() -> Result<Credential, CredentialError> + 'a>;
+
+/// One credential of a server, found: the name it is cached and reported by, what tells that
+/// it changed, and how to read it.
+struct Located<'a> {
+    key: String,
+    stamp: Stamp,
+    read: Reader<'a>,
+}
 
 /// The configurations built for one mesh certificate, by whether they carry HTTP.
 type MeshConfigs = (Arc<WorkloadCertificate>, HashMap<bool, Arc<ServerConfig>>);
@@ -231,14 +263,22 @@ impl CredentialStore {
         &self,
         server: &EdgeServer,
         connection: &rustls::CommonState,
-    ) -> Result<Option<SpiffeId>, weft_identity::PeerIdentityError> {
+    ) -> Result<Option<SpiffeId>, ClientRefused> {
         let istio_mutual = server
             .tls
             .as_ref()
             .is_some_and(|t| t.mode == ServerTlsMode::IstioMutual);
         if istio_mutual {
             let trust_domain = self.trust_domain().unwrap_or_default();
-            return weft_identity::peer_identity_in(connection, trust_domain).map(Some);
+            let identity = weft_identity::peer_identity_in(connection, trust_domain)?;
+            let allowed = server
+                .tls
+                .as_ref()
+                .map_or(&[][..], |t| t.subject_alt_names.as_slice());
+            if let Some(leaf) = connection.peer_certificates().and_then(|c| c.first()) {
+                carries_allowed_name(leaf, allowed).map_err(ClientRefused::SubjectAltName)?;
+            }
+            return Ok(Some(identity));
         }
         Ok(weft_identity::peer_identity(connection).ok())
     }
@@ -263,65 +303,34 @@ impl CredentialStore {
         self.server_config(server)
     }
 
-    /// The TLS configuration `server` terminates with, from its credential as it is now.
+    /// The TLS configuration `server` terminates with, from its credentials as they are now.
     pub fn server_config(&self, server: &EdgeServer) -> Result<Arc<ServerConfig>, CredentialError> {
         let tls = server
             .tls
             .as_ref()
             .ok_or_else(|| CredentialError::Settings("no TLS settings".to_owned()))?;
-        let resource = tls.credential_resource.as_str();
-        let delivered = (!resource.is_empty())
-            .then(|| self.source.xds.get(resource))
-            .flatten();
-        // The controller's credential when it delivered one; the directory's in local mode.
-        let (key, stamp, read): (&str, Stamp, Reader) = match (delivered, &self.source.directory) {
-            (Some(certificate), _) => {
-                let ca_name = format!("{resource}{CA_SECRET_SUFFIX}");
-                let ca = self.source.xds.get(&ca_name);
-                let stamp = Stamp::Xds(
-                    Some(certificate.version.clone()),
-                    ca.as_ref().map(|c| c.version.clone()),
-                );
-                let resource = resource.to_owned();
-                (
-                    tls.credential_resource.as_str(),
-                    stamp,
-                    Box::new(move || {
-                        delivered_credential(
-                            &resource,
-                            &certificate.material,
-                            ca.as_deref().map(|c| (&ca_name, &c.material)),
-                        )
-                    }),
-                )
-            }
-            (None, Some(dir)) => {
-                let name = tls.credential_name.as_str();
-                // A name is one path component: `../x` never leaves the credentials directory.
-                if name.is_empty() || name.contains('/') || name == "." || name == ".." {
-                    return Err(CredentialError::Settings(format!(
-                        "credentialName {name:?} is not a credential name"
-                    )));
-                }
-                let paths = credential_paths(dir, name);
-                let stamp = Stamp::Files(paths.iter().map(|p| file_stamp(p)).collect());
-                (name, stamp, Box::new(move || file_credential(&paths)))
-            }
-            (None, None) => {
-                let name = if resource.is_empty() {
-                    tls.credential_name.as_str()
-                } else {
-                    resource
-                };
-                (
-                    name,
-                    Stamp::Xds(None, None),
-                    Box::new(move || Err(CredentialError::NotDelivered(name.to_owned()))),
-                )
-            }
+        let located: Vec<Located> = match &tls.files {
+            Some(files) if tls.credential_name.is_empty() => vec![files_located(files)],
+            _ => std::iter::once((
+                tls.credential_name.as_str(),
+                tls.credential_resource.as_str(),
+            ))
+            .chain(
+                tls.additional_credentials
+                    .iter()
+                    .map(|c| (c.name.as_str(), c.resource.as_str())),
+            )
+            .map(|(name, resource)| self.locate(name, resource))
+            .collect::<Result<_, _>>()?,
         };
+        let key = located
+            .iter()
+            .map(|l| l.key.as_str())
+            .collect::<Vec<_>>()
+            .join("+");
+        let stamp: Vec<Stamp> = located.iter().map(|l| l.stamp.clone()).collect();
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = entries.entry(key.to_owned()).or_insert_with(|| Entry {
+        let entry = entries.entry(key.clone()).or_insert_with(|| Entry {
             stamp: stamp.clone(),
             configs: HashMap::new(),
         });
@@ -332,7 +341,7 @@ impl CredentialStore {
         if let Some(result) = entry.configs.get(tls) {
             return result.clone();
         }
-        let result = read()
+        let result = read_all(&located)
             .and_then(|credential| build(&self.provider, credential, tls, server.carries_http()))
             .map(Arc::new);
         if let Err(error) = &result {
@@ -341,6 +350,120 @@ impl CredentialStore {
         }
         entry.configs.insert(tls.clone(), result.clone());
         result
+    }
+
+    /// Where the credential `name` (served as `resource`) is: the controller's when it
+    /// delivered it, else the credentials directory's in local mode.
+    fn locate<'a>(&self, name: &'a str, resource: &'a str) -> Result<Located<'a>, CredentialError> {
+        let delivered = (!resource.is_empty())
+            .then(|| self.source.xds.get(resource))
+            .flatten();
+        Ok(match (delivered, &self.source.directory) {
+            (Some(certificate), _) => {
+                let ca_name = format!("{resource}{CA_SECRET_SUFFIX}");
+                let ca = self.source.xds.get(&ca_name);
+                let stamp = Stamp::Xds(
+                    Some(certificate.version.clone()),
+                    ca.as_ref().map(|c| c.version.clone()),
+                );
+                Located {
+                    key: resource.to_owned(),
+                    stamp,
+                    read: Box::new(move || {
+                        delivered_credential(
+                            resource,
+                            &certificate.material,
+                            ca.as_deref().map(|c| (&ca_name, &c.material)),
+                        )
+                    }),
+                }
+            }
+            (None, Some(dir)) => {
+                // A name is one path component: `../x` never leaves the credentials directory.
+                if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+                    return Err(CredentialError::Settings(format!(
+                        "credentialName {name:?} is not a credential name"
+                    )));
+                }
+                let paths = credential_paths(dir, name);
+                let stamp = Stamp::Files(paths.iter().map(|p| file_stamp(p)).collect());
+                Located {
+                    key: name.to_owned(),
+                    stamp,
+                    read: Box::new(move || file_credential(&paths)),
+                }
+            }
+            (None, None) => {
+                let name = if resource.is_empty() { name } else { resource };
+                Located {
+                    key: name.to_owned(),
+                    stamp: Stamp::Xds(None, None),
+                    read: Box::new(move || Err(CredentialError::NotDelivered(name.to_owned()))),
+                }
+            }
+        })
+    }
+}
+
+/// A server's credentials read: the first one's certificate and CA, the others' certificates.
+fn read_all(located: &[Located]) -> Result<Credential, CredentialError> {
+    let mut credentials = located.iter().map(|l| (l.read)());
+    let mut first = credentials
+        .next()
+        .ok_or_else(|| CredentialError::Settings("no credential".to_owned()))??;
+    for other in credentials {
+        first.certificates.extend(other?.certificates);
+    }
+    Ok(first)
+}
+
+/// The certificate files of Istio's file-mounted gateway, as one credential.
+fn files_located(files: &TlsFiles) -> Located<'static> {
+    let mut paths: Vec<PathBuf> = files
+        .certificates
+        .iter()
+        .flat_map(|c| [&c.certificate_chain, &c.private_key])
+        .map(PathBuf::from)
+        .collect();
+    paths.extend(files.ca_certificates.iter().map(PathBuf::from));
+    paths.extend(files.ca_crl.iter().map(PathBuf::from));
+    let stamp = Stamp::Files(paths.iter().map(|p| file_stamp(p)).collect());
+    let key = format!(
+        "files:{}",
+        paths
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let files = files.clone();
+    Located {
+        key,
+        stamp,
+        read: Box::new(move || {
+            Ok(Credential {
+                certificates: files
+                    .certificates
+                    .iter()
+                    .map(|c| {
+                        Ok((
+                            read(Path::new(&c.certificate_chain))?,
+                            read(Path::new(&c.private_key))?,
+                        ))
+                    })
+                    .collect::<Result<_, CredentialError>>()?,
+                ca: files
+                    .ca_certificates
+                    .as_deref()
+                    .map(|p| read(Path::new(p)))
+                    .transpose()?,
+                crl: files
+                    .ca_crl
+                    .as_deref()
+                    .map(|p| read(Path::new(p)))
+                    .transpose()?,
+            })
+        }),
     }
 }
 
@@ -376,14 +499,16 @@ fn delivered_credential(
         }
     };
     Ok(Credential {
-        certificate: Pem {
-            origin: resource.to_owned(),
-            bytes: chain.clone(),
-        },
-        key: Pem {
-            origin: resource.to_owned(),
-            bytes: key.clone(),
-        },
+        certificates: vec![(
+            Pem {
+                origin: resource.to_owned(),
+                bytes: chain.clone(),
+            },
+            Pem {
+                origin: resource.to_owned(),
+                bytes: key.clone(),
+            },
+        )],
         ca,
         crl,
     })
@@ -416,8 +541,7 @@ fn file_credential(paths: &[PathBuf; 6]) -> Result<Credential, CredentialError> 
         (None, crl)
     };
     Ok(Credential {
-        certificate: read(certificate)?,
-        key: read(key)?,
+        certificates: vec![(read(certificate)?, read(key)?)],
         crl: if ca.is_some() && crl.exists() {
             Some(read(crl)?)
         } else {
@@ -544,25 +668,38 @@ fn provider_for(base: &CryptoProvider, tls: &ServerTls) -> Result<CryptoProvider
     Ok(provider)
 }
 
+/// A certificate chain and its key, checked to match.
+fn certified_key(
+    provider: &CryptoProvider,
+    certificate: &Pem,
+    key: &Pem,
+) -> Result<CertifiedKey, CredentialError> {
+    let chain = certificates(certificate)?;
+    let der = PrivateKeyDer::from_pem_slice(&key.bytes)
+        .map_err(|e| CredentialError::Invalid(key.origin.clone(), e.to_string()))?;
+    let signing = provider
+        .key_provider
+        .load_private_key(der)
+        .map_err(|e| CredentialError::Invalid(key.origin.clone(), e.to_string()))?;
+    let certified = CertifiedKey::new(chain, signing);
+    certified
+        .keys_match()
+        .map_err(|e| CredentialError::KeyMismatch(e.to_string()))?;
+    Ok(certified)
+}
+
 fn build(
     base: &Arc<CryptoProvider>,
     credential: Credential,
     tls: &ServerTls,
     http: bool,
 ) -> Result<ServerConfig, CredentialError> {
-    let chain = certificates(&credential.certificate)?;
-    let key_origin = &credential.key.origin;
-    let key = PrivateKeyDer::from_pem_slice(&credential.key.bytes)
-        .map_err(|e| CredentialError::Invalid(key_origin.clone(), e.to_string()))?;
     let provider = Arc::new(provider_for(base, tls)?);
-    let signing = provider
-        .key_provider
-        .load_private_key(key)
-        .map_err(|e| CredentialError::Invalid(key_origin.clone(), e.to_string()))?;
-    let certified = CertifiedKey::new(chain, signing);
-    certified
-        .keys_match()
-        .map_err(|e| CredentialError::KeyMismatch(e.to_string()))?;
+    let certified = credential
+        .certificates
+        .iter()
+        .map(|(certificate, key)| certified_key(&provider, certificate, key).map(Arc::new))
+        .collect::<Result<Vec<_>, _>>()?;
     let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_protocol_versions(&versions(tls)?)
         .map_err(|e| CredentialError::Settings(e.to_string()))?;
@@ -593,13 +730,23 @@ fn build(
         let verifier = verifier
             .build()
             .map_err(|e| CredentialError::Invalid(ca.origin.clone(), e.to_string()))?;
-        builder.with_client_cert_verifier(verifier)
+        if tls.subject_alt_names.is_empty() {
+            builder.with_client_cert_verifier(verifier)
+        } else {
+            builder.with_client_cert_verifier(Arc::new(RequireSubjectAltName {
+                inner: verifier,
+                allowed: tls.subject_alt_names.clone(),
+            }))
+        }
     } else {
         builder.with_no_client_auth()
     };
-    let mut config = builder.with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(
-        Arc::new(certified),
-    )));
+    let mut config = match <[_; 1]>::try_from(certified) {
+        Ok([single]) => {
+            builder.with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(single)))
+        }
+        Err(several) => builder.with_cert_resolver(Arc::new(BySignatureScheme::new(several))),
+    };
     if http {
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     }
@@ -610,3 +757,5 @@ fn build(
 mod mutual_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tls_fields_tests;

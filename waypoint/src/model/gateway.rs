@@ -83,6 +83,46 @@ pub struct ServerTls {
     pub min_version: TlsVersion,
     pub max_version: TlsVersion,
     pub cipher_suites: Vec<String>,
+    /// MUTUAL, OPTIONAL_MUTUAL: a client certificate must carry one of these SANs (exact, as
+    /// Istio's `subjectAltNames` become Envoy's SAN matchers); empty: any the CA signed.
+    pub subject_alt_names: Vec<String>,
+    /// `credentialNames` after the first (`credential_name`): further certificates, one of
+    /// which is presented by the client's signature schemes.
+    pub additional_credentials: Vec<NamedCredential>,
+    /// Istio's file-mounted gateway: certificate files of the pod, when no credential is
+    /// named.
+    pub files: Option<TlsFiles>,
+}
+
+impl ServerTls {
+    /// Whether the server's certificate comes from files of the pod rather than a credential.
+    pub fn from_files(&self) -> bool {
+        self.credential_name.is_empty() && self.files.is_some()
+    }
+}
+
+/// A credential by name, as the Gateway names it, and the SDS resource it is served as
+/// (empty in local mode).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NamedCredential {
+    pub name: String,
+    pub resource: String,
+}
+
+/// Certificate files mounted in the gateway's pod.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TlsFiles {
+    /// One or two: a chain (leaf first) and its key.
+    pub certificates: Vec<CertificateFiles>,
+    /// The CA that verifies clients (MUTUAL, OPTIONAL_MUTUAL).
+    pub ca_certificates: Option<String>,
+    pub ca_crl: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CertificateFiles {
+    pub certificate_chain: String,
+    pub private_key: String,
 }
 
 /// A route table at the edge: routes as a service's, at the listener's port.
@@ -441,6 +481,60 @@ fn server_tls(tls: &proto::ServerTls, context: &str) -> Result<ServerTls, Config
         min_version: version(tls.min_protocol_version, context)?,
         max_version: version(tls.max_protocol_version, context)?,
         cipher_suites: tls.cipher_suites.clone(),
+        subject_alt_names: tls.subject_alt_names.clone(),
+        additional_credentials: tls
+            .additional_credentials
+            .iter()
+            .map(|c| {
+                if c.name.is_empty() {
+                    return Err(super::invalid(
+                        context,
+                        "an additional credential has no name",
+                    ));
+                }
+                Ok(NamedCredential {
+                    name: c.name.clone(),
+                    resource: c.resource.clone(),
+                })
+            })
+            .collect::<Result<_, _>>()?,
+        files: tls
+            .files
+            .as_ref()
+            .map(|f| tls_files(f, context))
+            .transpose()?,
+    })
+}
+
+/// Istio's file-mounted certificates: one or two chains with their keys, each named by both.
+fn tls_files(files: &proto::GatewayTlsFiles, context: &str) -> Result<TlsFiles, ConfigError> {
+    if files.certificates.is_empty() || files.certificates.len() > 2 {
+        return Err(super::invalid(
+            context,
+            "certificate files: one or two certificates",
+        ));
+    }
+    let certificates = files
+        .certificates
+        .iter()
+        .map(|c| {
+            if c.certificate_chain.is_empty() || c.private_key.is_empty() {
+                return Err(super::invalid(
+                    context,
+                    "certificate files: a certificate needs its chain and its key",
+                ));
+            }
+            Ok(CertificateFiles {
+                certificate_chain: c.certificate_chain.clone(),
+                private_key: c.private_key.clone(),
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    let path = |p: &str| (!p.is_empty()).then(|| p.to_owned());
+    Ok(TlsFiles {
+        certificates,
+        ca_certificates: path(&files.ca_certificates),
+        ca_crl: path(&files.ca_crl),
     })
 }
 
@@ -462,11 +556,12 @@ fn server(s: &proto::GatewayServer, port: u16, namespace: &str) -> Result<EdgeSe
                 t.mode,
                 ServerTlsMode::Passthrough | ServerTlsMode::IstioMutual
             ) && t.credential_name.is_empty()
+                && t.files.is_none()
         })
     {
         return Err(super::invalid(
             context,
-            "a TLS server needs a credentialName",
+            "a TLS server needs a credentialName or certificate files",
         ));
     }
     let table = |name: &str, http: &[proto::HttpRoute], tcp: &[proto::TcpRoute]| {

@@ -495,3 +495,94 @@ fn a_missing_destination_rule_credential_is_reported_and_local_mode_serves_none(
         "local mode: the waypoint reads its credentials directory"
     );
 }
+
+const TWO_CERTIFICATES: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: ingress-0, namespace: edge, labels: {istio: ingressgateway}}
+spec: {nodeName: n1, serviceAccountName: ingress, containers: [{name: g, image: g}]}
+status: {podIP: 10.0.0.5}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: shop-gateway, namespace: shop}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: ["*"]
+    tls: {mode: MUTUAL, credentialNames: [rsa-cert, ecdsa-cert], subjectAltNames: [spiffe://example.org/ns/shop/sa/buyer]}
+  - port: {number: 8443, name: files, protocol: HTTPS}
+    hosts: ["*"]
+    tls: {mode: SIMPLE, serverCertificate: /etc/istio/certs/tls.crt, privateKey: /etc/istio/certs/tls.key}
+"#;
+
+#[test]
+fn every_credential_name_is_served_and_file_mounted_servers_name_their_files() {
+    let mut index = validated(TWO_CERTIFICATES);
+    for (key, credential) in [
+        (
+            "edge/rsa-cert",
+            secret(&[("tls.crt", CERT), ("tls.key", KEY)]),
+        ),
+        (
+            "edge/ecdsa-cert",
+            secret(&[("tls.crt", CERT), ("tls.key", KEY)]),
+        ),
+        ("edge/rsa-cert-cacert", secret(&[("cacert", CERT)])),
+    ] {
+        index.secrets.insert(key.to_owned(), credential);
+    }
+    index.secrets_watched = true;
+    let wanted = referenced_secrets(&index);
+    assert!(wanted.contains("edge/rsa-cert") && wanted.contains("edge/ecdsa-cert"));
+
+    let translation = translate(&index, &MeshSettings::default());
+    assert_eq!(
+        translation.credentials.keys().collect::<Vec<_>>(),
+        [
+            "kubernetes://edge/ecdsa-cert",
+            "kubernetes://edge/rsa-cert",
+            "kubernetes://edge/rsa-cert-cacert",
+        ],
+        "both certificates, and the first one's CA (Istio's rule for credentialNames)"
+    );
+    let config = &translation.waypoints["edge/ingress-0"];
+    let servers: Vec<&wp::ServerTls> = config
+        .gateway
+        .as_ref()
+        .unwrap()
+        .listeners
+        .iter()
+        .flat_map(|l| &l.servers)
+        .filter_map(|s| s.tls.as_ref())
+        .collect();
+    let [named, files] = servers.as_slice() else {
+        panic!("two servers: {servers:?}");
+    };
+    assert_eq!(named.credential_resource, "kubernetes://edge/rsa-cert");
+    assert_eq!(
+        named.additional_credentials,
+        [wp::GatewayCredential {
+            name: "ecdsa-cert".to_owned(),
+            resource: "kubernetes://edge/ecdsa-cert".to_owned(),
+        }]
+    );
+    assert_eq!(
+        named.subject_alt_names,
+        ["spiffe://example.org/ns/shop/sa/buyer"]
+    );
+    assert!(files.credential_name.is_empty());
+    assert_eq!(
+        files
+            .files
+            .as_ref()
+            .map(|f| f.certificates[0].certificate_chain.as_str()),
+        Some("/etc/istio/certs/tls.crt")
+    );
+    assert!(
+        translation.problems.is_empty(),
+        "{:?}",
+        translation.problems
+    );
+}

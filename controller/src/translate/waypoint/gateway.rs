@@ -8,9 +8,10 @@
 //! AuthorizationPolicies apply as they apply to any workload: mesh-wide from the root
 //! namespace, namespace-wide, or by a selector matching the gateway's pod.
 //!
-//! Certificates never travel here: a server names its `credentialName` (a directory of the
-//! proxy's in local mode) and the SDS resource the controller serves it as in Kubernetes mode
-//! ([`crate::translate::credentials`]).
+//! Certificates never travel here: a server names its `credentialName` or `credentialNames` (a
+//! directory of the proxy's in local mode) and the SDS resources the controller serves them as
+//! in Kubernetes mode ([`crate::translate::credentials`]), or the paths of the files mounted in
+//! the gateway's pod ([`certificates`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -30,7 +31,8 @@ use crate::translate::gateway_api::{self, MeshRoute};
 use crate::translate::resolve::{
     self, WaypointRef, host_covers, name_of, namespace_of, qualify_host,
 };
-use crate::translate::{MeshSettings, TranslateError, TranslateProblem, credentials};
+use crate::translate::{MeshSettings, TranslateError, TranslateProblem};
+use certificates::{ServerCertificates, server_certificates};
 
 /// Every gateway proxy's configuration, by resource name `namespace/pod`.
 pub fn gateway_configs(
@@ -428,17 +430,20 @@ impl<'a> Compiler<'a, '_> {
                 | wp::ServerTlsMode::Mutual
                 | wp::ServerTlsMode::OptionalMutual
         );
-        let credential_name = tls
-            .and_then(|t| t.credential_name.clone())
-            .unwrap_or_default();
-        if terminates && credential_name.is_empty() {
-            unsupported(
-                self,
-                ".tls.credentialName",
-                "gateways load certificates by credentialName only (not file paths); the server is ignored".into(),
-            );
-            return None;
-        }
+        let certificates = match tls.filter(|_| terminates) {
+            None => ServerCertificates::default(),
+            Some(tls) => {
+                let Some(certificates) = server_certificates(tls, &self.waypoint.namespace) else {
+                    unsupported(
+                        self,
+                        ".tls",
+                        "a terminating server needs credentialName, credentialNames, serverCertificate and privateKey, or tlsCertificates; the server is ignored".into(),
+                    );
+                    return None;
+                };
+                certificates
+            }
+        };
         let hosts: Vec<ServerHost<'a>> =
             server.hosts.iter().map(|h| ServerHost::parse(h)).collect();
         let gateway_ns = namespace_of(&gateway.metadata);
@@ -463,12 +468,10 @@ impl<'a> Compiler<'a, '_> {
                 max_protocol_version: protocol_version(t.max_protocol_version),
                 cipher_suites: t.cipher_suites.clone(),
                 subject_alt_names: t.subject_alt_names.clone(),
-                credential_resource: if terminates {
-                    credentials::istio_resource(&self.waypoint.namespace, &credential_name)
-                } else {
-                    String::new()
-                },
-                credential_name,
+                credential_resource: certificates.credential_resource,
+                credential_name: certificates.credential_name,
+                additional_credentials: certificates.additional,
+                files: certificates.files,
             }),
             ..Default::default()
         };
@@ -706,6 +709,7 @@ impl GatewayRoutes<'_, '_, '_> {
     }
 }
 
+mod certificates;
 mod listeners;
 
 #[cfg(test)]

@@ -46,6 +46,15 @@ fn gateway_rules() {
         bad("unix bind with a port", "validateServerBind", gw("{servers: [{port: {number: 80, name: http, protocol: HTTP}, bind: 'unix:///s.sock', hosts: [a.example.com]}]}"), "spec.servers[0].port.number", "must be 0 for unix domain socket"),
         bad("dotted name", "ValidateGateway: name is a DNS label", "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: a.b, namespace: ns}\nspec: {servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ['*']}]}\n".to_owned(), "metadata.name", "invalid gateway name"),
         ok("served by gateway proxies", "Gateway", gw("{servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ['*']}]}")),
+        // Applied by gateway proxies: no "not applied" warning.
+        applied("credential names applied", "validateTLSOptions: credentialNames (up to two, RSA and ECDSA)", https("{mode: SIMPLE, credentialNames: [rsa, ecdsa]}")),
+        applied("client SANs applied", "validateTLSOptions: MUTUAL with subjectAltNames", https("{mode: MUTUAL, credentialName: c, subjectAltNames: [spiffe://example.org/ns/shop/sa/buyer]}")),
+        applied("file-mounted certificate applied", "validateTLSOptions: SIMPLE TLS requires a server certificate and a private key", https("{mode: SIMPLE, serverCertificate: /etc/certs/tls.crt, privateKey: /etc/certs/tls.key}")),
+        applied("file-mounted mutual applied", "validateTLSOptions: MUTUAL TLS requires a client CA bundle", https("{mode: MUTUAL, serverCertificate: /etc/certs/tls.crt, privateKey: /etc/certs/tls.key, caCertificates: /etc/certs/ca.crt}")),
+        applied("tls certificates applied", "validateTLSOptions: tlsCertificates (SIMPLE TLS can support up to 2 server certificates)", https("{mode: SIMPLE, tlsCertificates: [{serverCertificate: /r.crt, privateKey: /r.key}, {serverCertificate: /e.crt, privateKey: /e.key}]}")),
+        bad("istio mutual with credential names", "validateTLSOptions: ISTIO_MUTUAL TLS cannot have associated credentialNames", https("{mode: ISTIO_MUTUAL, credentialNames: [a]}"), "spec.servers[0].tls.credentialNames", "ISTIO_MUTUAL TLS cannot have associated credentialNames"),
+        bad("three credential names", "CRD: credentialNames maxItems 2", https("{mode: SIMPLE, credentialNames: [a, b, c]}"), "spec.servers[0].tls.credentialNames", "one or two are allowed"),
+        bad("no credential names", "CRD: credentialNames minItems 1", https("{mode: SIMPLE, credentialNames: []}"), "spec.servers[0].tls.credentialNames", "one or two are allowed"),
         warns("tls mode not served", "Gateway", gw("{servers: [{port: {number: 443, name: https, protocol: HTTPS}, hosts: ['*'], tls: {mode: AUTO_PASSTHROUGH}}]}"), "spec.servers[0].tls.mode", crate::validation::NOT_APPLIED),
     ]);
 }

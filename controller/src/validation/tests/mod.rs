@@ -36,6 +36,8 @@ pub enum Expect {
     Error(&'static str, &'static str),
     /// No error, and a warning at this path whose reason contains this.
     Warning(&'static str, &'static str),
+    /// No error, and no warning that Weft does not apply a field (the fields are served).
+    Applied,
 }
 
 pub struct Case {
@@ -57,6 +59,11 @@ fn case(name: &'static str, istio: &'static str, yaml: String, expect: Expect) -
 
 pub fn ok(name: &'static str, istio: &'static str, yaml: String) -> Case {
     case(name, istio, yaml, Expect::Valid)
+}
+
+/// Valid, and applied: no error and no "not applied" warning.
+pub fn applied(name: &'static str, istio: &'static str, yaml: String) -> Case {
+    case(name, istio, yaml, Expect::Applied)
 }
 
 pub fn bad(
@@ -132,6 +139,15 @@ pub fn run(cases: &[Case]) {
                 ))
             }
             Expect::Warning(..) => None,
+            Expect::Applied => {
+                let not_applied: Vec<_> = warnings
+                    .iter()
+                    .filter(|(_, r)| r.contains(crate::validation::NOT_APPLIED))
+                    .collect();
+                (!errors.is_empty() || !not_applied.is_empty()).then(|| {
+                    format!("expected valid and applied, got errors {errors:?} not applied {not_applied:?}")
+                })
+            }
         };
         if let Some(failure) = failure {
             failures.push(format!("{} ({}): {failure}", case.name, case.istio));

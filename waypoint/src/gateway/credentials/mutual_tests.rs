@@ -13,7 +13,7 @@ use crate::testing::TestMesh;
 
 /// A client that accepts any server certificate: these tests look at what the server accepts.
 #[derive(Debug)]
-struct AnyServer(Arc<CryptoProvider>);
+pub(super) struct AnyServer(pub(super) Arc<CryptoProvider>);
 
 impl ServerCertVerifier for AnyServer {
     fn verify_server_cert(
@@ -61,11 +61,11 @@ impl ServerCertVerifier for AnyServer {
 }
 
 /// A client's certificate chain and key.
-type ClientCertificate = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
+pub(super) type ClientCertificate = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
 
 /// Completes a TLS handshake in memory against `config`, the client presenting `client` (or
 /// nothing); the server's side when it accepted.
-fn handshake(
+pub(super) fn handshake(
     config: Arc<ServerConfig>,
     client: Option<ClientCertificate>,
 ) -> Option<rustls::ServerConnection> {
@@ -110,7 +110,7 @@ fn client_ca_pem(issuer: &Issuer<'static, KeyPair>) -> String {
 }
 
 /// A CA for client certificates: its PEM and its issuer.
-fn client_ca() -> (String, Issuer<'static, KeyPair>) {
+pub(super) fn client_ca() -> (String, Issuer<'static, KeyPair>) {
     let key = KeyPair::generate().unwrap();
     let mut params = CertificateParams::default();
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -120,7 +120,10 @@ fn client_ca() -> (String, Issuer<'static, KeyPair>) {
 }
 
 /// A client certificate `issuer` signs, with `uri` as its URI SAN when given.
-fn client_certificate(issuer: &Issuer<'static, KeyPair>, uri: Option<&str>) -> ClientCertificate {
+pub(super) fn client_certificate(
+    issuer: &Issuer<'static, KeyPair>,
+    uri: Option<&str>,
+) -> ClientCertificate {
     serial_client_certificate(issuer, uri, None)
 }
 
@@ -145,7 +148,7 @@ fn serial_client_certificate(
     )
 }
 
-fn edge_server(mode: ServerTlsMode, credential: &str) -> EdgeServer {
+pub(super) fn edge_server(mode: ServerTlsMode, credential: &str) -> EdgeServer {
     EdgeServer {
         gateway: "edge/gw".to_owned(),
         name: format!("https.443.{credential}"),
@@ -159,6 +162,9 @@ fn edge_server(mode: ServerTlsMode, credential: &str) -> EdgeServer {
             min_version: TlsVersion::Auto,
             max_version: TlsVersion::Auto,
             cipher_suites: Vec::new(),
+            subject_alt_names: Vec::new(),
+            additional_credentials: Vec::new(),
+            files: None,
         }),
         virtual_hosts: Vec::new(),
         domains: Default::default(),

@@ -40,6 +40,9 @@ fn server(credential: &str, mode: ServerTlsMode) -> EdgeServer {
             min_version: TlsVersion::Auto,
             max_version: TlsVersion::Auto,
             cipher_suites: Vec::new(),
+            subject_alt_names: Vec::new(),
+            additional_credentials: Vec::new(),
+            files: None,
         }),
         virtual_hosts: Vec::new(),
         domains: Default::default(),
@@ -141,6 +144,9 @@ fn versions_and_cipher_suites_follow_the_server_settings() {
         min_version: min,
         max_version: max,
         cipher_suites: ciphers.iter().map(|c| (*c).to_owned()).collect(),
+        subject_alt_names: Vec::new(),
+        additional_credentials: Vec::new(),
+        files: None,
     };
     let names = |tls: &ServerTls| -> Vec<String> {
         versions(tls)

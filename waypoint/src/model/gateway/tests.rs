@@ -312,3 +312,56 @@ fn a_servers_limits_and_connection_rate_limit_are_converted_and_checked() {
     let error = refused(&|s| s.connection_rate_limit.as_mut().unwrap().max_tokens = 0);
     assert!(error.contains("local_rate_limit"), "{error}");
 }
+
+#[test]
+fn further_credentials_certificate_files_and_client_names_are_converted_and_checked() {
+    let mut named = server("named", &["*"], proto::GatewayProtocol::Https);
+    let tls = named.tls.as_mut().unwrap();
+    tls.additional_credentials = vec![proto::GatewayCredential {
+        name: "named-ecdsa".to_owned(),
+        resource: "kubernetes://edge/named-ecdsa".to_owned(),
+    }];
+    tls.subject_alt_names = vec!["spiffe://example.org/ns/shop/sa/buyer".to_owned()];
+    let converted = one_server(named).unwrap();
+    let tls = converted.listeners[0].servers[0].tls.clone().unwrap();
+    assert_eq!(
+        tls.additional_credentials,
+        [NamedCredential {
+            name: "named-ecdsa".to_owned(),
+            resource: "kubernetes://edge/named-ecdsa".to_owned(),
+        }]
+    );
+    assert_eq!(
+        tls.subject_alt_names,
+        ["spiffe://example.org/ns/shop/sa/buyer"]
+    );
+
+    // Files instead of a credential name: a TLS server all the same.
+    let files = |certificates: Vec<(&str, &str)>| {
+        let mut s = server("files", &["*"], proto::GatewayProtocol::Https);
+        let tls = s.tls.as_mut().unwrap();
+        tls.credential_name.clear();
+        tls.files = Some(proto::GatewayTlsFiles {
+            certificates: certificates
+                .into_iter()
+                .map(|(chain, key)| proto::GatewayCertificateFiles {
+                    certificate_chain: chain.to_owned(),
+                    private_key: key.to_owned(),
+                })
+                .collect(),
+            ca_certificates: "/etc/certs/ca.pem".to_owned(),
+            ca_crl: String::new(),
+        });
+        one_server(s)
+    };
+    let converted = files(vec![("/etc/certs/cert.pem", "/etc/certs/key.pem")]).unwrap();
+    let tls = converted.listeners[0].servers[0].tls.clone().unwrap();
+    assert!(tls.from_files());
+    assert_eq!(
+        tls.files.unwrap().ca_certificates.as_deref(),
+        Some("/etc/certs/ca.pem")
+    );
+    assert!(files(vec![("/c", "")]).is_err(), "a chain without its key");
+    assert!(files(Vec::new()).is_err(), "no certificate");
+    assert!(files(vec![("/a", "/a"), ("/b", "/b"), ("/c", "/c")]).is_err());
+}
