@@ -22,5 +22,5 @@ mod resilience;
 mod routing;
 mod slow_start;
 mod tcp;
-mod upstream_protocol;
 mod tunneling;
+mod upstream_protocol;
