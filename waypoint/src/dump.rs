@@ -16,10 +16,10 @@ use weft_xds::ConnectionState;
 use crate::model::gateway::{EdgeLimits, EdgeProtocol, EdgeServer, Gateway, ServerTlsMode};
 use crate::model::{
     AbortKind, Cluster, HashKey, LoadBalancer, Protocol, RedirectPort, Route, RouteAction,
-    SlowStart, TcpRoute, Tunnel, WaypointConfig,
+    SlowStart, StatefulSession, TcpRoute, Tunnel, WaypointConfig,
 };
 use crate::store::XdsHistory;
-use crate::upstream::{BuiltTable, EndpointStatus, Upstream};
+use crate::upstream::{BuiltTable, EndpointStatus, ProxyProtocolVersion, Upstream};
 
 /// The whole dump.
 #[derive(Debug, Serialize)]
@@ -103,6 +103,10 @@ pub struct RouteDump {
     pub fault: Option<String>,
     pub mirrors: Vec<(String, f64)>,
     pub cors: bool,
+    /// The stateful session that keeps a client on one endpoint (a Gateway API rule's
+    /// `sessionPersistence`): `cookie <name>` with its `Set-Cookie` attributes, or
+    /// `header <name>`.
+    pub session: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -148,6 +152,9 @@ pub struct ClusterDump {
     pub hash_tables: Vec<HashTableDump>,
     pub limits: String,
     pub outlier_detection: Option<String>,
+    /// The PROXY protocol header written first on each new upstream connection
+    /// (DestinationRule `proxyProtocol`): `V1` or `V2`.
+    pub proxy_protocol: Option<&'static str>,
     pub endpoints: Vec<EndpointDump>,
 }
 
@@ -377,6 +384,32 @@ fn route(config: &WaypointConfig, r: &Route, matches: Vec<HttpMatch>) -> RouteDu
             .map(|m| (m.cluster.clone(), m.percent))
             .collect(),
         cors: r.cors.is_some(),
+        session: r.session.as_ref().map(session),
+    }
+}
+
+/// A route's stateful session as the dump reads it: `cookie <name>` and the attributes its
+/// `Set-Cookie` carries, or `header <name>`.
+fn session(session: &StatefulSession) -> String {
+    match session {
+        StatefulSession::Cookie { name, template } => {
+            let mut parts = vec![format!("cookie {name}")];
+            if template.max_age != 0 {
+                parts.push(format!("Max-Age={}", template.max_age));
+            }
+            if !template.path.is_empty() {
+                parts.push(format!("Path={}", template.path));
+            }
+            parts.extend(template.attributes.iter().map(|(attribute, value)| {
+                if value.is_empty() {
+                    attribute.clone()
+                } else {
+                    format!("{attribute}={value}")
+                }
+            }));
+            parts.join("; ")
+        }
+        StatefulSession::Header { name } => format!("header {name}"),
     }
 }
 
@@ -474,6 +507,10 @@ fn cluster(c: &Cluster, upstream: &Upstream) -> ClusterDump {
                 ));
             }
             parts.join(", ")
+        }),
+        proxy_protocol: c.proxy_protocol.map(|version| match version {
+            ProxyProtocolVersion::V1 => "V1",
+            ProxyProtocolVersion::V2 => "V2",
         }),
         endpoints: c
             .endpoints

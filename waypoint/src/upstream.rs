@@ -112,14 +112,15 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 struct H1Connection {
     sender: http1::SendRequest<RequestBody>,
     uses: usize,
-    /// The downstream connection that used it last ([`WorkerPools::forget_gone_downstreams`]).
-    owner: Weak<()>,
+    /// The downstream connection that used it last, when its cluster writes a PROXY header
+    /// ([`proxy_protocol::Owner`]).
+    owner: Weak<proxy_protocol::Owner>,
 }
 
 struct H2Connection {
     sender: http2::SendRequest<RequestBody>,
     /// As [`H1Connection::owner`].
-    owner: Weak<()>,
+    owner: Weak<proxy_protocol::Owner>,
 }
 
 /// The upstream half of the waypoint. Cheap to clone.
@@ -190,19 +191,26 @@ struct WorkerPools {
 }
 
 impl WorkerPools {
-    /// Lets go of the idle connections that carry the PROXY header of downstream connections
-    /// that are gone (each keeps the one that used it last). Envoy keeps them until its
-    /// upstream idle timeout, for a later downstream connection with the same addresses (a
-    /// later tunnel of the same HBONE connection to the same destination); here that one opens
-    /// its own, with the same header.
-    fn forget_gone_downstreams(&self) {
-        let gone =
-            |key: &PoolKey, owner: &Weak<()>| key.downstream.is_some() && owner.strong_count() == 0;
-        lock(&self.http1).retain(|key, list| {
-            list.retain(|c| !gone(key, &c.owner));
-            key.downstream.is_none() || !list.is_empty()
-        });
-        lock(&self.http2).retain(|key, c| !gone(key, &c.owner));
+    /// Lets go of the idle connections of `key` (a PROXY-header pool) whose downstream
+    /// connection is gone ([`proxy_protocol::Owner`]): O(the connections of that key).
+    fn forget_gone(&self, key: &PoolKey) {
+        let gone = |owner: &Weak<proxy_protocol::Owner>| {
+            #[cfg(test)]
+            owner_tests::LOOKED_AT.with(|n| n.set(n.get() + 1));
+            owner.strong_count() == 0
+        };
+        let mut http1 = lock(&self.http1);
+        if let Some(list) = http1.get_mut(key) {
+            list.retain(|c| !gone(&c.owner));
+            if list.is_empty() {
+                http1.remove(key);
+            }
+        }
+        drop(http1);
+        let mut http2 = lock(&self.http2);
+        if http2.get(key).is_some_and(|c| gone(&c.owner)) {
+            http2.remove(key);
+        }
     }
 }
 
@@ -339,7 +347,30 @@ impl Upstream {
 
     /// The calling worker's connection pools.
     fn pools(&self) -> &WorkerPools {
-        &self.inner.pools[weft_workers::current_index() % self.inner.pools.len()]
+        &self.inner.pools[self.worker()]
+    }
+
+    /// The index of the calling worker's connection pools.
+    fn worker(&self) -> usize {
+        weft_workers::current_index() % self.inner.pools.len()
+    }
+
+    /// What a connection of `key` pooled for `downstream` keeps of it: where `cluster` writes
+    /// a PROXY header (its pools are per downstream connection), the handle by which the
+    /// downstream connection's end lets the connection go; nothing otherwise, so that the
+    /// requests of other clusters touch no shared count.
+    fn owner(
+        &self,
+        cluster: &Cluster,
+        downstream: &Downstream,
+        key: &PoolKey,
+    ) -> Weak<proxy_protocol::Owner> {
+        if cluster.proxy_protocol.is_none() {
+            return Weak::new();
+        }
+        downstream
+            .owner()
+            .pooled_in(&self.inner, self.worker(), key)
     }
 
     /// Forgets the runtime state (counters, ejections) of clusters `config` no longer has and
@@ -363,7 +394,6 @@ impl Upstream {
         for pools in &self.inner.pools {
             lock(&pools.http1).retain(|key, _| keep(key));
             lock(&pools.http2).retain(|key, _| keep(key));
-            pools.forget_gone_downstreams();
         }
     }
 
@@ -456,7 +486,7 @@ impl Upstream {
                 Some(c) => (c, false),
                 None => (self.open_http1(cluster, endpoint, downstream).await?, true),
             };
-            connection.owner = downstream.owner_in(cluster);
+            connection.owner = self.owner(cluster, downstream, &key);
             if fresh {
                 connection
                     .sender
@@ -484,10 +514,7 @@ impl Upstream {
                 .is_none_or(|max| connection.uses < max)
                 && self.still_pooled(&key, generation);
             if keep {
-                lock(&self.pools().http1)
-                    .entry(key)
-                    .or_default()
-                    .push(connection);
+                self.idle_http1(key, connection);
             }
             return Ok(response);
         }
@@ -496,6 +523,14 @@ impl Upstream {
             cause: ResetReason::ConnectionTermination,
             reason: "connection closed before the request was sent".to_owned(),
         })
+    }
+
+    /// Puts an HTTP/1.1 connection back in the calling worker's pool of `key`, idle.
+    fn idle_http1(&self, key: PoolKey, connection: H1Connection) {
+        lock(&self.pools().http1)
+            .entry(key)
+            .or_default()
+            .push(connection);
     }
 
     async fn open_http1(
@@ -513,7 +548,8 @@ impl Upstream {
         Ok(H1Connection {
             sender,
             uses: 0,
-            owner: downstream.owner_in(cluster),
+            // Set by the request it is opened for.
+            owner: Weak::new(),
         })
     }
 
@@ -530,7 +566,7 @@ impl Upstream {
             .get_mut(&key)
             .filter(|c| !c.sender.is_closed())
             .map(|c| {
-                c.owner = downstream.owner_in(cluster);
+                c.owner = self.owner(cluster, downstream, &key);
                 c.sender.clone()
             });
         let (mut sender, fresh) = match existing {
@@ -559,7 +595,7 @@ impl Upstream {
                 if self.still_pooled(&key, generation) {
                     let pooled = H2Connection {
                         sender: sender.clone(),
-                        owner: downstream.owner_in(cluster),
+                        owner: self.owner(cluster, downstream, &key),
                     };
                     lock(&self.pools().http2).insert(key, pooled);
                 }
@@ -653,6 +689,8 @@ fn classify(endpoint: &Endpoint, error: &hyper::Error, fresh: bool) -> UpstreamE
     reset(endpoint, error)
 }
 
+#[cfg(test)]
+mod owner_tests;
 #[cfg(test)]
 mod pool_tests {
     use super::*;

@@ -202,3 +202,110 @@ fn the_dump_shows_the_hash_table_each_cluster_built() {
         serde_json::json!([{"kind": "ring_hash", "size": 100}])
     );
 }
+
+/// The dump shows a cluster's PROXY protocol version (DestinationRule `proxyProtocol`) and each
+/// route's stateful session (`sessionPersistence`), and nothing for those without.
+#[test]
+fn the_dump_shows_proxy_protocol_and_stateful_sessions() {
+    use proto::load_balancer_settings::{LbPolicy, SimpleLb};
+    let round_robin = LbPolicy::Simple(SimpleLb::RoundRobin as i32);
+    let route = |session: Option<proto::StatefulSession>| proto::HttpRoute {
+        route: vec![proto::HttpRouteDestination {
+            destination: Some(proto::Destination {
+                host: "web.shop.svc.cluster.local".to_owned(),
+                cluster: "proxied".to_owned(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        stateful_session: session,
+        ..Default::default()
+    };
+    let config = proto::WaypointConfig {
+        name: "waypoint".to_owned(),
+        namespace: "shop".to_owned(),
+        services: vec![proto::WaypointService {
+            hostname: "web.shop.svc.cluster.local".to_owned(),
+            name: "web".to_owned(),
+            namespace: "shop".to_owned(),
+            vips: vec!["10.96.0.10".to_owned()],
+            ports: vec![proto::ServicePort {
+                port: 80,
+                name: "http".to_owned(),
+                protocol: proto::Protocol::Http as i32,
+                target_port: 0,
+            }],
+            http_routes: vec![
+                route(Some(proto::StatefulSession {
+                    kind: proto::StatefulSessionKind::Cookie as i32,
+                    name: "sticky".to_owned(),
+                    cookie_path: "/cart".to_owned(),
+                    cookie_ttl: Some(prost_types::Duration {
+                        seconds: 60,
+                        nanos: 0,
+                    }),
+                })),
+                route(Some(proto::StatefulSession {
+                    kind: proto::StatefulSessionKind::Header as i32,
+                    name: "X-Session".to_owned(),
+                    ..Default::default()
+                })),
+                route(None),
+            ],
+            ..Default::default()
+        }],
+        clusters: vec![
+            proto::Cluster {
+                proxy_protocol: Some(proto::UpstreamProxyProtocol {
+                    version: proto::upstream_proxy_protocol::Version::V2 as i32,
+                }),
+                ..balanced_cluster("proxied", round_robin.clone())
+            },
+            balanced_cluster("plain", round_robin),
+        ],
+        ..Default::default()
+    };
+    let config = WaypointConfig::try_from(config).expect("a valid configuration");
+    let mesh = crate::testing::TestMesh::new();
+    let upstream = Upstream::new(
+        crate::testing::TestMesh::spiffe("shop", "waypoint"),
+        mesh.material("shop", "waypoint").source(),
+        crate::upstream::default_hbone_address(),
+    );
+    let dump = config_dump(
+        &config,
+        &upstream,
+        None,
+        None,
+        XdsHistory::default(),
+        serde_json::Value::Null,
+    );
+    let json = serde_json::to_value(&dump).unwrap();
+    let proxy_protocol: Vec<_> = json["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["name"].clone(), c["proxy_protocol"].clone()))
+        .collect();
+    assert_eq!(
+        proxy_protocol,
+        [
+            (serde_json::json!("plain"), serde_json::Value::Null),
+            (serde_json::json!("proxied"), serde_json::json!("V2")),
+        ]
+    );
+    let sessions: Vec<_> = json["services"][0]["http_routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["session"].clone())
+        .collect();
+    assert_eq!(
+        sessions,
+        [
+            serde_json::json!("cookie sticky; Max-Age=60; Path=/cart"),
+            serde_json::json!("header x-session"),
+            serde_json::Value::Null,
+        ]
+    );
+}

@@ -471,7 +471,7 @@ fn send_mirrors(cx: &RequestContext<'_>, mirrors: &[Mirror], outgoing: &Outgoing
         let headers = outgoing.headers.clone();
         let source = cx.tunnel.source_ip;
         // The mirrored request is the client's too: a PROXY header carries its connection.
-        let downstream = cx.tunnel.downstream.clone();
+        let downstream = cx.tunnel.downstream.shared_for(&mirror_cluster);
         let query = cx.query.clone();
         tokio::spawn(
             async move {

@@ -66,8 +66,6 @@ impl Upstream {
             reason,
         };
         let header = cluster.proxy_protocol.map(|version| {
-            // Connections pooled for downstreams that are gone are let go as new ones open.
-            self.pools().forget_gone_downstreams();
             proxy_protocol::header(version, downstream.source, downstream.destination)
         });
         let header = header.as_deref();

@@ -9,8 +9,9 @@
 //! `generateV2Header` (source/extensions/common/proxy_protocol/proxy_protocol_header.cc), with
 //! no TLVs (Istio configures none).
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 /// The PROXY protocol versions (Envoy's `ProxyProtocolConfig.Version`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -30,15 +31,18 @@ const V2_TCP4: u8 = 0x11;
 const V2_TCP6: u8 = 0x21;
 
 /// The downstream connection a request or stream is forwarded for, as the upstream needs it:
-/// the addresses a PROXY header carries, and a token that lives as long as the connection's
-/// context, so that connections pooled for it are let go once it is gone.
+/// the addresses a PROXY header carries and, once a cluster that writes one has pooled a
+/// connection for it, the [`Owner`] that lets go of that connection when the downstream
+/// connection's context ends. Nothing is allocated for a downstream connection whose requests
+/// go to no such cluster.
 #[derive(Debug, Clone)]
 pub struct Downstream {
     /// The client's address.
     pub source: SocketAddr,
     /// The address the client's connection was made to.
     pub destination: SocketAddr,
-    alive: Arc<()>,
+    /// Shared by the clones made after it was set ([`Self::shared_for`]).
+    owner: OnceLock<Arc<Owner>>,
 }
 
 impl Downstream {
@@ -46,8 +50,18 @@ impl Downstream {
         Downstream {
             source,
             destination,
-            alive: Arc::new(()),
+            owner: OnceLock::new(),
         }
+    }
+
+    /// A copy for a request sent to `cluster` apart from the connection's own (a mirror):
+    /// where the cluster writes a PROXY header, it shares the connection's [`Owner`], so that
+    /// what it pools lives as long as the connection, as the connection's own requests' does.
+    pub fn shared_for(&self, cluster: &crate::model::Cluster) -> Self {
+        if cluster.proxy_protocol.is_some() {
+            self.owner.get_or_init(Arc::default);
+        }
+        self.clone()
     }
 
     /// What keys the pool of its connections (Envoy hashes the header's addresses into the
@@ -59,16 +73,66 @@ impl Downstream {
         }
     }
 
-    /// What a pooled connection of `cluster` keeps of its last downstream connection: alive
-    /// while some holder of that connection's context is, where the cluster writes a PROXY
-    /// header (its pools are per downstream connection); nothing otherwise, so that the
-    /// requests of other clusters touch no shared count.
-    pub(super) fn owner_in(&self, cluster: &crate::model::Cluster) -> Weak<()> {
-        if cluster.proxy_protocol.is_some() {
-            Arc::downgrade(&self.alive)
-        } else {
-            Weak::new()
+    /// The owner of the connections pooled for it, made on first use.
+    pub(super) fn owner(&self) -> &Arc<Owner> {
+        self.owner.get_or_init(Arc::default)
+    }
+}
+
+/// Where the idle connections that carry a downstream connection's PROXY header were pooled:
+/// (the upstream, its worker, the pool key). When the downstream connection's context ends, the
+/// owner drops, and each of those pools lets go of the connections whose last user is gone,
+/// looking only at that key's connections. Envoy keeps them until its upstream idle timeout,
+/// for a later downstream connection with the same addresses (a later tunnel of the same HBONE
+/// connection to the same destination); here that one opens its own, with the same header.
+#[derive(Default)]
+pub(super) struct Owner {
+    pooled: Mutex<HashMap<PoolSlot, Weak<super::UpstreamInner>>>,
+}
+
+#[derive(PartialEq, Eq, Hash)]
+struct PoolSlot {
+    /// The upstream's address, telling two upstreams apart.
+    upstream: usize,
+    worker: usize,
+    key: super::PoolKey,
+}
+
+impl Owner {
+    /// Notes that a connection of `key` in worker `worker`'s pools of `upstream` is used by this
+    /// owner's downstream connection (once per slot); the handle the connection keeps.
+    pub(super) fn pooled_in(
+        self: &Arc<Self>,
+        upstream: &Arc<super::UpstreamInner>,
+        worker: usize,
+        key: &super::PoolKey,
+    ) -> Weak<Owner> {
+        let slot = PoolSlot {
+            upstream: Arc::as_ptr(upstream) as usize,
+            worker,
+            key: key.clone(),
+        };
+        super::lock(&self.pooled)
+            .entry(slot)
+            .or_insert_with(|| Arc::downgrade(upstream));
+        Arc::downgrade(self)
+    }
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        let pooled = std::mem::take(self.pooled.get_mut().unwrap_or_else(|p| p.into_inner()));
+        for (slot, upstream) in pooled {
+            if let Some(upstream) = upstream.upgrade() {
+                upstream.pools[slot.worker].forget_gone(&slot.key);
+            }
         }
+    }
+}
+
+impl std::fmt::Debug for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Owner").finish_non_exhaustive()
     }
 }
 

@@ -7,6 +7,8 @@
 //! ([`BalancingPlan::hashed_available`]), with the pools a narrowed choice draws from
 //! ([`super::pools`]).
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
@@ -48,6 +50,9 @@ pub struct BalancingPlan {
     id: u64,
     /// Lives as long as the plan, so that workers drop what they keep of a plan gone.
     alive: Arc<()>,
+    /// The index of each endpoint address (the first, should two endpoints share one), so that
+    /// a session's endpoint is found without walking the endpoints ([`Self::endpoint_at`]).
+    by_address: HashMap<SocketAddr, usize>,
 }
 
 /// The ejections a choice sees: which endpoints are ejected now, and a stamp that changes
@@ -168,7 +173,11 @@ impl BalancingPlan {
             pools: OnceLock::new(),
             id: pools::next_id(),
             alive: Arc::new(()),
+            by_address: HashMap::with_capacity(endpoints.len()),
         };
+        for (i, endpoint) in endpoints.iter().enumerate() {
+            plan.by_address.entry(endpoint.address).or_insert(i);
+        }
         if hash_table.is_some() {
             let levels = plan
                 .healthy
@@ -241,6 +250,11 @@ impl BalancingPlan {
     /// read without a lock.
     pub fn scheduled(&self, weight: impl Fn(usize) -> f64) -> Option<usize> {
         worker::scheduled(self.id, &self.alive, &self.healthy, weight)
+    }
+
+    /// The index of the endpoint at `address`, if the cluster has one there: O(1).
+    pub fn endpoint_at(&self, address: SocketAddr) -> Option<usize> {
+        self.by_address.get(&address).copied()
     }
 
     /// The plan's id ([`Self::id`]).

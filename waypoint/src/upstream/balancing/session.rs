@@ -58,7 +58,10 @@ pub fn session_update(
 }
 
 /// The endpoint of `cluster` at `address`, when a request may be sent there: healthy, not
-/// ejected, and not among the endpoints a retry avoids.
+/// ejected, and not among the endpoints a retry avoids. Found through the plan's address index
+/// ([`super::BalancingPlan::endpoint_at`], built once per configuration), so that the lookup
+/// costs the same whatever the number of endpoints; a cluster of one endpoint (a workload's
+/// own) is answered without building a plan.
 pub(super) fn session_choice<'c>(
     states: &EndpointStates,
     cluster: &'c Cluster,
@@ -66,7 +69,15 @@ pub(super) fn session_choice<'c>(
     tried: &Tried<'_>,
     now: Instant,
 ) -> Option<&'c Endpoint> {
-    let endpoint = cluster.endpoints.iter().find(|e| e.address == address)?;
+    let endpoint = match cluster.endpoints.as_slice() {
+        [only] => only,
+        endpoints => &endpoints[cluster.plan().endpoint_at(address)?],
+    };
+    #[cfg(test)]
+    tests::LOOKED_AT.with(|n| n.set(n.get() + 1));
+    if endpoint.address != address {
+        return None;
+    }
     let ejected = states.ejections_end.is_some_and(|end| end > now)
         && states
             .get(&address)

@@ -1,9 +1,15 @@
+use std::cell::Cell;
 use std::net::SocketAddr;
 
 use super::super::tests::{endpoint, fresh_state, least_request, policy};
 use super::super::{HashInput, Outcome};
 use super::*;
 use crate::model::CookieTemplate;
+
+thread_local! {
+    /// Endpoints [`session_choice`] compared with the session's address, on this thread.
+    pub(super) static LOOKED_AT: Cell<usize> = const { Cell::new(0) };
+}
 
 fn cookie_session() -> StatefulSession {
     StatefulSession::Cookie {
@@ -122,4 +128,45 @@ fn only_an_available_endpoint_of_the_cluster_is_taken_from_a_session() {
     }
     // A retry that avoids the endpoint it tried leaves the session's.
     assert!(choose("10.0.0.4:8080", &[four]).iter().all(|a| *a == one));
+}
+
+/// The endpoint a session names is found by the plan's address index: the endpoints looked at
+/// per lookup are the same with 10 and 1,000 endpoints (a walk of the endpoints looked at 10
+/// and 1,000 for the last one).
+#[test]
+fn a_session_lookup_looks_at_one_endpoint_whatever_the_cluster_size() {
+    let looked_at = |size: usize| {
+        let endpoints = (0..size)
+            .map(|i| {
+                let mut e = endpoint(1);
+                e.address = SocketAddr::new([10, 1, (i / 256) as u8, (i % 256) as u8].into(), 8080);
+                e
+            })
+            .collect();
+        let cluster = least_request(endpoints);
+        let state = fresh_state();
+        let states = super::super::lock(&state.0.endpoints);
+        let tried = Tried {
+            endpoints: &[],
+            priorities: &[],
+        };
+        let now = Instant::now();
+        let last = cluster.endpoints[size - 1].address;
+        // The plan (with its index) is built once per configuration, before any request.
+        cluster.plan();
+        LOOKED_AT.with(|n| n.set(0));
+        for _ in 0..10 {
+            let chosen = session_choice(&states, &cluster, last, &tried, now).unwrap();
+            assert_eq!(chosen.address, last);
+            let absent = SocketAddr::new([192, 0, 2, 1].into(), 8080);
+            assert!(session_choice(&states, &cluster, absent, &tried, now).is_none());
+        }
+        LOOKED_AT.with(Cell::get)
+    };
+    let (small, large) = (looked_at(10), looked_at(1_000));
+    assert_eq!(
+        (small, large),
+        (10, 10),
+        "endpoints looked at for 10 lookups"
+    );
 }
