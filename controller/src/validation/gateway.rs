@@ -415,10 +415,14 @@ fn client_pins(findings: &mut Findings, path: &str, mode: ServerTlsMode, tls: &S
                     .is_ok_and(|bytes| bytes.len() == 32)
             }) as fn(&str) -> bool,
         ),
-        ("verifyCertificateHash", &tls.verify_certificate_hash, |pin| {
-            let hex = pin.replace(':', "");
-            hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())
-        }),
+        (
+            "verifyCertificateHash",
+            &tls.verify_certificate_hash,
+            |pin| {
+                let hex = pin.replace(':', "");
+                hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())
+            },
+        ),
     ] {
         if pins.is_empty() {
             continue;

@@ -176,7 +176,10 @@ pub fn server_config_checking_clients(
     check: impl FnOnce(Arc<dyn ClientCertVerifier>) -> Arc<dyn ClientCertVerifier>,
 ) -> Result<Arc<ServerConfig>, TlsConfigError> {
     let provider = crypto_provider();
-    let verifier = check(Arc::new(SpiffeClientVerifier::new(roots, provider.clone())?));
+    let verifier = check(Arc::new(SpiffeClientVerifier::new(
+        roots,
+        provider.clone(),
+    )?));
     let config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(TLS13_ONLY)
         .map_err(|source| TlsConfigError::Protocol { source })?

@@ -43,8 +43,9 @@ impl Pins {
         let hash = hash
             .iter()
             .map(|pin| {
-                hex_digest(&pin.replace(':', ""))
-                    .ok_or_else(|| format!("verifyCertificateHash: invalid hex-encoded SHA-256 {pin}"))
+                hex_digest(&pin.replace(':', "")).ok_or_else(|| {
+                    format!("verifyCertificateHash: invalid hex-encoded SHA-256 {pin}")
+                })
             })
             .collect::<Result<_, _>>()?;
         Ok(Some(Pins { spki, hash }))
@@ -172,6 +173,9 @@ mod tests {
         assert!(Pins::parse(&[], &["zz".repeat(32)]).is_err());
         let spki = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [7u8; 32]);
         assert!(Pins::parse(&[spki], &[]).unwrap().is_some());
-        assert!(Pins::parse(&[digest], &[]).is_err(), "hex is not base64 of 32 bytes");
+        assert!(
+            Pins::parse(&[digest], &[]).is_err(),
+            "hex is not base64 of 32 bytes"
+        );
     }
 }
