@@ -246,6 +246,7 @@ fn tls_options(findings: &mut Findings, path: &str, tls: &ServerTlsSettings) {
             format!("ignoring duplicate cipher suites: {duplicate:?}"),
         );
     }
+    client_pins(findings, path, mode, tls);
     let credential_names = tls.credential_names();
     let certificates = tls.tls_certificates();
     // The CRD's bounds (minItems 1, maxItems 2: one RSA and one ECDSA certificate), which the
@@ -392,6 +393,62 @@ fn tls_options(findings: &mut Findings, path: &str, tls: &ServerTlsSettings) {
                 format!("{path}.caCrl"),
                 "CRL is not supported with SIMPLE TLS",
             );
+        }
+    }
+}
+
+/// `verifyCertificateSpki` and `verifyCertificateHash`. Istio hands them to Envoy for MUTUAL
+/// and OPTIONAL_MUTUAL servers only (`ApplyCredentialSDSToServerCommonTLSContext`) and drops
+/// them otherwise: a warning here. Envoy refuses the listener when a pin is not a SHA-256
+/// digest (base64, or hex with optional colons); Istio does not check them, so the refusal is
+/// ours, naming the pin, where Envoy's would only NACK the proxy's listeners.
+fn client_pins(findings: &mut Findings, path: &str, mode: ServerTlsMode, tls: &ServerTlsSettings) {
+    use base64::Engine;
+    let mutual = matches!(mode, ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual);
+    for (field, pins, digest) in [
+        (
+            "verifyCertificateSpki",
+            &tls.verify_certificate_spki,
+            (|pin: &str| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(pin)
+                    .is_ok_and(|bytes| bytes.len() == 32)
+            }) as fn(&str) -> bool,
+        ),
+        (
+            "verifyCertificateHash",
+            &tls.verify_certificate_hash,
+            |pin| {
+                let hex = pin.replace(':', "");
+                hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())
+            },
+        ),
+    ] {
+        if pins.is_empty() {
+            continue;
+        }
+        if !mutual {
+            findings.warn(
+                format!("{path}.{field}"),
+                format!(
+                    "{field} applies to MUTUAL and OPTIONAL_MUTUAL servers only, as in Istio; ignored with {}",
+                    mode.as_str()
+                ),
+            );
+            continue;
+        }
+        for (i, pin) in pins.iter().enumerate() {
+            if !digest(pin) {
+                let encoding = if field == "verifyCertificateSpki" {
+                    "base64"
+                } else {
+                    "hex"
+                };
+                findings.error(
+                    format!("{path}.{field}[{i}]"),
+                    format!("{pin:?} is not a {encoding}-encoded SHA-256 digest"),
+                );
+            }
         }
     }
 }

@@ -151,6 +151,12 @@ pub const CATALOG: &[NotApplied] = &[
         Set,
         "gateway proxies route by their VirtualServices only",
     ),
+    entry(
+        K::Gateway,
+        "spec.servers[].tls.caCertCredentialName",
+        Set,
+        "client certificates are verified with the CA of credentialName (its ca.crt or its -cacert Secret), not with this Secret",
+    ),
     // Whole kinds
     entry(
         K::GatewayClass,

@@ -34,7 +34,7 @@ pub use tls::{
     COMPLIANCE_POLICY, CompliancePolicy, ExpectedServerIdentities, HBONE_ALPN, ServerIdentityError,
     SpiffeServerVerifier, TlsConfigError, TrustRoots, UnknownCompliancePolicy, client_config,
     crypto_provider, hbone_server_name, install_default_provider, server_config,
-    server_config_with_resolver,
+    server_config_checking_clients, server_config_with_resolver,
 };
 pub use workload::{
     CertificateSummary, WorkloadCertificate, WorkloadCertificateError, WorkloadKey,

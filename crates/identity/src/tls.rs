@@ -167,6 +167,31 @@ pub fn server_config(
     server_config_with(crypto_provider(), certificate, roots)
 }
 
+/// Like [`server_config`], with the mesh's client verifier handed to `check` first, which
+/// returns the verifier the handshake uses (the mesh's, wrapped by a further check on the
+/// client certificate: a client it refuses gets a TLS alert, not a completed handshake).
+pub fn server_config_checking_clients(
+    certificate: &WorkloadCertificate,
+    roots: &TrustRoots,
+    check: impl FnOnce(Arc<dyn ClientCertVerifier>) -> Arc<dyn ClientCertVerifier>,
+) -> Result<Arc<ServerConfig>, TlsConfigError> {
+    let provider = crypto_provider();
+    let verifier = check(Arc::new(SpiffeClientVerifier::new(
+        roots,
+        provider.clone(),
+    )?));
+    let config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(TLS13_ONLY)
+        .map_err(|source| TlsConfigError::Protocol { source })?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certificate.chain().to_vec(), certificate.private_key())
+        .map_err(|source| TlsConfigError::Certificate {
+            identity: Box::new(certificate.identity().clone()),
+            source,
+        })?;
+    Ok(finish_server(config))
+}
+
 fn server_config_with(
     provider: Arc<CryptoProvider>,
     certificate: &WorkloadCertificate,

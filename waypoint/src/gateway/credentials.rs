@@ -20,9 +20,10 @@
 //! server reads the files Istio's file-mounted gateways name (`serverCertificate` and
 //! `privateKey` or `tlsCertificates`, `caCertificates`, `caCrl`: paths in the gateway's pod),
 //! checked for changes as a directory's are. `subjectAltNames` restrict the client
-//! certificates MUTUAL and OPTIONAL_MUTUAL accept during the handshake ([`client_sans`]);
-//! ISTIO_MUTUAL checks them once the handshake is done, and closes a connection whose client
-//! carries none.
+//! certificates MUTUAL, OPTIONAL_MUTUAL and ISTIO_MUTUAL accept during the handshake
+//! ([`client_sans`]): a client carrying none of them gets a TLS alert, as from Envoy. MUTUAL
+//! and OPTIONAL_MUTUAL also check `verifyCertificateSpki` and `verifyCertificateHash` there
+//! ([`pins`]).
 //!
 //! ISTIO_MUTUAL servers need no credential: they present the gateway's own mesh certificate
 //! and require a client certificate the mesh's CA issued (verified against the mesh's roots, a
@@ -32,6 +33,7 @@
 
 mod choice;
 mod client_sans;
+mod pins;
 pub mod xds;
 
 use std::collections::HashMap;
@@ -43,6 +45,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::ClientCertVerifier;
 use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig, SupportedProtocolVersion};
 use tracing::warn;
@@ -50,7 +53,8 @@ use weft_identity::{CertificateSource, SpiffeId, WorkloadCertificate};
 
 use crate::model::gateway::{EdgeServer, ServerTls, ServerTlsMode, TlsFiles, TlsVersion};
 use choice::BySignatureScheme;
-use client_sans::{RequireSubjectAltName, carries_allowed_name};
+use client_sans::RequireSubjectAltName;
+use pins::{Pins, RequirePinned};
 use xds::{Material, XdsCredentials};
 
 /// Istio's Secret keys, as file names.
@@ -91,8 +95,6 @@ pub enum CredentialError {
 pub enum ClientRefused {
     #[error(transparent)]
     Identity(#[from] weft_identity::PeerIdentityError),
-    #[error("{0}")]
-    SubjectAltName(String),
 }
 
 /// Where credentials come from: the controller's, and in local mode a directory.
@@ -156,15 +158,19 @@ struct Located<'a> {
     read: Reader<'a>,
 }
 
-/// The configurations built for one mesh certificate, by whether they carry HTTP.
-type MeshConfigs = (Arc<WorkloadCertificate>, HashMap<bool, Arc<ServerConfig>>);
+/// The configurations built for one mesh certificate, by whether they carry HTTP and by the
+/// `subjectAltNames` their clients must carry.
+type MeshConfigs = (
+    Arc<WorkloadCertificate>,
+    HashMap<(bool, Vec<String>), Arc<ServerConfig>>,
+);
 
 /// The gateway's own identity and where its certificate comes from (ISTIO_MUTUAL).
 struct MeshIdentity {
     identity: SpiffeId,
     certificates: Arc<dyn CertificateSource>,
-    /// The configurations built for the last certificate, by whether they carry HTTP; rebuilt
-    /// only when the certificate changes.
+    /// The configurations built for the last certificate, by whether they carry HTTP and the
+    /// SANs required; rebuilt only when the certificate changes.
     built: Mutex<Option<MeshConfigs>>,
 }
 
@@ -215,8 +221,15 @@ impl CredentialStore {
     }
 
     /// ISTIO_MUTUAL: the gateway's mesh certificate, client certificates verified against the
-    /// mesh's roots (TLS 1.3, as every mesh connection: stricter than Envoy's 1.2 minimum).
-    async fn mesh_config(&self, http: bool) -> Result<Arc<ServerConfig>, CredentialError> {
+    /// mesh's roots (TLS 1.3, as every mesh connection: stricter than Envoy's 1.2 minimum) and,
+    /// when `subject_alt_names` are given, required to carry one of them during the handshake
+    /// (Envoy's `match_subject_alt_names` in the validation context: a client refused gets a
+    /// TLS alert).
+    async fn mesh_config(
+        &self,
+        http: bool,
+        subject_alt_names: &[String],
+    ) -> Result<Arc<ServerConfig>, CredentialError> {
         let mesh = self.mesh.as_ref().ok_or_else(|| {
             CredentialError::MeshCertificate("this proxy has no mesh identity".to_owned())
         })?;
@@ -235,14 +248,24 @@ impl CredentialStore {
         let Some((_, configs)) = built.as_mut() else {
             unreachable!("set above");
         };
-        if let Some(config) = configs.get(&http) {
+        let key = (http, subject_alt_names.to_vec());
+        if let Some(config) = configs.get(&key) {
             return Ok(Arc::clone(config));
         }
         let roots = mesh.certificates.trust_roots().ok_or_else(|| {
             CredentialError::MeshCertificate("the mesh's roots are not known yet".to_owned())
         })?;
-        let hbone = weft_identity::server_config(&certificate, &roots)
-            .map_err(|e| CredentialError::MeshCertificate(e.to_string()))?;
+        let hbone = if subject_alt_names.is_empty() {
+            weft_identity::server_config(&certificate, &roots)
+        } else {
+            weft_identity::server_config_checking_clients(&certificate, &roots, |mesh| {
+                Arc::new(RequireSubjectAltName {
+                    inner: mesh,
+                    allowed: subject_alt_names.to_vec(),
+                })
+            })
+        }
+        .map_err(|e| CredentialError::MeshCertificate(e.to_string()))?;
         let mut config = ServerConfig::clone(&hbone);
         config.alpn_protocols = if http {
             vec![b"h2".to_vec(), b"http/1.1".to_vec()]
@@ -250,15 +273,16 @@ impl CredentialStore {
             Vec::new()
         };
         let config = Arc::new(config);
-        configs.insert(http, Arc::clone(&config));
+        configs.insert(key, Arc::clone(&config));
         Ok(config)
     }
 
     /// The SPIFFE identity of the verified client certificate of a connection `server`
     /// terminated: the requests' principal for AuthorizationPolicy, as Envoy takes it from the
     /// peer certificate's URI SAN. ISTIO_MUTUAL requires one of the mesh's trust domain (the
-    /// mesh's root may sign for others); for MUTUAL and OPTIONAL_MUTUAL a certificate without
-    /// one, or none, leaves the requests without a principal.
+    /// mesh's root may sign for others; its `subjectAltNames` were checked in the handshake);
+    /// for MUTUAL and OPTIONAL_MUTUAL a certificate without one, or none, leaves the requests
+    /// without a principal.
     pub fn client_identity(
         &self,
         server: &EdgeServer,
@@ -271,13 +295,6 @@ impl CredentialStore {
         if istio_mutual {
             let trust_domain = self.trust_domain().unwrap_or_default();
             let identity = weft_identity::peer_identity_in(connection, trust_domain)?;
-            let allowed = server
-                .tls
-                .as_ref()
-                .map_or(&[][..], |t| t.subject_alt_names.as_slice());
-            if let Some(leaf) = connection.peer_certificates().and_then(|c| c.first()) {
-                carries_allowed_name(leaf, allowed).map_err(ClientRefused::SubjectAltName)?;
-            }
             return Ok(Some(identity));
         }
         Ok(weft_identity::peer_identity(connection).ok())
@@ -289,12 +306,14 @@ impl CredentialStore {
         &self,
         server: &EdgeServer,
     ) -> Result<Arc<ServerConfig>, CredentialError> {
-        if server
+        if let Some(tls) = server
             .tls
             .as_ref()
-            .is_some_and(|t| t.mode == ServerTlsMode::IstioMutual)
+            .filter(|t| t.mode == ServerTlsMode::IstioMutual)
         {
-            let result = self.mesh_config(server.carries_http()).await;
+            let result = self
+                .mesh_config(server.carries_http(), &tls.subject_alt_names)
+                .await;
             if let Err(error) = &result {
                 warn!(gateway = %server.gateway, server = %server.name, %error, "no mesh certificate: the server refuses TLS");
             }
@@ -730,13 +749,22 @@ fn build(
         let verifier = verifier
             .build()
             .map_err(|e| CredentialError::Invalid(ca.origin.clone(), e.to_string()))?;
-        if tls.subject_alt_names.is_empty() {
-            builder.with_client_cert_verifier(verifier)
+        let verifier: Arc<dyn ClientCertVerifier> = if tls.subject_alt_names.is_empty() {
+            verifier
         } else {
-            builder.with_client_cert_verifier(Arc::new(RequireSubjectAltName {
+            Arc::new(RequireSubjectAltName {
                 inner: verifier,
                 allowed: tls.subject_alt_names.clone(),
-            }))
+            })
+        };
+        let pins = Pins::parse(&tls.verify_certificate_spki, &tls.verify_certificate_hash)
+            .map_err(CredentialError::Settings)?;
+        match pins {
+            None => builder.with_client_cert_verifier(verifier),
+            Some(pins) => builder.with_client_cert_verifier(Arc::new(RequirePinned {
+                inner: verifier,
+                pins,
+            })),
         }
     } else {
         builder.with_no_client_auth()

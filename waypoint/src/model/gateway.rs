@@ -83,9 +83,15 @@ pub struct ServerTls {
     pub min_version: TlsVersion,
     pub max_version: TlsVersion,
     pub cipher_suites: Vec<String>,
-    /// MUTUAL, OPTIONAL_MUTUAL: a client certificate must carry one of these SANs (exact, as
-    /// Istio's `subjectAltNames` become Envoy's SAN matchers); empty: any the CA signed.
+    /// MUTUAL, OPTIONAL_MUTUAL, ISTIO_MUTUAL: a client certificate must carry one of these SANs
+    /// (exact, as Istio's `subjectAltNames` become Envoy's SAN matchers); empty: any the CA
+    /// signed.
     pub subject_alt_names: Vec<String>,
+    /// MUTUAL, OPTIONAL_MUTUAL: a client certificate must match one of these pins, from either
+    /// list (Envoy's `verify_certificate_spki` and `verify_certificate_hash`); both empty: no
+    /// pinning.
+    pub verify_certificate_spki: Vec<String>,
+    pub verify_certificate_hash: Vec<String>,
     /// `credentialNames` after the first (`credential_name`): further certificates, one of
     /// which is presented by the client's signature schemes.
     pub additional_credentials: Vec<NamedCredential>,
@@ -482,6 +488,8 @@ fn server_tls(tls: &proto::ServerTls, context: &str) -> Result<ServerTls, Config
         max_version: version(tls.max_protocol_version, context)?,
         cipher_suites: tls.cipher_suites.clone(),
         subject_alt_names: tls.subject_alt_names.clone(),
+        verify_certificate_spki: tls.verify_certificate_spki.clone(),
+        verify_certificate_hash: tls.verify_certificate_hash.clone(),
         additional_credentials: tls
             .additional_credentials
             .iter()

@@ -468,6 +468,10 @@ impl<'a> Compiler<'a, '_> {
                 max_protocol_version: protocol_version(t.max_protocol_version),
                 cipher_suites: t.cipher_suites.clone(),
                 subject_alt_names: t.subject_alt_names.clone(),
+                // Istio's `ApplyCredentialSDSToServerCommonTLSContext` pins client
+                // certificates for MUTUAL and OPTIONAL_MUTUAL only.
+                verify_certificate_spki: pins(tls_mode, &t.verify_certificate_spki),
+                verify_certificate_hash: pins(tls_mode, &t.verify_certificate_hash),
                 credential_resource: certificates.credential_resource,
                 credential_name: certificates.credential_name,
                 additional_credentials: certificates.additional,
@@ -706,6 +710,16 @@ impl GatewayRoutes<'_, '_, '_> {
             }
         }
         out
+    }
+}
+
+/// A server's client-certificate pins (`verifyCertificateSpki` or `verifyCertificateHash`):
+/// applied by MUTUAL and OPTIONAL_MUTUAL servers only, as Istio applies them (validation warns
+/// when another mode sets them).
+fn pins(mode: wp::ServerTlsMode, listed: &[String]) -> Vec<String> {
+    match mode {
+        wp::ServerTlsMode::Mutual | wp::ServerTlsMode::OptionalMutual => listed.to_vec(),
+        _ => Vec::new(),
     }
 }
 

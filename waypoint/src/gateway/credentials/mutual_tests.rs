@@ -101,6 +101,44 @@ pub(super) fn handshake(
     None
 }
 
+/// The error the client's side of a handshake against `config` ends with, the client
+/// presenting `client`: `AlertReceived` when the server refused it with a TLS alert; `None`
+/// when the handshake completed.
+pub(super) fn client_refusal(
+    config: Arc<ServerConfig>,
+    client: ClientCertificate,
+) -> Option<rustls::Error> {
+    let provider = weft_identity::crypto_provider();
+    let client_config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)))
+        .with_client_auth_cert(client.0, client.1)
+        .unwrap();
+    let name = ServerName::try_from("gateway.example.com").unwrap();
+    let mut client = rustls::ClientConnection::new(Arc::new(client_config), name).unwrap();
+    let mut server = rustls::ServerConnection::new(config).unwrap();
+    for _ in 0..10 {
+        let mut wire = Vec::new();
+        client.write_tls(&mut wire).unwrap();
+        // A refusing server keeps its alert to write below.
+        let _ = server
+            .read_tls(&mut wire.as_slice())
+            .map(|_| server.process_new_packets());
+        let mut wire = Vec::new();
+        server.write_tls(&mut wire).unwrap();
+        client.read_tls(&mut wire.as_slice()).unwrap();
+        if let Err(error) = client.process_new_packets() {
+            return Some(error);
+        }
+        if !client.is_handshaking() && !server.is_handshaking() {
+            return None;
+        }
+    }
+    panic!("the handshake neither completed nor failed");
+}
+
 /// The PEM of `issuer`'s own certificate.
 fn client_ca_pem(issuer: &Issuer<'static, KeyPair>) -> String {
     let mut params = CertificateParams::default();
@@ -163,6 +201,8 @@ pub(super) fn edge_server(mode: ServerTlsMode, credential: &str) -> EdgeServer {
             max_version: TlsVersion::Auto,
             cipher_suites: Vec::new(),
             subject_alt_names: Vec::new(),
+            verify_certificate_spki: Vec::new(),
+            verify_certificate_hash: Vec::new(),
             additional_credentials: Vec::new(),
             files: None,
         }),

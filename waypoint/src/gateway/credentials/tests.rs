@@ -41,6 +41,8 @@ fn server(credential: &str, mode: ServerTlsMode) -> EdgeServer {
             max_version: TlsVersion::Auto,
             cipher_suites: Vec::new(),
             subject_alt_names: Vec::new(),
+            verify_certificate_spki: Vec::new(),
+            verify_certificate_hash: Vec::new(),
             additional_credentials: Vec::new(),
             files: None,
         }),
@@ -145,6 +147,8 @@ fn versions_and_cipher_suites_follow_the_server_settings() {
         max_version: max,
         cipher_suites: ciphers.iter().map(|c| (*c).to_owned()).collect(),
         subject_alt_names: Vec::new(),
+        verify_certificate_spki: Vec::new(),
+        verify_certificate_hash: Vec::new(),
         additional_credentials: Vec::new(),
         files: None,
     };

@@ -9,7 +9,7 @@ use rustls::pki_types::{ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
 use super::mutual_tests::{
-    ClientCertificate, client_ca, client_certificate, edge_server, handshake,
+    ClientCertificate, client_ca, client_certificate, client_refusal, edge_server, handshake,
 };
 use super::*;
 use crate::model::gateway::{CertificateFiles, NamedCredential, TlsFiles};
@@ -261,11 +261,15 @@ async fn istio_mutual_refuses_a_mesh_client_without_one_of_the_subject_alt_names
         store.client_identity(&server, &accepted).unwrap().as_ref(),
         Some(buyer.identity())
     );
-    let refused = handshake(config, Some(chain(&other).await)).unwrap();
-    assert!(matches!(
-        store.client_identity(&server, &refused),
-        Err(ClientRefused::SubjectAltName(_))
-    ));
+    // Refused during the handshake, as Envoy's `match_subject_alt_names` refuses it: the
+    // client is told why with an alert, not left with a closed connection.
+    assert_eq!(
+        client_refusal(Arc::clone(&config), chain(&other).await),
+        Some(rustls::Error::AlertReceived(
+            rustls::AlertDescription::CertificateUnknown
+        ))
+    );
+    assert_eq!(client_refusal(config, chain(&buyer).await), None);
 }
 
 /// A server of Istio's file-mounted gateway: certificates and CA from files of the pod.
@@ -347,5 +351,92 @@ fn file_mounted_certificates_are_served_reloaded_and_fail_only_their_server() {
         Err(CredentialError::Read(..))
     ));
     assert!(store.server_config(&server).is_ok());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A client certificate `issuer` signs and its key's DER SubjectPublicKeyInfo.
+fn client_with_spki(issuer: &rcgen::Issuer<'static, KeyPair>) -> (ClientCertificate, Vec<u8>) {
+    use rcgen::PublicKeyData;
+    let key = KeyPair::generate().unwrap();
+    let params = CertificateParams::new(vec!["client.example.com".to_owned()]).unwrap();
+    let certificate = params.signed_by(&key, issuer).unwrap();
+    let spki = key.subject_public_key_info();
+    (
+        (
+            vec![certificate.der().clone()],
+            PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).unwrap(),
+        ),
+        spki,
+    )
+}
+
+fn sha256(bytes: &[u8]) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .to_vec()
+}
+
+#[test]
+fn pinned_client_certificates_pass_and_others_of_the_same_ca_are_refused() {
+    use base64::Engine;
+    let dir = directory("pins");
+    write_credential(&dir, "shop-cert", &certificate(false));
+    let (ca, issuer) = client_ca();
+    std::fs::write(dir.join("shop-cert").join(CA_FILE), ca).unwrap();
+    let store = CredentialStore::new(CredentialSource::directory(dir.clone()));
+    let (pinned, pinned_spki) = client_with_spki(&issuer);
+    let (other, _) = client_with_spki(&issuer);
+    let clone = |c: &ClientCertificate| (c.0.clone(), c.1.clone_key());
+    let spki_pin = base64::engine::general_purpose::STANDARD.encode(sha256(&pinned_spki));
+    // Envoy's form of a certificate hash: upper-case hex pairs separated by colons.
+    let hash_pin = sha256(pinned.0[0].as_ref())
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    let pinned_by = |spki: Vec<String>, hash: Vec<String>| {
+        let mut server = edge_server(ServerTlsMode::Mutual, "shop-cert");
+        let tls = server.tls.as_mut().unwrap();
+        tls.verify_certificate_spki = spki;
+        tls.verify_certificate_hash = hash;
+        store.server_config(&server).unwrap()
+    };
+    let unrelated = "ab".repeat(32);
+    for (what, config) in [
+        ("SPKI", pinned_by(vec![spki_pin.clone()], Vec::new())),
+        ("hash", pinned_by(Vec::new(), vec![hash_pin.clone()])),
+        // Both lists set: a match in either suffices, as in Envoy.
+        (
+            "hash beside an unmatched SPKI",
+            pinned_by(
+                vec![base64::engine::general_purpose::STANDARD.encode([0u8; 32])],
+                vec![unrelated.clone(), hash_pin.clone()],
+            ),
+        ),
+        (
+            "SPKI beside an unmatched hash",
+            pinned_by(vec![spki_pin.clone()], vec![unrelated.clone()]),
+        ),
+    ] {
+        assert!(
+            handshake(Arc::clone(&config), Some(clone(&pinned))).is_some(),
+            "{what}: the pinned certificate is accepted"
+        );
+        assert_eq!(
+            client_refusal(config, clone(&other)),
+            Some(rustls::Error::AlertReceived(
+                rustls::AlertDescription::CertificateUnknown
+            )),
+            "{what}: the same CA signed the other certificate, but it is not pinned"
+        );
+    }
+
+    // A pin that is no SHA-256 refuses the server, as Envoy refuses the listener.
+    let mut server = edge_server(ServerTlsMode::Mutual, "shop-cert");
+    server.tls.as_mut().unwrap().verify_certificate_hash = vec!["abcd".to_owned()];
+    assert!(matches!(
+        store.server_config(&server),
+        Err(CredentialError::Settings(reason)) if reason.contains("verifyCertificateHash")
+    ));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -312,6 +312,33 @@ fn istio_mutual_and_optional_mutual_servers_are_served() {
 }
 
 #[test]
+fn client_pins_reach_mutual_servers_only_as_istio_applies_them() {
+    // Istio's `ApplyCredentialSDSToServerCommonTLSContext` sets `verify_certificate_spki` and
+    // `verify_certificate_hash` for MUTUAL and OPTIONAL_MUTUAL only.
+    let spki = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+    let hash = "ab".repeat(32);
+    let pinned = |mode: &str| {
+        let yaml = EDGE.replace(
+            "tls: {mode: PASSTHROUGH}",
+            &format!(
+                "tls: {{mode: {mode}, credentialName: mtls-cert, verifyCertificateSpki: ['{spki}'], verifyCertificateHash: ['{hash}']}}"
+            ),
+        );
+        let (config, _) = edge_config(&yaml);
+        let tls = listener(&config, 443).servers[1].tls.clone().unwrap();
+        (tls.verify_certificate_spki, tls.verify_certificate_hash)
+    };
+    for mode in ["MUTUAL", "OPTIONAL_MUTUAL"] {
+        assert_eq!(
+            pinned(mode),
+            (vec![spki.to_owned()], vec![hash.clone()]),
+            "{mode}"
+        );
+    }
+    assert_eq!(pinned("SIMPLE"), (Vec::new(), Vec::new()));
+}
+
+#[test]
 fn gateway_configs_are_served_beside_the_waypoints() {
     let index = validated(EDGE);
     let translation = translate(&index, &MeshSettings::default());
