@@ -78,6 +78,8 @@ pub mod dynamic_dns;
 pub mod proxy_protocol;
 mod reset;
 mod tls;
+#[cfg(test)]
+pub(crate) use tls::Unverified;
 mod tunneling;
 
 use balancing::ClusterRuntime;

@@ -23,7 +23,8 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use weft_proto::waypoint as proto;
 
-use verify::{AnyOfNames, Unverified};
+use verify::AnyOfNames;
+pub(crate) use verify::Unverified;
 
 use crate::gateway::credentials::xds::{Delivered, Material, XdsCredentials};
 use crate::gateway::credentials::{

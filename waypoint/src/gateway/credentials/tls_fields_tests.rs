@@ -14,6 +14,7 @@ use super::mutual_tests::{
 use super::*;
 use crate::model::gateway::{CertificateFiles, NamedCredential, TlsFiles};
 use crate::testing::TestMesh;
+use crate::upstream::Unverified;
 
 /// A fresh directory of this test process.
 fn directory(test: &str) -> PathBuf {
@@ -58,20 +59,22 @@ const RSA_ONLY: &[SignatureScheme] = &[
     SignatureScheme::RSA_PKCS1_SHA384,
 ];
 
-/// A client that verifies no server certificate and offers only some signature schemes.
+/// A client that verifies no server certificate ([`Unverified`]) and offers only some signature
+/// schemes.
 #[derive(Debug)]
-struct Offers(&'static [SignatureScheme], Arc<CryptoProvider>);
+struct Offers(&'static [SignatureScheme], Unverified);
 
 impl ServerCertVerifier for Offers {
     fn verify_server_cert(
         &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
+        self.1
+            .verify_server_cert(end_entity, intermediates, name, ocsp, now)
     }
 
     fn verify_tls12_signature(
@@ -80,12 +83,7 @@ impl ServerCertVerifier for Offers {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.1.signature_verification_algorithms,
-        )
+        self.1.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -94,12 +92,7 @@ impl ServerCertVerifier for Offers {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.1.signature_verification_algorithms,
-        )
+        self.1.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -118,7 +111,7 @@ fn presented(
         .with_safe_default_protocol_versions()
         .unwrap()
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(Offers(schemes, provider)))
+        .with_custom_certificate_verifier(Arc::new(Offers(schemes, Unverified(provider))))
         .with_no_client_auth();
     let name = ServerName::try_from("shop.example.com").unwrap();
     let mut client = rustls::ClientConnection::new(Arc::new(client_config), name).unwrap();

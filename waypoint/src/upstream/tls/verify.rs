@@ -69,7 +69,7 @@ impl ServerCertVerifier for AnyOfNames {
 /// `insecureSkipVerify`); the handshake's signatures are still checked, as TLS requires, so
 /// the server must hold the key of the certificate it sent.
 #[derive(Debug)]
-pub(super) struct Unverified(pub(super) Arc<rustls::crypto::CryptoProvider>);
+pub(crate) struct Unverified(pub(crate) Arc<rustls::crypto::CryptoProvider>);
 
 impl ServerCertVerifier for Unverified {
     fn verify_server_cert(
