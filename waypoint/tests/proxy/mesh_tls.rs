@@ -16,7 +16,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::Acceptor;
+use rustls::server::{Acceptor, WebPkiClientVerifier};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_rustls::LazyConfigAcceptor;
@@ -46,15 +46,31 @@ fn certificate(name: &str) -> (String, String) {
     (certified.cert.pem(), certified.signing_key.serialize_pem())
 }
 
-/// An application that terminates TLS itself with `(certificate, key)` and answers `tls-app`
-/// over HTTP/1.1; what it saw of each connection is sent on the channel.
-async fn tls_app(
+/// An application that terminates TLS itself with `(certificate, key)`, requiring a client
+/// certificate `client_ca` signs when given, and answers `tls-app` over HTTP/1.1; what it saw
+/// of each connection is sent on the channel.
+async fn tls_app_requiring(
     (certificate, key): (String, String),
+    client_ca: Option<&str>,
 ) -> (SocketAddr, mpsc::UnboundedReceiver<Seen>) {
-    let config = rustls::ServerConfig::builder_with_provider(weft_identity::crypto_provider())
+    let provider = weft_identity::crypto_provider();
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
+        .unwrap();
+    let builder = match client_ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots
+                .add(CertificateDer::from_pem_slice(ca.as_bytes()).unwrap())
+                .unwrap();
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let config = builder
         .with_single_cert(
             vec![CertificateDer::from_pem_slice(certificate.as_bytes()).unwrap()],
             PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
@@ -92,6 +108,11 @@ async fn tls_app(
     (address, received)
 }
 
+/// [`tls_app_requiring`] without client certificates.
+async fn tls_app(pair: (String, String)) -> (SocketAddr, mpsc::UnboundedReceiver<Seen>) {
+    tls_app_requiring(pair, None).await
+}
+
 /// What the application saw of the next connection, waited for 5 s at most.
 async fn next(seen: &mut mpsc::UnboundedReceiver<Seen>) -> Option<Seen> {
     tokio::time::timeout(Duration::from_secs(5), seen.recv())
@@ -100,19 +121,25 @@ async fn next(seen: &mut mpsc::UnboundedReceiver<Seen>) -> Option<Seen> {
         .flatten()
 }
 
-/// A PEM file of `certificate`, removed when dropped.
-struct CaFile(std::path::PathBuf);
+/// A PEM file, removed when dropped.
+struct PemFile(std::path::PathBuf);
 
-impl CaFile {
-    fn new(name: &str, certificate: &str) -> Self {
+impl PemFile {
+    fn new(name: &str, pem: &str) -> Self {
         let path =
             std::env::temp_dir().join(format!("weft-mesh-tls-{name}-{}.pem", std::process::id()));
-        std::fs::write(&path, certificate).unwrap();
-        CaFile(path)
+        std::fs::write(&path, pem).unwrap();
+        PemFile(path)
     }
 }
 
-impl Drop for CaFile {
+impl PemFile {
+    fn path(&self) -> String {
+        self.0.display().to_string()
+    }
+}
+
+impl Drop for PemFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
     }
@@ -149,7 +176,7 @@ async fn waypoint_to(
     (harness, tunnels)
 }
 
-fn simple(ca: &CaFile) -> proto::UpstreamTls {
+fn simple(ca: &PemFile) -> proto::UpstreamTls {
     proto::UpstreamTls {
         sni: SERVER_NAME.to_owned(),
         ca_certificates: ca.0.display().to_string(),
@@ -160,7 +187,7 @@ fn simple(ca: &CaFile) -> proto::UpstreamTls {
 #[tokio::test]
 async fn simple_tls_is_originated_to_the_application_inside_the_hbone_tunnel() {
     let pair = certificate(SERVER_NAME);
-    let ca = CaFile::new("simple", &pair.0);
+    let ca = PemFile::new("simple", &pair.0);
     let (app, mut seen) = tls_app(pair).await;
     let (harness, tunnels) = waypoint_to(app, Some(simple(&ca))).await;
 
@@ -196,7 +223,7 @@ async fn without_the_rule_the_plain_request_reaches_the_tls_application_and_fail
 #[tokio::test]
 async fn an_application_certificate_the_rules_ca_does_not_sign_is_refused() {
     let other = certificate(SERVER_NAME);
-    let ca = CaFile::new("wrong-ca", &other.0);
+    let ca = PemFile::new("wrong-ca", &other.0);
     let (app, mut seen) = tls_app(certificate(SERVER_NAME)).await;
     let (harness, _) = waypoint_to(app, Some(simple(&ca))).await;
 
@@ -210,4 +237,35 @@ async fn an_application_certificate_the_rules_ca_does_not_sign_is_refused() {
             sni: Some(SERVER_NAME.to_owned())
         })
     );
+}
+
+#[tokio::test]
+async fn mutual_tls_presents_the_rules_client_certificate_inside_the_tunnel() {
+    let pair = certificate(SERVER_NAME);
+    let client = certificate("reviews-client.example");
+    let ca = PemFile::new("mutual-ca", &pair.0);
+    let client_certificate = PemFile::new("mutual-cert", &client.0);
+    let client_key = PemFile::new("mutual-key", &client.1);
+    let (app, mut seen) = tls_app_requiring(pair, Some(&client.0)).await;
+    let mutual = proto::UpstreamTls {
+        client_certificate: client_certificate.path(),
+        private_key: client_key.path(),
+        mutual: true,
+        ..simple(&ca)
+    };
+    let (harness, tunnels) = waypoint_to(app, Some(mutual)).await;
+
+    let (status, _, body) = harness.get("/").await;
+    assert_eq!(
+        (status, body.as_ref()),
+        (StatusCode::OK, b"tls-app".as_ref())
+    );
+    // The application completes no handshake without a client certificate its CA signs.
+    assert_eq!(
+        next(&mut seen).await,
+        Some(Seen::Handshake {
+            sni: Some(SERVER_NAME.to_owned())
+        })
+    );
+    assert_eq!(tunnels.load(Ordering::Acquire), 1);
 }
