@@ -98,12 +98,6 @@ pub const CATALOG: &[NotApplied] = &[
     ),
     entry(
         K::DestinationRule,
-        "spec.**.tls.mode",
-        Equals(&["SIMPLE", "MUTUAL"]),
-        "waypoints originate TLS only to the endpoints of ServiceEntry hosts they serve (outside the mesh); mesh endpoints are reached over HBONE",
-    ),
-    entry(
-        K::DestinationRule,
         "spec.**.retryBudget.budgetInterval",
         Set,
         "the budget counts the retries in flight; no interval applies",

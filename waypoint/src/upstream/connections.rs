@@ -1,13 +1,15 @@
 //! The upstream's byte streams to endpoints' applications: HBONE tunnels (one
 //! [`weft_hbone::Pool`] per worker, dialed through the shared [`HboneDialer`] with the
-//! waypoint's certificate) and plain TCP to endpoints outside the mesh (TLS when the cluster
-//! originates it), under the cluster's
-//! connect timeout. The HTTP client connections over them are pooled in [`super`].
+//! waypoint's certificate) and plain TCP to endpoints outside the mesh, under the cluster's
+//! connect timeout; when the cluster originates TLS ([`super::tls`]), the handshake goes over
+//! either, inside the tunnel for a mesh endpoint (as Istio's waypoint wraps a DestinationRule's
+//! TLS socket in the internal upstream that the tunnel carries). The HTTP client connections
+//! over them are pooled in [`super`].
 //!
 //! A cluster with a PROXY protocol setting gets the header first on each stream
 //! ([`super::proxy_protocol`]): inside the HBONE tunnel, where Istio's waypoint writes it (its
-//! PROXY transport socket wraps the internal upstream that the tunnel carries), and on plain TCP
-//! before the TLS the waypoint originates, as Envoy's socket wraps the TLS one.
+//! PROXY transport socket wraps the internal upstream that the tunnel carries), and before the
+//! TLS the waypoint originates, as Envoy's socket wraps the TLS one.
 
 use std::io;
 use std::net::SocketAddr;
@@ -18,7 +20,7 @@ use weft_hbone::{ClientTls, ConnectRequest, Connector, HboneDialer, PlainSocketF
 use weft_identity::SpiffeId;
 
 use super::proxy_protocol::{self, Downstream};
-use super::{BoxedIo, OriginatedTls, Upstream, UpstreamError};
+use super::{BoxedIo, OriginatedTls, Upstream, UpstreamError, UpstreamIo};
 use crate::model::{Cluster, Endpoint, Tunnel};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -54,7 +56,8 @@ impl Connector<TunnelKey> for EndpointDialer {
 impl Upstream {
     /// Opens a byte stream to `endpoint`'s application: an HBONE tunnel with CONNECT authority
     /// `ip:port` and `forwarded: for=<the downstream's source>`, or TCP for endpoints outside
-    /// the mesh; the cluster's PROXY header first on either.
+    /// the mesh; the cluster's PROXY header first on either, then the TLS it originates. Settings
+    /// whose credential cannot be used fail before any connection is opened.
     pub async fn open_stream(
         &self,
         cluster: &Cluster,
@@ -69,6 +72,9 @@ impl Upstream {
             proxy_protocol::header(version, downstream.source, downstream.destination)
         });
         let header = header.as_deref();
+        if let Some(reason) = cluster.tls.as_ref().and_then(OriginatedTls::unusable) {
+            return Err(failure(format!("tls: {reason}")));
+        }
         let connect = async {
             match (endpoint.tunnel, &endpoint.identity) {
                 (Tunnel::Hbone, Some(identity)) => {
@@ -91,12 +97,9 @@ impl Upstream {
                     write_header(&mut stream, header)
                         .await
                         .map_err(|e| failure(format!("proxy protocol: {e}")))?;
-                    Ok(Box::new(stream) as BoxedIo)
+                    originate(cluster, endpoint, stream).await.map_err(failure)
                 }
                 _ => {
-                    if let Some(reason) = cluster.tls.as_ref().and_then(OriginatedTls::unusable) {
-                        return Err(failure(format!("tls: {reason}")));
-                    }
                     let mut tcp = TcpStream::connect(endpoint.address)
                         .await
                         .map_err(|e| failure(e.to_string()))?;
@@ -109,14 +112,7 @@ impl Upstream {
                     write_header(&mut tcp, header)
                         .await
                         .map_err(|e| failure(format!("proxy protocol: {e}")))?;
-                    match &cluster.tls {
-                        Some(tls) => tls
-                            .connect(tcp, endpoint.host.as_deref())
-                            .await
-                            .map(|s| Box::new(s) as BoxedIo)
-                            .map_err(|e| failure(format!("tls: {e}"))),
-                        None => Ok(Box::new(tcp) as BoxedIo),
-                    }
+                    originate(cluster, endpoint, tcp).await.map_err(failure)
                 }
             }
         };
@@ -126,6 +122,22 @@ impl Upstream {
                 .map_err(|_| failure("connect timeout".to_owned()))?,
             None => connect.await,
         }
+    }
+}
+
+/// `io` as the application reads it: inside the TLS the cluster originates, if any.
+async fn originate(
+    cluster: &Cluster,
+    endpoint: &Endpoint,
+    io: impl UpstreamIo,
+) -> Result<BoxedIo, String> {
+    match &cluster.tls {
+        Some(tls) => tls
+            .connect(io, endpoint.host.as_deref())
+            .await
+            .map(|s| Box::new(s) as BoxedIo)
+            .map_err(|e| format!("tls: {e}")),
+        None => Ok(Box::new(io) as BoxedIo),
     }
 }
 

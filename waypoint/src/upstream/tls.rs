@@ -1,6 +1,8 @@
-//! TLS origination to endpoints outside the mesh (a ServiceEntry host whose DestinationRule
-//! says `tls.mode: SIMPLE` or `MUTUAL`), as Envoy originates it: the client's plain HTTP goes
-//! out encrypted, with the configured SNI, the server verified against the configured CAs (else
+//! TLS origination to a cluster's endpoints (its host's DestinationRule says `tls.mode: SIMPLE`
+//! or `MUTUAL`), as Envoy originates it: the client's plain HTTP goes out encrypted, to an
+//! endpoint outside the mesh over TCP and to a mesh endpoint inside its HBONE tunnel (Istio's
+//! waypoint wraps the TLS socket in the internal upstream the tunnel carries; the application
+//! terminates it), with the configured SNI, the server verified against the configured CAs (else
 //! the Mozilla root set) and names (`subjectAltNames`, else the SNI), and for MUTUAL the
 //! configured client certificate, or those of the credential a `credentialName` names. Built
 //! with the configuration and again when what it was built from changes, so that the next
@@ -18,7 +20,7 @@ use rustls::client::danger::ServerCertVerifier;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use weft_proto::waypoint as proto;
@@ -483,15 +485,15 @@ impl OriginatedTls {
         !self.sni_given
     }
 
-    /// The handshake over `tcp` to an endpoint whose host, if it has one of its own (a
-    /// `DYNAMIC_DNS` request's host), is `endpoint_host`: the SNI is the settings' `sni`, else
-    /// that host, else the cluster's; without `subjectAltNames` the server's certificate must
-    /// be valid for the SNI sent.
-    pub async fn connect(
+    /// The handshake over `io` (a TCP connection, or an HBONE tunnel to a mesh endpoint) to an
+    /// endpoint whose host, if it has one of its own (a `DYNAMIC_DNS` request's host), is
+    /// `endpoint_host`: the SNI is the settings' `sni`, else that host, else the cluster's;
+    /// without `subjectAltNames` the server's certificate must be valid for the SNI sent.
+    pub async fn connect<IO: AsyncRead + AsyncWrite + Unpin>(
         &self,
-        tcp: TcpStream,
+        io: IO,
         endpoint_host: Option<&str>,
-    ) -> io::Result<TlsStream<TcpStream>> {
+    ) -> io::Result<TlsStream<IO>> {
         let connector = self
             .connector()
             .map_err(|reason| io::Error::other(reason.to_string()))?;
@@ -502,7 +504,7 @@ impl OriginatedTls {
                 .clone()
                 .ok_or_else(|| io::Error::other("no server name for a wildcard host"))?,
         };
-        connector.connect(name, tcp).await
+        connector.connect(name, io).await
     }
 }
 

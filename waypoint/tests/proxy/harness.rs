@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,11 +13,12 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
+use weft_hbone::{ConnectHandler, ConnectRequest, H2Config, HboneAcceptor, Refusal};
 use weft_proto::waypoint as proto;
 use weft_proxy_core::drain::{self, DrainTrigger};
 
 use waypoint::testing::{
-    FakeEndpoint, LOCALHOST, TestIdentity, TestMesh, hbone_tunnel, resolver_for,
+    FakeEndpoint, LOCALHOST, TRUST_DOMAIN, TestIdentity, TestMesh, hbone_tunnel, resolver_for,
 };
 use waypoint::{Waypoint, WaypointOptions};
 
@@ -318,6 +321,60 @@ pub fn route_to_undefined_subset() -> proto::HttpRoute {
             ..Default::default()
         }],
         ..route_to("v9")
+    }
+}
+
+/// An endpoint's HBONE server, as the node agent runs it, in front of `app`: each tunnel for
+/// `app` gets a TCP connection to it, bytes as they come. Its identity (`service_account` in
+/// `default`), its address, and the number of tunnels it accepted.
+pub async fn hbone_front(
+    mesh: &TestMesh,
+    service_account: &str,
+    app: SocketAddr,
+) -> (weft_identity::SpiffeId, SocketAddr, Arc<AtomicUsize>) {
+    let material = mesh.material("default", service_account);
+    let identity = material.identity().clone();
+    let listener = tokio::net::TcpListener::bind(SocketAddr::new(LOCALHOST, 0))
+        .await
+        .unwrap();
+    let address = listener.local_addr().unwrap();
+    let acceptor = Arc::new(HboneAcceptor::new(material.source(), TRUST_DOMAIN));
+    let tunnels = Arc::new(AtomicUsize::new(0));
+    let (server_identity, counted) = (identity.clone(), Arc::clone(&tunnels));
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (acceptor, identity) = (Arc::clone(&acceptor), server_identity.clone());
+            let tunnels = Arc::clone(&counted);
+            tokio::spawn(async move {
+                if let Ok(accepted) = acceptor.accept(stream, &identity).await {
+                    let handler = Arc::new(ToTheApp { app, tunnels });
+                    let _ =
+                        weft_hbone::serve_connection(accepted.tls, handler, H2Config::default())
+                            .await;
+                }
+            });
+        }
+    });
+    (identity, address, tunnels)
+}
+
+/// An endpoint's HBONE server's handler: tunnels for its application only.
+struct ToTheApp {
+    app: SocketAddr,
+    tunnels: Arc<AtomicUsize>,
+}
+
+impl ConnectHandler for ToTheApp {
+    type Upstream = tokio::net::TcpStream;
+
+    async fn connect(&self, request: &ConnectRequest) -> Result<Self::Upstream, Refusal> {
+        if request.authority != self.app {
+            return Err(Refusal::BadRequest);
+        }
+        self.tunnels.fetch_add(1, Ordering::AcqRel);
+        tokio::net::TcpStream::connect(self.app)
+            .await
+            .map_err(|_| Refusal::UpstreamUnavailable)
     }
 }
 

@@ -14,6 +14,7 @@ mod hash_cookie;
 mod hostile;
 mod jwt;
 mod live;
+mod mesh_tls;
 mod otlp_http;
 mod outlier;
 mod policy;

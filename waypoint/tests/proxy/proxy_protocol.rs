@@ -15,12 +15,10 @@ use hyper_util::rt::TokioIo;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::mpsc;
-use weft_hbone::{
-    ConnectHandler, ConnectRequest, H2Config, HboneAcceptor, HboneDialer, Refusal, SocketFactory,
-};
+use weft_hbone::{ConnectRequest, H2Config, HboneDialer, SocketFactory};
 use weft_proto::waypoint as proto;
 
-use waypoint::testing::{LOCALHOST, TRUST_DOMAIN, TestMesh};
+use waypoint::testing::{LOCALHOST, TestMesh};
 
 use crate::harness::*;
 
@@ -228,22 +226,6 @@ async fn each_upstream_connection_begins_with_the_clients_v2_header() {
     );
 }
 
-/// The endpoint's HBONE server: each tunnel for the application goes to it, bytes as they come.
-struct ToTheApp(SocketAddr);
-
-impl ConnectHandler for ToTheApp {
-    type Upstream = tokio::net::TcpStream;
-
-    async fn connect(&self, request: &ConnectRequest) -> Result<Self::Upstream, Refusal> {
-        if request.authority != self.0 {
-            return Err(Refusal::BadRequest);
-        }
-        tokio::net::TcpStream::connect(self.0)
-            .await
-            .map_err(|_| Refusal::UpstreamUnavailable)
-    }
-}
-
 /// A mesh endpoint is reached over HBONE, and the header goes inside the tunnel, to the
 /// application, as Istio's waypoint writes it (its PROXY socket wraps the internal upstream the
 /// tunnel carries).
@@ -251,27 +233,7 @@ impl ConnectHandler for ToTheApp {
 async fn the_header_goes_inside_the_hbone_tunnel_to_a_mesh_endpoint() {
     let (app, mut headers) = proxy_protocol_app().await;
     let mesh = TestMesh::new();
-    let material = mesh.material("default", "reviews-pp");
-    let identity = material.identity().clone();
-    let hbone = TcpListener::bind(SocketAddr::new(LOCALHOST, 0))
-        .await
-        .unwrap();
-    let hbone_address = hbone.local_addr().unwrap();
-    let acceptor = Arc::new(HboneAcceptor::new(material.source(), TRUST_DOMAIN));
-    let server_identity = identity.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = hbone.accept().await {
-            let (acceptor, identity) = (Arc::clone(&acceptor), server_identity.clone());
-            tokio::spawn(async move {
-                if let Ok(accepted) = acceptor.accept(stream, &identity).await {
-                    let handler = Arc::new(ToTheApp(app));
-                    let _ =
-                        weft_hbone::serve_connection(accepted.tls, handler, H2Config::default())
-                            .await;
-                }
-            });
-        }
-    });
+    let (identity, hbone_address, _) = hbone_front(&mesh, "reviews-pp", app).await;
     let resolve: waypoint::HboneAddressResolver = Arc::new(move |_| hbone_address);
     let harness = Harness::start_resolving(mesh, resolve, waypoint::HttpLimits::default()).await;
     let identity = identity.to_string();

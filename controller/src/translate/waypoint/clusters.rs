@@ -132,7 +132,6 @@ impl<'a> Compiler<'a, '_> {
                 .flatten()
         });
         let subset_labels = subset.map(|s| s.labels.clone()).unwrap_or_default();
-        let mut tls = None;
         let external =
             self.entry_ports(&key.host).is_some() && !self.services.contains_key(&key.host);
         let mut locality_setting = None;
@@ -155,8 +154,14 @@ impl<'a> Compiler<'a, '_> {
                 .load_balancer
                 .as_ref()
                 .is_some_and(|lb| lb.zone_aware_lb_setting.is_some());
-            let (policy, notes) = effective.compile(external);
-            tls = effective.tls;
+            let (policy, notes) = effective.compile();
+            // SIMPLE and MUTUAL go to every endpoint: over TCP outside the mesh, inside the
+            // HBONE tunnel to a mesh endpoint (Istio's waypoint wraps the rule's TLS socket in
+            // the internal upstream the tunnel carries).
+            cluster.tls = effective
+                .tls
+                .as_ref()
+                .and_then(super::entries::upstream_tls);
             cluster.load_balancer = policy.0;
             cluster.connection_pool = policy.1;
             cluster.outlier_detection = policy.2;
@@ -172,7 +177,6 @@ impl<'a> Compiler<'a, '_> {
         if external {
             cluster.endpoints = self.entry_endpoints(&key.host, key.port, &subset_labels);
             cluster.dynamic_dns = self.entry_dynamic_dns(&key.host);
-            cluster.tls = tls.as_ref().and_then(super::entries::upstream_tls);
         }
         if let Some(service) = self.services.get(&key.host).copied() {
             cluster.endpoints = self.endpoints(service, key.port, &subset_labels);
@@ -499,9 +503,8 @@ type CompiledPolicy = (
 );
 
 impl EffectivePolicy {
-    /// The proto form, with notes on what waypoints leave out. `originates`: the host is
-    /// outside the mesh, where SIMPLE and MUTUAL TLS are originated (`entries::upstream_tls`).
-    pub(super) fn compile(&self, originates: bool) -> (CompiledPolicy, Vec<TranslateProblem>) {
+    /// The proto form, with notes on what waypoints leave out.
+    pub(super) fn compile(&self) -> (CompiledPolicy, Vec<TranslateProblem>) {
         let mut notes = Vec::new();
         let mut note = |path: &str, reason: &str| {
             notes.push(TranslateProblem::Unsupported {
@@ -622,18 +625,6 @@ impl EffectivePolicy {
             .load_balancer
             .as_ref()
             .and_then(|lb| load_balancer(lb, &mut note));
-        if let Some(tls) = &self.tls
-            && !originates
-            && matches!(
-                tls.mode,
-                Some(net::ClientTlsMode::Simple | net::ClientTlsMode::Mutual)
-            )
-        {
-            note(
-                "tls",
-                "waypoints reach mesh endpoints over HBONE and plain endpoints over TCP; SIMPLE and MUTUAL origination is not supported and is ignored",
-            );
-        }
         ((lb, pool, outlier), notes)
     }
 }

@@ -454,13 +454,6 @@ fn destination_rule_rules() {
             "spec.trafficPolicy.tls",
             "InsecureSkipVerify is set true",
         ),
-        warns(
-            "tls origination",
-            "ClientTLSSettings SIMPLE",
-            policy("{tls: {mode: SIMPLE, sni: a.example.com}}"),
-            "spec.trafficPolicy.tls.mode",
-            NOT_APPLIED,
-        ),
         bad(
             "bad host",
             "ValidateWildcardDomain",
@@ -533,7 +526,17 @@ fn tunnel_and_insecure_skip_verify_are_accepted_without_a_warning() {
         "{host: db.example.com, trafficPolicy: {tunnel: {targetHost: db.internal, targetPort: 5432}, tls: {mode: SIMPLE, insecureSkipVerify: true}}, subsets: [{name: v1, trafficPolicy: {tunnel: {protocol: POST, targetHost: 10.0.0.9, targetPort: 8443}}}]}",
     ));
     assert_eq!(errors, Vec::<(String, String)>::new());
-    // SIMPLE keeps its own note (origination to ServiceEntry hosts only); nothing else.
-    let paths: Vec<&str> = warnings.iter().map(|(path, _)| path.as_str()).collect();
-    assert_eq!(paths, ["spec.trafficPolicy.tls.mode"]);
+    assert_eq!(warnings, Vec::<(String, String)>::new());
+}
+
+/// SIMPLE and MUTUAL `tls` are applied to every host, in the mesh too (the waypoint originates
+/// them inside the HBONE tunnel, as Istio's waypoint does), at every level: nothing reports
+/// them.
+#[test]
+fn simple_and_mutual_tls_are_accepted_without_a_warning() {
+    let (errors, warnings) = findings(&dr(
+        "{host: reviews, trafficPolicy: {tls: {mode: SIMPLE, sni: reviews.tls.example}, portLevelSettings: [{port: {number: 9081}, tls: {mode: MUTUAL, clientCertificate: /c, privateKey: /k}}]}, subsets: [{name: v1, trafficPolicy: {tls: {mode: MUTUAL, credentialName: reviews-client}}}]}",
+    ));
+    assert_eq!(errors, Vec::<(String, String)>::new());
+    assert_eq!(warnings, Vec::<(String, String)>::new());
 }

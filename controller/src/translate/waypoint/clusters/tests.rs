@@ -7,7 +7,7 @@ use wp::load_balancer_settings::{LbPolicy, SimpleLb, SlowStart};
 /// The waypoint's load balancer for `yaml` (a trafficPolicy), and the paths of the notes.
 fn compile(yaml: &str) -> (Option<wp::LoadBalancerSettings>, Vec<String>) {
     let policy: TrafficPolicy = serde_yaml::from_str(yaml).unwrap();
-    let ((lb, _, _), notes) = EffectivePolicy::of(&policy).compile(false);
+    let ((lb, _, _), notes) = EffectivePolicy::of(&policy).compile();
     let notes = notes
         .into_iter()
         .map(|n| match n {
@@ -122,7 +122,7 @@ fn port_level_and_subset_warmup_reach_their_clusters() {
     .unwrap();
     let subset: TrafficPolicy =
         serde_yaml::from_str("{loadBalancer: {warmup: {duration: 40s}}}").unwrap();
-    let slow = |p: EffectivePolicy| p.compile(false).0.0.and_then(|lb| lb.slow_start);
+    let slow = |p: EffectivePolicy| p.compile().0.0.and_then(|lb| lb.slow_start);
     assert_eq!(slow(effective_policy(Some(&top), None, 80)), None);
     assert_eq!(
         slow(effective_policy(Some(&top), None, 8080)),

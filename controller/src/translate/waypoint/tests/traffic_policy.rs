@@ -81,7 +81,7 @@ fn traffic_policies_merge_as_istio_merges_them() {
 fn outlier_thresholds_follow_istio_and_envoy_defaults() {
     let compile = |yaml: &str| {
         let p = EffectivePolicy::of(&policy(yaml));
-        let ((_, _, outlier), _) = p.compile(false);
+        let ((_, _, outlier), _) = p.compile();
         let o = outlier.unwrap();
         (o.consecutive_5xx_errors, o.consecutive_gateway_errors)
     };
@@ -104,7 +104,7 @@ fn outlier_thresholds_follow_istio_and_envoy_defaults() {
 fn local_origin_split_and_error_codes_follow_istio() {
     let compile = |yaml: &str| {
         let p = EffectivePolicy::of(&policy(yaml));
-        let ((_, _, outlier), notes) = p.compile(false);
+        let ((_, _, outlier), notes) = p.compile();
         let o = outlier.unwrap();
         assert!(notes.is_empty(), "{yaml}: {notes:?}");
         (
@@ -301,5 +301,100 @@ spec:
     assert_eq!(
         protocol(&default, &format!("outbound|9080||{host}")),
         U::Default
+    );
+}
+
+/// A DestinationRule's SIMPLE or MUTUAL `tls` reaches the clusters of a mesh service too (the
+/// waypoint originates it inside the HBONE tunnel, as Istio's waypoint wraps the rule's TLS
+/// socket in the tunnel's internal upstream), through port-level settings and subsets;
+/// ISTIO_MUTUAL and DISABLE originate nothing (HBONE is the mesh's mutual TLS).
+#[test]
+fn simple_and_mutual_tls_reach_the_clusters_of_a_mesh_service() {
+    let ports = "ports: [{name: http, port: 9080}, {name: admin, port: 9081}]";
+    let service = MESH.replace("ports: [{name: http, port: 9080}]", ports);
+    let rules = r#"---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: shop}
+spec:
+  host: reviews
+  trafficPolicy:
+    tls: {mode: SIMPLE, sni: reviews.tls.example, caCertificates: /etc/reviews/ca.pem, subjectAltNames: [reviews.tls.example]}
+    portLevelSettings:
+    - port: {number: 9081}
+      tls: {mode: MUTUAL, credentialName: reviews-client}
+  subsets:
+  - {name: plain, labels: {version: v1}, trafficPolicy: {tls: {mode: DISABLE}}}
+  - {name: mesh, labels: {version: v1}, trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: shop}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{headers: {x-plain: {exact: "1"}}}]
+    route: [{destination: {host: reviews, subset: plain}}]
+  - match: [{headers: {x-mesh: {exact: "1"}}}]
+    route: [{destination: {host: reviews, subset: mesh}}]
+  - route: [{destination: {host: reviews}}]
+"#;
+    let mut problems = Vec::new();
+    let config = waypoint_configs(
+        &validated(&format!("{service}{rules}")),
+        &MeshSettings::default(),
+        &mut problems,
+    )
+    .remove("shop/waypoint")
+    .unwrap();
+    assert!(problems.is_empty(), "nothing is left out: {problems:?}");
+    let tls = |name: &str| {
+        config
+            .clusters
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("no {name} in {:?}", config.clusters))
+            .tls
+            .clone()
+    };
+    let host = "reviews.shop.svc.cluster.local";
+    let simple = tls(&format!("outbound|9080||{host}")).expect("SIMPLE on 9080");
+    assert_eq!(
+        (
+            simple.sni.as_str(),
+            simple.ca_certificates.as_str(),
+            simple.subject_alt_names.as_slice(),
+            simple.mutual
+        ),
+        (
+            "reviews.tls.example",
+            "/etc/reviews/ca.pem",
+            ["reviews.tls.example".to_owned()].as_slice(),
+            false
+        )
+    );
+    // The port-level entry replaces the rule's settings on its port.
+    let mutual = tls(&format!("outbound|9081||{host}")).expect("MUTUAL on 9081");
+    assert_eq!(
+        (
+            mutual.credential_name.as_str(),
+            mutual.sni.as_str(),
+            mutual.mutual
+        ),
+        ("reviews-client", "", true)
+    );
+    assert_eq!(tls(&format!("outbound|9080|plain|{host}")), None);
+    assert_eq!(tls(&format!("outbound|9080|mesh|{host}")), None);
+    let endpoints = &config
+        .clusters
+        .iter()
+        .find(|c| c.name == format!("outbound|9080||{host}"))
+        .unwrap()
+        .endpoints;
+    assert!(
+        endpoints
+            .iter()
+            .all(|e| e.tunnel == wp::EndpointTunnel::Hbone as i32),
+        "the TLS goes inside HBONE: {endpoints:?}"
     );
 }
