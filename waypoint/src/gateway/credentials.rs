@@ -53,8 +53,8 @@ use weft_identity::{CertificateSource, SpiffeId, WorkloadCertificate};
 
 use crate::model::gateway::{EdgeServer, ServerTls, ServerTlsMode, TlsFiles, TlsVersion};
 use choice::BySignatureScheme;
-use client_sans::RequireSubjectAltName;
-use pins::{Pins, RequirePinned};
+use client_sans::{AllowedNames, AlsoChecking};
+use pins::Pins;
 use xds::{Material, XdsCredentials};
 
 /// Istio's Secret keys, as file names.
@@ -259,9 +259,9 @@ impl CredentialStore {
             weft_identity::server_config(&certificate, &roots)
         } else {
             weft_identity::server_config_checking_clients(&certificate, &roots, |mesh| {
-                Arc::new(RequireSubjectAltName {
+                Arc::new(AlsoChecking {
                     inner: mesh,
-                    allowed: subject_alt_names.to_vec(),
+                    check: AllowedNames(subject_alt_names.to_vec()),
                 })
             })
         }
@@ -752,18 +752,18 @@ fn build(
         let verifier: Arc<dyn ClientCertVerifier> = if tls.subject_alt_names.is_empty() {
             verifier
         } else {
-            Arc::new(RequireSubjectAltName {
+            Arc::new(AlsoChecking {
                 inner: verifier,
-                allowed: tls.subject_alt_names.clone(),
+                check: AllowedNames(tls.subject_alt_names.clone()),
             })
         };
         let pins = Pins::parse(&tls.verify_certificate_spki, &tls.verify_certificate_hash)
             .map_err(CredentialError::Settings)?;
         match pins {
             None => builder.with_client_cert_verifier(verifier),
-            Some(pins) => builder.with_client_cert_verifier(Arc::new(RequirePinned {
+            Some(pins) => builder.with_client_cert_verifier(Arc::new(AlsoChecking {
                 inner: verifier,
-                pins,
+                check: pins,
             })),
         }
     } else {

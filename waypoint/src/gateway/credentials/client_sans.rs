@@ -52,14 +52,31 @@ fn dns_name_matches(wanted: &str, pattern: &str) -> bool {
     rest.eq_ignore_ascii_case(suffix) && !label.contains('.')
 }
 
-/// A client verifier that also requires one of the server's `subjectAltNames`.
-#[derive(Debug)]
-pub(crate) struct RequireSubjectAltName {
-    pub(crate) inner: Arc<dyn ClientCertVerifier>,
-    pub(crate) allowed: Vec<String>,
+/// A check a client certificate must also pass once its CA has verified it.
+pub(crate) trait ClientCheck: std::fmt::Debug + Send + Sync {
+    /// Why `certificate` is refused, if it is.
+    fn refusal(&self, certificate: &CertificateDer<'_>) -> Option<String>;
 }
 
-impl ClientCertVerifier for RequireSubjectAltName {
+/// The server's `subjectAltNames`: a client certificate must carry one of them.
+#[derive(Debug)]
+pub(crate) struct AllowedNames(pub(crate) Vec<String>);
+
+impl ClientCheck for AllowedNames {
+    fn refusal(&self, certificate: &CertificateDer<'_>) -> Option<String> {
+        carries_allowed_name(certificate, &self.0).err()
+    }
+}
+
+/// A client verifier that also requires what `check` requires; the refusal is a TLS alert
+/// inside the handshake.
+#[derive(Debug)]
+pub(crate) struct AlsoChecking<C> {
+    pub(crate) inner: Arc<dyn ClientCertVerifier>,
+    pub(crate) check: C,
+}
+
+impl<C: ClientCheck> ClientCertVerifier for AlsoChecking<C> {
     fn offer_client_auth(&self) -> bool {
         self.inner.offer_client_auth()
     }
@@ -81,12 +98,12 @@ impl ClientCertVerifier for RequireSubjectAltName {
         let verified = self
             .inner
             .verify_client_cert(end_entity, intermediates, now)?;
-        carries_allowed_name(end_entity, &self.allowed).map_err(|reason| {
-            rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
-                Arc::new(NameNotAllowed(reason)),
-            )))
-        })?;
-        Ok(verified)
+        match self.check.refusal(end_entity) {
+            None => Ok(verified),
+            Some(reason) => Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Other(rustls::OtherError(Arc::new(Refused(reason)))),
+            )),
+        }
     }
 
     fn verify_tls12_signature(
@@ -114,7 +131,7 @@ impl ClientCertVerifier for RequireSubjectAltName {
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-struct NameNotAllowed(String);
+struct Refused(String);
 
 #[cfg(test)]
 mod tests {

@@ -5,13 +5,8 @@
 //! case). When both lists are set, a match in either suffices. A pin that is not a SHA-256
 //! digest refuses the server's configuration, as Envoy refuses the listener.
 
-use std::sync::Arc;
-
 use base64::Engine;
-use rustls::client::danger::HandshakeSignatureValid;
-use rustls::pki_types::{CertificateDer, UnixTime};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use rustls::pki_types::CertificateDer;
 
 type Digest = [u8; 32];
 
@@ -85,75 +80,18 @@ fn hex_digest(hex: &str) -> Option<Digest> {
     Some(out)
 }
 
-/// A client verifier that also requires the client certificate to match one of the pins.
-#[derive(Debug)]
-pub(crate) struct RequirePinned {
-    pub(crate) inner: Arc<dyn ClientCertVerifier>,
-    pub(crate) pins: Pins,
-}
-
-impl ClientCertVerifier for RequirePinned {
-    fn offer_client_auth(&self) -> bool {
-        self.inner.offer_client_auth()
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        self.inner.client_auth_mandatory()
-    }
-
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.inner.root_hint_subjects()
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        let verified = self
-            .inner
-            .verify_client_cert(end_entity, intermediates, now)?;
-        let refused = |reason: String| {
-            rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
-                Arc::new(NotPinned(reason)),
-            )))
-        };
-        if !self.pins.matches(end_entity).map_err(refused)? {
-            return Err(refused(
+impl super::client_sans::ClientCheck for Pins {
+    fn refusal(&self, certificate: &CertificateDer<'_>) -> Option<String> {
+        match self.matches(certificate) {
+            Ok(true) => None,
+            Ok(false) => Some(
                 "the client certificate matches none of verifyCertificateSpki and verifyCertificateHash"
                     .to_owned(),
-            ));
+            ),
+            Err(reason) => Some(reason),
         }
-        Ok(verified)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
     }
 }
-
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct NotPinned(String);
 
 #[cfg(test)]
 mod tests {
